@@ -1,0 +1,32 @@
+"""npllama: LLaMA in NumPy, every forward and backward pass written by hand.
+
+    from npllama import Llama, LlamaConfig
+    model = Llama(LlamaConfig.from_preset("tiny"), seed=0)
+    loss, grads = model.loss_and_grads(tokens, targets)
+"""
+from .backend import get_backend, set_backend, use_backend
+from .config import LlamaConfig
+from .gradcheck import check_op, gradcheck
+
+__version__ = "0.1.0"
+
+# Heavier pieces load on first use, so `import npllama` stays quick.
+_LAZY = {
+    "Llama": ("npllama.model", "Llama"),
+    "KVCache": ("npllama.model", "KVCache"),
+    "trace": ("npllama.trace", "trace"),
+    "Tokenizer": ("npllama.tokenizer", "Tokenizer"),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'npllama' has no attribute {name!r}")
+
+
+__all__ = ["Llama", "LlamaConfig", "KVCache", "Tokenizer", "check_op", "gradcheck", "get_backend",
+           "set_backend", "use_backend", "trace"]

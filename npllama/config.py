@@ -1,0 +1,230 @@
+"""LlamaConfig: the model's shape, with Hugging Face field names, validated on construction.
+
+`LlamaConfig.from_dict` reads both config.json layouts in use: transformers 4.x (`rope_theta`,
+`rope_scaling`, `torch_dtype` at top level) and 5.x (`rope_parameters` holding `rope_theta` and
+the scaling fields, `dtype`).  `to_dict` writes the 4.x layout, which both versions read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+# rope_scaling types we implement.  Others (dynamic, yarn, longrope, ...) are refused by name.
+ROPE_TYPES = ("default", "linear", "llama3")
+LLAMA3_ROPE_FIELDS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+# Refuse configs whose parameters alone would not fit in memory before anything is allocated.
+MAX_PARAMETERS = 20_000_000_000
+
+
+@dataclasses.dataclass
+class LlamaConfig:
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None  # None: same as num_attention_heads (plain multi-head)
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    tie_word_embeddings: bool = False
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    initializer_range: float = 0.02
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    pad_token_id: int | None = None
+
+    def __post_init__(self):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
+            _require_positive_int(name, getattr(self, name))
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(
+                    f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                    f"({self.num_attention_heads}), or head_dim must be given")
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        _require_positive_int("head_dim", self.head_dim)
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_key_value_heads ({self.num_key_value_heads}) must divide "
+                f"num_attention_heads ({self.num_attention_heads})")
+        _require_positive_float("rms_norm_eps", self.rms_norm_eps)
+        _require_positive_float("rope_theta", self.rope_theta)
+        _require_positive_float("initializer_range", self.initializer_range)
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise TypeError(f"tie_word_embeddings must be a bool, got {self.tie_word_embeddings!r}")
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or not 0 <= value < self.vocab_size):
+                raise ValueError(f"{name} must be None or an id in [0, {self.vocab_size}), got {value!r}")
+        self.rope_scaling = _normalise_rope_scaling(self.rope_scaling)
+        if self.num_parameters() > MAX_PARAMETERS:
+            raise ValueError(
+                f"config describes {self.num_parameters():,} parameters, more than npllama "
+                f"accepts ({MAX_PARAMETERS:,}); check hidden_size, intermediate_size, "
+                f"num_hidden_layers and vocab_size")
+
+    # ----- derived sizes -------------------------------------------------------------------
+    @property
+    def n_rep(self) -> int:
+        """Query heads per key/value head (grouped-query attention)."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's Hugging Face name and shape, in the order of the forward pass."""
+        D, F, V = self.hidden_size, self.intermediate_size, self.vocab_size
+        q_dim = self.num_attention_heads * self.head_dim
+        kv_dim = self.num_key_value_heads * self.head_dim
+        shapes = {"model.embed_tokens.weight": (V, D)}
+        for i in range(self.num_hidden_layers):
+            p = f"model.layers.{i}."
+            shapes[p + "input_layernorm.weight"] = (D,)
+            shapes[p + "self_attn.q_proj.weight"] = (q_dim, D)
+            shapes[p + "self_attn.k_proj.weight"] = (kv_dim, D)
+            shapes[p + "self_attn.v_proj.weight"] = (kv_dim, D)
+            shapes[p + "self_attn.o_proj.weight"] = (D, q_dim)
+            shapes[p + "post_attention_layernorm.weight"] = (D,)
+            shapes[p + "mlp.gate_proj.weight"] = (F, D)
+            shapes[p + "mlp.up_proj.weight"] = (F, D)
+            shapes[p + "mlp.down_proj.weight"] = (D, F)
+        shapes["model.norm.weight"] = (D,)
+        if not self.tie_word_embeddings:
+            shapes["lm_head.weight"] = (V, D)
+        return shapes
+
+    def num_parameters(self) -> int:
+        return sum(math.prod(s) for s in self.param_shapes().values())
+
+    # ----- Hugging Face config.json ----------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LlamaConfig":
+        """Build from a Hugging Face config.json dict (transformers 4.x or 5.x layout)."""
+        if not isinstance(d, dict):
+            raise TypeError(f"config must be a dict, got {type(d).__name__}")
+        model_type = d.get("model_type", "llama")
+        architectures = d.get("architectures") or []
+        if model_type != "llama" or any("Llama" not in a for a in architectures if isinstance(a, str)):
+            raise ValueError(
+                f"config is for model_type={model_type!r}, architectures={architectures!r}; "
+                f"npllama reads LLaMA configs (model_type 'llama')")
+        for flag in ("attention_bias", "mlp_bias"):
+            if d.get(flag):
+                raise ValueError(f"{flag}=true is not LLaMA's architecture (LLaMA has no biases)")
+        act = d.get("hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"hidden_act must be 'silu' for LLaMA's SwiGLU, got {act!r}")
+        rope_parameters = d.get("rope_parameters")
+        rope_theta = d.get("rope_theta")
+        rope_scaling = d.get("rope_scaling")
+        if isinstance(rope_parameters, dict):  # transformers 5.x
+            rope_theta = rope_parameters.get("rope_theta", rope_theta)
+            rest = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
+            if rest.get("rope_type", rest.get("type", "default")) != "default":
+                rope_scaling = rest
+        elif rope_parameters is not None:
+            raise TypeError(f"rope_parameters must be an object, got {rope_parameters!r}")
+        kwargs = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        kwargs["rope_theta"] = 10000.0 if rope_theta is None else rope_theta
+        kwargs["rope_scaling"] = rope_scaling
+        if "rms_norm_eps" not in d:
+            kwargs["rms_norm_eps"] = 1e-6  # transformers' default when the field is absent
+        for name in ("eos_token_id", "bos_token_id"):
+            if isinstance(kwargs.get(name), list):  # LLaMA-3 lists several end-of-turn ids
+                kwargs[name] = kwargs[name][0] if kwargs[name] else None
+        missing = [n for n in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                               "num_attention_heads") if n not in d]
+        if missing:
+            raise ValueError(f"config is missing required field(s): {', '.join(missing)}")
+        for name, value in list(kwargs.items()):
+            field_type = {f.name: f.type for f in dataclasses.fields(cls)}[name]
+            if value is not None and "float" in str(field_type) and _is_int(value):
+                kwargs[name] = float(value)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A config.json dict in the transformers 4.x layout (transformers 5 reads it too)."""
+        d = dataclasses.asdict(self)
+        d.update(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu",
+                 attention_bias=False, mlp_bias=False, attention_dropout=0.0, use_cache=True,
+                 pretraining_tp=1)
+        if d["rope_scaling"] is not None:
+            d["rope_scaling"] = dict(d["rope_scaling"])
+        return d
+
+    # ----- presets ---------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "LlamaConfig":
+        """A named shape (see PRESETS); keyword arguments override fields, e.g. vocab_size."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+# Presets: `tiny` trains in minutes on 2 cores; the others are the classic llama2.c shapes.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(vocab_size=512, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256),
+    "stories260k": dict(vocab_size=512, hidden_size=64, intermediate_size=172, num_hidden_layers=5,
+                        num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512),
+    "stories15m": dict(vocab_size=32000, hidden_size=288, intermediate_size=768, num_hidden_layers=6,
+                       num_attention_heads=6, num_key_value_heads=6, max_position_embeddings=256),
+    "stories42m": dict(vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
+                       num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024),
+    "stories110m": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                        num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=1024),
+}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require_positive_int(name: str, value) -> None:
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+
+
+def _require_positive_float(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+
+
+def _normalise_rope_scaling(scaling) -> dict | None:
+    """Validate rope_scaling and return it with a 'rope_type' key (None for plain RoPE)."""
+    if scaling is None:
+        return None
+    if not isinstance(scaling, dict):
+        raise TypeError(f"rope_scaling must be a dict or None, got {scaling!r}")
+    scaling = dict(scaling)
+    rope_type = scaling.pop("type", None)
+    rope_type = scaling.get("rope_type", rope_type) or "default"
+    scaling["rope_type"] = rope_type
+    if rope_type not in ROPE_TYPES:
+        raise ValueError(f"rope_scaling type {rope_type!r} is not supported; npllama implements {ROPE_TYPES}")
+    if rope_type == "default":
+        return None
+    factor = scaling.get("factor")
+    _require_positive_float("rope_scaling.factor", factor)
+    if rope_type == "llama3":
+        for field in LLAMA3_ROPE_FIELDS:
+            if field not in scaling:
+                raise ValueError(f"rope_scaling of type 'llama3' needs {field!r}")
+        _require_positive_float("rope_scaling.low_freq_factor", scaling["low_freq_factor"])
+        _require_positive_float("rope_scaling.high_freq_factor", scaling["high_freq_factor"])
+        _require_positive_int("rope_scaling.original_max_position_embeddings",
+                              scaling["original_max_position_embeddings"])
+        if scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
+            raise ValueError("rope_scaling.high_freq_factor must be greater than low_freq_factor")
+    return scaling

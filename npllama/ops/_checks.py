@@ -1,0 +1,31 @@
+"""Argument checks shared by the ops: cheap, and each error names the argument and what was expected."""
+import numpy as np
+
+
+def require_float_array(name, a, ndim=None, min_ndim=1):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {a.shape}")
+    if a.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {a.shape}")
+
+
+def require_int_array(name, a):
+    if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer numpy array, got "
+                        f"{getattr(a, 'dtype', type(a).__name__)}")
+
+
+def require_last_dim(name, a, expected, what):
+    if a.shape[-1] != expected:
+        raise ValueError(f"{name} has last dimension {a.shape[-1]}, expected {expected} ({what})")
+
+
+def require_same_dtype(**arrays):
+    dtypes = {name: a.dtype for name, a in arrays.items()}
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{n}: {d}" for n, d in dtypes.items())
+        raise TypeError(f"dtypes must match (no silent casts): {listed}")

@@ -1,0 +1,26 @@
+"""Linear layer without bias, weight laid out (out_features, in_features) as in PyTorch.
+
+    y = x W^T          x: (..., in)   W: (out, in)   y: (..., out)
+
+Derivation: derivations/linear.md
+"""
+import numpy as np
+
+from ._checks import require_float_array, require_last_dim
+
+
+def linear_forward(x, weight):
+    """y = x @ weight.T.  Returns (y, cache)."""
+    require_float_array("x", x)
+    require_float_array("weight", weight, ndim=2)
+    require_last_dim("x", x, weight.shape[1], "weight.shape[1] (in_features)")
+    y = x @ weight.T  # (..., out)
+    return y, (x, weight)
+
+
+def linear_backward(dy, cache):
+    """Returns (dx, dweight):  dx = dy W,  dW = sum over rows of dy^T x."""
+    x, weight = cache
+    dx = dy @ weight  # (..., in)
+    dweight = dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])  # (out, in)
+    return dx, dweight

@@ -1,0 +1,377 @@
+"""Llama: the whole model as a readable sequence of op calls, and the same sequence reversed for backward.
+
+    x = embed(tokens)                                  # (B, T, D)
+    for each layer:
+        h   = x + attention(rmsnorm(x))                # pre-norm residual blocks (Meta's model.py)
+        x   = h + swiglu(rmsnorm(h))
+    logits = rmsnorm(x) @ lm_head^T                    # (B, T, V)
+
+Parameters live in `model.params` under Hugging Face state-dict names and layouts, so anyone
+comparing with transformers finds every tensor by the same name.  Which implementation runs each
+op (NumPy reference or Numba kernel) is chosen by npllama.backend.  Derivation of the block:
+derivations/transformer_block.md.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend
+from .config import LlamaConfig
+from .ops.rope import rope_cos_sin
+
+DTYPES = (np.float32, np.float64)
+
+
+class Llama:
+    """A LLaMA decoder: random init with `Llama(config, seed, dtype)`, or `Llama.from_pretrained(path)`."""
+
+    def __init__(self, config: LlamaConfig, seed: int = 0, dtype=np.float32, *, params=None):
+        if not isinstance(config, LlamaConfig):
+            raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
+        self.config = config
+        self.dtype = _check_dtype(dtype)
+        self.params = init_params(config, seed, self.dtype) if params is None else params
+        self._rope_tables: tuple[np.ndarray, np.ndarray] | None = None
+
+    # ----- Hugging Face folders -------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path, dtype=np.float32) -> "Llama":
+        """Load a Hugging Face folder (config.json + model.safetensors, or a sharded index)."""
+        from .io.hf import load_hf_folder
+
+        config, params = load_hf_folder(path, dtype=_check_dtype(dtype))
+        return cls(config, dtype=dtype, params=params)
+
+    def save_pretrained(self, path, dtype=None) -> None:
+        """Write a folder that `transformers.LlamaForCausalLM.from_pretrained` loads."""
+        from .io.hf import save_hf_folder
+
+        save_hf_folder(path, self.config, self.params, dtype=dtype)
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for p in self.params.values()))
+
+    # ----- forward --------------------------------------------------------------------------
+    def forward(self, tokens, attention_mask=None) -> np.ndarray:
+        """tokens int (B, T) -> logits (B, T, vocab_size)."""
+        logits, _ = self.forward_with_caches(tokens, attention_mask)
+        return logits
+
+    def forward_with_caches(self, tokens, attention_mask=None, causal: bool = True):
+        """Logits and everything `backward` needs.  attention_mask: optional (B, T), 1 = real token."""
+        hidden, caches = self.hidden_forward(tokens, attention_mask, causal)
+        F = backend.ops()
+        logits, caches["lm_head"] = F.linear_forward(hidden, self._lm_head_weight())  # (B, T, V)
+        return logits, caches
+
+    def hidden_forward(self, tokens, attention_mask=None, causal: bool = True):
+        """The decoder stack without the LM head: final-normed hidden states (B, T, D) and caches.
+
+        Heads other than the LM head (classification, masked-LM) start from here; causal=False
+        gives the bidirectional "encoder" of the article's §3.1.1 (the same block, no causal mask).
+        """
+        cfg, p, F = self.config, self.params, backend.ops()
+        tokens = self._check_tokens(tokens)
+        key_padding_mask = _check_attention_mask(attention_mask, tokens.shape)
+        cos, sin = self.rope_tables(tokens.shape[1])
+        caches = {"causal": causal, "key_padding_mask": key_padding_mask}
+
+        x, caches["embed"] = F.embedding_forward(tokens, p["model.embed_tokens.weight"])  # (B, T, D)
+        caches["layers"] = []
+        for i in range(cfg.num_hidden_layers):
+            x, layer_cache = block_forward(F, x, _layer_params(p, i), cos, sin, cfg, causal,
+                                           key_padding_mask)
+            caches["layers"].append(layer_cache)
+        hidden, caches["norm"] = F.rmsnorm_forward(x, p["model.norm.weight"], cfg.rms_norm_eps)
+        return hidden, caches
+
+    # ----- backward -------------------------------------------------------------------------
+    def backward(self, dlogits, caches) -> dict[str, np.ndarray]:
+        """Gradients of every parameter, given dL/dlogits (B, T, V) and forward_with_caches' caches."""
+        F = backend.ops()
+        dhidden, d_lm_head = F.linear_backward(dlogits, caches["lm_head"])
+        grads = self.hidden_backward(dhidden, caches)
+        if self.config.tie_word_embeddings:
+            grads["model.embed_tokens.weight"] += d_lm_head  # one matrix, used twice: gradients add
+        else:
+            grads["lm_head.weight"] = d_lm_head
+        return self._ordered(grads)
+
+    def hidden_backward(self, dhidden, caches) -> dict[str, np.ndarray]:
+        """Gradients of the decoder stack's parameters, given dL/d(final-normed hidden states)."""
+        cfg, F = self.config, backend.ops()
+        grads = {}
+        dx, grads["model.norm.weight"] = F.rmsnorm_backward(dhidden, caches["norm"])
+        for i in reversed(range(cfg.num_hidden_layers)):
+            dx, layer_grads = block_backward(F, dx, caches["layers"][i])
+            grads.update({f"model.layers.{i}.{name}": g for name, g in layer_grads.items()})
+        grads["model.embed_tokens.weight"] = F.embedding_backward(dx, caches["embed"])
+        return grads
+
+    def loss_and_grads(self, tokens, targets, attention_mask=None, ignore_index: int = -100):
+        """Mean next-token cross-entropy over targets != ignore_index, and its gradient for every param.
+
+        targets (B, T) are already shifted: targets[b, t] is the token that should follow tokens[b, t].
+        """
+        F = backend.ops()
+        logits, caches = self.forward_with_caches(tokens, attention_mask)
+        targets = _check_targets(targets, logits.shape[:2])
+        loss, ce_cache = F.cross_entropy_forward(logits, targets, ignore_index)
+        dlogits = F.cross_entropy_backward(np.ones((), dtype=logits.dtype), ce_cache)
+        return float(loss), self.backward(dlogits, caches)
+
+    def loss(self, tokens, targets, attention_mask=None, ignore_index: int = -100) -> float:
+        """The same loss as loss_and_grads, without the backward pass."""
+        logits = self.forward(tokens, attention_mask)
+        targets = _check_targets(targets, logits.shape[:2])
+        loss, _ = backend.ops().cross_entropy_forward(logits, targets, ignore_index)
+        return float(loss)
+
+    # ----- incremental decoding with a KV cache -------------------------------------------
+    def new_kv_cache(self, batch_size: int, max_length: int | None = None) -> "KVCache":
+        return KVCache(self.config, batch_size, max_length or self.config.max_position_embeddings,
+                       self.dtype)
+
+    def forward_step(self, tokens, kv_cache: "KVCache") -> np.ndarray:
+        """Process new tokens (B, T_new) after the kv_cache.length tokens already seen.
+
+        Prefill is one call with the whole prompt, decoding one call per token (T_new = 1).  The
+        logits equal those of a full forward over everything seen so far, at the new positions.
+        """
+        cfg, p, F = self.config, self.params, backend.ops()
+        tokens = self._check_tokens(tokens, offset=kv_cache.length)
+        B, T_new = tokens.shape
+        if B != kv_cache.batch_size:
+            raise ValueError(f"tokens has batch size {B}, the KV cache was made for {kv_cache.batch_size}")
+        if kv_cache.length + T_new > kv_cache.max_length:
+            raise ValueError(f"KV cache holds at most {kv_cache.max_length} positions; "
+                             f"{kv_cache.length} used, {T_new} more requested")
+        start, end = kv_cache.length, kv_cache.length + T_new
+        cos, sin = self.rope_tables(end)
+        cos, sin = cos[start:end], sin[start:end]
+        x, _ = F.embedding_forward(tokens, p["model.embed_tokens.weight"])
+        for i in range(cfg.num_hidden_layers):
+            kv_slot = (kv_cache.k[i], kv_cache.v[i], start)
+            x, _ = block_forward(F, x, _layer_params(p, i), cos, sin, cfg, True, None, kv_slot)
+        kv_cache.length = end
+        hidden, _ = F.rmsnorm_forward(x, p["model.norm.weight"], cfg.rms_norm_eps)
+        logits, _ = F.linear_forward(hidden, self._lm_head_weight())
+        return logits
+
+    # ----- helpers --------------------------------------------------------------------------
+    def rope_tables(self, length: int):
+        """cos, sin (length, head_dim) in the model's dtype, computed once for the whole context."""
+        cfg = self.config
+        if self._rope_tables is None or self._rope_tables[0].dtype != self.dtype:
+            positions = np.arange(cfg.max_position_embeddings)
+            self._rope_tables = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling,
+                                             dtype=self.dtype)
+        cos, sin = self._rope_tables
+        return cos[:length], sin[:length]
+
+    def _lm_head_weight(self) -> np.ndarray:
+        if self.config.tie_word_embeddings:
+            return self.params["model.embed_tokens.weight"]
+        return self.params["lm_head.weight"]
+
+    def _ordered(self, grads):
+        return {name: grads[name] for name in self.params}
+
+    def _check_tokens(self, tokens, offset: int = 0) -> np.ndarray:
+        if not isinstance(tokens, np.ndarray):
+            tokens = np.asarray(tokens)
+        if not np.issubdtype(tokens.dtype, np.integer):
+            raise TypeError(f"tokens must be integers, got dtype {tokens.dtype}")
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape (batch, seq_len), got {tokens.shape}"
+                             + ("; use tokens[None] for a single sequence" if tokens.ndim == 1 else ""))
+        if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+            raise ValueError(f"tokens must not be empty, got shape {tokens.shape}")
+        limit = self.config.max_position_embeddings
+        if offset + tokens.shape[1] > limit:
+            raise ValueError(f"sequence of {offset + tokens.shape[1]} positions is longer than "
+                             f"max_position_embeddings ({limit})")
+        vocab = self.config.vocab_size
+        if tokens.min() < 0 or tokens.max() >= vocab:
+            bad = tokens[(tokens < 0) | (tokens >= vocab)].flat[0]
+            raise ValueError(f"tokens contains id {bad}, outside the vocabulary [0, {vocab})")
+        return tokens
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for max_length positions.
+
+    k, v: (num_layers, batch, num_key_value_heads, max_length, head_dim); positions [0, length) are filled.
+    """
+
+    def __init__(self, config: LlamaConfig, batch_size: int, max_length: int, dtype=np.float32):
+        for name, value in (("batch_size", batch_size), ("max_length", max_length)):
+            if not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if max_length > config.max_position_embeddings:
+            raise ValueError(f"max_length ({max_length}) exceeds max_position_embeddings "
+                             f"({config.max_position_embeddings})")
+        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_length,
+                 config.head_dim)
+        self.k = np.zeros(shape, dtype=dtype)
+        self.v = np.zeros(shape, dtype=dtype)
+        self.batch_size, self.max_length, self.length = int(batch_size), int(max_length), 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+# ----- one decoder block -------------------------------------------------------------------------
+def block_forward(F, x, lp, cos, sin, cfg, causal, key_padding_mask, kv_slot=None):
+    """h = x + attention(rmsnorm(x));  out = h + swiglu(rmsnorm(h)).   x: (B, T, D)"""
+    c = {}
+    xn, c["input_layernorm"] = F.rmsnorm_forward(x, lp["input_layernorm.weight"], cfg.rms_norm_eps)
+    attn_out, c["self_attn"] = attention_layer_forward(F, xn, lp, cos, sin, cfg, causal, key_padding_mask,
+                                                    kv_slot)
+    h = x + attn_out
+    hn, c["post_attention_layernorm"] = F.rmsnorm_forward(h, lp["post_attention_layernorm.weight"],
+                                                           cfg.rms_norm_eps)
+    mlp_out, c["mlp"] = F.swiglu_forward(hn, lp["mlp.gate_proj.weight"], lp["mlp.up_proj.weight"],
+                                         lp["mlp.down_proj.weight"])
+    out = h + mlp_out
+    return out, c
+
+
+def block_backward(F, dout, c):
+    """The block's forward read backwards; the residual connections pass dout through unchanged."""
+    g = {}
+    dhn, g["mlp.gate_proj.weight"], g["mlp.up_proj.weight"], g["mlp.down_proj.weight"] = \
+        F.swiglu_backward(dout, c["mlp"])
+    dh_norm, g["post_attention_layernorm.weight"] = F.rmsnorm_backward(dhn, c["post_attention_layernorm"])
+    dh = dout + dh_norm
+    dxn, attn_grads = attention_layer_backward(F, dh, c["self_attn"])
+    g.update(attn_grads)
+    dx_norm, g["input_layernorm.weight"] = F.rmsnorm_backward(dxn, c["input_layernorm"])
+    dx = dh + dx_norm
+    return dx, g
+
+
+def attention_layer_forward(F, xn, lp, cos, sin, cfg, causal, key_padding_mask, kv_slot=None):
+    """Project to q, k, v, rotate q and k, attend, merge heads, project out.   xn: (B, T, D)
+
+    kv_slot = (k_store, v_store, start) when decoding: this step's keys and values are written at
+    positions [start, start+T) of the layer's preallocated KV cache, and attention runs over all
+    positions seen so far, the queries sitting at absolute positions start.. (q_offset).
+    """
+    c = {"heads": (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)}
+    q, c["q_proj"] = F.linear_forward(xn, lp["self_attn.q_proj.weight"])   # (B, T, H*hd)
+    k, c["k_proj"] = F.linear_forward(xn, lp["self_attn.k_proj.weight"])   # (B, T, KVH*hd)
+    v, c["v_proj"] = F.linear_forward(xn, lp["self_attn.v_proj.weight"])   # (B, T, KVH*hd)
+    q = _split_heads(q, cfg.num_attention_heads, cfg.head_dim)            # (B, H, T, hd)
+    k = _split_heads(k, cfg.num_key_value_heads, cfg.head_dim)            # (B, KVH, T, hd)
+    v = _split_heads(v, cfg.num_key_value_heads, cfg.head_dim)
+    q_rot, c["q_rope"] = F.rope_forward(q, cos, sin)
+    k_rot, c["k_rope"] = F.rope_forward(k, cos, sin)
+    q_offset = 0
+    if kv_slot is not None:
+        k_store, v_store, q_offset = kv_slot
+        end = q_offset + k_rot.shape[2]
+        k_store[:, :, q_offset:end] = k_rot
+        v_store[:, :, q_offset:end] = v
+        k_rot, v = k_store[:, :, :end], v_store[:, :, :end]                # (B, KVH, S, hd)
+    attn, c["attention"] = F.attention_forward(q_rot, k_rot, v, causal=causal,
+                                               key_padding_mask=key_padding_mask,
+                                               q_offset=q_offset)          # (B, H, T, hd)
+    out, c["o_proj"] = F.linear_forward(_merge_heads(attn), lp["self_attn.o_proj.weight"])  # (B, T, D)
+    return out, c
+
+
+def attention_layer_backward(F, dout, c):
+    """attention_layer_forward read backwards.   dout: (B, T, D) -> d xn (B, T, D) and weight grads"""
+    g = {}
+    d_merged, g["self_attn.o_proj.weight"] = F.linear_backward(dout, c["o_proj"])
+    n_heads, n_kv_heads, head_dim = c["heads"]
+    d_attn = _split_heads(d_merged, n_heads, head_dim)                     # (B, H, T, hd)
+    dq_rot, dk_rot, dv = F.attention_backward(d_attn, c["attention"])     # dk, dv summed per group
+    dq = _merge_heads(F.rope_backward(dq_rot, c["q_rope"]))                # (B, T, H*hd)
+    dk = _merge_heads(F.rope_backward(dk_rot, c["k_rope"]))                # (B, T, KVH*hd)
+    dv = _merge_heads(dv)
+    dxn_q, g["self_attn.q_proj.weight"] = F.linear_backward(dq, c["q_proj"])
+    dxn_k, g["self_attn.k_proj.weight"] = F.linear_backward(dk, c["k_proj"])
+    dxn_v, g["self_attn.v_proj.weight"] = F.linear_backward(dv, c["v_proj"])
+    return dxn_q + dxn_k + dxn_v, g
+
+
+def _split_heads(x, n_heads, head_dim):
+    """(B, T, n_heads*head_dim) -> (B, n_heads, T, head_dim)"""
+    B, T, _ = x.shape
+    return x.reshape(B, T, n_heads, head_dim).transpose(0, 2, 1, 3)
+
+
+def _merge_heads(x):
+    """(B, n_heads, T, head_dim) -> (B, T, n_heads*head_dim)"""
+    B, H, T, hd = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * hd)
+
+
+def _layer_params(params, i):
+    """The params of layer i, keyed by their name inside the layer (e.g. "self_attn.q_proj.weight")."""
+    prefix = f"model.layers.{i}."
+    return _LayerView(params, prefix)
+
+
+class _LayerView:
+    """Read-only view of one layer's params without copying the dict each forward."""
+
+    __slots__ = ("params", "prefix")
+
+    def __init__(self, params, prefix):
+        self.params, self.prefix = params, prefix
+
+    def __getitem__(self, name):
+        return self.params[self.prefix + name]
+
+
+# ----- initialisation and argument checks --------------------------------------------------------
+def init_params(config: LlamaConfig, seed: int, dtype) -> dict[str, np.ndarray]:
+    """Hugging Face's init: every matrix ~ N(0, initializer_range^2), every norm weight 1.
+
+    Drawn in float64 and then cast, so a float32 and a float64 model of the same seed agree.
+    """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in config.param_shapes().items():
+        if len(shape) == 1:
+            params[name] = np.ones(shape, dtype=dtype)
+        else:
+            params[name] = (rng.standard_normal(shape) * config.initializer_range).astype(dtype)
+    return params
+
+
+def _check_dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt.type
+
+
+def _check_attention_mask(attention_mask, shape):
+    if attention_mask is None:
+        return None
+    mask = np.asarray(attention_mask)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"attention_mask must have the tokens' shape {tuple(shape)}, got {mask.shape}")
+    if mask.dtype != np.bool_:
+        if not np.issubdtype(mask.dtype, np.integer) or not np.isin(mask, (0, 1)).all():
+            raise ValueError("attention_mask must hold 0/1 integers or booleans (1 = real token)")
+        mask = mask.astype(bool)
+    return mask
+
+
+def _check_targets(targets, shape):
+    targets = np.asarray(targets)
+    if not np.issubdtype(targets.dtype, np.integer):
+        raise TypeError(f"targets must be integers, got dtype {targets.dtype}")
+    if targets.shape != tuple(shape):
+        raise ValueError(f"targets must have the tokens' shape {tuple(shape)}, got {targets.shape}")
+    return targets

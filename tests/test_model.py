@@ -1,0 +1,234 @@
+"""The whole model: gradient checks in float64, invariants, the KV cache, tied embeddings, bad input."""
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from npllama import Llama, LlamaConfig, gradcheck, use_backend
+from npllama.gradcheck import rel_error
+
+
+def tiny_config(**overrides):
+    fields = dict(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16,
+                  rms_norm_eps=1e-5)
+    fields.update(overrides)
+    return LlamaConfig(**fields)
+
+
+def random_batch(config, B, T, seed=0, ignore_fraction=0.0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, config.vocab_size, size=(B, T))
+    targets = rng.integers(0, config.vocab_size, size=(B, T))
+    targets[rng.random((B, T)) < ignore_fraction] = -100
+    return tokens, targets
+
+
+def perturbed_model(config, seed=0, dtype=np.float64):
+    """Random init has unit norms; perturb them so the norm weights' gradients are exercised fully."""
+    model = Llama(config, seed=seed, dtype=dtype)
+    rng = np.random.default_rng(seed + 1)
+    for name, p in model.params.items():
+        p += (0.3 if p.ndim == 1 else 0.2) * rng.standard_normal(p.shape).astype(dtype)
+    return model
+
+
+def check_model_gradients(model, tokens, targets, max_entries=None, attention_mask=None):
+    with use_backend("numpy"):
+        loss, grads = model.loss_and_grads(tokens, targets, attention_mask)
+        assert set(grads) == set(model.params)
+        report = gradcheck(lambda *_: model.loss(tokens, targets, attention_mask), model.params, grads,
+                           max_entries=max_entries)
+    report.raise_if_failed()
+    return report
+
+
+CASES = {
+    "mha": tiny_config(),
+    "gqa": tiny_config(num_attention_heads=4, num_key_value_heads=2, hidden_size=8),
+    "mqa_tied": tiny_config(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True),
+    "llama3_rope": tiny_config(rope_theta=500000.0, max_position_embeddings=32,
+                               rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                             "high_freq_factor": 4.0,
+                                             "original_max_position_embeddings": 4}),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_whole_model_gradients_match_central_differences(name):
+    config = CASES[name]
+    model = perturbed_model(config)
+    tokens, targets = random_batch(config, B=2, T=6, ignore_fraction=0.3)
+    report = check_model_gradients(model, tokens, targets)
+    assert report.max_rel_err < 1e-7
+
+
+@settings(max_examples=8, deadline=None)
+@given(B=st.integers(1, 2), T=st.integers(1, 5), n_kv_heads=st.sampled_from([1, 2, 4]),
+       ratio=st.sampled_from([1, 2]), head_dim=st.sampled_from([2, 4]), vocab=st.integers(3, 9),
+       tied=st.booleans(), seed=st.integers(0, 100))
+def test_whole_model_gradients_over_shapes(B, T, n_kv_heads, ratio, head_dim, vocab, tied, seed):
+    n_heads = n_kv_heads * ratio
+    config = LlamaConfig(vocab_size=vocab, hidden_size=6, head_dim=head_dim, intermediate_size=5,
+                         num_hidden_layers=1, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
+                         max_position_embeddings=8, tie_word_embeddings=tied)
+    model = perturbed_model(config, seed=seed)
+    tokens, targets = random_batch(config, B, T, seed=seed, ignore_fraction=0.3)
+    targets[0, 0] = 1  # at least one counted target
+    check_model_gradients(model, tokens, targets, max_entries=25)
+
+
+def test_gradient_with_all_targets_ignored_but_one():
+    config = CASES["gqa"]
+    model = perturbed_model(config)
+    tokens, targets = random_batch(config, 2, 5)
+    targets[:] = -100
+    targets[1, 2] = 3
+    check_model_gradients(model, tokens, targets)
+
+
+def test_gradients_with_padding_mask():
+    config = CASES["gqa"]
+    model = perturbed_model(config)
+    tokens, targets = random_batch(config, 2, 5)
+    mask = np.ones((2, 5), dtype=np.int64)
+    mask[1, 3:] = 0
+    targets[1, 3:] = -100
+    check_model_gradients(model, tokens, targets, attention_mask=mask)
+
+
+def test_causal_changing_a_token_never_changes_earlier_logits():
+    config = CASES["gqa"]
+    model = perturbed_model(config)
+    tokens, _ = random_batch(config, 1, 8)
+    logits = model.forward(tokens)
+    for t in range(8):
+        changed = tokens.copy()
+        changed[0, t] = (changed[0, t] + 1) % config.vocab_size
+        new_logits = model.forward(changed)
+        np.testing.assert_array_equal(new_logits[:, :t], logits[:, :t])
+        assert not np.allclose(new_logits[:, t], logits[:, t])
+
+
+def test_right_padding_does_not_change_real_positions():
+    config = CASES["mha"]
+    model = perturbed_model(config)
+    tokens, _ = random_batch(config, 1, 7)
+    short = model.forward(tokens[:, :4])
+    padded = tokens.copy()
+    padded[0, 4:] = 0
+    mask = np.array([[1, 1, 1, 1, 0, 0, 0]])
+    np.testing.assert_allclose(model.forward(padded, attention_mask=mask)[:, :4], short, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kv_cache_decoding_equals_full_forward(name, dtype):
+    config = CASES[name]
+    model = perturbed_model(config, dtype=dtype)
+    tokens, _ = random_batch(config, 2, 12)
+    full = model.forward(tokens)
+    cache = model.new_kv_cache(batch_size=2)
+    steps = [model.forward_step(tokens[:, :5], cache)]  # prefill the "prompt" in one call
+    for t in range(5, 12):
+        steps.append(model.forward_step(tokens[:, t:t + 1], cache))
+    decoded = np.concatenate(steps, axis=1)
+    assert decoded.dtype == dtype and cache.length == 12
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    assert rel_error(decoded, full) < tol
+
+
+def test_kv_cache_rejects_overflow_and_batch_mismatch():
+    config = CASES["mha"]
+    model = Llama(config, seed=0)
+    cache = model.new_kv_cache(batch_size=1, max_length=4)
+    model.forward_step(np.zeros((1, 3), dtype=np.int64), cache)
+    with pytest.raises(ValueError, match="KV cache holds at most 4"):
+        model.forward_step(np.zeros((1, 2), dtype=np.int64), cache)
+    with pytest.raises(ValueError, match="batch size"):
+        model.forward_step(np.zeros((2, 1), dtype=np.int64), cache)
+
+
+def test_tied_embedding_gradient_is_sum_of_both_uses():
+    tied_cfg = CASES["mqa_tied"]
+    untied_cfg = dataclasses.replace(tied_cfg, tie_word_embeddings=False)
+    tied = perturbed_model(tied_cfg)
+    untied = Llama(untied_cfg, dtype=np.float64, params={**tied.params,
+                                                          "lm_head.weight": tied.params["model.embed_tokens.weight"].copy()})
+    tokens, targets = random_batch(tied_cfg, 2, 5)
+    loss_t, g_t = tied.loss_and_grads(tokens, targets)
+    loss_u, g_u = untied.loss_and_grads(tokens, targets)
+    assert loss_t == pytest.approx(loss_u, rel=1e-14)
+    assert "lm_head.weight" not in g_t
+    np.testing.assert_allclose(g_t["model.embed_tokens.weight"],
+                               g_u["model.embed_tokens.weight"] + g_u["lm_head.weight"], rtol=1e-12, atol=1e-15)
+
+
+def test_params_are_the_live_state():
+    model = Llama(CASES["mha"], seed=0)
+    tokens, _ = random_batch(CASES["mha"], 1, 4)
+    before = model.forward(tokens)
+    model.params["model.norm.weight"] *= 2.0  # an optimizer-style in-place update
+    assert not np.allclose(model.forward(tokens), before)
+
+
+def test_float32_and_float64_models_agree():
+    config = CASES["gqa"]
+    m32, m64 = Llama(config, seed=3, dtype=np.float32), Llama(config, seed=3, dtype=np.float64)
+    tokens, targets = random_batch(config, 2, 6)
+    logits32 = m32.forward(tokens)
+    assert logits32.dtype == np.float32 and m64.forward(tokens).dtype == np.float64
+    assert rel_error(logits32, m64.forward(tokens)) < 1e-5
+    _, g32 = m32.loss_and_grads(tokens, targets)
+    _, g64 = m64.loss_and_grads(tokens, targets)
+    for name in g64:
+        assert g32[name].dtype == np.float32
+        assert rel_error(g32[name], g64[name]) < 1e-4, name
+
+
+def test_init_is_seeded_and_hugging_face_like():
+    config = LlamaConfig.from_preset("tiny")
+    a, b, c = Llama(config, seed=1), Llama(config, seed=1), Llama(config, seed=2)
+    np.testing.assert_array_equal(a.params["model.layers.0.mlp.up_proj.weight"],
+                                  b.params["model.layers.0.mlp.up_proj.weight"])
+    assert not np.array_equal(a.params["model.layers.0.mlp.up_proj.weight"],
+                              c.params["model.layers.0.mlp.up_proj.weight"])
+    assert np.std(a.params["model.embed_tokens.weight"]) == pytest.approx(0.02, rel=0.05)
+    np.testing.assert_array_equal(a.params["model.norm.weight"], 1.0)
+    assert list(a.params) == list(config.param_shapes())
+    assert a.num_parameters() == config.num_parameters()
+
+
+@pytest.mark.parametrize("tokens, error, match", [
+    (np.zeros((2, 3)), TypeError, "integers"),
+    (np.zeros(3, dtype=np.int64), ValueError, r"tokens\[None\]"),
+    (np.full((1, 3), 11), ValueError, "outside the vocabulary"),
+    (np.full((1, 3), -1), ValueError, "outside the vocabulary"),
+    (np.zeros((1, 17), dtype=np.int64), ValueError, "max_position_embeddings"),
+    (np.zeros((1, 0), dtype=np.int64), ValueError, "empty"),
+])
+def test_bad_tokens_are_refused(tokens, error, match):
+    model = Llama(CASES["mha"], seed=0)
+    with pytest.raises(error, match=match):
+        model.forward(tokens)
+
+
+def test_bad_targets_masks_and_dtypes_are_refused():
+    model = Llama(CASES["mha"], seed=0)
+    tokens = np.zeros((2, 3), dtype=np.int64)
+    with pytest.raises(ValueError, match="targets must have"):
+        model.loss_and_grads(tokens, np.zeros((2, 4), dtype=np.int64))
+    with pytest.raises(TypeError, match="targets must be integers"):
+        model.loss_and_grads(tokens, np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="targets"):
+        model.loss_and_grads(tokens, np.full((2, 3), 11))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model.forward(tokens, attention_mask=np.ones((2, 4)))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model.forward(tokens, attention_mask=np.full((2, 3), 2))
+    with pytest.raises(TypeError, match="dtype"):
+        Llama(CASES["mha"], dtype=np.float16)
+    with pytest.raises(TypeError, match="LlamaConfig"):
+        Llama({"vocab_size": 3})

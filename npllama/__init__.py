@@ -7,6 +7,7 @@
 from .backend import get_backend, set_backend, use_backend
 from .config import LlamaConfig
 from .gradcheck import check_op, gradcheck
+from . import trace  # a callable module: `with npllama.trace() as t:` and `npllama.trace.compare(...)`
 
 __version__ = "0.1.0"
 
@@ -14,7 +15,6 @@ __version__ = "0.1.0"
 _LAZY = {
     "Llama": ("npllama.model", "Llama"),
     "KVCache": ("npllama.model", "KVCache"),
-    "trace": ("npllama.trace", "trace"),
     "Tokenizer": ("npllama.tokenizer", "Tokenizer"),
 }
 

@@ -17,7 +17,10 @@ import numpy as np
 
 from . import backend
 from .config import LlamaConfig
+from .ops import attention as reference_attention
+from .ops import swiglu as reference_swiglu
 from .ops.rope import rope_cos_sin
+from .trace import active_trace
 
 DTYPES = (np.float32, np.float64)
 
@@ -62,6 +65,7 @@ class Llama:
         hidden, caches = self.hidden_forward(tokens, attention_mask, causal)
         F = backend.ops()
         logits, caches["lm_head"] = F.linear_forward(hidden, self._lm_head_weight())  # (B, T, V)
+        _record("lm_head.out", logits)
         return logits, caches
 
     def hidden_forward(self, tokens, attention_mask=None, causal: bool = True):
@@ -77,34 +81,44 @@ class Llama:
         caches = {"causal": causal, "key_padding_mask": key_padding_mask}
 
         x, caches["embed"] = F.embedding_forward(tokens, p["model.embed_tokens.weight"])  # (B, T, D)
+        _record("model.embed_tokens.out", x)
         caches["layers"] = []
         for i in range(cfg.num_hidden_layers):
             x, layer_cache = block_forward(F, x, _layer_params(p, i), cos, sin, cfg, causal,
                                            key_padding_mask)
             caches["layers"].append(layer_cache)
         hidden, caches["norm"] = F.rmsnorm_forward(x, p["model.norm.weight"], cfg.rms_norm_eps)
+        _record("model.norm.out", hidden)
         return hidden, caches
 
     # ----- backward -------------------------------------------------------------------------
     def backward(self, dlogits, caches) -> dict[str, np.ndarray]:
         """Gradients of every parameter, given dL/dlogits (B, T, V) and forward_with_caches' caches."""
         F = backend.ops()
+        _record("d:lm_head.out", dlogits)
         dhidden, d_lm_head = F.linear_backward(dlogits, caches["lm_head"])
         grads = self.hidden_backward(dhidden, caches)
         if self.config.tie_word_embeddings:
             grads["model.embed_tokens.weight"] += d_lm_head  # one matrix, used twice: gradients add
         else:
             grads["lm_head.weight"] = d_lm_head
-        return self._ordered(grads)
+        grads = self._ordered(grads)
+        t = active_trace()
+        if t is not None:
+            for name, g in grads.items():
+                t.record("d:" + name, g)
+        return grads
 
     def hidden_backward(self, dhidden, caches) -> dict[str, np.ndarray]:
         """Gradients of the decoder stack's parameters, given dL/d(final-normed hidden states)."""
         cfg, F = self.config, backend.ops()
         grads = {}
+        _record("d:model.norm.out", dhidden)
         dx, grads["model.norm.weight"] = F.rmsnorm_backward(dhidden, caches["norm"])
         for i in reversed(range(cfg.num_hidden_layers)):
             dx, layer_grads = block_backward(F, dx, caches["layers"][i])
             grads.update({f"model.layers.{i}.{name}": g for name, g in layer_grads.items()})
+        _record("d:model.embed_tokens.out", dx)
         grads["model.embed_tokens.weight"] = F.embedding_backward(dx, caches["embed"])
         return grads
 
@@ -117,6 +131,7 @@ class Llama:
         logits, caches = self.forward_with_caches(tokens, attention_mask)
         targets = _check_targets(targets, logits.shape[:2])
         loss, ce_cache = F.cross_entropy_forward(logits, targets, ignore_index)
+        _record("loss", loss)
         dlogits = F.cross_entropy_backward(np.ones((), dtype=logits.dtype), ce_cache)
         return float(loss), self.backward(dlogits, caches)
 
@@ -226,6 +241,7 @@ def block_forward(F, x, lp, cos, sin, cfg, causal, key_padding_mask, kv_slot=Non
     """h = x + attention(rmsnorm(x));  out = h + swiglu(rmsnorm(h)).   x: (B, T, D)"""
     c = {}
     xn, c["input_layernorm"] = F.rmsnorm_forward(x, lp["input_layernorm.weight"], cfg.rms_norm_eps)
+    _record(lp.prefix + "input_layernorm.out", xn)
     attn_out, c["self_attn"] = attention_layer_forward(F, xn, lp, cos, sin, cfg, causal, key_padding_mask,
                                                     kv_slot)
     h = x + attn_out
@@ -234,18 +250,29 @@ def block_forward(F, x, lp, cos, sin, cfg, causal, key_padding_mask, kv_slot=Non
     mlp_out, c["mlp"] = F.swiglu_forward(hn, lp["mlp.gate_proj.weight"], lp["mlp.up_proj.weight"],
                                          lp["mlp.down_proj.weight"])
     out = h + mlp_out
+    t = active_trace()
+    if t is not None:
+        t.record_many(lp.prefix, **{"residual": h, "post_attention_layernorm.out": hn})
+        _record_mlp(t, lp.prefix + "mlp.", hn, lp)
+        t.record_many(lp.prefix, **{"mlp.out": mlp_out, "out": out})
+    c["prefix"] = lp.prefix
     return out, c
 
 
 def block_backward(F, dout, c):
     """The block's forward read backwards; the residual connections pass dout through unchanged."""
     g = {}
+    prefix = c["prefix"]
+    _record("d:" + prefix + "out", dout)
     dhn, g["mlp.gate_proj.weight"], g["mlp.up_proj.weight"], g["mlp.down_proj.weight"] = \
         F.swiglu_backward(dout, c["mlp"])
     dh_norm, g["post_attention_layernorm.weight"] = F.rmsnorm_backward(dhn, c["post_attention_layernorm"])
     dh = dout + dh_norm
-    dxn, attn_grads = attention_layer_backward(F, dh, c["self_attn"])
+    _record("d:" + prefix + "post_attention_layernorm.out", dhn)
+    _record("d:" + prefix + "residual", dh)
+    dxn, attn_grads = attention_layer_backward(F, dh, c["self_attn"], prefix + "self_attn.")
     g.update(attn_grads)
+    _record("d:" + prefix + "input_layernorm.out", dxn)
     dx_norm, g["input_layernorm.weight"] = F.rmsnorm_backward(dxn, c["input_layernorm"])
     dx = dh + dx_norm
     return dx, g
@@ -277,24 +304,71 @@ def attention_layer_forward(F, xn, lp, cos, sin, cfg, causal, key_padding_mask, 
     attn, c["attention"] = F.attention_forward(q_rot, k_rot, v, causal=causal,
                                                key_padding_mask=key_padding_mask,
                                                q_offset=q_offset)          # (B, H, T, hd)
-    out, c["o_proj"] = F.linear_forward(_merge_heads(attn), lp["self_attn.o_proj.weight"])  # (B, T, D)
+    attn_out = _merge_heads(attn)                                          # (B, T, H*hd)
+    out, c["o_proj"] = F.linear_forward(attn_out, lp["self_attn.o_proj.weight"])  # (B, T, D)
+    t = active_trace()
+    if t is not None:
+        prefix = lp.prefix + "self_attn."
+        t.record_many(prefix, q=q, k=k, v=v, q_rot=q_rot, k_rot=k_rot)
+        _record_attention(t, prefix, q_rot, k_rot, v, causal, key_padding_mask, q_offset)
+        t.record_many(prefix, attn_out=attn_out, out=out)
     return out, c
 
 
-def attention_layer_backward(F, dout, c):
+def attention_layer_backward(F, dout, c, prefix=""):
     """attention_layer_forward read backwards.   dout: (B, T, D) -> d xn (B, T, D) and weight grads"""
     g = {}
+    _record("d:" + prefix + "out", dout)
     d_merged, g["self_attn.o_proj.weight"] = F.linear_backward(dout, c["o_proj"])
+    _record("d:" + prefix + "attn_out", d_merged)
     n_heads, n_kv_heads, head_dim = c["heads"]
     d_attn = _split_heads(d_merged, n_heads, head_dim)                     # (B, H, T, hd)
     dq_rot, dk_rot, dv = F.attention_backward(d_attn, c["attention"])     # dk, dv summed per group
+    t = active_trace()
+    if t is not None:
+        t.record_many("d:" + prefix, q_rot=dq_rot, k_rot=dk_rot, v=dv)
     dq = _merge_heads(F.rope_backward(dq_rot, c["q_rope"]))                # (B, T, H*hd)
     dk = _merge_heads(F.rope_backward(dk_rot, c["k_rope"]))                # (B, T, KVH*hd)
     dv = _merge_heads(dv)
+    if t is not None:
+        t.record_many("d:" + prefix, q=_split_heads(dq, *c["heads"][::2]),
+                      k=_split_heads(dk, *c["heads"][1:]))
     dxn_q, g["self_attn.q_proj.weight"] = F.linear_backward(dq, c["q_proj"])
     dxn_k, g["self_attn.k_proj.weight"] = F.linear_backward(dk, c["k_proj"])
     dxn_v, g["self_attn.v_proj.weight"] = F.linear_backward(dv, c["v_proj"])
     return dxn_q + dxn_k + dxn_v, g
+
+
+def _record(name, value):
+    t = active_trace()
+    if t is not None:
+        t.record(name, value)
+
+
+def _record_attention(t, prefix, q_rot, k_rot, v, causal, key_padding_mask, q_offset):
+    """attn_scores and attn_probs, recomputed with the reference op only when a trace asks for them
+    (a fused kernel never materialises them)."""
+    if not (t.wants(prefix + "attn_scores") or t.wants(prefix + "attn_probs")):
+        return
+    _, cache = reference_attention.attention_forward(q_rot, k_rot, v, causal, key_padding_mask, q_offset)
+    B, H, T, _ = q_rot.shape
+    q_groups = reference_attention._split_groups(q_rot, k_rot.shape[1])
+    scores = (q_groups @ k_rot[:, :, None].swapaxes(-1, -2)).reshape(B, H, T, -1) * cache["scale"]
+    allowed = reference_attention.attention_mask(T, k_rot.shape[2], causal, key_padding_mask, q_offset)
+    if allowed is not None:
+        scores = np.where(allowed, scores, -np.inf)
+    t.record(prefix + "attn_scores", scores)
+    t.record(prefix + "attn_probs", cache["attn_probs"])
+
+
+def _record_mlp(t, prefix, hn, lp):
+    """gate, up and act of the SwiGLU, recomputed with the reference op only when a trace asks."""
+    if not any(t.wants(prefix + s) for s in ("gate", "up", "act")):
+        return
+    gate = hn @ lp["mlp.gate_proj.weight"].T
+    up = hn @ lp["mlp.up_proj.weight"].T
+    act, _ = reference_swiglu.swiglu_act_forward(gate, up)
+    t.record_many(prefix, gate=gate, up=up, act=act)
 
 
 def _split_heads(x, n_heads, head_dim):

@@ -1,0 +1,408 @@
+"""Optimizers, learning-rate schedules and global-norm gradient clipping (article §3.2, §3.3.3).
+
+Parameters live in a dict of arrays (Hugging Face names, e.g. "model.layers.0.self_attn.q_proj.weight");
+gradients come in a dict with the same keys.  Every update is made *in place* on the parameter
+arrays (the model's params dict is the live state), in the parameters' own dtype.
+
+    opt = AdamW(model.params, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    for step in range(total_steps):
+        loss, grads = model.loss_and_grads(tokens, targets)
+        grad_norm = clip_grad_norm(grads, max_norm=1.0)
+        lr = cosine_with_warmup(step, max_lr=3e-4, warmup_steps=100, total_steps=total_steps)
+        opt.step(grads, lr=lr)
+
+The AdamW and SGD arithmetic is PyTorch's (torch.optim.AdamW, torch.optim.SGD), so a run can be
+compared number for number.  Derivation: derivations/adamw.md
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from .ops._checks import require_float_array
+
+
+class NonFiniteGradientError(ValueError):
+    """A gradient held NaN or Inf.  Raised before anything is updated.
+
+    `name` is the first offending parameter, `names` all of them."""
+
+    def __init__(self, names: list[str], counts: list[int]):
+        self.names = list(names)
+        self.counts = list(counts)
+        self.name = self.names[0]
+        listed = ", ".join(f"{n!r} ({c} non-finite)" for n, c in zip(names, counts))
+        super().__init__(f"non-finite gradient (NaN or Inf) for parameter(s) {listed}; "
+                         "parameters and optimizer state were left untouched")
+
+    def __reduce__(self):  # so the error survives pickling (e.g. across processes)
+        return self.__class__, (self.names, self.counts)
+
+
+def default_no_decay(name: str, array: np.ndarray) -> bool:
+    """True for parameters that get no weight decay: anything with fewer than 2 dimensions.
+
+    In LLaMA that means the RMSNorm weights (1-D); biases, if a model had them, are 1-D too.
+    Decay pulls a weight towards zero; a norm weight's natural value is 1, so decaying it only
+    fights the normalisation.  Every matrix is decayed, the token embedding included -- the
+    GPT-2 / nanoGPT / llm.c choice; with tied embeddings it is also the output matrix, which is
+    decayed like every other projection."""
+    return array.ndim < 2
+
+
+# --- argument checks -------------------------------------------------------------------------
+
+def _require_number(name, value, *, low=None, low_inclusive=True, high=None, high_inclusive=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value < low or (value == low and not low_inclusive)):
+        raise ValueError(f"{name} must be {'>=' if low_inclusive else '>'} {low}, got {value}")
+    if high is not None and (value > high or (value == high and not high_inclusive)):
+        raise ValueError(f"{name} must be {'<=' if high_inclusive else '<'} {high}, got {value}")
+    return value
+
+
+def _require_step(name, step):
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(step).__name__}")
+    if step < 0:
+        raise ValueError(f"{name} must be >= 0, got {step}")
+    return int(step)
+
+
+def _require_betas(betas):
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    beta1 = _require_number("betas[0]", betas[0], low=0.0, high=1.0)
+    beta2 = _require_number("betas[1]", betas[1], low=0.0, high=1.0)
+    return beta1, beta2
+
+
+def _require_params(params):
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a dict of name -> numpy array, got {type(params).__name__}")
+    if len(params) == 0:
+        raise ValueError("params is empty: nothing to optimize")
+    seen = {}
+    for name, p in params.items():
+        if not isinstance(name, str):
+            raise TypeError(f"params keys must be str, got {name!r}")
+        require_float_array(f"params[{name!r}]", p, min_ndim=0)
+        if not p.flags.writeable:
+            raise ValueError(f"params[{name!r}] is read-only; the optimizer updates it in place")
+        if id(p) in seen:
+            raise ValueError(f"params[{name!r}] and params[{seen[id(p)]!r}] are the same array; "
+                             "a tied weight must appear once (its gradients summed)")
+        seen[id(p)] = name
+
+
+def _require_same_arrays(what, arrays, params):
+    """arrays (grads or saved moments) must have exactly params' keys, shapes and dtypes."""
+    if not isinstance(arrays, Mapping):
+        raise TypeError(f"{what} must be a dict of name -> numpy array, got {type(arrays).__name__}")
+    for name in params:
+        if name not in arrays:
+            raise ValueError(f"{what} is missing key {name!r} (every parameter needs one)")
+    for name in arrays:
+        if name not in params:
+            raise ValueError(f"{what} has unknown key {name!r} (not a parameter)")
+    for name, p in params.items():
+        a = arrays[name]
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{what}[{name!r}] must be a numpy array, got {type(a).__name__}")
+        if a.shape != p.shape:
+            raise ValueError(f"{what}[{name!r}] has shape {a.shape}, expected {p.shape} "
+                             "(the parameter's shape)")
+        if a.dtype != p.dtype:
+            raise TypeError(f"{what}[{name!r}] has dtype {a.dtype}, expected {p.dtype} "
+                            "(the parameter's dtype; no silent casts)")
+
+
+def _require_finite_grads(grads):
+    bad = [(name, int(np.size(g) - np.count_nonzero(np.isfinite(g)))) for name, g in grads.items()
+           if not np.isfinite(g).all()]
+    if bad:
+        names, counts = zip(*bad)
+        raise NonFiniteGradientError(list(names), list(counts))
+
+
+# --- optimizers --------------------------------------------------------------------------------
+
+class _Optimizer:
+    """What AdamW and SGD share: the params dict, the step count, the decay mask, grad checks."""
+
+    name = "optimizer"
+
+    def __init__(self, params, lr, weight_decay, no_decay):
+        _require_params(params)
+        if not callable(no_decay):
+            raise TypeError(f"no_decay must be callable (name, array) -> bool, got {no_decay!r}")
+        self.params = params                      # the live dict: updated in place, never copied
+        self.lr = _require_number("lr", lr, low=0.0)
+        self.weight_decay = _require_number("weight_decay", weight_decay, low=0.0)
+        self.decay = {name: not bool(no_decay(name, p)) for name, p in params.items()}
+        self.step_count = 0
+
+    def _begin_step(self, grads, lr):
+        """Check everything before touching anything; return the lr for this step."""
+        lr = self.lr if lr is None else _require_number("lr", lr, low=0.0)
+        if set(self.params) != set(self.decay):
+            raise ValueError("the params dict gained or lost keys since the optimizer was made; "
+                             "make a new optimizer for the new parameter set")
+        _require_same_arrays("grads", grads, self.params)
+        _require_finite_grads(grads)
+        return lr
+
+    def _check_state_header(self, state):
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict (from state_dict()), got {type(state).__name__}")
+        if state.get("optimizer") != self.name:
+            raise ValueError(f"state is for optimizer {state.get('optimizer')!r}, "
+                             f"this is {self.name!r}")
+        no_decay_names = state.get("no_decay_names")
+        if not isinstance(no_decay_names, (list, tuple)) or any(n not in self.params
+                                                                for n in no_decay_names):
+            raise ValueError("state['no_decay_names'] must list parameter names, "
+                             f"got {no_decay_names!r}")
+        return _require_step("state['step']", state.get("step")), list(no_decay_names)
+
+    def _state_header(self):
+        return {"optimizer": self.name, "step": self.step_count,
+                "no_decay_names": [n for n, d in self.decay.items() if not d]}
+
+    @staticmethod
+    def _copy_arrays(arrays):
+        return {name: a.copy() for name, a in arrays.items()}
+
+
+class AdamW(_Optimizer):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), PyTorch's torch.optim.AdamW math.
+
+    Per parameter p with gradient g, at step t = 1, 2, ...:
+
+        p *= 1 - lr * weight_decay                 (decayed parameters only)
+        m  = beta1 m + (1 - beta1) g
+        v  = beta2 v + (1 - beta2) g^2
+        m_hat = m / (1 - beta1^t),   v_hat = v / (1 - beta2^t)
+        p -= lr * m_hat / (sqrt(v_hat) + eps)
+
+    The moments m, v are kept in the parameter's dtype.  `no_decay(name, array) -> bool` picks the
+    parameters that are not decayed (default: 1-D ones, i.e. the norm weights)."""
+
+    name = "AdamW"
+
+    def __init__(self, params, lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
+                 no_decay: Callable[[str, np.ndarray], bool] = default_no_decay):
+        super().__init__(params, lr, weight_decay, no_decay)
+        self.betas = _require_betas(betas)
+        self.eps = _require_number("eps", eps, low=0.0)
+        self.m = {name: np.zeros_like(p) for name, p in params.items()}  # first moment
+        self.v = {name: np.zeros_like(p) for name, p in params.items()}  # second moment
+
+    def step(self, grads: Mapping[str, np.ndarray], lr: float | None = None) -> None:
+        """One update of every parameter, in place.  `lr` overrides self.lr for this step only
+        (so a schedule can drive it).  Nothing changes if any check fails."""
+        lr = self._begin_step(grads, lr)
+        beta1, beta2 = self.betas
+        self.step_count += 1
+        t = self.step_count
+        for name, p in self.params.items():
+            g, m, v = grads[name], self.m[name], self.v[name]
+            if self.decay[name]:
+                p *= 1 - lr * self.weight_decay  # decoupled: shrink p itself, not via g
+            m *= beta1
+            m += (1 - beta1) * g
+            v *= beta2
+            v += (1 - beta2) * (g * g)
+            m_hat = m / (1 - beta1 ** t)         # bias correction: m, v start at 0
+            v_hat = v / (1 - beta2 ** t)
+            p -= lr * m_hat / (np.sqrt(v_hat) + self.eps)
+
+    def state_dict(self) -> dict:
+        """Step count, hyper-parameters, decay mask and moments (copies: later steps don't alter it)."""
+        state = self._state_header()
+        state["hyperparams"] = {"lr": self.lr, "betas": tuple(self.betas), "eps": self.eps,
+                                "weight_decay": self.weight_decay}
+        state["m"] = self._copy_arrays(self.m)
+        state["v"] = self._copy_arrays(self.v)
+        return state
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore what state_dict() returned; everything is checked before anything is set."""
+        step, no_decay_names = self._check_state_header(state)
+        hp = state.get("hyperparams")
+        if not isinstance(hp, Mapping):
+            raise ValueError(f"state['hyperparams'] must be a dict, got {hp!r}")
+        lr = _require_number("state['hyperparams']['lr']", hp.get("lr"), low=0.0)
+        betas = _require_betas(hp.get("betas"))
+        eps = _require_number("state['hyperparams']['eps']", hp.get("eps"), low=0.0)
+        weight_decay = _require_number("state['hyperparams']['weight_decay']",
+                                       hp.get("weight_decay"), low=0.0)
+        _require_same_arrays("state['m']", state.get("m"), self.params)
+        _require_same_arrays("state['v']", state.get("v"), self.params)
+
+        self.step_count = step
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.decay = {name: name not in no_decay_names for name in self.params}
+        self.m = self._copy_arrays(state["m"])
+        self.v = self._copy_arrays(state["v"])
+
+
+class SGD(_Optimizer):
+    """Stochastic gradient descent, PyTorch's torch.optim.SGD math (dampening 0, no Nesterov):
+
+        g = g + weight_decay * p                   (L2 penalty, decayed parameters only)
+        buf = momentum * buf + g                   (only if momentum != 0; buf starts at 0,
+                                                    so step 1 gives buf = g as in PyTorch)
+        p -= lr * buf                              (or lr * g without momentum)
+    """
+
+    name = "SGD"
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0,
+                 no_decay: Callable[[str, np.ndarray], bool] = default_no_decay):
+        super().__init__(params, lr, weight_decay, no_decay)
+        self.momentum = _require_number("momentum", momentum, low=0.0)
+        self.momentum_buffer = ({name: np.zeros_like(p) for name, p in params.items()}
+                                if self.momentum != 0 else {})
+
+    def step(self, grads: Mapping[str, np.ndarray], lr: float | None = None) -> None:
+        """One update of every parameter, in place; `lr` overrides self.lr for this step only."""
+        lr = self._begin_step(grads, lr)
+        self.step_count += 1
+        for name, p in self.params.items():
+            g = grads[name]
+            if self.weight_decay != 0 and self.decay[name]:
+                g = g + self.weight_decay * p  # a new array: the caller's grads stay as they were
+            if self.momentum != 0:
+                buf = self.momentum_buffer[name]
+                buf *= self.momentum
+                buf += g
+                g = buf
+            p -= lr * g
+
+    def state_dict(self) -> dict:
+        state = self._state_header()
+        state["hyperparams"] = {"lr": self.lr, "momentum": self.momentum,
+                                "weight_decay": self.weight_decay}
+        state["momentum_buffer"] = self._copy_arrays(self.momentum_buffer)
+        return state
+
+    def load_state_dict(self, state: Mapping) -> None:
+        step, no_decay_names = self._check_state_header(state)
+        hp = state.get("hyperparams")
+        if not isinstance(hp, Mapping):
+            raise ValueError(f"state['hyperparams'] must be a dict, got {hp!r}")
+        lr = _require_number("state['hyperparams']['lr']", hp.get("lr"), low=0.0)
+        momentum = _require_number("state['hyperparams']['momentum']", hp.get("momentum"), low=0.0)
+        weight_decay = _require_number("state['hyperparams']['weight_decay']",
+                                       hp.get("weight_decay"), low=0.0)
+        buffers = state.get("momentum_buffer")
+        if momentum != 0:
+            _require_same_arrays("state['momentum_buffer']", buffers, self.params)
+        elif buffers:
+            raise ValueError("state['momentum_buffer'] must be empty when momentum is 0")
+
+        self.step_count = step
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.decay = {name: name not in no_decay_names for name in self.params}
+        self.momentum_buffer = self._copy_arrays(buffers) if momentum != 0 else {}
+
+
+# --- learning-rate schedules ---------------------------------------------------------------------
+
+def _warmup_lr(step, max_lr, warmup_steps):
+    # (step + 1) / warmup_steps, not step / warmup_steps: step 0 already takes a (small) step
+    # instead of wasting a batch at lr 0, and the last warmup step reaches max_lr exactly.
+    return max_lr * (step + 1) / warmup_steps
+
+
+def cosine_with_warmup(step: int, *, max_lr: float, warmup_steps: int, total_steps: int,
+                       min_lr: float = 0.0) -> float:
+    """Linear warmup, then half a cosine from max_lr down to min_lr, then constant min_lr.
+
+        step <  warmup_steps:                max_lr * (step + 1) / warmup_steps
+        warmup_steps <= step <= total_steps: min_lr + (max_lr - min_lr) * (1 + cos(pi * progress)) / 2,
+                                             progress = (step - warmup_steps) / (total_steps - warmup_steps)
+        step >  total_steps:                 min_lr
+    """
+    step = _require_step("step", step)
+    max_lr = _require_number("max_lr", max_lr, low=0.0)
+    min_lr = _require_number("min_lr", min_lr, low=0.0, high=max_lr, high_inclusive=True)
+    warmup_steps = _require_step("warmup_steps", warmup_steps)
+    total_steps = _require_step("total_steps", total_steps)
+    if total_steps < warmup_steps:
+        raise ValueError(f"total_steps ({total_steps}) must be >= warmup_steps ({warmup_steps})")
+
+    if step < warmup_steps:
+        return _warmup_lr(step, max_lr, warmup_steps)
+    if step >= total_steps:
+        return min_lr
+    progress = (step - warmup_steps) / (total_steps - warmup_steps)  # in [0, 1)
+    return min_lr + (max_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def constant(step: int, *, max_lr: float, warmup_steps: int = 0, total_steps: int | None = None,
+             min_lr: float | None = None) -> float:
+    """Linear warmup (as in cosine_with_warmup), then max_lr forever.
+
+    total_steps and min_lr are accepted and ignored, so every schedule from get_schedule() can be
+    called with the same keywords."""
+    step = _require_step("step", step)
+    max_lr = _require_number("max_lr", max_lr, low=0.0)
+    warmup_steps = _require_step("warmup_steps", warmup_steps)
+    if step < warmup_steps:
+        return _warmup_lr(step, max_lr, warmup_steps)
+    return max_lr
+
+
+SCHEDULES = {"cosine": cosine_with_warmup, "cosine_with_warmup": cosine_with_warmup,
+             "constant": constant}
+
+
+def get_schedule(name: str) -> Callable[..., float]:
+    """The schedule function called `name` (one of SCHEDULES)."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {name!r}; known: {', '.join(SCHEDULES)}")
+    return SCHEDULES[name]
+
+
+# --- gradient clipping ---------------------------------------------------------------------------
+
+def global_grad_norm(grads: Mapping[str, np.ndarray]) -> float:
+    """sqrt(sum over every gradient entry of g^2), accumulated in float64."""
+    if not isinstance(grads, Mapping) or len(grads) == 0:
+        raise ValueError("grads must be a non-empty dict of name -> numpy array")
+    sum_sq = 0.0
+    for name, g in grads.items():
+        require_float_array(f"grads[{name!r}]", g, min_ndim=0)
+        g64 = g.astype(np.float64, copy=False)  # float32 squares summed in float32 lose digits
+        sum_sq += float(np.vdot(g64, g64))
+    return math.sqrt(sum_sq)
+
+
+def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> float:
+    """Scale all gradients in place so their global L2 norm is at most max_norm; return the norm
+    from before clipping (PyTorch's torch.nn.utils.clip_grad_norm_).
+
+    The scale is max_norm / (total_norm + 1e-6), applied when it is below 1 (the 1e-6 guards a
+    zero norm).  A NaN/Inf norm is returned as is and the gradients are left alone: scaling
+    would turn Inf into NaN and hide which parameter broke, and the optimizer's step() raises
+    NonFiniteGradientError naming it."""
+    max_norm = _require_number("max_norm", max_norm, low=0.0, low_inclusive=False)
+    total_norm = global_grad_norm(grads)
+    if not math.isfinite(total_norm):
+        return total_norm
+    clip_coef = max_norm / (total_norm + 1e-6)
+    if clip_coef < 1.0:
+        for name, g in grads.items():
+            if not g.flags.writeable:
+                raise ValueError(f"grads[{name!r}] is read-only; clipping scales it in place")
+        for g in grads.values():
+            g *= clip_coef
+    return total_norm

@@ -1,4 +1,6 @@
 """Argument checks shared by the ops: cheap, and each error names the argument and what was expected."""
+import numbers
+
 import numpy as np
 
 
@@ -29,3 +31,12 @@ def require_same_dtype(**arrays):
     if len(set(dtypes.values())) > 1:
         listed = ", ".join(f"{n}: {d}" for n, d in dtypes.items())
         raise TypeError(f"dtypes must match (no silent casts): {listed}")
+
+
+def require_eps(eps, dtype):
+    """eps as a scalar of x's dtype (so a float64 eps cannot upcast float32 activations)."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
+    if not (np.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    return dtype.type(eps)

@@ -6,7 +6,7 @@ Derivation: derivations/linear.md
 """
 import numpy as np
 
-from ._checks import require_float_array, require_last_dim
+from ._checks import require_float_array, require_last_dim, require_same_dtype
 
 
 def linear_forward(x, weight):
@@ -14,6 +14,7 @@ def linear_forward(x, weight):
     require_float_array("x", x)
     require_float_array("weight", weight, ndim=2)
     require_last_dim("x", x, weight.shape[1], "weight.shape[1] (in_features)")
+    require_same_dtype(x=x, weight=weight)
     y = x @ weight.T  # (..., out)
     return y, (x, weight)
 

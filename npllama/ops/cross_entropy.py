@@ -1,0 +1,77 @@
+"""Cross-entropy loss over a vocabulary (article §4.3.1), the causal next-token loss LLaMA trains with.
+
+    loss = mean over counted positions of  -log softmax(logits)[target]
+         = mean over counted positions of  logsumexp(logits) - logits[target]
+
+    logits: (..., V) float    targets: (...) integer in [0, V), or ignore_index (not counted)
+
+Targets are already shifted (targets[t] is the token after position t).  When no position is
+counted (every target is ignore_index) the loss is 0 and the gradient is 0, not 0/0 = NaN.
+Derivation: derivations/cross_entropy.md
+"""
+import numbers
+
+import numpy as np
+
+from ._checks import require_float_array, require_int_array
+
+
+def cross_entropy_forward(logits, targets, ignore_index=-100):
+    """Mean -log p[target] over targets != ignore_index.
+
+    Returns (loss, cache); loss is a 0-d numpy scalar of logits.dtype.
+    """
+    require_float_array("logits", logits)
+    require_int_array("targets", targets)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an integer, got {type(ignore_index).__name__}")
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"targets has shape {targets.shape}, expected {logits.shape[:-1]} "
+                         "(the leading shape of logits)")
+    vocab_size = logits.shape[-1]
+    if vocab_size == 0:
+        raise ValueError(f"logits must have a non-empty last dimension (V), got shape {logits.shape}")
+
+    logits_2d = logits.reshape(-1, vocab_size)                 # (N, V)
+    targets_1d = targets.reshape(-1)                           # (N,)
+    counted = targets_1d != ignore_index                       # (N,) bool
+    _require_targets_in_range(targets_1d[counted], vocab_size)
+    n_counted = int(np.count_nonzero(counted))
+    safe_targets = np.where(counted, targets_1d, 0)            # ignored rows index class 0, harmlessly
+    rows = np.arange(logits_2d.shape[0])
+
+    # log-sum-exp with the row max taken out: exp only ever sees numbers <= 0, so logits of
+    # magnitude 1e4 neither overflow nor lose the answer.
+    row_max = np.max(logits_2d, axis=-1, keepdims=True)        # (N, 1)
+    shifted = logits_2d - row_max                              # (N, V), <= 0
+    exps = np.exp(shifted)                                     # (N, V), in [0, 1]
+    sum_exp = np.sum(exps, axis=-1, keepdims=True)             # (N, 1), in [1, V]
+    log_probs_target = shifted[rows, safe_targets] - np.log(sum_exp[:, 0])  # (N,)
+    losses = np.where(counted, -log_probs_target, 0)          # (N,)
+    loss = logits.dtype.type(np.sum(losses) / n_counted if n_counted else 0)
+
+    probs = exps / sum_exp                                     # (N, V), softmax, kept for backward
+    cache = (probs, safe_targets, counted, n_counted, logits.shape)
+    return loss, cache
+
+
+def cross_entropy_backward(dloss, cache):
+    """Returns dlogits = dloss * (softmax(logits) - onehot(target)) / n_counted on counted rows, 0 elsewhere."""
+    probs, safe_targets, counted, n_counted, logits_shape = cache
+    if np.ndim(dloss) != 0:
+        raise ValueError(f"dloss must be a scalar (the loss is a scalar), got shape {np.shape(dloss)}")
+    dlogits = probs.copy()                                     # (N, V)
+    dlogits[np.arange(dlogits.shape[0]), safe_targets] -= 1    # softmax - onehot
+    scale = probs.dtype.type(dloss) / n_counted if n_counted else 0
+    dlogits *= (counted * scale).astype(probs.dtype)[:, None]  # ignored rows (and n_counted = 0) -> 0
+    return dlogits.reshape(logits_shape)
+
+
+def _require_targets_in_range(counted_targets, vocab_size):
+    if counted_targets.size == 0:
+        return
+    out_of_range = (counted_targets < 0) | (counted_targets >= vocab_size)
+    if out_of_range.any():
+        bad = counted_targets[out_of_range][0]
+        raise ValueError(f"targets contains {int(bad)}, outside [0, V) with V = {vocab_size} "
+                         "and not ignore_index")

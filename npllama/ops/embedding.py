@@ -1,0 +1,45 @@
+"""Token embedding: a table lookup, out = weight[tokens].
+
+    tokens: integer (...) with values in [0, V)   weight: (V, D)   out: (..., D)
+
+The backward is a scatter-add: every position that read row v of the table sends its gradient
+back to row v, so a token that occurs several times collects the sum of their gradients.
+Derivation: derivations/embedding.md
+"""
+import numpy as np
+
+from ._checks import require_float_array, require_int_array
+
+
+def embedding_forward(tokens, weight):
+    """out = weight[tokens].  Returns (out, cache)."""
+    require_int_array("tokens", tokens)
+    require_float_array("weight", weight, ndim=2)
+    vocab_size = weight.shape[0]
+    _require_ids_in_range(tokens, vocab_size)
+    out = weight[tokens]  # (..., D): fancy indexing copies, so out never aliases weight
+    cache = (tokens, weight.shape, weight.dtype)  # backward needs the ids and the table's shape
+    return out, cache
+
+
+def embedding_backward(dout, cache):
+    """Returns dweight (V, D): row v is the sum of dout over the positions where tokens == v."""
+    tokens, weight_shape, dtype = cache
+    expected = tokens.shape + (weight_shape[1],)
+    if np.shape(dout) != expected:
+        raise ValueError(f"dout has shape {np.shape(dout)}, expected {expected} (tokens.shape + (D,))")
+    dweight = np.zeros(weight_shape, dtype=dtype)  # (V, D)
+    # np.add.at, not dweight[ids] += ...: plain fancy-index assignment keeps only one of the
+    # repeated ids, silently dropping the gradient of the others.
+    np.add.at(dweight, tokens.reshape(-1), dout.reshape(-1, weight_shape[1]))
+    return dweight
+
+
+def _require_ids_in_range(tokens, vocab_size):
+    if tokens.size == 0:
+        return
+    out_of_range = (tokens < 0) | (tokens >= vocab_size)
+    if out_of_range.any():
+        bad = tokens[out_of_range].flat[0]
+        raise ValueError(f"tokens contains id {int(bad)}, outside [0, V) with V = {vocab_size} "
+                         "(the embedding table has V rows)")

@@ -1,0 +1,43 @@
+"""RMSNorm (LLaMA's normalisation): divide each row by its root mean square, then scale.
+
+    rstd = 1 / sqrt(mean(x**2, -1) + eps)       x: (..., D)   weight: (D,)
+    y    = x * rstd * weight                    y: (..., D)   rstd: (..., 1)
+
+LayerNorm without the centring and without the bias (derivations/layernorm.md).
+Derivation: derivations/rmsnorm.md
+"""
+
+import numpy as np
+
+from ._checks import require_float_array, require_last_dim, require_same_dtype, require_eps
+
+
+def rmsnorm_forward(x, weight, eps):
+    """y = x / sqrt(mean(x**2, -1) + eps) * weight.  Returns (y, cache), cache = (x, rstd, weight)."""
+    require_float_array("x", x)
+    require_float_array("weight", weight, ndim=1)
+    require_last_dim("x", x, weight.shape[0], "weight.shape[0] (the normalised size D)")
+    require_same_dtype(x=x, weight=weight)
+    eps = require_eps(eps, x.dtype)
+    mean_square = np.mean(x * x, axis=-1, keepdims=True)  # (..., 1)
+    rstd = 1.0 / np.sqrt(mean_square + eps)                # (..., 1)
+    y = x * rstd * weight                                  # (..., D)
+    return y, (x, rstd, weight)
+
+
+def rmsnorm_backward(dy, cache):
+    """Returns (dx, dweight).
+
+    xhat = x * rstd;  dxhat = dy * weight
+    dx = rstd * (dxhat - xhat * mean(dxhat * xhat, -1))
+    dweight = sum over all rows of dy * xhat
+    """
+    x, rstd, weight = cache
+    if np.shape(dy) != x.shape:
+        raise ValueError(f"dy has shape {np.shape(dy)}, expected {x.shape} (the shape of x)")
+    xhat = x * rstd                                                   # (..., D)
+    dxhat = dy * weight                                               # (..., D)
+    dweight = np.sum((dy * xhat).reshape(-1, x.shape[-1]), axis=0)   # (D,)
+    # rstd depends on every x in the row: that coupling is the projection term.
+    dx = rstd * (dxhat - xhat * np.mean(dxhat * xhat, axis=-1, keepdims=True))  # (..., D)
+    return dx, dweight

@@ -1,0 +1,35 @@
+"""Softmax along the last axis (article §4.1.2: attention scores -> attention probabilities).
+
+    p = exp(x - max(x)) / sum(exp(x - max(x)))      x, p: (..., N)
+
+Entries of x may be -inf (masked out): they get probability 0.  A row that is entirely -inf
+(every position masked) gives all zeros rather than 0/0 = NaN.
+Derivation: derivations/softmax.md
+"""
+import numpy as np
+
+from ._checks import require_float_array
+
+
+def softmax_forward(x):
+    """p = softmax(x, axis=-1), max-subtracted so exp never overflows.  Returns (p, cache = p)."""
+    require_float_array("x", x)
+    if x.shape[-1] == 0:
+        raise ValueError(f"x must have a non-empty last dimension, got shape {x.shape}")
+    if not np.all(x < np.inf):  # one pass catches NaN and +inf; -inf is allowed (a mask)
+        raise ValueError("x must not contain NaN or +inf (use -inf to mask an entry)")
+    row_max = np.max(x, axis=-1, keepdims=True)                 # (..., 1)
+    # A fully masked row has max -inf, and -inf - (-inf) is NaN: shift such rows by 0 instead.
+    row_max = np.where(np.isneginf(row_max), 0, row_max).astype(x.dtype, copy=False)
+    exps = np.exp(x - row_max)                                  # (..., N), each in [0, 1]
+    row_sum = np.sum(exps, axis=-1, keepdims=True)              # (..., 1), >= 1 unless fully masked
+    p = exps / np.where(row_sum > 0, row_sum, 1)                # fully masked rows stay 0
+    return p, p
+
+
+def softmax_backward(dp, cache):
+    """Returns dx = p * (dp - sum(dp * p, -1)).  Masked entries (p = 0) get dx = 0."""
+    p = cache
+    if np.shape(dp) != p.shape:
+        raise ValueError(f"dp has shape {np.shape(dp)}, expected {p.shape} (the shape of x)")
+    return p * (dp - np.sum(dp * p, axis=-1, keepdims=True))    # (..., N)

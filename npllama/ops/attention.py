@@ -1,0 +1,124 @@
+"""Scaled dot-product attention with grouped-query attention (article §4.1).
+
+    attn_scores = q k^T * scale                  scale = 1 / sqrt(head_dim)
+    attn_probs  = softmax(attn_scores + mask)    mask: 0 where allowed, -inf where not
+    out         = attn_probs v
+
+q: (B, H, T, head_dim);  k, v: (B, KVH, S, head_dim) with KVH dividing H.  Query head h reads
+kv head h // n_rep, n_rep = H // KVH (repeat-interleave, like Hugging Face's repeat_kv).  We never
+copy k and v n_rep times: q is viewed as (B, KVH, n_rep, T, head_dim) and each kv head broadcasts
+over its group of n_rep query heads.
+
+Positions: query t is at absolute position q_offset + t, key s at position s.  With causal=True
+query t may attend key s only if s <= q_offset + t.  Prefill: q_offset = 0, S = T.  One KV-cache
+decode step: T = 1, q_offset = S - 1.
+
+Derivation: derivations/attention.md
+"""
+import math
+
+import numpy as np
+
+from ._checks import require_float_array, require_same_dtype
+from .softmax import softmax_backward, softmax_forward
+
+
+def attention_forward(q, k, v, causal=True, key_padding_mask=None, q_offset=0):
+    """Returns (out, cache); out: (B, H, T, head_dim).
+
+    key_padding_mask: None or bool (B, S), True where the key is a real token that may be
+    attended.  A query with no allowed key gets all-zero attn_probs and a zero output.
+    """
+    B, H, T, head_dim, KVH, S = _check_inputs(q, k, v, key_padding_mask, q_offset)
+    n_rep = H // KVH
+    scale = 1.0 / math.sqrt(head_dim)
+
+    q_groups = _split_groups(q, KVH)                    # (B, KVH, n_rep, T, hd)
+    k_t = k[:, :, None].swapaxes(-1, -2)                # (B, KVH, 1, hd, S), shared by the group
+    attn_scores = (q_groups @ k_t).reshape(B, H, T, S) * scale  # (B, H, T, S)
+
+    allowed = attention_mask(T, S, causal, key_padding_mask, q_offset)  # bool, broadcasts to scores
+    if allowed is not None:
+        attn_scores = np.where(allowed, attn_scores, -np.inf)  # softmax gives these keys 0
+    attn_probs, softmax_cache = softmax_forward(attn_scores)   # (B, H, T, S); rows with no allowed key -> 0
+
+    # out = attn_probs v, each kv head's values shared by its group of query heads
+    out = (_split_groups(attn_probs, KVH) @ v[:, :, None]).reshape(B, H, T, head_dim)  # (B, H, T, hd)
+    cache = dict(q=q, k=k, v=v, attn_probs=attn_probs, scale=scale, n_rep=n_rep,
+                 softmax_cache=softmax_cache)
+    return out, cache
+
+
+def attention_backward(dout, cache):
+    """Returns (dq, dk, dv).  dk, dv: (B, KVH, S, head_dim), each the sum over the n_rep query
+    heads that shared that kv head."""
+    q, k, v = cache["q"], cache["k"], cache["v"]
+    attn_probs, scale = cache["attn_probs"], cache["scale"]
+    B, H, T, head_dim = q.shape
+    KVH, S = k.shape[1], k.shape[2]
+
+    # out = attn_probs v
+    dout_groups = _split_groups(dout, KVH)                                   # (B, KVH, n_rep, T, hd)
+    d_attn_probs = (dout_groups @ v[:, :, None].swapaxes(-1, -2)).reshape(B, H, T, S)
+    dv = (_split_groups(attn_probs, KVH).swapaxes(-1, -2) @ dout_groups).sum(axis=2)  # (B, KVH, S, hd)
+
+    # attn_probs = softmax(attn_scores); masked entries have attn_probs = 0, so they get no gradient
+    d_attn_scores = softmax_backward(d_attn_probs, cache["softmax_cache"])  # (B, H, T, S)
+
+    # attn_scores = q k^T * scale
+    d_scores_groups = _split_groups(d_attn_scores, KVH)                     # (B, KVH, n_rep, T, S)
+    dq = (d_scores_groups @ k[:, :, None]).reshape(B, H, T, head_dim) * scale
+    dk = (d_scores_groups.swapaxes(-1, -2) @ _split_groups(q, KVH)).sum(axis=2) * scale
+    return dq, dk, dv
+
+
+def attention_mask(T, S, causal, key_padding_mask=None, q_offset=0):
+    """Which (query t, key s) pairs may attend: a bool array broadcastable to (B, H, T, S),
+    or None when every pair may."""
+    allowed = None
+    if causal:
+        query_pos = q_offset + np.arange(T)[:, None]   # (T, 1) absolute positions
+        key_pos = np.arange(S)[None, :]                # (1, S)
+        allowed = key_pos <= query_pos                 # (T, S)
+    if key_padding_mask is not None:
+        padding = key_padding_mask[:, None, None, :]   # (B, 1, 1, S)
+        allowed = padding if allowed is None else allowed & padding
+    return allowed
+
+
+def _split_groups(x, n_kv_heads):
+    """(B, H, T, n) -> (B, KVH, n_rep, T, n).  Head h = g * n_rep + r lands at [g, r], so group g
+    holds exactly the query heads that read kv head g (h // n_rep = g)."""
+    B, H, T, n = x.shape
+    return x.reshape(B, n_kv_heads, H // n_kv_heads, T, n)
+
+
+def _check_inputs(q, k, v, key_padding_mask, q_offset):
+    require_float_array("q", q, ndim=4)
+    require_float_array("k", k, ndim=4)
+    require_float_array("v", v, ndim=4)
+    require_same_dtype(q=q, k=k, v=v)
+    B, H, T, head_dim = q.shape
+    if k.shape[0] != B or k.shape[3] != head_dim:
+        raise ValueError(f"k must have shape (B, KVH, S, head_dim) with B = {B} and head_dim = "
+                         f"{head_dim} as in q {q.shape}, got {k.shape}")
+    if v.shape != k.shape:
+        raise ValueError(f"v must have the shape of k {k.shape}, got {v.shape}")
+    KVH, S = k.shape[1], k.shape[2]
+    if S == 0 or KVH == 0:
+        raise ValueError(f"k must have at least one key/value head and one position, got shape {k.shape}")
+    if H % KVH:
+        raise ValueError(f"the number of query heads ({H}, q.shape[1]) must be a multiple of the "
+                         f"number of key/value heads ({KVH}, k.shape[1])")
+    if key_padding_mask is not None:
+        if not isinstance(key_padding_mask, np.ndarray) or key_padding_mask.dtype != np.bool_:
+            raise TypeError(f"key_padding_mask must be a bool numpy array, got "
+                            f"{getattr(key_padding_mask, 'dtype', type(key_padding_mask).__name__)}")
+        if key_padding_mask.shape != (B, S):
+            raise ValueError(f"key_padding_mask must have shape (B, S) = {(B, S)}, "
+                             f"got {key_padding_mask.shape}")
+    if isinstance(q_offset, bool) or not isinstance(q_offset, (int, np.integer)):
+        raise TypeError(f"q_offset must be an int, got {q_offset!r}")
+    if q_offset < 0:
+        raise ValueError(f"q_offset must be >= 0, got {q_offset}")
+    return B, H, T, head_dim, KVH, S

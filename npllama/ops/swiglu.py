@@ -1,0 +1,73 @@
+"""SwiGLU feed-forward network, LLaMA's MLP (Hugging Face's LlamaMLP).
+
+    gate = x W_gate^T          x: (..., D)   w_gate, w_up: (F, D)   w_down: (D, F)
+    up   = x W_up^T
+    act  = silu(gate) * up     silu(z) = z * sigmoid(z)
+    out  = act W_down^T        out: (..., D)
+
+Derivation: derivations/swiglu.md
+"""
+import numpy as np
+
+from ._checks import require_float_array, require_same_dtype
+from .linear import linear_backward, linear_forward
+
+
+def sigmoid(z):
+    """1 / (1 + exp(-z)) without overflow: exp is only ever taken of -|z| <= 0."""
+    e = np.exp(-np.abs(z))  # in (0, 1]
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def swiglu_act_forward(gate, up):
+    """act = silu(gate) * up, elementwise.  gate, up: same shape and dtype.  Returns (act, cache)."""
+    require_float_array("gate", gate)
+    require_float_array("up", up)
+    require_same_dtype(gate=gate, up=up)
+    if gate.shape != up.shape:
+        raise ValueError(f"gate and up must have the same shape, got {gate.shape} and {up.shape}")
+    gate_sigmoid = sigmoid(gate)
+    silu_gate = gate * gate_sigmoid
+    act = silu_gate * up
+    return act, (gate, up, gate_sigmoid, silu_gate)
+
+
+def swiglu_act_backward(dact, cache):
+    """Returns (dgate, dup):  dgate = dact * up * silu'(gate),  dup = dact * silu(gate),
+    with silu'(z) = sigmoid(z) * (1 + z * (1 - sigmoid(z)))."""
+    gate, up, gate_sigmoid, silu_gate = cache
+    dsilu_gate = gate_sigmoid * (1.0 + gate * (1.0 - gate_sigmoid))
+    dgate = dact * up * dsilu_gate
+    dup = dact * silu_gate
+    return dgate, dup
+
+
+def swiglu_forward(x, w_gate, w_up, w_down):
+    """out = (silu(x W_gate^T) * (x W_up^T)) W_down^T.   Returns (out, cache)."""
+    require_float_array("x", x)
+    require_float_array("w_gate", w_gate, ndim=2)
+    require_float_array("w_up", w_up, ndim=2)
+    require_float_array("w_down", w_down, ndim=2)
+    require_same_dtype(x=x, w_gate=w_gate, w_up=w_up, w_down=w_down)
+    F, D = w_gate.shape
+    if w_up.shape != (F, D):
+        raise ValueError(f"w_up must have the shape of w_gate (F, D) = {(F, D)}, got {w_up.shape}")
+    if w_down.shape != (D, F):
+        raise ValueError(f"w_down must have shape (D, F) = {(D, F)} (transposed w_gate), got {w_down.shape}")
+    gate, gate_cache = linear_forward(x, w_gate)    # (..., F)
+    up, up_cache = linear_forward(x, w_up)          # (..., F)
+    act, act_cache = swiglu_act_forward(gate, up)   # (..., F)
+    out, down_cache = linear_forward(act, w_down)   # (..., D)
+    return out, (gate_cache, up_cache, act_cache, down_cache)
+
+
+def swiglu_backward(dout, cache):
+    """Returns (dx, dw_gate, dw_up, dw_down): the forward's calls in reverse; x feeds two
+    branches (gate and up), so its gradient is the sum of both."""
+    gate_cache, up_cache, act_cache, down_cache = cache
+    dact, dw_down = linear_backward(dout, down_cache)      # (..., F), (D, F)
+    dgate, dup = swiglu_act_backward(dact, act_cache)      # (..., F) each
+    dx_from_gate, dw_gate = linear_backward(dgate, gate_cache)
+    dx_from_up, dw_up = linear_backward(dup, up_cache)
+    dx = dx_from_gate + dx_from_up                         # (..., D)
+    return dx, dw_gate, dw_up, dw_down

@@ -1,0 +1,164 @@
+"""Write files and folders so that a crash never leaves a half-written checkpoint behind.
+
+The recipe is the classic one: write everything under a temporary name in the *same* folder
+(so the final rename stays on one file system and is atomic), fsync the data, then rename it
+into place and fsync the parent folder so the rename itself is durable.
+
+    with atomic_directory("out/model") as tmp:       # tmp: a fresh empty folder beside out/model
+        (tmp / "config.json").write_text(...)
+        write_safetensors(tmp / "model.safetensors", params)
+    # here out/model is the complete new folder; had the body raised, out/model would be untouched
+
+    atomic_write_text("out/step.txt", "1200\\n")       # one file: temp file + fsync + os.replace
+
+Replacing an existing folder cannot be a single rename (POSIX renames a folder only onto an
+empty one), so it is three steps: old -> backup name, new -> final name, remove the backup.
+At every instant the final path holds either the old or the new complete folder, except in the
+short moment between the two renames; a crash exactly then leaves the old folder, complete, at
+`.<name>.old-<random>` beside it (see `backup_paths`).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+_TMP_TAG = ".tmp-"
+_OLD_TAG = ".old-"
+
+
+# ----- single files -----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_open(path, mode: str = "wb") -> Iterator:
+    """Open a temporary file beside `path` for writing; on success fsync it and move it to `path`.
+
+    On an exception the temporary file is removed and an existing `path` is left as it was.
+    `mode` is "wb" or "w" (text, UTF-8).
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    final = Path(path)
+    tmp = _fresh_name(final, _TMP_TAG)
+    # os.open with 0o666 lets the umask decide the permissions, as a plain open() would
+    # (tempfile.mkstemp would leave the checkpoint readable by its owner only).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(final.parent)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write `data` to `path` atomically: readers see the old file or the new one, never a mix."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# ----- whole folders ----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_directory(final_path) -> Iterator[Path]:
+    """Yield a new empty folder beside `final_path`; on success it becomes `final_path`.
+
+    On success every file in it is fsynced and it is renamed into place, replacing an existing
+    folder at `final_path` (old -> backup, new -> final, backup removed).  If the body raises,
+    the temporary folder is removed and `final_path` is not touched.  Missing parent folders
+    are created.  A `final_path` that exists but is not a folder is refused before the body runs.
+    """
+    final = Path(final_path)
+    if final.exists() and not final.is_dir():
+        raise NotADirectoryError(f"{final} exists and is not a folder; refusing to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _fresh_name(final, _TMP_TAG)
+    os.mkdir(tmp)  # mode 0o777 minus the umask: the folder ends up with ordinary permissions
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        _move_into_place(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def backup_paths(final_path) -> list[Path]:
+    """Backups of `final_path` left by an `atomic_directory` interrupted between its two renames.
+
+    Normally empty.  If `final_path` is missing and this is not, the newest backup is the old
+    complete folder: rename it back to `final_path` to recover.
+    """
+    final = Path(final_path)
+    if not final.parent.is_dir():
+        return []
+    found = final.parent.glob(f".{final.name}{_OLD_TAG}*")
+    return sorted(found, key=lambda p: p.stat().st_mtime)
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    if not final.exists():
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+        return
+    backup = _fresh_name(final, _OLD_TAG)
+    os.rename(final, backup)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        os.rename(backup, final)  # put the old folder back before reporting the failure
+        raise
+    _fsync_dir(final.parent)  # both renames are durable before the old copy goes away
+    if backup.is_symlink():
+        os.unlink(backup)  # final_path was a link to a folder: drop the link, not its target
+    else:
+        shutil.rmtree(backup)
+
+
+# ----- helpers ------------------------------------------------------------------------------------
+
+def _fresh_name(final: Path, tag: str) -> Path:
+    """A hidden name beside `final` that does not exist yet, e.g. `.model.tmp-3f9a1c2b`."""
+    while True:
+        candidate = final.parent / f".{final.name}{tag}{secrets.token_hex(4)}"
+        if not os.path.lexists(candidate):
+            return candidate
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder under root, folders after their contents."""
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            file_path = os.path.join(dirpath, name)
+            if os.path.islink(file_path):
+                continue
+            with open(file_path, "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a folder's entries (new names, renames) durable.  A no-op where folders cannot be
+    opened (Windows)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

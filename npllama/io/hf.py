@@ -1,0 +1,353 @@
+"""Hugging Face model folders: config.json + model.safetensors (or shards with an index).
+
+    config, params = load_hf_folder("TinyLlama-1.1B", dtype=np.float32)
+    save_hf_folder("out/model", config, params)      # transformers' from_pretrained reads it
+
+The parameter names are Hugging Face's ("model.layers.0.self_attn.q_proj.weight", ...), the same
+keys as `LlamaConfig.param_shapes()`, so nothing is renamed or permuted here.
+
+Loading checks, before any tensor data is read: config.json is a LLaMA config; the memory the
+parameters need fits the budget; every shard named by the index stays inside the folder and
+exists; the tensor names are exactly the config's (a stale `rotary_emb.inv_freq` buffer is
+skipped; with tied embeddings an `lm_head.weight` is accepted only if it equals the embedding);
+every shape matches and every dtype is a float.  Each failure is a `CheckpointError` naming the
+file and the tensor or field.  Pickle checkpoints (pytorch_model.bin) are never opened.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import numpy as np
+
+from ..config import LlamaConfig
+from .atomic import atomic_directory
+from .errors import CheckpointError
+from .safetensors import FLOAT_DTYPES, read_safetensors, read_safetensors_header, write_safetensors
+
+CONFIG_NAME = "config.json"
+GENERATION_CONFIG_NAME = "generation_config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+
+# Never allocate more than this for parameters, whatever the machine (and never more than its RAM).
+MAX_LOAD_BYTES = 64 * 1024**3
+
+# Older checkpoints saved RoPE's inverse frequencies as a buffer; we compute them from the config.
+_SKIPPED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+
+_SAVE_DTYPES = {  # accepted `dtype` for saving -> (torch_dtype name, write_safetensors as_dtype)
+    "float32": ("float32", "f32"), "float64": ("float64", "f64"),
+    "float16": ("float16", "f16"), "bfloat16": ("bfloat16", "bf16"),
+}
+
+
+# ----- loading ------------------------------------------------------------------------------------
+
+def load_hf_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
+    """Read a Hugging Face LLaMA folder.  Returns (config, params), params keyed and ordered as
+    `config.param_shapes()`, each a new C-contiguous writeable array of `dtype`
+    (np.float32 or np.float64)."""
+    dtype = _float_dtype("dtype", dtype)
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder (expected a Hugging Face model folder "
+                                f"holding {CONFIG_NAME} and {WEIGHTS_NAME})")
+    config = read_config(folder / CONFIG_NAME)
+    _check_memory_budget(folder / CONFIG_NAME, config, dtype)
+
+    # tensor name -> file holding it; each file's header; the file listing them (index or single)
+    tensor_files, headers, source = _tensor_files(folder)
+    to_read, tied_head = _check_names_and_shapes(config, tensor_files, headers, source)
+
+    # Only now is tensor data read: every size has been checked against the config.
+    params: dict[str, np.ndarray] = {}
+    for file in sorted(set(to_read.values())):
+        names = [n for n, f in to_read.items() if f == file]
+        params.update(read_safetensors(file, names=names, dtype=dtype))
+    if tied_head is not None:
+        _check_tied_head(tied_head, params, dtype)
+    # read_safetensors gives every tensor its own fresh array; _own_array only fixes layout.
+    return config, {name: _own_array(params.pop(name), dtype) for name in config.param_shapes()}
+
+
+def read_config(config_path) -> LlamaConfig:
+    """config.json -> LlamaConfig; any problem is a CheckpointError naming the file."""
+    config_path = Path(config_path)
+    if not config_path.is_file():
+        raise CheckpointError(config_path, "missing: a Hugging Face model folder needs its config.json")
+    raw = _load_json(config_path)
+    if not isinstance(raw, dict):
+        raise CheckpointError(config_path, f"must hold a JSON object, got {type(raw).__name__}")
+    try:
+        return LlamaConfig.from_dict(raw)
+    except (ValueError, TypeError) as e:
+        error = CheckpointError(config_path, str(e))
+        # LlamaConfig's messages start with the field's name ("hidden_size must be ..."):
+        # keep it as .field for callers, without repeating it in the message.
+        first_word = re.match(r"[A-Za-z_][\w.]*", str(e))
+        if first_word and first_word.group().split(".")[0] in raw:
+            error.field = first_word.group()
+        raise error from None
+
+
+def _check_memory_budget(config_path, config: LlamaConfig, dtype: np.dtype) -> None:
+    needed = config.num_parameters() * dtype.itemsize
+    budget = _memory_budget()
+    if needed > budget:
+        raise CheckpointError(config_path, f"the model has {config.num_parameters():,} parameters: "
+                                           f"{needed / 1024**3:.1f} GiB as {dtype}, over the "
+                                           f"{budget / 1024**3:.1f} GiB this machine allows")
+
+
+def _memory_budget() -> int:
+    """MAX_LOAD_BYTES, or the machine's physical memory if smaller (where it can be known)."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return MAX_LOAD_BYTES
+    return min(MAX_LOAD_BYTES, physical) if physical > 0 else MAX_LOAD_BYTES
+
+
+def _tensor_files(folder: Path) -> tuple[dict[str, Path], dict[Path, dict], Path]:
+    """Map every tensor name to the safetensors file that holds it (one file, or the shards).
+    Also returns each file's validated header, and the file that lists the tensors (the index,
+    or the single file)."""
+    index_path = folder / INDEX_NAME
+    if index_path.is_file():
+        return *_sharded_tensor_files(folder, index_path), index_path
+    single = folder / WEIGHTS_NAME
+    if single.is_file():
+        header = read_safetensors_header(single)
+        return {name: single for name in header if name != "__metadata__"}, {single: header}, single
+    pickled = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json") if (folder / n).exists()]
+    hint = (f"; {pickled[0]} is a pickle checkpoint, which npllama does not open (pickle can run "
+            f"code): convert it to safetensors first") if pickled else ""
+    raise CheckpointError(folder / WEIGHTS_NAME, f"missing: the folder has neither {WEIGHTS_NAME} "
+                                                 f"nor {INDEX_NAME}{hint}")
+
+
+def _sharded_tensor_files(folder: Path, index_path: Path) -> tuple[dict[str, Path], dict[Path, dict]]:
+    index = _load_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(index_path, "must be an object with a \"weight_map\" object "
+                                          "(tensor name -> shard file)", field="weight_map")
+    shard_of: dict[str, Path] = {}
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise CheckpointError(index_path, f"shard must be a file name, got {shard!r}",
+                                  tensor=name, field="weight_map")
+        shard_of[name] = _shard_path(folder, index_path, name, shard)
+
+    # The index and the shards' own headers must agree, both ways.
+    found_in: dict[str, Path] = {}
+    headers: dict[Path, dict] = {}
+    for shard in sorted(set(shard_of.values())):
+        if not shard.is_file():
+            raise CheckpointError(shard, f"missing: {INDEX_NAME} lists this shard")
+        headers[shard] = read_safetensors_header(shard)
+        for name in headers[shard]:
+            if name == "__metadata__":
+                continue
+            if name in found_in:
+                raise CheckpointError(shard, f"also stored in {found_in[name].name}", tensor=name)
+            if shard_of.get(name) != shard:
+                listed = shard_of.get(name)
+                raise CheckpointError(shard, "is in this shard but the index " + (
+                    f"maps it to {listed.name}" if listed else "does not list it"), tensor=name)
+            found_in[name] = shard
+    for name, shard in shard_of.items():
+        if name not in found_in:
+            raise CheckpointError(shard, f"not in this shard, although {INDEX_NAME} maps it here",
+                                  tensor=name)
+    return shard_of, headers
+
+
+def _shard_path(folder: Path, index_path: Path, name: str, shard: str) -> Path:
+    """A shard's path, refusing names that could point outside the folder.
+
+    The check is on the name itself (no absolute paths, no '..', no drive letters), not on where
+    symlinks resolve: the Hugging Face cache links every file of a snapshot to ../../blobs/.
+    """
+    posix, windows = PurePosixPath(shard), PureWindowsPath(shard)
+    escapes = (not shard or posix.is_absolute() or windows.is_absolute() or windows.drive
+               or ".." in posix.parts or ".." in windows.parts or "\x00" in shard)
+    if escapes:
+        raise CheckpointError(index_path, f"shard name {shard!r} is not a plain file name inside "
+                                          f"the model folder; refusing it", tensor=name, field="weight_map")
+    return folder / shard
+
+
+def _check_names_and_shapes(config: LlamaConfig, tensor_files: dict[str, Path],
+                            headers: dict[Path, dict], source: Path) -> tuple[dict[str, Path], Path | None]:
+    """Compare the files' headers with config.param_shapes().  Returns (name -> file for the
+    tensors to read, file holding a tied lm_head.weight to compare, or None)."""
+    expected = config.param_shapes()
+    to_read: dict[str, Path] = {}
+    tied_head = None
+    for name, file in tensor_files.items():
+        entry = headers[file][name]
+        if _SKIPPED.fullmatch(name):
+            continue
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            _check_entry_shape(file, name, entry, (config.vocab_size, config.hidden_size))
+            tied_head = file
+            continue
+        if name not in expected:
+            raise CheckpointError(file, f"unexpected: a LLaMA with this config.json "
+                                        f"({config.num_hidden_layers} layers, tie_word_embeddings="
+                                        f"{config.tie_word_embeddings}) has no such parameter", tensor=name)
+        _check_entry_shape(file, name, entry, expected[name])
+        to_read[name] = file
+    missing = [name for name in expected if name not in to_read]
+    if missing:
+        shown = ", ".join(repr(n) for n in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise CheckpointError(source, f"missing {len(missing)} parameter(s) the config requires: {shown}",
+                              tensor=missing[0])
+    return to_read, tied_head
+
+
+def _check_entry_shape(file: Path, name: str, entry: dict, shape: tuple[int, ...]) -> None:
+    if entry["dtype"] not in FLOAT_DTYPES:
+        raise CheckpointError(file, f"dtype {entry['dtype']} is not a float type "
+                                    f"({', '.join(FLOAT_DTYPES)})", tensor=name)
+    if tuple(entry["shape"]) != tuple(shape):
+        raise CheckpointError(file, f"shape {tuple(entry['shape'])} does not match the config, "
+                                    f"which needs {tuple(shape)}", tensor=name)
+
+
+def _check_tied_head(file: Path, params: dict, dtype) -> None:
+    head = read_safetensors(file, names=["lm_head.weight"], dtype=dtype)["lm_head.weight"]
+    if not np.array_equal(head, params["model.embed_tokens.weight"]):
+        raise CheckpointError(file, "differs from model.embed_tokens.weight, but config.json says "
+                                    "tie_word_embeddings=true (the two must be one tensor)",
+                              tensor="lm_head.weight")
+
+
+def _own_array(array: np.ndarray, dtype) -> np.ndarray:
+    """The array as `dtype`, C-contiguous and writeable (copied only if it is not already)."""
+    if array.dtype == dtype and array.flags.c_contiguous and array.flags.writeable:
+        return array
+    return np.array(array, dtype=dtype, order="C", copy=True)
+
+
+# ----- saving -------------------------------------------------------------------------------------
+
+def save_hf_folder(path, config: LlamaConfig, params: dict[str, np.ndarray], dtype=None,
+                   extra_files: dict[str, bytes] | None = None) -> None:
+    """Write `path` as a Hugging Face folder: config.json, generation_config.json and
+    model.safetensors, atomically (an existing folder at `path` is replaced whole, files we do
+    not write included; if anything fails, it is left as it was).
+
+    params: exactly the names and shapes of config.param_shapes(), float32 or float64 arrays.
+    dtype: None keeps the arrays' dtype (all must share one); or np.float32, np.float64,
+           np.float16, "bfloat16" (rounded to nearest even) to store in that type.
+    extra_files: {file name: bytes} written into the folder too, e.g. {"tokenizer.model": ...}:
+           plain names only, none of the files above.
+    """
+    if not isinstance(config, LlamaConfig):
+        raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
+    _check_params(config, params)
+    torch_dtype, as_dtype = _save_dtype(dtype, params)
+    extra_files = _check_extra_files(extra_files)
+
+    config_dict = config.to_dict()
+    config_dict["torch_dtype"] = torch_dtype
+    generation = {k: getattr(config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                  if getattr(config, k) is not None}
+    tensors = {name: params[name] for name in config.param_shapes()}
+    with atomic_directory(path) as tmp:
+        # Plain writes are enough inside the temporary folder: atomic_directory fsyncs it all.
+        _write_json(tmp / CONFIG_NAME, config_dict)
+        _write_json(tmp / GENERATION_CONFIG_NAME, generation)
+        # transformers refuses safetensors files without format metadata.
+        write_safetensors(tmp / WEIGHTS_NAME, tensors, metadata={"format": "pt"}, as_dtype=as_dtype)
+        for name, data in extra_files.items():
+            (tmp / name).write_bytes(data)
+
+
+def _check_params(config: LlamaConfig, params) -> None:
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of name -> numpy array, got {type(params).__name__}")
+    expected = config.param_shapes()
+    for name in expected:
+        if name not in params:
+            raise ValueError(f"params is missing {name!r} (shape {expected[name]}), which the config requires")
+    for name, array in params.items():
+        if name not in expected:
+            raise ValueError(f"params has {name!r}, which this config has no parameter for"
+                             + (" (tie_word_embeddings=True: the embedding is the output layer)"
+                                if name == "lm_head.weight" else ""))
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"params[{name!r}] must be a numpy array, got {type(array).__name__}")
+        if array.dtype not in (np.float32, np.float64):
+            raise TypeError(f"params[{name!r}] must be float32 or float64, got {array.dtype}")
+        if array.shape != tuple(expected[name]):
+            raise ValueError(f"params[{name!r}] has shape {array.shape}, the config needs {expected[name]}")
+
+
+def _check_extra_files(extra_files) -> dict[str, bytes]:
+    if extra_files is None:
+        return {}
+    if not isinstance(extra_files, dict):
+        raise TypeError(f"extra_files must be a dict of file name -> bytes, got {type(extra_files).__name__}")
+    ours = (CONFIG_NAME, GENERATION_CONFIG_NAME, WEIGHTS_NAME, INDEX_NAME)
+    for name, data in extra_files.items():
+        plain = (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+                 and "\\" not in name and "\x00" not in name and not PureWindowsPath(name).drive)
+        if not plain:
+            raise ValueError(f"extra_files name {name!r} must be a plain file name (no folders)")
+        if name in ours:
+            raise ValueError(f"extra_files cannot replace {name!r}, which save_hf_folder writes itself")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"extra_files[{name!r}] must be bytes, got {type(data).__name__}")
+    return extra_files
+
+
+def _save_dtype(dtype, params: dict) -> tuple[str, str]:
+    if dtype is None:
+        found = {array.dtype for array in params.values()}
+        if len(found) > 1:
+            raise TypeError(f"params mix dtypes {sorted(str(d) for d in found)}; pass dtype= to pick one")
+        key = str(found.pop())
+    elif isinstance(dtype, str) and dtype in ("bfloat16", "bf16"):
+        key = "bfloat16"
+    else:
+        try:
+            key = str(np.dtype(dtype))
+        except TypeError:
+            key = None
+        if key not in _SAVE_DTYPES:
+            raise TypeError(f"dtype must be None, np.float32, np.float64, np.float16 or 'bfloat16', "
+                            f"got {dtype!r}")
+    return _SAVE_DTYPES[key]
+
+
+# ----- helpers ------------------------------------------------------------------------------------
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _load_json(path: Path):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(path, f"is not UTF-8 ({e})") from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(path, f"is not valid JSON ({e})") from None
+
+
+def _float_dtype(arg: str, dtype) -> np.dtype:
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if dtype is None or resolved not in (np.float32, np.float64):
+        raise TypeError(f"{arg} must be np.float32 or np.float64, got {dtype!r}")
+    return resolved

@@ -1,0 +1,562 @@
+"""Hugging Face folders (config.json + model.safetensors or shards) and atomic folder replacement."""
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import npllama.io.hf as hf
+from npllama import LlamaConfig
+from npllama.io import (CheckpointError, atomic_directory, load_hf_folder, read_safetensors,
+                        read_safetensors_header, save_hf_folder, write_safetensors)
+from npllama.io.atomic import backup_paths
+
+
+def small_config(**overrides):
+    fields = dict(vocab_size=16, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                  num_attention_heads=2, max_position_embeddings=16)
+    return LlamaConfig(**{**fields, **overrides})
+
+
+def random_params(config, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    return {name: rng.standard_normal(shape).astype(dtype) for name, shape in config.param_shapes().items()}
+
+
+def write_folder(folder, config, tensors, config_dict=None):
+    """A folder written by hand, so tests can put anything in it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config_dict or config.to_dict()))
+    write_safetensors(folder / "model.safetensors", tensors, metadata={"format": "pt"})
+    return folder
+
+
+def write_sharded(folder, config, tensors, shards=2, weight_map_override=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config.to_dict()))
+    names = list(tensors)
+    weight_map = {}
+    for k in range(shards):
+        shard_name = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: tensors[n] for n in names[k::shards]}
+        write_safetensors(folder / shard_name, part, metadata={"format": "pt"})
+        weight_map.update({n: shard_name for n in part})
+    weight_map.update(weight_map_override or {})
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    return folder
+
+
+# ----- round trips ------------------------------------------------------------------------------
+
+@settings(max_examples=15, deadline=None)
+@given(layers=st.integers(1, 2), kv_heads=st.sampled_from([1, 2]), tied=st.booleans(),
+       save_dtype=st.sampled_from([np.float32, np.float64]), load_dtype=st.sampled_from([np.float32, np.float64]))
+def test_save_then_load_round_trip(tmp_path_factory, layers, kv_heads, tied, save_dtype, load_dtype):
+    config = small_config(num_hidden_layers=layers, num_key_value_heads=kv_heads, tie_word_embeddings=tied)
+    params = random_params(config, save_dtype)
+    folder = tmp_path_factory.mktemp("rt") / "model"
+    save_hf_folder(folder, config, params)
+    loaded_config, loaded = load_hf_folder(folder, dtype=load_dtype)
+    assert loaded_config == config
+    assert list(loaded) == list(config.param_shapes())
+    for name, array in params.items():
+        assert loaded[name].dtype == load_dtype
+        np.testing.assert_array_equal(loaded[name], array.astype(load_dtype))
+
+
+def test_loaded_arrays_are_contiguous_writeable_and_independent(tmp_path):
+    config = small_config(tie_word_embeddings=True)
+    params = random_params(config)
+    folder = write_folder(tmp_path / "m", config,
+                          {**params, "lm_head.weight": params["model.embed_tokens.weight"]})
+    _, loaded = load_hf_folder(folder, dtype=np.float64)
+    arrays = list(loaded.values())
+    for array in arrays:
+        assert array.flags.c_contiguous and array.flags.writeable and array.dtype == np.float64
+    for i, a in enumerate(arrays):
+        for b in arrays[i + 1:]:
+            assert not np.shares_memory(a, b)
+
+
+def test_saved_folder_has_what_transformers_expects(tmp_path):
+    config = small_config(bos_token_id=1, eos_token_id=2)
+    save_hf_folder(tmp_path / "m", config, random_params(config, np.float64))
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors"]
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["torch_dtype"] == "float64" and saved["model_type"] == "llama"
+    assert saved["architectures"] == ["LlamaForCausalLM"] and saved["hidden_size"] == 8
+    generation = json.loads((tmp_path / "m" / "generation_config.json").read_text())
+    assert generation == {"bos_token_id": 1, "eos_token_id": 2}
+    header = read_safetensors_header(tmp_path / "m" / "model.safetensors")
+    assert header["__metadata__"] == {"format": "pt"}
+    assert {k for k in header if k != "__metadata__"} == set(config.param_shapes())
+    assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"F64"}
+
+
+@pytest.mark.parametrize("dtype, torch_name, stored", [
+    (np.float32, "float32", "F32"), (np.float64, "float64", "F64"),
+    (np.float16, "float16", "F16"), ("bfloat16", "bfloat16", "BF16"),
+])
+def test_save_dtype_converts(tmp_path, dtype, torch_name, stored):
+    config = small_config()
+    params = random_params(config, np.float64)
+    save_hf_folder(tmp_path / "m", config, params, dtype=dtype)
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["torch_dtype"] == torch_name
+    header = read_safetensors_header(tmp_path / "m" / "model.safetensors")
+    assert header["model.norm.weight"]["dtype"] == stored
+    _, loaded = load_hf_folder(tmp_path / "m", dtype=np.float64)
+    tolerance = {"F32": 1e-7, "F64": 0.0, "F16": 1e-3, "BF16": 8e-3}[stored]
+    for name, array in params.items():
+        np.testing.assert_allclose(loaded[name], array, rtol=tolerance, atol=tolerance * 1e-3)
+    if stored == "F64":
+        assert all(np.array_equal(loaded[n], params[n]) for n in params)
+
+
+def test_save_replaces_an_existing_folder(tmp_path):
+    config = small_config()
+    folder = tmp_path / "m"
+    save_hf_folder(folder, config, random_params(config, seed=1))
+    (folder / "stale.txt").write_text("old")
+    new = random_params(config, seed=2)
+    save_hf_folder(folder, config, new)
+    assert not (folder / "stale.txt").exists()
+    _, loaded = load_hf_folder(folder)
+    assert all(np.array_equal(loaded[n], new[n]) for n in new)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"], "no temporary or backup folder left"
+
+
+# ----- sharded folders --------------------------------------------------------------------------
+
+def test_sharded_folder_loads_like_a_single_file(tmp_path):
+    config = small_config(num_hidden_layers=2)
+    params = random_params(config)
+    folder = write_sharded(tmp_path / "m", config, params, shards=3)
+    loaded_config, loaded = load_hf_folder(folder)
+    assert loaded_config == config and list(loaded) == list(config.param_shapes())
+    assert all(np.array_equal(loaded[n], params[n]) for n in params)
+
+
+@pytest.mark.parametrize("bad_name", ["../x.safetensors", "/etc/passwd", "sub/../../x.safetensors",
+                                      "C:\\x.safetensors", "..\\x.safetensors", ""])
+def test_shard_names_leaving_the_folder_are_refused(tmp_path, bad_name):
+    config = small_config()
+    params = random_params(config)
+    write_safetensors(tmp_path / "x.safetensors", {"model.norm.weight": params["model.norm.weight"]})
+    folder = write_sharded(tmp_path / "m", config, params,
+                           weight_map_override={"model.norm.weight": bad_name})
+    with pytest.raises(CheckpointError, match="not a plain file name inside the model folder") as info:
+        load_hf_folder(folder)
+    assert info.value.path.endswith("model.safetensors.index.json")
+    assert info.value.tensor == "model.norm.weight"
+
+
+def test_missing_shard_is_named(tmp_path):
+    config = small_config()
+    folder = write_sharded(tmp_path / "m", config, random_params(config), shards=2)
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing") as info:
+        load_hf_folder(folder)
+    assert info.value.path.endswith("model-00002-of-00002.safetensors")
+
+
+def test_index_and_shards_must_agree(tmp_path):
+    config = small_config()
+    params = random_params(config)
+    # The index sends a tensor to the other shard than the one holding it.
+    folder = write_sharded(tmp_path / "a", config, params, shards=2,
+                           weight_map_override={"model.norm.weight": "model-00002-of-00002.safetensors"})
+    assert "model.norm.weight" in read_safetensors_header(folder / "model-00001-of-00002.safetensors")
+    with pytest.raises(CheckpointError, match="maps it to|not in this shard") as info:
+        load_hf_folder(folder)
+    assert info.value.tensor == "model.norm.weight"
+    # A shard holds a tensor the index does not list.
+    folder = write_sharded(tmp_path / "b", config, params, shards=2)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    del index["weight_map"]["model.norm.weight"]
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="does not list it") as info:
+        load_hf_folder(folder)
+    assert info.value.tensor == "model.norm.weight"
+
+
+@pytest.mark.parametrize("index_text, pattern", [
+    ("{not json", "not valid JSON"),
+    ('{"metadata": {}}', "weight_map"),
+    ('{"weight_map": {"model.norm.weight": 3}}', "shard must be a file name"),
+])
+def test_bad_index_files(tmp_path, index_text, pattern):
+    config = small_config()
+    folder = write_sharded(tmp_path / "m", config, random_params(config))
+    (folder / "model.safetensors.index.json").write_text(index_text)
+    with pytest.raises(CheckpointError, match=pattern) as info:
+        load_hf_folder(folder)
+    assert "model.safetensors.index.json" in str(info.value)
+
+
+# ----- names, shapes, dtypes ----------------------------------------------------------------------
+
+def test_missing_tensor_is_named(tmp_path):
+    config = small_config()
+    params = random_params(config)
+    del params["model.layers.0.mlp.up_proj.weight"]
+    with pytest.raises(CheckpointError, match="missing 1 parameter") as info:
+        load_hf_folder(write_folder(tmp_path / "m", config, params))
+    assert info.value.tensor == "model.layers.0.mlp.up_proj.weight"
+    assert info.value.path.endswith("model.safetensors")
+
+
+def test_unexpected_tensor_is_named(tmp_path):
+    config = small_config()
+    params = {**random_params(config), "model.layers.1.mlp.up_proj.weight": np.ones((12, 8), np.float32)}
+    with pytest.raises(CheckpointError, match="unexpected") as info:
+        load_hf_folder(write_folder(tmp_path / "m", config, params))
+    assert info.value.tensor == "model.layers.1.mlp.up_proj.weight"
+
+
+def test_wrong_shape_is_named_before_any_data_is_read(tmp_path, monkeypatch):
+    config = small_config()
+    params = random_params(config)
+    params["model.layers.0.self_attn.k_proj.weight"] = np.ones((8, 4), np.float32)
+    folder = write_folder(tmp_path / "m", config, params)
+
+    def must_not_read(*args, **kwargs):
+        raise AssertionError("tensor data was read before the shapes were checked")
+
+    monkeypatch.setattr(hf, "read_safetensors", must_not_read)
+    with pytest.raises(CheckpointError, match=r"shape \(8, 4\) does not match the config, which needs \(8, 8\)") as info:
+        load_hf_folder(folder)
+    assert info.value.tensor == "model.layers.0.self_attn.k_proj.weight"
+
+
+def test_integer_weights_are_refused(tmp_path):
+    config = small_config()
+    params = random_params(config)
+    params["model.norm.weight"] = np.ones(8, np.int32)
+    with pytest.raises(CheckpointError, match="not a float type") as info:
+        load_hf_folder(write_folder(tmp_path / "m", config, params))
+    assert info.value.tensor == "model.norm.weight"
+
+
+def test_rotary_inv_freq_buffer_is_skipped(tmp_path):
+    config = small_config()
+    params = random_params(config)
+    stale = {"model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(2, np.float32)}
+    _, loaded = load_hf_folder(write_folder(tmp_path / "m", config, {**params, **stale}))
+    assert list(loaded) == list(config.param_shapes())
+
+
+def test_bf16_checkpoint_loads_as_float32_and_float64(tmp_path):
+    config = small_config()
+    params = random_params(config)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config.to_dict()))
+    write_safetensors(folder / "model.safetensors", params, metadata={"format": "pt"}, as_dtype="bf16")
+    expected = read_safetensors(folder / "model.safetensors")           # our bf16 widening
+    for dtype in (np.float32, np.float64):
+        _, loaded = load_hf_folder(folder, dtype=dtype)
+        for name in params:
+            assert loaded[name].dtype == dtype
+            np.testing.assert_array_equal(loaded[name], expected[name].astype(dtype))
+
+
+# ----- tied embeddings --------------------------------------------------------------------------
+
+def test_tied_lm_head_equal_to_embedding_is_dropped(tmp_path):
+    config = small_config(tie_word_embeddings=True)
+    params = random_params(config)
+    folder = write_folder(tmp_path / "m", config, {**params, "lm_head.weight": params["model.embed_tokens.weight"]})
+    _, loaded = load_hf_folder(folder)
+    assert "lm_head.weight" not in loaded
+    np.testing.assert_array_equal(loaded["model.embed_tokens.weight"], params["model.embed_tokens.weight"])
+
+
+def test_tied_lm_head_that_differs_is_refused(tmp_path):
+    config = small_config(tie_word_embeddings=True)
+    params = random_params(config)
+    head = params["model.embed_tokens.weight"].copy()
+    head[3, 2] += 1.0
+    with pytest.raises(CheckpointError, match="differs from model.embed_tokens.weight") as info:
+        load_hf_folder(write_folder(tmp_path / "m", config, {**params, "lm_head.weight": head}))
+    assert info.value.tensor == "lm_head.weight"
+    with pytest.raises(CheckpointError, match="does not match the config") as info:
+        load_hf_folder(write_folder(tmp_path / "n", config, {**params, "lm_head.weight": head[:4]}))
+    assert info.value.tensor == "lm_head.weight"
+
+
+def test_untied_config_needs_lm_head(tmp_path):
+    config = small_config(tie_word_embeddings=False)
+    params = random_params(config)
+    del params["lm_head.weight"]
+    with pytest.raises(CheckpointError, match="missing") as info:
+        load_hf_folder(write_folder(tmp_path / "m", config, params))
+    assert info.value.tensor == "lm_head.weight"
+
+
+# ----- config.json ------------------------------------------------------------------------------
+
+def test_other_architectures_are_refused(tmp_path):
+    config = small_config()
+    gpt2 = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 16, "n_embd": 8}
+    with pytest.raises(CheckpointError, match="model_type='gpt2'") as info:
+        load_hf_folder(write_folder(tmp_path / "m", config, random_params(config), config_dict=gpt2))
+    assert info.value.path.endswith("config.json")
+
+
+@pytest.mark.parametrize("change, pattern, field", [
+    ({"hidden_size": "8"}, "hidden_size must be an int", "hidden_size"),
+    ({"num_key_value_heads": 3}, "num_key_value_heads", "num_key_value_heads"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "yarn", "rope_scaling"),
+    ({"rms_norm_eps": -1.0}, "rms_norm_eps must be a positive", "rms_norm_eps"),
+])
+def test_bad_config_fields_are_named(tmp_path, change, pattern, field):
+    config = small_config()
+    bad = {**config.to_dict(), **change}
+    with pytest.raises(CheckpointError, match=pattern) as info:
+        load_hf_folder(write_folder(tmp_path / "m", config, random_params(config), config_dict=bad))
+    assert info.value.path.endswith("config.json") and str(info.value).startswith(info.value.path)
+    assert info.value.field == field
+
+
+def test_config_file_problems(tmp_path):
+    config = small_config()
+    folder = write_folder(tmp_path / "m", config, random_params(config))
+    (folder / "config.json").write_text("{oops")
+    with pytest.raises(CheckpointError, match="config.json: is not valid JSON"):
+        load_hf_folder(folder)
+    (folder / "config.json").write_text("[1]")
+    with pytest.raises(CheckpointError, match="must hold a JSON object"):
+        load_hf_folder(folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="config.json: missing"):
+        load_hf_folder(folder)
+
+
+def test_both_config_layouts_load_to_equal_configs(tmp_path):
+    scaling = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8}
+    common = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=16, hidden_size=8,
+                  intermediate_size=12, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                  max_position_embeddings=16, rms_norm_eps=1e-5, tie_word_embeddings=False)
+    v4 = {**common, "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", **scaling},
+          "torch_dtype": "bfloat16", "transformers_version": "4.45.0"}
+    v5 = {**common, "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, **scaling},
+          "dtype": "bfloat16", "transformers_version": "5.0.0"}
+    reference = small_config(num_key_value_heads=1, rope_theta=500000.0,
+                             rope_scaling={"rope_type": "llama3", **scaling})
+    params = random_params(reference)
+    config_4, params_4 = load_hf_folder(write_folder(tmp_path / "v4", reference, params, config_dict=v4))
+    config_5, params_5 = load_hf_folder(write_folder(tmp_path / "v5", reference, params, config_dict=v5))
+    assert config_4 == config_5 == reference
+    assert config_4.rope_theta == 500000.0 and config_4.rope_scaling["rope_type"] == "llama3"
+    assert all(np.array_equal(params_4[n], params_5[n]) for n in params)
+
+
+# ----- folder-level problems and bad arguments ------------------------------------------------------
+
+def test_folder_without_weights(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(small_config().to_dict()))
+    with pytest.raises(CheckpointError, match="neither model.safetensors nor"):
+        load_hf_folder(folder)
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(CheckpointError, match="pickle checkpoint, which npllama does not open"):
+        load_hf_folder(folder)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        load_hf_folder(tmp_path / "nowhere")
+
+
+def test_memory_budget_is_checked_before_reading(tmp_path, monkeypatch):
+    config = small_config()
+    folder = write_folder(tmp_path / "m", config, random_params(config))
+    monkeypatch.setattr(hf, "_memory_budget", lambda: 1000)
+    monkeypatch.setattr(hf, "read_safetensors_header", lambda *a: pytest.fail("read before the budget check"))
+    with pytest.raises(CheckpointError, match=r"over the 0\.0 GiB") as info:
+        load_hf_folder(folder, dtype=np.float64)
+    assert info.value.path.endswith("config.json")
+    assert str(config.num_parameters()) in str(info.value).replace(",", "")
+
+
+def test_memory_budget_default_is_bounded():
+    assert 0 < hf._memory_budget() <= hf.MAX_LOAD_BYTES
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int32, None, "float128x"])
+def test_load_refuses_other_dtypes(tmp_path, dtype):
+    with pytest.raises(TypeError, match="dtype must be np.float32 or np.float64"):
+        load_hf_folder(tmp_path, dtype=dtype)
+
+
+def test_save_checks_params(tmp_path):
+    config = small_config()
+    good = random_params(config)
+    cases = [
+        ({k: v for k, v in good.items() if k != "model.norm.weight"}, ValueError, "missing 'model.norm.weight'"),
+        ({**good, "extra.weight": np.ones(2, np.float32)}, ValueError, "'extra.weight'"),
+        ({**good, "model.norm.weight": np.ones(7, np.float32)}, ValueError,
+         r"params\['model.norm.weight'\] has shape \(7,\)"),
+        ({**good, "model.norm.weight": [1.0] * 8}, TypeError, "must be a numpy array"),
+        ({**good, "model.norm.weight": np.ones(8, np.int64)}, TypeError, "float32 or float64"),
+        ({**good, "model.norm.weight": np.ones(8, np.float64)}, TypeError, "mix dtypes"),
+        ([1, 2], TypeError, "params must be a dict"),
+    ]
+    for params, error, pattern in cases:
+        with pytest.raises(error, match=pattern):
+            save_hf_folder(tmp_path / "m", config, params)
+    tied = small_config(tie_word_embeddings=True)
+    with pytest.raises(ValueError, match="tie_word_embeddings=True"):
+        save_hf_folder(tmp_path / "m", tied, {**random_params(tied), "lm_head.weight": good["lm_head.weight"]})
+    with pytest.raises(TypeError, match="config must be a LlamaConfig"):
+        save_hf_folder(tmp_path / "m", config.to_dict(), good)
+    with pytest.raises(TypeError, match="dtype must be None"):
+        save_hf_folder(tmp_path / "m", config, good, dtype=np.int8)
+    assert not (tmp_path / "m").exists() and not list(tmp_path.iterdir())
+
+
+def test_save_writes_extra_files(tmp_path):
+    config = small_config()
+    save_hf_folder(tmp_path / "m", config, random_params(config),
+                   extra_files={"tokenizer.model": b"\x00spm", "README.md": bytearray(b"hi")})
+    assert (tmp_path / "m" / "tokenizer.model").read_bytes() == b"\x00spm"
+    assert (tmp_path / "m" / "README.md").read_bytes() == b"hi"
+    load_hf_folder(tmp_path / "m")                              # extra files do not disturb loading
+
+
+@pytest.mark.parametrize("extra, error, pattern", [
+    ({"../tokenizer.model": b""}, ValueError, "plain file name"),
+    ({"sub/tokenizer.model": b""}, ValueError, "plain file name"),
+    ({"..": b""}, ValueError, "plain file name"),
+    ({"C:x": b""}, ValueError, "plain file name"),
+    ({"config.json": b"{}"}, ValueError, "cannot replace 'config.json'"),
+    ({"tokenizer.model": "text"}, TypeError, "must be bytes"),
+    ([("tokenizer.model", b"")], TypeError, "extra_files must be a dict"),
+])
+def test_save_refuses_bad_extra_files(tmp_path, extra, error, pattern):
+    config = small_config()
+    with pytest.raises(error, match=pattern):
+        save_hf_folder(tmp_path / "m", config, random_params(config), extra_files=extra)
+    assert not list(tmp_path.iterdir())
+
+
+def test_save_failure_leaves_the_old_folder(tmp_path, monkeypatch):
+    config = small_config()
+    old = random_params(config, seed=1)
+    save_hf_folder(tmp_path / "m", config, old)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+
+    def broken_write(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hf, "write_safetensors", broken_write)
+    with pytest.raises(OSError, match="disk full"):
+        save_hf_folder(tmp_path / "m", config, random_params(config, seed=2))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+# ----- atomic_directory ---------------------------------------------------------------------------
+
+def tree(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_atomic_directory_creates_the_folder(tmp_path):
+    final = tmp_path / "deep" / "ckpt"
+    with atomic_directory(final) as tmp:
+        assert tmp.parent == final.parent and tmp.is_dir() and not final.exists()
+        (tmp / "a.txt").write_text("A")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b.bin").write_bytes(b"B")
+    assert tree(final) == {"a.txt": b"A", "sub/b.bin": b"B"}
+    assert [p.name for p in final.parent.iterdir()] == ["ckpt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert final.stat().st_mode & 0o777 == 0o777 & ~umask, "ordinary permissions, not mkdtemp's 0o700"
+
+
+def test_atomic_directory_body_raising_leaves_old_folder_untouched(tmp_path):
+    final = tmp_path / "ckpt"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_directory(final) as tmp:
+            (tmp / "new.txt").write_text("new")
+            raise RuntimeError("boom")
+    assert tree(final) == {"old.txt": b"old"}
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(tmp_path / "fresh"):
+            raise KeyboardInterrupt
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_atomic_directory_replaces_and_fsyncs_before_renaming(tmp_path, monkeypatch):
+    if not os.path.exists("/proc/self/fd"):
+        pytest.skip("needs /proc to name file descriptors")
+    final = tmp_path / "ckpt"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    events = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(src, dst):
+        events.append(("rename", os.fspath(src), os.fspath(dst)))
+        if os.fspath(dst) == str(final):
+            # The instant between the two renames: the old folder is complete under its backup name.
+            assert not final.exists()
+            (backup,) = backup_paths(final)
+            assert tree(backup) == {"old.txt": b"old"}
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    with atomic_directory(final) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert tree(final) == {"new.txt": b"new"}
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"] and backup_paths(final) == []
+    renames = [e for e in events if e[0] == "rename"]
+    assert renames[0][1] == str(final) and renames[1] == ("rename", str(tmp), str(final))
+    first_rename = events.index(renames[0])
+    assert ("fsync", str(tmp / "new.txt")) in events[:first_rename], "files fsynced before renaming"
+    assert ("fsync", str(tmp)) in events[:first_rename], "the folder itself fsynced before renaming"
+    assert ("fsync", str(tmp_path)) in events[first_rename:], "the parent fsynced after renaming"
+
+
+def test_atomic_directory_failed_rename_restores_the_old_folder(tmp_path, monkeypatch):
+    final = tmp_path / "ckpt"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if ".tmp-" in os.fspath(src):
+            raise OSError("rename failed")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="rename failed"):
+        with atomic_directory(final) as tmp:
+            (tmp / "new.txt").write_text("new")
+    assert tree(final) == {"old.txt": b"old"}
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_atomic_directory_refuses_to_replace_a_file(tmp_path):
+    target = tmp_path / "ckpt"
+    target.write_text("a file")
+    with pytest.raises(NotADirectoryError, match="not a folder"):
+        with atomic_directory(target):
+            pytest.fail("the body must not run")
+    assert target.read_text() == "a file" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]

@@ -35,6 +35,10 @@ class Llama:
         self.dtype = _check_dtype(dtype)
         self.params = init_params(config, seed, self.dtype) if params is None else params
         self._rope_tables: tuple[np.ndarray, np.ndarray] | None = None
+        # LoRA adapters (npllama.lora.attach_lora), or None.  While attached, every base weight is
+        # frozen: the projections run through the adapters' hook and backward returns the adapters'
+        # gradients only, under PEFT's names.
+        self.lora = None
 
     # ----- Hugging Face folders -------------------------------------------------------------
     @classmethod
@@ -45,11 +49,14 @@ class Llama:
         config, params = load_hf_folder(path, dtype=_check_dtype(dtype))
         return cls(config, dtype=dtype, params=params)
 
-    def save_pretrained(self, path, dtype=None) -> None:
-        """Write a folder that `transformers.LlamaForCausalLM.from_pretrained` loads."""
+    def save_pretrained(self, path, dtype=None, extra_files=None) -> None:
+        """Write a folder that `transformers.LlamaForCausalLM.from_pretrained` loads.
+
+        extra_files: {file name: bytes} written into the folder too (e.g. tokenizer.model).
+        """
         from .io.hf import save_hf_folder
 
-        save_hf_folder(path, self.config, self.params, dtype=dtype)
+        save_hf_folder(path, self.config, self.params, dtype=dtype, extra_files=extra_files)
 
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self.params.values()))
@@ -84,7 +91,7 @@ class Llama:
         _record("model.embed_tokens.out", x)
         caches["layers"] = []
         for i in range(cfg.num_hidden_layers):
-            x, layer_cache = block_forward(F, x, _layer_params(p, i), cos, sin, cfg, causal,
+            x, layer_cache = block_forward(F, x, _layer_params(p, i, self.lora), cos, sin, cfg, causal,
                                            key_padding_mask)
             caches["layers"].append(layer_cache)
         hidden, caches["norm"] = F.rmsnorm_forward(x, p["model.norm.weight"], cfg.rms_norm_eps)
@@ -93,9 +100,14 @@ class Llama:
 
     # ----- backward -------------------------------------------------------------------------
     def backward(self, dlogits, caches) -> dict[str, np.ndarray]:
-        """Gradients of every parameter, given dL/dlogits (B, T, V) and forward_with_caches' caches."""
+        """Gradients of every parameter, given dL/dlogits (B, T, V) and forward_with_caches' caches.
+
+        With LoRA adapters attached: the gradients of the adapter parameters only (PEFT's names).
+        """
         F = backend.ops()
         _record("d:lm_head.out", dlogits)
+        if self.lora is not None:  # the head is frozen: only dL/dhidden is needed, no dL/dW
+            return self.hidden_backward(dlogits @ self._lm_head_weight(), caches)
         dhidden, d_lm_head = F.linear_backward(dlogits, caches["lm_head"])
         grads = self.hidden_backward(dhidden, caches)
         if self.config.tie_word_embeddings:
@@ -119,6 +131,8 @@ class Llama:
             dx, layer_grads = block_backward(F, dx, caches["layers"][i])
             grads.update({f"model.layers.{i}.{name}": g for name, g in layer_grads.items()})
         _record("d:model.embed_tokens.out", dx)
+        if self.lora is not None:  # frozen base: keep the adapters' gradients, skip the embedding's
+            return self.lora.adapter_grads(grads)
         grads["model.embed_tokens.weight"] = F.embedding_backward(dx, caches["embed"])
         return grads
 
@@ -167,11 +181,18 @@ class Llama:
         x, _ = F.embedding_forward(tokens, p["model.embed_tokens.weight"])
         for i in range(cfg.num_hidden_layers):
             kv_slot = (kv_cache.k[i], kv_cache.v[i], start)
-            x, _ = block_forward(F, x, _layer_params(p, i), cos, sin, cfg, True, None, kv_slot)
+            x, _ = block_forward(F, x, _layer_params(p, i, self.lora), cos, sin, cfg, True, None, kv_slot)
         kv_cache.length = end
         hidden, _ = F.rmsnorm_forward(x, p["model.norm.weight"], cfg.rms_norm_eps)
         logits, _ = F.linear_forward(hidden, self._lm_head_weight())
         return logits
+
+    def generate(self, prompt, max_new_tokens: int, **sampling) -> list[int]:
+        """prompt ids -> prompt + generated ids; options as npllama.generate.generate
+        (temperature, top_k, top_p, seed, eos_id, on_token)."""
+        from .generate import generate
+
+        return generate(self, prompt, max_new_tokens, **sampling)
 
     # ----- helpers --------------------------------------------------------------------------
     def rope_tables(self, length: int):
@@ -247,15 +268,19 @@ def block_forward(F, x, lp, cos, sin, cfg, causal, key_padding_mask, kv_slot=Non
     h = x + attn_out
     hn, c["post_attention_layernorm"] = F.rmsnorm_forward(h, lp["post_attention_layernorm.weight"],
                                                            cfg.rms_norm_eps)
-    mlp_out, c["mlp"] = F.swiglu_forward(hn, lp["mlp.gate_proj.weight"], lp["mlp.up_proj.weight"],
-                                         lp["mlp.down_proj.weight"])
+    if lp.lora is None:
+        mlp_out, c["mlp"] = F.swiglu_forward(hn, lp["mlp.gate_proj.weight"], lp["mlp.up_proj.weight"],
+                                             lp["mlp.down_proj.weight"])
+    else:  # the same SwiGLU, its three projections through the LoRA hook
+        mlp_out, c["mlp"] = swiglu_lora_forward(F, hn, lp)
     out = h + mlp_out
     t = active_trace()
     if t is not None:
         t.record_many(lp.prefix, **{"residual": h, "post_attention_layernorm.out": hn})
-        _record_mlp(t, lp.prefix + "mlp.", hn, lp)
+        if lp.lora is None:
+            _record_mlp(t, lp.prefix + "mlp.", hn, lp)
         t.record_many(lp.prefix, **{"mlp.out": mlp_out, "out": out})
-    c["prefix"] = lp.prefix
+    c["prefix"], c["lora"] = lp.prefix, lp.lora
     return out, c
 
 
@@ -264,8 +289,11 @@ def block_backward(F, dout, c):
     g = {}
     prefix = c["prefix"]
     _record("d:" + prefix + "out", dout)
-    dhn, g["mlp.gate_proj.weight"], g["mlp.up_proj.weight"], g["mlp.down_proj.weight"] = \
-        F.swiglu_backward(dout, c["mlp"])
+    if c["lora"] is None:
+        dhn, g["mlp.gate_proj.weight"], g["mlp.up_proj.weight"], g["mlp.down_proj.weight"] = \
+            F.swiglu_backward(dout, c["mlp"])
+    else:
+        dhn = swiglu_lora_backward(F, dout, c["mlp"], c["lora"], g)
     dh_norm, g["post_attention_layernorm.weight"] = F.rmsnorm_backward(dhn, c["post_attention_layernorm"])
     dh = dout + dh_norm
     _record("d:" + prefix + "post_attention_layernorm.out", dhn)
@@ -285,10 +313,10 @@ def attention_layer_forward(F, xn, lp, cos, sin, cfg, causal, key_padding_mask, 
     positions [start, start+T) of the layer's preallocated KV cache, and attention runs over all
     positions seen so far, the queries sitting at absolute positions start.. (q_offset).
     """
-    c = {"heads": (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)}
-    q, c["q_proj"] = F.linear_forward(xn, lp["self_attn.q_proj.weight"])   # (B, T, H*hd)
-    k, c["k_proj"] = F.linear_forward(xn, lp["self_attn.k_proj.weight"])   # (B, T, KVH*hd)
-    v, c["v_proj"] = F.linear_forward(xn, lp["self_attn.v_proj.weight"])   # (B, T, KVH*hd)
+    c = {"heads": (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim), "lora": lp.lora}
+    q, c["q_proj"] = project(F, xn, lp, "self_attn.q_proj")               # (B, T, H*hd)
+    k, c["k_proj"] = project(F, xn, lp, "self_attn.k_proj")               # (B, T, KVH*hd)
+    v, c["v_proj"] = project(F, xn, lp, "self_attn.v_proj")               # (B, T, KVH*hd)
     q = _split_heads(q, cfg.num_attention_heads, cfg.head_dim)            # (B, H, T, hd)
     k = _split_heads(k, cfg.num_key_value_heads, cfg.head_dim)            # (B, KVH, T, hd)
     v = _split_heads(v, cfg.num_key_value_heads, cfg.head_dim)
@@ -305,7 +333,7 @@ def attention_layer_forward(F, xn, lp, cos, sin, cfg, causal, key_padding_mask, 
                                                key_padding_mask=key_padding_mask,
                                                q_offset=q_offset)          # (B, H, T, hd)
     attn_out = _merge_heads(attn)                                          # (B, T, H*hd)
-    out, c["o_proj"] = F.linear_forward(attn_out, lp["self_attn.o_proj.weight"])  # (B, T, D)
+    out, c["o_proj"] = project(F, attn_out, lp, "self_attn.o_proj")       # (B, T, D)
     t = active_trace()
     if t is not None:
         prefix = lp.prefix + "self_attn."
@@ -319,7 +347,7 @@ def attention_layer_backward(F, dout, c, prefix=""):
     """attention_layer_forward read backwards.   dout: (B, T, D) -> d xn (B, T, D) and weight grads"""
     g = {}
     _record("d:" + prefix + "out", dout)
-    d_merged, g["self_attn.o_proj.weight"] = F.linear_backward(dout, c["o_proj"])
+    d_merged = project_backward(F, dout, c["o_proj"], c["lora"], g, "self_attn.o_proj")
     _record("d:" + prefix + "attn_out", d_merged)
     n_heads, n_kv_heads, head_dim = c["heads"]
     d_attn = _split_heads(d_merged, n_heads, head_dim)                     # (B, H, T, hd)
@@ -333,10 +361,56 @@ def attention_layer_backward(F, dout, c, prefix=""):
     if t is not None:
         t.record_many("d:" + prefix, q=_split_heads(dq, *c["heads"][::2]),
                       k=_split_heads(dk, *c["heads"][1:]))
-    dxn_q, g["self_attn.q_proj.weight"] = F.linear_backward(dq, c["q_proj"])
-    dxn_k, g["self_attn.k_proj.weight"] = F.linear_backward(dk, c["k_proj"])
-    dxn_v, g["self_attn.v_proj.weight"] = F.linear_backward(dv, c["v_proj"])
+    dxn_q = project_backward(F, dq, c["q_proj"], c["lora"], g, "self_attn.q_proj")
+    dxn_k = project_backward(F, dk, c["k_proj"], c["lora"], g, "self_attn.k_proj")
+    dxn_v = project_backward(F, dv, c["v_proj"], c["lora"], g, "self_attn.v_proj")
     return dxn_q + dxn_k + dxn_v, g
+
+
+# ----- projections, and the hook LoRA adapters plug into --------------------------------------------
+def project(F, x, lp, name):
+    """x W^T for the projection `name` (e.g. "self_attn.q_proj") of layer lp.   Returns (y, cache).
+
+    With LoRA adapters attached, the adapters' hook computes it instead: x W^T with W frozen, plus
+    the low-rank term where `name` is a target (npllama.ops.lora).
+    """
+    if lp.lora is None:
+        return F.linear_forward(x, lp[name + ".weight"])
+    return lp.lora.project_forward(x, lp[name + ".weight"], lp.prefix, name)
+
+
+def project_backward(F, dy, cache, lora, g, name):
+    """dL/dx of `project`; the weight's gradient goes into g[name + ".weight"] -- or, with LoRA
+    adapters attached, the adapter's gradients go into g and the frozen weight gets none."""
+    if lora is None:
+        dx, g[name + ".weight"] = F.linear_backward(dy, cache)
+        return dx
+    dx, adapter_grads = lora.project_backward(dy, cache)
+    g.update(adapter_grads)
+    return dx
+
+
+def swiglu_lora_forward(F, hn, lp):
+    """swiglu_forward written out, so each projection can go through the LoRA hook:
+    down(silu(gate(hn)) * up(hn)).   hn: (B, T, D)"""
+    c = {}
+    gate, c["gate_proj"] = project(F, hn, lp, "mlp.gate_proj")   # (B, T, F)
+    up, c["up_proj"] = project(F, hn, lp, "mlp.up_proj")         # (B, T, F)
+    act, c["act"] = F.swiglu_act_forward(gate, up)               # (B, T, F)
+    out, c["down_proj"] = project(F, act, lp, "mlp.down_proj")   # (B, T, D)
+    t = active_trace()
+    if t is not None:
+        t.record_many(lp.prefix + "mlp.", gate=gate, up=up, act=act)
+    return out, c
+
+
+def swiglu_lora_backward(F, dout, c, lora, g):
+    """swiglu_lora_forward read backwards; the adapters' gradients go into g.  Returns d hn."""
+    dact = project_backward(F, dout, c["down_proj"], lora, g, "mlp.down_proj")
+    dgate, dup = F.swiglu_act_backward(dact, c["act"])
+    dhn_gate = project_backward(F, dgate, c["gate_proj"], lora, g, "mlp.gate_proj")
+    dhn_up = project_backward(F, dup, c["up_proj"], lora, g, "mlp.up_proj")
+    return dhn_gate + dhn_up
 
 
 def _record(name, value):
@@ -383,19 +457,20 @@ def _merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * hd)
 
 
-def _layer_params(params, i):
-    """The params of layer i, keyed by their name inside the layer (e.g. "self_attn.q_proj.weight")."""
+def _layer_params(params, i, lora=None):
+    """The params of layer i, keyed by their name inside the layer (e.g. "self_attn.q_proj.weight"),
+    and the model's LoRA adapters (or None)."""
     prefix = f"model.layers.{i}."
-    return _LayerView(params, prefix)
+    return _LayerView(params, prefix, lora)
 
 
 class _LayerView:
     """Read-only view of one layer's params without copying the dict each forward."""
 
-    __slots__ = ("params", "prefix")
+    __slots__ = ("params", "prefix", "lora")
 
-    def __init__(self, params, prefix):
-        self.params, self.prefix = params, prefix
+    def __init__(self, params, prefix, lora=None):
+        self.params, self.prefix, self.lora = params, prefix, lora
 
     def __getitem__(self, name):
         return self.params[self.prefix + name]

@@ -1,0 +1,66 @@
+"""`npllama <command>`: a thin argparse front over the jobs.
+
+Each command lives in npllama/commands/<name>.py with `register(subparsers)`, which adds its parser
+and sets `run=<function(args) -> int | None>`.  Command modules import the heavy parts (numba,
+the model) inside `run`, so `npllama --help` stays instant.
+
+User mistakes (a missing file, a bad value) end with exit status 2 and one readable line; set
+NPLLAMA_TRACEBACK=1 to see the full traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from .commands import UsageError
+
+# name -> module; the order is the order of `npllama --help`.
+COMMANDS = {
+    "train": "npllama.commands.train",
+    "generate": "npllama.commands.generate",
+    "tokenizer": "npllama.commands.tokenizer",
+}
+
+USER_ERRORS = (UsageError, ValueError, TypeError, FileNotFoundError, NotADirectoryError,
+               IsADirectoryError, PermissionError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="npllama",
+        description="LLaMA in NumPy with hand-written backward passes: train a tokenizer and a small "
+                    "model, generate text, fine-tune, and look inside.",
+        epilog="Run `npllama <command> --help` for a command's options.  With no arguments, "
+               "`npllama train` trains the tiny preset on the built-in corpus.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"npllama {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>")
+    for module in COMMANDS.values():
+        importlib.import_module(module).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        status = args.run(args)
+    except KeyboardInterrupt:
+        print(f"npllama {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as error:
+        if os.environ.get("NPLLAMA_TRACEBACK"):
+            raise
+        print(f"npllama {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""`npllama tokenizer train|encode|decode`: SentencePiece tokenizers with LLaMA's settings."""
+import json
+import sys
+
+from . import HelpFormatter, UsageError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("tokenizer", help="train a SentencePiece tokenizer, encode or decode text",
+                              description="SentencePiece BPE tokenizers with LLaMA's settings (byte "
+                                          "fallback, digits split, <unk>=0, <s>=1, </s>=2).")
+    sub = p.add_subparsers(dest="tokenizer_command", metavar="<train|encode|decode>")
+    t = sub.add_parser("train", help="train a tokenizer on a corpus",
+                       formatter_class=HelpFormatter)
+    t.add_argument("--data", default=None, help="a .txt file, folder, or .jsonl (default: built-in stories)")
+    t.add_argument("--vocab-size", type=int, default=512)
+    t.add_argument("--out", default="tokenizer", help="output prefix: writes OUT.model and OUT.vocab")
+    t.set_defaults(run=train)
+    e = sub.add_parser("encode", help="text -> token ids (JSON list on stdout)")
+    e.add_argument("--model", required=True, help="SentencePiece .model file")
+    e.add_argument("text", nargs="?", default=None, help="text to encode (default: read stdin)")
+    e.add_argument("--no-bos", action="store_true", help="do not prepend <s>")
+    e.add_argument("--eos", action="store_true", help="append </s>")
+    e.add_argument("--pieces", action="store_true", help="print the pieces instead of ids")
+    e.set_defaults(run=encode)
+    d = sub.add_parser("decode", help="token ids -> text")
+    d.add_argument("--model", required=True, help="SentencePiece .model file")
+    d.add_argument("ids", nargs="*", help="ids, as separate arguments, a JSON list, or on stdin")
+    d.set_defaults(run=decode)
+    p.set_defaults(run=lambda args: p.print_help() or 2)
+
+
+def train(args) -> int:
+    from ..corpus import make_default_corpus
+    from ..data import load_texts
+    from ..tokenizer import Tokenizer
+
+    texts = load_texts(args.data) if args.data else make_default_corpus()
+    tok = Tokenizer.train(texts, args.out, args.vocab_size)
+    print(f"wrote {tok.path} ({tok.vocab_size} pieces)")
+    return 0
+
+
+def encode(args) -> int:
+    from ..tokenizer import Tokenizer
+
+    tok = Tokenizer(args.model)
+    text = args.text if args.text is not None else sys.stdin.read()
+    ids = tok.encode(text, bos=not args.no_bos, eos=args.eos)
+    print(json.dumps([tok.id_to_piece(i) for i in ids] if args.pieces else ids, ensure_ascii=False))
+    return 0
+
+
+def decode(args) -> int:
+    from ..tokenizer import Tokenizer
+
+    tok = Tokenizer(args.model)
+    raw = " ".join(args.ids) if args.ids else sys.stdin.read()
+    try:
+        ids = json.loads(raw) if raw.strip().startswith("[") else [int(x) for x in raw.replace(",", " ").split()]
+    except ValueError:
+        raise UsageError(f"ids must be integers (separate, comma-separated, or a JSON list), got {raw.strip()[:60]!r}") from None
+    print(tok.decode(ids))
+    return 0

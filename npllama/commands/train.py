@@ -1,0 +1,70 @@
+"""`npllama train`: pre-train a small LLaMA (defaults: the tiny preset on the built-in stories)."""
+import dataclasses
+import sys
+
+from . import HelpFormatter, UsageError
+
+
+def register(subparsers) -> None:
+    from ..train import TrainConfig
+
+    d = TrainConfig()
+    p = subparsers.add_parser(
+        "train", help="pre-train a model (no arguments: tiny preset on the built-in corpus)",
+        description="Train a LLaMA from scratch with the causal next-token loss. With no arguments it "
+                    "trains the `tiny` preset on a built-in corpus of generated children's stories in a "
+                    "few minutes, then prints samples; `npllama generate` continues text from that run.",
+        formatter_class=HelpFormatter)
+    p.add_argument("--data", default=None, help="training text: a .txt file (documents separated by blank "
+                   "lines), a folder of .txt/.jsonl files, or a .jsonl file with a \"text\" field "
+                   "(default: the built-in stories)")
+    p.add_argument("--out", default=d.out, help="run folder (checkpoints, logs, final model)")
+    p.add_argument("--preset", default=d.preset, help="model shape: tiny, stories260k, stories15m, "
+                   "stories42m, stories110m")
+    p.add_argument("--tokenizer", default=None, help="use this SentencePiece .model instead of training one")
+    p.add_argument("--vocab-size", type=int, default=None, help="pieces of the tokenizer trained for "
+                   "the run (default: the preset's)")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps in total")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per training window")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    p.add_argument("--min-lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear warmup steps (default: a tenth of --steps, at most 40)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="global gradient-norm limit")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validation losses (0: only at the end)")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints (0: only at the end)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
+    p.add_argument("--backend", default=None, choices=["numpy", "numba"],
+                   help="op implementations (default: $NPLLAMA_BACKEND or numba)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many steps (with a checkpoint); --resume continues the run")
+    p.add_argument("--skip-nonfinite", action="store_true",
+                   help="skip a batch whose loss or gradient is NaN/Inf instead of stopping")
+    p.add_argument("--samples", type=int, default=d.samples, help="samples printed at the end")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..backend import get_backend, use_backend
+    from ..train import TrainConfig, TrainingError, train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    values["progress"] = not args.no_progress
+    try:
+        tc = TrainConfig(**values)
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    with use_backend(args.backend or get_backend()):
+        try:
+            result = train(tc, resume=args.resume)
+        except TrainingError as error:  # not a usage mistake: the run itself failed
+            print(f"npllama train: stopped: {error}", file=sys.stderr)
+            return 1
+    return 130 if result.interrupted else 0

@@ -1,0 +1,111 @@
+"""Text generation with a KV cache: prefill the prompt in one forward, then one token per step.
+
+    ids = generate(model, tokenizer.encode("Once upon a time"), max_new_tokens=100,
+                   temperature=0.8, top_k=40, seed=0, eos_id=tokenizer.eos_id)
+
+Sampling: temperature 0 is greedy (argmax); otherwise the logits are divided by the temperature,
+optionally cut to the top_k most likely tokens and/or to the smallest set whose probability
+reaches top_p (nucleus), renormalised, and sampled with a seeded generator.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+def generate(model, prompt: Sequence[int], max_new_tokens: int, *, temperature: float = 0.8,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = 0,
+             eos_id: int | None = None, on_token: Callable[[int], None] | None = None) -> list[int]:
+    """The prompt followed by up to max_new_tokens generated ids (stops after eos_id).
+
+    on_token(id) is called with each new id as soon as it is chosen (for streaming).
+    """
+    prompt = _check_prompt(prompt, model.config.vocab_size)
+    _check_sampling(max_new_tokens, temperature, top_k, top_p)
+    limit = model.config.max_position_embeddings
+    if len(prompt) + max_new_tokens > limit:
+        raise ValueError(f"the prompt ({len(prompt)} tokens) plus max_new_tokens ({max_new_tokens}) is "
+                         f"longer than the model's context, max_position_embeddings = {limit}; "
+                         f"use at most {max(limit - len(prompt), 0)} new tokens or a shorter prompt")
+    rng = np.random.default_rng(seed)
+    cache = model.new_kv_cache(batch_size=1, max_length=len(prompt) + max_new_tokens)
+    logits = model.forward_step(np.asarray([prompt], dtype=np.int64), cache)[0, -1]  # prefill
+    ids = list(prompt)
+    for step in range(max_new_tokens):
+        next_id = sample_next(logits, temperature, top_k, top_p, rng)
+        ids.append(next_id)
+        if on_token is not None:
+            on_token(next_id)
+        if next_id == eos_id or step == max_new_tokens - 1:
+            break
+        logits = model.forward_step(np.asarray([[next_id]], dtype=np.int64), cache)[0, -1]
+    return ids
+
+
+def sample_next(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
+                rng: np.random.Generator) -> int:
+    """One token id from a (vocab,) row of logits."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if temperature == 0:
+        return int(np.argmax(logits))
+    scaled = logits / temperature
+    if top_k is not None and top_k < scaled.size:
+        kth = np.partition(scaled, -top_k)[-top_k]
+        scaled = np.where(scaled < kth, -np.inf, scaled)
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    if top_p is not None and top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        keep = order[: int(np.searchsorted(cumulative, top_p)) + 1]  # smallest set reaching top_p
+        kept = np.zeros_like(probs)
+        kept[keep] = probs[keep]
+        probs = kept / kept.sum()
+    return int(rng.choice(probs.size, p=probs))
+
+
+def stream_text(tokenizer, prompt_ids: Sequence[int], write: Callable[[str], None]) -> Callable[[int], None]:
+    """An on_token callback that writes the newly decoded text (decoding the whole sequence each
+    time, because a SentencePiece piece's text can depend on its neighbours)."""
+    ids = list(prompt_ids)
+    shown = [tokenizer.decode(ids)]
+
+    def on_token(token_id: int) -> None:
+        ids.append(token_id)
+        text = tokenizer.decode(ids)
+        if text.startswith(shown[0]):
+            write(text[len(shown[0]):])
+        shown[0] = text
+
+    return on_token
+
+
+def _check_prompt(prompt, vocab_size: int) -> list[int]:
+    if isinstance(prompt, np.ndarray):
+        if prompt.ndim != 1 or not np.issubdtype(prompt.dtype, np.integer):
+            raise ValueError(f"prompt must be a 1-D sequence of token ids, got array {prompt.dtype} {prompt.shape}")
+        prompt = prompt.tolist()
+    if isinstance(prompt, str):
+        raise TypeError("prompt must be token ids; encode the text with the tokenizer first")
+    prompt = list(prompt)
+    if not prompt:
+        raise ValueError("prompt must hold at least one token (e.g. the BOS id)")
+    for i in prompt:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"prompt must hold integer token ids, found {i!r}")
+        if not 0 <= i < vocab_size:
+            raise ValueError(f"prompt holds token id {i}, outside the vocabulary [0, {vocab_size})")
+    return [int(i) for i in prompt]
+
+
+def _check_sampling(max_new_tokens, temperature, top_k, top_p) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ValueError(f"top_k must be None or a positive integer, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")

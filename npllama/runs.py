@@ -1,0 +1,101 @@
+"""Run folders: where `npllama train` writes, and how other commands find a model.
+
+    runs/<name>/
+        train_config.json      the settings of the run (resume checks them)
+        tokenizer.model        the SentencePiece model the run uses
+        tokens.npy             the tokenized corpus (a cache; safe to delete)
+        log.jsonl              one JSON object per step / evaluation
+        loss.png               the loss curves (when matplotlib is installed)
+        checkpoint/            the latest resumable state, replaced atomically:
+            model/             a Hugging Face folder (config.json, model.safetensors, tokenizer.model)
+            optimizer.safetensors, training_state.json
+        model/                 the final model, a Hugging Face folder with tokenizer.model inside
+    runs/LATEST                the path of the run written last (what `--model` defaults to)
+
+Anything that takes `--model` accepts a run folder, a run's `model/` or `checkpoint/`, or any
+Hugging Face LLaMA folder (config.json + model.safetensors).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .io.atomic import atomic_write_text, backup_paths
+
+DEFAULT_RUNS_DIR = Path("runs")
+LATEST_FILE = "LATEST"
+TOKENIZER_FILE = "tokenizer.model"
+
+
+def runs_dir() -> Path:
+    return Path(os.environ.get("NPLLAMA_RUNS", DEFAULT_RUNS_DIR))
+
+
+def mark_latest(run_dir: Path) -> None:
+    """Record run_dir as the run `--model` defaults to."""
+    base = runs_dir()
+    base.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(base / LATEST_FILE, str(Path(run_dir).resolve()) + "\n")
+
+
+def latest_run() -> Path:
+    """The run folder written last, or a FileNotFoundError that says how to make one."""
+    marker = runs_dir() / LATEST_FILE
+    if marker.is_file():
+        path = Path(marker.read_text(encoding="utf-8").strip())
+        if path.is_dir():
+            return path
+    raise FileNotFoundError(f"no trained model found ({marker} names none); run `npllama train` first "
+                            f"or pass --model DIR")
+
+
+def recover_checkpoint(run_dir: Path) -> Path | None:
+    """The run's checkpoint folder, restoring it from the backup an interrupted replace left behind."""
+    checkpoint = Path(run_dir) / "checkpoint"
+    if not checkpoint.exists():
+        backups = backup_paths(checkpoint)
+        if backups:
+            os.replace(backups[-1], checkpoint)
+    return checkpoint if (checkpoint / "training_state.json").is_file() else None
+
+
+def resolve_model_dir(path=None) -> Path:
+    """The Hugging Face folder to load for `path` (None: the latest run's model)."""
+    path = latest_run() if path is None else Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"model folder {str(path)!r} does not exist")
+    candidates = [path, path / "model", path / "checkpoint" / "model"]
+    if (path / "training_state.json").is_file():  # a run's checkpoint/ folder
+        candidates.insert(0, path / "model")
+    if not (path / "model" / "config.json").is_file():
+        recover_checkpoint(path)
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"{str(path)!r} holds no model: expected config.json and model.safetensors "
+                            f"(a Hugging Face folder) or a run folder made by `npllama train`")
+
+
+def find_tokenizer(model_dir: Path) -> Path:
+    """tokenizer.model inside the model folder, or in the run folder around it."""
+    model_dir = Path(model_dir)
+    for candidate in (model_dir / TOKENIZER_FILE, model_dir.parent / TOKENIZER_FILE,
+                      model_dir.parent.parent / TOKENIZER_FILE):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no {TOKENIZER_FILE} found in or beside {str(model_dir)!r}; "
+                            f"a SentencePiece tokenizer is needed to turn text into tokens")
+
+
+def load_model_and_tokenizer(path=None, dtype=None):
+    """(model, tokenizer, model_dir) for `--model path` (None: the latest run)."""
+    import numpy as np
+
+    from .model import Llama
+    from .tokenizer import Tokenizer
+
+    model_dir = resolve_model_dir(path)
+    model = Llama.from_pretrained(model_dir, dtype=dtype or np.float32)
+    tokenizer = Tokenizer(find_tokenizer(model_dir))
+    tokenizer.check_vocab(model.config.vocab_size)
+    return model, tokenizer, model_dir

@@ -1,0 +1,406 @@
+"""Pre-training (article §3.2): next-token prediction on a corpus, from scratch, on a CPU.
+
+    result = train(TrainConfig())            # the tiny preset on the built-in corpus, a few minutes
+    result = train(TrainConfig(data="my.txt", preset="stories260k", steps=2000, out="runs/mine"))
+
+Every step: loss and gradients of a batch (model.loss_and_grads), global-norm clipping, AdamW with
+linear warmup then cosine decay.  Every `eval_every` steps a validation loss on held-out text;
+every `checkpoint_every` steps a checkpoint (model + optimizer + data position, written
+atomically), so `resume=True` continues with exactly the losses an uninterrupted run would have
+had.  Ctrl-C saves a checkpoint and stops.  A run folder is laid out as npllama/runs.py says.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import PRESETS, LlamaConfig
+from .optim import AdamW, NonFiniteGradientError, clip_grad_norm, cosine_with_warmup
+from .runs import TOKENIZER_FILE, mark_latest, recover_checkpoint
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings of a pre-training run.  Defaults: the tiny preset on the built-in corpus."""
+
+    out: str = "runs/tiny"                 # the run folder
+    data: str | None = None                # .txt, folder of .txt, or .jsonl; None: built-in stories
+    preset: str = "tiny"                   # model shape (npllama.config.PRESETS)
+    tokenizer: str | None = None           # an existing SentencePiece .model; None: train one
+    vocab_size: int | None = None          # for a new tokenizer; None: the preset's
+    steps: int = 400
+    batch_size: int = 16
+    seq_len: int = 128
+    grad_accum: int = 1                    # micro-batches per optimizer step
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup_steps: int | None = None        # None: a tenth of the steps, at most 40
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 8
+    val_fraction: float = 0.05
+    checkpoint_every: int = 100
+    seed: int = 0
+    dtype: str = "float32"
+    stop_after: int | None = None          # stop (with a checkpoint) after this many steps of this call
+    skip_nonfinite: bool = False           # skip a batch whose loss/gradient is NaN/Inf instead of stopping
+    samples: int = 3                       # samples printed at the end
+    sample_tokens: int = 80
+    corpus_stories: int = 10_000           # size of the built-in corpus
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "corpus_stories"):
+            _positive_int(name, getattr(self, name))
+        if self.warmup_steps is None:
+            self.warmup_steps = min(40, self.steps // 10) if isinstance(self.steps, int) else 0
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "samples", "sample_tokens", "seed"):
+            _non_negative_int(name, getattr(self, name))
+        if self.stop_after is not None:
+            _positive_int("stop_after", self.stop_after)
+        for name in ("lr", "grad_clip"):
+            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)!r}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr must be between 0 and lr ({self.lr}), got {self.min_lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed steps ({self.steps})")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be strictly between 0 and 1, got {self.val_fraction}")
+
+    # Settings that must not change when a run is resumed (the rest, e.g. steps, may).
+    RESUME_FIXED = ("data", "preset", "vocab_size", "batch_size", "seq_len", "grad_accum", "seed",
+                    "dtype", "val_fraction", "corpus_stories")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    unigram_entropy: float
+    interrupted: bool = False
+    samples: list[str] = dataclasses.field(default_factory=list)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message says what to do."""
+
+
+class _StopRequested(Exception):
+    """The run reached TrainConfig.stop_after: checkpoint and stop, like Ctrl-C."""
+
+
+def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
+    """Run (or continue) a pre-training run; returns the final losses and samples."""
+    from .corpus import unigram_entropy
+    from .data import BatchLoader, evaluation_batches, train_val_split
+    from .io.train_state import load_checkpoint
+
+    run_dir = Path(tc.out)
+    if resume:
+        tc = _check_resumable(run_dir, tc)
+    elif (run_dir / "checkpoint").exists() or (run_dir / "model").exists():
+        raise ValueError(f"run folder {str(run_dir)!r} already holds a run; pass --resume to continue "
+                         f"it, or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(tc), indent=2) + "\n")
+
+    tokenizer = _prepare_tokenizer(tc, run_dir, echo)
+    ids = _prepare_tokens(tc, run_dir, tokenizer, echo)
+    train_ids, val_ids = train_val_split(ids, tc.val_fraction, bos_id=tokenizer.bos_id)
+    loader = BatchLoader(train_ids, tc.batch_size, tc.seq_len, seed=tc.seed)
+    val_batches = evaluation_batches(val_ids, tc.batch_size, tc.seq_len, max_batches=tc.eval_batches)
+    unigram = unigram_entropy(train_ids, tokenizer.vocab_size)
+    dtype = DTYPES[tc.dtype]
+
+    checkpoint = recover_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        model, optimizer_state, state = load_checkpoint(checkpoint, dtype=dtype)
+        optimizer = _make_optimizer(model, tc)
+        optimizer.load_state_dict(optimizer_state)
+        loader.load_state_dict(state["loader"])
+        start_step = int(state["step"])
+        _truncate_log(run_dir / "log.jsonl", start_step)
+        echo(f"resuming {run_dir} at step {start_step}")
+    else:
+        if resume:
+            echo(f"no checkpoint in {run_dir} yet: starting from step 0")
+        config = _model_config(tc, tokenizer)
+        from .model import Llama
+
+        model = Llama(config, seed=tc.seed, dtype=dtype)
+        optimizer = _make_optimizer(model, tc)
+        start_step = 0
+        (run_dir / "log.jsonl").write_text("")
+    mark_latest(run_dir)
+    echo(f"model: {tc.preset}, {model.num_parameters():,} parameters; corpus: {len(train_ids):,} training "
+         f"and {len(val_ids):,} validation tokens; unigram entropy {unigram:.3f} nats/token")
+
+    loop = _Loop(tc, run_dir, model, optimizer, loader, val_batches, tokenizer, echo)
+    interrupted = False
+    try:
+        loop.run(start_step)
+    except (KeyboardInterrupt, _StopRequested) as stop:
+        interrupted = True
+        loop.save_checkpoint(loop.step)
+        why = "stopped as asked (--stop-after)" if isinstance(stop, _StopRequested) else "interrupted"
+        echo(f"\n{why}: checkpoint saved at step {loop.step} in {run_dir / 'checkpoint'}; "
+             f"continue with `npllama train --out {run_dir} --resume`")
+    finally:
+        loop.close()
+
+    samples = []
+    if not interrupted:
+        loop.save_checkpoint(loop.step)
+        _save_final_model(run_dir, model, tokenizer)
+        _plot_losses(run_dir)
+        val_loss = loop.last_val_loss
+        reduction = 100 * (1 - val_loss / unigram)
+        echo(f"done: step {loop.step}, validation loss {val_loss:.3f} nats/token vs unigram entropy "
+             f"{unigram:.3f} ({reduction:.0f}% below); model saved in {run_dir / 'model'}")
+        samples = _print_samples(model, tokenizer, tc, echo)
+    return TrainResult(run_dir, loop.step, loop.last_train_loss, loop.last_val_loss, unigram,
+                       interrupted, samples)
+
+
+class _Loop:
+    """The step loop and what it writes (log lines, checkpoints)."""
+
+    def __init__(self, tc, run_dir, model, optimizer, loader, val_batches, tokenizer, echo):
+        self.tc, self.run_dir, self.model, self.optimizer = tc, run_dir, model, optimizer
+        self.loader, self.val_batches, self.tokenizer, self.echo = loader, val_batches, tokenizer, echo
+        self.log = open(run_dir / "log.jsonl", "a", encoding="utf-8")
+        self.step = 0
+        self.last_train_loss = self.last_val_loss = self.last_val_step = None
+        self.bar = None
+
+    def run(self, start_step: int) -> None:
+        tc = self.tc
+        self.step = start_step
+        self.bar = _progress_bar(tc, start_step)
+        tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
+        while self.step < tc.steps:
+            started = time.perf_counter()
+            lr = cosine_with_warmup(self.step, max_lr=tc.lr, warmup_steps=tc.warmup_steps,
+                                    total_steps=tc.steps, min_lr=tc.min_lr)
+            loss, grads = self.accumulate()
+            if not math.isfinite(loss):
+                self.non_finite(f"the loss is {loss}", None)
+                continue
+            grad_norm = clip_grad_norm(grads, tc.grad_clip)
+            try:
+                self.optimizer.step(grads, lr=lr)
+            except NonFiniteGradientError as error:
+                self.non_finite(f"the gradient of {error.name} is not finite", error)
+                continue
+            self.step += 1
+            seconds = time.perf_counter() - started
+            self.last_train_loss = loss
+            self.write_log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                            "tokens_per_s": tokens_per_step / seconds})
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_step / seconds:,.0f}")
+            if tc.eval_every and (self.step % tc.eval_every == 0 or self.step == tc.steps):
+                self.evaluate()
+            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < tc.steps:
+                self.save_checkpoint(self.step)
+            if tc.stop_after is not None and self.step - start_step >= tc.stop_after and self.step < tc.steps:
+                raise _StopRequested()
+        if self.last_val_step != self.step:  # the run ends with a validation loss
+            self.evaluate()
+
+    def accumulate(self):
+        """Mean loss and gradients over grad_accum micro-batches."""
+        total_loss, total_grads = 0.0, None
+        for _ in range(self.tc.grad_accum):
+            tokens, targets = self.loader.next_batch()
+            loss, grads = self.model.loss_and_grads(tokens, targets)
+            total_loss += loss
+            if total_grads is None:
+                total_grads = grads
+            else:
+                for name, g in grads.items():
+                    total_grads[name] += g
+        if self.tc.grad_accum > 1:
+            for g in total_grads.values():
+                g /= self.tc.grad_accum
+        return total_loss / self.tc.grad_accum, total_grads
+
+    def non_finite(self, what: str, error) -> None:
+        self.write_log({"step": self.step + 1, "skipped": what})
+        if self.tc.skip_nonfinite:
+            self.echo(f"step {self.step + 1}: {what}; batch skipped (--skip-nonfinite)")
+            return
+        raise TrainingError(
+            f"step {self.step + 1}: {what}; the parameters and optimizer state were not updated. "
+            f"The last good checkpoint is {self.run_dir / 'checkpoint'} (resume with --resume). "
+            f"Try a lower --lr, or pass --skip-nonfinite to skip such batches.")
+
+    def evaluate(self) -> float:
+        losses = [self.model.loss(tokens, targets) for tokens, targets in self.val_batches]
+        self.last_val_loss, self.last_val_step = float(np.mean(losses)), self.step
+        self.write_log({"step": self.step, "val_loss": self.last_val_loss})
+        if self.bar is not None:
+            self.bar.write(f"step {self.step}: validation loss {self.last_val_loss:.4f}")
+        return self.last_val_loss
+
+    def save_checkpoint(self, step: int) -> None:
+        from .io.train_state import save_checkpoint
+
+        state = {"step": step, "loader": self.loader.state_dict(),
+                 "train_loss": self.last_train_loss, "val_loss": self.last_val_loss}
+        save_checkpoint(self.run_dir / "checkpoint", self.model, self.optimizer.state_dict(), state,
+                        extra_files={TOKENIZER_FILE: self.tokenizer.path.read_bytes()})
+
+    def write_log(self, record: dict) -> None:
+        self.log.write(json.dumps(record) + "\n")
+        self.log.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.log.close()
+
+
+# ----- preparation --------------------------------------------------------------------------------
+def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, echo):
+    from .tokenizer import Tokenizer
+
+    path = run_dir / TOKENIZER_FILE
+    if path.is_file():
+        return Tokenizer(path)
+    if tc.tokenizer is not None:
+        tokenizer = Tokenizer(tc.tokenizer)
+        shutil.copyfile(tokenizer.path, path)
+        return Tokenizer(path)
+    vocab_size = tc.vocab_size or PRESETS[tc.preset]["vocab_size"]
+    echo(f"training a SentencePiece BPE tokenizer with {vocab_size} pieces ...")
+    texts = _load_corpus(tc)
+    return Tokenizer.train(texts, run_dir / "tokenizer", vocab_size, input_sentence_size=200_000)
+
+
+def _prepare_tokens(tc: TrainConfig, run_dir: Path, tokenizer, echo):
+    from .data import tokenize_corpus
+
+    return tokenize_corpus(_load_corpus(tc), tokenizer, cache_path=run_dir / "tokens.npy",
+                           progress=tc.progress)
+
+
+_corpus_cache: dict = {}
+
+
+def _load_corpus(tc: TrainConfig) -> list[str]:
+    """The run's documents (read once per process; the tokenizer and the tokens both need them)."""
+    from .corpus import make_default_corpus
+    from .data import load_texts
+
+    key = (tc.data, tc.corpus_stories)
+    if key not in _corpus_cache:
+        _corpus_cache.clear()
+        _corpus_cache[key] = (load_texts(tc.data) if tc.data is not None
+                              else make_default_corpus(tc.corpus_stories, seed=0))
+    return _corpus_cache[key]
+
+
+def _model_config(tc: TrainConfig, tokenizer) -> LlamaConfig:
+    preset = PRESETS[tc.preset]
+    max_positions = max(preset["max_position_embeddings"], tc.seq_len)
+    return LlamaConfig.from_preset(tc.preset, vocab_size=tokenizer.vocab_size,
+                                   max_position_embeddings=max_positions,
+                                   bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
+
+
+def _make_optimizer(model, tc: TrainConfig) -> AdamW:
+    return AdamW(model.params, lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
+
+
+def _check_resumable(run_dir: Path, tc: TrainConfig) -> TrainConfig:
+    saved_path = run_dir / "train_config.json"
+    if not saved_path.is_file():
+        raise FileNotFoundError(f"nothing to resume: {str(saved_path)!r} does not exist")
+    saved = json.loads(saved_path.read_text())
+    changed = [f"{name} ({saved.get(name)!r} -> {getattr(tc, name)!r})" for name in TrainConfig.RESUME_FIXED
+               if name in saved and saved[name] != getattr(tc, name)]
+    if changed:
+        raise ValueError(f"cannot resume {str(run_dir)!r} with different settings: {', '.join(changed)}")
+    return tc
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past the checkpoint's step: the resumed run writes them again."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _save_final_model(run_dir: Path, model, tokenizer) -> None:
+    model.save_pretrained(run_dir / "model", extra_files={TOKENIZER_FILE: tokenizer.path.read_bytes()})
+
+
+def _plot_losses(run_dir: Path) -> None:
+    try:
+        from .viz import plot_loss
+    except ImportError:  # matplotlib is an optional extra
+        return
+    try:
+        plot_loss(run_dir, run_dir / "loss.png")
+    except ImportError:
+        return
+
+
+def _print_samples(model, tokenizer, tc: TrainConfig, echo) -> list[str]:
+    from .generate import generate
+
+    if not tc.samples:
+        return []
+    prompts = ["Once upon a time", "There was once", "One day"] if tc.data is None else [""]
+    texts = []
+    echo("samples:")
+    for i in range(tc.samples):
+        prompt = prompts[i % len(prompts)]
+        ids = generate(model, tokenizer.encode(prompt, bos=True), max_new_tokens=tc.sample_tokens,
+                       temperature=0.8, top_k=40, seed=tc.seed + i, eos_id=tokenizer.eos_id)
+        text = tokenizer.decode(ids)
+        texts.append(text)
+        echo(f"  [{i + 1}] {text}")
+    return texts
+
+
+def _progress_bar(tc: TrainConfig, start_step: int):
+    if not tc.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=tc.steps, initial=start_step, unit="step", dynamic_ncols=True, desc="train")
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _non_negative_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")

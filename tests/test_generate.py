@@ -1,0 +1,105 @@
+"""Generation: the KV-cache path equals recomputing everything, greedy is deterministic, sampling obeys its knobs."""
+import numpy as np
+import pytest
+
+from npllama import Llama, LlamaConfig
+from npllama.generate import generate, sample_next, stream_text
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = LlamaConfig(vocab_size=23, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=40)
+    m = Llama(config, seed=0, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    for p in m.params.values():  # larger weights: a less uniform next-token distribution
+        p += 0.3 * rng.standard_normal(p.shape)
+    return m
+
+
+def greedy_without_cache(model, prompt, n):
+    ids = list(prompt)
+    for _ in range(n):
+        logits = model.forward(np.asarray([ids]))[0, -1]
+        ids.append(int(np.argmax(logits)))
+    return ids
+
+
+def test_greedy_with_kv_cache_equals_recomputing_the_whole_sequence(model):
+    prompt = [1, 5, 7, 2]
+    assert generate(model, prompt, 20, temperature=0) == greedy_without_cache(model, prompt, 20)
+
+
+def test_greedy_is_deterministic_and_sampling_is_seeded(model):
+    prompt = [3, 4]
+    assert generate(model, prompt, 15, temperature=0, seed=1) == generate(model, prompt, 15, temperature=0, seed=2)
+    a = generate(model, prompt, 15, temperature=1.0, seed=7)
+    assert a == generate(model, prompt, 15, temperature=1.0, seed=7)
+    assert any(generate(model, prompt, 15, temperature=1.0, seed=s) != a for s in range(8, 12))
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy(model):
+    prompt = [2, 9, 4]
+    greedy = generate(model, prompt, 12, temperature=0)
+    assert generate(model, prompt, 12, temperature=1.3, top_k=1, seed=3) == greedy
+    assert generate(model, prompt, 12, temperature=1.3, top_p=1e-9, seed=3) == greedy
+
+
+def test_top_k_and_top_p_only_sample_allowed_tokens():
+    logits = np.array([0.0, 3.0, 2.9, -1.0, 2.8, 0.5])
+    rng = np.random.default_rng(0)
+    top3 = {sample_next(logits, 1.0, 3, None, rng) for _ in range(300)}
+    assert top3 == {1, 2, 4}
+    probs = np.exp(logits) / np.exp(logits).sum()
+    # tokens 1 and 2 hold ~0.35 + ~0.31 of the mass: top_p=0.6 keeps exactly those two
+    assert probs[1] + probs[2] > 0.6 > probs[1]
+    nucleus = {sample_next(logits, 1.0, None, 0.6, rng) for _ in range(300)}
+    assert nucleus == {1, 2}
+
+
+def test_sampling_frequencies_follow_the_temperature():
+    logits = np.log(np.array([0.7, 0.2, 0.1]))
+    rng = np.random.default_rng(0)
+    draws = np.array([sample_next(logits, 1.0, None, None, rng) for _ in range(4000)])
+    np.testing.assert_allclose(np.bincount(draws, minlength=3) / 4000, [0.7, 0.2, 0.1], atol=0.03)
+
+
+def test_generation_stops_at_eos_and_streams_every_token(model):
+    prompt = [1]
+    free = generate(model, prompt, 25, temperature=0)
+    eos = free[4]  # make the 4th generated token the end-of-sequence id
+    seen = []
+    ids = generate(model, prompt, 25, temperature=0, eos_id=eos, on_token=seen.append)
+    assert ids[-1] == eos and len(ids) == free.index(eos, 1) + 1
+    assert seen == ids[1:]
+
+
+def test_stream_text_writes_the_new_text_only():
+    class Pieces:
+        def decode(self, ids):
+            return "".join(chr(ord("a") + i) for i in ids)
+
+    written = []
+    on_token = stream_text(Pieces(), [0, 1], written.append)
+    for i in (2, 3, 4):
+        on_token(i)
+    assert "".join(written) == "cde"
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(prompt=[], max_new_tokens=3), ValueError, "at least one token"),
+    (dict(prompt="hello", max_new_tokens=3), TypeError, "encode the text"),
+    (dict(prompt=[1, 99], max_new_tokens=3), ValueError, "outside the vocabulary"),
+    (dict(prompt=[1], max_new_tokens=0), ValueError, "max_new_tokens"),
+    (dict(prompt=[1] * 30, max_new_tokens=11), ValueError, "max_position_embeddings = 40"),
+    (dict(prompt=[1], max_new_tokens=3, temperature=-1), ValueError, "temperature"),
+    (dict(prompt=[1], max_new_tokens=3, top_k=0), ValueError, "top_k"),
+    (dict(prompt=[1], max_new_tokens=3, top_p=1.5), ValueError, "top_p"),
+])
+def test_bad_generation_arguments_are_refused(model, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        generate(model, **kwargs)
+
+
+def test_model_generate_is_the_same_function(model):
+    assert model.generate([1, 2], 5, temperature=0) == generate(model, [1, 2], 5, temperature=0)

@@ -1,0 +1,180 @@
+"""Pre-training runs: they learn, they resume exactly, and a failed checkpoint write loses nothing."""
+import json
+
+import numpy as np
+import pytest
+
+from npllama import Llama
+from npllama.io import train_state
+from npllama.io.train_state import load_checkpoint
+from npllama.runs import load_model_and_tokenizer, recover_checkpoint
+from npllama.train import TrainConfig, TrainingError, train
+
+# A small, fast run: the 260K-parameter llama2.c shape on a slice of the built-in stories.
+FAST = dict(preset="stories260k", vocab_size=360, batch_size=4, seq_len=32, corpus_stories=300,
+            eval_batches=2, samples=0, progress=False, lr=5e-3)
+
+
+def quiet(*_args, **_kwargs):
+    pass
+
+
+def losses(run_dir):
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in records if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "run"
+    result = train(TrainConfig(out=str(out), steps=12, eval_every=6, checkpoint_every=4, **FAST), echo=quiet)
+    return out, result
+
+
+def test_a_run_learns_and_writes_its_folder(straight_run):
+    out, result = straight_run
+    steps = losses(out)
+    assert [s for s, _ in steps] == list(range(1, 13))
+    assert steps[-1][1] < steps[0][1] - 0.3  # the loss goes down
+    assert result.val_loss is not None and result.val_loss < result.unigram_entropy + 1.0
+    for path in ("model/config.json", "model/model.safetensors", "model/tokenizer.model",
+                 "checkpoint/training_state.json", "checkpoint/optimizer.safetensors", "tokenizer.model"):
+        assert (out / path).is_file(), path
+    model, tokenizer, model_dir = load_model_and_tokenizer(out)
+    assert model_dir == out / "model"
+    assert tokenizer.vocab_size == model.config.vocab_size == 360
+
+
+def test_resume_gives_exactly_the_losses_of_an_uninterrupted_run(straight_run, tmp_path):
+    straight, _ = straight_run
+    out = tmp_path / "resumed"
+    config = dict(out=str(out), steps=12, eval_every=6, checkpoint_every=4, **FAST)
+    first = train(TrainConfig(**config, stop_after=6), echo=quiet)
+    assert first.interrupted and first.step == 6
+    state = json.loads((out / "checkpoint" / "training_state.json").read_text())
+    assert state["step"] == 6
+    second = train(TrainConfig(**config), resume=True, echo=quiet)
+    assert second.step == 12 and not second.interrupted
+    assert losses(out) == losses(straight)  # bit-identical floats, step by step
+    a = Llama.from_pretrained(straight / "model")
+    b = Llama.from_pretrained(out / "model")
+    for name in a.params:
+        np.testing.assert_array_equal(a.params[name], b.params[name])
+
+
+def test_resume_refuses_changed_settings(straight_run):
+    straight, _ = straight_run
+    with pytest.raises(ValueError, match="batch_size"):
+        train(TrainConfig(out=str(straight), steps=12, **{**FAST, "batch_size": 2}), resume=True, echo=quiet)
+
+
+def test_a_new_run_refuses_to_overwrite_an_old_one(straight_run):
+    straight, _ = straight_run
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(TrainConfig(out=str(straight), steps=12, **FAST), echo=quiet)
+
+
+def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    config = dict(out=str(out), steps=8, eval_every=0, checkpoint_every=4, **FAST)
+    train(TrainConfig(**config, stop_after=4), echo=quiet)
+    before = (out / "checkpoint" / "optimizer.safetensors").read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train_state, "write_safetensors", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train(TrainConfig(**config), resume=True, echo=quiet)
+    monkeypatch.undo()
+    assert (out / "checkpoint" / "optimizer.safetensors").read_bytes() == before
+    model, optimizer_state, state = load_checkpoint(recover_checkpoint(out))
+    assert state["step"] == 4 and optimizer_state["step"] == 4
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+
+
+def test_an_interrupted_replace_is_recovered_from_its_backup(straight_run, tmp_path):
+    import shutil
+
+    straight, _ = straight_run
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    # The state between atomic_directory's two renames: old checkpoint under its backup name.
+    from npllama.io.atomic import _OLD_TAG
+
+    (run / "checkpoint").rename(run / f".checkpoint{_OLD_TAG}1")
+    assert recover_checkpoint(run) == run / "checkpoint"
+    assert json.loads((run / "checkpoint" / "training_state.json").read_text())["step"] == 12
+
+
+def test_a_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    config = dict(out=str(out), steps=6, eval_every=0, checkpoint_every=2, **FAST)
+    train(TrainConfig(**config, stop_after=2), echo=quiet)
+    real = Llama.loss_and_grads
+
+    def exploding(self, tokens, targets, *args, **kwargs):
+        loss, grads = real(self, tokens, targets, *args, **kwargs)
+        grads["model.layers.1.mlp.up_proj.weight"][0, 0] = np.nan
+        return loss, grads
+
+    monkeypatch.setattr(Llama, "loss_and_grads", exploding)
+    with pytest.raises(TrainingError, match=r"step 3: the gradient of model\.layers\.1\.mlp\.up_proj\.weight "
+                                            r"is not finite.*--lr.*--skip-nonfinite"):
+        train(TrainConfig(**config), resume=True, echo=quiet)
+    _, optimizer_state, state = load_checkpoint(out / "checkpoint")
+    assert state["step"] == 2
+    assert all(np.isfinite(m).all() for m in optimizer_state["m"].values())
+
+
+def test_skip_nonfinite_skips_the_bad_batch(tmp_path, monkeypatch):
+    real = Llama.loss_and_grads
+    calls = {"n": 0}
+
+    def sometimes_nan(self, tokens, targets, *args, **kwargs):
+        calls["n"] += 1
+        loss, grads = real(self, tokens, targets, *args, **kwargs)
+        return (float("nan") if calls["n"] == 2 else loss), grads
+
+    monkeypatch.setattr(Llama, "loss_and_grads", sometimes_nan)
+    out = tmp_path / "run"
+    result = train(TrainConfig(out=str(out), steps=3, eval_every=0, checkpoint_every=0, skip_nonfinite=True,
+                               **FAST), echo=quiet)
+    assert result.step == 3
+    log = (out / "log.jsonl").read_text()
+    assert "skipped" in log and "the loss is nan" in log
+
+
+def test_training_on_a_users_text_file(tmp_path):
+    corpus = tmp_path / "mine.txt"
+    lines = [f"The {c} cat sat on the {m} mat number {i}." for i, (c, m) in
+             enumerate((c, m) for c in ("red", "blue", "green", "small") for m in ("big", "old", "new"))]
+    corpus.write_text("\n\n".join(lines * 30))
+    out = tmp_path / "run"
+    result = train(TrainConfig(out=str(out), data=str(corpus), steps=4, eval_every=0, checkpoint_every=0,
+                               **{**FAST, "vocab_size": 320}), echo=quiet)
+    assert result.step == 4
+    model, tokenizer, _ = load_model_and_tokenizer(out)
+    assert tokenizer.decode(tokenizer.encode("The red cat sat.")) == "The red cat sat."
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("steps", 0, "steps must be a positive integer"),
+    ("batch_size", -1, "batch_size"),
+    ("preset", "huge", "unknown preset"),
+    ("lr", 0.0, "lr must be a positive number"),
+    ("min_lr", 1.0, "min_lr"),
+    ("dtype", "float16", "dtype"),
+    ("warmup_steps", 50, "warmup_steps"),
+])
+def test_bad_settings_are_refused(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{"steps": 10, field: value})
+
+
+def test_a_corpus_smaller_than_one_batch_is_explained(tmp_path):
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("Just a few words here and there, not much at all. " * 40)
+    with pytest.raises(ValueError, match="smaller --batch-size or --seq-len"):
+        train(TrainConfig(out=str(tmp_path / "run"), data=str(corpus), steps=2,
+                          **{**FAST, "vocab_size": 300, "batch_size": 64, "seq_len": 64}), echo=quiet)

@@ -444,7 +444,7 @@ def test_cosine_is_bounded_rising_then_falling(warmup, decay, max_lr, min_frac):
     assert np.all(np.diff(after) <= 1e-15 * max_lr)          # then never rising
     assert np.all(lrs <= max_lr * (1 + 1e-15))
     assert np.all(after >= min_lr * (1 - 1e-15))             # (warmup may start below min_lr)
-    if decay >= 2 and min_lr < max_lr:
+    if decay >= 2 and min_lr < max_lr * (1 - 1e-6):  # (a gap of 1 ulp may round to no fall)
         assert np.all(np.diff(after[:decay + 1]) < 0)        # strictly falling along the cosine
 
 

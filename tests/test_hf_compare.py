@@ -1,0 +1,135 @@
+"""npllama against transformers.LlamaForCausalLM: same folder, same logits, same gradients.
+
+Optional: skipped unless torch and transformers are installed (`pip install -e '.[compare]'`,
+with `pip install torch==2.13.0` for the local CPU wheel).
+
+Stock transformers runs RMSNorm, the RoPE tables and eager softmax in float32 even after
+`.double()`.  The float64 comparison therefore swaps those three pieces of the torch model for
+float64 versions (SDPA attention, a float64 RMSNorm, float64 cos/sin from our inv_freq) so that
+what remains compared is the whole computation at float64 precision; the llama3 inv_freq formula
+itself is compared against transformers' own in the float32 test.
+"""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from npllama import Llama, use_backend  # noqa: E402
+from npllama.gradcheck import rel_error  # noqa: E402
+from npllama.ops.rope import rope_inv_freq  # noqa: E402
+
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 16}
+
+CASES = {
+    "mha": dict(num_attention_heads=4, num_key_value_heads=4),
+    "gqa": dict(num_attention_heads=4, num_key_value_heads=2),
+    "mqa_tied": dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True),
+    "llama3_rope": dict(num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0,
+                        rope_scaling=LLAMA3_SCALING),
+}
+SEQ_LEN = 40  # past original_max_position_embeddings (16) in the llama3 case
+
+
+def hf_config(case):
+    fields = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                  max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                  rope_theta=10000.0)
+    fields.update(CASES[case])
+    scaling = fields.pop("rope_scaling", None)
+    theta = fields.pop("rope_theta")
+    rope_parameters = {"rope_type": "default", "rope_theta": theta, **(scaling or {})}
+    try:  # transformers 5.x
+        return transformers.LlamaConfig(**fields, rope_parameters=rope_parameters,
+                                        attn_implementation="eager")
+    except TypeError:  # transformers 4.x
+        return transformers.LlamaConfig(**fields, rope_theta=theta, rope_scaling=scaling,
+                                        attn_implementation="eager")
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def hf_folder(request, tmp_path_factory):
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(hf_config(request.param))
+    with torch.no_grad():  # norms start at 1; move them so their gradients matter
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.add_(0.3 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def batch(vocab, seed=0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocab, size=(2, SEQ_LEN))
+    targets = rng.integers(0, vocab, size=(2, SEQ_LEN))
+    targets[0, :7] = -100
+    return tokens, targets
+
+
+def torch_logits_and_grads(hf_model, tokens, targets):
+    hf_model.zero_grad()
+    logits = hf_model(torch.from_numpy(tokens)).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                             torch.from_numpy(targets).reshape(-1), ignore_index=-100)
+    loss.backward()
+    grads = {name: p.grad.detach().numpy() for name, p in hf_model.named_parameters()}
+    return logits.detach().numpy(), float(loss.detach()), grads
+
+
+def make_float64_faithful(hf_model, config):
+    """Replace transformers' float32 islands (RMSNorm, RoPE tables, eager softmax) with float64."""
+    hf_model.config._attn_implementation = "sdpa"
+    inv_freq = torch.from_numpy(rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling))
+
+    def rmsnorm64(module):
+        def forward(x):
+            return module.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + module.variance_epsilon))
+        return forward
+
+    def rotary64(x, position_ids):
+        freqs = position_ids[:, :, None].double() * inv_freq[None, None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+    for module in hf_model.modules():
+        if type(module).__name__ == "LlamaRMSNorm":
+            module.forward = rmsnorm64(module)
+        if type(module).__name__ == "LlamaRotaryEmbedding":
+            module.forward = rotary64
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_folder_written_by_transformers_gives_same_logits_and_gradients(hf_folder, dtype):
+    torch_dtype = torch.float32 if dtype == np.float32 else torch.float64
+    hf_model = transformers.LlamaForCausalLM.from_pretrained(hf_folder, attn_implementation="eager").to(torch_dtype)
+    ours = Llama.from_pretrained(hf_folder, dtype=dtype)
+    if dtype == np.float64:
+        make_float64_faithful(hf_model, ours.config)
+    tokens, targets = batch(ours.config.vocab_size)
+    torch_logits, torch_loss, torch_grads = torch_logits_and_grads(hf_model, tokens, targets)
+
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for backend in ("numpy", "numba"):
+        with use_backend(backend):
+            logits = ours.forward(tokens)
+            loss, grads = ours.loss_and_grads(tokens, targets)
+        assert logits.dtype == dtype
+        assert rel_error(logits, torch_logits) < tol
+        assert loss == pytest.approx(torch_loss, rel=tol)
+        assert set(grads) == set(torch_grads)
+        for name, g in grads.items():
+            assert rel_error(g, torch_grads[name]) < 10 * tol, name
+
+
+def test_folder_written_by_npllama_loads_in_transformers(hf_folder, tmp_path):
+    ours = Llama.from_pretrained(hf_folder, dtype=np.float32)
+    ours.save_pretrained(tmp_path / "saved")
+    hf_model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "saved", attn_implementation="eager")
+    tokens, _ = batch(ours.config.vocab_size, seed=1)
+    with torch.no_grad():
+        torch_logits = hf_model(torch.from_numpy(tokens)).logits.numpy()
+    assert rel_error(ours.forward(tokens), torch_logits) < 1e-5
+    assert hf_model.config.tie_word_embeddings == ours.config.tie_word_embeddings

@@ -1,0 +1,404 @@
+"""The data pipeline for pre-training (article §3.2.1, data preprocessing): text -> token ids -> batches.
+
+    texts = load_texts("corpus.txt")                       # list[str], one per document
+    ids = tokenize_corpus(texts, tok, cache_path="cache/tokens.npy")   # 1-D array of token ids
+    train_ids, val_ids = train_val_split(ids, 0.05, bos_id=tok.bos_id)
+    loader = BatchLoader(train_ids, batch_size=32, seq_len=128, seed=0)
+    tokens, targets = loader.next_batch()                  # int64 (32, 128) each
+    val_batches = evaluation_batches(val_ids, 32, 128, max_batches=20)
+
+The token stream.  Every document becomes `<s> doc </s>` and the documents are concatenated:
+
+    <s> Once upon a time ... </s> <s> There was once ... </s> <s> ...
+
+so the model sees where stories start (BOS) and learns to end them (EOS).  Training windows are cut
+from this stream regardless of document boundaries, as in LLaMA's pre-training: a window may hold
+the end of one story and the start of the next; the BOS token tells the model that what follows
+does not depend on what came before.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+TOKEN_CACHE_FORMAT = 1  # part of the cache key: bump it when the stream layout changes
+ENCODE_CHUNK = 1024     # documents per encode_batch call (one progress-bar step)
+
+
+# ----- reading text --------------------------------------------------------------------------------
+
+def load_texts(path) -> list[str]:
+    """Read a corpus as a list of documents.
+
+    * `.txt`: UTF-8 text; documents are separated by one or more blank lines (lines holding only
+      whitespace count as blank).  A document keeps its single newlines; surrounding whitespace is
+      stripped.  So a file with one story per paragraph gives one document per story, and a file
+      without blank lines is one document.
+    * `.jsonl`: one JSON object per line with a string field "text" (blank lines are skipped).
+    * a folder: every `.txt` and `.jsonl` file in it and its subfolders, in sorted path order, each
+      read by the rules above.
+
+    Empty documents are dropped.  Raises FileNotFoundError if `path` does not exist, ValueError for
+    other formats, malformed JSON (naming the file and line) or a corpus without any text.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"corpus {str(path)!r} does not exist (expected a .txt or .jsonl file, "
+                                f"or a folder of them)")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl"))
+        if not files:
+            raise ValueError(f"corpus folder {str(path)!r} contains no .txt or .jsonl files")
+    else:
+        files = [path]
+    texts = []
+    for file in files:
+        texts.extend(_read_file(file))
+    if not texts:
+        raise ValueError(f"corpus {str(path)!r} is empty: it contains no text")
+    return texts
+
+
+def _read_file(path: Path) -> list[str]:
+    if path.suffix == ".txt":
+        return split_documents(_read_utf8(path))
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path)
+    raise ValueError(f"cannot read corpus file {str(path)!r}: expected a .txt or .jsonl file "
+                     f"(or a folder of them), got {path.suffix or 'no extension'!r}")
+
+
+def split_documents(text: str) -> list[str]:
+    """Split text at blank lines into documents (the `.txt` rule of `load_texts`)."""
+    documents, current = [], []
+    for line in text.splitlines():
+        if line.strip():
+            current.append(line)
+        elif current:
+            documents.append("\n".join(current).strip())
+            current = []
+    if current:
+        documents.append("\n".join(current).strip())
+    return documents
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"corpus file {str(path)!r} is not UTF-8 text (bad byte at offset "
+                         f"{exc.start})") from None
+
+
+def _read_jsonl(path: Path) -> list[str]:
+    texts = []
+    for line_number, line in enumerate(_read_utf8(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{str(path)!r} line {line_number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(record, dict) or "text" not in record:
+            raise ValueError(f'{where}: expected a JSON object with a "text" field')
+        if not isinstance(record["text"], str):
+            raise ValueError(f'{where}: "text" must be a string, got {type(record["text"]).__name__}')
+        if record["text"].strip():
+            texts.append(record["text"])
+    return texts
+
+
+# ----- tokenizing ----------------------------------------------------------------------------------
+
+def tokenize_corpus(texts: list[str], tokenizer, cache_path=None, progress: bool | None = None) -> np.ndarray:
+    """The whole corpus as one 1-D stream of token ids: `<s> doc </s>` for every document.
+
+    dtype is uint16 when every id fits (vocab_size <= 65536, so half the memory of int32),
+    else int32.  With `cache_path` (a `.npy` file) the stream is saved there with a key -- a hash
+    of the texts, the tokenizer model and the stream format -- in `<cache_path>.json`; a later call
+    with the same key loads it (memory-mapped, read-only) instead of tokenizing again, and a call
+    with different texts or another tokenizer re-tokenizes and overwrites it.
+
+    progress: show a tqdm bar; None shows it for corpora of more than 10 chunks of documents.
+    """
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+        raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
+    if not texts:
+        raise ValueError("texts is empty: there is nothing to tokenize")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+    if tokenizer.bos_id is None or tokenizer.eos_id is None:
+        raise ValueError(f"tokenizer {tokenizer!r} needs BOS and EOS pieces to mark documents")
+    key = _cache_key(texts, tokenizer) if cache_path is not None else None
+    if cache_path is not None:
+        cache_path = Path(cache_path).expanduser()
+        if cache_path.suffix != ".npy":
+            raise ValueError(f"cache_path must end in .npy, got {str(cache_path)!r}")
+        cached = _load_cached(cache_path, key)
+        if cached is not None:
+            return cached
+    ids = _encode_stream(texts, tokenizer, progress)
+    if cache_path is not None:
+        _save_cached(cache_path, key, ids)
+    return ids
+
+
+def _encode_stream(texts, tokenizer, progress) -> np.ndarray:
+    from tqdm.auto import tqdm
+
+    dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+    chunks = range(0, len(texts), ENCODE_CHUNK)
+    show = len(chunks) > 10 if progress is None else progress
+    pieces = []
+    for start in tqdm(chunks, desc="tokenizing", unit="chunk", disable=not show):
+        for doc_ids in tokenizer.encode_batch(texts[start:start + ENCODE_CHUNK], bos=True, eos=True):
+            pieces.append(np.asarray(doc_ids, dtype=dtype))
+    return np.concatenate(pieces)
+
+
+def _cache_key(texts, tokenizer) -> str:
+    h = hashlib.sha256()
+    h.update(f"npllama-tokens-v{TOKEN_CACHE_FORMAT}\0{tokenizer.fingerprint}\0{len(texts)}\0".encode())
+    for text in texts:
+        data = text.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "little"))  # length-prefixed: ["ab", "c"] != ["a", "bc"]
+        h.update(data)
+    return h.hexdigest()
+
+
+def _load_cached(cache_path: Path, key: str) -> np.ndarray | None:
+    meta_path = Path(f"{cache_path}.json")
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") != key:
+            return None
+        ids = np.load(cache_path, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError):  # missing, half-written or foreign files: just tokenize again
+        return None
+    if ids.ndim != 1 or ids.shape[0] != meta.get("n_tokens"):
+        return None
+    return ids
+
+
+def _save_cached(cache_path: Path, key: str, ids: np.ndarray) -> None:
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    # Array first, key second, each renamed into place: a crash in between leaves a key that no
+    # longer matches, never a key that vouches for a half-written array.
+    _atomic_write(cache_path, lambda f: np.save(f, ids, allow_pickle=False))
+    meta = {"key": key, "n_tokens": int(ids.shape[0]), "dtype": str(ids.dtype)}
+    _atomic_write(Path(f"{cache_path}.json"), lambda f: f.write(json.dumps(meta).encode()))
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# ----- splitting -----------------------------------------------------------------------------------
+
+def train_val_split(ids: np.ndarray, val_fraction: float = 0.05, bos_id: int | None = None):
+    """Split the stream into (train_ids, val_ids): the last `val_fraction` of it is held out.
+
+    With `bos_id`, the cut moves forward to the next document start, so no document is split
+    between the two (unless there is none after the cut point).  Deterministic; returns views.
+    """
+    _require_token_stream("ids", ids)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
+            or not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be a number strictly between 0 and 1, got {val_fraction!r}")
+    n = ids.shape[0]
+    cut = n - int(round(n * val_fraction))
+    if bos_id is not None:
+        starts = np.flatnonzero(ids[cut:] == bos_id)
+        if starts.size:
+            cut += int(starts[0])
+    if not 0 < cut < n:
+        raise ValueError(f"cannot split {n} tokens with val_fraction={val_fraction}: one side would be "
+                         f"empty; use more text or a different val_fraction")
+    return ids[:cut], ids[cut:]
+
+
+# ----- batches ---------------------------------------------------------------------------------------
+
+class BatchLoader:
+    """Shuffled (tokens, targets) batches of fixed-length windows, resumable exactly.
+
+    Windows: window w is ids[w*seq_len : w*seq_len + seq_len + 1] -- consecutive windows share one
+    token (the last target of one is the first input of the next), so every token of the stream
+    is a target exactly once per epoch.  tokens = window[:-1], targets = window[1:] (next-token
+    prediction: targets[b, t] is the token after tokens[b, t]).
+
+    Epochs: each epoch visits the windows in a fresh random order drawn from (seed, epoch), in
+    `len(loader)` batches of `batch_size`; the few windows that do not fill a last batch are left
+    out of that epoch (different ones each epoch).
+
+    Position: (epoch, batch_index) is the whole state -- the order is recomputed from the seed --
+    so `state_dict()` is a small JSON-able dict, and a loader restored with `load_state_dict`
+    continues with exactly the batches an uninterrupted run would have produced.
+
+    `next_batch()` runs forever, crossing into the next epoch when one ends; `for tokens, targets
+    in loader` runs over the rest of the current epoch.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, seed: int = 0):
+        _require_token_stream("ids", ids)
+        _require_positive_int("batch_size", batch_size)
+        _require_positive_int("seq_len", seq_len)
+        _require_int("seed", seed)
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
+        self.n_windows = (ids.shape[0] - 1) // seq_len
+        if self.n_windows < batch_size:
+            raise ValueError(
+                f"the corpus has {ids.shape[0]} tokens, but one batch of {batch_size} windows of "
+                f"{seq_len} tokens needs {batch_size * seq_len + 1}; use a smaller --batch-size or "
+                f"--seq-len (or more text)")
+        self.ids = ids
+        self.batch_size = int(batch_size)  # plain ints: state_dict() must be JSON-able
+        self.seq_len = int(seq_len)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.batch_index = 0
+        self._order_epoch = None
+        self._order = None
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return self.n_windows // self.batch_size
+
+    @property
+    def tokens_per_batch(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        """The next (tokens, targets), each int64 (batch_size, seq_len); advances the position."""
+        order = self._epoch_order(self.epoch)
+        first = self.batch_index * self.batch_size
+        batch = windows(self.ids, order[first:first + self.batch_size], self.seq_len)
+        self.batch_index += 1
+        if self.batch_index == len(self):
+            self.epoch, self.batch_index = self.epoch + 1, 0
+        return _split_inputs_targets(batch)
+
+    def __iter__(self):
+        epoch = self.epoch
+        while self.epoch == epoch:
+            yield self.next_batch()
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if self._order_epoch != epoch:  # one permutation per epoch, recomputed from (seed, epoch)
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
+            self._order_epoch = epoch
+        return self._order
+
+    # ----- training state ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """The position and what it depends on, as plain ints (JSON-able)."""
+        return {"epoch": self.epoch, "batch_index": self.batch_index, "seed": self.seed,
+                "batch_size": self.batch_size, "seq_len": self.seq_len, "n_windows": self.n_windows}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a `state_dict()`; refuses one taken with another corpus, shape or seed."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from BatchLoader.state_dict(), got {type(state).__name__}")
+        missing = [k for k in ("epoch", "batch_index", "seed", "batch_size", "seq_len", "n_windows")
+                   if k not in state]
+        if missing:
+            raise ValueError(f"loader state is missing {', '.join(missing)}")
+        for name in ("seed", "batch_size", "seq_len", "n_windows"):
+            if state[name] != getattr(self, name):
+                raise ValueError(
+                    f"loader state was saved with {name}={state[name]} but this loader has "
+                    f"{name}={getattr(self, name)}; resume with the same corpus, tokenizer, "
+                    f"--batch-size, --seq-len and seed")
+        _require_int("epoch", state["epoch"])
+        _require_int("batch_index", state["batch_index"])
+        if state["epoch"] < 0 or not 0 <= state["batch_index"] < len(self):
+            raise ValueError(f"loader state has epoch={state['epoch']}, batch_index={state['batch_index']}; "
+                             f"expected epoch >= 0 and 0 <= batch_index < {len(self)}")
+        self.epoch, self.batch_index = int(state["epoch"]), int(state["batch_index"])
+
+
+def evaluation_batches(ids: np.ndarray, batch_size: int, seq_len: int,
+                       max_batches: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Fixed validation batches: the windows in stream order (no shuffling), as (tokens, targets).
+
+    Windows are cut as in BatchLoader.  Only full batches are returned, at most `max_batches`
+    of them (None: all); when there are fewer windows than `batch_size`, the one batch holds them
+    all.  The same arguments always give the same batches, so validation losses are comparable
+    from step to step and run to run.
+    """
+    _require_token_stream("ids", ids)
+    _require_positive_int("batch_size", batch_size)
+    _require_positive_int("seq_len", seq_len)
+    if max_batches is not None:
+        _require_positive_int("max_batches", max_batches)
+    n_windows = (ids.shape[0] - 1) // seq_len
+    if n_windows == 0:
+        raise ValueError(f"the validation set has {ids.shape[0]} tokens, but one window of {seq_len} "
+                         f"tokens needs {seq_len + 1}; use a smaller --seq-len or a larger validation "
+                         f"fraction")
+    batch_size = min(batch_size, n_windows)
+    n_batches = n_windows // batch_size
+    if max_batches is not None:
+        n_batches = min(n_batches, max_batches)
+    batches = []
+    for b in range(n_batches):
+        batch = windows(ids, np.arange(b * batch_size, (b + 1) * batch_size), seq_len)
+        batches.append(_split_inputs_targets(batch))
+    return batches
+
+
+def windows(ids: np.ndarray, window_indices: np.ndarray, seq_len: int) -> np.ndarray:
+    """Windows of seq_len + 1 tokens, window w starting at w * seq_len: int64 (len(window_indices), seq_len + 1)."""
+    starts = np.asarray(window_indices, dtype=np.int64) * seq_len               # (B,)
+    positions = starts[:, None] + np.arange(seq_len + 1, dtype=np.int64)[None]  # (B, seq_len + 1)
+    return np.asarray(ids[positions], dtype=np.int64)
+
+
+def _split_inputs_targets(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, T + 1) windows -> tokens (B, T) and next-token targets (B, T), both contiguous."""
+    return np.ascontiguousarray(batch[:, :-1]), np.ascontiguousarray(batch[:, 1:])
+
+
+# ----- argument checks -------------------------------------------------------------------------------
+
+def _require_token_stream(name: str, ids) -> None:
+    if not isinstance(ids, np.ndarray) or not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer numpy array of token ids, got "
+                        f"{getattr(ids, 'dtype', type(ids).__name__)}")
+    if ids.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D token stream, got shape {ids.shape}")
+    if ids.shape[0] < 2:
+        raise ValueError(f"{name} has {ids.shape[0]} token(s); at least 2 are needed for one "
+                         f"(input, target) pair")
+
+
+def _require_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+
+
+def _require_positive_int(name: str, value) -> None:
+    _require_int(name, value)
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+
+
+__all__ = ["load_texts", "split_documents", "tokenize_corpus", "train_val_split", "BatchLoader",
+           "evaluation_batches", "windows"]

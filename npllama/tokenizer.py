@@ -1,0 +1,337 @@
+"""SentencePiece tokenizer: train one with LLaMA's settings, or load any .model (LLaMA's included).
+
+LLaMA's tokenizer is a SentencePiece BPE model with these choices, which `Tokenizer.train` copies:
+
+* byte_fallback: a character that is not in the vocabulary is spelled as its UTF-8 bytes
+  (<0x00> ... <0xFF>, 256 reserved pieces), so no text is ever lost to <unk>;
+* split_digits: every digit is its own piece ("2024" -> 2 0 2 4), so numbers are read digit by digit;
+* ids 0, 1, 2 = <unk>, <s> (BOS), </s> (EOS), and no padding piece (pad_id = -1);
+* normalization "identity" and remove_extra_whitespaces=False: the text is not rewritten, so
+  decode(encode(x)) == x exactly;
+* add_dummy_prefix: a space is put before the text, so "Hello" at the start of a text is the same
+  piece as " Hello" in the middle ("▁Hello");
+* allow_whitespace_only_pieces: runs of spaces (indentation) may become single pieces.
+
+    tok = Tokenizer.train(texts, "out/tok", vocab_size=512)   # writes out/tok.model, out/tok.vocab
+    tok = Tokenizer("out/tok.model")                          # or a LLaMA tokenizer.model
+    ids = tok.encode("Lily had a red ball.")                  # [1, ...]  (BOS first)
+    tok.decode(ids)                                           # 'Lily had a red ball.'
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+
+UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+N_BYTE_PIECES = 256
+N_SPECIAL_PIECES = 3  # <unk>, <s>, </s>
+# byte_fallback reserves 256 byte pieces and 3 special ones; on top of those a model needs its
+# characters and some merges to be of any use.
+MIN_VOCAB_SIZE = N_BYTE_PIECES + N_SPECIAL_PIECES + 1
+MODEL_TYPES = ("bpe", "unigram", "char", "word")
+
+# LLaMA's trainer settings (see the module docstring).  Keyword arguments of `train` override them.
+LLAMA_TRAINER_OPTIONS = dict(
+    byte_fallback=True,
+    split_digits=True,
+    unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=-1,
+    normalization_rule_name="identity",
+    remove_extra_whitespaces=False,
+    add_dummy_prefix=True,
+    allow_whitespace_only_pieces=True,
+    split_by_whitespace=True,
+    split_by_unicode_script=True,
+    split_by_number=True,
+    max_sentencepiece_length=16,
+    hard_vocab_limit=True,
+)
+
+
+class Tokenizer:
+    """A loaded SentencePiece model with the few methods the jobs need.
+
+    `Tokenizer(path)` and `Tokenizer.load(path)` are the same.  Missing or unreadable files raise
+    ValueError naming the file.
+    """
+
+    def __init__(self, path):
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ValueError(f"tokenizer model {str(path)!r} does not exist (expected a SentencePiece "
+                             f".model file, e.g. one written by Tokenizer.train or LLaMA's tokenizer.model)")
+        data = path.read_bytes()
+        sp = spm.SentencePieceProcessor()
+        try:
+            sp.LoadFromSerializedProto(data)
+        except Exception:  # sentencepiece raises RuntimeError/OSError with an internal message
+            raise ValueError(f"{str(path)!r} is not a valid SentencePiece model: it could not be parsed "
+                             f"(a Hugging Face tokenizer.json, for example, is a different format; "
+                             f"npllama needs the SentencePiece tokenizer.model)") from None
+        if sp.get_piece_size() == 0:
+            raise ValueError(f"{str(path)!r} is not a valid SentencePiece model (it has no pieces)")
+        self.path = path
+        self._sp = sp
+        # What the model *is*, independent of where it lives: keys caches of tokenized corpora.
+        self.fingerprint = hashlib.sha256(data).hexdigest()
+
+    @classmethod
+    def load(cls, path) -> "Tokenizer":
+        """Load a SentencePiece .model file (same as `Tokenizer(path)`)."""
+        return cls(path)
+
+    # ----- training ------------------------------------------------------------------------------
+
+    @classmethod
+    def train(cls, texts_or_files, model_prefix, vocab_size: int, *, model_type: str = "bpe",
+              character_coverage: float = 0.9995, input_sentence_size: int = 1_000_000,
+              max_sentence_length: int = 4192, num_threads: int | None = None, seed: int = 0,
+              verbose: bool = False, **trainer_options) -> "Tokenizer":
+        """Train a SentencePiece model with LLaMA's settings; write `<model_prefix>.model/.vocab`.
+
+        texts_or_files: either text -- an iterable of `str`, each one or more lines (documents are
+            split into lines, and lines longer than `max_sentence_length` bytes into chunks at spaces,
+            because SentencePiece skips over-long sentences) -- or files: a `str`/`os.PathLike` path,
+            or an iterable of `pathlib.Path`, each a plain-text file read one line per sentence.
+        vocab_size: the number of pieces, including 256 byte pieces and <unk>, <s>, </s>.  If the
+            corpus cannot fill it, ValueError suggests the largest size that works.
+        input_sentence_size: at most this many sentences (lines) are used, sampled uniformly when the
+            corpus has more, so huge corpora train in bounded memory.  0 = all; else more than 100.
+        character_coverage: fraction of characters that get their own piece; the rarest rest are
+            spelled with bytes (byte fallback).
+        seed: seeds SentencePiece's sampling, so training is repeatable.
+        trainer_options: any other SentencePiece trainer option, overriding LLaMA's settings.
+        """
+        _check_train_args(vocab_size, model_type, character_coverage, input_sentence_size,
+                          max_sentence_length)
+        model_prefix = Path(model_prefix).expanduser()
+        model_prefix.parent.mkdir(parents=True, exist_ok=True)
+        options = dict(LLAMA_TRAINER_OPTIONS)
+        options.update(
+            model_prefix=str(model_prefix), vocab_size=vocab_size, model_type=model_type,
+            character_coverage=character_coverage, max_sentence_length=max_sentence_length,
+            input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
+            num_threads=num_threads or max(1, min(os.cpu_count() or 1, 16)),
+            minloglevel=0 if verbose else 2,  # SentencePiece logs to stderr via absl; 2 = errors only
+        )
+        options.update(trainer_options)
+        files = _as_files(texts_or_files)
+        if files is None:
+            sentences = list(_sentences(texts_or_files, max_sentence_length))
+            if not sentences:
+                raise ValueError("cannot train a tokenizer on no text: texts_or_files has no non-empty lines")
+            options["sentence_iterator"] = iter(sentences)
+        else:
+            options["input"] = ",".join(str(f) for f in files)
+        spm.set_random_generator_seed(seed)
+        try:
+            spm.SentencePieceTrainer.train(**options)
+        except RuntimeError as exc:
+            raise _explain_training_error(exc, vocab_size) from None
+        return cls(f"{model_prefix}.model")
+
+    # ----- the vocabulary -------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    @property
+    def bos_id(self) -> int | None:
+        """Id of <s>, put at the start of every document; None if the model has none."""
+        return _none_if_negative(self._sp.bos_id())
+
+    @property
+    def eos_id(self) -> int | None:
+        """Id of </s>, put at the end of every document; None if the model has none."""
+        return _none_if_negative(self._sp.eos_id())
+
+    @property
+    def pad_id(self) -> int | None:
+        """Id of the padding piece; None for LLaMA-style models, which have none (SentencePiece's -1)."""
+        return _none_if_negative(self._sp.pad_id())
+
+    @property
+    def unk_id(self) -> int:
+        return self._sp.unk_id()
+
+    def id_to_piece(self, token_id: int) -> str:
+        """The piece for one id, e.g. '▁ball' (▁ marks a leading space) or '<0x0A>' (a byte)."""
+        self._check_ids([token_id])
+        return self._sp.id_to_piece(int(token_id))
+
+    def piece_to_id(self, piece: str) -> int:
+        """The id of a piece; unknown pieces give unk_id."""
+        if not isinstance(piece, str):
+            raise TypeError(f"piece must be a str, got {type(piece).__name__}")
+        return self._sp.piece_to_id(piece)
+
+    def check_vocab(self, model_vocab_size: int) -> None:
+        """Raise ValueError unless the model's embedding has exactly one row per tokenizer piece."""
+        if model_vocab_size != self.vocab_size:
+            raise ValueError(
+                f"tokenizer {str(self.path)!r} has vocab_size {self.vocab_size} but the model has "
+                f"vocab_size {model_vocab_size}; use the tokenizer the model was trained with "
+                f"(or train the model with vocab_size={self.vocab_size})")
+
+    # ----- encode / decode -------------------------------------------------------------------------
+
+    def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
+        """Token ids of `text`, with <s> first if `bos` and </s> last if `eos`."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        self._check_special(bos, eos)
+        return self._sp.encode(text, out_type=int, add_bos=bos, add_eos=eos)
+
+    def encode_batch(self, texts: list[str], bos: bool = True, eos: bool = False,
+                     num_threads: int | None = None) -> list[list[int]]:
+        """`encode` for many texts at once (SentencePiece runs them on several threads)."""
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+        self._check_special(bos, eos)
+        if not texts:
+            return []
+        return self._sp.encode(texts, out_type=int, add_bos=bos, add_eos=eos,
+                               num_threads=num_threads or (os.cpu_count() or 1))
+
+    def decode(self, ids) -> str:
+        """The text of a sequence of ids.  <s>, </s> and padding produce no text; byte pieces are
+        reassembled into UTF-8 (an incomplete byte sequence becomes U+FFFD).
+
+        decode(encode(text)) == text for every text except one holding U+2581 "▁", the character
+        SentencePiece writes spaces with, which comes back as a space.
+        """
+        ids = self._check_ids(ids)
+        return self._sp.decode(ids)
+
+    # ----- helpers ---------------------------------------------------------------------------------
+
+    def _check_special(self, bos: bool, eos: bool) -> None:
+        if bos and self.bos_id is None:
+            raise ValueError(f"tokenizer {str(self.path)!r} has no BOS piece; call encode with bos=False")
+        if eos and self.eos_id is None:
+            raise ValueError(f"tokenizer {str(self.path)!r} has no EOS piece; call encode with eos=False")
+
+    def _check_ids(self, ids) -> list[int]:
+        array = np.asarray(ids)
+        if array.ndim > 1:
+            raise ValueError(f"ids must be a flat sequence of token ids, got shape {array.shape}")
+        if array.size and not np.issubdtype(array.dtype, np.integer):
+            raise TypeError(f"ids must be integers, got {array.dtype}")
+        array = array.reshape(-1)
+        if array.size and (array.min() < 0 or array.max() >= self.vocab_size):
+            bad = int(array[(array < 0) | (array >= self.vocab_size)][0])
+            raise ValueError(f"token id {bad} is out of range for vocab_size {self.vocab_size}")
+        return array.astype(np.int64).tolist()
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
+
+
+# ----- training helpers ------------------------------------------------------------------------------
+
+def _check_train_args(vocab_size, model_type, character_coverage, input_sentence_size, max_sentence_length):
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise TypeError(f"vocab_size must be an int, got {vocab_size!r}")
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: byte fallback reserves {N_BYTE_PIECES} byte pieces "
+            f"and {N_SPECIAL_PIECES} special ones (<unk>, <s>, </s>), so vocab_size must be at least "
+            f"{MIN_VOCAB_SIZE}, and a few hundred more to leave room for characters and merges "
+            f"(512 is a good small size)")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+    if not isinstance(character_coverage, (int, float)) or not 0.9 <= character_coverage <= 1.0:
+        raise ValueError(f"character_coverage must be a number in [0.9, 1], got {character_coverage!r}")
+    for name, value in (("input_sentence_size", input_sentence_size),
+                        ("max_sentence_length", max_sentence_length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    if 0 < input_sentence_size <= 100:
+        raise ValueError(f"input_sentence_size must be 0 (use every sentence) or more than 100, "
+                         f"got {input_sentence_size}")
+    if max_sentence_length < 16:
+        raise ValueError(f"max_sentence_length must be at least 16 bytes, got {max_sentence_length}")
+
+
+def _as_files(texts_or_files) -> list[Path] | None:
+    """The files to read, or None if `texts_or_files` is text."""
+    if isinstance(texts_or_files, (str, os.PathLike)):
+        items = [Path(texts_or_files)]
+    elif isinstance(texts_or_files, (list, tuple)) and texts_or_files and all(
+            isinstance(item, Path) for item in texts_or_files):
+        items = list(texts_or_files)
+    else:
+        return None
+    for item in items:
+        if not item.is_file():
+            raise ValueError(f"training file {str(item)!r} does not exist (to train on text, pass a "
+                             f"list of strings instead of a path)")
+    return items
+
+
+def _sentences(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
+    """Non-empty lines of the texts, long ones cut at spaces into pieces of at most max_bytes."""
+    if isinstance(texts, (bytes, dict)) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts_or_files must be an iterable of str or a path, got {type(texts).__name__}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts_or_files[{i}] must be a str (or pass pathlib.Path objects for "
+                            f"files), got {type(text).__name__}")
+        for line in text.splitlines():
+            if line.strip():
+                yield from _chunk(line, max_bytes)
+
+
+def _chunk(line: str, max_bytes: int) -> Iterator[str]:
+    if len(line.encode("utf-8")) <= max_bytes:
+        yield line
+        return
+    piece, size = [], 0
+    for word in line.split(" "):
+        word_size = len(word.encode("utf-8")) + 1
+        if piece and size + word_size > max_bytes:
+            yield " ".join(piece)
+            piece, size = [], 0
+        if word_size > max_bytes:  # one enormous "word": cut it by characters
+            chars = max_bytes // 4  # at most 4 bytes per UTF-8 character
+            yield from (word[k:k + chars] for k in range(0, len(word), chars))
+            continue
+        piece.append(word)
+        size += word_size
+    if piece:
+        yield " ".join(piece)
+
+
+def _explain_training_error(exc: RuntimeError, vocab_size: int) -> Exception:
+    """Turn SentencePiece's CHECK failures about the vocabulary size into advice."""
+    message = str(exc).strip()
+    too_high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", message)
+    if too_high:
+        most = int(too_high.group(2))
+        return ValueError(
+            f"vocab_size={vocab_size} is too large for this corpus: SentencePiece can make at most "
+            f"{most} pieces from it.  Use a smaller vocab size (<= {most}) or train on more text.")
+    too_low = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
+    if too_low:
+        needed = int(too_low.group(2))
+        return ValueError(
+            f"vocab_size={vocab_size} is too small for this corpus: its characters plus the "
+            f"{N_BYTE_PIECES} byte pieces and {N_SPECIAL_PIECES} special pieces already need {needed}.  "
+            f"Use a larger vocab size or a lower character_coverage (rare characters are then "
+            f"spelled with bytes).")
+    return ValueError(f"SentencePiece training failed: {message}")
+
+
+def _none_if_negative(value: int) -> int | None:
+    return None if value < 0 else value
+
+
+__all__ = ["Tokenizer", "LLAMA_TRAINER_OPTIONS", "MIN_VOCAB_SIZE", "UNK_ID", "BOS_ID", "EOS_ID"]

@@ -1,0 +1,266 @@
+"""Tokenizer: LLaMA-style SentencePiece training, exact roundtrips, special ids, clear errors."""
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from npllama.corpus import make_default_corpus, write_default_corpus
+from npllama.tokenizer import MIN_VOCAB_SIZE, Tokenizer
+
+N_STORIES = 2000
+VOCAB = 512
+
+
+@pytest.fixture(scope="module")
+def stories():
+    return make_default_corpus(N_STORIES, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tok(stories, tmp_path_factory):
+    return Tokenizer.train(stories, tmp_path_factory.mktemp("tok") / "stories", VOCAB)
+
+
+def pieces(tok, ids):
+    return [tok.id_to_piece(i) for i in ids]
+
+
+# ----- training writes a LLaMA-like model ----------------------------------------------------------
+
+def test_training_writes_model_and_vocab(tok):
+    assert tok.path.name == "stories.model" and tok.path.is_file()
+    assert tok.path.with_suffix(".vocab").is_file()
+    assert tok.vocab_size == VOCAB
+
+
+def test_special_ids_are_llamas(tok):
+    assert (tok.unk_id, tok.bos_id, tok.eos_id, tok.pad_id) == (0, 1, 2, None)
+    assert pieces(tok, [0, 1, 2]) == ["<unk>", "<s>", "</s>"]
+    # byte fallback: ids 3..258 are the 256 bytes, in order, as in LLaMA's tokenizer.model
+    assert pieces(tok, [3, 3 + 0x0A, 258]) == ["<0x00>", "<0x0A>", "<0xFF>"]
+
+
+def test_bos_and_eos_flags(tok):
+    assert tok.encode("Tom ran.")[0] == 1
+    assert tok.encode("Tom ran.", bos=False)[0] not in (1, 2)
+    ids = tok.encode("Tom ran.", bos=True, eos=True)
+    assert ids[0] == 1 and ids[-1] == 2 and ids[1:-1] == tok.encode("Tom ran.", bos=False)
+    assert tok.encode("", bos=True, eos=True) == [1, 2]
+
+
+def test_common_words_are_single_pieces(tok):
+    # The corpus is small and repetitive: frequent words must have become merges.
+    for word in ("▁the", "▁said", "▁friend", "▁little"):
+        assert tok.piece_to_id(word) != tok.unk_id, word
+    assert len(tok.encode("Once upon a time, there was a little girl named Lily.", bos=False)) <= 14
+
+
+def test_training_is_deterministic(stories, tok, tmp_path):
+    again = Tokenizer.train(stories, tmp_path / "again", VOCAB)
+    assert pieces(again, range(VOCAB)) == pieces(tok, range(VOCAB))
+
+
+def test_training_is_quiet(stories, tmp_path, capfd):
+    Tokenizer.train(stories[:200], tmp_path / "quiet", 400)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+# ----- roundtrips ----------------------------------------------------------------------------------
+
+def test_roundtrip_on_corpus_stories(tok, stories):
+    for story in stories[:300]:
+        ids = tok.encode(story)
+        assert tok.decode(ids) == story
+        assert tok.unk_id not in ids
+
+
+@pytest.mark.parametrize("text", [
+    "In 2024 there were 1,234,567 people.",
+    "Grüße aus Köln! Ça va? 日本語のテキスト 🙂",
+    "  two  spaces, a\ttab,\na newline and a trailing space ",
+    " leading space",
+    "",
+])
+def test_roundtrip_on_unseen_text(tok, text):
+    ids = tok.encode(text, bos=True, eos=True)
+    assert tok.decode(ids) == text
+    assert tok.unk_id not in ids  # byte fallback: nothing is lost
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.text(st.characters(blacklist_characters="\u2581"), max_size=60))
+def test_roundtrip_any_text(tok, text):
+    # Any text at all, control characters and all -- except U+2581 "▁", which SentencePiece uses
+    # to write spaces and so decodes as a space (LLaMA's tokenizer does the same).
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_the_whitespace_marker_decodes_as_a_space(tok):
+    assert tok.decode(tok.encode("a\u2581b")) == "a b"
+
+
+def test_unknown_characters_become_utf8_bytes(tok):
+    ids = tok.encode("日", bos=False)
+    assert pieces(tok, ids) == ["▁", "<0xE6>", "<0x97>", "<0xA5>"]
+
+
+def test_digits_are_split_one_per_piece(tok):
+    ids = tok.encode("1234567890", bos=False)
+    assert pieces(tok, ids)[0] == "▁"
+    assert [tok.decode([i]) for i in ids[1:]] == list("1234567890")
+    # inside the corpus too: "counted to 10" is two pieces for the number
+    assert [tok.decode([i]) for i in tok.encode("10", bos=False)[1:]] == ["1", "0"]
+
+
+def test_frequent_numbers_are_still_split_into_digits(stories, tmp_path):
+    # Without split_digits, a number this frequent would become one merged piece.
+    numbers = [f"In 2024 there were 1234 cats and 2024 dogs, {n} {n} {n}." for n in range(1000, 1300)]
+    t = Tokenizer.train(stories[:300] + numbers * 3, tmp_path / "numbers", 600)
+    assert [t.decode([i]) for i in t.encode("2024", bos=False)[1:]] == ["2", "0", "2", "4"]
+    assert all(sum(c.isdigit() for c in t.decode([i])) <= 1 for i in range(t.vocab_size))
+
+
+def test_encode_batch_equals_encode(tok, stories):
+    batch = stories[:50] + ["", "42 ✓"]
+    assert tok.encode_batch(batch, bos=True, eos=True) == [tok.encode(t, eos=True) for t in batch]
+    assert tok.encode_batch([]) == []
+
+
+def test_decode_ignores_bos_and_eos_and_accepts_arrays(tok):
+    ids = tok.encode("Mia had a red kite.", bos=False)
+    assert tok.decode([1, *ids, 2]) == "Mia had a red kite."
+    assert tok.decode(np.array([1, *ids], dtype=np.uint16)) == "Mia had a red kite."
+    assert tok.decode([]) == ""
+
+
+def test_id_to_piece_and_piece_to_id_are_inverse(tok):
+    for i in (0, 1, 2, 100, 300, VOCAB - 1):
+        assert tok.piece_to_id(tok.id_to_piece(i)) == i
+
+
+# ----- loading -------------------------------------------------------------------------------------
+
+def test_load_gives_the_same_tokenizer(tok):
+    for loaded in (Tokenizer(tok.path), Tokenizer.load(str(tok.path))):
+        assert loaded.vocab_size == tok.vocab_size and loaded.fingerprint == tok.fingerprint
+        assert loaded.encode("The end.") == tok.encode("The end.")
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path):
+    missing = tmp_path / "nope.model"
+    with pytest.raises(ValueError, match=r"nope\.model.*does not exist"):
+        Tokenizer(missing)
+
+
+@pytest.mark.parametrize("content", [b"this is not a model" * 10, b"", b'{"model": {"type": "BPE"}}'])
+def test_corrupt_model_file_is_a_clear_error(tmp_path, content):
+    bad = tmp_path / "bad.model"
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match=r"bad\.model.*not a valid SentencePiece model"):
+        Tokenizer(bad)
+
+
+def test_check_vocab(tok):
+    tok.check_vocab(VOCAB)
+    with pytest.raises(ValueError, match=r"vocab_size 512.*vocab_size 32000"):
+        tok.check_vocab(32000)
+
+
+# ----- bad input -----------------------------------------------------------------------------------
+
+def test_encode_rejects_non_strings(tok):
+    with pytest.raises(TypeError, match="text must be a str"):
+        tok.encode(b"bytes")
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        tok.encode_batch(["ok", 3])
+
+
+def test_decode_rejects_bad_ids(tok):
+    with pytest.raises(ValueError, match="out of range for vocab_size 512"):
+        tok.decode([5, 512])
+    with pytest.raises(ValueError, match="out of range"):
+        tok.decode([-1])
+    with pytest.raises(TypeError, match="integers"):
+        tok.decode([1.5])
+    with pytest.raises(ValueError, match="flat"):
+        tok.decode([[1, 2]])
+    with pytest.raises(ValueError, match="out of range"):
+        tok.id_to_piece(VOCAB)
+
+
+def test_vocab_size_below_byte_fallback_minimum(stories, tmp_path):
+    with pytest.raises(ValueError, match=rf"at least {MIN_VOCAB_SIZE}.*256 byte pieces|256 byte pieces.*{MIN_VOCAB_SIZE}"):
+        Tokenizer.train(stories[:10], tmp_path / "t", 200)
+    with pytest.raises(TypeError, match="vocab_size"):
+        Tokenizer.train(stories[:10], tmp_path / "t", 512.0)
+
+
+def test_vocab_size_too_large_for_the_corpus(stories, tmp_path):
+    with pytest.raises(ValueError, match=r"vocab_size=5000 is too large.*at most \d+.*smaller vocab"):
+        Tokenizer.train(stories[:50], tmp_path / "t", 5000)
+
+
+def test_vocab_size_too_small_for_the_characters(tmp_path):
+    many_chars = ["".join(chr(0x4E00 + i) for i in range(k, k + 40)) for k in range(0, 400, 40)]
+    with pytest.raises(ValueError, match="too small for this corpus.*character_coverage"):
+        Tokenizer.train(many_chars, tmp_path / "t", 300, character_coverage=1.0)
+
+
+def test_other_training_argument_errors(stories, tmp_path):
+    with pytest.raises(ValueError, match="model_type"):
+        Tokenizer.train(stories[:10], tmp_path / "t", 512, model_type="wordpiece")
+    with pytest.raises(ValueError, match="no text"):
+        Tokenizer.train(["", "  \n "], tmp_path / "t", 512)
+    with pytest.raises(TypeError, match=r"texts_or_files\[1\]"):
+        Tokenizer.train(["fine", 7], tmp_path / "t", 512)
+    with pytest.raises(ValueError, match="does not exist"):
+        Tokenizer.train(tmp_path / "missing.txt", tmp_path / "t", 512)
+    with pytest.raises(ValueError, match="character_coverage"):
+        Tokenizer.train(stories[:10], tmp_path / "t", 512, character_coverage=2.0)
+
+
+# ----- other inputs --------------------------------------------------------------------------------
+
+def test_train_from_files(tmp_path):
+    path = write_default_corpus(tmp_path / "c.txt", n_stories=500, seed=1)
+    for source in (path, str(path), [path]):
+        t = Tokenizer.train(source, tmp_path / "from_file", 400)
+        assert t.vocab_size == 400
+        story = make_default_corpus(3, seed=1)[2]
+        assert t.decode(t.encode(story)) == story
+
+
+def test_documents_longer_than_a_sentencepiece_sentence_are_chunked(stories, tmp_path):
+    # One huge line: SentencePiece alone would skip it (max_sentence_length) and find no text.
+    one_line = " ".join(stories[:300])
+    assert len(one_line.encode()) > 4192 * 10
+    t = Tokenizer.train([one_line], tmp_path / "long", 400)
+    assert t.decode(t.encode(stories[0])) == stories[0]
+
+
+def test_input_sentence_size_limits_the_sample(tmp_path):
+    # Lines of random words: a sample of 101 lines offers far fewer pairs to merge than all 2000,
+    # so SentencePiece's "at most N pieces" limit (reported in our error) is far lower.
+    rng = random.Random(0)
+    lines = [" ".join("".join(rng.choice("abcdefghij") for _ in range(6)) for _ in range(8))
+             for _ in range(2000)]
+
+    def most_pieces(**options):
+        with pytest.raises(ValueError, match="too large") as error:
+            Tokenizer.train(lines, tmp_path / "t", 200_000, **options)
+        return int(re.search(r"at most (\d+) pieces", str(error.value)).group(1))
+
+    assert most_pieces(input_sentence_size=101) < 0.5 * most_pieces()
+    with pytest.raises(ValueError, match="input_sentence_size"):
+        Tokenizer.train(lines, tmp_path / "t", 512, input_sentence_size=50)
+
+
+def test_trainer_options_can_be_overridden(stories, tmp_path):
+    t = Tokenizer.train(stories[:200], tmp_path / "nosplit", 400, split_digits=False,
+                        user_defined_symbols=["<story>"])
+    assert t.piece_to_id("<story>") != t.unk_id
+    assert Path(f"{tmp_path / 'nosplit'}.model").is_file()

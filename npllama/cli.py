@@ -21,14 +21,25 @@ COMMANDS = {
     "train": "npllama.commands.train",
     "generate": "npllama.commands.generate",
     "tokenizer": "npllama.commands.tokenizer",
+    "debug": "npllama.commands.debug",
+    "exercise": "npllama.commands.exercise",
+    "viz": "npllama.commands.viz",
 }
 
-USER_ERRORS = (UsageError, ValueError, TypeError, FileNotFoundError, NotADirectoryError,
-               IsADirectoryError, PermissionError)
+USER_ERRORS = (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError,
+               NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a bad command line is one line on stderr (status 2), like every other
+    user mistake, instead of the whole usage block.  Subcommand parsers inherit the class."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="npllama",
         description="LLaMA in NumPy with hand-written backward passes: train a tokenizer and a small "
                     "model, generate text, fine-tune, and look inside.",

@@ -4,22 +4,42 @@
         loss, grads = model.loss_and_grads(tokens, targets)
     t["model.layers.0.self_attn.attn_probs"]          # (B, H, T, T)
     t["d:model.layers.0.input_layernorm.out"]          # the gradient flowing into that tensor
+    t.summary()                                        # name, shape, dtype, mean, std, min, max, NaN/Inf
+    t.save("run.npz");  t2 = Trace.load("run.npz")     # plain .npz, never pickle
+
+    report = npllama.trace.compare(t_numpy, t_numba, rtol=1e-4)
+    print(report)                                      # the first tensor that differs, and where
 
 Names join the Hugging Face module path and the derivation's symbol; a gradient's name is the
 tensor's name behind "d:".  `trace(include=["*.attn_probs"])` records only names matching the
 patterns (fnmatch), so a large model can be traced without storing everything.  When no trace is
-active the model pays one ContextVar lookup per layer, nothing more.
+active the model pays one ContextVar lookup per layer, nothing more (benchmarks/bench_trace.py).
+
+Records keep the order they were made in: the forward pass in execution order, then the
+gradients in the order the backward pass produced them, then `d:<param name>` for every
+parameter.  `compare` walks that order, so the first divergence it reports is the earliest
+tensor that went wrong -- usually the output of the op that has the bug.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import fnmatch
-from collections.abc import Iterable
+import io
+import json
+import os
+import sys
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 _active: contextvars.ContextVar["Trace | None"] = contextvars.ContextVar("npllama_trace", default=None)
+
+# Keys of a saved .npz that are not records (a record name never starts with "__").
+_NAMES_KEY = "__names__"
+_META_KEY = "__meta__"
+_FORMAT = "npllama-trace-1"
 
 
 def active_trace() -> "Trace | None":
@@ -30,12 +50,14 @@ def active_trace() -> "Trace | None":
 class Trace:
     """An ordered record name -> array (copies, so later in-place updates do not change it)."""
 
-    def __init__(self, include: Iterable[str] | None = None, exclude: Iterable[str] | None = None):
+    def __init__(self, include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
+                 meta: Mapping | None = None):
         if isinstance(include, str) or isinstance(exclude, str):
             raise TypeError("include and exclude must be lists of patterns, not a single string")
         self.include = list(include) if include is not None else None
         self.exclude = list(exclude or [])
         self.records: dict[str, np.ndarray] = {}
+        self.meta: dict = dict(meta or {})   # free-form notes (backend, dtype, tokens, ...), saved too
 
     def wants(self, name: str) -> bool:
         if any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
@@ -54,8 +76,9 @@ class Trace:
         try:
             return self.records[name]
         except KeyError:
+            close = [n for n in self.records if name.split(".")[-1] in n][:5]
             raise KeyError(f"{name!r} was not recorded; recorded names include "
-                           f"{list(self.records)[:5]}...") from None
+                           f"{close or list(self.records)[:5]}...") from None
 
     def __contains__(self, name: str) -> bool:
         return name in self.records
@@ -66,8 +89,87 @@ class Trace:
     def __len__(self) -> int:
         return len(self.records)
 
-    def names(self) -> list[str]:
-        return list(self.records)
+    def __repr__(self) -> str:
+        return f"<Trace: {len(self.records)} tensors, {self.nbytes() / 1e6:.1f} MB>"
+
+    def names(self, pattern: str | None = None) -> list[str]:
+        """Recorded names in order; with `pattern` (fnmatch), only the matching ones."""
+        if pattern is None:
+            return list(self.records)
+        return [n for n in self.records if fnmatch.fnmatchcase(n, pattern)]
+
+    def items(self):
+        return self.records.items()
+
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.records.values()))
+
+    def select(self, *patterns: str) -> "Trace":
+        """A new trace holding only the records whose names match one of the patterns (same arrays)."""
+        picked = Trace(meta=self.meta)
+        picked.records = {n: a for n, a in self.records.items()
+                          if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+        return picked
+
+    # ----- looking at it -----------------------------------------------------------------------
+    def stats(self, name: str) -> dict:
+        """shape, dtype, and mean/std/min/max over the finite entries, plus NaN and Inf counts."""
+        return _stats(self[name])
+
+    def format_summary(self, pattern: str | None = None) -> str:
+        """The table `summary` prints, as a string."""
+        rows = [("name", "shape", "dtype", "mean", "std", "min", "max", "nan", "inf")]
+        for name in self.names(pattern):
+            s = _stats(self.records[name])
+            rows.append((name, str(s["shape"]), s["dtype"], _num(s["mean"]), _num(s["std"]),
+                         _num(s["min"]), _num(s["max"]), str(s["nan"]), str(s["inf"])))
+        note = ("mean, std, min and max are over the finite entries (masked attention scores are "
+                "-inf by design)")
+        return _table(rows, right_from=3) + "\n" + note
+
+    def summary(self, pattern: str | None = None, file=None) -> None:
+        """Print a table: name, shape, dtype, mean, std, min, max, NaN and Inf counts."""
+        print(self.format_summary(pattern), file=file or sys.stdout)
+
+    # ----- files -------------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write a plain .npz (no pickle): one array per record under its name, plus the order."""
+        for name in self.records:
+            if name.startswith("__"):
+                raise ValueError(f"record name {name!r} starts with '__', reserved for the file's own keys")
+        meta = {"format": _FORMAT, "include": self.include, "exclude": self.exclude, "meta": self.meta}
+        arrays = dict(self.records)
+        arrays[_NAMES_KEY] = np.array(list(self.records), dtype=np.str_)
+        arrays[_META_KEY] = np.array(json.dumps(meta, default=_json_default))
+        path = os.fspath(path)
+        if not path.endswith(".npz"):
+            raise ValueError(f"path must end in .npz (a NumPy archive), got {path!r}")
+        with open(path, "wb") as f:  # an open file, so numpy does not append a second ".npz"
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path) -> "Trace":
+        """Read a trace written by `save` (or any .npz of named arrays), without unpickling anything."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"trace file {path!r} does not exist")
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except Exception as error:  # a zip that is not an npz, a truncated file, ...
+            raise ValueError(f"{path!r} is not a readable .npz trace ({error})") from None
+        with archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError(f"{path!r} holds a single array, not a trace (.npz of named arrays)")
+            keys = list(archive.files)
+            names = [str(n) for n in archive[_NAMES_KEY]] if _NAMES_KEY in keys else \
+                [k for k in keys if not k.startswith("__")]
+            meta = json.loads(str(archive[_META_KEY])) if _META_KEY in keys else {}
+            t = cls(meta.get("include"), meta.get("exclude"), meta=meta.get("meta"))
+            for name in names:
+                if name not in keys:
+                    raise ValueError(f"{path!r} lists record {name!r} but does not contain it")
+                t.records[name] = archive[name]
+        return t
 
 
 @contextlib.contextmanager
@@ -79,6 +181,233 @@ def trace(include: Iterable[str] | None = None, exclude: Iterable[str] | None = 
         yield t
     finally:
         _active.reset(token)
+
+
+# ----- comparing two traces: where do they first disagree? -------------------------------------
+
+@dataclasses.dataclass
+class TensorDiff:
+    """How one recorded tensor differs between trace a and trace b."""
+
+    name: str
+    shape_a: tuple
+    shape_b: tuple
+    diverged: bool           # beyond tolerance somewhere (or shapes differ)
+    mismatched: int          # entries beyond tolerance
+    size: int
+    max_abs_err: float       # over entries finite in both
+    rel_err: float           # norm-wise ||a - b|| / max(||a||, ||b||) over entries finite in both
+    worst_index: tuple | None
+    a_value: float | None
+    b_value: float | None
+    note: str = ""           # shape mismatch, NaN in one trace only, ...
+
+    def describe(self) -> str:
+        if self.shape_a != self.shape_b:
+            return f"{self.name}: shapes differ, a {self.shape_a} vs b {self.shape_b}"
+        where = ""
+        if self.worst_index is not None:
+            where = (f"; worst at index {self.worst_index}: a = {self.a_value:.8g}, b = {self.b_value:.8g}, "
+                     f"|a - b| = {abs(self.a_value - self.b_value):.3g}")
+        verdict = (f"{self.mismatched} of {self.size} entries differ beyond tolerance" if self.diverged
+                   else "within tolerance")
+        note = f" ({self.note})" if self.note else ""
+        return f"{self.name} {self.shape_a}: {verdict}{note}; relative error {self.rel_err:.3g}{where}"
+
+
+@dataclasses.dataclass
+class Comparison:
+    """The result of `compare(a, b)`: every shared tensor in a's order, and the first divergence."""
+
+    diffs: list[TensorDiff]
+    only_in_a: list[str]
+    only_in_b: list[str]
+    rtol: float
+    atol: float | None
+    labels: tuple = ("a", "b")
+    traces: tuple = dataclasses.field(default=(), repr=False)   # (a, b) as Trace objects, to save or inspect
+
+    @property
+    def first(self) -> TensorDiff | None:
+        """The earliest tensor (in a's execution order) that differs beyond tolerance."""
+        return next((d for d in self.diffs if d.diverged), None)
+
+    @property
+    def ok(self) -> bool:
+        return self.first is None
+
+    @property
+    def diverged(self) -> list[TensorDiff]:
+        return [d for d in self.diffs if d.diverged]
+
+    def __getitem__(self, name: str) -> TensorDiff:
+        for d in self.diffs:
+            if d.name == name:
+                return d
+        raise KeyError(f"{name!r} was not compared (it is not in both traces)")
+
+    def tolerance(self) -> str:
+        atol = "rtol * max|b| of each tensor" if self.atol is None else f"{self.atol:g}"
+        return f"|a - b| <= atol + rtol * |b| with rtol = {self.rtol:g}, atol = {atol}"
+
+    def table(self, only_diverged: bool = False) -> str:
+        rows = [("#", "name", "shape", "rel err", "max abs err", "mismatched", "")]
+        for i, d in enumerate(self.diffs):
+            if only_diverged and not d.diverged:
+                continue
+            rows.append((str(i), d.name, str(d.shape_a), f"{d.rel_err:.2e}", f"{d.max_abs_err:.2e}",
+                         f"{d.mismatched}/{d.size}", "DIFFERS" if d.diverged else "ok"))
+        return _table(rows, right_from=3)
+
+    def __str__(self) -> str:
+        a, b = self.labels
+        lines = [f"compared {len(self.diffs)} tensors ({a} vs {b}); tolerance: {self.tolerance()}"]
+        if self.only_in_a or self.only_in_b:
+            examples = [f"{names[0]}" for names in (self.only_in_a, self.only_in_b) if names]
+            lines.append(f"not compared (recorded on one side only): {len(self.only_in_a)} only in {a}, "
+                         f"{len(self.only_in_b)} only in {b} (e.g. {', '.join(examples)})")
+        first = self.first
+        if first is None:
+            worst = max(self.diffs, key=lambda d: d.rel_err, default=None)
+            lines.append("no divergence: every shared tensor agrees"
+                         + (f" (largest relative error {worst.rel_err:.2e} at {worst.name})" if worst else ""))
+            return "\n".join(lines)
+        index = self.diffs.index(first)
+        lines.append(f"FIRST DIVERGENCE at tensor #{index} (in {a}'s execution order):")
+        lines.append("  " + first.describe())
+        if index > 0:
+            before = self.diffs[index - 1]
+            lines.append(f"  all {index} tensors recorded before it agree (the last one, {before.name}, to a "
+                         f"relative error of {before.rel_err:.2e}):")
+            lines.append(f"  suspect the step that computes {first.name}")
+        else:
+            lines.append("  it is the first tensor compared: suspect the inputs (tokens, parameters) or "
+                         "the very first op")
+        later = len(self.diverged) - 1
+        if later:
+            lines.append(f"  {later} later tensors differ too (most likely as a consequence)")
+        return "\n".join(lines)
+
+
+def compare(a, b, rtol: float = 1e-5, atol: float | None = None, names: Iterable[str] | None = None,
+            labels: tuple[str, str] = ("a", "b")) -> Comparison:
+    """Walk trace a in execution order and compare each tensor with the one of the same name in b.
+
+    An entry differs when |a - b| > atol + rtol * |b| (numpy.allclose's rule, NaN equal to NaN and
+    equal infinities equal).  atol=None means rtol * max|b| over the tensor: errors are judged
+    against the scale of the tensor they sit in, so a tiny gradient and a large logit are held to
+    the same relative standard.  a, b: Trace objects, dicts name -> array, or .npz paths.
+    `names` restricts the walk (in that order).  `Comparison.first` is the first divergence.
+    """
+    a, b = _as_trace(a, "a"), _as_trace(b, "b")
+    if not (isinstance(rtol, (int, float)) and rtol >= 0):
+        raise ValueError(f"rtol must be a number >= 0, got {rtol!r}")
+    if atol is not None and not (isinstance(atol, (int, float)) and atol >= 0):
+        raise ValueError(f"atol must be None or a number >= 0, got {atol!r}")
+    order = list(names) if names is not None else a.names()
+    diffs = [diff_tensors(n, a.records[n], b.records[n], rtol, atol)
+             for n in order if n in a.records and n in b.records]
+    only_a = [n for n in order if n in a.records and n not in b.records]
+    only_b = [n for n in b.names() if n not in a.records]
+    return Comparison(diffs, only_a, only_b, rtol, atol, tuple(labels), (a, b))
+
+
+def first_divergence(a, b, rtol: float = 1e-5, atol: float | None = None) -> TensorDiff | None:
+    """The earliest tensor of a (execution order) that differs from b beyond tolerance, or None."""
+    return compare(a, b, rtol, atol).first
+
+
+def diff_tensors(name: str, a, b, rtol: float, atol: float | None) -> TensorDiff:
+    """Compare two arrays entry by entry (in float64); see `compare` for the rule."""
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape:
+        return TensorDiff(name, x.shape, y.shape, True, max(x.size, y.size), max(x.size, y.size),
+                          float("inf"), float("inf"), None, None, None, "shapes differ")
+    with np.errstate(invalid="ignore", over="ignore"):
+        same = (x == y) | (np.isnan(x) & np.isnan(y))          # equal infinities count as equal
+        both_finite = np.isfinite(x) & np.isfinite(y)
+        err = np.where(both_finite, np.abs(x - y), 0.0)
+        finite_y = np.abs(y[np.isfinite(y)])
+        abs_tol = atol if atol is not None else rtol * (float(finite_y.max()) if finite_y.size else 0.0)
+        within = both_finite & (err <= abs_tol + rtol * np.abs(np.where(both_finite, y, 0.0)))
+    bad = ~(same | within)
+    mismatched = int(bad.sum())
+    note = ""
+    if mismatched:
+        nonfinite_bad = bad & ~both_finite
+        if nonfinite_bad.any():  # NaN/Inf in one trace only: that is the worst entry
+            flat = int(np.flatnonzero(nonfinite_bad)[0])
+            note = "NaN or Inf in one trace only"
+        else:
+            flat = int(np.argmax(np.where(bad, err, -1.0)))
+    elif x.size:
+        flat = int(np.argmax(err))
+    worst = tuple(int(i) for i in np.unravel_index(flat, x.shape)) if x.size else None
+    rel = _rel_error(x[both_finite], y[both_finite]) if both_finite.any() else 0.0
+    return TensorDiff(name, x.shape, y.shape, mismatched > 0, mismatched, int(x.size),
+                      float(err.max()) if x.size else 0.0, rel, worst,
+                      float(x[worst]) if worst is not None else None,
+                      float(y[worst]) if worst is not None else None, note)
+
+
+# ----- helpers ----------------------------------------------------------------------------------
+
+def _as_trace(t, which) -> Trace:
+    if isinstance(t, Trace):
+        return t
+    if isinstance(t, (str, os.PathLike)):
+        return Trace.load(t)
+    if isinstance(t, Mapping):
+        out = Trace()
+        out.records = {str(k): np.asarray(v) for k, v in t.items()}
+        return out
+    raise TypeError(f"{which} must be a Trace, a dict of arrays or the path of a saved .npz trace, "
+                    f"got {type(t).__name__}")
+
+
+def _rel_error(x, y) -> float:
+    denom = max(float(np.linalg.norm(x)), float(np.linalg.norm(y)), 1e-300)
+    return float(np.linalg.norm(x - y) / denom)
+
+
+def _stats(a: np.ndarray) -> dict:
+    a = np.asarray(a)
+    out = {"shape": a.shape, "dtype": str(a.dtype), "nan": 0, "inf": 0,
+           "mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan")}
+    if a.dtype.kind not in "fciub":
+        return out
+    if a.dtype.kind in "fc":
+        out["nan"] = int(np.isnan(a).sum())
+        out["inf"] = int(np.isinf(a).sum())
+        finite = a[np.isfinite(a)]
+    else:
+        finite = a.reshape(-1)
+    if finite.size:
+        out.update(mean=float(np.mean(finite, dtype=np.float64)), std=float(np.std(finite, dtype=np.float64)),
+                   min=float(finite.min()), max=float(finite.max()))
+    return out
+
+
+def _num(v: float) -> str:
+    return "-" if v != v else f"{v:.4g}"
+
+
+def _table(rows, right_from: int) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = io.StringIO()
+    for r in rows:
+        cells = [c.rjust(w) if i >= right_from else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        out.write("  ".join(cells).rstrip() + "\n")
+    return out.getvalue().rstrip("\n")
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
 
 
 class _CallableModule(type(contextlib)):

@@ -4,7 +4,6 @@
 
 Derivation: derivations/linear.md
 """
-import numpy as np
 
 from ._checks import require_float_array, require_last_dim, require_same_dtype
 

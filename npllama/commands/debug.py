@@ -1,0 +1,139 @@
+"""`npllama debug`: trace a model's tensors, and find where two runs first diverge."""
+import argparse
+
+from . import UsageError
+
+AGAINST = ("numba", "float64", "transformers")
+
+
+def _inputs(p) -> None:
+    p.add_argument("--model", default=None, help="a run folder or Hugging Face LLaMA folder "
+                   "(default: the latest run)")
+    p.add_argument("--text", default=None, help="text to run (tokenized with the model's tokenizer.model)")
+    p.add_argument("--tokens", default=None, help="token ids instead of text, e.g. 1,5,9")
+    p.add_argument("--include", action="append", default=None, metavar="PATTERN",
+                   help="record only names matching this fnmatch pattern (repeatable), "
+                        "e.g. 'model.layers.0.*'")
+    p.add_argument("--exclude", action="append", default=None, metavar="PATTERN",
+                   help="do not record names matching this pattern (repeatable)")
+
+
+def _tolerance(p) -> None:
+    p.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: 1e-4 in float32)")
+    p.add_argument("--atol", type=float, default=None, help="absolute tolerance (default: rtol times "
+                   "the largest |value| of each tensor)")
+    p.add_argument("--table", action="store_true", help="print every compared tensor, not just the first "
+                   "divergence")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "debug", help="trace tensors; find where two runs first diverge",
+        description="Record every named intermediate and gradient of one loss_and_grads call, or run the "
+                    "same tokens two ways and report the first tensor (in execution order) that differs.")
+    sub = p.add_subparsers(dest="action", metavar="<action>")
+    sub.required = True
+
+    compare = sub.add_parser(
+        "compare", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="run twice (numpy vs numba, float32 vs float64, or vs transformers) and compare",
+        description="Trace the numpy reference and a second run of the same tokens, then walk the "
+                    "tensors in execution order and report the first that differs beyond tolerance. "
+                    "Exit status 1 when something diverges.")
+    _inputs(compare)
+    compare.add_argument("--against", choices=AGAINST, default="numba",
+                         help="numba: the Numba kernels; float64: the same weights in float64; "
+                              "transformers: LlamaForCausalLM on the same folder (needs torch)")
+    compare.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                         help="dtype of both runs (numba and transformers comparisons)")
+    compare.add_argument("--plant", default=None, metavar="BUG",
+                         help="plant a deliberate bug in the numpy run to see what a divergence looks "
+                              "like: rope-meta, rmsnorm-backward-no-projection, swiglu-backward-up-sign")
+    compare.add_argument("--save", default=None, metavar="PREFIX",
+                         help="also save both traces as PREFIX.a.npz and PREFIX.b.npz")
+    _tolerance(compare)
+    compare.set_defaults(run=run_compare)
+
+    tr = sub.add_parser("trace", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        help="record one forward+backward pass, print a summary, save it",
+                        description="Run loss_and_grads (next-token loss) on the tokens under a trace and "
+                                    "print name, shape, dtype, mean, std, min, max, NaN/Inf of every tensor.")
+    _inputs(tr)
+    tr.add_argument("--backend", choices=["numpy", "numba"], default="numpy")
+    tr.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    tr.add_argument("--out", default=None, metavar="FILE.npz", help="save the trace (a plain .npz)")
+    tr.set_defaults(run=run_trace)
+
+    diff = sub.add_parser("diff", help="compare two saved traces",
+                          description="Report the first tensor of A (in its recorded order) that differs from B.")
+    diff.add_argument("a", help="a trace saved with --out or Trace.save (.npz)")
+    diff.add_argument("b", help="the trace to compare it with")
+    _tolerance(diff)
+    diff.set_defaults(run=run_diff)
+
+
+def _print_comparison(comparison, table: bool) -> int:
+    if table:
+        print(comparison.table())
+        print()
+    print(comparison)
+    return 0 if comparison.ok else 1
+
+
+def run_compare(args) -> int:
+    import contextlib
+
+    import numpy as np
+
+    from .. import debug
+
+    if args.rtol is not None and args.rtol < 0 or args.atol is not None and args.atol < 0:
+        raise UsageError("--rtol and --atol must be >= 0")
+    dtype = np.float64 if args.dtype == "float64" else np.float32
+    if args.against == "float64":
+        dtype = np.float32
+    model, model_dir, ids, _ = debug.load_inputs(args.model, args.text, args.tokens, dtype=dtype)
+    print(f"{len(ids)} tokens, model {model_dir} ({model.config.num_hidden_layers} layers), "
+          f"comparing numpy ({np.dtype(dtype).name}) against {args.against}")
+    planted = debug.planted_bug(args.plant, "numpy") if args.plant else contextlib.nullcontext()
+    common = dict(rtol=args.rtol, atol=args.atol, include=args.include, exclude=args.exclude)
+    with planted:
+        if args.against == "numba":
+            comparison = debug.compare_backends(model, ids, **common)
+        elif args.against == "float64":
+            comparison = debug.compare_dtypes(model, ids, **common)
+        else:
+            try:
+                comparison = debug.compare_transformers(model_dir, ids, dtype=dtype, **common)
+            except ImportError as error:
+                raise UsageError(str(error)) from None
+    if args.save:
+        for trace, which in zip(comparison.traces, "ab"):
+            trace.save(f"{args.save}.{which}.npz")
+        print(f"saved {args.save}.a.npz ({comparison.labels[0]}) and {args.save}.b.npz ({comparison.labels[1]})")
+    return _print_comparison(comparison, args.table)
+
+
+def run_trace(args) -> int:
+    import numpy as np
+
+    from .. import debug
+
+    dtype = np.float64 if args.dtype == "float64" else np.float32
+    model, model_dir, ids, labels = debug.load_inputs(args.model, args.text, args.tokens, dtype=dtype)
+    t = debug.run_trace(model, ids, backend_name=args.backend, include=args.include, exclude=args.exclude)
+    t.meta["labels"] = labels
+    t.summary()
+    print(f"{len(t)} tensors, {t.nbytes() / 1e6:.2f} MB, from {len(ids)} tokens of {model_dir}")
+    if args.out:
+        t.save(args.out)
+        print(f"saved {args.out}")
+    return 0
+
+
+def run_diff(args) -> int:
+    from ..trace import Trace, compare
+
+    a, b = Trace.load(args.a), Trace.load(args.b)
+    rtol = 1e-4 if args.rtol is None else args.rtol
+    return _print_comparison(compare(a, b, rtol, args.atol, labels=(args.a, args.b)), args.table)

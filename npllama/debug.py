@@ -1,0 +1,368 @@
+"""Finding the first divergence: run the same tokens two ways, trace both, compare in execution order.
+
+    from npllama import debug
+    report = debug.compare_backends(model, tokens)             # numpy reference vs numba kernels
+    report = debug.compare_dtypes(model, tokens)               # float32 vs float64
+    report = debug.compare_transformers("runs/x/model", tokens)  # npllama vs LlamaForCausalLM
+    print(report)        # the first tensor that differs beyond tolerance, its worst index, both values
+
+Every comparison records the forward intermediates and the backward gradients of one
+`loss_and_grads` call (next-token loss on the given tokens) under the names of npllama.trace, then
+`npllama.trace.compare` walks them in npllama's execution order.
+
+The transformers side is traced with forward hooks on the Hugging Face modules, mapped to the same
+names (`model.layers.0.mlp.gate_proj` output -> `model.layers.0.mlp.gate`, ...); the two steps that
+are functions rather than modules (RoPE, and the attention probabilities) are caught by wrapping
+`apply_rotary_pos_emb` for the duration of the call and by the attention module's second output.
+Gradients come from `retain_grad()` on the same tensors.  torch and transformers are imported only
+inside `transformers_trace`: nothing else in npllama needs them.
+
+`planted_bug(name)` swaps a deliberately wrong op into a backend, to see what a divergence report
+looks like (and to test that `compare` points at the right tensor).
+"""
+from __future__ import annotations
+
+import contextlib
+import tempfile
+
+import numpy as np
+
+from . import backend
+from .trace import Comparison, Trace, compare, trace
+
+# Default relative tolerances: float32 round-off through a small model stays near 1e-6 of each
+# tensor's scale; a real bug is usually off by far more than 1e-4.
+DEFAULT_RTOL = {np.float32: 1e-4, np.float64: 1e-9}
+TRANSFORMERS_RTOL = {np.float32: 1e-4, np.float64: 1e-5}  # stock transformers keeps float32 islands
+
+
+# ----- inputs ---------------------------------------------------------------------------------------
+
+def next_token_batch(ids) -> tuple[np.ndarray, np.ndarray]:
+    """tokens (1, T) and their next-token targets (1, T); the last position has none (-100)."""
+    ids = np.asarray(ids)
+    if ids.ndim == 2 and ids.shape[0] == 1:
+        ids = ids[0]
+    if ids.ndim != 1 or ids.size == 0:
+        raise ValueError(f"token ids must be a non-empty flat sequence, got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
+    tokens = ids[None].astype(np.int64)
+    targets = np.full_like(tokens, -100)
+    targets[0, :-1] = tokens[0, 1:]
+    return tokens, targets
+
+
+def parse_token_ids(text: str) -> list[int]:
+    """'1,5,9' or '1 5 9' -> [1, 5, 9]."""
+    parts = [p for p in text.replace(",", " ").split() if p]
+    try:
+        ids = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"--tokens must be integers separated by commas, e.g. 1,5,9; got {text!r}") from None
+    if not ids:
+        raise ValueError("--tokens is empty; give at least one token id, e.g. --tokens 1,5,9")
+    return ids
+
+
+def load_inputs(model=None, text: str | None = None, tokens: str | None = None, dtype=np.float32):
+    """(model, model_dir, ids, labels) for the commands' --model / --text / --tokens.
+
+    model: a run folder, a run's model/ folder or any Hugging Face folder (None: the latest run).
+    text needs the SentencePiece tokenizer.model in or beside the folder; tokens ("1,5,9") does not.
+    labels are the tokens' pieces when a tokenizer is there, else their ids."""
+    from .model import Llama
+    from .runs import find_tokenizer, resolve_model_dir
+
+    if (text is None) == (tokens is None):
+        raise ValueError("give exactly one of --text (needs the model's tokenizer.model) or "
+                         "--tokens 1,5,9 (token ids)")
+    model_dir = resolve_model_dir(model)
+    llama = Llama.from_pretrained(model_dir, dtype=dtype)
+    tokenizer = None
+    try:
+        from .tokenizer import Tokenizer
+
+        tokenizer = Tokenizer(find_tokenizer(model_dir))
+    except FileNotFoundError:
+        if text is not None:
+            raise ValueError(f"no tokenizer.model in or beside {str(model_dir)!r}, so --text cannot be "
+                             f"tokenized; pass token ids instead, e.g. --tokens 1,5,9") from None
+    if text is not None:
+        if not text:
+            raise ValueError("--text is empty")
+        tokenizer.check_vocab(llama.config.vocab_size)
+        ids = tokenizer.encode(text, bos=True, eos=False)
+    else:
+        ids = parse_token_ids(tokens)
+        vocab = llama.config.vocab_size
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise ValueError(f"--tokens holds id {bad[0]}, outside the model's vocabulary [0, {vocab})")
+    if len(ids) > llama.config.max_position_embeddings:
+        raise ValueError(f"{len(ids)} tokens is longer than the model's context "
+                         f"({llama.config.max_position_embeddings}); use a shorter text")
+    if tokenizer is not None and tokenizer.vocab_size == llama.config.vocab_size:
+        labels = [tokenizer.id_to_piece(i) for i in ids]
+    else:
+        labels = [str(i) for i in ids]
+    return llama, model_dir, ids, labels
+
+
+# ----- one traced run -------------------------------------------------------------------------------
+
+def run_trace(model, tokens, targets=None, *, backend_name: str = "numpy", include=None, exclude=None,
+              attention_mask=None) -> Trace:
+    """Trace one loss_and_grads call of `model` on the given backend.  tokens (B, T) or flat ids;
+    targets None: next-token targets made from the tokens."""
+    tokens, targets = _batch(tokens, targets)
+    with backend.use_backend(backend_name), trace(include, exclude) as t:
+        model.loss_and_grads(tokens, targets, attention_mask)
+    t.meta.update(source="npllama", backend=backend_name, dtype=np.dtype(model.dtype).name,
+                  tokens=tokens.tolist())
+    return t
+
+
+def _batch(tokens, targets):
+    if targets is None:
+        return next_token_batch(tokens)
+    return np.asarray(tokens), np.asarray(targets)
+
+
+# ----- the comparisons ------------------------------------------------------------------------------
+
+def compare_backends(model, tokens, targets=None, backends=("numpy", "numba"), *, rtol=None, atol=None,
+                     include=None, exclude=None) -> Comparison:
+    """The same model on two backends (default: the NumPy reference vs the Numba kernels)."""
+    a_name, b_name = backends
+    a = run_trace(model, tokens, targets, backend_name=a_name, include=include, exclude=exclude)
+    b = run_trace(model, tokens, targets, backend_name=b_name, include=include, exclude=exclude)
+    rtol = DEFAULT_RTOL[model.dtype] if rtol is None else rtol
+    return compare(a, b, rtol, atol, labels=(a_name, b_name))
+
+
+def compare_dtypes(model, tokens, targets=None, *, backend_name="numpy", rtol=None, atol=None,
+                   include=None, exclude=None) -> Comparison:
+    """float32 vs float64 on the same parameters (the float32 values, cast exactly to float64).
+
+    Round-off grows where the math is ill-conditioned; a tensor that differs by far more than
+    float32's ~1e-7 points at a numerically fragile step (e.g. a softmax without the max shift)."""
+    m32, m64 = _as_dtype(model, np.float32), _as_dtype(model, np.float64)
+    a = run_trace(m32, tokens, targets, backend_name=backend_name, include=include, exclude=exclude)
+    b = run_trace(m64, tokens, targets, backend_name=backend_name, include=include, exclude=exclude)
+    rtol = DEFAULT_RTOL[np.float32] if rtol is None else rtol
+    return compare(a, b, rtol, atol, labels=("float32", "float64"))
+
+
+def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32, backend_name="numpy",
+                         rtol=None, atol=None, include=None, exclude=None) -> Comparison:
+    """npllama vs transformers.LlamaForCausalLM on the same Hugging Face folder (or model).
+
+    In float64 stock transformers still runs RMSNorm, the RoPE tables and the eager softmax in
+    float32, so expect agreement to ~1e-7 there, not 1e-15 (see tests/test_hf_compare.py)."""
+    from .model import Llama
+
+    dtype = np.dtype(dtype).type
+    with _as_folder(model_or_dir) as folder:
+        ours = Llama.from_pretrained(folder, dtype=dtype)
+        a = run_trace(ours, tokens, targets, backend_name=backend_name, include=include, exclude=exclude)
+        b = transformers_trace(folder, tokens, targets, dtype=dtype, include=include, exclude=exclude)
+    rtol = TRANSFORMERS_RTOL[dtype] if rtol is None else rtol
+    return compare(a, b, rtol, atol, labels=("npllama", "transformers"))
+
+
+def _as_dtype(model, dtype):
+    from .model import Llama
+
+    if model.dtype == dtype:
+        return model
+    params = {name: p.astype(dtype) for name, p in model.params.items()}
+    return Llama(model.config, dtype=dtype, params=params)
+
+
+@contextlib.contextmanager
+def _as_folder(model_or_dir):
+    """A Hugging Face folder for transformers to load: the path itself, or a temporary save."""
+    if hasattr(model_or_dir, "save_pretrained"):
+        with tempfile.TemporaryDirectory(prefix="npllama-compare-") as tmp:
+            model_or_dir.save_pretrained(tmp, dtype="float64" if model_or_dir.dtype == np.float64 else None)
+            yield tmp
+    else:
+        yield str(model_or_dir)
+
+
+# ----- transformers, traced with forward hooks ----------------------------------------------------
+
+def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, include=None,
+                       exclude=None) -> Trace:
+    """Run transformers.LlamaForCausalLM on the folder and record what npllama's trace records,
+    under the same names and layouts (heads split as (B, H, T, head_dim))."""
+    try:
+        import torch
+        import transformers
+        from transformers.models.llama import modeling_llama
+    except ImportError as error:
+        raise ImportError("comparing with transformers needs torch and transformers: "
+                          "pip install 'npllama[compare]'") from error
+
+    tokens, targets = _batch(tokens, targets)
+    torch_dtype = torch.float64 if np.dtype(dtype) == np.float64 else torch.float32
+    hf = transformers.LlamaForCausalLM.from_pretrained(str(model_dir), attn_implementation="eager")
+    hf = hf.to(torch_dtype).eval()
+    cfg = hf.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+    captured: list[tuple[str, object, object]] = []  # (name, tensor, to_our_layout), in execution order
+    current_layer = [None]
+
+    def keep(name, tensor, layout=None):
+        if tensor.requires_grad and not tensor.is_leaf:
+            tensor.retain_grad()
+        captured.append((name, tensor, layout))
+
+    def heads(n_heads):  # (B, T, n*hd) -> (B, n, T, hd), our layout for q, k, v
+        return lambda a: a.reshape(a.shape[0], a.shape[1], n_heads, head_dim).transpose(0, 2, 1, 3)
+
+    def output_of(name, layout=None):
+        def hook(module, args, output):
+            keep(name, output[0] if isinstance(output, tuple) else output, layout)
+        return hook
+
+    def input_of(name):
+        def hook(module, args):
+            keep(name, args[0])
+        return hook
+
+    def attention_outputs(prefix):
+        def hook(module, args, output):
+            out, probs = output[0], output[1] if len(output) > 1 else None
+            if probs is not None:
+                keep(prefix + "attn_probs", probs)
+            keep(prefix + "out", out)
+        return hook
+
+    def entering_layer(prefix):
+        def hook(module, args):
+            current_layer[0] = prefix
+        return hook
+
+    original_rope = modeling_llama.apply_rotary_pos_emb
+
+    def rope_recorded(q, k, cos, sin, *args, **kwargs):
+        q_rot, k_rot = original_rope(q, k, cos, sin, *args, **kwargs)
+        if current_layer[0] is not None:
+            keep(current_layer[0] + "q_rot", q_rot)
+            keep(current_layer[0] + "k_rot", k_rot)
+        return q_rot, k_rot
+
+    handles = []
+
+    def on(module, forward=None, pre=None):
+        if pre is not None:
+            handles.append(module.register_forward_pre_hook(pre))
+        if forward is not None:
+            handles.append(module.register_forward_hook(forward))
+
+    on(hf.model.embed_tokens, output_of("model.embed_tokens.out"))
+    for i, layer in enumerate(hf.model.layers):
+        p = f"model.layers.{i}."
+        attn, mlp = layer.self_attn, layer.mlp
+        on(layer.input_layernorm, output_of(p + "input_layernorm.out"))
+        on(attn, attention_outputs(p + "self_attn."), pre=entering_layer(p + "self_attn."))
+        on(attn.q_proj, output_of(p + "self_attn.q", heads(cfg.num_attention_heads)))
+        on(attn.k_proj, output_of(p + "self_attn.k", heads(cfg.num_key_value_heads)))
+        on(attn.v_proj, output_of(p + "self_attn.v", heads(cfg.num_key_value_heads)))
+        on(attn.o_proj, pre=input_of(p + "self_attn.attn_out"))
+        on(layer.post_attention_layernorm, output_of(p + "post_attention_layernorm.out"),
+           pre=input_of(p + "residual"))
+        on(mlp.gate_proj, output_of(p + "mlp.gate"))
+        on(mlp.up_proj, output_of(p + "mlp.up"))
+        on(mlp.down_proj, pre=input_of(p + "mlp.act"))
+        on(mlp, output_of(p + "mlp.out"))
+        on(layer, output_of(p + "out"))
+    on(hf.model.norm, output_of("model.norm.out"))
+    on(hf.lm_head, output_of("lm_head.out"))
+
+    modeling_llama.apply_rotary_pos_emb = rope_recorded
+    try:
+        hf.zero_grad()
+        logits = hf(torch.from_numpy(tokens)).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 torch.from_numpy(targets).reshape(-1), ignore_index=-100)
+        loss.backward()
+    finally:
+        modeling_llama.apply_rotary_pos_emb = original_rope
+        for h in handles:
+            h.remove()
+
+    def as_ours(tensor, layout):
+        a = tensor.detach().cpu().numpy()
+        return layout(a) if layout is not None else a
+
+    t = Trace(include, exclude, meta={"source": "transformers", "transformers": transformers.__version__,
+                                      "dtype": np.dtype(dtype).name, "tokens": tokens.tolist()})
+    for name, tensor, layout in captured:
+        t.record(name, as_ours(tensor, layout))
+    t.record("loss", loss.detach().cpu().numpy())
+    for name, tensor, layout in reversed(captured):   # the backward pass runs the other way
+        if tensor.grad is not None:
+            t.record("d:" + name, as_ours(tensor.grad, layout))
+    for name, param in hf.named_parameters():
+        if param.grad is not None:
+            t.record("d:" + name, param.grad.detach().cpu().numpy())
+    return t
+
+
+# ----- planted bugs: see what a divergence looks like ---------------------------------------------
+
+def _rope_forward_meta(x, cos, sin):
+    """RoPE with Meta's adjacent-pair convention, (x[2i], x[2i+1]) rotated by angle i, applied to
+    weights laid out for Hugging Face's half-split convention: the classic port bug."""
+    half = x.shape[-1] // 2
+    c, s = cos[..., :half], sin[..., :half]          # one angle per pair
+    x_even, x_odd = x[..., 0::2], x[..., 1::2]
+    y = np.empty_like(x)
+    y[..., 0::2] = x_even * c - x_odd * s
+    y[..., 1::2] = x_even * s + x_odd * c
+    return y, (cos, sin)
+
+
+def _rmsnorm_backward_no_projection(dy, cache):
+    """RMSNorm backward that forgets rstd depends on x: dx = rstd * dy * weight."""
+    x, rstd, weight = cache
+    dx = rstd * dy * weight
+    dweight = np.sum((dy * x * rstd).reshape(-1, x.shape[-1]), axis=0)
+    return dx, dweight
+
+
+def _swiglu_backward_up_sign(dout, cache):
+    """SwiGLU backward with the sign of the up-branch gradient flipped."""
+    from .ops.swiglu import swiglu_backward
+
+    dx, dw_gate, dw_up, dw_down = swiglu_backward(dout, cache)
+    return dx, dw_gate, -dw_up, dw_down
+
+
+PLANTED_BUGS = {
+    # name: (op function replaced, wrong version, where compare should point in a one-layer model)
+    "rope-meta": ("rope_forward", _rope_forward_meta, "model.layers.0.self_attn.q_rot"),
+    "rmsnorm-backward-no-projection": ("rmsnorm_backward", _rmsnorm_backward_no_projection,
+                                       "d:model.layers.{last}.out"),
+    "swiglu-backward-up-sign": ("swiglu_backward", _swiglu_backward_up_sign,
+                                "d:model.layers.0.mlp.up_proj.weight"),
+}
+
+
+@contextlib.contextmanager
+def planted_bug(name: str, backend_name: str = "numpy"):
+    """Swap a deliberately wrong op into `backend_name`'s namespace for the block."""
+    if name not in PLANTED_BUGS:
+        raise ValueError(f"unknown planted bug {name!r}; choose one of {sorted(PLANTED_BUGS)}")
+    op_name, wrong, _ = PLANTED_BUGS[name]
+    namespace = backend.ops(backend_name)
+    original = getattr(namespace, op_name)
+    setattr(namespace, op_name, wrong)
+    try:
+        yield wrong
+    finally:
+        setattr(namespace, op_name, original)

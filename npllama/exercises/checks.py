@@ -1,0 +1,272 @@
+"""The checks an exercise runs, written so they take *any* backward implementation.
+
+Every exercise (npllama/exercises/catalog.py) describes its inputs as a small parameter space
+(shapes, options, a seed).  The same check functions run in two places:
+
+* `npllama exercise check`, which samples parameters with NumPy (edge cases first, then random
+  ones) and needs nothing beyond NumPy -- no pytest, no hypothesis;
+* the project's tests (tests/test_exercises.py), which draw the parameters with hypothesis and run
+  the checks on npllama's own backward functions.
+
+A check either returns quietly or raises `CheckFailed` carrying a `Finding` (diagnose.py).  The
+gradient check is `npllama.gradcheck.check_op`, float64 central differences at relative tolerance
+1e-7 -- the one the op tests use -- followed, when it fails, by a diagnosis against the numeric
+gradient.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from ..gradcheck import check_op, numerical_gradient
+from .diagnose import CheckFailed, Finding, diagnose, rel_error
+
+GRAD_TOL = 1e-7        # check_op's relative tolerance, as in tests/ops
+GRAD_ATOL = 1e-9
+CLOSED_FORM_TOL = 1e-9  # a closed form computed another way agrees to round-off
+
+
+# ----- parameter spaces: sampled by NumPy here, by hypothesis in the tests -------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Ints:
+    lo: int
+    hi: int  # inclusive
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    options: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """A tuple of min_len..max_len dimensions, each in lo..hi (a batch's leading shape)."""
+    min_len: int
+    max_len: int
+    lo: int
+    hi: int
+
+
+SEED = Ints(0, 2**31 - 1)
+
+
+def sample(space: dict, rng: np.random.Generator) -> dict:
+    """One random point of the space, drawn with NumPy."""
+    params = {}
+    for name, dim in space.items():
+        if isinstance(dim, Ints):
+            params[name] = int(rng.integers(dim.lo, dim.hi + 1))
+        elif isinstance(dim, Choice):
+            params[name] = dim.options[int(rng.integers(len(dim.options)))]
+        elif isinstance(dim, Shape):
+            n = int(rng.integers(dim.min_len, dim.max_len + 1))
+            params[name] = tuple(int(v) for v in rng.integers(dim.lo, dim.hi + 1, size=n))
+        else:
+            raise TypeError(f"unknown parameter kind for {name!r}: {dim!r}")
+    return params
+
+
+def strategy(space: dict):
+    """The same space as a hypothesis strategy (hypothesis is imported only here, for the tests)."""
+    from hypothesis import strategies as st
+
+    parts = {}
+    for name, dim in space.items():
+        if isinstance(dim, Ints):
+            parts[name] = st.integers(dim.lo, dim.hi)
+        elif isinstance(dim, Choice):
+            parts[name] = st.sampled_from(dim.options)
+        elif isinstance(dim, Shape):
+            parts[name] = st.lists(st.integers(dim.lo, dim.hi), min_size=dim.min_len,
+                                   max_size=dim.max_len).map(tuple)
+    return st.fixed_dictionaries(parts)
+
+
+# ----- one concrete input ----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Case:
+    """Inputs for the reference forward, and which of them the backward differentiates."""
+
+    forward: Callable
+    inputs: list
+    input_names: tuple
+    wrt: tuple                          # indices into inputs
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    seed: int = 0                       # seeds the upstream gradient dout
+    context: dict = dataclasses.field(default_factory=dict)  # known factors, zero labels, hints
+    reference: Callable | None = None   # the project's backward, to explain a wrong shape
+
+    @property
+    def grad_names(self) -> tuple:
+        return tuple("d" + self.input_names[i] for i in self.wrt)
+
+    def describe(self) -> str:
+        parts = []
+        for name, value in zip(self.input_names, self.inputs):
+            if isinstance(value, np.ndarray):
+                kind = value.dtype.name if value.dtype.kind != "f" or value.dtype != np.float64 else ""
+                parts.append(f"{name} {value.shape}" + (f" {kind}" if kind else ""))
+            else:
+                parts.append(f"{name}={value!r}")
+        for name, value in self.kwargs.items():
+            if isinstance(value, np.ndarray):
+                parts.append(f"{name} {value.shape}")
+            elif value is not None:
+                parts.append(f"{name}={value!r}")
+        return ", ".join(parts)
+
+    def run_forward(self):
+        return self.forward(*self.inputs, **self.kwargs)
+
+    def dout_for(self, out) -> np.ndarray:
+        """The upstream gradient check_op uses for this case (same seed, same draw)."""
+        dout = np.random.default_rng(self.seed).standard_normal(np.shape(out))
+        return dout.astype(np.asarray(out).dtype, copy=False)
+
+
+# ----- calling a student's backward -----------------------------------------------------------------
+
+def call_backward(backward, dout, cache, case: Case) -> tuple:
+    """backward(dout, cache) as a tuple of arrays, one per differentiable input, each with its
+    input's shape; anything else raises CheckFailed saying what came back."""
+    names = case.grad_names
+    result = backward(dout, cache)
+    if isinstance(result, list):
+        result = tuple(result)
+    if not isinstance(result, tuple):
+        result = (result,)
+    if len(result) != len(names):
+        listed = ", ".join(names)
+        raise CheckFailed(Finding(
+            names[0], f"your function returned {len(result)} value(s); it must return {len(names)}: {listed}",
+            hint=("return the gradients in the order of the forward's differentiable inputs"
+                  + ("" if len(names) > 1 else " (one array, or a 1-tuple)")),
+            case=case.describe()))
+    for position, (name, g, index) in enumerate(zip(names, result, case.wrt)):
+        if g is None or np.shape(g) != np.shape(case.inputs[index]):
+            right = _reference_grads(case, dout)
+            expected = right[position] if right is not None else np.zeros(np.shape(case.inputs[index]))
+            finding = diagnose(g, expected, grad=name, case=case.describe())
+            if right is None and g is not None:
+                finding.message = (f"{name} has shape {np.shape(g)}, expected {np.shape(expected)} "
+                                   f"(the shape of {name[1:]})")
+            hint = case.context.get("shape_hints", {}).get(name)
+            if hint and g is not None:
+                finding.hint = hint
+            raise CheckFailed(finding)
+    return tuple(np.asarray(g) for g in result)
+
+
+def _reference_grads(case: Case, dout):
+    if case.reference is None:
+        return None
+    _, cache = case.run_forward()
+    grads = case.reference(dout, cache)
+    return grads if isinstance(grads, tuple) else (grads,)
+
+
+# ----- the generic checks every exercise runs ------------------------------------------------------
+
+def check_returns(backward, case: Case) -> None:
+    """One gradient per differentiable input, each of its input's shape; dout and cache untouched."""
+    out, cache = case.run_forward()
+    dout = case.dout_for(out)
+    dout_before, cache_before = np.array(dout, copy=True), _snapshot(cache)
+    grads = call_backward(backward, dout, cache, case)
+    if not np.array_equal(dout, dout_before, equal_nan=True):
+        raise CheckFailed(Finding(case.grad_names[0], "your function changed dout in place",
+                                  hint="work on a copy (x = x * 2, not x *= 2) -- the caller still needs dout",
+                                  case=case.describe()))
+    if not _same_snapshot(cache_before, _snapshot(cache)):
+        raise CheckFailed(Finding(case.grad_names[0], "your function changed the cache in place",
+                                  hint="the cache belongs to the forward pass: copy before modifying "
+                                       "(e.g. probs.copy())", case=case.describe()))
+    for name, g in zip(case.grad_names, grads):
+        if not np.issubdtype(g.dtype, np.floating):
+            raise CheckFailed(Finding(name, f"{name} has dtype {g.dtype}, expected a float array",
+                                      case=case.describe()))
+
+
+def check_gradient(backward, case: Case, mistakes_fn=None) -> None:
+    """float64 central differences: npllama.gradcheck.check_op, relative error <= 1e-7."""
+    out, cache = case.run_forward()
+    dout = case.dout_for(out)
+    call_backward(backward, dout, cache, case)   # the right number and shapes first
+    report = check_op(case.forward, backward, case.inputs, wrt=list(case.wrt),
+                      names=list(case.input_names), extra_kwargs=case.kwargs, seed=case.seed,
+                      tol=GRAD_TOL, atol=GRAD_ATOL)
+    if report.ok:
+        return
+    failing = [r for r in report.inputs if not r.ok]
+    first = failing[0]
+    index = case.input_names.index(first.name)
+    numeric = _numeric_gradient(case, dout, index)
+    grads = call_backward(backward, dout, case.run_forward()[1], case)
+    got = grads[case.wrt.index(index)]
+    grad = "d" + first.name
+    mistakes = mistakes_fn(dout, case.run_forward()[1], case) if mistakes_fn else {}
+    finding = diagnose(got, numeric, grad=grad, case=case.describe(),
+                       known_factors=case.context.get("known_factors", {}).get(grad),
+                       mistakes=mistakes.get(grad), zero_label=case.context.get("zero_label", ""))
+    others = [r.name for r in failing[1:]]
+    if others:
+        finding.message += f" (also wrong: {', '.join('d' + n for n in others)})"
+    raise CheckFailed(finding)
+
+
+def check_dtype(backward, case: Case) -> None:
+    """float32 in, float32 out: no silent upcast to float64."""
+    out, cache = case.run_forward()
+    grads = call_backward(backward, case.dout_for(out), cache, case)
+    for name, g in zip(case.grad_names, grads):
+        if g.dtype != np.float32:
+            raise CheckFailed(Finding(
+                name, f"{name} is {g.dtype} although every input was float32",
+                hint="a float64 array or np.float64 scalar crept into the arithmetic (np.zeros without "
+                     "dtype=, np.ones(...) defaults to float64): create arrays with the input's dtype",
+                case=case.describe()))
+
+
+def expect_close(got, expected, grad: str, case_description: str, *, what: str, tol=CLOSED_FORM_TOL,
+                 mistakes=None, known_factors=None, zero_label="") -> None:
+    """Raise CheckFailed (with a diagnosis) unless got matches the closed form `expected`."""
+    got_arr = None if got is None else np.asarray(got)
+    if got_arr is not None and got_arr.shape == np.shape(expected) and np.all(np.isfinite(got_arr)):
+        err = rel_error(got_arr, expected)
+        if err <= tol or np.max(np.abs(got_arr - expected), initial=0.0) <= 1e-12:
+            return
+    finding = diagnose(got, expected, grad=grad, case=case_description, known_factors=known_factors,
+                       mistakes=mistakes, zero_label=zero_label)
+    finding.message = f"{what}: {finding.message}"
+    raise CheckFailed(finding)
+
+
+# ----- helpers ------------------------------------------------------------------------------------
+
+def _numeric_gradient(case: Case, dout, index) -> np.ndarray:
+    x = case.inputs[index]
+    return numerical_gradient(lambda: float(np.sum(case.run_forward()[0] * dout)), x)
+
+
+def _snapshot(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.copy()
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_snapshot(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    return obj
+
+
+def _same_snapshot(a, b) -> bool:
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_same_snapshot(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_snapshot(a[k], b[k]) for k in a)
+    return True

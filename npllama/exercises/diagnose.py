@@ -1,0 +1,218 @@
+"""Say *what* is wrong with a gradient, not only that it is wrong.
+
+`diagnose(got, expected, grad=...)` compares a student's gradient with the right one (central
+differences or a closed form) and returns a `Finding`: the relative error, the worst index and both
+values there, a one-line diagnosis and a hint.  It tries, in order:
+
+    a wrong shape (the transpose? the right size but another shape?), NaN/Inf,
+    a known mistake of this op (computed from the same cache: "missing the mean term", ...),
+    all zeros, a constant ratio (2x, -1x = wrong sign, 0.5x, or a factor the op names, such as
+    sqrt(head_dim)), the transpose, gradient leaking into entries that must get none (a wrong
+    mask), gradient missing on some entries, an error concentrated on a few entries.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+MATCH_TOL = 1e-6   # "got equals this candidate" (norm-wise relative error)
+
+
+@dataclasses.dataclass
+class Finding:
+    """Everything a student needs to find the bug in one gradient."""
+
+    grad: str                       # which gradient, e.g. "dx"
+    message: str                    # what is wrong, one or two sentences
+    hint: str = ""                  # where to look
+    rel_error: float | None = None
+    worst_index: tuple | None = None
+    got_value: float | None = None
+    expected_value: float | None = None
+    case: str = ""                  # the inputs' shapes and options
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.case:
+            out.append(f"case: {self.case}")
+        out.append(f"gradient: {self.grad}")
+        if self.rel_error is not None:
+            where = ""
+            if self.worst_index is not None and self.got_value is not None:
+                where = (f"; worst at index {self.worst_index}: yours {self.got_value:.6g}, "
+                         f"expected {self.expected_value:.6g}")
+            out.append(f"relative error {self.rel_error:.3g}{where}")
+        out.append(f"what is wrong: {self.message}")
+        if self.hint:
+            out.append(f"hint: {self.hint}")
+        return out
+
+    def short(self) -> str:
+        return f"{self.grad}: {self.message}"
+
+
+class CheckFailed(AssertionError):
+    """A check found a wrong gradient; carries the Finding (an AssertionError, so pytest shows it)."""
+
+    def __init__(self, finding: Finding):
+        self.finding = finding
+        super().__init__("\n".join(finding.lines()))
+
+
+def rel_error(a, b) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), np.linalg.norm(b), 1e-300))
+
+
+# Ratios a student's gradient can be off by, and what each usually means.
+GENERIC_RATIOS = [
+    (-1.0, "it is exactly -1x the right gradient: the sign is wrong",
+     "look for a subtraction written the wrong way round, or a minus sign dropped or added"),
+    (2.0, "the error is exactly 2x: the gradient is twice the right one",
+     "did you double-count a symmetric term, or add a contribution twice?"),
+    (0.5, "the gradient is exactly half the right one",
+     "a factor of 2 is missing (d(x^2)/dx = 2x?), or a sum was replaced by a mean over 2 items"),
+    (-2.0, "the gradient is exactly -2x the right one: wrong sign and counted twice", ""),
+    (-0.5, "the gradient is exactly -0.5x the right one: wrong sign and a factor 2 missing", ""),
+]
+
+
+def diagnose(got, expected, *, grad: str, case: str = "", known_factors=None, mistakes=None,
+             zero_label: str = "") -> Finding:
+    """Why `got` (the student's gradient) differs from `expected`.
+
+    known_factors: [(ratio, message, hint)] the op's own constant factors (checked before the generic ones).
+    mistakes:      [(message, hint, array)] what typical wrong formulas give for this gradient.
+    zero_label:    what the entries whose true gradient is exactly 0 are ("ignored targets", ...).
+    """
+    finding = Finding(grad, "", case=case)
+    if got is None:
+        finding.message = f"your function returned None for {grad}"
+        finding.hint = "return the gradient array (did you forget the return statement?)"
+        return finding
+    expected = np.asarray(expected, dtype=np.float64)
+    try:
+        got_arr = np.asarray(got, dtype=np.float64)
+    except (TypeError, ValueError):
+        finding.message = f"{grad} is not an array of numbers (got {type(got).__name__})"
+        return finding
+
+    if got_arr.shape != expected.shape:
+        return _shape_finding(finding, got_arr, expected)
+
+    _locate(finding, got_arr, expected)
+    bad = ~np.isfinite(got_arr)
+    if bad.any():
+        finding.message = f"{int(bad.sum())} of {got_arr.size} entries are NaN or Inf"
+        finding.hint = ("look for 0/0 (e.g. dividing by a count that can be 0, or a fully masked row), "
+                        "exp of a large number, or inf - inf")
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        finding.worst_index, finding.got_value = first, float(got_arr[first])
+        finding.expected_value = float(expected[first])
+        return finding
+
+    for message, hint, wrong in mistakes or []:
+        if wrong is not None and np.shape(wrong) == expected.shape and rel_error(got_arr, wrong) < MATCH_TOL:
+            finding.message, finding.hint = message, hint
+            return finding
+
+    if not np.any(got_arr):
+        finding.message = "every entry is 0"
+        finding.hint = "is the result ever assigned? (a np.zeros_like that is never filled, or a wrong mask)"
+        return finding
+
+    ratio = _constant_ratio(got_arr, expected)
+    if ratio is not None:
+        for value, message, hint in list(known_factors or []) + GENERIC_RATIOS:
+            if np.isclose(ratio, value, rtol=1e-6):
+                finding.message, finding.hint = message, hint
+                return finding
+        finding.message = f"it is exactly {_ratio_text(ratio)} times the right gradient (a constant factor)"
+        finding.hint = "a scale factor is missing or extra: a 1/N of a mean, a 1/sqrt(d), a weight"
+        return finding
+
+    if got_arr.ndim >= 2 and got_arr.shape[-1] == got_arr.shape[-2] and \
+            rel_error(np.swapaxes(got_arr, -1, -2), expected) < MATCH_TOL:
+        finding.message = "it equals the transpose of the right gradient"
+        finding.hint = "swap the order of a matrix product (A @ B vs B.T @ A.T), or transpose the weight"
+        return finding
+
+    scale = float(np.max(np.abs(expected))) or 1.0
+    wrong = np.abs(got_arr - expected) > 1e-6 * scale
+    structural_zero = expected == 0                     # moving these inputs changes nothing at all
+    leaked = wrong & structural_zero
+    if leaked.any() and not (wrong & ~structural_zero).any():
+        where = zero_label or "entries the output does not depend on"
+        finding.message = (f"{int(leaked.sum())} entries whose gradient must be exactly 0 ({where}) "
+                           f"received gradient; every other entry is right")
+        finding.hint = "a wrong mask: zero the gradient where the forward pass masked or ignored"
+        _locate(finding, np.where(leaked, got_arr, expected), expected)
+        return finding
+    missing = wrong & (got_arr == 0)
+    if missing.any() and not (wrong & ~missing).any():
+        finding.message = (f"{int(missing.sum())} entries are 0 but should not be; every other entry is right")
+        finding.hint = "a mask that is too broad, or a term that only reaches these entries is missing"
+        return finding
+    if wrong.mean() < 0.5:
+        idx = [tuple(int(i) for i in ix) for ix in np.argwhere(wrong)[:4]]
+        finding.message = (f"the error is concentrated on {int(wrong.sum())} of {wrong.size} entries "
+                           f"(e.g. at {', '.join(map(str, idx))}); the others are right")
+        finding.hint = ("a term that only those entries receive is missing or counted twice "
+                        "(repeated indices? the diagonal? one branch of a sum?)")
+        return finding
+    finding.message = f"{int(wrong.sum())} of {wrong.size} entries are wrong, with no simple pattern"
+    finding.hint = "a term of the chain rule is missing or wrong: redo the derivation one step at a time"
+    return finding
+
+
+def _locate(finding, got, expected):
+    diff = np.abs(got - expected)
+    diff = np.where(np.isfinite(diff), diff, np.inf)
+    finding.rel_error = rel_error(np.nan_to_num(got), expected) if np.isfinite(got).all() else float("inf")
+    if got.size:
+        worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), got.shape))
+        finding.worst_index = worst
+        finding.got_value, finding.expected_value = float(got[worst]), float(expected[worst])
+
+
+def _ratio_text(r: float) -> str:
+    """Enough digits to see how far r is from 1 (1.000001 must not print as 1)."""
+    for digits in range(4, 13):
+        text = f"{r:.{digits}g}"
+        if abs(float(text) - r) <= 1e-3 * abs(r - 1.0):
+            return text
+    return f"{r:.12g}"
+
+
+def _constant_ratio(got, expected) -> float | None:
+    """r when got == r * expected (to MATCH_TOL), else None."""
+    denom = float(np.vdot(expected, expected))
+    if denom == 0.0:
+        return None
+    r = float(np.vdot(got, expected)) / denom
+    if r != 0.0 and rel_error(got, r * expected) < MATCH_TOL:
+        return r
+    return None
+
+
+def _shape_finding(finding, got, expected) -> Finding:
+    finding.message = f"{finding.grad} has shape {got.shape}, expected {expected.shape}"
+    if got.ndim == expected.ndim == 2 and got.shape == expected.shape[::-1]:
+        if rel_error(got.T, expected) < MATCH_TOL:
+            finding.message += ": it is the transpose of the right gradient"
+        else:
+            finding.message += ": the transposed shape (and wrong values too)"
+        finding.hint = ("weights are laid out (out_features, in_features) as in PyTorch, and a gradient "
+                        "has its parameter's shape: swap the operands of the product")
+    elif got.ndim != expected.ndim and got.size == expected.size:
+        finding.hint = "an extra or missing axis of length 1: keepdims=True, or a missing reshape"
+    elif got.ndim != expected.ndim:
+        finding.hint = ("one axis too many or too few: a gradient summed over an axis it should keep, or "
+                        "not summed over one the input does not have (a broadcast in the forward pass)")
+    elif got.size == expected.size:
+        finding.hint = "the right number of entries in another shape: a reshape or an axis order is off"
+    else:
+        finding.hint = "a gradient always has the shape of the input it belongs to"
+    return finding

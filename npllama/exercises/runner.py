@@ -1,0 +1,242 @@
+"""Run an exercise's checks on a student's function, a file, or a folder of submissions.
+
+    report = check_file("rmsnorm", "rmsnorm_backward.py")
+    print(report.format())            # pass/fail per check, then the first failure explained
+    reports = check_folder("rmsnorm", "submissions/")
+    print(format_table(reports))      # file, checks passed, first failure
+
+Nothing here needs pytest or hypothesis: the parameters are drawn with NumPy (the exercise's edge
+cases first, then `n_random` random points of its space, the same for every file).  A student's
+exception never escapes as a traceback: it becomes a failed check that names the exception and
+the line of the student's file it came from.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import Check, Exercise, get_exercise
+from .checks import sample
+from .diagnose import CheckFailed, Finding
+from .starter import derivation_section
+
+DEFAULT_RANDOM_CASES = 8
+
+
+class SubmissionError(Exception):
+    """The file could not be used at all: missing, a syntax error, no function of the right name."""
+
+
+@dataclasses.dataclass
+class CheckResult:
+    check: Check
+    status: str                      # "pass", "fail", "error", "not run"
+    cases_run: int = 0
+    cases_total: int = 0
+    finding: Finding | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+
+@dataclasses.dataclass
+class Report:
+    exercise: Exercise
+    source: str                      # file name, or the function's name
+    results: list[CheckResult]
+    not_implemented: bool = False
+    load_error: str | None = None
+
+    @property
+    def passed(self) -> int:
+        return sum(r.passed for r in self.results)
+
+    @property
+    def total(self) -> int:
+        return len(self.exercise.checks())
+
+    @property
+    def ok(self) -> bool:
+        return self.load_error is None and not self.not_implemented and self.passed == self.total
+
+    @property
+    def first_failure(self) -> CheckResult | None:
+        return next((r for r in self.results if r.status in ("fail", "error")), None)
+
+    def summary(self) -> str:
+        """One short line: what a teacher's table shows."""
+        if self.load_error:
+            return self.load_error
+        if self.not_implemented:
+            return "not implemented yet"
+        first = self.first_failure
+        if first is None:
+            return "all checks pass"
+        return f"{first.check.name}: {first.finding.short() if first.finding else first.status}"
+
+    def format(self) -> str:
+        ex = self.exercise
+        lines = [f"exercise {ex.op}: {ex.backward_name} in {self.source}"]
+        if self.load_error:
+            lines += [f"  cannot check it: {self.load_error}", "0 checks run."]
+            return "\n".join(lines)
+        if self.not_implemented:
+            lines += [f"  {ex.backward_name} is not implemented yet: it raises NotImplementedError.",
+                      f"  Write its body (work the math in {ex.derivation} first), then check it again:",
+                      f"      npllama exercise check {ex.op} {self.source}",
+                      f"0 of {self.total} checks passed."]
+            return "\n".join(lines)
+        width = max(len(r.check.name) for r in self.results)
+        for r in self.results:
+            status = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "not run": "-"}[r.status]
+            cases = ""
+            if r.check.sampled and r.status == "pass":
+                cases = f"  ({r.cases_run} cases)"
+            elif r.check.sampled and r.status in ("fail", "error"):
+                cases = f"  (case {r.cases_run} of {r.cases_total})"
+            lines.append(f"  {status:<5} {r.check.name:<{width}}  {r.check.description}{cases}")
+        first = self.first_failure
+        if first is not None and first.finding is not None:
+            lines.append(f"First failure ({first.check.name}):")
+            lines += ["  " + line for line in first.finding.lines()]
+            lines.append(f"  derivation: {derivation_section(ex)}")
+        lines.append(f"{self.passed} of {self.total} checks passed." + ("  Well done!" if self.ok else ""))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        first = self.first_failure
+        return {"exercise": self.exercise.op, "source": self.source, "passed": self.passed, "total": self.total,
+                "ok": self.ok, "not_implemented": self.not_implemented, "load_error": self.load_error,
+                "first_failure": None if first is None else {
+                    "check": first.check.name, "status": first.status,
+                    **(dataclasses.asdict(first.finding) if first.finding else {})},
+                "checks": {r.check.name: r.status for r in self.results}}
+
+
+# ----- running ------------------------------------------------------------------------------------
+
+def case_params(exercise: Exercise, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0) -> list[dict]:
+    """The edge cases, then n_random random points of the exercise's space (deterministic by seed)."""
+    rng = np.random.default_rng(seed)
+    return list(exercise.edge_cases) + [sample(exercise.space, rng) for _ in range(n_random)]
+
+
+def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0,
+                   source: str | None = None, source_file: str | None = None) -> Report:
+    """Run every check of exercise `op` on `backward`; never raises for a wrong or crashing function."""
+    exercise = get_exercise(op)
+    source = source or getattr(backward, "__name__", repr(backward))
+    source_file = source_file or getattr(getattr(backward, "__code__", None), "co_filename", None)
+    params_list = case_params(exercise, n_random, seed)
+    results = []
+    for item in exercise.checks():
+        todo = params_list if item.sampled else [None]
+        result = CheckResult(item, "pass", 0, len(todo))
+        for params in todo:
+            result.cases_run += 1
+            try:
+                exercise.run_check(item, backward, params)
+            except NotImplementedError:
+                return Report(exercise, source, [], not_implemented=True)
+            except CheckFailed as failed:
+                result.status, result.finding = "fail", failed.finding
+                break
+            except Exception as error:  # the student's code crashed: say where, in their file
+                result.status = "error"
+                result.finding = Finding(exercise.backward_name, _describe_exception(error, source_file),
+                                         hint="run the function by hand on a small input to see it happen "
+                                              "(python -m pdb your_file.py)",
+                                         case=_describe_params(exercise, params))
+                break
+        results.append(result)
+    return Report(exercise, source, results)
+
+
+def load_function(op: str, path) -> object:
+    """Import the file at `path` (by path, not by name) and return its <op>_backward function."""
+    exercise = get_exercise(op)
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"{path} does not exist (expected a .py file defining {exercise.backward_name})")
+    name = f"npllama_submission_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise SubmissionError(f"{path.name} cannot be imported as Python (is it a .py file?)")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise SubmissionError(f"{path.name} has a syntax error at line {error.lineno}: {error.msg}") from None
+    except Exception as error:
+        raise SubmissionError(f"importing {path.name} failed: " + _describe_exception(error, str(path))) from None
+    finally:
+        sys.modules.pop(name, None)
+    fn = getattr(module, exercise.backward_name, None)
+    if not callable(fn):
+        defined = sorted(n for n, v in vars(module).items() if callable(v) and getattr(v, "__module__", "") == name)
+        raise SubmissionError(f"{path.name} defines no function named {exercise.backward_name}"
+                              + (f" (it defines: {', '.join(defined)})" if defined else ""))
+    return fn
+
+
+def check_file(op: str, path, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0) -> Report:
+    path = Path(path)
+    try:
+        fn = load_function(op, path)
+    except SubmissionError as error:
+        return Report(get_exercise(op), str(path), [], load_error=str(error))
+    return check_function(op, fn, n_random=n_random, seed=seed, source=str(path), source_file=str(path))
+
+
+def check_folder(op: str, folder, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0) -> list[Report]:
+    """Every .py file in `folder` (sorted by name), each checked on the same cases."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix == ".py" and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no .py files to check")
+    return [check_file(op, f, n_random=n_random, seed=seed) for f in files]
+
+
+def format_table(reports: list[Report], width: int = 90) -> str:
+    rows = [("file", "passed", "first failure")]
+    for r in reports:
+        passed = "-" if r.load_error else f"{r.passed}/{r.total}"
+        text = r.summary()
+        if len(text) > width:
+            text = text[:width - 3] + "..."
+        rows.append((Path(r.source).name, passed, text))
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    lines = [f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c}" for a, b, c in rows]
+    ok = sum(r.ok for r in reports)
+    return "\n".join(lines + [f"{ok} of {len(reports)} submissions pass every check."])
+
+
+# ----- helpers ------------------------------------------------------------------------------------
+
+def _describe_exception(error: BaseException, source_file: str | None) -> str:
+    text = f"your function raised {type(error).__name__}: {error}"
+    frames = traceback.extract_tb(error.__traceback__)
+    if source_file:
+        target = os.path.abspath(source_file)
+        mine = [f for f in frames if os.path.abspath(f.filename) == target]
+        if mine:
+            frame = mine[-1]
+            text += f" (line {frame.lineno} of {os.path.basename(frame.filename)}: {frame.line.strip()})"
+    return text
+
+
+def _describe_params(exercise: Exercise, params) -> str:
+    if params is None:
+        return "a fixed example"
+    try:
+        return exercise.case(params).describe()
+    except Exception:  # describing must never hide the real error
+        return str(params)

@@ -1,0 +1,75 @@
+"""Write a starter file for an exercise: the exact signature, the docstring, the shapes, a pointer
+to the derivation, and a body that raises NotImplementedError."""
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+from .catalog import Exercise, get_exercise
+
+# derivations/ sits next to the package in a source checkout (pip install -e .)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def derivation_section(exercise: Exercise) -> str:
+    """'derivations/rmsnorm.md, section "Backward"' -- the heading that mentions the backward pass,
+    when the file is there to read; otherwise just the file."""
+    path = REPO_ROOT / exercise.derivation
+    if path.is_file():
+        headings = re.findall(r"^#{1,4}\s+(.+?)\s*$", path.read_text(encoding="utf-8"), flags=re.M)
+        for heading in headings:
+            if re.search(r"backward|chain rule|gradient", heading, flags=re.I):
+                return f'{exercise.derivation}, section "{heading}"'
+    return f"{exercise.derivation}, the section deriving the backward pass"
+
+
+def starter_source(op: str) -> str:
+    ex = get_exercise(op)
+    imports = "import numpy as np\n"
+    if "rotate_half" in ex.allowed_imports:
+        imports += "\nfrom npllama.ops.rope import rotate_half  # noqa: F401  (yours to use)\n"
+    if "softmax_backward" in ex.allowed_imports:
+        imports += "\nfrom npllama.ops.softmax import softmax_backward  # noqa: F401  (or write it inline)\n"
+    if "linear_backward" in ex.allowed_imports:
+        imports += ("\nfrom npllama.ops.linear import linear_backward  # noqa: F401\n"
+                    "from npllama.ops.swiglu import swiglu_act_backward  # noqa: F401\n")
+    article = f", article {ex.article}" if ex.article else ""
+    forward = textwrap.indent(ex.forward_text, "    ")
+    return f'''"""Exercise: the backward pass of the {ex.title}{article}.
+
+Write the body of `{ex.backward_name}` below, then check it:
+
+    npllama exercise check {ex.op} {ex.backward_name}.py
+
+The forward pass is already written ({ex.module}.{ex.forward_name}); it computes
+
+{forward}
+
+and returns (out, cache).  Your function receives the gradient of the loss with respect to the
+forward's output and that cache, and returns the gradients its docstring lists.
+
+Derivation: {derivation_section(ex)}.  Work it on paper first.
+Shapes:     {ex.shapes}
+Allowed:    {ex.allowed_imports}.
+"""
+{imports}
+
+{ex.signature}
+    """{ex.doc.strip()}
+    """
+    raise NotImplementedError("{ex.backward_name} is not implemented yet")
+'''
+
+
+def write_starter(op: str, path=None, force: bool = False) -> Path:
+    """Write the starter file (default: ./<op>_backward.py); refuses to overwrite unless force."""
+    ex = get_exercise(op)
+    path = Path(path) if path is not None else Path(f"{ex.backward_name}.py")
+    if path.is_dir():
+        path = path / f"{ex.backward_name}.py"
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} already exists; pass --force to overwrite it (your work would be lost)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(starter_source(op), encoding="utf-8")
+    return path

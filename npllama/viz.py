@@ -1,0 +1,181 @@
+"""Pictures (needs matplotlib: pip install 'npllama[plot]'): attention maps, loss curves, gradient norms.
+
+    plot_attention(probs, labels, "attn.png")     # a (T, S) heatmap, tokens on both axes
+    plot_loss("runs/tiny", "loss.png")            # train and validation curves from log.jsonl
+    plot_grad_norms(trace, "grads.png")           # per-layer gradient norms from a trace
+
+PNG files, drawn without pyplot or a display (matplotlib.figure.Figure with the Agg canvas), so
+they work on a headless machine and never change the user's matplotlib backend.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+PLOT_EXTRA = "pip install 'npllama[plot]'  (or: pip install matplotlib)"
+
+
+def _figure(width, height):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(f"pictures need matplotlib: {PLOT_EXTRA}") from error
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"the output must be a .png file, got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+# ----- attention --------------------------------------------------------------------------------
+
+def attention_probs(model, ids, layer: int, head: int) -> np.ndarray:
+    """attn_probs (T, T) of one layer and head for the token ids, from a forward pass under a trace."""
+    from .trace import trace
+
+    cfg = model.config
+    if not 0 <= layer < cfg.num_hidden_layers:
+        raise ValueError(f"--layer must be in [0, {cfg.num_hidden_layers}) for this model, got {layer}")
+    if not 0 <= head < cfg.num_attention_heads:
+        raise ValueError(f"--head must be in [0, {cfg.num_attention_heads}) for this model, got {head}")
+    name = f"model.layers.{layer}.self_attn.attn_probs"
+    with trace(include=[name]) as t:
+        model.forward(np.asarray(ids)[None])
+    return t[name][0, head]
+
+
+def plot_attention(probs, labels, path, title: str = "", key_labels=None) -> Path:
+    """Heatmap of attn_probs (T, S): query tokens down the side, key tokens along the top."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2:
+        raise ValueError(f"probs must be 2-D (queries, keys), got shape {probs.shape}")
+    key_labels = labels if key_labels is None else key_labels
+    if len(labels) != probs.shape[0] or len(key_labels) != probs.shape[1]:
+        raise ValueError(f"{len(labels)} query and {len(key_labels)} key labels for probs of shape {probs.shape}")
+    T, S = probs.shape
+    side = min(4 + 0.3 * max(T, S), 30)
+    fig = _figure(side + 1.5, side)
+    ax = fig.subplots()
+    image = ax.imshow(probs, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks(range(S), [_label(s) for s in key_labels], rotation=90, fontsize=8)
+    ax.set_yticks(range(T), [_label(s) for s in labels], fontsize=8)
+    ax.xaxis.tick_top()
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query (attending)")
+    if title:
+        ax.set_title(title)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="attention probability")
+    return _save(fig, path)
+
+
+def _label(piece: str) -> str:
+    return piece.replace("\u2581", "_") if piece.strip() else repr(piece)
+
+
+# ----- loss curves ------------------------------------------------------------------------------
+
+def read_log(path) -> dict[str, list]:
+    """Train and validation losses from a run's log.jsonl (or the run folder holding it).
+
+    Lines like {"step": 10, "loss": 3.2, ...} are training steps, {"step": 10, "val_loss": 3.4}
+    evaluations; other lines ({"skipped": ...}) are ignored."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "log.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no training log at {str(path)!r} (a run folder from `npllama train` "
+                                f"holds log.jsonl)")
+    curves = {"step": [], "loss": [], "val_step": [], "val_loss": []}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number} is not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict) or "step" not in record:
+            continue
+        if record.get("val_loss") is not None:
+            curves["val_step"].append(record["step"])
+            curves["val_loss"].append(float(record["val_loss"]))
+        if record.get("loss") is not None:
+            curves["step"].append(record["step"])
+            curves["loss"].append(float(record["loss"]))
+    if not curves["loss"] and not curves["val_loss"]:
+        raise ValueError(f"{path} holds no loss values yet (lines with \"loss\" or \"val_loss\")")
+    return curves
+
+
+def plot_loss(run_or_log, path, title: str = "") -> Path:
+    curves = read_log(run_or_log)
+    fig = _figure(7, 4.5)
+    ax = fig.subplots()
+    if curves["loss"]:
+        ax.plot(curves["step"], curves["loss"], lw=0.8, alpha=0.5, label="train (each step)")
+        if len(curves["loss"]) >= 20:   # a moving average shows the trend through the noise
+            w = max(5, len(curves["loss"]) // 50)
+            smooth = np.convolve(curves["loss"], np.ones(w) / w, mode="valid")
+            ax.plot(curves["step"][w - 1:], smooth, lw=1.8, label=f"train (mean of {w})")
+    if curves["val_loss"]:
+        ax.plot(curves["val_step"], curves["val_loss"], "o-", lw=1.8, label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss (nats per token)")
+    ax.set_title(title or "loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+# ----- gradient norms per layer -----------------------------------------------------------------
+
+_LAYER_GRAD = re.compile(r"^d:model\.layers\.(\d+)\.(.+)$")
+PARAM_KINDS = ("input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+               "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
+               "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
+
+
+def grad_norms(trace) -> dict[str, np.ndarray]:
+    """{what: norms per layer} from a trace's gradients: every parameter kind, and the gradient of
+    each layer's output (the residual stream), NaN where a layer's entry was not recorded."""
+    per_layer: dict[str, dict[int, float]] = {}
+    for name in trace.names():
+        match = _LAYER_GRAD.match(name)
+        if match:
+            kind = match.group(2)
+            if kind in PARAM_KINDS or kind == "out":
+                norm = float(np.linalg.norm(np.asarray(trace[name], dtype=np.float64)))
+                per_layer.setdefault(kind, {})[int(match.group(1))] = norm
+    if not per_layer:
+        raise ValueError("the trace holds no per-layer gradients (names like d:model.layers.0.mlp.up_proj.weight);"
+                         " record one around loss_and_grads, not forward")
+    n_layers = 1 + max(i for layers in per_layer.values() for i in layers)
+    return {kind: np.array([layers.get(i, np.nan) for i in range(n_layers)])
+            for kind, layers in per_layer.items()}
+
+
+def plot_grad_norms(trace, path, title: str = "") -> Path:
+    norms = grad_norms(trace)
+    n_layers = len(next(iter(norms.values())))
+    fig = _figure(10, 4.8)
+    ax = fig.subplots()
+    for kind in PARAM_KINDS:
+        if kind in norms:
+            ax.plot(range(n_layers), norms[kind], "o-", ms=3, lw=1.2, label=kind.replace(".weight", ""))
+    if "out" in norms:
+        ax.plot(range(n_layers), norms["out"], "k--", lw=2, label="layer output (residual stream)")
+    ax.set_yscale("log")
+    ax.set_xlabel("layer")
+    ax.set_xticks(range(n_layers))
+    ax.set_ylabel("gradient norm ||d||")
+    ax.set_title(title or "gradient norm per layer")
+    ax.grid(alpha=0.3, which="both")
+    fig.legend(fontsize=7, loc="outside right center")
+    return _save(fig, path)

@@ -1,0 +1,306 @@
+"""Finding the first divergence: planted bugs are located at the right tensor; backends, dtypes and
+(when installed) transformers agree; the `npllama debug` command."""
+import argparse
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from npllama import Llama, LlamaConfig, backend, debug
+from npllama.commands import UsageError
+from npllama.commands import debug as debug_command
+
+
+def tiny_config(**overrides):
+    fields = dict(vocab_size=29, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    fields.update(overrides)
+    return LlamaConfig(**fields)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Llama(tiny_config(), seed=0)
+
+
+IDS = [1, 7, 3, 12, 5, 9, 2, 8]
+
+
+def rope_forward_meta(x, cos, sin):
+    """Meta's adjacent-pair RoPE on Hugging Face-layout weights: the classic port bug."""
+    half = x.shape[-1] // 2
+    c, s = cos[..., :half], sin[..., :half]
+    y = np.empty_like(x)
+    y[..., 0::2] = x[..., 0::2] * c - x[..., 1::2] * s
+    y[..., 1::2] = x[..., 0::2] * s + x[..., 1::2] * c
+    return y, (cos, sin)
+
+
+# ----- planted bugs are found at the first affected tensor ---------------------------------------------
+
+def test_wrong_rope_convention_is_reported_at_q_rot(model, monkeypatch):
+    monkeypatch.setattr(backend.ops("numpy"), "rope_forward", rope_forward_meta)
+    report = debug.compare_backends(model, IDS)
+    first = report.first
+    assert first.name == "model.layers.0.self_attn.q_rot"
+    index = [d.name for d in report.diffs].index(first.name)
+    assert [d.name for d in report.diffs[:index]] == [
+        "model.embed_tokens.out", "model.layers.0.input_layernorm.out", "model.layers.0.self_attn.q",
+        "model.layers.0.self_attn.k", "model.layers.0.self_attn.v"]
+    assert all(not d.diverged and d.rel_err < 1e-6 for d in report.diffs[:index])
+    a, b = report.traces
+    assert a[first.name][first.worst_index] == pytest.approx(first.a_value)
+    assert b[first.name][first.worst_index] == pytest.approx(first.b_value)
+    assert abs(first.a_value - first.b_value) > 1e-3
+    assert "suspect the step that computes model.layers.0.self_attn.q_rot" in str(report)
+
+
+@pytest.mark.parametrize("bug", sorted(debug.PLANTED_BUGS))
+def test_each_planted_bug_is_located(model, bug):
+    expected = debug.PLANTED_BUGS[bug][2].format(last=model.config.num_hidden_layers - 1)
+    namespace = backend.ops("numpy")
+    original = getattr(namespace, debug.PLANTED_BUGS[bug][0])
+    with debug.planted_bug(bug):
+        report = debug.compare_backends(model, IDS)
+    assert getattr(namespace, debug.PLANTED_BUGS[bug][0]) is original  # restored afterwards
+    assert report.first is not None and report.first.name == expected
+
+
+def test_backward_bug_leaves_the_forward_untouched(model):
+    with debug.planted_bug("rmsnorm-backward-no-projection"):
+        report = debug.compare_backends(model, IDS)
+    assert all(not d.diverged for d in report.diffs if not d.name.startswith("d:"))
+    assert report.first.name == "d:model.layers.1.out"  # dx of the final norm's backward
+
+
+def test_unknown_planted_bug():
+    with pytest.raises(ValueError, match="rope-meta"):
+        with debug.planted_bug("nope"):
+            pass
+
+
+# ----- clean comparisons agree ------------------------------------------------------------------------
+
+def test_backends_agree(model):
+    report = debug.compare_backends(model, IDS)
+    assert report.ok and report.labels == ("numpy", "numba") and len(report.diffs) > 50
+
+
+def test_float32_agrees_with_float64(model):
+    report = debug.compare_dtypes(model, IDS)
+    assert report.ok, str(report)
+    assert report.labels == ("float32", "float64")
+    worst = max(d.rel_err for d in report.diffs)
+    assert 1e-10 < worst < 1e-5  # float32 round-off, nothing more
+
+
+def test_run_trace_records_metadata_and_targets(model):
+    t = debug.run_trace(model, IDS, include=["loss", "lm_head.out"])
+    assert t.names() == ["lm_head.out", "loss"]
+    assert t.meta["backend"] == "numpy" and t.meta["tokens"] == [IDS]
+    tokens, targets = debug.next_token_batch(IDS)
+    assert float(t["loss"]) == pytest.approx(model.loss(tokens, targets), rel=1e-6)
+
+
+def test_next_token_batch_and_token_parsing():
+    tokens, targets = debug.next_token_batch([4, 5, 6])
+    np.testing.assert_array_equal(tokens, [[4, 5, 6]])
+    np.testing.assert_array_equal(targets, [[5, 6, -100]])
+    assert debug.parse_token_ids("1, 5 9") == [1, 5, 9]
+    with pytest.raises(ValueError, match="integers separated by commas"):
+        debug.parse_token_ids("1,x")
+    with pytest.raises(ValueError, match="empty"):
+        debug.parse_token_ids(" , ")
+    with pytest.raises(ValueError, match="non-empty"):
+        debug.next_token_batch([])
+    with pytest.raises(TypeError, match="integers"):
+        debug.next_token_batch([1.5, 2.0])
+
+
+# ----- loading inputs for the commands ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, model):
+    path = tmp_path_factory.mktemp("model")
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder_with_tokenizer(tmp_path_factory):
+    from npllama.tokenizer import Tokenizer
+
+    rng = random.Random(0)
+    words = "the cat sat on a mat dog ran to big red ball tree sun moon happy little girl boy".split()
+    lines = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(300)]
+    path = tmp_path_factory.mktemp("with_tok")
+    tok = Tokenizer.train(lines, path / "tok", vocab_size=300)
+    Llama(tiny_config(vocab_size=300), seed=1).save_pretrained(path / "model")
+    (path / "model" / "tokenizer.model").write_bytes(tok.path.read_bytes())
+    return path / "model"
+
+
+def test_load_inputs_with_token_ids(folder):
+    model, model_dir, ids, labels = debug.load_inputs(str(folder), tokens="1,2,3")
+    assert ids == [1, 2, 3] and labels == ["1", "2", "3"] and model.config.vocab_size == 29
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        debug.load_inputs(str(folder), tokens="1,2,99")
+    with pytest.raises(ValueError, match="--tokens 1,5,9"):
+        debug.load_inputs(str(folder), text="hello")   # no tokenizer.model beside it
+    with pytest.raises(ValueError, match="exactly one of"):
+        debug.load_inputs(str(folder))
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        debug.load_inputs(str(folder), tokens=",".join(["1"] * 40))
+
+
+def test_load_inputs_with_text(folder_with_tokenizer):
+    model, _, ids, labels = debug.load_inputs(str(folder_with_tokenizer), text="the cat sat")
+    assert ids[0] == 1 and len(ids) == len(labels) >= 4      # <s> first
+    assert labels[0] == "<s>" and "".join(labels[1:]).replace("\u2581", " ").strip() == "the cat sat"
+
+
+# ----- the command ------------------------------------------------------------------------------------
+
+def run_cli(argv):
+    parser = argparse.ArgumentParser(prog="npllama")
+    debug_command.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+def test_cli_compare_exit_status_and_report(folder, capsys):
+    assert run_cli(["debug", "compare", "--model", str(folder), "--tokens", "1,2,3,4"]) == 0
+    assert "no divergence" in capsys.readouterr().out
+    assert run_cli(["debug", "compare", "--model", str(folder), "--tokens", "1,2,3,4",
+                    "--plant", "rope-meta", "--table"]) == 1
+    out = capsys.readouterr().out
+    assert "FIRST DIVERGENCE" in out and "model.layers.0.self_attn.q_rot" in out and "DIFFERS" in out
+
+
+def test_cli_compare_float64_saves_traces_and_diff_reads_them(folder, tmp_path, capsys):
+    prefix = str(tmp_path / "cmp")
+    assert run_cli(["debug", "compare", "--model", str(folder), "--tokens", "1,2,3", "--against",
+                    "float64", "--save", prefix]) == 0
+    capsys.readouterr()
+    assert run_cli(["debug", "diff", prefix + ".a.npz", prefix + ".b.npz"]) == 0
+    assert run_cli(["debug", "diff", prefix + ".a.npz", prefix + ".b.npz", "--rtol", "1e-12"]) == 1
+    assert "FIRST DIVERGENCE" in capsys.readouterr().out
+
+
+def test_cli_trace_prints_summary_and_saves(folder, tmp_path, capsys):
+    out_file = tmp_path / "t.npz"
+    assert run_cli(["debug", "trace", "--model", str(folder), "--tokens", "3,4,5", "--include",
+                    "model.layers.1.*", "--out", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert "model.layers.1.self_attn.attn_probs" in out and "model.layers.0." not in out
+    from npllama.trace import Trace
+
+    assert Trace.load(out_file).names()[0] == "model.layers.1.input_layernorm.out"
+
+
+def test_cli_errors_are_one_line(folder, monkeypatch, capsys):
+    import npllama.cli as cli
+
+    monkeypatch.setattr(cli, "COMMANDS", {"debug": "npllama.commands.debug"})  # only ours: others may be mid-edit
+    assert cli.main(["debug", "compare", "--model", str(folder), "--text", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--tokens" in err and "Traceback" not in err
+    assert cli.main(["debug", "compare", "--model", str(folder), "--tokens", "1", "--rtol", "-1"]) == 2
+    with pytest.raises(UsageError):
+        run_cli(["debug", "compare", "--model", str(folder), "--tokens", "1", "--atol", "-1"])
+
+
+def test_core_never_imports_torch_transformers_or_matplotlib():
+    code = ("import sys, numpy as np, npllama, npllama.debug, npllama.trace, npllama.viz, npllama.exercises\n"
+            "from npllama import Llama, LlamaConfig, debug\n"
+            "m = Llama(LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=8, num_hidden_layers=1,"
+            " num_attention_heads=2, max_position_embeddings=8))\n"
+            "debug.compare_backends(m, [1, 2, 3])\n"
+            "bad = [n for n in ('torch', 'transformers', 'matplotlib', 'hypothesis') if n in sys.modules]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----- against transformers (optional) -------------------------------------------------------------
+
+@pytest.mark.slow  # imports torch and transformers (several seconds); skipped when they are absent
+def test_transformers_agrees_and_finds_the_planted_rope_bug(folder, monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    report = debug.compare_transformers(folder, IDS)
+    assert report.ok, str(report)
+    assert report.labels == ("npllama", "transformers")
+    compared = {d.name for d in report.diffs}
+    for name in ["model.layers.0.self_attn.q_rot", "model.layers.1.self_attn.attn_probs",
+                 "model.layers.0.mlp.act", "model.layers.1.residual", "d:model.layers.0.self_attn.k_rot",
+                 "d:model.layers.0.input_layernorm.out", "d:model.layers.1.mlp.up_proj.weight", "loss"]:
+        assert name in compared, name
+    assert max(d.rel_err for d in report.diffs) < 1e-5
+    monkeypatch.setattr(backend.ops("numpy"), "rope_forward", rope_forward_meta)
+    assert debug.compare_transformers(folder, IDS).first.name == "model.layers.0.self_attn.q_rot"
+
+
+# ----- a debugger can step into every op ---------------------------------------------------------------
+
+STEP_SCRIPT = """
+import os, sys, json
+import numpy as np
+from npllama import Llama, LlamaConfig
+model = Llama(LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                          num_attention_heads=2, max_position_embeddings=8))
+entered = set()
+def profile(frame, event, arg):
+    if event == "call" and os.sep + "npllama" + os.sep in frame.f_code.co_filename:
+        path = frame.f_code.co_filename.split(os.sep + "npllama" + os.sep)[-1]
+        entered.add(path + ":" + frame.f_code.co_name)
+sys.setprofile(profile)
+model.loss_and_grads(np.array([[1, 2, 3]]), np.array([[2, 3, 4]]))
+sys.setprofile(None)
+print(json.dumps(sorted(entered)))
+"""
+
+
+def python_frames_entered(**env):
+    import json
+    import os
+
+    result = subprocess.run([sys.executable, "-c", STEP_SCRIPT], check=True, capture_output=True, text=True,
+                            env={**os.environ, **env})
+    return set(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def njit_functions():
+    """Names of the functions in npllama/kernels decorated with (numba.)njit / jit, read from source."""
+    import ast
+    from pathlib import Path
+
+    import npllama.kernels
+
+    names = set()
+    for path in Path(npllama.kernels.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                for dec in node.decorator_list:
+                    target = dec.func if isinstance(dec, ast.Call) else dec
+                    if getattr(target, "id", getattr(target, "attr", "")) in ("njit", "jit"):
+                        names.add(f"kernels{os.sep}{path.name}:{node.name}")
+    return names
+
+
+def test_numpy_backend_steps_through_the_reference_ops():
+    entered = python_frames_entered(NPLLAMA_BACKEND="numpy")
+    for op in ("attention.py:attention_backward", "rmsnorm.py:rmsnorm_backward", "rope.py:rope_forward",
+               "cross_entropy.py:cross_entropy_backward", "swiglu.py:swiglu_act_backward"):
+        assert f"ops{os.sep}{op}" in entered, op
+    assert not any(name.startswith("kernels") for name in entered)
+
+
+def test_disabled_jit_runs_the_kernels_as_python():
+    jitted = njit_functions()
+    if not jitted:
+        pytest.skip("no @njit kernels yet")
+    entered = python_frames_entered(NPLLAMA_BACKEND="numba", NUMBA_DISABLE_JIT="1")
+    assert jitted & entered, "with NUMBA_DISABLE_JIT=1 the @njit kernels should run as Python frames"

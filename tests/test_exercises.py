@@ -1,0 +1,326 @@
+"""Exercises: the checks pass the project's own backward passes (on hypothesis-drawn shapes), fail
+planted wrong ones with the right diagnosis, starter files fail cleanly, and the command works."""
+import argparse
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from npllama.commands import UsageError
+from npllama.commands import exercise as exercise_command
+from npllama.exercises import (EXERCISES, CheckFailed, check_file, check_folder, check_function, diagnose,
+                               format_table, get_exercise, starter_source, write_starter)
+from npllama.exercises.checks import strategy
+from npllama.exercises.planted import CORRECT, PLANTED, write_planted
+
+BACKWARDS_IN_OPS = ["embedding", "linear", "rmsnorm", "layernorm", "rope", "softmax", "attention",
+                    "swiglu_act", "swiglu", "cross_entropy", "lora", "classifier"]
+
+SAMPLED = [(op, c.method) for op, ex in EXERCISES.items() for c in ex.checks() if c.sampled]
+FIXED = [(op, c.method) for op, ex in EXERCISES.items() for c in ex.checks() if not c.sampled]
+
+
+def test_one_exercise_per_backward_in_ops():
+    import importlib
+    import pkgutil
+
+    import npllama.ops as ops
+
+    assert list(EXERCISES) == BACKWARDS_IN_OPS
+    in_ops = set()
+    for info in pkgutil.iter_modules(ops.__path__):
+        module = importlib.import_module(f"npllama.ops.{info.name}")
+        in_ops |= {(info.name, n) for n in vars(module) if n.endswith("_backward")
+                   and getattr(vars(module)[n], "__module__", "") == module.__name__}
+    in_ops.discard(("layernorm", "layernorm_backward_stepwise"))  # the check's own second derivation
+    assert in_ops == {(ex.module.rsplit(".", 1)[1], ex.backward_name) for ex in EXERCISES.values()}
+    for op, ex in EXERCISES.items():
+        assert ex.checks()[:3] == [c for c in ex.checks() if c.name in ("returns", "gradient", "float32")]
+
+
+# ----- the project's own implementations pass every check -----------------------------------------------
+
+@pytest.mark.parametrize("op,method", SAMPLED)
+@settings(max_examples=10, deadline=None)
+@given(data=st.data())
+def test_sampled_checks_pass_the_reference(op, method, data):
+    ex = EXERCISES[op]
+    params = data.draw(strategy(ex.space))
+    getattr(ex, method)(ex.reference, params)
+
+
+@pytest.mark.parametrize("op,method", FIXED)
+def test_fixed_checks_pass_the_reference(op, method):
+    ex = EXERCISES[op]
+    getattr(ex, method)(ex.reference, None)
+
+
+@pytest.mark.parametrize("op", BACKWARDS_IN_OPS)
+def test_edge_cases_pass_the_reference(op):
+    ex = EXERCISES[op]
+    for params in ex.edge_cases:
+        for item in ex.checks():
+            if item.sampled:
+                ex.run_check(item, ex.reference, params)
+
+
+@pytest.mark.parametrize("op", BACKWARDS_IN_OPS)
+def test_correct_files_pass(op, tmp_path):
+    path = tmp_path / f"{op}.py"
+    path.write_text(CORRECT[op])
+    report = check_file(op, path, n_random=3)
+    assert report.ok, report.format()
+    assert report.passed == report.total == len(EXERCISES[op].checks())
+    assert "Well done" in report.format()
+
+
+# ----- planted bugs fail with the right diagnosis --------------------------------------------------------
+
+@pytest.mark.parametrize("bug", PLANTED, ids=lambda b: f"{b.op}-{b.label.replace(' ', '_')}")
+def test_planted_bug_is_diagnosed(bug, tmp_path):
+    path = tmp_path / f"{bug.op}_backward.py"
+    path.write_text(bug.source)
+    report = check_file(bug.op, path, n_random=3)
+    assert not report.ok
+    first = report.first_failure
+    assert first.check.name == bug.check and first.status == "fail"
+    assert first.finding.grad == bug.grad
+    assert bug.expect in first.finding.message + " " + first.finding.hint
+    text = report.format()
+    assert "First failure" in text and "what is wrong:" in text and "hint:" in text
+    if bug.check == "gradient":   # a value error: the relative error and the worst index are shown
+        assert first.finding.rel_error > 1e-3 and first.finding.worst_index is not None
+        assert "worst at index" in text and "yours" in text and "expected" in text
+
+
+def test_required_kinds_of_planted_bugs_are_covered():
+    labels = {bug.label for bug in PLANTED}
+    assert {"wrong sign", "missing term", "transposed weight", "wrong mask"} <= labels
+
+
+def test_gradcheck_uses_the_same_tolerance_as_the_op_tests():
+    # a relative error of 1e-6 is a failure, 1e-9 is not (check_op's tol is 1e-7)
+    ex = get_exercise("linear")
+    params = ex.edge_cases[0]
+
+    def off_by(eps):
+        def backward(dy, cache):
+            dx, dweight = ex.reference(dy, cache)
+            return dx * (1 + eps), dweight
+        return backward
+
+    ex.check_gradient(off_by(1e-9), params)
+    with pytest.raises(CheckFailed, match="1.000001 times"):
+        ex.check_gradient(off_by(1e-6), params)
+
+
+# ----- the diagnosis on its own --------------------------------------------------------------------------
+
+def test_diagnose_constant_ratios_transpose_and_shapes():
+    rng = np.random.default_rng(0)
+    right = rng.standard_normal((4, 4))
+    assert "2x" in diagnose(2 * right, right, grad="dx").message
+    assert "double-count" in diagnose(2 * right, right, grad="dx").hint
+    assert "sign" in diagnose(-right, right, grad="dx").message
+    assert "half" in diagnose(0.5 * right, right, grad="dx").message
+    assert "3.5 times" in diagnose(3.5 * right, right, grad="dx").message
+    assert "transpose" in diagnose(right.T, right, grad="dw").message
+    rect = rng.standard_normal((2, 3))
+    assert "transpose of the right gradient" in diagnose(rect.T, rect, grad="dw").message
+    assert "None" in diagnose(None, rect, grad="dw").message
+    assert "every entry is 0" in diagnose(np.zeros_like(rect), rect, grad="dw").message
+    nan = rect.copy()
+    nan[1, 2] = np.nan
+    finding = diagnose(nan, rect, grad="dw")
+    assert "NaN" in finding.message and finding.worst_index == (1, 2)
+    assert "axis of length 1" in diagnose(rect[None], rect, grad="dw").hint
+    assert "one axis too many" in diagnose(np.stack([rect, rect]), rect, grad="dw").hint
+    assert "reshape" in diagnose(np.ones((1, 6)), rect, grad="dw").hint
+
+
+def test_diagnose_masks_and_concentrated_errors():
+    rng = np.random.default_rng(1)
+    right = rng.standard_normal((3, 5))
+    right[1] = 0.0                               # a masked row: its true gradient is exactly 0
+    leaked = right.copy()
+    leaked[1] = 0.3
+    finding = diagnose(leaked, right, grad="dlogits", zero_label="ignored targets")
+    assert "must be exactly 0 (ignored targets)" in finding.message and "mask" in finding.hint
+    assert finding.worst_index[0] == 1
+    missing = right.copy()
+    missing[0, :2] = 0.0
+    assert "should not be" in diagnose(missing, right, grad="dx").message
+    spot = right.copy()
+    spot[2, 3] += 1.0
+    spot[0, 1] -= 0.5
+    finding = diagnose(spot, right, grad="dx")
+    assert "concentrated on 2 of 15" in finding.message and finding.worst_index == (2, 3)
+    noise = right + rng.standard_normal(right.shape)
+    assert "no simple pattern" in diagnose(noise, right, grad="dx").message
+
+
+def test_diagnose_prefers_a_known_mistake_and_op_factors():
+    right = np.arange(1.0, 7.0)
+    wrong = right[::-1].copy()
+    finding = diagnose(wrong, right, grad="dx", mistakes=[("reversed", "hint r", wrong)])
+    assert finding.message == "reversed" and finding.hint == "hint r"
+    finding = diagnose(2 * right, right, grad="dq", known_factors=[(2.0, "scale missing", "h")])
+    assert finding.message == "scale missing"
+
+
+# ----- student files that do not work at all ------------------------------------------------------------
+
+def test_every_starter_fails_with_not_implemented_not_a_traceback(tmp_path):
+    for op in EXERCISES:
+        path = write_starter(op, tmp_path / f"{op}_backward.py")
+        report = check_file(op, path)
+        assert report.not_implemented and not report.ok and report.passed == 0
+        text = report.format()
+        assert "not implemented yet" in text and "Traceback" not in text
+        assert report.summary() == "not implemented yet"
+
+
+def test_starter_file_has_signature_docstring_shapes_and_derivation():
+    for op, ex in EXERCISES.items():
+        source = starter_source(op)
+        compile(source, f"{op}_backward.py", "exec")
+        assert ex.signature in source and "raise NotImplementedError" in source
+        assert ex.derivation in source and "Shapes:" in source and ex.shapes in source
+        assert f"npllama exercise check {op}" in source
+        assert ex.doc.strip().splitlines()[0] in source
+        namespace = {}
+        exec(compile(source, "starter", "exec"), namespace)
+        assert namespace[ex.backward_name].__doc__.strip().startswith(ex.doc.strip().splitlines()[0])
+
+
+def test_crashing_student_code_is_reported_with_its_line(tmp_path):
+    path = tmp_path / "crash.py"
+    path.write_text("import numpy as np\n\n\ndef softmax_backward(dp, cache):\n"
+                    "    p = cache\n    return p[:, 99] * dp\n")
+    report = check_file("softmax", path, n_random=1)
+    first = report.first_failure
+    assert first.status == "error" and first.check.name == "returns"
+    assert "IndexError" in first.finding.message and "line 6 of crash.py: return p[:, 99] * dp" in \
+        first.finding.message
+    assert "Traceback" not in report.format()
+
+
+def test_unusable_files_are_explained(tmp_path):
+    (tmp_path / "syntax.py").write_text("def rmsnorm_backward(dy, cache)\n    return 1\n")
+    report = check_file("rmsnorm", tmp_path / "syntax.py")
+    assert "syntax error at line 1" in report.load_error and "cannot check it" in report.format()
+    (tmp_path / "wrong_name.py").write_text("def rms_backward(dy, cache):\n    return 1\n")
+    report = check_file("rmsnorm", tmp_path / "wrong_name.py")
+    assert "no function named rmsnorm_backward (it defines: rms_backward)" in report.load_error
+    (tmp_path / "import_fails.py").write_text("import numpy as np\nraise RuntimeError('boom')\n")
+    assert "RuntimeError: boom" in check_file("rmsnorm", tmp_path / "import_fails.py").load_error
+    assert "does not exist" in check_file("rmsnorm", tmp_path / "nope.py").load_error
+
+
+def test_wrong_number_of_returned_gradients():
+    report = check_function("rmsnorm", lambda dy, cache: dy)
+    assert "returned 1 value(s); it must return 2: dx, dweight" in report.first_failure.finding.message
+
+
+def test_in_place_changes_and_upcasts_are_caught():
+    from npllama.ops.cross_entropy import cross_entropy_backward
+
+    def in_place(dloss, cache):
+        probs, safe, counted, n, shape = cache
+        probs[np.arange(len(safe)), safe] -= 1     # modifies the forward's cache
+        probs *= (counted * float(dloss) / max(n, 1))[:, None]
+        return probs.reshape(shape)
+
+    report = check_function("cross_entropy", in_place, n_random=2)
+    assert report.first_failure.check.name == "returns"
+    assert "changed the cache in place" in report.first_failure.finding.message
+
+    def upcast(dloss, cache):
+        return cross_entropy_backward(dloss, cache).astype(np.float64)
+
+    report = check_function("cross_entropy", upcast, n_random=2)
+    assert [r.check.name for r in report.results if not r.passed] == ["float32"]
+    assert "float64 although every input was float32" in report.first_failure.finding.message
+
+
+def test_teacher_table_over_a_folder(tmp_path):
+    write_planted("linear", tmp_path)
+    (tmp_path / "notes.txt").write_text("not python")
+    reports = check_folder("linear", tmp_path, n_random=2)
+    names = [r.source.split("/")[-1] for r in reports]
+    assert names == ["correct.py", "counted_twice.py", "transposed_weight.py", "wrong_sign.py"]
+    table = format_table(reports).splitlines()
+    assert table[0].split() == ["file", "passed", "first", "failure"]
+    assert table[1].split()[:3] == ["correct.py", "4/4", "all"]
+    assert "2x" in table[2] and "transpose" in table[3] and "sign" in table[4]
+    assert table[-1] == "1 of 4 submissions pass every check."
+
+
+def test_checker_needs_no_hypothesis_or_pytest():
+    code = ("import sys\nfrom npllama.exercises import check_function, EXERCISES\n"
+            "assert all(check_function(op, ex.reference, n_random=1).ok for op, ex in EXERCISES.items())\n"
+            "assert 'hypothesis' not in sys.modules and 'pytest' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----- the command ------------------------------------------------------------------------------------
+
+def run_cli(argv):
+    parser = argparse.ArgumentParser(prog="npllama")
+    exercise_command.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+def test_cli_list_start_check(tmp_path, capsys, monkeypatch):
+    assert run_cli(["exercise", "list"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{op}_backward(" in out for op in EXERCISES)
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["exercise", "start", "rmsnorm"]) == 0
+    assert (tmp_path / "rmsnorm_backward.py").is_file()
+    assert "npllama exercise check rmsnorm rmsnorm_backward.py" in capsys.readouterr().out
+    assert run_cli(["exercise", "check", "rmsnorm", "rmsnorm_backward.py"]) == 1
+    out = capsys.readouterr().out
+    assert "not implemented yet" in out and "0 of 4 checks passed" in out
+    with pytest.raises(UsageError, match="--force"):
+        run_cli(["exercise", "start", "rmsnorm"])
+    (tmp_path / "rmsnorm_backward.py").write_text(CORRECT["rmsnorm"])
+    assert run_cli(["exercise", "check", "rmsnorm", "rmsnorm_backward.py", "--cases", "2"]) == 0
+    assert "4 of 4 checks passed" in capsys.readouterr().out
+    assert run_cli(["exercise", "start", "rmsnorm", "--force"]) == 0
+    assert "NotImplementedError" in (tmp_path / "rmsnorm_backward.py").read_text()
+    (tmp_path / "class").mkdir()
+    assert run_cli(["exercise", "start", "softmax", "--out", "class"]) == 0
+    assert (tmp_path / "class" / "softmax_backward.py").is_file()
+
+
+def test_cli_check_folder_writes_json(tmp_path, capsys):
+    write_planted("cross_entropy", tmp_path / "subs")
+    out_json = tmp_path / "results.json"
+    assert run_cli(["exercise", "check", "cross_entropy", str(tmp_path / "subs"), "--cases", "2",
+                    "--json", str(out_json)]) == 1
+    out = capsys.readouterr().out
+    assert "wrong_mask.py" in out and "1 of 3 submissions pass every check." in out
+    results = json.loads(out_json.read_text())
+    assert [r["ok"] for r in results] == [True, False, False]
+    assert results[2]["first_failure"]["grad"] == "dlogits"
+
+
+def test_cli_mistakes_exit_2(tmp_path, monkeypatch, capsys):
+    import npllama.cli as cli
+
+    monkeypatch.setattr(cli, "COMMANDS", {"exercise": "npllama.commands.exercise"})
+    assert cli.main(["exercise", "start", "nope"]) == 2
+    assert "unknown exercise 'nope'" in capsys.readouterr().err
+    assert cli.main(["exercise", "check", "rmsnorm", str(tmp_path / "missing.py")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["exercise", "check", "rmsnorm", str(tmp_path), "--cases", "-1"]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["exercise", "check", "rmsnorm", str(empty)]) == 2
+    assert "no .py files" in capsys.readouterr().err

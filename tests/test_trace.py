@@ -1,0 +1,307 @@
+"""Traces: names and order, selective recording, no effect when off, summary, save/load, compare."""
+import numpy as np
+import pytest
+
+import npllama
+from npllama import Llama, LlamaConfig, use_backend
+from npllama.trace import Trace, active_trace, compare, diff_tensors, first_divergence
+
+
+def tiny_model(dtype=np.float64, layers=2, **overrides):
+    fields = dict(vocab_size=13, hidden_size=8, intermediate_size=12, num_hidden_layers=layers,
+                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    fields.update(overrides)
+    model = Llama(LlamaConfig(**fields), seed=0, dtype=dtype)
+    rng = np.random.default_rng(1)
+    for p in model.params.values():   # move the unit norm weights so every gradient is exercised
+        p += (0.3 * rng.standard_normal(p.shape)).astype(dtype)
+    return model
+
+
+def batch(vocab=13, B=2, T=5):
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, vocab, size=(B, T))
+    targets = rng.integers(0, vocab, size=(B, T))
+    targets[0, 0] = -100
+    return tokens, targets
+
+
+def traced(model, backend="numpy", **patterns):
+    tokens, targets = batch(model.config.vocab_size)
+    with use_backend(backend), npllama.trace(**patterns) as t:
+        loss, grads = model.loss_and_grads(tokens, targets)
+    return t, loss, grads
+
+
+# ----- names and order ---------------------------------------------------------------------------
+
+def test_records_forward_then_backward_then_params_under_stable_names():
+    model = tiny_model()
+    t, loss, grads = traced(model)
+    names = t.names()
+    for name in ["model.embed_tokens.out", "model.layers.0.self_attn.q", "model.layers.0.self_attn.q_rot",
+                 "model.layers.0.self_attn.attn_scores", "model.layers.0.self_attn.attn_probs",
+                 "model.layers.0.mlp.gate", "model.layers.1.out", "lm_head.out", "loss",
+                 "d:model.layers.0.input_layernorm.out", "d:model.layers.1.self_attn.q_rot"]:
+        assert name in t, name
+    first_grad = names.index("d:lm_head.out")
+    assert all(not n.startswith("d:") for n in names[:first_grad])
+    assert names.index("model.layers.0.self_attn.q") < names.index("model.layers.0.self_attn.q_rot") \
+        < names.index("model.layers.0.self_attn.attn_probs") < names.index("model.layers.1.out")
+    # the backward pass runs last layer first
+    assert names.index("d:model.layers.1.out") < names.index("d:model.layers.0.out")
+    # then every parameter's gradient, equal to what loss_and_grads returned
+    assert names[-len(grads):] == ["d:" + n for n in model.params]
+    for name, g in grads.items():
+        np.testing.assert_array_equal(t["d:" + name], g)
+    assert float(t["loss"]) == loss
+
+
+def test_recorded_values_match_the_ops():
+    model = tiny_model(layers=1)
+    t, _, _ = traced(model)
+    probs = t["model.layers.0.self_attn.attn_probs"]
+    B, H, T, S = probs.shape
+    assert (B, H, T, S) == (2, 2, 5, 5)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-12)
+    assert np.all(probs[..., np.triu_indices(T, 1)[0], np.triu_indices(T, 1)[1]] == 0)  # causal
+    scores = t["model.layers.0.self_attn.attn_scores"]
+    assert np.all(np.isneginf(scores[..., 0, 1:]))
+    q_rot, k_rot = t["model.layers.0.self_attn.q_rot"], t["model.layers.0.self_attn.k_rot"]
+    expected = q_rot[:, :, 2] @ k_rot[:, 0, :3].swapaxes(-1, -2) / np.sqrt(q_rot.shape[-1])
+    np.testing.assert_allclose(scores[:, :, 2, :3], expected, rtol=1e-12)
+    gate, up, act = (t[f"model.layers.0.mlp.{s}"] for s in ("gate", "up", "act"))
+    np.testing.assert_allclose(act, gate / (1 + np.exp(-gate)) * up, rtol=1e-12)
+
+
+def test_records_are_copies():
+    model = tiny_model(layers=1)
+    t, _, _ = traced(model)
+    before = t["model.embed_tokens.out"].copy()
+    model.params["model.embed_tokens.weight"] += 1.0
+    np.testing.assert_array_equal(t["model.embed_tokens.out"], before)
+
+
+def test_numpy_and_numba_traces_agree():
+    model = tiny_model(dtype=np.float64)
+    a, loss_a, _ = traced(model, "numpy")
+    b, loss_b, _ = traced(model, "numba")
+    assert a.names() == b.names() and loss_a == pytest.approx(loss_b, rel=1e-12)
+    report = compare(a, b, rtol=1e-12)
+    assert report.ok, str(report)
+    assert max(d.rel_err for d in report.diffs) < 1e-12
+    model32 = tiny_model(dtype=np.float32)
+    a32, _, _ = traced(model32, "numpy")
+    b32, _, _ = traced(model32, "numba")
+    assert compare(a32, b32, rtol=1e-5).ok
+
+
+# ----- selective recording and cost when off -------------------------------------------------------
+
+def test_include_and_exclude_patterns():
+    model = tiny_model()
+    t, _, _ = traced(model, include=["*.attn_probs", "d:*.q_rot"])
+    assert t.names() == ["model.layers.0.self_attn.attn_probs", "model.layers.1.self_attn.attn_probs",
+                         "d:model.layers.1.self_attn.q_rot", "d:model.layers.0.self_attn.q_rot"]
+    t, _, _ = traced(model, exclude=["d:*", "*.mlp.*"])
+    assert t.names() and not any(n.startswith("d:") or ".mlp." in n for n in t.names())
+    assert "model.layers.1.residual" in t
+
+
+def test_unwanted_attention_intermediates_are_not_recomputed(monkeypatch):
+    from npllama import model as model_module
+
+    calls = []
+    original = model_module.reference_attention.attention_forward
+    monkeypatch.setattr(model_module.reference_attention, "attention_forward",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    traced(tiny_model(), include=["model.norm.out"])
+    assert calls == []  # numpy backend's own attention call goes through backend.ops(), not here
+    traced(tiny_model(), include=["*.attn_probs"])
+    assert len(calls) == 2  # one recomputation per layer
+
+
+def test_no_trace_outside_the_block_and_identical_results():
+    model = tiny_model()
+    tokens, targets = batch()
+    assert active_trace() is None
+    with use_backend("numpy"):
+        loss_plain, grads_plain = model.loss_and_grads(tokens, targets)
+        with npllama.trace() as t:
+            assert active_trace() is t
+            loss_traced, grads_traced = model.loss_and_grads(tokens, targets)
+        assert active_trace() is None
+        model.loss_and_grads(tokens, targets)
+    assert loss_plain == loss_traced
+    for name in grads_plain:
+        np.testing.assert_array_equal(grads_plain[name], grads_traced[name])
+    n = len(t)
+    model.forward(tokens)
+    assert len(t) == n  # a closed trace records nothing more
+
+
+def test_nested_traces_record_to_the_innermost():
+    model = tiny_model(layers=1)
+    with npllama.trace(include=["loss"]) as outer:
+        with npllama.trace(include=["lm_head.out"]) as inner:
+            model.loss_and_grads(*batch())
+        model.loss_and_grads(*batch())
+    assert inner.names() == ["lm_head.out"] and outer.names() == ["loss"]
+
+
+def test_patterns_must_be_lists():
+    with pytest.raises(TypeError, match="lists of patterns"):
+        Trace(include="*.q")
+
+
+# ----- summary ------------------------------------------------------------------------------------
+
+def test_summary_table_counts_nan_and_inf_and_uses_finite_entries(capsys):
+    t = Trace()
+    t.record("a", np.array([1.0, 2.0, 3.0, np.inf, -np.inf, np.nan], dtype=np.float32))
+    t.record("b.ints", np.arange(4))
+    s = t.stats("a")
+    assert (s["nan"], s["inf"], s["min"], s["max"], s["mean"]) == (1, 2, 1.0, 3.0, 2.0)
+    assert s["std"] == pytest.approx(np.std([1.0, 2.0, 3.0]))
+    t.summary()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["name", "shape", "dtype", "mean", "std", "min", "max", "nan", "inf"]
+    assert out[1].split() == ["a", "(6,)", "float32", "2", "0.8165", "1", "3", "1", "2"]
+    assert out[2].split()[:3] == ["b.ints", "(4,)", "int64"]
+    assert "b.ints" not in t.format_summary("a*")
+
+
+def test_summary_of_a_model_trace_has_a_row_per_tensor():
+    t, _, _ = traced(tiny_model(layers=1))
+    lines = t.format_summary().splitlines()
+    assert len(lines) == len(t) + 2
+    row = next(line for line in lines if line.startswith("model.layers.0.self_attn.attn_scores"))
+    T = 5
+    assert row.split()[-1] == str(2 * 2 * T * (T - 1) // 2)  # every masked (future) score is -inf
+
+
+# ----- save / load ---------------------------------------------------------------------------------
+
+def test_save_and_load_round_trip_without_pickle(tmp_path):
+    t, _, _ = traced(tiny_model(dtype=np.float32))
+    t.meta["backend"] = "numpy"
+    path = tmp_path / "run.npz"
+    t.save(path)
+    loaded = Trace.load(path)
+    assert loaded.names() == t.names() and loaded.meta == {"backend": "numpy"}
+    for name in t:
+        assert loaded[name].dtype == t[name].dtype
+        np.testing.assert_array_equal(loaded[name], t[name])
+    with np.load(path, allow_pickle=False) as archive:  # a plain npz anyone can open
+        np.testing.assert_array_equal(archive["model.layers.0.self_attn.attn_probs"],
+                                      t["model.layers.0.self_attn.attn_probs"])
+    assert compare(t, path).ok  # compare takes paths too
+
+
+def test_selective_trace_saves_only_its_records(tmp_path):
+    t, _, _ = traced(tiny_model(), include=["*.attn_probs"])
+    t.save(tmp_path / "probs.npz")
+    loaded = Trace.load(tmp_path / "probs.npz")
+    assert loaded.names() == t.names() and loaded.include == ["*.attn_probs"]
+
+
+def test_save_and_load_reject_bad_paths(tmp_path):
+    t = Trace()
+    t.record("x", np.ones(2))
+    with pytest.raises(ValueError, match=".npz"):
+        t.save(tmp_path / "run.pkl")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Trace.load(tmp_path / "missing.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable"):
+        Trace.load(tmp_path / "junk.npz")
+    bad = Trace()
+    bad.record("__names__", np.ones(1))
+    with pytest.raises(ValueError, match="reserved"):
+        bad.save(tmp_path / "bad.npz")
+
+
+def test_load_refuses_pickled_object_arrays(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError):
+        Trace.load(path)["x"]
+
+
+# ----- compare ------------------------------------------------------------------------------------
+
+def test_compare_finds_the_first_changed_tensor_with_its_worst_index():
+    t, _, _ = traced(tiny_model())
+    other = Trace()
+    other.records = {n: a.copy() for n, a in t.items()}
+    other.records["model.layers.1.mlp.up"][1, 2, 3] += 0.5
+    other.records["lm_head.out"] *= 1.1                      # later: must not be reported first
+    report = compare(t, other, rtol=1e-6)
+    first = report.first
+    assert first.name == "model.layers.1.mlp.up"
+    assert first.worst_index == (1, 2, 3) and first.mismatched == 1
+    assert first.b_value - first.a_value == pytest.approx(0.5)
+    assert [d.name for d in report.diverged] == ["model.layers.1.mlp.up", "lm_head.out"]
+    text = str(report)
+    assert "FIRST DIVERGENCE" in text and "model.layers.1.mlp.up" in text and "(1, 2, 3)" in text
+    assert "model.layers.1.mlp.gate" in text  # the tensor before it, which agrees
+    assert first_divergence(t, other, rtol=1e-6).name == "model.layers.1.mlp.up"
+    assert "DIFFERS" in report.table(only_diverged=True)
+
+
+def test_compare_rules_for_nan_inf_shapes_and_scale():
+    a = {"masked": np.array([-np.inf, 1.0]), "nan_both": np.array([np.nan, 1.0]),
+         "small": np.array([1e-6, 2e-6]), "nan_one": np.array([np.nan, 1.0]), "shape": np.ones(3)}
+    b = {"masked": np.array([-np.inf, 1.0]), "nan_both": np.array([np.nan, 1.0]),
+         "small": np.array([1e-6, 2.2e-6]), "nan_one": np.array([0.0, 1.0]), "shape": np.ones(4)}
+    report = compare(a, b, rtol=1e-3)
+    assert not report["masked"].diverged and not report["nan_both"].diverged
+    assert report["small"].diverged            # 10% off, even though 2e-7 is a tiny absolute error
+    assert not compare(a, b, rtol=1e-3, atol=1e-6)["small"].diverged  # a fixed atol forgives it
+    assert report["nan_one"].diverged and "NaN" in report["nan_one"].note
+    assert report["shape"].diverged and "shapes differ" in report["shape"].describe()
+    assert report.first.name == "small"
+
+
+def test_compare_lists_names_recorded_on_one_side_only():
+    report = compare({"x": np.ones(2), "only_a": np.ones(1)}, {"x": np.ones(2), "only_b": np.ones(1)})
+    assert report.ok and report.only_in_a == ["only_a"] and report.only_in_b == ["only_b"]
+    assert "only_a" in str(report) and "only_b" in str(report)
+
+
+def test_compare_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="a must be a Trace"):
+        compare(42, {})
+    with pytest.raises(ValueError, match="rtol"):
+        compare({}, {}, rtol=-1)
+    with pytest.raises(ValueError, match="atol"):
+        compare({}, {}, atol="big")
+
+
+def test_diff_tensors_handles_float32_against_float64():
+    x64 = np.linspace(-1, 1, 7)
+    d = diff_tensors("x", x64.astype(np.float32), x64, rtol=1e-6, atol=None)
+    assert not d.diverged and 0 < d.rel_err < 1e-7
+
+
+def test_module_is_callable_and_keeps_its_functions():
+    assert callable(npllama.trace) and npllama.trace.compare is compare
+    with npllama.trace(include=["loss"]) as t:
+        tiny_model(layers=1).loss_and_grads(*batch())
+    assert t.names() == ["loss"]
+
+
+def test_benchmark_script_runs_and_strips_every_hook(tmp_path):
+    # no timing assertions: only that the script works and its "no trace code" model is hook-free
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_trace.py"
+    out = subprocess.run([sys.executable, str(script), "--quick", "--json", str(tmp_path / "b.json")],
+                         check=True, capture_output=True, text=True).stdout
+    for variant in ("no trace code", "tracing off", "trace selective", "trace all"):
+        assert variant in out
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["hook_calls_stripped"] == 0 and result["hook_calls"] > 0

@@ -1,0 +1,149 @@
+"""Pictures: the data behind them (always tested) and the PNG files (only with matplotlib)."""
+import argparse
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from npllama import Llama, LlamaConfig, viz
+from npllama.commands import UsageError
+from npllama.commands import viz as viz_command
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny_model(layers=3):
+    return Llama(LlamaConfig(vocab_size=17, hidden_size=8, intermediate_size=12, num_hidden_layers=layers,
+                             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16), seed=0)
+
+
+def write_log(path, steps=40):
+    with open(path, "w") as f:
+        for step in range(1, steps + 1):
+            f.write(json.dumps({"step": step, "loss": 4.0 / step, "lr": 1e-3, "grad_norm": 1.0}) + "\n")
+            if step % 10 == 0:
+                f.write(json.dumps({"step": step, "val_loss": 5.0 / step}) + "\n")
+        f.write(json.dumps({"step": steps + 1, "skipped": "non-finite loss"}) + "\n\n")
+
+
+# ----- the data (no matplotlib needed) ----------------------------------------------------------------
+
+def test_read_log_splits_train_and_validation(tmp_path):
+    write_log(tmp_path / "log.jsonl")
+    curves = viz.read_log(tmp_path)                      # a run folder works, and so does the file
+    assert curves == viz.read_log(tmp_path / "log.jsonl")
+    assert curves["step"] == list(range(1, 41)) and curves["loss"][3] == pytest.approx(1.0)
+    assert curves["val_step"] == [10, 20, 30, 40] and curves["val_loss"][0] == pytest.approx(0.5)
+
+
+def test_read_log_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="log.jsonl"):
+        viz.read_log(tmp_path)
+    (tmp_path / "log.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": \n')
+    with pytest.raises(ValueError, match=r"log.jsonl:2 is not valid JSON"):
+        viz.read_log(tmp_path)
+    (tmp_path / "log.jsonl").write_text('{"step": 1, "skipped": "x"}\n')
+    with pytest.raises(ValueError, match="no loss values"):
+        viz.read_log(tmp_path)
+
+
+def test_attention_probs_are_one_heads_causal_rows():
+    model = tiny_model()
+    probs = viz.attention_probs(model, [1, 2, 3, 4, 5], layer=2, head=1)
+    assert probs.shape == (5, 5)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    assert np.all(np.triu(probs, 1) == 0) and probs[0, 0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"--layer must be in \[0, 3\)"):
+        viz.attention_probs(model, [1, 2], layer=3, head=0)
+    with pytest.raises(ValueError, match=r"--head must be in \[0, 2\)"):
+        viz.attention_probs(model, [1, 2], layer=0, head=-1)
+
+
+def test_grad_norms_per_layer_from_a_trace():
+    from npllama import debug
+
+    model = tiny_model()
+    trace = debug.run_trace(model, [1, 2, 3, 4], include=["d:model.layers.*"])
+    norms = viz.grad_norms(trace)
+    assert set(norms) == set(viz.PARAM_KINDS) | {"out"}
+    for kind, values in norms.items():
+        assert values.shape == (3,) and np.all(values > 0), kind
+    assert norms["mlp.up_proj.weight"][1] == pytest.approx(
+        np.linalg.norm(trace["d:model.layers.1.mlp.up_proj.weight"]))
+    with pytest.raises(ValueError, match="no per-layer gradients"):
+        viz.grad_norms(debug.run_trace(model, [1, 2, 3], include=["model.*"]))
+
+
+# ----- the pictures -----------------------------------------------------------------------------------
+
+def run_cli(argv):
+    parser = argparse.ArgumentParser(prog="npllama")
+    viz_command.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+def is_png(path):
+    return path.is_file() and path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 2000
+
+
+def test_plot_functions_write_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    probs = np.tril(np.ones((4, 4)))
+    probs /= probs.sum(-1, keepdims=True)
+    assert is_png(viz.plot_attention(probs, ["<s>", "\u2581the", "\u2581cat", " "], tmp_path / "a.png"))
+    write_log(tmp_path / "log.jsonl")
+    assert is_png(viz.plot_loss(tmp_path, tmp_path / "loss.png"))
+    from npllama import debug
+
+    trace = debug.run_trace(tiny_model(), [1, 2, 3], include=["d:model.layers.*"])
+    assert is_png(viz.plot_grad_norms(trace, tmp_path / "sub" / "g.png"))
+    with pytest.raises(ValueError, match=".png"):
+        viz.plot_loss(tmp_path, tmp_path / "loss.jpg")
+    with pytest.raises(ValueError, match="labels"):
+        viz.plot_attention(probs, ["a"], tmp_path / "b.png")
+
+
+def test_plotting_needs_no_pyplot_or_display(tmp_path):
+    pytest.importorskip("matplotlib")
+    import subprocess
+
+    code = ("import sys, numpy as np\nfrom npllama import viz\n"
+            f"viz.plot_attention(np.eye(2), ['a', 'b'], {str(tmp_path / 'a.png')!r})\n"
+            "assert 'matplotlib.pyplot' not in sys.modules\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "DISPLAY"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    assert is_png(tmp_path / "a.png")
+
+
+def test_cli_draws_all_three(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "attn.png"
+    assert run_cli(["viz", "attention", "--model", str(tmp_path / "model"), "--tokens", "1,2,3,4",
+                    "--layer", "1", "--head", "1", "--out", str(out)]) == 0
+    assert is_png(out) and "4 tokens" in capsys.readouterr().out
+    write_log(tmp_path / "log.jsonl")
+    assert run_cli(["viz", "loss", str(tmp_path)]) == 0
+    assert is_png(tmp_path / "loss.png")
+    assert run_cli(["viz", "grads", "--model", str(tmp_path / "model"), "--tokens", "1,2,3",
+                    "--out", str(tmp_path / "g.png")]) == 0
+    assert is_png(tmp_path / "g.png")
+    from npllama import debug
+
+    debug.run_trace(model, [1, 2, 3]).save(tmp_path / "t.npz")
+    assert run_cli(["viz", "grads", str(tmp_path / "t.npz"), "--out", str(tmp_path / "g2.png")]) == 0
+    assert is_png(tmp_path / "g2.png")
+    with pytest.raises(UsageError, match="not both"):
+        run_cli(["viz", "grads", str(tmp_path / "t.npz"), "--tokens", "1"])
+
+
+def test_cli_without_matplotlib_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # `import matplotlib` now fails
+    write_log(tmp_path / "log.jsonl")
+    with pytest.raises(UsageError, match=r"pip install 'npllama\[plot\]'"):
+        run_cli(["viz", "loss", str(tmp_path)])
+    with pytest.raises(ImportError, match="matplotlib"):
+        viz.plot_loss(tmp_path, tmp_path / "loss.png")

@@ -21,6 +21,8 @@ COMMANDS = {
     "train": "npllama.commands.train",
     "generate": "npllama.commands.generate",
     "tokenizer": "npllama.commands.tokenizer",
+    "finetune": "npllama.commands.finetune",
+    "eval": "npllama.commands.eval",
     "debug": "npllama.commands.debug",
     "exercise": "npllama.commands.exercise",
     "viz": "npllama.commands.viz",
@@ -56,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # argparse would report these as the top-level parser's; name the command instead
+        prog = " ".join(filter(None, ["npllama", getattr(args, "command", None)]))
+        parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)} (see `{prog} --help`)\n")
     if not getattr(args, "run", None):
         parser.print_help()
         return 2

@@ -1,0 +1,123 @@
+"""`npllama finetune classify|sft`: adapt a pre-trained model to a task (article §3.3, §6, §9.2)."""
+from . import HelpFormatter, UsageError
+
+LORA_HELP = ("train LoRA adapters (and the new head) only, the base weights frozen; saved in PEFT's "
+             "adapter layout")
+
+
+def register(subparsers) -> None:
+    from ..finetune import ClassifyConfig, SFTConfig
+
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune a trained model: text classification or instruction tuning",
+        description="Fine-tune a pre-trained model (a run folder from `npllama train` or any Hugging Face "
+                    "LLaMA folder with tokenizer.model) on a downstream task, fully or with LoRA adapters.",
+        formatter_class=HelpFormatter)
+    tasks = p.add_subparsers(dest="task", metavar="<task>")
+
+    c, d = tasks.add_parser(
+        "classify", help="sequence classification (sentiment, news topic, spam, or your own labels)",
+        description="Train a classification head on the last token's hidden state (Hugging Face's "
+                    "LlamaForSequenceClassification), with every weight or LoRA adapters trainable. "
+                    "Prints validation accuracy, macro-F1 and the confusion matrix beside the "
+                    "majority-class baseline. With no --data it uses a built-in example set.",
+        formatter_class=HelpFormatter), ClassifyConfig()
+    _common(c, d)
+    c.add_argument("--data", default=None, help="training data: .jsonl with {\"text\", \"label\"} lines, or "
+                   ".csv with a header text,label (default: the built-in --dataset)")
+    c.add_argument("--dataset", default=d.dataset, choices=["sentiment", "topic", "spam"],
+                   help="built-in example set used when --data is not given")
+    c.add_argument("--val-data", default=None, help="validation file (default: split off --val-fraction)")
+    c.add_argument("--labels", default=None, help="comma-separated label names in id order, fixing the "
+                   "head's size and order (integer labels in the data are ids into it) (default: the "
+                   "sorted labels found in the data)")
+    c.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    c.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 3e-4, with --lora 3e-3)")
+    c.add_argument("--max-len", type=int, default=d.max_len, help="tokens kept per text")
+    c.set_defaults(run=run_classify)
+
+    s, d = tasks.add_parser(
+        "sft", help="instruction / dialogue tuning on prompt-response pairs",
+        description="Supervised fine-tuning in LLaMA-2's chat template, <s>[INST] prompt [/INST] response </s>, "
+                    "with the loss on the response only. With no --data it uses built-in story instructions "
+                    "(\"Write a story about Lily.\").",
+        formatter_class=HelpFormatter), SFTConfig()
+    _common(s, d)
+    s.add_argument("--data", default=None, help=".jsonl with {\"prompt\", \"response\"} lines (optional "
+                   "\"system\") (default: built-in instructions)")
+    s.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    s.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3, with --lora 5e-3)")
+    s.add_argument("--max-len", type=int, default=d.max_len, help="tokens kept per example")
+    s.add_argument("--merge", action="store_true", help="with --lora: save the merged model, not the adapter")
+    s.add_argument("--samples", type=int, default=d.samples, help="greedy answers printed at the end")
+    s.set_defaults(run=run_sft)
+    p.set_defaults(run=lambda args: _no_task(p))
+
+
+def _common(p, d) -> None:
+    p.add_argument("--base", default=None, help="the pre-trained model: a run folder or a Hugging Face "
+                   "LLaMA folder with tokenizer.model (default: the latest `npllama train` run)")
+    p.add_argument("--out", default=None, help="save the result here (default: not saved)")
+    p.add_argument("--lora", action="store_true", help=LORA_HELP)
+    p.add_argument("--lora-r", type=int, default=d.lora_r, help="adapter rank r")
+    p.add_argument("--lora-alpha", type=float, default=d.lora_alpha, help="scaling = alpha / r")
+    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
+    p.add_argument("--lora-targets", default=",".join(d.lora_targets),
+                   help="comma-separated projections to adapt (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)")
+    p.add_argument("--lora-mlp", action="store_true", help="also adapt the MLP (gate_proj, up_proj, down_proj)")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
+    p.add_argument("--backend", default=None, choices=["numpy", "numba"],
+                   help="op implementations (default: $NPLLAMA_BACKEND or numba)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _no_task(parser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _config(cls, args):
+    import dataclasses
+
+    from ..lora import MLP_TARGETS
+
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+    values["lora_targets"] = targets + (MLP_TARGETS if args.lora_mlp else ())
+    values["progress"] = not args.no_progress
+    if getattr(args, "labels", None) is not None:
+        values["labels"] = tuple(n.strip() for n in args.labels.split(",") if n.strip())
+    if (args.lora_mlp or args.lora_targets != ",".join(cls().lora_targets)) and not args.lora:
+        raise UsageError("--lora-targets / --lora-mlp need --lora")
+    if getattr(args, "merge", False) and not args.lora:
+        raise UsageError("--merge needs --lora (it folds the adapters into the base weights)")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
+
+
+def run_classify(args) -> int:
+    from ..backend import get_backend, use_backend
+    from ..finetune import ClassifyConfig, classify
+
+    config = _config(ClassifyConfig, args)
+    with use_backend(args.backend or get_backend()):
+        classify(config)
+    return 0
+
+
+def run_sft(args) -> int:
+    from ..backend import get_backend, use_backend
+    from ..finetune import SFTConfig, sft
+
+    config = _config(SFTConfig, args)
+    with use_backend(args.backend or get_backend()):
+        sft(config)
+    return 0

@@ -1,0 +1,383 @@
+"""Fine-tuning data: small example datasets the project makes itself, and readers for your own files.
+
+The article's downstream tasks (§6): text classification -- sentiment analysis (§6.1.1), news
+topics (§6.1.2), spam detection (§6.1.3); generation from instructions (§6.2); question answering
+by choosing an answer (§6.3).  Nothing is downloaded: each example set is generated from templates
+in the spirit of the built-in stories (npllama/corpus.py), deterministic by seed, so
+`npllama finetune classify` works with no file given.
+
+    records = make_dataset("sentiment", seed=0)        # [{"text": ..., "label": "positive"}, ...]
+    write_jsonl("sentiment.jsonl", records)
+    texts, labels = load_labelled("sentiment.jsonl")   # or a .csv with a header "text,label"
+    ids = encode_labels(labels, label_names=["negative", "positive"])
+
+File formats:
+* classification: .jsonl, one {"text": str, "label": str or int} per line; or .csv with a header
+  row holding the columns `text` and `label`.
+* instruction pairs (SFT): .jsonl, one {"prompt": str, "response": str} per line ("system" optional).
+* multiple choice: .jsonl, one {"question": str, "choices": [str, ...], "answer": int} per line.
+
+Every reader names the file and line of a problem: a malformed line, a missing field, an unknown
+label, an empty file.  The templates are deliberately simple (a small model learns them in
+minutes) but not trivial: negations, mixed sentences and shared filler words mean a model must read
+more than one word to be right.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+from . import corpus
+
+# ----- classification: sentiment (§6.1.1) --------------------------------------------------------
+THINGS = ("toy", "ball", "kite", "book", "cake", "movie", "song", "game", "teddy bear", "puzzle",
+          "bike", "doll", "picnic", "trip to the zoo", "boat", "drum", "show", "story")
+GOOD = ("great", "wonderful", "lovely", "fun", "amazing", "good", "nice", "beautiful", "perfect",
+        "sweet", "exciting")
+BAD = ("bad", "boring", "awful", "terrible", "ugly", "broken", "poor", "horrible", "dull", "silly",
+       "too small")
+FILLERS = ("We got it on Monday.", "My mom bought it for me.", "It came in a red box.",
+           "I saw it at the shop.", "My friend has one too.", "We went there last week.")
+
+
+def _sentiment(rng: random.Random) -> tuple[str, str]:
+    label = rng.choice(("negative", "positive"))
+    good = label == "positive"
+    thing = rng.choice(THINGS)
+    adj, other = (rng.choice(GOOD), rng.choice(BAD)) if good else (rng.choice(BAD), rng.choice(GOOD))
+    kid = rng.choice(corpus.GIRL_NAMES + corpus.BOY_NAMES)
+    sentences = [rng.choice((
+        f"The {thing} was {adj}.",
+        f"I {'loved' if good else 'hated'} this {thing}. It was {adj}.",
+        f"This {thing} is {adj}.",
+        f"The {thing} was not {other}.",                       # negation: the opposite word, negated
+        f"{kid} played with the {thing} and was {rng.choice(corpus.FEELINGS_GOOD if good else corpus.FEELINGS_BAD)}.",
+        f"At first I thought the {thing} was {other}, but it was {adj}.",   # mixed: the last word wins
+    ))]
+    if rng.random() < 0.5:
+        sentences.append(rng.choice(FILLERS))
+    if rng.random() < 0.5:
+        sentences.append(rng.choice((f"We will {'buy it again' if good else 'never buy it again'}.",
+                                     f"{'I would' if good else 'I would not'} tell my friends to get one.",
+                                     f"{'Five' if good else 'One'} stars.")))
+    rng.shuffle(sentences)
+    return " ".join(sentences), label
+
+
+# ----- classification: news topics (§6.1.2) ------------------------------------------------------
+TOPICS = {
+    "world": dict(who=("The president", "The king", "The queen", "Leaders of ten countries", "The mayor",
+                       "The new government"),
+                  did=("met in the capital", "signed a peace deal", "visited the old city",
+                       "spoke about the long war", "opened a new border", "talked about the flood"),
+                  extra=("Many people came to watch.", "The talks will go on next week.",
+                         "Both sides said it was a good start.")),
+    "sports": dict(who=("The home team", "The young runner", "The football club", "The tennis star",
+                        "The swim team", "The coach"),
+                   did=("won the big game", "lost the final match", "scored three goals",
+                        "broke the world record", "trained for the cup", "played in the rain"),
+                   extra=("The fans cheered all night.", "The next match is on Sunday.",
+                          "It was the best season in years.")),
+    "business": dict(who=("The bank", "The big shop", "A small company", "The car maker", "The market",
+                          "The new owner"),
+                     did=("sold more than last year", "made a lot of money", "cut prices",
+                          "opened ten new stores", "bought another company", "lost money this month"),
+                     extra=("Prices went up again.", "Workers will get more pay.",
+                            "The shares fell in the morning.")),
+    "science": dict(who=("The scientists", "A team of doctors", "The space agency", "The lab",
+                         "A young student", "The museum"),
+                    did=("found a new kind of frog", "sent a robot to the moon", "made a new medicine",
+                         "saw a bright star explode", "studied the deep sea", "built a faster computer"),
+                    extra=("The study took five years.", "They will test it again.",
+                           "It may help many people.")),
+}
+
+
+def _topic(rng: random.Random) -> tuple[str, str]:
+    label = rng.choice(tuple(TOPICS))
+    t = TOPICS[label]
+    day = rng.choice(("On Monday", "Yesterday", "This week", "Last night", "Today"))
+    who = rng.choice(t["who"])
+    sentences = [f"{day}, {who[0].lower() + who[1:]} {rng.choice(t['did'])}."]
+    if rng.random() < 0.6:
+        sentences.append(rng.choice(t["extra"]))
+    if rng.random() < 0.3:  # a sentence of another topic's vocabulary: the main one must outweigh it
+        other = TOPICS[rng.choice([k for k in TOPICS if k != label])]
+        sentences.append(rng.choice(other["extra"]))
+    return " ".join(sentences), label
+
+
+# ----- classification: spam (§6.1.3) --------------------------------------------------------------
+def _spam(rng: random.Random) -> tuple[str, str]:
+    # About one message in four is spam, as in real inboxes: the majority baseline is ~75%.
+    name = rng.choice(corpus.GIRL_NAMES + corpus.BOY_NAMES)
+    place = rng.choice(tuple(corpus.PLACES))
+    time = rng.choice(("at 5", "after school", "tomorrow", "on Sunday", "tonight", "at noon"))
+    if rng.random() < 0.25:
+        prize = rng.choice(("a new phone", "1000 dollars", "a free trip", "a gift card", "a big prize",
+                            "free tickets"))
+        number = "".join(rng.choice("0123456789") for _ in range(5))
+        text = rng.choice((
+            f"WIN {prize.upper()} NOW! Text YES to {number}.",
+            f"Congratulations {name}! You have won {prize}. Call {number} to claim it.",
+            f"Free offer: get {prize} today only. Click the link and reply {number}.",
+            f"URGENT! Your account will be closed. Send your code to {number} {time}.",
+            f"You are our lucky winner! {corpus.cap(prize)} is waiting for you. Reply STOP to {number} to end.",
+        ))
+        return text, "spam"
+    text = rng.choice((
+        f"Hey {name}, are we still going to the {place} {time}?",
+        f"Can you pick me up {time}? I will be at the {place}.",
+        f"Thanks for the cake, {name}! It was so good.",
+        f"Mom says dinner is {time}. Don't be late.",
+        f"I won the game today! Call me {time}.",
+        f"{name} lost a {rng.choice(corpus.TOYS)} at the {place}. Did you see it?",
+        f"Free {time}? We could go to the {place}.",
+    ))
+    return text, "ham"
+
+
+CLASSIFICATION = {  # name -> (generator, label names in id order, default size)
+    "sentiment": (_sentiment, ("negative", "positive"), 2000),
+    "topic": (_topic, tuple(TOPICS), 2000),
+    "spam": (_spam, ("ham", "spam"), 2000),
+}
+
+
+def make_dataset(name: str, n: int | None = None, seed: int = 0) -> list[dict]:
+    """`n` examples of a built-in classification set: [{"text": str, "label": str}, ...]."""
+    if name not in CLASSIFICATION:
+        raise ValueError(f"unknown example dataset {name!r}; choose one of: {', '.join(CLASSIFICATION)}")
+    generator, _, default_n = CLASSIFICATION[name]
+    n = default_n if n is None else _positive_int("n", n)
+    rng = random.Random(f"{name}-{seed}")
+    return [dict(zip(("text", "label"), generator(rng))) for _ in range(n)]
+
+
+def label_names(name: str) -> tuple[str, ...]:
+    """The labels of a built-in classification set, in id order."""
+    if name not in CLASSIFICATION:
+        raise ValueError(f"unknown example dataset {name!r}; choose one of: {', '.join(CLASSIFICATION)}")
+    return CLASSIFICATION[name][1]
+
+
+# ----- instruction pairs (§6.2) and multiple choice (§6.3) -----------------------------------------
+NAMES = corpus.GIRL_NAMES + corpus.BOY_NAMES
+
+
+def make_instructions(n: int = 1000, seed: int = 0) -> list[dict]:
+    """[{"prompt", "response"}]: "Write a story about Lily at the park." -> a story that is about that.
+
+    The stories are the built-in corpus' grammar (seeded apart from the pre-training corpus); the
+    prompt names the hero (the first name in the story) and, when the story has one, the place.
+    """
+    rng = random.Random(f"instructions-{seed}")
+    pairs = []
+    for _ in range(_positive_int("n", n)):
+        story = corpus.make_story(rng)
+        hero = next(w.strip('.,!?"') for w in story.split() if w.strip('.,!?"') in NAMES)
+        place = next((p for p in corpus.PLACES if f"the {p}" in story), None)
+        prompt = rng.choice((f"Write a story about {hero}.", f"Tell me a short story about {hero}.",
+                             f"Write a story about {hero} at the {place}." if place else
+                             f"Write a bedtime story about {hero}."))
+        pairs.append({"prompt": prompt, "response": story})
+    return pairs
+
+
+def make_choice_items(n: int = 200, seed: int = 0, num_choices: int = 4) -> list[dict]:
+    """[{"question", "choices", "answer"}]: which sentence comes next in this story?
+
+    The question is the start of a story (cut at a sentence boundary); one choice is the story's
+    real next sentence, the others are sentences at the same place in other stories (other names,
+    other objects).  A model that follows the story -- names, pronouns, what happened -- scores the
+    true continuation highest; chance is 1 / num_choices.
+    """
+    from .objectives import split_sentences
+
+    rng = random.Random(f"choice-{seed}")
+    if not 2 <= num_choices <= 10:
+        raise ValueError(f"num_choices must be between 2 and 10, got {num_choices}")
+    stories = [split_sentences(corpus.make_story(rng)) for _ in range(_positive_int("n", n) * (num_choices + 2))]
+    stories = [s for s in stories if len(s) >= 4]
+    items = []
+    for i in range(n):
+        story = stories[i]
+        cut = rng.randrange(2, len(story))
+        right = story[cut]
+        wrong = []
+        for other in stories[n:]:  # distractors from stories not used as questions
+            if len(wrong) == num_choices - 1:
+                break
+            if len(other) > cut and other[cut] != right and other[cut] not in wrong and rng.random() < 0.5:
+                wrong.append(other[cut])
+        if len(wrong) < num_choices - 1:
+            continue
+        choices = wrong + [right]
+        rng.shuffle(choices)
+        items.append({"question": " ".join(story[:cut]), "choices": choices, "answer": choices.index(right)})
+    return items
+
+
+# ----- writing and reading ------------------------------------------------------------------------
+def write_jsonl(path, records: list[dict]) -> Path:
+    """One JSON object per line, UTF-8."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def read_jsonl(path, required: dict[str, type | tuple]) -> list[dict]:
+    """The objects of a .jsonl file, each checked to have `required` fields of the given types."""
+    path = _existing_file(path)
+    records = []
+    for line_number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {line_number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected a JSON object with fields {', '.join(required)}")
+        for field, kind in required.items():
+            if field not in record:
+                raise ValueError(f'{where}: missing the field "{field}"')
+            if not isinstance(record[field], kind) or isinstance(record[field], bool):
+                raise ValueError(f'{where}: "{field}" has type {type(record[field]).__name__}, expected '
+                                 f'{" or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))}')
+        records.append(record)
+    if not records:
+        raise ValueError(f"{path} is empty: it holds no examples")
+    return records
+
+
+def load_labelled(path) -> tuple[list[str], list]:
+    """(texts, labels) from a .jsonl file ({"text", "label"} lines) or a .csv file (header text,label)."""
+    path = _existing_file(path)
+    if path.suffix == ".csv":
+        return _load_csv(path)
+    if path.suffix != ".jsonl":
+        raise ValueError(f"{path}: expected a .jsonl or .csv file, got {path.suffix or 'no extension'!r}")
+    records = read_jsonl(path, {"text": str, "label": (str, int)})
+    for i, r in enumerate(records):
+        if not r["text"].strip():
+            raise ValueError(f"{path}: example {i + 1} has an empty text")
+    return [r["text"] for r in records], [r["label"] for r in records]
+
+
+def _load_csv(path: Path) -> tuple[list[str], list]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None:
+            raise ValueError(f"{path} is empty: it holds no header and no examples")
+        missing = [c for c in ("text", "label") if c not in reader.fieldnames]
+        if missing:
+            raise ValueError(f"{path}: the header row must name the columns text and label; missing "
+                             f"{', '.join(missing)} (found {', '.join(reader.fieldnames)})")
+        texts, labels = [], []
+        for row in reader:
+            where = f"{path} line {reader.line_num}"
+            if row["text"] is None or row["label"] is None:
+                raise ValueError(f"{where}: too few columns")
+            if not row["text"].strip() or not row["label"].strip():
+                raise ValueError(f"{where}: empty text or label")
+            texts.append(row["text"])
+            labels.append(row["label"].strip())
+    if not texts:
+        raise ValueError(f"{path} is empty: it holds a header but no examples")
+    return texts, labels
+
+
+def encode_labels(labels: list, label_names=None, num_labels: int | None = None) -> tuple[list[int], tuple]:
+    """Label values -> ids.  Returns (ids, label_names).
+
+    label_names: the labels in id order; None: the sorted distinct labels (integers as they are, if
+    every label is an int 0..k-1).  num_labels: the size of an existing classification head; the
+    labels must fit it.  An unknown label or a count mismatch raises ValueError naming it.
+    """
+    if not labels:
+        raise ValueError("the dataset is empty: no labels")
+    if label_names is None:
+        if all(isinstance(v, int) for v in labels):
+            label_names = tuple(range(max(labels) + 1))
+        else:
+            label_names = tuple(sorted({str(v) for v in labels}))
+    label_names = tuple(label_names)
+    index = {str(name): i for i, name in enumerate(label_names)}
+    ids = []
+    for i, value in enumerate(labels):
+        if str(value) in index:
+            ids.append(index[str(value)])
+        elif isinstance(value, int) and 0 <= value < len(label_names):  # an id into label_names
+            ids.append(value)
+        elif isinstance(value, int):
+            raise ValueError(f"example {i + 1} has label id {value}, but there are only {len(label_names)} "
+                             f"labels ({', '.join(map(str, label_names))}): label count mismatch")
+        else:
+            raise ValueError(f"example {i + 1} has the unknown label {value!r}; the labels are "
+                             f"{', '.join(map(str, label_names))}")
+    if len(label_names) < 2:
+        raise ValueError(f"classification needs at least two labels, the data has only {list(label_names)}")
+    if num_labels is not None and num_labels != len(label_names):
+        raise ValueError(f"the data has {len(label_names)} labels ({', '.join(map(str, label_names))}) but "
+                         f"the classification head has num_labels = {num_labels}")
+    return ids, label_names
+
+
+def load_sft(path) -> list[dict]:
+    """Instruction pairs: [{"prompt", "response"(, "system")}] from a .jsonl file."""
+    records = read_jsonl(path, {"prompt": str, "response": str})
+    for i, r in enumerate(records):
+        if not r["response"].strip():
+            raise ValueError(f"{path}: example {i + 1} has an empty response (nothing to learn)")
+    return records
+
+
+def load_choice_items(path) -> list[dict]:
+    """Multiple-choice items: [{"question", "choices", "answer"}] from a .jsonl file."""
+    records = read_jsonl(path, {"question": str, "choices": list, "answer": int})
+    for i, r in enumerate(records):
+        choices = r["choices"]
+        if len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
+            raise ValueError(f"{path}: item {i + 1} needs at least two non-empty string choices")
+        if not 0 <= r["answer"] < len(choices):
+            raise ValueError(f"{path}: item {i + 1} has answer {r['answer']}, but only {len(choices)} "
+                             f"choices (answers count from 0)")
+    return records
+
+
+def split_train_val(n: int, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """A shuffled split of range(n) into (train, val) indices; both sides non-empty."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be strictly between 0 and 1, got {val_fraction!r}")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_val = round(n * val_fraction)
+    if n_val == 0 or n_val == n:
+        raise ValueError(f"cannot split {n} examples with val_fraction={val_fraction}: one side would be "
+                         f"empty; give more examples or a separate validation file")
+    return order[n_val:], order[:n_val]
+
+
+def _existing_file(path) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+    return path
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
+
+
+def _positive_int(name, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value

@@ -1,0 +1,555 @@
+"""Fine-tuning (article §3.3, §6, §9.2): classification, instruction tuning, multiple-choice scoring.
+
+A pre-trained LLaMA has learned the causal next-token loss only.  Fine-tuning adapts it to a task
+with a little labelled data, starting from its weights (§3.3.2) and taking a few hundred AdamW
+steps (§3.3.3):
+
+* `classify`: sentiment, news topic, spam (§6.1).  A classification head `score.weight`
+  (num_labels, D) reads the hidden state of each text's last real token (Hugging Face's
+  LlamaForSequenceClassification, npllama/ops/classifier.py); cross-entropy over the labels.
+  Either every weight is trained (full fine-tuning) or only LoRA adapters and the head (§9.2,
+  npllama/lora.py).  At the end: accuracy, macro-F1 and the confusion matrix on a validation
+  split, printed beside the majority-class baseline (what always answering the most frequent
+  training label scores).
+* `sft`: instruction / dialogue tuning (§6.2).  Prompt/response pairs in LLaMA-2's chat template;
+  the next-token loss counts the response tokens only (the prompt's targets are -100).
+* `evaluate_choice`: multiple-choice question answering (§6.3) by the log-likelihood the model
+  gives each choice after the question; the most likely choice is the answer.
+
+The loop (`run_steps`) is the pre-training loop's recipe in small: AdamW, warmup then cosine,
+global-norm clipping, a tqdm bar.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .lora import ATTENTION_TARGETS, attach_lora
+from .objectives import pad_batch
+from .ops.classifier import classifier_backward, classifier_forward, last_token_index
+from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
+from .optim import AdamW, clip_grad_norm, cosine_with_warmup
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+SCORE = "score.weight"
+IGNORE_INDEX = -100
+INFO_FILE = "finetune.json"   # what was trained, on what, and the final metrics
+
+
+# ----- the shared loop ------------------------------------------------------------------------------
+@dataclasses.dataclass
+class StepConfig:
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 3e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
+
+
+def run_steps(params: dict, loss_and_grads, make_batch, sc: StepConfig, desc: str = "fine-tuning") -> list[float]:
+    """sc.steps AdamW steps on `params` (updated in place).  Returns the loss of every step.
+
+    make_batch(step) -> batch; loss_and_grads(batch) -> (loss, grads with the keys of params).
+    """
+    from tqdm.auto import tqdm
+
+    optimizer = AdamW(params, lr=sc.lr, weight_decay=sc.weight_decay)
+    losses = []
+    bar = tqdm(range(sc.steps), desc=desc, disable=not sc.progress, leave=False)
+    for step in bar:
+        loss, grads = loss_and_grads(make_batch(step))
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"step {step + 1}: the loss is {loss}; try a lower --lr")
+        clip_grad_norm(grads, sc.grad_clip)
+        lr = cosine_with_warmup(step, max_lr=sc.lr, warmup_steps=min(sc.warmup_steps, sc.steps - 1),
+                                total_steps=sc.steps, min_lr=sc.lr / 10)
+        optimizer.step(grads, lr=lr)
+        losses.append(loss)
+        bar.set_postfix(loss=f"{loss:.4f}")
+    bar.close()
+    return losses
+
+
+@contextlib.contextmanager
+def lora_dropout_on(model):
+    """Training mode for the model's LoRA adapters (dropout on) inside the block, if it has any."""
+    if model.lora is None:
+        yield
+        return
+    model.lora.training = True
+    try:
+        yield
+    finally:
+        model.lora.training = False
+
+
+def batch_rows(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+    """The example indices of batch `step`: epochs of fresh permutations of range(n), from (seed, epoch)."""
+    batch_size = min(batch_size, n)
+    per_epoch = n // batch_size
+    epoch, index = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return order[index * batch_size:(index + 1) * batch_size]
+
+
+def pad_id_of(tokenizer) -> int:
+    """The id written into padding (never attended, never a target): pad, else </s>."""
+    return tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+
+
+# ----- sequence classification ----------------------------------------------------------------------
+class SequenceClassifier:
+    """A Llama with a classification head on its last real token (LlamaForSequenceClassification).
+
+    params: what fine-tuning trains -- every weight of the model but the unused LM head, and
+    `score.weight`; or, with LoRA adapters attached to the model, the adapters and `score.weight`.
+    """
+
+    def __init__(self, model, label_names, seed: int = 0):
+        self.model = model
+        self.label_names = tuple(label_names)
+        if len(self.label_names) < 2:
+            raise ValueError(f"a classifier needs at least two labels, got {list(self.label_names)}")
+        rng = np.random.default_rng([seed, 2])
+        shape = (len(self.label_names), model.config.hidden_size)  # HF's init: N(0, initializer_range^2)
+        self.score_weight = (rng.standard_normal(shape) * model.config.initializer_range).astype(model.dtype)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        if self.model.lora is not None:
+            return {**self.model.lora.params, SCORE: self.score_weight}
+        return {**{n: p for n, p in self.model.params.items() if n != "lm_head.weight"}, SCORE: self.score_weight}
+
+    def logits(self, tokens, attention_mask) -> np.ndarray:
+        """(B, num_labels) class scores."""
+        hidden, _ = self.model.hidden_forward(tokens, attention_mask)
+        return classifier_forward(hidden, self.score_weight, last_token_index(attention_mask))[0]
+
+    def loss_and_grads(self, tokens, attention_mask, labels):
+        """Mean cross-entropy of the labels, and its gradient for every trainable parameter."""
+        hidden, caches = self.model.hidden_forward(tokens, attention_mask)            # (B, T, D)
+        logits, head_cache = classifier_forward(hidden, self.score_weight, last_token_index(attention_mask))
+        loss, ce_cache = cross_entropy_forward(logits, np.asarray(labels, dtype=np.int64))
+        dlogits = cross_entropy_backward(np.ones((), dtype=logits.dtype), ce_cache)   # (B, num_labels)
+        dhidden, d_score = classifier_backward(dlogits, head_cache)
+        grads = self.model.hidden_backward(dhidden, caches)
+        grads[SCORE] = d_score
+        return float(loss), {name: grads[name] for name in self.params}
+
+    def predict(self, encoded: list[list[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:
+        """Predicted label ids of the encoded texts (shortest first, so batches carry little padding)."""
+        order = np.argsort([len(ids) for ids in encoded], kind="stable")
+        predictions = np.empty(len(encoded), dtype=np.int64)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            tokens, mask = pad_batch([encoded[r] for r in rows], pad_id)
+            predictions[rows] = self.logits(tokens, mask).argmax(-1)
+        return predictions
+
+    def save(self, path, tokenizer, base_dir=None, info=None) -> Path:
+        """Full fine-tuning: a Hugging Face LlamaForSequenceClassification folder (config.json with
+        id2label, model.safetensors with model.* and score.weight) plus tokenizer.model.  With LoRA:
+        the PEFT adapter folder (task SEQ_CLS; score.weight saved as modules_to_save)."""
+        path = Path(path)
+        if self.model.lora is not None:
+            self.model.lora.extra[SCORE] = self.score_weight
+            self.model.lora.save_adapter(path, base_model_name_or_path=str(base_dir) if base_dir else None,
+                                         task_type="SEQ_CLS")
+        else:
+            self._save_hf_folder(path, tokenizer)
+        _write_info(path, {"label_names": list(map(str, self.label_names)), **(info or {})})
+        return path
+
+    def _save_hf_folder(self, path, tokenizer):
+        from .io.atomic import atomic_directory
+        from .io.safetensors import write_safetensors
+
+        config = self.model.config.to_dict()
+        config.update(architectures=["LlamaForSequenceClassification"],
+                      id2label={str(i): str(n) for i, n in enumerate(self.label_names)},
+                      label2id={str(n): i for i, n in enumerate(self.label_names)},
+                      problem_type="single_label_classification", pad_token_id=pad_id_of(tokenizer),
+                      torch_dtype=str(np.dtype(self.model.dtype)))
+        tensors = {n: p for n, p in self.params.items()}
+        with atomic_directory(path) as tmp:
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            write_safetensors(tmp / "model.safetensors", tensors, metadata={"format": "pt"})
+            shutil.copyfile(tokenizer.path, tmp / "tokenizer.model")
+
+
+def encode_texts(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
+    """`<s> text`, cut to max_len tokens (the beginning kept)."""
+    return [ids[:max_len] for ids in tokenizer.encode_batch(list(texts), bos=True)]
+
+
+def classification_metrics(y_true, y_pred, num_labels: int) -> dict:
+    """accuracy, macro-F1 (the unweighted mean of each label's F1), per-label precision/recall/F1,
+    and the confusion matrix (rows: true label, columns: predicted)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.size == 0:
+        raise ValueError(f"y_true and y_pred must be non-empty and of one shape, got {y_true.shape}, {y_pred.shape}")
+    confusion = np.zeros((num_labels, num_labels), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    true_pos = np.diag(confusion).astype(float)
+    predicted, actual = confusion.sum(0), confusion.sum(1)
+    precision = np.divide(true_pos, predicted, out=np.zeros(num_labels), where=predicted > 0)
+    recall = np.divide(true_pos, actual, out=np.zeros(num_labels), where=actual > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(num_labels),
+                   where=precision + recall > 0)
+    return {"accuracy": float(true_pos.sum() / y_true.size), "macro_f1": float(f1.mean()),
+            "precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
+            "confusion": confusion.tolist()}
+
+
+def majority_baseline(train_labels, val_labels) -> tuple[int, float]:
+    """(the most frequent training label, the validation accuracy of always predicting it)."""
+    majority = int(np.bincount(np.asarray(train_labels)).argmax())
+    return majority, float(np.mean(np.asarray(val_labels) == majority))
+
+
+def format_metrics(metrics: dict, label_names, baseline: float) -> str:
+    """Accuracy and macro-F1 beside the majority baseline, then the confusion matrix."""
+    names = [str(n) for n in label_names]
+    width = max(8, *(len(n) for n in names))
+    lines = [f"validation accuracy {metrics['accuracy']:.3f}   macro-F1 {metrics['macro_f1']:.3f}   "
+             f"(majority-class baseline: accuracy {baseline:.3f})",
+             "confusion matrix (rows: true label, columns: predicted)",
+             " " * width + "".join(n.rjust(width + 1) for n in names)]
+    for name, row in zip(names, metrics["confusion"]):
+        lines.append(name.rjust(width) + "".join(str(v).rjust(width + 1) for v in row))
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class ClassifyConfig:
+    """`npllama finetune classify`.  Defaults: the built-in sentiment set, full fine-tuning."""
+
+    base: str | None = None          # model folder (None: the latest `npllama train` run)
+    data: str | None = None          # .jsonl/.csv; None: the built-in `dataset`
+    dataset: str = "sentiment"       # built-in example set: sentiment, topic, spam
+    labels: tuple | None = None      # the label names in id order (the head's size); None: from the data
+    val_data: str | None = None      # a separate validation file; None: split off val_fraction
+    val_fraction: float = 0.2
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_targets: tuple = ATTENTION_TARGETS
+    steps: int = 200
+    batch_size: int = 16
+    lr: float | None = None          # None: 3e-4 full, 3e-3 LoRA (few parameters take bigger steps)
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    max_len: int = 128
+    seed: int = 0
+    dtype: str = "float32"
+    out: str | None = None           # where to save (None: nothing saved)
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class ClassifyResult:
+    metrics: dict
+    baseline: float
+    label_names: tuple
+    trainable: int
+    total: int
+    losses: list
+    seconds: float
+    out: Path | None
+
+
+def _classification_data(cc: ClassifyConfig):
+    """(train texts, train label ids, val texts, val label ids, label names, description of the source)."""
+    from . import datasets
+
+    if cc.data is None:
+        records = datasets.make_dataset(cc.dataset, seed=cc.seed)
+        texts, labels = [r["text"] for r in records], [r["label"] for r in records]
+        names, source = datasets.label_names(cc.dataset), f"built-in {cc.dataset} set"
+    else:
+        texts, labels = datasets.load_labelled(cc.data)
+        names, source = None, cc.data
+    if cc.labels is not None:
+        names = tuple(cc.labels)
+    if cc.val_data is None:
+        train_rows, val_rows = datasets.split_train_val(len(texts), cc.val_fraction, cc.seed)
+        val_texts, val_labels = [texts[i] for i in val_rows], [labels[i] for i in val_rows]
+        texts, labels = [texts[i] for i in train_rows], [labels[i] for i in train_rows]
+    else:
+        val_texts, val_labels = datasets.load_labelled(cc.val_data)
+    train_ids, names = datasets.encode_labels(labels, names)
+    val_ids, _ = datasets.encode_labels(val_labels, names)
+    return texts, train_ids, val_texts, val_ids, names, source
+
+
+def classify(cc: ClassifyConfig, echo=print) -> ClassifyResult:
+    """Fine-tune a classifier on cc's data, report validation metrics, save to cc.out if given."""
+    from .runs import load_model_and_tokenizer
+
+    if cc.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {cc.dtype!r}")
+    if cc.max_len < 2:
+        raise ValueError(f"max_len must be at least 2, got {cc.max_len}")
+    texts, train_ids, val_texts, val_ids, names, source = _classification_data(cc)
+    model, tokenizer, model_dir = load_model_and_tokenizer(cc.base, dtype=DTYPES[cc.dtype])
+    max_len = min(cc.max_len, model.config.max_position_embeddings)
+
+    classifier = SequenceClassifier(model, names, seed=cc.seed)
+    if cc.lora:
+        attach_lora(model, r=cc.lora_r, lora_alpha=cc.lora_alpha, lora_dropout=cc.lora_dropout,
+                    target_modules=cc.lora_targets, seed=cc.seed)
+    trainable = int(sum(p.size for p in classifier.params.values()))
+    total = model.num_parameters() + classifier.score_weight.size
+    echo(f"fine-tuning {'LoRA adapters' if cc.lora else 'every weight'} of {model_dir} on the {source}: "
+         f"{len(texts)} train / {len(val_texts)} validation texts, labels {', '.join(map(str, names))}; "
+         f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
+
+    pad_id = pad_id_of(tokenizer)
+    train_encoded, val_encoded = encode_texts(tokenizer, texts, max_len), encode_texts(tokenizer, val_texts, max_len)
+    train_labels = np.asarray(train_ids)
+    sc = StepConfig(steps=cc.steps, batch_size=cc.batch_size, lr=cc.lr or (3e-3 if cc.lora else 3e-4),
+                    warmup_steps=cc.warmup_steps, weight_decay=cc.weight_decay, seed=cc.seed,
+                    progress=cc.progress)
+
+    def make_batch(step):
+        rows = batch_rows(len(train_encoded), sc.batch_size, step, sc.seed)
+        tokens, mask = pad_batch([train_encoded[r] for r in rows], pad_id)
+        return tokens, mask, train_labels[rows]
+
+    started = time.perf_counter()
+    with lora_dropout_on(model):
+        losses = run_steps(classifier.params, lambda b: classifier.loss_and_grads(*b), make_batch, sc, "classify")
+    seconds = time.perf_counter() - started
+
+    metrics = classification_metrics(val_ids, classifier.predict(val_encoded, pad_id), len(names))
+    _, baseline = majority_baseline(train_ids, val_ids)
+    echo(f"{cc.steps} steps in {seconds:.1f} s; training loss {np.mean(losses[:10]):.3f} -> {np.mean(losses[-10:]):.3f}")
+    echo(format_metrics(metrics, names, baseline))
+    out = None
+    if cc.out is not None:
+        info = {"task": "classify", "base": str(model_dir), "data": source, "lora": cc.lora,
+                "steps": cc.steps, "metrics": metrics, "majority_baseline": baseline}
+        out = classifier.save(cc.out, tokenizer, base_dir=model_dir, info=info)
+        echo(f"saved {'the LoRA adapter (PEFT layout)' if cc.lora else 'the classifier'} to {out}")
+    return ClassifyResult(metrics, baseline, tuple(names), trainable, total, losses, seconds, out)
+
+
+# ----- instruction tuning (SFT) ---------------------------------------------------------------------
+# LLaMA-2's chat template, one turn:   <s>[INST] {prompt} [/INST] {response} </s>
+# with a system prompt:                <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{prompt} [/INST] {response} </s>
+# "[INST]" and "<<SYS>>" are plain text here (our small tokenizers spell them in pieces).
+def chat_prompt(prompt: str, system: str | None = None) -> str:
+    """The text of a turn before the response: "[INST] ... [/INST]"."""
+    if system:
+        prompt = f"<<SYS>>\n{system}\n<</SYS>>\n\n{prompt}"
+    return f"[INST] {prompt.strip()} [/INST]"
+
+
+def encode_chat(tokenizer, prompt: str, response: str, system: str | None = None):
+    """(ids, is_response): the turn's token ids and, per id, whether the loss counts it.
+
+    ids = <s> [INST] prompt [/INST] response </s>; the response and </s> are counted, the rest not
+    (the model should learn to answer, not to write questions).
+    """
+    prompt_ids = tokenizer.encode(chat_prompt(prompt, system), bos=True)
+    response_ids = tokenizer.encode(response.strip(), bos=False) + [tokenizer.eos_id]
+    return prompt_ids + response_ids, [False] * len(prompt_ids) + [True] * len(response_ids)
+
+
+def sft_batch(examples: list[tuple[list[int], list[bool]]], pad_id: int):
+    """(tokens, targets, attention_mask): next-token targets, -100 on prompt tokens and padding."""
+    tokens, mask = pad_batch([ids[:-1] for ids, _ in examples], pad_id)
+    targets = np.full(tokens.shape, IGNORE_INDEX, dtype=np.int64)
+    for row, (ids, counted) in enumerate(examples):
+        next_ids, next_counted = np.asarray(ids[1:]), np.asarray(counted[1:], dtype=bool)
+        targets[row, :len(next_ids)] = np.where(next_counted, next_ids, IGNORE_INDEX)
+    return tokens, targets, mask
+
+
+@dataclasses.dataclass
+class SFTConfig:
+    """`npllama finetune sft`.  Defaults: the built-in story instructions, full fine-tuning."""
+
+    base: str | None = None
+    data: str | None = None          # .jsonl of {"prompt", "response"}; None: built-in instructions
+    val_fraction: float = 0.1
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_targets: tuple = ATTENTION_TARGETS
+    merge: bool = False              # with LoRA: save the merged model instead of the adapter
+    steps: int = 200
+    batch_size: int = 8
+    lr: float | None = None          # None: 1e-3 full, 5e-3 LoRA (measured on the tiny preset)
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    max_len: int = 256
+    seed: int = 0
+    dtype: str = "float32"
+    out: str | None = None
+    samples: int = 2                 # greedy answers printed at the end
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class SFTResult:
+    val_loss_before: float
+    val_loss_after: float
+    losses: list
+    samples: list
+    out: Path | None
+
+
+def sft(sc_: SFTConfig, echo=print) -> SFTResult:
+    """Instruction-tune a model: response-only next-token loss, report the validation loss before and
+    after, print greedy answers to a few validation prompts, save to sc_.out if given."""
+    from . import datasets
+    from .generate import generate
+    from .runs import load_model_and_tokenizer
+
+    if sc_.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {sc_.dtype!r}")
+    model, tokenizer, model_dir = load_model_and_tokenizer(sc_.base, dtype=DTYPES[sc_.dtype])
+    records = datasets.make_instructions(seed=sc_.seed) if sc_.data is None else datasets.load_sft(sc_.data)
+    max_len = min(sc_.max_len, model.config.max_position_embeddings + 1)
+    encoded = []
+    for r in records:
+        ids, counted = encode_chat(tokenizer, r["prompt"], r["response"], r.get("system"))
+        if sum(counted[1:max_len]) == 0:
+            raise ValueError(f"the prompt {r['prompt'][:40]!r}... fills all {max_len} tokens: no response "
+                             f"token is left to learn from; raise --max-len or shorten the prompt")
+        encoded.append((ids[:max_len], counted[:max_len]))
+    train_rows, val_rows = datasets.split_train_val(len(encoded), sc_.val_fraction, sc_.seed)
+    train, val = [encoded[i] for i in train_rows], [encoded[i] for i in val_rows]
+    pad_id = pad_id_of(tokenizer)
+
+    if sc_.lora:
+        attach_lora(model, r=sc_.lora_r, lora_alpha=sc_.lora_alpha, lora_dropout=sc_.lora_dropout,
+                    target_modules=sc_.lora_targets, seed=sc_.seed)
+    params = model.lora.params if model.lora is not None else model.params
+
+    def val_loss():
+        losses = [model.loss(*sft_batch(val[i:i + 16], pad_id)) for i in range(0, min(len(val), 64), 16)]
+        return float(np.mean(losses))
+
+    before = val_loss()
+    sc = StepConfig(steps=sc_.steps, batch_size=sc_.batch_size, lr=sc_.lr or (5e-3 if sc_.lora else 1e-3),
+                    warmup_steps=sc_.warmup_steps, weight_decay=sc_.weight_decay, seed=sc_.seed,
+                    progress=sc_.progress)
+    make_batch = lambda step: sft_batch([train[r] for r in batch_rows(len(train), sc.batch_size, step, sc.seed)],
+                                        pad_id)
+    with lora_dropout_on(model):
+        losses = run_steps(params, lambda b: model.loss_and_grads(*b), make_batch, sc, "sft")
+    after = val_loss()
+    echo(f"validation loss on the responses: {before:.4f} before, {after:.4f} after {sc_.steps} steps")
+
+    samples = []
+    for i in val_rows[:sc_.samples]:
+        prompt_ids = tokenizer.encode(chat_prompt(records[i]["prompt"], records[i].get("system")), bos=True)
+        room = model.config.max_position_embeddings - len(prompt_ids)
+        if room <= 0:
+            continue
+        ids = generate(model, prompt_ids, min(120, room), temperature=0.0, eos_id=tokenizer.eos_id)
+        answer = tokenizer.decode(ids[len(prompt_ids):])
+        samples.append(answer)
+        echo(f"\n[INST] {records[i]['prompt']} [/INST]\n{answer}")
+
+    out = None
+    if sc_.out is not None:
+        out = Path(sc_.out)
+        if model.lora is not None and not sc_.merge:
+            model.lora.save_adapter(out, base_model_name_or_path=str(model_dir), task_type="CAUSAL_LM")
+        else:
+            if model.lora is not None:
+                model.lora.merge()
+            model.save_pretrained(out, extra_files={"tokenizer.model": tokenizer.path.read_bytes()})
+        _write_info(out, {"task": "sft", "base": str(model_dir), "steps": sc_.steps, "lora": sc_.lora,
+                          "val_loss_before": before, "val_loss_after": after})
+        echo(f"saved to {out}")
+    return SFTResult(before, after, losses, samples, out)
+
+
+# ----- multiple choice (§6.3) -----------------------------------------------------------------------
+def choice_logprobs(model, tokenizer, question: str, choices: list[str], template: str = "plain"):
+    """(log p(choice | question) summed over the choice's tokens, the choice's token counts).
+
+    All choices of one question go through the model as one padded batch.  The question is
+    `<s> question` ("plain") or LLaMA-2's "[INST] question [/INST]" ("chat", for SFT models).
+    """
+    if template not in ("plain", "chat"):
+        raise ValueError(f"template must be 'plain' or 'chat', got {template!r}")
+    context = tokenizer.encode(chat_prompt(question) if template == "chat" else question, bos=True)
+    choice_ids = [tokenizer.encode(c, bos=False) for c in choices]
+    limit = model.config.max_position_embeddings
+    room = limit - max(len(ids) for ids in choice_ids)   # for the question
+    if room < 2:
+        raise ValueError(f"a choice of {limit - room} tokens leaves no room for the question in the model's "
+                         f"context ({limit} tokens)")
+    if len(context) > room:  # keep <s> and the end of the question, the part nearest the answer
+        context = context[:1] + context[len(context) - room + 1:]
+    sequences = [context + ids for ids in choice_ids]
+    tokens, mask = pad_batch(sequences, pad_id_of(tokenizer))
+    logits = model.forward(tokens, mask).astype(np.float64)              # (C, T, V)
+    log_probs = logits - _logsumexp(logits)                               # log softmax over V
+    scores = []
+    for row, ids in enumerate(choice_ids):
+        positions = np.arange(len(context), len(context) + len(ids))     # where the choice's tokens sit
+        scores.append(float(log_probs[row, positions - 1, ids].sum()))   # each predicted one step earlier
+    return np.array(scores), np.array([len(ids) for ids in choice_ids])
+
+
+def evaluate_choice(model, tokenizer, items: list[dict], template: str = "plain", progress: bool = True) -> dict:
+    """Accuracy of picking the most likely choice: by total log-likelihood ("accuracy") and by
+    log-likelihood per token ("accuracy_per_token", fairer between long and short choices)."""
+    from tqdm.auto import tqdm
+
+    if not items:
+        raise ValueError("no multiple-choice items to evaluate")
+    right = right_per_token = 0
+    for item in tqdm(items, desc="choices", disable=not progress, leave=False):
+        scores, lengths = choice_logprobs(model, tokenizer, item["question"], item["choices"], template)
+        right += int(np.argmax(scores) == item["answer"])
+        right_per_token += int(np.argmax(scores / np.maximum(lengths, 1)) == item["answer"])
+    chance = float(np.mean([1 / len(item["choices"]) for item in items]))
+    return {"accuracy": right / len(items), "accuracy_per_token": right_per_token / len(items),
+            "chance": chance, "n": len(items)}
+
+
+def _logsumexp(x):
+    m = x.max(-1, keepdims=True)
+    return m + np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def _write_info(folder: Path, info: dict) -> None:
+    (Path(folder) / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+__all__ = ["SequenceClassifier", "ClassifyConfig", "classify", "SFTConfig", "sft", "encode_chat",
+           "sft_batch", "chat_prompt", "choice_logprobs", "evaluate_choice", "classification_metrics",
+           "majority_baseline", "run_steps"]

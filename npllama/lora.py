@@ -1,0 +1,276 @@
+"""LoRA adapters for a Llama: attach, train, save in PEFT's layout, load, merge (article §9.2).
+
+Fine-tuning every weight of a LLaMA needs, besides the weights, their gradients and two AdamW
+moments: four copies of the model.  LoRA (Hu et al. 2021) freezes the pretrained weights and
+learns, for a few chosen projections W (out, in), a low-rank update scaling * B A with
+A (r, in), B (out, r) and r much smaller than in and out:
+
+    y = x W^T + scaling * ((dropout(x)) A^T) B^T          scaling = lora_alpha / r
+
+Only A and B are trained: for the tiny preset with r = 8 on q, k, v, o that is ~3% of the
+parameters.  The math is in npllama/ops/lora.py and derivations/lora.md.
+
+    adapters = attach_lora(model, r=8, lora_alpha=16, lora_dropout=0.05)   # model.lora is set
+    loss, grads = model.loss_and_grads(tokens, targets)   # grads: the adapters' only, PEFT names
+    AdamW(adapters.params, ...).step(grads)
+    adapters.save_adapter("out/adapter")     # adapter_config.json + adapter_model.safetensors
+    load_adapter(other_model, "out/adapter") # the same adapters, on another copy of the base
+    adapters.merge()                         # W += scaling * B A; the model is plain again
+
+Names and files follow Hugging Face PEFT, so `PeftModel.from_pretrained(base, "out/adapter")`
+finds every tensor: `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` etc.
+Initialisation is PEFT's too: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform with a = sqrt(5)),
+B = 0, so a freshly attached adapter leaves the model's output unchanged.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from pathlib import Path
+
+import numpy as np
+
+from .ops.linear import linear_forward
+from .ops.lora import lora_backward, lora_forward
+
+ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
+ALL_TARGETS = ATTENTION_TARGETS + MLP_TARGETS
+PARENT = {**{t: "self_attn" for t in ATTENTION_TARGETS}, **{t: "mlp" for t in MLP_TARGETS}}
+
+PEFT_PREFIX = "base_model.model."   # PeftModel -> LoraModel -> the wrapped LlamaFor... model
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS")
+
+
+class LoraAdapters:
+    """The adapters attached to one Llama: their parameters (PEFT names) and the projection hook.
+
+    `training` switches dropout on (False by default, so evaluation and generation are
+    deterministic).  `extra` holds other trainable tensors saved beside the adapters (PEFT's
+    modules_to_save), e.g. {"score.weight": ...} for a classification head.
+    """
+
+    def __init__(self, model, r: int = 8, lora_alpha: float = 16, lora_dropout: float = 0.0,
+                 target_modules=ATTENTION_TARGETS, seed: int = 0, use_rslora: bool = False):
+        self.target_modules = _check_targets(target_modules)
+        self.r = _check_rank(model.config, r, self.target_modules)
+        if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, numbers.Real) or not lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be a positive number, got {lora_alpha!r}")
+        if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, numbers.Real) \
+                or not 0.0 <= lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be a number in [0, 1), got {lora_dropout!r}")
+        self.lora_alpha, self.lora_dropout = float(lora_alpha), float(lora_dropout)
+        self.use_rslora = bool(use_rslora)
+        # PEFT: alpha / r; rank-stabilised LoRA (use_rslora) divides by sqrt(r) instead.
+        self.scaling = self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+        self.model = model
+        self.training = False
+        self.extra: dict[str, np.ndarray] = {}
+        self._rng = np.random.default_rng(seed)
+        self.params = self._init_params(seed)
+
+    # ----- parameters ------------------------------------------------------------------------
+    def modules(self) -> list[str]:
+        """Every adapted projection, e.g. "model.layers.0.self_attn.q_proj", in model order."""
+        return [f"model.layers.{i}.{PARENT[t]}.{t}" for i in range(self.model.config.num_hidden_layers)
+                for t in ALL_TARGETS if t in self.target_modules]
+
+    def _init_params(self, seed):
+        """PEFT's init: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 (so the adapted model starts equal to the base)."""
+        rng = np.random.default_rng([seed, 1])  # its own stream: dropout draws never shift the init
+        dtype, params = self.model.dtype, {}
+        for module in self.modules():
+            out_features, in_features = self.model.params[module + ".weight"].shape
+            bound = 1.0 / math.sqrt(in_features)
+            params[peft_name(module, "lora_A")] = rng.uniform(-bound, bound, (self.r, in_features)).astype(dtype)
+            params[peft_name(module, "lora_B")] = np.zeros((out_features, self.r), dtype=dtype)
+        return params
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for p in self.params.values()))
+
+    # ----- the hook the model calls (npllama.model.project / project_backward) ---------------
+    def project_forward(self, x, weight, prefix: str, name: str):
+        """x W^T with W frozen; plus scaling * (dropout(x) A^T) B^T where `name` is a target."""
+        module = prefix + name
+        if name.rsplit(".", 1)[-1] not in self.target_modules:
+            y, _ = linear_forward(x, weight)
+            return y, (name, None, weight)
+        A, B = self.params[peft_name(module, "lora_A")], self.params[peft_name(module, "lora_B")]
+        mask = self._dropout_mask(x) if self.training and self.lora_dropout > 0 else None
+        y, cache = lora_forward(x, weight, A, B, self.scaling, mask)
+        return y, (name, cache, weight)
+
+    def project_backward(self, dy, cache):
+        """(dx, adapter grads keyed by their name inside the layer); a frozen projection gives none."""
+        name, lora_cache, weight = cache
+        if lora_cache is None:
+            return dy @ weight, {}   # linear_backward's dx; no dW: the weight is frozen
+        dx, dA, dB = lora_backward(dy, lora_cache)
+        return dx, {f"{name}.lora_A.weight": dA, f"{name}.lora_B.weight": dB}
+
+    def adapter_grads(self, model_grads: dict) -> dict:
+        """The adapters' gradients under PEFT names, from the model's (named "model.layers...")."""
+        return {name: model_grads[name[len(PEFT_PREFIX):]] for name in self.params}
+
+    def _dropout_mask(self, x):
+        keep = 1.0 - self.lora_dropout
+        return ((self._rng.random(x.shape) < keep) / keep).astype(x.dtype)  # inverted dropout
+
+    # ----- merge, detach -------------------------------------------------------------------
+    def merge(self) -> None:
+        """Fold the adapters into the base weights, W += scaling * B A, and detach them.
+
+        The merged model computes what the adapted one did (without dropout), with no extra cost
+        per token; it can be saved as an ordinary Hugging Face folder."""
+        for module in self.modules():
+            A, B = self.params[peft_name(module, "lora_A")], self.params[peft_name(module, "lora_B")]
+            self.model.params[module + ".weight"] += (self.scaling * (B @ A)).astype(self.model.dtype)
+        self.detach()
+
+    def detach(self) -> None:
+        """Remove the adapters from the model (its base weights are as they were)."""
+        if self.model.lora is self:
+            self.model.lora = None
+
+    # ----- PEFT files ----------------------------------------------------------------------
+    def peft_config(self, base_model_name_or_path: str | None = None, task_type: str = "CAUSAL_LM") -> dict:
+        """adapter_config.json's contents, with PEFT's LoraConfig field names."""
+        if task_type not in TASK_TYPES:
+            raise ValueError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
+        return {
+            "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_model_name_or_path,
+            "r": self.r, "lora_alpha": self.lora_alpha, "lora_dropout": self.lora_dropout,
+            "target_modules": list(self.target_modules), "bias": "none", "fan_in_fan_out": False,
+            "inference_mode": True, "init_lora_weights": True, "use_rslora": self.use_rslora,
+            "use_dora": False, "modules_to_save": sorted(n.split(".")[0] for n in self.extra) or None,
+            "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
+            "revision": None,
+        }
+
+    def save_adapter(self, path, base_model_name_or_path: str | None = None,
+                     task_type: str = "CAUSAL_LM") -> Path:
+        """Write `path`/adapter_config.json and `path`/adapter_model.safetensors (PEFT's layout),
+        atomically.  `extra` tensors are saved as PEFT saves modules_to_save: base_model.model.<name>."""
+        from .io.atomic import atomic_directory
+        from .io.safetensors import write_safetensors
+
+        config = self.peft_config(base_model_name_or_path, task_type)
+        tensors = dict(self.params)
+        tensors.update({PEFT_PREFIX + name: array for name, array in self.extra.items()})
+        with atomic_directory(path) as tmp:
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
+                                           encoding="utf-8")
+            write_safetensors(tmp / WEIGHTS_NAME, tensors, metadata={"format": "pt"})
+        return Path(path)
+
+
+def peft_name(module: str, which: str) -> str:
+    """"model.layers.0.self_attn.q_proj", "lora_A" -> PEFT's saved key
+    "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"."""
+    return f"{PEFT_PREFIX}{module}.{which}.weight"
+
+
+def attach_lora(model, r: int = 8, lora_alpha: float = 16, lora_dropout: float = 0.0,
+                target_modules=ATTENTION_TARGETS, seed: int = 0, use_rslora: bool = False) -> LoraAdapters:
+    """Attach fresh adapters to `model` (its base weights become frozen).  Returns them."""
+    if model.lora is not None:
+        raise ValueError("the model already has LoRA adapters attached; merge() or detach() them first")
+    adapters = LoraAdapters(model, r, lora_alpha, lora_dropout, target_modules, seed, use_rslora)
+    model.lora = adapters
+    return adapters
+
+
+def load_adapter(model, path) -> LoraAdapters:
+    """Attach the adapters saved in the PEFT folder `path` (by npllama or by PEFT) to `model`.
+
+    Checks the config fields npllama implements (LoRA, no bias, no DoRA, fan_in_fan_out false, one
+    rank and alpha for all modules) and that every tensor is there with the shape this base model
+    needs.  Tensors of modules_to_save (e.g. a classification head) land in `adapters.extra`.
+    """
+    from .io.errors import CheckpointError
+    from .io.safetensors import read_safetensors
+
+    if model.lora is not None:
+        raise ValueError("the model already has LoRA adapters attached; merge() or detach() them first")
+    folder = Path(path)
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for file in (config_path, weights_path):
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} does not exist (a PEFT adapter folder holds {CONFIG_NAME} "
+                                    f"and {WEIGHTS_NAME})")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise CheckpointError(config_path, f"is not valid JSON ({e})") from None
+    _check_peft_config(config_path, config)
+    adapters = LoraAdapters(model, config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0),
+                            config["target_modules"], use_rslora=bool(config.get("use_rslora", False)))
+    tensors = read_safetensors(weights_path, dtype=model.dtype)
+    for name, expected in adapters.params.items():
+        if name not in tensors:
+            raise CheckpointError(weights_path, "missing: adapter_config.json's target_modules and the "
+                                                "base model's layers need it", tensor=name)
+        if tensors[name].shape != expected.shape:
+            raise CheckpointError(weights_path, f"shape {tensors[name].shape} does not match the base "
+                                                f"model, which needs {expected.shape}", tensor=name)
+        adapters.params[name] = tensors.pop(name)
+    for name in list(tensors):
+        if not name.startswith(PEFT_PREFIX) or ".lora_" in name:
+            raise CheckpointError(weights_path, "unexpected: no such adapter in this base model "
+                                                "(is the adapter for another model?)", tensor=name)
+        adapters.extra[name[len(PEFT_PREFIX):]] = tensors.pop(name)
+    model.lora = adapters
+    return adapters
+
+
+# ----- checks --------------------------------------------------------------------------------------
+def _check_targets(target_modules) -> tuple[str, ...]:
+    if isinstance(target_modules, str):
+        target_modules = [target_modules]
+    targets = tuple(target_modules)
+    unknown = [t for t in targets if t not in ALL_TARGETS]
+    if unknown or not targets:
+        raise ValueError(f"target_modules must be a non-empty list of LLaMA projections from "
+                         f"{ALL_TARGETS}, got {list(targets)!r}")
+    return tuple(t for t in ALL_TARGETS if t in targets)   # model order, no duplicates
+
+
+def _check_rank(config, r, targets) -> int:
+    if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r <= 0:
+        raise ValueError(f"r (the LoRA rank) must be a positive int, got {r!r}")
+    shapes = config.param_shapes()
+    for t in targets:
+        out_features, in_features = shapes[f"model.layers.0.{PARENT[t]}.{t}.weight"]
+        if r > min(out_features, in_features):
+            raise ValueError(f"r={r} is larger than {t}'s smaller dimension min(out, in) = "
+                             f"min({out_features}, {in_features}); a rank-{r} update of it cannot exist "
+                             f"(and would not be low-rank): choose r <= {min(out_features, in_features)}")
+    return int(r)
+
+
+def _check_peft_config(path, config) -> None:
+    from .io.errors import CheckpointError
+
+    def fail(field, problem):
+        raise CheckpointError(path, problem, field=field)
+
+    if not isinstance(config, dict):
+        fail(None, "must hold a JSON object")
+    if config.get("peft_type") != "LORA":
+        fail("peft_type", f"is {config.get('peft_type')!r}; npllama loads LoRA adapters ('LORA') only")
+    for field in ("r", "lora_alpha", "target_modules"):
+        if field not in config:
+            fail(field, "missing")
+    if not isinstance(config["target_modules"], list):
+        fail("target_modules", "must be a list of module names (a regular expression is not supported)")
+    unsupported = {"bias": "none", "fan_in_fan_out": False, "use_dora": False}
+    for field, wanted in unsupported.items():
+        if config.get(field, wanted) != wanted:
+            fail(field, f"is {config[field]!r}; npllama supports only {wanted!r}")
+    for field in ("rank_pattern", "alpha_pattern", "layers_to_transform"):
+        if config.get(field):
+            fail(field, "per-module ranks/alphas or a subset of layers are not supported")

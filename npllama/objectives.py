@@ -1,0 +1,308 @@
+"""BERT-style pre-training objectives, shown for comparison (article §3.2.2, §3.2.3, §4.3.2, §4.3.3).
+
+LLaMA itself is trained with one objective only: predict the next token, under causal attention
+(npllama.model.Llama.loss_and_grads).  The article also describes the two objectives of BERT-style
+encoders; here they are, on the very same stack:
+
+* Masked language modelling (MLM, §3.2.2 / §4.3.2).  The attention is bidirectional (the
+  "encoder" of §3.1.1 is the decoder block without the causal mask: `causal=False`).  15% of the
+  ordinary tokens are chosen; of those 80% become the mask token, 10% a random token, 10% stay as
+  they are; the loss is the cross-entropy of the original token at the chosen positions only:
+
+      inputs, targets = mask_tokens(tokens, rng, mask_token_id=..., vocab_size=..., special_ids=...)
+      loss, grads = mlm_loss_and_grads(model, inputs, targets)
+
+* Sentence order (SOP, ALBERT) / next sentence (NSP, BERT), §3.2.3 / §4.3.3.  Two consecutive
+  segments A, B of a document make `<s> A </s> B </s>`; with probability 0.5 they are swapped
+  (SOP) or B is replaced by a segment of another document (NSP).  A binary head on the last
+  token's hidden state -- the classification head of npllama/ops/classifier.py with two labels --
+  predicts which; its cross-entropy is added to the MLM loss:
+
+      batches = SentenceOrderBatches(texts, tokenizer, batch_size=16, max_len=64, task="sop")
+      batch = batches.next_batch()        # masked inputs, MLM targets, mask, sop labels
+      loss, grads, parts = mlm_sop_loss_and_grads(model, sop_head_weight, batch)
+
+The mask token.  LLaMA's vocabulary has no [MASK] piece, and adding one would change vocab_size
+(and every checkpoint's shapes).  We use <unk> (id 0) instead: LLaMA's tokenizer spells every
+unknown character with byte pieces (byte_fallback), so <unk> never occurs in encoded text -- its
+embedding row is otherwise unused, free to mean "masked".  See `mask_token_id`.
+
+Labels follow Hugging Face (BertForPreTraining, AlbertForPreTraining): 0 = B really follows A
+(in order), 1 = swapped (SOP) or random (NSP).  Derivations: derivations/mlm.md,
+derivations/sentence_order.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+
+from .ops.classifier import classifier_backward, classifier_forward, last_token_index
+from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
+from .ops.linear import linear_backward, linear_forward
+
+IGNORE_INDEX = -100
+MLM_PROBABILITY = 0.15          # share of ordinary tokens chosen for prediction (BERT)
+MASK_SHARE, RANDOM_SHARE = 0.8, 0.1   # of the chosen: -> mask token, -> random token; the rest stay
+SOP_HEAD = "sop_head.weight"    # the binary head's parameter name, shape (2, hidden_size)
+TASKS = ("sop", "nsp")
+
+
+# ----- MLM masking -----------------------------------------------------------------------------------
+def mask_token_id(tokenizer) -> int:
+    """The id used as [MASK]: the tokenizer's <unk> (unused in text thanks to byte fallback)."""
+    return int(tokenizer.unk_id)
+
+
+def special_token_ids(tokenizer) -> tuple[int, ...]:
+    """Ids never chosen for masking nor drawn as random replacements: <unk>/mask, <s>, </s>, pad."""
+    ids = {tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id}
+    return tuple(sorted(i for i in ids if i is not None))
+
+
+def mask_tokens(tokens, rng, *, mask_token_id: int, vocab_size: int, special_ids=(), attention_mask=None,
+                mlm_probability: float = MLM_PROBABILITY):
+    """BERT's masking.  tokens int (B, T) -> (inputs, targets), both int64 (B, T).
+
+    Each ordinary token (not in special_ids, not padding) is chosen with probability
+    mlm_probability; a chosen token becomes mask_token_id (80%), a random ordinary token (10%) or
+    stays (10%).  targets holds the original token at chosen positions and -100 elsewhere, so the
+    loss counts the chosen positions only -- including the 10% left unchanged, which teaches the
+    model that an unmasked token may be wrong too.
+    """
+    tokens = np.asarray(tokens)
+    if not np.issubdtype(tokens.dtype, np.integer) or tokens.ndim != 2:
+        raise ValueError(f"tokens must be an integer array of shape (batch, seq_len), got "
+                         f"{tokens.dtype} {tokens.shape}")
+    if not 0.0 < mlm_probability < 1.0:
+        raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability!r}")
+    special = np.array(sorted(set(special_ids) | {mask_token_id}), dtype=np.int64)
+    if not 0 <= mask_token_id < vocab_size:
+        raise ValueError(f"mask_token_id {mask_token_id} is outside the vocabulary [0, {vocab_size})")
+    ordinary_ids = np.setdiff1d(np.arange(vocab_size), special)       # what random replacements draw from
+    if ordinary_ids.size == 0:
+        raise ValueError("the vocabulary has no ordinary token (every id is special)")
+    candidates = ~np.isin(tokens, special)
+    if attention_mask is not None:
+        candidates &= np.asarray(attention_mask).astype(bool)
+
+    chosen = candidates & (rng.random(tokens.shape) < mlm_probability)
+    action = rng.random(tokens.shape)                                  # one draw decides 80/10/10
+    to_mask = chosen & (action < MASK_SHARE)
+    to_random = chosen & (action >= MASK_SHARE) & (action < MASK_SHARE + RANDOM_SHARE)
+
+    inputs = tokens.astype(np.int64)                                   # a copy
+    inputs[to_mask] = mask_token_id
+    inputs[to_random] = rng.choice(ordinary_ids, size=int(to_random.sum()))
+    targets = np.where(chosen, tokens, IGNORE_INDEX).astype(np.int64)
+    return inputs, targets
+
+
+class MaskedLMBatches:
+    """Wrap a causal-LM loader (npllama.data.BatchLoader) into MLM batches.
+
+    next_batch() takes the loader's next (tokens, _) windows and masks them; the masking draws come
+    from (seed, epoch, batch_index), so a resumed loader reproduces the same masks.
+    """
+
+    def __init__(self, loader, *, mask_token_id: int, vocab_size: int, special_ids=(), seed: int = 0):
+        self.loader, self.seed = loader, int(seed)
+        self.mask_token_id, self.vocab_size, self.special_ids = mask_token_id, vocab_size, tuple(special_ids)
+
+    @classmethod
+    def for_tokenizer(cls, loader, tokenizer, seed: int = 0) -> "MaskedLMBatches":
+        return cls(loader, mask_token_id=mask_token_id(tokenizer), vocab_size=tokenizer.vocab_size,
+                   special_ids=special_token_ids(tokenizer), seed=seed)
+
+    def next_batch(self):
+        rng = np.random.default_rng([self.seed, self.loader.epoch, self.loader.batch_index])
+        tokens, _ = self.loader.next_batch()   # MLM predicts the tokens themselves: no shift
+        return self.mask(tokens, rng)
+
+    def mask(self, tokens, rng):
+        return mask_tokens(tokens, rng, mask_token_id=self.mask_token_id, vocab_size=self.vocab_size,
+                           special_ids=self.special_ids)
+
+    # the position is the wrapped loader's (checkpoints and resume go through it)
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+def mlm_objective(model, tokenizer, loader, val_batches, seed: int = 0):
+    """What `npllama train --objective mlm` swaps into the causal-LM training loop.
+
+    Returns (loader, val_batches, loss_and_grads, loss):
+      loader         MaskedLMBatches around the causal loader: next_batch() -> (inputs, targets),
+                     state_dict()/load_state_dict() as the loader's (masks are a function of position)
+      val_batches    the validation windows, masked once with a fixed seed (comparable across evals)
+      loss_and_grads(tokens, targets) and loss(tokens, targets): the MLM loss on the model
+    """
+    batches = MaskedLMBatches.for_tokenizer(loader, tokenizer, seed)
+    rng = np.random.default_rng([seed, 3])
+    masked_val = [batches.mask(tokens, rng) for tokens, _ in val_batches]
+    return (batches, masked_val,
+            lambda tokens, targets: mlm_loss_and_grads(model, tokens, targets),
+            lambda tokens, targets: mlm_loss(model, tokens, targets))
+
+
+# ----- sentence-order / next-sentence pairs -------------------------------------------------------
+@dataclasses.dataclass
+class SentenceOrderBatch:
+    """One MLM + SOP batch.  inputs/targets as mask_tokens; sop_labels (B,): 0 in order, 1 not."""
+    inputs: np.ndarray          # (B, T) int64, masked
+    targets: np.ndarray         # (B, T) int64, -100 where not chosen
+    attention_mask: np.ndarray  # (B, T) bool, False on padding
+    sop_labels: np.ndarray      # (B,) int64
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a text: cut after . ! or ? (and a closing quote) followed by a space."""
+    return [s for s in re.split(r'(?<=[.!?])\s+|(?<=[.!?]")\s+', text.strip()) if s]
+
+
+def sentence_order_pairs(documents: list[list[str]], rng, task: str = "sop") -> list[tuple[str, str, int]]:
+    """(segment A, segment B, label) for each document of at least two sentences.
+
+    A and B are consecutive stretches of sentences: B starts where A ends.  With
+    probability 0.5 the pair is changed: SOP swaps A and B; NSP replaces B with a segment of
+    another document.  Label 0 = unchanged (B follows A), 1 = changed.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    usable = [d for d in documents if len(d) >= 2]
+    if not usable:
+        raise ValueError("sentence-order pairs need documents of at least two sentences; none has two")
+    if task == "nsp" and len(usable) < 2:
+        raise ValueError("next-sentence pairs need at least two documents (B is drawn from another one)")
+    pairs = []
+    for i, sentences in enumerate(usable):
+        # a random stretch start < cut < end of the document: A = [start, cut), B = [cut, end).  Not
+        # always from the document's first sentence, or "Once upon a time" would give the order away.
+        start = int(rng.integers(0, len(sentences) - 1))
+        cut = int(rng.integers(start + 1, len(sentences)))
+        end = int(rng.integers(cut + 1, len(sentences) + 1))
+        a, b = " ".join(sentences[start:cut]), " ".join(sentences[cut:end])
+        label = int(rng.random() < 0.5)
+        if label and task == "sop":
+            a, b = b, a
+        elif label:  # nsp: B from a random other document, as many sentences
+            other = usable[(i + int(rng.integers(1, len(usable)))) % len(usable)]
+            first = int(rng.integers(0, len(other)))
+            b = " ".join(other[first:first + end - cut])
+        pairs.append((a, b, label))
+    return pairs
+
+
+def encode_pair(tokenizer, a: str, b: str, max_len: int) -> list[int]:
+    """`<s> A </s> B </s>`, each segment cut from its end so the whole fits in max_len tokens."""
+    ids_a, ids_b = tokenizer.encode(a, bos=False), tokenizer.encode(b, bos=False)
+    room = max_len - 3
+    if room < 2:
+        raise ValueError(f"max_len must be at least 5 for a pair (3 special tokens), got {max_len}")
+    keep_a = min(len(ids_a), max(room // 2, room - len(ids_b)))
+    keep_b = min(len(ids_b), room - keep_a)
+    return [tokenizer.bos_id, *ids_a[:keep_a], tokenizer.eos_id, *ids_b[:keep_b], tokenizer.eos_id]
+
+
+class SentenceOrderBatches:
+    """MLM + SOP (or NSP) batches from a list of documents, shuffled each epoch, deterministic by seed."""
+
+    def __init__(self, texts, tokenizer, batch_size: int, max_len: int, task: str = "sop", seed: int = 0):
+        rng = np.random.default_rng([seed, 0])
+        pairs = sentence_order_pairs([split_sentences(t) for t in texts], rng, task)
+        if len(pairs) < batch_size:
+            raise ValueError(f"only {len(pairs)} sentence pairs, fewer than one batch of {batch_size}")
+        self.examples = [encode_pair(tokenizer, a, b, max_len) for a, b, _ in pairs]
+        self.labels = np.array([label for _, _, label in pairs], dtype=np.int64)
+        self.batch_size, self.seed, self.step = int(batch_size), int(seed), 0
+        self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+        self.mask_token_id, self.vocab_size = mask_token_id(tokenizer), tokenizer.vocab_size
+        self.special_ids = special_token_ids(tokenizer)
+
+    def next_batch(self) -> SentenceOrderBatch:
+        per_epoch = len(self.examples) // self.batch_size
+        epoch, index = divmod(self.step, per_epoch)
+        order = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.examples))
+        rows = order[index * self.batch_size:(index + 1) * self.batch_size]
+        self.step += 1
+        tokens, attention_mask = pad_batch([self.examples[r] for r in rows], self.pad_id)
+        inputs, targets = mask_tokens(tokens, np.random.default_rng([self.seed, 2, self.step]),
+                                      mask_token_id=self.mask_token_id, vocab_size=self.vocab_size,
+                                      special_ids=self.special_ids, attention_mask=attention_mask)
+        return SentenceOrderBatch(inputs, targets, attention_mask, self.labels[rows])
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int):
+    """Right-pad to the longest: (tokens int64 (B, T), attention_mask bool (B, T))."""
+    if not sequences or any(len(s) == 0 for s in sequences):
+        raise ValueError("pad_batch needs at least one sequence and no empty sequence")
+    T = max(len(s) for s in sequences)
+    tokens = np.full((len(sequences), T), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(sequences), T), dtype=bool)
+    for row, s in enumerate(sequences):
+        tokens[row, :len(s)] = s
+        attention_mask[row, :len(s)] = True
+    return tokens, attention_mask
+
+
+# ----- losses and gradients ------------------------------------------------------------------------
+def mlm_loss_and_grads(model, inputs, targets, attention_mask=None):
+    """Masked-LM loss (mean CE over targets != -100) under bidirectional attention, and its
+    gradient for every parameter the model trains (all of them, or the LoRA adapters')."""
+    logits, caches = model.forward_with_caches(inputs, attention_mask, causal=False)
+    loss, ce_cache = cross_entropy_forward(logits, _check_targets(targets, logits.shape[:2]))
+    dlogits = cross_entropy_backward(np.ones((), dtype=logits.dtype), ce_cache)
+    return float(loss), model.backward(dlogits, caches)
+
+
+def mlm_loss(model, inputs, targets, attention_mask=None) -> float:
+    """mlm_loss_and_grads' loss alone (evaluation)."""
+    logits, _ = model.forward_with_caches(inputs, attention_mask, causal=False)
+    return float(cross_entropy_forward(logits, _check_targets(targets, logits.shape[:2]))[0])
+
+
+def mlm_sop_loss_and_grads(model, sop_head_weight, batch: SentenceOrderBatch):
+    """loss = MLM loss + SOP loss (ALBERT sums the two), both on one bidirectional forward pass.
+
+    Returns (loss, grads, parts): grads has the model's trainable parameters plus SOP_HEAD;
+    parts = {"mlm": ..., "sop": ...}.  One backward pass: the two heads' gradients with respect to
+    the hidden states add (the SOP one is non-zero only at each row's last token).
+    """
+    hidden, caches = model.hidden_forward(batch.inputs, batch.attention_mask, causal=False)
+    # the LM head over every position -> MLM loss
+    logits, lm_cache = linear_forward(hidden, model._lm_head_weight())          # (B, T, V)
+    mlm, mlm_ce = cross_entropy_forward(logits, _check_targets(batch.targets, logits.shape[:2]))
+    # the binary head on each row's last token -> SOP loss
+    sop_logits, sop_cache = classifier_forward(hidden, sop_head_weight,
+                                               last_token_index(batch.attention_mask))  # (B, 2)
+    sop, sop_ce = cross_entropy_forward(sop_logits, batch.sop_labels)
+
+    one = np.ones((), dtype=hidden.dtype)
+    dhidden_sop, d_sop_head = classifier_backward(cross_entropy_backward(one, sop_ce), sop_cache)
+    dhidden_lm, d_lm_head = linear_backward(cross_entropy_backward(one, mlm_ce), lm_cache)
+    grads = model.hidden_backward(dhidden_lm + dhidden_sop, caches)
+    if model.lora is None:  # the LM head is trained too (as in Llama.backward)
+        head = "model.embed_tokens.weight" if model.config.tie_word_embeddings else "lm_head.weight"
+        grads[head] = grads[head] + d_lm_head if head in grads else d_lm_head
+        grads = {name: grads[name] for name in model.params}
+    grads[SOP_HEAD] = d_sop_head
+    return float(mlm + sop), grads, {"mlm": float(mlm), "sop": float(sop)}
+
+
+def init_sop_head(hidden_size: int, seed: int = 0, dtype=np.float32, std: float = 0.02) -> np.ndarray:
+    """A fresh binary head (2, hidden_size) ~ N(0, std^2), Hugging Face's initializer_range."""
+    return (np.random.default_rng(seed).standard_normal((2, hidden_size)) * std).astype(dtype)
+
+
+def _check_targets(targets, shape):
+    targets = np.asarray(targets)
+    if targets.shape != tuple(shape):
+        raise ValueError(f"targets must have the inputs' shape {tuple(shape)}, got {targets.shape}")
+    return targets

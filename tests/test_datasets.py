@@ -1,0 +1,131 @@
+"""Built-in example datasets and the readers for users' files, with their error messages."""
+from collections import Counter
+
+import pytest
+
+from npllama.datasets import (encode_labels, label_names, load_choice_items, load_labelled, load_sft,
+                              make_choice_items, make_dataset, make_instructions, split_train_val,
+                              write_jsonl)
+
+
+@pytest.mark.parametrize("name", ["sentiment", "topic", "spam"])
+def test_builtin_sets_are_deterministic_and_labelled(name):
+    records = make_dataset(name, 400, seed=3)
+    assert records == make_dataset(name, 400, seed=3)
+    assert records != make_dataset(name, 400, seed=4)
+    counts = Counter(r["label"] for r in records)
+    assert set(counts) == set(label_names(name))
+    assert all(isinstance(r["text"], str) and len(r["text"]) > 10 for r in records)
+    assert len({r["text"] for r in records}) > 250  # varied, not a handful of sentences repeated
+    if name == "spam":
+        assert 0.15 < counts["spam"] / 400 < 0.35  # imbalanced like a real inbox
+    else:
+        assert min(counts.values()) / 400 > 0.6 / len(counts)  # roughly balanced
+
+
+def test_sentiment_words_are_not_a_giveaway_on_their_own():
+    # Negated sentences put a "bad" word in a positive review: a bag of single words is not enough.
+    records = make_dataset("sentiment", 2000)
+    negated = [r for r in records if " was not " in r["text"]]
+    assert negated and {r["label"] for r in negated} == {"positive", "negative"}
+
+
+def test_instructions_and_choice_items():
+    pairs = make_instructions(30, seed=1)
+    assert pairs == make_instructions(30, seed=1)
+    for p in pairs:
+        name = p["prompt"].split("about ")[1].split()[0].strip(".")
+        assert name in p["response"]  # the story is about the one the prompt names
+    items = make_choice_items(40, seed=2)
+    assert 30 <= len(items) <= 40
+    for item in items:
+        assert len(item["choices"]) == 4 and len(set(item["choices"])) == 4
+        assert 0 <= item["answer"] < 4
+    answers = Counter(item["answer"] for item in items)
+    assert len(answers) >= 3  # the right answer is not always in one place
+
+
+def test_jsonl_and_csv_round_trip(tmp_path):
+    records = make_dataset("topic", 20)
+    write_jsonl(tmp_path / "t.jsonl", records)
+    texts, labels = load_labelled(tmp_path / "t.jsonl")
+    assert texts == [r["text"] for r in records] and labels == [r["label"] for r in records]
+    (tmp_path / "t.csv").write_text('text,label\n"Hello, world",a\nBye,b\n', encoding="utf-8")
+    assert load_labelled(tmp_path / "t.csv") == (["Hello, world", "Bye"], ["a", "b"])
+
+
+def test_reader_errors_name_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok", "label": "a"}\n{"text": "no label"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r'bad.jsonl line 2: missing the field "label"'):
+        load_labelled(bad)
+    bad.write_text('{"text": "ok", "label": "a"}\n{not json\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="line 2: invalid JSON"):
+        load_labelled(bad)
+    bad.write_text('{"text": 3, "label": "a"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match='"text" has type int, expected str'):
+        load_labelled(bad)
+    bad.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="is empty"):
+        load_labelled(bad)
+    csv = tmp_path / "bad.csv"
+    csv.write_text("sentence,label\nhi,a\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="missing text"):
+        load_labelled(csv)
+    csv.write_text("text,label\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="header but no examples"):
+        load_labelled(csv)
+    csv.write_text("text,label\nhi\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.csv line 2: too few columns"):
+        load_labelled(csv)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_labelled(tmp_path / "missing.jsonl")
+    (tmp_path / "x.txt").write_text("hi", encoding="utf-8")
+    with pytest.raises(ValueError, match="expected a .jsonl or .csv"):
+        load_labelled(tmp_path / "x.txt")
+
+
+def test_encode_labels():
+    assert encode_labels(["b", "a", "b"]) == ([1, 0, 1], ("a", "b"))
+    assert encode_labels([1, 0, 2]) == ([1, 0, 2], (0, 1, 2))
+    assert encode_labels(["pos", "neg"], ("neg", "pos")) == ([1, 0], ("neg", "pos"))
+    with pytest.raises(ValueError, match="example 2 has the unknown label 'maybe'"):
+        encode_labels(["neg", "maybe"], ("neg", "pos"))
+    with pytest.raises(ValueError, match="3 labels .* num_labels = 2"):
+        encode_labels(["a", "b", "c"], num_labels=2)
+    assert encode_labels([0, "b", 1], ("a", "b")) == ([0, 1, 1], ("a", "b"))  # ints are ids
+    with pytest.raises(ValueError, match="label id 3, but there are only 2 labels .*label count mismatch"):
+        encode_labels([0, 3], ("a", "b"))
+    with pytest.raises(ValueError, match="dataset is empty"):
+        encode_labels([])
+    with pytest.raises(ValueError, match="at least two labels"):
+        encode_labels(["a", "a"])
+
+
+def test_sft_and_choice_files(tmp_path):
+    path = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "Hi", "response": "Hello"}])
+    assert load_sft(path) == [{"prompt": "Hi", "response": "Hello"}]
+    write_jsonl(path, [{"prompt": "Hi", "response": "  "}])
+    with pytest.raises(ValueError, match="empty response"):
+        load_sft(path)
+    path = write_jsonl(tmp_path / "c.jsonl", [{"question": "Q", "choices": ["a", "b"], "answer": 1}])
+    assert load_choice_items(path)[0]["answer"] == 1
+    write_jsonl(path, [{"question": "Q", "choices": ["a", "b"], "answer": 2}])
+    with pytest.raises(ValueError, match="answer 2, but only 2 choices"):
+        load_choice_items(path)
+    write_jsonl(path, [{"question": "Q", "choices": ["a"], "answer": 0}])
+    with pytest.raises(ValueError, match="at least two non-empty"):
+        load_choice_items(path)
+
+
+def test_split_and_bad_arguments():
+    train, val = split_train_val(10, 0.2, seed=0)
+    assert sorted(train + val) == list(range(10)) and len(val) == 2
+    with pytest.raises(ValueError, match="one side would be empty"):
+        split_train_val(2, 0.1)
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_train_val(10, 1.0)
+    with pytest.raises(ValueError, match="unknown example dataset 'news'"):
+        make_dataset("news")
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        make_dataset("spam", 0)

@@ -1,0 +1,272 @@
+"""Fine-tuning end to end on a tiny model: classification (full and LoRA), SFT, choice scoring, CLI."""
+import json
+
+import numpy as np
+import pytest
+
+import npllama.cli
+from npllama import Llama, LlamaConfig, gradcheck, use_backend
+from npllama import datasets
+from npllama.finetune import (ClassifyConfig, SequenceClassifier, SFTConfig, choice_logprobs, classification_metrics,
+                              classify, encode_chat, evaluate_choice, majority_baseline, sft, sft_batch)
+from npllama.io.safetensors import read_safetensors
+from npllama.lora import attach_lora
+from npllama.objectives import pad_batch
+from npllama.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A tokenizer trained on the example sets and a small random model: a stand-in for a run folder."""
+    folder = tmp_path_factory.mktemp("ft")
+    texts = [r["text"] for n in ("sentiment", "topic", "spam") for r in datasets.make_dataset(n, 600)]
+    texts += [p["prompt"] + " " + p["response"] for p in datasets.make_instructions(200)]
+    tokenizer = Tokenizer.train(texts, folder / "tok", vocab_size=400)
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=96)
+    Llama(config, seed=0).save_pretrained(folder / "base",
+                                          extra_files={"tokenizer.model": (folder / "tok.model").read_bytes()})
+    return folder / "base"
+
+
+def quiet(*_):
+    pass
+
+
+# ----- classification ----------------------------------------------------------------------------------
+def test_classify_full_and_lora_beat_the_majority_baseline(base_dir, tmp_path):
+    with use_backend("numpy"):
+        full = classify(ClassifyConfig(base=str(base_dir), steps=300, lr=1e-2, max_len=48, progress=False,
+                                       out=str(tmp_path / "full")), echo=quiet)
+        lora = classify(ClassifyConfig(base=str(base_dir), steps=300, lr=1e-2, max_len=48, progress=False,
+                                       lora=True, lora_r=4, out=str(tmp_path / "lora")), echo=quiet)
+    assert full.baseline == pytest.approx(0.54, abs=0.05)
+    assert full.metrics["accuracy"] > 0.75 and full.metrics["accuracy"] > full.baseline + 0.15
+    assert lora.metrics["accuracy"] > 0.65
+    assert lora.trainable / lora.total < 0.05 < full.trainable / full.total
+    assert np.sum(full.metrics["confusion"]) == 400 and full.losses[-1] < full.losses[0]
+
+    config = json.loads((tmp_path / "full" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForSequenceClassification"]
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    names = set(read_safetensors(tmp_path / "full" / "model.safetensors"))
+    assert "score.weight" in names and "lm_head.weight" not in names
+    adapter = read_safetensors(tmp_path / "lora" / "adapter_model.safetensors")
+    assert "base_model.model.score.weight" in adapter
+    assert json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
+    info = json.loads((tmp_path / "lora" / "finetune.json").read_text())
+    assert info["label_names"] == ["negative", "positive"] and info["metrics"]["accuracy"] == lora.metrics["accuracy"]
+
+
+def perturbed_classifier(lora: bool):
+    config = LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    model = Llama(config, seed=0, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    for p in model.params.values():
+        p += (0.3 if p.ndim == 1 else 0.2) * rng.standard_normal(p.shape)
+    if lora:
+        for p in attach_lora(model, r=2, target_modules=["q_proj", "v_proj", "down_proj"]).params.values():
+            p += 0.3 * rng.standard_normal(p.shape)
+    classifier = SequenceClassifier(model, ["a", "b", "c"])
+    classifier.score_weight += rng.standard_normal(classifier.score_weight.shape)
+    return classifier
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_classifier_whole_model_gradients(lora):
+    classifier = perturbed_classifier(lora)
+    tokens = np.random.default_rng(2).integers(0, 11, (3, 5))
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]])
+    labels = np.array([2, 0, 1])
+    with use_backend("numpy"):
+        _, grads = classifier.loss_and_grads(tokens, mask, labels)
+        assert list(grads) == list(classifier.params)
+        assert ("lm_head.weight" in grads) is False and "score.weight" in grads
+        report = gradcheck(lambda *_: classifier.loss_and_grads(tokens, mask, labels)[0], classifier.params,
+                           grads, eps=1e-5, max_entries=20)
+    report.raise_if_failed()
+    assert report.max_rel_err < 1e-7
+
+
+def test_padding_does_not_change_a_texts_logits():
+    classifier = perturbed_classifier(lora=False)
+    text = [1, 4, 5, 6]
+    with use_backend("numpy"):
+        alone = classifier.logits(np.array([text]), np.ones((1, 4), dtype=bool))
+        tokens, mask = pad_batch([[1, 7, 8, 9, 3, 2, 5], text], pad_id=2)
+        np.testing.assert_allclose(classifier.logits(tokens, mask)[1], alone[0], rtol=1e-12)
+
+
+def test_metrics_and_baseline():
+    m = classification_metrics([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], 3)
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    # f1: class 0: p=1/2 r=1/2 -> 1/2; class 1: p=2/3 r=1 -> 4/5; class 2: 0
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0) / 3)
+    assert majority_baseline([1, 1, 0], [0, 1, 1, 1]) == (1, 0.75)
+
+
+# ----- instruction tuning --------------------------------------------------------------------------
+def test_sft_targets_count_the_response_only(base_dir):
+    tokenizer = Tokenizer(base_dir / "tokenizer.model")
+    ids, counted = encode_chat(tokenizer, "Write a story about Lily.", "Lily had a red ball.")
+    prompt_len = len(tokenizer.encode("[INST] Write a story about Lily. [/INST]", bos=True))
+    assert counted == [False] * prompt_len + [True] * (len(ids) - prompt_len)
+    assert ids[-1] == tokenizer.eos_id and ids[0] == tokenizer.bos_id
+    short = encode_chat(tokenizer, "Hi", "Hello there")
+    tokens, targets, mask = sft_batch([(ids, counted), short], pad_id=tokenizer.eos_id)
+    assert tokens.shape == targets.shape == mask.shape == (2, len(ids) - 1)
+    # targets[t] is the token after position t, kept where that token is part of the response
+    np.testing.assert_array_equal(targets[0, prompt_len - 1:], ids[prompt_len:])
+    assert (targets[0, :prompt_len - 1] == -100).all()
+    assert (targets[1, len(short[0]) - 1:] == -100).all() and not mask[1, len(short[0]) - 1:].any()
+    assert (targets[1] != -100).sum() == sum(short[1])
+
+
+def test_sft_lowers_the_response_loss(base_dir):
+    with use_backend("numpy"):
+        result = sft(SFTConfig(base=str(base_dir), steps=40, lr=1e-2, batch_size=8, samples=1, progress=False,
+                               max_len=96), echo=quiet)
+    assert result.val_loss_after < result.val_loss_before - 1.0
+    assert len(result.samples) == 1 and result.out is None
+
+
+def test_sft_with_lora_saves_the_adapter_or_the_merged_model(base_dir, tmp_path):
+    for merge in (False, True):
+        with use_backend("numpy"):
+            sft(SFTConfig(base=str(base_dir), steps=2, samples=0, progress=False, max_len=64, lora=True,
+                          lora_r=2, merge=merge, out=str(tmp_path / str(merge))), echo=quiet)
+    assert json.loads((tmp_path / "False" / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    merged = Llama.from_pretrained(tmp_path / "True")  # merged: an ordinary model folder
+    assert merged.lora is None and (tmp_path / "True" / "tokenizer.model").is_file()
+
+
+# ----- multiple choice -------------------------------------------------------------------------------
+class CountingModel:
+    """Logits that favour `previous token + 1`: a model that "knows" counting."""
+
+    class config:
+        max_position_embeddings = 32
+        vocab_size = 20
+
+    def forward(self, tokens, attention_mask=None):
+        logits = np.zeros(tokens.shape + (20,))
+        logits[np.arange(tokens.shape[0])[:, None], np.arange(tokens.shape[1]), (tokens + 1) % 20] = 3.0
+        return logits
+
+
+class DigitTokenizer:
+    bos_id, eos_id, pad_id = 0, 19, None
+
+    def encode(self, text, bos=True):
+        return [0] * bos + [int(w) for w in text.split()]
+
+
+def test_choice_scoring_on_a_constructed_case():
+    scores, lengths = choice_logprobs(CountingModel(), DigitTokenizer(), "3 4", ["5 6 7", "5 9", "8"])
+    log_p_hit = 3.0 - np.log(np.exp(3.0) + 19)   # probability of the favoured token
+    log_p_miss = -np.log(np.exp(3.0) + 19)
+    np.testing.assert_allclose(scores, [3 * log_p_hit, log_p_hit + log_p_miss, log_p_miss], rtol=1e-12)
+    np.testing.assert_array_equal(lengths, [3, 2, 1])
+    items = [{"question": "3 4", "choices": ["9", "5 6"], "answer": 1},
+             {"question": "1", "choices": ["2 3", "4"], "answer": 0}]
+    result = evaluate_choice(CountingModel(), DigitTokenizer(), items, progress=False)
+    assert result == {"accuracy": 1.0, "accuracy_per_token": 1.0, "chance": 0.5, "n": 2}
+
+
+def test_batched_choice_scores_equal_one_at_a_time(base_dir):
+    model = Llama.from_pretrained(base_dir, dtype=np.float64)
+    tokenizer = Tokenizer(base_dir / "tokenizer.model")
+    question, choices = "The home team", ["won the big game.", "lost.", "sold more than last year."]
+    scores, _ = choice_logprobs(model, tokenizer, question, choices)
+    context = tokenizer.encode(question, bos=True)
+    for choice, score in zip(choices, scores):
+        ids = context + tokenizer.encode(choice, bos=False)
+        logits = model.forward(np.array([ids]))[0]
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        expected = sum(log_probs[t - 1, ids[t]] for t in range(len(context), len(ids)))
+        assert score == pytest.approx(expected, rel=1e-10)
+
+
+# ----- the commands ----------------------------------------------------------------------------------
+@pytest.fixture
+def cli(monkeypatch):
+    monkeypatch.setitem(npllama.cli.COMMANDS, "finetune", "npllama.commands.finetune")
+    monkeypatch.setitem(npllama.cli.COMMANDS, "eval", "npllama.commands.eval")
+    return npllama.cli.main
+
+
+def test_cli_classify_and_eval(cli, base_dir, tmp_path, capsys):
+    status = cli(["finetune", "classify", "--base", str(base_dir), "--dataset", "spam", "--steps", "5",
+                  "--no-progress", "--backend", "numpy", "--lora", "--lora-mlp", "--lora-r", "2"])
+    out = capsys.readouterr().out
+    assert status == 0 and "majority-class baseline" in out and "confusion matrix" in out and "ham" in out
+    assert cli(["eval", "choice", "--base", str(base_dir), "--limit", "5", "--no-progress",
+                "--backend", "numpy"]) == 0
+    assert "chance 0.250" in capsys.readouterr().out
+
+
+def test_cli_bad_input(cli, base_dir, tmp_path, capsys):
+    train = datasets.write_jsonl(tmp_path / "train.jsonl", [{"text": "good", "label": "pos"},
+                                                             {"text": "bad", "label": "neg"}] * 5)
+    val = datasets.write_jsonl(tmp_path / "val.jsonl", [{"text": "meh", "label": "neutral"}])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    cases = [
+        (["--data", str(train), "--val-data", str(val)], "unknown label 'neutral'"),
+        (["--data", str(empty)], "is empty"),
+        (["--lora", "--lora-r", "1000"], "r=1000 is larger than"),
+        (["--lora-mlp"], "need --lora"),
+        (["--steps", "0"], "steps must be a positive int"),
+        (["--data", str(tmp_path / "nope.jsonl")], "does not exist"),
+        (["--data", str(train), "--labels", "neg"], "unknown label 'pos'"),
+        (["--dataset", "topic", "--labels", "a,b"], "unknown label"),
+    ]
+    for extra, message in cases:
+        status = cli(["finetune", "classify", "--base", str(base_dir), "--no-progress", *extra])
+        err = capsys.readouterr().err
+        assert status == 2 and message in err, (extra, err)
+        assert len(err.strip().splitlines()) == 1
+
+
+# ----- Hugging Face and PEFT read what we write (skipped where they are not installed) ------------------
+def test_transformers_loads_the_classifier(base_dir, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    classifier = perturbed_classifier(lora=False)
+    tokenizer = Tokenizer(base_dir / "tokenizer.model")
+    classifier.save(tmp_path / "clf", tokenizer)
+    hf = transformers.LlamaForSequenceClassification.from_pretrained(tmp_path / "clf", torch_dtype=torch.float64)
+    tokens, mask = pad_batch([[1, 4, 5, 6, 7], [1, 8, 9]], pad_id=tokenizer.eos_id)
+    tokens[tokens >= 11] = 3
+    with torch.no_grad():
+        theirs = hf(torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64))).logits.numpy()
+    np.testing.assert_allclose(classifier.logits(tokens, mask), theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_peft_loads_the_adapter(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    model = Llama(config, seed=0, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    for p in model.params.values():
+        p += 0.1 * rng.standard_normal(p.shape)
+    model.save_pretrained(tmp_path / "base")
+    tokens = rng.integers(0, 50, (2, 9))
+    base_logits = model.forward(tokens)
+    adapters = attach_lora(model, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "up_proj"])
+    for p in adapters.params.values():
+        p += 0.3 * rng.standard_normal(p.shape)
+    adapters.save_adapter(tmp_path / "adapter", base_model_name_or_path=str(tmp_path / "base"))
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "base", torch_dtype=torch.float64)
+    peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        theirs = peft_model(torch.tensor(tokens)).logits.numpy()
+    ours = model.forward(tokens)
+    assert np.abs(ours - base_logits).max() > 1e-2           # the adapters matter ...
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)       # ... and PEFT applies the same ones

@@ -1,0 +1,175 @@
+"""LoRA on the whole model: gradients, PEFT names and config, save/load, merge, bad input."""
+import json
+
+import numpy as np
+import pytest
+
+from npllama import Llama, LlamaConfig, gradcheck, use_backend
+from npllama.io.errors import CheckpointError
+from npllama.io.safetensors import read_safetensors, write_safetensors
+from npllama.lora import ALL_TARGETS, attach_lora, load_adapter
+
+
+def tiny_config(**overrides):
+    fields = dict(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
+    fields.update(overrides)
+    return LlamaConfig(**fields)
+
+
+def base_model(seed=0, dtype=np.float64):
+    """Weights moved away from init's tiny ones, so gradients have a size worth checking."""
+    model = Llama(tiny_config(), seed=seed, dtype=dtype)
+    rng = np.random.default_rng(seed + 5)
+    for p in model.params.values():
+        p += (0.3 if p.ndim == 1 else 0.2) * rng.standard_normal(p.shape).astype(dtype)
+    return model
+
+
+def adapted_model(targets=ALL_TARGETS, r=2, dtype=np.float64, seed=0, **kwargs):
+    """A model with adapters whose B is random (PEFT's B = 0 would make half the checks vacuous)."""
+    model = base_model(seed, dtype)
+    rng = np.random.default_rng(seed + 7)
+    adapters = attach_lora(model, r=r, lora_alpha=3.0, target_modules=targets, seed=seed, **kwargs)
+    for name, p in adapters.params.items():
+        p += 0.3 * rng.standard_normal(p.shape).astype(dtype)
+    return model, adapters
+
+
+def batch(config, B=2, T=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, config.vocab_size, (B, T)), rng.integers(0, config.vocab_size, (B, T)))
+
+
+@pytest.mark.parametrize("targets", [("q_proj", "v_proj"), ALL_TARGETS])
+def test_whole_model_gradients_of_the_adapters(targets):
+    model, adapters = adapted_model(targets)
+    tokens, targets_ = batch(model.config)
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    before = {n: p.copy() for n, p in model.params.items()}
+    with use_backend("numpy"):
+        loss, grads = model.loss_and_grads(tokens, targets_, mask)
+        assert list(grads) == list(adapters.params)  # the adapters' gradients and nothing else
+        # eps = 1e-5: the loss (~2) carries round-off ~1e-16 * 2, which central differences divide
+        # by eps; some adapter gradients are ~1e-3, so eps = 1e-6 would leave them ~1e-7 relative.
+        report = gradcheck(lambda *_: model.loss(tokens, targets_, mask), adapters.params, grads, eps=1e-5)
+    report.raise_if_failed()
+    assert report.max_rel_err < 1e-7
+    assert all(np.array_equal(before[n], p) for n, p in model.params.items())  # base untouched
+
+
+def test_fresh_adapters_change_nothing_and_attach_only_targets():
+    model = Llama(tiny_config(), seed=1, dtype=np.float64)
+    tokens, _ = batch(model.config)
+    base_logits = model.forward(tokens)
+    adapters = attach_lora(model, r=4, target_modules=["v_proj", "q_proj"])
+    np.testing.assert_array_equal(model.forward(tokens), base_logits)  # B = 0 at init
+    assert adapters.target_modules == ("q_proj", "v_proj")
+    assert sorted(adapters.params) == sorted(
+        f"base_model.model.model.layers.{i}.self_attn.{m}.lora_{ab}.weight"
+        for i in range(2) for m in ("q_proj", "v_proj") for ab in "AB")
+    A = adapters.params["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"]
+    assert A.shape == (4, 8) and np.abs(A).max() <= 1 / np.sqrt(8) and np.abs(A).max() > 0.1
+    assert adapters.params["base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"].shape == (4, 4)
+    assert adapters.scaling == 16 / 4
+
+
+def test_merge_gives_the_same_logits():
+    model, adapters = adapted_model()
+    tokens, _ = batch(model.config, T=7)
+    adapted_logits = model.forward(tokens)
+    assert not np.allclose(adapted_logits, Llama(model.config, seed=0, dtype=np.float64).forward(tokens))
+    adapters.merge()
+    assert model.lora is None
+    np.testing.assert_allclose(model.forward(tokens), adapted_logits, rtol=1e-12, atol=1e-12)
+
+
+def test_save_load_round_trip_in_peft_layout(tmp_path):
+    model, adapters = adapted_model(("q_proj", "k_proj", "v_proj", "o_proj"), lora_dropout=0.1)
+    adapters.extra["score.weight"] = np.arange(16.0).reshape(2, 8)
+    tokens, _ = batch(model.config)
+    logits = model.forward(tokens)
+    adapters.save_adapter(tmp_path / "adapter", base_model_name_or_path="runs/tiny", task_type="SEQ_CLS")
+
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["task_type"] == "SEQ_CLS"
+    assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (2, 3.0, 0.1)
+    assert config["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert config["bias"] == "none" and config["fan_in_fan_out"] is False
+    assert config["base_model_name_or_path"] == "runs/tiny" and config["modules_to_save"] == ["score"]
+    tensors = read_safetensors(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert set(tensors) == set(adapters.params) | {"base_model.model.score.weight"}
+
+    fresh = base_model(0)
+    loaded = load_adapter(fresh, tmp_path / "adapter")
+    assert fresh.lora is loaded and loaded.scaling == adapters.scaling
+    np.testing.assert_array_equal(loaded.extra["score.weight"], adapters.extra["score.weight"])
+    np.testing.assert_array_equal(fresh.forward(tokens), logits)
+
+
+def test_dropout_only_in_training_mode():
+    model, adapters = adapted_model(lora_dropout=0.5)
+    tokens, _ = batch(model.config)
+    eval_logits = model.forward(tokens)
+    np.testing.assert_array_equal(model.forward(tokens), eval_logits)
+    adapters.training = True
+    assert not np.allclose(model.forward(tokens), eval_logits)
+
+
+def test_decode_with_kv_cache_sees_the_adapters():
+    model, _ = adapted_model()
+    tokens, _ = batch(model.config, B=1, T=6)
+    cache = model.new_kv_cache(1)
+    stepwise = np.concatenate([model.forward_step(tokens[:, t:t + 1], cache) for t in range(6)], axis=1)
+    np.testing.assert_allclose(stepwise, model.forward(tokens), rtol=1e-10, atol=1e-12)
+
+
+def test_bad_arguments():
+    model = Llama(tiny_config(), seed=0)
+    with pytest.raises(ValueError, match=r"r=5 is larger than k_proj's smaller dimension"):
+        attach_lora(model, r=5, target_modules=["k_proj"])  # k_proj is (4, 8) with 2 kv heads
+    with pytest.raises(ValueError, match="r=9 is larger than q_proj"):
+        attach_lora(model, r=9)
+    with pytest.raises(ValueError, match="r \\(the LoRA rank\\) must be a positive int"):
+        attach_lora(model, r=0)
+    with pytest.raises(ValueError, match="target_modules"):
+        attach_lora(model, target_modules=["lm_head"])
+    with pytest.raises(ValueError, match="lora_alpha"):
+        attach_lora(model, r=2, lora_alpha=0)
+    with pytest.raises(ValueError, match="lora_dropout"):
+        attach_lora(model, r=2, lora_dropout=1.0)
+    assert model.lora is None  # nothing attached by the failed calls
+    attach_lora(model, r=2)
+    with pytest.raises(ValueError, match="already has LoRA adapters"):
+        attach_lora(model, r=2)
+
+
+def test_load_refuses_bad_folders(tmp_path):
+    model, adapters = adapted_model(("q_proj",))
+    adapters.save_adapter(tmp_path / "a")
+    other = Llama(tiny_config(num_hidden_layers=3), seed=0, dtype=np.float64)
+    with pytest.raises(CheckpointError, match="missing"):
+        load_adapter(other, tmp_path / "a")  # layer 2 has no adapter in the file
+    wider = Llama(tiny_config(hidden_size=16), seed=0, dtype=np.float64)
+    with pytest.raises(CheckpointError, match="does not match the base model"):
+        load_adapter(wider, tmp_path / "a")
+
+    config_path = tmp_path / "a" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    for field, value, message in [("peft_type", "IA3", "LORA"), ("bias", "all", "bias"),
+                                  ("target_modules", "q_proj|v_proj", "regular expression"),
+                                  ("rank_pattern", {"q_proj": 4}, "not supported")]:
+        config_path.write_text(json.dumps({**config, field: value}))
+        with pytest.raises(CheckpointError, match=message):
+            load_adapter(Llama(tiny_config(), seed=0, dtype=np.float64), tmp_path / "a")
+    config_path.write_text(json.dumps(config))
+
+    tensors = read_safetensors(tmp_path / "a" / "adapter_model.safetensors")
+    tensors["base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight"] = np.zeros((2, 8))
+    write_safetensors(tmp_path / "a" / "adapter_model.safetensors", tensors)
+    with pytest.raises(CheckpointError, match="unexpected"):
+        load_adapter(Llama(tiny_config(), seed=0, dtype=np.float64), tmp_path / "a")
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        load_adapter(Llama(tiny_config(), seed=0), tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="already has LoRA adapters"):
+        load_adapter(model, tmp_path / "a")

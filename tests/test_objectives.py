@@ -1,0 +1,251 @@
+"""MLM masking, sentence-order pairs, and whole-model gradient checks of the MLM and MLM+SOP losses."""
+import numpy as np
+import pytest
+
+from npllama import Llama, LlamaConfig, gradcheck, use_backend
+from npllama.lora import attach_lora
+from npllama.objectives import (SOP_HEAD, MaskedLMBatches, SentenceOrderBatch, encode_pair, init_sop_head,
+                                mask_tokens, mlm_loss, mlm_loss_and_grads, mlm_objective,
+                                mlm_sop_loss_and_grads, pad_batch, sentence_order_pairs, split_sentences)
+
+SPECIAL = (0, 1, 2)  # <unk> (= mask), <s>, </s>
+
+
+def tiny_config(**overrides):
+    fields = dict(vocab_size=13, hidden_size=8, intermediate_size=12, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    fields.update(overrides)
+    return LlamaConfig(**fields)
+
+
+def perturbed_model(config, seed=0):
+    model = Llama(config, seed=seed, dtype=np.float64)
+    rng = np.random.default_rng(seed + 1)
+    for p in model.params.values():  # away from init's tiny weights: gradients worth checking
+        p += (0.3 if p.ndim == 1 else 0.2) * rng.standard_normal(p.shape)
+    return model
+
+
+# ----- masking ---------------------------------------------------------------------------------------
+def test_masking_statistics_on_a_large_sample():
+    rng = np.random.default_rng(0)
+    V = 50
+    tokens = rng.integers(3, V, size=(400, 500))
+    tokens[:, 0], tokens[:, -1] = 1, 2                  # <s> ... </s> on every row
+    attention_mask = np.ones_like(tokens, dtype=bool)
+    attention_mask[:50, 400:] = False                   # some padding
+    inputs, targets = mask_tokens(tokens, np.random.default_rng(1), mask_token_id=0, vocab_size=V,
+                                  special_ids=SPECIAL, attention_mask=attention_mask)
+    eligible = attention_mask & (tokens > 2)
+    chosen = targets != -100
+    assert not chosen[~eligible].any()                  # never <s>, </s>, padding
+    assert abs(chosen.sum() / eligible.sum() - 0.15) < 0.005
+    np.testing.assert_array_equal(targets[chosen], tokens[chosen])
+    np.testing.assert_array_equal(inputs[~chosen], tokens[~chosen])   # only chosen tokens change
+    n = chosen.sum()
+    masked = inputs[chosen] == 0
+    kept = inputs[chosen] == tokens[chosen]
+    replaced = ~masked & ~kept
+    # random replacements draw among V - 3 ordinary ids, so 1/(V-3) of them happen to keep the token
+    assert abs(masked.sum() / n - 0.8) < 0.01
+    assert abs(replaced.sum() / n - 0.1 * (1 - 1 / (V - 3))) < 0.006
+    assert abs(kept.sum() / n - (0.1 + 0.1 / (V - 3))) < 0.006
+    assert inputs[chosen][replaced].min() >= 3          # never a special id as a random token
+    assert inputs.dtype == targets.dtype == np.int64
+
+
+def test_masking_is_deterministic_by_rng_and_leaves_input_alone():
+    tokens = np.random.default_rng(0).integers(3, 20, size=(4, 9))
+    original = tokens.copy()
+    a = mask_tokens(tokens, np.random.default_rng(5), mask_token_id=0, vocab_size=20)
+    b = mask_tokens(tokens, np.random.default_rng(5), mask_token_id=0, vocab_size=20)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(tokens, original)
+
+
+def test_masked_lm_batches_reproduce_after_resume():
+    from npllama.data import BatchLoader
+
+    ids = np.random.default_rng(0).integers(3, 30, size=2000)
+    make = lambda: MaskedLMBatches(BatchLoader(ids, 4, 16, seed=3), mask_token_id=0, vocab_size=30,
+                                   special_ids=SPECIAL, seed=9)
+    first = make()
+    batches = [first.next_batch() for _ in range(3)]
+    resumed = make()
+    resumed.loader.load_state_dict({**first.loader.state_dict(), "batch_index": 2})
+    np.testing.assert_array_equal(resumed.next_batch()[0], batches[2][0])
+    assert (batches[0][1] != -100).any()
+
+
+def test_mask_tokens_bad_arguments():
+    tokens = np.array([[3, 4, 5]])
+    with pytest.raises(ValueError, match="mask_token_id 20 is outside"):
+        mask_tokens(tokens, np.random.default_rng(0), mask_token_id=20, vocab_size=10)
+    with pytest.raises(ValueError, match="mlm_probability"):
+        mask_tokens(tokens, np.random.default_rng(0), mask_token_id=0, vocab_size=10, mlm_probability=0)
+    with pytest.raises(ValueError, match="shape \\(batch, seq_len\\)"):
+        mask_tokens(tokens[0], np.random.default_rng(0), mask_token_id=0, vocab_size=10)
+    with pytest.raises(ValueError, match="no ordinary token"):
+        mask_tokens(tokens, np.random.default_rng(0), mask_token_id=0, vocab_size=2, special_ids=(1,))
+
+
+# ----- sentence-order pairs -------------------------------------------------------------------------
+# Document k, sentence j reads "d<k>s<j>."; every fourth document has a single sentence.
+DOCS = [[f"d{k}s{j}." for j in range(1 if k % 4 == 2 else 2 + k % 3)] for k in range(200)]
+
+
+def _where(segment):
+    """(document, first sentence, last sentence) of a segment such as "d7s1. d7s2."."""
+    first, last = segment.split()[0], segment.split()[-1]
+    doc = first[1:first.index("s")]
+    return doc, int(first[first.index("s") + 1:-1]), int(last[last.index("s") + 1:-1])
+
+
+@pytest.mark.parametrize("task", ["sop", "nsp"])
+def test_sentence_order_pairs(task):
+    pairs = sentence_order_pairs(DOCS, np.random.default_rng(0), task)
+    assert len(pairs) == 150  # the one-sentence document makes no pair
+    labels = np.array([label for *_, label in pairs])
+    assert 0.35 < labels.mean() < 0.65
+    for a, b, label in pairs:
+        (doc_a, first_a, last_a), (doc_b, first_b, last_b) = _where(a), _where(b)
+        if label == 0:   # B follows A in the same document
+            assert doc_a == doc_b and first_b == last_a + 1
+        elif task == "sop":  # swapped: the first segment is the later one
+            assert doc_a == doc_b and first_a == last_b + 1
+        else:            # nsp: B from another document
+            assert doc_a != doc_b
+
+
+def test_split_sentences_and_encode_pair():
+    assert split_sentences('Tom said "Hi." Then he ran! Did he? Yes.') == [
+        'Tom said "Hi."', "Then he ran!", "Did he?", "Yes."]
+
+    class Tok:  # one id per character, so lengths are easy to reason about
+        bos_id, eos_id = 1, 2
+
+        def encode(self, text, bos=True):
+            return [10 + ord(c) % 50 for c in text]
+
+    ids = encode_pair(Tok(), "abc", "de", max_len=16)
+    assert ids[0] == 1 and ids[4] == 2 and ids[-1] == 2 and len(ids) == 8
+    long = encode_pair(Tok(), "a" * 30, "b" * 30, max_len=11)
+    assert len(long) == 11 and long.count(2) == 2
+    with pytest.raises(ValueError, match="max_len must be at least 5"):
+        encode_pair(Tok(), "a", "b", max_len=4)
+    with pytest.raises(ValueError, match="at least two sentences"):
+        sentence_order_pairs([["one."]], np.random.default_rng(0))
+    with pytest.raises(ValueError, match="task must be one of"):
+        sentence_order_pairs(DOCS, np.random.default_rng(0), task="nextsent")
+
+
+# ----- whole-model gradients ------------------------------------------------------------------------
+def _mlm_batch(config, seed=0, B=2, T=6):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(3, config.vocab_size, size=(B, T))
+    tokens[:, 0] = 1
+    attention_mask = np.ones((B, T), dtype=bool)
+    attention_mask[1, T - 2:] = False
+    inputs, targets = mask_tokens(tokens, rng, mask_token_id=0, vocab_size=config.vocab_size,
+                                  special_ids=SPECIAL, attention_mask=attention_mask, mlm_probability=0.5)
+    return inputs, targets, attention_mask
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_mlm_whole_model_gradients(tied):
+    model = perturbed_model(tiny_config(tie_word_embeddings=tied))
+    inputs, targets, attention_mask = _mlm_batch(model.config)
+    with use_backend("numpy"):
+        loss, grads = mlm_loss_and_grads(model, inputs, targets, attention_mask)
+        assert list(grads) == list(model.params)
+        assert loss == pytest.approx(mlm_loss(model, inputs, targets, attention_mask))
+        report = gradcheck(lambda *_: mlm_loss(model, inputs, targets, attention_mask), model.params, grads,
+                           eps=1e-5, max_entries=24)
+    report.raise_if_failed()
+    assert report.max_rel_err < 1e-7
+
+
+def test_mlm_attention_is_bidirectional():
+    # Under MLM a later token changes an earlier prediction; under the causal LM it cannot.
+    model = perturbed_model(tiny_config())
+    inputs = np.array([[1, 0, 5, 6, 7]])
+    changed = inputs.copy()
+    changed[0, 4] = 8
+    first = lambda x, causal: model.forward_with_caches(x, causal=causal)[0][0, 1]
+    with use_backend("numpy"):
+        assert not np.allclose(first(inputs, False), first(changed, False))
+        np.testing.assert_array_equal(first(inputs, True), first(changed, True))
+
+
+def _sop_batch(config, seed=0):
+    inputs, targets, attention_mask = _mlm_batch(config, seed, B=3, T=6)
+    attention_mask[2, 3:] = False
+    targets[2, 3:] = -100
+    return SentenceOrderBatch(inputs, targets, attention_mask, np.array([0, 1, 1]))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_mlm_sop_whole_model_gradients(tied):
+    model = perturbed_model(tiny_config(tie_word_embeddings=tied))
+    batch = _sop_batch(model.config)
+    sop_head = np.random.default_rng(3).standard_normal((2, model.config.hidden_size))
+    params = {**model.params, SOP_HEAD: sop_head}
+    with use_backend("numpy"):
+        loss, grads, parts = mlm_sop_loss_and_grads(model, sop_head, batch)
+        assert list(grads) == list(params)
+        assert loss == pytest.approx(parts["mlm"] + parts["sop"]) and parts["sop"] > 0
+        report = gradcheck(lambda *_: mlm_sop_loss_and_grads(model, sop_head, batch)[0], params, grads,
+                           eps=1e-5, max_entries=16)
+    report.raise_if_failed()
+    assert report.max_rel_err < 1e-7
+
+
+def test_mlm_sop_with_lora_trains_adapters_and_head_only():
+    model = perturbed_model(tiny_config())
+    adapters = attach_lora(model, r=2)
+    for p in adapters.params.values():
+        p += 0.3 * np.random.default_rng(0).standard_normal(p.shape)
+    batch = _sop_batch(model.config)
+    sop_head = init_sop_head(model.config.hidden_size, dtype=np.float64, std=0.5)
+    params = {**adapters.params, SOP_HEAD: sop_head}
+    with use_backend("numpy"):
+        _, grads, _ = mlm_sop_loss_and_grads(model, sop_head, batch)
+        assert list(grads) == list(params)
+        report = gradcheck(lambda *_: mlm_sop_loss_and_grads(model, sop_head, batch)[0], params, grads,
+                           eps=1e-5, max_entries=8)
+    report.raise_if_failed()
+
+
+def test_bad_targets_and_padding():
+    model = Llama(tiny_config(), seed=0)
+    inputs, targets, attention_mask = _mlm_batch(model.config)
+    with pytest.raises(ValueError, match="targets must have the inputs' shape"):
+        mlm_loss_and_grads(model, inputs, targets[:, :3])
+    with pytest.raises(ValueError, match="no empty sequence"):
+        pad_batch([[1, 2], []], pad_id=0)
+    tokens, mask = pad_batch([[5, 6, 7], [8]], pad_id=2)
+    np.testing.assert_array_equal(tokens, [[5, 6, 7], [8, 2, 2]])
+    np.testing.assert_array_equal(mask, [[True, True, True], [True, False, False]])
+
+
+def test_mlm_objective_plugs_into_a_causal_training_loop(tmp_path):
+    # What `npllama train --objective mlm` does: swap the loader, the validation batches and the loss.
+    from npllama.data import BatchLoader
+    from npllama.optim import AdamW
+
+    class Tok:
+        unk_id, bos_id, eos_id, pad_id, vocab_size = 0, 1, 2, None, 13
+
+    model = Llama(tiny_config(), seed=0)
+    ids = np.random.default_rng(0).integers(3, 13, size=3000)
+    loader, val, loss_and_grads, loss = mlm_objective(model, Tok(), BatchLoader(ids, 4, 12, seed=1),
+                                                      [(ids[None, :12], ids[None, 1:13])], seed=2)
+    assert loader.state_dict()["batch_index"] == 0 and len(loader) == len(loader.loader)
+    inputs, targets = val[0]
+    assert (inputs == 0).any() or (targets != -100).any()
+    before = loss(inputs, targets)
+    optimizer = AdamW(model.params, lr=3e-3)
+    for _ in range(30):
+        optimizer.step(loss_and_grads(*loader.next_batch())[1])
+    assert loader.state_dict()["batch_index"] == 30 % len(loader)
+    assert loss(inputs, targets) < before

@@ -183,8 +183,7 @@ class Tokenizer:
 
     def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
         """Token ids of `text`, with <s> first if `bos` and </s> last if `eos`."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        _require_text("text", text)
         self._check_special(bos, eos)
         return self._sp.encode(text, out_type=int, add_bos=bos, add_eos=eos)
 
@@ -193,8 +192,7 @@ class Tokenizer:
         """`encode` for many texts at once (SentencePiece runs them on several threads)."""
         texts = list(texts)
         for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+            _require_text(f"texts[{i}]", text)
         self._check_special(bos, eos)
         if not texts:
             return []
@@ -236,6 +234,18 @@ class Tokenizer:
 
 
 # ----- training helpers ------------------------------------------------------------------------------
+
+def _require_text(name: str, text) -> None:
+    """A str that is valid Unicode: SentencePiece needs UTF-8, and a lone surrogate (e.g. from
+    text decoded with errors="surrogateescape") has no UTF-8 form."""
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} is not valid Unicode text: it holds a lone surrogate "
+                         f"U+{ord(text[e.start]):04X} at position {e.start}") from None
+
 
 def _check_train_args(vocab_size, model_type, character_coverage, input_sentence_size, max_sentence_length):
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):

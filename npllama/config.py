@@ -16,6 +16,9 @@ LLAMA3_ROPE_FIELDS = ("factor", "low_freq_factor", "high_freq_factor", "original
 
 # Refuse configs whose parameters alone would not fit in memory before anything is allocated.
 MAX_PARAMETERS = 20_000_000_000
+# The RoPE tables and the KV cache grow with the context; past this many positions (2**24, above
+# every published LLaMA context) a config is taken to be corrupt rather than ambitious.
+MAX_POSITION_EMBEDDINGS = 2**24
 
 
 @dataclasses.dataclass
@@ -50,6 +53,9 @@ class LlamaConfig:
                     f"({self.num_attention_heads}), or head_dim must be given")
             self.head_dim = self.hidden_size // self.num_attention_heads
         _require_positive_int("head_dim", self.head_dim)
+        if self.max_position_embeddings > MAX_POSITION_EMBEDDINGS:
+            raise ValueError(f"max_position_embeddings must be at most {MAX_POSITION_EMBEDDINGS:,}, "
+                             f"got {self.max_position_embeddings:,}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -101,7 +107,14 @@ class LlamaConfig:
         return shapes
 
     def num_parameters(self) -> int:
-        return sum(math.prod(s) for s in self.param_shapes().values())
+        """The total of param_shapes(), computed without building it (so a corrupt config with a
+        billion layers is refused at once instead of filling memory with names)."""
+        D, F, V = self.hidden_size, self.intermediate_size, self.vocab_size
+        q_dim = self.num_attention_heads * self.head_dim
+        kv_dim = self.num_key_value_heads * self.head_dim
+        per_layer = 2 * D + q_dim * D + 2 * kv_dim * D + D * q_dim + 3 * F * D
+        head = 0 if self.tie_word_embeddings else V * D
+        return V * D + self.num_hidden_layers * per_layer + D + head
 
     # ----- Hugging Face config.json ----------------------------------------------------------
     @classmethod
@@ -111,6 +124,8 @@ class LlamaConfig:
             raise TypeError(f"config must be a dict, got {type(d).__name__}")
         model_type = d.get("model_type", "llama")
         architectures = d.get("architectures") or []
+        if not isinstance(architectures, list):
+            raise TypeError(f"architectures must be a list of class names, got {architectures!r}")
         if model_type != "llama" or any("Llama" not in a for a in architectures if isinstance(a, str)):
             raise ValueError(
                 f"config is for model_type={model_type!r}, architectures={architectures!r}; "

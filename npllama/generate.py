@@ -22,7 +22,15 @@ def generate(model, prompt: Sequence[int], max_new_tokens: int, *, temperature: 
     on_token(id) is called with each new id as soon as it is chosen (for streaming).
     """
     prompt = _check_prompt(prompt, model.config.vocab_size)
-    _check_sampling(max_new_tokens, temperature, top_k, top_p)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    _check_sampling(temperature, top_k, top_p)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
+    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer))):
+        raise TypeError(f"eos_id must be None or a token id (int), got {eos_id!r}")
+    if on_token is not None and not callable(on_token):
+        raise TypeError(f"on_token must be None or a function of the new token id, got {on_token!r}")
     limit = model.config.max_position_embeddings
     if len(prompt) + max_new_tokens > limit:
         raise ValueError(f"the prompt ({len(prompt)} tokens) plus max_new_tokens ({max_new_tokens}) is "
@@ -33,6 +41,10 @@ def generate(model, prompt: Sequence[int], max_new_tokens: int, *, temperature: 
     logits = model.forward_step(np.asarray([prompt], dtype=np.int64), cache)[0, -1]  # prefill
     ids = list(prompt)
     for step in range(max_new_tokens):
+        if not np.isfinite(logits).all():
+            # argmax would pick the NaN and sampling would fail deep inside numpy: say what it is.
+            raise ValueError(f"the model's logits at position {len(ids) - 1} are not finite (NaN/Inf): "
+                             f"its parameters hold NaN/Inf, or its values overflow in {model.dtype.__name__}")
         next_id = sample_next(logits, temperature, top_k, top_p, rng)
         ids.append(next_id)
         if on_token is not None:
@@ -46,10 +58,21 @@ def generate(model, prompt: Sequence[int], max_new_tokens: int, *, temperature: 
 def sample_next(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
                 rng: np.random.Generator) -> int:
     """One token id from a (vocab,) row of logits."""
-    logits = np.asarray(logits, dtype=np.float64)
+    logits = np.asarray(logits)
+    if logits.ndim != 1 or logits.size == 0 or not np.issubdtype(logits.dtype, np.floating):
+        raise ValueError(f"logits must be a non-empty 1-D float array (one row), got {logits.dtype} {logits.shape}")
+    if not np.isfinite(logits).all():
+        raise ValueError("logits must be finite (they hold NaN or Inf)")
+    _check_sampling(temperature, top_k, top_p)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+    logits = logits.astype(np.float64)
     if temperature == 0:
         return int(np.argmax(logits))
-    scaled = logits / temperature
+    with np.errstate(over="ignore"):  # a temperature so small it overflows is greedy in the limit
+        scaled = logits / temperature
+    if not np.isfinite(scaled).all():
+        return int(np.argmax(logits))
     if top_k is not None and top_k < scaled.size:
         kth = np.partition(scaled, -top_k)[-top_k]
         scaled = np.where(scaled < kth, -np.inf, scaled)
@@ -99,11 +122,9 @@ def _check_prompt(prompt, vocab_size: int) -> list[int]:
     return [int(i) for i in prompt]
 
 
-def _check_sampling(max_new_tokens, temperature, top_k, top_p) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+def _check_sampling(temperature, top_k, top_p) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < np.inf:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise ValueError(f"top_k must be None or a positive integer, got {top_k!r}")
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))

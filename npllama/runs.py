@@ -18,9 +18,10 @@ Hugging Face LLaMA folder (config.json + model.safetensors).
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
-from .io.atomic import atomic_write_text, backup_paths
+from .io.atomic import _OLD_TAG, _TMP_TAG, atomic_write_text, backup_paths
 
 DEFAULT_RUNS_DIR = Path("runs")
 LATEST_FILE = "LATEST"
@@ -57,6 +58,35 @@ def recover_checkpoint(run_dir: Path) -> Path | None:
         if backups:
             os.replace(backups[-1], checkpoint)
     return checkpoint if (checkpoint / "training_state.json").is_file() else None
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete what interrupted writes left in a run folder; returns what was removed.
+
+    A kill during an atomic write leaves hidden temporaries beside the file or folder being
+    replaced (`.checkpoint.tmp-*`, `.log.jsonl.tmp-*`, the tokenizer's `.tokenizer-training.*`,
+    data.py's `tokens.npy*.tmp`) and, if it came between the two renames of a folder replacement,
+    the old folder under `.<name>.old-*`.  Such a backup is removed only once the folder it
+    backs up exists again (else `recover_checkpoint` restores it first).  Only the process that
+    owns the run (`npllama train --resume`) may call this: another writer's temporaries would go too.
+    """
+    run_dir = Path(run_dir)
+    recover_checkpoint(run_dir)
+    removed = []
+    for path in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
+        name = path.name
+        stale = (name.startswith(".") and _TMP_TAG in name) or name.startswith(".tokenizer-training.") \
+            or (name.startswith("tokens.npy") and name.endswith(".tmp"))
+        for final in ("checkpoint", "model"):
+            if name.startswith(f".{final}{_OLD_TAG}") and (run_dir / final).is_dir():
+                stale = True
+        if stale:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def resolve_model_dir(path=None) -> Path:

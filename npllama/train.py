@@ -11,20 +11,23 @@ had.  Ctrl-C saves a checkpoint and stops.  A run folder is laid out as npllama/
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .config import PRESETS, LlamaConfig
+from .io.atomic import atomic_write_bytes, atomic_write_text
+from .io.errors import CheckpointError
 from .optim import AdamW, NonFiniteGradientError, clip_grad_norm, cosine_with_warmup
-from .runs import TOKENIZER_FILE, mark_latest, recover_checkpoint
+from .runs import TOKENIZER_FILE, mark_latest, recover_checkpoint, remove_stale_temporaries
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+TOKENIZER_TRAINING_PREFIX = ".tokenizer-training"  # SentencePiece's output, before it is moved into place
 
 
 @dataclasses.dataclass
@@ -69,13 +72,33 @@ class TrainConfig:
             _non_negative_int(name, getattr(self, name))
         if self.stop_after is not None:
             _positive_int("stop_after", self.stop_after)
+        if not isinstance(self.out, str) or not self.out.strip():
+            raise ValueError(f"out must name a run folder, got {self.out!r}")
+        for name in ("data", "tokenizer"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a path (str) or None, got {getattr(self, name)!r}")
+        if self.vocab_size is not None:
+            from .tokenizer import MIN_VOCAB_SIZE
+
+            _positive_int("vocab_size", self.vocab_size)
+            if self.vocab_size < MIN_VOCAB_SIZE:
+                raise ValueError(f"vocab_size must be at least {MIN_VOCAB_SIZE} (256 byte pieces, <unk>, <s>, "
+                                 f"</s> and room for text), got {self.vocab_size}")
         for name in ("lr", "grad_clip"):
-            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
+            _finite_number(name, getattr(self, name))
+            if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)!r}")
+        for name in ("min_lr", "weight_decay", "beta1", "beta2", "val_fraction"):
+            _finite_number(name, getattr(self, name))
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"min_lr must be between 0 and lr ({self.lr}), got {self.min_lr}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not isinstance(self.skip_nonfinite, bool) or not isinstance(self.progress, bool):
+            raise TypeError("skip_nonfinite and progress must be True or False")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
         if self.dtype not in DTYPES:
@@ -105,6 +128,21 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message says what to do."""
 
 
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint (or the final model) failed, e.g. the disk is full.  The folder being
+    replaced still holds the last one written completely (npllama.io.atomic); `errno` is the
+    original error's."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+
+# With --skip-nonfinite, this many non-finite batches in a row means the model itself is broken
+# (e.g. NaN parameters), not a bad batch: stop instead of skipping forever.
+MAX_CONSECUTIVE_SKIPS = 20
+
+
 class _StopRequested(Exception):
     """The run reached TrainConfig.stop_after: checkpoint and stop, like Ctrl-C."""
 
@@ -113,16 +151,19 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
     """Run (or continue) a pre-training run; returns the final losses and samples."""
     from .corpus import unigram_entropy
     from .data import BatchLoader, evaluation_batches, train_val_split
-    from .io.train_state import load_checkpoint
 
     run_dir = Path(tc.out)
+    for name in ("data", "tokenizer"):  # before anything is written
+        if getattr(tc, name) is not None and not Path(getattr(tc, name)).expanduser().exists():
+            raise FileNotFoundError(f"--{name} {getattr(tc, name)!r} does not exist")
     if resume:
         tc = _check_resumable(run_dir, tc)
+        remove_stale_temporaries(run_dir)
     elif (run_dir / "checkpoint").exists() or (run_dir / "model").exists():
         raise ValueError(f"run folder {str(run_dir)!r} already holds a run; pass --resume to continue "
                          f"it, or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(tc), indent=2) + "\n")
+    atomic_write_text(run_dir / "train_config.json", json.dumps(dataclasses.asdict(tc), indent=2) + "\n")
 
     tokenizer = _prepare_tokenizer(tc, run_dir, echo)
     ids = _prepare_tokens(tc, run_dir, tokenizer, echo)
@@ -133,12 +174,10 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
     dtype = DTYPES[tc.dtype]
 
     checkpoint = recover_checkpoint(run_dir) if resume else None
+    state = {}
     if checkpoint is not None:
-        model, optimizer_state, state = load_checkpoint(checkpoint, dtype=dtype)
-        optimizer = _make_optimizer(model, tc)
-        optimizer.load_state_dict(optimizer_state)
-        loader.load_state_dict(state["loader"])
-        start_step = int(state["step"])
+        model, optimizer, state = restore_checkpoint(checkpoint, tc, loader, tokenizer)
+        start_step = state["step"]
         _truncate_log(run_dir / "log.jsonl", start_step)
         echo(f"resuming {run_dir} at step {start_step}")
     else:
@@ -150,12 +189,13 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
         model = Llama(config, seed=tc.seed, dtype=dtype)
         optimizer = _make_optimizer(model, tc)
         start_step = 0
-        (run_dir / "log.jsonl").write_text("")
+        atomic_write_text(run_dir / "log.jsonl", "")
     mark_latest(run_dir)
     echo(f"model: {tc.preset}, {model.num_parameters():,} parameters; corpus: {len(train_ids):,} training "
          f"and {len(val_ids):,} validation tokens; unigram entropy {unigram:.3f} nats/token")
 
     loop = _Loop(tc, run_dir, model, optimizer, loader, val_batches, tokenizer, echo)
+    loop.restore_losses(state)
     interrupted = False
     try:
         loop.run(start_step)
@@ -171,7 +211,8 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
     samples = []
     if not interrupted:
         loop.save_checkpoint(loop.step)
-        _save_final_model(run_dir, model, tokenizer)
+        with _reporting_write_errors("the final model", run_dir / "model"):
+            _save_final_model(run_dir, model, tokenizer)
         _plot_losses(run_dir)
         val_loss = loop.last_val_loss
         reduction = 100 * (1 - val_loss / unigram)
@@ -180,6 +221,77 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
         samples = _print_samples(model, tokenizer, tc, echo)
     return TrainResult(run_dir, loop.step, loop.last_train_loss, loop.last_val_loss, unigram,
                        interrupted, samples)
+
+
+def restore_checkpoint(checkpoint, tc: TrainConfig, loader, tokenizer):
+    """(model, optimizer, state) from a run's checkpoint folder, with `loader` moved to its position.
+
+    Whatever does not fit -- a malformed file, optimizer state for other parameters, a step count
+    that disagrees with the optimizer's, a loader position from another corpus -- raises
+    CheckpointError naming the file.  The loader is moved last, after every check has passed.
+    """
+    from .io.train_state import OPTIMIZER_FILE, STATE_FILE, load_checkpoint
+
+    checkpoint = Path(checkpoint)
+    state_file = checkpoint / STATE_FILE
+    model, optimizer_state, state = load_checkpoint(checkpoint, dtype=DTYPES[tc.dtype])
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(state_file, f"must be a non-negative integer, got {step!r}", field="step")
+    if not isinstance(state.get("loader"), dict):
+        raise CheckpointError(state_file, "must be the data loader's position (a JSON object)", field="loader")
+    for name in ("train_loss", "val_loss", "val_step"):
+        value = state.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise CheckpointError(state_file, f"must be a number or null, got {value!r}", field=name)
+    try:
+        tokenizer.check_vocab(model.config.vocab_size)
+    except ValueError as error:
+        raise CheckpointError(checkpoint / "model" / "config.json", str(error), field="vocab_size") from None
+    optimizer = _make_optimizer(model, tc)
+    try:
+        optimizer.load_state_dict(optimizer_state)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(checkpoint, f"the optimizer state ({STATE_FILE} + {OPTIMIZER_FILE}) does "
+                                          f"not fit the model: {error}") from None
+    if optimizer.step_count != step:
+        raise CheckpointError(state_file, f"is {step}, but the optimizer state has taken "
+                                          f"{optimizer.step_count} steps", field="step")
+    try:
+        loader.load_state_dict(state["loader"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(state_file, str(error), field="loader") from None
+    return model, optimizer, state
+
+
+@contextlib.contextmanager
+def _reporting_write_errors(what: str, path: Path):
+    """Turn an OSError while writing `what` into a CheckpointWriteError that says what survived."""
+    try:
+        yield
+    except CheckpointWriteError:
+        raise
+    except OSError as error:
+        raise CheckpointWriteError(
+            f"writing {what} to {path} failed: {error}. {path} still holds the last one written "
+            f"completely; free some space (or fix the permissions) and continue with --resume",
+            errno=error.errno) from error
+
+
+def _non_finite_params(params: dict) -> str:
+    """Which parameters hold NaN/Inf (the usual reason for a non-finite loss), as a clause."""
+    bad = [name for name, p in params.items() if not np.isfinite(p).all()]
+    if not bad:
+        return " (every parameter is finite: this batch overflowed the forward pass)"
+    return f" (parameters holding NaN/Inf: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})"
+
+
+def _describe_bad_gradients(grads: dict, grad_norm: float) -> str:
+    for name, g in grads.items():
+        if not np.isfinite(g).all():
+            return f"the gradient of {name} is not finite"
+    largest = max(grads, key=lambda name: float(np.max(np.abs(grads[name]), initial=0.0)))
+    return f"the gradient norm overflows ({grad_norm}); its largest entries are in {largest}"
 
 
 class _Loop:
@@ -191,7 +303,15 @@ class _Loop:
         self.log = open(run_dir / "log.jsonl", "a", encoding="utf-8")
         self.step = 0
         self.last_train_loss = self.last_val_loss = self.last_val_step = None
+        self.skipped_in_a_row = 0
         self.bar = None
+
+    def restore_losses(self, state: dict) -> None:
+        """After a resume: the losses the checkpoint recorded, so the result (and whether the run
+        still owes a final evaluation) are those of the uninterrupted run."""
+        self.last_train_loss = state.get("train_loss")
+        self.last_val_loss = state.get("val_loss")
+        self.last_val_step = state.get("val_step")
 
     def run(self, start_step: int) -> None:
         tc = self.tc
@@ -204,14 +324,18 @@ class _Loop:
                                     total_steps=tc.steps, min_lr=tc.min_lr)
             loss, grads = self.accumulate()
             if not math.isfinite(loss):
-                self.non_finite(f"the loss is {loss}", None)
+                self.non_finite(f"the loss is {loss}{_non_finite_params(self.model.params)}")
                 continue
             grad_norm = clip_grad_norm(grads, tc.grad_clip)
+            if not math.isfinite(grad_norm):  # NaN/Inf in a gradient, or finite ones whose norm overflows
+                self.non_finite(_describe_bad_gradients(grads, grad_norm))
+                continue
             try:
                 self.optimizer.step(grads, lr=lr)
-            except NonFiniteGradientError as error:
-                self.non_finite(f"the gradient of {error.name} is not finite", error)
+            except NonFiniteGradientError as error:  # the optimizer's own check, a second line of defence
+                self.non_finite(f"the gradient of {error.name} is not finite")
                 continue
+            self.skipped_in_a_row = 0
             self.step += 1
             seconds = time.perf_counter() - started
             self.last_train_loss = loss
@@ -246,8 +370,15 @@ class _Loop:
                 g /= self.tc.grad_accum
         return total_loss / self.tc.grad_accum, total_grads
 
-    def non_finite(self, what: str, error) -> None:
+    def non_finite(self, what: str) -> None:
+        """A NaN/Inf loss or gradient: nothing was updated.  Skip the batch, or stop."""
         self.write_log({"step": self.step + 1, "skipped": what})
+        self.skipped_in_a_row += 1
+        if self.tc.skip_nonfinite and self.skipped_in_a_row >= MAX_CONSECUTIVE_SKIPS:
+            raise TrainingError(
+                f"step {self.step + 1}: {what}; {self.skipped_in_a_row} batches in a row were not "
+                f"finite, so the model itself is broken rather than a batch. The last good checkpoint "
+                f"is {self.run_dir / 'checkpoint'}; resume from it with a lower --lr.")
         if self.tc.skip_nonfinite:
             self.echo(f"step {self.step + 1}: {what}; batch skipped (--skip-nonfinite)")
             return
@@ -267,10 +398,12 @@ class _Loop:
     def save_checkpoint(self, step: int) -> None:
         from .io.train_state import save_checkpoint
 
-        state = {"step": step, "loader": self.loader.state_dict(),
-                 "train_loss": self.last_train_loss, "val_loss": self.last_val_loss}
-        save_checkpoint(self.run_dir / "checkpoint", self.model, self.optimizer.state_dict(), state,
-                        extra_files={TOKENIZER_FILE: self.tokenizer.path.read_bytes()})
+        state = {"step": step, "loader": self.loader.state_dict(), "train_loss": self.last_train_loss,
+                 "val_loss": self.last_val_loss, "val_step": self.last_val_step}
+        path = self.run_dir / "checkpoint"
+        with _reporting_write_errors(f"the checkpoint of step {step}", path):
+            save_checkpoint(path, self.model, self.optimizer.state_dict(), state,
+                            extra_files={TOKENIZER_FILE: self.tokenizer.path.read_bytes()})
 
     def write_log(self, record: dict) -> None:
         self.log.write(json.dumps(record) + "\n")
@@ -291,12 +424,20 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, echo):
         return Tokenizer(path)
     if tc.tokenizer is not None:
         tokenizer = Tokenizer(tc.tokenizer)
-        shutil.copyfile(tokenizer.path, path)
+        atomic_write_bytes(path, tokenizer.path.read_bytes())
         return Tokenizer(path)
     vocab_size = tc.vocab_size or PRESETS[tc.preset]["vocab_size"]
     echo(f"training a SentencePiece BPE tokenizer with {vocab_size} pieces ...")
     texts = _load_corpus(tc)
-    return Tokenizer.train(texts, run_dir / "tokenizer", vocab_size, input_sentence_size=200_000)
+    # SentencePiece writes its files in place; train under a temporary name and move the result
+    # in atomically, so a run killed meanwhile never leaves a half-written tokenizer.model behind.
+    prefix = run_dir / TOKENIZER_TRAINING_PREFIX
+    trained = Tokenizer.train(texts, prefix, vocab_size, input_sentence_size=200_000)
+    atomic_write_bytes(run_dir / "tokenizer.vocab", Path(f"{prefix}.vocab").read_bytes())
+    atomic_write_bytes(path, trained.path.read_bytes())
+    for suffix in (".model", ".vocab"):
+        Path(f"{prefix}{suffix}").unlink(missing_ok=True)
+    return Tokenizer(path)
 
 
 def _prepare_tokens(tc: TrainConfig, run_dir: Path, tokenizer, echo):
@@ -338,7 +479,12 @@ def _check_resumable(run_dir: Path, tc: TrainConfig) -> TrainConfig:
     saved_path = run_dir / "train_config.json"
     if not saved_path.is_file():
         raise FileNotFoundError(f"nothing to resume: {str(saved_path)!r} does not exist")
-    saved = json.loads(saved_path.read_text())
+    try:
+        saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"cannot resume: {str(saved_path)!r} is not valid JSON ({error})") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"cannot resume: {str(saved_path)!r} does not hold the run's settings")
     changed = [f"{name} ({saved.get(name)!r} -> {getattr(tc, name)!r})" for name in TrainConfig.RESUME_FIXED
                if name in saved and saved[name] != getattr(tc, name)]
     if changed:
@@ -347,12 +493,20 @@ def _check_resumable(run_dir: Path, tc: TrainConfig) -> TrainConfig:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past the checkpoint's step: the resumed run writes them again."""
+    """Drop log lines past the checkpoint's step: the resumed run writes them again.  A line a
+    kill cut short is dropped too; the log is replaced atomically, so a kill now loses nothing."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        line_step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(line_step, int) and line_step <= step:
+            kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _save_final_model(run_dir: Path, model, tokenizer) -> None:
@@ -404,3 +558,10 @@ def _positive_int(name, value):
 def _non_negative_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+def _finite_number(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")

@@ -52,7 +52,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..backend import get_backend, use_backend
-    from ..train import TrainConfig, TrainingError, train
+    from ..train import CheckpointWriteError, TrainConfig, TrainingError, train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
@@ -64,7 +64,7 @@ def run(args) -> int:
     with use_backend(args.backend or get_backend()):
         try:
             result = train(tc, resume=args.resume)
-        except TrainingError as error:  # not a usage mistake: the run itself failed
+        except (TrainingError, CheckpointWriteError) as error:  # not a usage mistake: the run failed
             print(f"npllama train: stopped: {error}", file=sys.stderr)
             return 1
     return 130 if result.interrupted else 0

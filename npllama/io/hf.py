@@ -34,6 +34,9 @@ INDEX_NAME = "model.safetensors.index.json"
 
 # Never allocate more than this for parameters, whatever the machine (and never more than its RAM).
 MAX_LOAD_BYTES = 64 * 1024**3
+# config.json is a few kB and an index a few MB even for the largest models: anything far bigger
+# is not what it claims to be, and is refused before it is read into memory.
+MAX_JSON_BYTES = 64 * 1024**2
 
 # Older checkpoints saved RoPE's inverse frequencies as a buffer; we compute them from the config.
 _SKIPPED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
@@ -94,10 +97,13 @@ def read_config(config_path) -> LlamaConfig:
 
 
 def _check_memory_budget(config_path, config: LlamaConfig, dtype: np.dtype) -> None:
-    needed = config.num_parameters() * dtype.itemsize
+    # The parameters, plus the RoPE cos/sin tables the model builds for its whole context.
+    rope_tables = 2 * config.max_position_embeddings * config.head_dim * dtype.itemsize
+    needed = config.num_parameters() * dtype.itemsize + rope_tables
     budget = _memory_budget()
     if needed > budget:
-        raise CheckpointError(config_path, f"the model has {config.num_parameters():,} parameters: "
+        raise CheckpointError(config_path, f"the model has {config.num_parameters():,} parameters and "
+                                           f"{config.max_position_embeddings:,} positions: "
                                            f"{needed / 1024**3:.1f} GiB as {dtype}, over the "
                                            f"{budget / 1024**3:.1f} GiB this machine allows")
 
@@ -333,6 +339,10 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _load_json(path: Path):
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise CheckpointError(path, f"is {size:,} bytes, over the {MAX_JSON_BYTES:,}-byte limit for "
+                                    f"a JSON file in a model folder (not a config or index?)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

@@ -76,7 +76,7 @@ def read_safetensors_header(path) -> dict:
     Returns the JSON header as a dict: tensor name -> {"dtype": str, "shape": [int, ...],
     "data_offsets": [begin, end]}, plus "__metadata__" -> {str: str} when the file has it.
     """
-    with open(path, "rb") as f:
+    with _open_for_reading(path) as f:
         entries, metadata, _ = _read_header(f, path)
     header = {} if metadata is None else {"__metadata__": dict(metadata)}
     for name, entry in entries.items():
@@ -102,7 +102,7 @@ def read_safetensors(path, names: Iterable[str] | None = None, dtype=None) -> di
         for name in names:
             if not isinstance(name, str):
                 raise TypeError(f"names must hold str, got {name!r}")
-    with open(path, "rb") as f:
+    with _open_for_reading(path) as f:
         entries, _, data_start = _read_header(f, path)
         if names is None:
             names = list(entries)
@@ -113,6 +113,23 @@ def read_safetensors(path, names: Iterable[str] | None = None, dtype=None) -> di
                                             f"(it has {len(entries)}: {_preview(entries)})", tensor=name)
             tensors[name] = _read_tensor(f, path, name, entries[name], data_start, float_dtype)
     return tensors
+
+
+def _open_for_reading(path):
+    """Open `path` for binary reading, refusing anything but a regular file.
+
+    O_NONBLOCK: a plain open() of a FIFO waits until something writes to it, so a FIFO named
+    model.safetensors would hang the loader; this open returns at once and fstat refuses it.
+    (On regular files O_NONBLOCK changes nothing.)
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CheckpointError(path, "not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class _Entry:

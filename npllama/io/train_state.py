@@ -24,6 +24,7 @@ from .safetensors import read_safetensors, write_safetensors
 STATE_FILE = "training_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 FORMAT_VERSION = 1
+MAX_STATE_BYTES = 16 * 1024**2  # training_state.json is a few kB; anything this big is not one
 
 
 def save_checkpoint(path, model, optimizer_state: dict, state: dict, extra_files=None) -> None:
@@ -32,8 +33,13 @@ def save_checkpoint(path, model, optimizer_state: dict, state: dict, extra_files
     extra_files: {file name: bytes} to place inside the model folder (e.g. tokenizer.model).
     """
     arrays, header = _split_arrays(optimizer_state)
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict of JSON values, got {type(state).__name__}")
     record = {"format_version": FORMAT_VERSION, "optimizer": header, **state}
-    text = json.dumps(record, indent=2, sort_keys=True)  # fails early on a non-JSON value
+    try:  # fails before anything is written
+        text = json.dumps(record, indent=2, sort_keys=True)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"state and optimizer_state must hold only JSON values and numpy arrays: {error}") from None
     with atomic_directory(path) as tmp:
         save_hf_folder(tmp / "model", model.config, model.params, extra_files=extra_files)
         write_safetensors(tmp / OPTIMIZER_FILE, arrays)
@@ -41,32 +47,63 @@ def save_checkpoint(path, model, optimizer_state: dict, state: dict, extra_files
 
 
 def load_checkpoint(path, dtype=np.float32):
-    """(model, optimizer_state, state) from a folder written by save_checkpoint."""
+    """(model, optimizer_state, state) from a folder written by save_checkpoint.
+
+    Every file is checked as it is read; a missing, truncated or malformed one raises
+    CheckpointError naming it.  Whether the optimizer state fits the model (names, shapes) is
+    checked by the optimizer's load_state_dict.
+    """
     from ..model import Llama
 
     path = Path(path)
-    state_path = path / STATE_FILE
+    record = _read_record(path / STATE_FILE)
+    header = record.pop("optimizer")
+    if not (path / "model").is_dir():
+        raise CheckpointError(path / "model", "is missing: a training checkpoint holds its model folder")
+    model = Llama.from_pretrained(path / "model", dtype=dtype)
+    optimizer_path = path / OPTIMIZER_FILE
+    if not optimizer_path.is_file():
+        raise CheckpointError(optimizer_path, "is missing: a training checkpoint holds the optimizer state")
+    arrays = read_safetensors(optimizer_path, dtype=dtype)
+    return model, _join_arrays(header, arrays, optimizer_path, model.dtype), record
+
+
+def _read_record(state_path: Path) -> dict:
+    """training_state.json, checked as far as load_checkpoint itself relies on it."""
     if not state_path.is_file():
         raise CheckpointError(state_path, "is missing: not a training checkpoint")
+    size = state_path.stat().st_size
+    if size > MAX_STATE_BYTES:
+        raise CheckpointError(state_path, f"is {size:,} bytes, over the {MAX_STATE_BYTES:,}-byte limit")
     try:
         record = json.loads(state_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise CheckpointError(state_path, f"is not valid JSON ({e})") from None
-    if not isinstance(record, dict) or record.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(state_path, f"has format_version {record.get('format_version') if isinstance(record, dict) else None!r}, "
-                                          f"expected {FORMAT_VERSION}")
-    header = record.pop("optimizer", None)
+    if not isinstance(record, dict):
+        raise CheckpointError(state_path, f"must hold a JSON object, got {type(record).__name__}")
+    if record.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(state_path, f"has format_version {record.get('format_version')!r}, "
+                                          f"expected {FORMAT_VERSION}", field="format_version")
+    header = record.get("optimizer")
     if not isinstance(header, dict):
-        raise CheckpointError(state_path, "has no optimizer header")
-    model = Llama.from_pretrained(path / "model", dtype=dtype)
-    arrays = read_safetensors(path / OPTIMIZER_FILE, dtype=dtype)
-    return model, _join_arrays(header, arrays, path / OPTIMIZER_FILE), record
+        raise CheckpointError(state_path, "has no optimizer header (a JSON object)", field="optimizer")
+    groups = header.get("_array_groups", [])
+    if not (isinstance(groups, list) and all(isinstance(g, str) and g for g in groups)
+            and len(set(groups)) == len(groups)):
+        raise CheckpointError(state_path, f"must list distinct names, got {groups!r}",
+                              field="optimizer._array_groups")
+    return record
 
 
 def _split_arrays(optimizer_state: dict):
     """Optimizer.state_dict() -> ({"m/<name>": array, ...}, the JSON-able rest)."""
+    if not isinstance(optimizer_state, dict):
+        raise TypeError(f"optimizer_state must be a dict (Optimizer.state_dict()), got "
+                        f"{type(optimizer_state).__name__}")
     arrays, header = {}, {}
     for key, value in optimizer_state.items():
+        if not isinstance(key, str) or "/" in key or key == "_array_groups":
+            raise ValueError(f"optimizer_state keys must be names without '/', got {key!r}")
         if isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values()):
             arrays.update({f"{key}/{name}": np.ascontiguousarray(a) for name, a in value.items()})
             header.setdefault("_array_groups", []).append(key)
@@ -77,9 +114,20 @@ def _split_arrays(optimizer_state: dict):
     return arrays, header
 
 
-def _join_arrays(header: dict, arrays: dict, file: Path) -> dict:
+def _join_arrays(header: dict, arrays: dict, file: Path, dtype) -> dict:
+    """The inverse of _split_arrays.  Every array must belong to a listed group, every group must
+    have arrays, and every array must be a float of the model's dtype."""
     state = {k: v for k, v in header.items() if k != "_array_groups"}
-    for group in header.get("_array_groups", []):
+    groups = header.get("_array_groups", [])
+    for name, array in arrays.items():
+        group = name.split("/", 1)[0]
+        if "/" not in name or group not in groups:
+            raise CheckpointError(file, "belongs to no optimizer state group listed in "
+                                        f"{STATE_FILE} ({groups})", tensor=name)
+        if array.dtype != dtype:
+            raise CheckpointError(file, f"has dtype {array.dtype}; optimizer state must be float",
+                                  tensor=name)
+    for group in groups:
         prefix = group + "/"
         members = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
         if not members:

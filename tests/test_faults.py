@@ -1,0 +1,469 @@
+"""Faults during training: kills, failing writes and non-finite numbers lose nothing.
+
+* SIGKILL: `python -m npllama train` is killed again and again -- at random moments (during start-up,
+  between and inside steps) and, through a small wrapper around the same entry point, at the three
+  dangerous instants of a checkpoint write (half-way through writing the new folder, between the
+  two renames that replace the old one, before the old one is deleted).  After every kill the latest
+  checkpoint loads and never goes backwards; then `--resume` runs to the end and its losses and
+  final weights are bit for bit those of a run that was never interrupted.
+* A write that fails (OSError: disk full, at six points of a checkpoint write) leaves the previous
+  checkpoint intact and nothing half-written beside it, and `npllama train` reports it in one line.
+* A NaN/Inf loss or gradient stops the step with a message naming the step and the parameter,
+  the way forward (--lr, --skip-nonfinite), keeps the last good checkpoint, and never reaches the
+  optimizer; --skip-nonfinite skips the batch, and gives up on a model that only produces NaN.
+"""
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npllama import Llama, LlamaConfig
+from npllama.cli import main
+from npllama.io import train_state
+from npllama.io.train_state import load_checkpoint, save_checkpoint
+from npllama.optim import AdamW
+from npllama.runs import recover_checkpoint
+from npllama.train import MAX_CONSECUTIVE_SKIPS, TrainConfig, TrainingError, train
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = 40
+CHECKPOINT_EVERY = 2
+TRAIN_ARGS = ["--preset", "stories260k", "--vocab-size", "360", "--batch-size", "4", "--seq-len", "32",
+              "--steps", str(STEPS), "--eval-every", "0", "--checkpoint-every", str(CHECKPOINT_EVERY),
+              "--samples", "0", "--no-progress", "--backend", "numpy"]
+FAST = dict(preset="stories260k", vocab_size=360, batch_size=4, seq_len=32, eval_batches=2, samples=0,
+            progress=False, lr=5e-3)
+
+
+def quiet(*_args, **_kwargs):
+    pass
+
+
+def losses(run_dir):
+    records = [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in records if "loss" in r]
+
+
+# ----- SIGKILL ------------------------------------------------------------------------------------
+
+# The same entry point as `python -m npllama`, with one fault armed by NPLLAMA_TEST_FAULT: when the
+# process reaches that instant of a checkpoint write it creates the marker file and waits there to
+# be killed.  Nothing in npllama knows about it.
+FAULT_RUNNER = r'''
+import os, shutil, sys, time
+import npllama.io.atomic as atomic
+import npllama.io.train_state as train_state
+
+phase, marker = os.environ["NPLLAMA_TEST_FAULT"], os.environ["NPLLAMA_TEST_FAULT_MARKER"]
+
+def wait_to_be_killed():
+    open(marker, "w").close()
+    time.sleep(600)
+
+if phase == "mid-write":            # new folder half written: model and optimizer, no training_state.json
+    real_write = train_state.write_safetensors
+    def write_then_wait(*args, **kwargs):
+        real_write(*args, **kwargs)
+        wait_to_be_killed()
+    train_state.write_safetensors = write_then_wait
+elif phase == "between-renames":    # old checkpoint moved aside, new one not yet in its place
+    real_rename = os.rename
+    def rename(src, dst, *args, **kwargs):
+        real_rename(src, dst, *args, **kwargs)
+        if os.path.basename(dst).startswith(".checkpoint.old-"):
+            wait_to_be_killed()
+    atomic.os.rename = rename
+elif phase == "before-cleanup":     # new checkpoint in place, the old one not yet deleted
+    import types
+    def rmtree(path, *args, **kwargs):
+        if os.path.basename(os.fspath(path)).startswith(".checkpoint.old-"):
+            wait_to_be_killed()
+        shutil.rmtree(path, *args, **kwargs)
+    atomic.shutil = types.SimpleNamespace(rmtree=rmtree)  # atomic's own reference only
+
+from npllama.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def child_env(tmp_path):
+    # One BLAS/numba thread: the bits of a matrix product may depend on the thread count, and the
+    # reference run and the killed runs must compute the same bits (see docs/robustness.md).
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "NPLLAMA_RUNS": str(tmp_path / "runs"), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+
+
+def start_training(run, corpus, env, fault=None, marker=None):
+    resume = ["--resume"] if (run / "train_config.json").is_file() else []
+    argv = ["train", "--data", str(corpus), "--out", str(run), *TRAIN_ARGS, *resume]
+    if fault is None:
+        command = [sys.executable, "-m", "npllama", *argv]
+    else:
+        command = [sys.executable, "-c", FAULT_RUNNER, *argv]
+        env = {**env, "NPLLAMA_TEST_FAULT": fault, "NPLLAMA_TEST_FAULT_MARKER": str(marker)}
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def last_logged_step(run) -> int:
+    try:
+        lines = (run / "log.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    steps = []
+    for line in lines:
+        try:
+            steps.append(json.loads(line).get("step", 0))
+        except ValueError:
+            pass  # a line being written right now
+    return max(steps, default=0)
+
+
+def wait_until(condition, process, timeout=60.0, poll=0.005):
+    """Poll until condition() holds; False if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if process.poll() is not None:
+            return condition()
+        time.sleep(poll)
+    raise AssertionError("the training process neither reached the moment nor ended")
+
+
+def kill(process):
+    """SIGKILL the process (unless it has ended); (exit status, its stderr)."""
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGKILL)
+    _, err = process.communicate(timeout=30)
+    return process.returncode, err
+
+
+def inspect_after_kill(run, tmp_path, label):
+    """Recover a copy of the run as --resume would, and load its checkpoint.  Returns (step, train_loss)
+    or None when there is no checkpoint yet.  The run itself is left exactly as the kill left it."""
+    copy = tmp_path / f"after-{label}"
+    shutil.copytree(run, copy, symlinks=True)
+    checkpoint = recover_checkpoint(copy)
+    if checkpoint is None:
+        assert not (copy / "checkpoint").exists()
+        return None
+    model, optimizer_state, state = load_checkpoint(checkpoint)  # raises if anything is broken
+    assert state["step"] == optimizer_state["step"]
+    assert all(np.isfinite(p).all() for p in model.params.values())
+    shutil.rmtree(copy)
+    return state["step"], state["train_loss"]
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_and_inside_checkpoint_writes_loses_nothing(tmp_path, robustness_count):
+    from npllama.corpus import write_default_corpus
+
+    corpus = write_default_corpus(tmp_path / "stories.txt", n_stories=300)
+    env = child_env(tmp_path)
+    reference = tmp_path / "reference"
+    uninterrupted = start_training(reference, corpus, env)  # runs alongside the kills
+
+    run = tmp_path / "run"
+    rng = random.Random(3)
+    plan = ["startup", "step", "step", "step", "mid-write", "between-renames", "before-cleanup"]
+    rng.shuffle(plan)
+    plan.remove("startup")
+    plan.insert(0, "startup")  # the first kill lands while the run starts (tokenizer, tokens, ...)
+    checkpoints = []  # (kill, step, train_loss) of the checkpoint found after each kill
+    for k, kind in enumerate(plan):
+        marker = tmp_path / f"marker-{k}"
+        forced = kind not in ("startup", "step")
+        before = last_logged_step(run)
+        process = start_training(run, corpus, env, fault=kind if forced else None, marker=marker)
+        if kind == "startup":
+            time.sleep(rng.uniform(0.05, 0.6))
+        elif kind == "step":  # a random step, then a random moment after it: inside or between steps,
+            target = before + rng.randint(1, 4)  # in a checkpoint write or not
+            wait_until(lambda target=target: last_logged_step(run) >= target, process)
+            time.sleep(rng.uniform(0.0, 0.15))
+        else:
+            assert wait_until(marker.exists, process), f"the {kind} fault was never reached"
+        status, err = kill(process)
+        assert status in (-signal.SIGKILL, 0), f"kill {k} ({kind}): exit status {status}:\n{err[-3000:]}"
+        if kind == "between-renames":
+            assert not (run / "checkpoint").exists() and list(run.glob(".checkpoint.old-*"))
+        if kind == "before-cleanup":
+            assert (run / "checkpoint").is_dir() and list(run.glob(".checkpoint.old-*"))
+        if kind == "mid-write":
+            assert [p for p in run.glob(".checkpoint.tmp-*") if not (p / "training_state.json").exists()]
+        found = inspect_after_kill(run, tmp_path, k)
+        assert found is not None or not checkpoints, f"kill {k} ({kind}) lost the checkpoint"
+        if found is not None:
+            assert not checkpoints or found[0] >= checkpoints[-1][1], "a kill lost a checkpoint"
+            checkpoints.append((k, *found))
+
+    finish = start_training(run, corpus, env)
+    out, err = finish.communicate(timeout=300)
+    assert finish.returncode == 0, err
+    assert f"resuming {run} at step {checkpoints[-1][1]}" in out  # from the latest checkpoint, not from 0
+    assert not [p.name for p in run.iterdir() if ".tmp-" in p.name or ".old-" in p.name], \
+        "stale temporaries left in the run folder"
+    ref_out, ref_err = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, ref_err
+
+    reference_losses = losses(reference)
+    assert len(reference_losses) == STEPS
+    assert losses(run) == reference_losses  # every step, bit for bit
+    assert (run / "model" / "model.safetensors").read_bytes() == \
+        (reference / "model" / "model.safetensors").read_bytes()
+    # tokenizer.model embeds the path it was trained under; its pieces and scores must be the same
+    assert (run / "tokenizer.vocab").read_bytes() == (reference / "tokenizer.vocab").read_bytes()
+    print("kills:", plan, "checkpoints found (kill, step, train loss):", checkpoints)
+    for _, step, train_loss in checkpoints:  # each checkpoint held the uninterrupted run's state
+        assert step % CHECKPOINT_EVERY == 0 and train_loss == dict(reference_losses)[step]
+    assert len(checkpoints) >= 4 and checkpoints[-1][1] > 0
+    robustness_count("SIGKILL of `npllama train`: random moments", plan.count("startup") + plan.count("step"))
+    robustness_count("SIGKILL of `npllama train`: inside a checkpoint write (mid-write, between renames, "
+                     "before cleanup)", len(plan) - plan.count("startup") - plan.count("step"))
+
+
+# ----- a write that fails --------------------------------------------------------------------------
+
+def tiny_model():
+    config = LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16)
+    return Llama(config, seed=0)
+
+
+def disk_full(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+class FillsUp:
+    """A file object that takes `room` bytes and then fails, as a full disk does mid-file."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            self.f.write(bytes(data)[:self.room])
+            disk_full()
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def fail_mid_file(monkeypatch):
+    import contextlib
+
+    import npllama.io.safetensors as safetensors_module
+
+    real_open = safetensors_module.atomic_open
+
+    @contextlib.contextmanager
+    def filling_open(path, mode="wb"):
+        with real_open(path, mode) as f:
+            yield FillsUp(f, room=1000)
+
+    monkeypatch.setattr(safetensors_module, "atomic_open", filling_open)
+
+
+def fail_rename(monkeypatch, which):
+    import npllama.io.atomic as atomic
+
+    real_rename = os.rename
+
+    def rename(src, dst, *args, **kwargs):
+        first = os.path.basename(dst).startswith(".checkpoint.old-")
+        second = os.path.basename(os.fspath(src)).startswith(".checkpoint.tmp-")
+        if (which == "first" and first) or (which == "second" and second):
+            disk_full()
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(atomic.os, "rename", rename)
+
+
+FAILING_WRITES = {
+    "model weights": lambda mp: mp.setattr("npllama.io.hf.write_safetensors", disk_full),
+    "optimizer state": lambda mp: mp.setattr(train_state, "write_safetensors", disk_full),
+    "disk full mid-file": fail_mid_file,
+    "fsync": lambda mp: mp.setattr("npllama.io.atomic.os.fsync", disk_full),
+    "rename old aside": lambda mp: fail_rename(mp, "first"),
+    "rename new into place": lambda mp: fail_rename(mp, "second"),
+}
+
+
+@pytest.mark.parametrize("point", list(FAILING_WRITES))
+def test_a_failing_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, point, robustness_count):
+    model = tiny_model()
+    optimizer = AdamW(model.params)
+    folder = tmp_path / "checkpoint"
+    save_checkpoint(folder, model, optimizer.state_dict(), {"step": 1})
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    for p in model.params.values():
+        p += 1.0  # the state the failed write tried to save
+    FAILING_WRITES[point](monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(folder, model, optimizer.state_dict(), {"step": 2})
+    monkeypatch.undo()
+    after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert after == before  # the previous checkpoint, byte for byte
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]  # nothing half-written beside it
+    assert load_checkpoint(folder)[2]["step"] == 1
+    robustness_count("failing checkpoint writes (OSError injected)")
+
+
+# ----- a base run the remaining tests continue from ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A run of 6 steps stopped after 2, with its checkpoint: copied by each test that resumes it."""
+    from npllama.corpus import write_default_corpus
+
+    base = tmp_path_factory.mktemp("base")
+    corpus = write_default_corpus(base / "stories.txt", n_stories=300)
+    out = base / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NPLLAMA_RUNS", str(base / "runs"))
+        train(TrainConfig(out=str(out), data=str(corpus), steps=6, eval_every=0, checkpoint_every=2, stop_after=2,
+                          **FAST), echo=quiet)
+    return out
+
+
+@pytest.fixture
+def run(stopped_run, tmp_path, monkeypatch):
+    copy = tmp_path / "run"
+    shutil.copytree(stopped_run, copy)
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("NPLLAMA_BACKEND", "numpy")  # faults, not kernels, are under test here
+    return copy
+
+
+def config_for(run, **changes):
+    fields = dict(out=str(run), data=corpus_of(run), steps=6, eval_every=0, checkpoint_every=2, **FAST)
+    return TrainConfig(**{**fields, **changes})
+
+
+def corpus_of(run):
+    return json.loads((run / "train_config.json").read_text())["data"]
+
+
+def checkpoint_bytes(run):
+    return {p.relative_to(run): p.read_bytes() for p in (run / "checkpoint").rglob("*") if p.is_file()}
+
+
+def test_a_failing_checkpoint_write_is_reported_in_one_line(run, monkeypatch, capsys):
+    before = checkpoint_bytes(run)
+    monkeypatch.setattr(train_state, "write_safetensors", disk_full)
+    argv = ["train", "--out", str(run), "--data", corpus_of(run), "--resume", "--preset", "stories260k",
+            "--vocab-size", "360", "--batch-size", "4", "--seq-len", "32", "--steps", "6", "--eval-every", "0",
+            "--checkpoint-every", "2", "--samples", "0", "--no-progress", "--lr", "0.005"]
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("npllama train: stopped: writing the checkpoint of step 4")
+    assert "No space left on device" in err[0] and "--resume" in err[0] and "still holds" in err[0]
+    monkeypatch.undo()
+    assert checkpoint_bytes(run) == before
+
+
+# ----- NaN and Inf ---------------------------------------------------------------------------------
+
+BAD_PARAM = "model.layers.1.mlp.up_proj.weight"
+
+
+def poison_gradient(value):
+    def inject(loss, grads, model):
+        grads[BAD_PARAM][0, 0] = value
+        return loss, grads
+    return inject
+
+
+def poison_loss(loss, grads, model):
+    return float("nan"), grads
+
+
+def poison_parameter(loss, grads, model):
+    model.params["model.norm.weight"][0] = np.inf  # as if an earlier update had blown up
+    return float("inf"), grads
+
+
+NON_FINITE = {
+    "NaN gradient": (poison_gradient(np.nan), rf"the gradient of {BAD_PARAM} is not finite"),
+    "Inf gradient": (poison_gradient(-np.inf), rf"the gradient of {BAD_PARAM} is not finite"),
+    "NaN loss": (poison_loss, r"the loss is nan \(every parameter is finite"),
+    "Inf parameter": (poison_parameter, r"the loss is inf \(parameters holding NaN/Inf: model\.norm\.weight\)"),
+}
+
+
+def inject(monkeypatch, fault, when=lambda call: call == 1):
+    """Make the `when`-th calls of loss_and_grads (counted from 1) return what `fault` makes of them."""
+    real = Llama.loss_and_grads
+    calls = {"n": 0}
+
+    def faulty(self, tokens, targets, *args, **kwargs):
+        calls["n"] += 1
+        loss, grads = real(self, tokens, targets, *args, **kwargs)
+        return fault(loss, grads, self) if when(calls["n"]) else (loss, grads)
+
+    monkeypatch.setattr(Llama, "loss_and_grads", faulty)
+    return calls
+
+
+@pytest.mark.parametrize("kind", list(NON_FINITE))
+def test_a_non_finite_step_stops_clearly_and_keeps_the_last_good_checkpoint(run, monkeypatch, kind,
+                                                                            robustness_count):
+    fault, message = NON_FINITE[kind]
+    before = checkpoint_bytes(run)
+    inject(monkeypatch, fault)
+    with pytest.raises(TrainingError, match=rf"step 3: {message}.*were not updated.*last good checkpoint"
+                                            rf".*--lr.*--skip-nonfinite"):
+        train(config_for(run), resume=True, echo=quiet)
+    assert checkpoint_bytes(run) == before
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 3 and "skipped" in log[-1]
+    robustness_count("non-finite loss / gradient injected")
+
+
+def test_skip_nonfinite_skips_the_batch_and_keeps_the_optimizer_finite(run, monkeypatch):
+    inject(monkeypatch, poison_gradient(np.nan), when=lambda call: call in (1, 3))
+    result = train(config_for(run, skip_nonfinite=True), resume=True, echo=quiet)
+    assert result.step == 6 and not result.interrupted
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert sum("skipped" in r for r in log) == 2
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 7))
+    model, optimizer_state, state = load_checkpoint(run / "checkpoint")
+    assert state["step"] == optimizer_state["step"] == 6
+    for group in ("m", "v"):
+        assert all(np.isfinite(a).all() for a in optimizer_state[group].values())
+    assert all(np.isfinite(p).all() for p in model.params.values())
+
+
+def test_skip_nonfinite_gives_up_on_a_model_that_only_makes_nan(run, monkeypatch):
+    assert MAX_CONSECUTIVE_SKIPS == 20
+    monkeypatch.setattr("npllama.train.MAX_CONSECUTIVE_SKIPS", 4)  # the same rule, sooner
+    calls = inject(monkeypatch, poison_loss, when=lambda call: call != 2)  # one good batch resets the count
+    with pytest.raises(TrainingError, match="4 batches in a row"):
+        train(config_for(run, skip_nonfinite=True), resume=True, echo=quiet)
+    assert calls["n"] == 6  # 1 bad, 1 good, 4 bad: it stopped, rather than skipping forever
+
+
+def test_a_gradient_norm_that_overflows_stops_the_step(run, monkeypatch):
+    """Finite float64 gradients whose squares overflow: the norm is inf, and an AdamW update would
+    turn its second moment into inf.  The step stops before the optimizer sees them."""
+    def huge(loss, grads, model):
+        grads[BAD_PARAM][...] = 1e200
+        return loss, grads
+
+    inject(monkeypatch, huge)
+    with pytest.raises(TrainingError, match=rf"step 1: the gradient norm overflows \(inf\); its largest "
+                                            rf"entries are in {BAD_PARAM}"):
+        train(config_for(run, dtype="float64", out=str(run.parent / "f64")), echo=quiet)

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .io.atomic import atomic_open, atomic_write_text
 
 TOKEN_CACHE_FORMAT = 1  # part of the cache key: bump it when the stream layout changes
 ENCODE_CHUNK = 1024     # documents per encode_batch call (one progress-bar step)
@@ -191,21 +191,10 @@ def _save_cached(cache_path: Path, key: str, ids: np.ndarray) -> None:
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     # Array first, key second, each renamed into place: a crash in between leaves a key that no
     # longer matches, never a key that vouches for a half-written array.
-    _atomic_write(cache_path, lambda f: np.save(f, ids, allow_pickle=False))
+    with atomic_open(cache_path) as f:
+        np.save(f, ids, allow_pickle=False)
     meta = {"key": key, "n_tokens": int(ids.shape[0]), "dtype": str(ids.dtype)}
-    _atomic_write(Path(f"{cache_path}.json"), lambda f: f.write(json.dumps(meta).encode()))
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_text(Path(f"{cache_path}.json"), json.dumps(meta))
 
 
 # ----- splitting -----------------------------------------------------------------------------------

@@ -107,6 +107,7 @@ def gradcheck(fn: Callable[..., float], inputs: Sequence[np.ndarray] | Mapping[s
              finite differences' own round-off, ~1e-10, dominates the relative error).
     max_entries: probe at most this many randomly chosen entries per input (None: all of them).
     """
+    _check_settings(fn=fn, eps=eps, tol=tol, atol=atol, max_entries=max_entries)
     if isinstance(inputs, Mapping):
         if not isinstance(grads, Mapping):
             raise TypeError("grads must be a mapping when inputs is a mapping")
@@ -158,6 +159,7 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
 
     The scalar checked is L = sum(out * dout) for a fixed random dout, so backward receives dout.
     """
+    _check_settings(forward=forward, backward=backward, eps=eps, tol=tol, atol=atol, max_entries=max_entries)
     extra_kwargs = dict(extra_kwargs or {})
     inputs = list(inputs)
     wrt = list(range(len(inputs))) if wrt is None else list(wrt)
@@ -175,6 +177,19 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
     all_names = list(names) if names is not None else [f"input{i}" for i in range(len(inputs))]
     return gradcheck(loss, [inputs[i] for i in wrt], list(grads), names=[all_names[i] for i in wrt],
                      eps=eps, tol=tol, atol=atol, max_entries=max_entries, seed=seed)
+
+
+def _check_settings(eps, tol, atol, max_entries, **functions) -> None:
+    for name, fn in functions.items():
+        if not callable(fn):
+            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+    for name, value, positive in (("eps", eps, True), ("tol", tol, False), ("atol", atol, False)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
+                or value < 0 or (positive and value == 0):
+            raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+    if max_entries is not None and (isinstance(max_entries, bool) or not isinstance(max_entries, (int, np.integer))
+                                    or max_entries <= 0):
+        raise ValueError(f"max_entries must be None or a positive int, got {max_entries!r}")
 
 
 def rel_error(a: np.ndarray, b: np.ndarray) -> float:

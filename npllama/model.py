@@ -72,6 +72,7 @@ class Llama:
         hidden, caches = self.hidden_forward(tokens, attention_mask, causal)
         F = backend.ops()
         logits, caches["lm_head"] = F.linear_forward(hidden, self._lm_head_weight())  # (B, T, V)
+        caches["logits_shape"] = logits.shape
         _record("lm_head.out", logits)
         return logits, caches
 
@@ -105,6 +106,9 @@ class Llama:
         With LoRA adapters attached: the gradients of the adapter parameters only (PEFT's names).
         """
         F = backend.ops()
+        expected = caches["logits_shape"]
+        if np.shape(dlogits) != expected:
+            raise ValueError(f"dlogits has shape {np.shape(dlogits)}, expected the logits' shape {expected}")
         _record("d:lm_head.out", dlogits)
         if self.lora is not None:  # the head is frozen: only dL/dhidden is needed, no dL/dW
             return self.hidden_backward(dlogits @ self._lm_head_weight(), caches)
@@ -196,11 +200,14 @@ class Llama:
 
     # ----- helpers --------------------------------------------------------------------------
     def rope_tables(self, length: int):
-        """cos, sin (length, head_dim) in the model's dtype, computed once for the whole context."""
+        """cos, sin (length, head_dim) in the model's dtype: computed once, and grown (doubling, up to
+        max_position_embeddings) only when a longer sequence comes -- a 128k-context config does not
+        pay for 128k rows to run 100 tokens."""
         cfg = self.config
-        if self._rope_tables is None or self._rope_tables[0].dtype != self.dtype:
-            positions = np.arange(cfg.max_position_embeddings)
-            self._rope_tables = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling,
+        have = 0 if self._rope_tables is None else len(self._rope_tables[0])
+        if have < length:
+            size = min(cfg.max_position_embeddings, max(length, 2 * have, 256))
+            self._rope_tables = rope_cos_sin(np.arange(size), cfg.head_dim, cfg.rope_theta, cfg.rope_scaling,
                                              dtype=self.dtype)
         cos, sin = self._rope_tables
         return cos[:length], sin[:length]
@@ -242,7 +249,7 @@ class KVCache:
 
     def __init__(self, config: LlamaConfig, batch_size: int, max_length: int, dtype=np.float32):
         for name, value in (("batch_size", batch_size), ("max_length", max_length)):
-            if not isinstance(value, (int, np.integer)) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if max_length > config.max_position_embeddings:
             raise ValueError(f"max_length ({max_length}) exceeds max_position_embeddings "

@@ -29,16 +29,19 @@ class NonFiniteGradientError(ValueError):
 
     `name` is the first offending parameter, `names` all of them."""
 
-    def __init__(self, names: list[str], counts: list[int]):
+    def __init__(self, names: list[str], counts: list[int], what: str = "non-finite"):
         self.names = list(names)
         self.counts = list(counts)
         self.name = self.names[0]
-        listed = ", ".join(f"{n!r} ({c} non-finite)" for n, c in zip(names, counts))
-        super().__init__(f"non-finite gradient (NaN or Inf) for parameter(s) {listed}; "
+        self.what = what
+        listed = ", ".join(f"{n!r} ({c} {what})" for n, c in zip(names, counts))
+        problem = ("non-finite gradient (NaN or Inf)" if what == "non-finite"
+                   else f"gradient entries too large to square ({what})")
+        super().__init__(f"{problem} for parameter(s) {listed}; "
                          "parameters and optimizer state were left untouched")
 
     def __reduce__(self):  # so the error survives pickling (e.g. across processes)
-        return self.__class__, (self.names, self.counts)
+        return self.__class__, (self.names, self.counts, self.what)
 
 
 def default_no_decay(name: str, array: np.ndarray) -> bool:
@@ -131,6 +134,18 @@ def _require_finite_grads(grads):
         raise NonFiniteGradientError(list(names), list(counts))
 
 
+def _require_squarable_grads(grads):
+    """g*g must stay finite, or AdamW's second moment becomes inf for good (|g| >= ~1.8e19 in float32)."""
+    bad = []
+    for name, g in grads.items():
+        limit = np.sqrt(np.finfo(g.dtype).max)
+        if g.size and np.max(np.abs(g)) >= limit:
+            bad.append((name, int(np.count_nonzero(np.abs(g) >= limit))))
+    if bad:
+        names, counts = zip(*bad)
+        raise NonFiniteGradientError(list(names), list(counts), what="overflowing when squared")
+
+
 # --- optimizers --------------------------------------------------------------------------------
 
 class _Optimizer:
@@ -208,6 +223,7 @@ class AdamW(_Optimizer):
         """One update of every parameter, in place.  `lr` overrides self.lr for this step only
         (so a schedule can drive it).  Nothing changes if any check fails."""
         lr = self._begin_step(grads, lr)
+        _require_squarable_grads(grads)
         beta1, beta2 = self.betas
         self.step_count += 1
         t = self.step_count

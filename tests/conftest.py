@@ -1,4 +1,4 @@
-"""Session-wide: how many fuzz cases and injected faults the robustness tests tried.
+"""Session-wide: runs go to a temporary folder, and how many fuzz cases and faults were tried.
 
 A test asks for the `robustness_count` fixture and calls `robustness_count("kind", n)`; the end of
 the run prints the totals (`pytest -q` shows them under "robustness: cases tried").
@@ -12,6 +12,15 @@ _COUNTS = pytest.StashKey[collections.Counter]()
 
 def pytest_configure(config):
     config.stash[_COUNTS] = collections.Counter()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _runs_in_a_temporary_folder(tmp_path_factory):
+    """`npllama train` records the latest run in $NPLLAMA_RUNS/LATEST (default ./runs): keep
+    tests from writing into the checkout.  Tests that care set their own."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NPLLAMA_RUNS", str(tmp_path_factory.getbasetemp() / "runs"))
+        yield
 
 
 @pytest.fixture

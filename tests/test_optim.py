@@ -547,3 +547,14 @@ def test_clip_grad_norm_rejects_bad_input():
         clip_grad_norm({}, max_norm=1.0)
     with pytest.raises(TypeError, match=r"grads\['w'\] must be float32 or float64"):
         clip_grad_norm({"w": np.ones(3, dtype=np.int32)}, max_norm=1.0)
+
+
+def test_adamw_refuses_gradients_whose_square_overflows_before_touching_anything():
+    params = {"w": np.ones((2, 2), dtype=np.float32)}
+    opt = AdamW(params, lr=0.1)
+    grads = {"w": np.array([[1.0, 2e19], [0.0, 1.0]], dtype=np.float32)}  # finite, but g*g = inf
+    with pytest.raises(NonFiniteGradientError, match="too large to square") as info:
+        opt.step(grads)
+    assert info.value.name == "w" and info.value.counts == [1]
+    np.testing.assert_array_equal(params["w"], 1.0)
+    assert opt.step_count == 0 and np.all(opt.v["w"] == 0)

@@ -26,6 +26,12 @@ def require_last_dim(name, a, expected, what):
         raise ValueError(f"{name} has last dimension {a.shape[-1]}, expected {expected} ({what})")
 
 
+def require_shape(name, a, expected, what):
+    """An upstream gradient must have its output's shape: numpy would otherwise broadcast it or fail deep inside."""
+    if np.shape(a) != tuple(expected):
+        raise ValueError(f"{name} has shape {np.shape(a)}, expected {tuple(expected)} ({what})")
+
+
 def require_same_dtype(**arrays):
     dtypes = {name: a.dtype for name, a in arrays.items()}
     if len(set(dtypes.values())) > 1:

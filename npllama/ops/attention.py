@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from ._checks import require_float_array, require_same_dtype
+from ._checks import require_float_array, require_same_dtype, require_shape
 from .softmax import softmax_backward, softmax_forward
 
 
@@ -53,6 +53,7 @@ def attention_backward(dout, cache):
     """Returns (dq, dk, dv).  dk, dv: (B, KVH, S, head_dim), each the sum over the n_rep query
     heads that shared that kv head."""
     q, k, v = cache["q"], cache["k"], cache["v"]
+    require_shape("dout", dout, q.shape, "the output's shape (B, H, T, head_dim), as q")
     attn_probs, scale = cache["attn_probs"], cache["scale"]
     B, H, T, head_dim = q.shape
     KVH, S = k.shape[1], k.shape[2]

@@ -5,7 +5,7 @@
 Derivation: derivations/linear.md
 """
 
-from ._checks import require_float_array, require_last_dim, require_same_dtype
+from ._checks import require_float_array, require_last_dim, require_same_dtype, require_shape
 
 
 def linear_forward(x, weight):
@@ -21,6 +21,7 @@ def linear_forward(x, weight):
 def linear_backward(dy, cache):
     """Returns (dx, dweight):  dx = dy W,  dW = sum over rows of dy^T x."""
     x, weight = cache
+    require_shape("dy", dy, x.shape[:-1] + weight.shape[:1], "the shape of y = x @ weight.T")
     dx = dy @ weight  # (..., in)
     dweight = dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])  # (out, in)
     return dx, dweight

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from ._checks import require_float_array, require_int_array, require_same_dtype
+from ._checks import require_float_array, require_int_array, require_same_dtype, require_shape
 
 
 def rope_inv_freq(head_dim, rope_theta, rope_scaling=None):
@@ -112,6 +112,7 @@ def rope_backward(dy, cache):
     rotate_half is multiplication by an antisymmetric matrix R (R^T = -R), so the transpose of
     x -> x*cos + R(x)*sin is dy -> dy*cos + R^T(dy*sin) = dy*cos - R(dy*sin)."""
     cos, sin = cache
+    require_shape("dy", dy, np.shape(dy)[:-2] + cos.shape, "(..., T, head_dim) like the rotated input")
     return dy * cos - rotate_half(dy * sin)
 
 

@@ -9,7 +9,7 @@ Derivation: derivations/swiglu.md
 """
 import numpy as np
 
-from ._checks import require_float_array, require_same_dtype
+from ._checks import require_float_array, require_same_dtype, require_shape
 from .linear import linear_backward, linear_forward
 
 
@@ -65,6 +65,8 @@ def swiglu_backward(dout, cache):
     """Returns (dx, dw_gate, dw_up, dw_down): the forward's calls in reverse; x feeds two
     branches (gate and up), so its gradient is the sum of both."""
     gate_cache, up_cache, act_cache, down_cache = cache
+    x = gate_cache[0]
+    require_shape("dout", dout, x.shape, "the output's shape, as x")
     dact, dw_down = linear_backward(dout, down_cache)      # (..., F), (D, F)
     dgate, dup = swiglu_act_backward(dact, act_cache)      # (..., F) each
     dx_from_gate, dw_gate = linear_backward(dgate, gate_cache)

@@ -27,6 +27,7 @@ from .optim import AdamW, NonFiniteGradientError, clip_grad_norm, cosine_with_wa
 from .runs import TOKENIZER_FILE, mark_latest, recover_checkpoint, remove_stale_temporaries
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+OBJECTIVES = ("causal", "mlm")
 TOKENIZER_TRAINING_PREFIX = ".tokenizer-training"  # SentencePiece's output, before it is moved into place
 
 
@@ -56,6 +57,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     dtype: str = "float32"
+    objective: str = "causal"              # "causal" (LLaMA's next-token loss) or "mlm" (BERT-style, §3.2.2)
     stop_after: int | None = None          # stop (with a checkpoint) after this many steps of this call
     skip_nonfinite: bool = False           # skip a batch whose loss/gradient is NaN/Inf instead of stopping
     samples: int = 3                       # samples printed at the end
@@ -101,6 +103,8 @@ class TrainConfig:
             raise TypeError("skip_nonfinite and progress must be True or False")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         if self.warmup_steps > self.steps:
@@ -109,7 +113,7 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be strictly between 0 and 1, got {self.val_fraction}")
 
     # Settings that must not change when a run is resumed (the rest, e.g. steps, may).
-    RESUME_FIXED = ("data", "preset", "vocab_size", "batch_size", "seq_len", "grad_accum", "seed",
+    RESUME_FIXED = ("data", "preset", "vocab_size", "batch_size", "seq_len", "grad_accum", "seed", "objective",
                     "dtype", "val_fraction", "corpus_stories")
 
 
@@ -194,7 +198,13 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
     echo(f"model: {tc.preset}, {model.num_parameters():,} parameters; corpus: {len(train_ids):,} training "
          f"and {len(val_ids):,} validation tokens; unigram entropy {unigram:.3f} nats/token")
 
-    loop = _Loop(tc, run_dir, model, optimizer, loader, val_batches, tokenizer, echo)
+    loss_and_grads, loss = model.loss_and_grads, model.loss
+    if tc.objective == "mlm":  # the bidirectional stack predicting masked tokens (npllama/objectives.py)
+        from .objectives import mlm_objective
+
+        loader, val_batches, loss_and_grads, loss = mlm_objective(model, tokenizer, loader, val_batches,
+                                                                  seed=tc.seed)
+    loop = _Loop(tc, run_dir, model, optimizer, loader, val_batches, tokenizer, echo, loss_and_grads, loss)
     loop.restore_losses(state)
     interrupted = False
     try:
@@ -218,7 +228,8 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
         reduction = 100 * (1 - val_loss / unigram)
         echo(f"done: step {loop.step}, validation loss {val_loss:.3f} nats/token vs unigram entropy "
              f"{unigram:.3f} ({reduction:.0f}% below); model saved in {run_dir / 'model'}")
-        samples = _print_samples(model, tokenizer, tc, echo)
+        if tc.objective == "causal":  # a bidirectional masked-LM model does not generate text
+            samples = _print_samples(model, tokenizer, tc, echo)
     return TrainResult(run_dir, loop.step, loop.last_train_loss, loop.last_val_loss, unigram,
                        interrupted, samples)
 
@@ -297,8 +308,9 @@ def _describe_bad_gradients(grads: dict, grad_norm: float) -> str:
 class _Loop:
     """The step loop and what it writes (log lines, checkpoints)."""
 
-    def __init__(self, tc, run_dir, model, optimizer, loader, val_batches, tokenizer, echo):
+    def __init__(self, tc, run_dir, model, optimizer, loader, val_batches, tokenizer, echo, loss_and_grads, loss):
         self.tc, self.run_dir, self.model, self.optimizer = tc, run_dir, model, optimizer
+        self.loss_and_grads, self.loss = loss_and_grads, loss  # the objective's (tokens, targets) functions
         self.loader, self.val_batches, self.tokenizer, self.echo = loader, val_batches, tokenizer, echo
         self.log = open(run_dir / "log.jsonl", "a", encoding="utf-8")
         self.step = 0
@@ -358,7 +370,7 @@ class _Loop:
         total_loss, total_grads = 0.0, None
         for _ in range(self.tc.grad_accum):
             tokens, targets = self.loader.next_batch()
-            loss, grads = self.model.loss_and_grads(tokens, targets)
+            loss, grads = self.loss_and_grads(tokens, targets)
             total_loss += loss
             if total_grads is None:
                 total_grads = grads
@@ -388,7 +400,7 @@ class _Loop:
             f"Try a lower --lr, or pass --skip-nonfinite to skip such batches.")
 
     def evaluate(self) -> float:
-        losses = [self.model.loss(tokens, targets) for tokens, targets in self.val_batches]
+        losses = [self.loss(tokens, targets) for tokens, targets in self.val_batches]
         self.last_val_loss, self.last_val_step = float(np.mean(losses)), self.step
         self.write_log({"step": self.step, "val_loss": self.last_val_loss})
         if self.bar is not None:

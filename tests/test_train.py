@@ -178,3 +178,23 @@ def test_a_corpus_smaller_than_one_batch_is_explained(tmp_path):
     with pytest.raises(ValueError, match="smaller --batch-size or --seq-len"):
         train(TrainConfig(out=str(tmp_path / "run"), data=str(corpus), steps=2,
                           **{**FAST, "vocab_size": 300, "batch_size": 64, "seq_len": 64}), echo=quiet)
+
+
+def test_masked_lm_objective_trains_and_resumes_exactly(tmp_path):
+    config = dict(steps=8, eval_every=4, checkpoint_every=4, objective="mlm", **FAST)
+    straight = train(TrainConfig(out=str(tmp_path / "a"), **config), echo=quiet)
+    assert straight.samples == []  # a bidirectional model does not generate
+    mlm_losses = losses(tmp_path / "a")
+    assert mlm_losses[-1][1] < mlm_losses[0][1]
+    train(TrainConfig(out=str(tmp_path / "b"), stop_after=4, **config), echo=quiet)
+    with pytest.raises(ValueError, match="objective"):
+        train(TrainConfig(out=str(tmp_path / "b"), **{**config, "objective": "causal"}), resume=True, echo=quiet)
+    train(TrainConfig(out=str(tmp_path / "b"), **config), resume=True, echo=quiet)
+    assert losses(tmp_path / "b") == mlm_losses
+    causal = train(TrainConfig(out=str(tmp_path / "c"), **{**config, "objective": "causal"}), echo=quiet)
+    assert losses(tmp_path / "c") != mlm_losses and causal.step == 8
+
+
+def test_unknown_objective_is_refused():
+    with pytest.raises(ValueError, match="unknown objective 'nsp'"):
+        TrainConfig(objective="nsp")

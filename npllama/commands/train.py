@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints (0: only at the end)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
+    p.add_argument("--objective", default=d.objective, choices=["causal", "mlm"],
+                   help="causal: LLaMA's next-token loss; mlm: BERT-style masked-LM on the same stack "
+                        "without the causal mask (shown for comparison, article §3.2.2)")
     p.add_argument("--backend", default=None, choices=["numpy", "numba"],
                    help="op implementations (default: $NPLLAMA_BACKEND or numba)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

@@ -91,12 +91,19 @@ def _read_utf8(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"corpus file {str(path)!r} is not UTF-8 text (bad byte at offset "
+        raise ValueError(f"file {str(path)!r} is not UTF-8 text (bad byte at offset "
                          f"{exc.start})") from None
 
 
 def _read_jsonl(path: Path) -> list[str]:
-    texts = []
+    return [r["text"] for r in read_jsonl(path, {"text": str}) if r["text"].strip()]
+
+
+def read_jsonl(path, fields: dict) -> list[dict]:
+    """The JSON objects of a .jsonl file (blank lines skipped), each checked to hold `fields`
+    (name -> type or tuple of types).  Errors name the file and the line."""
+    path = Path(path)
+    records = []
     for line_number, line in enumerate(_read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -105,13 +112,15 @@ def _read_jsonl(path: Path) -> list[str]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(record, dict) or "text" not in record:
-            raise ValueError(f'{where}: expected a JSON object with a "text" field')
-        if not isinstance(record["text"], str):
-            raise ValueError(f'{where}: "text" must be a string, got {type(record["text"]).__name__}')
-        if record["text"].strip():
-            texts.append(record["text"])
-    return texts
+        for field, kind in fields.items():
+            if not isinstance(record, dict) or field not in record:
+                raise ValueError(f'{where}: expected a JSON object with a "{field}" field')
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            if not isinstance(record[field], kinds) or isinstance(record[field], bool):
+                raise ValueError(f'{where}: "{field}" must be a {" or ".join(k.__name__ for k in kinds)}, '
+                                 f'got {type(record[field]).__name__}')
+        records.append(record)
+    return records
 
 
 # ----- tokenizing ----------------------------------------------------------------------------------

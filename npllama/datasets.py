@@ -29,7 +29,7 @@ import json
 import random
 from pathlib import Path
 
-from . import corpus
+from . import corpus, data
 
 # ----- classification: sentiment (§6.1.1) --------------------------------------------------------
 THINGS = ("toy", "ball", "kite", "book", "cake", "movie", "song", "game", "teddy bear", "puzzle",
@@ -232,24 +232,7 @@ def write_jsonl(path, records: list[dict]) -> Path:
 def read_jsonl(path, required: dict[str, type | tuple]) -> list[dict]:
     """The objects of a .jsonl file, each checked to have `required` fields of the given types."""
     path = _existing_file(path)
-    records = []
-    for line_number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path} line {line_number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object with fields {', '.join(required)}")
-        for field, kind in required.items():
-            if field not in record:
-                raise ValueError(f'{where}: missing the field "{field}"')
-            if not isinstance(record[field], kind) or isinstance(record[field], bool):
-                raise ValueError(f'{where}: "{field}" has type {type(record[field]).__name__}, expected '
-                                 f'{" or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))}')
-        records.append(record)
+    records = data.read_jsonl(path, required)
     if not records:
         raise ValueError(f"{path} is empty: it holds no examples")
     return records
@@ -368,13 +351,6 @@ def _existing_file(path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
     return path
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
 
 
 def _positive_int(name, value) -> int:

@@ -61,7 +61,7 @@ def test_jsonl(tmp_path):
     ('{"text": "unclosed', r"c\.jsonl' line 2: invalid JSON"),
     ('{"txt": "typo"}', r"c\.jsonl' line 2: expected a JSON object with a \"text\" field"),
     ('["text"]', r"line 2: expected a JSON object"),
-    ('{"text": 42}', r"line 2: \"text\" must be a string, got int"),
+    ('{"text": 42}', r"line 2: \"text\" must be a str, got int"),
 ])
 def test_jsonl_errors_name_file_and_line(tmp_path, bad_line, message):
     path = tmp_path / "c.jsonl"

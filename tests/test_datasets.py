@@ -57,13 +57,13 @@ def test_jsonl_and_csv_round_trip(tmp_path):
 def test_reader_errors_name_the_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok", "label": "a"}\n{"text": "no label"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r'bad.jsonl line 2: missing the field "label"'):
+    with pytest.raises(ValueError, match=r'bad.jsonl\' line 2: expected a JSON object with a "label" field'):
         load_labelled(bad)
     bad.write_text('{"text": "ok", "label": "a"}\n{not json\n', encoding="utf-8")
     with pytest.raises(ValueError, match="line 2: invalid JSON"):
         load_labelled(bad)
     bad.write_text('{"text": 3, "label": "a"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match='"text" has type int, expected str'):
+    with pytest.raises(ValueError, match='"text" must be a str, got int'):
         load_labelled(bad)
     bad.write_text("\n\n", encoding="utf-8")
     with pytest.raises(ValueError, match="is empty"):

@@ -1,6 +1,70 @@
 """Numba versions of the hot loops, with the same signatures as their references in npllama.ops.
 
 KERNELS maps an op function's name (e.g. "rmsnorm_forward") to its kernel; npllama.backend
-swaps them in when the "numba" backend is in force.  Each is tested equal to its reference.
+swaps them in when the "numba" backend is in force.  Each is tested equal to its reference
+(tests/kernels/).  A kernel's forward and backward come as a pair: the cache one returns is
+only ever read by the other, so its format may differ from the reference's.
+
+Matrix products stay in BLAS (NumPy's matmul); the kernels fuse what lies between them.  Every
+njit has cache=True (compiled once, then loaded from __pycache__) and error_model="numpy" (no
+Python division-by-zero checks, which would stop LLVM from vectorising the loops), and no
+fast-math flags except 'reassoc'/'contract' on the row sums in _simd.py, so NaN, Inf and -inf
+masks keep their meaning.
+
+Threads: row loops are written with `prange` (their iterations are independent), but compiled
+with parallel=False.  Measured on this 2-core machine, a training step got slower, not faster,
+with parallel kernels: OpenBLAS's worker thread spins between matrix products and numba's
+threads spin after each parallel loop, and each steals the core the other needs.  The two cores
+go to BLAS, where nearly all the time is.  (parallel=True on one kernel is a one-word experiment.)
+
+Not ops, and so not in KERNELS: `adamw.adamw_update` (one pass of the AdamW update, for
+npllama.optim), `decode.FastDecoder` (batch-1 decoding with a preallocated KV cache) and
+`memory.keep_freed_memory` (stop glibc from faulting freed blocks back in every training step).
 """
-KERNELS: dict = {}
+import hashlib
+from pathlib import Path
+
+
+def _drop_stale_numba_cache() -> None:
+    """Delete numba's cached machine code here when any kernel source file changed.
+
+    Numba keys each cached function on its own file only, but kernels inline helpers from other
+    files (_simd.py's exp and row max, swiglu.py's sigmoid in decode.py): an edit there would
+    leave stale code in the cache.  One hash over all the sources catches every such edit."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()
+    cache_dir = here / "__pycache__"
+    stamp = cache_dir / "kernel_sources.sha256"
+    try:
+        if stamp.is_file() and stamp.read_text() == digest:
+            return
+        for cached in [*cache_dir.glob("*.nbi"), *cache_dir.glob("*.nbc")]:
+            cached.unlink(missing_ok=True)
+        cache_dir.mkdir(exist_ok=True)
+        stamp.write_text(digest)
+    except OSError:  # a read-only install: numba then caches elsewhere or not at all
+        pass
+
+
+_drop_stale_numba_cache()
+
+from . import attention, cross_entropy, embedding, rmsnorm, rope, softmax, swiglu  # noqa: E402
+
+KERNELS: dict = {
+    "embedding_forward": embedding.embedding_forward,
+    "embedding_backward": embedding.embedding_backward,
+    "rmsnorm_forward": rmsnorm.rmsnorm_forward,
+    "rmsnorm_backward": rmsnorm.rmsnorm_backward,
+    "rope_forward": rope.rope_forward,
+    "rope_backward": rope.rope_backward,
+    "softmax_forward": softmax.softmax_forward,
+    "softmax_backward": softmax.softmax_backward,
+    "attention_forward": attention.attention_forward,
+    "attention_backward": attention.attention_backward,
+    "swiglu_act_forward": swiglu.swiglu_act_forward,
+    "swiglu_act_backward": swiglu.swiglu_act_backward,
+    "swiglu_forward": swiglu.swiglu_forward,
+    "swiglu_backward": swiglu.swiglu_backward,
+    "cross_entropy_forward": cross_entropy.cross_entropy_forward,
+    "cross_entropy_backward": cross_entropy.cross_entropy_backward,
+}

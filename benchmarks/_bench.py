@@ -1,0 +1,134 @@
+"""What the speed benchmarks share: the configs, a timer, the machine's matmul peak, the
+environment record, a table printer.  Timings are printed and written as JSON, never judged.
+
+Import this module before NumPy: a `--threads N` argument on the command line is turned into
+OPENBLAS_NUM_THREADS / NUMBA_NUM_THREADS / OMP_NUM_THREADS here, which only take effect if set
+before the libraries load (PyTorch then gets the same count).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def _threads_from_argv() -> None:
+    if "--threads" in sys.argv:
+        n = sys.argv[sys.argv.index("--threads") + 1]
+        for var in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+            os.environ[var] = n
+
+
+_threads_from_argv()
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from npllama import LlamaConfig  # noqa: E402
+
+# The issue's two training configs (batch, seq_len with them).
+CONFIGS = {
+    "tiny": dict(config=dict(vocab_size=512, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256),
+                 batch=16, seq=128),
+    "s15m": dict(config=dict(vocab_size=32000, hidden_size=288, intermediate_size=768, num_hidden_layers=6,
+                             num_attention_heads=6, num_key_value_heads=6, max_position_embeddings=256),
+                 batch=4, seq=256),
+}
+
+
+def make_config(name: str) -> LlamaConfig:
+    return LlamaConfig(**CONFIGS[name]["config"])
+
+
+def best_time(fn, repeat: int = 5, warmup: int = 1) -> dict:
+    """Wall-clock seconds of fn(): best and median of `repeat` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"best": min(times), "median": statistics.median(times)}
+
+
+def matmul_peak_gflops(n: int = 2048, dtype=np.float32, repeat: int = 5) -> float:
+    """Float32 (n, n) @ (n, n) with NumPy's BLAS: the machine's practical GEMM peak."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
+    seconds = best_time(lambda: a @ b, repeat=repeat)["best"]
+    return 2 * n**3 / seconds / 1e9
+
+
+def training_flops(config: LlamaConfig, batch: int, seq: int) -> float:
+    """Floating-point operations of one forward + backward: 6 per matrix parameter per token, plus
+    attention's q k^T and p v, 12 * layers * B * H * T^2 * hd counted in full (the usual convention,
+    though causal blocks let the kernels skip much of the masked half)."""
+    tokens = batch * seq
+    matrix_params = config.num_parameters()
+    if not config.tie_word_embeddings:
+        matrix_params -= config.vocab_size * config.hidden_size   # the embedding: a lookup, no products
+    matrix_params -= config.hidden_size * (2 * config.num_hidden_layers + 1)           # norm weights
+    attention = 12 * config.num_hidden_layers * batch * config.num_attention_heads * seq**2 * config.head_dim
+    return 6 * matrix_params * tokens + attention
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def environment() -> dict:
+    import numba
+
+    env = {
+        "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
+        "numba_threads": numba.config.NUMBA_NUM_THREADS, "cpu_count": os.cpu_count(),
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset: auto-detected)"),
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "(unset)"),
+        "load_average_at_start": os.getloadavg(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            env["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        env["cpu"] = platform.processor()
+    return env
+
+
+def torch_or_none():
+    """torch and transformers if importable, else None (the comparison is optional)."""
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError:
+        return None
+    return torch
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
+    """columns: (key, heading, format spec); a missing value prints as '-'."""
+    cells = [[heading for _, heading, _ in columns]]
+    for row in rows:
+        cells.append([("-" if row.get(key) is None else format(row[key], spec)) for key, _, spec in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    for i, r in enumerate(cells):
+        print("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def write_json(path, payload: dict) -> None:
+    if path:
+        payload = dict(payload, environment=dict(payload.get("environment", {}),
+                                                 load_average_at_end=os.getloadavg()))
+        Path(path).write_text(json.dumps(payload, indent=2, default=float) + "\n")
+        print(f"wrote {path}")

@@ -1,0 +1,170 @@
+"""Each Numba kernel against its NumPy reference, forward + backward, on the shapes training uses.
+
+    python benchmarks/bench_kernels.py                    # s15m shapes (B=4, T=256, D=288, V=32000)
+    python benchmarks/bench_kernels.py --shapes tiny      # tiny shapes (B=16, T=128, D=128, V=512)
+    python benchmarks/bench_kernels.py --json kernels.json --repeat 10
+    python benchmarks/bench_kernels.py --long-context     # also attention at T = 256 .. 2048
+
+Each row times the reference op and the kernel on the same float32 inputs (best of --repeat),
+forward and backward, and prints the ratio reference / kernel (above 1: the kernel is faster).
+"adamw" updates every parameter of the s15m model once: npllama.optim.AdamW's NumPy arithmetic
+against npllama.kernels.adamw.adamw_update.  --long-context adds causal attention at growing T
+(B=1, 6 heads, hd=48): time and peak NumPy memory (tracemalloc) of the reference, the kernel
+keeping its probabilities, and the flash path, which keeps memory linear in T.
+"""
+from __future__ import annotations
+
+import argparse
+import tracemalloc
+
+from _bench import CONFIGS, best_time, environment, make_config, print_table, write_json  # first: --threads
+
+import numpy as np  # noqa: E402
+
+from npllama import ops as reference  # noqa: E402
+from npllama.kernels import KERNELS  # noqa: E402
+from npllama.kernels import attention as attention_kernel  # noqa: E402
+from npllama.kernels.adamw import adamw_update  # noqa: E402
+from npllama.ops.rope import rope_cos_sin  # noqa: E402
+
+
+def op_inputs(shapes: str, rng) -> dict:
+    """name -> (forward args, function making dout from out): the shapes of one layer's ops."""
+    cfg = make_config(shapes)
+    B, T = CONFIGS[shapes]["batch"], CONFIGS[shapes]["seq"]
+    D, F, V, H, hd = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_attention_heads,
+                      cfg.head_dim)
+    f32 = np.float32
+
+    def normal(*shape, scale=1.0):
+        return (scale * rng.standard_normal(shape)).astype(f32)
+
+    cos, sin = rope_cos_sin(np.arange(T), hd, 10000.0, dtype=f32)
+    heads_view = normal(B, T, H * hd).reshape(B, T, H, hd).transpose(0, 2, 1, 3)   # as the model has it
+    tokens = rng.integers(0, V, size=(B, T))
+    return {
+        "embedding": ((tokens, normal(V, D, scale=0.02)), None),
+        "rmsnorm": ((normal(B, T, D), np.ones(D, f32), 1e-5), None),
+        "rope": ((heads_view, cos, sin), None),
+        "softmax": ((normal(B, H, T, T),), None),
+        "attention": ((normal(B, H, T, hd), normal(B, H, T, hd), heads_view), None),
+        "swiglu_act": ((normal(B, T, F), normal(B, T, F)), None),
+        "swiglu": ((normal(B, T, D), normal(F, D, scale=0.02), normal(F, D, scale=0.02),
+                    normal(D, F, scale=0.02)), None),
+        "cross_entropy": ((normal(B, T, V), tokens), lambda out: np.float32(1.0)),
+    }
+
+
+def bench_op(name, args, make_dout, repeat, rng):
+    row = {"kernel": name}
+    for side, F in (("ref", reference), ("numba", None)):
+        forward = KERNELS[name + "_forward"] if F is None else getattr(F, name + "_forward")
+        backward = KERNELS[name + "_backward"] if F is None else getattr(F, name + "_backward")
+        out, cache = forward(*args)
+        dout = make_dout(out) if make_dout else rng.standard_normal(np.shape(out)).astype(np.float32)
+        row[f"{side}_fwd_ms"] = best_time(lambda: forward(*args), repeat)["best"] * 1e3
+        # a fresh forward per backward: a cache is meant to be used once (cross-entropy's is)
+        row[f"{side}_bwd_ms"] = best_time(lambda: backward(dout, forward(*args)[1]), repeat)["best"] * 1e3
+        row[f"{side}_bwd_ms"] = max(row[f"{side}_bwd_ms"] - row[f"{side}_fwd_ms"], 0.0)
+    row["fwd_ratio"] = row["ref_fwd_ms"] / row["numba_fwd_ms"]
+    # cross-entropy's kernel computes the gradient in its forward pass: no backward ratio
+    row["bwd_ratio"] = row["ref_bwd_ms"] / row["numba_bwd_ms"] if row["numba_bwd_ms"] > 0.01 else None
+    row["ratio"] = (row["ref_fwd_ms"] + row["ref_bwd_ms"]) / (row["numba_fwd_ms"] + row["numba_bwd_ms"])
+    return row
+
+
+def bench_adamw(repeat, rng):
+    """One AdamW step over every parameter of the s15m model."""
+    shapes = make_config("s15m").param_shapes()
+    params = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    grads = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    m = {n: np.zeros_like(p) for n, p in params.items()}
+    v = {n: np.zeros_like(p) for n, p in params.items()}
+    lr, beta1, beta2, eps, wd, t = 3e-4, 0.9, 0.95, 1e-8, 0.1, 10
+    bc1, bc2 = 1 - beta1**t, 1 - beta2**t
+
+    def numpy_step():  # npllama.optim.AdamW.step's arithmetic
+        for n, p in params.items():
+            g, mn, vn = grads[n], m[n], v[n]
+            p *= 1 - lr * wd
+            mn *= beta1
+            mn += (1 - beta1) * g
+            vn *= beta2
+            vn += (1 - beta2) * (g * g)
+            p -= lr * (mn / bc1) / (np.sqrt(vn / bc2) + eps)
+
+    def kernel_step():
+        for n, p in params.items():
+            adamw_update(p, grads[n], m[n], v[n], lr, beta1, beta2, eps, wd, bc1, bc2)
+
+    ref = best_time(numpy_step, repeat)["best"] * 1e3
+    fused = best_time(kernel_step, repeat)["best"] * 1e3
+    return {"kernel": "adamw (15M params)", "ref_fwd_ms": ref, "numba_fwd_ms": fused,
+            "fwd_ratio": ref / fused, "ratio": ref / fused}
+
+
+def bench_long_context(repeat, rng):
+    """Causal attention forward + backward at growing T: time and peak NumPy memory."""
+    rows = []
+    B, H, hd = 1, 6, 48
+    for T in (256, 512, 1024, 2048):
+        q, k, v, dout = (rng.standard_normal((B, H, T, hd)).astype(np.float32) for _ in range(4))
+        row = {"T": T, "probs_MiB": B * H * T * T * 4 / 2**20}
+        variants = [("ref", reference.attention_forward, reference.attention_backward, None),
+                    ("kept", attention_kernel.attention_forward, attention_kernel.attention_backward, 10**9),
+                    ("flash", attention_kernel.attention_forward, attention_kernel.attention_backward, 1)]
+        for label, forward, backward, flash_min in variants:
+            saved = attention_kernel.FLASH_MIN_KEYS
+            if flash_min is not None:
+                attention_kernel.FLASH_MIN_KEYS = flash_min
+            try:
+                def step():
+                    out, cache = forward(q, k, v)
+                    backward(dout, cache)
+                step()
+                tracemalloc.start()
+                step()
+                row[f"{label}_peak_MiB"] = tracemalloc.get_traced_memory()[1] / 2**20
+                tracemalloc.stop()
+                row[f"{label}_ms"] = best_time(step, max(1, repeat // 2), warmup=0)["best"] * 1e3
+            finally:
+                attention_kernel.FLASH_MIN_KEYS = saved
+        rows.append(row)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, help="BLAS, numba and torch threads (default: all cores)")
+    parser.add_argument("--shapes", choices=sorted(CONFIGS), default="s15m")
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--long-context", action="store_true")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+
+    env = environment()
+    print(f"kernels vs NumPy references, float32, {args.shapes} shapes; numba threads "
+          f"{env['numba_threads']}, OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}")
+    rows = [bench_op(name, a, make_dout, args.repeat, rng)
+            for name, (a, make_dout) in op_inputs(args.shapes, rng).items()]
+    rows.append(bench_adamw(args.repeat, rng))
+    print_table(rows, [("kernel", "kernel", "s"), ("ref_fwd_ms", "ref fwd ms", ".2f"),
+                       ("numba_fwd_ms", "numba fwd ms", ".2f"), ("ref_bwd_ms", "ref bwd ms", ".2f"),
+                       ("numba_bwd_ms", "numba bwd ms", ".2f"), ("fwd_ratio", "fwd x", ".1f"),
+                       ("bwd_ratio", "bwd x", ".1f"), ("ratio", "fwd+bwd x", ".1f")])
+    long_rows = None
+    if args.long_context:
+        print("\ncausal attention forward + backward, B=1, H=6, hd=48 "
+              "(peak = NumPy allocations, tracemalloc)")
+        long_rows = bench_long_context(args.repeat, rng)
+        print_table(long_rows, [("T", "T", "d"), ("probs_MiB", "(B,H,T,T) MiB", ".0f"),
+                                ("ref_ms", "ref ms", ".1f"), ("ref_peak_MiB", "ref peak MiB", ".0f"),
+                                ("kept_ms", "kept ms", ".1f"), ("kept_peak_MiB", "kept peak MiB", ".0f"),
+                                ("flash_ms", "flash ms", ".1f"), ("flash_peak_MiB", "flash peak MiB", ".1f")])
+    write_json(args.json, {"shapes": args.shapes, "environment": env, "kernels": rows,
+                           "long_context": long_rows})
+
+
+if __name__ == "__main__":
+    main()

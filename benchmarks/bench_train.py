@@ -1,0 +1,208 @@
+"""Training-step speed: forward + backward + AdamW, float32, tokens per second.
+
+    python benchmarks/bench_train.py                      # tiny and s15m, numba backend
+    python benchmarks/bench_train.py --vs-torch           # and PyTorch eager on the same weights
+    python benchmarks/bench_train.py --configs tiny --repeat 10 --json train.json
+    env -u OPENBLAS_CORETYPE python benchmarks/bench_train.py --vs-torch   # OpenBLAS auto-detects the CPU
+
+For each config (tiny: hidden 128, 4 layers, batch 16 x 128; s15m: hidden 288, 6 layers, vocab
+32000, batch 4 x 256) one subprocess builds the model, then times (best of --repeat):
+  numba        model.loss_and_grads on the numba backend + AdamW with kernels.adamw.adamw_update
+  numba+optim  the same with npllama.optim.AdamW (its NumPy arithmetic)
+  numpy        model.loss_and_grads on the numpy backend + npllama.optim.AdamW (the reference)
+  torch        (--vs-torch) transformers.LlamaForCausalLM loaded from the same weights
+               (save_pretrained / from_pretrained), attention through F.scaled_dot_product_attention,
+               cross-entropy on the same targets, torch.optim.AdamW; same thread count, same process
+It reports tokens/s, achieved GFLOP/s (6 x matrix params x tokens + attention's products) next
+to this machine's float32 matmul peak, the peak RSS of the npllama steps (measured before torch
+is imported), and the start-up time of a fresh process: `import npllama` + the first training
+step of tiny (warm numba cache; the first run after an edit also compiles).  Each child calls
+npllama.kernels.memory.keep_freed_memory() first (glibc keeps freed blocks instead of faulting
+them back in every step; it applies to torch too, same process); --no-keep-freed-memory leaves
+malloc alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from _bench import (CONFIGS, ROOT, best_time, environment, make_config,  # first: --threads
+                    matmul_peak_gflops, peak_rss_mib, print_table, torch_or_none, training_flops,
+                    write_json)
+
+import numpy as np  # noqa: E402
+
+LR, BETAS, EPS, WEIGHT_DECAY = 3e-4, (0.9, 0.95), 1e-8, 0.1
+
+
+class KernelAdamW:
+    """npllama.optim.AdamW's arithmetic, one numba pass per parameter (what optim.py will call)."""
+
+    def __init__(self, params):
+        from npllama.kernels.adamw import adamw_update
+
+        self.update = adamw_update
+        self.params, self.step_count = params, 0
+        self.m = {n: np.zeros_like(p) for n, p in params.items()}
+        self.v = {n: np.zeros_like(p) for n, p in params.items()}
+
+    def step(self, grads):
+        self.step_count += 1
+        t = self.step_count
+        for n, p in self.params.items():
+            decay = WEIGHT_DECAY if p.ndim >= 2 else 0.0
+            self.update(p, grads[n], self.m[n], self.v[n], LR, BETAS[0], BETAS[1], EPS, decay,
+                        1 - BETAS[0]**t, 1 - BETAS[1]**t)
+
+
+def run_config(name: str, repeat: int, vs_torch: bool, numpy_backend: bool, keep_memory: bool) -> dict:
+    """Everything for one config, in this (child) process."""
+    from npllama import Llama, use_backend
+    from npllama.kernels.memory import keep_freed_memory
+    from npllama.optim import AdamW
+
+    kept = keep_freed_memory() if keep_memory else False   # for torch too: same process
+
+    config = make_config(name)
+    B, T = CONFIGS[name]["batch"], CONFIGS[name]["seq"]
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, config.vocab_size, size=(B, T))
+    targets = np.roll(tokens, -1, axis=1)
+    targets[:, -1] = -100
+    model = Llama(config, seed=0, dtype=np.float32)
+    flops = training_flops(config, B, T)
+    result = {"config": name, "batch": B, "seq": T, "params": model.num_parameters(),
+              "gflop_per_step": flops / 1e9, "keep_freed_memory": kept}
+
+    def npllama_step(optimizer, backend):
+        with use_backend(backend):
+            loss, grads = model.loss_and_grads(tokens, targets)
+        optimizer.step(grads)
+        return loss
+
+    variants = [("numba", KernelAdamW(model.params), "numba", repeat),
+                ("numba+optim", AdamW(model.params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY),
+                 "numba", repeat)]
+    if numpy_backend:
+        variants.append(("numpy", AdamW(model.params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY),
+                         "numpy", max(2, repeat // 3)))
+    for label, optimizer, backend, n in variants:
+        seconds = best_time(lambda: npllama_step(optimizer, backend), repeat=n, warmup=2)["best"]
+        result[f"{label}_step_s"] = seconds
+        result[f"{label}_tok_s"] = B * T / seconds
+        result[f"{label}_gflops"] = flops / seconds / 1e9
+        if label == "numba":
+            result["numba_peak_rss_mib"] = peak_rss_mib()
+    if vs_torch and torch_or_none() is not None:
+        result.update(torch_step(model, tokens, targets, repeat, flops))
+        result["torch_ratio"] = result["numba_tok_s"] / result["torch_tok_s"]
+    return result
+
+
+def torch_step(model, tokens, targets, repeat, flops) -> dict:
+    import numba
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.set_num_threads(numba.config.NUMBA_NUM_THREADS)  # not get_num_threads(): see README
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        hf = LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32, attn_implementation="sdpa")
+    hf.train()
+    optimizer = torch.optim.AdamW(hf.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
+    input_ids, labels = torch.from_numpy(tokens), torch.from_numpy(targets)
+    V = model.config.vocab_size
+
+    def step():
+        logits = hf(input_ids=input_ids).logits
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, V), labels.view(-1), ignore_index=-100)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    seconds = best_time(step, repeat=repeat, warmup=2)["best"]
+    B, T = tokens.shape
+    return {"torch_step_s": seconds, "torch_tok_s": B * T / seconds, "torch_gflops": flops / seconds / 1e9,
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+STARTUP_SCRIPT = """
+import time
+start = time.perf_counter()
+import numpy as np
+import npllama
+from npllama import Llama, LlamaConfig
+cfg = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256)
+model = Llama(cfg, seed=0)
+rng = np.random.default_rng(0)
+tokens = rng.integers(0, 512, size=(16, 128))
+model.loss_and_grads(tokens, np.roll(tokens, -1, axis=1))
+print(time.perf_counter() - start)
+"""
+
+
+def startup_seconds() -> list[float]:
+    """`import npllama` + the first tiny training step in fresh processes (the first run may compile)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    runs = []
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", STARTUP_SCRIPT], env=env, capture_output=True, text=True,
+                             check=True)
+        runs.append(float(out.stdout.strip().splitlines()[-1]))
+    return runs
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, help="BLAS, numba and torch threads (default: all cores)")
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["tiny", "s15m"])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--vs-torch", action="store_true", help="also time PyTorch eager (if importable)")
+    parser.add_argument("--no-numpy", action="store_true", help="skip the (slow) numpy-backend step")
+    parser.add_argument("--no-keep-freed-memory", action="store_true",
+                        help="leave glibc's malloc as it is (see npllama.kernels.memory)")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:  # one config, in its own process so that peak RSS is its own
+        print(json.dumps(run_config(args.child, args.repeat, args.vs_torch, not args.no_numpy,
+                                    not args.no_keep_freed_memory)))
+        return
+
+    env = environment()
+    peak = matmul_peak_gflops()
+    print(f"training step, float32; numba threads {env['numba_threads']}, OPENBLAS_CORETYPE="
+          f"{env['OPENBLAS_CORETYPE']}; float32 matmul peak {peak:.0f} GFLOP/s (2048^3); "
+          f"keep_freed_memory {'off' if args.no_keep_freed_memory else 'on'}")
+    if args.vs_torch and torch_or_none() is None:
+        print("(PyTorch / transformers not importable: no torch column)")
+    rows = []
+    for name in args.configs:
+        cmd = [sys.executable, __file__, "--child", name, "--repeat", str(args.repeat)]
+        cmd += ["--vs-torch"] * args.vs_torch + ["--no-numpy"] * args.no_numpy
+        cmd += ["--no-keep-freed-memory"] * args.no_keep_freed_memory
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for row in rows:
+        row["peak_fraction"] = row["numba_gflops"] / peak
+    print_table(rows, [("config", "config", "s"), ("numba_tok_s", "numba tok/s", ".0f"),
+                       ("numba+optim_tok_s", "+optim.AdamW tok/s", ".0f"),
+                       ("numpy_tok_s", "numpy tok/s", ".0f"),
+                       ("torch_tok_s", "torch tok/s", ".0f"), ("torch_ratio", "numba/torch", ".2f"),
+                       ("numba_gflops", "GFLOP/s", ".0f"), ("peak_fraction", "of peak", ".0%"),
+                       ("numba_peak_rss_mib", "peak RSS MiB", ".0f")])
+    startup = startup_seconds()
+    print(f"start-up (import npllama + first tiny step, fresh processes): "
+          f"{', '.join(f'{s:.2f}' for s in startup)} s")
+    write_json(args.json, {"environment": env, "matmul_peak_gflops": peak, "configs": rows,
+                           "startup_seconds": startup})
+
+
+if __name__ == "__main__":
+    main()

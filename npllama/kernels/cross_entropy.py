@@ -1,0 +1,98 @@
+"""Cross-entropy kernel: log-sum-exp, loss and gradient of each row in one numba pass.
+
+Same signatures and results as npllama.ops.cross_entropy (derivations/cross_entropy.md):
+
+    loss = mean over counted rows of  logsumexp(logits) - logits[target]
+    dlogits = (softmax(logits) - onehot(target)) / n_counted   on counted rows, 0 elsewhere
+
+The forward pass already writes dlogits (for dloss = 1) while each 32000-wide row is still in
+cache; backward hands that array over (scaled if dloss != 1).  Only
+the first backward call gets it; a second call recomputes it from the logits and the saved
+log-sum-exp, so every call returns a fresh array the caller may modify.
+"""
+import numbers
+
+import numpy as np
+from numba import njit, prange
+
+from ..ops._checks import require_float_array, require_int_array
+from ._simd import exp_nonpositive, row_max, row_sum
+
+
+def cross_entropy_forward(logits, targets, ignore_index=-100):
+    """Mean -log p[target] over targets != ignore_index.  Returns (loss, cache)."""
+    require_float_array("logits", logits)
+    require_int_array("targets", targets)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an integer, got {type(ignore_index).__name__}")
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"targets has shape {targets.shape}, expected {logits.shape[:-1]} "
+                         "(the leading shape of logits)")
+    vocab_size = logits.shape[-1]
+    if vocab_size == 0:
+        raise ValueError(f"logits must have a non-empty last dimension (V), got shape {logits.shape}")
+    logits_2d = np.ascontiguousarray(logits).reshape(-1, vocab_size)     # (N, V)
+    targets_1d = targets.reshape(-1).astype(np.int64)                    # (N,)
+    counted = targets_1d != ignore_index
+    bad = counted & ((targets_1d < 0) | (targets_1d >= vocab_size))
+    if bad.any():
+        raise ValueError(f"targets contains {int(targets_1d[bad][0])}, outside [0, V) with "
+                         f"V = {vocab_size} and not ignore_index")
+    n_counted = int(np.count_nonzero(counted))
+    dtype = logits.dtype
+    grad_scale = dtype.type(1 / n_counted if n_counted else 0)
+
+    dlogits = np.empty_like(logits_2d)
+    lse = np.empty(logits_2d.shape[0], dtype=dtype)
+    row_losses = np.empty(logits_2d.shape[0], dtype=dtype)
+    _loss_and_grad_rows(logits_2d, targets_1d, counted, grad_scale, True, dlogits, lse, row_losses)
+    loss = dtype.type(np.sum(row_losses) / n_counted if n_counted else 0)
+    cache = dict(dlogits=dlogits, logits=logits_2d, targets=targets_1d, counted=counted,
+                 grad_scale=grad_scale, lse=lse, shape=logits.shape)
+    return loss, cache
+
+
+def cross_entropy_backward(dloss, cache):
+    """Returns dlogits = dloss * (softmax(logits) - onehot(target)) / n_counted on counted rows."""
+    if np.ndim(dloss) != 0:
+        raise ValueError(f"dloss must be a scalar (the loss is a scalar), got shape {np.shape(dloss)}")
+    dtype = cache["logits"].dtype
+    dlogits = cache.pop("dlogits", None)
+    if dlogits is None:  # handed over already: recompute from the logits and the saved lse
+        dlogits = np.empty_like(cache["logits"])
+        _loss_and_grad_rows(cache["logits"], cache["targets"], cache["counted"], cache["grad_scale"],
+                            False, dlogits, cache["lse"], np.empty(0, dtype=dtype))
+    if dloss != 1:
+        dlogits *= dtype.type(dloss)
+    return dlogits.reshape(cache["shape"])
+
+
+@njit(cache=True, error_model="numpy")
+def _loss_and_grad_rows(logits, targets, counted, grad_scale, forward, dlogits, lse, row_losses):
+    """Per row r: lse[r] and row_losses[r] (when forward; else lse is given) and
+    dlogits[r] = (softmax(logits[r]) - onehot(targets[r])) * grad_scale, or 0 if not counted."""
+    N, V = logits.shape
+    zero, one = logits.dtype.type(0), logits.dtype.type(1)
+    for r in prange(N):
+        x, d = logits[r], dlogits[r]
+        total = one
+        if forward:
+            # exp(x - max) goes into d first, so the exps are taken once per element.
+            m = row_max(x)
+            for i in range(V):
+                d[i] = exp_nonpositive(x[i] - m)
+            total = row_sum(d)
+            lse[r] = m + np.log(total)
+            row_losses[r] = lse[r] - x[targets[r]] if counted[r] else zero
+        if not counted[r]:
+            d[:] = 0
+            continue
+        if forward:
+            prob_scale = grad_scale / total                 # d holds exp(x - max)
+            for i in range(V):
+                d[i] = d[i] * prob_scale
+        else:
+            row_lse = lse[r]
+            for i in range(V):
+                d[i] = exp_nonpositive(x[i] - row_lse) * grad_scale
+        d[targets[r]] -= grad_scale

@@ -1,0 +1,62 @@
+"""Softmax kernels: max, exp, sum and scale of each row in one numba loop over the rows.
+
+Same signatures and results as npllama.ops.softmax (derivations/softmax.md): -inf entries get
+probability 0, a row that is entirely -inf gives all zeros.  The cache is p, as in the reference.
+"""
+import numpy as np
+from numba import njit, prange
+
+from ..ops._checks import require_float_array
+from ._simd import exp_nonpositive, row_dot, row_max, row_sum
+
+
+def softmax_forward(x):
+    """p = softmax(x, axis=-1).  Returns (p, cache = p)."""
+    require_float_array("x", x)
+    if x.shape[-1] == 0:
+        raise ValueError(f"x must have a non-empty last dimension, got shape {x.shape}")
+    if not np.all(x < np.inf):  # one pass catches NaN and +inf; -inf is allowed (a mask)
+        raise ValueError("x must not contain NaN or +inf (use -inf to mask an entry)")
+    N = x.shape[-1]
+    p = np.empty(x.shape, dtype=x.dtype)
+    _softmax_rows(np.ascontiguousarray(x).reshape(-1, N), p.reshape(-1, N))
+    return p, p
+
+
+def softmax_backward(dp, cache):
+    """Returns dx = p * (dp - sum(dp * p, -1))."""
+    p = cache
+    if np.shape(dp) != p.shape:
+        raise ValueError(f"dp has shape {np.shape(dp)}, expected {p.shape} (the shape of x)")
+    N = p.shape[-1]
+    dx = np.empty_like(p)
+    _softmax_backward_rows(p.reshape(-1, N), np.ascontiguousarray(dp, dtype=p.dtype).reshape(-1, N),
+                           dx.reshape(-1, N))
+    return dx
+
+
+@njit(cache=True, error_model="numpy")
+def _softmax_rows(x, p):
+    """p[r] = softmax(x[r]) for each row of x (N, V)."""
+    one = x.dtype.type(1)
+    for r in prange(x.shape[0]):
+        x_row, p_row = x[r], p[r]
+        row_max_value = row_max(x_row)
+        if row_max_value == -np.inf:     # fully masked: all zeros, not 0/0
+            p_row[:] = 0
+            continue
+        for i in range(x_row.size):
+            p_row[i] = exp_nonpositive(x_row[i] - row_max_value)
+        inv_total = one / row_sum(p_row)
+        for i in range(p_row.size):
+            p_row[i] = p_row[i] * inv_total
+
+
+@njit(cache=True, error_model="numpy")
+def _softmax_backward_rows(p, dp, dx):
+    """dx[r] = p[r] * (dp[r] - sum(dp[r] * p[r])) for each row."""
+    for r in prange(p.shape[0]):
+        p_row, dp_row, dx_row = p[r], dp[r], dx[r]
+        row_term = row_dot(dp_row, p_row)
+        for i in range(p_row.size):
+            dx_row[i] = p_row[i] * (dp_row[i] - row_term)

@@ -1,0 +1,91 @@
+"""The whole model gives the same logits, loss and gradients on the numpy and numba backends;
+the kernels also run with NUMBA_DISABLE_JIT=1 (as plain Python, for a debugger)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from npllama import Llama, LlamaConfig, backend, use_backend
+from npllama.kernels import KERNELS
+
+from .helpers import assert_close
+
+
+def test_every_kernel_replaces_a_reference_of_the_same_name():
+    reference = backend.ops("numpy")
+    for name in KERNELS:
+        assert hasattr(reference, name), name
+    for name in ("attention", "cross_entropy", "embedding", "rmsnorm", "rope", "swiglu"):
+        for suffix in ("_forward", "_backward"):
+            assert backend.ops("numba").__dict__[name + suffix] is KERNELS[name + suffix]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_model_equal_on_both_backends(dtype, n_kv_heads):
+    config = LlamaConfig(vocab_size=37, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=n_kv_heads,
+                         max_position_embeddings=32)
+    model = Llama(config, seed=1, dtype=dtype)
+    rng = np.random.default_rng(0)
+    tokens, targets = rng.integers(0, 37, (3, 9)), rng.integers(0, 37, (3, 9))
+    targets[0, :4] = -100
+    attention_mask = np.ones((3, 9), dtype=bool)
+    attention_mask[1, :3] = False                                   # left padding
+    results = {}
+    for name in ("numpy", "numba"):
+        with use_backend(name):
+            logits = model.forward(tokens, attention_mask)
+            loss, grads = model.loss_and_grads(tokens, targets, attention_mask)
+            kv_cache = model.new_kv_cache(3, 12)
+            prefill = model.forward_step(tokens[:, :6], kv_cache)
+            step = model.forward_step(tokens[:, 6:7], kv_cache)
+            results[name] = (logits, loss, grads, prefill, step)
+    (logits, loss, grads, prefill, step), expected = results["numba"], results["numpy"]
+    assert_close(logits, expected[0], "logits")
+    assert_close(np.asarray(loss, dtype=dtype), np.asarray(expected[1], dtype=dtype), "loss")
+    assert grads.keys() == expected[2].keys()
+    for name in grads:
+        assert_close(grads[name], expected[2][name], name)
+    assert_close(prefill, expected[3], "forward_step prefill")
+    assert_close(step, expected[4], "forward_step decode")
+
+
+DISABLE_JIT_SCRIPT = textwrap.dedent("""
+    import numba, numpy as np
+    assert numba.config.DISABLE_JIT
+    from npllama import Llama, LlamaConfig, use_backend
+    from npllama.kernels.adamw import adamw_update
+    from npllama.kernels.decode import FastDecoder
+    config = LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8)
+    model = Llama(config, seed=0, dtype=np.float64)
+    tokens = np.array([[1, 2, 3, 4]]); targets = np.array([[2, 3, 4, -100]])
+    results = {}
+    for name in ("numpy", "numba"):
+        with use_backend(name):
+            results[name] = model.loss_and_grads(tokens, targets)
+    (loss, grads), (loss_ref, grads_ref) = results["numba"], results["numpy"]
+    assert abs(loss - loss_ref) < 1e-12 * abs(loss_ref)
+    for n in grads:
+        assert np.allclose(grads[n], grads_ref[n], rtol=1e-10, atol=1e-14), n
+    kv = model.new_kv_cache(1, 8)
+    with use_backend("numpy"):
+        expected = model.forward_step(tokens, kv)
+    assert np.allclose(FastDecoder(model, max_length=8).step(tokens), expected, rtol=1e-10, atol=1e-14)
+    p = np.ones(3)
+    adamw_update(p, np.ones(3), np.zeros(3), np.zeros(3), 0.1, 0.9, 0.95, 1e-8, 0.0, 0.1, 0.05)
+    assert np.allclose(p, 0.9)
+    print("ok")
+""")
+
+
+def test_kernels_run_as_python_with_numba_disable_jit():
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    result = subprocess.run([sys.executable, "-c", DISABLE_JIT_SCRIPT], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -1,0 +1,76 @@
+"""Each kernel rejects bad input the way its reference does: same exception type, a message
+naming the argument."""
+import numpy as np
+import pytest
+
+from npllama import backend
+
+f32 = np.zeros((2, 3, 4), dtype=np.float32)
+f64 = np.zeros((2, 3, 4))
+ints = np.zeros((2, 3), dtype=np.int64)
+qkv = np.zeros((1, 2, 3, 4))
+
+# (op, positional args, the argument name the message must mention)
+BAD_FORWARD_CALLS = [
+    ("embedding_forward", (np.zeros((2, 3)), np.zeros((5, 4))), "tokens"),         # float ids
+    ("embedding_forward", (np.array([[5]]), np.zeros((5, 4))), "tokens"),          # id out of range
+    ("embedding_forward", (ints, np.zeros(5)), "weight"),                          # 1-D table
+    ("rmsnorm_forward", (f32, np.ones(4), 1e-5), "dtype"),                         # float64 weight
+    ("rmsnorm_forward", (f64, np.ones(5), 1e-5), "weight"),                        # wrong D
+    ("rmsnorm_forward", (f64, np.ones(4), -1.0), "eps"),
+    ("rmsnorm_forward", (f64.astype(np.int64), np.ones(4), 1e-5), "x"),
+    ("rope_forward", (qkv, np.zeros((3, 4)), np.zeros((2, 4))), "sin"),            # wrong T
+    ("rope_forward", (qkv[..., :3], np.zeros((3, 3)), np.zeros((3, 3))), "head_dim"),  # odd
+    ("rope_forward", (qkv, np.zeros((3, 4), np.float32), np.zeros((3, 4))), "dtype"),
+    ("softmax_forward", (np.array([[0.0, np.nan]]),), "x"),
+    ("softmax_forward", (np.zeros((2, 0)),), "x"),
+    ("attention_forward", (qkv, np.zeros((1, 3, 3, 4)), np.zeros((1, 3, 3, 4))), "heads"),  # 2 % 3
+    ("attention_forward", (qkv, qkv, np.zeros((1, 2, 4, 4))), "v"),
+    ("attention_forward", (qkv, qkv, qkv, True, np.ones((1, 3))), "key_padding_mask"),  # not bool
+    ("attention_forward", (qkv, qkv, qkv, True, None, -1), "q_offset"),
+    ("attention_forward", (qkv.astype(np.float32), qkv, qkv), "dtype"),
+    ("swiglu_act_forward", (np.zeros((2, 3)), np.zeros((3, 2))), "shape"),
+    ("swiglu_forward", (np.zeros((2, 4)), np.zeros((6, 4)), np.zeros((6, 4)), np.zeros((6, 4))), "w_down"),
+    ("swiglu_forward", (np.zeros((2, 4)), np.zeros((6, 4)), np.zeros((5, 4)), np.zeros((4, 6))), "w_up"),
+    ("swiglu_forward", (np.zeros((2, 5)), np.zeros((6, 4)), np.zeros((6, 4)), np.zeros((4, 6))), "x"),
+    ("cross_entropy_forward", (f64, np.zeros((2, 3))), "targets"),                  # float targets
+    ("cross_entropy_forward", (f64, np.zeros((2, 2), dtype=np.int64)), "targets"),  # wrong shape
+    ("cross_entropy_forward", (f64, np.full((2, 3), 4)), "targets"),                # id >= V
+    ("cross_entropy_forward", (f64, ints, 1.5), "ignore_index"),
+]
+
+
+def raised(fn, args):
+    with pytest.raises((ValueError, TypeError)) as info:
+        fn(*args)
+    return info
+
+
+@pytest.mark.parametrize("op, args, mentions", BAD_FORWARD_CALLS,
+                         ids=[f"{op}-{i}" for i, (op, _, _) in enumerate(BAD_FORWARD_CALLS)])
+def test_kernel_rejects_what_the_reference_rejects(op, args, mentions):
+    kernel_error = raised(backend.ops("numba").__dict__[op], args)
+    reference_error = raised(backend.ops("numpy").__dict__[op], args)
+    assert kernel_error.type is reference_error.type
+    assert mentions in str(kernel_error.value)
+
+
+@pytest.mark.parametrize("op, args", [
+    ("rmsnorm", (np.zeros((2, 4)), np.ones(4), 1e-5)),
+    ("softmax", (np.zeros((2, 4)),)),
+    ("swiglu_act", (np.zeros((2, 4)), np.zeros((2, 4)))),
+    ("embedding", (np.zeros((2, 3), dtype=np.int64), np.zeros((5, 4)))),
+    ("attention", (qkv, qkv, qkv)),
+])
+def test_backward_rejects_a_gradient_of_the_wrong_shape(op, args):
+    F = backend.ops("numba")
+    out, cache = F.__dict__[op + "_forward"](*args)
+    with pytest.raises(ValueError, match="shape"):
+        F.__dict__[op + "_backward"](np.zeros(np.shape(out) + (1,)), cache)
+
+
+def test_cross_entropy_backward_rejects_a_non_scalar_dloss():
+    F = backend.ops("numba")
+    _, cache = F.cross_entropy_forward(f64, ints)
+    with pytest.raises(ValueError, match="dloss must be a scalar"):
+        F.cross_entropy_backward(np.ones(2), cache)

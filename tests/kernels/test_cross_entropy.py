@@ -1,0 +1,59 @@
+"""Cross-entropy kernel equals the reference: ignored targets, dloss != 1, repeated backward."""
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from npllama.kernels import cross_entropy as kernel
+from npllama.ops import cross_entropy as reference
+
+from .helpers import assert_close
+
+
+@given(dtype=st.sampled_from([np.float32, np.float64]),
+       leading=st.lists(st.integers(1, 4), min_size=1, max_size=2), V=st.integers(1, 50),
+       ignored=st.sampled_from([0.0, 0.5, 1.0]), ignore_index=st.sampled_from([-100, -1, 0]),
+       logit_scale=st.sampled_from([1.0, 30.0]), dloss=st.sampled_from([1.0, 0.5, -2.0]),
+       seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=25, deadline=None)
+def test_cross_entropy_equals_reference(dtype, leading, V, ignored, ignore_index, logit_scale, dloss,
+                                        seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(leading)
+    logits = (logit_scale * rng.standard_normal(shape + (V,))).astype(dtype)
+    targets = rng.integers(0, V, size=shape)
+    targets[rng.random(shape) < ignored] = ignore_index       # 1.0: every target ignored
+    loss, cache = kernel.cross_entropy_forward(logits, targets, ignore_index)
+    loss_ref, cache_ref = reference.cross_entropy_forward(logits, targets, ignore_index)
+    assert type(loss) is type(loss_ref)
+    assert_close(loss, loss_ref, "loss", scale=max(abs(float(loss_ref)), logit_scale))
+    dlogits_ref = reference.cross_entropy_backward(dtype(dloss), cache_ref)
+    assert_close(kernel.cross_entropy_backward(dtype(dloss), cache), dlogits_ref, "dlogits")
+
+
+def test_every_backward_call_returns_a_fresh_gradient():
+    """The first call hands over the gradient computed in forward; later calls recompute it,
+    so modifying one result never changes another."""
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((3, 4, 11))
+    targets = rng.integers(0, 11, size=(3, 4))
+    _, cache = kernel.cross_entropy_forward(logits, targets)
+    first = kernel.cross_entropy_backward(1.0, cache)
+    expected = first.copy()
+    first[:] = 123.0
+    second = kernel.cross_entropy_backward(1.0, cache)
+    assert_close(second, expected, "second call")
+    assert_close(kernel.cross_entropy_backward(2.0, cache), 2 * expected, "third call")
+
+
+def test_large_logits_do_not_overflow():
+    logits = np.array([[1e4, 0.0, -1e4]], dtype=np.float32)
+    loss, cache = kernel.cross_entropy_forward(logits, np.array([1]))
+    assert np.isclose(loss, 1e4)
+    dlogits = kernel.cross_entropy_backward(1.0, cache)
+    assert np.allclose(dlogits, [[1.0, -1.0, 0.0]])
+
+
+def test_nan_logits_give_a_nan_loss():
+    logits = np.array([[0.0, np.nan, 1.0]])
+    loss, _ = kernel.cross_entropy_forward(logits, np.array([0]))
+    assert np.isnan(loss)

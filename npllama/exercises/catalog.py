@@ -124,6 +124,14 @@ def _rng(params):
     return np.random.default_rng(params.get("seed", 0))
 
 
+def _resolvable_eps(eps, D, degenerate_below):
+    """eps, raised to 1e-2 for rows too short to carry information (RMSNorm D = 1, LayerNorm
+    D <= 2): there every row normalises to a fixed pattern, dx is of order eps, and central
+    differences cannot resolve it -- a correct backward would fail by round-off alone.  (eps = 0
+    stays 0: then dx is exactly 0 and so are the differences.)"""
+    return max(eps, 1e-2) if D < degenerate_below and eps > 0 else eps
+
+
 def _well_conditioned_rows(x, rng, centred):
     """Rows whose spread (std, or rms when not centred) is between 0.5 and 2.
 
@@ -274,7 +282,8 @@ y    = x * rstd * weight                                        # (..., D)"""
         x = rng.standard_normal(params["lead_shape"] + (params["D"],)).astype(dtype)
         x = _well_conditioned_rows(x, rng, centred=False)
         weight = (1.0 + 0.5 * rng.standard_normal(params["D"])).astype(dtype)
-        return Case(self.forward, [x, weight, params["eps"]], ("x", "weight", "eps"), (0, 1),
+        eps = _resolvable_eps(params["eps"], params["D"], degenerate_below=2)
+        return Case(self.forward, [x, weight, eps], ("x", "weight", "eps"), (0, 1),
                     seed=params["seed"] % 1000)
 
     def mistakes(self, dy, cache, case):
@@ -342,7 +351,8 @@ y    = xhat * weight + bias"""
         x = _well_conditioned_rows(x, rng, centred=True)
         weight = (1.0 + 0.5 * rng.standard_normal(D)).astype(dtype)
         bias = rng.standard_normal(D).astype(dtype)
-        return Case(self.forward, [x, weight, bias, params["eps"]], ("x", "weight", "bias", "eps"),
+        eps = _resolvable_eps(params["eps"], D, degenerate_below=3)
+        return Case(self.forward, [x, weight, bias, eps], ("x", "weight", "bias", "eps"),
                     (0, 1, 2), seed=params["seed"] % 1000)
 
     def mistakes(self, dy, cache, case):

@@ -33,6 +33,11 @@ def _setup(seed, lead_shape, D, dtype=np.float64):
 @given(seed=seeds, lead_shape=lead_shapes, D=st.integers(1, 6), eps=eps_values,
        stepwise=st.booleans())
 def test_gradcheck(seed, lead_shape, D, eps, stepwise):
+    # With D <= 2 and a tiny eps every row normalises to (+-1, -+1) whatever x is, so dx is of
+    # order eps and central differences resolve it no better than ~1e-9 absolute: a meaningless
+    # check (test_gradcheck_two_features_strict covers D = 2 where dx is O(1)).
+    if D <= 2:
+        eps = max(eps, 1e-2)
     _, x, weight, bias = _setup(seed, lead_shape, D)
     backward = layernorm_backward_stepwise if stepwise else layernorm_backward
     check_op(layernorm_forward, backward, [x, weight, bias], extra_args=(eps,),

@@ -30,6 +30,11 @@ def _setup(seed, lead_shape, D, dtype=np.float64):
 @settings(max_examples=25, deadline=None)
 @given(seed=seeds, lead_shape=lead_shapes, D=st.integers(1, 6), eps=eps_values)
 def test_gradcheck(seed, lead_shape, D, eps):
+    # With D = 1 and a tiny eps, y is sign(x) * weight whatever |x| is: dx is of order eps and
+    # central differences resolve it no better than ~1e-9 absolute (the strict test below checks
+    # D = 1 where dx is O(1)).
+    if D == 1:
+        eps = max(eps, 1e-2)
     _, x, weight = _setup(seed, lead_shape, D)
     check_op(rmsnorm_forward, rmsnorm_backward, [x, weight], extra_args=(eps,),
              names=["x", "weight"], seed=seed % 1000).raise_if_failed()

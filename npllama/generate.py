@@ -37,8 +37,8 @@ def generate(model, prompt: Sequence[int], max_new_tokens: int, *, temperature: 
                          f"longer than the model's context, max_position_embeddings = {limit}; "
                          f"use at most {max(limit - len(prompt), 0)} new tokens or a shorter prompt")
     rng = np.random.default_rng(seed)
-    cache = model.new_kv_cache(batch_size=1, max_length=len(prompt) + max_new_tokens)
-    logits = model.forward_step(np.asarray([prompt], dtype=np.int64), cache)[0, -1]  # prefill
+    decode = _decoder(model, max_length=len(prompt) + max_new_tokens)
+    logits = decode(np.asarray([prompt], dtype=np.int64))[0, -1]  # prefill
     ids = list(prompt)
     for step in range(max_new_tokens):
         if not np.isfinite(logits).all():
@@ -51,8 +51,27 @@ def generate(model, prompt: Sequence[int], max_new_tokens: int, *, temperature: 
             on_token(next_id)
         if next_id == eos_id or step == max_new_tokens - 1:
             break
-        logits = model.forward_step(np.asarray([[next_id]], dtype=np.int64), cache)[0, -1]
+        logits = decode(np.asarray([[next_id]], dtype=np.int64))[0, -1]
     return ids
+
+
+def _decoder(model, max_length: int):
+    """A function tokens (1, T_new) -> logits (1, T_new, V) that remembers what it has seen.
+
+    Under the numba backend: FastDecoder (weights laid out once for matrix-vector products, fused
+    attention over a preallocated cache), tested equal to model.forward_step.  Otherwise, or with
+    LoRA adapters attached or a trace recording, the model's own forward_step and KVCache, so
+    every intermediate is the readable reference path.
+    """
+    from .backend import get_backend
+    from .trace import active_trace
+
+    if get_backend() == "numba" and getattr(model, "lora", None) is None and active_trace() is None:
+        from .kernels.decode import FastDecoder
+
+        return FastDecoder(model, batch_size=1, max_length=max_length).step
+    cache = model.new_kv_cache(batch_size=1, max_length=max_length)
+    return lambda tokens: model.forward_step(tokens, cache)
 
 
 def sample_next(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,

@@ -134,6 +134,17 @@ def _require_finite_grads(grads):
         raise NonFiniteGradientError(list(names), list(counts))
 
 
+def _fused_adamw_update():
+    """The Numba AdamW update when the numba backend is in force, else None (the NumPy lines run)."""
+    from .backend import get_backend
+
+    if get_backend() != "numba":
+        return None
+    from .kernels.adamw import adamw_update
+
+    return adamw_update
+
+
 def _require_squarable_grads(grads):
     """g*g must stay finite, or AdamW's second moment becomes inf for good (|g| >= ~1.8e19 in float32)."""
     bad = []
@@ -227,8 +238,14 @@ class AdamW(_Optimizer):
         beta1, beta2 = self.betas
         self.step_count += 1
         t = self.step_count
+        fused = _fused_adamw_update()
         for name, p in self.params.items():
             g, m, v = grads[name], self.m[name], self.v[name]
+            if fused is not None and p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous:
+                # the same arithmetic in one pass over memory (npllama/kernels/adamw.py, tested equal)
+                fused(p, g, m, v, lr, beta1, beta2, self.eps, self.weight_decay if self.decay[name] else 0.0,
+                      1 - beta1 ** t, 1 - beta2 ** t)
+                continue
             if self.decay[name]:
                 p *= 1 - lr * self.weight_decay  # decoupled: shrink p itself, not via g
             m *= beta1

@@ -103,3 +103,13 @@ def test_bad_generation_arguments_are_refused(model, kwargs, error, match):
 
 def test_model_generate_is_the_same_function(model):
     assert model.generate([1, 2], 5, temperature=0) == generate(model, [1, 2], 5, temperature=0)
+
+
+def test_the_fast_decoder_and_the_reference_path_generate_the_same(model):
+    from npllama import use_backend
+
+    with use_backend("numpy"):
+        reference = generate(model, [1, 5, 7], 15, temperature=0)
+    with use_backend("numba"):
+        fast = generate(model, [1, 5, 7], 15, temperature=0)
+    assert fast == reference

@@ -51,7 +51,6 @@ _drop_stale_numba_cache()
 from . import attention, cross_entropy, embedding, rmsnorm, rope, softmax, swiglu  # noqa: E402
 
 KERNELS: dict = {
-    "embedding_forward": embedding.embedding_forward,
     "embedding_backward": embedding.embedding_backward,
     "rmsnorm_forward": rmsnorm.rmsnorm_forward,
     "rmsnorm_backward": rmsnorm.rmsnorm_backward,

@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..ops.attention import _check_inputs
+from ..ops.attention import check_attention_args
 from ._simd import exp_nonpositive, row_dot, row_max, row_sum
 
 FLASH_MIN_KEYS = 512          # from this many keys on, never hold the full (B, H, T, S) tensor
@@ -33,7 +33,7 @@ BLOCK_ROWS = (16, 64)         # query rows per block: T // 4, clamped to this ra
 
 def attention_forward(q, k, v, causal=True, key_padding_mask=None, q_offset=0):
     """Returns (out, cache); out: (B, H, T, head_dim).  See npllama.ops.attention."""
-    B, H, T, head_dim, KVH, S = _check_inputs(q, k, v, key_padding_mask, q_offset)
+    B, H, T, head_dim, KVH, S = check_attention_args(q, k, v, key_padding_mask, q_offset)
     n_rep = H // KVH
     dtype = q.dtype
     scale = dtype.type(1.0 / math.sqrt(head_dim))

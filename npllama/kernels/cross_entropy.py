@@ -10,34 +10,20 @@ cache; backward hands that array over (scaled if dloss != 1).  Only
 the first backward call gets it; a second call recomputes it from the logits and the saved
 log-sum-exp, so every call returns a fresh array the caller may modify.
 """
-import numbers
 
 import numpy as np
 from numba import njit, prange
 
-from ..ops._checks import require_float_array, require_int_array
+from ..ops.cross_entropy import check_cross_entropy_args
 from ._simd import exp_nonpositive, row_max, row_sum
 
 
 def cross_entropy_forward(logits, targets, ignore_index=-100):
     """Mean -log p[target] over targets != ignore_index.  Returns (loss, cache)."""
-    require_float_array("logits", logits)
-    require_int_array("targets", targets)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ignore_index must be an integer, got {type(ignore_index).__name__}")
-    if targets.shape != logits.shape[:-1]:
-        raise ValueError(f"targets has shape {targets.shape}, expected {logits.shape[:-1]} "
-                         "(the leading shape of logits)")
-    vocab_size = logits.shape[-1]
-    if vocab_size == 0:
-        raise ValueError(f"logits must have a non-empty last dimension (V), got shape {logits.shape}")
+    vocab_size = check_cross_entropy_args(logits, targets, ignore_index)
     logits_2d = np.ascontiguousarray(logits).reshape(-1, vocab_size)     # (N, V)
     targets_1d = targets.reshape(-1).astype(np.int64)                    # (N,)
     counted = targets_1d != ignore_index
-    bad = counted & ((targets_1d < 0) | (targets_1d >= vocab_size))
-    if bad.any():
-        raise ValueError(f"targets contains {int(targets_1d[bad][0])}, outside [0, V) with "
-                         f"V = {vocab_size} and not ignore_index")
     n_counted = int(np.count_nonzero(counted))
     dtype = logits.dtype
     grad_scale = dtype.type(1 / n_counted if n_counted else 0)

@@ -1,33 +1,18 @@
-"""Embedding kernels: the lookup is NumPy's own (a row copy per token, nothing to fuse); the
-backward scatter-add is a plain numba loop instead of np.add.at, which is ~100x slower.
+"""The embedding's backward scatter-add as a plain numba loop instead of np.add.at, which is ~100x
+slower.  The forward lookup is NumPy's own (a row copy per token, nothing to fuse), so the
+reference embedding_forward serves both backends; its cache is what this backward reads.
 
 Same signatures and results as npllama.ops.embedding (derivations/embedding.md).
 """
 import numpy as np
 from numba import njit
 
-from ..ops._checks import require_float_array, require_int_array
-
-
-def embedding_forward(tokens, weight):
-    """out = weight[tokens].  Returns (out, cache)."""
-    require_int_array("tokens", tokens)
-    require_float_array("weight", weight, ndim=2)
-    vocab_size = weight.shape[0]
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
-        bad = tokens[(tokens < 0) | (tokens >= vocab_size)].flat[0]
-        raise ValueError(f"tokens contains id {int(bad)}, outside [0, V) with V = {vocab_size} "
-                         "(the embedding table has V rows)")
-    out = weight[tokens]                                     # (..., D), a copy
-    return out, (tokens, weight.shape, weight.dtype)
+from ..ops.embedding import check_embedding_backward_args
 
 
 def embedding_backward(dout, cache):
     """Returns dweight (V, D): row v is the sum of dout over the positions where tokens == v."""
-    tokens, weight_shape, dtype = cache
-    expected = tokens.shape + (weight_shape[1],)
-    if np.shape(dout) != expected:
-        raise ValueError(f"dout has shape {np.shape(dout)}, expected {expected} (tokens.shape + (D,))")
+    tokens, weight_shape, dtype = check_embedding_backward_args(dout, cache)
     dweight = np.zeros(weight_shape, dtype=dtype)                          # (V, D)
     dout_rows = np.ascontiguousarray(dout, dtype=dtype).reshape(-1, weight_shape[1])
     _scatter_add_rows(tokens.reshape(-1).astype(np.int64), dout_rows, dweight)

@@ -10,7 +10,7 @@ on the fly instead of storing it.
 import numpy as np
 from numba import njit, prange
 
-from ..ops._checks import require_eps, require_float_array, require_last_dim, require_same_dtype
+from ..ops.rmsnorm import check_rmsnorm_args
 from ._simd import row_dot, row_dot3
 
 ROW_CHUNKS = 4
@@ -18,11 +18,7 @@ ROW_CHUNKS = 4
 
 def rmsnorm_forward(x, weight, eps):
     """y = x / sqrt(mean(x**2, -1) + eps) * weight.  Returns (y, cache)."""
-    require_float_array("x", x)
-    require_float_array("weight", weight, ndim=1)
-    require_last_dim("x", x, weight.shape[0], "weight.shape[0] (the normalised size D)")
-    require_same_dtype(x=x, weight=weight)
-    eps = require_eps(eps, x.dtype)
+    eps = check_rmsnorm_args(x, weight, eps)
     x_rows = _as_rows(x)                                       # (N, D)
     y = np.empty_like(x_rows)
     rstd = np.empty(x_rows.shape[0], dtype=x.dtype)            # (N,)

@@ -13,17 +13,13 @@ recomputes sigmoid(gate) in the same pass that forms dgate and dup.
 import numpy as np
 from numba import njit, prange
 
-from ..ops._checks import require_float_array, require_same_dtype
+from ..ops.swiglu import check_swiglu_act_args, check_swiglu_args
 from ._simd import exp_nonpositive
 
 
 def swiglu_act_forward(gate, up):
     """act = silu(gate) * up, elementwise.  Returns (act, cache)."""
-    require_float_array("gate", gate)
-    require_float_array("up", up)
-    require_same_dtype(gate=gate, up=up)
-    if gate.shape != up.shape:
-        raise ValueError(f"gate and up must have the same shape, got {gate.shape} and {up.shape}")
+    check_swiglu_act_args(gate, up)
     gate, up = np.ascontiguousarray(gate), np.ascontiguousarray(up)
     act = np.empty_like(gate)
     _silu_mul(gate.reshape(-1), up.reshape(-1), act.reshape(-1))
@@ -44,18 +40,7 @@ def swiglu_act_backward(dact, cache):
 
 def swiglu_forward(x, w_gate, w_up, w_down):
     """out = (silu(x W_gate^T) * (x W_up^T)) W_down^T.   Returns (out, cache)."""
-    require_float_array("x", x)
-    require_float_array("w_gate", w_gate, ndim=2)
-    require_float_array("w_up", w_up, ndim=2)
-    require_float_array("w_down", w_down, ndim=2)
-    require_same_dtype(x=x, w_gate=w_gate, w_up=w_up, w_down=w_down)
-    F, D = w_gate.shape
-    if w_up.shape != (F, D):
-        raise ValueError(f"w_up must have the shape of w_gate (F, D) = {(F, D)}, got {w_up.shape}")
-    if w_down.shape != (D, F):
-        raise ValueError(f"w_down must have shape (D, F) = {(D, F)} (transposed w_gate), got {w_down.shape}")
-    if x.shape[-1] != D:
-        raise ValueError(f"x has last dimension {x.shape[-1]}, expected {D} (w_gate.shape[1])")
+    F, D = check_swiglu_args(x, w_gate, w_up, w_down)
     x_rows = np.ascontiguousarray(x).reshape(-1, D)              # (N, D)
     # gate and up as one product with the stacked weight: x is read once, and one tall
     # product runs faster than two half-size ones.  Stacking copies 2*F*D numbers, far less

@@ -29,7 +29,7 @@ def attention_forward(q, k, v, causal=True, key_padding_mask=None, q_offset=0):
     key_padding_mask: None or bool (B, S), True where the key is a real token that may be
     attended.  A query with no allowed key gets all-zero attn_probs and a zero output.
     """
-    B, H, T, head_dim, KVH, S = _check_inputs(q, k, v, key_padding_mask, q_offset)
+    B, H, T, head_dim, KVH, S = check_attention_args(q, k, v, key_padding_mask, q_offset)
     n_rep = H // KVH
     scale = 1.0 / math.sqrt(head_dim)
 
@@ -94,7 +94,8 @@ def _split_groups(x, n_kv_heads):
     return x.reshape(B, n_kv_heads, H // n_kv_heads, T, n)
 
 
-def _check_inputs(q, k, v, key_padding_mask, q_offset):
+def check_attention_args(q, k, v, key_padding_mask, q_offset):
+    """The forward's argument checks (shared with the kernel); returns B, H, T, head_dim, KVH, S."""
     require_float_array("q", q, ndim=4)
     require_float_array("k", k, ndim=4)
     require_float_array("v", v, ndim=4)

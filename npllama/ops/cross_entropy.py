@@ -21,21 +21,11 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
 
     Returns (loss, cache); loss is a 0-d numpy scalar of logits.dtype.
     """
-    require_float_array("logits", logits)
-    require_int_array("targets", targets)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ignore_index must be an integer, got {type(ignore_index).__name__}")
-    if targets.shape != logits.shape[:-1]:
-        raise ValueError(f"targets has shape {targets.shape}, expected {logits.shape[:-1]} "
-                         "(the leading shape of logits)")
-    vocab_size = logits.shape[-1]
-    if vocab_size == 0:
-        raise ValueError(f"logits must have a non-empty last dimension (V), got shape {logits.shape}")
+    vocab_size = check_cross_entropy_args(logits, targets, ignore_index)
 
     logits_2d = logits.reshape(-1, vocab_size)                 # (N, V)
     targets_1d = targets.reshape(-1)                           # (N,)
     counted = targets_1d != ignore_index                       # (N,) bool
-    _require_targets_in_range(targets_1d[counted], vocab_size)
     n_counted = int(np.count_nonzero(counted))
     safe_targets = np.where(counted, targets_1d, 0)            # ignored rows index class 0, harmlessly
     rows = np.arange(logits_2d.shape[0])
@@ -53,6 +43,22 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
     probs = exps / sum_exp                                     # (N, V), softmax, kept for backward
     cache = (probs, safe_targets, counted, n_counted, logits.shape)
     return loss, cache
+
+
+def check_cross_entropy_args(logits, targets, ignore_index):
+    """The forward's argument checks (shared with the kernel); returns the vocabulary size V."""
+    require_float_array("logits", logits)
+    require_int_array("targets", targets)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an integer, got {type(ignore_index).__name__}")
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"targets has shape {targets.shape}, expected {logits.shape[:-1]} "
+                         "(the leading shape of logits)")
+    vocab_size = logits.shape[-1]
+    if vocab_size == 0:
+        raise ValueError(f"logits must have a non-empty last dimension (V), got shape {logits.shape}")
+    _require_targets_in_range(targets[targets != ignore_index], vocab_size)
+    return vocab_size
 
 
 def cross_entropy_backward(dloss, cache):

@@ -24,15 +24,21 @@ def embedding_forward(tokens, weight):
 
 def embedding_backward(dout, cache):
     """Returns dweight (V, D): row v is the sum of dout over the positions where tokens == v."""
-    tokens, weight_shape, dtype = cache
-    expected = tokens.shape + (weight_shape[1],)
-    if np.shape(dout) != expected:
-        raise ValueError(f"dout has shape {np.shape(dout)}, expected {expected} (tokens.shape + (D,))")
+    tokens, weight_shape, dtype = check_embedding_backward_args(dout, cache)
     dweight = np.zeros(weight_shape, dtype=dtype)  # (V, D)
     # np.add.at, not dweight[ids] += ...: plain fancy-index assignment keeps only one of the
     # repeated ids, silently dropping the gradient of the others.
     np.add.at(dweight, tokens.reshape(-1), dout.reshape(-1, weight_shape[1]))
     return dweight
+
+
+def check_embedding_backward_args(dout, cache):
+    """dout must have the output's shape (shared with the kernel); returns the cache's parts."""
+    tokens, weight_shape, dtype = cache
+    expected = tokens.shape + (weight_shape[1],)
+    if np.shape(dout) != expected:
+        raise ValueError(f"dout has shape {np.shape(dout)}, expected {expected} (tokens.shape + (D,))")
+    return tokens, weight_shape, dtype
 
 
 def _require_ids_in_range(tokens, vocab_size):

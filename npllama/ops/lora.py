@@ -22,7 +22,7 @@ from ._checks import require_float_array, require_last_dim, require_same_dtype
 
 def lora_forward(x, weight, lora_A, lora_B, scaling, dropout_mask=None):
     """y = x @ weight.T + scaling * ((x * dropout_mask) @ lora_A.T) @ lora_B.T.  Returns (y, cache)."""
-    _check_inputs(x, weight, lora_A, lora_B, scaling, dropout_mask)
+    check_lora_args(x, weight, lora_A, lora_B, scaling, dropout_mask)
     x_drop = x if dropout_mask is None else x * dropout_mask  # (..., in), the adapter's input
     lora_hidden = x_drop @ lora_A.T                           # (..., r), the low-rank bottleneck
     y = x @ weight.T + scaling * (lora_hidden @ lora_B.T)     # (..., out)
@@ -49,7 +49,7 @@ def _sum_outer(dy, x):
     return dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])
 
 
-def _check_inputs(x, weight, lora_A, lora_B, scaling, dropout_mask):
+def check_lora_args(x, weight, lora_A, lora_B, scaling, dropout_mask):
     require_float_array("x", x)
     require_float_array("weight", weight, ndim=2)
     require_float_array("lora_A", lora_A, ndim=2)

@@ -14,15 +14,21 @@ from ._checks import require_float_array, require_last_dim, require_same_dtype, 
 
 def rmsnorm_forward(x, weight, eps):
     """y = x / sqrt(mean(x**2, -1) + eps) * weight.  Returns (y, cache), cache = (x, rstd, weight)."""
+    eps = check_rmsnorm_args(x, weight, eps)
+    mean_square = np.mean(x * x, axis=-1, keepdims=True)  # (..., 1)
+    rstd = 1.0 / np.sqrt(mean_square + eps)                # (..., 1)
+    y = x * rstd * weight                                  # (..., D)
+    return y, (x, rstd, weight)
+
+
+def check_rmsnorm_args(x, weight, eps):
+    """The forward's argument checks (shared with the kernel); returns eps in x's dtype."""
     require_float_array("x", x)
     require_float_array("weight", weight, ndim=1)
     require_last_dim("x", x, weight.shape[0], "weight.shape[0] (the normalised size D)")
     require_same_dtype(x=x, weight=weight)
     eps = require_eps(eps, x.dtype)
-    mean_square = np.mean(x * x, axis=-1, keepdims=True)  # (..., 1)
-    rstd = 1.0 / np.sqrt(mean_square + eps)                # (..., 1)
-    y = x * rstd * weight                                  # (..., D)
-    return y, (x, rstd, weight)
+    return eps
 
 
 def rmsnorm_backward(dy, cache):

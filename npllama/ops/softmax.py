@@ -13,11 +13,7 @@ from ._checks import require_float_array
 
 def softmax_forward(x):
     """p = softmax(x, axis=-1), max-subtracted so exp never overflows.  Returns (p, cache = p)."""
-    require_float_array("x", x)
-    if x.shape[-1] == 0:
-        raise ValueError(f"x must have a non-empty last dimension, got shape {x.shape}")
-    if not np.all(x < np.inf):  # one pass catches NaN and +inf; -inf is allowed (a mask)
-        raise ValueError("x must not contain NaN or +inf (use -inf to mask an entry)")
+    check_softmax_args(x)
     row_max = np.max(x, axis=-1, keepdims=True)                 # (..., 1)
     # A fully masked row has max -inf, and -inf - (-inf) is NaN: shift such rows by 0 instead.
     row_max = np.where(np.isneginf(row_max), 0, row_max).astype(x.dtype, copy=False)
@@ -25,6 +21,15 @@ def softmax_forward(x):
     row_sum = np.sum(exps, axis=-1, keepdims=True)              # (..., 1), >= 1 unless fully masked
     p = exps / np.where(row_sum > 0, row_sum, 1)                # fully masked rows stay 0
     return p, p
+
+
+def check_softmax_args(x):
+    """The forward's argument checks (shared with the kernel)."""
+    require_float_array("x", x)
+    if x.shape[-1] == 0:
+        raise ValueError(f"x must have a non-empty last dimension, got shape {x.shape}")
+    if not np.all(x < np.inf):  # one pass catches NaN and +inf; -inf is allowed (a mask)
+        raise ValueError("x must not contain NaN or +inf (use -inf to mask an entry)")
 
 
 def softmax_backward(dp, cache):

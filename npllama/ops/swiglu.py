@@ -21,11 +21,7 @@ def sigmoid(z):
 
 def swiglu_act_forward(gate, up):
     """act = silu(gate) * up, elementwise.  gate, up: same shape and dtype.  Returns (act, cache)."""
-    require_float_array("gate", gate)
-    require_float_array("up", up)
-    require_same_dtype(gate=gate, up=up)
-    if gate.shape != up.shape:
-        raise ValueError(f"gate and up must have the same shape, got {gate.shape} and {up.shape}")
+    check_swiglu_act_args(gate, up)
     gate_sigmoid = sigmoid(gate)
     silu_gate = gate * gate_sigmoid
     act = silu_gate * up
@@ -44,6 +40,25 @@ def swiglu_act_backward(dact, cache):
 
 def swiglu_forward(x, w_gate, w_up, w_down):
     """out = (silu(x W_gate^T) * (x W_up^T)) W_down^T.   Returns (out, cache)."""
+    check_swiglu_args(x, w_gate, w_up, w_down)
+    gate, gate_cache = linear_forward(x, w_gate)    # (..., F)
+    up, up_cache = linear_forward(x, w_up)          # (..., F)
+    act, act_cache = swiglu_act_forward(gate, up)   # (..., F)
+    out, down_cache = linear_forward(act, w_down)   # (..., D)
+    return out, (gate_cache, up_cache, act_cache, down_cache)
+
+
+def check_swiglu_act_args(gate, up):
+    """swiglu_act_forward's argument checks (shared with the kernel)."""
+    require_float_array("gate", gate)
+    require_float_array("up", up)
+    require_same_dtype(gate=gate, up=up)
+    if gate.shape != up.shape:
+        raise ValueError(f"gate and up must have the same shape, got {gate.shape} and {up.shape}")
+
+
+def check_swiglu_args(x, w_gate, w_up, w_down):
+    """The forward's argument checks (shared with the kernel); returns (F, D)."""
     require_float_array("x", x)
     require_float_array("w_gate", w_gate, ndim=2)
     require_float_array("w_up", w_up, ndim=2)
@@ -54,11 +69,9 @@ def swiglu_forward(x, w_gate, w_up, w_down):
         raise ValueError(f"w_up must have the shape of w_gate (F, D) = {(F, D)}, got {w_up.shape}")
     if w_down.shape != (D, F):
         raise ValueError(f"w_down must have shape (D, F) = {(D, F)} (transposed w_gate), got {w_down.shape}")
-    gate, gate_cache = linear_forward(x, w_gate)    # (..., F)
-    up, up_cache = linear_forward(x, w_up)          # (..., F)
-    act, act_cache = swiglu_act_forward(gate, up)   # (..., F)
-    out, down_cache = linear_forward(act, w_down)   # (..., D)
-    return out, (gate_cache, up_cache, act_cache, down_cache)
+    if x.shape[-1] != D:
+        raise ValueError(f"x has last dimension {x.shape[-1]}, expected {D} (w_gate.shape[1])")
+    return F, D
 
 
 def swiglu_backward(dout, cache):

@@ -1,4 +1,5 @@
-"""Embedding kernels equal the reference; the scatter-add accumulates repeated ids."""
+"""The embedding's backward kernel equals the reference; the scatter-add accumulates repeated ids.
+(The forward lookup has no kernel: the reference serves both backends.)"""
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,15 +19,13 @@ def test_embedding_equals_reference(dtype, V, D, shape, seed):
     tokens = rng.integers(0, V, size=shape)
     tokens.flat[0] = tokens.flat[-1]                   # at least one repeated id (when size > 1)
     dout = rng.standard_normal(tuple(shape) + (D,)).astype(dtype)
-    out, cache = kernel.embedding_forward(tokens, weight)
-    out_ref, cache_ref = reference.embedding_forward(tokens, weight)
-    assert_close(out, out_ref, "out")
-    assert_close(kernel.embedding_backward(dout, cache), reference.embedding_backward(dout, cache_ref),
+    _, cache = reference.embedding_forward(tokens, weight)
+    assert_close(kernel.embedding_backward(dout, cache), reference.embedding_backward(dout, cache),
                  "dweight")
 
 
 def test_repeated_ids_accumulate():
     weight = np.zeros((3, 2))
-    _, cache = kernel.embedding_forward(np.array([[1, 1, 1]]), weight)
+    _, cache = reference.embedding_forward(np.array([[1, 1, 1]]), weight)
     dweight = kernel.embedding_backward(np.ones((1, 3, 2)), cache)
     assert dweight.tolist() == [[0, 0], [3, 3], [0, 0]]

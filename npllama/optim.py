@@ -134,6 +134,10 @@ def _require_finite_grads(grads):
         raise NonFiniteGradientError(list(names), list(counts))
 
 
+def _hyperparam(hp, name):
+    return _require_number(f"state['hyperparams'][{name!r}]", hp.get(name), low=0.0)
+
+
 def _fused_adamw_update():
     """The Numba AdamW update when the numba backend is in force, else None (the NumPy lines run)."""
     from .backend import get_backend
@@ -185,6 +189,7 @@ class _Optimizer:
         return lr
 
     def _check_state_header(self, state):
+        """(step, no_decay_names, lr, weight_decay, hyperparams) of a state_dict(), all checked."""
         if not isinstance(state, Mapping):
             raise TypeError(f"state must be a dict (from state_dict()), got {type(state).__name__}")
         if state.get("optimizer") != self.name:
@@ -195,7 +200,11 @@ class _Optimizer:
                                                                 for n in no_decay_names):
             raise ValueError("state['no_decay_names'] must list parameter names, "
                              f"got {no_decay_names!r}")
-        return _require_step("state['step']", state.get("step")), list(no_decay_names)
+        hp = state.get("hyperparams")
+        if not isinstance(hp, Mapping):
+            raise ValueError(f"state['hyperparams'] must be a dict, got {hp!r}")
+        return (_require_step("state['step']", state.get("step")), list(no_decay_names),
+                _hyperparam(hp, "lr"), _hyperparam(hp, "weight_decay"), hp)
 
     def _state_header(self):
         return {"optimizer": self.name, "step": self.step_count,
@@ -267,15 +276,9 @@ class AdamW(_Optimizer):
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore what state_dict() returned; everything is checked before anything is set."""
-        step, no_decay_names = self._check_state_header(state)
-        hp = state.get("hyperparams")
-        if not isinstance(hp, Mapping):
-            raise ValueError(f"state['hyperparams'] must be a dict, got {hp!r}")
-        lr = _require_number("state['hyperparams']['lr']", hp.get("lr"), low=0.0)
+        step, no_decay_names, lr, weight_decay, hp = self._check_state_header(state)
         betas = _require_betas(hp.get("betas"))
-        eps = _require_number("state['hyperparams']['eps']", hp.get("eps"), low=0.0)
-        weight_decay = _require_number("state['hyperparams']['weight_decay']",
-                                       hp.get("weight_decay"), low=0.0)
+        eps = _hyperparam(hp, "eps")
         _require_same_arrays("state['m']", state.get("m"), self.params)
         _require_same_arrays("state['v']", state.get("v"), self.params)
 
@@ -327,14 +330,8 @@ class SGD(_Optimizer):
         return state
 
     def load_state_dict(self, state: Mapping) -> None:
-        step, no_decay_names = self._check_state_header(state)
-        hp = state.get("hyperparams")
-        if not isinstance(hp, Mapping):
-            raise ValueError(f"state['hyperparams'] must be a dict, got {hp!r}")
-        lr = _require_number("state['hyperparams']['lr']", hp.get("lr"), low=0.0)
-        momentum = _require_number("state['hyperparams']['momentum']", hp.get("momentum"), low=0.0)
-        weight_decay = _require_number("state['hyperparams']['weight_decay']",
-                                       hp.get("weight_decay"), low=0.0)
+        step, no_decay_names, lr, weight_decay, hp = self._check_state_header(state)
+        momentum = _hyperparam(hp, "momentum")
         buffers = state.get("momentum_buffer")
         if momentum != 0:
             _require_same_arrays("state['momentum_buffer']", buffers, self.params)

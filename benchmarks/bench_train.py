@@ -130,6 +130,88 @@ def torch_step(model, tokens, targets, repeat, flops) -> dict:
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
+def step_memory(framework: str, name: str) -> dict:
+    """Memory of training steps, in this (fresh) process: the peak resident set while four steps
+    run, minus the resident set with the model built (the optimizer's moments, gradients and
+    activations all count: torch makes its moments at the first step, npllama's zero pages
+    become resident then).
+
+    The kernel's high-water mark is reset (/proc/self/clear_refs) just before the steps, so the
+    peak of importing a framework or loading weights does not count."""
+    from npllama import Llama
+    from npllama.optim import AdamW
+
+    config = make_config(name)
+    B, T = CONFIGS[name]["batch"], CONFIGS[name]["seq"]
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, config.vocab_size, size=(B, T))
+    targets = np.roll(tokens, -1, axis=1)
+    model = Llama(config, seed=0, dtype=np.float32)
+    if framework == "npllama":
+        from npllama.kernels.memory import keep_freed_memory
+
+        keep_freed_memory()  # as `npllama train` does
+        optimizer = AdamW(model.params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
+
+        def step():
+            optimizer.step(model.loss_and_grads(tokens, targets)[1])
+    else:
+        import numba
+        import torch
+        from transformers import LlamaForCausalLM
+
+        torch.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        with tempfile.TemporaryDirectory() as folder:
+            model.save_pretrained(folder)
+            hf = LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32, attn_implementation="sdpa")
+        del model
+        hf.train()
+        torch_optimizer = torch.optim.AdamW(hf.parameters(), lr=LR, betas=BETAS, eps=EPS,
+                                            weight_decay=WEIGHT_DECAY)
+        input_ids, labels = torch.from_numpy(tokens), torch.from_numpy(targets)
+
+        def step():
+            logits = hf(input_ids=input_ids).logits
+            loss = torch.nn.functional.cross_entropy(logits.view(-1, config.vocab_size), labels.view(-1))
+            loss.backward()
+            torch_optimizer.step()
+            torch_optimizer.zero_grad(set_to_none=True)
+    baseline = _status_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current resident set
+    for _ in range(4):
+        step()
+    peak = _status_mib("VmHWM")
+    return {"framework": framework, "config": name, "baseline_mib": baseline, "peak_mib": peak,
+            "step_mib": peak - baseline}
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def memory_table(configs) -> list[dict]:
+    rows = []
+    for name in configs:
+        row = {"config": name}
+        for framework in ("npllama", "torch"):
+            if framework == "torch" and torch_or_none() is None:
+                continue
+            out = subprocess.run([sys.executable, __file__, "--memory-child", framework, name],
+                                 capture_output=True, text=True, check=True)
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            row[f"{framework}_step_mib"] = result["step_mib"]
+            row[f"{framework}_peak_mib"] = result["peak_mib"]
+        if "torch_step_mib" in row:
+            row["step_ratio"] = row["npllama_step_mib"] / row["torch_step_mib"]
+        rows.append(row)
+    return rows
+
+
 STARTUP_SCRIPT = """
 import time
 start = time.perf_counter()
@@ -167,8 +249,16 @@ def main(argv=None):
     parser.add_argument("--no-keep-freed-memory", action="store_true",
                         help="leave glibc's malloc as it is (see npllama.kernels.memory)")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--memory", action="store_true",
+                        help="also compare the memory a training step needs, npllama vs PyTorch, each in a "
+                             "fresh process")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.memory_child:
+        print(json.dumps(step_memory(*args.memory_child)))
+        return
 
     if args.child:  # one config, in its own process so that peak RSS is its own
         print(json.dumps(run_config(args.child, args.repeat, args.vs_torch, not args.no_numpy,
@@ -200,8 +290,17 @@ def main(argv=None):
     startup = startup_seconds()
     print(f"start-up (import npllama + first tiny step, fresh processes): "
           f"{', '.join(f'{s:.2f}' for s in startup)} s")
+    memory = []
+    if args.memory:
+        memory = memory_table(args.configs)
+        print("memory of training steps (peak resident set during steps minus the resident set with the "
+              "model and optimizer built; fresh process each):")
+        print_table(memory, [("config", "config", "s"), ("npllama_step_mib", "npllama MiB", ".0f"),
+                             ("torch_step_mib", "torch MiB", ".0f"), ("step_ratio", "npllama/torch", ".2f"),
+                             ("npllama_peak_mib", "npllama peak RSS", ".0f"),
+                             ("torch_peak_mib", "torch peak RSS", ".0f")])
     write_json(args.json, {"environment": env, "matmul_peak_gflops": peak, "configs": rows,
-                           "startup_seconds": startup})
+                           "startup_seconds": startup, "memory": memory})
 
 
 if __name__ == "__main__":

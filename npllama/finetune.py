@@ -245,15 +245,12 @@ def format_metrics(metrics: dict, label_names, baseline: float) -> str:
 
 
 @dataclasses.dataclass
-class ClassifyConfig:
-    """`npllama finetune classify`.  Defaults: the built-in sentiment set, full fine-tuning."""
+class FinetuneSettings:
+    """What every fine-tuning job takes: the base model, the data, LoRA, and the step loop."""
 
     base: str | None = None          # model folder (None: the latest `npllama train` run)
-    data: str | None = None          # .jsonl/.csv; None: the built-in `dataset`
-    dataset: str = "sentiment"       # built-in example set: sentiment, topic, spam
-    labels: tuple | None = None      # the label names in id order (the head's size); None: from the data
-    val_data: str | None = None      # a separate validation file; None: split off val_fraction
-    val_fraction: float = 0.2
+    data: str | None = None          # the job's own data file; None: its built-in example set
+    val_fraction: float = 0.2        # held out for validation
     lora: bool = False
     lora_r: int = 8
     lora_alpha: float = 16.0
@@ -261,7 +258,7 @@ class ClassifyConfig:
     lora_targets: tuple = ATTENTION_TARGETS
     steps: int = 200
     batch_size: int = 16
-    lr: float | None = None          # None: 3e-4 full, 3e-3 LoRA (few parameters take bigger steps)
+    lr: float | None = None          # None: the job's default, which differs for full and LoRA
     warmup_steps: int = 20
     weight_decay: float = 0.0
     max_len: int = 128
@@ -269,6 +266,19 @@ class ClassifyConfig:
     dtype: str = "float32"
     out: str | None = None           # where to save (None: nothing saved)
     progress: bool = True
+
+
+@dataclasses.dataclass
+class ClassifyConfig(FinetuneSettings):
+    """`npllama finetune classify`.  Defaults: the built-in sentiment set, full fine-tuning.
+
+    data: .jsonl/.csv of {"text", "label"}; None: the built-in `dataset`.
+    lr None: 3e-4 full, 3e-3 LoRA (few parameters take bigger steps).
+    """
+
+    dataset: str = "sentiment"       # built-in example set: sentiment, topic, spam
+    labels: tuple | None = None      # the label names in id order (the head's size); None: from the data
+    val_data: str | None = None      # a separate validation file; None: split off val_fraction
 
 
 @dataclasses.dataclass
@@ -392,29 +402,18 @@ def sft_batch(examples: list[tuple[list[int], list[bool]]], pad_id: int):
 
 
 @dataclasses.dataclass
-class SFTConfig:
-    """`npllama finetune sft`.  Defaults: the built-in story instructions, full fine-tuning."""
+class SFTConfig(FinetuneSettings):
+    """`npllama finetune sft`.  Defaults: the built-in story instructions, full fine-tuning.
 
-    base: str | None = None
-    data: str | None = None          # .jsonl of {"prompt", "response"}; None: built-in instructions
+    data: .jsonl of {"prompt", "response"}; None: the built-in instructions.
+    lr None: 1e-3 full, 5e-3 LoRA (measured on the tiny preset).
+    """
+
     val_fraction: float = 0.1
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.05
-    lora_targets: tuple = ATTENTION_TARGETS
-    merge: bool = False              # with LoRA: save the merged model instead of the adapter
-    steps: int = 200
     batch_size: int = 8
-    lr: float | None = None          # None: 1e-3 full, 5e-3 LoRA (measured on the tiny preset)
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
     max_len: int = 256
-    seed: int = 0
-    dtype: str = "float32"
-    out: str | None = None
+    merge: bool = False              # with LoRA: save the merged model instead of the adapter
     samples: int = 2                 # greedy answers printed at the end
-    progress: bool = True
 
 
 @dataclasses.dataclass

@@ -286,6 +286,7 @@ def block_forward(F, x, lp, cos, sin, cfg, causal, key_padding_mask, kv_slot=Non
         t.record_many(lp.prefix, **{"residual": h, "post_attention_layernorm.out": hn})
         if lp.lora is None:
             _record_mlp(t, lp.prefix + "mlp.", hn, lp)
+            c["traced_mlp_input"] = (hn, lp)  # so a traced backward can name the SwiGLU's gradients
         t.record_many(lp.prefix, **{"mlp.out": mlp_out, "out": out})
     c["prefix"], c["lora"] = lp.prefix, lp.lora
     return out, c
@@ -301,6 +302,10 @@ def block_backward(F, dout, c):
             F.swiglu_backward(dout, c["mlp"])
     else:
         dhn = swiglu_lora_backward(F, dout, c["mlp"], c["lora"], g)
+    t = active_trace()
+    if t is not None:
+        if "traced_mlp_input" in c:
+            _record_mlp_grads(t, prefix + "mlp.", *c["traced_mlp_input"], dout)
     dh_norm, g["post_attention_layernorm.weight"] = F.rmsnorm_backward(dhn, c["post_attention_layernorm"])
     dh = dout + dh_norm
     _record("d:" + prefix + "post_attention_layernorm.out", dhn)
@@ -346,6 +351,7 @@ def attention_layer_forward(F, xn, lp, cos, sin, cfg, causal, key_padding_mask, 
         prefix = lp.prefix + "self_attn."
         t.record_many(prefix, q=q, k=k, v=v, q_rot=q_rot, k_rot=k_rot)
         _record_attention(t, prefix, q_rot, k_rot, v, causal, key_padding_mask, q_offset)
+        c["traced_inputs"] = (q_rot, k_rot, v, causal, key_padding_mask, q_offset)
         t.record_many(prefix, attn_out=attn_out, out=out)
     return out, c
 
@@ -361,6 +367,8 @@ def attention_layer_backward(F, dout, c, prefix=""):
     dq_rot, dk_rot, dv = F.attention_backward(d_attn, c["attention"])     # dk, dv summed per group
     t = active_trace()
     if t is not None:
+        if "traced_inputs" in c:  # in the order attention_backward computes them
+            _record_attention_grads(t, prefix, c["traced_inputs"], d_attn)
         t.record_many("d:" + prefix, q_rot=dq_rot, k_rot=dk_rot, v=dv)
     dq = _merge_heads(F.rope_backward(dq_rot, c["q_rope"]))                # (B, T, H*hd)
     dk = _merge_heads(F.rope_backward(dk_rot, c["k_rope"]))                # (B, T, KVH*hd)
@@ -440,6 +448,27 @@ def _record_attention(t, prefix, q_rot, k_rot, v, causal, key_padding_mask, q_of
         scores = np.where(allowed, scores, -np.inf)
     t.record(prefix + "attn_scores", scores)
     t.record(prefix + "attn_probs", cache["attn_probs"])
+
+
+def _record_attention_grads(t, prefix, traced_inputs, d_attn):
+    """d:attn_probs and d:attn_scores, recomputed with the reference op when a trace asks."""
+    if not (t.wants("d:" + prefix + "attn_probs") or t.wants("d:" + prefix + "attn_scores")):
+        return
+    _, cache = reference_attention.attention_forward(*traced_inputs)
+    d_attn_probs, d_attn_scores = reference_attention.attention_score_grads(d_attn, cache)
+    t.record_many("d:" + prefix, attn_probs=d_attn_probs, attn_scores=d_attn_scores)
+
+
+def _record_mlp_grads(t, prefix, hn, lp, dout):
+    """d:act, d:gate and d:up of the SwiGLU, recomputed with the reference op when a trace asks."""
+    if not any(t.wants("d:" + prefix + s) for s in ("act", "gate", "up")):
+        return
+    gate = hn @ lp["mlp.gate_proj.weight"].T
+    up = hn @ lp["mlp.up_proj.weight"].T
+    _, act_cache = reference_swiglu.swiglu_act_forward(gate, up)
+    dact = dout @ lp["mlp.down_proj.weight"]                     # out = act W_down^T
+    dgate, dup = reference_swiglu.swiglu_act_backward(dact, act_cache)
+    t.record_many("d:" + prefix, act=dact, gate=dgate, up=dup)
 
 
 def _record_mlp(t, prefix, hn, lp):

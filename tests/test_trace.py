@@ -102,7 +102,8 @@ def test_include_and_exclude_patterns():
     model = tiny_model()
     t, _, _ = traced(model, include=["*.attn_probs", "d:*.q_rot"])
     assert t.names() == ["model.layers.0.self_attn.attn_probs", "model.layers.1.self_attn.attn_probs",
-                         "d:model.layers.1.self_attn.q_rot", "d:model.layers.0.self_attn.q_rot"]
+                         "d:model.layers.1.self_attn.attn_probs", "d:model.layers.1.self_attn.q_rot",
+                         "d:model.layers.0.self_attn.attn_probs", "d:model.layers.0.self_attn.q_rot"]
     t, _, _ = traced(model, exclude=["d:*", "*.mlp.*"])
     assert t.names() and not any(n.startswith("d:") or ".mlp." in n for n in t.names())
     assert "model.layers.1.residual" in t
@@ -118,7 +119,7 @@ def test_unwanted_attention_intermediates_are_not_recomputed(monkeypatch):
     traced(tiny_model(), include=["model.norm.out"])
     assert calls == []  # numpy backend's own attention call goes through backend.ops(), not here
     traced(tiny_model(), include=["*.attn_probs"])
-    assert len(calls) == 2  # one recomputation per layer
+    assert len(calls) == 4  # per layer: one for attn_probs, one for its gradient d:attn_probs
 
 
 def test_no_trace_outside_the_block_and_identical_results():
@@ -305,3 +306,25 @@ def test_benchmark_script_runs_and_strips_every_hook(tmp_path):
         assert variant in out
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["hook_calls_stripped"] == 0 and result["hook_calls"] > 0
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_gradients_inside_attention_and_the_mlp_agree_with_the_backward_pass(backend):
+    # d:attn_scores and d:mlp.gate/up are recomputed with the reference ops for the trace; they
+    # must be the ones the backend's own backward used: chain them one step further and compare
+    # with what that backward recorded (d:q_rot, d:post_attention_layernorm.out).
+    model = tiny_model()
+    t, _, _ = traced(model, backend=backend)
+    cfg = model.config
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
+    scale = 1 / np.sqrt(cfg.head_dim)
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        d_scores = t["d:" + p + "self_attn.attn_scores"]                          # (B, H, T, S)
+        k_rot = np.repeat(t[p + "self_attn.k_rot"], group, axis=1)              # (B, H, S, hd)
+        np.testing.assert_allclose(d_scores @ k_rot * scale, t["d:" + p + "self_attn.q_rot"], atol=1e-12)
+        np.testing.assert_allclose(d_scores.sum(-1), 0, atol=1e-12)            # softmax's Jacobian
+        w = model.params
+        dhn = (t["d:" + p + "mlp.gate"] @ w[p + "mlp.gate_proj.weight"]
+               + t["d:" + p + "mlp.up"] @ w[p + "mlp.up_proj.weight"])
+        np.testing.assert_allclose(dhn, t["d:" + p + "post_attention_layernorm.out"], atol=1e-12)

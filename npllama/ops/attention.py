@@ -58,19 +58,26 @@ def attention_backward(dout, cache):
     B, H, T, head_dim = q.shape
     KVH, S = k.shape[1], k.shape[2]
 
-    # out = attn_probs v
-    dout_groups = _split_groups(dout, KVH)                                   # (B, KVH, n_rep, T, hd)
-    d_attn_probs = (dout_groups @ v[:, :, None].swapaxes(-1, -2)).reshape(B, H, T, S)
-    dv = (_split_groups(attn_probs, KVH).swapaxes(-1, -2) @ dout_groups).sum(axis=2)  # (B, KVH, S, hd)
-
-    # attn_probs = softmax(attn_scores); masked entries have attn_probs = 0, so they get no gradient
-    d_attn_scores = softmax_backward(d_attn_probs, cache["softmax_cache"])  # (B, H, T, S)
+    # out = attn_probs v, then attn_probs = softmax(attn_scores)
+    d_attn_probs, d_attn_scores = attention_score_grads(dout, cache)       # (B, H, T, S) each
+    dv = (_split_groups(attn_probs, KVH).swapaxes(-1, -2) @ _split_groups(dout, KVH)).sum(axis=2)
 
     # attn_scores = q k^T * scale
     d_scores_groups = _split_groups(d_attn_scores, KVH)                     # (B, KVH, n_rep, T, S)
     dq = (d_scores_groups @ k[:, :, None]).reshape(B, H, T, head_dim) * scale
     dk = (d_scores_groups.swapaxes(-1, -2) @ _split_groups(q, KVH)).sum(axis=2) * scale
     return dq, dk, dv
+
+
+def attention_score_grads(dout, cache):
+    """(d_attn_probs, d_attn_scores), each (B, H, T, S): the first two steps of attention_backward
+    (a trace records them too).  Masked entries have attn_probs = 0, so they get no gradient."""
+    v = cache["v"]
+    B, H, T, _ = dout.shape
+    KVH, S = v.shape[1], v.shape[2]
+    d_attn_probs = (_split_groups(dout, KVH) @ v[:, :, None].swapaxes(-1, -2)).reshape(B, H, T, S)
+    d_attn_scores = softmax_backward(d_attn_probs, cache["softmax_cache"])
+    return d_attn_probs, d_attn_scores
 
 
 def attention_mask(T, S, causal, key_padding_mask=None, q_offset=0):

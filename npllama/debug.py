@@ -30,9 +30,10 @@ import numpy as np
 from . import backend
 from .trace import Comparison, Trace, compare, trace
 
-# Default relative tolerances: float32 round-off through a small model stays near 1e-6 of each
-# tensor's scale; a real bug is usually off by far more than 1e-4.
-DEFAULT_RTOL = {np.float32: 1e-4, np.float64: 1e-9}
+# Default relative tolerances, against each tensor's scale.  float32 round-off stays near 1e-6 for
+# most tensors, but gradients formed by cancellation (dq, dk and their weights' gradients, of a
+# trained model) reach ~2e-4 between two correct backends; a real bug is off by 1e-1 or more.
+DEFAULT_RTOL = {np.float32: 1e-3, np.float64: 1e-9}
 TRANSFORMERS_RTOL = {np.float32: 1e-4, np.float64: 1e-5}  # stock transformers keeps float32 islands
 
 

@@ -19,7 +19,7 @@ def _inputs(p) -> None:
 
 
 def _tolerance(p) -> None:
-    p.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: 1e-4 in float32)")
+    p.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: 1e-3 in float32, 1e-9 in float64)")
     p.add_argument("--atol", type=float, default=None, help="absolute tolerance (default: rtol times "
                    "the largest |value| of each tensor)")
     p.add_argument("--table", action="store_true", help="print every compared tensor, not just the first "
@@ -132,8 +132,11 @@ def run_trace(args) -> int:
 
 
 def run_diff(args) -> int:
+    import numpy as np
+
+    from ..debug import DEFAULT_RTOL
     from ..trace import Trace, compare
 
     a, b = Trace.load(args.a), Trace.load(args.b)
-    rtol = 1e-4 if args.rtol is None else args.rtol
+    rtol = DEFAULT_RTOL[np.float32] if args.rtol is None else args.rtol
     return _print_comparison(compare(a, b, rtol, args.atol, labels=(args.a, args.b)), args.table)

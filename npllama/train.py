@@ -169,8 +169,9 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "train_config.json", json.dumps(dataclasses.asdict(tc), indent=2) + "\n")
 
-    tokenizer = _prepare_tokenizer(tc, run_dir, echo)
-    ids = _prepare_tokens(tc, run_dir, tokenizer, echo)
+    texts = _load_corpus(tc)
+    tokenizer = _prepare_tokenizer(tc, run_dir, texts, echo)
+    ids = _prepare_tokens(tc, run_dir, tokenizer, texts)
     train_ids, val_ids = train_val_split(ids, tc.val_fraction, bos_id=tokenizer.bos_id)
     loader = BatchLoader(train_ids, tc.batch_size, tc.seq_len, seed=tc.seed)
     val_batches = evaluation_batches(val_ids, tc.batch_size, tc.seq_len, max_batches=tc.eval_batches)
@@ -428,7 +429,7 @@ class _Loop:
 
 
 # ----- preparation --------------------------------------------------------------------------------
-def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, echo):
+def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts: list[str], echo):
     from .tokenizer import Tokenizer
 
     path = run_dir / TOKENIZER_FILE
@@ -440,7 +441,6 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, echo):
         return Tokenizer(path)
     vocab_size = tc.vocab_size or PRESETS[tc.preset]["vocab_size"]
     echo(f"training a SentencePiece BPE tokenizer with {vocab_size} pieces ...")
-    texts = _load_corpus(tc)
     # SentencePiece writes its files in place; train under a temporary name and move the result
     # in atomically, so a run killed meanwhile never leaves a half-written tokenizer.model behind.
     prefix = run_dir / TOKENIZER_TRAINING_PREFIX
@@ -452,27 +452,18 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, echo):
     return Tokenizer(path)
 
 
-def _prepare_tokens(tc: TrainConfig, run_dir: Path, tokenizer, echo):
+def _prepare_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts: list[str]):
     from .data import tokenize_corpus
 
-    return tokenize_corpus(_load_corpus(tc), tokenizer, cache_path=run_dir / "tokens.npy",
-                           progress=tc.progress)
-
-
-_corpus_cache: dict = {}
+    return tokenize_corpus(texts, tokenizer, cache_path=run_dir / "tokens.npy", progress=tc.progress)
 
 
 def _load_corpus(tc: TrainConfig) -> list[str]:
-    """The run's documents (read once per process; the tokenizer and the tokens both need them)."""
+    """The run's documents: the user's --data, or the built-in stories."""
     from .corpus import make_default_corpus
     from .data import load_texts
 
-    key = (tc.data, tc.corpus_stories)
-    if key not in _corpus_cache:
-        _corpus_cache.clear()
-        _corpus_cache[key] = (load_texts(tc.data) if tc.data is not None
-                              else make_default_corpus(tc.corpus_stories, seed=0))
-    return _corpus_cache[key]
+    return load_texts(tc.data) if tc.data is not None else make_default_corpus(tc.corpus_stories, seed=0)
 
 
 def _model_config(tc: TrainConfig, tokenizer) -> LlamaConfig:

@@ -21,15 +21,11 @@ with OPENBLAS_NUM_THREADS=1.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
 import tracemalloc
-from pathlib import Path
 
-import numpy as np
+from _bench import best_time, print_table, write_json  # first: --threads
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np  # noqa: E402
 
 from npllama import Llama, LlamaConfig, use_backend  # noqa: E402
 from npllama.lora import ALL_TARGETS, ATTENTION_TARGETS, attach_lora  # noqa: E402
@@ -53,11 +49,7 @@ def measure(config, targets, r, batch, seq, repeat, backend):
 
     with use_backend(backend):
         grads = step()  # warm-up: kernels compiled, optimizer moments allocated
-        times = []
-        for _ in range(repeat):
-            started = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - started)
+        seconds = best_time(step, repeat=repeat, warmup=0)["best"]
         tracemalloc.start()
         step()
         _, peak = tracemalloc.get_traced_memory()
@@ -65,7 +57,7 @@ def measure(config, targets, r, batch, seq, repeat, backend):
     trainable = int(sum(p.size for p in params.values()))
     state_bytes = sum(g.nbytes for g in grads.values()) * 3  # gradient + AdamW's m and v
     return {"trainable": trainable, "share": trainable / model.num_parameters(),
-            "state_mb": state_bytes / 2**20, "peak_step_mb": peak / 2**20, "step_s": min(times)}
+            "state_mb": state_bytes / 2**20, "peak_step_mb": peak / 2**20, "step_s": seconds}
 
 
 def main(argv=None):
@@ -88,15 +80,13 @@ def main(argv=None):
 
     print(f"preset {args.preset} ({config.num_parameters():,} parameters), batch {args.batch} x {args.seq} "
           f"tokens, float32, {args.backend} backend")
-    header = f"{'variant':<18}{'trainable':>12}{'share':>9}{'grad+Adam MB':>14}{'step peak MB':>14}{'step ms':>10}{'vs full':>9}"
-    print(header)
-    print("-" * len(header))
     full = rows["full"]["step_s"]
-    for name, r in rows.items():
-        print(f"{name:<18}{r['trainable']:>12,}{100 * r['share']:>8.2f}%{r['state_mb']:>14.2f}"
-              f"{r['peak_step_mb']:>14.2f}{1e3 * r['step_s']:>10.1f}{r['step_s'] / full:>8.2f}x")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": rows}, indent=2) + "\n")
+    table = [dict(r, variant=name, step_ms=1e3 * r["step_s"], vs_full=r["step_s"] / full)
+             for name, r in rows.items()]
+    print_table(table, [("variant", "variant", "s"), ("trainable", "trainable", ","), ("share", "share", ".2%"),
+                        ("state_mb", "grad+Adam MB", ".2f"), ("peak_step_mb", "step peak MB", ".2f"),
+                        ("step_ms", "step ms", ".1f"), ("vs_full", "vs full", ".2f")])
+    write_json(args.json, {"args": vars(args), "results": rows})
     return rows
 
 

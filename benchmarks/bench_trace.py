@@ -23,14 +23,13 @@ import argparse
 import ast
 import contextvars
 import importlib.util
-import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from _bench import print_table, write_json  # first: --threads; puts the repo on sys.path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np  # noqa: E402
 
 import npllama  # noqa: E402
 from npllama import Llama, LlamaConfig, use_backend  # noqa: E402
@@ -168,17 +167,14 @@ def main(argv=None):
     base = results["no trace code"]
     print(f"{args.preset if not args.quick else 'quick'}: {model.num_parameters():,} parameters, "
           f"B={args.batch}, T={args.seq}, backend {args.backend}, best of {args.repeat} steps")
-    print(f"{'variant':<16} {'ms/step':>9} {'ratio':>7}")
-    for name, seconds in results.items():
-        print(f"{name:<16} {seconds * 1e3:>9.2f} {seconds / base:>7.3f}")
+    print_table([{"variant": name, "ms": seconds * 1e3, "ratio": seconds / base} for name, seconds in results.items()],
+                [("variant", "variant", "s"), ("ms", "ms/step", ".2f"), ("ratio", "ratio", ".3f")])
     bound = hooks * lookup
     print(f"tracing off pays {hooks} active_trace() lookups per step, {lookup * 1e9:.0f} ns each: "
           f"{bound * 1e6:.1f} us = {bound / base:.2e} of a step")
     print(f"(the stripped model makes {bare_hooks} such lookups)")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"results_seconds": results, "hook_calls": hooks,
-                                               "hook_calls_stripped": bare_hooks,
-                                               "contextvar_lookup_seconds": lookup}, indent=2))
+    write_json(args.json, {"results_seconds": results, "hook_calls": hooks, "hook_calls_stripped": bare_hooks,
+                           "contextvar_lookup_seconds": lookup})
     return results
 
 

@@ -134,6 +134,19 @@ def _require_finite_grads(grads):
         raise NonFiniteGradientError(list(names), list(counts))
 
 
+def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2):
+    """One AdamW update of p, m, v in place (bias_correction_i = 1 - beta_i^t; weight_decay = 0 for
+    parameters that are not decayed).  npllama.kernels.adamw.adamw_update is the same in one pass."""
+    p *= 1 - lr * weight_decay  # decoupled: shrink p itself, not via g
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * (g * g)
+    m_hat = m / bias_correction1  # bias correction: m, v start at 0
+    v_hat = v / bias_correction2
+    p -= lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
 def _hyperparam(hp, name):
     return _require_number(f"state['hyperparams'][{name!r}]", hp.get(name), low=0.0)
 
@@ -250,20 +263,11 @@ class AdamW(_Optimizer):
         fused = _fused_adamw_update()
         for name, p in self.params.items():
             g, m, v = grads[name], self.m[name], self.v[name]
+            update = adamw_update
             if fused is not None and p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous:
-                # the same arithmetic in one pass over memory (npllama/kernels/adamw.py, tested equal)
-                fused(p, g, m, v, lr, beta1, beta2, self.eps, self.weight_decay if self.decay[name] else 0.0,
-                      1 - beta1 ** t, 1 - beta2 ** t)
-                continue
-            if self.decay[name]:
-                p *= 1 - lr * self.weight_decay  # decoupled: shrink p itself, not via g
-            m *= beta1
-            m += (1 - beta1) * g
-            v *= beta2
-            v += (1 - beta2) * (g * g)
-            m_hat = m / (1 - beta1 ** t)         # bias correction: m, v start at 0
-            v_hat = v / (1 - beta2 ** t)
-            p -= lr * m_hat / (np.sqrt(v_hat) + self.eps)
+                update = fused  # the same arithmetic in one pass over memory (npllama/kernels/adamw.py)
+            update(p, g, m, v, lr, beta1, beta2, self.eps, self.weight_decay if self.decay[name] else 0.0,
+                   1 - beta1 ** t, 1 - beta2 ** t)
 
     def state_dict(self) -> dict:
         """Step count, hyper-parameters, decay mask and moments (copies: later steps don't alter it)."""

@@ -52,14 +52,14 @@ def attention_forward(q, k, v, causal=True, key_padding_mask=None, q_offset=0):
 def attention_backward(dout, cache):
     """Returns (dq, dk, dv).  dk, dv: (B, KVH, S, head_dim), each the sum over the n_rep query
     heads that shared that kv head."""
-    q, k, v = cache["q"], cache["k"], cache["v"]
+    q, k = cache["q"], cache["k"]
     require_shape("dout", dout, q.shape, "the output's shape (B, H, T, head_dim), as q")
     attn_probs, scale = cache["attn_probs"], cache["scale"]
     B, H, T, head_dim = q.shape
-    KVH, S = k.shape[1], k.shape[2]
+    KVH = k.shape[1]
 
     # out = attn_probs v, then attn_probs = softmax(attn_scores)
-    d_attn_probs, d_attn_scores = attention_score_grads(dout, cache)       # (B, H, T, S) each
+    _, d_attn_scores = attention_score_grads(dout, cache)                   # (B, H, T, S)
     dv = (_split_groups(attn_probs, KVH).swapaxes(-1, -2) @ _split_groups(dout, KVH)).sum(axis=2)
 
     # attn_scores = q k^T * scale

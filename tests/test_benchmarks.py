@@ -1,0 +1,51 @@
+"""The benchmark scripts run, on their smallest settings, and write every row they promise.
+
+No timing is judged here (speed lives in benchmarks/, never in tests): these only keep the
+scripts from rotting when the code they time changes -- a kernel that gains or loses a
+direction, a renamed helper, a changed config."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_benchmark(script, *args, json_path):
+    subprocess.run([sys.executable, str(BENCHMARKS / script), *args, "--json", str(json_path)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    return json.loads(json_path.read_text())
+
+
+def test_bench_kernels_times_every_kernel_against_its_reference(tmp_path):
+    from npllama.kernels import KERNELS
+
+    result = run_benchmark("bench_kernels.py", "--shapes", "tiny", "--repeat", "1", json_path=tmp_path / "k.json")
+    rows = {row["kernel"]: row for row in result["kernels"]}
+    timed_ops = {name.rsplit("_", 1)[0] for name in KERNELS}
+    assert timed_ops <= set(rows), f"kernels without a benchmark row: {timed_ops - set(rows)}"
+    for name, row in rows.items():
+        assert row["numba_fwd_ms"] > 0 and row["ref_fwd_ms"] > 0 and row["ratio"] > 0, name
+    # the ops bound by BLAS also report what their products alone take
+    for name in ("attention", "swiglu"):
+        assert rows[name]["blas_ms"] > 0 and rows[name]["ceiling"] > 0
+    assert result["keep_freed_memory"] in (True, False)
+
+
+def test_bench_train_reports_a_training_step(tmp_path):
+    result = run_benchmark("bench_train.py", "--configs", "tiny", "--repeat", "1", "--no-numpy",
+                           json_path=tmp_path / "t.json")
+    (row,) = result["configs"]
+    assert row["config"] == "tiny" and row["numba_tok_s"] > 0 and row["numba+optim_tok_s"] > 0
+    assert row["numba_peak_rss_mib"] > 0 and len(result["startup_seconds"]) == 3
+
+
+@pytest.mark.parametrize("script, args, key", [
+    ("bench_decode.py", ("--config", "tiny", "--tokens", "8", "--repeat", "1"), "decode"),
+    ("bench_lora.py", ("--quick",), "results"),
+])
+def test_small_benchmarks_run(tmp_path, script, args, key):
+    result = run_benchmark(script, *args, json_path=tmp_path / "out.json")
+    assert result[key], f"{script} wrote no {key}"

@@ -6,16 +6,17 @@ probability 0, a row that is entirely -inf gives all zeros.  The cache is p, as 
 import numpy as np
 from numba import njit, prange
 
-from ..ops.softmax import check_softmax_args
+from ..ops.softmax import check_softmax_args, raise_nan_or_posinf
 from ._simd import exp_nonpositive, row_dot, row_max, row_sum
 
 
 def softmax_forward(x):
     """p = softmax(x, axis=-1).  Returns (p, cache = p)."""
-    check_softmax_args(x)
+    check_softmax_args(x, check_values=False)
     N = x.shape[-1]
     p = np.empty(x.shape, dtype=x.dtype)
-    _softmax_rows(np.ascontiguousarray(x).reshape(-1, N), p.reshape(-1, N))
+    if _softmax_rows(np.ascontiguousarray(x).reshape(-1, N), p.reshape(-1, N)):
+        raise_nan_or_posinf()
     return p, p
 
 
@@ -33,19 +34,29 @@ def softmax_backward(dp, cache):
 
 @njit(cache=True, error_model="numpy")
 def _softmax_rows(x, p):
-    """p[r] = softmax(x[r]) for each row of x (N, V)."""
+    """p[r] = softmax(x[r]) for each row of x (N, V).  Returns how many rows hold a NaN or +inf
+    (the reference refuses those before it starts; here the pass that reads x finds them)."""
     one = x.dtype.type(1)
+    bad_rows = 0
     for r in prange(x.shape[0]):
         x_row, p_row = x[r], p[r]
-        row_max_value = row_max(x_row)
-        if row_max_value == -np.inf:     # fully masked: all zeros, not 0/0
+        row_max_value = row_max(x_row)   # +inf if the row holds +inf, NaN if a (positive) NaN
+        if row_max_value == -np.inf:     # fully masked: all zeros, not 0/0 ...
             p_row[:] = 0
+            for i in range(x_row.size):  # ... unless a NaN with its sign bit set hides there
+                if x_row[i] != x_row[i]:
+                    bad_rows += 1
+                    break
             continue
         for i in range(x_row.size):
             p_row[i] = exp_nonpositive(x_row[i] - row_max_value)
-        inv_total = one / row_sum(p_row)
+        total = row_sum(p_row)           # NaN if any x was NaN or the max was +inf
+        if not total < np.inf:
+            bad_rows += 1
+        inv_total = one / total
         for i in range(p_row.size):
             p_row[i] = p_row[i] * inv_total
+    return bad_rows
 
 
 @njit(cache=True, error_model="numpy")

@@ -23,6 +23,8 @@ BAD_FORWARD_CALLS = [
     ("rope_forward", (qkv[..., :3], np.zeros((3, 3)), np.zeros((3, 3))), "head_dim"),  # odd
     ("rope_forward", (qkv, np.zeros((3, 4), np.float32), np.zeros((3, 4))), "dtype"),
     ("softmax_forward", (np.array([[0.0, np.nan]]),), "x"),
+    ("softmax_forward", (np.array([[0.0, 1.0], [0.0, np.inf]], np.float32),), "x"),    # +inf, 2nd row
+    ("softmax_forward", (np.array([[-np.inf, -np.nan]]),), "x"),   # NaN with its sign bit, row masked
     ("softmax_forward", (np.zeros((2, 0)),), "x"),
     ("attention_forward", (qkv, np.zeros((1, 3, 3, 4)), np.zeros((1, 3, 3, 4))), "heads"),  # 2 % 3
     ("attention_forward", (qkv, qkv, np.zeros((1, 2, 4, 4))), "v"),

@@ -142,23 +142,24 @@ def _masked_softmax_rows(scores, row_start, scale, lse, T, q_offset, causal, use
         for r in range(R):
             row = scores[b, g, r]
             n = _n_visible((row_start + r) % T, n_keys, q_offset, causal)
-            for s in range(n):
-                row[s] = row[s] * scale
-                if use_padding and not padding[b, s]:
-                    row[s] = neg_inf
+            if use_padding:                            # a loop of its own: the others vectorise
+                for s in range(n):
+                    if not padding[b, s]:
+                        row[s] = neg_inf
             row[n:] = 0
+            # max(x * scale) = max(x) * scale as scale > 0: the scale goes into exp's argument
             row_max_value = row_max(row[:n]) if n > 0 else neg_inf
             if row_max_value == neg_inf:               # nothing visible: a zero row
                 row[:n] = 0
                 lse[b, g, r] = neg_inf
                 continue
             for s in range(n):
-                row[s] = exp_nonpositive(row[s] - row_max_value)
+                row[s] = exp_nonpositive((row[s] - row_max_value) * scale)
             total = row_sum(row[:n])
             inv_total = one / total
             for s in range(n):
                 row[s] = row[s] * inv_total
-            lse[b, g, r] = row_max_value + np.log(total)
+            lse[b, g, r] = row_max_value * scale + np.log(total)
 
 
 @njit(cache=True, error_model="numpy")

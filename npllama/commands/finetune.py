@@ -1,5 +1,5 @@
 """`npllama finetune classify|sft`: adapt a pre-trained model to a task (article §3.3, §6, §9.2)."""
-from . import HelpFormatter, UsageError
+from . import HelpFormatter, UsageError, prepare_training_process
 
 LORA_HELP = ("train LoRA adapters (and the new head) only, the base weights frozen; saved in PEFT's "
              "adapter layout")
@@ -108,6 +108,7 @@ def run_classify(args) -> int:
     from ..finetune import ClassifyConfig, classify
 
     config = _config(ClassifyConfig, args)
+    prepare_training_process()
     with use_backend(args.backend or get_backend()):
         classify(config)
     return 0
@@ -118,6 +119,7 @@ def run_sft(args) -> int:
     from ..finetune import SFTConfig, sft
 
     config = _config(SFTConfig, args)
+    prepare_training_process()
     with use_backend(args.backend or get_backend()):
         sft(config)
     return 0

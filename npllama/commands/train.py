@@ -2,7 +2,7 @@
 import dataclasses
 import sys
 
-from . import HelpFormatter, UsageError
+from . import HelpFormatter, UsageError, prepare_training_process
 
 
 def register(subparsers) -> None:
@@ -64,11 +64,7 @@ def run(args) -> int:
         tc = TrainConfig(**values)
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
-    from ..kernels.memory import keep_freed_memory
-
-    # A training process reuses the same big blocks every step: keeping freed memory in the heap
-    # saves 10-20% of a step in page faults (npllama/kernels/memory.py, benchmarks/README.md).
-    keep_freed_memory()
+    prepare_training_process()
     with use_backend(args.backend or get_backend()):
         try:
             result = train(tc, resume=args.resume)

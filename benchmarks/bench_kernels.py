@@ -87,8 +87,8 @@ def bench_op(name, args, make_dout, repeat, rng):
 
 def attention_products(q, k, v, dout):
     """The attention kernel's matrix products alone, forward and backward, in its own causal query
-    blocks (kernels.attention._query_blocks) and into preallocated outputs: the time no kernel
-    that leaves these products to BLAS can go below."""
+    blocks (kernels.attention._query_blocks) and into preallocated outputs: the time the kernel
+    cannot go below while its products stay as they are."""
     B, H, T, hd = q.shape
     blocks = attention_kernel._query_blocks(B, H, 1, T, T, 0, True, q.itemsize, True)
     k_t, v_t = k.swapaxes(-1, -2), v.swapaxes(-1, -2)
@@ -117,7 +117,7 @@ def swiglu_products(x, w_gate, w_up, w_down, dout):
     gate_up.T @ x_rows
 
 
-# What a kernel's time cannot go below when its matrix products stay in BLAS
+# The time a kernel cannot go below while its matrix products stay as they are
 PRODUCTS_ALONE = {"attention": attention_products, "swiglu": swiglu_products}
 
 
@@ -199,8 +199,8 @@ def main(argv=None):
                        ("blas_ms", "its BLAS ms", ".2f"), ("outside_blas_ms", "rest ms", ".2f"),
                        ("ceiling", "ceiling x", ".1f")])
     print("its BLAS ms: the kernel's matrix products alone (same shapes, same blocks); rest ms: the "
-          "kernel's time outside them;\nceiling x: reference / its BLAS ms, the ratio no kernel that "
-          "keeps these products in BLAS can pass.")
+          "kernel's time outside them;\nceiling x: reference / its BLAS ms, the ratio the kernel would "
+          "reach if everything but its products took no time.")
     long_rows = None
     if args.long_context:
         print("\ncausal attention forward + backward, B=1, H=6, hd=48 "

@@ -46,6 +46,7 @@ def op_inputs(shapes: str, rng) -> dict:
     tokens = rng.integers(0, V, size=(B, T))
     return {
         "embedding": ((tokens, normal(V, D, scale=0.02)), None),
+        "linear": ((normal(B, T, D), normal(D, D, scale=0.02)), None),          # q, k, v, o projections
         "rmsnorm": ((normal(B, T, D), np.ones(D, f32), 1e-5), None),
         "rope": ((heads_view, cos, sin), None),
         "softmax": ((normal(B, H, T, T),), None),
@@ -117,8 +118,16 @@ def swiglu_products(x, w_gate, w_up, w_down, dout):
     gate_up.T @ x_rows
 
 
+def linear_products(x, weight, dout):
+    """The linear kernel's three products (y, dx, dweight) over all rows at once."""
+    x_rows, dout_rows = x.reshape(-1, x.shape[-1]), dout.reshape(-1, weight.shape[0])
+    x_rows @ weight.T
+    dout_rows @ weight
+    dout_rows.T @ x_rows
+
+
 # The time a kernel cannot go below while its matrix products stay as they are
-PRODUCTS_ALONE = {"attention": attention_products, "swiglu": swiglu_products}
+PRODUCTS_ALONE = {"attention": attention_products, "swiglu": swiglu_products, "linear": linear_products}
 
 
 def bench_adamw(repeat, rng):

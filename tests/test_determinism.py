@@ -90,6 +90,7 @@ def op_inputs(dtype):
     cos, sin = rope_cos_sin(np.arange(T), hd, 10000.0, dtype=dtype)
     return {
         "embedding": ((rng.integers(0, V, (B, T)), r(V, D)), {}),
+        "linear": ((r(B, T, D), r(F, D)), {}),
         "rmsnorm": ((r(B, T, D), r(D), 1e-5), {}),
         "rope": ((r(B, H, T, hd), cos, sin), {}),
         "softmax": ((r(B, T, V),), {}),

@@ -5,7 +5,9 @@ swaps them in when the "numba" backend is in force.  Each is tested equal to its
 (tests/kernels/).  A kernel's forward and backward come as a pair: the cache one returns is
 only ever read by the other, so its format may differ from the reference's.
 
-Matrix products stay in BLAS (NumPy's matmul); the kernels fuse what lies between them.  Every
+Matrix products stay in BLAS (NumPy's matmul); the kernels fuse what lies between them, and
+shape the products so that BLAS gets few large ones (linear.py: one product over all B*T rows
+instead of NumPy's one per batch row).  Every
 njit has cache=True (compiled once, then loaded from __pycache__) and error_model="numpy" (no
 Python division-by-zero checks, which would stop LLVM from vectorising the loops), and no
 fast-math flags except 'reassoc'/'contract' on the row sums in _simd.py, so NaN, Inf and -inf
@@ -48,10 +50,12 @@ def _drop_stale_numba_cache() -> None:
 
 _drop_stale_numba_cache()
 
-from . import attention, cross_entropy, embedding, rmsnorm, rope, softmax, swiglu  # noqa: E402
+from . import attention, cross_entropy, embedding, linear, rmsnorm, rope, softmax, swiglu  # noqa: E402
 
 KERNELS: dict = {
     "embedding_backward": embedding.embedding_backward,
+    "linear_forward": linear.linear_forward,
+    "linear_backward": linear.linear_backward,
     "rmsnorm_forward": rmsnorm.rmsnorm_forward,
     "rmsnorm_backward": rmsnorm.rmsnorm_backward,
     "rope_forward": rope.rope_forward,

@@ -10,10 +10,7 @@ from ._checks import require_float_array, require_last_dim, require_same_dtype, 
 
 def linear_forward(x, weight):
     """y = x @ weight.T.  Returns (y, cache)."""
-    require_float_array("x", x)
-    require_float_array("weight", weight, ndim=2)
-    require_last_dim("x", x, weight.shape[1], "weight.shape[1] (in_features)")
-    require_same_dtype(x=x, weight=weight)
+    check_linear_args(x, weight)
     y = x @ weight.T  # (..., out)
     return y, (x, weight)
 
@@ -21,7 +18,19 @@ def linear_forward(x, weight):
 def linear_backward(dy, cache):
     """Returns (dx, dweight):  dx = dy W,  dW = sum over rows of dy^T x."""
     x, weight = cache
-    require_shape("dy", dy, x.shape[:-1] + weight.shape[:1], "the shape of y = x @ weight.T")
+    check_linear_backward_args(dy, x, weight)
     dx = dy @ weight  # (..., in)
     dweight = dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])  # (out, in)
     return dx, dweight
+
+
+def check_linear_args(x, weight):
+    """The forward's argument checks (shared with the kernel)."""
+    require_float_array("x", x)
+    require_float_array("weight", weight, ndim=2)
+    require_last_dim("x", x, weight.shape[1], "weight.shape[1] (in_features)")
+    require_same_dtype(x=x, weight=weight)
+
+
+def check_linear_backward_args(dy, x, weight):
+    require_shape("dy", dy, x.shape[:-1] + weight.shape[:1], "the shape of y = x @ weight.T")

@@ -18,7 +18,7 @@ def test_every_kernel_replaces_a_reference_of_the_same_name():
     reference = backend.ops("numpy")
     for name in KERNELS:
         assert hasattr(reference, name), name
-    for name in ("attention", "cross_entropy", "rmsnorm", "rope", "swiglu"):
+    for name in ("attention", "cross_entropy", "linear", "rmsnorm", "rope", "swiglu"):
         for suffix in ("_forward", "_backward"):
             assert backend.ops("numba").__dict__[name + suffix] is KERNELS[name + suffix]
     # the lookup is NumPy's own on both backends; only its backward has a kernel

@@ -15,6 +15,9 @@ BAD_FORWARD_CALLS = [
     ("embedding_forward", (np.zeros((2, 3)), np.zeros((5, 4))), "tokens"),         # float ids
     ("embedding_forward", (np.array([[5]]), np.zeros((5, 4))), "tokens"),          # id out of range
     ("embedding_forward", (ints, np.zeros(5)), "weight"),                          # 1-D table
+    ("linear_forward", (f64, np.zeros((5, 3))), "in_features"),                   # wrong in
+    ("linear_forward", (f64, np.zeros(4)), "weight"),                              # 1-D weight
+    ("linear_forward", (f32, np.zeros((5, 4))), "dtype"),
     ("rmsnorm_forward", (f32, np.ones(4), 1e-5), "dtype"),                         # float64 weight
     ("rmsnorm_forward", (f64, np.ones(5), 1e-5), "weight"),                        # wrong D
     ("rmsnorm_forward", (f64, np.ones(4), -1.0), "eps"),
@@ -59,6 +62,7 @@ def test_kernel_rejects_what_the_reference_rejects(op, args, mentions):
 
 @pytest.mark.parametrize("op, args", [
     ("rmsnorm", (np.zeros((2, 4)), np.ones(4), 1e-5)),
+    ("linear", (np.zeros((2, 3, 4)), np.zeros((5, 4)))),
     ("softmax", (np.zeros((2, 4)),)),
     ("swiglu_act", (np.zeros((2, 4)), np.zeros((2, 4)))),
     ("embedding", (np.zeros((2, 3), dtype=np.int64), np.zeros((5, 4)))),

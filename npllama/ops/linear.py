@@ -28,6 +28,9 @@ def check_linear_args(x, weight):
     """The forward's argument checks (shared with the kernel)."""
     require_float_array("x", x)
     require_float_array("weight", weight, ndim=2)
+    if 0 in weight.shape:
+        raise ValueError(f"weight must have at least one output and one input feature, got shape "
+                         f"{weight.shape} (out_features, in_features)")
     require_last_dim("x", x, weight.shape[1], "weight.shape[1] (in_features)")
     require_same_dtype(x=x, weight=weight)
 

@@ -18,6 +18,7 @@ BAD_FORWARD_CALLS = [
     ("linear_forward", (f64, np.zeros((5, 3))), "in_features"),                   # wrong in
     ("linear_forward", (f64, np.zeros(4)), "weight"),                              # 1-D weight
     ("linear_forward", (f32, np.zeros((5, 4))), "dtype"),
+    ("linear_forward", (f64, np.zeros((0, 4))), "weight"),                         # no outputs
     ("rmsnorm_forward", (f32, np.ones(4), 1e-5), "dtype"),                         # float64 weight
     ("rmsnorm_forward", (f64, np.ones(5), 1e-5), "weight"),                        # wrong D
     ("rmsnorm_forward", (f64, np.ones(4), -1.0), "eps"),

@@ -7,17 +7,20 @@ only ever read by the other, so its format may differ from the reference's.
 
 Matrix products stay in BLAS (NumPy's matmul); the kernels fuse what lies between them, and
 shape the products so that BLAS gets few large ones (linear.py: one product over all B*T rows
-instead of NumPy's one per batch row).  Every
-njit has cache=True (compiled once, then loaded from __pycache__) and error_model="numpy" (no
-Python division-by-zero checks, which would stop LLVM from vectorising the loops), and no
-fast-math flags except 'reassoc'/'contract' on the row sums in _simd.py, so NaN, Inf and -inf
-masks keep their meaning.
+instead of NumPy's one per batch row).
+
+Every njit has cache=True (compiled once, then loaded from __pycache__) and
+error_model="numpy" (no Python division-by-zero checks, which would stop LLVM from vectorising
+the loops), and no fast-math flags except 'reassoc'/'contract' on the row sums in _simd.py, so
+NaN, Inf and -inf masks keep their meaning.
 
 Threads: row loops are written with `prange` (their iterations are independent), but compiled
 with parallel=False.  Measured on this 2-core machine, a training step got slower, not faster,
 with parallel kernels: OpenBLAS's worker thread spins between matrix products and numba's
 threads spin after each parallel loop, and each steals the core the other needs.  The two cores
 go to BLAS, where nearly all the time is.  (parallel=True on one kernel is a one-word experiment.)
+Attention split over two Python worker threads, which sleep when idle, was faster on its own
+and still no faster in a training step (benchmarks/README.md has the numbers).
 
 Not ops, and so not in KERNELS: `adamw.adamw_update` (one pass of the AdamW update, for
 npllama.optim), `decode.FastDecoder` (batch-1 decoding with a preallocated KV cache) and

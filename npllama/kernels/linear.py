@@ -5,7 +5,8 @@ Same signatures and results as npllama.ops.linear (derivations/linear.md):  y = 
 The reference writes `x @ weight.T` with x of shape (B, T, in): NumPy's matmul treats that as
 a stack of B products of T rows each, one BLAS call per batch row.  Here x is viewed as
 (B*T, in) so that BLAS gets a single product with B*T rows, which it blocks and threads
-better: 10-14% faster on the tiny shapes, 3-5% on s15m's (benchmarks/README.md).
+better.  Measured on 2 cores: the products 10-14% faster at the tiny config's shapes and 3-5% at
+s15m's; a whole training step 4% and 2% faster (benchmarks/README.md).
 """
 from ..ops.linear import check_linear_args, check_linear_backward_args
 

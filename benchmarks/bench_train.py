@@ -24,6 +24,7 @@ malloc alone.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -137,45 +138,25 @@ def step_memory(framework: str, name: str) -> dict:
     become resident then).
 
     The kernel's high-water mark is reset (/proc/self/clear_refs) just before the steps, so the
-    peak of importing a framework or loading weights does not count."""
-    from npllama import Llama
-    from npllama.optim import AdamW
+    peak of importing a framework or loading weights does not count.  Neither does loading a
+    framework's compiled code on first use (numba's cached kernels: ~130 MiB of LLVM and machine
+    code; PyTorch's lazily built kernels): each framework first trains a throwaway model of 2 ×
+    16 hidden units for one step."""
+    from npllama import LlamaConfig
+    from npllama.kernels.memory import keep_freed_memory
 
+    if framework == "npllama":
+        keep_freed_memory()  # as `npllama train` does
     config = make_config(name)
     B, T = CONFIGS[name]["batch"], CONFIGS[name]["seq"]
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, config.vocab_size, size=(B, T))
     targets = np.roll(tokens, -1, axis=1)
-    model = Llama(config, seed=0, dtype=np.float32)
-    if framework == "npllama":
-        from npllama.kernels.memory import keep_freed_memory
-
-        keep_freed_memory()  # as `npllama train` does
-        optimizer = AdamW(model.params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
-
-        def step():
-            optimizer.step(model.loss_and_grads(tokens, targets)[1])
-    else:
-        import numba
-        import torch
-        from transformers import LlamaForCausalLM
-
-        torch.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        with tempfile.TemporaryDirectory() as folder:
-            model.save_pretrained(folder)
-            hf = LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32, attn_implementation="sdpa")
-        del model
-        hf.train()
-        torch_optimizer = torch.optim.AdamW(hf.parameters(), lr=LR, betas=BETAS, eps=EPS,
-                                            weight_decay=WEIGHT_DECAY)
-        input_ids, labels = torch.from_numpy(tokens), torch.from_numpy(targets)
-
-        def step():
-            logits = hf(input_ids=input_ids).logits
-            loss = torch.nn.functional.cross_entropy(logits.view(-1, config.vocab_size), labels.view(-1))
-            loss.backward()
-            torch_optimizer.step()
-            torch_optimizer.zero_grad(set_to_none=True)
+    warm_up = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    _training_step(framework, warm_up, tokens[:2, :16] % 64, targets[:2, :16] % 64)()
+    gc.collect()
+    step = _training_step(framework, config, tokens, targets)
     baseline = _status_mib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak (VmHWM) to the current resident set
@@ -184,6 +165,47 @@ def step_memory(framework: str, name: str) -> dict:
     peak = _status_mib("VmHWM")
     return {"framework": framework, "config": name, "baseline_mib": baseline, "peak_mib": peak,
             "step_mib": peak - baseline}
+
+
+def _training_step(framework: str, config, tokens, targets):
+    """A model of `config` in `framework` and its AdamW, built now; returns a function that
+    runs one training step (forward, backward, optimizer)."""
+    from npllama import Llama
+    from npllama.optim import AdamW
+
+    model = Llama(config, seed=0, dtype=np.float32)
+    if framework == "npllama":
+        optimizer = AdamW(model.params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
+        return lambda: optimizer.step(model.loss_and_grads(tokens, targets)[1])
+    return _torch_training_step(_as_torch_model(model), config, tokens, targets)
+
+
+def _as_torch_model(model):
+    """The same weights as a transformers LlamaForCausalLM (the npllama model can then go)."""
+    import numba
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        return LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32, attn_implementation="sdpa")
+
+
+def _torch_training_step(hf, config, tokens, targets):
+    import torch
+
+    hf.train()
+    torch_optimizer = torch.optim.AdamW(hf.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
+    input_ids, labels = torch.from_numpy(tokens), torch.from_numpy(targets)
+
+    def step():
+        logits = hf(input_ids=input_ids).logits
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, config.vocab_size), labels.view(-1))
+        loss.backward()
+        torch_optimizer.step()
+        torch_optimizer.zero_grad(set_to_none=True)
+    return step
 
 
 def _status_mib(field: str) -> float:

@@ -34,12 +34,14 @@ def test_bench_kernels_times_every_kernel_against_its_reference(tmp_path):
     assert result["keep_freed_memory"] in (True, False)
 
 
-def test_bench_train_reports_a_training_step(tmp_path):
-    result = run_benchmark("bench_train.py", "--configs", "tiny", "--repeat", "1", "--no-numpy",
+def test_bench_train_reports_a_training_step_and_its_memory(tmp_path):
+    result = run_benchmark("bench_train.py", "--configs", "tiny", "--repeat", "1", "--no-numpy", "--memory",
                            json_path=tmp_path / "t.json")
     (row,) = result["configs"]
     assert row["config"] == "tiny" and row["numba_tok_s"] > 0 and row["numba+optim_tok_s"] > 0
     assert row["numba_peak_rss_mib"] > 0 and len(result["startup_seconds"]) == 3
+    (memory,) = result["memory"]
+    assert memory["config"] == "tiny" and 0 < memory["npllama_step_mib"] < memory["npllama_peak_mib"]
 
 
 @pytest.mark.parametrize("script, args, key", [

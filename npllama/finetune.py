@@ -35,7 +35,8 @@ from .lora import ATTENTION_TARGETS, attach_lora
 from .objectives import pad_batch
 from .ops.classifier import classifier_backward, classifier_forward, last_token_index
 from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
-from .optim import AdamW, clip_grad_norm, cosine_with_warmup
+from .optim import AdamW, clip_grad_norm, cosine_with_warmup, describe_bad_gradients, describe_non_finite_params
+from .train import TrainingError
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 SCORE = "score.weight"
@@ -78,9 +79,17 @@ def run_steps(params: dict, loss_and_grads, make_batch, sc: StepConfig, desc: st
     bar = tqdm(range(sc.steps), desc=desc, disable=not sc.progress, leave=False)
     for step in bar:
         loss, grads = loss_and_grads(make_batch(step))
+        problem = None
         if not math.isfinite(loss):
-            raise FloatingPointError(f"step {step + 1}: the loss is {loss}; try a lower --lr")
-        clip_grad_norm(grads, sc.grad_clip)
+            problem = f"the loss is {loss}{describe_non_finite_params(params)}"
+        else:
+            grad_norm = clip_grad_norm(grads, sc.grad_clip)
+            if not math.isfinite(grad_norm):
+                problem = describe_bad_gradients(grads, grad_norm)
+        if problem is not None:
+            bar.close()
+            raise TrainingError(f"step {step + 1}: {problem}; stopped without applying this step "
+                                f"(try a lower --lr)")
         lr = cosine_with_warmup(step, max_lr=sc.lr, warmup_steps=min(sc.warmup_steps, sc.steps - 1),
                                 total_steps=sc.steps, min_lr=sc.lr / 10)
         optimizer.step(grads, lr=lr)

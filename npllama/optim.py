@@ -34,7 +34,9 @@ class NonFiniteGradientError(ValueError):
         self.counts = list(counts)
         self.name = self.names[0]
         self.what = what
-        listed = ", ".join(f"{n!r} ({c} {what})" for n, c in zip(names, counts))
+        listed = ", ".join(f"{n!r} ({c} {what})" for n, c in zip(names[:3], counts))
+        if len(names) > 3:  # a diverged model has them all: name a few, count the rest
+            listed += f" and {len(names) - 3} more"
         problem = ("non-finite gradient (NaN or Inf)" if what == "non-finite"
                    else f"gradient entries too large to square ({what})")
         super().__init__(f"{problem} for parameter(s) {listed}; "
@@ -418,6 +420,24 @@ def global_grad_norm(grads: Mapping[str, np.ndarray]) -> float:
         g64 = g.astype(np.float64, copy=False)  # float32 squares summed in float32 lose digits
         sum_sq += float(np.vdot(g64, g64))
     return math.sqrt(sum_sq)
+
+
+def describe_non_finite_params(params: Mapping[str, np.ndarray]) -> str:
+    """Which parameters hold NaN/Inf (the usual reason for a non-finite loss), as a clause."""
+    bad = [name for name, p in params.items() if not np.isfinite(p).all()]
+    if not bad:
+        return " (every parameter is finite: this batch overflowed the forward pass)"
+    return f" (parameters holding NaN/Inf: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})"
+
+
+def describe_bad_gradients(grads: Mapping[str, np.ndarray], grad_norm: float) -> str:
+    """What is wrong with gradients whose global norm is not finite, as a clause."""
+    bad = [name for name, g in grads.items() if not np.isfinite(g).all()]
+    if bad:
+        more = f" and {len(bad) - 1} other parameter(s)" if len(bad) > 1 else ""
+        return f"the gradient of {bad[0]}{more} is not finite"
+    largest = max(grads, key=lambda name: float(np.max(np.abs(grads[name]), initial=0.0)))
+    return f"the gradient norm overflows ({grad_norm}); its largest entries are in {largest}"
 
 
 def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> float:

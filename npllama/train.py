@@ -23,7 +23,8 @@ import numpy as np
 from .config import PRESETS, LlamaConfig
 from .io.atomic import atomic_write_bytes, atomic_write_text
 from .io.errors import CheckpointError
-from .optim import AdamW, NonFiniteGradientError, clip_grad_norm, cosine_with_warmup
+from .optim import (AdamW, NonFiniteGradientError, clip_grad_norm, cosine_with_warmup, describe_bad_gradients,
+                    describe_non_finite_params)
 from .runs import TOKENIZER_FILE, mark_latest, recover_checkpoint, remove_stale_temporaries
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -290,22 +291,6 @@ def _reporting_write_errors(what: str, path: Path):
             errno=error.errno) from error
 
 
-def _non_finite_params(params: dict) -> str:
-    """Which parameters hold NaN/Inf (the usual reason for a non-finite loss), as a clause."""
-    bad = [name for name, p in params.items() if not np.isfinite(p).all()]
-    if not bad:
-        return " (every parameter is finite: this batch overflowed the forward pass)"
-    return f" (parameters holding NaN/Inf: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})"
-
-
-def _describe_bad_gradients(grads: dict, grad_norm: float) -> str:
-    for name, g in grads.items():
-        if not np.isfinite(g).all():
-            return f"the gradient of {name} is not finite"
-    largest = max(grads, key=lambda name: float(np.max(np.abs(grads[name]), initial=0.0)))
-    return f"the gradient norm overflows ({grad_norm}); its largest entries are in {largest}"
-
-
 class _Loop:
     """The step loop and what it writes (log lines, checkpoints)."""
 
@@ -337,11 +322,11 @@ class _Loop:
                                     total_steps=tc.steps, min_lr=tc.min_lr)
             loss, grads = self.accumulate()
             if not math.isfinite(loss):
-                self.non_finite(f"the loss is {loss}{_non_finite_params(self.model.params)}")
+                self.non_finite(f"the loss is {loss}{describe_non_finite_params(self.model.params)}")
                 continue
             grad_norm = clip_grad_norm(grads, tc.grad_clip)
             if not math.isfinite(grad_norm):  # NaN/Inf in a gradient, or finite ones whose norm overflows
-                self.non_finite(_describe_bad_gradients(grads, grad_norm))
+                self.non_finite(describe_bad_gradients(grads, grad_norm))
                 continue
             try:
                 self.optimizer.step(grads, lr=lr)

@@ -231,6 +231,18 @@ def test_cli_bad_input(cli, base_dir, tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the overflows that make the NaN
+def test_cli_fine_tuning_that_diverges_stops_in_one_line(cli, base_dir, capsys):
+    # lr 1e9 overflows in the first steps: a failed run (status 1), not a usage mistake (2)
+    for task in ("classify", "sft"):
+        status = cli(["finetune", task, "--base", str(base_dir), "--steps", "5", "--lr", "1e9",
+                      "--no-progress", "--backend", "numpy"])
+        err = capsys.readouterr().err.strip()
+        assert status == 1, err
+        assert err.startswith(f"npllama finetune {task}: stopped: step ") and "try a lower --lr" in err
+        assert len(err.splitlines()) == 1 and len(err) < 400, err
+
+
 # ----- Hugging Face and PEFT read what we write (skipped where they are not installed) ------------------
 def test_transformers_loads_the_classifier(base_dir, tmp_path):
     torch = pytest.importorskip("torch")

@@ -174,6 +174,22 @@ def test_params_are_the_live_state():
     assert not np.allclose(model.forward(tokens), before)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the overflow is the point
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_diverged_model_gives_a_nan_loss_not_an_error(backend):
+    # q and k so large that the attention scores overflow to inf: the loss is NaN on both
+    # backends, and the training loops report that (not a ValueError from inside softmax)
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16)
+    model = Llama(config, seed=0, dtype=np.float32)
+    for name in ("q_proj", "k_proj"):
+        model.params[f"model.layers.0.self_attn.{name}.weight"][:] = 1e30
+    tokens = np.zeros((1, 8), dtype=np.int64)
+    with use_backend(backend):
+        loss, _ = model.loss_and_grads(tokens, tokens)
+    assert np.isnan(loss)
+
+
 def test_float32_and_float64_models_agree():
     config = CASES["gqa"]
     m32, m64 = Llama(config, seed=3, dtype=np.float32), Llama(config, seed=3, dtype=np.float64)

@@ -236,6 +236,16 @@ def test_non_finite_error_names_every_bad_parameter():
     assert copy.names == [EMBED, NORM] and str(copy) == str(info.value)
 
 
+def test_non_finite_error_message_stays_short_when_every_gradient_is_bad():
+    params = {f"layer{i}.weight": np.ones((2, 2)) for i in range(6)}
+    grads = {name: np.full((2, 2), np.nan) for name in params}
+    with pytest.raises(NonFiniteGradientError) as info:
+        AdamW(params).step(grads)
+    assert info.value.names == list(params)                      # all of them, for a program
+    message = str(info.value)                                    # a few, for a person
+    assert "'layer2.weight' (4 non-finite) and 3 more" in message and "layer3" not in message
+
+
 @pytest.mark.parametrize("make_opt", [
     lambda p: AdamW(p, lr=1e-2, betas=(0.8, 0.99), weight_decay=0.2),
     lambda p: SGD(p, lr=1e-2, momentum=0.9, weight_decay=0.1)], ids=["adamw", "sgd"])

@@ -1,4 +1,6 @@
 """`npllama finetune classify|sft`: adapt a pre-trained model to a task (article §3.3, §6, §9.2)."""
+import sys
+
 from . import HelpFormatter, UsageError, prepare_training_process
 
 LORA_HELP = ("train LoRA adapters (and the new head) only, the base weights frozen; saved in PEFT's "
@@ -104,22 +106,27 @@ def _config(cls, args):
 
 
 def run_classify(args) -> int:
-    from ..backend import get_backend, use_backend
     from ..finetune import ClassifyConfig, classify
 
-    config = _config(ClassifyConfig, args)
-    prepare_training_process()
-    with use_backend(args.backend or get_backend()):
-        classify(config)
-    return 0
+    return _fine_tune(args, classify, _config(ClassifyConfig, args))
 
 
 def run_sft(args) -> int:
-    from ..backend import get_backend, use_backend
     from ..finetune import SFTConfig, sft
 
-    config = _config(SFTConfig, args)
+    return _fine_tune(args, sft, _config(SFTConfig, args))
+
+
+def _fine_tune(args, fine_tune, config) -> int:
+    """Run it; a run that fails on the way (a NaN loss) is reported in one line, status 1."""
+    from ..backend import get_backend, use_backend
+    from ..train import TrainingError
+
     prepare_training_process()
     with use_backend(args.backend or get_backend()):
-        sft(config)
+        try:
+            fine_tune(config)
+        except TrainingError as error:  # not a usage mistake: the run itself failed
+            print(f"npllama finetune {args.task}: stopped: {error}", file=sys.stderr)
+            return 1
     return 0

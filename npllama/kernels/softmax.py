@@ -10,12 +10,12 @@ from ..ops.softmax import check_softmax_args, raise_nan_or_posinf
 from ._simd import exp_nonpositive, row_dot, row_max, row_sum
 
 
-def softmax_forward(x):
-    """p = softmax(x, axis=-1).  Returns (p, cache = p)."""
-    check_softmax_args(x, check_values=False)
+def softmax_forward(x, check_values=True):
+    """p = softmax(x, axis=-1).  Returns (p, cache = p).  See npllama.ops.softmax."""
+    check_softmax_args(x, check_values=False)   # the values: in the pass below
     N = x.shape[-1]
     p = np.empty(x.shape, dtype=x.dtype)
-    if _softmax_rows(np.ascontiguousarray(x).reshape(-1, N), p.reshape(-1, N)):
+    if _softmax_rows(np.ascontiguousarray(x).reshape(-1, N), p.reshape(-1, N)) and check_values:
         raise_nan_or_posinf()
     return p, p
 

@@ -40,7 +40,9 @@ def attention_forward(q, k, v, causal=True, key_padding_mask=None, q_offset=0):
     allowed = attention_mask(T, S, causal, key_padding_mask, q_offset)  # bool, broadcasts to scores
     if allowed is not None:
         attn_scores = np.where(allowed, attn_scores, -np.inf)  # softmax gives these keys 0
-    attn_probs, softmax_cache = softmax_forward(attn_scores)   # (B, H, T, S); rows with no allowed key -> 0
+    # (B, H, T, S); rows with no allowed key -> 0.  A diverged model's NaN/inf scores give NaN rows
+    # that reach the loss, rather than an error from inside the model.
+    attn_probs, softmax_cache = softmax_forward(attn_scores, check_values=False)
 
     # out = attn_probs v, each kv head's values shared by its group of query heads
     out = (_split_groups(attn_probs, KVH) @ v[:, :, None]).reshape(B, H, T, head_dim)  # (B, H, T, hd)

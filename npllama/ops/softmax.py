@@ -11,9 +11,13 @@ import numpy as np
 from ._checks import require_float_array
 
 
-def softmax_forward(x):
-    """p = softmax(x, axis=-1), max-subtracted so exp never overflows.  Returns (p, cache = p)."""
-    check_softmax_args(x)
+def softmax_forward(x, check_values=True):
+    """p = softmax(x, axis=-1), max-subtracted so exp never overflows.  Returns (p, cache = p).
+
+    check_values=False lets NaN and +inf through (their rows come out NaN) instead of raising:
+    attention passes its scores so, since a diverging model's scores overflow and the NaN must
+    reach the loss, where the training loop reports it (as on the numba backend)."""
+    check_softmax_args(x, check_values)
     row_max = np.max(x, axis=-1, keepdims=True)                 # (..., 1)
     # A fully masked row has max -inf, and -inf - (-inf) is NaN: shift such rows by 0 instead.
     row_max = np.where(np.isneginf(row_max), 0, row_max).astype(x.dtype, copy=False)

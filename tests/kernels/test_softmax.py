@@ -29,3 +29,14 @@ def test_softmax_does_not_modify_its_input():
     x = np.array([[1.0, 2.0, -np.inf]])
     kernel.softmax_forward(x)
     assert x.tolist() == [[1.0, 2.0, -np.inf]]
+
+
+def test_without_checking_values_nan_and_inf_rows_come_out_nan_on_both():
+    # attention's scores of a diverged model: the NaN must reach the loss, not raise
+    x = np.array([[0.0, np.nan, 1.0], [np.inf, 0.0, 1.0], [0.0, 1.0, -np.inf]], np.float32)
+    with np.errstate(invalid="ignore"):
+        p, _ = kernel.softmax_forward(x, check_values=False)
+        p_ref, _ = reference.softmax_forward(x, check_values=False)
+    for probs in (p, p_ref):   # each bad row holds a NaN (the reference keeps the exact zeros)
+        assert np.isnan(probs[:2]).any(axis=1).all()
+    assert_close(p[2], p_ref[2], "the finite row")

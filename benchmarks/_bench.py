@@ -18,10 +18,14 @@ from pathlib import Path
 
 
 def _threads_from_argv() -> None:
-    if "--threads" in sys.argv:
-        n = sys.argv[sys.argv.index("--threads") + 1]
+    """--threads N (or --threads=N) into the thread variables; a missing or bad N is left for
+    argparse to report."""
+    values = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--threads=")]
+    if "--threads" in sys.argv[:-1]:
+        values.append(sys.argv[sys.argv.index("--threads") + 1])
+    if values and values[-1].isdigit() and int(values[-1]) > 0:
         for var in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
-            os.environ[var] = n
+            os.environ[var] = values[-1]
 
 
 _threads_from_argv()
@@ -42,6 +46,19 @@ CONFIGS = {
                              num_attention_heads=6, num_key_value_heads=6, max_position_embeddings=256),
                  batch=4, seq=256),
 }
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts (--threads, --repeat, sizes): an int >= 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def make_config(name: str) -> LlamaConfig:

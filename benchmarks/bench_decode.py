@@ -18,7 +18,7 @@ import argparse
 import inspect
 import tempfile
 
-from _bench import (CONFIGS, best_time, environment, make_config, print_table,  # first: --threads
+from _bench import (CONFIGS, best_time, environment, make_config, positive_int, print_table,  # first: --threads
                     torch_or_none, write_json)
 
 import numpy as np  # noqa: E402
@@ -75,10 +75,10 @@ def decode_torch(model, n_tokens):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, help="BLAS, numba and torch threads (default: all cores)")
+    parser.add_argument("--threads", type=positive_int, help="BLAS, numba and torch threads (default: all cores)")
     parser.add_argument("--config", choices=sorted(CONFIGS), default="s15m")
-    parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--tokens", type=positive_int, default=256)
+    parser.add_argument("--repeat", type=positive_int, default=3)
     parser.add_argument("--vs-torch", action="store_true")
     parser.add_argument("--json")
     args = parser.parse_args(argv)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import tracemalloc
 
-from _bench import CONFIGS, best_time, environment, make_config, print_table, write_json  # first: --threads
+from _bench import (CONFIGS, best_time, environment, make_config, positive_int, print_table,  # first: --threads
+                    write_json)
 
 import numpy as np  # noqa: E402
 
@@ -182,9 +183,9 @@ def bench_long_context(repeat, rng):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, help="BLAS, numba and torch threads (default: all cores)")
+    parser.add_argument("--threads", type=positive_int, help="BLAS, numba and torch threads (default: all cores)")
     parser.add_argument("--shapes", choices=sorted(CONFIGS), default="s15m")
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=positive_int, default=7)
     parser.add_argument("--long-context", action="store_true")
     parser.add_argument("--no-keep-freed-memory", action="store_true",
                         help="leave glibc's malloc as it is instead of configuring it as `npllama train` "

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import tracemalloc
 
-from _bench import best_time, print_table, write_json  # first: --threads
+from _bench import best_time, positive_int, print_table, write_json  # first: --threads
 
 import numpy as np  # noqa: E402
 
@@ -63,10 +63,10 @@ def measure(config, targets, r, batch, seq, repeat, backend):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--r", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--seq", type=positive_int, default=128)
+    parser.add_argument("--r", type=positive_int, default=8)
+    parser.add_argument("--repeat", type=positive_int, default=5)
     parser.add_argument("--backend", default="numpy", choices=["numpy", "numba"])
     parser.add_argument("--quick", action="store_true", help="B=2, T=32, 2 repeats")
     parser.add_argument("--json", default=None, help="also write the results here")

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from _bench import print_table, write_json  # first: --threads; puts the repo on sys.path
+from _bench import positive_int, print_table, write_json  # first: --threads; puts the repo on sys.path
 
 import numpy as np  # noqa: E402
 
@@ -128,9 +128,9 @@ def contextvar_lookup_seconds(n=200_000) -> float:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=64)
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--batch", type=positive_int, default=4)
+    parser.add_argument("--seq", type=positive_int, default=64)
+    parser.add_argument("--repeat", type=positive_int, default=7)
     parser.add_argument("--backend", default="numpy", choices=["numpy", "numba"])
     parser.add_argument("--quick", action="store_true", help="a tiny model and 3 repeats")
     parser.add_argument("--json", default=None, help="also write the results here")

@@ -32,7 +32,7 @@ import sys
 import tempfile
 
 from _bench import (CONFIGS, ROOT, best_time, environment, make_config,  # first: --threads
-                    matmul_peak_gflops, peak_rss_mib, print_table, torch_or_none, training_flops,
+                    matmul_peak_gflops, peak_rss_mib, positive_int, print_table, torch_or_none, training_flops,
                     write_json)
 
 import numpy as np  # noqa: E402
@@ -263,9 +263,9 @@ def startup_seconds() -> list[float]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, help="BLAS, numba and torch threads (default: all cores)")
+    parser.add_argument("--threads", type=positive_int, help="BLAS, numba and torch threads (default: all cores)")
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["tiny", "s15m"])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=positive_int, default=5)
     parser.add_argument("--vs-torch", action="store_true", help="also time PyTorch eager (if importable)")
     parser.add_argument("--no-numpy", action="store_true", help="skip the (slow) numpy-backend step")
     parser.add_argument("--no-keep-freed-memory", action="store_true",

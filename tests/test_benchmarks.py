@@ -51,3 +51,12 @@ def test_bench_train_reports_a_training_step_and_its_memory(tmp_path):
 def test_small_benchmarks_run(tmp_path, script, args, key):
     result = run_benchmark(script, *args, json_path=tmp_path / "out.json")
     assert result[key], f"{script} wrote no {key}"
+
+
+@pytest.mark.parametrize("script", ["bench_kernels.py", "bench_train.py", "bench_decode.py", "bench_lora.py",
+                                    "bench_trace.py"])
+@pytest.mark.parametrize("args", [("--repeat", "0"), ("--repeat", "x")])
+def test_benchmarks_refuse_a_bad_count_in_one_line(script, args):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and "--repeat: expected a positive integer" in result.stderr

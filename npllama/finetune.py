@@ -35,8 +35,8 @@ from .lora import ATTENTION_TARGETS, attach_lora
 from .objectives import pad_batch
 from .ops.classifier import classifier_backward, classifier_forward, last_token_index
 from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
-from .optim import AdamW, clip_grad_norm, cosine_with_warmup, describe_bad_gradients, describe_non_finite_params
-from .train import TrainingError
+from .optim import (AdamW, TrainingError, clip_grad_norm, cosine_with_warmup, describe_bad_gradients,
+                    describe_non_finite_params)
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 SCORE = "score.weight"

@@ -24,6 +24,11 @@ import numpy as np
 from .ops._checks import require_float_array
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message says what to do.  Raised by
+    the pre-training loop (npllama.train) and the fine-tuning loop (npllama.finetune)."""
+
+
 class NonFiniteGradientError(ValueError):
     """A gradient held NaN or Inf.  Raised before anything is updated.
 

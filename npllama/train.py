@@ -23,8 +23,8 @@ import numpy as np
 from .config import PRESETS, LlamaConfig
 from .io.atomic import atomic_write_bytes, atomic_write_text
 from .io.errors import CheckpointError
-from .optim import (AdamW, NonFiniteGradientError, clip_grad_norm, cosine_with_warmup, describe_bad_gradients,
-                    describe_non_finite_params)
+from .optim import (AdamW, NonFiniteGradientError, TrainingError, clip_grad_norm, cosine_with_warmup,
+                    describe_bad_gradients, describe_non_finite_params)
 from .runs import TOKENIZER_FILE, mark_latest, recover_checkpoint, remove_stale_temporaries
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -127,10 +127,6 @@ class TrainResult:
     unigram_entropy: float
     interrupted: bool = False
     samples: list[str] = dataclasses.field(default_factory=list)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the message says what to do."""
 
 
 class CheckpointWriteError(OSError):

@@ -120,7 +120,7 @@ def run_sft(args) -> int:
 def _fine_tune(args, fine_tune, config) -> int:
     """Run it; a run that fails on the way (a NaN loss) is reported in one line, status 1."""
     from ..backend import get_backend, use_backend
-    from ..train import TrainingError
+    from ..optim import TrainingError
 
     prepare_training_process()
     with use_backend(args.backend or get_backend()):

@@ -7,7 +7,10 @@
 
 Each row times the reference op and the kernel on the same float32 inputs (best of --repeat),
 forward and backward, and prints the ratio reference / kernel (above 1: the kernel is faster).
-"adamw" updates every parameter of the s15m model once: npllama.optim.AdamW's NumPy arithmetic
+The process first calls keep_freed_memory(), as `npllama train` does (--no-keep-freed-memory:
+glibc's defaults, where fresh gradients cost page faults).  For the ops that are mostly matrix
+products (attention, swiglu, linear) it also times those products alone, with the kernel's own
+shapes and blocks, and prints the ceiling they put on the ratio.  "adamw" updates every parameter of the s15m model once: npllama.optim.AdamW's NumPy arithmetic
 against npllama.kernels.adamw.adamw_update.  --long-context adds causal attention at growing T
 (B=1, 6 heads, hd=48): time and peak NumPy memory (tracemalloc) of the reference, the kernel
 keeping its probabilities, and the flash path, which keeps memory linear in T.

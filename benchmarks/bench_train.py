@@ -9,6 +9,8 @@ For each config (tiny: hidden 128, 4 layers, batch 16 x 128; s15m: hidden 288, 6
 32000, batch 4 x 256) one subprocess builds the model, then times (best of --repeat):
   numba        model.loss_and_grads on the numba backend + AdamW with kernels.adamw.adamw_update
   numba+optim  the same with npllama.optim.AdamW (its NumPy arithmetic)
+  split        as numba, each batch split over threads (npllama.parallel.BatchSplitter, as many as
+               BLAS has, BLAS on one thread in each): what `npllama train` runs
   numpy        model.loss_and_grads on the numpy backend + npllama.optim.AdamW (the reference)
   torch        (--vs-torch) transformers.LlamaForCausalLM loaded from the same weights
                (save_pretrained / from_pretrained), attention through F.scaled_dot_product_attention,
@@ -65,6 +67,7 @@ def run_config(name: str, repeat: int, vs_torch: bool, numpy_backend: bool, keep
     from npllama import Llama, use_backend
     from npllama.kernels.memory import keep_freed_memory
     from npllama.optim import AdamW
+    from npllama.parallel import BatchSplitter, default_workers
 
     kept = keep_freed_memory() if keep_memory else False   # for torch too: same process
 
@@ -79,20 +82,24 @@ def run_config(name: str, repeat: int, vs_torch: bool, numpy_backend: bool, keep
     result = {"config": name, "batch": B, "seq": T, "params": model.num_parameters(),
               "gflop_per_step": flops / 1e9, "keep_freed_memory": kept}
 
-    def npllama_step(optimizer, backend):
+    serial, split = BatchSplitter(1), BatchSplitter(default_workers())
+
+    def npllama_step(optimizer, backend, splitter):
         with use_backend(backend):
-            loss, grads = model.loss_and_grads(tokens, targets)
+            loss, grads = splitter.loss_and_grads(model.loss_and_grads, tokens, targets)
         optimizer.step(grads)
         return loss
 
-    variants = [("numba", KernelAdamW(model.params), "numba", repeat),
+    variants = [("numba", KernelAdamW(model.params), "numba", serial, repeat),
                 ("numba+optim", AdamW(model.params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY),
-                 "numba", repeat)]
+                 "numba", serial, repeat),
+                ("split", KernelAdamW(model.params), "numba", split, repeat)]
     if numpy_backend:
         variants.append(("numpy", AdamW(model.params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY),
-                         "numpy", max(2, repeat // 3)))
-    for label, optimizer, backend, n in variants:
-        seconds = best_time(lambda: npllama_step(optimizer, backend), repeat=n, warmup=2)["best"]
+                         "numpy", serial, max(2, repeat // 3)))
+    result["split_workers"] = split.workers
+    for label, optimizer, backend, splitter, n in variants:
+        seconds = best_time(lambda: npllama_step(optimizer, backend, splitter), repeat=n, warmup=2)["best"]
         result[f"{label}_step_s"] = seconds
         result[f"{label}_tok_s"] = B * T / seconds
         result[f"{label}_gflops"] = flops / seconds / 1e9
@@ -101,6 +108,7 @@ def run_config(name: str, repeat: int, vs_torch: bool, numpy_backend: bool, keep
     if vs_torch and torch_or_none() is not None:
         result.update(torch_step(model, tokens, targets, repeat, flops))
         result["torch_ratio"] = result["numba_tok_s"] / result["torch_tok_s"]
+        result["split_torch_ratio"] = result["split_tok_s"] / result["torch_tok_s"]
     return result
 
 
@@ -306,7 +314,9 @@ def main(argv=None):
     print_table(rows, [("config", "config", "s"), ("numba_tok_s", "numba tok/s", ".0f"),
                        ("numba+optim_tok_s", "+optim.AdamW tok/s", ".0f"),
                        ("numpy_tok_s", "numpy tok/s", ".0f"),
+                       ("split_tok_s", "split tok/s", ".0f"),
                        ("torch_tok_s", "torch tok/s", ".0f"), ("torch_ratio", "numba/torch", ".2f"),
+                       ("split_torch_ratio", "split/torch", ".2f"),
                        ("numba_gflops", "GFLOP/s", ".0f"), ("peak_fraction", "of peak", ".0%"),
                        ("numba_peak_rss_mib", "peak RSS MiB", ".0f")])
     startup = startup_seconds()

@@ -25,6 +25,7 @@ from .io.atomic import atomic_write_bytes, atomic_write_text
 from .io.errors import CheckpointError
 from .optim import (AdamW, NonFiniteGradientError, TrainingError, clip_grad_norm, cosine_with_warmup,
                     describe_bad_gradients, describe_non_finite_params)
+from .parallel import BatchSplitter, default_workers
 from .runs import TOKENIZER_FILE, mark_latest, recover_checkpoint, remove_stale_temporaries
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -64,6 +65,8 @@ class TrainConfig:
     samples: int = 3                       # samples printed at the end
     sample_tokens: int = 80
     corpus_stories: int = 10_000           # size of the built-in corpus
+    threads: int | None = None             # split each batch over this many threads (npllama/parallel.py);
+                                           # None: as many as BLAS uses (OPENBLAS_NUM_THREADS or the cores)
     progress: bool = True
 
     def __post_init__(self):
@@ -73,8 +76,9 @@ class TrainConfig:
             self.warmup_steps = min(40, self.steps // 10) if isinstance(self.steps, int) else 0
         for name in ("warmup_steps", "eval_every", "checkpoint_every", "samples", "sample_tokens", "seed"):
             _non_negative_int(name, getattr(self, name))
-        if self.stop_after is not None:
-            _positive_int("stop_after", self.stop_after)
+        for name in ("stop_after", "threads"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
         if not isinstance(self.out, str) or not self.out.strip():
             raise ValueError(f"out must name a run folder, got {self.out!r}")
         for name in ("data", "tokenizer"):
@@ -299,6 +303,7 @@ class _Loop:
         self.last_train_loss = self.last_val_loss = self.last_val_step = None
         self.skipped_in_a_row = 0
         self.bar = None
+        self.splitter = BatchSplitter(tc.threads or default_workers())
 
     def restore_losses(self, state: dict) -> None:
         """After a resume: the losses the checkpoint recorded, so the result (and whether the run
@@ -312,6 +317,13 @@ class _Loop:
         self.step = start_step
         self.bar = _progress_bar(tc, start_step)
         tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
+        with self.splitter.holding_blas():
+            self._run_steps(start_step, tokens_per_step)
+        if self.last_val_step != self.step:  # the run ends with a validation loss
+            self.evaluate()
+
+    def _run_steps(self, start_step: int, tokens_per_step: int) -> None:
+        tc = self.tc
         while self.step < tc.steps:
             started = time.perf_counter()
             lr = cosine_with_warmup(self.step, max_lr=tc.lr, warmup_steps=tc.warmup_steps,
@@ -344,15 +356,13 @@ class _Loop:
                 self.save_checkpoint(self.step)
             if tc.stop_after is not None and self.step - start_step >= tc.stop_after and self.step < tc.steps:
                 raise _StopRequested()
-        if self.last_val_step != self.step:  # the run ends with a validation loss
-            self.evaluate()
 
     def accumulate(self):
         """Mean loss and gradients over grad_accum micro-batches."""
         total_loss, total_grads = 0.0, None
         for _ in range(self.tc.grad_accum):
             tokens, targets = self.loader.next_batch()
-            loss, grads = self.loss_and_grads(tokens, targets)
+            loss, grads = self.splitter.loss_and_grads(self.loss_and_grads, tokens, targets)
             total_loss += loss
             if total_grads is None:
                 total_grads = grads
@@ -382,7 +392,7 @@ class _Loop:
             f"Try a lower --lr, or pass --skip-nonfinite to skip such batches.")
 
     def evaluate(self) -> float:
-        losses = [self.loss(tokens, targets) for tokens, targets in self.val_batches]
+        losses = [self.splitter.loss(self.loss, tokens, targets) for tokens, targets in self.val_batches]
         self.last_val_loss, self.last_val_step = float(np.mean(losses)), self.step
         self.write_log({"step": self.step, "val_loss": self.last_val_loss})
         if self.bar is not None:
@@ -406,6 +416,7 @@ class _Loop:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        self.splitter.close()
         self.log.close()
 
 

@@ -39,6 +39,7 @@ def test_bench_train_reports_a_training_step_and_its_memory(tmp_path):
                            json_path=tmp_path / "t.json")
     (row,) = result["configs"]
     assert row["config"] == "tiny" and row["numba_tok_s"] > 0 and row["numba+optim_tok_s"] > 0
+    assert row["split_tok_s"] > 0 and row["split_workers"] >= 1
     assert row["numba_peak_rss_mib"] > 0 and len(result["startup_seconds"]) == 3
     (memory,) = result["memory"]
     assert memory["config"] == "tiny" and 0 < memory["npllama_step_mib"] < memory["npllama_peak_mib"]

@@ -40,8 +40,9 @@ CHECKPOINT_EVERY = 2
 TRAIN_ARGS = ["--preset", "stories260k", "--vocab-size", "360", "--batch-size", "4", "--seq-len", "32",
               "--steps", str(STEPS), "--eval-every", "0", "--checkpoint-every", str(CHECKPOINT_EVERY),
               "--samples", "0", "--no-progress", "--backend", "numpy"]
+# threads=1: one call of loss_and_grads per step, which is what the injected faults count
 FAST = dict(preset="stories260k", vocab_size=360, batch_size=4, seq_len=32, eval_batches=2, samples=0,
-            progress=False, lr=5e-3)
+            progress=False, lr=5e-3, threads=1)
 
 
 def quiet(*_args, **_kwargs):
@@ -431,6 +432,16 @@ def test_a_non_finite_step_stops_clearly_and_keeps_the_last_good_checkpoint(run,
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 3 and "skipped" in log[-1]
     robustness_count("non-finite loss / gradient injected")
+
+
+def test_a_nan_in_one_slice_of_a_split_batch_stops_the_step(run, monkeypatch):
+    # two threads, each half the rows: the resumed run's first two calls are step 3's halves;
+    # poison the one that comes second
+    inject(monkeypatch, poison_gradient(np.nan), when=lambda call: call == 2)
+    before = checkpoint_bytes(run)
+    with pytest.raises(TrainingError, match=rf"step 3: the gradient of {BAD_PARAM} is not finite"):
+        train(config_for(run, threads=2), resume=True, echo=quiet)
+    assert checkpoint_bytes(run) == before
 
 
 def test_skip_nonfinite_skips_the_batch_and_keeps_the_optimizer_finite(run, monkeypatch):

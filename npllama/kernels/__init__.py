@@ -9,7 +9,8 @@ Matrix products stay in BLAS (NumPy's matmul); the kernels fuse what lies betwee
 shape the products so that BLAS gets few large ones (linear.py: one product over all B*T rows
 instead of NumPy's one per batch row).
 
-Every njit has cache=True (compiled once, then loaded from __pycache__) and
+Every njit has cache=True (compiled once, then loaded from __pycache__), nogil=True (threads
+that each train on a slice of the batch run the kernels side by side: npllama/parallel.py) and
 error_model="numpy" (no Python division-by-zero checks, which would stop LLVM from vectorising
 the loops), and no fast-math flags except 'reassoc'/'contract' on the row sums in _simd.py, so
 NaN, Inf and -inf masks keep their meaning.

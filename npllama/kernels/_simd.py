@@ -121,7 +121,7 @@ def _exp_float64(x):
 REDUCTION_FLAGS = {"reassoc", "contract"}
 
 
-@njit(cache=True, error_model="numpy", fastmath=REDUCTION_FLAGS)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=REDUCTION_FLAGS)
 def row_sum(a):
     """sum(a) of a 1-D array, in a's dtype."""
     total = a.dtype.type(0)
@@ -130,7 +130,7 @@ def row_sum(a):
     return total
 
 
-@njit(cache=True, error_model="numpy", fastmath=REDUCTION_FLAGS)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=REDUCTION_FLAGS)
 def row_dot(a, b):
     """sum(a * b) of two 1-D arrays of the same length and dtype."""
     total = a.dtype.type(0)
@@ -139,7 +139,7 @@ def row_dot(a, b):
     return total
 
 
-@njit(cache=True, error_model="numpy", fastmath=REDUCTION_FLAGS)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=REDUCTION_FLAGS)
 def row_dot3(a, b, c):
     """sum(a * b * c) of three 1-D arrays of the same length and dtype."""
     total = a.dtype.type(0)

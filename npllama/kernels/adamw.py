@@ -36,7 +36,7 @@ def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_correctio
                        as_dtype(bias_correction1), as_dtype(bias_correction2))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _adamw_update_flat(p, g, m, v, lr, beta1, beta2, eps, decay, one_minus_beta1, one_minus_beta2,
                        bias_correction1, bias_correction2):
     for i in prange(p.size):

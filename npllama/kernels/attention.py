@@ -123,7 +123,7 @@ def _query_blocks(B, KVH, n_rep, T, S, q_offset, causal, itemsize, keep_probs):
 # Row r of a (B, KVH, rows, n_keys) block is query t = (row_start + r) % T of its head: it may see
 # key s when (not causal or s <= q_offset + t) and (not use_padding or padding[b, s]).
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _n_visible(t, n_keys, q_offset, causal):
     """Keys beyond this count are causally masked for query t (all keys if not causal)."""
     if not causal:
@@ -131,7 +131,7 @@ def _n_visible(t, n_keys, q_offset, causal):
     return max(0, min(n_keys, q_offset + t + 1))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _masked_softmax_rows(scores, row_start, scale, lse, T, q_offset, causal, use_padding, padding):
     """In place: scores -> softmax(scores * scale, masked); lse[b, g, r] = log-sum-exp of the row
     (-inf for a row with no visible key, whose probabilities are all 0)."""
@@ -162,7 +162,7 @@ def _masked_softmax_rows(scores, row_start, scale, lse, T, q_offset, causal, use
             lse[b, g, r] = row_max_value * scale + np.log(total)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _recompute_probs_rows(scores, row_start, scale, lse, T, q_offset, causal, use_padding, padding):
     """In place: scores -> attn_probs = exp(scores * scale - lse), masked entries 0."""
     B, KVH, R, n_keys = scores.shape
@@ -181,7 +181,7 @@ def _recompute_probs_rows(scores, row_start, scale, lse, T, q_offset, causal, us
             row[n:] = 0
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _softmax_backward_rows(attn_probs, d_attn_probs, scale):
     """In place: d_attn_probs -> d_scores = attn_probs * (d_attn_probs - row_term) * scale,
     row_term = sum(d_attn_probs * attn_probs) over the row."""
@@ -195,7 +195,7 @@ def _softmax_backward_rows(attn_probs, d_attn_probs, scale):
                 dp[s] = p[s] * (dp[s] - row_term) * scale
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _softmax_backward_rows_given(attn_probs, d_attn_probs, row_term, scale):
     """As _softmax_backward_rows, with the row term sum(d_attn_probs * attn_probs) given."""
     B, KVH, R, n_keys = attn_probs.shape

@@ -53,7 +53,7 @@ def cross_entropy_backward(dloss, cache):
     return dlogits.reshape(cache["shape"])
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _loss_and_grad_rows(logits, targets, counted, grad_scale, forward, dlogits, lse, row_losses):
     """Per row r: lse[r] and row_losses[r] (when forward; else lse is given) and
     dlogits[r] = (softmax(logits[r]) - onehot(targets[r])) * grad_scale, or 0 if not counted."""

@@ -113,7 +113,7 @@ def _project(x, weight):
     return x @ weight.T
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _silu_mul_halves(gate_up):
     """(N, 2F) holding [gate | up] -> silu(gate) * up (N, F)."""
     N, F = gate_up.shape[0], gate_up.shape[1] // 2
@@ -126,7 +126,7 @@ def _silu_mul_halves(gate_up):
     return act
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _rope_cache_attend(qkv, cos, sin, k_cache_t, v_cache, start, H, KVH, scale, out):
     """For each new position t (absolute start + t) of each sequence b:
     rotate q and k, store k and v in the cache, attend causally over positions [0, start + t].

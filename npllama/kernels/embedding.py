@@ -19,7 +19,7 @@ def embedding_backward(dout, cache):
     return dweight
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _scatter_add_rows(ids, rows, table):
     """table[ids[n]] += rows[n] for every n, repeated ids accumulating (one thread: no races)."""
     for n in range(ids.size):

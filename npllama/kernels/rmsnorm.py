@@ -47,7 +47,7 @@ def _as_rows(a):
     return np.ascontiguousarray(a).reshape(-1, a.shape[-1])
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _rmsnorm_forward_rows(x, weight, eps, y, rstd):
     N, D = x.shape
     one, size = x.dtype.type(1), x.dtype.type(D)  # typed, so float32 stays float32
@@ -58,7 +58,7 @@ def _rmsnorm_forward_rows(x, weight, eps, y, rstd):
             y[r, i] = x[r, i] * rstd[r] * weight[i]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _rmsnorm_backward_rows(dy, x, rstd, weight, dx, dweight_partial):
     N, D = x.shape
     n_chunks = dweight_partial.shape[0]

@@ -72,7 +72,7 @@ def _contiguous_rows(x4):
     return np.ascontiguousarray(x4), False
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _rope_rotate(x, x_time_major, cos, sin, y, y_time_major, inverse):
     """y = R(t) x per (b, h, t) row, or the transposed rotation R(t)^T x when inverse.
 

@@ -32,7 +32,7 @@ def softmax_backward(dp, cache):
     return dx
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _softmax_rows(x, p):
     """p[r] = softmax(x[r]) for each row of x (N, V).  Returns how many rows hold a NaN or +inf
     (the reference refuses those before it starts; here the pass that reads x finds them)."""
@@ -59,7 +59,7 @@ def _softmax_rows(x, p):
     return bad_rows
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _softmax_backward_rows(p, dp, dx):
     """dx[r] = p[r] * (dp[r] - sum(dp[r] * p[r])) for each row."""
     for r in prange(p.shape[0]):

@@ -69,14 +69,14 @@ def swiglu_backward(dout, cache):
     return dx.reshape(shape), dw_gate_up[:F], dw_gate_up[F:], dw_down
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _sigmoid(z, one):
     """1 / (1 + exp(-z)), exp only ever of -|z| <= 0 so it cannot overflow.  one: 1 in z's dtype."""
     e = exp_nonpositive(-abs(z))
     return (one if z >= 0 else e) / (one + e)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _silu_mul(gate, up, act):
     """act = gate * sigmoid(gate) * up, elementwise over flat arrays."""
     one = gate.dtype.type(1)
@@ -85,7 +85,7 @@ def _silu_mul(gate, up, act):
         act[i] = z * _sigmoid(z, one) * up[i]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _silu_mul_backward(dact, gate, up, dgate, dup):
     """dgate = dact * up * s * (1 + z (1 - s)),  dup = dact * z * s, with s = sigmoid(z), z = gate."""
     one = gate.dtype.type(1)
@@ -96,7 +96,7 @@ def _silu_mul_backward(dact, gate, up, dgate, dup):
         dgate[i] = da * up[i] * (s * (one + z * (one - s)))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _silu_mul_halves(gate_up, act):
     """act = silu(gate) * up for gate_up (N, 2F) = [gate | up];  act: (N, F)."""
     N, F = act.shape
@@ -108,7 +108,7 @@ def _silu_mul_halves(gate_up, act):
             out[i] = z * _sigmoid(z, one) * up[i]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _silu_mul_halves_backward(dact, gate_up, d_gate_up):
     """d_gate_up (N, 2F) = [dgate | dup] from dact (N, F) and gate_up (N, 2F) = [gate | up]."""
     N, F = dact.shape

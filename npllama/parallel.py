@@ -1,0 +1,165 @@
+"""Split a training batch over the cores: data parallelism inside one process.
+
+`BatchSplitter(workers).loss_and_grads(fn, tokens, targets)` runs fn(tokens, targets) -- a
+model's loss_and_grads -- on `workers` slices of the batch's rows at once, one Python thread
+each with BLAS on one thread, and combines their losses and gradients into the whole batch's.
+
+Why: on 2 cores OpenBLAS splits each large matrix product over both, but everything else in a
+step -- the numba kernels, attention's small per-head products, Python -- runs on one core while
+OpenBLAS's worker thread spins on the other.  Two threads that each run the whole step for half
+the rows keep both cores busy.  Measured: `npllama train` on the tiny preset, 29,000-30,000
+tokens/s with --threads 2 against 22,900-24,100 with --threads 1 (three runs each, alternating);
+a bare s15m step +1-4% (benchmarks/README.md).  NumPy's matmul releases the GIL and the kernels
+are compiled with nogil, so the threads really run side by side.
+
+The result is the whole batch's to round-off (the sums go in a different order).  fn returns a
+mean over the targets that are not `ignore_index`, so the parts are weighted by how many of
+those each holds: sum_i (n_i / n) * part_i is the mean over the batch, whatever the split.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import numpy as np
+
+from .trace import active_trace
+
+
+class BatchSplitter:
+    """Runs loss_and_grads on row slices of a batch in `workers` threads (1: just calls it)."""
+
+    def __init__(self, workers: int):
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        self.workers = workers
+        self._executor = None
+        self._blas = _one_blas_thread() if workers > 1 else None
+
+    def loss_and_grads(self, loss_and_grads, tokens, targets, ignore_index: int = -100):
+        """(loss, grads) of loss_and_grads(tokens, targets), computed in slices of rows."""
+        split = self._run(loss_and_grads, tokens, targets, ignore_index)
+        if split is None:
+            return loss_and_grads(tokens, targets)
+        loss, grads = 0.0, None
+        for weight, (part_loss, part_grads) in split:
+            loss += weight * part_loss
+            for g in part_grads.values():   # fresh arrays of this call's own: scaled in place
+                g *= g.dtype.type(weight)
+            if grads is None:
+                grads = part_grads
+            else:
+                for name, g in part_grads.items():
+                    grads[name] += g
+        return loss, grads
+
+    def loss(self, loss, tokens, targets, ignore_index: int = -100) -> float:
+        """loss(tokens, targets) (a mean over counted targets, no gradients), in slices of rows."""
+        split = self._run(loss, tokens, targets, ignore_index)
+        if split is None:
+            return loss(tokens, targets)
+        return sum(weight * part_loss for weight, part_loss in split)
+
+    def holding_blas(self):
+        """A context in which BLAS stays on one thread, for a whole training loop: OpenBLAS's
+        own worker thread, once woken by any product on two threads (a gradient norm's dot
+        product), spins for up to ~0.1 s and would take a core from the next split's workers.
+        Measured in `npllama train` on tiny: 18,300 tokens/s splitting without this, against
+        26,600 in a run with no split at all."""
+        return self._blas() if self._blas is not None else contextlib.nullcontext()
+
+    def _run(self, fn, tokens, targets, ignore_index):
+        """[(weight, fn(tokens[rows], targets[rows])) for each part], or None: do not split
+        (fewer than two parts with counted targets, one worker, no BLAS control, or an active
+        trace, which records one call's intermediates)."""
+        parts = self._parts(targets, ignore_index)
+        if len(parts) < 2 or self._blas is None or active_trace() is not None:
+            return None
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="npllama-batch")
+        total = sum(count for _, count in parts)
+        with self._blas():
+            # each part in a copy of this context: the backend chosen here holds there too
+            futures = [self._executor.submit(contextvars.copy_context().run, fn, tokens[rows], targets[rows])
+                       for rows, _ in parts]
+            wait(futures)  # all of them, even if one failed: none still runs when we return
+        return [(count / total, future.result()) for (_, count), future in zip(parts, futures)]
+
+    def _parts(self, targets, ignore_index):
+        """(row slice, number of counted targets) for each worker's share of the rows; parts with
+        no counted target are left out (their mean would be 0/0)."""
+        rows = np.shape(targets)[0] if np.ndim(targets) else 0
+        bounds = [rows * i // self.workers for i in range(self.workers + 1)]
+        parts = []
+        for start, stop in zip(bounds, bounds[1:]):
+            if stop > start:
+                count = int(np.count_nonzero(np.asarray(targets[start:stop]) != ignore_index))
+                if count:
+                    parts.append((slice(start, stop), count))
+        return parts
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def default_workers() -> int:
+    """As many workers as BLAS has threads (OPENBLAS_NUM_THREADS, or the cores), so that one
+    setting keeps deciding how many cores a process uses; 1 if BLAS cannot be controlled."""
+    controllers = _blas_controllers()
+    if not controllers:
+        return 1
+    return max(1, max(c.get_num_threads() or 1 for c in controllers))
+
+
+_blas_state = {"controllers": None, "depth": 0, "saved": None}
+_blas_lock = threading.Lock()
+
+
+def _blas_controllers() -> list:
+    """threadpoolctl's handles on the BLAS libraries loaded in this process (looked up once)."""
+    if _blas_state["controllers"] is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _blas_state["controllers"] = ThreadpoolController().select(user_api="blas").lib_controllers
+        except Exception:  # noqa: BLE001 -- no threadpoolctl or an unreadable library: no splitting
+            _blas_state["controllers"] = []
+    return _blas_state["controllers"]
+
+
+def _one_blas_thread():
+    """A context-manager factory holding BLAS at one thread (None if BLAS cannot be controlled).
+    Nested or concurrent uses share it: the first in saves the thread counts, the last out
+    restores them."""
+    if not _blas_controllers():
+        return None
+
+    class OneThread:
+        def __enter__(self):
+            with _blas_lock:
+                if _blas_state["depth"] == 0:
+                    _blas_state["saved"] = [c.get_num_threads() or 1 for c in _blas_controllers()]
+                    for c in _blas_controllers():
+                        c.set_num_threads(1)
+                _blas_state["depth"] += 1
+
+        def __exit__(self, *exc):
+            with _blas_lock:
+                _blas_state["depth"] -= 1
+                if _blas_state["depth"] == 0:
+                    for c, n in zip(_blas_controllers(), _blas_state["saved"]):
+                        c.set_num_threads(n)
+            return False
+
+    return OneThread

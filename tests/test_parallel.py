@@ -1,0 +1,103 @@
+"""A batch split over threads gives the whole batch's loss and gradients (weighted by counted
+targets), runs the backend chosen by the caller, and leaves BLAS's thread count as it found it."""
+import threading
+
+import numpy as np
+import pytest
+
+import npllama
+from npllama import Llama, LlamaConfig, backend, use_backend
+from npllama.gradcheck import rel_error
+from npllama.parallel import BatchSplitter, _blas_controllers, default_workers
+
+needs_blas_control = pytest.mark.skipif(not _blas_controllers(), reason="threadpoolctl cannot control this BLAS")
+
+
+def tiny_model():
+    config = LlamaConfig(vocab_size=29, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
+    return Llama(config, seed=3, dtype=np.float64)
+
+
+def blas_threads():
+    return [c.get_num_threads() for c in _blas_controllers()]
+
+
+@needs_blas_control
+@pytest.mark.parametrize("B, workers", [(4, 2), (5, 3), (3, 2)])
+def test_split_batch_equals_the_whole_batch(B, workers):
+    model = tiny_model()
+    rng = np.random.default_rng(B)
+    tokens, targets = rng.integers(0, 29, (B, 9)), rng.integers(0, 29, (B, 9))
+    targets[0, :7] = -100            # the slices hold different numbers of counted targets
+    targets[-1, :] = -100            # and the last row none at all
+    loss, grads = model.loss_and_grads(tokens, targets)
+    with BatchSplitter(workers) as splitter:
+        split_loss, split_grads = splitter.loss_and_grads(model.loss_and_grads, tokens, targets)
+    assert abs(split_loss - loss) < 1e-12 * abs(loss)
+    assert split_grads.keys() == grads.keys()
+    for name in grads:
+        assert rel_error(split_grads[name], grads[name]) < 1e-12, name
+
+
+@needs_blas_control
+def test_each_slice_runs_in_a_thread_of_its_own_on_the_callers_backend():
+    seen = []
+
+    def record(tokens, targets):
+        seen.append((threading.get_ident(), backend.get_backend(), len(tokens)))
+        return 1.0, {"w": np.ones(2)}
+
+    tokens = np.zeros((4, 3), dtype=np.int64)
+    with BatchSplitter(2) as splitter, use_backend("numpy"):
+        loss, grads = splitter.loss_and_grads(record, tokens, tokens)
+    assert loss == 1.0 and np.array_equal(grads["w"], np.ones(2))   # weights 1/2 + 1/2
+    assert sorted(rows for _, _, rows in seen) == [2, 2]
+    assert {name for _, name, _ in seen} == {"numpy"}
+    assert threading.get_ident() not in {thread for thread, _, _ in seen}
+
+
+@needs_blas_control
+def test_blas_threads_come_back_after_a_split_and_after_a_failing_slice():
+    before = blas_threads()
+
+    def failing(tokens, targets):
+        assert blas_threads() == [1] * len(before)   # one BLAS thread per worker while split
+        if tokens[0, 0] == 1:
+            raise ValueError("slice failed")
+        return 0.5, {"w": np.zeros(1)}
+
+    tokens = np.array([[0], [1]])
+    with BatchSplitter(2) as splitter:
+        with pytest.raises(ValueError, match="slice failed"):
+            splitter.loss_and_grads(failing, tokens, np.zeros_like(tokens))
+        assert blas_threads() == before
+        splitter.loss_and_grads(failing, np.zeros_like(tokens), np.zeros_like(tokens))
+    assert blas_threads() == before
+
+
+def test_no_split_for_one_row_one_worker_or_an_active_trace():
+    calls = []
+
+    def count(tokens, targets):
+        calls.append(len(tokens))
+        return 0.0, {}
+
+    two_rows = np.zeros((2, 3), dtype=np.int64)
+    with BatchSplitter(2) as splitter:
+        splitter.loss_and_grads(count, two_rows[:1], two_rows[:1])      # one row: nothing to split
+        with npllama.trace():                                          # a trace wants one call's names
+            splitter.loss_and_grads(count, two_rows, two_rows)
+    with BatchSplitter(1) as serial:
+        serial.loss_and_grads(count, two_rows, two_rows)
+    assert calls == [1, 2, 2]
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
+def test_workers_must_be_a_positive_int(workers):
+    with pytest.raises(ValueError, match="workers must be a positive int"):
+        BatchSplitter(workers)
+
+
+def test_default_workers_is_a_positive_int():
+    assert isinstance(default_workers(), int) and default_workers() >= 1

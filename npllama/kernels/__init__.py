@@ -21,7 +21,9 @@ with parallel kernels: OpenBLAS's worker thread spins between matrix products an
 threads spin after each parallel loop, and each steals the core the other needs.  The two cores
 go to BLAS, where nearly all the time is.  (parallel=True on one kernel is a one-word experiment.)
 Attention split over two Python worker threads, which sleep when idle, was faster on its own
-and still no faster in a training step (benchmarks/README.md has the numbers).
+and still no faster in a training step (benchmarks/README.md has the numbers).  What does use
+both cores is one level up: npllama/parallel.py splits a training batch's rows over threads,
+each running whole steps with BLAS on one thread.
 
 Not ops, and so not in KERNELS: `adamw.adamw_update` (one pass of the AdamW update, for
 npllama.optim), `decode.FastDecoder` (batch-1 decoding with a preallocated KV cache) and

@@ -375,6 +375,7 @@ BAD_TRAIN_SETTINGS = [
     ("val_fraction", "0.1"), ("preset", "huge"), ("dtype", "float16"), ("warmup_steps", 50), ("vocab_size", 0),
     ("vocab_size", 100), ("vocab_size", True), ("out", ""), ("eval_every", -1), ("checkpoint_every", -1),
     ("stop_after", 0), ("seed", -1), ("samples", -1), ("skip_nonfinite", "yes"), ("data", 5), ("eval_batches", 0),
+    ("threads", 0), ("threads", 1.5), ("threads", True),
 ]
 LIBRARY += [(f"TrainConfig: {field}={value!r}", (lambda f=field, v=value: TrainConfig(steps=10, **{f: v})), E, field)
             for field, value in BAD_TRAIN_SETTINGS]
@@ -456,6 +457,7 @@ CLI = [
     (["train", "--batch-size", "0"], "batch_size"),
     (["train", "--seq-len", "0"], "seq_len"),
     (["train", "--grad-accum", "0"], "grad_accum"),
+    (["train", "--threads", "0"], "threads must be a positive integer"),
     (["train", "--lr", "nan"], "lr"),
     (["train", "--lr", "-1"], "lr"),
     (["train", "--min-lr", "1"], "min_lr"),

@@ -149,6 +149,29 @@ def kill(process):
     return process.returncode, err
 
 
+def test_ctrl_c_with_a_split_batch_saves_the_step_reached_and_resumes(tmp_path):
+    # two BLAS threads, so `npllama train` splits each batch over two worker threads; Ctrl-C lands
+    # while they run: the main thread must still save the step it reached and exit 130
+    from npllama.corpus import write_default_corpus
+
+    corpus = write_default_corpus(tmp_path / "stories.txt", n_stories=300)
+    env = {**child_env(tmp_path), "OPENBLAS_NUM_THREADS": "2", "NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
+    run = tmp_path / "run"
+    process = start_training(run, corpus, env)
+    assert wait_until(lambda: last_logged_step(run) >= 3, process), process.communicate()[1][-2000:]
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    saved = last_logged_step(run)
+    assert f"interrupted: checkpoint saved at step {saved}" in out
+    _, _, state = load_checkpoint(run / "checkpoint")
+    assert state["step"] == saved < STEPS
+    finish = start_training(run, corpus, env)
+    out, err = finish.communicate(timeout=300)
+    assert finish.returncode == 0, err[-2000:]
+    assert f"resuming {run} at step {saved}" in out and last_logged_step(run) == STEPS
+
+
 def inspect_after_kill(run, tmp_path, label):
     """Recover a copy of the run as --resume would, and load its checkpoint.  Returns (step, train_loss)
     or None when there is no checkpoint yet.  The run itself is left exactly as the kill left it."""

@@ -62,13 +62,16 @@ class BatchSplitter:
             return loss(tokens, targets)
         return sum(weight * part_loss for weight, part_loss in split)
 
-    def holding_blas(self):
-        """A context in which BLAS stays on one thread, for a whole training loop: OpenBLAS's
-        own worker thread, once woken by any product on two threads (a gradient norm's dot
-        product), spins for up to ~0.1 s and would take a core from the next split's workers.
-        Measured in `npllama train` on tiny: 18,300 tokens/s splitting without this, against
-        26,600 in a run with no split at all."""
-        return self._blas() if self._blas is not None else contextlib.nullcontext()
+    def holding_blas(self, rows: int):
+        """A context in which BLAS stays on one thread, for a whole training loop over batches of
+        `rows` rows: OpenBLAS's own worker thread, once woken by any product on two threads (a
+        gradient norm's dot product), spins for up to ~0.1 s and would take a core from the next
+        split's workers.  Measured in `npllama train` on tiny: 18,300 tokens/s splitting without
+        this, against 26,600 in a run with no split at all.  Batches too small to split keep
+        BLAS's threads."""
+        if self._blas is None or min(rows, self.workers) < 2:
+            return contextlib.nullcontext()
+        return self._blas()
 
     def _run(self, fn, tokens, targets, ignore_index):
         """[(weight, fn(tokens[rows], targets[rows])) for each part], or None: do not split

@@ -317,7 +317,7 @@ class _Loop:
         self.step = start_step
         self.bar = _progress_bar(tc, start_step)
         tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
-        with self.splitter.holding_blas():
+        with self.splitter.holding_blas(tc.batch_size):
             self._run_steps(start_step, tokens_per_step)
         if self.last_val_step != self.step:  # the run ends with a validation loss
             self.evaluate()

@@ -101,3 +101,16 @@ def test_workers_must_be_a_positive_int(workers):
 
 def test_default_workers_is_a_positive_int():
     assert isinstance(default_workers(), int) and default_workers() >= 1
+
+
+@needs_blas_control
+def test_a_loop_holds_blas_at_one_thread_only_when_its_batches_will_be_split():
+    before = blas_threads()
+    with BatchSplitter(2) as splitter:
+        with splitter.holding_blas(rows=4):
+            assert blas_threads() == [1] * len(before)
+        assert blas_threads() == before
+        with splitter.holding_blas(rows=1):          # one row: no split, BLAS keeps its threads
+            assert blas_threads() == before
+    with BatchSplitter(1) as serial, serial.holding_blas(rows=4):
+        assert blas_threads() == before

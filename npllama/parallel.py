@@ -12,6 +12,10 @@ tokens/s with --threads 2 against 22,900-24,100 with --threads 1 (three runs eac
 a bare s15m step +1-4% (benchmarks/README.md).  NumPy's matmul releases the GIL and the kernels
 are compiled with nogil, so the threads really run side by side.
 
+The price is memory: each thread holds its own gradients until they are summed, (workers - 1)
+times the parameters' size more than an unsplit step (s15m on 2 threads: 716 instead of 547 MiB
+per step, still 0.70x PyTorch's).
+
 The result is the whole batch's to round-off (the sums go in a different order).  fn returns a
 mean over the targets that are not `ignore_index`, so the parts are weighted by how many of
 those each holds: sum_i (n_i / n) * part_i is the mean over the batch, whatever the split.

@@ -38,9 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints (0: only at the end)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=None,
-                   help="split each batch over this many threads, BLAS on one thread in each (1: no "
-                        "split, BLAS threads its own products; default: as many as BLAS has, i.e. "
-                        "OPENBLAS_NUM_THREADS or the cores)")
+                   help="split each batch over this many threads, BLAS on one thread in each; each "
+                        "thread holds its own copy of the gradients (1: no split, BLAS threads its own "
+                        "products; default: as many as BLAS has, i.e. OPENBLAS_NUM_THREADS or the cores)")
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
     p.add_argument("--objective", default=d.objective, choices=["causal", "mlm"],
                    help="causal: LLaMA's next-token loss; mlm: BERT-style masked-LM on the same stack "

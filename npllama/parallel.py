@@ -126,7 +126,9 @@ def default_workers() -> int:
     controllers = _blas_controllers()
     if not controllers:
         return 1
-    return max(1, max(c.get_num_threads() or 1 for c in controllers))
+    with _blas_lock:   # while a split holds BLAS at one thread, the count it had is the saved one
+        counts = _blas_state["saved"] if _blas_state["depth"] else [c.get_num_threads() or 1 for c in controllers]
+    return max(1, max(counts))
 
 
 _blas_state = {"controllers": None, "depth": 0, "saved": None}

@@ -99,8 +99,11 @@ def test_workers_must_be_a_positive_int(workers):
         BatchSplitter(workers)
 
 
-def test_default_workers_is_a_positive_int():
-    assert isinstance(default_workers(), int) and default_workers() >= 1
+def test_default_workers_is_blas_threads_even_while_a_split_holds_them():
+    outside = default_workers()
+    assert isinstance(outside, int) and outside >= 1
+    with BatchSplitter(2) as splitter, splitter.holding_blas(rows=4):
+        assert default_workers() == outside
 
 
 @needs_blas_control

@@ -8,7 +8,7 @@ a stack of B products of T rows each, one BLAS call per batch row.  Here x is vi
 better.  Measured on 2 cores: the products 10-14% faster at the tiny config's shapes and 3-5% at
 s15m's; a whole training step 4% and 2% faster (benchmarks/README.md).
 """
-from ..ops.linear import check_linear_args, check_linear_backward_args
+from ..ops.linear import check_linear_args, check_linear_backward_args, linear_weight_grad
 
 
 def linear_forward(x, weight):
@@ -23,8 +23,7 @@ def linear_backward(dy, cache):
     """Returns (dx, dweight):  dx = dy W,  dW = dy^T x summed over rows."""
     x, weight = cache
     check_linear_backward_args(dy, x, weight)
-    out_features, in_features = weight.shape
-    dy_rows = dy.reshape(-1, out_features)                       # (rows, out)
+    dy_rows = dy.reshape(-1, weight.shape[0])                    # (rows, out)
     dx = (dy_rows @ weight).reshape(x.shape)                     # (..., in)
-    dweight = dy_rows.T @ x.reshape(-1, in_features)             # (out, in)
+    dweight = linear_weight_grad(dy_rows, x)                     # (out, in)
     return dx, dweight

@@ -20,8 +20,14 @@ def linear_backward(dy, cache):
     x, weight = cache
     check_linear_backward_args(dy, x, weight)
     dx = dy @ weight  # (..., in)
-    dweight = dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])  # (out, in)
+    dweight = linear_weight_grad(dy, x)  # (out, in)
     return dx, dweight
+
+
+def linear_weight_grad(dy, x):
+    """dL/dW of y = x W^T: the outer products dy^T x summed over every leading position.
+    (..., out), (..., in) -> (out, in).  LoRA's adapters use it too."""
+    return dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])
 
 
 def check_linear_args(x, weight):

@@ -17,7 +17,8 @@ import numbers
 
 import numpy as np
 
-from ._checks import require_float_array, require_last_dim, require_same_dtype
+from ._checks import require_float_array, require_same_dtype
+from .linear import check_linear_args, linear_weight_grad
 
 
 def lora_forward(x, weight, lora_A, lora_B, scaling, dropout_mask=None):
@@ -34,9 +35,9 @@ def lora_backward(dy, cache):
     """Returns (dx, dlora_A, dlora_B); the frozen weight gets no gradient."""
     x_drop, weight, lora_A, lora_B, scaling, dropout_mask, lora_hidden = cache
     d_lora_out = scaling * dy                                 # (..., out), into the adapter branch
-    dlora_B = _sum_outer(d_lora_out, lora_hidden)             # (out, r)
+    dlora_B = linear_weight_grad(d_lora_out, lora_hidden)     # (out, r)
     d_lora_hidden = d_lora_out @ lora_B                       # (..., r)
-    dlora_A = _sum_outer(d_lora_hidden, x_drop)               # (r, in)
+    dlora_A = linear_weight_grad(d_lora_hidden, x_drop)       # (r, in)
     dx_drop = d_lora_hidden @ lora_A                          # (..., in)
     if dropout_mask is not None:
         dx_drop = dx_drop * dropout_mask                      # x_drop = x * mask: the mask again
@@ -44,19 +45,12 @@ def lora_backward(dy, cache):
     return dx, dlora_A, dlora_B
 
 
-def _sum_outer(dy, x):
-    """sum over all leading positions of the outer product dy^T x: (..., m), (..., n) -> (m, n)."""
-    return dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])
-
-
 def check_lora_args(x, weight, lora_A, lora_B, scaling, dropout_mask):
-    require_float_array("x", x)
-    require_float_array("weight", weight, ndim=2)
+    check_linear_args(x, weight)                              # the frozen layer's own checks
     require_float_array("lora_A", lora_A, ndim=2)
     require_float_array("lora_B", lora_B, ndim=2)
     require_same_dtype(x=x, weight=weight, lora_A=lora_A, lora_B=lora_B)
     out_features, in_features = weight.shape
-    require_last_dim("x", x, in_features, "weight.shape[1] (in_features)")
     rank = lora_A.shape[0]
     if lora_A.shape[1] != in_features:
         raise ValueError(f"lora_A must have shape (r, in_features) = (r, {in_features}), got {lora_A.shape}")

@@ -40,7 +40,7 @@ class BatchSplitter:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
         self.workers = workers
         self._executor = None
-        self._blas = _one_blas_thread() if workers > 1 else None
+        self._blas = _OneBlasThread if workers > 1 and _blas_controllers() else None
 
     def loss_and_grads(self, loss_and_grads, tokens, targets, ignore_index: int = -100):
         """(loss, grads) of loss_and_grads(tokens, targets), computed in slices of rows."""
@@ -147,28 +147,22 @@ def _blas_controllers() -> list:
     return _blas_state["controllers"]
 
 
-def _one_blas_thread():
-    """A context-manager factory holding BLAS at one thread (None if BLAS cannot be controlled).
-    Nested or concurrent uses share it: the first in saves the thread counts, the last out
-    restores them."""
-    if not _blas_controllers():
-        return None
+class _OneBlasThread:
+    """Holds BLAS at one thread.  Nested or concurrent uses share it: the first in saves the
+    thread counts, the last out restores them."""
 
-    class OneThread:
-        def __enter__(self):
-            with _blas_lock:
-                if _blas_state["depth"] == 0:
-                    _blas_state["saved"] = [c.get_num_threads() or 1 for c in _blas_controllers()]
-                    for c in _blas_controllers():
-                        c.set_num_threads(1)
-                _blas_state["depth"] += 1
+    def __enter__(self):
+        with _blas_lock:
+            if _blas_state["depth"] == 0:
+                _blas_state["saved"] = [c.get_num_threads() or 1 for c in _blas_controllers()]
+                for c in _blas_controllers():
+                    c.set_num_threads(1)
+            _blas_state["depth"] += 1
 
-        def __exit__(self, *exc):
-            with _blas_lock:
-                _blas_state["depth"] -= 1
-                if _blas_state["depth"] == 0:
-                    for c, n in zip(_blas_controllers(), _blas_state["saved"]):
-                        c.set_num_threads(n)
-            return False
-
-    return OneThread
+    def __exit__(self, *exc):
+        with _blas_lock:
+            _blas_state["depth"] -= 1
+            if _blas_state["depth"] == 0:
+                for c, n in zip(_blas_controllers(), _blas_state["saved"]):
+                    c.set_num_threads(n)
+        return False

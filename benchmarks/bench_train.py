@@ -7,8 +7,9 @@
 
 For each config (tiny: hidden 128, 4 layers, batch 16 x 128; s15m: hidden 288, 6 layers, vocab
 32000, batch 4 x 256) one subprocess builds the model, then times (best of --repeat):
-  numba        model.loss_and_grads on the numba backend + AdamW with kernels.adamw.adamw_update
-  numba+optim  the same with npllama.optim.AdamW (its NumPy arithmetic)
+  numba        model.loss_and_grads on the numba backend + npllama.optim.AdamW, whose update is then
+               the fused kernels.adamw.adamw_update
+  numba+optim  the same with AdamW's NumPy arithmetic (its step run on the numpy backend)
   split        as numba, each batch split over threads (npllama.parallel.BatchSplitter, as many as
                BLAS has, BLAS on one thread in each): what `npllama train` runs
   numpy        model.loss_and_grads on the numpy backend + npllama.optim.AdamW (the reference)
@@ -42,26 +43,6 @@ import numpy as np  # noqa: E402
 LR, BETAS, EPS, WEIGHT_DECAY = 3e-4, (0.9, 0.95), 1e-8, 0.1
 
 
-class KernelAdamW:
-    """npllama.optim.AdamW's arithmetic, one numba pass per parameter (what optim.py will call)."""
-
-    def __init__(self, params):
-        from npllama.kernels.adamw import adamw_update
-
-        self.update = adamw_update
-        self.params, self.step_count = params, 0
-        self.m = {n: np.zeros_like(p) for n, p in params.items()}
-        self.v = {n: np.zeros_like(p) for n, p in params.items()}
-
-    def step(self, grads):
-        self.step_count += 1
-        t = self.step_count
-        for n, p in self.params.items():
-            decay = WEIGHT_DECAY if p.ndim >= 2 else 0.0
-            self.update(p, grads[n], self.m[n], self.v[n], LR, BETAS[0], BETAS[1], EPS, decay,
-                        1 - BETAS[0]**t, 1 - BETAS[1]**t)
-
-
 def run_config(name: str, repeat: int, vs_torch: bool, numpy_backend: bool, keep_memory: bool) -> dict:
     """Everything for one config, in this (child) process."""
     from npllama import Llama, use_backend
@@ -84,25 +65,25 @@ def run_config(name: str, repeat: int, vs_torch: bool, numpy_backend: bool, keep
 
     serial, split = BatchSplitter(1), BatchSplitter(default_workers())
 
-    def npllama_step(optimizer, backend, splitter):
+    def npllama_step(optimizer, backend, optimizer_backend, splitter):
         with use_backend(backend):
             loss, grads = splitter.loss_and_grads(model.loss_and_grads, tokens, targets)
-        optimizer.step(grads)
+        with use_backend(optimizer_backend):  # numba: AdamW's fused kernel; numpy: its NumPy lines
+            optimizer.step(grads)
         return loss
 
-    def optim_adamw():
-        return AdamW(model.params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
-
-    # optimizers made one at a time (and dropped after), so the first row's peak RSS is its own
-    variants = [("numba", lambda: KernelAdamW(model.params), "numba", serial, repeat),
-                ("numba+optim", optim_adamw, "numba", serial, repeat),
-                ("split", lambda: KernelAdamW(model.params), "numba", split, repeat)]
+    # (label, model backend, optimizer backend, splitter, repeats); optimizers are made one at a
+    # time (and dropped after), so the first row's peak RSS is its own
+    variants = [("numba", "numba", "numba", serial, repeat),
+                ("numba+optim", "numba", "numpy", serial, repeat),
+                ("split", "numba", "numba", split, repeat)]
     if numpy_backend:
-        variants.append(("numpy", optim_adamw, "numpy", serial, max(2, repeat // 3)))
+        variants.append(("numpy", "numpy", "numpy", serial, max(2, repeat // 3)))
     result["split_workers"] = split.workers
-    for label, make_optimizer, backend, splitter, n in variants:
-        optimizer = make_optimizer()
-        seconds = best_time(lambda: npllama_step(optimizer, backend, splitter), repeat=n, warmup=2)["best"]
+    for label, backend, optimizer_backend, splitter, n in variants:
+        optimizer = AdamW(model.params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
+        seconds = best_time(lambda: npllama_step(optimizer, backend, optimizer_backend, splitter),
+                            repeat=n, warmup=2)["best"]
         result[f"{label}_step_s"] = seconds
         result[f"{label}_tok_s"] = B * T / seconds
         result[f"{label}_gflops"] = flops / seconds / 1e9

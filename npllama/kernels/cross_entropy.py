@@ -61,6 +61,12 @@ def _loss_and_grad_rows(logits, targets, counted, grad_scale, forward, dlogits, 
     zero, one = logits.dtype.type(0), logits.dtype.type(1)
     for r in prange(N):
         x, d = logits[r], dlogits[r]
+        if not counted[r]:          # an ignored target (an SFT prompt, padding): no exp pass at all
+            d[:] = 0
+            if forward:
+                lse[r] = zero       # never read: the backward skips this row too
+                row_losses[r] = zero
+            continue
         total = one
         if forward:
             # exp(x - max) goes into d first, so the exps are taken once per element.
@@ -69,11 +75,7 @@ def _loss_and_grad_rows(logits, targets, counted, grad_scale, forward, dlogits, 
                 d[i] = exp_nonpositive(x[i] - m)
             total = row_sum(d)
             lse[r] = m + np.log(total)
-            row_losses[r] = lse[r] - x[targets[r]] if counted[r] else zero
-        if not counted[r]:
-            d[:] = 0
-            continue
-        if forward:
+            row_losses[r] = lse[r] - x[targets[r]]
             prob_scale = grad_scale / total                 # d holds exp(x - max)
             for i in range(V):
                 d[i] = d[i] * prob_scale

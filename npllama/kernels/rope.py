@@ -16,25 +16,15 @@ Layouts (the values are the reference's; only where they sit in memory differs):
 import numpy as np
 from numba import njit, prange
 
-from ..ops._checks import require_float_array, require_same_dtype
+from ..ops.rope import check_rope_args, check_rope_backward_args
 
 
 def rope_forward(x, cos, sin):
     """y = x * cos + rotate_half(x) * sin.   x: (..., T, head_dim); cos, sin: (T, head_dim)."""
-    require_float_array("x", x, min_ndim=2)
-    require_float_array("cos", cos, ndim=2)
-    require_float_array("sin", sin, ndim=2)
-    require_same_dtype(x=x, cos=cos, sin=sin)
-    T, head_dim = x.shape[-2:]
-    if head_dim % 2:
-        raise ValueError(f"x.shape[-1] (head_dim) must be a positive even number (RoPE rotates "
-                         f"pairs), got {head_dim}")
-    for name, table in (("cos", cos), ("sin", sin)):
-        if table.shape != (T, head_dim):
-            raise ValueError(f"{name} must have shape (T, head_dim) = {(T, head_dim)} to match x "
-                             f"of shape {x.shape}, got {table.shape}")
-    x_rows, x_time_major = _contiguous_rows(_as_4d(x))
-    y = np.empty(_as_4d(x).shape, dtype=x.dtype)         # (B, H, T, hd), contiguous
+    check_rope_args(x, cos, sin)
+    x_4d = _as_4d(x)
+    x_rows, x_time_major = _contiguous_rows(x_4d)
+    y = np.empty(x_4d.shape, dtype=x.dtype)              # (B, H, T, hd), contiguous
     _rope_rotate(x_rows, x_time_major, cos, sin, y, False, False)
     return y.reshape(x.shape), (cos, sin)
 
@@ -42,12 +32,11 @@ def rope_forward(x, cos, sin):
 def rope_backward(dy, cache):
     """dx = dy * cos - rotate_half(dy * sin), the inverse rotation."""
     cos, sin = cache
+    check_rope_backward_args(dy, cos)
     dy = np.asarray(dy)
-    if dy.ndim < 2 or dy.shape[-2:] != cos.shape:
-        raise ValueError(f"dy must have shape (..., T, head_dim) with (T, head_dim) = {cos.shape}, "
-                         f"got {dy.shape}")
-    dy_rows, dy_time_major = _contiguous_rows(_as_4d(dy.astype(cos.dtype, copy=False)))
-    B, H, T, hd = _as_4d(dy).shape
+    dy_4d = _as_4d(dy.astype(cos.dtype, copy=False))
+    dy_rows, dy_time_major = _contiguous_rows(dy_4d)
+    B, H, T, hd = dy_4d.shape
     dx_memory = np.empty((B, T, H, hd), dtype=cos.dtype)  # (B, T, H, hd)
     _rope_rotate(dy_rows, dy_time_major, cos, sin, dx_memory, True, True)
     dx = dx_memory.transpose(0, 2, 1, 3)                  # (B, H, T, hd) view

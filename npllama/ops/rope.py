@@ -92,16 +92,7 @@ def rotate_half(x):
 def rope_forward(x, cos, sin):
     """y = x * cos + rotate_half(x) * sin.   x: (B, H, T, head_dim) (any leading axes),
     cos, sin: (T, head_dim), same dtype as x.  Returns (y, cache)."""
-    require_float_array("x", x, min_ndim=2)
-    require_float_array("cos", cos, ndim=2)
-    require_float_array("sin", sin, ndim=2)
-    require_same_dtype(x=x, cos=cos, sin=sin)
-    T, head_dim = x.shape[-2:]
-    _require_head_dim(head_dim, name="x.shape[-1] (head_dim)")
-    for name, table in (("cos", cos), ("sin", sin)):
-        if table.shape != (T, head_dim):
-            raise ValueError(f"{name} must have shape (T, head_dim) = {(T, head_dim)} to match x "
-                             f"of shape {x.shape}, got {table.shape}")
+    check_rope_args(x, cos, sin)
     y = x * cos + rotate_half(x) * sin  # (..., T, head_dim); cos, sin broadcast over B, H
     return y, (cos, sin)
 
@@ -112,8 +103,27 @@ def rope_backward(dy, cache):
     rotate_half is multiplication by an antisymmetric matrix R (R^T = -R), so the transpose of
     x -> x*cos + R(x)*sin is dy -> dy*cos + R^T(dy*sin) = dy*cos - R(dy*sin)."""
     cos, sin = cache
-    require_shape("dy", dy, np.shape(dy)[:-2] + cos.shape, "(..., T, head_dim) like the rotated input")
+    check_rope_backward_args(dy, cos)
     return dy * cos - rotate_half(dy * sin)
+
+
+def check_rope_args(x, cos, sin):
+    """The forward's argument checks (shared with the kernel)."""
+    require_float_array("x", x, min_ndim=2)
+    require_float_array("cos", cos, ndim=2)
+    require_float_array("sin", sin, ndim=2)
+    require_same_dtype(x=x, cos=cos, sin=sin)
+    T, head_dim = x.shape[-2:]
+    _require_head_dim(head_dim, name="x.shape[-1] (head_dim)")
+    for name, table in (("cos", cos), ("sin", sin)):
+        if table.shape != (T, head_dim):
+            raise ValueError(f"{name} must have shape (T, head_dim) = {(T, head_dim)} to match x "
+                             f"of shape {x.shape}, got {table.shape}")
+
+
+def check_rope_backward_args(dy, cos):
+    """dy must be shaped (..., T, head_dim) like the rotated input (shared with the kernel)."""
+    require_shape("dy", dy, np.shape(dy)[:-2] + cos.shape, "(..., T, head_dim) like the rotated input")
 
 
 def _require_head_dim(head_dim, name="head_dim"):

@@ -23,6 +23,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from ..ops._checks import require_shape
 from ..ops.attention import check_attention_args
 from ._simd import exp_nonpositive, row_dot, row_max, row_sum
 
@@ -69,9 +70,7 @@ def attention_backward(dout, cache):
     """Returns (dq, dk, dv); dk, dv summed over the n_rep query heads of each kv head."""
     q_groups, k, v, scale, mask = (cache[n] for n in ("q_groups", "k", "v", "scale", "mask"))
     B, H, T, head_dim = cache["shape"]
-    if np.shape(dout) != (B, H, T, head_dim):
-        raise ValueError(f"dout has shape {np.shape(dout)}, expected {(B, H, T, head_dim)} "
-                         "(the shape of out)")
+    require_shape("dout", dout, (B, H, T, head_dim), "the shape of out")
     dout_groups = np.ascontiguousarray(dout, dtype=q_groups.dtype).reshape(q_groups.shape)
     keep_probs = "attn_probs" in cache
     if not keep_probs:

@@ -10,6 +10,7 @@ on the fly instead of storing it.
 import numpy as np
 from numba import njit, prange
 
+from ..ops._checks import require_shape
 from ..ops.rmsnorm import check_rmsnorm_args
 from ._simd import row_dot, row_dot3
 
@@ -29,8 +30,7 @@ def rmsnorm_forward(x, weight, eps):
 def rmsnorm_backward(dy, cache):
     """Returns (dx, dweight); see npllama.ops.rmsnorm.rmsnorm_backward for the formulas."""
     x_rows, rstd, weight, shape = cache
-    if np.shape(dy) != shape:
-        raise ValueError(f"dy has shape {np.shape(dy)}, expected {shape} (the shape of x)")
+    require_shape("dy", dy, shape, "the shape of x")
     dy_rows = _as_rows(np.asarray(dy, dtype=x_rows.dtype))
     dx = np.empty_like(x_rows)
     # Rows in a few chunks, each summing its own dweight (so a prange over chunks has no races).

@@ -6,6 +6,7 @@ probability 0, a row that is entirely -inf gives all zeros.  The cache is p, as 
 import numpy as np
 from numba import njit, prange
 
+from ..ops._checks import require_shape
 from ..ops.softmax import check_softmax_args, raise_nan_or_posinf
 from ._simd import exp_nonpositive, row_dot, row_max, row_sum
 
@@ -23,8 +24,7 @@ def softmax_forward(x, check_values=True):
 def softmax_backward(dp, cache):
     """Returns dx = p * (dp - sum(dp * p, -1))."""
     p = cache
-    if np.shape(dp) != p.shape:
-        raise ValueError(f"dp has shape {np.shape(dp)}, expected {p.shape} (the shape of x)")
+    require_shape("dp", dp, p.shape, "the shape of x")
     N = p.shape[-1]
     dx = np.empty_like(p)
     _softmax_backward_rows(p.reshape(-1, N), np.ascontiguousarray(dp, dtype=p.dtype).reshape(-1, N),

@@ -13,6 +13,7 @@ recomputes sigmoid(gate) in the same pass that forms dgate and dup.
 import numpy as np
 from numba import njit, prange
 
+from ..ops._checks import require_shape
 from ..ops.swiglu import check_swiglu_act_args, check_swiglu_args
 from ._simd import exp_nonpositive
 
@@ -29,8 +30,7 @@ def swiglu_act_forward(gate, up):
 def swiglu_act_backward(dact, cache):
     """Returns (dgate, dup):  dgate = dact * up * silu'(gate),  dup = dact * silu(gate)."""
     gate, up = cache
-    if np.shape(dact) != gate.shape:
-        raise ValueError(f"dact has shape {np.shape(dact)}, expected {gate.shape} (the shape of gate)")
+    require_shape("dact", dact, gate.shape, "the shape of gate")
     dact = np.ascontiguousarray(dact, dtype=gate.dtype)
     dgate, dup = np.empty_like(gate), np.empty_like(gate)
     _silu_mul_backward(dact.reshape(-1), gate.reshape(-1), up.reshape(-1), dgate.reshape(-1),
@@ -56,8 +56,7 @@ def swiglu_forward(x, w_gate, w_up, w_down):
 def swiglu_backward(dout, cache):
     """Returns (dx, dw_gate, dw_up, dw_down)."""
     x_rows, gate_up, act, w_gate_up, w_down, shape = cache
-    if np.shape(dout) != shape:
-        raise ValueError(f"dout has shape {np.shape(dout)}, expected {shape} (the shape of x)")
+    require_shape("dout", dout, shape, "the shape of x")
     F = act.shape[1]
     dout_rows = np.ascontiguousarray(dout, dtype=x_rows.dtype).reshape(-1, shape[-1])  # (N, D)
     dw_down = dout_rows.T @ act                                  # (D, F)

@@ -13,7 +13,7 @@ Derivation: derivations/layernorm.md
 
 import numpy as np
 
-from ._checks import require_float_array, require_last_dim, require_same_dtype, require_eps
+from ._checks import require_eps, require_float_array, require_last_dim, require_same_dtype, require_shape
 
 
 def layernorm_forward(x, weight, bias, eps):
@@ -44,7 +44,7 @@ def layernorm_backward(dy, cache):
     dx = rstd * (dxhat - mean(dxhat, -1) - xhat * mean(dxhat * xhat, -1))
     """
     x, mean, rstd, weight = cache
-    _require_dy_shape(dy, x)
+    require_shape("dy", dy, x.shape, "the shape of x")
     D = x.shape[-1]
     xhat = (x - mean) * rstd                                           # (..., D)
     dbias = np.sum(dy.reshape(-1, D), axis=0)                          # (D,)
@@ -62,7 +62,7 @@ def layernorm_backward_stepwise(dy, cache):
     Slower and more memory-hungry than `layernorm_backward`; here so the closed form can be checked.
     """
     x, mean, rstd, weight = cache
-    _require_dy_shape(dy, x)
+    require_shape("dy", dy, x.shape, "the shape of x")
     D = x.shape[-1]
     x_centered = x - mean                                              # (..., D)
     xhat = x_centered * rstd                                           # (..., D)
@@ -81,7 +81,3 @@ def layernorm_backward_stepwise(dy, cache):
     dx = dx_centered + dmean / D                                       # mean = sum(x) / D
     return dx, dweight, dbias
 
-
-def _require_dy_shape(dy, x):
-    if np.shape(dy) != x.shape:
-        raise ValueError(f"dy has shape {np.shape(dy)}, expected {x.shape} (the shape of x)")

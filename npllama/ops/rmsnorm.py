@@ -9,7 +9,7 @@ Derivation: derivations/rmsnorm.md
 
 import numpy as np
 
-from ._checks import require_float_array, require_last_dim, require_same_dtype, require_eps
+from ._checks import require_eps, require_float_array, require_last_dim, require_same_dtype, require_shape
 
 
 def rmsnorm_forward(x, weight, eps):
@@ -39,8 +39,7 @@ def rmsnorm_backward(dy, cache):
     dweight = sum over all rows of dy * xhat
     """
     x, rstd, weight = cache
-    if np.shape(dy) != x.shape:
-        raise ValueError(f"dy has shape {np.shape(dy)}, expected {x.shape} (the shape of x)")
+    require_shape("dy", dy, x.shape, "the shape of x")
     xhat = x * rstd                                                   # (..., D)
     dxhat = dy * weight                                               # (..., D)
     dweight = np.sum((dy * xhat).reshape(-1, x.shape[-1]), axis=0)   # (D,)

@@ -8,7 +8,7 @@ Derivation: derivations/softmax.md
 """
 import numpy as np
 
-from ._checks import require_float_array
+from ._checks import require_float_array, require_shape
 
 
 def softmax_forward(x, check_values=True):
@@ -44,6 +44,5 @@ def raise_nan_or_posinf():
 def softmax_backward(dp, cache):
     """Returns dx = p * (dp - sum(dp * p, -1)).  Masked entries (p = 0) get dx = 0."""
     p = cache
-    if np.shape(dp) != p.shape:
-        raise ValueError(f"dp has shape {np.shape(dp)}, expected {p.shape} (the shape of x)")
+    require_shape("dp", dp, p.shape, "the shape of x")
     return p * (dp - np.sum(dp * p, axis=-1, keepdims=True))    # (..., N)

@@ -25,6 +25,7 @@ BAD_FORWARD_CALLS = [
     ("rmsnorm_forward", (f64.astype(np.int64), np.ones(4), 1e-5), "x"),
     ("rope_forward", (qkv, np.zeros((3, 4)), np.zeros((2, 4))), "sin"),            # wrong T
     ("rope_forward", (qkv[..., :3], np.zeros((3, 3)), np.zeros((3, 3))), "head_dim"),  # odd
+    ("rope_forward", (qkv[..., :0], np.zeros((3, 0)), np.zeros((3, 0))), "head_dim"),  # zero
     ("rope_forward", (qkv, np.zeros((3, 4), np.float32), np.zeros((3, 4))), "dtype"),
     ("softmax_forward", (np.array([[0.0, np.nan]]),), "x"),
     ("softmax_forward", (np.array([[0.0, 1.0], [0.0, np.inf]], np.float32),), "x"),    # +inf, 2nd row

@@ -37,7 +37,7 @@ def _drop_stale_numba_cache() -> None:
     """Delete numba's cached machine code here when any kernel source file changed.
 
     Numba keys each cached function on its own file only, but kernels inline helpers from other
-    files (_simd.py's exp and row max, swiglu.py's sigmoid in decode.py): an edit there would
+    files (_simd.py's exp and row max, swiglu.py's SiLU in decode.py): an edit there would
     leave stale code in the cache.  One hash over all the sources catches every such edit."""
     here = Path(__file__).parent
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()

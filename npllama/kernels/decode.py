@@ -24,7 +24,7 @@ from numba import njit
 from ..ops._checks import require_int_array
 from ._simd import exp_nonpositive, row_max, row_sum
 from .rmsnorm import _rmsnorm_forward_rows
-from .swiglu import _sigmoid
+from .swiglu import _silu_mul_halves
 
 
 class FastDecoder:
@@ -94,7 +94,9 @@ class FastDecoder:
                                self.v_cache[i], start, H, KVH, scale, attn.reshape(B, T_new, -1))
             h = x + _project(attn, layer["w_o"])                           # (N, D)
             hn = self._rmsnorm(h, layer["post_norm"])
-            act = _silu_mul_halves(_project(hn, layer["w_gate_up"]))       # (N, F)
+            gate_up = _project(hn, layer["w_gate_up"])                    # (N, 2F) = [gate | up]
+            act = np.empty((gate_up.shape[0], gate_up.shape[1] // 2), dtype=gate_up.dtype)
+            _silu_mul_halves(gate_up, act)                                 # (N, F), the MLP kernel's
             x = h + _project(act, layer["w_down"])
         self.length = end
         logits = _project(self._rmsnorm(x, self.final_norm), self.lm_head)  # (N, V)
@@ -111,19 +113,6 @@ def _project(x, weight):
     if x.shape[0] == 1:
         return (weight @ x[0])[None]
     return x @ weight.T
-
-
-@njit(cache=True, error_model="numpy", nogil=True)
-def _silu_mul_halves(gate_up):
-    """(N, 2F) holding [gate | up] -> silu(gate) * up (N, F)."""
-    N, F = gate_up.shape[0], gate_up.shape[1] // 2
-    act = np.empty((N, F), dtype=gate_up.dtype)
-    one = gate_up.dtype.type(1)
-    for n in range(N):
-        for i in range(F):
-            z = gate_up[n, i]
-            act[n, i] = z * _sigmoid(z, one) * gate_up[n, F + i]
-    return act
 
 
 @njit(cache=True, error_model="numpy", nogil=True)

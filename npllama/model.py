@@ -13,6 +13,8 @@ derivations/transformer_block.md.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import backend
@@ -20,6 +22,7 @@ from .config import LlamaConfig
 from .ops import attention as reference_attention
 from .ops import swiglu as reference_swiglu
 from .ops.rope import rope_cos_sin
+from .ops.softmax import softmax_forward
 from .trace import active_trace
 
 DTYPES = (np.float32, np.float64)
@@ -439,15 +442,11 @@ def _record_attention(t, prefix, q_rot, k_rot, v, causal, key_padding_mask, q_of
     (a fused kernel never materialises them)."""
     if not (t.wants(prefix + "attn_scores") or t.wants(prefix + "attn_probs")):
         return
-    _, cache = reference_attention.attention_forward(q_rot, k_rot, v, causal, key_padding_mask, q_offset)
-    B, H, T, _ = q_rot.shape
-    q_groups = reference_attention._split_groups(q_rot, k_rot.shape[1])
-    scores = (q_groups @ k_rot[:, :, None].swapaxes(-1, -2)).reshape(B, H, T, -1) * cache["scale"]
-    allowed = reference_attention.attention_mask(T, k_rot.shape[2], causal, key_padding_mask, q_offset)
-    if allowed is not None:
-        scores = np.where(allowed, scores, -np.inf)
+    scale = 1.0 / math.sqrt(q_rot.shape[-1])
+    scores = reference_attention.masked_attention_scores(q_rot, k_rot, scale, causal, key_padding_mask,
+                                                         q_offset)
     t.record(prefix + "attn_scores", scores)
-    t.record(prefix + "attn_probs", cache["attn_probs"])
+    t.record(prefix + "attn_probs", softmax_forward(scores, check_values=False)[0])
 
 
 def _record_attention_grads(t, prefix, traced_inputs, d_attn):

@@ -32,14 +32,7 @@ def attention_forward(q, k, v, causal=True, key_padding_mask=None, q_offset=0):
     B, H, T, head_dim, KVH, S = check_attention_args(q, k, v, key_padding_mask, q_offset)
     n_rep = H // KVH
     scale = 1.0 / math.sqrt(head_dim)
-
-    q_groups = _split_groups(q, KVH)                    # (B, KVH, n_rep, T, hd)
-    k_t = k[:, :, None].swapaxes(-1, -2)                # (B, KVH, 1, hd, S), shared by the group
-    attn_scores = (q_groups @ k_t).reshape(B, H, T, S) * scale  # (B, H, T, S)
-
-    allowed = attention_mask(T, S, causal, key_padding_mask, q_offset)  # bool, broadcasts to scores
-    if allowed is not None:
-        attn_scores = np.where(allowed, attn_scores, -np.inf)  # softmax gives these keys 0
+    attn_scores = masked_attention_scores(q, k, scale, causal, key_padding_mask, q_offset)  # (B, H, T, S)
     # (B, H, T, S); rows with no allowed key -> 0.  A diverged model's NaN/inf scores give NaN rows
     # that reach the loss, rather than an error from inside the model.
     attn_probs, softmax_cache = softmax_forward(attn_scores, check_values=False)
@@ -69,6 +62,21 @@ def attention_backward(dout, cache):
     dq = (d_scores_groups @ k[:, :, None]).reshape(B, H, T, head_dim) * scale
     dk = (d_scores_groups.swapaxes(-1, -2) @ _split_groups(q, KVH)).sum(axis=2) * scale
     return dq, dk, dv
+
+
+def masked_attention_scores(q, k, scale, causal=True, key_padding_mask=None, q_offset=0):
+    """attn_scores = q k^T * scale, -inf where the mask forbids the pair: (B, H, T, S).
+    (A trace recomputes them with this too.)"""
+    B, H, T, _ = q.shape
+    KVH, S = k.shape[1], k.shape[2]
+    q_groups = _split_groups(q, KVH)                    # (B, KVH, n_rep, T, hd)
+    k_t = k[:, :, None].swapaxes(-1, -2)                # (B, KVH, 1, hd, S), shared by the group
+    attn_scores = (q_groups @ k_t).reshape(B, H, T, S) * scale  # (B, H, T, S)
+
+    allowed = attention_mask(T, S, causal, key_padding_mask, q_offset)  # bool, broadcasts to scores
+    if allowed is not None:
+        attn_scores = np.where(allowed, attn_scores, -np.inf)  # softmax gives these keys 0
+    return attn_scores
 
 
 def attention_score_grads(dout, cache):

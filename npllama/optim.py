@@ -133,12 +133,22 @@ def _require_same_arrays(what, arrays, params):
                             "(the parameter's dtype; no silent casts)")
 
 
-def _require_finite_grads(grads):
-    bad = [(name, int(np.size(g) - np.count_nonzero(np.isfinite(g)))) for name, g in grads.items()
-           if not np.isfinite(g).all()]
+def _require_usable_grads(grads, squarable):
+    """No NaN/Inf in any gradient; with `squarable` (AdamW) also no entry whose square overflows
+    (|g| >= ~1.8e19 in float32: AdamW's second moment would become inf for good).  One pass over
+    each gradient, max|g|, decides both: it is NaN or inf exactly when g holds a NaN or an inf.
+    The counts for the message are taken only when something is wrong."""
+    peaks = {name: np.max(np.abs(g)) if np.size(g) else 0.0 for name, g in grads.items()}
+    bad = [name for name, peak in peaks.items() if not np.isfinite(peak)]
     if bad:
-        names, counts = zip(*bad)
-        raise NonFiniteGradientError(list(names), list(counts))
+        counts = [int(np.size(grads[n]) - np.count_nonzero(np.isfinite(grads[n]))) for n in bad]
+        raise NonFiniteGradientError(bad, counts)
+    if squarable:
+        limits = {name: np.sqrt(np.finfo(g.dtype).max) for name, g in grads.items()}
+        bad = [name for name, peak in peaks.items() if peak >= limits[name]]
+        if bad:
+            counts = [int(np.count_nonzero(np.abs(grads[n]) >= limits[n])) for n in bad]
+            raise NonFiniteGradientError(bad, counts, what="overflowing when squared")
 
 
 def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2):
@@ -169,18 +179,6 @@ def _fused_adamw_update():
     return adamw_update
 
 
-def _require_squarable_grads(grads):
-    """g*g must stay finite, or AdamW's second moment becomes inf for good (|g| >= ~1.8e19 in float32)."""
-    bad = []
-    for name, g in grads.items():
-        limit = np.sqrt(np.finfo(g.dtype).max)
-        if g.size and np.max(np.abs(g)) >= limit:
-            bad.append((name, int(np.count_nonzero(np.abs(g) >= limit))))
-    if bad:
-        names, counts = zip(*bad)
-        raise NonFiniteGradientError(list(names), list(counts), what="overflowing when squared")
-
-
 # --- optimizers --------------------------------------------------------------------------------
 
 class _Optimizer:
@@ -198,14 +196,14 @@ class _Optimizer:
         self.decay = {name: not bool(no_decay(name, p)) for name, p in params.items()}
         self.step_count = 0
 
-    def _begin_step(self, grads, lr):
+    def _begin_step(self, grads, lr, squarable=False):
         """Check everything before touching anything; return the lr for this step."""
         lr = self.lr if lr is None else _require_number("lr", lr, low=0.0)
         if set(self.params) != set(self.decay):
             raise ValueError("the params dict gained or lost keys since the optimizer was made; "
                              "make a new optimizer for the new parameter set")
         _require_same_arrays("grads", grads, self.params)
-        _require_finite_grads(grads)
+        _require_usable_grads(grads, squarable)
         return lr
 
     def _check_state_header(self, state):
@@ -262,8 +260,7 @@ class AdamW(_Optimizer):
     def step(self, grads: Mapping[str, np.ndarray], lr: float | None = None) -> None:
         """One update of every parameter, in place.  `lr` overrides self.lr for this step only
         (so a schedule can drive it).  Nothing changes if any check fails."""
-        lr = self._begin_step(grads, lr)
-        _require_squarable_grads(grads)
+        lr = self._begin_step(grads, lr, squarable=True)
         beta1, beta2 = self.betas
         self.step_count += 1
         t = self.step_count

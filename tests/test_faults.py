@@ -175,6 +175,8 @@ def test_ctrl_c_with_a_split_batch_saves_the_step_reached_and_resumes(tmp_path):
 def inspect_after_kill(run, tmp_path, label):
     """Recover a copy of the run as --resume would, and load its checkpoint.  Returns (step, train_loss)
     or None when there is no checkpoint yet.  The run itself is left exactly as the kill left it."""
+    if not run.exists():  # killed during start-up, before the run folder was made
+        return None
     copy = tmp_path / f"after-{label}"
     shutil.copytree(run, copy, symlinks=True)
     checkpoint = recover_checkpoint(copy)

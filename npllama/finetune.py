@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -35,8 +34,7 @@ from .lora import ATTENTION_TARGETS, attach_lora
 from .objectives import pad_batch
 from .ops.classifier import classifier_backward, classifier_forward, last_token_index
 from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
-from .optim import (AdamW, TrainingError, clip_grad_norm, cosine_with_warmup, describe_bad_gradients,
-                    describe_non_finite_params)
+from .optim import AdamW, TrainingError, clip_finite_step, cosine_with_warmup
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 SCORE = "score.weight"
@@ -79,13 +77,7 @@ def run_steps(params: dict, loss_and_grads, make_batch, sc: StepConfig, desc: st
     bar = tqdm(range(sc.steps), desc=desc, disable=not sc.progress, leave=False)
     for step in bar:
         loss, grads = loss_and_grads(make_batch(step))
-        problem = None
-        if not math.isfinite(loss):
-            problem = f"the loss is {loss}{describe_non_finite_params(params)}"
-        else:
-            grad_norm = clip_grad_norm(grads, sc.grad_clip)
-            if not math.isfinite(grad_norm):
-                problem = describe_bad_gradients(grads, grad_norm)
+        _, problem = clip_finite_step(loss, grads, params, sc.grad_clip)
         if problem is not None:
             bar.close()
             raise TrainingError(f"step {step + 1}: {problem}; stopped without applying this step "

@@ -442,6 +442,19 @@ def describe_bad_gradients(grads: Mapping[str, np.ndarray], grad_norm: float) ->
     return f"the gradient norm overflows ({grad_norm}); its largest entries are in {largest}"
 
 
+def clip_finite_step(loss: float, grads: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray],
+                     max_norm: float) -> tuple[float, str | None]:
+    """What both training loops do with a step's loss and gradients before the update:
+    (grad_norm, None) once the gradients are clipped, or (nan or the norm, what is wrong) when the
+    loss or the gradients are not finite -- then nothing was changed and the step must not go on."""
+    if not math.isfinite(loss):
+        return math.nan, f"the loss is {loss}{describe_non_finite_params(params)}"
+    grad_norm = clip_grad_norm(grads, max_norm)
+    if not math.isfinite(grad_norm):  # NaN/Inf in a gradient, or finite ones whose norm overflows
+        return grad_norm, describe_bad_gradients(grads, grad_norm)
+    return grad_norm, None
+
+
 def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> float:
     """Scale all gradients in place so their global L2 norm is at most max_norm; return the norm
     from before clipping (PyTorch's torch.nn.utils.clip_grad_norm_).

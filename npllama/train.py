@@ -23,8 +23,7 @@ import numpy as np
 from .config import PRESETS, LlamaConfig
 from .io.atomic import atomic_write_bytes, atomic_write_text
 from .io.errors import CheckpointError
-from .optim import (AdamW, NonFiniteGradientError, TrainingError, clip_grad_norm, cosine_with_warmup,
-                    describe_bad_gradients, describe_non_finite_params)
+from .optim import AdamW, NonFiniteGradientError, TrainingError, clip_finite_step, cosine_with_warmup
 from .parallel import BatchSplitter, default_workers
 from .runs import TOKENIZER_FILE, mark_latest, recover_checkpoint, remove_stale_temporaries
 
@@ -329,12 +328,9 @@ class _Loop:
             lr = cosine_with_warmup(self.step, max_lr=tc.lr, warmup_steps=tc.warmup_steps,
                                     total_steps=tc.steps, min_lr=tc.min_lr)
             loss, grads = self.accumulate()
-            if not math.isfinite(loss):
-                self.non_finite(f"the loss is {loss}{describe_non_finite_params(self.model.params)}")
-                continue
-            grad_norm = clip_grad_norm(grads, tc.grad_clip)
-            if not math.isfinite(grad_norm):  # NaN/Inf in a gradient, or finite ones whose norm overflows
-                self.non_finite(describe_bad_gradients(grads, grad_norm))
+            grad_norm, problem = clip_finite_step(loss, grads, self.model.params, tc.grad_clip)
+            if problem is not None:
+                self.non_finite(problem)
                 continue
             try:
                 self.optimizer.step(grads, lr=lr)

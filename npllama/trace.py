@@ -34,6 +34,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from .gradcheck import rel_error
+
 _active: contextvars.ContextVar["Trace | None"] = contextvars.ContextVar("npllama_trace", default=None)
 
 # Keys of a saved .npz that are not records (a record name never starts with "__").
@@ -344,7 +346,7 @@ def diff_tensors(name: str, a, b, rtol: float, atol: float | None) -> TensorDiff
     elif x.size:
         flat = int(np.argmax(err))
     worst = tuple(int(i) for i in np.unravel_index(flat, x.shape)) if x.size else None
-    rel = _rel_error(x[both_finite], y[both_finite]) if both_finite.any() else 0.0
+    rel = rel_error(x[both_finite], y[both_finite], tiny=1e-300) if both_finite.any() else 0.0
     return TensorDiff(name, x.shape, y.shape, mismatched > 0, mismatched, int(x.size),
                       float(err.max()) if x.size else 0.0, rel, worst,
                       float(x[worst]) if worst is not None else None,
@@ -364,11 +366,6 @@ def _as_trace(t, which) -> Trace:
         return out
     raise TypeError(f"{which} must be a Trace, a dict of arrays or the path of a saved .npz trace, "
                     f"got {type(t).__name__}")
-
-
-def _rel_error(x, y) -> float:
-    denom = max(float(np.linalg.norm(x)), float(np.linalg.norm(y)), 1e-300)
-    return float(np.linalg.norm(x - y) / denom)
 
 
 def _stats(a: np.ndarray) -> dict:
@@ -419,6 +416,4 @@ class _CallableModule(type(contextlib)):
         return trace(include, exclude)
 
 
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _CallableModule
+sys.modules[__name__].__class__ = _CallableModule

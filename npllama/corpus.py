@@ -23,13 +23,13 @@ contains a newline.
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .io.atomic import atomic_write_text
 
 CORPUS_VERSION = 1
 DEFAULT_N_STORIES = 10_000
@@ -363,16 +363,7 @@ def write_default_corpus(path, n_stories: int = DEFAULT_N_STORIES, seed: int = 0
     path = Path(path)
     stories = make_default_corpus(n_stories, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write next to the target, then rename: a crash never leaves a half-written corpus behind.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write("\n\n".join(stories) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_text(path, "\n\n".join(stories) + "\n")  # a crash never leaves half a corpus
     return path
 
 

@@ -89,7 +89,7 @@ class Llama:
         tokens = self._check_tokens(tokens)
         key_padding_mask = _check_attention_mask(attention_mask, tokens.shape)
         cos, sin = self.rope_tables(tokens.shape[1])
-        caches = {"causal": causal, "key_padding_mask": key_padding_mask}
+        caches = {}
 
         x, caches["embed"] = F.embedding_forward(tokens, p["model.embed_tokens.weight"])  # (B, T, D)
         _record("model.embed_tokens.out", x)

@@ -81,8 +81,10 @@ class BatchSplitter:
         """[(weight, fn(tokens[rows], targets[rows])) for each part], or None: do not split
         (fewer than two parts with counted targets, one worker, no BLAS control, or an active
         trace, which records one call's intermediates)."""
+        if self._blas is None or active_trace() is not None:
+            return None
         parts = self._parts(targets, ignore_index)
-        if len(parts) < 2 or self._blas is None or active_trace() is not None:
+        if len(parts) < 2:
             return None
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="npllama-batch")

@@ -488,7 +488,7 @@ def sft(sc_: SFTConfig, echo=print) -> SFTResult:
         else:
             if model.lora is not None:
                 model.lora.merge()
-            model.save_pretrained(out, extra_files={"tokenizer.model": tokenizer.path.read_bytes()})
+            model.save_pretrained(out, extra_files={"tokenizer.model": tokenizer.model_bytes})
         _write_info(out, {"task": "sft", "base": str(model_dir), "steps": sc_.steps, "lora": sc_.lora,
                           "val_loss_before": before, "val_loss_after": after})
         echo(f"saved to {out}")

@@ -77,6 +77,9 @@ class Tokenizer:
             raise ValueError(f"{str(path)!r} is not a valid SentencePiece model (it has no pieces)")
         self.path = path
         self._sp = sp
+        # The model as loaded: what checkpoints and saved models carry (not the file as it may be
+        # by then), read once.
+        self.model_bytes = data
         # What the model *is*, independent of where it lives: keys caches of tokenized corpora.
         self.fingerprint = hashlib.sha256(data).hexdigest()
 

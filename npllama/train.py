@@ -403,7 +403,7 @@ class _Loop:
         path = self.run_dir / "checkpoint"
         with _reporting_write_errors(f"the checkpoint of step {step}", path):
             save_checkpoint(path, self.model, self.optimizer.state_dict(), state,
-                            extra_files={TOKENIZER_FILE: self.tokenizer.path.read_bytes()})
+                            extra_files={TOKENIZER_FILE: self.tokenizer.model_bytes})
 
     def write_log(self, record: dict) -> None:
         self.log.write(json.dumps(record) + "\n")
@@ -425,7 +425,7 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts: list[str], echo):
         return Tokenizer(path)
     if tc.tokenizer is not None:
         tokenizer = Tokenizer(tc.tokenizer)
-        atomic_write_bytes(path, tokenizer.path.read_bytes())
+        atomic_write_bytes(path, tokenizer.model_bytes)
         return Tokenizer(path)
     vocab_size = tc.vocab_size or PRESETS[tc.preset]["vocab_size"]
     echo(f"training a SentencePiece BPE tokenizer with {vocab_size} pieces ...")
@@ -434,7 +434,7 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts: list[str], echo):
     prefix = run_dir / TOKENIZER_TRAINING_PREFIX
     trained = Tokenizer.train(texts, prefix, vocab_size, input_sentence_size=200_000)
     atomic_write_bytes(run_dir / "tokenizer.vocab", Path(f"{prefix}.vocab").read_bytes())
-    atomic_write_bytes(path, trained.path.read_bytes())
+    atomic_write_bytes(path, trained.model_bytes)
     for suffix in (".model", ".vocab"):
         Path(f"{prefix}{suffix}").unlink(missing_ok=True)
     return Tokenizer(path)
@@ -501,7 +501,7 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def _save_final_model(run_dir: Path, model, tokenizer) -> None:
-    model.save_pretrained(run_dir / "model", extra_files={TOKENIZER_FILE: tokenizer.path.read_bytes()})
+    model.save_pretrained(run_dir / "model", extra_files={TOKENIZER_FILE: tokenizer.model_bytes})
 
 
 def _plot_losses(run_dir: Path) -> None:

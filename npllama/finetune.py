@@ -268,6 +268,23 @@ class FinetuneSettings:
     out: str | None = None           # where to save (None: nothing saved)
     progress: bool = True
 
+    def model_dtype(self):
+        """The numpy dtype the base model is loaded in (dtype checked)."""
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        return DTYPES[self.dtype]
+
+    def attach_lora_if_asked(self, model) -> None:
+        if self.lora:
+            attach_lora(model, r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                        target_modules=self.lora_targets, seed=self.seed)
+
+    def step_config(self, full_lr: float, lora_lr: float) -> StepConfig:
+        """The step loop's settings; lr None takes the job's default for full or LoRA training."""
+        return StepConfig(steps=self.steps, batch_size=self.batch_size,
+                          lr=self.lr or (lora_lr if self.lora else full_lr), warmup_steps=self.warmup_steps,
+                          weight_decay=self.weight_decay, seed=self.seed, progress=self.progress)
+
 
 @dataclasses.dataclass
 class ClassifyConfig(FinetuneSettings):
@@ -322,18 +339,15 @@ def classify(cc: ClassifyConfig, echo=print) -> ClassifyResult:
     """Fine-tune a classifier on cc's data, report validation metrics, save to cc.out if given."""
     from .runs import load_model_and_tokenizer
 
-    if cc.dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {cc.dtype!r}")
+    dtype = cc.model_dtype()
     if cc.max_len < 2:
         raise ValueError(f"max_len must be at least 2, got {cc.max_len}")
     texts, train_ids, val_texts, val_ids, names, source = _classification_data(cc)
-    model, tokenizer, model_dir = load_model_and_tokenizer(cc.base, dtype=DTYPES[cc.dtype])
+    model, tokenizer, model_dir = load_model_and_tokenizer(cc.base, dtype=dtype)
     max_len = min(cc.max_len, model.config.max_position_embeddings)
 
     classifier = SequenceClassifier(model, names, seed=cc.seed)
-    if cc.lora:
-        attach_lora(model, r=cc.lora_r, lora_alpha=cc.lora_alpha, lora_dropout=cc.lora_dropout,
-                    target_modules=cc.lora_targets, seed=cc.seed)
+    cc.attach_lora_if_asked(model)
     trainable = int(sum(p.size for p in classifier.params.values()))
     total = model.num_parameters() + classifier.score_weight.size
     echo(f"fine-tuning {'LoRA adapters' if cc.lora else 'every weight'} of {model_dir} on the {source}: "
@@ -343,9 +357,7 @@ def classify(cc: ClassifyConfig, echo=print) -> ClassifyResult:
     pad_id = pad_id_of(tokenizer)
     train_encoded, val_encoded = encode_texts(tokenizer, texts, max_len), encode_texts(tokenizer, val_texts, max_len)
     train_labels = np.asarray(train_ids)
-    sc = StepConfig(steps=cc.steps, batch_size=cc.batch_size, lr=cc.lr or (3e-3 if cc.lora else 3e-4),
-                    warmup_steps=cc.warmup_steps, weight_decay=cc.weight_decay, seed=cc.seed,
-                    progress=cc.progress)
+    sc = cc.step_config(full_lr=3e-4, lora_lr=3e-3)
 
     def make_batch(step):
         rows = batch_rows(len(train_encoded), sc.batch_size, step, sc.seed)
@@ -433,9 +445,7 @@ def sft(sc_: SFTConfig, echo=print) -> SFTResult:
     from .generate import generate
     from .runs import load_model_and_tokenizer
 
-    if sc_.dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {sc_.dtype!r}")
-    model, tokenizer, model_dir = load_model_and_tokenizer(sc_.base, dtype=DTYPES[sc_.dtype])
+    model, tokenizer, model_dir = load_model_and_tokenizer(sc_.base, dtype=sc_.model_dtype())
     records = datasets.make_instructions(seed=sc_.seed) if sc_.data is None else datasets.load_sft(sc_.data)
     max_len = min(sc_.max_len, model.config.max_position_embeddings + 1)
     encoded = []
@@ -449,9 +459,7 @@ def sft(sc_: SFTConfig, echo=print) -> SFTResult:
     train, val = [encoded[i] for i in train_rows], [encoded[i] for i in val_rows]
     pad_id = pad_id_of(tokenizer)
 
-    if sc_.lora:
-        attach_lora(model, r=sc_.lora_r, lora_alpha=sc_.lora_alpha, lora_dropout=sc_.lora_dropout,
-                    target_modules=sc_.lora_targets, seed=sc_.seed)
+    sc_.attach_lora_if_asked(model)
     params = model.lora.params if model.lora is not None else model.params
 
     def val_loss():
@@ -459,9 +467,7 @@ def sft(sc_: SFTConfig, echo=print) -> SFTResult:
         return float(np.mean(losses))
 
     before = val_loss()
-    sc = StepConfig(steps=sc_.steps, batch_size=sc_.batch_size, lr=sc_.lr or (5e-3 if sc_.lora else 1e-3),
-                    warmup_steps=sc_.warmup_steps, weight_decay=sc_.weight_decay, seed=sc_.seed,
-                    progress=sc_.progress)
+    sc = sc_.step_config(full_lr=1e-3, lora_lr=5e-3)
     make_batch = lambda step: sft_batch([train[r] for r in batch_rows(len(train), sc.batch_size, step, sc.seed)],
                                         pad_id)
     with lora_dropout_on(model):

@@ -521,12 +521,13 @@ def choice_logprobs(model, tokenizer, question: str, choices: list[str], templat
         context = context[:1] + context[len(context) - room + 1:]
     sequences = [context + ids for ids in choice_ids]
     tokens, mask = pad_batch(sequences, pad_id_of(tokenizer))
-    logits = model.forward(tokens, mask).astype(np.float64)              # (C, T, V)
-    log_probs = logits - _logsumexp(logits)                               # log softmax over V
+    logits = model.forward(tokens, mask)                                  # (C, T, V)
     scores = []
     for row, ids in enumerate(choice_ids):
         positions = np.arange(len(context), len(context) + len(ids))     # where the choice's tokens sit
-        scores.append(float(log_probs[row, positions - 1, ids].sum()))   # each predicted one step earlier
+        predicting = logits[row, positions - 1].astype(np.float64)       # each predicted one step earlier
+        log_probs = predicting - _logsumexp(predicting)                   # log softmax over V, those rows only
+        scores.append(float(log_probs[np.arange(len(ids)), ids].sum()))
     return np.array(scores), np.array([len(ids) for ids in choice_ids])
 
 

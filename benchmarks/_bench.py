@@ -131,6 +131,21 @@ def torch_or_none():
     return torch
 
 
+def as_torch_model(model):
+    """The same weights as a transformers LlamaForCausalLM (float32, SDPA attention), through a
+    temporary Hugging Face folder; torch gets numba's thread count."""
+    import tempfile
+
+    import numba
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.set_num_threads(numba.config.NUMBA_NUM_THREADS)  # not get_num_threads(): see README
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        return LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32, attn_implementation="sdpa")
+
+
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
     """columns: (key, heading, format spec); a missing value prints as '-'."""
     cells = [[heading for _, heading, _ in columns]]

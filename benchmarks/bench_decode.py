@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import tempfile
 
-from _bench import (CONFIGS, best_time, environment, make_config, positive_int, print_table,  # first: --threads
+from _bench import (CONFIGS, as_torch_model, best_time, environment, make_config, positive_int, print_table,  # first: --threads
                     torch_or_none, write_json)
 
 import numpy as np  # noqa: E402
@@ -51,15 +50,10 @@ def decode_forward_step(model, n_tokens):
 
 
 def decode_torch(model, n_tokens):
-    import numba
     import torch
-    from transformers import DynamicCache, LlamaForCausalLM
+    from transformers import DynamicCache
 
-    torch.set_num_threads(numba.config.NUMBA_NUM_THREADS)  # not get_num_threads(): see README
-    with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder)
-        hf = LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32, attn_implementation="sdpa")
-    hf.eval()
+    hf = as_torch_model(model).eval()
     # transformers 5 calls the KV cache `cache`; 4.x called it `past_key_values`
     cache_arg = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
 

@@ -32,15 +32,23 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
-from _bench import (CONFIGS, ROOT, best_time, environment, make_config,  # first: --threads
+from _bench import (CONFIGS, ROOT, as_torch_model, best_time, environment, make_config,  # first: --threads
                     matmul_peak_gflops, peak_rss_mib, positive_int, print_table, torch_or_none, training_flops,
                     write_json)
 
 import numpy as np  # noqa: E402
 
 LR, BETAS, EPS, WEIGHT_DECAY = 3e-4, (0.9, 0.95), 1e-8, 0.1
+
+
+def training_batch(name: str):
+    """The config's batch: random tokens, each target the next token (the last one ignored)."""
+    config, B, T = make_config(name), CONFIGS[name]["batch"], CONFIGS[name]["seq"]
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(B, T))
+    targets = np.roll(tokens, -1, axis=1)
+    targets[:, -1] = -100
+    return tokens, targets
 
 
 def run_config(name: str, repeat: int, vs_torch: bool, numpy_backend: bool, keep_memory: bool) -> dict:
@@ -53,11 +61,8 @@ def run_config(name: str, repeat: int, vs_torch: bool, numpy_backend: bool, keep
     kept = keep_freed_memory() if keep_memory else False   # for torch too: same process
 
     config = make_config(name)
-    B, T = CONFIGS[name]["batch"], CONFIGS[name]["seq"]
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, config.vocab_size, size=(B, T))
-    targets = np.roll(tokens, -1, axis=1)
-    targets[:, -1] = -100
+    tokens, targets = training_batch(name)
+    B, T = tokens.shape
     model = Llama(config, seed=0, dtype=np.float32)
     flops = training_flops(config, B, T)
     result = {"config": name, "batch": B, "seq": T, "params": model.num_parameters(),
@@ -97,27 +102,10 @@ def run_config(name: str, repeat: int, vs_torch: bool, numpy_backend: bool, keep
 
 
 def torch_step(model, tokens, targets, repeat, flops) -> dict:
-    import numba
     import torch
-    from transformers import LlamaForCausalLM
 
-    torch.set_num_threads(numba.config.NUMBA_NUM_THREADS)  # not get_num_threads(): see README
-    with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder)
-        hf = LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32, attn_implementation="sdpa")
-    hf.train()
-    optimizer = torch.optim.AdamW(hf.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
-    input_ids, labels = torch.from_numpy(tokens), torch.from_numpy(targets)
-    V = model.config.vocab_size
-
-    def step():
-        logits = hf(input_ids=input_ids).logits
-        loss = torch.nn.functional.cross_entropy(logits.view(-1, V), labels.view(-1), ignore_index=-100)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    seconds = best_time(step, repeat=repeat, warmup=2)["best"]
+    seconds = best_time(_torch_training_step(as_torch_model(model), model.config, tokens, targets),
+                        repeat=repeat, warmup=2)["best"]
     B, T = tokens.shape
     return {"torch_step_s": seconds, "torch_tok_s": B * T / seconds, "torch_gflops": flops / seconds / 1e9,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
@@ -140,10 +128,7 @@ def step_memory(framework: str, name: str) -> dict:
     if framework == "npllama":
         keep_freed_memory()  # as `npllama train` does
     config = make_config(name)
-    B, T = CONFIGS[name]["batch"], CONFIGS[name]["seq"]
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, config.vocab_size, size=(B, T))
-    targets = np.roll(tokens, -1, axis=1)
+    tokens, targets = training_batch(name)
     warm_up = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                           num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
     _training_step(framework, warm_up, tokens[:2, :16] % 64, targets[:2, :16] % 64)()
@@ -172,19 +157,7 @@ def _training_step(framework: str, config, tokens, targets):
         optimizer = AdamW(model.params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
         splitter = BatchSplitter(default_workers())
         return lambda: optimizer.step(splitter.loss_and_grads(model.loss_and_grads, tokens, targets)[1])
-    return _torch_training_step(_as_torch_model(model), config, tokens, targets)
-
-
-def _as_torch_model(model):
-    """The same weights as a transformers LlamaForCausalLM (the npllama model can then go)."""
-    import numba
-    import torch
-    from transformers import LlamaForCausalLM
-
-    torch.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder)
-        return LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32, attn_implementation="sdpa")
+    return _torch_training_step(as_torch_model(model), config, tokens, targets)
 
 
 def _torch_training_step(hf, config, tokens, targets):
@@ -235,14 +208,12 @@ start = time.perf_counter()
 import numpy as np
 import npllama
 from npllama import Llama, LlamaConfig
-cfg = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256)
+cfg = LlamaConfig(**{config!r})
 model = Llama(cfg, seed=0)
-rng = np.random.default_rng(0)
-tokens = rng.integers(0, 512, size=(16, 128))
+tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=({batch}, {seq}))
 model.loss_and_grads(tokens, np.roll(tokens, -1, axis=1))
 print(time.perf_counter() - start)
-"""
+""".format(**CONFIGS["tiny"])
 
 
 def startup_seconds() -> list[float]:

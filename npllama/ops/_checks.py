@@ -46,3 +46,10 @@ def require_eps(eps, dtype):
     if not (np.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be finite and >= 0, got {eps}")
     return dtype.type(eps)
+
+
+def require_ids_in_range(ids, n, message):
+    """Every id in [0, n); else ValueError(message.format(id=the first one outside))."""
+    out_of_range = (ids < 0) | (ids >= n)
+    if out_of_range.any():
+        raise ValueError(message.format(id=int(ids[out_of_range].flat[0])))

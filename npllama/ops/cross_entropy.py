@@ -13,7 +13,7 @@ import numbers
 
 import numpy as np
 
-from ._checks import require_float_array, require_int_array
+from ._checks import require_float_array, require_ids_in_range, require_int_array
 
 
 def cross_entropy_forward(logits, targets, ignore_index=-100):
@@ -57,7 +57,8 @@ def check_cross_entropy_args(logits, targets, ignore_index):
     vocab_size = logits.shape[-1]
     if vocab_size == 0:
         raise ValueError(f"logits must have a non-empty last dimension (V), got shape {logits.shape}")
-    _require_targets_in_range(targets[targets != ignore_index], vocab_size)
+    require_ids_in_range(targets[targets != ignore_index], vocab_size,
+                         f"targets contains {{id}}, outside [0, V) with V = {vocab_size} and not ignore_index")
     return vocab_size
 
 
@@ -71,13 +72,3 @@ def cross_entropy_backward(dloss, cache):
     scale = probs.dtype.type(dloss) / n_counted if n_counted else 0
     dlogits *= (counted * scale).astype(probs.dtype)[:, None]  # ignored rows (and n_counted = 0) -> 0
     return dlogits.reshape(logits_shape)
-
-
-def _require_targets_in_range(counted_targets, vocab_size):
-    if counted_targets.size == 0:
-        return
-    out_of_range = (counted_targets < 0) | (counted_targets >= vocab_size)
-    if out_of_range.any():
-        bad = counted_targets[out_of_range][0]
-        raise ValueError(f"targets contains {int(bad)}, outside [0, V) with V = {vocab_size} "
-                         "and not ignore_index")

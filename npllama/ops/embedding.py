@@ -8,7 +8,7 @@ Derivation: derivations/embedding.md
 """
 import numpy as np
 
-from ._checks import require_float_array, require_int_array
+from ._checks import require_float_array, require_ids_in_range, require_int_array
 
 
 def embedding_forward(tokens, weight):
@@ -16,7 +16,8 @@ def embedding_forward(tokens, weight):
     require_int_array("tokens", tokens)
     require_float_array("weight", weight, ndim=2)
     vocab_size = weight.shape[0]
-    _require_ids_in_range(tokens, vocab_size)
+    require_ids_in_range(tokens, vocab_size, "tokens contains id {id}, outside [0, V) with V = "
+                         f"{vocab_size} (the embedding table has V rows)")
     out = weight[tokens]  # (..., D): fancy indexing copies, so out never aliases weight
     cache = (tokens, weight.shape, weight.dtype)  # backward needs the ids and the table's shape
     return out, cache
@@ -39,13 +40,3 @@ def check_embedding_backward_args(dout, cache):
     if np.shape(dout) != expected:
         raise ValueError(f"dout has shape {np.shape(dout)}, expected {expected} (tokens.shape + (D,))")
     return tokens, weight_shape, dtype
-
-
-def _require_ids_in_range(tokens, vocab_size):
-    if tokens.size == 0:
-        return
-    out_of_range = (tokens < 0) | (tokens >= vocab_size)
-    if out_of_range.any():
-        bad = tokens[out_of_range].flat[0]
-        raise ValueError(f"tokens contains id {int(bad)}, outside [0, V) with V = {vocab_size} "
-                         "(the embedding table has V rows)")

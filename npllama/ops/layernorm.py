@@ -13,18 +13,16 @@ Derivation: derivations/layernorm.md
 
 import numpy as np
 
-from ._checks import require_eps, require_float_array, require_last_dim, require_same_dtype, require_shape
+from ._checks import require_float_array, require_last_dim, require_same_dtype, require_shape
+from .rmsnorm import check_rmsnorm_args
 
 
 def layernorm_forward(x, weight, bias, eps):
     """y = (x - mean) / sqrt(var + eps) * weight + bias.  Returns (y, cache), cache = (x, mean, rstd, weight)."""
-    require_float_array("x", x)
-    require_float_array("weight", weight, ndim=1)
+    eps = check_rmsnorm_args(x, weight, eps)          # x, weight and eps as RMSNorm's; then the bias
     require_float_array("bias", bias, ndim=1)
-    require_last_dim("x", x, weight.shape[0], "weight.shape[0] (the normalised size D)")
     require_last_dim("bias", bias, weight.shape[0], "weight.shape[0] (the normalised size D)")
     require_same_dtype(x=x, weight=weight, bias=bias)
-    eps = require_eps(eps, x.dtype)
     # §4.2.1: mean and variance over the last axis (biased variance, divided by D as in PyTorch)
     mean = np.mean(x, axis=-1, keepdims=True)                  # (..., 1)
     x_centered = x - mean                                      # (..., D)

@@ -25,3 +25,8 @@ def prepare_training_process() -> None:
     from ..kernels.memory import keep_freed_memory
 
     keep_freed_memory()
+
+
+def print_help_instead(parser):
+    """The run function of a command given without its subcommand: its help, exit status 2."""
+    return lambda args: parser.print_help() or 2

@@ -1,5 +1,5 @@
 """`npllama eval choice`: multiple-choice question answering by log-likelihood (article §6.3)."""
-from . import HelpFormatter
+from . import HelpFormatter, print_help_instead
 
 
 def register(subparsers) -> None:
@@ -27,12 +27,7 @@ def register(subparsers) -> None:
     c.add_argument("--backend", default=None, choices=["numpy", "numba"])
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(run=run_choice)
-    p.set_defaults(run=lambda args: _no_task(p))
-
-
-def _no_task(parser) -> int:
-    parser.print_help()
-    return 2
+    p.set_defaults(run=print_help_instead(p))
 
 
 def run_choice(args) -> int:

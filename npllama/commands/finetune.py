@@ -1,7 +1,7 @@
 """`npllama finetune classify|sft`: adapt a pre-trained model to a task (article §3.3, §6, §9.2)."""
 import sys
 
-from . import HelpFormatter, UsageError, prepare_training_process
+from . import HelpFormatter, UsageError, prepare_training_process, print_help_instead
 
 LORA_HELP = ("train LoRA adapters (and the new head) only, the base weights frozen; saved in PEFT's "
              "adapter layout")
@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     s.add_argument("--merge", action="store_true", help="with --lora: save the merged model, not the adapter")
     s.add_argument("--samples", type=int, default=d.samples, help="greedy answers printed at the end")
     s.set_defaults(run=run_sft)
-    p.set_defaults(run=lambda args: _no_task(p))
+    p.set_defaults(run=print_help_instead(p))
 
 
 def _common(p, d) -> None:
@@ -76,11 +76,6 @@ def _common(p, d) -> None:
     p.add_argument("--backend", default=None, choices=["numpy", "numba"],
                    help="op implementations (default: $NPLLAMA_BACKEND or numba)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _no_task(parser) -> int:
-    parser.print_help()
-    return 2
 
 
 def _config(cls, args):

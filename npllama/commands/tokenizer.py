@@ -2,7 +2,7 @@
 import json
 import sys
 
-from . import HelpFormatter, UsageError
+from . import HelpFormatter, UsageError, print_help_instead
 
 
 def register(subparsers) -> None:
@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     d.add_argument("--model", required=True, help="SentencePiece .model file")
     d.add_argument("ids", nargs="*", help="ids, as separate arguments, a JSON list, or on stdin")
     d.set_defaults(run=decode)
-    p.set_defaults(run=lambda args: p.print_help() or 2)
+    p.set_defaults(run=print_help_instead(p))
 
 
 def train(args) -> int:

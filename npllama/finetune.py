@@ -31,14 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from .lora import ATTENTION_TARGETS, attach_lora
-from .objectives import pad_batch
+from .objectives import IGNORE_INDEX, pad_batch, pad_id_of
 from .ops.classifier import classifier_backward, classifier_forward, last_token_index
 from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .optim import AdamW, TrainingError, clip_finite_step, cosine_with_warmup
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 SCORE = "score.weight"
-IGNORE_INDEX = -100
 INFO_FILE = "finetune.json"   # what was trained, on what, and the final metrics
 
 
@@ -111,11 +110,6 @@ def batch_rows(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
     epoch, index = divmod(step, per_epoch)
     order = np.random.default_rng([seed, epoch]).permutation(n)
     return order[index * batch_size:(index + 1) * batch_size]
-
-
-def pad_id_of(tokenizer) -> int:
-    """The id written into padding (never attended, never a target): pad, else </s>."""
-    return tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
 
 
 # ----- sequence classification ----------------------------------------------------------------------

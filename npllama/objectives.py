@@ -49,7 +49,13 @@ SOP_HEAD = "sop_head.weight"    # the binary head's parameter name, shape (2, hi
 TASKS = ("sop", "nsp")
 
 
+def pad_id_of(tokenizer) -> int:
+    """The id that pads a batch: the tokenizer's pad piece, else </s> (LLaMA's has no pad)."""
+    return tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+
+
 # ----- MLM masking -----------------------------------------------------------------------------------
+
 def mask_token_id(tokenizer) -> int:
     """The id used as [MASK]: the tokenizer's <unk> (unused in text thanks to byte fallback)."""
     return int(tokenizer.unk_id)
@@ -222,7 +228,7 @@ class SentenceOrderBatches:
         self.examples = [encode_pair(tokenizer, a, b, max_len) for a, b, _ in pairs]
         self.labels = np.array([label for _, _, label in pairs], dtype=np.int64)
         self.batch_size, self.seed, self.step = int(batch_size), int(seed), 0
-        self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+        self.pad_id = pad_id_of(tokenizer)
         self.mask_token_id, self.vocab_size = mask_token_id(tokenizer), tokenizer.vocab_size
         self.special_ids = special_token_ids(tokenizer)
 

@@ -48,7 +48,7 @@ def attention_forward(q, k, v, causal=True, key_padding_mask=None, q_offset=0):
                                              keep_probs)
 
     out_groups = np.empty_like(q_groups)                       # (B, KVH, n_rep*T, hd)
-    lse = np.empty(q_groups.shape[:3], dtype=dtype)            # (B, KVH, n_rep*T)
+    lse = None if keep_probs else np.empty(q_groups.shape[:3], dtype=dtype)  # (B, KVH, n_rep*T), flash
     kept = []
     for r0, r1, n_keys in blocks:
         attn_scores = q_groups[:, :, r0:r1] @ k[:, :, :n_keys].swapaxes(-1, -2)  # (B, KVH, rows, n_keys)

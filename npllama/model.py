@@ -143,22 +143,24 @@ class Llama:
         grads["model.embed_tokens.weight"] = F.embedding_backward(dx, caches["embed"])
         return grads
 
-    def loss_and_grads(self, tokens, targets, attention_mask=None, ignore_index: int = -100):
+    def loss_and_grads(self, tokens, targets, attention_mask=None, ignore_index: int = -100,
+                       causal: bool = True):
         """Mean next-token cross-entropy over targets != ignore_index, and its gradient for every param.
 
         targets (B, T) are already shifted: targets[b, t] is the token that should follow tokens[b, t].
+        causal=False: the bidirectional stack, whose targets are the masked-LM ones (objectives.py).
         """
         F = backend.ops()
-        logits, caches = self.forward_with_caches(tokens, attention_mask)
+        logits, caches = self.forward_with_caches(tokens, attention_mask, causal)
         targets = _check_targets(targets, logits.shape[:2])
         loss, ce_cache = F.cross_entropy_forward(logits, targets, ignore_index)
         _record("loss", loss)
         dlogits = F.cross_entropy_backward(np.ones((), dtype=logits.dtype), ce_cache)
         return float(loss), self.backward(dlogits, caches)
 
-    def loss(self, tokens, targets, attention_mask=None, ignore_index: int = -100) -> float:
+    def loss(self, tokens, targets, attention_mask=None, ignore_index: int = -100, causal: bool = True) -> float:
         """The same loss as loss_and_grads, without the backward pass."""
-        logits = self.forward(tokens, attention_mask)
+        logits, _ = self.forward_with_caches(tokens, attention_mask, causal)
         targets = _check_targets(targets, logits.shape[:2])
         loss, _ = backend.ops().cross_entropy_forward(logits, targets, ignore_index)
         return float(loss)
@@ -557,5 +559,6 @@ def _check_targets(targets, shape):
     if not np.issubdtype(targets.dtype, np.integer):
         raise TypeError(f"targets must be integers, got dtype {targets.dtype}")
     if targets.shape != tuple(shape):
-        raise ValueError(f"targets must have the tokens' shape {tuple(shape)}, got {targets.shape}")
+        raise ValueError(f"targets must have the inputs' shape {tuple(shape)} (that of tokens), "
+                         f"got {targets.shape}")
     return targets

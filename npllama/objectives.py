@@ -38,6 +38,7 @@ import re
 
 import numpy as np
 
+from .model import _check_targets
 from .ops.classifier import classifier_backward, classifier_forward, last_token_index
 from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .ops.linear import linear_backward, linear_forward
@@ -262,16 +263,12 @@ def pad_batch(sequences: list[list[int]], pad_id: int):
 def mlm_loss_and_grads(model, inputs, targets, attention_mask=None):
     """Masked-LM loss (mean CE over targets != -100) under bidirectional attention, and its
     gradient for every parameter the model trains (all of them, or the LoRA adapters')."""
-    logits, caches = model.forward_with_caches(inputs, attention_mask, causal=False)
-    loss, ce_cache = cross_entropy_forward(logits, _check_targets(targets, logits.shape[:2]))
-    dlogits = cross_entropy_backward(np.ones((), dtype=logits.dtype), ce_cache)
-    return float(loss), model.backward(dlogits, caches)
+    return model.loss_and_grads(inputs, targets, attention_mask, IGNORE_INDEX, causal=False)
 
 
 def mlm_loss(model, inputs, targets, attention_mask=None) -> float:
     """mlm_loss_and_grads' loss alone (evaluation)."""
-    logits, _ = model.forward_with_caches(inputs, attention_mask, causal=False)
-    return float(cross_entropy_forward(logits, _check_targets(targets, logits.shape[:2]))[0])
+    return model.loss(inputs, targets, attention_mask, IGNORE_INDEX, causal=False)
 
 
 def mlm_sop_loss_and_grads(model, sop_head_weight, batch: SentenceOrderBatch):
@@ -305,10 +302,3 @@ def mlm_sop_loss_and_grads(model, sop_head_weight, batch: SentenceOrderBatch):
 def init_sop_head(hidden_size: int, seed: int = 0, dtype=np.float32, std: float = 0.02) -> np.ndarray:
     """A fresh binary head (2, hidden_size) ~ N(0, std^2), Hugging Face's initializer_range."""
     return (np.random.default_rng(seed).standard_normal((2, hidden_size)) * std).astype(dtype)
-
-
-def _check_targets(targets, shape):
-    targets = np.asarray(targets)
-    if targets.shape != tuple(shape):
-        raise ValueError(f"targets must have the inputs' shape {tuple(shape)}, got {targets.shape}")
-    return targets

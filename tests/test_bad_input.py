@@ -377,8 +377,10 @@ BAD_TRAIN_SETTINGS = [
     ("stop_after", 0), ("seed", -1), ("samples", -1), ("skip_nonfinite", "yes"), ("data", 5), ("eval_batches", 0),
     ("threads", 0), ("threads", 1.5), ("threads", True),
 ]
-LIBRARY += [(f"TrainConfig: {field}={value!r}", (lambda f=field, v=value: TrainConfig(steps=10, **{f: v})), E, field)
-            for field, value in BAD_TRAIN_SETTINGS]
+# steps=10 as a default the row may override (a second steps= keyword would raise Python's own
+# TypeError, which names "steps" too, before TrainConfig checks anything)
+LIBRARY += [(f"TrainConfig: {field}={value!r}", (lambda f=field, v=value: TrainConfig(**{"steps": 10, f: v})), E,
+             field) for field, value in BAD_TRAIN_SETTINGS]
 
 
 def tokenizer_class():

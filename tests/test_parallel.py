@@ -10,7 +10,18 @@ from npllama import Llama, LlamaConfig, backend, use_backend
 from npllama.gradcheck import rel_error
 from npllama.parallel import BatchSplitter, _blas_controllers, default_workers
 
-needs_blas_control = pytest.mark.skipif(not _blas_controllers(), reason="threadpoolctl cannot control this BLAS")
+# BLAS's thread counts as the process started: what every test must find again afterwards.  Read
+# once, not per test -- a test that left BLAS at one thread would otherwise make "threads come
+# back" and "held at one" true for every later test.
+BASELINE = [c.get_num_threads() for c in _blas_controllers()]
+needs_blas_control = pytest.mark.skipif(not _blas_controllers() or max(BASELINE, default=1) < 2,
+                                        reason="needs a BLAS threadpoolctl controls, on 2+ threads")
+
+
+@pytest.fixture(autouse=True)
+def blas_threads_are_restored():
+    yield
+    assert [c.get_num_threads() for c in _blas_controllers()] == BASELINE
 
 
 def tiny_model():
@@ -59,7 +70,7 @@ def test_each_slice_runs_in_a_thread_of_its_own_on_the_callers_backend():
 
 @needs_blas_control
 def test_blas_threads_come_back_after_a_split_and_after_a_failing_slice():
-    before = blas_threads()
+    before = BASELINE
 
     def failing(tokens, targets):
         assert blas_threads() == [1] * len(before)   # one BLAS thread per worker while split
@@ -108,7 +119,7 @@ def test_default_workers_is_blas_threads_even_while_a_split_holds_them():
 
 @needs_blas_control
 def test_a_loop_holds_blas_at_one_thread_only_when_its_batches_will_be_split():
-    before = blas_threads()
+    before = BASELINE
     with BatchSplitter(2) as splitter:
         with splitter.holding_blas(rows=4):
             assert blas_threads() == [1] * len(before)

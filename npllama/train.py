@@ -157,6 +157,8 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
     from .data import BatchLoader, evaluation_batches, train_val_split
 
     run_dir = Path(tc.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"--out {tc.out!r} is a file, not a folder: choose a run folder")
     for name in ("data", "tokenizer"):  # before anything is written
         if getattr(tc, name) is not None and not Path(getattr(tc, name)).expanduser().exists():
             raise FileNotFoundError(f"--{name} {getattr(tc, name)!r} does not exist")

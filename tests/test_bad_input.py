@@ -484,7 +484,7 @@ CLI = [
     (["train", "--resume", "--out", "RUN", "--data", "CORPUS", "--preset", "stories260k", "--vocab-size", "360",
       "--batch-size", "2", "--seq-len", "32"], "cannot resume"),
     (["train", "--out", "RUN", "--data", "CORPUS"], "already holds a run"),
-    (["train", "--out", "FILE", "--data", "CORPUS"], "notes.txt"),
+    (["train", "--out", "FILE", "--data", "CORPUS"], "is a file, not a folder"),
     (["train", "--bogus"], "unrecognized arguments"),
     (["generate", "--model", "RUN", "--max-new-tokens", "0"], "max_new_tokens"),
     (["generate", "--model", "RUN", "--max-new-tokens", "-5"], "max_new_tokens"),

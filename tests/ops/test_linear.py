@@ -64,7 +64,7 @@ def test_weight_must_be_2d():
 
 
 def test_scalar_x_rejected():
-    with pytest.raises(ValueError, match="x"):
+    with pytest.raises(ValueError, match=r"\bx\b"):
         linear_forward(np.array(1.0), np.ones((5, 1)))
 
 

@@ -104,12 +104,12 @@ def test_float32_close_to_float64():
 
 
 def test_integer_x_rejected():
-    with pytest.raises(TypeError, match="x"):
+    with pytest.raises(TypeError, match=r"\bx\b"):
         softmax_forward(np.ones((2, 3), dtype=np.int64))
 
 
 def test_list_x_rejected():
-    with pytest.raises(TypeError, match="x"):
+    with pytest.raises(TypeError, match=r"\bx\b"):
         softmax_forward([1.0, 2.0])
 
 
@@ -122,7 +122,7 @@ def test_nan_and_positive_inf_rejected(bad):
 
 
 def test_empty_last_dimension_rejected():
-    with pytest.raises(ValueError, match="x"):
+    with pytest.raises(ValueError, match=r"\bx\b"):
         softmax_forward(np.zeros((2, 0)))
 
 

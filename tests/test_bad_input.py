@@ -68,9 +68,15 @@ def grads(**changes):
 
 @cache
 def tmp():
+    """One scratch folder for the table's rows (built at collection, before fixtures exist),
+    removed when the test process ends."""
+    import atexit
+    import shutil
     import tempfile
 
-    return Path(tempfile.mkdtemp(prefix="npllama-bad-input-"))
+    path = Path(tempfile.mkdtemp(prefix="npllama-bad-input-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 @cache

@@ -24,6 +24,7 @@ from numba import njit
 from ..ops._checks import require_int_array
 from ._simd import exp_nonpositive, row_max, row_sum
 from .rmsnorm import _rmsnorm_forward_rows
+from .rope import _rotate
 from .swiglu import _silu_mul_halves
 
 
@@ -124,7 +125,7 @@ def _rope_cache_attend(qkv, cos, sin, k_cache_t, v_cache, start, H, KVH, scale, 
     k_cache_t: (B, KVH, hd, max_len);  v_cache: (B, KVH, max_len, hd)"""
     B, T_new = qkv.shape[0], qkv.shape[1]
     hd = k_cache_t.shape[2]
-    half, n_rep = hd // 2, H // KVH
+    n_rep = H // KVH
     k_base, v_base = H * hd, (H + KVH) * hd
     q_rot = np.empty(hd, dtype=qkv.dtype)
     scores = np.empty(k_cache_t.shape[3], dtype=qkv.dtype)
@@ -133,20 +134,14 @@ def _rope_cache_attend(qkv, cos, sin, k_cache_t, v_cache, start, H, KVH, scale, 
         for t in range(T_new):       # first every new position's k and v into the cache
             pos = start + t
             for g in range(KVH):
-                for i in range(half):
-                    k1, k2 = qkv[b, t, k_base + g * hd + i], qkv[b, t, k_base + g * hd + i + half]
-                    k_cache_t[b, g, i, pos] = k1 * cos[t, i] - k2 * sin[t, i]
-                    k_cache_t[b, g, i + half, pos] = k2 * cos[t, i + half] + k1 * sin[t, i + half]
+                _rotate(qkv[b, t, k_base + g * hd:k_base + (g + 1) * hd], cos[t], sin[t], k_cache_t[b, g, :, pos])
                 for i in range(hd):
                     v_cache[b, g, pos, i] = qkv[b, t, v_base + g * hd + i]
         for t in range(T_new):
             n_keys = start + t + 1   # causal: positions 0 .. start + t
             for h in range(H):
                 g = h // n_rep
-                q = qkv[b, t, h * hd:(h + 1) * hd]
-                for i in range(half):
-                    q_rot[i] = q[i] * cos[t, i] - q[i + half] * sin[t, i]
-                    q_rot[i + half] = q[i + half] * cos[t, i + half] + q[i] * sin[t, i + half]
+                _rotate(qkv[b, t, h * hd:(h + 1) * hd], cos[t], sin[t], q_rot)
                 row = scores[:n_keys]
                 row[:] = 0
                 for d in range(hd):                    # scores = q_rot . k[s] for every s at once

@@ -82,8 +82,16 @@ def _rope_rotate(x, x_time_major, cos, sin, y, y_time_major, inverse):
                     x1, x2 = xr[i], xr[i + half]
                     yr[i] = x1 * cos_t[i] + x2 * sin_t[i + half]
                     yr[i + half] = x2 * cos_t[i + half] - x1 * sin_t[i]
-            else:        # y1 = x1 cos1 - x2 sin1,   y2 = x2 cos2 + x1 sin2
-                for i in range(half):
-                    x1, x2 = xr[i], xr[i + half]
-                    yr[i] = x1 * cos_t[i] - x2 * sin_t[i]
-                    yr[i + half] = x2 * cos_t[i + half] + x1 * sin_t[i + half]
+            else:
+                _rotate(xr, cos_t, sin_t, yr)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _rotate(x, cos_t, sin_t, y):
+    """One head's vector at one position: y1 = x1 cos1 - x2 sin1,  y2 = x2 cos2 + x1 sin2
+    (x, y: (head_dim,) in any strides; FastDecoder rotates q and k with it too)."""
+    half = x.shape[0] // 2
+    for i in range(half):
+        x1, x2 = x[i], x[i + half]
+        y[i] = x1 * cos_t[i] - x2 * sin_t[i]
+        y[i + half] = x2 * cos_t[i + half] + x1 * sin_t[i + half]

@@ -76,23 +76,32 @@ def _sigmoid(z, one):
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
+def _silu_times(z, u, one):
+    """silu(z) * u for one entry (the forward of every loop below)."""
+    return z * _sigmoid(z, one) * u
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _silu_times_grads(z, u, da, one):
+    """(dgate, dup) for one entry: da * u * s * (1 + z (1 - s)) and da * z * s, s = sigmoid(z)."""
+    s = _sigmoid(z, one)
+    return da * u * (s * (one + z * (one - s))), da * (z * s)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
 def _silu_mul(gate, up, act):
     """act = gate * sigmoid(gate) * up, elementwise over flat arrays."""
     one = gate.dtype.type(1)
     for i in prange(gate.size):
-        z = gate[i]
-        act[i] = z * _sigmoid(z, one) * up[i]
+        act[i] = _silu_times(gate[i], up[i], one)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def _silu_mul_backward(dact, gate, up, dgate, dup):
-    """dgate = dact * up * s * (1 + z (1 - s)),  dup = dact * z * s, with s = sigmoid(z), z = gate."""
+    """dgate, dup of act = silu(gate) * up, elementwise over flat arrays."""
     one = gate.dtype.type(1)
     for i in prange(gate.size):
-        z, da = gate[i], dact[i]
-        s = _sigmoid(z, one)
-        dup[i] = da * (z * s)
-        dgate[i] = da * up[i] * (s * (one + z * (one - s)))
+        dgate[i], dup[i] = _silu_times_grads(gate[i], up[i], dact[i], one)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -103,8 +112,7 @@ def _silu_mul_halves(gate_up, act):
     for n in prange(N):
         gate, up, out = gate_up[n, :F], gate_up[n, F:], act[n]
         for i in range(F):
-            z = gate[i]
-            out[i] = z * _sigmoid(z, one) * up[i]
+            out[i] = _silu_times(gate[i], up[i], one)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -116,7 +124,4 @@ def _silu_mul_halves_backward(dact, gate_up, d_gate_up):
         gate, up, da = gate_up[n, :F], gate_up[n, F:], dact[n]
         dgate, dup = d_gate_up[n, :F], d_gate_up[n, F:]
         for i in range(F):
-            z = gate[i]
-            s = _sigmoid(z, one)
-            dup[i] = da[i] * (z * s)
-            dgate[i] = da[i] * up[i] * (s * (one + z * (one - s)))
+            dgate[i], dup[i] = _silu_times_grads(gate[i], up[i], da[i], one)

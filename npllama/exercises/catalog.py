@@ -56,6 +56,7 @@ class Exercise:
     doc: str = ""                # the docstring the student's function gets
     shapes: str = ""
     allowed_imports: str = "numpy"
+    helpers: tuple = ()          # (module, name) pairs a submission may import from npllama (screen.py)
     space: dict = {}
     edge_cases: list = []
     float32_params: dict = {}
@@ -72,6 +73,11 @@ class Exercise:
     @property
     def signature(self) -> str:
         return f"def {self.backward_name}({self.params}):"
+
+    @property
+    def probe_params(self) -> dict:
+        """A well-conditioned case on which any correct formula is exact to round-off (screen.py)."""
+        return self.edge_cases[0]
 
     def build(self, params: dict, dtype=np.float64) -> Case:
         raise NotImplementedError
@@ -273,6 +279,7 @@ y    = x * rstd * weight                                        # (..., D)"""
     """
     shapes = "x, y, dy, dx (..., D)   rstd (..., 1)   weight, dweight (D,)"
     space = dict(lead_shape=Shape(0, 2, 1, 3), D=Ints(1, 6), eps=Choice((1e-6, 1e-5, 0.1)), seed=SEED)
+    probe_params = dict(lead_shape=(2, 3), D=5, eps=0.1, seed=4)   # eps large: an eps slip is not noise
     edge_cases = [dict(lead_shape=(2, 3), D=4, eps=1e-5, seed=1),
                   dict(lead_shape=(3,), D=1, eps=1e-5, seed=2),      # one feature
                   dict(lead_shape=(), D=5, eps=0.1, seed=3)]         # one row, a large eps
@@ -340,6 +347,7 @@ y    = xhat * weight + bias"""
     """
     shapes = "x, y, dy, dx (..., D)   mean, rstd (..., 1)   weight, bias, dweight, dbias (D,)"
     space = dict(lead_shape=Shape(0, 2, 1, 3), D=Ints(1, 6), eps=Choice((1e-6, 1e-5, 0.1)), seed=SEED)
+    probe_params = dict(lead_shape=(2, 3), D=5, eps=0.1, seed=4)   # eps large: an eps slip is not noise
     edge_cases = [dict(lead_shape=(2, 3), D=4, eps=1e-5, seed=1),
                   dict(lead_shape=(3,), D=1, eps=1e-5, seed=2),
                   dict(lead_shape=(), D=6, eps=0.1, seed=3)]
@@ -425,6 +433,7 @@ y = x * cos + rotate_half(x) * sin     # Hugging Face's convention: pairs (x[i],
     """
     shapes = "x, y, dy, dx (B, H, T, head_dim)   cos, sin (T, head_dim)"
     allowed_imports = "numpy, and rotate_half from npllama.ops.rope"
+    helpers = (("npllama.ops.rope", "rotate_half"),)
     space = dict(B=Ints(1, 2), H=Ints(1, 3), T=Ints(1, 4), head_dim=Choice((2, 4, 6, 8, 16)), seed=SEED)
     edge_cases = [dict(B=1, H=2, T=3, head_dim=4, seed=1),
                   dict(B=2, H=1, T=1, head_dim=2, seed=2),     # one position, one pair
@@ -562,6 +571,7 @@ query head h reads kv head h // n_rep (grouped-query attention, n_rep = H // KVH
     shapes = ("q, dq, out, dout (B, H, T, head_dim)   k, v, dk, dv (B, KVH, S, head_dim)   "
               "attn_probs (B, H, T, S)")
     allowed_imports = "numpy, and softmax_backward from npllama.ops.softmax"
+    helpers = (("npllama.ops.softmax", "softmax_backward"),)
     space = dict(B=Ints(1, 2), KVH=Ints(1, 2), n_rep=Choice((1, 2, 4)), T=Ints(1, 4),
                  head_dim=Choice((2, 4, 6)), causal=Choice((True, False)), q_offset=Ints(0, 3),
                  S=Ints(1, 5), padding=Choice((False, True)), seed=SEED)
@@ -739,6 +749,7 @@ out  = act @ w_down.T                              # (..., D)"""
     """
     shapes = "x, out (..., D)   w_gate, w_up (F, D)   w_down (D, F)   gate, up, act (..., F)"
     allowed_imports = "numpy, linear_backward (npllama.ops.linear), swiglu_act_backward (npllama.ops.swiglu)"
+    helpers = (("npllama.ops.linear", "linear_backward"), ("npllama.ops.swiglu", "swiglu_act_backward"))
     space = dict(lead_shape=Shape(1, 3, 1, 3), D=Ints(1, 5), F=Ints(1, 7), seed=SEED)
     edge_cases = [dict(lead_shape=(2, 3), D=4, F=6, seed=1), dict(lead_shape=(1,), D=1, F=1, seed=2),
                   dict(lead_shape=(2,), D=3, F=3, seed=3)]

@@ -303,12 +303,14 @@ def test_cli_check_folder_writes_json(tmp_path, capsys):
     write_planted("cross_entropy", tmp_path / "subs")
     out_json = tmp_path / "results.json"
     assert run_cli(["exercise", "check", "cross_entropy", str(tmp_path / "subs"), "--cases", "2",
-                    "--json", str(out_json)]) == 1
+                    "--json", str(out_json), "--gradebook", str(tmp_path / "book")]) == 1
     out = capsys.readouterr().out
     assert "wrong_mask.py" in out and "1 of 3 submissions pass every check." in out
     results = json.loads(out_json.read_text())
-    assert [r["ok"] for r in results] == [True, False, False]
-    assert results[2]["first_failure"]["grad"] == "dlogits"
+    assert [r["status"] for r in results] == ["pass", "fail", "fail"]
+    assert results[2]["diagnosis"].startswith("dlogits:")
+    book = json.loads((tmp_path / "book.json").read_text())
+    assert [r["file"] for r in book] == ["correct.py", "wrong_count.py", "wrong_mask.py"]
 
 
 def test_cli_mistakes_exit_2(tmp_path, monkeypatch, capsys):

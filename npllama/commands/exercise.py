@@ -31,6 +31,15 @@ def register(subparsers) -> None:
     check.add_argument("--cases", type=int, default=8, help="random cases per check, after the edge cases")
     check.add_argument("--seed", type=int, default=0, help="seed of the random cases")
     check.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    check.add_argument("--gradebook", default=None, metavar="STEM",
+                       help="for a folder: write the gradebook to STEM.csv and STEM.json "
+                            "(default: ./gradebook-<op>)")
+    check.add_argument("--timeout", type=float, default=120.0,
+                       help="seconds one submission may run before it is stopped and failed")
+    check.add_argument("--memory-mb", type=int, default=1024,
+                       help="memory (MB) one submission may allocate before it is stopped and failed")
+    check.add_argument("--allow-imports", action="store_true",
+                       help="skip the import rule (for files you trust); the run-time guard stays on")
     check.set_defaults(run=run_check)
 
 
@@ -61,23 +70,40 @@ def run_start(args) -> int:
 
 
 def run_check(args) -> int:
+    """Each file is graded in its own process (time and memory limits): nothing a submission does
+    can stop the grading.  Exit status 0 when every submission passes, 1 otherwise."""
     import json
+    import sys
     from pathlib import Path
 
-    from ..exercises import check_file, check_folder, format_table, get_exercise
+    from ..exercises import get_exercise
+    from ..exercises.gradebook import format_gradebook, grade_folder, write_gradebook
+    from ..exercises.sandbox import grade_file
 
     get_exercise(args.op)  # an unknown name is a usage error before anything runs
     if args.cases < 0:
         raise UsageError(f"--cases must be >= 0, got {args.cases}")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.memory_mb < 64:
+        raise UsageError(f"--memory-mb must be at least 64, got {args.memory_mb}")
     path = Path(args.path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (give a .py file or a folder of them)")
+    limits = dict(n_random=args.cases, seed=args.seed, timeout=args.timeout, memory_mb=args.memory_mb,
+                  allow_imports=args.allow_imports)
     if path.is_dir():
-        reports = check_folder(args.op, path, n_random=args.cases, seed=args.seed)
-        print(format_table(reports))
+        def progress(graded, done, total):
+            print(f"[{done}/{total}] {graded.file}: {graded.status} ({graded.seconds:.1f} s)", file=sys.stderr,
+                  flush=True)
+
+        graded = grade_folder(args.op, path, progress=progress, **limits)
+        print(format_gradebook(graded))
+        csv_path, json_path = write_gradebook(graded, args.gradebook or f"gradebook-{args.op}")
+        print(f"gradebook: {csv_path} and {json_path}")
     else:
-        reports = [check_file(args.op, path, n_random=args.cases, seed=args.seed)]
-        print(reports[0].format())
+        graded = [grade_file(args.op, path, **limits)]
+        print(graded[0].text)
     if args.json:
-        Path(args.json).write_text(json.dumps([r.to_dict() for r in reports], indent=2, default=str) + "\n")
-    return 0 if all(r.ok for r in reports) else 1
+        Path(args.json).write_text(json.dumps([g.row() | {"report": g.text} for g in graded], indent=2) + "\n")
+    return 0 if all(g.ok for g in graded) else 1

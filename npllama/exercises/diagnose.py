@@ -19,6 +19,7 @@ import numpy as np
 from ..gradcheck import rel_error as gradcheck_rel_error
 
 MATCH_TOL = 1e-6   # "got equals this candidate" (norm-wise relative error)
+ROUND_OFF_RATIO = 5e-7   # a ratio this close to 1 is round-off (float64 differences), never "a constant factor"
 
 
 @dataclasses.dataclass
@@ -125,6 +126,11 @@ def diagnose(got, expected, *, grad: str, case: str = "", known_factors=None, mi
         return finding
 
     ratio = _constant_ratio(got_arr, expected)
+    if ratio is not None and abs(ratio - 1.0) < ROUND_OFF_RATIO:
+        finding.message = (f"it agrees with the expected gradient to a relative {abs(ratio - 1.0):.1g}, which is "
+                           f"round-off, not a mistake of yours")
+        finding.hint = "please report this case to the course's teacher: the check should have passed it"
+        return finding
     if ratio is not None:
         for value, message, hint in list(known_factors or []) + GENERIC_RATIOS:
             if np.isclose(ratio, value, rtol=1e-6):

@@ -93,7 +93,7 @@ class Report:
             lines += [f"  cannot check it: {self.load_error}", "0 checks run."]
             return "\n".join(lines)
         if self.refused:
-            lines += [f"  refused, not graded: {self.refused}", "0 checks run."]
+            lines += [f"  refused, not graded: {self.refused}", f"  the rule: {RULE}", "0 checks run."]
             return "\n".join(lines)
         if self.not_implemented:
             lines += [f"  {ex.backward_name} is not implemented yet: it raises NotImplementedError.",
@@ -203,7 +203,8 @@ def load_function(op: str, path, catch_everything: bool = False) -> object:
     except ForbiddenCall as error:
         raise SubmissionError(f"importing {path.name} failed: {error}") from None
     except (BaseException if catch_everything else Exception) as error:
-        raise SubmissionError(f"importing {path.name} failed: " + _describe_exception(error, str(path))) from None
+        raise SubmissionError(f"importing {path.name} failed: "
+                              + _describe_exception(error, str(path), "the file")) from None
     finally:
         sys.modules.pop(name, None)
     fn = getattr(module, exercise.backward_name, None)
@@ -229,7 +230,7 @@ def check_file(op: str, path, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int
             return Report(exercise, str(path), [], load_error=f"{path.name} cannot be read as text: {error}")
         reasons = screen_source(source, exercise.helpers, str(path))
         if reasons:
-            return Report(exercise, str(path), [], refused="; ".join(reasons[:3]) + ". " + RULE)
+            return Report(exercise, str(path), [], refused="; ".join(reasons[:3]))
     with guard_library(exercise):
         try:
             fn = load_function(op, path, catch_everything=catch_everything)
@@ -264,8 +265,8 @@ def format_table(reports: list[Report], width: int = 90) -> str:
 
 # ----- helpers ------------------------------------------------------------------------------------
 
-def _describe_exception(error: BaseException, source_file: str | None) -> str:
-    text = f"your function raised {type(error).__name__}: {error}"
+def _describe_exception(error: BaseException, source_file: str | None, what: str = "your function") -> str:
+    text = f"{what} raised {type(error).__name__}: {error}".rstrip(": ")
     frames = traceback.extract_tb(error.__traceback__)
     if source_file:
         target = os.path.abspath(source_file)

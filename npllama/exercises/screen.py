@@ -149,7 +149,7 @@ def _guarded(name, fn):
     def guarded(*args, **kwargs):
         if _student_depth[0] > 0:
             kind = "the forward pass" if name.endswith("_forward") else "the library's own backward"
-            raise ForbiddenCall(f"your backward called npllama's {name} ({kind}); {RULE}")
+            raise ForbiddenCall(f"your backward called npllama's {name} ({kind})")
         return fn(*args, **kwargs)
     guarded.guarded = True
     return guarded
@@ -173,5 +173,5 @@ def finite_difference_noise(exercise, backward) -> str | None:
         if NOISE_FLOOR < err < NOISE_CEILING:
             return (f"{name} agrees with the exact gradient only to a relative {err:.1e}, the accuracy of "
                     f"finite differences (any formula is exact to ~1e-15 on this well-conditioned case, "
-                    f"{case.describe()}): it looks measured from the forward pass, not derived. {RULE}")
+                    f"{case.describe()}): it looks measured from the forward pass, not derived")
     return None

@@ -445,7 +445,7 @@ y = x * cos + rotate_half(x) * sin     # Hugging Face's convention: pairs (x[i],
         rng = _rng(params)
         T, hd = params["T"], params["head_dim"]
         x = rng.standard_normal((params["B"], params["H"], T, hd)).astype(dtype)
-        if general_tables:   # not rotations at all: the backward formula must hold for any tables
+        if general_tables or params.get("general_tables"):   # not rotations at all: the backward formula must hold for any tables
             cos, sin = rng.standard_normal((T, hd)).astype(dtype), rng.standard_normal((T, hd)).astype(dtype)
         else:
             cos, sin = rope_cos_sin(rng.integers(0, 2000, size=T), hd, 10000.0, LLAMA3_SMALL, dtype=dtype)

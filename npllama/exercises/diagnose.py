@@ -34,6 +34,8 @@ class Finding:
     got_value: float | None = None
     expected_value: float | None = None
     case: str = ""                  # the inputs' shapes and options
+    ladder: str = ""                # which simpler cases pass, and what changed when one fails
+    generic: tuple | None = None    # (message, hint) without the op's named causes, when one was used
 
     def lines(self) -> list[str]:
         out = []
@@ -47,6 +49,8 @@ class Finding:
                          f"expected {self.expected_value:.6g}")
             out.append(f"relative error {self.rel_error:.3g}{where}")
         out.append(f"what is wrong: {self.message}")
+        if self.ladder:
+            out.append(f"simpler cases: {self.ladder}")
         if self.hint:
             out.append(f"hint: {self.hint}")
         return out
@@ -118,6 +122,7 @@ def diagnose(got, expected, *, grad: str, case: str = "", known_factors=None, mi
     for message, hint, wrong in mistakes or []:
         if wrong is not None and np.shape(wrong) == expected.shape and rel_error(got_arr, wrong) < MATCH_TOL:
             finding.message, finding.hint = message, hint
+            finding.generic = _generic(got, expected, grad, case, zero_label)
             return finding
 
     if not np.any(got_arr):
@@ -135,6 +140,8 @@ def diagnose(got, expected, *, grad: str, case: str = "", known_factors=None, mi
         for value, message, hint in list(known_factors or []) + GENERIC_RATIOS:
             if np.isclose(ratio, value, rtol=1e-6):
                 finding.message, finding.hint = message, hint
+                if (value, message, hint) not in GENERIC_RATIOS:
+                    finding.generic = _generic(got, expected, grad, case, zero_label)
                 return finding
         finding.message = f"it is exactly {_ratio_text(ratio)} times the right gradient (a constant factor)"
         finding.hint = "a scale factor is missing or extra: a 1/N of a mean, a 1/sqrt(d), a weight"
@@ -172,6 +179,13 @@ def diagnose(got, expected, *, grad: str, case: str = "", known_factors=None, mi
     finding.message = f"{int(wrong.sum())} of {wrong.size} entries are wrong, with no simple pattern"
     finding.hint = "a term of the chain rule is missing or wrong: redo the derivation one step at a time"
     return finding
+
+
+def _generic(got, expected, grad, case, zero_label) -> tuple:
+    """What diagnose says from the numbers alone, without the op's named causes (one case can
+    match a named cause by coincidence; the runner keeps the cause only if the probes confirm it)."""
+    plain = diagnose(got, expected, grad=grad, case=case, zero_label=zero_label)
+    return plain.message, plain.hint
 
 
 def _locate(finding, got, expected):

@@ -23,7 +23,9 @@ import numpy as np
 
 from .catalog import Check, Exercise, get_exercise
 from .checks import sample
+from .catalogue import CATALOGUES
 from .diagnose import CheckFailed, Finding
+from .mistakes import explain
 from .screen import RULE, ForbiddenCall, finite_difference_noise, guard_library, screen_source, student_call
 from .starter import derivation_section
 
@@ -181,7 +183,29 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
                                          case=_describe_params(exercise, params))
                 break
         results.append(result)
-    return Report(exercise, source, results)
+    report = Report(exercise, source, results)
+    first = report.first_failure
+    if first is not None and first.status == "fail" and first.finding is not None:
+        try:
+            _explain_from_probes(exercise, backward, first.finding)
+        except student_errors:   # the student's code misbehaving on a probe: keep the checks' finding
+            pass
+    return report
+
+
+def _explain_from_probes(exercise, backward, finding: Finding) -> None:
+    """Replace a single-case diagnosis by what the catalogue's probes show (catalogue.py)."""
+    catalogue = CATALOGUES.get(exercise.op)
+    if catalogue is None:
+        return
+    found = explain(catalogue, exercise, backward)
+    if found.grad is not None:
+        finding.message, finding.hint = found.message, found.hint
+        finding.generic = None
+    elif finding.generic is not None:   # a named cause the probes do not confirm: say only what is seen
+        finding.message, finding.hint = finding.generic
+        finding.generic = None
+    finding.ladder = found.ladder
 
 
 def load_function(op: str, path, catch_everything: bool = False) -> object:

@@ -196,7 +196,7 @@ class AttentionMistakes:
               dict(B=2, KVH=1, n_rep=2, T=2, head_dim=3, causal=False, q_offset=0, S=4, padding=True, seed=12),
               dict(B=1, KVH=3, n_rep=2, T=4, head_dim=6, causal=True, q_offset=0, S=0, padding=False, seed=13)]
     _base = dict(B=1, KVH=1, n_rep=1, T=3, head_dim=4, causal=False, q_offset=0, S=3, padding=False, seed=5)
-    ladder = [Rung("one head, B = 1, no mask", _base),
+    ladder = [Rung("one head and B = 1 without a mask", _base),
               Rung("a causal mask", {**_base, "causal": True},
                    "the causal mask is wrong in your backward: keys after the query must get no gradient"),
               Rung("padding keys", {**_base, "padding": True, "seed": 8},
@@ -216,10 +216,11 @@ class AttentionMistakes:
         B, H, T, hd = q.shape
         KVH, S = k.shape[1], k.shape[2]
         n_rep = H // KVH
-        heads = np.arange(H) // n_rep if kv == "repeat" else np.arange(H) % KVH
+        repeat = np.arange(H) // n_rep                   # query head h reads kv head h // n_rep
+        heads = repeat if kv == "repeat" else np.arange(H) % KVH   # ... or the backward's wrong idea of it
         k_h, v_h = k[:, heads], v[:, heads]                                   # (B, H, S, hd)
         s = 1 / math.sqrt(hd)
-        scores = q @ k_h.swapaxes(-1, -2) * s
+        scores = q @ k[:, repeat].swapaxes(-1, -2) * s   # the forward's scores (the cache's attn_probs)
         allowed = _attention_allowed(B, T, S, kw["causal"], kw["key_padding_mask"], kw["q_offset"],
                                      use_causal=mask in ("both", "no_padding"),
                                      use_padding=mask in ("both", "no_causal"))
@@ -239,6 +240,8 @@ class AttentionMistakes:
             return dq, dk_h, dv_h
 
         def reduce(per_head):
+            if group == "first":            # one query head per group stands for all of them
+                return per_head[:, [list(heads).index(g) for g in range(KVH)]]
             out = np.zeros((B, KVH, S, hd))
             for h in range(H):
                 out[:, heads[h]] += per_head[:, h]
@@ -263,6 +266,9 @@ class AttentionMistakes:
                "dk and dv have the shape of k and v, (B, KVH, S, head_dim): sum the gradients of the "
                "n_rep query heads that share each kv head (they are heads g*n_rep .. g*n_rep+n_rep-1)",
                group="none"),
+            _m("dk and dv take the gradient of only the first query head of each group",
+               "every one of the n_rep query heads that read kv head g adds to dk[g], dv[g]: sum over the group",
+               group="first"),
             _m("the kv heads are tiled (query head h reads kv head h % KVH); LLaMA repeat-interleaves them "
                "(query head h reads kv head h // n_rep)",
                "np.repeat(k, n_rep, axis=1), not np.tile: heads g*n_rep .. g*n_rep+n_rep-1 share kv head g",
@@ -476,6 +482,7 @@ class RoPEMistakes:
         def rot(a):
             return np.concatenate([-a[..., half:], a[..., :half]], -1)
         return {"right": dy * cos - rot(dy * sin), "forward": dy * cos + rot(dy * sin),
+                "forward_applied": dy * cos + rot(dy) * sin,
                 "sin_after": dy * cos - rot(dy) * sin, "no_rotation": dy * cos,
                 "adjacent": dy * cos - _rotate_pairs(dy * sin)}[form]
 
@@ -484,6 +491,9 @@ class RoPEMistakes:
             _m("you applied the rotation itself; the backward needs its transpose (the inverse rotation)",
                "rotate_half is multiplication by an antisymmetric R (R^T = -R), so the transpose of "
                "x*cos + R(x)*sin is dy*cos - R(dy*sin): the sin term changes sign", form="forward"),
+            _m("you applied the forward rotation to dy; the backward needs its transpose (the inverse rotation)",
+               "the transpose of x -> x*cos + R(x)*sin is dy -> dy*cos + R^T(dy*sin) = dy*cos - R(dy*sin): "
+               "R^T = -R, and sin multiplies before the (transposed) rotation", form="forward_applied"),
             _m("sin is applied after rotating instead of before",
                "the transpose of x -> R(x) * sin is dy -> R^T(dy * sin); R^T(dy) * sin agrees only when both "
                "halves of sin hold the same angles", form="sin_after"),
@@ -510,7 +520,7 @@ class LoRAMistakes:
                                                           dropout_p=0.5, seed=5),
                    "x_drop = x * dropout_mask feeds the adapter: its gradient and dlora_A go through the mask")]
 
-    def variant(self, dy, case, scaling="once", dx="both", mask_dx=True, a_input="x_drop", only=None):
+    def variant(self, dy, case, scaling="once", dx="both", mask_dx=True, only=None):
         """scaling: how many times scaling multiplies the adapter's gradients ("once", "missing",
         "twice"); only: the one gradient ("dx", "dlora_A", "dlora_B") where that happens."""
         x, w, A, Bm, s, mask = case.inputs
@@ -520,7 +530,7 @@ class LoRAMistakes:
         hidden = x_drop @ A.T
         dB = f_B * _rows(dy).T @ _rows(hidden)
         d_hidden = dy @ Bm                                          # without scaling, applied per gradient
-        dA = f_A * _rows(d_hidden).T @ _rows(x_drop if a_input == "x_drop" else x)
+        dA = f_A * _rows(d_hidden).T @ _rows(x_drop)
         adapter = f_x * d_hidden @ A
         if mask is not None and mask_dx:
             adapter = adapter * mask
@@ -546,8 +556,6 @@ class LoRAMistakes:
             _m("the adapter path of dx misses the dropout mask",
                "x_drop = x * dropout_mask, so its gradient is multiplied by the mask once more on the way to x",
                mask_dx=False),
-            _m("dlora_A uses x where the adapter's input x_drop = x * dropout_mask belongs",
-               "lora_hidden = x_drop @ lora_A.T, so dlora_A = d_hidden^T x_drop", a_input="x"),
         ]
 
 

@@ -11,8 +11,8 @@ probe where they differ from the right ones.  Nothing is named from one coincide
 
 `compare_ladder` runs the student's backward on a simple case and on variations of it that each
 add one thing (a second row, a mask, a second head per kv head, ...) and says which passed and
-what changed when one fails: "passes with B = 1, fails with B = 2: your code mixes rows of the
-batch".
+what changed when one fails: "passes with one row -- fails with several rows: your code mixes rows
+of the batch".
 """
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def _swaps(names, catalogue):
 
 
 def compare_ladder(catalogue, exercise, backward) -> str:
-    """'passes with one row; fails with several rows: ...' -- or '' when there is nothing to say."""
+    """'passes with one row -- fails with several rows: ...', or '' when there is nothing to say."""
     rungs = catalogue.ladder
     if not rungs:
         return ""
@@ -144,7 +144,7 @@ def compare_ladder(catalogue, exercise, backward) -> str:
         return ""
     passing = [base.label] + [r.label for r, ok in rest if ok]
     first = failing[0]
-    text = f"passes with {', with '.join(passing)}; fails with {first.label}"
+    text = f"passes with {'; with '.join(passing)} -- fails with {first.label}"
     if first.suspect:
         text += f": {first.suspect}"
     if len(failing) > 1:

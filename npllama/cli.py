@@ -25,6 +25,7 @@ COMMANDS = {
     "eval": "npllama.commands.eval",
     "debug": "npllama.commands.debug",
     "exercise": "npllama.commands.exercise",
+    "explain": "npllama.commands.explain",
     "viz": "npllama.commands.viz",
 }
 

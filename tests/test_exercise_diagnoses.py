@@ -3,9 +3,12 @@ intermediate names -- none of them in npllama/exercises/planted.py.  Each must f
 diagnosis must name the actual mistake (a phrase of it), never a different one."""
 import textwrap
 
+import numpy as np
 import pytest
 
-from npllama.exercises import check_file
+from npllama.exercises import EXERCISES, check_file
+from npllama.exercises.catalogue import CATALOGUES
+from npllama.exercises.mistakes import as_tuple, same_gradients
 
 # (op, what the student did, a phrase the diagnosis must contain, the file)
 HELD_OUT = [
@@ -466,3 +469,30 @@ BLIND = [
 @pytest.mark.parametrize("op,what,phrase,body", BLIND, ids=[b[1] for b in BLIND])
 def test_blind_mistake_is_named(op, what, phrase, body, tmp_path):
     test_held_out_mistake_is_named(op, what, phrase, body, tmp_path)
+
+
+@pytest.mark.parametrize("op", sorted(CATALOGUES))
+def test_catalogue_is_right_without_knobs_and_its_mistakes_are_distinguishable(op):
+    """With no step altered the catalogue's recomputation is the project's backward; every mistake
+    changes the numbers on some probe, and no two mistakes give the same numbers on every probe
+    (otherwise one could be named for the other)."""
+    ex, catalogue = EXERCISES[op], CATALOGUES[op]
+
+    def grads(params, **knobs):
+        case = ex.case(params)
+        out, _ = case.run_forward()
+        return as_tuple(catalogue.variant(case.dout_for(out), case, **knobs))
+
+    for params in catalogue.probes + [rung.params for rung in catalogue.ladder]:
+        case = ex.case(params)
+        out, cache = case.run_forward()
+        dout = case.dout_for(out)
+        right = tuple(np.asarray(g, dtype=np.float64) for g in as_tuple(ex.reference(dout, cache)))
+        assert same_gradients(right, grads(params)), params
+    seen = []
+    for mistake in catalogue.mistakes():
+        values = [grads(p, **mistake.knobs) for p in catalogue.probes]
+        assert not all(same_gradients(v, grads(p)) for v, p in zip(values, catalogue.probes)), mistake.message
+        for other, other_values in seen:
+            assert not all(same_gradients(a, b) for a, b in zip(values, other_values)), (mistake.message, other)
+        seen.append((mistake.message, values))

@@ -8,9 +8,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "exercise", help="write an op's backward pass yourself and check it",
         description="Classroom mode. `start OP` writes a starter file (signature, docstring, shapes, "
-                    "derivation pointer, a body to fill in); `check OP FILE` runs the project's own "
-                    "gradient checks on it and explains any failure; `check OP FOLDER` checks every "
-                    ".py file in a folder and prints a table.")
+                    "the derivation's backward section, a body to fill in); `check OP FILE` runs the "
+                    "project's own gradient checks on it in a sandboxed process and explains any failure; "
+                    "`check OP FOLDER` grades every .py file in a folder and writes a gradebook; "
+                    "`notebook OP` writes the exercise as a Jupyter notebook.")
     sub = p.add_subparsers(dest="action", metavar="<action>")
     sub.required = True
 
@@ -22,7 +23,15 @@ def register(subparsers) -> None:
     start.add_argument("op", help="which exercise (see `npllama exercise list`)")
     start.add_argument("--out", default=None, help="file or folder to write (default: ./<op>_backward.py)")
     start.add_argument("--force", action="store_true", help="overwrite an existing file")
+    start.add_argument("--quiet", action="store_true", help="do not print the derivation's backward section")
     start.set_defaults(run=run_start)
+
+    notebook = sub.add_parser("notebook", help="write the exercise as a Jupyter notebook (derivation, "
+                                               "starter cell, check cell)")
+    notebook.add_argument("op", help="which exercise (see `npllama exercise list`)")
+    notebook.add_argument("--out", default=None, help="file or folder to write (default: ./<op>_backward.ipynb)")
+    notebook.add_argument("--force", action="store_true", help="overwrite an existing file")
+    notebook.set_defaults(run=run_notebook)
 
     check = sub.add_parser("check", help="check a file (or every .py file in a folder)",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -64,8 +73,28 @@ def run_start(args) -> int:
         path = write_starter(args.op, args.out, force=args.force)
     except FileExistsError as error:
         raise UsageError(str(error)) from None
+    if not args.quiet:
+        from ..exercises.starter import derivation_quote
+
+        quote = derivation_quote(ex)
+        if quote:
+            print(f"The math you need ({ex.derivation}):\n")
+            print(quote)
     print(f"wrote {path}: fill in {ex.backward_name}, then run")
     print(f"    npllama exercise check {ex.op} {path}")
+    return 0
+
+
+def run_notebook(args) -> int:
+    from ..exercises import get_exercise
+    from ..exercises.notebook import write_notebook
+
+    ex = get_exercise(args.op)
+    try:
+        path = write_notebook(args.op, args.out, force=args.force)
+    except FileExistsError as error:
+        raise UsageError(str(error)) from None
+    print(f"wrote {path}: open it in Jupyter, fill in {ex.backward_name}, run the check cell")
     return 0
 
 

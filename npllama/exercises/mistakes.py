@@ -49,7 +49,7 @@ class Explanation:
     ladder: str = ""
 
 
-def _as_tuple(result):
+def as_tuple(result):
     if isinstance(result, list):
         result = tuple(result)
     return result if isinstance(result, tuple) else (result,)
@@ -59,13 +59,13 @@ def _student(backward, dout, case):
     """The student's gradients on this case (None when the call fails in any way)."""
     try:
         _, cache = case.run_forward()
-        grads = _as_tuple(backward(np.array(dout, copy=True), cache))
+        grads = as_tuple(backward(np.array(dout, copy=True), cache))
         return tuple(np.asarray(g, dtype=np.float64) for g in grads)
     except Exception:  # the checks report crashes; here a crash only means "no evidence"
         return None
 
 
-def _same(got, want) -> bool:
+def same_gradients(got, want) -> bool:
     return (len(got) == len(want)
             and all(g.shape == np.shape(w) and np.all(np.isfinite(g)) and rel_error(g, w) < MATCH
                     for g, w in zip(got, want)))
@@ -81,11 +81,11 @@ def name_mistake(catalogue, exercise, backward) -> Explanation | None:
         got = _student(backward, dout, case)
         if got is None:
             return None
-        probes.append((case, dout, got, _as_tuple(catalogue.variant(dout, case))))
-    if all(_same(got, right) for _, _, got, right in probes):
+        probes.append((case, dout, got, as_tuple(catalogue.variant(dout, case))))
+    if all(same_gradients(got, right) for _, _, got, right in probes):
         return None
     names = exercise_grad_names(probes[0][0])
-    candidates = [(m, lambda dout, case, m=m: _as_tuple(catalogue.variant(dout, case, **m.knobs)))
+    candidates = [(m, lambda dout, case, m=m: as_tuple(catalogue.variant(dout, case, **m.knobs)))
                   for m in catalogue.mistakes()]
     candidates += _swaps(names, catalogue)
     for mistake, compute in candidates:
@@ -93,8 +93,8 @@ def name_mistake(catalogue, exercise, backward) -> Explanation | None:
             wrong = [compute(dout, case) for case, dout, _, _ in probes]
         except Exception:      # an altered step that cannot be computed on this probe
             continue
-        differs = [not _same(w, right) for w, (_, _, _, right) in zip(wrong, probes)]
-        if any(differs) and all(_same(got, w) for w, (_, _, got, _) in zip(wrong, probes)):
+        differs = [not same_gradients(w, right) for w, (_, _, _, right) in zip(wrong, probes)]
+        if any(differs) and all(same_gradients(got, w) for w, (_, _, got, _) in zip(wrong, probes)):
             grad = next((n for n, g, r in zip(names, wrong[differs.index(True)],
                                               probes[differs.index(True)][3])
                          if np.shape(g) != np.shape(r) or rel_error(g, r) >= MATCH), names[0])
@@ -115,7 +115,7 @@ def _swaps(names, catalogue):
                           f"{', '.join(names)}", {})
 
         def compute(dout, case, i=i, j=j):
-            right = list(_as_tuple(catalogue.variant(dout, case)))
+            right = list(as_tuple(catalogue.variant(dout, case)))
             right[i], right[j] = right[j], right[i]
             return tuple(right)
         found.append((mistake, compute))
@@ -133,7 +133,7 @@ def compare_ladder(catalogue, exercise, backward) -> str:
         out, _ = case.run_forward()
         dout = case.dout_for(out)
         got = _student(backward, dout, case)
-        right = tuple(np.asarray(g, dtype=np.float64) for g in _as_tuple(catalogue.variant(dout, case)))
+        right = tuple(np.asarray(g, dtype=np.float64) for g in as_tuple(catalogue.variant(dout, case)))
         verdicts.append(got is not None and len(got) == len(right) and all(
             g.shape == r.shape and np.all(np.isfinite(g)) and rel_error(g, r) < RIGHT for g, r in zip(got, right)))
     base, rest = rungs[0], list(zip(rungs[1:], verdicts[1:]))

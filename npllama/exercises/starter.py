@@ -2,26 +2,30 @@
 to the derivation, and a body that raises NotImplementedError."""
 from __future__ import annotations
 
-import re
 import textwrap
 from pathlib import Path
 
 from .catalog import Exercise, get_exercise
-
-# derivations/ sits next to the package in a source checkout (pip install -e .)
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
+from .derivation import backward_heading, explain_text
+from .screen import RULE
 
 def derivation_section(exercise: Exercise) -> str:
-    """'derivations/rmsnorm.md, section "Backward"' -- the heading that mentions the backward pass,
-    when the file is there to read; otherwise just the file."""
-    path = REPO_ROOT / exercise.derivation
-    if path.is_file():
-        headings = re.findall(r"^#{1,4}\s+(.+?)\s*$", path.read_text(encoding="utf-8"), flags=re.M)
-        for heading in headings:
-            if re.search(r"backward|chain rule|gradient", heading, flags=re.I):
-                return f'{exercise.derivation}, section "{heading}"'
+    """'derivations/rmsnorm.md, section "Backward, step by step"' (`npllama explain <name>` prints it)."""
+    try:
+        heading = backward_heading(exercise.derivation)
+    except ValueError:      # not installed with the package: name the file only
+        heading = None
+    if heading:
+        return f'{exercise.derivation}, section "{heading}"'
     return f"{exercise.derivation}, the section deriving the backward pass"
+
+
+def derivation_quote(exercise: Exercise) -> str:
+    """The backward sections of the exercise's derivation as terminal text ('' when not installed)."""
+    try:
+        return explain_text(exercise.derivation, backward_only=True)
+    except ValueError:
+        return ""
 
 
 def starter_source(op: str) -> str:
@@ -49,17 +53,31 @@ The forward pass is already written ({ex.module}.{ex.forward_name}); it computes
 and returns (out, cache).  Your function receives the gradient of the loss with respect to the
 forward's output and that cache, and returns the gradients its docstring lists.
 
-Derivation: {derivation_section(ex)}.  Work it on paper first.
+Derivation: {derivation_section(ex)} (quoted below;
+            `npllama explain {_stem(ex)}` prints all of it).  Work it on paper first.
 Shapes:     {ex.shapes}
 Allowed:    {ex.allowed_imports}.
+The rule:   {textwrap.fill(RULE, 84, subsequent_indent="            ")}
 """
 {imports}
+{_as_comment(derivation_quote(ex))}
 
 {ex.signature}
     """{ex.doc.strip()}
     """
     raise NotImplementedError("{ex.backward_name} is not implemented yet")
 '''
+
+
+def _stem(exercise: Exercise) -> str:
+    return exercise.derivation.rsplit("/", 1)[-1].removesuffix(".md")
+
+
+def _as_comment(text: str) -> str:
+    if not text:
+        return ""
+    body = "\n".join(("# " + line).rstrip() for line in text.splitlines())
+    return f"\n# ----- the math you need (derivations, quoted) -----\n{body}\n"
 
 
 def write_starter(op: str, path=None, force: bool = False) -> Path:

@@ -33,6 +33,18 @@ def register(subparsers) -> None:
     notebook.add_argument("--force", action="store_true", help="overwrite an existing file")
     notebook.set_defaults(run=run_notebook)
 
+    trainer = sub.add_parser("train", help="train the tiny model with your backward in place of the library's "
+                                           "and compare the loss curves",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    trainer.add_argument("op", help="which exercise (an op of the model: see `npllama exercise list`)")
+    trainer.add_argument("path", help="your .py file defining <op>_backward")
+    trainer.add_argument("--steps", type=int, default=200, help="training steps of each run")
+    trainer.add_argument("--batch-size", type=int, default=8, help="sequences per step")
+    trainer.add_argument("--seq-len", type=int, default=64, help="tokens per sequence")
+    trainer.add_argument("--seed", type=int, default=0, help="seed of the model and the batches (both runs)")
+    trainer.add_argument("--out", default=None, help="folder for the two runs and the plot (default: a temporary one)")
+    trainer.set_defaults(run=run_train)
+
     check = sub.add_parser("check", help="check a file (or every .py file in a folder)",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     check.add_argument("op", help="which exercise (see `npllama exercise list`)")
@@ -136,3 +148,22 @@ def run_check(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps([g.row() | {"report": g.text} for g in graded], indent=2) + "\n")
     return 0 if all(g.ok for g in graded) else 1
+
+
+def run_train(args) -> int:
+    from pathlib import Path
+
+    from ..exercises import get_exercise
+    from ..exercises.runner import SubmissionError
+    from ..exercises.training import train_with_submission
+
+    get_exercise(args.op)
+    if not Path(args.path).is_file():
+        raise FileNotFoundError(f"{args.path} does not exist (give your .py file)")
+    try:
+        comparison = train_with_submission(args.op, args.path, steps=args.steps, batch_size=args.batch_size,
+                                           seq_len=args.seq_len, seed=args.seed, out=args.out)
+    except SubmissionError as error:
+        raise UsageError(str(error)) from None
+    print(comparison.format())
+    return 0 if comparison.ok else 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .catalog import get_exercise
 from .derivation import derivation_markdown
-from .starter import starter_source
+from .starter import starter_source, target_path
 
 
 def _cell(kind: str, text: str) -> dict:
@@ -41,11 +41,7 @@ def notebook_json(op: str) -> dict:
 def write_notebook(op: str, path=None, force: bool = False) -> Path:
     """Write <op>_backward.ipynb (or `path`); refuses to overwrite unless force."""
     ex = get_exercise(op)
-    path = Path(path) if path is not None else Path(f"{ex.backward_name}.ipynb")
-    if path.is_dir() or path.suffix != ".ipynb":    # a folder, existing or to be made
-        path = path / f"{ex.backward_name}.ipynb"
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} already exists; pass --force to overwrite it (your work would be lost)")
+    path = target_path(path, f"{ex.backward_name}.ipynb", ".ipynb", force)
     notebook = notebook_json(op)
     for i, cell in enumerate(notebook["cells"]):
         cell["id"] = f"{op}-{i}"
@@ -55,6 +51,5 @@ def write_notebook(op: str, path=None, force: bool = False) -> Path:
         pass
     else:
         nbformat.validate(nbformat.from_dict(notebook))
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return path

@@ -80,14 +80,21 @@ def _as_comment(text: str) -> str:
     return f"\n# ----- the math you need (derivations, quoted) -----\n{body}\n"
 
 
-def write_starter(op: str, path=None, force: bool = False) -> Path:
-    """Write the starter file (default: ./<op>_backward.py); refuses to overwrite unless force."""
-    ex = get_exercise(op)
-    path = Path(path) if path is not None else Path(f"{ex.backward_name}.py")
-    if path.is_dir():
-        path = path / f"{ex.backward_name}.py"
+def target_path(path, default_name: str, suffix: str, force: bool) -> Path:
+    """Where to write a student's file: `path` itself, or default_name inside it when it is a folder
+    (existing, or any path without `suffix`); refuses to overwrite unless force."""
+    path = Path(path) if path is not None else Path(default_name)
+    if path.is_dir() or path.suffix != suffix:
+        path = path / default_name
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists; pass --force to overwrite it (your work would be lost)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_starter(op: str, path=None, force: bool = False) -> Path:
+    """Write the starter file (default: ./<op>_backward.py); refuses to overwrite unless force."""
+    ex = get_exercise(op)
+    path = target_path(path, f"{ex.backward_name}.py", ".py", force)
     path.write_text(starter_source(op), encoding="utf-8")
     return path

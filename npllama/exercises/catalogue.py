@@ -341,7 +341,7 @@ class CrossEntropyMistakes:
 
 # ======================================================================================================
 class LinearMistakes:
-    probes = [dict(lead_shape=(2, 3), n_in=4, n_out=5, seed=11), dict(lead_shape=(3,), n_in=2, n_out=3, seed=12)]
+    probes = [dict(lead_shape=(2, 3), n_in=4, n_out=4, seed=11), dict(lead_shape=(3,), n_in=3, n_out=3, seed=12)]
     ladder = [Rung("a single vector x", dict(lead_shape=(), n_in=3, n_out=4, seed=5)),
               Rung("several rows of x", dict(lead_shape=(3,), n_in=3, n_out=4, seed=5),
                    "dweight must add the outer products dy^T x of every row"),
@@ -350,7 +350,9 @@ class LinearMistakes:
 
     def variant(self, dy, case, dweight="sum", dx="right"):
         x, w = case.inputs
-        gx = {"right": dy @ w, "no_weight": dy @ np.ones_like(w)}[dx]
+        if dx == "transposed" and w.shape[0] != w.shape[1]:
+            raise ValueError("dy @ weight.T has the wrong shape here: only a square weight can hide it")
+        gx = {"right": dy @ w, "transposed": dy @ w.T}[dx]
         rows_dy, rows_x = _rows(dy), _rows(x)
         gw = {"sum": rows_dy.T @ rows_x, "mean": rows_dy.T @ rows_x / rows_x.shape[0],
               "transposed": rows_x.T @ rows_dy,
@@ -359,6 +361,8 @@ class LinearMistakes:
 
     def mistakes(self):
         return [
+            _m("dx multiplies dy by weight.T; y = x @ weight.T, so dx = dy @ weight",
+               "weight is (out, in): dy (..., out) @ weight (out, in) gives (..., in)", dx="transposed"),
             _m("dweight averages over the rows of x; it should sum them",
                "each row adds its outer product dy^T x: no division by the number of rows", dweight="mean"),
             _m("dweight is the transpose: x^T dy has shape (in, out)",

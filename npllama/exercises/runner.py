@@ -178,9 +178,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
             except student_errors as error:  # the student's code crashed: say where, in their file
                 result.status = "error"
                 result.finding = Finding(exercise.backward_name, _describe_exception(error, source_file),
-                                         hint="run the function by hand on a small input to see it happen "
-                                              "(python -m pdb your_file.py)",
-                                         case=_describe_params(exercise, params))
+                                         hint=_crash_hint(error), case=_describe_params(exercise, params))
                 break
         results.append(result)
     report = Report(exercise, source, results)
@@ -299,6 +297,16 @@ def _describe_exception(error: BaseException, source_file: str | None, what: str
             frame = mine[-1]
             text += f" (line {frame.lineno} of {os.path.basename(frame.filename)}: {frame.line.strip()})"
     return text
+
+
+def _crash_hint(error: BaseException) -> str:
+    if isinstance(error, ValueError) and "broadcast" in str(error):
+        return ("two arrays of different shapes met in an elementwise operation: a sum or mean over a row "
+                "that dropped its axis (add keepdims=True), or an axis mixed up -- print the shapes")
+    if isinstance(error, ValueError) and ("core dimension" in str(error) or "not aligned" in str(error)):
+        return ("a matrix product whose inner sizes differ: an operand needs a transpose, or the operands are "
+                "in the wrong order (weights are (out, in); a gradient has its input's shape) -- print the shapes")
+    return "run the function by hand on a small input to see it happen (python -m pdb your_file.py)"
 
 
 def _describe_params(exercise: Exercise, params) -> str:

@@ -234,6 +234,12 @@ HELD_OUT = [
                 dW = np.outer(G[n], X[n])      # = instead of +=
             return dy @ W, dW
     """),
+    ("linear", "dweight transposed", "transpose", """
+        def linear_backward(dy, cache):
+            x, W = cache
+            flat_x, flat_dy = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+            return dy @ W, flat_x.T @ flat_dy
+    """),
     ("embedding", "repeated ids averaged", "averaged", """
         def embedding_backward(dout, cache):
             tokens, (V, D), dtype = cache

@@ -102,6 +102,9 @@ class Exercise:
     def case(self, params, dtype=np.float64) -> Case:
         case = self.build(params, dtype)
         case.reference = self.reference
+        # dout must not be drawn from the stream the inputs came from: with the same seed and shape
+        # dout would equal x, dy^T x would be symmetric, and a transposed dweight would pass.
+        case.seed += DOUT_STREAM
         return case
 
     @check("returns", "returns one gradient per differentiable input, with that input's shape")
@@ -124,6 +127,9 @@ class Exercise:
         dout = case.dout_for(out) if dout is None else dout
         grads = checks.call_backward(backward, dout, cache, case)
         return grads, dout, out, case.run_forward()[1]
+
+
+DOUT_STREAM = 2**31   # added to a case's seed: above every input seed (SEED is 0 .. 2**31 - 1)
 
 
 def _rng(params):

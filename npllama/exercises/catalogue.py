@@ -350,9 +350,7 @@ class LinearMistakes:
 
     def variant(self, dy, case, dweight="sum", dx="right"):
         x, w = case.inputs
-        if dx == "transposed" and w.shape[0] != w.shape[1]:
-            raise ValueError("dy @ weight.T has the wrong shape here: only a square weight can hide it")
-        gx = {"right": dy @ w, "transposed": dy @ w.T}[dx]
+        gx = dy @ (w if dx == "right" else w.T)   # weight.T: only a square weight lets it run
         rows_dy, rows_x = _rows(dy), _rows(x)
         gw = {"sum": rows_dy.T @ rows_x, "mean": rows_dy.T @ rows_x / rows_x.shape[0],
               "transposed": rows_x.T @ rows_dy,

@@ -94,11 +94,9 @@ def verdict_of(reference, yours, steps_total, stopped) -> tuple[bool, str]:
 
 
 def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 8, seq_len: int = 64,
-                          seed: int = 0, out=None, echo=print, progress: bool = True) -> TrainComparison:
+                          seed: int = 0, out=None, echo=print, progress: bool = True,
+                          corpus_stories: int = 2000) -> TrainComparison:
     """Train the tiny model with the library's backward and with the one in `path`; compare."""
-    from ..backend import use_op
-    from ..train import TrainConfig, train
-
     exercise = get_exercise(op)
     if op not in MODEL_BACKWARDS:
         raise ValueError(f"op {op!r} is not part of the model's pre-training step; `exercise train` takes one "
@@ -110,9 +108,12 @@ def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 
     report = check_function(op, backward, n_random=1)
     echo(f"exercise check: {report.passed} of {report.total} checks pass"
          + ("" if report.ok else f" (first failure: {report.summary()})"))
+    from ..backend import use_op
+    from ..train import TrainConfig, train
+
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"npllama-train-{op}-"))
     settings = dict(steps=steps, batch_size=batch_size, seq_len=seq_len, seed=seed, eval_every=steps,
-                    checkpoint_every=steps, samples=0, corpus_stories=2000, progress=progress)
+                    checkpoint_every=steps, samples=0, corpus_stories=corpus_stories, progress=progress)
     quiet = (lambda *a, **k: None)
     echo(f"training the tiny model for {steps} steps with the library's {exercise.backward_name} ...")
     train(TrainConfig(out=str(folder / "reference"), **settings), echo=quiet)

@@ -211,3 +211,22 @@ def test_check_function_in_process_catches_everything_only_when_asked():
     with pytest.raises(SystemExit):
         check_function("rmsnorm", quits, n_random=0)
     assert np.isfinite(report.passed)
+
+
+FLOAT32_INSIDE = """import numpy as np
+
+
+def embedding_backward(dout, cache):
+    tokens, (V, D), dtype = cache
+    grad = np.zeros((V, D), dtype=np.float32)
+    np.add.at(grad, tokens.reshape(-1), dout.reshape(-1, D))
+    return grad.astype(dtype)
+"""
+
+
+def test_float32_arithmetic_inside_is_named_not_refused(tmp_path):
+    path = tmp_path / "embedding.py"
+    path.write_text(FLOAT32_INSIDE)
+    report = check_file("embedding", path, n_random=20, seed=5)
+    assert report.refused is None and not report.ok, report.format()
+    assert "float32 precision" in report.first_failure.finding.message

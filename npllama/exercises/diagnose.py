@@ -130,6 +130,12 @@ def diagnose(got, expected, *, grad: str, case: str = "", known_factors=None, mi
         finding.hint = "is the result ever assigned? (a np.zeros_like that is never filled, or a wrong mask)"
         return finding
 
+    if _float32_precision(got, expected):
+        finding.message = ("it is right only to float32 precision although the inputs are float64: part of "
+                           "the arithmetic ran in float32")
+        finding.hint = ("an array created with dtype=np.float32 (or an .astype(np.float32)) inside your function: "
+                        "create arrays with the input's dtype (e.g. dout.dtype)")
+        return finding
     ratio = _constant_ratio(got_arr, expected)
     if ratio is not None and abs(ratio - 1.0) < ROUND_OFF_RATIO:
         finding.message = (f"it agrees with the expected gradient to a relative {abs(ratio - 1.0):.1g}, which is "
@@ -179,6 +185,18 @@ def diagnose(got, expected, *, grad: str, case: str = "", known_factors=None, mi
     finding.message = f"{int(wrong.sum())} of {wrong.size} entries are wrong, with no simple pattern"
     finding.hint = "a term of the chain rule is missing or wrong: redo the derivation one step at a time"
     return finding
+
+
+def _float32_precision(got, expected) -> bool:
+    """got carries float32 round-off (every value a float32 number) and is otherwise right."""
+    got = np.asarray(got)
+    if got.dtype == np.float64:
+        as_float32 = got.astype(np.float32).astype(np.float64)
+        if not np.array_equal(got, as_float32) or np.array_equal(expected, expected.astype(np.float32)):
+            return False
+    elif got.dtype != np.float32:
+        return False
+    return rel_error(got, expected) < 1e-5
 
 
 def _generic(got, expected, grad, case, zero_label) -> tuple:

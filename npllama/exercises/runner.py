@@ -263,7 +263,8 @@ def check_file(op: str, path, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int
 
 
 def check_folder(op: str, folder, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0) -> list[Report]:
-    """Every .py file in `folder` (sorted by name), each checked on the same cases."""
+    """Every .py file in `folder` (sorted by name), each checked on the same cases, in this process
+    and without limits: for files you trust.  A class's folder: gradebook.grade_folder (sandboxed)."""
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.suffix == ".py" and p.is_file())
     if not files:

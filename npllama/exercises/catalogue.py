@@ -221,8 +221,9 @@ class AttentionMistakes:
         k_h, v_h = k[:, heads], v[:, heads]                                   # (B, H, S, hd)
         s = 1 / math.sqrt(hd)
         scores = q @ k[:, repeat].swapaxes(-1, -2) * s   # the forward's scores (the cache's attn_probs)
-        allowed = _attention_allowed(B, T, S, kw["causal"], kw["key_padding_mask"], kw["q_offset"],
-                                     use_causal=mask in ("both", "no_padding"),
+        causal = kw["causal"] or mask == "always_causal"
+        allowed = _attention_allowed(B, T, S, causal, kw["key_padding_mask"], kw["q_offset"] if kw["causal"] else S - T,
+                                     use_causal=mask in ("both", "no_padding", "always_causal"),
                                      use_padding=mask in ("both", "no_causal"))
         scores = np.where(allowed, scores, -np.inf)
         row_max = np.max(np.where(np.isneginf(scores), -1e300, scores), -1, keepdims=True)
@@ -282,6 +283,9 @@ class AttentionMistakes:
             _m("the attention probabilities are recomputed without the causal mask",
                "a query at position t sees keys 0 .. q_offset + t only: use the cached attn_probs",
                mask="no_causal"),
+            _m("the attention probabilities are recomputed with a causal mask only: it is applied even when "
+               "causal=False, and the padding mask is missing", "use the cached attn_probs: they already hold "
+               "the right masks", mask="always_causal"),
             _m("the softmax backward is missing: d_attn_probs was used as d_attn_scores",
                "attn_probs = softmax(attn_scores): d_attn_scores = p * (d_attn_probs - sum(d_attn_probs * p))",
                softmax="none"),
@@ -575,6 +579,8 @@ class ClassifierMistakes:
             dh[np.arange(B), last] = rows
         elif position == "end":
             dh[:, -1] = rows
+        elif position == "start":
+            dh[:, 0] = rows
         else:
             dh[:] = rows[:, None, :]
         return dh, dlogits.T @ hidden[np.arange(B), last]
@@ -584,6 +590,9 @@ class ClassifierMistakes:
             _m("the gradient went to the last position of every row, not to last_index",
                "scatter dpooled back to hidden[arange(B), last_index]: padding moves the last real token away "
                "from the end", position="end"),
+            _m("the gradient went to the first position of every row, not to last_index",
+               "scatter dpooled back to hidden[arange(B), last_index], the position the forward read",
+               position="start"),
             _m("the gradient went to every position of the row; only the pooled one was read",
                "dhidden is zero except at hidden[b, last_index[b]]", position="all"),
         ]

@@ -230,3 +230,16 @@ def test_float32_arithmetic_inside_is_named_not_refused(tmp_path):
     report = check_file("embedding", path, n_random=20, seed=5)
     assert report.refused is None and not report.ok, report.format()
     assert "float32 precision" in report.first_failure.finding.message
+
+
+def test_check_function_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="backward must be a function"):
+        check_function("rmsnorm", "not a function")
+    with pytest.raises(ValueError, match="n_random must be an int >= 0"):
+        check_function("rmsnorm", lambda dy, cache: None, n_random=-1)
+    with pytest.raises(ValueError, match="unknown exercise 'nope'"):
+        check_function("nope", lambda dy, cache: None)
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        grade_file("rmsnorm", "x.py", timeout=0)
+    with pytest.raises(ValueError, match="memory_mb must be an int >= 64"):
+        grade_file("rmsnorm", "x.py", memory_mb=1)

@@ -479,7 +479,14 @@ class SwiGLUMistakes:
 # ======================================================================================================
 class RoPEMistakes:
     probes = [dict(B=2, H=3, T=4, head_dim=6, seed=11), dict(B=1, H=2, T=3, head_dim=8, seed=12, general_tables=True)]
-    ladder = []
+    ladder = [Rung("one position of one head", dict(B=1, H=1, T=1, head_dim=4, seed=5)),
+              Rung("several positions", dict(B=1, H=1, T=3, head_dim=4, seed=5),
+                   "row t of cos and sin belongs to position t: the tables broadcast over B and H, not over T"),
+              Rung("B = 2 and two heads", dict(B=2, H=2, T=1, head_dim=4, seed=5), MIXES_ROWS),
+              Rung("general cos/sin tables (not rotations)", dict(B=1, H=1, T=2, head_dim=4, seed=5,
+                                                                  general_tables=True),
+                   "the formula holds only when both halves of sin hold the same angles: multiply by sin "
+                   "before rotating, dx = dy*cos - rotate_half(dy*sin)")]
 
     def variant(self, dy, case, form="right"):
         x, cos, sin = case.inputs

@@ -147,6 +147,11 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     catch_everything: also turn SystemExit and KeyboardInterrupt raised by the function into its
     failure (the grading sandbox does; in your own process a Ctrl-C should still stop you)."""
     exercise = get_exercise(op)
+    if not callable(backward):
+        raise TypeError(f"backward must be a function like {exercise.signature[4:-1]}, got {type(backward).__name__}")
+    for name, value in (("n_random", n_random), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     source = source or getattr(backward, "__name__", repr(backward))
     source_file = source_file or getattr(getattr(backward, "__code__", None), "co_filename", None)
     backward = student_call(backward)

@@ -119,8 +119,13 @@ def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 
     train(TrainConfig(out=str(folder / "reference"), **settings), echo=quiet)
     echo(f"... and again with yours ({path}) in its place")
     stopped = ""
+    calls = [0]
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return backward(*args, **kwargs)
     try:
-        with use_op(exercise.backward_name, student_call(backward)):
+        with use_op(exercise.backward_name, student_call(counted)):
             train(TrainConfig(out=str(folder / "yours"), tokenizer=str(folder / "reference" / "tokenizer.model"),
                               **settings), echo=quiet)
     except Exception as error:        # the student's code failing mid-run ends that run, not this command
@@ -129,10 +134,20 @@ def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 
     yours = _losses(folder / "yours")
     if not stopped and len(yours) < len(reference):
         stopped = "a NaN or Inf loss or gradient"
+    if calls[0] == 0 and not stopped:
+        raise RuntimeError(f"the model never called {exercise.backward_name} on the {_backend()} backend, so this "
+                           f"run could not test your function; try NPLLAMA_BACKEND=numpy")
     ok, verdict = verdict_of(reference, yours, steps, stopped)
+    verdict += f" [your {exercise.backward_name} ran {calls[0]} times]"
     comparison = TrainComparison(op, list(range(1, len(reference) + 1)), reference, yours, stopped, verdict, ok)
     comparison.plot = _plot(comparison, folder / f"{op}_losses.png")
     return comparison
+
+
+def _backend() -> str:
+    from ..backend import get_backend
+
+    return get_backend()
 
 
 def _load(exercise, path: Path):

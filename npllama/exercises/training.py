@@ -135,7 +135,7 @@ def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 
     if not stopped and len(yours) < len(reference):
         stopped = "a NaN or Inf loss or gradient"
     if calls[0] == 0 and not stopped:
-        raise RuntimeError(f"the model never called {exercise.backward_name} on the {_backend()} backend, so this "
+        raise ValueError(f"the model never called {exercise.backward_name} on the {_backend()} backend, so this "
                            f"run could not test your function; try NPLLAMA_BACKEND=numpy")
     ok, verdict = verdict_of(reference, yours, steps, stopped)
     verdict += f" [your {exercise.backward_name} ran {calls[0]} times]"

@@ -280,6 +280,8 @@ def _within_difference_noise(backward, case: Case, dout, input_name: str) -> boo
 def _snapshot(obj):
     if isinstance(obj, np.ndarray):
         return obj.copy()
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):   # an op's typed cache (a NamedTuple)
+        return type(obj)(*(_snapshot(o) for o in obj))
     if isinstance(obj, (tuple, list)):
         return type(obj)(_snapshot(o) for o in obj)
     if isinstance(obj, dict):

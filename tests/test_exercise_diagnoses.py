@@ -114,7 +114,7 @@ HELD_OUT = [
     """),
     ("attention", "dk, dv averaged over the group", "average", """
         def attention_backward(dout, cache):
-            q, k, v, P, scale = cache["q"], cache["k"], cache["v"], cache["attn_probs"], cache["scale"]
+            q, k, v, P, scale = cache.q, cache.k, cache.v, cache.attn_probs, cache.scale
             B, H, T, d = q.shape
             G = k.shape[1]
             r = H // G
@@ -130,7 +130,7 @@ HELD_OUT = [
     """),
     ("attention", "kv heads tiled", "tiled", """
         def attention_backward(dout, cache):
-            q, k, v, P, scale = cache["q"], cache["k"], cache["v"], cache["attn_probs"], cache["scale"]
+            q, k, v, P, scale = cache.q, cache.k, cache.v, cache.attn_probs, cache.scale
             B, H, T, d = q.shape
             G = k.shape[1]
             reps = H // G
@@ -150,7 +150,7 @@ HELD_OUT = [
     """),
     ("attention", "scale applied to dv", "also applied to dv", """
         def attention_backward(dout, cache):
-            q, k, v, P, scale = cache["q"], cache["k"], cache["v"], cache["attn_probs"], cache["scale"]
+            q, k, v, P, scale = cache.q, cache.k, cache.v, cache.attn_probs, cache.scale
             B, H, T, d = q.shape
             G = k.shape[1]
             r = H // G
@@ -164,7 +164,7 @@ HELD_OUT = [
     """),
     ("attention", "mask forgotten when recomputing probabilities", "without any mask", """
         def attention_backward(dout, cache):
-            q, k, v, scale = cache["q"], cache["k"], cache["v"], cache["scale"]
+            q, k, v, scale = cache.q, cache.k, cache.v, cache.scale
             B, H, T, d = q.shape
             G = k.shape[1]
             r = H // G
@@ -181,7 +181,7 @@ HELD_OUT = [
     """),
     ("attention", "softmax sum over queries", "over the queries", """
         def attention_backward(dout, cache):
-            q, k, v, P, scale = cache["q"], cache["k"], cache["v"], cache["attn_probs"], cache["scale"]
+            q, k, v, P, scale = cache.q, cache.k, cache.v, cache.attn_probs, cache.scale
             B, H, T, d = q.shape
             G = k.shape[1]
             r = H // G
@@ -363,7 +363,7 @@ def test_two_mistakes_at_once_get_no_wrong_single_cause(tmp_path):
 BLIND = [
     ("attention", "attention_nogroupsum", "only the first query head", """
         def attention_backward(dout, cache):
-            q, k, v, P, sc = cache["q"], cache["k"], cache["v"], cache["attn_probs"], cache["scale"]
+            q, k, v, P, sc = cache.q, cache.k, cache.v, cache.attn_probs, cache.scale
             r = q.shape[1] // k.shape[1]
             K = np.repeat(k, r, 1); V = np.repeat(v, r, 1)
             dP = dout @ V.swapaxes(2, 3)
@@ -375,7 +375,7 @@ BLIND = [
     """),
     ("attention", "attention_noscale", "scale of the scores is missing", """
         def attention_backward(dout, cache):
-            q, k, v, P = cache["q"], cache["k"], cache["v"], cache["attn_probs"]
+            q, k, v, P = cache.q, cache.k, cache.v, cache.attn_probs
             B, H, T, d = q.shape
             G = k.shape[1]; r = H // G
             K = np.repeat(k, r, 1); V = np.repeat(v, r, 1)
@@ -510,7 +510,7 @@ def test_catalogue_is_right_without_knobs_and_its_mistakes_are_distinguishable(o
 BLIND_2 = [
     ("attention", "attention__pad", "causal mask only", """
         def attention_backward(dout, cache):
-            q, k, v, sc = cache["q"], cache["k"], cache["v"], cache["scale"]
+            q, k, v, sc = cache.q, cache.k, cache.v, cache.scale
             B, H, T, d = q.shape; G = k.shape[1]; r = H // G; S = k.shape[2]
             K = np.repeat(k, r, axis=1); V = np.repeat(v, r, axis=1)
             scores = np.einsum("bhtd,bhsd->bhts", q, K) * sc
@@ -528,7 +528,7 @@ BLIND_2 = [
     """),
     ("attention", "attention__scale2", "applied twice", """
         def attention_backward(dout, cache):
-            q, k, v, P, sc = cache["q"], cache["k"], cache["v"], cache["attn_probs"], cache["scale"]
+            q, k, v, P, sc = cache.q, cache.k, cache.v, cache.attn_probs, cache.scale
             B, H, T, d = q.shape; G = k.shape[1]; r = H // G
             K = np.repeat(k, r, axis=1); V = np.repeat(v, r, axis=1)
             dP = dout @ V.transpose(0, 1, 3, 2)

@@ -10,7 +10,9 @@ run briefly first, so the curve is never the library's own backward under anothe
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import json
 import math
 import tempfile
@@ -22,6 +24,7 @@ from .screen import RULE, guard_library, screen_source, student_call
 
 # The backward passes the pre-training step of the model runs (the others belong to fine-tuning
 # heads or to the article's LayerNorm, which LLaMA does not use).
+INSIDE = {"softmax": "attention", "swiglu_act": "swiglu"}   # ops computed inside another op's backward
 MODEL_BACKWARDS = ("embedding", "linear", "rmsnorm", "rope", "softmax", "attention", "swiglu_act", "swiglu",
                    "cross_entropy")
 SAME = 1e-3          # curves within this relative distance at every step are "the same"
@@ -108,7 +111,6 @@ def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 
     report = check_function(op, backward, n_random=1)
     echo(f"exercise check: {report.passed} of {report.total} checks pass"
          + ("" if report.ok else f" (first failure: {report.summary()})"))
-    from ..backend import use_op
     from ..train import TrainConfig, train
 
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"npllama-train-{op}-"))
@@ -116,7 +118,8 @@ def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 
                     checkpoint_every=steps, samples=0, corpus_stories=corpus_stories, progress=progress)
     quiet = (lambda *a, **k: None)
     echo(f"training the tiny model for {steps} steps with the library's {exercise.backward_name} ...")
-    train(TrainConfig(out=str(folder / "reference"), **settings), echo=quiet)
+    with in_the_model(exercise, exercise.reference):
+        train(TrainConfig(out=str(folder / "reference"), **settings), echo=quiet)
     echo(f"... and again with yours ({path}) in its place")
     stopped = ""
     calls = [0]
@@ -125,7 +128,7 @@ def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 
         calls[0] += 1
         return backward(*args, **kwargs)
     try:
-        with use_op(exercise.backward_name, student_call(counted)):
+        with in_the_model(exercise, student_call(counted)):
             train(TrainConfig(out=str(folder / "yours"), tokenizer=str(folder / "reference" / "tokenizer.model"),
                               **settings), echo=quiet)
     except Exception as error:        # the student's code failing mid-run ends that run, not this command
@@ -142,6 +145,27 @@ def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 
     comparison = TrainComparison(op, list(range(1, len(reference) + 1)), reference, yours, stopped, verdict, ok)
     comparison.plot = _plot(comparison, folder / f"{op}_losses.png")
     return comparison
+
+
+@contextlib.contextmanager
+def in_the_model(exercise, backward):
+    """Every call the model makes to the exercise's backward runs `backward`, fed by the reference
+    forward (a kernel's cache has another layout than the one the student was given).  Softmax and
+    SwiGLU's activation are not ops the model calls itself: they run inside attention's and SwiGLU's
+    reference backward, re-bound (backend.bind) so that their call reaches `backward`."""
+    from ..backend import bind, use_op
+
+    outer = INSIDE.get(exercise.op)
+    with contextlib.ExitStack() as stack:
+        if outer is None:
+            stack.enter_context(use_op(exercise.forward_name, exercise.forward))
+            stack.enter_context(use_op(exercise.backward_name, backward))
+        else:
+            module = importlib.import_module(f"npllama.ops.{outer}")
+            rebound = bind(module, {exercise.backward_name: backward}, keep=False)
+            stack.enter_context(use_op(f"{outer}_forward", getattr(module, f"{outer}_forward")))
+            stack.enter_context(use_op(f"{outer}_backward", getattr(rebound, f"{outer}_backward")))
+        yield
 
 
 def _backend() -> str:

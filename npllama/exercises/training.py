@@ -89,11 +89,13 @@ def verdict_of(reference, yours, steps_total, stopped) -> tuple[bool, str]:
         return False, (f"the model learns with your backward (final loss within {100 * final:.1f}% of the "
                        f"library's), but the curves part by up to {100 * gap:.1f}% at some step: a small "
                        f"error in the gradient -- run `npllama exercise check` to find it")
-    if yours[-1] < yours[0]:
-        return False, (f"the model learns more slowly with your backward: final loss {yours[-1]:.3f} against "
-                       f"{reference[-1]:.3f} -- part of the gradient is wrong or missing")
+    progress = (yours[0] - yours[-1]) / max(reference[0] - reference[-1], 1e-12)
+    if progress >= 0.1:
+        return False, (f"the model learns more slowly with your backward ({100 * progress:.0f}% of the library's "
+                       f"progress): final loss {yours[-1]:.3f} against {reference[-1]:.3f} -- part of the "
+                       f"gradient is wrong or missing")
     return False, (f"the model does not learn with your backward: the loss went from {yours[0]:.3f} to "
-                   f"{yours[-1]:.3f} (the library's reached {reference[-1]:.3f})")
+                   f"{yours[-1]:.3f} while the library's reached {reference[-1]:.3f}")
 
 
 def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 8, seq_len: int = 64,

@@ -95,3 +95,19 @@ def test_derivations_are_package_data_of_the_build(tmp_path):
     shipped = sorted(p.name for p in (tmp_path / "npllama" / "derivations").glob("*.md"))
     assert shipped == sorted(p.name for p in (root / "derivations").glob("*.md"))
     assert (tmp_path / "npllama" / "exercises" / "catalogue.py").is_file()
+
+
+def test_starter_quotes_the_ops_own_cache_type():
+    """The cache is described once, by the op's NamedTuple: the starter quotes its fields."""
+    import inspect
+
+    from npllama.ops.attention import AttentionCache
+
+    for op in EXERCISES:
+        assert "CACHE" not in starter_source(op), op
+    text = starter_source("attention")
+    assert "AttentionCache, the named tuple attention_forward returns" in text
+    for field in AttentionCache._fields:
+        assert f"{field}: " in text
+    assert "attn_probs: np.ndarray   # (B, H, T, S)" in inspect.getsource(AttentionCache) and \
+        "attn_probs: np.ndarray   # (B, H, T, S)" in text

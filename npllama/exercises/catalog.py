@@ -169,10 +169,7 @@ class Embedding(Exercise):
     doc = """Gradient of out = weight[tokens] with respect to weight.
 
     dout:  (..., D) the gradient of the loss with respect to out
-    cache: (tokens, weight_shape, dtype) as returned by embedding_forward:
-           tokens        integer array (...), ids in [0, V)
-           weight_shape  the table's shape (V, D)
-           dtype         the table's dtype (float32 or float64)
+    cache: CACHE
     Returns dweight, (V, D) of that dtype.
     """
     shapes = "tokens (...) int   weight (V, D)   out, dout (..., D)   dweight (V, D)"
@@ -233,9 +230,7 @@ class Linear(Exercise):
     doc = """Gradients of y = x @ weight.T.
 
     dy:    (..., out) the gradient of the loss with respect to y
-    cache: (x, weight) as returned by linear_forward:
-           x       (..., in)
-           weight  (out, in)
+    cache: CACHE
     Returns (dx, dweight): dx (..., in), dweight (out, in) -- summed over every leading axis of x.
     """
     shapes = "x (..., in)   weight (out, in)   y, dy (..., out)   dx (..., in)   dweight (out, in)"
@@ -277,10 +272,7 @@ y    = x * rstd * weight                                        # (..., D)"""
     doc = """Gradients of y = x * rstd * weight, rstd = 1 / sqrt(mean(x**2, -1) + eps).
 
     dy:    (..., D) the gradient of the loss with respect to y
-    cache: (x, rstd, weight) as returned by rmsnorm_forward:
-           x       (..., D)
-           rstd    (..., 1)  one number per row
-           weight  (D,)
+    cache: CACHE
     Returns (dx, dweight): dx (..., D), dweight (D,) summed over every row.
     """
     shapes = "x, y, dy, dx (..., D)   rstd (..., 1)   weight, dweight (D,)"
@@ -344,11 +336,7 @@ y    = xhat * weight + bias"""
     doc = """Gradients of y = (x - mean) * rstd * weight + bias (LayerNorm over the last axis).
 
     dy:    (..., D) the gradient of the loss with respect to y
-    cache: (x, mean, rstd, weight) as returned by layernorm_forward:
-           x       (..., D)
-           mean    (..., 1)  the row means
-           rstd    (..., 1)  1 / sqrt(var + eps) of each row
-           weight  (D,)
+    cache: CACHE
     Returns (dx, dweight, dbias): dx (..., D); dweight, dbias (D,) summed over every row.
     """
     shapes = "x, y, dy, dx (..., D)   mean, rstd (..., 1)   weight, bias, dweight, dbias (D,)"
@@ -433,7 +421,7 @@ y = x * cos + rotate_half(x) * sin     # Hugging Face's convention: pairs (x[i],
     doc = """Gradient of y = x * cos + rotate_half(x) * sin with respect to x.
 
     dy:    (..., T, head_dim) the gradient of the loss with respect to y
-    cache: (cos, sin) as returned by rope_forward, each (T, head_dim), broadcast over the leading axes
+    cache: CACHE
     Returns dx, with the shape of dy.
     npllama.ops.rope.rotate_half(a) is yours to use.
     """
@@ -564,11 +552,7 @@ query head h reads kv head h // n_rep (grouped-query attention, n_rep = H // KVH
     doc = """Gradients of causal / padded grouped-query attention with respect to q, k and v.
 
     dout:  (B, H, T, head_dim) the gradient of the loss with respect to out
-    cache: a dict as returned by attention_forward:
-           "q"  (B, H, T, head_dim)      "k", "v"  (B, KVH, S, head_dim)
-           "attn_probs"  (B, H, T, S)     0 where masked
-           "scale"  1 / sqrt(head_dim)    "n_rep"  H // KVH, query heads per kv head
-           "softmax_cache"  the cache softmax_forward returned (= attn_probs)
+    cache: CACHE
     Query head h reads kv head h // n_rep (heads g*n_rep .. g*n_rep + n_rep - 1 share kv head g).
     Returns (dq, dk, dv) with the shapes of q, k, v: dk and dv sum over the n_rep query heads
     that share each kv head.
@@ -685,8 +669,7 @@ act = silu(gate) * up                     # elementwise"""
     doc = """Gradients of act = silu(gate) * up with respect to gate and up (elementwise).
 
     dact:  the gradient of the loss with respect to act, the shape of gate
-    cache: (gate, up, gate_sigmoid, silu_gate) as returned by swiglu_act_forward:
-           gate_sigmoid = sigmoid(gate),  silu_gate = gate * sigmoid(gate)   (all the same shape)
+    cache: CACHE
     Returns (dgate, dup).
     """
     shapes = "gate, up, act, dact, dgate, dup: all the same shape (..., F)"
@@ -744,11 +727,7 @@ out  = act @ w_down.T                              # (..., D)"""
     doc = """Gradients of out = (silu(x W_gate^T) * (x W_up^T)) W_down^T.
 
     dout:  (..., D) the gradient of the loss with respect to out
-    cache: (gate_cache, up_cache, act_cache, down_cache) as returned by swiglu_forward:
-           gate_cache = (x, w_gate)        the linear_forward cache of gate = x @ w_gate.T
-           up_cache   = (x, w_up)          the linear_forward cache of up   = x @ w_up.T
-           act_cache  = (gate, up, gate_sigmoid, silu_gate)   swiglu_act_forward's cache
-           down_cache = (act, w_down)      the linear_forward cache of out  = act @ w_down.T
+    cache: CACHE
     Returns (dx, dw_gate, dw_up, dw_down) with the shapes of x, w_gate (F, D), w_up (F, D), w_down (D, F).
     You may use npllama.ops.linear.linear_backward and npllama.ops.swiglu.swiglu_act_backward:
     the lesson is how the pieces chain.
@@ -796,12 +775,7 @@ a position counts when its target != ignore_index (-100); no counted position: l
 
     dloss: the gradient of the final objective with respect to loss (a 0-d array or a float; 1 when
            loss is the objective itself)
-    cache: (probs, safe_targets, counted, n_counted, logits_shape) as returned by cross_entropy_forward:
-           probs         (N, V)  softmax of each row of logits, N = number of positions
-           safe_targets  (N,)    the targets, with ignored ones replaced by 0
-           counted       (N,)    bool, True where the target is not ignore_index
-           n_counted     int     how many positions count (may be 0)
-           logits_shape  tuple   the shape of logits, (..., V)
+    cache: CACHE
     Returns dlogits, with logits_shape and probs' dtype.  Ignored positions get 0; if nothing is
     counted, everything is 0 (not NaN).
     """

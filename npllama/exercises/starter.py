@@ -2,6 +2,7 @@
 to the derivation, and a body that raises NotImplementedError."""
 from __future__ import annotations
 
+import inspect
 import textwrap
 from pathlib import Path
 
@@ -26,6 +27,31 @@ def derivation_quote(exercise: Exercise) -> str:
         return explain_text(exercise.derivation, backward_only=True)
     except ValueError:
         return ""
+
+
+def cache_description(exercise: Exercise) -> str:
+    """The cache as the op documents it: its NamedTuple's docstring and fields with their comments,
+    quoted from the op's source (one description, the op's own)."""
+    _, cache = exercise.case(exercise.edge_cases[0]).run_forward()
+    kind = type(cache)
+    if not hasattr(kind, "_fields"):
+        return ""
+    lines = []
+    for line in textwrap.dedent(inspect.getsource(kind)).splitlines()[1:]:
+        if line.strip().startswith("def "):
+            break
+        if line.strip():
+            lines.append(line.strip().strip('"').strip())
+    return (f"{kind.__name__}, the named tuple {exercise.forward_name} returns ({kind.__module__}):\n"
+            f"unpack it in this order, or read its fields (cache.{kind._fields[0]}, ...)\n" + "\n".join(lines))
+
+
+def _doc_with_cache(exercise: Exercise) -> str:
+    doc = exercise.doc.strip()
+    if "cache: CACHE" not in doc:
+        return doc
+    text = cache_description(exercise).splitlines()
+    return doc.replace("cache: CACHE", "cache: " + "\n           ".join(text))
 
 
 def starter_source(op: str) -> str:
@@ -63,7 +89,7 @@ The rule:   {textwrap.fill(RULE, 84, subsequent_indent="            ")}
 {_as_comment(derivation_quote(ex))}
 
 {ex.signature}
-    """{ex.doc.strip()}
+    """{_doc_with_cache(ex)}
     """
     raise NotImplementedError("{ex.backward_name} is not implemented yet")
 '''

@@ -626,3 +626,50 @@ BLIND_2 = [
 @pytest.mark.parametrize("op,what,phrase,body", BLIND_2, ids=[b[1] for b in BLIND_2])
 def test_second_blind_mistake_is_named(op, what, phrase, body, tmp_path):
     test_held_out_mistake_is_named(op, what, phrase, body, tmp_path)
+
+
+# ----- the block assembled from the ops ------------------------------------------------------------------
+BLOCK_CORRECT = """import numpy as np
+from npllama.ops.rmsnorm import rmsnorm_backward
+from npllama.ops.attention import attention_backward
+from npllama.ops.rope import rope_backward
+from npllama.ops.linear import linear_backward
+from npllama.ops.swiglu import swiglu_backward
+from npllama.model import LayerWeights
+
+
+def block_backward(dout, cache):
+    dhn, dgate, dup, ddown = swiglu_backward(dout, cache.mlp)
+    dhh, dw_post = rmsnorm_backward(dhn, cache.post_attention_layernorm)
+    dh = dout + dhh
+    a = cache.self_attn
+    B, T, _ = dh.shape
+    H, G, d = a.n_heads, a.n_kv_heads, a.head_dim
+    dattn, dwo = linear_backward(dh, a.o_proj)
+    dqr, dkr, dv = attention_backward(dattn.reshape(B, T, H, d).transpose(0, 2, 1, 3), a.attention)
+    dq = rope_backward(dqr, a.q_rope).transpose(0, 2, 1, 3).reshape(B, T, H * d)
+    dk = rope_backward(dkr, a.k_rope).transpose(0, 2, 1, 3).reshape(B, T, G * d)
+    dv = dv.transpose(0, 2, 1, 3).reshape(B, T, G * d)
+    gq, dwq = linear_backward(dq, a.q_proj)
+    gk, dwk = linear_backward(dk, a.k_proj)
+    gv, dwv = linear_backward(dv, a.v_proj)
+    dxn = gq + gk + gv
+    dxx, dw_in = rmsnorm_backward(dxn, cache.input_layernorm)
+    return dh + dxx, LayerWeights(dw_in, dwq, dwk, dwv, dwo, dw_post, dgate, dup, ddown)
+"""
+
+
+def test_a_students_block_backward_passes_and_a_missing_residual_is_named(tmp_path):
+    right = tmp_path / "right.py"
+    right.write_text(BLOCK_CORRECT)
+    report = check_file("block", right, n_random=1)
+    assert report.ok, report.format()
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text(BLOCK_CORRECT.replace("    dh = dout + dhh\n", "    dh = dhh\n"))
+    finding = check_file("block", wrong, n_random=1).first_failure.finding
+    assert "residual around the MLP is missing" in finding.message
+    no_rope = tmp_path / "no_rope.py"
+    no_rope.write_text(BLOCK_CORRECT.replace("rope_backward(dqr, a.q_rope)", "dqr")
+                       .replace("rope_backward(dkr, a.k_rope)", "dkr"))
+    finding = check_file("block", no_rope, n_random=1).first_failure.finding
+    assert "RoPE's backward is missing" in finding.message, finding.message

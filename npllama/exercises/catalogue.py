@@ -609,3 +609,68 @@ CATALOGUES = {"rmsnorm": RMSNormMistakes(), "layernorm": LayerNormMistakes(), "s
               "attention": AttentionMistakes(), "cross_entropy": CrossEntropyMistakes(), "linear": LinearMistakes(),
               "embedding": EmbeddingMistakes(), "swiglu_act": SwiGLUActMistakes(), "swiglu": SwiGLUMistakes(),
               "rope": RoPEMistakes(), "lora": LoRAMistakes(), "classifier": ClassifierMistakes()}
+
+
+# ======================================================================================================
+class BlockMistakes:
+    """The decoder block's backward (npllama.model.block_backward) with one connection done wrong."""
+
+    probes = [dict(B=2, T=3, KVH=2, n_rep=2, head_dim=4, F=5, causal=True, seed=11),
+              dict(B=1, T=2, KVH=1, n_rep=2, head_dim=2, F=3, causal=False, seed=12)]
+    ladder = [Rung("one position, one head", dict(B=1, T=1, KVH=1, n_rep=1, head_dim=2, F=3, causal=True, seed=5)),
+              Rung("several positions", dict(B=1, T=3, KVH=1, n_rep=1, head_dim=2, F=3, causal=True, seed=5),
+                   "positions meet only in attention: its backward, or RoPE's, is chained wrongly"),
+              Rung("two query heads per kv head", dict(B=1, T=3, KVH=1, n_rep=2, head_dim=2, F=3, causal=True, seed=5),
+                   "the heads are split or merged wrongly: (B, T, H*hd) <-> (B, H, T, hd) is a reshape then a "
+                   "transpose, read backwards"),
+              Rung("B = 2", dict(B=2, T=3, KVH=1, n_rep=2, head_dim=2, F=3, causal=True, seed=5), MIXES_ROWS)]
+
+    def variant(self, dout, case, residual_mlp=True, residual_attn=True, xn_from="qkv", rope="transposed"):
+        from ..ops.attention import attention_backward
+        from ..ops.linear import linear_backward
+        from ..ops.rmsnorm import rmsnorm_backward
+        from ..ops.rope import rope_backward, rope_forward
+        from ..ops.swiglu import swiglu_backward
+
+        _, cache = case.run_forward()
+        dhn, dW_gate, dW_up, dW_down = swiglu_backward(dout, cache.mlp)
+        dh_norm, dw_post = rmsnorm_backward(dhn, cache.post_attention_layernorm)
+        dh = dout + dh_norm if residual_mlp else dh_norm
+        a = cache.self_attn
+        B, T, _ = dh.shape
+        H, KVH, hd = a.n_heads, a.n_kv_heads, a.head_dim
+        dattn, dW_o = linear_backward(dh, a.o_proj)
+        dq_rot, dk_rot, dv = attention_backward(dattn.reshape(B, T, H, hd).transpose(0, 2, 1, 3), a.attention)
+        turn = {"transposed": lambda g, c: rope_backward(g, c), "none": lambda g, c: g,
+                "forward": lambda g, c: rope_forward(g, c.cos, c.sin)[0]}[rope]
+        dq, dk = turn(dq_rot, a.q_rope), turn(dk_rot, a.k_rope)
+        merge = lambda g, n: g.transpose(0, 2, 1, 3).reshape(B, T, n * hd)  # noqa: E731
+        dxn_q, dW_q = linear_backward(merge(dq, H), a.q_proj)
+        dxn_k, dW_k = linear_backward(merge(dk, KVH), a.k_proj)
+        dxn_v, dW_v = linear_backward(merge(dv, KVH), a.v_proj)
+        dxn = {"qkv": dxn_q + dxn_k + dxn_v, "q": dxn_q, "qk": dxn_q + dxn_k}[xn_from]
+        dx_norm, dw_in = rmsnorm_backward(dxn, cache.input_layernorm)
+        dx = dh + dx_norm if residual_attn else dx_norm
+        return dx, dw_in, dW_q, dW_k, dW_v, dW_o, dw_post, dW_gate, dW_up, dW_down
+
+    def mistakes(self):
+        return [
+            _m("the residual around the MLP is missing from dh: h feeds both the norm and out = h + mlp_out",
+               "dh = dout + (the post-attention norm's backward of dhn): a tensor used twice collects two "
+               "gradients", residual_mlp=False),
+            _m("the residual around attention is missing from dx: x feeds both the norm and h = x + attn_out",
+               "dx = dh + (the input norm's backward of dxn)", residual_attn=False),
+            _m("both residual paths are missing: each sub-layer's input gradient replaced the skip connection's",
+               "residuals add: dh = dout + ..., dx = dh + ...", residual_mlp=False, residual_attn=False),
+            _m("xn feeds the q, k and v projections, but only q's gradient reached it",
+               "dxn = dxn_q + dxn_k + dxn_v", xn_from="q"),
+            _m("xn feeds the q, k and v projections, but v's gradient did not reach it",
+               "dxn = dxn_q + dxn_k + dxn_v", xn_from="qk"),
+            _m("RoPE's backward is missing: the gradients of the rotated q and k were used as dq and dk",
+               "q_rot = rope(q): dq = rope_backward(dq_rot, q_rope cache), the same for k", rope="none"),
+            _m("RoPE's forward rotation was applied to dq_rot and dk_rot; the backward needs its transpose",
+               "dq = rope_backward(dq_rot, ...): the inverse rotation", rope="forward"),
+        ]
+
+
+CATALOGUES["block"] = BlockMistakes()

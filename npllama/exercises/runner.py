@@ -154,7 +154,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
             raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     source = source or getattr(backward, "__name__", repr(backward))
     source_file = source_file or getattr(getattr(backward, "__code__", None), "co_filename", None)
-    backward = student_call(backward)
+    backward = exercise.adapt(student_call(backward))
     student_errors = BaseException if catch_everything else Exception
     try:
         refused = finite_difference_noise(exercise, backward)

@@ -57,13 +57,9 @@ def _doc_with_cache(exercise: Exercise) -> str:
 def starter_source(op: str) -> str:
     ex = get_exercise(op)
     imports = "import numpy as np\n"
-    if "rotate_half" in ex.allowed_imports:
-        imports += "\nfrom npllama.ops.rope import rotate_half  # noqa: F401  (yours to use)\n"
-    if "softmax_backward" in ex.allowed_imports:
-        imports += "\nfrom npllama.ops.softmax import softmax_backward  # noqa: F401  (or write it inline)\n"
-    if "linear_backward" in ex.allowed_imports:
-        imports += ("\nfrom npllama.ops.linear import linear_backward  # noqa: F401\n"
-                    "from npllama.ops.swiglu import swiglu_act_backward  # noqa: F401\n")
+    if ex.helpers:
+        imports += "\n" + "".join(f"from {module} import {name}  # noqa: F401  (yours to use)\n"
+                                   for module, name in ex.helpers)
     article = f", article {ex.article}" if ex.article else ""
     forward = textwrap.indent(ex.forward_text, "    ")
     return f'''"""Exercise: the backward pass of the {ex.title}{article}.

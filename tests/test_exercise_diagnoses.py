@@ -673,3 +673,43 @@ def test_a_students_block_backward_passes_and_a_missing_residual_is_named(tmp_pa
                        .replace("rope_backward(dkr, a.k_rope)", "dkr"))
     finding = check_file("block", no_rope, n_random=1).first_failure.finding
     assert "RoPE's backward is missing" in finding.message, finding.message
+
+
+MODEL_CORRECT = """import numpy as np
+from npllama.model import block_backward, LAYER_PATHS
+from npllama.ops.rmsnorm import rmsnorm_backward
+from npllama.ops.linear import linear_backward
+from npllama.ops.embedding import embedding_backward
+
+
+def model_backward(dlogits, cache, config):
+    grads = {}
+    dh, dW = linear_backward(dlogits, cache.lm_head)
+    dx, grads["model.norm.weight"] = rmsnorm_backward(dh, cache.norm)
+    for i in range(config.num_hidden_layers - 1, -1, -1):
+        dx, lg = block_backward(dx, cache.layers[i])
+        for path, g in zip(LAYER_PATHS, lg):
+            grads["model.layers.%d.%s.weight" % (i, path)] = g
+    grads["model.embed_tokens.weight"] = embedding_backward(dx, cache.embed_tokens)
+    if config.tie_word_embeddings:
+        grads["model.embed_tokens.weight"] = grads["model.embed_tokens.weight"] + dW
+    else:
+        grads["lm_head.weight"] = dW
+    return grads
+"""
+
+
+def test_a_students_model_backward_passes_and_untied_gradients_are_named(tmp_path):
+    right = tmp_path / "right.py"
+    right.write_text(MODEL_CORRECT)
+    assert check_file("model", right, n_random=1).ok
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text(MODEL_CORRECT.replace(
+        '        grads["model.embed_tokens.weight"] = grads["model.embed_tokens.weight"] + dW', "        pass"))
+    finding = check_file("model", wrong, n_random=1).first_failure.finding
+    assert "lm_head's gradient was not added" in finding.message and "fails with tied embeddings" in finding.ladder
+    forward_order = tmp_path / "forward_order.py"
+    forward_order.write_text(MODEL_CORRECT.replace("range(config.num_hidden_layers - 1, -1, -1)",
+                                                   "range(config.num_hidden_layers)"))
+    finding = check_file("model", forward_order, n_random=1).first_failure.finding
+    assert "first to last" in finding.message

@@ -20,7 +20,7 @@ from npllama.exercises.planted import CORRECT, PLANTED, write_planted
 BACKWARDS_IN_OPS = ["embedding", "linear", "rmsnorm", "layernorm", "rope", "softmax", "attention",
                     "swiglu_act", "swiglu", "cross_entropy", "lora", "classifier"]
 
-ASSEMBLED = ["block"]   # backward passes assembled from the ops (npllama/exercises/assembled.py)
+ASSEMBLED = ["block", "model"]   # backward passes assembled from the ops (npllama/exercises/assembled.py)
 SAMPLED = [(op, c.method) for op, ex in EXERCISES.items() for c in ex.checks() if c.sampled]
 FIXED = [(op, c.method) for op, ex in EXERCISES.items() for c in ex.checks() if not c.sampled]
 

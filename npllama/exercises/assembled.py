@@ -1,4 +1,4 @@
-"""The exercise assembled from the ops: a whole LLaMA decoder block's backward.
+"""The exercises assembled from the ops: a LLaMA decoder block's backward, then the whole model's.
 
 The student writes `block_backward(dout, cache)` as npllama.model has it -- the BlockCache of
 block_forward in, dx and the layer's nine weight gradients (a LayerWeights, or a tuple in its
@@ -10,6 +10,8 @@ W_k, W_v, W_o, w_post, W_gate, W_up, W_down, ...)`, and the student's (dx, grads
 match (`flat_backward`).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,12 +31,16 @@ def block_forward_flat(x, *weights, cos, sin, config, causal=True, key_padding_m
 
 def flat_backward(backward):
     """A block backward returning (dx, LayerWeights or 9-tuple) as one flat tuple of 10 gradients."""
+    if getattr(backward, "adapted", False):
+        return backward
+
     def flat(dout, cache):
         result = backward(dout, cache)
         if isinstance(result, (tuple, list)) and len(result) == 2 and isinstance(result[1], (tuple, list)):
             return (result[0], *result[1])
         return result          # the checks explain whatever else came back
     flat.__name__ = getattr(backward, "__name__", "block_backward")
+    flat.adapted = True
     return flat
 
 
@@ -125,3 +131,100 @@ out = h + swiglu(hn; W_gate, W_up, W_down)     # 8-9 the second residual"""
         expect_close(grads[0], dout, "dx", identity.describe() + ", W_o = W_down = 0",
                      what="with both sub-layers switched off the block is the identity, so dx = dout",
                      tol=1e-12, zero_label="")
+
+
+# ======================================================================================================
+class ModelCacheWithConfig(NamedTuple):
+    """The exercise's cache: model_forward's ModelCache and the config model_backward also takes."""
+
+    cache: object        # npllama.model.ModelCache
+    config: object       # npllama.config.LlamaConfig
+
+
+def model_forward_flat(*params, names, tokens, cos, sin, config, causal=True):
+    """model.model_forward with the parameters as separate arrays, in config.param_shapes() order."""
+    from ..model import model_forward
+
+    logits, cache = model_forward(dict(zip(names, params)), config, tokens, cos, sin, causal, None)
+    return logits, ModelCacheWithConfig(cache, config)
+
+
+def dict_backward(backward):
+    """model_backward(dlogits, cache, config) -> {name: grad}, as a flat tuple in the parameters' order."""
+    if getattr(backward, "adapted", False):
+        return backward
+
+    def flat(dlogits, packed):
+        grads = backward(dlogits, packed.cache, packed.config)
+        if not isinstance(grads, dict):
+            return grads           # the checks explain whatever else came back
+        names = list(packed.config.param_shapes())
+        missing = [n for n in names if n not in grads]
+        if missing:
+            raise KeyError(f"your grads dict has no entry {missing[0]!r} ({len(missing)} of {len(names)} "
+                           f"parameters missing); it needs exactly the keys of model.params")
+        return tuple(grads[n] for n in names)
+    flat.__name__ = getattr(backward, "__name__", "model_backward")
+    flat.adapted = True
+    return flat
+
+
+class Model(Exercise):
+    op, title, module = "model", "whole LLaMA model (assembled from the blocks)", "npllama.model"
+    forward_name, backward_name, params = "model_forward", "model_backward", "dlogits, cache, config"
+    derivation, article = "derivations/transformer_block.md", "§3.1 (the decoder-only stack)"
+    forward_text = """x = E[tokens]                                  # the embedding
+x = block_l(x) for l = 0 .. L-1                # the decoder blocks
+hidden = rmsnorm(x; w_norm)
+logits = hidden @ W_lm.T                       # W_lm = E when tie_word_embeddings"""
+    doc = """Every parameter's gradient, given dL/dlogits.
+
+    dlogits: (B, T, V) the gradient of the loss with respect to the logits
+    cache:   a ModelCache from npllama.model.model_forward: embed_tokens, layers (one BlockCache
+             per layer), norm, lm_head
+    config:  the LlamaConfig (num_hidden_layers, tie_word_embeddings, ...)
+    Returns a dict: Hugging Face parameter name -> gradient, exactly the keys of model.params
+    ("model.embed_tokens.weight", "model.layers.0.input_layernorm.weight", ..., "model.norm.weight",
+    and "lm_head.weight" unless the embeddings are tied: then E gets both gradients).
+    Use block_backward (npllama.model: the previous exercise) and the ops' backward passes.
+    """
+    shapes = "tokens (B, T)   logits, dlogits (B, T, V)   E (V, D)   every layer as in the block exercise"
+    allowed_imports = ("numpy, block_backward and LAYER_PATHS (npllama.model), rmsnorm_backward, linear_backward, "
+                       "embedding_backward (npllama.ops.*)")
+    helpers = (("npllama.model", "block_backward"), ("npllama.model", "LAYER_PATHS"),
+               ("npllama.ops.rmsnorm", "rmsnorm_backward"), ("npllama.ops.linear", "linear_backward"),
+               ("npllama.ops.embedding", "embedding_backward"))
+    space = dict(layers=Ints(1, 2), B=Ints(1, 2), T=Ints(1, 3), tied=Choice((False, True)), seed=SEED)
+    edge_cases = [dict(layers=2, B=2, T=3, tied=False, seed=1),
+                  dict(layers=1, B=1, T=2, tied=True, seed=2)]
+
+    @property
+    def forward(self):
+        return model_forward_flat
+
+    @property
+    def reference(self):
+        from ..model import model_backward
+
+        return dict_backward(model_backward)
+
+    def adapt(self, backward):
+        return dict_backward(backward)
+
+    def build(self, params, dtype=np.float64):
+        from ..config import LlamaConfig
+        from ..ops.rope import rope_cos_sin
+
+        rng = np.random.default_rng(params["seed"])
+        config = LlamaConfig(vocab_size=7, hidden_size=4, intermediate_size=6, num_hidden_layers=params["layers"],
+                             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8,
+                             rms_norm_eps=1e-5, tie_word_embeddings=params["tied"])
+        shapes = config.param_shapes()
+        arrays = [((1.0 if len(s) == 1 else 0.0) + (0.2 if len(s) == 1 else 0.6) * rng.standard_normal(s)).astype(dtype)
+                  for s in shapes.values()]
+        T = params["T"]
+        tokens = rng.integers(0, config.vocab_size, size=(params["B"], T))
+        cos, sin = rope_cos_sin(np.arange(T), config.head_dim, 10000.0, dtype=dtype)
+        names = tuple(shapes)
+        return Case(self.forward, arrays, names, tuple(range(len(names))), seed=params["seed"] % 1000,
+                    kwargs=dict(names=names, tokens=tokens, cos=cos, sin=sin, config=config))

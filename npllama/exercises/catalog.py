@@ -993,11 +993,11 @@ logits = pooled @ score_weight.T          # (B, num_labels)"""
                      zero_label=case.context["zero_label"])
 
 
-from .assembled import Block  # noqa: E402  (it builds on the classes above)
+from .assembled import Block, Model  # noqa: E402  (they build on the classes above)
 
 EXERCISES: dict[str, Exercise] = {ex.op: ex for ex in (
     Embedding(), Linear(), RMSNorm(), LayerNorm(), RoPE(), Softmax(), Attention(), SwiGLUAct(), SwiGLU(),
-    CrossEntropy(), LoRA(), Classifier(), Block())}
+    CrossEntropy(), LoRA(), Classifier(), Block(), Model())}
 
 
 def get_exercise(op: str) -> Exercise:

@@ -674,3 +674,55 @@ class BlockMistakes:
 
 
 CATALOGUES["block"] = BlockMistakes()
+
+
+class ModelMistakes:
+    """The whole model's backward (npllama.model.model_backward) with one connection done wrong."""
+
+    probes = [dict(layers=2, B=2, T=3, tied=True, seed=11), dict(layers=2, B=1, T=2, tied=False, seed=12)]
+    ladder = [Rung("one layer, untied embeddings", dict(layers=1, B=1, T=2, tied=False, seed=5)),
+              Rung("two layers", dict(layers=2, B=1, T=2, tied=False, seed=5),
+                   "the layers are chained wrongly: walk them last to first, each block's dx the next one's dout"),
+              Rung("tied embeddings", dict(layers=1, B=1, T=2, tied=True, seed=5),
+                   "with tie_word_embeddings E is the lookup table and W_lm: its two gradients add")]
+
+    def variant(self, dlogits, case, final_norm=True, order="reversed", tied_sum=True):
+        from ..model import LAYER_PATHS, block_backward
+        from ..ops.embedding import embedding_backward
+        from ..ops.linear import linear_backward
+        from ..ops.rmsnorm import rmsnorm_backward
+
+        _, (cache, config) = case.run_forward()
+        dhidden, dW_lm = linear_backward(dlogits, cache.lm_head)
+        grads = {}
+        if final_norm:
+            dx, grads["model.norm.weight"] = rmsnorm_backward(dhidden, cache.norm)
+        else:
+            dx, grads["model.norm.weight"] = dhidden, rmsnorm_backward(dhidden, cache.norm)[1]
+        layers = range(config.num_hidden_layers)
+        for i in (reversed(layers) if order == "reversed" else layers):
+            dx, layer_grads = block_backward(dx, cache.layers[i])
+            for path, grad in zip(LAYER_PATHS, layer_grads):
+                grads[f"model.layers.{i}.{path}.weight"] = grad
+        grads["model.embed_tokens.weight"] = embedding_backward(dx, cache.embed_tokens)
+        if not config.tie_word_embeddings:
+            grads["lm_head.weight"] = dW_lm
+        elif tied_sum:
+            grads["model.embed_tokens.weight"] = grads["model.embed_tokens.weight"] + dW_lm
+        return tuple(grads[n] for n in config.param_shapes())
+
+    def mistakes(self):
+        return [
+            _m("with tied embeddings E is also W_lm, but lm_head's gradient was not added to it",
+               "tie_word_embeddings: grads['model.embed_tokens.weight'] = embedding_backward(...) + dW_lm",
+               tied_sum=False),
+            _m("the final norm's backward is skipped: dhidden went into the last block as its dout",
+               "hidden = rmsnorm(x^(L); w_norm): dx^(L) = rmsnorm_backward(dhidden, cache.norm)[0]",
+               final_norm=False),
+            _m("the layers are walked first to last; the backward walks them last to first",
+               "for i in reversed(range(config.num_hidden_layers)): dx, g = block_backward(dx, cache.layers[i])",
+               order="forward"),
+        ]
+
+
+CATALOGUES["model"] = ModelMistakes()

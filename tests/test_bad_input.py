@@ -533,6 +533,11 @@ CLI = [
     (["debug", "compare", "--model", "RUN", "--against", "bogus"], "invalid choice"),
     (["exercise", "start", "nosuchop"], "nosuchop"),
     (["exercise", "check", "rmsnorm", "NOWHERE"], "nowhere"),
+    (["exercise", "check", "rmsnorm", "RUN", "--timeout", "0"], "--timeout"),
+    (["exercise", "train", "rmsnorm", "NOWHERE"], "nowhere"),
+    (["exercise", "train", "layernorm", "TOK"], "pre-training"),
+    (["exercise", "notebook", "nosuchop"], "nosuchop"),
+    (["explain", "nosuchop"], "nosuchop"),
     (["viz", "loss", "NOWHERE"], "nowhere|matplotlib"),  # without the plot extra, that is the mistake
     (["viz", "attention", "--model", "RUN"], "--tokens|matplotlib"),
     (["bogus"], "invalid choice"),

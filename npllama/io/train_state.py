@@ -27,10 +27,12 @@ FORMAT_VERSION = 1
 MAX_STATE_BYTES = 16 * 1024**2  # training_state.json is a few kB; anything this big is not one
 
 
-def save_checkpoint(path, model, optimizer_state: dict, state: dict, extra_files=None) -> None:
+def save_checkpoint(path, model, optimizer_state: dict, state: dict, extra_files=None,
+                    replace_lock=None) -> None:
     """Write model + optimizer_state (from Optimizer.state_dict()) + state (JSON-able) atomically.
 
     extra_files: {file name: bytes} to place inside the model folder (e.g. tokenizer.model).
+    replace_lock: held around the final renames (npllama.io.atomic.atomic_directory).
     """
     arrays, header = _split_arrays(optimizer_state)
     if not isinstance(state, dict):
@@ -40,9 +42,9 @@ def save_checkpoint(path, model, optimizer_state: dict, state: dict, extra_files
         text = json.dumps(record, indent=2, sort_keys=True)
     except (TypeError, ValueError) as error:
         raise TypeError(f"state and optimizer_state must hold only JSON values and numpy arrays: {error}") from None
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, replace_lock=replace_lock) as tmp:
         save_hf_folder(tmp / "model", model.config, model.params, extra_files=extra_files)
-        write_safetensors(tmp / OPTIMIZER_FILE, arrays)
+        write_safetensors(tmp / OPTIMIZER_FILE, arrays, checksums=True)
         (tmp / STATE_FILE).write_text(text + "\n", encoding="utf-8")
 
 

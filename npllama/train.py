@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import PRESETS, LlamaConfig
+from .config import PRESETS, LlamaConfig, python_scalar
 from .io.atomic import atomic_write_bytes, atomic_write_text
 from .interrupts import Interrupted, deferred_stop_signals, stop_signals_interrupt
 from .io.errors import CheckpointError
@@ -72,6 +72,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):  # NumPy scalars are accepted as the numbers they hold
+            setattr(self, field.name, python_scalar(getattr(self, field.name)))
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "corpus_stories"):
             _positive_int(name, getattr(self, name))
         if self.warmup_steps is None:
@@ -81,6 +83,10 @@ class TrainConfig:
         for name in ("stop_after", "threads"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
+        if self.threads is not None:
+            from .budget import check_threads
+
+            check_threads("threads", self.threads)  # each thread holds a copy of the gradients
         if not isinstance(self.out, str) or not self.out.strip():
             raise ValueError(f"out must name a run folder, got {self.out!r}")
         for name in ("data", "tokenizer"):
@@ -103,6 +109,9 @@ class TrainConfig:
             raise ValueError(f"min_lr must be between 0 and lr ({self.lr}), got {self.min_lr}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.lr * self.weight_decay >= 1:
+            raise ValueError(f"lr * weight_decay must be below 1 (AdamW multiplies the weights by "
+                             f"1 - lr * weight_decay each step), got lr={self.lr}, weight_decay={self.weight_decay}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
@@ -219,6 +228,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
         config = _model_config(tc, tokenizer)
         from .model import Llama
 
+        _check_budget(tc, config)
         model = Llama(config, seed=tc.seed, dtype=dtype)
         optimizer = _make_optimizer(model, tc)
         start_step = 0
@@ -565,6 +575,15 @@ def _make_optimizer_settings(tc: TrainConfig) -> dict:
     return {"weight_decay": tc.weight_decay, "beta1": tc.beta1, "beta2": tc.beta2, "eps": ADAM_EPS}
 
 
+def _check_budget(tc: TrainConfig, config: LlamaConfig) -> None:
+    """The model (with gradients and AdamW's moments) and one micro-batch per thread must fit the
+    memory budget (npllama/budget.py) before anything is allocated."""
+    from .budget import check_batch, check_model
+
+    check_model(config, DTYPES[tc.dtype], training=True)
+    check_batch(config, tc.batch_size, tc.seq_len, DTYPES[tc.dtype], training=True)
+
+
 def _make_optimizer(model, tc: TrainConfig) -> AdamW:
     return AdamW(model.params, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=ADAM_EPS, weight_decay=tc.weight_decay)
 
@@ -681,18 +700,25 @@ def _progress_bar(tc: TrainConfig, start_step: int):
     return tqdm(total=tc.steps, initial=start_step, unit="step", dynamic_ncols=True, desc="train")
 
 
+MAX_SETTING = 2**63 - 1  # integer settings end up in NumPy int64 arithmetic
+
+
 def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_SETTING:
+        raise ValueError(f"{name} must be a positive integer (at most 2**63 - 1), got {str(value)[:40]}")
 
 
 def _non_negative_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SETTING:
+        raise ValueError(f"{name} must be a non-negative integer (at most 2**63 - 1), got {str(value)[:40]}")
 
 
 def _finite_number(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite:
+        raise ValueError(f"{name} must be a finite number, got {str(value)[:40]}")

@@ -204,7 +204,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
         checkpoint = None
     if checkpoint is None:  # a new start: files a failed start left are not this run's
         _remove_derived_files(run_dir)
-    atomic_write_text(run_dir / "train_config.json", json.dumps(dataclasses.asdict(tc), indent=2) + "\n")
+        _write_train_config(run_dir, tc)  # first, so a start killed from here on can be resumed
 
     texts = _load_corpus(tc)
     tokenizer = _prepare_tokenizer(tc, run_dir, texts, echo, checkpoint)
@@ -220,6 +220,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
         model, optimizer, state = restore_checkpoint(checkpoint, tc, loader, tokenizer,
                                                      changed=set(changes))
         start_step = state["step"]
+        _write_train_config(run_dir, tc)  # only now: a checkpoint that is refused changes nothing
         _truncate_log(run_dir / "log.jsonl", start_step)
         echo(f"resuming {run_dir} at step {start_step}")
     else:
@@ -627,6 +628,10 @@ def _changes_on_resume(run_dir: Path, tc: TrainConfig) -> dict:
                          f"these define the run (model, tokenizer, data and its order): start a new run "
                          f"with another --out to change them")
     return {name: change for name, change in differing.items() if name not in TrainConfig.RESUME_QUIET}
+
+
+def _write_train_config(run_dir: Path, tc: TrainConfig) -> None:
+    atomic_write_text(run_dir / "train_config.json", json.dumps(dataclasses.asdict(tc), indent=2) + "\n")
 
 
 def _remove_derived_files(run_dir: Path) -> None:

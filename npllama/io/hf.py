@@ -25,6 +25,7 @@ import numpy as np
 from ..config import LlamaConfig
 from .atomic import atomic_directory
 from .errors import CheckpointError
+from .reading import read_json
 from .safetensors import FLOAT_DTYPES, read_safetensors, read_safetensors_header, write_safetensors
 
 CONFIG_NAME = "config.json"
@@ -341,18 +342,8 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _load_json(path: Path):
-    size = path.stat().st_size
-    if size > MAX_JSON_BYTES:
-        raise CheckpointError(path, f"is {size:,} bytes, over the {MAX_JSON_BYTES:,}-byte limit for "
-                                    f"a JSON file in a model folder (not a config or index?)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise CheckpointError(path, f"is not UTF-8 ({e})") from None
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise CheckpointError(path, f"is not valid JSON ({e})") from None
+    """A config or index: a regular file of at most MAX_JSON_BYTES (a FIFO is refused, not waited on)."""
+    return read_json(path, max_bytes=MAX_JSON_BYTES, error=CheckpointError)
 
 
 def _float_dtype(arg: str, dtype) -> np.dtype:

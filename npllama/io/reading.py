@@ -46,7 +46,12 @@ def read_bytes(path, max_bytes: int, error=ValueError) -> bytes:
             raise _fail(error, path, f"is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit "
                                      f"for this kind of file")
         with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(max_bytes + 1)
+            data = f.read(info.st_size + 1)  # what fstat promised, +1 to notice a file that grew
+            while len(data) > info.st_size and len(data) <= max_bytes:
+                more = f.read(min(1024**2, max_bytes + 1 - len(data)))
+                if not more:
+                    break
+                data += more
     finally:
         os.close(fd)
     if len(data) > max_bytes:

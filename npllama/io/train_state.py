@@ -18,6 +18,7 @@ import numpy as np
 
 from .atomic import atomic_directory
 from .errors import CheckpointError
+from .reading import read_json
 from .hf import save_hf_folder
 from .safetensors import read_safetensors, write_safetensors
 
@@ -74,15 +75,7 @@ def _read_record(state_path: Path) -> dict:
     """training_state.json, checked as far as load_checkpoint itself relies on it."""
     if not state_path.is_file():
         raise CheckpointError(state_path, "is missing: not a training checkpoint")
-    size = state_path.stat().st_size
-    if size > MAX_STATE_BYTES:
-        raise CheckpointError(state_path, f"is {size:,} bytes, over the {MAX_STATE_BYTES:,}-byte limit")
-    try:
-        record = json.loads(state_path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise CheckpointError(state_path, f"is not valid JSON ({e})") from None
-    if not isinstance(record, dict):
-        raise CheckpointError(state_path, f"must hold a JSON object, got {type(record).__name__}")
+    record = read_json(state_path, expect=dict, max_bytes=MAX_STATE_BYTES, error=CheckpointError)
     if record.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(state_path, f"has format_version {record.get('format_version')!r}, "
                                           f"expected {FORMAT_VERSION}", field="format_version")

@@ -800,3 +800,27 @@ def test_a_tokenizer_left_by_a_failed_start_is_not_reused(run, tmp_path):
     assert Tokenizer(fresh / "tokenizer.model").vocab_size == 400
     assert Llama.from_pretrained(fresh / "model").config.vocab_size == 400
     assert json.loads((fresh / "train_config.json").read_text())["vocab_size"] == 400
+
+
+def test_a_full_disk_while_sentencepiece_writes_is_reported_as_such_and_cleaned_up(tmp_path, monkeypatch, capsys):
+    # SentencePiece reports a model it could not finish writing as "not a valid SentencePiece model"
+    import collections
+
+    from npllama.corpus import write_default_corpus
+    from npllama.tokenizer import Tokenizer
+
+    def train_until_the_disk_fills(texts, prefix, *args, **kwargs):
+        open(f"{prefix}.model", "wb").write(b"\x0a\x02")  # half a model, as a full disk leaves it
+        raise ValueError(f"{prefix}.model is not a valid SentencePiece model")
+
+    monkeypatch.setattr(Tokenizer, "train", staticmethod(train_until_the_disk_fills))
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 0))
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
+    corpus = write_default_corpus(tmp_path / "stories.txt", n_stories=50)
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", "--data", str(corpus), "--out", str(run), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training the tokenizer failed" in err[0] and "out of space" in err[0], err
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".tokenizer-training")]

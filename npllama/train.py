@@ -620,7 +620,8 @@ def _changes_on_resume(run_dir: Path, tc: TrainConfig) -> dict:
     the run (TrainConfig.RESUME_FIXED) is refused with a ValueError naming each one."""
     saved = saved_train_config(run_dir)
     new = dataclasses.asdict(tc)
-    differing = {name: (saved[name], new[name]) for name in saved if saved[name] != new[name]}
+    differing = {name: (saved[name], new[name]) for name in saved
+                 if saved[name] != new[name] and not _same_path(name, saved[name], new[name])}
     fixed = [f"{name} ({old!r} -> {value!r})" for name, (old, value) in differing.items()
              if name in TrainConfig.RESUME_FIXED]
     if fixed:
@@ -632,6 +633,13 @@ def _changes_on_resume(run_dir: Path, tc: TrainConfig) -> dict:
 
 def _write_train_config(run_dir: Path, tc: TrainConfig) -> None:
     atomic_write_text(run_dir / "train_config.json", json.dumps(dataclasses.asdict(tc), indent=2) + "\n")
+
+
+def _same_path(name: str, a, b) -> bool:
+    """`runs/x` and `/home/me/runs/x` name the same file: not a change."""
+    if name not in ("out", "data", "tokenizer") or not isinstance(a, str) or not isinstance(b, str):
+        return False
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def _remove_derived_files(run_dir: Path) -> None:

@@ -538,13 +538,23 @@ def assert_consistent_checkpoint(run):
 STOP_SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGHUP": signal.SIGHUP}
 
 
+@pytest.fixture(scope="module")
+def continued_run(stopped_run, tmp_path_factory):
+    """The base run continued to its end without interruption: what every interrupted copy must match."""
+    reference = tmp_path_factory.mktemp("continued") / "run"
+    shutil.copytree(stopped_run, reference)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NPLLAMA_RUNS", str(reference.parent / "runs"))
+        mp.setenv("NPLLAMA_BACKEND", "numpy")
+        train(config_for(reference), resume=True, echo=quiet)
+    return reference
+
+
 @pytest.mark.parametrize("name", list(STOP_SIGNALS))
-def test_a_stop_signal_inside_the_optimizer_update_finishes_the_step_then_stops(run, tmp_path, monkeypatch,
-                                                                             name, robustness_count):
+def test_a_stop_signal_inside_the_optimizer_update_finishes_the_step_then_stops(run, continued_run, tmp_path,
+                                                                             monkeypatch, name, robustness_count):
     signum = STOP_SIGNALS[name]
-    reference = tmp_path / "reference"  # the same run, never interrupted
-    shutil.copytree(run, reference)
-    train(config_for(reference), resume=True, echo=quiet)
+    reference = continued_run  # the same run, never interrupted
 
     n_params = len(Llama.from_pretrained(run / "checkpoint" / "model").params)
     # the 5th parameter of the 2nd step of this call (step 4 of the run): half-way through an update
@@ -824,3 +834,14 @@ def test_a_full_disk_while_sentencepiece_writes_is_reported_as_such_and_cleaned_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "training the tokenizer failed" in err[0] and "out of space" in err[0], err
     assert not [p.name for p in run.iterdir() if p.name.startswith(".tokenizer-training")]
+
+
+def test_resume_takes_the_same_file_under_another_name_as_unchanged(run, monkeypatch, capsys):
+    corpus = Path(corpus_of(run))
+    monkeypatch.chdir(corpus.parent)
+    assert main(["train", "--out", str(run), "--resume", "--data", corpus.name, "--stop-after", "1",
+                 "--no-progress"]) == 0
+    assert "settings changed" not in capsys.readouterr().out
+    assert main(["train", "--out", str(run), "--resume", "--data", str(run / "train_config.json"),
+                 "--no-progress"]) == 2  # another file is another run's data
+    assert "cannot resume" in capsys.readouterr().err

@@ -141,9 +141,11 @@ def mark_latest(run_dir: Path) -> None:
 
 def latest_run() -> Path:
     """The run folder written last, or a FileNotFoundError that says how to make one."""
+    from .io.reading import read_text
+
     marker = runs_dir() / LATEST_FILE
     if marker.is_file():
-        path = Path(marker.read_text(encoding="utf-8").strip())
+        path = Path(read_text(marker, max_bytes=64 * 1024).strip())  # a path: a few hundred bytes
         if path.is_dir():
             return path
     raise FileNotFoundError(f"no trained model found ({marker} names none); run `npllama train` first "

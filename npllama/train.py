@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from .config import PRESETS, LlamaConfig, python_scalar
-from .io.atomic import atomic_write_bytes, atomic_write_text
 from .interrupts import Interrupted, deferred_stop_signals, stop_signals_interrupt
+from .io.atomic import atomic_write_bytes, atomic_write_text
 from .io.errors import CheckpointError
 from .optim import AdamW, NonFiniteGradientError, TrainingError, clip_finite_step, cosine_with_warmup
 from .parallel import BatchSplitter, default_workers
-from .runs import (TOKENIZER_FILE, RunInUseError, checkpoint_to_resume, mark_latest, remove_stale_temporaries,
+from .runs import (TOKENIZER_FILE, checkpoint_to_resume, mark_latest, remove_stale_temporaries,
                    replacing_in_run, writing_run)
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -171,7 +171,7 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
     """Run (or continue) a pre-training run; returns the final losses and samples.
 
     Only one process writes a run folder at a time (npllama.runs.writing_run): a second one raises
-    RunInUseError before touching anything.  SIGTERM and SIGHUP stop the run like Ctrl-C: the
+    npllama.runs.RunInUseError before touching anything.  SIGTERM and SIGHUP stop the run like Ctrl-C: the
     step in progress finishes or never happened, a checkpoint is saved, and the result says
     `interrupted` (with `stop_signal`).  With `resume`, settings that define the run must equal
     the saved ones; the others (steps, lr, ...) may change, and each change is printed and recorded

@@ -5,7 +5,7 @@
 
 Two figures, for someone who sets a breakpoint in Llama.loss_and_grads and steps into every call:
 
-    to attention_backward   npllama function calls from entering loss_and_grads until entering
+    to attention_backward   npllama function calls from the first line of loss_and_grads until entering
                             npllama/ops/attention.py's attention_backward (the forward pass of
                             every layer, the loss, and the backward down to the last layer's
                             attention); target: at most 40 with one layer
@@ -73,7 +73,9 @@ def measure(layers: int = 1, batch: int = 2, seq: int = 8):
         calls = record_calls(lambda: model.loss_and_grads(tokens[:, :-1], tokens[:, 1:]))
     target = next(i for i, (path, name, _) in enumerate(calls)
                   if name == "attention_backward" and path == os.path.join("ops", "attention.py"))
-    to_attention = calls[:target]
+    # A breakpoint in loss_and_grads stops after its decorator's wrapper was entered: count from there.
+    entry = next(i for i, (_, name, _) in enumerate(calls) if name == "loss_and_grads")
+    to_attention = calls[entry + 1:target]
     # the last layer's backward is the first block_backward; its calls are the deeper ones after it
     start = next(i for i, (_, name, _) in enumerate(calls) if name == "block_backward")
     block_depth = calls[start][2]
@@ -100,7 +102,7 @@ def main(argv=None):
             tag = "  (plumbing)" if is_plumbing(path, name) else ""
             print(f"{'  ' * depth}{name}  [{path}]{tag}")
     print(f"tiny preset with {args.layers} layer(s), reference backend, B=2, T=8")
-    print(f"  calls from loss_and_grads to attention_backward: {m['to_attention_backward']} "
+    print(f"  calls from inside loss_and_grads to attention_backward: {m['to_attention_backward']} "
           f"({m['to_attention_backward_plumbing']} plumbing)")
     share = m["inside_block_backward_plumbing"] / max(1, m["inside_block_backward"])
     print(f"  calls inside one block_backward: {m['inside_block_backward']}, of which plumbing "

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import backend
+from . import backend, budget
 from .config import LlamaConfig
 from .ops._checks import checking
 from .ops.attention import AttentionCache, attention_backward, attention_forward
@@ -131,7 +131,10 @@ class Llama:
             raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
         self.config = config
         self.dtype = _check_dtype(dtype)
+        if params is None:
+            budget.check_model(config, self.dtype)   # before allocating anything
         self.params = init_params(config, seed, self.dtype) if params is None else params
+        self._batch_budget = _BatchBudget(config, self.dtype)
         self._rope_tables: tuple[np.ndarray, np.ndarray] | None = None
         # LoRA adapters (npllama.lora.attach_lora), or None.  While attached, every base weight is
         # frozen: the projections run through the adapters' ops and backward returns the adapters'
@@ -332,6 +335,10 @@ class Llama:
         outside = (tokens < 0) | (tokens >= vocab)
         if outside.any():
             raise ValueError(f"tokens contains id {tokens[outside].flat[0]}, outside the vocabulary [0, {vocab})")
+        B, T = tokens.shape
+        training = targets is not None
+        if self._batch_budget.exceeded(B, T, training):   # before any activation is allocated
+            budget.check_batch(self.config, B, T, self.dtype, training)
         mask = attention_mask
         if mask is not None:
             mask = np.asarray(mask)
@@ -549,6 +556,24 @@ def init_params(config: LlamaConfig, seed: int, dtype) -> dict[str, np.ndarray]:
         else:
             params[name] = (rng.standard_normal(shape) * config.initializer_range).astype(dtype)
     return params
+
+
+class _BatchBudget:
+    """npllama.budget.batch_bytes for this model, as B*T*per_token + B*T*T*per_pair bytes (its exact
+    form), with the memory budget read when the model is made: the batch check at every public
+    call is then two multiplications (budget.check_batch explains a refusal)."""
+
+    def __init__(self, config, dtype):
+        self.limit = budget.max_memory()
+        self.coefficients = {}
+        for training in (False, True):
+            one, two = (budget.batch_bytes(config, 1, T, dtype, training) for T in (1, 2))
+            per_pair = (two - 2 * one) / 2                     # f(1, 2) - 2 f(1, 1) = 2 per_pair
+            self.coefficients[training] = (one - per_pair, per_pair)
+
+    def exceeded(self, B, T, training):
+        per_token, per_pair = self.coefficients[training]
+        return B * T * (per_token + T * per_pair) > self.limit
 
 
 def _check_dtype(dtype):

@@ -44,6 +44,7 @@ bound: a correct gradient sits far below 1, a wrong one above.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -163,7 +164,7 @@ def gradcheck(fn: Callable[..., float], inputs: Sequence[np.ndarray] | Mapping[s
               grads: Sequence[np.ndarray] | Mapping[str, np.ndarray], *, names: Sequence[str] | None = None,
               eps: float = 1e-4, tol: float = 1e-7, atol: float = 0.0,
               max_entries: int | None = None, seed: int = 0, method: str = "auto", directions: int = 4,
-              richardson: bool | None = None) -> GradcheckReport:
+              richardson: bool | None = None, progress: bool = False) -> GradcheckReport:
     """Check `grads` (analytic d fn / d input) against central differences; see the module doc.
 
     fn:      called as fn(*arrays) -> scalar, with the input arrays in order.  The arrays are
@@ -179,6 +180,7 @@ def gradcheck(fn: Callable[..., float], inputs: Sequence[np.ndarray] | Mapping[s
     method:  "auto", "entries" (no directions), or "directional" (no single entries).
     directions: random directions per input, where directions are used.
     richardson: None (where it helps), True (always), False (never).
+    progress: print a line to stderr as each input is done (a whole model takes a while).
     """
     _check_settings(fn=fn, eps=eps, tol=tol, atol=atol, max_entries=max_entries, method=method,
                     directions=directions, richardson=richardson)
@@ -189,7 +191,7 @@ def gradcheck(fn: Callable[..., float], inputs: Sequence[np.ndarray] | Mapping[s
         return value, abs(value)
 
     return _check_all(evaluate, names, arrays, analytic, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
-                      seed=seed, method=method, directions=directions, richardson=richardson)
+                      seed=seed, method=method, directions=directions, richardson=richardson, progress=progress)
 
 
 def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray], *,
@@ -197,7 +199,7 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
              extra_args: Sequence = (), extra_kwargs: Mapping | None = None, seed: int = 0,
              eps: float = 1e-4, tol: float = 1e-7, atol: float = 0.0,
              max_entries: int | None = None, method: str = "auto", directions: int = 4,
-             richardson: bool | None = None) -> GradcheckReport:
+             richardson: bool | None = None, progress: bool = False) -> GradcheckReport:
     """Check an op's backward against central differences of its forward.
 
     forward(*inputs, *extra_args, **extra_kwargs) -> (out, cache)
@@ -229,7 +231,7 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
     all_names = list(names) if names is not None else [f"input{i}" for i in range(len(inputs))]
     names, arrays, analytic = _pair_up([inputs[i] for i in wrt], list(grads), [all_names[i] for i in wrt])
     return _check_all(evaluate, names, arrays, analytic, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
-                      seed=seed, method=method, directions=directions, richardson=richardson)
+                      seed=seed, method=method, directions=directions, richardson=richardson, progress=progress)
 
 
 def rel_error(a: np.ndarray, b: np.ndarray, tiny: float = TINY) -> float:
@@ -254,7 +256,7 @@ class _Probes:
 
 
 def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries, seed, method, directions,
-               richardson) -> GradcheckReport:
+               richardson, progress) -> GradcheckReport:
     rng = np.random.default_rng(seed)
     reports = []
     for name, x, g in zip(names, arrays, analytic):
@@ -268,6 +270,10 @@ def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries
             signs = rng.choice(np.array([-1.0, 1.0]), size=x.shape)
             _probe_direction(evaluate, x, signs * scale, g, eps, richardson, tol, atol, probes)
         reports.append(_judge(name, x.shape, x.size, int(np.sum(np.isfinite(x))), indices, n_directions, probes, tol))
+        if progress:
+            r = reports[-1]
+            print(f"gradcheck {len(reports)}/{len(names)} {name}: {r.method} {r.coverage}, "
+                  f"err/bound {r.err_over_bound:.2g} {'ok' if r.ok else 'FAIL'}", file=sys.stderr, flush=True)
     return GradcheckReport(reports, tol, eps, atol)
 
 

@@ -128,6 +128,13 @@ def test_a_pass_through_the_absolute_floor_is_flagged():
     assert not gradcheck(tiny_fn, [x], [wrong]).ok  # without the floor it fails
 
 
+def test_progress_prints_one_line_per_input(capsys):
+    x, fn, grad = quadratic_form((2, 3), 10)
+    gradcheck(lambda a, b: fn(a) + float(np.sum(b)), [x, x.copy()], [grad, np.ones_like(x)], progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("gradcheck 1/2 input0") and lines[1].endswith("ok")
+
+
 def test_sampling_without_directions_says_what_it_skipped():
     x, fn, grad = quadratic_form((10, 10), 6)
     report = gradcheck(fn, [x], [grad], names=["x"], method="entries", max_entries=7)

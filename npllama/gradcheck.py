@@ -25,9 +25,11 @@ How a probe's numeric derivative and its bound are made (the error model):
   truncation D(h) - f' = f''' h^2 / 6 + ...; D(2h) has four times that, so |D(h) - D(2h)| is three
             times D(h)'s truncation error (and contains the realised round-off too).
   Richardson R = (4 D(h) - D(2h)) / 3 cancels the h^2 term; with D(4h) its own error is estimated
-            from R(h) - R(2h).  Used where the truncation estimate stands above the round-off
-            (richardson=None) and it gives the smaller bound; True forces it, False never.
-  bound     = that estimated error  +  tol * magnitude  (a relative floor; magnitude is |grad_i|,
+            from R(h) - R(2h) (= 15x it).  richardson=None uses it where it helps: the truncation
+            estimate stands above the round-off, the plain bound above the relative floor, and R's
+            bound comes out smaller.  True forces it, False never.
+  bound     = 3x the truncation estimate + the round-off (|D(h) - D(2h)| + C u F / h, or
+            |R(h) - R(2h)| / 5 + 1.5 C u F / h)  +  tol * magnitude  (a relative floor; magnitude is |grad_i|,
             or ||grad * p|| for a direction)  -- an entry or direction passes when
             |analytic - numeric| <= bound.  atol is an optional absolute floor, 0 by default; a pass
             that needed it is flagged in the report.

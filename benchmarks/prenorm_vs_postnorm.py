@@ -86,11 +86,11 @@ def attention_sublayer_forward(x, params, prefix, heads, cos, sin):
     q, cq = linear_forward(x, params[prefix + ".wq"])
     k, ck = linear_forward(x, params[prefix + ".wk"])
     v, cv = linear_forward(x, params[prefix + ".wv"])
-    q_rot, _ = rope_forward(split(q), cos, sin)
+    q_rot, rope_cache = rope_forward(split(q), cos, sin)   # the same rotation for q and k
     k_rot, _ = rope_forward(split(k), cos, sin)
     a, ca = attention_forward(q_rot, k_rot, split(v), causal=True)
     out, co = linear_forward(a.transpose(0, 2, 1, 3).reshape(B, T, D), params[prefix + ".wo"])
-    return out, (cq, ck, cv, ca, co, (cos, sin), (B, T, D, heads, hd))
+    return out, (cq, ck, cv, ca, co, rope_cache, (B, T, D, heads, hd))
 
 
 def attention_sublayer_backward(dout, cache, grads, prefix):

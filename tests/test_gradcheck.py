@@ -21,8 +21,8 @@ def wrong_sign_dx(dy, cache):
 
 
 def missing_projection_term(dy, cache):
-    x, rstd, weight = cache   # dx = rstd * dxhat, forgetting that rstd depends on x
-    return rstd * dy * weight, rmsnorm_backward(dy, cache)[1]
+    # dx = rstd * dxhat, forgetting that rstd depends on x
+    return cache.rstd * dy * cache.weight, rmsnorm_backward(dy, cache)[1]
 
 
 def wrong_sign_dweight(dy, cache):

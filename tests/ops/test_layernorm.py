@@ -121,7 +121,7 @@ def test_rmsnorm_is_layernorm_of_centred_rows_without_bias(seed, lead_shape, D, 
     dx_layer, dweight_layer, _ = layernorm_backward(dy, layer_cache)
     dx_rms, dweight_rms = rmsnorm_backward(dy, rms_cache)
     mean_dxhat = np.mean(dy * weight, axis=-1, keepdims=True)
-    np.testing.assert_allclose(dx_layer, dx_rms - rms_cache[1] * mean_dxhat, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx_layer, dx_rms - rms_cache.rstd * mean_dxhat, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(dweight_layer, dweight_rms, rtol=1e-10, atol=1e-12)
     assert rel_error(dx_layer, dx_rms) > 1e-3   # the mean term is not negligible: they differ
 

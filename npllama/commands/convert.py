@@ -33,27 +33,39 @@ def register(subparsers) -> None:
 def llama2c(args) -> int:
     import numpy as np
 
-    from ..io.llama2c import convert_llama2c, read_llama2c_header
+    from ..io.llama2c import FORMATS, convert_llama2c
 
     checkpoint, out = Path(args.checkpoint), Path(args.out)
     if not checkpoint.is_file():
         raise UsageError(f"{str(checkpoint)!r} is not a file" + _hint(checkpoint))
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise UsageError(f"--out {str(out)!r} exists and is not empty; pass --force to replace it")
+    header = _read_header(checkpoint)
     tokenizer = _tokenizer(args, checkpoint)
-    header = read_llama2c_header(checkpoint)
     dtype = "bfloat16" if args.dtype == "bfloat16" else getattr(np, args.dtype)
+    print(f"converting {checkpoint} ({FORMATS[header.version]}: {header.n_layers} layers, dim {header.dim}, "
+          f"{header.n_heads} heads, vocab {header.vocab_size}, "
+          f"{header.to_config().num_parameters():,} parameters) ...", flush=True)
     convert_llama2c(checkpoint, out, tokenizer=tokenizer, dtype=dtype)
-    from ..io.llama2c import FORMATS
-
-    print(f"read {checkpoint} ({FORMATS[header.version]}: {header.n_layers} layers, dim {header.dim}, "
-          f"{header.n_heads} heads, vocab {header.vocab_size})")
     if tokenizer is None:
         print(f"wrote {out} without a tokenizer: copy one in as tokenizer.model, or convert again with "
               f"--tokenizer tokenizer.bin, before `npllama generate --model {out}`")
     else:
         print(f"wrote {out} with tokenizer.model from {tokenizer}; try `npllama generate --model {out}`")
     return 0
+
+
+def _read_header(checkpoint: Path):
+    """The llama2.c header, or one line saying what the file is instead (a GGUF, a pickle...)."""
+    from ..io import CheckpointError
+    from ..io.describe import describe_model_path
+    from ..io.llama2c import read_llama2c_header
+
+    try:
+        return read_llama2c_header(checkpoint)
+    except CheckpointError as error:
+        what = describe_model_path(checkpoint)
+        raise UsageError(str(error) if "llama2.c" in what else f"not a llama2.c checkpoint: {what}") from None
 
 
 def _tokenizer(args, checkpoint: Path):

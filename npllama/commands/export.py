@@ -1,4 +1,6 @@
 """`npllama export gguf --model DIR --out FILE`: a model for llama.cpp."""
+import sys
+
 from . import HelpFormatter, print_help_instead
 
 
@@ -32,8 +34,9 @@ def gguf(args) -> int:
     from ..runs import find_tokenizer, resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)
+    print(f"exporting {model_dir} to {args.out} ({args.outtype}) ...", flush=True)
     out = export_gguf(model_dir, args.out, tokenizer=find_tokenizer(model_dir), outtype=args.outtype,
-                      name=args.name)
+                      name=args.name, progress=sys.stderr.isatty())
     print(f"wrote {out} ({out.stat().st_size / 1024**2:.1f} MiB, {args.outtype}) from {model_dir}; "
           f"run it with llama.cpp, e.g. `llama-cli -m {out} -p \"Once upon a time\"`")
     return 0

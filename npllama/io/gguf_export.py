@@ -87,13 +87,14 @@ def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[bytes], list[float], li
     return pieces, scores, types
 
 
-def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: str | None = None) -> Path:
+def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: str | None = None,
+                progress: bool = False) -> Path:
     """Write the Hugging Face folder `model_dir` (with its tokenizer.model) as the GGUF file `out`.
 
     tokenizer: a SentencePiece .model (default: tokenizer.model in or beside the folder).
     outtype: "f32" or "f16" for the matrices (norms stay float32, as llama.cpp wants).
-    name: general.name (default: the folder's name).  The file is written beside `out` and
-    renamed into place, so a failure never leaves half a file.
+    name: general.name (default: the folder's name).  progress: a bar while tensors are written.
+    The file is written beside `out` and renamed into place, so a failure never leaves half a file.
     """
     try:
         import gguf
@@ -122,7 +123,7 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
             writer.add_tensor(tensor_name, array)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_tensors_to_file(progress=progress)
         writer.close()
         os.replace(tmp, out)
     except BaseException:

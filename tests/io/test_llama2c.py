@@ -203,10 +203,18 @@ def test_convert_api_and_tokenizer_beside_the_checkpoint(tmp_path, sentencepiece
     (["convert", "llama2c", "{ckpt}", "--out", "{tmp}"], "exists and is not empty; pass --force"),
     (["convert", "llama2c", "{ckpt}", "--out", "{tmp}/o", "--tokenizer", "/no/tok.bin"], "is not a file"),
     (["convert", "llama2c", "{tmp}", "--out", "{tmp}/o"], "is not a file"),
+    (["convert", "llama2c", "{gguf}", "--out", "{tmp}/o"], "not a llama2.c checkpoint: '"),
+    (["convert", "llama2c", "{cut}", "--out", "{tmp}/o"], "truncated, or not a llama2.c checkpoint"),
 ])
 def test_convert_mistakes_are_one_line(tmp_path, argv, match, capsys):
     checkpoint, _ = _write(tmp_path, "v1", random_llama2c_weights())
-    argv = [a.format(ckpt=checkpoint, tmp=tmp_path) for a in argv]
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(100))
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(checkpoint.read_bytes()[:-1])
+    argv = [a.format(ckpt=checkpoint, tmp=tmp_path, gguf=gguf, cut=cut) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert match in err and err.count("\n") == 1
+    if "gguf" in argv[2]:
+        assert "is a GGUF file (llama.cpp's format)" in err

@@ -235,23 +235,33 @@ def _stored_bytes(shape: tuple[int, ...], how: str, group_size: int | None) -> i
     return size + 4 * (size // group_size) if how == "q8" else 4 * size
 
 
+# llama2.c's per-layer tensors -> the Hugging Face name inside model.layers.<i>.
+_LAYER_NAMES = {
+    "rms_att_weight": "input_layernorm.weight", "wq": "self_attn.q_proj.weight",
+    "wk": "self_attn.k_proj.weight", "wv": "self_attn.v_proj.weight", "wo": "self_attn.o_proj.weight",
+    "rms_ffn_weight": "post_attention_layernorm.weight", "w1": "mlp.gate_proj.weight",
+    "w3": "mlp.up_proj.weight", "w2": "mlp.down_proj.weight",
+}
+
+
 def _to_hf_params(raw: dict, h: Llama2cHeader, config: LlamaConfig, dtype) -> dict[str, np.ndarray]:
-    params = {"model.embed_tokens.weight": raw["token_embedding_table"]}
-    for i in range(h.n_layers):
-        p = f"model.layers.{i}."
-        params[p + "input_layernorm.weight"] = raw["rms_att_weight"][i]
-        params[p + "self_attn.q_proj.weight"] = interleaved_to_half_split(raw["wq"][i], h.n_heads)
-        params[p + "self_attn.k_proj.weight"] = interleaved_to_half_split(raw["wk"][i], h.n_kv_heads)
-        params[p + "self_attn.v_proj.weight"] = raw["wv"][i]
-        params[p + "self_attn.o_proj.weight"] = raw["wo"][i]
-        params[p + "post_attention_layernorm.weight"] = raw["rms_ffn_weight"][i]
-        params[p + "mlp.gate_proj.weight"] = raw["w1"][i]
-        params[p + "mlp.up_proj.weight"] = raw["w3"][i]
-        params[p + "mlp.down_proj.weight"] = raw["w2"][i]
-    params["model.norm.weight"] = raw["rms_final_weight"]
+    def take(name):  # as `dtype`, and out of `raw`, so at most one extra copy is alive at a time
+        return np.ascontiguousarray(raw.pop(name), dtype=dtype)
+
+    params = {"model.embed_tokens.weight": take("token_embedding_table"),
+              "model.norm.weight": take("rms_final_weight")}
     if not h.shared_classifier:
-        params["lm_head.weight"] = raw["wcls"]
-    return {name: np.array(params[name], dtype=dtype, order="C") for name in config.param_shapes()}
+        params["lm_head.weight"] = take("wcls")
+    for name, hf_name in _LAYER_NAMES.items():
+        stacked = take(name)  # (n_layers, ...)
+        for i in range(h.n_layers):
+            weight = stacked[i]
+            if name == "wq":
+                weight = interleaved_to_half_split(weight, h.n_heads)
+            elif name == "wk":
+                weight = interleaved_to_half_split(weight, h.n_kv_heads)
+            params[f"model.layers.{i}.{hf_name}"] = weight
+    return {name: params[name] for name in config.param_shapes()}
 
 
 # ----- converting ---------------------------------------------------------------------------------

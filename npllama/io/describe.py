@@ -11,6 +11,7 @@ nothing is unpickled or executed.
 """
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -22,6 +23,8 @@ _SNIFF_BYTES = 64
 def describe_model_path(path) -> str:
     """One sentence: what `path` looks like and how to load it with npllama (or what to do
     instead).  Never raises for an unreadable or odd path; says so."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file or folder path (str or os.PathLike), got {type(path).__name__}")
     path = Path(path).expanduser()
     try:
         what = _describe_folder(path) if path.is_dir() else _describe_file(path)

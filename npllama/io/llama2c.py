@@ -27,6 +27,7 @@ w1, w2, w3 are gate_proj, down_proj, up_proj.
 """
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,8 @@ class Llama2cHeader:
 
 def read_llama2c_header(path) -> Llama2cHeader:
     """Parse and check the header of a llama2.c checkpoint (any of the three formats)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"llama2.c checkpoint {str(path)!r} does not exist")
@@ -187,8 +190,8 @@ def read_llama2c(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.ndar
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype must be np.float32 or np.float64, got {dtype}")
-    path = Path(path)
     header = read_llama2c_header(path)
+    path = Path(path)
     raw: dict[str, np.ndarray] = {}
     with open(path, "rb") as f:
         f.seek(header.data_offset())

@@ -106,7 +106,9 @@ def test_each_kind_is_named_with_what_to_do(tmp_path, name, make, phrases):
 
 
 def test_missing_path_and_truncated_llama2c(tmp_path):
-    assert describe_model_path(tmp_path / "nothing") .endswith("does not exist")
+    assert describe_model_path(tmp_path / "nothing").endswith("does not exist")
+    with pytest.raises(TypeError, match="path must be a file or folder path"):
+        describe_model_path(3)
     path = tmp_path / "v2.bin"
     write_v2(path, random_llama2c_weights())
     path.write_bytes(path.read_bytes()[:-10])

@@ -126,6 +126,8 @@ def test_bad_arguments(tmp_path):
     path, _ = _write(tmp_path, "v1", random_llama2c_weights())
     with pytest.raises(TypeError, match="dtype must be np.float32 or np.float64"):
         load_llama2c(path, dtype=np.int32)
+    with pytest.raises(TypeError, match="path must be a file path"):
+        load_llama2c(None)
 
 
 # ----- tokenizer.bin ------------------------------------------------------------------------------

@@ -50,9 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("steps", "batch_size", "seq_len", "log_every"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"hf_train: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    _check_args(args)
     import torch
     from accelerate import Accelerator
     from transformers import LlamaForCausalLM
@@ -100,6 +98,24 @@ def main(argv=None) -> int:
         accelerator.print(f"wrote {out}; back in npllama: npllama generate --model {out}")
     accelerator.wait_for_everyone()
     return 0 if all(math.isfinite(x) for x in losses) else 1
+
+
+def _check_args(args) -> None:
+    """Every mistake in the arguments as one line, before torch is imported (in every process)."""
+    def fail(message):
+        raise SystemExit(f"hf_train: error: {message}")
+
+    for name in ("steps", "batch_size", "seq_len", "log_every"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not (args.lr > 0 and math.isfinite(args.lr)) or not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
+        fail(f"--lr must be positive and --weight-decay non-negative, got {args.lr} and {args.weight_decay}")
+    model_dir = Path(args.model)
+    for needed in ("config.json", "tokenizer.model"):
+        if not (model_dir / needed).is_file():
+            fail(f"--model {args.model!r} has no {needed} (expected a folder saved by npllama, e.g. runs/tiny/model)")
+    if not Path(args.data).exists():
+        fail(f"--data {args.data!r} does not exist")
 
 
 def _token_windows(model_dir: Path, data, seq_len: int):

@@ -8,16 +8,26 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("accelerate")
+from npllama import Llama, LlamaConfig
+from npllama.corpus import make_default_corpus
+from npllama.hf_train import main
+from npllama.tokenizer import Tokenizer
 
-from npllama import Llama, LlamaConfig  # noqa: E402
-from npllama.corpus import make_default_corpus  # noqa: E402
-from npllama.tokenizer import Tokenizer  # noqa: E402
+
+@pytest.mark.parametrize("argv, match", [
+    (["--model", "{tmp}", "--data", "{tmp}", "--out", "o"], "has no config.json"),
+    (["--model", "{tmp}", "--data", "{tmp}", "--out", "o", "--steps", "0"], "--steps must be at least 1"),
+    (["--model", "{tmp}", "--data", "{tmp}", "--out", "o", "--lr", "nan"], "--lr must be positive"),
+])
+def test_mistakes_are_one_line_before_torch_is_imported(tmp_path, argv, match):
+    with pytest.raises(SystemExit, match=match):
+        main([a.format(tmp=tmp_path) for a in argv])
 
 
 def test_two_processes_train_and_npllama_reloads_the_result(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
     stories = make_default_corpus()[:200]
     tokenizer = Tokenizer.train(stories, tmp_path / "sp", vocab_size=400)
     corpus = tmp_path / "stories.txt"

@@ -535,6 +535,12 @@ CLI = [
     (["exercise", "check", "rmsnorm", "NOWHERE"], "nowhere"),
     (["viz", "loss", "NOWHERE"], "nowhere|matplotlib"),  # without the plot extra, that is the mistake
     (["viz", "attention", "--model", "RUN"], "--tokens|matplotlib"),
+    (["convert", "llama2c", "NOWHERE", "--out", "TMP/c"], "is not a file"),
+    (["convert", "llama2c", "CORPUS", "--out", "TMP/c"], "not a llama2.c checkpoint"),
+    (["convert", "bogus"], "invalid choice"),
+    (["export", "gguf", "--model", "NOWHERE", "--out", "TMP/x.gguf"], "does not exist|gguf"),
+    (["export", "gguf", "--model", "RUN"], "the following arguments are required: --out"),
+    (["export", "bogus"], "invalid choice"),
     (["bogus"], "invalid choice"),
 ]
 

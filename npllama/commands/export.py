@@ -1,5 +1,6 @@
 """`npllama export gguf --model DIR --out FILE`: a model for llama.cpp."""
 import sys
+from pathlib import Path
 
 from . import HelpFormatter, print_help_instead
 
@@ -33,6 +34,10 @@ def gguf(args) -> int:
     from ..io.gguf_export import export_gguf
     from ..runs import find_tokenizer, resolve_model_dir
 
+    if args.model is not None and Path(args.model).is_file():  # a .bin, a .gguf...: say what it is
+        from ..io.describe import describe_model_path
+
+        raise UsageError(f"--model must be a model folder; {describe_model_path(args.model)}")
     model_dir = resolve_model_dir(args.model)
     print(f"exporting {model_dir} to {args.out} ({args.outtype}) ...", flush=True)
     out = export_gguf(model_dir, args.out, tokenizer=find_tokenizer(model_dir), outtype=args.outtype,

@@ -220,3 +220,32 @@ def test_convert_mistakes_are_one_line(tmp_path, argv, match, capsys):
     assert match in err and err.count("\n") == 1
     if "gguf" in argv[2]:
         assert "is a GGUF file (llama.cpp's format)" in err
+
+
+def test_mutated_headers_load_or_raise_checkpoint_error(tmp_path, robustness_count):
+    """Seeded fuzz: random header bytes and cuts give a model or a CheckpointError, nothing else."""
+    import random
+
+    rng = random.Random(0)
+    originals = {}
+    for fmt in WRITERS:
+        path, _ = _write(tmp_path, fmt, random_llama2c_weights(shared=fmt != "v1"))
+        originals[fmt] = path.read_bytes()
+    path, outcomes = tmp_path / "mutant.bin", {"loaded": 0, "refused": 0}
+    for _ in range(200):
+        data = bytearray(originals[rng.choice(list(originals))])
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(48)
+            value = rng.choice([0, -1, 1, 3, 7, 64, 2**31 - 1, -2**31, rng.randrange(2**32) - 2**31])
+            data[at:at + 4] = struct.pack("<i", value)
+        if rng.random() < 0.2:
+            data = data[:rng.randrange(len(data))]
+        path.write_bytes(bytes(data))
+        try:
+            load_llama2c(path)
+            outcomes["loaded"] += 1
+        except CheckpointError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 100
+    robustness_count(f"llama2.c checkpoints: mutated headers ({outcomes['refused']} refused, "
+                     f"{outcomes['loaded']} loaded)", 200)

@@ -26,6 +26,8 @@ COMMANDS = {
     "debug": "npllama.commands.debug",
     "exercise": "npllama.commands.exercise",
     "viz": "npllama.commands.viz",
+    "convert": "npllama.commands.convert",
+    "export": "npllama.commands.export",
 }
 
 USER_ERRORS = (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError,

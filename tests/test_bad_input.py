@@ -581,6 +581,13 @@ CLI = [
     (["exercise", "check", "rmsnorm", "NOWHERE"], "nowhere"),
     (["viz", "loss", "NOWHERE"], "nowhere|matplotlib"),  # without the plot extra, that is the mistake
     (["viz", "attention", "--model", "RUN"], "--tokens|matplotlib"),
+    (["convert", "llama2c", "NOWHERE", "--out", "TMP/c"], "is not a file"),
+    (["convert", "llama2c", "CORPUS", "--out", "TMP/c"], "not a llama2.c checkpoint"),
+    (["convert", "bogus"], "invalid choice"),
+    (["export", "gguf", "--model", "NOWHERE", "--out", "TMP/x.gguf"], "does not exist|gguf"),
+    (["export", "gguf", "--model", "RUN"], "the following arguments are required: --out"),
+    (["export", "gguf", "--model", "CORPUS", "--out", "TMP/x.gguf"], "must be a model folder|gguf"),
+    (["export", "bogus"], "invalid choice"),
     (["bogus"], "invalid choice"),
     # absurd input: deep JSON, JSON of the wrong type, huge numbers, odd files, sizes over budget
     (["train", "--resume", "--out", "DEEPRUN"], "nested too deeply"),

@@ -170,11 +170,14 @@ def _limit_resources(memory_mb: int, cpu_seconds: int) -> None:
         import resource
     except ImportError:      # not on Linux/macOS: the wall-clock timeout still applies
         return
-    with open("/proc/self/statm") as f:
-        in_use = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+    try:
+        with open("/proc/self/statm") as f:      # Linux: the address space in use after the imports
+            in_use = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:                              # elsewhere (macOS): the wall-clock timeout still applies
+        return
     limit = in_use + memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
 
 
 def _child(argv) -> int:

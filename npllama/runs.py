@@ -243,8 +243,11 @@ def resolve_model_dir(path=None) -> Path:
     for candidate in candidates:
         if (candidate / "config.json").is_file():
             return candidate
+    from .io.describe import describe_model_path
+
     raise FileNotFoundError(f"{str(path)!r} holds no model: expected config.json and model.safetensors "
-                            f"(a Hugging Face folder) or a run folder made by `npllama train`")
+                            f"(a Hugging Face folder) or a run folder made by `npllama train`. "
+                            f"{describe_model_path(path)}")
 
 
 def find_tokenizer(model_dir: Path) -> Path:

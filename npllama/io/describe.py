@@ -124,6 +124,9 @@ def _safetensors(path, head, size):
 
 
 def _pytorch(path, head, size):
+    if head[:4] == b"PK\x03\x04" and _zip_of_npy(path):
+        return ("is a NumPy archive (.npz), not a model: an npllama trace loads with "
+                "npllama.trace.Trace.load(path) (`npllama debug diff`, `npllama viz grads` read it too)")
     if head[:4] == b"PK\x03\x04":
         kind = "a PyTorch checkpoint (.pt/.pth, a zip of pickles)"
     elif head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
@@ -134,6 +137,18 @@ def _pytorch(path, head, size):
             f"model re-save it with transformers as safetensors; for a llama2.c training checkpoint "
             f"(ckpt.pt) run llama2.c's `python export.py model.bin --version 1 --checkpoint ckpt.pt`, "
             f"then `npllama convert llama2c model.bin --out DIR`")
+
+
+def _zip_of_npy(path) -> bool:
+    """A zip whose members are .npy arrays (np.savez), read from its directory only."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return bool(names) and all(name.endswith(".npy") for name in names)
 
 
 def _json(path, head, size):

@@ -117,3 +117,14 @@ def test_missing_path_and_truncated_llama2c(tmp_path):
     write_legacy(path, random_llama2c_weights())
     path.write_bytes(path.read_bytes()[:-10])
     assert "starts like a llama2.c checkpoint, but the file is" in describe_model_path(path)
+
+
+def test_a_numpy_archive_is_not_called_a_pytorch_checkpoint(tmp_path):
+    import numpy as np
+
+    from npllama.io.describe import describe_model_path
+
+    with open(tmp_path / "trace.npz", "wb") as f:
+        np.savez(f, a=np.zeros(3))
+    said = describe_model_path(tmp_path / "trace.npz")
+    assert "NumPy archive" in said and "Trace.load" in said and "PyTorch" not in said

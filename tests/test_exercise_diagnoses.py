@@ -628,6 +628,26 @@ def test_second_blind_mistake_is_named(op, what, phrase, body, tmp_path):
     test_held_out_mistake_is_named(op, what, phrase, body, tmp_path)
 
 
+# A third blind batch: six correct answers written other ways (tests/test_exercise_grading.py, all
+# pass) and one wrong one, RoPE with cos and sin swapped, which got "no simple pattern" until the
+# catalogue learnt it.
+SWAPPED_TABLES = """import numpy as np
+
+
+def rope_backward(dy, cache):
+    cos, sin = cache
+    h = dy.shape[-1] // 2
+    t = dy * cos
+    return dy * sin - np.concatenate([-t[..., h:], t[..., :h]], -1)
+"""
+
+
+def test_rope_with_cos_and_sin_swapped_is_named(tmp_path):
+    path = tmp_path / "rope_backward.py"
+    path.write_text(SWAPPED_TABLES)
+    assert "cos and sin are swapped" in check_file("rope", path, n_random=1).first_failure.finding.message
+
+
 # ----- the block assembled from the ops ------------------------------------------------------------------
 BLOCK_CORRECT = """import numpy as np
 from npllama.ops.rmsnorm import rmsnorm_backward

@@ -495,7 +495,7 @@ class RoPEMistakes:
         def rot(a):
             return np.concatenate([-a[..., half:], a[..., :half]], -1)
         return {"right": dy * cos - rot(dy * sin), "forward": dy * cos + rot(dy * sin),
-                "forward_applied": dy * cos + rot(dy) * sin,
+                "forward_applied": dy * cos + rot(dy) * sin, "swapped": dy * sin - rot(dy * cos),
                 "sin_after": dy * cos - rot(dy) * sin, "no_rotation": dy * cos,
                 "adjacent": dy * cos - _rotate_pairs(dy * sin)}[form]
 
@@ -510,6 +510,8 @@ class RoPEMistakes:
             _m("sin is applied after rotating instead of before",
                "the transpose of x -> R(x) * sin is dy -> R^T(dy * sin); R^T(dy) * sin agrees only when both "
                "halves of sin hold the same angles", form="sin_after"),
+            _m("cos and sin are swapped: y = x*cos + rotate_half(x)*sin, so dx = dy*cos - rotate_half(dy*sin)",
+               "cos multiplies x itself, sin multiplies the rotated x", form="swapped"),
             _m("the rotate_half term is missing: only dy * cos", "y = x*cos + rotate_half(x)*sin: both terms "
                "depend on x", form="no_rotation"),
             _m("the pairs are adjacent entries (x[2i], x[2i+1]), Meta's layout; this project pairs the halves "

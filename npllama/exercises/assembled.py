@@ -7,7 +7,7 @@ the lesson is the chain rule through the residuals and the attention sub-layer, 
 
 For the checks the block is one op of ten differentiable inputs: `block_forward_flat(x, w_in, W_q,
 W_k, W_v, W_o, w_post, W_gate, W_up, W_down, ...)`, and the student's (dx, grads) is flattened to
-match (`flat_backward`).
+match (`Assembled.adapt`).
 """
 from __future__ import annotations
 
@@ -43,18 +43,35 @@ def adapted(backward, flatten, name: str):
 
 
 def _flatten_block(backward, dout, cache):
+    """(dx, LayerWeights or 9-tuple) -> one flat tuple of 10 gradients."""
     result = backward(dout, cache)
     if isinstance(result, (tuple, list)) and len(result) == 2 and isinstance(result[1], (tuple, list)):
         return (result[0], *result[1])
     return result          # the checks explain whatever else came back
 
 
-def flat_backward(backward):
-    """A block backward returning (dx, LayerWeights or 9-tuple) as one flat tuple of 10 gradients."""
-    return adapted(backward, _flatten_block, "block_backward")
+class Assembled(Exercise):
+    """An exercise whose forward is a library function of many inputs, called with them spread out
+    (`flat_forward`), and whose backward's result is flattened to one tuple (`flatten`)."""
+
+    flat_forward = staticmethod(lambda *args, **kwargs: None)
+    flatten = staticmethod(lambda backward, dout, cache: backward(dout, cache))
+
+    @property
+    def forward(self):
+        return self.flat_forward
+
+    @property
+    def reference(self):
+        import importlib
+
+        return self.adapt(getattr(importlib.import_module(self.module), self.backward_name))
+
+    def adapt(self, backward):
+        return adapted(backward, self.flatten, self.backward_name)
 
 
-class Block(Exercise):
+class Block(Assembled):
     op, title, module = "block", "LLaMA decoder block (assembled from the ops)", "npllama.model"
     forward_name, backward_name, params = "block_forward", "block_backward", "dout, cache"
     derivation, article = "derivations/transformer_block.md", "§3.1 (the decoder block)"
@@ -87,18 +104,7 @@ out = h + swiglu(hn; W_gate, W_up, W_down)     # 8-9 the second residual"""
                   dict(B=1, T=1, KVH=1, n_rep=1, head_dim=2, F=2, causal=True, seed=2),
                   dict(B=1, T=2, KVH=2, n_rep=1, head_dim=2, F=3, causal=False, seed=3)]
 
-    @property
-    def forward(self):
-        return block_forward_flat
-
-    @property
-    def reference(self):
-        from ..model import block_backward
-
-        return flat_backward(block_backward)
-
-    def adapt(self, backward):
-        return flat_backward(backward)
+    flat_forward, flatten = staticmethod(block_forward_flat), staticmethod(_flatten_block)
 
     def build(self, params, dtype=np.float64):
         from ..config import LlamaConfig
@@ -160,6 +166,7 @@ def model_forward_flat(*params, names, tokens, cos, sin, config, causal=True):
 
 
 def _flatten_model(backward, dlogits, packed):
+    """{name: grad} -> a flat tuple in the parameters' order (config.param_shapes())."""
     grads = backward(dlogits, packed.cache, packed.config)
     if not isinstance(grads, dict):
         return grads           # the checks explain whatever else came back
@@ -171,12 +178,7 @@ def _flatten_model(backward, dlogits, packed):
     return tuple(grads[n] for n in names)
 
 
-def dict_backward(backward):
-    """model_backward(dlogits, cache, config) -> {name: grad}, as a flat tuple in the parameters' order."""
-    return adapted(backward, _flatten_model, "model_backward")
-
-
-class Model(Exercise):
+class Model(Assembled):
     op, title, module = "model", "whole LLaMA model (assembled from the blocks)", "npllama.model"
     forward_name, backward_name, params = "model_forward", "model_backward", "dlogits, cache, config"
     derivation, article = "derivations/transformer_block.md", "§3.1 (the decoder-only stack)"
@@ -205,18 +207,7 @@ logits = hidden @ W_lm.T                       # W_lm = E when tie_word_embeddin
     edge_cases = [dict(layers=2, B=2, T=3, tied=False, seed=1),
                   dict(layers=1, B=1, T=2, tied=True, seed=2)]
 
-    @property
-    def forward(self):
-        return model_forward_flat
-
-    @property
-    def reference(self):
-        from ..model import model_backward
-
-        return dict_backward(model_backward)
-
-    def adapt(self, backward):
-        return dict_backward(backward)
+    flat_forward, flatten = staticmethod(model_forward_flat), staticmethod(_flatten_model)
 
     def build(self, params, dtype=np.float64):
         from ..config import LlamaConfig

@@ -20,8 +20,10 @@ LLaMA's tokenizer is a SentencePiece BPE model with these choices, which `Tokeni
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -65,14 +67,25 @@ class Tokenizer:
         if not path.is_file():
             raise ValueError(f"tokenizer model {str(path)!r} does not exist (expected a SentencePiece "
                              f".model file, e.g. one written by Tokenizer.train or LLaMA's tokenizer.model)")
-        data = path.read_bytes()
+        self._load(path.read_bytes(), path)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "tokenizer.model") -> "Tokenizer":
+        """A tokenizer from the bytes of a .model file (`name` is only used in messages)."""
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"data must be the bytes of a SentencePiece .model file, got {type(data).__name__}")
+        tokenizer = cls.__new__(cls)
+        tokenizer._load(bytes(data), Path(name))
+        return tokenizer
+
+    def _load(self, data: bytes, path: Path) -> None:
         sp = spm.SentencePieceProcessor()
         try:
             sp.LoadFromSerializedProto(data)
         except Exception:  # sentencepiece raises RuntimeError/OSError with an internal message
             raise ValueError(f"{str(path)!r} is not a valid SentencePiece model: it could not be parsed "
-                             f"(a Hugging Face tokenizer.json, for example, is a different format; "
-                             f"npllama needs the SentencePiece tokenizer.model)") from None
+                             f"(a Hugging Face tokenizer.json, for example, is a different format: load "
+                             f"its folder with npllama.tokenizer.load_tokenizer)") from None
         if sp.get_piece_size() == 0:
             raise ValueError(f"{str(path)!r} is not a valid SentencePiece model (it has no pieces)")
         self.path = path
@@ -82,6 +95,15 @@ class Tokenizer:
         self.model_bytes = data
         # What the model *is*, independent of where it lives: keys caches of tokenized corpora.
         self.fingerprint = hashlib.sha256(data).hexdigest()
+        # Control pieces (<s>, </s>, Mistral's [INST], ...) have no text of their own in
+        # SentencePiece, which spells their names as ordinary text; transformers gives their ids.
+        # So do we: encode() cuts the text at these names (longest first).
+        self.control_pieces = {sp.id_to_piece(i): i for i in range(sp.get_piece_size()) if sp.is_control(i)}
+        names = sorted(self.control_pieces, key=len, reverse=True)
+        self._control_pattern = re.compile("|".join(map(re.escape, names))) if names else None
+        # How many ids "<unk>" alone encodes to: the prefix that encoding a segment without the
+        # dummy-prefix space strips again (transformers' legacy=False trick, see _encode_segment).
+        self._unk_prefix = sp.encode(sp.id_to_piece(sp.unk_id()), out_type=int)
 
     @classmethod
     def load(cls, path) -> "Tokenizer":
@@ -175,20 +197,33 @@ class Tokenizer:
         return self._sp.piece_to_id(piece)
 
     def check_vocab(self, model_vocab_size: int) -> None:
-        """Raise ValueError unless the model's embedding has exactly one row per tokenizer piece."""
-        if model_vocab_size != self.vocab_size:
-            raise ValueError(
-                f"tokenizer {str(self.path)!r} has vocab_size {self.vocab_size} but the model has "
-                f"vocab_size {model_vocab_size}; use the tokenizer the model was trained with "
-                f"(or train the model with vocab_size={self.vocab_size})")
+        """Check that the model's embedding has a row for every tokenizer piece.
+
+        A smaller embedding is a ValueError.  A larger one (padded to a multiple of 64, say, as some
+        checkpoints are: 32064 rows for 32000 pieces) is accepted with a warning: the extra rows are
+        never produced by encode, and generation should not sample them (generate's vocab_size).
+        """
+        if isinstance(model_vocab_size, bool) or not isinstance(model_vocab_size, (int, np.integer)):
+            raise TypeError(f"model_vocab_size must be an int, got {model_vocab_size!r}")
+        check_vocab_sizes(self.vocab_size, int(model_vocab_size), str(self.path))
 
     # ----- encode / decode -------------------------------------------------------------------------
 
     def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
-        """Token ids of `text`, with <s> first if `bos` and </s> last if `eos`."""
+        """Token ids of `text`, with <s> first if `bos` and </s> last if `eos`.
+
+        The name of a control piece in the text ("<s>", "</s>", Mistral's "[INST]") becomes that
+        piece's id, as transformers encodes it; the text after one gets no extra leading space.
+        """
         _require_text("text", text)
         self._check_special(bos, eos)
-        return self._sp.encode(text, out_type=int, add_bos=bos, add_eos=eos)
+        ids = [self.bos_id] if bos else []
+        for start, (is_control, segment) in enumerate(self._segments(text)):
+            if is_control:
+                ids.append(self.control_pieces[segment])
+            else:
+                ids.extend(self._encode_segment(segment, first=start == 0))
+        return ids + ([self.eos_id] if eos else [])
 
     def encode_batch(self, texts: list[str], bos: bool = True, eos: bool = False,
                      num_threads: int | None = None) -> list[list[int]]:
@@ -199,8 +234,31 @@ class Tokenizer:
         self._check_special(bos, eos)
         if not texts:
             return []
+        if self._control_pattern is not None and any(self._control_pattern.search(t) for t in texts):
+            return [self.encode(text, bos, eos) for text in texts]
         return self._sp.encode(texts, out_type=int, add_bos=bos, add_eos=eos,
                                num_threads=num_threads or (os.cpu_count() or 1))
+
+    def _segments(self, text: str) -> Iterator[tuple[bool, str]]:
+        """(is a control piece, text) in order; empty text segments are left out."""
+        position = 0
+        if self._control_pattern is not None:
+            for match in self._control_pattern.finditer(text):
+                if match.start() > position:
+                    yield False, text[position:match.start()]
+                yield True, match.group()
+                position = match.end()
+        if position < len(text) or not text:
+            yield False, text[position:]
+
+    def _encode_segment(self, segment: str, first: bool) -> list[int]:
+        if first:
+            return self._sp.encode(segment, out_type=int)
+        # After a control piece the text continues: no dummy-prefix space is added (transformers'
+        # legacy=False).  SentencePiece cannot switch the prefix off per call, so encode "<unk>"
+        # before the segment and drop its ids.
+        ids = self._sp.encode(self._sp.id_to_piece(self.unk_id) + segment, out_type=int)
+        return ids[len(self._unk_prefix):]
 
     def decode(self, ids) -> str:
         """The text of a sequence of ids.  <s>, </s> and padding produce no text; byte pieces are
@@ -211,6 +269,52 @@ class Tokenizer:
         """
         ids = self._check_ids(ids)
         return self._sp.decode(ids)
+
+    # ----- travelling with a model folder ----------------------------------------------------------
+
+    @property
+    def adds_dummy_prefix(self) -> bool:
+        """Whether a space is put before the text (SentencePiece's add_dummy_prefix, as LLaMA's)."""
+        pieces = self._sp.encode("a", out_type=str)
+        return bool(pieces) and pieces[0].startswith("\u2581")
+
+    def hf_files(self, chat_template: str | None = None, model_max_length: int | None = None) -> dict[str, bytes]:
+        """The files that make a model folder's tokenizer load in transformers' AutoTokenizer with
+        the same ids as `encode`: tokenizer.model, tokenizer_config.json, special_tokens_map.json.
+
+        chat_template: a Jinja chat template (npllama.chat) stored in tokenizer_config.json.
+        """
+        special = {name: self._sp.id_to_piece(token_id) for name, token_id in
+                   (("bos_token", self.bos_id), ("eos_token", self.eos_id), ("unk_token", self.unk_id),
+                    ("pad_token", self.pad_id)) if token_id is not None}
+        added = {str(i): {"content": piece, "lstrip": False, "normalized": False, "rstrip": False,
+                          "single_word": False, "special": True}
+                 for piece, i in sorted({**self.control_pieces,
+                                         self._sp.id_to_piece(self.unk_id): self.unk_id}.items(),
+                                        key=lambda item: item[1])}
+        config = {
+            "tokenizer_class": "LlamaTokenizer",
+            **special,
+            "pad_token": special.get("pad_token"),
+            "add_bos_token": self.bos_id is not None,
+            "add_eos_token": False,
+            "add_prefix_space": self.adds_dummy_prefix,
+            "legacy": False,
+            "clean_up_tokenization_spaces": False,
+            "sp_model_kwargs": {},
+            "added_tokens_decoder": added,
+        }
+        if model_max_length is not None:
+            config["model_max_length"] = int(model_max_length)
+        if chat_template is not None:
+            if not isinstance(chat_template, str):
+                raise TypeError(f"chat_template must be a str (a Jinja template), got {type(chat_template).__name__}")
+            config["chat_template"] = chat_template
+        return {
+            "tokenizer.model": self.model_bytes,
+            "tokenizer_config.json": _json_bytes(config),
+            "special_tokens_map.json": _json_bytes(special),
+        }
 
     # ----- helpers ---------------------------------------------------------------------------------
 
@@ -341,6 +445,25 @@ def _explain_training_error(exc: RuntimeError, vocab_size: int) -> Exception:
             f"Use a larger vocab size or a lower character_coverage (rare characters are then "
             f"spelled with bytes).")
     return ValueError(f"SentencePiece training failed: {message}")
+
+
+def check_vocab_sizes(tokenizer_vocab_size: int, model_vocab_size: int, tokenizer_name: str) -> None:
+    """A model needs an embedding row for every piece: fewer is an error; more (padding rows) a warning."""
+    if model_vocab_size < tokenizer_vocab_size:
+        raise ValueError(
+            f"tokenizer {tokenizer_name!r} has vocab_size {tokenizer_vocab_size} but the model has "
+            f"vocab_size {model_vocab_size}, too few rows for its ids; use the tokenizer the model was "
+            f"trained with (or train the model with vocab_size={tokenizer_vocab_size})")
+    if model_vocab_size > tokenizer_vocab_size:
+        warnings.warn(
+            f"the model's embedding has {model_vocab_size} rows but tokenizer {tokenizer_name!r} has "
+            f"vocab_size {tokenizer_vocab_size}: the {model_vocab_size - tokenizer_vocab_size} extra rows "
+            f"(padding) are never encoded, and generation samples only ids below {tokenizer_vocab_size}",
+            stacklevel=3)
+
+
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _none_if_negative(value: int) -> int | None:

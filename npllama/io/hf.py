@@ -252,13 +252,15 @@ def save_hf_folder(path, config: LlamaConfig, params: dict[str, np.ndarray], dty
     dtype: None keeps the arrays' dtype (all must share one); or np.float32, np.float64,
            np.float16, "bfloat16" (rounded to nearest even) to store in that type.
     extra_files: {file name: bytes} written into the folder too, e.g. {"tokenizer.model": ...}:
-           plain names only, none of the files above.
+           plain names only, none of the files above.  A SentencePiece tokenizer.model brings its
+           tokenizer_config.json and special_tokens_map.json along (unless given), so that
+           transformers' AutoTokenizer reads the folder with the same ids as npllama.
     """
     if not isinstance(config, LlamaConfig):
         raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
     _check_params(config, params)
     torch_dtype, as_dtype = _save_dtype(dtype, params)
-    extra_files = _check_extra_files(extra_files)
+    extra_files = _with_tokenizer_config(_check_extra_files(extra_files), config)
 
     config_dict = config.to_dict()
     config_dict["torch_dtype"] = torch_dtype
@@ -311,6 +313,20 @@ def _check_extra_files(extra_files) -> dict[str, bytes]:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"extra_files[{name!r}] must be bytes, got {type(data).__name__}")
     return extra_files
+
+
+def _with_tokenizer_config(extra_files: dict, config: LlamaConfig) -> dict:
+    """extra_files plus the transformers tokenizer files for a valid tokenizer.model among them."""
+    model_bytes = extra_files.get("tokenizer.model")
+    if model_bytes is None or "tokenizer_config.json" in extra_files:
+        return extra_files
+    from ..tokenizer import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_bytes(bytes(model_bytes))
+    except ValueError:  # not a SentencePiece model: written as given, without a config to describe it
+        return extra_files
+    return {**tokenizer.hf_files(model_max_length=config.max_position_embeddings), **extra_files}
 
 
 def _save_dtype(dtype, params: dict) -> tuple[str, str]:

@@ -325,16 +325,7 @@ class Tokenizer:
             raise ValueError(f"tokenizer {str(self.path)!r} has no EOS piece; call encode with eos=False")
 
     def _check_ids(self, ids) -> list[int]:
-        array = np.asarray(ids)
-        if array.ndim > 1:
-            raise ValueError(f"ids must be a flat sequence of token ids, got shape {array.shape}")
-        if array.size and not np.issubdtype(array.dtype, np.integer):
-            raise TypeError(f"ids must be integers, got {array.dtype}")
-        array = array.reshape(-1)
-        if array.size and (array.min() < 0 or array.max() >= self.vocab_size):
-            bad = int(array[(array < 0) | (array >= self.vocab_size)][0])
-            raise ValueError(f"token id {bad} is out of range for vocab_size {self.vocab_size}")
-        return array.astype(np.int64).tolist()
+        return check_ids(ids, self.vocab_size)
 
     def __repr__(self) -> str:
         return f"Tokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
@@ -445,6 +436,20 @@ def _explain_training_error(exc: RuntimeError, vocab_size: int) -> Exception:
             f"Use a larger vocab size or a lower character_coverage (rare characters are then "
             f"spelled with bytes).")
     return ValueError(f"SentencePiece training failed: {message}")
+
+
+def check_ids(ids, vocab_size: int) -> list[int]:
+    """ids as a list of ints, each in [0, vocab_size); TypeError/ValueError otherwise."""
+    array = np.asarray(ids)
+    if array.ndim > 1:
+        raise ValueError(f"ids must be a flat sequence of token ids, got shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"ids must be integers, got {array.dtype}")
+    array = array.reshape(-1)
+    if array.size and (array.min() < 0 or array.max() >= vocab_size):
+        bad = int(array[(array < 0) | (array >= vocab_size)][0])
+        raise ValueError(f"token id {bad} is out of range for vocab_size {vocab_size}")
+    return array.astype(np.int64).tolist()
 
 
 def check_vocab_sizes(tokenizer_vocab_size: int, model_vocab_size: int, tokenizer_name: str) -> None:

@@ -20,10 +20,11 @@ import numpy as np
 
 def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             eos_id: int | None = None, on_token: Callable[[int], None] | None = None,
+             eos_id: int | Sequence[int] | None = None, on_token: Callable[[int], None] | None = None,
              repetition_penalty: float = 1.0, stop: Callable[[list[int]], bool] | None = None,
              vocab_size: int | None = None):
-    """The prompt followed by up to max_new_tokens generated ids (stops after eos_id).
+    """The prompt followed by up to max_new_tokens generated ids (stops after eos_id, or after any
+    of several ids: a chat template's end-of-turn as well as EOS).
 
     prompt: token ids -> a list of ids; or a list of prompts (a batch) -> a list of id lists.  The
         prompts of a batch that have one length are decoded together, one batched forward per step.
@@ -37,8 +38,7 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
     prompts = [_check_prompt(p, model.config.vocab_size, f"prompt[{i}]") for i, p in enumerate(prompt)] \
         if batched else [_check_prompt(prompt, model.config.vocab_size)]
     check_generation_args(max_new_tokens, temperature, top_k, top_p, seed, repetition_penalty)
-    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer))):
-        raise TypeError(f"eos_id must be None or a token id (int), got {eos_id!r}")
+    end_ids = _check_eos(eos_id)
     for name, function in (("on_token", on_token), ("stop", stop)):
         if function is not None and not callable(function):
             raise TypeError(f"{name} must be None or a function, got {function!r}")
@@ -61,14 +61,14 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
     for length in sorted({len(p) for p in prompts}):   # one batch per prompt length
         rows = [i for i, p in enumerate(prompts) if len(p) == length]
         outputs = _generate_rows(model, [prompts[i] for i in rows], max_new_tokens, sampling, rng,
-                                 eos_id, on_token, stop)
+                                 end_ids, on_token, stop)
         for i, ids in zip(rows, outputs):
             results[i] = ids
     return results if batched else results[0]
 
 
 def _generate_rows(model, prompts: list[list[int]], max_new_tokens: int, sampling: dict, rng,
-                   eos_id, on_token, stop) -> list[list[int]]:
+                   end_ids: set[int], on_token, stop) -> list[list[int]]:
     """Decode prompts of one length together; a finished row stops growing (its steps are wasted)."""
     decode = _decoder(model, batch_size=len(prompts), max_length=len(prompts[0]) + max_new_tokens)
     logits = decode(np.asarray(prompts, dtype=np.int64))[:, -1]   # prefill
@@ -85,7 +85,7 @@ def _generate_rows(model, prompts: list[list[int]], max_new_tokens: int, samplin
             ids.append(next_id)
             if on_token is not None:
                 on_token(next_id)
-        running = [row for row in running if outputs[row][-1] != eos_id
+        running = [row for row in running if outputs[row][-1] not in end_ids
                    and not (stop is not None and stop(outputs[row][len(prompts[row]):]))]
         if not running or step == max_new_tokens - 1:
             break
@@ -223,6 +223,16 @@ def stream_text(tokenizer, prompt_ids: Sequence[int], write: Callable[[str], Non
         shown[0] = text
 
     return on_token
+
+
+def _check_eos(eos_id) -> set[int]:
+    ids = [eos_id] if eos_id is None or isinstance(eos_id, (int, np.integer)) else eos_id
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, set, frozenset)):
+        raise TypeError(f"eos_id must be None, a token id (int) or a list of them, got {eos_id!r}")
+    for i in ids:
+        if i is not None and (isinstance(i, bool) or not isinstance(i, (int, np.integer))):
+            raise TypeError(f"eos_id must be None, a token id (int) or a list of them, got {eos_id!r}")
+    return {int(i) for i in ids if i is not None}
 
 
 def _is_batch(prompt) -> bool:

@@ -31,6 +31,7 @@ CONFIG_NAME = "config.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+SCORE_NAME = "score.weight"   # a sequence classifier's head (LlamaForSequenceClassification)
 
 # Never allocate more than this for parameters, whatever the machine (and never more than its RAM).
 MAX_LOAD_BYTES = 64 * 1024**3
@@ -74,6 +75,49 @@ def load_hf_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.nd
         _check_tied_head(tied_head, params, dtype)
     # read_safetensors gives every tensor its own fresh array; _own_array only fixes layout.
     return config, {name: _own_array(params.pop(name), dtype) for name in config.param_shapes()}
+
+
+def load_hf_classifier_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.ndarray], np.ndarray, dict]:
+    """Read a LlamaForSequenceClassification folder (transformers', or `npllama finetune classify
+    --out`): model.* tensors and `score.weight` (num_labels, hidden_size), no LM head.
+
+    Returns (config, params, score_weight, raw config.json dict -- id2label and the like).  params
+    has the causal model's keys; an untied `lm_head.weight`, which a classifier does not have and
+    never uses, is zeros.  The same checks as load_hf_folder, each a CheckpointError.
+    """
+    dtype = _float_dtype("dtype", dtype)
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder (expected a classifier folder holding "
+                                f"{CONFIG_NAME} and {WEIGHTS_NAME} with score.weight)")
+    config = read_config(folder / CONFIG_NAME)
+    raw = _load_json(folder / CONFIG_NAME)
+    _check_memory_budget(folder / CONFIG_NAME, config, dtype)
+    tensor_files, headers, source = _tensor_files(folder)
+    score_file = tensor_files.pop(SCORE_NAME, None)
+    if score_file is None:
+        raise CheckpointError(source, "missing: a sequence classifier holds score.weight (its head); this "
+                                      "folder looks like a causal language model: use `npllama generate` "
+                                      "with it, or make a classifier with `npllama finetune classify --out DIR`",
+                              tensor=SCORE_NAME)
+    score_entry = headers[score_file][SCORE_NAME]
+    if score_entry["dtype"] not in FLOAT_DTYPES or len(score_entry["shape"]) != 2 \
+            or score_entry["shape"][1] != config.hidden_size or score_entry["shape"][0] < 1:
+        raise CheckpointError(score_file, f"must be a float (num_labels, hidden_size={config.hidden_size}) "
+                                          f"matrix, got {score_entry['dtype']} {tuple(score_entry['shape'])}",
+                              tensor=SCORE_NAME)
+    to_read, tied_head = _check_names_and_shapes(config, tensor_files, headers, source,
+                                                 optional=("lm_head.weight",))
+    params: dict[str, np.ndarray] = {}
+    for file in sorted(set(to_read.values())):
+        params.update(read_safetensors(file, names=[n for n, f in to_read.items() if f == file], dtype=dtype))
+    if tied_head is not None:
+        _check_tied_head(tied_head, params, dtype)
+    shapes = config.param_shapes()
+    if "lm_head.weight" in shapes and "lm_head.weight" not in params:
+        params["lm_head.weight"] = np.zeros(shapes["lm_head.weight"], dtype=dtype)
+    score = read_safetensors(score_file, names=[SCORE_NAME], dtype=dtype)[SCORE_NAME]
+    return config, {name: _own_array(params.pop(name), dtype) for name in shapes}, _own_array(score, dtype), raw
 
 
 def read_config(config_path) -> LlamaConfig:
@@ -187,10 +231,11 @@ def _shard_path(folder: Path, index_path: Path, name: str, shard: str) -> Path:
     return folder / shard
 
 
-def _check_names_and_shapes(config: LlamaConfig, tensor_files: dict[str, Path],
-                            headers: dict[Path, dict], source: Path) -> tuple[dict[str, Path], Path | None]:
-    """Compare the files' headers with config.param_shapes().  Returns (name -> file for the
-    tensors to read, file holding a tied lm_head.weight to compare, or None)."""
+def _check_names_and_shapes(config: LlamaConfig, tensor_files: dict[str, Path], headers: dict[Path, dict],
+                            source: Path, optional=()) -> tuple[dict[str, Path], Path | None]:
+    """Compare the files' headers with config.param_shapes() (names in `optional` may be missing).
+    Returns (name -> file for the tensors to read, file holding a tied lm_head.weight to compare,
+    or None)."""
     expected = config.param_shapes()
     to_read: dict[str, Path] = {}
     tied_head = None
@@ -208,7 +253,7 @@ def _check_names_and_shapes(config: LlamaConfig, tensor_files: dict[str, Path],
                                         f"{config.tie_word_embeddings}) has no such parameter", tensor=name)
         _check_entry_shape(file, name, entry, expected[name])
         to_read[name] = file
-    missing = [name for name in expected if name not in to_read]
+    missing = [name for name in expected if name not in to_read and name not in optional]
     if missing:
         shown = ", ".join(repr(n) for n in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise CheckpointError(source, f"missing {len(missing)} parameter(s) the config requires: {shown}",

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:  # argparse would report these as the top-level parser's; name the command instead
-        prog = " ".join(filter(None, ["npllama", getattr(args, "command", None)]))
+        prog = _innermost_parser(parser, argv).prog
         parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)}"
                        f"{_flag_suggestions(parser, argv, extras)} (see `{prog} --help`)\n")
     if not getattr(args, "run", None):

@@ -25,23 +25,25 @@ def register(subparsers) -> None:
     p.add_argument("--vocab-size", type=int, default=None, help="pieces of the tokenizer trained for "
                    "the run (default: the preset's)")
     p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps in total")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per training step")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per training window")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     p.add_argument("--min-lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine")
     p.add_argument("--warmup-steps", type=int, default=None,
                    help="linear warmup steps (default: a tenth of --steps, at most 40)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="AdamW's decoupled weight decay (applied to matrices, not norms)")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="global gradient-norm limit")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validation losses (0: only at the end)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints (0: only at the end)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds the initial weights and the batch order")
     p.add_argument("--threads", type=int, default=None,
                    help="split each batch over this many threads, BLAS on one thread in each; each "
                         "thread holds its own copy of the gradients (1: no split, BLAS threads its own "
                         "products; default: as many as BLAS has, i.e. OPENBLAS_NUM_THREADS or the cores)")
-    p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
+    p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"],
+                   help="the precision of the weights and the arithmetic")
     p.add_argument("--objective", default=d.objective, choices=["causal", "mlm"],
                    help="causal: LLaMA's next-token loss; mlm: BERT-style masked-LM on the same stack "
                         "without the causal mask (shown for comparison, article §3.2.2)")

@@ -20,7 +20,6 @@ LLaMA's tokenizer is a SentencePiece BPE model with these choices, which `Tokeni
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import warnings
@@ -95,15 +94,14 @@ class Tokenizer:
         self.model_bytes = data
         # What the model *is*, independent of where it lives: keys caches of tokenized corpora.
         self.fingerprint = hashlib.sha256(data).hexdigest()
-        # Control pieces (<s>, </s>, Mistral's [INST], ...) have no text of their own in
+        # Control pieces (<s>, </s>, Mistral's [INST], ...) and <unk> have no text of their own in
         # SentencePiece, which spells their names as ordinary text; transformers gives their ids.
         # So do we: encode() cuts the text at these names (longest first).
-        self.control_pieces = {sp.id_to_piece(i): i for i in range(sp.get_piece_size()) if sp.is_control(i)}
+        # <unk> too: transformers matches it as a special token.
+        self.control_pieces = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())
+                               if sp.is_control(i) or sp.is_unknown(i)}
         names = sorted(self.control_pieces, key=len, reverse=True)
         self._control_pattern = re.compile("|".join(map(re.escape, names))) if names else None
-        # How many ids "<unk>" alone encodes to: the prefix that encoding a segment without the
-        # dummy-prefix space strips again (transformers' legacy=False trick, see _encode_segment).
-        self._unk_prefix = sp.encode(sp.id_to_piece(sp.unk_id()), out_type=int)
 
     @classmethod
     def load(cls, path) -> "Tokenizer":
@@ -213,16 +211,18 @@ class Tokenizer:
         """Token ids of `text`, with <s> first if `bos` and </s> last if `eos`.
 
         The name of a control piece in the text ("<s>", "</s>", Mistral's "[INST]") becomes that
-        piece's id, as transformers encodes it; the text after one gets no extra leading space.
+        piece's id, as transformers encodes it; the text between control pieces is encoded as
+        SentencePiece encodes a text (with its dummy-prefix space), as llama.cpp and Mistral's
+        reference tokenizer do.
         """
         _require_text("text", text)
         self._check_special(bos, eos)
         ids = [self.bos_id] if bos else []
-        for start, (is_control, segment) in enumerate(self._segments(text)):
+        for is_control, segment in self._segments(text):
             if is_control:
                 ids.append(self.control_pieces[segment])
             else:
-                ids.extend(self._encode_segment(segment, first=start == 0))
+                ids.extend(self._sp.encode(segment, out_type=int))
         return ids + ([self.eos_id] if eos else [])
 
     def encode_batch(self, texts: list[str], bos: bool = True, eos: bool = False,
@@ -251,15 +251,6 @@ class Tokenizer:
         if position < len(text) or not text:
             yield False, text[position:]
 
-    def _encode_segment(self, segment: str, first: bool) -> list[int]:
-        if first:
-            return self._sp.encode(segment, out_type=int)
-        # After a control piece the text continues: no dummy-prefix space is added (transformers'
-        # legacy=False).  SentencePiece cannot switch the prefix off per call, so encode "<unk>"
-        # before the segment and drop its ids.
-        ids = self._sp.encode(self._sp.id_to_piece(self.unk_id) + segment, out_type=int)
-        return ids[len(self._unk_prefix):]
-
     def decode(self, ids) -> str:
         """The text of a sequence of ids.  <s>, </s> and padding produce no text; byte pieces are
         reassembled into UTF-8 (an incomplete byte sequence becomes U+FFFD).
@@ -280,41 +271,14 @@ class Tokenizer:
 
     def hf_files(self, chat_template: str | None = None, model_max_length: int | None = None) -> dict[str, bytes]:
         """The files that make a model folder's tokenizer load in transformers' AutoTokenizer with
-        the same ids as `encode`: tokenizer.model, tokenizer_config.json, special_tokens_map.json.
+        the same ids as `encode`: tokenizer.model, tokenizer.json, tokenizer_config.json,
+        special_tokens_map.json (npllama/tokenizer_export.py).
 
         chat_template: a Jinja chat template (npllama.chat) stored in tokenizer_config.json.
         """
-        special = {name: self._sp.id_to_piece(token_id) for name, token_id in
-                   (("bos_token", self.bos_id), ("eos_token", self.eos_id), ("unk_token", self.unk_id),
-                    ("pad_token", self.pad_id)) if token_id is not None}
-        added = {str(i): {"content": piece, "lstrip": False, "normalized": False, "rstrip": False,
-                          "single_word": False, "special": True}
-                 for piece, i in sorted({**self.control_pieces,
-                                         self._sp.id_to_piece(self.unk_id): self.unk_id}.items(),
-                                        key=lambda item: item[1])}
-        config = {
-            "tokenizer_class": "LlamaTokenizer",
-            **special,
-            "pad_token": special.get("pad_token"),
-            "add_bos_token": self.bos_id is not None,
-            "add_eos_token": False,
-            "add_prefix_space": self.adds_dummy_prefix,
-            "legacy": False,
-            "clean_up_tokenization_spaces": False,
-            "sp_model_kwargs": {},
-            "added_tokens_decoder": added,
-        }
-        if model_max_length is not None:
-            config["model_max_length"] = int(model_max_length)
-        if chat_template is not None:
-            if not isinstance(chat_template, str):
-                raise TypeError(f"chat_template must be a str (a Jinja template), got {type(chat_template).__name__}")
-            config["chat_template"] = chat_template
-        return {
-            "tokenizer.model": self.model_bytes,
-            "tokenizer_config.json": _json_bytes(config),
-            "special_tokens_map.json": _json_bytes(special),
-        }
+        from .tokenizer_export import hf_tokenizer_files
+
+        return hf_tokenizer_files(self, chat_template, model_max_length)
 
     # ----- helpers ---------------------------------------------------------------------------------
 
@@ -465,10 +429,6 @@ def check_vocab_sizes(tokenizer_vocab_size: int, model_vocab_size: int, tokenize
             f"vocab_size {tokenizer_vocab_size}: the {model_vocab_size - tokenizer_vocab_size} extra rows "
             f"(padding) are never encoded, and generation samples only ids below {tokenizer_vocab_size}",
             stacklevel=3)
-
-
-def _json_bytes(obj) -> bytes:
-    return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _none_if_negative(value: int) -> int | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .tokenizer import _require_text, check_ids, check_vocab_sizes
+from .tokenizer_export import _json_bytes
 
 JSON_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -105,8 +106,7 @@ class JsonTokenizer:
             config["chat_template"] = chat_template
         if model_max_length is not None:
             config["model_max_length"] = int(model_max_length)
-        return {JSON_FILE: self.json_bytes,
-                CONFIG_FILE: (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode("utf-8")}
+        return {JSON_FILE: self.json_bytes, CONFIG_FILE: _json_bytes(config)}
 
     def _check_special(self, bos: bool, eos: bool) -> None:
         if bos and self.bos_id is None:

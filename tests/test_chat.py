@@ -63,7 +63,6 @@ def test_bad_messages_and_templates_are_refused():
 
 
 def test_same_text_as_transformers_apply_chat_template(tmp_path, small_model_dir):
-    pytest.importorskip("google.protobuf")
     transformers = pytest.importorskip("transformers")
     tokenizer = load_tokenizer(small_model_dir)
     for name, source in (("llama2", LLAMA2_TEMPLATE), ("llama3", LLAMA3_TEMPLATE)):

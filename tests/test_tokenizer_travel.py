@@ -14,8 +14,9 @@ from npllama.tokenizer import Tokenizer
 
 VOCAB = 400
 TEXTS = ["Once upon a time, Lily saw a red ball.", "two\nlines\n\nand  double  spaces", "digits 12345 and 7",
-         "naïve café 日本 ☃ 🙂", "", "Tom said: \"Hi!\"", "[INST] Hello [/INST] Hi there</s>",
-         "<s>[INST]x[/INST] y", "a</s>b", "[INST]\nfoo", "end with space "]
+         "naïve café 日本 ☃ 🙂", "", " ", "\n", " leading space", "\tTab", "Tom said: \"Hi!\"",
+         "[INST] Hello [/INST] Hi there</s>", "<s>[INST]x[/INST] y", "a</s>b", "[INST]\nfoo", "end with space ",
+         "<unk> is text", "ｆｕｌｌ ½ ﬁ"]
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +44,8 @@ def test_control_pieces_encode_as_their_ids(tok):
     ids = tok.encode("[INST] Hello [/INST] Hi", bos=True)
     assert ids[:2] == [tok.bos_id, inst] and end in ids
     assert ids.count(inst) == 1
-    # the text between the pieces is encoded as it would be alone: " Hello " keeps one leading ▁
-    between = ids[2:ids.index(end)]
-    assert tok.decode(between) == "Hello " and tok.id_to_piece(between[0]).startswith("▁")
-    assert between == tok.encode("Hello ", bos=False)
+    # the text between the pieces is encoded as SentencePiece encodes it alone (llama.cpp, mistral-common)
+    assert ids[2:ids.index(end)] == tok.encode(" Hello ", bos=False)
     assert tok.encode("a</s>", bos=False)[-1] == tok.eos_id
     assert tok.encode_batch(TEXTS) == [tok.encode(t) for t in TEXTS]
 
@@ -91,22 +90,48 @@ def test_saved_folder_has_tokenizer_config(folder, tok):
     special = json.loads((folder / "special_tokens_map.json").read_text())
     assert special == {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
     assert config["add_bos_token"] is True and config["add_eos_token"] is False
-    assert config["model_max_length"] == 64 and config["tokenizer_class"] == "LlamaTokenizer"
+    assert config["model_max_length"] == 64 and config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert (folder / "tokenizer.json").is_file() and (folder / "tokenizer.model").is_file()
     assert config["added_tokens_decoder"][str(tok.piece_to_id("[INST]"))]["content"] == "[INST]"
 
 
+def assert_same_as_npllama(tok, texts, encode, decode):
+    for text in texts:
+        ids = tok.encode(text)
+        assert encode(text) == ids, text
+        if tok.unk_id not in ids:   # SentencePiece decodes <unk> as " ⁇ ", transformers as nothing
+            assert decode(ids) == tok.decode(ids), text
+
+
+def stories_and_texts():
+    return TEXTS + make_default_corpus(200, seed=5) + ["  ".join(make_default_corpus(3, seed=6)), "x" * 300]
+
+
+def test_saved_tokenizer_json_gives_npllamas_ids(folder, tok):
+    """Read by the tokenizers library alone: no transformers, no protobuf."""
+    tokenizers = pytest.importorskip("tokenizers")
+    hf = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert_same_as_npllama(tok, stories_and_texts(), lambda text: hf.encode(text).ids, hf.decode)
+
+
 def test_autotokenizer_gives_npllamas_ids(folder, tok):
-    pytest.importorskip("google.protobuf")   # transformers needs it to read a tokenizer.model
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoTokenizer.from_pretrained(str(folder))
-    for text in TEXTS:
-        assert hf(text)["input_ids"] == tok.encode(text), text
-        assert hf.decode(tok.encode(text), skip_special_tokens=True) == tok.decode(tok.encode(text)), text
+    assert_same_as_npllama(tok, stories_and_texts(), lambda text: hf(text)["input_ids"],
+                           lambda ids: hf.decode(ids, skip_special_tokens=True))
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_tokenizer_json_of_other_trainings(model_type, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    texts = make_default_corpus(150, seed=1)
+    other = Tokenizer.train(texts, tmp_path / model_type, 330, model_type=model_type, split_digits=False)
+    hf = tokenizers.Tokenizer.from_str(other.hf_files()["tokenizer.json"].decode())
+    assert_same_as_npllama(other, TEXTS + texts[:50], lambda text: hf.encode(text).ids, hf.decode)
 
 
 def test_folder_with_only_tokenizer_json_loads(folder, tok, tmp_path):
     """What transformers 5 saves: tokenizer.json and tokenizer_config.json, no tokenizer.model."""
-    pytest.importorskip("google.protobuf")
     pytest.importorskip("tokenizers")
     transformers = pytest.importorskip("transformers")
     saved = tmp_path / "saved"
@@ -117,9 +142,19 @@ def test_folder_with_only_tokenizer_json_loads(folder, tok, tmp_path):
     model, json_tok, _ = load_model_and_tokenizer(saved)
     assert type(json_tok).__name__ == "JsonTokenizer"
     assert (json_tok.bos_id, json_tok.eos_id, json_tok.vocab_size) == (tok.bos_id, tok.eos_id, tok.vocab_size)
-    for text in TEXTS:
-        assert json_tok.encode(text) == tok.encode(text), text
-        assert json_tok.decode(json_tok.encode(text)) == tok.decode(tok.encode(text)), text
+    assert_same_as_npllama(tok, TEXTS, json_tok.encode, json_tok.decode)
+
+
+def test_our_folder_without_tokenizer_model_loads_from_its_tokenizer_json(folder, tok, tmp_path):
+    pytest.importorskip("tokenizers")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for file in folder.iterdir():
+        if file.name != "tokenizer.model":
+            (copy / file.name).write_bytes(file.read_bytes())
+    json_tok = load_tokenizer(copy)
+    assert type(json_tok).__name__ == "JsonTokenizer" and json_tok.vocab_size == tok.vocab_size
+    assert_same_as_npllama(tok, stories_and_texts(), json_tok.encode, json_tok.decode)
 
 
 def test_tokenizer_json_without_the_library_says_how(folder, tmp_path, monkeypatch):

@@ -150,7 +150,6 @@ def test_classify_refuses_a_language_model_folder(small_model_dir, capsys):
 
 def test_classifier_logits_match_transformers(classifiers):
     torch = pytest.importorskip("torch")
-    pytest.importorskip("google.protobuf")
     transformers = pytest.importorskip("transformers")
     full, _, _ = classifiers
     clf = load_classifier(full, dtype=np.float64)

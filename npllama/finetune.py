@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -193,7 +192,8 @@ class SequenceClassifier:
         with atomic_directory(path) as tmp:
             (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             write_safetensors(tmp / "model.safetensors", tensors, metadata={"format": "pt"})
-            shutil.copyfile(tokenizer.path, tmp / "tokenizer.model")
+            for name, data in tokenizer.hf_files(model_max_length=self.model.config.max_position_embeddings).items():
+                (tmp / name).write_bytes(data)   # tokenizer.model and what transformers reads
 
 
 def encode_texts(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:

@@ -91,3 +91,26 @@ def test_sft_encoding_uses_the_template_and_counts_the_answer(small_model_dir):
     ids, counted = encode_chat(tokenizer, "hi", "ok", template=custom)
     assert tokenizer.decode(ids) == "Q: hi\nA: ok" and ids[-1] == tokenizer.eos_id   # EOS added: the template has none
     assert tokenizer.decode([i for i, c in zip(ids, counted) if c]).strip() == "ok"
+
+
+def test_sft_saves_the_template_it_trained_with(small_model_dir, tmp_path, capsys):
+    from npllama.cli import main
+    from npllama.finetune import SFTConfig, sft
+
+    out = tmp_path / "sft"
+    sft(SFTConfig(base=str(small_model_dir), steps=1, samples=0, progress=False, max_len=129,
+                  chat_template="llama3", out=str(out)), echo=lambda *_: None)
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == LLAMA3_TEMPLATE
+    tokenizer = load_tokenizer(out)
+    template = ChatTemplate.for_folder(out, tokenizer)
+    assert template.render(QUESTION[1:]).startswith("<s><|start_header_id|>user")
+    # generate --chat formats with the folder's template: the same ids as rendering it here
+    from npllama.generate import generate
+    from npllama.runs import load_model_and_tokenizer
+
+    model, _, _ = load_model_and_tokenizer(out)
+    prompt = tokenizer.encode(template.prompt("Hi"), bos=False)
+    expected = generate(model, prompt, 5, temperature=0, eos_id=template.stop_ids(tokenizer))
+    assert main(["generate", "--model", str(out), "--chat", "--prompt", "Hi", "--max-new-tokens", "5",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == tokenizer.decode(expected[len(prompt):]) + "\n"

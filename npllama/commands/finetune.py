@@ -50,6 +50,8 @@ def register(subparsers) -> None:
                    "\"system\") (default: built-in instructions)")
     s.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="share of the examples held out for validation")
+    s.add_argument("--chat-template", default=None, help="llama2, llama3 or a Jinja file to format the "
+                   "examples with (default: the base folder's chat_template, else llama2); saved with the model")
     s.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3, with --lora 5e-3)")
     s.add_argument("--max-len", type=int, default=d.max_len, help="tokens kept per example")
     s.add_argument("--merge", action="store_true", help="with --lora: save the merged model, not the adapter")

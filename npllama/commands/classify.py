@@ -2,7 +2,7 @@
 import json
 import sys
 
-from . import HelpFormatter, UsageError
+from . import HelpFormatter, UsageError, add_run_options
 
 
 def register(subparsers) -> None:
@@ -21,10 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object per text, with every "
                    "label's probability")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
-                   help="the precision the model runs in")
-    p.add_argument("--backend", default=None, choices=["numpy", "numba"],
-                   help="op implementations (default: $NPLLAMA_BACKEND or numba)")
+    add_run_options(p)
     p.set_defaults(run=run)
 
 

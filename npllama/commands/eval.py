@@ -1,6 +1,6 @@
 """`npllama eval choice`: multiple-choice question answering by log-likelihood (article §6.3);
 `npllama eval perplexity`: the mean next-token loss and perplexity of a text file."""
-from . import HelpFormatter, print_help_instead
+from . import HelpFormatter, add_run_options, print_help_instead
 
 
 def register(subparsers) -> None:
@@ -46,10 +46,7 @@ def register(subparsers) -> None:
 
 
 def _run_options(p) -> None:
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
-                   help="the precision the model runs in")
-    p.add_argument("--backend", default=None, choices=["numpy", "numba"],
-                   help="op implementations (default: $NPLLAMA_BACKEND or numba)")
+    add_run_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

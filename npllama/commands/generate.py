@@ -2,7 +2,7 @@
 import sys
 import time
 
-from . import HelpFormatter, UsageError
+from . import HelpFormatter, UsageError, add_run_options
 
 
 def register(subparsers) -> None:
@@ -33,10 +33,7 @@ def register(subparsers) -> None:
                         "(repeatable; \\n is a newline)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one each run)")
     p.add_argument("--num-samples", type=int, default=1, help="how many continuations to print")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
-                   help="the precision the model runs in")
-    p.add_argument("--backend", default=None, choices=["numpy", "numba"],
-                   help="op implementations (default: $NPLLAMA_BACKEND or numba)")
+    add_run_options(p)
     p.set_defaults(run=run)
 
 

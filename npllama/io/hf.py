@@ -55,24 +55,14 @@ def load_hf_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.nd
     `config.param_shapes()`, each a new C-contiguous writeable array of `dtype`
     (np.float32 or np.float64)."""
     dtype = _float_dtype("dtype", dtype)
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder (expected a Hugging Face model folder "
-                                f"holding {CONFIG_NAME} and {WEIGHTS_NAME})")
-    config = read_config(folder / CONFIG_NAME)
-    _check_memory_budget(folder / CONFIG_NAME, config, dtype)
+    folder, config = _open_folder(path, dtype, "a Hugging Face model folder")
 
     # tensor name -> file holding it; each file's header; the file listing them (index or single)
     tensor_files, headers, source = _tensor_files(folder)
     to_read, tied_head = _check_names_and_shapes(config, tensor_files, headers, source)
 
     # Only now is tensor data read: every size has been checked against the config.
-    params: dict[str, np.ndarray] = {}
-    for file in sorted(set(to_read.values())):
-        names = [n for n, f in to_read.items() if f == file]
-        params.update(read_safetensors(file, names=names, dtype=dtype))
-    if tied_head is not None:
-        _check_tied_head(tied_head, params, dtype)
+    params = _read_params(to_read, tied_head, dtype)
     # read_safetensors gives every tensor its own fresh array; _own_array only fixes layout.
     return config, {name: _own_array(params.pop(name), dtype) for name in config.param_shapes()}
 
@@ -86,13 +76,8 @@ def load_hf_classifier_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict
     never uses, is zeros.  The same checks as load_hf_folder, each a CheckpointError.
     """
     dtype = _float_dtype("dtype", dtype)
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder (expected a classifier folder holding "
-                                f"{CONFIG_NAME} and {WEIGHTS_NAME} with score.weight)")
-    config = read_config(folder / CONFIG_NAME)
+    folder, config = _open_folder(path, dtype, "a classifier folder (with score.weight)")
     raw = _load_json(folder / CONFIG_NAME)
-    _check_memory_budget(folder / CONFIG_NAME, config, dtype)
     tensor_files, headers, source = _tensor_files(folder)
     score_file = tensor_files.pop(SCORE_NAME, None)
     if score_file is None:
@@ -108,16 +93,33 @@ def load_hf_classifier_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict
                               tensor=SCORE_NAME)
     to_read, tied_head = _check_names_and_shapes(config, tensor_files, headers, source,
                                                  optional=("lm_head.weight",))
-    params: dict[str, np.ndarray] = {}
-    for file in sorted(set(to_read.values())):
-        params.update(read_safetensors(file, names=[n for n, f in to_read.items() if f == file], dtype=dtype))
-    if tied_head is not None:
-        _check_tied_head(tied_head, params, dtype)
+    params = _read_params(to_read, tied_head, dtype)
     shapes = config.param_shapes()
     if "lm_head.weight" in shapes and "lm_head.weight" not in params:
         params["lm_head.weight"] = np.zeros(shapes["lm_head.weight"], dtype=dtype)
     score = read_safetensors(score_file, names=[SCORE_NAME], dtype=dtype)[SCORE_NAME]
     return config, {name: _own_array(params.pop(name), dtype) for name in shapes}, _own_array(score, dtype), raw
+
+
+def _open_folder(path, dtype, kind: str) -> tuple[Path, LlamaConfig]:
+    """The folder and its config, once the folder exists and the parameters fit in memory."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder (expected {kind} holding {CONFIG_NAME} "
+                                f"and {WEIGHTS_NAME})")
+    config = read_config(folder / CONFIG_NAME)
+    _check_memory_budget(folder / CONFIG_NAME, config, dtype)
+    return folder, config
+
+
+def _read_params(to_read: dict[str, Path], tied_head: Path | None, dtype) -> dict[str, np.ndarray]:
+    """The tensors of to_read (name -> file), one read per file; a tied head checked equal."""
+    params: dict[str, np.ndarray] = {}
+    for file in sorted(set(to_read.values())):
+        params.update(read_safetensors(file, names=[n for n, f in to_read.items() if f == file], dtype=dtype))
+    if tied_head is not None:
+        _check_tied_head(tied_head, params, dtype)
+    return params
 
 
 def read_config(config_path) -> LlamaConfig:

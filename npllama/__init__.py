@@ -4,7 +4,7 @@
     model = Llama(LlamaConfig.from_preset("tiny"), seed=0)
     loss, grads = model.loss_and_grads(tokens, targets)
 """
-from .backend import get_backend, set_backend, use_backend
+from .backend import get_backend, set_backend, study, use_backend, use_op
 from .config import LlamaConfig
 from .gradcheck import check_op, gradcheck
 from . import trace  # a callable module: `with npllama.trace() as t:` and `npllama.trace.compare(...)`
@@ -29,4 +29,4 @@ def __getattr__(name):
 
 
 __all__ = ["Llama", "LlamaConfig", "KVCache", "Tokenizer", "check_op", "gradcheck", "get_backend",
-           "set_backend", "use_backend", "trace"]
+           "set_backend", "study", "use_backend", "use_op", "trace"]

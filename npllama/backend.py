@@ -1,12 +1,21 @@
-"""The one switch between the NumPy reference (npllama/ops) and the Numba kernels (npllama/kernels).
+"""Which function runs for each op: the NumPy reference, a Numba kernel, or an override.
 
-    NPLLAMA_BACKEND=numpy|numba      chooses the default for the process (default: numba)
-    with npllama.use_backend("numpy"): ...    chooses it for a block of code
+    NPLLAMA_BACKEND=numpy|numba             the default for the process (default: numba)
+    with npllama.use_backend("numpy"): ...  the backend for a block of code
+    npllama.study()                         the reference from here on: what a debugger should step through
+    with npllama.use_op("rmsnorm_backward", my_backward): ...
+                                            one op replaced (a student's backward, a planted bug)
 
-The model never imports a kernel directly: it asks `ops()` for the current namespace of
-`<op>_forward` / `<op>_backward` functions.  Under "numba" a kernel replaces its reference
-only where one exists; everything else is the reference itself.  With NUMBA_DISABLE_JIT=1
-the kernels run as plain Python, so a debugger can step into them.
+How the model picks up the choice (read this once, then read npllama/model.py as plain code):
+npllama/model.py imports every op by name from npllama/ops (`from .ops.rmsnorm import
+rmsnorm_forward`), so go-to-definition on a call lands on the reference, and with the reference
+backend the model calls those functions directly -- nothing stands between a step-into and the
+math.  When something else is in force (the Numba kernels, a `use_op` override, a trace that
+records, LoRA adapters), the model's public methods run the *same functions* re-bound by `bind`:
+copies that share their code objects but look their op names up in a namespace where, say,
+`rmsnorm_forward` is the kernel.  The source you read is the source that runs; only what an op
+name refers to changes.  No global state is modified: the choice lives in ContextVars, so
+threads and async tasks each see their own.
 """
 from __future__ import annotations
 
@@ -14,13 +23,17 @@ import contextlib
 import contextvars
 import os
 import types
+from collections.abc import Callable, Mapping
 
 BACKENDS = ("numpy", "numba")
 ENV_VAR = "NPLLAMA_BACKEND"
 
-# A ContextVar rather than a module global: threads and async tasks each see their own choice.
 _choice: contextvars.ContextVar[str | None] = contextvars.ContextVar("npllama_backend", default=None)
+_overrides: contextvars.ContextVar[Mapping[str, Callable]] = contextvars.ContextVar(
+    "npllama_op_overrides", default=types.MappingProxyType({}))
 _namespaces: dict[str, types.SimpleNamespace] = {}
+_bound: dict[tuple, types.SimpleNamespace] = {}
+_BOUND_LIMIT = 64   # distinct op sets kept re-bound at once (each is a few dozen function objects)
 
 
 def _check_name(name: object, what: str) -> str:
@@ -42,6 +55,12 @@ def set_backend(name: str) -> None:
     _choice.set(_check_name(name, "backend"))
 
 
+def study() -> None:
+    """Run the NumPy reference from now on (in this context): the code a debugger should step
+    through, the same as `set_backend("numpy")`.  The CLI's `--backend numpy` does the same."""
+    set_backend("numpy")
+
+
 @contextlib.contextmanager
 def use_backend(name: str):
     """`with use_backend("numpy"): ...` runs the block on the given backend, then restores the previous one."""
@@ -52,6 +71,43 @@ def use_backend(name: str):
         _choice.reset(token)
 
 
+def op_names() -> tuple[str, ...]:
+    """Every op function a backend provides: `<op>_forward` / `<op>_backward`, as in npllama.ops."""
+    return tuple(sorted(vars(ops("numpy"))))
+
+
+@contextlib.contextmanager
+def use_op(name: str, fn: Callable, backend: str | None = None):
+    """`with use_op("rmsnorm_backward", my_backward): ...` -- inside the block, every call the model
+    makes to that op runs `fn` instead, on either backend (a student's backward, a planted bug).
+    backend="numba" (or "numpy"): only while that backend is in force, e.g. to plant a bug in one
+    side of a comparison between backends.
+
+    fn must take the op's arguments and return what it returns; a forward override's cache is
+    only ever read by the backward of the same block, so override both or keep the cache's format.
+    Blocks nest; each restores what was in force before it.
+    """
+    if name not in op_names():
+        close = [n for n in op_names() if n.split("_")[0] == str(name).split("_")[0]]
+        raise ValueError(f"name must be an op function of npllama.ops, one of {', '.join(close or op_names())}; "
+                         f"got {name!r}")
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    if backend is not None:
+        backend = _check_name(backend, "backend")
+    token = _overrides.set(types.MappingProxyType({**_overrides.get(), name: (fn, backend)}))
+    try:
+        yield fn
+    finally:
+        _overrides.reset(token)
+
+
+def overrides() -> dict[str, Callable]:
+    """The `use_op` overrides in force here, on the backend in force (name -> function)."""
+    current = get_backend()
+    return {name: fn for name, (fn, only_on) in _overrides.get().items() if only_on in (None, current)}
+
+
 def _reference_namespace() -> types.SimpleNamespace:
     from . import ops as reference
 
@@ -60,7 +116,8 @@ def _reference_namespace() -> types.SimpleNamespace:
 
 
 def ops(name: str | None = None) -> types.SimpleNamespace:
-    """The namespace of op functions for `name` (default: the backend in force)."""
+    """The namespace of op functions of backend `name` (default: the backend in force), without
+    `use_op` overrides.  Read-only by convention: use `use_op` to replace an op."""
     name = get_backend() if name is None else _check_name(name, "backend")
     if name not in _namespaces:
         namespace = _reference_namespace()
@@ -73,3 +130,45 @@ def ops(name: str | None = None) -> types.SimpleNamespace:
                 setattr(namespace, op_name, fn)
         _namespaces[name] = namespace
     return _namespaces[name]
+
+
+def op_bindings() -> dict[str, Callable]:
+    """The ops that differ from the reference here: the backend's kernels, then `use_op` overrides.
+    Empty under the reference backend with no override."""
+    bindings = {}
+    if get_backend() == "numba":
+        reference = ops("numpy")
+        bindings = {n: fn for n, fn in vars(ops("numba")).items() if fn is not getattr(reference, n)}
+    if _overrides.get():
+        bindings.update(overrides())
+    return bindings
+
+
+def bind(module: types.ModuleType, bindings: Mapping[str, Callable], keep: bool = True):
+    """`module`'s own functions, re-bound so that the names in `bindings` (op names) refer to the
+    given functions.  With no bindings, the module itself: the reference path, untouched.
+
+    The copies share the originals' code objects (a breakpoint in the source file stops in them
+    too) and are made once per distinct set of bindings, unless keep=False (a trace's recording
+    ops, made afresh for every call, are not kept)."""
+    if not bindings:
+        return module
+    key = (module.__name__, *sorted((name, id(fn)) for name, fn in bindings.items()))
+    cached = _bound.get(key) if keep else None
+    if cached is not None:
+        return cached
+    namespace = dict(vars(module))
+    namespace.update(bindings)
+    for name, obj in vars(module).items():
+        if isinstance(obj, types.FunctionType) and obj.__module__ == module.__name__:
+            copy = types.FunctionType(obj.__code__, namespace, obj.__name__, obj.__defaults__, obj.__closure__)
+            copy.__kwdefaults__, copy.__doc__, copy.__qualname__ = obj.__kwdefaults__, obj.__doc__, obj.__qualname__
+            namespace[name] = copy
+    bound = types.SimpleNamespace(**namespace)
+    bound._bindings = dict(bindings)   # keeps the functions alive, so their ids stay unique
+    if not keep:
+        return bound
+    if len(_bound) >= _BOUND_LIMIT:
+        _bound.pop(next(iter(_bound)))
+    _bound[key] = bound
+    return bound

@@ -221,7 +221,7 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
             tensor.retain_grad()
         captured.append((name, tensor, layout))
 
-    def heads(n_heads):  # (B, T, n*hd) -> (B, n, T, hd), our layout for q, k, v
+    def heads(n_heads):  # (B, T, n*hd) -> (B, n, T, hd), our layout for the attention's output
         return lambda a: a.reshape(a.shape[0], a.shape[1], n_heads, head_dim).transpose(0, 2, 1, 3)
 
     def output_of(name, layout=None):
@@ -229,9 +229,9 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
             keep(name, output[0] if isinstance(output, tuple) else output, layout)
         return hook
 
-    def input_of(name):
+    def input_of(name, layout=None):
         def hook(module, args):
-            keep(name, args[0])
+            keep(name, args[0], layout)
         return hook
 
     def attention_outputs(prefix):
@@ -270,10 +270,10 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
         attn, mlp = layer.self_attn, layer.mlp
         on(layer.input_layernorm, output_of(p + "input_layernorm.out"))
         on(attn, attention_outputs(p + "self_attn."), pre=entering_layer(p + "self_attn."))
-        on(attn.q_proj, output_of(p + "self_attn.q", heads(cfg.num_attention_heads)))
-        on(attn.k_proj, output_of(p + "self_attn.k", heads(cfg.num_key_value_heads)))
-        on(attn.v_proj, output_of(p + "self_attn.v", heads(cfg.num_key_value_heads)))
-        on(attn.o_proj, pre=input_of(p + "self_attn.attn_out"))
+        on(attn.q_proj, output_of(p + "self_attn.q"))
+        on(attn.k_proj, output_of(p + "self_attn.k"))
+        on(attn.v_proj, output_of(p + "self_attn.v"))
+        on(attn.o_proj, pre=input_of(p + "self_attn.attn", heads(cfg.num_attention_heads)))
         on(layer.post_attention_layernorm, output_of(p + "post_attention_layernorm.out"),
            pre=input_of(p + "residual"))
         on(mlp.gate_proj, output_of(p + "mlp.gate"))
@@ -360,10 +360,5 @@ def planted_bug(name: str, backend_name: str = "numpy"):
     if name not in PLANTED_BUGS:
         raise ValueError(f"unknown planted bug {name!r}; choose one of {sorted(PLANTED_BUGS)}")
     op_name, wrong, _ = PLANTED_BUGS[name]
-    namespace = backend.ops(backend_name)
-    original = getattr(namespace, op_name)
-    setattr(namespace, op_name, wrong)
-    try:
+    with backend.use_op(op_name, wrong, backend=backend_name):
         yield wrong
-    finally:
-        setattr(namespace, op_name, original)

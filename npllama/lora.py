@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .ops.linear import linear_forward
 from .ops.lora import lora_backward, lora_forward
+from .ops.swiglu import swiglu_act_backward, swiglu_act_forward
 
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
@@ -71,6 +71,11 @@ class LoraAdapters:
         self.extra: dict[str, np.ndarray] = {}
         self._rng = np.random.default_rng(seed)
         self.params = self._init_params(seed)
+        self._module_of: dict[int, str] = {}
+        self._act_ops = (swiglu_act_forward, swiglu_act_backward)
+        self._ops = {"linear_forward": self._linear_forward, "linear_backward": self._linear_backward,
+                     "swiglu_forward": self._swiglu_forward, "swiglu_backward": self._swiglu_backward,
+                     "embedding_backward": self._embedding_backward}
 
     # ----- parameters ------------------------------------------------------------------------
     def modules(self) -> list[str]:
@@ -92,29 +97,63 @@ class LoraAdapters:
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self.params.values()))
 
-    # ----- the hook the model calls (npllama.model.project / project_backward) ---------------
-    def project_forward(self, x, weight, prefix: str, name: str):
-        """x W^T with W frozen; plus scaling * (dropout(x) A^T) B^T where `name` is a target."""
-        module = prefix + name
-        if name.rsplit(".", 1)[-1] not in self.target_modules:
-            y, _ = linear_forward(x, weight)
-            return y, (name, None, weight)
+    # ----- the ops the model runs while the adapters are attached -----------------------------
+    def op_bindings(self, base: dict) -> dict:
+        """LoRA enters the model through the projection ops it modifies (npllama.backend.bind):
+        linear_forward/backward, and the SwiGLU whose three projections it may adapt.  A frozen
+        weight gets no gradient (None); an adapted one gets {"lora_A": dA, "lora_B": dB}.
+        `base`: the ops otherwise in force, whose SiLU-gate kernels the SwiGLU keeps using."""
+        params = self.model.params
+        self._module_of = {id(params[m + ".weight"]): m for m in self.modules()}
+        self._act_ops = (base.get("swiglu_act_forward", swiglu_act_forward),
+                         base.get("swiglu_act_backward", swiglu_act_backward))
+        return self._ops
+
+    def _linear_forward(self, x, weight):
+        """x W^T with W frozen, plus scaling * (dropout(x) A^T) B^T where W is adapted."""
+        module = self._module_of.get(id(weight))
+        if module is None:
+            return x @ weight.T, (None, weight)
         A, B = self.params[peft_name(module, "lora_A")], self.params[peft_name(module, "lora_B")]
         mask = self._dropout_mask(x) if self.training and self.lora_dropout > 0 else None
         y, cache = lora_forward(x, weight, A, B, self.scaling, mask)
-        return y, (name, cache, weight)
+        return y, (cache, weight)
 
-    def project_backward(self, dy, cache):
-        """(dx, adapter grads keyed by their name inside the layer); a frozen projection gives none."""
-        name, lora_cache, weight = cache
+    def _linear_backward(self, dy, cache):
+        """(dx, the adapter's gradients or None for a frozen projection)."""
+        lora_cache, weight = cache
         if lora_cache is None:
-            return dy @ weight, {}   # linear_backward's dx; no dW: the weight is frozen
+            return dy @ weight, None
         dx, dA, dB = lora_backward(dy, lora_cache)
-        return dx, {f"{name}.lora_A.weight": dA, f"{name}.lora_B.weight": dB}
+        return dx, {"lora_A": dA, "lora_B": dB}
+
+    def _swiglu_forward(self, x, w_gate, w_up, w_down):
+        """The SwiGLU with each projection through the adapters' linear."""
+        gate, gate_cache = self._linear_forward(x, w_gate)
+        up, up_cache = self._linear_forward(x, w_up)
+        act, act_cache = self._act_ops[0](gate, up)
+        out, down_cache = self._linear_forward(act, w_down)
+        return out, (gate_cache, up_cache, act_cache, down_cache, self._act_ops[1])
+
+    def _swiglu_backward(self, dout, cache):
+        gate_cache, up_cache, act_cache, down_cache, act_backward = cache
+        dact, g_down = self._linear_backward(dout, down_cache)
+        dgate, dup = act_backward(dact, act_cache)
+        dx_gate, g_gate = self._linear_backward(dgate, gate_cache)
+        dx_up, g_up = self._linear_backward(dup, up_cache)
+        return dx_gate + dx_up, g_gate, g_up, g_down
+
+    @staticmethod
+    def _embedding_backward(dout, cache):
+        return None   # the embedding is frozen
 
     def adapter_grads(self, model_grads: dict) -> dict:
-        """The adapters' gradients under PEFT names, from the model's (named "model.layers...")."""
-        return {name: model_grads[name[len(PEFT_PREFIX):]] for name in self.params}
+        """The adapters' gradients under PEFT names, from the model's (keyed by the adapted weight)."""
+        grads = {}
+        for module in self.modules():
+            g = model_grads[module + ".weight"]
+            grads[peft_name(module, "lora_A")], grads[peft_name(module, "lora_B")] = g["lora_A"], g["lora_B"]
+        return {name: grads[name] for name in self.params}
 
     def _dropout_mask(self, x):
         keep = 1.0 - self.lora_dropout

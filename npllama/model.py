@@ -6,26 +6,116 @@
         x   = h + swiglu(rmsnorm(h))
     logits = rmsnorm(x) @ lm_head^T                    # (B, T, V)
 
-Parameters live in `model.params` under Hugging Face state-dict names and layouts, so anyone
-comparing with transformers finds every tensor by the same name.  Which implementation runs each
-op (NumPy reference or Numba kernel) is chosen by npllama.backend.  Derivation of the block:
-derivations/transformer_block.md.
+The functions below the class are the math, step for step as derivations/transformer_block.md
+numbers it; the class holds the parameters (Hugging Face state-dict names and layouts, so anyone
+comparing with transformers finds every tensor by the same name) and is the public boundary:
+its methods check their arguments once, then run the math without re-checking inside each op.
+
+Which function an op name runs: every op is imported below by name from npllama/ops, so
+go-to-definition lands on the reference, and under the reference backend (`npllama.study()`,
+`--backend numpy`, NPLLAMA_BACKEND=numpy) that is exactly what runs.  Under the Numba backend, a
+`npllama.use_op` override, a recording trace or LoRA adapters, the public methods run these same
+functions re-bound so that an op name refers to the kernel, the override, the recording wrapper
+or the adapter's projection (npllama/backend.py explains how).  No trace, LoRA or dispatch code
+sits in the math.
 """
 from __future__ import annotations
 
-import math
+import functools
+import sys
+from typing import NamedTuple
 
 import numpy as np
 
 from . import backend
 from .config import LlamaConfig
-from .ops import attention as reference_attention
-from .ops import swiglu as reference_swiglu
-from .ops.rope import rope_cos_sin
-from .ops.softmax import softmax_forward
+from .ops._checks import checking, require_ids_in_range
+from .ops.attention import AttentionCache, attention_backward, attention_forward
+from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
+from .ops.embedding import EmbeddingCache, embedding_backward, embedding_forward
+from .ops.linear import LinearCache, linear_backward, linear_forward
+from .ops.rmsnorm import RMSNormCache, rmsnorm_backward, rmsnorm_forward
+from .ops.rope import RopeCache, rope_backward, rope_cos_sin, rope_forward
+from .ops.swiglu import SwiGLUCache, swiglu_backward, swiglu_forward
 from .trace import active_trace
 
 DTYPES = (np.float32, np.float64)
+
+
+# ----- the named types the math passes around ------------------------------------------------------
+class LayerWeights(NamedTuple):
+    """One decoder layer's weights (the Hugging Face tensors model.layers.ℓ.<path>.weight), and, in
+    the same shape, its gradients.  D = hidden_size, F = intermediate_size, hd = head_dim."""
+
+    input_layernorm: np.ndarray            # (D,)          w_in
+    q_proj: np.ndarray                     # (H*hd, D)     W_q
+    k_proj: np.ndarray                     # (KVH*hd, D)   W_k
+    v_proj: np.ndarray                     # (KVH*hd, D)   W_v
+    o_proj: np.ndarray                     # (D, H*hd)     W_o
+    post_attention_layernorm: np.ndarray   # (D,)          w_post
+    gate_proj: np.ndarray                  # (F, D)        W_gate
+    up_proj: np.ndarray                    # (F, D)        W_up
+    down_proj: np.ndarray                  # (D, F)        W_down
+
+    @classmethod
+    def of_layer(cls, params: dict, i: int) -> "LayerWeights":
+        return cls(*(params[f"model.layers.{i}.{path}.weight"] for path in LAYER_PATHS))
+
+
+# Each LayerWeights field's module path inside a layer, in field order (Hugging Face's names).
+LAYER_PATHS = ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+               "self_attn.o_proj", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj",
+               "mlp.down_proj")
+
+
+class AttentionLayerCache(NamedTuple):
+    """What attention_layer_backward needs: the caches of steps 2-5, in forward order."""
+
+    q_proj: LinearCache            # xn (B, T, D), W_q
+    k_proj: LinearCache            # xn (B, T, D), W_k
+    v_proj: LinearCache            # xn (B, T, D), W_v
+    q_rope: RopeCache              # cos, sin (T, hd)
+    k_rope: RopeCache
+    attention: AttentionCache      # q_rot (B, H, T, hd), k_rot, v (B, KVH, S, hd), attn_probs (B, H, T, S)
+                                   # (under the Numba backend, the kernel's own cache type)
+    o_proj: LinearCache            # attn merged to (B, T, H*hd), W_o
+    n_heads: int                   # H
+    n_kv_heads: int                # KVH
+    head_dim: int                  # hd
+
+
+class BlockCache(NamedTuple):
+    """What block_backward needs: one cache per step of the block."""
+
+    input_layernorm: RMSNormCache            # step 1: x (B, T, D), rstd (B, T, 1), w_in
+    self_attn: AttentionLayerCache           # steps 2-5
+    post_attention_layernorm: RMSNormCache   # step 7: h (B, T, D), rstd, w_post
+    mlp: SwiGLUCache                         # step 8: gate, up (B, T, F), ...
+
+
+class ModelCache(NamedTuple):
+    """What the model's backward needs."""
+
+    embed_tokens: EmbeddingCache   # tokens (B, T)
+    layers: list                   # one BlockCache per layer
+    norm: RMSNormCache             # x^(L) (B, T, D), rstd, w_norm
+    lm_head: LinearCache | None    # hidden (B, T, D), W_lm; None when only the decoder stack ran
+    hidden_shape: tuple            # (B, T, D)
+
+
+def _public(method):
+    """Marks a public method of Llama: it checks its own arguments, so the ops it calls skip theirs
+    (npllama/ops/_checks.py) and a debugger's step-into stays on the math."""
+
+    @functools.wraps(method)
+    def public_method(self, *args, **kwargs):
+        token = checking.set(False)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            checking.reset(token)
+
+    return public_method
 
 
 class Llama:
@@ -39,9 +129,16 @@ class Llama:
         self.params = init_params(config, seed, self.dtype) if params is None else params
         self._rope_tables: tuple[np.ndarray, np.ndarray] | None = None
         # LoRA adapters (npllama.lora.attach_lora), or None.  While attached, every base weight is
-        # frozen: the projections run through the adapters' hook and backward returns the adapters'
+        # frozen: the projections run through the adapters' ops and backward returns the adapters'
         # gradients only, under PEFT's names.
         self.lora = None
+
+    def __repr__(self) -> str:
+        cfg = self.config
+        lora = f", LoRA r={self.lora.r}" if self.lora is not None else ""
+        return (f"Llama({self.num_parameters():,} parameters, {cfg.num_hidden_layers} layers, hidden "
+                f"{cfg.hidden_size}, heads {cfg.num_attention_heads}/{cfg.num_key_value_heads}, vocab "
+                f"{cfg.vocab_size}, {np.dtype(self.dtype).name}{lora})")
 
     # ----- Hugging Face folders -------------------------------------------------------------
     @classmethod
@@ -70,79 +167,46 @@ class Llama:
         logits, _ = self.forward_with_caches(tokens, attention_mask)
         return logits
 
+    @_public
     def forward_with_caches(self, tokens, attention_mask=None, causal: bool = True):
-        """Logits and everything `backward` needs.  attention_mask: optional (B, T), 1 = real token."""
-        hidden, caches = self.hidden_forward(tokens, attention_mask, causal)
-        F = backend.ops()
-        logits, caches["lm_head"] = F.linear_forward(hidden, self._lm_head_weight())  # (B, T, V)
-        caches["logits_shape"] = logits.shape
-        _record("lm_head.out", logits)
-        return logits, caches
-
-    def hidden_forward(self, tokens, attention_mask=None, causal: bool = True):
-        """The decoder stack without the LM head: final-normed hidden states (B, T, D) and caches.
-
-        Heads other than the LM head (classification, masked-LM) start from here; causal=False
-        gives the bidirectional "encoder" of the article's §3.1.1 (the same block, no causal mask).
-        """
-        cfg, p, F = self.config, self.params, backend.ops()
-        tokens = self._check_tokens(tokens)
-        key_padding_mask = _check_attention_mask(attention_mask, tokens.shape)
+        """Logits (B, T, V) and the ModelCache `backward` needs.  attention_mask: optional (B, T),
+        1 = real token.  causal=False: the bidirectional stack (the article's §3.1.1 "encoder")."""
+        tokens, key_padding_mask = self._check_inputs(tokens, attention_mask)
         cos, sin = self.rope_tables(tokens.shape[1])
-        caches = {}
+        return self._math().model_forward(self.params, self.config, tokens, cos, sin, causal,
+                                          key_padding_mask)
 
-        x, caches["embed"] = F.embedding_forward(tokens, p["model.embed_tokens.weight"])  # (B, T, D)
-        _record("model.embed_tokens.out", x)
-        caches["layers"] = []
-        for i in range(cfg.num_hidden_layers):
-            x, layer_cache = block_forward(F, x, _layer_params(p, i, self.lora), cos, sin, cfg, causal,
-                                           key_padding_mask)
-            caches["layers"].append(layer_cache)
-        hidden, caches["norm"] = F.rmsnorm_forward(x, p["model.norm.weight"], cfg.rms_norm_eps)
-        _record("model.norm.out", hidden)
-        return hidden, caches
+    @_public
+    def hidden_forward(self, tokens, attention_mask=None, causal: bool = True):
+        """The decoder stack without the LM head: final-normed hidden states (B, T, D) and the
+        ModelCache (its lm_head None).  Heads other than the LM head (classification, masked-LM)
+        start from here."""
+        tokens, key_padding_mask = self._check_inputs(tokens, attention_mask)
+        cos, sin = self.rope_tables(tokens.shape[1])
+        return self._math().decoder_forward(self.params, self.config, tokens, cos, sin, causal,
+                                            key_padding_mask)
 
     # ----- backward -------------------------------------------------------------------------
-    def backward(self, dlogits, caches) -> dict[str, np.ndarray]:
+    @_public
+    def backward(self, dlogits, caches: ModelCache) -> dict[str, np.ndarray]:
         """Gradients of every parameter, given dL/dlogits (B, T, V) and forward_with_caches' caches.
 
         With LoRA adapters attached: the gradients of the adapter parameters only (PEFT's names).
         """
-        F = backend.ops()
-        expected = caches["logits_shape"]
+        expected = caches.hidden_shape[:-1] + (self.config.vocab_size,)
         if np.shape(dlogits) != expected:
             raise ValueError(f"dlogits has shape {np.shape(dlogits)}, expected the logits' shape {expected}")
-        _record("d:lm_head.out", dlogits)
-        if self.lora is not None:  # the head is frozen: only dL/dhidden is needed, no dL/dW
-            return self.hidden_backward(dlogits @ self._lm_head_weight(), caches)
-        dhidden, d_lm_head = F.linear_backward(dlogits, caches["lm_head"])
-        grads = self.hidden_backward(dhidden, caches)
-        if self.config.tie_word_embeddings:
-            grads["model.embed_tokens.weight"] += d_lm_head  # one matrix, used twice: gradients add
-        else:
-            grads["lm_head.weight"] = d_lm_head
-        grads = self._ordered(grads)
-        t = active_trace()
-        if t is not None:
-            for name, g in grads.items():
-                t.record("d:" + name, g)
-        return grads
+        return self._finish(self._math().model_backward(dlogits, caches, self.config))
 
-    def hidden_backward(self, dhidden, caches) -> dict[str, np.ndarray]:
+    @_public
+    def hidden_backward(self, dhidden, caches: ModelCache) -> dict[str, np.ndarray]:
         """Gradients of the decoder stack's parameters, given dL/d(final-normed hidden states)."""
-        cfg, F = self.config, backend.ops()
-        grads = {}
-        _record("d:model.norm.out", dhidden)
-        dx, grads["model.norm.weight"] = F.rmsnorm_backward(dhidden, caches["norm"])
-        for i in reversed(range(cfg.num_hidden_layers)):
-            dx, layer_grads = block_backward(F, dx, caches["layers"][i])
-            grads.update({f"model.layers.{i}.{name}": g for name, g in layer_grads.items()})
-        _record("d:model.embed_tokens.out", dx)
-        if self.lora is not None:  # frozen base: keep the adapters' gradients, skip the embedding's
-            return self.lora.adapter_grads(grads)
-        grads["model.embed_tokens.weight"] = F.embedding_backward(dx, caches["embed"])
-        return grads
+        expected = caches.hidden_shape
+        if np.shape(dhidden) != expected:
+            raise ValueError(f"dhidden has shape {np.shape(dhidden)}, expected the hidden states' shape {expected}")
+        return self._finish(self._math().decoder_backward(dhidden, caches, self.config))
 
+    @_public
     def loss_and_grads(self, tokens, targets, attention_mask=None, ignore_index: int = -100,
                        causal: bool = True):
         """Mean next-token cross-entropy over targets != ignore_index, and its gradient for every param.
@@ -150,19 +214,22 @@ class Llama:
         targets (B, T) are already shifted: targets[b, t] is the token that should follow tokens[b, t].
         causal=False: the bidirectional stack, whose targets are the masked-LM ones (objectives.py).
         """
-        F = backend.ops()
-        logits, caches = self.forward_with_caches(tokens, attention_mask, causal)
-        targets = _check_targets(targets, logits.shape[:2])
-        loss, ce_cache = F.cross_entropy_forward(logits, targets, ignore_index)
-        _record("loss", loss)
-        dlogits = F.cross_entropy_backward(np.ones((), dtype=logits.dtype), ce_cache)
-        return float(loss), self.backward(dlogits, caches)
+        tokens, key_padding_mask = self._check_inputs(tokens, attention_mask)
+        targets = _check_targets(targets, tokens.shape, ignore_index, self.config.vocab_size)
+        cos, sin = self.rope_tables(tokens.shape[1])
+        loss, grads = self._math().model_loss_and_grads(self.params, self.config, tokens, targets, cos, sin,
+                                                        causal, key_padding_mask, ignore_index)
+        return float(loss), self._finish(grads)
 
+    @_public
     def loss(self, tokens, targets, attention_mask=None, ignore_index: int = -100, causal: bool = True) -> float:
         """The same loss as loss_and_grads, without the backward pass."""
-        logits, _ = self.forward_with_caches(tokens, attention_mask, causal)
-        targets = _check_targets(targets, logits.shape[:2])
-        loss, _ = backend.ops().cross_entropy_forward(logits, targets, ignore_index)
+        tokens, key_padding_mask = self._check_inputs(tokens, attention_mask)
+        targets = _check_targets(targets, tokens.shape, ignore_index, self.config.vocab_size)
+        cos, sin = self.rope_tables(tokens.shape[1])
+        math = self._math()
+        logits, _ = math.model_forward(self.params, self.config, tokens, cos, sin, causal, key_padding_mask)
+        loss, _ = math.cross_entropy_forward(logits, targets, ignore_index)
         return float(loss)
 
     # ----- incremental decoding with a KV cache -------------------------------------------
@@ -170,13 +237,13 @@ class Llama:
         return KVCache(self.config, batch_size, max_length or self.config.max_position_embeddings,
                        self.dtype)
 
+    @_public
     def forward_step(self, tokens, kv_cache: "KVCache") -> np.ndarray:
         """Process new tokens (B, T_new) after the kv_cache.length tokens already seen.
 
         Prefill is one call with the whole prompt, decoding one call per token (T_new = 1).  The
         logits equal those of a full forward over everything seen so far, at the new positions.
         """
-        cfg, p, F = self.config, self.params, backend.ops()
         tokens = self._check_tokens(tokens, offset=kv_cache.length)
         B, T_new = tokens.shape
         if B != kv_cache.batch_size:
@@ -186,14 +253,9 @@ class Llama:
                              f"{kv_cache.length} used, {T_new} more requested")
         start, end = kv_cache.length, kv_cache.length + T_new
         cos, sin = self.rope_tables(end)
-        cos, sin = cos[start:end], sin[start:end]
-        x, _ = F.embedding_forward(tokens, p["model.embed_tokens.weight"])
-        for i in range(cfg.num_hidden_layers):
-            kv_slot = (kv_cache.k[i], kv_cache.v[i], start)
-            x, _ = block_forward(F, x, _layer_params(p, i, self.lora), cos, sin, cfg, True, None, kv_slot)
+        logits, _ = self._math().model_forward(self.params, self.config, tokens, cos[start:end], sin[start:end],
+                                               True, None, kv_cache)
         kv_cache.length = end
-        hidden, _ = F.rmsnorm_forward(x, p["model.norm.weight"], cfg.rms_norm_eps)
-        logits, _ = F.linear_forward(hidden, self._lm_head_weight())
         return logits
 
     def generate(self, prompt, max_new_tokens: int, **sampling) -> list[int]:
@@ -218,12 +280,33 @@ class Llama:
         return cos[:length], sin[:length]
 
     def _lm_head_weight(self) -> np.ndarray:
-        if self.config.tie_word_embeddings:
-            return self.params["model.embed_tokens.weight"]
-        return self.params["lm_head.weight"]
+        return lm_head_weight(self.params, self.config)
 
-    def _ordered(self, grads):
-        return {name: grads[name] for name in self.params}
+    def _math(self):
+        """This module's math with the op names bound to what is in force here: the module itself
+        under the reference backend with nothing else active (npllama/backend.py)."""
+        bindings = backend.op_bindings()
+        if self.lora is not None:
+            bindings.update(self.lora.op_bindings(bindings))
+        trace = active_trace()
+        if trace is not None:
+            bindings.update(trace.recording_bindings(bindings, self.params, self.config))
+        return backend.bind(sys.modules[__name__], bindings, keep=trace is None)
+
+    def _finish(self, grads: dict) -> dict:
+        """The gradients in model.params' order -- or, with LoRA attached, the adapters' only."""
+        if self.lora is not None:
+            grads = self.lora.adapter_grads(grads)
+        else:
+            grads = {name: grads[name] for name in self.params if name in grads}
+        trace = active_trace()
+        if trace is not None:
+            trace.record_many("d:", **grads)
+        return grads
+
+    def _check_inputs(self, tokens, attention_mask):
+        tokens = self._check_tokens(tokens)
+        return tokens, _check_attention_mask(attention_mask, tokens.shape)
 
     def _check_tokens(self, tokens, offset: int = 0) -> np.ndarray:
         if not isinstance(tokens, np.ndarray):
@@ -268,249 +351,179 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
 
+    def slot(self, layer: int) -> "KVSlot":
+        """Layer `layer`'s storage, where the next step's keys and values go (at position `length`)."""
+        return KVSlot(self.k[layer], self.v[layer], self.length)
 
-# ----- one decoder block -------------------------------------------------------------------------
-def block_forward(F, x, lp, cos, sin, cfg, causal, key_padding_mask, kv_slot=None):
+
+class KVSlot(NamedTuple):
+    """One layer's keys and values in a KVCache, and where the new ones go."""
+
+    k_store: np.ndarray   # (B, KVH, max_length, hd)
+    v_store: np.ndarray
+    start: int            # positions [0, start) are filled
+
+    def append(self, k_rot, v):
+        """Write the new positions' keys and values; return all keys and values so far (B, KVH, S, hd)
+        and the new queries' first absolute position (attention's q_offset)."""
+        end = self.start + k_rot.shape[2]
+        self.k_store[:, :, self.start:end] = k_rot
+        self.v_store[:, :, self.start:end] = v
+        return self.k_store[:, :, :end], self.v_store[:, :, :end], self.start
+
+
+
+# ----- the whole model --------------------------------------------------------------------------
+def model_loss_and_grads(params, config, tokens, targets, cos, sin, causal, key_padding_mask, ignore_index):
+    """The loss (a scalar) and every parameter's gradient: forward, loss, and back again."""
+    logits, cache = model_forward(params, config, tokens, cos, sin, causal, key_padding_mask)  # (B, T, V)
+    loss, loss_cache = cross_entropy_forward(logits, targets, ignore_index)
+    dlogits = cross_entropy_backward(np.ones((), dtype=logits.dtype), loss_cache)         # (B, T, V)
+    return loss, model_backward(dlogits, cache, config)
+
+
+def model_forward(params, config, tokens, cos, sin, causal, key_padding_mask, kv_cache=None):
+    """tokens (B, T) -> logits (B, T, V), and the ModelCache.
+
+    Head (derivations/transformer_block.md): hidden = rmsnorm(x^(L); w_norm), logits = hidden W_lm^T,
+    with W_lm = the embedding E when the embeddings are tied."""
+    hidden, cache = decoder_forward(params, config, tokens, cos, sin, causal, key_padding_mask, kv_cache)
+    logits, lm_head = linear_forward(hidden, lm_head_weight(params, config))                # (B, T, V)
+    return logits, cache._replace(lm_head=lm_head)
+
+
+def decoder_forward(params, config, tokens, cos, sin, causal, key_padding_mask, kv_cache=None):
+    """tokens (B, T) -> hidden (B, T, D), the final-normed states every head starts from.
+
+    kv_cache (a KVCache) when decoding: each layer appends this step's keys and values to it and
+    attends over every position seen so far; cos and sin are then the new positions' rows."""
+    x, embed_tokens = embedding_forward(tokens, params["model.embed_tokens.weight"])       # x^(0) (B, T, D)
+    layers = []
+    for i in range(config.num_hidden_layers):
+        kv_slot = None if kv_cache is None else kv_cache.slot(i)
+        x, layer = block_forward(x, LayerWeights.of_layer(params, i), cos, sin, config, causal,
+                                 key_padding_mask, kv_slot)                                 # x^(i+1) (B, T, D)
+        layers.append(layer)
+    hidden, norm = rmsnorm_forward(x, params["model.norm.weight"], config.rms_norm_eps)     # (B, T, D)
+    return hidden, ModelCache(embed_tokens, layers, norm, None, hidden.shape)
+
+
+def model_backward(dlogits, cache, config):
+    """Every parameter's gradient (Hugging Face names), given dL/dlogits (B, T, V)."""
+    # logits = hidden W_lm^T
+    dhidden, dW_lm = linear_backward(dlogits, cache.lm_head)                               # (B, T, D), (V, D)
+    grads = decoder_backward(dhidden, cache, config)
+    if not config.tie_word_embeddings:
+        grads["lm_head.weight"] = dW_lm
+    elif dW_lm is not None:  # E is used twice, as the lookup table and as W_lm: its gradients add
+        grads["model.embed_tokens.weight"] = grads["model.embed_tokens.weight"] + dW_lm
+    return grads
+
+
+def decoder_backward(dhidden, cache, config):
+    """decoder_forward read backwards: the gradients of the embedding, every layer and the final norm."""
+    grads = {}
+    # hidden = rmsnorm(x^(L); w_norm)
+    dx, grads["model.norm.weight"] = rmsnorm_backward(dhidden, cache.norm)                 # (B, T, D)
+    for i in reversed(range(config.num_hidden_layers)):
+        dx, layer_grads = block_backward(dx, cache.layers[i])                               # dx^(i) (B, T, D)
+        for path, grad in zip(LAYER_PATHS, layer_grads):
+            grads[f"model.layers.{i}.{path}.weight"] = grad
+    # x^(0) = E[tokens]
+    grads["model.embed_tokens.weight"] = embedding_backward(dx, cache.embed_tokens)       # (V, D)
+    return grads
+
+
+def lm_head_weight(params, config):
+    """W_lm (V, D): lm_head.weight, or the embedding E when the embeddings are tied."""
+    return params["model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"]
+
+
+# ----- one decoder block (derivations/transformer_block.md, "Block ℓ") ---------------------------------
+def block_forward(x, w: LayerWeights, cos, sin, config, causal, key_padding_mask, kv_slot=None):
     """h = x + attention(rmsnorm(x));  out = h + swiglu(rmsnorm(h)).   x: (B, T, D)"""
-    c = {}
-    xn, c["input_layernorm"] = F.rmsnorm_forward(x, lp["input_layernorm.weight"], cfg.rms_norm_eps)
-    _record(lp.prefix + "input_layernorm.out", xn)
-    attn_out, c["self_attn"] = attention_layer_forward(F, xn, lp, cos, sin, cfg, causal, key_padding_mask,
-                                                    kv_slot)
-    h = x + attn_out
-    hn, c["post_attention_layernorm"] = F.rmsnorm_forward(h, lp["post_attention_layernorm.weight"],
-                                                           cfg.rms_norm_eps)
-    if lp.lora is None:
-        mlp_out, c["mlp"] = F.swiglu_forward(hn, lp["mlp.gate_proj.weight"], lp["mlp.up_proj.weight"],
-                                             lp["mlp.down_proj.weight"])
-    else:  # the same SwiGLU, its three projections through the LoRA hook
-        mlp_out, c["mlp"] = swiglu_lora_forward(F, hn, lp)
-    out = h + mlp_out
-    t = active_trace()
-    if t is not None:
-        t.record_many(lp.prefix, **{"residual": h, "post_attention_layernorm.out": hn})
-        if lp.lora is None:
-            _record_mlp(t, lp.prefix + "mlp.", hn, lp)
-            c["traced_mlp_input"] = (hn, lp)  # so a traced backward can name the SwiGLU's gradients
-        t.record_many(lp.prefix, **{"mlp.out": mlp_out, "out": out})
-    c["prefix"], c["lora"] = lp.prefix, lp.lora
-    return out, c
+    # 1. xn = rmsnorm(x; w_in)
+    xn, input_layernorm = rmsnorm_forward(x, w.input_layernorm, config.rms_norm_eps)        # (B, T, D)
+    # 2-5. attn_out = attention sub-layer(xn)
+    attn_out, self_attn = attention_layer_forward(xn, w, cos, sin, config, causal, key_padding_mask,
+                                                  kv_slot)                                  # (B, T, D)
+    # 6. the first residual
+    h = x + attn_out                                                                        # (B, T, D)
+    # 7. hn = rmsnorm(h; w_post)
+    hn, post_attention_layernorm = rmsnorm_forward(h, w.post_attention_layernorm,
+                                                   config.rms_norm_eps)                     # (B, T, D)
+    # 8. mlp_out = swiglu(hn; W_gate, W_up, W_down)
+    mlp_out, mlp = swiglu_forward(hn, w.gate_proj, w.up_proj, w.down_proj)                  # (B, T, D)
+    # 9. the second residual
+    out = h + mlp_out                                                                       # (B, T, D)
+    return out, BlockCache(input_layernorm, self_attn, post_attention_layernorm, mlp)
 
 
-def block_backward(F, dout, c):
-    """The block's forward read backwards; the residual connections pass dout through unchanged."""
-    g = {}
-    prefix = c["prefix"]
-    _record("d:" + prefix + "out", dout)
-    if c["lora"] is None:
-        dhn, g["mlp.gate_proj.weight"], g["mlp.up_proj.weight"], g["mlp.down_proj.weight"] = \
-            F.swiglu_backward(dout, c["mlp"])
-    else:
-        dhn = swiglu_lora_backward(F, dout, c["mlp"], c["lora"], g)
-    t = active_trace()
-    if t is not None:
-        if "traced_mlp_input" in c:
-            _record_mlp_grads(t, prefix + "mlp.", *c["traced_mlp_input"], dout)
-    dh_norm, g["post_attention_layernorm.weight"] = F.rmsnorm_backward(dhn, c["post_attention_layernorm"])
+def block_backward(dout, cache: BlockCache):
+    """block_forward read backwards.  Returns dx (B, T, D) and the layer's gradients as LayerWeights."""
+    # 9. the forward did out = h + mlp_out: dmlp_out = dout, and dh starts as dout
+    dmlp_out = dout
+    # 8. mlp_out = swiglu(hn)
+    dhn, dW_gate, dW_up, dW_down = swiglu_backward(dmlp_out, cache.mlp)                    # (B, T, D)
+    # 7. hn = rmsnorm(h): h feeds the norm and the residual, so its two gradients add
+    dh_norm, dw_post = rmsnorm_backward(dhn, cache.post_attention_layernorm)               # (B, T, D), (D,)
     dh = dout + dh_norm
-    _record("d:" + prefix + "post_attention_layernorm.out", dhn)
-    _record("d:" + prefix + "residual", dh)
-    dxn, attn_grads = attention_layer_backward(F, dh, c["self_attn"], prefix + "self_attn.")
-    g.update(attn_grads)
-    _record("d:" + prefix + "input_layernorm.out", dxn)
-    dx_norm, g["input_layernorm.weight"] = F.rmsnorm_backward(dxn, c["input_layernorm"])
+    # 6. the forward did h = x + attn_out: dattn_out = dh, and dx starts as dh
+    dattn_out = dh
+    # 5-2. the attention sub-layer
+    dxn, dW_q, dW_k, dW_v, dW_o = attention_layer_backward(dattn_out, cache.self_attn)     # (B, T, D)
+    # 1. xn = rmsnorm(x): x feeds the norm and the residual
+    dx_norm, dw_in = rmsnorm_backward(dxn, cache.input_layernorm)                          # (B, T, D), (D,)
     dx = dh + dx_norm
-    return dx, g
+    return dx, LayerWeights(dw_in, dW_q, dW_k, dW_v, dW_o, dw_post, dW_gate, dW_up, dW_down)
 
 
-def attention_layer_forward(F, xn, lp, cos, sin, cfg, causal, key_padding_mask, kv_slot=None):
-    """Project to q, k, v, rotate q and k, attend, merge heads, project out.   xn: (B, T, D)
-
-    kv_slot = (k_store, v_store, start) when decoding: this step's keys and values are written at
-    positions [start, start+T) of the layer's preallocated KV cache, and attention runs over all
-    positions seen so far, the queries sitting at absolute positions start.. (q_offset).
-    """
-    c = {"heads": (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim), "lora": lp.lora}
-    q, c["q_proj"] = project(F, xn, lp, "self_attn.q_proj")               # (B, T, H*hd)
-    k, c["k_proj"] = project(F, xn, lp, "self_attn.k_proj")               # (B, T, KVH*hd)
-    v, c["v_proj"] = project(F, xn, lp, "self_attn.v_proj")               # (B, T, KVH*hd)
-    q = _split_heads(q, cfg.num_attention_heads, cfg.head_dim)            # (B, H, T, hd)
-    k = _split_heads(k, cfg.num_key_value_heads, cfg.head_dim)            # (B, KVH, T, hd)
-    v = _split_heads(v, cfg.num_key_value_heads, cfg.head_dim)
-    q_rot, c["q_rope"] = F.rope_forward(q, cos, sin)
-    k_rot, c["k_rope"] = F.rope_forward(k, cos, sin)
+def attention_layer_forward(xn, w: LayerWeights, cos, sin, config, causal, key_padding_mask, kv_slot=None):
+    """Steps 2-5: project to q, k, v, rotate q and k, attend, merge heads, project out.   xn: (B, T, D)"""
+    B, T, _ = xn.shape
+    H, KVH, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    # 2. project, then split the heads
+    q, q_proj = linear_forward(xn, w.q_proj)                            # (B, T, H*hd)
+    k, k_proj = linear_forward(xn, w.k_proj)                            # (B, T, KVH*hd)
+    v, v_proj = linear_forward(xn, w.v_proj)                            # (B, T, KVH*hd)
+    q = q.reshape(B, T, H, hd).transpose(0, 2, 1, 3)                    # (B, H, T, hd)
+    k = k.reshape(B, T, KVH, hd).transpose(0, 2, 1, 3)                  # (B, KVH, T, hd)
+    v = v.reshape(B, T, KVH, hd).transpose(0, 2, 1, 3)                  # (B, KVH, T, hd)
+    # 3. rotate q and k by their positions
+    q_rot, q_rope = rope_forward(q, cos, sin)                           # (B, H, T, hd)
+    k_rot, k_rope = rope_forward(k, cos, sin)                           # (B, KVH, T, hd)
     q_offset = 0
-    if kv_slot is not None:
-        k_store, v_store, q_offset = kv_slot
-        end = q_offset + k_rot.shape[2]
-        k_store[:, :, q_offset:end] = k_rot
-        v_store[:, :, q_offset:end] = v
-        k_rot, v = k_store[:, :, :end], v_store[:, :, :end]                # (B, KVH, S, hd)
-    attn, c["attention"] = F.attention_forward(q_rot, k_rot, v, causal=causal,
-                                               key_padding_mask=key_padding_mask,
-                                               q_offset=q_offset)          # (B, H, T, hd)
-    attn_out = _merge_heads(attn)                                          # (B, T, H*hd)
-    out, c["o_proj"] = project(F, attn_out, lp, "self_attn.o_proj")       # (B, T, D)
-    t = active_trace()
-    if t is not None:
-        prefix = lp.prefix + "self_attn."
-        t.record_many(prefix, q=q, k=k, v=v, q_rot=q_rot, k_rot=k_rot)
-        _record_attention(t, prefix, q_rot, k_rot, v, causal, key_padding_mask, q_offset)
-        c["traced_inputs"] = (q_rot, k_rot, v, causal, key_padding_mask, q_offset)
-        t.record_many(prefix, attn_out=attn_out, out=out)
-    return out, c
+    if kv_slot is not None:  # decoding: attend over every position seen so far, S of them
+        k_rot, v, q_offset = kv_slot.append(k_rot, v)                   # (B, KVH, S, hd)
+    # 4. a = attention(q_rot, k_rot, v), grouped-query
+    attn, attention = attention_forward(q_rot, k_rot, v, causal, key_padding_mask, q_offset)  # (B, H, T, hd)
+    # 5. merge the heads, then attn_out = a W_o^T
+    attn = attn.transpose(0, 2, 1, 3).reshape(B, T, H * hd)             # (B, T, H*hd)
+    attn_out, o_proj = linear_forward(attn, w.o_proj)                   # (B, T, D)
+    return attn_out, AttentionLayerCache(q_proj, k_proj, v_proj, q_rope, k_rope, attention, o_proj, H, KVH, hd)
 
 
-def attention_layer_backward(F, dout, c, prefix=""):
-    """attention_layer_forward read backwards.   dout: (B, T, D) -> d xn (B, T, D) and weight grads"""
-    g = {}
-    _record("d:" + prefix + "out", dout)
-    d_merged = project_backward(F, dout, c["o_proj"], c["lora"], g, "self_attn.o_proj")
-    _record("d:" + prefix + "attn_out", d_merged)
-    n_heads, n_kv_heads, head_dim = c["heads"]
-    d_attn = _split_heads(d_merged, n_heads, head_dim)                     # (B, H, T, hd)
-    dq_rot, dk_rot, dv = F.attention_backward(d_attn, c["attention"])     # dk, dv summed per group
-    t = active_trace()
-    if t is not None:
-        if "traced_inputs" in c:  # in the order attention_backward computes them
-            _record_attention_grads(t, prefix, c["traced_inputs"], d_attn)
-        t.record_many("d:" + prefix, q_rot=dq_rot, k_rot=dk_rot, v=dv)
-    dq = _merge_heads(F.rope_backward(dq_rot, c["q_rope"]))                # (B, T, H*hd)
-    dk = _merge_heads(F.rope_backward(dk_rot, c["k_rope"]))                # (B, T, KVH*hd)
-    dv = _merge_heads(dv)
-    if t is not None:
-        t.record_many("d:" + prefix, q=_split_heads(dq, *c["heads"][::2]),
-                      k=_split_heads(dk, *c["heads"][1:]))
-    dxn_q = project_backward(F, dq, c["q_proj"], c["lora"], g, "self_attn.q_proj")
-    dxn_k = project_backward(F, dk, c["k_proj"], c["lora"], g, "self_attn.k_proj")
-    dxn_v = project_backward(F, dv, c["v_proj"], c["lora"], g, "self_attn.v_proj")
-    return dxn_q + dxn_k + dxn_v, g
-
-
-# ----- projections, and the hook LoRA adapters plug into --------------------------------------------
-def project(F, x, lp, name):
-    """x W^T for the projection `name` (e.g. "self_attn.q_proj") of layer lp.   Returns (y, cache).
-
-    With LoRA adapters attached, the adapters' hook computes it instead: x W^T with W frozen, plus
-    the low-rank term where `name` is a target (npllama.ops.lora).
-    """
-    if lp.lora is None:
-        return F.linear_forward(x, lp[name + ".weight"])
-    return lp.lora.project_forward(x, lp[name + ".weight"], lp.prefix, name)
-
-
-def project_backward(F, dy, cache, lora, g, name):
-    """dL/dx of `project`; the weight's gradient goes into g[name + ".weight"] -- or, with LoRA
-    adapters attached, the adapter's gradients go into g and the frozen weight gets none."""
-    if lora is None:
-        dx, g[name + ".weight"] = F.linear_backward(dy, cache)
-        return dx
-    dx, adapter_grads = lora.project_backward(dy, cache)
-    g.update(adapter_grads)
-    return dx
-
-
-def swiglu_lora_forward(F, hn, lp):
-    """swiglu_forward written out, so each projection can go through the LoRA hook:
-    down(silu(gate(hn)) * up(hn)).   hn: (B, T, D)"""
-    c = {}
-    gate, c["gate_proj"] = project(F, hn, lp, "mlp.gate_proj")   # (B, T, F)
-    up, c["up_proj"] = project(F, hn, lp, "mlp.up_proj")         # (B, T, F)
-    act, c["act"] = F.swiglu_act_forward(gate, up)               # (B, T, F)
-    out, c["down_proj"] = project(F, act, lp, "mlp.down_proj")   # (B, T, D)
-    t = active_trace()
-    if t is not None:
-        t.record_many(lp.prefix + "mlp.", gate=gate, up=up, act=act)
-    return out, c
-
-
-def swiglu_lora_backward(F, dout, c, lora, g):
-    """swiglu_lora_forward read backwards; the adapters' gradients go into g.  Returns d hn."""
-    dact = project_backward(F, dout, c["down_proj"], lora, g, "mlp.down_proj")
-    dgate, dup = F.swiglu_act_backward(dact, c["act"])
-    dhn_gate = project_backward(F, dgate, c["gate_proj"], lora, g, "mlp.gate_proj")
-    dhn_up = project_backward(F, dup, c["up_proj"], lora, g, "mlp.up_proj")
-    return dhn_gate + dhn_up
-
-
-def _record(name, value):
-    t = active_trace()
-    if t is not None:
-        t.record(name, value)
-
-
-def _record_attention(t, prefix, q_rot, k_rot, v, causal, key_padding_mask, q_offset):
-    """attn_scores and attn_probs, recomputed with the reference op only when a trace asks for them
-    (a fused kernel never materialises them)."""
-    if not (t.wants(prefix + "attn_scores") or t.wants(prefix + "attn_probs")):
-        return
-    scale = 1.0 / math.sqrt(q_rot.shape[-1])
-    scores = reference_attention.masked_attention_scores(q_rot, k_rot, scale, causal, key_padding_mask,
-                                                         q_offset)
-    t.record(prefix + "attn_scores", scores)
-    t.record(prefix + "attn_probs", softmax_forward(scores, check_values=False)[0])
-
-
-def _record_attention_grads(t, prefix, traced_inputs, d_attn):
-    """d:attn_probs and d:attn_scores, recomputed with the reference op when a trace asks."""
-    if not (t.wants("d:" + prefix + "attn_probs") or t.wants("d:" + prefix + "attn_scores")):
-        return
-    _, cache = reference_attention.attention_forward(*traced_inputs)
-    d_attn_probs, d_attn_scores = reference_attention.attention_score_grads(d_attn, cache)
-    t.record_many("d:" + prefix, attn_probs=d_attn_probs, attn_scores=d_attn_scores)
-
-
-def _record_mlp_grads(t, prefix, hn, lp, dout):
-    """d:act, d:gate and d:up of the SwiGLU, recomputed with the reference op when a trace asks."""
-    if not any(t.wants("d:" + prefix + s) for s in ("act", "gate", "up")):
-        return
-    gate = hn @ lp["mlp.gate_proj.weight"].T
-    up = hn @ lp["mlp.up_proj.weight"].T
-    _, act_cache = reference_swiglu.swiglu_act_forward(gate, up)
-    dact = dout @ lp["mlp.down_proj.weight"]                     # out = act W_down^T
-    dgate, dup = reference_swiglu.swiglu_act_backward(dact, act_cache)
-    t.record_many("d:" + prefix, act=dact, gate=dgate, up=dup)
-
-
-def _record_mlp(t, prefix, hn, lp):
-    """gate, up and act of the SwiGLU, recomputed with the reference op only when a trace asks."""
-    if not any(t.wants(prefix + s) for s in ("gate", "up", "act")):
-        return
-    gate = hn @ lp["mlp.gate_proj.weight"].T
-    up = hn @ lp["mlp.up_proj.weight"].T
-    act, _ = reference_swiglu.swiglu_act_forward(gate, up)
-    t.record_many(prefix, gate=gate, up=up, act=act)
-
-
-def _split_heads(x, n_heads, head_dim):
-    """(B, T, n_heads*head_dim) -> (B, n_heads, T, head_dim)"""
-    B, T, _ = x.shape
-    return x.reshape(B, T, n_heads, head_dim).transpose(0, 2, 1, 3)
-
-
-def _merge_heads(x):
-    """(B, n_heads, T, head_dim) -> (B, T, n_heads*head_dim)"""
-    B, H, T, hd = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B, T, H * hd)
-
-
-def _layer_params(params, i, lora=None):
-    """The params of layer i, keyed by their name inside the layer (e.g. "self_attn.q_proj.weight"),
-    and the model's LoRA adapters (or None)."""
-    prefix = f"model.layers.{i}."
-    return _LayerView(params, prefix, lora)
-
-
-class _LayerView:
-    """Read-only view of one layer's params without copying the dict each forward."""
-
-    __slots__ = ("params", "prefix", "lora")
-
-    def __init__(self, params, prefix, lora=None):
-        self.params, self.prefix, self.lora = params, prefix, lora
-
-    def __getitem__(self, name):
-        return self.params[self.prefix + name]
+def attention_layer_backward(dattn_out, cache: AttentionLayerCache):
+    """Steps 5-2 in reverse.   dattn_out: (B, T, D) -> dxn (B, T, D), dW_q, dW_k, dW_v, dW_o"""
+    B, T, _ = dattn_out.shape
+    H, KVH, hd = cache.n_heads, cache.n_kv_heads, cache.head_dim
+    # 5. attn_out = a W_o^T, then the heads were merged: split them again
+    dattn, dW_o = linear_backward(dattn_out, cache.o_proj)              # (B, T, H*hd)
+    dattn = dattn.reshape(B, T, H, hd).transpose(0, 2, 1, 3)            # (B, H, T, hd)
+    # 4. dk_rot, dv are summed over each group of n_rep query heads
+    dq_rot, dk_rot, dv = attention_backward(dattn, cache.attention)     # (B, H, T, hd), (B, KVH, T, hd) x2
+    # 3. the transposed rotation
+    dq = rope_backward(dq_rot, cache.q_rope)                            # (B, H, T, hd)
+    dk = rope_backward(dk_rot, cache.k_rope)                            # (B, KVH, T, hd)
+    # 2. merge the heads; xn fed three projections, so its three gradients add
+    dq = dq.transpose(0, 2, 1, 3).reshape(B, T, H * hd)                 # (B, T, H*hd)
+    dk = dk.transpose(0, 2, 1, 3).reshape(B, T, KVH * hd)               # (B, T, KVH*hd)
+    dv = dv.transpose(0, 2, 1, 3).reshape(B, T, KVH * hd)               # (B, T, KVH*hd)
+    dxn_q, dW_q = linear_backward(dq, cache.q_proj)
+    dxn_k, dW_k = linear_backward(dk, cache.k_proj)
+    dxn_v, dW_v = linear_backward(dv, cache.v_proj)
+    dxn = dxn_q + dxn_k + dxn_v                                         # (B, T, D)
+    return dxn, dW_q, dW_k, dW_v, dW_o
 
 
 # ----- initialisation and argument checks --------------------------------------------------------
@@ -554,11 +567,16 @@ def _check_attention_mask(attention_mask, shape):
     return mask
 
 
-def _check_targets(targets, shape):
+def _check_targets(targets, shape, ignore_index, vocab_size):
     targets = np.asarray(targets)
     if not np.issubdtype(targets.dtype, np.integer):
         raise TypeError(f"targets must be integers, got dtype {targets.dtype}")
     if targets.shape != tuple(shape):
         raise ValueError(f"targets must have the inputs' shape {tuple(shape)} (that of tokens), "
                          f"got {targets.shape}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+        raise TypeError(f"ignore_index must be an integer, got {type(ignore_index).__name__}")
+    require_ids_in_range(targets[targets != ignore_index], vocab_size,
+                         f"targets contains {{id}}, outside [0, V) with V = {vocab_size} and not "
+                         f"ignore_index ({ignore_index})")
     return targets

@@ -281,7 +281,8 @@ def mlm_sop_loss_and_grads(model, sop_head_weight, batch: SentenceOrderBatch):
     hidden, caches = model.hidden_forward(batch.inputs, batch.attention_mask, causal=False)
     # the LM head over every position -> MLM loss
     logits, lm_cache = linear_forward(hidden, model._lm_head_weight())          # (B, T, V)
-    mlm, mlm_ce = cross_entropy_forward(logits, _check_targets(batch.targets, logits.shape[:2]))
+    mlm, mlm_ce = cross_entropy_forward(logits, _check_targets(batch.targets, logits.shape[:2], IGNORE_INDEX,
+                                                               model.config.vocab_size))
     # the binary head on each row's last token -> SOP loss
     sop_logits, sop_cache = classifier_forward(hidden, sop_head_weight,
                                                last_token_index(batch.attention_mask))  # (B, 2)

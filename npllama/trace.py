@@ -60,6 +60,8 @@ class Trace:
         self.exclude = list(exclude or [])
         self.records: dict[str, np.ndarray] = {}
         self.meta: dict = dict(meta or {})   # free-form notes (backend, dtype, tokens, ...), saved too
+        # record name -> the function that computed it (e.g. "npllama.kernels.attention.attention_forward")
+        self.sources: dict[str, str] = dict(self.meta.pop("sources", {}) or {})
 
     def wants(self, name: str) -> bool:
         if any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
@@ -73,6 +75,13 @@ class Trace:
     def record_many(self, prefix: str, **named) -> None:
         for symbol, value in named.items():
             self.record(prefix + symbol, value)
+
+    def recording_bindings(self, ops_in_force: dict, params: dict, config) -> dict:
+        """Op functions that run the ops in force (the reference where `ops_in_force` has none) and
+        record what they return, for npllama.backend.bind: how a Llama is traced, with no trace
+        code in the model.  Names come from the parameters an op is given and the cache it
+        returned (see _Recorder)."""
+        return _Recorder(self, ops_in_force, params, config).bindings()
 
     def __getitem__(self, name: str) -> np.ndarray:
         try:
@@ -139,7 +148,8 @@ class Trace:
         for name in self.records:
             if name.startswith("__"):
                 raise ValueError(f"record name {name!r} starts with '__', reserved for the file's own keys")
-        meta = {"format": _FORMAT, "include": self.include, "exclude": self.exclude, "meta": self.meta}
+        meta = {"format": _FORMAT, "include": self.include, "exclude": self.exclude,
+                "meta": {**self.meta, "sources": self.sources}}
         arrays = dict(self.records)
         arrays[_NAMES_KEY] = np.array(list(self.records), dtype=np.str_)
         arrays[_META_KEY] = np.array(json.dumps(meta, default=_json_default))
@@ -172,6 +182,125 @@ class Trace:
                     raise ValueError(f"{path!r} lists record {name!r} but does not contain it")
                 t.records[name] = archive[name]
         return t
+
+
+class _Recorder:
+    """Records each op's real outputs while a Llama runs (what ran, never a recomputation).
+
+    Names join the Hugging Face module path and the derivation's symbol (derivations/
+    transformer_block.md): an op that takes a parameter is named by it (the linear with
+    model.layers.0.self_attn.q_proj.weight computes model.layers.0.self_attn.q); rope and
+    attention take none and are named within the attention layer whose projections ran last.  A
+    backward op is named by the cache it is handed: its upstream gradient is "d:" + the name of
+    the forward's output.  Intermediates inside an op come from its cache (`cache.intermediates()`),
+    so under the Numba backend they are the kernel's own (the flash path keeps no attn_probs, and
+    none is recorded)."""
+
+    LINEAR_SYMBOLS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "out",
+                      "gate_proj": "gate", "up_proj": "up", "down_proj": "out"}
+
+    def __init__(self, trace: Trace, ops_in_force: dict, params: dict, config):
+        from . import backend
+
+        self.trace = trace
+        reference = backend.ops("numpy")
+        self.ops = {name: ops_in_force.get(name, getattr(reference, name)) for name in vars(reference)}
+        self.module_of = {id(array): name[:-len(".weight")] for name, array in params.items()}
+        self.last_layer = config.num_hidden_layers - 1
+        self.output_of: dict[int, str] = {}   # id(cache) -> the name of the output it belongs to
+        self.scope = ""                       # "model.layers.i.self_attn."
+        self.ropes_in_scope = 0
+
+    def record(self, name, value, fn):
+        if isinstance(value, (np.ndarray, np.generic)) and name not in self.trace.records:
+            self.trace.record(name, value)
+            if name in self.trace.records:
+                self.trace.sources[name] = f"{fn.__module__}.{fn.__qualname__}"
+
+    def bindings(self) -> dict:
+        wrapped = {}
+        for name, fn in self.ops.items():
+            namer = getattr(self, "name_" + name.rsplit("_", 1)[0], None)
+            if namer is None:
+                continue
+            wrapped[name] = self.forward(fn, namer) if name.endswith("_forward") else self.backward(fn, name)
+        return wrapped
+
+    def forward(self, fn, namer):
+        def recorded_forward(*args, **kwargs):
+            out, cache = fn(*args, **kwargs)
+            name = namer(*args)
+            if name is not None:
+                prefix = name.rsplit(".", 1)[0] + "."
+                for symbol, value in getattr(cache, "intermediates", dict)().items():
+                    self.record(prefix + symbol, value, fn)
+                self.record(name, out, fn)
+                self.output_of[id(cache)] = name
+            return out, cache
+        return recorded_forward
+
+    def backward(self, fn, op_name):
+        def recorded_backward(dout, cache):
+            grads = fn(dout, cache)
+            name = self.output_of.get(id(cache))
+            if op_name == "cross_entropy_backward":
+                self.record("d:lm_head.out", grads, fn)
+            elif name is not None:
+                if name.endswith(".mlp.out"):   # out = h + mlp_out: the block's output gets the same gradient
+                    self.record("d:" + name[:-len("mlp.out")] + "out", dout, fn)
+                self.record("d:" + name, dout, fn)
+                if op_name == "attention_backward":
+                    prefix = "d:" + name.rsplit(".", 1)[0] + "."
+                    for symbol, grad in zip(("q_rot", "k_rot"), grads):   # d:v is recorded by v_proj's backward
+                        self.record(prefix + symbol, grad, fn)
+            return grads
+        return recorded_backward
+
+    # ----- one namer per op: the record name of its output, from its arguments -------------------
+    def name_embedding(self, tokens, weight):
+        return "model.embed_tokens.out"
+
+    def name_rmsnorm(self, x, weight, eps):
+        module = self.module_of.get(id(weight))
+        if module is None:
+            return None
+        layer = module.rsplit(".", 1)[0]
+        if module.endswith(".input_layernorm"):
+            i = int(layer.rsplit(".", 1)[1])
+            self.scope, self.ropes_in_scope = layer + ".self_attn.", 0
+            if i > 0:  # the previous block's output is this norm's input
+                self.record(f"model.layers.{i - 1}.out", x, self.ops["rmsnorm_forward"])
+        elif module.endswith(".post_attention_layernorm"):
+            self.record(layer + ".residual", x, self.ops["rmsnorm_forward"])
+        elif module == "model.norm":
+            self.record(f"model.layers.{self.last_layer}.out", x, self.ops["rmsnorm_forward"])
+        return module + ".out"
+
+    def name_linear(self, x, weight):
+        module = self.module_of.get(id(weight))
+        if module in ("lm_head", "model.embed_tokens"):   # the embedding, when tied, is the LM head
+            return "lm_head.out"
+        if module is None or "." not in module:
+            return None
+        parent, projection = module.rsplit(".", 1)
+        symbol = self.LINEAR_SYMBOLS.get(projection)
+        return None if symbol is None else f"{parent}.{symbol}"
+
+    def name_rope(self, x, cos, sin):
+        if not self.scope:
+            return None
+        self.ropes_in_scope += 1
+        return self.scope + ("q_rot" if self.ropes_in_scope == 1 else "k_rot")
+
+    def name_attention(self, q, k, v, *rest, **kwargs):
+        return self.scope + "attn" if self.scope else None
+
+    def name_swiglu(self, x, w_gate, *rest):
+        module = self.module_of.get(id(w_gate))
+        return None if module is None else module.rsplit(".", 1)[0] + ".out"
+
+    def name_cross_entropy(self, logits, targets, ignore_index=-100):
+        return "loss"
 
 
 @contextlib.contextmanager
@@ -282,6 +411,10 @@ class Comparison:
             lines.append(f"  all {index} tensors recorded before it agree (the last one, {before.name}, to a "
                          f"relative error of {before.rel_err:.2e}):")
             lines.append(f"  suspect the step that computes {first.name}")
+        sources = {label: t.sources[first.name] for label, t in zip(self.labels, self.traces)
+                   if isinstance(t, Trace) and first.name in t.sources}
+        if sources:
+            lines.append("  computed by " + "; ".join(f"{fn} (in {label})" for label, fn in sources.items()))
         else:
             lines.append("  it is the first tensor compared: suspect the inputs (tokens, parameters) or "
                          "the very first op")

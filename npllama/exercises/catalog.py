@@ -597,7 +597,7 @@ query head h reads kv head h // n_rep (grouped-query attention, n_rep = H // KVH
                              "shape_hints": {"dk": hint_sum, "dv": hint_sum}})
 
     def mistakes(self, dout, cache, case):
-        q, k, v, probs, scale = cache["q"], cache["k"], cache["v"], cache["attn_probs"], cache["scale"]
+        q, k, v, probs, scale = cache.q, cache.k, cache.v, cache.attn_probs, cache.scale
         B, H, T, hd = q.shape
         KVH, S = k.shape[1], k.shape[2]
         n_rep = H // KVH

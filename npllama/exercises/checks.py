@@ -255,6 +255,8 @@ def _numeric_gradient(case: Case, dout, index) -> np.ndarray:
 def _snapshot(obj):
     if isinstance(obj, np.ndarray):
         return obj.copy()
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):   # an op's typed cache (a NamedTuple)
+        return type(obj)(*(_snapshot(o) for o in obj))
     if isinstance(obj, (tuple, list)):
         return type(obj)(_snapshot(o) for o in obj)
     if isinstance(obj, dict):

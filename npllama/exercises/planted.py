@@ -103,7 +103,7 @@ def embedding_backward(dout, cache):
 """),
     _bug("attention", "missing scale", "gradient", "dq", "sqrt(head_dim)", """
 def attention_backward(dout, cache):
-    q, k, v, p = cache["q"], cache["k"], cache["v"], cache["attn_probs"]
+    q, k, v, p = cache.q, cache.k, cache.v, cache.attn_probs
     B, H, T, hd = q.shape
     KVH, S = k.shape[1], k.shape[2]
     n_rep = H // KVH
@@ -117,8 +117,8 @@ def attention_backward(dout, cache):
 """),
     _bug("attention", "kv heads not summed", "returns", "dk", "sum the gradients", """
 def attention_backward(dout, cache):
-    q, k, v, p, scale = cache["q"], cache["k"], cache["v"], cache["attn_probs"], cache["scale"]
-    n_rep = cache["n_rep"]
+    q, k, v, p, scale = cache.q, cache.k, cache.v, cache.attn_probs, cache.scale
+    n_rep = cache.n_rep
     k_rep, v_rep = np.repeat(k, n_rep, axis=1), np.repeat(v, n_rep, axis=1)
     d_probs = dout @ v_rep.swapaxes(-1, -2)
     dv = p.swapaxes(-1, -2) @ dout                                       # (B, H, S, hd): one per query head

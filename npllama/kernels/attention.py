@@ -19,6 +19,7 @@ Two ways to keep what backward needs, chosen by the number of keys S:
                        FLASH_BLOCK_BYTES, linear in T instead of quadratic.
 """
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
@@ -32,8 +33,38 @@ FLASH_BLOCK_BYTES = 4 << 20   # the flash path's scores of one block: about this
 BLOCK_ROWS = (16, 64)         # query rows per block: T // 4, clamped to this range (measured best)
 
 
+class BlockedAttentionCache(NamedTuple):
+    """What this kernel's attention_backward needs.  rows = n_rep * T: the query heads sharing a kv
+    head stacked.  Exactly one of attn_probs and lse is set, by the number of keys S."""
+
+    q_groups: np.ndarray          # (B, KVH, n_rep*T, head_dim)
+    k: np.ndarray                 # (B, KVH, S, head_dim)
+    v: np.ndarray                 # (B, KVH, S, head_dim)
+    scale: np.floating            # 1 / sqrt(head_dim)
+    mask: tuple                   # (T, q_offset, causal, use_padding, key_padding_mask or (0, 0))
+    shape: tuple                  # (B, H, T, head_dim) of q and of the output
+    blocks: list                  # (first row, end row, keys needed) per block of query rows
+    attn_probs: list | None       # S < FLASH_MIN_KEYS: one (B, KVH, rows, keys needed) per block
+    lse: np.ndarray | None        # flash: (B, KVH, n_rep*T) log-sum-exp of each row's scores
+    out_groups: np.ndarray | None  # flash: (B, KVH, n_rep*T, head_dim) the output, for the row term
+
+    def intermediates(self) -> dict:
+        """attn_probs (B, H, T, S) as this kernel computed them, assembled from its blocks (zeros
+        where a causal block skipped keys); nothing on the flash path, which never holds them."""
+        if self.attn_probs is None:
+            return {}
+        B, H, T, _ = self.shape
+        KVH, S = self.k.shape[1], self.k.shape[2]
+        probs = np.zeros((B, KVH, H // KVH * T, S), dtype=self.k.dtype)
+        for (r0, r1, n_keys), block in zip(self.blocks, self.attn_probs):
+            probs[:, :, r0:r1, :n_keys] = block
+        return {"attn_probs": probs.reshape(B, H, T, S)}
+
+
+
+
 def attention_forward(q, k, v, causal=True, key_padding_mask=None, q_offset=0):
-    """Returns (out, cache); out: (B, H, T, head_dim).  See npllama.ops.attention."""
+    """Returns (out, BlockedAttentionCache); out: (B, H, T, head_dim).  See npllama.ops.attention."""
     B, H, T, head_dim, KVH, S = check_attention_args(q, k, v, key_padding_mask, q_offset)
     n_rep = H // KVH
     dtype = q.dtype
@@ -43,9 +74,7 @@ def attention_forward(q, k, v, causal=True, key_padding_mask=None, q_offset=0):
     padding = key_padding_mask if use_padding else np.ones((0, 0), dtype=np.bool_)
     mask = (T, int(q_offset), bool(causal), use_padding, padding)
     keep_probs = S < FLASH_MIN_KEYS
-    cache = dict(q_groups=q_groups, k=k, v=v, scale=scale, mask=mask, shape=(B, H, T, head_dim))
-    cache["blocks"] = blocks = _query_blocks(B, KVH, n_rep, T, S, q_offset, causal, dtype.itemsize,
-                                             keep_probs)
+    blocks = _query_blocks(B, KVH, n_rep, T, S, q_offset, causal, dtype.itemsize, keep_probs)
 
     out_groups = np.empty_like(q_groups)                       # (B, KVH, n_rep*T, hd)
     lse = None if keep_probs else np.empty(q_groups.shape[:3], dtype=dtype)  # (B, KVH, n_rep*T), flash
@@ -59,34 +88,32 @@ def attention_forward(q, k, v, causal=True, key_padding_mask=None, q_offset=0):
             kept.append(attn_scores)
         else:
             lse[:, :, r0:r1] = block_lse
-    if keep_probs:
-        cache["attn_probs"] = kept                              # one (B, KVH, rows, n_keys) per block
-    else:
-        cache["lse"], cache["out_groups"] = lse, out_groups
+    cache = BlockedAttentionCache(q_groups, k, v, scale, mask, (B, H, T, head_dim), blocks,
+                                  kept if keep_probs else None, lse, None if keep_probs else out_groups)
     return out_groups.reshape(B, H, T, head_dim), cache
 
 
 def attention_backward(dout, cache):
     """Returns (dq, dk, dv); dk, dv summed over the n_rep query heads of each kv head."""
-    q_groups, k, v, scale, mask = (cache[n] for n in ("q_groups", "k", "v", "scale", "mask"))
-    B, H, T, head_dim = cache["shape"]
+    q_groups, k, v, scale, mask = cache.q_groups, cache.k, cache.v, cache.scale, cache.mask
+    B, H, T, head_dim = cache.shape
     require_shape("dout", dout, (B, H, T, head_dim), "the shape of out")
     dout_groups = np.ascontiguousarray(dout, dtype=q_groups.dtype).reshape(q_groups.shape)
-    keep_probs = "attn_probs" in cache
+    keep_probs = cache.attn_probs is not None
     if not keep_probs:
         # sum_s attn_probs * d_attn_probs = sum_d out * dout: the softmax backward's row term
-        row_term = np.einsum("bgrd,bgrd->bgr", dout_groups, cache["out_groups"])  # (B, KVH, n_rep*T)
+        row_term = np.einsum("bgrd,bgrd->bgr", dout_groups, cache.out_groups)  # (B, KVH, n_rep*T)
 
     dq_groups = np.empty_like(q_groups)
     dk, dv = np.zeros_like(k), np.zeros_like(v)
-    for i, (r0, r1, n_keys) in enumerate(cache["blocks"]):
+    for i, (r0, r1, n_keys) in enumerate(cache.blocks):
         q_block, dout_block = q_groups[:, :, r0:r1], dout_groups[:, :, r0:r1]
         k_seen, v_seen = k[:, :, :n_keys], v[:, :, :n_keys]
         if keep_probs:
-            attn_probs = cache["attn_probs"][i]                            # (B, KVH, rows, n_keys)
+            attn_probs = cache.attn_probs[i]                            # (B, KVH, rows, n_keys)
         else:
             attn_probs = q_block @ k_seen.swapaxes(-1, -2)
-            _recompute_probs_rows(attn_probs, r0, scale, np.ascontiguousarray(cache["lse"][:, :, r0:r1]),
+            _recompute_probs_rows(attn_probs, r0, scale, np.ascontiguousarray(cache.lse[:, :, r0:r1]),
                                   *mask)
         dv[:, :, :n_keys] += attn_probs.swapaxes(-1, -2) @ dout_block
         d_scores = dout_block @ v_seen.swapaxes(-1, -2)                   # d attn_probs, then in place:

@@ -8,7 +8,7 @@ a stack of B products of T rows each, one BLAS call per batch row.  Here x is vi
 better.  Measured on 2 cores: the products 10-14% faster at the tiny config's shapes and 3-5% at
 s15m's; a whole training step 4% and 2% faster (benchmarks/README.md).
 """
-from ..ops.linear import check_linear_args, check_linear_backward_args, linear_weight_grad
+from ..ops.linear import LinearCache, check_linear_args, check_linear_backward_args, linear_weight_grad
 
 
 def linear_forward(x, weight):
@@ -16,7 +16,7 @@ def linear_forward(x, weight):
     check_linear_args(x, weight)
     out_features, in_features = weight.shape
     y = x.reshape(-1, in_features) @ weight.T                    # (rows, out)
-    return y.reshape(x.shape[:-1] + (out_features,)), (x, weight)
+    return y.reshape(x.shape[:-1] + (out_features,)), LinearCache(x, weight)
 
 
 def linear_backward(dy, cache):

@@ -7,6 +7,8 @@ Same signatures and results as npllama.ops.rmsnorm (derivations/rmsnorm.md):
 The cache is (x as rows (N, D), rstd (N,), weight, x.shape); backward recomputes xhat = x * rstd
 on the fly instead of storing it.
 """
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
@@ -17,6 +19,15 @@ from ._simd import row_dot, row_dot3
 ROW_CHUNKS = 4
 
 
+class RowsRMSNormCache(NamedTuple):
+    """What this kernel's rmsnorm_backward needs: x as rows, one rstd per row.  N = rows."""
+
+    x_rows: np.ndarray   # (N, D)
+    rstd: np.ndarray     # (N,)
+    weight: np.ndarray   # (D,)
+    shape: tuple         # (..., D) of x
+
+
 def rmsnorm_forward(x, weight, eps):
     """y = x / sqrt(mean(x**2, -1) + eps) * weight.  Returns (y, cache)."""
     eps = check_rmsnorm_args(x, weight, eps)
@@ -24,7 +35,7 @@ def rmsnorm_forward(x, weight, eps):
     y = np.empty_like(x_rows)
     rstd = np.empty(x_rows.shape[0], dtype=x.dtype)            # (N,)
     _rmsnorm_forward_rows(x_rows, weight, eps, y, rstd)
-    return y.reshape(x.shape), (x_rows, rstd, weight, x.shape)
+    return y.reshape(x.shape), RowsRMSNormCache(x_rows, rstd, weight, x.shape)
 
 
 def rmsnorm_backward(dy, cache):

@@ -16,7 +16,7 @@ Layouts (the values are the reference's; only where they sit in memory differs):
 import numpy as np
 from numba import njit, prange
 
-from ..ops.rope import check_rope_args, check_rope_backward_args
+from ..ops.rope import RopeCache, check_rope_args, check_rope_backward_args
 
 
 def rope_forward(x, cos, sin):
@@ -26,7 +26,7 @@ def rope_forward(x, cos, sin):
     x_rows, x_time_major = _contiguous_rows(x_4d)
     y = np.empty(x_4d.shape, dtype=x.dtype)              # (B, H, T, hd), contiguous
     _rope_rotate(x_rows, x_time_major, cos, sin, y, False, False)
-    return y.reshape(x.shape), (cos, sin)
+    return y.reshape(x.shape), RopeCache(cos, sin)
 
 
 def rope_backward(dy, cache):

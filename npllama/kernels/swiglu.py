@@ -10,12 +10,32 @@ one (2F, D) matrix, so gate and up come out of one product side by side, and bac
 product for dx and one for both weight gradients.  Caches keep gate and up only; backward
 recomputes sigmoid(gate) in the same pass that forms dgate and dup.
 """
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
 from ..ops._checks import require_shape
 from ..ops.swiglu import check_swiglu_act_args, check_swiglu_args
 from ._simd import exp_nonpositive
+
+
+class FusedSwiGLUCache(NamedTuple):
+    """What this kernel's swiglu_backward needs.  N = the number of rows (all leading axes)."""
+
+    x_rows: np.ndarray      # (N, D)
+    gate_up: np.ndarray     # (N, 2F) = [gate | up]
+    act: np.ndarray         # (N, F) silu(gate) * up
+    w_gate_up: np.ndarray   # (2F, D) = [w_gate; w_up] stacked
+    w_down: np.ndarray      # (D, F)
+    shape: tuple            # (..., D) of x
+
+    def intermediates(self) -> dict:
+        """gate, up and act, shaped (..., F) as the reference's."""
+        F = self.act.shape[1]
+        lead = self.shape[:-1]
+        return {"gate": self.gate_up[:, :F].reshape(*lead, F), "up": self.gate_up[:, F:].reshape(*lead, F),
+                "act": self.act.reshape(*lead, F)}
 
 
 def swiglu_act_forward(gate, up):
@@ -50,7 +70,7 @@ def swiglu_forward(x, w_gate, w_up, w_down):
     act = np.empty((x_rows.shape[0], F), dtype=x.dtype)
     _silu_mul_halves(gate_up, act)
     out = act @ w_down.T                                         # (N, D)
-    return out.reshape(x.shape), (x_rows, gate_up, act, w_gate_up, w_down, x.shape)
+    return out.reshape(x.shape), FusedSwiGLUCache(x_rows, gate_up, act, w_gate_up, w_down, x.shape)
 
 
 def swiglu_backward(dout, cache):

@@ -1,7 +1,17 @@
-"""Argument checks shared by the ops: cheap, and each error names the argument and what was expected."""
+"""Argument checks shared by the ops: cheap, and each error names the argument and what was expected.
+
+Arguments are checked once, at the public boundary of a call.  A user calling an op directly gets
+every check.  Llama's public methods check their own arguments (tokens, targets, masks, the
+parameters' shapes come from a validated config) and then set `checking` to False for the ops
+they call, so a debugger stepping into an op lands on the math, not on a dozen re-checks of
+shapes the model built itself.  `checking.get()` is a C call: it adds no Python frame.
+"""
+import contextvars
 import numbers
 
 import numpy as np
+
+checking: contextvars.ContextVar[bool] = contextvars.ContextVar("npllama_check_op_args", default=True)
 
 
 def require_float_array(name, a, ndim=None, min_ndim=1):

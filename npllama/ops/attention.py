@@ -16,40 +16,56 @@ decode step: T = 1, q_offset = S - 1.
 Derivation: derivations/attention.md
 """
 import math
+from typing import NamedTuple
 
 import numpy as np
 
-from ._checks import require_float_array, require_same_dtype, require_shape
+from ._checks import checking, require_float_array, require_same_dtype, require_shape
 from .softmax import softmax_backward, softmax_forward
 
 
+class AttentionCache(NamedTuple):
+    """What attention_backward needs.  S = number of keys (T, or more when decoding with a KV cache)."""
+
+    q: np.ndarray            # (B, H, T, head_dim)
+    k: np.ndarray            # (B, KVH, S, head_dim)
+    v: np.ndarray            # (B, KVH, S, head_dim)
+    attn_probs: np.ndarray   # (B, H, T, S) softmax of the masked scores; 0 where masked
+    scale: float             # 1 / sqrt(head_dim)
+    n_rep: int               # H // KVH query heads per kv head
+
+    def intermediates(self) -> dict:
+        return {"attn_probs": self.attn_probs}
+
+
 def attention_forward(q, k, v, causal=True, key_padding_mask=None, q_offset=0):
-    """Returns (out, cache); out: (B, H, T, head_dim).
+    """Returns (out, AttentionCache); out: (B, H, T, head_dim).
 
     key_padding_mask: None or bool (B, S), True where the key is a real token that may be
     attended.  A query with no allowed key gets all-zero attn_probs and a zero output.
     """
-    B, H, T, head_dim, KVH, S = check_attention_args(q, k, v, key_padding_mask, q_offset)
+    if checking.get():
+        check_attention_args(q, k, v, key_padding_mask, q_offset)
+    B, H, T, head_dim = q.shape
+    KVH = k.shape[1]
     n_rep = H // KVH
     scale = 1.0 / math.sqrt(head_dim)
     attn_scores = masked_attention_scores(q, k, scale, causal, key_padding_mask, q_offset)  # (B, H, T, S)
     # (B, H, T, S); rows with no allowed key -> 0.  A diverged model's NaN/inf scores give NaN rows
     # that reach the loss, rather than an error from inside the model.
-    attn_probs, softmax_cache = softmax_forward(attn_scores, check_values=False)
+    attn_probs, _ = softmax_forward(attn_scores, check_values=False)
 
     # out = attn_probs v, each kv head's values shared by its group of query heads
     out = (_split_groups(attn_probs, KVH) @ v[:, :, None]).reshape(B, H, T, head_dim)  # (B, H, T, hd)
-    cache = dict(q=q, k=k, v=v, attn_probs=attn_probs, scale=scale, n_rep=n_rep,
-                 softmax_cache=softmax_cache)
-    return out, cache
+    return out, AttentionCache(q, k, v, attn_probs, scale, n_rep)
 
 
 def attention_backward(dout, cache):
     """Returns (dq, dk, dv).  dk, dv: (B, KVH, S, head_dim), each the sum over the n_rep query
     heads that shared that kv head."""
-    q, k = cache["q"], cache["k"]
-    require_shape("dout", dout, q.shape, "the output's shape (B, H, T, head_dim), as q")
-    attn_probs, scale = cache["attn_probs"], cache["scale"]
+    q, k, v, attn_probs, scale, n_rep = cache
+    if checking.get():
+        require_shape("dout", dout, q.shape, "the output's shape (B, H, T, head_dim), as q")
     B, H, T, head_dim = q.shape
     KVH = k.shape[1]
 
@@ -82,11 +98,11 @@ def masked_attention_scores(q, k, scale, causal=True, key_padding_mask=None, q_o
 def attention_score_grads(dout, cache):
     """(d_attn_probs, d_attn_scores), each (B, H, T, S): the first two steps of attention_backward
     (a trace records them too).  Masked entries have attn_probs = 0, so they get no gradient."""
-    v = cache["v"]
+    v = cache.v
     B, H, T, _ = dout.shape
     KVH, S = v.shape[1], v.shape[2]
     d_attn_probs = (_split_groups(dout, KVH) @ v[:, :, None].swapaxes(-1, -2)).reshape(B, H, T, S)
-    d_attn_scores = softmax_backward(d_attn_probs, cache["softmax_cache"])
+    d_attn_scores = softmax_backward(d_attn_probs, cache.attn_probs)  # softmax's cache is its output
     return d_attn_probs, d_attn_scores
 
 

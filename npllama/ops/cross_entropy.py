@@ -10,10 +10,21 @@ counted (every target is ignore_index) the loss is 0 and the gradient is 0, not 
 Derivation: derivations/cross_entropy.md
 """
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 
-from ._checks import require_float_array, require_ids_in_range, require_int_array
+from ._checks import checking, require_float_array, require_ids_in_range, require_int_array
+
+
+class CrossEntropyCache(NamedTuple):
+    """What cross_entropy_backward needs.  N = the number of positions (all leading axes)."""
+
+    probs: np.ndarray          # (N, V) softmax(logits)
+    safe_targets: np.ndarray   # (N,) targets, with ignored rows set to 0 (harmless, masked below)
+    counted: np.ndarray        # (N,) bool, targets != ignore_index
+    n_counted: int
+    logits_shape: tuple        # (..., V)
 
 
 def cross_entropy_forward(logits, targets, ignore_index=-100):
@@ -21,7 +32,9 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
 
     Returns (loss, cache); loss is a 0-d numpy scalar of logits.dtype.
     """
-    vocab_size = check_cross_entropy_args(logits, targets, ignore_index)
+    if checking.get():
+        check_cross_entropy_args(logits, targets, ignore_index)
+    vocab_size = logits.shape[-1]
 
     logits_2d = logits.reshape(-1, vocab_size)                 # (N, V)
     targets_1d = targets.reshape(-1)                           # (N,)
@@ -41,8 +54,7 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
     loss = logits.dtype.type(np.sum(losses) / n_counted if n_counted else 0)
 
     probs = exps / sum_exp                                     # (N, V), softmax, kept for backward
-    cache = (probs, safe_targets, counted, n_counted, logits.shape)
-    return loss, cache
+    return loss, CrossEntropyCache(probs, safe_targets, counted, n_counted, logits.shape)
 
 
 def check_cross_entropy_args(logits, targets, ignore_index):
@@ -65,7 +77,7 @@ def check_cross_entropy_args(logits, targets, ignore_index):
 def cross_entropy_backward(dloss, cache):
     """Returns dlogits = dloss * (softmax(logits) - onehot(target)) / n_counted on counted rows, 0 elsewhere."""
     probs, safe_targets, counted, n_counted, logits_shape = cache
-    if np.ndim(dloss) != 0:
+    if checking.get() and np.ndim(dloss) != 0:
         raise ValueError(f"dloss must be a scalar (the loss is a scalar), got shape {np.shape(dloss)}")
     dlogits = probs.copy()                                     # (N, V)
     dlogits[np.arange(dlogits.shape[0]), safe_targets] -= 1    # softmax - onehot

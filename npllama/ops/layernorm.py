@@ -11,14 +11,25 @@ Two backwards that must agree: `layernorm_backward`, the vectorised closed form,
 Derivation: derivations/layernorm.md
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ._checks import require_float_array, require_last_dim, require_same_dtype, require_shape
 from .rmsnorm import check_rmsnorm_args
 
 
+class LayerNormCache(NamedTuple):
+    """What layernorm_backward needs: mean and rstd, one number per row (xhat is recomputed)."""
+
+    x: np.ndarray        # (..., D)
+    mean: np.ndarray     # (..., 1)
+    rstd: np.ndarray     # (..., 1) 1 / sqrt(var + eps)
+    weight: np.ndarray   # (D,)
+
+
 def layernorm_forward(x, weight, bias, eps):
-    """y = (x - mean) / sqrt(var + eps) * weight + bias.  Returns (y, cache), cache = (x, mean, rstd, weight)."""
+    """y = (x - mean) / sqrt(var + eps) * weight + bias.  Returns (y, LayerNormCache(x, mean, rstd, weight))."""
     eps = check_rmsnorm_args(x, weight, eps)          # x, weight and eps as RMSNorm's; then the bias
     require_float_array("bias", bias, ndim=1)
     require_last_dim("bias", bias, weight.shape[0], "weight.shape[0] (the normalised size D)")
@@ -32,7 +43,7 @@ def layernorm_forward(x, weight, bias, eps):
     xhat = x_centered * rstd                                   # (..., D)
     y = xhat * weight + bias                                   # (..., D)
     # As in llm.c, keep mean and rstd (one number per row) and recompute xhat in backward.
-    return y, (x, mean, rstd, weight)
+    return y, LayerNormCache(x, mean, rstd, weight)
 
 
 def layernorm_backward(dy, cache):

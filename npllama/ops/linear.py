@@ -5,20 +5,33 @@
 Derivation: derivations/linear.md
 """
 
-from ._checks import require_float_array, require_last_dim, require_same_dtype, require_shape
+from typing import NamedTuple
+
+import numpy as np
+
+from ._checks import checking, require_float_array, require_last_dim, require_same_dtype, require_shape
+
+
+class LinearCache(NamedTuple):
+    """What linear_backward needs (the kernel's cache has the same fields)."""
+
+    x: np.ndarray        # (..., in) the input
+    weight: np.ndarray   # (out, in)
 
 
 def linear_forward(x, weight):
-    """y = x @ weight.T.  Returns (y, cache)."""
-    check_linear_args(x, weight)
+    """y = x @ weight.T.  Returns (y, LinearCache(x, weight))."""
+    if checking.get():
+        check_linear_args(x, weight)
     y = x @ weight.T  # (..., out)
-    return y, (x, weight)
+    return y, LinearCache(x, weight)
 
 
 def linear_backward(dy, cache):
     """Returns (dx, dweight):  dx = dy W,  dW = sum over rows of dy^T x."""
     x, weight = cache
-    check_linear_backward_args(dy, x, weight)
+    if checking.get():
+        check_linear_backward_args(dy, x, weight)
     dx = dy @ weight  # (..., in)
     dweight = linear_weight_grad(dy, x)  # (out, in)
     return dx, dweight

@@ -7,18 +7,29 @@ LayerNorm without the centring and without the bias (derivations/layernorm.md).
 Derivation: derivations/rmsnorm.md
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
-from ._checks import require_eps, require_float_array, require_last_dim, require_same_dtype, require_shape
+from ._checks import checking, require_eps, require_float_array, require_last_dim, require_same_dtype, require_shape
+
+
+class RMSNormCache(NamedTuple):
+    """What rmsnorm_backward needs (the kernel's cache has the same fields)."""
+
+    x: np.ndarray        # (..., D) the input
+    rstd: np.ndarray     # (..., 1) 1 / sqrt(mean(x**2, -1) + eps)
+    weight: np.ndarray   # (D,)
 
 
 def rmsnorm_forward(x, weight, eps):
-    """y = x / sqrt(mean(x**2, -1) + eps) * weight.  Returns (y, cache), cache = (x, rstd, weight)."""
-    eps = check_rmsnorm_args(x, weight, eps)
+    """y = x / sqrt(mean(x**2, -1) + eps) * weight.  Returns (y, RMSNormCache(x, rstd, weight))."""
+    if checking.get():
+        eps = check_rmsnorm_args(x, weight, eps)
     mean_square = np.mean(x * x, axis=-1, keepdims=True)  # (..., 1)
     rstd = 1.0 / np.sqrt(mean_square + eps)                # (..., 1)
     y = x * rstd * weight                                  # (..., D)
-    return y, (x, rstd, weight)
+    return y, RMSNormCache(x, rstd, weight)
 
 
 def check_rmsnorm_args(x, weight, eps):
@@ -39,7 +50,8 @@ def rmsnorm_backward(dy, cache):
     dweight = sum over all rows of dy * xhat
     """
     x, rstd, weight = cache
-    require_shape("dy", dy, x.shape, "the shape of x")
+    if checking.get():
+        require_shape("dy", dy, x.shape, "the shape of x")
     xhat = x * rstd                                                   # (..., D)
     dxhat = dy * weight                                               # (..., D)
     dweight = np.sum((dy * xhat).reshape(-1, x.shape[-1]), axis=0)   # (D,)

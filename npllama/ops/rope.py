@@ -10,10 +10,11 @@ instead; converting between the two layouts permutes the q/k projection rows.)
 Derivation: derivations/rope.md
 """
 import math
+from typing import NamedTuple
 
 import numpy as np
 
-from ._checks import require_float_array, require_int_array, require_same_dtype, require_shape
+from ._checks import checking, require_float_array, require_int_array, require_same_dtype, require_shape
 
 
 def rope_inv_freq(head_dim, rope_theta, rope_scaling=None):
@@ -89,12 +90,20 @@ def rotate_half(x):
     return np.concatenate([-x2, x1], axis=-1)
 
 
+class RopeCache(NamedTuple):
+    """What rope_backward needs: the rotation, not the input (the map is linear in x)."""
+
+    cos: np.ndarray   # (T, head_dim)
+    sin: np.ndarray   # (T, head_dim)
+
+
 def rope_forward(x, cos, sin):
     """y = x * cos + rotate_half(x) * sin.   x: (B, H, T, head_dim) (any leading axes),
-    cos, sin: (T, head_dim), same dtype as x.  Returns (y, cache)."""
-    check_rope_args(x, cos, sin)
+    cos, sin: (T, head_dim), same dtype as x.  Returns (y, RopeCache(cos, sin))."""
+    if checking.get():
+        check_rope_args(x, cos, sin)
     y = x * cos + rotate_half(x) * sin  # (..., T, head_dim); cos, sin broadcast over B, H
-    return y, (cos, sin)
+    return y, RopeCache(cos, sin)
 
 
 def rope_backward(dy, cache):
@@ -103,7 +112,8 @@ def rope_backward(dy, cache):
     rotate_half is multiplication by an antisymmetric matrix R (R^T = -R), so the transpose of
     x -> x*cos + R(x)*sin is dy -> dy*cos + R^T(dy*sin) = dy*cos - R(dy*sin)."""
     cos, sin = cache
-    check_rope_backward_args(dy, cos)
+    if checking.get():
+        check_rope_backward_args(dy, cos)
     return dy * cos - rotate_half(dy * sin)
 
 

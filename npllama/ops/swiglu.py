@@ -7,10 +7,34 @@
 
 Derivation: derivations/swiglu.md
 """
+from typing import NamedTuple
+
 import numpy as np
 
-from ._checks import require_float_array, require_same_dtype, require_shape
-from .linear import linear_backward, linear_forward
+from ._checks import checking, require_float_array, require_same_dtype, require_shape
+from .linear import LinearCache, linear_backward, linear_forward
+
+
+class SwiGLUActCache(NamedTuple):
+    """What swiglu_act_backward needs; every field (..., F)."""
+
+    gate: np.ndarray
+    up: np.ndarray
+    gate_sigmoid: np.ndarray   # sigmoid(gate)
+    silu_gate: np.ndarray      # silu(gate) = gate * sigmoid(gate)
+
+
+class SwiGLUCache(NamedTuple):
+    """What swiglu_backward needs: the caches of the four steps, in forward order."""
+
+    gate_proj: LinearCache     # x (..., D), w_gate (F, D)
+    up_proj: LinearCache       # x (..., D), w_up (F, D)
+    act: SwiGLUActCache        # gate, up, ... (..., F)
+    down_proj: LinearCache     # act (..., F), w_down (D, F)
+
+    def intermediates(self) -> dict:
+        """gate, up and act (..., F), as this forward computed them."""
+        return {"gate": self.act.gate, "up": self.act.up, "act": self.down_proj.x}
 
 
 def sigmoid(z):
@@ -20,12 +44,13 @@ def sigmoid(z):
 
 
 def swiglu_act_forward(gate, up):
-    """act = silu(gate) * up, elementwise.  gate, up: same shape and dtype.  Returns (act, cache)."""
-    check_swiglu_act_args(gate, up)
+    """act = silu(gate) * up, elementwise.  gate, up: same shape and dtype.  Returns (act, SwiGLUActCache)."""
+    if checking.get():
+        check_swiglu_act_args(gate, up)
     gate_sigmoid = sigmoid(gate)
     silu_gate = gate * gate_sigmoid
     act = silu_gate * up
-    return act, (gate, up, gate_sigmoid, silu_gate)
+    return act, SwiGLUActCache(gate, up, gate_sigmoid, silu_gate)
 
 
 def swiglu_act_backward(dact, cache):
@@ -39,13 +64,14 @@ def swiglu_act_backward(dact, cache):
 
 
 def swiglu_forward(x, w_gate, w_up, w_down):
-    """out = (silu(x W_gate^T) * (x W_up^T)) W_down^T.   Returns (out, cache)."""
-    check_swiglu_args(x, w_gate, w_up, w_down)
+    """out = (silu(x W_gate^T) * (x W_up^T)) W_down^T.   Returns (out, SwiGLUCache)."""
+    if checking.get():
+        check_swiglu_args(x, w_gate, w_up, w_down)
     gate, gate_cache = linear_forward(x, w_gate)    # (..., F)
     up, up_cache = linear_forward(x, w_up)          # (..., F)
     act, act_cache = swiglu_act_forward(gate, up)   # (..., F)
     out, down_cache = linear_forward(act, w_down)   # (..., D)
-    return out, (gate_cache, up_cache, act_cache, down_cache)
+    return out, SwiGLUCache(gate_cache, up_cache, act_cache, down_cache)
 
 
 def check_swiglu_act_args(gate, up):
@@ -78,8 +104,8 @@ def swiglu_backward(dout, cache):
     """Returns (dx, dw_gate, dw_up, dw_down): the forward's calls in reverse; x feeds two
     branches (gate and up), so its gradient is the sum of both."""
     gate_cache, up_cache, act_cache, down_cache = cache
-    x = gate_cache[0]
-    require_shape("dout", dout, x.shape, "the output's shape, as x")
+    if checking.get():
+        require_shape("dout", dout, gate_cache.x.shape, "the output's shape, as x")
     dact, dw_down = linear_backward(dout, down_cache)      # (..., F), (D, F)
     dgate, dup = swiglu_act_backward(dact, act_cache)      # (..., F) each
     dx_from_gate, dw_gate = linear_backward(dgate, gate_cache)

@@ -73,8 +73,8 @@ def test_forward_matches_naive_loops(case):
     expected_out, expected_probs = naive_attention(case["q"], case["k"], case["v"], case["causal"],
                                                    case["key_padding_mask"], case["q_offset"])
     np.testing.assert_allclose(out, expected_out, rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(cache["attn_probs"], expected_probs, rtol=1e-12, atol=1e-14)
-    assert cache["scale"] == pytest.approx(1 / math.sqrt(case["q"].shape[-1]))
+    np.testing.assert_allclose(cache.attn_probs, expected_probs, rtol=1e-12, atol=1e-14)
+    assert cache.scale == pytest.approx(1 / math.sqrt(case["q"].shape[-1]))
 
 
 def test_scores_are_scaled_by_inverse_sqrt_head_dim_by_hand():
@@ -84,7 +84,7 @@ def test_scores_are_scaled_by_inverse_sqrt_head_dim_by_hand():
     v = np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]).reshape(1, 1, 2, 4)
     out, cache = attention_forward(q, k, v, causal=False)
     e = math.e
-    np.testing.assert_allclose(cache["attn_probs"].ravel(), [e / (e + 1), 1 / (e + 1)], rtol=1e-15)
+    np.testing.assert_allclose(cache.attn_probs.ravel(), [e / (e + 1), 1 / (e + 1)], rtol=1e-15)
     np.testing.assert_allclose(out.ravel(), [e / (e + 1), 1 / (e + 1), 0, 0], rtol=1e-15)
 
 
@@ -162,7 +162,7 @@ def test_decode_step_equals_the_matching_row_of_the_full_forward(case):
 @given(case=attention_cases(padding=True))
 def test_padded_keys_get_zero_probability_and_rows_sum_to_one(case):
     out, cache = _run(case)
-    probs, mask = cache["attn_probs"], case["key_padding_mask"]
+    probs, mask = cache.attn_probs, case["key_padding_mask"]
     assert np.all(probs[~mask[:, None, None, :].repeat(probs.shape[1], 1).repeat(probs.shape[2], 2)] == 0)
     row_sums = probs.sum(-1)
     assert np.all(np.isclose(row_sums, 1.0, rtol=1e-12) | (row_sums == 0))
@@ -176,8 +176,8 @@ def test_fully_masked_row_gives_zeros_and_finite_gradients():
     # batch 0: key 0 is padding, so the causal query 0 has nothing to attend; batch 1: all keys padding
     mask = np.array([[False, True, True], [False, False, False]])
     out, cache = attention_forward(q, k, v, causal=True, key_padding_mask=mask)
-    assert np.all(cache["attn_probs"][0, :, 0] == 0) and np.all(out[0, :, 0] == 0)
-    assert np.all(cache["attn_probs"][1] == 0) and np.all(out[1] == 0)
+    assert np.all(cache.attn_probs[0, :, 0] == 0) and np.all(out[0, :, 0] == 0)
+    assert np.all(cache.attn_probs[1] == 0) and np.all(out[1] == 0)
     assert np.all(out[0, :, 1:] != 0)
     dq, dk, dv = attention_backward(rng.standard_normal(out.shape), cache)
     assert all(np.all(np.isfinite(g)) for g in (dq, dk, dv))
@@ -224,7 +224,7 @@ def test_float32_stays_float32():
     k = rng.standard_normal((1, 1, 3, 4)).astype(np.float32)
     out, cache = attention_forward(q, k, k.copy(), key_padding_mask=np.array([[True, False, True]]))
     grads = attention_backward(np.ones_like(out), cache)
-    assert out.dtype == np.float32 and cache["attn_probs"].dtype == np.float32
+    assert out.dtype == np.float32 and cache.attn_probs.dtype == np.float32
     assert all(g.dtype == np.float32 for g in grads)
 
 

@@ -43,6 +43,8 @@ def test_generate_prints_a_tokens_per_second_line(small_model_dir, capsys):
     ("--repetition-penalty", "0", "--repetition-penalty must be a finite number > 0"),
     ("--max-new-tokens", "0", "--max-new-tokens must be a positive integer"),
     ("--seed", "-3", "--seed must be None or a non-negative integer"),
+    ("--chat-template", "nope.jinja", "--chat-template 'nope.jinja' is neither llama2 nor llama3"),
+    ("--stop", "", "--stop must not be empty"),
 ])
 def test_sampling_arguments_are_checked_before_loading_or_echoing(tmp_path, capsys, flag, value, message):
     # the model folder does not exist: an error about it would mean the model was loaded first

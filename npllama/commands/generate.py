@@ -1,4 +1,5 @@
 """`npllama generate`: continue a prompt with a trained model, streaming tokens as they come."""
+import os
 import sys
 import time
 
@@ -52,6 +53,12 @@ def run(args) -> int:
     if any(not s for s in stops):
         raise UsageError("--stop must not be empty")
     chat = args.chat or args.system is not None or args.chat_template is not None
+    if args.chat_template is not None:
+        from ..chat import BUILTIN_TEMPLATES
+
+        if args.chat_template not in BUILTIN_TEMPLATES and not os.path.isfile(args.chat_template):
+            raise UsageError(f"--chat-template {args.chat_template!r} is neither "
+                             f"{' nor '.join(sorted(BUILTIN_TEMPLATES))} nor a Jinja file")
 
     model, tokenizer, model_dir = load_model_and_tokenizer(args.model, dtype=getattr(np, args.dtype))
     if args.adapter is not None:

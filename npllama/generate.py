@@ -3,7 +3,7 @@
     ids = generate(model, tokenizer.encode("Once upon a time"), max_new_tokens=100,
                    temperature=0.8, top_k=40, eos_id=tokenizer.eos_id)          # unseeded: new text each call
     batch = generate(model, [ids_a, ids_b], 50, temperature=0)                  # a list of prompts -> a list
-    text = generate_text(model, tokenizer, "Once upon a time", 100, stop=["\n\n"], seed=0)
+    text = generate_text(model, tokenizer, "Once upon a time", 100, stop=["THE END"], seed=0)
 
 Sampling: temperature 0 is greedy (argmax); otherwise the logits are divided by the temperature,
 optionally cut to the top_k most likely tokens and/or to the smallest set whose probability
@@ -96,7 +96,7 @@ def _generate_rows(model, prompts: list[list[int]], max_new_tokens: int, samplin
 class StopStrings:
     """A `stop` for generate: true once the decoded new text holds one of `strings`.
 
-        stop = StopStrings(tokenizer, ["\n\n", "THE END"])
+        stop = StopStrings(tokenizer, ["THE END", "Q:"])
         ids = generate(model, prompt_ids, 200, stop=stop)
         text = stop.cut(tokenizer.decode(ids[len(prompt_ids):]))   # the text before the stop string
     """

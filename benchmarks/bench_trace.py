@@ -6,8 +6,8 @@
 
 Variants, each timed as the median of --repeat steps:
 
-    math only       npllama.model.model_loss_and_grads called directly: the math with no public
-                    boundary (no argument checks, no choice of ops, no trace lookup)
+    math only       npllama.model's model_forward, the loss and model_backward called directly:
+                    the math with no public boundary (no checks, no choice of ops, no trace lookup)
     tracing off     Llama.loss_and_grads, no trace active (what every training step pays)
     trace selective the same inside `npllama.trace(include=["*.attn_probs"])`
     trace all       the same inside `npllama.trace()`, every tensor copied
@@ -86,7 +86,10 @@ def main(argv=None):
         math = model._math()
 
         def math_only():
-            return math.model_loss_and_grads(model.params, config, tokens, targets, cos, sin, True, None, -100)
+            logits, cache = math.model_forward(model.params, config, tokens, cos, sin, True, None)
+            loss, loss_cache = math.cross_entropy_forward(logits, targets, -100)
+            dlogits = math.cross_entropy_backward(np.ones((), dtype=logits.dtype), loss_cache)
+            return loss, math.model_backward(dlogits, cache, config)
 
         loss_a, _ = model.loss_and_grads(tokens, targets)
         assert float(math_only()[0]) == loss_a, "the bare math must compute the same loss"

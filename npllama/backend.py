@@ -136,7 +136,7 @@ def op_bindings() -> dict[str, Callable]:
     """The ops that differ from the reference here: the backend's kernels, then `use_op` overrides.
     Empty under the reference backend with no override."""
     bindings = {}
-    if get_backend() == "numba":
+    if (_choice.get() or get_backend()) == "numba":
         reference = ops("numpy")
         bindings = {n: fn for n, fn in vars(ops("numba")).items() if fn is not getattr(reference, n)}
     if _overrides.get():

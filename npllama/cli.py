@@ -29,10 +29,15 @@ COMMANDS = {
     "debug": "npllama.commands.debug",
     "exercise": "npllama.commands.exercise",
     "viz": "npllama.commands.viz",
+    "convert": "npllama.commands.convert",
+    "export": "npllama.commands.export",
 }
 
 USER_ERRORS = (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError,
-               NotADirectoryError, IsADirectoryError, PermissionError)
+               NotADirectoryError, IsADirectoryError, PermissionError,
+               RecursionError, OverflowError)  # absurd input (JSON nested 100k deep, 10**400)
+# Any other OSError (a full disk, a name too long, a read-only folder) is the machine's answer,
+# not a bug: one line too, with exit status 1 (the command failed, it was not misused).
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,14 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`npllama generate | head`): stop quietly
         _discard_stdout()
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM/SIGHUP where a command handles them
         print(f"npllama {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(interrupt, "signum", 2)  # 130 for Ctrl-C (SIGINT is 2)
     except USER_ERRORS as error:
         if os.environ.get("NPLLAMA_TRACEBACK"):
             raise
         print(f"npllama {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if os.environ.get("NPLLAMA_TRACEBACK"):
+            raise
+        print(f"npllama {args.command}: error: {error}", file=sys.stderr)
+        return 1
     return int(status or 0)
 
 

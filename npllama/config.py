@@ -10,6 +10,8 @@ import dataclasses
 import math
 from typing import Any
 
+import numpy as np
+
 # rope_scaling types we implement.  Others (dynamic, yarn, longrope, ...) are refused by name.
 ROPE_TYPES = ("default", "linear", "llama3")
 LLAMA3_ROPE_FIELDS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -41,6 +43,8 @@ class LlamaConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):  # NumPy scalars are numbers too: keep plain Python ones
+            setattr(self, field.name, python_scalar(getattr(self, field.name)))
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -198,8 +202,33 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def python_scalar(value):
+    """A NumPy scalar (np.int64(3), np.float32(0.5), np.bool_(True)) as the Python number it holds;
+    anything else unchanged.  So every check below accepts NumPy scalars wherever it accepts
+    Python numbers, and what is stored (and saved to JSON) is always a Python number."""
+    if isinstance(value, np.generic) and value.shape == () and value.dtype.kind in "biuf":
+        return value.item()
+    return value
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite_float(name: str, value) -> float:
+    """float(value) for a real number; a TypeError for anything else, a ValueError for a value too
+    large for a float (a 400-digit int) or not finite."""
+    value = python_scalar(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large to be a number npllama can use, got an integer of "
+                         f"{len(str(abs(int(value))))} digits") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return value
 
 
 def _require_positive_int(name: str, value) -> None:
@@ -210,9 +239,7 @@ def _require_positive_int(name: str, value) -> None:
 
 
 def _require_positive_float(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
+    if _finite_float(name, value) <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value}")
 
 
@@ -222,24 +249,30 @@ def _normalise_rope_scaling(scaling) -> dict | None:
         return None
     if not isinstance(scaling, dict):
         raise TypeError(f"rope_scaling must be a dict or None, got {scaling!r}")
-    scaling = dict(scaling)
+    scaling = {key: python_scalar(value) for key, value in scaling.items()}
+    for key in ("type", "rope_type"):  # transformers 4.x wrote "type", later ones "rope_type"
+        if key in scaling and not (scaling[key] is None or isinstance(scaling[key], str)):
+            raise TypeError(f"rope_scaling.{key} must be a string (one of {ROPE_TYPES}), got {scaling[key]!r}")
     rope_type = scaling.pop("type", None)
-    rope_type = scaling.get("rope_type", rope_type) or "default"
+    rope_type = scaling.get("rope_type") or rope_type or "default"
     scaling["rope_type"] = rope_type
     if rope_type not in ROPE_TYPES:
         raise ValueError(f"rope_scaling type {rope_type!r} is not supported; npllama implements {ROPE_TYPES}")
+    # Every known field is checked when present, whatever the type: a "factor": "x" is an error
+    # even where the type would not use it, rather than a value silently ignored.
+    for field in ("factor", "low_freq_factor", "high_freq_factor"):
+        if field in scaling and scaling[field] is not None:
+            _require_positive_float(f"rope_scaling.{field}", scaling[field])
+    if scaling.get("original_max_position_embeddings") is not None:
+        _require_positive_int("rope_scaling.original_max_position_embeddings",
+                              scaling["original_max_position_embeddings"])
     if rope_type == "default":
         return None
-    factor = scaling.get("factor")
-    _require_positive_float("rope_scaling.factor", factor)
+    _require_positive_float("rope_scaling.factor", scaling.get("factor"))
     if rope_type == "llama3":
         for field in LLAMA3_ROPE_FIELDS:
             if field not in scaling:
                 raise ValueError(f"rope_scaling of type 'llama3' needs {field!r}")
-        _require_positive_float("rope_scaling.low_freq_factor", scaling["low_freq_factor"])
-        _require_positive_float("rope_scaling.high_freq_factor", scaling["high_freq_factor"])
-        _require_positive_int("rope_scaling.original_max_position_embeddings",
-                              scaling["original_max_position_embeddings"])
         if scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
             raise ValueError("rope_scaling.high_freq_factor must be greater than low_freq_factor")
     return scaling

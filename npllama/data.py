@@ -88,11 +88,12 @@ def split_documents(text: str) -> list[str]:
 
 
 def _read_utf8(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"file {str(path)!r} is not UTF-8 text (bad byte at offset "
-                         f"{exc.start})") from None
+    """A regular file's text, at most NPLLAMA_MAX_READ bytes: a FIFO or a link to /dev/zero is
+    refused before it is read (npllama/io/reading.py)."""
+    from .budget import max_read
+    from .io.reading import read_text
+
+    return read_text(path, max_bytes=max_read())
 
 
 def _read_jsonl(path: Path) -> list[str]:
@@ -112,6 +113,8 @@ def read_jsonl(path, fields: dict) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise ValueError(f"{where}: JSON nested too deeply to read") from None
         for field, kind in fields.items():
             if not isinstance(record, dict) or field not in record:
                 raise ValueError(f'{where}: expected a JSON object with a "{field}" field')
@@ -183,9 +186,11 @@ def _cache_key(texts, tokenizer) -> str:
 
 
 def _load_cached(cache_path: Path, key: str) -> np.ndarray | None:
+    from .io.reading import read_json
+
     meta_path = Path(f"{cache_path}.json")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = read_json(meta_path, expect=dict, max_bytes=4096)  # a regular file holding an object
         if meta.get("key") != key:
             return None
         ids = np.load(cache_path, allow_pickle=False, mmap_mode="r")
@@ -197,13 +202,21 @@ def _load_cached(cache_path: Path, key: str) -> np.ndarray | None:
 
 
 def _save_cached(cache_path: Path, key: str, ids: np.ndarray) -> None:
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    # Array first, key second, each renamed into place: a crash in between leaves a key that no
-    # longer matches, never a key that vouches for a half-written array.
-    with atomic_open(cache_path) as f:
-        np.save(f, ids, allow_pickle=False)
-    meta = {"key": key, "n_tokens": int(ids.shape[0]), "dtype": str(ids.dtype)}
-    atomic_write_text(Path(f"{cache_path}.json"), json.dumps(meta))
+    """Write the cache; a cache that cannot be written (a full disk, a read-only folder) is only
+    a warning: the tokens are in memory, and the next run tokenizes again."""
+    import warnings
+
+    try:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        # Array first, key second, each renamed into place: a crash in between leaves a key that no
+        # longer matches, never a key that vouches for a half-written array.
+        with atomic_open(cache_path) as f:
+            np.save(f, ids, allow_pickle=False)
+        meta = {"key": key, "n_tokens": int(ids.shape[0]), "dtype": str(ids.dtype)}
+        atomic_write_text(Path(f"{cache_path}.json"), json.dumps(meta))
+    except OSError as error:
+        warnings.warn(f"could not write the token cache {cache_path} ({error}); going on without it",
+                      RuntimeWarning, stacklevel=3)
 
 
 # ----- splitting -----------------------------------------------------------------------------------

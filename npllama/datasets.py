@@ -253,7 +253,19 @@ def load_labelled(path) -> tuple[list[str], list]:
 
 
 def _load_csv(path: Path) -> tuple[list[str], list]:
-    with open(path, newline="", encoding="utf-8") as f:
+    try:
+        return _read_csv_rows(path)
+    except csv.Error as error:  # e.g. a field over csv's 131,072-character limit, a NUL byte
+        raise ValueError(f"{path}: not a readable CSV file ({error})") from None
+
+
+def _read_csv_rows(path: Path) -> tuple[list[str], list]:
+    import io
+
+    from .budget import max_read
+    from .io.reading import read_text
+
+    with io.StringIO(read_text(path, max_bytes=max_read()), newline="") as f:  # a regular file, within budget
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             raise ValueError(f"{path} is empty: it holds no header and no examples")
@@ -286,6 +298,9 @@ def encode_labels(labels: list, label_names=None, num_labels: int | None = None)
         raise ValueError("the dataset is empty: no labels")
     if label_names is None:
         if all(isinstance(v, int) for v in labels):
+            from .budget import check_label_count
+
+            check_label_count(max(labels) + 1)  # before the names (and a k x k confusion matrix) exist
             label_names = tuple(range(max(labels) + 1))
         else:
             label_names = tuple(sorted({str(v) for v in labels}))

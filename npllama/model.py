@@ -27,9 +27,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import backend
+from . import backend, budget
 from .config import LlamaConfig
-from .ops._checks import checking, require_ids_in_range
+from .ops._checks import checking
 from .ops.attention import AttentionCache, attention_backward, attention_forward
 from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .ops.embedding import EmbeddingCache, embedding_backward, embedding_forward
@@ -59,7 +59,12 @@ class LayerWeights(NamedTuple):
 
     @classmethod
     def of_layer(cls, params: dict, i: int) -> "LayerWeights":
-        return cls(*(params[f"model.layers.{i}.{path}.weight"] for path in LAYER_PATHS))
+        p = f"model.layers.{i}."
+        return cls(params[p + "input_layernorm.weight"], params[p + "self_attn.q_proj.weight"],
+                   params[p + "self_attn.k_proj.weight"], params[p + "self_attn.v_proj.weight"],
+                   params[p + "self_attn.o_proj.weight"], params[p + "post_attention_layernorm.weight"],
+                   params[p + "mlp.gate_proj.weight"], params[p + "mlp.up_proj.weight"],
+                   params[p + "mlp.down_proj.weight"])
 
 
 # Each LayerWeights field's module path inside a layer, in field order (Hugging Face's names).
@@ -69,7 +74,7 @@ LAYER_PATHS = ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_
 
 
 class AttentionLayerCache(NamedTuple):
-    """What attention_layer_backward needs: the caches of steps 2-5, in forward order."""
+    """What the backward of the attention sub-layer (steps 5-2) needs, in forward order."""
 
     q_proj: LinearCache            # xn (B, T, D), W_q
     k_proj: LinearCache            # xn (B, T, D), W_k
@@ -126,7 +131,10 @@ class Llama:
             raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
         self.config = config
         self.dtype = _check_dtype(dtype)
+        if params is None:
+            budget.check_model(config, self.dtype)   # before allocating anything
         self.params = init_params(config, seed, self.dtype) if params is None else params
+        self._batch_budget = _BatchBudget(config, self.dtype)
         self._rope_tables: tuple[np.ndarray, np.ndarray] | None = None
         # LoRA adapters (npllama.lora.attach_lora), or None.  While attached, every base weight is
         # frozen: the projections run through the adapters' ops and backward returns the adapters'
@@ -214,18 +222,20 @@ class Llama:
         targets (B, T) are already shifted: targets[b, t] is the token that should follow tokens[b, t].
         causal=False: the bidirectional stack, whose targets are the masked-LM ones (objectives.py).
         """
-        tokens, key_padding_mask = self._check_inputs(tokens, attention_mask)
-        targets = _check_targets(targets, tokens.shape, ignore_index, self.config.vocab_size)
+        tokens, key_padding_mask, targets = self._check_inputs(tokens, attention_mask, targets, ignore_index)
         cos, sin = self.rope_tables(tokens.shape[1])
-        loss, grads = self._math().model_loss_and_grads(self.params, self.config, tokens, targets, cos, sin,
-                                                        causal, key_padding_mask, ignore_index)
+        math = self._math()
+        logits, cache = math.model_forward(self.params, self.config, tokens, cos, sin, causal,
+                                           key_padding_mask)                                # (B, T, V)
+        loss, loss_cache = math.cross_entropy_forward(logits, targets, ignore_index)
+        dlogits = math.cross_entropy_backward(np.ones((), dtype=logits.dtype), loss_cache)  # (B, T, V)
+        grads = math.model_backward(dlogits, cache, self.config)
         return float(loss), self._finish(grads)
 
     @_public
     def loss(self, tokens, targets, attention_mask=None, ignore_index: int = -100, causal: bool = True) -> float:
         """The same loss as loss_and_grads, without the backward pass."""
-        tokens, key_padding_mask = self._check_inputs(tokens, attention_mask)
-        targets = _check_targets(targets, tokens.shape, ignore_index, self.config.vocab_size)
+        tokens, key_padding_mask, targets = self._check_inputs(tokens, attention_mask, targets, ignore_index)
         cos, sin = self.rope_tables(tokens.shape[1])
         math = self._math()
         logits, _ = math.model_forward(self.params, self.config, tokens, cos, sin, causal, key_padding_mask)
@@ -244,7 +254,7 @@ class Llama:
         Prefill is one call with the whole prompt, decoding one call per token (T_new = 1).  The
         logits equal those of a full forward over everything seen so far, at the new positions.
         """
-        tokens = self._check_tokens(tokens, offset=kv_cache.length)
+        tokens, _ = self._check_inputs(tokens, offset=kv_cache.length)
         B, T_new = tokens.shape
         if B != kv_cache.batch_size:
             raise ValueError(f"tokens has batch size {B}, the KV cache was made for {kv_cache.batch_size}")
@@ -280,7 +290,8 @@ class Llama:
         return cos[:length], sin[:length]
 
     def _lm_head_weight(self) -> np.ndarray:
-        return lm_head_weight(self.params, self.config)
+        """W_lm (V, D): lm_head.weight, or the embedding E when the embeddings are tied."""
+        return self.params["model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"]
 
     def _math(self):
         """This module's math with the op names bound to what is in force here: the module itself
@@ -291,6 +302,8 @@ class Llama:
         trace = active_trace()
         if trace is not None:
             bindings.update(trace.recording_bindings(bindings, self.params, self.config))
+        if not bindings:
+            return sys.modules[__name__]
         return backend.bind(sys.modules[__name__], bindings, keep=trace is None)
 
     def _finish(self, grads: dict) -> dict:
@@ -304,13 +317,10 @@ class Llama:
             trace.record_many("d:", **grads)
         return grads
 
-    def _check_inputs(self, tokens, attention_mask):
-        tokens = self._check_tokens(tokens)
-        return tokens, _check_attention_mask(attention_mask, tokens.shape)
-
-    def _check_tokens(self, tokens, offset: int = 0) -> np.ndarray:
-        if not isinstance(tokens, np.ndarray):
-            tokens = np.asarray(tokens)
+    def _check_inputs(self, tokens, attention_mask=None, targets=None, ignore_index=-100, offset=0):
+        """tokens (B, T), the padding mask (bool (B, T), or None) and, when given, targets (B, T):
+        checked here once, so that the ops the model calls need not check them again."""
+        tokens = np.asarray(tokens)
         if not np.issubdtype(tokens.dtype, np.integer):
             raise TypeError(f"tokens must be integers, got dtype {tokens.dtype}")
         if tokens.ndim != 2:
@@ -318,15 +328,41 @@ class Llama:
                              + ("; use tokens[None] for a single sequence" if tokens.ndim == 1 else ""))
         if tokens.shape[0] == 0 or tokens.shape[1] == 0:
             raise ValueError(f"tokens must not be empty, got shape {tokens.shape}")
-        limit = self.config.max_position_embeddings
+        limit, vocab = self.config.max_position_embeddings, self.config.vocab_size
         if offset + tokens.shape[1] > limit:
             raise ValueError(f"sequence of {offset + tokens.shape[1]} positions is longer than "
                              f"max_position_embeddings ({limit})")
-        vocab = self.config.vocab_size
-        if tokens.min() < 0 or tokens.max() >= vocab:
-            bad = tokens[(tokens < 0) | (tokens >= vocab)].flat[0]
-            raise ValueError(f"tokens contains id {bad}, outside the vocabulary [0, {vocab})")
-        return tokens
+        outside = (tokens < 0) | (tokens >= vocab)
+        if outside.any():
+            raise ValueError(f"tokens contains id {tokens[outside].flat[0]}, outside the vocabulary [0, {vocab})")
+        B, T = tokens.shape
+        training = targets is not None
+        if self._batch_budget.exceeded(B, T, training):   # before any activation is allocated
+            budget.check_batch(self.config, B, T, self.dtype, training)
+        mask = attention_mask
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.shape != tokens.shape:
+                raise ValueError(f"attention_mask must have the tokens' shape {tokens.shape}, got {mask.shape}")
+            if mask.dtype != np.bool_:
+                if not np.issubdtype(mask.dtype, np.integer) or not np.isin(mask, (0, 1)).all():
+                    raise ValueError("attention_mask must hold 0/1 integers or booleans (1 = real token)")
+                mask = mask.astype(bool)
+        if targets is None:
+            return tokens, mask
+        targets = np.asarray(targets)
+        if not np.issubdtype(targets.dtype, np.integer):
+            raise TypeError(f"targets must be integers, got dtype {targets.dtype}")
+        if targets.shape != tokens.shape:
+            raise ValueError(f"targets must have the inputs' shape {tokens.shape} (that of tokens), "
+                             f"got {targets.shape}")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+            raise TypeError(f"ignore_index must be an integer, got {type(ignore_index).__name__}")
+        outside = (targets != ignore_index) & ((targets < 0) | (targets >= vocab))
+        if outside.any():
+            raise ValueError(f"targets contains {targets[outside].flat[0]}, outside [0, V) with V = {vocab} "
+                             f"and not ignore_index ({ignore_index})")
+        return tokens, mask, targets
 
 
 class KVCache:
@@ -374,21 +410,14 @@ class KVSlot(NamedTuple):
 
 
 # ----- the whole model --------------------------------------------------------------------------
-def model_loss_and_grads(params, config, tokens, targets, cos, sin, causal, key_padding_mask, ignore_index):
-    """The loss (a scalar) and every parameter's gradient: forward, loss, and back again."""
-    logits, cache = model_forward(params, config, tokens, cos, sin, causal, key_padding_mask)  # (B, T, V)
-    loss, loss_cache = cross_entropy_forward(logits, targets, ignore_index)
-    dlogits = cross_entropy_backward(np.ones((), dtype=logits.dtype), loss_cache)         # (B, T, V)
-    return loss, model_backward(dlogits, cache, config)
-
-
 def model_forward(params, config, tokens, cos, sin, causal, key_padding_mask, kv_cache=None):
     """tokens (B, T) -> logits (B, T, V), and the ModelCache.
 
     Head (derivations/transformer_block.md): hidden = rmsnorm(x^(L); w_norm), logits = hidden W_lm^T,
     with W_lm = the embedding E when the embeddings are tied."""
     hidden, cache = decoder_forward(params, config, tokens, cos, sin, causal, key_padding_mask, kv_cache)
-    logits, lm_head = linear_forward(hidden, lm_head_weight(params, config))                # (B, T, V)
+    W_lm = params["model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"]  # (V, D)
+    logits, lm_head = linear_forward(hidden, W_lm)                                          # (B, T, V)
     return logits, cache._replace(lm_head=lm_head)
 
 
@@ -434,19 +463,34 @@ def decoder_backward(dhidden, cache, config):
     return grads
 
 
-def lm_head_weight(params, config):
-    """W_lm (V, D): lm_head.weight, or the embedding E when the embeddings are tied."""
-    return params["model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"]
-
-
-# ----- one decoder block (derivations/transformer_block.md, "Block ℓ") ---------------------------------
+# ----- one decoder block (derivations/transformer_block.md, "Block ℓ", steps 1-9) -----------------------
 def block_forward(x, w: LayerWeights, cos, sin, config, causal, key_padding_mask, kv_slot=None):
-    """h = x + attention(rmsnorm(x));  out = h + swiglu(rmsnorm(h)).   x: (B, T, D)"""
+    """h = x + attention(rmsnorm(x));  out = h + swiglu(rmsnorm(h)).   x: (B, T, D)
+
+    kv_slot (a KVSlot) when decoding: this step's keys and values join the layer's KV cache, and
+    attention runs over every position seen so far (S of them)."""
+    B, T, _ = x.shape
+    H, KVH, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     # 1. xn = rmsnorm(x; w_in)
-    xn, input_layernorm = rmsnorm_forward(x, w.input_layernorm, config.rms_norm_eps)        # (B, T, D)
-    # 2-5. attn_out = attention sub-layer(xn)
-    attn_out, self_attn = attention_layer_forward(xn, w, cos, sin, config, causal, key_padding_mask,
-                                                  kv_slot)                                  # (B, T, D)
+    xn, input_layernorm = rmsnorm_forward(x, w.input_layernorm, config.rms_norm_eps)      # (B, T, D)
+    # 2. q, k, v = xn W_q^T, xn W_k^T, xn W_v^T; split the heads
+    q, q_proj = linear_forward(xn, w.q_proj)                                                # (B, T, H*hd)
+    k, k_proj = linear_forward(xn, w.k_proj)                                                # (B, T, KVH*hd)
+    v, v_proj = linear_forward(xn, w.v_proj)                                                # (B, T, KVH*hd)
+    q = q.reshape(B, T, H, hd).transpose(0, 2, 1, 3)                                        # (B, H, T, hd)
+    k = k.reshape(B, T, KVH, hd).transpose(0, 2, 1, 3)                                      # (B, KVH, T, hd)
+    v = v.reshape(B, T, KVH, hd).transpose(0, 2, 1, 3)                                      # (B, KVH, T, hd)
+    # 3. q_rot, k_rot = rope(q), rope(k)
+    q_rot, q_rope = rope_forward(q, cos, sin)                                               # (B, H, T, hd)
+    k_rot, k_rope = rope_forward(k, cos, sin)                                               # (B, KVH, T, hd)
+    q_offset = 0
+    if kv_slot is not None:
+        k_rot, v, q_offset = kv_slot.append(k_rot, v)                                       # (B, KVH, S, hd)
+    # 4. a = attention(q_rot, k_rot, v), grouped-query
+    a, attention = attention_forward(q_rot, k_rot, v, causal, key_padding_mask, q_offset)   # (B, H, T, hd)
+    # 5. merge the heads; attn_out = a W_o^T
+    a = a.transpose(0, 2, 1, 3).reshape(B, T, H * hd)                                       # (B, T, H*hd)
+    attn_out, o_proj = linear_forward(a, w.o_proj)                                          # (B, T, D)
     # 6. the first residual
     h = x + attn_out                                                                        # (B, T, D)
     # 7. hn = rmsnorm(h; w_post)
@@ -456,74 +500,44 @@ def block_forward(x, w: LayerWeights, cos, sin, config, causal, key_padding_mask
     mlp_out, mlp = swiglu_forward(hn, w.gate_proj, w.up_proj, w.down_proj)                  # (B, T, D)
     # 9. the second residual
     out = h + mlp_out                                                                       # (B, T, D)
+    self_attn = AttentionLayerCache(q_proj, k_proj, v_proj, q_rope, k_rope, attention, o_proj, H, KVH, hd)
     return out, BlockCache(input_layernorm, self_attn, post_attention_layernorm, mlp)
 
 
 def block_backward(dout, cache: BlockCache):
     """block_forward read backwards.  Returns dx (B, T, D) and the layer's gradients as LayerWeights."""
+    B, T, _ = dout.shape
+    attn = cache.self_attn
+    H, KVH, hd = attn.n_heads, attn.n_kv_heads, attn.head_dim
     # 9. the forward did out = h + mlp_out: dmlp_out = dout, and dh starts as dout
     dmlp_out = dout
     # 8. mlp_out = swiglu(hn)
     dhn, dW_gate, dW_up, dW_down = swiglu_backward(dmlp_out, cache.mlp)                    # (B, T, D)
-    # 7. hn = rmsnorm(h): h feeds the norm and the residual, so its two gradients add
+    # 7. hn = rmsnorm(h): h fed the norm and the residual, so its two gradients add
     dh_norm, dw_post = rmsnorm_backward(dhn, cache.post_attention_layernorm)               # (B, T, D), (D,)
     dh = dout + dh_norm
     # 6. the forward did h = x + attn_out: dattn_out = dh, and dx starts as dh
     dattn_out = dh
-    # 5-2. the attention sub-layer
-    dxn, dW_q, dW_k, dW_v, dW_o = attention_layer_backward(dattn_out, cache.self_attn)     # (B, T, D)
-    # 1. xn = rmsnorm(x): x feeds the norm and the residual
+    # 5. attn_out = a W_o^T; the heads were merged, so split them again
+    da, dW_o = linear_backward(dattn_out, attn.o_proj)                                     # (B, T, H*hd)
+    da = da.reshape(B, T, H, hd).transpose(0, 2, 1, 3)                                     # (B, H, T, hd)
+    # 4. a = attention(q_rot, k_rot, v): dk_rot, dv summed over each group of n_rep query heads
+    dq_rot, dk_rot, dv = attention_backward(da, attn.attention)                            # dk_rot, dv: (B, KVH, T, hd)
+    # 3. the transposed rotation
+    dq = rope_backward(dq_rot, attn.q_rope)                                                # (B, H, T, hd)
+    dk = rope_backward(dk_rot, attn.k_rope)                                                # (B, KVH, T, hd)
+    # 2. merge the heads; xn fed three projections, so its three gradients add
+    dq = dq.transpose(0, 2, 1, 3).reshape(B, T, H * hd)                                    # (B, T, H*hd)
+    dk = dk.transpose(0, 2, 1, 3).reshape(B, T, KVH * hd)                                  # (B, T, KVH*hd)
+    dv = dv.transpose(0, 2, 1, 3).reshape(B, T, KVH * hd)                                  # (B, T, KVH*hd)
+    dxn_q, dW_q = linear_backward(dq, attn.q_proj)
+    dxn_k, dW_k = linear_backward(dk, attn.k_proj)
+    dxn_v, dW_v = linear_backward(dv, attn.v_proj)
+    dxn = dxn_q + dxn_k + dxn_v                                                            # (B, T, D)
+    # 1. xn = rmsnorm(x): x fed the norm and the residual
     dx_norm, dw_in = rmsnorm_backward(dxn, cache.input_layernorm)                          # (B, T, D), (D,)
     dx = dh + dx_norm
     return dx, LayerWeights(dw_in, dW_q, dW_k, dW_v, dW_o, dw_post, dW_gate, dW_up, dW_down)
-
-
-def attention_layer_forward(xn, w: LayerWeights, cos, sin, config, causal, key_padding_mask, kv_slot=None):
-    """Steps 2-5: project to q, k, v, rotate q and k, attend, merge heads, project out.   xn: (B, T, D)"""
-    B, T, _ = xn.shape
-    H, KVH, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-    # 2. project, then split the heads
-    q, q_proj = linear_forward(xn, w.q_proj)                            # (B, T, H*hd)
-    k, k_proj = linear_forward(xn, w.k_proj)                            # (B, T, KVH*hd)
-    v, v_proj = linear_forward(xn, w.v_proj)                            # (B, T, KVH*hd)
-    q = q.reshape(B, T, H, hd).transpose(0, 2, 1, 3)                    # (B, H, T, hd)
-    k = k.reshape(B, T, KVH, hd).transpose(0, 2, 1, 3)                  # (B, KVH, T, hd)
-    v = v.reshape(B, T, KVH, hd).transpose(0, 2, 1, 3)                  # (B, KVH, T, hd)
-    # 3. rotate q and k by their positions
-    q_rot, q_rope = rope_forward(q, cos, sin)                           # (B, H, T, hd)
-    k_rot, k_rope = rope_forward(k, cos, sin)                           # (B, KVH, T, hd)
-    q_offset = 0
-    if kv_slot is not None:  # decoding: attend over every position seen so far, S of them
-        k_rot, v, q_offset = kv_slot.append(k_rot, v)                   # (B, KVH, S, hd)
-    # 4. a = attention(q_rot, k_rot, v), grouped-query
-    attn, attention = attention_forward(q_rot, k_rot, v, causal, key_padding_mask, q_offset)  # (B, H, T, hd)
-    # 5. merge the heads, then attn_out = a W_o^T
-    attn = attn.transpose(0, 2, 1, 3).reshape(B, T, H * hd)             # (B, T, H*hd)
-    attn_out, o_proj = linear_forward(attn, w.o_proj)                   # (B, T, D)
-    return attn_out, AttentionLayerCache(q_proj, k_proj, v_proj, q_rope, k_rope, attention, o_proj, H, KVH, hd)
-
-
-def attention_layer_backward(dattn_out, cache: AttentionLayerCache):
-    """Steps 5-2 in reverse.   dattn_out: (B, T, D) -> dxn (B, T, D), dW_q, dW_k, dW_v, dW_o"""
-    B, T, _ = dattn_out.shape
-    H, KVH, hd = cache.n_heads, cache.n_kv_heads, cache.head_dim
-    # 5. attn_out = a W_o^T, then the heads were merged: split them again
-    dattn, dW_o = linear_backward(dattn_out, cache.o_proj)              # (B, T, H*hd)
-    dattn = dattn.reshape(B, T, H, hd).transpose(0, 2, 1, 3)            # (B, H, T, hd)
-    # 4. dk_rot, dv are summed over each group of n_rep query heads
-    dq_rot, dk_rot, dv = attention_backward(dattn, cache.attention)     # (B, H, T, hd), (B, KVH, T, hd) x2
-    # 3. the transposed rotation
-    dq = rope_backward(dq_rot, cache.q_rope)                            # (B, H, T, hd)
-    dk = rope_backward(dk_rot, cache.k_rope)                            # (B, KVH, T, hd)
-    # 2. merge the heads; xn fed three projections, so its three gradients add
-    dq = dq.transpose(0, 2, 1, 3).reshape(B, T, H * hd)                 # (B, T, H*hd)
-    dk = dk.transpose(0, 2, 1, 3).reshape(B, T, KVH * hd)               # (B, T, KVH*hd)
-    dv = dv.transpose(0, 2, 1, 3).reshape(B, T, KVH * hd)               # (B, T, KVH*hd)
-    dxn_q, dW_q = linear_backward(dq, cache.q_proj)
-    dxn_k, dW_k = linear_backward(dk, cache.k_proj)
-    dxn_v, dW_v = linear_backward(dv, cache.v_proj)
-    dxn = dxn_q + dxn_k + dxn_v                                         # (B, T, D)
-    return dxn, dW_q, dW_k, dW_v, dW_o
 
 
 # ----- initialisation and argument checks --------------------------------------------------------
@@ -544,6 +558,24 @@ def init_params(config: LlamaConfig, seed: int, dtype) -> dict[str, np.ndarray]:
     return params
 
 
+class _BatchBudget:
+    """npllama.budget.batch_bytes for this model, as B*T*per_token + B*T*T*per_pair bytes (its exact
+    form), with the memory budget read when the model is made: the batch check at every public
+    call is then two multiplications (budget.check_batch explains a refusal)."""
+
+    def __init__(self, config, dtype):
+        self.limit = budget.max_memory()
+        self.coefficients = {}
+        for training in (False, True):
+            one, two = (budget.batch_bytes(config, 1, T, dtype, training) for T in (1, 2))
+            per_pair = (two - 2 * one) / 2                     # f(1, 2) - 2 f(1, 1) = 2 per_pair
+            self.coefficients[training] = (one - per_pair, per_pair)
+
+    def exceeded(self, B, T, training):
+        per_token, per_pair = self.coefficients[training]
+        return B * T * (per_token + T * per_pair) > self.limit
+
+
 def _check_dtype(dtype):
     try:
         dt = np.dtype(dtype)
@@ -552,31 +584,3 @@ def _check_dtype(dtype):
     if dt not in DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     return dt.type
-
-
-def _check_attention_mask(attention_mask, shape):
-    if attention_mask is None:
-        return None
-    mask = np.asarray(attention_mask)
-    if mask.shape != tuple(shape):
-        raise ValueError(f"attention_mask must have the tokens' shape {tuple(shape)}, got {mask.shape}")
-    if mask.dtype != np.bool_:
-        if not np.issubdtype(mask.dtype, np.integer) or not np.isin(mask, (0, 1)).all():
-            raise ValueError("attention_mask must hold 0/1 integers or booleans (1 = real token)")
-        mask = mask.astype(bool)
-    return mask
-
-
-def _check_targets(targets, shape, ignore_index, vocab_size):
-    targets = np.asarray(targets)
-    if not np.issubdtype(targets.dtype, np.integer):
-        raise TypeError(f"targets must be integers, got dtype {targets.dtype}")
-    if targets.shape != tuple(shape):
-        raise ValueError(f"targets must have the inputs' shape {tuple(shape)} (that of tokens), "
-                         f"got {targets.shape}")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
-        raise TypeError(f"ignore_index must be an integer, got {type(ignore_index).__name__}")
-    require_ids_in_range(targets[targets != ignore_index], vocab_size,
-                         f"targets contains {{id}}, outside [0, V) with V = {vocab_size} and not "
-                         f"ignore_index ({ignore_index})")
-    return targets

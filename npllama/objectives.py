@@ -38,7 +38,6 @@ import re
 
 import numpy as np
 
-from .model import _check_targets
 from .ops.classifier import classifier_backward, classifier_forward, last_token_index
 from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .ops.linear import linear_backward, linear_forward
@@ -281,8 +280,7 @@ def mlm_sop_loss_and_grads(model, sop_head_weight, batch: SentenceOrderBatch):
     hidden, caches = model.hidden_forward(batch.inputs, batch.attention_mask, causal=False)
     # the LM head over every position -> MLM loss
     logits, lm_cache = linear_forward(hidden, model._lm_head_weight())          # (B, T, V)
-    mlm, mlm_ce = cross_entropy_forward(logits, _check_targets(batch.targets, logits.shape[:2], IGNORE_INDEX,
-                                                               model.config.vocab_size))
+    mlm, mlm_ce = cross_entropy_forward(logits, np.asarray(batch.targets), IGNORE_INDEX)  # checks the targets
     # the binary head on each row's last token -> SOP loss
     sop_logits, sop_cache = classifier_forward(hidden, sop_head_weight,
                                                last_token_index(batch.attention_mask))  # (B, 2)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from .interrupts import deferred_stop_signals
 from .ops._checks import require_float_array
 
 
@@ -164,8 +165,32 @@ def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_correctio
     p -= lr * m_hat / (np.sqrt(v_hat) + eps)
 
 
-def _hyperparam(hp, name):
-    return _require_number(f"state['hyperparams'][{name!r}]", hp.get(name), low=0.0)
+def _require_finite_state(what, arrays, non_negative=False):
+    """Saved moments must be finite (and a second moment >= 0: it is a running mean of g^2):
+    a NaN there would reach every parameter at the next step."""
+    for name, a in arrays.items():
+        if not np.isfinite(a).all():
+            count = int(a.size - np.count_nonzero(np.isfinite(a)))
+            raise ValueError(f"{what}[{name!r}] holds {count} NaN/Inf value(s); optimizer state must be finite")
+        if non_negative and a.size and a.min() < 0:
+            raise ValueError(f"{what}[{name!r}] holds negative values (min {a.min()}); a second moment "
+                             f"is a mean of squares and cannot be negative")
+
+
+# Limits past which a hyperparameter is a corrupt value rather than a choice.  Each is checked
+# the same way when an optimizer is made and when its state is loaded.
+MAX_EPS = 1.0            # Adam's eps is ~1e-8; past 1 it swamps sqrt(v) and the update vanishes
+
+
+def _hyperparam(hp, name, **limits):
+    return _require_number(f"state['hyperparams'][{name!r}]", hp.get(name), low=0.0, **limits)
+
+
+def _require_decay_fits_lr(lr, weight_decay, what=""):
+    """p *= 1 - lr * weight_decay must shrink p, not zero or flip it."""
+    if lr * weight_decay >= 1:
+        raise ValueError(f"{what}lr * weight_decay must be below 1 (each step multiplies the weights by "
+                         f"1 - lr * weight_decay), got lr={lr}, weight_decay={weight_decay}")
 
 
 def _fused_adamw_update():
@@ -253,7 +278,8 @@ class AdamW(_Optimizer):
                  no_decay: Callable[[str, np.ndarray], bool] = default_no_decay):
         super().__init__(params, lr, weight_decay, no_decay)
         self.betas = _require_betas(betas)
-        self.eps = _require_number("eps", eps, low=0.0)
+        self.eps = _require_number("eps", eps, low=0.0, high=MAX_EPS, high_inclusive=True)
+        _require_decay_fits_lr(self.lr, self.weight_decay)
         self.m = {name: np.zeros_like(p) for name, p in params.items()}  # first moment
         self.v = {name: np.zeros_like(p) for name, p in params.items()}  # second moment
 
@@ -261,17 +287,19 @@ class AdamW(_Optimizer):
         """One update of every parameter, in place.  `lr` overrides self.lr for this step only
         (so a schedule can drive it).  Nothing changes if any check fails."""
         lr = self._begin_step(grads, lr, squarable=True)
+        _require_decay_fits_lr(lr, self.weight_decay)
         beta1, beta2 = self.betas
-        self.step_count += 1
-        t = self.step_count
         fused = _fused_adamw_update()
-        for name, p in self.params.items():
-            g, m, v = grads[name], self.m[name], self.v[name]
-            update = adamw_update
-            if fused is not None and p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous:
-                update = fused  # the same arithmetic in one pass over memory (npllama/kernels/adamw.py)
-            update(p, g, m, v, lr, beta1, beta2, self.eps, self.weight_decay if self.decay[name] else 0.0,
-                   1 - beta1 ** t, 1 - beta2 ** t)
+        with deferred_stop_signals():  # Ctrl-C/SIGTERM wait until every parameter is updated
+            self.step_count += 1
+            t = self.step_count
+            for name, p in self.params.items():
+                g, m, v = grads[name], self.m[name], self.v[name]
+                update = adamw_update
+                if fused is not None and p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous:
+                    update = fused  # the same arithmetic in one pass over memory (npllama/kernels/adamw.py)
+                update(p, g, m, v, lr, beta1, beta2, self.eps,
+                       self.weight_decay if self.decay[name] else 0.0, 1 - beta1 ** t, 1 - beta2 ** t)
 
     def state_dict(self) -> dict:
         """Step count, hyper-parameters, decay mask and moments (copies: later steps don't alter it)."""
@@ -286,9 +314,12 @@ class AdamW(_Optimizer):
         """Restore what state_dict() returned; everything is checked before anything is set."""
         step, no_decay_names, lr, weight_decay, hp = self._check_state_header(state)
         betas = _require_betas(hp.get("betas"))
-        eps = _hyperparam(hp, "eps")
+        eps = _hyperparam(hp, "eps", high=MAX_EPS, high_inclusive=True)
+        _require_decay_fits_lr(lr, weight_decay, "state['hyperparams']: ")
         _require_same_arrays("state['m']", state.get("m"), self.params)
         _require_same_arrays("state['v']", state.get("v"), self.params)
+        _require_finite_state("state['m']", state["m"])
+        _require_finite_state("state['v']", state["v"], non_negative=True)
 
         self.step_count = step
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
@@ -318,17 +349,18 @@ class SGD(_Optimizer):
     def step(self, grads: Mapping[str, np.ndarray], lr: float | None = None) -> None:
         """One update of every parameter, in place; `lr` overrides self.lr for this step only."""
         lr = self._begin_step(grads, lr)
-        self.step_count += 1
-        for name, p in self.params.items():
-            g = grads[name]
-            if self.weight_decay != 0 and self.decay[name]:
-                g = g + self.weight_decay * p  # a new array: the caller's grads stay as they were
-            if self.momentum != 0:
-                buf = self.momentum_buffer[name]
-                buf *= self.momentum
-                buf += g
-                g = buf
-            p -= lr * g
+        with deferred_stop_signals():  # Ctrl-C/SIGTERM wait until every parameter is updated
+            self.step_count += 1
+            for name, p in self.params.items():
+                g = grads[name]
+                if self.weight_decay != 0 and self.decay[name]:
+                    g = g + self.weight_decay * p  # a new array: the caller's grads stay as they were
+                if self.momentum != 0:
+                    buf = self.momentum_buffer[name]
+                    buf *= self.momentum
+                    buf += g
+                    g = buf
+                p -= lr * g
 
     def state_dict(self) -> dict:
         state = self._state_header()
@@ -343,6 +375,7 @@ class SGD(_Optimizer):
         buffers = state.get("momentum_buffer")
         if momentum != 0:
             _require_same_arrays("state['momentum_buffer']", buffers, self.params)
+            _require_finite_state("state['momentum_buffer']", buffers)
         elif buffers:
             raise ValueError("state['momentum_buffer'] must be empty when momentum is 0")
 

@@ -10,6 +10,10 @@
             model/             a Hugging Face folder (config.json, model.safetensors, tokenizer.model)
             optimizer.safetensors, training_state.json
         model/                 the final model, a Hugging Face folder with tokenizer.model inside
+        .npllama.lock          held (flock) by the one process that writes the run: a second
+                               `npllama train` into the folder is refused while it lives
+        .npllama-read.lock     readers hold it shared while they load; the writer holds it only
+                               for the instant it replaces checkpoint/ or model/
     runs/LATEST                the path of the run written last (what `--model` defaults to)
 
 Anything that takes `--model` accepts a run folder, a run's `model/` or `checkpoint/`, or any
@@ -17,15 +21,111 @@ Hugging Face LLaMA folder (config.json + model.safetensors).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
 
 from .io.atomic import _OLD_TAG, _TMP_TAG, atomic_write_text, backup_paths
+from .io.errors import CheckpointError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are then not protected against a second writer
+    fcntl = None
 
 DEFAULT_RUNS_DIR = Path("runs")
 LATEST_FILE = "LATEST"
 TOKENIZER_FILE = "tokenizer.model"
+WRITER_LOCK_FILE = ".npllama.lock"
+READER_LOCK_FILE = ".npllama-read.lock"
+
+
+class RunInUseError(RuntimeError):
+    """Another process is writing this run folder (it holds the folder's lock)."""
+
+
+# ----- locks --------------------------------------------------------------------------------------
+# flock locks belong to an open file and vanish with the process that holds them (a SIGKILL
+# included), so a crashed run never leaves a folder locked.  The lock files themselves stay: removing
+# one while another process opens it would let two processes lock two different files.
+
+@contextlib.contextmanager
+def writing_run(run_dir) -> "contextlib.AbstractContextManager[None]":
+    """Hold the run folder's writer lock (creating the folder) for the block, or raise RunInUseError
+    at once if another process holds it.  Every process that writes a run takes this first."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / WRITER_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+                raise RunInUseError(f"run folder {str(run_dir)!r} is being written by another process "
+                                    f"(pid {holder}); wait for it to finish or stop it, or choose another "
+                                    f"--out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def _reader_lock(run_dir, exclusive: bool):
+    """The lock that separates a writer's folder replace from readers' loads (see the layout above).
+    Readers that cannot open it (a read-only folder, an old run) read without it."""
+    if fcntl is None:
+        yield
+        return
+    path = Path(run_dir) / READER_LOCK_FILE
+    try:
+        fd = os.open(path, (os.O_RDWR | os.O_CREAT) if exclusive else os.O_RDONLY, 0o666)
+    except OSError:
+        if exclusive:
+            raise
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def replacing_in_run(run_dir):
+    """For the writer: held around the renames that replace checkpoint/ or model/."""
+    return _reader_lock(run_dir, exclusive=True)
+
+
+def reading_run(path):
+    """For readers: held while loading from a run folder (or a folder inside one), so a writer's
+    replace never happens half-way through the load."""
+    path = Path(path)
+    for candidate in (path, path.parent, path.parent.parent):
+        if (candidate / WRITER_LOCK_FILE).is_file():
+            return _reader_lock(candidate, exclusive=False)
+    return contextlib.nullcontext()
+
+
+def _writer_is_active(run_dir) -> bool:
+    """True if some process holds the run's writer lock right now."""
+    path = Path(run_dir) / WRITER_LOCK_FILE
+    if fcntl is None or not path.is_file():
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return True  # cannot tell: behave as if a writer were there (do not rename anything)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def runs_dir() -> Path:
@@ -41,9 +141,11 @@ def mark_latest(run_dir: Path) -> None:
 
 def latest_run() -> Path:
     """The run folder written last, or a FileNotFoundError that says how to make one."""
+    from .io.reading import read_text
+
     marker = runs_dir() / LATEST_FILE
     if marker.is_file():
-        path = Path(marker.read_text(encoding="utf-8").strip())
+        path = Path(read_text(marker, max_bytes=64 * 1024).strip())  # a path: a few hundred bytes
         if path.is_dir():
             return path
     raise FileNotFoundError(f"no trained model found ({marker} names none); run `npllama train` first "
@@ -51,13 +153,47 @@ def latest_run() -> Path:
 
 
 def recover_checkpoint(run_dir: Path) -> Path | None:
-    """The run's checkpoint folder, restoring it from the backup an interrupted replace left behind."""
+    """The run's checkpoint folder, restoring it from the backup an interrupted replace left behind.
+    Renames: only the run's writer (holding `writing_run`) calls it; readers use `readable_checkpoint`."""
     checkpoint = Path(run_dir) / "checkpoint"
     if not checkpoint.exists():
         backups = backup_paths(checkpoint)
         if backups:
             os.replace(backups[-1], checkpoint)
     return checkpoint if (checkpoint / "training_state.json").is_file() else None
+
+
+def readable_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a reader should load, renaming nothing: checkpoint/, or, in the instant a
+    writer is between its two renames (or after a crash there), the backup of the old one."""
+    checkpoint = Path(run_dir) / "checkpoint"
+    if not checkpoint.exists():
+        backups = backup_paths(checkpoint)
+        checkpoint = backups[-1] if backups else checkpoint
+    return checkpoint if (checkpoint / "training_state.json").is_file() else None
+
+
+def checkpoint_to_resume(run_dir: Path) -> Path | None:
+    """For `--resume`: the run's checkpoint (recovered from a backup if need be), or None when the
+    run never reached one.  Anything else -- a checkpoint/ that is not a complete checkpoint, a
+    final model/ without its checkpoint -- is damage, and raises CheckpointError saying what is
+    wrong rather than letting the run start again from step 0."""
+    run_dir = Path(run_dir)
+    checkpoint = recover_checkpoint(run_dir)
+    if checkpoint is not None:
+        return checkpoint
+    folder = run_dir / "checkpoint"
+    if folder.is_symlink() or folder.exists():
+        if not folder.is_dir():
+            raise CheckpointError(folder, "is not a folder: the run's checkpoint is damaged; "
+                                          "nothing was changed (restore it, or start a new run with another --out)")
+        raise CheckpointError(folder / "training_state.json",
+                              "is missing: the run's checkpoint is damaged or incomplete; nothing was "
+                              "changed (restore it, or start a new run with another --out)")
+    if (run_dir / "model").exists():
+        raise CheckpointError(folder, "is missing although the run has a final model/: the checkpoint "
+                                      "was deleted, so the run cannot continue; nothing was changed")
+    return None
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
@@ -98,12 +234,20 @@ def resolve_model_dir(path=None) -> Path:
     if (path / "training_state.json").is_file():  # a run's checkpoint/ folder
         candidates.insert(0, path / "model")
     if not (path / "model" / "config.json").is_file():
-        recover_checkpoint(path)
+        if _writer_is_active(path):  # never rename under a writer: read the backup where it lies
+            checkpoint = readable_checkpoint(path)
+            if checkpoint is not None:
+                candidates.append(checkpoint / "model")
+        else:
+            recover_checkpoint(path)
     for candidate in candidates:
         if (candidate / "config.json").is_file():
             return candidate
+    from .io.describe import describe_model_path
+
     raise FileNotFoundError(f"{str(path)!r} holds no model: expected config.json and model.safetensors "
-                            f"(a Hugging Face folder) or a run folder made by `npllama train`")
+                            f"(a Hugging Face folder) or a run folder made by `npllama train`. "
+                            f"{describe_model_path(path)}")
 
 
 def find_tokenizer(model_dir: Path) -> Path:
@@ -138,8 +282,10 @@ def load_model_and_tokenizer(path=None, dtype=None):
 
     from .model import Llama
 
-    model_dir = resolve_model_dir(path)
-    model = Llama.from_pretrained(model_dir, dtype=dtype or np.float32)
-    tokenizer = load_tokenizer(model_dir)
+    path = latest_run() if path is None else Path(path).expanduser()
+    with reading_run(path):  # resolved and loaded while no writer can replace the folder
+        model_dir = resolve_model_dir(path)
+        model = Llama.from_pretrained(model_dir, dtype=dtype or np.float32)
+        tokenizer = load_tokenizer(model_dir)
     tokenizer.check_vocab(model.config.vocab_size)
     return model, tokenizer, model_dir

@@ -44,9 +44,9 @@ _META_KEY = "__meta__"
 _FORMAT = "npllama-trace-1"
 
 
-def active_trace() -> "Trace | None":
-    """The trace recording here, or None (the model checks this before naming anything)."""
-    return _active.get()
+# The trace recording here, or None.  The ContextVar's own method (a C call): a debugger stepping
+# through Llama's public methods does not stop in it.
+active_trace = _active.get
 
 
 class Trace:

@@ -15,17 +15,20 @@ import contextlib
 import dataclasses
 import json
 import math
+import signal
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .config import PRESETS, LlamaConfig
+from .config import PRESETS, LlamaConfig, python_scalar
+from .interrupts import Interrupted, deferred_stop_signals, stop_signals_interrupt
 from .io.atomic import atomic_write_bytes, atomic_write_text
 from .io.errors import CheckpointError
 from .optim import AdamW, NonFiniteGradientError, TrainingError, clip_finite_step, cosine_with_warmup
 from .parallel import BatchSplitter, default_workers
-from .runs import TOKENIZER_FILE, mark_latest, recover_checkpoint, remove_stale_temporaries
+from .runs import (TOKENIZER_FILE, checkpoint_to_resume, mark_latest, remove_stale_temporaries,
+                   replacing_in_run, writing_run)
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 OBJECTIVES = ("causal", "mlm")
@@ -69,6 +72,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):  # NumPy scalars are accepted as the numbers they hold
+            setattr(self, field.name, python_scalar(getattr(self, field.name)))
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "corpus_stories"):
             _positive_int(name, getattr(self, name))
         if self.warmup_steps is None:
@@ -78,6 +83,10 @@ class TrainConfig:
         for name in ("stop_after", "threads"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
+        if self.threads is not None:
+            from .budget import check_threads
+
+            check_threads("threads", self.threads)  # each thread holds a copy of the gradients
         if not isinstance(self.out, str) or not self.out.strip():
             raise ValueError(f"out must name a run folder, got {self.out!r}")
         for name in ("data", "tokenizer"):
@@ -100,6 +109,9 @@ class TrainConfig:
             raise ValueError(f"min_lr must be between 0 and lr ({self.lr}), got {self.min_lr}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.lr * self.weight_decay >= 1:
+            raise ValueError(f"lr * weight_decay must be below 1 (AdamW multiplies the weights by "
+                             f"1 - lr * weight_decay each step), got lr={self.lr}, weight_decay={self.weight_decay}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
@@ -116,9 +128,12 @@ class TrainConfig:
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be strictly between 0 and 1, got {self.val_fraction}")
 
-    # Settings that must not change when a run is resumed (the rest, e.g. steps, may).
-    RESUME_FIXED = ("data", "preset", "vocab_size", "batch_size", "seq_len", "grad_accum", "seed", "objective",
-                    "dtype", "val_fraction", "corpus_stories")
+    # Settings that must not change when a run is resumed: they define the model, the data and its
+    # order.  The rest (steps, lr, ...) may; a resume applies the new values and records them.
+    RESUME_FIXED = ("data", "preset", "tokenizer", "vocab_size", "batch_size", "seq_len", "grad_accum", "seed",
+                    "objective", "dtype", "val_fraction", "corpus_stories")
+    # Settings that only steer this one call (not the run's arithmetic): changed silently.
+    RESUME_QUIET = ("out", "stop_after", "progress", "samples", "sample_tokens")
 
 
 @dataclasses.dataclass
@@ -128,8 +143,9 @@ class TrainResult:
     train_loss: float | None
     val_loss: float | None
     unigram_entropy: float
-    interrupted: bool = False
+    interrupted: bool = False              # stopped before `steps` (a signal, or stop_after)
     samples: list[str] = dataclasses.field(default_factory=list)
+    stop_signal: int | None = None         # the signal that stopped it (SIGINT, SIGTERM, SIGHUP), if any
 
 
 class CheckpointWriteError(OSError):
@@ -152,27 +168,46 @@ class _StopRequested(Exception):
 
 
 def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
-    """Run (or continue) a pre-training run; returns the final losses and samples."""
-    from .corpus import unigram_entropy
-    from .data import BatchLoader, evaluation_batches, train_val_split
+    """Run (or continue) a pre-training run; returns the final losses and samples.
 
+    Only one process writes a run folder at a time (npllama.runs.writing_run): a second one raises
+    npllama.runs.RunInUseError before touching anything.  SIGTERM and SIGHUP stop the run like Ctrl-C: the
+    step in progress finishes or never happened, a checkpoint is saved, and the result says
+    `interrupted` (with `stop_signal`).  With `resume`, settings that define the run must equal
+    the saved ones; the others (steps, lr, ...) may change, and each change is printed and recorded
+    in log.jsonl and train_config.json."""
     run_dir = Path(tc.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"--out {tc.out!r} is a file, not a folder: choose a run folder")
     for name in ("data", "tokenizer"):  # before anything is written
         if getattr(tc, name) is not None and not Path(getattr(tc, name)).expanduser().exists():
             raise FileNotFoundError(f"--{name} {getattr(tc, name)!r} does not exist")
+    if resume and not (run_dir / "train_config.json").is_file():
+        raise FileNotFoundError(f"nothing to resume: {str(run_dir / 'train_config.json')!r} does not exist")
+    with stop_signals_interrupt(), writing_run(run_dir):
+        return _train_holding_the_run(tc, run_dir, resume, echo)
+
+
+def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -> TrainResult:
+    from .corpus import unigram_entropy
+    from .data import BatchLoader, evaluation_batches, train_val_split
+
+    changes = {}
     if resume:
-        tc = _check_resumable(run_dir, tc)
+        changes = _changes_on_resume(run_dir, tc)
         remove_stale_temporaries(run_dir)
-    elif (run_dir / "checkpoint").exists() or (run_dir / "model").exists():
-        raise ValueError(f"run folder {str(run_dir)!r} already holds a run; pass --resume to continue "
-                         f"it, or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "train_config.json", json.dumps(dataclasses.asdict(tc), indent=2) + "\n")
+        checkpoint = checkpoint_to_resume(run_dir)  # damage is refused here, before anything is written
+    else:
+        if (run_dir / "checkpoint").exists() or (run_dir / "model").exists():
+            raise ValueError(f"run folder {str(run_dir)!r} already holds a run; pass --resume to continue "
+                             f"it, or choose another --out")
+        checkpoint = None
+    if checkpoint is None:  # a new start: files a failed start left are not this run's
+        _remove_derived_files(run_dir)
+        _write_train_config(run_dir, tc)  # first, so a start killed from here on can be resumed
 
     texts = _load_corpus(tc)
-    tokenizer = _prepare_tokenizer(tc, run_dir, texts, echo)
+    tokenizer = _prepare_tokenizer(tc, run_dir, texts, echo, checkpoint)
     ids = _prepare_tokens(tc, run_dir, tokenizer, texts)
     train_ids, val_ids = train_val_split(ids, tc.val_fraction, bos_id=tokenizer.bos_id)
     loader = BatchLoader(train_ids, tc.batch_size, tc.seq_len, seed=tc.seed)
@@ -180,11 +215,12 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
     unigram = unigram_entropy(train_ids, tokenizer.vocab_size)
     dtype = DTYPES[tc.dtype]
 
-    checkpoint = recover_checkpoint(run_dir) if resume else None
     state = {}
     if checkpoint is not None:
-        model, optimizer, state = restore_checkpoint(checkpoint, tc, loader, tokenizer)
+        model, optimizer, state = restore_checkpoint(checkpoint, tc, loader, tokenizer,
+                                                     changed=set(changes))
         start_step = state["step"]
+        _write_train_config(run_dir, tc)  # only now: a checkpoint that is refused changes nothing
         _truncate_log(run_dir / "log.jsonl", start_step)
         echo(f"resuming {run_dir} at step {start_step}")
     else:
@@ -193,6 +229,7 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
         config = _model_config(tc, tokenizer)
         from .model import Llama
 
+        _check_budget(tc, config)
         model = Llama(config, seed=tc.seed, dtype=dtype)
         optimizer = _make_optimizer(model, tc)
         start_step = 0
@@ -209,20 +246,27 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
                                                                   seed=tc.seed)
     loop = _Loop(tc, run_dir, model, optimizer, loader, val_batches, tokenizer, echo, loss_and_grads, loss)
     loop.restore_losses(state)
-    interrupted = False
+    if changes:
+        loop.write_log({"step": start_step, "settings_changed": changes})
+        echo("settings changed on resume (applied from this step on): "
+             + ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changes.items()))
+    stop = None
     try:
         loop.run(start_step)
-    except (KeyboardInterrupt, _StopRequested) as stop:
-        interrupted = True
-        loop.save_checkpoint(loop.step)
-        why = "stopped as asked (--stop-after)" if isinstance(stop, _StopRequested) else "interrupted"
+    except (KeyboardInterrupt, _StopRequested) as stopped:
+        stop = stopped
+        if loop.saved_step != loop.step:
+            loop.save_checkpoint(loop.step)
+        why = "stopped as asked (--stop-after)" if isinstance(stopped, _StopRequested) else "interrupted"
+        if isinstance(stopped, Interrupted) and stopped.signum != signal.SIGINT:
+            why = f"stopped by {signal.Signals(stopped.signum).name}"
         echo(f"\n{why}: checkpoint saved at step {loop.step} in {run_dir / 'checkpoint'}; "
              f"continue with `npllama train --out {run_dir} --resume`")
     finally:
         loop.close()
 
     samples = []
-    if not interrupted:
+    if stop is None:
         loop.save_checkpoint(loop.step)
         with _reporting_write_errors("the final model", run_dir / "model"):
             _save_final_model(run_dir, model, tokenizer)
@@ -233,16 +277,22 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
              f"{unigram:.3f} ({reduction:.0f}% below); model saved in {run_dir / 'model'}")
         if tc.objective == "causal":  # a bidirectional masked-LM model does not generate text
             samples = _print_samples(model, tokenizer, tc, echo)
+    signum = None
+    if isinstance(stop, KeyboardInterrupt):
+        signum = getattr(stop, "signum", signal.SIGINT)
     return TrainResult(run_dir, loop.step, loop.last_train_loss, loop.last_val_loss, unigram,
-                       interrupted, samples)
+                       stop is not None, samples, stop_signal=signum)
 
 
-def restore_checkpoint(checkpoint, tc: TrainConfig, loader, tokenizer):
+def restore_checkpoint(checkpoint, tc: TrainConfig, loader, tokenizer, changed=()):
     """(model, optimizer, state) from a run's checkpoint folder, with `loader` moved to its position.
 
-    Whatever does not fit -- a malformed file, optimizer state for other parameters, a step count
-    that disagrees with the optimizer's, a loader position from another corpus -- raises
-    CheckpointError naming the file.  The loader is moved last, after every check has passed.
+    Whatever does not fit -- a malformed file, a damaged tensor (checksums), non-finite weights or
+    optimizer state, optimizer state for other parameters, a step count that disagrees with the
+    optimizer's, optimizer settings that disagree with `tc`, a loader position from another
+    corpus -- raises CheckpointError naming the file.  `changed`: names of TrainConfig settings
+    the resume changes on purpose; the optimizer takes those from `tc`.  The loader is moved last,
+    after every check has passed.
     """
     from .io.train_state import OPTIMIZER_FILE, STATE_FILE, load_checkpoint
 
@@ -271,11 +321,33 @@ def restore_checkpoint(checkpoint, tc: TrainConfig, loader, tokenizer):
     if optimizer.step_count != step:
         raise CheckpointError(state_file, f"is {step}, but the optimizer state has taken "
                                           f"{optimizer.step_count} steps", field="step")
+    _apply_optimizer_settings(optimizer, tc, changed, checkpoint / OPTIMIZER_FILE)
+    for name, p in model.params.items():
+        if not np.isfinite(p).all():
+            raise CheckpointError(checkpoint / "model" / "model.safetensors",
+                                  "holds NaN/Inf: a checkpoint is only saved from finite weights, so "
+                                  "this one was altered", tensor=name)
     try:
         loader.load_state_dict(state["loader"])
     except (TypeError, ValueError) as error:
         raise CheckpointError(state_file, str(error), field="loader") from None
     return model, optimizer, state
+
+
+def _apply_optimizer_settings(optimizer: AdamW, tc: TrainConfig, changed, where: Path) -> None:
+    """The optimizer runs with tc's settings.  A saved one that differs is either a setting this
+    resume changes on purpose (then tc's value applies) or a checkpoint that disagrees with its
+    own train_config.json (then it is refused)."""
+    wanted = _make_optimizer_settings(tc)
+    saved = {"weight_decay": optimizer.weight_decay, "beta1": optimizer.betas[0],
+             "beta2": optimizer.betas[1], "eps": optimizer.eps}
+    for name, value in saved.items():
+        if value != wanted[name] and name not in changed:
+            raise CheckpointError(where, f"the optimizer state has {name} = {value!r}, but the run's "
+                                         f"train_config.json says {wanted[name]!r}", field=name)
+    optimizer.weight_decay, optimizer.eps = wanted["weight_decay"], wanted["eps"]
+    optimizer.betas = (wanted["beta1"], wanted["beta2"])
+    optimizer.lr = tc.lr
 
 
 @contextlib.contextmanager
@@ -303,6 +375,7 @@ class _Loop:
         self.step = 0
         self.last_train_loss = self.last_val_loss = self.last_val_step = None
         self.skipped_in_a_row = 0
+        self.saved_step = None  # the step of the checkpoint last written by this loop
         self.bar = None
         self.splitter = BatchSplitter(tc.threads or default_workers())
 
@@ -334,17 +407,20 @@ class _Loop:
             if problem is not None:
                 self.non_finite(problem)
                 continue
-            try:
-                self.optimizer.step(grads, lr=lr)
-            except NonFiniteGradientError as error:  # the optimizer's own check, a second line of defence
-                self.non_finite(f"the gradient of {error.name} is not finite")
-                continue
-            self.skipped_in_a_row = 0
-            self.step += 1
-            seconds = time.perf_counter() - started
-            self.last_train_loss = loss
-            self.write_log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                            "tokens_per_s": tokens_per_step / seconds})
+            # A step is all or nothing: a stop signal waits until the update, the step count and
+            # its log line agree (a checkpoint saved in between would be unresumable).
+            with deferred_stop_signals():
+                try:
+                    self.optimizer.step(grads, lr=lr)
+                except NonFiniteGradientError as error:  # the optimizer's own check, a second line of defence
+                    self.non_finite(f"the gradient of {error.name} is not finite")
+                    continue
+                self.skipped_in_a_row = 0
+                self.step += 1
+                seconds = time.perf_counter() - started
+                self.last_train_loss = loss
+                self.write_log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                                "tokens_per_s": tokens_per_step / seconds})
             if self.bar is not None:
                 self.bar.update(1)
                 self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_step / seconds:,.0f}")
@@ -403,9 +479,12 @@ class _Loop:
         state = {"step": step, "loader": self.loader.state_dict(), "train_loss": self.last_train_loss,
                  "val_loss": self.last_val_loss, "val_step": self.last_val_step}
         path = self.run_dir / "checkpoint"
-        with _reporting_write_errors(f"the checkpoint of step {step}", path):
+        # deferred: a stop signal during a checkpoint lets it finish (the stop then saves nothing new)
+        with deferred_stop_signals(), _reporting_write_errors(f"the checkpoint of step {step}", path):
             save_checkpoint(path, self.model, self.optimizer.state_dict(), state,
-                            extra_files={TOKENIZER_FILE: self.tokenizer.model_bytes})
+                            extra_files={TOKENIZER_FILE: self.tokenizer.model_bytes},
+                            replace_lock=replacing_in_run(self.run_dir))
+        self.saved_step = step
 
     def write_log(self, record: dict) -> None:
         self.log.write(json.dumps(record) + "\n")
@@ -419,11 +498,18 @@ class _Loop:
 
 
 # ----- preparation --------------------------------------------------------------------------------
-def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts: list[str], echo):
+def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts: list[str], echo, checkpoint=None):
+    """The run's tokenizer: on a resume the checkpoint's own copy (the one its model was trained
+    with); on a new start the --tokenizer given, or one trained on the texts."""
     from .tokenizer import Tokenizer
 
     path = run_dir / TOKENIZER_FILE
-    if path.is_file():
+    if checkpoint is not None and (checkpoint / "model" / TOKENIZER_FILE).is_file():
+        tokenizer = Tokenizer(checkpoint / "model" / TOKENIZER_FILE)
+        if not path.is_file() or path.read_bytes() != tokenizer.model_bytes:
+            atomic_write_bytes(path, tokenizer.model_bytes)
+        return tokenizer
+    if path.is_file():  # a resume of a run whose checkpoint predates tokenizer copies
         return Tokenizer(path)
     if tc.tokenizer is not None:
         tokenizer = Tokenizer(tc.tokenizer)
@@ -434,12 +520,31 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts: list[str], echo):
     # SentencePiece writes its files in place; train under a temporary name and move the result
     # in atomically, so a run killed meanwhile never leaves a half-written tokenizer.model behind.
     prefix = run_dir / TOKENIZER_TRAINING_PREFIX
-    trained = Tokenizer.train(texts, prefix, vocab_size, input_sentence_size=200_000)
-    atomic_write_bytes(run_dir / "tokenizer.vocab", Path(f"{prefix}.vocab").read_bytes())
-    atomic_write_bytes(path, trained.model_bytes)
-    for suffix in (".model", ".vocab"):
-        Path(f"{prefix}{suffix}").unlink(missing_ok=True)
+    try:
+        trained = Tokenizer.train(texts, prefix, vocab_size, input_sentence_size=200_000)
+        atomic_write_bytes(run_dir / "tokenizer.vocab", Path(f"{prefix}.vocab").read_bytes())
+        atomic_write_bytes(path, trained.model_bytes)
+    except (OSError, ValueError) as error:
+        _explain_tokenizer_failure(run_dir, error)
+        raise
+    finally:  # what SentencePiece wrote, whether it succeeded or not
+        for suffix in (".model", ".vocab"):
+            Path(f"{prefix}{suffix}").unlink(missing_ok=True)
     return Tokenizer(path)
+
+
+def _explain_tokenizer_failure(run_dir: Path, error: Exception) -> None:
+    """SentencePiece reports a full disk as a model it cannot read; say what really happened."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(run_dir).free
+    except OSError:
+        return
+    if free < 1024**2:
+        raise OSError(28, f"training the tokenizer failed because {run_dir} is out of space "
+                          f"({free:,} bytes free): free some space and start again "
+                          f"(SentencePiece said: {error})") from None
 
 
 def _prepare_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts: list[str]):
@@ -464,25 +569,85 @@ def _model_config(tc: TrainConfig, tokenizer) -> LlamaConfig:
                                    bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
 
 
+ADAM_EPS = 1e-8
+
+
+def _make_optimizer_settings(tc: TrainConfig) -> dict:
+    return {"weight_decay": tc.weight_decay, "beta1": tc.beta1, "beta2": tc.beta2, "eps": ADAM_EPS}
+
+
+def _check_budget(tc: TrainConfig, config: LlamaConfig) -> None:
+    """The model (with gradients and AdamW's moments) and one micro-batch per thread must fit the
+    memory budget (npllama/budget.py) before anything is allocated."""
+    from .budget import check_batch, check_model
+
+    check_model(config, DTYPES[tc.dtype], training=True)
+    check_batch(config, tc.batch_size, tc.seq_len, DTYPES[tc.dtype], training=True)
+
+
 def _make_optimizer(model, tc: TrainConfig) -> AdamW:
-    return AdamW(model.params, lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
+    return AdamW(model.params, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=ADAM_EPS, weight_decay=tc.weight_decay)
 
 
-def _check_resumable(run_dir: Path, tc: TrainConfig) -> TrainConfig:
-    saved_path = run_dir / "train_config.json"
-    if not saved_path.is_file():
-        raise FileNotFoundError(f"nothing to resume: {str(saved_path)!r} does not exist")
+def saved_train_config(run_dir) -> dict:
+    """The settings a run folder's train_config.json records, validated like command-line ones
+    (any problem is a CheckpointError naming the file)."""
+    from .io.reading import read_json
+
+    path = Path(run_dir) / "train_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume: {str(path)!r} does not exist")
+    saved = read_json(path, expect=dict, max_bytes=1024**2, error=CheckpointError)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise CheckpointError(path, f"has settings npllama does not know: {', '.join(unknown)}")
     try:
-        saved = json.loads(saved_path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise ValueError(f"cannot resume: {str(saved_path)!r} is not valid JSON ({error})") from None
-    if not isinstance(saved, dict):
-        raise ValueError(f"cannot resume: {str(saved_path)!r} does not hold the run's settings")
-    changed = [f"{name} ({saved.get(name)!r} -> {getattr(tc, name)!r})" for name in TrainConfig.RESUME_FIXED
-               if name in saved and saved[name] != getattr(tc, name)]
-    if changed:
-        raise ValueError(f"cannot resume {str(run_dir)!r} with different settings: {', '.join(changed)}")
-    return tc
+        return dataclasses.asdict(TrainConfig(**saved))
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(path, f"holds an invalid setting: {error}") from None
+
+
+def resume_config(run_dir, **given) -> TrainConfig:
+    """The settings for `npllama train --out run_dir --resume`: the saved ones, with the options the
+    user gave on top (so the printed hint `npllama train --out DIR --resume` works as printed)."""
+    saved = saved_train_config(run_dir)
+    return TrainConfig(**{**saved, **given, "out": str(run_dir)})
+
+
+def _changes_on_resume(run_dir: Path, tc: TrainConfig) -> dict:
+    """{name: (saved, new)} for the settings this resume changes.  A change to a setting that defines
+    the run (TrainConfig.RESUME_FIXED) is refused with a ValueError naming each one."""
+    saved = saved_train_config(run_dir)
+    new = dataclasses.asdict(tc)
+    differing = {name: (saved[name], new[name]) for name in saved
+                 if saved[name] != new[name] and not _same_path(name, saved[name], new[name])}
+    fixed = [f"{name} ({old!r} -> {value!r})" for name, (old, value) in differing.items()
+             if name in TrainConfig.RESUME_FIXED]
+    if fixed:
+        raise ValueError(f"cannot resume {str(run_dir)!r} with different settings: {', '.join(fixed)}; "
+                         f"these define the run (model, tokenizer, data and its order): start a new run "
+                         f"with another --out to change them")
+    return {name: change for name, change in differing.items() if name not in TrainConfig.RESUME_QUIET}
+
+
+def _write_train_config(run_dir: Path, tc: TrainConfig) -> None:
+    atomic_write_text(run_dir / "train_config.json", json.dumps(dataclasses.asdict(tc), indent=2) + "\n")
+
+
+def _same_path(name: str, a, b) -> bool:
+    """`runs/x` and `/home/me/runs/x` name the same file: not a change."""
+    if name not in ("out", "data", "tokenizer") or not isinstance(a, str) or not isinstance(b, str):
+        return False
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _remove_derived_files(run_dir: Path) -> None:
+    """Before a run starts from step 0: a tokenizer a failed earlier start left is not this run's
+    (it may have another vocab_size or come from another --tokenizer), so it is made again.
+    (tokens.npy is keyed by the tokenizer and the texts: a stale one is never used.)"""
+    for name in (TOKENIZER_FILE, "tokenizer.vocab"):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -494,7 +659,7 @@ def _truncate_log(path: Path, step: int) -> None:
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # a line cut short by a kill, or not ours
             continue
         line_step = record.get("step") if isinstance(record, dict) else None
         if isinstance(line_step, int) and line_step <= step:
@@ -503,7 +668,12 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def _save_final_model(run_dir: Path, model, tokenizer) -> None:
-    model.save_pretrained(run_dir / "model", extra_files={TOKENIZER_FILE: tokenizer.model_bytes})
+    from .io.hf import save_hf_folder
+
+    with deferred_stop_signals():
+        save_hf_folder(run_dir / "model", model.config, model.params,
+                       extra_files={TOKENIZER_FILE: tokenizer.model_bytes},
+                       replace_lock=replacing_in_run(run_dir))
 
 
 def _plot_losses(run_dir: Path) -> None:
@@ -543,18 +713,25 @@ def _progress_bar(tc: TrainConfig, start_step: int):
     return tqdm(total=tc.steps, initial=start_step, unit="step", dynamic_ncols=True, desc="train")
 
 
+MAX_SETTING = 2**63 - 1  # integer settings end up in NumPy int64 arithmetic
+
+
 def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_SETTING:
+        raise ValueError(f"{name} must be a positive integer (at most 2**63 - 1), got {str(value)[:40]}")
 
 
 def _non_negative_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SETTING:
+        raise ValueError(f"{name} must be a non-negative integer (at most 2**63 - 1), got {str(value)[:40]}")
 
 
 def _finite_number(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite:
+        raise ValueError(f"{name} must be a finite number, got {str(value)[:40]}")

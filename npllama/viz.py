@@ -9,7 +9,6 @@ they work on a headless machine and never change the user's matplotlib backend.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -93,25 +92,32 @@ def read_log(path) -> dict[str, list]:
     if not path.is_file():
         raise FileNotFoundError(f"no training log at {str(path)!r} (a run folder from `npllama train` "
                                 f"holds log.jsonl)")
+    from .budget import max_read
+    from .io.reading import parse_json, read_text
+
     curves = {"step": [], "loss": [], "val_step": [], "val_loss": []}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path, max_bytes=max_read()).splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number} is not valid JSON ({error.msg})") from None
+        record = parse_json(line, f"{path}:{number}")
         if not isinstance(record, dict) or "step" not in record:
             continue
-        if record.get("val_loss") is not None:
-            curves["val_step"].append(record["step"])
-            curves["val_loss"].append(float(record["val_loss"]))
-        if record.get("loss") is not None:
-            curves["step"].append(record["step"])
-            curves["loss"].append(float(record["loss"]))
+        for key, steps in (("val_loss", "val_step"), ("loss", "step")):
+            if record.get(key) is not None:
+                curves[steps].append(_number(record["step"], f"{path}:{number}: step"))
+                curves[key].append(_number(record[key], f"{path}:{number}: {key}"))
     if not curves["loss"] and not curves["val_loss"]:
         raise ValueError(f"{path} holds no loss values yet (lines with \"loss\" or \"val_loss\")")
     return curves
+
+
+def _number(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where} must be a number, got {str(value)[:40]}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{where} is too large a number, got {str(value)[:40]}...") from None
 
 
 def plot_loss(run_or_log, path, title: str = "") -> Path:

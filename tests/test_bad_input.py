@@ -5,6 +5,8 @@ documented CheckpointError for a bad checkpoint) with a message that names the a
 says which call, which error, and the words (literally, not a regex) the message must contain.  Command-line mistakes must
 end with exit status 2 and one readable line on stderr -- no traceback.
 """
+import json
+import os
 import re
 import subprocess
 import sys
@@ -455,7 +457,51 @@ def cli_run(tmp_path_factory):
     (base / "notes.txt").write_text("not a folder")
     return {"RUN": str(run), "CORPUS": str(corpus), "TOK": str(run / "tokenizer.model"), "BROKEN": str(broken),
             "CORRUPT": str(base / "corrupt.model"), "FILE": str(base / "notes.txt"), "NOWHERE": str(base / "nowhere"),
-            "TMP": str(base)}
+            "TMP": str(base), **hostile_files(base, run)}
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # past what Python's JSON parser can recurse into
+
+
+def hostile_files(base, run):
+    """Inputs a careless user (or a hostile file) hands the CLI: each must end in one line."""
+    import shutil
+
+    paths = {}
+
+    def run_with_settings(key, text):
+        copy = base / key.lower()
+        shutil.copytree(run, copy)
+        (copy / "train_config.json").write_text(text)
+        paths[key] = str(copy)
+
+    run_with_settings("DEEPRUN", DEEP)
+    run_with_settings("LISTRUN", "[1, 2]")
+    settings = json.loads((run / "train_config.json").read_text())
+    run_with_settings("HUGERUN", json.dumps({**settings, "steps": 10**400}))
+    run_with_settings("TYPORUN", json.dumps({**settings, "lr": "fast"}))
+    (base / "deep.jsonl").write_text('{"text": ' + DEEP + "}\n")
+    (base / "wrongtype.jsonl").write_text('["a story"]\n')
+    (base / "bigfield.csv").write_text("text,label\n" + "x" * 200_000 + ",a\nshort,b\n")
+    def labelled(big_label: str) -> str:  # every split of it holds the big label
+        return "".join(f'{{"text": "story {i}", "label": {0 if i % 2 else big_label}}}\n' for i in range(20))
+
+    (base / "hugelabel.jsonl").write_text(labelled("1000000"))
+    (base / "bignum.jsonl").write_text(labelled("1" + "0" * 400))
+    paths.update(DEEPJSONL=str(base / "deep.jsonl"), WRONGTYPE=str(base / "wrongtype.jsonl"),
+                 BIGFIELD=str(base / "bigfield.csv"), HUGELABEL=str(base / "hugelabel.jsonl"),
+                 BIGNUM=str(base / "bignum.jsonl"))
+    if os.path.exists("/dev/zero"):
+        (base / "zero.txt").symlink_to("/dev/zero")
+        paths["ZERO"] = str(base / "zero.txt")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(base / "fifo.txt")
+        paths["FIFO"] = str(base / "fifo.txt")
+    log_run = base / "deeplog"
+    log_run.mkdir()
+    (log_run / "log.jsonl").write_text(DEEP + "\n")
+    paths["DEEPLOG"] = str(log_run)
+    return paths
 
 
 CLI = [
@@ -545,7 +591,32 @@ CLI = [
     (["exercise", "check", "rmsnorm", "NOWHERE"], "nowhere"),
     (["viz", "loss", "NOWHERE"], "nowhere|matplotlib"),  # without the plot extra, that is the mistake
     (["viz", "attention", "--model", "RUN"], "--tokens|matplotlib"),
+    (["convert", "llama2c", "NOWHERE", "--out", "TMP/c"], "is not a file"),
+    (["convert", "llama2c", "CORPUS", "--out", "TMP/c"], "not a llama2.c checkpoint"),
+    (["convert", "bogus"], "invalid choice"),
+    (["export", "gguf", "--model", "NOWHERE", "--out", "TMP/x.gguf"], "does not exist|gguf"),
+    (["export", "gguf", "--model", "RUN"], "the following arguments are required: --out"),
+    (["export", "gguf", "--model", "CORPUS", "--out", "TMP/x.gguf"], "must be a model folder|gguf"),
+    (["export", "bogus"], "invalid choice"),
     (["bogus"], "invalid choice"),
+    # absurd input: deep JSON, JSON of the wrong type, huge numbers, odd files, sizes over budget
+    (["train", "--resume", "--out", "DEEPRUN"], "nested too deeply"),
+    (["train", "--resume", "--out", "LISTRUN"], "must hold a JSON object, got list"),
+    (["train", "--resume", "--out", "HUGERUN"], "steps must be a positive integer"),
+    (["train", "--resume", "--out", "TYPORUN"], "lr must be a number"),
+    (["train", "--data", "DEEPJSONL", "--out", "TMP/r-deep"], "nested too deeply"),
+    (["train", "--data", "WRONGTYPE", "--out", "TMP/r-wrongtype"], 'expected a JSON object with a "text" field'),
+    (["train", "--data", "ZERO", "--out", "TMP/r-zero"], "is a device"),
+    (["train", "--data", "FIFO", "--out", "TMP/r-fifo"], "is a FIFO"),
+    (["train", "--threads", "1000000000"], "threads must be at most"),
+    (["train", "--steps", "1" + "0" * 400], "steps must be a positive integer"),
+    (["train", "--lr", "1e999"], "lr must be a finite number"),
+    (["train", "--weight-decay", "1000000"], "lr * weight_decay must be below 1"),
+    (["finetune", "classify", "--base", "RUN", "--data", "BIGFIELD"], "field larger than field limit"),
+    (["finetune", "classify", "--base", "RUN", "--data", "HUGELABEL"], "1,000,001 classes"),
+    (["finetune", "classify", "--base", "RUN", "--data", "BIGNUM"], "classes"),
+    (["tokenizer", "decode", "--model", "TOK", DEEP], "recursion|nested"),
+    (["viz", "loss", "DEEPLOG"], "nested too deeply|matplotlib"),
 ]
 
 
@@ -597,6 +668,16 @@ def test_the_real_command_exits_2_without_a_traceback(argv, tmp_path):
                          cwd=tmp_path, timeout=120)
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
+
+
+def test_os_errors_end_in_one_line_with_status_1(cli_run, capsys, monkeypatch, tmp_path):
+    # the machine's answer, not a misuse: a file name too long for the file system
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("NPLLAMA_TRACEBACK", raising=False)
+    status, err = run_cli(["train", "--data", cli_run["CORPUS"], "--out", str(tmp_path / ("x" * 300) / "run")],
+                          capsys)
+    lines = err.strip().splitlines()
+    assert status == 1 and len(lines) == 1 and "File name too long" in lines[0], err
 
 
 def test_the_table_covers_every_command():

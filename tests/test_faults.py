@@ -503,3 +503,345 @@ def test_a_gradient_norm_that_overflows_stops_the_step(run, monkeypatch):
     with pytest.raises(TrainingError, match=rf"step 1: the gradient norm overflows \(inf\); its largest "
                                             rf"entries are in {BAD_PARAM}"):
         train(config_for(run, dtype="float64", out=str(run.parent / "f64")), echo=quiet)
+
+
+# ----- stop signals: a step is all or nothing -------------------------------------------------------
+
+def signal_inside_the_update(monkeypatch, signum, at_call):
+    """Send `signum` to this process from inside AdamW's update of one parameter (the `at_call`-th
+    call of npllama.optim.adamw_update, counted from 1): the moment where an interrupted step would
+    leave some parameters updated and others not.  The NumPy update runs (the `run` fixture sets
+    NPLLAMA_BACKEND=numpy), so every parameter goes through this function."""
+    from npllama import optim
+
+    real, calls = optim.adamw_update, {"n": 0}
+
+    def update(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            os.kill(os.getpid(), signum)  # delivered to the handler in force at once
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optim, "adamw_update", update)
+    return calls
+
+
+def assert_consistent_checkpoint(run):
+    """What --resume requires: the checkpoint's step, its optimizer's step count and the last
+    logged step agree, and every weight is finite."""
+    model, optimizer_state, state = load_checkpoint(run / "checkpoint")
+    assert state["step"] == optimizer_state["step"] == max(step for step, _ in losses(run))
+    assert all(np.isfinite(p).all() for p in model.params.values())
+    return state["step"]
+
+
+STOP_SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGHUP": signal.SIGHUP}
+
+
+@pytest.fixture(scope="module")
+def continued_run(stopped_run, tmp_path_factory):
+    """The base run continued to its end without interruption: what every interrupted copy must match."""
+    reference = tmp_path_factory.mktemp("continued") / "run"
+    shutil.copytree(stopped_run, reference)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NPLLAMA_RUNS", str(reference.parent / "runs"))
+        mp.setenv("NPLLAMA_BACKEND", "numpy")
+        train(config_for(reference), resume=True, echo=quiet)
+    return reference
+
+
+@pytest.mark.parametrize("name", list(STOP_SIGNALS))
+def test_a_stop_signal_inside_the_optimizer_update_finishes_the_step_then_stops(run, continued_run, tmp_path,
+                                                                             monkeypatch, name, robustness_count):
+    signum = STOP_SIGNALS[name]
+    reference = continued_run  # the same run, never interrupted
+
+    n_params = len(Llama.from_pretrained(run / "checkpoint" / "model").params)
+    # the 5th parameter of the 2nd step of this call (step 4 of the run): half-way through an update
+    signal_inside_the_update(monkeypatch, signum, at_call=n_params + 5)
+    result = train(config_for(run), resume=True, echo=quiet)
+    assert result.interrupted and result.stop_signal == signum and result.step == 4
+    assert assert_consistent_checkpoint(run) == 4
+    monkeypatch.undo()
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("NPLLAMA_BACKEND", "numpy")
+    assert not train(config_for(run), resume=True, echo=quiet).interrupted
+    assert losses(run) == losses(reference)  # bit for bit: the stop lost nothing and added nothing
+    a, b = (Llama.from_pretrained(folder / "model") for folder in (run, reference))
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    robustness_count("stop signals inside the optimizer update (SIGINT, SIGTERM, SIGHUP)")
+
+
+def test_sigterm_stops_npllama_train_like_ctrl_c(run, tmp_path):
+    # a real process, as `timeout` or a container would stop it: the signal arrives while the
+    # process waits at the start of a step (the marker says it is there), so nothing is random
+    marker = tmp_path / "waiting"
+    runner = r'''
+import os, sys, time
+import npllama.train as train
+real = train._Loop.accumulate
+def accumulate(self):
+    if self.step == 3:
+        open(os.environ["MARKER"], "w").close()
+        time.sleep(60)
+    return real(self)
+train._Loop.accumulate = accumulate
+from npllama.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+    env = {**child_env(tmp_path), "MARKER": str(marker)}
+    argv = ["train", "--out", str(run), "--resume", "--no-progress", "--backend", "numpy"]
+    process = subprocess.Popen([sys.executable, "-c", runner, *argv], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert wait_until(marker.exists, process), process.communicate()[1][-2000:]
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped by SIGTERM: checkpoint saved at step 3" in out
+    assert assert_consistent_checkpoint(run) == 3
+
+
+def test_the_optimizer_alone_finishes_its_update_before_ctrl_c(monkeypatch):
+    # a library user's own loop: Ctrl-C during AdamW.step still gives a whole step
+    monkeypatch.setenv("NPLLAMA_BACKEND", "numpy")
+    rng = np.random.default_rng(0)
+    params = {f"w{i}": rng.standard_normal((3, 4)) for i in range(6)}
+    grads = {name: rng.standard_normal(p.shape) for name, p in params.items()}
+    expected = {name: p.copy() for name, p in params.items()}
+    AdamW(expected, lr=0.1).step(grads)
+    optimizer = AdamW(params, lr=0.1)
+    signal_inside_the_update(monkeypatch, signal.SIGINT, at_call=2)
+    with pytest.raises(KeyboardInterrupt):
+        optimizer.step(grads)
+    assert optimizer.step_count == 1
+    assert all(np.array_equal(params[k], expected[k]) for k in params)
+
+
+# ----- a damaged checkpoint refuses --resume ---------------------------------------------------------
+
+def _remove_state(run):
+    (run / "checkpoint" / "training_state.json").unlink()
+
+
+def _checkpoint_is_a_file(run):
+    shutil.rmtree(run / "checkpoint")
+    (run / "checkpoint").write_text("not a folder")
+
+
+def _empty_checkpoint(run):
+    shutil.rmtree(run / "checkpoint")
+    (run / "checkpoint").mkdir()
+
+
+def _model_without_checkpoint(run):
+    shutil.copytree(run / "checkpoint" / "model", run / "model")
+    shutil.rmtree(run / "checkpoint")
+
+
+def _truncated_state(run):
+    path = run / "checkpoint" / "training_state.json"
+    path.write_bytes(path.read_bytes()[:40])
+
+
+def _flipped_weight(run):
+    path = run / "checkpoint" / "model" / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10  # inside the last tensor's data
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {"training_state.json deleted": (_remove_state, "training_state.json"),
+          "checkpoint is a file": (_checkpoint_is_a_file, "not a folder"),
+          "checkpoint empty": (_empty_checkpoint, "damaged or incomplete"),
+          "model/ but no checkpoint": (_model_without_checkpoint, "final model"),
+          "training_state.json truncated": (_truncated_state, "not valid JSON"),
+          "a bit flipped in the weights": (_flipped_weight, "checksum")}
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_a_damaged_checkpoint_refuses_to_resume_and_changes_nothing(run, kind, capsys, robustness_count):
+    damage, message = DAMAGE[kind]
+    damage(run)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    argv = ["train", "--out", str(run), "--resume", "--no-progress"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before  # log.jsonl above all: never wiped, never restarted from step 0
+    robustness_count("damaged checkpoint/ on --resume (refused, nothing changed)")
+
+
+# ----- one writer per run folder; readers never disturb it ------------------------------------------
+
+HOLD_THE_LOCK = r'''
+import sys
+from npllama.runs import writing_run
+with writing_run(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()
+'''
+
+
+def test_a_second_writer_is_refused_and_the_lock_dies_with_its_process(run, tmp_path, capsys):
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(run)], env=child_env(tmp_path),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for argv in (["train", "--out", str(run), "--resume", "--no-progress"],
+                     ["train", "--out", str(run), "--data", corpus_of(run), "--no-progress"]):
+            capsys.readouterr()
+            assert main(argv) == 1
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and f"being written by another process (pid {holder.pid})" in err[0], err
+        after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()
+                 if p.name != ".npllama.lock"}
+        assert after == {k: v for k, v in before.items() if k.name != ".npllama.lock"}
+    finally:
+        holder.kill()  # SIGKILL: no chance to unlock by hand
+        holder.wait(timeout=30)
+    from npllama.runs import writing_run
+
+    with writing_run(run):  # the lock went with the process
+        pass
+
+
+def test_a_reader_never_renames_under_a_writer_and_waits_for_its_replace(run, tmp_path):
+    import threading
+
+    from npllama.io.atomic import _OLD_TAG
+    from npllama.runs import load_model_and_tokenizer, reading_run, replacing_in_run, writing_run
+
+    backup = run / f".checkpoint{_OLD_TAG}1"
+    (run / "checkpoint").rename(backup)  # a writer between the two renames of its replace
+    with writing_run(run):
+        model, _, model_dir = load_model_and_tokenizer(run)
+        assert model_dir == backup / "model" and backup.is_dir() and not (run / "checkpoint").exists()
+    (backup).rename(run / "checkpoint")
+
+    # a replace waits while a reader loads, and goes on once it has finished
+    replaced = threading.Event()
+
+    def replace():
+        with replacing_in_run(run):
+            replaced.set()
+
+    with reading_run(run):
+        writer = threading.Thread(target=replace)
+        writer.start()
+        assert not replaced.wait(0.3)
+    writer.join(timeout=30)
+    assert replaced.is_set()
+
+
+# ----- resume against the command line, stale files ----------------------------------------------------
+
+def test_resume_applies_a_changed_setting_explicitly_and_records_it(run, capsys):
+    argv = ["train", "--out", str(run), "--resume", "--weight-decay", "0.5", "--stop-after", "1", "--no-progress"]
+    assert main(argv) == 0  # a planned stop is a success
+    out = capsys.readouterr().out
+    assert "settings changed on resume" in out and "weight_decay 0.1 -> 0.5" in out
+    assert json.loads((run / "train_config.json").read_text())["weight_decay"] == 0.5
+    _, optimizer_state, state = load_checkpoint(run / "checkpoint")
+    assert optimizer_state["hyperparams"]["weight_decay"] == 0.5 and state["step"] == 3
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert {"step": 2, "settings_changed": {"weight_decay": [0.1, 0.5]}} in records
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0  # 0.5 is now the run's
+    assert json.loads((run / "train_config.json").read_text())["weight_decay"] == 0.5
+
+
+def _saved_settings(run, **changes):
+    path = run / "train_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _optimizer_header(run, **changes):
+    path = run / "checkpoint" / "training_state.json"
+    record = json.loads(path.read_text())
+    record["optimizer"]["hyperparams"].update(changes)
+    path.write_text(json.dumps(record))
+
+
+def _optimizer_arrays(run, value, where="v"):
+    from npllama.io.safetensors import read_safetensors, write_safetensors
+
+    path = run / "checkpoint" / "optimizer.safetensors"
+    arrays = read_safetensors(path)
+    name = next(k for k in arrays if k.startswith(f"{where}/"))
+    arrays[name].reshape(-1)[0] = value
+    write_safetensors(path, arrays, checksums=True)  # a valid file: the values themselves are wrong
+
+
+BAD_SAVED_STATE = {
+    "weight_decay 1e6 in train_config.json": (lambda r: _saved_settings(r, weight_decay=1e6), "lr * weight_decay"),
+    "a list for steps in train_config.json": (lambda r: _saved_settings(r, steps=[6]), "steps"),
+    "eps 1e300 in the optimizer state": (lambda r: _optimizer_header(r, eps=1e300), "eps"),
+    "weight_decay 1e6 in the optimizer state": (lambda r: _optimizer_header(r, weight_decay=1e6), "weight_decay"),
+    "an eps the run never chose": (lambda r: _optimizer_header(r, eps=1e-3), "eps"),
+    "NaN second moment": (lambda r: _optimizer_arrays(r, np.nan), "NaN/Inf"),
+    "Inf first moment": (lambda r: _optimizer_arrays(r, np.inf, "m"), "NaN/Inf"),
+    "negative second moment": (lambda r: _optimizer_arrays(r, -1.0), "negative"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_SAVED_STATE))
+def test_saved_state_is_validated_like_the_command_line(run, kind, capsys, robustness_count):
+    corrupt, message = BAD_SAVED_STATE[kind]
+    corrupt(run)
+    before = checkpoint_bytes(run)
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert checkpoint_bytes(run) == before
+    robustness_count("invalid saved settings / optimizer state on --resume (refused)")
+
+
+def test_a_tokenizer_left_by_a_failed_start_is_not_reused(run, tmp_path):
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copy(run / "tokenizer.model", fresh / "tokenizer.model")  # 360 pieces, from another start (or another --tokenizer)
+    (fresh / "train_config.json").write_text((run / "train_config.json").read_text())
+    train(config_for(fresh, vocab_size=400, steps=1), echo=quiet)
+    from npllama.tokenizer import Tokenizer
+
+    assert Tokenizer(fresh / "tokenizer.model").vocab_size == 400
+    assert Llama.from_pretrained(fresh / "model").config.vocab_size == 400
+    assert json.loads((fresh / "train_config.json").read_text())["vocab_size"] == 400
+
+
+def test_a_full_disk_while_sentencepiece_writes_is_reported_as_such_and_cleaned_up(tmp_path, monkeypatch, capsys):
+    # SentencePiece reports a model it could not finish writing as "not a valid SentencePiece model"
+    import collections
+
+    from npllama.corpus import write_default_corpus
+    from npllama.tokenizer import Tokenizer
+
+    def train_until_the_disk_fills(texts, prefix, *args, **kwargs):
+        open(f"{prefix}.model", "wb").write(b"\x0a\x02")  # half a model, as a full disk leaves it
+        raise ValueError(f"{prefix}.model is not a valid SentencePiece model")
+
+    monkeypatch.setattr(Tokenizer, "train", staticmethod(train_until_the_disk_fills))
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 0))
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
+    corpus = write_default_corpus(tmp_path / "stories.txt", n_stories=50)
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", "--data", str(corpus), "--out", str(run), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training the tokenizer failed" in err[0] and "out of space" in err[0], err
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".tokenizer-training")]
+
+
+def test_resume_takes_the_same_file_under_another_name_as_unchanged(run, monkeypatch, capsys):
+    corpus = Path(corpus_of(run))
+    monkeypatch.chdir(corpus.parent)
+    assert main(["train", "--out", str(run), "--resume", "--data", corpus.name, "--stop-after", "1",
+                 "--no-progress"]) == 0
+    assert "settings changed" not in capsys.readouterr().out
+    assert main(["train", "--out", str(run), "--resume", "--data", str(run / "train_config.json"),
+                 "--no-progress"]) == 2  # another file is another run's data
+    assert "cannot resume" in capsys.readouterr().err

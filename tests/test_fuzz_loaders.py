@@ -548,7 +548,10 @@ def test_mutated_training_checkpoints_restore_or_are_refused(tmp_path, checkpoin
     from npllama.data import BatchLoader
     from npllama.train import restore_checkpoint
 
+    from npllama.io.train_state import load_checkpoint
+
     seed_folder, tc, ids = checkpoint_seed
+    saved_model, saved_optimizer, _ = load_checkpoint(seed_folder)
     rng = random.Random(SEED + 2)
     targets = ["training_state.json"] * 5 + ["optimizer.safetensors"] * 3 + ["model/config.json",
                                                                                "model/model.safetensors"]
@@ -570,6 +573,9 @@ def test_mutated_training_checkpoints_restore_or_are_refused(tmp_path, checkpoin
         result, value = outcome(lambda p: restore_checkpoint(p, tc, loader, tokenizer), folder)
         if result == "ok":
             model, optimizer, state = value
+            # checksums: whatever restores holds exactly the saved numbers
+            assert all(np.array_equal(model.params[k], saved_model.params[k]) for k in model.params)
+            assert all(np.array_equal(optimizer.v[k], saved_optimizer["v"][k]) for k in optimizer.v)
             assert optimizer.step_count == state["step"]
             assert set(optimizer.m) == set(model.params)
             assert (loader.epoch, loader.batch_index) == (state["loader"]["epoch"], state["loader"]["batch_index"])
@@ -582,6 +588,53 @@ def test_mutated_training_checkpoints_restore_or_are_refused(tmp_path, checkpoin
     robustness_count(f"training checkpoints: mutated state / optimizer / model files ({tally['refused']} "
                      f"refused, {tally['ok']} restored)", N_CHECKPOINT_CASES)
     assert tally["refused"] > N_CHECKPOINT_CASES // 3, tally
+
+
+N_BIT_FLIPS = 60
+
+
+def test_single_bit_flips_in_checkpoint_data_are_caught_naming_file_and_tensor(tmp_path, checkpoint_seed,
+                                                                              robustness_count):
+    """A bit flipped on disk in a tensor's bytes (the case no structural check can see) is refused by
+    the checksums, with the file and the tensor that holds the flipped byte."""
+    from npllama.io.train_state import load_checkpoint
+
+    seed_folder, _, _ = checkpoint_seed
+    rng = random.Random(SEED + 3)
+    for case in range(N_BIT_FLIPS):
+        folder = tmp_path / f"flip{case}"
+        shutil.copytree(seed_folder, folder)
+        target = folder / rng.choice(["model/model.safetensors", "optimizer.safetensors"])
+        data = bytearray(target.read_bytes())
+        data_start = 8 + struct.unpack("<Q", bytes(data[:8]))[0]
+        position = rng.randrange(data_start, len(data))
+        data[position] ^= 1 << rng.randrange(8)
+        target.write_bytes(bytes(data))
+        owner = next(name for name, entry in read_safetensors_header(target).items() if name != "__metadata__"
+                     and entry["data_offsets"][0] <= position - data_start < entry["data_offsets"][1])
+        with pytest.raises(CheckpointError, match="checksum") as info:
+            load_checkpoint(folder)
+        assert info.value.path == str(target) and info.value.tensor == owner, (case, str(info.value))
+        shutil.rmtree(folder)
+    robustness_count("checksums: single-bit flips in checkpoint tensor data (all refused)", N_BIT_FLIPS)
+
+
+def test_a_file_with_checksums_must_have_one_per_tensor(tmp_path):
+    arrays = {"a": np.arange(4.0), "b": np.ones((2, 3), dtype=np.float32)}
+    path = tmp_path / "t.safetensors"
+    write_safetensors(path, arrays, checksums=True)
+    assert all(np.array_equal(read_safetensors(path)[k], arrays[k]) for k in arrays)
+    header = json.loads(path.read_bytes()[8:8 + struct.unpack("<Q", path.read_bytes()[:8])[0]])
+    del header["__metadata__"]["npllama.sha256:b"]  # as a damaged header would lose it
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    data_start = 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + path.read_bytes()[data_start:])
+    with pytest.raises(CheckpointError, match="has no checksum") as info:
+        read_safetensors(path)
+    assert info.value.tensor == "b"
+    with pytest.raises(ValueError, match="reserved for checksums"):
+        write_safetensors(path, arrays, metadata={"npllama.sha256:a": "0"})
 
 
 @pytest.mark.parametrize("cut", [0, 1, 0.5, -2])

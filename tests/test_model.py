@@ -248,3 +248,63 @@ def test_bad_targets_masks_and_dtypes_are_refused():
         Llama(CASES["mha"], dtype=np.float16)
     with pytest.raises(TypeError, match="LlamaConfig"):
         Llama({"vocab_size": 3})
+
+
+# ----- left padding under the causal mask (a model that drops the mask must fail here) ----------------
+
+def left_padded_batch(config, seed=0):
+    """Row 0 unpadded; row 1 the same 4 real tokens after 3 pads; row 2 one real token after 6 pads."""
+    rng = np.random.default_rng(seed)
+    real = rng.integers(1, config.vocab_size, size=4)
+    tokens = np.zeros((3, 7), dtype=np.int64)
+    tokens[0, :4], tokens[0, 4:] = real, rng.integers(1, config.vocab_size, size=3)
+    tokens[1, 3:] = real
+    tokens[2, 6] = real[0]
+    mask = np.ones((3, 7), dtype=np.int64)
+    mask[1, :3] = 0
+    mask[2, :6] = 0
+    return tokens, mask, real
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("name", ["gqa", "llama3_rope"])
+def test_left_padding_gives_the_unpadded_logits(backend, name):
+    # RoPE's scores depend only on q_pos - k_pos, so real tokens shifted right by the pads and
+    # masked from them see exactly what they saw unpadded
+    config = CASES[name]
+    model = perturbed_model(config)
+    tokens, mask, real = left_padded_batch(config)
+    with use_backend(backend):
+        unpadded = model.forward(real[None])                           # (1, 4, V)
+        logits = model.forward(tokens, attention_mask=mask)
+        np.testing.assert_allclose(logits[1, 3:], unpadded[0], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(logits[2, 6], unpadded[0, 0], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(logits[0, :4], unpadded[0], rtol=1e-10, atol=1e-12)
+        assert np.all(np.isfinite(logits))                             # padded queries see no key: not NaN
+        # and the mask is what makes it so: without it the pads leak into the real positions
+        assert not np.allclose(model.forward(tokens)[1, 3:], unpadded[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_left_padding_loss_and_gradients_equal_the_unpadded_rows(backend):
+    config = CASES["gqa"]
+    model = perturbed_model(config)
+    tokens, mask, real = left_padded_batch(config)
+    targets = np.full_like(tokens, -100)
+    targets[1, 3:6] = real[1:]            # next-token targets of the real tokens only
+    with use_backend(backend):
+        loss, grads = model.loss_and_grads(tokens[1:2], targets[1:2], attention_mask=mask[1:2])
+        expected_loss, expected = model.loss_and_grads(real[None, :3], real[None, 1:])
+    assert loss == pytest.approx(expected_loss, rel=1e-10)
+    for name in model.params:
+        np.testing.assert_allclose(grads[name], expected[name], rtol=1e-8, atol=1e-12, err_msg=name)
+
+
+def test_gradients_with_left_padding_and_rows_of_one_real_token():
+    config = CASES["gqa"]
+    model = perturbed_model(config)
+    tokens, mask, _ = left_padded_batch(config)
+    rng = np.random.default_rng(3)
+    targets = rng.integers(0, config.vocab_size, size=tokens.shape)
+    targets[mask == 0] = -100
+    check_model_gradients(model, tokens, targets, attention_mask=mask)

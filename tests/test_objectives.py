@@ -160,7 +160,7 @@ def test_mlm_whole_model_gradients(tied):
         assert list(grads) == list(model.params)
         assert loss == pytest.approx(mlm_loss(model, inputs, targets, attention_mask))
         report = gradcheck(lambda *_: mlm_loss(model, inputs, targets, attention_mask), model.params, grads,
-                           eps=1e-5, max_entries=24)
+                           max_entries=24)
     report.raise_if_failed()
     assert report.max_rel_err < 1e-7
 
@@ -195,7 +195,7 @@ def test_mlm_sop_whole_model_gradients(tied):
         assert list(grads) == list(params)
         assert loss == pytest.approx(parts["mlm"] + parts["sop"]) and parts["sop"] > 0
         report = gradcheck(lambda *_: mlm_sop_loss_and_grads(model, sop_head, batch)[0], params, grads,
-                           eps=1e-5, max_entries=16)
+                           max_entries=16)
     report.raise_if_failed()
     assert report.max_rel_err < 1e-7
 
@@ -212,7 +212,7 @@ def test_mlm_sop_with_lora_trains_adapters_and_head_only():
         _, grads, _ = mlm_sop_loss_and_grads(model, sop_head, batch)
         assert list(grads) == list(params)
         report = gradcheck(lambda *_: mlm_sop_loss_and_grads(model, sop_head, batch)[0], params, grads,
-                           eps=1e-5, max_entries=8)
+                           max_entries=8)
     report.raise_if_failed()
 
 

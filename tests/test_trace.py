@@ -333,3 +333,73 @@ def test_recorded_gradients_chain_through_the_block(backend):
                                    cfg.rms_norm_eps)
         dh_norm, _ = rmsnorm_backward(t["d:" + p + "post_attention_layernorm.out"], cache)
         np.testing.assert_allclose(t["d:" + p + "mlp.out"] + dh_norm, t["d:" + p + "self_attn.out"], atol=1e-12)
+
+
+# ----- bugs planted in a kernel are found at the op that has them ---------------------------------------
+
+def _kernel(name):
+    from npllama import backend
+    return getattr(backend.ops("numba"), name)
+
+
+def _attention_no_causal_mask(q, k, v, causal=True, key_padding_mask=None, q_offset=0):
+    return _kernel("attention_forward")(q, k, v, False, key_padding_mask, q_offset)
+
+
+def _attention_head_1_lost(q, k, v, causal=True, key_padding_mask=None, q_offset=0):
+    out, cache = _kernel("attention_forward")(q, k, v, causal, key_padding_mask, q_offset)
+    out = out.copy()
+    out[:, 1] = 0.0
+    return out, cache
+
+
+def _attention_dk_halved(dout, cache):
+    dq, dk, dv = _kernel("attention_backward")(dout, cache)
+    return dq, dk / 2, dv
+
+
+def _rmsnorm_backward_no_projection(dy, cache):
+    x_rows, rstd, weight, shape = cache
+    dx = (dy.reshape(x_rows.shape) * weight * rstd[:, None]).reshape(shape)
+    _, dweight = _kernel("rmsnorm_backward")(dy, cache)
+    return dx, dweight
+
+
+def _swiglu_backward_up_sign(dout, cache):
+    dx, dw_gate, dw_up, dw_down = _kernel("swiglu_backward")(dout, cache)
+    return dx, dw_gate, -dw_up, dw_down
+
+
+def _rope_sin_sign(x, cos, sin):
+    return _kernel("rope_forward")(x, cos, -sin)
+
+
+KERNEL_BUGS = {   # op, wrong kernel, where compare must point (last = the last layer)
+    "attention scale twice": ("attention_forward",
+                              lambda q, k, v, *a: _kernel("attention_forward")(q / np.sqrt(q.shape[-1]), k, v, *a),
+                              "model.layers.0.self_attn.attn_probs"),
+    "attention without the causal mask": ("attention_forward", _attention_no_causal_mask,
+                                          "model.layers.0.self_attn.attn_probs"),
+    "attention loses one head": ("attention_forward", _attention_head_1_lost, "model.layers.0.self_attn.attn"),
+    "attention dk halved": ("attention_backward", _attention_dk_halved, "d:model.layers.{last}.self_attn.k_rot"),
+    "rmsnorm backward without projection": ("rmsnorm_backward", _rmsnorm_backward_no_projection,
+                                            "d:model.layers.{last}.out"),
+    "swiglu backward dw_up sign": ("swiglu_backward", _swiglu_backward_up_sign,
+                                   "d:model.layers.0.mlp.up_proj.weight"),
+    "rope sin sign": ("rope_forward", _rope_sin_sign, "model.layers.0.self_attn.q_rot"),
+}
+
+
+@pytest.mark.parametrize("bug", list(KERNEL_BUGS))
+def test_a_bug_planted_in_a_kernel_is_located_at_its_op_and_tensor(bug):
+    op, wrong, expected = KERNEL_BUGS[bug]
+    model = tiny_model(dtype=np.float64)
+    expected = expected.format(last=model.config.num_hidden_layers - 1)
+    reference, _, _ = traced(model, "numpy")
+    with npllama.use_op(op, wrong, backend="numba"):
+        planted, _, _ = traced(model, "numba")
+    report = compare(reference, planted, rtol=1e-9)
+    assert report.first is not None and report.first.name == expected, str(report)
+    if op.endswith("_forward"):   # the record names the function that computed it
+        assert wrong.__qualname__ in planted.sources[expected]
+    assert compare(reference, traced(model, "numba")[0], rtol=1e-9).ok   # nothing planted any more

@@ -41,7 +41,7 @@ def test_read_log_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="log.jsonl"):
         viz.read_log(tmp_path)
     (tmp_path / "log.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": \n')
-    with pytest.raises(ValueError, match=r"log.jsonl:2 is not valid JSON"):
+    with pytest.raises(ValueError, match=r"log.jsonl:2: is not valid JSON"):
         viz.read_log(tmp_path)
     (tmp_path / "log.jsonl").write_text('{"step": 1, "skipped": "x"}\n')
     with pytest.raises(ValueError, match="no loss values"):

@@ -1,4 +1,5 @@
 """`npllama train`: pre-train a small LLaMA (defaults: the tiny preset on the built-in stories)."""
+import argparse
 import dataclasses
 import sys
 
@@ -25,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--vocab-size", type=int, default=None, help="pieces of the tokenizer trained for "
                    "the run (default: the preset's)")
     p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps in total")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per training step")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="token windows per micro-batch")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per training window")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
@@ -33,48 +34,70 @@ def register(subparsers) -> None:
     p.add_argument("--warmup-steps", type=int, default=None,
                    help="linear warmup steps (default: a tenth of --steps, at most 40)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help="AdamW's decoupled weight decay (applied to matrices, not norms)")
+                   help="AdamW's decoupled weight decay (lr * weight decay must stay below 1)")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="global gradient-norm limit")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validation losses (0: only at the end)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints (0: only at the end)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seeds the initial weights and the batch order")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the initial weights and the batch order")
     p.add_argument("--threads", type=int, default=None,
                    help="split each batch over this many threads, BLAS on one thread in each; each "
                         "thread holds its own copy of the gradients (1: no split, BLAS threads its own "
                         "products; default: as many as BLAS has, i.e. OPENBLAS_NUM_THREADS or the cores)")
-    p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"],
-                   help="the precision of the weights and the arithmetic")
+    p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"], help="floating-point type of "
+                   "the weights and the arithmetic")
     p.add_argument("--objective", default=d.objective, choices=["causal", "mlm"],
                    help="causal: LLaMA's next-token loss; mlm: BERT-style masked-LM on the same stack "
                         "without the causal mask (shown for comparison, article §3.2.2)")
     p.add_argument("--backend", default=None, choices=["numpy", "numba"],
                    help="op implementations (default: $NPLLAMA_BACKEND or numba)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint, with the settings it was started "
+                        "with; options given with it change those settings (the ones that define the "
+                        "run -- data, preset, tokenizer, batch shape, seed, dtype -- are refused)")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many steps (with a checkpoint); --resume continues the run")
     p.add_argument("--skip-nonfinite", action="store_true",
                    help="skip a batch whose loss or gradient is NaN/Inf instead of stopping")
     p.add_argument("--samples", type=int, default=d.samples, help="samples printed at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
+    _defaults_only_when_not_given(p, {f.name for f in dataclasses.fields(TrainConfig)} | {"no_progress"})
     p.set_defaults(run=run)
+
+
+def _defaults_only_when_not_given(parser, names) -> None:
+    """Leave options the user did not give out of the parsed namespace, so `run` can tell them
+    apart: a new run fills them from TrainConfig's defaults, a --resume from the saved settings.
+    The help still shows each default."""
+    for action in parser._actions:  # argparse keeps no public list of a parser's actions
+        if action.dest not in names:
+            continue
+        shown = action.default
+        if shown is not None and shown is not False and "default" not in (action.help or ""):
+            action.help = f"{action.help or ''} (default: {shown})".strip()
+        action.default = argparse.SUPPRESS
 
 
 def run(args) -> int:
     from ..backend import get_backend, use_backend
-    from ..train import CheckpointWriteError, TrainConfig, TrainingError, train
+    from ..runs import RunInUseError
+    from ..train import CheckpointWriteError, TrainConfig, TrainingError, resume_config, train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in fields}
-    values["progress"] = not args.no_progress
+    given = {k: v for k, v in vars(args).items() if k in fields}  # only options on the command line
+    if "no_progress" in vars(args):
+        given["progress"] = not args.no_progress
     try:
-        tc = TrainConfig(**values)
+        # --resume: the run's saved settings, with the options given on top (changes to the ones
+        # that define the run are refused by train(); the others are applied and recorded)
+        tc = resume_config(given.get("out", TrainConfig.out), **given) if args.resume else TrainConfig(**given)
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
     prepare_training_process()
     with use_backend(args.backend or get_backend()):
         try:
             result = train(tc, resume=args.resume)
-        except (TrainingError, CheckpointWriteError) as error:  # not a usage mistake: the run failed
+        except (TrainingError, CheckpointWriteError, RunInUseError) as error:  # not a usage mistake
             print(f"npllama train: stopped: {error}", file=sys.stderr)
             return 1
-    return 130 if result.interrupted else 0
+    # a planned stop (--stop-after) is a success; a signal gives 128 + its number (130 for Ctrl-C)
+    return 128 + result.stop_signal if result.stop_signal is not None else 0

@@ -75,8 +75,12 @@ def atomic_write_text(path, text: str) -> None:
 # ----- whole folders ----------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def atomic_directory(final_path) -> Iterator[Path]:
+def atomic_directory(final_path, replace_lock=None) -> Iterator[Path]:
     """Yield a new empty folder beside `final_path`; on success it becomes `final_path`.
+
+    replace_lock: a context manager held only around the renames (and the removal of the old
+    folder), e.g. npllama.runs.replacing_in_run(run_dir), so readers holding it never see the
+    folder half replaced.
 
     On success every file in it is fsynced and it is renamed into place, replacing an existing
     folder at `final_path` (old -> backup, new -> final, backup removed).  If the body raises,
@@ -92,7 +96,8 @@ def atomic_directory(final_path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_tree(tmp)
-        _move_into_place(tmp, final)
+        with replace_lock if replace_lock is not None else contextlib.nullcontext():
+            _move_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

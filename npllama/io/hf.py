@@ -25,6 +25,7 @@ import numpy as np
 from ..config import LlamaConfig
 from .atomic import atomic_directory
 from .errors import CheckpointError
+from .reading import read_json
 from .safetensors import FLOAT_DTYPES, read_safetensors, read_safetensors_header, write_safetensors
 
 CONFIG_NAME = "config.json"
@@ -290,7 +291,7 @@ def _own_array(array: np.ndarray, dtype) -> np.ndarray:
 # ----- saving -------------------------------------------------------------------------------------
 
 def save_hf_folder(path, config: LlamaConfig, params: dict[str, np.ndarray], dtype=None,
-                   extra_files: dict[str, bytes] | None = None) -> None:
+                   extra_files: dict[str, bytes] | None = None, replace_lock=None) -> None:
     """Write `path` as a Hugging Face folder: config.json, generation_config.json and
     model.safetensors, atomically (an existing folder at `path` is replaced whole, files we do
     not write included; if anything fails, it is left as it was).
@@ -302,6 +303,7 @@ def save_hf_folder(path, config: LlamaConfig, params: dict[str, np.ndarray], dty
            plain names only, none of the files above.  A SentencePiece tokenizer.model brings its
            tokenizer_config.json and special_tokens_map.json along (unless given), so that
            transformers' AutoTokenizer reads the folder with the same ids as npllama.
+    replace_lock: held around the final renames (npllama.io.atomic.atomic_directory).
     """
     if not isinstance(config, LlamaConfig):
         raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
@@ -314,12 +316,13 @@ def save_hf_folder(path, config: LlamaConfig, params: dict[str, np.ndarray], dty
     generation = {k: getattr(config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
                   if getattr(config, k) is not None}
     tensors = {name: params[name] for name in config.param_shapes()}
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, replace_lock=replace_lock) as tmp:
         # Plain writes are enough inside the temporary folder: atomic_directory fsyncs it all.
         _write_json(tmp / CONFIG_NAME, config_dict)
         _write_json(tmp / GENERATION_CONFIG_NAME, generation)
         # transformers refuses safetensors files without format metadata.
-        write_safetensors(tmp / WEIGHTS_NAME, tensors, metadata={"format": "pt"}, as_dtype=as_dtype)
+        write_safetensors(tmp / WEIGHTS_NAME, tensors, metadata={"format": "pt"}, as_dtype=as_dtype,
+                          checksums=True)  # verified on load: a damaged file names its tensor
         for name, data in extra_files.items():
             (tmp / name).write_bytes(data)
 
@@ -402,18 +405,8 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _load_json(path: Path):
-    size = path.stat().st_size
-    if size > MAX_JSON_BYTES:
-        raise CheckpointError(path, f"is {size:,} bytes, over the {MAX_JSON_BYTES:,}-byte limit for "
-                                    f"a JSON file in a model folder (not a config or index?)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise CheckpointError(path, f"is not UTF-8 ({e})") from None
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise CheckpointError(path, f"is not valid JSON ({e})") from None
+    """A config or index: a regular file of at most MAX_JSON_BYTES (a FIFO is refused, not waited on)."""
+    return read_json(path, max_bytes=MAX_JSON_BYTES, error=CheckpointError)
 
 
 def _float_dtype(arg: str, dtype) -> np.dtype:

@@ -23,12 +23,19 @@ Every tensor is stored C-contiguous, little-endian.  What the reader checks (eac
   tensors and no byte is unaccounted for;
 - BOOL bytes are 0 or 1.
 
+Checksums (an npllama addition the format allows): `write_safetensors(..., checksums=True)`
+stores, for each tensor, `"npllama.sha256:<name>": sha256(dtype, shape, data bytes)` in
+`__metadata__`.  The reader verifies every tensor it reads against its checksum when the file
+has them (so a flipped bit in a checkpoint is a CheckpointError naming the file and tensor,
+not a silently different model); files without them (the reference writer's) load as before.
+
 Nothing is allocated from a size the header claims until that size has been checked against
 the real file size.  BF16 is widened to float32 by hand (the 16 bits are the top half of a
 float32), so no extra package is needed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -63,6 +70,7 @@ _NAME_OF = {np.dtype(v).newbyteorder("="): k for k, v in DTYPES.items() if k != 
 _WRITE_RANK = {name: rank for rank, name in enumerate(
     ["BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64"])}
 
+CHECKSUM_PREFIX = "npllama.sha256:"  # + tensor name, in __metadata__
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference refuses headers over 100 MB too
 MAX_NDIM = 64  # numpy's limit
 WRITE_AS = {"bf16": "BF16", "f16": "F16", "f32": "F32", "f64": "F64"}
@@ -103,7 +111,8 @@ def read_safetensors(path, names: Iterable[str] | None = None, dtype=None) -> di
             if not isinstance(name, str):
                 raise TypeError(f"names must hold str, got {name!r}")
     with _open_for_reading(path) as f:
-        entries, _, data_start = _read_header(f, path)
+        entries, metadata, data_start = _read_header(f, path)
+        checksums = _checksums(path, metadata, entries)
         if names is None:
             names = list(entries)
         tensors = {}
@@ -111,8 +120,37 @@ def read_safetensors(path, names: Iterable[str] | None = None, dtype=None) -> di
             if name not in entries:
                 raise CheckpointError(path, f"no such tensor in the file "
                                             f"(it has {len(entries)}: {_preview(entries)})", tensor=name)
-            tensors[name] = _read_tensor(f, path, name, entries[name], data_start, float_dtype)
+            tensors[name] = _read_tensor(f, path, name, entries[name], data_start, float_dtype,
+                                         None if checksums is None else checksums[name])
     return tensors
+
+
+def _checksum(dtype_name: str, shape, data: np.ndarray) -> str:
+    """sha256 over the tensor's dtype, shape and bytes: a change to any of them shows."""
+    digest = hashlib.sha256(f"{dtype_name}{list(shape)}".encode("ascii"))
+    digest.update(data.reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def _checksums(path, metadata, entries) -> dict[str, str] | None:
+    """{tensor: checksum} from __metadata__, or None for a file written without checksums.
+    A file with checksums must have exactly one for each tensor."""
+    if not metadata:
+        return None
+    sums = {key[len(CHECKSUM_PREFIX):]: value for key, value in metadata.items()
+            if key.startswith(CHECKSUM_PREFIX)}
+    if not sums:
+        return None
+    for name in entries:
+        if name not in sums:
+            raise CheckpointError(path, "has no checksum although the file's other tensors do: "
+                                        "the header is damaged", tensor=name)
+    for name in sums:
+        if name not in entries:
+            raise CheckpointError(path, f"a checksum is listed for a tensor the file does not hold "
+                                        f"({CHECKSUM_PREFIX}{name}): the header is damaged",
+                                  tensor=name, field="__metadata__")
+    return sums
 
 
 def _open_for_reading(path):
@@ -268,7 +306,8 @@ def _check_tiling(path, entries: dict[str, _Entry], buffer_size: int) -> None:
                                     f"belong to no tensor (the data buffer is {buffer_size} bytes)")
 
 
-def _read_tensor(f, path, name: str, entry: _Entry, data_start: int, float_dtype) -> np.ndarray:
+def _read_tensor(f, path, name: str, entry: _Entry, data_start: int, float_dtype,
+                 checksum: str | None = None) -> np.ndarray:
     stored = DTYPES[entry.dtype]
     # Sizes were checked against the file size, so this allocation is backed by real bytes.
     array = np.empty(entry.shape, dtype=stored)
@@ -278,6 +317,9 @@ def _read_tensor(f, path, name: str, entry: _Entry, data_start: int, float_dtype
         if got != array.nbytes:
             raise CheckpointError(path, f"read {got} of {array.nbytes} bytes: file truncated "
                                         f"while reading", tensor=name)
+    if checksum is not None and _checksum(entry.dtype, entry.shape, array) != checksum:
+        raise CheckpointError(path, "does not match its checksum: the file is damaged (a changed "
+                                    "byte on disk or in a copy); restore it from a good copy", tensor=name)
     if entry.dtype == "BOOL":
         raw = array.view(np.uint8)
         if np.any(raw > 1):
@@ -318,7 +360,7 @@ def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
 # ----- writing ------------------------------------------------------------------------------------
 
 def write_safetensors(path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None,
-                      as_dtype: str | None = None) -> None:
+                      as_dtype: str | None = None, checksums: bool = False) -> None:
     """Write tensors to a safetensors file that `safetensors` / PyTorch can read.
 
     Layout as the reference writer makes it: compact JSON header padded with spaces to a
@@ -326,15 +368,23 @@ def write_safetensors(path, tensors: Mapping[str, np.ndarray], metadata: Mapping
     then by name (so each tensor's offset is a multiple of its item size).
     as_dtype: None keeps each array's dtype; "bf16", "f16", "f32" or "f64" converts every
     floating array (bf16 rounds to nearest even; f16 as numpy casts, out-of-range -> inf).
+    checksums: also store each tensor's sha256 in the metadata (see the module docstring); the
+    reader then verifies it.  Off by default, so files stay byte-identical to the reference's.
     The file is written atomically (temp file, fsync, rename).
     """
     target = _check_write_args(tensors, metadata, as_dtype)
+    if not isinstance(checksums, bool):
+        raise TypeError(f"checksums must be True or False, got {checksums!r}")
     prepared = {name: _encode(name, array, target) for name, array in tensors.items()}
     order = sorted(prepared, key=lambda n: (-_WRITE_RANK[prepared[n][0]], n))
 
     header: dict = {}
-    if metadata is not None:
-        header["__metadata__"] = dict(metadata)
+    if metadata is not None or checksums:
+        header["__metadata__"] = dict(metadata or {})
+    if checksums:
+        header["__metadata__"].update({
+            CHECKSUM_PREFIX + name: _checksum(dtype_name, np.shape(tensors[name]), data)
+            for name, (dtype_name, data) in prepared.items()})
     offset = 0
     for name in order:
         dtype_name, data = prepared[name]
@@ -370,6 +420,9 @@ def _check_write_args(tensors, metadata, as_dtype) -> str | None:
         for key, value in metadata.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise TypeError(f"metadata must map str to str, got {key!r}: {value!r}")
+            if key.startswith(CHECKSUM_PREFIX):
+                raise ValueError(f"metadata keys starting with {CHECKSUM_PREFIX!r} are reserved for "
+                                 f"checksums (pass checksums=True), got {key!r}")
     if as_dtype is not None and as_dtype not in WRITE_AS:
         raise ValueError(f"as_dtype must be None or one of {list(WRITE_AS)}, got {as_dtype!r}")
     return None if as_dtype is None else WRITE_AS[as_dtype]

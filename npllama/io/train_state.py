@@ -18,6 +18,7 @@ import numpy as np
 
 from .atomic import atomic_directory
 from .errors import CheckpointError
+from .reading import read_json
 from .hf import save_hf_folder
 from .safetensors import read_safetensors, write_safetensors
 
@@ -27,10 +28,12 @@ FORMAT_VERSION = 1
 MAX_STATE_BYTES = 16 * 1024**2  # training_state.json is a few kB; anything this big is not one
 
 
-def save_checkpoint(path, model, optimizer_state: dict, state: dict, extra_files=None) -> None:
+def save_checkpoint(path, model, optimizer_state: dict, state: dict, extra_files=None,
+                    replace_lock=None) -> None:
     """Write model + optimizer_state (from Optimizer.state_dict()) + state (JSON-able) atomically.
 
     extra_files: {file name: bytes} to place inside the model folder (e.g. tokenizer.model).
+    replace_lock: held around the final renames (npllama.io.atomic.atomic_directory).
     """
     arrays, header = _split_arrays(optimizer_state)
     if not isinstance(state, dict):
@@ -40,9 +43,9 @@ def save_checkpoint(path, model, optimizer_state: dict, state: dict, extra_files
         text = json.dumps(record, indent=2, sort_keys=True)
     except (TypeError, ValueError) as error:
         raise TypeError(f"state and optimizer_state must hold only JSON values and numpy arrays: {error}") from None
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, replace_lock=replace_lock) as tmp:
         save_hf_folder(tmp / "model", model.config, model.params, extra_files=extra_files)
-        write_safetensors(tmp / OPTIMIZER_FILE, arrays)
+        write_safetensors(tmp / OPTIMIZER_FILE, arrays, checksums=True)
         (tmp / STATE_FILE).write_text(text + "\n", encoding="utf-8")
 
 
@@ -72,15 +75,7 @@ def _read_record(state_path: Path) -> dict:
     """training_state.json, checked as far as load_checkpoint itself relies on it."""
     if not state_path.is_file():
         raise CheckpointError(state_path, "is missing: not a training checkpoint")
-    size = state_path.stat().st_size
-    if size > MAX_STATE_BYTES:
-        raise CheckpointError(state_path, f"is {size:,} bytes, over the {MAX_STATE_BYTES:,}-byte limit")
-    try:
-        record = json.loads(state_path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise CheckpointError(state_path, f"is not valid JSON ({e})") from None
-    if not isinstance(record, dict):
-        raise CheckpointError(state_path, f"must hold a JSON object, got {type(record).__name__}")
+    record = read_json(state_path, expect=dict, max_bytes=MAX_STATE_BYTES, error=CheckpointError)
     if record.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(state_path, f"has format_version {record.get('format_version')!r}, "
                                           f"expected {FORMAT_VERSION}", field="format_version")

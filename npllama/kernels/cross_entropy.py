@@ -11,11 +11,29 @@ the first backward call gets it; a second call recomputes it from the logits and
 log-sum-exp, so every call returns a fresh array the caller may modify.
 """
 
+import dataclasses
+
 import numpy as np
 from numba import njit, prange
 
 from ..ops.cross_entropy import check_cross_entropy_args
 from ._simd import exp_nonpositive, row_max, row_sum
+
+
+@dataclasses.dataclass
+class FusedCrossEntropyCache:
+    """What this kernel's cross_entropy_backward needs.  N = positions (all leading axes).
+
+    The forward computes dlogits in the same pass as the loss and hands it over once: the first
+    backward takes it (dlogits becomes None), a second recomputes it from the logits and lse."""
+
+    dlogits: np.ndarray | None   # (N, V) the gradient for dloss = 1, until a backward takes it
+    logits: np.ndarray           # (N, V)
+    targets: np.ndarray          # (N,) int64
+    counted: np.ndarray          # (N,) bool, targets != ignore_index
+    grad_scale: np.floating      # 1 / (number counted), 0 when none is
+    lse: np.ndarray              # (N,) log-sum-exp of each row
+    shape: tuple                 # (..., V) of the logits
 
 
 def cross_entropy_forward(logits, targets, ignore_index=-100):
@@ -33,24 +51,22 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
     row_losses = np.empty(logits_2d.shape[0], dtype=dtype)
     _loss_and_grad_rows(logits_2d, targets_1d, counted, grad_scale, True, dlogits, lse, row_losses)
     loss = dtype.type(np.sum(row_losses) / n_counted if n_counted else 0)
-    cache = dict(dlogits=dlogits, logits=logits_2d, targets=targets_1d, counted=counted,
-                 grad_scale=grad_scale, lse=lse, shape=logits.shape)
-    return loss, cache
+    return loss, FusedCrossEntropyCache(dlogits, logits_2d, targets_1d, counted, grad_scale, lse, logits.shape)
 
 
 def cross_entropy_backward(dloss, cache):
     """Returns dlogits = dloss * (softmax(logits) - onehot(target)) / n_counted on counted rows."""
     if np.ndim(dloss) != 0:
         raise ValueError(f"dloss must be a scalar (the loss is a scalar), got shape {np.shape(dloss)}")
-    dtype = cache["logits"].dtype
-    dlogits = cache.pop("dlogits", None)
+    dtype = cache.logits.dtype
+    dlogits, cache.dlogits = cache.dlogits, None
     if dlogits is None:  # handed over already: recompute from the logits and the saved lse
-        dlogits = np.empty_like(cache["logits"])
-        _loss_and_grad_rows(cache["logits"], cache["targets"], cache["counted"], cache["grad_scale"],
-                            False, dlogits, cache["lse"], np.empty(0, dtype=dtype))
+        dlogits = np.empty_like(cache.logits)
+        _loss_and_grad_rows(cache.logits, cache.targets, cache.counted, cache.grad_scale,
+                            False, dlogits, cache.lse, np.empty(0, dtype=dtype))
     if dloss != 1:
         dlogits *= dtype.type(dloss)
-    return dlogits.reshape(cache["shape"])
+    return dlogits.reshape(cache.shape)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)

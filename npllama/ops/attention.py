@@ -47,63 +47,50 @@ def attention_forward(q, k, v, causal=True, key_padding_mask=None, q_offset=0):
     if checking.get():
         check_attention_args(q, k, v, key_padding_mask, q_offset)
     B, H, T, head_dim = q.shape
-    KVH = k.shape[1]
+    KVH, S = k.shape[1], k.shape[2]
     n_rep = H // KVH
     scale = 1.0 / math.sqrt(head_dim)
-    attn_scores = masked_attention_scores(q, k, scale, causal, key_padding_mask, q_offset)  # (B, H, T, S)
-    # (B, H, T, S); rows with no allowed key -> 0.  A diverged model's NaN/inf scores give NaN rows
-    # that reach the loss, rather than an error from inside the model.
-    attn_probs, _ = softmax_forward(attn_scores, check_values=False)
+    # Query head h = g * n_rep + r reads kv head g: view q as (B, KVH, n_rep, T, hd), and each kv
+    # head's k and v broadcast over its group (k[:, :, None] is (B, KVH, 1, S, hd)); nothing copied.
+    q_groups = q.reshape(B, KVH, n_rep, T, head_dim)                                   # (B, KVH, n_rep, T, hd)
 
-    # out = attn_probs v, each kv head's values shared by its group of query heads
-    out = (_split_groups(attn_probs, KVH) @ v[:, :, None]).reshape(B, H, T, head_dim)  # (B, H, T, hd)
+    # attn_scores = q k^T * scale, -inf where the mask forbids the pair (softmax then gives it 0)
+    attn_scores = (q_groups @ k[:, :, None].swapaxes(-1, -2)).reshape(B, H, T, S) * scale  # (B, H, T, S)
+    allowed = attention_mask(T, S, causal, key_padding_mask, q_offset)                # broadcasts to scores
+    if allowed is not None:
+        attn_scores = np.where(allowed, attn_scores, -np.inf)
+    # Rows with no allowed key -> 0.  A diverged model's NaN/inf scores give NaN rows that reach
+    # the loss, rather than an error from inside the model.
+    attn_probs, _ = softmax_forward(attn_scores, check_values=False)                 # (B, H, T, S)
+
+    # out = attn_probs v
+    out = (attn_probs.reshape(B, KVH, n_rep, T, S) @ v[:, :, None]).reshape(B, H, T, head_dim)  # (B, H, T, hd)
     return out, AttentionCache(q, k, v, attn_probs, scale, n_rep)
 
 
 def attention_backward(dout, cache):
     """Returns (dq, dk, dv).  dk, dv: (B, KVH, S, head_dim), each the sum over the n_rep query
-    heads that shared that kv head."""
+    heads that shared that kv head (derivations/attention.md)."""
     q, k, v, attn_probs, scale, n_rep = cache
     if checking.get():
         require_shape("dout", dout, q.shape, "the output's shape (B, H, T, head_dim), as q")
     B, H, T, head_dim = q.shape
-    KVH = k.shape[1]
+    KVH, S = k.shape[1], k.shape[2]
+    dout_groups = dout.reshape(B, KVH, n_rep, T, head_dim)                           # (B, KVH, n_rep, T, hd)
+    probs_groups = attn_probs.reshape(B, KVH, n_rep, T, S)                           # (B, KVH, n_rep, T, S)
 
-    # out = attn_probs v, then attn_probs = softmax(attn_scores)
-    _, d_attn_scores = attention_score_grads(dout, cache)                   # (B, H, T, S)
-    dv = (_split_groups(attn_probs, KVH).swapaxes(-1, -2) @ _split_groups(dout, KVH)).sum(axis=2)
+    # the forward did out = attn_probs v: two gradients, v's summed over the group that shared it
+    d_attn_probs = (dout_groups @ v[:, :, None].swapaxes(-1, -2)).reshape(B, H, T, S)  # (B, H, T, S)
+    dv = (probs_groups.swapaxes(-1, -2) @ dout_groups).sum(axis=2)                   # (B, KVH, S, hd)
+
+    # attn_probs = softmax(attn_scores); masked entries have attn_probs = 0, so get no gradient
+    d_attn_scores = softmax_backward(d_attn_probs, attn_probs)                       # (B, H, T, S)
 
     # attn_scores = q k^T * scale
-    d_scores_groups = _split_groups(d_attn_scores, KVH)                     # (B, KVH, n_rep, T, S)
-    dq = (d_scores_groups @ k[:, :, None]).reshape(B, H, T, head_dim) * scale
-    dk = (d_scores_groups.swapaxes(-1, -2) @ _split_groups(q, KVH)).sum(axis=2) * scale
-    return dq, dk, dv
-
-
-def masked_attention_scores(q, k, scale, causal=True, key_padding_mask=None, q_offset=0):
-    """attn_scores = q k^T * scale, -inf where the mask forbids the pair: (B, H, T, S).
-    (A trace recomputes them with this too.)"""
-    B, H, T, _ = q.shape
-    KVH, S = k.shape[1], k.shape[2]
-    q_groups = _split_groups(q, KVH)                    # (B, KVH, n_rep, T, hd)
-    k_t = k[:, :, None].swapaxes(-1, -2)                # (B, KVH, 1, hd, S), shared by the group
-    attn_scores = (q_groups @ k_t).reshape(B, H, T, S) * scale  # (B, H, T, S)
-
-    allowed = attention_mask(T, S, causal, key_padding_mask, q_offset)  # bool, broadcasts to scores
-    if allowed is not None:
-        attn_scores = np.where(allowed, attn_scores, -np.inf)  # softmax gives these keys 0
-    return attn_scores
-
-
-def attention_score_grads(dout, cache):
-    """(d_attn_probs, d_attn_scores), each (B, H, T, S): the first two steps of attention_backward
-    (a trace records them too).  Masked entries have attn_probs = 0, so they get no gradient."""
-    v = cache.v
-    B, H, T, _ = dout.shape
-    KVH, S = v.shape[1], v.shape[2]
-    d_attn_probs = (_split_groups(dout, KVH) @ v[:, :, None].swapaxes(-1, -2)).reshape(B, H, T, S)
-    d_attn_scores = softmax_backward(d_attn_probs, cache.attn_probs)  # softmax's cache is its output
-    return d_attn_probs, d_attn_scores
+    d_scores_groups = d_attn_scores.reshape(B, KVH, n_rep, T, S)
+    dq = (d_scores_groups @ k[:, :, None]).reshape(B, H, T, head_dim) * scale        # (B, H, T, hd)
+    dk = (d_scores_groups.swapaxes(-1, -2) @ q.reshape(B, KVH, n_rep, T, head_dim)).sum(axis=2) * scale
+    return dq, dk, dv                                                                # dk: (B, KVH, S, hd)
 
 
 def attention_mask(T, S, causal, key_padding_mask=None, q_offset=0):
@@ -118,13 +105,6 @@ def attention_mask(T, S, causal, key_padding_mask=None, q_offset=0):
         padding = key_padding_mask[:, None, None, :]   # (B, 1, 1, S)
         allowed = padding if allowed is None else allowed & padding
     return allowed
-
-
-def _split_groups(x, n_kv_heads):
-    """(B, H, T, n) -> (B, KVH, n_rep, T, n).  Head h = g * n_rep + r lands at [g, r], so group g
-    holds exactly the query heads that read kv head g (h // n_rep = g)."""
-    B, H, T, n = x.shape
-    return x.reshape(B, n_kv_heads, H // n_kv_heads, T, n)
 
 
 def check_attention_args(q, k, v, key_padding_mask, q_offset):

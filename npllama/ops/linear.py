@@ -32,14 +32,14 @@ def linear_backward(dy, cache):
     x, weight = cache
     if checking.get():
         check_linear_backward_args(dy, x, weight)
-    dx = dy @ weight  # (..., in)
-    dweight = linear_weight_grad(dy, x)  # (out, in)
+    dx = dy @ weight                                                    # (..., in)
+    dweight = dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])  # (out, in), summed over rows
     return dx, dweight
 
 
 def linear_weight_grad(dy, x):
     """dL/dW of y = x W^T: the outer products dy^T x summed over every leading position.
-    (..., out), (..., in) -> (out, in).  LoRA's adapters use it too."""
+    (..., out), (..., in) -> (out, in).  linear_backward's dweight line, for LoRA's adapters."""
     return dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])
 
 

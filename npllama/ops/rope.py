@@ -55,8 +55,8 @@ def _llama3_inv_freq(inv_freq, rope_scaling):
     low_freq_factor = rope_scaling["low_freq_factor"]
     high_freq_factor = rope_scaling["high_freq_factor"]
     original_max = rope_scaling["original_max_position_embeddings"]
-    low_freq_wavelen = original_max / low_freq_factor    # longest wavelength left "fast"
-    high_freq_wavelen = original_max / high_freq_factor  # shortest wavelength fully scaled
+    low_freq_wavelen = original_max / low_freq_factor    # longer wavelengths are fully scaled (by factor)
+    high_freq_wavelen = original_max / high_freq_factor  # shorter wavelengths are left unchanged
     wavelen = 2 * math.pi / inv_freq                      # (head_dim/2,) positions per full turn
 
     smooth = (original_max / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)

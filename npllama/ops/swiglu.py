@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._checks import checking, require_float_array, require_same_dtype, require_shape
-from .linear import LinearCache, linear_backward, linear_forward
+from .linear import LinearCache
 
 
 class SwiGLUActCache(NamedTuple):
@@ -67,11 +67,12 @@ def swiglu_forward(x, w_gate, w_up, w_down):
     """out = (silu(x W_gate^T) * (x W_up^T)) W_down^T.   Returns (out, SwiGLUCache)."""
     if checking.get():
         check_swiglu_args(x, w_gate, w_up, w_down)
-    gate, gate_cache = linear_forward(x, w_gate)    # (..., F)
-    up, up_cache = linear_forward(x, w_up)          # (..., F)
+    gate = x @ w_gate.T                             # (..., F)
+    up = x @ w_up.T                                 # (..., F)
     act, act_cache = swiglu_act_forward(gate, up)   # (..., F)
-    out, down_cache = linear_forward(act, w_down)   # (..., D)
-    return out, SwiGLUCache(gate_cache, up_cache, act_cache, down_cache)
+    out = act @ w_down.T                            # (..., D)
+    # the three products' caches are linear_forward's: (input, weight)
+    return out, SwiGLUCache(LinearCache(x, w_gate), LinearCache(x, w_up), act_cache, LinearCache(act, w_down))
 
 
 def check_swiglu_act_args(gate, up):
@@ -101,14 +102,21 @@ def check_swiglu_args(x, w_gate, w_up, w_down):
 
 
 def swiglu_backward(dout, cache):
-    """Returns (dx, dw_gate, dw_up, dw_down): the forward's calls in reverse; x feeds two
-    branches (gate and up), so its gradient is the sum of both."""
-    gate_cache, up_cache, act_cache, down_cache = cache
+    """Returns (dx, dw_gate, dw_up, dw_down): the forward's steps in reverse, each product y = x W^T
+    giving dx = dy W and dW = dy^T x summed over rows (linear.md); x feeds two branches (gate and
+    up), so its gradient is the sum of both."""
+    (x, w_gate), (_, w_up), act_cache, (act, w_down) = cache
     if checking.get():
-        require_shape("dout", dout, gate_cache.x.shape, "the output's shape, as x")
-    dact, dw_down = linear_backward(dout, down_cache)      # (..., F), (D, F)
-    dgate, dup = swiglu_act_backward(dact, act_cache)      # (..., F) each
-    dx_from_gate, dw_gate = linear_backward(dgate, gate_cache)
-    dx_from_up, dw_up = linear_backward(dup, up_cache)
-    dx = dx_from_gate + dx_from_up                         # (..., D)
+        require_shape("dout", dout, x.shape, "the output's shape, as x")
+    D, F = w_down.shape
+    # out = act W_down^T
+    dact = dout @ w_down                                                   # (..., F)
+    dw_down = dout.reshape(-1, D).T @ act.reshape(-1, F)                   # (D, F)
+    # act = silu(gate) * up
+    dgate, dup = swiglu_act_backward(dact, act_cache)                      # (..., F) each
+    # gate = x W_gate^T, up = x W_up^T
+    dx = dgate @ w_gate + dup @ w_up                                       # (..., D)
+    x_rows = x.reshape(-1, D)                                              # (N, D)
+    dw_gate = dgate.reshape(-1, F).T @ x_rows                              # (F, D)
+    dw_up = dup.reshape(-1, F).T @ x_rows                                  # (F, D)
     return dx, dw_gate, dw_up, dw_down

@@ -92,7 +92,10 @@ def test_saved_folder_has_what_transformers_expects(tmp_path):
     generation = json.loads((tmp_path / "m" / "generation_config.json").read_text())
     assert generation == {"bos_token_id": 1, "eos_token_id": 2}
     header = read_safetensors_header(tmp_path / "m" / "model.safetensors")
-    assert header["__metadata__"] == {"format": "pt"}
+    metadata = header["__metadata__"]
+    assert metadata.pop("format") == "pt"  # transformers refuses a file without it
+    # the rest: one checksum per tensor (npllama/io/safetensors.py), which transformers ignores
+    assert set(metadata) == {"npllama.sha256:" + name for name in config.param_shapes()}
     assert {k for k in header if k != "__metadata__"} == set(config.param_shapes())
     assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"F64"}
 

@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from npllama.gradcheck import check_op, rel_error
 from npllama.ops.layernorm import layernorm_backward, layernorm_backward_stepwise, layernorm_forward
-from npllama.ops.rmsnorm import rmsnorm_forward
+from npllama.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
 
 lead_shapes = st.lists(st.integers(1, 3), min_size=0, max_size=2).map(tuple)
 seeds = st.integers(0, 2**32 - 1)
@@ -110,11 +110,20 @@ def test_shift_invariance_and_dx_rows_sum_to_zero(seed, lead_shape, D, eps):
 @settings(max_examples=15, deadline=None)
 @given(seed=seeds, lead_shape=lead_shapes, D=st.integers(1, 6), eps=eps_values)
 def test_rmsnorm_is_layernorm_of_centred_rows_without_bias(seed, lead_shape, D, eps):
-    _, x, weight, _ = _setup(seed, lead_shape, D)
+    # derivations/layernorm.md: on zero-mean rows the forwards agree, the gradients do not:
+    # dx_LN = dx_RMS - rstd * mean(dxhat) (dweight agrees)
+    rng, x, weight, _ = _setup(seed, lead_shape, D)
     x_centered = x - x.mean(-1, keepdims=True)
-    y_layer, _ = layernorm_forward(x_centered, weight, np.zeros(D), eps)
-    y_rms, _ = rmsnorm_forward(x_centered, weight, eps)
+    y_layer, layer_cache = layernorm_forward(x_centered, weight, np.zeros(D), eps)
+    y_rms, rms_cache = rmsnorm_forward(x_centered, weight, eps)
     np.testing.assert_allclose(y_layer, y_rms, rtol=1e-10, atol=1e-12)
+    dy = rng.standard_normal(x.shape)
+    dx_layer, dweight_layer, _ = layernorm_backward(dy, layer_cache)
+    dx_rms, dweight_rms = rmsnorm_backward(dy, rms_cache)
+    mean_dxhat = np.mean(dy * weight, axis=-1, keepdims=True)
+    np.testing.assert_allclose(dx_layer, dx_rms - rms_cache.rstd * mean_dxhat, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dweight_layer, dweight_rms, rtol=1e-10, atol=1e-12)
+    assert rel_error(dx_layer, dx_rms) > 1e-3   # the mean term is not negligible: they differ
 
 
 def test_single_feature_gives_bias_and_zero_dx():

@@ -96,6 +96,40 @@ def test_cos_sin_float32_is_cast_at_the_end():
     np.testing.assert_array_equal(sin32, sin64.astype(np.float32))
 
 
+def test_float32_angles_lose_all_but_three_decimals():
+    # derivations/rope.md: between 2**14 and 2**15 float32 numbers are 2**-9 ~ 0.002 apart, so an
+    # angle ~3e4 computed in float32 is off by up to 0.001 rad; casting the float64 table is not.
+    assert np.spacing(np.float32(3e4)) == 2.0**-9
+    positions = np.arange(30000, 30512)
+    angle64 = positions * 1.0
+    angle32 = positions.astype(np.float32) * np.float32(1.0) + np.float32(0.3)   # a fractional angle
+    error = np.abs(angle32.astype(np.float64) - (angle64 + 0.3))
+    assert 4e-4 < error.max() <= 2.0**-10 + 1e-12           # up to half the spacing: 2-3 decimals
+    cos_error = np.abs(np.cos(angle32.astype(np.float64)) - np.cos(angle64 + 0.3)).max()
+    assert 4e-4 < cos_error <= 2.0**-10 + 1e-12
+    cos64, _ = rope_cos_sin(positions, 2, 10000.0)
+    cos32, _ = rope_cos_sin(positions, 2, 10000.0, dtype=np.float32)
+    assert np.abs(cos32.astype(np.float64) - cos64).max() <= 6e-8   # float32's own rounding only
+
+
+def test_meta_layout_without_permutation_is_right_only_at_position_0():
+    # derivations/rope.md: Meta pairs adjacent entries (2i, 2i+1), Hugging Face pairs (i, i + d/2).
+    # A Meta-layout vector rotated with the HF convention (no permutation) is right at position 0
+    # only; mapped back to HF order it is off by tens of percent from position 1 on.
+    head_dim, T = 16, 8
+    x_hf = np.random.default_rng(0).standard_normal((1, 1, T, head_dim))
+    to_meta = np.stack([np.arange(head_dim // 2), np.arange(head_dim // 2) + head_dim // 2], -1).reshape(-1)
+    x_meta = x_hf[..., to_meta]                                  # the same vector in Meta's layout
+    cos, sin = rope_cos_sin(np.arange(T), head_dim, 10000.0)
+    right, _ = rope_forward(x_hf, cos, sin)
+    wrong_meta, _ = rope_forward(x_meta, cos, sin)               # HF rotation on Meta-ordered entries
+    wrong = np.empty_like(wrong_meta)
+    wrong[..., to_meta] = wrong_meta                             # back to HF order to compare
+    per_position = np.linalg.norm(wrong - right, axis=-1) / np.linalg.norm(right, axis=-1)
+    assert per_position[0, 0, 0] < 1e-12
+    assert np.all(per_position[0, 0, 1:] > 0.1)
+
+
 # ----- the rotation ----------------------------------------------------------------------------
 
 def test_rotate_half_by_hand():

@@ -1,0 +1,92 @@
+"""Reading the small files a user or a run folder hands us, with every failure one clear error.
+
+    settings = read_json("runs/tiny/train_config.json", expect=dict)
+    text = read_text("notes.txt", max_bytes=MAX_TEXT_BYTES)
+
+What can go wrong, and what the caller gets instead (a ValueError naming the file, or the
+`error` class passed in, e.g. CheckpointError):
+
+- not a regular file: a FIFO (a plain open() would wait forever for a writer), a device such as
+  /dev/zero (endless), a folder -- refused before a byte is read (the open does not block);
+- bigger than the budget: refused from its size before it is read, and the read itself stops
+  at the budget (a file that grows meanwhile cannot push past it);
+- not UTF-8, not JSON, nested deeper than Python's parser can follow (RecursionError), or JSON
+  of the wrong type (a list where an object belongs) -- each named, never an AttributeError later.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from .errors import CheckpointError
+
+MAX_JSON_BYTES = 64 * 1024**2    # settings, logs and metadata are kB to MB
+MAX_TEXT_BYTES = 4 * 1024**3     # one text file of a corpus; override per call
+
+
+def _fail(error, path, problem):
+    if error is CheckpointError or (isinstance(error, type) and issubclass(error, CheckpointError)):
+        return error(path, problem)
+    return error(f"{os.fspath(path)}: {problem}")
+
+
+def read_bytes(path, max_bytes: int, error=ValueError) -> bytes:
+    """The bytes of a regular file of at most max_bytes, read without ever blocking or over-reading."""
+    path = Path(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if (
+                stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)) else "not a regular file"
+            raise _fail(error, path, f"is {kind}; npllama reads only regular files")
+        if info.st_size > max_bytes:
+            raise _fail(error, path, f"is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit "
+                                     f"for this kind of file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(info.st_size + 1)  # what fstat promised, +1 to notice a file that grew
+            while len(data) > info.st_size and len(data) <= max_bytes:
+                more = f.read(min(1024**2, max_bytes + 1 - len(data)))
+                if not more:
+                    break
+                data += more
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise _fail(error, path, f"grew past the {max_bytes:,}-byte limit while being read")
+    return data
+
+
+def read_text(path, max_bytes: int = MAX_TEXT_BYTES, error=ValueError) -> str:
+    """A UTF-8 text file (see read_bytes); a file that is not UTF-8 is an error naming the byte."""
+    data = read_bytes(path, max_bytes, error)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _fail(error, path, f"is not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
+def parse_json(text, where, expect=None, error=ValueError):
+    """json.loads(text), with too-deep nesting, bad syntax and the wrong top-level type (`expect`,
+    a type or tuple of types) reported as `error` naming `where`."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise _fail(error, where, "JSON nested too deeply to read") from None
+    except ValueError as e:
+        raise _fail(error, where, f"is not valid JSON ({e})") from None
+    if expect is not None and not isinstance(value, expect):
+        names = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
+        wanted = {"dict": "a JSON object", "list": "a JSON array"}.get(names, names)
+        raise _fail(error, where, f"must hold {wanted}, got {type(value).__name__}")
+    return value
+
+
+def read_json(path, expect=None, max_bytes: int = MAX_JSON_BYTES, error=ValueError):
+    """A JSON file, checked as read_text and parse_json do."""
+    return parse_json(read_text(path, max_bytes, error), path, expect, error)
+
+
+__all__ = ["read_bytes", "read_text", "read_json", "parse_json", "MAX_JSON_BYTES", "MAX_TEXT_BYTES"]

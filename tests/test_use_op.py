@@ -1,0 +1,125 @@
+"""npllama.use_op: one op replaced in a context, on the backend asked for, and nothing left behind."""
+import threading
+
+import numpy as np
+import pytest
+
+import npllama
+from npllama import Llama, LlamaConfig, backend, use_backend, use_op
+from npllama.ops.rmsnorm import rmsnorm_backward
+
+CONFIG = LlamaConfig(vocab_size=13, hidden_size=8, intermediate_size=12, num_hidden_layers=2,
+                     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+TOKENS = np.array([[1, 5, 7, 2, 9], [3, 3, 8, 1, 4]])
+TARGETS = np.array([[5, 7, 2, 9, 1], [3, 8, 1, 4, 6]])
+
+
+def model():
+    return Llama(CONFIG, seed=0, dtype=np.float64)
+
+
+def doubled(backward):
+    """A wrong backward: the right one's dx, doubled.  It reads the cache of the backend whose
+    backward it wraps (a backward override must accept its forward's cache)."""
+    def doubled_backward(dy, cache):
+        dx, dweight = backward(dy, cache)
+        return 2 * dx, dweight
+    return doubled_backward
+
+
+doubled_rmsnorm_backward = doubled(rmsnorm_backward)
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_an_override_runs_in_every_call_the_model_makes_then_stops(backend_name):
+    m = model()
+    calls = []
+
+    def counting(dy, cache):
+        calls.append(dy.shape)
+        return backend.ops(backend_name).rmsnorm_backward(dy, cache)
+
+    with use_backend(backend_name):
+        loss, grads = m.loss_and_grads(TOKENS, TARGETS)
+        with use_op("rmsnorm_backward", counting):
+            loss2, grads2 = m.loss_and_grads(TOKENS, TARGETS)
+        m.loss_and_grads(TOKENS, TARGETS)
+    assert len(calls) == 2 * CONFIG.num_hidden_layers + 1      # two per block and the final norm
+    assert loss2 == loss
+    for name in grads:
+        np.testing.assert_allclose(grads2[name], grads[name], rtol=1e-12)
+
+
+def test_a_wrong_backward_changes_the_gradients_and_only_inside_the_block():
+    m = model()
+    with use_backend("numpy"):
+        _, right = m.loss_and_grads(TOKENS, TARGETS)
+        with use_op("rmsnorm_backward", doubled_rmsnorm_backward):
+            _, wrong = m.loss_and_grads(TOKENS, TARGETS)
+        _, again = m.loss_and_grads(TOKENS, TARGETS)
+    assert not np.allclose(wrong["model.embed_tokens.weight"], right["model.embed_tokens.weight"])
+    np.testing.assert_allclose(wrong["lm_head.weight"], right["lm_head.weight"])   # above every norm
+    np.testing.assert_array_equal(again["model.embed_tokens.weight"], right["model.embed_tokens.weight"])
+
+
+def test_an_override_for_one_backend_leaves_the_other_alone():
+    m = model()
+    with use_op("rmsnorm_backward", doubled(backend.ops("numba").rmsnorm_backward), backend="numba"):
+        with use_backend("numpy"):
+            _, on_numpy = m.loss_and_grads(TOKENS, TARGETS)
+        with use_backend("numba"):
+            _, on_numba = m.loss_and_grads(TOKENS, TARGETS)
+    with use_backend("numpy"):
+        _, plain = m.loss_and_grads(TOKENS, TARGETS)
+    np.testing.assert_array_equal(on_numpy["model.norm.weight"], plain["model.norm.weight"])
+    assert not np.allclose(on_numba["model.embed_tokens.weight"], plain["model.embed_tokens.weight"])
+
+
+def test_overrides_nest_and_unwind():
+    first, second = (lambda *a: None), (lambda *a: None)
+    with use_op("rope_forward", first):
+        with use_op("rope_forward", second), use_op("rope_backward", first):
+            assert backend.overrides() == {"rope_forward": second, "rope_backward": first}
+        assert backend.overrides() == {"rope_forward": first}
+    assert backend.overrides() == {}
+
+
+def test_an_override_stays_in_its_thread():
+    seen = {}
+    started, release = threading.Event(), threading.Event()
+
+    def other_thread():
+        started.set()
+        release.wait(5)
+        seen["other"] = dict(backend.overrides())
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    started.wait(5)
+    with use_op("rmsnorm_forward", lambda *a: None):
+        release.set()
+        thread.join(5)
+        seen["here"] = dict(backend.overrides())
+    assert seen["other"] == {} and list(seen["here"]) == ["rmsnorm_forward"]
+
+
+@pytest.mark.parametrize("name, fn, error, match", [
+    ("rmsnorm_backwards", rmsnorm_backward, ValueError, "rmsnorm_backward"),
+    ("attention", rmsnorm_backward, ValueError, "name must be an op function"),
+    ("rmsnorm_backward", "not callable", TypeError, "fn must be callable"),
+])
+def test_bad_overrides_are_refused(name, fn, error, match):
+    with pytest.raises(error, match=match):
+        with use_op(name, fn):
+            pass
+    assert backend.overrides() == {}
+
+
+def test_study_selects_the_reference_in_this_context():
+    import contextvars
+
+    def inside():
+        npllama.study()
+        return npllama.get_backend()
+
+    assert contextvars.copy_context().run(inside) == "numpy"

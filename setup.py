@@ -6,5 +6,5 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["npllama", "npllama.*"]) + ["npllama.derivations"],
     package_dir={"npllama.derivations": "derivations"},
-    package_data={"npllama.derivations": ["*.md"]},
+    package_data={"npllama": ["py.typed"], "npllama.derivations": ["*.md"]},
 )

@@ -1,7 +1,6 @@
 """`npllama exercise`: write one op's backward pass yourself and have it checked (classroom mode)."""
-import argparse
 
-from . import UsageError
+from . import HelpFormatter, UsageError
 
 
 def register(subparsers) -> None:
@@ -19,7 +18,7 @@ def register(subparsers) -> None:
     ls.set_defaults(run=run_list)
 
     start = sub.add_parser("start", help="write the starter file for an exercise",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
     start.add_argument("op", help="which exercise (see `npllama exercise list`)")
     start.add_argument("--out", default=None, help="file or folder to write (default: ./<op>_backward.py)")
     start.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -46,7 +45,7 @@ def register(subparsers) -> None:
     trainer.set_defaults(run=run_train)
 
     check = sub.add_parser("check", help="check a file (or every .py file in a folder)",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
     check.add_argument("op", help="which exercise (see `npllama exercise list`)")
     check.add_argument("path", help="a .py file defining <op>_backward, or a folder of them")
     check.add_argument("--cases", type=int, default=8, help="random cases per check, after the edge cases")

@@ -13,7 +13,8 @@ def register(subparsers) -> None:
     t = sub.add_parser("train", help="train a tokenizer on a corpus",
                        formatter_class=HelpFormatter)
     t.add_argument("--data", default=None, help="a .txt file, folder, or .jsonl (default: built-in stories)")
-    t.add_argument("--vocab-size", type=int, default=512)
+    t.add_argument("--vocab-size", type=int, default=512,
+                   help="pieces in the vocabulary, 256 byte pieces and <unk>, <s>, </s> included")
     t.add_argument("--out", default="tokenizer", help="output prefix: writes OUT.model and OUT.vocab")
     t.set_defaults(run=train)
     e = sub.add_parser("encode", help="text -> token ids (JSON list on stdout)")

@@ -74,10 +74,7 @@ def run_grads(args) -> int:
     if args.trace is not None:
         if args.text is not None or args.tokens is not None:
             raise UsageError("give either a trace file or --model with --text/--tokens, not both")
-        from ..budget import check_npz
-
-        check_npz(args.trace)  # the arrays its headers declare must fit the budget before np.load inflates them
-        trace = Trace.load(args.trace)
+        trace = Trace.load(args.trace)   # checks the arrays' declared sizes against the budget first
         title = f"gradient norm per layer: {args.trace}"
     else:
         if args.text is None and args.tokens is None:

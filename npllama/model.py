@@ -31,7 +31,8 @@ from . import backend, budget
 from .config import LlamaConfig
 from .ops._checks import checking
 from .ops.attention import AttentionCache, attention_backward, attention_forward
-from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
+# (the loss ops are used by Llama.loss_and_grads and loss through the bound namespace, math.<op>)
+from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: F401
 from .ops.embedding import EmbeddingCache, embedding_backward, embedding_forward
 from .ops.linear import LinearCache, linear_backward, linear_forward
 from .ops.rmsnorm import RMSNormCache, rmsnorm_backward, rmsnorm_forward

@@ -14,7 +14,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 
 from .tokenizer import _require_text, check_ids, check_vocab_sizes
 from .tokenizer_export import _json_bytes

@@ -4,7 +4,6 @@ import json
 import sys
 import warnings
 
-import numpy as np
 import pytest
 
 from npllama import Llama, LlamaConfig

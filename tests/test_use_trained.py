@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import npllama
-from npllama import Llama
 from npllama.classify import load_classifier
 from npllama.cli import main
 from npllama.finetune import ClassifyConfig, classify
@@ -113,7 +112,7 @@ def classifiers(small_model_dir, tmp_path_factory):
     quiet = lambda *_: None
     settings = dict(base=str(small_model_dir), steps=4, batch_size=8, progress=False)
     full = classify(ClassifyConfig(**settings, out=str(out / "full")), echo=quiet)
-    lora = classify(ClassifyConfig(**settings, lora=True, out=str(out / "lora")), echo=quiet)
+    classify(ClassifyConfig(**settings, lora=True, out=str(out / "lora")), echo=quiet)
     return out / "full", out / "lora", full.label_names
 
 

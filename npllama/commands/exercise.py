@@ -34,7 +34,7 @@ def register(subparsers) -> None:
 
     trainer = sub.add_parser("train", help="train the tiny model with your backward in place of the library's "
                                            "and compare the loss curves",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                             formatter_class=HelpFormatter)
     trainer.add_argument("op", help="which exercise (an op of the model: see `npllama exercise list`)")
     trainer.add_argument("path", help="your .py file defining <op>_backward")
     trainer.add_argument("--steps", type=int, default=200, help="training steps of each run")

@@ -161,7 +161,8 @@ class SoftmaxMistakes:
         p = np.divide(e, total, out=np.zeros_like(e), where=total > 0)
         s = np.sum(dp * p) if axis == "all" else np.sum(dp * p, axis=axis, keepdims=True)
         return {"right": p * (dp - s), "no_sum": p * dp, "no_p": dp - s,
-                "logsoftmax": dp - p * np.sum(dp, -1, keepdims=True)}[form]
+                "logsoftmax": dp - p * np.sum(dp, -1, keepdims=True),
+                "diagonal": dp * p * (1 - p)}[form]
 
     def mistakes(self):
         return [
@@ -169,6 +170,10 @@ class SoftmaxMistakes:
                "every p_j depends on every x_i through sum(exp(x)): dx = p * (dp - sum(dp * p, -1))", form="no_sum"),
             _m("the factor p in front is missing", "d p_j / d x_i = p_i (delta_ij - p_j): every term carries p_i",
                form="no_p"),
+            _m("only the diagonal of the softmax's Jacobian was used (dx = dp * p * (1 - p)): every p_j "
+               "depends on every x_i, not only on x_j",
+               "d p_j / d x_i = p_j (delta_ij - p_i): the off-diagonal terms -p_i p_j sum to -p_i * sum(dp * p), "
+               "so dx = p * (dp - sum(dp * p, -1))", form="diagonal"),
             _m("this is log-softmax's backward (dp - p * sum(dp)), not softmax's",
                "for p = softmax(x): dx = p * (dp - sum(dp * p, -1)); the log-softmax formula belongs to log p",
                form="logsoftmax"),

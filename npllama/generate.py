@@ -264,6 +264,10 @@ def _check_prompt(prompt, vocab_size: int, name: str = "prompt") -> list[int]:
 
 
 def _check_sampling(temperature, top_k, top_p, repetition_penalty=1.0) -> None:
+    from .config import python_scalar   # np.float32(0.5) is accepted as 0.5 is
+
+    temperature, top_k, top_p, repetition_penalty = map(python_scalar, (temperature, top_k, top_p,
+                                                                          repetition_penalty))
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < np.inf:
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):

@@ -152,10 +152,15 @@ class Llama:
     # ----- Hugging Face folders -------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path, dtype=np.float32) -> "Llama":
-        """Load a Hugging Face folder (config.json + model.safetensors, or a sharded index)."""
+        """Load a Hugging Face folder (config.json + model.safetensors, or a sharded index), or a
+        llama2.c checkpoint file (.bin: legacy, version 1 or version 2 int8)."""
         from .io.hf import load_hf_folder
+        from .io.llama2c import looks_like_llama2c, read_llama2c
 
-        config, params = load_hf_folder(path, dtype=_check_dtype(dtype))
+        if looks_like_llama2c(path):
+            config, params = read_llama2c(path, dtype=_check_dtype(dtype))
+        else:
+            config, params = load_hf_folder(path, dtype=_check_dtype(dtype))
         return cls(config, dtype=dtype, params=params)
 
     def save_pretrained(self, path, dtype=None, extra_files=None) -> None:

@@ -54,6 +54,10 @@ LLAMA_TRAINER_OPTIONS = dict(
 )
 
 
+# The largest SentencePiece models in use (256k pieces) are about 4 MB; this is a generous bound.
+MAX_MODEL_BYTES = 64 * 1024**2
+
+
 class Tokenizer:
     """A loaded SentencePiece model with the few methods the jobs need.
 
@@ -62,11 +66,14 @@ class Tokenizer:
     """
 
     def __init__(self, path):
+        from .io.reading import read_bytes
+
         path = Path(path).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise ValueError(f"tokenizer model {str(path)!r} does not exist (expected a SentencePiece "
                              f".model file, e.g. one written by Tokenizer.train or LLaMA's tokenizer.model)")
-        self._load(path.read_bytes(), path)
+        # a regular file of bounded size: a FIFO would hang, /dev/zero or a huge file fill the memory
+        self._load(read_bytes(path, MAX_MODEL_BYTES), path)
 
     @classmethod
     def from_bytes(cls, data: bytes, name: str = "tokenizer.model") -> "Tokenizer":

@@ -134,8 +134,7 @@ class Trace:
             s = _stats(self.records[name])
             rows.append((name, str(s["shape"]), s["dtype"], _num(s["mean"]), _num(s["std"]),
                          _num(s["min"]), _num(s["max"]), str(s["nan"]), str(s["inf"])))
-        note = ("mean, std, min and max are over the finite entries (masked attention scores are "
-                "-inf by design)")
+        note = "mean, std, min and max are over the finite entries"
         return _table(rows, right_from=3) + "\n" + note
 
     def summary(self, pattern: str | None = None, file=None) -> None:

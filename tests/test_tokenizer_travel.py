@@ -166,3 +166,16 @@ def test_tokenizer_json_without_the_library_says_how(folder, tmp_path, monkeypat
 def test_folder_without_any_tokenizer_names_both_files(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no tokenizer\.model or tokenizer\.json"):
         load_tokenizer(tmp_path)
+
+
+def test_debug_commands_take_text_with_only_a_tokenizer_json(folder, tok, tmp_path):
+    pytest.importorskip("tokenizers")
+    from npllama import debug
+
+    only_json = tmp_path / "only_json"
+    only_json.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (only_json / name).write_bytes((folder / name).read_bytes())
+    model, _, ids, labels = debug.load_inputs(str(only_json), text="Once upon a time")
+    assert ids == tok.encode("Once upon a time", bos=True, eos=False)
+    assert labels == [tok.id_to_piece(i) for i in ids]

@@ -57,9 +57,15 @@ def decode(args) -> int:
 
     tok = Tokenizer(args.model)
     raw = " ".join(args.ids) if args.ids else sys.stdin.read()
+    from ..io.reading import parse_json
+
     try:
-        ids = json.loads(raw) if raw.strip().startswith("[") else [int(x) for x in raw.replace(",", " ").split()]
-    except ValueError:
-        raise UsageError(f"ids must be integers (separate, comma-separated, or a JSON list), got {raw.strip()[:60]!r}") from None
+        ids = parse_json(raw, "the ids", expect=list) if raw.strip().startswith("[") else \
+            [int(x) for x in raw.replace(",", " ").split()]
+    except ValueError as error:   # bad syntax, too deeply nested, or not a list
+        raise UsageError(f"ids must be integers (separate, comma-separated, or a JSON list), got "
+                         f"{raw.strip()[:60]!r} ({error})") from None
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise UsageError(f"ids must be integers, got {raw.strip()[:60]!r}")
     print(tok.decode(ids))
     return 0

@@ -106,8 +106,10 @@ def _open_folder(path, dtype, kind: str) -> tuple[Path, LlamaConfig]:
     """The folder and its config, once the folder exists and the parameters fit in memory."""
     folder = Path(path)
     if not folder.is_dir():
+        from .describe import describe_model_path   # what it is instead, and how to load that
+
         raise FileNotFoundError(f"{folder} is not a folder (expected {kind} holding {CONFIG_NAME} "
-                                f"and {WEIGHTS_NAME})")
+                                f"and {WEIGHTS_NAME}): {describe_model_path(folder)}")
     config = read_config(folder / CONFIG_NAME)
     _check_memory_budget(folder / CONFIG_NAME, config, dtype)
     return folder, config

@@ -133,6 +133,15 @@ def read_llama2c_header(path) -> Llama2cHeader:
     return header
 
 
+def looks_like_llama2c(path) -> bool:
+    """Whether `path` is a file whose header reads as a valid llama2.c checkpoint (its size checked
+    too): what Llama.from_pretrained uses to pick this reader over a Hugging Face folder."""
+    try:
+        return Path(path).is_file() and read_llama2c_header(path) is not None
+    except (CheckpointError, OSError, ValueError, TypeError, struct.error):
+        return False
+
+
 def _versioned_header(path: Path, head: bytes) -> Llama2cHeader:
     if len(head) < VERSIONED_HEADER_BYTES:
         raise CheckpointError(path, f"has the llama2.c magic \"ak42\" but only {len(head)} bytes, "

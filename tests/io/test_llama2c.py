@@ -249,3 +249,18 @@ def test_mutated_headers_load_or_raise_checkpoint_error(tmp_path, robustness_cou
     assert outcomes["refused"] > 100
     robustness_count(f"llama2.c checkpoints: mutated headers ({outcomes['refused']} refused, "
                      f"{outcomes['loaded']} loaded)", 200)
+
+
+def test_from_pretrained_reads_a_llama2c_file_and_names_other_files(tmp_path):
+    from npllama.io.llama2c import read_llama2c
+
+    path = tmp_path / "model.bin"
+    write_legacy(path, random_llama2c_weights())
+    model = Llama.from_pretrained(path, dtype=np.float64)
+    config, params = read_llama2c(path, dtype=np.float64)
+    assert model.config == config
+    for name, value in params.items():
+        np.testing.assert_array_equal(model.params[name], value)
+    (tmp_path / "notes.gguf").write_bytes(b"GGUF" + bytes(60))
+    with pytest.raises(FileNotFoundError, match="GGUF"):
+        Llama.from_pretrained(tmp_path / "notes.gguf")

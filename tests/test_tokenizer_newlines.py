@@ -1,6 +1,7 @@
 """The tokenizer is trained on text as it is encoded: documents whole, newlines kept, so a word
 that starts a line (no "▁" before it) costs about what it costs after a space."""
 import numpy as np
+import pytest
 
 from npllama.corpus import make_play
 from npllama.data import split_documents
@@ -48,3 +49,18 @@ def test_long_documents_are_cut_after_newlines_and_nothing_is_lost():
     assert all(p.endswith("\n") for p in pieces)  # each piece keeps its newline
     assert "".join(pieces) == document
     assert list(_sentences(["  \n\n ", "a\nb"], 256)) == ["a\nb"]  # blank texts are skipped
+
+
+def test_newline_pieces_travel_to_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tokenizer = Tokenizer.train(scenes(600, seed=0), tmp_path / "t", 500)
+    assert any("\n" in tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size))  # the case at stake
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "tokenizer.model").write_bytes(tokenizer.model_bytes)
+    for name, data in tokenizer.hf_files().items():
+        (folder / name).write_bytes(data)
+    hf = transformers.AutoTokenizer.from_pretrained(folder)
+    text = scenes(40, seed=3)[0]
+    assert hf(text)["input_ids"] == tokenizer.encode(text)
+    assert tokenizer.decode(tokenizer.encode(text)) == text

@@ -1,6 +1,7 @@
 """`npllama train` configurable like its peers: the model's shape over a preset (flags or a Hugging
 Face config file), --init-from, the optimizer's betas, the held-out text, the document separator."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -162,3 +163,14 @@ def test_the_end_message_never_says_a_negative_percentage_below():
     assert _compared_with_unigram(2.0, 4.0).startswith("(50% below")
     above = _compared_with_unigram(4.5, 4.0)
     assert "above" in above and "12%" in above and "-" not in above.split("entropy")[1][:12]
+
+
+def test_resume_from_the_command_line_keeps_the_recorded_shape_and_betas(shaped_run, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(shaped_run, out)
+    assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--beta1", "0.7", "--no-progress"]) == 0
+    assert "beta1 0.8 -> 0.7" in capsys.readouterr().out
+    saved = json.loads((out / "train_config.json").read_text())
+    assert {name: saved[name] for name in SHAPE} == SHAPE and saved["beta1"] == 0.7 and saved["steps"] == 3
+    _, optimizer_state, state = load_checkpoint(out / "checkpoint")
+    assert state["step"] == 3 and tuple(optimizer_state["hyperparams"]["betas"]) == (0.7, 0.99)

@@ -2,6 +2,8 @@
 
     result = train(TrainConfig())            # the tiny preset on the built-in corpus, a few minutes
     result = train(TrainConfig(data="my.txt", preset="stories260k", steps=2000, out="runs/mine"))
+    result = train(TrainConfig(data="play.txt", doc_separator="whole-file", val_data="act5.txt",
+                               num_hidden_layers=6, hidden_size=256, num_attention_heads=8, out="runs/play"))
 
 Every step: loss and gradients of a batch (model.loss_and_grads), global-norm clipping, AdamW with
 linear warmup then cosine decay.  Every `eval_every` steps a validation loss on held-out text;
@@ -55,7 +57,7 @@ class TrainConfig:
     max_position_embeddings: int | None = None  # the context; None: the preset's, at least seq_len
     init_from: str | None = None           # start from this Hugging Face folder's weights (and shape)
     tokenizer: str | None = None           # an existing SentencePiece .model; None: train one
-    vocab_size: int | None = None          # for a new tokenizer; None: the preset's
+    vocab_size: int | None = None          # for a new tokenizer; None: model_config's, else the preset's
     steps: int = 400
     batch_size: int = 16
     seq_len: int = 128
@@ -95,7 +97,8 @@ class TrainConfig:
                 _positive_int(name, getattr(self, name))
         if self.warmup_steps is None:
             self.warmup_steps = min(40, self.steps // 10) if isinstance(self.steps, int) else 0
-        for name in ("warmup_steps", "eval_batches", "eval_every", "checkpoint_every", "samples", "sample_tokens", "seed"):
+        for name in ("warmup_steps", "eval_batches", "eval_every", "checkpoint_every", "samples", "sample_tokens",
+                     "seed"):
             _non_negative_int(name, getattr(self, name))
         for name in ("stop_after", "threads"):
             if getattr(self, name) is not None:
@@ -169,13 +172,13 @@ class TrainConfig:
     RESUME_FIXED = ("data", "preset", "tokenizer", "vocab_size", "batch_size", "seq_len", "grad_accum", "seed",
                     "objective", "dtype", "val_fraction", "val_data", "doc_separator", "corpus_stories",
                     "model_config", "init_from", *SHAPE_FLAGS)
+    # Settings that only steer this one call (not the run's arithmetic): changed silently.
+    RESUME_QUIET = ("out", "stop_after", "progress", "samples", "sample_tokens")
 
     @property
     def held_out_fraction(self) -> float:
         """The share of data's tokens held out when there is no val_data."""
         return 0.05 if self.val_fraction is None else self.val_fraction
-    # Settings that only steer this one call (not the run's arithmetic): changed silently.
-    RESUME_QUIET = ("out", "stop_after", "progress", "samples", "sample_tokens")
 
 
 @dataclasses.dataclass
@@ -259,7 +262,6 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
     loader = BatchLoader(train_ids, tc.batch_size, tc.seq_len, seed=tc.seed)
     val_batches = evaluation_batches(val_ids, tc.batch_size, tc.seq_len, max_batches=tc.eval_batches or None)
     unigram = unigram_entropy(train_ids, tokenizer.vocab_size)
-    dtype = DTYPES[tc.dtype]
 
     state = {}
     if checkpoint is not None:
@@ -277,8 +279,9 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
         start_step = 0
         atomic_write_text(run_dir / "log.jsonl", "")
     mark_latest(run_dir)
-    echo(f"model: {_describe_shape(tc, model.config)}, {model.num_parameters():,} parameters; corpus: {len(train_ids):,} training "
-         f"and {len(val_ids):,} validation tokens; unigram entropy {unigram:.3f} nats/token")
+    echo(f"model: {_describe_shape(tc, model.config)}, {model.num_parameters():,} parameters; "
+         f"corpus: {len(train_ids):,} training and {len(val_ids):,} validation tokens; "
+         f"unigram entropy {unigram:.3f} nats/token")
 
     loss_and_grads, loss = model.loss_and_grads, model.loss
     if tc.objective == "mlm":  # the bidirectional stack predicting masked tokens (npllama/objectives.py)

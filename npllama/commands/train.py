@@ -23,8 +23,9 @@ def register(subparsers) -> None:
                    help="how a .txt file is cut into documents (each trained as <s> document </s>): at blank "
                         "lines; at every occurrence of TEXT (e.g. marker:<|endoftext|>), so blank lines stay "
                         "inside a document; or not at all")
-    p.add_argument("--val-data", default=None, metavar="FILE", help="held-out text for the validation loss (a file or folder "
-                   "read like --data); then all of --data is trained on (default: the end of --data)")
+    p.add_argument("--val-data", default=None, metavar="FILE",
+                   help="held-out text for the validation loss (a file or folder read like --data); "
+                        "then all of --data is trained on (default: the end of --data)")
     p.add_argument("--val-fraction", type=float, default=None, help="share of --data's tokens held out "
                    "(its end) for the validation loss, when there is no --val-data (default: 0.05)")
     p.add_argument("--eval-batches", type=int, default=d.eval_batches, help="batches of held-out text "

@@ -140,7 +140,7 @@ def test_val_data_is_the_held_out_text_and_eval_batches_0_scores_all_of_it(tmp_p
     assert len(batches) > 2  # all of them, not eval_batches' default
     expected = np.mean([model.loss(t, y) for t, y in batches])
     assert result.val_loss == pytest.approx(expected, rel=1e-5)
-    assert np.load(out / "tokens.npy").size == train_ids.size  # all of --data is trained on
+    assert np.load(out / "tokens.npy", allow_pickle=False).size == train_ids.size  # all of --data is trained on
 
 
 def test_val_fraction_sets_the_share_held_out(tmp_path):

@@ -1,11 +1,16 @@
 """`npllama train` configurable like its peers: the model's shape over a preset (flags or a Hugging
 Face config file), --init-from, the optimizer's betas, the held-out text, the document separator."""
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import npllama
 from npllama import Llama, LlamaConfig
 from npllama.cli import main
 from npllama.data import split_documents
@@ -174,3 +179,16 @@ def test_resume_from_the_command_line_keeps_the_recorded_shape_and_betas(shaped_
     assert {name: saved[name] for name in SHAPE} == SHAPE and saved["beta1"] == 0.7 and saved["steps"] == 3
     _, optimizer_state, state = load_checkpoint(out / "checkpoint")
     assert state["step"] == 3 and tuple(optimizer_state["hyperparams"]["betas"]) == (0.7, 0.99)
+
+
+def test_train_output_to_a_closed_pipe_ends_quietly(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(npllama.__file__).resolve().parents[1])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "npllama", "train", "--out", str(tmp_path / "run"), "--preset", "stories260k",
+         "--vocab-size", "360", "--steps", "2", "--batch-size", "2", "--seq-len", "16", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    process.stdout.readline()
+    process.stdout.close()   # like `npllama train | head -1`
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err

@@ -358,6 +358,27 @@ def make_default_corpus(n_stories: int = DEFAULT_N_STORIES, seed: int = 0) -> li
     return [make_story(rng) for _ in range(n_stories)]
 
 
+def make_play(n_speeches: int = 2000, seed: int = 0) -> str:
+    """A play-like text with many line breaks (the layout of a play's script): speeches separated by
+    blank lines, each a speaker's name in capitals on a line of its own, then one to four lines of
+    the stories' sentences.  Words start lines as often as they follow spaces, which is what
+    measures whether a tokenizer handles line-initial words (benchmarks/tokenizer_newlines.py)."""
+    if isinstance(n_speeches, bool) or not isinstance(n_speeches, int) or n_speeches <= 0:
+        raise ValueError(f"n_speeches must be a positive int, got {n_speeches!r}")
+    rng = random.Random(seed)
+    speakers = ["HAMLET", "OPHELIA", "KING", "QUEEN", "HORATIO", "POLONIUS", "LAERTES", "GHOST"]
+    sentences: list[str] = []
+    speeches = []
+    for _ in range(n_speeches):
+        lines = []
+        for _ in range(rng.randint(1, 4)):
+            if not sentences:
+                sentences = [s.strip() for s in make_story(rng).replace("! ", "!|").replace(". ", ".|").split("|")]
+            lines.append(sentences.pop())
+        speeches.append(rng.choice(speakers) + ".\n" + "\n".join(lines))
+    return "\n\n".join(speeches) + "\n"
+
+
 def write_default_corpus(path, n_stories: int = DEFAULT_N_STORIES, seed: int = 0) -> Path:
     """Write the corpus to `path` (UTF-8, stories separated by a blank line) atomically."""
     path = Path(path)

@@ -32,20 +32,28 @@ ENCODE_CHUNK = 1024     # documents per encode_batch call (one progress-bar step
 
 # ----- reading text --------------------------------------------------------------------------------
 
-def load_texts(path) -> list[str]:
+DOC_SEPARATORS = ("blank-line", "marker:<TEXT>", "whole-file")  # what a .txt file is cut at
+
+
+def load_texts(path, doc_separator: str = "blank-line") -> list[str]:
     """Read a corpus as a list of documents.
 
-    * `.txt`: UTF-8 text; documents are separated by one or more blank lines (lines holding only
-      whitespace count as blank).  A document keeps its single newlines; surrounding whitespace is
-      stripped.  So a file with one story per paragraph gives one document per story, and a file
-      without blank lines is one document.
+    * `.txt`: UTF-8 text, cut into documents as `doc_separator` says:
+        - "blank-line" (default): at one or more blank lines (lines holding only whitespace count
+          as blank).  A file with one story per paragraph gives one document per story.
+        - "marker:<TEXT>": at every occurrence of TEXT (e.g. "marker:<|endoftext|>"); blank lines
+          stay inside a document, so a play or a book with paragraphs stays whole.
+        - "whole-file": the file is one document.
+      A document keeps its newlines; surrounding whitespace is stripped.
     * `.jsonl`: one JSON object per line with a string field "text" (blank lines are skipped).
     * a folder: every `.txt` and `.jsonl` file in it and its subfolders, in sorted path order, each
       read by the rules above.
 
     Empty documents are dropped.  Raises FileNotFoundError if `path` does not exist, ValueError for
-    other formats, malformed JSON (naming the file and line) or a corpus without any text.
+    other formats, a bad doc_separator, malformed JSON (naming the file and line) or a corpus
+    without any text.
     """
+    check_doc_separator(doc_separator)
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"corpus {str(path)!r} does not exist (expected a .txt or .jsonl file, "
@@ -58,23 +66,45 @@ def load_texts(path) -> list[str]:
         files = [path]
     texts = []
     for file in files:
-        texts.extend(_read_file(file))
+        texts.extend(_read_file(file, doc_separator))
     if not texts:
         raise ValueError(f"corpus {str(path)!r} is empty: it contains no text")
     return texts
 
 
-def _read_file(path: Path) -> list[str]:
+def check_doc_separator(doc_separator) -> None:
+    """A ValueError unless doc_separator is one of DOC_SEPARATORS (a marker with non-empty text)."""
+    if not isinstance(doc_separator, str):
+        raise TypeError(f"doc_separator must be a str (one of {', '.join(DOC_SEPARATORS)}), got {doc_separator!r}")
+    if doc_separator in ("blank-line", "whole-file"):
+        return
+    if not doc_separator.startswith("marker:") or not doc_separator[len("marker:"):].strip():
+        raise ValueError(f"doc_separator must be blank-line, whole-file or marker:<TEXT> with a non-blank "
+                         f"TEXT (e.g. marker:<|endoftext|>), got {doc_separator!r}")
+
+
+def _read_file(path: Path, doc_separator: str) -> list[str]:
     if path.suffix == ".txt":
-        return split_documents(_read_utf8(path))
+        return split_documents(_read_utf8(path), doc_separator)
     if path.suffix == ".jsonl":
         return _read_jsonl(path)
     raise ValueError(f"cannot read corpus file {str(path)!r}: expected a .txt or .jsonl file "
                      f"(or a folder of them), got {path.suffix or 'no extension'!r}")
 
 
-def split_documents(text: str) -> list[str]:
-    """Split text at blank lines into documents (the `.txt` rule of `load_texts`)."""
+def split_documents(text: str, doc_separator: str = "blank-line") -> list[str]:
+    """Split text into documents (the `.txt` rule of `load_texts`)."""
+    check_doc_separator(doc_separator)
+    if doc_separator == "whole-file":
+        pieces = [text]
+    elif doc_separator.startswith("marker:"):
+        pieces = text.split(doc_separator[len("marker:"):])
+    else:
+        return _split_at_blank_lines(text)
+    return [piece.strip() for piece in pieces if piece.strip()]
+
+
+def _split_at_blank_lines(text: str) -> list[str]:
     documents, current = [], []
     for line in text.splitlines():
         if line.strip():
@@ -362,8 +392,8 @@ def evaluation_batches(ids: np.ndarray, batch_size: int, seq_len: int,
     n_windows = (ids.shape[0] - 1) // seq_len
     if n_windows == 0:
         raise ValueError(f"the validation set has {ids.shape[0]} tokens, but one window of {seq_len} "
-                         f"tokens needs {seq_len + 1}; use a smaller --seq-len or a larger validation "
-                         f"fraction")
+                         f"tokens needs {seq_len + 1}; use a smaller --seq-len, more --val-data text or "
+                         f"a larger --val-fraction")
     batch_size = min(batch_size, n_windows)
     n_batches = n_windows // batch_size
     if max_batches is not None:

@@ -124,13 +124,14 @@ class Tokenizer:
               verbose: bool = False, **trainer_options) -> "Tokenizer":
         """Train a SentencePiece model with LLaMA's settings; write `<model_prefix>.model/.vocab`.
 
-        texts_or_files: either text -- an iterable of `str`, each one or more lines (documents are
-            split into lines, and lines longer than `max_sentence_length` bytes into chunks at spaces,
-            because SentencePiece skips over-long sentences) -- or files: a `str`/`os.PathLike` path,
+        texts_or_files: either text -- an iterable of `str`, each a document trained on as it will be
+            encoded, newlines included (documents longer than `max_sentence_length` bytes are cut
+            after a newline, and such long lines at spaces, because SentencePiece skips over-long
+            sentences) -- or files: a `str`/`os.PathLike` path,
             or an iterable of `pathlib.Path`, each a plain-text file read one line per sentence.
         vocab_size: the number of pieces, including 256 byte pieces and <unk>, <s>, </s>.  If the
             corpus cannot fill it, ValueError suggests the largest size that works.
-        input_sentence_size: at most this many sentences (lines) are used, sampled uniformly when the
+        input_sentence_size: at most this many sentences (documents, or lines of files) are used, sampled uniformly when the
             corpus has more, so huge corpora train in bounded memory.  0 = all; else more than 100.
         character_coverage: fraction of characters that get their own piece; the rarest rest are
             spelled with bytes (byte fallback).
@@ -357,16 +358,30 @@ def _as_files(texts_or_files) -> list[Path] | None:
 
 
 def _sentences(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
-    """Non-empty lines of the texts, long ones cut at spaces into pieces of at most max_bytes."""
+    """Each text as one sentence, newlines kept: the tokenizer is trained on text as `encode` will
+    see it, so it learns the newline and the words that follow one (a line-initial word has no "▁":
+    trained on single lines, it would be spelled letter by letter after every newline).  A text
+    longer than max_bytes is cut after a newline (each piece keeps its newline), long lines at spaces."""
     if isinstance(texts, (bytes, dict)) or not isinstance(texts, Iterable):
         raise TypeError(f"texts_or_files must be an iterable of str or a path, got {type(texts).__name__}")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts_or_files[{i}] must be a str (or pass pathlib.Path objects for "
                             f"files), got {type(text).__name__}")
-        for line in text.splitlines():
-            if line.strip():
+        piece, size = [], 0
+        for line in text.splitlines(keepends=True):
+            line_size = len(line.encode("utf-8"))
+            if piece and size + line_size > max_bytes:
+                if "".join(piece).strip():
+                    yield "".join(piece)
+                piece, size = [], 0
+            if line_size > max_bytes:
                 yield from _chunk(line, max_bytes)
+                continue
+            piece.append(line)
+            size += line_size
+        if piece and "".join(piece).strip():
+            yield "".join(piece)
 
 
 def _chunk(line: str, max_bytes: int) -> Iterator[str]:

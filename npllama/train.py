@@ -2,6 +2,8 @@
 
     result = train(TrainConfig())            # the tiny preset on the built-in corpus, a few minutes
     result = train(TrainConfig(data="my.txt", preset="stories260k", steps=2000, out="runs/mine"))
+    result = train(TrainConfig(data="play.txt", doc_separator="whole-file", val_data="act5.txt",
+                               num_hidden_layers=6, hidden_size=256, num_attention_heads=8, out="runs/play"))
 
 Every step: loss and gradients of a batch (model.loss_and_grads), global-norm clipping, AdamW with
 linear warmup then cosine decay.  Every `eval_every` steps a validation loss on held-out text;
@@ -22,9 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from .config import PRESETS, LlamaConfig, python_scalar
+from .data import check_doc_separator
 from .interrupts import Interrupted, deferred_stop_signals, stop_signals_interrupt
 from .io.atomic import atomic_write_bytes, atomic_write_text
 from .io.errors import CheckpointError
+from .model_shape import (SHAPE_FLAGS, base_vocab_size, check_model_config_fields, check_shape, init_from_config,
+                          init_from_tokenizer_path, new_model_config, read_model_config_file)
 from .optim import AdamW, NonFiniteGradientError, TrainingError, clip_finite_step, cosine_with_warmup
 from .parallel import BatchSplitter, default_workers
 from .runs import (TOKENIZER_FILE, checkpoint_to_resume, mark_latest, remove_stale_temporaries,
@@ -42,8 +47,17 @@ class TrainConfig:
     out: str = "runs/tiny"                 # the run folder
     data: str | None = None                # .txt, folder of .txt, or .jsonl; None: built-in stories
     preset: str = "tiny"                   # model shape (npllama.config.PRESETS)
+    # The model's shape on top of the preset (npllama/model_shape.py); None: the preset's
+    model_config: dict | str | None = None # Hugging Face config fields, or the path of a JSON file of them
+    hidden_size: int | None = None
+    num_hidden_layers: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    intermediate_size: int | None = None
+    max_position_embeddings: int | None = None  # the context; None: the preset's, at least seq_len
+    init_from: str | None = None           # start from this Hugging Face folder's weights (and shape)
     tokenizer: str | None = None           # an existing SentencePiece .model; None: train one
-    vocab_size: int | None = None          # for a new tokenizer; None: the preset's
+    vocab_size: int | None = None          # for a new tokenizer; None: model_config's, else the preset's
     steps: int = 400
     batch_size: int = 16
     seq_len: int = 128
@@ -56,8 +70,10 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     eval_every: int = 100
-    eval_batches: int = 8
-    val_fraction: float = 0.05
+    eval_batches: int = 8                  # batches of held-out text per evaluation; 0: all of it
+    val_data: str | None = None            # held-out text (a file or folder like `data`); None: the end of data
+    val_fraction: float | None = None      # share of data's tokens held out; None: 0.05 (without val_data)
+    doc_separator: str = "blank-line"      # how a .txt splits into documents (npllama.data.DOC_SEPARATORS)
     checkpoint_every: int = 100
     seed: int = 0
     dtype: str = "float32"
@@ -74,11 +90,15 @@ class TrainConfig:
     def __post_init__(self):
         for field in dataclasses.fields(self):  # NumPy scalars are accepted as the numbers they hold
             setattr(self, field.name, python_scalar(getattr(self, field.name)))
-        for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "corpus_stories"):
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "corpus_stories"):
             _positive_int(name, getattr(self, name))
+        for name in SHAPE_FLAGS:
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
         if self.warmup_steps is None:
             self.warmup_steps = min(40, self.steps // 10) if isinstance(self.steps, int) else 0
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "samples", "sample_tokens", "seed"):
+        for name in ("warmup_steps", "eval_batches", "eval_every", "checkpoint_every", "samples", "sample_tokens",
+                     "seed"):
             _non_negative_int(name, getattr(self, name))
         for name in ("stop_after", "threads"):
             if getattr(self, name) is not None:
@@ -103,7 +123,7 @@ class TrainConfig:
             _finite_number(name, getattr(self, name))
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)!r}")
-        for name in ("min_lr", "weight_decay", "beta1", "beta2", "val_fraction"):
+        for name in ("min_lr", "weight_decay", "beta1", "beta2"):
             _finite_number(name, getattr(self, name))
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"min_lr must be between 0 and lr ({self.lr}), got {self.min_lr}")
@@ -125,15 +145,40 @@ class TrainConfig:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         if self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed steps ({self.steps})")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be strictly between 0 and 1, got {self.val_fraction}")
+        self._check_held_out_text()
+        for name in ("model_config", "init_from", "val_data"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, dict) if name == "model_config" else str):
+                raise TypeError(f"{name} must be a path (str){' or a dict' if name == 'model_config' else ''} "
+                                f"or None, got {value!r}")
+        check_doc_separator(self.doc_separator)
+        if isinstance(self.model_config, str):  # recorded as the fields, so a run never depends on the file
+            self.model_config = read_model_config_file(self.model_config)
+        elif self.model_config is not None:
+            check_model_config_fields(self.model_config)
+        check_shape(self)
+
+    def _check_held_out_text(self) -> None:
+        if self.val_fraction is not None:
+            _finite_number("val_fraction", self.val_fraction)
+            if not 0 < self.val_fraction < 1:
+                raise ValueError(f"val_fraction must be strictly between 0 and 1, got {self.val_fraction}")
+            if self.val_data is not None:
+                raise ValueError("give val_data (held-out text of its own) or val_fraction (a share of "
+                                 "data held out), not both")
 
     # Settings that must not change when a run is resumed: they define the model, the data and its
     # order.  The rest (steps, lr, ...) may; a resume applies the new values and records them.
     RESUME_FIXED = ("data", "preset", "tokenizer", "vocab_size", "batch_size", "seq_len", "grad_accum", "seed",
-                    "objective", "dtype", "val_fraction", "corpus_stories")
+                    "objective", "dtype", "val_fraction", "val_data", "doc_separator", "corpus_stories",
+                    "model_config", "init_from", *SHAPE_FLAGS)
     # Settings that only steer this one call (not the run's arithmetic): changed silently.
     RESUME_QUIET = ("out", "stop_after", "progress", "samples", "sample_tokens")
+
+    @property
+    def held_out_fraction(self) -> float:
+        """The share of data's tokens held out when there is no val_data."""
+        return 0.05 if self.val_fraction is None else self.val_fraction
 
 
 @dataclasses.dataclass
@@ -179,9 +224,14 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
     run_dir = Path(tc.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"--out {tc.out!r} is a file, not a folder: choose a run folder")
-    for name in ("data", "tokenizer"):  # before anything is written
+    for name in ("data", "tokenizer", "val_data"):  # before anything is written
         if getattr(tc, name) is not None and not Path(getattr(tc, name)).expanduser().exists():
-            raise FileNotFoundError(f"--{name} {getattr(tc, name)!r} does not exist")
+            raise FileNotFoundError(f"--{name.replace('_', '-')} {getattr(tc, name)!r} does not exist")
+    if tc.init_from is not None and not resume:
+        init_from_config(tc)  # the folder is readable and the shape settings agree with it
+        if tc.tokenizer is not None and init_from_tokenizer_path(tc) is not None:
+            raise ValueError(f"--init-from {tc.init_from!r} has its own tokenizer.model, which its "
+                             f"embeddings were trained with: leave out --tokenizer")
     if resume and not (run_dir / "train_config.json").is_file():
         raise FileNotFoundError(f"nothing to resume: {str(run_dir / 'train_config.json')!r} does not exist")
     with stop_signals_interrupt(), writing_run(run_dir):
@@ -190,7 +240,7 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
 
 def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -> TrainResult:
     from .corpus import unigram_entropy
-    from .data import BatchLoader, evaluation_batches, train_val_split
+    from .data import BatchLoader, evaluation_batches
 
     changes = {}
     if resume:
@@ -208,12 +258,10 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
 
     texts = _load_corpus(tc)
     tokenizer = _prepare_tokenizer(tc, run_dir, texts, echo, checkpoint)
-    ids = _prepare_tokens(tc, run_dir, tokenizer, texts)
-    train_ids, val_ids = train_val_split(ids, tc.val_fraction, bos_id=tokenizer.bos_id)
+    train_ids, val_ids = _train_and_held_out_tokens(tc, run_dir, tokenizer, texts)
     loader = BatchLoader(train_ids, tc.batch_size, tc.seq_len, seed=tc.seed)
-    val_batches = evaluation_batches(val_ids, tc.batch_size, tc.seq_len, max_batches=tc.eval_batches)
+    val_batches = evaluation_batches(val_ids, tc.batch_size, tc.seq_len, max_batches=tc.eval_batches or None)
     unigram = unigram_entropy(train_ids, tokenizer.vocab_size)
-    dtype = DTYPES[tc.dtype]
 
     state = {}
     if checkpoint is not None:
@@ -226,17 +274,14 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
     else:
         if resume:
             echo(f"no checkpoint in {run_dir} yet: starting from step 0")
-        config = _model_config(tc, tokenizer)
-        from .model import Llama
-
-        _check_budget(tc, config)
-        model = Llama(config, seed=tc.seed, dtype=dtype)
+        model = _new_model(tc, tokenizer, echo)
         optimizer = _make_optimizer(model, tc)
         start_step = 0
         atomic_write_text(run_dir / "log.jsonl", "")
     mark_latest(run_dir)
-    echo(f"model: {tc.preset}, {model.num_parameters():,} parameters; corpus: {len(train_ids):,} training "
-         f"and {len(val_ids):,} validation tokens; unigram entropy {unigram:.3f} nats/token")
+    echo(f"model: {_describe_shape(tc, model.config)}, {model.num_parameters():,} parameters; "
+         f"corpus: {len(train_ids):,} training and {len(val_ids):,} validation tokens; "
+         f"unigram entropy {unigram:.3f} nats/token")
 
     loss_and_grads, loss = model.loss_and_grads, model.loss
     if tc.objective == "mlm":  # the bidirectional stack predicting masked tokens (npllama/objectives.py)
@@ -271,10 +316,8 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
         with _reporting_write_errors("the final model", run_dir / "model"):
             _save_final_model(run_dir, model, tokenizer)
         _plot_losses(run_dir)
-        val_loss = loop.last_val_loss
-        reduction = 100 * (1 - val_loss / unigram)
-        echo(f"done: step {loop.step}, validation loss {val_loss:.3f} nats/token vs unigram entropy "
-             f"{unigram:.3f} ({reduction:.0f}% below); model saved in {run_dir / 'model'}")
+        echo(f"done: step {loop.step}, validation loss {loop.last_val_loss:.3f} nats/token "
+             f"{_compared_with_unigram(loop.last_val_loss, unigram)}; model saved in {run_dir / 'model'}")
         if tc.objective == "causal":  # a bidirectional masked-LM model does not generate text
             samples = _print_samples(model, tokenizer, tc, echo)
     signum = None
@@ -511,11 +554,12 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts: list[str], echo, c
         return tokenizer
     if path.is_file():  # a resume of a run whose checkpoint predates tokenizer copies
         return Tokenizer(path)
-    if tc.tokenizer is not None:
-        tokenizer = Tokenizer(tc.tokenizer)
+    given = tc.tokenizer if tc.init_from is None else (init_from_tokenizer_path(tc) or tc.tokenizer)
+    if given is not None:
+        tokenizer = Tokenizer(given)
         atomic_write_bytes(path, tokenizer.model_bytes)
         return Tokenizer(path)
-    vocab_size = tc.vocab_size or PRESETS[tc.preset]["vocab_size"]
+    vocab_size = base_vocab_size(tc) if tc.init_from is None else init_from_config(tc).vocab_size
     echo(f"training a SentencePiece BPE tokenizer with {vocab_size} pieces ...")
     # SentencePiece writes its files in place; train under a temporary name and move the result
     # in atomically, so a run killed meanwhile never leaves a half-written tokenizer.model behind.
@@ -547,10 +591,16 @@ def _explain_tokenizer_failure(run_dir: Path, error: Exception) -> None:
                           f"(SentencePiece said: {error})") from None
 
 
-def _prepare_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts: list[str]):
-    from .data import tokenize_corpus
+def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts: list[str]):
+    """(train_ids, val_ids): all of --data and --val-data's text, or --data with its last
+    val_fraction held out."""
+    from .data import load_texts, tokenize_corpus, train_val_split
 
-    return tokenize_corpus(texts, tokenizer, cache_path=run_dir / "tokens.npy", progress=tc.progress)
+    ids = tokenize_corpus(texts, tokenizer, cache_path=run_dir / "tokens.npy", progress=tc.progress)
+    if tc.val_data is None:
+        return train_val_split(ids, tc.held_out_fraction, bos_id=tokenizer.bos_id)
+    val_texts = load_texts(tc.val_data, tc.doc_separator)
+    return ids, tokenize_corpus(val_texts, tokenizer, cache_path=run_dir / "val_tokens.npy", progress=tc.progress)
 
 
 def _load_corpus(tc: TrainConfig) -> list[str]:
@@ -558,15 +608,41 @@ def _load_corpus(tc: TrainConfig) -> list[str]:
     from .corpus import make_default_corpus
     from .data import load_texts
 
-    return load_texts(tc.data) if tc.data is not None else make_default_corpus(tc.corpus_stories, seed=0)
+    if tc.data is None:
+        return make_default_corpus(tc.corpus_stories, seed=0)
+    return load_texts(tc.data, tc.doc_separator)
 
 
-def _model_config(tc: TrainConfig, tokenizer) -> LlamaConfig:
-    preset = PRESETS[tc.preset]
-    max_positions = max(preset["max_position_embeddings"], tc.seq_len)
-    return LlamaConfig.from_preset(tc.preset, vocab_size=tokenizer.vocab_size,
-                                   max_position_embeddings=max_positions,
-                                   bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
+def _new_model(tc: TrainConfig, tokenizer, echo):
+    """A new run's model: random weights of the run's shape, or the --init-from folder's weights."""
+    from .model import Llama
+
+    if tc.init_from is None:
+        config = new_model_config(tc, tokenizer)
+        _check_budget(tc, config)
+        return Llama(config, seed=tc.seed, dtype=DTYPES[tc.dtype])
+    config = init_from_config(tc)
+    tokenizer.check_vocab(config.vocab_size)
+    _check_budget(tc, config)
+    echo(f"starting from the weights in {tc.init_from}")
+    return Llama.from_pretrained(Path(tc.init_from).expanduser(), dtype=DTYPES[tc.dtype])
+
+
+def _describe_shape(tc: TrainConfig, config: LlamaConfig) -> str:
+    changed = tc.init_from is not None or tc.model_config or any(getattr(tc, n) is not None for n in SHAPE_FLAGS)
+    name = f"from {tc.init_from}" if tc.init_from is not None else tc.preset + (" (reshaped)" if changed else "")
+    return (f"{name}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+            f"{config.num_attention_heads} heads ({config.num_key_value_heads} kv), "
+            f"intermediate {config.intermediate_size}, context {config.max_position_embeddings}")
+
+
+def _compared_with_unigram(val_loss: float, unigram: float) -> str:
+    """How the validation loss compares with the unigram entropy (what a model that ignores the
+    context would reach), in words that are right on either side of it."""
+    if val_loss <= unigram:
+        return f"({100 * (1 - val_loss / unigram):.0f}% below the unigram entropy {unigram:.3f})"
+    return (f"(above the unigram entropy {unigram:.3f}, by {100 * (val_loss / unigram - 1):.0f}%: "
+            f"the model has not yet learned more than word frequencies; train longer)")
 
 
 ADAM_EPS = 1e-8

@@ -383,8 +383,11 @@ BAD_TRAIN_SETTINGS = [
     ("grad_clip", 0.0), ("grad_clip", float("nan")), ("val_fraction", 0.0), ("val_fraction", 1.0),
     ("val_fraction", "0.1"), ("preset", "huge"), ("dtype", "float16"), ("warmup_steps", 50), ("vocab_size", 0),
     ("vocab_size", 100), ("vocab_size", True), ("out", ""), ("eval_every", -1), ("checkpoint_every", -1),
-    ("stop_after", 0), ("seed", -1), ("samples", -1), ("skip_nonfinite", "yes"), ("data", 5), ("eval_batches", 0),
-    ("threads", 0), ("threads", 1.5), ("threads", True),
+    ("stop_after", 0), ("seed", -1), ("samples", -1), ("skip_nonfinite", "yes"), ("data", 5), ("eval_batches", -1),
+    ("threads", 0), ("threads", 1.5), ("threads", True), ("hidden_size", 0), ("num_hidden_layers", 1.5),
+    ("num_attention_heads", 5), ("num_key_value_heads", 3), ("max_position_embeddings", -1),
+    ("model_config", {"hiden_size": 64}), ("model_config", 5), ("init_from", 5), ("val_data", 5),
+    ("doc_separator", "comma"), ("doc_separator", "marker: "),
 ]
 # steps=10 as a default the row may override (a second steps= keyword would raise Python's own
 # TypeError, which names "steps" too, before TrainConfig checks anything)

@@ -16,15 +16,50 @@ def register(subparsers) -> None:
                     "trains the `tiny` preset on a built-in corpus of generated children's stories in a "
                     "few minutes, then prints samples; `npllama generate` continues text from that run.",
         formatter_class=HelpFormatter)
-    p.add_argument("--data", default=None, help="training text: a .txt file (documents separated by blank "
-                   "lines), a folder of .txt/.jsonl files, or a .jsonl file with a \"text\" field "
-                   "(default: the built-in stories)")
+    p.add_argument("--data", default=None, help="training text: a .txt file (cut into documents as "
+                   "--doc-separator says), a folder of .txt/.jsonl files, or a .jsonl file with a \"text\" "
+                   "field (default: the built-in stories)")
+    p.add_argument("--doc-separator", default=d.doc_separator, metavar="blank-line|marker:TEXT|whole-file",
+                   help="how a .txt file is cut into documents (each trained as <s> document </s>): at blank "
+                        "lines; at every occurrence of TEXT (e.g. marker:<|endoftext|>), so blank lines stay "
+                        "inside a document; or not at all")
+    p.add_argument("--val-data", default=None, metavar="FILE",
+                   help="held-out text for the validation loss (a file or folder read like --data); "
+                        "then all of --data is trained on (default: the end of --data)")
+    p.add_argument("--val-fraction", type=float, default=None, help="share of --data's tokens held out "
+                   "(its end) for the validation loss, when there is no --val-data (default: 0.05)")
+    p.add_argument("--eval-batches", type=int, default=d.eval_batches, help="batches of held-out text "
+                   "scored at each evaluation (0: all of it)")
     p.add_argument("--out", default=d.out, help="run folder (checkpoints, logs, final model)")
     p.add_argument("--preset", default=d.preset, help="model shape: tiny, stories260k, stories15m, "
                    "stories42m, stories110m")
+    shape = p.add_argument_group(
+        "model shape", "on top of --preset; Hugging Face's field names in brackets (a model folder's "
+                       "config.json works as --config). Fixed for the run: --resume refuses a change")
+    shape.add_argument("--config", dest="model_config", default=None, metavar="FILE.json",
+                       help="a JSON file of Hugging Face config fields (hidden_size, num_hidden_layers, "
+                            "rope_theta, tie_word_embeddings, ...) applied over the preset; the flags "
+                            "below apply over it")
+    shape.add_argument("--hidden-size", dest="hidden_size", type=int, default=None, metavar="N",
+                       help="width of the residual stream [hidden_size]")
+    shape.add_argument("--layers", dest="num_hidden_layers", type=int, default=None, metavar="N",
+                       help="transformer blocks [num_hidden_layers]")
+    shape.add_argument("--heads", dest="num_attention_heads", type=int, default=None, metavar="N",
+                       help="query heads; must divide --hidden-size [num_attention_heads]")
+    shape.add_argument("--kv-heads", dest="num_key_value_heads", type=int, default=None, metavar="N",
+                       help="key/value heads (grouped-query attention); must divide --heads [num_key_value_heads]")
+    shape.add_argument("--intermediate-size", dest="intermediate_size", type=int, default=None, metavar="N",
+                       help="width of the SwiGLU feed-forward layer [intermediate_size]")
+    shape.add_argument("--context", dest="max_position_embeddings", type=int, default=None, metavar="N",
+                       help="longest sequence the model is made for; at least --seq-len (default: the "
+                            "preset's, raised to --seq-len) [max_position_embeddings]")
+    shape.add_argument("--init-from", default=None, metavar="DIR",
+                       help="start from the weights of this Hugging Face model folder (and its "
+                            "tokenizer.model if it has one); its shape is used, so shape flags that "
+                            "disagree with it are refused")
     p.add_argument("--tokenizer", default=None, help="use this SentencePiece .model instead of training one")
     p.add_argument("--vocab-size", type=int, default=None, help="pieces of the tokenizer trained for "
-                   "the run (default: the preset's)")
+                   "the run, and so the model's vocabulary (default: --config's vocab_size, else the preset's)")
     p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps in total")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="token windows per micro-batch")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per training window")
@@ -35,6 +70,10 @@ def register(subparsers) -> None:
                    help="linear warmup steps (default: a tenth of --steps, at most 40)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay,
                    help="AdamW's decoupled weight decay (lr * weight decay must stay below 1)")
+    p.add_argument("--beta1", type=float, default=d.beta1, help="AdamW's decay rate of the gradient's "
+                   "running mean, in [0, 1)")
+    p.add_argument("--beta2", type=float, default=d.beta2, help="AdamW's decay rate of the squared "
+                   "gradient's running mean, in [0, 1)")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="global gradient-norm limit")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validation losses (0: only at the end)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints (0: only at the end)")
@@ -53,7 +92,8 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, with the settings it was started "
                         "with; options given with it change those settings (the ones that define the "
-                        "run -- data, preset, tokenizer, batch shape, seed, dtype -- are refused)")
+                        "run -- data and held-out text, preset and model shape, --init-from, tokenizer, batch shape, "
+                        "seed, dtype -- are refused)")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many steps (with a checkpoint); --resume continues the run")
     p.add_argument("--skip-nonfinite", action="store_true",

@@ -1,0 +1,147 @@
+"""The shape of the model a training run builds: a preset, with a Hugging Face config file and
+single fields on top (`npllama train --preset tiny --config model.json --layers 6`), or the shape
+of a pretrained folder (`--init-from DIR`).
+
+    shape = shape_settings(tc)                    # {HF field name: value} of preset + file + flags
+    config = new_model_config(tc, tokenizer)      # the LlamaConfig, with the tokenizer's vocab and ids
+
+Field names are Hugging Face's, so a config.json copied from a model folder works as a --config
+file.  Its bookkeeping fields (architectures, torch_dtype, ...) are accepted and ignored; the
+token ids always come from the run's tokenizer; any other unknown field is refused, so a typo
+such as "hiden_size" is an error rather than a setting silently ignored.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import PRESETS, LlamaConfig
+
+# TrainConfig field (HF name) -> the command-line flag that sets it
+SHAPE_FLAGS = {
+    "hidden_size": "--hidden-size",
+    "num_hidden_layers": "--layers",
+    "num_attention_heads": "--heads",
+    "num_key_value_heads": "--kv-heads",
+    "intermediate_size": "--intermediate-size",
+    "max_position_embeddings": "--context",
+}
+# Fields of a transformers config.json that describe no shape: read past.
+IGNORED_CONFIG_FIELDS = frozenset({
+    "architectures", "model_type", "torch_dtype", "dtype", "transformers_version", "hidden_act",
+    "attention_bias", "mlp_bias", "attention_dropout", "use_cache", "pretraining_tp", "_name_or_path",
+    "bos_token_id", "eos_token_id", "pad_token_id",
+})
+SHAPE_CONFIG_FIELDS = frozenset({
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling",
+    "rope_parameters", "tie_word_embeddings", "head_dim", "initializer_range",
+})
+MAX_CONFIG_BYTES = 1024**2
+
+
+def read_model_config_file(path) -> dict:
+    """A --config file's fields (a JSON object), unknown ones refused with a ValueError."""
+    from .io.reading import read_json
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {str(path)!r} does not exist (expected a JSON file with "
+                                f"Hugging Face field names, e.g. a model folder's config.json)")
+    fields = read_json(path, expect=dict, max_bytes=MAX_CONFIG_BYTES, error=ValueError)
+    check_model_config_fields(fields, f"--config {str(path)!r}")
+    return fields
+
+
+def check_model_config_fields(fields, where: str = "model_config") -> None:
+    if not isinstance(fields, dict):
+        raise TypeError(f"{where} must be a JSON object of Hugging Face config fields, got {type(fields).__name__}")
+    unknown = sorted(set(fields) - SHAPE_CONFIG_FIELDS - IGNORED_CONFIG_FIELDS)
+    if unknown:
+        raise ValueError(f"{where} has fields npllama does not know: {', '.join(map(str, unknown))}; "
+                         f"it reads {', '.join(sorted(SHAPE_CONFIG_FIELDS))}")
+
+
+def shape_settings(tc) -> dict:
+    """The shape fields of a new model: the preset's, then tc.model_config's, then tc's single fields."""
+    settings = {"rms_norm_eps": LlamaConfig.rms_norm_eps, **PRESETS[tc.preset]}
+    settings.update({k: v for k, v in (tc.model_config or {}).items() if k in SHAPE_CONFIG_FIELDS})
+    settings.update({name: getattr(tc, name) for name in SHAPE_FLAGS if getattr(tc, name) is not None})
+    if tc.vocab_size is not None:
+        settings["vocab_size"] = tc.vocab_size
+    return settings
+
+
+def base_vocab_size(tc) -> int:
+    """Pieces of the tokenizer a new run trains: --vocab-size, else the --config file's, else the preset's."""
+    return shape_settings(tc)["vocab_size"]
+
+
+def check_shape(tc) -> None:
+    """Validate the shape a new run would build (before any file is read), as LlamaConfig does;
+    the error names the command-line flag where there is one."""
+    if tc.init_from is not None:
+        return  # the folder's shape; checked against the flags by check_init_from
+    settings = shape_settings(tc)
+    _build(settings, settings["vocab_size"], None, None, tc.seq_len, explicit_context=tc.max_position_embeddings
+           is not None or "max_position_embeddings" in (tc.model_config or {}))
+
+
+def new_model_config(tc, tokenizer) -> LlamaConfig:
+    """The LlamaConfig of a new run's model (not --init-from: that folder's own config is used)."""
+    settings = shape_settings(tc)
+    return _build(settings, tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id, tc.seq_len,
+                  explicit_context=tc.max_position_embeddings is not None
+                  or "max_position_embeddings" in (tc.model_config or {}))
+
+
+def _build(settings: dict, vocab_size: int, bos_id, eos_id, seq_len: int, explicit_context: bool) -> LlamaConfig:
+    settings = dict(settings, vocab_size=vocab_size, bos_token_id=bos_id, eos_token_id=eos_id)
+    if explicit_context and settings["max_position_embeddings"] < seq_len:
+        raise ValueError(f"seq_len ({seq_len}) must not exceed the model's context, max_position_embeddings "
+                         f"({settings['max_position_embeddings']}, set by --context or --config)")
+    settings["max_position_embeddings"] = max(settings["max_position_embeddings"], seq_len)
+    try:
+        return LlamaConfig.from_dict(settings)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"the model's shape: {_with_flag_names(str(error))}") from None
+
+
+def _with_flag_names(message: str) -> str:
+    """'num_attention_heads (3) must ...' -> 'num_attention_heads (--heads) (3) must ...'."""
+    for field, flag in SHAPE_FLAGS.items():
+        message = message.replace(field, f"{field} ({flag})", 1)
+    return message
+
+
+# ----- --init-from ---------------------------------------------------------------------------------
+
+def init_from_config(tc) -> LlamaConfig:
+    """The config of the --init-from folder, after refusing every shape setting that disagrees with it."""
+    from .io.hf import read_config
+
+    folder = Path(tc.init_from).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--init-from {tc.init_from!r} is not a folder (expected a Hugging Face "
+                                f"model folder with config.json and model.safetensors)")
+    config = read_config(folder / "config.json")
+    if tc.model_config is not None:
+        raise ValueError("--config and --init-from both give the model's shape: the folder's is used, "
+                         "so leave out --config")
+    conflicts = [f"{flag} {getattr(tc, name)} (the folder has {getattr(config, name)})"
+                 for name, flag in SHAPE_FLAGS.items()
+                 if getattr(tc, name) is not None and getattr(tc, name) != getattr(config, name)]
+    if tc.vocab_size is not None and tc.vocab_size != config.vocab_size:
+        conflicts.append(f"--vocab-size {tc.vocab_size} (the folder has {config.vocab_size})")
+    if conflicts:
+        raise ValueError(f"--init-from {tc.init_from!r} fixes the model's shape; these disagree with it: "
+                         f"{'; '.join(conflicts)}")
+    if tc.seq_len > config.max_position_embeddings:
+        raise ValueError(f"seq_len ({tc.seq_len}) exceeds the --init-from model's context "
+                         f"(max_position_embeddings {config.max_position_embeddings})")
+    return config
+
+
+def init_from_tokenizer_path(tc) -> Path | None:
+    """The --init-from folder's tokenizer.model, if it has one."""
+    path = Path(tc.init_from).expanduser() / "tokenizer.model"
+    return path if path.is_file() else None

@@ -1,0 +1,194 @@
+"""`npllama train` configurable like its peers: the model's shape over a preset (flags or a Hugging
+Face config file), --init-from, the optimizer's betas, the held-out text, the document separator."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import npllama
+from npllama import Llama, LlamaConfig
+from npllama.cli import main
+from npllama.data import split_documents
+from npllama.io.train_state import load_checkpoint
+from npllama.train import TrainConfig, _compared_with_unigram, train
+
+FAST = dict(preset="stories260k", vocab_size=360, batch_size=4, seq_len=32, corpus_stories=300,
+            eval_batches=2, samples=0, progress=False, eval_every=0, checkpoint_every=0)
+SHAPE = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+             intermediate_size=80, max_position_embeddings=96)
+
+
+def quiet(*_args, **_kwargs):
+    pass
+
+
+@pytest.fixture(scope="module")
+def shaped_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shaped") / "run"
+    train(TrainConfig(out=str(out), steps=2, beta1=0.8, beta2=0.99, **SHAPE, **FAST), echo=quiet)
+    return out
+
+
+def test_shape_flags_build_that_model_and_are_recorded(shaped_run):
+    config = Llama.from_pretrained(shaped_run / "model").config
+    for name, value in SHAPE.items():
+        assert getattr(config, name) == value, name
+    saved = json.loads((shaped_run / "train_config.json").read_text())
+    assert {name: saved[name] for name in SHAPE} == SHAPE
+    assert (saved["beta1"], saved["beta2"]) == (0.8, 0.99)
+
+
+def test_betas_reach_the_optimizer(shaped_run):
+    _, optimizer_state, _ = load_checkpoint(shaped_run / "checkpoint")
+    assert tuple(optimizer_state["hyperparams"]["betas"]) == (0.8, 0.99)
+
+
+def test_resume_refuses_a_new_shape_and_takes_the_saved_one(shaped_run):
+    with pytest.raises(ValueError, match=r"num_hidden_layers \(2 -> 3\)"):
+        train(TrainConfig(**{**json.loads((shaped_run / "train_config.json").read_text()),
+                             "num_hidden_layers": 3}), resume=True, echo=quiet)
+    assert "num_hidden_layers" in TrainConfig.RESUME_FIXED and "init_from" in TrainConfig.RESUME_FIXED
+
+
+def test_a_hugging_face_config_file_shapes_the_model_under_the_flags(tmp_path):
+    hf = LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                     num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
+                     rope_theta=500.0, tie_word_embeddings=True).to_dict()
+    hf["transformers_version"] = "4.46.0"  # bookkeeping a real config.json carries: read past
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(hf))
+    tc = TrainConfig(out=str(tmp_path / "run"), model_config=str(path), num_hidden_layers=1,
+                     **{**FAST, "vocab_size": None})
+    assert tc.model_config["num_hidden_layers"] == 3  # recorded as fields: a run never needs the file again
+    from npllama.model_shape import base_vocab_size, new_model_config
+
+    class FakeTokenizer:
+        vocab_size, bos_id, eos_id = 400, 1, 2
+
+    config = new_model_config(tc, FakeTokenizer())
+    assert base_vocab_size(tc) == 400  # the file's vocab_size sizes the trained tokenizer
+    assert (config.hidden_size, config.num_key_value_heads, config.rope_theta) == (32, 1, 500.0)
+    assert config.tie_word_embeddings and config.num_hidden_layers == 1  # the flag over the file
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"hiden_size": 64}, "hiden_size"),
+    ({"hidden_size": 60, "num_attention_heads": 8}, "divisible"),
+    ({"num_key_value_heads": 3}, "num_key_value_heads"),
+])
+def test_a_bad_config_file_is_one_line_naming_the_field(tmp_path, capsys, fields, message):
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(fields))
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--heads", "5"], "--heads"),
+    (["--context", "16", "--seq-len", "32"], "context"),
+    (["--layers", "0"], "num_hidden_layers"),
+    (["--beta2", "1.0"], "beta2"),
+    (["--val-data", "x.txt", "--val-fraction", "0.1"], "not both"),
+    (["--doc-separator", "comma"], "doc_separator"),
+    (["--eval-batches", "-1"], "eval_batches"),
+])
+def test_bad_settings_are_one_line(tmp_path, capsys, argv, message):
+    assert main(["train", "--out", str(tmp_path / "run"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_init_from_starts_from_the_folders_weights_and_tokenizer(shaped_run, tmp_path):
+    out = tmp_path / "continued"
+    train(TrainConfig(out=str(out), init_from=str(shaped_run / "model"), steps=1, lr=1e-9, min_lr=0.0,
+                      **{**FAST, "vocab_size": None, "preset": "tiny"}), echo=quiet)
+    source, continued = Llama.from_pretrained(shaped_run / "model"), Llama.from_pretrained(out / "model")
+    assert continued.config.num_hidden_layers == 2 and continued.config.hidden_size == 48  # not tiny's
+    for name, p in source.params.items():
+        np.testing.assert_allclose(continued.params[name], p, atol=1e-6, err_msg=name)
+    assert (out / "tokenizer.model").read_bytes() == (shaped_run / "model" / "tokenizer.model").read_bytes()
+
+
+def test_init_from_refuses_shape_settings_that_disagree(shaped_run, tmp_path):
+    base = dict(out=str(tmp_path / "run"), init_from=str(shaped_run / "model"), **{**FAST, "vocab_size": None})
+    with pytest.raises(ValueError, match="--hidden-size 64 \\(the folder has 48\\)"):
+        train(TrainConfig(**base, hidden_size=64), echo=quiet)
+    with pytest.raises(ValueError, match="leave out --tokenizer"):
+        train(TrainConfig(**base, tokenizer=str(shaped_run / "tokenizer.model")), echo=quiet)
+    assert not (tmp_path / "run").exists()
+
+
+def test_val_data_is_the_held_out_text_and_eval_batches_0_scores_all_of_it(tmp_path):
+    words = "the cat sat on a mat and then it ran to see the dog who was very happy".split()
+    rng = np.random.default_rng(0)
+    make = lambda n: "\n\n".join(" ".join(rng.choice(words, 30)) for _ in range(n))  # noqa: E731
+    (tmp_path / "train.txt").write_text(make(200))
+    (tmp_path / "val.txt").write_text(make(40))
+    out = tmp_path / "run"
+    result = train(TrainConfig(out=str(out), data=str(tmp_path / "train.txt"), val_data=str(tmp_path / "val.txt"),
+                               steps=1, **{**FAST, "eval_batches": 0, "vocab_size": 300}), echo=quiet)
+    from npllama.data import evaluation_batches, load_texts, tokenize_corpus
+    from npllama.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(out / "tokenizer.model")
+    val_ids = tokenize_corpus(load_texts(tmp_path / "val.txt"), tokenizer)
+    train_ids = tokenize_corpus(load_texts(tmp_path / "train.txt"), tokenizer)
+    model = Llama.from_pretrained(out / "model")
+    batches = evaluation_batches(val_ids, 4, 32)
+    assert len(batches) > 2  # all of them, not eval_batches' default
+    expected = np.mean([model.loss(t, y) for t, y in batches])
+    assert result.val_loss == pytest.approx(expected, rel=1e-5)
+    assert np.load(out / "tokens.npy", allow_pickle=False).size == train_ids.size  # all of --data is trained on
+
+
+def test_val_fraction_sets_the_share_held_out(tmp_path):
+    result = train(TrainConfig(out=str(tmp_path / "run"), val_fraction=0.2, steps=1, **FAST), echo=quiet)
+    log = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert log["val_fraction"] == 0.2 and result.val_loss is not None
+
+
+@pytest.mark.parametrize("separator, expected", [
+    ("blank-line", ["A.\nB.", "C.\n<|end|>\nD."]),
+    ("whole-file", ["A.\nB.\n\nC.\n<|end|>\nD."]),
+    ("marker:<|end|>", ["A.\nB.\n\nC.", "D."]),
+])
+def test_doc_separator_chooses_where_documents_end(separator, expected):
+    text = "A.\nB.\n\nC.\n<|end|>\nD.\n"
+    assert split_documents(text, separator) == expected
+
+
+def test_the_end_message_never_says_a_negative_percentage_below():
+    assert _compared_with_unigram(2.0, 4.0).startswith("(50% below")
+    above = _compared_with_unigram(4.5, 4.0)
+    assert "above" in above and "12%" in above and "-" not in above.split("entropy")[1][:12]
+
+
+def test_resume_from_the_command_line_keeps_the_recorded_shape_and_betas(shaped_run, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(shaped_run, out)
+    assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--beta1", "0.7", "--no-progress"]) == 0
+    assert "beta1 0.8 -> 0.7" in capsys.readouterr().out
+    saved = json.loads((out / "train_config.json").read_text())
+    assert {name: saved[name] for name in SHAPE} == SHAPE and saved["beta1"] == 0.7 and saved["steps"] == 3
+    _, optimizer_state, state = load_checkpoint(out / "checkpoint")
+    assert state["step"] == 3 and tuple(optimizer_state["hyperparams"]["betas"]) == (0.7, 0.99)
+
+
+def test_train_output_to_a_closed_pipe_ends_quietly(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(npllama.__file__).resolve().parents[1])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "npllama", "train", "--out", str(tmp_path / "run"), "--preset", "stories260k",
+         "--vocab-size", "360", "--steps", "2", "--batch-size", "2", "--seq-len", "16", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    process.stdout.readline()
+    process.stdout.close()   # like `npllama train | head -1`
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err

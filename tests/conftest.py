@@ -4,6 +4,7 @@ A test asks for the `robustness_count` fixture and calls `robustness_count("kind
 the run prints the totals (`pytest -q` shows them under "robustness: cases tried").
 """
 import collections
+import os
 
 import pytest
 
@@ -20,6 +21,11 @@ def _runs_in_a_temporary_folder(tmp_path_factory):
     tests from writing into the checkout.  Tests that care set their own."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NPLLAMA_RUNS", str(tmp_path_factory.getbasetemp() / "runs"))
+        # The library's default memory budget is the machine's RAM.  On a shared 2-core CI machine a
+        # test whose input is "within budget" must still not be allowed to take all of it: every
+        # budgeted allocation in the suite is held to 4 GiB (tests that probe the limit set their own).
+        if "NPLLAMA_MAX_MEMORY" not in os.environ:
+            mp.setenv("NPLLAMA_MAX_MEMORY", str(4 * 1024**3))
         yield
 
 

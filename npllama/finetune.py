@@ -84,7 +84,7 @@ def run_steps(params: dict, loss_and_grads, make_batch, sc: StepConfig, desc: st
                                 total_steps=sc.steps, min_lr=sc.lr / 10)
         optimizer.step(grads, lr=lr)
         losses.append(loss)
-        bar.set_postfix(loss=f"{loss:.4f}")
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)   # the bar redraws on its own schedule
     bar.close()
     return losses
 

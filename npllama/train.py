@@ -466,7 +466,8 @@ class _Loop:
                                 "tokens_per_s": tokens_per_step / seconds})
             if self.bar is not None:
                 self.bar.update(1)
-                self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_step / seconds:,.0f}")
+                self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_step / seconds:,.0f}",
+                                     refresh=False)   # redrawn on the bar's own schedule, not every step
             if tc.eval_every and (self.step % tc.eval_every == 0 or self.step == tc.steps):
                 self.evaluate()
             if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < tc.steps:

@@ -1,5 +1,6 @@
 """The `npllama` command: train -> generate works, --help explains, user mistakes are one line and exit 2."""
 import json
+import os
 import subprocess
 import sys
 
@@ -83,3 +84,16 @@ def test_help_works_without_importing_the_heavy_parts():
     help_text = subprocess.run([sys.executable, "-m", "npllama", "train", "--help"],
                                capture_output=True, text=True, check=True).stdout
     assert "--resume" in help_text and "built-in" in help_text
+
+
+def test_npllama_train_into_a_log_file_writes_a_few_progress_lines_not_one_per_step(run_dir, tmp_path):
+    # the bar's postfix (loss, lr, tok/s) changes every step; it must not force a redraw each time
+    run, _ = run_dir
+    corpus = run.parent.parent / "stories.txt"
+    fast = [a for a in FAST if a != "--no-progress"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
+    done = subprocess.run([sys.executable, "-m", "npllama", "train", "--data", str(corpus), "--out",
+                           str(tmp_path / "r"), "--steps", "40", *fast], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "train" in done.stderr and done.stderr.count("\r") <= 5, done.stderr.count("\r")

@@ -34,18 +34,35 @@ def test_bench_kernels_times_every_kernel_against_its_reference(tmp_path):
     assert result["keep_freed_memory"] in (True, False)
 
 
-def test_bench_train_reports_a_training_step_and_its_memory(tmp_path):
-    result = run_benchmark("bench_train.py", "--configs", "tiny", "--repeat", "1", "--no-numpy",
-                           json_path=tmp_path / "t.json")
+def test_bench_train_reports_steps_memory_and_start_up(tmp_path):
+    root = BENCHMARKS.parent
+    result = run_benchmark("bench_train.py", "--configs", "tiny", "--rounds", "1", "--steps", "1", "--no-torch",
+                           "--compare-with", str(root), json_path=tmp_path / "t.json")
     (row,) = result["configs"]
-    assert row["config"] == "tiny" and row["numba_tok_s"] > 0 and row["numba+optim_tok_s"] > 0
-    assert row["split_tok_s"] > 0 and row["split_workers"] >= 1
-    assert row["numba_peak_rss_mib"] > 0 and len(result["startup_seconds"]) == 3
-    # --memory's npllama half, run directly: the full --memory also starts PyTorch when installed
-    out = subprocess.run([sys.executable, str(BENCHMARKS / "bench_train.py"), "--memory-child", "npllama", "tiny"],
-                         check=True, capture_output=True, text=True, timeout=300).stdout
-    memory = json.loads(out.strip().splitlines()[-1])
-    assert memory["config"] == "tiny" and 0 < memory["step_mib"] < memory["peak_mib"]
+    assert row["config"] == "tiny" and set(row["variants"]) == {"split", "unsplit", "split@old", "unsplit@old"}
+    for label, variant in row["variants"].items():
+        assert variant["step_s"]["median"] > 0 and variant["step_s"]["n"] == 1, label
+        # whole-process peak RSS: at least NumPy, numba and the model, nothing subtracted
+        assert variant["peak_rss_mib"]["median"] > 50, label
+    assert result["environment"]["cpu"] and "blas" in result["environment"]
+    start_up = result["start_up"]
+    assert start_up["cold_notice"] and not start_up["warm_notice"]   # the compile notice, only when cold
+    assert start_up["cold_s"] > 0 and start_up["warm"]["median"] > 0
+
+
+def test_bench_train_times_pytorch_with_fused_adamw(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import numpy as np
+
+    from npllama import Llama, LlamaConfig
+
+    Llama(LlamaConfig.from_preset("tiny"), seed=0, dtype=np.float32).save_pretrained(tmp_path / "model")
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "bench_train.py"), "--child", "torch-fused", "tiny",
+                          str(tmp_path / "model"), "--steps", "1"], check=True, capture_output=True, text=True,
+                         timeout=300).stdout
+    run = json.loads(out.strip().splitlines()[-1])
+    assert run["variant"] == "torch-fused" and run["step_s"] > 0 and run["peak_rss_mib"] > 100
 
 
 @pytest.mark.parametrize("script, args, key", [

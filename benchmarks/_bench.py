@@ -106,8 +106,20 @@ def training_flops(config: LlamaConfig, batch: int, seq: int) -> float:
 
 
 def peak_rss_mib() -> float:
-    """The process's peak resident memory so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory so far, in MiB: Linux's VmHWM, else ru_maxrss.
+
+    Not ru_maxrss where VmHWM exists: Linux carries a process's ru_maxrss across fork + exec,
+    so a benchmark child started by a parent holding 400 MiB (PyTorch imported, a model built)
+    would report at least 400 MiB whatever it used itself.  VmHWM belongs to the program the
+    child runs: everything it ever held resident (interpreter, imports, model, steps)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
 
 
 def spread(values) -> dict:

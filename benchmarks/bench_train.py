@@ -17,8 +17,9 @@ A variant is one way of running a training step (forward + backward + AdamW, flo
 Each round runs every variant once, in its own fresh process, in an order rotated from round to
 round, so a busy neighbour slows all of them alike; a process loads the same weights (a Hugging
 Face folder written once per config), runs 2 warm-up steps and --steps timed ones, and reports
-their median and its whole-process peak RSS (getrusage ru_maxrss: everything the process ever
-held, imports and the model included; nothing subtracted).  The tables give, over the rounds,
+their median and its whole-process peak RSS (Linux's VmHWM: everything the process ever held
+resident, interpreter, imports and the model included; nothing subtracted -- not ru_maxrss,
+which Linux carries over from the parent across fork + exec).  The tables give, over the rounds,
 the median and the range (min-max) of those per-process figures.  npllama's processes call
 keep_freed_memory() first, as `npllama train` does; PyTorch's keep glibc's defaults.  Threads:
 --threads (default: all cores) for BLAS, numba and PyTorch alike.

@@ -65,8 +65,45 @@ def test_bench_train_times_pytorch_with_fused_adamw(tmp_path):
     assert run["variant"] == "torch-fused" and run["step_s"] > 0 and run["peak_rss_mib"] > 100
 
 
+def test_bench_decode_reports_prefill_first_token_and_steady_rate(tmp_path):
+    result = run_benchmark("bench_decode.py", "--configs", "tiny", "--prompt", "16", "--tokens", "6", "--rounds", "1",
+                           "--no-torch", "--compare-with", str(BENCHMARKS.parent), json_path=tmp_path / "d.json")
+    (row,) = result["configs"]
+    assert set(row["variants"]) == {"fast", "forward_step", "fast@old", "forward_step@old"}
+    for label, v in row["variants"].items():
+        for key in ("prefill_s", "first_token_s", "tok_s", "tok_s_at_0", "peak_rss_mib"):
+            assert v[key]["median"] > 0, (label, key)
+        assert v["first_token_s"]["median"] > v["prefill_s"]["median"], label   # prefill is part of it
+
+
+def test_a_model_exported_for_llama2c_has_its_layout(tmp_path):
+    import numpy as np
+
+    sys.path.insert(0, str(BENCHMARKS))
+    from bench_decode import export_llama2c
+
+    from npllama import Llama, LlamaConfig
+
+    config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8)
+    model = Llama(config, seed=0, dtype=np.float32)
+    export_llama2c(model, tmp_path / "m.bin")
+    raw = (tmp_path / "m.bin").read_bytes()
+    assert list(np.frombuffer(raw[:28], dtype=np.int32)) == [16, 24, 2, 4, 2, -40, 8]   # -40: own classifier
+    weights = np.frombuffer(raw[28:], dtype=np.float32)
+    hd = 4
+    expected = model.num_parameters() + 8 * hd   # + the two unused RoPE tables run.c skips
+    assert weights.size == expected
+    np.testing.assert_array_equal(weights[:40 * 16], model.params["model.embed_tokens.weight"].ravel())
+    np.testing.assert_array_equal(weights[-40 * 16:], model.params["lm_head.weight"].ravel())
+    # q rows: each head's rotate-half pairs (i, i + hd/2) become adjacent (Meta's layout)
+    q = model.params["model.layers.0.self_attn.q_proj.weight"]
+    q_exported = weights[40 * 16 + 2 * 16:][:16 * 16].reshape(16, 16)
+    np.testing.assert_array_equal(q_exported[0], q[0])
+    np.testing.assert_array_equal(q_exported[1], q[hd // 2])
+
+
 @pytest.mark.parametrize("script, args, key", [
-    ("bench_decode.py", ("--config", "tiny", "--tokens", "8", "--repeat", "1"), "decode"),
     ("bench_lora.py", ("--quick",), "results"),
 ])
 def test_small_benchmarks_run(tmp_path, script, args, key):

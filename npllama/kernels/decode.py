@@ -7,10 +7,13 @@
 `step` returns what `model.forward_step` returns for the same calls (tested equal).  A decode
 step at batch 1 does little arithmetic and reads every weight once, so it is bound by memory
 bandwidth and by whatever else it spends between those reads:
-  - one new token of one sequence is one numba call (`_decode_one_token`, llama2.c's forward()
-    top to bottom): no Python between layers; every matrix-vector product reads its weight
-    rows straight through, split by rows over numba's threads (both cores: BLAS's gemv left one
-    idle at these sizes, and its worker thread's spinning fought numba's);
+  - one new token of one sequence is one numba call through every layer (`_decode_one_token`,
+    llama2.c's forward() top to bottom, no Python between layers), then the LM head -- at
+    stories15M 60% of the bytes a step reads -- as one BLAS gemv on all BLAS's threads.  The
+    layers' products run on one core inside the numba call: numba's parallel loops were tried
+    and lost (benchmarks/README.md: the workqueue pool's 35-45 us start per product; OpenMP's
+    spinning barrier, 5-50x slower whenever another process held a core, and a second OpenMP
+    runtime slows PyTorch in the same process ~100x);
   - the weights are the model's own arrays, gathered into per-layer tuples once per model
     (`model_weights`, kept while the parameter arrays are the same objects): nothing is copied
     per decoder or per `generate` call, and a training step's in-place update is seen at once;
@@ -20,32 +23,16 @@ bandwidth and by whatever else it spends between those reads:
     scores of all positions are one vectorised multiply-add per head dimension.
 """
 import math
-import os
 import weakref
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..ops._checks import require_int_array
 from ._simd import REDUCTION_FLAGS, exp_nonpositive, row_max, row_sum
 from .rmsnorm import _rmsnorm_forward_rows
 from .rope import _rotate
 from .swiglu import _silu_mul_halves
-
-
-def _prefer_workqueue_threads() -> None:
-    """Run numba's parallel loops (here: _matvec) on its own 'workqueue' thread pool rather than
-    OpenMP, unless the user chose a layer.  Measured on this 2-core machine with other processes
-    running: OpenMP's barrier, which spins waiting for a descheduled thread, took a decode step
-    from 2 ms to 10-120 ms, while workqueue stayed at the one-thread time (8 ms then); and a second
-    OpenMP runtime in a process that also runs PyTorch slowed PyTorch's attention ~100x
-    (benchmarks/README.md).  The layer is chosen when the first parallel loop runs."""
-    if os.environ.get("NUMBA_THREADING_LAYER") is None and numba.config.THREADING_LAYER == "default":
-        numba.config.THREADING_LAYER = "workqueue"
-
-
-_prefer_workqueue_threads()
 
 
 class FastDecoder:
@@ -96,14 +83,16 @@ class FastDecoder:
         return logits
 
     def _step_one_token(self, token: int, pos: int) -> np.ndarray:
-        """Batch 1, one new token: the whole forward in one numba call."""
+        """Batch 1, one new token: every layer in one numba call, then the LM head in BLAS."""
         cfg, w, buf = self.config, self.weights, self._one
         _decode_one_token(token, pos, w.embed, w.input_norm, w.wq, w.wk, w.wv, w.wo, w.post_norm, w.w_gate,
-                          w.w_up, w.w_down, w.final_norm, w.lm_head, self.eps, self.cos, self.sin,
+                          w.w_up, w.w_down, w.final_norm, self.eps, self.cos, self.sin,
                           self.k_cache_t, self.v_cache, cfg.num_attention_heads, cfg.num_key_value_heads,
                           self.dtype.type(1.0 / math.sqrt(cfg.head_dim)), buf.x, buf.xn, buf.qkv, buf.attn,
-                          buf.out, buf.gate_up, buf.act, buf.rstd, buf.logits)
-        return buf.logits.copy().reshape(1, 1, -1)
+                          buf.out, buf.gate_up, buf.act, buf.rstd)
+        logits = np.empty((1, 1, cfg.vocab_size), dtype=self.dtype)
+        np.matmul(w.lm_head, buf.xn[0], out=logits[0, 0])   # BLAS gemv on all its threads
+        return logits
 
     def _step_rows(self, tokens, start: int) -> np.ndarray:
         """Several new positions (a prompt) or several sequences: BLAS products over all the rows,
@@ -203,9 +192,10 @@ class _OneTokenBuffers:
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def _decode_one_token(token, pos, embed, input_norm, wq, wk, wv, wo, post_norm, w_gate, w_up, w_down,
-                      final_norm, lm_head, eps, cos, sin, k_cache_t, v_cache, H, KVH, scale,
-                      x, xn, qkv, attn, out, gate_up, act, rstd, logits):
-    """One token of one sequence through every layer (llama2.c's forward()), into `logits` (V,).
+                      final_norm, eps, cos, sin, k_cache_t, v_cache, H, KVH, scale,
+                      x, xn, qkv, attn, out, gate_up, act, rstd):
+    """One token of one sequence through every layer and the final norm (llama2.c's forward()
+    up to the classifier), leaving rmsnorm(x) in xn: the caller multiplies it by the LM head.
 
     Per-layer weights come as tuples (layer i: wq[i], ...).  Buffers: x, xn, out (1, D);
     qkv ((H + 2 KVH) hd,) = [q | k | v]; attn (H hd,); gate_up (1, 2F) = [gate | up]; act (1, F);
@@ -233,15 +223,16 @@ def _decode_one_token(token, pos, embed, input_norm, wq, wk, wv, wo, post_norm, 
         _matvec(w_down[i], act[0], out[0])
         x += out
     _rmsnorm_forward_rows(x, final_norm, eps, xn, rstd)
-    _matvec(lm_head, xn[0], logits)
 
 
-@njit(cache=True, error_model="numpy", nogil=True, parallel=True, fastmath=REDUCTION_FLAGS)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=REDUCTION_FLAGS)
 def _matvec(w, x, out):
     """out = w @ x for w (rows, cols) C-contiguous: each row's dot product read straight through
-    (the step is bound by reading the weights), the rows split over numba's threads."""
+    (vectorised: 'reassoc' lets LLVM split the sum).  One core: at a layer's sizes (0.3-1 MB) a
+    call of BLAS's gemv costs no less, and a parallel loop's start-up costs more (measured:
+    numba's workqueue pool 35-45 us per call, against 9-30 us for the whole product here)."""
     rows, cols = w.shape
-    for r in prange(rows):
+    for r in range(rows):
         row = w[r]
         acc = row[0] * x[0]
         for c in range(1, cols):

@@ -128,6 +128,15 @@ def spread(values) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
+def speedup(runs_a: list[dict], runs_b: list[dict], key: str, higher_is_faster: bool) -> dict | None:
+    """How many times faster a ran than b, round by round (run i of each ran in the same round),
+    as a spread: > 1 means a is faster.  key: a time (higher_is_faster=False) or a rate."""
+    pairs = [(a.get(key), b.get(key)) for a, b in zip(runs_a, runs_b)]
+    if not pairs or any(x is None or y is None for x, y in pairs):
+        return None
+    return spread([x / y if higher_is_faster else y / x for x, y in pairs])
+
+
 def format_spread(summary: dict | None, spec: str = ".0f", scale: float = 1.0) -> str:
     """'823 (790-850)': the median, then the range."""
     if not summary:

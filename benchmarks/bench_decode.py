@@ -36,13 +36,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from _bench import (CONFIGS, environment, format_spread, machine_line, make_config, peak_rss_mib,  # first: --threads
-                    positive_int, print_table, run_child, spread, torch_or_none, write_json)
+                    positive_int, print_table, run_child, speedup, spread, torch_or_none, write_json)
 
 import numpy as np  # noqa: E402
 
@@ -211,9 +210,7 @@ def measure_config(name, args, variants, llama2c, progress) -> dict:
 def ratio(row, a, b, key) -> dict | None:
     """a's rate over b's, round by round (> 1: a is faster)."""
     ra, rb = row["variants"].get(a), row["variants"].get(b)
-    if not ra or not rb or key not in ra or key not in rb:
-        return None
-    return spread([x[key] / y[key] for x, y in zip(ra["runs"], rb["runs"])])
+    return speedup(ra["runs"], rb["runs"], key, higher_is_faster=True) if ra and rb else None
 
 
 def print_tables(rows, env, args) -> None:

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from _bench import (CONFIGS, ROOT, environment, format_spread, machine_line, make_config,  # first: --threads
-                    matmul_peak_gflops, peak_rss_mib, positive_int, print_table, run_child, spread,
+                    matmul_peak_gflops, peak_rss_mib, positive_int, print_table, run_child, speedup, spread,
                     torch_or_none, training_flops, write_json)
 
 import numpy as np  # noqa: E402
@@ -187,13 +187,10 @@ def measure_config(name: str, variants, rounds: int, steps: int, progress) -> di
     return row
 
 
-def ratios(row: dict, numerator: str, denominator: str) -> dict | None:
-    """numerator's speed over denominator's, round by round (runs of one round ran side by side):
-    > 1 means numerator is faster."""
-    a, b = row["variants"].get(numerator), row["variants"].get(denominator)
-    if not a or not b:
-        return None
-    return spread([y["step_s"] / x["step_s"] for x, y in zip(a["runs"], b["runs"])])
+def ratios(row: dict, faster: str, slower: str) -> dict | None:
+    """faster's speed over slower's, round by round (> 1: the first is faster)."""
+    a, b = row["variants"].get(faster), row["variants"].get(slower)
+    return speedup(a["runs"], b["runs"], "step_s", higher_is_faster=False) if a and b else None
 
 
 def print_tables(rows: list[dict], env: dict, peak: float, args) -> None:

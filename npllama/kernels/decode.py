@@ -227,17 +227,30 @@ def _decode_one_token(token, pos, embed, input_norm, wq, wk, wv, wo, post_norm, 
 
 @njit(cache=True, error_model="numpy", nogil=True, fastmath=REDUCTION_FLAGS)
 def _matvec(w, x, out):
-    """out = w @ x for w (rows, cols) C-contiguous: each row's dot product read straight through
-    (vectorised: 'reassoc' lets LLVM split the sum).  One core: at a layer's sizes (0.3-1 MB) a
-    call of BLAS's gemv costs no less, and a parallel loop's start-up costs more (measured:
-    numba's workqueue pool 35-45 us per call, against 9-30 us for the whole product here)."""
+    """out = w @ x for w (rows, cols) C-contiguous, on one core.  Four rows at a time: each x[c]
+    is loaded once for four running sums, which keeps four multiply-adds in flight ('reassoc'
+    lets LLVM vectorise each sum).  Measured at the layers' sizes (288x288 ... 768x288, in cache):
+    as fast as BLAS's gemv on two threads (4-14 us), where a plain row-by-row loop took 1.5-2x
+    as long; a parallel loop's start alone cost more (numba's workqueue pool: 35-45 us)."""
     rows, cols = w.shape
-    for r in range(rows):
-        row = w[r]
-        acc = row[0] * x[0]
-        for c in range(1, cols):
-            acc += row[c] * x[c]
-        out[r] = acc
+    zero = w.dtype.type(0)
+    r = 0
+    while r + 4 <= rows:
+        w0, w1, w2, w3 = w[r], w[r + 1], w[r + 2], w[r + 3]
+        a0 = a1 = a2 = a3 = zero
+        for c in range(cols):
+            xc = x[c]
+            a0 += w0[c] * xc
+            a1 += w1[c] * xc
+            a2 += w2[c] * xc
+            a3 += w3[c] * xc
+        out[r], out[r + 1], out[r + 2], out[r + 3] = a0, a1, a2, a3
+        r += 4
+    for rest in range(r, rows):          # the last rows % 4
+        acc = zero
+        for c in range(cols):
+            acc += w[rest, c] * x[c]
+        out[rest] = acc
 
 
 @njit(cache=True, error_model="numpy", nogil=True)

@@ -91,3 +91,17 @@ def test_a_replaced_parameter_array_is_noticed():
     with use_backend("numpy"):
         expected = model.forward_step(np.array([[5]]), model.new_kv_cache(1, 4))
     assert_close(FastDecoder(model, max_length=4).step(np.array([[5]])), expected, "after replacing a parameter")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matvec_equals_numpy_for_any_number_of_rows(dtype):
+    from npllama.kernels.decode import _matvec
+
+    rng = np.random.default_rng(0)
+    for rows in range(1, 11):           # whole blocks of four and every remainder
+        for cols in (1, 3, 16):
+            w = rng.standard_normal((rows, cols)).astype(dtype)
+            x = rng.standard_normal(cols).astype(dtype)
+            out = np.full(rows, np.nan, dtype=dtype)
+            _matvec(w, x, out)
+            assert_close(out, w @ x, f"{rows}x{cols}")

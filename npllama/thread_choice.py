@@ -14,7 +14,8 @@ The choice is remembered in two places:
     nothing, and gets the same arithmetic (a split sums the gradients in another order);
   - the run folder (threads.json): a resumed run keeps the count its first part used even if
     the cache is gone, so its losses stay those of an uninterrupted run.
-`--threads N` skips all of this.
+`--threads N` skips all of this.  A measurement taken while other programs loaded the machine
+can pick the slower count; delete the cache file (or pass --threads) to choose again.
 """
 from __future__ import annotations
 

@@ -16,6 +16,9 @@ _LAZY = {
     "Llama": ("npllama.model", "Llama"),
     "KVCache": ("npllama.model", "KVCache"),
     "Tokenizer": ("npllama.tokenizer", "Tokenizer"),
+    "generate_text": ("npllama.generate", "generate_text"),
+    "ChatTemplate": ("npllama.chat", "ChatTemplate"),
+    "load_classifier": ("npllama.classify", "load_classifier"),
 }
 
 
@@ -28,5 +31,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'npllama' has no attribute {name!r}")
 
 
-__all__ = ["Llama", "LlamaConfig", "KVCache", "Tokenizer", "check_op", "gradcheck", "get_backend",
+__all__ = ["Llama", "LlamaConfig", "KVCache", "Tokenizer", "generate_text", "ChatTemplate", "load_classifier", "check_op", "gradcheck", "get_backend",
            "set_backend", "study", "use_backend", "use_op", "trace"]

@@ -5,11 +5,13 @@ and sets `run=<function(args) -> int | None>`.  Command modules import the heavy
 the model) inside `run`, so `npllama --help` stays instant.
 
 User mistakes (a missing file, a bad value) end with exit status 2 and one readable line; set
-NPLLAMA_TRACEBACK=1 to see the full traceback instead.
+NPLLAMA_TRACEBACK=1 to see the full traceback instead.  A mistyped command or flag gets a
+"did you mean ...?".  Output into a pipe closed early (`npllama generate | head`) ends quietly.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -22,10 +24,14 @@ COMMANDS = {
     "generate": "npllama.commands.generate",
     "tokenizer": "npllama.commands.tokenizer",
     "finetune": "npllama.commands.finetune",
+    "classify": "npllama.commands.classify",
     "eval": "npllama.commands.eval",
     "debug": "npllama.commands.debug",
     "exercise": "npllama.commands.exercise",
+    "explain": "npllama.commands.explain",
     "viz": "npllama.commands.viz",
+    "convert": "npllama.commands.convert",
+    "export": "npllama.commands.export",
 }
 
 USER_ERRORS = (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError,
@@ -40,7 +46,41 @@ class _Parser(argparse.ArgumentParser):
     user mistake, instead of the whole usage block.  Subcommand parsers inherit the class."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"{self.prog}: error: {message}{_suggestion(message, self)} (see `{self.prog} --help`)\n")
+
+
+def _suggestion(message: str, parser: argparse.ArgumentParser) -> str:
+    """"; did you mean 'generate'?" for argparse's invalid-choice message, else ""."""
+    import re
+
+    match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if not match:
+        return ""
+    choices = re.findall(r"'([^']*)'", match.group(2)) or [c.strip() for c in match.group(2).split(",")]
+    close = difflib.get_close_matches(match.group(1), choices, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _flag_suggestions(parser: argparse.ArgumentParser, argv: list[str], extras: list[str]) -> str:
+    """"; did you mean --temperature?" for mistyped flags, looking in the (sub)command's parser."""
+    parser = _innermost_parser(parser, argv)
+    known = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    flags = [extra.split("=", 1)[0] for extra in extras if extra.startswith("-")]
+    hints = []
+    for flag in flags:
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{flag} -> {close[0]}" if len(flags) > 1 else close[0])
+    return f"; did you mean {', '.join(hints)}?" if hints else ""
+
+
+def _innermost_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The parser of the deepest subcommand named in argv (npllama eval perplexity -> its parser)."""
+    for token in argv:
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if subparsers and token in subparsers[0].choices:
+            parser = subparsers[0].choices[token]
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,16 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:  # argparse would report these as the top-level parser's; name the command instead
-        prog = " ".join(filter(None, ["npllama", getattr(args, "command", None)]))
-        parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)} (see `{prog} --help`)\n")
+        prog = _innermost_parser(parser, argv).prog
+        parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)}"
+                       f"{_flag_suggestions(parser, argv, extras)} (see `{prog} --help`)\n")
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    if not sys.stderr.isatty():
+        # A progress bar redrawn ten times a second floods a log file with carriage returns:
+        # outside a terminal tqdm redraws every 30 s instead (TQDM_MININTERVAL overrides).
+        os.environ.setdefault("TQDM_MININTERVAL", "30")
     try:
         status = args.run(args)
+    except BrokenPipeError:  # the reader went away (`npllama generate | head`): stop quietly
+        _discard_stdout()
+        return 0
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM/SIGHUP where a command handles them
         print(f"npllama {args.command}: interrupted", file=sys.stderr)
         return 128 + getattr(interrupt, "signum", 2)  # 130 for Ctrl-C (SIGINT is 2)
@@ -84,6 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"npllama {args.command}: error: {error}", file=sys.stderr)
         return 1
     return int(status or 0)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (e.g. captured by a test)
+        pass
 
 
 if __name__ == "__main__":

@@ -70,10 +70,11 @@ def load_inputs(model=None, text: str | None = None, tokens: str | None = None, 
     """(model, model_dir, ids, labels) for the commands' --model / --text / --tokens.
 
     model: a run folder, a run's model/ folder or any Hugging Face folder (None: the latest run).
-    text needs the SentencePiece tokenizer.model in or beside the folder; tokens ("1,5,9") does not.
+    text needs the folder's tokenizer (tokenizer.model in or beside it, or tokenizer.json in it);
+    tokens ("1,5,9") does not.
     labels are the tokens' pieces when a tokenizer is there, else their ids."""
     from .model import Llama
-    from .runs import find_tokenizer, resolve_model_dir
+    from .runs import load_tokenizer, resolve_model_dir
 
     if (text is None) == (tokens is None):
         raise ValueError("give exactly one of --text (needs the model's tokenizer.model) or "
@@ -82,13 +83,11 @@ def load_inputs(model=None, text: str | None = None, tokens: str | None = None, 
     llama = Llama.from_pretrained(model_dir, dtype=dtype)
     tokenizer = None
     try:
-        from .tokenizer import Tokenizer
-
-        tokenizer = Tokenizer(find_tokenizer(model_dir))
+        tokenizer = load_tokenizer(model_dir)   # tokenizer.model, or a Hugging Face tokenizer.json
     except FileNotFoundError:
         if text is not None:
-            raise ValueError(f"no tokenizer.model in or beside {str(model_dir)!r}, so --text cannot be "
-                             f"tokenized; pass token ids instead, e.g. --tokens 1,5,9") from None
+            raise ValueError(f"no tokenizer.model or tokenizer.json in or beside {str(model_dir)!r}, so --text "
+                             f"cannot be tokenized; pass token ids instead, e.g. --tokens 1,5,9") from None
     if text is not None:
         if not text:
             raise ValueError("--text is empty")

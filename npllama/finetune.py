@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -193,7 +192,8 @@ class SequenceClassifier:
         with atomic_directory(path) as tmp:
             (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             write_safetensors(tmp / "model.safetensors", tensors, metadata={"format": "pt"})
-            shutil.copyfile(tokenizer.path, tmp / "tokenizer.model")
+            for name, data in tokenizer.hf_files(model_max_length=self.model.config.max_position_embeddings).items():
+                (tmp / name).write_bytes(data)   # tokenizer.model and what transformers reads
 
 
 def encode_texts(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
@@ -387,15 +387,17 @@ def chat_prompt(prompt: str, system: str | None = None) -> str:
     return f"[INST] {prompt.strip()} [/INST]"
 
 
-def encode_chat(tokenizer, prompt: str, response: str, system: str | None = None):
+def encode_chat(tokenizer, prompt: str, response: str, system: str | None = None, template=None):
     """(ids, is_response): the turn's token ids and, per id, whether the loss counts it.
 
-    ids = <s> [INST] prompt [/INST] response </s>; the response and </s> are counted, the rest not
-    (the model should learn to answer, not to write questions).
+    The turn is written by the chat template (npllama.chat; default LLaMA-2's:
+    <s>[INST] prompt [/INST] response </s>); the response and what ends it are counted, the rest
+    not (the model should learn to answer, not to write questions).
     """
-    prompt_ids = tokenizer.encode(chat_prompt(prompt, system), bos=True)
-    response_ids = tokenizer.encode(response.strip(), bos=False) + [tokenizer.eos_id]
-    return prompt_ids + response_ids, [False] * len(prompt_ids) + [True] * len(response_ids)
+    from .chat import ChatTemplate
+
+    template = template or ChatTemplate.for_folder(None, tokenizer, name="llama2")
+    return template.encode_turn(tokenizer, prompt, response, system)
 
 
 def sft_batch(examples: list[tuple[list[int], list[bool]]], pad_id: int):
@@ -420,6 +422,7 @@ class SFTConfig(FinetuneSettings):
     batch_size: int = 8
     max_len: int = 256
     merge: bool = False              # with LoRA: save the merged model instead of the adapter
+    chat_template: str | None = None  # "llama2", "llama3" or a .jinja file; None: the base folder's own
     samples: int = 2                 # greedy answers printed at the end
 
 
@@ -436,15 +439,17 @@ def sft(sc_: SFTConfig, echo=print) -> SFTResult:
     """Instruction-tune a model: response-only next-token loss, report the validation loss before and
     after, print greedy answers to a few validation prompts, save to sc_.out if given."""
     from . import datasets
+    from .chat import ChatTemplate
     from .generate import generate
     from .runs import load_model_and_tokenizer
 
     model, tokenizer, model_dir = load_model_and_tokenizer(sc_.base, dtype=sc_.model_dtype())
+    template = ChatTemplate.for_folder(model_dir, tokenizer, name=sc_.chat_template)
     records = datasets.make_instructions(seed=sc_.seed) if sc_.data is None else datasets.load_sft(sc_.data)
     max_len = min(sc_.max_len, model.config.max_position_embeddings + 1)
     encoded = []
     for r in records:
-        ids, counted = encode_chat(tokenizer, r["prompt"], r["response"], r.get("system"))
+        ids, counted = encode_chat(tokenizer, r["prompt"], r["response"], r.get("system"), template)
         if sum(counted[1:max_len]) == 0:
             raise ValueError(f"the prompt {r['prompt'][:40]!r}... fills all {max_len} tokens: no response "
                              f"token is left to learn from; raise --max-len or shorten the prompt")
@@ -471,11 +476,11 @@ def sft(sc_: SFTConfig, echo=print) -> SFTResult:
 
     samples = []
     for i in val_rows[:sc_.samples]:
-        prompt_ids = tokenizer.encode(chat_prompt(records[i]["prompt"], records[i].get("system")), bos=True)
+        prompt_ids = tokenizer.encode(template.prompt(records[i]["prompt"], records[i].get("system")), bos=False)
         room = model.config.max_position_embeddings - len(prompt_ids)
         if room <= 0:
             continue
-        ids = generate(model, prompt_ids, min(120, room), temperature=0.0, eos_id=tokenizer.eos_id)
+        ids = generate(model, prompt_ids, min(120, room), temperature=0.0, eos_id=template.stop_ids(tokenizer))
         answer = tokenizer.decode(ids[len(prompt_ids):])
         samples.append(answer)
         echo(f"\n[INST] {records[i]['prompt']} [/INST]\n{answer}")
@@ -488,7 +493,8 @@ def sft(sc_: SFTConfig, echo=print) -> SFTResult:
         else:
             if model.lora is not None:
                 model.lora.merge()
-            model.save_pretrained(out, extra_files={"tokenizer.model": tokenizer.model_bytes})
+            model.save_pretrained(out, extra_files=tokenizer.hf_files(  # the template travels with it
+                chat_template=template.source, model_max_length=model.config.max_position_embeddings))
         _write_info(out, {"task": "sft", "base": str(model_dir), "steps": sc_.steps, "lora": sc_.lora,
                           "val_loss_before": before, "val_loss_after": after})
         echo(f"saved to {out}")

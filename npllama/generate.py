@@ -1,11 +1,15 @@
 """Text generation with a KV cache: prefill the prompt in one forward, then one token per step.
 
     ids = generate(model, tokenizer.encode("Once upon a time"), max_new_tokens=100,
-                   temperature=0.8, top_k=40, seed=0, eos_id=tokenizer.eos_id)
+                   temperature=0.8, top_k=40, eos_id=tokenizer.eos_id)          # unseeded: new text each call
+    batch = generate(model, [ids_a, ids_b], 50, temperature=0)                  # a list of prompts -> a list
+    text = generate_text(model, tokenizer, "Once upon a time", 100, stop=["THE END"], seed=0)
 
 Sampling: temperature 0 is greedy (argmax); otherwise the logits are divided by the temperature,
 optionally cut to the top_k most likely tokens and/or to the smallest set whose probability
-reaches top_p (nucleus), renormalised, and sampled with a seeded generator.
+reaches top_p (nucleus), renormalised, and sampled -- with a fresh random generator unless a seed
+is given.  A repetition penalty (CTRL's, as transformers applies it) first divides the positive
+logits of every id already in the sequence by the penalty and multiplies the negative ones by it.
 """
 from __future__ import annotations
 
@@ -14,49 +18,137 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 
-def generate(model, prompt: Sequence[int], max_new_tokens: int, *, temperature: float = 0.8,
-             top_k: int | None = None, top_p: float | None = None, seed: int | None = 0,
-             eos_id: int | None = None, on_token: Callable[[int], None] | None = None) -> list[int]:
-    """The prompt followed by up to max_new_tokens generated ids (stops after eos_id).
+def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             eos_id: int | Sequence[int] | None = None, on_token: Callable[[int], None] | None = None,
+             repetition_penalty: float = 1.0, stop: Callable[[list[int]], bool] | None = None,
+             vocab_size: int | None = None):
+    """The prompt followed by up to max_new_tokens generated ids (stops after eos_id, or after any
+    of several ids: a chat template's end-of-turn as well as EOS).
 
-    on_token(id) is called with each new id as soon as it is chosen (for streaming).
+    prompt: token ids -> a list of ids; or a list of prompts (a batch) -> a list of id lists.  The
+        prompts of a batch that have one length are decoded together, one batched forward per step.
+    seed: None draws fresh randomness each call; an int makes sampling repeatable.
+    on_token(id) is called with each new id as soon as it is chosen (streaming; one prompt only).
+    stop(new_ids) -> True ends a sequence after its latest id (see `StopStrings`).
+    vocab_size: sample only ids below it -- the tokenizer's vocabulary when the model's embedding
+        has padding rows beyond it.
     """
-    prompt = _check_prompt(prompt, model.config.vocab_size)
+    batched = _is_batch(prompt)
+    prompts = [_check_prompt(p, model.config.vocab_size, f"prompt[{i}]") for i, p in enumerate(prompt)] \
+        if batched else [_check_prompt(prompt, model.config.vocab_size)]
+    check_generation_args(max_new_tokens, temperature, top_k, top_p, seed, repetition_penalty)
+    end_ids = _check_eos(eos_id)
+    for name, function in (("on_token", on_token), ("stop", stop)):
+        if function is not None and not callable(function):
+            raise TypeError(f"{name} must be None or a function, got {function!r}")
+    if on_token is not None and batched:
+        raise ValueError("on_token streams one sequence: give one prompt, not a batch")
+    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer))
+                                   or not 1 <= vocab_size <= model.config.vocab_size):
+        raise ValueError(f"vocab_size must be None or an int in [1, {model.config.vocab_size}] (the model's "
+                         f"vocab_size), got {vocab_size!r}")
+    limit = model.config.max_position_embeddings
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > limit:
+        raise ValueError(f"the prompt ({longest} tokens) plus max_new_tokens ({max_new_tokens}) is "
+                         f"longer than the model's context, max_position_embeddings = {limit}; "
+                         f"use at most {max(limit - longest, 0)} new tokens or a shorter prompt")
+    rng = np.random.default_rng(seed)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                    vocab_size=vocab_size)
+    results: list[list[int] | None] = [None] * len(prompts)
+    for length in sorted({len(p) for p in prompts}):   # one batch per prompt length
+        rows = [i for i, p in enumerate(prompts) if len(p) == length]
+        outputs = _generate_rows(model, [prompts[i] for i in rows], max_new_tokens, sampling, rng,
+                                 end_ids, on_token, stop)
+        for i, ids in zip(rows, outputs):
+            results[i] = ids
+    return results if batched else results[0]
+
+
+def _generate_rows(model, prompts: list[list[int]], max_new_tokens: int, sampling: dict, rng,
+                   end_ids: set[int], on_token, stop) -> list[list[int]]:
+    """Decode prompts of one length together; a finished row stops growing (its steps are wasted)."""
+    decode = _decoder(model, batch_size=len(prompts), max_length=len(prompts[0]) + max_new_tokens)
+    logits = decode(np.asarray(prompts, dtype=np.int64))[:, -1]   # prefill
+    outputs = [list(p) for p in prompts]
+    running = list(range(len(prompts)))
+    for step in range(max_new_tokens):
+        for row in running:
+            ids = outputs[row]
+            if not np.isfinite(logits[row]).all():
+                # argmax would pick the NaN and sampling would fail deep inside numpy: say what it is.
+                raise ValueError(f"the model's logits at position {len(ids) - 1} are not finite (NaN/Inf): "
+                                 f"its parameters hold NaN/Inf, or its values overflow in {model.dtype.__name__}")
+            next_id = sample_next(logits[row], rng=rng, previous=ids, **sampling)
+            ids.append(next_id)
+            if on_token is not None:
+                on_token(next_id)
+        running = [row for row in running if outputs[row][-1] not in end_ids
+                   and not (stop is not None and stop(outputs[row][len(prompts[row]):]))]
+        if not running or step == max_new_tokens - 1:
+            break
+        logits = decode(np.asarray([[ids[-1]] for ids in outputs], dtype=np.int64))[:, -1]
+    return outputs
+
+
+class StopStrings:
+    """A `stop` for generate: true once the decoded new text holds one of `strings`.
+
+        stop = StopStrings(tokenizer, ["THE END", "Q:"])
+        ids = generate(model, prompt_ids, 200, stop=stop)
+        text = stop.cut(tokenizer.decode(ids[len(prompt_ids):]))   # the text before the stop string
+    """
+
+    def __init__(self, tokenizer, strings: Sequence[str]):
+        if isinstance(strings, str):
+            strings = [strings]
+        strings = list(strings)
+        for i, text in enumerate(strings):
+            if not isinstance(text, str) or not text:
+                raise ValueError(f"stop strings must be non-empty str, got {text!r} at position {i}")
+        self.tokenizer, self.strings = tokenizer, strings
+
+    def __call__(self, new_ids: list[int]) -> bool:
+        text = self.tokenizer.decode(new_ids)
+        return any(s in text for s in self.strings)
+
+    def cut(self, text: str) -> str:
+        """text up to the first stop string (all of it if none occurs)."""
+        ends = [text.find(s) for s in self.strings if s in text]
+        return text[:min(ends)] if ends else text
+
+
+def generate_text(model, tokenizer, prompt, max_new_tokens: int = 100, *, stop: Sequence[str] | None = None,
+                  **sampling):
+    """The text generated after `prompt` (a str, or a list of str -> a list), cut before the first
+    stop string.  The prompt is encoded with BOS; sampling options as `generate` (seed None: fresh)."""
+    texts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"prompt must be a str or a non-empty list of str, got {prompt!r}")
+    stopper = StopStrings(tokenizer, stop) if stop else None
+    encoded = [tokenizer.encode(t, bos=True) for t in texts]
+    sampling.setdefault("eos_id", tokenizer.eos_id)
+    sampling.setdefault("vocab_size", min(tokenizer.vocab_size, model.config.vocab_size))
+    outputs = generate(model, encoded, max_new_tokens, stop=stopper, **sampling)
+    results = [tokenizer.decode(ids[len(e):]) for e, ids in zip(encoded, outputs)]
+    if stopper is not None:
+        results = [stopper.cut(text) for text in results]
+    return results[0] if isinstance(prompt, str) else results
+
+
+def check_generation_args(max_new_tokens, temperature, top_k, top_p, seed, repetition_penalty=1.0) -> None:
+    """Every sampling argument, checked before any work (the CLI calls it before loading a model)."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    _check_sampling(temperature, top_k, top_p)
+    _check_sampling(temperature, top_k, top_p, repetition_penalty)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
         raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
-    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer))):
-        raise TypeError(f"eos_id must be None or a token id (int), got {eos_id!r}")
-    if on_token is not None and not callable(on_token):
-        raise TypeError(f"on_token must be None or a function of the new token id, got {on_token!r}")
-    limit = model.config.max_position_embeddings
-    if len(prompt) + max_new_tokens > limit:
-        raise ValueError(f"the prompt ({len(prompt)} tokens) plus max_new_tokens ({max_new_tokens}) is "
-                         f"longer than the model's context, max_position_embeddings = {limit}; "
-                         f"use at most {max(limit - len(prompt), 0)} new tokens or a shorter prompt")
-    rng = np.random.default_rng(seed)
-    decode = _decoder(model, max_length=len(prompt) + max_new_tokens)
-    logits = decode(np.asarray([prompt], dtype=np.int64))[0, -1]  # prefill
-    ids = list(prompt)
-    for step in range(max_new_tokens):
-        if not np.isfinite(logits).all():
-            # argmax would pick the NaN and sampling would fail deep inside numpy: say what it is.
-            raise ValueError(f"the model's logits at position {len(ids) - 1} are not finite (NaN/Inf): "
-                             f"its parameters hold NaN/Inf, or its values overflow in {model.dtype.__name__}")
-        next_id = sample_next(logits, temperature, top_k, top_p, rng)
-        ids.append(next_id)
-        if on_token is not None:
-            on_token(next_id)
-        if next_id == eos_id or step == max_new_tokens - 1:
-            break
-        logits = decode(np.asarray([[next_id]], dtype=np.int64))[0, -1]
-    return ids
 
 
-def _decoder(model, max_length: int):
-    """A function tokens (1, T_new) -> logits (1, T_new, V) that remembers what it has seen.
+def _decoder(model, batch_size: int, max_length: int):
+    """A function tokens (B, T_new) -> logits (B, T_new, V) that remembers what it has seen.
 
     Under the numba backend: FastDecoder (weights laid out once for matrix-vector products, fused
     attention over a preallocated cache), tested equal to model.forward_step.  Otherwise, or with
@@ -69,23 +161,33 @@ def _decoder(model, max_length: int):
     if get_backend() == "numba" and getattr(model, "lora", None) is None and active_trace() is None:
         from .kernels.decode import FastDecoder
 
-        return FastDecoder(model, batch_size=1, max_length=max_length).step
-    cache = model.new_kv_cache(batch_size=1, max_length=max_length)
+        return FastDecoder(model, batch_size=batch_size, max_length=max_length).step
+    cache = model.new_kv_cache(batch_size=batch_size, max_length=max_length)
     return lambda tokens: model.forward_step(tokens, cache)
 
 
 def sample_next(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
-                rng: np.random.Generator) -> int:
-    """One token id from a (vocab,) row of logits."""
+                rng: np.random.Generator, *, repetition_penalty: float = 1.0,
+                previous: Sequence[int] = (), vocab_size: int | None = None) -> int:
+    """One token id from a (vocab,) row of logits.
+
+    previous: the ids so far, which repetition_penalty (> 1 discourages them) applies to.
+    vocab_size: only ids below it may be chosen (None: all).
+    """
     logits = np.asarray(logits)
     if logits.ndim != 1 or logits.size == 0 or not np.issubdtype(logits.dtype, np.floating):
         raise ValueError(f"logits must be a non-empty 1-D float array (one row), got {logits.dtype} {logits.shape}")
     if not np.isfinite(logits).all():
         raise ValueError("logits must be finite (they hold NaN or Inf)")
-    _check_sampling(temperature, top_k, top_p)
+    _check_sampling(temperature, top_k, top_p, repetition_penalty)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
-    logits = logits.astype(np.float64)
+    logits = logits[:vocab_size].astype(np.float64)
+    if repetition_penalty != 1.0 and len(previous):
+        seen = np.unique(np.asarray(previous, dtype=np.int64))
+        seen = seen[seen < logits.size]
+        logits[seen] = np.where(logits[seen] > 0, logits[seen] / repetition_penalty,
+                                logits[seen] * repetition_penalty)
     if temperature == 0:
         return int(np.argmax(logits))
     with np.errstate(over="ignore"):  # a temperature so small it overflows is greedy in the limit
@@ -141,25 +243,49 @@ def stream_text(tokenizer, prompt_ids: Sequence[int], write: Callable[[str], Non
     return on_token
 
 
-def _check_prompt(prompt, vocab_size: int) -> list[int]:
+def _check_eos(eos_id) -> set[int]:
+    ids = [eos_id] if eos_id is None or isinstance(eos_id, (int, np.integer)) else eos_id
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, set, frozenset)):
+        raise TypeError(f"eos_id must be None, a token id (int) or a list of them, got {eos_id!r}")
+    for i in ids:
+        if i is not None and (isinstance(i, bool) or not isinstance(i, (int, np.integer))):
+            raise TypeError(f"eos_id must be None, a token id (int) or a list of them, got {eos_id!r}")
+    return {int(i) for i in ids if i is not None}
+
+
+def _is_batch(prompt) -> bool:
+    """A list of prompts (each a sequence of ids), as opposed to one prompt."""
+    if isinstance(prompt, np.ndarray):
+        return prompt.ndim == 2
+    if isinstance(prompt, (str, bytes)) or not isinstance(prompt, Sequence) or not prompt:
+        return False
+    return all(isinstance(p, (Sequence, np.ndarray)) and not isinstance(p, (str, bytes)) for p in prompt)
+
+
+def _check_prompt(prompt, vocab_size: int, name: str = "prompt") -> list[int]:
     if isinstance(prompt, np.ndarray):
         if prompt.ndim != 1 or not np.issubdtype(prompt.dtype, np.integer):
-            raise ValueError(f"prompt must be a 1-D sequence of token ids, got array {prompt.dtype} {prompt.shape}")
+            raise ValueError(f"{name} must be a 1-D sequence of token ids, got array {prompt.dtype} {prompt.shape}")
         prompt = prompt.tolist()
     if isinstance(prompt, str):
-        raise TypeError("prompt must be token ids; encode the text with the tokenizer first")
+        raise TypeError(f"{name} must be token ids; encode the text with the tokenizer first "
+                        f"(or call generate_text)")
     prompt = list(prompt)
     if not prompt:
-        raise ValueError("prompt must hold at least one token (e.g. the BOS id)")
+        raise ValueError(f"{name} must hold at least one token (e.g. the BOS id)")
     for i in prompt:
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-            raise TypeError(f"prompt must hold integer token ids, found {i!r}")
+            raise TypeError(f"{name} must hold integer token ids, found {i!r}")
         if not 0 <= i < vocab_size:
-            raise ValueError(f"prompt holds token id {i}, outside the vocabulary [0, {vocab_size})")
+            raise ValueError(f"{name} holds token id {i}, outside the vocabulary [0, {vocab_size})")
     return [int(i) for i in prompt]
 
 
-def _check_sampling(temperature, top_k, top_p) -> None:
+def _check_sampling(temperature, top_k, top_p, repetition_penalty=1.0) -> None:
+    from .config import python_scalar   # np.float32(0.5) is accepted as 0.5 is
+
+    temperature, top_k, top_p, repetition_penalty = map(python_scalar, (temperature, top_k, top_p,
+                                                                          repetition_penalty))
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < np.inf:
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
@@ -167,3 +293,7 @@ def _check_sampling(temperature, top_k, top_p) -> None:
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
                               or not 0 < top_p <= 1):
         raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+    if isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, (int, float)) \
+            or not 0 < repetition_penalty < np.inf:
+        raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = none, 1.1-1.3 typical), "
+                         f"got {repetition_penalty!r}")

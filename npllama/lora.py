@@ -57,8 +57,9 @@ class LoraAdapters:
                  target_modules=ATTENTION_TARGETS, seed: int = 0, use_rslora: bool = False):
         self.target_modules = _check_targets(target_modules)
         self.r = _check_rank(model.config, r, self.target_modules)
-        if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, numbers.Real) or not lora_alpha > 0:
-            raise ValueError(f"lora_alpha must be a positive number, got {lora_alpha!r}")
+        if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, numbers.Real) or not 0 < lora_alpha <= 1e30:
+            # (compared before any float(): a huge int would overflow it; inf and NaN fail the range)
+            raise ValueError(f"lora_alpha must be a positive finite number (at most 1e30), got {lora_alpha!r:.40}")
         if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, numbers.Real) \
                 or not 0.0 <= lora_dropout < 1.0:
             raise ValueError(f"lora_dropout must be a number in [0, 1), got {lora_dropout!r}")
@@ -241,10 +242,10 @@ def load_adapter(model, path) -> LoraAdapters:
         if not file.is_file():
             raise FileNotFoundError(f"{file} does not exist (a PEFT adapter folder holds {CONFIG_NAME} "
                                     f"and {WEIGHTS_NAME})")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise CheckpointError(config_path, f"is not valid JSON ({e})") from None
+    from .io.reading import read_json
+
+    # a regular file of bounded size, JSON of bounded depth, an object at the top
+    config = read_json(config_path, expect=dict, error=CheckpointError)
     _check_peft_config(config_path, config)
     adapters = LoraAdapters(model, config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0),
                             config["target_modules"], use_rslora=bool(config.get("use_rslora", False)))

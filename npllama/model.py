@@ -31,7 +31,8 @@ from . import backend, budget
 from .config import LlamaConfig
 from .ops._checks import checking
 from .ops.attention import AttentionCache, attention_backward, attention_forward
-from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
+# (the loss ops are used by Llama.loss_and_grads and loss through the bound namespace, math.<op>)
+from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: F401
 from .ops.embedding import EmbeddingCache, embedding_backward, embedding_forward
 from .ops.linear import LinearCache, linear_backward, linear_forward
 from .ops.rmsnorm import RMSNormCache, rmsnorm_backward, rmsnorm_forward
@@ -151,10 +152,15 @@ class Llama:
     # ----- Hugging Face folders -------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path, dtype=np.float32) -> "Llama":
-        """Load a Hugging Face folder (config.json + model.safetensors, or a sharded index)."""
+        """Load a Hugging Face folder (config.json + model.safetensors, or a sharded index), or a
+        llama2.c checkpoint file (.bin: legacy, version 1 or version 2 int8)."""
         from .io.hf import load_hf_folder
+        from .io.llama2c import looks_like_llama2c, read_llama2c
 
-        config, params = load_hf_folder(path, dtype=_check_dtype(dtype))
+        if looks_like_llama2c(path):
+            config, params = read_llama2c(path, dtype=_check_dtype(dtype))
+        else:
+            config, params = load_hf_folder(path, dtype=_check_dtype(dtype))
         return cls(config, dtype=dtype, params=params)
 
     def save_pretrained(self, path, dtype=None, extra_files=None) -> None:

@@ -243,8 +243,11 @@ def resolve_model_dir(path=None) -> Path:
     for candidate in candidates:
         if (candidate / "config.json").is_file():
             return candidate
+    from .io.describe import describe_model_path
+
     raise FileNotFoundError(f"{str(path)!r} holds no model: expected config.json and model.safetensors "
-                            f"(a Hugging Face folder) or a run folder made by `npllama train`")
+                            f"(a Hugging Face folder) or a run folder made by `npllama train`. "
+                            f"{describe_model_path(path)}")
 
 
 def find_tokenizer(model_dir: Path) -> Path:
@@ -258,17 +261,31 @@ def find_tokenizer(model_dir: Path) -> Path:
                             f"a SentencePiece tokenizer is needed to turn text into tokens")
 
 
+def load_tokenizer(model_dir: Path):
+    """The tokenizer of a model folder: a SentencePiece tokenizer.model in or beside it, else a
+    Hugging Face tokenizer.json in it (npllama.tokenizer_json, needs the `tokenizers` library)."""
+    from .tokenizer import Tokenizer
+    from .tokenizer_json import JSON_FILE, JsonTokenizer
+
+    try:
+        return Tokenizer(find_tokenizer(model_dir))
+    except FileNotFoundError:
+        if (Path(model_dir) / JSON_FILE).is_file():
+            return JsonTokenizer(model_dir)
+        raise FileNotFoundError(f"no {TOKENIZER_FILE} or {JSON_FILE} found in or beside {str(model_dir)!r}; "
+                                f"a tokenizer is needed to turn text into tokens") from None
+
+
 def load_model_and_tokenizer(path=None, dtype=None):
     """(model, tokenizer, model_dir) for `--model path` (None: the latest run)."""
     import numpy as np
 
     from .model import Llama
-    from .tokenizer import Tokenizer
 
     path = latest_run() if path is None else Path(path).expanduser()
     with reading_run(path):  # resolved and loaded while no writer can replace the folder
         model_dir = resolve_model_dir(path)
         model = Llama.from_pretrained(model_dir, dtype=dtype or np.float32)
-        tokenizer = Tokenizer(find_tokenizer(model_dir))
+        tokenizer = load_tokenizer(model_dir)
     tokenizer.check_vocab(model.config.vocab_size)
     return model, tokenizer, model_dir

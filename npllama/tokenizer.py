@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -53,6 +54,10 @@ LLAMA_TRAINER_OPTIONS = dict(
 )
 
 
+# The largest SentencePiece models in use (256k pieces) are about 4 MB; this is a generous bound.
+MAX_MODEL_BYTES = 64 * 1024**2
+
+
 class Tokenizer:
     """A loaded SentencePiece model with the few methods the jobs need.
 
@@ -61,18 +66,32 @@ class Tokenizer:
     """
 
     def __init__(self, path):
+        from .io.reading import read_bytes
+
         path = Path(path).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise ValueError(f"tokenizer model {str(path)!r} does not exist (expected a SentencePiece "
                              f".model file, e.g. one written by Tokenizer.train or LLaMA's tokenizer.model)")
-        data = path.read_bytes()
+        # a regular file of bounded size: a FIFO would hang, /dev/zero or a huge file fill the memory
+        self._load(read_bytes(path, MAX_MODEL_BYTES), path)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "tokenizer.model") -> "Tokenizer":
+        """A tokenizer from the bytes of a .model file (`name` is only used in messages)."""
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"data must be the bytes of a SentencePiece .model file, got {type(data).__name__}")
+        tokenizer = cls.__new__(cls)
+        tokenizer._load(bytes(data), Path(name))
+        return tokenizer
+
+    def _load(self, data: bytes, path: Path) -> None:
         sp = spm.SentencePieceProcessor()
         try:
             sp.LoadFromSerializedProto(data)
         except Exception:  # sentencepiece raises RuntimeError/OSError with an internal message
             raise ValueError(f"{str(path)!r} is not a valid SentencePiece model: it could not be parsed "
-                             f"(a Hugging Face tokenizer.json, for example, is a different format; "
-                             f"npllama needs the SentencePiece tokenizer.model)") from None
+                             f"(a Hugging Face tokenizer.json, for example, is a different format: load "
+                             f"its folder with npllama.tokenizer.load_tokenizer)") from None
         if sp.get_piece_size() == 0:
             raise ValueError(f"{str(path)!r} is not a valid SentencePiece model (it has no pieces)")
         self.path = path
@@ -82,6 +101,14 @@ class Tokenizer:
         self.model_bytes = data
         # What the model *is*, independent of where it lives: keys caches of tokenized corpora.
         self.fingerprint = hashlib.sha256(data).hexdigest()
+        # Control pieces (<s>, </s>, Mistral's [INST], ...) and <unk> have no text of their own in
+        # SentencePiece, which spells their names as ordinary text; transformers gives their ids.
+        # So do we: encode() cuts the text at these names (longest first).
+        # <unk> too: transformers matches it as a special token.
+        self.control_pieces = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())
+                               if sp.is_control(i) or sp.is_unknown(i)}
+        names = sorted(self.control_pieces, key=len, reverse=True)
+        self._control_pattern = re.compile("|".join(map(re.escape, names))) if names else None
 
     @classmethod
     def load(cls, path) -> "Tokenizer":
@@ -175,20 +202,35 @@ class Tokenizer:
         return self._sp.piece_to_id(piece)
 
     def check_vocab(self, model_vocab_size: int) -> None:
-        """Raise ValueError unless the model's embedding has exactly one row per tokenizer piece."""
-        if model_vocab_size != self.vocab_size:
-            raise ValueError(
-                f"tokenizer {str(self.path)!r} has vocab_size {self.vocab_size} but the model has "
-                f"vocab_size {model_vocab_size}; use the tokenizer the model was trained with "
-                f"(or train the model with vocab_size={self.vocab_size})")
+        """Check that the model's embedding has a row for every tokenizer piece.
+
+        A smaller embedding is a ValueError.  A larger one (padded to a multiple of 64, say, as some
+        checkpoints are: 32064 rows for 32000 pieces) is accepted with a warning: the extra rows are
+        never produced by encode, and generation should not sample them (generate's vocab_size).
+        """
+        if isinstance(model_vocab_size, bool) or not isinstance(model_vocab_size, (int, np.integer)):
+            raise TypeError(f"model_vocab_size must be an int, got {model_vocab_size!r}")
+        check_vocab_sizes(self.vocab_size, int(model_vocab_size), str(self.path))
 
     # ----- encode / decode -------------------------------------------------------------------------
 
     def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
-        """Token ids of `text`, with <s> first if `bos` and </s> last if `eos`."""
+        """Token ids of `text`, with <s> first if `bos` and </s> last if `eos`.
+
+        The name of a control piece in the text ("<s>", "</s>", Mistral's "[INST]") becomes that
+        piece's id, as transformers encodes it; the text between control pieces is encoded as
+        SentencePiece encodes a text (with its dummy-prefix space), as llama.cpp and Mistral's
+        reference tokenizer do.
+        """
         _require_text("text", text)
         self._check_special(bos, eos)
-        return self._sp.encode(text, out_type=int, add_bos=bos, add_eos=eos)
+        ids = [self.bos_id] if bos else []
+        for is_control, segment in self._segments(text):
+            if is_control:
+                ids.append(self.control_pieces[segment])
+            else:
+                ids.extend(self._sp.encode(segment, out_type=int))
+        return ids + ([self.eos_id] if eos else [])
 
     def encode_batch(self, texts: list[str], bos: bool = True, eos: bool = False,
                      num_threads: int | None = None) -> list[list[int]]:
@@ -199,8 +241,22 @@ class Tokenizer:
         self._check_special(bos, eos)
         if not texts:
             return []
+        if self._control_pattern is not None and any(self._control_pattern.search(t) for t in texts):
+            return [self.encode(text, bos, eos) for text in texts]
         return self._sp.encode(texts, out_type=int, add_bos=bos, add_eos=eos,
                                num_threads=num_threads or (os.cpu_count() or 1))
+
+    def _segments(self, text: str) -> Iterator[tuple[bool, str]]:
+        """(is a control piece, text) in order; empty text segments are left out."""
+        position = 0
+        if self._control_pattern is not None:
+            for match in self._control_pattern.finditer(text):
+                if match.start() > position:
+                    yield False, text[position:match.start()]
+                yield True, match.group()
+                position = match.end()
+        if position < len(text) or not text:
+            yield False, text[position:]
 
     def decode(self, ids) -> str:
         """The text of a sequence of ids.  <s>, </s> and padding produce no text; byte pieces are
@@ -212,6 +268,25 @@ class Tokenizer:
         ids = self._check_ids(ids)
         return self._sp.decode(ids)
 
+    # ----- travelling with a model folder ----------------------------------------------------------
+
+    @property
+    def adds_dummy_prefix(self) -> bool:
+        """Whether a space is put before the text (SentencePiece's add_dummy_prefix, as LLaMA's)."""
+        pieces = self._sp.encode("a", out_type=str)
+        return bool(pieces) and pieces[0].startswith("\u2581")
+
+    def hf_files(self, chat_template: str | None = None, model_max_length: int | None = None) -> dict[str, bytes]:
+        """The files that make a model folder's tokenizer load in transformers' AutoTokenizer with
+        the same ids as `encode`: tokenizer.model, tokenizer.json, tokenizer_config.json,
+        special_tokens_map.json (npllama/tokenizer_export.py).
+
+        chat_template: a Jinja chat template (npllama.chat) stored in tokenizer_config.json.
+        """
+        from .tokenizer_export import hf_tokenizer_files
+
+        return hf_tokenizer_files(self, chat_template, model_max_length)
+
     # ----- helpers ---------------------------------------------------------------------------------
 
     def _check_special(self, bos: bool, eos: bool) -> None:
@@ -221,16 +296,7 @@ class Tokenizer:
             raise ValueError(f"tokenizer {str(self.path)!r} has no EOS piece; call encode with eos=False")
 
     def _check_ids(self, ids) -> list[int]:
-        array = np.asarray(ids)
-        if array.ndim > 1:
-            raise ValueError(f"ids must be a flat sequence of token ids, got shape {array.shape}")
-        if array.size and not np.issubdtype(array.dtype, np.integer):
-            raise TypeError(f"ids must be integers, got {array.dtype}")
-        array = array.reshape(-1)
-        if array.size and (array.min() < 0 or array.max() >= self.vocab_size):
-            bad = int(array[(array < 0) | (array >= self.vocab_size)][0])
-            raise ValueError(f"token id {bad} is out of range for vocab_size {self.vocab_size}")
-        return array.astype(np.int64).tolist()
+        return check_ids(ids, self.vocab_size)
 
     def __repr__(self) -> str:
         return f"Tokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
@@ -341,6 +407,35 @@ def _explain_training_error(exc: RuntimeError, vocab_size: int) -> Exception:
             f"Use a larger vocab size or a lower character_coverage (rare characters are then "
             f"spelled with bytes).")
     return ValueError(f"SentencePiece training failed: {message}")
+
+
+def check_ids(ids, vocab_size: int) -> list[int]:
+    """ids as a list of ints, each in [0, vocab_size); TypeError/ValueError otherwise."""
+    array = np.asarray(ids)
+    if array.ndim > 1:
+        raise ValueError(f"ids must be a flat sequence of token ids, got shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"ids must be integers, got {array.dtype}")
+    array = array.reshape(-1)
+    if array.size and (array.min() < 0 or array.max() >= vocab_size):
+        bad = int(array[(array < 0) | (array >= vocab_size)][0])
+        raise ValueError(f"token id {bad} is out of range for vocab_size {vocab_size}")
+    return array.astype(np.int64).tolist()
+
+
+def check_vocab_sizes(tokenizer_vocab_size: int, model_vocab_size: int, tokenizer_name: str) -> None:
+    """A model needs an embedding row for every piece: fewer is an error; more (padding rows) a warning."""
+    if model_vocab_size < tokenizer_vocab_size:
+        raise ValueError(
+            f"tokenizer {tokenizer_name!r} has vocab_size {tokenizer_vocab_size} but the model has "
+            f"vocab_size {model_vocab_size}, too few rows for its ids; use the tokenizer the model was "
+            f"trained with (or train the model with vocab_size={tokenizer_vocab_size})")
+    if model_vocab_size > tokenizer_vocab_size:
+        warnings.warn(
+            f"the model's embedding has {model_vocab_size} rows but tokenizer {tokenizer_name!r} has "
+            f"vocab_size {tokenizer_vocab_size}: the {model_vocab_size - tokenizer_vocab_size} extra rows "
+            f"(padding) are never encoded, and generation samples only ids below {tokenizer_vocab_size}",
+            stacklevel=3)
 
 
 def _none_if_negative(value: int) -> int | None:

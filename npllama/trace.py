@@ -134,8 +134,7 @@ class Trace:
             s = _stats(self.records[name])
             rows.append((name, str(s["shape"]), s["dtype"], _num(s["mean"]), _num(s["std"]),
                          _num(s["min"]), _num(s["max"]), str(s["nan"]), str(s["inf"])))
-        note = ("mean, std, min and max are over the finite entries (masked attention scores are "
-                "-inf by design)")
+        note = "mean, std, min and max are over the finite entries"
         return _table(rows, right_from=3) + "\n" + note
 
     def summary(self, pattern: str | None = None, file=None) -> None:
@@ -162,9 +161,13 @@ class Trace:
     @classmethod
     def load(cls, path) -> "Trace":
         """Read a trace written by `save` (or any .npz of named arrays), without unpickling anything."""
+        from .budget import check_npz
+        from .io.reading import parse_json
+
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"trace file {path!r} does not exist")
+        check_npz(path)   # what its arrays declare, against the memory budget, before inflating any
         try:
             archive = np.load(path, allow_pickle=False)
         except Exception as error:  # a zip that is not an npz, a truncated file, ...
@@ -175,7 +178,8 @@ class Trace:
             keys = list(archive.files)
             names = [str(n) for n in archive[_NAMES_KEY]] if _NAMES_KEY in keys else \
                 [k for k in keys if not k.startswith("__")]
-            meta = json.loads(str(archive[_META_KEY])) if _META_KEY in keys else {}
+            meta = parse_json(str(archive[_META_KEY]), f"{path!r} (its metadata)", expect=dict) \
+                if _META_KEY in keys else {}
             t = cls(meta.get("include"), meta.get("exclude"), meta=meta.get("meta"))
             for name in names:
                 if name not in keys:

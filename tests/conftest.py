@@ -43,3 +43,22 @@ def pytest_terminal_summary(terminalreporter, config):
         for kind, n in sorted(counts.items()):
             terminalreporter.write_line(f"{n:7,d}  {kind}")
         terminalreporter.write_line(f"{sum(counts.values()):7,d}  in all")
+
+
+@pytest.fixture(scope="session")
+def small_model_dir(tmp_path_factory):
+    """A Hugging Face folder as `npllama train` leaves one: a tiny random model (float32) and a
+    tokenizer trained on stories and the built-in example sets.  Read-only: copy it to change it."""
+    from npllama import Llama, LlamaConfig
+    from npllama import datasets
+    from npllama.corpus import make_default_corpus
+    from npllama.tokenizer import Tokenizer
+
+    folder = tmp_path_factory.mktemp("small_model")
+    texts = make_default_corpus(300, seed=0) + [r["text"] for r in datasets.make_dataset("sentiment", 300)]
+    tokenizer = Tokenizer.train(texts, folder / "tok", vocab_size=400)
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=128)
+    Llama(config, seed=0).save_pretrained(folder / "model", extra_files={"tokenizer.model": tokenizer.model_bytes})
+    return folder / "model"

@@ -20,6 +20,7 @@ from npllama.exercises.planted import CORRECT, PLANTED, write_planted
 BACKWARDS_IN_OPS = ["embedding", "linear", "rmsnorm", "layernorm", "rope", "softmax", "attention",
                     "swiglu_act", "swiglu", "cross_entropy", "lora", "classifier"]
 
+ASSEMBLED = ["block", "model"]   # backward passes assembled from the ops (npllama/exercises/assembled.py)
 SAMPLED = [(op, c.method) for op, ex in EXERCISES.items() for c in ex.checks() if c.sampled]
 FIXED = [(op, c.method) for op, ex in EXERCISES.items() for c in ex.checks() if not c.sampled]
 
@@ -30,14 +31,15 @@ def test_one_exercise_per_backward_in_ops():
 
     import npllama.ops as ops
 
-    assert list(EXERCISES) == BACKWARDS_IN_OPS
+    assert list(EXERCISES) == BACKWARDS_IN_OPS + ASSEMBLED
     in_ops = set()
     for info in pkgutil.iter_modules(ops.__path__):
         module = importlib.import_module(f"npllama.ops.{info.name}")
         in_ops |= {(info.name, n) for n in vars(module) if n.endswith("_backward")
                    and getattr(vars(module)[n], "__module__", "") == module.__name__}
     in_ops.discard(("layernorm", "layernorm_backward_stepwise"))  # the check's own second derivation
-    assert in_ops == {(ex.module.rsplit(".", 1)[1], ex.backward_name) for ex in EXERCISES.values()}
+    assert in_ops == {(ex.module.rsplit(".", 1)[1], ex.backward_name) for op, ex in EXERCISES.items()
+                      if op not in ASSEMBLED}
     for op, ex in EXERCISES.items():
         assert ex.checks()[:3] == [c for c in ex.checks() if c.name in ("returns", "gradient", "float32")]
 
@@ -303,12 +305,14 @@ def test_cli_check_folder_writes_json(tmp_path, capsys):
     write_planted("cross_entropy", tmp_path / "subs")
     out_json = tmp_path / "results.json"
     assert run_cli(["exercise", "check", "cross_entropy", str(tmp_path / "subs"), "--cases", "2",
-                    "--json", str(out_json)]) == 1
+                    "--json", str(out_json), "--gradebook", str(tmp_path / "book")]) == 1
     out = capsys.readouterr().out
     assert "wrong_mask.py" in out and "1 of 3 submissions pass every check." in out
     results = json.loads(out_json.read_text())
-    assert [r["ok"] for r in results] == [True, False, False]
-    assert results[2]["first_failure"]["grad"] == "dlogits"
+    assert [r["status"] for r in results] == ["pass", "fail", "fail"]
+    assert results[2]["diagnosis"].startswith("dlogits:")
+    book = json.loads((tmp_path / "book.json").read_text())
+    assert [r["file"] for r in book] == ["correct.py", "wrong_count.py", "wrong_mask.py"]
 
 
 def test_cli_mistakes_exit_2(tmp_path, monkeypatch, capsys):

@@ -134,3 +134,85 @@ def test_nucleus_by_partial_sort_equals_a_full_sort(vocab):
         probs /= probs.sum()
         for top_p in (1e-9, 0.3, 0.9, 0.999, 1 - 1e-12):
             np.testing.assert_array_equal(nucleus(probs, top_p, first_guess=4), full_sort_nucleus(probs, top_p))
+
+
+# ----- batches, penalties, stops, seeds ----------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_batch_of_prompts_gives_each_prompts_own_generation(model, backend):
+    from npllama import use_backend
+
+    prompts = [[1, 5, 7], [2, 3], [4, 4, 9], [1]]   # two of one length: decoded as one batch
+    with use_backend(backend):
+        batch = generate(model, prompts, 12, temperature=0)
+        assert batch == [generate(model, p, 12, temperature=0) for p in prompts]
+        eos = batch[0][5]
+        stopped = generate(model, prompts, 12, temperature=0, eos_id=eos)
+    assert stopped[0] == batch[0][:batch[0].index(eos, 3) + 1]     # row 0 stopped at its first eos
+    assert all(len(s) <= len(b) for s, b in zip(stopped, batch))
+    assert generate(model, np.asarray([[1, 5, 7], [4, 4, 9]]), 4, temperature=0) == [batch[0][:7], batch[2][:7]]
+
+
+def test_repetition_penalty_discourages_what_was_seen():
+    logits = np.array([2.0, 1.9, -1.0, -1.05])
+    rng = np.random.default_rng(0)
+    assert sample_next(logits, 0, None, None, rng) == 0
+    assert sample_next(logits, 0, None, None, rng, repetition_penalty=1.2, previous=[0]) == 1
+    # negative logits are multiplied: a seen -1.0 becomes -1.2, below -1.05
+    assert sample_next(logits[2:], 0, None, None, rng) == 0
+    assert sample_next(logits[2:], 0, None, None, rng, repetition_penalty=1.2, previous=[0, 99]) == 1
+    assert sample_next(logits[2:], 0, None, None, rng, repetition_penalty=1.2, previous=[1]) == 0
+    assert sample_next(logits, 0, None, None, rng, vocab_size=1) == 0
+    assert sample_next(np.array([0.0, 5.0]), 0, None, None, rng, vocab_size=1) == 0
+
+
+def test_repetition_penalty_changes_a_looping_greedy_generation(model):
+    plain = generate(model, [1], 30, temperature=0)
+    penalised = generate(model, [1], 30, temperature=0, repetition_penalty=3.0)
+    assert plain != penalised
+    assert len(set(penalised[1:])) >= len(set(plain[1:]))
+
+
+def test_stop_callback_ends_the_sequence(model):
+    free = generate(model, [1], 20, temperature=0)
+    seen_lengths = []
+
+    def stop(new_ids):
+        seen_lengths.append(len(new_ids))
+        return len(new_ids) == 3
+
+    assert generate(model, [1], 20, temperature=0, stop=stop) == free[:4]
+    assert seen_lengths == [1, 2, 3]
+
+
+def test_sampling_is_unseeded_unless_a_seed_is_given(model):
+    runs = {tuple(generate(model, [1], 12, temperature=1.5)) for _ in range(6)}
+    assert len(runs) > 1
+    assert generate(model, [1], 12, temperature=1.5, seed=3) == generate(model, [1], 12, temperature=1.5, seed=3)
+
+
+def test_stop_strings_and_generate_text():
+    from npllama.generate import StopStrings
+
+    class Letters:
+        def decode(self, ids):
+            return "".join(chr(ord("a") + i) for i in ids)
+
+    stop = StopStrings(Letters(), ["cd", "x"])
+    assert not stop([0, 1, 2]) and stop([0, 1, 2, 3])
+    assert stop.cut("abcdef") == "ab" and stop.cut("abx") == "ab" and stop.cut("ab") == "ab"
+    with pytest.raises(ValueError, match="stop strings must be non-empty"):
+        StopStrings(Letters(), ["a", ""])
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(prompt=[1], max_new_tokens=3, repetition_penalty=0), ValueError, "repetition_penalty"),
+    (dict(prompt=[1], max_new_tokens=3, repetition_penalty=float("nan")), ValueError, "repetition_penalty"),
+    (dict(prompt=[1], max_new_tokens=3, vocab_size=24), ValueError, "vocab_size"),
+    (dict(prompt=[1], max_new_tokens=3, eos_id="2"), TypeError, "eos_id"),
+    (dict(prompt=[1], max_new_tokens=3, stop=5), TypeError, "stop"),
+    (dict(prompt=[[1], []], max_new_tokens=3), ValueError, r"prompt\[1\] must hold at least one token"),
+    (dict(prompt=[[1], [2]], max_new_tokens=3, on_token=print), ValueError, "one prompt"),
+])
+def test_bad_new_generation_arguments_are_refused(model, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        generate(model, **kwargs)

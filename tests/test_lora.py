@@ -170,6 +170,11 @@ def test_load_refuses_bad_folders(tmp_path):
         config_path.write_text(json.dumps({**config, field: value}))
         with pytest.raises(CheckpointError, match=message):
             load_adapter(Llama(tiny_config(), seed=0, dtype=np.float64), tmp_path / "a")
+    for text, message in [("[" * 100_000 + "]" * 100_000, "nested too deeply"), ("[1, 2]", "object"),
+                          (json.dumps({**config, "lora_alpha": 10**400}), "lora_alpha")]:
+        config_path.write_text(text)
+        with pytest.raises((CheckpointError, ValueError), match=message):
+            load_adapter(Llama(tiny_config(), seed=0, dtype=np.float64), tmp_path / "a")
     config_path.write_text(json.dumps(config))
 
     tensors = read_safetensors(tmp_path / "a" / "adapter_model.safetensors")

@@ -403,3 +403,16 @@ def test_a_bug_planted_in_a_kernel_is_located_at_its_op_and_tensor(bug):
     if op.endswith("_forward"):   # the record names the function that computed it
         assert wrong.__qualname__ in planted.sources[expected]
     assert compare(reference, traced(model, "numba")[0], rtol=1e-9).ok   # nothing planted any more
+
+
+def test_loading_a_trace_that_declares_huge_arrays_is_refused_before_inflating(tmp_path, monkeypatch):
+    from npllama.trace import Trace
+
+    t = Trace()
+    t.records = {"a": np.zeros((256, 256))}      # 512 KiB of float64, compressed or not
+    t.save(tmp_path / "t.npz")
+    monkeypatch.setenv("NPLLAMA_MAX_MEMORY", str(64 * 1024))
+    with pytest.raises(ValueError, match="memory budget"):
+        Trace.load(tmp_path / "t.npz")
+    monkeypatch.delenv("NPLLAMA_MAX_MEMORY")
+    assert Trace.load(tmp_path / "t.npz")["a"].shape == (256, 256)

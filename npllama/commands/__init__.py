@@ -18,6 +18,14 @@ class HelpFormatter(_argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def add_run_options(p) -> None:
+    """--dtype and --backend, as every command that runs a model takes them."""
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="the precision the model runs in")
+    p.add_argument("--backend", default=None, choices=["numpy", "numba"],
+                   help="op implementations (default: $NPLLAMA_BACKEND or numba)")
+
+
 def prepare_training_process() -> None:
     """A training process reuses the same big blocks every step: keeping freed memory in the
     heap saves 10-20% of a step in page faults (npllama/kernels/memory.py, benchmarks/README.md).

@@ -1,7 +1,6 @@
 """`npllama debug`: trace a model's tensors, and find where two runs first diverge."""
-import argparse
 
-from . import UsageError
+from . import HelpFormatter, UsageError
 
 AGAINST = ("numba", "float64", "transformers")
 
@@ -35,7 +34,7 @@ def register(subparsers) -> None:
     sub.required = True
 
     compare = sub.add_parser(
-        "compare", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "compare", formatter_class=HelpFormatter,
         help="run twice (numpy vs numba, float32 vs float64, or vs transformers) and compare",
         description="Trace the numpy reference and a second run of the same tokens, then walk the "
                     "tensors in execution order and report the first that differs beyond tolerance. "
@@ -54,13 +53,15 @@ def register(subparsers) -> None:
     _tolerance(compare)
     compare.set_defaults(run=run_compare)
 
-    tr = sub.add_parser("trace", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    tr = sub.add_parser("trace", formatter_class=HelpFormatter,
                         help="record one forward+backward pass, print a summary, save it",
                         description="Run loss_and_grads (next-token loss) on the tokens under a trace and "
                                     "print name, shape, dtype, mean, std, min, max, NaN/Inf of every tensor.")
     _inputs(tr)
-    tr.add_argument("--backend", choices=["numpy", "numba"], default="numpy")
-    tr.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    tr.add_argument("--backend", choices=["numpy", "numba"], default="numpy",
+                    help="op implementations to trace (numpy: the readable reference ops)")
+    tr.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                    help="the precision the model runs in")
     tr.add_argument("--out", default=None, metavar="FILE.npz", help="save the trace (a plain .npz)")
     tr.set_defaults(run=run_trace)
 

@@ -1,10 +1,11 @@
-"""`npllama eval choice`: multiple-choice question answering by log-likelihood (article §6.3)."""
-from . import HelpFormatter, print_help_instead
+"""`npllama eval choice`: multiple-choice question answering by log-likelihood (article §6.3);
+`npllama eval perplexity`: the mean next-token loss and perplexity of a text file."""
+from . import HelpFormatter, add_run_options, print_help_instead
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "eval", help="evaluate a model: multiple-choice question answering",
+        "eval", help="evaluate a model: perplexity of a text, multiple-choice question answering",
         description="Evaluate a trained model on a task.", formatter_class=HelpFormatter)
     tasks = p.add_subparsers(dest="task", metavar="<task>")
     c = tasks.add_parser(
@@ -23,11 +24,64 @@ def register(subparsers) -> None:
     c.add_argument("--template", default="plain", choices=["plain", "chat"],
                    help="chat: wrap the question in [INST] ... [/INST] (for models tuned with `finetune sft`)")
     c.add_argument("--seed", type=int, default=0, help="seed of the built-in items")
-    c.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    c.add_argument("--backend", default=None, choices=["numpy", "numba"])
-    c.add_argument("--no-progress", action="store_true")
+    _run_options(c)
     c.set_defaults(run=run_choice)
+
+    ppl = tasks.add_parser(
+        "perplexity", help="mean next-token loss and perplexity of a text file",
+        description="Encode the file (one text, with BOS), cut it into consecutive windows of the "
+                    "model's context, and report the tokens predicted, the mean cross-entropy (nats) and "
+                    "the perplexity exp(mean loss).",
+        formatter_class=HelpFormatter)
+    ppl.add_argument("--model", default=None, help="a run folder or a Hugging Face LLaMA folder with its "
+                     "tokenizer (default: the latest `npllama train` run)")
+    ppl.add_argument("--adapter", default=None, help="a LoRA adapter folder (PEFT layout) to apply to --model")
+    ppl.add_argument("--data", required=True, help="a UTF-8 text file")
+    ppl.add_argument("--context", type=int, default=None, help="tokens per window (default: the model's "
+                     "max_position_embeddings)")
+    ppl.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    _run_options(ppl)
+    ppl.set_defaults(run=run_perplexity)
     p.set_defaults(run=print_help_instead(p))
+
+
+def _run_options(p) -> None:
+    add_run_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_perplexity(args) -> int:
+    import numpy as np
+
+    from ..backend import get_backend, use_backend
+    from ..perplexity import perplexity
+    from ..runs import load_model_and_tokenizer
+    from . import UsageError
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.context is not None and args.context < 2:
+        raise UsageError(f"--context must be at least 2, got {args.context}")
+    try:
+        with open(args.data, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read --data {args.data}: {error}") from None
+    model, tokenizer, model_dir = load_model_and_tokenizer(args.model, dtype=getattr(np, args.dtype))
+    if args.adapter is not None:
+        from ..lora import load_adapter
+
+        load_adapter(model, args.adapter)
+    if args.context is not None and args.context > model.config.max_position_embeddings:
+        raise UsageError(f"--context {args.context} is longer than the model's context "
+                         f"({model.config.max_position_embeddings} tokens)")
+    with use_backend(args.backend or get_backend()):
+        result = perplexity(model, tokenizer, text, context=args.context, batch_size=args.batch_size,
+                            progress=not args.no_progress)
+    print(f"{model_dir}{' + ' + args.adapter if args.adapter else ''} on {args.data}: {result.tokens:,} tokens, "
+          f"mean loss {result.mean_loss:.4f} nats, perplexity {result.perplexity:.3f} "
+          f"({result.windows} windows of up to {args.context or model.config.max_position_embeddings} tokens)")
+    return 0
 
 
 def run_choice(args) -> int:

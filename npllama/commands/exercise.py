@@ -1,16 +1,16 @@
 """`npllama exercise`: write one op's backward pass yourself and have it checked (classroom mode)."""
-import argparse
 
-from . import UsageError
+from . import HelpFormatter, UsageError
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "exercise", help="write an op's backward pass yourself and check it",
         description="Classroom mode. `start OP` writes a starter file (signature, docstring, shapes, "
-                    "derivation pointer, a body to fill in); `check OP FILE` runs the project's own "
-                    "gradient checks on it and explains any failure; `check OP FOLDER` checks every "
-                    ".py file in a folder and prints a table.")
+                    "the derivation's backward section, a body to fill in); `check OP FILE` runs the "
+                    "project's own gradient checks on it in a sandboxed process and explains any failure; "
+                    "`check OP FOLDER` grades every .py file in a folder and writes a gradebook; "
+                    "`notebook OP` writes the exercise as a Jupyter notebook.")
     sub = p.add_subparsers(dest="action", metavar="<action>")
     sub.required = True
 
@@ -18,19 +18,48 @@ def register(subparsers) -> None:
     ls.set_defaults(run=run_list)
 
     start = sub.add_parser("start", help="write the starter file for an exercise",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
     start.add_argument("op", help="which exercise (see `npllama exercise list`)")
     start.add_argument("--out", default=None, help="file or folder to write (default: ./<op>_backward.py)")
     start.add_argument("--force", action="store_true", help="overwrite an existing file")
+    start.add_argument("--quiet", action="store_true", help="do not print the derivation's backward section")
     start.set_defaults(run=run_start)
 
+    notebook = sub.add_parser("notebook", help="write the exercise as a Jupyter notebook (derivation, "
+                                               "starter cell, check cell)")
+    notebook.add_argument("op", help="which exercise (see `npllama exercise list`)")
+    notebook.add_argument("--out", default=None, help="file or folder to write (default: ./<op>_backward.ipynb)")
+    notebook.add_argument("--force", action="store_true", help="overwrite an existing file")
+    notebook.set_defaults(run=run_notebook)
+
+    trainer = sub.add_parser("train", help="train the tiny model with your backward in place of the library's "
+                                           "and compare the loss curves",
+                             formatter_class=HelpFormatter)
+    trainer.add_argument("op", help="which exercise (an op of the model: see `npllama exercise list`)")
+    trainer.add_argument("path", help="your .py file defining <op>_backward")
+    trainer.add_argument("--steps", type=int, default=200, help="training steps of each run")
+    trainer.add_argument("--batch-size", type=int, default=8, help="sequences per step")
+    trainer.add_argument("--seq-len", type=int, default=64, help="tokens per sequence")
+    trainer.add_argument("--seed", type=int, default=0, help="seed of the model and the batches (both runs)")
+    trainer.add_argument("--out", default=None, help="folder for the two runs and the plot (default: a temporary one)")
+    trainer.set_defaults(run=run_train)
+
     check = sub.add_parser("check", help="check a file (or every .py file in a folder)",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
     check.add_argument("op", help="which exercise (see `npllama exercise list`)")
     check.add_argument("path", help="a .py file defining <op>_backward, or a folder of them")
     check.add_argument("--cases", type=int, default=8, help="random cases per check, after the edge cases")
     check.add_argument("--seed", type=int, default=0, help="seed of the random cases")
     check.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    check.add_argument("--gradebook", default=None, metavar="STEM",
+                       help="for a folder: write the gradebook to STEM.csv and STEM.json "
+                            "(default: ./gradebook-<op>)")
+    check.add_argument("--timeout", type=float, default=120.0,
+                       help="seconds one submission may run before it is stopped and failed")
+    check.add_argument("--memory-mb", type=int, default=1024,
+                       help="memory (MB) one submission may allocate before it is stopped and failed")
+    check.add_argument("--allow-imports", action="store_true",
+                       help="skip the import rule (for files you trust); the run-time guard stays on")
     check.set_defaults(run=run_check)
 
 
@@ -55,29 +84,85 @@ def run_start(args) -> int:
         path = write_starter(args.op, args.out, force=args.force)
     except FileExistsError as error:
         raise UsageError(str(error)) from None
+    if not args.quiet:
+        from ..exercises.starter import derivation_quote
+
+        quote = derivation_quote(ex)
+        if quote:
+            print(f"The math you need ({ex.derivation}):\n")
+            print(quote)
     print(f"wrote {path}: fill in {ex.backward_name}, then run")
     print(f"    npllama exercise check {ex.op} {path}")
     return 0
 
 
+def run_notebook(args) -> int:
+    from ..exercises import get_exercise
+    from ..exercises.notebook import write_notebook
+
+    ex = get_exercise(args.op)
+    try:
+        path = write_notebook(args.op, args.out, force=args.force)
+    except FileExistsError as error:
+        raise UsageError(str(error)) from None
+    print(f"wrote {path}: open it in Jupyter, fill in {ex.backward_name}, run the check cell")
+    return 0
+
+
 def run_check(args) -> int:
+    """Each file is graded in its own process (time and memory limits): nothing a submission does
+    can stop the grading.  Exit status 0 when every submission passes, 1 otherwise."""
     import json
+    import sys
     from pathlib import Path
 
-    from ..exercises import check_file, check_folder, format_table, get_exercise
+    from ..exercises import get_exercise
+    from ..exercises.gradebook import format_gradebook, grade_folder, write_gradebook
+    from ..exercises.sandbox import grade_file
 
     get_exercise(args.op)  # an unknown name is a usage error before anything runs
     if args.cases < 0:
         raise UsageError(f"--cases must be >= 0, got {args.cases}")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.memory_mb < 64:
+        raise UsageError(f"--memory-mb must be at least 64, got {args.memory_mb}")
     path = Path(args.path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (give a .py file or a folder of them)")
+    limits = dict(n_random=args.cases, seed=args.seed, timeout=args.timeout, memory_mb=args.memory_mb,
+                  allow_imports=args.allow_imports)
     if path.is_dir():
-        reports = check_folder(args.op, path, n_random=args.cases, seed=args.seed)
-        print(format_table(reports))
+        def progress(graded, done, total):
+            print(f"[{done}/{total}] {graded.file}: {graded.status} ({graded.seconds:.1f} s)", file=sys.stderr,
+                  flush=True)
+
+        graded = grade_folder(args.op, path, progress=progress, **limits)
+        print(format_gradebook(graded))
+        csv_path, json_path = write_gradebook(graded, args.gradebook or f"gradebook-{args.op}")
+        print(f"gradebook: {csv_path} and {json_path}")
     else:
-        reports = [check_file(args.op, path, n_random=args.cases, seed=args.seed)]
-        print(reports[0].format())
+        graded = [grade_file(args.op, path, **limits)]
+        print(graded[0].text)
     if args.json:
-        Path(args.json).write_text(json.dumps([r.to_dict() for r in reports], indent=2, default=str) + "\n")
-    return 0 if all(r.ok for r in reports) else 1
+        Path(args.json).write_text(json.dumps([g.row() | {"report": g.text} for g in graded], indent=2) + "\n")
+    return 0 if all(g.ok for g in graded) else 1
+
+
+def run_train(args) -> int:
+    from pathlib import Path
+
+    from ..exercises import get_exercise
+    from ..exercises.runner import SubmissionError
+    from ..exercises.training import train_with_submission
+
+    get_exercise(args.op)
+    if not Path(args.path).is_file():
+        raise FileNotFoundError(f"{args.path} does not exist (give your .py file)")
+    try:
+        comparison = train_with_submission(args.op, args.path, steps=args.steps, batch_size=args.batch_size,
+                                           seq_len=args.seq_len, seed=args.seed, out=args.out)
+    except SubmissionError as error:
+        raise UsageError(str(error)) from None
+    print(comparison.format())
+    return 0 if comparison.ok else 1

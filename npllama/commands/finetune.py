@@ -33,7 +33,8 @@ def register(subparsers) -> None:
     c.add_argument("--labels", default=None, help="comma-separated label names in id order, fixing the "
                    "head's size and order (integer labels in the data are ids into it) (default: the "
                    "sorted labels found in the data)")
-    c.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    c.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="share of the examples held out for validation")
     c.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 3e-4, with --lora 3e-3)")
     c.add_argument("--max-len", type=int, default=d.max_len, help="tokens kept per text")
     c.set_defaults(run=run_classify)
@@ -47,7 +48,10 @@ def register(subparsers) -> None:
     _common(s, d)
     s.add_argument("--data", default=None, help=".jsonl with {\"prompt\", \"response\"} lines (optional "
                    "\"system\") (default: built-in instructions)")
-    s.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    s.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="share of the examples held out for validation")
+    s.add_argument("--chat-template", default=None, help="llama2, llama3 or a Jinja file to format the "
+                   "examples with (default: the base folder's chat_template, else llama2); saved with the model")
     s.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3, with --lora 5e-3)")
     s.add_argument("--max-len", type=int, default=d.max_len, help="tokens kept per example")
     s.add_argument("--merge", action="store_true", help="with --lora: save the merged model, not the adapter")
@@ -63,16 +67,21 @@ def _common(p, d) -> None:
     p.add_argument("--lora", action="store_true", help=LORA_HELP)
     p.add_argument("--lora-r", type=int, default=d.lora_r, help="adapter rank r")
     p.add_argument("--lora-alpha", type=float, default=d.lora_alpha, help="scaling = alpha / r")
-    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
+    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout,
+                   help="dropout on the adapters' input while training")
     p.add_argument("--lora-targets", default=",".join(d.lora_targets),
                    help="comma-separated projections to adapt (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)")
     p.add_argument("--lora-mlp", action="store_true", help="also adapt the MLP (gate_proj, up_proj, down_proj)")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help="steps of linear learning-rate warmup before the cosine decay")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="AdamW's decoupled weight decay")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seeds the head, the adapters, the split and the batch order")
+    p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"],
+                   help="the precision the model is trained in")
     p.add_argument("--backend", default=None, choices=["numpy", "numba"],
                    help="op implementations (default: $NPLLAMA_BACKEND or numba)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

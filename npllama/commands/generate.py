@@ -1,26 +1,40 @@
 """`npllama generate`: continue a prompt with a trained model, streaming tokens as they come."""
+import os
 import sys
+import time
 
-from . import HelpFormatter, UsageError
+from . import HelpFormatter, UsageError, add_run_options
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "generate", help="continue a prompt with a trained model",
         description="Generate text with a KV cache: the prompt is processed in one forward pass, then "
-                    "one token per step, printed as it comes. Temperature 0 is greedy decoding.",
+                    "one token per step, printed as it comes; a tokens/s line follows on stderr. "
+                    "Temperature 0 is greedy decoding.",
         formatter_class=HelpFormatter)
     p.add_argument("--model", default=None, help="a run folder from `npllama train`, or a Hugging Face "
-                   "LLaMA folder with tokenizer.model (default: the latest run)")
-    p.add_argument("--prompt", default="Once upon a time", help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=100)
+                   "LLaMA folder with tokenizer.model or tokenizer.json (default: the latest run)")
+    p.add_argument("--adapter", default=None, help="a LoRA adapter folder (PEFT layout, e.g. from "
+                   "`npllama finetune sft --lora --out DIR`) applied to --model")
+    p.add_argument("--prompt", default="Once upon a time", help="text to continue (with --chat: the user's message)")
+    p.add_argument("--chat", action="store_true", help="wrap --prompt in the model's chat template (the "
+                   "folder's chat_template, else LLaMA-2 style) and print only the answer")
+    p.add_argument("--system", default=None, help="a system message for --chat (implies --chat)")
+    p.add_argument("--chat-template", default=None, help="llama2, llama3 or a Jinja file, instead of the "
+                   "folder's own template (implies --chat)")
+    p.add_argument("--max-new-tokens", type=int, default=100, help="generate at most this many tokens")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 makes tokens already in the text less likely (1.1-1.3 typical; 1 = off)")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop when the generated text contains TEXT, and print it only up to there "
+                        "(repeatable; \\n is a newline)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one each run)")
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--backend", default=None, choices=["numpy", "numba"])
+    p.add_argument("--num-samples", type=int, default=1, help="how many continuations to print")
+    add_run_options(p)
     p.set_defaults(run=run)
 
 
@@ -28,20 +42,103 @@ def run(args) -> int:
     import numpy as np
 
     from ..backend import get_backend, use_backend
-    from ..generate import generate, stream_text
+    from ..generate import StopStrings, check_generation_args, generate, stream_text
     from ..runs import load_model_and_tokenizer
 
+    # Every argument is checked before the model is loaded or anything is printed.
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be at least 1, got {args.num_samples}")
-    model, tokenizer, _ = load_model_and_tokenizer(args.model, dtype=getattr(np, args.dtype))
-    prompt_ids = tokenizer.encode(args.prompt, bos=True)
+    _check_args(args, check_generation_args)
+    stops = [s.replace("\\n", "\n") for s in args.stop or []]
+    if any(not s for s in stops):
+        raise UsageError("--stop must not be empty")
+    chat = args.chat or args.system is not None or args.chat_template is not None
+    if args.chat_template is not None:
+        from ..chat import BUILTIN_TEMPLATES
+
+        if args.chat_template not in BUILTIN_TEMPLATES and not os.path.isfile(args.chat_template):
+            raise UsageError(f"--chat-template {args.chat_template!r} is neither "
+                             f"{' nor '.join(sorted(BUILTIN_TEMPLATES))} nor a Jinja file")
+
+    model, tokenizer, model_dir = load_model_and_tokenizer(args.model, dtype=getattr(np, args.dtype))
+    if args.adapter is not None:
+        from ..lora import load_adapter
+
+        load_adapter(model, args.adapter)
+    end_ids = [tokenizer.eos_id]
+    if chat:
+        from ..chat import ChatTemplate
+
+        template = ChatTemplate.for_folder(model_dir, tokenizer, name=args.chat_template)
+        prompt_ids = tokenizer.encode(template.prompt(args.prompt, args.system), bos=False)
+        end_ids = template.stop_ids(tokenizer)
+        shown_prompt = ""
+    else:
+        prompt_ids = tokenizer.encode(args.prompt, bos=True)
+        shown_prompt = args.prompt
+    stop = StopStrings(tokenizer, stops) if stops else None
+    vocab_size = min(tokenizer.vocab_size, model.config.vocab_size)
     with use_backend(args.backend or get_backend()):
         for i in range(args.num_samples):
             seed = None if args.seed is None else args.seed + i
-            sys.stdout.write(args.prompt)
-            on_token = stream_text(tokenizer, prompt_ids, lambda s: (sys.stdout.write(s), sys.stdout.flush()))
-            generate(model, prompt_ids, args.max_new_tokens, temperature=args.temperature,
-                     top_k=args.top_k, top_p=args.top_p, seed=seed, eos_id=tokenizer.eos_id,
-                     on_token=on_token)
+            sys.stdout.write(shown_prompt)
+            printer = _StopAwarePrinter(stop)
+            on_token = stream_text(tokenizer, prompt_ids, printer.write)
+            started = time.perf_counter()
+            ids = generate(model, prompt_ids, args.max_new_tokens, temperature=args.temperature,
+                           top_k=args.top_k, top_p=args.top_p, seed=seed, eos_id=end_ids,
+                           on_token=on_token, repetition_penalty=args.repetition_penalty, stop=stop,
+                           vocab_size=vocab_size)
+            seconds = time.perf_counter() - started
+            printer.flush()
             sys.stdout.write("\n" + ("-" * 40 + "\n" if i < args.num_samples - 1 else ""))
+            sys.stdout.flush()
+            new = len(ids) - len(prompt_ids)
+            print(f"[{new} tokens in {seconds:.2f} s: {new / max(seconds, 1e-9):.1f} tokens/s, "
+                  f"prompt {len(prompt_ids)} tokens]", file=sys.stderr)
     return 0
+
+
+def _check_args(args, check_generation_args) -> None:
+    try:
+        check_generation_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
+                              args.repetition_penalty)
+    except ValueError as error:
+        # "top_k must be ..." -> "--top-k must be ...": name the flag the user typed
+        message = str(error)
+        for name in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "repetition_penalty"):
+            if message.startswith(name):
+                message = "--" + name.replace("_", "-") + message[len(name):]
+        raise UsageError(message) from None
+
+
+class _StopAwarePrinter:
+    """Streams text to stdout, holding back what could be the start of a stop string, so the
+    stop string itself (and anything after it) is never printed."""
+
+    def __init__(self, stop):
+        self.stop, self.pending, self.done = stop, "", False
+
+    def write(self, text: str) -> None:
+        if self.done:
+            return
+        if self.stop is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        self.pending += text
+        cut = self.stop.cut(self.pending)
+        if len(cut) < len(self.pending):   # a stop string appeared: print up to it, then nothing
+            sys.stdout.write(cut)
+            self.pending, self.done = "", True
+        else:
+            keep = max(len(s) for s in self.stop.strings) - 1   # a stop string may be starting here
+            ready = self.pending[:len(self.pending) - keep] if keep else self.pending
+            sys.stdout.write(ready)
+            self.pending = self.pending[len(ready):]
+        sys.stdout.flush()
+
+    def flush(self) -> None:
+        if not self.done:
+            sys.stdout.write(self.pending)
+        self.pending = ""

@@ -13,7 +13,8 @@ def register(subparsers) -> None:
     t = sub.add_parser("train", help="train a tokenizer on a corpus",
                        formatter_class=HelpFormatter)
     t.add_argument("--data", default=None, help="a .txt file, folder, or .jsonl (default: built-in stories)")
-    t.add_argument("--vocab-size", type=int, default=512)
+    t.add_argument("--vocab-size", type=int, default=512,
+                   help="pieces in the vocabulary, 256 byte pieces and <unk>, <s>, </s> included")
     t.add_argument("--out", default="tokenizer", help="output prefix: writes OUT.model and OUT.vocab")
     t.set_defaults(run=train)
     e = sub.add_parser("encode", help="text -> token ids (JSON list on stdout)")
@@ -56,9 +57,15 @@ def decode(args) -> int:
 
     tok = Tokenizer(args.model)
     raw = " ".join(args.ids) if args.ids else sys.stdin.read()
+    from ..io.reading import parse_json
+
     try:
-        ids = json.loads(raw) if raw.strip().startswith("[") else [int(x) for x in raw.replace(",", " ").split()]
-    except ValueError:
-        raise UsageError(f"ids must be integers (separate, comma-separated, or a JSON list), got {raw.strip()[:60]!r}") from None
+        ids = parse_json(raw, "the ids", expect=list) if raw.strip().startswith("[") else \
+            [int(x) for x in raw.replace(",", " ").split()]
+    except ValueError as error:   # bad syntax, too deeply nested, or not a list
+        raise UsageError(f"ids must be integers (separate, comma-separated, or a JSON list), got "
+                         f"{raw.strip()[:60]!r} ({error})") from None
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise UsageError(f"ids must be integers, got {raw.strip()[:60]!r}")
     print(tok.decode(ids))
     return 0

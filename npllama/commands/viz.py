@@ -11,10 +11,10 @@ def register(subparsers) -> None:
 
     attn = sub.add_parser("attention", help="a heatmap of one head's attention, tokens on both axes")
     attn.add_argument("--model", default=None, help="a run folder or Hugging Face folder (default: latest run)")
-    attn.add_argument("--text", default=None, help="text to run (needs the model's tokenizer.model)")
+    attn.add_argument("--text", default=None, help="text to run (needs the model's tokenizer.model or tokenizer.json)")
     attn.add_argument("--tokens", default=None, help="token ids instead of text, e.g. 1,5,9")
-    attn.add_argument("--layer", type=int, default=0)
-    attn.add_argument("--head", type=int, default=0)
+    attn.add_argument("--layer", type=int, default=0, help="which layer's attention to draw (0 = first)")
+    attn.add_argument("--head", type=int, default=0, help="which head of that layer (0 = first)")
     attn.add_argument("--out", default=None, help="PNG to write (default: attention_L<layer>_H<head>.png)")
     attn.set_defaults(run=run_attention)
 
@@ -27,8 +27,8 @@ def register(subparsers) -> None:
     grads.add_argument("trace", nargs="?", default=None,
                        help="a trace .npz from `npllama debug trace --out` (or give --model and --text)")
     grads.add_argument("--model", default=None, help="run this model instead of reading a trace")
-    grads.add_argument("--text", default=None)
-    grads.add_argument("--tokens", default=None)
+    grads.add_argument("--text", default=None, help="text to run (needs the model's tokenizer.model or tokenizer.json)")
+    grads.add_argument("--tokens", default=None, help="token ids instead of text, e.g. 1,5,9")
     grads.add_argument("--out", default="grad_norms.png", help="PNG to write")
     grads.set_defaults(run=run_grads)
 
@@ -74,10 +74,7 @@ def run_grads(args) -> int:
     if args.trace is not None:
         if args.text is not None or args.tokens is not None:
             raise UsageError("give either a trace file or --model with --text/--tokens, not both")
-        from ..budget import check_npz
-
-        check_npz(args.trace)  # the arrays its headers declare must fit the budget before np.load inflates them
-        trace = Trace.load(args.trace)
+        trace = Trace.load(args.trace)   # checks the arrays' declared sizes against the budget first
         title = f"gradient norm per layer: {args.trace}"
     else:
         if args.text is None and args.tokens is None:

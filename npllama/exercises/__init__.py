@@ -4,13 +4,21 @@
     npllama exercise start rmsnorm                 # writes rmsnorm_backward.py: signature, docstring,
                                                    # shapes, derivation pointer, body to fill in
     npllama exercise check rmsnorm rmsnorm_backward.py
-    npllama exercise check rmsnorm submissions/    # a teacher's table over a folder of files
+    npllama exercise check rmsnorm submissions/    # a teacher's gradebook over a folder of files
+    npllama exercise notebook rmsnorm              # the same exercise as a Jupyter notebook
+    npllama exercise train rmsnorm rmsnorm_backward.py   # your backward training the tiny model
+    npllama explain rmsnorm                        # the derivation, as terminal text
 
 The checks are the ones tests/ops uses -- float64 central differences through
 npllama.gradcheck.check_op, the closed forms, the edge cases -- written to take any backward
 function (checks.py, catalog.py).  A failing check explains itself: which gradient, the relative
-error, the worst index and both values there, and a diagnosis (wrong sign, 2x, a missing term,
-the transpose, a wrong mask, ...) with a hint.  Only NumPy is needed.
+error, the worst index and both values there, and a diagnosis with a hint: the mistake named from
+a catalogue of the derivation's steps done wrong (catalogue.py, mistakes.py) when it matches on
+every probe case, else what the numbers show (wrong sign, 2x, the transpose, a wrong mask, ...),
+and which simpler cases pass.  Only NumPy is needed.
+
+`exercise check` grades each file in a process of its own with time and memory limits
+(sandbox.py, gradebook.py), and refuses files that borrow or measure the gradient (screen.py).
 
 From Python:
 
@@ -20,8 +28,11 @@ From Python:
 from .catalog import EXERCISES, Exercise, get_exercise
 from .diagnose import CheckFailed, Finding, diagnose
 from .runner import Report, SubmissionError, check_file, check_folder, check_function, format_table, load_function
+from .gradebook import format_gradebook, grade_folder, write_gradebook
+from .sandbox import Graded, grade_file
 from .starter import starter_source, write_starter
 
 __all__ = ["EXERCISES", "Exercise", "get_exercise", "CheckFailed", "Finding", "diagnose", "Report",
            "SubmissionError", "check_file", "check_folder", "check_function", "format_table", "load_function",
-           "starter_source", "write_starter"]
+           "starter_source", "write_starter", "Graded", "grade_file", "grade_folder", "write_gradebook",
+           "format_gradebook"]

@@ -56,6 +56,7 @@ class Exercise:
     doc: str = ""                # the docstring the student's function gets
     shapes: str = ""
     allowed_imports: str = "numpy"
+    helpers: tuple = ()          # (module, name) pairs a submission may import from npllama (screen.py)
     space: dict = {}
     edge_cases: list = []
     float32_params: dict = {}
@@ -73,8 +74,17 @@ class Exercise:
     def signature(self) -> str:
         return f"def {self.backward_name}({self.params}):"
 
+    @property
+    def probe_params(self) -> dict:
+        """A well-conditioned case on which any correct formula is exact to round-off (screen.py)."""
+        return self.edge_cases[0]
+
     def build(self, params: dict, dtype=np.float64) -> Case:
         raise NotImplementedError
+
+    def adapt(self, backward):
+        """The student's function as the checks call it (an assembled exercise flattens its result)."""
+        return backward
 
     def mistakes(self, dout, cache, case) -> dict:
         """{grad name: [(message, hint, what that wrong formula gives)]} for this dout and cache."""
@@ -96,6 +106,9 @@ class Exercise:
     def case(self, params, dtype=np.float64) -> Case:
         case = self.build(params, dtype)
         case.reference = self.reference
+        # dout must not be drawn from the stream the inputs came from: with the same seed and shape
+        # dout would equal x, dy^T x would be symmetric, and a transposed dweight would pass.
+        case.seed += DOUT_STREAM
         return case
 
     @check("returns", "returns one gradient per differentiable input, with that input's shape")
@@ -118,6 +131,9 @@ class Exercise:
         dout = case.dout_for(out) if dout is None else dout
         grads = checks.call_backward(backward, dout, cache, case)
         return grads, dout, out, case.run_forward()[1]
+
+
+DOUT_STREAM = 2**31   # added to a case's seed: above every input seed (SEED is 0 .. 2**31 - 1)
 
 
 def _rng(params):
@@ -157,10 +173,7 @@ class Embedding(Exercise):
     doc = """Gradient of out = weight[tokens] with respect to weight.
 
     dout:  (..., D) the gradient of the loss with respect to out
-    cache: (tokens, weight_shape, dtype) as returned by embedding_forward:
-           tokens        integer array (...), ids in [0, V)
-           weight_shape  the table's shape (V, D)
-           dtype         the table's dtype (float32 or float64)
+    cache: CACHE
     Returns dweight, (V, D) of that dtype.
     """
     shapes = "tokens (...) int   weight (V, D)   out, dout (..., D)   dweight (V, D)"
@@ -221,9 +234,7 @@ class Linear(Exercise):
     doc = """Gradients of y = x @ weight.T.
 
     dy:    (..., out) the gradient of the loss with respect to y
-    cache: (x, weight) as returned by linear_forward:
-           x       (..., in)
-           weight  (out, in)
+    cache: CACHE
     Returns (dx, dweight): dx (..., in), dweight (out, in) -- summed over every leading axis of x.
     """
     shapes = "x (..., in)   weight (out, in)   y, dy (..., out)   dx (..., in)   dweight (out, in)"
@@ -265,14 +276,12 @@ y    = x * rstd * weight                                        # (..., D)"""
     doc = """Gradients of y = x * rstd * weight, rstd = 1 / sqrt(mean(x**2, -1) + eps).
 
     dy:    (..., D) the gradient of the loss with respect to y
-    cache: (x, rstd, weight) as returned by rmsnorm_forward:
-           x       (..., D)
-           rstd    (..., 1)  one number per row
-           weight  (D,)
+    cache: CACHE
     Returns (dx, dweight): dx (..., D), dweight (D,) summed over every row.
     """
     shapes = "x, y, dy, dx (..., D)   rstd (..., 1)   weight, dweight (D,)"
     space = dict(lead_shape=Shape(0, 2, 1, 3), D=Ints(1, 6), eps=Choice((1e-6, 1e-5, 0.1)), seed=SEED)
+    probe_params = dict(lead_shape=(2, 3), D=5, eps=0.1, seed=4)   # eps large: an eps slip is not noise
     edge_cases = [dict(lead_shape=(2, 3), D=4, eps=1e-5, seed=1),
                   dict(lead_shape=(3,), D=1, eps=1e-5, seed=2),      # one feature
                   dict(lead_shape=(), D=5, eps=0.1, seed=3)]         # one row, a large eps
@@ -331,15 +340,12 @@ y    = xhat * weight + bias"""
     doc = """Gradients of y = (x - mean) * rstd * weight + bias (LayerNorm over the last axis).
 
     dy:    (..., D) the gradient of the loss with respect to y
-    cache: (x, mean, rstd, weight) as returned by layernorm_forward:
-           x       (..., D)
-           mean    (..., 1)  the row means
-           rstd    (..., 1)  1 / sqrt(var + eps) of each row
-           weight  (D,)
+    cache: CACHE
     Returns (dx, dweight, dbias): dx (..., D); dweight, dbias (D,) summed over every row.
     """
     shapes = "x, y, dy, dx (..., D)   mean, rstd (..., 1)   weight, bias, dweight, dbias (D,)"
     space = dict(lead_shape=Shape(0, 2, 1, 3), D=Ints(1, 6), eps=Choice((1e-6, 1e-5, 0.1)), seed=SEED)
+    probe_params = dict(lead_shape=(2, 3), D=5, eps=0.1, seed=4)   # eps large: an eps slip is not noise
     edge_cases = [dict(lead_shape=(2, 3), D=4, eps=1e-5, seed=1),
                   dict(lead_shape=(3,), D=1, eps=1e-5, seed=2),
                   dict(lead_shape=(), D=6, eps=0.1, seed=3)]
@@ -419,12 +425,13 @@ y = x * cos + rotate_half(x) * sin     # Hugging Face's convention: pairs (x[i],
     doc = """Gradient of y = x * cos + rotate_half(x) * sin with respect to x.
 
     dy:    (..., T, head_dim) the gradient of the loss with respect to y
-    cache: (cos, sin) as returned by rope_forward, each (T, head_dim), broadcast over the leading axes
+    cache: CACHE
     Returns dx, with the shape of dy.
     npllama.ops.rope.rotate_half(a) is yours to use.
     """
     shapes = "x, y, dy, dx (B, H, T, head_dim)   cos, sin (T, head_dim)"
     allowed_imports = "numpy, and rotate_half from npllama.ops.rope"
+    helpers = (("npllama.ops.rope", "rotate_half"),)
     space = dict(B=Ints(1, 2), H=Ints(1, 3), T=Ints(1, 4), head_dim=Choice((2, 4, 6, 8, 16)), seed=SEED)
     edge_cases = [dict(B=1, H=2, T=3, head_dim=4, seed=1),
                   dict(B=2, H=1, T=1, head_dim=2, seed=2),     # one position, one pair
@@ -436,7 +443,7 @@ y = x * cos + rotate_half(x) * sin     # Hugging Face's convention: pairs (x[i],
         rng = _rng(params)
         T, hd = params["T"], params["head_dim"]
         x = rng.standard_normal((params["B"], params["H"], T, hd)).astype(dtype)
-        if general_tables:   # not rotations at all: the backward formula must hold for any tables
+        if general_tables or params.get("general_tables"):   # not rotations at all: the backward formula must hold for any tables
             cos, sin = rng.standard_normal((T, hd)).astype(dtype), rng.standard_normal((T, hd)).astype(dtype)
         else:
             cos, sin = rope_cos_sin(rng.integers(0, 2000, size=T), hd, 10000.0, LLAMA3_SMALL, dtype=dtype)
@@ -549,11 +556,7 @@ query head h reads kv head h // n_rep (grouped-query attention, n_rep = H // KVH
     doc = """Gradients of causal / padded grouped-query attention with respect to q, k and v.
 
     dout:  (B, H, T, head_dim) the gradient of the loss with respect to out
-    cache: a dict as returned by attention_forward:
-           "q"  (B, H, T, head_dim)      "k", "v"  (B, KVH, S, head_dim)
-           "attn_probs"  (B, H, T, S)     0 where masked
-           "scale"  1 / sqrt(head_dim)    "n_rep"  H // KVH, query heads per kv head
-           "softmax_cache"  the cache softmax_forward returned (= attn_probs)
+    cache: CACHE
     Query head h reads kv head h // n_rep (heads g*n_rep .. g*n_rep + n_rep - 1 share kv head g).
     Returns (dq, dk, dv) with the shapes of q, k, v: dk and dv sum over the n_rep query heads
     that share each kv head.
@@ -562,6 +565,7 @@ query head h reads kv head h // n_rep (grouped-query attention, n_rep = H // KVH
     shapes = ("q, dq, out, dout (B, H, T, head_dim)   k, v, dk, dv (B, KVH, S, head_dim)   "
               "attn_probs (B, H, T, S)")
     allowed_imports = "numpy, and softmax_backward from npllama.ops.softmax"
+    helpers = (("npllama.ops.softmax", "softmax_backward"),)
     space = dict(B=Ints(1, 2), KVH=Ints(1, 2), n_rep=Choice((1, 2, 4)), T=Ints(1, 4),
                  head_dim=Choice((2, 4, 6)), causal=Choice((True, False)), q_offset=Ints(0, 3),
                  S=Ints(1, 5), padding=Choice((False, True)), seed=SEED)
@@ -669,8 +673,7 @@ act = silu(gate) * up                     # elementwise"""
     doc = """Gradients of act = silu(gate) * up with respect to gate and up (elementwise).
 
     dact:  the gradient of the loss with respect to act, the shape of gate
-    cache: (gate, up, gate_sigmoid, silu_gate) as returned by swiglu_act_forward:
-           gate_sigmoid = sigmoid(gate),  silu_gate = gate * sigmoid(gate)   (all the same shape)
+    cache: CACHE
     Returns (dgate, dup).
     """
     shapes = "gate, up, act, dact, dgate, dup: all the same shape (..., F)"
@@ -728,17 +731,14 @@ out  = act @ w_down.T                              # (..., D)"""
     doc = """Gradients of out = (silu(x W_gate^T) * (x W_up^T)) W_down^T.
 
     dout:  (..., D) the gradient of the loss with respect to out
-    cache: (gate_cache, up_cache, act_cache, down_cache) as returned by swiglu_forward:
-           gate_cache = (x, w_gate)        the linear_forward cache of gate = x @ w_gate.T
-           up_cache   = (x, w_up)          the linear_forward cache of up   = x @ w_up.T
-           act_cache  = (gate, up, gate_sigmoid, silu_gate)   swiglu_act_forward's cache
-           down_cache = (act, w_down)      the linear_forward cache of out  = act @ w_down.T
+    cache: CACHE
     Returns (dx, dw_gate, dw_up, dw_down) with the shapes of x, w_gate (F, D), w_up (F, D), w_down (D, F).
     You may use npllama.ops.linear.linear_backward and npllama.ops.swiglu.swiglu_act_backward:
     the lesson is how the pieces chain.
     """
     shapes = "x, out (..., D)   w_gate, w_up (F, D)   w_down (D, F)   gate, up, act (..., F)"
     allowed_imports = "numpy, linear_backward (npllama.ops.linear), swiglu_act_backward (npllama.ops.swiglu)"
+    helpers = (("npllama.ops.linear", "linear_backward"), ("npllama.ops.swiglu", "swiglu_act_backward"))
     space = dict(lead_shape=Shape(1, 3, 1, 3), D=Ints(1, 5), F=Ints(1, 7), seed=SEED)
     edge_cases = [dict(lead_shape=(2, 3), D=4, F=6, seed=1), dict(lead_shape=(1,), D=1, F=1, seed=2),
                   dict(lead_shape=(2,), D=3, F=3, seed=3)]
@@ -779,12 +779,7 @@ a position counts when its target != ignore_index (-100); no counted position: l
 
     dloss: the gradient of the final objective with respect to loss (a 0-d array or a float; 1 when
            loss is the objective itself)
-    cache: (probs, safe_targets, counted, n_counted, logits_shape) as returned by cross_entropy_forward:
-           probs         (N, V)  softmax of each row of logits, N = number of positions
-           safe_targets  (N,)    the targets, with ignored ones replaced by 0
-           counted       (N,)    bool, True where the target is not ignore_index
-           n_counted     int     how many positions count (may be 0)
-           logits_shape  tuple   the shape of logits, (..., V)
+    cache: CACHE
     Returns dlogits, with logits_shape and probs' dtype.  Ignored positions get 0; if nothing is
     counted, everything is 0 (not NaN).
     """
@@ -998,9 +993,11 @@ logits = pooled @ score_weight.T          # (B, num_labels)"""
                      zero_label=case.context["zero_label"])
 
 
+from .assembled import Block, Model  # noqa: E402  (they build on the classes above)
+
 EXERCISES: dict[str, Exercise] = {ex.op: ex for ex in (
     Embedding(), Linear(), RMSNorm(), LayerNorm(), RoPE(), Softmax(), Attention(), SwiGLUAct(), SwiGLU(),
-    CrossEntropy(), LoRA(), Classifier())}
+    CrossEntropy(), LoRA(), Classifier(), Block(), Model())}
 
 
 def get_exercise(op: str) -> Exercise:

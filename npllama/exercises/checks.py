@@ -201,7 +201,9 @@ def check_gradient(backward, case: Case, mistakes_fn=None) -> None:
                       tol=GRAD_TOL, atol=GRAD_ATOL)
     if report.ok:
         return
-    failing = [r for r in report.inputs if not r.ok]
+    failing = [r for r in report.inputs if not r.ok and not _within_difference_noise(backward, case, dout, r.name)]
+    if not failing:
+        return
     first = failing[0]
     index = case.input_names.index(first.name)
     numeric = _numeric_gradient(case, dout, index)
@@ -247,9 +249,32 @@ def expect_close(got, expected, grad: str, case_description: str, *, what: str, 
 
 # ----- helpers ------------------------------------------------------------------------------------
 
-def _numeric_gradient(case: Case, dout, index) -> np.ndarray:
+def _numeric_gradient(case: Case, dout, index, step: float = 1e-6) -> np.ndarray:
     x = case.inputs[index]
-    return numerical_gradient(lambda: float(np.sum(case.run_forward()[0] * dout)), x)
+    return numerical_gradient(lambda: float(np.sum(case.run_forward()[0] * dout)), x, eps=step)
+
+
+def _within_difference_noise(backward, case: Case, dout, input_name: str) -> bool:
+    """Is the gradient of `input_name` as close to the central differences as those differences
+    are to themselves?
+
+    check_op's 1e-7 is relative to the gradient's size, but the differences' round-off is set by
+    the size of the *loss*: about 1e-16 * |sum(out * dout)| / step per entry.  When the gradient
+    is tiny next to the loss (LayerNorm with D = 2 makes every row +-1, and dx shrinks to the order
+    of eps), that round-off alone can exceed 1e-7 of the gradient, and a correct backward failed
+    ~0.07% of random cases.  So the differences are taken again with a 10x larger step (10x less
+    round-off, truncation still ~1e-10 relative on these well-conditioned cases), their
+    disagreement measures how accurate the reference is, and an error within 4x of it (plus the
+    usual 1e-7) is not the student's.  A real mistake is off by far more than this noise."""
+    index = case.input_names.index(input_name)
+    fine = _numeric_gradient(case, dout, index)
+    coarse = _numeric_gradient(case, dout, index, step=1e-5)
+    got = call_backward(backward, dout, case.run_forward()[1], case)[case.wrt.index(index)]
+    if not np.all(np.isfinite(got)):
+        return False
+    noise = float(np.linalg.norm(fine - coarse))
+    scale = max(float(np.linalg.norm(fine)), float(np.linalg.norm(got)))
+    return float(np.linalg.norm(got - fine)) <= GRAD_TOL * scale + 4.0 * noise
 
 
 def _snapshot(obj):

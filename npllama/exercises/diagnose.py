@@ -19,6 +19,7 @@ import numpy as np
 from ..gradcheck import rel_error as gradcheck_rel_error
 
 MATCH_TOL = 1e-6   # "got equals this candidate" (norm-wise relative error)
+ROUND_OFF_RATIO = 5e-7   # a ratio this close to 1 is round-off (float64 differences), never "a constant factor"
 
 
 @dataclasses.dataclass
@@ -33,6 +34,8 @@ class Finding:
     got_value: float | None = None
     expected_value: float | None = None
     case: str = ""                  # the inputs' shapes and options
+    ladder: str = ""                # which simpler cases pass, and what changed when one fails
+    generic: tuple | None = None    # (message, hint) without the op's named causes, when one was used
 
     def lines(self) -> list[str]:
         out = []
@@ -46,6 +49,8 @@ class Finding:
                          f"expected {self.expected_value:.6g}")
             out.append(f"relative error {self.rel_error:.3g}{where}")
         out.append(f"what is wrong: {self.message}")
+        if self.ladder:
+            out.append(f"simpler cases: {self.ladder}")
         if self.hint:
             out.append(f"hint: {self.hint}")
         return out
@@ -117,6 +122,7 @@ def diagnose(got, expected, *, grad: str, case: str = "", known_factors=None, mi
     for message, hint, wrong in mistakes or []:
         if wrong is not None and np.shape(wrong) == expected.shape and rel_error(got_arr, wrong) < MATCH_TOL:
             finding.message, finding.hint = message, hint
+            finding.generic = _generic(got, expected, grad, case, zero_label)
             return finding
 
     if not np.any(got_arr):
@@ -124,11 +130,24 @@ def diagnose(got, expected, *, grad: str, case: str = "", known_factors=None, mi
         finding.hint = "is the result ever assigned? (a np.zeros_like that is never filled, or a wrong mask)"
         return finding
 
+    if _float32_precision(got, expected):
+        finding.message = ("it is right only to float32 precision although the inputs are float64: part of "
+                           "the arithmetic ran in float32")
+        finding.hint = ("an array created with dtype=np.float32 (or an .astype(np.float32)) inside your function: "
+                        "create arrays with the input's dtype (e.g. dout.dtype)")
+        return finding
     ratio = _constant_ratio(got_arr, expected)
+    if ratio is not None and abs(ratio - 1.0) < ROUND_OFF_RATIO:
+        finding.message = (f"it agrees with the expected gradient to a relative {abs(ratio - 1.0):.1g}, which is "
+                           f"round-off, not a mistake of yours")
+        finding.hint = "please report this case to the course's teacher: the check should have passed it"
+        return finding
     if ratio is not None:
         for value, message, hint in list(known_factors or []) + GENERIC_RATIOS:
             if np.isclose(ratio, value, rtol=1e-6):
                 finding.message, finding.hint = message, hint
+                if (value, message, hint) not in GENERIC_RATIOS:
+                    finding.generic = _generic(got, expected, grad, case, zero_label)
                 return finding
         finding.message = f"it is exactly {_ratio_text(ratio)} times the right gradient (a constant factor)"
         finding.hint = "a scale factor is missing or extra: a 1/N of a mean, a 1/sqrt(d), a weight"
@@ -166,6 +185,25 @@ def diagnose(got, expected, *, grad: str, case: str = "", known_factors=None, mi
     finding.message = f"{int(wrong.sum())} of {wrong.size} entries are wrong, with no simple pattern"
     finding.hint = "a term of the chain rule is missing or wrong: redo the derivation one step at a time"
     return finding
+
+
+def _float32_precision(got, expected) -> bool:
+    """got carries float32 round-off (every value a float32 number) and is otherwise right."""
+    got = np.asarray(got)
+    if got.dtype == np.float64:
+        as_float32 = got.astype(np.float32).astype(np.float64)
+        if not np.array_equal(got, as_float32) or np.array_equal(expected, expected.astype(np.float32)):
+            return False
+    elif got.dtype != np.float32:
+        return False
+    return rel_error(got, expected) < 1e-5
+
+
+def _generic(got, expected, grad, case, zero_label) -> tuple:
+    """What diagnose says from the numbers alone, without the op's named causes (one case can
+    match a named cause by coincidence; the runner keeps the cause only if the probes confirm it)."""
+    plain = diagnose(got, expected, grad=grad, case=case, zero_label=zero_label)
+    return plain.message, plain.hint
 
 
 def _locate(finding, got, expected):

@@ -9,6 +9,9 @@ a message containing `expect`.  A teacher can write them into a folder to see th
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
+import textwrap
 from pathlib import Path
 
 
@@ -163,13 +166,58 @@ def classifier_backward(dlogits, cache):
 """),
 ]
 
-# A correct file for every op: it just re-exports the project's own function.
-CORRECT = {op: f"from npllama.ops.{module} import {op}_backward  # noqa: F401\n"
-           for op, module in [("embedding", "embedding"), ("linear", "linear"), ("rmsnorm", "rmsnorm"),
-                              ("layernorm", "layernorm"), ("rope", "rope"), ("softmax", "softmax"),
-                              ("attention", "attention"), ("swiglu_act", "swiglu"), ("swiglu", "swiglu"),
-                              ("cross_entropy", "cross_entropy"), ("lora", "lora"),
-                              ("classifier", "classifier")]}
+def correct_source(op: str) -> str:
+    """A correct, self-contained student file for `op`: the project's own backward with its
+    argument checks left out, the npllama functions it calls copied in (the exercise's helpers
+    are imported, as a student may), so it passes screen.py's import rule."""
+    from .catalog import get_exercise
+
+    exercise = get_exercise(op)
+    allowed = {name: module for module, name in exercise.helpers}
+    imports = {f"from {allowed[n]} import {n}" for n in allowed}
+    copied, todo = [], [exercise.reference]
+    while todo:
+        fn = todo.pop(0)
+        if any(fn is done for done, _ in copied):
+            continue
+        copied.append((fn, _without_argument_checks(inspect.getsource(fn))))
+        for name in fn.__code__.co_names:
+            value = fn.__globals__.get(name)
+            if inspect.isfunction(value) and value.__module__.startswith("npllama.") and name not in allowed \
+                    and not _is_argument_check(name):
+                todo.append(value)
+    header = "import numpy as np\n" + "".join(f"{line}\n" for line in sorted(imports))
+    return header + "\n\n" + "\n\n".join(src for _, src in copied)
+
+
+def _is_argument_check(name: str) -> bool:
+    return name.startswith(("require_", "check_"))
+
+
+def _without_argument_checks(source: str) -> str:
+    """The function without its argument checks: `if checking.get(...):` blocks and bare
+    require_*/check_*_args calls (a student's file has no npllama.ops._checks)."""
+    lines, skip_deeper_than = [], None
+    for line in textwrap.dedent(source).splitlines():
+        indent = len(line) - len(line.lstrip())
+        if skip_deeper_than is not None:
+            if not line.strip() or indent > skip_deeper_than:
+                continue
+            skip_deeper_than = None
+        stripped = line.strip()
+        if re.match(r"if checking\.get\(\)", stripped):
+            skip_deeper_than = indent
+            continue
+        if re.match(r"(require_\w+|check_\w+_args)\(", stripped):
+            continue
+        line = re.sub(r"= check_\w+_args\((\w+), (\w+)\)$", r"= \2", line)   # `a, b = check_x_args(dout, cache)`
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+CORRECT = {op: correct_source(op) for op in ("embedding", "linear", "rmsnorm", "layernorm", "rope", "softmax",
+                                              "attention", "swiglu_act", "swiglu", "cross_entropy", "lora",
+                                              "classifier")}
 
 
 def write_planted(op: str, folder) -> list[Path]:

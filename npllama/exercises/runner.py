@@ -23,7 +23,10 @@ import numpy as np
 
 from .catalog import Check, Exercise, get_exercise
 from .checks import sample
+from .catalogue import CATALOGUES
 from .diagnose import CheckFailed, Finding
+from .mistakes import explain
+from .screen import RULE, ForbiddenCall, finite_difference_noise, guard_library, screen_source, student_call
 from .starter import derivation_section
 
 DEFAULT_RANDOM_CASES = 8
@@ -53,6 +56,7 @@ class Report:
     results: list[CheckResult]
     not_implemented: bool = False
     load_error: str | None = None
+    refused: str | None = None       # why the submission breaks the rule of screen.py (not graded)
 
     @property
     def passed(self) -> int:
@@ -64,7 +68,8 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return self.load_error is None and not self.not_implemented and self.passed == self.total
+        return (self.load_error is None and self.refused is None and not self.not_implemented
+                and self.passed == self.total)
 
     @property
     def first_failure(self) -> CheckResult | None:
@@ -74,6 +79,8 @@ class Report:
         """One short line: what a teacher's table shows."""
         if self.load_error:
             return self.load_error
+        if self.refused:
+            return f"refused: {self.refused}"
         if self.not_implemented:
             return "not implemented yet"
         first = self.first_failure
@@ -86,6 +93,9 @@ class Report:
         lines = [f"exercise {ex.op}: {ex.backward_name} in {self.source}"]
         if self.load_error:
             lines += [f"  cannot check it: {self.load_error}", "0 checks run."]
+            return "\n".join(lines)
+        if self.refused:
+            lines += [f"  refused, not graded: {self.refused}", f"  the rule: {RULE}", "0 checks run."]
             return "\n".join(lines)
         if self.not_implemented:
             lines += [f"  {ex.backward_name} is not implemented yet: it raises NotImplementedError.",
@@ -114,6 +124,7 @@ class Report:
         first = self.first_failure
         return {"exercise": self.exercise.op, "source": self.source, "passed": self.passed, "total": self.total,
                 "ok": self.ok, "not_implemented": self.not_implemented, "load_error": self.load_error,
+                "refused": self.refused, "summary": self.summary(),
                 "first_failure": None if first is None else {
                     "check": first.check.name, "status": first.status,
                     **(dataclasses.asdict(first.finding) if first.finding else {})},
@@ -129,11 +140,30 @@ def case_params(exercise: Exercise, n_random: int = DEFAULT_RANDOM_CASES, seed: 
 
 
 def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0,
-                   source: str | None = None, source_file: str | None = None) -> Report:
-    """Run every check of exercise `op` on `backward`; never raises for a wrong or crashing function."""
+                   source: str | None = None, source_file: str | None = None,
+                   catch_everything: bool = False) -> Report:
+    """Run every check of exercise `op` on `backward`; never raises for a wrong or crashing function.
+
+    catch_everything: also turn SystemExit and KeyboardInterrupt raised by the function into its
+    failure (the grading sandbox does; in your own process a Ctrl-C should still stop you)."""
     exercise = get_exercise(op)
+    if not callable(backward):
+        raise TypeError(f"backward must be a function like {exercise.signature[4:-1]}, got {type(backward).__name__}")
+    for name, value in (("n_random", n_random), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     source = source or getattr(backward, "__name__", repr(backward))
     source_file = source_file or getattr(getattr(backward, "__code__", None), "co_filename", None)
+    backward = exercise.adapt(student_call(backward))
+    student_errors = BaseException if catch_everything else Exception
+    try:
+        refused = finite_difference_noise(exercise, backward)
+    except ForbiddenCall as error:
+        refused = str(error)
+    except student_errors:   # a crash or a wrong shape: the checks below report it properly
+        refused = None
+    if refused:
+        return Report(exercise, source, [], refused=refused)
     params_list = case_params(exercise, n_random, seed)
     results = []
     for item in exercise.checks():
@@ -145,21 +175,43 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
                 exercise.run_check(item, backward, params)
             except NotImplementedError:
                 return Report(exercise, source, [], not_implemented=True)
+            except ForbiddenCall as error:
+                return Report(exercise, source, [], refused=str(error))
             except CheckFailed as failed:
                 result.status, result.finding = "fail", failed.finding
                 break
-            except Exception as error:  # the student's code crashed: say where, in their file
+            except student_errors as error:  # the student's code crashed: say where, in their file
                 result.status = "error"
                 result.finding = Finding(exercise.backward_name, _describe_exception(error, source_file),
-                                         hint="run the function by hand on a small input to see it happen "
-                                              "(python -m pdb your_file.py)",
-                                         case=_describe_params(exercise, params))
+                                         hint=_crash_hint(error), case=_describe_params(exercise, params))
                 break
         results.append(result)
-    return Report(exercise, source, results)
+    report = Report(exercise, source, results)
+    first = report.first_failure
+    if first is not None and first.status == "fail" and first.finding is not None:
+        try:
+            _explain_from_probes(exercise, backward, first.finding)
+        except student_errors:   # the student's code misbehaving on a probe: keep the checks' finding
+            pass
+    return report
 
 
-def load_function(op: str, path) -> object:
+def _explain_from_probes(exercise, backward, finding: Finding) -> None:
+    """Replace a single-case diagnosis by what the catalogue's probes show (catalogue.py)."""
+    catalogue = CATALOGUES.get(exercise.op)
+    if catalogue is None:
+        return
+    found = explain(catalogue, exercise, backward)
+    if found.grad is not None:
+        finding.message, finding.hint = found.message, found.hint
+        finding.generic = None
+    elif finding.generic is not None:   # a named cause the probes do not confirm: say only what is seen
+        finding.message, finding.hint = finding.generic
+        finding.generic = None
+    finding.ladder = found.ladder
+
+
+def load_function(op: str, path, catch_everything: bool = False) -> object:
     """Import the file at `path` (by path, not by name) and return its <op>_backward function."""
     exercise = get_exercise(op)
     path = Path(path)
@@ -175,8 +227,11 @@ def load_function(op: str, path) -> object:
         spec.loader.exec_module(module)
     except SyntaxError as error:
         raise SubmissionError(f"{path.name} has a syntax error at line {error.lineno}: {error.msg}") from None
-    except Exception as error:
-        raise SubmissionError(f"importing {path.name} failed: " + _describe_exception(error, str(path))) from None
+    except ForbiddenCall as error:
+        raise SubmissionError(f"importing {path.name} failed: {error}") from None
+    except (BaseException if catch_everything else Exception) as error:
+        raise SubmissionError(f"importing {path.name} failed: "
+                              + _describe_exception(error, str(path), "the file")) from None
     finally:
         sys.modules.pop(name, None)
     fn = getattr(module, exercise.backward_name, None)
@@ -187,17 +242,34 @@ def load_function(op: str, path) -> object:
     return fn
 
 
-def check_file(op: str, path, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0) -> Report:
+def check_file(op: str, path, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0,
+               allow_imports: bool = False, catch_everything: bool = False) -> Report:
+    """Screen the file (screen.py's rule), load it and run the checks, all in this process.
+    `npllama exercise check` runs this inside a sandbox process per file (sandbox.py).
+
+    allow_imports: skip the import rule (for files you trust); the run-time guard stays on."""
+    exercise = get_exercise(op)
     path = Path(path)
-    try:
-        fn = load_function(op, path)
-    except SubmissionError as error:
-        return Report(get_exercise(op), str(path), [], load_error=str(error))
-    return check_function(op, fn, n_random=n_random, seed=seed, source=str(path), source_file=str(path))
+    if not allow_imports and path.is_file():
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            return Report(exercise, str(path), [], load_error=f"{path.name} cannot be read as text: {error}")
+        reasons = screen_source(source, exercise.helpers, str(path))
+        if reasons:
+            return Report(exercise, str(path), [], refused="; ".join(reasons[:3]))
+    with guard_library(exercise):
+        try:
+            fn = load_function(op, path, catch_everything=catch_everything)
+        except SubmissionError as error:
+            return Report(exercise, str(path), [], load_error=str(error))
+        return check_function(op, fn, n_random=n_random, seed=seed, source=str(path), source_file=str(path),
+                              catch_everything=catch_everything)
 
 
 def check_folder(op: str, folder, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0) -> list[Report]:
-    """Every .py file in `folder` (sorted by name), each checked on the same cases."""
+    """Every .py file in `folder` (sorted by name), each checked on the same cases, in this process
+    and without limits: for files you trust.  A class's folder: gradebook.grade_folder (sandboxed)."""
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.suffix == ".py" and p.is_file())
     if not files:
@@ -221,8 +293,8 @@ def format_table(reports: list[Report], width: int = 90) -> str:
 
 # ----- helpers ------------------------------------------------------------------------------------
 
-def _describe_exception(error: BaseException, source_file: str | None) -> str:
-    text = f"your function raised {type(error).__name__}: {error}"
+def _describe_exception(error: BaseException, source_file: str | None, what: str = "your function") -> str:
+    text = f"{what} raised {type(error).__name__}: {error}".rstrip(": ")
     frames = traceback.extract_tb(error.__traceback__)
     if source_file:
         target = os.path.abspath(source_file)
@@ -231,6 +303,16 @@ def _describe_exception(error: BaseException, source_file: str | None) -> str:
             frame = mine[-1]
             text += f" (line {frame.lineno} of {os.path.basename(frame.filename)}: {frame.line.strip()})"
     return text
+
+
+def _crash_hint(error: BaseException) -> str:
+    if isinstance(error, ValueError) and "broadcast" in str(error):
+        return ("two arrays of different shapes met in an elementwise operation: a sum or mean over a row "
+                "that dropped its axis (add keepdims=True), or an axis mixed up -- print the shapes")
+    if isinstance(error, ValueError) and ("core dimension" in str(error) or "not aligned" in str(error)):
+        return ("a matrix product whose inner sizes differ: an operand needs a transpose, or the operands are "
+                "in the wrong order (weights are (out, in); a gradient has its input's shape) -- print the shapes")
+    return "run the function by hand on a small input to see it happen (python -m pdb your_file.py)"
 
 
 def _describe_params(exercise: Exercise, params) -> str:

@@ -2,38 +2,64 @@
 to the derivation, and a body that raises NotImplementedError."""
 from __future__ import annotations
 
-import re
+import inspect
 import textwrap
 from pathlib import Path
 
 from .catalog import Exercise, get_exercise
-
-# derivations/ sits next to the package in a source checkout (pip install -e .)
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
+from .derivation import backward_heading, explain_text
+from .screen import RULE
 
 def derivation_section(exercise: Exercise) -> str:
-    """'derivations/rmsnorm.md, section "Backward"' -- the heading that mentions the backward pass,
-    when the file is there to read; otherwise just the file."""
-    path = REPO_ROOT / exercise.derivation
-    if path.is_file():
-        headings = re.findall(r"^#{1,4}\s+(.+?)\s*$", path.read_text(encoding="utf-8"), flags=re.M)
-        for heading in headings:
-            if re.search(r"backward|chain rule|gradient", heading, flags=re.I):
-                return f'{exercise.derivation}, section "{heading}"'
+    """'derivations/rmsnorm.md, section "Backward, step by step"' (`npllama explain <name>` prints it)."""
+    try:
+        heading = backward_heading(exercise.derivation)
+    except ValueError:      # not installed with the package: name the file only
+        heading = None
+    if heading:
+        return f'{exercise.derivation}, section "{heading}"'
     return f"{exercise.derivation}, the section deriving the backward pass"
+
+
+def derivation_quote(exercise: Exercise) -> str:
+    """The backward sections of the exercise's derivation as terminal text ('' when not installed)."""
+    try:
+        return explain_text(exercise.derivation, backward_only=True)
+    except ValueError:
+        return ""
+
+
+def cache_description(exercise: Exercise) -> str:
+    """The cache as the op documents it: its NamedTuple's docstring and fields with their comments,
+    quoted from the op's source (one description, the op's own)."""
+    _, cache = exercise.case(exercise.edge_cases[0]).run_forward()
+    kind = type(cache)
+    if not hasattr(kind, "_fields"):
+        return ""
+    lines = []
+    for line in textwrap.dedent(inspect.getsource(kind)).splitlines()[1:]:
+        if line.strip().startswith("def "):
+            break
+        if line.strip():
+            lines.append(line.strip().strip('"').strip())
+    return (f"{kind.__name__}, the named tuple {exercise.forward_name} returns ({kind.__module__}):\n"
+            f"unpack it in this order, or read its fields (cache.{kind._fields[0]}, ...)\n" + "\n".join(lines))
+
+
+def _doc_with_cache(exercise: Exercise) -> str:
+    doc = exercise.doc.strip()
+    if "cache: CACHE" not in doc:
+        return doc
+    text = cache_description(exercise).splitlines()
+    return doc.replace("cache: CACHE", "cache: " + "\n           ".join(text))
 
 
 def starter_source(op: str) -> str:
     ex = get_exercise(op)
     imports = "import numpy as np\n"
-    if "rotate_half" in ex.allowed_imports:
-        imports += "\nfrom npllama.ops.rope import rotate_half  # noqa: F401  (yours to use)\n"
-    if "softmax_backward" in ex.allowed_imports:
-        imports += "\nfrom npllama.ops.softmax import softmax_backward  # noqa: F401  (or write it inline)\n"
-    if "linear_backward" in ex.allowed_imports:
-        imports += ("\nfrom npllama.ops.linear import linear_backward  # noqa: F401\n"
-                    "from npllama.ops.swiglu import swiglu_act_backward  # noqa: F401\n")
+    if ex.helpers:
+        imports += "\n" + "".join(f"from {module} import {name}  # noqa: F401  (yours to use)\n"
+                                   for module, name in ex.helpers)
     article = f", article {ex.article}" if ex.article else ""
     forward = textwrap.indent(ex.forward_text, "    ")
     return f'''"""Exercise: the backward pass of the {ex.title}{article}.
@@ -49,27 +75,48 @@ The forward pass is already written ({ex.module}.{ex.forward_name}); it computes
 and returns (out, cache).  Your function receives the gradient of the loss with respect to the
 forward's output and that cache, and returns the gradients its docstring lists.
 
-Derivation: {derivation_section(ex)}.  Work it on paper first.
+Derivation: {derivation_section(ex)} (quoted below;
+            `npllama explain {_stem(ex)}` prints all of it).  Work it on paper first.
 Shapes:     {ex.shapes}
 Allowed:    {ex.allowed_imports}.
+The rule:   {textwrap.fill(RULE, 84, subsequent_indent="            ")}
 """
 {imports}
+{_as_comment(derivation_quote(ex))}
 
 {ex.signature}
-    """{ex.doc.strip()}
+    """{_doc_with_cache(ex)}
     """
     raise NotImplementedError("{ex.backward_name} is not implemented yet")
 '''
 
 
-def write_starter(op: str, path=None, force: bool = False) -> Path:
-    """Write the starter file (default: ./<op>_backward.py); refuses to overwrite unless force."""
-    ex = get_exercise(op)
-    path = Path(path) if path is not None else Path(f"{ex.backward_name}.py")
-    if path.is_dir():
-        path = path / f"{ex.backward_name}.py"
+def _stem(exercise: Exercise) -> str:
+    return exercise.derivation.rsplit("/", 1)[-1].removesuffix(".md")
+
+
+def _as_comment(text: str) -> str:
+    if not text:
+        return ""
+    body = "\n".join(("# " + line).rstrip() for line in text.splitlines())
+    return f"\n# ----- the math you need (derivations, quoted) -----\n{body}\n"
+
+
+def target_path(path, default_name: str, suffix: str, force: bool) -> Path:
+    """Where to write a student's file: `path` itself, or default_name inside it when it is a folder
+    (existing, or any path without `suffix`); refuses to overwrite unless force."""
+    path = Path(path) if path is not None else Path(default_name)
+    if path.is_dir() or path.suffix != suffix:
+        path = path / default_name
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists; pass --force to overwrite it (your work would be lost)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_starter(op: str, path=None, force: bool = False) -> Path:
+    """Write the starter file (default: ./<op>_backward.py); refuses to overwrite unless force."""
+    ex = get_exercise(op)
+    path = target_path(path, f"{ex.backward_name}.py", ".py", force)
     path.write_text(starter_source(op), encoding="utf-8")
     return path

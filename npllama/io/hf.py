@@ -32,6 +32,7 @@ CONFIG_NAME = "config.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+SCORE_NAME = "score.weight"   # a sequence classifier's head (LlamaForSequenceClassification)
 
 # Never allocate more than this for parameters, whatever the machine (and never more than its RAM).
 MAX_LOAD_BYTES = 64 * 1024**3
@@ -55,26 +56,73 @@ def load_hf_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.nd
     `config.param_shapes()`, each a new C-contiguous writeable array of `dtype`
     (np.float32 or np.float64)."""
     dtype = _float_dtype("dtype", dtype)
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder (expected a Hugging Face model folder "
-                                f"holding {CONFIG_NAME} and {WEIGHTS_NAME})")
-    config = read_config(folder / CONFIG_NAME)
-    _check_memory_budget(folder / CONFIG_NAME, config, dtype)
+    folder, config = _open_folder(path, dtype, "a Hugging Face model folder")
 
     # tensor name -> file holding it; each file's header; the file listing them (index or single)
     tensor_files, headers, source = _tensor_files(folder)
     to_read, tied_head = _check_names_and_shapes(config, tensor_files, headers, source)
 
     # Only now is tensor data read: every size has been checked against the config.
-    params: dict[str, np.ndarray] = {}
-    for file in sorted(set(to_read.values())):
-        names = [n for n, f in to_read.items() if f == file]
-        params.update(read_safetensors(file, names=names, dtype=dtype))
-    if tied_head is not None:
-        _check_tied_head(tied_head, params, dtype)
+    params = _read_params(to_read, tied_head, dtype)
     # read_safetensors gives every tensor its own fresh array; _own_array only fixes layout.
     return config, {name: _own_array(params.pop(name), dtype) for name in config.param_shapes()}
+
+
+def load_hf_classifier_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.ndarray], np.ndarray, dict]:
+    """Read a LlamaForSequenceClassification folder (transformers', or `npllama finetune classify
+    --out`): model.* tensors and `score.weight` (num_labels, hidden_size), no LM head.
+
+    Returns (config, params, score_weight, raw config.json dict -- id2label and the like).  params
+    has the causal model's keys; an untied `lm_head.weight`, which a classifier does not have and
+    never uses, is zeros.  The same checks as load_hf_folder, each a CheckpointError.
+    """
+    dtype = _float_dtype("dtype", dtype)
+    folder, config = _open_folder(path, dtype, "a classifier folder (with score.weight)")
+    raw = _load_json(folder / CONFIG_NAME)
+    tensor_files, headers, source = _tensor_files(folder)
+    score_file = tensor_files.pop(SCORE_NAME, None)
+    if score_file is None:
+        raise CheckpointError(source, "missing: a sequence classifier holds score.weight (its head); this "
+                                      "folder looks like a causal language model: use `npllama generate` "
+                                      "with it, or make a classifier with `npllama finetune classify --out DIR`",
+                              tensor=SCORE_NAME)
+    score_entry = headers[score_file][SCORE_NAME]
+    if score_entry["dtype"] not in FLOAT_DTYPES or len(score_entry["shape"]) != 2 \
+            or score_entry["shape"][1] != config.hidden_size or score_entry["shape"][0] < 1:
+        raise CheckpointError(score_file, f"must be a float (num_labels, hidden_size={config.hidden_size}) "
+                                          f"matrix, got {score_entry['dtype']} {tuple(score_entry['shape'])}",
+                              tensor=SCORE_NAME)
+    to_read, tied_head = _check_names_and_shapes(config, tensor_files, headers, source,
+                                                 optional=("lm_head.weight",))
+    params = _read_params(to_read, tied_head, dtype)
+    shapes = config.param_shapes()
+    if "lm_head.weight" in shapes and "lm_head.weight" not in params:
+        params["lm_head.weight"] = np.zeros(shapes["lm_head.weight"], dtype=dtype)
+    score = read_safetensors(score_file, names=[SCORE_NAME], dtype=dtype)[SCORE_NAME]
+    return config, {name: _own_array(params.pop(name), dtype) for name in shapes}, _own_array(score, dtype), raw
+
+
+def _open_folder(path, dtype, kind: str) -> tuple[Path, LlamaConfig]:
+    """The folder and its config, once the folder exists and the parameters fit in memory."""
+    folder = Path(path)
+    if not folder.is_dir():
+        from .describe import describe_model_path   # what it is instead, and how to load that
+
+        raise FileNotFoundError(f"{folder} is not a folder (expected {kind} holding {CONFIG_NAME} "
+                                f"and {WEIGHTS_NAME}): {describe_model_path(folder)}")
+    config = read_config(folder / CONFIG_NAME)
+    _check_memory_budget(folder / CONFIG_NAME, config, dtype)
+    return folder, config
+
+
+def _read_params(to_read: dict[str, Path], tied_head: Path | None, dtype) -> dict[str, np.ndarray]:
+    """The tensors of to_read (name -> file), one read per file; a tied head checked equal."""
+    params: dict[str, np.ndarray] = {}
+    for file in sorted(set(to_read.values())):
+        params.update(read_safetensors(file, names=[n for n, f in to_read.items() if f == file], dtype=dtype))
+    if tied_head is not None:
+        _check_tied_head(tied_head, params, dtype)
+    return params
 
 
 def read_config(config_path) -> LlamaConfig:
@@ -188,10 +236,11 @@ def _shard_path(folder: Path, index_path: Path, name: str, shard: str) -> Path:
     return folder / shard
 
 
-def _check_names_and_shapes(config: LlamaConfig, tensor_files: dict[str, Path],
-                            headers: dict[Path, dict], source: Path) -> tuple[dict[str, Path], Path | None]:
-    """Compare the files' headers with config.param_shapes().  Returns (name -> file for the
-    tensors to read, file holding a tied lm_head.weight to compare, or None)."""
+def _check_names_and_shapes(config: LlamaConfig, tensor_files: dict[str, Path], headers: dict[Path, dict],
+                            source: Path, optional=()) -> tuple[dict[str, Path], Path | None]:
+    """Compare the files' headers with config.param_shapes() (names in `optional` may be missing).
+    Returns (name -> file for the tensors to read, file holding a tied lm_head.weight to compare,
+    or None)."""
     expected = config.param_shapes()
     to_read: dict[str, Path] = {}
     tied_head = None
@@ -209,7 +258,7 @@ def _check_names_and_shapes(config: LlamaConfig, tensor_files: dict[str, Path],
                                         f"{config.tie_word_embeddings}) has no such parameter", tensor=name)
         _check_entry_shape(file, name, entry, expected[name])
         to_read[name] = file
-    missing = [name for name in expected if name not in to_read]
+    missing = [name for name in expected if name not in to_read and name not in optional]
     if missing:
         shown = ", ".join(repr(n) for n in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise CheckpointError(source, f"missing {len(missing)} parameter(s) the config requires: {shown}",
@@ -253,14 +302,16 @@ def save_hf_folder(path, config: LlamaConfig, params: dict[str, np.ndarray], dty
     dtype: None keeps the arrays' dtype (all must share one); or np.float32, np.float64,
            np.float16, "bfloat16" (rounded to nearest even) to store in that type.
     extra_files: {file name: bytes} written into the folder too, e.g. {"tokenizer.model": ...}:
-           plain names only, none of the files above.
+           plain names only, none of the files above.  A SentencePiece tokenizer.model brings its
+           tokenizer_config.json and special_tokens_map.json along (unless given), so that
+           transformers' AutoTokenizer reads the folder with the same ids as npllama.
     replace_lock: held around the final renames (npllama.io.atomic.atomic_directory).
     """
     if not isinstance(config, LlamaConfig):
         raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
     _check_params(config, params)
     torch_dtype, as_dtype = _save_dtype(dtype, params)
-    extra_files = _check_extra_files(extra_files)
+    extra_files = _with_tokenizer_config(_check_extra_files(extra_files), config)
 
     config_dict = config.to_dict()
     config_dict["torch_dtype"] = torch_dtype
@@ -314,6 +365,20 @@ def _check_extra_files(extra_files) -> dict[str, bytes]:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"extra_files[{name!r}] must be bytes, got {type(data).__name__}")
     return extra_files
+
+
+def _with_tokenizer_config(extra_files: dict, config: LlamaConfig) -> dict:
+    """extra_files plus the transformers tokenizer files for a valid tokenizer.model among them."""
+    model_bytes = extra_files.get("tokenizer.model")
+    if model_bytes is None or "tokenizer_config.json" in extra_files:
+        return extra_files
+    from ..tokenizer import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_bytes(bytes(model_bytes))
+    except ValueError:  # not a SentencePiece model: written as given, without a config to describe it
+        return extra_files
+    return {**tokenizer.hf_files(model_max_length=config.max_position_embeddings), **extra_files}
 
 
 def _save_dtype(dtype, params: dict) -> tuple[str, str]:

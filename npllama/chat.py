@@ -1,0 +1,193 @@
+"""Chat templates as the ecosystem writes them: a Jinja template in a folder's tokenizer_config.json
+(`chat_template`) or chat_template.jinja, rendered as transformers renders it
+(`apply_chat_template`), with LLaMA-2 and LLaMA-3 style defaults for folders that have none.
+
+    template = ChatTemplate.for_folder("runs/sft/model", tokenizer)
+    text = template.render([{"role": "system", "content": "Be brief."},
+                            {"role": "user", "content": "Why is the sky blue?"}])
+    ids = tokenizer.encode(text, bos=False)      # the template writes BOS itself, as "<s>"
+
+The special tokens a template writes as text ("<s>", "</s>", "<|eot_id|>") become their ids when
+encoded, because npllama's tokenizer encodes control pieces as their ids (as transformers does).
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+# LLaMA-2-chat:  <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant} </s><s>[INST] ...
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}"
+    "{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + content.strip() + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+# LLaMA-3-instruct: headers around each role, <|eot_id|> after each message.
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
+    " + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+
+BUILTIN_TEMPLATES = {"llama2": LLAMA2_TEMPLATE, "llama3": LLAMA3_TEMPLATE}
+# A message ends with these in the built-in templates: generation stops at them.
+END_OF_TURN = {"llama2": None, "llama3": "<|eot_id|>"}
+ROLES = ("system", "user", "assistant")
+
+
+class ChatTemplate:
+    """A Jinja chat template with the tokenizer's special tokens.
+
+    source: the template text; or "llama2" / "llama3" for the built-in defaults.
+    """
+
+    def __init__(self, source: str, bos_token: str = "<s>", eos_token: str = "</s>",
+                 end_of_turn: str | None = None):
+        if not isinstance(source, str) or not source.strip():
+            raise TypeError(f"source must be a Jinja template (str) or one of {sorted(BUILTIN_TEMPLATES)}, "
+                            f"got {source!r}")
+        self.name = source if source in BUILTIN_TEMPLATES else "custom"
+        if source in BUILTIN_TEMPLATES:
+            end_of_turn = end_of_turn or END_OF_TURN[source]
+            source = BUILTIN_TEMPLATES[source]
+        self.source, self.bos_token, self.eos_token = source, bos_token or "", eos_token or ""
+        self.end_of_turn = end_of_turn
+        self._template = _compile(source)
+
+    @classmethod
+    def for_folder(cls, folder, tokenizer=None, name: str | None = None) -> "ChatTemplate":
+        """The folder's own template (tokenizer_config.json's chat_template, or chat_template.jinja),
+        else a built-in one: LLaMA-3 style if the tokenizer has <|start_header_id|>, else LLaMA-2.
+        name ("llama2", "llama3", or a .jinja file) overrides the folder's choice."""
+        bos, eos = _special_tokens(tokenizer)
+        if name is not None:
+            if name in BUILTIN_TEMPLATES:
+                return cls(name, bos, eos)
+            path = Path(name).expanduser()
+            if not path.is_file():
+                raise ValueError(f"chat template {name!r} is neither {' nor '.join(sorted(BUILTIN_TEMPLATES))} "
+                                 f"nor a Jinja file")
+            return cls(path.read_text(encoding="utf-8"), bos, eos)
+        own = read_folder_template(folder) if folder is not None else None
+        if own is not None:
+            return cls(own, bos, eos, end_of_turn=_end_of_turn(own))
+        pieces = getattr(tokenizer, "control_pieces", {}) or {}
+        return cls("llama3" if "<|start_header_id|>" in pieces else "llama2", bos, eos)
+
+    def render(self, messages, add_generation_prompt: bool = True) -> str:
+        """The conversation as text, ending with the assistant's header when add_generation_prompt."""
+        messages = check_messages(messages)
+        from jinja2 import TemplateError
+
+        try:
+            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                         bos_token=self.bos_token, eos_token=self.eos_token)
+        except TemplateError as e:
+            raise ValueError(f"the chat template failed on these messages: {e}") from None
+
+    def prompt(self, user: str, system: str | None = None) -> str:
+        """One user turn (after an optional system message), ready for the assistant's answer."""
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        return self.render(messages, add_generation_prompt=True)
+
+    def encode_turn(self, tokenizer, prompt: str, response: str, system: str | None = None):
+        """(ids, is_response) of one exchange: the prompt's ids are not counted by a loss, the
+        response's (and the end-of-turn token after it) are."""
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}]
+        prompt_ids = tokenizer.encode(self.render(messages, add_generation_prompt=True), bos=False)
+        full_text = self.render(messages + [{"role": "assistant", "content": response}], add_generation_prompt=False)
+        ids = tokenizer.encode(full_text, bos=False)
+        shared = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), min(len(prompt_ids), len(ids)))
+        if self.end_of_turn is None and tokenizer.eos_id is not None and (not ids or ids[-1] != tokenizer.eos_id):
+            ids.append(tokenizer.eos_id)   # a template that writes no end: the model must learn to stop
+        return ids, [i >= shared for i in range(len(ids))]
+
+    def stop_ids(self, tokenizer) -> list[int]:
+        """The ids that end an assistant's turn: EOS, and the template's end-of-turn token."""
+        ids = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+        pieces = getattr(tokenizer, "control_pieces", {}) or {}
+        if self.end_of_turn in pieces:
+            ids.append(pieces[self.end_of_turn])
+        return ids
+
+    def __repr__(self) -> str:
+        return f"ChatTemplate({self.name}, bos_token={self.bos_token!r}, eos_token={self.eos_token!r})"
+
+
+def read_folder_template(folder) -> str | None:
+    """The chat template a Hugging Face folder carries, or None."""
+    folder = Path(folder)
+    jinja_file = folder / "chat_template.jinja"        # transformers 5 saves it beside the config
+    if jinja_file.is_file():
+        return jinja_file.read_text(encoding="utf-8")
+    config_file = folder / "tokenizer_config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(config_file)!r} is not valid JSON ({e})") from None
+    template = config.get("chat_template") if isinstance(config, dict) else None
+    if isinstance(template, list):   # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) and template.strip() else None
+
+
+def check_messages(messages) -> list[dict]:
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise TypeError(f"messages must be a non-empty list of {{'role', 'content'}} dicts, got {messages!r}")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise TypeError(f"messages[{i}] must be a dict with a str 'content', got {message!r}")
+        if message.get("role") not in ROLES:
+            raise ValueError(f"messages[{i}]['role'] must be one of {ROLES}, got {message.get('role')!r}")
+    return [dict(m) for m in messages]
+
+
+def _compile(source: str):
+    """Compile as transformers does: a sandbox (a template from a downloaded folder cannot reach
+    Python), trim_blocks and lstrip_blocks, raise_exception() and strftime_now()."""
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(source)
+    except TemplateError as e:
+        raise ValueError(f"the chat template is not valid Jinja: {e}") from None
+
+
+def _special_tokens(tokenizer) -> tuple[str, str]:
+    if tokenizer is None:
+        return "<s>", "</s>"
+    bos = tokenizer.id_to_piece(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
+    eos = tokenizer.id_to_piece(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
+    return bos, eos
+
+
+def _end_of_turn(source: str) -> str | None:
+    for marker in ("<|eot_id|>", "<|im_end|>", "<end_of_turn>"):
+        if marker in source:
+            return marker
+    return None
+
+
+__all__ = ["ChatTemplate", "LLAMA2_TEMPLATE", "LLAMA3_TEMPLATE", "read_folder_template", "check_messages"]

@@ -1,0 +1,120 @@
+"""Run a fine-tuned text classifier: a LlamaForSequenceClassification folder (with `score.weight`,
+as transformers and `npllama finetune classify --out` write it), or a base model plus a LoRA
+adapter saved for sequence classification (PEFT's SEQ_CLS, the head among modules_to_save).
+
+    clf = load_classifier("runs/sentiment")                      # or load_classifier(base, adapter=dir)
+    clf.predict(["What a lovely day!", "I hated it."])           # ['positive', 'negative']
+    clf.probabilities(["What a lovely day!"])                    # (1, num_labels), rows sum to 1
+
+The head reads the hidden state of each text's last real token, as transformers' does.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .finetune import INFO_FILE, SCORE, SequenceClassifier, encode_texts
+from .objectives import pad_batch, pad_id_of
+
+
+class Classifier:
+    """A model, its classification head and its tokenizer, ready for text."""
+
+    def __init__(self, model, score_weight: np.ndarray, label_names, tokenizer, source: str = ""):
+        score_weight = np.asarray(score_weight)
+        if score_weight.shape != (len(label_names), model.config.hidden_size):
+            raise ValueError(f"score_weight must have shape (num_labels={len(label_names)}, hidden_size="
+                             f"{model.config.hidden_size}), got {score_weight.shape}")
+        self.head = SequenceClassifier(model, label_names)
+        self.head.score_weight = score_weight.astype(model.dtype, copy=False)
+        self.model, self.tokenizer, self.source = model, tokenizer, source
+        self.label_names = self.head.label_names
+
+    def logits(self, texts, batch_size: int = 32) -> np.ndarray:
+        """(len(texts), num_labels) class scores, texts cut to the model's context."""
+        texts = _check_texts(texts)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        encoded = encode_texts(self.tokenizer, texts, self.model.config.max_position_embeddings)
+        pad_id = pad_id_of(self.tokenizer)
+        out = np.empty((len(texts), len(self.label_names)), dtype=np.float64)
+        for start in range(0, len(encoded), batch_size):
+            tokens, mask = pad_batch(encoded[start:start + batch_size], pad_id)
+            out[start:start + batch_size] = self.head.logits(tokens, mask)
+        return out
+
+    def probabilities(self, texts, batch_size: int = 32) -> np.ndarray:
+        """Softmax of the logits: each row sums to 1."""
+        logits = self.logits(texts, batch_size)
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    def predict(self, texts, batch_size: int = 32) -> list[str]:
+        """The most likely label name of each text."""
+        return [self.label_names[i] for i in self.logits(texts, batch_size).argmax(-1)]
+
+    def __repr__(self) -> str:
+        return f"Classifier({self.source!r}, labels={list(self.label_names)})"
+
+
+def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
+    """A classifier folder (path), or a base model folder (path) with a SEQ_CLS LoRA `adapter`."""
+    from .runs import load_model_and_tokenizer, load_tokenizer, resolve_model_dir
+
+    if adapter is not None:
+        from .lora import load_adapter
+
+        model, tokenizer, model_dir = load_model_and_tokenizer(path, dtype=dtype)
+        adapters = load_adapter(model, adapter)
+        score = adapters.extra.pop(SCORE, None)
+        if score is None:
+            raise ValueError(f"adapter {str(adapter)!r} has no score.weight: it is not a sequence-classification "
+                             f"adapter (made with `npllama finetune classify --lora --out DIR`, or PEFT's SEQ_CLS)")
+        names = _label_names(Path(adapter), {}, score.shape[0])
+        return Classifier(model, score, names, tokenizer, f"{model_dir} + {adapter}")
+
+    from .io.hf import load_hf_classifier_folder
+    from .model import Llama
+
+    model_dir = resolve_model_dir(path)
+    config, params, score, raw = load_hf_classifier_folder(model_dir, dtype=dtype)
+    model = Llama(config, dtype=dtype, params=params)
+    tokenizer = load_tokenizer(model_dir)
+    tokenizer.check_vocab(config.vocab_size)
+    return Classifier(model, score, _label_names(model_dir, raw, score.shape[0]), tokenizer, str(model_dir))
+
+
+def _label_names(folder: Path, config: dict, num_labels: int) -> list[str]:
+    """config.json's id2label, else finetune.json's label_names, else LABEL_0, LABEL_1, ..."""
+    id2label = config.get("id2label")
+    if isinstance(id2label, dict) and len(id2label) == num_labels:
+        try:
+            return [str(id2label[str(i)] if str(i) in id2label else id2label[i]) for i in range(num_labels)]
+        except KeyError:
+            pass
+    info = folder / INFO_FILE
+    if info.is_file():
+        try:
+            names = json.loads(info.read_text(encoding="utf-8")).get("label_names")
+        except (ValueError, AttributeError):
+            names = None
+        if isinstance(names, list) and len(names) == num_labels:
+            return [str(n) for n in names]
+    return [f"LABEL_{i}" for i in range(num_labels)]
+
+
+def _check_texts(texts) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of str; wrap one text in a list: [text]")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("texts must hold at least one text")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+    return texts
+
+
+__all__ = ["Classifier", "load_classifier"]

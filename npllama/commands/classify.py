@@ -1,0 +1,59 @@
+"""`npllama classify`: label texts with a fine-tuned classifier folder (or a base model + adapter)."""
+import json
+import sys
+
+from . import HelpFormatter, UsageError, add_run_options
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "classify", help="label texts with a fine-tuned classifier",
+        description="Run a sequence classifier -- a folder from `npllama finetune classify --out DIR` or a "
+                    "transformers LlamaForSequenceClassification folder (with score.weight) -- or a base "
+                    "model with a classification LoRA adapter. Prints each text's label and probability.",
+        formatter_class=HelpFormatter)
+    p.add_argument("--model", default=None, help="the classifier folder; with --adapter, the base model "
+                   "folder (default: the latest run)")
+    p.add_argument("--adapter", default=None, help="a LoRA adapter folder saved by `npllama finetune "
+                   "classify --lora --out DIR` (PEFT SEQ_CLS layout, score.weight inside)")
+    p.add_argument("--text", action="append", default=None, help="a text to classify (repeatable)")
+    p.add_argument("--file", default=None, help="a text file: each non-empty line is classified")
+    p.add_argument("--json", action="store_true", help="print one JSON object per text, with every "
+                   "label's probability")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
+    add_run_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ..backend import get_backend, use_backend
+    from ..classify import load_classifier
+
+    texts = list(args.text or [])
+    if args.file is not None:
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                texts += [line.rstrip("\n") for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as error:
+            raise UsageError(f"cannot read --file {args.file}: {error}") from None
+    if not texts:
+        raise UsageError("give at least one --text or a --file with text")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    classifier = load_classifier(args.model, dtype=getattr(np, args.dtype), adapter=args.adapter)
+    with use_backend(args.backend or get_backend()):
+        probabilities = classifier.probabilities(texts, batch_size=args.batch_size)
+    names = classifier.label_names
+    width = max(len(n) for n in names)
+    for text, row in zip(texts, probabilities):
+        best = int(row.argmax())
+        if args.json:
+            print(json.dumps({"text": text, "label": names[best],
+                              "probabilities": {n: round(float(p), 6) for n, p in zip(names, row)}},
+                             ensure_ascii=False))
+        else:
+            print(f"{names[best]:<{width}}  {row[best]:.3f}  {text}")
+    sys.stdout.flush()
+    return 0

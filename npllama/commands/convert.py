@@ -1,0 +1,87 @@
+"""`npllama convert llama2c FILE --out DIR`: a model from another program, as a Hugging Face folder."""
+from pathlib import Path
+
+from . import HelpFormatter, UsageError, print_help_instead
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert", help="convert a model from another format into a Hugging Face folder",
+        description="Read a model written by another program and write it as a Hugging Face folder "
+                    "that `npllama generate --model DIR`, the Python API and transformers load.")
+    sub = p.add_subparsers(dest="convert_command", metavar="<llama2c>")
+    c = sub.add_parser(
+        "llama2c", formatter_class=HelpFormatter,
+        help="a llama2.c checkpoint (.bin: legacy, version 1 float32 or version 2 int8)",
+        description="Convert a karpathy/llama2.c checkpoint (legacy run.c format, or export.py's "
+                    "version 1 float32 / version 2 int8 Q8_0) and its tokenizer.bin. The q and k "
+                    "weights are permuted from llama2.c's interleaved RoPE layout to Hugging Face's.")
+    c.add_argument("checkpoint", help="the llama2.c model file, e.g. stories15M.bin")
+    c.add_argument("--out", required=True, help="the folder to write")
+    c.add_argument("--tokenizer", default=None,
+                   help="llama2.c's tokenizer.bin (or a SentencePiece .model) for this model "
+                        "(default: tokenizer.bin beside the checkpoint, if there is one)")
+    c.add_argument("--no-tokenizer", action="store_true",
+                   help="write the folder without a tokenizer even if one is found")
+    c.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="how to store the weights")
+    c.add_argument("--force", action="store_true", help="replace --out if it exists and is not empty")
+    c.set_defaults(run=llama2c)
+    p.set_defaults(run=print_help_instead(p))
+
+
+def llama2c(args) -> int:
+    import numpy as np
+
+    from ..io.llama2c import FORMATS, convert_llama2c
+
+    checkpoint, out = Path(args.checkpoint), Path(args.out)
+    if not checkpoint.is_file():
+        raise UsageError(f"{str(checkpoint)!r} is not a file" + _hint(checkpoint))
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise UsageError(f"--out {str(out)!r} exists and is not empty; pass --force to replace it")
+    header = _read_header(checkpoint)
+    tokenizer = _tokenizer(args, checkpoint)
+    dtype = "bfloat16" if args.dtype == "bfloat16" else getattr(np, args.dtype)
+    print(f"converting {checkpoint} ({FORMATS[header.version]}: {header.n_layers} layers, dim {header.dim}, "
+          f"{header.n_heads} heads, vocab {header.vocab_size}, "
+          f"{header.to_config().num_parameters():,} parameters) ...", flush=True)
+    convert_llama2c(checkpoint, out, tokenizer=tokenizer, dtype=dtype)
+    if tokenizer is None:
+        print(f"wrote {out} without a tokenizer: copy one in as tokenizer.model, or convert again with "
+              f"--tokenizer tokenizer.bin, before `npllama generate --model {out}`")
+    else:
+        print(f"wrote {out} with tokenizer.model from {tokenizer}; try `npllama generate --model {out}`")
+    return 0
+
+
+def _read_header(checkpoint: Path):
+    """The llama2.c header, or one line saying what the file is instead (a GGUF, a pickle...)."""
+    from ..io import CheckpointError
+    from ..io.describe import describe_model_path
+    from ..io.llama2c import read_llama2c_header
+
+    try:
+        return read_llama2c_header(checkpoint)
+    except CheckpointError as error:
+        what = describe_model_path(checkpoint)
+        raise UsageError(str(error) if "llama2.c" in what else f"not a llama2.c checkpoint: {what}") from None
+
+
+def _tokenizer(args, checkpoint: Path):
+    if args.no_tokenizer:
+        if args.tokenizer:
+            raise UsageError("--tokenizer and --no-tokenizer contradict each other; give one")
+        return None
+    if args.tokenizer is not None:
+        if not Path(args.tokenizer).is_file():
+            raise UsageError(f"--tokenizer {args.tokenizer!r} is not a file")
+        return Path(args.tokenizer)
+    beside = checkpoint.parent / "tokenizer.bin"
+    return beside if beside.is_file() and beside.resolve() != checkpoint.resolve() else None
+
+
+def _hint(path: Path) -> str:
+    from ..io.describe import describe_model_path
+
+    return f": {describe_model_path(path)}" if path.exists() else ""

@@ -1,0 +1,47 @@
+"""`npllama export gguf --model DIR --out FILE`: a model for llama.cpp."""
+import sys
+from pathlib import Path
+
+from . import HelpFormatter, print_help_instead
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export", help="export a model to another program's format (GGUF for llama.cpp)",
+                              description="Write a trained model in a format other programs run.")
+    sub = p.add_subparsers(dest="export_command", metavar="<gguf>")
+    g = sub.add_parser(
+        "gguf", formatter_class=HelpFormatter, help="a GGUF file that llama.cpp runs",
+        description="Write a GGUF file for llama.cpp with its tensor names, metadata and the "
+                    "SentencePiece tokenizer; q and k are permuted to llama.cpp's RoPE layout. "
+                    "Needs the gguf package: pip install 'npllama[gguf]'.")
+    g.add_argument("--model", default=None, help="a run folder from `npllama train` or a Hugging Face "
+                   "LLaMA folder with tokenizer.model (default: the latest run)")
+    g.add_argument("--out", required=True, help="the .gguf file to write (replaced if it exists)")
+    g.add_argument("--outtype", default="f32", choices=["f32", "f16"],
+                   help="how to store the matrices (norms are always f32)")
+    g.add_argument("--name", default=None, help="general.name in the file (default: the folder's name)")
+    g.set_defaults(run=gguf)
+    p.set_defaults(run=print_help_instead(p))
+
+
+def gguf(args) -> int:
+    import importlib.util
+
+    from . import UsageError
+
+    if importlib.util.find_spec("gguf") is None:
+        raise UsageError("GGUF export needs the `gguf` package: pip install 'npllama[gguf]' (or pip install gguf)")
+    from ..io.gguf_export import export_gguf
+    from ..runs import find_tokenizer, resolve_model_dir
+
+    if args.model is not None and Path(args.model).is_file():  # a .bin, a .gguf...: say what it is
+        from ..io.describe import describe_model_path
+
+        raise UsageError(f"--model must be a model folder; {describe_model_path(args.model)}")
+    model_dir = resolve_model_dir(args.model)
+    print(f"exporting {model_dir} to {args.out} ({args.outtype}) ...", flush=True)
+    out = export_gguf(model_dir, args.out, tokenizer=find_tokenizer(model_dir), outtype=args.outtype,
+                      name=args.name, progress=sys.stderr.isatty())
+    print(f"wrote {out} ({out.stat().st_size / 1024**2:.1f} MiB, {args.outtype}) from {model_dir}; "
+          f"run it with llama.cpp, e.g. `llama-cli -m {out} -p \"Once upon a time\"`")
+    return 0

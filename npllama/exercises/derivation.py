@@ -1,0 +1,195 @@
+"""The math that travels with the package: read derivations/<name>.md and print it readably.
+
+    derivation_markdown("rmsnorm")        # the file's text (from the installed wheel or the checkout)
+    backward_sections("rmsnorm")          # [(heading, body)] of the sections deriving the backward
+    to_text(markdown)                     # LaTeX turned into terminal text: \\frac{a}{b} -> (a)/(b), ...
+
+derivations/*.md stay at the top of the repository for its readers; setup.py ships them inside
+the wheel as the package data `npllama.derivations`, so an installed npllama finds them too.
+"""
+from __future__ import annotations
+
+import importlib.resources
+import re
+from pathlib import Path
+
+SOURCE_CHECKOUT = Path(__file__).resolve().parents[2] / "derivations"
+BACKWARD_HEADING = re.compile(r"backward|chain rule|gradient|vectori[sz]ed", re.I)
+
+
+def available() -> list[str]:
+    """Every derivation's name (the file stem), sorted."""
+    return sorted(name[:-3] for name in _names() if name.endswith(".md"))
+
+
+def _names():
+    folder = _folder()
+    return [p.name for p in folder.iterdir()] if folder is not None else []
+
+
+def _folder():
+    try:
+        folder = importlib.resources.files("npllama.derivations")
+        if folder.is_dir():
+            return folder
+    except ModuleNotFoundError:   # a source checkout: the package data is the folder beside npllama/
+        pass
+    return SOURCE_CHECKOUT if SOURCE_CHECKOUT.is_dir() else None
+
+
+def derivation_markdown(name: str) -> str:
+    """The Markdown of derivations/<name>.md ('rmsnorm' or 'derivations/rmsnorm.md')."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a derivation's name such as 'rmsnorm', got {type(name).__name__}")
+    stem = Path(name).name
+    stem = stem[:-3] if stem.endswith(".md") else stem
+    folder = _folder()
+    if folder is None or stem not in available():
+        raise ValueError(f"unknown derivation {name!r}; choose one of: {', '.join(available()) or '(none installed)'}")
+    return folder.joinpath(stem + ".md").read_text(encoding="utf-8")
+
+
+def sections(markdown: str) -> list[tuple[str, str]]:
+    """[(heading, body)] for each '## ' section (the title line and anything before are dropped)."""
+    found, heading, body = [], None, []
+    for line in markdown.splitlines():
+        match = re.match(r"^#{2,4}\s+(.+?)\s*$", line)
+        if match:
+            if heading is not None:
+                found.append((heading, "\n".join(body).strip()))
+            heading, body = match.group(1), []
+        elif heading is not None:
+            body.append(line)
+    if heading is not None:
+        found.append((heading, "\n".join(body).strip()))
+    return found
+
+
+def backward_sections(name: str) -> list[tuple[str, str]]:
+    """The sections of a derivation that derive the backward pass (its steps and final formula)."""
+    return [(h, b) for h, b in sections(derivation_markdown(name)) if BACKWARD_HEADING.search(h)]
+
+
+def backward_heading(name: str) -> str | None:
+    found = backward_sections(name)
+    return found[0][0] if found else None
+
+
+# ----- LaTeX to terminal text --------------------------------------------------------------------
+
+SYMBOLS = {r"\odot": "*", r"\cdot": "·", r"\times": "x", r"\partial": "∂", r"\sum": "sum", r"\prod": "prod",
+           r"\qquad": "    ", r"\quad": "  ", r"\le": "<=", r"\ge": ">=", r"\leq": "<=", r"\geq": ">=", r"\ne": "!=",
+           r"\neq": "!=", r"\approx": "≈", r"\infty": "inf", r"\to": "->", r"\mapsto": "->", r"\in": "in",
+           r"\langle": "<", r"\rangle": ">", r"\dots": "...", r"\ldots": "...", r"\cdots": "...", r"\top": "T",
+           r"\exp": "exp", r"\log": "log", r"\max": "max", r"\min": "min", r"\sigma": "σ", r"\theta": "θ",
+           r"\alpha": "α", r"\beta": "β", r"\gamma": "γ", r"\delta": "δ", r"\epsilon": "ε", r"\varepsilon": "ε",
+           r"\lambda": "λ", r"\mu": "μ", r"\eta": "η", r"\tau": "τ", r"\pi": "π", r"\Delta": "Δ", r"\,": " ",
+           r"\;": " ", r"\:": " ", r"\!": "", r"\left": "", r"\right": "", r"\Big": "", r"\big": "", r"\Bigg": "",
+           r"\bigg": "", r"\displaystyle": "", r"\textstyle": "", r"\scriptstyle": "", r"\_": "_", r"\lVert": "||", r"\rVert": "||", r"\|": "||",
+           r"\{": "{", r"\}": "}", r"\neg": "not ", r"\wedge": "and", r"\vee": "or", r"\sim": "~", r"\pm": "+-",
+           r"\mid": "|", r"\prime": "'", r"\Rightarrow": "=>", r"\Leftarrow": "<=", r"\rightarrow": "->",
+           r"\leftarrow": "<-", r"\Leftrightarrow": "<=>", r"\iff": "<=>", r"\implies": "=>"}
+UNWRAP = ("mathrm", "mathbf", "mathit", "text", "textrm", "operatorname", "mathbb", "mathcal", "boldsymbol", "hat",
+          "tilde", "bar", "vec", "emph", "textbf")
+
+
+def _group(text: str, start: int) -> tuple[str, int]:
+    """The {braced} group (or single character) at text[start:], and the index after it."""
+    while start < len(text) and text[start] == " ":
+        start += 1
+    if start >= len(text):
+        return "", start
+    if text[start] != "{":
+        if text[start] == "\\":
+            match = re.match(r"\\[A-Za-z]+", text[start:])
+            if match:
+                return match.group(0), start + len(match.group(0))
+        return text[start], start + 1
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start + 1:i], i + 1
+    return text[start + 1:], len(text)
+
+
+def _paren(expr: str) -> str:
+    """expr as one operand of a fraction: bare when it is a name or a call like sqrt(...)."""
+    expr = expr.strip()
+    return expr if re.fullmatch(r"[\w.·∂']+", expr) or _one_call(expr) else f"({expr})"
+
+
+def _one_call(expr: str) -> bool:
+    match = re.match(r"\w*\(", expr)
+    if not match:
+        return False
+    depth = 0
+    for i in range(match.end() - 1, len(expr)):
+        depth += {"(": 1, ")": -1}.get(expr[i], 0)
+        if depth == 0:
+            return i == len(expr) - 1
+    return False
+
+
+def latex_to_text(tex: str) -> str:
+    out, i = [], 0
+    while i < len(tex):
+        if tex.startswith(("\\frac", "\\tfrac", "\\dfrac"), i):
+            i = tex.index("frac", i) + 4
+            numerator, i = _group(tex, i)
+            denominator, i = _group(tex, i)
+            out.append(f"{_paren(latex_to_text(numerator))}/{_paren(latex_to_text(denominator))}")
+        elif tex.startswith("\\sqrt", i):
+            inner, i = _group(tex, i + 5)
+            out.append(f"sqrt({latex_to_text(inner)})")
+        elif tex[i] == "\\":
+            match = re.match(r"\\([A-Za-z]+|.)", tex[i:])
+            command = match.group(0)
+            i += len(command)
+            if command[1:] in UNWRAP:
+                inner, i = _group(tex, i)
+                word = latex_to_text(inner)
+                if word[:1].isalnum() and out and out[-1][-1:].isalnum():
+                    word = " " + word             # \sum_i \mathrm{dx}_i -> "sum_i dx_i", not "sum_idx_i"
+                out.append(word)
+            else:
+                word = SYMBOLS.get(command, command[1:])
+                if word[:1].isalnum() and out and out[-1][-1:].isalnum():
+                    word = " " + word             # \mathrm{scale}\sum -> "scale sum", not "scalesum"
+                if word[-1:].isalnum() and i < len(tex) and (tex[i].isalnum() or tex[i] == "\\"):
+                    word += " "
+                out.append(word)
+        elif tex[i] in "^_":
+            inner, j = _group(tex, i + 1)
+            text = latex_to_text(inner)
+            out.append(tex[i] + (text if len(text) == 1 else f"({text})") if tex[i] == "^" else
+                       "_" + (text if re.fullmatch(r"\w+", text) else f"({text})"))
+            i = j
+        elif tex[i] in "{}":
+            i += 1
+        else:
+            out.append(tex[i])
+            i += 1
+    return re.sub(r"[ ]{2,}(?=\S)", lambda m: m.group(0) if len(m.group(0)) >= 4 else " ", "".join(out))
+
+
+def to_text(markdown: str) -> str:
+    """Markdown with LaTeX made readable in a terminal: display math indented on its own lines,
+    inline $...$ converted in place, **bold** and `code` marks dropped."""
+    def display(match):
+        body = latex_to_text(match.group(1))
+        lines = [line.strip() for line in re.split(r"\\\\|\n", body) if line.strip()]
+        return "\n" + "\n".join("    " + line for line in lines) + "\n"
+    text = re.sub(r"\$\$(.+?)\$\$", display, markdown, flags=re.S)
+    text = re.sub(r"\$(.+?)\$", lambda m: latex_to_text(m.group(1)), text, flags=re.S)
+    text = re.sub(r"\*\*(.+?)\*\*", r"\1", text)
+    text = re.sub(r"`([^`]+)`", r"\1", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
+
+
+def explain_text(name: str, backward_only: bool = False) -> str:
+    """A derivation as terminal text: all of it, or only its backward sections."""
+    if backward_only:
+        parts = backward_sections(name)
+        return "\n".join(f"{heading}\n{'-' * len(heading)}\n{to_text(body)}" for heading, body in parts)
+    return to_text(derivation_markdown(name))

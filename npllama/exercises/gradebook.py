@@ -1,0 +1,85 @@
+"""A teacher's gradebook: every .py file of a folder graded in its own sandbox, two at a time.
+
+    graded = grade_folder("rmsnorm", "submissions/", progress=print)
+    write_gradebook(graded, "gradebook")      # gradebook.csv and gradebook.json
+    print(format_gradebook(graded))
+
+Columns: file, status, checks passed, first failure, diagnosis, seconds.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, Graded, grade_file
+
+MAX_WORKERS = 2     # graders running at once (each is one process on one BLAS thread)
+COLUMNS = ("file", "status", "checks_passed", "first_failure", "diagnosis", "seconds")
+
+
+def submissions_in(folder) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of submissions")
+    files = sorted(p for p in folder.iterdir() if p.suffix == ".py" and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no .py files to check")
+    return files
+
+
+def grade_folder(op: str, folder, *, n_random: int = 8, seed: int = 0, timeout: float = DEFAULT_TIMEOUT,
+                 memory_mb: int = DEFAULT_MEMORY_MB, allow_imports: bool = False, workers: int = MAX_WORKERS,
+                 progress=None) -> list[Graded]:
+    """Grade every .py file in `folder` (sorted by name); `progress(graded, done, total)` after each."""
+    from .catalog import get_exercise
+
+    get_exercise(op)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"workers must be 1 or {MAX_WORKERS}, got {workers!r}")
+    files = submissions_in(folder)
+    results: list[Graded | None] = [None] * len(files)
+    done = 0
+
+    def grade(i):
+        return i, grade_file(op, files[i], n_random=n_random, seed=seed, timeout=timeout, memory_mb=memory_mb,
+                             allow_imports=allow_imports)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, graded in (f.result() for f in [pool.submit(grade, i) for i in range(len(files))]):
+            results[i] = graded
+            done += 1
+            if progress is not None:
+                progress(graded, done, len(files))
+    return results
+
+
+def write_gradebook(graded: list[Graded], stem) -> tuple[Path, Path]:
+    """Write <stem>.csv and <stem>.json; returns both paths."""
+    stem = Path(stem)
+    if stem.suffix in (".csv", ".json"):
+        stem = stem.with_suffix("")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".json")
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for g in graded:
+            writer.writerow(g.row())
+    json_path.write_text(json.dumps([{**g.row(), "passed": g.passed, "total": g.total, "report": g.text}
+                                     for g in graded], indent=2) + "\n", encoding="utf-8")
+    return csv_path, json_path
+
+
+def format_gradebook(graded: list[Graded], width: int = 100) -> str:
+    rows = [("file", "status", "passed", "first failure: diagnosis")]
+    for g in graded:
+        text = f"{g.first_failure}: {g.diagnosis}" if g.first_failure else g.diagnosis
+        if len(text) > width:
+            text = text[:width - 3] + "..."
+        rows.append((g.file, g.status, f"{g.passed}/{g.total}", text))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}  {d}".rstrip() for a, b, c, d in rows]
+    ok = sum(g.ok for g in graded)
+    return "\n".join(lines + [f"{ok} of {len(graded)} submissions pass every check."])

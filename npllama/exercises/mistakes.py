@@ -1,0 +1,165 @@
+"""Name the mistake from the numbers: the derivation recomputed with one step altered.
+
+Each exercise's catalogue (catalogue.py) writes its backward as the derivation's steps with
+*knobs*: `variant(dout, case, scale="missing")` recomputes the gradient from the case's inputs with
+that one step done the way students get it wrong (a term dropped, a sum over the wrong axis, a
+factor missing or doubled, a mask forgotten, kv heads tiled instead of repeat-interleaved, ...).
+`name_mistake` runs the student's backward on the catalogue's *probe* cases -- chosen so that two
+causes cannot give the same numbers (every axis a different size, head_dim^2 != n_rep, B > 1,
+masks on) -- and names a mistake only when its recomputed gradients equal the student's on every
+probe where they differ from the right ones.  Nothing is named from one coincidence.
+
+`compare_ladder` runs the student's backward on a simple case and on variations of it that each
+add one thing (a second row, a mask, a second head per kv head, ...) and says which passed and
+what changed when one fails: "passes with one row -- fails with several rows: your code mixes rows
+of the batch".
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+
+from .diagnose import rel_error
+
+MATCH = 1e-6       # the student's gradients equal a mistake's to this (norm-wise relative error)
+RIGHT = 1e-8       # analytic against analytic: a gradient this close is right
+
+
+@dataclasses.dataclass(frozen=True)
+class Mistake:
+    message: str           # what the student did, in a teacher's words
+    hint: str              # how to fix it
+    knobs: dict            # the derivation's steps this mistake alters (catalogue.variant's arguments)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rung:
+    label: str             # "B = 2", "a causal mask", ...
+    params: dict           # the exercise's parameters for this case
+    suspect: str = ""      # what failing here (after the base passed) usually means
+
+
+@dataclasses.dataclass
+class Explanation:
+    grad: str | None = None
+    message: str = ""
+    hint: str = ""
+    ladder: str = ""
+
+
+def as_tuple(result):
+    if isinstance(result, list):
+        result = tuple(result)
+    return result if isinstance(result, tuple) else (result,)
+
+
+def _student(backward, dout, case):
+    """The student's gradients on this case (None when the call fails in any way)."""
+    try:
+        _, cache = case.run_forward()
+        grads = as_tuple(backward(np.array(dout, copy=True), cache))
+        return tuple(np.asarray(g, dtype=np.float64) for g in grads)
+    except Exception:  # the checks report crashes; here a crash only means "no evidence"
+        return None
+
+
+def same_gradients(got, want) -> bool:
+    return (len(got) == len(want)
+            and all(g.shape == np.shape(w) and np.all(np.isfinite(g)) and rel_error(g, w) < MATCH
+                    for g, w in zip(got, want)))
+
+
+def name_mistake(catalogue, exercise, backward) -> Explanation | None:
+    """The one catalogued mistake (or swap of outputs) the student's numbers show on every probe."""
+    probes = []
+    for params in catalogue.probes:
+        case = exercise.case(params)
+        out, _ = case.run_forward()
+        dout = case.dout_for(out)
+        got = _student(backward, dout, case)
+        if got is None:
+            return None
+        probes.append((case, dout, got, as_tuple(catalogue.variant(dout, case))))
+    if all(same_gradients(got, right) for _, _, got, right in probes):
+        return None
+    names = exercise_grad_names(probes[0][0])
+    candidates = [(m, lambda dout, case, m=m: as_tuple(catalogue.variant(dout, case, **m.knobs)))
+                  for m in catalogue.mistakes()]
+    candidates += _swaps(names, catalogue)
+    for mistake, compute in candidates:
+        try:
+            wrong = [compute(dout, case) for case, dout, _, _ in probes]
+        except Exception:      # an altered step that cannot be computed on this probe
+            continue
+        differs = [not same_gradients(w, right) for w, (_, _, _, right) in zip(wrong, probes)]
+        if any(differs) and all(same_gradients(got, w) for w, (_, _, got, _) in zip(wrong, probes)):
+            grad = next((n for n, g, r in zip(names, wrong[differs.index(True)],
+                                              probes[differs.index(True)][3])
+                         if np.shape(g) != np.shape(r) or rel_error(g, r) >= MATCH), names[0])
+            return Explanation(grad, mistake.message, mistake.hint)
+    return None
+
+
+def exercise_grad_names(case) -> tuple:
+    return case.grad_names
+
+
+def _swaps(names, catalogue):
+    """Two outputs of the same shape returned in each other's place."""
+    found = []
+    for i, j in itertools.combinations(range(len(names)), 2):
+        mistake = Mistake(f"{names[i]} and {names[j]} are swapped: each holds the other's gradient",
+                          f"return the gradients in the order of the forward's inputs: "
+                          f"{', '.join(names)}", {})
+
+        def compute(dout, case, i=i, j=j):
+            right = list(as_tuple(catalogue.variant(dout, case)))
+            right[i], right[j] = right[j], right[i]
+            return tuple(right)
+        found.append((mistake, compute))
+    return found
+
+
+def compare_ladder(catalogue, exercise, backward) -> str:
+    """'passes with one row -- fails with several rows: ...', or '' when there is nothing to say."""
+    rungs = catalogue.ladder
+    if not rungs:
+        return ""
+    verdicts = []
+    for rung in rungs:
+        case = exercise.case(rung.params)
+        out, _ = case.run_forward()
+        dout = case.dout_for(out)
+        got = _student(backward, dout, case)
+        right = tuple(np.asarray(g, dtype=np.float64) for g in as_tuple(catalogue.variant(dout, case)))
+        verdicts.append(got is not None and len(got) == len(right) and all(
+            g.shape == r.shape and np.all(np.isfinite(g)) and rel_error(g, r) < RIGHT for g, r in zip(got, right)))
+    base, rest = rungs[0], list(zip(rungs[1:], verdicts[1:]))
+    if not verdicts[0]:
+        return f"it fails even the simplest case ({base.label})"
+    failing = [r for r, ok in rest if not ok]
+    if not failing:
+        return ""
+    passing = [base.label] + [r.label for r, ok in rest if ok]
+    first = failing[0]
+    text = f"passes with {'; with '.join(passing)} -- fails with {first.label}"
+    if first.suspect:
+        text += f": {first.suspect}"
+    if len(failing) > 1:
+        text += f" (fails also with {', '.join(r.label for r in failing[1:])})"
+    return text
+
+
+def explain(catalogue, exercise, backward) -> Explanation:
+    """The named mistake (if one fits every probe) and what the ladder of cases shows."""
+    try:
+        found = name_mistake(catalogue, exercise, backward) or Explanation()
+    except Exception:    # a catalogue that cannot run here must not hide the checks' own findings
+        found = Explanation()
+    try:
+        found.ladder = compare_ladder(catalogue, exercise, backward)
+    except Exception:
+        found.ladder = ""
+    return found

@@ -1,0 +1,55 @@
+"""`npllama exercise notebook OP`: the exercise as a Jupyter notebook -- the derivation (Jupyter
+renders its LaTeX), the starter cell to fill in, and the cell that checks it.
+
+The notebook is nbformat 4 JSON written with the standard library; when nbformat is installed
+(`pip install 'npllama[notebook]'`) it is validated against the official schema before writing.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .catalog import get_exercise
+from .derivation import derivation_markdown
+from .starter import starter_source, target_path
+
+
+def _cell(kind: str, text: str) -> dict:
+    cell = {"cell_type": kind, "metadata": {}, "source": text.strip("\n").splitlines(keepends=True)}
+    if kind == "code":
+        cell.update(execution_count=None, outputs=[])
+    return cell
+
+
+def notebook_json(op: str) -> dict:
+    ex = get_exercise(op)
+    starter = starter_source(op)
+    intro = (f"# Exercise: the backward pass of the {ex.title}\n\n"
+             f"Read the derivation below, fill in `{ex.backward_name}` in the next code cell, run it, then run "
+             f"the check.  `npllama exercise train {op} FILE` trains a real model with your function "
+             f"in place of the library's.")
+    check = (f"from npllama.exercises import check_function\n\n"
+             f"print(check_function({op!r}, {ex.backward_name}).format())")
+    cells = [_cell("markdown", intro), _cell("markdown", derivation_markdown(ex.derivation)),
+             _cell("code", starter), _cell("code", check)]
+    return {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
+                                                        "name": "python3"},
+                                         "language_info": {"name": "python"}},
+            "nbformat": 4, "nbformat_minor": 5}
+
+
+def write_notebook(op: str, path=None, force: bool = False) -> Path:
+    """Write <op>_backward.ipynb (or `path`); refuses to overwrite unless force."""
+    ex = get_exercise(op)
+    path = target_path(path, f"{ex.backward_name}.ipynb", ".ipynb", force)
+    notebook = notebook_json(op)
+    for i, cell in enumerate(notebook["cells"]):
+        cell["id"] = f"{op}-{i}"
+    try:
+        import nbformat
+    except ImportError:
+        pass
+    else:
+        nbformat.validate(nbformat.from_dict(notebook))
+    path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path

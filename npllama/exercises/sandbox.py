@@ -1,0 +1,211 @@
+"""Grade one submission in a process of its own, so that nothing it does can stop the grading.
+
+    graded = grade_file("rmsnorm", "alice.py", timeout=60, memory_mb=1024)
+    graded.ok, graded.status, graded.text
+
+The child (`python -m npllama.exercises.sandbox`) limits its own memory (RLIMIT_AS: the address
+space it has after its imports, plus `memory_mb`) and CPU time (RLIMIT_CPU), runs
+`runner.check_file` with every exception of the student's -- SystemExit and KeyboardInterrupt
+included -- turned into a failed check, and writes the report as JSON to a file the parent named.
+The parent kills the child's whole process group at the wall-clock `timeout`.  A child that ends
+without a report (os._exit, a segfault, the memory limit, the timeout) is that submission's
+failure, described from its exit status.
+
+A student's code cannot forge the report: the parent sends a random token on the child's stdin,
+which the child reads before importing the submission and echoes in the report; a report without
+it is treated as no report at all.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_TIMEOUT = 120.0     # seconds of wall clock per submission
+DEFAULT_MEMORY_MB = 1024    # address space a submission may add to the checker's own
+OUTPUT_TAIL = 400           # characters of the child's own output kept to explain a crash
+
+
+@dataclasses.dataclass
+class Graded:
+    """One submission's result, as the gradebook shows it."""
+
+    file: str
+    status: str                  # "pass", "fail", "refused", "not implemented", "unusable", "timeout", "crashed"
+    passed: int
+    total: int
+    first_failure: str           # the first failing check's name ('' when none)
+    diagnosis: str               # what is wrong, one line ('' when it passes)
+    seconds: float
+    text: str = ""               # the full report a student reads
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "pass"
+
+    def row(self) -> dict:
+        return {"file": self.file, "status": self.status, "checks_passed": f"{self.passed}/{self.total}",
+                "first_failure": self.first_failure, "diagnosis": self.diagnosis,
+                "seconds": round(self.seconds, 2)}
+
+
+def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: float = DEFAULT_TIMEOUT,
+               memory_mb: int = DEFAULT_MEMORY_MB, allow_imports: bool = False) -> Graded:
+    """Check `path` in a child process with a time and memory limit; never raises for the file's sake."""
+    from .catalog import get_exercise
+
+    exercise = get_exercise(op)
+    _check_limits(timeout, memory_mb)
+    path = Path(path)
+    token = secrets.token_hex(16)
+    with tempfile.TemporaryDirectory(prefix="npllama-grade-") as scratch:
+        result_path = Path(scratch) / "report.json"
+        output_path = Path(scratch) / "output.txt"
+        argv = [sys.executable, "-m", "npllama.exercises.sandbox", op, str(path.resolve()), str(result_path),
+                "--cases", str(n_random), "--seed", str(seed), "--memory-mb", str(memory_mb),
+                "--cpu-seconds", str(int(timeout) + 1)] + (["--allow-imports"] if allow_imports else [])
+        start = time.perf_counter()
+        with open(output_path, "wb") as output:
+            child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT,
+                                     cwd=scratch, start_new_session=True, env=_child_env())
+            timed_out = False
+            try:
+                child.communicate((token + "\n").encode(), timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(child)
+                child.wait()
+            finally:
+                _kill_group(child)    # anything the submission started must not outlive it
+        seconds = time.perf_counter() - start
+        report = _read_report(result_path, token)
+        tail = output_path.read_text(errors="replace")[-OUTPUT_TAIL:].strip()
+    total = len(exercise.checks())
+    if report is not None:
+        return _graded_from_report(path, report, seconds)
+    if timed_out:
+        why = (f"stopped after {timeout:g} s of wall clock: an endless loop, or far too slow "
+               f"(a Python loop over every entry?)")
+        return Graded(path.name, "timeout", 0, total, "", why, seconds, f"{path.name}: {why}")
+    why = _describe_exit(child.returncode, memory_mb, tail)
+    return Graded(path.name, "crashed", 0, total, "", why, seconds, f"{path.name}: {why}")
+
+
+def _check_limits(timeout, memory_mb) -> None:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 64:
+        raise ValueError(f"memory_mb must be an int >= 64 (megabytes), got {memory_mb!r}")
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    # the child imports the same npllama as this process, wherever it was imported from
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = "1"       # tiny arrays: one BLAS thread per grader, two graders at a time
+    return env
+
+
+def _kill_group(child) -> None:
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _read_report(path: Path, token: str):
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or report.get("token") != token:
+        return None
+    return report
+
+
+def _describe_exit(code, memory_mb, tail) -> str:
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
+        if -code == signal.SIGXCPU:
+            return "used up its CPU time: an endless loop, or far too slow"
+        why = f"the process crashed with {name}"
+        if -code == signal.SIGSEGV:
+            why += " (a segmentation fault: C code reading memory it does not own)"
+        return why + (f"; last output: {tail[-160:]}" if tail else "")
+    if "MemoryError" in tail:
+        return f"ran out of its {memory_mb} MB memory limit (an array far too large?)"
+    return (f"the process ended (exit status {code}) before reporting: os._exit or a crash in C code"
+            + (f"; last output: {tail[-160:]}" if tail else ""))
+
+
+def _graded_from_report(path: Path, report: dict, seconds: float) -> Graded:
+    first = report.get("first_failure") or {}
+    if report.get("refused"):
+        status = "refused"
+    elif report.get("load_error"):
+        status = "unusable"
+    elif report.get("not_implemented"):
+        status = "not implemented"
+    else:
+        status = "pass" if report.get("ok") else "fail"
+    diagnosis = "" if status == "pass" else (first.get("message") and f"{first.get('grad')}: {first['message']}"
+                                              or report.get("summary", ""))
+    return Graded(path.name, status, int(report.get("passed", 0)), int(report.get("total", 0)),
+                  first.get("check", ""), diagnosis, seconds, report.get("text", ""))
+
+
+# ----- the child ----------------------------------------------------------------------------------
+
+def _limit_resources(memory_mb: int, cpu_seconds: int) -> None:
+    try:
+        import resource
+    except ImportError:      # not on Linux/macOS: the wall-clock timeout still applies
+        return
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+    try:
+        with open("/proc/self/statm") as f:      # Linux: the address space in use after the imports
+            in_use = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:                              # elsewhere (macOS): the wall-clock timeout still applies
+        return
+    limit = in_use + memory_mb * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _child(argv) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m npllama.exercises.sandbox",
+                                     description="Grade one submission (run by npllama exercise check).")
+    parser.add_argument("op", help="the exercise")
+    parser.add_argument("path", help="the submission")
+    parser.add_argument("result", help="where to write the report (JSON)")
+    parser.add_argument("--cases", type=int, default=8, help="random cases per check")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random cases")
+    parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, help="memory the submission may add")
+    parser.add_argument("--cpu-seconds", type=int, default=int(DEFAULT_TIMEOUT), help="CPU time limit")
+    parser.add_argument("--allow-imports", action="store_true", help="skip the import rule")
+    args = parser.parse_args(argv)
+    token = sys.stdin.readline().strip()
+    result_path = Path(args.result)
+
+    from .runner import check_file   # numpy and the checks load before the limits are set
+
+    _limit_resources(args.memory_mb, args.cpu_seconds)
+    report = check_file(args.op, args.path, n_random=args.cases, seed=args.seed,
+                        allow_imports=args.allow_imports, catch_everything=True)
+    record = {**report.to_dict(), "text": report.format(), "token": token}
+    result_path.write_text(json.dumps(record, default=str), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1:]))

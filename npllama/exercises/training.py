@@ -1,0 +1,215 @@
+"""`npllama exercise train OP FILE`: your backward teaching a real LLaMA.
+
+The default tiny model is trained twice from the same seed on the same batches: once with the
+library's backward, once with yours in its place (`npllama.use_op("<op>_backward", yours)`, the
+supported per-context override, on whichever backend is in force).  The two loss curves are shown
+side by side (text in the terminal; a PNG too when matplotlib is installed) with a verdict.
+
+The file is screened and loaded as `exercise check` does (screen.py's rule), and its checks are
+run briefly first, so the curve is never the library's own backward under another name.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import json
+import math
+import tempfile
+from pathlib import Path
+
+from .catalog import get_exercise
+from .runner import SubmissionError, check_function, load_function
+from .screen import RULE, guard_library, screen_source, student_call
+
+# The backward passes the pre-training step of the model runs (the others belong to fine-tuning
+# heads or to the article's LayerNorm, which LLaMA does not use).
+INSIDE = {"softmax": "attention", "swiglu_act": "swiglu"}   # ops computed inside another op's backward
+MODEL_BACKWARDS = ("embedding", "linear", "rmsnorm", "rope", "softmax", "attention", "swiglu_act", "swiglu",
+                   "cross_entropy")
+SAME = 1e-3          # curves within this relative distance at every step are "the same"
+CLOSE = 0.03         # a final loss within 3% of the reference's "trains as well"
+
+
+@dataclasses.dataclass
+class TrainComparison:
+    op: str
+    steps: list[int]
+    reference: list[float]
+    yours: list[float]                 # shorter than reference when training stopped early
+    stopped: str = ""                  # why your run stopped early ('' when it ran to the end)
+    verdict: str = ""
+    ok: bool = False
+    plot: Path | None = None
+
+    def format(self, width: int = 60, height: int = 12) -> str:
+        lines = [f"loss per step, {len(self.reference)} steps (R = library's backward, Y = yours, * = both):"]
+        lines += ascii_chart(self.reference, self.yours, width, height)
+        if self.stopped:
+            lines.append(f"your run stopped at step {len(self.yours)}: {self.stopped}")
+        lines.append(f"final loss: library {self.reference[-1]:.4f}"
+                     + (f", yours {self.yours[-1]:.4f}" if self.yours else ", yours: none"))
+        if self.plot is not None:
+            lines.append(f"plot: {self.plot}")
+        lines.append(f"verdict: {self.verdict}")
+        return "\n".join(lines)
+
+
+def ascii_chart(reference, yours, width=60, height=12) -> list[str]:
+    """Two loss curves in a text grid, the y axis labelled with the loss."""
+    finite = [v for v in list(reference) + list(yours) if math.isfinite(v)]
+    if not finite:
+        return ["(no finite losses to draw)"]
+    top, bottom = max(finite), min(finite)
+    span = (top - bottom) or 1.0
+    n = max(len(reference), len(yours), 1)
+    grid = [[" "] * width for _ in range(height)]
+    for values, mark in ((reference, "R"), (yours, "Y")):
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                continue
+            col = min(width - 1, i * width // n)
+            row = min(height - 1, int((top - v) / span * (height - 1) + 0.5))
+            cell = grid[row][col]
+            grid[row][col] = mark if cell in (" ", mark) else "*"
+    labels = [f"{top - span * r / (height - 1):7.3f} |" for r in range(height)]
+    return [label + "".join(row) for label, row in zip(labels, grid)] + [" " * 8 + "+" + "-" * width]
+
+
+def verdict_of(reference, yours, steps_total, stopped) -> tuple[bool, str]:
+    if stopped:
+        return False, (f"your backward does not train the model: the run stopped after {len(yours)} of "
+                       f"{steps_total} steps ({stopped})")
+    gap = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(reference, yours))
+    if gap <= SAME:
+        return True, ("your backward trains the model exactly as the library's does (every step's loss "
+                      f"within {gap:.1e} of the reference)")
+    final = abs(yours[-1] - reference[-1]) / reference[-1]
+    if yours[-1] <= reference[-1] * (1 + CLOSE):
+        return False, (f"the model learns with your backward (final loss within {100 * final:.1f}% of the "
+                       f"library's), but the curves part by up to {100 * gap:.1f}% at some step: a small "
+                       f"error in the gradient -- run `npllama exercise check` to find it")
+    progress = (yours[0] - yours[-1]) / max(reference[0] - reference[-1], 1e-12)
+    if progress >= 0.1:
+        return False, (f"the model learns more slowly with your backward ({100 * progress:.0f}% of the library's "
+                       f"progress): final loss {yours[-1]:.3f} against {reference[-1]:.3f} -- part of the "
+                       f"gradient is wrong or missing")
+    return False, (f"the model does not learn with your backward: the loss went from {yours[0]:.3f} to "
+                   f"{yours[-1]:.3f} while the library's reached {reference[-1]:.3f}")
+
+
+def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 8, seq_len: int = 64,
+                          seed: int = 0, out=None, echo=print, progress: bool = True,
+                          corpus_stories: int = 2000) -> TrainComparison:
+    """Train the tiny model with the library's backward and with the one in `path`; compare."""
+    exercise = get_exercise(op)
+    if op not in MODEL_BACKWARDS:
+        raise ValueError(f"op {op!r} is not part of the model's pre-training step; `exercise train` takes one "
+                         f"of: {', '.join(MODEL_BACKWARDS)}")
+    for name, value, low in (("steps", steps, 2), ("batch_size", batch_size, 1), ("seq_len", seq_len, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    backward = _load(exercise, Path(path))
+    report = check_function(op, backward, n_random=1)
+    echo(f"exercise check: {report.passed} of {report.total} checks pass"
+         + ("" if report.ok else f" (first failure: {report.summary()})"))
+    from ..train import TrainConfig, train
+
+    folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"npllama-train-{op}-"))
+    settings = dict(steps=steps, batch_size=batch_size, seq_len=seq_len, seed=seed, eval_every=steps,
+                    checkpoint_every=steps, samples=0, corpus_stories=corpus_stories, progress=progress)
+    quiet = (lambda *a, **k: None)
+    echo(f"training the tiny model for {steps} steps with the library's {exercise.backward_name} ...")
+    with in_the_model(exercise, exercise.reference):
+        train(TrainConfig(out=str(folder / "reference"), **settings), echo=quiet)
+    echo(f"... and again with yours ({path}) in its place")
+    stopped = ""
+    calls = [0]
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return backward(*args, **kwargs)
+    try:
+        with in_the_model(exercise, student_call(counted)):
+            train(TrainConfig(out=str(folder / "yours"), tokenizer=str(folder / "reference" / "tokenizer.model"),
+                              **settings), echo=quiet)
+    except Exception as error:        # the student's code failing mid-run ends that run, not this command
+        stopped = f"{type(error).__name__}: {error}"
+    reference = _losses(folder / "reference")
+    yours = _losses(folder / "yours")
+    if not stopped and len(yours) < len(reference):
+        stopped = "a NaN or Inf loss or gradient"
+    if calls[0] == 0 and not stopped:
+        raise ValueError(f"the model never called {exercise.backward_name} on the {_backend()} backend, so this "
+                           f"run could not test your function; try NPLLAMA_BACKEND=numpy")
+    ok, verdict = verdict_of(reference, yours, steps, stopped)
+    verdict += f" [your {exercise.backward_name} ran {calls[0]} times]"
+    comparison = TrainComparison(op, list(range(1, len(reference) + 1)), reference, yours, stopped, verdict, ok)
+    comparison.plot = _plot(comparison, folder / f"{op}_losses.png")
+    return comparison
+
+
+@contextlib.contextmanager
+def in_the_model(exercise, backward):
+    """Every call the model makes to the exercise's backward runs `backward`, fed by the reference
+    forward (a kernel's cache has another layout than the one the student was given).  Softmax and
+    SwiGLU's activation are not ops the model calls itself: they run inside attention's and SwiGLU's
+    reference backward, re-bound (backend.bind) so that their call reaches `backward`."""
+    from ..backend import bind, use_op
+
+    outer = INSIDE.get(exercise.op)
+    with contextlib.ExitStack() as stack:
+        if outer is None:
+            stack.enter_context(use_op(exercise.forward_name, exercise.forward))
+            stack.enter_context(use_op(exercise.backward_name, backward))
+        else:
+            module = importlib.import_module(f"npllama.ops.{outer}")
+            rebound = bind(module, {exercise.backward_name: backward}, keep=False)
+            stack.enter_context(use_op(f"{outer}_forward", getattr(module, f"{outer}_forward")))
+            stack.enter_context(use_op(f"{outer}_backward", getattr(rebound, f"{outer}_backward")))
+        yield
+
+
+def _backend() -> str:
+    from ..backend import get_backend
+
+    return get_backend()
+
+
+def _load(exercise, path: Path):
+    if path.is_file():
+        reasons = screen_source(path.read_text(encoding="utf-8", errors="replace"), exercise.helpers, str(path))
+        if reasons:
+            raise SubmissionError(f"{path.name} is refused: {'; '.join(reasons[:3])}. {RULE}")
+    with guard_library(exercise):
+        return load_function(exercise.op, path)
+
+
+def _losses(run_dir: Path) -> list[float]:
+    log = run_dir / "log.jsonl"
+    if not log.is_file():
+        return []
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [float(r["loss"]) for r in records if "loss" in r and "step" in r]
+
+
+def _plot(comparison: TrainComparison, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(range(1, len(comparison.reference) + 1), comparison.reference, label="library's backward")
+    if comparison.yours:
+        ax.plot(range(1, len(comparison.yours) + 1), comparison.yours, label="your backward", linestyle="--")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (nats/token)")
+    ax.set_title(f"{comparison.op}: {'same curve' if comparison.ok else 'curves differ'}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

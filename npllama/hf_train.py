@@ -1,0 +1,135 @@
+"""Continue training a saved npllama model on many processes or machines, with transformers +
+accelerate (PyTorch's distributed data parallel), then bring it back to npllama.
+
+npllama trains on one machine.  Its saved model is a Hugging Face folder, so when one CPU is not
+enough the same folder can go to an existing engine and come back:
+
+    accelerate launch --multi_gpu --num_processes 8 -m npllama.hf_train \\
+        --model runs/tiny/model --data stories.txt --steps 2000 --out runs/tiny-more
+    npllama generate --model runs/tiny-more
+
+Each process reads the same corpus, tokenized with the folder's tokenizer.model (documents as
+`<s> doc </s>`, as `npllama train` does), cuts it into windows of --seq-len tokens, and trains
+on its own share of every batch; gradients are averaged across processes every step.  The
+result is written with transformers' save_pretrained plus the tokenizer, which
+`Llama.from_pretrained` and `npllama generate` read.  GPUs and several machines are
+accelerate's business: `accelerate config` once per machine, then the same command.
+
+Needs `pip install 'npllama[distributed]'` (torch, transformers, accelerate); npllama itself
+never imports this module.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="accelerate launch [--num_processes N] -m npllama.hf_train",
+        description="Continue training a saved npllama model (a Hugging Face folder) with "
+                    "transformers + accelerate, on as many processes or machines as accelerate runs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="the Hugging Face folder to start from (e.g. runs/tiny/model)")
+    p.add_argument("--data", required=True, help="text to train on: .txt, .jsonl or a folder (as `npllama train --data`)")
+    p.add_argument("--out", required=True, help="the folder to write the trained model to")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per process per step")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (constant)")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decoupled weight decay")
+    p.add_argument("--seed", type=int, default=0, help="seed for the data order")
+    p.add_argument("--log-every", type=int, default=10, help="print the loss every N steps")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is available")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _check_args(args)
+    import torch
+    from accelerate import Accelerator
+    from transformers import LlamaForCausalLM
+
+    # Without a GPU the processes must be told to meet on the CPU (gloo); accelerate launch's
+    # --multi_gpu starts them through torch.distributed either way.
+    accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
+    model_dir, out = Path(args.model), Path(args.out)
+    windows = _token_windows(model_dir, args.data, args.seq_len)
+    generator = torch.Generator().manual_seed(args.seed)
+    loader = torch.utils.data.DataLoader(windows, batch_size=args.batch_size, shuffle=True,
+                                         drop_last=True, generator=generator)
+    model = LlamaForCausalLM.from_pretrained(model_dir).float()  # train in float32 whatever was saved
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if len(loader) == 0:
+        raise SystemExit(f"hf_train: the corpus has {len(windows)} windows of {args.seq_len} tokens, fewer "
+                         f"than one batch per process; use less --batch-size or --seq-len or more text")
+
+    model.train()
+    losses, step, start = [], 0, time.time()
+    while step < args.steps:
+        for batch in loader:
+            loss = model(input_ids=batch, labels=batch).loss  # transformers shifts the labels
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            step += 1
+            mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
+            losses.append(mean_loss)
+            if step % args.log_every == 0 or step == args.steps:
+                accelerator.print(f"step {step}/{args.steps}  loss {mean_loss:.4f}  "
+                                  f"({time.time() - start:.0f}s, {accelerator.num_processes} processes)")
+            if step == args.steps:
+                break
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(out)
+        shutil.copyfile(model_dir / "tokenizer.model", out / "tokenizer.model")
+        record = {"num_processes": accelerator.num_processes, "steps": step, "losses": losses,
+                  "tokens_per_step": accelerator.num_processes * args.batch_size * args.seq_len,
+                  "from": str(model_dir)}
+        (out / "hf_train.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        accelerator.print(f"wrote {out}; back in npllama: npllama generate --model {out}")
+    accelerator.wait_for_everyone()
+    return 0 if all(math.isfinite(x) for x in losses) else 1
+
+
+def _check_args(args) -> None:
+    """Every mistake in the arguments as one line, before torch is imported (in every process)."""
+    def fail(message):
+        raise SystemExit(f"hf_train: error: {message}")
+
+    for name in ("steps", "batch_size", "seq_len", "log_every"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not (args.lr > 0 and math.isfinite(args.lr)) or not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
+        fail(f"--lr must be positive and --weight-decay non-negative, got {args.lr} and {args.weight_decay}")
+    model_dir = Path(args.model)
+    for needed in ("config.json", "tokenizer.model"):
+        if not (model_dir / needed).is_file():
+            fail(f"--model {args.model!r} has no {needed} (expected a folder saved by npllama, e.g. runs/tiny/model)")
+    if not Path(args.data).exists():
+        fail(f"--data {args.data!r} does not exist")
+
+
+def _token_windows(model_dir: Path, data, seq_len: int):
+    """The corpus as a (n, seq_len) int64 tensor of consecutive, non-overlapping windows."""
+    import torch
+
+    from .data import load_texts, tokenize_corpus
+    from .runs import find_tokenizer
+    from .tokenizer import Tokenizer
+
+    ids = tokenize_corpus(load_texts(data), Tokenizer(find_tokenizer(model_dir)), progress=False)
+    n = len(ids) // seq_len
+    return torch.from_numpy(ids[: n * seq_len].astype("int64").reshape(n, seq_len))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

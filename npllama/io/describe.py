@@ -1,0 +1,190 @@
+"""What is this path, and how would one load it?  For error messages when a model path is not a
+Hugging Face folder.
+
+    describe_model_path("stories15M.bin")
+    # "'stories15M.bin' looks like a llama2.c checkpoint (legacy float32, 6 layers, dim 288):
+    #  load it with npllama.io.llama2c.load_llama2c(path), or convert it with
+    #  `npllama convert llama2c stories15M.bin --out DIR`"
+
+Only the first bytes of a file are read (and the header of a llama2.c or safetensors file);
+nothing is unpickled or executed.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+from .errors import CheckpointError
+
+_SNIFF_BYTES = 64
+
+
+def describe_model_path(path) -> str:
+    """One sentence: what `path` looks like and how to load it with npllama (or what to do
+    instead).  Never raises for an unreadable or odd path; says so."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file or folder path (str or os.PathLike), got {type(path).__name__}")
+    path = Path(path).expanduser()
+    try:
+        what = _describe_folder(path) if path.is_dir() else _describe_file(path)
+    except OSError as e:
+        what = f"cannot be read ({e.strerror or e})"
+    return f"{str(path)!r} {what}"
+
+
+# ----- folders ------------------------------------------------------------------------------------
+
+def _describe_folder(folder: Path) -> str:
+    names = {p.name for p in folder.iterdir()}
+    if "config.json" in names:
+        if {"model.safetensors", "model.safetensors.index.json"} & names:
+            return ("is a Hugging Face model folder: load it with Llama.from_pretrained(path) or "
+                    "pass it as --model")
+        if {"pytorch_model.bin", "pytorch_model.bin.index.json"} & names:
+            return ("is a Hugging Face folder whose weights are a pickle (pytorch_model.bin), which "
+                    "npllama never opens: re-save it as safetensors with transformers "
+                    "(AutoModelForCausalLM.from_pretrained(path).save_pretrained(out))")
+        return "has config.json but no weights (model.safetensors); copy the weights in"
+    if "adapter_config.json" in names:
+        return ("is a LoRA/PEFT adapter folder, not a whole model: load its base model and attach "
+                "the adapter")
+    if "train_config.json" in names or (folder / "model" / "config.json").is_file():
+        return "is an npllama run folder: pass it as --model (its model/ subfolder is loaded)"
+    if "params.json" in names and any(n.startswith("consolidated.") for n in names):
+        return ("looks like Meta's original LLaMA checkpoint (params.json + consolidated.*.pth, "
+                "pickles): convert it with transformers' convert_llama_weights_to_hf.py first")
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    for file in files:  # a folder holding one model file: say what that file is
+        kind = _describe_file(file)
+        if not kind.startswith(("is a file of unknown", "is empty", "is a JSON", "is a SentencePiece",
+                                "looks like llama2.c's tokenizer")):
+            return f"is a folder without config.json (not a Hugging Face model folder); it holds {file.name}, which {kind}"
+    return ("is a folder without config.json, so not a Hugging Face model folder (expected "
+            "config.json and model.safetensors, or a run folder from `npllama train`)")
+
+
+# ----- files --------------------------------------------------------------------------------------
+
+def _describe_file(path: Path) -> str:
+    if not path.exists():
+        return "does not exist"
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    if not head:
+        return "is empty"
+    for describe in (_gguf, _llama2c, _safetensors, _pytorch, _json, _sentencepiece, _llama2c_tokenizer):
+        what = describe(path, head, size)
+        if what:
+            return what
+    return f"is a file of unknown kind ({size:,} bytes); npllama loads Hugging Face model folders"
+
+
+def _gguf(path, head, size):
+    if head[:4] != b"GGUF":
+        return None
+    return ("is a GGUF file (llama.cpp's format), which npllama does not read: run it with llama.cpp, "
+            "or turn it into a Hugging Face folder with transformers "
+            "(AutoModelForCausalLM.from_pretrained(folder, gguf_file=name).save_pretrained(out))")
+
+
+def _llama2c(path, head, size):
+    from .llama2c import FORMATS, MAGIC, read_llama2c_header
+
+    versioned = len(head) >= 4 and struct.unpack_from("<I", head)[0] == MAGIC
+    try:
+        header = read_llama2c_header(path)
+    except CheckpointError as e:
+        if versioned:
+            return f"has llama2.c's \"ak42\" magic but cannot be used: {_clause(e)}"
+        if "needs exactly" in e.problem:  # a plausible legacy header, the wrong size
+            return f"starts like a llama2.c checkpoint, but {_clause(e)}"
+        return None
+    return (f"looks like a llama2.c checkpoint ({FORMATS[header.version]}, {header.n_layers} layers, "
+            f"dim {header.dim}): load it with npllama.io.llama2c.load_llama2c(path), or convert it with "
+            f"`npllama convert llama2c {path} --out DIR`")
+
+
+def _clause(error: CheckpointError) -> str:
+    """A CheckpointError's problem as a clause about the file ("is 10 bytes" -> "the file is ...")."""
+    field = f"{error.field} " if error.field else ""
+    problem = error.problem
+    return f"the file {problem}" if problem.startswith("is ") else f"{field}{problem}"
+
+
+def _safetensors(path, head, size):
+    if len(head) < 9:
+        return None
+    (header_len,) = struct.unpack_from("<Q", head)
+    if not (2 <= header_len <= size - 8 and head[8:9] == b"{"):
+        return None
+    return ("is a safetensors file; npllama loads the folder around it: put it in a folder as "
+            "model.safetensors next to its config.json, then pass the folder")
+
+
+def _pytorch(path, head, size):
+    if head[:4] == b"PK\x03\x04" and _zip_of_npy(path):
+        return ("is a NumPy archive (.npz), not a model: an npllama trace loads with "
+                "npllama.trace.Trace.load(path) (`npllama debug diff`, `npllama viz grads` read it too)")
+    if head[:4] == b"PK\x03\x04":
+        kind = "a PyTorch checkpoint (.pt/.pth, a zip of pickles)"
+    elif head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        kind = "a pickle (e.g. an old PyTorch .pt/.bin checkpoint)"
+    else:
+        return None
+    return (f"is {kind}, which npllama never opens (unpickling can run code): for a Hugging Face "
+            f"model re-save it with transformers as safetensors; for a llama2.c training checkpoint "
+            f"(ckpt.pt) run llama2.c's `python export.py model.bin --version 1 --checkpoint ckpt.pt`, "
+            f"then `npllama convert llama2c model.bin --out DIR`")
+
+
+def _zip_of_npy(path) -> bool:
+    """A zip whose members are .npy arrays (np.savez), read from its directory only."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return bool(names) and all(name.endswith(".npy") for name in names)
+
+
+def _json(path, head, size):
+    if head.lstrip()[:1] not in (b"{", b"["):
+        return None
+    if path.name == "config.json":
+        return "is a config.json: pass the folder that holds it (with model.safetensors)"
+    if path.name == "tokenizer.json":
+        return "is a Hugging Face tokenizer.json, a tokenizer rather than a model"
+    return "is a JSON file, not a model: pass the Hugging Face folder it belongs to"
+
+
+def _sentencepiece(path, head, size):
+    if path.suffix != ".model":
+        return None
+    try:
+        from ..tokenizer import Tokenizer
+
+        Tokenizer(path)
+    except (ValueError, ImportError):
+        return None
+    return ("is a SentencePiece tokenizer, not a model: it goes in the model's folder as "
+            "tokenizer.model")
+
+
+def _llama2c_tokenizer(path, head, size):
+    from .llama2c_tokenizer import read_llama2c_tokenizer
+
+    if len(head) < 12:
+        return None
+    (max_length,) = struct.unpack_from("<I", head)
+    if not 0 < max_length <= 1024 or size > 64 * 1024**2:
+        return None
+    try:
+        pieces, _ = read_llama2c_tokenizer(path)
+    except (CheckpointError, ValueError):
+        return None
+    return (f"looks like llama2.c's tokenizer.bin ({len(pieces)} pieces), a tokenizer rather than a "
+            f"model: pass it to `npllama convert llama2c MODEL.bin --tokenizer {path.name} --out DIR`")

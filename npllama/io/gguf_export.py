@@ -1,0 +1,170 @@
+"""Export a model to GGUF, the file llama.cpp (and ollama, LM Studio, ...) runs.
+
+    export_gguf("runs/tiny/model", "tiny.gguf")                  # float32
+    export_gguf("runs/tiny/model", "tiny-f16.gguf", outtype="f16")
+
+Written with the `gguf` package that llama.cpp publishes (pip install 'npllama[gguf]'), with
+what llama.cpp's own converter (convert_hf_to_gguf.py) writes for a LLaMA:
+
+* tensors under llama.cpp's names (token_embd, blk.N.attn_q, ..., output_norm, output; no
+  output with tied embeddings), norms always float32, matrices float32 or float16;
+* q and k permuted back to the interleaved RoPE layout, because llama.cpp's LLaMA pairs adjacent
+  values as Meta's checkpoints did (io/rotary_layout.py);
+* the shape and hyper-parameters under `llama.*` (context, sizes, heads, kv heads, head size,
+  RMSNorm eps, RoPE base, linear RoPE scaling, or LLaMA-3 scaling as a rope_freqs tensor);
+* the SentencePiece tokenizer as `tokenizer.ggml.*`: every piece, its score and type, BOS /
+  EOS / UNK ids, BOS added and EOS not.  An embedding larger than the tokenizer is padded with
+  unused [PADn] pieces, as llama.cpp's converter does.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .hf import load_hf_folder
+from .rotary_layout import half_split_to_interleaved
+
+OUTTYPES = ("f32", "f16")
+# Hugging Face suffix inside model.layers.N. -> llama.cpp's name inside blk.N.
+_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+_TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+              "lm_head.weight": "output.weight"}
+
+
+def gguf_tensors(config, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """llama.cpp name -> array (float32), q and k in llama.cpp's interleaved RoPE layout."""
+    tensors = {}
+    for name, array in params.items():
+        if name in _TOP_NAMES:
+            tensors[_TOP_NAMES[name]] = array
+            continue
+        _, _, layer, suffix = name.split(".", 3)  # model.layers.<N>.<suffix>
+        if suffix == "self_attn.q_proj.weight":
+            array = half_split_to_interleaved(array, config.num_attention_heads)
+        elif suffix == "self_attn.k_proj.weight":
+            array = half_split_to_interleaved(array, config.num_key_value_heads)
+        tensors[f"blk.{layer}.{_LAYER_NAMES[suffix]}"] = array
+    if config.rope_scaling is not None and config.rope_scaling["rope_type"] == "llama3":
+        from ..ops.rope import rope_inv_freq
+
+        # llama.cpp divides each pair's frequency by this factor.
+        plain = rope_inv_freq(config.head_dim, config.rope_theta)
+        scaled = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
+        tensors["rope_freqs.weight"] = plain / scaled
+    return {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in tensors.items()}
+
+
+def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[bytes], list[float], list[int]]:
+    """(pieces, scores, token types) for `vocab_size` ids from an npllama.Tokenizer, types in
+    SentencePiece's (and GGUF's) numbering; ids past the tokenizer's pieces become [PADn]."""
+    sp = tokenizer._sp
+    if sp.get_piece_size() > vocab_size:
+        raise ValueError(f"the tokenizer has {sp.get_piece_size()} pieces but the model's embedding only "
+                         f"{vocab_size} rows: they do not belong together")
+    pieces, scores, types = [], [], []
+    for i in range(sp.get_piece_size()):
+        pieces.append(sp.id_to_piece(i).encode("utf-8"))
+        scores.append(float(sp.get_score(i)))
+        types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 5 if sp.is_unused(i)
+                     else 6 if sp.is_byte(i) else 1)
+    for i in range(sp.get_piece_size(), vocab_size):
+        pieces.append(f"[PAD{i}]".encode("utf-8"))
+        scores.append(-1000.0)
+        types.append(5)
+    return pieces, scores, types
+
+
+def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: str | None = None,
+                progress: bool = False) -> Path:
+    """Write the Hugging Face folder `model_dir` (with its tokenizer.model) as the GGUF file `out`.
+
+    tokenizer: a SentencePiece .model (default: tokenizer.model in or beside the folder).
+    outtype: "f32" or "f16" for the matrices (norms stay float32, as llama.cpp wants).
+    name: general.name (default: the folder's name).  progress: a bar while tensors are written.
+    The file is written beside `out` and renamed into place, so a failure never leaves half a file.
+    """
+    try:
+        import gguf
+    except ImportError:
+        raise ImportError("GGUF export needs the `gguf` package (llama.cpp's): "
+                          "pip install 'npllama[gguf]'") from None
+    from ..runs import find_tokenizer
+    from ..tokenizer import Tokenizer
+
+    if outtype not in OUTTYPES:
+        raise ValueError(f"outtype must be one of {OUTTYPES}, got {outtype!r}")
+    model_dir, out = Path(model_dir), Path(out)
+    config, params = load_hf_folder(model_dir, dtype=np.float32)
+    tok = Tokenizer(tokenizer if tokenizer is not None else find_tokenizer(model_dir))
+    pieces, scores, types = gguf_vocab(tok, config.vocab_size)
+    tensors = gguf_tensors(config, params)
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    writer = gguf.GGUFWriter(tmp, "llama")
+    try:
+        _write_metadata(writer, gguf, config, name or model_dir.resolve().name, outtype)
+        _write_vocab(writer, tok, pieces, scores, types)
+        for tensor_name, array in tensors.items():
+            if outtype == "f16" and array.ndim == 2:
+                array = array.astype(np.float16)
+            writer.add_tensor(tensor_name, array)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file(progress=progress)
+        writer.close()
+        os.replace(tmp, out)
+    except BaseException:
+        writer.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return out
+
+
+def _write_metadata(writer, gguf, config, name: str, outtype: str) -> None:
+    writer.add_name(name)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if outtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_dimension_count(config.head_dim)
+    if config.head_dim != config.hidden_size // config.num_attention_heads:
+        writer.add_key_length(config.head_dim)
+        writer.add_value_length(config.head_dim)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(config.rope_theta)
+    if config.rope_scaling is not None and config.rope_scaling["rope_type"] == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(config.rope_scaling["factor"])
+
+
+def _write_vocab(writer, tok, pieces, scores, types) -> None:
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(pieces)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    for add, token_id in ((writer.add_bos_token_id, tok.bos_id), (writer.add_eos_token_id, tok.eos_id),
+                          (writer.add_unk_token_id, tok.unk_id), (writer.add_pad_token_id, tok.pad_id)):
+        if token_id is not None:
+            add(token_id)
+    writer.add_add_bos_token(tok.bos_id is not None)
+    writer.add_add_eos_token(False)

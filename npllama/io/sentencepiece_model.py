@@ -1,0 +1,105 @@
+"""Write a SentencePiece model file (`tokenizer.model`) from a list of scored pieces.
+
+A `.model` file is a protobuf `ModelProto` (sentencepiece_model.proto): the pieces with their
+scores and types, the trainer's settings that matter when encoding (model type, byte fallback,
+special ids) and the normalizer's.  We write the few fields that matter by hand -- protobuf's
+wire format is simple -- so npllama needs no protobuf package to make one.  The result loads in
+`sentencepiece` (and so in `npllama.Tokenizer`) like a model SentencePiece trained itself.
+
+Used to turn llama2.c's tokenizer.bin (pieces and scores, see io/llama2c_tokenizer.py) into a
+tokenizer.model that travels with a converted model.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+
+# SentencePiece.Type in sentencepiece_model.proto (GGUF's token types use the same numbers).
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+PIECE_TYPES = (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE)
+MODEL_TYPE_BPE = 2  # TrainerSpec.ModelType: UNIGRAM = 1, BPE = 2
+
+# Field numbers in sentencepiece_model.proto.
+_MODEL_PIECES, _MODEL_TRAINER_SPEC, _MODEL_NORMALIZER_SPEC = 1, 2, 3
+_PIECE_TEXT, _PIECE_SCORE, _PIECE_TYPE = 1, 2, 3
+_TRAINER_MODEL_TYPE, _TRAINER_VOCAB_SIZE, _TRAINER_BYTE_FALLBACK = 3, 4, 35
+_TRAINER_UNK_ID, _TRAINER_BOS_ID, _TRAINER_EOS_ID, _TRAINER_PAD_ID = 40, 41, 42, 43
+_NORMALIZER_NAME, _NORMALIZER_ADD_DUMMY_PREFIX, _NORMALIZER_REMOVE_EXTRA_WHITESPACES = 1, 3, 4
+
+
+def build_bpe_model(pieces: Sequence[str], scores: Sequence[float], types: Sequence[int], *,
+                    byte_fallback: bool, add_dummy_prefix: bool = True) -> bytes:
+    """The bytes of a BPE SentencePiece model whose piece i is pieces[i] with scores[i], types[i].
+
+    As in LLaMA's tokenizer: text is not normalised ("identity", spaces kept as they are),
+    `add_dummy_prefix` puts a space before the text, and merges are applied in order of the
+    merged piece's score.  The special ids are found from the types: the one UNKNOWN piece is
+    <unk>; CONTROL pieces named "<s>" and "</s>" are BOS and EOS (absent: -1).
+    """
+    if not (len(pieces) == len(scores) == len(types)) or not pieces:
+        raise ValueError(f"pieces, scores and types must be non-empty and of one length, got "
+                         f"{len(pieces)}, {len(scores)}, {len(types)}")
+    unknown = [i for i, t in enumerate(types) if t == UNKNOWN]
+    if len(unknown) != 1:
+        raise ValueError(f"a SentencePiece model needs exactly one UNKNOWN piece (<unk>), got {len(unknown)}")
+    seen: dict[str, int] = {}
+    body = bytearray()
+    for i, (piece, score, kind) in enumerate(zip(pieces, scores, types)):
+        if not isinstance(piece, str) or not piece:
+            raise ValueError(f"piece {i} must be a non-empty string, got {piece!r}")
+        if piece in seen:
+            raise ValueError(f"piece {i} ({piece!r}) repeats piece {seen[piece]}: SentencePiece needs "
+                             f"every piece once")
+        seen[piece] = i
+        if kind not in PIECE_TYPES:
+            raise ValueError(f"piece {i} has type {kind!r}, not one of {PIECE_TYPES}")
+        if not math.isfinite(score):
+            raise ValueError(f"piece {i} ({piece!r}) has a non-finite score {score}")
+        entry = (_bytes_field(_PIECE_TEXT, piece.encode("utf-8")) + _float_field(_PIECE_SCORE, score)
+                 + _varint_field(_PIECE_TYPE, kind))
+        body += _bytes_field(_MODEL_PIECES, entry)
+
+    def special(name: str) -> int:
+        i = seen.get(name, -1)
+        return i if i >= 0 and types[i] == CONTROL else -1
+
+    trainer = (_varint_field(_TRAINER_MODEL_TYPE, MODEL_TYPE_BPE)
+               + _varint_field(_TRAINER_VOCAB_SIZE, len(pieces))
+               + _varint_field(_TRAINER_BYTE_FALLBACK, int(bool(byte_fallback)))
+               + _varint_field(_TRAINER_UNK_ID, unknown[0])
+               + _varint_field(_TRAINER_BOS_ID, special("<s>"))
+               + _varint_field(_TRAINER_EOS_ID, special("</s>"))
+               + _varint_field(_TRAINER_PAD_ID, -1))
+    normalizer = (_bytes_field(_NORMALIZER_NAME, b"identity")
+                  + _varint_field(_NORMALIZER_ADD_DUMMY_PREFIX, int(bool(add_dummy_prefix)))
+                  + _varint_field(_NORMALIZER_REMOVE_EXTRA_WHITESPACES, 0))
+    body += _bytes_field(_MODEL_TRAINER_SPEC, trainer) + _bytes_field(_MODEL_NORMALIZER_SPEC, normalizer)
+    return bytes(body)
+
+
+# ----- protobuf wire format -------------------------------------------------------------------
+
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1  # negative int32s are written as 64-bit two's complement (10 bytes)
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _varint_field(number: int, value: int) -> bytes:
+    return _varint(number << 3 | 0) + _varint(value)
+
+
+def _bytes_field(number: int, data: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _float_field(number: int, value: float) -> bytes:
+    return _varint(number << 3 | 5) + struct.pack("<f", value)

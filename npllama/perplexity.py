@@ -1,0 +1,66 @@
+"""Perplexity of a text: how surprised the model is by each next token, exp(mean cross-entropy).
+
+    result = perplexity(model, tokenizer, open("held_out.txt").read())
+    result.tokens, result.mean_loss, result.perplexity
+
+The text is encoded once (with BOS) and cut into consecutive windows of the model's context (or
+`context` tokens); every token after the first is predicted once, from the tokens before it in its
+window.  Windows do not overlap, so the first tokens of each window see little context: a smaller
+`context` gives a higher (more pessimistic) perplexity.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class PerplexityResult:
+    tokens: int          # tokens predicted (the text's tokens minus the first)
+    mean_loss: float     # mean next-token cross-entropy, in nats
+    perplexity: float    # exp(mean_loss)
+    windows: int         # forward passes' rows: windows of at most `context` tokens
+
+
+def perplexity(model, tokenizer, text: str, *, context: int | None = None, batch_size: int = 8,
+               progress: bool = False) -> PerplexityResult:
+    """Mean next-token loss and perplexity of `text` under `model` (see the module docstring)."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    limit = model.config.max_position_embeddings
+    context = limit if context is None else context
+    if isinstance(context, bool) or not isinstance(context, int) or not 2 <= context <= limit:
+        raise ValueError(f"context must be an int in [2, {limit}] (max_position_embeddings), got {context!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    ids = tokenizer.encode(text, bos=tokenizer.bos_id is not None)
+    if len(ids) < 2:
+        raise ValueError("text must give at least two tokens: there is nothing to predict")
+    # window k covers ids[k*context : (k+1)*context + 1]: inputs all but its last id, targets all but its first
+    starts = list(range(0, len(ids) - 1, context))
+    total_loss, total_tokens = 0.0, 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(ids) - 1, desc="perplexity", unit="tok", disable=not progress, leave=False)
+    for first in range(0, len(starts), batch_size):
+        windows = [ids[s:s + context + 1] for s in starts[first:first + batch_size]]
+        for same_length in _by_length(windows):
+            tokens = np.asarray([w[:-1] for w in same_length], dtype=np.int64)
+            targets = np.asarray([w[1:] for w in same_length], dtype=np.int64)
+            total_loss += model.loss(tokens, targets) * targets.size   # model.loss is the mean over targets
+            total_tokens += targets.size
+            bar.update(targets.size)
+    bar.close()
+    mean = total_loss / total_tokens
+    return PerplexityResult(tokens=total_tokens, mean_loss=mean, perplexity=math.exp(min(mean, 700.0)),
+                            windows=len(starts))
+
+
+def _by_length(windows: list[list[int]]) -> list[list[list[int]]]:
+    """Windows grouped by length (only the text's last window is shorter), so each group is one array."""
+    groups: dict[int, list[list[int]]] = {}
+    for w in windows:
+        groups.setdefault(len(w), []).append(w)
+    return list(groups.values())

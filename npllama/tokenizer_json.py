@@ -1,0 +1,133 @@
+"""A Hugging Face `tokenizer.json` (what transformers 5 saves, often without tokenizer.model), read
+through the `tokenizers` library (`pip install 'npllama[hf]'`), with the same methods the jobs use
+on npllama's SentencePiece `Tokenizer`.
+
+    tok = JsonTokenizer("path/to/folder")          # tokenizer.json (+ tokenizer_config.json)
+    tok.encode("Hello")                            # [bos, ...] as AutoTokenizer gives them
+
+Which ids are BOS and EOS, and whether BOS goes first, come from tokenizer_config.json
+(`bos_token`, `eos_token`, `add_bos_token`), as transformers reads them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+
+from .tokenizer import _require_text, check_ids, check_vocab_sizes
+from .tokenizer_export import _json_bytes
+
+JSON_FILE = "tokenizer.json"
+CONFIG_FILE = "tokenizer_config.json"
+INSTALL_HINT = ("install the `tokenizers` library (pip install 'npllama[hf]') to read it, or convert the "
+                "folder to a SentencePiece tokenizer.model: in Python with transformers, "
+                "AutoTokenizer.from_pretrained(FOLDER) of the original model that has one")
+
+
+class JsonTokenizer:
+    """A tokenizer.json read with the `tokenizers` library."""
+
+    def __init__(self, folder):
+        folder = Path(folder).expanduser()
+        path = folder / JSON_FILE if folder.is_dir() else folder
+        if not path.is_file():
+            raise ValueError(f"{str(path)!r} does not exist (expected a Hugging Face tokenizer.json)")
+        try:
+            from tokenizers import Tokenizer as _HFTokenizer
+        except ImportError:
+            raise ValueError(f"{str(path)!r} is a Hugging Face tokenizer.json; {INSTALL_HINT}") from None
+        data = path.read_bytes()
+        try:
+            self._tok = _HFTokenizer.from_str(data.decode("utf-8"))
+        except Exception as e:  # tokenizers raises its own Exception subclass with a serde message
+            raise ValueError(f"{str(path)!r} is not a valid tokenizer.json: {e}") from None
+        self.path = path
+        self.json_bytes = data
+        self.config = _read_config(path.parent / CONFIG_FILE)
+        self.fingerprint = hashlib.sha256(data).hexdigest()
+        self.bos_id = self._special_id("bos_token")
+        self.eos_id = self._special_id("eos_token")
+        self.pad_id = self._special_id("pad_token")
+        self.unk_id = self._special_id("unk_token")
+        self.add_bos = bool(self.config.get("add_bos_token", self.bos_id is not None)) and self.bos_id is not None
+
+    def _special_id(self, key: str) -> int | None:
+        token = self.config.get(key)
+        if isinstance(token, dict):  # {"content": "<s>", ...} as older transformers wrote it
+            token = token.get("content")
+        if not isinstance(token, str):
+            return None
+        return self._tok.token_to_id(token)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def control_pieces(self) -> dict[str, int]:
+        """The special (added) tokens: their text encodes to their id, as in transformers."""
+        return {t.content: i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+
+    def id_to_piece(self, token_id: int) -> str:
+        self._check_ids([token_id])
+        return self._tok.id_to_token(int(token_id))
+
+    def piece_to_id(self, piece: str) -> int | None:
+        if not isinstance(piece, str):
+            raise TypeError(f"piece must be a str, got {type(piece).__name__}")
+        return self._tok.token_to_id(piece)
+
+    def check_vocab(self, model_vocab_size: int) -> None:
+        check_vocab_sizes(self.vocab_size, int(model_vocab_size), str(self.path))
+
+    def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
+        """Token ids of `text`, with BOS first if `bos` (and the tokenizer has one), EOS last if `eos`."""
+        _require_text("text", text)
+        self._check_special(bos, eos)
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+
+    def encode_batch(self, texts, bos: bool = True, eos: bool = False, num_threads=None) -> list[list[int]]:
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            _require_text(f"texts[{i}]", text)
+        return [self.encode(text, bos, eos) for text in texts]
+
+    def decode(self, ids) -> str:
+        """The text of the ids; special tokens (BOS, EOS, ...) give no text."""
+        return self._tok.decode(self._check_ids(ids), skip_special_tokens=True)
+
+    def hf_files(self, chat_template: str | None = None, model_max_length: int | None = None) -> dict[str, bytes]:
+        """tokenizer.json and tokenizer_config.json, to save beside a model."""
+        config = dict(self.config)
+        if chat_template is not None:
+            config["chat_template"] = chat_template
+        if model_max_length is not None:
+            config["model_max_length"] = int(model_max_length)
+        return {JSON_FILE: self.json_bytes, CONFIG_FILE: _json_bytes(config)}
+
+    def _check_special(self, bos: bool, eos: bool) -> None:
+        if bos and self.bos_id is None:
+            raise ValueError(f"tokenizer {str(self.path)!r} has no BOS token (tokenizer_config.json "
+                             f"names none); call encode with bos=False")
+        if eos and self.eos_id is None:
+            raise ValueError(f"tokenizer {str(self.path)!r} has no EOS token; call encode with eos=False")
+
+    def _check_ids(self, ids) -> list[int]:
+        return check_ids(ids, self.vocab_size)
+
+    def __repr__(self) -> str:
+        return f"JsonTokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{str(path)!r} must hold a JSON object, got {type(config).__name__}")
+    return config

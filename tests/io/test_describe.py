@@ -1,0 +1,130 @@
+"""describe_model_path: a file or folder of the wrong kind is named, with how to load it."""
+import json
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+from llama2c_files import random_llama2c_weights, write_legacy, write_llama2c_tokenizer, write_v2
+
+from npllama import Llama, LlamaConfig
+from npllama.io import write_safetensors
+from npllama.io.describe import describe_model_path
+
+TINY = LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                   num_attention_heads=2, max_position_embeddings=16)
+
+
+def _gguf(path):
+    path.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + bytes(64))
+
+
+def _zip(path):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"a": 1}))
+
+
+def _safetensors(path):
+    write_safetensors(path, {"x": np.zeros(3, np.float32)})
+
+
+def _hf(path):
+    Llama(TINY).save_pretrained(path)
+
+
+def _hf_pickle(path):
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(TINY.to_dict()))
+    (path / "pytorch_model.bin").write_bytes(pickle.dumps({}, protocol=2))
+
+
+def _adapter(path):
+    path.mkdir()
+    (path / "adapter_config.json").write_text("{}")
+    (path / "adapter_model.safetensors").write_bytes(b"")
+
+
+def _meta(path):
+    path.mkdir()
+    (path / "params.json").write_text("{}")
+    (path / "consolidated.00.pth").write_bytes(b"PK\x03\x04")
+
+
+def _folder_holding_a_gguf(path):
+    path.mkdir()
+    _gguf(path / "model-q8.gguf")
+
+
+def _plain_folder(path):
+    path.mkdir()
+    (path / "notes.txt").write_text("hello")
+
+
+def _tokenizer_model(path):
+    from npllama.corpus import make_default_corpus
+    from npllama.tokenizer import Tokenizer
+
+    Tokenizer.train(make_default_corpus()[:200], path.with_suffix(""), vocab_size=400)
+
+
+def _tokenizer_bin(path):
+    sp = path.parent / "sp.model"
+    _tokenizer_model(sp)
+    write_llama2c_tokenizer(path, sp)
+
+
+CASES = [
+    ("model.gguf", _gguf, ["GGUF file", "llama.cpp", "gguf_file="]),
+    ("stories.bin", lambda p: write_legacy(p, random_llama2c_weights()),
+     ["llama2.c checkpoint (legacy float32, 2 layers, dim 16)", "npllama convert llama2c", "load_llama2c"]),
+    ("q80.bin", lambda p: write_v2(p, random_llama2c_weights()), ["llama2.c checkpoint (version 2 int8 Q8_0"]),
+    ("model.safetensors", _safetensors, ["safetensors file", "config.json"]),
+    ("ckpt.pt", _zip, ["PyTorch checkpoint", "never opens", "export.py"]),
+    ("old.bin", lambda p: p.write_bytes(pickle.dumps({"w": 1}, protocol=4)), ["pickle", "never opens"]),
+    ("hf", _hf, ["Hugging Face model folder", "from_pretrained"]),
+    ("hf-pickle", _hf_pickle, ["pytorch_model.bin", "never opens", "save_pretrained"]),
+    ("adapter", _adapter, ["adapter", "base model"]),
+    ("meta", _meta, ["Meta's original LLaMA", "convert_llama_weights_to_hf"]),
+    ("folder", _folder_holding_a_gguf, ["without config.json", "model-q8.gguf", "GGUF file"]),
+    ("plain", _plain_folder, ["without config.json", "not a Hugging Face model folder"]),
+    ("config.json", lambda p: p.write_text("{}"), ["config.json: pass the folder"]),
+    ("tokenizer.model", _tokenizer_model, ["SentencePiece tokenizer, not a model"]),
+    ("tokenizer.bin", _tokenizer_bin, ["llama2.c's tokenizer.bin (400 pieces)", "--tokenizer"]),
+    ("empty.bin", lambda p: p.write_bytes(b""), ["is empty"]),
+    ("noise.dat", lambda p: p.write_bytes(np.random.default_rng(0).bytes(1000)), ["unknown kind (1,000 bytes)"]),
+]
+
+
+@pytest.mark.parametrize("name, make, phrases", CASES, ids=[c[0] for c in CASES])
+def test_each_kind_is_named_with_what_to_do(tmp_path, name, make, phrases):
+    path = tmp_path / name
+    make(path)
+    message = describe_model_path(path)
+    assert message.startswith(repr(str(path)))
+    for phrase in phrases:
+        assert phrase in message, message
+
+
+def test_missing_path_and_truncated_llama2c(tmp_path):
+    assert describe_model_path(tmp_path / "nothing").endswith("does not exist")
+    with pytest.raises(TypeError, match="path must be a file or folder path"):
+        describe_model_path(3)
+    path = tmp_path / "v2.bin"
+    write_v2(path, random_llama2c_weights())
+    path.write_bytes(path.read_bytes()[:-10])
+    assert "llama2.c's \"ak42\" magic but cannot be used: the file is 7,286 bytes" in describe_model_path(path)
+    path = tmp_path / "legacy.bin"
+    write_legacy(path, random_llama2c_weights())
+    path.write_bytes(path.read_bytes()[:-10])
+    assert "starts like a llama2.c checkpoint, but the file is" in describe_model_path(path)
+
+
+def test_a_numpy_archive_is_not_called_a_pytorch_checkpoint(tmp_path):
+    import numpy as np
+
+    from npllama.io.describe import describe_model_path
+
+    with open(tmp_path / "trace.npz", "wb") as f:
+        np.savez(f, a=np.zeros(3))
+    said = describe_model_path(tmp_path / "trace.npz")
+    assert "NumPy archive" in said and "Trace.load" in said and "PyTorch" not in said

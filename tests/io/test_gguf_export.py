@@ -1,0 +1,165 @@
+"""GGUF export: the file's tensors, metadata and tokenizer, read back with llama.cpp's `gguf`
+reader, run run.c's forward pass (interleaved RoPE, llama.cpp's convention) to npllama's logits;
+llama-cpp-python's greedy tokens where it is installed."""
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+
+from llama2c_files import run_c_forward  # noqa: E402
+
+from npllama import Llama, LlamaConfig  # noqa: E402
+from npllama.cli import main  # noqa: E402
+from npllama.io.gguf_export import export_gguf  # noqa: E402
+from npllama.tokenizer import Tokenizer  # noqa: E402
+
+TOKENS = [1, 5, 77, 300, 12, 9, 260, 2, 40]
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from npllama.corpus import make_default_corpus
+
+    return Tokenizer.train(make_default_corpus()[:300], tmp_path_factory.mktemp("tok") / "sp", vocab_size=400)
+
+
+def _model_folder(path, tokenizer, seed=0, **overrides):
+    shape = dict(vocab_size=400, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    shape.update(overrides)
+    model = Llama(LlamaConfig(**shape), seed=seed, dtype=np.float64)
+    # Larger weights than the init's, so a wrong permutation cannot hide in small logits.
+    for array in model.params.values():
+        array *= 1 if array.ndim == 1 else 8.0
+    model.save_pretrained(path, dtype=np.float32, extra_files={"tokenizer.model": tokenizer.model_bytes})
+    return Llama.from_pretrained(path, dtype=np.float64)
+
+
+def _read(path):
+    reader = gguf.GGUFReader(path)
+    fields = {name: field.contents() for name, field in reader.fields.items()}
+    tensors = {t.name: np.array(t.data) for t in reader.tensors}
+    return fields, tensors, {t.name: t.tensor_type for t in reader.tensors}
+
+
+def _as_llama2c(fields, tensors):
+    """The GGUF's tensors under llama2.c's names, for run.c's forward pass."""
+    n_layers = fields["llama.block_count"]
+    stack = lambda name: np.stack([tensors[f"blk.{i}.{name}.weight"] for i in range(n_layers)])  # noqa: E731
+    m = dict(dim=fields["llama.embedding_length"], n_layers=n_layers,
+             n_heads=fields["llama.attention.head_count"], n_kv_heads=fields["llama.attention.head_count_kv"],
+             tok=tensors["token_embd.weight"], att_norm=stack("attn_norm"), ffn_norm=stack("ffn_norm"),
+             wq=stack("attn_q"), wk=stack("attn_k"), wv=stack("attn_v"), wo=stack("attn_output"),
+             w1=stack("ffn_gate"), w2=stack("ffn_down"), w3=stack("ffn_up"),
+             final_norm=tensors["output_norm.weight"])
+    m["cls"] = tensors.get("output.weight", m["tok"])
+    return m
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_gguf_runs_like_the_model_in_llama_cpps_rope_layout(tmp_path, tokenizer, tied):
+    model = _model_folder(tmp_path / "m", tokenizer, tie_word_embeddings=tied)
+    export_gguf(tmp_path / "m", tmp_path / "m.gguf")
+    fields, tensors, types = _read(tmp_path / "m.gguf")
+    expected = {"token_embd.weight", "output_norm.weight"} | ({"output.weight"} if not tied else set())
+    for i in range(2):
+        expected |= {f"blk.{i}.{n}.weight" for n in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
+                                                     "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")}
+    assert set(tensors) == expected
+    assert set(types.values()) == {gguf.GGMLQuantizationType.F32}
+    assert tensors["blk.0.attn_k.weight"].shape == (8, 16)  # numpy order: (out, in)
+    # run.c's forward (adjacent RoPE pairs, as llama.cpp) on the file's tensors = npllama's logits
+    reference = run_c_forward(_as_llama2c(fields, tensors), TOKENS)
+    np.testing.assert_allclose(reference, model.forward(np.array([TOKENS]))[0], rtol=0, atol=1e-4)
+
+
+def test_gguf_metadata_and_tokenizer(tmp_path, tokenizer):
+    _model_folder(tmp_path / "m", tokenizer, num_key_value_heads=1, max_position_embeddings=48,
+                  rope_theta=5000.0, rms_norm_eps=1e-6)
+    export_gguf(tmp_path / "m", tmp_path / "m.gguf", name="tiny test")
+    fields, _, _ = _read(tmp_path / "m.gguf")
+    assert {k: fields[k] for k in (
+        "general.architecture", "general.name", "llama.vocab_size", "llama.context_length",
+        "llama.embedding_length", "llama.block_count", "llama.feed_forward_length",
+        "llama.attention.head_count", "llama.attention.head_count_kv", "llama.rope.dimension_count",
+        "tokenizer.ggml.model", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token",
+    )} == {"general.architecture": "llama", "general.name": "tiny test", "llama.vocab_size": 400,
+           "llama.context_length": 48, "llama.embedding_length": 16, "llama.block_count": 2,
+           "llama.feed_forward_length": 24, "llama.attention.head_count": 4,
+           "llama.attention.head_count_kv": 1, "llama.rope.dimension_count": 4,
+           "tokenizer.ggml.model": "llama", "tokenizer.ggml.bos_token_id": 1,
+           "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.unknown_token_id": 0,
+           "tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.add_eos_token": False}
+    assert fields["llama.rope.freq_base"] == 5000.0
+    assert fields["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-6)
+    assert fields["tokenizer.ggml.tokens"] == [tokenizer.id_to_piece(i) for i in range(400)]
+    sp = tokenizer._sp
+    assert fields["tokenizer.ggml.scores"] == pytest.approx([sp.get_score(i) for i in range(400)])
+    types = fields["tokenizer.ggml.token_type"]
+    assert types[:3] == [2, 3, 3] and types[3:259] == [6] * 256 and set(types[259:]) == {1}
+
+
+def test_f16_padded_vocab_and_llama3_rope(tmp_path, tokenizer):
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 1024}
+    model = _model_folder(tmp_path / "m", tokenizer, vocab_size=410, hidden_size=32, num_attention_heads=2,
+                          num_key_value_heads=2, rope_scaling=scaling)
+    export_gguf(tmp_path / "m", tmp_path / "m.gguf", outtype="f16")
+    fields, tensors, types = _read(tmp_path / "m.gguf")
+    assert types["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.F16
+    assert types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
+    np.testing.assert_allclose(tensors["blk.1.ffn_down.weight"],
+                               model.params["model.layers.1.mlp.down_proj.weight"], rtol=1e-3)
+    assert fields["tokenizer.ggml.tokens"][400:] == [f"[PAD{i}]" for i in range(400, 410)]
+    assert fields["tokenizer.ggml.token_type"][400:] == [5] * 10
+    # llama.cpp divides pair i's frequency by rope_freqs[i]; its converter computes them so:
+    expected = []
+    for freq in 1.0 / 10000.0 ** (np.arange(0, 16, 2) / 16):
+        wavelen = 2 * np.pi / freq
+        if wavelen < 1024 / 4.0:
+            expected.append(1.0)
+        elif wavelen > 1024 / 1.0:
+            expected.append(8.0)
+        else:
+            smooth = (1024 / wavelen - 1.0) / (4.0 - 1.0)
+            expected.append(1 / ((1 - smooth) / 8.0 + smooth))
+    np.testing.assert_allclose(tensors["rope_freqs.weight"], expected, rtol=1e-6)
+    assert len(set(np.round(expected, 3))) > 2  # the blend, not only the two ends
+
+
+def test_refuses_a_tokenizer_larger_than_the_embedding(tmp_path, tokenizer):
+    _model_folder(tmp_path / "m", tokenizer, vocab_size=399)
+    with pytest.raises(ValueError, match="400 pieces but the model's embedding only 399 rows"):
+        export_gguf(tmp_path / "m", tmp_path / "m.gguf")
+    assert not list(tmp_path.glob("*.gguf*")) and not list(tmp_path.glob(".m.gguf*"))
+    with pytest.raises(ValueError, match="outtype must be one of"):
+        export_gguf(tmp_path / "m", tmp_path / "m.gguf", outtype="q4")
+
+
+def test_cli_export_gguf(tmp_path, tokenizer, capsys):
+    _model_folder(tmp_path / "m", tokenizer)
+    assert main(["export", "gguf", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "x.gguf")]) == 0
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "x.gguf").is_file()
+    (tmp_path / "m" / "tokenizer.model").unlink()
+    assert main(["export", "gguf", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "y.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert "no tokenizer.model found" in err and err.count("\n") == 1
+
+
+def test_llama_cpp_gives_the_same_greedy_tokens(tmp_path, tokenizer):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model = _model_folder(tmp_path / "m", tokenizer, hidden_size=64, num_attention_heads=4,
+                          num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128)
+    export_gguf(tmp_path / "m", tmp_path / "m.gguf")
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=128, n_threads=1, verbose=False)
+    prompt_ids = tokenizer.encode(PROMPT, bos=True)
+    assert llm.tokenize(PROMPT.encode("utf-8"), add_bos=True) == prompt_ids
+    ours = model.generate(prompt_ids, max_new_tokens=8, temperature=0)[len(prompt_ids):]
+    theirs = []
+    for token in llm.generate(prompt_ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
+        theirs.append(token)
+        if len(theirs) == len(ours) or token == tokenizer.eos_id:
+            break
+    assert theirs == ours

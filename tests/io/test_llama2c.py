@@ -1,0 +1,266 @@
+"""llama2.c checkpoints and tokenizer.bin: files written here to llama2.c's specification
+(tests/io/llama2c_files.py) load with the logits of run.c's own forward pass."""
+import struct
+
+import numpy as np
+import pytest
+
+from npllama import Llama
+from npllama.cli import main
+from npllama.io import CheckpointError
+from npllama.io.llama2c import convert_llama2c, load_llama2c, read_llama2c_header
+from npllama.io.llama2c_tokenizer import llama2c_tokenizer_to_sentencepiece, read_llama2c_tokenizer
+from npllama.tokenizer import Tokenizer
+
+from llama2c_files import (random_llama2c_weights, run_c_forward, write_legacy, write_llama2c_tokenizer,
+                            write_v1, write_v2)
+
+TOKENS = [3, 7, 1, 30, 12, 5, 9, 0, 2, 11, 39, 4]
+WRITERS = {"legacy": write_legacy, "v1": write_v1, "v2": write_v2}
+
+
+def _write(tmp_path, fmt, weights):
+    path = tmp_path / f"{fmt}.bin"
+    dequantised = WRITERS[fmt](path, weights)
+    return path, (dequantised if fmt == "v2" else weights)
+
+
+@pytest.mark.parametrize("fmt", WRITERS)
+@pytest.mark.parametrize("shape", [
+    dict(shared=True),                                             # GQA: 4 heads on 2 kv heads
+    dict(shared=False, n_heads=2, n_kv_heads=2, seq_len=12),       # unshared classifier, plain MHA
+    dict(shared=True, dim=24, n_heads=2, n_kv_heads=1, n_layers=1),  # one kv head, head size 12
+])
+def test_logits_match_run_c_forward(tmp_path, fmt, shape):
+    weights = random_llama2c_weights(**shape)
+    path, as_written = _write(tmp_path, fmt, weights)
+    model = load_llama2c(path, dtype=np.float64)
+    logits = model.forward(np.array([TOKENS]))[0]
+    np.testing.assert_allclose(logits, run_c_forward(as_written, TOKENS), rtol=0, atol=1e-10)
+    assert model.config.tie_word_embeddings == shape["shared"]
+    assert model.config.max_position_embeddings == weights["seq_len"]
+    assert model.config.rms_norm_eps == 1e-5
+
+
+def test_the_rope_permutation_is_what_makes_them_match(tmp_path, monkeypatch):
+    """Without permuting q and k the first position still agrees (no rotation at 0) and later
+    ones do not: the test above would catch a missing or wrong permutation."""
+    path, weights = _write(tmp_path, "legacy", random_llama2c_weights())
+    import npllama.io.llama2c as llama2c
+
+    monkeypatch.setattr(llama2c, "interleaved_to_half_split", lambda w, n_heads: w)
+    logits = load_llama2c(path, dtype=np.float64).forward(np.array([TOKENS]))[0]
+    reference = run_c_forward(weights, TOKENS)
+    np.testing.assert_allclose(logits[0], reference[0], atol=1e-10)
+    assert np.abs(logits[1:] - reference[1:]).max() > 1e-3
+
+
+def test_header_is_read_for_every_format(tmp_path):
+    weights = random_llama2c_weights(shared=False, vocab_size=33, seq_len=20)
+    for fmt in WRITERS:
+        path, _ = _write(tmp_path, fmt, weights)
+        header = read_llama2c_header(path)
+        assert header.version == {"legacy": 0, "v1": 1, "v2": 2}[fmt]
+        assert (header.dim, header.hidden_dim, header.n_layers, header.n_heads, header.n_kv_heads,
+                header.vocab_size, header.seq_len) == (16, 24, 2, 4, 2, 33, 20)
+        assert header.shared_classifier is False
+        assert header.group_size == (8 if fmt == "v2" else None)
+
+
+def test_float32_load_is_the_float32_file(tmp_path):
+    weights = random_llama2c_weights()
+    path, _ = _write(tmp_path, "v1", weights)
+    model = load_llama2c(path)
+    assert model.params["model.embed_tokens.weight"].dtype == np.float32
+    np.testing.assert_array_equal(model.params["model.embed_tokens.weight"], weights["tok"])
+    np.testing.assert_array_equal(model.params["model.layers.1.mlp.down_proj.weight"], weights["w2"][1])
+
+
+# ----- bad files ----------------------------------------------------------------------------------
+
+def _legacy_bytes(tmp_path, **shape):
+    path, _ = _write(tmp_path, "legacy", random_llama2c_weights(**shape))
+    return path, path.read_bytes()
+
+
+def test_truncated_or_padded_file_is_refused(tmp_path):
+    path, data = _legacy_bytes(tmp_path)
+    for bad in (data[:-4], data + b"\0" * 4):
+        path.write_bytes(bad)
+        with pytest.raises(CheckpointError, match=r"needs\s+exactly .*truncated, or not a llama2.c"):
+            load_llama2c(path)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    (0, 0, "dim.*must be positive"),
+    (3, 3, "dim .16. must be n_heads .3."),
+    (4, 3, "n_kv_heads .3. must divide n_heads .4."),
+    (6, -5, "seq_len.*must be positive"),
+])
+def test_impossible_headers_name_the_field(tmp_path, field, value, match):
+    path, data = _legacy_bytes(tmp_path)
+    ints = list(struct.unpack_from("<7i", data))
+    ints[field] = value
+    path.write_bytes(struct.pack("<7i", *ints) + data[28:])
+    with pytest.raises(CheckpointError, match=match):
+        load_llama2c(path)
+
+
+def test_unknown_version_and_bad_group_size(tmp_path):
+    path, _ = _write(tmp_path, "v2", random_llama2c_weights())
+    data = bytearray(path.read_bytes())
+    data[4:8] = struct.pack("<i", 3)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="version 3 is not supported"):
+        read_llama2c_header(path)
+    data[4:8] = struct.pack("<i", 2)
+    data[37:41] = struct.pack("<i", 7)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="groups of 7"):
+        read_llama2c_header(path)
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_llama2c(tmp_path / "missing.bin")
+    path, _ = _write(tmp_path, "v1", random_llama2c_weights())
+    with pytest.raises(TypeError, match="dtype must be np.float32 or np.float64"):
+        load_llama2c(path, dtype=np.int32)
+    with pytest.raises(TypeError, match="path must be a file path"):
+        load_llama2c(None)
+
+
+# ----- tokenizer.bin ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sentencepiece_and_bin(tmp_path_factory):
+    from npllama.corpus import make_default_corpus
+
+    folder = tmp_path_factory.mktemp("tok")
+    tokenizer = Tokenizer.train(make_default_corpus()[:300], folder / "sp", vocab_size=400)
+    write_llama2c_tokenizer(folder / "tokenizer.bin", folder / "sp.model")
+    return tokenizer, folder / "tokenizer.bin"
+
+
+TEXTS = ["Once upon a time, Lily had 12 red balls.", "  two  spaces\nand a new line",
+         "naïve café — 日本語 😀 (bytes for unseen characters)", "x", ""]
+
+
+def test_tokenizer_bin_becomes_the_sentencepiece_model_it_came_from(tmp_path, sentencepiece_and_bin):
+    original, bin_path = sentencepiece_and_bin
+    (tmp_path / "converted.model").write_bytes(llama2c_tokenizer_to_sentencepiece(bin_path, 400))
+    converted = Tokenizer(tmp_path / "converted.model")
+    assert (converted.vocab_size, converted.bos_id, converted.eos_id, converted.unk_id) == (400, 1, 2, 0)
+    for text in TEXTS:
+        ids = original.encode(text, bos=True, eos=True)
+        assert converted.encode(text, bos=True, eos=True) == ids
+        assert converted.decode(ids) == text
+    assert [converted.id_to_piece(i) for i in range(400)] == [original.id_to_piece(i) for i in range(400)]
+
+
+def test_tokenizer_bin_checks(tmp_path, sentencepiece_and_bin):
+    _, bin_path = sentencepiece_and_bin
+    pieces, scores = read_llama2c_tokenizer(bin_path)
+    assert len(pieces) == len(scores) == 400 and pieces[1] == b"\n<s>\n"
+    with pytest.raises(CheckpointError, match="holds 400 pieces, but the model's vocabulary has 512"):
+        read_llama2c_tokenizer(bin_path, vocab_size=512)
+    truncated = tmp_path / "cut.bin"
+    truncated.write_bytes(bin_path.read_bytes()[:-1])
+    with pytest.raises(CheckpointError, match="piece 399 .*past the end of the file"):
+        read_llama2c_tokenizer(truncated)
+    with pytest.raises(ValueError, match="vocab_size must be None or a positive integer"):
+        read_llama2c_tokenizer(bin_path, vocab_size=0)
+
+
+# ----- npllama convert llama2c --------------------------------------------------------------------
+
+def test_convert_writes_a_folder_generate_runs(tmp_path, sentencepiece_and_bin, capsys):
+    _, bin_path = sentencepiece_and_bin
+    weights = random_llama2c_weights(vocab_size=400, seq_len=32, shared=False)
+    checkpoint, _ = _write(tmp_path, "legacy", weights)
+    out = tmp_path / "hf"
+    assert main(["convert", "llama2c", str(checkpoint), "--tokenizer", str(bin_path), "--out", str(out)]) == 0
+    assert "legacy float32" in capsys.readouterr().out
+    assert (out / "tokenizer.model").is_file()
+    reloaded = Llama.from_pretrained(out, dtype=np.float64)
+    np.testing.assert_allclose(reloaded.forward(np.array([TOKENS]))[0], run_c_forward(weights, TOKENS),
+                               atol=1e-10)
+    assert main(["generate", "--model", str(out), "--prompt", "Once upon", "--max-new-tokens", "5",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("Once upon")
+
+
+def test_convert_api_and_tokenizer_beside_the_checkpoint(tmp_path, sentencepiece_and_bin, capsys):
+    original, bin_path = sentencepiece_and_bin
+    checkpoint, _ = _write(tmp_path, "v2", random_llama2c_weights(vocab_size=400))
+    (tmp_path / "tokenizer.bin").write_bytes(bin_path.read_bytes())
+    assert main(["convert", "llama2c", str(checkpoint), "--out", str(tmp_path / "a")]) == 0
+    assert Tokenizer(tmp_path / "a" / "tokenizer.model").encode(TEXTS[0]) == original.encode(TEXTS[0])
+    convert_llama2c(checkpoint, tmp_path / "b", tokenizer=original.path)  # a .model is copied
+    assert (tmp_path / "b" / "tokenizer.model").read_bytes() == original.model_bytes
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["convert", "llama2c", "/no/such.bin", "--out", "x"], "is not a file"),
+    (["convert", "llama2c", "{ckpt}", "--out", "{tmp}"], "exists and is not empty; pass --force"),
+    (["convert", "llama2c", "{ckpt}", "--out", "{tmp}/o", "--tokenizer", "/no/tok.bin"], "is not a file"),
+    (["convert", "llama2c", "{tmp}", "--out", "{tmp}/o"], "is not a file"),
+    (["convert", "llama2c", "{gguf}", "--out", "{tmp}/o"], "not a llama2.c checkpoint: '"),
+    (["convert", "llama2c", "{cut}", "--out", "{tmp}/o"], "truncated, or not a llama2.c checkpoint"),
+])
+def test_convert_mistakes_are_one_line(tmp_path, argv, match, capsys):
+    checkpoint, _ = _write(tmp_path, "v1", random_llama2c_weights())
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(100))
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(checkpoint.read_bytes()[:-1])
+    argv = [a.format(ckpt=checkpoint, tmp=tmp_path, gguf=gguf, cut=cut) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1
+    if "gguf" in argv[2]:
+        assert "is a GGUF file (llama.cpp's format)" in err
+
+
+def test_mutated_headers_load_or_raise_checkpoint_error(tmp_path, robustness_count):
+    """Seeded fuzz: random header bytes and cuts give a model or a CheckpointError, nothing else."""
+    import random
+
+    rng = random.Random(0)
+    originals = {}
+    for fmt in WRITERS:
+        path, _ = _write(tmp_path, fmt, random_llama2c_weights(shared=fmt != "v1"))
+        originals[fmt] = path.read_bytes()
+    path, outcomes = tmp_path / "mutant.bin", {"loaded": 0, "refused": 0}
+    for _ in range(200):
+        data = bytearray(originals[rng.choice(list(originals))])
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(48)
+            value = rng.choice([0, -1, 1, 3, 7, 64, 2**31 - 1, -2**31, rng.randrange(2**32) - 2**31])
+            data[at:at + 4] = struct.pack("<i", value)
+        if rng.random() < 0.2:
+            data = data[:rng.randrange(len(data))]
+        path.write_bytes(bytes(data))
+        try:
+            load_llama2c(path)
+            outcomes["loaded"] += 1
+        except CheckpointError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 100
+    robustness_count(f"llama2.c checkpoints: mutated headers ({outcomes['refused']} refused, "
+                     f"{outcomes['loaded']} loaded)", 200)
+
+
+def test_from_pretrained_reads_a_llama2c_file_and_names_other_files(tmp_path):
+    from npllama.io.llama2c import read_llama2c
+
+    path = tmp_path / "model.bin"
+    write_legacy(path, random_llama2c_weights())
+    model = Llama.from_pretrained(path, dtype=np.float64)
+    config, params = read_llama2c(path, dtype=np.float64)
+    assert model.config == config
+    for name, value in params.items():
+        np.testing.assert_array_equal(model.params[name], value)
+    (tmp_path / "notes.gguf").write_bytes(b"GGUF" + bytes(60))
+    with pytest.raises(FileNotFoundError, match="GGUF"):
+        Llama.from_pretrained(tmp_path / "notes.gguf")

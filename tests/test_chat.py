@@ -1,0 +1,116 @@
+"""Chat templates: the built-in LLaMA-2/3 formats, a folder's own Jinja template, rendered as
+transformers renders it, and used by `finetune sft` and `generate --chat`."""
+import json
+import shutil
+
+import pytest
+
+from npllama.chat import LLAMA2_TEMPLATE, LLAMA3_TEMPLATE, ChatTemplate, read_folder_template
+from npllama.finetune import encode_chat
+from npllama.runs import load_tokenizer
+
+QUESTION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Why? "}]
+
+
+def test_llama2_format():
+    template = ChatTemplate("llama2")
+    assert template.render(QUESTION) == "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n Why? [/INST]"
+    conversation = QUESTION + [{"role": "assistant", "content": "Because."}, {"role": "user", "content": "Ok"}]
+    assert template.render(conversation) == ("<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n Why? [/INST] Because. </s>"
+                                             "<s>[INST] Ok [/INST]")
+    assert template.prompt("Hi") == "<s>[INST] Hi [/INST]"
+
+
+def test_llama3_format():
+    template = ChatTemplate("llama3", bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
+    assert template.render(QUESTION) == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nWhy?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert template.render(QUESTION, add_generation_prompt=False).endswith("Why?<|eot_id|>")
+    assert template.end_of_turn == "<|eot_id|>"
+
+
+def test_folder_template_wins_and_is_found_in_either_file(tmp_path, small_model_dir):
+    tokenizer = load_tokenizer(small_model_dir)
+    assert ChatTemplate.for_folder(small_model_dir, tokenizer).name == "llama2"   # none of its own
+    folder = tmp_path / "m"
+    shutil.copytree(small_model_dir, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    template = ChatTemplate.for_folder(folder, tokenizer)
+    assert template.name == "custom" and template.render(QUESTION) == "<system>Be brief.<user> Why? "
+    (folder / "chat_template.jinja").write_text("{{ bos_token }}{{ messages[-1]['content'] }}")
+    assert ChatTemplate.for_folder(folder, tokenizer).render(QUESTION) == "<s> Why? "
+    assert ChatTemplate.for_folder(folder, tokenizer, name="llama3").name == "llama3"
+    config["chat_template"] = [{"name": "tool_use", "template": "x"}, {"name": "default", "template": "y"}]
+    (folder / "chat_template.jinja").unlink()
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    assert read_folder_template(folder) == "y"
+
+
+def test_bad_messages_and_templates_are_refused():
+    with pytest.raises(ValueError, match="alternate"):
+        ChatTemplate("llama2").render([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+    with pytest.raises(ValueError, match=r"messages\[0\]\['role'\]"):
+        ChatTemplate("llama2").render([{"role": "robot", "content": "a"}])
+    with pytest.raises(TypeError, match="non-empty list"):
+        ChatTemplate("llama2").render([])
+    with pytest.raises(ValueError, match="not valid Jinja"):
+        ChatTemplate("{% for %}")
+    with pytest.raises(ValueError, match="chat template failed"):   # the sandbox: no way into Python
+        ChatTemplate("{{ ''.__class__.__mro__[1].__subclasses__() }}").render(QUESTION)
+
+
+def test_same_text_as_transformers_apply_chat_template(tmp_path, small_model_dir):
+    transformers = pytest.importorskip("transformers")
+    tokenizer = load_tokenizer(small_model_dir)
+    for name, source in (("llama2", LLAMA2_TEMPLATE), ("llama3", LLAMA3_TEMPLATE)):
+        folder = tmp_path / name
+        folder.mkdir()
+        for file, data in tokenizer.hf_files(chat_template=source).items():
+            (folder / file).write_bytes(data)
+        hf = transformers.AutoTokenizer.from_pretrained(str(folder))
+        ours = ChatTemplate.for_folder(folder, tokenizer)
+        conversation = QUESTION + [{"role": "assistant", "content": "Fine."}, {"role": "user", "content": "Go on"}]
+        for messages in (QUESTION, conversation, QUESTION[1:]):
+            text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            assert ours.render(messages) == text
+            assert tokenizer.encode(text, bos=False) == hf(text, add_special_tokens=False)["input_ids"]
+
+
+def test_sft_encoding_uses_the_template_and_counts_the_answer(small_model_dir):
+    tokenizer = load_tokenizer(small_model_dir)
+    ids, counted = encode_chat(tokenizer, "Write a story.", "Lily ran.")
+    prompt = tokenizer.encode("<s>[INST] Write a story. [/INST]", bos=False)
+    assert ids[:len(prompt)] == prompt and ids[0] == tokenizer.bos_id and ids[-1] == tokenizer.eos_id
+    assert counted == [False] * len(prompt) + [True] * (len(ids) - len(prompt))
+    assert tokenizer.decode([i for i, c in zip(ids, counted) if c]).strip() == "Lily ran."
+    custom = ChatTemplate("{{ bos_token }}Q: {{ messages[0]['content'] }}\nA:{% if not add_generation_prompt %}"
+                          " {{ messages[1]['content'] }}{% endif %}")
+    ids, counted = encode_chat(tokenizer, "hi", "ok", template=custom)
+    assert tokenizer.decode(ids) == "Q: hi\nA: ok" and ids[-1] == tokenizer.eos_id   # EOS added: the template has none
+    assert tokenizer.decode([i for i, c in zip(ids, counted) if c]).strip() == "ok"
+
+
+def test_sft_saves_the_template_it_trained_with(small_model_dir, tmp_path, capsys):
+    from npllama.cli import main
+    from npllama.finetune import SFTConfig, sft
+
+    out = tmp_path / "sft"
+    sft(SFTConfig(base=str(small_model_dir), steps=1, samples=0, progress=False, max_len=129,
+                  chat_template="llama3", out=str(out)), echo=lambda *_: None)
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == LLAMA3_TEMPLATE
+    tokenizer = load_tokenizer(out)
+    template = ChatTemplate.for_folder(out, tokenizer)
+    assert template.render(QUESTION[1:]).startswith("<s><|start_header_id|>user")
+    # generate --chat formats with the folder's template: the same ids as rendering it here
+    from npllama.generate import generate
+    from npllama.runs import load_model_and_tokenizer
+
+    model, _, _ = load_model_and_tokenizer(out)
+    prompt = tokenizer.encode(template.prompt("Hi"), bos=False)
+    expected = generate(model, prompt, 5, temperature=0, eos_id=template.stop_ids(tokenizer))
+    assert main(["generate", "--model", str(out), "--chat", "--prompt", "Hi", "--max-new-tokens", "5",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == tokenizer.decode(expected[len(prompt):]) + "\n"

@@ -1,0 +1,113 @@
+"""The math travels with the package: derivations as package data, `npllama explain`, the starter
+file's quoted derivation and rule, and the exercise notebook."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import npllama
+from npllama.exercises import EXERCISES, starter_source
+from npllama.exercises.derivation import available, backward_sections, explain_text, latex_to_text, to_text
+from npllama.exercises.notebook import notebook_json, write_notebook
+
+
+def test_latex_becomes_readable_text():
+    assert latex_to_text(r"\frac{1}{\sqrt{\mathrm{var} + \mathrm{eps}}}") == "1/sqrt(var + eps)"
+    assert latex_to_text(r"\mathrm{dx} = \mathrm{rstd}\,(\mathrm{dxhat} - \mathrm{xhat}\odot\mathrm{m})") == \
+        "dx = rstd (dxhat - xhat*m)"
+    assert latex_to_text(r"\sum_{j} x_j^2") == "sum_j x_j^2"
+    assert latex_to_text(r"\mathrm{scale}\sum_j") == "scale sum_j"
+    text = to_text("Given $\\mathrm{dy}$:\n\n$$\\mathrm{dx} = \\frac{a}{b}$$\n\nand **bold** `code`.")
+    assert text == "Given dy:\n\n    dx = a/b\n\nand bold code.\n"
+
+
+def test_every_exercise_has_a_derivation_with_a_backward_section():
+    names = available()
+    assert {"adamw", "transformer_block"} <= set(names)
+    for op, ex in EXERCISES.items():
+        sections = backward_sections(ex.derivation)
+        assert sections, op
+        text = explain_text(ex.derivation, backward_only=True)
+        assert "$" not in text and "\\frac" not in text and "\\mathrm" not in text, op
+
+
+def test_explain_command(capsys):
+    from npllama.cli import main
+
+    assert main(["explain", "rmsnorm", "--backward"]) == 0
+    out = capsys.readouterr().out
+    assert "Backward, step by step" in out and "dx = rstd (dxhat - xhat·mean(dxhat*xhat))" in out
+    assert main(["explain", "swiglu_act"]) == 0          # an exercise's name finds its derivation
+    assert "SwiGLU" in capsys.readouterr().out
+    assert main(["explain"]) == 0 and "transformer_block" in capsys.readouterr().out
+    assert main(["explain", "nope"]) == 2
+    assert "unknown op or derivation 'nope'" in capsys.readouterr().err
+
+
+def test_starter_quotes_the_backward_section_and_states_the_rule(tmp_path, capsys, monkeypatch):
+    source = starter_source("layernorm")
+    assert "# ----- the math you need" in source and "# Backward, step by step" in source
+    assert "The rule:" in source and "differentiate it numerically is refused" in source
+    compile(source, "layernorm_backward.py", "exec")
+    from npllama.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["exercise", "start", "softmax"]) == 0
+    out = capsys.readouterr().out
+    assert "The math you need (derivations/softmax.md)" in out and "dx = p*(dp - sum_(last axis)(dp* p))" in out
+
+
+def test_notebook_has_derivation_starter_and_check(tmp_path):
+    notebook = notebook_json("rmsnorm")
+    assert notebook["nbformat"] == 4
+    kinds = [c["cell_type"] for c in notebook["cells"]]
+    assert kinds == ["markdown", "markdown", "code", "code"]
+    assert "## Backward, step by step" in "".join(notebook["cells"][1]["source"])
+    assert "def rmsnorm_backward(dy, cache):" in "".join(notebook["cells"][2]["source"])
+    assert "check_function('rmsnorm', rmsnorm_backward)" in "".join(notebook["cells"][3]["source"])
+    path = write_notebook("rmsnorm", tmp_path / "class")
+    assert path == tmp_path / "class" / "rmsnorm_backward.ipynb"
+    assert json.loads(path.read_text())["cells"][2]["cell_type"] == "code"
+    with pytest.raises(FileExistsError, match="--force"):
+        write_notebook("rmsnorm", path)
+    namespace = {}           # the starter cell runs, and the check cell reports "not implemented"
+    exec("".join(notebook["cells"][2]["source"]), namespace)
+    exec("".join(notebook["cells"][3]["source"]).replace("print(", "report = ("), namespace)
+    assert "not implemented yet" in namespace["report"]
+
+
+def test_notebook_is_valid_nbformat(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    path = write_notebook("attention", tmp_path / "a.ipynb")
+    nbformat.validate(nbformat.read(str(path), as_version=4))
+
+
+def test_derivations_are_package_data_of_the_build(tmp_path):
+    """setup.py copies derivations/*.md into the built package as npllama/derivations/."""
+    root = Path(npllama.__file__).resolve().parents[1]
+    if not (root / "setup.py").is_file() or not (root / "derivations").is_dir():
+        pytest.skip("not a source checkout")
+    run = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)],
+                         cwd=root, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    shipped = sorted(p.name for p in (tmp_path / "npllama" / "derivations").glob("*.md"))
+    assert shipped == sorted(p.name for p in (root / "derivations").glob("*.md"))
+    assert (tmp_path / "npllama" / "exercises" / "catalogue.py").is_file()
+
+
+def test_starter_quotes_the_ops_own_cache_type():
+    """The cache is described once, by the op's NamedTuple: the starter quotes its fields."""
+    import inspect
+
+    from npllama.ops.attention import AttentionCache
+
+    for op in EXERCISES:
+        assert "CACHE" not in starter_source(op), op
+    text = starter_source("attention")
+    assert "AttentionCache, the named tuple attention_forward returns" in text
+    for field in AttentionCache._fields:
+        assert f"{field}: " in text
+    assert "attn_probs: np.ndarray   # (B, H, T, S)" in inspect.getsource(AttentionCache) and \
+        "attn_probs: np.ndarray   # (B, H, T, S)" in text

@@ -1,0 +1,64 @@
+"""`npllama exercise train`: the student's backward, put in place with npllama.use_op, trains the
+tiny model; a correct one gives the library's loss curve, a wrong one does not."""
+import pytest
+
+import npllama.backend
+from npllama.exercises.planted import CORRECT
+from npllama.exercises.training import ascii_chart, train_with_submission, verdict_of
+
+needs_use_op = pytest.mark.skipif(not hasattr(npllama.backend, "use_op"), reason="npllama.use_op not merged yet")
+SMALL = dict(steps=6, batch_size=2, seq_len=16, corpus_stories=300, progress=False)
+
+MISSING_TERM = """import numpy as np
+
+
+def rmsnorm_backward(dy, cache):
+    x, rstd, weight = cache
+    dx = rstd * dy * weight
+    return dx, np.sum((dy * x * rstd).reshape(-1, x.shape[-1]), axis=0)
+"""
+
+
+@needs_use_op
+def test_correct_and_wrong_backwards_train_the_tiny_model(tmp_path):
+    right = tmp_path / "right.py"
+    right.write_text(CORRECT["rmsnorm"])
+    same = train_with_submission("rmsnorm", right, out=tmp_path / "a", echo=lambda *a: None, **SMALL)
+    assert same.ok and "exactly as the library's" in same.verdict
+    assert len(same.reference) == len(same.yours) == 6
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text(MISSING_TERM)
+    differs = train_with_submission("rmsnorm", wrong, out=tmp_path / "b", echo=lambda *a: None, **SMALL)
+    assert not differs.ok and differs.reference == same.reference
+    assert differs.yours[0] == same.yours[0] and differs.yours[-1] != same.yours[-1]   # same start, other path
+    assert "R" in differs.format() and "verdict:" in differs.format()
+
+
+@needs_use_op
+def test_a_crashing_backward_stops_its_run_not_the_command(tmp_path):
+    path = tmp_path / "crash.py"
+    path.write_text("def rmsnorm_backward(dy, cache):\n    raise RuntimeError('not yet')\n")
+    result = train_with_submission("rmsnorm", path, out=tmp_path / "c", echo=lambda *a: None, **SMALL)
+    assert not result.ok and "RuntimeError: not yet" in result.stopped and result.yours == []
+
+
+def test_refusals_and_bad_arguments(tmp_path):
+    path = tmp_path / "reexport.py"
+    path.write_text("from npllama.ops.rmsnorm import rmsnorm_backward  # noqa\n")
+    with pytest.raises(Exception, match="refused"):
+        train_with_submission("rmsnorm", path, **SMALL)
+    with pytest.raises(ValueError, match="not part of the model's pre-training"):
+        train_with_submission("layernorm", path, **SMALL)
+    with pytest.raises(ValueError, match="steps must be an int >= 2"):
+        train_with_submission("rmsnorm", path, **{**SMALL, "steps": 1})
+
+
+def test_verdicts_and_chart():
+    ref = [5.0, 4.0, 3.0, 2.5]
+    assert verdict_of(ref, ref, 4, "")[0]
+    ok, text = verdict_of(ref, [5.0, 4.9, 4.95, 5.0], 4, "")
+    assert not ok and "does not learn" in text
+    ok, text = verdict_of(ref, [5.0, 4.2], 4, "FloatingPointError")
+    assert not ok and "stopped after 2 of 4" in text
+    chart = ascii_chart(ref, [5.0, 4.5, 4.0, 3.5], width=8, height=4)
+    assert chart[0].strip().startswith("5.000") and "*" in chart[0] and "Y" in "".join(chart)

@@ -1,0 +1,63 @@
+"""When one CPU is not enough: a saved npllama model trained further by transformers + accelerate
+on 2 CPU processes (npllama/hf_train.py), then loaded back in npllama with transformers' logits."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from npllama import Llama, LlamaConfig
+from npllama.corpus import make_default_corpus
+from npllama.hf_train import main
+from npllama.tokenizer import Tokenizer
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--model", "{tmp}", "--data", "{tmp}", "--out", "o"], "has no config.json"),
+    (["--model", "{tmp}", "--data", "{tmp}", "--out", "o", "--steps", "0"], "--steps must be at least 1"),
+    (["--model", "{tmp}", "--data", "{tmp}", "--out", "o", "--lr", "nan"], "--lr must be positive"),
+])
+def test_mistakes_are_one_line_before_torch_is_imported(tmp_path, argv, match):
+    with pytest.raises(SystemExit, match=match):
+        main([a.format(tmp=tmp_path) for a in argv])
+
+
+def test_two_processes_train_and_npllama_reloads_the_result(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    stories = make_default_corpus()[:200]
+    tokenizer = Tokenizer.train(stories, tmp_path / "sp", vocab_size=400)
+    corpus = tmp_path / "stories.txt"
+    corpus.write_text("\n\n".join(stories), encoding="utf-8")
+    config = LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    start = Llama(config, seed=0)
+    start.save_pretrained(tmp_path / "start", extra_files={"tokenizer.model": tokenizer.model_bytes})
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "npllama.hf_train", "--model", str(tmp_path / "start"), "--data", str(corpus),
+               "--out", str(tmp_path / "trained"), "--steps", "4", "--batch-size", "2", "--seq-len", "32",
+               "--lr", "1e-2", "--log-every", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step 4/4" in result.stdout and "2 processes" in result.stdout
+
+    record = json.loads((tmp_path / "trained" / "hf_train.json").read_text())
+    assert record["num_processes"] == 2 and record["steps"] == 4 and len(record["losses"]) == 4
+    assert record["losses"][-1] < record["losses"][0]  # lr 1e-2 on a random init: it learns at once
+
+    trained = Llama.from_pretrained(tmp_path / "trained", dtype=np.float32)
+    moved = [name for name in start.params if not np.allclose(trained.params[name], start.params[name])]
+    assert len(moved) == len(start.params)  # every tensor was trained (and saved, and read back)
+
+    tokens = np.array([tokenizer.encode("Once upon a time, Lily had a red ball.")])
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "trained").float().eval()
+    with torch.no_grad():
+        expected = hf(torch.from_numpy(tokens)).logits.numpy()
+    np.testing.assert_allclose(trained.forward(tokens), expected, rtol=0, atol=1e-4)
+    assert Tokenizer(tmp_path / "trained" / "tokenizer.model").model_bytes == tokenizer.model_bytes

@@ -1,0 +1,181 @@
+"""The tokenizer travels with a model folder: transformers reads it with the same ids, folders with
+only a tokenizer.json load, padded embeddings are accepted, control pieces encode as their ids."""
+import json
+import sys
+import warnings
+
+import pytest
+
+from npllama import Llama, LlamaConfig
+from npllama.corpus import make_default_corpus
+from npllama.runs import load_model_and_tokenizer, load_tokenizer
+from npllama.tokenizer import Tokenizer
+
+VOCAB = 400
+TEXTS = ["Once upon a time, Lily saw a red ball.", "two\nlines\n\nand  double  spaces", "digits 12345 and 7",
+         "naïve café 日本 ☃ 🙂", "", " ", "\n", " leading space", "\tTab", "Tom said: \"Hi!\"",
+         "[INST] Hello [/INST] Hi there</s>", "<s>[INST]x[/INST] y", "a</s>b", "[INST]\nfoo", "end with space ",
+         "<unk> is text", "ｆｕｌｌ ½ ﬁ"]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    """A small LLaMA-style tokenizer with Mistral-v3-like control pieces [INST] and [/INST]."""
+    texts = make_default_corpus(300, seed=0) + ["naïve café 2024"]
+    return Tokenizer.train(texts, tmp_path_factory.mktemp("tok") / "t", VOCAB,
+                           control_symbols=["[INST]", "[/INST]"])
+
+
+@pytest.fixture(scope="module")
+def folder(tok, tmp_path_factory):
+    """A model folder saved the way npllama saves one: model + tokenizer.model."""
+    path = tmp_path_factory.mktemp("model") / "m"
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    Llama(config, seed=0).save_pretrained(path, extra_files={"tokenizer.model": tok.model_bytes})
+    return path
+
+
+# ----- control pieces ---------------------------------------------------------------------------
+def test_control_pieces_encode_as_their_ids(tok):
+    inst, end = tok.piece_to_id("[INST]"), tok.piece_to_id("[/INST]")
+    assert tok.control_pieces["[INST]"] == inst and tok.control_pieces["</s>"] == tok.eos_id
+    ids = tok.encode("[INST] Hello [/INST] Hi", bos=True)
+    assert ids[:2] == [tok.bos_id, inst] and end in ids
+    assert ids.count(inst) == 1
+    # the text between the pieces is encoded as SentencePiece encodes it alone (llama.cpp, mistral-common)
+    assert ids[2:ids.index(end)] == tok.encode(" Hello ", bos=False)
+    assert tok.encode("a</s>", bos=False)[-1] == tok.eos_id
+    assert tok.encode_batch(TEXTS) == [tok.encode(t) for t in TEXTS]
+
+
+def test_text_without_control_pieces_is_sentencepieces(tok):
+    import sentencepiece as spm
+
+    raw = spm.SentencePieceProcessor(model_proto=tok.model_bytes)
+    for text in TEXTS[:6]:
+        assert tok.encode(text) == raw.encode(text, add_bos=True)
+
+
+# ----- a larger embedding than the vocabulary -------------------------------------------------------
+def test_padded_embedding_is_accepted_with_a_warning(tok):
+    with pytest.warns(UserWarning, match=r"464 rows.*vocab_size 400.*64 extra rows"):
+        tok.check_vocab(VOCAB + 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tok.check_vocab(VOCAB)
+    with pytest.raises(ValueError, match="vocab_size 400 but the model has vocab_size 300"):
+        tok.check_vocab(300)
+
+
+def test_a_padded_model_loads_and_generates_only_real_ids(tok, tmp_path):
+    config = LlamaConfig(vocab_size=VOCAB + 64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    model = Llama(config, seed=0)
+    model.params["lm_head.weight"][VOCAB:] += 50.0   # the padding rows would win every argmax
+    model.save_pretrained(tmp_path / "padded", extra_files={"tokenizer.model": tok.model_bytes})
+    with pytest.warns(UserWarning, match="extra rows"):
+        model, tokenizer, _ = load_model_and_tokenizer(tmp_path / "padded")
+    from npllama.generate import generate
+
+    ids = generate(model, tokenizer.encode("Once"), 8, temperature=0.0, vocab_size=tokenizer.vocab_size)
+    assert max(ids) < VOCAB
+    tokenizer.decode(ids)
+
+
+# ----- saved folders describe their tokenizer ------------------------------------------------------
+def test_saved_folder_has_tokenizer_config(folder, tok):
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    special = json.loads((folder / "special_tokens_map.json").read_text())
+    assert special == {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    assert config["add_bos_token"] is True and config["add_eos_token"] is False
+    assert config["model_max_length"] == 64 and config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert (folder / "tokenizer.json").is_file() and (folder / "tokenizer.model").is_file()
+    assert config["added_tokens_decoder"][str(tok.piece_to_id("[INST]"))]["content"] == "[INST]"
+
+
+def assert_same_as_npllama(tok, texts, encode, decode):
+    for text in texts:
+        ids = tok.encode(text)
+        assert encode(text) == ids, text
+        if tok.unk_id not in ids:   # SentencePiece decodes <unk> as " ⁇ ", transformers as nothing
+            assert decode(ids) == tok.decode(ids), text
+
+
+def stories_and_texts():
+    return TEXTS + make_default_corpus(200, seed=5) + ["  ".join(make_default_corpus(3, seed=6)), "x" * 300]
+
+
+def test_saved_tokenizer_json_gives_npllamas_ids(folder, tok):
+    """Read by the tokenizers library alone: no transformers, no protobuf."""
+    tokenizers = pytest.importorskip("tokenizers")
+    hf = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert_same_as_npllama(tok, stories_and_texts(), lambda text: hf.encode(text).ids, hf.decode)
+
+
+def test_autotokenizer_gives_npllamas_ids(folder, tok):
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoTokenizer.from_pretrained(str(folder))
+    assert_same_as_npllama(tok, stories_and_texts(), lambda text: hf(text)["input_ids"],
+                           lambda ids: hf.decode(ids, skip_special_tokens=True))
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_tokenizer_json_of_other_trainings(model_type, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    texts = make_default_corpus(150, seed=1)
+    other = Tokenizer.train(texts, tmp_path / model_type, 330, model_type=model_type, split_digits=False)
+    hf = tokenizers.Tokenizer.from_str(other.hf_files()["tokenizer.json"].decode())
+    assert_same_as_npllama(other, TEXTS + texts[:50], lambda text: hf.encode(text).ids, hf.decode)
+
+
+def test_folder_with_only_tokenizer_json_loads(folder, tok, tmp_path):
+    """What transformers 5 saves: tokenizer.json and tokenizer_config.json, no tokenizer.model."""
+    pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    saved = tmp_path / "saved"
+    transformers.AutoTokenizer.from_pretrained(str(folder)).save_pretrained(str(saved))
+    (saved / "tokenizer.model").unlink(missing_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        (saved / name).write_bytes((folder / name).read_bytes())
+    model, json_tok, _ = load_model_and_tokenizer(saved)
+    assert type(json_tok).__name__ == "JsonTokenizer"
+    assert (json_tok.bos_id, json_tok.eos_id, json_tok.vocab_size) == (tok.bos_id, tok.eos_id, tok.vocab_size)
+    assert_same_as_npllama(tok, TEXTS, json_tok.encode, json_tok.decode)
+
+
+def test_our_folder_without_tokenizer_model_loads_from_its_tokenizer_json(folder, tok, tmp_path):
+    pytest.importorskip("tokenizers")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for file in folder.iterdir():
+        if file.name != "tokenizer.model":
+            (copy / file.name).write_bytes(file.read_bytes())
+    json_tok = load_tokenizer(copy)
+    assert type(json_tok).__name__ == "JsonTokenizer" and json_tok.vocab_size == tok.vocab_size
+    assert_same_as_npllama(tok, stories_and_texts(), json_tok.encode, json_tok.decode)
+
+
+def test_tokenizer_json_without_the_library_says_how(folder, tmp_path, monkeypatch):
+    (tmp_path / "tokenizer.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    with pytest.raises(ValueError, match=r"tokenizer\.json.*pip install 'npllama\[hf\]'.*tokenizer\.model"):
+        load_tokenizer(tmp_path)
+
+
+def test_folder_without_any_tokenizer_names_both_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer\.model or tokenizer\.json"):
+        load_tokenizer(tmp_path)
+
+
+def test_debug_commands_take_text_with_only_a_tokenizer_json(folder, tok, tmp_path):
+    pytest.importorskip("tokenizers")
+    from npllama import debug
+
+    only_json = tmp_path / "only_json"
+    only_json.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (only_json / name).write_bytes((folder / name).read_bytes())
+    model, _, ids, labels = debug.load_inputs(str(only_json), text="Once upon a time")
+    assert ids == tok.encode("Once upon a time", bos=True, eos=False)
+    assert labels == [tok.id_to_piece(i) for i in ids]

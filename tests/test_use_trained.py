@@ -1,0 +1,207 @@
+"""Using what you trained: `generate` with stops, penalties, chat and adapters; `classify`;
+`eval perplexity`; sampling arguments refused before any work; a closed pipe ends quietly."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import npllama
+from npllama.classify import load_classifier
+from npllama.cli import main
+from npllama.finetune import ClassifyConfig, classify
+from npllama.generate import generate
+from npllama.perplexity import perplexity
+from npllama.runs import load_model_and_tokenizer
+
+TEXT = "Once upon a time, there was a little girl named Lily. She liked to play with her red ball."
+
+
+def run_cli(capsys, *argv):
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+# ----- generate ------------------------------------------------------------------------------------
+def test_generate_prints_a_tokens_per_second_line(small_model_dir, capsys):
+    status, out, err = run_cli(capsys, "generate", "--model", str(small_model_dir), "--prompt", "Once",
+                               "--max-new-tokens", "6", "--temperature", "0")
+    assert status == 0 and out.startswith("Once")
+    assert "tokens/s" in err and "6 tokens in" in err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--temperature", "-1", "--temperature must be a finite number"),
+    ("--top-k", "0", "--top-k must be None or a positive integer"),
+    ("--top-p", "2", "--top-p must be None or a number in (0, 1]"),
+    ("--repetition-penalty", "0", "--repetition-penalty must be a finite number > 0"),
+    ("--max-new-tokens", "0", "--max-new-tokens must be a positive integer"),
+    ("--seed", "-3", "--seed must be None or a non-negative integer"),
+    ("--chat-template", "nope.jinja", "--chat-template 'nope.jinja' is neither llama2 nor llama3"),
+    ("--stop", "", "--stop must not be empty"),
+])
+def test_sampling_arguments_are_checked_before_loading_or_echoing(tmp_path, capsys, flag, value, message):
+    # the model folder does not exist: an error about it would mean the model was loaded first
+    status, out, err = run_cli(capsys, "generate", "--model", str(tmp_path / "missing"), flag, value)
+    assert status == 2 and out == ""
+    assert message in err and "missing" not in err and err.count("\n") == 1
+
+
+def test_stop_string_cuts_the_output(small_model_dir, capsys):
+    base = ["generate", "--model", str(small_model_dir), "--prompt", "Once", "--max-new-tokens", "40",
+            "--temperature", "0"]
+    _, free, _ = run_cli(capsys, *base)
+    continuation = free[len("Once"):].rstrip("\n")
+    stop = continuation[3:5]
+    assert len(stop) == 2
+    _, cut, err = run_cli(capsys, *base, "--stop", stop)
+    assert cut == "Once" + continuation[:continuation.index(stop)] + "\n"
+    new_tokens = int(err.split("[")[1].split()[0])
+    assert new_tokens < 40
+
+
+def test_generate_with_an_adapter_equals_the_merged_model(small_model_dir, tmp_path, capsys):
+    from npllama.lora import attach_lora
+
+    model, tokenizer, _ = load_model_and_tokenizer(small_model_dir)
+    adapters = attach_lora(model, r=4, seed=1)
+    for name, value in adapters.params.items():  # PEFT starts B at zero: make the adapter do something
+        value += 0.5 * np.random.default_rng(len(name)).standard_normal(value.shape).astype(value.dtype)
+    adapters.save_adapter(tmp_path / "adapter")
+    args = ["--prompt", "Once", "--max-new-tokens", "12", "--temperature", "0"]
+    _, with_adapter, _ = run_cli(capsys, "generate", "--model", str(small_model_dir), "--adapter",
+                                 str(tmp_path / "adapter"), *args)
+    _, without, _ = run_cli(capsys, "generate", "--model", str(small_model_dir), *args)
+    adapters.merge()
+    merged = generate(model, tokenizer.encode("Once"), 12, temperature=0, eos_id=tokenizer.eos_id)
+    assert with_adapter == tokenizer.decode(merged) + "\n"
+    assert with_adapter != without
+
+
+def test_chat_wraps_the_prompt_in_the_template(small_model_dir, capsys):
+    model, tokenizer, _ = load_model_and_tokenizer(small_model_dir)
+    prompt = tokenizer.encode("<s>[INST] <<SYS>>\nBe kind.\n<</SYS>>\n\nHi [/INST]", bos=False)
+    expected = generate(model, prompt, 10, temperature=0, eos_id=tokenizer.eos_id)
+    status, out, _ = run_cli(capsys, "generate", "--model", str(small_model_dir), "--prompt", "Hi",
+                             "--system", "Be kind.", "--max-new-tokens", "10", "--temperature", "0")
+    assert status == 0 and out == tokenizer.decode(expected[len(prompt):]) + "\n"
+
+
+def test_a_closed_pipe_ends_quietly(small_model_dir):
+    env = {**os.environ, "PYTHONPATH": str(Path(npllama.__file__).resolve().parents[1])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "npllama", "generate", "--model", str(small_model_dir), "--max-new-tokens", "100",
+         "--num-samples", "30", "--temperature", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    process.stdout.read(5)
+    process.stdout.close()   # like `| head -c 5`
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err
+
+
+# ----- classify ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def classifiers(small_model_dir, tmp_path_factory):
+    """A full classifier folder and a LoRA one, each after a few fine-tuning steps."""
+    out = tmp_path_factory.mktemp("classifiers")
+    quiet = lambda *_: None
+    settings = dict(base=str(small_model_dir), steps=4, batch_size=8, progress=False)
+    full = classify(ClassifyConfig(**settings, out=str(out / "full")), echo=quiet)
+    classify(ClassifyConfig(**settings, lora=True, out=str(out / "lora")), echo=quiet)
+    return out / "full", out / "lora", full.label_names
+
+
+def test_a_classifier_folder_loads_and_predicts(classifiers):
+    full, _, names = classifiers
+    clf = load_classifier(full)
+    assert clf.label_names == names
+    texts = ["I loved this story, it was wonderful.", "This was awful and boring.", "ok"]
+    probs = clf.probabilities(texts)
+    assert probs.shape == (3, len(names)) and np.allclose(probs.sum(1), 1)
+    assert clf.predict(texts) == [names[i] for i in probs.argmax(1)]
+    # batching and padding do not change a text's scores
+    np.testing.assert_allclose(clf.logits(texts, batch_size=1), clf.logits(texts, batch_size=3), atol=1e-5)
+
+
+def test_classify_cli_with_a_folder_and_with_an_adapter(classifiers, small_model_dir, capsys, tmp_path):
+    full, lora, names = classifiers
+    status, out, _ = run_cli(capsys, "classify", "--model", str(full), "--text", "I loved it.", "--text", "Bad.")
+    assert status == 0 and len(out.splitlines()) == 2
+    expected = load_classifier(full).predict(["I loved it.", "Bad."])
+    assert [line.split()[0] for line in out.splitlines()] == expected
+    texts = tmp_path / "texts.txt"
+    texts.write_text("Great fun.\n\nTerrible.\n")
+    status, out, _ = run_cli(capsys, "classify", "--model", str(small_model_dir), "--adapter", str(lora),
+                             "--file", str(texts), "--json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert status == 0 and [r["text"] for r in rows] == ["Great fun.", "Terrible."]
+    assert set(rows[0]["probabilities"]) == set(names)
+    assert rows[0]["label"] == load_classifier(small_model_dir, adapter=lora).predict(["Great fun."])[0]
+
+
+def test_classify_refuses_a_language_model_folder(small_model_dir, capsys):
+    status, _, err = run_cli(capsys, "classify", "--model", str(small_model_dir), "--text", "hi")
+    assert status == 2 and "score.weight" in err and "npllama generate" in err
+
+
+def test_classifier_logits_match_transformers(classifiers):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    full, _, _ = classifiers
+    clf = load_classifier(full, dtype=np.float64)
+    reference = transformers.LlamaForSequenceClassification.from_pretrained(str(full), dtype=torch.float64).eval()
+    ids = clf.tokenizer.encode("What a lovely red ball.")
+    with torch.no_grad():
+        expected = reference(torch.tensor([ids])).logits.numpy()
+    np.testing.assert_allclose(clf.logits(["What a lovely red ball."]), expected, rtol=1e-5, atol=1e-6)
+
+
+# ----- perplexity --------------------------------------------------------------------------------------
+def test_perplexity_is_exp_of_the_mean_next_token_loss(small_model_dir):
+    model, tokenizer, _ = load_model_and_tokenizer(small_model_dir, dtype=np.float64)
+    ids = tokenizer.encode(TEXT)
+    logits = model.forward(np.asarray([ids[:-1]]))[0]
+    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    expected = -log_probs[np.arange(len(ids) - 1), ids[1:]].mean()
+    result = perplexity(model, tokenizer, TEXT)
+    assert result.tokens == len(ids) - 1 and result.windows == 1
+    assert result.mean_loss == pytest.approx(expected, rel=1e-10)
+    assert result.perplexity == pytest.approx(math.exp(expected), rel=1e-10)
+    # windows of 8 tokens: each predicts from its own window only
+    windowed = perplexity(model, tokenizer, TEXT, context=8, batch_size=2)
+    losses = [model.loss(np.asarray([ids[s:s + 8]])[:, :len(ids[s + 1:s + 9])], np.asarray([ids[s + 1:s + 9]]))
+              * len(ids[s + 1:s + 9]) for s in range(0, len(ids) - 1, 8)]
+    assert windowed.tokens == len(ids) - 1 and windowed.windows == len(losses)
+    assert windowed.mean_loss == pytest.approx(sum(losses) / (len(ids) - 1), rel=1e-10)
+
+
+def test_eval_perplexity_cli(small_model_dir, tmp_path, capsys):
+    data = tmp_path / "held_out.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    status, out, _ = run_cli(capsys, "eval", "perplexity", "--model", str(small_model_dir), "--data", str(data),
+                             "--no-progress")
+    model, tokenizer, _ = load_model_and_tokenizer(small_model_dir)
+    result = perplexity(model, tokenizer, TEXT)
+    assert status == 0 and f"{result.tokens:,} tokens" in out and f"perplexity {result.perplexity:.3f}" in out
+    status, _, err = run_cli(capsys, "eval", "perplexity", "--model", str(small_model_dir), "--data",
+                             str(tmp_path / "nope.txt"))
+    assert status == 2 and "cannot read --data" in err
+    status, _, err = run_cli(capsys, "eval", "perplexity", "--model", str(small_model_dir), "--data", str(data),
+                             "--context", "1000")
+    assert status == 2 and "--context 1000" in err
+
+
+def test_perplexity_bad_input(small_model_dir):
+    model, tokenizer, _ = load_model_and_tokenizer(small_model_dir)
+    with pytest.raises(ValueError, match="context must be an int in"):
+        perplexity(model, tokenizer, TEXT, context=1)
+    with pytest.raises(ValueError, match="at least two tokens"):
+        perplexity(model, tokenizer, "")
+    with pytest.raises(TypeError, match="text must be a str"):
+        perplexity(model, tokenizer, [1, 2])

@@ -123,15 +123,14 @@ def export_llama2c(model, path) -> None:
     hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size -- negative: a separate classifier --
     and seq_len), then float32 weights in run.c's order.  q and k rows are permuted from
     Hugging Face's rotate-half RoPE layout to Meta's interleaved pairs, which run.c rotates."""
+    from npllama.io.rotary_layout import half_split_to_interleaved
+
     cfg, p = model.config, model.params
     H, KVH, hd, L = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.num_hidden_layers
 
-    def to_interleaved(w, heads):                 # llama2.c's export.py permute_reverse
-        return w.reshape(heads, 2, hd // 2, -1).transpose(0, 2, 1, 3).reshape(heads * hd, -1)
-
     def layers(name, heads=None):
-        return [to_interleaved(p[f"model.layers.{i}.{name}"], heads) if heads else p[f"model.layers.{i}.{name}"]
-                for i in range(L)]
+        return [half_split_to_interleaved(p[f"model.layers.{i}.{name}"], heads) if heads
+                else p[f"model.layers.{i}.{name}"] for i in range(L)]
 
     shared = cfg.tie_word_embeddings
     header = np.array([cfg.hidden_size, cfg.intermediate_size, L, H, KVH,

@@ -76,31 +76,28 @@ def test_bench_decode_reports_prefill_first_token_and_steady_rate(tmp_path):
         assert v["first_token_s"]["median"] > v["prefill_s"]["median"], label   # prefill is part of it
 
 
-def test_a_model_exported_for_llama2c_has_its_layout(tmp_path):
+@pytest.mark.parametrize("tie", [False, True])
+def test_a_model_exported_for_llama2c_reads_back_as_the_same_model(tmp_path, tie):
     import numpy as np
 
     sys.path.insert(0, str(BENCHMARKS))
     from bench_decode import export_llama2c
 
     from npllama import Llama, LlamaConfig
+    from npllama.io.llama2c import read_llama2c
 
     config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8)
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8,
+                         tie_word_embeddings=tie)
     model = Llama(config, seed=0, dtype=np.float32)
     export_llama2c(model, tmp_path / "m.bin")
-    raw = (tmp_path / "m.bin").read_bytes()
-    assert list(np.frombuffer(raw[:28], dtype=np.int32)) == [16, 24, 2, 4, 2, -40, 8]   # -40: own classifier
-    weights = np.frombuffer(raw[28:], dtype=np.float32)
-    hd = 4
-    expected = model.num_parameters() + 8 * hd   # + the two unused RoPE tables run.c skips
-    assert weights.size == expected
-    np.testing.assert_array_equal(weights[:40 * 16], model.params["model.embed_tokens.weight"].ravel())
-    np.testing.assert_array_equal(weights[-40 * 16:], model.params["lm_head.weight"].ravel())
-    # q rows: each head's rotate-half pairs (i, i + hd/2) become adjacent (Meta's layout)
-    q = model.params["model.layers.0.self_attn.q_proj.weight"]
-    q_exported = weights[40 * 16 + 2 * 16:][:16 * 16].reshape(16, 16)
-    np.testing.assert_array_equal(q_exported[0], q[0])
-    np.testing.assert_array_equal(q_exported[1], q[hd // 2])
+    header = np.frombuffer((tmp_path / "m.bin").read_bytes()[:28], dtype=np.int32)
+    assert list(header) == [16, 24, 2, 4, 2, 40 if tie else -40, 8]      # negative: its own classifier
+    read_config, params = read_llama2c(tmp_path / "m.bin")   # the project's reader: q and k permuted back
+    assert read_config.tie_word_embeddings == tie
+    assert set(params) == set(model.params)
+    for name, value in model.params.items():
+        np.testing.assert_array_equal(params[name], value, err_msg=name)
 
 
 @pytest.mark.parametrize("script, args, key", [

@@ -33,7 +33,10 @@ _threads_from_argv()
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# Which npllama a benchmark process imports: this checkout's, or another one's (an older commit,
+# to check that speed did not fall) when the parent sets NPLLAMA_BENCH_SOURCE for a child.
+SOURCE_ENV = "NPLLAMA_BENCH_SOURCE"
+sys.path.insert(0, os.environ.get(SOURCE_ENV) or str(ROOT))
 
 from npllama import LlamaConfig  # noqa: E402
 
@@ -44,6 +47,10 @@ CONFIGS = {
                  batch=16, seq=128),
     "s15m": dict(config=dict(vocab_size=32000, hidden_size=288, intermediate_size=768, num_hidden_layers=6,
                              num_attention_heads=6, num_key_value_heads=6, max_position_embeddings=256),
+                 batch=4, seq=256),
+    # llama2.c's stories42M shape (its context is 1024; the step is timed at the s15m batch)
+    "m42m": dict(config=dict(vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
+                             num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024),
                  batch=4, seq=256),
 }
 
@@ -99,8 +106,105 @@ def training_flops(config: LlamaConfig, batch: int, seq: int) -> float:
 
 
 def peak_rss_mib() -> float:
-    """The process's peak resident memory so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory so far, in MiB: Linux's VmHWM, else ru_maxrss.
+
+    Not ru_maxrss where VmHWM exists: Linux carries a process's ru_maxrss across fork + exec,
+    so a benchmark child started by a parent holding 400 MiB (PyTorch imported, a model built)
+    would report at least 400 MiB whatever it used itself.  VmHWM belongs to the program the
+    child runs: everything it ever held resident (interpreter, imports, model, steps)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
+
+
+def spread(values) -> dict:
+    """Median and range of repeated measurements (each from its own process)."""
+    values = [float(v) for v in values]
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def speedup(runs_a: list[dict], runs_b: list[dict], key: str, higher_is_faster: bool) -> dict | None:
+    """How many times faster a ran than b, round by round (run i of each ran in the same round),
+    as a spread: > 1 means a is faster.  key: a time (higher_is_faster=False) or a rate."""
+    pairs = [(a.get(key), b.get(key)) for a, b in zip(runs_a, runs_b)]
+    if not pairs or any(x is None or y is None for x, y in pairs):
+        return None
+    return spread([x / y if higher_is_faster else y / x for x, y in pairs])
+
+
+def format_spread(summary: dict | None, spec: str = ".0f", scale: float = 1.0) -> str:
+    """'823 (790-850)': the median, then the range."""
+    if not summary:
+        return "-"
+    m, lo, hi = (scale * summary[k] for k in ("median", "min", "max"))
+    return f"{m:{spec}} ({lo:{spec}}-{hi:{spec}})" if summary["n"] > 1 else f"{m:{spec}}"
+
+
+def run_child(args: list, source: str | None = None, env: dict | None = None, timeout: float = 1800) -> dict:
+    """Run `python <args>` in a fresh process and return the JSON object on its last stdout line.
+    source: the checkout whose npllama it imports (default: this one)."""
+    import subprocess
+
+    child_env = dict(os.environ, **(env or {}))
+    if source:
+        child_env[SOURCE_ENV] = str(source)
+        child_env["PYTHONPATH"] = str(source)
+    out = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=child_env,
+                         timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child {' '.join(map(str, args))} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cpu_model() -> str:
+    """lscpu's model name (else /proc/cpuinfo's, else platform's)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def blas_libraries() -> list[dict]:
+    """The BLAS libraries NumPy loaded, as threadpoolctl reports them (name, version, kernels, threads)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    return [{k: info.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+            for info in threadpool_info() if info.get("user_api") == "blas"]
+
+
+def package_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_line(env: dict) -> str:
+    """One line naming the CPU and BLAS, printed above every table."""
+    blas = "; ".join(f"{b['internal_api']} {b['version']} ({b['architecture']} kernels, {b['num_threads']} threads)"
+                     for b in env["blas"]) or "unknown (threadpoolctl not installed)"
+    torch = f", torch {env['torch']}" if env.get("torch") else ", torch not installed"
+    return (f"machine: {env['cpu']}, {env['cpu_count']} cores; BLAS: {blas}; numpy {env['numpy']}, "
+            f"numba {env['numba']}{torch}")
 
 
 def environment() -> dict:
@@ -111,13 +215,10 @@ def environment() -> dict:
         "numba_threads": numba.config.NUMBA_NUM_THREADS, "cpu_count": os.cpu_count(),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset: auto-detected)"),
         "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "(unset)"),
-        "load_average_at_start": os.getloadavg(),
+        "load_average_at_start": os.getloadavg(), "cpu": cpu_model(), "blas": blas_libraries(),
+        "torch": package_version("torch"), "transformers": package_version("transformers"),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            env["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        env["cpu"] = platform.processor()
     return env
 
 

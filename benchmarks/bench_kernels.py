@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import tracemalloc
 
-from _bench import (CONFIGS, best_time, environment, make_config, positive_int, print_table,  # first: --threads
+from _bench import (CONFIGS, best_time, environment, machine_line, make_config, positive_int, print_table,  # first: --threads
                     write_json)
 
 import numpy as np  # noqa: E402
@@ -184,6 +184,25 @@ def bench_long_context(repeat, rng):
     return rows
 
 
+def bench_matvec(shapes: str, repeat: int, rng) -> list[dict]:
+    """The decode step's products at the config's shapes: q/k/v/o, gate/up, down, the LM head."""
+    from npllama.kernels.decode import _matvec
+
+    cfg = make_config(shapes)
+    D, F, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    rows = []
+    for label, (out_dim, in_dim) in (("q/k/v/o", (D, D)), ("gate/up", (F, D)), ("down", (D, F)),
+                                     ("lm_head", (V, D))):
+        w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
+        x = rng.standard_normal(in_dim).astype(np.float32)
+        out = np.empty(out_dim, dtype=np.float32)
+        blas = best_time(lambda: w @ x, repeat=max(repeat, 20))["median"]
+        numba_s = best_time(lambda: _matvec(w, x, out), repeat=max(repeat, 20))["median"]
+        rows.append({"matrix": f"{label} {out_dim}x{in_dim}", "MB": w.nbytes / 1e6, "blas_us": 1e6 * blas,
+                     "numba_us": 1e6 * numba_s, "ratio": blas / numba_s, "GB_s": w.nbytes / numba_s / 1e9})
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=positive_int, help="BLAS, numba and torch threads (default: all cores)")
@@ -199,6 +218,7 @@ def main(argv=None):
     kept = False if args.no_keep_freed_memory else keep_freed_memory()
 
     env = environment()
+    print(machine_line(env))
     print(f"kernels vs NumPy references, float32, {args.shapes} shapes; numba threads "
           f"{env['numba_threads']}, OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}, "
           f"keep_freed_memory {'on' if kept else 'off'}")
@@ -214,8 +234,16 @@ def main(argv=None):
     print("its BLAS ms: the kernel's matrix products alone (same shapes, same blocks); rest ms: the "
           "kernel's time outside them;\nceiling x: reference / its BLAS ms, the ratio the kernel would "
           "reach if everything but its products took no time.")
+    print("\n" + machine_line(env))
+    print("decode's matrix-vector products (batch 1): kernels.decode._matvec (one core, inside the "
+          "one-token numba call) vs NumPy's W @ x (BLAS gemv, all its threads)")
+    matvec_rows = bench_matvec(args.shapes, args.repeat, rng)
+    print_table(matvec_rows, [("matrix", "matrix (rows x cols)", "s"), ("MB", "MB", ".1f"),
+                              ("blas_us", "BLAS gemv us", ".0f"), ("numba_us", "_matvec us", ".0f"),
+                              ("ratio", "x", ".2f"), ("GB_s", "_matvec GB/s", ".1f")])
     long_rows = None
     if args.long_context:
+        print("\n" + machine_line(env))
         print("\ncausal attention forward + backward, B=1, H=6, hd=48 "
               "(peak = NumPy allocations, tracemalloc)")
         long_rows = bench_long_context(args.repeat, rng)
@@ -224,7 +252,8 @@ def main(argv=None):
                                 ("kept_ms", "kept ms", ".1f"), ("kept_peak_MiB", "kept peak MiB", ".0f"),
                                 ("flash_ms", "flash ms", ".1f"), ("flash_peak_MiB", "flash peak MiB", ".1f")])
     write_json(args.json, {"shapes": args.shapes, "environment": env, "keep_freed_memory": kept, "kernels": rows,
-                           "long_context": long_rows})
+                           "long_context": long_rows,
+                           "decode_matvec": matvec_rows})
 
 
 if __name__ == "__main__":

@@ -200,13 +200,31 @@ def sample_next(logits: np.ndarray, temperature: float, top_k: int | None, top_p
     probs = np.exp(scaled - scaled.max())
     probs /= probs.sum()
     if top_p is not None and top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")
-        cumulative = np.cumsum(probs[order])
-        keep = order[: int(np.searchsorted(cumulative, top_p)) + 1]  # smallest set reaching top_p
+        keep = nucleus(probs, top_p)
         kept = np.zeros_like(probs)
         kept[keep] = probs[keep]
         probs = kept / kept.sum()
     return int(rng.choice(probs.size, p=probs))
+
+
+def nucleus(probs: np.ndarray, top_p: float, first_guess: int = 64) -> np.ndarray:
+    """The smallest set of ids, most probable first (ties: the lower id first), whose probabilities
+    reach top_p -- what a full stable sort of the vocabulary would give, found by sorting only
+    the few most probable: np.argpartition picks the `n` largest, and everything tied with the
+    n-th joins them so the cut never splits a tie arbitrarily; if their mass falls short of
+    top_p, n doubles."""
+    n = min(first_guess, probs.size)
+    while True:
+        if n >= probs.size:
+            candidates = np.arange(probs.size)
+        else:
+            threshold = probs[np.argpartition(probs, probs.size - n)[probs.size - n]]
+            candidates = np.flatnonzero(probs >= threshold)
+        order = candidates[np.lexsort((candidates, -probs[candidates]))]   # by probability, then id
+        cumulative = np.cumsum(probs[order])
+        if cumulative[-1] >= top_p or len(candidates) == probs.size:
+            return order[: int(np.searchsorted(cumulative, top_p)) + 1]
+        n *= 2
 
 
 def stream_text(tokenizer, prompt_ids: Sequence[int], write: Callable[[str], None]) -> Callable[[int], None]:

@@ -31,7 +31,8 @@ from .io.errors import CheckpointError
 from .model_shape import (SHAPE_FLAGS, base_vocab_size, check_model_config_fields, check_shape, init_from_config,
                           init_from_tokenizer_path, new_model_config, read_model_config_file)
 from .optim import AdamW, NonFiniteGradientError, TrainingError, clip_finite_step, cosine_with_warmup
-from .parallel import BatchSplitter, default_workers
+from .parallel import BatchSplitter
+from .thread_choice import fastest_threads
 from .runs import (TOKENIZER_FILE, checkpoint_to_resume, mark_latest, remove_stale_temporaries,
                    replacing_in_run, writing_run)
 
@@ -84,7 +85,7 @@ class TrainConfig:
     sample_tokens: int = 80
     corpus_stories: int = 10_000           # size of the built-in corpus
     threads: int | None = None             # split each batch over this many threads (npllama/parallel.py);
-                                           # None: as many as BLAS uses (OPENBLAS_NUM_THREADS or the cores)
+                                           # None: the count measured fastest here (npllama/thread_choice.py)
     progress: bool = True
 
     def __post_init__(self):
@@ -420,7 +421,10 @@ class _Loop:
         self.skipped_in_a_row = 0
         self.saved_step = None  # the step of the checkpoint last written by this loop
         self.bar = None
-        self.splitter = BatchSplitter(tc.threads or default_workers())
+        # no --threads: the count measured fastest here for this shape (npllama/thread_choice.py)
+        threads = tc.threads or fastest_threads(loss_and_grads, model.config, tc.batch_size, tc.seq_len,
+                                                model.dtype, run_dir=run_dir, echo=echo)
+        self.splitter = BatchSplitter(threads)
 
     def restore_losses(self, state: dict) -> None:
         """After a resume: the losses the checkpoint recorded, so the result (and whether the run

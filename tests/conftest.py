@@ -21,6 +21,8 @@ def _runs_in_a_temporary_folder(tmp_path_factory):
     tests from writing into the checkout.  Tests that care set their own."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NPLLAMA_RUNS", str(tmp_path_factory.getbasetemp() / "runs"))
+        # nor into the user's cache (the thread counts `npllama train` measured: npllama/thread_choice.py)
+        mp.setenv("NPLLAMA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
         # The library's default memory budget is the machine's RAM.  On a shared 2-core CI machine a
         # test whose input is "within budget" must still not be allowed to take all of it: every
         # budgeted allocation in the suite is held to 4 GiB (tests that probe the limit set their own).

@@ -34,22 +34,73 @@ def test_bench_kernels_times_every_kernel_against_its_reference(tmp_path):
     assert result["keep_freed_memory"] in (True, False)
 
 
-def test_bench_train_reports_a_training_step_and_its_memory(tmp_path):
-    result = run_benchmark("bench_train.py", "--configs", "tiny", "--repeat", "1", "--no-numpy",
-                           json_path=tmp_path / "t.json")
+def test_bench_train_reports_steps_memory_and_start_up(tmp_path):
+    root = BENCHMARKS.parent
+    result = run_benchmark("bench_train.py", "--configs", "tiny", "--rounds", "1", "--steps", "1", "--no-torch",
+                           "--compare-with", str(root), json_path=tmp_path / "t.json")
     (row,) = result["configs"]
-    assert row["config"] == "tiny" and row["numba_tok_s"] > 0 and row["numba+optim_tok_s"] > 0
-    assert row["split_tok_s"] > 0 and row["split_workers"] >= 1
-    assert row["numba_peak_rss_mib"] > 0 and len(result["startup_seconds"]) == 3
-    # --memory's npllama half, run directly: the full --memory also starts PyTorch when installed
-    out = subprocess.run([sys.executable, str(BENCHMARKS / "bench_train.py"), "--memory-child", "npllama", "tiny"],
-                         check=True, capture_output=True, text=True, timeout=300).stdout
-    memory = json.loads(out.strip().splitlines()[-1])
-    assert memory["config"] == "tiny" and 0 < memory["step_mib"] < memory["peak_mib"]
+    assert row["config"] == "tiny" and set(row["variants"]) == {"split", "unsplit", "split@old", "unsplit@old"}
+    for label, variant in row["variants"].items():
+        assert variant["step_s"]["median"] > 0 and variant["step_s"]["n"] == 1, label
+        # whole-process peak RSS: at least NumPy, numba and the model, nothing subtracted
+        assert variant["peak_rss_mib"]["median"] > 50, label
+    assert result["environment"]["cpu"] and "blas" in result["environment"]
+    start_up = result["start_up"]
+    assert start_up["cold_notice"] and not start_up["warm_notice"]   # the compile notice, only when cold
+    assert start_up["cold_s"] > 0 and start_up["warm"]["median"] > 0
+
+
+def test_bench_train_times_pytorch_with_fused_adamw(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import numpy as np
+
+    from npllama import Llama, LlamaConfig
+
+    Llama(LlamaConfig.from_preset("tiny"), seed=0, dtype=np.float32).save_pretrained(tmp_path / "model")
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "bench_train.py"), "--child", "torch-fused", "tiny",
+                          str(tmp_path / "model"), "--steps", "1"], check=True, capture_output=True, text=True,
+                         timeout=300).stdout
+    run = json.loads(out.strip().splitlines()[-1])
+    assert run["variant"] == "torch-fused" and run["step_s"] > 0 and run["peak_rss_mib"] > 100
+
+
+def test_bench_decode_reports_prefill_first_token_and_steady_rate(tmp_path):
+    result = run_benchmark("bench_decode.py", "--configs", "tiny", "--prompt", "16", "--tokens", "6", "--rounds", "1",
+                           "--no-torch", "--compare-with", str(BENCHMARKS.parent), json_path=tmp_path / "d.json")
+    (row,) = result["configs"]
+    assert set(row["variants"]) == {"fast", "forward_step", "fast@old", "forward_step@old"}
+    for label, v in row["variants"].items():
+        for key in ("prefill_s", "first_token_s", "tok_s", "tok_s_at_0", "peak_rss_mib"):
+            assert v[key]["median"] > 0, (label, key)
+        assert v["first_token_s"]["median"] > v["prefill_s"]["median"], label   # prefill is part of it
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_a_model_exported_for_llama2c_reads_back_as_the_same_model(tmp_path, tie):
+    import numpy as np
+
+    sys.path.insert(0, str(BENCHMARKS))
+    from bench_decode import export_llama2c
+
+    from npllama import Llama, LlamaConfig
+    from npllama.io.llama2c import read_llama2c
+
+    config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8,
+                         tie_word_embeddings=tie)
+    model = Llama(config, seed=0, dtype=np.float32)
+    export_llama2c(model, tmp_path / "m.bin")
+    header = np.frombuffer((tmp_path / "m.bin").read_bytes()[:28], dtype=np.int32)
+    assert list(header) == [16, 24, 2, 4, 2, 40 if tie else -40, 8]      # negative: its own classifier
+    read_config, params = read_llama2c(tmp_path / "m.bin")   # the project's reader: q and k permuted back
+    assert read_config.tie_word_embeddings == tie
+    assert set(params) == set(model.params)
+    for name, value in model.params.items():
+        np.testing.assert_array_equal(params[name], value, err_msg=name)
 
 
 @pytest.mark.parametrize("script, args, key", [
-    ("bench_decode.py", ("--config", "tiny", "--tokens", "8", "--repeat", "1"), "decode"),
     ("bench_lora.py", ("--quick",), "results"),
 ])
 def test_small_benchmarks_run(tmp_path, script, args, key):

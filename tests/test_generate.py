@@ -115,6 +115,27 @@ def test_the_fast_decoder_and_the_reference_path_generate_the_same(model):
     assert fast == reference
 
 
+def full_sort_nucleus(probs, top_p):
+    """The reference: a stable sort of the whole vocabulary."""
+    order = np.argsort(-probs, kind="stable")
+    return order[: int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1]
+
+
+@pytest.mark.parametrize("vocab", [1, 5, 64, 300, 32000])
+def test_nucleus_by_partial_sort_equals_a_full_sort(vocab):
+    from npllama.generate import nucleus
+
+    rng = np.random.default_rng(vocab)
+    for trial in range(40):
+        logits = rng.standard_normal(vocab) * rng.choice([0.1, 1.0, 8.0])
+        if trial % 3 == 0:
+            logits = np.round(logits)          # many ties, some across the cut
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        for top_p in (1e-9, 0.3, 0.9, 0.999, 1 - 1e-12):
+            np.testing.assert_array_equal(nucleus(probs, top_p, first_guess=4), full_sort_nucleus(probs, top_p))
+
+
 # ----- batches, penalties, stops, seeds ----------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_a_batch_of_prompts_gives_each_prompts_own_generation(model, backend):

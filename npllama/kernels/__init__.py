@@ -56,6 +56,10 @@ def _drop_stale_numba_cache() -> None:
 
 _drop_stale_numba_cache()
 
+from .compile_notice import install as _install_compile_notice  # noqa: E402
+
+_install_compile_notice()  # a line on stderr if a kernel must be compiled (a cold cache)
+
 from . import attention, cross_entropy, embedding, linear, rmsnorm, rope, softmax, swiglu  # noqa: E402
 
 KERNELS: dict = {

@@ -1,28 +1,35 @@
-"""FastDecoder: token-by-token generation with weights laid out once and a preallocated KV cache.
+"""FastDecoder: token-by-token generation with the weights read in place and a preallocated KV cache.
 
     decoder = FastDecoder(model, batch_size=1)
     logits = decoder.step(prompt_tokens)          # prefill: (B, T) -> (B, T, vocab)
     logits = decoder.step(next_tokens[:, None])   # then one token per call
 
-`step` returns exactly what `model.forward_step` returns for the same calls (tested equal), but
-a decode step is mostly reading weights, so the layout is chosen for that:
-  - q, k and v projections are one matrix (H*hd + 2*KVH*hd, D), gate and up one (2F, D):
-    one matrix-vector product each instead of three and two;
-  - a batch-1 single-token step multiplies by 1-D vectors (BLAS gemv, which streams the
-    matrix once) rather than (1, D) matrices;
-  - RoPE, the KV-cache write and attention over the cached positions are one numba call per
-    layer; keys are cached transposed (hd, positions) so that the scores of all positions are
-    one vectorised multiply-add per head dimension.
-The decoder copies the projection weights when it is made: after the model's parameters change
-(training), make a new one.
+`step` returns what `model.forward_step` returns for the same calls (tested equal).  A decode
+step at batch 1 does little arithmetic and reads every weight once, so it is bound by memory
+bandwidth and by whatever else it spends between those reads:
+  - one new token of one sequence is one numba call through every layer (`_decode_one_token`,
+    llama2.c's forward() top to bottom, no Python between layers), then the LM head -- at
+    stories15M 60% of the bytes a step reads -- as one BLAS gemv on all BLAS's threads.  The
+    layers' products run on one core inside the numba call: numba's parallel loops were tried
+    and lost (benchmarks/README.md: the workqueue pool's 35-45 us start per product; OpenMP's
+    spinning barrier, 5-50x slower whenever another process held a core, and a second OpenMP
+    runtime slows PyTorch in the same process ~100x);
+  - the weights are the model's own arrays, gathered into per-layer tuples once per model
+    (`model_weights`, kept while the parameter arrays are the same objects): nothing is copied
+    per decoder or per `generate` call, and a training step's in-place update is seen at once;
+  - a prompt (several positions at once) or a batch of sequences goes through BLAS's matrix
+    products over all its rows, with RoPE, the KV-cache write and attention over the cached
+    positions one numba call per layer; keys are cached transposed (hd, positions) so that the
+    scores of all positions are one vectorised multiply-add per head dimension.
 """
 import math
+import weakref
 
 import numpy as np
 from numba import njit
 
 from ..ops._checks import require_int_array
-from ._simd import exp_nonpositive, row_max, row_sum
+from ._simd import REDUCTION_FLAGS, exp_nonpositive, row_max, row_sum
 from .rmsnorm import _rmsnorm_forward_rows
 from .rope import _rotate
 from .swiglu import _silu_mul_halves
@@ -42,26 +49,13 @@ class FastDecoder:
                              f"({cfg.max_position_embeddings})")
         self.model, self.config, self.dtype = model, cfg, np.dtype(model.dtype)
         self.batch_size, self.max_length, self.length = int(batch_size), int(max_length), 0
-        p = model.params
-        self.layers = []
-        for i in range(cfg.num_hidden_layers):
-            name = f"model.layers.{i}."
-            self.layers.append(dict(
-                input_norm=p[name + "input_layernorm.weight"],
-                w_qkv=np.concatenate([p[name + f"self_attn.{n}_proj.weight"] for n in "qkv"]),
-                w_o=np.ascontiguousarray(p[name + "self_attn.o_proj.weight"]),
-                post_norm=p[name + "post_attention_layernorm.weight"],
-                w_gate_up=np.concatenate([p[name + "mlp.gate_proj.weight"], p[name + "mlp.up_proj.weight"]]),
-                w_down=np.ascontiguousarray(p[name + "mlp.down_proj.weight"]),
-            ))
-        self.embed = p["model.embed_tokens.weight"]
-        self.final_norm = p["model.norm.weight"]
-        self.lm_head = model._lm_head_weight()
+        self.weights = model_weights(model)
         self.eps = self.dtype.type(cfg.rms_norm_eps)
         self.cos, self.sin = model.rope_tables(self.max_length)
         L, B, KVH, hd = cfg.num_hidden_layers, self.batch_size, cfg.num_key_value_heads, cfg.head_dim
         self.k_cache_t = np.zeros((L, B, KVH, hd, self.max_length), dtype=self.dtype)  # keys transposed
         self.v_cache = np.zeros((L, B, KVH, self.max_length, hd), dtype=self.dtype)
+        self._one = _OneTokenBuffers(cfg, self.dtype) if B == 1 else None
 
     def reset(self) -> None:
         """Forget every position: the next step starts a new sequence."""
@@ -81,26 +75,52 @@ class FastDecoder:
         if end > self.max_length:
             raise ValueError(f"the decoder holds at most {self.max_length} positions; "
                              f"{start} used, {T_new} more requested")
-        cfg = self.config
-        H, KVH, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        cos, sin = self.cos[start:end], self.sin[start:end]
-        scale = self.dtype.type(1.0 / math.sqrt(hd))
+        if self._one is not None and T_new == 1:
+            logits = self._step_one_token(int(tokens[0, 0]), start)
+        else:
+            logits = self._step_rows(tokens, start)
+        self.length = end
+        return logits
 
-        x = self.embed[tokens.reshape(-1)]                                 # (N, D), N = B * T_new
+    def _step_one_token(self, token: int, pos: int) -> np.ndarray:
+        """Batch 1, one new token: every layer in one numba call, then the LM head in BLAS."""
+        cfg, w, buf = self.config, self.weights, self._one
+        _decode_one_token(token, pos, w.embed, w.input_norm, w.wq, w.wk, w.wv, w.wo, w.post_norm, w.w_gate,
+                          w.w_up, w.w_down, w.final_norm, self.eps, self.cos, self.sin,
+                          self.k_cache_t, self.v_cache, cfg.num_attention_heads, cfg.num_key_value_heads,
+                          self.dtype.type(1.0 / math.sqrt(cfg.head_dim)), buf.x, buf.xn, buf.qkv, buf.attn,
+                          buf.out, buf.gate_up, buf.act, buf.rstd)
+        logits = np.empty((1, 1, cfg.vocab_size), dtype=self.dtype)
+        np.matmul(w.lm_head, buf.xn[0], out=logits[0, 0])   # BLAS gemv on all its threads
+        return logits
+
+    def _step_rows(self, tokens, start: int) -> np.ndarray:
+        """Several new positions (a prompt) or several sequences: BLAS products over all the rows,
+        then one numba call per layer for RoPE, the cache write and attention."""
+        cfg, w = self.config, self.weights
+        B, T_new = tokens.shape
+        H, KVH, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        cos, sin = self.cos[start:start + T_new], self.sin[start:start + T_new]
+        scale = self.dtype.type(1.0 / math.sqrt(hd))
+        q_end, k_end = H * hd, (H + KVH) * hd
+
+        x = w.embed[tokens.reshape(-1)]                                    # (N, D), N = B * T_new
+        qkv = np.empty((B * T_new, (H + 2 * KVH) * hd), dtype=self.dtype)   # [q heads | k heads | v heads]
         attn = np.empty((B * T_new, H * hd), dtype=self.dtype)
-        for i, layer in enumerate(self.layers):
-            xn = self._rmsnorm(x, layer["input_norm"])
-            qkv = _project(xn, layer["w_qkv"])                             # (N, (H + 2 KVH) hd)
+        for i in range(cfg.num_hidden_layers):
+            xn = self._rmsnorm(x, w.input_norm[i])
+            qkv[:, :q_end] = xn @ w.wq[i].T
+            qkv[:, q_end:k_end] = xn @ w.wk[i].T
+            qkv[:, k_end:] = xn @ w.wv[i].T
             _rope_cache_attend(qkv.reshape(B, T_new, -1), cos, sin, self.k_cache_t[i],
                                self.v_cache[i], start, H, KVH, scale, attn.reshape(B, T_new, -1))
-            h = x + _project(attn, layer["w_o"])                           # (N, D)
-            hn = self._rmsnorm(h, layer["post_norm"])
-            gate_up = _project(hn, layer["w_gate_up"])                    # (N, 2F) = [gate | up]
+            h = x + attn @ w.wo[i].T                                       # (N, D)
+            hn = self._rmsnorm(h, w.post_norm[i])
+            gate_up = np.concatenate([hn @ w.w_gate[i].T, hn @ w.w_up[i].T], axis=1)   # (N, 2F) = [gate | up]
             act = np.empty((gate_up.shape[0], gate_up.shape[1] // 2), dtype=gate_up.dtype)
             _silu_mul_halves(gate_up, act)                                 # (N, F), the MLP kernel's
-            x = h + _project(act, layer["w_down"])
-        self.length = end
-        logits = _project(self._rmsnorm(x, self.final_norm), self.lm_head)  # (N, V)
+            x = h + act @ w.w_down[i].T
+        logits = self._rmsnorm(x, w.final_norm) @ w.lm_head.T              # (N, V)
         return logits.reshape(B, T_new, -1)
 
     def _rmsnorm(self, x, weight):
@@ -109,11 +129,128 @@ class FastDecoder:
         return y
 
 
-def _project(x, weight):
-    """x W^T for x (N, in); a single row goes through BLAS gemv (W @ x), which reads W once."""
-    if x.shape[0] == 1:
-        return (weight @ x[0])[None]
-    return x @ weight.T
+class ModelWeights:
+    """The model's arrays as the decode kernels take them: per-layer tuples of the parameters
+    themselves (no copies when they are C-contiguous, as the model makes them)."""
+
+    def __init__(self, model):
+        p, cfg = model.params, model.config
+        self.source = dict(p)      # the array objects, to notice a parameter replaced by another
+
+        def per_layer(suffix):
+            return tuple(_contiguous(p[f"model.layers.{i}.{suffix}"]) for i in range(cfg.num_hidden_layers))
+
+        self.input_norm = per_layer("input_layernorm.weight")
+        self.post_norm = per_layer("post_attention_layernorm.weight")
+        self.wq, self.wk, self.wv, self.wo = (per_layer(f"self_attn.{n}_proj.weight") for n in "qkvo")
+        self.w_gate, self.w_up, self.w_down = (per_layer(f"mlp.{n}_proj.weight") for n in ("gate", "up", "down"))
+        self.embed = _contiguous(p["model.embed_tokens.weight"])
+        self.final_norm = _contiguous(p["model.norm.weight"])
+        self.lm_head = _contiguous(model._lm_head_weight())
+
+    def still_describes(self, model) -> bool:
+        """True while every parameter is the same array object (in-place updates are seen: views)
+        and none was a non-contiguous array we had to copy."""
+        p = model.params
+        return (p.keys() == self.source.keys() and all(p[name] is a for name, a in self.source.items())
+                and all(a.flags.c_contiguous for a in self.source.values()))
+
+
+_layouts = weakref.WeakKeyDictionary()   # model -> its ModelWeights
+
+
+def model_weights(model) -> ModelWeights:
+    """The model's ModelWeights: made at its first decode, reused while its arrays are the same."""
+    try:
+        cached = _layouts.get(model)
+    except TypeError:                      # a model that cannot be weakly referenced: no reuse
+        return ModelWeights(model)
+    if cached is None or not cached.still_describes(model):
+        cached = ModelWeights(model)
+        _layouts[model] = cached
+    return cached
+
+
+def _contiguous(a):
+    """a itself when C-contiguous (no copy), else a contiguous copy."""
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+class _OneTokenBuffers:
+    """Everything a batch-1 one-token step writes, allocated once per decoder."""
+
+    def __init__(self, cfg, dtype):
+        H, KVH, hd, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
+        self.x, self.xn, self.out = (np.empty((1, D), dtype=dtype) for _ in range(3))
+        self.qkv = np.empty((H + 2 * KVH) * hd, dtype=dtype)
+        self.attn = np.empty(H * hd, dtype=dtype)
+        self.gate_up = np.empty((1, 2 * cfg.intermediate_size), dtype=dtype)
+        self.act = np.empty((1, cfg.intermediate_size), dtype=dtype)
+        self.rstd = np.empty(1, dtype=dtype)
+        self.logits = np.empty(cfg.vocab_size, dtype=dtype)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _decode_one_token(token, pos, embed, input_norm, wq, wk, wv, wo, post_norm, w_gate, w_up, w_down,
+                      final_norm, eps, cos, sin, k_cache_t, v_cache, H, KVH, scale,
+                      x, xn, qkv, attn, out, gate_up, act, rstd):
+    """One token of one sequence through every layer and the final norm (llama2.c's forward()
+    up to the classifier), leaving rmsnorm(x) in xn: the caller multiplies it by the LM head.
+
+    Per-layer weights come as tuples (layer i: wq[i], ...).  Buffers: x, xn, out (1, D);
+    qkv ((H + 2 KVH) hd,) = [q | k | v]; attn (H hd,); gate_up (1, 2F) = [gate | up]; act (1, F);
+    k_cache_t (L, 1, KVH, hd, max_len), v_cache (L, 1, KVH, max_len, hd)."""
+    q_end = wq[0].shape[0]
+    k_end = q_end + wk[0].shape[0]
+    F = act.shape[1]
+    x[0, :] = embed[token]
+    qkv3, attn3 = qkv.reshape(1, 1, -1), attn.reshape(1, 1, -1)
+    for i in range(len(wq)):
+        # h = x + W_o attention(rope(W_q xn), rope(W_k xn), W_v xn),   xn = rmsnorm(x)
+        _rmsnorm_forward_rows(x, input_norm[i], eps, xn, rstd)
+        _matvec(wq[i], xn[0], qkv[:q_end])
+        _matvec(wk[i], xn[0], qkv[q_end:k_end])
+        _matvec(wv[i], xn[0], qkv[k_end:])
+        _rope_cache_attend(qkv3, cos[pos:pos + 1], sin[pos:pos + 1], k_cache_t[i], v_cache[i], pos, H, KVH,
+                           scale, attn3)
+        _matvec(wo[i], attn, out[0])
+        x += out
+        # x = h + W_down (silu(W_gate hn) * W_up hn),   hn = rmsnorm(h)
+        _rmsnorm_forward_rows(x, post_norm[i], eps, xn, rstd)
+        _matvec(w_gate[i], xn[0], gate_up[0, :F])
+        _matvec(w_up[i], xn[0], gate_up[0, F:])
+        _silu_mul_halves(gate_up, act)
+        _matvec(w_down[i], act[0], out[0])
+        x += out
+    _rmsnorm_forward_rows(x, final_norm, eps, xn, rstd)
+
+
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=REDUCTION_FLAGS)
+def _matvec(w, x, out):
+    """out = w @ x for w (rows, cols) C-contiguous, on one core.  Four rows at a time: each x[c]
+    is loaded once for four running sums, which keeps four multiply-adds in flight ('reassoc'
+    lets LLVM vectorise each sum).  Measured at the layers' sizes (288x288 ... 768x288, in cache):
+    as fast as BLAS's gemv on two threads (4-14 us), where a plain row-by-row loop took 1.5-2x
+    as long; a parallel loop's start alone cost more (numba's workqueue pool: 35-45 us)."""
+    rows, cols = w.shape
+    zero = w.dtype.type(0)
+    r = 0
+    while r + 4 <= rows:
+        w0, w1, w2, w3 = w[r], w[r + 1], w[r + 2], w[r + 3]
+        a0 = a1 = a2 = a3 = zero
+        for c in range(cols):
+            xc = x[c]
+            a0 += w0[c] * xc
+            a1 += w1[c] * xc
+            a2 += w2[c] * xc
+            a3 += w3[c] * xc
+        out[r], out[r + 1], out[r + 2], out[r + 3] = a0, a1, a2, a3
+        r += 4
+    for rest in range(r, rows):          # the last rows % 4
+        acc = zero
+        for c in range(cols):
+            acc += w[rest, c] * x[c]
+        out[rest] = acc
 
 
 @njit(cache=True, error_model="numpy", nogil=True)

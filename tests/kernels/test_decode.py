@@ -60,3 +60,48 @@ def test_bad_input():
         FastDecoder(model, max_length=100)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         FastDecoder(model, batch_size=0)
+
+
+def test_weights_are_laid_out_once_per_model_and_read_in_place():
+    from npllama.kernels.decode import model_weights
+
+    model = small_model(2, np.float64)
+    layout = model_weights(model)
+    assert model_weights(model) is layout                      # a second decoder (generate call) reuses it
+    assert FastDecoder(model).weights is layout
+    assert layout.wq[0] is model.params["model.layers.0.self_attn.q_proj.weight"]   # the array, not a copy
+    # a training step updates parameters in place: the next decode sees it without any refresh
+    model.params["model.layers.1.mlp.down_proj.weight"] *= 3
+    tokens = np.array([[1, 2, 3, 4]])
+    decoder, kv_cache = FastDecoder(model, max_length=8), model.new_kv_cache(1, 8)
+    with use_backend("numpy"):
+        for t in range(4):
+            assert_close(decoder.step(tokens[:, t:t + 1]), model.forward_step(tokens[:, t:t + 1], kv_cache),
+                         f"position {t} after an in-place update")
+
+
+def test_a_replaced_parameter_array_is_noticed():
+    from npllama.kernels.decode import model_weights
+
+    model = small_model(2, np.float64)
+    layout = model_weights(model)
+    name = "model.norm.weight"
+    model.params[name] = model.params[name] * 0.5               # a new array object
+    assert model_weights(model) is not layout
+    with use_backend("numpy"):
+        expected = model.forward_step(np.array([[5]]), model.new_kv_cache(1, 4))
+    assert_close(FastDecoder(model, max_length=4).step(np.array([[5]])), expected, "after replacing a parameter")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matvec_equals_numpy_for_any_number_of_rows(dtype):
+    from npllama.kernels.decode import _matvec
+
+    rng = np.random.default_rng(0)
+    for rows in range(1, 11):           # whole blocks of four and every remainder
+        for cols in (1, 3, 16):
+            w = rng.standard_normal((rows, cols)).astype(dtype)
+            x = rng.standard_normal(cols).astype(dtype)
+            out = np.full(rows, np.nan, dtype=dtype)
+            _matvec(w, x, out)
+            assert_close(out, w @ x, f"{rows}x{cols}")

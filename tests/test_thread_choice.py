@@ -1,0 +1,107 @@
+"""`npllama train`'s default thread count: measured, the fastest kept, remembered per machine and run."""
+import json
+import time
+
+import numpy as np
+import pytest
+
+from npllama import LlamaConfig, parallel, thread_choice
+from npllama.thread_choice import RUN_FILE, candidate_counts, fastest_threads, measure
+
+CONFIG = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                     num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+
+
+def needs_blas_control():
+    if not parallel._blas_controllers():
+        pytest.skip("threadpoolctl cannot control this BLAS: no split, nothing to choose")
+
+
+def sleeps_per_row(tokens, targets):
+    """Time grows with the rows and the GIL is released: two threads on half the rows each win."""
+    time.sleep(0.004 * len(tokens))
+    return 0.0, {"w": np.zeros(1)}
+
+
+def holds_the_gil(tokens, targets):
+    """The same time whatever the rows, GIL held: two threads take twice as long as one."""
+    end = time.perf_counter() + 0.02
+    while time.perf_counter() < end:
+        pass
+    return 0.0, {"w": np.zeros(1)}
+
+
+@pytest.fixture
+def two_workers(monkeypatch, tmp_path):
+    needs_blas_control()
+    monkeypatch.setattr(thread_choice, "default_workers", lambda: 2)
+    monkeypatch.setenv("NPLLAMA_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_candidates_are_powers_of_two_and_the_most():
+    assert candidate_counts(1) == [1]
+    assert candidate_counts(2) == [1, 2]
+    assert candidate_counts(6) == [1, 2, 4, 6]
+
+
+@pytest.mark.parametrize("fn, fastest", [(sleeps_per_row, "2"), (holds_the_gil, "1")])
+def test_measure_finds_the_faster_count(fn, fastest):
+    needs_blas_control()
+    seconds = measure(fn, 64, batch_size=8, seq_len=4, counts=[1, 2], rounds=2)
+    assert set(seconds) == {"1", "2"}
+    assert min(seconds, key=seconds.get) == fastest, seconds
+
+
+def test_the_choice_is_measured_once_then_read_from_the_cache(two_workers, tmp_path):
+    said = []
+    assert fastest_threads(sleeps_per_row, CONFIG, 8, 4, np.float32, echo=said.append, rounds=1) == 2
+    assert "measured now" in said[-1] and "--threads N" in said[-1]
+    calls = []
+
+    def counting(tokens, targets):
+        calls.append(1)
+        return holds_the_gil(tokens, targets)
+
+    said.clear()
+    assert fastest_threads(counting, CONFIG, 8, 4, np.float32, echo=said.append) == 2   # cached: not re-timed
+    assert calls == [] and "cached in" in said[-1]
+    # another shape is another measurement (and here another answer)
+    assert fastest_threads(holds_the_gil, CONFIG, 6, 4, np.float32, echo=said.append, rounds=1) == 1
+
+
+def test_a_run_folder_keeps_its_count_when_the_cache_is_gone(two_workers, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert fastest_threads(sleeps_per_row, CONFIG, 8, 4, np.float32, run_dir=run, echo=lambda *_: None,
+                           rounds=1) == 2
+    assert json.loads((run / RUN_FILE).read_text())["threads"] == 2
+    monkeypatch.setenv("NPLLAMA_CACHE_DIR", str(tmp_path / "other-cache"))
+    # the resumed run's function would now favour 1 thread; the run folder's count holds
+    assert fastest_threads(holds_the_gil, CONFIG, 8, 4, np.float32, run_dir=run, echo=lambda *_: None) == 2
+
+
+def test_a_damaged_cache_is_measured_again(two_workers, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / thread_choice.CACHE_FILE).write_text("{not json")
+    assert fastest_threads(holds_the_gil, CONFIG, 8, 4, np.float32, echo=lambda *_: None, rounds=1) == 1
+    assert len(json.loads((cache / thread_choice.CACHE_FILE).read_text())) == 1
+
+
+def test_one_worker_or_one_row_measures_nothing(monkeypatch):
+    monkeypatch.setattr(thread_choice, "default_workers", lambda: 1)
+    assert fastest_threads(None, CONFIG, 8, 4, np.float32, echo=pytest.fail) == 1
+    monkeypatch.setattr(thread_choice, "default_workers", lambda: 2)
+    assert fastest_threads(None, CONFIG, 1, 4, np.float32, echo=pytest.fail) == 1
+
+
+def test_train_without_threads_chooses_and_records_the_count(tmp_path):
+    from npllama.train import TrainConfig, train
+
+    said = []
+    config = TrainConfig(out=str(tmp_path / "run"), steps=1, preset="stories260k", vocab_size=360, batch_size=4,
+                         seq_len=16, corpus_stories=100, eval_batches=1, samples=0, progress=False)
+    train(config, echo=lambda *a, **_: said.append(" ".join(map(str, a))))
+    recorded = json.loads((tmp_path / "run" / RUN_FILE).read_text())
+    assert 1 <= recorded["threads"] <= parallel.default_workers()
+    assert any(line.startswith(f"threads: {recorded['threads']} (") for line in said), said

@@ -438,7 +438,8 @@ def decoder_forward(params, config, tokens, cos, sin, causal, key_padding_mask, 
         kv_slot = None if kv_cache is None else kv_cache.slot(i)
         x, layer = block_forward(x, LayerWeights.of_layer(params, i), cos, sin, config, causal,
                                  key_padding_mask, kv_slot)                                 # x^(i+1) (B, T, D)
-        layers.append(layer)
+        if kv_cache is None:  # decoding runs no backward: drop each layer's cache, so the next reuses its memory
+            layers.append(layer)
     hidden, norm = rmsnorm_forward(x, params["model.norm.weight"], config.rms_norm_eps)     # (B, T, D)
     return hidden, ModelCache(embed_tokens, layers, norm, None, hidden.shape)
 

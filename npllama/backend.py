@@ -33,6 +33,7 @@ _overrides: contextvars.ContextVar[Mapping[str, Callable]] = contextvars.Context
     "npllama_op_overrides", default=types.MappingProxyType({}))
 _namespaces: dict[str, types.SimpleNamespace] = {}
 _bound: dict[tuple, types.SimpleNamespace] = {}
+_kernel_bindings: dict[str, Callable] | None = None   # the kernels that replace a reference: fixed per process
 _BOUND_LIMIT = 64   # distinct op sets kept re-bound at once (each is a few dozen function objects)
 
 
@@ -135,10 +136,13 @@ def ops(name: str | None = None) -> types.SimpleNamespace:
 def op_bindings() -> dict[str, Callable]:
     """The ops that differ from the reference here: the backend's kernels, then `use_op` overrides.
     Empty under the reference backend with no override."""
+    global _kernel_bindings
     bindings = {}
     if (_choice.get() or get_backend()) == "numba":
-        reference = ops("numpy")
-        bindings = {n: fn for n, fn in vars(ops("numba")).items() if fn is not getattr(reference, n)}
+        if _kernel_bindings is None:
+            reference = ops("numpy")
+            _kernel_bindings = {n: fn for n, fn in vars(ops("numba")).items() if fn is not getattr(reference, n)}
+        bindings = dict(_kernel_bindings)
     if _overrides.get():
         bindings.update(overrides())
     return bindings

@@ -8,12 +8,14 @@ a stack of B products of T rows each, one BLAS call per batch row.  Here x is vi
 better.  Measured on 2 cores: the products 10-14% faster at the tiny config's shapes and 3-5% at
 s15m's; a whole training step 4% and 2% faster (benchmarks/README.md).
 """
+from ..ops._checks import checking
 from ..ops.linear import LinearCache, check_linear_args, check_linear_backward_args, linear_weight_grad
 
 
 def linear_forward(x, weight):
     """y = x @ weight.T.  Returns (y, cache)."""
-    check_linear_args(x, weight)
+    if checking.get():   # off inside Llama's public methods, which checked once
+        check_linear_args(x, weight)
     out_features, in_features = weight.shape
     y = x.reshape(-1, in_features) @ weight.T                    # (rows, out)
     return y.reshape(x.shape[:-1] + (out_features,)), LinearCache(x, weight)
@@ -22,7 +24,8 @@ def linear_forward(x, weight):
 def linear_backward(dy, cache):
     """Returns (dx, dweight):  dx = dy W,  dW = dy^T x summed over rows."""
     x, weight = cache
-    check_linear_backward_args(dy, x, weight)
+    if checking.get():
+        check_linear_backward_args(dy, x, weight)
     dy_rows = dy.reshape(-1, weight.shape[0])                    # (rows, out)
     dx = (dy_rows @ weight).reshape(x.shape)                     # (..., in)
     dweight = linear_weight_grad(dy_rows, x)                     # (out, in)

@@ -16,12 +16,14 @@ Layouts (the values are the reference's; only where they sit in memory differs):
 import numpy as np
 from numba import njit, prange
 
+from ..ops._checks import checking
 from ..ops.rope import RopeCache, check_rope_args, check_rope_backward_args
 
 
 def rope_forward(x, cos, sin):
     """y = x * cos + rotate_half(x) * sin.   x: (..., T, head_dim); cos, sin: (T, head_dim)."""
-    check_rope_args(x, cos, sin)
+    if checking.get():   # off inside Llama's public methods, which checked once
+        check_rope_args(x, cos, sin)
     x_4d = _as_4d(x)
     x_rows, x_time_major = _contiguous_rows(x_4d)
     y = np.empty(x_4d.shape, dtype=x.dtype)              # (B, H, T, hd), contiguous
@@ -32,7 +34,8 @@ def rope_forward(x, cos, sin):
 def rope_backward(dy, cache):
     """dx = dy * cos - rotate_half(dy * sin), the inverse rotation."""
     cos, sin = cache
-    check_rope_backward_args(dy, cos)
+    if checking.get():
+        check_rope_backward_args(dy, cos)
     dy = np.asarray(dy)
     dy_4d = _as_4d(dy.astype(cos.dtype, copy=False))
     dy_rows, dy_time_major = _contiguous_rows(dy_4d)

@@ -2,11 +2,9 @@
 tiny model; a correct one gives the library's loss curve, a wrong one does not."""
 import pytest
 
-import npllama.backend
 from npllama.exercises.planted import CORRECT
 from npllama.exercises.training import ascii_chart, train_with_submission, verdict_of
 
-needs_use_op = pytest.mark.skipif(not hasattr(npllama.backend, "use_op"), reason="npllama.use_op not merged yet")
 SMALL = dict(steps=6, batch_size=2, seq_len=16, corpus_stories=300, progress=False)
 
 MISSING_TERM = """import numpy as np
@@ -19,7 +17,6 @@ def rmsnorm_backward(dy, cache):
 """
 
 
-@needs_use_op
 def test_correct_and_wrong_backwards_train_the_tiny_model(tmp_path):
     right = tmp_path / "right.py"
     right.write_text(CORRECT["rmsnorm"])
@@ -34,7 +31,6 @@ def test_correct_and_wrong_backwards_train_the_tiny_model(tmp_path):
     assert "R" in differs.format() and "verdict:" in differs.format()
 
 
-@needs_use_op
 def test_a_crashing_backward_stops_its_run_not_the_command(tmp_path):
     path = tmp_path / "crash.py"
     path.write_text("def rmsnorm_backward(dy, cache):\n    raise RuntimeError('not yet')\n")

@@ -84,7 +84,7 @@ def name_mistake(catalogue, exercise, backward) -> Explanation | None:
         probes.append((case, dout, got, as_tuple(catalogue.variant(dout, case))))
     if all(same_gradients(got, right) for _, _, got, right in probes):
         return None
-    names = exercise_grad_names(probes[0][0])
+    names = probes[0][0].grad_names
     candidates = [(m, lambda dout, case, m=m: as_tuple(catalogue.variant(dout, case, **m.knobs)))
                   for m in catalogue.mistakes()]
     candidates += _swaps(names, catalogue)
@@ -95,15 +95,11 @@ def name_mistake(catalogue, exercise, backward) -> Explanation | None:
             continue
         differs = [not same_gradients(w, right) for w, (_, _, _, right) in zip(wrong, probes)]
         if any(differs) and all(same_gradients(got, w) for w, (_, _, got, _) in zip(wrong, probes)):
-            grad = next((n for n, g, r in zip(names, wrong[differs.index(True)],
-                                              probes[differs.index(True)][3])
+            first = differs.index(True)
+            grad = next((n for n, g, r in zip(names, wrong[first], probes[first][3])
                          if np.shape(g) != np.shape(r) or rel_error(g, r) >= MATCH), names[0])
             return Explanation(grad, mistake.message, mistake.hint)
     return None
-
-
-def exercise_grad_names(case) -> tuple:
-    return case.grad_names
 
 
 def _swaps(names, catalogue):

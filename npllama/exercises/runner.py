@@ -25,6 +25,7 @@ from .catalog import Check, Exercise, get_exercise
 from .checks import sample
 from .catalogue import CATALOGUES
 from .diagnose import CheckFailed, Finding
+from .gradebook import submissions_in
 from .mistakes import explain
 from .screen import RULE, ForbiddenCall, finite_difference_noise, guard_library, screen_source, student_call
 from .starter import derivation_section
@@ -270,11 +271,7 @@ def check_file(op: str, path, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int
 def check_folder(op: str, folder, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0) -> list[Report]:
     """Every .py file in `folder` (sorted by name), each checked on the same cases, in this process
     and without limits: for files you trust.  A class's folder: gradebook.grade_folder (sandboxed)."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix == ".py" and p.is_file())
-    if not files:
-        raise FileNotFoundError(f"{folder} holds no .py files to check")
-    return [check_file(op, f, n_random=n_random, seed=seed) for f in files]
+    return [check_file(op, f, n_random=n_random, seed=seed) for f in submissions_in(folder)]
 
 
 def format_table(reports: list[Report], width: int = 90) -> str:

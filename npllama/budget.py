@@ -149,13 +149,13 @@ def check_npz(path) -> None:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as error:
         raise ValueError(f"{path!r} is not a readable .npz file ({error})") from None
-    total = 0
+    total, limit = 0, max_memory()
     with archive:
         for member in archive.infolist():
             # what the member inflates to as the zip declares it, or the array its header declares
             declared = _declared_npy_bytes(archive, member, path) if member.filename.endswith(".npy") else 0
             total += max(member.file_size, declared)
-            if total > max_memory():
+            if total > limit:
                 break
     check_memory(f"the arrays in {path!r}", total)
 

@@ -82,16 +82,18 @@ def check_shape(tc) -> None:
     if tc.init_from is not None:
         return  # the folder's shape; checked against the flags by check_init_from
     settings = shape_settings(tc)
-    _build(settings, settings["vocab_size"], None, None, tc.seq_len, explicit_context=tc.max_position_embeddings
-           is not None or "max_position_embeddings" in (tc.model_config or {}))
+    _build(settings, settings["vocab_size"], None, None, tc.seq_len, _explicit_context(tc))
 
 
 def new_model_config(tc, tokenizer) -> LlamaConfig:
     """The LlamaConfig of a new run's model (not --init-from: that folder's own config is used)."""
-    settings = shape_settings(tc)
-    return _build(settings, tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id, tc.seq_len,
-                  explicit_context=tc.max_position_embeddings is not None
-                  or "max_position_embeddings" in (tc.model_config or {}))
+    return _build(shape_settings(tc), tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id, tc.seq_len,
+                  _explicit_context(tc))
+
+
+def _explicit_context(tc) -> bool:
+    """Whether the context was set (--context or --config), not just the preset's."""
+    return tc.max_position_embeddings is not None or "max_position_embeddings" in (tc.model_config or {})
 
 
 def _build(settings: dict, vocab_size: int, bos_id, eos_id, seq_len: int, explicit_context: bool) -> LlamaConfig:

@@ -127,11 +127,12 @@ def _remember(cache_file: Path, key: str, value: dict) -> None:
 
 
 def _read_json(path: Path):
+    from .io.reading import read_json
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path, expect=dict)
     except (OSError, ValueError):
-        return None         # missing, unreadable or damaged: measure again
-    return data if isinstance(data, dict) else None
+        return None         # missing, unreadable, damaged or not an object: measure again
 
 
 def _write_json(path: Path, data: dict) -> None:

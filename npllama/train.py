@@ -30,7 +30,8 @@ from .io.atomic import atomic_write_bytes, atomic_write_text
 from .io.errors import CheckpointError
 from .model_shape import (SHAPE_FLAGS, base_vocab_size, check_model_config_fields, check_shape, init_from_config,
                           init_from_tokenizer_path, new_model_config, read_model_config_file)
-from .optim import AdamW, NonFiniteGradientError, TrainingError, clip_finite_step, cosine_with_warmup
+from .optim import (AdamW, NonFiniteGradientError, TrainingError, _require_decay_fits_lr, clip_finite_step,
+                    cosine_with_warmup)
 from .parallel import BatchSplitter
 from .thread_choice import fastest_threads
 from .runs import (TOKENIZER_FILE, checkpoint_to_resume, mark_latest, remove_stale_temporaries,
@@ -130,9 +131,7 @@ class TrainConfig:
             raise ValueError(f"min_lr must be between 0 and lr ({self.lr}), got {self.min_lr}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.lr * self.weight_decay >= 1:
-            raise ValueError(f"lr * weight_decay must be below 1 (AdamW multiplies the weights by "
-                             f"1 - lr * weight_decay each step), got lr={self.lr}, weight_decay={self.weight_decay}")
+        _require_decay_fits_lr(self.lr, self.weight_decay)
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")

@@ -26,6 +26,21 @@ def add_run_options(p) -> None:
                    help="op implementations (default: $NPLLAMA_BACKEND or numba)")
 
 
+def load_run_model(path, adapter, dtype: str):
+    """(model, tokenizer, model_dir) for --model/--base `path` (None: the latest run), with the LoRA
+    `adapter` folder applied when one is given."""
+    import numpy as np
+
+    from ..runs import load_model_and_tokenizer
+
+    model, tokenizer, model_dir = load_model_and_tokenizer(path, dtype=getattr(np, dtype))
+    if adapter is not None:
+        from ..lora import load_adapter
+
+        load_adapter(model, adapter)
+    return model, tokenizer, model_dir
+
+
 def prepare_training_process() -> None:
     """A training process reuses the same big blocks every step: keeping freed memory in the
     heap saves 10-20% of a step in page faults (npllama/kernels/memory.py, benchmarks/README.md).

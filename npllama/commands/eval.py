@@ -51,12 +51,9 @@ def _run_options(p) -> None:
 
 
 def run_perplexity(args) -> int:
-    import numpy as np
-
     from ..backend import get_backend, use_backend
     from ..perplexity import perplexity
-    from ..runs import load_model_and_tokenizer
-    from . import UsageError
+    from . import UsageError, load_run_model
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -67,11 +64,7 @@ def run_perplexity(args) -> int:
             text = f.read()
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"cannot read --data {args.data}: {error}") from None
-    model, tokenizer, model_dir = load_model_and_tokenizer(args.model, dtype=getattr(np, args.dtype))
-    if args.adapter is not None:
-        from ..lora import load_adapter
-
-        load_adapter(model, args.adapter)
+    model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype)
     if args.context is not None and args.context > model.config.max_position_embeddings:
         raise UsageError(f"--context {args.context} is longer than the model's context "
                          f"({model.config.max_position_embeddings} tokens)")
@@ -85,20 +78,14 @@ def run_perplexity(args) -> int:
 
 
 def run_choice(args) -> int:
-    import numpy as np
-
     from ..backend import get_backend, use_backend
     from ..datasets import load_choice_items, make_choice_items
     from ..finetune import evaluate_choice
-    from ..lora import load_adapter
-    from ..runs import load_model_and_tokenizer
-    from . import UsageError
+    from . import UsageError, load_run_model
 
     if args.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
-    model, tokenizer, model_dir = load_model_and_tokenizer(args.base, dtype=getattr(np, args.dtype))
-    if args.adapter is not None:
-        load_adapter(model, args.adapter)
+    model, tokenizer, model_dir = load_run_model(args.base, args.adapter, args.dtype)
     items = make_choice_items(args.limit, seed=args.seed) if args.data is None else load_choice_items(args.data)
     items = items[:args.limit]
     with use_backend(args.backend or get_backend()):

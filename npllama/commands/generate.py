@@ -39,11 +39,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
-
     from ..backend import get_backend, use_backend
     from ..generate import StopStrings, check_generation_args, generate, stream_text
-    from ..runs import load_model_and_tokenizer
+    from . import load_run_model
 
     # Every argument is checked before the model is loaded or anything is printed.
     if args.num_samples < 1:
@@ -60,11 +58,7 @@ def run(args) -> int:
             raise UsageError(f"--chat-template {args.chat_template!r} is neither "
                              f"{' nor '.join(sorted(BUILTIN_TEMPLATES))} nor a Jinja file")
 
-    model, tokenizer, model_dir = load_model_and_tokenizer(args.model, dtype=getattr(np, args.dtype))
-    if args.adapter is not None:
-        from ..lora import load_adapter
-
-        load_adapter(model, args.adapter)
+    model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype)
     end_ids = [tokenizer.eos_id]
     if chat:
         from ..chat import ChatTemplate

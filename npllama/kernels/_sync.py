@@ -34,7 +34,7 @@ import numpy as np
 SLOT = 8                       # int64s per line: 64 bytes, one cache line
 JOB, QUIT, BASE, PARAMS = 0, 1, 2, 3     # offsets in the job board's line
 IDLE_FLAG, SEEN = 0, 1                    # offsets in a helper's line
-SPINS_BEFORE_YIELD = 2000      # ~ a few microseconds of pause instructions
+SPINS_BEFORE_YIELD = 256       # pause instructions: ~1-10 us (a pause is 10-140 cycles by CPU)
 YIELDS_BEFORE_IDLE = 2000      # then ~1-2 ms of sched_yield before a helper sleeps outside numba
 IDLE, TO_QUIT = -1, -2         # what wait_for_job returns when there is no job
 CAN_YIELD = sys.platform != "win32"    # sched_yield is POSIX

@@ -7,13 +7,20 @@
 `step` returns what `model.forward_step` returns for the same calls (tested equal).  A decode
 step at batch 1 does little arithmetic and reads every weight once, so it is bound by memory
 bandwidth and by whatever else it spends between those reads:
-  - one new token of one sequence is one numba call through every layer (`_decode_one_token`,
-    llama2.c's forward() top to bottom, no Python between layers), then the LM head -- at
-    stories15M 60% of the bytes a step reads -- as one BLAS gemv on all BLAS's threads.  The
-    layers' products run on one core inside the numba call: numba's parallel loops were tried
-    and lost (benchmarks/README.md: the workqueue pool's 35-45 us start per product; OpenMP's
-    spinning barrier, 5-50x slower whenever another process held a core, and a second OpenMP
-    runtime slows PyTorch in the same process ~100x);
+  - one new token of one sequence is one numba call per thread through every layer and the LM
+    head (`_decode_token_part`: llama2.c's forward() top to bottom, no Python between layers).
+    The matrix-vector products are split by rows over the threads and attention by KV group;
+    the threads meet at a barrier after each product (kernels/_sync.py), four per layer.  The
+    helper threads wait for the next token inside numba and sleep between bursts
+    (kernels/threads.py), so a token reaches them without Python or the GIL.  Numba's parallel
+    loops were tried and lost (benchmarks/README.md: the workqueue pool's 35-45 us start per
+    loop; OpenMP's spinning barrier, 5-50x slower whenever another process held a core, and a
+    second OpenMP runtime slows PyTorch in the same process ~100x).  BLAS is not used for them:
+    its gemv on two threads was no faster than `_matvec` on one (bench_kernels.py's table);
+  - by default the decoder uses every core, and keeps checking that against one thread
+    (threads.FasterOfTwo), since a team is slower when other programs keep the cores busy;
+    `threads=N` fixes the count.  Splits fall on multiples of 4 rows and on whole KV groups,
+    so the logits are the same bits for any thread count;
   - the weights are the model's own arrays, gathered into per-layer tuples once per model
     (`model_weights`, kept while the parameter arrays are the same objects): nothing is copied
     per decoder or per `generate` call, and a training step's in-place update is seen at once;
@@ -21,8 +28,11 @@ bandwidth and by whatever else it spends between those reads:
     products over all its rows, with RoPE, the KV-cache write and attention over the cached
     positions one numba call per layer; keys are cached transposed (hd, positions) so that the
     scores of all positions are one vectorised multiply-add per head dimension.
+
+Not for use by two threads at once (a RuntimeError says so): give each thread its own decoder.
 """
 import math
+import time
 import weakref
 
 import numpy as np
@@ -30,15 +40,18 @@ from numba import njit
 
 from ..ops._checks import require_int_array
 from ._simd import REDUCTION_FLAGS, exp_nonpositive, row_max, row_sum
+from ._sync import barrier, job_base, job_param, wait_for_job
 from .rmsnorm import _rmsnorm_forward_rows
 from .rope import _rotate
-from ._sync import barrier, job_base, job_param, wait_for_job
-from .threads import Team, decode_threads
 from .swiglu import _silu_mul, _silu_mul_halves
+from .threads import FasterOfTwo, Team, decode_threads
 
 
 class FastDecoder:
-    """Incremental decoding of `model` for `batch_size` sequences of up to `max_length` positions."""
+    """Incremental decoding of `model` for `batch_size` sequences of up to `max_length` positions.
+
+    threads: how many threads a one-token step of one sequence runs on.  None: every core
+    ($NPLLAMA_DECODE_THREADS if set), checked against one thread as decoding goes."""
 
     def __init__(self, model, batch_size: int = 1, max_length: int | None = None,
                  threads: int | None = None):
@@ -59,9 +72,12 @@ class FastDecoder:
         L, B, KVH, hd = cfg.num_hidden_layers, self.batch_size, cfg.num_key_value_heads, cfg.head_dim
         self.k_cache_t = np.zeros((L, B, KVH, hd, self.max_length), dtype=self.dtype)  # keys transposed
         self.v_cache = np.zeros((L, B, KVH, self.max_length, hd), dtype=self.dtype)
-        self.threads = decode_threads() if threads is None else threads
+        self.threads, chosen = decode_threads() if threads is None else (threads, True)
         self._one = _OneTokenBuffers(cfg, self.dtype, self.threads) if B == 1 else None
         self._team = Team(self.threads, _decode_helper, self._one_token_args()) if B == 1 else None
+        # The default (every core) is checked against one thread as the decoding goes; a count
+        # given by the caller is used as given.
+        self._chooser = FasterOfTwo() if B == 1 and self.threads > 1 and not chosen else None
 
     def reset(self) -> None:
         """Forget every position: the next step starts a new sequence."""
@@ -90,7 +106,17 @@ class FastDecoder:
 
     def _step_one_token(self, token: int, pos: int) -> np.ndarray:
         """Batch 1, one new token: every layer and the LM head in one numba call per thread."""
-        self._team.run(_decode_token_part, token, pos)
+        chooser = self._chooser
+        if chooser is None:
+            self._team.run(_decode_token_part, token, pos)
+        else:
+            way = chooser.next_way()
+            started = time.perf_counter()
+            if way == FasterOfTwo.TEAM:
+                self._team.run(_decode_token_part, token, pos)
+            else:
+                self._team.run_alone(_decode_token_part, token, pos)
+            chooser.record(way, time.perf_counter() - started)
         return self._one.logits.copy().reshape(1, 1, -1)
 
     def _one_token_args(self) -> tuple:

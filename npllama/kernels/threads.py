@@ -2,6 +2,7 @@
 
     team = Team(n, helper_loop, args)    # starts n - 1 helper threads, each in helper_loop
     team.run(part, p0, p1)               # posts a job; the caller runs part(0, n, flags, *args)
+    team.run_alone(part, p0, p1)         # the same job on the caller alone
     team.stop()                          # (also when the team is garbage-collected)
 
 The calling thread is thread 0.  Each helper t runs `helper_loop(t, n, flags, *args)`, an
@@ -15,9 +16,11 @@ thread pool takes 35-45 us to start each loop, and a token step has ~30 such loo
 Not for concurrent use: two threads calling `run` of one team at once get a RuntimeError.
 """
 import os
+import statistics
 import sys
 import threading
 import weakref
+from collections import deque
 
 from ._sync import IDLE, QUIT, SLOT, flags_for, publish_job
 
@@ -25,9 +28,10 @@ MAX_DECODE_THREADS = 8    # a batch-1 token step is memory-bound: more threads t
 ENV_VARIABLE = "NPLLAMA_DECODE_THREADS"
 
 
-def decode_threads() -> int:
-    """The default thread count of a decode step: $NPLLAMA_DECODE_THREADS, else the cores this
-    process may run on (at most MAX_DECODE_THREADS; 1 on Windows, which has no sched_yield)."""
+def decode_threads() -> tuple[int, bool]:
+    """The default thread count of a decode step, and whether it was chosen by the user:
+    ($NPLLAMA_DECODE_THREADS, True) if set, else (the cores this process may run on, at most
+    MAX_DECODE_THREADS; 1 on Windows, which has no sched_yield; False)."""
     text = os.environ.get(ENV_VARIABLE)
     if text:
         try:
@@ -36,7 +40,11 @@ def decode_threads() -> int:
             value = 0
         if value < 1:
             raise ValueError(f"{ENV_VARIABLE} must be a positive int, got {text!r}")
-        return value
+        return value, True
+    return _cores(), False
+
+
+def _cores() -> int:
     if sys.platform == "win32":
         return 1
     try:
@@ -52,6 +60,7 @@ class Team:
     def __init__(self, n: int, helper_loop, args: tuple):
         self.n, self.args, self.helper_loop = n, args, helper_loop
         self._running = threading.Lock()
+        self._alone = flags_for(1)
         self._start_helpers()
 
     def _start_helpers(self) -> None:
@@ -85,6 +94,11 @@ class Team:
         finally:
             self._running.release()
 
+    def run_alone(self, part, p0: int, p1: int) -> None:
+        """The same job on the calling thread alone: part(0, 1, flags, *args)."""
+        publish_job(self._alone, 1, p0, p1)
+        part(0, 1, self._alone, *self.args)
+
     def stop(self) -> None:
         """Ask the helpers to return; they do within ~1 ms (or at once if asleep)."""
         self._finalizer()
@@ -109,3 +123,47 @@ def _stop(flags, n: int, state: _HelperState) -> None:
     flags[n * SLOT + QUIT] = 1
     for t in range(1, n):
         state.wake[t].release()
+
+
+class FasterOfTwo:
+    """Which of two ways to run a step is faster now -- the whole team, or the calling thread
+    alone -- found by timing: PROBE steps of each, interleaved, then the faster way (by median)
+    for the next EVERY steps, then a new comparison, because other programs come and go.  A
+    team loses when other programs keep the cores busy: a thread then waits at each barrier for
+    one that is not running (measured: half the speed of one thread, on a 2-core machine with
+    two busy processes).  Either way gives the same numbers, so switching changes no result.
+
+        chooser = FasterOfTwo()
+        way = chooser.next_way()          # TEAM or ALONE
+        ... run the step that way, timing it ...
+        chooser.record(way, seconds)
+    """
+
+    TEAM, ALONE = 0, 1
+    PROBE = 4
+    EVERY = 128
+
+    def __init__(self):
+        self.choice = self.TEAM
+        self._plan = deque([self.TEAM, self.ALONE] * self.PROBE)
+        self._times: dict[int, list[float]] = {self.TEAM: [], self.ALONE: []}
+        self._until_next = 0
+
+    def next_way(self) -> int:
+        return self._plan[0] if self._plan else self.choice
+
+    def record(self, way: int, seconds: float) -> None:
+        if self._plan:
+            if way != self._plan[0]:
+                return
+            self._plan.popleft()
+            self._times[way].append(seconds)
+            if not self._plan:
+                team, alone = (statistics.median(self._times[w]) for w in (self.TEAM, self.ALONE))
+                self.choice = self.TEAM if team <= alone else self.ALONE
+                self._times = {self.TEAM: [], self.ALONE: []}
+                self._until_next = self.EVERY
+        else:
+            self._until_next -= 1
+            if self._until_next <= 0:
+                self._plan.extend([self.TEAM, self.ALONE] * self.PROBE)

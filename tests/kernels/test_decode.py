@@ -264,4 +264,46 @@ def test_thread_counts_are_checked(monkeypatch):
     with pytest.raises(ValueError, match=f"{ENV_VARIABLE} must be a positive int"):
         decode_threads()
     monkeypatch.setenv(ENV_VARIABLE, "3")
-    assert decode_threads() == 3 and FastDecoder(model).threads == 3
+    assert decode_threads() == (3, True)
+    decoder = FastDecoder(model)
+    assert decoder.threads == 3 and decoder._chooser is None     # the user's count is used as given
+    monkeypatch.delenv(ENV_VARIABLE)
+    cores, chosen = decode_threads()
+    assert cores >= 1 and not chosen
+    assert (FastDecoder(model)._chooser is not None) == (cores > 1)   # the default is checked against 1
+
+
+def run_chooser(chooser, seconds_of, steps):
+    """Drive a FasterOfTwo for `steps` steps whose times are seconds_of(way, step); the ways used."""
+    ways = []
+    for step in range(steps):
+        way = chooser.next_way()
+        ways.append(way)
+        chooser.record(way, seconds_of(way, step))
+    return ways
+
+
+def test_the_decoder_keeps_the_faster_of_team_and_alone_and_checks_again():
+    from npllama.kernels.threads import FasterOfTwo
+
+    TEAM, ALONE, probe, every = FasterOfTwo.TEAM, FasterOfTwo.ALONE, FasterOfTwo.PROBE, FasterOfTwo.EVERY
+    # the team is faster: after the first comparison the team runs every step until the next one
+    chooser = FasterOfTwo()
+    ways = run_chooser(chooser, lambda way, step: 1.0 if way == TEAM else 2.0, 2 * probe + every)
+    assert ways[:2 * probe] == [TEAM, ALONE] * probe and set(ways[2 * probe:]) == {TEAM}
+    # one slow outlier in the team's probe does not decide (medians)
+    chooser = FasterOfTwo()
+    ways = run_chooser(chooser, lambda way, step: (50.0 if step == 0 else 1.0) if way == TEAM else 2.0,
+                       2 * probe + 10)
+    assert set(ways[2 * probe:]) == {TEAM}
+    # the machine gets busy half way: alone becomes faster, and is chosen at the next comparison
+    chooser = FasterOfTwo()
+    busy_from = 2 * probe + every // 2
+
+    def busy_later(way, step):
+        return (1.0 if way == TEAM else 2.0) if step < busy_from else (4.0 if way == TEAM else 2.0)
+
+    ways = run_chooser(chooser, busy_later, 2 * (2 * probe + every))
+    second = 2 * probe + every
+    assert ways[second:second + 2 * probe] == [TEAM, ALONE] * probe
+    assert set(ways[second + 2 * probe:]) == {ALONE}

@@ -165,13 +165,19 @@ def test_diagnose_masks_and_concentrated_errors():
     assert "no simple pattern" in diagnose(noise, right, grad="dx").message
 
 
-def test_diagnose_prefers_a_known_mistake_and_op_factors():
-    right = np.arange(1.0, 7.0)
-    wrong = right[::-1].copy()
-    finding = diagnose(wrong, right, grad="dx", mistakes=[("reversed", "hint r", wrong)])
-    assert finding.message == "reversed" and finding.hint == "hint r"
-    finding = diagnose(2 * right, right, grad="dq", known_factors=[(2.0, "scale missing", "h")])
-    assert finding.message == "scale missing"
+def test_an_ops_own_factor_is_named_from_the_probes_not_from_the_ratio(tmp_path):
+    """One case's ratio cannot tell attention's missing 1/sqrt(head_dim) (2x at head_dim 4) from a
+    term counted twice: diagnose says only what the numbers show, the catalogue's probes name it."""
+    rng = np.random.default_rng(2)
+    right = rng.standard_normal((2, 3))
+    assert "exactly 2x" in diagnose(2 * right, right, grad="dq").message
+    body = CORRECT["attention"].replace("* scale", "")   # the scale left out of dq and dk
+    assert body != CORRECT["attention"]
+    path = tmp_path / "attention_backward.py"
+    path.write_text(body)
+    finding = check_file("attention", path, n_random=1).first_failure.finding
+    assert "1/sqrt(head_dim) scale of the scores is missing from dq and dk" in finding.message, finding.message
+    assert "2x" not in finding.message and "double-count" not in finding.hint
 
 
 # ----- student files that do not work at all ------------------------------------------------------------

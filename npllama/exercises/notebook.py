@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .catalog import get_exercise
+from .definitions import get_exercise
 from .derivation import derivation_markdown
 from .starter import starter_source, target_path
 

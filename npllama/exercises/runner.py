@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import Check, Exercise, get_exercise
+from .definitions import Check, Exercise, get_exercise
 from .checks import sample
 from .catalogue import CATALOGUES
 from .diagnose import CheckFailed, Finding
@@ -191,24 +191,19 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     first = report.first_failure
     if first is not None and first.status == "fail" and first.finding is not None:
         try:
-            _explain_from_probes(exercise, backward, first.finding)
-        except student_errors:   # the student's code misbehaving on a probe: keep the checks' finding
+            _name_the_mistake(exercise, backward, first.finding)
+        except student_errors:   # the student's code misbehaving on a probe: keep what the numbers showed
             pass
     return report
 
 
-def _explain_from_probes(exercise, backward, finding: Finding) -> None:
-    """Replace a single-case diagnosis by what the catalogue's probes show (catalogue.py)."""
-    catalogue = CATALOGUES.get(exercise.op)
-    if catalogue is None:
-        return
-    found = explain(catalogue, exercise, backward)
+def _name_the_mistake(exercise, backward, finding: Finding) -> None:
+    """Add to what the failing case's numbers show (diagnose.py) the mistake the catalogue's probes
+    name, if one matches on every probe (its words replace the numbers' own), and which simpler
+    cases pass (catalogue.py, mistakes.py)."""
+    found = explain(CATALOGUES[exercise.op], exercise, backward)
     if found.grad is not None:
         finding.message, finding.hint = found.message, found.hint
-        finding.generic = None
-    elif finding.generic is not None:   # a named cause the probes do not confirm: say only what is seen
-        finding.message, finding.hint = finding.generic
-        finding.generic = None
     finding.ladder = found.ladder
 
 

@@ -59,7 +59,7 @@ class Graded:
 def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: float = DEFAULT_TIMEOUT,
                memory_mb: int = DEFAULT_MEMORY_MB, allow_imports: bool = False) -> Graded:
     """Check `path` in a child process with a time and memory limit; never raises for the file's sake."""
-    from .catalog import get_exercise
+    from .definitions import get_exercise
 
     exercise = get_exercise(op)
     _check_limits(timeout, memory_mb)

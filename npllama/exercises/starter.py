@@ -6,7 +6,7 @@ import inspect
 import textwrap
 from pathlib import Path
 
-from .catalog import Exercise, get_exercise
+from .definitions import Exercise, get_exercise
 from .derivation import backward_heading, explain_text
 from .screen import RULE
 

@@ -43,7 +43,12 @@ def test_explain_command(capsys):
     assert "SwiGLU" in capsys.readouterr().out
     assert main(["explain"]) == 0 and "transformer_block" in capsys.readouterr().out
     assert main(["explain", "nope"]) == 2
-    assert "unknown op or derivation 'nope'" in capsys.readouterr().err
+    assert "unknown op or derivation 'nope' (did you mean 'rope'?)" in capsys.readouterr().err
+    assert main(["explain", "qqq"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown op or derivation 'qqq'" in err and "did you mean" not in err
+    assert main(["explain", "layrnorm"]) == 2
+    assert "did you mean 'layernorm'?" in capsys.readouterr().err
 
 
 def test_starter_quotes_the_backward_section_and_states_the_rule(tmp_path, capsys, monkeypatch):

@@ -288,13 +288,15 @@ def test_cli_list_start_check(tmp_path, capsys, monkeypatch):
     assert run_cli(["exercise", "list"]) == 0
     out = capsys.readouterr().out
     assert all(f"{op}_backward(" in out for op in EXERCISES)
+    assert "`npllama explain <exercise>`" in out
     monkeypatch.chdir(tmp_path)
     assert run_cli(["exercise", "start", "rmsnorm"]) == 0
     assert (tmp_path / "rmsnorm_backward.py").is_file()
     assert "npllama exercise check rmsnorm rmsnorm_backward.py" in capsys.readouterr().out
     assert run_cli(["exercise", "check", "rmsnorm", "rmsnorm_backward.py"]) == 1
-    out = capsys.readouterr().out
-    assert "not implemented yet" in out and "0 of 4 checks passed" in out
+    captured = capsys.readouterr()
+    assert "not implemented yet" in captured.out and "0 of 4 checks passed" in captured.out
+    assert "checking rmsnorm_backward.py against the 4 checks of exercise rmsnorm" in captured.err
     with pytest.raises(UsageError, match="--force"):
         run_cli(["exercise", "start", "rmsnorm"])
     (tmp_path / "rmsnorm_backward.py").write_text(CORRECT["rmsnorm"])
@@ -327,6 +329,8 @@ def test_cli_mistakes_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "COMMANDS", {"exercise": "npllama.commands.exercise"})
     assert cli.main(["exercise", "start", "nope"]) == 2
     assert "unknown exercise 'nope'" in capsys.readouterr().err
+    assert cli.main(["exercise", "check", "crossentropy", str(tmp_path)]) == 2
+    assert "unknown exercise 'crossentropy' (did you mean 'cross_entropy'?)" in capsys.readouterr().err
     assert cli.main(["exercise", "check", "rmsnorm", str(tmp_path / "missing.py")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["exercise", "check", "rmsnorm", str(tmp_path), "--cases", "-1"]) == 2

@@ -813,6 +813,14 @@ EXERCISES: dict[str, Exercise] = {ex.op: ex for ex in (
 
 def get_exercise(op: str) -> Exercise:
     if op not in EXERCISES:
-        raise ValueError(f"unknown exercise {op!r}; choose one of: {', '.join(EXERCISES)}")
+        raise ValueError(f"unknown exercise {op!r}{did_you_mean(op, EXERCISES)}; choose one of: {', '.join(EXERCISES)}")
     return EXERCISES[op]
+
+
+def did_you_mean(name, choices) -> str:
+    """" (did you mean 'rmsnorm'?)" for a near miss, else ""."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 

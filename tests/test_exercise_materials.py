@@ -122,3 +122,22 @@ def test_starter_quotes_the_ops_own_cache_type():
         assert f"{field}: " in text
     assert "attn_probs: np.ndarray   # (B, H, T, S)" in inspect.getsource(AttentionCache) and \
         "attn_probs: np.ndarray   # (B, H, T, S)" in text
+
+
+def test_the_report_shown_in_the_debugging_guide_is_what_check_prints(tmp_path):
+    """docs/debugging.md quotes a whole report for RMSNorm's missing projection term: it must stay
+    what `exercise check` prints for that file."""
+    from npllama.exercises import check_file
+    from npllama.exercises.planted import PLANTED
+
+    guide = Path(__file__).resolve().parents[1] / "docs" / "debugging.md"
+    if not guide.is_file():
+        pytest.skip("not a source checkout")
+    text = guide.read_text(encoding="utf-8")
+    start = text.index("exercise rmsnorm: rmsnorm_backward in rmsnorm_backward.py")
+    quoted = text[start:text.index("```", start)].rstrip("\n")
+    bug = next(b for b in PLANTED if b.op == "rmsnorm" and b.label == "missing term")
+    path = tmp_path / "rmsnorm_backward.py"
+    path.write_text(bug.source)
+    printed = check_file("rmsnorm", path).format().replace(str(path), "rmsnorm_backward.py")
+    assert printed == quoted

@@ -23,6 +23,19 @@ def test_latex_becomes_readable_text():
     assert text == "Given dy:\n\n    dx = a/b\n\nand bold code.\n"
 
 
+def test_latex_environments_and_spacing_become_readable_text():
+    """What the derivations use beyond plain formulas: aligned rows, cases, matrices, \\ell, x^{(\\ell)}."""
+    aligned = to_text("$$\\begin{aligned}\np &\\leftarrow p - \\mathrm{lr}\\, g && \\text{(update)}\\\\\n"
+                      "m &= \\beta m\n\\end{aligned}$$")
+    assert aligned == "    p <- p - lr g (update)\n    m = β m\n"
+    cases = to_text("$$y = \\begin{cases} a & t = \\ell,\\\\[2pt] 0 & \\text{otherwise.}\\end{cases}$$")
+    assert cases == "    y =\n    a    t = ℓ,\n    0    otherwise.\n"
+    assert latex_to_text(r"M = \begin{pmatrix} \cos\phi & -\sin\phi \\ \sin\phi & \cos\phi \end{pmatrix}") == \
+        "M = (cos φ, -sin φ; sin φ, cos φ)"
+    assert latex_to_text(r"\mathrm{scale}\textstyle\sum_{h} q_h") == "scale sum_h q_h"
+    assert latex_to_text(r"x^{(\ell)}") == "x^(ℓ)"
+
+
 def test_every_exercise_has_a_derivation_with_a_backward_section():
     names = available()
     assert {"adamw", "transformer_block"} <= set(names)

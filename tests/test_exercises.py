@@ -296,6 +296,8 @@ def test_cli_list_start_check(tmp_path, capsys, monkeypatch):
     assert run_cli(["exercise", "check", "rmsnorm", "rmsnorm_backward.py"]) == 1
     captured = capsys.readouterr()
     assert "not implemented yet" in captured.out and "0 of 4 checks passed" in captured.out
+    assert "rmsnorm_backward in rmsnorm_backward.py\n" in captured.out    # the path as given, not absolute
+    assert "npllama exercise check rmsnorm rmsnorm_backward.py\n" in captured.out
     assert "checking rmsnorm_backward.py against the 4 checks of exercise rmsnorm" in captured.err
     with pytest.raises(UsageError, match="--force"):
         run_cli(["exercise", "start", "rmsnorm"])

@@ -2,6 +2,7 @@
 planted wrong ones with the right diagnosis, starter files fail cleanly, and the command works."""
 import argparse
 import json
+import re
 import subprocess
 import sys
 
@@ -227,6 +228,19 @@ def test_unusable_files_are_explained(tmp_path):
     (tmp_path / "import_fails.py").write_text("import numpy as np\nraise RuntimeError('boom')\n")
     assert "RuntimeError: boom" in check_file("rmsnorm", tmp_path / "import_fails.py").load_error
     assert "does not exist" in check_file("rmsnorm", tmp_path / "nope.py").load_error
+
+
+@pytest.mark.parametrize("call,error,phrase", [
+    (lambda: check_file("rmsnorm", 5), TypeError, "path must be a .py file"),
+    (lambda: check_file("rmsnorm", "missing.py", n_random="3"), ValueError, "n_random must be an int >= 0"),
+    (lambda: check_file("rmsnorm", "missing.py", seed=-1), ValueError, "seed must be an int >= 0"),
+    (lambda: check_folder("rmsnorm", 3.0), TypeError, "folder must be a folder of .py files"),
+    (lambda: write_starter("rmsnorm", 5), TypeError, "path must be the file or folder to write"),
+    (lambda: get_exercise("layer_norm"), ValueError, "did you mean 'layernorm'?"),
+])
+def test_bad_arguments_name_the_argument(call, error, phrase):
+    with pytest.raises(error, match=re.escape(phrase)):
+        call()
 
 
 def test_wrong_number_of_returned_gradients():

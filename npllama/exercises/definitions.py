@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -815,6 +817,13 @@ def get_exercise(op: str) -> Exercise:
     if op not in EXERCISES:
         raise ValueError(f"unknown exercise {op!r}{did_you_mean(op, EXERCISES)}; choose one of: {', '.join(EXERCISES)}")
     return EXERCISES[op]
+
+
+def path_argument(value, name: str, what: str) -> Path:
+    """`value` as a Path, or a TypeError naming the argument (pathlib's own names none)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be {what} (a str or os.PathLike), got {type(value).__name__}")
+    return Path(value)
 
 
 def did_you_mean(name, choices) -> str:

@@ -20,7 +20,9 @@ COLUMNS = ("file", "status", "checks_passed", "first_failure", "diagnosis", "sec
 
 
 def submissions_in(folder) -> list[Path]:
-    folder = Path(folder)
+    from .definitions import path_argument
+
+    folder = path_argument(folder, "folder", "a folder of .py files")
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder of submissions")
     files = sorted(p for p in folder.iterdir() if p.suffix == ".py" and p.is_file())

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .definitions import Check, Exercise, get_exercise
+from .definitions import Check, Exercise, get_exercise, path_argument
 from .checks import sample
 from .catalogue import CATALOGUES
 from .diagnose import CheckFailed, Finding
@@ -150,9 +150,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     exercise = get_exercise(op)
     if not callable(backward):
         raise TypeError(f"backward must be a function like {exercise.signature[4:-1]}, got {type(backward).__name__}")
-    for name, value in (("n_random", n_random), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    _check_cases(n_random, seed)
     source = source or getattr(backward, "__name__", repr(backward))
     source_file = source_file or getattr(getattr(backward, "__code__", None), "co_filename", None)
     backward = exercise.adapt(student_call(backward))
@@ -210,7 +208,7 @@ def _name_the_mistake(exercise, backward, finding: Finding) -> None:
 def load_function(op: str, path, catch_everything: bool = False) -> object:
     """Import the file at `path` (by path, not by name) and return its <op>_backward function."""
     exercise = get_exercise(op)
-    path = Path(path)
+    path = path_argument(path, "path", "a .py file")
     if not path.is_file():
         raise SubmissionError(f"{path} does not exist (expected a .py file defining {exercise.backward_name})")
     name = f"npllama_submission_{abs(hash(str(path.resolve())))}"
@@ -245,7 +243,8 @@ def check_file(op: str, path, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int
 
     allow_imports: skip the import rule (for files you trust); the run-time guard stays on."""
     exercise = get_exercise(op)
-    path = Path(path)
+    path = path_argument(path, "path", "a .py file")
+    _check_cases(n_random, seed)
     if not allow_imports and path.is_file():
         try:
             source = path.read_text(encoding="utf-8")
@@ -284,6 +283,12 @@ def format_table(reports: list[Report], width: int = 90) -> str:
 
 
 # ----- helpers ------------------------------------------------------------------------------------
+
+def _check_cases(n_random, seed) -> None:
+    for name, value in (("n_random", n_random), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+
 
 def _describe_exception(error: BaseException, source_file: str | None, what: str = "your function") -> str:
     text = f"{what} raised {type(error).__name__}: {error}".rstrip(": ")

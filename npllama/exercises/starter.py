@@ -6,7 +6,7 @@ import inspect
 import textwrap
 from pathlib import Path
 
-from .definitions import Exercise, get_exercise
+from .definitions import Exercise, get_exercise, path_argument
 from .derivation import backward_heading, explain_text
 from .screen import RULE
 
@@ -105,7 +105,7 @@ def _as_comment(text: str) -> str:
 def target_path(path, default_name: str, suffix: str, force: bool) -> Path:
     """Where to write a student's file: `path` itself, or default_name inside it when it is a folder
     (existing, or any path without `suffix`); refuses to overwrite unless force."""
-    path = Path(path) if path is not None else Path(default_name)
+    path = path_argument(path, "path", "the file or folder to write") if path is not None else Path(default_name)
     if path.is_dir() or path.suffix != suffix:
         path = path / default_name
     if path.exists() and not force:

@@ -680,7 +680,7 @@ def attention_with(right_line, wrong_line):
 # Mistakes the per-exercise lists of the first checker named from one case, and no planted or blind
 # file above covered: each must still be named, now from the probes (catalogue.py).  The last two
 # (the scale missing from dq alone, doubled in dk alone) one case named from the ratio, the probes
-# could not confirm it, and the student was left with "exactly 2x: counted twice?".
+# could not confirm it, and the student was left with a bare ratio ("exactly 2x", "exactly half").
 FORMERLY_NAMED_FROM_ONE_CASE = [
     ("rmsnorm", "projection term's sign", "projection term has the wrong sign", """
         def rmsnorm_backward(dy, cache):

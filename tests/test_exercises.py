@@ -216,6 +216,9 @@ def test_crashing_student_code_is_reported_with_its_line(tmp_path):
     assert "IndexError" in first.finding.message and "line 6 of crash.py: return p[:, 99] * dp" in \
         first.finding.message
     assert "Traceback" not in report.format()
+    assert "gradient:" not in report.format()          # no gradient came back: none is named
+    assert report.summary() == "returns: " + first.finding.message
+    assert report.to_dict()["first_failure"]["diagnosis"].startswith("your function raised IndexError")
 
 
 def test_unusable_files_are_explained(tmp_path):

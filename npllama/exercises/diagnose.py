@@ -29,7 +29,7 @@ ROUND_OFF_RATIO = 5e-7   # a ratio this close to 1 is round-off (float64 differe
 class Finding:
     """Everything a student needs to find the bug in one gradient."""
 
-    grad: str                       # which gradient, e.g. "dx"
+    grad: str                       # which gradient, e.g. "dx" ('' when none came back: a crash)
     message: str                    # what is wrong, one or two sentences
     hint: str = ""                  # where to look
     rel_error: float | None = None
@@ -43,7 +43,8 @@ class Finding:
         out = []
         if self.case:
             out.append(f"case: {self.case}")
-        out.append(f"gradient: {self.grad}")
+        if self.grad:
+            out.append(f"gradient: {self.grad}")
         if self.rel_error is not None:
             where = ""
             if self.worst_index is not None and self.got_value is not None:
@@ -58,7 +59,7 @@ class Finding:
         return out
 
     def short(self) -> str:
-        return f"{self.grad}: {self.message}"
+        return f"{self.grad}: {self.message}" if self.grad else self.message
 
 
 class CheckFailed(AssertionError):

@@ -128,6 +128,7 @@ class Report:
                 "refused": self.refused, "summary": self.summary(),
                 "first_failure": None if first is None else {
                     "check": first.check.name, "status": first.status,
+                    "diagnosis": first.finding.short() if first.finding else first.status,
                     **(dataclasses.asdict(first.finding) if first.finding else {})},
                 "checks": {r.check.name: r.status for r in self.results}}
 
@@ -181,7 +182,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
                 break
             except student_errors as error:  # the student's code crashed: say where, in their file
                 result.status = "error"
-                result.finding = Finding(exercise.backward_name, _describe_exception(error, source_file),
+                result.finding = Finding("", _describe_exception(error, source_file),
                                          hint=_crash_hint(error), case=_describe_params(exercise, params))
                 break
         results.append(result)

@@ -158,8 +158,7 @@ def _graded_from_report(path: Path, report: dict, seconds: float) -> Graded:
         status = "not implemented"
     else:
         status = "pass" if report.get("ok") else "fail"
-    diagnosis = "" if status == "pass" else (first.get("message") and f"{first.get('grad')}: {first['message']}"
-                                              or report.get("summary", ""))
+    diagnosis = "" if status == "pass" else (first.get("diagnosis") or report.get("summary", ""))
     return Graded(path.name, status, int(report.get("passed", 0)), int(report.get("total", 0)),
                   first.get("check", ""), diagnosis, seconds, report.get("text", ""))
 

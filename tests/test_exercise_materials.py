@@ -94,6 +94,11 @@ def test_notebook_has_derivation_starter_and_check(tmp_path):
     exec("".join(notebook["cells"][2]["source"]), namespace)
     exec("".join(notebook["cells"][3]["source"]).replace("print(", "report = ("), namespace)
     assert "not implemented yet" in namespace["report"]
+    # in a notebook there is no file to pass to `npllama exercise check`, and the math is the cell above
+    starter = "".join(notebook["cells"][2]["source"])
+    assert "run the next cell to check it" in starter and "npllama exercise check" not in starter
+    assert "# ----- the math you need" not in starter and "(the cell above;" in starter
+    assert "npllama exercise check" not in namespace["report"] and "run the check again" in namespace["report"]
 
 
 def test_notebook_is_valid_nbformat(tmp_path):

@@ -99,9 +99,10 @@ class Report:
             lines += [f"  refused, not graded: {self.refused}", f"  the rule: {RULE}", "0 checks run."]
             return "\n".join(lines)
         if self.not_implemented:
+            again = (f"then check it again:\n      npllama exercise check {ex.op} {self.source}"
+                     if self.source.endswith(".py") else "then run the check again.")
             lines += [f"  {ex.backward_name} is not implemented yet: it raises NotImplementedError.",
-                      f"  Write its body (work the math in {ex.derivation} first), then check it again:",
-                      f"      npllama exercise check {ex.op} {self.source}",
+                      f"  Write its body (work the math in {ex.derivation} first), {again}",
                       f"0 of {self.total} checks passed."]
             return "\n".join(lines)
         width = max(len(r.check.name) for r in self.results)

@@ -159,3 +159,11 @@ def test_the_report_shown_in_the_debugging_guide_is_what_check_prints(tmp_path):
     path.write_text(bug.source)
     printed = check_file("rmsnorm", path).format().replace(str(path), "rmsnorm_backward.py")
     assert printed == quoted
+
+
+def test_the_rule_does_not_forbid_the_helpers_the_starter_imports():
+    """The block exercise is built from the ops' backward passes: its starter imports them, so the
+    rule it quotes must not say that importing npllama's ops is refused."""
+    text = starter_source("block")
+    assert "from npllama.ops.rmsnorm import rmsnorm_backward" in text
+    assert "plus the helpers this exercise names" in text and "imports npllama's ops" not in text

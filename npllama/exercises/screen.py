@@ -42,9 +42,9 @@ FORBIDDEN_NUMPY_ATTRIBUTES = {"load", "save", "savez", "savez_compressed", "from
 NOISE_FLOOR, NOISE_CEILING = 1e-12, 1e-4
 
 RULE = ("Use NumPy and math only (plus the helpers this exercise names), and compute the gradient "
-        "from the cache with the chain rule: a file that imports npllama's ops, kernels or backend, "
-        "reaches for code through exec/eval/getattr/__import__, or evaluates the forward pass to "
-        "differentiate it numerically is refused, not graded.")
+        "from the cache with the chain rule: a file that imports any other part of npllama (an op, a "
+        "kernel, the backend), reaches for code through exec/eval/getattr/__import__, or evaluates the "
+        "forward pass to differentiate it numerically is refused, not graded.")
 
 
 def screen_source(source: str, allowed_helpers=(), filename: str = "<submission>") -> list[str]:

@@ -127,11 +127,15 @@ def _stop(flags, n: int, state: _HelperState) -> None:
 
 class FasterOfTwo:
     """Which of two ways to run a step is faster now -- the whole team, or the calling thread
-    alone -- found by timing: PROBE steps of each, interleaved, then the faster way (by median)
-    for the next EVERY steps, then a new comparison, because other programs come and go.  A
-    team loses when other programs keep the cores busy: a thread then waits at each barrier for
-    one that is not running (measured: half the speed of one thread, on a 2-core machine with
-    two busy processes).  Either way gives the same numbers, so switching changes no result.
+    alone -- found by timing: after WARMUP steps of the team, PROBE steps of each, interleaved,
+    then the faster way (by median) until the next comparison.  Comparisons come again and again
+    because other programs come and go: first after FIRST_GAP steps, then twice as far apart each
+    time up to MAX_GAP, and FIRST_GAP again whenever one changed the choice (the machine is
+    changing).  A team loses when other programs keep the cores busy: a thread then waits at
+    each barrier for one that is not running (measured: half the speed of one thread, on a 2-core
+    machine with two busy processes); for the first ~0.1 s after a BLAS call (a prompt's
+    prefill) even BLAS's own idle threads can be enough.  Either way gives the same numbers, so
+    switching changes no result.
 
         chooser = FasterOfTwo()
         way = chooser.next_way()          # TEAM or ALONE
@@ -140,30 +144,35 @@ class FasterOfTwo:
     """
 
     TEAM, ALONE = 0, 1
-    PROBE = 4
-    EVERY = 128
+    WARMUP, PROBE = 4, 4
+    FIRST_GAP, MAX_GAP = 32, 512
 
     def __init__(self):
         self.choice = self.TEAM
-        self._plan = deque([self.TEAM, self.ALONE] * self.PROBE)
+        self._plan = deque([self.TEAM] * self.WARMUP + [self.TEAM, self.ALONE] * self.PROBE)
         self._times: dict[int, list[float]] = {self.TEAM: [], self.ALONE: []}
+        self._gap = self.FIRST_GAP // 2      # the first comparison makes it FIRST_GAP either way
         self._until_next = 0
 
     def next_way(self) -> int:
         return self._plan[0] if self._plan else self.choice
 
     def record(self, way: int, seconds: float) -> None:
-        if self._plan:
-            if way != self._plan[0]:
-                return
-            self._plan.popleft()
-            self._times[way].append(seconds)
-            if not self._plan:
-                team, alone = (statistics.median(self._times[w]) for w in (self.TEAM, self.ALONE))
-                self.choice = self.TEAM if team <= alone else self.ALONE
-                self._times = {self.TEAM: [], self.ALONE: []}
-                self._until_next = self.EVERY
-        else:
+        if not self._plan:
             self._until_next -= 1
             if self._until_next <= 0:
                 self._plan.extend([self.TEAM, self.ALONE] * self.PROBE)
+            return
+        if way != self._plan[0]:
+            return
+        warming_up = len(self._plan) > 2 * self.PROBE
+        self._plan.popleft()
+        if warming_up:
+            return
+        self._times[way].append(seconds)
+        if not self._plan:
+            team, alone = (statistics.median(self._times[w]) for w in (self.TEAM, self.ALONE))
+            choice = self.TEAM if team <= alone else self.ALONE
+            self._gap = self.FIRST_GAP if choice != self.choice else min(2 * self._gap, self.MAX_GAP)
+            self.choice, self._until_next = choice, self._gap
+            self._times = {self.TEAM: [], self.ALONE: []}

@@ -286,24 +286,36 @@ def run_chooser(chooser, seconds_of, steps):
 def test_the_decoder_keeps_the_faster_of_team_and_alone_and_checks_again():
     from npllama.kernels.threads import FasterOfTwo
 
-    TEAM, ALONE, probe, every = FasterOfTwo.TEAM, FasterOfTwo.ALONE, FasterOfTwo.PROBE, FasterOfTwo.EVERY
-    # the team is faster: after the first comparison the team runs every step until the next one
+    TEAM, ALONE = FasterOfTwo.TEAM, FasterOfTwo.ALONE
+    warmup, probe, first_gap = FasterOfTwo.WARMUP, FasterOfTwo.PROBE, FasterOfTwo.FIRST_GAP
+    compare = warmup + 2 * probe           # steps until the first choice
+
+    # the team is faster: warm-up and comparison, then the team every step until the next one
     chooser = FasterOfTwo()
-    ways = run_chooser(chooser, lambda way, step: 1.0 if way == TEAM else 2.0, 2 * probe + every)
-    assert ways[:2 * probe] == [TEAM, ALONE] * probe and set(ways[2 * probe:]) == {TEAM}
-    # one slow outlier in the team's probe does not decide (medians)
+    ways = run_chooser(chooser, lambda way, step: 1.0 if way == TEAM else 2.0, compare + first_gap)
+    assert ways[:compare] == [TEAM] * warmup + [TEAM, ALONE] * probe
+    assert set(ways[compare:]) == {TEAM}
+    # the warm-up steps don't count, and one slow outlier among the probes does not decide (medians)
     chooser = FasterOfTwo()
-    ways = run_chooser(chooser, lambda way, step: (50.0 if step == 0 else 1.0) if way == TEAM else 2.0,
-                       2 * probe + 10)
-    assert set(ways[2 * probe:]) == {TEAM}
-    # the machine gets busy half way: alone becomes faster, and is chosen at the next comparison
+    ways = run_chooser(chooser, lambda way, step: (50.0 if step < warmup + 1 else 1.0) if way == TEAM else 2.0,
+                       compare + 10)
+    assert set(ways[compare:]) == {TEAM}
+    # while nothing changes, comparisons come twice as far apart each time
     chooser = FasterOfTwo()
-    busy_from = 2 * probe + every // 2
+    ways = run_chooser(chooser, lambda way, step: 1.0 if way == TEAM else 2.0, 2000)
+    alone_at = [i for i, w in enumerate(ways) if w == ALONE]
+    starts = [alone_at[i] for i in range(0, len(alone_at), probe)]
+    gaps = [b - a - 2 * probe for a, b in zip(starts, starts[1:])]
+    assert gaps[:3] == [first_gap, 2 * first_gap, 4 * first_gap] and max(gaps) == FasterOfTwo.MAX_GAP
+    # the machine gets busy: alone becomes faster, is chosen at the next comparison, and the
+    # comparisons come often again
+    chooser = FasterOfTwo()
+    busy_from = compare + first_gap // 2
 
     def busy_later(way, step):
         return (1.0 if way == TEAM else 2.0) if step < busy_from else (4.0 if way == TEAM else 2.0)
 
-    ways = run_chooser(chooser, busy_later, 2 * (2 * probe + every))
-    second = 2 * probe + every
+    ways = run_chooser(chooser, busy_later, compare + first_gap + 2 * probe + first_gap)
+    second = compare + first_gap
     assert ways[second:second + 2 * probe] == [TEAM, ALONE] * probe
     assert set(ways[second + 2 * probe:]) == {ALONE}

@@ -388,9 +388,8 @@ def _apply_optimizer_settings(optimizer: AdamW, tc: TrainConfig, changed, where:
         if value != wanted[name] and name not in changed:
             raise CheckpointError(where, f"the optimizer state has {name} = {value!r}, but the run's "
                                          f"train_config.json says {wanted[name]!r}", field=name)
-    optimizer.weight_decay, optimizer.eps = wanted["weight_decay"], wanted["eps"]
-    optimizer.betas = (wanted["beta1"], wanted["beta2"])
-    optimizer.lr = tc.lr
+    optimizer.with_settings(lr=tc.lr, betas=(wanted["beta1"], wanted["beta2"]), eps=wanted["eps"],
+                            weight_decay=wanted["weight_decay"])
 
 
 @contextlib.contextmanager
@@ -715,9 +714,12 @@ def _write_train_config(run_dir: Path, tc: TrainConfig) -> None:
     atomic_write_text(run_dir / "train_config.json", json.dumps(dataclasses.asdict(tc), indent=2) + "\n")
 
 
+PATH_SETTINGS = ("out", "data", "tokenizer", "val_data", "init_from")  # TrainConfig's file and folder settings
+
+
 def _same_path(name: str, a, b) -> bool:
-    """`runs/x` and `/home/me/runs/x` name the same file: not a change."""
-    if name not in ("out", "data", "tokenizer") or not isinstance(a, str) or not isinstance(b, str):
+    """`runs/x`, `./runs/x`, `/home/me/runs/x` and a symlink to it name the same file: not a change."""
+    if name not in PATH_SETTINGS or not isinstance(a, str) or not isinstance(b, str):
         return False
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 

@@ -42,7 +42,6 @@ from .runs import (TOKENIZER_FILE, checkpoint_to_resume, mark_latest, remove_sta
 DTYPES = {"float32": np.float32, "float64": np.float64}
 OBJECTIVES = ("causal", "mlm")
 CONFIG_FILE = "train_config.json"
-TOKENIZER_TRAINING_PREFIX = ".tokenizer-training"  # SentencePiece's output, before it is moved into place
 
 
 @dataclasses.dataclass
@@ -517,34 +516,8 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts: list[str], echo, c
         return Tokenizer(path)
     vocab_size = base_vocab_size(tc) if tc.init_from is None else init_from_config(tc).vocab_size
     echo(f"training a SentencePiece BPE tokenizer with {vocab_size} pieces ...")
-    # SentencePiece writes its files in place; train under a temporary name and move the result
-    # in atomically, so a run killed meanwhile never leaves a half-written tokenizer.model behind.
-    prefix = run_dir / TOKENIZER_TRAINING_PREFIX
-    try:
-        trained = Tokenizer.train(texts, prefix, vocab_size, input_sentence_size=200_000)
-        atomic_write_bytes(run_dir / "tokenizer.vocab", Path(f"{prefix}.vocab").read_bytes())
-        atomic_write_bytes(path, trained.model_bytes)
-    except (OSError, ValueError) as error:
-        _explain_tokenizer_failure(run_dir, error)
-        raise
-    finally:  # what SentencePiece wrote, whether it succeeded or not
-        for suffix in (".model", ".vocab"):
-            Path(f"{prefix}{suffix}").unlink(missing_ok=True)
-    return Tokenizer(path)
-
-
-def _explain_tokenizer_failure(run_dir: Path, error: Exception) -> None:
-    """SentencePiece reports a full disk as a model it cannot read; say what really happened."""
-    import shutil
-
-    try:
-        free = shutil.disk_usage(run_dir).free
-    except OSError:
-        return
-    if free < 1024**2:
-        raise OSError(28, f"training the tokenizer failed because {run_dir} is out of space "
-                          f"({free:,} bytes free): free some space and start again "
-                          f"(SentencePiece said: {error})") from None
+    # tokenizer.model and tokenizer.vocab, each written atomically (a full disk is an OSError saying so)
+    return Tokenizer.train(texts, path.with_suffix(""), vocab_size, input_sentence_size=200_000)
 
 
 def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts: list[str]):

@@ -10,7 +10,6 @@ The head reads the hidden state of each text's last real token, as transformers'
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -103,9 +102,11 @@ def _label_names(folder: Path, config: dict, num_labels: int) -> list[str]:
             pass
     info = folder / INFO_FILE
     if info.is_file():
-        try:
-            names = json.loads(info.read_text(encoding="utf-8")).get("label_names")
-        except (ValueError, AttributeError):
+        from .io.reading import read_json
+
+        try:  # a regular file of bounded size holding an object, as every JSON we read
+            names = read_json(info, expect=dict).get("label_names")
+        except ValueError:
             names = None
         if isinstance(names, list) and len(names) == num_labels:
             return [str(n) for n in names]

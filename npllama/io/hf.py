@@ -56,7 +56,7 @@ def load_hf_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.nd
     `config.param_shapes()`, each a new C-contiguous writeable array of `dtype`
     (np.float32 or np.float64)."""
     dtype = _float_dtype("dtype", dtype)
-    folder, config = _open_folder(path, dtype, "a Hugging Face model folder")
+    folder, config, _ = _open_folder(path, dtype, "a Hugging Face model folder")
 
     # tensor name -> file holding it; each file's header; the file listing them (index or single)
     tensor_files, headers, source = _tensor_files(folder)
@@ -77,8 +77,7 @@ def load_hf_classifier_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict
     never uses, is zeros.  The same checks as load_hf_folder, each a CheckpointError.
     """
     dtype = _float_dtype("dtype", dtype)
-    folder, config = _open_folder(path, dtype, "a classifier folder (with score.weight)")
-    raw = _load_json(folder / CONFIG_NAME)
+    folder, config, raw = _open_folder(path, dtype, "a classifier folder (with score.weight)")
     tensor_files, headers, source = _tensor_files(folder)
     score_file = tensor_files.pop(SCORE_NAME, None)
     if score_file is None:
@@ -102,17 +101,18 @@ def load_hf_classifier_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict
     return config, {name: _own_array(params.pop(name), dtype) for name in shapes}, _own_array(score, dtype), raw
 
 
-def _open_folder(path, dtype, kind: str) -> tuple[Path, LlamaConfig]:
-    """The folder and its config, once the folder exists and the parameters fit in memory."""
+def _open_folder(path, dtype, kind: str) -> tuple[Path, LlamaConfig, dict]:
+    """The folder, its config and config.json as read (id2label and the like), once the folder
+    exists and the parameters fit in memory."""
     folder = Path(path)
     if not folder.is_dir():
         from .describe import describe_model_path   # what it is instead, and how to load that
 
         raise FileNotFoundError(f"{folder} is not a folder (expected {kind} holding {CONFIG_NAME} "
                                 f"and {WEIGHTS_NAME}): {describe_model_path(folder)}")
-    config = read_config(folder / CONFIG_NAME)
+    config, raw = _read_config_and_fields(folder / CONFIG_NAME)
     _check_memory_budget(folder / CONFIG_NAME, config, dtype)
-    return folder, config
+    return folder, config, raw
 
 
 def _read_params(to_read: dict[str, Path], tied_head: Path | None, dtype) -> dict[str, np.ndarray]:
@@ -127,6 +127,11 @@ def _read_params(to_read: dict[str, Path], tied_head: Path | None, dtype) -> dic
 
 def read_config(config_path) -> LlamaConfig:
     """config.json -> LlamaConfig; any problem is a CheckpointError naming the file."""
+    return _read_config_and_fields(config_path)[0]
+
+
+def _read_config_and_fields(config_path) -> tuple[LlamaConfig, dict]:
+    """(LlamaConfig, config.json's fields as read), from one read of the file."""
     config_path = Path(config_path)
     if not config_path.is_file():
         raise CheckpointError(config_path, "missing: a Hugging Face model folder needs its config.json")
@@ -134,7 +139,7 @@ def read_config(config_path) -> LlamaConfig:
     if not isinstance(raw, dict):
         raise CheckpointError(config_path, f"must hold a JSON object, got {type(raw).__name__}")
     try:
-        return LlamaConfig.from_dict(raw)
+        return LlamaConfig.from_dict(raw), raw
     except (ValueError, TypeError) as e:
         error = CheckpointError(config_path, str(e))
         # LlamaConfig's messages start with the field's name ("hidden_size must be ..."):

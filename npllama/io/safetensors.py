@@ -39,7 +39,6 @@ import hashlib
 import json
 import math
 import os
-import stat
 import struct
 import sys
 from collections.abc import Iterable, Mapping
@@ -48,6 +47,7 @@ import numpy as np
 
 from .atomic import atomic_open
 from .errors import CheckpointError
+from .reading import open_regular_file
 
 # safetensors dtype name -> numpy dtype of the stored (little-endian) bytes.  BF16 is read as
 # its raw uint16 bits and widened afterwards.
@@ -84,7 +84,7 @@ def read_safetensors_header(path) -> dict:
     Returns the JSON header as a dict: tensor name -> {"dtype": str, "shape": [int, ...],
     "data_offsets": [begin, end]}, plus "__metadata__" -> {str: str} when the file has it.
     """
-    with _open_for_reading(path) as f:
+    with open_regular_file(path, CheckpointError) as f:
         entries, metadata, _ = _read_header(f, path)
     header = {} if metadata is None else {"__metadata__": dict(metadata)}
     for name, entry in entries.items():
@@ -110,7 +110,7 @@ def read_safetensors(path, names: Iterable[str] | None = None, dtype=None) -> di
         for name in names:
             if not isinstance(name, str):
                 raise TypeError(f"names must hold str, got {name!r}")
-    with _open_for_reading(path) as f:
+    with open_regular_file(path, CheckpointError) as f:
         entries, metadata, data_start = _read_header(f, path)
         checksums = _checksums(path, metadata, entries)
         if names is None:
@@ -153,23 +153,6 @@ def _checksums(path, metadata, entries) -> dict[str, str] | None:
     return sums
 
 
-def _open_for_reading(path):
-    """Open `path` for binary reading, refusing anything but a regular file.
-
-    O_NONBLOCK: a plain open() of a FIFO waits until something writes to it, so a FIFO named
-    model.safetensors would hang the loader; this open returns at once and fstat refuses it.
-    (On regular files O_NONBLOCK changes nothing.)
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CheckpointError(path, "not a regular file")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 class _Entry:
     """One validated header entry."""
     __slots__ = ("dtype", "shape", "begin", "end")
@@ -180,10 +163,7 @@ class _Entry:
 
 def _read_header(f, path) -> tuple[dict[str, _Entry], dict[str, str] | None, int]:
     """Parse and validate the header.  Returns (entries in file order, metadata, data start)."""
-    info = os.fstat(f.fileno())
-    if not stat.S_ISREG(info.st_mode):
-        raise CheckpointError(path, "not a regular file")
-    file_size = info.st_size
+    file_size = os.fstat(f.fileno()).st_size
     prefix = f.read(8)
     if len(prefix) < 8:
         raise CheckpointError(path, f"file is {len(prefix)} bytes long, shorter than the 8-byte "

@@ -162,7 +162,7 @@ class FinetuneRun:
             state["dropout"] = dropout_state
         path = self.run_dir / "checkpoint"
         with deferred_stop_signals(), reporting_write_errors(f"the checkpoint of step {step}", path):
-            save_params_checkpoint(path, params, optimizer.state_dict(), state,
+            save_params_checkpoint(path, params, optimizer.state_dict(copy=False), state,
                                    replace_lock=replacing_in_run(self.run_dir))
         self.saved_step = step
 

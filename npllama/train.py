@@ -479,7 +479,7 @@ class _Loop:
         path = self.run_dir / "checkpoint"
         # deferred: a stop signal during a checkpoint lets it finish (the stop then saves nothing new)
         with deferred_stop_signals(), reporting_write_errors(f"the checkpoint of step {step}", path):
-            save_checkpoint(path, self.model, self.optimizer.state_dict(), state,
+            save_checkpoint(path, self.model, self.optimizer.state_dict(copy=False), state,
                             extra_files={TOKENIZER_FILE: self.tokenizer.model_bytes},
                             replace_lock=replacing_in_run(self.run_dir))
         self.saved_step = step

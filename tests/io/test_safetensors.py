@@ -521,5 +521,5 @@ def test_checksums_written_in_one_pass_are_the_tensors_sha256(tmp_path):
     data = bytearray((tmp_path / "a.safetensors").read_bytes())
     data[-40] ^= 1  # in big's last chunk (only the 2 bytes of flags come after it)
     (tmp_path / "a.safetensors").write_bytes(bytes(data))
-    with pytesafetensors_io.raises(CheckpointError, match="big.*checksum|checksum.*big"):
+    with pytest.raises(CheckpointError, match="big.*checksum|checksum.*big"):
         safetensors_io.read_safetensors(tmp_path / "a.safetensors")

@@ -309,6 +309,13 @@ class FinetuneSettings:
     RESUME_QUIET = ("out", "progress", "samples")
     PATH_SETTINGS = ("base", "data", "val_data", "out", "chat_template")  # a respelled path is no change
 
+    def __post_init__(self):
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
+                or self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be a non-negative int, got {self.checkpoint_every!r}")
+        if self.out is not None and (not isinstance(self.out, str) or not self.out.strip()):
+            raise ValueError(f"out must name a run folder (a str) or be None, got {self.out!r}")
+
     def model_dtype(self):
         """The numpy dtype the base model is loaded in (dtype checked)."""
         if self.dtype not in DTYPES:

@@ -61,15 +61,15 @@ def fine_tuning_run(config, task: str, resume: bool, echo):
             raise ValueError("resume needs out (--out): the run folder to continue")
         yield None
         return
-    if config.base is None:  # the latest run, recorded as such: a resume reads the same base
-        from .runs import latest_run
-
-        config = dataclasses.replace(config, base=str(latest_run()))
     run_dir = Path(config.out).expanduser()
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"--out {config.out!r} is a file, not a folder: choose a run folder")
     if resume:
         require_resumable(run_dir, task)
+    if config.base is None:  # the latest run, recorded as such: a resume reads the same base
+        from .runs import latest_run
+
+        config = dataclasses.replace(config, base=str(latest_run()))
     with stop_signals_interrupt(), writing_run(run_dir):
         yield FinetuneRun(run_dir, config, task, resume, echo)
 

@@ -16,6 +16,9 @@
                                for the instant it replaces checkpoint/ or model/
     runs/LATEST                the path of the run written last (what `--model` defaults to)
 
+A fine-tuning run's folder (`npllama finetune ... --out`, npllama/finetune_run.py) has the same
+locks, log.jsonl and checkpoint/, with its result at the top instead of in model/.
+
 Anything that takes `--model` accepts a run folder, a run's `model/` or `checkpoint/`, or any
 Hugging Face LLaMA folder (config.json + model.safetensors).
 """

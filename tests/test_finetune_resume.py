@@ -16,8 +16,9 @@ from npllama.cli import main
 from npllama.finetune import ClassifyConfig, SFTConfig, classify, sft
 from npllama.io.safetensors import read_safetensors
 
-SLOW_STEPS = 400  # enough that a SIGTERM sent after a few logged steps lands mid-run
-MAX_LEN = {"classify": 32, "sft": 80}  # an instruction's prompt alone is ~40 tokens
+# enough steps that a SIGTERM sent after a few logged ones lands mid-run (an sft step is ~10x a classify one)
+STEPS = {"classify": 400, "sft": 60}
+MAX_LEN = {"classify": 32, "sft": 56}  # an instruction's prompt alone is ~40 tokens
 
 
 def quiet(*_args):
@@ -68,13 +69,13 @@ def start_and_terminate(argv: list, out: Path, after_steps: int) -> int:
 
 @pytest.mark.parametrize("task, lora", [("classify", False), ("sft", True)])
 def test_a_fine_tune_stopped_by_sigterm_resumes_to_the_uninterrupted_result(small_model_dir, tmp_path, task, lora):
-    more = dict(steps=SLOW_STEPS, checkpoint_every=1000, lora=lora, lr=3e-3)
+    more = dict(steps=STEPS[task], checkpoint_every=1000, lora=lora, lr=3e-3)
     if lora:
         more.update(lora_r=2, lora_dropout=0.2)  # dropout draws: the resumed run must draw the same masks
     whole = run_job(task, settings(task, small_model_dir, out=str(tmp_path / "whole"), **more))
 
     out = tmp_path / "stopped"
-    argv = ["finetune", task, "--base", str(small_model_dir), "--out", str(out), "--steps", str(SLOW_STEPS),
+    argv = ["finetune", task, "--base", str(small_model_dir), "--out", str(out), "--steps", str(STEPS[task]),
             "--checkpoint-every", "1000", "--batch-size", "4", "--max-len", str(MAX_LEN[task]), "--dtype", "float64",
             "--seed", "3", "--lr", "3e-3", "--no-progress", "--backend", "numpy"]
     if task == "sft":
@@ -84,7 +85,7 @@ def test_a_fine_tune_stopped_by_sigterm_resumes_to_the_uninterrupted_result(smal
     status, err = start_and_terminate(argv, out, after_steps=5)
     assert status == 128 + signal.SIGTERM, err
     state = json.loads((out / "checkpoint" / "training_state.json").read_text())
-    assert 5 <= state["step"] < SLOW_STEPS  # saved on the signal, mid-run (checkpoint_every is 1000)
+    assert 5 <= state["step"] < STEPS[task]  # saved on the signal, mid-run (checkpoint_every is 1000)
     assert state["step"] == logged_steps(out)  # the step in progress finished or never happened
     assert not (out / "finetune.json").exists()  # no result yet
 
@@ -173,3 +174,12 @@ def test_a_damaged_checkpoint_is_refused_before_anything_changes(small_model_dir
     with pytest.raises(CheckpointError, match="checksum"):
         run_job("classify", settings("classify", small_model_dir, out=str(out), steps=3, lora=True, lora_r=2),
                 resume=True)
+
+
+def test_bad_run_settings_are_one_line(tmp_path, capsys):
+    for argv, message in [(["--checkpoint-every", "-1"], "checkpoint_every must be a non-negative int"),
+                          (["--out", str(tmp_path / "f.txt")], "is a file, not a folder")]:
+        (tmp_path / "f.txt").write_text("x")
+        assert main(["finetune", "classify", "--no-progress", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.splitlines()) == 1, err

@@ -2,7 +2,7 @@
 environment record, a table printer.  Timings are printed and written as JSON, never judged.
 
 Import this module before NumPy: a `--threads N` argument on the command line is turned into
-OPENBLAS_NUM_THREADS / NUMBA_NUM_THREADS / OMP_NUM_THREADS here, which only take effect if set
+OPENBLAS_NUM_THREADS / NUMBA_NUM_THREADS / OMP_NUM_THREADS / NPLLAMA_DECODE_THREADS here, which only take effect if set
 before the libraries load (PyTorch then gets the same count).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _threads_from_argv() -> None:
     if "--threads" in sys.argv[:-1]:
         values.append(sys.argv[sys.argv.index("--threads") + 1])
     if values and values[-1].isdigit() and int(values[-1]) > 0:
-        for var in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+        for var in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "NPLLAMA_DECODE_THREADS"):
             os.environ[var] = values[-1]
 
 

@@ -15,8 +15,10 @@ weights, warms up once (a short prompt and a few tokens: compiled code, caches, 
   tok/s @0     the same steady rate from a one-token prompt (position 0 on), to compare with
                llama2.c, whose run.c feeds its prompt one token at a time
 Variants:
-  fast          npllama.kernels.decode.FastDecoder (what `npllama generate` uses): the whole
-                token one numba call, matrix-vector products split by rows over numba's threads
+  fast          npllama.kernels.decode.FastDecoder (what `npllama generate` uses): a token is
+                one numba call per thread, the matrix-vector products split by rows over --threads
+                threads (default: every core) that meet at barriers (kernels/threads.py)
+  fast-1        the same on one thread
   forward_step  model.forward_step with the model's KVCache, numba backend (the readable path)
   torch         (if installed) transformers' LlamaForCausalLM, eager, SDPA, a DynamicCache,
                 torch.inference_mode
@@ -45,7 +47,7 @@ from _bench import (CONFIGS, environment, format_spread, machine_line, make_conf
 
 import numpy as np  # noqa: E402
 
-NPLLAMA_VARIANTS = ("fast", "forward_step")
+NPLLAMA_VARIANTS = ("fast", "fast-1", "forward_step")
 BOS = 1
 
 
@@ -82,10 +84,11 @@ def _npllama_decoder(variant, model_dir):
     from npllama import Llama, use_backend
 
     model = Llama.from_pretrained(model_dir, dtype=np.float32)
-    if variant == "fast":
+    if variant in ("fast", "fast-1"):
         from npllama.kernels.decode import FastDecoder
 
-        return lambda max_length: FastDecoder(model, batch_size=1, max_length=max_length).step
+        threads = 1 if variant == "fast-1" else None     # None: every core (or --threads)
+        return lambda max_length: FastDecoder(model, batch_size=1, max_length=max_length, threads=threads).step
 
     def start(max_length):
         cache = model.new_kv_cache(1, max_length)
@@ -229,7 +232,8 @@ def print_tables(rows, env, args) -> None:
                         ("rss", "peak RSS MiB", "s")])
     lines = []
     for row in rows:
-        for a, b, key in (("fast", "llama2c", "tok_s_at_0"), ("fast", "torch", "tok_s"),
+        for a, b, key in (("fast", "llama2c", "tok_s_at_0"), ("fast-1", "llama2c", "tok_s_at_0"),
+                          ("fast", "fast-1", "tok_s"), ("fast", "torch", "tok_s"),
                           ("fast", "forward_step", "tok_s"), ("fast", "fast@old", "tok_s"),
                           ("forward_step", "forward_step@old", "tok_s")):
             r = ratio(row, a, b, key)
@@ -268,7 +272,7 @@ def main(argv=None):
     if not args.no_torch and torch_or_none() is not None:
         variants.append(("torch", None))
     if args.compare_with:
-        variants += [(f"{v}@old", args.compare_with) for v in NPLLAMA_VARIANTS]
+        variants += [(f"{v}@old", args.compare_with) for v in ("fast", "forward_step")]   # what every checkout has
     env = environment()
     print(machine_line(env))
     with tempfile.TemporaryDirectory(prefix="npllama-llama2c-") as build:

@@ -109,16 +109,18 @@ def attention_products(q, k, v, dout):
 
 
 def swiglu_products(x, w_gate, w_up, w_down, dout):
-    """The SwiGLU kernel's six matrix products alone (gate and up as one stacked product)."""
-    D = x.shape[-1]
+    """The SwiGLU kernel's seven matrix products alone (gate and up into the halves of one array)."""
+    D, F = x.shape[-1], w_gate.shape[0]
     x_rows, dout_rows = x.reshape(-1, D), dout.reshape(-1, D)
-    w_gate_up = np.concatenate([w_gate, w_up])
-    gate_up = x_rows @ w_gate_up.T
-    act = gate_up[:, :w_gate.shape[0]]
+    gate_up = np.empty((x_rows.shape[0], 2 * F), dtype=x.dtype)
+    np.matmul(x_rows, w_gate.T, out=gate_up[:, :F])
+    np.matmul(x_rows, w_up.T, out=gate_up[:, F:])
+    act = gate_up[:, :F]
     act @ w_down.T
     dout_rows.T @ act
     dout_rows @ w_down
-    gate_up @ w_gate_up
+    gate_up[:, :F] @ w_gate
+    gate_up[:, F:] @ w_up
     gate_up.T @ x_rows
 
 

@@ -22,7 +22,7 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              eos_id: int | Sequence[int] | None = None, on_token: Callable[[int], None] | None = None,
              repetition_penalty: float = 1.0, stop: Callable[[list[int]], bool] | None = None,
-             vocab_size: int | None = None):
+             vocab_size: int | None = None, threads: int | None = None):
     """The prompt followed by up to max_new_tokens generated ids (stops after eos_id, or after any
     of several ids: a chat template's end-of-turn as well as EOS).
 
@@ -33,6 +33,9 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
     stop(new_ids) -> True ends a sequence after its latest id (see `StopStrings`).
     vocab_size: sample only ids below it -- the tokenizer's vocabulary when the model's embedding
         has padding rows beyond it.
+    threads: how many threads one decode step runs on (numba backend, one prompt at a time);
+        None: $NPLLAMA_DECODE_THREADS, else every core.  Fewer can be faster when other programs
+        keep the cores busy.  The logits are the same for any count.
     """
     batched = _is_batch(prompt)
     prompts = [_check_prompt(p, model.config.vocab_size, f"prompt[{i}]") for i, p in enumerate(prompt)] \
@@ -42,6 +45,9 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
     for name, function in (("on_token", on_token), ("stop", stop)):
         if function is not None and not callable(function):
             raise TypeError(f"{name} must be None or a function, got {function!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                or threads < 1):
+        raise ValueError(f"threads must be None or a positive int, got {threads!r}")
     if on_token is not None and batched:
         raise ValueError("on_token streams one sequence: give one prompt, not a batch")
     if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer))
@@ -61,16 +67,18 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
     for length in sorted({len(p) for p in prompts}):   # one batch per prompt length
         rows = [i for i, p in enumerate(prompts) if len(p) == length]
         outputs = _generate_rows(model, [prompts[i] for i in rows], max_new_tokens, sampling, rng,
-                                 end_ids, on_token, stop)
+                                 end_ids, on_token, stop, threads)
         for i, ids in zip(rows, outputs):
             results[i] = ids
     return results if batched else results[0]
 
 
 def _generate_rows(model, prompts: list[list[int]], max_new_tokens: int, sampling: dict, rng,
-                   end_ids: set[int], on_token, stop) -> list[list[int]]:
-    """Decode prompts of one length together; a finished row stops growing (its steps are wasted)."""
-    decode = _decoder(model, batch_size=len(prompts), max_length=len(prompts[0]) + max_new_tokens)
+                   end_ids: set[int], on_token, stop, threads) -> list[list[int]]:
+    """Decode prompts of one length together; a finished row stops growing (its steps are wasted).
+    The arguments were checked by `generate`, so each token is sampled without checking them again."""
+    decode = _decoder(model, batch_size=len(prompts), max_length=len(prompts[0]) + max_new_tokens,
+                      threads=threads)
     logits = decode(np.asarray(prompts, dtype=np.int64))[:, -1]   # prefill
     outputs = [list(p) for p in prompts]
     running = list(range(len(prompts)))
@@ -81,7 +89,7 @@ def _generate_rows(model, prompts: list[list[int]], max_new_tokens: int, samplin
                 # argmax would pick the NaN and sampling would fail deep inside numpy: say what it is.
                 raise ValueError(f"the model's logits at position {len(ids) - 1} are not finite (NaN/Inf): "
                                  f"its parameters hold NaN/Inf, or its values overflow in {model.dtype.__name__}")
-            next_id = sample_next(logits[row], rng=rng, previous=ids, **sampling)
+            next_id = _sample(logits[row], rng=rng, previous=ids, **sampling)
             ids.append(next_id)
             if on_token is not None:
                 on_token(next_id)
@@ -147,7 +155,7 @@ def check_generation_args(max_new_tokens, temperature, top_k, top_p, seed, repet
         raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
 
 
-def _decoder(model, batch_size: int, max_length: int):
+def _decoder(model, batch_size: int, max_length: int, threads: int | None = None):
     """A function tokens (B, T_new) -> logits (B, T_new, V) that remembers what it has seen.
 
     Under the numba backend: FastDecoder (weights laid out once for matrix-vector products, fused
@@ -161,7 +169,7 @@ def _decoder(model, batch_size: int, max_length: int):
     if get_backend() == "numba" and getattr(model, "lora", None) is None and active_trace() is None:
         from .kernels.decode import FastDecoder
 
-        return FastDecoder(model, batch_size=batch_size, max_length=max_length).step
+        return FastDecoder(model, batch_size=batch_size, max_length=max_length, threads=threads).step
     cache = model.new_kv_cache(batch_size=batch_size, max_length=max_length)
     return lambda tokens: model.forward_step(tokens, cache)
 
@@ -182,6 +190,16 @@ def sample_next(logits: np.ndarray, temperature: float, top_k: int | None, top_p
     _check_sampling(temperature, top_k, top_p, repetition_penalty)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+    return _sample(logits, temperature, top_k, top_p, rng, repetition_penalty=repetition_penalty,
+                   previous=previous, vocab_size=vocab_size)
+
+
+def _sample(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
+            rng: np.random.Generator, *, repetition_penalty: float = 1.0, previous: Sequence[int] = (),
+            vocab_size: int | None = None) -> int:
+    """sample_next after its checks: finite logits, valid arguments."""
+    if temperature == 0 and (repetition_penalty == 1.0 or not len(previous)):
+        return int(np.argmax(logits[:vocab_size]))     # the same id in any float precision
     logits = logits[:vocab_size].astype(np.float64)
     if repetition_penalty != 1.0 and len(previous):
         seen = np.unique(np.asarray(previous, dtype=np.int64))

@@ -256,6 +256,14 @@ class _Probes:
     floor: list = dataclasses.field(default_factory=list)       # atol in the probe's units
     richardson: int = 0
 
+    def add(self, analytic, numeric, bound, magnitude, floor, used_richardson) -> None:
+        self.analytic.append(float(analytic))
+        self.numeric.append(numeric)
+        self.bound.append(bound)
+        self.magnitude.append(magnitude)
+        self.floor.append(floor)
+        self.richardson += used_richardson
+
 
 def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries, seed, method, directions,
                richardson, progress) -> GradcheckReport:
@@ -317,12 +325,7 @@ def _probe_entry(evaluate, x, idx, scale, analytic, eps, richardson, tol, atol, 
         return float(x[idx]) - float(original)
 
     numeric, bound, used = _derivative(evaluate, move, eps, richardson, tol * abs(float(analytic)))
-    probes.analytic.append(float(analytic))
-    probes.numeric.append(numeric)
-    probes.bound.append(bound)
-    probes.magnitude.append(max(abs(float(analytic)), abs(numeric)))
-    probes.floor.append(atol)
-    probes.richardson += used
+    probes.add(analytic, numeric, bound, max(abs(float(analytic)), abs(numeric)), atol, used)
 
 
 def _probe_direction(evaluate, x, direction, g, eps, richardson, tol, atol, probes):
@@ -338,13 +341,10 @@ def _probe_direction(evaluate, x, direction, g, eps, richardson, tol, atol, prob
 
     terms = g * direction
     numeric, bound, used = _derivative(evaluate, move, eps, richardson, tol * float(np.linalg.norm(terms)))
-    probes.analytic.append(float(np.sum(terms)))
-    probes.numeric.append(numeric)
-    # rounding of x + t p moves each entry by up to u |x_i| instead of t p_i: a relative u / eps
-    probes.bound.append(bound + UNIT_ROUNDOFF / eps * float(np.sum(np.abs(terms))))
-    probes.magnitude.append(float(np.linalg.norm(terms)))    # the spread of <g, p> over random signs
-    probes.floor.append(atol * float(np.sum(np.abs(direction))))
-    probes.richardson += used
+    # rounding of x + t p moves each entry by up to u |x_i| instead of t p_i: a relative u / eps;
+    # the magnitude is ||g * p||, the spread of <g, p> over random signs
+    probes.add(np.sum(terms), numeric, bound + UNIT_ROUNDOFF / eps * float(np.sum(np.abs(terms))),
+               float(np.linalg.norm(terms)), atol * float(np.sum(np.abs(direction))), used)
 
 
 def _derivative(evaluate, move, eps, richardson, good_enough):

@@ -563,6 +563,7 @@ CLI = [
     (["eval", "perplexity", "--model", "RUN", "--data", "NOWHERE"], "cannot read --data"),
     (["eval", "perplexity", "--model", "RUN", "--data", "CORPUS", "--context", "1"], "--context"),
     (["generate", "--model", "RUN", "--num-samples", "0"], "num-samples"),
+    (["generate", "--model", "RUN", "--threads", "0"], "--threads must be at least 1"),
     (["generate", "--model", "RUN", "--dtype", "float16"], "invalid choice"),
     (["generate", "--model", "NOWHERE"], "does not exist"),
     (["generate", "--model", "BROKEN"], "config.json"),

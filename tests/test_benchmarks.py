@@ -69,7 +69,7 @@ def test_bench_decode_reports_prefill_first_token_and_steady_rate(tmp_path):
     result = run_benchmark("bench_decode.py", "--configs", "tiny", "--prompt", "16", "--tokens", "6", "--rounds", "1",
                            "--no-torch", "--compare-with", str(BENCHMARKS.parent), json_path=tmp_path / "d.json")
     (row,) = result["configs"]
-    assert set(row["variants"]) == {"fast", "forward_step", "fast@old", "forward_step@old"}
+    assert set(row["variants"]) == {"fast", "fast-1", "forward_step", "fast@old", "forward_step@old"}
     for label, v in row["variants"].items():
         for key in ("prefill_s", "first_token_s", "tok_s", "tok_s_at_0", "peak_rss_mib"):
             assert v[key]["median"] > 0, (label, key)

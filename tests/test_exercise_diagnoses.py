@@ -655,6 +655,113 @@ def test_rope_with_cos_and_sin_swapped_is_named(tmp_path):
     assert "cos and sin are swapped" in check_file("rope", path, n_random=1).first_failure.finding.message
 
 
+ATTENTION_RIGHT = """
+        def attention_backward(dout, cache):
+            q, k, v, P, scale = cache.q, cache.k, cache.v, cache.attn_probs, cache.scale
+            B, H, T, d = q.shape
+            G = k.shape[1]
+            r = H // G
+            kk, vv = np.repeat(k, r, axis=1), np.repeat(v, r, axis=1)
+            dP = dout @ np.swapaxes(vv, -1, -2)
+            dS = P * (dP - np.sum(dP * P, -1, keepdims=True))
+            dq = dS @ kk * scale
+            dk = (np.swapaxes(dS, -1, -2) @ q * scale).reshape(B, G, r, -1, d).sum(2)
+            dv = (np.swapaxes(P, -1, -2) @ dout).reshape(B, G, r, -1, d).sum(2)
+            return dq, dk, dv
+"""
+
+
+def attention_with(right_line, wrong_line):
+    """ATTENTION_RIGHT (which passes every check) with one mistake in it."""
+    assert right_line in ATTENTION_RIGHT
+    return ATTENTION_RIGHT.replace(right_line, wrong_line)
+
+
+# Mistakes the per-exercise lists of the first checker named from one case, and no planted or blind
+# file above covered: each must still be named, now from the probes (catalogue.py).  The last two
+# (the scale missing from dq alone, doubled in dk alone) one case named from the ratio, the probes
+# could not confirm it, and the student was left with a bare ratio ("exactly 2x", "exactly half").
+FORMERLY_NAMED_FROM_ONE_CASE = [
+    ("rmsnorm", "projection term's sign", "projection term has the wrong sign", """
+        def rmsnorm_backward(dy, cache):
+            x, rstd, weight = cache
+            xhat, g = x * rstd, dy * weight
+            dx = rstd * (g + xhat * np.mean(g * xhat, axis=-1, keepdims=True))
+            return dx, np.sum((dy * xhat).reshape(-1, x.shape[-1]), axis=0)
+    """),
+    ("rmsnorm", "dweight from x", "dweight multiplies dy by x", """
+        def rmsnorm_backward(dy, cache):
+            x, rstd, weight = cache
+            xhat, g = x * rstd, dy * weight
+            dx = rstd * (g - xhat * np.mean(g * xhat, axis=-1, keepdims=True))
+            return dx, np.sum((dy * x).reshape(-1, x.shape[-1]), axis=0)
+    """),
+    ("layernorm", "mean and rstd as constants", "treats the mean and rstd as constants", """
+        def layernorm_backward(dy, cache):
+            x, mean, rstd, weight = cache
+            xhat = (x - mean) * rstd
+            D = x.shape[-1]
+            return rstd * dy * weight, (dy * xhat).reshape(-1, D).sum(0), dy.reshape(-1, D).sum(0)
+    """),
+    ("rope", "sin after the rotation", "sin is applied after rotating", """
+        def rope_backward(dy, cache):
+            cos, sin = cache
+            half = dy.shape[-1] // 2
+            rotated_back = np.concatenate([dy[..., half:], -dy[..., :half]], axis=-1)
+            return dy * cos + rotated_back * sin
+    """),
+    ("attention", "no softmax backward", "softmax backward is missing: d_attn_probs was used",
+     attention_with("dS = P * (dP - np.sum(dP * P, -1, keepdims=True))", "dS = dP")),
+    ("attention", "softmax without its sum", "missing its normalisation term",
+     attention_with("dS = P * (dP - np.sum(dP * P, -1, keepdims=True))", "dS = P * dP")),
+    ("swiglu_act", "sigmoid's derivative", "sigmoid'(z) = sigmoid(z) (1 - sigmoid(z))", """
+        def swiglu_act_backward(dact, cache):
+            gate, up, sig, silu = cache
+            return dact * up * sig * (1 - sig), dact * silu
+    """),
+    ("swiglu_act", "dup from gate", "dup uses gate where silu(gate) belongs", """
+        def swiglu_act_backward(dact, cache):
+            gate, up, sig, silu = cache
+            return dact * up * sig * (1 + gate * (1 - sig)), dact * gate
+    """),
+    ("lora", "dropout mask forgotten in dx", "misses the dropout mask", """
+        def lora_backward(dy, cache):
+            x_drop, W, A, Bm, s, mask, h = cache
+            rows = lambda a: a.reshape(-1, a.shape[-1])
+            d_hidden = s * dy @ Bm
+            return dy @ W + d_hidden @ A, rows(d_hidden).T @ rows(x_drop), s * rows(dy).T @ rows(h)
+    """),
+    ("lora", "frozen path dropped from dx", "only the adapter path", """
+        def lora_backward(dy, cache):
+            x_drop, W, A, Bm, s, mask, h = cache
+            rows = lambda a: a.reshape(-1, a.shape[-1])
+            d_hidden = s * dy @ Bm
+            dx = d_hidden @ A if mask is None else d_hidden @ A * mask
+            return dx, rows(d_hidden).T @ rows(x_drop), s * rows(dy).T @ rows(h)
+    """),
+    ("attention", "scale missing from dq only", "missing from dq", attention_with("dq = dS @ kk * scale", "dq = dS @ kk")),
+    ("attention", "scale twice in dk only", "applied twice in dk",
+     attention_with("@ q * scale)", "@ q * scale * scale)")),
+]
+
+
+@pytest.mark.parametrize("op,what,phrase,body", FORMERLY_NAMED_FROM_ONE_CASE,
+                         ids=[f"{h[0]}-{h[1].replace(' ', '_')}" for h in FORMERLY_NAMED_FROM_ONE_CASE])
+def test_mistake_once_named_from_one_case_is_named_from_the_probes(op, what, phrase, body, tmp_path):
+    test_held_out_mistake_is_named(op, what, phrase, body, tmp_path)
+
+
+def test_the_attention_file_the_mistakes_are_planted_in_is_right(tmp_path):
+    path = tmp_path / "attention_backward.py"
+    path.write_text("import numpy as np\n\n\n" + textwrap.dedent(ATTENTION_RIGHT).strip() + "\n")
+    report = check_file("attention", path, n_random=2)
+    assert report.ok, report.format()
+
+
+def test_every_exercise_has_a_catalogue_of_mistakes():
+    assert set(CATALOGUES) == set(EXERCISES)
+
+
 # ----- the block assembled from the ops ------------------------------------------------------------------
 BLOCK_CORRECT = """import numpy as np
 from npllama.ops.rmsnorm import rmsnorm_backward

@@ -23,6 +23,19 @@ def test_latex_becomes_readable_text():
     assert text == "Given dy:\n\n    dx = a/b\n\nand bold code.\n"
 
 
+def test_latex_environments_and_spacing_become_readable_text():
+    """What the derivations use beyond plain formulas: aligned rows, cases, matrices, \\ell, x^{(\\ell)}."""
+    aligned = to_text("$$\\begin{aligned}\np &\\leftarrow p - \\mathrm{lr}\\, g && \\text{(update)}\\\\\n"
+                      "m &= \\beta m\n\\end{aligned}$$")
+    assert aligned == "    p <- p - lr g (update)\n    m = β m\n"
+    cases = to_text("$$y = \\begin{cases} a & t = \\ell,\\\\[2pt] 0 & \\text{otherwise.}\\end{cases}$$")
+    assert cases == "    y =\n    a    t = ℓ,\n    0    otherwise.\n"
+    assert latex_to_text(r"M = \begin{pmatrix} \cos\phi & -\sin\phi \\ \sin\phi & \cos\phi \end{pmatrix}") == \
+        "M = (cos φ, -sin φ; sin φ, cos φ)"
+    assert latex_to_text(r"\mathrm{scale}\textstyle\sum_{h} q_h") == "scale sum_h q_h"
+    assert latex_to_text(r"x^{(\ell)}") == "x^(ℓ)"
+
+
 def test_every_exercise_has_a_derivation_with_a_backward_section():
     names = available()
     assert {"adamw", "transformer_block"} <= set(names)
@@ -43,7 +56,12 @@ def test_explain_command(capsys):
     assert "SwiGLU" in capsys.readouterr().out
     assert main(["explain"]) == 0 and "transformer_block" in capsys.readouterr().out
     assert main(["explain", "nope"]) == 2
-    assert "unknown op or derivation 'nope'" in capsys.readouterr().err
+    assert "unknown op or derivation 'nope' (did you mean 'rope'?)" in capsys.readouterr().err
+    assert main(["explain", "qqq"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown op or derivation 'qqq'" in err and "did you mean" not in err
+    assert main(["explain", "layrnorm"]) == 2
+    assert "did you mean 'layernorm'?" in capsys.readouterr().err
 
 
 def test_starter_quotes_the_backward_section_and_states_the_rule(tmp_path, capsys, monkeypatch):
@@ -76,6 +94,11 @@ def test_notebook_has_derivation_starter_and_check(tmp_path):
     exec("".join(notebook["cells"][2]["source"]), namespace)
     exec("".join(notebook["cells"][3]["source"]).replace("print(", "report = ("), namespace)
     assert "not implemented yet" in namespace["report"]
+    # in a notebook there is no file to pass to `npllama exercise check`, and the math is the cell above
+    starter = "".join(notebook["cells"][2]["source"])
+    assert "run the next cell to check it" in starter and "npllama exercise check" not in starter
+    assert "# ----- the math you need" not in starter and "(the cell above;" in starter
+    assert "npllama exercise check" not in namespace["report"] and "run the check again" in namespace["report"]
 
 
 def test_notebook_is_valid_nbformat(tmp_path):
@@ -117,3 +140,30 @@ def test_starter_quotes_the_ops_own_cache_type():
         assert f"{field}: " in text
     assert "attn_probs: np.ndarray   # (B, H, T, S)" in inspect.getsource(AttentionCache) and \
         "attn_probs: np.ndarray   # (B, H, T, S)" in text
+
+
+def test_the_report_shown_in_the_debugging_guide_is_what_check_prints(tmp_path):
+    """docs/debugging.md quotes a whole report for RMSNorm's missing projection term: it must stay
+    what `exercise check` prints for that file."""
+    from npllama.exercises import check_file
+    from npllama.exercises.planted import PLANTED
+
+    guide = Path(__file__).resolve().parents[1] / "docs" / "debugging.md"
+    if not guide.is_file():
+        pytest.skip("not a source checkout")
+    text = guide.read_text(encoding="utf-8")
+    start = text.index("exercise rmsnorm: rmsnorm_backward in rmsnorm_backward.py")
+    quoted = text[start:text.index("```", start)].rstrip("\n")
+    bug = next(b for b in PLANTED if b.op == "rmsnorm" and b.label == "missing term")
+    path = tmp_path / "rmsnorm_backward.py"
+    path.write_text(bug.source)
+    printed = check_file("rmsnorm", path).format().replace(str(path), "rmsnorm_backward.py")
+    assert printed == quoted
+
+
+def test_the_rule_does_not_forbid_the_helpers_the_starter_imports():
+    """The block exercise is built from the ops' backward passes: its starter imports them, so the
+    rule it quotes must not say that importing npllama's ops is refused."""
+    text = starter_source("block")
+    assert "from npllama.ops.rmsnorm import rmsnorm_backward" in text
+    assert "plus the helpers this exercise names" in text and "imports npllama's ops" not in text

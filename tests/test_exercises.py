@@ -2,6 +2,7 @@
 planted wrong ones with the right diagnosis, starter files fail cleanly, and the command works."""
 import argparse
 import json
+import re
 import subprocess
 import sys
 
@@ -165,13 +166,19 @@ def test_diagnose_masks_and_concentrated_errors():
     assert "no simple pattern" in diagnose(noise, right, grad="dx").message
 
 
-def test_diagnose_prefers_a_known_mistake_and_op_factors():
-    right = np.arange(1.0, 7.0)
-    wrong = right[::-1].copy()
-    finding = diagnose(wrong, right, grad="dx", mistakes=[("reversed", "hint r", wrong)])
-    assert finding.message == "reversed" and finding.hint == "hint r"
-    finding = diagnose(2 * right, right, grad="dq", known_factors=[(2.0, "scale missing", "h")])
-    assert finding.message == "scale missing"
+def test_an_ops_own_factor_is_named_from_the_probes_not_from_the_ratio(tmp_path):
+    """One case's ratio cannot tell attention's missing 1/sqrt(head_dim) (2x at head_dim 4) from a
+    term counted twice: diagnose says only what the numbers show, the catalogue's probes name it."""
+    rng = np.random.default_rng(2)
+    right = rng.standard_normal((2, 3))
+    assert "exactly 2x" in diagnose(2 * right, right, grad="dq").message
+    body = CORRECT["attention"].replace("* scale", "")   # the scale left out of dq and dk
+    assert body != CORRECT["attention"]
+    path = tmp_path / "attention_backward.py"
+    path.write_text(body)
+    finding = check_file("attention", path, n_random=1).first_failure.finding
+    assert "1/sqrt(head_dim) scale of the scores is missing from dq and dk" in finding.message, finding.message
+    assert "2x" not in finding.message and "double-count" not in finding.hint
 
 
 # ----- student files that do not work at all ------------------------------------------------------------
@@ -209,6 +216,9 @@ def test_crashing_student_code_is_reported_with_its_line(tmp_path):
     assert "IndexError" in first.finding.message and "line 6 of crash.py: return p[:, 99] * dp" in \
         first.finding.message
     assert "Traceback" not in report.format()
+    assert "gradient:" not in report.format()          # no gradient came back: none is named
+    assert report.summary() == "returns: " + first.finding.message
+    assert report.to_dict()["first_failure"]["diagnosis"].startswith("your function raised IndexError")
 
 
 def test_unusable_files_are_explained(tmp_path):
@@ -221,6 +231,19 @@ def test_unusable_files_are_explained(tmp_path):
     (tmp_path / "import_fails.py").write_text("import numpy as np\nraise RuntimeError('boom')\n")
     assert "RuntimeError: boom" in check_file("rmsnorm", tmp_path / "import_fails.py").load_error
     assert "does not exist" in check_file("rmsnorm", tmp_path / "nope.py").load_error
+
+
+@pytest.mark.parametrize("call,error,phrase", [
+    (lambda: check_file("rmsnorm", 5), TypeError, "path must be a .py file"),
+    (lambda: check_file("rmsnorm", "missing.py", n_random="3"), ValueError, "n_random must be an int >= 0"),
+    (lambda: check_file("rmsnorm", "missing.py", seed=-1), ValueError, "seed must be an int >= 0"),
+    (lambda: check_folder("rmsnorm", 3.0), TypeError, "folder must be a folder of .py files"),
+    (lambda: write_starter("rmsnorm", 5), TypeError, "path must be the file or folder to write"),
+    (lambda: get_exercise("layer_norm"), ValueError, "did you mean 'layernorm'?"),
+])
+def test_bad_arguments_name_the_argument(call, error, phrase):
+    with pytest.raises(error, match=re.escape(phrase)):
+        call()
 
 
 def test_wrong_number_of_returned_gradients():
@@ -282,13 +305,17 @@ def test_cli_list_start_check(tmp_path, capsys, monkeypatch):
     assert run_cli(["exercise", "list"]) == 0
     out = capsys.readouterr().out
     assert all(f"{op}_backward(" in out for op in EXERCISES)
+    assert "`npllama explain <exercise>`" in out
     monkeypatch.chdir(tmp_path)
     assert run_cli(["exercise", "start", "rmsnorm"]) == 0
     assert (tmp_path / "rmsnorm_backward.py").is_file()
     assert "npllama exercise check rmsnorm rmsnorm_backward.py" in capsys.readouterr().out
     assert run_cli(["exercise", "check", "rmsnorm", "rmsnorm_backward.py"]) == 1
-    out = capsys.readouterr().out
-    assert "not implemented yet" in out and "0 of 4 checks passed" in out
+    captured = capsys.readouterr()
+    assert "not implemented yet" in captured.out and "0 of 4 checks passed" in captured.out
+    assert "rmsnorm_backward in rmsnorm_backward.py\n" in captured.out    # the path as given, not absolute
+    assert "npllama exercise check rmsnorm rmsnorm_backward.py\n" in captured.out
+    assert "checking rmsnorm_backward.py against the 4 checks of exercise rmsnorm" in captured.err
     with pytest.raises(UsageError, match="--force"):
         run_cli(["exercise", "start", "rmsnorm"])
     (tmp_path / "rmsnorm_backward.py").write_text(CORRECT["rmsnorm"])
@@ -321,6 +348,8 @@ def test_cli_mistakes_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "COMMANDS", {"exercise": "npllama.commands.exercise"})
     assert cli.main(["exercise", "start", "nope"]) == 2
     assert "unknown exercise 'nope'" in capsys.readouterr().err
+    assert cli.main(["exercise", "check", "crossentropy", str(tmp_path)]) == 2
+    assert "unknown exercise 'crossentropy' (did you mean 'cross_entropy'?)" in capsys.readouterr().err
     assert cli.main(["exercise", "check", "rmsnorm", str(tmp_path / "missing.py")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["exercise", "check", "rmsnorm", str(tmp_path), "--cases", "-1"]) == 2

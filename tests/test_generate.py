@@ -95,6 +95,8 @@ def test_stream_text_writes_the_new_text_only():
     (dict(prompt=[1], max_new_tokens=3, temperature=-1), ValueError, "temperature"),
     (dict(prompt=[1], max_new_tokens=3, top_k=0), ValueError, "top_k"),
     (dict(prompt=[1], max_new_tokens=3, top_p=1.5), ValueError, "top_p"),
+    (dict(prompt=[1], max_new_tokens=3, threads=0), ValueError, "threads must be None or a positive int"),
+    (dict(prompt=[1], max_new_tokens=3, threads=2.0), ValueError, "threads must be None or a positive int"),
 ])
 def test_bad_generation_arguments_are_refused(model, kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -112,7 +114,21 @@ def test_the_fast_decoder_and_the_reference_path_generate_the_same(model):
         reference = generate(model, [1, 5, 7], 15, temperature=0)
     with use_backend("numba"):
         fast = generate(model, [1, 5, 7], 15, temperature=0)
+        on_three_threads = generate(model, [1, 5, 7], 15, temperature=0.9, seed=4, threads=3)
+        on_one_thread = generate(model, [1, 5, 7], 15, temperature=0.9, seed=4, threads=1)
     assert fast == reference
+    assert on_three_threads == on_one_thread      # sampled, too: the logits are the same bits
+
+
+def test_greedy_sampling_takes_the_largest_logit_in_any_precision():
+    from npllama.generate import sample_next
+
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        logits = rng.standard_normal(1000).astype(np.float32)
+        logits[rng.integers(0, 1000, size=3)] = logits.max()      # ties: the first one wins
+        assert sample_next(logits, 0, None, None, rng) == int(np.argmax(logits.astype(np.float64)))
+        assert sample_next(logits, 0, None, None, rng, vocab_size=500) == int(np.argmax(logits[:500]))
 
 
 def full_sort_nucleus(probs, top_p):

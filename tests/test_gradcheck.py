@@ -73,6 +73,34 @@ def test_a_fixed_absolute_step_would_have_failed_where_this_passes():
     assert report.ok and report.max_rel_err < 1e-8, str(report)
 
 
+@pytest.mark.parametrize("scale", SCALES)
+def test_a_gradient_tiny_next_to_the_loss_is_still_resolved(scale):
+    # LayerNorm over two features: every row normalises to +-1, so dx is of the order of eps while
+    # L = sum(out * dout) is of order 1, and the differences' round-off is large next to dx.  (The
+    # exercises once added a tolerance of their own for this case; the bound covers it.)  The right
+    # backward must pass well inside the bound, and a wrong sign or a missing term must still fail.
+    from npllama.ops.layernorm import layernorm_backward, layernorm_forward
+
+    def missing_mean_term(dy, cache):
+        dx, dweight, dbias = layernorm_backward(dy, cache)
+        xhat, dxhat = (cache.x - cache.mean) * cache.rstd, dy * cache.weight
+        return cache.rstd * (dxhat - xhat * np.mean(dxhat * xhat, -1, keepdims=True)), dweight, dbias
+
+    def wrong_sign_dx(dy, cache):
+        dx, dweight, dbias = layernorm_backward(dy, cache)
+        return -dx, dweight, dbias
+
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        inputs = [scale * rng.standard_normal((4, 2)), 1 + 0.5 * rng.standard_normal(2), rng.standard_normal(2)]
+        run = lambda backward: check_op(layernorm_forward, backward, inputs, extra_args=(1e-2 * scale**2,),
+                                        names=["x", "weight", "bias"], seed=seed)
+        good = run(layernorm_backward)
+        assert good.ok and good.max_err_over_bound < 0.3, str(good)
+        for backward in (missing_mean_term, wrong_sign_dx):
+            assert not run(backward)["x"].ok, f"{backward.__name__} passed at scale {scale:g}, seed {seed}"
+
+
 # ----- directional probes -----------------------------------------------------------------------------
 
 def quadratic_form(shape, seed):

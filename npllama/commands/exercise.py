@@ -6,15 +6,18 @@ from . import HelpFormatter, UsageError
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "exercise", help="write an op's backward pass yourself and check it",
-        description="Classroom mode. `start OP` writes a starter file (signature, docstring, shapes, "
-                    "the derivation's backward section, a body to fill in); `check OP FILE` runs the "
-                    "project's own gradient checks on it in a sandboxed process and explains any failure; "
-                    "`check OP FOLDER` grades every .py file in a folder and writes a gradebook; "
-                    "`notebook OP` writes the exercise as a Jupyter notebook.")
+        description="Classroom mode. `list` shows the exercises; `start OP` writes a starter file "
+                    "(signature, docstring, shapes, the derivation's backward section, a body to fill in); "
+                    "`check OP FILE` runs the project's own gradient checks on it in a sandboxed process and "
+                    "explains any failure, naming the mistake when the numbers show which step of the "
+                    "derivation went wrong; `check OP FOLDER` grades every .py file in a folder and writes a "
+                    "gradebook; `notebook OP` writes the exercise as a Jupyter notebook; `train OP FILE` "
+                    "trains the tiny model with your backward.  `npllama explain OP` prints the derivation.")
     sub = p.add_subparsers(dest="action", metavar="<action>")
     sub.required = True
 
-    ls = sub.add_parser("list", help="the exercises, one per backward pass in npllama/ops")
+    ls = sub.add_parser("list", help="the exercises: one per backward pass in npllama/ops, then the decoder "
+                                     "block and the whole model assembled from them")
     ls.set_defaults(run=run_list)
 
     start = sub.add_parser("start", help="write the starter file for an exercise",
@@ -72,7 +75,8 @@ def run_list(args) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
-    print("\nStart one with `npllama exercise start <exercise>`.")
+    print("\nStart one with `npllama exercise start <exercise>`; `npllama explain <exercise>` prints its "
+          "derivation.")
     return 0
 
 
@@ -142,6 +146,8 @@ def run_check(args) -> int:
         csv_path, json_path = write_gradebook(graded, args.gradebook or f"gradebook-{args.op}")
         print(f"gradebook: {csv_path} and {json_path}")
     else:
+        print(f"checking {path} against the {len(get_exercise(args.op).checks())} checks of exercise {args.op} "
+              f"(in a process of its own, at most {args.timeout:g} s) ...", file=sys.stderr, flush=True)
         graded = [grade_file(args.op, path, **limits)]
         print(graded[0].text)
     if args.json:

@@ -15,6 +15,7 @@ def register(subparsers) -> None:
 
 def run_explain(args) -> int:
     from ..exercises import EXERCISES
+    from ..exercises.definitions import did_you_mean
     from ..exercises.derivation import available, derivation_markdown, explain_text
 
     if args.op is None:
@@ -23,7 +24,8 @@ def run_explain(args) -> int:
         return 0
     name = EXERCISES[args.op].derivation if args.op in EXERCISES else args.op
     if name.removeprefix("derivations/").removesuffix(".md") not in available():
-        raise UsageError(f"unknown op or derivation {args.op!r}; choose one of: "
-                         f"{', '.join(sorted(set(available()) | set(EXERCISES)))}")
+        names = sorted(set(available()) | set(EXERCISES))
+        raise UsageError(f"unknown op or derivation {args.op!r}{did_you_mean(args.op, names)}; choose one of: "
+                         f"{', '.join(names)}")
     print(derivation_markdown(name) if args.markdown else explain_text(name, backward_only=args.backward), end="")
     return 0

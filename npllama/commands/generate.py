@@ -34,6 +34,10 @@ def register(subparsers) -> None:
                         "(repeatable; \\n is a newline)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one each run)")
     p.add_argument("--num-samples", type=int, default=1, help="how many continuations to print")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of each decode step (default: every core, or $NPLLAMA_DECODE_THREADS); "
+                        "fewer can be faster while other programs keep the cores busy; the text is the "
+                        "same for any count")
     add_run_options(p)
     p.set_defaults(run=run)
 
@@ -46,6 +50,8 @@ def run(args) -> int:
     # Every argument is checked before the model is loaded or anything is printed.
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     _check_args(args, check_generation_args)
     stops = [s.replace("\\n", "\n") for s in args.stop or []]
     if any(not s for s in stops):
@@ -82,7 +88,7 @@ def run(args) -> int:
             ids = generate(model, prompt_ids, args.max_new_tokens, temperature=args.temperature,
                            top_k=args.top_k, top_p=args.top_p, seed=seed, eos_id=end_ids,
                            on_token=on_token, repetition_penalty=args.repetition_penalty, stop=stop,
-                           vocab_size=vocab_size)
+                           vocab_size=vocab_size, threads=args.threads)
             seconds = time.perf_counter() - started
             printer.flush()
             sys.stdout.write("\n" + ("-" * 40 + "\n" if i < args.num_samples - 1 else ""))

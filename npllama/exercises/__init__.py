@@ -11,11 +11,11 @@
 
 The checks are the ones tests/ops uses -- float64 central differences through
 npllama.gradcheck.check_op, the closed forms, the edge cases -- written to take any backward
-function (checks.py, catalog.py).  A failing check explains itself: which gradient, the relative
-error, the worst index and both values there, and a diagnosis with a hint: the mistake named from
-a catalogue of the derivation's steps done wrong (catalogue.py, mistakes.py) when it matches on
-every probe case, else what the numbers show (wrong sign, 2x, the transpose, a wrong mask, ...),
-and which simpler cases pass.  Only NumPy is needed.
+function (checks.py, definitions.py).  A failing check explains itself: which gradient, the
+relative error, the worst index and both values there, and a diagnosis with a hint: the mistake
+named from a catalogue of the derivation's steps done wrong (catalogue.py, mistakes.py) when it
+matches on every probe case, else what the numbers show (wrong sign, 2x, the transpose, a wrong
+mask, ...; diagnose.py), and which simpler cases pass.  Only NumPy is needed.
 
 `exercise check` grades each file in a process of its own with time and memory limits
 (sandbox.py, gradebook.py), and refuses files that borrow or measure the gradient (screen.py).
@@ -25,7 +25,7 @@ From Python:
     from npllama.exercises import check_function
     print(check_function("rmsnorm", my_rmsnorm_backward).format())
 """
-from .catalog import EXERCISES, Exercise, get_exercise
+from .definitions import EXERCISES, Exercise, get_exercise
 from .diagnose import CheckFailed, Finding, diagnose
 from .runner import Report, SubmissionError, check_file, check_folder, check_function, format_table, load_function
 from .gradebook import format_gradebook, grade_folder, write_gradebook

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .catalog import Exercise, check
+from .definitions import Exercise, check
 from .checks import SEED, Case, Choice, Ints, expect_close
 
 WEIGHTS = ("input_layernorm", "q_proj", "k_proj", "v_proj", "o_proj", "post_attention_layernorm", "gate_proj",

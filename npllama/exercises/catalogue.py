@@ -215,7 +215,10 @@ class AttentionMistakes:
               Rung("fewer queries than keys (T = 2, S = 4)", {**_base, "T": 2, "S": 4},
                    "T and S are mixed up: attn_probs is (T, S), so dq uses it as is and dk, dv its transpose")]
 
-    def variant(self, dout, case, mask="both", kv="repeat", group="sum", scale="once", softmax="right"):
+    def variant(self, dout, case, mask="both", kv="repeat", group="sum", scale="once", softmax="right",
+                only=None):
+        """scale: how dq and dk are scaled ("once" is right); only: the one of them ("dq", "dk") where
+        that happens, the other scaled right."""
         q, k, v = case.inputs
         kw = case.kwargs
         B, H, T, hd = q.shape
@@ -239,8 +242,9 @@ class AttentionMistakes:
         d_scores = {"right": p * (d_p - np.sum(d_p * p, -1, keepdims=True)), "none": d_p, "no_sum": p * d_p,
                     "query_axis": p * (d_p - np.sum(d_p * p, -2, keepdims=True))}[softmax]
         factor = {"once": s, "missing": 1.0, "twice": s * s, "on_dv": s, "inverted": 1 / s}[scale]
-        dq = d_scores @ k_h * factor
-        dk_h = d_scores.swapaxes(-1, -2) @ q * factor
+        factor_q, factor_k = (factor if only in (None, name) else s for name in ("dq", "dk"))
+        dq = d_scores @ k_h * factor_q
+        dk_h = d_scores.swapaxes(-1, -2) @ q * factor_k
         dv_h = p.swapaxes(-1, -2) @ dout * (s if scale == "on_dv" else 1.0)
         if group == "none":
             return dq, dk_h, dv_h
@@ -261,6 +265,11 @@ class AttentionMistakes:
                scale="missing"),
             _m("the 1/sqrt(head_dim) scale is applied twice in dq and dk", "multiply by scale once",
                scale="twice"),
+            *[_m(f"the 1/sqrt(head_dim) scale of the scores is missing from {g} (the other gradient has it)",
+                 "attn_scores = q k^T * scale: both dq and dk come from d_attn_scores, so both carry scale once",
+                 scale="missing", only=g) for g in ("dq", "dk")],
+            *[_m(f"the 1/sqrt(head_dim) scale is applied twice in {g}", "multiply by scale once", scale="twice",
+                 only=g) for g in ("dq", "dk")],
             _m("dq and dk are multiplied by sqrt(head_dim) instead of 1/sqrt(head_dim)",
                "scale = 1 / sqrt(head_dim)", scale="inverted"),
             _m("the scale is also applied to dv; only the scores are scaled",

@@ -83,7 +83,7 @@ SYMBOLS = {r"\odot": "*", r"\cdot": "·", r"\times": "x", r"\partial": "∂", r"
            r"\langle": "<", r"\rangle": ">", r"\dots": "...", r"\ldots": "...", r"\cdots": "...", r"\top": "T",
            r"\exp": "exp", r"\log": "log", r"\max": "max", r"\min": "min", r"\sigma": "σ", r"\theta": "θ",
            r"\alpha": "α", r"\beta": "β", r"\gamma": "γ", r"\delta": "δ", r"\epsilon": "ε", r"\varepsilon": "ε",
-           r"\lambda": "λ", r"\mu": "μ", r"\eta": "η", r"\tau": "τ", r"\pi": "π", r"\Delta": "Δ", r"\,": " ",
+           r"\lambda": "λ", r"\mu": "μ", r"\phi": "φ", r"\ell": "ℓ", r"\eta": "η", r"\tau": "τ", r"\pi": "π", r"\Delta": "Δ", r"\,": " ",
            r"\;": " ", r"\:": " ", r"\!": "", r"\left": "", r"\right": "", r"\Big": "", r"\big": "", r"\Bigg": "",
            r"\bigg": "", r"\displaystyle": "", r"\textstyle": "", r"\scriptstyle": "", r"\_": "_", r"\lVert": "||", r"\rVert": "||", r"\|": "||",
            r"\{": "{", r"\}": "}", r"\neg": "not ", r"\wedge": "and", r"\vee": "or", r"\sim": "~", r"\pm": "+-",
@@ -134,7 +134,13 @@ def _one_call(expr: str) -> bool:
 def latex_to_text(tex: str) -> str:
     out, i = [], 0
     while i < len(tex):
-        if tex.startswith(("\\frac", "\\tfrac", "\\dfrac"), i):
+        if tex.startswith("\\begin", i):
+            name, i = _group(tex, i + 6)
+            end = tex.find(f"\\end{{{name}}}", i)
+            end = len(tex) if end < 0 else end
+            out.append(_environment(name, tex[i:end]))
+            i = end + len(f"\\end{{{name}}}")
+        elif tex.startswith(("\\frac", "\\tfrac", "\\dfrac"), i):
             i = tex.index("frac", i) + 4
             numerator, i = _group(tex, i)
             denominator, i = _group(tex, i)
@@ -149,12 +155,12 @@ def latex_to_text(tex: str) -> str:
             if command[1:] in UNWRAP:
                 inner, i = _group(tex, i)
                 word = latex_to_text(inner)
-                if word[:1].isalnum() and out and out[-1][-1:].isalnum():
+                if word[:1].isalnum() and _last_char(out).isalnum():
                     word = " " + word             # \sum_i \mathrm{dx}_i -> "sum_i dx_i", not "sum_idx_i"
                 out.append(word)
             else:
                 word = SYMBOLS.get(command, command[1:])
-                if word[:1].isalnum() and out and out[-1][-1:].isalnum():
+                if word[:1].isalnum() and _last_char(out).isalnum():
                     word = " " + word             # \mathrm{scale}\sum -> "scale sum", not "scalesum"
                 if word[-1:].isalnum() and i < len(tex) and (tex[i].isalnum() or tex[i] == "\\"):
                     word += " "
@@ -162,7 +168,7 @@ def latex_to_text(tex: str) -> str:
         elif tex[i] in "^_":
             inner, j = _group(tex, i + 1)
             text = latex_to_text(inner)
-            out.append(tex[i] + (text if len(text) == 1 else f"({text})") if tex[i] == "^" else
+            out.append(tex[i] + (text if len(text) == 1 or _one_call(text) else f"({text})") if tex[i] == "^" else
                        "_" + (text if re.fullmatch(r"\w+", text) else f"({text})"))
             i = j
         elif tex[i] in "{}":
@@ -171,6 +177,22 @@ def latex_to_text(tex: str) -> str:
             out.append(tex[i])
             i += 1
     return re.sub(r"[ ]{2,}(?=\S)", lambda m: m.group(0) if len(m.group(0)) >= 4 else " ", "".join(out))
+
+
+def _last_char(parts: list[str]) -> str:
+    """The last character written so far ('' at the start; commands that print nothing skipped)."""
+    return next((part[-1] for part in reversed(parts) if part), "")
+
+
+def _environment(name: str, body: str) -> str:
+    """\\begin{name} body \\end{name}: a matrix inline as (a, b; c, d); the rows of aligned or
+    cases each on a line of their own (cases: value, then its condition)."""
+    rows = [row for row in re.split(r"\\\\(?:\[[^\]]*\])?", body) if row.strip()]   # \\ or \\[2pt]
+    cells = [[latex_to_text(cell).strip() for cell in row.split("&")] for row in rows]
+    if name.endswith("matrix"):
+        return "(" + "; ".join(", ".join(row) for row in cells) + ")"
+    gap = "    " if name == "cases" else " "
+    return "\n" + "\n".join(gap.join(cell for cell in row if cell) for row in cells) + "\n"
 
 
 def to_text(markdown: str) -> str:

@@ -2,13 +2,16 @@
 
 `diagnose(got, expected, grad=...)` compares a student's gradient with the right one (central
 differences or a closed form) and returns a `Finding`: the relative error, the worst index and both
-values there, a one-line diagnosis and a hint.  It tries, in order:
+values there, a one-line diagnosis and a hint.  It says what the numbers of this one case show,
+trying in order:
 
-    a wrong shape (the transpose? the right size but another shape?), NaN/Inf,
-    a known mistake of this op (computed from the same cache: "missing the mean term", ...),
-    all zeros, a constant ratio (2x, -1x = wrong sign, 0.5x, or a factor the op names, such as
-    sqrt(head_dim)), the transpose, gradient leaking into entries that must get none (a wrong
-    mask), gradient missing on some entries, an error concentrated on a few entries.
+    a wrong shape (the transpose? the right size but another shape?), NaN/Inf, all zeros,
+    float32 round-off, a constant ratio (2x, -1x = wrong sign, 0.5x, any other factor), the
+    transpose, gradient leaking into entries that must get none (a wrong mask), gradient missing
+    on some entries, an error concentrated on a few entries.
+
+Naming the step of the derivation that went wrong takes more than one case: the runner does it
+from catalogue.py's probes (mistakes.py) and puts its words in place of these.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ ROUND_OFF_RATIO = 5e-7   # a ratio this close to 1 is round-off (float64 differe
 class Finding:
     """Everything a student needs to find the bug in one gradient."""
 
-    grad: str                       # which gradient, e.g. "dx"
+    grad: str                       # which gradient, e.g. "dx" ('' when none came back: a crash)
     message: str                    # what is wrong, one or two sentences
     hint: str = ""                  # where to look
     rel_error: float | None = None
@@ -35,13 +38,13 @@ class Finding:
     expected_value: float | None = None
     case: str = ""                  # the inputs' shapes and options
     ladder: str = ""                # which simpler cases pass, and what changed when one fails
-    generic: tuple | None = None    # (message, hint) without the op's named causes, when one was used
 
     def lines(self) -> list[str]:
         out = []
         if self.case:
             out.append(f"case: {self.case}")
-        out.append(f"gradient: {self.grad}")
+        if self.grad:
+            out.append(f"gradient: {self.grad}")
         if self.rel_error is not None:
             where = ""
             if self.worst_index is not None and self.got_value is not None:
@@ -49,14 +52,14 @@ class Finding:
                          f"expected {self.expected_value:.6g}")
             out.append(f"relative error {self.rel_error:.3g}{where}")
         out.append(f"what is wrong: {self.message}")
-        if self.ladder:
-            out.append(f"simpler cases: {self.ladder}")
         if self.hint:
             out.append(f"hint: {self.hint}")
+        if self.ladder:
+            out.append(f"simpler cases: {self.ladder}")
         return out
 
     def short(self) -> str:
-        return f"{self.grad}: {self.message}"
+        return f"{self.grad}: {self.message}" if self.grad else self.message
 
 
 class CheckFailed(AssertionError):
@@ -85,13 +88,10 @@ GENERIC_RATIOS = [
 ]
 
 
-def diagnose(got, expected, *, grad: str, case: str = "", known_factors=None, mistakes=None,
-             zero_label: str = "") -> Finding:
-    """Why `got` (the student's gradient) differs from `expected`.
+def diagnose(got, expected, *, grad: str, case: str = "", zero_label: str = "") -> Finding:
+    """What the numbers show about how `got` (the student's gradient) differs from `expected`.
 
-    known_factors: [(ratio, message, hint)] the op's own constant factors (checked before the generic ones).
-    mistakes:      [(message, hint, array)] what typical wrong formulas give for this gradient.
-    zero_label:    what the entries whose true gradient is exactly 0 are ("ignored targets", ...).
+    zero_label: what the entries whose true gradient is exactly 0 are ("ignored targets", ...).
     """
     finding = Finding(grad, "", case=case)
     if got is None:
@@ -119,12 +119,6 @@ def diagnose(got, expected, *, grad: str, case: str = "", known_factors=None, mi
         finding.expected_value = float(expected[first])
         return finding
 
-    for message, hint, wrong in mistakes or []:
-        if wrong is not None and np.shape(wrong) == expected.shape and rel_error(got_arr, wrong) < MATCH_TOL:
-            finding.message, finding.hint = message, hint
-            finding.generic = _generic(got, expected, grad, case, zero_label)
-            return finding
-
     if not np.any(got_arr):
         finding.message = "every entry is 0"
         finding.hint = "is the result ever assigned? (a np.zeros_like that is never filled, or a wrong mask)"
@@ -143,11 +137,9 @@ def diagnose(got, expected, *, grad: str, case: str = "", known_factors=None, mi
         finding.hint = "please report this case to the course's teacher: the check should have passed it"
         return finding
     if ratio is not None:
-        for value, message, hint in list(known_factors or []) + GENERIC_RATIOS:
+        for value, message, hint in GENERIC_RATIOS:
             if np.isclose(ratio, value, rtol=1e-6):
                 finding.message, finding.hint = message, hint
-                if (value, message, hint) not in GENERIC_RATIOS:
-                    finding.generic = _generic(got, expected, grad, case, zero_label)
                 return finding
         finding.message = f"it is exactly {_ratio_text(ratio)} times the right gradient (a constant factor)"
         finding.hint = "a scale factor is missing or extra: a 1/N of a mean, a 1/sqrt(d), a weight"
@@ -187,23 +179,21 @@ def diagnose(got, expected, *, grad: str, case: str = "", known_factors=None, mi
     return finding
 
 
+def float32_rounded(g) -> bool:
+    """Every value of g is a float32 number: part of the arithmetic that made it ran in float32 (or
+    less).  A float64 array qualifies when each value survives a round trip through float32."""
+    g = np.asarray(g)
+    if g.dtype == np.float64:
+        return bool(np.array_equal(g, g.astype(np.float32).astype(np.float64)))
+    return g.dtype.kind == "f" and g.dtype.itemsize < 8
+
+
 def _float32_precision(got, expected) -> bool:
-    """got carries float32 round-off (every value a float32 number) and is otherwise right."""
-    got = np.asarray(got)
-    if got.dtype == np.float64:
-        as_float32 = got.astype(np.float32).astype(np.float64)
-        if not np.array_equal(got, as_float32) or np.array_equal(expected, expected.astype(np.float32)):
-            return False
-    elif got.dtype != np.float32:
+    """got carries float32 round-off and is otherwise right (and expected itself does not: a
+    gradient whose exact values are float32 numbers says nothing)."""
+    if not float32_rounded(got) or float32_rounded(expected):
         return False
     return rel_error(got, expected) < 1e-5
-
-
-def _generic(got, expected, grad, case, zero_label) -> tuple:
-    """What diagnose says from the numbers alone, without the op's named causes (one case can
-    match a named cause by coincidence; the runner keeps the cause only if the probes confirm it)."""
-    plain = diagnose(got, expected, grad=grad, case=case, zero_label=zero_label)
-    return plain.message, plain.hint
 
 
 def _locate(finding, got, expected):

@@ -20,7 +20,9 @@ COLUMNS = ("file", "status", "checks_passed", "first_failure", "diagnosis", "sec
 
 
 def submissions_in(folder) -> list[Path]:
-    folder = Path(folder)
+    from .definitions import path_argument
+
+    folder = path_argument(folder, "folder", "a folder of .py files")
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder of submissions")
     files = sorted(p for p in folder.iterdir() if p.suffix == ".py" and p.is_file())
@@ -33,7 +35,7 @@ def grade_folder(op: str, folder, *, n_random: int = 8, seed: int = 0, timeout: 
                  memory_mb: int = DEFAULT_MEMORY_MB, allow_imports: bool = False, workers: int = MAX_WORKERS,
                  progress=None) -> list[Graded]:
     """Grade every .py file in `folder` (sorted by name); `progress(graded, done, total)` after each."""
-    from .catalog import get_exercise
+    from .definitions import get_exercise
 
     get_exercise(op)
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .catalog import get_exercise
+from .definitions import get_exercise
 from .derivation import derivation_markdown
 from .starter import starter_source, target_path
 
@@ -23,7 +23,7 @@ def _cell(kind: str, text: str) -> dict:
 
 def notebook_json(op: str) -> dict:
     ex = get_exercise(op)
-    starter = starter_source(op)
+    starter = starter_source(op, in_notebook=True)
     intro = (f"# Exercise: the backward pass of the {ex.title}\n\n"
              f"Read the derivation below, fill in `{ex.backward_name}` in the next code cell, run it, then run "
              f"the check.  `npllama exercise train {op} FILE` trains a real model with your function "

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import Check, Exercise, get_exercise
+from .definitions import Check, Exercise, get_exercise, path_argument
 from .checks import sample
 from .catalogue import CATALOGUES
 from .diagnose import CheckFailed, Finding
@@ -99,9 +99,10 @@ class Report:
             lines += [f"  refused, not graded: {self.refused}", f"  the rule: {RULE}", "0 checks run."]
             return "\n".join(lines)
         if self.not_implemented:
+            again = (f"then check it again:\n      npllama exercise check {ex.op} {self.source}"
+                     if self.source.endswith(".py") else "then run the check again.")
             lines += [f"  {ex.backward_name} is not implemented yet: it raises NotImplementedError.",
-                      f"  Write its body (work the math in {ex.derivation} first), then check it again:",
-                      f"      npllama exercise check {ex.op} {self.source}",
+                      f"  Write its body (work the math in {ex.derivation} first), {again}",
                       f"0 of {self.total} checks passed."]
             return "\n".join(lines)
         width = max(len(r.check.name) for r in self.results)
@@ -128,6 +129,7 @@ class Report:
                 "refused": self.refused, "summary": self.summary(),
                 "first_failure": None if first is None else {
                     "check": first.check.name, "status": first.status,
+                    "diagnosis": first.finding.short() if first.finding else first.status,
                     **(dataclasses.asdict(first.finding) if first.finding else {})},
                 "checks": {r.check.name: r.status for r in self.results}}
 
@@ -150,9 +152,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     exercise = get_exercise(op)
     if not callable(backward):
         raise TypeError(f"backward must be a function like {exercise.signature[4:-1]}, got {type(backward).__name__}")
-    for name, value in (("n_random", n_random), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    _check_cases(n_random, seed)
     source = source or getattr(backward, "__name__", repr(backward))
     source_file = source_file or getattr(getattr(backward, "__code__", None), "co_filename", None)
     backward = exercise.adapt(student_call(backward))
@@ -183,7 +183,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
                 break
             except student_errors as error:  # the student's code crashed: say where, in their file
                 result.status = "error"
-                result.finding = Finding(exercise.backward_name, _describe_exception(error, source_file),
+                result.finding = Finding("", _describe_exception(error, source_file),
                                          hint=_crash_hint(error), case=_describe_params(exercise, params))
                 break
         results.append(result)
@@ -191,31 +191,26 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     first = report.first_failure
     if first is not None and first.status == "fail" and first.finding is not None:
         try:
-            _explain_from_probes(exercise, backward, first.finding)
-        except student_errors:   # the student's code misbehaving on a probe: keep the checks' finding
+            _name_the_mistake(exercise, backward, first.finding)
+        except student_errors:   # the student's code misbehaving on a probe: keep what the numbers showed
             pass
     return report
 
 
-def _explain_from_probes(exercise, backward, finding: Finding) -> None:
-    """Replace a single-case diagnosis by what the catalogue's probes show (catalogue.py)."""
-    catalogue = CATALOGUES.get(exercise.op)
-    if catalogue is None:
-        return
-    found = explain(catalogue, exercise, backward)
+def _name_the_mistake(exercise, backward, finding: Finding) -> None:
+    """Add to what the failing case's numbers show (diagnose.py) the mistake the catalogue's probes
+    name, if one matches on every probe (its words replace the numbers' own), and which simpler
+    cases pass (catalogue.py, mistakes.py)."""
+    found = explain(CATALOGUES[exercise.op], exercise, backward)
     if found.grad is not None:
         finding.message, finding.hint = found.message, found.hint
-        finding.generic = None
-    elif finding.generic is not None:   # a named cause the probes do not confirm: say only what is seen
-        finding.message, finding.hint = finding.generic
-        finding.generic = None
     finding.ladder = found.ladder
 
 
 def load_function(op: str, path, catch_everything: bool = False) -> object:
     """Import the file at `path` (by path, not by name) and return its <op>_backward function."""
     exercise = get_exercise(op)
-    path = Path(path)
+    path = path_argument(path, "path", "a .py file")
     if not path.is_file():
         raise SubmissionError(f"{path} does not exist (expected a .py file defining {exercise.backward_name})")
     name = f"npllama_submission_{abs(hash(str(path.resolve())))}"
@@ -250,7 +245,8 @@ def check_file(op: str, path, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int
 
     allow_imports: skip the import rule (for files you trust); the run-time guard stays on."""
     exercise = get_exercise(op)
-    path = Path(path)
+    path = path_argument(path, "path", "a .py file")
+    _check_cases(n_random, seed)
     if not allow_imports and path.is_file():
         try:
             source = path.read_text(encoding="utf-8")
@@ -289,6 +285,12 @@ def format_table(reports: list[Report], width: int = 90) -> str:
 
 
 # ----- helpers ------------------------------------------------------------------------------------
+
+def _check_cases(n_random, seed) -> None:
+    for name, value in (("n_random", n_random), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+
 
 def _describe_exception(error: BaseException, source_file: str | None, what: str = "your function") -> str:
     text = f"{what} raised {type(error).__name__}: {error}".rstrip(": ")

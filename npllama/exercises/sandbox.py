@@ -59,7 +59,7 @@ class Graded:
 def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: float = DEFAULT_TIMEOUT,
                memory_mb: int = DEFAULT_MEMORY_MB, allow_imports: bool = False) -> Graded:
     """Check `path` in a child process with a time and memory limit; never raises for the file's sake."""
-    from .catalog import get_exercise
+    from .definitions import get_exercise
 
     exercise = get_exercise(op)
     _check_limits(timeout, memory_mb)
@@ -70,7 +70,8 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
         output_path = Path(scratch) / "output.txt"
         argv = [sys.executable, "-m", "npllama.exercises.sandbox", op, str(path.resolve()), str(result_path),
                 "--cases", str(n_random), "--seed", str(seed), "--memory-mb", str(memory_mb),
-                "--cpu-seconds", str(int(timeout) + 1)] + (["--allow-imports"] if allow_imports else [])
+                "--cpu-seconds", str(int(timeout) + 1), "--shown-as", str(path)] + \
+            (["--allow-imports"] if allow_imports else [])
         start = time.perf_counter()
         with open(output_path, "wb") as output:
             child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT,
@@ -157,8 +158,7 @@ def _graded_from_report(path: Path, report: dict, seconds: float) -> Graded:
         status = "not implemented"
     else:
         status = "pass" if report.get("ok") else "fail"
-    diagnosis = "" if status == "pass" else (first.get("message") and f"{first.get('grad')}: {first['message']}"
-                                              or report.get("summary", ""))
+    diagnosis = "" if status == "pass" else (first.get("diagnosis") or report.get("summary", ""))
     return Graded(path.name, status, int(report.get("passed", 0)), int(report.get("total", 0)),
                   first.get("check", ""), diagnosis, seconds, report.get("text", ""))
 
@@ -193,6 +193,8 @@ def _child(argv) -> int:
     parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, help="memory the submission may add")
     parser.add_argument("--cpu-seconds", type=int, default=int(DEFAULT_TIMEOUT), help="CPU time limit")
     parser.add_argument("--allow-imports", action="store_true", help="skip the import rule")
+    parser.add_argument("--shown-as", default=None, help="the path as the report names it (as the user gave it; "
+                                                          "the child runs in a scratch folder, so `path` is absolute)")
     args = parser.parse_args(argv)
     token = sys.stdin.readline().strip()
     result_path = Path(args.result)
@@ -202,6 +204,7 @@ def _child(argv) -> int:
     _limit_resources(args.memory_mb, args.cpu_seconds)
     report = check_file(args.op, args.path, n_random=args.cases, seed=args.seed,
                         allow_imports=args.allow_imports, catch_everything=True)
+    report.source = args.shown_as or report.source
     record = {**report.to_dict(), "text": report.format(), "token": token}
     result_path.write_text(json.dumps(record, default=str), encoding="utf-8")
     return 0

@@ -28,7 +28,7 @@ import importlib
 
 import numpy as np
 
-from .diagnose import rel_error
+from .diagnose import float32_rounded, rel_error
 
 # Modules any submission may import: nothing here reads files, runs programs or loads code.
 SAFE_MODULES = {"numpy", "math", "cmath", "functools", "itertools", "operator", "typing", "dataclasses",
@@ -42,9 +42,9 @@ FORBIDDEN_NUMPY_ATTRIBUTES = {"load", "save", "savez", "savez_compressed", "from
 NOISE_FLOOR, NOISE_CEILING = 1e-12, 1e-4
 
 RULE = ("Use NumPy and math only (plus the helpers this exercise names), and compute the gradient "
-        "from the cache with the chain rule: a file that imports npllama's ops, kernels or backend, "
-        "reaches for code through exec/eval/getattr/__import__, or evaluates the forward pass to "
-        "differentiate it numerically is refused, not graded.")
+        "from the cache with the chain rule: a file that imports any other part of npllama (an op, a "
+        "kernel, the backend), reaches for code through exec/eval/getattr/__import__, or evaluates the "
+        "forward pass to differentiate it numerically is refused, not graded.")
 
 
 def screen_source(source: str, allowed_helpers=(), filename: str = "<submission>") -> list[str]:
@@ -167,7 +167,7 @@ def finite_difference_noise(exercise, backward) -> str | None:
     right = case.reference(dout, case.run_forward()[1])
     right = right if isinstance(right, tuple) else (right,)
     for name, g, r in zip(case.grad_names, got, right):
-        if not np.all(np.isfinite(g)) or _rounded_to_float32(g):
+        if g.dtype.kind != "f" or not np.all(np.isfinite(g)) or float32_rounded(g):
             continue      # float32 arithmetic inside is a precision matter, not a measured gradient
         err = rel_error(g, r)
         if NOISE_FLOOR < err < NOISE_CEILING:
@@ -175,8 +175,3 @@ def finite_difference_noise(exercise, backward) -> str | None:
                     f"finite differences (any formula is exact to ~1e-15 on this well-conditioned case, "
                     f"{case.describe()}): it looks measured from the forward pass, not derived")
     return None
-
-
-def _rounded_to_float32(g) -> bool:
-    g = np.asarray(g)
-    return g.dtype != np.float64 or np.array_equal(g, g.astype(np.float32).astype(np.float64))

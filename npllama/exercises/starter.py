@@ -6,7 +6,7 @@ import inspect
 import textwrap
 from pathlib import Path
 
-from .catalog import Exercise, get_exercise
+from .definitions import Exercise, get_exercise, path_argument
 from .derivation import backward_heading, explain_text
 from .screen import RULE
 
@@ -54,7 +54,10 @@ def _doc_with_cache(exercise: Exercise) -> str:
     return doc.replace("cache: CACHE", "cache: " + "\n           ".join(text))
 
 
-def starter_source(op: str) -> str:
+def starter_source(op: str, in_notebook: bool = False) -> str:
+    """The student's file: the docstring (forward, shapes, the rule), the helpers' imports, the
+    derivation's backward section as comments, and the function to fill in.  in_notebook: for the
+    notebook's code cell, where the derivation is the cell above and a cell below checks."""
     ex = get_exercise(op)
     imports = "import numpy as np\n"
     if ex.helpers:
@@ -62,11 +65,14 @@ def starter_source(op: str) -> str:
                                    for module, name in ex.helpers)
     article = f", article {ex.article}" if ex.article else ""
     forward = textwrap.indent(ex.forward_text, "    ")
+    if in_notebook:
+        check_it, where, quote = "then run the next cell to check it.", "the cell above", ""
+    else:
+        check_it = f"then check it:\n\n    npllama exercise check {ex.op} {ex.backward_name}.py"
+        where, quote = "quoted below", "\n" + _as_comment(derivation_quote(ex))
     return f'''"""Exercise: the backward pass of the {ex.title}{article}.
 
-Write the body of `{ex.backward_name}` below, then check it:
-
-    npllama exercise check {ex.op} {ex.backward_name}.py
+Write the body of `{ex.backward_name}` below, {check_it}
 
 The forward pass is already written ({ex.module}.{ex.forward_name}); it computes
 
@@ -75,14 +81,13 @@ The forward pass is already written ({ex.module}.{ex.forward_name}); it computes
 and returns (out, cache).  Your function receives the gradient of the loss with respect to the
 forward's output and that cache, and returns the gradients its docstring lists.
 
-Derivation: {derivation_section(ex)} (quoted below;
+Derivation: {derivation_section(ex)} ({where};
             `npllama explain {_stem(ex)}` prints all of it).  Work it on paper first.
 Shapes:     {ex.shapes}
 Allowed:    {ex.allowed_imports}.
 The rule:   {textwrap.fill(RULE, 84, subsequent_indent="            ")}
 """
-{imports}
-{_as_comment(derivation_quote(ex))}
+{imports}{quote}
 
 {ex.signature}
     """{_doc_with_cache(ex)}
@@ -105,7 +110,7 @@ def _as_comment(text: str) -> str:
 def target_path(path, default_name: str, suffix: str, force: bool) -> Path:
     """Where to write a student's file: `path` itself, or default_name inside it when it is a folder
     (existing, or any path without `suffix`); refuses to overwrite unless force."""
-    path = Path(path) if path is not None else Path(default_name)
+    path = path_argument(path, "path", "the file or folder to write") if path is not None else Path(default_name)
     if path.is_dir() or path.suffix != suffix:
         path = path / default_name
     if path.exists() and not force:

@@ -18,7 +18,7 @@ import math
 import tempfile
 from pathlib import Path
 
-from .catalog import get_exercise
+from .definitions import get_exercise
 from .runner import SubmissionError, check_function, load_function
 from .screen import RULE, guard_library, screen_source, student_call
 

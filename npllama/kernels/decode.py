@@ -7,13 +7,20 @@
 `step` returns what `model.forward_step` returns for the same calls (tested equal).  A decode
 step at batch 1 does little arithmetic and reads every weight once, so it is bound by memory
 bandwidth and by whatever else it spends between those reads:
-  - one new token of one sequence is one numba call through every layer (`_decode_one_token`,
-    llama2.c's forward() top to bottom, no Python between layers), then the LM head -- at
-    stories15M 60% of the bytes a step reads -- as one BLAS gemv on all BLAS's threads.  The
-    layers' products run on one core inside the numba call: numba's parallel loops were tried
-    and lost (benchmarks/README.md: the workqueue pool's 35-45 us start per product; OpenMP's
-    spinning barrier, 5-50x slower whenever another process held a core, and a second OpenMP
-    runtime slows PyTorch in the same process ~100x);
+  - one new token of one sequence is one numba call per thread through every layer and the LM
+    head (`_decode_token_part`: llama2.c's forward() top to bottom, no Python between layers).
+    The matrix-vector products are split by rows over the threads and attention by KV group;
+    the threads meet at a barrier after each product (kernels/_sync.py), four per layer.  The
+    helper threads wait for the next token inside numba and sleep between bursts
+    (kernels/threads.py), so a token reaches them without Python or the GIL.  Numba's parallel
+    loops were tried and lost (benchmarks/README.md: the workqueue pool's 35-45 us start per
+    loop; OpenMP's spinning barrier, 5-50x slower whenever another process held a core, and a
+    second OpenMP runtime slows PyTorch in the same process ~100x).  BLAS is not used for them:
+    its gemv on two threads was no faster than `_matvec` on one (bench_kernels.py's table);
+  - by default the decoder uses every core, and keeps checking that against one thread
+    (threads.FasterOfTwo), since a team is slower when other programs keep the cores busy;
+    `threads=N` fixes the count.  Splits fall on multiples of 4 rows and on whole KV groups,
+    so the logits are the same bits for any thread count;
   - the weights are the model's own arrays, gathered into per-layer tuples once per model
     (`model_weights`, kept while the parameter arrays are the same objects): nothing is copied
     per decoder or per `generate` call, and a training step's in-place update is seen at once;
@@ -21,8 +28,11 @@ bandwidth and by whatever else it spends between those reads:
     products over all its rows, with RoPE, the KV-cache write and attention over the cached
     positions one numba call per layer; keys are cached transposed (hd, positions) so that the
     scores of all positions are one vectorised multiply-add per head dimension.
+
+Not for use by two threads at once (a RuntimeError says so): give each thread its own decoder.
 """
 import math
+import time
 import weakref
 
 import numpy as np
@@ -30,18 +40,25 @@ from numba import njit
 
 from ..ops._checks import require_int_array
 from ._simd import REDUCTION_FLAGS, exp_nonpositive, row_max, row_sum
+from ._sync import barrier, job_base, job_param, wait_for_job
 from .rmsnorm import _rmsnorm_forward_rows
 from .rope import _rotate
-from .swiglu import _silu_mul_halves
+from .swiglu import _silu_mul, _silu_mul_halves
+from .threads import FasterOfTwo, Team, decode_threads
 
 
 class FastDecoder:
-    """Incremental decoding of `model` for `batch_size` sequences of up to `max_length` positions."""
+    """Incremental decoding of `model` for `batch_size` sequences of up to `max_length` positions.
 
-    def __init__(self, model, batch_size: int = 1, max_length: int | None = None):
+    threads: how many threads a one-token step of one sequence runs on.  None: every core
+    ($NPLLAMA_DECODE_THREADS if set), checked against one thread as decoding goes."""
+
+    def __init__(self, model, batch_size: int = 1, max_length: int | None = None,
+                 threads: int | None = None):
         cfg = model.config
         max_length = cfg.max_position_embeddings if max_length is None else max_length
-        for name, value in (("batch_size", batch_size), ("max_length", max_length)):
+        for name, value in (("batch_size", batch_size), ("max_length", max_length),
+                            ("threads", 1 if threads is None else threads)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if max_length > cfg.max_position_embeddings:
@@ -55,7 +72,12 @@ class FastDecoder:
         L, B, KVH, hd = cfg.num_hidden_layers, self.batch_size, cfg.num_key_value_heads, cfg.head_dim
         self.k_cache_t = np.zeros((L, B, KVH, hd, self.max_length), dtype=self.dtype)  # keys transposed
         self.v_cache = np.zeros((L, B, KVH, self.max_length, hd), dtype=self.dtype)
-        self._one = _OneTokenBuffers(cfg, self.dtype) if B == 1 else None
+        self.threads, chosen = decode_threads() if threads is None else (threads, True)
+        self._one = _OneTokenBuffers(cfg, self.dtype, self.threads) if B == 1 else None
+        self._team = Team(self.threads, _decode_helper, self._one_token_args()) if B == 1 else None
+        # The default (every core) is checked against one thread as the decoding goes; a count
+        # given by the caller is used as given.
+        self._chooser = FasterOfTwo() if B == 1 and self.threads > 1 and not chosen else None
 
     def reset(self) -> None:
         """Forget every position: the next step starts a new sequence."""
@@ -83,16 +105,26 @@ class FastDecoder:
         return logits
 
     def _step_one_token(self, token: int, pos: int) -> np.ndarray:
-        """Batch 1, one new token: every layer in one numba call, then the LM head in BLAS."""
+        """Batch 1, one new token: every layer and the LM head in one numba call per thread."""
+        chooser = self._chooser
+        if chooser is None:
+            self._team.run(_decode_token_part, token, pos)
+        else:
+            way = chooser.next_way()
+            started = time.perf_counter()
+            if way == FasterOfTwo.TEAM:
+                self._team.run(_decode_token_part, token, pos)
+            else:
+                self._team.run_alone(_decode_token_part, token, pos)
+            chooser.record(way, time.perf_counter() - started)
+        return self._one.logits.copy().reshape(1, 1, -1)
+
+    def _one_token_args(self) -> tuple:
         cfg, w, buf = self.config, self.weights, self._one
-        _decode_one_token(token, pos, w.embed, w.input_norm, w.wq, w.wk, w.wv, w.wo, w.post_norm, w.w_gate,
-                          w.w_up, w.w_down, w.final_norm, self.eps, self.cos, self.sin,
-                          self.k_cache_t, self.v_cache, cfg.num_attention_heads, cfg.num_key_value_heads,
-                          self.dtype.type(1.0 / math.sqrt(cfg.head_dim)), buf.x, buf.xn, buf.qkv, buf.attn,
-                          buf.out, buf.gate_up, buf.act, buf.rstd)
-        logits = np.empty((1, 1, cfg.vocab_size), dtype=self.dtype)
-        np.matmul(w.lm_head, buf.xn[0], out=logits[0, 0])   # BLAS gemv on all its threads
-        return logits
+        return (w.embed, w.input_norm, w.wq, w.wk, w.wv, w.wo, w.post_norm, w.w_gate, w.w_up,
+                w.w_down, w.final_norm, w.lm_head, self.eps, self.cos, self.sin, self.k_cache_t, self.v_cache,
+                cfg.num_attention_heads, cfg.num_key_value_heads, self.dtype.type(1.0 / math.sqrt(cfg.head_dim)),
+                buf.x, buf.xn, buf.rstd, buf.qkv, buf.attn, buf.out, buf.gate, buf.up, buf.act, buf.logits)
 
     def _step_rows(self, tokens, start: int) -> np.ndarray:
         """Several new positions (a prompt) or several sequences: BLAS products over all the rows,
@@ -113,7 +145,7 @@ class FastDecoder:
             qkv[:, q_end:k_end] = xn @ w.wk[i].T
             qkv[:, k_end:] = xn @ w.wv[i].T
             _rope_cache_attend(qkv.reshape(B, T_new, -1), cos, sin, self.k_cache_t[i],
-                               self.v_cache[i], start, H, KVH, scale, attn.reshape(B, T_new, -1))
+                               self.v_cache[i], start, H, KVH, 0, KVH, scale, attn.reshape(B, T_new, -1))
             h = x + attn @ w.wo[i].T                                       # (N, D)
             hn = self._rmsnorm(h, w.post_norm[i])
             gate_up = np.concatenate([hn @ w.w_gate[i].T, hn @ w.w_up[i].T], axis=1)   # (N, 2F) = [gate | up]
@@ -177,52 +209,103 @@ def _contiguous(a):
 
 
 class _OneTokenBuffers:
-    """Everything a batch-1 one-token step writes, allocated once per decoder."""
+    """Everything a batch-1 one-token step writes, allocated once per decoder.  x, xn and rstd
+    have a row per thread (each keeps its own residual stream); the rest is shared."""
 
-    def __init__(self, cfg, dtype):
-        H, KVH, hd, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
-        self.x, self.xn, self.out = (np.empty((1, D), dtype=dtype) for _ in range(3))
+    def __init__(self, cfg, dtype, threads):
+        H, KVH, hd, D, F = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size,
+                            cfg.intermediate_size)
+        self.x, self.xn = np.empty((threads, D), dtype=dtype), np.empty((threads, D), dtype=dtype)
+        self.rstd = np.empty(threads, dtype=dtype)
         self.qkv = np.empty((H + 2 * KVH) * hd, dtype=dtype)
         self.attn = np.empty(H * hd, dtype=dtype)
-        self.gate_up = np.empty((1, 2 * cfg.intermediate_size), dtype=dtype)
-        self.act = np.empty((1, cfg.intermediate_size), dtype=dtype)
-        self.rstd = np.empty(1, dtype=dtype)
+        self.out = np.empty(D, dtype=dtype)
+        self.gate, self.up, self.act = (np.empty(F, dtype=dtype) for _ in range(3))
         self.logits = np.empty(cfg.vocab_size, dtype=dtype)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _decode_one_token(token, pos, embed, input_norm, wq, wk, wv, wo, post_norm, w_gate, w_up, w_down,
-                      final_norm, eps, cos, sin, k_cache_t, v_cache, H, KVH, scale,
-                      x, xn, qkv, attn, out, gate_up, act, rstd):
-    """One token of one sequence through every layer and the final norm (llama2.c's forward()
-    up to the classifier), leaving rmsnorm(x) in xn: the caller multiplies it by the LM head.
+def _decode_token_part(t, n, flags, embed, input_norm, wq, wk, wv, wo, post_norm, w_gate, w_up,
+                       w_down, final_norm, lm_head, eps, cos, sin, k_cache_t, v_cache, H, KVH, scale,
+                       x, xn, rstd, qkv, attn, out, gate, up, act, logits):
+    """Thread t of n's share of one token of one sequence through every layer, the final norm
+    and the LM head (llama2.c's forward(), with its matrix products split by rows).
 
-    Per-layer weights come as tuples (layer i: wq[i], ...).  Buffers: x, xn, out (1, D);
-    qkv ((H + 2 KVH) hd,) = [q | k | v]; attn (H hd,); gate_up (1, 2F) = [gate | up]; act (1, F);
-    k_cache_t (L, 1, KVH, hd, max_len), v_cache (L, 1, KVH, max_len, hd)."""
-    q_end = wq[0].shape[0]
-    k_end = q_end + wk[0].shape[0]
-    F = act.shape[1]
-    x[0, :] = embed[token]
+    Each thread attends for the KV groups in its share, and computes the rows of W_q, W_k, W_v
+    those groups need, so attention needs no barrier before it; every other product is split by
+    rows, and a barrier follows each.  x, xn, rstd are each thread's own (row t): every thread
+    keeps the residual stream whole, adding the full output of each product after its barrier.
+    Shared: qkv ((H + 2 KVH) hd,) = [q | k | v], attn (H hd,), out (D,), gate, up, act (F,),
+    logits (V,).  k_cache_t (L, 1, KVH, hd, max_len), v_cache (L, 1, KVH, max_len, hd).
+    Splits fall on multiples of 4 rows, so every row is summed the same way whatever n is.
+    The job (FastDecoder._step_one_token): the token and its position."""
+    token, pos, epoch = job_param(flags, n, 0), job_param(flags, n, 1), job_base(flags, n)
+    hd = k_cache_t.shape[3]
+    n_rep = H // KVH
+    D, F, V = x.shape[1], act.shape[0], logits.shape[0]
+    g0, g1 = _share(KVH, t, n, 1)                      # this thread's KV groups
+    q0, q1 = g0 * n_rep * hd, g1 * n_rep * hd          # their query rows
+    k0, k1 = g0 * hd, g1 * hd                          # their key and value rows
+    k_base, v_base = H * hd, (H + KVH) * hd
+    d0, d1 = _share(D, t, n, 4)
+    f0, f1 = _share(F, t, n, 4)
+    x_t, xn_t, rstd_t = x[t:t + 1], xn[t:t + 1], rstd[t:t + 1]
+    x_t[0, :] = embed[token]
     qkv3, attn3 = qkv.reshape(1, 1, -1), attn.reshape(1, 1, -1)
     for i in range(len(wq)):
         # h = x + W_o attention(rope(W_q xn), rope(W_k xn), W_v xn),   xn = rmsnorm(x)
-        _rmsnorm_forward_rows(x, input_norm[i], eps, xn, rstd)
-        _matvec(wq[i], xn[0], qkv[:q_end])
-        _matvec(wk[i], xn[0], qkv[q_end:k_end])
-        _matvec(wv[i], xn[0], qkv[k_end:])
-        _rope_cache_attend(qkv3, cos[pos:pos + 1], sin[pos:pos + 1], k_cache_t[i], v_cache[i], pos, H, KVH,
-                           scale, attn3)
-        _matvec(wo[i], attn, out[0])
-        x += out
+        _rmsnorm_forward_rows(x_t, input_norm[i], eps, xn_t, rstd_t)
+        _matvec(wq[i][q0:q1], xn_t[0], qkv[q0:q1])
+        _matvec(wk[i][k0:k1], xn_t[0], qkv[k_base + k0:k_base + k1])
+        _matvec(wv[i][k0:k1], xn_t[0], qkv[v_base + k0:v_base + k1])
+        _rope_cache_attend(qkv3, cos[pos:pos + 1], sin[pos:pos + 1], k_cache_t[i], v_cache[i], pos, H,
+                           KVH, g0, g1, scale, attn3)
+        epoch += 1
+        barrier(flags, t, n, epoch)                    # attn complete
+        _matvec(wo[i][d0:d1], attn, out[d0:d1])
+        epoch += 1
+        barrier(flags, t, n, epoch)                    # out = W_o attn complete
+        x_t[0] += out
         # x = h + W_down (silu(W_gate hn) * W_up hn),   hn = rmsnorm(h)
-        _rmsnorm_forward_rows(x, post_norm[i], eps, xn, rstd)
-        _matvec(w_gate[i], xn[0], gate_up[0, :F])
-        _matvec(w_up[i], xn[0], gate_up[0, F:])
-        _silu_mul_halves(gate_up, act)
-        _matvec(w_down[i], act[0], out[0])
-        x += out
-    _rmsnorm_forward_rows(x, final_norm, eps, xn, rstd)
+        _rmsnorm_forward_rows(x_t, post_norm[i], eps, xn_t, rstd_t)
+        _matvec(w_gate[i][f0:f1], xn_t[0], gate[f0:f1])
+        _matvec(w_up[i][f0:f1], xn_t[0], up[f0:f1])
+        _silu_mul(gate[f0:f1], up[f0:f1], act[f0:f1])
+        epoch += 1
+        barrier(flags, t, n, epoch)                    # act complete
+        _matvec(w_down[i][d0:d1], act, out[d0:d1])
+        epoch += 1
+        barrier(flags, t, n, epoch)                    # out = W_down act complete
+        x_t[0] += out
+    _rmsnorm_forward_rows(x_t, final_norm, eps, xn_t, rstd_t)
+    v0, v1 = _share(V, t, n, 4)
+    _matvec(lm_head[v0:v1], xn_t[0], logits[v0:v1])
+    epoch += 1
+    barrier(flags, t, n, epoch)                        # logits complete
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _decode_helper(t, n, flags, embed, input_norm, wq, wk, wv, wo, post_norm, w_gate, w_up, w_down, final_norm,
+                   lm_head, eps, cos, sin, k_cache_t, v_cache, H, KVH, scale, x, xn, rstd, qkv, attn, out, gate,
+                   up, act, logits):
+    """Helper thread t's life (threads.Team): its share of every token's job, until it goes idle."""
+    while True:
+        job = wait_for_job(flags, t, n)
+        if job < 0:
+            return job
+        _decode_token_part(t, n, flags, embed, input_norm, wq, wk, wv, wo, post_norm, w_gate, w_up, w_down,
+                           final_norm, lm_head, eps, cos, sin, k_cache_t, v_cache, H, KVH, scale, x, xn, rstd,
+                           qkv, attn, out, gate, up, act, logits)
+
+
+@njit(cache=True, nogil=True)
+def _share(size, t, n, multiple):
+    """Thread t of n's rows [start, stop) of `size`: contiguous, nearly equal, starting at
+    multiples of `multiple` (the last share takes what is left)."""
+    blocks = (size + multiple - 1) // multiple
+    start = min(size, (blocks * t // n) * multiple)
+    stop = size if t == n - 1 else min(size, (blocks * (t + 1) // n) * multiple)
+    return start, stop
 
 
 @njit(cache=True, error_model="numpy", nogil=True, fastmath=REDUCTION_FLAGS)
@@ -254,9 +337,10 @@ def _matvec(w, x, out):
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _rope_cache_attend(qkv, cos, sin, k_cache_t, v_cache, start, H, KVH, scale, out):
-    """For each new position t (absolute start + t) of each sequence b:
-    rotate q and k, store k and v in the cache, attend causally over positions [0, start + t].
+def _rope_cache_attend(qkv, cos, sin, k_cache_t, v_cache, start, H, KVH, g0, g1, scale, out):
+    """For each new position t (absolute start + t) of each sequence b, for KV groups g0 <= g < g1
+    and their query heads: rotate q and k, store k and v in the cache, attend causally over
+    positions [0, start + t].
 
     qkv: (B, T_new, (H + 2 KVH) hd) = [q heads | k heads | v heads];  out: (B, T_new, H hd)
     k_cache_t: (B, KVH, hd, max_len);  v_cache: (B, KVH, max_len, hd)"""
@@ -270,13 +354,13 @@ def _rope_cache_attend(qkv, cos, sin, k_cache_t, v_cache, start, H, KVH, scale, 
     for b in range(B):
         for t in range(T_new):       # first every new position's k and v into the cache
             pos = start + t
-            for g in range(KVH):
+            for g in range(g0, g1):
                 _rotate(qkv[b, t, k_base + g * hd:k_base + (g + 1) * hd], cos[t], sin[t], k_cache_t[b, g, :, pos])
                 for i in range(hd):
                     v_cache[b, g, pos, i] = qkv[b, t, v_base + g * hd + i]
         for t in range(T_new):
             n_keys = start + t + 1   # causal: positions 0 .. start + t
-            for h in range(H):
+            for h in range(g0 * n_rep, g1 * n_rep):
                 g = h // n_rep
                 _rotate(qkv[b, t, h * hd:(h + 1) * hd], cos[t], sin[t], q_rot)
                 row = scores[:n_keys]

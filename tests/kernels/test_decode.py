@@ -105,3 +105,205 @@ def test_matvec_equals_numpy_for_any_number_of_rows(dtype):
             out = np.full(rows, np.nan, dtype=dtype)
             _matvec(w, x, out)
             assert_close(out, w @ x, f"{rows}x{cols}")
+
+
+# ---- the token step on several threads (npllama/kernels/threads.py, _sync.py) -------------------
+
+def odd_model(n_kv_heads, dtype=np.float32):
+    """Sizes that are not multiples of 4 nor of the thread count, so the row shares are uneven."""
+    config = LlamaConfig(vocab_size=23, hidden_size=24, intermediate_size=30, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=n_kv_heads, max_position_embeddings=40)
+    return Llama(config, seed=5, dtype=dtype)
+
+
+def decode_logits(decoder, tokens):
+    """Prefill tokens[:, :3], then one token per step; every step's logits stacked."""
+    steps = [decoder.step(tokens[:, :3])[:, -1]]
+    for t in range(3, tokens.shape[1]):
+        steps.append(decoder.step(tokens[:, t:t + 1])[:, -1])
+    return np.stack(steps)
+
+
+@pytest.mark.parametrize("n_kv_heads", [1, 2, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_thread_count_gives_the_same_logits_bit_for_bit(n_kv_heads, dtype):
+    """Rows are split on multiples of 4 and attention by KV group, so each number is computed
+    the same way whatever the split: more threads (even more than groups, or than cores) change
+    nothing, not even the last bit."""
+    model = odd_model(n_kv_heads, dtype)
+    tokens = np.random.default_rng(n_kv_heads).integers(0, 23, size=(1, 30))
+    one = decode_logits(FastDecoder(model, max_length=40, threads=1), tokens)
+    with use_backend("numpy"):
+        kv_cache = model.new_kv_cache(1, 40)
+        reference = np.stack([model.forward_step(tokens[:, :3], kv_cache)[:, -1]]
+                             + [model.forward_step(tokens[:, t:t + 1], kv_cache)[:, -1] for t in range(3, 30)])
+    assert_close(one, reference, "one thread vs forward_step")
+    for threads in (2, 3, 5):
+        assert np.array_equal(decode_logits(FastDecoder(model, max_length=40, threads=threads), tokens), one), \
+            f"{threads} threads"
+
+
+def test_helpers_that_fell_asleep_are_woken_by_the_next_token():
+    """Between bursts of tokens the helpers leave numba and sleep on a semaphore; the next token
+    must wake them (a lost wake-up would hang here) and give the same logits."""
+    import time
+
+    from npllama.kernels._sync import IDLE_FLAG, SLOT
+
+    model = odd_model(2)
+    tokens = np.random.default_rng(0).integers(0, 23, size=(1, 8))
+    expected = decode_logits(FastDecoder(model, max_length=40, threads=1), tokens)
+    decoder = FastDecoder(model, max_length=40, threads=3)
+    flags = decoder._team.flags
+    got = [decoder.step(tokens[:, :3])[:, -1]]
+    for t in range(3, 8):
+        deadline = time.monotonic() + 10
+        while not all(flags[(3 + h) * SLOT + IDLE_FLAG] == 1 for h in (1, 2)):   # both helpers asleep
+            assert time.monotonic() < deadline, "the helpers never went to sleep"
+            time.sleep(0.005)
+        got.append(finishes_within(10, decoder.step, tokens[:, t:t + 1])[:, -1])
+    assert np.array_equal(np.stack(got), expected)
+
+
+def finishes_within(seconds, fn, *args):
+    """fn(*args), failing (not hanging) if it takes longer: a lost wake-up would wait forever."""
+    import threading
+
+    result = []
+    worker = threading.Thread(target=lambda: result.append(fn(*args)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert result, f"no result after {seconds} s: a helper was never woken"
+    return result[0]
+
+
+def helper_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("npllama-decode-")]
+
+
+def test_helper_threads_end_with_their_decoder():
+    import gc
+    import time
+
+    before = set(helper_threads())        # other tests' decoders may still be ending theirs
+    decoder = FastDecoder(odd_model(2), max_length=40, threads=3)
+    decoder.step(np.array([[1, 2]]))
+    decoder.step(np.array([[3]]))
+    own = set(helper_threads()) - before
+    assert len(own) == 2
+    del decoder
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while any(t.is_alive() for t in own):
+        assert time.monotonic() < deadline, "helper threads outlived their decoder"
+        time.sleep(0.01)
+
+
+def test_a_decoder_used_from_two_threads_at_once_is_refused():
+    decoder = FastDecoder(odd_model(2), max_length=40, threads=2)
+    decoder.step(np.array([[1, 2]]))
+    with decoder._team._running:          # as if another thread were inside step()
+        with pytest.raises(RuntimeError, match="two threads at once"):
+            decoder.step(np.array([[3]]))
+    decoder.step(np.array([[3]]))          # and it still works afterwards
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_decodes_with_its_own_helpers():
+    import os
+
+    model = odd_model(2)
+    tokens = np.random.default_rng(1).integers(0, 23, size=(1, 6))
+    expected = decode_logits(FastDecoder(model, max_length=40, threads=1), tokens)
+    decoder = FastDecoder(model, max_length=40, threads=2)
+    decoder.step(np.array([[1, 2]]))        # the parent's helpers have started and run
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:                            # child: the parent's helper threads do not exist here
+        try:
+            decoder.reset()
+            ok = np.array_equal(decode_logits(decoder, tokens), expected)
+            os.write(write_end, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 1)
+    os.waitpid(pid, 0)
+    assert answer == b"1"
+
+
+def test_a_failing_helper_raises_in_the_caller_instead_of_hanging():
+    from numba import njit
+
+    from npllama.kernels._sync import barrier, job_base
+    from npllama.kernels.threads import Team
+
+    @njit(nogil=True)
+    def part(t, n, flags):
+        barrier(flags, t, n, job_base(flags, n) + 1)
+
+    def broken_helper(t, n, flags):
+        raise ZeroDivisionError("planted")
+
+    team = Team(2, broken_helper, ())
+    with pytest.raises(RuntimeError, match="helper thread failed.*planted"):
+        team.run(part, 0, 0)
+    team.stop()
+
+
+def test_thread_counts_are_checked(monkeypatch):
+    from npllama.kernels.threads import ENV_VARIABLE, decode_threads
+
+    model = odd_model(2)
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="threads must be a positive int"):
+            FastDecoder(model, threads=bad)
+    monkeypatch.setenv(ENV_VARIABLE, "many")
+    with pytest.raises(ValueError, match=f"{ENV_VARIABLE} must be a positive int"):
+        decode_threads()
+    monkeypatch.setenv(ENV_VARIABLE, "3")
+    assert decode_threads() == (3, True)
+    decoder = FastDecoder(model)
+    assert decoder.threads == 3 and decoder._chooser is None     # the user's count is used as given
+    monkeypatch.delenv(ENV_VARIABLE)
+    cores, chosen = decode_threads()
+    assert cores >= 1 and not chosen
+    assert (FastDecoder(model)._chooser is not None) == (cores > 1)   # the default is checked against 1
+
+
+def run_chooser(chooser, seconds_of, steps):
+    """Drive a FasterOfTwo for `steps` steps whose times are seconds_of(way, step); the ways used."""
+    ways = []
+    for step in range(steps):
+        way = chooser.next_way()
+        ways.append(way)
+        chooser.record(way, seconds_of(way, step))
+    return ways
+
+
+def test_the_decoder_keeps_the_faster_of_team_and_alone_and_checks_again():
+    from npllama.kernels.threads import FasterOfTwo
+
+    TEAM, ALONE, probe, every = FasterOfTwo.TEAM, FasterOfTwo.ALONE, FasterOfTwo.PROBE, FasterOfTwo.EVERY
+    # the team is faster: after the first comparison the team runs every step until the next one
+    chooser = FasterOfTwo()
+    ways = run_chooser(chooser, lambda way, step: 1.0 if way == TEAM else 2.0, 2 * probe + every)
+    assert ways[:2 * probe] == [TEAM, ALONE] * probe and set(ways[2 * probe:]) == {TEAM}
+    # one slow outlier in the team's probe does not decide (medians)
+    chooser = FasterOfTwo()
+    ways = run_chooser(chooser, lambda way, step: (50.0 if step == 0 else 1.0) if way == TEAM else 2.0,
+                       2 * probe + 10)
+    assert set(ways[2 * probe:]) == {TEAM}
+    # the machine gets busy half way: alone becomes faster, and is chosen at the next comparison
+    chooser = FasterOfTwo()
+    busy_from = 2 * probe + every // 2
+
+    def busy_later(way, step):
+        return (1.0 if way == TEAM else 2.0) if step < busy_from else (4.0 if way == TEAM else 2.0)
+
+    ways = run_chooser(chooser, busy_later, 2 * (2 * probe + every))
+    second = 2 * probe + every
+    assert ways[second:second + 2 * probe] == [TEAM, ALONE] * probe
+    assert set(ways[second + 2 * probe:]) == {ALONE}

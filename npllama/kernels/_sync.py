@@ -1,0 +1,220 @@
+"""What a team of threads running numba code side by side needs: barriers and a job board.
+
+FastDecoder's token step runs on several threads (npllama/kernels/threads.py starts them): the
+calling thread and helpers that live inside a numba loop, waiting for the next token's job.
+Numba has no atomics, so the few this needs are LLVM instructions: `load_acquire`,
+`store_release` and `exchange` (sequentially consistent) on an int64 array, `flags`.
+
+flags holds one 64-byte line (SLOT int64s) per use, so threads don't share a cache line:
+  line t        (t < n)  thread t's barrier count: the number of the last barrier it reached
+  line n                 the job board: JOB (the job's number), QUIT, BASE (the barrier count
+                         the job's barriers start above) and PARAMS (the job's own numbers)
+  line n + t    (t >= 1) helper t's IDLE_FLAG (1 while it sleeps outside numba, see wait_for_job)
+                         and SEEN, the number of the last job it took
+`flags_for(n)` makes it.
+
+barrier(flags, t, n, epoch): thread t says it reached barrier number `epoch` and waits until all
+n have.  Barrier counts only ever grow.  Waiting spins with the CPU's pause hint for a few
+microseconds, then gives its core away (sched_yield) on every further check: when another
+program holds a core, the thread we wait for may not be running, and spinning would only keep it
+off the CPU (OpenMP's spinning barrier was measured 5-50x slower in that case:
+benchmarks/README.md).
+"""
+import platform
+import sys
+
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+from numba.np.arrayobj import make_array
+
+import numpy as np
+
+SLOT = 8                       # int64s per line: 64 bytes, one cache line
+JOB, QUIT, BASE, PARAMS = 0, 1, 2, 3     # offsets in the job board's line
+IDLE_FLAG, SEEN = 0, 1                    # offsets in a helper's line
+SPINS_BEFORE_YIELD = 256       # pause instructions: ~1-10 us (a pause is 10-140 cycles by CPU)
+YIELDS_BEFORE_IDLE = 2000      # then ~1-2 ms of sched_yield before a helper sleeps outside numba
+IDLE, TO_QUIT = -1, -2         # what wait_for_job returns when there is no job
+CAN_YIELD = sys.platform != "win32"    # sched_yield is POSIX
+
+
+def _item_pointer(context, builder, sig, args):
+    array_type = sig.args[0]
+    array = make_array(array_type)(context, builder, args[0])
+    index = context.cast(builder, args[1], sig.args[1], types.intp)
+    return cgutils.get_item_pointer(context, builder, array_type, array, [index], wraparound=False)
+
+
+@intrinsic
+def load_acquire(typingctx, flags, index):
+    """flags[index] (an int64 array), read with acquire ordering."""
+    if not (isinstance(flags, types.Array) and flags.dtype == types.int64 and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load_atomic(_item_pointer(context, builder, sig, args), "acquire", 8)
+    return types.int64(flags, index), codegen
+
+
+@intrinsic
+def exchange(typingctx, flags, index, value):
+    """old = flags[index]; flags[index] = value, as one sequentially consistent step; returns old."""
+    if not (isinstance(flags, types.Array) and flags.dtype == types.int64 and isinstance(index, types.Integer)
+            and value == types.int64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.atomic_rmw("xchg", _item_pointer(context, builder, sig, args), args[2], "seq_cst")
+    return types.int64(flags, index, value), codegen
+
+
+@intrinsic
+def fetch_add(typingctx, flags, index, value):
+    """old = flags[index]; flags[index] += value, as one sequentially consistent step; returns old
+    (with value 0: a sequentially consistent read)."""
+    if not (isinstance(flags, types.Array) and flags.dtype == types.int64 and isinstance(index, types.Integer)
+            and value == types.int64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.atomic_rmw("add", _item_pointer(context, builder, sig, args), args[2], "seq_cst")
+    return types.int64(flags, index, value), codegen
+
+
+@intrinsic
+def store_release(typingctx, flags, index, value):
+    """flags[index] = value (an int64 array), written with release ordering."""
+    if not (isinstance(flags, types.Array) and flags.dtype == types.int64 and isinstance(index, types.Integer)
+            and value == types.int64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        builder.store_atomic(args[2], _item_pointer(context, builder, sig, args), "release", 8)
+        return context.get_dummy_value()
+    return types.void(flags, index, value), codegen
+
+
+# The LLVM intrinsic of the spin-wait hint: x86's pause, ARM's `hint 1` (yield).
+_PAUSE = {"x86_64": ("llvm.x86.sse2.pause", None), "AMD64": ("llvm.x86.sse2.pause", None),
+          "aarch64": ("llvm.aarch64.hint", 1), "arm64": ("llvm.aarch64.hint", 1)}.get(platform.machine())
+
+
+@intrinsic
+def cpu_relax(typingctx):
+    """The CPU's spin-wait hint (x86 pause, ARM yield); nothing elsewhere."""
+    def codegen(context, builder, sig, args):
+        if _PAUSE is not None:
+            name, hint = _PAUSE
+            arguments = [] if hint is None else [ir.Constant(ir.IntType(32), hint)]
+            function = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [a.type for a in arguments]), name)
+            builder.call(function, arguments)
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@intrinsic
+def yield_core(typingctx):
+    """sched_yield(): let the OS run another thread on this core."""
+    def codegen(context, builder, sig, args):
+        if CAN_YIELD:
+            function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
+                                                      "sched_yield")
+            builder.call(function, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@njit(cache=True, nogil=True)
+def barrier(flags, t, n, epoch):
+    """Thread t of n arrives at barrier `epoch` and returns once all n have arrived."""
+    if n == 1:
+        return
+    store_release(flags, t * SLOT, epoch)
+    for other in range(n):
+        spins = 0
+        while load_acquire(flags, other * SLOT) < epoch:
+            if spins < SPINS_BEFORE_YIELD:
+                cpu_relax()
+                spins += 1
+            else:
+                yield_core()
+
+
+def flags_for(n: int) -> np.ndarray:
+    """The zeroed flags array of a team of n threads (layout: the module's docstring)."""
+    return np.zeros(2 * n * SLOT, dtype=np.int64)
+
+
+@njit(cache=True, nogil=True)
+def _board(n):
+    return n * SLOT
+
+
+@njit(cache=True, nogil=True)
+def job_param(flags, n, k):
+    """The job's k-th number (k < SLOT - PARAMS), as publish_job wrote it."""
+    return flags[_board(n) + PARAMS + k]
+
+
+@njit(cache=True, nogil=True)
+def job_base(flags, n):
+    """The barrier count the current job's barriers start above."""
+    return flags[_board(n) + BASE]
+
+
+@njit(cache=True, nogil=True)
+def publish_job(flags, n, p0, p1):
+    """Called by thread 0: post a job with numbers p0, p1 and return the bit mask of helpers that
+    are asleep outside numba (the caller wakes those).  The job's barriers start above every
+    thread's count, so none can be mistaken for a barrier of an earlier job."""
+    board = _board(n)
+    base = np.int64(0)
+    for t in range(n):
+        base = max(base, load_acquire(flags, t * SLOT))
+    flags[board + BASE] = base
+    flags[board + PARAMS] = p0
+    flags[board + PARAMS + 1] = p1
+    fetch_add(flags, board + JOB, np.int64(1))     # seq_cst: ordered before reading IDLE below
+    asleep = np.int64(0)
+    for t in range(1, n):
+        if exchange(flags, (n + t) * SLOT + IDLE_FLAG, np.int64(0)) == 1:
+            asleep |= np.int64(1) << t
+    return asleep
+
+
+@njit(cache=True, nogil=True)
+def wait_for_job(flags, t, n):
+    """Called by helper t: wait for a job it has not taken yet and return its number; or return
+    TO_QUIT when asked to stop, or IDLE after ~1-2 ms without work, having set its IDLE flag: the
+    helper then sleeps outside numba until thread 0 sees the flag and wakes it.  (A job posted
+    while the flag is being set is not lost: the exchange and publish_job's are ordered, so
+    either thread 0 sees the flag or this thread sees the job; maybe both, which costs one
+    spurious wake-up.)"""
+    board, own = _board(n), (n + t) * SLOT
+    seen = flags[own + SEEN]       # kept here: the helper may leave numba and come back between jobs
+    spins = 0
+    yields = 0
+    while True:
+        if load_acquire(flags, board + QUIT) != 0:
+            return TO_QUIT
+        job = load_acquire(flags, board + JOB)
+        if job > seen:
+            flags[own + SEEN] = job
+            return job
+        if spins < SPINS_BEFORE_YIELD:
+            cpu_relax()
+            spins += 1
+        elif yields < YIELDS_BEFORE_IDLE:
+            yield_core()
+            yields += 1
+        else:
+            exchange(flags, own + IDLE_FLAG, np.int64(1))
+            if fetch_add(flags, board + JOB, np.int64(0)) > seen:   # a seq_cst read
+                exchange(flags, own + IDLE_FLAG, np.int64(0))
+                spins = 0
+                yields = 0
+                continue
+            return IDLE

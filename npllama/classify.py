@@ -10,7 +10,6 @@ The head reads the hidden state of each text's last real token, as transformers'
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -60,14 +59,18 @@ class Classifier:
 
 
 def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
-    """A classifier folder (path), or a base model folder (path) with a SEQ_CLS LoRA `adapter`."""
-    from .runs import load_model_and_tokenizer, load_tokenizer, resolve_model_dir
+    """A classifier folder (path), or a base model folder (path) with a SEQ_CLS LoRA `adapter`.
+
+    Every folder is read holding its run's reader lock (npllama.runs.reading_run), so a fine-tuning
+    run that is replacing it never gets read half-way."""
+    from .runs import latest_run, load_model_and_tokenizer, load_tokenizer, reading_run, resolve_model_dir
 
     if adapter is not None:
         from .lora import load_adapter
 
         model, tokenizer, model_dir = load_model_and_tokenizer(path, dtype=dtype)
-        adapters = load_adapter(model, adapter)
+        with reading_run(adapter):
+            adapters = load_adapter(model, adapter)
         score = adapters.extra.pop(SCORE, None)
         if score is None:
             raise ValueError(f"adapter {str(adapter)!r} has no score.weight: it is not a sequence-classification "
@@ -78,12 +81,15 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
     from .io.hf import load_hf_classifier_folder
     from .model import Llama
 
-    model_dir = resolve_model_dir(path)
-    config, params, score, raw = load_hf_classifier_folder(model_dir, dtype=dtype)
+    path = latest_run() if path is None else Path(path).expanduser()
+    with reading_run(path):  # resolved and loaded while no writer can replace the folder
+        model_dir = resolve_model_dir(path)
+        config, params, score, raw = load_hf_classifier_folder(model_dir, dtype=dtype)
+        tokenizer = load_tokenizer(model_dir)
+        names = _label_names(model_dir, raw, score.shape[0])
     model = Llama(config, dtype=dtype, params=params)
-    tokenizer = load_tokenizer(model_dir)
     tokenizer.check_vocab(config.vocab_size)
-    return Classifier(model, score, _label_names(model_dir, raw, score.shape[0]), tokenizer, str(model_dir))
+    return Classifier(model, score, names, tokenizer, str(model_dir))
 
 
 def _label_names(folder: Path, config: dict, num_labels: int) -> list[str]:
@@ -96,9 +102,11 @@ def _label_names(folder: Path, config: dict, num_labels: int) -> list[str]:
             pass
     info = folder / INFO_FILE
     if info.is_file():
-        try:
-            names = json.loads(info.read_text(encoding="utf-8")).get("label_names")
-        except (ValueError, AttributeError):
+        from .io.reading import read_json
+
+        try:  # a regular file of bounded size holding an object, as every JSON we read
+            names = read_json(info, expect=dict).get("label_names")
+        except ValueError:
             names = None
         if isinstance(names, list) and len(names) == num_labels:
             return [str(n) for n in names]

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .io.atomic import atomic_open, atomic_write_text
+from .io.reading import parse_json
 
 TOKEN_CACHE_FORMAT = 1  # part of the cache key: bump it when the stream layout changes
 ENCODE_CHUNK = 1024     # documents per encode_batch call (one progress-bar step)
@@ -139,12 +140,7 @@ def read_jsonl(path, fields: dict) -> list[dict]:
         if not line.strip():
             continue
         where = f"{str(path)!r} line {line_number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-        except RecursionError:
-            raise ValueError(f"{where}: JSON nested too deeply to read") from None
+        record = parse_json(line, where)  # bad syntax or nesting too deep: a ValueError naming the line
         for field, kind in fields.items():
             if not isinstance(record, dict) or field not in record:
                 raise ValueError(f'{where}: expected a JSON object with a "{field}" field')

@@ -17,7 +17,9 @@ steps (§3.3.3):
   gives each choice after the question; the most likely choice is the answer.
 
 The loop (`run_steps`) is the pre-training loop's recipe in small: AdamW, warmup then cosine,
-global-norm clipping, a tqdm bar.
+global-norm clipping, a tqdm bar.  With `out`, the job has a run folder like pre-training's:
+checkpoints every `checkpoint_every` steps, a checkpoint on Ctrl-C/SIGTERM/SIGHUP, and
+`resume=True` to continue (npllama/finetune_run.py).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from .lora import ATTENTION_TARGETS, attach_lora
 from .objectives import IGNORE_INDEX, pad_batch, pad_id_of
 from .ops.classifier import classifier_backward, classifier_forward, last_token_index
 from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
+from .interrupts import deferred_stop_signals
 from .optim import AdamW, TrainingError, clip_finite_step, cosine_with_warmup
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -51,6 +54,7 @@ class StepConfig:
     grad_clip: float = 1.0
     seed: int = 0
     progress: bool = True
+    checkpoint_every: int = 0       # with a run folder: steps between checkpoints (0: only when stopped or done)
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -61,31 +65,66 @@ class StepConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
+                or self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be a non-negative int, got {self.checkpoint_every!r}")
+
+    def optimizer_settings(self) -> dict:
+        """AdamW's settings (npllama.optim.AdamW.settings_names) for this loop."""
+        return {"lr": self.lr, "betas": ADAM_BETAS, "eps": ADAM_EPS, "weight_decay": self.weight_decay}
 
 
-def run_steps(params: dict, loss_and_grads, make_batch, sc: StepConfig, desc: str = "fine-tuning") -> list[float]:
+ADAM_BETAS, ADAM_EPS = (0.9, 0.95), 1e-8
+
+
+def run_steps(params: dict, loss_and_grads, make_batch, sc: StepConfig, desc: str = "fine-tuning",
+              run=None, adapters=None) -> list[float]:
     """sc.steps AdamW steps on `params` (updated in place).  Returns the loss of every step.
 
     make_batch(step) -> batch; loss_and_grads(batch) -> (loss, grads with the keys of params).
+    run: the job's npllama.finetune_run.FinetuneRun, or None.  With one, a resume starts where its
+    checkpoint left off, every sc.checkpoint_every steps and at the end a checkpoint is saved, and
+    a stop signal saves one before it propagates (a step is all or nothing).  adapters: the LoRA
+    adapters whose dropout draws the checkpoint keeps, if any.
     """
     from tqdm.auto import tqdm
 
-    optimizer = AdamW(params, lr=sc.lr, weight_decay=sc.weight_decay)
-    losses = []
-    bar = tqdm(range(sc.steps), desc=desc, disable=not sc.progress, leave=False)
-    for step in bar:
-        loss, grads = loss_and_grads(make_batch(step))
-        _, problem = clip_finite_step(loss, grads, params, sc.grad_clip)
-        if problem is not None:
-            bar.close()
-            raise TrainingError(f"step {step + 1}: {problem}; stopped without applying this step "
-                                f"(try a lower --lr)")
-        lr = cosine_with_warmup(step, max_lr=sc.lr, warmup_steps=min(sc.warmup_steps, sc.steps - 1),
-                                total_steps=sc.steps, min_lr=sc.lr / 10)
-        optimizer.step(grads, lr=lr)
-        losses.append(loss)
-        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)   # the bar redraws on its own schedule
-    bar.close()
+    optimizer = AdamW(params, **sc.optimizer_settings())
+    step, losses = (0, []) if run is None else run.restore(params, optimizer, sc.optimizer_settings(), adapters)
+    # the dropout draws as they stood after the last whole step (a stop can land mid-step, after some draws)
+    dropout = None if adapters is None else adapters.dropout_state
+    save = lambda: run.save(step, params, optimizer, losses, dropout)  # noqa: E731 (the state as it is now)
+    bar = tqdm(total=sc.steps, initial=step, desc=desc, disable=not sc.progress, leave=False)
+    try:
+        while step < sc.steps:
+            loss, grads = loss_and_grads(make_batch(step))
+            _, problem = clip_finite_step(loss, grads, params, sc.grad_clip)
+            if problem is not None:
+                raise TrainingError(f"step {step + 1}: {problem}; stopped without applying this step "
+                                    f"(try a lower --lr)")
+            lr = cosine_with_warmup(step, max_lr=sc.lr, warmup_steps=min(sc.warmup_steps, sc.steps - 1),
+                                    total_steps=sc.steps, min_lr=sc.lr / 10)
+            with deferred_stop_signals():  # the update, the step count and its log line agree
+                optimizer.step(grads, lr=lr)
+                losses.append(loss)
+                step += 1
+                dropout = None if adapters is None else adapters.dropout_state
+                if run is not None:
+                    run.write_log({"step": step, "loss": loss, "lr": lr})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)   # the bar redraws on its own schedule
+            if run is not None and sc.checkpoint_every and step % sc.checkpoint_every == 0 and step < sc.steps:
+                save()
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: keep what was done
+        if run is not None:
+            run.stopped(stop, step, save)
+        raise
+    finally:
+        bar.close()
+        if run is not None:
+            run.close()
+    if run is not None and run.saved_step != step:
+        save()
     return losses
 
 
@@ -259,8 +298,23 @@ class FinetuneSettings:
     max_len: int = 128
     seed: int = 0
     dtype: str = "float32"
-    out: str | None = None           # where to save (None: nothing saved)
+    out: str | None = None           # the run folder: checkpoints, then the result (None: nothing saved)
+    checkpoint_every: int = 50       # steps between checkpoints in `out` (0: only when stopped or done)
     progress: bool = True
+
+    # Settings that must not change when a run is resumed (the model, the data and its order); the
+    # others (steps, lr, ...) may, and are recorded.  RESUME_QUIET ones steer only the one call.
+    RESUME_FIXED = ("base", "data", "val_fraction", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
+                    "batch_size", "max_len", "seed", "dtype", "dataset", "labels", "val_data", "chat_template")
+    RESUME_QUIET = ("out", "progress", "samples")
+    PATH_SETTINGS = ("base", "data", "val_data", "out", "chat_template")  # a respelled path is no change
+
+    def __post_init__(self):
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
+                or self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be a non-negative int, got {self.checkpoint_every!r}")
+        if self.out is not None and (not isinstance(self.out, str) or not self.out.strip()):
+            raise ValueError(f"out must name a run folder (a str) or be None, got {self.out!r}")
 
     def model_dtype(self):
         """The numpy dtype the base model is loaded in (dtype checked)."""
@@ -277,7 +331,8 @@ class FinetuneSettings:
         """The step loop's settings; lr None takes the job's default for full or LoRA training."""
         return StepConfig(steps=self.steps, batch_size=self.batch_size,
                           lr=self.lr or (lora_lr if self.lora else full_lr), warmup_steps=self.warmup_steps,
-                          weight_decay=self.weight_decay, seed=self.seed, progress=self.progress)
+                          weight_decay=self.weight_decay, seed=self.seed, progress=self.progress,
+                          checkpoint_every=self.checkpoint_every)
 
 
 @dataclasses.dataclass
@@ -329,8 +384,19 @@ def _classification_data(cc: ClassifyConfig):
     return texts, train_ids, val_texts, val_ids, names, source
 
 
-def classify(cc: ClassifyConfig, echo=print) -> ClassifyResult:
-    """Fine-tune a classifier on cc's data, report validation metrics, save to cc.out if given."""
+def classify(cc: ClassifyConfig, echo=print, resume: bool = False) -> ClassifyResult:
+    """Fine-tune a classifier on cc's data, report validation metrics, save to cc.out if given.
+
+    cc.out is a run folder (npllama/finetune_run.py): checkpoints on the way, the classifier at the
+    end.  A stop signal saves a checkpoint and raises npllama.interrupts.Interrupted (a
+    KeyboardInterrupt); `resume=True` continues the run in cc.out."""
+    from .finetune_run import fine_tuning_run
+
+    with fine_tuning_run(cc, "classify", resume, echo) as run:
+        return _classify(cc if run is None else run.config, run, echo)
+
+
+def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
     from .runs import load_model_and_tokenizer
 
     dtype = cc.model_dtype()
@@ -360,7 +426,8 @@ def classify(cc: ClassifyConfig, echo=print) -> ClassifyResult:
 
     started = time.perf_counter()
     with lora_dropout_on(model):
-        losses = run_steps(classifier.params, lambda b: classifier.loss_and_grads(*b), make_batch, sc, "classify")
+        losses = run_steps(classifier.params, lambda b: classifier.loss_and_grads(*b), make_batch, sc, "classify",
+                           run=run, adapters=model.lora)
     seconds = time.perf_counter() - started
 
     metrics = classification_metrics(val_ids, classifier.predict(val_encoded, pad_id), len(names))
@@ -368,10 +435,10 @@ def classify(cc: ClassifyConfig, echo=print) -> ClassifyResult:
     echo(f"{cc.steps} steps in {seconds:.1f} s; training loss {np.mean(losses[:10]):.3f} -> {np.mean(losses[-10:]):.3f}")
     echo(format_metrics(metrics, names, baseline))
     out = None
-    if cc.out is not None:
+    if run is not None:
         info = {"task": "classify", "base": str(model_dir), "data": source, "lora": cc.lora,
                 "steps": cc.steps, "metrics": metrics, "majority_baseline": baseline}
-        out = classifier.save(cc.out, tokenizer, base_dir=model_dir, info=info)
+        out = run.publish(lambda folder: classifier.save(folder, tokenizer, base_dir=model_dir, info=info))
         echo(f"saved {'the LoRA adapter (PEFT layout)' if cc.lora else 'the classifier'} to {out}")
     return ClassifyResult(metrics, baseline, tuple(names), trainable, total, losses, seconds, out)
 
@@ -435,9 +502,18 @@ class SFTResult:
     out: Path | None
 
 
-def sft(sc_: SFTConfig, echo=print) -> SFTResult:
+def sft(sc_: SFTConfig, echo=print, resume: bool = False) -> SFTResult:
     """Instruction-tune a model: response-only next-token loss, report the validation loss before and
-    after, print greedy answers to a few validation prompts, save to sc_.out if given."""
+    after, print greedy answers to a few validation prompts, save to sc_.out if given.
+
+    sc_.out is a run folder with checkpoints, stop signals and `resume` as in `classify`."""
+    from .finetune_run import fine_tuning_run
+
+    with fine_tuning_run(sc_, "sft", resume, echo) as run:
+        return _sft(sc_ if run is None else run.config, run, echo)
+
+
+def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     from . import datasets
     from .chat import ChatTemplate
     from .generate import generate
@@ -470,7 +546,8 @@ def sft(sc_: SFTConfig, echo=print) -> SFTResult:
     make_batch = lambda step: sft_batch([train[r] for r in batch_rows(len(train), sc.batch_size, step, sc.seed)],
                                         pad_id)
     with lora_dropout_on(model):
-        losses = run_steps(params, lambda b: model.loss_and_grads(*b), make_batch, sc, "sft")
+        losses = run_steps(params, lambda b: model.loss_and_grads(*b), make_batch, sc, "sft", run=run,
+                           adapters=model.lora)
     after = val_loss()
     echo(f"validation loss on the responses: {before:.4f} before, {after:.4f} after {sc_.steps} steps")
 
@@ -485,9 +562,7 @@ def sft(sc_: SFTConfig, echo=print) -> SFTResult:
         samples.append(answer)
         echo(f"\n[INST] {records[i]['prompt']} [/INST]\n{answer}")
 
-    out = None
-    if sc_.out is not None:
-        out = Path(sc_.out)
+    def save(out: Path) -> None:
         if model.lora is not None and not sc_.merge:
             model.lora.save_adapter(out, base_model_name_or_path=str(model_dir), task_type="CAUSAL_LM")
         else:
@@ -497,6 +572,10 @@ def sft(sc_: SFTConfig, echo=print) -> SFTResult:
                 chat_template=template.source, model_max_length=model.config.max_position_embeddings))
         _write_info(out, {"task": "sft", "base": str(model_dir), "steps": sc_.steps, "lora": sc_.lora,
                           "val_loss_before": before, "val_loss_after": after})
+
+    out = None
+    if run is not None:
+        out = run.publish(save)
         echo(f"saved to {out}")
     return SFTResult(before, after, losses, samples, out)
 

@@ -156,6 +156,16 @@ class LoraAdapters:
             grads[peft_name(module, "lora_A")], grads[peft_name(module, "lora_B")] = g["lora_A"], g["lora_B"]
         return {name: grads[name] for name in self.params}
 
+    @property
+    def dropout_state(self) -> dict:
+        """Where the dropout draws stand (the generator's state, JSON values): a resumed fine-tune
+        sets it back, so it draws the masks an uninterrupted run would have."""
+        return self._rng.bit_generator.state
+
+    @dropout_state.setter
+    def dropout_state(self, state: dict) -> None:
+        self._rng.bit_generator.state = state  # numpy checks it (TypeError/ValueError when it does not fit)
+
     def _dropout_mask(self, x):
         keep = 1.0 - self.lora_dropout
         return ((self._rng.random(x.shape) < keep) / keep).astype(x.dtype)  # inverted dropout

@@ -182,10 +182,6 @@ def _require_finite_state(what, arrays, non_negative=False):
 MAX_EPS = 1.0            # Adam's eps is ~1e-8; past 1 it swamps sqrt(v) and the update vanishes
 
 
-def _hyperparam(hp, name, **limits):
-    return _require_number(f"state['hyperparams'][{name!r}]", hp.get(name), low=0.0, **limits)
-
-
 def _require_decay_fits_lr(lr, weight_decay, what=""):
     """p *= 1 - lr * weight_decay must shrink p, not zero or flip it."""
     if lr * weight_decay >= 1:
@@ -211,15 +207,27 @@ class _Optimizer:
 
     name = "optimizer"
 
-    def __init__(self, params, lr, weight_decay, no_decay):
+    def __init__(self, params, no_decay):
         _require_params(params)
         if not callable(no_decay):
             raise TypeError(f"no_decay must be callable (name, array) -> bool, got {no_decay!r}")
         self.params = params                      # the live dict: updated in place, never copied
-        self.lr = _require_number("lr", lr, low=0.0)
-        self.weight_decay = _require_number("weight_decay", weight_decay, low=0.0)
         self.decay = {name: not bool(no_decay(name, p)) for name, p in params.items()}
         self.step_count = 0
+
+    def with_settings(self, **settings):
+        """Set hyper-parameters (any of `settings_names`; the rest keep their values) and return
+        the optimizer.  The one place they are checked: the constructor and load_state_dict go
+        through it, and so does a resume that changes them.  All are checked before any is set."""
+        unknown = sorted(set(settings) - set(self.settings_names))
+        if unknown:
+            raise TypeError(f"{self.name} has no setting(s) {', '.join(unknown)}; "
+                            f"its settings are {', '.join(self.settings_names)}")
+        current = {name: getattr(self, name) for name in self.settings_names if hasattr(self, name)}
+        checked = self._checked_settings({**current, **settings}, where="")
+        for name, value in checked.items():
+            setattr(self, name, value)
+        return self
 
     def _begin_step(self, grads, lr, squarable=False):
         """Check everything before touching anything; return the lr for this step."""
@@ -246,8 +254,12 @@ class _Optimizer:
         hp = state.get("hyperparams")
         if not isinstance(hp, Mapping):
             raise ValueError(f"state['hyperparams'] must be a dict, got {hp!r}")
-        return (_require_step("state['step']", state.get("step")), list(no_decay_names),
-                _hyperparam(hp, "lr"), _hyperparam(hp, "weight_decay"), hp)
+        missing = [name for name in self.settings_names if name not in hp]
+        if missing:
+            raise ValueError(f"state['hyperparams'] is missing {', '.join(map(repr, missing))}")
+        settings = self._checked_settings({name: hp[name] for name in self.settings_names},
+                                          where="state['hyperparams']")
+        return _require_step("state['step']", state.get("step")), list(no_decay_names), settings
 
     def _state_header(self):
         return {"optimizer": self.name, "step": self.step_count,
@@ -273,13 +285,24 @@ class AdamW(_Optimizer):
     parameters that are not decayed (default: 1-D ones, i.e. the norm weights)."""
 
     name = "AdamW"
+    settings_names = ("lr", "betas", "eps", "weight_decay")
+
+    @staticmethod
+    def _checked_settings(settings, where):
+        """lr, betas, eps, weight_decay checked (names in messages prefixed by `where`)."""
+        def named(name):
+            return f"{where}[{name!r}]" if where else name
+
+        lr = _require_number(named("lr"), settings["lr"], low=0.0)
+        weight_decay = _require_number(named("weight_decay"), settings["weight_decay"], low=0.0)
+        eps = _require_number(named("eps"), settings["eps"], low=0.0, high=MAX_EPS, high_inclusive=True)
+        _require_decay_fits_lr(lr, weight_decay, f"{where}: " if where else "")
+        return {"lr": lr, "betas": _require_betas(settings["betas"]), "eps": eps, "weight_decay": weight_decay}
 
     def __init__(self, params, lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
                  no_decay: Callable[[str, np.ndarray], bool] = default_no_decay):
-        super().__init__(params, lr, weight_decay, no_decay)
-        self.betas = _require_betas(betas)
-        self.eps = _require_number("eps", eps, low=0.0, high=MAX_EPS, high_inclusive=True)
-        _require_decay_fits_lr(self.lr, self.weight_decay)
+        super().__init__(params, no_decay)
+        self.with_settings(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self.m = {name: np.zeros_like(p) for name, p in params.items()}  # first moment
         self.v = {name: np.zeros_like(p) for name, p in params.items()}  # second moment
 
@@ -301,28 +324,27 @@ class AdamW(_Optimizer):
                 update(p, g, m, v, lr, beta1, beta2, self.eps,
                        self.weight_decay if self.decay[name] else 0.0, 1 - beta1 ** t, 1 - beta2 ** t)
 
-    def state_dict(self) -> dict:
-        """Step count, hyper-parameters, decay mask and moments (copies: later steps don't alter it)."""
+    def state_dict(self, copy: bool = True) -> dict:
+        """Step count, hyper-parameters, decay mask and moments: copies, so later steps don't alter
+        it; copy=False gives the live moments, for a caller that writes them out at once (a
+        checkpoint: 2x the parameter bytes not copied)."""
         state = self._state_header()
         state["hyperparams"] = {"lr": self.lr, "betas": tuple(self.betas), "eps": self.eps,
                                 "weight_decay": self.weight_decay}
-        state["m"] = self._copy_arrays(self.m)
-        state["v"] = self._copy_arrays(self.v)
+        state["m"] = self._copy_arrays(self.m) if copy else dict(self.m)
+        state["v"] = self._copy_arrays(self.v) if copy else dict(self.v)
         return state
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore what state_dict() returned; everything is checked before anything is set."""
-        step, no_decay_names, lr, weight_decay, hp = self._check_state_header(state)
-        betas = _require_betas(hp.get("betas"))
-        eps = _hyperparam(hp, "eps", high=MAX_EPS, high_inclusive=True)
-        _require_decay_fits_lr(lr, weight_decay, "state['hyperparams']: ")
+        step, no_decay_names, settings = self._check_state_header(state)
         _require_same_arrays("state['m']", state.get("m"), self.params)
         _require_same_arrays("state['v']", state.get("v"), self.params)
         _require_finite_state("state['m']", state["m"])
         _require_finite_state("state['v']", state["v"], non_negative=True)
 
         self.step_count = step
-        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.with_settings(**settings)
         self.decay = {name: name not in no_decay_names for name in self.params}
         self.m = self._copy_arrays(state["m"])
         self.v = self._copy_arrays(state["v"])
@@ -338,11 +360,24 @@ class SGD(_Optimizer):
     """
 
     name = "SGD"
+    settings_names = ("lr", "momentum", "weight_decay")
+
+    @staticmethod
+    def _checked_settings(settings, where):
+        """lr, momentum, weight_decay checked (names in messages prefixed by `where`)."""
+        return {name: _require_number(f"{where}[{name!r}]" if where else name, settings[name], low=0.0)
+                for name in SGD.settings_names}
+
+    def with_settings(self, **settings):
+        if "momentum" in settings and hasattr(self, "momentum") and (settings["momentum"] == 0) != (self.momentum == 0):
+            raise ValueError("momentum cannot be switched on or off once the optimizer exists (its "
+                             "buffers would be missing or stale); make a new SGD")
+        return super().with_settings(**settings)
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0,
                  no_decay: Callable[[str, np.ndarray], bool] = default_no_decay):
-        super().__init__(params, lr, weight_decay, no_decay)
-        self.momentum = _require_number("momentum", momentum, low=0.0)
+        super().__init__(params, no_decay)
+        self.with_settings(lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.momentum_buffer = ({name: np.zeros_like(p) for name, p in params.items()}
                                 if self.momentum != 0 else {})
 
@@ -370,8 +405,8 @@ class SGD(_Optimizer):
         return state
 
     def load_state_dict(self, state: Mapping) -> None:
-        step, no_decay_names, lr, weight_decay, hp = self._check_state_header(state)
-        momentum = _hyperparam(hp, "momentum")
+        step, no_decay_names, settings = self._check_state_header(state)
+        momentum = settings["momentum"]
         buffers = state.get("momentum_buffer")
         if momentum != 0:
             _require_same_arrays("state['momentum_buffer']", buffers, self.params)
@@ -380,7 +415,7 @@ class SGD(_Optimizer):
             raise ValueError("state['momentum_buffer'] must be empty when momentum is 0")
 
         self.step_count = step
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.lr, self.momentum, self.weight_decay = settings["lr"], momentum, settings["weight_decay"]
         self.decay = {name: name not in no_decay_names for name in self.params}
         self.momentum_buffer = self._copy_arrays(buffers) if momentum != 0 else {}
 

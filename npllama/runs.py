@@ -16,6 +16,9 @@
                                for the instant it replaces checkpoint/ or model/
     runs/LATEST                the path of the run written last (what `--model` defaults to)
 
+A fine-tuning run's folder (`npllama finetune ... --out`, npllama/finetune_run.py) has the same
+locks, log.jsonl and checkpoint/, with its result at the top instead of in model/.
+
 Anything that takes `--model` accepts a run folder, a run's `model/` or `checkpoint/`, or any
 Hugging Face LLaMA folder (config.json + model.safetensors).
 """
@@ -152,24 +155,19 @@ def latest_run() -> Path:
                             f"or pass --model DIR")
 
 
-def recover_checkpoint(run_dir: Path) -> Path | None:
-    """The run's checkpoint folder, restoring it from the backup an interrupted replace left behind.
-    Renames: only the run's writer (holding `writing_run`) calls it; readers use `readable_checkpoint`."""
+def recover_checkpoint(run_dir: Path, rename: bool = True) -> Path | None:
+    """The run's checkpoint folder, or None when it has none.  When checkpoint/ is missing because
+    a replace was interrupted between its two renames (a crash, or a writer right now), the
+    backup of the old one is the checkpoint: with `rename` it is moved back to checkpoint/ (only
+    the run's writer, holding `writing_run`, may do that); without, a reader gets the backup's
+    path and nothing is renamed."""
     checkpoint = Path(run_dir) / "checkpoint"
     if not checkpoint.exists():
         backups = backup_paths(checkpoint)
-        if backups:
+        if backups and rename:
             os.replace(backups[-1], checkpoint)
-    return checkpoint if (checkpoint / "training_state.json").is_file() else None
-
-
-def readable_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint a reader should load, renaming nothing: checkpoint/, or, in the instant a
-    writer is between its two renames (or after a crash there), the backup of the old one."""
-    checkpoint = Path(run_dir) / "checkpoint"
-    if not checkpoint.exists():
-        backups = backup_paths(checkpoint)
-        checkpoint = backups[-1] if backups else checkpoint
+        elif backups:
+            checkpoint = backups[-1]
     return checkpoint if (checkpoint / "training_state.json").is_file() else None
 
 
@@ -235,7 +233,7 @@ def resolve_model_dir(path=None) -> Path:
         candidates.insert(0, path / "model")
     if not (path / "model" / "config.json").is_file():
         if _writer_is_active(path):  # never rename under a writer: read the backup where it lies
-            checkpoint = readable_checkpoint(path)
+            checkpoint = recover_checkpoint(path, rename=False)
             if checkpoint is not None:
                 candidates.append(checkpoint / "model")
         else:

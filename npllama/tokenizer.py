@@ -20,6 +20,7 @@ LLaMA's tokenizer is a SentencePiece BPE model with these choices, which `Tokeni
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import warnings
@@ -144,7 +145,7 @@ class Tokenizer:
         model_prefix.parent.mkdir(parents=True, exist_ok=True)
         options = dict(LLAMA_TRAINER_OPTIONS)
         options.update(
-            model_prefix=str(model_prefix), vocab_size=vocab_size, model_type=model_type,
+            vocab_size=vocab_size, model_type=model_type,
             character_coverage=character_coverage, max_sentence_length=max_sentence_length,
             input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
             num_threads=num_threads or max(1, min(os.cpu_count() or 1, 16)),
@@ -160,11 +161,22 @@ class Tokenizer:
         else:
             options["input"] = ",".join(str(f) for f in files)
         spm.set_random_generator_seed(seed)
+        # SentencePiece writes into memory and we write the files: atomically (a kill never leaves
+        # half a model), and a full disk is an OSError saying so, not "not a valid model" later.
+        model = io.BytesIO()
+        options["model_writer"] = model
         try:
             spm.SentencePieceTrainer.train(**options)
         except RuntimeError as exc:
             raise _explain_training_error(exc, vocab_size) from None
+        trained = cls.from_bytes(model.getvalue(), f"{model_prefix}.model")
+        _write_trained_file(Path(f"{model_prefix}.model"), trained.model_bytes)
+        _write_trained_file(Path(f"{model_prefix}.vocab"), trained.vocab_text().encode("utf-8"))
         return cls(f"{model_prefix}.model")
+
+    def vocab_text(self) -> str:
+        """The .vocab file SentencePiece writes beside a model: "piece<TAB>score" per line, in id order."""
+        return "".join(f"{self._sp.id_to_piece(i)}\t{self._sp.get_score(i):g}\n" for i in range(self.vocab_size))
 
     # ----- the vocabulary -------------------------------------------------------------------------
 
@@ -402,6 +414,22 @@ def _chunk(line: str, max_bytes: int) -> Iterator[str]:
         size += word_size
     if piece:
         yield " ".join(piece)
+
+
+def _write_trained_file(path: Path, data: bytes) -> None:
+    """Write a trained tokenizer file atomically; a failure is an OSError naming the file (and a full
+    disk as such), with the file as it was before."""
+    import errno
+
+    from .io.atomic import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as error:
+        advice = (": the disk is out of space; free some space and train again" if error.errno == errno.ENOSPC
+                  else "")
+        raise OSError(error.errno, f"training the tokenizer failed: writing {path} failed "
+                                   f"({error.strerror or error}){advice}") from error
 
 
 def _explain_training_error(exc: RuntimeError, vocab_size: int) -> Exception:

@@ -13,7 +13,6 @@ had.  Ctrl-C saves a checkpoint and stops.  A run folder is laid out as npllama/
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -34,12 +33,15 @@ from .optim import (AdamW, NonFiniteGradientError, TrainingError, _require_decay
                     cosine_with_warmup)
 from .parallel import BatchSplitter
 from .thread_choice import fastest_threads
+from .resuming import (CheckpointWriteError, changes_on_resume,  # noqa: F401 (CheckpointWriteError: re-exported)
+                       check_finite, checked_step, reporting_write_errors,
+                       restore_optimizer, saved_settings, truncate_log, write_settings)
 from .runs import (TOKENIZER_FILE, checkpoint_to_resume, mark_latest, remove_stale_temporaries,
                    replacing_in_run, writing_run)
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 OBJECTIVES = ("causal", "mlm")
-TOKENIZER_TRAINING_PREFIX = ".tokenizer-training"  # SentencePiece's output, before it is moved into place
+CONFIG_FILE = "train_config.json"
 
 
 @dataclasses.dataclass
@@ -174,6 +176,7 @@ class TrainConfig:
                     "model_config", "init_from", *SHAPE_FLAGS)
     # Settings that only steer this one call (not the run's arithmetic): changed silently.
     RESUME_QUIET = ("out", "stop_after", "progress", "samples", "sample_tokens")
+    PATH_SETTINGS = ("out", "data", "tokenizer", "val_data", "init_from")  # a respelled path is no change
 
     @property
     def held_out_fraction(self) -> float:
@@ -191,16 +194,6 @@ class TrainResult:
     interrupted: bool = False              # stopped before `steps` (a signal, or stop_after)
     samples: list[str] = dataclasses.field(default_factory=list)
     stop_signal: int | None = None         # the signal that stopped it (SIGINT, SIGTERM, SIGHUP), if any
-
-
-class CheckpointWriteError(OSError):
-    """Writing a checkpoint (or the final model) failed, e.g. the disk is full.  The folder being
-    replaced still holds the last one written completely (npllama.io.atomic); `errno` is the
-    original error's."""
-
-    def __init__(self, message: str, errno: int | None = None):
-        super().__init__(message)
-        self.errno = errno
 
 
 # With --skip-nonfinite, this many non-finite batches in a row means the model itself is broken
@@ -269,7 +262,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
                                                      changed=set(changes))
         start_step = state["step"]
         _write_train_config(run_dir, tc)  # only now: a checkpoint that is refused changes nothing
-        _truncate_log(run_dir / "log.jsonl", start_step)
+        truncate_log(run_dir / "log.jsonl", start_step)
         echo(f"resuming {run_dir} at step {start_step}")
     else:
         if resume:
@@ -313,7 +306,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
     samples = []
     if stop is None:
         loop.save_checkpoint(loop.step)
-        with _reporting_write_errors("the final model", run_dir / "model"):
+        with reporting_write_errors("the final model", run_dir / "model"):
             _save_final_model(run_dir, model, tokenizer)
         _plot_losses(run_dir)
         echo(f"done: step {loop.step}, validation loss {loop.last_val_loss:.3f} nats/token "
@@ -337,14 +330,12 @@ def restore_checkpoint(checkpoint, tc: TrainConfig, loader, tokenizer, changed=(
     the resume changes on purpose; the optimizer takes those from `tc`.  The loader is moved last,
     after every check has passed.
     """
-    from .io.train_state import OPTIMIZER_FILE, STATE_FILE, load_checkpoint
+    from .io.train_state import STATE_FILE, load_checkpoint
 
     checkpoint = Path(checkpoint)
     state_file = checkpoint / STATE_FILE
     model, optimizer_state, state = load_checkpoint(checkpoint, dtype=DTYPES[tc.dtype])
-    step = state.get("step")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise CheckpointError(state_file, f"must be a non-negative integer, got {step!r}", field="step")
+    step = checked_step(state, state_file)
     if not isinstance(state.get("loader"), dict):
         raise CheckpointError(state_file, "must be the data loader's position (a JSON object)", field="loader")
     for name in ("train_loss", "val_loss", "val_step"):
@@ -356,55 +347,15 @@ def restore_checkpoint(checkpoint, tc: TrainConfig, loader, tokenizer, changed=(
     except ValueError as error:
         raise CheckpointError(checkpoint / "model" / "config.json", str(error), field="vocab_size") from None
     optimizer = _make_optimizer(model, tc)
-    try:
-        optimizer.load_state_dict(optimizer_state)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(checkpoint, f"the optimizer state ({STATE_FILE} + {OPTIMIZER_FILE}) does "
-                                          f"not fit the model: {error}") from None
-    if optimizer.step_count != step:
-        raise CheckpointError(state_file, f"is {step}, but the optimizer state has taken "
-                                          f"{optimizer.step_count} steps", field="step")
-    _apply_optimizer_settings(optimizer, tc, changed, checkpoint / OPTIMIZER_FILE)
-    for name, p in model.params.items():
-        if not np.isfinite(p).all():
-            raise CheckpointError(checkpoint / "model" / "model.safetensors",
-                                  "holds NaN/Inf: a checkpoint is only saved from finite weights, so "
-                                  "this one was altered", tensor=name)
+    # a change of beta1 or beta2 on purpose changes the optimizer's betas
+    changeable = {"betas" if name in ("beta1", "beta2") else name for name in changed}
+    restore_optimizer(optimizer, optimizer_state, step, checkpoint, _optimizer_settings(tc), changeable)
+    check_finite(model.params, checkpoint / "model" / "model.safetensors")
     try:
         loader.load_state_dict(state["loader"])
     except (TypeError, ValueError) as error:
         raise CheckpointError(state_file, str(error), field="loader") from None
     return model, optimizer, state
-
-
-def _apply_optimizer_settings(optimizer: AdamW, tc: TrainConfig, changed, where: Path) -> None:
-    """The optimizer runs with tc's settings.  A saved one that differs is either a setting this
-    resume changes on purpose (then tc's value applies) or a checkpoint that disagrees with its
-    own train_config.json (then it is refused)."""
-    wanted = _make_optimizer_settings(tc)
-    saved = {"weight_decay": optimizer.weight_decay, "beta1": optimizer.betas[0],
-             "beta2": optimizer.betas[1], "eps": optimizer.eps}
-    for name, value in saved.items():
-        if value != wanted[name] and name not in changed:
-            raise CheckpointError(where, f"the optimizer state has {name} = {value!r}, but the run's "
-                                         f"train_config.json says {wanted[name]!r}", field=name)
-    optimizer.weight_decay, optimizer.eps = wanted["weight_decay"], wanted["eps"]
-    optimizer.betas = (wanted["beta1"], wanted["beta2"])
-    optimizer.lr = tc.lr
-
-
-@contextlib.contextmanager
-def _reporting_write_errors(what: str, path: Path):
-    """Turn an OSError while writing `what` into a CheckpointWriteError that says what survived."""
-    try:
-        yield
-    except CheckpointWriteError:
-        raise
-    except OSError as error:
-        raise CheckpointWriteError(
-            f"writing {what} to {path} failed: {error}. {path} still holds the last one written "
-            f"completely; free some space (or fix the permissions) and continue with --resume",
-            errno=error.errno) from error
 
 
 class _Loop:
@@ -527,8 +478,8 @@ class _Loop:
                  "val_loss": self.last_val_loss, "val_step": self.last_val_step}
         path = self.run_dir / "checkpoint"
         # deferred: a stop signal during a checkpoint lets it finish (the stop then saves nothing new)
-        with deferred_stop_signals(), _reporting_write_errors(f"the checkpoint of step {step}", path):
-            save_checkpoint(path, self.model, self.optimizer.state_dict(), state,
+        with deferred_stop_signals(), reporting_write_errors(f"the checkpoint of step {step}", path):
+            save_checkpoint(path, self.model, self.optimizer.state_dict(copy=False), state,
                             extra_files={TOKENIZER_FILE: self.tokenizer.model_bytes},
                             replace_lock=replacing_in_run(self.run_dir))
         self.saved_step = step
@@ -565,34 +516,8 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts: list[str], echo, c
         return Tokenizer(path)
     vocab_size = base_vocab_size(tc) if tc.init_from is None else init_from_config(tc).vocab_size
     echo(f"training a SentencePiece BPE tokenizer with {vocab_size} pieces ...")
-    # SentencePiece writes its files in place; train under a temporary name and move the result
-    # in atomically, so a run killed meanwhile never leaves a half-written tokenizer.model behind.
-    prefix = run_dir / TOKENIZER_TRAINING_PREFIX
-    try:
-        trained = Tokenizer.train(texts, prefix, vocab_size, input_sentence_size=200_000)
-        atomic_write_bytes(run_dir / "tokenizer.vocab", Path(f"{prefix}.vocab").read_bytes())
-        atomic_write_bytes(path, trained.model_bytes)
-    except (OSError, ValueError) as error:
-        _explain_tokenizer_failure(run_dir, error)
-        raise
-    finally:  # what SentencePiece wrote, whether it succeeded or not
-        for suffix in (".model", ".vocab"):
-            Path(f"{prefix}{suffix}").unlink(missing_ok=True)
-    return Tokenizer(path)
-
-
-def _explain_tokenizer_failure(run_dir: Path, error: Exception) -> None:
-    """SentencePiece reports a full disk as a model it cannot read; say what really happened."""
-    import shutil
-
-    try:
-        free = shutil.disk_usage(run_dir).free
-    except OSError:
-        return
-    if free < 1024**2:
-        raise OSError(28, f"training the tokenizer failed because {run_dir} is out of space "
-                          f"({free:,} bytes free): free some space and start again "
-                          f"(SentencePiece said: {error})") from None
+    # tokenizer.model and tokenizer.vocab, each written atomically (a full disk is an OSError saying so)
+    return Tokenizer.train(texts, path.with_suffix(""), vocab_size, input_sentence_size=200_000)
 
 
 def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts: list[str]):
@@ -652,8 +577,9 @@ def _compared_with_unigram(val_loss: float, unigram: float) -> str:
 ADAM_EPS = 1e-8
 
 
-def _make_optimizer_settings(tc: TrainConfig) -> dict:
-    return {"weight_decay": tc.weight_decay, "beta1": tc.beta1, "beta2": tc.beta2, "eps": ADAM_EPS}
+def _optimizer_settings(tc: TrainConfig) -> dict:
+    """The AdamW settings (npllama.optim.AdamW.settings_names) a run's TrainConfig asks for."""
+    return {"lr": tc.lr, "betas": (tc.beta1, tc.beta2), "eps": ADAM_EPS, "weight_decay": tc.weight_decay}
 
 
 def _check_budget(tc: TrainConfig, config: LlamaConfig) -> None:
@@ -666,26 +592,13 @@ def _check_budget(tc: TrainConfig, config: LlamaConfig) -> None:
 
 
 def _make_optimizer(model, tc: TrainConfig) -> AdamW:
-    return AdamW(model.params, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=ADAM_EPS, weight_decay=tc.weight_decay)
+    return AdamW(model.params, **_optimizer_settings(tc))
 
 
 def saved_train_config(run_dir) -> dict:
     """The settings a run folder's train_config.json records, validated like command-line ones
     (any problem is a CheckpointError naming the file)."""
-    from .io.reading import read_json
-
-    path = Path(run_dir) / "train_config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"nothing to resume: {str(path)!r} does not exist")
-    saved = read_json(path, expect=dict, max_bytes=1024**2, error=CheckpointError)
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(saved) - known)
-    if unknown:
-        raise CheckpointError(path, f"has settings npllama does not know: {', '.join(unknown)}")
-    try:
-        return dataclasses.asdict(TrainConfig(**saved))
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(path, f"holds an invalid setting: {error}") from None
+    return saved_settings(run_dir, TrainConfig, CONFIG_FILE)
 
 
 def resume_config(run_dir, **given) -> TrainConfig:
@@ -696,30 +609,12 @@ def resume_config(run_dir, **given) -> TrainConfig:
 
 
 def _changes_on_resume(run_dir: Path, tc: TrainConfig) -> dict:
-    """{name: (saved, new)} for the settings this resume changes.  A change to a setting that defines
-    the run (TrainConfig.RESUME_FIXED) is refused with a ValueError naming each one."""
-    saved = saved_train_config(run_dir)
-    new = dataclasses.asdict(tc)
-    differing = {name: (saved[name], new[name]) for name in saved
-                 if saved[name] != new[name] and not _same_path(name, saved[name], new[name])}
-    fixed = [f"{name} ({old!r} -> {value!r})" for name, (old, value) in differing.items()
-             if name in TrainConfig.RESUME_FIXED]
-    if fixed:
-        raise ValueError(f"cannot resume {str(run_dir)!r} with different settings: {', '.join(fixed)}; "
-                         f"these define the run (model, tokenizer, data and its order): start a new run "
-                         f"with another --out to change them")
-    return {name: change for name, change in differing.items() if name not in TrainConfig.RESUME_QUIET}
+    """{name: (saved, new)} for the settings this resume changes (npllama.resuming.changes_on_resume)."""
+    return changes_on_resume(run_dir, tc, CONFIG_FILE)
 
 
 def _write_train_config(run_dir: Path, tc: TrainConfig) -> None:
-    atomic_write_text(run_dir / "train_config.json", json.dumps(dataclasses.asdict(tc), indent=2) + "\n")
-
-
-def _same_path(name: str, a, b) -> bool:
-    """`runs/x` and `/home/me/runs/x` name the same file: not a change."""
-    if name not in ("out", "data", "tokenizer") or not isinstance(a, str) or not isinstance(b, str):
-        return False
-    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    write_settings(run_dir, tc, CONFIG_FILE)
 
 
 def _remove_derived_files(run_dir: Path) -> None:
@@ -728,23 +623,6 @@ def _remove_derived_files(run_dir: Path) -> None:
     (tokens.npy is keyed by the tokenizer and the texts: a stale one is never used.)"""
     for name in (TOKENIZER_FILE, "tokenizer.vocab"):
         (run_dir / name).unlink(missing_ok=True)
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past the checkpoint's step: the resumed run writes them again.  A line a
-    kill cut short is dropped too; the log is replaced atomically, so a kill now loses nothing."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):  # a line cut short by a kill, or not ours
-            continue
-        line_step = record.get("step") if isinstance(record, dict) else None
-        if isinstance(line_step, int) and line_step <= step:
-            kept.append(line)
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _save_final_model(run_dir: Path, model, tokenizer) -> None:

@@ -115,3 +115,11 @@ def test_benchmarks_refuse_a_bad_count_in_one_line(script, args):
     result = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2 and "--repeat: expected a positive integer" in result.stderr
+
+
+def test_bench_checkpoint_times_save_load_and_the_hashing_share(tmp_path):
+    result = run_benchmark("bench_checkpoint.py", "--configs", "tiny", "--repeat", "1", json_path=tmp_path / "c.json")
+    (row,) = result["rows"]
+    assert row["config"] == "tiny" and row["parameters"] > 0 and row["checkpoint_mb"] > 0
+    for key in ("save_s", "load_s", "hash_s", "tokenizer_files_s"):
+        assert row[key] > 0, key

@@ -58,7 +58,7 @@ def test_jsonl(tmp_path):
 
 
 @pytest.mark.parametrize("bad_line, message", [
-    ('{"text": "unclosed', r"c\.jsonl' line 2: invalid JSON"),
+    ('{"text": "unclosed', r"c\.jsonl' line 2: is not valid JSON"),
     ('{"txt": "typo"}', r"c\.jsonl' line 2: expected a JSON object with a \"text\" field"),
     ('["text"]', r"line 2: expected a JSON object"),
     ('{"text": 42}', r"line 2: \"text\" must be a str, got int"),

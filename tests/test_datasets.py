@@ -60,7 +60,7 @@ def test_reader_errors_name_the_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r'bad.jsonl\' line 2: expected a JSON object with a "label" field'):
         load_labelled(bad)
     bad.write_text('{"text": "ok", "label": "a"}\n{not json\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="line 2: invalid JSON"):
+    with pytest.raises(ValueError, match="line 2: is not valid JSON"):
         load_labelled(bad)
     bad.write_text('{"text": 3, "label": "a"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match='"text" must be a str, got int'):

@@ -812,28 +812,23 @@ def test_a_tokenizer_left_by_a_failed_start_is_not_reused(run, tmp_path):
     assert json.loads((fresh / "train_config.json").read_text())["vocab_size"] == 400
 
 
-def test_a_full_disk_while_sentencepiece_writes_is_reported_as_such_and_cleaned_up(tmp_path, monkeypatch, capsys):
-    # SentencePiece reports a model it could not finish writing as "not a valid SentencePiece model"
-    import collections
-
+def test_a_full_disk_while_the_tokenizer_is_written_is_reported_as_such_and_cleaned_up(tmp_path, monkeypatch, capsys):
     from npllama.corpus import write_default_corpus
-    from npllama.tokenizer import Tokenizer
 
-    def train_until_the_disk_fills(texts, prefix, *args, **kwargs):
-        open(f"{prefix}.model", "wb").write(b"\x0a\x02")  # half a model, as a full disk leaves it
-        raise ValueError(f"{prefix}.model is not a valid SentencePiece model")
-
-    monkeypatch.setattr(Tokenizer, "train", staticmethod(train_until_the_disk_fills))
-    usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 0))
-    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
     corpus = write_default_corpus(tmp_path / "stories.txt", n_stories=50)
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
+    from full_disk import files_on_a_full_disk
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to tell the tokenizer's file from the others")
+    monkeypatch.setattr(os, "fdopen", files_on_a_full_disk(os.fdopen, only="tokenizer.model"))
     run = tmp_path / "run"
     capsys.readouterr()
     assert main(["train", "--data", str(corpus), "--out", str(run), "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "training the tokenizer failed" in err[0] and "out of space" in err[0], err
-    assert not [p.name for p in run.iterdir() if p.name.startswith(".tokenizer-training")]
+    assert not (run / "tokenizer.model").exists()
+    assert not [p.name for p in run.iterdir() if ".tmp-" in p.name]
 
 
 def test_resume_takes_the_same_file_under_another_name_as_unchanged(run, monkeypatch, capsys):

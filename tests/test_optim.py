@@ -570,3 +570,39 @@ def test_adamw_refuses_gradients_whose_square_overflows_before_touching_anything
     assert info.value.name == "w" and info.value.counts == [1]
     np.testing.assert_array_equal(params["w"], 1.0)
     assert opt.step_count == 0 and np.all(opt.v["w"] == 0)
+
+
+def test_with_settings_checks_every_setting_before_setting_any():
+    params = {"w": np.ones((2, 2))}
+    opt = AdamW(params, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    assert opt.with_settings(lr=2e-3, betas=(0.8, 0.99)) is opt
+    assert (opt.lr, opt.betas, opt.eps, opt.weight_decay) == (2e-3, (0.8, 0.99), 1e-8, 0.1)
+    for bad, message in [(dict(lr=0.5, weight_decay=3.0), "lr \\* weight_decay"),
+                         (dict(lr=1e-2, betas=(0.9, 1.0)), "betas\\[1\\]"),
+                         (dict(weight_decay=0.2, eps=2.0), "eps"),
+                         (dict(lr=float("nan")), "lr must be finite")]:
+        with pytest.raises(ValueError, match=message):
+            opt.with_settings(**bad)
+        assert (opt.lr, opt.betas, opt.eps, opt.weight_decay) == (2e-3, (0.8, 0.99), 1e-8, 0.1), bad
+    with pytest.raises(TypeError, match="no setting.*momentum"):
+        opt.with_settings(momentum=0.9)
+
+
+def test_the_constructor_and_load_state_dict_check_settings_as_with_settings_does():
+    params = {"w": np.ones((2, 2))}
+    for bad in [dict(lr=0.5, weight_decay=3.0), dict(betas=(0.9, 1.0)), dict(eps=2.0)]:
+        with pytest.raises(ValueError) as made:
+            AdamW(params, **bad)
+        with pytest.raises(ValueError) as changed:
+            AdamW(params).with_settings(**bad)
+        assert str(made.value) == str(changed.value)
+    state = AdamW(params).state_dict()
+    state["hyperparams"] = dict(state["hyperparams"], lr=0.5, weight_decay=3.0)
+    opt = AdamW(params, lr=1e-3)
+    with pytest.raises(ValueError, match="state\\['hyperparams'\\].*lr \\* weight_decay"):
+        opt.load_state_dict(state)
+    assert opt.lr == 1e-3
+    sgd = SGD(params, lr=0.1, momentum=0.9)
+    assert sgd.with_settings(lr=0.2).lr == 0.2
+    with pytest.raises(ValueError, match="momentum cannot be switched"):
+        sgd.with_settings(momentum=0.0)

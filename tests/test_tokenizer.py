@@ -274,3 +274,26 @@ def test_trainer_options_can_be_overridden(stories, tmp_path):
                         user_defined_symbols=["<story>"])
     assert t.piece_to_id("<story>") != t.unk_id
     assert Path(f"{tmp_path / 'nosplit'}.model").is_file()
+
+
+def test_train_reports_a_full_disk_as_such_and_leaves_no_half_written_model(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from full_disk import files_on_a_full_disk
+
+    texts = ["the cat sat on the mat.", "a dog ran in the park."] * 50
+    monkeypatch.setattr(os, "fdopen", files_on_a_full_disk(os.fdopen))
+    with pytest.raises(OSError, match="training the tokenizer failed.*out of space") as raised:
+        Tokenizer.train(texts, tmp_path / "tok", vocab_size=300)
+    assert raised.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no tok.model, no temporary
+
+
+def test_train_writes_the_vocab_file_sentencepiece_would(tmp_path):
+    texts = ["the cat sat on the mat.", "a dog ran in the park."] * 50
+    tokenizer = Tokenizer.train(texts, tmp_path / "tok", vocab_size=300)
+    lines = (tmp_path / "tok.vocab").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == tokenizer.vocab_size == 300
+    assert lines[:3] == ["<unk>\t0", "<s>\t0", "</s>\t0"] and lines[3] == "<0x00>\t0"
+    assert (tmp_path / "tok.model").read_bytes() == tokenizer.model_bytes

@@ -192,3 +192,25 @@ def test_train_output_to_a_closed_pipe_ends_quietly(tmp_path):
     err = process.stderr.read().decode()
     assert process.wait(timeout=300) == 0
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err
+
+
+@pytest.mark.parametrize("name", ["val_data", "init_from", "data", "tokenizer"])
+def test_resume_takes_a_respelled_or_symlinked_path_as_unchanged(tmp_path, monkeypatch, name):
+    from npllama.train import _changes_on_resume, _write_train_config
+
+    def make(path):  # init_from names a model folder, the others files
+        path.parent.mkdir(exist_ok=True)
+        path.mkdir() if name == "init_from" else path.write_text("x\n")
+
+    target = tmp_path / "files" / "the_thing"
+    make(target)
+    (tmp_path / "link").symlink_to(target)
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.chdir(tmp_path)
+    _write_train_config(run, TrainConfig(out=str(run), **{name: "files/the_thing"}))
+    for spelling in ("./files/the_thing", str(target), "files/../files/the_thing", "link"):
+        assert _changes_on_resume(run, TrainConfig(out=str(run), **{name: spelling})) == {}, spelling
+    make(tmp_path / "files" / "other")
+    with pytest.raises(ValueError, match=f"cannot resume .*{name}"):  # another file is still another run
+        _changes_on_resume(run, TrainConfig(out=str(run), **{name: "files/other"}))

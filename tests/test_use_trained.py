@@ -205,3 +205,27 @@ def test_perplexity_bad_input(small_model_dir):
         perplexity(model, tokenizer, "")
     with pytest.raises(TypeError, match="text must be a str"):
         perplexity(model, tokenizer, [1, 2])
+
+
+@pytest.mark.parametrize("which", ["folder", "adapter"])
+def test_load_classifier_waits_while_a_writer_replaces_the_folder(classifiers, small_model_dir, which):
+    # a writer replacing a run's folder holds the reader lock exclusively; every reader waits for it
+    import threading
+    import time
+
+    from npllama.runs import replacing_in_run, writing_run
+
+    full, lora, names = classifiers
+    folder = full if which == "folder" else lora
+    with writing_run(folder):  # makes it a run folder (its lock files), as a fine-tuning --out is
+        pass
+    loaded = []
+    load = (lambda: load_classifier(full)) if which == "folder" else (
+        lambda: load_classifier(small_model_dir, adapter=lora))
+    with replacing_in_run(folder):
+        reader = threading.Thread(target=lambda: loaded.append(load()))
+        reader.start()
+        time.sleep(1.0)
+        assert reader.is_alive() and not loaded  # still waiting for the lock
+    reader.join(timeout=60)
+    assert loaded and loaded[0].label_names == names

@@ -36,9 +36,24 @@ def load_run_model(path, adapter, dtype: str):
     model, tokenizer, model_dir = load_model_and_tokenizer(path, dtype=getattr(np, dtype))
     if adapter is not None:
         from ..lora import load_adapter
+        from ..runs import reading_run
 
-        load_adapter(model, adapter)
+        with reading_run(adapter):  # a fine-tuning run may be replacing it
+            load_adapter(model, adapter)
     return model, tokenizer, model_dir
+
+
+def defaults_only_when_given(parser, names) -> None:
+    """Leave options the user did not give out of the parsed namespace, so a command can tell them
+    apart: a new run fills them from its settings class's defaults, a --resume from the run's
+    saved settings.  The help still shows each default."""
+    for action in parser._actions:  # argparse keeps no public list of a parser's actions
+        if action.dest not in names:
+            continue
+        shown = action.default
+        if shown is not None and shown is not False and "default" not in (action.help or ""):
+            action.help = f"{action.help or ''} (default: {shown})".strip()
+        action.default = _argparse.SUPPRESS
 
 
 def prepare_training_process() -> None:

@@ -1,7 +1,7 @@
 """`npllama finetune classify|sft`: adapt a pre-trained model to a task (article §3.3, §6, §9.2)."""
 import sys
 
-from . import HelpFormatter, UsageError, prepare_training_process, print_help_instead
+from . import HelpFormatter, UsageError, defaults_only_when_given, prepare_training_process, print_help_instead
 
 LORA_HELP = ("train LoRA adapters (and the new head) only, the base weights frozen; saved in PEFT's "
              "adapter layout")
@@ -37,6 +37,7 @@ def register(subparsers) -> None:
                    help="share of the examples held out for validation")
     c.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 3e-4, with --lora 3e-3)")
     c.add_argument("--max-len", type=int, default=d.max_len, help="tokens kept per text")
+    _given_only(c, ClassifyConfig)
     c.set_defaults(run=run_classify)
 
     s, d = tasks.add_parser(
@@ -56,6 +57,7 @@ def register(subparsers) -> None:
     s.add_argument("--max-len", type=int, default=d.max_len, help="tokens kept per example")
     s.add_argument("--merge", action="store_true", help="with --lora: save the merged model, not the adapter")
     s.add_argument("--samples", type=int, default=d.samples, help="greedy answers printed at the end")
+    _given_only(s, SFTConfig)
     s.set_defaults(run=run_sft)
     p.set_defaults(run=print_help_instead(p))
 
@@ -63,7 +65,15 @@ def register(subparsers) -> None:
 def _common(p, d) -> None:
     p.add_argument("--base", default=None, help="the pre-trained model: a run folder or a Hugging Face "
                    "LLaMA folder with tokenizer.model (default: the latest `npllama train` run)")
-    p.add_argument("--out", default=None, help="save the result here (default: not saved)")
+    p.add_argument("--out", default=None, help="the run folder: checkpoints while training, then the result "
+                   "(default: nothing saved, and a stop loses the run)")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="steps between checkpoints in --out (0: only when stopped and at the end); Ctrl-C, "
+                        "SIGTERM and SIGHUP save one and stop")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint, with the settings it was started with; "
+                        "options given with it change those settings (the ones that define the run -- "
+                        "--base, data, LoRA shape, batch size, --max-len, seed, dtype -- are refused)")
     p.add_argument("--lora", action="store_true", help=LORA_HELP)
     p.add_argument("--lora-r", type=int, default=d.lora_r, help="adapter rank r")
     p.add_argument("--lora-alpha", type=float, default=d.lora_alpha, help="scaling = alpha / r")
@@ -87,24 +97,45 @@ def _common(p, d) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _config(cls, args):
+def _given_only(parser, cls) -> None:
     import dataclasses
 
-    from ..lora import MLP_TARGETS
+    defaults_only_when_given(parser, {f.name for f in dataclasses.fields(cls)} | {"no_progress", "lora_mlp"})
+
+
+def _config(cls, args):
+    """The job's settings: the options given over the defaults, or with --resume over the run's
+    saved settings (npllama.finetune_run)."""
+    import dataclasses
+
+    from ..lora import ATTENTION_TARGETS, MLP_TARGETS
 
     fields = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in vars(args).items() if k in fields}
-    targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
-    values["lora_targets"] = targets + (MLP_TARGETS if args.lora_mlp else ())
-    values["progress"] = not args.no_progress
-    if getattr(args, "labels", None) is not None:
-        values["labels"] = tuple(n.strip() for n in args.labels.split(",") if n.strip())
-    if (args.lora_mlp or args.lora_targets != ",".join(cls().lora_targets)) and not args.lora:
-        raise UsageError("--lora-targets / --lora-mlp need --lora")
-    if getattr(args, "merge", False) and not args.lora:
-        raise UsageError("--merge needs --lora (it folds the adapters into the base weights)")
+    given = {k: v for k, v in vars(args).items() if k in fields}  # only options on the command line
+    lora_mlp = getattr(args, "lora_mlp", False)
+    if "lora_targets" in given or lora_mlp:
+        targets = tuple(t.strip() for t in given.get("lora_targets", ",".join(ATTENTION_TARGETS)).split(",")
+                        if t.strip())
+        given["lora_targets"] = targets + (MLP_TARGETS if lora_mlp else ())
+    if "no_progress" in vars(args):
+        given["progress"] = not args.no_progress
+    if given.get("labels") is not None:
+        given["labels"] = tuple(n.strip() for n in given["labels"].split(",") if n.strip())
+    if args.resume and given.get("out") is None:
+        raise UsageError("--resume needs --out: the run folder to continue")
     try:
-        return cls(**values)
+        if args.resume:
+            from ..finetune_run import require_resumable, settings_file
+            from ..resuming import saved_settings
+
+            require_resumable(given["out"], args.task)
+            given = {**saved_settings(given["out"], cls, settings_file(args.task)), **given}
+        lora = given.get("lora", False)
+        if "lora_targets" in given and tuple(given["lora_targets"]) != ATTENTION_TARGETS and not lora:
+            raise UsageError("--lora-targets / --lora-mlp need --lora")
+        if given.get("merge") and not lora:
+            raise UsageError("--merge needs --lora (it folds the adapters into the base weights)")
+        return cls(**given)
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
 
@@ -125,12 +156,14 @@ def _fine_tune(args, fine_tune, config) -> int:
     """Run it; a run that fails on the way (a NaN loss) is reported in one line, status 1."""
     from ..backend import get_backend, use_backend
     from ..optim import TrainingError
+    from ..resuming import CheckpointWriteError
+    from ..runs import RunInUseError
 
     prepare_training_process()
     with use_backend(args.backend or get_backend()):
         try:
-            fine_tune(config)
-        except TrainingError as error:  # not a usage mistake: the run itself failed
+            fine_tune(config, resume=args.resume)
+        except (TrainingError, CheckpointWriteError, RunInUseError) as error:  # not a usage mistake: the run itself failed
             print(f"npllama finetune {args.task}: stopped: {error}", file=sys.stderr)
             return 1
     return 0

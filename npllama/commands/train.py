@@ -1,9 +1,8 @@
 """`npllama train`: pre-train a small LLaMA (defaults: the tiny preset on the built-in stories)."""
-import argparse
 import dataclasses
 import sys
 
-from . import HelpFormatter, UsageError, prepare_training_process
+from . import HelpFormatter, UsageError, defaults_only_when_given, prepare_training_process
 
 
 def register(subparsers) -> None:
@@ -102,21 +101,8 @@ def register(subparsers) -> None:
                    help="skip a batch whose loss or gradient is NaN/Inf instead of stopping")
     p.add_argument("--samples", type=int, default=d.samples, help="samples printed at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
-    _defaults_only_when_not_given(p, {f.name for f in dataclasses.fields(TrainConfig)} | {"no_progress"})
+    defaults_only_when_given(p, {f.name for f in dataclasses.fields(TrainConfig)} | {"no_progress"})
     p.set_defaults(run=run)
-
-
-def _defaults_only_when_not_given(parser, names) -> None:
-    """Leave options the user did not give out of the parsed namespace, so `run` can tell them
-    apart: a new run fills them from TrainConfig's defaults, a --resume from the saved settings.
-    The help still shows each default."""
-    for action in parser._actions:  # argparse keeps no public list of a parser's actions
-        if action.dest not in names:
-            continue
-        shown = action.default
-        if shown is not None and shown is not False and "default" not in (action.help or ""):
-            action.help = f"{action.help or ''} (default: {shown})".strip()
-        action.default = argparse.SUPPRESS
 
 
 def run(args) -> int:

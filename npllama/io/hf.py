@@ -15,6 +15,7 @@ file and the tensor or field.  Pickle checkpoints (pytorch_model.bin) are never 
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -56,7 +57,7 @@ def load_hf_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.nd
     `config.param_shapes()`, each a new C-contiguous writeable array of `dtype`
     (np.float32 or np.float64)."""
     dtype = _float_dtype("dtype", dtype)
-    folder, config = _open_folder(path, dtype, "a Hugging Face model folder")
+    folder, config, _ = _open_folder(path, dtype, "a Hugging Face model folder")
 
     # tensor name -> file holding it; each file's header; the file listing them (index or single)
     tensor_files, headers, source = _tensor_files(folder)
@@ -77,8 +78,7 @@ def load_hf_classifier_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict
     never uses, is zeros.  The same checks as load_hf_folder, each a CheckpointError.
     """
     dtype = _float_dtype("dtype", dtype)
-    folder, config = _open_folder(path, dtype, "a classifier folder (with score.weight)")
-    raw = _load_json(folder / CONFIG_NAME)
+    folder, config, raw = _open_folder(path, dtype, "a classifier folder (with score.weight)")
     tensor_files, headers, source = _tensor_files(folder)
     score_file = tensor_files.pop(SCORE_NAME, None)
     if score_file is None:
@@ -102,17 +102,18 @@ def load_hf_classifier_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict
     return config, {name: _own_array(params.pop(name), dtype) for name in shapes}, _own_array(score, dtype), raw
 
 
-def _open_folder(path, dtype, kind: str) -> tuple[Path, LlamaConfig]:
-    """The folder and its config, once the folder exists and the parameters fit in memory."""
+def _open_folder(path, dtype, kind: str) -> tuple[Path, LlamaConfig, dict]:
+    """The folder, its config and config.json as read (id2label and the like), once the folder
+    exists and the parameters fit in memory."""
     folder = Path(path)
     if not folder.is_dir():
         from .describe import describe_model_path   # what it is instead, and how to load that
 
         raise FileNotFoundError(f"{folder} is not a folder (expected {kind} holding {CONFIG_NAME} "
                                 f"and {WEIGHTS_NAME}): {describe_model_path(folder)}")
-    config = read_config(folder / CONFIG_NAME)
+    config, raw = _read_config_and_fields(folder / CONFIG_NAME)
     _check_memory_budget(folder / CONFIG_NAME, config, dtype)
-    return folder, config
+    return folder, config, raw
 
 
 def _read_params(to_read: dict[str, Path], tied_head: Path | None, dtype) -> dict[str, np.ndarray]:
@@ -127,6 +128,11 @@ def _read_params(to_read: dict[str, Path], tied_head: Path | None, dtype) -> dic
 
 def read_config(config_path) -> LlamaConfig:
     """config.json -> LlamaConfig; any problem is a CheckpointError naming the file."""
+    return _read_config_and_fields(config_path)[0]
+
+
+def _read_config_and_fields(config_path) -> tuple[LlamaConfig, dict]:
+    """(LlamaConfig, config.json's fields as read), from one read of the file."""
     config_path = Path(config_path)
     if not config_path.is_file():
         raise CheckpointError(config_path, "missing: a Hugging Face model folder needs its config.json")
@@ -134,7 +140,7 @@ def read_config(config_path) -> LlamaConfig:
     if not isinstance(raw, dict):
         raise CheckpointError(config_path, f"must hold a JSON object, got {type(raw).__name__}")
     try:
-        return LlamaConfig.from_dict(raw)
+        return LlamaConfig.from_dict(raw), raw
     except (ValueError, TypeError) as e:
         error = CheckpointError(config_path, str(e))
         # LlamaConfig's messages start with the field's name ("hidden_size must be ..."):
@@ -372,13 +378,21 @@ def _with_tokenizer_config(extra_files: dict, config: LlamaConfig) -> dict:
     model_bytes = extra_files.get("tokenizer.model")
     if model_bytes is None or "tokenizer_config.json" in extra_files:
         return extra_files
+    files = _tokenizer_files(bytes(model_bytes), config.max_position_embeddings)
+    return extra_files if files is None else {**files, **extra_files}
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_files(model_bytes: bytes, model_max_length: int) -> dict[str, bytes] | None:
+    """The transformers tokenizer files for a tokenizer.model, or None if it is not a SentencePiece
+    model.  Remembered: a run saves the same tokenizer with every checkpoint."""
     from ..tokenizer import Tokenizer
 
     try:
-        tokenizer = Tokenizer.from_bytes(bytes(model_bytes))
+        tokenizer = Tokenizer.from_bytes(model_bytes)
     except ValueError:  # not a SentencePiece model: written as given, without a config to describe it
-        return extra_files
-    return {**tokenizer.hf_files(model_max_length=config.max_position_embeddings), **extra_files}
+        return None
+    return tokenizer.hf_files(model_max_length=model_max_length)
 
 
 def _save_dtype(dtype, params: dict) -> tuple[str, str]:

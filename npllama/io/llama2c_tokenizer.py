@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CheckpointError
+from .reading import read_bytes
 from .sentencepiece_model import BYTE, CONTROL, NORMAL, UNKNOWN, build_bpe_model
 
 SPACE = "\u2581"  # SentencePiece's visible space, "▁"
@@ -38,6 +39,7 @@ _EXPORTED_SPECIALS = {"\n<s>\n": "<s>", "\n</s>\n": "</s>"}
 _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 # No real piece is this long; a larger length field means the file is not a tokenizer.bin.
 MAX_PIECE_BYTES = 1 << 16
+MAX_FILE_BYTES = 64 * 1024**2  # LLaMA's 32,000 pieces take 0.4 MB, LLaMA-3's 128,000 about 2 MB
 
 
 def read_llama2c_tokenizer(path, vocab_size: int | None = None) -> tuple[list[bytes], list[float]]:
@@ -47,12 +49,12 @@ def read_llama2c_tokenizer(path, vocab_size: int | None = None) -> tuple[list[by
     made for another vocabulary would silently give wrong text).  None: as many as the file has.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # what exists but is no regular file (a FIFO, /dev/zero) read_bytes refuses
         raise FileNotFoundError(f"llama2.c tokenizer {str(path)!r} does not exist")
     if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer))
                                    or vocab_size < 1):
         raise ValueError(f"vocab_size must be None or a positive integer, got {vocab_size!r}")
-    data = path.read_bytes()
+    data = read_bytes(path, MAX_FILE_BYTES, error=CheckpointError)  # a regular file of bounded size, as every reader
     if len(data) < 4:
         raise CheckpointError(path, "is too short for a llama2.c tokenizer (no max_token_length)")
     (max_length,) = struct.unpack_from("<I", data, 0)

@@ -32,28 +32,38 @@ def _fail(error, path, problem):
     return error(f"{os.fspath(path)}: {problem}")
 
 
-def read_bytes(path, max_bytes: int, error=ValueError) -> bytes:
-    """The bytes of a regular file of at most max_bytes, read without ever blocking or over-reading."""
+def open_regular_file(path, error=ValueError):
+    """`path` opened for binary reading, if it is a regular file; a FIFO, a device or a folder is
+    refused as `error` naming it before a byte is read.  The open never blocks (O_NONBLOCK: a
+    plain open() of a FIFO waits for a writer; on regular files it changes nothing)."""
     path = Path(path)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if (
-                stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)) else "not a regular file"
-            raise _fail(error, path, f"is {kind}; npllama reads only regular files")
-        if info.st_size > max_bytes:
-            raise _fail(error, path, f"is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit "
-                                     f"for this kind of file")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(info.st_size + 1)  # what fstat promised, +1 to notice a file that grew
-            while len(data) > info.st_size and len(data) <= max_bytes:
-                more = f.read(min(1024**2, max_bytes + 1 - len(data)))
-                if not more:
-                    break
-                data += more
-    finally:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if (
+                stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else "a folder" if stat.S_ISDIR(mode) else "something else"
+            raise _fail(error, path, f"is {kind}, not a regular file; npllama reads only regular files")
+        return os.fdopen(fd, "rb")
+    except BaseException:
         os.close(fd)
+        raise
+
+
+def read_bytes(path, max_bytes: int, error=ValueError) -> bytes:
+    """The bytes of a regular file of at most max_bytes, read without ever blocking or over-reading."""
+    path = Path(path)
+    with open_regular_file(path, error) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise _fail(error, path, f"is {size:,} bytes, over the {max_bytes:,}-byte limit "
+                                     f"for this kind of file")
+        data = f.read(size + 1)  # what fstat promised, +1 to notice a file that grew
+        while len(data) > size and len(data) <= max_bytes:
+            more = f.read(min(1024**2, max_bytes + 1 - len(data)))
+            if not more:
+                break
+            data += more
     if len(data) > max_bytes:
         raise _fail(error, path, f"grew past the {max_bytes:,}-byte limit while being read")
     return data
@@ -89,4 +99,4 @@ def read_json(path, expect=None, max_bytes: int = MAX_JSON_BYTES, error=ValueErr
     return parse_json(read_text(path, max_bytes, error), path, expect, error)
 
 
-__all__ = ["read_bytes", "read_text", "read_json", "parse_json", "MAX_JSON_BYTES", "MAX_TEXT_BYTES"]
+__all__ = ["open_regular_file", "read_bytes", "read_text", "read_json", "parse_json", "MAX_JSON_BYTES", "MAX_TEXT_BYTES"]

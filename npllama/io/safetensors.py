@@ -39,7 +39,6 @@ import hashlib
 import json
 import math
 import os
-import stat
 import struct
 import sys
 from collections.abc import Iterable, Mapping
@@ -48,6 +47,7 @@ import numpy as np
 
 from .atomic import atomic_open
 from .errors import CheckpointError
+from .reading import open_regular_file
 
 # safetensors dtype name -> numpy dtype of the stored (little-endian) bytes.  BF16 is read as
 # its raw uint16 bits and widened afterwards.
@@ -84,7 +84,7 @@ def read_safetensors_header(path) -> dict:
     Returns the JSON header as a dict: tensor name -> {"dtype": str, "shape": [int, ...],
     "data_offsets": [begin, end]}, plus "__metadata__" -> {str: str} when the file has it.
     """
-    with _open_for_reading(path) as f:
+    with open_regular_file(path, CheckpointError) as f:
         entries, metadata, _ = _read_header(f, path)
     header = {} if metadata is None else {"__metadata__": dict(metadata)}
     for name, entry in entries.items():
@@ -110,26 +110,37 @@ def read_safetensors(path, names: Iterable[str] | None = None, dtype=None) -> di
         for name in names:
             if not isinstance(name, str):
                 raise TypeError(f"names must hold str, got {name!r}")
-    with _open_for_reading(path) as f:
+    with open_regular_file(path, CheckpointError) as f:
         entries, metadata, data_start = _read_header(f, path)
         checksums = _checksums(path, metadata, entries)
         if names is None:
             names = list(entries)
-        tensors = {}
         for name in names:
             if name not in entries:
                 raise CheckpointError(path, f"no such tensor in the file "
                                             f"(it has {len(entries)}: {_preview(entries)})", tensor=name)
-            tensors[name] = _read_tensor(f, path, name, entries[name], data_start, float_dtype,
-                                         None if checksums is None else checksums[name])
+        tensors = {}
+        for name in names:
+            stored = _read_stored(f, path, name, entries[name], data_start,
+                                  None if checksums is None else checksums[name])
+            tensors[name] = _as_read(path, name, entries[name], stored, float_dtype)
     return tensors
 
 
-def _checksum(dtype_name: str, shape, data: np.ndarray) -> str:
-    """sha256 over the tensor's dtype, shape and bytes: a change to any of them shows."""
-    digest = hashlib.sha256(f"{dtype_name}{list(shape)}".encode("ascii"))
-    digest.update(data.reshape(-1).view(np.uint8))
-    return digest.hexdigest()
+def _checksum_digest(dtype_name: str, shape):
+    """A sha256 over the tensor's dtype, shape and then its bytes: a change to any of them shows."""
+    return hashlib.sha256(f"{dtype_name}{list(shape)}".encode("ascii"))
+
+
+# Hashing and copying go chunk by chunk: each chunk is hashed while it is still in the CPU cache
+# from being read (or before it is written), so the tensors cross memory once, not twice.
+CHUNK_BYTES = 4 * 1024**2
+CHECKSUM_PLACEHOLDER = "0" * 64  # a sha256 hex digest's length: the header is written before the sums are known
+
+
+def _chunks(data: np.ndarray):
+    view = memoryview(data.reshape(-1).view(np.uint8))
+    return (view[start:start + CHUNK_BYTES] for start in range(0, len(view), CHUNK_BYTES))
 
 
 def _checksums(path, metadata, entries) -> dict[str, str] | None:
@@ -153,23 +164,6 @@ def _checksums(path, metadata, entries) -> dict[str, str] | None:
     return sums
 
 
-def _open_for_reading(path):
-    """Open `path` for binary reading, refusing anything but a regular file.
-
-    O_NONBLOCK: a plain open() of a FIFO waits until something writes to it, so a FIFO named
-    model.safetensors would hang the loader; this open returns at once and fstat refuses it.
-    (On regular files O_NONBLOCK changes nothing.)
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CheckpointError(path, "not a regular file")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 class _Entry:
     """One validated header entry."""
     __slots__ = ("dtype", "shape", "begin", "end")
@@ -180,10 +174,7 @@ class _Entry:
 
 def _read_header(f, path) -> tuple[dict[str, _Entry], dict[str, str] | None, int]:
     """Parse and validate the header.  Returns (entries in file order, metadata, data start)."""
-    info = os.fstat(f.fileno())
-    if not stat.S_ISREG(info.st_mode):
-        raise CheckpointError(path, "not a regular file")
-    file_size = info.st_size
+    file_size = os.fstat(f.fileno()).st_size
     prefix = f.read(8)
     if len(prefix) < 8:
         raise CheckpointError(path, f"file is {len(prefix)} bytes long, shorter than the 8-byte "
@@ -306,20 +297,32 @@ def _check_tiling(path, entries: dict[str, _Entry], buffer_size: int) -> None:
                                     f"belong to no tensor (the data buffer is {buffer_size} bytes)")
 
 
-def _read_tensor(f, path, name: str, entry: _Entry, data_start: int, float_dtype,
-                 checksum: str | None = None) -> np.ndarray:
-    stored = DTYPES[entry.dtype]
+def _read_stored(f, path, name: str, entry: _Entry, data_start: int, checksum: str | None) -> np.ndarray:
+    """A tensor's bytes as stored (little-endian, BF16 as uint16 bits), checked against its
+    checksum if it has one."""
     # Sizes were checked against the file size, so this allocation is backed by real bytes.
-    array = np.empty(entry.shape, dtype=stored)
-    if array.nbytes:
-        f.seek(data_start + entry.begin)
-        got = f.readinto(array.reshape(-1).view(np.uint8))
-        if got != array.nbytes:
+    array = np.empty(entry.shape, dtype=DTYPES[entry.dtype])
+    digest = None if checksum is None else _checksum_digest(entry.dtype, entry.shape)
+    f.seek(data_start + entry.begin)
+    got = 0
+    for chunk in _chunks(array):
+        read = f.readinto(chunk)
+        got += read
+        if read != len(chunk):
             raise CheckpointError(path, f"read {got} of {array.nbytes} bytes: file truncated "
                                         f"while reading", tensor=name)
-    if checksum is not None and _checksum(entry.dtype, entry.shape, array) != checksum:
+        if digest is not None:
+            digest.update(chunk)
+    if digest is not None and digest.hexdigest() != checksum:
         raise CheckpointError(path, "does not match its checksum: the file is damaged (a changed "
                                     "byte on disk or in a copy); restore it from a good copy", tensor=name)
+    return array
+
+
+def _as_read(path, name: str, entry: _Entry, array: np.ndarray, float_dtype) -> np.ndarray:
+    """A stored tensor as read_safetensors returns it: BOOL checked, BF16 widened, native byte
+    order, floats in float_dtype if one is asked for."""
+    stored = DTYPES[entry.dtype]
     if entry.dtype == "BOOL":
         raw = array.view(np.uint8)
         if np.any(raw > 1):
@@ -381,24 +384,41 @@ def write_safetensors(path, tensors: Mapping[str, np.ndarray], metadata: Mapping
     header: dict = {}
     if metadata is not None or checksums:
         header["__metadata__"] = dict(metadata or {})
-    if checksums:
-        header["__metadata__"].update({
-            CHECKSUM_PREFIX + name: _checksum(dtype_name, np.shape(tensors[name]), data)
-            for name, (dtype_name, data) in prepared.items()})
+    # Checksums are computed while the tensors are written (one pass over them); the header goes
+    # first with placeholders of the same length, and is written again once the sums are known.
+    digests = {name: _checksum_digest(dtype_name, np.shape(tensors[name]))
+               for name, (dtype_name, _) in prepared.items()} if checksums else {}
+    header.get("__metadata__", {}).update({CHECKSUM_PREFIX + name: CHECKSUM_PLACEHOLDER for name in digests})
     offset = 0
     for name in order:
         dtype_name, data = prepared[name]
         header[name] = {"dtype": dtype_name, "shape": list(np.shape(tensors[name])),
                         "data_offsets": [offset, offset + data.nbytes]}
         offset += data.nbytes
-    header_bytes = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    header_bytes += b" " * (-len(header_bytes) % 8)
 
     with atomic_open(path, "wb") as f:
+        header_bytes = _header_bytes(header)
         f.write(struct.pack("<Q", len(header_bytes)))
         f.write(header_bytes)
         for name in order:
-            f.write(prepared[name][1])
+            for chunk in _chunks(prepared[name][1]):
+                if name in digests:
+                    digests[name].update(chunk)
+                f.write(chunk)
+        if digests:
+            header["__metadata__"].update({CHECKSUM_PREFIX + name: d.hexdigest() for name, d in digests.items()})
+            f.seek(8)
+            f.write(_header_bytes(header, length=len(header_bytes)))
+
+
+def _header_bytes(header: dict, length: int | None = None) -> bytes:
+    """The header as the reference writes it: compact JSON padded with spaces to a multiple of 8
+    bytes (or to `length`, the size of the header it replaces)."""
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    padded = raw + b" " * ((-len(raw) % 8) if length is None else length - len(raw))
+    if length is not None and len(padded) != length:
+        raise AssertionError(f"the header changed length ({len(padded)} != {length}) when its checksums were filled in")
+    return padded
 
 
 def _check_write_args(tensors, metadata, as_dtype) -> str | None:
@@ -431,7 +451,7 @@ def _check_write_args(tensors, metadata, as_dtype) -> str | None:
 def _encode(name: str, array: np.ndarray, target: str | None) -> tuple[str, np.ndarray]:
     """(safetensors dtype name, C-contiguous little-endian array viewed as bytes)."""
     dtype_name = _NAME_OF[array.dtype.newbyteorder("=")]
-    if target is not None and dtype_name in FLOAT_DTYPES:
+    if target is not None and dtype_name in FLOAT_DTYPES and target != dtype_name:  # (same type: no copy)
         dtype_name = target
         if target == "BF16":
             # float64 goes through float32 first (as torch's cast does); past float32's range

@@ -2,6 +2,7 @@
 
     checkpoint/
         model/                    Hugging Face folder (+ tokenizer.model) — loads on its own
+          or params.safetensors   (fine-tuning: only the tensors it trains; the base is read again)
         optimizer.safetensors     the optimizer's arrays ("m/<param>", "v/<param>", ...), exact
         training_state.json       step, data-loader position, optimizer header, anything else
 
@@ -24,6 +25,7 @@ from .safetensors import read_safetensors, write_safetensors
 
 STATE_FILE = "training_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
+PARAMS_FILE = "params.safetensors"
 FORMAT_VERSION = 1
 MAX_STATE_BYTES = 16 * 1024**2  # training_state.json is a few kB; anything this big is not one
 
@@ -35,6 +37,19 @@ def save_checkpoint(path, model, optimizer_state: dict, state: dict, extra_files
     extra_files: {file name: bytes} to place inside the model folder (e.g. tokenizer.model).
     replace_lock: held around the final renames (npllama.io.atomic.atomic_directory).
     """
+    _save(path, optimizer_state, state, replace_lock,
+          lambda folder: save_hf_folder(folder / "model", model.config, model.params, extra_files=extra_files))
+
+
+def save_params_checkpoint(path, params: dict, optimizer_state: dict, state: dict, replace_lock=None) -> None:
+    """save_checkpoint for a job that trains some tensors of a model it reads from elsewhere
+    (fine-tuning: every weight, or LoRA adapters, plus a new head): `params` (name -> array)
+    are written to params.safetensors, with checksums, instead of a model folder."""
+    _save(path, optimizer_state, state, replace_lock,
+          lambda folder: write_safetensors(folder / PARAMS_FILE, params, checksums=True))
+
+
+def _save(path, optimizer_state: dict, state: dict, replace_lock, write_weights) -> None:
     arrays, header = _split_arrays(optimizer_state)
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict of JSON values, got {type(state).__name__}")
@@ -44,7 +59,7 @@ def save_checkpoint(path, model, optimizer_state: dict, state: dict, extra_files
     except (TypeError, ValueError) as error:
         raise TypeError(f"state and optimizer_state must hold only JSON values and numpy arrays: {error}") from None
     with atomic_directory(path, replace_lock=replace_lock) as tmp:
-        save_hf_folder(tmp / "model", model.config, model.params, extra_files=extra_files)
+        write_weights(tmp)
         write_safetensors(tmp / OPTIMIZER_FILE, arrays, checksums=True)
         (tmp / STATE_FILE).write_text(text + "\n", encoding="utf-8")
 
@@ -64,11 +79,27 @@ def load_checkpoint(path, dtype=np.float32):
     if not (path / "model").is_dir():
         raise CheckpointError(path / "model", "is missing: a training checkpoint holds its model folder")
     model = Llama.from_pretrained(path / "model", dtype=dtype)
+    return model, _read_optimizer_state(path, header, model.dtype), record
+
+
+def load_params_checkpoint(path, dtype=np.float32):
+    """(params, optimizer_state, state) from a folder written by save_params_checkpoint, checked
+    as load_checkpoint checks its files."""
+    path = Path(path)
+    record = _read_record(path / STATE_FILE)
+    header = record.pop("optimizer")
+    if not (path / PARAMS_FILE).is_file():
+        raise CheckpointError(path / PARAMS_FILE, "is missing: a fine-tuning checkpoint holds the trained tensors")
+    params = read_safetensors(path / PARAMS_FILE, dtype=dtype)
+    return params, _read_optimizer_state(path, header, np.dtype(dtype)), record
+
+
+def _read_optimizer_state(path: Path, header: dict, dtype) -> dict:
     optimizer_path = path / OPTIMIZER_FILE
     if not optimizer_path.is_file():
         raise CheckpointError(optimizer_path, "is missing: a training checkpoint holds the optimizer state")
     arrays = read_safetensors(optimizer_path, dtype=dtype)
-    return model, _join_arrays(header, arrays, optimizer_path, model.dtype), record
+    return _join_arrays(header, arrays, optimizer_path, dtype)
 
 
 def _read_record(state_path: Path) -> dict:

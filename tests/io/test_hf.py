@@ -563,3 +563,24 @@ def test_atomic_directory_refuses_to_replace_a_file(tmp_path):
         with atomic_directory(target):
             pytest.fail("the body must not run")
     assert target.read_text() == "a file" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_a_classifier_folder_reads_its_config_once(tmp_path, monkeypatch):
+    from npllama import Llama
+    from npllama.io.hf import load_hf_classifier_folder
+    from npllama.io.safetensors import write_safetensors
+
+    config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8)
+    model = Llama(config, seed=0)
+    folder = tmp_path / "clf"
+    model.save_pretrained(folder)
+    tensors = {n: p for n, p in model.params.items() if n != "lm_head.weight"}
+    tensors["score.weight"] = np.ones((3, 8), dtype=np.float32)
+    write_safetensors(folder / "model.safetensors", tensors)
+    fields = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**fields, "id2label": {"0": "a", "1": "b", "2": "c"}}))
+    reads, real = [], hf.read_json
+    monkeypatch.setattr(hf, "read_json", lambda path, *a, **k: (reads.append(os.path.basename(path)), real(path, *a, **k))[1])
+    _, _, score, raw = load_hf_classifier_folder(folder)
+    assert reads.count("config.json") == 1 and raw["id2label"]["2"] == "c" and score.shape == (3, 8)

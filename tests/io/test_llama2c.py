@@ -264,3 +264,19 @@ def test_from_pretrained_reads_a_llama2c_file_and_names_other_files(tmp_path):
     (tmp_path / "notes.gguf").write_bytes(b"GGUF" + bytes(60))
     with pytest.raises(FileNotFoundError, match="GGUF"):
         Llama.from_pretrained(tmp_path / "notes.gguf")
+
+
+def test_the_tokenizer_is_read_as_a_bounded_regular_file(tmp_path, monkeypatch):
+    import os
+
+    import npllama.io.llama2c_tokenizer as llama2c_tokenizer
+
+    if os.path.exists("/dev/zero"):  # an endless file: refused before a byte is read
+        (tmp_path / "zero.bin").symlink_to("/dev/zero")
+        with pytest.raises(CheckpointError, match="is a device"):
+            read_llama2c_tokenizer(tmp_path / "zero.bin")
+    big = tmp_path / "tokenizer.bin"
+    big.write_bytes(struct.pack("<I", 4) + b"\0" * 200)
+    monkeypatch.setattr(llama2c_tokenizer, "MAX_FILE_BYTES", 100)
+    with pytest.raises(CheckpointError, match="over the 100-byte limit"):
+        read_llama2c_tokenizer(big)

@@ -497,3 +497,29 @@ def test_atomic_write_fsyncs_before_replacing(tmp_path, monkeypatch):
     assert ("fsync", temp_name) in events[:replace_at], "data must be fsynced before the rename"
     assert events[replace_at][2] == str(tmp_path / "t.st")
     assert ("fsync", str(tmp_path)) in events[replace_at:], "the folder must be fsynced after it"
+
+
+def test_checksums_written_in_one_pass_are_the_tensors_sha256(tmp_path):
+    # the header is written before the sums are known and filled in afterwards: same bytes as
+    # hashing first, and a tensor spanning several chunks is hashed whole
+    import hashlib
+
+    import npllama.io.safetensors as safetensors_io
+
+    rng = np.random.default_rng(0)
+    tensors = {"big": rng.standard_normal((3, safetensors_io.CHUNK_BYTES // 8 + 5)).astype(np.float32),
+               "empty": np.zeros((0, 4), np.float64), "scalar": np.array(2.5), "flags": np.array([True, False])}
+    safetensors_io.write_safetensors(tmp_path / "a.safetensors", tensors, checksums=True)
+    metadata = safetensors_io.read_safetensors_header(tmp_path / "a.safetensors")["__metadata__"]
+    for name, array in tensors.items():
+        dtype = safetensors_io._NAME_OF[array.dtype.newbyteorder("=")]
+        expected = hashlib.sha256(f"{dtype}{list(array.shape)}".encode("ascii") + array.tobytes()).hexdigest()
+        assert metadata[safetensors_io.CHECKSUM_PREFIX + name] == expected, name
+    back = safetensors_io.read_safetensors(tmp_path / "a.safetensors")
+    for name, array in tensors.items():
+        np.testing.assert_array_equal(back[name], array)
+    data = bytearray((tmp_path / "a.safetensors").read_bytes())
+    data[-40] ^= 1  # in big's last chunk (only the 2 bytes of flags come after it)
+    (tmp_path / "a.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="big.*checksum|checksum.*big"):
+        safetensors_io.read_safetensors(tmp_path / "a.safetensors")

@@ -1,0 +1,198 @@
+"""A fine-tuning job's run folder (`--out`): the same life as a pre-training run.
+
+    out/
+        classify_config.json | sft_config.json   the job's settings (--resume checks them)
+        log.jsonl                one line per step: loss, lr
+        checkpoint/              the latest resumable state, replaced atomically
+            params.safetensors   the tensors being trained (every weight, or LoRA adapters, and a head)
+            optimizer.safetensors, training_state.json   (npllama/io/train_state.py)
+        config.json, model.safetensors, ... | adapter_config.json, ...   the result, at the end
+        finetune.json            what was trained and the final metrics
+        .npllama.lock, .npllama-read.lock   the writer and reader locks (npllama/runs.py)
+
+Every `checkpoint_every` steps a checkpoint is written; SIGINT, SIGTERM and SIGHUP finish the step
+in progress (or undo nothing: it never happened), save a checkpoint and stop (npllama/interrupts.py);
+`resume=True` continues with exactly the batches, dropout masks and updates an uninterrupted run
+would have had.  The base model is read again from --base on a resume: only what is trained is
+in the checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import shutil
+import signal
+from pathlib import Path
+
+from .interrupts import Interrupted, deferred_stop_signals, stop_signals_interrupt
+from .io.atomic import _TMP_TAG, atomic_write_text
+from .io.errors import CheckpointError
+from .resuming import (changes_on_resume, check_finite, checked_step, reporting_write_errors, restore_optimizer,
+                       truncate_log, write_settings)
+from .runs import (READER_LOCK_FILE, WRITER_LOCK_FILE, checkpoint_to_resume, remove_stale_temporaries,
+                   replacing_in_run, writing_run)
+
+SETTINGS_FILES = {"classify": "classify_config.json", "sft": "sft_config.json"}
+LOG_FILE = "log.jsonl"
+
+
+def settings_file(task: str) -> str:
+    return SETTINGS_FILES[task]
+
+
+def require_resumable(run_dir, task: str) -> None:
+    """A FileNotFoundError saying why, unless run_dir holds a `task` run's settings."""
+    run_dir = Path(run_dir).expanduser()
+    if not (run_dir / settings_file(task)).is_file():
+        other = [t for t, name in SETTINGS_FILES.items() if t != task and (run_dir / name).is_file()]
+        raise FileNotFoundError(f"nothing to resume: {str(run_dir / settings_file(task))!r} does not exist"
+                                + (f" ({str(run_dir)!r} holds a {other[0]} run)" if other else ""))
+
+
+@contextlib.contextmanager
+def fine_tuning_run(config, task: str, resume: bool, echo):
+    """The job's FinetuneRun, held for the block (writer lock, stop signals that save and stop), or
+    None when config.out is None (nothing saved, nothing to resume)."""
+    if config.out is None:
+        if resume:
+            raise ValueError("resume needs out (--out): the run folder to continue")
+        yield None
+        return
+    run_dir = Path(config.out).expanduser()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"--out {config.out!r} is a file, not a folder: choose a run folder")
+    if resume:
+        require_resumable(run_dir, task)
+    if config.base is None:  # the latest run, recorded as such: a resume reads the same base
+        from .runs import latest_run
+
+        config = dataclasses.replace(config, base=str(latest_run()))
+    with stop_signals_interrupt(), writing_run(run_dir):
+        yield FinetuneRun(run_dir, config, task, resume, echo)
+
+
+class FinetuneRun:
+    """Settings, log and checkpoints of one fine-tuning run folder; made by fine_tuning_run."""
+
+    def __init__(self, run_dir: Path, config, task: str, resume: bool, echo):
+        self.run_dir, self.config, self.task, self.echo = run_dir, config, task, echo
+        self.saved_step = None    # the step of the checkpoint this process wrote last
+        self.checkpoint = None    # the checkpoint folder to resume from
+        self.changes = {}
+        if resume:
+            self.changes = changes_on_resume(run_dir, config, settings_file(task))
+            remove_stale_temporaries(run_dir)
+            self.checkpoint = checkpoint_to_resume(run_dir)  # damage is refused here, before anything is written
+            if self.checkpoint is None:
+                echo(f"no checkpoint in {run_dir} yet: starting from step 0")
+        else:
+            self._refuse_a_folder_in_use()
+        if self.checkpoint is None:
+            write_settings(run_dir, config, settings_file(task))  # first: a start killed from here can resume
+            atomic_write_text(run_dir / LOG_FILE, "")
+        self._log = None
+
+    def _refuse_a_folder_in_use(self) -> None:
+        ours = {WRITER_LOCK_FILE, READER_LOCK_FILE}
+        held = sorted(p.name for p in self.run_dir.iterdir() if p.name not in ours)
+        if {*SETTINGS_FILES.values(), "train_config.json", "checkpoint"} & set(held):
+            raise ValueError(f"run folder {str(self.run_dir)!r} already holds a run; pass --resume to continue "
+                             f"it, or choose another --out")
+        if held:
+            raise ValueError(f"--out {str(self.run_dir)!r} is not empty ({', '.join(held[:3])}"
+                             f"{', ...' if len(held) > 3 else ''}): choose a new or empty folder, so nothing "
+                             f"in it is overwritten")
+
+    # ----- the step loop's side -------------------------------------------------------------------
+    def restore(self, params: dict, optimizer, wanted: dict, adapters=None) -> tuple[int, list]:
+        """(the step to start from, the losses of the steps before it): 0 and [] on a new start; on
+        a resume, `params` (in place), `optimizer` and the adapters' dropout draws as the checkpoint
+        left them.  Everything is checked before any parameter is changed."""
+        if self.checkpoint is None:
+            return 0, []
+        from .io.train_state import PARAMS_FILE, STATE_FILE, load_params_checkpoint
+
+        dtype = next(iter(params.values())).dtype
+        saved, optimizer_state, state = load_params_checkpoint(self.checkpoint, dtype=dtype)
+        state_file = self.checkpoint / STATE_FILE
+        step = checked_step(state, state_file)
+        losses = state.get("losses")
+        if not isinstance(losses, list) or len(losses) != step or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in losses):
+            raise CheckpointError(state_file, f"must list the loss of each of the {step} steps taken", field="losses")
+        if set(saved) != set(params) or any(saved[n].shape != params[n].shape for n in params):
+            raise CheckpointError(self.checkpoint / PARAMS_FILE, "holds other tensors than this run trains "
+                                                                 "(another --base, --lora setting or label set)")
+        check_finite(saved, self.checkpoint / PARAMS_FILE)
+        restore_optimizer(optimizer, optimizer_state, step, self.checkpoint, wanted, changeable=set(self.changes))
+        if adapters is not None:
+            try:
+                adapters.dropout_state = state.get("dropout")
+            except (TypeError, ValueError, KeyError) as error:
+                raise CheckpointError(state_file, f"is not a dropout generator's state ({error})",
+                                      field="dropout") from None
+        for name, array in params.items():
+            array[...] = saved[name]
+        truncate_log(self.run_dir / LOG_FILE, step)
+        write_settings(self.run_dir, self.config, settings_file(self.task))  # only now: a refused resume changes nothing
+        self.saved_step = step
+        if self.changes:
+            self.write_log({"step": step, "settings_changed": self.changes})
+            self.echo("settings changed on resume (applied from this step on): "
+                      + ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in self.changes.items()))
+        self.echo(f"resuming {self.run_dir} at step {step}")
+        return step, [float(x) for x in losses]
+
+    def write_log(self, record: dict) -> None:
+        if self._log is None:
+            self._log = open(self.run_dir / LOG_FILE, "a", encoding="utf-8")
+        self._log.write(json.dumps(record) + "\n")
+        self._log.flush()
+
+    def save(self, step: int, params: dict, optimizer, losses: list, dropout_state=None) -> None:
+        """A checkpoint of `step`, written atomically; a stop signal meanwhile waits for it.
+        dropout_state: the LoRA adapters' dropout draws after that step, if there are adapters."""
+        from .io.train_state import save_params_checkpoint
+
+        state = {"step": step, "losses": list(losses), "task": self.task}
+        if dropout_state is not None:
+            state["dropout"] = dropout_state
+        path = self.run_dir / "checkpoint"
+        with deferred_stop_signals(), reporting_write_errors(f"the checkpoint of step {step}", path):
+            save_params_checkpoint(path, params, optimizer.state_dict(copy=False), state,
+                                   replace_lock=replacing_in_run(self.run_dir))
+        self.saved_step = step
+
+    def stopped(self, stop: KeyboardInterrupt, step: int, save) -> None:
+        """After a stop signal: save the step reached (unless saved) and say how to continue."""
+        if self.saved_step != step:
+            save()
+        why = "interrupted"
+        if isinstance(stop, Interrupted) and stop.signum != signal.SIGINT:
+            why = f"stopped by {signal.Signals(stop.signum).name}"
+        self.echo(f"\n{why}: checkpoint saved at step {step} in {self.run_dir / 'checkpoint'}; continue with "
+                  f"`npllama finetune {self.task} --out {self.run_dir} --resume`")
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    # ----- the result -----------------------------------------------------------------------------
+    def publish(self, save) -> Path:
+        """save(folder) writes the result as a folder; its files are moved into the run folder
+        under the run's replace lock, so a reader sees all of the old result or all of the new."""
+        staging = self.run_dir / f".result{_TMP_TAG}{secrets.token_hex(4)}"
+        try:
+            with deferred_stop_signals(), reporting_write_errors("the result", self.run_dir):
+                save(staging)
+                with replacing_in_run(self.run_dir):
+                    for path in sorted(staging.iterdir()):
+                        os.replace(path, self.run_dir / path.name)
+        finally:
+            if staging.is_dir():
+                shutil.rmtree(staging, ignore_errors=True)
+        return self.run_dir

@@ -1,0 +1,167 @@
+"""What every resumable job (pre-training, fine-tuning) does to continue a run where it stopped.
+
+A run folder records the job's settings in a JSON file (train_config.json, finetune_config.json)
+beside its checkpoint/.  `--resume` reads them back, refuses changes to the settings that define
+the run (model, data and its order), applies and reports the others, and restores the optimizer
+from the checkpoint with every check in one place.  The jobs differ only in their settings class
+and in what their checkpoint holds besides the optimizer.
+
+    saved = saved_settings(run_dir, TrainConfig, "train_config.json")     # validated like new ones
+    changes = changes_on_resume(run_dir, tc, TrainConfig, "train_config.json")
+    restore_optimizer(optimizer, optimizer_state, step, checkpoint, wanted, changeable)
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .io.atomic import atomic_write_text
+from .io.errors import CheckpointError
+
+MAX_SETTINGS_BYTES = 1024**2  # a settings file is a few kB
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint (or the final model) failed, e.g. the disk is full.  The folder being
+    replaced still holds the last one written completely (npllama.io.atomic); `errno` is the
+    original error's."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+
+@contextlib.contextmanager
+def reporting_write_errors(what: str, path: Path):
+    """Turn an OSError while writing `what` into a CheckpointWriteError that says what survived."""
+    try:
+        yield
+    except CheckpointWriteError:
+        raise
+    except OSError as error:
+        raise CheckpointWriteError(
+            f"writing {what} to {path} failed: {error}. {path} still holds the last one written "
+            f"completely; free some space (or fix the permissions) and continue with --resume",
+            errno=error.errno) from error
+
+
+# ----- the run's settings ---------------------------------------------------------------------------
+def saved_settings(run_dir, config_class, file_name: str) -> dict:
+    """The settings a run folder's `file_name` records, validated by `config_class` like
+    command-line ones (any problem is a CheckpointError naming the file)."""
+    from .io.reading import read_json
+
+    path = Path(run_dir) / file_name
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume: {str(path)!r} does not exist")
+    saved = read_json(path, expect=dict, max_bytes=MAX_SETTINGS_BYTES, error=CheckpointError)
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise CheckpointError(path, f"has settings npllama does not know: {', '.join(unknown)}")
+    try:
+        return _as_dict(config_class(**saved))
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(path, f"holds an invalid setting: {error}") from None
+
+
+def write_settings(run_dir, config, file_name: str) -> None:
+    atomic_write_text(Path(run_dir) / file_name, json.dumps(_as_dict(config), indent=2) + "\n")
+
+
+def changes_on_resume(run_dir, config, file_name: str) -> dict:
+    """{name: (saved, new)} for the settings this resume changes.  A change to a setting that defines
+    the run (config.RESUME_FIXED) is refused with a ValueError naming each one; settings in
+    config.RESUME_QUIET steer only this call and are left out.  Paths (config.PATH_SETTINGS) that
+    name the same file -- respelled, absolute, through a symlink -- are no change."""
+    saved = saved_settings(run_dir, type(config), file_name)
+    new = _as_dict(config)
+    differing = {name: (saved[name], new[name]) for name in saved
+                 if saved[name] != new[name] and not same_path(config, name, saved[name], new[name])}
+    fixed = [f"{name} ({old!r} -> {value!r})" for name, (old, value) in differing.items()
+             if name in config.RESUME_FIXED]
+    if fixed:
+        raise ValueError(f"cannot resume {str(run_dir)!r} with different settings: {', '.join(fixed)}; "
+                         f"these define the run (model, tokenizer, data and its order): start a new run "
+                         f"with another --out to change them")
+    return {name: change for name, change in differing.items() if name not in config.RESUME_QUIET}
+
+
+def same_path(config, name: str, a, b) -> bool:
+    """`runs/x`, `./runs/x`, `/home/me/runs/x` and a symlink to it name the same file: not a change."""
+    if name not in config.PATH_SETTINGS or not isinstance(a, str) or not isinstance(b, str):
+        return False
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _as_dict(config) -> dict:
+    """The settings as JSON values (tuples become lists, as they come back from the file)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+# ----- the checkpoint -------------------------------------------------------------------------------
+def checked_step(state: dict, state_file: Path) -> int:
+    """training_state.json's step: a non-negative integer."""
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(state_file, f"must be a non-negative integer, got {step!r}", field="step")
+    return step
+
+
+def restore_optimizer(optimizer, optimizer_state: dict, step: int, checkpoint: Path, wanted: dict,
+                      changeable=()) -> None:
+    """Load a checkpoint's optimizer state into `optimizer` (made for the restored parameters), then
+    give it the settings `wanted` ({name: value} of optimizer.settings_names).
+
+    The state must fit the parameters and have taken `step` steps.  A saved setting that differs
+    from the wanted one is either changed on purpose by this resume (named in `changeable`) or a
+    checkpoint that disagrees with its own settings file: then it is refused.  `lr` is always
+    taken from `wanted` (the schedule sets it at every step anyway).  Every problem is a
+    CheckpointError naming the file."""
+    from .io.train_state import OPTIMIZER_FILE, STATE_FILE
+
+    checkpoint = Path(checkpoint)
+    try:
+        optimizer.load_state_dict(optimizer_state)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(checkpoint, f"the optimizer state ({STATE_FILE} + {OPTIMIZER_FILE}) does "
+                                          f"not fit the model: {error}") from None
+    if optimizer.step_count != step:
+        raise CheckpointError(checkpoint / STATE_FILE, f"is {step}, but the optimizer state has taken "
+                                                       f"{optimizer.step_count} steps", field="step")
+    for name, value in wanted.items():
+        saved = getattr(optimizer, name)
+        if name != "lr" and saved != value and name not in changeable:
+            raise CheckpointError(checkpoint / OPTIMIZER_FILE, f"the optimizer state has {name} = {saved!r}, "
+                                                               f"but the run's settings say {value!r}", field=name)
+    optimizer.with_settings(**wanted)
+
+
+def check_finite(params: dict, file: Path) -> None:
+    """A checkpoint is only saved from finite weights: a NaN/Inf one was altered."""
+    for name, p in params.items():
+        if not np.isfinite(p).all():
+            raise CheckpointError(file, "holds NaN/Inf: a checkpoint is only saved from finite weights, so "
+                                        "this one was altered", tensor=name)
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past the checkpoint's step: the resumed run writes them again.  A line a
+    kill cut short is dropped too; the log is replaced atomically, so a kill now loses nothing."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):  # a line cut short by a kill, or not ours
+            continue
+        line_step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(line_step, int) and line_step <= step:
+            kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))

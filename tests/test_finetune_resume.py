@@ -1,0 +1,185 @@
+"""Fine-tuning has a run folder like pre-training: periodic checkpoints, a checkpoint on SIGTERM, and
+--resume that continues exactly where it stopped (same batches, dropout masks and final weights as
+an uninterrupted run) and refuses settings that would make it another run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npllama.cli import main
+from npllama.finetune import ClassifyConfig, SFTConfig, classify, sft
+from npllama.io.safetensors import read_safetensors
+
+# enough steps that a SIGTERM sent after a few logged ones lands mid-run (an sft step is ~10x a classify one)
+STEPS = {"classify": 400, "sft": 60}
+MAX_LEN = {"classify": 32, "sft": 56}  # an instruction's prompt alone is ~40 tokens
+
+
+def quiet(*_args):
+    pass
+
+
+def settings(task: str, base, **more):
+    # float64 and the NumPy ops: an interrupted and resumed run must match an uninterrupted one closely
+    common = dict(base=str(base), batch_size=4, max_len=MAX_LEN[task], progress=False, dtype="float64", seed=3,
+                  **more)
+    if task == "classify":
+        return ClassifyConfig(**common)
+    return SFTConfig(samples=0, **common)
+
+
+def run_job(task, config, resume=False):
+    from npllama import use_backend
+
+    with use_backend("numpy"):
+        return (classify if task == "classify" else sft)(config, echo=quiet, resume=resume)
+
+
+def result_tensors(folder: Path) -> dict:
+    name = "adapter_model.safetensors" if (folder / "adapter_model.safetensors").is_file() else "model.safetensors"
+    return read_safetensors(folder / name)
+
+
+def logged_steps(out: Path) -> int:
+    log = out / "log.jsonl"
+    if not log.is_file():
+        return 0
+    return sum(1 for line in log.read_text().splitlines() if line.endswith("}") and '"loss"' in line)
+
+
+def start_and_terminate(argv: list, out: Path, after_steps: int) -> int:
+    """Run `npllama ARGV` in a subprocess, SIGTERM it once it has logged `after_steps` steps; its status."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1])] + sys.path),
+               NPLLAMA_BACKEND="numpy")
+    process = subprocess.Popen([sys.executable, "-m", "npllama", *argv], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while logged_steps(out) < after_steps and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    return process.returncode, err
+
+
+@pytest.mark.parametrize("task, lora", [("classify", False), ("sft", True)])
+def test_a_fine_tune_stopped_by_sigterm_resumes_to_the_uninterrupted_result(small_model_dir, tmp_path, task, lora):
+    more = dict(steps=STEPS[task], checkpoint_every=1000, lora=lora, lr=3e-3)
+    if lora:
+        more.update(lora_r=2, lora_dropout=0.2)  # dropout draws: the resumed run must draw the same masks
+    whole = run_job(task, settings(task, small_model_dir, out=str(tmp_path / "whole"), **more))
+
+    out = tmp_path / "stopped"
+    argv = ["finetune", task, "--base", str(small_model_dir), "--out", str(out), "--steps", str(STEPS[task]),
+            "--checkpoint-every", "1000", "--batch-size", "4", "--max-len", str(MAX_LEN[task]), "--dtype", "float64",
+            "--seed", "3", "--lr", "3e-3", "--no-progress", "--backend", "numpy"]
+    if task == "sft":
+        argv += ["--samples", "0"]
+    if lora:
+        argv += ["--lora", "--lora-r", "2", "--lora-dropout", "0.2"]
+    status, err = start_and_terminate(argv, out, after_steps=5)
+    assert status == 128 + signal.SIGTERM, err
+    state = json.loads((out / "checkpoint" / "training_state.json").read_text())
+    assert 5 <= state["step"] < STEPS[task]  # saved on the signal, mid-run (checkpoint_every is 1000)
+    assert state["step"] == logged_steps(out)  # the step in progress finished or never happened
+    assert not (out / "finetune.json").exists()  # no result yet
+
+    assert main(["finetune", task, "--out", str(out), "--resume", "--no-progress", "--backend", "numpy"]) == 0
+    resumed = json.loads((out / "finetune.json").read_text())
+    final, expected = result_tensors(out), result_tensors(tmp_path / "whole")
+    assert set(final) == set(expected)
+    for name in expected:
+        np.testing.assert_allclose(final[name], expected[name], rtol=1e-9, atol=1e-12, err_msg=name)
+    losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose(losses, whole.losses, rtol=1e-9)  # the same batches, step by step
+    if task == "classify":
+        assert resumed["metrics"] == whole.metrics
+
+
+def test_checkpoints_are_periodic_and_a_resume_continues_from_the_last_one(small_model_dir, tmp_path, monkeypatch):
+    from npllama.finetune_run import FinetuneRun
+
+    saved_steps, real_save = [], FinetuneRun.save
+    monkeypatch.setattr(FinetuneRun, "save", lambda self, step, *args: (saved_steps.append(step),
+                                                                        real_save(self, step, *args)))
+    out = tmp_path / "run"
+    first = run_job("classify", settings("classify", small_model_dir, out=str(out), steps=6, checkpoint_every=4))
+    assert json.loads((out / "checkpoint" / "training_state.json").read_text())["step"] == 6
+    assert saved_steps == [4, 6]  # every 4 steps, and at the end
+    # a finished run goes on with more steps (steps may change on resume; the change is recorded)
+    again = run_job("classify", settings("classify", small_model_dir, out=str(out), steps=9, checkpoint_every=4),
+                    resume=True)
+    assert again.losses[:6] == first.losses and len(again.losses) == 9  # the first six from the checkpoint
+    assert json.loads((out / "checkpoint" / "training_state.json").read_text())["step"] == 9
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 10))
+    assert any(r.get("settings_changed") == {"steps": [6, 9]} for r in log)
+
+
+def test_resume_refuses_settings_that_define_the_run_and_changes_nothing(small_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    run_job("classify", settings("classify", small_model_dir, out=str(out), steps=2))
+    def contents():  # the lock file records the pid of its last holder: not the run's contents
+        return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".npllama.lock"}
+
+    before = contents()
+    for flag, value in [("--seed", "4"), ("--max-len", "16"), ("--batch-size", "8"), ("--dataset", "topic")]:
+        assert main(["finetune", "classify", "--out", str(out), "--resume", flag, value, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "cannot resume" in err and flag.lstrip("-").replace("-", "_") in err and len(err.splitlines()) == 1
+    assert contents() == before
+    # an sft --resume of a classify run, a new start into it, and --resume of nothing: one line each
+    assert main(["finetune", "sft", "--out", str(out), "--resume", "--no-progress"]) == 2
+    assert "holds a classify run" in capsys.readouterr().err
+    assert main(["finetune", "classify", "--base", str(small_model_dir), "--out", str(out), "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["finetune", "classify", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main(["finetune", "classify", "--resume"]) == 2
+    assert "--resume needs --out" in capsys.readouterr().err
+
+
+def test_a_new_fine_tune_refuses_a_folder_holding_other_files(small_model_dir, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious\n")
+    with pytest.raises(ValueError, match="not empty.*notes.txt"):
+        run_job("classify", settings("classify", small_model_dir, out=str(out), steps=1))
+    assert (out / "notes.txt").read_text() == "precious\n"
+
+
+def test_a_damaged_checkpoint_is_refused_before_anything_changes(small_model_dir, tmp_path):
+    from npllama.io.errors import CheckpointError
+
+    out = tmp_path / "run"
+    run_job("classify", settings("classify", small_model_dir, out=str(out), steps=2, lora=True, lora_r=2))
+    state_file = out / "checkpoint" / "training_state.json"
+    state = json.loads(state_file.read_text())
+    for damage, field in [(dict(state, losses=[1.0]), "losses"), (dict(state, step=1), "step"),
+                          (dict(state, dropout={"bit_generator": "nope"}), "dropout")]:
+        state_file.write_text(json.dumps(damage))
+        with pytest.raises(CheckpointError, match=field):
+            run_job("classify", settings("classify", small_model_dir, out=str(out), steps=3, lora=True, lora_r=2),
+                    resume=True)
+    state_file.write_text(json.dumps(state))
+    tensors = out / "checkpoint" / "params.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-3] ^= 0xFF
+    tensors.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum"):
+        run_job("classify", settings("classify", small_model_dir, out=str(out), steps=3, lora=True, lora_r=2),
+                resume=True)
+
+
+def test_bad_run_settings_are_one_line(tmp_path, capsys):
+    for argv, message in [(["--checkpoint-every", "-1"], "checkpoint_every must be a non-negative int"),
+                          (["--out", str(tmp_path / "f.txt")], "is a file, not a folder")]:
+        (tmp_path / "f.txt").write_text("x")
+        assert main(["finetune", "classify", "--no-progress", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.splitlines()) == 1, err

@@ -6,9 +6,11 @@ Numba has no atomics, so the few this needs are LLVM instructions: `load_acquire
 `store_release` and `exchange` (sequentially consistent) on an int64 array, `flags`.
 
 flags holds one 64-byte line (SLOT int64s) per use, so threads don't share a cache line:
-  line t        (t < n)  thread t's barrier count: the number of the last barrier it reached
+  line t        (t < n)  thread t's COUNT, the number of the last barrier it reached, and WAITED,
+                         the CPU cycles it has spent waiting at barriers (all jobs together)
   line n                 the job board: JOB (the job's number), QUIT, BASE (the barrier count
-                         the job's barriers start above) and PARAMS (the job's own numbers)
+                         the job's barriers start above), STARTED (the cycle counter when it was
+                         posted) and PARAMS (the job's own numbers)
   line n + t    (t >= 1) helper t's IDLE_FLAG (1 while it sleeps outside numba, see wait_for_job)
                          and SEEN, the number of the last job it took
 `flags_for(n)` makes it.
@@ -32,7 +34,8 @@ from numba.np.arrayobj import make_array
 import numpy as np
 
 SLOT = 8                       # int64s per line: 64 bytes, one cache line
-JOB, QUIT, BASE, PARAMS = 0, 1, 2, 3     # offsets in the job board's line
+COUNT, WAITED = 0, 1                      # offsets in a thread's barrier line
+JOB, QUIT, BASE, STARTED, PARAMS = 0, 1, 2, 3, 4     # offsets in the job board's line
 IDLE_FLAG, SEEN = 0, 1                    # offsets in a helper's line
 SPINS_BEFORE_YIELD = 256       # pause instructions: ~1-10 us (a pause is 10-140 cycles by CPU)
 YIELDS_BEFORE_IDLE = 2000      # then ~1-2 ms of sched_yield before a helper sleeps outside numba
@@ -127,20 +130,52 @@ def yield_core(typingctx):
     return types.void(), codegen
 
 
+_HAS_CYCLE_COUNTER = platform.machine() in ("x86_64", "AMD64")   # rdtsc; ARM's may trap in user space
+
+
+@intrinsic
+def cycles(typingctx):
+    """The CPU's time-stamp counter (x86: constant rate, a few GHz); 0 where there is none."""
+    def codegen(context, builder, sig, args):
+        if not _HAS_CYCLE_COUNTER:
+            return ir.Constant(ir.IntType(64), 0)
+        function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(64), []),
+                                                  "llvm.readcyclecounter")
+        return builder.call(function, [])
+    return types.int64(), codegen
+
+
 @njit(cache=True, nogil=True)
 def barrier(flags, t, n, epoch):
     """Thread t of n arrives at barrier `epoch` and returns once all n have arrived."""
     if n == 1:
         return
-    store_release(flags, t * SLOT, epoch)
+    store_release(flags, t * SLOT + COUNT, epoch)
+    arrived = cycles()
     for other in range(n):
         spins = 0
-        while load_acquire(flags, other * SLOT) < epoch:
+        while load_acquire(flags, other * SLOT + COUNT) < epoch:
             if spins < SPINS_BEFORE_YIELD:
                 cpu_relax()
                 spins += 1
             else:
                 yield_core()
+    flags[t * SLOT + WAITED] += cycles() - arrived
+
+
+@njit(cache=True, nogil=True)
+def waited_share(flags, n, waited_before):
+    """Called by thread 0 after a job: the largest share of the job's time (since publish_job)
+    that one thread spent waiting at barriers, 0..1; waited_before (n,) holds each thread's
+    WAITED as of the previous call and is updated.  0 where there is no cycle counter.  (A
+    helper may still be adding its last wait: that much is counted with the next job.)"""
+    elapsed = cycles() - flags[_board(n) + STARTED]
+    worst = np.int64(0)
+    for t in range(n):
+        waited = flags[t * SLOT + WAITED]
+        worst = max(worst, waited - waited_before[t])
+        waited_before[t] = waited
+    return worst / elapsed if elapsed > 0 else 0.0
 
 
 def flags_for(n: int) -> np.ndarray:
@@ -155,7 +190,7 @@ def _board(n):
 
 @njit(cache=True, nogil=True)
 def job_param(flags, n, k):
-    """The job's k-th number (k < SLOT - PARAMS), as publish_job wrote it."""
+    """The job's k-th number (k < 2), as publish_job wrote it."""
     return flags[_board(n) + PARAMS + k]
 
 
@@ -173,8 +208,9 @@ def publish_job(flags, n, p0, p1):
     board = _board(n)
     base = np.int64(0)
     for t in range(n):
-        base = max(base, load_acquire(flags, t * SLOT))
+        base = max(base, load_acquire(flags, t * SLOT + COUNT))
     flags[board + BASE] = base
+    flags[board + STARTED] = cycles()
     flags[board + PARAMS] = p0
     flags[board + PARAMS + 1] = p1
     fetch_add(flags, board + JOB, np.int64(1))     # seq_cst: ordered before reading IDLE below

@@ -17,8 +17,9 @@ bandwidth and by whatever else it spends between those reads:
     loop; OpenMP's spinning barrier, 5-50x slower whenever another process held a core, and a
     second OpenMP runtime slows PyTorch in the same process ~100x).  BLAS is not used for them:
     its gemv on two threads was no faster than `_matvec` on one (bench_kernels.py's table);
-  - by default the decoder uses every core, and keeps checking that against one thread
-    (threads.FasterOfTwo), since a team is slower when other programs keep the cores busy;
+  - by default the decoder uses every core, and falls back to one thread while that is faster
+    (threads.TeamOrAlone: when the threads wait at the barriers for long, other programs are
+    keeping the cores busy, and the two ways are timed);
     `threads=N` fixes the count.  Splits fall on multiples of 4 rows and on whole KV groups,
     so the logits are the same bits for any thread count;
   - the weights are the model's own arrays, gathered into per-layer tuples once per model
@@ -44,7 +45,7 @@ from ._sync import barrier, job_base, job_param, wait_for_job
 from .rmsnorm import _rmsnorm_forward_rows
 from .rope import _rotate
 from .swiglu import _silu_mul, _silu_mul_halves
-from .threads import FasterOfTwo, Team, decode_threads
+from .threads import Team, TeamOrAlone, decode_threads
 
 
 class FastDecoder:
@@ -77,7 +78,7 @@ class FastDecoder:
         self._team = Team(self.threads, _decode_helper, self._one_token_args()) if B == 1 else None
         # The default (every core) is checked against one thread as the decoding goes; a count
         # given by the caller is used as given.
-        self._chooser = FasterOfTwo() if B == 1 and self.threads > 1 and not chosen else None
+        self._chooser = TeamOrAlone(self.threads) if B == 1 and self.threads > 1 and not chosen else None
 
     def reset(self) -> None:
         """Forget every position: the next step starts a new sequence."""
@@ -112,11 +113,12 @@ class FastDecoder:
         else:
             way = chooser.next_way()
             started = time.perf_counter()
-            if way == FasterOfTwo.TEAM:
-                self._team.run(_decode_token_part, token, pos)
+            if way == TeamOrAlone.TEAM:
+                waited = self._team.run(_decode_token_part, token, pos)
             else:
                 self._team.run_alone(_decode_token_part, token, pos)
-            chooser.record(way, time.perf_counter() - started)
+                waited = 0.0
+            chooser.record(way, time.perf_counter() - started, waited)
         return self._one.logits.copy().reshape(1, 1, -1)
 
     def _one_token_args(self) -> tuple:

@@ -22,7 +22,9 @@ import threading
 import weakref
 from collections import deque
 
-from ._sync import IDLE, QUIT, SLOT, flags_for, publish_job
+import numpy as np
+
+from ._sync import COUNT, IDLE, QUIT, SLOT, flags_for, publish_job, waited_share
 
 MAX_DECODE_THREADS = 8    # a batch-1 token step is memory-bound: more threads than this only add barriers
 ENV_VARIABLE = "NPLLAMA_DECODE_THREADS"
@@ -66,6 +68,7 @@ class Team:
     def _start_helpers(self) -> None:
         self.pid = os.getpid()
         self.flags = flags_for(self.n)
+        self._waited_before = np.zeros(self.n, dtype=np.int64)
         self._state = _HelperState(self.n)
         for t in range(1, self.n):
             threading.Thread(target=_serve, args=(t, self.n, self.flags, self.helper_loop, self.args, self._state),
@@ -73,9 +76,10 @@ class Team:
         # Stop the helpers with the team; the callback holds no reference to the team itself.
         self._finalizer = weakref.finalize(self, _stop, self.flags, self.n, self._state)
 
-    def run(self, part, p0: int, p1: int) -> None:
+    def run(self, part, p0: int, p1: int) -> float:
         """Post a job (numbers p0, p1, read with _sync.job_param) and run thread 0's share, part(0,
-        n, flags, *args); returns when every thread has finished (part's last barrier)."""
+        n, flags, *args); returns when every thread has finished (part's last barrier), with the
+        largest share of the job's time one thread spent waiting at barriers (_sync.waited_share)."""
         if not self._running.acquire(blocking=False):
             raise RuntimeError("a FastDecoder was used by two threads at once; give each thread its own")
         try:
@@ -91,6 +95,7 @@ class Team:
             part(0, self.n, self.flags, *self.args)
             if self._state.error is not None:
                 raise RuntimeError(f"a decode helper thread failed: {self._state.error!r}") from self._state.error
+            return waited_share(self.flags, self.n, self._waited_before)
         finally:
             self._running.release()
 
@@ -116,7 +121,7 @@ def _serve(t: int, n: int, flags, helper_loop, args: tuple, state: _HelperState)
             state.wake[t].acquire()
     except BaseException as error:        # never leave thread 0 waiting at a barrier
         state.error = error
-        flags[t * SLOT] = 1 << 62         # past every barrier: thread 0 finishes, then raises
+        flags[t * SLOT + COUNT] = 1 << 62   # past every barrier: thread 0 finishes, then raises
 
 
 def _stop(flags, n: int, state: _HelperState) -> None:
@@ -125,54 +130,66 @@ def _stop(flags, n: int, state: _HelperState) -> None:
         state.wake[t].release()
 
 
-class FasterOfTwo:
-    """Which of two ways to run a step is faster now -- the whole team, or the calling thread
-    alone -- found by timing: after WARMUP steps of the team, PROBE steps of each, interleaved,
-    then the faster way (by median) until the next comparison.  Comparisons come again and again
-    because other programs come and go: first after FIRST_GAP steps, then twice as far apart each
-    time up to MAX_GAP, and FIRST_GAP again whenever one changed the choice (the machine is
-    changing).  A team loses when other programs keep the cores busy: a thread then waits at
-    each barrier for one that is not running (measured: half the speed of one thread, on a 2-core
-    machine with two busy processes); for the first ~0.1 s after a BLAS call (a prompt's
-    prefill) even BLAS's own idle threads can be enough.  Either way gives the same numbers, so
-    switching changes no result.
+class TeamOrAlone:
+    """Whether the next step should run on the whole team or on the calling thread alone.
 
-        chooser = FasterOfTwo()
-        way = chooser.next_way()          # TEAM or ALONE
+    A team is slower than one thread when other programs keep the cores busy: a thread then
+    waits at each barrier for one that is not running (measured: half the speed of one thread,
+    on a 2-core machine with two busy processes; for ~0.1 s after a BLAS call, a prompt's
+    prefill, BLAS's own idle threads can be enough).  That shows as waiting: each team step
+    reports the largest share of its time one thread spent at barriers.  While the median over
+    WINDOW steps stays below `suspect`, the team is kept and nothing else is tried: on a quiet
+    machine, no step is spent on the slower way.  Above it, PROBE steps of each way, interleaved,
+    decide by their median times.  After a comparison the next one waits GAP steps, twice as
+    many each time (FIRST_GAP .. MAX_GAP) while the choice holds, FIRST_GAP again when it
+    changed; while alone, a comparison comes every GAP steps (other programs come and go).
+    Either way gives the same numbers, so switching changes no result.
+
+        chooser = TeamOrAlone(threads)
+        way = chooser.next_way()                       # TEAM or ALONE
         ... run the step that way, timing it ...
-        chooser.record(way, seconds)
+        chooser.record(way, seconds, waited_share)     # waited_share: 0..1, 0 when alone
     """
 
     TEAM, ALONE = 0, 1
-    WARMUP, PROBE = 4, 4
+    WINDOW, PROBE = 8, 4
     FIRST_GAP, MAX_GAP = 32, 512
 
-    def __init__(self):
+    def __init__(self, threads: int):
+        # With n threads sharing the work evenly, the team is slower than one thread once a
+        # thread waits more than 1 - 1/n of the time; suspect it well before that.
+        self.suspect = 0.5 * (1 - 1 / threads)
         self.choice = self.TEAM
-        self._plan = deque([self.TEAM] * self.WARMUP + [self.TEAM, self.ALONE] * self.PROBE)
+        self._plan: deque = deque()
         self._times: dict[int, list[float]] = {self.TEAM: [], self.ALONE: []}
+        self._waits: deque = deque(maxlen=self.WINDOW)
         self._gap = self.FIRST_GAP // 2      # the first comparison makes it FIRST_GAP either way
         self._until_next = 0
 
     def next_way(self) -> int:
         return self._plan[0] if self._plan else self.choice
 
-    def record(self, way: int, seconds: float) -> None:
-        if not self._plan:
-            self._until_next -= 1
-            if self._until_next <= 0:
+    def record(self, way: int, seconds: float, waited_share: float = 0.0) -> None:
+        if self._plan:
+            if way == self._plan[0]:
+                self._plan.popleft()
+                self._times[way].append(seconds)
+                if not self._plan:
+                    self._decide()
+            return
+        self._until_next -= 1
+        if self.choice == self.TEAM:
+            self._waits.append(waited_share)
+            suspected = len(self._waits) == self.WINDOW and statistics.median(self._waits) > self.suspect
+            if suspected and self._until_next <= 0:
                 self._plan.extend([self.TEAM, self.ALONE] * self.PROBE)
-            return
-        if way != self._plan[0]:
-            return
-        warming_up = len(self._plan) > 2 * self.PROBE
-        self._plan.popleft()
-        if warming_up:
-            return
-        self._times[way].append(seconds)
-        if not self._plan:
-            team, alone = (statistics.median(self._times[w]) for w in (self.TEAM, self.ALONE))
-            choice = self.TEAM if team <= alone else self.ALONE
-            self._gap = self.FIRST_GAP if choice != self.choice else min(2 * self._gap, self.MAX_GAP)
-            self.choice, self._until_next = choice, self._gap
-            self._times = {self.TEAM: [], self.ALONE: []}
+        elif self._until_next <= 0:
+            self._plan.extend([self.TEAM, self.ALONE] * self.PROBE)
+
+    def _decide(self) -> None:
+        team, alone = (statistics.median(self._times[w]) for w in (self.TEAM, self.ALONE))
+        choice = self.TEAM if team <= alone else self.ALONE
+        self._gap = self.FIRST_GAP if choice != self.choice else min(2 * self._gap, self.MAX_GAP)
+        self.choice, self._until_next = choice, self._gap
+        self._times = {self.TEAM: [], self.ALONE: []}
+        self._waits.clear()

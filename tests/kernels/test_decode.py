@@ -273,49 +273,95 @@ def test_thread_counts_are_checked(monkeypatch):
     assert (FastDecoder(model)._chooser is not None) == (cores > 1)   # the default is checked against 1
 
 
-def run_chooser(chooser, seconds_of, steps):
-    """Drive a FasterOfTwo for `steps` steps whose times are seconds_of(way, step); the ways used."""
+def run_chooser(chooser, step_of, steps):
+    """Drive a TeamOrAlone for `steps` steps; step_of(way, step) -> (seconds, waited_share)."""
     ways = []
     for step in range(steps):
         way = chooser.next_way()
         ways.append(way)
-        chooser.record(way, seconds_of(way, step))
+        seconds, waited = step_of(way, step)
+        chooser.record(way, seconds, waited if way == chooser.TEAM else 0.0)
     return ways
 
 
-def test_the_decoder_keeps_the_faster_of_team_and_alone_and_checks_again():
-    from npllama.kernels.threads import FasterOfTwo
+def test_a_quiet_team_is_kept_without_trying_one_thread():
+    from npllama.kernels.threads import TeamOrAlone
 
-    TEAM, ALONE = FasterOfTwo.TEAM, FasterOfTwo.ALONE
-    warmup, probe, first_gap = FasterOfTwo.WARMUP, FasterOfTwo.PROBE, FasterOfTwo.FIRST_GAP
-    compare = warmup + 2 * probe           # steps until the first choice
+    chooser = TeamOrAlone(2)
+    ways = run_chooser(chooser, lambda way, step: (1.0, 0.05) if way == chooser.TEAM else (2.0, 0.0), 3000)
+    assert set(ways) == {chooser.TEAM}
 
-    # the team is faster: warm-up and comparison, then the team every step until the next one
-    chooser = FasterOfTwo()
-    ways = run_chooser(chooser, lambda way, step: 1.0 if way == TEAM else 2.0, compare + first_gap)
-    assert ways[:compare] == [TEAM] * warmup + [TEAM, ALONE] * probe
-    assert set(ways[compare:]) == {TEAM}
-    # the warm-up steps don't count, and one slow outlier among the probes does not decide (medians)
-    chooser = FasterOfTwo()
-    ways = run_chooser(chooser, lambda way, step: (50.0 if step < warmup + 1 else 1.0) if way == TEAM else 2.0,
-                       compare + 10)
-    assert set(ways[compare:]) == {TEAM}
-    # while nothing changes, comparisons come twice as far apart each time
-    chooser = FasterOfTwo()
-    ways = run_chooser(chooser, lambda way, step: 1.0 if way == TEAM else 2.0, 2000)
-    alone_at = [i for i, w in enumerate(ways) if w == ALONE]
-    starts = [alone_at[i] for i in range(0, len(alone_at), probe)]
+
+def test_a_team_that_waits_is_timed_against_one_thread_and_dropped_if_slower():
+    from npllama.kernels.threads import TeamOrAlone
+
+    TEAM, ALONE = TeamOrAlone.TEAM, TeamOrAlone.ALONE
+    window, probe, first_gap = TeamOrAlone.WINDOW, TeamOrAlone.PROBE, TeamOrAlone.FIRST_GAP
+    busy = lambda way, step: (4.0, 0.7) if way == TEAM else (2.0, 0.0)   # noqa: E731 -- other programs busy
+    chooser = TeamOrAlone(2)
+    ways = run_chooser(chooser, busy, window + 2 * probe + first_gap)
+    assert ways[:window] == [TEAM] * window                               # the waiting is seen first
+    assert ways[window:window + 2 * probe] == [TEAM, ALONE] * probe        # then both are timed
+    assert set(ways[window + 2 * probe:]) == {ALONE}
+    # alone, the team is timed again now and then, twice as far apart while alone stays faster
+    ways = run_chooser(chooser, busy, 3000)
+    team_at = [i for i, w in enumerate(ways) if w == TEAM]
+    starts = [team_at[i] for i in range(0, len(team_at), probe)]
     gaps = [b - a - 2 * probe for a, b in zip(starts, starts[1:])]
-    assert gaps[:3] == [first_gap, 2 * first_gap, 4 * first_gap] and max(gaps) == FasterOfTwo.MAX_GAP
-    # the machine gets busy: alone becomes faster, is chosen at the next comparison, and the
-    # comparisons come often again
-    chooser = FasterOfTwo()
-    busy_from = compare + first_gap // 2
+    assert gaps[:3] == [2 * first_gap, 4 * first_gap, 8 * first_gap] and max(gaps) == TeamOrAlone.MAX_GAP
 
-    def busy_later(way, step):
-        return (1.0 if way == TEAM else 2.0) if step < busy_from else (4.0 if way == TEAM else 2.0)
 
-    ways = run_chooser(chooser, busy_later, compare + first_gap + 2 * probe + first_gap)
-    second = compare + first_gap
-    assert ways[second:second + 2 * probe] == [TEAM, ALONE] * probe
-    assert set(ways[second + 2 * probe:]) == {ALONE}
+def test_a_team_that_waits_but_is_still_faster_is_kept_and_checked_less_often():
+    from npllama.kernels.threads import TeamOrAlone
+
+    TEAM, ALONE = TeamOrAlone.TEAM, TeamOrAlone.ALONE
+    chooser = TeamOrAlone(2)
+    # waits a lot (imbalance), yet one thread is slower still; one slow outlier among the probes
+    ways = run_chooser(chooser, lambda way, step: ((9.0 if step == 8 else 1.5), 0.4) if way == TEAM else (2.0, 0.0),
+                       4000)
+    assert ways.count(TEAM) > 0.98 * len(ways)
+    alone_at = [i for i, w in enumerate(ways) if w == ALONE]
+    starts = [alone_at[i] for i in range(0, len(alone_at), TeamOrAlone.PROBE)]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert gaps == sorted(gaps) and gaps[-1] > TeamOrAlone.MAX_GAP      # backing off, never every WINDOW steps
+    # and when the machine gets quiet again while alone, the team comes back at the next check
+    chooser = TeamOrAlone(2)
+    flip = 100
+    ways = run_chooser(chooser, lambda way, step: ((4.0, 0.7) if step < flip else (1.0, 0.05)) if way == TEAM
+                       else (2.0, 0.0), 400)
+    assert ways[flip - 1] == ALONE and set(ways[-100:]) == {TEAM}
+
+
+def test_the_team_reports_how_long_its_threads_waited():
+    from numba import njit
+
+    from npllama.kernels._sync import _HAS_CYCLE_COUNTER, barrier, job_base, job_param, wait_for_job
+    from npllama.kernels.threads import Team
+
+    if not _HAS_CYCLE_COUNTER:
+        pytest.skip("no cycle counter on this CPU: the share is always 0")
+
+    @njit(nogil=True)
+    def part(t, n, flags):          # thread 0 works job_param(0) loop turns, the others none
+        total = 0.0
+        if t == 0:
+            for i in range(job_param(flags, n, 0)):
+                total += np.sqrt(float(i))
+        barrier(flags, t, n, job_base(flags, n) + 1)
+        return total
+
+    def loop(t, n, flags):          # a helper's life, as _decode_helper's
+        while True:
+            job = wait_for_job(flags, t, n)
+            if job < 0:
+                return job
+            part(t, n, flags)
+
+    team = Team(2, loop, ())
+    # The helper waits ~all the time; its wait at a job's last barrier is counted with the next
+    # job (it adds it after thread 0 has left), so look from the second job on.
+    shares = [team.run(part, 20_000_000, 0) for _ in range(4)][1:]
+    balanced = [team.run(part, 0, 0) for _ in range(3)]
+    team.stop()
+    assert min(shares) > 0.8, shares
+    assert all(0 <= share <= 1 for share in shares + balanced)

@@ -24,8 +24,11 @@ benchmarks/README.md).
 """
 import platform
 import sys
+import threading
+import time
 
 from llvmlite import ir
+from numba import config as numba_config
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -143,6 +146,40 @@ def cycles(typingctx):
                                                   "llvm.readcyclecounter")
         return builder.call(function, [])
     return types.int64(), codegen
+
+
+if numba_config.DISABLE_JIT:
+    # NUMBA_DISABLE_JIT=1 runs the kernels as Python (to step through them): the same operations
+    # on NumPy arrays, made indivisible by a lock (the GIL alone doesn't make a read-modify-write
+    # one step), waiting by giving the GIL away.
+    _python_atomics = threading.Lock()
+
+    def load_acquire(flags, index):  # noqa: F811
+        return flags[index]
+
+    def store_release(flags, index, value):  # noqa: F811
+        flags[index] = value
+
+    def exchange(flags, index, value):  # noqa: F811
+        with _python_atomics:
+            old = flags[index]
+            flags[index] = value
+        return old
+
+    def fetch_add(flags, index, value):  # noqa: F811
+        with _python_atomics:
+            old = flags[index]
+            flags[index] = old + value
+        return old
+
+    def cpu_relax():  # noqa: F811
+        pass
+
+    def yield_core():  # noqa: F811
+        time.sleep(0)
+
+    def cycles():  # noqa: F811
+        return time.perf_counter_ns()
 
 
 @njit(cache=True, nogil=True)

@@ -25,10 +25,12 @@ bandwidth and by whatever else it spends between those reads:
   - the weights are the model's own arrays, gathered into per-layer tuples once per model
     (`model_weights`, kept while the parameter arrays are the same objects): nothing is copied
     per decoder or per `generate` call, and a training step's in-place update is seen at once;
-  - a prompt (several positions at once) or a batch of sequences goes through BLAS's matrix
-    products over all its rows, with RoPE, the KV-cache write and attention over the cached
-    positions one numba call per layer; keys are cached transposed (hd, positions) so that the
-    scores of all positions are one vectorised multiply-add per head dimension.
+  - a prompt of more than ONE_BY_ONE_MAX positions, or a batch of sequences, goes through BLAS's
+    matrix products over all its rows, with RoPE, the KV-cache write and attention over the
+    cached positions one numba call per layer; keys are cached transposed (hd, positions) so
+    that the scores of all positions are one vectorised multiply-add per head dimension.  After
+    it the decoder runs on one thread for ~0.15 s, while BLAS's idle threads still spin (a
+    shorter prompt goes token by token instead, never waking BLAS's threads).
 
 Not for use by two threads at once (a RuntimeError says so): give each thread its own decoder.
 """
@@ -46,6 +48,12 @@ from .rmsnorm import _rmsnorm_forward_rows
 from .rope import _rotate
 from .swiglu import _silu_mul, _silu_mul_halves
 from .threads import Team, TeamOrAlone, decode_threads
+
+
+# A short prompt of one sequence goes token by token through the threads, not through BLAS:
+# BLAS's threads keep spinning for ~0.1 s after a call and would slow the next ~20-50 tokens
+# down to below one thread's speed (measured at s15m: 5.6-8 ms a token instead of 1.8).
+ONE_BY_ONE_MAX = 16
 
 
 class FastDecoder:
@@ -98,10 +106,13 @@ class FastDecoder:
         if end > self.max_length:
             raise ValueError(f"the decoder holds at most {self.max_length} positions; "
                              f"{start} used, {T_new} more requested")
-        if self._one is not None and T_new == 1:
-            logits = self._step_one_token(int(tokens[0, 0]), start)
+        if self._one is not None and T_new <= ONE_BY_ONE_MAX:
+            logits = np.concatenate([self._step_one_token(int(token), start + i)
+                                     for i, token in enumerate(tokens[0])], axis=1)
         else:
             logits = self._step_rows(tokens, start)
+            if self._chooser is not None:
+                self._chooser.after_blas()
         self.length = end
         return logits
 

@@ -19,13 +19,16 @@ import os
 import statistics
 import sys
 import threading
+import time
 import weakref
 from collections import deque
 
 import numpy as np
+from numba import config as numba_config
 
 from ._sync import COUNT, IDLE, QUIT, SLOT, flags_for, publish_job, waited_share
 
+BLAS_SPIN_SECONDS = 0.15  # how long BLAS's threads keep a core busy after a call (measured: ~0.1 s)
 MAX_DECODE_THREADS = 8    # a batch-1 token step is memory-bound: more threads than this only add barriers
 ENV_VARIABLE = "NPLLAMA_DECODE_THREADS"
 
@@ -43,6 +46,8 @@ def decode_threads() -> tuple[int, bool]:
         if value < 1:
             raise ValueError(f"{ENV_VARIABLE} must be a positive int, got {text!r}")
         return value, True
+    if numba_config.DISABLE_JIT:      # the kernels run as Python: threads would take turns on the GIL
+        return 1, False
     return _cores(), False
 
 
@@ -165,11 +170,23 @@ class TeamOrAlone:
         self._waits: deque = deque(maxlen=self.WINDOW)
         self._gap = self.FIRST_GAP // 2      # the first comparison makes it FIRST_GAP either way
         self._until_next = 0
+        self._alone_until = 0.0
 
     def next_way(self) -> int:
+        if self._alone_until and time.perf_counter() < self._alone_until:
+            return self.ALONE
         return self._plan[0] if self._plan else self.choice
 
+    def after_blas(self, seconds: float = BLAS_SPIN_SECONDS) -> None:
+        """A BLAS call just ended: run alone for the next `seconds`, while BLAS's idle threads
+        keep spinning on the cores (OpenBLAS: 2^28 cycles, ~0.1 s; MKL: 0.2 s by default)."""
+        self._alone_until = time.perf_counter() + seconds
+
     def record(self, way: int, seconds: float, waited_share: float = 0.0) -> None:
+        if self._alone_until:
+            if time.perf_counter() < self._alone_until:
+                return                      # not a measurement of either way
+            self._alone_until = 0.0
         if self._plan:
             if way == self._plan[0]:
                 self._plan.popleft()

@@ -365,3 +365,35 @@ def test_the_team_reports_how_long_its_threads_waited():
     team.stop()
     assert min(shares) > 0.8, shares
     assert all(0 <= share <= 1 for share in shares + balanced)
+
+
+def test_after_a_blas_call_the_decoder_runs_alone_for_a_while():
+    import time
+
+    from npllama.kernels.threads import TeamOrAlone
+
+    chooser = TeamOrAlone(2)
+    chooser.after_blas(0.2)
+    assert chooser.next_way() == chooser.ALONE
+    chooser.record(chooser.ALONE, 9.0)            # not taken as a measurement
+    time.sleep(0.25)
+    assert chooser.next_way() == chooser.TEAM
+    chooser.record(chooser.TEAM, 1.0, 0.01)
+    assert chooser.next_way() == chooser.TEAM
+
+
+@pytest.mark.parametrize("prompt_length", [2, 16, 17, 30])
+def test_short_prompts_token_by_token_and_long_ones_through_blas_give_the_same_logits(prompt_length):
+    from npllama.kernels.decode import ONE_BY_ONE_MAX
+
+    model = odd_model(2, np.float64)
+    tokens = np.random.default_rng(prompt_length).integers(0, 23, size=(1, prompt_length + 3))
+    decoder = FastDecoder(model, max_length=40)
+    with use_backend("numpy"):
+        kv_cache = model.new_kv_cache(1, 40)
+        expected = [model.forward_step(tokens[:, :prompt_length], kv_cache)]
+        expected += [model.forward_step(tokens[:, t:t + 1], kv_cache) for t in range(prompt_length, prompt_length + 3)]
+    got = [decoder.step(tokens[:, :prompt_length])]
+    got += [decoder.step(tokens[:, t:t + 1]) for t in range(prompt_length, prompt_length + 3)]
+    for g, e in zip(got, expected):
+        assert_close(g, e, f"prompt of {prompt_length} ({'one by one' if prompt_length <= ONE_BY_ONE_MAX else 'BLAS'})")

@@ -106,7 +106,9 @@ class FastDecoder:
         if end > self.max_length:
             raise ValueError(f"the decoder holds at most {self.max_length} positions; "
                              f"{start} used, {T_new} more requested")
-        if self._one is not None and T_new <= ONE_BY_ONE_MAX:
+        if self._one is not None and T_new == 1:
+            logits = self._step_one_token(int(tokens[0, 0]), start)
+        elif self._one is not None and T_new <= ONE_BY_ONE_MAX:
             logits = np.concatenate([self._step_one_token(int(token), start + i)
                                      for i, token in enumerate(tokens[0])], axis=1)
         else:

@@ -197,8 +197,8 @@ class TeamOrAlone:
         self._until_next -= 1
         if self.choice == self.TEAM:
             self._waits.append(waited_share)
-            suspected = len(self._waits) == self.WINDOW and statistics.median(self._waits) > self.suspect
-            if suspected and self._until_next <= 0:
+            if (self._until_next <= 0 and len(self._waits) == self.WINDOW
+                    and statistics.median(self._waits) > self.suspect):
                 self._plan.extend([self.TEAM, self.ALONE] * self.PROBE)
         elif self._until_next <= 0:
             self._plan.extend([self.TEAM, self.ALONE] * self.PROBE)

@@ -8,7 +8,7 @@
 Greedy decoding of random weights (the tokens are whatever argmax gives: the same work as real
 text).  Each round runs every variant once, each in a fresh process, in an order rotated from
 round to round; the tables give the median and range (min-max) over rounds.  A process loads the
-weights, warms up once (a short prompt and a few tokens: compiled code, caches, pages), then
+weights, warms up once (the same prompt and two tokens: compiled code, caches, pages), then
   prefill      the --prompt random tokens in one call: the time until the first new token's logits
   first token  prefill + argmax + the first decode step: when a second token could be shown
   tok/s        the next --tokens - 1 decode steps (each: one token in, logits out, argmax)
@@ -59,7 +59,7 @@ def child(variant: str, model_dir: str, prompt_len: int, n_tokens: int) -> dict:
     vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
     prompt = np.random.default_rng(1).integers(3, vocab, size=prompt_len)
     start_decoding = (_torch_decoder if variant == "torch" else _npllama_decoder)(variant, model_dir)
-    _generate(start_decoding, prompt[:4], 2)           # warm-up
+    _generate(start_decoding, prompt, 2)               # warm-up: the same prompt length as timed
     timings = _generate(start_decoding, prompt, n_tokens)
     from_bos = _generate(start_decoding, np.array([BOS]), n_tokens)
     return {"variant": variant, **timings, "tok_s_at_0": from_bos["tok_s"], "peak_rss_mib": peak_rss_mib()}
@@ -87,8 +87,9 @@ def _npllama_decoder(variant, model_dir):
     if variant in ("fast", "fast-1"):
         from npllama.kernels.decode import FastDecoder
 
-        threads = 1 if variant == "fast-1" else None     # None: every core (or --threads)
-        return lambda max_length: FastDecoder(model, batch_size=1, max_length=max_length, threads=threads).step
+        # fast: the default, every core (or --threads); an older checkout's FastDecoder has no `threads`
+        one_thread = {"threads": 1} if variant == "fast-1" else {}
+        return lambda max_length: FastDecoder(model, batch_size=1, max_length=max_length, **one_thread).step
 
     def start(max_length):
         cache = model.new_kv_cache(1, max_length)

@@ -53,10 +53,14 @@ def _item_pointer(context, builder, sig, args):
     return cgutils.get_item_pointer(context, builder, array_type, array, [index], wraparound=False)
 
 
+def _flags_and_index(flags, index) -> bool:
+    return isinstance(flags, types.Array) and flags.dtype == types.int64 and isinstance(index, types.Integer)
+
+
 @intrinsic
 def load_acquire(typingctx, flags, index):
     """flags[index] (an int64 array), read with acquire ordering."""
-    if not (isinstance(flags, types.Array) and flags.dtype == types.int64 and isinstance(index, types.Integer)):
+    if not _flags_and_index(flags, index):
         return None
 
     def codegen(context, builder, sig, args):
@@ -65,35 +69,9 @@ def load_acquire(typingctx, flags, index):
 
 
 @intrinsic
-def exchange(typingctx, flags, index, value):
-    """old = flags[index]; flags[index] = value, as one sequentially consistent step; returns old."""
-    if not (isinstance(flags, types.Array) and flags.dtype == types.int64 and isinstance(index, types.Integer)
-            and value == types.int64):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.atomic_rmw("xchg", _item_pointer(context, builder, sig, args), args[2], "seq_cst")
-    return types.int64(flags, index, value), codegen
-
-
-@intrinsic
-def fetch_add(typingctx, flags, index, value):
-    """old = flags[index]; flags[index] += value, as one sequentially consistent step; returns old
-    (with value 0: a sequentially consistent read)."""
-    if not (isinstance(flags, types.Array) and flags.dtype == types.int64 and isinstance(index, types.Integer)
-            and value == types.int64):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.atomic_rmw("add", _item_pointer(context, builder, sig, args), args[2], "seq_cst")
-    return types.int64(flags, index, value), codegen
-
-
-@intrinsic
 def store_release(typingctx, flags, index, value):
     """flags[index] = value (an int64 array), written with release ordering."""
-    if not (isinstance(flags, types.Array) and flags.dtype == types.int64 and isinstance(index, types.Integer)
-            and value == types.int64):
+    if not (_flags_and_index(flags, index) and value == types.int64):
         return None
 
     def codegen(context, builder, sig, args):
@@ -102,7 +80,27 @@ def store_release(typingctx, flags, index, value):
     return types.void(flags, index, value), codegen
 
 
-# The LLVM intrinsic of the spin-wait hint: x86's pause, ARM's `hint 1` (yield).
+def _read_modify_write(name: str, operation: str, doc: str):
+    """An intrinsic old = flags[index]; flags[index] = operation(old, value), one sequentially
+    consistent step (LLVM's atomicrmw); returns old."""
+    def typer(typingctx, flags, index, value):
+        if not (_flags_and_index(flags, index) and value == types.int64):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.atomic_rmw(operation, _item_pointer(context, builder, sig, args), args[2], "seq_cst")
+        return types.int64(flags, index, value), codegen
+    typer.__name__, typer.__qualname__, typer.__doc__ = name, name, doc
+    return intrinsic(typer)
+
+
+exchange = _read_modify_write("exchange", "xchg", "old = flags[index]; flags[index] = value, as one "
+                              "sequentially consistent step; returns old.")
+fetch_add = _read_modify_write("fetch_add", "add", "old = flags[index]; flags[index] += value, as one "
+                               "sequentially consistent step; returns old (with value 0: a sequentially "
+                               "consistent read).")
+
+
 _PAUSE = {"x86_64": ("llvm.x86.sse2.pause", None), "AMD64": ("llvm.x86.sse2.pause", None),
           "aarch64": ("llvm.aarch64.hint", 1), "arm64": ("llvm.aarch64.hint", 1)}.get(platform.machine())
 
@@ -184,9 +182,10 @@ if numba_config.DISABLE_JIT:
 
 @njit(cache=True, nogil=True)
 def barrier(flags, t, n, epoch):
-    """Thread t of n arrives at barrier `epoch` and returns once all n have arrived."""
+    """Thread t of n arrives at barrier `epoch` and returns once all n have arrived; returns epoch
+    (so that `epoch = barrier(flags, t, n, epoch + 1)` counts them)."""
     if n == 1:
-        return
+        return epoch
     store_release(flags, t * SLOT + COUNT, epoch)
     arrived = cycles()
     for other in range(n):
@@ -198,6 +197,7 @@ def barrier(flags, t, n, epoch):
             else:
                 yield_core()
     flags[t * SLOT + WAITED] += cycles() - arrived
+    return epoch
 
 
 @njit(cache=True, nogil=True)

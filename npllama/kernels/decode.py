@@ -275,28 +275,23 @@ def _decode_token_part(t, n, flags, embed, input_norm, wq, wk, wv, wo, post_norm
         _matvec(wv[i][k0:k1], xn_t[0], qkv[v_base + k0:v_base + k1])
         _rope_cache_attend(qkv3, cos[pos:pos + 1], sin[pos:pos + 1], k_cache_t[i], v_cache[i], pos, H,
                            KVH, g0, g1, scale, attn3)
-        epoch += 1
-        barrier(flags, t, n, epoch)                    # attn complete
+        epoch = barrier(flags, t, n, epoch + 1)                  # attn complete
         _matvec(wo[i][d0:d1], attn, out[d0:d1])
-        epoch += 1
-        barrier(flags, t, n, epoch)                    # out = W_o attn complete
+        epoch = barrier(flags, t, n, epoch + 1)                  # out = W_o attn complete
         x_t[0] += out
         # x = h + W_down (silu(W_gate hn) * W_up hn),   hn = rmsnorm(h)
         _rmsnorm_forward_rows(x_t, post_norm[i], eps, xn_t, rstd_t)
         _matvec(w_gate[i][f0:f1], xn_t[0], gate[f0:f1])
         _matvec(w_up[i][f0:f1], xn_t[0], up[f0:f1])
         _silu_mul(gate[f0:f1], up[f0:f1], act[f0:f1])
-        epoch += 1
-        barrier(flags, t, n, epoch)                    # act complete
+        epoch = barrier(flags, t, n, epoch + 1)                  # act complete
         _matvec(w_down[i][d0:d1], act, out[d0:d1])
-        epoch += 1
-        barrier(flags, t, n, epoch)                    # out = W_down act complete
+        epoch = barrier(flags, t, n, epoch + 1)                  # out = W_down act complete
         x_t[0] += out
     _rmsnorm_forward_rows(x_t, final_norm, eps, xn_t, rstd_t)
     v0, v1 = _share(V, t, n, 4)
     _matvec(lm_head[v0:v1], xn_t[0], logits[v0:v1])
-    epoch += 1
-    barrier(flags, t, n, epoch)                        # logits complete
+    epoch = barrier(flags, t, n, epoch + 1)                        # logits complete
 
 
 @njit(cache=True, error_model="numpy", nogil=True)

@@ -12,7 +12,7 @@ flags holds one 64-byte line (SLOT int64s) per use, so threads don't share a cac
                          the job's barriers start above), STARTED (the cycle counter when it was
                          posted) and PARAMS (the job's own numbers)
   line n + t    (t >= 1) helper t's IDLE_FLAG (1 while it sleeps outside numba, see wait_for_job)
-                         and SEEN, the number of the last job it took
+                         SEEN, the number of the last job it took, and DONE, of the last it finished
 `flags_for(n)` makes it.
 
 barrier(flags, t, n, epoch): thread t says it reached barrier number `epoch` and waits until all
@@ -39,7 +39,7 @@ import numpy as np
 SLOT = 8                       # int64s per line: 64 bytes, one cache line
 COUNT, WAITED = 0, 1                      # offsets in a thread's barrier line
 JOB, QUIT, BASE, STARTED, PARAMS = 0, 1, 2, 3, 4     # offsets in the job board's line
-IDLE_FLAG, SEEN = 0, 1                    # offsets in a helper's line
+IDLE_FLAG, SEEN, DONE = 0, 1, 2          # offsets in a helper's line
 SPINS_BEFORE_YIELD = 256       # pause instructions: ~1-10 us (a pause is 10-140 cycles by CPU)
 YIELDS_BEFORE_IDLE = 2000      # then ~1-2 ms of sched_yield before a helper sleeps outside numba
 IDLE, TO_QUIT = -1, -2         # what wait_for_job returns when there is no job
@@ -215,6 +215,16 @@ def waited_share(flags, n, waited_before):
     return worst / elapsed if elapsed > 0 else 0.0
 
 
+LET_THROUGH = 1 << 62    # a barrier count above every real one
+
+
+def let_through(flags, t: int) -> None:
+    """From Python: count thread t as arrived at every barrier from now on, when its share will
+    not run (it failed, or was interrupted before it started), so no thread waits for it.
+    publish_job leaves such counts out of the next job's base and resets thread 0's."""
+    flags[t * SLOT + COUNT] = LET_THROUGH
+
+
 def flags_for(n: int) -> np.ndarray:
     """The zeroed flags array of a team of n threads (layout: the module's docstring)."""
     return np.zeros(2 * n * SLOT, dtype=np.int64)
@@ -245,7 +255,10 @@ def publish_job(flags, n, p0, p1):
     board = _board(n)
     base = np.int64(0)
     for t in range(n):
-        base = max(base, load_acquire(flags, t * SLOT + COUNT))
+        count = load_acquire(flags, t * SLOT + COUNT)
+        if count < LET_THROUGH:
+            base = max(base, count)
+    store_release(flags, COUNT, base)       # thread 0 let through an abandoned job: not this one
     flags[board + BASE] = base
     flags[board + STARTED] = cycles()
     flags[board + PARAMS] = p0
@@ -268,6 +281,7 @@ def wait_for_job(flags, t, n):
     spurious wake-up.)"""
     board, own = _board(n), (n + t) * SLOT
     seen = flags[own + SEEN]       # kept here: the helper may leave numba and come back between jobs
+    store_release(flags, own + DONE, seen)     # called again only after finishing what it took
     spins = 0
     yields = 0
     while True:

@@ -26,7 +26,7 @@ from collections import deque
 import numpy as np
 from numba import config as numba_config
 
-from ._sync import COUNT, IDLE, QUIT, SLOT, flags_for, publish_job, waited_share
+from ._sync import DONE, IDLE, JOB, QUIT, SLOT, flags_for, let_through, publish_job, waited_share
 
 BLAS_SPIN_SECONDS = 0.15  # how long BLAS's threads keep a core busy after a call (measured: ~0.1 s)
 MAX_DECODE_THREADS = 8    # a batch-1 token step is memory-bound: more threads than this only add barriers
@@ -93,16 +93,35 @@ class Team:
                 self._start_helpers()
             if self._state.error is not None:
                 raise RuntimeError(f"a decode helper thread failed: {self._state.error!r}") from self._state.error
-            asleep = publish_job(self.flags, self.n, p0, p1)
-            for t in range(1, self.n):
-                if asleep >> t & 1:
-                    self._state.wake[t].release()
-            part(0, self.n, self.flags, *self.args)
+            asleep = 0
+            try:
+                asleep = publish_job(self.flags, self.n, p0, p1)
+                for t in range(1, self.n):
+                    if asleep >> t & 1:
+                        self._state.wake[t].release()
+                part(0, self.n, self.flags, *self.args)
+            except BaseException:
+                # Thread 0's share did not run (e.g. Ctrl-C between posting and running it): let
+                # the helpers through this job's barriers, so that none is left waiting for it --
+                # spinning for good -- and the next job starts above every count.  What they
+                # wrote is thrown away with the step that raised.
+                self._abandon(asleep)
+                raise
             if self._state.error is not None:
                 raise RuntimeError(f"a decode helper thread failed: {self._state.error!r}") from self._state.error
             return waited_share(self.flags, self.n, self._waited_before)
         finally:
             self._running.release()
+
+    def _abandon(self, asleep: int) -> None:
+        flags, n = self.flags, self.n
+        let_through(flags, 0)
+        for t in range(1, n):
+            if asleep >> t & 1:
+                self._state.wake[t].release()     # again, in case the interruption came first
+        job = flags[n * SLOT + JOB]
+        while any(flags[(n + t) * SLOT + DONE] < job for t in range(1, n)) and self._state.error is None:
+            time.sleep(0.0001)                    # until no helper still writes the shared buffers
 
     def run_alone(self, part, p0: int, p1: int) -> None:
         """The same job on the calling thread alone: part(0, 1, flags, *args)."""
@@ -126,7 +145,7 @@ def _serve(t: int, n: int, flags, helper_loop, args: tuple, state: _HelperState)
             state.wake[t].acquire()
     except BaseException as error:        # never leave thread 0 waiting at a barrier
         state.error = error
-        flags[t * SLOT + COUNT] = 1 << 62   # past every barrier: thread 0 finishes, then raises
+        let_through(flags, t)               # thread 0 finishes the job, then raises
 
 
 def _stop(flags, n: int, state: _HelperState) -> None:

@@ -397,3 +397,24 @@ def test_short_prompts_token_by_token_and_long_ones_through_blas_give_the_same_l
     got += [decoder.step(tokens[:, t:t + 1]) for t in range(prompt_length, prompt_length + 3)]
     for g, e in zip(got, expected):
         assert_close(g, e, f"prompt of {prompt_length} ({'one by one' if prompt_length <= ONE_BY_ONE_MAX else 'BLAS'})")
+
+
+def test_an_interruption_before_thread_0_runs_its_share_leaves_no_helper_waiting():
+    """Ctrl-C can land between posting a job and running thread 0's share: the helpers are then
+    inside the job, at a barrier thread 0 will never reach.  They must be let through (not left
+    spinning for good), and the next step must be right."""
+    model = odd_model(2)
+    tokens = np.random.default_rng(2).integers(0, 23, size=(1, 8))
+    expected = decode_logits(FastDecoder(model, max_length=40, threads=1), tokens)
+    decoder = FastDecoder(model, max_length=40, threads=3)
+    team = decoder._team
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    got = [decoder.step(tokens[:, :3])[:, -1]]
+    for t in range(3, 8):
+        with pytest.raises(KeyboardInterrupt):
+            team.run(interrupted, int(tokens[0, t]), decoder.length)
+        got.append(finishes_within(10, decoder.step, tokens[:, t:t + 1])[:, -1])
+    assert np.array_equal(np.stack(got), expected)

@@ -5,6 +5,7 @@ the run prints the totals (`pytest -q` shows them under "robustness: cases tried
 """
 import collections
 import os
+import signal
 
 import pytest
 
@@ -13,6 +14,12 @@ _COUNTS = pytest.StashKey[collections.Counter]()
 
 def pytest_configure(config):
     config.stash[_COUNTS] = collections.Counter()
+    # A shell without job control starts a background command (`pytest &`) with SIGINT ignored,
+    # and Python then installs no KeyboardInterrupt handler, in this process or in the processes
+    # the tests start (an ignored signal stays ignored across exec).  The Ctrl-C tests need the
+    # usual behaviour wherever the suite was started from.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -32,7 +32,17 @@ def test_generate_prints_a_tokens_per_second_line(small_model_dir, capsys):
     status, out, err = run_cli(capsys, "generate", "--model", str(small_model_dir), "--prompt", "Once",
                                "--max-new-tokens", "6", "--temperature", "0")
     assert status == 0 and out.startswith("Once")
-    assert "tokens/s" in err and "6 tokens in" in err
+    assert "tokens/s" in err and "6 tokens in" in err and "first token after" in err
+
+
+def test_the_speed_line_keeps_the_first_tokens_wait_apart_from_the_rate():
+    from npllama.commands.generate import _speed_line
+
+    # the first token took 0.5 s (prefill, kernels loading), then one every 10 ms
+    arrivals = [10.5 + 0.01 * i for i in range(4)]
+    line = _speed_line(4, 0.53, 10.0, arrivals, 7)
+    assert line == "[4 tokens in 0.53 s: 7.5 tokens/s; first token after 0.50 s, then 100.0 tokens/s, prompt 7 tokens]"
+    assert _speed_line(1, 0.2, 10.0, [10.2], 3) == "[1 tokens in 0.20 s: 5.0 tokens/s, prompt 3 tokens]"
 
 
 @pytest.mark.parametrize("flag, value, message", [

@@ -83,7 +83,13 @@ def run(args) -> int:
             seed = None if args.seed is None else args.seed + i
             sys.stdout.write(shown_prompt)
             printer = _StopAwarePrinter(stop)
-            on_token = stream_text(tokenizer, prompt_ids, printer.write)
+            show = stream_text(tokenizer, prompt_ids, printer.write)
+            arrivals: list[float] = []
+
+            def on_token(token_id: int, show=show, arrivals=arrivals) -> None:
+                arrivals.append(time.perf_counter())
+                show(token_id)
+
             started = time.perf_counter()
             ids = generate(model, prompt_ids, args.max_new_tokens, temperature=args.temperature,
                            top_k=args.top_k, top_p=args.top_p, seed=seed, eos_id=end_ids,
@@ -94,9 +100,18 @@ def run(args) -> int:
             sys.stdout.write("\n" + ("-" * 40 + "\n" if i < args.num_samples - 1 else ""))
             sys.stdout.flush()
             new = len(ids) - len(prompt_ids)
-            print(f"[{new} tokens in {seconds:.2f} s: {new / max(seconds, 1e-9):.1f} tokens/s, "
-                  f"prompt {len(prompt_ids)} tokens]", file=sys.stderr)
+            print(_speed_line(new, seconds, started, arrivals, len(prompt_ids)), file=sys.stderr)
     return 0
+
+
+def _speed_line(new: int, seconds: float, started: float, arrivals: list[float], prompt_tokens: int) -> str:
+    """[N tokens in S s: R tokens/s, ...]; with the first token's latency (the prompt's prefill, and
+    on a process's first call loading the compiled kernels) apart from the rate after it."""
+    line = f"[{new} tokens in {seconds:.2f} s: {new / max(seconds, 1e-9):.1f} tokens/s"
+    if len(arrivals) > 2:
+        steady = (len(arrivals) - 1) / max(arrivals[-1] - arrivals[0], 1e-9)
+        line += f"; first token after {arrivals[0] - started:.2f} s, then {steady:.1f} tokens/s"
+    return line + f", prompt {prompt_tokens} tokens]"
 
 
 def _check_args(args, check_generation_args) -> None:

@@ -303,10 +303,7 @@ class Tokenizer:
     # ----- helpers ---------------------------------------------------------------------------------
 
     def _check_special(self, bos: bool, eos: bool) -> None:
-        if bos and self.bos_id is None:
-            raise ValueError(f"tokenizer {str(self.path)!r} has no BOS piece; call encode with bos=False")
-        if eos and self.eos_id is None:
-            raise ValueError(f"tokenizer {str(self.path)!r} has no EOS piece; call encode with eos=False")
+        check_special(self, bos, eos, "piece")
 
     def _check_ids(self, ids) -> list[int]:
         return check_ids(ids, self.vocab_size)
@@ -450,6 +447,14 @@ def _explain_training_error(exc: RuntimeError, vocab_size: int) -> Exception:
             f"Use a larger vocab size or a lower character_coverage (rare characters are then "
             f"spelled with bytes).")
     return ValueError(f"SentencePiece training failed: {message}")
+
+
+def check_special(tokenizer, bos: bool, eos: bool, kind: str, bos_hint: str = "") -> None:
+    """A ValueError if encode was asked for a BOS or EOS `kind` (piece, token) the tokenizer lacks."""
+    for wanted, token_id, name, hint in ((bos, tokenizer.bos_id, "bos", bos_hint), (eos, tokenizer.eos_id, "eos", "")):
+        if wanted and token_id is None:
+            raise ValueError(f"tokenizer {str(tokenizer.path)!r} has no {name.upper()} {kind}{hint}; "
+                             f"call encode with {name}=False")
 
 
 def check_ids(ids, vocab_size: int) -> list[int]:

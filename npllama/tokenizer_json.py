@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 
-from .tokenizer import _require_text, check_ids, check_vocab_sizes
+from .tokenizer import _require_text, check_ids, check_special, check_vocab_sizes
 from .tokenizer_export import _json_bytes
 
 JSON_FILE = "tokenizer.json"
@@ -108,11 +108,7 @@ class JsonTokenizer:
         return {JSON_FILE: self.json_bytes, CONFIG_FILE: _json_bytes(config)}
 
     def _check_special(self, bos: bool, eos: bool) -> None:
-        if bos and self.bos_id is None:
-            raise ValueError(f"tokenizer {str(self.path)!r} has no BOS token (tokenizer_config.json "
-                             f"names none); call encode with bos=False")
-        if eos and self.eos_id is None:
-            raise ValueError(f"tokenizer {str(self.path)!r} has no EOS token; call encode with eos=False")
+        check_special(self, bos, eos, "token", bos_hint=" (tokenizer_config.json names none)")
 
     def _check_ids(self, ids) -> list[int]:
         return check_ids(ids, self.vocab_size)

@@ -26,6 +26,12 @@ def add_run_options(p) -> None:
                    help="op implementations (default: $NPLLAMA_BACKEND or numba)")
 
 
+def add_adapter_option(p, model_flag: str) -> None:
+    """--adapter: a causal-LM LoRA adapter folder applied to the model named by `model_flag`."""
+    p.add_argument("--adapter", default=None, help="a LoRA adapter folder (PEFT layout, e.g. from "
+                   f"`npllama finetune sft --lora --out DIR`) applied to {model_flag}")
+
+
 def load_run_model(path, adapter, dtype: str):
     """(model, tokenizer, model_dir) for --model/--base `path` (None: the latest run), with the LoRA
     `adapter` folder applied when one is given."""

@@ -1,6 +1,6 @@
 """`npllama eval choice`: multiple-choice question answering by log-likelihood (article §6.3);
 `npllama eval perplexity`: the mean next-token loss and perplexity of a text file."""
-from . import HelpFormatter, add_run_options, print_help_instead
+from . import HelpFormatter, add_adapter_option, add_run_options, print_help_instead
 
 
 def register(subparsers) -> None:
@@ -17,7 +17,7 @@ def register(subparsers) -> None:
         formatter_class=HelpFormatter)
     c.add_argument("--base", default=None, help="the model: a run folder or a Hugging Face LLaMA folder "
                    "with tokenizer.model (default: the latest `npllama train` run)")
-    c.add_argument("--adapter", default=None, help="a LoRA adapter folder (PEFT layout) to apply to --base")
+    add_adapter_option(c, "--base")
     c.add_argument("--data", default=None, help=".jsonl with {\"question\", \"choices\": [...], \"answer\": "
                    "index} lines (default: built-in story-continuation items)")
     c.add_argument("--limit", type=int, default=200, help="evaluate at most this many items")
@@ -35,7 +35,7 @@ def register(subparsers) -> None:
         formatter_class=HelpFormatter)
     ppl.add_argument("--model", default=None, help="a run folder or a Hugging Face LLaMA folder with its "
                      "tokenizer (default: the latest `npllama train` run)")
-    ppl.add_argument("--adapter", default=None, help="a LoRA adapter folder (PEFT layout) to apply to --model")
+    add_adapter_option(ppl, "--model")
     ppl.add_argument("--data", required=True, help="a UTF-8 text file")
     ppl.add_argument("--context", type=int, default=None, help="tokens per window (default: the model's "
                      "max_position_embeddings)")

@@ -3,7 +3,7 @@ import os
 import sys
 import time
 
-from . import HelpFormatter, UsageError, add_run_options
+from . import HelpFormatter, UsageError, add_adapter_option, add_run_options
 
 
 def register(subparsers) -> None:
@@ -15,8 +15,7 @@ def register(subparsers) -> None:
         formatter_class=HelpFormatter)
     p.add_argument("--model", default=None, help="a run folder from `npllama train`, or a Hugging Face "
                    "LLaMA folder with tokenizer.model or tokenizer.json (default: the latest run)")
-    p.add_argument("--adapter", default=None, help="a LoRA adapter folder (PEFT layout, e.g. from "
-                   "`npllama finetune sft --lora --out DIR`) applied to --model")
+    add_adapter_option(p, "--model")
     p.add_argument("--prompt", default="Once upon a time", help="text to continue (with --chat: the user's message)")
     p.add_argument("--chat", action="store_true", help="wrap --prompt in the model's chat template (the "
                    "folder's chat_template, else LLaMA-2 style) and print only the answer")

@@ -46,7 +46,7 @@ from ._simd import REDUCTION_FLAGS, exp_nonpositive, row_max, row_sum
 from ._sync import barrier, job_base, job_param, wait_for_job
 from .rmsnorm import _rmsnorm_forward_rows
 from .rope import _rotate
-from .swiglu import _silu_mul, _silu_mul_halves
+from .swiglu import _silu_mul, swiglu_forward
 from .threads import Team, TeamOrAlone, decode_threads
 
 
@@ -163,10 +163,7 @@ class FastDecoder:
                                self.v_cache[i], start, H, KVH, 0, KVH, scale, attn.reshape(B, T_new, -1))
             h = x + attn @ w.wo[i].T                                       # (N, D)
             hn = self._rmsnorm(h, w.post_norm[i])
-            gate_up = np.concatenate([hn @ w.w_gate[i].T, hn @ w.w_up[i].T], axis=1)   # (N, 2F) = [gate | up]
-            act = np.empty((gate_up.shape[0], gate_up.shape[1] // 2), dtype=gate_up.dtype)
-            _silu_mul_halves(gate_up, act)                                 # (N, F), the MLP kernel's
-            x = h + act @ w.w_down[i].T
+            x = h + swiglu_forward(hn, w.w_gate[i], w.w_up[i], w.w_down[i])[0]   # the MLP kernel (N, D)
         logits = self._rmsnorm(x, w.final_norm) @ w.lm_head.T              # (N, V)
         return logits.reshape(B, T_new, -1)
 

@@ -91,14 +91,11 @@ class Team:
             if self.pid != os.getpid():      # a forked child: the parent's helper threads are not here
                 self._finalizer.detach()
                 self._start_helpers()
-            if self._state.error is not None:
-                raise RuntimeError(f"a decode helper thread failed: {self._state.error!r}") from self._state.error
+            self._raise_if_a_helper_failed()
             asleep = 0
             try:
                 asleep = publish_job(self.flags, self.n, p0, p1)
-                for t in range(1, self.n):
-                    if asleep >> t & 1:
-                        self._state.wake[t].release()
+                self._wake(asleep)
                 part(0, self.n, self.flags, *self.args)
             except BaseException:
                 # Thread 0's share did not run (e.g. Ctrl-C between posting and running it): let
@@ -107,18 +104,25 @@ class Team:
                 # wrote is thrown away with the step that raised.
                 self._abandon(asleep)
                 raise
-            if self._state.error is not None:
-                raise RuntimeError(f"a decode helper thread failed: {self._state.error!r}") from self._state.error
+            self._raise_if_a_helper_failed()
             return waited_share(self.flags, self.n, self._waited_before)
         finally:
             self._running.release()
 
+    def _wake(self, asleep: int) -> None:
+        """Release the helpers whose bits are set in `asleep` (publish_job's mask)."""
+        for t in range(1, self.n):
+            if asleep >> t & 1:
+                self._state.wake[t].release()
+
+    def _raise_if_a_helper_failed(self) -> None:
+        if self._state.error is not None:
+            raise RuntimeError(f"a decode helper thread failed: {self._state.error!r}") from self._state.error
+
     def _abandon(self, asleep: int) -> None:
         flags, n = self.flags, self.n
         let_through(flags, 0)
-        for t in range(1, n):
-            if asleep >> t & 1:
-                self._state.wake[t].release()     # again, in case the interruption came first
+        self._wake(asleep)                        # again, in case the interruption came first
         job = flags[n * SLOT + JOB]
         while any(flags[(n + t) * SLOT + DONE] < job for t in range(1, n)) and self._state.error is None:
             time.sleep(0.0001)                    # until no helper still writes the shared buffers

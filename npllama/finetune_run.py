@@ -24,14 +24,13 @@ import json
 import os
 import secrets
 import shutil
-import signal
 from pathlib import Path
 
-from .interrupts import Interrupted, deferred_stop_signals, stop_signals_interrupt
+from .interrupts import deferred_stop_signals, stop_signals_interrupt
 from .io.atomic import _TMP_TAG, atomic_write_text
 from .io.errors import CheckpointError
-from .resuming import (changes_on_resume, check_finite, checked_step, reporting_write_errors, restore_optimizer,
-                       truncate_log, write_settings)
+from .resuming import (already_holds_a_run, changes_on_resume, check_finite, checked_step, record_changes,
+                       reporting_write_errors, restore_optimizer, stop_line, truncate_log, write_settings)
 from .runs import (READER_LOCK_FILE, WRITER_LOCK_FILE, checkpoint_to_resume, remove_stale_temporaries,
                    replacing_in_run, writing_run)
 
@@ -99,8 +98,7 @@ class FinetuneRun:
         ours = {WRITER_LOCK_FILE, READER_LOCK_FILE}
         held = sorted(p.name for p in self.run_dir.iterdir() if p.name not in ours)
         if {*SETTINGS_FILES.values(), "train_config.json", "checkpoint"} & set(held):
-            raise ValueError(f"run folder {str(self.run_dir)!r} already holds a run; pass --resume to continue "
-                             f"it, or choose another --out")
+            raise already_holds_a_run(self.run_dir)
         if held:
             raise ValueError(f"--out {str(self.run_dir)!r} is not empty ({', '.join(held[:3])}"
                              f"{', ...' if len(held) > 3 else ''}): choose a new or empty folder, so nothing "
@@ -139,10 +137,7 @@ class FinetuneRun:
         truncate_log(self.run_dir / LOG_FILE, step)
         write_settings(self.run_dir, self.config, settings_file(self.task))  # only now: a refused resume changes nothing
         self.saved_step = step
-        if self.changes:
-            self.write_log({"step": step, "settings_changed": self.changes})
-            self.echo("settings changed on resume (applied from this step on): "
-                      + ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in self.changes.items()))
+        record_changes(self.write_log, self.echo, step, self.changes)
         self.echo(f"resuming {self.run_dir} at step {step}")
         return step, [float(x) for x in losses]
 
@@ -170,11 +165,7 @@ class FinetuneRun:
         """After a stop signal: save the step reached (unless saved) and say how to continue."""
         if self.saved_step != step:
             save()
-        why = "interrupted"
-        if isinstance(stop, Interrupted) and stop.signum != signal.SIGINT:
-            why = f"stopped by {signal.Signals(stop.signum).name}"
-        self.echo(f"\n{why}: checkpoint saved at step {step} in {self.run_dir / 'checkpoint'}; continue with "
-                  f"`npllama finetune {self.task} --out {self.run_dir} --resume`")
+        self.echo(stop_line(stop, step, self.run_dir, f"npllama finetune {self.task} --out {self.run_dir} --resume"))
 
     def close(self) -> None:
         if self._log is not None:

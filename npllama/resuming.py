@@ -165,3 +165,29 @@ def truncate_log(path: Path, step: int) -> None:
         if isinstance(line_step, int) and line_step <= step:
             kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def record_changes(write_log, echo, step: int, changes: dict) -> None:
+    """Log and say the settings a resume changed (applied from `step` on); nothing if none."""
+    if changes:
+        write_log({"step": step, "settings_changed": changes})
+        echo("settings changed on resume (applied from this step on): "
+             + ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changes.items()))
+
+
+def stop_line(stop: BaseException, step: int, run_dir, resume_command: str, why: str = "interrupted") -> str:
+    """What a run stopped by `stop` says: why, where its checkpoint is, and how to continue."""
+    import signal
+
+    from .interrupts import Interrupted
+
+    if isinstance(stop, Interrupted) and stop.signum != signal.SIGINT:
+        why = f"stopped by {signal.Signals(stop.signum).name}"
+    return (f"\n{why}: checkpoint saved at step {step} in {Path(run_dir) / 'checkpoint'}; "
+            f"continue with `{resume_command}`")
+
+
+def already_holds_a_run(run_dir) -> ValueError:
+    return ValueError(f"run folder {str(run_dir)!r} already holds a run; pass --resume to continue it, or "
+                      f"choose another --out")
+

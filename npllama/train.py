@@ -24,7 +24,7 @@ import numpy as np
 
 from .config import PRESETS, LlamaConfig, python_scalar
 from .data import check_doc_separator
-from .interrupts import Interrupted, deferred_stop_signals, stop_signals_interrupt
+from .interrupts import deferred_stop_signals, stop_signals_interrupt
 from .io.atomic import atomic_write_bytes, atomic_write_text
 from .io.errors import CheckpointError
 from .model_shape import (SHAPE_FLAGS, base_vocab_size, check_model_config_fields, check_shape, init_from_config,
@@ -35,7 +35,8 @@ from .parallel import BatchSplitter
 from .thread_choice import fastest_threads
 from .resuming import (CheckpointWriteError, changes_on_resume,  # noqa: F401 (CheckpointWriteError: re-exported)
                        check_finite, checked_step, reporting_write_errors,
-                       restore_optimizer, saved_settings, truncate_log, write_settings)
+                       record_changes, restore_optimizer, saved_settings, stop_line, truncate_log,
+                       write_settings, already_holds_a_run)
 from .runs import (TOKENIZER_FILE, checkpoint_to_resume, mark_latest, remove_stale_temporaries,
                    replacing_in_run, writing_run)
 
@@ -242,8 +243,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
         checkpoint = checkpoint_to_resume(run_dir)  # damage is refused here, before anything is written
     else:
         if (run_dir / "checkpoint").exists() or (run_dir / "model").exists():
-            raise ValueError(f"run folder {str(run_dir)!r} already holds a run; pass --resume to continue "
-                             f"it, or choose another --out")
+            raise already_holds_a_run(run_dir)
         checkpoint = None
     if checkpoint is None:  # a new start: files a failed start left are not this run's
         _remove_derived_files(run_dir)
@@ -284,10 +284,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
                                                                   seed=tc.seed)
     loop = _Loop(tc, run_dir, model, optimizer, loader, val_batches, tokenizer, echo, loss_and_grads, loss)
     loop.restore_losses(state)
-    if changes:
-        loop.write_log({"step": start_step, "settings_changed": changes})
-        echo("settings changed on resume (applied from this step on): "
-             + ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changes.items()))
+    record_changes(loop.write_log, echo, start_step, changes)
     stop = None
     try:
         loop.run(start_step)
@@ -296,10 +293,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
         if loop.saved_step != loop.step:
             loop.save_checkpoint(loop.step)
         why = "stopped as asked (--stop-after)" if isinstance(stopped, _StopRequested) else "interrupted"
-        if isinstance(stopped, Interrupted) and stopped.signum != signal.SIGINT:
-            why = f"stopped by {signal.Signals(stopped.signum).name}"
-        echo(f"\n{why}: checkpoint saved at step {loop.step} in {run_dir / 'checkpoint'}; "
-             f"continue with `npllama train --out {run_dir} --resume`")
+        echo(stop_line(stopped, loop.step, run_dir, f"npllama train --out {run_dir} --resume", why))
     finally:
         loop.close()
 

@@ -92,7 +92,8 @@ def run(args) -> int:
             started = time.perf_counter()
             ids = generate(model, prompt_ids, args.max_new_tokens, temperature=args.temperature,
                            top_k=args.top_k, top_p=args.top_p, seed=seed, eos_id=end_ids,
-                           on_token=on_token, repetition_penalty=args.repetition_penalty, stop=stop,
+                           on_token=on_token, repetition_penalty=args.repetition_penalty,
+                           stop=printer.stopped if stop is not None else None,
                            vocab_size=vocab_size, threads=args.threads)
             seconds = time.perf_counter() - started
             printer.flush()
@@ -151,6 +152,11 @@ class _StopAwarePrinter:
             sys.stdout.write(ready)
             self.pending = self.pending[len(ready):]
         sys.stdout.flush()
+
+    def stopped(self, new_ids) -> bool:
+        """generate's `stop`: true once the streamed text held a stop string.  The printer has
+        decoded the text already (stream_text), so the ids are not decoded a second time."""
+        return self.done
 
     def flush(self) -> None:
         if not self.done:

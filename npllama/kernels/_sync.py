@@ -212,7 +212,8 @@ def waited_share(flags, n, waited_before):
         waited = flags[t * SLOT + WAITED]
         worst = max(worst, waited - waited_before[t])
         waited_before[t] = waited
-    return worst / elapsed if elapsed > 0 else 0.0
+    # A wait carried over from the previous job can exceed a short job's own time: at most 1.
+    return min(1.0, worst / elapsed) if elapsed > 0 else 0.0
 
 
 LET_THROUGH = 1 << 62    # a barrier count above every real one

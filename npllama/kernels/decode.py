@@ -22,9 +22,11 @@ bandwidth and by whatever else it spends between those reads:
     keeping the cores busy, and the two ways are timed);
     `threads=N` fixes the count.  Splits fall on multiples of 4 rows and on whole KV groups,
     so the logits are the same bits for any thread count;
-  - the weights are the model's own arrays, gathered into per-layer tuples once per model
-    (`model_weights`, kept while the parameter arrays are the same objects): nothing is copied
-    per decoder or per `generate` call, and a training step's in-place update is seen at once;
+  - the weights are the model's own arrays, gathered once per model (`model_weights`, kept
+    while the parameter arrays are the same objects): nothing is copied per decoder or per
+    `generate` call, and a training step's in-place update is seen at once.  The kernel gets the
+    layers' arrays as a table of addresses (kernels/_addresses.py), whose type is the same for
+    any depth: per-layer tuples made numba compile the step again for every number of layers;
   - a prompt of more than ONE_BY_ONE_MAX positions, or a batch of sequences, goes through BLAS's
     matrix products over all its rows, with RoPE, the KV-cache write and attention over the
     cached positions one numba call per layer; keys are cached transposed (hd, positions) so
@@ -42,6 +44,7 @@ import numpy as np
 from numba import njit
 
 from ..ops._checks import require_int_array
+from ._addresses import address_table, matrix_at, vector_at
 from ._simd import REDUCTION_FLAGS, exp_nonpositive, row_max, row_sum
 from ._sync import barrier, job_base, job_param, wait_for_job
 from .rmsnorm import _rmsnorm_forward_rows
@@ -54,6 +57,9 @@ from .threads import Team, TeamOrAlone, decode_threads
 # BLAS's threads keep spinning for ~0.1 s after a call and would slow the next ~20-50 tokens
 # down to below one thread's speed (measured at s15m: 5.6-8 ms a token instead of 1.8).
 ONE_BY_ONE_MAX = 16
+
+# The columns of ModelWeights.layers: each layer's arrays, in the order the step reads them.
+INPUT_NORM, WQ, WK, WV, WO, POST_NORM, W_GATE, W_UP, W_DOWN = range(9)
 
 
 class FastDecoder:
@@ -136,8 +142,7 @@ class FastDecoder:
 
     def _one_token_args(self) -> tuple:
         cfg, w, buf = self.config, self.weights, self._one
-        return (w.embed, w.input_norm, w.wq, w.wk, w.wv, w.wo, w.post_norm, w.w_gate, w.w_up,
-                w.w_down, w.final_norm, w.lm_head, self.eps, self.cos, self.sin, self.k_cache_t, self.v_cache,
+        return (w.embed, w.layers, w.final_norm, w.lm_head, self.eps, self.cos, self.sin, self.k_cache_t, self.v_cache,
                 cfg.num_attention_heads, cfg.num_key_value_heads, self.dtype.type(1.0 / math.sqrt(cfg.head_dim)),
                 buf.x, buf.xn, buf.rstd, buf.qkv, buf.attn, buf.out, buf.gate, buf.up, buf.act, buf.logits)
 
@@ -175,7 +180,9 @@ class FastDecoder:
 
 class ModelWeights:
     """The model's arrays as the decode kernels take them: per-layer tuples of the parameters
-    themselves (no copies when they are C-contiguous, as the model makes them)."""
+    themselves (no copies when they are C-contiguous, as the model makes them), and `layers`,
+    int64 (L, 9), the same arrays' addresses in the columns INPUT_NORM ... W_DOWN, for the
+    one-token kernel (its type does not depend on L, so one compilation serves every depth)."""
 
     def __init__(self, model):
         p, cfg = model.params, model.config
@@ -191,6 +198,8 @@ class ModelWeights:
         self.embed = _contiguous(p["model.embed_tokens.weight"])
         self.final_norm = _contiguous(p["model.norm.weight"])
         self.lm_head = _contiguous(model._lm_head_weight())
+        self.layers = address_table(list(zip(self.input_norm, self.wq, self.wk, self.wv, self.wo, self.post_norm,
+                                             self.w_gate, self.w_up, self.w_down)))
 
     def still_describes(self, model) -> bool:
         """True while every parameter is the same array object (in-place updates are seen: views)
@@ -237,9 +246,8 @@ class _OneTokenBuffers:
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _decode_token_part(t, n, flags, embed, input_norm, wq, wk, wv, wo, post_norm, w_gate, w_up,
-                       w_down, final_norm, lm_head, eps, cos, sin, k_cache_t, v_cache, H, KVH, scale,
-                       x, xn, rstd, qkv, attn, out, gate, up, act, logits):
+def _decode_token_part(t, n, flags, embed, layers, final_norm, lm_head, eps, cos, sin, k_cache_t, v_cache,
+                       H, KVH, scale, x, xn, rstd, qkv, attn, out, gate, up, act, logits):
     """Thread t of n's share of one token of one sequence through every layer, the final norm
     and the LM head (llama2.c's forward(), with its matrix products split by rows).
 
@@ -249,6 +257,7 @@ def _decode_token_part(t, n, flags, embed, input_norm, wq, wk, wv, wo, post_norm
     keeps the residual stream whole, adding the full output of each product after its barrier.
     Shared: qkv ((H + 2 KVH) hd,) = [q | k | v], attn (H hd,), out (D,), gate, up, act (F,),
     logits (V,).  k_cache_t (L, 1, KVH, hd, max_len), v_cache (L, 1, KVH, max_len, hd).
+    layers (L, 9): layer i's weights by address (ModelWeights), looked at as arrays here.
     Splits fall on multiples of 4 rows, so every row is summed the same way whatever n is.
     The job (FastDecoder._step_one_token): the token and its position."""
     token, pos, epoch = job_param(flags, n, 0), job_param(flags, n, 1), job_base(flags, n)
@@ -264,25 +273,26 @@ def _decode_token_part(t, n, flags, embed, input_norm, wq, wk, wv, wo, post_norm
     x_t, xn_t, rstd_t = x[t:t + 1], xn[t:t + 1], rstd[t:t + 1]
     x_t[0, :] = embed[token]
     qkv3, attn3 = qkv.reshape(1, 1, -1), attn.reshape(1, 1, -1)
-    for i in range(len(wq)):
+    for i in range(layers.shape[0]):
+        at = layers[i]
         # h = x + W_o attention(rope(W_q xn), rope(W_k xn), W_v xn),   xn = rmsnorm(x)
-        _rmsnorm_forward_rows(x_t, input_norm[i], eps, xn_t, rstd_t)
-        _matvec(wq[i][q0:q1], xn_t[0], qkv[q0:q1])
-        _matvec(wk[i][k0:k1], xn_t[0], qkv[k_base + k0:k_base + k1])
-        _matvec(wv[i][k0:k1], xn_t[0], qkv[v_base + k0:v_base + k1])
+        _rmsnorm_forward_rows(x_t, vector_at(at[INPUT_NORM], D, x), eps, xn_t, rstd_t)
+        _matvec(matrix_at(at[WQ], H * hd, D, x)[q0:q1], xn_t[0], qkv[q0:q1])
+        _matvec(matrix_at(at[WK], KVH * hd, D, x)[k0:k1], xn_t[0], qkv[k_base + k0:k_base + k1])
+        _matvec(matrix_at(at[WV], KVH * hd, D, x)[k0:k1], xn_t[0], qkv[v_base + k0:v_base + k1])
         _rope_cache_attend(qkv3, cos[pos:pos + 1], sin[pos:pos + 1], k_cache_t[i], v_cache[i], pos, H,
                            KVH, g0, g1, scale, attn3)
         epoch = barrier(flags, t, n, epoch + 1)                  # attn complete
-        _matvec(wo[i][d0:d1], attn, out[d0:d1])
+        _matvec(matrix_at(at[WO], D, H * hd, x)[d0:d1], attn, out[d0:d1])
         epoch = barrier(flags, t, n, epoch + 1)                  # out = W_o attn complete
         x_t[0] += out
         # x = h + W_down (silu(W_gate hn) * W_up hn),   hn = rmsnorm(h)
-        _rmsnorm_forward_rows(x_t, post_norm[i], eps, xn_t, rstd_t)
-        _matvec(w_gate[i][f0:f1], xn_t[0], gate[f0:f1])
-        _matvec(w_up[i][f0:f1], xn_t[0], up[f0:f1])
+        _rmsnorm_forward_rows(x_t, vector_at(at[POST_NORM], D, x), eps, xn_t, rstd_t)
+        _matvec(matrix_at(at[W_GATE], F, D, x)[f0:f1], xn_t[0], gate[f0:f1])
+        _matvec(matrix_at(at[W_UP], F, D, x)[f0:f1], xn_t[0], up[f0:f1])
         _silu_mul(gate[f0:f1], up[f0:f1], act[f0:f1])
         epoch = barrier(flags, t, n, epoch + 1)                  # act complete
-        _matvec(w_down[i][d0:d1], act, out[d0:d1])
+        _matvec(matrix_at(at[W_DOWN], D, F, x)[d0:d1], act, out[d0:d1])
         epoch = barrier(flags, t, n, epoch + 1)                  # out = W_down act complete
         x_t[0] += out
     _rmsnorm_forward_rows(x_t, final_norm, eps, xn_t, rstd_t)
@@ -292,17 +302,15 @@ def _decode_token_part(t, n, flags, embed, input_norm, wq, wk, wv, wo, post_norm
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _decode_helper(t, n, flags, embed, input_norm, wq, wk, wv, wo, post_norm, w_gate, w_up, w_down, final_norm,
-                   lm_head, eps, cos, sin, k_cache_t, v_cache, H, KVH, scale, x, xn, rstd, qkv, attn, out, gate,
-                   up, act, logits):
+def _decode_helper(t, n, flags, embed, layers, final_norm, lm_head, eps, cos, sin, k_cache_t, v_cache, H, KVH,
+                   scale, x, xn, rstd, qkv, attn, out, gate, up, act, logits):
     """Helper thread t's life (threads.Team): its share of every token's job, until it goes idle."""
     while True:
         job = wait_for_job(flags, t, n)
         if job < 0:
             return job
-        _decode_token_part(t, n, flags, embed, input_norm, wq, wk, wv, wo, post_norm, w_gate, w_up, w_down,
-                           final_norm, lm_head, eps, cos, sin, k_cache_t, v_cache, H, KVH, scale, x, xn, rstd,
-                           qkv, attn, out, gate, up, act, logits)
+        _decode_token_part(t, n, flags, embed, layers, final_norm, lm_head, eps, cos, sin, k_cache_t, v_cache, H,
+                           KVH, scale, x, xn, rstd, qkv, attn, out, gate, up, act, logits)
 
 
 @njit(cache=True, nogil=True)

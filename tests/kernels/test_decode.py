@@ -80,6 +80,47 @@ def test_weights_are_laid_out_once_per_model_and_read_in_place():
                          f"position {t} after an in-place update")
 
 
+def test_one_compilation_of_the_step_serves_every_depth():
+    """The layers reach the kernel as a table of addresses: a model of another depth (same
+    dtype) reuses the compiled step instead of compiling it again (10-20 s each)."""
+    from npllama.kernels.decode import _decode_token_part
+
+    def depth(n_layers):
+        config = LlamaConfig(vocab_size=23, hidden_size=16, intermediate_size=24, num_hidden_layers=n_layers,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8)
+        return Llama(config, seed=n_layers, dtype=np.float64)
+
+    compiled = None
+    for n_layers in (1, 3, 4):
+        model = depth(n_layers)
+        with use_backend("numpy"):
+            expected = model.forward_step(np.array([[5]]), model.new_kv_cache(1, 4))
+        assert_close(FastDecoder(model, max_length=4, threads=1).step(np.array([[5]])), expected,
+                     f"{n_layers} layers")
+        if compiled is None:
+            compiled = len(_decode_token_part.signatures)
+        assert len(_decode_token_part.signatures) == compiled, f"compiled again for {n_layers} layers"
+
+
+def test_an_address_table_reads_the_arrays_in_place_and_refuses_strided_ones():
+    from numba import njit
+
+    from npllama.kernels._addresses import address_table, matrix_at, vector_at
+
+    a, b = np.arange(12.0).reshape(3, 4), np.arange(5.0)
+    table = address_table([[a, b]])
+
+    @njit
+    def first_row_sum_and_last(table, like):
+        return matrix_at(table[0, 0], 3, 4, like)[0].sum(), vector_at(table[0, 1], 5, like)[4]
+
+    assert first_row_sum_and_last(table, b) == (6.0, 4.0)
+    a[0, 0] = 100.0                                            # no copy: a change is seen
+    assert first_row_sum_and_last(table, b) == (106.0, 4.0)
+    with pytest.raises(ValueError, match=r"array \[0\]\[0\] must be C-contiguous"):
+        address_table([[a[:, ::2]]])
+
+
 def test_a_replaced_parameter_array_is_noticed():
     from npllama.kernels.decode import model_weights
 

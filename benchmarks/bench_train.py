@@ -238,6 +238,8 @@ def main(argv=None):
                              "git worktree add /tmp/old <commit>)")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if it is installed")
     parser.add_argument("--no-start-up", action="store_true", help="skip the cold and warm start-up times")
+    parser.add_argument("--warm-runs", type=positive_int, default=3,
+                        help="warm start-ups to time after the cold one (default 3)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--child", nargs=3, metavar=("VARIANT", "CONFIG", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -261,7 +263,7 @@ def main(argv=None):
     print_tables(rows, env, peak, args)
     startup = None
     if not args.no_start_up:
-        startup = start_up()
+        startup = start_up(args.warm_runs)
         print(machine_line(env))
         print(f"start-up, import npllama + tiny model + first training step, fresh process: cold (empty numba "
               f"cache) {startup['cold_s']:.1f} s{' with the compile notice' * startup['cold_notice']}; warm "

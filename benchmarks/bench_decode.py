@@ -22,6 +22,11 @@ Variants:
   forward_step  model.forward_step with the model's KVCache, numba backend (the readable path)
   torch         (if installed) transformers' LlamaForCausalLM, eager, SDPA, a DynamicCache,
                 torch.inference_mode
+  read-once     not a decoder: BLAS reading the same float32 weights once per "token" (every layer's
+                matrices, the final norm and the LM head, in one matrix-vector product over a copy
+                laid end to end) on --threads threads.  It is about the fastest this machine
+                streams those bytes, so its tok/s bounds any float32 decoder of the model (up to
+                the KV cache, ~1% of the bytes here); the ratios show how near each one comes
   llama2c       (--llama2c DIR) Karpathy's run.c, built as its README says (gcc -Ofast -fopenmp
                 -march=native) from DIR/run.c into a temporary folder unless DIR/run exists,
                 run with OMP_NUM_THREADS = --threads on the same weights exported to its .bin
@@ -48,6 +53,7 @@ from _bench import (CONFIGS, environment, format_spread, machine_line, make_conf
 import numpy as np  # noqa: E402
 
 NPLLAMA_VARIANTS = ("fast", "fast-1", "forward_step")
+READ_ONCE = "read-once"
 BOS = 1
 
 
@@ -56,6 +62,8 @@ BOS = 1
 def child(variant: str, model_dir: str, prompt_len: int, n_tokens: int) -> dict:
     """One variant: warm-up, then the prompt's prefill and n_tokens greedy steps; then the same
     from a one-token prompt."""
+    if variant == READ_ONCE:
+        return read_once(model_dir, n_tokens)
     vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
     prompt = np.random.default_rng(1).integers(3, vocab, size=prompt_len)
     start_decoding = (_torch_decoder if variant == "torch" else _npllama_decoder)(variant, model_dir)
@@ -63,6 +71,29 @@ def child(variant: str, model_dir: str, prompt_len: int, n_tokens: int) -> dict:
     timings = _generate(start_decoding, prompt, n_tokens)
     from_bos = _generate(start_decoding, np.array([BOS]), n_tokens)
     return {"variant": variant, **timings, "tok_s_at_0": from_bos["tok_s"], "peak_rss_mib": peak_rss_mib()}
+
+
+def read_once(model_dir, n_tokens: int) -> dict:
+    """The time BLAS takes to read every weight a decode step reads, once, in one product."""
+    from npllama import Llama
+
+    model = Llama.from_pretrained(model_dir, dtype=np.float32)
+    skip = ("model.embed_tokens.weight", "lm_head.weight")   # the embedding: one row a token
+    read = [a for name, a in model.params.items() if name not in skip] + [model._lm_head_weight()]
+    D = model.config.hidden_size
+    flat = np.concatenate([a.ravel() for a in read])
+    weights = np.zeros((-(-flat.size // D), D), dtype=np.float32)
+    weights.ravel()[:flat.size] = flat
+    del model, read, flat
+    x, y = np.ones(D, dtype=np.float32), np.empty(weights.shape[0], dtype=np.float32)
+    seconds = []
+    for _ in range(n_tokens + 2):
+        start = time.perf_counter()
+        np.matmul(weights, x, out=y)
+        seconds.append(time.perf_counter() - start)
+    rate = 1.0 / float(np.median(seconds[2:]))
+    return {"variant": READ_ONCE, "tok_s": rate, "tok_s_at_0": rate, "bytes": weights.nbytes,
+            "peak_rss_mib": peak_rss_mib()}
 
 
 def _generate(start_decoding, prompt, n_tokens: int) -> dict:
@@ -234,6 +265,7 @@ def print_tables(rows, env, args) -> None:
     lines = []
     for row in rows:
         for a, b, key in (("fast", "llama2c", "tok_s_at_0"), ("fast-1", "llama2c", "tok_s_at_0"),
+                          ("fast", READ_ONCE, "tok_s_at_0"), ("llama2c", READ_ONCE, "tok_s_at_0"),
                           ("fast", "fast-1", "tok_s"), ("fast", "torch", "tok_s"),
                           ("fast", "forward_step", "tok_s"), ("fast", "fast@old", "tok_s"),
                           ("forward_step", "forward_step@old", "tok_s")):
@@ -269,7 +301,7 @@ def main(argv=None):
     if args.compare_with and not (Path(args.compare_with) / "npllama" / "__init__.py").is_file():
         parser.error(f"--compare-with: {args.compare_with} holds no npllama/__init__.py (expected a checkout)")
 
-    variants = [(v, None) for v in NPLLAMA_VARIANTS]
+    variants = [(v, None) for v in NPLLAMA_VARIANTS] + [(READ_ONCE, None)]
     if not args.no_torch and torch_or_none() is not None:
         variants.append(("torch", None))
     if args.compare_with:

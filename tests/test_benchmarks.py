@@ -80,11 +80,22 @@ def test_bench_decode_reports_prefill_first_token_and_steady_rate(tmp_path):
     result = run_benchmark("bench_decode.py", "--configs", "tiny", "--prompt", "16", "--tokens", "6", "--rounds", "1",
                            "--no-torch", "--compare-with", str(BENCHMARKS.parent), json_path=tmp_path / "d.json")
     (row,) = result["configs"]
-    assert set(row["variants"]) == {"fast", "fast-1", "forward_step", "fast@old", "forward_step@old"}
-    for label, v in row["variants"].items():
+    decoders = {"fast", "fast-1", "forward_step", "fast@old", "forward_step@old"}
+    assert set(row["variants"]) == decoders | {"read-once"}
+    for label in decoders:
+        v = row["variants"][label]
         for key in ("prefill_s", "first_token_s", "tok_s", "tok_s_at_0", "peak_rss_mib"):
             assert v[key]["median"] > 0, (label, key)
         assert v["first_token_s"]["median"] > v["prefill_s"]["median"], label   # prefill is part of it
+    # the read-once bound reads every weight but the embedding table (unless tied: the LM head)
+    from npllama import Llama, LlamaConfig
+
+    model = Llama(LlamaConfig.from_preset("tiny"), seed=0)
+    assert not model.config.tie_word_embeddings
+    weights_read = 4 * (sum(a.size for a in model.params.values()) - model.params["model.embed_tokens.weight"].size)
+    read_once = row["variants"]["read-once"]
+    assert read_once["tok_s"]["median"] > 0
+    assert weights_read <= read_once["runs"][0]["bytes"] < weights_read + 4 * model.config.hidden_size
 
 
 @pytest.mark.parametrize("tie", [False, True])

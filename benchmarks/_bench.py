@@ -92,17 +92,17 @@ def matmul_peak_gflops(n: int = 2048, dtype=np.float32, repeat: int = 5) -> floa
     return 2 * n**3 / seconds / 1e9
 
 
-def training_flops(config: LlamaConfig, batch: int, seq: int) -> float:
+def training_flops(config: LlamaConfig, batch: int, seq: int, attention: bool = True) -> float:
     """Floating-point operations of one forward + backward: 6 per matrix parameter per token, plus
-    attention's q k^T and p v, 12 * layers * B * H * T^2 * hd counted in full (the usual convention,
-    though causal blocks let the kernels skip much of the masked half)."""
+    (attention=True) attention's q k^T and p v, 12 * layers * B * H * T^2 * hd counted in full (the
+    usual convention, though causal blocks let the kernels skip much of the masked half)."""
     tokens = batch * seq
     matrix_params = config.num_parameters()
     if not config.tie_word_embeddings:
         matrix_params -= config.vocab_size * config.hidden_size   # the embedding: a lookup, no products
     matrix_params -= config.hidden_size * (2 * config.num_hidden_layers + 1)           # norm weights
-    attention = 12 * config.num_hidden_layers * batch * config.num_attention_heads * seq**2 * config.head_dim
-    return 6 * matrix_params * tokens + attention
+    scores = 12 * config.num_hidden_layers * batch * config.num_attention_heads * seq**2 * config.head_dim
+    return 6 * matrix_params * tokens + (scores if attention else 0)
 
 
 def peak_rss_mib() -> float:

@@ -13,6 +13,14 @@ A variant is one way of running a training step (forward + backward + AdamW, flo
                torch.optim.AdamW with its default implementation (a for-loop on CPU)
   torch-fused  the same with torch.optim.AdamW(..., fused=True), PyTorch's fastest CPU AdamW
   split@old, unsplit@old   (--compare-with PATH) split / unsplit with the npllama found at PATH
+  products     not a training step: only its matrix products with the weights -- for every
+               linear layer and the LM head, Y = X W^T, dX = dY W and dW = dY^T X at the step's
+               batch -- through NumPy's BLAS on all its threads, nothing else (no attention,
+               norms, activations, loss or optimizer).  A step that does these products with
+               this BLAS takes at least this long: its ratio to torch-fused is the most such a
+               step could gain over PyTorch here, however little the rest of it took
+  torch-products  (if PyTorch is installed) the same products through torch.matmul (PyTorch's own
+               BLAS), to tell a gap between the two BLAS libraries from the rest of the step
 
 Each round runs every variant once, in its own fresh process, in an order rotated from round to
 round, so a busy neighbour slows all of them alike; a process loads the same weights (a Hugging
@@ -31,6 +39,7 @@ folder: every kernel the step uses is compiled) and then warm (the same cache, l
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -47,6 +56,7 @@ import numpy as np  # noqa: E402
 LR, BETAS, EPS, WEIGHT_DECAY = 3e-4, (0.9, 0.95), 1e-8, 0.1
 NPLLAMA_VARIANTS = ("split", "unsplit", "numpy")
 TORCH_VARIANTS = ("torch", "torch-fused")
+PRODUCT_VARIANTS = ("products", "torch-products")
 
 
 def training_batch(name: str):
@@ -62,8 +72,9 @@ def training_batch(name: str):
 
 def child(variant: str, name: str, model_dir: str, steps: int) -> dict:
     tokens, targets = training_batch(name)
-    step, hold = (_npllama_step if variant in NPLLAMA_VARIANTS else _torch_step)(variant, model_dir, tokens,
-                                                                                   targets)
+    make = (_npllama_step if variant in NPLLAMA_VARIANTS else _products_step if variant in PRODUCT_VARIANTS
+            else _torch_step)
+    step, hold = make(variant, model_dir, tokens, targets)
     times = []
     with hold:
         for i in range(2 + steps):
@@ -117,6 +128,42 @@ def _torch_step(variant, model_dir, tokens, targets):
     return step, contextlib.nullcontext()
 
 
+def _products_step(variant, model_dir, tokens, targets):
+    """The step's products with the weights alone (see `products` in the module's docstring)."""
+    import contextlib
+
+    from npllama import LlamaConfig
+
+    cfg = LlamaConfig.from_dict(json.loads((Path(model_dir) / "config.json").read_text()))
+    H, KVH, hd, D, F = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size,
+                        cfg.intermediate_size)
+    per_layer = [(H * hd, D), (KVH * hd, D), (KVH * hd, D), (D, H * hd), (F, D), (F, D), (D, F)]  # q k v o gate up down
+    shapes = per_layer * cfg.num_hidden_layers + [(cfg.vocab_size, D)]                        # + the LM head
+    N = tokens.size
+    rng = np.random.default_rng(0)
+    if variant == "torch-products":
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count()))
+        new, matmul = (lambda *shape: torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))), torch.matmul
+    else:
+        new, matmul = (lambda *shape: rng.standard_normal(shape, dtype=np.float32)), np.matmul
+    # one set of operands per distinct shape: the products, not the memory, are what is timed
+    operands = {}
+    for out_dim, in_dim in set(shapes):
+        operands[out_dim, in_dim] = (new(out_dim, in_dim), new(N, in_dim), new(N, out_dim), new(N, out_dim),
+                                     new(N, in_dim), new(out_dim, in_dim))
+
+    def step():
+        for shape in shapes:
+            W, X, Y, dY, dX, dW = operands[shape]
+            matmul(X, W.T, out=Y)           # forward
+            matmul(dY, W, out=dX)           # backward to the input
+            matmul(dY.T, X, out=dW)         # backward to the weight
+    step.shapes, step.operands = shapes, operands     # for the benchmark's test
+    return step, contextlib.nullcontext()
+
+
 # ---- start-up ---------------------------------------------------------------------------------
 
 STARTUP_SCRIPT = """
@@ -156,8 +203,9 @@ def variants_to_run(args) -> list[tuple[str, str | None]]:
     chosen = [("split", None), ("unsplit", None)]
     if args.numpy:
         chosen.append(("numpy", None))
+    chosen.append(("products", None))
     if not args.no_torch and torch_or_none() is not None:
-        chosen += [("torch", None), ("torch-fused", None)]
+        chosen += [("torch", None), ("torch-fused", None), ("torch-products", None)]
     if args.compare_with:
         chosen += [("split@old", args.compare_with), ("unsplit@old", args.compare_with)]
     return chosen
@@ -178,12 +226,14 @@ def measure_config(name: str, variants, rounds: int, steps: int, progress) -> di
                                                 source=source))
     B, T = CONFIGS[name]["batch"], CONFIGS[name]["seq"]
     flops = training_flops(make_config(name), B, T)
+    products_flops = training_flops(make_config(name), B, T, attention=False)   # what `products` does
     row = {"config": name, "batch": B, "seq": T, "gflop_per_step": flops / 1e9, "variants": {}}
     for label, runs in results.items():
         step = spread([run["step_s"] for run in runs])
         row["variants"][label] = {"step_s": step, "tok_s": spread([B * T / run["step_s"] for run in runs]),
                                   "peak_rss_mib": spread([run["peak_rss_mib"] for run in runs]),
-                                  "gflops": flops / step["median"] / 1e9, "runs": runs}
+                                  "gflops": (products_flops if label in PRODUCT_VARIANTS else flops)
+                                  / step["median"] / 1e9, "runs": runs}
     return row
 
 
@@ -209,6 +259,7 @@ def print_tables(rows: list[dict], env: dict, peak: float, args) -> None:
                         ("tok_s", "tokens/s", "s"), ("gflops", "GFLOP/s", ".0f"),
                         ("rss", "peak RSS MiB", "s")])
     comparisons = [("split", "torch-fused"), ("unsplit", "torch-fused"), ("split", "torch"), ("unsplit", "torch"),
+                   ("products", "torch-fused"), ("products", "torch-products"), ("products", "unsplit"),
                    ("split", "unsplit"), ("split", "split@old"), ("unsplit", "unsplit@old")]
     lines = []
     for row in rows:

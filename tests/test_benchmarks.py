@@ -39,7 +39,7 @@ def test_bench_train_reports_steps_memory_and_start_up(tmp_path):
     result = run_benchmark("bench_train.py", "--configs", "tiny", "--rounds", "1", "--steps", "1", "--no-torch",
                            "--warm-runs", "1", json_path=tmp_path / "t.json")
     (row,) = result["configs"]
-    assert row["config"] == "tiny" and set(row["variants"]) == {"split", "unsplit"}
+    assert row["config"] == "tiny" and set(row["variants"]) == {"split", "unsplit", "products"}
     for label, variant in row["variants"].items():
         assert variant["step_s"]["median"] > 0 and variant["step_s"]["n"] == 1, label
         # whole-process peak RSS: at least NumPy, numba and the model, nothing subtracted
@@ -57,7 +57,7 @@ def test_bench_train_compares_with_another_checkout_in_the_same_rounds():
     from bench_train import variants_to_run
 
     args = argparse.Namespace(numpy=False, no_torch=True, compare_with="/old")
-    assert variants_to_run(args) == [("split", None), ("unsplit", None), ("split@old", "/old"),
+    assert variants_to_run(args) == [("split", None), ("unsplit", None), ("products", None), ("split@old", "/old"),
                                      ("unsplit@old", "/old")]
 
 
@@ -74,6 +74,33 @@ def test_bench_train_times_pytorch_with_fused_adamw(tmp_path):
                          timeout=300).stdout
     run = json.loads(out.strip().splitlines()[-1])
     assert run["variant"] == "torch-fused" and run["step_s"] > 0 and run["peak_rss_mib"] > 100
+
+
+@pytest.mark.parametrize("variant", ["products", "torch-products"])
+def test_bench_train_products_are_every_linear_layers_three_products(tmp_path, variant):
+    import numpy as np
+
+    if variant == "torch-products":
+        pytest.importorskip("torch")
+    sys.path.insert(0, str(BENCHMARKS))
+    from bench_train import _products_step, training_batch
+
+    from npllama import Llama, LlamaConfig
+
+    config = LlamaConfig.from_preset("tiny")
+    Llama(config, seed=0, dtype=np.float32).save_pretrained(tmp_path / "model")
+    tokens, targets = training_batch("tiny")
+    step, _ = _products_step(variant, tmp_path / "model", tokens, targets)
+    step()
+    D, F = config.hidden_size, config.intermediate_size
+    assert len(step.shapes) == 7 * config.num_hidden_layers + 1 and step.shapes[-1] == (config.vocab_size, D)
+    assert {(F, D), (D, F)} <= set(step.shapes)
+    for shape, arrays in step.operands.items():
+        W, X, Y, dY, dX, dW = (np.asarray(a) for a in arrays)
+        assert W.shape == shape and X.shape == (tokens.size, shape[1])
+        np.testing.assert_allclose(Y, X @ W.T, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(dX, dY @ W, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(dW, dY.T @ X, rtol=1e-4, atol=1e-3)
 
 
 def test_bench_decode_reports_prefill_first_token_and_steady_rate(tmp_path):

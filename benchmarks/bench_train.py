@@ -17,8 +17,10 @@ A variant is one way of running a training step (forward + backward + AdamW, flo
                linear layer and the LM head, Y = X W^T, dX = dY W and dW = dY^T X at the step's
                batch -- through NumPy's BLAS on all its threads, nothing else (no attention,
                norms, activations, loss or optimizer).  A step that does these products with
-               this BLAS takes at least this long: its ratio to torch-fused is the most such a
-               step could gain over PyTorch here, however little the rest of it took
+               this BLAS takes at least about this long (split runs them as one-thread products
+               on each slice of rows, which is not faster where the products dominate), so its
+               ratio to torch-fused is about the most such a step could gain over PyTorch here,
+               however little the rest of it took
   torch-products  (if PyTorch is installed) the same products through torch.matmul (PyTorch's own
                BLAS), to tell a gap between the two BLAS libraries from the rest of the step
 

@@ -133,6 +133,13 @@ def default_workers() -> int:
     return max(1, max(counts))
 
 
+def one_blas_thread():
+    """A context in which BLAS computes on the calling thread alone: none of its worker threads
+    is woken, so none is left spinning on a core afterwards (OpenBLAS's spin for ~0.1 s after a
+    call).  Process-wide while it lasts, like BatchSplitter's; a no-op where BLAS can't be set."""
+    return _OneBlasThread() if _blas_controllers() else contextlib.nullcontext()
+
+
 _blas_state = {"controllers": None, "depth": 0, "saved": None}
 _blas_lock = threading.Lock()
 

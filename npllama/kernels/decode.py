@@ -30,9 +30,11 @@ bandwidth and by whatever else it spends between those reads:
   - a prompt of more than ONE_BY_ONE_MAX positions, or a batch of sequences, goes through BLAS's
     matrix products over all its rows, with RoPE, the KV-cache write and attention over the
     cached positions one numba call per layer; keys are cached transposed (hd, positions) so
-    that the scores of all positions are one vectorised multiply-add per head dimension.  After
-    it the decoder runs on one thread for ~0.15 s, while BLAS's idle threads still spin (a
-    shorter prompt goes token by token instead, never waking BLAS's threads).
+    that the scores of all positions are one vectorised multiply-add per head dimension.
+    BLAS's idle threads spin for ~0.1 s after a call and would slow the team's threads, so a
+    batch-1 prompt of up to PREFILL_ON_ONE_BLAS_THREAD positions is prefilled with BLAS on one
+    thread (none left spinning), and after a longer one the decoder runs on one thread for
+    ~0.15 s (a prompt of up to ONE_BY_ONE_MAX goes token by token, never waking BLAS's threads).
 
 Not for use by two threads at once (a RuntimeError says so): give each thread its own decoder.
 """
@@ -44,6 +46,7 @@ import numpy as np
 from numba import njit
 
 from ..ops._checks import require_int_array
+from ..parallel import one_blas_thread
 from ._addresses import address_table, matrix_at, vector_at
 from ._simd import REDUCTION_FLAGS, exp_nonpositive, row_max, row_sum
 from ._sync import barrier, job_base, job_param, wait_for_job
@@ -57,6 +60,12 @@ from .threads import Team, TeamOrAlone, decode_threads
 # BLAS's threads keep spinning for ~0.1 s after a call and would slow the next ~20-50 tokens
 # down to below one thread's speed (measured at s15m: 5.6-8 ms a token instead of 1.8).
 ONE_BY_ONE_MAX = 16
+# A longer batch-1 prompt, up to this many positions, is prefilled with BLAS on one thread when a
+# team of threads decodes after it.  The prefill takes longer (s15m, 128 positions: 63 ms instead
+# of 42; m42m: 146 instead of 104), but the team starts at full speed instead of after ~0.15 s
+# alone: a 128-token prompt and 128 new tokens took 290 ms instead of 340 (s15m), 1078 instead
+# of 1231 (m42m).  Past ~400-700 positions the slower prefill costs more than it saves.
+PREFILL_ON_ONE_BLAS_THREAD = 256
 
 # The columns of ModelWeights.layers: each layer's arrays, in the order the step reads them.
 INPUT_NORM, WQ, WK, WV, WO, POST_NORM, W_GATE, W_UP, W_DOWN = range(9)
@@ -117,6 +126,9 @@ class FastDecoder:
         elif self._one is not None and T_new <= ONE_BY_ONE_MAX:
             logits = np.concatenate([self._step_one_token(int(token), start + i)
                                      for i, token in enumerate(tokens[0])], axis=1)
+        elif self._one is not None and self.threads > 1 and T_new <= PREFILL_ON_ONE_BLAS_THREAD:
+            with one_blas_thread():
+                logits = self._step_rows(tokens, start)
         else:
             logits = self._step_rows(tokens, start)
             if self._chooser is not None:

@@ -423,6 +423,40 @@ def test_after_a_blas_call_the_decoder_runs_alone_for_a_while():
     assert chooser.next_way() == chooser.TEAM
 
 
+@pytest.mark.parametrize("prompt_length", [17, 24, 25])
+def test_a_mid_length_prompt_is_prefilled_on_one_blas_thread_and_a_long_one_then_decodes_alone(
+        prompt_length, monkeypatch):
+    """BLAS's idle threads spin after a call and slow the team: a prompt of up to
+    PREFILL_ON_ONE_BLAS_THREAD positions runs BLAS on one thread (none left spinning, the team
+    goes on at once); after a longer one the decoder runs alone for a while."""
+    from npllama.kernels import decode
+    from npllama.parallel import _blas_controllers, default_workers
+
+    if default_workers() < 2:
+        pytest.skip("BLAS has one thread here (or can't be set): nothing to hold")
+    monkeypatch.setattr(decode, "PREFILL_ON_ONE_BLAS_THREAD", 24)
+    model = odd_model(2)
+    decoder = FastDecoder(model, max_length=40)             # the default: every core, with the chooser
+    blas_threads = []
+    step_rows = decoder._step_rows
+
+    def recording(tokens, start):
+        # NumPy's BLAS (another library loaded later, e.g. SciPy's, is not the one matmul calls)
+        blas_threads.append(max(c.get_num_threads() for c in _blas_controllers()))
+        return step_rows(tokens, start)
+
+    monkeypatch.setattr(decoder, "_step_rows", recording)
+    before = default_workers()
+    logits = decoder.step(np.arange(prompt_length).reshape(1, -1) % 23)
+    assert blas_threads == [1 if prompt_length <= 24 else before]
+    assert default_workers() == before                         # given back
+    alone = decoder._chooser.next_way() == decoder._chooser.ALONE
+    assert alone == (prompt_length > 24)
+    with use_backend("numpy"):
+        expected = model.forward_step(np.arange(prompt_length).reshape(1, -1) % 23, model.new_kv_cache(1, 40))
+    assert_close(logits, expected, "prefill")
+
+
 @pytest.mark.parametrize("prompt_length", [2, 16, 17, 30])
 def test_short_prompts_token_by_token_and_long_ones_through_blas_give_the_same_logits(prompt_length):
     from npllama.kernels.decode import ONE_BY_ONE_MAX

@@ -197,16 +197,33 @@ class ModelWeights:
     one-token kernel (its type does not depend on L, so one compilation serves every depth)."""
 
     def __init__(self, model):
-        p, cfg = model.params, model.config
+        p, cfg, dtype = model.params, model.config, np.dtype(model.dtype)
         self.source = dict(p)      # the array objects, to notice a parameter replaced by another
+        H, KVH, hd, D, F = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size,
+                            cfg.intermediate_size)
 
-        def per_layer(suffix):
-            return tuple(_contiguous(p[f"model.layers.{i}.{suffix}"]) for i in range(cfg.num_hidden_layers))
+        def per_layer(suffix, shape):
+            # The kernel reads these by address with the shape given here (and the model's
+            # dtype): an array of another shape or dtype would be read as garbage, not refused.
+            arrays = []
+            for i in range(cfg.num_hidden_layers):
+                name = f"model.layers.{i}.{suffix}"
+                a = p[name]
+                if a.shape != shape or a.dtype != dtype:
+                    raise ValueError(f"{name} must be a {dtype} array of shape {shape} (the model's config and "
+                                     f"dtype), got {a.dtype} {a.shape}")
+                arrays.append(_contiguous(a))
+            return tuple(arrays)
 
-        self.input_norm = per_layer("input_layernorm.weight")
-        self.post_norm = per_layer("post_attention_layernorm.weight")
-        self.wq, self.wk, self.wv, self.wo = (per_layer(f"self_attn.{n}_proj.weight") for n in "qkvo")
-        self.w_gate, self.w_up, self.w_down = (per_layer(f"mlp.{n}_proj.weight") for n in ("gate", "up", "down"))
+        self.input_norm = per_layer("input_layernorm.weight", (D,))
+        self.post_norm = per_layer("post_attention_layernorm.weight", (D,))
+        self.wq = per_layer("self_attn.q_proj.weight", (H * hd, D))
+        self.wk = per_layer("self_attn.k_proj.weight", (KVH * hd, D))
+        self.wv = per_layer("self_attn.v_proj.weight", (KVH * hd, D))
+        self.wo = per_layer("self_attn.o_proj.weight", (D, H * hd))
+        self.w_gate = per_layer("mlp.gate_proj.weight", (F, D))
+        self.w_up = per_layer("mlp.up_proj.weight", (F, D))
+        self.w_down = per_layer("mlp.down_proj.weight", (D, F))
         self.embed = _contiguous(p["model.embed_tokens.weight"])
         self.final_norm = _contiguous(p["model.norm.weight"])
         self.lm_head = _contiguous(model._lm_head_weight())

@@ -102,6 +102,18 @@ def test_one_compilation_of_the_step_serves_every_depth():
         assert len(_decode_token_part.signatures) == compiled, f"compiled again for {n_layers} layers"
 
 
+@pytest.mark.parametrize("name, replacement", [
+    ("model.layers.1.mlp.down_proj.weight", lambda a: a[:, :-1]),                  # a column short
+    ("model.layers.0.self_attn.k_proj.weight", lambda a: np.vstack([a, a])),       # twice the rows
+    ("model.layers.1.input_layernorm.weight", lambda a: a.astype(np.float32)),     # another dtype
+])
+def test_a_layer_weight_of_the_wrong_shape_or_dtype_is_refused_not_read_as_garbage(name, replacement):
+    model = small_model(2, np.float64)
+    model.params[name] = replacement(model.params[name])
+    with pytest.raises(ValueError, match=f"{name} must be a float64 array of shape"):
+        FastDecoder(model, max_length=4).step(np.array([[1]]))
+
+
 def test_an_address_table_reads_the_arrays_in_place_and_refuses_strided_ones():
     from numba import njit
 

@@ -303,25 +303,34 @@ def _decode_token_part(t, n, flags, embed, layers, final_norm, lm_head, eps, cos
     x_t[0, :] = embed[token]
     qkv3, attn3 = qkv.reshape(1, 1, -1), attn.reshape(1, 1, -1)
     for i in range(layers.shape[0]):
-        at = layers[i]
+        at = layers[i]                                     # layer i's weights, as arrays again:
+        input_norm = vector_at(at[INPUT_NORM], D, x)       # (D,)
+        post_norm = vector_at(at[POST_NORM], D, x)         # (D,)
+        w_q = matrix_at(at[WQ], H * hd, D, x)              # (H hd, D)
+        w_k = matrix_at(at[WK], KVH * hd, D, x)            # (KVH hd, D)
+        w_v = matrix_at(at[WV], KVH * hd, D, x)            # (KVH hd, D)
+        w_o = matrix_at(at[WO], D, H * hd, x)              # (D, H hd)
+        w_gate = matrix_at(at[W_GATE], F, D, x)            # (F, D)
+        w_up = matrix_at(at[W_UP], F, D, x)                # (F, D)
+        w_down = matrix_at(at[W_DOWN], D, F, x)            # (D, F)
         # h = x + W_o attention(rope(W_q xn), rope(W_k xn), W_v xn),   xn = rmsnorm(x)
-        _rmsnorm_forward_rows(x_t, vector_at(at[INPUT_NORM], D, x), eps, xn_t, rstd_t)
-        _matvec(matrix_at(at[WQ], H * hd, D, x)[q0:q1], xn_t[0], qkv[q0:q1])
-        _matvec(matrix_at(at[WK], KVH * hd, D, x)[k0:k1], xn_t[0], qkv[k_base + k0:k_base + k1])
-        _matvec(matrix_at(at[WV], KVH * hd, D, x)[k0:k1], xn_t[0], qkv[v_base + k0:v_base + k1])
+        _rmsnorm_forward_rows(x_t, input_norm, eps, xn_t, rstd_t)
+        _matvec(w_q[q0:q1], xn_t[0], qkv[q0:q1])
+        _matvec(w_k[k0:k1], xn_t[0], qkv[k_base + k0:k_base + k1])
+        _matvec(w_v[k0:k1], xn_t[0], qkv[v_base + k0:v_base + k1])
         _rope_cache_attend(qkv3, cos[pos:pos + 1], sin[pos:pos + 1], k_cache_t[i], v_cache[i], pos, H,
                            KVH, g0, g1, scale, attn3)
         epoch = barrier(flags, t, n, epoch + 1)                  # attn complete
-        _matvec(matrix_at(at[WO], D, H * hd, x)[d0:d1], attn, out[d0:d1])
+        _matvec(w_o[d0:d1], attn, out[d0:d1])
         epoch = barrier(flags, t, n, epoch + 1)                  # out = W_o attn complete
         x_t[0] += out
         # x = h + W_down (silu(W_gate hn) * W_up hn),   hn = rmsnorm(h)
-        _rmsnorm_forward_rows(x_t, vector_at(at[POST_NORM], D, x), eps, xn_t, rstd_t)
-        _matvec(matrix_at(at[W_GATE], F, D, x)[f0:f1], xn_t[0], gate[f0:f1])
-        _matvec(matrix_at(at[W_UP], F, D, x)[f0:f1], xn_t[0], up[f0:f1])
+        _rmsnorm_forward_rows(x_t, post_norm, eps, xn_t, rstd_t)
+        _matvec(w_gate[f0:f1], xn_t[0], gate[f0:f1])
+        _matvec(w_up[f0:f1], xn_t[0], up[f0:f1])
         _silu_mul(gate[f0:f1], up[f0:f1], act[f0:f1])
         epoch = barrier(flags, t, n, epoch + 1)                  # act complete
-        _matvec(matrix_at(at[W_DOWN], D, F, x)[d0:d1], act, out[d0:d1])
+        _matvec(w_down[d0:d1], act, out[d0:d1])
         epoch = barrier(flags, t, n, epoch + 1)                  # out = W_down act complete
         x_t[0] += out
     _rmsnorm_forward_rows(x_t, final_norm, eps, xn_t, rstd_t)

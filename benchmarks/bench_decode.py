@@ -25,8 +25,10 @@ Variants:
   read-once     not a decoder: BLAS reading the same float32 weights once per "token" (every layer's
                 matrices, the final norm and the LM head, in one matrix-vector product over a copy
                 laid end to end) on --threads threads.  It is about the fastest this machine
-                streams those bytes, so its tok/s bounds any float32 decoder of the model (up to
-                the KV cache, ~1% of the bytes here); the ratios show how near each one comes
+                streams those bytes, so its tok/s roughly bounds any float32 decoder of the
+                model (leaving out the KV cache, ~1% of the bytes here, and the machine's noise:
+                a round's ratio can pass 1 when the machine sped up between two processes); the
+                ratios show how near each decoder comes
   llama2c       (--llama2c DIR) Karpathy's run.c, built as its README says (gcc -Ofast -fopenmp
                 -march=native) from DIR/run.c into a temporary folder unless DIR/run exists,
                 run with OMP_NUM_THREADS = --threads on the same weights exported to its .bin

@@ -133,6 +133,11 @@ def default_workers() -> int:
     return max(1, max(counts))
 
 
+def blas_can_be_held() -> bool:
+    """Whether one_blas_thread() can set BLAS's threads here (threadpoolctl knows the library)."""
+    return bool(_blas_controllers())
+
+
 def one_blas_thread():
     """A context in which BLAS computes on the calling thread alone: none of its worker threads
     is woken, so none is left spinning on a core afterwards (OpenBLAS's spin for ~0.1 s after a

@@ -33,8 +33,10 @@ bandwidth and by whatever else it spends between those reads:
     that the scores of all positions are one vectorised multiply-add per head dimension.
     BLAS's idle threads spin for ~0.1 s after a call and would slow the team's threads, so a
     batch-1 prompt of up to PREFILL_ON_ONE_BLAS_THREAD positions is prefilled with BLAS on one
-    thread (none left spinning), and after a longer one the decoder runs on one thread for
-    ~0.15 s (a prompt of up to ONE_BY_ONE_MAX goes token by token, never waking BLAS's threads).
+    thread (none left spinning; BLAS's thread count is process-wide, so other threads' products
+    run on one thread too for those few milliseconds), and after a longer one a decoder with the
+    default thread count runs on one thread for ~0.15 s (a prompt of up to ONE_BY_ONE_MAX goes
+    token by token, never waking BLAS's threads).
 
 Not for use by two threads at once (a RuntimeError says so): give each thread its own decoder.
 """
@@ -46,7 +48,7 @@ import numpy as np
 from numba import njit
 
 from ..ops._checks import require_int_array
-from ..parallel import one_blas_thread
+from ..parallel import blas_can_be_held, one_blas_thread
 from ._addresses import address_table, matrix_at, vector_at
 from ._simd import REDUCTION_FLAGS, exp_nonpositive, row_max, row_sum
 from ._sync import barrier, job_base, job_param, wait_for_job
@@ -126,7 +128,8 @@ class FastDecoder:
         elif self._one is not None and T_new <= ONE_BY_ONE_MAX:
             logits = np.concatenate([self._step_one_token(int(token), start + i)
                                      for i, token in enumerate(tokens[0])], axis=1)
-        elif self._one is not None and self.threads > 1 and T_new <= PREFILL_ON_ONE_BLAS_THREAD:
+        elif (self._one is not None and self.threads > 1 and T_new <= PREFILL_ON_ONE_BLAS_THREAD
+              and blas_can_be_held()):
             with one_blas_thread():
                 logits = self._step_rows(tokens, start)
         else:
@@ -202,18 +205,20 @@ class ModelWeights:
         H, KVH, hd, D, F = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size,
                             cfg.intermediate_size)
 
+        def checked(name, a, shape):
+            # The kernel reads the layers by address with the shapes given here, and the rest
+            # by the config's sizes: an array of another shape or dtype would be read as garbage
+            # (or compile another step), not refused.
+            if a.dtype != dtype:
+                raise TypeError(f"{name} must be a {dtype} array (the model's dtype), got {a.dtype}")
+            if a.shape != shape:
+                raise ValueError(f"{name} must have shape {shape} (the model's config), got {a.shape}")
+            return _contiguous(a)
+
         def per_layer(suffix, shape):
-            # The kernel reads these by address with the shape given here (and the model's
-            # dtype): an array of another shape or dtype would be read as garbage, not refused.
-            arrays = []
-            for i in range(cfg.num_hidden_layers):
-                name = f"model.layers.{i}.{suffix}"
-                a = p[name]
-                if a.shape != shape or a.dtype != dtype:
-                    raise ValueError(f"{name} must be a {dtype} array of shape {shape} (the model's config and "
-                                     f"dtype), got {a.dtype} {a.shape}")
-                arrays.append(_contiguous(a))
-            return tuple(arrays)
+            # These tuples also keep the arrays whose addresses `layers` holds alive: keep them.
+            return tuple(checked(f"model.layers.{i}.{suffix}", p[f"model.layers.{i}.{suffix}"], shape)
+                         for i in range(cfg.num_hidden_layers))
 
         self.input_norm = per_layer("input_layernorm.weight", (D,))
         self.post_norm = per_layer("post_attention_layernorm.weight", (D,))
@@ -224,11 +229,14 @@ class ModelWeights:
         self.w_gate = per_layer("mlp.gate_proj.weight", (F, D))
         self.w_up = per_layer("mlp.up_proj.weight", (F, D))
         self.w_down = per_layer("mlp.down_proj.weight", (D, F))
-        self.embed = _contiguous(p["model.embed_tokens.weight"])
-        self.final_norm = _contiguous(p["model.norm.weight"])
-        self.lm_head = _contiguous(model._lm_head_weight())
+        V = cfg.vocab_size
+        self.embed = checked("model.embed_tokens.weight", p["model.embed_tokens.weight"], (V, D))
+        self.final_norm = checked("model.norm.weight", p["model.norm.weight"], (D,))
+        head = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
+        self.lm_head = checked(head, model._lm_head_weight(), (V, D))
         self.layers = address_table(list(zip(self.input_norm, self.wq, self.wk, self.wv, self.wo, self.post_norm,
                                              self.w_gate, self.w_up, self.w_down)))
+        self.layers.flags.writeable = False     # a stray write would send the kernel to any address
 
     def still_describes(self, model) -> bool:
         """True while every parameter is the same array object (in-place updates are seen: views)
@@ -286,7 +294,8 @@ def _decode_token_part(t, n, flags, embed, layers, final_norm, lm_head, eps, cos
     keeps the residual stream whole, adding the full output of each product after its barrier.
     Shared: qkv ((H + 2 KVH) hd,) = [q | k | v], attn (H hd,), out (D,), gate, up, act (F,),
     logits (V,).  k_cache_t (L, 1, KVH, hd, max_len), v_cache (L, 1, KVH, max_len, hd).
-    layers (L, 9): layer i's weights by address (ModelWeights), looked at as arrays here.
+    layers (L, 9): layer i's weights by address (ModelWeights), looked at as arrays here: w_q is
+    the model's params["model.layers.{i}.self_attn.q_proj.weight"] itself (the same memory).
     Splits fall on multiples of 4 rows, so every row is summed the same way whatever n is.
     The job (FastDecoder._step_one_token): the token and its position."""
     token, pos, epoch = job_param(flags, n, 0), job_param(flags, n, 1), job_base(flags, n)
@@ -302,17 +311,18 @@ def _decode_token_part(t, n, flags, embed, layers, final_norm, lm_head, eps, cos
     x_t, xn_t, rstd_t = x[t:t + 1], xn[t:t + 1], rstd[t:t + 1]
     x_t[0, :] = embed[token]
     qkv3, attn3 = qkv.reshape(1, 1, -1), attn.reshape(1, 1, -1)
+    like = embed                                       # matrix_at / vector_at take its dtype
     for i in range(layers.shape[0]):
         at = layers[i]                                     # layer i's weights, as arrays again:
-        input_norm = vector_at(at[INPUT_NORM], D, x)       # (D,)
-        post_norm = vector_at(at[POST_NORM], D, x)         # (D,)
-        w_q = matrix_at(at[WQ], H * hd, D, x)              # (H hd, D)
-        w_k = matrix_at(at[WK], KVH * hd, D, x)            # (KVH hd, D)
-        w_v = matrix_at(at[WV], KVH * hd, D, x)            # (KVH hd, D)
-        w_o = matrix_at(at[WO], D, H * hd, x)              # (D, H hd)
-        w_gate = matrix_at(at[W_GATE], F, D, x)            # (F, D)
-        w_up = matrix_at(at[W_UP], F, D, x)                # (F, D)
-        w_down = matrix_at(at[W_DOWN], D, F, x)            # (D, F)
+        input_norm = vector_at(at[INPUT_NORM], D, like)    # (D,)
+        post_norm = vector_at(at[POST_NORM], D, like)      # (D,)
+        w_q = matrix_at(at[WQ], H * hd, D, like)           # (H hd, D)
+        w_k = matrix_at(at[WK], KVH * hd, D, like)         # (KVH hd, D)
+        w_v = matrix_at(at[WV], KVH * hd, D, like)         # (KVH hd, D)
+        w_o = matrix_at(at[WO], D, H * hd, like)           # (D, H hd)
+        w_gate = matrix_at(at[W_GATE], F, D, like)         # (F, D)
+        w_up = matrix_at(at[W_UP], F, D, like)             # (F, D)
+        w_down = matrix_at(at[W_DOWN], D, F, like)         # (D, F)
         # h = x + W_o attention(rope(W_q xn), rope(W_k xn), W_v xn),   xn = rmsnorm(x)
         _rmsnorm_forward_rows(x_t, input_norm, eps, xn_t, rstd_t)
         _matvec(w_q[q0:q1], xn_t[0], qkv[q0:q1])

@@ -200,10 +200,11 @@ class TeamOrAlone:
             return self.ALONE
         return self._plan[0] if self._plan else self.choice
 
-    def after_blas(self, seconds: float = BLAS_SPIN_SECONDS) -> None:
-        """A BLAS call just ended: run alone for the next `seconds`, while BLAS's idle threads
-        keep spinning on the cores (OpenBLAS: 2^28 cycles, ~0.1 s; MKL: 0.2 s by default)."""
-        self._alone_until = time.perf_counter() + seconds
+    def after_blas(self, seconds: float | None = None) -> None:
+        """A BLAS call just ended: run alone for the next `seconds` (default BLAS_SPIN_SECONDS),
+        while BLAS's idle threads keep spinning on the cores (OpenBLAS: 2^28 cycles, ~0.1 s;
+        MKL: 0.2 s by default)."""
+        self._alone_until = time.perf_counter() + (BLAS_SPIN_SECONDS if seconds is None else seconds)
 
     def record(self, way: int, seconds: float, waited_share: float = 0.0) -> None:
         if self._alone_until:

@@ -102,15 +102,21 @@ def test_one_compilation_of_the_step_serves_every_depth():
         assert len(_decode_token_part.signatures) == compiled, f"compiled again for {n_layers} layers"
 
 
-@pytest.mark.parametrize("name, replacement", [
-    ("model.layers.1.mlp.down_proj.weight", lambda a: a[:, :-1]),                  # a column short
-    ("model.layers.0.self_attn.k_proj.weight", lambda a: np.vstack([a, a])),       # twice the rows
-    ("model.layers.1.input_layernorm.weight", lambda a: a.astype(np.float32)),     # another dtype
+@pytest.mark.parametrize("name, replacement, error, match", [
+    ("model.layers.1.mlp.down_proj.weight", lambda a: a[:, :-1], ValueError, r"must have shape \(16, 24\)"),
+    ("model.layers.0.self_attn.k_proj.weight", lambda a: np.vstack([a, a]), ValueError, "must have shape"),
+    ("model.norm.weight", lambda a: np.concatenate([a, a]), ValueError, r"must have shape \(16,\)"),
+    ("lm_head.weight", lambda a: a[:, :8], ValueError, r"must have shape \(23, 16\)"),
+    ("model.embed_tokens.weight", lambda a: a[:-1], ValueError, "must have shape"),
+    ("model.layers.1.input_layernorm.weight", lambda a: a.astype(np.float32), TypeError, "must be a float64 array"),
+    ("lm_head.weight", lambda a: a.astype(np.float32), TypeError, "must be a float64 array"),
 ])
-def test_a_layer_weight_of_the_wrong_shape_or_dtype_is_refused_not_read_as_garbage(name, replacement):
+def test_a_weight_of_the_wrong_shape_or_dtype_is_refused_not_read_as_garbage(name, replacement, error, match):
+    """The step reads the layers by address with the config's shapes, and the rest by the
+    config's sizes: a replaced array that doesn't fit is refused, naming it."""
     model = small_model(2, np.float64)
     model.params[name] = replacement(model.params[name])
-    with pytest.raises(ValueError, match=f"{name} must be a float64 array of shape"):
+    with pytest.raises(error, match=f"{name} {match}"):
         FastDecoder(model, max_length=4).step(np.array([[1]]))
 
 
@@ -401,6 +407,9 @@ def test_the_team_reports_how_long_its_threads_waited():
             for i in range(job_param(flags, n, 0)):
                 total += np.sqrt(float(i))
         barrier(flags, t, n, job_base(flags, n) + 1)
+        # A thread adds its wait after leaving a barrier: a second one makes thread 0 see the
+        # helper's long wait at the first before it reads the share (else it may come a job late).
+        barrier(flags, t, n, job_base(flags, n) + 2)
         return total
 
     def loop(t, n, flags):          # a helper's life, as _decode_helper's
@@ -411,13 +420,23 @@ def test_the_team_reports_how_long_its_threads_waited():
             part(t, n, flags)
 
     team = Team(2, loop, ())
-    # The helper waits ~all the time; its wait at a job's last barrier is counted with the next
-    # job (it adds it after thread 0 has left), so look from the second job on.
+    # The helper waits ~all the time (the first job also compiles `part`: left out).
     shares = [team.run(part, 20_000_000, 0) for _ in range(4)][1:]
     balanced = [team.run(part, 0, 0) for _ in range(3)]
     team.stop()
     assert min(shares) > 0.8, shares
     assert all(0 <= share <= 1 for share in shares + balanced)
+
+
+def test_a_wait_carried_over_from_the_previous_job_counts_as_at_most_the_whole_job():
+    from npllama.kernels._sync import _HAS_CYCLE_COUNTER, SLOT, STARTED, WAITED, _board, flags_for, waited_share
+
+    if not _HAS_CYCLE_COUNTER:
+        pytest.skip("no cycle counter on this CPU: the share is always 0")
+    flags = flags_for(2)
+    flags[_board(2) + STARTED] = 0                   # the job "started" at the counter's zero...
+    flags[1 * SLOT + WAITED] = 1 << 62               # ...and thread 1 reports a longer wait than that
+    assert waited_share(flags, 2, np.zeros(2, dtype=np.int64)) == 1.0
 
 
 def test_after_a_blas_call_the_decoder_runs_alone_for_a_while():
@@ -441,14 +460,19 @@ def test_a_mid_length_prompt_is_prefilled_on_one_blas_thread_and_a_long_one_then
     """BLAS's idle threads spin after a call and slow the team: a prompt of up to
     PREFILL_ON_ONE_BLAS_THREAD positions runs BLAS on one thread (none left spinning, the team
     goes on at once); after a longer one the decoder runs alone for a while."""
-    from npllama.kernels import decode
+    from npllama import parallel
+    from npllama.kernels import decode, threads
     from npllama.parallel import _blas_controllers, default_workers
 
-    if default_workers() < 2:
+    if default_workers() < 2 or not parallel.blas_can_be_held():
         pytest.skip("BLAS has one thread here (or can't be set): nothing to hold")
     monkeypatch.setattr(decode, "PREFILL_ON_ONE_BLAS_THREAD", 24)
+    monkeypatch.setattr(threads, "BLAS_SPIN_SECONDS", 60.0)   # still alone when checked, however slow
+    monkeypatch.delenv("NPLLAMA_DECODE_THREADS", raising=False)
     model = odd_model(2)
-    decoder = FastDecoder(model, max_length=40)             # the default: every core, with the chooser
+    decoder = FastDecoder(model, max_length=40, threads=None)   # the default: every core, with the chooser
+    if decoder.threads < 2:
+        pytest.skip("one core here: no team to decode after the prompt")
     blas_threads = []
     step_rows = decoder._step_rows
 
@@ -458,10 +482,11 @@ def test_a_mid_length_prompt_is_prefilled_on_one_blas_thread_and_a_long_one_then
         return step_rows(tokens, start)
 
     monkeypatch.setattr(decoder, "_step_rows", recording)
-    before = default_workers()
+    before = max(c.get_num_threads() for c in _blas_controllers())
     logits = decoder.step(np.arange(prompt_length).reshape(1, -1) % 23)
     assert blas_threads == [1 if prompt_length <= 24 else before]
-    assert default_workers() == before                         # given back
+    assert max(c.get_num_threads() for c in _blas_controllers()) == before   # given back
+    assert parallel._blas_state["depth"] == 0
     alone = decoder._chooser.next_way() == decoder._chooser.ALONE
     assert alone == (prompt_length > 24)
     with use_backend("numpy"):

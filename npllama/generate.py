@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .ops._checks import require_positive_int
+
 
 def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
@@ -45,9 +47,7 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
     for name, function in (("on_token", on_token), ("stop", stop)):
         if function is not None and not callable(function):
             raise TypeError(f"{name} must be None or a function, got {function!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
-                                or threads < 1):
-        raise ValueError(f"threads must be None or a positive int, got {threads!r}")
+    require_positive_int("threads", threads, none_ok=True)
     if on_token is not None and batched:
         raise ValueError("on_token streams one sequence: give one prompt, not a batch")
     if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer))

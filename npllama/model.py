@@ -29,7 +29,7 @@ import numpy as np
 
 from . import backend, budget
 from .config import LlamaConfig
-from .ops._checks import checking
+from .ops._checks import checking, require_positive_int
 from .ops.attention import AttentionCache, attention_backward, attention_forward
 # (the loss ops are used by Llama.loss_and_grads and loss through the bound namespace, math.<op>)
 from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: F401
@@ -378,9 +378,8 @@ class KVCache:
     """
 
     def __init__(self, config: LlamaConfig, batch_size: int, max_length: int, dtype=np.float32):
-        for name, value in (("batch_size", batch_size), ("max_length", max_length)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        require_positive_int("batch_size", batch_size)
+        require_positive_int("max_length", max_length)
         if max_length > config.max_position_embeddings:
             raise ValueError(f"max_length ({max_length}) exceeds max_position_embeddings "
                              f"({config.max_position_embeddings})")

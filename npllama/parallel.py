@@ -40,7 +40,7 @@ class BatchSplitter:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
         self.workers = workers
         self._executor = None
-        self._blas = _OneBlasThread if workers > 1 and _blas_controllers() else None
+        self._blas = _OneBlasThread if workers > 1 and blas_can_be_held() else None
 
     def loss_and_grads(self, loss_and_grads, tokens, targets, ignore_index: int = -100):
         """(loss, grads) of loss_and_grads(tokens, targets), computed in slices of rows."""
@@ -141,8 +141,9 @@ def blas_can_be_held() -> bool:
 def one_blas_thread():
     """A context in which BLAS computes on the calling thread alone: none of its worker threads
     is woken, so none is left spinning on a core afterwards (OpenBLAS's spin for ~0.1 s after a
-    call).  Process-wide while it lasts, like BatchSplitter's; a no-op where BLAS can't be set."""
-    return _OneBlasThread() if _blas_controllers() else contextlib.nullcontext()
+    call).  Process-wide while it lasts, like BatchSplitter's; a no-op where BLAS can't be set
+    (blas_can_be_held() says which)."""
+    return _OneBlasThread()
 
 
 _blas_state = {"controllers": None, "depth": 0, "saved": None}

@@ -226,6 +226,17 @@ def let_through(flags, t: int) -> None:
     flags[t * SLOT + COUNT] = LET_THROUGH
 
 
+def helpers_still_in_job(flags, n: int) -> bool:
+    """From Python: whether a helper has not yet finished the last job posted."""
+    job = flags[_board(n) + JOB]
+    return any(flags[(n + t) * SLOT + DONE] < job for t in range(1, n))
+
+
+def ask_helpers_to_quit(flags, n: int) -> None:
+    """From Python: every helper returns TO_QUIT from wait_for_job (at once if it is waiting)."""
+    flags[_board(n) + QUIT] = 1
+
+
 def flags_for(n: int) -> np.ndarray:
     """The zeroed flags array of a team of n threads (layout: the module's docstring)."""
     return np.zeros(2 * n * SLOT, dtype=np.int64)

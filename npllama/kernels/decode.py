@@ -47,7 +47,7 @@ import weakref
 import numpy as np
 from numba import njit
 
-from ..ops._checks import require_int_array
+from ..ops._checks import require_int_array, require_positive_int
 from ..parallel import blas_can_be_held, one_blas_thread
 from ._addresses import address_table, matrix_at, vector_at
 from ._simd import REDUCTION_FLAGS, exp_nonpositive, row_max, row_sum
@@ -83,10 +83,9 @@ class FastDecoder:
                  threads: int | None = None):
         cfg = model.config
         max_length = cfg.max_position_embeddings if max_length is None else max_length
-        for name, value in (("batch_size", batch_size), ("max_length", max_length),
-                            ("threads", 1 if threads is None else threads)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        require_positive_int("batch_size", batch_size)
+        require_positive_int("max_length", max_length)
+        require_positive_int("threads", 1 if threads is None else threads)
         if max_length > cfg.max_position_embeddings:
             raise ValueError(f"max_length ({max_length}) exceeds max_position_embeddings "
                              f"({cfg.max_position_embeddings})")

@@ -26,7 +26,8 @@ from collections import deque
 import numpy as np
 from numba import config as numba_config
 
-from ._sync import DONE, IDLE, JOB, QUIT, SLOT, flags_for, let_through, publish_job, waited_share
+from ._sync import (IDLE, ask_helpers_to_quit, flags_for, helpers_still_in_job, let_through, publish_job,
+                    waited_share)
 
 BLAS_SPIN_SECONDS = 0.15  # how long BLAS's threads keep a core busy after a call (measured: ~0.1 s)
 MAX_DECODE_THREADS = 8    # a batch-1 token step is memory-bound: more threads than this only add barriers
@@ -123,8 +124,7 @@ class Team:
         flags, n = self.flags, self.n
         let_through(flags, 0)
         self._wake(asleep)                        # again, in case the interruption came first
-        job = flags[n * SLOT + JOB]
-        while any(flags[(n + t) * SLOT + DONE] < job for t in range(1, n)) and self._state.error is None:
+        while helpers_still_in_job(flags, n) and self._state.error is None:
             time.sleep(0.0001)                    # until no helper still writes the shared buffers
 
     def run_alone(self, part, p0: int, p1: int) -> None:
@@ -153,7 +153,7 @@ def _serve(t: int, n: int, flags, helper_loop, args: tuple, state: _HelperState)
 
 
 def _stop(flags, n: int, state: _HelperState) -> None:
-    flags[n * SLOT + QUIT] = 1
+    ask_helpers_to_quit(flags, n)
     for t in range(1, n):
         state.wake[t].release()
 

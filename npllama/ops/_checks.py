@@ -31,6 +31,14 @@ def require_int_array(name, a):
                         f"{getattr(a, 'dtype', type(a).__name__)}")
 
 
+def require_positive_int(name, value, none_ok=False):
+    """value must be a positive int (a NumPy integer too, not a bool); or None when none_ok."""
+    if none_ok and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be {'None or ' if none_ok else ''}a positive int, got {value!r}")
+
+
 def require_last_dim(name, a, expected, what):
     if a.shape[-1] != expected:
         raise ValueError(f"{name} has last dimension {a.shape[-1]}, expected {expected} ({what})")

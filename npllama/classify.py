@@ -69,8 +69,7 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
         from .lora import load_adapter
 
         model, tokenizer, model_dir = load_model_and_tokenizer(path, dtype=dtype)
-        with reading_run(adapter):
-            adapters = load_adapter(model, adapter)
+        adapters = load_adapter(model, adapter)   # under the adapter run's reader lock
         score = adapters.extra.pop(SCORE, None)
         if score is None:
             raise ValueError(f"adapter {str(adapter)!r} has no score.weight: it is not a sequence-classification "

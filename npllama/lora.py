@@ -241,6 +241,13 @@ def load_adapter(model, path) -> LoraAdapters:
     rank and alpha for all modules) and that every tensor is there with the shape this base model
     needs.  Tensors of modules_to_save (e.g. a classification head) land in `adapters.extra`.
     """
+    from .runs import reading_run
+
+    with reading_run(path):   # a fine-tuning run replacing the folder is never read half-way
+        return _load_adapter(model, path)
+
+
+def _load_adapter(model, path) -> LoraAdapters:
     from .io.errors import CheckpointError
     from .io.safetensors import read_safetensors
 
@@ -278,6 +285,7 @@ def load_adapter(model, path) -> LoraAdapters:
 
 
 # ----- checks --------------------------------------------------------------------------------------
+
 def _check_targets(target_modules) -> tuple[str, ...]:
     if isinstance(target_modules, str):
         target_modules = [target_modules]

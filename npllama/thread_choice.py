@@ -155,10 +155,25 @@ def _cpu_model() -> str:
 
 
 def _blas_description() -> list:
-    """Each BLAS library: its name, version, kernel architecture and thread count (threadpoolctl)."""
+    """NumPy's BLAS: its name, version, kernel architecture and thread count (threadpoolctl).
+
+    Only the library NumPy loaded, the one its products run on: the process may load others
+    later (SciPy's OpenBLAS comes with a numba import), and a key that listed every library
+    loaded so far changed within a process, so two runs of one shape could choose different
+    thread counts, and so sum in a different order."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
         return []
+    found = [i for i in threadpool_info() if i.get("user_api") == "blas"]
     return [[i.get("internal_api"), i.get("version"), i.get("architecture"), i.get("num_threads")]
-            for i in threadpool_info() if i.get("user_api") == "blas"]
+            for i in _numpys_own(found)]
+
+
+def _numpys_own(libraries: list[dict]) -> list[dict]:
+    """The libraries inside NumPy's installation (its wheel bundles its BLAS in numpy.libs, or in
+    numpy/.dylibs on macOS); all of them for a NumPy linked to a BLAS of the system."""
+    package = Path(np.__file__).resolve().parent
+    folders = (package, package.parent / "numpy.libs")
+    own = [i for i in libraries if any(Path(i.get("filepath", "")).resolve().is_relative_to(f) for f in folders)]
+    return own or libraries

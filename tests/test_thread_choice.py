@@ -1,6 +1,7 @@
 """`npllama train`'s default thread count: measured, the fastest kept, remembered per machine and run."""
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +106,24 @@ def test_train_without_threads_chooses_and_records_the_count(tmp_path):
     recorded = json.loads((tmp_path / "run" / RUN_FILE).read_text())
     assert 1 <= recorded["threads"] <= parallel.default_workers()
     assert any(line.startswith(f"threads: {recorded['threads']} (") for line in said), said
+
+
+def test_the_machine_key_names_numpys_blas_only_so_a_library_loaded_later_keeps_it(monkeypatch):
+    """SciPy's OpenBLAS, loaded part-way through a process (numba imports it), changed the key:
+    the next run of the same shape missed the cache, measured again and could choose another
+    count, so two runs of one seed gave different bits."""
+    import threadpoolctl
+
+    from npllama import thread_choice
+
+    numpy_lib = Path(np.__file__).resolve().parent.parent / "numpy.libs" / "libopenblas.so"
+    other = dict(user_api="blas", internal_api="openblas", version="0.0.1", architecture="X", num_threads=2,
+                 filepath="/elsewhere/scipy.libs/libopenblas.so")
+    ours = dict(other, version="9.9.9", filepath=str(numpy_lib))
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: [ours])
+    alone = thread_choice._blas_description()
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: [other, ours])
+    assert thread_choice._blas_description() == alone == [["openblas", "9.9.9", "X", 2]]
+    # a NumPy linked to the system's BLAS: nothing inside NumPy, so every library describes it
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: [other])
+    assert thread_choice._blas_description() == [["openblas", "0.0.1", "X", 2]]

@@ -227,8 +227,9 @@ def measure_config(name: str, variants, rounds: int, steps: int, progress) -> di
                 results[label].append(run_child([__file__, "--child", variant, name, model_dir, "--steps", steps],
                                                 source=source))
     B, T = CONFIGS[name]["batch"], CONFIGS[name]["seq"]
-    flops = training_flops(make_config(name), B, T)
-    products_flops = training_flops(make_config(name), B, T, attention=False)   # what `products` does
+    config = make_config(name)
+    flops = training_flops(config, B, T)
+    products_flops = training_flops(config, B, T, attention=False)   # what `products` does
     row = {"config": name, "batch": B, "seq": T, "gflop_per_step": flops / 1e9, "variants": {}}
     for label, runs in results.items():
         step = spread([run["step_s"] for run in runs])

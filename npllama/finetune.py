@@ -89,8 +89,9 @@ def run_steps(params: dict, loss_and_grads, make_batch, sc: StepConfig, desc: st
     """
     from tqdm.auto import tqdm
 
-    optimizer = AdamW(params, **sc.optimizer_settings())
-    step, losses = (0, []) if run is None else run.restore(params, optimizer, sc.optimizer_settings(), adapters)
+    settings = sc.optimizer_settings()
+    optimizer = AdamW(params, **settings)
+    step, losses = (0, []) if run is None else run.restore(params, optimizer, settings, adapters)
     # the dropout draws as they stood after the last whole step (a stop can land mid-step, after some draws)
     dropout = None if adapters is None else adapters.dropout_state
     save = lambda: run.save(step, params, optimizer, losses, dropout)  # noqa: E731 (the state as it is now)

@@ -172,7 +172,7 @@ class Tokenizer:
         trained = cls.from_bytes(model.getvalue(), f"{model_prefix}.model")
         _write_trained_file(Path(f"{model_prefix}.model"), trained.model_bytes)
         _write_trained_file(Path(f"{model_prefix}.vocab"), trained.vocab_text().encode("utf-8"))
-        return cls(f"{model_prefix}.model")
+        return trained      # the bytes just written: no second read and parse of the file
 
     def vocab_text(self) -> str:
         """The .vocab file SentencePiece writes beside a model: "piece<TAB>score" per line, in id order."""

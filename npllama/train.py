@@ -359,6 +359,8 @@ class _Loop:
         self.tc, self.run_dir, self.model, self.optimizer = tc, run_dir, model, optimizer
         self.loss_and_grads, self.loss = loss_and_grads, loss  # the objective's (tokens, targets) functions
         self.loader, self.val_batches, self.tokenizer, self.echo = loader, val_batches, tokenizer, echo
+        # what every checkpoint saves beside the weights: the tokenizer, as transformers loads it
+        self.tokenizer_files = _tokenizer_files(tokenizer, model.config)
         self.log = open(run_dir / "log.jsonl", "a", encoding="utf-8")
         self.step = 0
         self.last_train_loss = self.last_val_loss = self.last_val_step = None
@@ -474,7 +476,7 @@ class _Loop:
         # deferred: a stop signal during a checkpoint lets it finish (the stop then saves nothing new)
         with deferred_stop_signals(), reporting_write_errors(f"the checkpoint of step {step}", path):
             save_checkpoint(path, self.model, self.optimizer.state_dict(copy=False), state,
-                            extra_files={TOKENIZER_FILE: self.tokenizer.model_bytes},
+                            extra_files=self.tokenizer_files,
                             replace_lock=replacing_in_run(self.run_dir))
         self.saved_step = step
 
@@ -624,8 +626,13 @@ def _save_final_model(run_dir: Path, model, tokenizer) -> None:
 
     with deferred_stop_signals():
         save_hf_folder(run_dir / "model", model.config, model.params,
-                       extra_files={TOKENIZER_FILE: tokenizer.model_bytes},
+                       extra_files=_tokenizer_files(tokenizer, model.config),
                        replace_lock=replacing_in_run(run_dir))
+
+
+def _tokenizer_files(tokenizer, config) -> dict[str, bytes]:
+    """tokenizer.model and the files that make it load in transformers' AutoTokenizer."""
+    return tokenizer.hf_files(model_max_length=config.max_position_embeddings)
 
 
 def _plot_losses(run_dir: Path) -> None:

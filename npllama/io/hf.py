@@ -15,7 +15,6 @@ file and the tensor or field.  Pickle checkpoints (pytorch_model.bin) are never 
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -378,21 +377,13 @@ def _with_tokenizer_config(extra_files: dict, config: LlamaConfig) -> dict:
     model_bytes = extra_files.get("tokenizer.model")
     if model_bytes is None or "tokenizer_config.json" in extra_files:
         return extra_files
-    files = _tokenizer_files(bytes(model_bytes), config.max_position_embeddings)
-    return extra_files if files is None else {**files, **extra_files}
-
-
-@functools.lru_cache(maxsize=4)
-def _tokenizer_files(model_bytes: bytes, model_max_length: int) -> dict[str, bytes] | None:
-    """The transformers tokenizer files for a tokenizer.model, or None if it is not a SentencePiece
-    model.  Remembered: a run saves the same tokenizer with every checkpoint."""
     from ..tokenizer import Tokenizer
 
     try:
-        tokenizer = Tokenizer.from_bytes(model_bytes)
+        tokenizer = Tokenizer.from_bytes(bytes(model_bytes))
     except ValueError:  # not a SentencePiece model: written as given, without a config to describe it
-        return None
-    return tokenizer.hf_files(model_max_length=model_max_length)
+        return extra_files
+    return {**tokenizer.hf_files(model_max_length=config.max_position_embeddings), **extra_files}
 
 
 def _save_dtype(dtype, params: dict) -> tuple[str, str]:

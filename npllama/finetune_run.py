@@ -21,13 +21,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-import secrets
-import shutil
 from pathlib import Path
 
 from .interrupts import deferred_stop_signals, stop_signals_interrupt
-from .io.atomic import _TMP_TAG, atomic_write_text
+from .io.atomic import atomic_files_into, atomic_write_text
 from .io.errors import CheckpointError
 from .resuming import (already_holds_a_run, changes_on_resume, check_finite, checked_step, record_changes,
                        reporting_write_errors, restore_optimizer, stop_line, truncate_log, write_settings)
@@ -176,14 +173,7 @@ class FinetuneRun:
     def publish(self, save) -> Path:
         """save(folder) writes the result as a folder; its files are moved into the run folder
         under the run's replace lock, so a reader sees all of the old result or all of the new."""
-        staging = self.run_dir / f".result{_TMP_TAG}{secrets.token_hex(4)}"
-        try:
-            with deferred_stop_signals(), reporting_write_errors("the result", self.run_dir):
+        with deferred_stop_signals(), reporting_write_errors("the result", self.run_dir):
+            with atomic_files_into(self.run_dir, replace_lock=replacing_in_run(self.run_dir)) as staging:
                 save(staging)
-                with replacing_in_run(self.run_dir):
-                    for path in sorted(staging.iterdir()):
-                        os.replace(path, self.run_dir / path.name)
-        finally:
-            if staging.is_dir():
-                shutil.rmtree(staging, ignore_errors=True)
         return self.run_dir

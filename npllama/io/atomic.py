@@ -103,6 +103,27 @@ def atomic_directory(final_path, replace_lock=None) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_files_into(folder, replace_lock=None) -> Iterator[Path]:
+    """Yield a new empty folder inside `folder`; on success its files are fsynced and moved into
+    `folder` (replacing files of the same names) under `replace_lock`, then the folder's entries
+    are fsynced.  The temporary folder is removed either way; if the body raises, `folder` is
+    not touched.  For a result of several files that lands beside other files, where
+    atomic_directory would replace the whole folder."""
+    folder = Path(folder)
+    staging = _fresh_name(folder / "result", _TMP_TAG)
+    os.mkdir(staging)
+    try:
+        yield staging
+        _fsync_tree(staging)
+        with replace_lock if replace_lock is not None else contextlib.nullcontext():
+            for path in sorted(staging.iterdir()):
+                os.replace(path, folder / path.name)
+            _fsync_dir(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def backup_paths(final_path) -> list[Path]:
     """Backups of `final_path` left by an `atomic_directory` interrupted between its two renames.
 

@@ -537,6 +537,34 @@ def test_atomic_directory_replaces_and_fsyncs_before_renaming(tmp_path, monkeypa
     assert ("fsync", str(tmp_path)) in events[first_rename:], "the parent fsynced after renaming"
 
 
+def test_atomic_files_into_moves_fsynced_files_beside_the_others_and_leaves_nothing(tmp_path, monkeypatch):
+    from npllama.io.atomic import atomic_files_into
+
+    if not os.path.exists("/proc/self/fd"):
+        pytest.skip("needs /proc to name file descriptors")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text("kept")
+    (run / "model.safetensors").write_text("old")
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", os.fspath(b))), real_replace(a, b)))
+    with atomic_files_into(run) as staging:
+        (staging / "model.safetensors").write_text("new")
+        (staging / "config.json").write_text("{}")
+    assert tree(run) == {"log.jsonl": b"kept", "model.safetensors": b"new", "config.json": b"{}"}
+    first_move = next(i for i, e in enumerate(events) if e[0] == "replace")
+    assert ("fsync", str(staging / "model.safetensors")) in events[:first_move], "files fsynced before moving"
+    assert events[-1] == ("fsync", str(run)), "the folder's entries fsynced after the moves"
+    with pytest.raises(RuntimeError):
+        with atomic_files_into(run) as staging:
+            (staging / "model.safetensors").write_text("half")
+            raise RuntimeError("the save failed")
+    assert tree(run) == {"log.jsonl": b"kept", "model.safetensors": b"new", "config.json": b"{}"}
+
+
 def test_atomic_directory_failed_rename_restores_the_old_folder(tmp_path, monkeypatch):
     final = tmp_path / "ckpt"
     final.mkdir()

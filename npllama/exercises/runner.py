@@ -49,6 +49,11 @@ class CheckResult:
     def passed(self) -> bool:
         return self.status == "pass"
 
+    @property
+    def diagnosis(self) -> str:
+        """The finding's one line if a mistake was named, else the status."""
+        return self.finding.short() if self.finding else self.status
+
 
 @dataclasses.dataclass
 class Report:
@@ -87,7 +92,7 @@ class Report:
         first = self.first_failure
         if first is None:
             return "all checks pass"
-        return f"{first.check.name}: {first.finding.short() if first.finding else first.status}"
+        return f"{first.check.name}: {first.diagnosis}"
 
     def format(self) -> str:
         ex = self.exercise
@@ -129,7 +134,7 @@ class Report:
                 "refused": self.refused, "summary": self.summary(),
                 "first_failure": None if first is None else {
                     "check": first.check.name, "status": first.status,
-                    "diagnosis": first.finding.short() if first.finding else first.status,
+                    "diagnosis": first.diagnosis,
                     **(dataclasses.asdict(first.finding) if first.finding else {})},
                 "checks": {r.check.name: r.status for r in self.results}}
 

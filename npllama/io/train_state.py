@@ -74,8 +74,7 @@ def load_checkpoint(path, dtype=np.float32):
     from ..model import Llama
 
     path = Path(path)
-    record = _read_record(path / STATE_FILE)
-    header = record.pop("optimizer")
+    record, header = _read_record(path / STATE_FILE)
     if not (path / "model").is_dir():
         raise CheckpointError(path / "model", "is missing: a training checkpoint holds its model folder")
     model = Llama.from_pretrained(path / "model", dtype=dtype)
@@ -86,8 +85,7 @@ def load_params_checkpoint(path, dtype=np.float32):
     """(params, optimizer_state, state) from a folder written by save_params_checkpoint, checked
     as load_checkpoint checks its files."""
     path = Path(path)
-    record = _read_record(path / STATE_FILE)
-    header = record.pop("optimizer")
+    record, header = _read_record(path / STATE_FILE)
     if not (path / PARAMS_FILE).is_file():
         raise CheckpointError(path / PARAMS_FILE, "is missing: a fine-tuning checkpoint holds the trained tensors")
     params = read_safetensors(path / PARAMS_FILE, dtype=dtype)
@@ -102,8 +100,9 @@ def _read_optimizer_state(path: Path, header: dict, dtype) -> dict:
     return _join_arrays(header, arrays, optimizer_path, dtype)
 
 
-def _read_record(state_path: Path) -> dict:
-    """training_state.json, checked as far as load_checkpoint itself relies on it."""
+def _read_record(state_path: Path) -> tuple[dict, dict]:
+    """training_state.json, checked as far as load_checkpoint itself relies on it: (the record
+    without its optimizer header, the header)."""
     if not state_path.is_file():
         raise CheckpointError(state_path, "is missing: not a training checkpoint")
     record = read_json(state_path, expect=dict, max_bytes=MAX_STATE_BYTES, error=CheckpointError)
@@ -118,7 +117,8 @@ def _read_record(state_path: Path) -> dict:
             and len(set(groups)) == len(groups)):
         raise CheckpointError(state_path, f"must list distinct names, got {groups!r}",
                               field="optimizer._array_groups")
-    return record
+    del record["optimizer"]
+    return record, header
 
 
 def _split_arrays(optimizer_state: dict):

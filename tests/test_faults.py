@@ -12,7 +12,6 @@
   the way forward (--lr, --skip-nonfinite), keeps the last good checkpoint, and never reaches the
   optimizer; --skip-nonfinite skips the batch, and gives up on a model that only produces NaN.
 """
-import errno
 import json
 import os
 import random
@@ -33,6 +32,8 @@ from npllama.io.train_state import load_checkpoint, save_checkpoint
 from npllama.optim import AdamW
 from npllama.runs import recover_checkpoint
 from npllama.train import MAX_CONSECUTIVE_SKIPS, TrainConfig, TrainingError, train
+
+from full_disk import FillsUp, disk_full, files_on_a_full_disk   # tests/full_disk.py
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 40
@@ -264,27 +265,6 @@ def tiny_model():
     config = LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
                          num_attention_heads=2, max_position_embeddings=16)
     return Llama(config, seed=0)
-
-
-def disk_full(*_args, **_kwargs):
-    raise OSError(errno.ENOSPC, "No space left on device")
-
-
-class FillsUp:
-    """A file object that takes `room` bytes and then fails, as a full disk does mid-file."""
-
-    def __init__(self, f, room):
-        self.f, self.room = f, room
-
-    def write(self, data):
-        if len(data) > self.room:
-            self.f.write(bytes(data)[:self.room])
-            disk_full()
-        self.room -= len(data)
-        return self.f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
 
 
 def fail_mid_file(monkeypatch):
@@ -817,8 +797,6 @@ def test_a_full_disk_while_the_tokenizer_is_written_is_reported_as_such_and_clea
 
     corpus = write_default_corpus(tmp_path / "stories.txt", n_stories=50)
     monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
-    from full_disk import files_on_a_full_disk
-
     if not os.path.isdir("/proc/self/fd"):
         pytest.skip("needs /proc/self/fd to tell the tokenizer's file from the others")
     monkeypatch.setattr(os, "fdopen", files_on_a_full_disk(os.fdopen, only="tokenizer.model"))

@@ -26,13 +26,12 @@ from pathlib import Path
 from .interrupts import deferred_stop_signals, stop_signals_interrupt
 from .io.atomic import atomic_files_into, atomic_write_text
 from .io.errors import CheckpointError
-from .resuming import (already_holds_a_run, changes_on_resume, check_finite, checked_step, record_changes,
-                       reporting_write_errors, restore_optimizer, stop_line, truncate_log, write_settings)
-from .runs import (READER_LOCK_FILE, WRITER_LOCK_FILE, checkpoint_to_resume, remove_stale_temporaries,
-                   replacing_in_run, writing_run)
+from .resuming import (LOG_FILE, already_holds_a_run, check_finite, checked_step, record_changes, reopen_run,
+                       reporting_write_errors, require_settings, restore_optimizer, stop_line, truncate_log,
+                       write_settings)
+from .runs import READER_LOCK_FILE, WRITER_LOCK_FILE, replacing_in_run, writing_run
 
 SETTINGS_FILES = {"classify": "classify_config.json", "sft": "sft_config.json"}
-LOG_FILE = "log.jsonl"
 
 
 def settings_file(task: str) -> str:
@@ -42,10 +41,8 @@ def settings_file(task: str) -> str:
 def require_resumable(run_dir, task: str) -> None:
     """A FileNotFoundError saying why, unless run_dir holds a `task` run's settings."""
     run_dir = Path(run_dir).expanduser()
-    if not (run_dir / settings_file(task)).is_file():
-        other = [t for t, name in SETTINGS_FILES.items() if t != task and (run_dir / name).is_file()]
-        raise FileNotFoundError(f"nothing to resume: {str(run_dir / settings_file(task))!r} does not exist"
-                                + (f" ({str(run_dir)!r} holds a {other[0]} run)" if other else ""))
+    other = [t for t, name in SETTINGS_FILES.items() if t != task and (run_dir / name).is_file()]
+    require_settings(run_dir, settings_file(task), f" ({str(run_dir)!r} holds a {other[0]} run)" if other else "")
 
 
 @contextlib.contextmanager
@@ -79,9 +76,7 @@ class FinetuneRun:
         self.checkpoint = None    # the checkpoint folder to resume from
         self.changes = {}
         if resume:
-            self.changes = changes_on_resume(run_dir, config, settings_file(task))
-            remove_stale_temporaries(run_dir)
-            self.checkpoint = checkpoint_to_resume(run_dir)  # damage is refused here, before anything is written
+            self.changes, self.checkpoint = reopen_run(run_dir, config, settings_file(task))
             if self.checkpoint is None:
                 echo(f"no checkpoint in {run_dir} yet: starting from step 0")
         else:

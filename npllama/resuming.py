@@ -23,6 +23,7 @@ from .io.atomic import atomic_write_text
 from .io.errors import CheckpointError
 
 MAX_SETTINGS_BYTES = 1024**2  # a settings file is a few kB
+LOG_FILE = "log.jsonl"         # a run's log, one JSON line per event (both jobs)
 
 
 class CheckpointWriteError(OSError):
@@ -50,14 +51,31 @@ def reporting_write_errors(what: str, path: Path):
 
 
 # ----- the run's settings ---------------------------------------------------------------------------
+def require_settings(run_dir, file_name: str, also: str = "") -> Path:
+    """The run's settings file, or a FileNotFoundError "nothing to resume" (`also` added to it)."""
+    path = Path(run_dir) / file_name
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume: {str(path)!r} does not exist{also}")
+    return path
+
+
+def reopen_run(run_dir, config, file_name: str) -> tuple[dict, Path | None]:
+    """A resume's first steps, before anything is written: (the settings it changes, as
+    changes_on_resume checks them; the checkpoint to resume from, or None if there is none yet,
+    damage refused), with the temporaries an interrupted write left removed in between."""
+    from .runs import checkpoint_to_resume, remove_stale_temporaries
+
+    changes = changes_on_resume(run_dir, config, file_name)
+    remove_stale_temporaries(run_dir)
+    return changes, checkpoint_to_resume(run_dir)
+
+
 def saved_settings(run_dir, config_class, file_name: str) -> dict:
     """The settings a run folder's `file_name` records, validated by `config_class` like
     command-line ones (any problem is a CheckpointError naming the file)."""
     from .io.reading import read_json
 
-    path = Path(run_dir) / file_name
-    if not path.is_file():
-        raise FileNotFoundError(f"nothing to resume: {str(path)!r} does not exist")
+    path = require_settings(run_dir, file_name)
     saved = read_json(path, expect=dict, max_bytes=MAX_SETTINGS_BYTES, error=CheckpointError)
     known = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(saved) - known)

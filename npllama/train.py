@@ -33,12 +33,11 @@ from .optim import (AdamW, NonFiniteGradientError, TrainingError, _require_decay
                     cosine_with_warmup)
 from .parallel import BatchSplitter
 from .thread_choice import fastest_threads
-from .resuming import (CheckpointWriteError, changes_on_resume,  # noqa: F401 (CheckpointWriteError: re-exported)
-                       check_finite, checked_step, reporting_write_errors,
-                       record_changes, restore_optimizer, saved_settings, stop_line, truncate_log,
-                       write_settings, already_holds_a_run)
-from .runs import (TOKENIZER_FILE, checkpoint_to_resume, mark_latest, remove_stale_temporaries,
-                   replacing_in_run, writing_run)
+from .resuming import (LOG_FILE, CheckpointWriteError,  # noqa: F401 (CheckpointWriteError: re-exported)
+                       already_holds_a_run, check_finite, checked_step, record_changes, reopen_run,
+                       reporting_write_errors, require_settings, restore_optimizer, saved_settings, stop_line,
+                       truncate_log, write_settings)
+from .runs import TOKENIZER_FILE, mark_latest, replacing_in_run, writing_run
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 OBJECTIVES = ("causal", "mlm")
@@ -226,8 +225,8 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
         if tc.tokenizer is not None and init_from_tokenizer_path(tc) is not None:
             raise ValueError(f"--init-from {tc.init_from!r} has its own tokenizer.model, which its "
                              f"embeddings were trained with: leave out --tokenizer")
-    if resume and not (run_dir / "train_config.json").is_file():
-        raise FileNotFoundError(f"nothing to resume: {str(run_dir / 'train_config.json')!r} does not exist")
+    if resume:
+        require_settings(run_dir, CONFIG_FILE)
     with stop_signals_interrupt(), writing_run(run_dir):
         return _train_holding_the_run(tc, run_dir, resume, echo)
 
@@ -238,16 +237,14 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
 
     changes = {}
     if resume:
-        changes = _changes_on_resume(run_dir, tc)
-        remove_stale_temporaries(run_dir)
-        checkpoint = checkpoint_to_resume(run_dir)  # damage is refused here, before anything is written
+        changes, checkpoint = reopen_run(run_dir, tc, CONFIG_FILE)   # damage is refused here, before any write
     else:
         if (run_dir / "checkpoint").exists() or (run_dir / "model").exists():
             raise already_holds_a_run(run_dir)
         checkpoint = None
     if checkpoint is None:  # a new start: files a failed start left are not this run's
         _remove_derived_files(run_dir)
-        _write_train_config(run_dir, tc)  # first, so a start killed from here on can be resumed
+        write_settings(run_dir, tc, CONFIG_FILE)  # first, so a start killed from here on can be resumed
 
     texts = _load_corpus(tc)
     tokenizer = _prepare_tokenizer(tc, run_dir, texts, echo, checkpoint)
@@ -261,8 +258,8 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
         model, optimizer, state = restore_checkpoint(checkpoint, tc, loader, tokenizer,
                                                      changed=set(changes))
         start_step = state["step"]
-        _write_train_config(run_dir, tc)  # only now: a checkpoint that is refused changes nothing
-        truncate_log(run_dir / "log.jsonl", start_step)
+        write_settings(run_dir, tc, CONFIG_FILE)  # only now: a checkpoint that is refused changes nothing
+        truncate_log(run_dir / LOG_FILE, start_step)
         echo(f"resuming {run_dir} at step {start_step}")
     else:
         if resume:
@@ -270,7 +267,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
         model = _new_model(tc, tokenizer, echo)
         optimizer = _make_optimizer(model, tc)
         start_step = 0
-        atomic_write_text(run_dir / "log.jsonl", "")
+        atomic_write_text(run_dir / LOG_FILE, "")
     mark_latest(run_dir)
     echo(f"model: {_describe_shape(tc, model.config)}, {model.num_parameters():,} parameters; "
          f"corpus: {len(train_ids):,} training and {len(val_ids):,} validation tokens; "
@@ -361,7 +358,7 @@ class _Loop:
         self.loader, self.val_batches, self.tokenizer, self.echo = loader, val_batches, tokenizer, echo
         # what every checkpoint saves beside the weights: the tokenizer, as transformers loads it
         self.tokenizer_files = _tokenizer_files(tokenizer, model.config)
-        self.log = open(run_dir / "log.jsonl", "a", encoding="utf-8")
+        self.log = open(run_dir / LOG_FILE, "a", encoding="utf-8")
         self.step = 0
         self.last_train_loss = self.last_val_loss = self.last_val_step = None
         self.skipped_in_a_row = 0
@@ -591,26 +588,11 @@ def _make_optimizer(model, tc: TrainConfig) -> AdamW:
     return AdamW(model.params, **_optimizer_settings(tc))
 
 
-def saved_train_config(run_dir) -> dict:
-    """The settings a run folder's train_config.json records, validated like command-line ones
-    (any problem is a CheckpointError naming the file)."""
-    return saved_settings(run_dir, TrainConfig, CONFIG_FILE)
-
-
 def resume_config(run_dir, **given) -> TrainConfig:
     """The settings for `npllama train --out run_dir --resume`: the saved ones, with the options the
     user gave on top (so the printed hint `npllama train --out DIR --resume` works as printed)."""
-    saved = saved_train_config(run_dir)
+    saved = saved_settings(run_dir, TrainConfig, CONFIG_FILE)   # validated like command-line settings
     return TrainConfig(**{**saved, **given, "out": str(run_dir)})
-
-
-def _changes_on_resume(run_dir: Path, tc: TrainConfig) -> dict:
-    """{name: (saved, new)} for the settings this resume changes (npllama.resuming.changes_on_resume)."""
-    return changes_on_resume(run_dir, tc, CONFIG_FILE)
-
-
-def _write_train_config(run_dir: Path, tc: TrainConfig) -> None:
-    write_settings(run_dir, tc, CONFIG_FILE)
 
 
 def _remove_derived_files(run_dir: Path) -> None:

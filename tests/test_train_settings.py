@@ -196,7 +196,8 @@ def test_train_output_to_a_closed_pipe_ends_quietly(tmp_path):
 
 @pytest.mark.parametrize("name", ["val_data", "init_from", "data", "tokenizer"])
 def test_resume_takes_a_respelled_or_symlinked_path_as_unchanged(tmp_path, monkeypatch, name):
-    from npllama.train import _changes_on_resume, _write_train_config
+    from npllama.resuming import changes_on_resume, write_settings
+    from npllama.train import CONFIG_FILE
 
     def make(path):  # init_from names a model folder, the others files
         path.parent.mkdir(exist_ok=True)
@@ -208,9 +209,9 @@ def test_resume_takes_a_respelled_or_symlinked_path_as_unchanged(tmp_path, monke
     run = tmp_path / "run"
     run.mkdir()
     monkeypatch.chdir(tmp_path)
-    _write_train_config(run, TrainConfig(out=str(run), **{name: "files/the_thing"}))
+    write_settings(run, TrainConfig(out=str(run), **{name: "files/the_thing"}), CONFIG_FILE)
     for spelling in ("./files/the_thing", str(target), "files/../files/the_thing", "link"):
-        assert _changes_on_resume(run, TrainConfig(out=str(run), **{name: spelling})) == {}, spelling
+        assert changes_on_resume(run, TrainConfig(out=str(run), **{name: spelling}), CONFIG_FILE) == {}, spelling
     make(tmp_path / "files" / "other")
     with pytest.raises(ValueError, match=f"cannot resume .*{name}"):  # another file is still another run
-        _changes_on_resume(run, TrainConfig(out=str(run), **{name: "files/other"}))
+        changes_on_resume(run, TrainConfig(out=str(run), **{name: "files/other"}), CONFIG_FILE)

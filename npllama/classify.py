@@ -63,7 +63,7 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
 
     Every folder is read holding its run's reader lock (npllama.runs.reading_run), so a fine-tuning
     run that is replacing it never gets read half-way."""
-    from .runs import latest_run, load_model_and_tokenizer, load_tokenizer, reading_run, resolve_model_dir
+    from .runs import load_model_and_tokenizer, load_tokenizer, reading_model_dir
 
     if adapter is not None:
         from .lora import load_adapter
@@ -80,9 +80,7 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
     from .io.hf import load_hf_classifier_folder
     from .model import Llama
 
-    path = latest_run() if path is None else Path(path).expanduser()
-    with reading_run(path):  # resolved and loaded while no writer can replace the folder
-        model_dir = resolve_model_dir(path)
+    with reading_model_dir(path) as model_dir:
         config, params, score, raw = load_hf_classifier_folder(model_dir, dtype=dtype)
         tokenizer = load_tokenizer(model_dir)
         names = _label_names(model_dir, raw, score.shape[0])

@@ -274,15 +274,22 @@ def load_tokenizer(model_dir: Path):
                                 f"a tokenizer is needed to turn text into tokens") from None
 
 
+@contextlib.contextmanager
+def reading_model_dir(path=None):
+    """The model folder of `--model path` (None: the latest run), held under its run's reader lock
+    for the block: resolved and loaded while no writer can replace it."""
+    path = latest_run() if path is None else Path(path).expanduser()
+    with reading_run(path):
+        yield resolve_model_dir(path)
+
+
 def load_model_and_tokenizer(path=None, dtype=None):
     """(model, tokenizer, model_dir) for `--model path` (None: the latest run)."""
     import numpy as np
 
     from .model import Llama
 
-    path = latest_run() if path is None else Path(path).expanduser()
-    with reading_run(path):  # resolved and loaded while no writer can replace the folder
-        model_dir = resolve_model_dir(path)
+    with reading_model_dir(path) as model_dir:
         model = Llama.from_pretrained(model_dir, dtype=dtype or np.float32)
         tokenizer = load_tokenizer(model_dir)
     tokenizer.check_vocab(model.config.vocab_size)

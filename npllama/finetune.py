@@ -33,6 +33,7 @@ import numpy as np
 
 from .lora import ATTENTION_TARGETS, attach_lora
 from .objectives import IGNORE_INDEX, pad_batch, pad_id_of
+from .ops._checks import require_non_negative_int, require_positive_int
 from .ops.classifier import classifier_backward, classifier_forward, last_token_index
 from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .interrupts import deferred_stop_signals
@@ -57,17 +58,12 @@ class StepConfig:
     checkpoint_every: int = 0       # with a run folder: steps between checkpoints (0: only when stopped or done)
 
     def __post_init__(self):
-        for name in ("steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        require_positive_int("steps", self.steps)
+        require_positive_int("batch_size", self.batch_size)
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
-        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
-                or self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be a non-negative int, got {self.checkpoint_every!r}")
+        require_non_negative_int("warmup_steps", self.warmup_steps)
+        require_non_negative_int("checkpoint_every", self.checkpoint_every)
 
     def optimizer_settings(self) -> dict:
         """AdamW's settings (npllama.optim.AdamW.settings_names) for this loop."""
@@ -311,9 +307,7 @@ class FinetuneSettings:
     PATH_SETTINGS = ("base", "data", "val_data", "out", "chat_template")  # a respelled path is no change
 
     def __post_init__(self):
-        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
-                or self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be a non-negative int, got {self.checkpoint_every!r}")
+        require_non_negative_int("checkpoint_every", self.checkpoint_every)
         if self.out is not None and (not isinstance(self.out, str) or not self.out.strip()):
             raise ValueError(f"out must name a run folder (a str) or be None, got {self.out!r}")
 

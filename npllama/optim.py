@@ -217,8 +217,9 @@ class _Optimizer:
 
     def with_settings(self, **settings):
         """Set hyper-parameters (any of `settings_names`; the rest keep their values) and return
-        the optimizer.  The one place they are checked: the constructor and load_state_dict go
-        through it, and so does a resume that changes them.  All are checked before any is set."""
+        the optimizer.  The constructor goes through it, and so does a resume that changes them;
+        load_state_dict checks a state's settings with the rest of the state.  Every path checks
+        them with _checked_settings, all before any is set."""
         unknown = sorted(set(settings) - set(self.settings_names))
         if unknown:
             raise TypeError(f"{self.name} has no setting(s) {', '.join(unknown)}; "
@@ -344,7 +345,8 @@ class AdamW(_Optimizer):
         _require_finite_state("state['v']", state["v"], non_negative=True)
 
         self.step_count = step
-        self.with_settings(**settings)
+        for name, value in settings.items():        # checked by _check_state_header
+            setattr(self, name, value)
         self.decay = {name: name not in no_decay_names for name in self.params}
         self.m = self._copy_arrays(state["m"])
         self.v = self._copy_arrays(state["v"])

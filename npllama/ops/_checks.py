@@ -39,6 +39,12 @@ def require_positive_int(name, value, none_ok=False):
         raise ValueError(f"{name} must be {'None or ' if none_ok else ''}a positive int, got {value!r}")
 
 
+def require_non_negative_int(name, value):
+    """value must be an int >= 0 (a NumPy integer too, not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+
+
 def require_last_dim(name, a, expected, what):
     if a.shape[-1] != expected:
         raise ValueError(f"{name} has last dimension {a.shape[-1]}, expected {expected} ({what})")

@@ -501,18 +501,26 @@ def test_atomic_directory_body_raising_leaves_old_folder_untouched(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
 
-def test_atomic_directory_replaces_and_fsyncs_before_renaming(tmp_path, monkeypatch):
+def recording_fsyncs(monkeypatch) -> list:
+    """Events [("fsync", path), ...] as os.fsync is called, by the path of each descriptor."""
     if not os.path.exists("/proc/self/fd"):
         pytest.skip("needs /proc to name file descriptors")
-    final = tmp_path / "ckpt"
-    final.mkdir()
-    (final / "old.txt").write_text("old")
-    events = []
-    real_fsync, real_rename = os.fsync, os.rename
+    events, real_fsync = [], os.fsync
 
     def fsync(fd):
         events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
         real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return events
+
+
+def test_atomic_directory_replaces_and_fsyncs_before_renaming(tmp_path, monkeypatch):
+    final = tmp_path / "ckpt"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    events = recording_fsyncs(monkeypatch)
+    real_rename = os.rename
 
     def rename(src, dst):
         events.append(("rename", os.fspath(src), os.fspath(dst)))
@@ -523,7 +531,6 @@ def test_atomic_directory_replaces_and_fsyncs_before_renaming(tmp_path, monkeypa
             assert tree(backup) == {"old.txt": b"old"}
         real_rename(src, dst)
 
-    monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "rename", rename)
     with atomic_directory(final) as tmp:
         (tmp / "new.txt").write_text("new")
@@ -540,16 +547,12 @@ def test_atomic_directory_replaces_and_fsyncs_before_renaming(tmp_path, monkeypa
 def test_atomic_files_into_moves_fsynced_files_beside_the_others_and_leaves_nothing(tmp_path, monkeypatch):
     from npllama.io.atomic import atomic_files_into
 
-    if not os.path.exists("/proc/self/fd"):
-        pytest.skip("needs /proc to name file descriptors")
     run = tmp_path / "run"
     run.mkdir()
     (run / "log.jsonl").write_text("kept")
     (run / "model.safetensors").write_text("old")
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
-                                                 real_fsync(fd)))
+    events = recording_fsyncs(monkeypatch)
+    real_replace = os.replace
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", os.fspath(b))), real_replace(a, b)))
     with atomic_files_into(run) as staging:
         (staging / "model.safetensors").write_text("new")

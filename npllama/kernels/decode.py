@@ -376,12 +376,18 @@ def _matvec(w, x, out):
     is loaded once for four running sums, which keeps four multiply-adds in flight ('reassoc'
     lets LLVM vectorise each sum).  Measured at the layers' sizes (288x288 ... 768x288, in cache):
     as fast as BLAS's gemv on two threads (4-14 us), where a plain row-by-row loop took 1.5-2x
-    as long; a parallel loop's start alone cost more (numba's workqueue pool: 35-45 us)."""
+    as long; a parallel loop's start alone cost more (numba's workqueue pool: 35-45 us).
+
+    The last rows % 4 go through the same loop (the last row read again in the spare sums, not
+    stored): LLVM may vectorise a separate one-row loop differently (it did on an AVX2 machine,
+    not on AVX-512), so a row summed there differed in the last bit from the same row in a block
+    of four, and
+    a thread's share that ends off a multiple of 4 (a KV group of 6 rows) would change the logits."""
     rows, cols = w.shape
     zero = w.dtype.type(0)
-    r = 0
-    while r + 4 <= rows:
-        w0, w1, w2, w3 = w[r], w[r + 1], w[r + 2], w[r + 3]
+    last = rows - 1
+    for r in range(0, rows, 4):
+        w0, w1, w2, w3 = w[r], w[min(r + 1, last)], w[min(r + 2, last)], w[min(r + 3, last)]
         a0 = a1 = a2 = a3 = zero
         for c in range(cols):
             xc = x[c]
@@ -389,13 +395,14 @@ def _matvec(w, x, out):
             a1 += w1[c] * xc
             a2 += w2[c] * xc
             a3 += w3[c] * xc
-        out[r], out[r + 1], out[r + 2], out[r + 3] = a0, a1, a2, a3
-        r += 4
-    for rest in range(r, rows):          # the last rows % 4
-        acc = zero
-        for c in range(cols):
-            acc += w[rest, c] * x[c]
-        out[rest] = acc
+        out[r] = a0
+        if r + 3 <= last:
+            out[r + 1], out[r + 2], out[r + 3] = a1, a2, a3
+        else:
+            if r + 1 <= last:
+                out[r + 1] = a1
+            if r + 2 <= last:
+                out[r + 2] = a2
 
 
 @njit(cache=True, error_model="numpy", nogil=True)

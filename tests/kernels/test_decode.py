@@ -166,6 +166,26 @@ def test_matvec_equals_numpy_for_any_number_of_rows(dtype):
             assert_close(out, w @ x, f"{rows}x{cols}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matvec_sums_a_row_the_same_way_wherever_it_falls(dtype):
+    """A thread's share of rows may end off a multiple of 4 (a KV group of 6 rows): every row of
+    every slice must come out bit for bit as in the whole product, or the thread count would
+    change the logits."""
+    from npllama.kernels.decode import _matvec
+
+    rng = np.random.default_rng(1)
+    for cols in (6, 24, 30, 67):
+        w = rng.standard_normal((12, cols)).astype(dtype)
+        x = rng.standard_normal(cols).astype(dtype)
+        whole = np.empty(12, dtype=dtype)
+        _matvec(w, x, whole)
+        for start in range(12):
+            for stop in range(start + 1, 13):
+                part = np.empty(stop - start, dtype=dtype)
+                _matvec(w[start:stop], x, part)
+                assert np.array_equal(part, whole[start:stop]), f"rows {start}:{stop} of 12x{cols}"
+
+
 # ---- the token step on several threads (npllama/kernels/threads.py, _sync.py) -------------------
 
 def odd_model(n_kv_heads, dtype=np.float32):

@@ -381,8 +381,8 @@ def _matvec(w, x, out):
     The last rows % 4 go through the same loop (the last row read again in the spare sums, not
     stored): LLVM may vectorise a separate one-row loop differently (it did on an AVX2 machine,
     not on AVX-512), so a row summed there differed in the last bit from the same row in a block
-    of four, and
-    a thread's share that ends off a multiple of 4 (a KV group of 6 rows) would change the logits."""
+    of four, and a thread's share that ends off a multiple of 4 (a KV group of 6 rows) changed
+    the logits."""
     rows, cols = w.shape
     zero = w.dtype.type(0)
     last = rows - 1

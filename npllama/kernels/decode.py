@@ -20,8 +20,9 @@ bandwidth and by whatever else it spends between those reads:
   - by default the decoder uses every core, and falls back to one thread while that is faster
     (threads.TeamOrAlone: when the threads wait at the barriers for long, other programs are
     keeping the cores busy, and the two ways are timed);
-    `threads=N` fixes the count.  Splits fall on multiples of 4 rows and on whole KV groups,
-    so the logits are the same bits for any thread count;
+    `threads=N` fixes the count.  Splits fall on whole rows and whole KV groups, each row and
+    each head computed by the same loop whatever the split, so the logits are the same bits for
+    any thread count;
   - the weights are the model's own arrays, gathered once per model (`model_weights`, kept
     while the parameter arrays are the same objects): nothing is copied per decoder or per
     `generate` call, and a training step's in-place update is seen at once.  The kernel gets the
@@ -295,7 +296,7 @@ def _decode_token_part(t, n, flags, embed, layers, final_norm, lm_head, eps, cos
     logits (V,).  k_cache_t (L, 1, KVH, hd, max_len), v_cache (L, 1, KVH, max_len, hd).
     layers (L, 9): layer i's weights by address (ModelWeights), looked at as arrays here: w_q is
     the model's params["model.layers.{i}.self_attn.q_proj.weight"] itself (the same memory).
-    Splits fall on multiples of 4 rows, so every row is summed the same way whatever n is.
+    Every row is summed by the same loop whatever n is (_matvec), so any n gives the same bits.
     The job (FastDecoder._step_one_token): the token and its position."""
     token, pos, epoch = job_param(flags, n, 0), job_param(flags, n, 1), job_base(flags, n)
     hd = k_cache_t.shape[3]
@@ -372,37 +373,24 @@ def _share(size, t, n, multiple):
 
 @njit(cache=True, error_model="numpy", nogil=True, fastmath=REDUCTION_FLAGS)
 def _matvec(w, x, out):
-    """out = w @ x for w (rows, cols) C-contiguous, on one core.  Four rows at a time: each x[c]
-    is loaded once for four running sums, which keeps four multiply-adds in flight ('reassoc'
-    lets LLVM vectorise each sum).  Measured at the layers' sizes (288x288 ... 768x288, in cache):
-    as fast as BLAS's gemv on two threads (4-14 us), where a plain row-by-row loop took 1.5-2x
-    as long; a parallel loop's start alone cost more (numba's workqueue pool: 35-45 us).
+    """out = w @ x for w (rows, cols) C-contiguous, on one core: row after row, each dot product
+    read straight through ('reassoc' lets LLVM split the sum into vector lanes).
 
-    The last rows % 4 go through the same loop (the last row read again in the spare sums, not
-    stored): LLVM may vectorise a separate one-row loop differently (it did on an AVX2 machine,
-    not on AVX-512), so a row summed there differed in the last bit from the same row in a block
-    of four, and a thread's share that ends off a multiple of 4 (a KV group of 6 rows) changed
-    the logits."""
+    Row after row, the whole matrix is one sequential stream of memory, which the hardware
+    prefetchers follow best, and a decode step's weights (61 MB at s15m, 167 MB at m42m) mostly
+    come from DRAM.  An earlier version took four rows at a time (x loaded once for four sums):
+    up to ~1.2x faster on weights in cache, but four interleaved streams, and on an AMD EPYC
+    (Zen 3) it read DRAM at 5-8 GB/s a core against 9-11.5 row after row; the whole decode ran
+    1.6x faster row after row there (benchmarks/README.md).  One loop for every row also means a
+    row is summed the same way wherever a thread's share begins or ends: the logits are the same
+    bits for any thread count."""
     rows, cols = w.shape
-    zero = w.dtype.type(0)
-    last = rows - 1
-    for r in range(0, rows, 4):
-        w0, w1, w2, w3 = w[r], w[min(r + 1, last)], w[min(r + 2, last)], w[min(r + 3, last)]
-        a0 = a1 = a2 = a3 = zero
+    for r in range(rows):
+        row = w[r]
+        acc = w.dtype.type(0)
         for c in range(cols):
-            xc = x[c]
-            a0 += w0[c] * xc
-            a1 += w1[c] * xc
-            a2 += w2[c] * xc
-            a3 += w3[c] * xc
-        out[r] = a0
-        if r + 3 <= last:
-            out[r + 1], out[r + 2], out[r + 3] = a1, a2, a3
-        else:
-            if r + 1 <= last:
-                out[r + 1] = a1
-            if r + 2 <= last:
-                out[r + 2] = a2
+            acc += row[c] * x[c]
+        out[r] = acc
 
 
 @njit(cache=True, error_model="numpy", nogil=True)

@@ -206,7 +206,7 @@ def decode_logits(decoder, tokens):
 @pytest.mark.parametrize("n_kv_heads", [1, 2, 4])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_thread_count_gives_the_same_logits_bit_for_bit(n_kv_heads, dtype):
-    """Rows are split on multiples of 4 and attention by KV group, so each number is computed
+    """Products are split by rows and attention by KV group, so each number is computed
     the same way whatever the split: more threads (even more than groups, or than cores) change
     nothing, not even the last bit."""
     model = odd_model(n_kv_heads, dtype)

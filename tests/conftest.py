@@ -49,6 +49,19 @@ def robustness_count(request):
     return count
 
 
+def pytest_sessionfinish(session):
+    """In a pytest-xdist worker (`-n 2`): hand this worker's counts to the controlling process."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["robustness_counts"] = dict(session.config.stash[_COUNTS])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist, in the controlling process: a worker ended; add its counts to the totals."""
+    node.config.stash[_COUNTS].update(getattr(node, "workeroutput", {}).get("robustness_counts", {}))
+
+
 def pytest_terminal_summary(terminalreporter, config):
     counts = config.stash.get(_COUNTS, None)
     if counts:

@@ -24,11 +24,12 @@ Variants:
                 torch.inference_mode
   read-once     not a decoder: BLAS reading the same float32 weights once per "token" (every layer's
                 matrices, the final norm and the LM head, in one matrix-vector product over a copy
-                laid end to end) on --threads threads.  It is about the fastest this machine
-                streams those bytes, so its tok/s roughly bounds any float32 decoder of the
-                model (leaving out the KV cache, ~1% of the bytes here, and the machine's noise:
-                a round's ratio can pass 1 when the machine sped up between two processes); the
-                ratios show how near each decoder comes
+                laid end to end) on --threads threads: how fast BLAS's gemv streams those bytes.
+                Where that gemv reads at the memory's speed (the Intel machine of
+                benchmarks/README.md) its tok/s roughly bounds any float32 decoder of the model
+                (the KV cache, ~1% of the bytes, left out); where it does not (OpenBLAS's Haswell
+                gemv on an AMD EPYC read slower than both decoders) it bounds nothing, and the
+                ratios say so
   llama2c       (--llama2c DIR) Karpathy's run.c, built as its README says (gcc -Ofast -fopenmp
                 -march=native) from DIR/run.c into a temporary folder unless DIR/run exists,
                 run with OMP_NUM_THREADS = --threads on the same weights exported to its .bin

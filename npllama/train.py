@@ -246,6 +246,11 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
         _remove_derived_files(run_dir)
         write_settings(run_dir, tc, CONFIG_FILE)  # first, so a start killed from here on can be resumed
 
+    # On a cold numba cache (a first run), a helper process compiles the kernels the steps reach
+    # last while this one prepares the data and then compiles those it reaches first.
+    from .kernels.precompile import compile_late_kernels_on_a_cold_cache
+
+    compile_late_kernels_on_a_cold_cache(DTYPES[tc.dtype])
     texts = _load_corpus(tc)
     tokenizer = _prepare_tokenizer(tc, run_dir, texts, echo, checkpoint)
     train_ids, val_ids = _train_and_held_out_tokens(tc, run_dir, tokenizer, texts)

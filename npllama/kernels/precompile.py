@@ -29,11 +29,12 @@ import atexit
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 from numba.core import event
+
+from .compile_notice import AtFirstCompilation
 
 # The ops the helper leaves to the NumPy references: those a training step reaches first, which
 # the run compiles itself while the helper compiles the rest.
@@ -53,28 +54,16 @@ def _start_helper(dtype: str) -> subprocess.Popen | None:
     return helper
 
 
-class _Trigger(event.Listener):
+class _Trigger(AtFirstCompilation):
     """Starts the helper at the first compilation of one of npllama's kernels, once."""
 
     def __init__(self, dtype: str):
+        super().__init__()
         self.dtype = dtype
         self.helper: subprocess.Popen | None = None
-        self._fired = False
-        self._lock = threading.Lock()
 
-    def on_start(self, ev) -> None:
-        dispatcher = (ev.data or {}).get("dispatcher")
-        module = getattr(getattr(dispatcher, "py_func", None), "__module__", None) or ""
-        if not module.startswith("npllama."):
-            return
-        with self._lock:
-            if self._fired:
-                return
-            self._fired = True
+    def first(self) -> None:
         self.helper = _start_helper(self.dtype)
-
-    def on_end(self, ev) -> None:
-        pass
 
 
 _helper: subprocess.Popen | None = None

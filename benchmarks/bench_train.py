@@ -37,6 +37,13 @@ keep_freed_memory() first, as `npllama train` does; PyTorch's keep glibc's defau
 Start-up (--no-start-up skips it): `import npllama` + building the tiny model + its first
 training step in a fresh process, cold (an empty numba cache, NUMBA_CACHE_DIR pointing at a new
 folder: every kernel the step uses is compiled) and then warm (the same cache, loaded).
+
+First run (--first-run PAIRS): the default `npllama train` (tiny preset, --steps 1 --samples 0)
+from the command to its first step's line in log.jsonl, with an empty numba cache and an empty
+npllama cache (so the thread count is measured, as on a first run), PAIRS times each way,
+interleaved: with the compile helper (npllama/kernels/precompile.py) and without it
+(NPLLAMA_PARALLEL_COMPILE=0).  Tokenizer training, data preparation and the thread-count
+measurement are included: it is what a new user waits for.
 """
 from __future__ import annotations
 
@@ -198,6 +205,41 @@ def start_up(warm_runs: int = 3) -> dict:
             "warm_notice": any(n for _, n in warm)}
 
 
+FIRST_RUN_COMMAND = [sys.executable, "-m", "npllama", "train", "--steps", "1", "--samples", "0", "--no-progress",
+                     "--out", "run"]
+
+
+def first_run(pairs: int, command=FIRST_RUN_COMMAND) -> dict:
+    """Seconds from starting `command` (in a new folder, with empty numba and npllama caches) to
+    the first line of run/log.jsonl, with the compile helper and without, `pairs` times each,
+    interleaved (the order alternates from pair to pair)."""
+    import subprocess
+
+    seconds = {"helper": [], "one_process": []}
+    for pair in range(pairs):
+        for label in (("helper", "one_process") if pair % 2 == 0 else ("one_process", "helper")):
+            with tempfile.TemporaryDirectory(prefix="npllama-first-run-") as folder:
+                env = dict(os.environ, NUMBA_CACHE_DIR=str(Path(folder) / "numba"), PYTHONPATH=str(ROOT),
+                           NPLLAMA_CACHE_DIR=str(Path(folder) / "cache"), NPLLAMA_RUNS=str(Path(folder) / "runs"),
+                           NPLLAMA_PARALLEL_COMPILE="1" if label == "helper" else "0")
+                log = Path(folder) / "run" / "log.jsonl"
+                start = time.perf_counter()
+                process = subprocess.Popen(command, cwd=folder, env=env, stdin=subprocess.DEVNULL,
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                first = None
+                while process.poll() is None and first is None:
+                    if log.is_file() and log.stat().st_size > 0:
+                        first = time.perf_counter() - start
+                    time.sleep(0.01)
+                stderr = process.communicate(timeout=600)[1]
+                if first is None and log.is_file() and log.stat().st_size > 0:
+                    first = time.perf_counter() - start     # ended between two looks: an upper bound
+                if process.returncode != 0 or first is None:
+                    raise RuntimeError(f"first run ({label}) failed: {stderr[-2000:]}")
+                seconds[label].append(first)
+    return {label: spread(values) for label, values in seconds.items()}
+
+
 # ---- the parent -------------------------------------------------------------------------------
 
 def variants_to_run(args) -> list[tuple[str, str | None]]:
@@ -294,6 +336,9 @@ def main(argv=None):
     parser.add_argument("--no-start-up", action="store_true", help="skip the cold and warm start-up times")
     parser.add_argument("--warm-runs", type=positive_int, default=3,
                         help="warm start-ups to time after the cold one (default 3)")
+    parser.add_argument("--first-run", type=positive_int, metavar="PAIRS",
+                        help="also time the default `npllama train` from the command to its first step on "
+                             "empty caches, with the compile helper and without, PAIRS times each")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--child", nargs=3, metavar=("VARIANT", "CONFIG", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -322,8 +367,13 @@ def main(argv=None):
         print(f"start-up, import npllama + tiny model + first training step, fresh process: cold (empty numba "
               f"cache) {startup['cold_s']:.1f} s{' with the compile notice' * startup['cold_notice']}; warm "
               f"{format_spread(startup['warm'], '.2f')} s{' (notice printed: stale cache?)' * startup['warm_notice']}")
+    first = None
+    if args.first_run:
+        first = first_run(args.first_run)
+        print(f"first run, `npllama train` to its first step on empty caches: with the compile helper "
+              f"{format_spread(first['helper'], '.1f')} s; in one process {format_spread(first['one_process'], '.1f')} s")
     write_json(args.json, {"environment": env, "matmul_peak_gflops": peak, "rounds": args.rounds,
-                           "steps": args.steps, "configs": rows, "start_up": startup})
+                           "steps": args.steps, "configs": rows, "start_up": startup, "first_run": first})
 
 
 if __name__ == "__main__":

@@ -80,8 +80,10 @@ def compile_late_kernels_on_a_cold_cache(dtype) -> None:
         return
     from numba import config as numba_config
 
-    if numba_config.DISABLE_JIT:
-        return
+    from ..backend import get_backend
+
+    if numba_config.DISABLE_JIT or get_backend() != "numba":
+        return                          # nothing will be compiled
     _armed = True
     dtype = np.dtype(dtype).name
     cached = _late_kernels_cached(dtype)

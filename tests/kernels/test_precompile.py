@@ -90,6 +90,17 @@ def test_switched_off_by_the_environment(fresh_state, monkeypatch):
     assert fresh_state == []
 
 
+def test_no_helper_for_a_run_on_the_numpy_backend(fresh_state, monkeypatch):
+    from npllama import use_backend
+
+    monkeypatch.setattr(precompile, "_late_kernels_cached", lambda dtype: False)
+    with use_backend("numpy"):
+        precompile.compile_late_kernels_on_a_cold_cache("float32")
+    assert fresh_state == []
+    precompile.compile_late_kernels_on_a_cold_cache("float32")      # not armed by the numpy run
+    assert fresh_state == ["float32"]
+
+
 def test_an_unreadable_cache_index_starts_the_helper_at_the_first_compilation(fresh_state, monkeypatch):
     from numba.core import event
 

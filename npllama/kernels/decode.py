@@ -397,9 +397,11 @@ def _matvec(w, x, out):
     Row after row, the whole matrix is one sequential stream of memory, which the hardware
     prefetchers follow best, and a decode step's weights (61 MB at s15m, 167 MB at m42m) mostly
     come from DRAM.  An earlier version took four rows at a time (x loaded once for four sums):
-    up to ~1.2x faster on weights in cache, but four interleaved streams, and on an AMD EPYC
-    (Zen 3) it read DRAM at 5-8 GB/s a core against 9-11.5 row after row; the whole decode ran
-    1.6x faster row after row there (benchmarks/README.md).  One loop for every row also means a
+    faster on weights in cache (1.5-2x a row loop's speed on the Intel Xeon of benchmarks/README.md,
+    up to 1.25x on an AMD EPYC), but four interleaved streams, and on the AMD EPYC (Zen 3) it read
+    DRAM at 5-8 GB/s a core against 9-11.5 row after row; the whole decode ran 1.6x faster row
+    after row there.  Not yet timed on an Intel machine, whose larger L3 may hold more of the
+    weights.  One loop for every row also means a
     row is summed the same way wherever a thread's share begins or ends: the logits are the same
     bits for any thread count."""
     rows, cols = w.shape

@@ -227,13 +227,14 @@ def first_run(pairs: int, command=FIRST_RUN_COMMAND) -> dict:
                 process = subprocess.Popen(command, cwd=folder, env=env, stdin=subprocess.DEVNULL,
                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                 first = None
-                while process.poll() is None and first is None:
+                while first is None:
+                    ended = process.poll() is not None
                     if log.is_file() and log.stat().st_size > 0:
-                        first = time.perf_counter() - start
+                        first = time.perf_counter() - start   # if it had just ended: an upper bound
+                    if ended:
+                        break
                     time.sleep(0.01)
                 stderr = process.communicate(timeout=600)[1]
-                if first is None and log.is_file() and log.stat().st_size > 0:
-                    first = time.perf_counter() - start     # ended between two looks: an upper bound
                 if process.returncode != 0 or first is None:
                     raise RuntimeError(f"first run ({label}) failed: {stderr[-2000:]}")
                 seconds[label].append(first)

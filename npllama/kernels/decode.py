@@ -302,12 +302,12 @@ def _decode_token_part(t, n, flags, embed, layers, final_norm, lm_head, eps, cos
     hd = k_cache_t.shape[3]
     n_rep = H // KVH
     D, F, V = x.shape[1], act.shape[0], logits.shape[0]
-    g0, g1 = _share(KVH, t, n, 1)                      # this thread's KV groups
+    g0, g1 = _share(KVH, t, n)                      # this thread's KV groups
     q0, q1 = g0 * n_rep * hd, g1 * n_rep * hd          # their query rows
     k0, k1 = g0 * hd, g1 * hd                          # their key and value rows
     k_base, v_base = H * hd, (H + KVH) * hd
-    d0, d1 = _share(D, t, n, 4)
-    f0, f1 = _share(F, t, n, 4)
+    d0, d1 = _share(D, t, n)
+    f0, f1 = _share(F, t, n)
     x_t, xn_t, rstd_t = x[t:t + 1], xn[t:t + 1], rstd[t:t + 1]
     _copy_into(x_t[0], embed[token])
     qkv3, attn3 = qkv.reshape(1, 1, -1), attn.reshape(1, 1, -1)
@@ -344,7 +344,7 @@ def _decode_token_part(t, n, flags, embed, layers, final_norm, lm_head, eps, cos
         epoch = barrier(flags, t, n, epoch + 1)                  # out = W_down act complete
         _add_into(x_t[0], out)
     _rmsnorm_forward_rows(x_t, final_norm, eps, xn_t, rstd_t)
-    v0, v1 = _share(V, t, n, 4)
+    v0, v1 = _share(V, t, n)
     _matvec(lm_head[v0:v1], xn_t[0], logits[v0:v1])
     epoch = barrier(flags, t, n, epoch + 1)                        # logits complete
 
@@ -380,13 +380,10 @@ def _add_into(x, y):
 
 
 @njit(cache=True, nogil=True)
-def _share(size, t, n, multiple):
-    """Thread t of n's rows [start, stop) of `size`: contiguous, nearly equal, starting at
-    multiples of `multiple` (the last share takes what is left)."""
-    blocks = (size + multiple - 1) // multiple
-    start = min(size, (blocks * t // n) * multiple)
-    stop = size if t == n - 1 else min(size, (blocks * (t + 1) // n) * multiple)
-    return start, stop
+def _share(size, t, n):
+    """Thread t of n's rows [start, stop) of `size`: contiguous and nearly equal.  (No alignment:
+    _matvec sums each row the same way wherever a share begins.)"""
+    return size * t // n, size * (t + 1) // n
 
 
 @njit(cache=True, error_model="numpy", nogil=True, fastmath=REDUCTION_FLAGS)
@@ -401,9 +398,8 @@ def _matvec(w, x, out):
     up to 1.25x on an AMD EPYC), but four interleaved streams, and on the AMD EPYC (Zen 3) it read
     DRAM at 5-8 GB/s a core against 9-11.5 row after row; the whole decode ran 1.6x faster row
     after row there.  Not yet timed on an Intel machine, whose larger L3 may hold more of the
-    weights.  One loop for every row also means a
-    row is summed the same way wherever a thread's share begins or ends: the logits are the same
-    bits for any thread count."""
+    weights.  One loop for every row also means a row is summed the same way wherever a thread's
+    share begins or ends: the logits are the same bits for any thread count."""
     rows, cols = w.shape
     for r in range(rows):
         row = w[r]

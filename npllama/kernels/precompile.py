@@ -60,14 +60,13 @@ class _Trigger(AtFirstCompilation):
     def __init__(self, dtype: str):
         super().__init__()
         self.dtype = dtype
-        self.helper: subprocess.Popen | None = None
 
     def first(self) -> None:
-        self.helper = _start_helper(self.dtype)
+        global _helper
+        _helper = _start_helper(self.dtype)
 
 
-_helper: subprocess.Popen | None = None
-_trigger: _Trigger | None = None
+_helper: subprocess.Popen | None = None    # started at once or by the trigger; at most one
 _armed = False
 
 
@@ -75,7 +74,7 @@ def compile_late_kernels_on_a_cold_cache(dtype) -> None:
     """At the start of a training run of `dtype` (float32 or float64): start the helper if
     numba's cache lacks the late kernels, or arm the trigger if that cannot be told; once per
     process."""
-    global _helper, _trigger, _armed
+    global _helper, _armed
     if _armed or os.environ.get("NPLLAMA_PARALLEL_COMPILE", "1") == "0" or (os.cpu_count() or 1) < 2:
         return
     from numba import config as numba_config
@@ -90,8 +89,7 @@ def compile_late_kernels_on_a_cold_cache(dtype) -> None:
     if cached is False:
         _helper = _start_helper(dtype)
     elif cached is None:
-        _trigger = _Trigger(dtype)
-        event.register("numba:compile", _trigger)
+        event.register("numba:compile", _Trigger(dtype))
 
 
 def _late_kernels_cached(dtype: str) -> bool | None:
@@ -108,12 +106,11 @@ def _late_kernels_cached(dtype: str) -> bool | None:
 
 def wait_for_helper() -> None:
     """Until the helper (if one was started) has finished: it compiles on the second core."""
-    helper = _helper or (_trigger.helper if _trigger is not None else None)
-    if helper is not None and helper.poll() is None:
+    if _helper is not None and _helper.poll() is None:
         try:
-            helper.wait(timeout=HELPER_TIMEOUT_S)
+            _helper.wait(timeout=HELPER_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            _stop(helper)
+            _stop(_helper)
 
 
 def _stop(helper: subprocess.Popen) -> None:

@@ -65,7 +65,6 @@ def fresh_state(monkeypatch):
     started = []
     monkeypatch.setattr(precompile, "_armed", False)
     monkeypatch.setattr(precompile, "_helper", None)
-    monkeypatch.setattr(precompile, "_trigger", None)
     monkeypatch.setattr(precompile, "_start_helper", lambda dtype: started.append(dtype) or "helper")
     monkeypatch.delenv("NPLLAMA_PARALLEL_COMPILE", raising=False)
     return started
@@ -119,4 +118,4 @@ def test_an_unreadable_cache_index_starts_the_helper_at_the_first_compilation(fr
     assert fresh_state == []
     trigger.on_start(Event("npllama.kernels.rope"))
     trigger.on_start(Event("npllama.kernels.attention"))
-    assert fresh_state == ["float32"] and trigger.helper == "helper"
+    assert fresh_state == ["float32"] and precompile._helper == "helper"

@@ -38,12 +38,14 @@ Start-up (--no-start-up skips it): `import npllama` + building the tiny model + 
 training step in a fresh process, cold (an empty numba cache, NUMBA_CACHE_DIR pointing at a new
 folder: every kernel the step uses is compiled) and then warm (the same cache, loaded).
 
-First run (--first-run PAIRS): the default `npllama train` (tiny preset, --steps 1 --samples 0)
-from the command to its first step's line in log.jsonl, with an empty numba cache and an empty
-npllama cache (so the thread count is measured, as on a first run), PAIRS times each way,
-interleaved: with the compile helper (npllama/kernels/precompile.py) and without it
-(NPLLAMA_PARALLEL_COMPILE=0).  Tokenizer training, data preparation and the thread-count
-measurement are included: it is what a new user waits for.
+First run (--first-run PAIRS): the default `npllama train` (tiny preset, --steps 40 --samples 0)
+from the command to its first step's line in log.jsonl and to its 40th, with an empty numba
+cache and an empty npllama cache (so the thread count is measured, as on a first run), PAIRS
+times each way, interleaved: with the compile helper (npllama/kernels/precompile.py: the first
+steps run on the NumPy references while it compiles) and without it (NPLLAMA_PARALLEL_COMPILE=0:
+the run compiles, then steps).  Tokenizer training, data preparation and the thread-count
+measurement are included: it is what a new user waits for.  The 40th step shows what the early
+start costs or saves later on (the reference steps are slower than the kernels' steps).
 """
 from __future__ import annotations
 
@@ -205,17 +207,18 @@ def start_up(warm_runs: int = 3) -> dict:
             "warm_notice": any(n for _, n in warm)}
 
 
-FIRST_RUN_COMMAND = [sys.executable, "-m", "npllama", "train", "--steps", "1", "--samples", "0", "--no-progress",
-                     "--out", "run"]
+FIRST_RUN_STEPS = 40
+FIRST_RUN_COMMAND = [sys.executable, "-m", "npllama", "train", "--steps", str(FIRST_RUN_STEPS), "--samples", "0",
+                     "--no-progress", "--out", "run"]
 
 
-def first_run(pairs: int, command=FIRST_RUN_COMMAND) -> dict:
+def first_run(pairs: int, command=FIRST_RUN_COMMAND, last_step: int = FIRST_RUN_STEPS) -> dict:
     """Seconds from starting `command` (in a new folder, with empty numba and npllama caches) to
-    the first line of run/log.jsonl, with the compile helper and without, `pairs` times each,
-    interleaved (the order alternates from pair to pair)."""
+    the first step's line in run/log.jsonl and to step `last_step`'s, with the compile helper and
+    without, `pairs` times each, interleaved (the order alternates from pair to pair)."""
     import subprocess
 
-    seconds = {"helper": [], "one_process": []}
+    seconds = {label: {"first_step": [], "last_step": []} for label in ("helper", "one_process")}
     for pair in range(pairs):
         for label in (("helper", "one_process") if pair % 2 == 0 else ("one_process", "helper")):
             with tempfile.TemporaryDirectory(prefix="npllama-first-run-") as folder:
@@ -226,19 +229,41 @@ def first_run(pairs: int, command=FIRST_RUN_COMMAND) -> dict:
                 start = time.perf_counter()
                 process = subprocess.Popen(command, cwd=folder, env=env, stdin=subprocess.DEVNULL,
                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                first = None
-                while first is None:
+                seen = {}      # "first_step" / "last_step" -> seconds (an upper bound if it had just ended)
+                while len(seen) < 2:
                     ended = process.poll() is not None
-                    if log.is_file() and log.stat().st_size > 0:
-                        first = time.perf_counter() - start   # if it had just ended: an upper bound
+                    steps = _logged_steps(log)
+                    if steps and "first_step" not in seen:
+                        seen["first_step"] = time.perf_counter() - start
+                    if last_step in steps and "last_step" not in seen:
+                        seen["last_step"] = time.perf_counter() - start
                     if ended:
                         break
                     time.sleep(0.01)
                 stderr = process.communicate(timeout=600)[1]
-                if process.returncode != 0 or first is None:
-                    raise RuntimeError(f"first run ({label}) failed: {stderr[-2000:]}")
-                seconds[label].append(first)
-    return {label: spread(values) for label, values in seconds.items()}
+                if process.returncode != 0 or len(seen) < 2:
+                    raise RuntimeError(f"first run ({label}) failed or logged no step {last_step}: {stderr[-2000:]}")
+                for moment, value in seen.items():
+                    seconds[label][moment].append(value)
+    return {label: {moment: spread(values) for moment, values in moments.items()}
+            for label, moments in seconds.items()}
+
+
+def _logged_steps(log: Path) -> set:
+    """The step numbers of the training-step lines written to log.jsonl so far."""
+    try:
+        lines = log.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return set()
+    steps = set()
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue                  # a line still being written
+        if isinstance(record, dict) and "loss" in record:
+            steps.add(record.get("step"))
+    return steps
 
 
 # ---- the parent -------------------------------------------------------------------------------
@@ -338,8 +363,9 @@ def main(argv=None):
     parser.add_argument("--warm-runs", type=positive_int, default=3,
                         help="warm start-ups to time after the cold one (default 3)")
     parser.add_argument("--first-run", type=positive_int, metavar="PAIRS",
-                        help="also time the default `npllama train` from the command to its first step on "
-                             "empty caches, with the compile helper and without, PAIRS times each")
+                        help="also time the default `npllama train` (40 steps) from the command to its first "
+                             "step and to its 40th on empty caches, with the compile helper (first steps on the "
+                             "NumPy reference meanwhile) and without, PAIRS times each")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--child", nargs=3, metavar=("VARIANT", "CONFIG", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -371,8 +397,10 @@ def main(argv=None):
     first = None
     if args.first_run:
         first = first_run(args.first_run)
-        print(f"first run, `npllama train` to its first step on empty caches: with the compile helper "
-              f"{format_spread(first['helper'], '.1f')} s; in one process {format_spread(first['one_process'], '.1f')} s")
+        for moment, what in (("first_step", "its first step"), ("last_step", f"step {FIRST_RUN_STEPS}")):
+            print(f"first run, `npllama train` on empty caches to {what}: with the compile helper "
+                  f"{format_spread(first['helper'][moment], '.1f')} s; in one process "
+                  f"{format_spread(first['one_process'][moment], '.1f')} s")
     write_json(args.json, {"environment": env, "matmul_peak_gflops": peak, "rounds": args.rounds,
                            "steps": args.steps, "configs": rows, "start_up": startup, "first_run": first})
 

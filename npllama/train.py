@@ -31,7 +31,8 @@ from .model_shape import (SHAPE_FLAGS, base_vocab_size, check_model_config_field
                           init_from_tokenizer_path, new_model_config, read_model_config_file)
 from .optim import (AdamW, NonFiniteGradientError, TrainingError, _require_decay_fits_lr, clip_finite_step,
                     cosine_with_warmup)
-from .parallel import BatchSplitter
+from .backend import use_backend
+from .parallel import BatchSplitter, one_blas_thread
 from .thread_choice import fastest_threads
 from .resuming import (LOG_FILE, CheckpointWriteError,  # noqa: F401 (CheckpointWriteError: re-exported)
                        already_holds_a_run, check_finite, checked_step, record_changes, reopen_run,
@@ -246,11 +247,14 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
         _remove_derived_files(run_dir)
         write_settings(run_dir, tc, CONFIG_FILE)  # first, so a start killed from here on can be resumed
 
-    # On a cold numba cache (a first run), a helper process compiles the kernels the steps reach
-    # last while this one prepares the data and then compiles those it reaches first.
-    from .kernels.precompile import compile_late_kernels_on_a_cold_cache
+    # On a cold numba cache (a first run), a helper process compiles the kernels while this one
+    # prepares the data and trains on the NumPy references (npllama/kernels/precompile.py).
+    from .kernels.precompile import start_helper_on_a_cold_cache
 
-    compile_late_kernels_on_a_cold_cache(DTYPES[tc.dtype])
+    helper = start_helper_on_a_cold_cache(DTYPES[tc.dtype])
+    if helper is not None:
+        echo("compiling the Numba kernels for this machine in a helper process (a first run after an "
+             "install or an edit); training starts on the NumPy reference meanwhile")
     texts = _load_corpus(tc)
     tokenizer = _prepare_tokenizer(tc, run_dir, texts, echo, checkpoint)
     train_ids, val_ids = _train_and_held_out_tokens(tc, run_dir, tokenizer, texts)
@@ -284,7 +288,8 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
 
         loader, val_batches, loss_and_grads, loss = mlm_objective(model, tokenizer, loader, val_batches,
                                                                   seed=tc.seed)
-    loop = _Loop(tc, run_dir, model, optimizer, loader, val_batches, tokenizer, echo, loss_and_grads, loss)
+    loop = _Loop(tc, run_dir, model, optimizer, loader, val_batches, tokenizer, echo, loss_and_grads, loss,
+                 helper)
     loop.restore_losses(state)
     record_changes(loop.write_log, echo, start_step, changes)
     stop = None
@@ -357,7 +362,8 @@ def restore_checkpoint(checkpoint, tc: TrainConfig, loader, tokenizer, changed=(
 class _Loop:
     """The step loop and what it writes (log lines, checkpoints)."""
 
-    def __init__(self, tc, run_dir, model, optimizer, loader, val_batches, tokenizer, echo, loss_and_grads, loss):
+    def __init__(self, tc, run_dir, model, optimizer, loader, val_batches, tokenizer, echo, loss_and_grads, loss,
+                 helper=None):
         self.tc, self.run_dir, self.model, self.optimizer = tc, run_dir, model, optimizer
         self.loss_and_grads, self.loss = loss_and_grads, loss  # the objective's (tokens, targets) functions
         self.loader, self.val_batches, self.tokenizer, self.echo = loader, val_batches, tokenizer, echo
@@ -369,10 +375,9 @@ class _Loop:
         self.skipped_in_a_row = 0
         self.saved_step = None  # the step of the checkpoint last written by this loop
         self.bar = None
-        # no --threads: the count measured fastest here for this shape (npllama/thread_choice.py)
-        threads = tc.threads or fastest_threads(loss_and_grads, model.config, tc.batch_size, tc.seq_len,
-                                                model.dtype, run_dir=run_dir, echo=echo)
-        self.splitter = BatchSplitter(threads)
+        self.helper = helper              # a process compiling the kernels, or None
+        self.on_reference = False         # whether steps run on the NumPy reference while it does
+        self.splitter = BatchSplitter(1)  # until the thread count is chosen, as the kernels are ready
 
     def restore_losses(self, state: dict) -> None:
         """After a resume: the losses the checkpoint recorded, so the result (and whether the run
@@ -385,15 +390,56 @@ class _Loop:
         tc = self.tc
         self.step = start_step
         self.bar = _progress_bar(tc, start_step)
-        tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
-        with self.splitter.holding_blas(tc.batch_size):
-            self._run_steps(start_step, tokens_per_step)
+        if self.helper is not None and self.helper.running():
+            self._run_steps_while_the_kernels_compile(start_step)
+        if self.step < tc.steps or self.last_val_step != self.step:
+            # no --threads: the count measured fastest here for this shape (npllama/thread_choice.py)
+            threads = tc.threads or fastest_threads(self.loss_and_grads, self.model.config, tc.batch_size,
+                                                    tc.seq_len, self.model.dtype, run_dir=self.run_dir, echo=self.say)
+            self.splitter = BatchSplitter(threads)
+            with self.splitter.holding_blas(tc.batch_size):
+                self._run_steps(start_step)
+            self._evaluate_at_the_end()
+
+    def _run_steps_while_the_kernels_compile(self, start_step: int) -> None:
+        """Steps on the NumPy references, with BLAS on one core (the helper compiles on the
+        other), until the helper is done; the run's end, too, if it comes first."""
+        first = self.step + 1
+        self.on_reference = True
+        try:
+            with one_blas_thread(), use_backend("numpy"):
+                self._run_steps(start_step, until=lambda: not self.helper.running())
+                if self.step == self.tc.steps and self.helper.running():
+                    self._evaluate_at_the_end()
+        finally:
+            self.on_reference = False
+        if self.helper.running():
+            return          # the run is over (or stopped); the helper is stopped at exit
+        ran = {0: "no step", 1: f"step {first}"}.get(self.step - first + 1, f"steps {first}-{self.step}")
+        if self.helper.succeeded():
+            self.say(f"kernels compiled in {self.helper.seconds():.1f} s; {ran} ran on the NumPy reference "
+                     f"meanwhile (marked \"backend\": \"numpy\" in {LOG_FILE}); the kernels take over now")
+        else:
+            self.say(f"the helper process compiling the kernels failed (exit code {self.helper.process.returncode}); "
+                     f"{ran} ran on the NumPy reference; the kernels compile here now")
+
+    def _evaluate_at_the_end(self) -> None:
         if self.last_val_step != self.step:  # the run ends with a validation loss
             self.evaluate()
 
-    def _run_steps(self, start_step: int, tokens_per_step: int) -> None:
+    def say(self, line: str) -> None:
+        """A line for the user, above the progress bar if there is one."""
+        if self.bar is None:
+            self.echo(line)
+            return
+        with self.bar.external_write_mode():
+            self.echo(line)
+
+    def _run_steps(self, start_step: int, until=None) -> None:
+        """Steps until the last (tc.steps), or until `until()` says so before a step."""
         tc = self.tc
-        while self.step < tc.steps:
+        tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
+        while self.step < tc.steps and (until is None or not until()):
             started = time.perf_counter()
             lr = cosine_with_warmup(self.step, max_lr=tc.lr, warmup_steps=tc.warmup_steps,
                                     total_steps=tc.steps, min_lr=tc.min_lr)
@@ -415,7 +461,8 @@ class _Loop:
                 seconds = time.perf_counter() - started
                 self.last_train_loss = loss
                 self.write_log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                                "tokens_per_s": tokens_per_step / seconds})
+                                "tokens_per_s": tokens_per_step / seconds,
+                                **({"backend": "numpy"} if self.on_reference else {})})
             if self.bar is not None:
                 self.bar.update(1)
                 self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_step / seconds:,.0f}",

@@ -30,6 +30,11 @@ def _runs_in_a_temporary_folder(tmp_path_factory):
         mp.setenv("NPLLAMA_RUNS", str(tmp_path_factory.getbasetemp() / "runs"))
         # nor into the user's cache (the thread counts `npllama train` measured: npllama/thread_choice.py)
         mp.setenv("NPLLAMA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+        # On a cold kernel cache a run would start a compiling helper process and take its first
+        # steps on the NumPy references (npllama/kernels/precompile.py): tests that compare two
+        # runs bit for bit need both on the kernels, and no test should start stray processes.
+        # tests/kernels/test_precompile.py and tests/test_train_while_compiling.py test it.
+        mp.setenv("NPLLAMA_PARALLEL_COMPILE", "0")
         # The library's default memory budget is the machine's RAM.  On a shared 2-core CI machine a
         # test whose input is "within budget" must still not be allowed to take all of it: every
         # budgeted allocation in the suite is held to 4 GiB (tests that probe the limit set their own).

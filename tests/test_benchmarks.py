@@ -91,13 +91,23 @@ def test_bench_train_first_run_times_both_ways_on_empty_caches(tmp_path, monkeyp
         "    assert pathlib.Path(os.environ[name]).resolve().parent == here and not os.path.exists(os.environ[name])\n"
         "with open(os.environ['WAYS_RECORD'], 'a') as f:\n"
         "    f.write(os.environ['NPLLAMA_PARALLEL_COMPILE'])\n"
-        "pathlib.Path('run').mkdir(); pathlib.Path('run/log.jsonl').write_text('{}\\n')\n")]
-    result = first_run(2, command=stand_in)
-    assert result["helper"]["n"] == result["one_process"]["n"] == 2
-    assert result["helper"]["median"] > 0 and result["one_process"]["median"] > 0
+        "import json, time\n"
+        "pathlib.Path('run').mkdir()\n"
+        "with open('run/log.jsonl', 'w') as log:\n"
+        "    for step in (1, 2, 3):\n"
+        "        log.write(json.dumps({'step': step, 'loss': 1.0}) + '\\n'); log.flush(); time.sleep(0.2)\n"
+        "    log.write(json.dumps({'step': 3, 'val_loss': 1.0}) + '\\n')\n")]
+    result = first_run(2, command=stand_in, last_step=3)
+    for way in ("helper", "one_process"):
+        first, last = result[way]["first_step"], result[way]["last_step"]
+        assert first["n"] == last["n"] == 2
+        # in each run step 3's line comes two 0.2 s sleeps after step 1's, so do the extremes
+        assert 0 < first["min"] and last["min"] - first["min"] > 0.3 and last["max"] - first["max"] > 0.3
     assert record.read_text() == "1001"     # helper first, then one process; the other way round next
     with pytest.raises(RuntimeError, match="first run"):
         first_run(1, command=[sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(RuntimeError, match="logged no step 4"):
+        first_run(1, command=stand_in, last_step=4)
 
 
 @pytest.mark.parametrize("variant", ["products", "torch-products"])

@@ -89,7 +89,11 @@ def register(subparsers) -> None:
                    help="causal: LLaMA's next-token loss; mlm: BERT-style masked-LM on the same stack "
                         "without the causal mask (shown for comparison, article §3.2.2)")
     p.add_argument("--backend", default=None, choices=["numpy", "numba"],
-                   help="op implementations (default: $NPLLAMA_BACKEND or numba)")
+                   help="op implementations (default: $NPLLAMA_BACKEND or numba). With numba, a first run "
+                        "after an install or an edit of a kernel (a cold cache) has a helper process compile "
+                        "the kernels while its first steps run on the NumPy reference (their log.jsonl lines "
+                        "say \"backend\": \"numpy\"); NPLLAMA_PARALLEL_COMPILE=0 makes the run compile them "
+                        "first, so that every step runs on the kernels")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, with the settings it was started "
                         "with; options given with it change those settings (the ones that define the "

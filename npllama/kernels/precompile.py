@@ -1,27 +1,25 @@
-"""A first training run compiles its kernels on both cores: a helper process takes the late ones.
+"""A first training run compiles its kernels in a helper process and trains meanwhile.
 
-Numba compiles a kernel at its first call, in the calling process, one at a time, and keeps the
-machine code in its on-disk cache; once a kernel is there, any process that calls it for the
-first time loads it in milliseconds.  So the first `npllama train` after an install spent its
-first 5-9 s compiling on one core while the other sat idle (benchmarks/README.md).
+Numba compiles a kernel at its first call, in the calling process, and keeps the machine code in
+its on-disk cache; once a kernel is there, any process that calls it for the first time loads it
+in milliseconds.  A first `npllama train` after an install therefore had ~8 s of compiling ahead
+of its first step (benchmarks/README.md: "what we measured").
 
-`compile_late_kernels_on_a_cold_cache(dtype)`, called as a run starts, looks in numba's cache
-for the last kernel a step compiles (SwiGLU's backward) at that dtype.  If it is missing (a first
-run after an install or an edit of a kernel), it starts `python -m npllama.kernels.precompile
-DTYPE` at once, so that the helper's own start (~1.5 s of imports) overlaps the run's tokenizer
-and data preparation.  If numba's cache cannot be read that way (its layout is numba's private
-business), the helper starts at this process's first compilation instead (numba's
-"numba:compile" event fires only on a cache miss).  The helper runs one training step of a tiny
-model in which the ops a step reaches first -- RMSNorm, RoPE, attention -- run as their NumPy
-references, so the kernels it compiles and caches are the ones the run reaches last: the SwiGLU
-MLP, the cross-entropy, the embedding's backward and AdamW.  The run compiles RMSNorm, RoPE and
-attention meanwhile, and finds the rest in the cache when it gets there (a kernel it reaches
-before the helper is done, it simply compiles itself, as before).
+`start_helper_on_a_cold_cache(dtype)`, called as a run starts, looks in numba's cache for every
+kernel a training step calls (TRAINING_KERNELS) at that dtype.  If one is missing (a first run
+after an install, or after an edit of a kernel file), it starts `python -m
+npllama.kernels.precompile DTYPE`, which runs one step (forward, backward, AdamW) of a tiny model
+on the kernels, so they all compile into the cache, and returns a `Helper` handle on it.  The run
+then trains on the NumPy references -- the same math, the code npllama/ops reads as -- with BLAS on
+one core while the helper compiles on the other, and changes to the kernels at the first step
+after the helper is done (npllama/train.py).  The steps before the change round differently from
+kernel steps (as two BLAS libraries would): their log lines say `"backend": "numpy"`.
 
-`wait_for_helper()` lets the run wait for the helper before it times anything (the thread-count
-measurement must not share the cores with a compiler).  The helper is best effort: its output
-is discarded, a failure only means the run compiles those kernels itself, and it is stopped at
-exit if still running.  NPLLAMA_PARALLEL_COMPILE=0 turns it off.
+Where numba's cache index cannot be read (its layout is numba's private business), no helper is
+started and the run compiles its kernels itself, as any numba program does.  `wait_for_helper()`
+lets code that times something wait for the helper first (a compiler would share the cores).
+The helper is best effort: its output is discarded, a failure only means the run compiles the
+kernels itself, and it is stopped at exit if still running.  NPLLAMA_PARALLEL_COMPILE=0 turns it off.
 """
 from __future__ import annotations
 
@@ -29,119 +27,134 @@ import atexit
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
-from numba.core import event
 
-from .compile_notice import AtFirstCompilation
-
-# The ops the helper leaves to the NumPy references: those a training step reaches first, which
-# the run compiles itself while the helper compiles the rest.
-LEFT_TO_THE_RUN = ("rmsnorm", "rope", "attention")
-HELPER_TIMEOUT_S = 120.0
-
-
-def _start_helper(dtype: str) -> subprocess.Popen | None:
-    package_parent = str(Path(__file__).resolve().parents[2])     # where this npllama is imported from
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
-    try:
-        helper = subprocess.Popen([sys.executable, "-m", "npllama.kernels.precompile", dtype], env=env,
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    except OSError:
-        return None                     # no helper: the run compiles everything itself
-    atexit.register(_stop, helper)
-    return helper
+# Every kernel a training step calls at the top level (forward, backward, evaluation, AdamW), as
+# (module in npllama.kernels, function).  The kernels they call compile with them.
+# tests/kernels/test_precompile.py checks this list against what a cold step really compiles.
+TRAINING_KERNELS = (
+    ("rmsnorm", "_rmsnorm_forward_rows"), ("rmsnorm", "_rmsnorm_backward_rows"),
+    ("rope", "_rope_rotate"),
+    ("attention", "_masked_softmax_rows"), ("attention", "_softmax_backward_rows"),
+    ("swiglu", "_silu_mul_halves"), ("swiglu", "_silu_mul_halves_backward"),
+    ("cross_entropy", "_loss_and_grad_rows"),
+    ("embedding", "_scatter_add_rows"),
+    ("adamw", "_adamw_update_flat"),
+)
+HELPER_TIMEOUT_S = 300.0
 
 
-class _Trigger(AtFirstCompilation):
-    """Starts the helper at the first compilation of one of npllama's kernels, once."""
+class Helper:
+    """A handle on the helper process compiling the training kernels into numba's cache."""
 
-    def __init__(self, dtype: str):
-        super().__init__()
-        self.dtype = dtype
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+        self.started = time.perf_counter()
 
-    def first(self) -> None:
-        global _helper
-        _helper = _start_helper(self.dtype)
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def succeeded(self) -> bool:
+        return self.process.poll() == 0
+
+    def seconds(self) -> float:
+        """Seconds since the helper was started."""
+        return time.perf_counter() - self.started
+
+    def wait(self, timeout: float = HELPER_TIMEOUT_S) -> None:
+        """Until it has finished; stopped if it takes longer than `timeout` seconds."""
+        if self.running():
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.stop()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
-_helper: subprocess.Popen | None = None    # started at once or by the trigger; at most one
-_armed = False
+_helper: Helper | None = None     # the latest one started; at most one at work at a time
 
 
-def compile_late_kernels_on_a_cold_cache(dtype) -> None:
-    """At the start of a training run of `dtype` (float32 or float64): start the helper if
-    numba's cache lacks the late kernels, or arm the trigger if that cannot be told; once per
-    process."""
-    global _helper, _armed
-    if _armed or os.environ.get("NPLLAMA_PARALLEL_COMPILE", "1") == "0" or (os.cpu_count() or 1) < 2:
-        return
+def start_helper_on_a_cold_cache(dtype) -> Helper | None:
+    """At the start of a training run of `dtype` (float32 or float64): a helper compiling the
+    training kernels if numba's cache lacks one of them (the one already started, while it is
+    still at work); None if the cache holds them all, cannot be read, or nothing will be compiled."""
+    global _helper
+    if _helper is not None and _helper.running():
+        return _helper
+    if os.environ.get("NPLLAMA_PARALLEL_COMPILE", "1") == "0" or (os.cpu_count() or 1) < 2:
+        return None
     from numba import config as numba_config
 
     from ..backend import get_backend
 
     if numba_config.DISABLE_JIT or get_backend() != "numba":
-        return                          # nothing will be compiled
-    _armed = True
+        return None                     # nothing will be compiled
     dtype = np.dtype(dtype).name
-    cached = _late_kernels_cached(dtype)
-    if cached is False:
-        _helper = _start_helper(dtype)
-    elif cached is None:
-        event.register("numba:compile", _Trigger(dtype))
+    if kernels_cached(dtype) is not False:
+        return None
+    _helper = _start_helper(dtype)
+    return _helper
 
 
-def _late_kernels_cached(dtype: str) -> bool | None:
-    """Whether numba's cache holds SwiGLU's backward kernel (the last a step compiles) for dtype;
-    None if its cache index cannot be read (a numba whose private layout differs)."""
-    from .swiglu import _silu_mul_halves_backward
+def kernels_cached(dtype: str) -> bool | None:
+    """Whether numba's cache holds every one of TRAINING_KERNELS for `dtype`; None if a cache
+    index cannot be read (a numba whose private layout differs)."""
+    import importlib
 
     try:
-        index = _silu_mul_halves_backward._cache._cache_file._load_index()
-        return any(dtype in str(key[0]) for key in index)
+        for module, name in TRAINING_KERNELS:
+            kernel = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+            index = kernel._cache._cache_file._load_index()    # {} once the source file changed
+            if not any(dtype in str(key[0]) for key in index):
+                return False
+        return True
     except Exception:   # noqa: BLE001 -- numba's private API: any failure means "cannot tell"
         return None
 
 
+def _start_helper(dtype: str) -> Helper | None:
+    package_parent = str(Path(__file__).resolve().parents[2])     # where this npllama is imported from
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "npllama.kernels.precompile", dtype], env=env,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None                     # no helper: the run compiles everything itself
+    helper = Helper(process)
+    atexit.register(helper.stop)
+    return helper
+
+
 def wait_for_helper() -> None:
     """Until the helper (if one was started) has finished: it compiles on the second core."""
-    if _helper is not None and _helper.poll() is None:
-        try:
-            _helper.wait(timeout=HELPER_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            _stop(_helper)
+    if _helper is not None:
+        _helper.wait()
 
 
-def _stop(helper: subprocess.Popen) -> None:
-    if helper.poll() is None:
-        helper.kill()
-        helper.wait()
-
-
-def compile_late_kernels(dtype: str) -> None:
-    """The helper's work: one step of a tiny model with LEFT_TO_THE_RUN on the NumPy references,
-    so that only the other kernels compile (into numba's cache, where the run finds them)."""
-    from contextlib import ExitStack
-
+def compile_training_kernels(dtype: str) -> None:
+    """The helper's work: one training step and one evaluation of a tiny model on the kernels,
+    so that every kernel a step calls compiles (into numba's cache, where the run finds it)."""
     from .. import Llama, LlamaConfig
-    from ..backend import ops, use_backend, use_op
+    from ..backend import use_backend
     from ..optim import AdamW
 
     config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8)
     model = Llama(config, seed=0, dtype=np.dtype(dtype))
     tokens = np.arange(8).reshape(2, 4) % config.vocab_size
-    reference = ops("numpy")
-    with ExitStack() as stack:
-        stack.enter_context(use_backend("numba"))
-        for op in LEFT_TO_THE_RUN:
-            for direction in ("forward", "backward"):
-                name = f"{op}_{direction}"
-                stack.enter_context(use_op(name, getattr(reference, name)))
-        _, grads = model.loss_and_grads(tokens, np.roll(tokens, -1, axis=1))
+    targets = np.roll(tokens, -1, axis=1)
+    with use_backend("numba"):
+        _, grads = model.loss_and_grads(tokens, targets)
         AdamW(model.params).step(grads, lr=1e-3)
+        model.loss(tokens, targets)
 
 
 if __name__ == "__main__":
-    compile_late_kernels(sys.argv[1] if len(sys.argv) > 1 else "float32")
+    compile_training_kernels(sys.argv[1] if len(sys.argv) > 1 else "float32")

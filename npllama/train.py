@@ -251,7 +251,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
     # prepares the data and trains on the NumPy references (npllama/kernels/precompile.py).
     from .kernels.precompile import start_helper_on_a_cold_cache
 
-    helper = start_helper_on_a_cold_cache(DTYPES[tc.dtype])
+    helper = start_helper_on_a_cold_cache(DTYPES[tc.dtype], decoding=bool(tc.samples) and tc.objective == "causal")
     if helper is not None:
         echo("compiling the Numba kernels for this machine in a helper process (a first run after an "
              "install or an edit); training starts on the NumPy reference meanwhile")
@@ -402,26 +402,32 @@ class _Loop:
             self._evaluate_at_the_end()
 
     def _run_steps_while_the_kernels_compile(self, start_step: int) -> None:
-        """Steps on the NumPy references, with BLAS on one core (the helper compiles on the
-        other), until the helper is done; the run's end, too, if it comes first."""
-        first = self.step + 1
+        """Steps on the NumPy references, with BLAS on one core, while the helper compiles the
+        training kernels on the other (the run's end too, if it comes first); then, while it
+        compiles the decoding kernels for the samples, steps on the kernels, still on one core."""
+        helper, first = self.helper, self.step + 1
         self.on_reference = True
         try:
             with one_blas_thread(), use_backend("numpy"):
-                self._run_steps(start_step, until=lambda: not self.helper.running())
-                if self.step == self.tc.steps and self.helper.running():
+                self._run_steps(start_step, until=lambda: not helper.running() or helper.training_kernels_ready())
+                if self.step == self.tc.steps:
                     self._evaluate_at_the_end()
         finally:
             self.on_reference = False
-        if self.helper.running():
-            return          # the run is over (or stopped); the helper is stopped at exit
+        if self.step == self.tc.steps:
+            return          # the run is over; a helper still at work is stopped at exit
         ran = {0: "no step", 1: f"step {first}"}.get(self.step - first + 1, f"steps {first}-{self.step}")
-        if self.helper.succeeded():
-            self.say(f"kernels compiled in {self.helper.seconds():.1f} s; {ran} ran on the NumPy reference "
-                     f"meanwhile (marked \"backend\": \"numpy\" in {LOG_FILE}); the kernels take over now")
-        else:
-            self.say(f"the helper process compiling the kernels failed (exit code {self.helper.process.returncode}); "
-                     f"{ran} ran on the NumPy reference; the kernels compile here now")
+        if not helper.training_kernels_ready():
+            self.say(f"the helper process ended (exit code {helper.process.returncode}) without caching the "
+                     f"kernels; {ran} ran on the NumPy reference; the kernels compile here now")
+            return
+        still = helper.running()
+        self.say(f"kernels compiled in {helper.seconds():.1f} s; {ran} ran on the NumPy reference meanwhile "
+                 f"(marked \"backend\": \"numpy\" in {LOG_FILE}); the kernels take over now"
+                 + (", on one core while the helper compiles the decoding kernels for the samples" if still else ""))
+        if still:
+            with one_blas_thread():
+                self._run_steps(start_step, until=lambda: not helper.running())
 
     def _evaluate_at_the_end(self) -> None:
         if self.last_val_step != self.step:  # the run ends with a validation loss
@@ -682,11 +688,13 @@ def _plot_losses(run_dir: Path) -> None:
 
 def _print_samples(model, tokenizer, tc: TrainConfig, echo) -> list[str]:
     from .generate import generate
+    from .kernels.precompile import wait_for_helper
 
     if not tc.samples:
         return []
     prompts = ["Once upon a time", "There was once", "One day"] if tc.data is None else [""]
     texts = []
+    wait_for_helper()     # a first run's helper may still be compiling the decoding kernels
     echo("samples:")
     for i in range(tc.samples):
         prompt = prompts[i % len(prompts)]

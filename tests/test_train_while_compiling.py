@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import npllama.train
 from npllama import use_backend
 from npllama.kernels import precompile
 from npllama.parallel import one_blas_thread
@@ -14,42 +15,49 @@ FAST = dict(preset="stories260k", vocab_size=360, batch_size=4, seq_len=32, corp
             eval_batches=2, samples=0, progress=False, lr=5e-3, eval_every=0, checkpoint_every=0)
 
 
-class StandInHelper:
-    """A helper that is 'compiling' for the first `checks` questions, then ended with `code`."""
+def log_records(run_dir):
+    path = run_dir / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
-    def __init__(self, checks: int, code: int = 0):
-        self.checks, self.asked = checks, 0
+
+class StandInHelper:
+    """A helper whose training kernels are 'ready' once the run has logged `ready_at` steps and
+    which 'ends' (with exit code `code`) once it has logged `ends_at`: what the run sees of the
+    helper depends on the run's progress only, not on time."""
+
+    def __init__(self, run_dir, ready_at: int, ends_at: int, code: int = 0):
+        self.run_dir, self.ready_at, self.ends_at, self.code = run_dir, ready_at, ends_at, code
         self.process = type("Process", (), {"returncode": None})()
-        self.code = code
+
+    def _steps(self) -> int:
+        return sum("loss" in r for r in log_records(self.run_dir))
 
     def running(self) -> bool:
-        self.asked += 1
-        if self.asked > self.checks:
+        if self._steps() >= self.ends_at:
             self.process.returncode = self.code
         return self.process.returncode is None
 
     def succeeded(self) -> bool:
-        return self.process.returncode == 0
+        return not self.running() and self.code == 0
+
+    def training_kernels_ready(self) -> bool:
+        return self._steps() >= self.ready_at and (self.running() or self.code == 0)
 
     def seconds(self) -> float:
         return 1.5
 
 
-def log_records(run_dir):
-    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-
-
 def run_with(monkeypatch, helper, out, **settings):
-    monkeypatch.setattr(precompile, "start_helper_on_a_cold_cache", lambda dtype: helper)
+    monkeypatch.setattr(precompile, "start_helper_on_a_cold_cache", lambda dtype, decoding: helper)
     lines = []
     result = train(TrainConfig(out=str(out), **{**FAST, **settings}), echo=lines.append)
     return result, lines
 
 
-def test_steps_run_on_the_reference_until_the_helper_is_done_then_on_the_kernels(monkeypatch, tmp_path):
-    # running() is asked once as the loop starts and once before each step: 4 yes -> steps 1-3
-    result, lines = run_with(monkeypatch, StandInHelper(checks=4), tmp_path / "bridged", steps=6, threads=1)
-    steps = [r for r in log_records(tmp_path / "bridged") if "loss" in r]
+def test_steps_run_on_the_reference_until_the_kernels_are_compiled_then_on_the_kernels(monkeypatch, tmp_path):
+    out = tmp_path / "bridged"
+    result, lines = run_with(monkeypatch, StandInHelper(out, ready_at=3, ends_at=3), out, steps=6, threads=1)
+    steps = [r for r in log_records(out) if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
     assert [r.get("backend") for r in steps] == ["numpy"] * 3 + [None] * 3
     assert any("steps 1-3 ran on the NumPy reference" in line for line in lines), lines
@@ -64,9 +72,36 @@ def test_steps_run_on_the_reference_until_the_helper_is_done_then_on_the_kernels
     assert [r["loss"] for r in steps[3:]] != [r["loss"] for r in reference[3:]]
 
 
-def test_a_run_that_ends_before_the_helper_never_waits_for_it(monkeypatch, tmp_path):
+def test_while_the_helper_compiles_the_decoding_kernels_the_run_steps_on_one_core(monkeypatch, tmp_path):
+    """Ready after 2 steps, ended after 4: steps 3-4 on the kernels with BLAS on one thread, and
+    the thread count is measured only once the helper no longer shares the cores."""
     out = tmp_path / "run"
-    result, lines = run_with(monkeypatch, StandInHelper(checks=10**6), out, steps=3)
+    helper = StandInHelper(out, ready_at=2, ends_at=4)
+    blas_held, measured_at = [], []
+    real_step = npllama.train._Loop.accumulate
+
+    def accumulate(loop):
+        from npllama.parallel import _blas_state
+
+        blas_held.append(_blas_state["depth"] > 0)
+        return real_step(loop)
+
+    def fastest_threads(*args, **kwargs):
+        measured_at.append((len([r for r in log_records(out) if "loss" in r]), helper.running()))
+        return 1
+
+    monkeypatch.setattr(npllama.train._Loop, "accumulate", accumulate)
+    monkeypatch.setattr(npllama.train, "fastest_threads", fastest_threads)
+    _, lines = run_with(monkeypatch, helper, out, steps=6)
+    assert [r.get("backend") for r in log_records(out) if "loss" in r] == ["numpy"] * 2 + [None] * 4
+    assert blas_held == [True] * 4 + [False] * 2      # steps 1-4 leave the other core to the helper
+    assert measured_at == [(4, False)]
+    assert any("on one core while the helper compiles the decoding kernels" in line for line in lines), lines
+
+
+def test_a_run_that_ends_before_the_kernels_are_ready_never_waits_for_them(monkeypatch, tmp_path):
+    out = tmp_path / "run"
+    result, lines = run_with(monkeypatch, StandInHelper(out, ready_at=99, ends_at=99), out, steps=3)
     records = log_records(out)
     assert [r.get("backend") for r in records if "loss" in r] == ["numpy"] * 3
     assert records[-1]["step"] == 3 and "val_loss" in records[-1]            # evaluated on the reference
@@ -77,9 +112,11 @@ def test_a_run_that_ends_before_the_helper_never_waits_for_it(monkeypatch, tmp_p
 
 def test_a_failed_helper_is_said_and_the_kernels_compile_in_the_run(monkeypatch, tmp_path):
     out = tmp_path / "run"
-    result, lines = run_with(monkeypatch, StandInHelper(checks=2, code=3), out, steps=3, threads=1)
+    result, lines = run_with(monkeypatch, StandInHelper(out, ready_at=99, ends_at=1, code=3), out,
+                             steps=3, threads=1)
     assert [r.get("backend") for r in log_records(out) if "loss" in r] == ["numpy", None, None]
-    assert any("failed (exit code 3); step 1 ran on the NumPy reference" in line for line in lines), lines
+    assert any("ended (exit code 3) without caching the kernels; step 1 ran on the NumPy reference" in line
+               for line in lines), lines
     assert np.isfinite(result.val_loss)
 
 
@@ -87,3 +124,12 @@ def test_no_helper_means_every_step_on_the_kernels(monkeypatch, tmp_path):
     out = tmp_path / "run"
     run_with(monkeypatch, None, out, steps=2, threads=1)
     assert [r.get("backend") for r in log_records(out) if "loss" in r] == [None, None]
+
+
+def test_a_run_with_samples_asks_the_helper_for_the_decoding_kernels(monkeypatch, tmp_path):
+    asked = []
+    monkeypatch.setattr(precompile, "start_helper_on_a_cold_cache", lambda dtype, decoding: asked.append(decoding))
+    for name, settings in (("samples", dict(samples=1, sample_tokens=4)), ("none", {}),
+                           ("mlm", dict(samples=1, objective="mlm"))):
+        train(TrainConfig(out=str(tmp_path / name), steps=1, threads=1, **{**FAST, **settings}), echo=lambda *a: None)
+    assert asked == [True, False, False]

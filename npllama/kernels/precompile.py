@@ -5,15 +5,18 @@ its on-disk cache; once a kernel is there, any process that calls it for the fir
 in milliseconds.  A first `npllama train` after an install therefore had ~8 s of compiling ahead
 of its first step (benchmarks/README.md: "what we measured").
 
-`start_helper_on_a_cold_cache(dtype)`, called as a run starts, looks in numba's cache for every
-kernel a training step calls (TRAINING_KERNELS) at that dtype.  If one is missing (a first run
-after an install, or after an edit of a kernel file), it starts `python -m
-npllama.kernels.precompile DTYPE`, which runs one step (forward, backward, AdamW) of a tiny model
-on the kernels, so they all compile into the cache, and returns a `Helper` handle on it.  The run
-then trains on the NumPy references -- the same math, the code npllama/ops reads as -- with BLAS on
-one core while the helper compiles on the other, and changes to the kernels at the first step
-after the helper is done (npllama/train.py).  The steps before the change round differently from
-kernel steps (as two BLAS libraries would): their log lines say `"backend": "numpy"`.
+`start_helper_on_a_cold_cache(dtype, decoding)`, called as a run starts, looks in numba's cache
+for every kernel a training step calls (TRAINING_KERNELS) at that dtype.  If one is missing (a
+first run after an install, or after an edit of a kernel file), it starts `python -m
+npllama.kernels.precompile DTYPE [decoding]`, which runs one step (forward, backward, AdamW) of a
+tiny model on the kernels, so they all compile into the cache, and then, for a run that will
+print samples, a short generation, so the decoding kernels do too; it returns a `Helper` handle.
+The run (npllama/train.py) meanwhile trains on the NumPy references -- the same math, the code
+npllama/ops reads as -- with BLAS on one core while the helper compiles on the other, and
+changes to the kernels at the first step after they are all in the cache; while the helper
+goes on to the decoding kernels, the run's kernel steps stay on one core.  The reference steps
+round differently from kernel steps (as two BLAS libraries would): their log lines say
+`"backend": "numpy"`.
 
 Where numba's cache index cannot be read (its layout is numba's private business), no helper is
 started and the run compiles its kernels itself, as any numba program does.  `wait_for_helper()`
@@ -50,8 +53,8 @@ HELPER_TIMEOUT_S = 300.0
 class Helper:
     """A handle on the helper process compiling the training kernels into numba's cache."""
 
-    def __init__(self, process: subprocess.Popen):
-        self.process = process
+    def __init__(self, process: subprocess.Popen, dtype: str):
+        self.process, self.dtype = process, dtype
         self.started = time.perf_counter()
 
     def running(self) -> bool:
@@ -59,6 +62,10 @@ class Helper:
 
     def succeeded(self) -> bool:
         return self.process.poll() == 0
+
+    def training_kernels_ready(self) -> bool:
+        """Whether the training kernels are in the cache (the helper may go on to the decoding ones)."""
+        return kernels_cached(self.dtype) is True
 
     def seconds(self) -> float:
         """Seconds since the helper was started."""
@@ -81,10 +88,12 @@ class Helper:
 _helper: Helper | None = None     # the latest one started; at most one at work at a time
 
 
-def start_helper_on_a_cold_cache(dtype) -> Helper | None:
+def start_helper_on_a_cold_cache(dtype, decoding: bool = False) -> Helper | None:
     """At the start of a training run of `dtype` (float32 or float64): a helper compiling the
-    training kernels if numba's cache lacks one of them (the one already started, while it is
-    still at work); None if the cache holds them all, cannot be read, or nothing will be compiled."""
+    training kernels if numba's cache lacks one of them, and then, with `decoding` (the run will
+    generate samples), the decoding kernels too; the one already started while it is still at
+    work.  None if the cache holds the training kernels, cannot be read, or nothing will be
+    compiled."""
     global _helper
     if _helper is not None and _helper.running():
         return _helper
@@ -99,7 +108,7 @@ def start_helper_on_a_cold_cache(dtype) -> Helper | None:
     dtype = np.dtype(dtype).name
     if kernels_cached(dtype) is not False:
         return None
-    _helper = _start_helper(dtype)
+    _helper = _start_helper(dtype, decoding)
     return _helper
 
 
@@ -119,15 +128,16 @@ def kernels_cached(dtype: str) -> bool | None:
         return None
 
 
-def _start_helper(dtype: str) -> Helper | None:
+def _start_helper(dtype: str, decoding: bool) -> Helper | None:
     package_parent = str(Path(__file__).resolve().parents[2])     # where this npllama is imported from
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
     try:
-        process = subprocess.Popen([sys.executable, "-m", "npllama.kernels.precompile", dtype], env=env,
+        process = subprocess.Popen([sys.executable, "-m", "npllama.kernels.precompile", dtype,
+                                    *(["decoding"] if decoding else [])], env=env,
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
         return None                     # no helper: the run compiles everything itself
-    helper = Helper(process)
+    helper = Helper(process, dtype)
     atexit.register(helper.stop)
     return helper
 
@@ -156,5 +166,21 @@ def compile_training_kernels(dtype: str) -> None:
         model.loss(tokens, targets)
 
 
+def compile_decoding_kernels(dtype: str) -> None:
+    """The helper's second task, for a run that ends with samples: a short generation of a tiny
+    model, as `generate` makes them (batch 1, a short prompt, FastDecoder on every core)."""
+    from .. import Llama, LlamaConfig
+    from ..backend import use_backend
+    from ..generate import generate
+
+    config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    with use_backend("numba"):
+        generate(Llama(config, seed=0, dtype=np.dtype(dtype)), [1, 2, 3, 4], max_new_tokens=3, temperature=0.8,
+                 top_k=4, seed=0)
+
+
 if __name__ == "__main__":
     compile_training_kernels(sys.argv[1] if len(sys.argv) > 1 else "float32")
+    if "decoding" in sys.argv[2:]:
+        compile_decoding_kernels(sys.argv[1])

@@ -9,10 +9,11 @@ import pytest
 from npllama.kernels import precompile
 
 # Training steps of two shapes (multi-head and grouped-query attention with tied embeddings), an
-# evaluation and AdamW, listing every npllama kernel compiled at the top level (not as a callee
-# of another kernel) rather than loaded from the cache.
+# evaluation and AdamW -- and, with "generate" as argument, generations as `npllama train`'s
+# samples and `npllama generate` make them -- listing every npllama kernel compiled at the top
+# level (not as a callee of another kernel) rather than loaded from the cache.
 STEP_SCRIPT = """
-import json, numpy as np
+import json, sys, numpy as np
 from numba.core import event
 compiled, depth = [], [0]
 class Listener(event.Listener):
@@ -25,6 +26,7 @@ class Listener(event.Listener):
         depth[0] -= 1
 event.register("numba:compile", Listener())
 from npllama import Llama, LlamaConfig
+from npllama.generate import generate
 from npllama.optim import AdamW
 for heads, kv_heads, tied in ((4, 4, False), (4, 2, True)):
     config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
@@ -35,6 +37,9 @@ for heads, kv_heads, tied in ((4, 4, False), (4, 2, True)):
     _, grads = model.loss_and_grads(tokens, np.roll(tokens, -1, axis=1))
     AdamW(model.params).step(grads, lr=1e-3)
     model.loss(tokens, np.roll(tokens, -1, axis=1))
+    if "generate" in sys.argv:
+        generate(model, [3, 4, 5, 6, 7], max_new_tokens=4, temperature=0.8, top_k=40, seed=1)
+        generate(model, [3], max_new_tokens=4, temperature=0, seed=1)
 print(json.dumps(compiled))
 """
 CACHED = ("from npllama.kernels import precompile\n"
@@ -48,8 +53,9 @@ def in_fresh_process(cache_dir, *args):
                           timeout=300).stdout
 
 
-def compiled_by_a_step(cache_dir) -> set:
-    return {tuple(kernel) for kernel in json.loads(in_fresh_process(cache_dir, "-c", STEP_SCRIPT).splitlines()[-1])}
+def compiled_by_a_step(cache_dir, *args) -> set:
+    output = in_fresh_process(cache_dir, "-c", STEP_SCRIPT, *args)
+    return {tuple(kernel) for kernel in json.loads(output.splitlines()[-1])}
 
 
 def test_the_list_of_training_kernels_is_what_a_cold_step_compiles(tmp_path):
@@ -61,13 +67,13 @@ def test_the_list_of_training_kernels_is_what_a_cold_step_compiles(tmp_path):
     assert in_fresh_process(tmp_path, "-c", CACHED).split() == ["True", "False"]      # that dtype's, now
 
 
-def test_after_the_helper_a_step_compiles_nothing(tmp_path):
+def test_after_the_helper_a_step_and_a_generation_compile_nothing(tmp_path):
     """The helper's kernels must be the very ones a run calls (same types, same flags): a drift
     (a kernel given a new argument, a dtype path changed) would make the run compile them again
-    after it had waited on the reference for them."""
-    in_fresh_process(tmp_path, "-m", "npllama.kernels.precompile", "float32")
+    after it had waited on the reference for them, or the samples compile after all."""
+    in_fresh_process(tmp_path, "-m", "npllama.kernels.precompile", "float32", "decoding")
     assert in_fresh_process(tmp_path, "-c", CACHED).split() == ["True", "False"]
-    assert compiled_by_a_step(tmp_path) == set()
+    assert compiled_by_a_step(tmp_path, "generate") == set()
 
 
 class StandInProcess:
@@ -83,9 +89,9 @@ def fresh_state(monkeypatch):
     """precompile's state, reset; helpers recorded (as never-ending stand-ins) instead of started."""
     started = []
 
-    def start(dtype):
+    def start(dtype, decoding):
         started.append(dtype)
-        return precompile.Helper(StandInProcess())
+        return precompile.Helper(StandInProcess(), dtype)
 
     monkeypatch.setattr(precompile, "_helper", None)
     monkeypatch.setattr(precompile, "_start_helper", start)

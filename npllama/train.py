@@ -303,6 +303,8 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
         echo(stop_line(stopped, loop.step, run_dir, f"npllama train --out {run_dir} --resume", why))
     finally:
         loop.close()
+    if helper is not None and not isinstance(stop, KeyboardInterrupt):
+        _let_the_helper_finish(helper, echo)
 
     samples = []
     if stop is None:
@@ -424,7 +426,8 @@ class _Loop:
         still = helper.running()
         self.say(f"kernels compiled in {helper.seconds():.1f} s; {ran} ran on the NumPy reference meanwhile "
                  f"(marked \"backend\": \"numpy\" in {LOG_FILE}); the kernels take over now"
-                 + (", on one core while the helper compiles the decoding kernels for the samples" if still else ""))
+                 + (", on one core while the helper compiles the decoding kernels for the samples"
+                    if still and helper.decoding else ""))
         if still:
             with one_blas_thread():
                 self._run_steps(start_step, until=lambda: not helper.running())
@@ -686,15 +689,27 @@ def _plot_losses(run_dir: Path) -> None:
         return
 
 
+def _let_the_helper_finish(helper, echo) -> None:
+    """A run that ends before its helper: without the wait, the helper would be stopped at exit
+    and every later run would find the cache as cold (a run of a few steps, over and over)."""
+    if not helper.running():
+        return
+    echo("waiting for the helper process to finish compiling the kernels into numba's cache, so that "
+         "later runs start on them (Ctrl-C skips this)")
+    try:
+        helper.wait()
+    except KeyboardInterrupt:
+        helper.stop()
+        echo("skipped: the next run compiles them again")
+
+
 def _print_samples(model, tokenizer, tc: TrainConfig, echo) -> list[str]:
     from .generate import generate
-    from .kernels.precompile import wait_for_helper
 
     if not tc.samples:
         return []
     prompts = ["Once upon a time", "There was once", "One day"] if tc.data is None else [""]
     texts = []
-    wait_for_helper()     # a first run's helper may still be compiling the decoding kernels
     echo("samples:")
     for i in range(tc.samples):
         prompt = prompts[i % len(prompts)]

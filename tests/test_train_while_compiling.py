@@ -25,8 +25,9 @@ class StandInHelper:
     which 'ends' (with exit code `code`) once it has logged `ends_at`: what the run sees of the
     helper depends on the run's progress only, not on time."""
 
-    def __init__(self, run_dir, ready_at: int, ends_at: int, code: int = 0):
+    def __init__(self, run_dir, ready_at: int, ends_at: int, code: int = 0, decoding: bool = True):
         self.run_dir, self.ready_at, self.ends_at, self.code = run_dir, ready_at, ends_at, code
+        self.decoding = decoding
         self.process = type("Process", (), {"returncode": None})()
 
     def _steps(self) -> int:
@@ -45,6 +46,25 @@ class StandInHelper:
 
     def seconds(self) -> float:
         return 1.5
+
+
+class WaitedFor(StandInHelper):
+    """Still at work when the run ends; records the wait (and raises `during_wait` in it)."""
+
+    def __init__(self, run_dir, during_wait=None):
+        super().__init__(run_dir, ready_at=99, ends_at=99)
+        self.during_wait, self.calls = during_wait, []
+
+    def wait(self):
+        self.calls.append("wait")
+        self.log_at_wait = log_records(self.run_dir)
+        if self.during_wait is not None:
+            raise self.during_wait
+        self.process.returncode = 0
+
+    def stop(self):
+        self.calls.append("stop")
+        self.process.returncode = -9
 
 
 def run_with(monkeypatch, helper, out, **settings):
@@ -98,10 +118,17 @@ def test_while_the_helper_compiles_the_decoding_kernels_the_run_steps_on_one_cor
     assert measured_at == [(4, False)]
     assert any("on one core while the helper compiles the decoding kernels" in line for line in lines), lines
 
+    # a helper that was not asked for them is only finishing: nothing said of decoding kernels
+    out = tmp_path / "no-samples"
+    _, lines = run_with(monkeypatch, StandInHelper(out, ready_at=2, ends_at=3, decoding=False), out, steps=4)
+    assert not any("decoding" in line for line in lines) and any("kernels compiled" in line for line in lines)
 
-def test_a_run_that_ends_before_the_kernels_are_ready_never_waits_for_them(monkeypatch, tmp_path):
+
+def test_a_run_that_ends_before_the_kernels_are_ready_runs_on_the_reference_to_its_end(monkeypatch, tmp_path):
     out = tmp_path / "run"
-    result, lines = run_with(monkeypatch, StandInHelper(out, ready_at=99, ends_at=99), out, steps=3)
+    helper = WaitedFor(out)
+    result, lines = run_with(monkeypatch, helper, out, steps=3)
+    assert helper.calls == ["wait"] and helper.log_at_wait == log_records(out)     # after the last line
     records = log_records(out)
     assert [r.get("backend") for r in records if "loss" in r] == ["numpy"] * 3
     assert records[-1]["step"] == 3 and "val_loss" in records[-1]            # evaluated on the reference
@@ -133,3 +160,21 @@ def test_a_run_with_samples_asks_the_helper_for_the_decoding_kernels(monkeypatch
                            ("mlm", dict(samples=1, objective="mlm"))):
         train(TrainConfig(out=str(tmp_path / name), steps=1, threads=1, **{**FAST, **settings}), echo=lambda *a: None)
     assert asked == [True, False, False]
+
+
+def test_a_run_that_ends_first_waits_for_the_helper_to_fill_the_cache(monkeypatch, tmp_path):
+    """Else a helper stopped at exit would leave the cache cold for the next run, and the next."""
+    out = tmp_path / "run"
+    helper = WaitedFor(out)
+    result, lines = run_with(monkeypatch, helper, out, steps=2)
+    assert helper.calls == ["wait"] and not result.interrupted
+    assert any("waiting for the helper process" in line for line in lines), lines
+
+
+def test_ctrl_c_while_waiting_for_the_helper_stops_it_and_keeps_the_run(monkeypatch, tmp_path):
+    out = tmp_path / "run"
+    helper = WaitedFor(out, during_wait=KeyboardInterrupt())
+    result, lines = run_with(monkeypatch, helper, out, steps=2)
+    assert helper.calls == ["wait", "stop"]
+    assert result.step == 2 and not result.interrupted and (out / "model" / "model.safetensors").is_file()
+    assert any("skipped" in line for line in lines), lines

@@ -18,11 +18,14 @@ goes on to the decoding kernels, the run's kernel steps stay on one core.  The r
 round differently from kernel steps (as two BLAS libraries would): their log lines say
 `"backend": "numpy"`.
 
+A run that ends before its helper waits for it (npllama/train.py's `_let_the_helper_finish`):
+stopped at exit, it would leave the cache cold for the next run, and the next.
+
 Where numba's cache index cannot be read (its layout is numba's private business), no helper is
 started and the run compiles its kernels itself, as any numba program does.  `wait_for_helper()`
 lets code that times something wait for the helper first (a compiler would share the cores).
 The helper is best effort: its output is discarded, a failure only means the run compiles the
-kernels itself, and it is stopped at exit if still running.  NPLLAMA_PARALLEL_COMPILE=0 turns it off.
+kernels itself, and it is stopped at exit if still running (after Ctrl-C, say).  NPLLAMA_PARALLEL_COMPILE=0 turns it off.
 """
 from __future__ import annotations
 
@@ -53,8 +56,8 @@ HELPER_TIMEOUT_S = 300.0
 class Helper:
     """A handle on the helper process compiling the training kernels into numba's cache."""
 
-    def __init__(self, process: subprocess.Popen, dtype: str):
-        self.process, self.dtype = process, dtype
+    def __init__(self, process: subprocess.Popen, dtype: str, decoding: bool = False):
+        self.process, self.dtype, self.decoding = process, dtype, decoding
         self.started = time.perf_counter()
 
     def running(self) -> bool:
@@ -137,7 +140,7 @@ def _start_helper(dtype: str, decoding: bool) -> Helper | None:
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
         return None                     # no helper: the run compiles everything itself
-    helper = Helper(process, dtype)
+    helper = Helper(process, dtype, decoding)
     atexit.register(helper.stop)
     return helper
 

@@ -417,7 +417,7 @@ class _Loop:
         finally:
             self.on_reference = False
         if self.step == self.tc.steps:
-            return          # the run is over; a helper still at work is stopped at exit
+            return          # the run is over; train() waits for a helper still at work
         ran = {0: "no step", 1: f"step {first}"}.get(self.step - first + 1, f"steps {first}-{self.step}")
         if not helper.training_kernels_ready():
             self.say(f"the helper process ended (exit code {helper.process.returncode}) without caching the "

@@ -21,16 +21,14 @@ NOTICE = ("npllama: compiling the Numba kernels for this machine (first run afte
           "an edit; about 10-30 s, cached for later runs)")
 
 
-class AtFirstCompilation(event.Listener):
-    """Calls `first()` once per listener, at the first compilation of one of npllama's kernels
+class CompileNotice(event.Listener):
+    """Prints NOTICE once per listener, at the first compilation of one of npllama's kernels
     (other libraries' compilations are ignored).  Register it for numba's "numba:compile"."""
 
-    def __init__(self):
+    def __init__(self, stream=None):
+        self.stream = stream           # None: sys.stderr as it is when the notice is printed
         self._fired = False
         self._lock = threading.Lock()
-
-    def first(self) -> None:
-        raise NotImplementedError
 
     def on_start(self, ev) -> None:
         dispatcher = (ev.data or {}).get("dispatcher")
@@ -41,21 +39,10 @@ class AtFirstCompilation(event.Listener):
             if self._fired:
                 return
             self._fired = True
-        self.first()
+        print(NOTICE, file=self.stream or sys.stderr, flush=True)
 
     def on_end(self, ev) -> None:
         pass
-
-
-class CompileNotice(AtFirstCompilation):
-    """Prints NOTICE once per process, at the first compilation of one of npllama's kernels."""
-
-    def __init__(self, stream=None):
-        super().__init__()
-        self.stream = stream           # None: sys.stderr as it is when the notice is printed
-
-    def first(self) -> None:
-        print(NOTICE, file=self.stream or sys.stderr, flush=True)
 
 
 _notice = CompileNotice()

@@ -100,8 +100,10 @@ def start_helper_on_a_cold_cache(dtype, decoding: bool = False) -> Helper | None
     global _helper
     if _helper is not None and _helper.running():
         return _helper
-    if os.environ.get("NPLLAMA_PARALLEL_COMPILE", "1") == "0" or (os.cpu_count() or 1) < 2:
-        return None
+    from .threads import usable_cores
+
+    if os.environ.get("NPLLAMA_PARALLEL_COMPILE", "1") == "0" or usable_cores() < 2:
+        return None                     # no second core for a helper to compile on
     from numba import config as numba_config
 
     from ..backend import get_backend

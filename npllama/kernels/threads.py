@@ -49,10 +49,12 @@ def decode_threads() -> tuple[int, bool]:
         return value, True
     if numba_config.DISABLE_JIT:      # the kernels run as Python: threads would take turns on the GIL
         return 1, False
-    return _cores(), False
+    return usable_cores(), False
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: `taskset`, a container's cpuset), at
+    most MAX_DECODE_THREADS; 1 on Windows."""
     if sys.platform == "win32":
         return 1
     try:

@@ -140,3 +140,15 @@ def test_wait_for_helper_waits_for_the_one_at_work(fresh_state, monkeypatch):
     monkeypatch.setattr(helper, "wait", lambda: waited.append(helper))
     precompile.wait_for_helper()
     assert waited == [helper]
+
+
+def test_no_helper_without_a_second_core_to_compile_on(fresh_state, monkeypatch):
+    """One core (say `taskset -c 0`, whatever os.cpu_count() says): a helper would only take turns
+    with the run, which would then train on the slower references for twice as long."""
+    from npllama.kernels import threads
+
+    monkeypatch.setattr(precompile, "kernels_cached", lambda dtype: False)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 1)
+    assert precompile.start_helper_on_a_cold_cache("float32") is None and fresh_state == []
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    assert precompile.start_helper_on_a_cold_cache("float32") is not None and fresh_state == ["float32"]

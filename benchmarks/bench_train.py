@@ -251,19 +251,12 @@ def first_run(pairs: int, command=FIRST_RUN_COMMAND, last_step: int = FIRST_RUN_
 
 def _logged_steps(log: Path) -> set:
     """The step numbers of the training-step lines written to log.jsonl so far."""
+    from npllama.viz import read_log
+
     try:
-        lines = log.read_text(encoding="utf-8").splitlines()
-    except OSError:
+        return set(read_log(log)["step"])
+    except (OSError, ValueError):     # not written yet, no step yet, or a line still being written
         return set()
-    steps = set()
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue                  # a line still being written
-        if isinstance(record, dict) and "loss" in record:
-            steps.add(record.get("step"))
-    return steps
 
 
 # ---- the parent -------------------------------------------------------------------------------

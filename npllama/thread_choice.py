@@ -97,8 +97,6 @@ def measure(loss_and_grads, vocab_size: int, batch_size: int, seq_len: int, coun
     """Median seconds of loss_and_grads on a random (batch_size, seq_len) batch for each thread
     count: one warm-up each, then `rounds` rounds taking every count in turn (so that a noisy
     neighbour slows all of them alike).  Keys are the counts as strings (they go to JSON)."""
-    from .kernels.precompile import wait_for_helper
-
     rng = np.random.default_rng(0)       # its own generator: the run's data order is untouched
     tokens = rng.integers(0, vocab_size, size=(batch_size, seq_len))
     targets = np.roll(tokens, -1, axis=1)
@@ -112,8 +110,6 @@ def measure(loss_and_grads, vocab_size: int, batch_size: int, seq_len: int, coun
                     splitter.loss_and_grads(loss_and_grads, tokens, targets)
                     if round_:                              # round 0 is the warm-up
                         times[k].append(time.perf_counter() - start)
-            if round_ == 0:
-                wait_for_helper()     # a helper still compiling kernels would share the cores
     finally:
         for splitter in splitters.values():
             splitter.close()

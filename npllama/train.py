@@ -395,7 +395,8 @@ class _Loop:
         if self.helper is not None and self.helper.running():
             self._run_steps_while_the_kernels_compile(start_step)
         if self.step < tc.steps or self.last_val_step != self.step:
-            # no --threads: the count measured fastest here for this shape (npllama/thread_choice.py)
+            # no --threads: the count measured fastest here for this shape (npllama/thread_choice.py);
+            # any helper has ended by now, so the measurement has the cores to itself
             threads = tc.threads or fastest_threads(self.loss_and_grads, self.model.config, tc.batch_size,
                                                     tc.seq_len, self.model.dtype, run_dir=self.run_dir, echo=self.say)
             self.splitter = BatchSplitter(threads)
@@ -414,10 +415,9 @@ class _Loop:
                 self._run_steps(start_step, until=lambda: not helper.running() or helper.training_kernels_ready())
                 if self.step == self.tc.steps:
                     self._evaluate_at_the_end()
+                    return      # the run is over; train() waits for a helper still at work
         finally:
             self.on_reference = False
-        if self.step == self.tc.steps:
-            return          # the run is over; train() waits for a helper still at work
         ran = {0: "no step", 1: f"step {first}"}.get(self.step - first + 1, f"steps {first}-{self.step}")
         if not helper.training_kernels_ready():
             self.say(f"the helper process ended (exit code {helper.process.returncode}) without caching the "

@@ -102,7 +102,7 @@ def test_bench_train_first_run_times_both_ways_on_empty_caches(tmp_path, monkeyp
         first, last = result[way]["first_step"], result[way]["last_step"]
         assert first["n"] == last["n"] == 2
         # in each run step 3's line comes two 0.2 s sleeps after step 1's, so do the extremes
-        assert 0 < first["min"] and last["min"] - first["min"] > 0.3 and last["max"] - first["max"] > 0.3
+        assert 0 < first["min"] and last["min"] - first["min"] > 0.1 and last["max"] - first["max"] > 0.1
     assert record.read_text() == "1001"     # helper first, then one process; the other way round next
     with pytest.raises(RuntimeError, match="first run"):
         first_run(1, command=[sys.executable, "-c", "raise SystemExit(3)"])

@@ -38,9 +38,6 @@ class StandInHelper:
             self.process.returncode = self.code
         return self.process.returncode is None
 
-    def succeeded(self) -> bool:
-        return not self.running() and self.code == 0
-
     def training_kernels_ready(self) -> bool:
         return self._steps() >= self.ready_at and (self.running() or self.code == 0)
 

@@ -28,8 +28,8 @@ each running whole steps with BLAS on one thread.
 Not ops, and so not in KERNELS: `adamw.adamw_update` (one pass of the AdamW update, for
 npllama.optim), `decode.FastDecoder` (batch-1 decoding with a preallocated KV cache) and
 `memory.keep_freed_memory` (stop glibc from faulting freed blocks back in every training step)
-and `precompile` (on a cold cache, a helper process compiles the kernels a first training run
-reaches last, while the run compiles the first ones).
+and `precompile` (on a cold cache, a helper process compiles the kernels while a first training
+run takes its first steps on the NumPy references).
 """
 import hashlib
 from pathlib import Path

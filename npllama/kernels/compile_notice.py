@@ -22,12 +22,11 @@ NOTICE = ("npllama: compiling the Numba kernels for this machine (first run afte
 
 
 class CompileNotice(event.Listener):
-    """Prints NOTICE once per listener, at the first compilation of one of npllama's kernels
-    (other libraries' compilations are ignored).  Register it for numba's "numba:compile"."""
+    """Prints NOTICE once per process, at the first compilation of one of npllama's kernels."""
 
     def __init__(self, stream=None):
         self.stream = stream           # None: sys.stderr as it is when the notice is printed
-        self._fired = False
+        self.printed = False
         self._lock = threading.Lock()
 
     def on_start(self, ev) -> None:
@@ -36,9 +35,9 @@ class CompileNotice(event.Listener):
         if not module.startswith("npllama."):
             return
         with self._lock:
-            if self._fired:
+            if self.printed:
                 return
-            self._fired = True
+            self.printed = True
         print(NOTICE, file=self.stream or sys.stderr, flush=True)
 
     def on_end(self, ev) -> None:

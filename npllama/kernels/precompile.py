@@ -22,8 +22,8 @@ A run that ends before its helper waits for it (npllama/train.py's `_let_the_hel
 stopped at exit, it would leave the cache cold for the next run, and the next.
 
 Where numba's cache index cannot be read (its layout is numba's private business), no helper is
-started and the run compiles its kernels itself, as any numba program does.  `wait_for_helper()`
-lets code that times something wait for the helper first (a compiler would share the cores).
+started and the run compiles its kernels itself, as any numba program does.  The run measures
+its thread count only once the helper has ended (a compiler would share the cores).
 The helper is best effort: its output is discarded, a failure only means the run compiles the
 kernels itself, and it is stopped at exit if still running (after Ctrl-C, say).  NPLLAMA_PARALLEL_COMPILE=0 turns it off.
 """
@@ -63,9 +63,6 @@ class Helper:
     def running(self) -> bool:
         return self.process.poll() is None
 
-    def succeeded(self) -> bool:
-        return self.process.poll() == 0
-
     def training_kernels_ready(self) -> bool:
         """Whether the training kernels are in the cache (the helper may go on to the decoding ones)."""
         return kernels_cached(self.dtype) is True
@@ -83,7 +80,7 @@ class Helper:
                 self.stop()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        if self.running():
             self.process.kill()
             self.process.wait()
 
@@ -147,23 +144,23 @@ def _start_helper(dtype: str, decoding: bool) -> Helper | None:
     return helper
 
 
-def wait_for_helper() -> None:
-    """Until the helper (if one was started) has finished: it compiles on the second core."""
-    if _helper is not None:
-        _helper.wait()
+def _tiny_model(dtype: str):
+    """A model small enough to run in no time, with grouped-query attention (two heads, one KV head)."""
+    from .. import Llama, LlamaConfig
+
+    config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8)
+    return Llama(config, seed=0, dtype=np.dtype(dtype))
 
 
 def compile_training_kernels(dtype: str) -> None:
     """The helper's work: one training step and one evaluation of a tiny model on the kernels,
     so that every kernel a step calls compiles (into numba's cache, where the run finds it)."""
-    from .. import Llama, LlamaConfig
     from ..backend import use_backend
     from ..optim import AdamW
 
-    config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8)
-    model = Llama(config, seed=0, dtype=np.dtype(dtype))
-    tokens = np.arange(8).reshape(2, 4) % config.vocab_size
+    model = _tiny_model(dtype)
+    tokens = np.arange(8).reshape(2, 4) % model.config.vocab_size
     targets = np.roll(tokens, -1, axis=1)
     with use_backend("numba"):
         _, grads = model.loss_and_grads(tokens, targets)
@@ -174,15 +171,11 @@ def compile_training_kernels(dtype: str) -> None:
 def compile_decoding_kernels(dtype: str) -> None:
     """The helper's second task, for a run that ends with samples: a short generation of a tiny
     model, as `generate` makes them (batch 1, a short prompt, FastDecoder on every core)."""
-    from .. import Llama, LlamaConfig
     from ..backend import use_backend
     from ..generate import generate
 
-    config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
     with use_backend("numba"):
-        generate(Llama(config, seed=0, dtype=np.dtype(dtype)), [1, 2, 3, 4], max_new_tokens=3, temperature=0.8,
-                 top_k=4, seed=0)
+        generate(_tiny_model(dtype), [1, 2, 3, 4], max_new_tokens=3, temperature=0.8, top_k=4, seed=0)
 
 
 if __name__ == "__main__":

@@ -133,15 +133,6 @@ def test_no_helper_for_a_run_on_the_numpy_backend(fresh_state, monkeypatch):
     assert fresh_state == ["float32"]
 
 
-def test_wait_for_helper_waits_for_the_one_at_work(fresh_state, monkeypatch):
-    waited = []
-    monkeypatch.setattr(precompile, "kernels_cached", lambda dtype: False)
-    helper = precompile.start_helper_on_a_cold_cache("float32")
-    monkeypatch.setattr(helper, "wait", lambda: waited.append(helper))
-    precompile.wait_for_helper()
-    assert waited == [helper]
-
-
 def test_no_helper_without_a_second_core_to_compile_on(fresh_state, monkeypatch):
     """One core (say `taskset -c 0`, whatever os.cpu_count() says): a helper would only take turns
     with the run, which would then train on the slower references for twice as long."""

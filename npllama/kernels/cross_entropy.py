@@ -18,6 +18,7 @@ from numba import njit, prange
 
 from ..ops.cross_entropy import check_cross_entropy_args
 from ._simd import exp_nonpositive, row_max, row_sum
+from .memory import empty_like_same_page_offset
 
 
 @dataclasses.dataclass
@@ -46,7 +47,7 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
     dtype = logits.dtype
     grad_scale = dtype.type(1 / n_counted if n_counted else 0)
 
-    dlogits = np.empty_like(logits_2d)
+    dlogits = empty_like_same_page_offset(logits_2d)    # read and written side by side: no 4K aliasing
     lse = np.empty(logits_2d.shape[0], dtype=dtype)
     row_losses = np.empty(logits_2d.shape[0], dtype=dtype)
     _loss_and_grad_rows(logits_2d, targets_1d, counted, grad_scale, True, dlogits, lse, row_losses)
@@ -61,7 +62,7 @@ def cross_entropy_backward(dloss, cache):
     dtype = cache.logits.dtype
     dlogits, cache.dlogits = cache.dlogits, None
     if dlogits is None:  # handed over already: recompute from the logits and the saved lse
-        dlogits = np.empty_like(cache.logits)
+        dlogits = empty_like_same_page_offset(cache.logits)
         _loss_and_grad_rows(cache.logits, cache.targets, cache.counted, cache.grad_scale,
                             False, dlogits, cache.lse, np.empty(0, dtype=dtype))
     if dloss != 1:

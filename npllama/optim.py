@@ -139,7 +139,8 @@ def _require_usable_grads(grads, squarable):
     (|g| >= ~1.8e19 in float32: AdamW's second moment would become inf for good).  One pass over
     each gradient, max|g|, decides both: it is NaN or inf exactly when g holds a NaN or an inf.
     The counts for the message are taken only when something is wrong."""
-    peaks = {name: np.max(np.abs(g)) if np.size(g) else 0.0 for name, g in grads.items()}
+    abs_max = _abs_max_kernel() or (lambda g: np.max(np.abs(g)))
+    peaks = {name: abs_max(g) if np.size(g) else 0.0 for name, g in grads.items()}
     bad = [name for name, peak in peaks.items() if not np.isfinite(peak)]
     if bad:
         counts = [int(np.size(grads[n]) - np.count_nonzero(np.isfinite(grads[n]))) for n in bad]
@@ -187,6 +188,18 @@ def _require_decay_fits_lr(lr, weight_decay, what=""):
     if lr * weight_decay >= 1:
         raise ValueError(f"{what}lr * weight_decay must be below 1 (each step multiplies the weights by "
                          f"1 - lr * weight_decay), got lr={lr}, weight_decay={weight_decay}")
+
+
+def _abs_max_kernel():
+    """max |g| in one pass without a temporary (npllama/kernels/gradients.py) when the numba
+    backend is in force, else None (the NumPy line runs)."""
+    from .backend import get_backend
+
+    if get_backend() != "numba":
+        return None
+    from .kernels.gradients import abs_max
+
+    return abs_max
 
 
 def _fused_adamw_update():

@@ -52,6 +52,40 @@ def test_split_batch_equals_the_whole_batch(B, workers):
 
 
 @needs_blas_control
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_the_parts_gradients_are_summed_with_their_weights_bit_for_bit(backend_name):
+    """The numba pass (one trip through memory, the parameters shared out over the workers) and
+    the NumPy lines both give sum_i w_i g_i exactly as written out here: each product rounded in
+    the gradient's dtype, then added in part order.  Strided and float64 gradients included."""
+    returned = {}
+
+    def fake_loss_and_grads(tokens, targets):
+        first = int(tokens[0, 0])
+        rng = np.random.default_rng(first)
+        grads = {"big": rng.standard_normal((64, 33)).astype(np.float32),
+                 "strided": rng.standard_normal((8, 6)).astype(np.float32)[:, ::2],
+                 "float64": rng.standard_normal(7)}
+        returned[first] = {name: g.copy() for name, g in grads.items()}
+        return float(first), grads
+
+    tokens = np.arange(5)[:, None] * np.ones((1, 3), dtype=np.int64)   # row r holds r: parts tell apart
+    targets = tokens.copy()
+    targets[0, :2] = -100            # parts count 1, 6 and 6 targets: weights 1/13, 6/13, 6/13
+    with BatchSplitter(3) as splitter, use_backend(backend_name):
+        loss, grads = splitter.loss_and_grads(fake_loss_and_grads, tokens, targets)
+    weights = {0: 1 / 13, 1: 6 / 13, 3: 6 / 13}          # by each part's first row
+    assert sorted(returned) == sorted(weights)
+    assert loss == pytest.approx(sum(w * first for first, w in weights.items()))
+    for name in ("big", "strided", "float64"):
+        dtype = returned[0][name].dtype.type
+        expected = returned[0][name] * dtype(weights[0])
+        expected = expected + returned[1][name] * dtype(weights[1])
+        expected = expected + returned[3][name] * dtype(weights[3])
+        assert grads[name].dtype == expected.dtype
+        assert np.array_equal(grads[name], expected), name
+
+
+@needs_blas_control
 def test_each_slice_runs_in_a_thread_of_its_own_on_the_callers_backend():
     seen = []
 

@@ -26,9 +26,11 @@ both cores is one level up: npllama/parallel.py splits a training batch's rows o
 each running whole steps with BLAS on one thread.
 
 Not ops, and so not in KERNELS: `adamw.adamw_update` (one pass of the AdamW update, for
-npllama.optim), `decode.FastDecoder` (batch-1 decoding with a preallocated KV cache) and
-`memory.keep_freed_memory` (stop glibc from faulting freed blocks back in every training step)
-and `precompile` (on a cold cache, a helper process compiles the kernels while a first training
+npllama.optim), `gradients.abs_max` and `gradients.weighted_sum_into` (optim's check of every
+gradient before an update; npllama.parallel's sum of a split batch's gradients), `decode.FastDecoder`
+(batch-1 decoding with a preallocated KV cache), `memory.keep_freed_memory` (stop glibc from
+faulting freed blocks back in every training step) with `memory.empty_like_same_page_offset` (an
+output placed so that a kernel's loads and stores do not falsely collide), and `precompile` (on a cold cache, a helper process compiles the kernels while a first training
 run takes its first steps on the NumPy references).
 """
 import hashlib

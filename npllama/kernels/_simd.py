@@ -19,13 +19,13 @@ float32, exp(-708) in float64); exp(-inf) = 0 (masked entries), exp(NaN) = NaN.
 
 With NUMBA_DISABLE_JIT=1 the kernels run as Python and `exp_nonpositive` is simply np.exp.
 
-row_max(a), row_sum(a), row_dot(a, b), row_dot3(a, b, c)
---------------------------------------------------------
+row_max(a), row_abs_max(a), row_sum(a), row_dot(a, b), row_dot3(a, b, c)
+-------------------------------------------------------------------
 A float sum is only vectorised if the compiler may reassociate it (several partial sums added
 at the end): the sums are compiled with the 'reassoc' and 'contract' fast-math flags and
 nothing else, so NaN, Inf and -inf keep their meaning.  Flags are per function, so they do not
 leak into exp_nonpositive (whose range reduction reassociation would spoil).  A float max is
-not vectorised even so; row_max takes the max of integer keys that sort like the floats (see
+not vectorised even so; row_max and row_abs_max take the max of integer keys that sort like the floats (see
 below).
 
 Numba's on-disk cache keys a kernel on its own file only, so a kernel that inlines these would
@@ -186,3 +186,38 @@ def _row_max_float64(a):
         key = bits if bits >= 0 else np.int64(bits ^ magnitude)
         best = key if key > best else best
     return _float_from_bits(best if best >= 0 else np.int64(best ^ magnitude))
+
+
+def row_abs_max(a):
+    """max |a| of a 1-D array: 0 if empty, NaN if a holds a NaN, else inf if it holds an inf."""
+    return np.max(np.abs(a), initial=0)
+
+
+@overload(row_abs_max)
+def _row_abs_max_jit(a):
+    if a.dtype == types.float32:
+        return _row_abs_max_float32
+    if a.dtype == types.float64:
+        return _row_abs_max_float64
+    return None
+
+
+# |x| is x's bits without the sign, and for those the integer order is the order of |x|
+# (0 < ... < inf < NaN): the max of the keys is the key of max |x|, vectorised like row_max.
+
+def _row_abs_max_float32(a):
+    magnitude = np.int32(0x7FFFFFFF)
+    best = np.int32(0)
+    for i in range(a.size):
+        key = np.int32(_bits_of_float(a[i]) & magnitude)   # numba would widen int32 & int32
+        best = key if key > best else best
+    return _float_from_bits(best)
+
+
+def _row_abs_max_float64(a):
+    magnitude = np.int64(0x7FFFFFFFFFFFFFFF)
+    best = np.int64(0)
+    for i in range(a.size):
+        key = _bits_of_float(a[i]) & magnitude
+        best = key if key > best else best
+    return _float_from_bits(best)

@@ -48,7 +48,8 @@ TRAINING_KERNELS = (
     ("swiglu", "_silu_mul_halves"), ("swiglu", "_silu_mul_halves_backward"),
     ("cross_entropy", "_loss_and_grad_rows"),
     ("embedding", "_scatter_add_rows"),
-    ("adamw", "_adamw_update_flat"),
+    ("adamw", "_adamw_update_flat"), ("gradients", "_abs_max_flat"),
+    ("gradients", "_weighted_sum_into_flat"),     # a step split over threads adds its parts
 )
 HELPER_TIMEOUT_S = 300.0
 
@@ -158,6 +159,7 @@ def compile_training_kernels(dtype: str) -> None:
     so that every kernel a step calls compiles (into numba's cache, where the run finds it)."""
     from ..backend import use_backend
     from ..optim import AdamW
+    from .gradients import weighted_sum_into
 
     model = _tiny_model(dtype)
     tokens = np.arange(8).reshape(2, 4) % model.config.vocab_size
@@ -166,6 +168,8 @@ def compile_training_kernels(dtype: str) -> None:
         _, grads = model.loss_and_grads(tokens, targets)
         AdamW(model.params).step(grads, lr=1e-3)
         model.loss(tokens, targets)
+        some_grad = next(iter(grads.values()))
+        weighted_sum_into(some_grad, 0.5, some_grad.copy(), 0.5)   # as a split step sums its parts
 
 
 def compile_decoding_kernels(dtype: str) -> None:

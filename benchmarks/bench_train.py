@@ -68,6 +68,7 @@ LR, BETAS, EPS, WEIGHT_DECAY = 3e-4, (0.9, 0.95), 1e-8, 0.1
 NPLLAMA_VARIANTS = ("split", "unsplit", "numpy")
 TORCH_VARIANTS = ("torch", "torch-fused")
 PRODUCT_VARIANTS = ("products", "torch-products")
+ALL_LABELS = (*NPLLAMA_VARIANTS, *PRODUCT_VARIANTS, *TORCH_VARIANTS, "split@old", "unsplit@old")
 
 
 def training_batch(name: str):
@@ -271,6 +272,8 @@ def variants_to_run(args) -> list[tuple[str, str | None]]:
         chosen += [("torch", None), ("torch-fused", None), ("torch-products", None)]
     if args.compare_with:
         chosen += [("split@old", args.compare_with), ("unsplit@old", args.compare_with)]
+    if args.only:
+        chosen = [(label, source) for label, source in chosen if label in args.only]
     return chosen
 
 
@@ -352,6 +355,9 @@ def main(argv=None):
                         help="also time the npllama of another checkout (e.g. an older commit: "
                              "git worktree add /tmp/old <commit>)")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if it is installed")
+    parser.add_argument("--only", nargs="+", metavar="VARIANT", choices=ALL_LABELS,
+                        help="time only these variants, e.g. `--only split split@old torch-fused` for more "
+                             f"rounds of one comparison in the same time (choices: {', '.join(ALL_LABELS)})")
     parser.add_argument("--no-start-up", action="store_true", help="skip the cold and warm start-up times")
     parser.add_argument("--warm-runs", type=positive_int, default=3,
                         help="warm start-ups to time after the cold one (default 3)")
@@ -368,6 +374,8 @@ def main(argv=None):
 
         print(json.dumps(child(*args.child, args.steps)))
         return
+    if args.only and any(label.endswith("@old") for label in args.only) and not args.compare_with:
+        parser.error("--only: the @old variants need --compare-with PATH")
     if args.compare_with and not (Path(args.compare_with) / "npllama" / "__init__.py").is_file():
         parser.error(f"--compare-with: {args.compare_with} holds no npllama/__init__.py (expected a checkout)")
 

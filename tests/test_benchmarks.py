@@ -56,9 +56,17 @@ def test_bench_train_compares_with_another_checkout_in_the_same_rounds():
     sys.path.insert(0, str(BENCHMARKS))
     from bench_train import variants_to_run
 
-    args = argparse.Namespace(numpy=False, no_torch=True, compare_with="/old")
+    args = argparse.Namespace(numpy=False, no_torch=True, compare_with="/old", only=None)
     assert variants_to_run(args) == [("split", None), ("unsplit", None), ("products", None), ("split@old", "/old"),
                                      ("unsplit@old", "/old")]
+    args.only = ["split@old", "split"]        # --only keeps the usual order
+    assert variants_to_run(args) == [("split", None), ("split@old", "/old")]
+
+
+def test_bench_train_only_old_variants_need_another_checkout():
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "bench_train.py"), "--only", "split@old"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "need --compare-with" in out.stderr
 
 
 def test_bench_train_times_pytorch_with_fused_adamw(tmp_path):

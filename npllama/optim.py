@@ -202,6 +202,18 @@ def _abs_max_kernel():
     return abs_max
 
 
+def _sum_of_squares_kernel():
+    """sum(g**2) in float64 in one pass (npllama/kernels/gradients.py) when the numba backend is
+    in force, else None (the NumPy lines run)."""
+    from .backend import get_backend
+
+    if get_backend() != "numba":
+        return None
+    from .kernels.gradients import sum_of_squares
+
+    return sum_of_squares
+
+
 def _fused_adamw_update():
     """The Numba AdamW update when the numba backend is in force, else None (the NumPy lines run)."""
     from .backend import get_backend
@@ -499,11 +511,16 @@ def global_grad_norm(grads: Mapping[str, np.ndarray]) -> float:
     """sqrt(sum over every gradient entry of g^2), accumulated in float64."""
     if not isinstance(grads, Mapping) or len(grads) == 0:
         raise ValueError("grads must be a non-empty dict of name -> numpy array")
-    sum_sq = 0.0
     for name, g in grads.items():
         require_float_array(f"grads[{name!r}]", g, min_ndim=0)
-        g64 = g.astype(np.float64, copy=False)  # float32 squares summed in float32 lose digits
-        sum_sq += float(np.vdot(g64, g64))
+    sum_sq = 0.0
+    kernel = _sum_of_squares_kernel()
+    for g in grads.values():
+        if kernel is not None:
+            sum_sq += kernel(g)                     # the same in one pass, no float64 copy
+        else:
+            g64 = g.astype(np.float64, copy=False)  # float32 squares summed in float32 lose digits
+            sum_sq += float(np.vdot(g64, g64))
     return math.sqrt(sum_sq)
 
 

@@ -49,6 +49,7 @@ TRAINING_KERNELS = (
     ("cross_entropy", "_loss_and_grad_rows"),
     ("embedding", "_scatter_add_rows"),
     ("adamw", "_adamw_update_flat"), ("gradients", "_abs_max_flat"),
+    ("gradients", "_sum_of_squares_flat"),        # the gradient norm, for clipping
     ("gradients", "_weighted_sum_into_flat"),     # a step split over threads adds its parts
 )
 HELPER_TIMEOUT_S = 300.0
@@ -158,7 +159,7 @@ def compile_training_kernels(dtype: str) -> None:
     """The helper's work: one training step and one evaluation of a tiny model on the kernels,
     so that every kernel a step calls compiles (into numba's cache, where the run finds it)."""
     from ..backend import use_backend
-    from ..optim import AdamW
+    from ..optim import AdamW, clip_grad_norm
     from .gradients import weighted_sum_into
 
     model = _tiny_model(dtype)
@@ -166,6 +167,7 @@ def compile_training_kernels(dtype: str) -> None:
     targets = np.roll(tokens, -1, axis=1)
     with use_backend("numba"):
         _, grads = model.loss_and_grads(tokens, targets)
+        clip_grad_norm(grads, max_norm=1.0)
         AdamW(model.params).step(grads, lr=1e-3)
         model.loss(tokens, targets)
         some_grad = next(iter(grads.values()))

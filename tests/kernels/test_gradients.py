@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npllama import use_backend
-from npllama.kernels.gradients import abs_max, weighted_sum_into
-from npllama.optim import AdamW, NonFiniteGradientError
+from npllama.kernels.gradients import abs_max, sum_of_squares, weighted_sum_into
+from npllama.optim import AdamW, NonFiniteGradientError, global_grad_norm
 
 specials = st.sampled_from([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -2.0])
 
@@ -30,6 +30,41 @@ def test_abs_max_is_numpys_max_of_abs(dtype, shape, planted, transposed, seed):
 
 def test_abs_max_of_an_empty_array_is_zero():
     assert abs_max(np.zeros((3, 0), dtype=np.float32)) == 0
+
+
+@given(dtype=st.sampled_from([np.float32, np.float64]),
+       shape=st.lists(st.integers(0, 40), min_size=1, max_size=3),
+       log_scale=st.integers(-20, 15), transposed=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=40, deadline=None)
+def test_sum_of_squares_is_the_float64_sum_of_float64_squares(dtype, shape, log_scale, transposed, seed):
+    """Squares and sum in float64, whatever g's dtype: a float32 sum of 1e15 squares would overflow
+    at log_scale 15 and lose every digit of the small ones."""
+    g = (np.random.default_rng(seed).standard_normal(shape) * 10.0**log_scale).astype(dtype)
+    if transposed:
+        g = g.T
+    g64 = g.astype(np.float64).reshape(-1)
+    expected = float(np.dot(g64, g64))
+    got = sum_of_squares(g)
+    assert isinstance(got, float)
+    assert abs(got - expected) <= 1e-13 * expected
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_sum_of_squares_is_not_finite_when_g_is_not(bad):
+    g = np.ones(50, np.float32)
+    g[33] = bad
+    assert not np.isfinite(sum_of_squares(g))
+
+
+def test_the_global_norm_agrees_on_both_backends_to_float64_round_off():
+    rng = np.random.default_rng(1)
+    grads = {"a": rng.standard_normal((300, 70)).astype(np.float32), "b": rng.standard_normal(9),
+             "c": np.float32(1e-3) * rng.standard_normal((5, 4, 3)).astype(np.float32)}
+    with use_backend("numpy"):
+        reference = global_grad_norm(grads)
+    with use_backend("numba"):
+        fast = global_grad_norm(grads)
+    assert abs(fast - reference) <= 1e-14 * reference
 
 
 @given(dtype=st.sampled_from([np.float32, np.float64]), n=st.integers(1, 300),

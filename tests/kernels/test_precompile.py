@@ -9,7 +9,7 @@ import pytest
 from npllama.kernels import precompile
 
 # Training steps of two shapes (multi-head and grouped-query attention with tied embeddings), the
-# batch split over two threads as `npllama train` splits it, an evaluation and AdamW -- and, with "generate" as argument, generations as `npllama train`'s
+# batch split over two threads as `npllama train` splits it, clipping, an evaluation and AdamW -- and, with "generate" as argument, generations as `npllama train`'s
 # samples and `npllama generate` make them -- listing every npllama kernel compiled at the top
 # level (not as a callee of another kernel) rather than loaded from the cache.
 STEP_SCRIPT = """
@@ -27,7 +27,7 @@ class Listener(event.Listener):
 event.register("numba:compile", Listener())
 from npllama import Llama, LlamaConfig
 from npllama.generate import generate
-from npllama.optim import AdamW
+from npllama.optim import AdamW, clip_grad_norm
 from npllama.parallel import BatchSplitter
 for heads, kv_heads, tied in ((4, 4, False), (4, 2, True)):
     config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
@@ -37,6 +37,7 @@ for heads, kv_heads, tied in ((4, 4, False), (4, 2, True)):
     tokens = np.random.default_rng(0).integers(0, 40, size=(3, 7))
     with BatchSplitter(2) as splitter:
         _, grads = splitter.loss_and_grads(model.loss_and_grads, tokens, np.roll(tokens, -1, axis=1))
+    clip_grad_norm(grads, max_norm=1.0)
     AdamW(model.params).step(grads, lr=1e-3)
     model.loss(tokens, np.roll(tokens, -1, axis=1))
     if "generate" in sys.argv:

@@ -6,7 +6,8 @@
 
 A variant is one way of running a training step (forward + backward + AdamW, float32):
   split        npllama as `npllama train --threads N` runs it with N = BLAS's threads: the batch's
-               rows split over N Python threads, BLAS on one thread in each (npllama/parallel.py)
+               rows split over N Python threads, BLAS on one thread in each (npllama/parallel.py),
+               the AdamW update's parameters shared out over N threads too
   unsplit      npllama, one thread of Python, BLAS on all its threads (`--threads 1`)
   numpy        (--numpy) the unsplit step on the NumPy reference backend
   torch        PyTorch eager: transformers' LlamaForCausalLM (SDPA attention), cross-entropy,
@@ -106,8 +107,9 @@ def _npllama_step(variant, model_dir, tokens, targets):
 
     keep_freed_memory()                    # as `npllama train` does
     model = Llama.from_pretrained(model_dir, dtype=np.float32)
-    optimizer = AdamW(model.params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
     splitter = BatchSplitter(default_workers() if variant == "split" else 1)
+    optimizer = AdamW(model.params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
+    optimizer.threads = splitter.workers   # as `npllama train` shares the update out (an older checkout can't)
     backend = "numpy" if variant == "numpy" else "numba"
 
     def step():

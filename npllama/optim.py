@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -134,13 +135,20 @@ def _require_same_arrays(what, arrays, params):
                             "(the parameter's dtype; no silent casts)")
 
 
-def _require_usable_grads(grads, squarable):
+def _require_usable_grads(grads, squarable, on_shares=None):
     """No NaN/Inf in any gradient; with `squarable` (AdamW) also no entry whose square overflows
     (|g| >= ~1.8e19 in float32: AdamW's second moment would become inf for good).  One pass over
     each gradient, max|g|, decides both: it is NaN or inf exactly when g holds a NaN or an inf.
-    The counts for the message are taken only when something is wrong."""
+    The counts for the message are taken only when something is wrong.  `on_shares` (an
+    optimizer's) spreads the passes over its threads."""
     abs_max = _abs_max_kernel() or (lambda g: np.max(np.abs(g)))
-    peaks = {name: abs_max(g) if np.size(g) else 0.0 for name, g in grads.items()}
+
+    def peaks_of(names):
+        return {name: abs_max(grads[name]) if np.size(grads[name]) else 0.0 for name in names}
+    found = {}
+    for share in (on_shares or (lambda work: [work(list(grads))]))(peaks_of):
+        found.update(share)
+    peaks = {name: found[name] for name in grads}      # in the dict's order, for the messages
     bad = [name for name, peak in peaks.items() if not np.isfinite(peak)]
     if bad:
         counts = [int(np.size(grads[n]) - np.count_nonzero(np.isfinite(grads[n]))) for n in bad]
@@ -232,13 +240,49 @@ class _Optimizer:
 
     name = "optimizer"
 
-    def __init__(self, params, no_decay):
+    def __init__(self, params, no_decay, threads=1):
         _require_params(params)
         if not callable(no_decay):
             raise TypeError(f"no_decay must be callable (name, array) -> bool, got {no_decay!r}")
         self.params = params                      # the live dict: updated in place, never copied
         self.decay = {name: not bool(no_decay(name, p)) for name, p in params.items()}
         self.step_count = 0
+        self._executor = None
+        self.threads = threads
+
+    @property
+    def threads(self) -> int:
+        """How many threads share out a step's parameters (each updates its share; 1: the caller
+        alone).  The updates are independent, so the result is the same bits for any count;
+        npllama train sets it to the threads its batch is split over."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, threads: int) -> None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive int, got {threads!r}")
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self._threads = threads
+
+    def _on_shares(self, work) -> list:
+        """[work(names) for each share of the parameters], the shares run side by side on
+        self.threads threads (the kernels and NumPy release the GIL), the largest parameters dealt
+        out first so that the shares weigh about the same.  A share's error is raised once every
+        share has finished, so none is still running when the caller goes on."""
+        by_size = sorted(self.params, key=lambda name: self.params[name].size, reverse=True)
+        shares = [share for share in (by_size[i::self.threads] for i in range(self.threads)) if share]
+        if len(shares) < 2:
+            return [work(list(self.params))]
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="npllama-optimizer")
+        others = [self._executor.submit(work, share) for share in shares[1:]]
+        try:
+            mine = work(shares[0])
+        finally:
+            wait(others)
+        return [mine] + [future.result() for future in others]
 
     def with_settings(self, **settings):
         """Set hyper-parameters (any of `settings_names`; the rest keep their values) and return
@@ -262,7 +306,7 @@ class _Optimizer:
             raise ValueError("the params dict gained or lost keys since the optimizer was made; "
                              "make a new optimizer for the new parameter set")
         _require_same_arrays("grads", grads, self.params)
-        _require_usable_grads(grads, squarable)
+        _require_usable_grads(grads, squarable, self._on_shares)
         return lr
 
     def _check_state_header(self, state):
@@ -326,8 +370,8 @@ class AdamW(_Optimizer):
         return {"lr": lr, "betas": _require_betas(settings["betas"]), "eps": eps, "weight_decay": weight_decay}
 
     def __init__(self, params, lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
-                 no_decay: Callable[[str, np.ndarray], bool] = default_no_decay):
-        super().__init__(params, no_decay)
+                 no_decay: Callable[[str, np.ndarray], bool] = default_no_decay, threads: int = 1):
+        super().__init__(params, no_decay, threads)
         self.with_settings(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self.m = {name: np.zeros_like(p) for name, p in params.items()}  # first moment
         self.v = {name: np.zeros_like(p) for name, p in params.items()}  # second moment
@@ -339,16 +383,19 @@ class AdamW(_Optimizer):
         _require_decay_fits_lr(lr, self.weight_decay)
         beta1, beta2 = self.betas
         fused = _fused_adamw_update()
-        with deferred_stop_signals():  # Ctrl-C/SIGTERM wait until every parameter is updated
-            self.step_count += 1
-            t = self.step_count
-            for name, p in self.params.items():
-                g, m, v = grads[name], self.m[name], self.v[name]
+        t = self.step_count + 1
+
+        def update_share(names):
+            for name in names:
+                p, g, m, v = self.params[name], grads[name], self.m[name], self.v[name]
                 update = adamw_update
                 if fused is not None and p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous:
                     update = fused  # the same arithmetic in one pass over memory (npllama/kernels/adamw.py)
                 update(p, g, m, v, lr, beta1, beta2, self.eps,
                        self.weight_decay if self.decay[name] else 0.0, 1 - beta1 ** t, 1 - beta2 ** t)
+        with deferred_stop_signals():  # Ctrl-C/SIGTERM wait until every parameter is updated
+            self.step_count = t
+            self._on_shares(update_share)
 
     def state_dict(self, copy: bool = True) -> dict:
         """Step count, hyper-parameters, decay mask and moments: copies, so later steps don't alter

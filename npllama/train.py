@@ -400,6 +400,7 @@ class _Loop:
             threads = tc.threads or fastest_threads(self.loss_and_grads, self.model.config, tc.batch_size,
                                                     tc.seq_len, self.model.dtype, run_dir=self.run_dir, echo=self.say)
             self.splitter = BatchSplitter(threads)
+            self.optimizer.threads = threads   # the update too, parameters shared out (same bits)
             with self.splitter.holding_blas(tc.batch_size):
                 self._run_steps(start_step)
             self._evaluate_at_the_end()
@@ -546,6 +547,7 @@ class _Loop:
         if self.bar is not None:
             self.bar.close()
         self.splitter.close()
+        self.optimizer.threads = 1        # its threads stop with the loop's
         self.log.close()
 
 

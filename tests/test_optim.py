@@ -2,6 +2,7 @@
 closed forms, and the bad inputs each public function must reject."""
 import math
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -606,3 +607,64 @@ def test_the_constructor_and_load_state_dict_check_settings_as_with_settings_doe
     assert sgd.with_settings(lr=0.2).lr == 0.2
     with pytest.raises(ValueError, match="momentum cannot be switched"):
         sgd.with_settings(momentum=0.0)
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_adamw_on_threads_is_the_same_bits_as_on_one(backend_name):
+    """The parameters are shared out over the threads; each update is independent of the others,
+    so any thread count gives the same parameters and moments, and the shares really run on
+    threads of their own."""
+    from npllama import use_backend
+
+    results = []
+    for threads in (1, 2, 3):
+        params = make_params()
+        opt = AdamW(params, lr=1e-2, weight_decay=0.1, threads=threads)
+        shares, seen = [], set()
+        original = opt._on_shares
+
+        def recording(work):
+            def recorded(names):
+                shares.append(sorted(names))
+                seen.add(threading.get_ident())
+                return work(names)
+            return original(recorded)
+        opt._on_shares = recording
+        with use_backend(backend_name):
+            for grads in make_grads_sequence(3):
+                opt.step(grads)
+        per_pass = min(threads, len(params))            # 2 passes a step: the check, the update
+        assert len(shares) == 2 * 3 * per_pass
+        assert sorted(name for share in shares[:per_pass] for name in share) == sorted(params)
+        # a pool thread that finished its share may take the next one too: at least two threads
+        assert (len(seen) >= 2) == (threads > 1) and threading.get_ident() in seen
+        results.append((params, opt.m, opt.v))
+    for params, m, v in results[1:]:
+        for name in params:
+            assert np.array_equal(params[name], results[0][0][name])
+            assert np.array_equal(m[name], results[0][1][name]) and np.array_equal(v[name], results[0][2][name])
+
+
+def test_adamw_on_threads_still_checks_everything_before_touching_anything():
+    params = make_params()
+    opt = AdamW(params, lr=1e-2, threads=2)
+    bad = make_grads_sequence(1)[0]
+    bad[NORM][0] = np.nan
+    bad[EMBED][0, 0] = np.inf
+    before = copy_dict(params)
+    with pytest.raises(NonFiniteGradientError) as info:
+        opt.step(bad)
+    assert info.value.names == [EMBED, NORM]           # in the dict's order, whichever thread found it
+    assert opt.step_count == 0
+    for name in params:
+        assert np.array_equal(params[name], before[name])
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True, "2"])
+def test_optimizer_threads_must_be_a_positive_int(threads):
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        AdamW(make_params(), threads=threads)
+    opt = AdamW(make_params())
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        opt.threads = threads
+    assert opt.threads == 1

@@ -153,13 +153,15 @@ def row_max(a):
     return np.max(a, initial=-np.inf)
 
 
-@overload(row_max)
-def _row_max_jit(a):
-    if a.dtype == types.float32:
-        return _row_max_float32
-    if a.dtype == types.float64:
-        return _row_max_float64
-    return None
+def _compile_by_dtype(python_version, for_float32, for_float64):
+    """Inside a kernel, python_version(a) compiles to for_float32 or for_float64 by a's dtype."""
+    @overload(python_version)
+    def _by_dtype(a):
+        if a.dtype == types.float32:
+            return for_float32
+        if a.dtype == types.float64:
+            return for_float64
+        return None
 
 
 # A float max is a compare-and-select that LLVM will not vectorise without assuming "no NaN".
@@ -188,18 +190,12 @@ def _row_max_float64(a):
     return _float_from_bits(best if best >= 0 else np.int64(best ^ magnitude))
 
 
+_compile_by_dtype(row_max, _row_max_float32, _row_max_float64)
+
+
 def row_abs_max(a):
     """max |a| of a 1-D array: 0 if empty, NaN if a holds a NaN, else inf if it holds an inf."""
     return np.max(np.abs(a), initial=0)
-
-
-@overload(row_abs_max)
-def _row_abs_max_jit(a):
-    if a.dtype == types.float32:
-        return _row_abs_max_float32
-    if a.dtype == types.float64:
-        return _row_abs_max_float64
-    return None
 
 
 # |x| is x's bits without the sign, and for those the integer order is the order of |x|
@@ -221,3 +217,6 @@ def _row_abs_max_float64(a):
         key = _bits_of_float(a[i]) & magnitude
         best = key if key > best else best
     return _float_from_bits(best)
+
+
+_compile_by_dtype(row_abs_max, _row_abs_max_float32, _row_abs_max_float64)

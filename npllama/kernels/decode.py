@@ -397,8 +397,8 @@ def _matvec(w, x, out):
     faster on weights in cache (1.5-2x a row loop's speed on the Intel Xeon of benchmarks/README.md,
     up to 1.25x on an AMD EPYC), but four interleaved streams, and on the AMD EPYC (Zen 3) it read
     DRAM at 5-8 GB/s a core against 9-11.5 row after row; the whole decode ran 1.6x faster row
-    after row there.  Not yet timed on an Intel machine, whose larger L3 may hold more of the
-    weights.  One loop for every row also means a row is summed the same way wherever a thread's
+    after row there.  On an Intel Xeon with a 105 MB L3 it was 1.14 (0.97-1.21)x faster at s15m
+    and 1.07 (0.96-1.10)x at m42m (three interleaved rounds, benchmarks/README.md).  One loop for every row also means a row is summed the same way wherever a thread's
     share begins or ends: the logits are the same bits for any thread count."""
     rows, cols = w.shape
     for r in range(rows):

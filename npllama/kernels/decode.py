@@ -388,25 +388,35 @@ def _share(size, t, n):
 
 @njit(cache=True, error_model="numpy", nogil=True, fastmath=REDUCTION_FLAGS)
 def _matvec(w, x, out):
-    """out = w @ x for w (rows, cols) C-contiguous, on one core: row after row, each dot product
-    read straight through ('reassoc' lets LLVM split the sum into vector lanes).
+    """out = w @ x for w (rows, cols) C-contiguous, on one core: two rows at a time, one from the
+    first half of w and one from the second, each dot product read straight through ('reassoc'
+    lets LLVM split the sums into vector lanes).
 
-    Row after row, the whole matrix is one sequential stream of memory, which the hardware
-    prefetchers follow best, and a decode step's weights (61 MB at s15m, 167 MB at m42m) mostly
-    come from DRAM.  An earlier version took four rows at a time (x loaded once for four sums):
-    faster on weights in cache (1.5-2x a row loop's speed on the Intel Xeon of benchmarks/README.md,
-    up to 1.25x on an AMD EPYC), but four interleaved streams, and on the AMD EPYC (Zen 3) it read
-    DRAM at 5-8 GB/s a core against 9-11.5 row after row; the whole decode ran 1.6x faster row
-    after row there.  On an Intel Xeon with a 105 MB L3 it was 1.14 (0.97-1.21)x faster at s15m
-    and 1.07 (0.96-1.10)x at m42m (three interleaved rounds, benchmarks/README.md).  One loop for every row also means a row is summed the same way wherever a thread's
-    share begins or ends: the logits are the same bits for any thread count."""
+    A decode step's weights (61 MB at s15m, 167 MB at m42m) mostly come from DRAM, so what counts
+    is how fast one core streams them.  Two sequential streams, half a matrix apart, read faster
+    than one on the AMD EPYC (Zen 4/5 class) of benchmarks/README.md: the whole decode 1.07-1.11x
+    at s15m, 1.09-1.23x at m42m against one row after another.  Neighbouring rows are not the same
+    thing: four adjacent rows at a time (x loaded once for four sums) made four interleaved streams
+    a row apart, and on an AMD EPYC (Zen 3) read DRAM at 5-8 GB/s a core against 9-11.5 row after
+    row (the whole decode 1.6x slower); on an Intel Xeon with a 105 MB L3, row after row beat it
+    by 1.14x at s15m and 1.07x at m42m.
+
+    Every row is summed by the same loop body, in the same lanes, wherever it falls: with an odd
+    number of rows the middle row is paired with itself (its sum is written twice, the same
+    value).  So a row's sum does not depend on where a thread's share begins or ends, and the
+    logits are the same bits for any thread count."""
     rows, cols = w.shape
-    for r in range(rows):
-        row = w[r]
-        acc = w.dtype.type(0)
+    half = (rows + 1) // 2
+    for i in range(half):
+        j = i + half if i + half < rows else i      # odd rows: the middle row pairs with itself
+        first, second = w[i], w[j]
+        sum_first = w.dtype.type(0)
+        sum_second = w.dtype.type(0)
         for c in range(cols):
-            acc += row[c] * x[c]
-        out[r] = acc
+            sum_first += first[c] * x[c]
+            sum_second += second[c] * x[c]
+        out[i] = sum_first
+        out[j] = sum_second
 
 
 @njit(cache=True, error_model="numpy", nogil=True)

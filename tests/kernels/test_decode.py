@@ -157,8 +157,8 @@ def test_matvec_equals_numpy_for_any_number_of_rows(dtype):
     from npllama.kernels.decode import _matvec
 
     rng = np.random.default_rng(0)
-    for rows in range(1, 11):           # whole blocks of four and every remainder
-        for cols in (1, 3, 16):
+    for rows in range(1, 12):           # even and odd (the middle row paired with itself)
+        for cols in (1, 3, 16, 67):
             w = rng.standard_normal((rows, cols)).astype(dtype)
             x = rng.standard_normal(cols).astype(dtype)
             out = np.full(rows, np.nan, dtype=dtype)
@@ -168,19 +168,21 @@ def test_matvec_equals_numpy_for_any_number_of_rows(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matvec_sums_a_row_the_same_way_wherever_it_falls(dtype):
-    """A thread's share of rows may end off a multiple of 4 (a KV group of 6 rows): every row of
-    every slice must come out bit for bit as in the whole product, or the thread count would
-    change the logits."""
+    """A thread's share of rows may begin and end anywhere (a KV group of 6 rows, an odd share),
+    so a row is paired with different partners, or with itself: every row of every slice must
+    come out bit for bit as in the whole product, or the thread count would change the logits.
+    The column counts include the models' own (288, 512, 768, 1376), whose sums LLVM splits
+    into vector lanes with a remainder or none."""
     from npllama.kernels.decode import _matvec
 
     rng = np.random.default_rng(1)
-    for cols in (6, 24, 30, 67):
-        w = rng.standard_normal((12, cols)).astype(dtype)
+    for cols in (6, 24, 30, 67, 288, 512, 768, 1376):
+        w = rng.standard_normal((13, cols)).astype(dtype)
         x = rng.standard_normal(cols).astype(dtype)
-        whole = np.empty(12, dtype=dtype)
+        whole = np.empty(13, dtype=dtype)
         _matvec(w, x, whole)
-        for start in range(12):
-            for stop in range(start + 1, 13):
+        for start in range(13):
+            for stop in range(start + 1, 14):
                 part = np.empty(stop - start, dtype=dtype)
                 _matvec(w[start:stop], x, part)
                 assert np.array_equal(part, whole[start:stop]), f"rows {start}:{stop} of 12x{cols}"

@@ -109,7 +109,7 @@ def _npllama_step(variant, model_dir, tokens, targets):
     model = Llama.from_pretrained(model_dir, dtype=np.float32)
     splitter = BatchSplitter(default_workers() if variant == "split" else 1)
     optimizer = AdamW(model.params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
-    optimizer.threads = splitter.workers   # as `npllama train` shares the update out (an older checkout can't)
+    optimizer.threads = max(splitter.workers, default_workers())   # as `npllama train` (an older checkout ignores it)
     backend = "numpy" if variant == "numpy" else "numba"
 
     def step():

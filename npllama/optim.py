@@ -254,7 +254,8 @@ class _Optimizer:
     def threads(self) -> int:
         """How many threads share out a step's parameters (each updates its share; 1: the caller
         alone).  The updates are independent, so the result is the same bits for any count;
-        npllama train sets it to the threads its batch is split over."""
+        npllama train sets it to the process's cores (BLAS's thread count), or to the threads
+        its batch is split over if more."""
         return self._threads
 
     @threads.setter

@@ -199,3 +199,26 @@ def test_masked_lm_objective_trains_and_resumes_exactly(tmp_path):
 def test_unknown_objective_is_refused():
     with pytest.raises(ValueError, match="unknown objective 'nsp'"):
         TrainConfig(objective="nsp")
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_update_runs_on_every_core_whether_the_batch_is_split_or_not(tmp_path, monkeypatch, threads):
+    """--threads 1 (one unsplit batch, BLAS on every core) still shares AdamW's update out over
+    the process's cores; a split over more threads than that uses as many; and the optimizer's
+    threads end with the run."""
+    import npllama.optim
+    import npllama.train
+
+    monkeypatch.setattr(npllama.train, "default_workers", lambda: 2)   # a 2-core process, whatever this machine
+    counts_at_steps, optimizers = [], []
+    share_out = npllama.optim._Optimizer._on_shares
+
+    def recording(self, work):
+        counts_at_steps.append(self.threads)
+        optimizers.append(self)
+        return share_out(self, work)
+
+    monkeypatch.setattr(npllama.optim._Optimizer, "_on_shares", recording)
+    train(TrainConfig(out=str(tmp_path / "run"), steps=3, threads=threads, **FAST), echo=quiet)
+    assert counts_at_steps and set(counts_at_steps) == {max(threads, 2)}, counts_at_steps
+    assert optimizers[-1].threads == 1 and optimizers[-1]._executor is None

@@ -202,6 +202,11 @@ def machine_line(env: dict) -> str:
     """One line naming the CPU and BLAS, printed above every table."""
     blas = "; ".join(f"{b['internal_api']} {b['version']} ({b['architecture']} kernels, {b['num_threads']} threads)"
                      for b in env["blas"]) or "unknown (threadpoolctl not installed)"
+    # Some machines pin OpenBLAS's kernels (older OpenBLAS builds misbehaved on their CPUs): say
+    # so, since it decides how fast NumPy's products are (not PyTorch's: its BLAS is MKL).
+    forced = ", ".join(f"{name}={env[name]}" for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+                       if env.get(name) and not env[name].startswith("(unset"))
+    blas += f" [forced by {forced}]" if forced else ""
     torch = f", torch {env['torch']}" if env.get("torch") else ", torch not installed"
     return (f"machine: {env['cpu']}, {env['cpu_count']} cores; BLAS: {blas}; numpy {env['numpy']}, "
             f"numba {env['numba']}{torch}")
@@ -214,6 +219,7 @@ def environment() -> dict:
         "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
         "numba_threads": numba.config.NUMBA_NUM_THREADS, "cpu_count": os.cpu_count(),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset: auto-detected)"),
+        "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE", "(unset: auto-detected)"),
         "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "(unset)"),
         "load_average_at_start": os.getloadavg(), "cpu": cpu_model(), "blas": blas_libraries(),
         "torch": package_version("torch"), "transformers": package_version("transformers"),

@@ -214,3 +214,18 @@ def test_bench_checkpoint_times_save_load_and_the_hashing_share(tmp_path):
     assert row["config"] == "tiny" and row["parameters"] > 0 and row["checkpoint_mb"] > 0
     for key in ("save_s", "load_s", "hash_s", "tokenizer_files_s"):
         assert row[key] > 0, key
+
+
+def test_the_machine_line_says_when_openblas_kernels_are_forced(monkeypatch):
+    """A pinned OPENBLAS_CORETYPE decides how fast NumPy's products are: every table's header
+    says so, and says nothing when OpenBLAS chose by itself."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _bench
+
+    for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert "forced" not in _bench.machine_line(_bench.environment())
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    assert "[forced by OPENBLAS_CORETYPE=Haswell]" in _bench.machine_line(_bench.environment())
+    monkeypatch.setenv("OPENBLAS_L2_SIZE", "512")
+    assert "[forced by OPENBLAS_CORETYPE=Haswell, OPENBLAS_L2_SIZE=512]" in _bench.machine_line(_bench.environment())

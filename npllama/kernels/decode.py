@@ -394,8 +394,9 @@ def _matvec(w, x, out):
 
     A decode step's weights (61 MB at s15m, 167 MB at m42m) mostly come from DRAM, so what counts
     is how fast one core streams them.  Two sequential streams, half a matrix apart, read faster
-    than one on the AMD EPYC (Zen 4/5 class) of benchmarks/README.md: the whole decode 1.07-1.11x
-    at s15m, 1.09-1.23x at m42m against one row after another.  Neighbouring rows are not the same
+    than one on the AMD EPYC with AVX-512 (Zen 5 class) of benchmarks/README.md: the whole decode
+    1.09-1.13x faster at m42m and 1.00-1.11x at s15m than one row after another (medians of runs
+    interleaved in fresh processes).  Neighbouring rows are not the same
     thing: four adjacent rows at a time (x loaded once for four sums) made four interleaved streams
     a row apart, and on an AMD EPYC (Zen 3) read DRAM at 5-8 GB/s a core against 9-11.5 row after
     row (the whole decode 1.6x slower); on an Intel Xeon with a 105 MB L3, row after row beat it

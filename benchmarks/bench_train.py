@@ -14,6 +14,12 @@ A variant is one way of running a training step (forward + backward + AdamW, flo
                torch.optim.AdamW with its default implementation (a for-loop on CPU)
   torch-fused  the same with torch.optim.AdamW(..., fused=True), PyTorch's fastest CPU AdamW
   split@old, unsplit@old   (--compare-with PATH) split / unsplit with the npllama found at PATH
+  parts        (--parts) the unsplit step with a timer around every op the model calls (each
+               `<op>_forward` / `<op>_backward`, through npllama.use_op, its matrix products
+               included) and around AdamW's step: where the step's time goes.  The rest is
+               model.py's own NumPy (residual adds, reshapes, the embedding's gather) and
+               Python.  The timers cost a little: compare its parts with each other, and its
+               step with unsplit's
   products     not a training step: only its matrix products with the weights -- for every
                linear layer and the LM head, Y = X W^T, dX = dY W and dW = dY^T X at the step's
                batch -- through NumPy's BLAS on all its threads, nothing else (no attention,
@@ -51,6 +57,7 @@ start costs or saves later on (the reference steps are slower than the kernels' 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -66,10 +73,11 @@ from _bench import (CONFIGS, ROOT, environment, format_spread, machine_line, mak
 import numpy as np  # noqa: E402
 
 LR, BETAS, EPS, WEIGHT_DECAY = 3e-4, (0.9, 0.95), 1e-8, 0.1
-NPLLAMA_VARIANTS = ("split", "unsplit", "numpy")
+NPLLAMA_VARIANTS = ("split", "unsplit", "numpy", "parts")
 TORCH_VARIANTS = ("torch", "torch-fused")
 PRODUCT_VARIANTS = ("products", "torch-products")
 ALL_LABELS = (*NPLLAMA_VARIANTS, *PRODUCT_VARIANTS, *TORCH_VARIANTS, "split@old", "unsplit@old")
+OPTIMIZER_PART, REST_PART = "AdamW step (check + update)", "the rest (model.py's NumPy, Python)"
 
 
 def training_batch(name: str):
@@ -88,15 +96,24 @@ def child(variant: str, name: str, model_dir: str, steps: int) -> dict:
     make = (_npllama_step if variant in NPLLAMA_VARIANTS else _products_step if variant in PRODUCT_VARIANTS
             else _torch_step)
     step, hold = make(variant, model_dir, tokens, targets)
-    times = []
+    spent = getattr(step, "spent", None)      # the parts variant's timers: part -> seconds this step
+    times, parts = [], []
     with hold:
         for i in range(2 + steps):
+            if spent is not None:
+                spent.clear()
             start = time.perf_counter()
             step()
             if i >= 2:
                 times.append(time.perf_counter() - start)
-    return {"variant": variant, "config": name, "step_s": statistics.median(times), "steps_s": times,
-            "peak_rss_mib": peak_rss_mib()}
+                if spent is not None:
+                    parts.append({**spent, REST_PART: times[-1] - sum(spent.values())})
+    result = {"variant": variant, "config": name, "step_s": statistics.median(times), "steps_s": times,
+              "peak_rss_mib": peak_rss_mib()}
+    if spent is not None:
+        result["parts_s"] = {part: statistics.median(step_parts.get(part, 0.0) for step_parts in parts)
+                             for part in parts[0]}
+    return result
 
 
 def _npllama_step(variant, model_dir, tokens, targets):
@@ -111,12 +128,46 @@ def _npllama_step(variant, model_dir, tokens, targets):
     optimizer = AdamW(model.params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
     optimizer.threads = max(splitter.workers, default_workers())   # as `npllama train` (an older checkout ignores it)
     backend = "numpy" if variant == "numpy" else "numba"
+    timers = _op_timers(optimizer) if variant == "parts" else None
 
     def step():
-        with use_backend(backend):
+        with use_backend(backend), timers or contextlib.nullcontext():
             _, grads = splitter.loss_and_grads(model.loss_and_grads, tokens, targets)
             optimizer.step(grads)
+    if timers is not None:
+        step.spent = timers.spent
     return step, splitter.holding_blas(len(tokens))   # as the training loop holds BLAS
+
+
+class _op_timers(contextlib.ExitStack):
+    """While entered: every op the model calls, on the numba backend, runs inside a timer
+    (npllama.use_op), and so does optimizer.step; `spent` adds up the seconds by part."""
+
+    def __init__(self, optimizer):
+        super().__init__()
+        self.spent, self.optimizer = {}, optimizer
+        self.optimizer_step = optimizer.step
+
+    def _timed(self, part, fn):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.spent[part] = self.spent.get(part, 0.0) + time.perf_counter() - start
+        return run
+
+    def __enter__(self):
+        from npllama import use_op
+        from npllama.backend import op_names, ops
+
+        super().__enter__()
+        kernels = ops("numba")
+        for name in op_names():
+            self.enter_context(use_op(name, self._timed(name, getattr(kernels, name)), backend="numba"))
+        self.optimizer.step = self._timed(OPTIMIZER_PART, self.optimizer_step)
+        self.callback(setattr, self.optimizer, "step", self.optimizer_step)
+        return self
 
 
 def _torch_step(variant, model_dir, tokens, targets):
@@ -269,6 +320,8 @@ def variants_to_run(args) -> list[tuple[str, str | None]]:
     chosen = [("split", None), ("unsplit", None)]
     if args.numpy:
         chosen.append(("numpy", None))
+    if args.parts or (args.only and "parts" in args.only):
+        chosen.append(("parts", None))
     chosen.append(("products", None))
     if not args.no_torch and torch_or_none() is not None:
         chosen += [("torch", None), ("torch-fused", None), ("torch-products", None)]
@@ -303,6 +356,9 @@ def measure_config(name: str, variants, rounds: int, steps: int, progress) -> di
                                   "peak_rss_mib": spread([run["peak_rss_mib"] for run in runs]),
                                   "gflops": (products_flops if label in PRODUCT_VARIANTS else flops)
                                   / step["median"] / 1e9, "runs": runs}
+        if runs and "parts_s" in runs[0]:
+            row["variants"][label]["parts_s"] = {part: spread([run["parts_s"][part] for run in runs])
+                                                 for part in runs[0]["parts_s"]}
     return row
 
 
@@ -342,6 +398,15 @@ def print_tables(rows: list[dict], env: dict, peak: float, args) -> None:
         print("speed ratios (> 1: the first is faster; per round, then median and range) and peak-RSS ratio:")
         print_table(lines, [("config", "config", "s"), ("pair", "pair", "s"), ("speed", "speed", "s"),
                             ("rss", "peak RSS", ".2f")])
+    parts = [{"config": row["config"], "part": part, "ms": format_spread(spent, ".1f", 1e3),
+              "share": spent["median"] / row["variants"]["parts"]["step_s"]["median"]}
+             for row in rows if "parts_s" in row["variants"].get("parts", {})
+             for part, spent in sorted(row["variants"]["parts"]["parts_s"].items(), key=lambda kv: -kv[1]["median"])]
+    if parts:
+        print("where the unsplit step's time goes (the parts variant: a timer around every op and AdamW; "
+              "ms per step, median (min-max) over rounds; share of its median step):")
+        print_table(parts, [("config", "config", "s"), ("part", "part", "s"), ("ms", "ms", "s"),
+                            ("share", "share", ".2f")])
 
 
 def main(argv=None):
@@ -360,6 +425,9 @@ def main(argv=None):
     parser.add_argument("--only", nargs="+", metavar="VARIANT", choices=ALL_LABELS,
                         help="time only these variants, e.g. `--only split split@old torch-fused` for more "
                              f"rounds of one comparison in the same time (choices: {', '.join(ALL_LABELS)})")
+    parser.add_argument("--parts", action="store_true",
+                        help="also time where the unsplit step's time goes: a timer around every op and "
+                             "around AdamW (the `parts` variant and its table)")
     parser.add_argument("--no-start-up", action="store_true", help="skip the cold and warm start-up times")
     parser.add_argument("--warm-runs", type=positive_int, default=3,
                         help="warm start-ups to time after the cold one (default 3)")

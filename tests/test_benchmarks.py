@@ -50,13 +50,32 @@ def test_bench_train_reports_steps_memory_and_start_up(tmp_path):
     assert start_up["cold_s"] > 0 and start_up["warm"]["median"] > 0
 
 
+def test_bench_train_parts_time_every_op_the_step_calls(tmp_path):
+    """--parts: a timer around every op the model calls and around AdamW, through npllama.use_op;
+    the parts and the rest add up to the step, and an op the timers missed would be absent."""
+    result = run_benchmark("bench_train.py", "--configs", "tiny", "--rounds", "1", "--steps", "2", "--no-torch",
+                           "--no-start-up", "--only", "parts", json_path=tmp_path / "t.json")
+    (row,) = result["configs"]
+    assert set(row["variants"]) == {"parts"}
+    (run,) = row["variants"]["parts"]["runs"]
+    parts = run["parts_s"]
+    called = {f"{op}_{way}" for op in ("embedding", "rmsnorm", "linear", "rope", "attention", "swiglu")
+              for way in ("forward", "backward")} | {"cross_entropy_forward"}
+    assert called <= set(parts), sorted(called - set(parts))
+    assert parts["AdamW step (check + update)"] > 0 and parts["linear_forward"] > 0
+    assert all(seconds >= 0 for part, seconds in parts.items() if not part.startswith("the rest")), parts
+    # the rest is the step's time outside the timers: never more negative than clock noise
+    assert parts["the rest (model.py's NumPy, Python)"] > -1e-3
+    assert sum(parts.values()) <= 1.5 * max(run["steps_s"])
+
+
 def test_bench_train_compares_with_another_checkout_in_the_same_rounds():
     import argparse
 
     sys.path.insert(0, str(BENCHMARKS))
     from bench_train import variants_to_run
 
-    args = argparse.Namespace(numpy=False, no_torch=True, compare_with="/old", only=None)
+    args = argparse.Namespace(numpy=False, parts=False, no_torch=True, compare_with="/old", only=None)
     assert variants_to_run(args) == [("split", None), ("unsplit", None), ("products", None), ("split@old", "/old"),
                                      ("unsplit@old", "/old")]
     args.only = ["split@old", "split"]        # --only keeps the usual order

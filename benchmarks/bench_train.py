@@ -18,8 +18,9 @@ A variant is one way of running a training step (forward + backward + AdamW, flo
                `<op>_forward` / `<op>_backward`, through npllama.use_op, its matrix products
                included) and around AdamW's step: where the step's time goes.  The rest is
                model.py's own NumPy (residual adds, reshapes, the embedding's gather) and
-               Python.  The timers cost a little: compare its parts with each other, and its
-               step with unsplit's
+               Python.  The timers cost nothing measurable (steps with and without them, in one
+               process, took the same time), but one process's step differs from another's by
+               5-10%: read its parts against each other, and unsplit for the step's time
   products     not a training step: only its matrix products with the weights -- for every
                linear layer and the LM head, Y = X W^T, dX = dY W and dW = dY^T X at the step's
                batch -- through NumPy's BLAS on all its threads, nothing else (no attention,
@@ -128,7 +129,7 @@ def _npllama_step(variant, model_dir, tokens, targets):
     optimizer = AdamW(model.params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
     optimizer.threads = max(splitter.workers, default_workers())   # as `npllama train` (an older checkout ignores it)
     backend = "numpy" if variant == "numpy" else "numba"
-    timers = _op_timers(optimizer) if variant == "parts" else None
+    timers = _OpTimers(optimizer) if variant == "parts" else None
 
     def step():
         with use_backend(backend), timers or contextlib.nullcontext():
@@ -139,7 +140,7 @@ def _npllama_step(variant, model_dir, tokens, targets):
     return step, splitter.holding_blas(len(tokens))   # as the training loop holds BLAS
 
 
-class _op_timers(contextlib.ExitStack):
+class _OpTimers(contextlib.ExitStack):
     """While entered: every op the model calls, on the numba backend, runs inside a timer
     (npllama.use_op), and so does optimizer.step; `spent` adds up the seconds by part."""
 

@@ -396,11 +396,11 @@ def _matvec(w, x, out):
     is how fast one core streams them.  Two sequential streams, half a matrix apart, read faster
     than one on the AMD EPYC with AVX-512 (Zen 5 class) of benchmarks/README.md: the whole decode
     1.09-1.13x faster at m42m and 1.00-1.11x at s15m than one row after another (medians of runs
-    interleaved in fresh processes).  Neighbouring rows are not the same
-    thing: four adjacent rows at a time (x loaded once for four sums) made four interleaved streams
-    a row apart, and on an AMD EPYC (Zen 3) read DRAM at 5-8 GB/s a core against 9-11.5 row after
-    row (the whole decode 1.6x slower); on an Intel Xeon with a 105 MB L3, row after row beat it
-    by 1.14x at s15m and 1.07x at m42m.
+    interleaved in fresh processes).  Neighbouring rows are not the same thing: four adjacent rows
+    at a time (x loaded once for four sums) made four interleaved streams a row apart, and on an
+    AMD EPYC (Zen 3) read DRAM at 5-8 GB/s a core against 9-11.5 row after row (the whole decode
+    1.6x slower); on an Intel Xeon with a 105 MB L3, row after row beat it by 1.14x at s15m and
+    1.07x at m42m.  Two streams half a matrix apart are not yet measured on those machines.
 
     Every row is summed by the same loop body, in the same lanes, wherever it falls: with an odd
     number of rows the middle row is paired with itself (its sum is written twice, the same

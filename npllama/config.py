@@ -21,6 +21,10 @@ MAX_PARAMETERS = 20_000_000_000
 # The RoPE tables and the KV cache grow with the context; past this many positions (2**24, above
 # every published LLaMA context) a config is taken to be corrupt rather than ambitious.
 MAX_POSITION_EMBEDDINGS = 2**24
+# Past this many layers (4096; the deepest published LLaMA has 126) a config is taken to be
+# corrupt: a small layer of a few thousand parameters stays under MAX_PARAMETERS for millions of
+# layers, and listing their parameters (param_shapes) would fill memory with names.
+MAX_HIDDEN_LAYERS = 4096
 
 
 @dataclasses.dataclass
@@ -60,6 +64,9 @@ class LlamaConfig:
         if self.max_position_embeddings > MAX_POSITION_EMBEDDINGS:
             raise ValueError(f"max_position_embeddings must be at most {MAX_POSITION_EMBEDDINGS:,}, "
                              f"got {self.max_position_embeddings:,}")
+        if self.num_hidden_layers > MAX_HIDDEN_LAYERS:
+            raise ValueError(f"num_hidden_layers must be at most {MAX_HIDDEN_LAYERS:,}, "
+                             f"got {self.num_hidden_layers:,}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if self.num_attention_heads % self.num_key_value_heads:

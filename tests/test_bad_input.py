@@ -19,7 +19,7 @@ import pytest
 from npllama import LlamaConfig, use_backend
 from npllama.backend import set_backend
 from npllama.cli import COMMANDS, main
-from npllama.config import MAX_POSITION_EMBEDDINGS
+from npllama.config import MAX_HIDDEN_LAYERS, MAX_POSITION_EMBEDDINGS
 from npllama.data import BatchLoader, evaluation_batches, load_texts, tokenize_corpus, train_val_split
 from npllama.generate import generate, sample_next
 from npllama.gradcheck import check_op, gradcheck
@@ -129,7 +129,9 @@ LIBRARY = [
     ("config: bos id outside vocab", lambda: LlamaConfig(**{**CONFIG, "bos_token_id": 11}), E, "bos_token_id"),
     ("config: absurd context", lambda: LlamaConfig(**{**CONFIG, "max_position_embeddings": MAX_POSITION_EMBEDDINGS + 1}),
      E, "max_position_embeddings"),
-    ("config: absurd size", lambda: LlamaConfig(**{**CONFIG, "num_hidden_layers": 10**12}), E, "parameters"),
+    ("config: absurd size", lambda: LlamaConfig(**{**CONFIG, "vocab_size": 10**12}), E, "parameters"),
+    ("config: absurd depth", lambda: LlamaConfig(**{**CONFIG, "num_hidden_layers": MAX_HIDDEN_LAYERS + 1}), E,
+     "num_hidden_layers must be at most"),
     ("config: unknown preset", lambda: LlamaConfig.from_preset("huge"), E, "unknown preset 'huge'"),
     ("config: from_dict of a list", lambda: LlamaConfig.from_dict([]), E, "config must be a dict"),
     ("config: from_dict missing fields", lambda: LlamaConfig.from_dict({"vocab_size": 5}), E, "missing required"),

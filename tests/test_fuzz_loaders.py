@@ -482,6 +482,8 @@ def test_config_json_with_wrong_types_or_sizes_is_refused_by_field(tmp_path, cha
 
 ABSURD_CONFIGS = [
     ("a trillion layers", dict(num_hidden_layers=10**12)),
+    # few parameters, but millions of layers: their names alone would fill memory
+    ("four million thin layers", dict(num_hidden_layers=2**22)),
     ("terabyte vocabulary", dict(vocab_size=10**12)),
     ("huge hidden size", dict(hidden_size=2**40, num_attention_heads=2)),
     ("huge FFN", dict(intermediate_size=10**13)),

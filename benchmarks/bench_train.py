@@ -127,7 +127,8 @@ def _npllama_step(variant, model_dir, tokens, targets):
     model = Llama.from_pretrained(model_dir, dtype=np.float32)
     splitter = BatchSplitter(default_workers() if variant == "split" else 1)
     optimizer = AdamW(model.params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
-    optimizer.threads = max(splitter.workers, default_workers())   # as `npllama train` (an older checkout ignores it)
+    # as `npllama train` shares the update out (an older checkout has no update_threads, or ignores threads)
+    optimizer.threads = getattr(splitter, "update_threads", splitter.workers)
     backend = "numpy" if variant == "numpy" else "numba"
     timers = _OpTimers(optimizer) if variant == "parts" else None
 

@@ -42,6 +42,15 @@ class BatchSplitter:
         self._executor = None
         self._blas = _OneBlasThread if workers > 1 and blas_can_be_held() else None
 
+    @property
+    def update_threads(self) -> int:
+        """How many threads the optimizer's update should share out its parameters over beside
+        this split: every core BLAS may use, or the split's workers if more.  Split or not, the
+        step's products use every core, so the update does too (its result is the same bits for
+        any count); and the thread choice (thread_choice.py) can leave the optimizer out of its
+        timing because it costs the same whichever split is chosen."""
+        return max(self.workers, default_workers())
+
     def loss_and_grads(self, loss_and_grads, tokens, targets, ignore_index: int = -100):
         """(loss, grads) of loss_and_grads(tokens, targets), computed in slices of rows."""
         split = self._run(loss_and_grads, tokens, targets, ignore_index)

@@ -32,7 +32,7 @@ from .model_shape import (SHAPE_FLAGS, base_vocab_size, check_model_config_field
 from .optim import (AdamW, NonFiniteGradientError, TrainingError, _require_decay_fits_lr, clip_finite_step,
                     cosine_with_warmup)
 from .backend import use_backend
-from .parallel import BatchSplitter, default_workers, one_blas_thread
+from .parallel import BatchSplitter, one_blas_thread
 from .thread_choice import fastest_threads
 from .resuming import (LOG_FILE, CheckpointWriteError,  # noqa: F401 (CheckpointWriteError: re-exported)
                        already_holds_a_run, check_finite, checked_step, record_changes, reopen_run,
@@ -400,10 +400,7 @@ class _Loop:
             threads = tc.threads or fastest_threads(self.loss_and_grads, self.model.config, tc.batch_size,
                                                     tc.seq_len, self.model.dtype, run_dir=self.run_dir, echo=self.say)
             self.splitter = BatchSplitter(threads)
-            # The update runs on every core whether or not the batch is split (parameters shared
-            # out, the same bits for any count): split or not, the step's products use them all,
-            # and the thread choice above leaves the optimizer out because it costs the same.
-            self.optimizer.threads = max(threads, default_workers())
+            self.optimizer.threads = self.splitter.update_threads   # every core, split or not
             with self.splitter.holding_blas(tc.batch_size):
                 self._run_steps(start_step)
             self._evaluate_at_the_end()

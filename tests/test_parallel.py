@@ -162,3 +162,12 @@ def test_a_loop_holds_blas_at_one_thread_only_when_its_batches_will_be_split():
             assert blas_threads() == before
     with BatchSplitter(1) as serial, serial.holding_blas(rows=4):
         assert blas_threads() == before
+
+
+def test_the_update_uses_every_core_or_the_split_if_more(monkeypatch):
+    """The optimizer's threads beside a split: BLAS's cores whether or not the batch is split,
+    the split's workers if they are more."""
+    from npllama import parallel
+
+    monkeypatch.setattr(parallel, "default_workers", lambda: 2)
+    assert [parallel.BatchSplitter(k).update_threads for k in (1, 2, 3)] == [2, 2, 3]

@@ -207,9 +207,9 @@ def test_the_update_runs_on_every_core_whether_the_batch_is_split_or_not(tmp_pat
     the process's cores; a split over more threads than that uses as many; and the optimizer's
     threads end with the run."""
     import npllama.optim
-    import npllama.train
+    import npllama.parallel
 
-    monkeypatch.setattr(npllama.train, "default_workers", lambda: 2)   # a 2-core process, whatever this machine
+    monkeypatch.setattr(npllama.parallel, "default_workers", lambda: 2)   # a 2-core process, whatever this machine
     counts_at_steps, optimizers = [], []
     share_out = npllama.optim._Optimizer._on_shares
 

@@ -185,7 +185,7 @@ def test_matvec_sums_a_row_the_same_way_wherever_it_falls(dtype):
             for stop in range(start + 1, 14):
                 part = np.empty(stop - start, dtype=dtype)
                 _matvec(w[start:stop], x, part)
-                assert np.array_equal(part, whole[start:stop]), f"rows {start}:{stop} of 12x{cols}"
+                assert np.array_equal(part, whole[start:stop]), f"rows {start}:{stop} of 13x{cols}"
 
 
 # ---- the token step on several threads (npllama/kernels/threads.py, _sync.py) -------------------

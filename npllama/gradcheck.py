@@ -28,16 +28,34 @@ How a probe's numeric derivative and its bound are made (the error model):
             from R(h) - R(2h) (= 15x it).  richardson=None uses it where it helps: the truncation
             estimate stands above the round-off, the plain bound above the relative floor, and R's
             bound comes out smaller.  True forces it, False never.
+            R is used only while the differences shrink like h^2 (D(2h) - D(4h) about 4x
+            D(h) - D(2h)); across a kink (relu, abs) they do not, and D(h) stands.
   bound     = 3x the truncation estimate + the round-off (|D(h) - D(2h)| + C u F / h, or
-            |R(h) - R(2h)| / 5 + 1.5 C u F / h)  +  tol * magnitude  (a relative floor; magnitude is |grad_i|,
-            or ||grad * p|| for a direction)  -- an entry or direction passes when
+            |R(h) - R(2h)| / 5 + 1.5 C u F / h)  +  the analytic gradient's own round-off
+            (C u max|grad| over all inputs: a zero gradient computed by cancelling terms is not
+            exactly zero)  +  tol * magnitude  (a relative floor; magnitude is |grad_i|, or
+            ||grad * p|| for a direction)  -- an entry or direction passes when
             |analytic - numeric| <= bound.  atol is an optional absolute floor, 0 by default; a pass
             that needed it is flagged in the report.
+  longer    when the bound is above 1e-3 of the gradient's size (a gradient tiny next to |f|, so
+  steps     f's round-off swamps the difference), the probe is taken again with longer steps
+            (round-off / h falls), kept only while the bound shrinks, the estimates agree and f
+            still behaves smoothly at the longer step.  A probe whose bound stays above half its
+            gradient (and above 1e-3 of the largest gradient in the check) is UNRESOLVED: a wrong
+            gradient could not be told from a right one there, so it does not pass (the report
+            says so, apart from FAIL).
+  limits    no step can check a gradient across a kink within a step of the point (relu at 0),
+            nor a function that varies on a scale far shorter than the step (cos of x ~ 1e5,
+            where the relative step is 10); the report says when f did not behave smoothly.
 
 Which probes (method="auto"): every entry when the input has at most max_entries entries
 (None: AUTO_ALL_ENTRIES entries); otherwise a random sample of max_entries entries (None:
 AUTO_SAMPLE) plus `directions` random directions.  method="entries" probes entries only (all of
 them when max_entries is None: the old behaviour), method="directional" directions only.
+
+Before any probe: two evaluations at the same point must agree (randomness inside f needs a
+fixed seed); check_op also refuses a forward or backward that changes its arguments in place
+(inputs, dout), restoring them first, and every input is restored when f raises mid-check.
 
 The relative error an input reports is norm-wise over its entries, ||a - n|| / max(||a||, ||n||);
 for directions |<a,p> - numeric| / ||a * p||.  ``err/bound`` is the worst probe's error over its
@@ -48,6 +66,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -60,6 +79,14 @@ ROUNDOFF_FACTOR = 16.0
 AUTO_ALL_ENTRIES = 2048   # method="auto", max_entries=None: tensors up to this size get every entry
 AUTO_SAMPLE = 32          # ... larger ones this many sampled entries plus the random directions
 LOOSE_BOUND = 1e-3        # a relative bound above this could let a small mistake through: warn
+# A probe whose bound is above LOOSE_BOUND of its gradient's size is tried again with longer
+# steps (up to MAX_GROWTHS times, each at least STEP_GROWTH times longer): the round-off of f
+# shrinks with a longer step.  One whose bound still exceeds UNRESOLVED of the gradient cannot tell a right gradient
+# from a wrong one, so it does not pass.
+STEP_GROWTH = 100.0
+MAX_GROWTHS = 6
+MAX_JUMP = 1e4
+UNRESOLVED = 0.5
 METHODS = ("auto", "entries", "directional")
 
 
@@ -82,6 +109,22 @@ class InputReport:
     richardson: int = 0             # probes whose numeric value is a Richardson extrapolation
     floor_only: int = 0             # probes that passed only through the absolute floor atol
     notes: list = dataclasses.field(default_factory=list)   # warnings: floor-only pass, loose bound, ...
+    failed: int = 0                 # probes whose difference exceeds their bound
+    unresolved: int = 0             # probes whose bound stayed above UNRESOLVED of the gradient: not passed
+    longer_steps: int = 0           # probes resolved only with a step longer than eps
+    worst_direction: int = 0        # when the probe shown is a random direction: its number (1-based)
+
+    @property
+    def status(self) -> str:
+        """'ok', 'FAIL', or 'UNRESOLVED' (nothing failed, but some probe could not be judged)."""
+        if self.ok:
+            return "ok"
+        return "FAIL" if self.failed else "UNRESOLVED"
+
+    @property
+    def worst(self) -> str:
+        """The probe shown in the report: an entry's index, or 'direction k'."""
+        return f"direction {self.worst_direction}" if self.worst_direction else str(self.worst_index)
 
     @property
     def coverage(self) -> str:
@@ -124,12 +167,12 @@ class GradcheckReport:
         return [f"{r.name}: {note}" for r in self.inputs for note in r.notes]
 
     def __str__(self) -> str:
-        rows = [("input", "shape", "method", "checked", "rel err", "bound", "err/bound", "worst index",
+        rows = [("input", "shape", "method", "checked", "rel err", "bound", "err/bound", "worst",
                  "analytic", "numeric", "")]
         for r in self.inputs:
+            analytic, numeric = _distinguishable(r.analytic_at_worst, r.numeric_at_worst)
             rows.append((r.name, str(r.shape), r.method, r.coverage, f"{r.rel_err:.2e}", f"{r.bound:.2e}",
-                         f"{r.err_over_bound:.2g}", str(r.worst_index), f"{r.analytic_at_worst:.6g}",
-                         f"{r.numeric_at_worst:.6g}", "ok" if r.ok else "FAIL"))
+                         f"{r.err_over_bound:.2g}", r.worst, analytic, numeric, r.status))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         verdict = "all gradients match" if self.ok else "some gradients do NOT match"
@@ -138,9 +181,21 @@ class GradcheckReport:
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
-    def raise_if_failed(self) -> None:
+    def raise_if_failed(self, strict: bool = False) -> None:
+        """AssertionError carrying the report if a gradient failed; strict=True also on any warning
+        (a loose bound, a pass through atol, entries not checked)."""
         if not self.ok:
             raise AssertionError("gradient check failed:\n" + str(self))
+        if strict and self.warnings:
+            raise AssertionError("gradient check passed with warnings (strict=True):\n" + str(self))
+
+
+def _distinguishable(a: float, b: float) -> tuple[str, str]:
+    """a and b printed with enough significant digits (6 to 17) to show how they differ."""
+    digits = 6
+    while digits < 17 and a != b and f"{a:.{digits}g}" == f"{b:.{digits}g}":
+        digits += 1
+    return f"{a:.{digits}g}", f"{b:.{digits}g}"
 
 
 def numerical_gradient(fn: Callable[[], float], x: np.ndarray, eps: float = 1e-6,
@@ -169,27 +224,35 @@ def gradcheck(fn: Callable[..., float], inputs: Sequence[np.ndarray] | Mapping[s
               richardson: bool | None = None, progress: bool = False) -> GradcheckReport:
     """Check `grads` (analytic d fn / d input) against central differences; see the module doc.
 
-    fn:      called as fn(*arrays) -> scalar, with the input arrays in order.  The arrays are
-             perturbed in place (and restored), so fn may also simply read them from a closure
-             (e.g. a model's params).
-    inputs:  a sequence of float64 arrays, or a mapping name -> array (names then come from it).
+    fn:      called as fn(*arrays) -> a scalar (float, or an array of one element), with the input
+             arrays in order.  The arrays are perturbed in place (and restored, also when fn
+             raises), so fn may also simply read them from a closure (e.g. a model's params).
+             fn must be deterministic: randomness inside it (dropout) needs a fixed seed.
+    inputs:  a list or tuple of writable float64 arrays, or a mapping name -> array (names then
+             come from it).  Each array is checked separately; no two may share memory.
     grads:   analytic gradients, same order / keys and shapes as inputs.
-    eps:     the step, relative to each entry's scale max(|x_i|, rms(x)) (1 for an all-zero input).
+    eps:     the step, relative to each entry's scale max(|x_i|, rms(x)) (1 for an all-zero input);
+             a probe the step cannot resolve is tried again with longer steps.
     tol:     relative floor of the bound: differences up to tol * |gradient| always pass.
     atol:    absolute floor (default 0): an entry within atol passes; the report flags such passes.
     max_entries: entries probed one by one per input; larger inputs get a random sample of this
              many plus random directions (method="auto").  None: all entries up to AUTO_ALL_ENTRIES.
+    seed:    a non-negative int: which entries are sampled and which directions drawn.
     method:  "auto", "entries" (no directions), or "directional" (no single entries).
     directions: random directions per input, where directions are used.
     richardson: None (where it helps), True (always), False (never).
     progress: print a line to stderr as each input is done (a whole model takes a while).
     """
-    _check_settings(fn=fn, eps=eps, tol=tol, atol=atol, max_entries=max_entries, method=method,
+    _check_settings(fn=fn, eps=eps, tol=tol, atol=atol, max_entries=max_entries, seed=seed, method=method,
                     directions=directions, richardson=richardson)
     names, arrays, analytic = _pair_up(inputs, grads, names)
 
     def evaluate():
-        value = float(fn(*arrays))
+        value = fn(*arrays)
+        if value is None or isinstance(value, (bool, np.bool_)) or np.size(value) != 1 or not np.isrealobj(value):
+            raise TypeError(f"fn must return one real number (the scalar whose gradient is checked), got "
+                            f"{_describe(value)}; sum or reduce its output first")
+        value = float(np.asarray(value, dtype=np.float64).reshape(()))
         return value, abs(value)
 
     return _check_all(evaluate, names, arrays, analytic, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
@@ -204,33 +267,69 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
              richardson: bool | None = None, progress: bool = False) -> GradcheckReport:
     """Check an op's backward against central differences of its forward.
 
-    forward(*inputs, *extra_args, **extra_kwargs) -> (out, cache)
-    backward(dout, cache) -> the gradient of each differentiable input, in order (a tuple, or a
-                             single array when there is one).
-    wrt: which of `inputs` are differentiable (default: all of them), matching backward's outputs.
+    forward(*inputs, *extra_args, **extra_kwargs) -> (out, cache), out one float array.
+    backward(dout, cache) -> the gradient of each differentiable input, in order (a tuple or list,
+                             or a single array when there is one).
+    inputs: a list or tuple of the forward's array inputs (float64 for those checked).
+    wrt:    which of `inputs` are differentiable (indices, default: all of them), matching
+            backward's outputs; an input left out (an int index array, say) is not perturbed.
+    names:  one name per input (all of them, wrt or not), for the report.
 
     The scalar checked is L = sum(out * dout) for a fixed random dout, so backward receives dout.
     Its round-off is modelled from sum(|out * dout|), the size of the terms before they cancel.
-    The other settings are gradcheck's.
+    An op with several outputs: wrap it so that out is one array (np.concatenate of the raveled
+    outputs) and backward splits dout the same way.  Neither forward nor backward may change its
+    arguments in place (inputs, dout, or arrays in the cache that are inputs): the check stops with
+    a ValueError naming the one that changed, the inputs restored.  The other settings are gradcheck's.
     """
     _check_settings(forward=forward, backward=backward, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
-                    method=method, directions=directions, richardson=richardson)
+                    seed=seed, method=method, directions=directions, richardson=richardson)
+    inputs = _input_list(inputs, "inputs")
+    if not isinstance(extra_args, (tuple, list)):
+        raise TypeError(f"extra_args must be a tuple of the forward's further positional arguments, got "
+                        f"{_describe(extra_args)} (one argument: extra_args=(value,))")
+    if extra_kwargs is not None and not isinstance(extra_kwargs, Mapping):
+        raise TypeError(f"extra_kwargs must be a mapping of keyword arguments, got {_describe(extra_kwargs)}")
     extra_kwargs = dict(extra_kwargs or {})
-    inputs = list(inputs)
-    wrt = list(range(len(inputs))) if wrt is None else list(wrt)
-    out, cache = forward(*inputs, *extra_args, **extra_kwargs)
+    wrt = _check_wrt(wrt, len(inputs))
+    all_names = _check_names(names, len(inputs), "inputs")
+
+    snapshots = [np.array(x, copy=True) if isinstance(x, np.ndarray) else None for x in inputs]
+
+    def unchanged_or_raise(step: str) -> None:
+        for name, x, before in zip(all_names, inputs, snapshots):
+            if before is not None and not np.array_equal(x, before, equal_nan=True):
+                x[...] = before
+                raise ValueError(f"{step} changed input {name!r} in place; an op must leave its inputs as "
+                                 "they were (write into a new array, e.g. x = x - m, not x -= m) -- "
+                                 "the input has been restored")
+
+    out, cache = _forward_result(forward(*inputs, *extra_args, **extra_kwargs))
+    unchanged_or_raise("forward")
     dout = np.random.default_rng(seed).standard_normal(np.shape(out))
-    grads = backward(dout, cache)
-    if not isinstance(grads, tuple):
+    dout_given = dout.copy()
+    grads = backward(dout_given, cache)
+    unchanged_or_raise("backward")
+    if not np.array_equal(dout_given, dout):
+        raise ValueError("backward changed its argument dout in place; the upstream gradient is shared "
+                         "(a model hands the same array to other branches), so write the result into a "
+                         "new array (dx = dout * s, not dout *= s)")
+    if isinstance(grads, list):
+        grads = tuple(grads)
+    elif not isinstance(grads, tuple):
         grads = (grads,)
     if len(grads) != len(wrt):
-        raise ValueError(f"backward returned {len(grads)} gradients, expected {len(wrt)} (one per wrt input)")
+        raise ValueError(f"backward returned {len(grads)} gradient(s), expected {len(wrt)}: one per input "
+                         f"in wrt ({', '.join(repr(all_names[i]) for i in wrt)}), in the forward's order")
+    for i, g in zip(wrt, grads):
+        if g is None:
+            raise ValueError(f"backward returned None for {all_names[i]!r}; return its gradient, or leave "
+                             f"the input out of wrt if it is not differentiable")
 
     def evaluate():
         terms = np.asarray(forward(*inputs, *extra_args, **extra_kwargs)[0], dtype=np.float64) * dout
         return float(np.sum(terms)), float(np.sum(np.abs(terms)))
 
-    all_names = list(names) if names is not None else [f"input{i}" for i in range(len(inputs))]
     names, arrays, analytic = _pair_up([inputs[i] for i in wrt], list(grads), [all_names[i] for i in wrt])
     return _check_all(evaluate, names, arrays, analytic, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
                       seed=seed, method=method, directions=directions, richardson=richardson, progress=progress)
@@ -241,10 +340,19 @@ def rel_error(a: np.ndarray, b: np.ndarray, tiny: float = TINY) -> float:
     checker and trace comparison pass tiny=1e-300: two all-but-zero arrays that differ count.)"""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), np.linalg.norm(b), tiny))
+    return float(_norm(a - b) / max(_norm(a), _norm(b), tiny))
 
 
 # ----- the checker -----------------------------------------------------------------------------------
+
+class _Estimate(NamedTuple):
+    """A numeric derivative along one probe and what is known about its error."""
+    value: float
+    bound: float          # estimated |value - true derivative| (truncation + round-off)
+    roundoff: float       # the round-off part of the bound
+    richardson: bool      # value is a Richardson extrapolation
+    rough: bool           # the differences at h, 2h, 4h did not shrink like h^2: f not smooth there
+
 
 @dataclasses.dataclass
 class _Probes:
@@ -254,42 +362,67 @@ class _Probes:
     bound: list = dataclasses.field(default_factory=list)       # estimated finite-difference error
     magnitude: list = dataclasses.field(default_factory=list)   # |grad_i|, or ||grad * p||
     floor: list = dataclasses.field(default_factory=list)       # atol in the probe's units
+    unresolved: list = dataclasses.field(default_factory=list)  # bound above UNRESOLVED of the gradient
+    rough: list = dataclasses.field(default_factory=list)
     richardson: int = 0
+    longer_steps: int = 0       # probes that needed a longer step than eps to resolve
 
-    def add(self, analytic, numeric, bound, magnitude, floor, used_richardson) -> None:
+    def add(self, analytic, estimate, bound, magnitude, floor, reference, coarse, longer) -> None:
+        """coarse: a bound this small next to the largest gradient of the check is resolution
+        enough, even where the probe's own gradient is tinier (a zero made of round-off)."""
         self.analytic.append(float(analytic))
-        self.numeric.append(numeric)
+        self.numeric.append(estimate.value)
         self.bound.append(bound)
         self.magnitude.append(magnitude)
         self.floor.append(floor)
-        self.richardson += used_richardson
+        self.unresolved.append(reference > 0 and not estimate.bound <= max(UNRESOLVED * reference, coarse))
+        self.rough.append(estimate.rough)
+        self.richardson += estimate.richardson
+        self.longer_steps += longer
 
 
 def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries, seed, method, directions,
                richardson, progress) -> GradcheckReport:
+    _require_deterministic(evaluate)
+    # The analytic gradients carry round-off of their own: an entry that is zero in exact
+    # arithmetic comes out as ~u times the gradient's larger entries.  No probe can be asked to
+    # resolve below that.
+    largest = max((float(np.max(np.abs(g[np.isfinite(g)]), initial=0.0)) for g in map(np.asarray, analytic)),
+                  default=0.0)
     rng = np.random.default_rng(seed)
     reports = []
     for name, x, g in zip(names, arrays, analytic):
         g = np.asarray(g, dtype=np.float64)
         indices, n_directions = _choose_probes(x, rng, max_entries, method, directions)
         scale = _entry_scales(x)
+        typical = _rms(g[np.isfinite(g)])     # what "small" means for one entry's gradient
         probes = _Probes()
         for idx in indices:
-            _probe_entry(evaluate, x, idx, scale[idx], g[idx], eps, richardson, tol, atol, probes)
+            _probe_entry(evaluate, x, idx, scale[idx], g[idx], typical, largest, eps, richardson, tol, atol, probes)
         for _ in range(n_directions):
             signs = rng.choice(np.array([-1.0, 1.0]), size=x.shape)
-            _probe_direction(evaluate, x, signs * scale, g, eps, richardson, tol, atol, probes)
-        reports.append(_judge(name, x.shape, x.size, int(np.sum(np.isfinite(x))), indices, n_directions, probes, tol))
+            _probe_direction(evaluate, x, signs * scale, g, largest, eps, richardson, tol, atol, probes)
+        reports.append(_judge(name, x.shape, x.size, int(np.sum(np.isfinite(x))), indices, n_directions, probes, tol,
+                              n_nan=int(np.sum(np.isnan(x)))))
         if progress:
             r = reports[-1]
             print(f"gradcheck {len(reports)}/{len(names)} {name}: {r.method} {r.coverage}, "
-                  f"err/bound {r.err_over_bound:.2g} {'ok' if r.ok else 'FAIL'}", file=sys.stderr, flush=True)
+                  f"err/bound {r.err_over_bound:.2g} {r.status}", file=sys.stderr, flush=True)
     return GradcheckReport(reports, tol, eps, atol)
+
+
+def _require_deterministic(evaluate) -> None:
+    """Two evaluations at the same point must agree to round-off, or no difference means anything."""
+    (f1, size1), (f2, size2) = evaluate(), evaluate()
+    if abs(f1 - f2) > 2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(size1, size2) or np.isnan(f1) != np.isnan(f2):
+        raise ValueError(f"the function gave {f1!r} and then {f2!r} at the same inputs: finite differences "
+                         "need a deterministic function (fix the seed of any randomness inside it, e.g. "
+                         "dropout, so every call draws the same)")
 
 
 def _choose_probes(x, rng, max_entries, method, directions):
     """Which entries to probe one by one, and how many random directions.  Entries at +-inf (a
-    softmax mask) have no derivative to check and are never probed."""
+    softmax mask) or NaN have no derivative to check and are never probed."""
     if method == "directional":
         return [], directions
     finite = np.flatnonzero(np.isfinite(x))
@@ -304,16 +437,15 @@ def _choose_probes(x, rng, max_entries, method, directions):
 
 def _entry_scales(x: np.ndarray) -> np.ndarray:
     """max(|x_i|, rms(x)) over the finite entries: what a relative step is relative to (1 where x
-    is all zero; 0 at +-inf entries, which directions then leave where they are)."""
+    is all zero; 0 at +-inf and NaN entries, which directions then leave where they are)."""
     finite = np.isfinite(x)
-    rms = float(np.sqrt(np.mean(np.square(x[finite], dtype=np.float64)))) if finite.any() else 0.0
-    scale = np.maximum(np.abs(np.where(finite, x, 0.0)).astype(np.float64), rms)
+    scale = np.asarray(np.maximum(np.abs(np.where(finite, x, 0.0)).astype(np.float64), _rms(x[finite])))
     scale[scale == 0] = 1.0
     scale[~finite] = 0.0
     return scale
 
 
-def _probe_entry(evaluate, x, idx, scale, analytic, eps, richardson, tol, atol, probes):
+def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richardson, tol, atol, probes):
     original = x[idx]
 
     def move(t):
@@ -324,11 +456,16 @@ def _probe_entry(evaluate, x, idx, scale, analytic, eps, richardson, tol, atol, 
         x[idx] = original + t * scale
         return float(x[idx]) - float(original)
 
-    numeric, bound, used = _derivative(evaluate, move, eps, richardson, tol * abs(float(analytic)))
-    probes.add(analytic, numeric, bound, max(abs(float(analytic)), abs(numeric)), atol, used)
+    analytic = float(analytic)
+    reference = max(abs(analytic), typical)
+    noise = ROUNDOFF_FACTOR * UNIT_ROUNDOFF * largest
+    estimate, longer = _resolved_derivative(evaluate, move, eps, richardson, tol * abs(analytic), reference,
+                                            noise, unit_step=1.0 / max(scale, TINY))
+    probes.add(analytic, estimate, estimate.bound + noise, max(abs(analytic), abs(estimate.value)), atol,
+               reference, LOOSE_BOUND * largest, longer)
 
 
-def _probe_direction(evaluate, x, direction, g, eps, richardson, tol, atol, probes):
+def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, atol, probes):
     original = x.copy()
 
     def move(t):
@@ -340,72 +477,136 @@ def _probe_direction(evaluate, x, direction, g, eps, richardson, tol, atol, prob
         return float(t)
 
     terms = g * direction
-    numeric, bound, used = _derivative(evaluate, move, eps, richardson, tol * float(np.linalg.norm(terms)))
+    magnitude = _norm(terms)
+    length = _norm(direction)            # <g, p> sums the entries' round-off with random signs
+    noise = ROUNDOFF_FACTOR * UNIT_ROUNDOFF * largest * length
+    estimate, longer = _resolved_derivative(evaluate, move, eps, richardson, tol * magnitude, magnitude, noise,
+                                            unit_step=1.0 / max(float(np.max(np.abs(direction), initial=0.0)), TINY))
     # rounding of x + t p moves each entry by up to u |x_i| instead of t p_i: a relative u / eps;
     # the magnitude is ||g * p||, the spread of <g, p> over random signs
-    probes.add(np.sum(terms), numeric, bound + UNIT_ROUNDOFF / eps * float(np.sum(np.abs(terms))),
-               float(np.linalg.norm(terms)), atol * float(np.sum(np.abs(direction))), used)
+    probes.add(np.sum(terms), estimate, estimate.bound + noise + UNIT_ROUNDOFF / eps * float(np.sum(np.abs(terms))),
+               magnitude, atol * float(np.sum(np.abs(direction))), magnitude, LOOSE_BOUND * largest * length, longer)
 
 
-def _derivative(evaluate, move, eps, richardson, good_enough):
-    """The numeric derivative along a probe and a bound on its error: (value, bound, richardson?).
-    good_enough: a bound below this (the relative floor) is not worth two more evaluations."""
+def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference, noise, unit_step):
+    """_derivative at the step eps, and, while its bound is loose next to the gradient's size
+    (reference), again at longer steps: f's round-off in a difference shrinks as 1/step.  The step
+    grows STEP_GROWTH-fold, or (at most MAX_JUMP-fold) towards where the round-off would be small.
+    A longer step's estimate is kept only if its bound is smaller, it agrees with the shorter
+    step's within both bounds, and its differences at h, 2h, 4h still shrink like h^2: far from
+    the point a function need not behave as near it, and there the bound would mean nothing.  With
+    no gradient to measure against (reference 0: analytic zero over the whole input), the step
+    grows at most to an absolute 1 (unit_step, in steps), enough to show a gradient that is not zero.
+    No bound below the analytic gradient's own round-off (noise) is sought.
+    Returns (estimate, whether a longer step was kept)."""
+    best, step, longer = _derivative(evaluate, move, eps, richardson, good_enough), eps, False
+    for _ in range(MAX_GROWTHS):
+        if reference > 0:
+            if best.bound <= max(LOOSE_BOUND * reference, noise):
+                break
+            growth = STEP_GROWTH
+            if not best.roundoff <= best.bound - best.roundoff:     # round-off dominates: move past it
+                growth = min(max(growth, best.roundoff / (0.5 * LOOSE_BOUND * reference)), MAX_JUMP)
+        else:
+            if step >= unit_step or best.bound <= noise:
+                break
+            growth = min(STEP_GROWTH, unit_step / step)
+        step *= growth
+        if not np.isfinite(step):
+            break
+        try:
+            with np.errstate(all="ignore"):
+                attempt = _derivative(evaluate, move, step, richardson, good_enough, test_smoothness=True)
+        except (ArithmeticError, ValueError):   # the longer step left f's domain
+            break
+        if not np.isfinite(best.bound):         # the shorter step resolved nothing (it vanished in rounding)
+            best, longer = attempt, True
+            continue
+        if attempt.rough or not (attempt.bound < best.bound
+                                 and abs(attempt.value - best.value) <= attempt.bound + best.bound):
+            break
+        best, longer = attempt, True
+    return best, longer
+
+
+def _derivative(evaluate, move, eps, richardson, good_enough, test_smoothness=False) -> _Estimate:
+    """The numeric derivative along a probe and a bound on its error.
+    good_enough: a bound below this (the relative floor) is not worth two more evaluations.
+    test_smoothness: always evaluate D(4h), to say whether f is smooth at this step (rough)."""
     def central(t):
-        distance_plus = move(t)
-        f_plus, size_plus = evaluate()
-        distance_minus = move(-t)
-        f_minus, size_minus = evaluate()
-        move(None)
+        try:
+            distance_plus = move(t)
+            f_plus, size_plus = evaluate()
+            distance_minus = move(-t)
+            f_minus, size_minus = evaluate()
+        finally:
+            move(None)        # the input as it was, whatever fn did
         width = distance_plus - distance_minus
+        if width == 0:        # the step vanished in rounding (a subnormal input): nothing resolved
+            return 0.0, np.inf, width
         return (f_plus - f_minus) / width, max(size_plus, size_minus), width
 
     d1, size1, width = central(eps)
     d2, size2, _ = central(2 * eps)
+    if width == 0:
+        return _Estimate(0.0, np.inf, np.inf, False, True)
     roundoff = 2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(size1, size2) / abs(width)   # of D(h)
     plain_bound = abs(d1 - d2) + roundoff      # 3x D(h)'s truncation estimate, plus its round-off
-    if richardson is False or (richardson is None and (abs(d1 - d2) <= roundoff or plain_bound <= good_enough)):
-        return d1, plain_bound, False
+    if not test_smoothness and (richardson is False or (richardson is None and (
+            abs(d1 - d2) <= roundoff or plain_bound <= good_enough))):
+        return _Estimate(d1, plain_bound, roundoff, False, False)
     d4, size4, _ = central(4 * eps)
     roundoff = max(roundoff, 2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * size4 / abs(width))
     r1, r2 = (4 * d1 - d2) / 3, (4 * d2 - d4) / 3
     rich_bound = abs(r1 - r2) / 5 + 1.5 * roundoff   # 3x R(h)'s estimated error, plus its round-off
-    if richardson is True or rich_bound < plain_bound:
-        return r1, rich_bound, True
-    return d1, plain_bound, False
+    # Richardson cancels an h^2 error term: D(2h) - D(4h) is then 4x D(h) - D(2h).  Differences
+    # that do not scale so (a kink between the points, or round-off) are not extrapolated.
+    growth = abs(d2 - d4) / max(abs(d1 - d2), TINY)
+    smooth = abs(d1 - d2) <= 2 * roundoff or 2.5 <= growth <= 6.4
+    if richardson is True or (richardson is None and smooth and rich_bound < plain_bound):
+        return _Estimate(r1, rich_bound, 1.5 * roundoff, True, not smooth)
+    return _Estimate(d1, plain_bound, roundoff, False, not smooth)
 
 
-def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol) -> InputReport:
+def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_nan=0) -> InputReport:
     a, n = np.array(probes.analytic, dtype=np.float64), np.array(probes.numeric, dtype=np.float64)
     model_bound = np.array(probes.bound, dtype=np.float64)
     magnitude = np.array(probes.magnitude, dtype=np.float64)
+    unresolved = np.array(probes.unresolved, dtype=bool)
     held_to = model_bound + tol * magnitude
     diff = np.abs(a - n)
     finite = np.isfinite(a) & np.isfinite(n) & np.isfinite(held_to)
-    within = finite & (diff <= held_to)
-    by_floor = finite & ~within & (diff <= np.array(probes.floor, dtype=np.float64))
-    ok = bool(np.all(within | by_floor))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    within = finite & (diff <= held_to) & ~unresolved
+    by_floor = np.isfinite(a) & np.isfinite(n) & ~within & (diff <= np.array(probes.floor, dtype=np.float64))
+    passed = within | by_floor
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ratio = np.where(diff == 0, 0.0, diff / held_to)
     ratio[~finite] = np.inf
     n_entries = len(indices)
     method = ("directional" if n_directions and n_entries == 0 else "all entries" if not n_directions and n_entries == n_finite
               else "sampled + directional" if n_directions else "sampled")
-    report = InputReport(name, tuple(shape), n_entries, 0.0, 0.0, (), 0.0, 0.0, ok, size=size,
+    report = InputReport(name, tuple(shape), n_entries, 0.0, 0.0, (), 0.0, 0.0, bool(np.all(passed)), size=size,
                          directions=n_directions, method=method, richardson=probes.richardson,
                          floor_only=int(np.sum(by_floor)))
     if a.size == 0:
         return report
+    failed_outright = ~passed & ~unresolved
+    report.failed = int(np.sum(failed_outright))
+    report.unresolved = int(np.sum(~passed & unresolved))
+    report.longer_steps = probes.longer_steps
     report.err_over_bound = float(np.max(ratio))
     report.rel_err, report.bound = _relative_figures(a, n, held_to, magnitude, n_entries, finite)
-    if n_entries:
-        e = int(np.argmax(ratio[:n_entries]))
-        report.max_abs_err = float(np.max(diff[:n_entries])) if np.all(finite[:n_entries]) else float("inf")
+    # the probe shown: the worst that failed outright, else the worst unresolved, else the worst
+    rank = np.where(failed_outright, 2.0, np.where(~passed, 1.0, 0.0))
+    e = int(np.lexsort((np.nan_to_num(ratio, nan=np.inf), rank))[-1])
+    report.analytic_at_worst, report.numeric_at_worst = float(a[e]), float(n[e])
+    if e < n_entries:
         report.worst_index = tuple(int(v) for v in indices[e])
-        report.analytic_at_worst, report.numeric_at_worst = float(a[e]), float(n[e])
     else:
-        e = int(np.argmax(ratio))
-        report.analytic_at_worst, report.numeric_at_worst = float(a[e]), float(n[e])
-    report.notes = _notes(report, finite, n_entries, n_finite)
+        report.worst_direction = e - n_entries + 1
+    if n_entries:
+        report.max_abs_err = float(np.max(diff[:n_entries])) if np.all(finite[:n_entries]) else float("inf")
+    report.notes = _notes(report, finite, n_entries, n_finite, probes, passed, n_nan)
     return report
 
 
@@ -416,24 +617,47 @@ def _relative_figures(a, n, held_to, magnitude, n_entries, finite):
     rel, bound = 0.0, 0.0
     if n_entries:
         rel = rel_error(a[:n_entries], n[:n_entries])
-        bound = float(np.linalg.norm(held_to[:n_entries]) / max(np.linalg.norm(magnitude[:n_entries]), TINY))
+        bound = float(_norm(held_to[:n_entries]) / max(_norm(magnitude[:n_entries]), TINY))
     if len(a) > n_entries:
         scale = np.maximum(magnitude[n_entries:], TINY)
-        rel = max(rel, float(np.max(np.abs(a[n_entries:] - n[n_entries:]) / scale)))
-        bound = max(bound, float(np.max(held_to[n_entries:] / scale)))
+        with np.errstate(over="ignore"):
+            rel = max(rel, float(np.max(np.abs(a[n_entries:] - n[n_entries:]) / scale)))
+            bound = max(bound, float(np.max(held_to[n_entries:] / scale)))
     return rel, bound
 
 
-def _notes(report: InputReport, finite, n_entries, n_finite) -> list[str]:
+def _notes(report: InputReport, finite, n_entries, n_finite, probes, passed, n_nan) -> list[str]:
     notes = []
-    if n_finite < report.size:
-        notes.append(f"{report.size - n_finite} entries are +-inf and were not probed")
+    if n_finite + n_nan < report.size:
+        notes.append(f"{report.size - n_finite - n_nan} entries are +-inf and were not probed")
+    if n_nan:
+        notes.append(f"{n_nan} entries are NaN and were not probed")
     if not np.all(finite):
         notes.append("a gradient or finite difference is NaN/Inf")
+    if report.unresolved:
+        notes.append(f"{report.unresolved} probe(s) UNRESOLVED: even with longer steps, the finite differences' error bound stays above {UNRESOLVED:g} of the gradient, so a "
+                     "wrong gradient could not be told from a right one (|f|'s round-off swamps a tiny gradient). "
+                     "Check at inputs where the gradient is larger next to |f|, or accept them with atol=")
+    if report.worst_direction and not report.ok and n_entries == 0:
+        notes.append(f"random direction {report.worst_direction} of {report.directions} failed: some entries are "
+                     "wrong; method=\"entries\" checks them one by one and shows which")
+    elif report.worst_direction and not report.ok and np.all(passed[:n_entries]):
+        notes.append(f"random direction {report.worst_direction} of {report.directions} failed while every one of "
+                     f"the {n_entries} sampled entries passed: the wrong entries are among the "
+                     f"{report.size - n_entries} not sampled; method=\"entries\" with max_entries=None checks "
+                     "them one by one")
+    numeric = np.array(probes.numeric)
+    if not report.ok and numeric.size and np.all(numeric == 0) and np.any(np.array(probes.analytic) != 0):
+        notes.append("f did not change at all when this input moved: does fn use the arrays it is given? "
+                     "(they are changed in place; a copy made before the call would not see it)")
+    if not report.ok and any(r and not p for r, p in zip(probes.rough, passed)):
+        notes.append("along a failing probe f did not behave like a smooth function (differences at steps "
+                     "h, 2h, 4h not shrinking as h^2): a kink (relu, abs, max) within a few steps of the "
+                     "point makes finite differences unreliable there")
     if report.floor_only:
         notes.append(f"{report.floor_only} probe(s) passed only through the absolute floor atol: "
                      "the check did not resolve them")
-    if report.bound > LOOSE_BOUND:
+    if report.bound > LOOSE_BOUND and not report.unresolved:
         notes.append(f"the bound is loose ({report.bound:.1e} relative): finite differences cannot resolve "
                      "this gradient well (tiny next to |f|'s round-off, or f strongly curved); "
                      "a mistake smaller than that would pass")
@@ -443,48 +667,142 @@ def _notes(report: InputReport, finite, n_entries, n_finite) -> list[str]:
     return notes
 
 
+def _rms(v: np.ndarray) -> float:
+    """Root mean square, without overflow or underflow at any scale of float64."""
+    return _norm(v) / np.sqrt(v.size) if v.size else 0.0
+
+
+def _norm(v) -> float:
+    """Euclidean norm, scaled first so squares of 1e-200 or 1e200 neither vanish nor overflow."""
+    v = np.asarray(v, dtype=np.float64)
+    if v.size == 0:
+        return 0.0
+    top = float(np.max(np.abs(v)))
+    if top == 0 or not np.isfinite(top):
+        return top
+    return top * float(np.sqrt(np.sum(np.square(v / top))))
+
+
 # ----- arguments -------------------------------------------------------------------------------------
+
+def _describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}" if np.isscalar(value) or value is None else type(value).__name__
+
+
+def _input_list(inputs, what: str) -> list:
+    if isinstance(inputs, np.ndarray) or not isinstance(inputs, (list, tuple)):
+        hint = f" (one array: {what}=[x])" if isinstance(inputs, np.ndarray) else ""
+        raise TypeError(f"{what} must be a list or tuple of arrays, got {_describe(inputs)}{hint}")
+    return list(inputs)
+
+
+def _check_names(names, count: int, what: str) -> list[str]:
+    if names is None:
+        return [f"input{i}" for i in range(count)]
+    if isinstance(names, (str, Mapping)) or not isinstance(names, (list, tuple)) \
+            or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"names must be a list of strings, one per input, got {_describe(names)}")
+    if len(names) != count:
+        raise ValueError(f"names has {len(names)} entries for {count} {what}: give one name per input")
+    if len(set(names)) != len(names):
+        raise ValueError(f"names must be distinct, got {list(names)}")
+    return list(names)
+
+
+def _check_wrt(wrt, count: int) -> list[int]:
+    if wrt is None:
+        return list(range(count))
+    if not isinstance(wrt, (list, tuple, range)) or not all(
+            isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in wrt):
+        raise TypeError(f"wrt must be a list of input indices (ints), got {_describe(wrt)}")
+    wrt = [int(i) for i in wrt]
+    bad = [i for i in wrt if not 0 <= i < count]
+    if bad:
+        raise ValueError(f"wrt names input indices {bad}, but there are {count} inputs (0 to {count - 1})")
+    if len(set(wrt)) != len(wrt) or wrt != sorted(wrt):
+        raise ValueError(f"wrt must list each input once, in increasing order (backward's order), got {wrt}")
+    return wrt
+
+
+def _forward_result(result):
+    """(out, cache) from what forward returned, or a TypeError saying what the contract is."""
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        raise TypeError(f"forward must return a pair (out, cache), got {_describe(result)}"
+                        + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else ""))
+    out, cache = result
+    if isinstance(out, (tuple, list)) or not np.issubdtype(np.asarray(out).dtype, np.floating):
+        raise TypeError(f"forward's out must be one floating-point array, got {_describe(out)}; for several "
+                        "outputs, concatenate their ravelled values into one array (and split dout in backward)")
+    return out, cache
+
 
 def _pair_up(inputs, grads, names):
     """(names, arrays, gradients) after checking that they match."""
     if isinstance(inputs, Mapping):
         if not isinstance(grads, Mapping):
             raise TypeError("grads must be a mapping when inputs is a mapping")
+        if names is not None:
+            raise TypeError("names= is taken from the keys when inputs is a mapping; leave it out")
         missing = [k for k in inputs if k not in grads]
         if missing:
             raise ValueError(f"grads is missing entries for: {missing}")
+        extra = [k for k in grads if k not in inputs]
+        if extra:
+            raise ValueError(f"grads has entries that are not inputs: {extra}")
         names = list(inputs)
         arrays = [inputs[k] for k in names]
         analytic = [grads[k] for k in names]
     else:
-        arrays, analytic = list(inputs), list(grads)
-        names = list(names) if names is not None else [f"input{i}" for i in range(len(arrays))]
-    if not (len(arrays) == len(analytic) == len(names)):
-        raise ValueError(f"got {len(arrays)} inputs, {len(analytic)} gradients and {len(names)} names")
+        arrays = _input_list(inputs, "inputs")
+        analytic = _input_list(grads, "grads") if not isinstance(grads, Mapping) else None
+        if analytic is None:
+            raise TypeError("grads must be a list when inputs is a list (or both mappings)")
+        names = _check_names(names, len(arrays), "inputs")
+        if len(analytic) != len(arrays):
+            raise ValueError(f"got {len(arrays)} inputs and {len(analytic)} gradients: give one gradient per input")
     for name, x, g in zip(names, arrays, analytic):
         if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
-            raise TypeError(f"input {name!r} must be a floating-point numpy array")
+            raise TypeError(f"input {name!r} must be a floating-point numpy array, got {_describe(x)}")
+        if x.dtype != np.float64:
+            raise TypeError(f"input {name!r} is {x.dtype}; gradient checks need float64 (float32 round-off "
+                            "swamps central differences): x.astype(np.float64), or for a model "
+                            "Llama(config, dtype=np.float64)")
+        if not x.flags.writeable:
+            raise ValueError(f"input {name!r} is read-only, but the checker moves its entries in place: pass a "
+                             "writable array (np.array(x)) that fn reads")
+        if g is None:
+            raise ValueError(f"the gradient for {name!r} is None; give its gradient, or leave the input out")
+        if not isinstance(g, (np.ndarray, float, int, np.number)) or not np.isrealobj(g) \
+                or not np.issubdtype(np.asarray(g).dtype, np.number):
+            raise TypeError(f"the gradient for {name!r} must be a real array, got {_describe(g)}")
         if np.shape(g) != x.shape:
             raise ValueError(f"gradient for {name!r} has shape {np.shape(g)}, input has {x.shape}")
-        if x.dtype != np.float64:
-            raise TypeError(f"input {name!r} is {x.dtype}; gradient checks need float64 "
-                            "(float32 round-off swamps central differences)")
+    for i, (name_i, x_i) in enumerate(zip(names, arrays)):
+        for name_j, x_j in zip(names[i + 1:], arrays[i + 1:]):
+            if np.shares_memory(x_i, x_j):
+                raise ValueError(f"inputs {name_i!r} and {name_j!r} share memory (the same array given twice?): "
+                                 "moving one would move the other; check each once, or pass a copy")
     return names, arrays, analytic
 
 
-def _check_settings(eps, tol, atol, max_entries, method="auto", directions=4, richardson=None, **functions) -> None:
+def _check_settings(eps, tol, atol, max_entries, seed=0, method="auto", directions=4, richardson=None,
+                    **functions) -> None:
     for name, fn in functions.items():
         if not callable(fn):
             raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
     for name, value, positive in (("eps", eps, True), ("tol", tol, False), ("atol", atol, False)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
-                or value < 0 or (positive and value == 0):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(value) or value < 0 or (positive and value == 0):
             raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
     if eps >= 0.1:
         raise ValueError(f"eps is a step relative to each input's scale and must be < 0.1, got {eps!r}")
     if max_entries is not None and (isinstance(max_entries, bool) or not isinstance(max_entries, (int, np.integer))
                                     or max_entries <= 0):
         raise ValueError(f"max_entries must be None or a positive int, got {max_entries!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int (it makes the sampled probes reproducible), got {seed!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if isinstance(directions, bool) or not isinstance(directions, (int, np.integer)) or directions <= 0:

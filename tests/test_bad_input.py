@@ -263,7 +263,7 @@ LIBRARY = [
      "max_entries"),
     ("gradcheck: fn not callable", lambda: gradcheck(5, [np.ones(3)], [np.ones(3)]), E, "fn"),
     ("check_op: backward returns too few", lambda: check_op(linear_forward, lambda d, c: linear_backward(d, c)[0],
-                                                            [X, W]), E, "backward returned 1 gradients"),
+                                                            [X, W]), E, "backward returned 1 gradient(s)"),
     # ----- optim
     ("AdamW: empty params", lambda: AdamW({}), E, "params is empty"),
     ("AdamW: int params", lambda: AdamW({"w": np.ones(3, int)}), E, "params['w']"),

@@ -1,4 +1,6 @@
 """The public gradient checker: scale-aware bounds, directional probes, an honest report."""
+import re
+
 import numpy as np
 import pytest
 
@@ -250,3 +252,241 @@ def test_correct_whole_model_gradient_is_far_from_the_bound(seed):
     assert report.ok and report.max_err_over_bound < 0.3, str(report)
     assert not report.warnings, str(report)
     assert not broken.ok, str(broken)   # one entry 0.1% off, probably not sampled: found anyway
+
+
+# ----- gradients tiny next to |f|: longer steps, or an honest UNRESOLVED -----------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+def softplus_forward(x):
+    return np.logaddexp(0.0, x), x
+
+
+def softplus_backward(dout, x):
+    return dout / (1.0 + np.exp(-x))
+
+
+@settings(max_examples=25, deadline=None)
+@given(exponent=st.integers(-10, 0), seed=st.integers(0, 2**16))
+def test_a_gradient_swamped_by_a_constant_in_f_is_resolved_by_longer_steps(exponent, seed):
+    # sum(cos(x)) at |x| ~ 1e-10 is 12 plus a change of 1e-20 per step: at the relative step the
+    # difference is all round-off, and a wrong sign, a zero or a 10% error used to pass.  The
+    # longer steps resolve the gradient, so the right one passes and every wrong one fails.
+    x = 10.0**exponent * np.random.default_rng(seed).standard_normal((3, 4))
+    cos_sum = lambda v: float(np.sum(np.cos(v)))
+    right = -np.sin(x)
+    assert gradcheck(cos_sum, [x], [right]).ok
+    for wrong in (-right, np.zeros_like(x), 1.1 * right):
+        report = gradcheck(cos_sum, [x], [wrong])
+        assert not report.ok and report.inputs[0].status == "FAIL", str(report)
+    # check_op's L = sum(softplus(x) * dout) has the same constant part (log 2 per entry)
+    assert check_op(softplus_forward, softplus_backward, [x], seed=seed).ok
+    for factor in (-1.0, 0.0, 1.1):
+        assert not check_op(softplus_forward, lambda d, c: factor * softplus_backward(d, c), [x], seed=seed).ok
+
+
+def test_a_probe_no_step_can_resolve_is_unresolved_not_passed():
+    # at x = 1e-200 the gradient 0.5 * dout cannot be seen in f = log(2) + 0.5 x: no step short of
+    # 1e-190 relative moves f at all.  Neither the right gradient nor twice it may pass.
+    x = np.array([1e-200])
+    for factor in (1.0, 2.0):
+        report = check_op(softplus_forward, lambda d, c: factor * softplus_backward(d, c), [x], names=["x"])
+        entry = report["x"]
+        assert not report.ok and entry.status == "UNRESOLVED" and entry.unresolved == 1 and entry.failed == 0
+        assert "UNRESOLVED" in str(report) and any("UNRESOLVED" in note for note in entry.notes)
+    accepted = check_op(softplus_forward, softplus_backward, [x], atol=1.0)
+    assert accepted.ok and accepted.inputs[0].floor_only == 1    # the user's explicit floor lets it pass, flagged
+    # a subnormal input: the step rounds to nothing; no crash, and no pass
+    assert not check_op(softplus_forward, softplus_backward, [np.array([5e-324])]).ok
+
+
+def test_analytic_round_off_of_a_zero_gradient_is_in_the_bound():
+    # d/dx of sum(x - mean(x)) is exactly 0 in exact arithmetic; computed as 1 - the sum of seven
+    # 1/7 it is a few u.  Longer steps resolve the zero far below u, which must not fail the noise
+    # of the analytic gradient next to the O(1) gradient of w (as a model's loss that ignores some
+    # weight has a zero gradient made of round-off next to other weights' O(1) gradients).
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal(7), rng.standard_normal(5)
+    fn = lambda x, w: 100.0 + float(np.sum(x - np.mean(x))) + float(np.sum(w**2))
+    noisy_zero = np.ones(7) - np.full(7, np.sum(np.full(7, 1 / 7)))    # ~1e-16, not 0
+    assert np.any(noisy_zero != 0)
+    assert gradcheck(fn, [x, w], [noisy_zero, 2 * w]).ok
+    assert not gradcheck(fn, [x, w], [noisy_zero + 1e-6, 2 * w]).ok
+
+
+@pytest.mark.parametrize("kink_at", [1.2, 1.5, 1.9])
+def test_a_kink_between_the_steps_does_not_fail_a_right_gradient(kink_at):
+    # relu with x_0 between h and 2h: D(h) is exact, D(2h) is not, and extrapolating from the two
+    # made the right gradient fail.  Richardson now needs the differences to shrink like h^2.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(8)
+    x /= np.sqrt(np.mean(x**2))                  # rms 1: the step h is eps = 1e-4
+    x[0] = kink_at * 1e-4
+    relu_sum = lambda v: float(np.sum(np.maximum(v, 0.0)))
+    assert gradcheck(relu_sum, [x], [(x > 0).astype(float)]).ok
+    wrong = (x > 0).astype(float)
+    wrong[0] = 0.0
+    report = gradcheck(relu_sum, [x], [wrong])
+    assert not report.ok and report.inputs[0].worst_index == (0,)
+
+
+# ----- misuse is refused clearly, and nothing is left changed ------------------------------------------
+
+def test_an_op_that_changes_its_arguments_in_place_is_refused_and_the_inputs_restored():
+    x = np.random.default_rng(0).standard_normal(5)
+    before = x.copy()
+
+    def scale_dout_in_place(dout, cache):
+        dout *= 3.0                      # the values are right for y = 3x; the habit is not
+        return dout
+
+    with pytest.raises(ValueError, match="backward changed its argument dout in place"):
+        check_op(lambda v: (3.0 * v, None), scale_dout_in_place, [x])
+
+    def centre_in_place(v):
+        v -= v.mean()
+        return v.copy(), None
+
+    with pytest.raises(ValueError, match="forward changed input 'x' in place"):
+        check_op(centre_in_place, lambda d, c: d - d.mean(), [x], names=["x"])
+    assert np.array_equal(x, before)
+
+    def clobber_cache(dout, cache):
+        cache[...] = 0.0                 # the cache is the input itself
+        return 2.0 * dout * 0.0
+
+    with pytest.raises(ValueError, match="backward changed input 'input0' in place"):
+        check_op(lambda v: (v * v, v), clobber_cache, [x])
+    assert np.array_equal(x, before)
+
+
+@pytest.mark.parametrize("caller", ["gradcheck", "check_op"])
+def test_the_inputs_are_restored_when_the_function_raises_mid_check(caller):
+    x = np.array([1.0, 2.0, 3.0])
+    calls = []
+
+    def fails_on_third_call(v):
+        calls.append(1)
+        if len(calls) == 3:             # after the two determinism evaluations: mid-probe
+            raise RuntimeError("boom")
+        return v * v
+
+    with pytest.raises(RuntimeError, match="boom"):
+        if caller == "gradcheck":
+            gradcheck(lambda v: float(np.sum(fails_on_third_call(v))), [x], [2 * x])
+        else:
+            calls.append(1)             # check_op's own forward call counts too
+            check_op(lambda v: (fails_on_third_call(v), None), lambda d, c: 2 * x * d, [x])
+    assert np.array_equal(x, [1.0, 2.0, 3.0])
+
+
+def test_a_random_direction_that_fails_is_named_not_a_passing_entry():
+    rng = np.random.default_rng(1)
+    x, c = rng.standard_normal(3000), rng.standard_normal(3000)
+    grad = c * (1 - np.tanh(x) ** 2)
+    wrong = grad.copy()
+    wrong[np.argmax(np.abs(grad))] *= 1.01
+    report = gradcheck(lambda v: float(np.sum(np.tanh(v) * c)), [x], [wrong], names=["x"], seed=2)
+    entry = report["x"]
+    assert not report.ok and entry.worst_direction > 0 and entry.worst.startswith("direction")
+    assert entry.worst_index == () and "direction" in str(report)
+    assert any("among the" in note and "method=\"entries\"" in note for note in entry.notes)
+
+
+def test_a_0d_input_is_checked():
+    x = np.array(0.7)
+    assert gradcheck(lambda v: float(np.sin(v)), [x], [np.cos(x)]).ok
+    assert not gradcheck(lambda v: float(np.sin(v)), [x], [np.cos(x) + 0.1]).ok
+
+
+def test_a_random_function_is_refused_before_any_probe():
+    x = np.random.default_rng(0).standard_normal(6)
+    rng = np.random.default_rng(1)
+    dropout = lambda v: float(np.sum(v * (rng.random(v.shape) > 0.5)))
+    with pytest.raises(ValueError, match="deterministic"):
+        gradcheck(dropout, [x], [np.ones(6)])
+
+
+def test_a_function_that_ignores_its_inputs_is_pointed_out():
+    x, other = np.random.default_rng(0).standard_normal(4), np.ones(4)
+    report = gradcheck(lambda v: float(np.sum(other**2)), [x], [2 * x])
+    assert not report.ok and any("f did not change at all" in note for note in report.inputs[0].notes)
+
+
+def test_strict_raises_on_warnings_and_close_values_are_printed_apart():
+    x = np.random.default_rng(5).standard_normal((3, 4))
+    fn = lambda v: float(np.sum(v**2))
+    floor_pass = gradcheck(fn, [x], [2 * x * 1.5], atol=1e3)
+    floor_pass.raise_if_failed()                         # passes, with a warning
+    with pytest.raises(AssertionError, match="strict"):
+        floor_pass.raise_if_failed(strict=True)
+    near = gradcheck(fn, [x], [2 * x * (1 + 1e-6)])
+    entry = near.inputs[0]
+    row = next(line for line in str(near).splitlines() if line.startswith("input0"))
+    shown_a, shown_n = row.split()[-3], row.split()[-2]
+    assert shown_a != shown_n and float(shown_a) == pytest.approx(entry.analytic_at_worst, rel=1e-6)
+
+
+def _pair(v):
+    return v * 2.0, None
+
+
+MISUSES = [
+    ("inputs a bare array", lambda x: check_op(_pair, lambda d, c: 2 * d, x), TypeError, "one array: inputs=[x]"),
+    ("gradcheck inputs a bare array", lambda x: gradcheck(lambda v: float(v.sum()), x, [np.ones(3)]), TypeError,
+     "inputs must be a list or tuple"),
+    ("backward returns None for an input", lambda x: check_op(lambda a, b: (a * b, (a, b)),
+                                                             lambda d, c: (d * c[1], None), [x, x.copy()]),
+     ValueError, "returned None for 'input1'"),
+    ("wrt out of range", lambda x: check_op(_pair, lambda d, c: 2 * d, [x], wrt=[0, 2]), ValueError,
+     "wrt names input indices [2]"),
+    ("wrt twice", lambda x: check_op(_pair, lambda d, c: 2 * d, [x], wrt=[0, 0]), ValueError, "each input once"),
+    ("wrt an int", lambda x: check_op(_pair, lambda d, c: 2 * d, [x], wrt=0), TypeError, "wrt must be a list"),
+    ("names too short", lambda x: check_op(lambda a, b: (a * b, (a, b)), lambda d, c: (d * c[1], d * c[0]),
+                                           [x, x.copy()], names=["x"]), ValueError, "names has 1 entries for 2"),
+    ("forward returns out only", lambda x: check_op(lambda v: v * 2.0, lambda d, c: 2 * d, [x]), TypeError,
+     "forward must return a pair (out, cache)"),
+    ("forward returns several outputs", lambda x: check_op(lambda v: ((v, 2 * v), None), lambda d, c: d, [x]),
+     TypeError, "forward's out must be one floating-point array"),
+    ("extra_args a float", lambda x: check_op(lambda v, e: (v * e, e), lambda d, c: d * c, [x], extra_args=2.0),
+     TypeError, "extra_args must be a tuple"),
+    ("fn returns an array", lambda x: gradcheck(lambda v: v * 2.0, [x], [2 * x]), TypeError,
+     "fn must return one real number"),
+    ("fn returns None", lambda x: gradcheck(lambda v: None, [x], [2 * x]), TypeError, "fn must return one real"),
+    ("read-only input", lambda x: gradcheck(lambda v: float(v.sum()), [np.broadcast_to(x, (2, 3))],
+                                            [np.ones((2, 3))]), ValueError, "is read-only"),
+    ("the same array twice", lambda x: gradcheck(lambda a, b: float(np.sum(a * b)), [x, x], [x, x]), ValueError,
+     "share memory"),
+    ("seed -1", lambda x: gradcheck(lambda v: float(v.sum()), [x], [np.ones(3)], seed=-1), ValueError,
+     "seed must be a non-negative int"),
+    ("seed None", lambda x: gradcheck(lambda v: float(v.sum()), [x], [np.ones(3)], seed=None), ValueError,
+     "seed must be a non-negative int"),
+    ("complex gradient", lambda x: gradcheck(lambda v: float(v.sum()), [x], [np.ones(3) + 1j]), TypeError,
+     "must be a real array"),
+    ("names with a mapping", lambda x: gradcheck(lambda v: float(v.sum()), {"x": x}, {"x": np.ones(3)},
+                                                 names=["y"]), TypeError, "taken from the keys"),
+    ("grads with extra keys", lambda x: gradcheck(lambda v: float(v.sum()), {"x": x},
+                                                  {"x": np.ones(3), "w": np.ones(3)}), ValueError,
+     "not inputs: ['w']"),
+    ("float32 input", lambda x: gradcheck(lambda v: float(v.sum()), [x.astype(np.float32)], [np.ones(3)]),
+     TypeError, "x.astype(np.float64)"),
+]
+
+
+@pytest.mark.parametrize("case, call, error, message", MISUSES, ids=[m[0] for m in MISUSES])
+def test_misuse_is_refused_naming_what_is_expected(case, call, error, message):
+    x = np.array([1.0, -2.0, 0.5])
+    with pytest.raises(error, match=re.escape(message)):
+        call(x)
+    assert np.array_equal(x, [1.0, -2.0, 0.5])
+
+
+def test_friendly_forms_are_accepted():
+    x = np.array([1.0, -2.0, 0.5])
+    w = np.array([0.3, 0.2, -1.0])
+    two = lambda a, b: (a * b, (a, b))
+    as_list = check_op(two, lambda d, c: [d * c[1], d * c[0]], [x, w])             # a list of gradients
+    assert as_list.ok and len(as_list.inputs) == 2
+    assert gradcheck(lambda v: float(np.sum(v**2)), [x], [2 * x], eps=np.float32(1e-4), seed=np.int64(3)).ok
+    assert gradcheck(lambda v: np.array([np.sum(v**2)]), [x], [2 * x]).ok          # a one-element array

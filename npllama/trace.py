@@ -25,11 +25,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import difflib
 import fnmatch
 import io
 import json
+import numbers
 import os
 import sys
+import types
+import warnings
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -42,6 +46,7 @@ _active: contextvars.ContextVar["Trace | None"] = contextvars.ContextVar("npllam
 _NAMES_KEY = "__names__"
 _META_KEY = "__meta__"
 _FORMAT = "npllama-trace-1"
+_PEFT_PREFIX = "base_model.model."   # npllama.lora.PEFT_PREFIX (trace.py sits above lora.py)
 
 
 # The trace recording here, or None.  The ContextVar's own method (a C call): a debugger stepping
@@ -50,7 +55,14 @@ active_trace = _active.get
 
 
 class Trace:
-    """An ordered record name -> array (copies, so later in-place updates do not change it)."""
+    """An ordered record name -> array (copies, so later in-place updates do not change it).
+
+    One rule for every record, however it is made: the first time a name is recorded it is kept
+    under that name; when the same name comes again -- a second pass through the model inside the
+    same `trace()` block, e.g. each decode step of `model.generate` after the prefill, or a second
+    `loss_and_grads` -- the later values are kept too, under "pass2/<name>", "pass3/<name>", ...
+    Nothing is overwritten and nothing is dropped, and two traces of the same calls line up name
+    for name in `compare`."""
 
     def __init__(self, include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
                  meta: Mapping | None = None):
@@ -60,21 +72,55 @@ class Trace:
         self.exclude = list(exclude or [])
         self.records: dict[str, np.ndarray] = {}
         self.meta: dict = dict(meta or {})   # free-form notes (backend, dtype, tokens, ...), saved too
-        # record name -> the function that computed it (e.g. "npllama.kernels.attention.attention_forward")
+        # record name -> the function(s) that computed it (e.g. "npllama.kernels.attention.attention_forward")
         self.sources: dict[str, str] = dict(self.meta.pop("sources", {}) or {})
+        self._times_recorded: dict[str, int] = {}        # name -> how many passes recorded it so far
+        self._parameter_sources: dict[str, list[str]] = {}   # parameter name -> the backward(s) giving its gradient
 
     def wants(self, name: str) -> bool:
         if any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
             return False
         return self.include is None or any(fnmatch.fnmatchcase(name, p) for p in self.include)
 
-    def record(self, name: str, value) -> None:
-        if self.wants(name):
-            self.records[name] = np.array(value, copy=True)
+    def record(self, name: str, value, source: str | None = None) -> str | None:
+        """Keep a copy of `value` under `name` (or "pass<n>/<name>" when `name` was recorded
+        before: see the class docstring), if the include/exclude patterns want `name`.  Returns
+        the key it was stored under, or None when it was not wanted."""
+        if not self.wants(name):
+            return None
+        times = self._times_recorded.get(name, 0) + 1
+        self._times_recorded[name] = times
+        key = name if times == 1 else f"pass{times}/{name}"
+        self.records[key] = np.array(value, copy=True)
+        if source is not None:
+            self.sources[key] = source
+        return key
 
     def record_many(self, prefix: str, **named) -> None:
+        """Record each value as prefix + its keyword.  The model records every parameter's
+        gradient so ("d:" + parameter name), with the backward(s) that computed it as the source."""
         for symbol, value in named.items():
-            self.record(prefix + symbol, value)
+            self.record(prefix + symbol, value, source=self._source_of_parameter_gradient(prefix, symbol))
+
+    def note_parameter_gradient_source(self, parameter: str, function: str) -> None:
+        """The recorder's note that `function` (a backward) computed part of `parameter`'s gradient."""
+        functions = self._parameter_sources.setdefault(parameter, [])
+        if function not in functions:
+            functions.append(function)
+
+    def _source_of_parameter_gradient(self, prefix: str, name: str) -> str | None:
+        if prefix != "d:":
+            return None
+        # a LoRA adapter's gradient (PEFT name) comes from the backward of the projection it adapts
+        base = name
+        if name.startswith(_PEFT_PREFIX) and ".lora_" in name:
+            base = name[len(_PEFT_PREFIX):].split(".lora_")[0] + ".weight"
+        functions = self._parameter_sources.get(base)
+        if not functions:
+            return None
+        if len(functions) == 1:
+            return functions[0]
+        return "sum of " + " and ".join(functions) + f" ({base} is used more than once)"
 
     def recording_bindings(self, ops_in_force: dict, params: dict, config) -> dict:
         """Op functions that run the ops in force (the reference where `ops_in_force` has none) and
@@ -87,6 +133,11 @@ class Trace:
         try:
             return self.records[name]
         except KeyError:
+            if not self.records:
+                raise KeyError(f"{name!r}: the trace is empty -- nothing was recorded yet (a trace fills "
+                               f"while the model runs inside its `with` block"
+                               + (f"; its include patterns are {self.include}" if self.include else "")
+                               + ")") from None
             close = [n for n in self.records if name.split(".")[-1] in n][:5]
             raise KeyError(f"{name!r} was not recorded; recorded names include "
                            f"{close or list(self.records)[:5]}...") from None
@@ -117,9 +168,10 @@ class Trace:
 
     def select(self, *patterns: str) -> "Trace":
         """A new trace holding only the records whose names match one of the patterns (same arrays)."""
-        picked = Trace(meta=self.meta)
+        picked = Trace(self.include, self.exclude, meta=self.meta)
         picked.records = {n: a for n, a in self.records.items()
                           if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+        picked.sources = {n: s for n, s in self.sources.items() if n in picked.records}
         return picked
 
     # ----- looking at it -----------------------------------------------------------------------
@@ -194,11 +246,19 @@ class _Recorder:
     Names join the Hugging Face module path and the derivation's symbol (derivations/
     transformer_block.md): an op that takes a parameter is named by it (the linear with
     model.layers.0.self_attn.q_proj.weight computes model.layers.0.self_attn.q); rope and
-    attention take none and are named within the attention layer whose projections ran last.  A
-    backward op is named by the cache it is handed: its upstream gradient is "d:" + the name of
-    the forward's output.  Intermediates inside an op come from its cache (`cache.intermediates()`),
-    so under the Numba backend they are the kernel's own (the flash path keeps no attn_probs, and
-    none is recorded)."""
+    attention take none and are named within the attention layer whose projections ran last.
+    Intermediates inside an op come from its cache (`cache.intermediates()`), so under the Numba
+    backend they are the kernel's own (the flash path keeps no attn_probs, and none is recorded).
+
+    Gradients.  d:<name> is recorded where its value is complete: as the upstream gradient handed
+    to the backward of the op that computed <name> (a tensor read by several ops, such as the
+    normed input of q_proj, k_proj and v_proj, has its gradient summed in model.py before that).
+    Its source is what *produced* it: the backward of the op(s) that read <name> in the forward
+    pass, and the residual connection when <name> also fed one (see `gradient_source`) -- the
+    function to step into when d:<name> is the first divergence.  Gradients inside an op's
+    backward (d:attn_probs; the SwiGLU's d:gate, d:up, d:act) are caught where that backward
+    hands them to its inner step: the nested op the reference calls (softmax_backward,
+    swiglu_act_backward) or the kernel's row loop, re-bound for the call (`_observed`)."""
 
     LINEAR_SYMBOLS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "out",
                       "gate_proj": "gate", "up_proj": "up", "down_proj": "out"}
@@ -210,16 +270,24 @@ class _Recorder:
         reference = backend.ops("numpy")
         self.ops = {name: ops_in_force.get(name, getattr(reference, name)) for name in vars(reference)}
         self.module_of = {id(array): name[:-len(".weight")] for name, array in params.items()}
+        self.parameter_of = {id(array): name for name, array in params.items()}
         self.last_layer = config.num_hidden_layers - 1
-        self.output_of: dict[int, str] = {}   # id(cache) -> the name of the output it belongs to
-        self.scope = ""                       # "model.layers.i.self_attn."
+        self.output_of: dict[int, str] = {}       # id(cache) -> the name of the output it belongs to
+        self.parameters_of: dict[int, list] = {}  # id(cache) -> the parameters its forward was given
+        self.backward_of: dict[str, str] = {}     # output name -> the backward that ran for its op
+        self.recorded: set[str] = set()           # names this pass recorded (each once per pass)
+        self.scope = ""                           # "model.layers.i.self_attn."
         self.ropes_in_scope = 0
 
-    def record(self, name, value, fn):
-        if isinstance(value, (np.ndarray, np.generic)) and name not in self.trace.records:
-            self.trace.record(name, value)
-            if name in self.trace.records:
-                self.trace.sources[name] = f"{fn.__module__}.{fn.__qualname__}"
+    def record(self, name, value, source: str):
+        if isinstance(value, (np.ndarray, np.generic)) and name not in self.recorded:
+            self.recorded.add(name)
+            self.trace.record(name, value, source=source)
+
+    def record_gradient(self, name, value):
+        """d:<name>, credited to what produced it (`gradient_source`)."""
+        if "d:" + name not in self.recorded and self.trace.wants("d:" + name):
+            self.record("d:" + name, value, self.gradient_source(name))
 
     def bindings(self) -> dict:
         wrapped = {}
@@ -237,28 +305,168 @@ class _Recorder:
             if name is not None:
                 prefix = name.rsplit(".", 1)[0] + "."
                 for symbol, value in getattr(cache, "intermediates", dict)().items():
-                    self.record(prefix + symbol, value, fn)
-                self.record(name, out, fn)
+                    self.record(prefix + symbol, value, _qualname(fn))
+                self.record(name, out, _qualname(fn))
                 self.output_of[id(cache)] = name
+            self.parameters_of[id(cache)] = [self.parameter_of[id(a)] for a in args if id(a) in self.parameter_of]
             return out, cache
         return recorded_forward
 
     def backward(self, fn, op_name):
         def recorded_backward(dout, cache):
-            grads = fn(dout, cache)
             name = self.output_of.get(id(cache))
+            if name is not None:   # before the call: gradients recorded inside it are credited to it
+                self.backward_of[name] = _qualname(fn)
+            for parameter in self.parameters_of.get(id(cache), ()):
+                self.trace.note_parameter_gradient_source(parameter, _qualname(fn))
+            if name is not None and op_name != "cross_entropy_backward":   # (d:loss is 1: not kept)
+                # the upstream gradient, complete before this backward reads it
+                layer = name.split(".self_attn.")[0].split(".mlp.")[0] + "."
+                if name.endswith(".mlp.out"):        # out = h + mlp_out: both get the same gradient
+                    self.record_gradient(layer + "out", dout)
+                if name.endswith(".self_attn.out"):  # h = x + attn_out: likewise
+                    self.record_gradient(layer + "residual", dout)
+                self.record_gradient(name, dout)
+            run, cache = self._observed(fn, op_name, name, cache)
+            grads = run(dout, cache)
             if op_name == "cross_entropy_backward":
-                self.record("d:lm_head.out", grads, fn)
+                self.record("d:lm_head.out", grads, _qualname(fn))
             elif name is not None:
-                if name.endswith(".mlp.out"):   # out = h + mlp_out: the block's output gets the same gradient
-                    self.record("d:" + name[:-len("mlp.out")] + "out", dout, fn)
-                self.record("d:" + name, dout, fn)
                 if op_name == "attention_backward":
-                    prefix = "d:" + name.rsplit(".", 1)[0] + "."
-                    for symbol, grad in zip(("q_rot", "k_rot"), grads):   # d:v is recorded by v_proj's backward
-                        self.record(prefix + symbol, grad, fn)
+                    prefix = name.rsplit(".", 1)[0] + "."
+                    # (d:v is recorded by v_proj's backward, in the projection's layout)
+                    for symbol, grad in zip(("q_rot", "k_rot"), grads):
+                        self.record_gradient(prefix + symbol, grad)
             return grads
         return recorded_backward
+
+    # ----- where a gradient comes from --------------------------------------------------------
+    def consumers(self, name: str) -> tuple[list[str], str | None]:
+        """Who read `name` in a Llama's forward pass: the outputs of the ops that took it as input,
+        and the tensor it was added into by a residual connection (whose gradient reaches it
+        unchanged), or None."""
+        if name == "lm_head.out":
+            return ["loss"], None
+        if name == "model.norm.out":
+            return ["lm_head.out"], None
+        if name == "model.embed_tokens.out" or (name.startswith("model.layers.") and name.count(".") == 3
+                                                and name.endswith(".out")):
+            i = 0 if name == "model.embed_tokens.out" else int(name.split(".")[2]) + 1
+            if i > self.last_layer:
+                return ["model.norm.out"], None
+            return [f"model.layers.{i}.input_layernorm.out"], f"model.layers.{i}.residual"
+        layer, _, step = name.partition(".self_attn.")
+        if step:
+            a = layer + ".self_attn."
+            inside = {"q": [a + "q_rot"], "k": [a + "k_rot"], "q_rot": [a + "attn"], "k_rot": [a + "attn"],
+                      "v": [a + "attn"], "attn_probs": [a + "attn"], "attn": [a + "out"]}
+            if step == "out":
+                return [], layer + ".residual"
+            return inside.get(step, []), None
+        layer, _, step = name.partition(".mlp.")
+        if step:
+            return ([], layer + ".out") if step == "out" else ([layer + ".mlp.out"], None)
+        layer, _, step = name.rpartition(".")
+        if step == "out" and layer.endswith(".input_layernorm"):
+            attn = layer[:-len("input_layernorm")] + "self_attn."
+            return [attn + "q", attn + "k", attn + "v"], None
+        if step == "out" and layer.endswith(".post_attention_layernorm"):
+            return [layer[:-len("post_attention_layernorm")] + "mlp.out"], None
+        if step == "residual":
+            return [layer + ".post_attention_layernorm.out"], layer + ".out"
+        return [], None
+
+    def gradient_source(self, name: str) -> str:
+        """The function(s) whose backward produced d:<name>, in words."""
+        consumers, residual = self.consumers(name)
+        ran = [(c, self.backward_of[c]) for c in consumers if c in self.backward_of]
+        functions = list(dict.fromkeys(fn for _, fn in ran))
+        if len(functions) == 1 and len(ran) > 1:   # e.g. the three projections of the normed input
+            parts = [f"{functions[0]}'s dx for {', '.join(_module(c) for c, _ in ran)}"]
+        else:
+            parts = [f"{fn} (for {c})" if residual or len(ran) > 1 else fn for c, fn in ran]
+        if residual is None:
+            return " + ".join(parts) if len(parts) > 1 else (parts[0] if parts else "(unknown)")
+        through = f"d:{residual}, passed back by the residual connection"
+        if not parts:   # only the residual reads it: its gradient is the residual's own
+            return f"{through} ({self.gradient_source(residual)})"
+        return "sum of " + " and ".join(parts) + f" and {through}"
+
+    # ----- gradients inside an op's backward -------------------------------------------------
+    def _observed(self, fn, op_name, name, cache):
+        """(fn, cache), or fn re-bound -- the function's own code, with one inner name pointing at
+        a recording wrapper -- so that the gradient the backward hands its inner step is recorded
+        as it runs.  Only while tracing; the op's code is not changed."""
+        if name is None or op_name not in ("attention_backward", "swiglu_backward"):
+            return fn, cache
+        prefix = name.rsplit(".", 1)[0] + "."
+        if op_name == "attention_backward":
+            wanted = self.trace.wants("d:" + prefix + "attn_probs")
+            inner = {"softmax_backward": self._softmax_backward_observer,
+                     "_softmax_backward_rows": self._kernel_softmax_rows_observer,
+                     "_softmax_backward_rows_given": self._kernel_softmax_rows_observer}
+        else:
+            wanted = any(self.trace.wants(f"d:{prefix}{s}") for s in ("gate", "up", "act"))
+            inner = {"swiglu_act_backward": self._swiglu_act_backward_observer,
+                     "_silu_mul_halves_backward": self._kernel_silu_observer}
+        if not wanted:
+            return fn, cache
+        if hasattr(cache, "act_backward"):   # LoRA's SwiGLU carries the SiLU-gate backward it pairs with
+            observer = self._swiglu_act_backward_observer(cache.act_backward, prefix, cache, fn)
+            return fn, cache._replace(act_backward=observer)
+        found = {n: make for n, make in inner.items()
+                 if isinstance(fn, types.FunctionType) and n in fn.__code__.co_names and n in fn.__globals__}
+        if not found:   # an override with other inner steps: d:<inner> is not recorded for it
+            return fn, cache
+        observers = {n: make(fn.__globals__[n], prefix, cache, fn) for n, make in found.items()}
+        return _rebound(fn, observers), cache
+
+    def _softmax_backward_observer(self, softmax_backward, prefix, cache, op):
+        def observed_softmax_backward(d_attn_probs, attn_probs, *args, **kwargs):
+            self.record("d:" + prefix + "attn_probs", _where_attended(d_attn_probs, attn_probs), _qualname(op))
+            return softmax_backward(d_attn_probs, attn_probs, *args, **kwargs)
+        return observed_softmax_backward
+
+    def _swiglu_act_backward_observer(self, swiglu_act_backward, prefix, cache, op):
+        def observed_swiglu_act_backward(dact, act_cache):
+            self.record("d:" + prefix + "act", dact, _qualname(op))
+            dgate, dup = swiglu_act_backward(dact, act_cache)
+            inner = f"{_qualname(swiglu_act_backward)} (inside {_qualname(op)})"
+            self.record("d:" + prefix + "gate", dgate, inner)
+            self.record("d:" + prefix + "up", dup, inner)
+            return dgate, dup
+        return observed_swiglu_act_backward
+
+    def _kernel_silu_observer(self, rows_backward, prefix, cache, op):
+        """The Numba SwiGLU: dact (N, F) in, [dgate | dup] (N, 2F) written in place."""
+        lead = cache.shape[:-1]
+
+        def observed_rows(dact, gate_up, d_gate_up):
+            rows_backward(dact, gate_up, d_gate_up)
+            F = dact.shape[1]
+            self.record("d:" + prefix + "act", dact.reshape(*lead, F), _qualname(op))
+            self.record("d:" + prefix + "gate", d_gate_up[:, :F].reshape(*lead, F), _qualname(op))
+            self.record("d:" + prefix + "up", d_gate_up[:, F:].reshape(*lead, F), _qualname(op))
+        return observed_rows
+
+    def _kernel_softmax_rows_observer(self, rows_backward, prefix, cache, op):
+        """The Numba attention: block by block, d attn_probs arrives in the array the row loop
+        overwrites with d scores; each block is copied in before, zeros where a causal block
+        skipped keys (as the forward's attn_probs)."""
+        B, H, T, _ = cache.shape
+        KVH, S = cache.k.shape[1], cache.k.shape[2]
+        d_attn_probs = np.zeros((B, KVH, H // KVH * T, S), dtype=cache.k.dtype)
+        blocks = iter(cache.blocks)
+        left = [len(cache.blocks)]
+
+        def observed_rows(attn_probs, d_scores, *args):
+            r0, r1, n_keys = next(blocks)
+            d_attn_probs[:, :, r0:r1, :n_keys] = _where_attended(d_scores, attn_probs)
+            left[0] -= 1
+            if left[0] == 0:
+                self.record("d:" + prefix + "attn_probs", d_attn_probs.reshape(B, H, T, S), _qualname(op))
+            return rows_backward(attn_probs, d_scores, *args)
+        return observed_rows
 
     # ----- one namer per op: the record name of its output, from its arguments -------------------
     def name_embedding(self, tokens, weight):
@@ -273,11 +481,11 @@ class _Recorder:
             i = int(layer.rsplit(".", 1)[1])
             self.scope, self.ropes_in_scope = layer + ".self_attn.", 0
             if i > 0:  # the previous block's output is this norm's input
-                self.record(f"model.layers.{i - 1}.out", x, self.ops["rmsnorm_forward"])
+                self.record(f"model.layers.{i - 1}.out", x, _BLOCK_OUT)
         elif module.endswith(".post_attention_layernorm"):
-            self.record(layer + ".residual", x, self.ops["rmsnorm_forward"])
+            self.record(layer + ".residual", x, _BLOCK_RESIDUAL)
         elif module == "model.norm":
-            self.record(f"model.layers.{self.last_layer}.out", x, self.ops["rmsnorm_forward"])
+            self.record(f"model.layers.{self.last_layer}.out", x, _BLOCK_OUT)
         return module + ".out"
 
     def name_linear(self, x, weight):
@@ -307,15 +515,55 @@ class _Recorder:
         return "loss"
 
 
+# The residual sums are plain additions in npllama.model.block_forward, not ops.
+_BLOCK_OUT = "npllama.model.block_forward (out = h + mlp_out)"
+_BLOCK_RESIDUAL = "npllama.model.block_forward (h = x + attn_out)"
+
+
+def _where_attended(d_attn_probs, attn_probs):
+    """d attn_probs where a key was attended (attn_probs > 0), 0 where it was masked: no gradient
+    passes the softmax there, and the kernels do not compute it for the keys a block skips, so
+    both backends record the same tensor."""
+    return np.where(attn_probs > 0, d_attn_probs, 0).astype(d_attn_probs.dtype, copy=False)
+
+
+def _qualname(fn) -> str:
+    return f"{getattr(fn, '__module__', None) or '?'}.{getattr(fn, '__qualname__', None) or repr(fn)}"
+
+
+def _module(name: str) -> str:
+    """"model.layers.0.self_attn.q" -> "self_attn.q" (a record's place within its layer)."""
+    parts = name.split(".")
+    return ".".join(parts[3:]) if name.startswith("model.layers.") and len(parts) > 3 else name
+
+
+def _rebound(fn, names: dict):
+    """A copy of fn (same code) whose global names in `names` refer to the given functions."""
+    copy = types.FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
+    copy.__kwdefaults__, copy.__qualname__ = fn.__kwdefaults__, fn.__qualname__
+    return copy
+
+
 @contextlib.contextmanager
 def trace(include: Iterable[str] | None = None, exclude: Iterable[str] | None = None):
-    """Record the named tensors of every forward/backward pass run inside the block."""
+    """Record the named tensors of every forward/backward pass run inside the block.
+
+    Nested blocks: while an inner block is open, records go to it alone (the innermost trace).
+    An include pattern that matched nothing by the end of the block is warned about (names start
+    with "model.", "lm_head." or "d:", so 'layers.0.*' matches nothing)."""
     t = Trace(include, exclude)
     token = _active.set(t)
     try:
         yield t
     finally:
         _active.reset(token)
+    for pattern in t.include or ():
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in t._times_recorded):
+            warnings.warn(f"trace include pattern {pattern!r} matched no record; names look like "
+                          f"'model.layers.0.self_attn.q' and 'd:model.layers.0.out'"
+                          + (f" (did you mean 'model.{pattern}'?)" if pattern.startswith("layers.") else ""),
+                          stacklevel=3)
 
 
 # ----- comparing two traces: where do they first disagree? -------------------------------------
@@ -361,6 +609,7 @@ class Comparison:
     atol: float | None
     labels: tuple = ("a", "b")
     traces: tuple = dataclasses.field(default=(), repr=False)   # (a, b) as Trace objects, to save or inspect
+    notes: list = dataclasses.field(default_factory=list)      # differences in how a and b were run
 
     @property
     def first(self) -> TensorDiff | None:
@@ -397,6 +646,7 @@ class Comparison:
     def __str__(self) -> str:
         a, b = self.labels
         lines = [f"compared {len(self.diffs)} tensors ({a} vs {b}); tolerance: {self.tolerance()}"]
+        lines += [f"NOTE: {note}" for note in self.notes]
         if self.only_in_a or self.only_in_b:
             examples = [f"{names[0]}" for names in (self.only_in_a, self.only_in_b) if names]
             lines.append(f"not compared (recorded on one side only): {len(self.only_in_a)} only in {a}, "
@@ -415,13 +665,13 @@ class Comparison:
             lines.append(f"  all {index} tensors recorded before it agree (the last one, {before.name}, to a "
                          f"relative error of {before.rel_err:.2e}):")
             lines.append(f"  suspect the step that computes {first.name}")
+        else:
+            lines.append("  it is the first tensor compared: suspect the inputs (tokens, parameters) or "
+                         "the very first op")
         sources = {label: t.sources[first.name] for label, t in zip(self.labels, self.traces)
                    if isinstance(t, Trace) and first.name in t.sources}
         if sources:
             lines.append("  computed by " + "; ".join(f"{fn} (in {label})" for label, fn in sources.items()))
-        else:
-            lines.append("  it is the first tensor compared: suspect the inputs (tokens, parameters) or "
-                         "the very first op")
         later = len(self.diverged) - 1
         if later:
             lines.append(f"  {later} later tensors differ too (most likely as a consequence)")
@@ -439,16 +689,56 @@ def compare(a, b, rtol: float = 1e-5, atol: float | None = None, names: Iterable
     `names` restricts the walk (in that order).  `Comparison.first` is the first divergence.
     """
     a, b = _as_trace(a, "a"), _as_trace(b, "b")
-    if not (isinstance(rtol, (int, float)) and rtol >= 0):
+    if not _is_tolerance(rtol):
         raise ValueError(f"rtol must be a number >= 0, got {rtol!r}")
-    if atol is not None and not (isinstance(atol, (int, float)) and atol >= 0):
+    if atol is not None and not _is_tolerance(atol):
         raise ValueError(f"atol must be None or a number >= 0, got {atol!r}")
+    rtol, atol = float(rtol), None if atol is None else float(atol)
+    if isinstance(names, str):
+        raise TypeError("names must be a list of record names, not a single string")
     order = list(names) if names is not None else a.names()
+    if names is not None:
+        missing = [n for n in order if n not in a.records and n not in b.records]
+        if missing:
+            raise ValueError(f"names holds {missing[0]!r}, recorded in neither trace"
+                             + _close_names(missing[0], a))
     diffs = [diff_tensors(n, a.records[n], b.records[n], rtol, atol)
              for n in order if n in a.records and n in b.records]
     only_a = [n for n in order if n in a.records and n not in b.records]
     only_b = [n for n in b.names() if n not in a.records]
-    return Comparison(diffs, only_a, only_b, rtol, atol, tuple(labels), (a, b))
+    if not diffs:   # "no divergence" would be a lie: nothing was looked at
+        raise ValueError(f"nothing to compare: no tensor is recorded in both traces ({labels[0]}: "
+                         f"{len(a)} records, {labels[1]}: {len(b)})" + _patterns_of(a, b))
+    return Comparison(diffs, only_a, only_b, rtol, atol, tuple(labels), (a, b), _run_notes(a, b, labels))
+
+
+def _is_tolerance(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= 0  # NaN fails too
+
+
+def _close_names(name: str, t: Trace) -> str:
+    close = difflib.get_close_matches(name, t.names(), n=3)
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+def _patterns_of(a: Trace, b: Trace) -> str:
+    patterns = {tuple(t.include) for t in (a, b) if t.include is not None}
+    if not patterns:
+        return ""
+    return (f"; they were recorded with include={list(next(iter(patterns)))}, which may match no name "
+            f"(names look like 'model.layers.0.self_attn.q' and 'd:model.layers.0.out')")
+
+
+def _run_notes(a: Trace, b: Trace, labels) -> list[str]:
+    """What differs in how the two traces were made, said before any tensor: different tokens make
+    every tensor differ; a different dtype makes round-off of that dtype's size expected."""
+    notes = []
+    for key, what in (("tokens", "different tokens"), ("dtype", "different dtypes")):
+        if key in a.meta and key in b.meta and a.meta[key] != b.meta[key]:
+            shown = [str(t.meta[key]) for t in (a, b)]
+            shown = [s if len(s) <= 60 else s[:57] + "..." for s in shown]
+            notes.append(f"the traces ran {what}: {labels[0]} {shown[0]}, {labels[1]} {shown[1]}")
+    return notes
 
 
 def first_divergence(a, b, rtol: float = 1e-5, atol: float | None = None) -> TensorDiff | None:

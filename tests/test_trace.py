@@ -101,7 +101,7 @@ def test_numpy_and_numba_traces_agree():
 
 def test_include_and_exclude_patterns():
     model = tiny_model()
-    t, _, _ = traced(model, include=["*.attn_probs", "d:*.q_rot"])
+    t, _, _ = traced(model, include=["model.*.attn_probs", "d:*.q_rot"])
     assert t.names() == ["model.layers.0.self_attn.attn_probs", "model.layers.1.self_attn.attn_probs",
                          "d:model.layers.1.self_attn.q_rot", "d:model.layers.0.self_attn.q_rot"]
     t, _, _ = traced(model, exclude=["d:*", "*.mlp.*"])

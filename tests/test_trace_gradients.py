@@ -1,0 +1,230 @@
+"""Gradient records: which function each d:<name> is credited to, the gradients inside an op's
+backward (SwiGLU's gate/up/act, attention's attn_probs, the residual), and what compare says."""
+import warnings
+
+import numpy as np
+import pytest
+
+import npllama
+from npllama import Llama, LlamaConfig, use_backend, use_op
+from npllama.ops import attention_backward, linear_backward, rmsnorm_backward, rope_backward
+from npllama.trace import compare
+
+CONFIG = LlamaConfig(vocab_size=13, hidden_size=8, intermediate_size=12, num_hidden_layers=2,
+                     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+TOKENS = np.array([[1, 5, 7, 2, 9], [3, 3, 8, 1, 4]])
+TARGETS = np.array([[5, 7, 2, 9, 1], [3, 8, 1, 4, -100]])
+
+
+def model(dtype=np.float64):
+    m = Llama(CONFIG, seed=0, dtype=dtype)
+    rng = np.random.default_rng(1)
+    for p in m.params.values():   # move the unit norm weights so every gradient is exercised
+        p += (0.3 * rng.standard_normal(p.shape)).astype(dtype)
+    return m
+
+
+def traced(m, backend="numpy", tokens=TOKENS, targets=TARGETS, **patterns):
+    with use_backend(backend), npllama.trace(**patterns) as t:
+        m.loss_and_grads(tokens, targets)
+    return t
+
+
+# ----- 1. "computed by" names the function that produced a gradient ----------------------------
+
+def rmsnorm_backward_planted(dy, cache):
+    dx, dweight = rmsnorm_backward(dy, cache)
+    return dx * 1.01, dweight
+
+
+def linear_backward_planted(dy, cache):
+    dx, dweight = linear_backward(dy, cache)
+    return dx * 1.01, dweight
+
+
+def attention_backward_planted(dout, cache):
+    dq, dk, dv = attention_backward(dout, cache)
+    return dq, dk, dv * 1.01
+
+
+def rope_backward_planted(dy, cache):
+    return rope_backward(dy, cache) * 1.01
+
+
+@pytest.mark.parametrize("op_name, planted, first", [
+    ("rmsnorm_backward", rmsnorm_backward_planted, "d:model.layers.1.out"),      # model.norm's dx
+    ("linear_backward", linear_backward_planted, "d:model.norm.out"),            # lm_head's dx
+    ("attention_backward", attention_backward_planted, "d:model.layers.1.self_attn.v"),
+    ("rope_backward", rope_backward_planted, "d:model.layers.1.self_attn.q"),
+])
+def test_the_first_divergent_gradient_names_the_planted_backward(op_name, planted, first):
+    m = model()
+    good = traced(m)
+    with use_op(op_name, planted):
+        bad = traced(m)
+    report = compare(good, bad, rtol=1e-6, labels=("good", "bad"))
+    assert report.first.name == first
+    assert planted.__qualname__ in bad.sources[first]
+    assert f"computed by" in str(report) and planted.__qualname__ in str(report)
+
+
+def test_gradient_sources_follow_the_forward_readers_and_say_when_a_residual_adds_in():
+    t = traced(model())
+    assert t.sources["d:model.norm.out"] == "npllama.ops.linear.linear_backward"
+    assert t.sources["d:model.layers.1.post_attention_layernorm.out"] == "npllama.ops.swiglu.swiglu_backward"
+    assert t.sources["d:model.layers.1.self_attn.q_rot"] == "npllama.ops.attention.attention_backward"
+    three = t.sources["d:model.layers.0.input_layernorm.out"]
+    assert "linear_backward" in three and all(f"self_attn.{p}" in three for p in "qkv")
+    # a tensor read by a norm and by a residual sum: both named
+    between = t.sources["d:model.layers.0.out"]
+    assert between.startswith("sum of npllama.ops.rmsnorm.rmsnorm_backward") and "residual" in between
+    assert "d:model.layers.1.residual" in between
+    # parameters: the backward that computed each
+    assert t.sources["d:model.layers.0.mlp.up_proj.weight"] == "npllama.ops.swiglu.swiglu_backward"
+    assert t.sources["d:model.norm.weight"] == "npllama.ops.rmsnorm.rmsnorm_backward"
+    assert t.sources["d:model.embed_tokens.weight"] == "npllama.ops.embedding.embedding_backward"
+
+
+def test_tied_embeddings_credit_both_backwards_of_the_shared_matrix():
+    m = Llama(LlamaConfig(vocab_size=13, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+                          tie_word_embeddings=True), seed=0, dtype=np.float64)
+    t = traced(m)
+    source = t.sources["d:model.embed_tokens.weight"]
+    assert "embedding_backward" in source and "linear_backward" in source
+
+
+def test_select_keeps_sources():
+    t = traced(model())
+    picked = t.select("d:*.attn_probs")
+    assert picked.names() and all(picked.sources[n] == t.sources[n] for n in picked.names())
+
+
+# ----- 9. gradients inside SwiGLU and attention, and the residual -----------------------------
+
+def silu(z):
+    return z / (1 + np.exp(-z))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_gradients_inside_swiglu_attention_and_the_residual_are_recorded(backend):
+    m = model()
+    t = traced(m, backend)
+    p = "model.layers.0."
+    W_down = m.params[p + "mlp.down_proj.weight"]
+    gate, up = t[p + "mlp.gate"], t[p + "mlp.up"]
+    d_act = t[f"d:{p}mlp.out"] @ W_down
+    np.testing.assert_allclose(t[f"d:{p}mlp.act"], d_act, rtol=1e-10, atol=1e-14)
+    s = 1 / (1 + np.exp(-gate))
+    np.testing.assert_allclose(t[f"d:{p}mlp.gate"], d_act * up * s * (1 + gate * (1 - s)), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(t[f"d:{p}mlp.up"], d_act * silu(gate), rtol=1e-10, atol=1e-14)
+    # h = x + attn_out: dattn_out = dh
+    np.testing.assert_array_equal(t[f"d:{p}residual"], t[f"d:{p}self_attn.out"])
+    # a = attn_probs v: d attn_probs = da v^T where a key was attended, 0 where it was masked
+    B, T = TOKENS.shape
+    v = t[p + "self_attn.v"].reshape(B, T, 1, -1).transpose(0, 2, 1, 3)      # one kv head
+    probs = t[p + "self_attn.attn_probs"]
+    expected = np.where(probs > 0, t[f"d:{p}self_attn.attn"] @ v.swapaxes(-1, -2), 0)
+    np.testing.assert_allclose(t[f"d:{p}self_attn.attn_probs"], expected, rtol=1e-10, atol=1e-14)
+
+
+def test_numpy_and_numba_record_the_same_gradients_with_blocked_causal_attention():
+    m = model(np.float32)
+    rng = np.random.default_rng(0)
+    tokens, targets = rng.integers(0, 13, (2, 30)), rng.integers(0, 13, (2, 30))   # several query blocks
+    a = traced(m, "numpy", tokens, targets, include=["d:*"])
+    b = traced(m, "numba", tokens, targets, include=["d:*"])
+    assert a.names() == b.names()
+    assert "d:model.layers.1.self_attn.attn_probs" in a and "d:model.layers.1.mlp.gate" in a
+    assert compare(a, b, rtol=1e-3).ok
+
+
+# ----- 2. the comparison's report ---------------------------------------------------------------
+
+def test_a_divergence_at_the_first_tensor_says_so_and_names_its_source():
+    a, b = npllama.trace.Trace(), npllama.trace.Trace()
+    a.record("x", np.ones(3), source="f")
+    b.record("x", np.zeros(3), source="g")
+    text = str(compare(a, b))
+    assert "it is the first tensor compared" in text and "computed by f (in a); g (in b)" in text
+    a.record("y", np.ones(2))
+    b.record("y", np.ones(2))
+    a2, b2 = npllama.trace.Trace(), npllama.trace.Trace()
+    for t, value in ((a2, 1.0), (b2, 2.0)):
+        t.record("first", np.ones(2))
+        t.record("second", np.full(2, value), source="h")
+    text = str(compare(a2, b2))
+    assert "first tensor compared" not in text and "computed by h" in text
+
+
+def test_compare_says_up_front_when_the_traces_ran_different_tokens_or_dtypes():
+    m = model()
+    a, b = traced(m), traced(m, tokens=TOKENS[:, ::-1].copy())
+    a.meta.update(tokens=TOKENS.tolist(), dtype="float64")
+    b.meta.update(tokens=TOKENS[:, ::-1].tolist(), dtype="float32")
+    lines = str(compare(a, b)).splitlines()
+    assert lines[1].startswith("NOTE: the traces ran different tokens")
+    assert lines[2].startswith("NOTE: the traces ran different dtypes")
+    assert not any("NOTE" in line for line in str(compare(a, a)).splitlines())
+
+
+# ----- 4. an empty comparison is an error; a pattern matching nothing is warned about ---------
+
+def test_comparing_nothing_is_an_error_naming_the_patterns():
+    m = model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = (traced(m, include=["layers.0.*"]) for _ in range(2))
+    with pytest.raises(ValueError, match=r"nothing to compare.*include=\['layers.0.\*'\]"):
+        compare(a, b)
+
+
+def test_an_include_pattern_that_matched_nothing_is_warned_about():
+    m = model()
+    with pytest.warns(UserWarning, match=r"'layers.0.\*' matched no record.*did you mean 'model.layers.0.\*'"):
+        traced(m, include=["layers.0.*", "loss"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        traced(m, include=["model.layers.0.*"])
+
+
+def test_compare_accepts_numpy_tolerances_and_refuses_unknown_names():
+    t = traced(model())
+    assert compare(t, t, rtol=np.float32(1e-4), atol=np.float64(0)).ok
+    with pytest.raises(ValueError, match="'los', recorded in neither trace.*'loss'"):
+        compare(t, t, names=["loss", "los"])
+    with pytest.raises(ValueError, match="rtol"):
+        compare(t, t, rtol=True)
+
+
+def test_reading_an_empty_trace_says_it_is_empty():
+    with npllama.trace() as t:
+        with pytest.raises(KeyError, match="the trace is empty"):
+            t["loss"]
+
+
+# ----- 5. several passes in one trace --------------------------------------------------------
+
+def test_a_second_pass_is_recorded_under_a_pass_prefix_for_both_kinds_of_record():
+    m = model()
+    other = (TOKENS[:, ::-1].copy(), TARGETS)
+    with use_backend("numpy"), npllama.trace() as t:
+        loss1, grads1 = m.loss_and_grads(TOKENS, TARGETS)
+        loss2, grads2 = m.loss_and_grads(*other)
+    w = "model.layers.0.mlp.up_proj.weight"
+    assert float(t["loss"]) == loss1 and float(t["pass2/loss"]) == loss2
+    np.testing.assert_array_equal(t["d:" + w], grads1[w])          # op records and d:<param> alike:
+    np.testing.assert_array_equal(t["pass2/d:" + w], grads2[w])    # the first pass under the plain name
+    single = traced(m)
+    assert [n for n in t.names() if not n.startswith("pass")] == single.names()
+    assert t.sources["pass2/d:" + w] == single.sources["d:" + w]
+
+
+def test_generate_records_the_prefill_then_each_decode_step():
+    m = model()
+    with npllama.trace(include=["lm_head.out"]) as t:
+        m.generate([1, 5, 9], max_new_tokens=3, temperature=0)
+    shapes = [t[n].shape for n in t.names()]
+    assert t.names()[0] == "lm_head.out" and shapes[0][1] == 3           # the prompt, in one pass
+    assert len(t) >= 3 and all(s[1] == 1 for s in shapes[1:])           # then one position per step
+    assert t.names()[1] == "pass2/lm_head.out"

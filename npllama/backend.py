@@ -4,7 +4,8 @@
     with npllama.use_backend("numpy"): ...  the backend for a block of code
     npllama.study()                         the reference from here on: what a debugger should step through
     with npllama.use_op("rmsnorm_backward", my_backward): ...
-                                            one op replaced (a student's backward, a planted bug)
+                                            one op replaced (a student's backward, a planted bug);
+                                            softmax_* and swiglu_act_* too, inside attention and SwiGLU
 
 How the model picks up the choice (read this once, then read npllama/model.py as plain code):
 npllama/model.py imports every op by name from npllama/ops (`from .ops.rmsnorm import
@@ -77,6 +78,21 @@ def op_names() -> tuple[str, ...]:
     return tuple(sorted(vars(ops("numpy"))))
 
 
+# Ops the model never calls by name: each runs inside another op (the softmax inside attention,
+# silu(gate) * up inside the SwiGLU).  Under an override of one, the enclosing op runs its NumPy
+# reference re-bound (`bind`) so that the nested name refers to the override -- on either backend,
+# with or without LoRA -- since a kernel fuses the nested step and has no call to replace.
+NESTED_OPS = {"softmax_forward": "attention", "softmax_backward": "attention",
+              "swiglu_act_forward": "swiglu", "swiglu_act_backward": "swiglu"}
+# Ops of npllama.ops that no Llama runs (the article's LayerNorm, §4.2): an override would be ignored.
+NOT_IN_THE_MODEL = ("layernorm_forward", "layernorm_backward")
+
+
+def replaceable_ops() -> tuple[str, ...]:
+    """The op names `use_op` accepts: every op a Llama runs, directly or nested in another."""
+    return tuple(n for n in op_names() if n not in NOT_IN_THE_MODEL)
+
+
 @contextlib.contextmanager
 def use_op(name: str, fn: Callable, backend: str | None = None):
     """`with use_op("rmsnorm_backward", my_backward): ...` -- inside the block, every call the model
@@ -88,10 +104,14 @@ def use_op(name: str, fn: Callable, backend: str | None = None):
     only ever read by the backward of the same block, so override both or keep the cache's format.
     Blocks nest; each restores what was in force before it.
     """
+    if name in NOT_IN_THE_MODEL:
+        raise ValueError(f"name {name!r} is an op no Llama runs (LLaMA normalises with RMSNorm), so an "
+                         f"override would never be called; the ops that can be replaced are "
+                         f"{', '.join(replaceable_ops())}")
     if name not in op_names():
-        close = [n for n in op_names() if n.split("_")[0] == str(name).split("_")[0]]
-        raise ValueError(f"name must be an op function of npllama.ops, one of {', '.join(close or op_names())}; "
-                         f"got {name!r}")
+        close = [n for n in replaceable_ops() if n.split("_")[0] == str(name).split("_")[0]]
+        raise ValueError(f"name must be an op function of npllama.ops, one of "
+                         f"{', '.join(close or replaceable_ops())}; got {name!r}")
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     if backend is not None:
@@ -144,8 +164,30 @@ def op_bindings() -> dict[str, Callable]:
             _kernel_bindings = {n: fn for n, fn in vars(ops("numba")).items() if fn is not getattr(reference, n)}
         bindings = dict(_kernel_bindings)
     if _overrides.get():
-        bindings.update(overrides())
+        in_force = overrides()
+        bindings.update(in_force)
+        bindings.update(_enclosing_ops(in_force))
     return bindings
+
+
+def _enclosing_ops(in_force: Mapping[str, Callable]) -> dict[str, Callable]:
+    """For overrides of nested ops (NESTED_OPS): the enclosing op's reference forward and backward,
+    re-bound so that the nested names refer to the overrides (unless those are overridden too)."""
+    import importlib
+
+    enclosing = {}
+    for outer in sorted({NESTED_OPS[n] for n in in_force if n in NESTED_OPS}):
+        nested = {n: fn for n, fn in in_force.items() if NESTED_OPS.get(n) == outer}
+        rebound = bind(importlib.import_module(f"{__package__}.ops.{outer}"), nested)
+        for name in (f"{outer}_forward", f"{outer}_backward"):   # a pair: the backward reads the forward's cache
+            if name not in in_force:
+                enclosing[name] = getattr(rebound, name)
+        for name in nested:   # and the nested op's partner is the reference, for whoever calls it by name (LoRA)
+            partner = name.replace("_forward", "_backward") if name.endswith("_forward") else \
+                name.replace("_backward", "_forward")
+            if partner not in in_force:
+                enclosing[partner] = getattr(ops("numpy"), partner)
+    return enclosing
 
 
 def bind(module: types.ModuleType, bindings: Mapping[str, Callable], keep: bool = True):
@@ -164,7 +206,9 @@ def bind(module: types.ModuleType, bindings: Mapping[str, Callable], keep: bool 
     namespace = dict(vars(module))
     namespace.update(bindings)
     for name, obj in vars(module).items():
-        if isinstance(obj, types.FunctionType) and obj.__module__ == module.__name__:
+        # (a name in `bindings` keeps its binding, even when the module defines that function itself:
+        # swiglu_act_forward in npllama/ops/swiglu.py)
+        if isinstance(obj, types.FunctionType) and obj.__module__ == module.__name__ and name not in bindings:
             copy = types.FunctionType(obj.__code__, namespace, obj.__name__, obj.__defaults__, obj.__closure__)
             copy.__kwdefaults__, copy.__doc__, copy.__qualname__ = obj.__kwdefaults__, obj.__doc__, obj.__qualname__
             namespace[name] = copy

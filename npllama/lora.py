@@ -27,7 +27,9 @@ from __future__ import annotations
 import json
 import math
 import numbers
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,6 +45,23 @@ PEFT_PREFIX = "base_model.model."   # PeftModel -> LoraModel -> the wrapped Llam
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS")
+
+
+class LoraSwiGLUCache(NamedTuple):
+    """What the adapters' SwiGLU backward needs, and its intermediates for a trace."""
+
+    gate_proj: tuple              # the adapters' linear cache of each projection
+    up_proj: tuple
+    act: tuple                    # the SiLU-gate forward's cache (reference or kernel)
+    down_proj: tuple
+    act_backward: Callable        # the SiLU-gate backward that reads that cache
+    gate: np.ndarray              # (..., F)
+    up: np.ndarray                # (..., F)
+    act_out: np.ndarray           # (..., F) silu(gate) * up
+
+    def intermediates(self) -> dict:
+        """gate, up and act (..., F), as this forward computed them (as the SwiGLU caches' own)."""
+        return {"gate": self.gate, "up": self.up, "act": self.act_out}
 
 
 class LoraAdapters:
@@ -104,6 +123,13 @@ class LoraAdapters:
         linear_forward/backward, and the SwiGLU whose three projections it may adapt.  A frozen
         weight gets no gradient (None); an adapted one gets {"lora_A": dA, "lora_B": dB}.
         `base`: the ops otherwise in force, whose SiLU-gate kernels the SwiGLU keeps using."""
+        from .backend import overrides
+
+        replaced = sorted(set(overrides()) & set(self._ops))
+        if replaced:   # the adapters' own projections would run instead: never ignore an override silently
+            raise ValueError(f"use_op({replaced[0]!r}, ...) cannot take effect while LoRA adapters are "
+                             f"attached: the adapters run their own {', '.join(self._ops)}. Override "
+                             f"it on the model without adapters, or merge() them first")
         params = self.model.params
         self._module_of = {id(params[m + ".weight"]): m for m in self.modules()}
         self._act_ops = (base.get("swiglu_act_forward", swiglu_act_forward),
@@ -134,10 +160,10 @@ class LoraAdapters:
         up, up_cache = self._linear_forward(x, w_up)
         act, act_cache = self._act_ops[0](gate, up)
         out, down_cache = self._linear_forward(act, w_down)
-        return out, (gate_cache, up_cache, act_cache, down_cache, self._act_ops[1])
+        return out, LoraSwiGLUCache(gate_cache, up_cache, act_cache, down_cache, self._act_ops[1], gate, up, act)
 
     def _swiglu_backward(self, dout, cache):
-        gate_cache, up_cache, act_cache, down_cache, act_backward = cache
+        gate_cache, up_cache, act_cache, down_cache, act_backward = cache[:5]
         dact, g_down = self._linear_backward(dout, down_cache)
         dgate, dup = act_backward(dact, act_cache)
         dx_gate, g_gate = self._linear_backward(dgate, gate_cache)

@@ -186,3 +186,24 @@ def test_load_refuses_bad_folders(tmp_path):
         load_adapter(Llama(tiny_config(), seed=0), tmp_path / "nowhere")
     with pytest.raises(ValueError, match="already has LoRA adapters"):
         load_adapter(model, tmp_path / "a")
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_a_trace_records_the_mlp_steps_and_their_gradients_with_adapters_attached(backend_name):
+    import npllama
+
+    model = base_model()
+    tokens, targets = batch(model.config)
+    with npllama.use_backend(backend_name), npllama.trace() as base:
+        model.loss_and_grads(tokens, targets)
+    adapters = attach_lora(model, r=2, target_modules=("q_proj", "gate_proj", "up_proj"))
+    with npllama.use_backend(backend_name), npllama.trace() as t:
+        _, grads = model.loss_and_grads(tokens, targets)
+    for step in ("gate", "up", "act"):
+        name = f"model.layers.0.mlp.{step}"
+        np.testing.assert_allclose(t[name], base[name], rtol=1e-12)   # B = 0: the adapted model is the base
+        np.testing.assert_allclose(t["d:" + name], base["d:" + name], rtol=1e-10, atol=1e-15)
+    # the adapters' gradients are recorded under PEFT names, credited to the adapters' backward
+    lora_a = "d:base_model.model.model.layers.0.mlp.gate_proj.lora_A.weight"
+    assert set(t.names("d:base_model.*")) == {"d:" + n for n in adapters.params}
+    assert "LoraAdapters._swiglu_backward" in t.sources[lora_a]

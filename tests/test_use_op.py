@@ -123,3 +123,77 @@ def test_study_selects_the_reference_in_this_context():
         return npllama.get_backend()
 
     assert contextvars.copy_context().run(inside) == "numpy"
+
+
+# ----- ops nested inside another op: softmax in attention, silu(gate) * up in the SwiGLU ---------
+
+def nested_overrides():
+    """A wrong version of each nested op, and a list its calls are appended to."""
+    from npllama.ops import softmax_backward, softmax_forward, swiglu_act_backward, swiglu_act_forward
+
+    calls = []
+
+    def softmax_backward_doubled(dp, p):
+        calls.append("softmax_backward")
+        return 2 * softmax_backward(dp, p)
+
+    def softmax_forward_sharpened(x, *args, **kwargs):
+        calls.append("softmax_forward")
+        return softmax_forward(2 * x, *args, **kwargs)
+
+    def swiglu_act_backward_negated(dact, cache):
+        calls.append("swiglu_act_backward")
+        dgate, dup = swiglu_act_backward(dact, cache)
+        return -dgate, dup
+
+    def swiglu_act_forward_doubled(gate, up):
+        calls.append("swiglu_act_forward")
+        act, cache = swiglu_act_forward(gate, up)
+        return 2 * act, cache
+
+    return calls, {"softmax_backward": softmax_backward_doubled, "softmax_forward": softmax_forward_sharpened,
+                   "swiglu_act_backward": swiglu_act_backward_negated,
+                   "swiglu_act_forward": swiglu_act_forward_doubled}
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+@pytest.mark.parametrize("op_name", ["softmax_backward", "softmax_forward", "swiglu_act_backward",
+                                     "swiglu_act_forward"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_an_override_of_a_nested_op_runs_inside_the_op_that_calls_it(backend_name, op_name, lora):
+    from npllama.lora import attach_lora
+
+    m = model()
+    if lora:
+        adapters = attach_lora(m, r=2, target_modules=("q_proj", "v_proj", "gate_proj", "up_proj"))
+        for name in adapters.params:   # B = 0 would leave the adapters out of every gradient but dB
+            adapters.params[name] += 0.1
+    calls, wrong = nested_overrides()
+    with use_backend(backend_name):
+        loss, grads = m.loss_and_grads(TOKENS, TARGETS)
+        with use_op(op_name, wrong[op_name]):
+            loss2, grads2 = m.loss_and_grads(TOKENS, TARGETS)
+    assert op_name in calls
+    if op_name.endswith("_forward"):
+        assert loss2 != loss
+    assert any(not np.allclose(grads2[n], grads[n]) for n in grads)
+
+
+def test_ops_no_llama_runs_are_refused_naming_those_that_can_be_replaced():
+    from npllama.ops import layernorm_backward
+
+    with pytest.raises(ValueError, match="no Llama runs.*softmax_backward.*swiglu_act_forward"):
+        with use_op("layernorm_backward", layernorm_backward):
+            pass
+    assert "layernorm_forward" not in backend.replaceable_ops()
+    assert "softmax_backward" in backend.replaceable_ops()
+
+
+def test_an_override_the_lora_adapters_would_bypass_is_an_error_not_ignored():
+    from npllama.lora import attach_lora
+    from npllama.ops import linear_backward
+
+    m = model()
+    attach_lora(m, r=2)
+    with use_op("linear_backward", linear_backward), pytest.raises(ValueError, match="LoRA adapters"):
+        m.loss_and_grads(TOKENS, TARGETS)

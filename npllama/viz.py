@@ -160,8 +160,11 @@ def grad_norms(trace) -> dict[str, np.ndarray]:
                 norm = float(np.linalg.norm(np.asarray(trace[name], dtype=np.float64)))
                 per_layer.setdefault(kind, {})[int(match.group(1))] = norm
     if not per_layer:
-        raise ValueError("the trace holds no per-layer gradients (names like d:model.layers.0.mlp.up_proj.weight);"
-                         " record one around loss_and_grads, not forward")
+        include = getattr(trace, "include", None)
+        filtered = (f"; it was recorded with include={include}, which keeps no gradient of a layer: add "
+                    f"'d:model.layers.*' (e.g. --include 'd:model.layers.*')" if include is not None else "")
+        raise ValueError("the trace holds no per-layer gradients (names like d:model.layers.0.mlp.up_proj.weight):"
+                         " record one around loss_and_grads, not forward" + filtered)
     n_layers = 1 + max(i for layers in per_layer.values() for i in layers)
     return {kind: np.array([layers.get(i, np.nan) for i in range(n_layers)])
             for kind, layers in per_layer.items()}

@@ -306,7 +306,10 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
     t.record("loss", loss.detach().cpu().numpy())
     for name, tensor, layout in reversed(captured):   # the backward pass runs the other way
         if tensor.grad is not None:
-            t.record("d:" + name, as_ours(tensor.grad, layout))
+            grad = as_ours(tensor.grad, layout)
+            if name.endswith(".attn_probs"):   # as npllama records it: 0 where a key was masked
+                grad = np.where(as_ours(tensor, layout) > 0, grad, 0).astype(grad.dtype)
+            t.record("d:" + name, grad)
     for name, param in hf.named_parameters():
         if param.grad is not None:
             t.record("d:" + name, param.grad.detach().cpu().numpy())

@@ -23,6 +23,7 @@ from ..gradcheck import rel_error as gradcheck_rel_error
 
 MATCH_TOL = 1e-6   # "got equals this candidate" (norm-wise relative error)
 ROUND_OFF_RATIO = 5e-7   # a ratio this close to 1 is round-off (float64 differences), never "a constant factor"
+NEAR_EXACT = 1e-9        # above the numeric gradient's own noise: a near miss is the student's arithmetic
 
 
 @dataclasses.dataclass
@@ -131,6 +132,14 @@ def diagnose(got, expected, *, grad: str, case: str = "", zero_label: str = "") 
                         "create arrays with the input's dtype (e.g. dout.dtype)")
         return finding
     ratio = _constant_ratio(got_arr, expected)
+    if ratio is not None and abs(ratio - 1.0) < ROUND_OFF_RATIO and finding.rel_error > NEAR_EXACT:
+        finding.message = (f"it agrees with the right gradient to a relative {finding.rel_error:.1g}: close, but "
+                           f"the check holds every entry to 1e-7 of its size and a formula written out "
+                           f"exactly is right to ~1e-15")
+        finding.hint = ("look for part of the arithmetic in float32 (dtype=np.float32, .astype), an epsilon "
+                        "added (n + 1e-10, a guard against 0), or a quantity recovered from the cache by a "
+                        "lossy route")
+        return finding
     if ratio is not None and abs(ratio - 1.0) < ROUND_OFF_RATIO:
         finding.message = (f"it agrees with the expected gradient to a relative {abs(ratio - 1.0):.1g}, which is "
                            f"round-off, not a mistake of yours")
@@ -235,6 +244,16 @@ def _shape_finding(finding, got, expected) -> Finding:
             finding.message += ": the transposed shape (and wrong values too)"
         finding.hint = ("weights are laid out (out_features, in_features) as in PyTorch, and a gradient "
                         "has its parameter's shape: swap the operands of the product")
+    elif got.ndim > expected.ndim and got.shape[got.ndim - expected.ndim:] == expected.shape:
+        leading = got.shape[:got.ndim - expected.ndim]
+        finding.message += ": summed over too few axes"
+        finding.hint = (f"{finding.grad} still has the leading axes {leading} of the batch, but a gradient has "
+                        f"its input's shape: sum over the rows/batch (e.g. .reshape(-1, "
+                        f"{expected.shape[-1] if expected.ndim else 1}).sum(axis=0))")
+    elif got.ndim < expected.ndim and expected.shape[expected.ndim - got.ndim:] == got.shape:
+        finding.message += ": summed over too many axes"
+        finding.hint = (f"{finding.grad} lost the leading axes {expected.shape[:expected.ndim - got.ndim]}: "
+                        f"this input has one value per row, so its gradient does too -- do not sum over the rows")
     elif got.ndim != expected.ndim and got.size == expected.size:
         finding.hint = "an extra or missing axis of length 1: keepdims=True, or a missing reshape"
     elif got.ndim != expected.ndim:

@@ -12,7 +12,7 @@ probe where they differ from the right ones.  Nothing is named from one coincide
 `compare_ladder` runs the student's backward on a simple case and on variations of it that each
 add one thing (a second row, a mask, a second head per kv head, ...) and says which passed and
 what changed when one fails: "passes with one row -- fails with several rows: your code mixes rows
-of the batch".
+of the batch", or, when the failing case's gradient has the wrong shape, that shape.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import numpy as np
 from .diagnose import rel_error
 
 MATCH = 1e-6       # the student's gradients equal a mistake's to this (norm-wise relative error)
-RIGHT = 1e-8       # analytic against analytic: a gradient this close is right
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,22 +129,41 @@ def compare_ladder(catalogue, exercise, backward) -> str:
         dout = case.dout_for(out)
         got = _student(backward, dout, case)
         right = tuple(np.asarray(g, dtype=np.float64) for g in as_tuple(catalogue.variant(dout, case)))
-        verdicts.append(got is not None and len(got) == len(right) and all(
-            g.shape == r.shape and np.all(np.isfinite(g)) and rel_error(g, r) < RIGHT for g, r in zip(got, right)))
+        verdicts.append(_rung_verdict(got, right, case.grad_names))
     base, rest = rungs[0], list(zip(rungs[1:], verdicts[1:]))
-    if not verdicts[0]:
-        return f"it fails even the simplest case ({base.label})"
-    failing = [r for r, ok in rest if not ok]
+    if verdicts[0] is not None:
+        return f"it fails even the simplest case ({base.label})" + _shape_words(verdicts[0])
+    failing = [(r, v) for r, v in rest if v is not None]
     if not failing:
         return ""
-    passing = [base.label] + [r.label for r, ok in rest if ok]
-    first = failing[0]
+    passing = [base.label] + [r.label for r, v in rest if v is None]
+    first, verdict = failing[0]
     text = f"passes with {'; with '.join(passing)} -- fails with {first.label}"
-    if first.suspect:
+    if verdict != "wrong":
+        text += _shape_words(verdict)   # a shape says what is wrong better than any suspect
+    elif first.suspect:
         text += f": {first.suspect}"
     if len(failing) > 1:
-        text += f" (fails also with {', '.join(r.label for r in failing[1:])})"
+        text += f" (fails also with {', '.join(r.label for r, _ in failing[1:])})"
     return text
+
+
+def _rung_verdict(got, right, names) -> str | None:
+    """None when the student's gradients are right here; 'wrong' when a value is off (beyond the
+    near-exact band: an epsilon or a float32 mean is no structural mistake); else the first
+    shape mismatch, e.g. 'dweight has shape (2, 3, 4), expected (4,)'."""
+    if got is None or len(got) != len(right):
+        return "wrong"
+    for name, g, r in zip(names, got, right):
+        if g.shape != r.shape:
+            return f"{name} has shape {g.shape}, expected {r.shape}"
+    if all(np.all(np.isfinite(g)) and rel_error(g, r) < MATCH for g, r in zip(got, right)):
+        return None
+    return "wrong"
+
+
+def _shape_words(verdict: str) -> str:
+    return "" if verdict == "wrong" else f": {verdict}, the wrong shape"
 
 
 def explain(catalogue, exercise, backward) -> Explanation:

@@ -27,7 +27,8 @@ from .catalogue import CATALOGUES
 from .diagnose import CheckFailed, Finding
 from .gradebook import submissions_in
 from .mistakes import explain
-from .screen import RULE, ForbiddenCall, finite_difference_noise, guard_library, screen_source, student_call
+from .screen import (RULE, ForbiddenCall, finite_difference_lines, guard_library, measured_reason, near_exact_gap,
+                     near_exact_note, screen_source, student_call)
 from .starter import derivation_section
 
 DEFAULT_RANDOM_CASES = 8
@@ -63,6 +64,7 @@ class Report:
     not_implemented: bool = False
     load_error: str | None = None
     refused: str | None = None       # why the submission breaks the rule of screen.py (not graded)
+    notes: list[str] = dataclasses.field(default_factory=list)   # worth knowing, never a failure
 
     @property
     def passed(self) -> int:
@@ -124,6 +126,7 @@ class Report:
             lines.append(f"First failure ({first.check.name}):")
             lines += ["  " + line for line in first.finding.lines()]
             lines.append(f"  derivation: {derivation_section(ex)}")
+        lines += [f"  note: {note}" for note in self.notes]
         lines.append(f"{self.passed} of {self.total} checks passed." + ("  Well done!" if self.ok else ""))
         return "\n".join(lines)
 
@@ -131,7 +134,7 @@ class Report:
         first = self.first_failure
         return {"exercise": self.exercise.op, "source": self.source, "passed": self.passed, "total": self.total,
                 "ok": self.ok, "not_implemented": self.not_implemented, "load_error": self.load_error,
-                "refused": self.refused, "summary": self.summary(),
+                "refused": self.refused, "notes": list(self.notes), "summary": self.summary(),
                 "first_failure": None if first is None else {
                     "check": first.check.name, "status": first.status,
                     "diagnosis": first.diagnosis,
@@ -162,14 +165,18 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     source_file = source_file or getattr(getattr(backward, "__code__", None), "co_filename", None)
     backward = exercise.adapt(student_call(backward))
     student_errors = BaseException if catch_everything else Exception
+    notes = []
     try:
-        refused = finite_difference_noise(exercise, backward)
+        gap = near_exact_gap(exercise, backward)
     except ForbiddenCall as error:
-        refused = str(error)
+        return Report(exercise, source, [], refused=str(error))
     except student_errors:   # a crash or a wrong shape: the checks below report it properly
-        refused = None
-    if refused:
-        return Report(exercise, source, [], refused=refused)
+        gap = None
+    if gap is not None:
+        measuring = finite_difference_lines(_read_source(source_file))
+        if measuring:
+            return Report(exercise, source, [], refused=measured_reason(gap, measuring))
+        notes.append(near_exact_note(gap))     # honest near-exact arithmetic: graded like any other
     params_list = case_params(exercise, n_random, seed)
     results = []
     for item in exercise.checks():
@@ -192,7 +199,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
                                          hint=_crash_hint(error), case=_describe_params(exercise, params))
                 break
         results.append(result)
-    report = Report(exercise, source, results)
+    report = Report(exercise, source, results, notes=notes)
     first = report.first_failure
     if first is not None and first.status == "fail" and first.finding is not None:
         try:
@@ -295,6 +302,14 @@ def _check_cases(n_random, seed) -> None:
     for name, value in (("n_random", n_random), ("seed", seed)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+
+
+def _read_source(source_file: str | None) -> str:
+    """The submission's source, to look for the shape of a finite difference ('' when unreadable)."""
+    try:
+        return Path(source_file).read_text(encoding="utf-8") if source_file else ""
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def _describe_exception(error: BaseException, source_file: str | None, what: str = "your function") -> str:

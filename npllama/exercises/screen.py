@@ -10,19 +10,27 @@ A submission is refused (never graded) when
    `np.ctypeslib`, ...);
 2. it calls one of npllama's forward passes, or the very backward it is asked to write, while its
    backward runs (`guard_library`, a run-time guard for when the import rule is switched off);
-3. its gradient is right only to the accuracy of finite differences (`finite_difference_noise`):
-   on a well-conditioned float64 probe case (the exercise's `probe_params`, with a large eps where
-   there is one, so that an eps-sized slip is not mistaken for noise) any formula -- the closed
-   form, the step-by-step chain rule, loops or einsum -- agrees with the exact gradient to ~1e-15,
-   while a gradient measured by evaluating the forward at x +- h carries the forward's round-off
-   divided by h: a relative error between 1e-12 and 1e-4.  (Richardson-extrapolated or
-   complex-step derivatives can get below 1e-12; they are the ways round this rule we know of,
-   and they still need the forward written out in the student's own file.)
+3. it measures its gradient by finite differences of a forward it wrote out itself.  The evidence
+   takes two parts, and both must be there: the file's syntax tree shows a difference of two
+   evaluations of one function of its own scaled by a step, (f(x + h) - f(x - h)) / (2 * h)
+   (`finite_difference_lines`), and the gradient on a well-conditioned float64 probe case (the
+   exercise's `probe_params`) is right only to the accuracy such differences reach: a relative
+   error between 1e-12 and 1e-4 (`near_exact_gap`).  Any formula -- the closed form, the step-by-step
+   chain rule, loops or einsum -- is exact to ~1e-15 there.
+
+The numbers alone are never a reason to refuse: an honest formula with an epsilon added (a count
+divided by n + 1e-10) or one mean taken in float32 lands in the same band, and is well inside the
+gradient check's 1e-7.  Such a file is graded like any other; the report carries a note naming the
+likely causes (`near_exact_note`).  (Richardson-extrapolated or complex-step derivatives can get
+below 1e-12; they are the ways round this rule we know of, and they still need the forward written
+out in the student's own file.)
 """
 from __future__ import annotations
 
 import ast
+import builtins
 import contextlib
+import dataclasses
 import functools
 import importlib
 
@@ -155,9 +163,18 @@ def _guarded(name, fn):
     return guarded
 
 
-def finite_difference_noise(exercise, backward) -> str | None:
-    """A reason to refuse when the gradient on the exercise's probe case is right only to the
-    accuracy of finite differences (relative error between NOISE_FLOOR and NOISE_CEILING)."""
+@dataclasses.dataclass(frozen=True)
+class NearExact:
+    """A gradient right to more than finite differences could tell, less than a formula reaches."""
+
+    grad: str              # "dx"
+    rel_error: float
+    case: str              # the probe case, described
+
+
+def near_exact_gap(exercise, backward) -> NearExact | None:
+    """The first gradient on the exercise's probe case whose relative error lies between
+    NOISE_FLOOR and NOISE_CEILING (None when every gradient is exact, or clearly wrong)."""
     from .checks import call_backward
 
     case = exercise.case(exercise.probe_params)
@@ -168,10 +185,68 @@ def finite_difference_noise(exercise, backward) -> str | None:
     right = right if isinstance(right, tuple) else (right,)
     for name, g, r in zip(case.grad_names, got, right):
         if g.dtype.kind != "f" or not np.all(np.isfinite(g)) or float32_rounded(g):
-            continue      # float32 arithmetic inside is a precision matter, not a measured gradient
+            continue      # float32 arithmetic throughout is a precision matter the checks name
         err = rel_error(g, r)
         if NOISE_FLOOR < err < NOISE_CEILING:
-            return (f"{name} agrees with the exact gradient only to a relative {err:.1e}, the accuracy of "
-                    f"finite differences (any formula is exact to ~1e-15 on this well-conditioned case, "
-                    f"{case.describe()}): it looks measured from the forward pass, not derived")
+            return NearExact(name, err, case.describe())
     return None
+
+
+def measured_reason(gap: NearExact, lines: list[str]) -> str:
+    """Why a file whose source takes finite differences and whose gradient is near-exact is refused."""
+    return (f"{gap.grad} agrees with the exact gradient only to a relative {gap.rel_error:.1e}, the accuracy "
+            f"of finite differences (any formula is exact to ~1e-15 on this well-conditioned case, "
+            f"{gap.case}), and {'; '.join(lines[:2])}: the gradient is measured from the forward pass, "
+            f"not derived")
+
+
+def near_exact_note(gap: NearExact) -> str:
+    """The soft note for an honest near-exact gradient (graded normally)."""
+    return (f"{gap.grad} agrees with the exact gradient to a relative {gap.rel_error:.1e} on {gap.case}: "
+            f"inside the checks' tolerance, but a formula written out exactly reaches ~1e-15 there. "
+            f"Likely causes: an epsilon added somewhere (n + 1e-10, a guard against 0), part of the "
+            f"arithmetic in float32 (a dtype=np.float32 or .astype), or a quantity recovered from the "
+            f"cache by a lossy route (1 / rstd**2 - ...)")
+
+
+def finite_difference_lines(source: str) -> list[str]:
+    """Where the source scales a difference of two evaluations of one of its own functions
+    ('line 12 takes (f(...) - f(...)) / step'), the shape of a finite difference; np.gradient too.
+
+    The two evaluations may be written in place or named first (loss_plus = f(...); ...).  Calls
+    of NumPy, math and builtins do not count: (np.sum(a) - np.sum(b)) / n is ordinary arithmetic."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    named_results: dict[str, set] = {}          # variable -> the functions it was assigned a call of
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            callees = _own_callees(node.value, {})
+            for target in node.targets:
+                if isinstance(target, ast.Name) and callees:
+                    named_results.setdefault(target.id, set()).update(callees)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Div, ast.Mult)):
+            for part in ast.walk(node.left):
+                if isinstance(part, ast.BinOp) and isinstance(part.op, ast.Sub):
+                    both = _own_callees(part.left, named_results) & _own_callees(part.right, named_results)
+                    if both:
+                        found.append(f"line {node.lineno} takes the difference of two evaluations of "
+                                     f"{sorted(both)[0]} and scales it by a step")
+                        break
+        elif isinstance(node, ast.Attribute) and node.attr == "gradient" and _is_numpy(node.value):
+            found.append(f"line {node.lineno} differentiates numerically with np.gradient")
+    return _unique(found)
+
+
+def _own_callees(node, named_results) -> set:
+    """The names of the file's own functions called in `node` (or whose results it reads)."""
+    callees = set()
+    for part in ast.walk(node):
+        if isinstance(part, ast.Call) and isinstance(part.func, ast.Name) and part.func.id not in dir(builtins):
+            callees.add(part.func.id)
+        elif isinstance(part, ast.Name) and isinstance(part.ctx, ast.Load):
+            callees |= named_results.get(part.id, set())
+    return callees

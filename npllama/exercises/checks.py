@@ -136,12 +136,23 @@ def call_backward(backward, dout, cache, case: Case) -> tuple:
     input's shape; anything else raises CheckFailed saying what came back."""
     names = case.grad_names
     result = backward(dout, cache)
+    listed = ", ".join(names)
+    if result is None:
+        raise CheckFailed(Finding(
+            names[0], "your function returned None" + (f"; it must return {len(names)} gradients: {listed}"
+                                                       if len(names) > 1 else f"; it must return {listed}"),
+            hint="did you forget the return statement?", case=case.describe()))
     if isinstance(result, list):
+        if not all(isinstance(g, np.ndarray) for g in result):     # e.g. dx.tolist()
+            raise CheckFailed(Finding(
+                names[0], "your function returned a list, not a NumPy array"
+                + (f"; return {listed} as arrays" if len(names) > 1 else ""),
+                hint="return the array itself (no .tolist(); np.asarray turns a list back into an array)"
+                     + ("" if len(names) == 1 else ", in a tuple: return dx, dweight"), case=case.describe()))
         result = tuple(result)
     if not isinstance(result, tuple):
         result = (result,)
     if len(result) != len(names):
-        listed = ", ".join(names)
         raise CheckFailed(Finding(
             names[0], f"your function returned {len(result)} value(s); it must return {len(names)}: {listed}",
             hint=("return the gradients in the order of the forward's differentiable inputs"

@@ -49,7 +49,9 @@ class Explanation:
 
 
 def as_tuple(result):
-    if isinstance(result, list):
+    """A backward's result as a tuple of gradients: a list counts as several gradients only when
+    its items are arrays (x.tolist() is one gradient in the wrong type, not many)."""
+    if isinstance(result, list) and all(isinstance(g, np.ndarray) for g in result):
         result = tuple(result)
     return result if isinstance(result, tuple) else (result,)
 
@@ -59,6 +61,8 @@ def _student(backward, dout, case):
     try:
         _, cache = case.run_forward()
         grads = as_tuple(backward(np.array(dout, copy=True), cache))
+        if not all(isinstance(g, np.ndarray) for g in grads):
+            return None    # a list or None: the returns check says what came back
         return tuple(np.asarray(g, dtype=np.float64) for g in grads)
     except Exception:  # the checks report crashes; here a crash only means "no evidence"
         return None

@@ -1,0 +1,128 @@
+"""What a classroom audit found wrong with grading, each case a submission a student really wrote
+(the files of the audit, inlined): an honest near-exact answer is graded, not refused; a wrong
+shape is called a wrong shape; None, lists and dicts get their own words; training cannot be hung
+or quit by the file it trains with; the checks judge values, not floating-point warnings."""
+import numpy as np
+import pytest
+
+from npllama.exercises import check_file, check_function
+from npllama.exercises.sandbox import grade_file
+
+# cross_entropy with the count guarded by an epsilon: right to 3e-11, an honest formula
+EPS_IN_THE_DIVISION = """import numpy as np
+def cross_entropy_backward(dloss, cache):
+    probs, safe_targets, counted, n_counted, logits_shape = cache
+    d = probs.copy()
+    d[np.arange(len(d)), safe_targets] -= 1
+    d *= counted[:, None]
+    d = d * (np.asarray(dloss, dtype=probs.dtype) / probs.dtype.type(n_counted + 1e-10))
+    return d.reshape(logits_shape)
+"""
+
+# rmsnorm with one mean taken in float32: right to 1e-8
+ONE_MEAN_IN_FLOAT32 = """import numpy as np
+def rmsnorm_backward(dy, cache):
+    x, rstd, weight = cache
+    xhat = x * rstd
+    dxhat = dy * weight
+    dweight = (dy * xhat).reshape(-1, x.shape[-1]).sum(0)
+    proj = np.mean(dxhat * xhat, axis=-1, keepdims=True, dtype=np.float32)
+    dx = rstd * (dxhat - xhat * proj)
+    return dx, dweight
+"""
+
+# softmax measured by central differences of a forward the file writes out
+SOFTMAX_MEASURED = """import numpy as np
+def softmax_backward(dp, cache):
+    p = cache
+    x = np.log(np.where(p > 0, p, 1e-300))
+    def f(x):
+        e = np.exp(x - x.max(-1, keepdims=True)); return e / e.sum(-1, keepdims=True)
+    g = np.zeros_like(x)
+    h = 1e-6
+    it = np.nditer(x, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        xp = x.copy(); xp[i] += h; xm = x.copy(); xm[i] -= h
+        g[i] = np.sum((f(xp) - f(xm)) * dp) / (2*h)
+    return g
+"""
+
+
+def _write(tmp_path, name, source):
+    path = tmp_path / name
+    path.write_text(source)
+    return path
+
+
+# ----- 1. near-exact is graded; measuring is refused ----------------------------------------------
+
+def test_an_epsilon_in_a_division_is_graded_with_a_note_not_refused(tmp_path):
+    path = _write(tmp_path, "epsdiv.py", EPS_IN_THE_DIVISION)
+    report = check_file("cross_entropy", path, n_random=1)
+    assert report.refused is None and report.ok, report.format()
+    assert any("an epsilon added" in note for note in report.notes)
+    assert "note: dlogits agrees with the exact gradient" in report.format()
+    graded = grade_file("cross_entropy", path, n_random=1)
+    assert graded.status == "pass" and "refused" not in graded.text
+
+
+def test_part_of_the_arithmetic_in_float32_is_graded_and_named(tmp_path):
+    report = check_file("rmsnorm", _write(tmp_path, "partf32.py", ONE_MEAN_IN_FLOAT32), n_random=1)
+    assert report.refused is None and report.results, report.format()
+    assert any("float32" in note for note in report.notes)
+    finding = report.first_failure.finding
+    assert "report this case" not in finding.hint and "float32" in finding.hint
+    assert "mixes rows" not in finding.ladder      # a near miss is no structural mistake
+
+
+def test_finite_differences_written_in_the_file_are_still_refused(tmp_path):
+    report = check_file("softmax", _write(tmp_path, "measured.py", SOFTMAX_MEASURED), n_random=1)
+    assert report.refused and "line 13 takes the difference of two evaluations of f" in report.refused
+
+
+def test_the_static_evidence_of_measuring():
+    from npllama.exercises.screen import finite_difference_lines
+
+    named = ("def g(f, x, h):\n    up = f(x + h)\n    down = f(x - h)\n    return (up - down) / (2 * h)\n")
+    assert finite_difference_lines(named) == [
+        "line 4 takes the difference of two evaluations of f and scales it by a step"]
+    assert finite_difference_lines("import numpy as np\ng = np.gradient(y, h)\n")
+    honest = ("import numpy as np\ndef b(dy, x):\n    return (np.sum(dy) - np.sum(x)) / x.size, "
+              "(x.sum() - dy.sum()) * 2, (np.exp(x) - np.exp(dy)) / 3\n")
+    assert finite_difference_lines(honest) == []
+
+
+# ----- 2. a wrong shape is a wrong shape ----------------------------------------------------------
+
+def test_a_weight_gradient_not_summed_over_rows_is_called_a_shape_error(tmp_path):
+    source = ONE_MEAN_IN_FLOAT32.replace("(dy * xhat).reshape(-1, x.shape[-1]).sum(0)", "dy * xhat").replace(
+        ", dtype=np.float32", "")
+    report = check_file("rmsnorm", _write(tmp_path, "dwshape.py", source), n_random=1)
+    finding = report.first_failure.finding
+    assert finding.message == "dweight has shape (2, 3, 4), expected (4,): summed over too few axes"
+    assert "sum over the rows/batch" in finding.hint
+    assert "mixes rows" not in finding.ladder and "the wrong shape" in finding.ladder
+
+
+# ----- 3, 4. what came back: None, a list ---------------------------------------------------------
+
+def test_none_from_a_two_gradient_exercise_asks_for_the_return_statement():
+    def forgot(dy, cache):
+        dx = dy * 2   # noqa: F841
+    finding = check_function("rmsnorm", forgot, n_random=0).first_failure.finding
+    assert finding.message == "your function returned None; it must return 2 gradients: dx, dweight"
+    assert "forget the return statement" in finding.hint
+
+
+def test_a_python_list_is_not_a_gradient():
+    def as_list(dp, cache):
+        p = cache
+        return (p * (dp - np.sum(dp * p, axis=-1, keepdims=True))).tolist()
+    finding = check_function("softmax", as_list, n_random=0).first_failure.finding
+    assert finding.message == "your function returned a list, not a NumPy array"
+
+    def list_of_arrays(dy, cache):   # a list of arrays is still accepted as the gradients
+        from npllama.ops.rmsnorm import rmsnorm_backward
+        return list(rmsnorm_backward(dy, cache))
+    assert check_function("rmsnorm", list_of_arrays, n_random=0).passed >= 2

@@ -126,3 +126,57 @@ def test_a_python_list_is_not_a_gradient():
         from npllama.ops.rmsnorm import rmsnorm_backward
         return list(rmsnorm_backward(dy, cache))
     assert check_function("rmsnorm", list_of_arrays, n_random=0).passed >= 2
+
+
+# ----- 5. the model's dict and the block's pair ---------------------------------------------------
+
+MODEL = """import numpy as np
+from npllama.model import block_backward, LAYER_PATHS
+from npllama.ops.rmsnorm import rmsnorm_backward
+from npllama.ops.linear import linear_backward
+from npllama.ops.embedding import embedding_backward
+
+
+def model_backward(dlogits, cache, config):
+    grads = {}
+    dhidden, dW_lm = linear_backward(dlogits, cache.lm_head)
+    dx, grads["model.norm.weight"] = rmsnorm_backward(dhidden, cache.norm)
+    for i in reversed(range(config.num_hidden_layers)):
+        dx, lg = block_backward(dx, cache.layers[i])
+        for path, g in zip(LAYER_PATHS, lg):
+            grads[f"model.layers.{i}.{path}.weight"] = g
+    grads["model.embed_tokens.weight"] = embedding_backward(dx, cache.embed_tokens)
+    if config.tie_word_embeddings:
+        grads["model.embed_tokens.weight"] = grads["model.embed_tokens.weight"] + dW_lm
+    else:
+        grads["lm_head.weight"] = dW_lm
+    return grads
+"""
+
+
+@pytest.mark.parametrize("change, expected", [
+    (('grads["model.norm.weight"]', 'grads["model.norm"]'),
+     "missing 1 of 21: 'model.norm.weight'; unexpected: 'model.norm'"),
+    (("    return grads", '    grads["bogus"] = None\n    return grads'), "unexpected: 'bogus'"),
+    (("    return grads", '    grads["lm_head.weight"] = dW_lm\n    return grads'),   # tied: no lm_head
+     "unexpected: 'lm_head.weight'"),
+])
+def test_the_model_must_return_exactly_the_keys_of_model_params(tmp_path, change, expected):
+    report = check_file("model", _write(tmp_path, "model.py", MODEL.replace(*change)), n_random=0)
+    finding = report.first_failure.finding
+    assert report.first_failure.status == "fail", report.format()    # a check failure, not "you raised"
+    assert finding.message.startswith("the dict must have exactly the keys of model.params")
+    assert expected in finding.message, finding.message
+
+
+def test_the_model_must_return_a_dict_and_the_block_a_pair(tmp_path):
+    as_list = _write(tmp_path, "list.py", MODEL.replace("    return grads", "    return list(grads.values())"))
+    finding = check_file("model", as_list, n_random=0).first_failure.finding
+    assert finding.message == "model_backward must return a dict (parameter name -> gradient), not a list"
+
+    def flat(dout, cache):
+        from npllama.model import block_backward
+        dx, grads = block_backward(dout, cache)
+        return (dx, *grads)
+    finding = check_function("block", flat, n_random=0).first_failure.finding
+    assert "must return (dx, grads)" in finding.message and "10 values in a row" in finding.message

@@ -17,6 +17,7 @@ import numpy as np
 
 from .definitions import Exercise, check
 from .checks import SEED, Case, Choice, Ints, expect_close
+from .diagnose import CheckFailed, Finding
 
 WEIGHTS = ("input_layernorm", "q_proj", "k_proj", "v_proj", "o_proj", "post_attention_layernorm", "gate_proj",
            "up_proj", "down_proj")
@@ -43,11 +44,25 @@ def adapted(backward, flatten, name: str):
 
 
 def _flatten_block(backward, dout, cache):
-    """(dx, LayerWeights or 9-tuple) -> one flat tuple of 10 gradients."""
+    """(dx, LayerWeights or 9-tuple) -> one flat tuple of 10 gradients; any other shape of result
+    fails the check with what the contract is."""
     result = backward(dout, cache)
-    if isinstance(result, (tuple, list)) and len(result) == 2 and isinstance(result[1], (tuple, list)):
+    if result is None:
+        return None        # call_backward asks for the return statement
+    pair = isinstance(result, (tuple, list)) and len(result) == 2
+    if pair and isinstance(result[1], (tuple, list)) and len(result[1]) == len(WEIGHTS):
         return (result[0], *result[1])
-    return result          # the checks explain whatever else came back
+    if pair and isinstance(result[1], (tuple, list)):
+        got = f"grads holds {len(result[1])} gradients"
+    elif pair:
+        got = f"grads is a {type(result[1]).__name__}"
+    elif isinstance(result, (tuple, list)):
+        got = f"it returned {len(result)} values in a row"
+    else:
+        got = f"it returned a {type(result).__name__}"
+    raise CheckFailed(Finding(
+        "grads", f"block_backward must return (dx, grads), grads the nine weight gradients; {got}",
+        hint=f"return dx, LayerWeights(...) (npllama.model), or dx and a tuple in its order: {', '.join(WEIGHTS)}"))
 
 
 class Assembled(Exercise):
@@ -166,16 +181,37 @@ def model_forward_flat(*params, names, tokens, cos, sin, config, causal=True):
 
 
 def _flatten_model(backward, dlogits, packed):
-    """{name: grad} -> a flat tuple in the parameters' order (config.param_shapes())."""
+    """{name: grad} -> a flat tuple in the parameters' order (config.param_shapes()).  Anything but
+    a dict with exactly the keys of model.params fails the check (with the keys missing and extra)."""
     grads = backward(dlogits, packed.cache, packed.config)
+    if grads is None:
+        return None        # call_backward asks for the return statement
     if not isinstance(grads, dict):
-        return grads           # the checks explain whatever else came back
+        raise CheckFailed(Finding(
+            "grads", f"model_backward must return a dict (parameter name -> gradient), not a "
+                     f"{type(grads).__name__}",
+            hint='grads = {}; grads["model.norm.weight"] = ...; return grads -- the keys of model.params'))
     names = list(packed.config.param_shapes())
     missing = [n for n in names if n not in grads]
-    if missing:
-        raise KeyError(f"your grads dict has no entry {missing[0]!r} ({len(missing)} of {len(names)} "
-                       f"parameters missing); it needs exactly the keys of model.params")
+    extra = [k for k in grads if k not in names]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} of {len(names)}: {_some(missing)}")
+        if extra:
+            parts.append(f"unexpected: {_some(extra)}")
+        tied = "" if "lm_head.weight" in names else (
+            "; the embeddings are tied here, so there is no lm_head.weight: its gradient adds into "
+            "model.embed_tokens.weight")
+        raise CheckFailed(Finding(
+            "grads", f"the dict must have exactly the keys of model.params; {'; '.join(parts)}",
+            hint=f"spell the keys as model.params does (Hugging Face's names, e.g. {names[0]!r}){tied}"))
     return tuple(grads[n] for n in names)
+
+
+def _some(keys, shown=4) -> str:
+    text = ", ".join(repr(k) for k in keys[:shown])
+    return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
 class Model(Assembled):

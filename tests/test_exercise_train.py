@@ -3,6 +3,7 @@ tiny model; a correct one gives the library's loss curve, a wrong one does not."
 import pytest
 
 from npllama.exercises.planted import CORRECT
+from npllama.exercises.runner import SubmissionError
 from npllama.exercises.training import ascii_chart, train_with_submission, verdict_of
 
 SMALL = dict(steps=6, batch_size=2, seq_len=16, corpus_stories=300, progress=False)
@@ -58,3 +59,21 @@ def test_verdicts_and_chart():
     assert not ok and "stopped after 2 of 4" in text
     chart = ascii_chart(ref, [5.0, 4.5, 4.0, 3.5], width=8, height=4)
     assert chart[0].strip().startswith("5.000") and "*" in chart[0] and "Y" in "".join(chart)
+
+
+def test_a_hanging_file_is_stopped_by_the_sandboxed_check_before_training(tmp_path):
+    path = tmp_path / "loop.py"
+    path.write_text("def rmsnorm_backward(dy, cache):\n    while True:\n        pass\n")
+    said = []
+    with pytest.raises(SubmissionError, match=r"cannot train the model \(timeout\).*endless loop"):
+        train_with_submission("rmsnorm", path, out=tmp_path / "runs", echo=said.append, check_timeout=3, **SMALL)
+    assert said and said[0].startswith(f"checking {path} in a process of its own")   # before anything slow
+    assert not (tmp_path / "runs").exists()
+
+
+def test_system_exit_inside_the_run_is_reported_with_its_line(tmp_path):
+    path = tmp_path / "sysexit.py"
+    path.write_text("import numpy as np\ndef rmsnorm_backward(dy, cache):\n    raise SystemExit(3)\n")
+    result = train_with_submission("rmsnorm", path, out=tmp_path / "d", echo=lambda *a: None, **SMALL)
+    assert not result.ok and result.yours == []
+    assert "raised SystemExit: 3 (line 3 of sysexit.py: raise SystemExit(3))" in result.stopped

@@ -5,8 +5,10 @@ library's backward, once with yours in its place (`npllama.use_op("<op>_backward
 supported per-context override, on whichever backend is in force).  The two loss curves are shown
 side by side (text in the terminal; a PNG too when matplotlib is installed) with a verdict.
 
-The file is screened and loaded as `exercise check` does (screen.py's rule), and its checks are
-run briefly first, so the curve is never the library's own backward under another name.
+The file is screened and its checks run briefly first, in the grading sandbox as `exercise check`
+does (screen.py's rule, time and memory limits), so the curve is never the library's own backward
+under another name and a file that hangs or exits stops before training starts.  In the training
+run itself anything the file raises (SystemExit too) ends that run, reported with its line.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 from .definitions import get_exercise
-from .runner import SubmissionError, check_function, load_function
+from .runner import SubmissionError, _describe_exception, load_function
+from .sandbox import grade_file
 from .screen import RULE, guard_library, screen_source, student_call
 
 # The backward passes the pre-training step of the model runs (the others belong to fine-tuning
@@ -29,6 +32,8 @@ MODEL_BACKWARDS = ("embedding", "linear", "rmsnorm", "rope", "softmax", "attenti
                    "cross_entropy")
 SAME = 1e-3          # curves within this relative distance at every step are "the same"
 CLOSE = 0.03         # a final loss within 3% of the reference's "trains as well"
+CHECK_TIMEOUT = 60.0  # seconds the sandboxed check before training may take (it runs one random case)
+UNTRAINABLE = ("refused", "unusable", "not implemented", "timeout", "crashed")   # sandbox statuses
 
 
 @dataclasses.dataclass
@@ -100,8 +105,12 @@ def verdict_of(reference, yours, steps_total, stopped) -> tuple[bool, str]:
 
 def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 8, seq_len: int = 64,
                           seed: int = 0, out=None, echo=print, progress: bool = True,
-                          corpus_stories: int = 2000) -> TrainComparison:
-    """Train the tiny model with the library's backward and with the one in `path`; compare."""
+                          corpus_stories: int = 2000, check_timeout: float = CHECK_TIMEOUT) -> TrainComparison:
+    """Train the tiny model with the library's backward and with the one in `path`; compare.
+
+    The file is checked first in the grading sandbox (sandbox.grade_file: its own process, time and
+    memory limits), so that a file that hangs, exits or cannot be used stops here with the
+    checker's words (SubmissionError) before anything slow; one that only fails checks still trains."""
     exercise = get_exercise(op)
     if op not in MODEL_BACKWARDS:
         raise ValueError(f"op {op!r} is not part of the model's pre-training step; `exercise train` takes one "
@@ -109,10 +118,15 @@ def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 
     for name, value, low in (("steps", steps, 2), ("batch_size", batch_size, 1), ("seq_len", seq_len, 2)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    backward = _load(exercise, Path(path))
-    report = check_function(op, backward, n_random=1)
-    echo(f"exercise check: {report.passed} of {report.total} checks pass"
-         + ("" if report.ok else f" (first failure: {report.summary()})"))
+    path = Path(path)
+    echo(f"checking {path} in a process of its own first (at most {check_timeout:g} s) ...")
+    graded = grade_file(op, path, n_random=1, timeout=check_timeout)
+    if graded.status in UNTRAINABLE:
+        raise SubmissionError(f"{path.name} cannot train the model ({graded.status}): {graded.diagnosis}"
+                              + (f". {RULE}" if graded.status == "refused" else ""))
+    echo(f"exercise check: {graded.passed} of {graded.total} checks pass"
+         + ("" if graded.ok else f" (first failure: {graded.first_failure}: {graded.diagnosis})"))
+    backward = _load(exercise, path)
     from ..train import TrainConfig, train
 
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"npllama-train-{op}-"))
@@ -133,8 +147,10 @@ def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 
         with in_the_model(exercise, student_call(counted)):
             train(TrainConfig(out=str(folder / "yours"), tokenizer=str(folder / "reference" / "tokenizer.model"),
                               **settings), echo=quiet)
-    except Exception as error:        # the student's code failing mid-run ends that run, not this command
-        stopped = f"{type(error).__name__}: {error}"
+    except KeyboardInterrupt:         # Ctrl-C, or the student's code raising it: show the run so far
+        stopped = "interrupted (Ctrl-C, or your code raised KeyboardInterrupt)"
+    except BaseException as error:    # SystemExit included: the student's code ends that run, not this command
+        stopped = _describe_exception(error, str(path))
     reference = _losses(folder / "reference")
     yours = _losses(folder / "yours")
     if not stopped and len(yours) < len(reference):
@@ -182,7 +198,7 @@ def _load(exercise, path: Path):
         if reasons:
             raise SubmissionError(f"{path.name} is refused: {'; '.join(reasons[:3])}. {RULE}")
     with guard_library(exercise):
-        return load_function(exercise.op, path)
+        return load_function(exercise.op, path, catch_everything=True)
 
 
 def _losses(run_dir: Path) -> list[float]:

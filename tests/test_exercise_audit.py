@@ -180,3 +180,36 @@ def test_the_model_must_return_a_dict_and_the_block_a_pair(tmp_path):
         return (dx, *grads)
     finding = check_function("block", flat, n_random=0).first_failure.finding
     assert "must return (dx, grads)" in finding.message and "10 values in a row" in finding.message
+
+
+# ----- 7. values, not floating-point warnings ------------------------------------------------------
+
+SWIGLU_ACT_RECOMPUTED = """import numpy as np
+def swiglu_act_backward(dact, cache):
+    gate, up, _, _ = cache
+    s = 1 / (1 + np.exp(-gate))
+    dup = dact * gate * s
+    dgate = dact * up * (s + gate * s * (1 - s))
+    return dgate, dup
+"""
+
+
+def test_an_overflow_on_the_way_to_exact_finite_gradients_is_no_failure(tmp_path):
+    report = check_file("swiglu_act", _write(tmp_path, "sa_recompute.py", SWIGLU_ACT_RECOMPUTED), n_random=1)
+    assert report.ok, report.format()
+    nan_at_large_gate = SWIGLU_ACT_RECOMPUTED.replace("s = 1 / (1 + np.exp(-gate))",
+                                                      "s = np.exp(gate) / (1 + np.exp(gate))")
+    report = check_file("swiglu_act", _write(tmp_path, "sa_nan.py", nan_at_large_gate), n_random=1)
+    large = next(r for r in report.results if r.check.name == "large inputs")
+    assert large.status == "fail" and "NaN or Inf" in large.finding.message, report.format()
+
+
+def test_a_guarded_division_by_zero_counts_is_no_failure():
+    def guarded(dloss, cache):
+        probs, safe_targets, counted, n_counted, logits_shape = cache
+        d = probs.copy()
+        d[np.arange(len(d)), safe_targets] -= 1
+        scaled = np.where(n_counted > 0, d * counted[:, None] / np.float64(n_counted), 0.0)   # 0/0 unused
+        return (np.asarray(dloss) * scaled).reshape(logits_shape).astype(probs.dtype)
+    report = check_function("cross_entropy", guarded, n_random=1)
+    assert report.ok, report.format()

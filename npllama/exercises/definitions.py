@@ -132,6 +132,14 @@ class Exercise:
         return grads, dout, out, case.run_forward()[1]
 
 
+    def _grads_judged_by_values(self, backward, case: Case, dout=None):
+        """_grads with NumPy's floating-point warnings silenced: an edge-case check judges the values
+        that come back (finite and right), not how they were reached -- an exp that overflows to inf
+        on the way to an exact, finite gradient is no mistake."""
+        with np.errstate(all="ignore"):
+            return self._grads(backward, case, dout)
+
+
 DOUT_STREAM = 2**31   # added to a case's seed: above every input seed (SEED is 0 .. 2**31 - 1)
 
 
@@ -451,17 +459,15 @@ entries of x equal to -inf (masked) get p = 0; a row that is all -inf gives all 
         jacobian = np.diag(row) - np.outer(row, row)
         expect_close(dx[0], jacobian @ dp[0], "dx", case.describe(), what="compared with J dp")
 
-    @check("masked rows", "a fully masked row gives dx = 0, with no NaN and no 0/0", sampled=False)
+    @check("masked rows", "a fully masked row gives dx = 0, with no NaN", sampled=False)
     def check_fully_masked(self, backward, params):
         x = np.array([[-np.inf, -np.inf, -np.inf], [0.0, -np.inf, 1.0]])
         dp = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]])
         case = Case(self.forward, [x], ("x",), (0,))
-        with np.errstate(all="raise"):
-            try:
-                (dx,), *_ = self._grads(backward, case, dp)
-            except FloatingPointError as error:
-                _fail("dx", f"numpy raised FloatingPointError ({error}) on a fully masked row",
-                      "p is all zeros there: an expression like 0/0 or inf - inf must not appear", case)
+        (dx,), *_ = self._grads_judged_by_values(backward, case, dp)
+        if not np.all(np.isfinite(dx)):
+            _fail("dx", "dx holds NaN or Inf on a fully masked row",
+                  "p is all zeros there: an expression like 0/0 or inf - inf gives NaN", case)
         p = np.array([[0.0, 0.0, 0.0], [1 / (1 + np.e), 0.0, np.e / (1 + np.e)]])
         expected = p * (dp - np.sum(dp * p, -1, keepdims=True))
         expect_close(dx, expected, "dx", "x [[-inf, -inf, -inf], [0, -inf, 1]], dp [[1, 2, 3], [0.5, -1, 2]]",
@@ -593,12 +599,11 @@ act = silu(gate) * up                     # elementwise"""
     def check_large_inputs(self, backward, params):
         z = np.array([-1000.0, -100.0, -30.0, 30.0, 100.0, 1000.0])
         case = Case(self.forward, [z, np.ones_like(z)], ("gate", "up"), (0, 1))
-        with np.errstate(over="raise", invalid="raise", divide="raise"):
-            try:
-                (dgate, dup), *_ = self._grads(backward, case, np.ones_like(z))
-            except FloatingPointError as error:
-                _fail("dgate", f"numpy raised FloatingPointError ({error}) for |gate| up to 1000",
-                      "use the cached gate_sigmoid instead of recomputing exp(-gate), which overflows", case)
+        (dgate, dup), *_ = self._grads_judged_by_values(backward, case, np.ones_like(z))
+        if not np.all(np.isfinite(dgate)):
+            _fail("dgate", f"dgate is {dgate} for gate = {z}: NaN or Inf where the slope is 0 or 1",
+                  "exp(-gate) overflows to inf for large negative gate, and gate * inf or inf / inf gives "
+                  "NaN: use the cached gate_sigmoid instead of recomputing it", case)
         expect_close(dgate, np.array([0, 0, 0, 1, 1, 1.0]), "dgate", "gate = [-1000, -100, -30, 30, 100, 1000]",
                      what="silu'(z) tends to 0 for z -> -inf and to 1 for z -> +inf", tol=1e-6)
 
@@ -680,17 +685,15 @@ a position counts when its target != ignore_index (-100); no counted position: l
         expect_close(dlogits, expected, "dlogits", case.describe() + f", dloss={dloss:.3f}",
                      what="compared with dloss * (softmax - onehot) / n_counted", zero_label=case.zero_label)
 
-    @check("all ignored", "every target ignored: dlogits = 0, with no NaN and no 0/0", sampled=False)
+    @check("all ignored", "every target ignored: dlogits = 0, with no NaN", sampled=False)
     def check_all_ignored(self, backward, params):
         logits = np.random.default_rng(0).standard_normal((2, 3, 5))
         targets = np.full((2, 3), -100)
         case = Case(self.forward, [logits, targets, -100], ("logits", "targets", "ignore_index"), (0,))
-        with np.errstate(all="raise"):
-            try:
-                (dlogits,), *_ = self._grads(backward, case, np.array(1.0))
-            except FloatingPointError as error:
-                _fail("dlogits", f"numpy raised FloatingPointError ({error}) when every target is ignored",
-                      "n_counted is 0 here: do not divide by it; the gradient is simply 0", case)
+        (dlogits,), *_ = self._grads_judged_by_values(backward, case, np.array(1.0))
+        if not np.all(np.isfinite(dlogits)):
+            _fail("dlogits", "dlogits holds NaN or Inf when every target is ignored",
+                  "n_counted is 0 here: 0 / 0 is NaN, so do not divide by it; the gradient is simply 0", case)
         expect_close(dlogits, np.zeros_like(logits), "dlogits", case.describe(),
                      what="nothing is counted, so nothing gets gradient", tol=0.0,
                      zero_label="every position (all targets are -100)")

@@ -141,7 +141,10 @@ def test_diagnose_constant_ratios_transpose_and_shapes():
     finding = diagnose(nan, rect, grad="dw")
     assert "NaN" in finding.message and finding.worst_index == (1, 2)
     assert "axis of length 1" in diagnose(rect[None], rect, grad="dw").hint
-    assert "one axis too many" in diagnose(np.stack([rect, rect]), rect, grad="dw").hint
+    leading = diagnose(np.stack([rect, rect]), rect, grad="dw")     # a batch axis not summed over
+    assert "summed over too few axes" in leading.message and "sum over the rows/batch" in leading.hint
+    assert "summed over too many axes" in diagnose(rect[0], rect, grad="dw").message
+    assert "one axis too many" in diagnose(rect[:, :, None, None][:, :2], rect, grad="dw").hint
     assert "reshape" in diagnose(np.ones((1, 6)), rect, grad="dw").hint
 
 

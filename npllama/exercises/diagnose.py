@@ -244,6 +244,8 @@ def _shape_finding(finding, got, expected) -> Finding:
             finding.message += ": the transposed shape (and wrong values too)"
         finding.hint = ("weights are laid out (out_features, in_features) as in PyTorch, and a gradient "
                         "has its parameter's shape: swap the operands of the product")
+    elif got.ndim != expected.ndim and got.size == expected.size:
+        finding.hint = "an extra or missing axis of length 1: keepdims=True, or a missing reshape"
     elif got.ndim > expected.ndim and got.shape[got.ndim - expected.ndim:] == expected.shape:
         leading = got.shape[:got.ndim - expected.ndim]
         finding.message += ": summed over too few axes"
@@ -254,8 +256,6 @@ def _shape_finding(finding, got, expected) -> Finding:
         finding.message += ": summed over too many axes"
         finding.hint = (f"{finding.grad} lost the leading axes {expected.shape[:expected.ndim - got.ndim]}: "
                         f"this input has one value per row, so its gradient does too -- do not sum over the rows")
-    elif got.ndim != expected.ndim and got.size == expected.size:
-        finding.hint = "an extra or missing axis of length 1: keepdims=True, or a missing reshape"
     elif got.ndim != expected.ndim:
         finding.hint = ("one axis too many or too few: a gradient summed over an axis it should keep, or "
                         "not summed over one the input does not have (a broadcast in the forward pass)")

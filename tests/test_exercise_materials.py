@@ -1,6 +1,7 @@
 """The math travels with the package: derivations as package data, `npllama explain`, the starter
 file's quoted derivation and rule, and the exercise notebook."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,8 @@ import pytest
 
 import npllama
 from npllama.exercises import EXERCISES, starter_source
-from npllama.exercises.derivation import available, backward_sections, explain_text, latex_to_text, to_text
+from npllama.exercises.derivation import (NAMED_FUNCTIONS, SYMBOLS, available, backward_sections, derivation_markdown,
+                                         explain_text, latex_to_text, to_text)
 from npllama.exercises.notebook import notebook_json, write_notebook
 
 
@@ -34,6 +36,44 @@ def test_latex_environments_and_spacing_become_readable_text():
         "M = (cos φ, -sin φ; sin φ, cos φ)"
     assert latex_to_text(r"\mathrm{scale}\textstyle\sum_{h} q_h") == "scale sum_h q_h"
     assert latex_to_text(r"x^{(\ell)}") == "x^(ℓ)"
+
+
+def test_the_commands_the_audit_found_become_text():
+    assert latex_to_text(r"\boxed{\mathrm{dx} = 1}") == "dx = 1"
+    assert latex_to_text(r"\mathrm{dx} \mathrel{+}= M^T du") == "dx += M^T du"
+    assert latex_to_text(r"\lfloor h / n \rfloor \bmod 2") == "⌊ h / n ⌋ mod 2"
+    assert latex_to_text(r"a \lor b \land c, x \gg y \ll z \mp w \lesssim v") == "a or b and c, x >> y << z -+ w ≲ v"
+    assert latex_to_text(r"\unknowncommand x") == r"\unknowncommand x"     # visible, so the test below fails
+
+
+def _rendered_materials():
+    """Every derivation as `explain` prints it (whole and backward only) and every starter file."""
+    for name in available():
+        yield f"explain {name}", explain_text(name)
+        yield f"explain {name} --backward", explain_text(name, backward_only=True)
+    for op in EXERCISES:
+        yield f"starter {op}", starter_source(op)
+
+
+def test_no_latex_command_survives_in_explain_or_the_starters():
+    for where, text in _rendered_materials():
+        left = re.findall(r"\\[A-Za-z]+", text)
+        assert not left, f"{where} still shows LaTeX: {sorted(set(left))}"
+
+
+def test_no_latex_command_survives_as_a_bare_word():
+    r"""Each math segment of each derivation rendered alone: a command's name must not come out as
+    a word (\boxed -> 'boxed') unless it is meant to (\cos -> 'cos', \max -> 'max') or the segment
+    has the word itself."""
+    meant = NAMED_FUNCTIONS | {word for word in SYMBOLS.values() if word.isalpha()} | {"sqrt"}   # sqrt(...)
+    for name in available():
+        for segment in re.findall(r"\$\$(.+?)\$\$|\$(.+?)\$", derivation_markdown(name), flags=re.S):
+            math = segment[0] or segment[1]
+            commands = set(re.findall(r"\\([A-Za-z]+)", math)) - meant
+            rendered = set(re.findall(r"[A-Za-z]+", latex_to_text(math)))
+            written = set(re.findall(r"(?<![\\A-Za-z])[A-Za-z]+", math))
+            bare = (commands & rendered) - written
+            assert not bare, f"derivations/{name}.md: {sorted(bare)} left as words in ${math}$"
 
 
 def test_every_exercise_has_a_derivation_with_a_backward_section():

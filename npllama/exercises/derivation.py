@@ -88,9 +88,26 @@ SYMBOLS = {r"\odot": "*", r"\cdot": "·", r"\times": "x", r"\partial": "∂", r"
            r"\bigg": "", r"\displaystyle": "", r"\textstyle": "", r"\scriptstyle": "", r"\_": "_", r"\lVert": "||", r"\rVert": "||", r"\|": "||",
            r"\{": "{", r"\}": "}", r"\neg": "not ", r"\wedge": "and", r"\vee": "or", r"\sim": "~", r"\pm": "+-",
            r"\mid": "|", r"\prime": "'", r"\Rightarrow": "=>", r"\Leftarrow": "<=", r"\rightarrow": "->",
-           r"\leftarrow": "<-", r"\Leftrightarrow": "<=>", r"\iff": "<=>", r"\implies": "=>"}
+           r"\leftarrow": "<-", r"\Leftrightarrow": "<=>", r"\iff": "<=>", r"\implies": "=>",
+           r"\lfloor": "⌊", r"\rfloor": "⌋", r"\lceil": "⌈", r"\rceil": "⌉", r"\bmod": "mod", r"\lor": "or",
+           r"\land": "and", r"\gg": ">>", r"\ll": "<<", r"\mp": "-+", r"\lesssim": "≲", r"\gtrsim": "≳",
+           r"\equiv": "≡", r"\propto": "∝", r"\nabla": "∇", r"\Sigma": "Σ", r"\omega": "ω", r"\rho": "ρ",
+           r"\psi": "ψ", r"\xi": "ξ", r"\zeta": "ζ", r"\kappa": "κ", r"\nu": "ν", r"\chi": "χ", r"\Theta": "Θ",
+           r"\Lambda": "Λ", r"\Pi": "Π", r"\Phi": "Φ", r"\Omega": "Ω", r"\forall": "for all", r"\exists": "exists",
+           r"\subset": "⊂", r"\subseteq": "⊆", r"\cup": "∪", r"\cap": "∩", r"\circ": "∘", r"\otimes": "⊗",
+           r"\oplus": "⊕", r"\star": "*", r"\ast": "*", r"\colon": ":", r"\vdots": "...", r"\ddots": "...",
+           r"\leftrightarrow": "<->", r"\uparrow": "↑", r"\downarrow": "↓", r"\hbar": "ħ", r"\lvert": "|",
+           r"\rvert": "|", r"\vert": "|", r"\Vert": "||", r"\bigl": "", r"\bigr": "", r"\Bigl": "", r"\Bigr": "",
+           r"\nonumber": "", r"\notag": "", r"\tag": ""}
+# Named functions print as their names (\cos x -> "cos x").  A command in none of these tables is
+# left as written (\foo), so that a missing entry shows -- tests/test_exercise_materials.py renders
+# every derivation and starter and fails on any that survives.
+NAMED_FUNCTIONS = {"sin", "cos", "tan", "tanh", "sinh", "cosh", "arctan", "arcsin", "arccos", "exp", "log", "ln",
+                   "max", "min", "sup", "inf", "lim", "det", "arg", "argmax", "argmin", "softmax", "diag", "sgn",
+                   "Pr", "deg", "dim", "ker", "gcd"}
 UNWRAP = ("mathrm", "mathbf", "mathit", "text", "textrm", "operatorname", "mathbb", "mathcal", "boldsymbol", "hat",
-          "tilde", "bar", "vec", "emph", "textbf")
+          "tilde", "bar", "vec", "emph", "textbf", "texttt", "textit", "mathsf", "mathtt", "boxed", "mathrel",
+          "mathop", "mathbin", "overline", "underline", "widehat", "widetilde", "mbox", "hbox")
 
 
 def _group(text: str, start: int) -> tuple[str, int]:
@@ -159,7 +176,10 @@ def latex_to_text(tex: str) -> str:
                     word = " " + word             # \sum_i \mathrm{dx}_i -> "sum_i dx_i", not "sum_idx_i"
                 out.append(word)
             else:
-                word = SYMBOLS.get(command, command[1:])
+                word = SYMBOLS.get(command)
+                if word is None:
+                    name = command[1:]
+                    word = name if name in NAMED_FUNCTIONS or not name.isalpha() else command
                 if word[:1].isalnum() and _last_char(out).isalnum():
                     word = " " + word             # \mathrm{scale}\sum -> "scale sum", not "scalesum"
                 if word[-1:].isalnum() and i < len(tex) and (tex[i].isalnum() or tex[i] == "\\"):

@@ -213,3 +213,30 @@ def test_a_guarded_division_by_zero_counts_is_no_failure():
         return (np.asarray(dloss) * scaled).reshape(logits_shape).astype(probs.dtype)
     report = check_function("cross_entropy", guarded, n_random=1)
     assert report.ok, report.format()
+
+
+# ----- check_op refusing a backward (gradcheck's own ValueError) is the student's mistake -----------
+
+def test_a_value_error_of_check_op_is_reported_as_a_check_failure(monkeypatch):
+    from npllama.exercises import checks
+    from npllama.ops.rmsnorm import rmsnorm_backward
+
+    def refusing_check_op(*args, **kwargs):
+        raise ValueError("backward changed dout in place")
+    monkeypatch.setattr(checks, "check_op", refusing_check_op)
+    gradient = next(r for r in check_function("rmsnorm", rmsnorm_backward, n_random=0).results
+                    if r.check.name == "gradient")
+    assert gradient.status == "fail"
+    assert gradient.finding.message == "the gradient check could not use your function: backward changed dout in place"
+
+    def check_op_calling_back(forward, backward, inputs, **kwargs):
+        return backward(None, None)
+    monkeypatch.setattr(checks, "check_op", check_op_calling_back)
+
+    def fails_inside_check_op(dy, cache):   # the student's own ValueError stays a crash with its line
+        if dy is None:
+            raise ValueError("operands could not be broadcast together")
+        return rmsnorm_backward(dy, cache)
+    gradient = next(r for r in check_function("rmsnorm", fails_inside_check_op, n_random=0).results
+                    if r.check.name == "gradient")
+    assert gradient.status == "error" and "raised ValueError: operands" in gradient.finding.message

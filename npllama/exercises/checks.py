@@ -17,6 +17,7 @@ behind them is the runner's job (catalogue.py, mistakes.py).
 from __future__ import annotations
 
 import dataclasses
+import traceback
 from collections.abc import Callable
 
 import numpy as np
@@ -205,9 +206,18 @@ def check_gradient(backward, case: Case) -> None:
     out, cache = case.run_forward()
     dout = case.dout_for(out)
     call_backward(backward, dout, cache, case)   # the right number and shapes first
-    report = check_op(case.forward, backward, case.inputs, wrt=list(case.wrt),
-                      names=list(case.input_names), extra_kwargs=case.kwargs, seed=case.seed,
-                      tol=GRAD_TOL, atol=GRAD_ATOL)
+    try:
+        report = check_op(case.forward, backward, case.inputs, wrt=list(case.wrt),
+                          names=list(case.input_names), extra_kwargs=case.kwargs, seed=case.seed,
+                          tol=GRAD_TOL, atol=GRAD_ATOL)
+    except ValueError as error:
+        if not _raised_by(error, check_op):
+            raise            # the student's own code raised it: the runner reports the crash and its line
+        # check_op refuses a backward that changes dout or an input in place, or returns None or the
+        # wrong number of gradients: the student's mistake, in the checker's words
+        raise CheckFailed(Finding(case.grad_names[0], f"the gradient check could not use your function: {error}",
+                                  hint="return one new array per gradient and leave dout and the cache as "
+                                       "they were (x = x * 2, not x *= 2)", case=case.describe())) from None
     failing = [r for r in report.inputs if not r.ok]
     if not failing:
         return
@@ -255,6 +265,13 @@ def _numeric_gradient(case: Case, dout, index) -> np.ndarray:
     """The gradient a failure is diagnosed against (the exercises' inputs are all of order 1)."""
     x = case.inputs[index]
     return numerical_gradient(lambda: float(np.sum(case.run_forward()[0] * dout)), x, eps=1e-6)
+
+
+def _raised_by(error: BaseException, function) -> bool:
+    """The exception was raised in `function`'s own module (not in code it called back)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    code = getattr(function, "__code__", None)
+    return bool(frames) and code is not None and frames[-1].filename == code.co_filename
 
 
 def _snapshot(obj):

@@ -217,7 +217,7 @@ def test_a_guarded_division_by_zero_counts_is_no_failure():
 
 # ----- check_op refusing a backward (gradcheck's own ValueError) is the student's mistake -----------
 
-def test_a_value_error_of_check_op_is_reported_as_a_check_failure(monkeypatch):
+def test_a_value_error_of_check_op_is_reported_as_a_check_failure(monkeypatch, tmp_path):
     from npllama.exercises import checks
     from npllama.ops.rmsnorm import rmsnorm_backward
 
@@ -233,10 +233,16 @@ def test_a_value_error_of_check_op_is_reported_as_a_check_failure(monkeypatch):
         return backward(None, None)
     monkeypatch.setattr(checks, "check_op", check_op_calling_back)
 
-    def fails_inside_check_op(dy, cache):   # the student's own ValueError stays a crash with its line
-        if dy is None:
-            raise ValueError("operands could not be broadcast together")
-        return rmsnorm_backward(dy, cache)
-    gradient = next(r for r in check_function("rmsnorm", fails_inside_check_op, n_random=0).results
+    fails_inside_check_op = """def rmsnorm_backward(dy, cache):
+    if dy is None:
+        raise ValueError("operands could not be broadcast together")
+    x, rstd, weight = cache
+    xhat, dxhat = x * rstd, dy * weight
+    dx = rstd * (dxhat - xhat * (dxhat * xhat).mean(-1, keepdims=True))
+    return dx, (dy * xhat).reshape(-1, x.shape[-1]).sum(0)
+"""   # in a file of its own: the student's own ValueError stays a crash with its line
+    path = _write(tmp_path, "own_value_error.py", fails_inside_check_op)
+    gradient = next(r for r in check_file("rmsnorm", path, n_random=0).results
                     if r.check.name == "gradient")
     assert gradient.status == "error" and "raised ValueError: operands" in gradient.finding.message
+    assert "line 3 of own_value_error.py" in gradient.finding.message

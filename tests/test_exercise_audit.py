@@ -246,3 +246,44 @@ def test_a_value_error_of_check_op_is_reported_as_a_check_failure(monkeypatch, t
                     if r.check.name == "gradient")
     assert gradient.status == "error" and "raised ValueError: operands" in gradient.finding.message
     assert "line 3 of own_value_error.py" in gradient.finding.message
+
+
+# ----- polish: the words of a crash ----------------------------------------------------------------
+
+def test_in_place_message_uses_the_students_own_argument_name():
+    def scales_dp_in_place(dp, cache):
+        dp *= 2
+        return cache * (dp - np.sum(dp * cache, axis=-1, keepdims=True))
+    finding = check_function("softmax", scales_dp_in_place, n_random=0).first_failure.finding
+    assert finding.message == "your function changed dp in place" and "still needs dp" in finding.hint
+
+
+def test_crash_hints_name_the_signature_the_cache_and_an_einsum():
+    def one_argument(dy):
+        return dy, dy
+    assert "calls rmsnorm_backward(dy, cache)" in check_function("rmsnorm", one_argument,
+                                                                 n_random=0).first_failure.finding.hint
+
+    def four_names(dy, cache):
+        x, rstd, weight, eps = cache
+    hint = check_function("rmsnorm", four_names, n_random=0).first_failure.finding.hint
+    assert "RMSNormCache of 3 fields: x, rstd, weight" in hint
+
+    def bad_einsum(dy, cache):
+        x, rstd, weight = cache
+        return np.einsum("...d,de->...e", dy, x), weight
+    hint = check_function("rmsnorm", bad_einsum, n_random=0).first_failure.finding.hint
+    assert "einsum" in hint and "keepdims" not in hint
+
+
+def test_the_rerun_snippet_of_a_crash_really_reaches_the_students_function(tmp_path):
+    import subprocess
+    import sys
+
+    path = _write(tmp_path, "crashes.py", "def rmsnorm_backward(dy, cache):\n    return dy[99], None\n")
+    finding = check_file("rmsnorm", path, n_random=0).first_failure.finding
+    snippet = finding.hint.splitlines()[1:]
+    assert len(snippet) == 3 and "python -m pdb" in finding.hint
+    ran = subprocess.run([sys.executable, "-c", "\n".join(snippet)], cwd=tmp_path, capture_output=True, text=True)
+    assert "IndexError" in ran.stderr and 'crashes.py", line 2' in ran.stderr, ran.stderr
+    assert "    from npllama.exercises import" in "\n".join(finding.lines())   # on lines of its own

@@ -17,6 +17,7 @@ behind them is the runner's job (catalogue.py, mistakes.py).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import traceback
 from collections.abc import Callable
 
@@ -188,8 +189,9 @@ def check_returns(backward, case: Case) -> None:
     dout_before, cache_before = np.array(dout, copy=True), _snapshot(cache)
     grads = call_backward(backward, dout, cache, case)
     if not np.array_equal(dout, dout_before, equal_nan=True):
-        raise CheckFailed(Finding(case.grad_names[0], "your function changed dout in place",
-                                  hint="work on a copy (x = x * 2, not x *= 2) -- the caller still needs dout",
+        name = _first_parameter(backward, "dout")
+        raise CheckFailed(Finding(case.grad_names[0], f"your function changed {name} in place",
+                                  hint=f"work on a copy (x = x * 2, not x *= 2) -- the caller still needs {name}",
                                   case=case.describe()))
     if not _same_snapshot(cache_before, _snapshot(cache)):
         raise CheckFailed(Finding(case.grad_names[0], "your function changed the cache in place",
@@ -265,6 +267,14 @@ def _numeric_gradient(case: Case, dout, index) -> np.ndarray:
     """The gradient a failure is diagnosed against (the exercises' inputs are all of order 1)."""
     x = case.inputs[index]
     return numerical_gradient(lambda: float(np.sum(case.run_forward()[0] * dout)), x, eps=1e-6)
+
+
+def _first_parameter(function, default: str) -> str:
+    """The name the student gave the upstream gradient (dy, dp, dact, ...), through any wrappers."""
+    try:
+        return next(iter(inspect.signature(function).parameters), default)
+    except (TypeError, ValueError):
+        return default
 
 
 def _raised_by(error: BaseException, function) -> bool:

@@ -54,7 +54,8 @@ class Finding:
             out.append(f"relative error {self.rel_error:.3g}{where}")
         out.append(f"what is wrong: {self.message}")
         if self.hint:
-            out.append(f"hint: {self.hint}")
+            first, *more = self.hint.splitlines()       # a snippet to run goes on lines of its own
+            out += [f"hint: {first}"] + [f"    {line}" for line in more]
         if self.ladder:
             out.append(f"simpler cases: {self.ladder}")
         return out

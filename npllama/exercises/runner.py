@@ -163,6 +163,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     _check_cases(n_random, seed)
     source = source or getattr(backward, "__name__", repr(backward))
     source_file = source_file or getattr(getattr(backward, "__code__", None), "co_filename", None)
+    function_name = getattr(backward, "__qualname__", "")    # as Python names it in a wrong-call TypeError
     backward = exercise.adapt(student_call(backward))
     student_errors = BaseException if catch_everything else Exception
     notes = []
@@ -196,7 +197,8 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
             except student_errors as error:  # the student's code crashed: say where, in their file
                 result.status = "error"
                 result.finding = Finding("", _describe_exception(error, source_file),
-                                         hint=_crash_hint(error), case=_describe_params(exercise, params))
+                                         hint=_crash_hint(error, exercise, params, source_file, function_name),
+                                         case=_describe_params(exercise, params))
                 break
         results.append(result)
     report = Report(exercise, source, results, notes=notes)
@@ -324,14 +326,64 @@ def _describe_exception(error: BaseException, source_file: str | None, what: str
     return text
 
 
-def _crash_hint(error: BaseException) -> str:
-    if isinstance(error, ValueError) and "broadcast" in str(error):
+def _crash_hint(error: BaseException, exercise: Exercise | None = None, params=None,
+                source_file: str | None = None, function_name: str = "") -> str:
+    """Where to look, from the kind of crash (and, when known, the exercise and the failing case)."""
+    text = str(error)
+    called = [f"{name}()" for name in (getattr(exercise, "backward_name", ""), function_name) if name]
+    if exercise is not None and isinstance(error, TypeError) and any(text.startswith(c) for c in called):
+        return (f"the checker calls {exercise.backward_name}({exercise.params}): define it with exactly these "
+                f"parameters, in this order")
+    if exercise is not None and isinstance(error, ValueError) and "values to unpack" in text:
+        return _unpack_hint(exercise)
+    if isinstance(error, ValueError) and _raised_in_einsum(error, text):
+        return ("an einsum whose subscripts do not fit its operands: each letter must name axes of the same "
+                "size in every operand -- print the operands' shapes next to the subscripts")
+    if isinstance(error, ValueError) and "broadcast" in text:
         return ("two arrays of different shapes met in an elementwise operation: a sum or mean over a row "
                 "that dropped its axis (add keepdims=True), or an axis mixed up -- print the shapes")
-    if isinstance(error, ValueError) and ("core dimension" in str(error) or "not aligned" in str(error)):
+    if isinstance(error, ValueError) and ("core dimension" in text or "not aligned" in text):
         return ("a matrix product whose inner sizes differ: an operand needs a transpose, or the operands are "
                 "in the wrong order (weights are (out, in); a gradient has its input's shape) -- print the shapes")
-    return "run the function by hand on a small input to see it happen (python -m pdb your_file.py)"
+    if exercise is None:
+        return "run the function by hand on a small input and print the shapes on the way"
+    return _rerun_hint(exercise, params, source_file)
+
+
+def _raised_in_einsum(error: BaseException, text: str) -> bool:
+    """np.einsum's errors speak of broadcasting too, but the fix is in the subscripts."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return (any(os.path.basename(f.filename) == "einsumfunc.py" for f in frames)
+            or "einstein sum" in text or "remapped shapes" in text)
+
+
+def _unpack_hint(exercise: Exercise) -> str:
+    """What the cache holds, for a student who unpacked it into the wrong number of names."""
+    try:
+        _, cache = exercise.case(exercise.edge_cases[0]).run_forward()
+    except Exception:   # describing must never hide the real error
+        return "the cache holds other values than your code unpacks: print(type(cache)) to see it"
+    if hasattr(cache, "_fields"):
+        return (f"the cache is a {type(cache).__name__} of {len(cache._fields)} fields: "
+                f"{', '.join(cache._fields)} -- unpack exactly these, in this order, or read them by name "
+                f"(cache.{cache._fields[0]})")
+    if isinstance(cache, tuple):
+        return f"the cache is a tuple of {len(cache)} values (see the docstring): unpack exactly {len(cache)} names"
+    return (f"the cache is one {type(cache).__name__}, not a tuple (see the docstring): use it as it is, "
+            f"without unpacking")
+
+
+def _rerun_hint(exercise: Exercise, params, source_file: str | None) -> str:
+    """Three lines that rebuild the failing case and call the student's function, to run by hand
+    (under python -m pdb to stop where it fails)."""
+    file = os.path.basename(source_file) if source_file else "your_file.py"
+    case = exercise.edge_cases[0] if params is None else params
+    return ("rebuild this case and call your function by hand (paste into python, or save as a file and "
+            "run it with python -m pdb to stop where it fails):\n"
+            f"from npllama.exercises import get_exercise; import runpy\n"
+            f"ex = get_exercise({exercise.op!r}); case = ex.case({case!r}); out, cache = case.run_forward()\n"
+            f"runpy.run_path({file!r})[{exercise.backward_name!r}](case.dout_for(out), "
+            f"{'*cache' if exercise.op == 'model' else 'cache'})")
 
 
 def _describe_params(exercise: Exercise, params) -> str:

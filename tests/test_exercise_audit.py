@@ -287,3 +287,35 @@ def test_the_rerun_snippet_of_a_crash_really_reaches_the_students_function(tmp_p
     ran = subprocess.run([sys.executable, "-c", "\n".join(snippet)], cwd=tmp_path, capture_output=True, text=True)
     assert "IndexError" in ran.stderr and 'crashes.py", line 2' in ran.stderr, ran.stderr
     assert "    from npllama.exercises import" in "\n".join(finding.lines())   # on lines of its own
+
+
+# ----- polish: the gradebook ----------------------------------------------------------------------
+
+def test_gradebook_has_numeric_counts_and_what_it_graded_on_and_finds_student_folders(tmp_path):
+    import csv
+    import json
+    import subprocess
+    import sys
+
+    from npllama.exercises.gradebook import grade_folder, write_gradebook
+    from npllama.exercises.planted import CORRECT
+
+    folder = tmp_path / "class"
+    (folder / "alice").mkdir(parents=True)
+    (folder / "bob").mkdir()
+    (folder / "alice" / "rmsnorm_backward.py").write_text(CORRECT["rmsnorm"])
+    (folder / "bob" / "rmsnorm_backward.py").write_text(CORRECT["rmsnorm"].replace("return", "return None and"))
+    graded = grade_folder("rmsnorm", folder, n_random=1, seed=3)
+    assert [g.file for g in graded] == ["alice/rmsnorm_backward.py", "bob/rmsnorm_backward.py"]
+    csv_path, json_path = write_gradebook(graded, tmp_path / "book")
+    row = next(csv.DictReader(csv_path.open()))
+    assert (row["exercise"], row["passed"], row["total"], row["seed"], row["cases"]) == ("rmsnorm", "4", "4", "3", "1")
+    record = json.loads(json_path.read_text())[0]
+    assert (record["exercise"], record["passed"], record["total"], record["seed"], record["cases"]) == \
+        ("rmsnorm", 4, 4, 3, 1)
+
+    single = tmp_path / "single.json"
+    subprocess.run([sys.executable, "-m", "npllama", "exercise", "check", "rmsnorm",
+                    str(folder / "alice" / "rmsnorm_backward.py"), "--cases", "1", "--seed", "3",
+                    "--json", str(single)], capture_output=True, timeout=120)
+    assert set(json.loads(single.read_text())[0]) == set(record)     # one schema for both

@@ -48,7 +48,8 @@ def test_a_folder_of_crashing_files_is_graded_to_the_end(tmp_path):
 
     csv_path, json_path = write_gradebook(graded, tmp_path / "book")
     rows = list(csv.DictReader(csv_path.open()))
-    assert list(rows[0]) == ["file", "status", "checks_passed", "first_failure", "diagnosis", "seconds"]
+    assert list(rows[0]) == ["file", "exercise", "status", "passed", "total", "checks_passed", "first_failure",
+                             "diagnosis", "seconds", "seed", "cases"]
     assert [r["file"] for r in rows] == sorted(NASTY)
     assert rows[2]["first_failure"] == "returns" and float(rows[4]["seconds"]) >= 4.5
     assert json.loads(json_path.read_text())[0]["checks_passed"] == f"{graded[0].total}/{graded[0].total}"

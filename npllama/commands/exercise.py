@@ -10,9 +10,9 @@ def register(subparsers) -> None:
                     "(signature, docstring, shapes, the derivation's backward section, a body to fill in); "
                     "`check OP FILE` runs the project's own gradient checks on it in a sandboxed process and "
                     "explains any failure, naming the mistake when the numbers show which step of the "
-                    "derivation went wrong; `check OP FOLDER` grades every .py file in a folder and writes a "
-                    "gradebook; `notebook OP` writes the exercise as a Jupyter notebook; `train OP FILE` "
-                    "trains the tiny model with your backward.  `npllama explain OP` prints the derivation.")
+                    "derivation went wrong; `check OP FOLDER` grades every .py file in a folder (and in its "
+                    "subfolders, one per student) and writes a gradebook; `notebook OP` writes the exercise as a "
+                    "Jupyter notebook; `train OP FILE` trains the tiny model with your backward.  `npllama explain OP` prints the derivation.")
     sub = p.add_subparsers(dest="action", metavar="<action>")
     sub.required = True
 
@@ -47,13 +47,13 @@ def register(subparsers) -> None:
     trainer.add_argument("--out", default=None, help="folder for the two runs and the plot (default: a temporary one)")
     trainer.set_defaults(run=run_train)
 
-    check = sub.add_parser("check", help="check a file (or every .py file in a folder)",
+    check = sub.add_parser("check", help="check a file (or every .py file in a folder and its subfolders)",
                            formatter_class=HelpFormatter)
     check.add_argument("op", help="which exercise (see `npllama exercise list`)")
-    check.add_argument("path", help="a .py file defining <op>_backward, or a folder of them")
+    check.add_argument("path", help="a .py file defining <op>_backward, or a folder of them (or of one folder per student)")
     check.add_argument("--cases", type=int, default=8, help="random cases per check, after the edge cases")
     check.add_argument("--seed", type=int, default=0, help="seed of the random cases")
-    check.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    check.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON (the gradebook's records)")
     check.add_argument("--gradebook", default=None, metavar="STEM",
                        help="for a folder: write the gradebook to STEM.csv and STEM.json "
                             "(default: ./gradebook-<op>)")
@@ -116,12 +116,11 @@ def run_notebook(args) -> int:
 def run_check(args) -> int:
     """Each file is graded in its own process (time and memory limits): nothing a submission does
     can stop the grading.  Exit status 0 when every submission passes, 1 otherwise."""
-    import json
     import sys
     from pathlib import Path
 
     from ..exercises import get_exercise
-    from ..exercises.gradebook import format_gradebook, grade_folder, write_gradebook
+    from ..exercises.gradebook import format_gradebook, grade_folder, gradebook_json, write_gradebook
     from ..exercises.sandbox import grade_file
 
     get_exercise(args.op)  # an unknown name is a usage error before anything runs
@@ -151,7 +150,7 @@ def run_check(args) -> int:
         graded = [grade_file(args.op, path, **limits)]
         print(graded[0].text)
     if args.json:
-        Path(args.json).write_text(json.dumps([g.row() | {"report": g.text} for g in graded], indent=2) + "\n")
+        Path(args.json).write_text(gradebook_json(graded), encoding="utf-8")
     return 0 if all(g.ok for g in graded) else 1
 
 

@@ -4,7 +4,8 @@
     write_gradebook(graded, "gradebook")      # gradebook.csv and gradebook.json
     print(format_gradebook(graded))
 
-Columns: file, status, checks passed, first failure, diagnosis, seconds.
+Columns: file, exercise, status, passed, total, checks passed (as text), first failure, diagnosis,
+seconds, seed, cases; the JSON adds each full report.
 """
 from __future__ import annotations
 
@@ -16,37 +17,46 @@ from pathlib import Path
 from .sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, Graded, grade_file
 
 MAX_WORKERS = 2     # graders running at once (each is one process on one BLAS thread)
-COLUMNS = ("file", "status", "checks_passed", "first_failure", "diagnosis", "seconds")
+COLUMNS = ("file", "exercise", "status", "passed", "total", "checks_passed", "first_failure", "diagnosis", "seconds",
+           "seed", "cases")
 
 
 def submissions_in(folder) -> list[Path]:
+    """The .py files of `folder` and of its subfolders one level down (a class handing in one
+    folder per student), sorted by their path relative to `folder`."""
     from .definitions import path_argument
 
     folder = path_argument(folder, "folder", "a folder of .py files")
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder of submissions")
-    files = sorted(p for p in folder.iterdir() if p.suffix == ".py" and p.is_file())
+    files = sorted((p for p in [*folder.glob("*.py"), *folder.glob("*/*.py")]
+                    if p.is_file() and not any(part.startswith((".", "__")) for part in p.relative_to(folder).parts)),
+                   key=lambda p: p.relative_to(folder).as_posix())
     if not files:
-        raise FileNotFoundError(f"{folder} holds no .py files to check")
+        raise FileNotFoundError(f"{folder} holds no .py files to check (nor do its subfolders)")
     return files
 
 
 def grade_folder(op: str, folder, *, n_random: int = 8, seed: int = 0, timeout: float = DEFAULT_TIMEOUT,
                  memory_mb: int = DEFAULT_MEMORY_MB, allow_imports: bool = False, workers: int = MAX_WORKERS,
                  progress=None) -> list[Graded]:
-    """Grade every .py file in `folder` (sorted by name); `progress(graded, done, total)` after each."""
+    """Grade every .py file in `folder` and its subfolders (submissions_in); `progress(graded, done,
+    total)` after each.  Each row's file is its path relative to `folder`."""
     from .definitions import get_exercise
 
     get_exercise(op)
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
         raise ValueError(f"workers must be 1 or {MAX_WORKERS}, got {workers!r}")
     files = submissions_in(folder)
+    folder = Path(folder)
     results: list[Graded | None] = [None] * len(files)
     done = 0
 
     def grade(i):
-        return i, grade_file(op, files[i], n_random=n_random, seed=seed, timeout=timeout, memory_mb=memory_mb,
-                             allow_imports=allow_imports)
+        graded = grade_file(op, files[i], n_random=n_random, seed=seed, timeout=timeout, memory_mb=memory_mb,
+                            allow_imports=allow_imports)
+        graded.file = files[i].relative_to(folder).as_posix()    # alice/rmsnorm_backward.py: whose it is
+        return i, graded
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for i, graded in (f.result() for f in [pool.submit(grade, i) for i in range(len(files))]):
@@ -69,9 +79,14 @@ def write_gradebook(graded: list[Graded], stem) -> tuple[Path, Path]:
         writer.writeheader()
         for g in graded:
             writer.writerow(g.row())
-    json_path.write_text(json.dumps([{**g.row(), "passed": g.passed, "total": g.total, "report": g.text}
-                                     for g in graded], indent=2) + "\n", encoding="utf-8")
+    json_path.write_text(gradebook_json(graded), encoding="utf-8")
     return csv_path, json_path
+
+
+def gradebook_json(graded: list[Graded]) -> str:
+    """The gradebook's JSON: one record per submission, the CSV's columns and the full report
+    (`exercise check FILE --json` writes the same)."""
+    return json.dumps([{**g.row(), "report": g.text} for g in graded], indent=2) + "\n"
 
 
 def format_gradebook(graded: list[Graded], width: int = 100) -> str:

@@ -279,7 +279,7 @@ def check_file(op: str, path, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int
 
 
 def check_folder(op: str, folder, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0) -> list[Report]:
-    """Every .py file in `folder` (sorted by name), each checked on the same cases, in this process
+    """Every .py file in `folder` and its subfolders (gradebook.submissions_in), each checked on the same cases, in this process
     and without limits: for files you trust.  A class's folder: gradebook.grade_folder (sandboxed)."""
     return [check_file(op, f, n_random=n_random, seed=seed) for f in submissions_in(folder)]
 

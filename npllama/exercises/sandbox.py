@@ -45,15 +45,21 @@ class Graded:
     diagnosis: str               # what is wrong, one line ('' when it passes)
     seconds: float
     text: str = ""               # the full report a student reads
+    exercise: str = ""           # what it was graded on: the exercise, the cases' seed, random cases per check
+    seed: int = 0
+    cases: int = 0
 
     @property
     def ok(self) -> bool:
         return self.status == "pass"
 
     def row(self) -> dict:
-        return {"file": self.file, "status": self.status, "checks_passed": f"{self.passed}/{self.total}",
+        """One gradebook row.  passed and total are numbers (a spreadsheet reads "2/4" as a date);
+        checks_passed keeps the "2/4" text for readers of older gradebooks."""
+        return {"file": self.file, "exercise": self.exercise, "status": self.status, "passed": self.passed,
+                "total": self.total, "checks_passed": f"{self.passed}/{self.total}",
                 "first_failure": self.first_failure, "diagnosis": self.diagnosis,
-                "seconds": round(self.seconds, 2)}
+                "seconds": round(self.seconds, 2), "seed": self.seed, "cases": self.cases}
 
 
 def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: float = DEFAULT_TIMEOUT,
@@ -89,14 +95,15 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
         report = _read_report(result_path, token)
         tail = output_path.read_text(errors="replace")[-OUTPUT_TAIL:].strip()
     total = len(exercise.checks())
+    graded_on = dict(exercise=op, seed=seed, cases=n_random)
     if report is not None:
-        return _graded_from_report(path, report, seconds)
+        return dataclasses.replace(_graded_from_report(path, report, seconds), **graded_on)
     if timed_out:
         why = (f"stopped after {timeout:g} s of wall clock: an endless loop, or far too slow "
                f"(a Python loop over every entry?)")
-        return Graded(path.name, "timeout", 0, total, "", why, seconds, f"{path.name}: {why}")
+        return Graded(path.name, "timeout", 0, total, "", why, seconds, f"{path.name}: {why}", **graded_on)
     why = _describe_exit(child.returncode, memory_mb, tail)
-    return Graded(path.name, "crashed", 0, total, "", why, seconds, f"{path.name}: {why}")
+    return Graded(path.name, "crashed", 0, total, "", why, seconds, f"{path.name}: {why}", **graded_on)
 
 
 def _check_limits(timeout, memory_mb) -> None:

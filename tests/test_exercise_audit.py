@@ -319,3 +319,13 @@ def test_gradebook_has_numeric_counts_and_what_it_graded_on_and_finds_student_fo
                     str(folder / "alice" / "rmsnorm_backward.py"), "--cases", "1", "--seed", "3",
                     "--json", str(single)], capture_output=True, timeout=120)
     assert set(json.loads(single.read_text())[0]) == set(record)     # one schema for both
+
+
+def test_block_and_model_cases_are_summarised():
+    from npllama.exercises import EXERCISES
+
+    for op in ("block", "model"):
+        ex = EXERCISES[op]
+        for params in ex.edge_cases:
+            text = ex.case(params).describe()
+            assert len(text) < 160 and "LlamaConfig(" not in text and "heads" in text, text

@@ -144,8 +144,10 @@ out = h + swiglu(hn; W_gate, W_up, W_down)     # 8-9 the second residual"""
             weights.append((centre + scale * rng.standard_normal(shape)).astype(dtype))
         cos, sin = rope_cos_sin(np.arange(T), hd, 10000.0, dtype=dtype)
         names = ("x", "w_in", "W_q", "W_k", "W_v", "W_o", "w_post", "W_gate", "W_up", "W_down")
+        summary = (f"x {x.shape}, {H} heads ({KVH} kv), head_dim {hd}, F {params['F']}, "
+                   f"{'causal' if params['causal'] else 'bidirectional'}; weights of the config's shapes")
         return Case(self.forward, [x, *weights], names, tuple(range(10)), seed=params["seed"] % 1000,
-                    kwargs=dict(cos=cos, sin=sin, config=config, causal=params["causal"]))
+                    kwargs=dict(cos=cos, sin=sin, config=config, causal=params["causal"]), summary=summary)
 
     @check("residuals", "the output's gradient reaches x along both residual paths (dx - dout is the "
                         "two sub-layers' share)")
@@ -156,7 +158,8 @@ out = h + swiglu(hn; W_gate, W_up, W_down)     # 8-9 the second residual"""
         zeroed = list(case.inputs)
         zeroed[5] = np.zeros_like(zeroed[5])     # W_o = 0: attn_out = 0
         zeroed[9] = np.zeros_like(zeroed[9])     # W_down = 0: mlp_out = 0
-        identity = Case(case.forward, zeroed, case.input_names, case.wrt, kwargs=case.kwargs, seed=case.seed)
+        identity = Case(case.forward, zeroed, case.input_names, case.wrt, kwargs=case.kwargs, seed=case.seed,
+                        summary=case.summary)
         identity.reference = case.reference
         grads, dout, _, _ = self._grads(backward, identity)
         expect_close(grads[0], dout, "dx", identity.describe() + ", W_o = W_down = 0",
@@ -260,5 +263,8 @@ logits = hidden @ W_lm.T                       # W_lm = E when tie_word_embeddin
         tokens = rng.integers(0, config.vocab_size, size=(params["B"], T))
         cos, sin = rope_cos_sin(np.arange(T), config.head_dim, 10000.0, dtype=dtype)
         names = tuple(shapes)
+        summary = (f"tokens {tokens.shape}, {config.num_hidden_layers} layer(s), vocab {config.vocab_size}, "
+                   f"D {config.hidden_size}, F {config.intermediate_size}, {config.num_attention_heads} heads "
+                   f"({config.num_key_value_heads} kv), {'tied' if params['tied'] else 'untied'} embeddings")
         return Case(self.forward, arrays, names, tuple(range(len(names))), seed=params["seed"] % 1000,
-                    kwargs=dict(names=names, tokens=tokens, cos=cos, sin=sin, config=config))
+                    kwargs=dict(names=names, tokens=tokens, cos=cos, sin=sin, config=config), summary=summary)

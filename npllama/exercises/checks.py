@@ -102,12 +102,15 @@ class Case:
     seed: int = 0                       # seeds the upstream gradient dout
     zero_label: str = ""                # what the entries whose gradient is exactly 0 are ("ignored targets")
     reference: Callable | None = None   # the project's backward, to explain a wrong shape
+    summary: str = ""                   # a short description for cases of many inputs (block, model)
 
     @property
     def grad_names(self) -> tuple:
         return tuple("d" + self.input_names[i] for i in self.wrt)
 
     def describe(self) -> str:
+        if self.summary:
+            return self.summary
         parts = []
         for name, value in zip(self.input_names, self.inputs):
             if isinstance(value, np.ndarray):

@@ -1,0 +1,421 @@
+"""Each derivation's FINAL vectorised backward formula, transcribed from the .md as written, against
+the op's backward in npllama/ops (float64, tiny shapes, random inputs).
+
+A derivation and its code cannot drift apart silently: if the code changes, the formula here no
+longer matches it; if the .md changes, `test_cited_lines_still_hold_the_formula` fails until the
+transcription below is brought in line.  The formulas here use only NumPy and the symbols of the
+.md; nothing below calls the op whose backward it checks, except to get the answer to compare with.
+The ops' forward passes are used only to make the caches their backwards read.
+"""
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npllama.ops.attention import attention_backward, attention_forward
+from npllama.ops.classifier import classifier_backward, classifier_forward
+from npllama.ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
+from npllama.ops.embedding import embedding_backward, embedding_forward
+from npllama.ops.layernorm import layernorm_backward, layernorm_forward
+from npllama.ops.linear import linear_backward, linear_forward
+from npllama.ops.lora import lora_backward, lora_forward
+from npllama.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
+from npllama.ops.rope import rope_backward, rope_cos_sin, rope_forward
+from npllama.ops.softmax import softmax_backward, softmax_forward
+from npllama.ops.swiglu import swiglu_backward, swiglu_forward
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# (file, first line, last line, a snippet the cited lines must contain): the formula each test
+# below transcribes.  Line numbers are 1-based, inclusive.
+CITED = {
+    "rmsnorm": ("rmsnorm.md", 62, 64, r"\mathrm{dx} = \mathrm{rstd}\,\big(\mathrm{dxhat} - \mathrm{xhat}\cdot\mathrm{mean}(\mathrm{dxhat}\odot\mathrm{xhat})\big)"),
+    "layernorm": ("layernorm.md", 68, 73, r"- \mathrm{xhat}\cdot\mathrm{mean}(\mathrm{dxhat}\odot\mathrm{xhat})\Big)}$$"),
+    "linear": ("linear.md", 41, 42, r"\mathrm{dweight} = \mathrm{dy}^\top\,x"),
+    "embedding": ("embedding.md", 49, 50, "np.add.at(dweight, tokens.reshape(-1), dout.reshape(-1, D))"),
+    "softmax": ("softmax.md", 50, 50, r"\mathrm{dx} = p\odot\big(\mathrm{dp} - \textstyle\sum_{\text{last axis}}(\mathrm{dp}\odot p)\big)"),
+    "cross_entropy": ("cross_entropy.md", 78, 82, "scale = dloss / n_counted if n_counted else 0"),
+    "attention": ("attention.md", 164, 173, r"dk_g &= \mathrm{scale}\textstyle\sum_{h \in g} d\_attn\_scores^T q_h"),
+    "rope": ("rope.md", 130, 131, r"dx = dy \odot \mathrm{cos} - \mathrm{rotate\_half}(dy \odot \mathrm{sin})"),
+    "swiglu": ("swiglu.md", 79, 85, r"d\mathrm{gate} &= d\mathrm{act}\odot\mathrm{up}\odot\sigma\odot\big(1 + \mathrm{gate}\odot(1-\sigma)\big)"),
+    "lora": ("lora.md", 67, 71, "dlora_A = d_lora_hidden.reshape(-1, r).T @ x_drop.reshape(-1, in_)"),
+    "classifier": ("classifier.md", 58, 60, "dhidden[np.arange(B), last_index] = dpooled"),
+    "mlm": ("mlm.md", 46, 50, r"\mathrm{dlogits}_{b,t} = c_{b,t}\,(\mathrm{softmax}(\mathrm{logits}_{b,t}) - \mathrm{onehot}(\mathrm{targets}_{b,t}))/\sum c"),
+    "sentence_order": ("sentence_order.md", 50, 56, r"$(-(\sigma - y),\ \sigma - y) = p_b - \mathrm{onehot}(y_b)$"),
+    "transformer_block": ("transformer_block.md", 128, 132, r"dx &= dh + J_{\mathrm{N}_{w_{in}}}^T J_{\mathrm{Attn}}^T\, dh"),
+    "adamw": ("adamw.md", 179, 184, "p -= lr * m_hat / (sqrt(v_hat) + eps)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CITED))
+def test_cited_lines_still_hold_the_formula(name):
+    file, first, last, snippet = CITED[name]
+    lines = (ROOT / "derivations" / file).read_text(encoding="utf-8").splitlines()
+    cited = "\n".join(lines[first - 1:last])
+    assert snippet in cited, (f"derivations/{file}:{first}-{last} no longer holds the formula this test "
+                              f"transcribes ({snippet!r}); update the transcription and the citation")
+
+
+def test_every_derivation_is_transcribed():
+    assert set(CITED) == {p.stem for p in (ROOT / "derivations").glob("*.md")}
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.linalg.norm(a - b) / max(np.linalg.norm(a), np.linalg.norm(b), 1e-300)
+
+
+def close(a, b, tol=1e-12):
+    assert np.shape(a) == np.shape(b), (np.shape(a), np.shape(b))
+    assert rel_err(a, b) < tol, rel_err(a, b)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20240601)
+
+
+# ----- the transcribed formulas, reused by the whole-block test ---------------------------------
+
+def rmsnorm_formula(dy, x, rstd, weight):
+    """rmsnorm.md:62-64."""
+    xhat = x * rstd
+    dxhat = dy * weight
+    dx = rstd * (dxhat - xhat * np.mean(dxhat * xhat, axis=-1, keepdims=True))
+    dweight = np.sum((dy * xhat).reshape(-1, x.shape[-1]), axis=0)
+    return dx, dweight
+
+
+def linear_formula(dy, x, weight):
+    """linear.md:41-42: dx = dy weight, dweight = dy^T x (leading axes flattened)."""
+    return dy @ weight, dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+
+
+def rotate_half(x):
+    """rope.md: rotate_half([x1, x2]) = [-x2, x1]."""
+    h = x.shape[-1] // 2
+    return np.concatenate([-x[..., h:], x[..., :h]], axis=-1)
+
+
+def rope_formula(dy, cos, sin):
+    """rope.md:131."""
+    return dy * cos - rotate_half(dy * sin)
+
+
+def softmax_rows(scores):
+    """attention.md's softmax over s with -inf masked; a row with no allowed key is all zeros."""
+    m = np.max(scores, axis=-1, keepdims=True)
+    m = np.where(np.isneginf(m), 0.0, m)
+    e = np.exp(scores - m)
+    s = np.sum(e, axis=-1, keepdims=True)
+    return e / np.where(s > 0, s, 1.0)
+
+
+def attention_formula(dout, q, k, v, allowed):
+    """attention.md:164-173, per batch element and query head h, kv head g(h) = h // n_rep."""
+    B, H, T, hd = q.shape
+    KVH = k.shape[1]
+    n_rep = H // KVH
+    scale = 1 / math.sqrt(hd)
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    probs = np.zeros((B, H, T, k.shape[2]))
+    for b in range(B):
+        for h in range(H):
+            g = h // n_rep
+            attn_scores = np.where(allowed[b], scale * q[b, h] @ k[b, g].T, -np.inf)
+            attn_probs = softmax_rows(attn_scores)
+            d_attn_probs = dout[b, h] @ v[b, g].T
+            d_attn_scores = attn_probs * (d_attn_probs - np.sum(d_attn_probs * attn_probs, axis=-1, keepdims=True))
+            dq[b, h] = scale * d_attn_scores @ k[b, g]
+            dk[b, g] += scale * d_attn_scores.T @ q[b, h]
+            dv[b, g] += attn_probs.T @ dout[b, h]
+            probs[b, h] = attn_probs
+    return dq, dk, dv, probs
+
+
+def swiglu_formula(dout, x, w_gate, w_up, w_down):
+    """swiglu.md:79-85 (the forward's gate, up, sigma, act recomputed from the .md's forward)."""
+    D, F = w_down.shape
+    gate, up = x @ w_gate.T, x @ w_up.T
+    sigma = 1 / (1 + np.exp(-gate))          # fine here: |gate| is small
+    act = gate * sigma * up
+    rows = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
+    dact = dout @ w_down
+    dW_down = rows(dout).T @ rows(act)
+    dgate = dact * up * sigma * (1 + gate * (1 - sigma))
+    dup = dact * gate * sigma
+    dx = dgate @ w_gate + dup @ w_up
+    dW_gate = rows(dgate).T @ rows(x)
+    dW_up = rows(dup).T @ rows(x)
+    return dx, dW_gate, dW_up, dW_down
+
+
+# ----- one test per derivation --------------------------------------------------------------------
+
+def test_rmsnorm(rng):
+    x, weight, dy = rng.standard_normal((2, 3, 5)), rng.standard_normal(5), rng.standard_normal((2, 3, 5))
+    _, cache = rmsnorm_forward(x, weight, 1e-5)
+    rstd = 1 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-5)   # the .md's forward
+    for mine, theirs in zip(rmsnorm_formula(dy, x, rstd, weight), rmsnorm_backward(dy, cache)):
+        close(mine, theirs)
+
+
+def test_layernorm(rng):
+    x, weight, bias, dy = (rng.standard_normal((2, 3, 5)), rng.standard_normal(5), rng.standard_normal(5),
+                           rng.standard_normal((2, 3, 5)))
+    _, cache = layernorm_forward(x, weight, bias, 1e-5)
+    mean = np.mean(x, axis=-1, keepdims=True)
+    rstd = (np.mean((x - mean) ** 2, axis=-1, keepdims=True) + 1e-5) ** -0.5
+    xhat = (x - mean) * rstd
+    dxhat = dy * weight                                                    # layernorm.md:68-73
+    dx = rstd * (dxhat - np.mean(dxhat, axis=-1, keepdims=True)
+                 - xhat * np.mean(dxhat * xhat, axis=-1, keepdims=True))
+    dweight = np.sum((dy * xhat).reshape(-1, 5), axis=0)
+    dbias = np.sum(dy.reshape(-1, 5), axis=0)
+    for mine, theirs in zip((dx, dweight, dbias), layernorm_backward(dy, cache)):
+        close(mine, theirs)
+
+
+def test_linear(rng):
+    x, weight, dy = rng.standard_normal((2, 3, 4)), rng.standard_normal((5, 4)), rng.standard_normal((2, 3, 5))
+    _, cache = linear_forward(x, weight)
+    for mine, theirs in zip(linear_formula(dy, x, weight), linear_backward(dy, cache)):
+        close(mine, theirs)
+
+
+def test_embedding(rng):
+    V, D = 5, 3
+    tokens = np.array([[2, 2, 0], [4, 2, 1]])
+    weight, dout = rng.standard_normal((V, D)), rng.standard_normal((2, 3, D))
+    _, cache = embedding_forward(tokens, weight)
+    dweight = np.zeros((V, D), weight.dtype)                               # embedding.md:49-50
+    np.add.at(dweight, tokens.reshape(-1), dout.reshape(-1, D))
+    close(dweight, embedding_backward(dout, cache))
+
+
+def test_softmax(rng):
+    x, dp = rng.standard_normal((2, 3, 6)), rng.standard_normal((2, 3, 6))
+    x[0, 0, 2:] = -np.inf                                                  # a masked stretch
+    x[1, 2, :] = -np.inf                                                   # a fully masked row
+    p, cache = softmax_forward(x)
+    dx = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))                 # softmax.md:50
+    close(dx, softmax_backward(dp, cache))
+    assert np.all(dx[1, 2] == 0)
+
+
+@pytest.mark.parametrize("all_ignored", [False, True])
+def test_cross_entropy(rng, all_ignored):
+    logits = rng.standard_normal((2, 3, 7)) * 3
+    targets = np.array([[1, -100, 6], [0, 3, -100]])
+    if all_ignored:
+        targets[:] = -100
+    dloss = 0.7
+    _, cache = cross_entropy_forward(logits, targets)
+    # cross_entropy.md:78-82, with its forward's names
+    logits_shape, N = logits.shape, 6
+    logits_2d, targets_1d = logits.reshape(N, -1), targets.reshape(-1)
+    counted = targets_1d != -100
+    n_counted = int(counted.sum())
+    safe_targets = np.where(counted, targets_1d, 0)
+    shifted = logits_2d - logits_2d.max(axis=-1, keepdims=True)
+    probs = np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
+    dlogits = probs.copy()
+    dlogits[np.arange(N), safe_targets] -= 1
+    scale = dloss / n_counted if n_counted else 0
+    dlogits *= (counted * scale)[:, None]
+    dlogits = dlogits.reshape(logits_shape)
+    close(dlogits, cross_entropy_backward(np.float64(dloss), cache))     # all ignored: both exactly 0
+
+
+@pytest.mark.parametrize("H, KVH, causal, padded", [(4, 2, True, True), (3, 3, False, False), (2, 1, True, False)])
+def test_attention(rng, H, KVH, causal, padded):
+    B, T, hd = 2, 4, 3
+    q, k, v = rng.standard_normal((B, H, T, hd)), rng.standard_normal((B, KVH, T, hd)), rng.standard_normal((B, KVH, T, hd))
+    dout = rng.standard_normal((B, H, T, hd))
+    key_padding_mask = None
+    allowed = np.ones((B, T, T), dtype=bool)
+    if causal:
+        allowed &= np.tril(np.ones((T, T), dtype=bool))                    # s <= q_offset + t, q_offset 0
+    if padded:
+        key_padding_mask = np.ones((B, T), dtype=bool)
+        key_padding_mask[1, :2] = False                                    # left padding: query 0 of row 1 sees nothing
+        allowed &= key_padding_mask[:, None, :]
+    _, cache = attention_forward(q, k, v, causal, key_padding_mask)
+    dq, dk, dv, probs = attention_formula(dout, q, k, v, allowed)
+    close(probs, cache.attn_probs)
+    for mine, theirs in zip((dq, dk, dv), attention_backward(dout, cache)):
+        close(mine, theirs)
+
+
+def test_rope(rng):
+    x, dy = rng.standard_normal((2, 3, 5, 6)), rng.standard_normal((2, 3, 5, 6))
+    cos, sin = rope_cos_sin(np.arange(7, 12), 6, 10000.0, {"rope_type": "llama3", "factor": 8.0,
+                            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16})
+    _, cache = rope_forward(x, cos, sin)
+    close(rope_formula(dy, cos, sin), rope_backward(dy, cache))
+    # the formula is the gradient for any tables, not only ones whose halves agree (rope.md)
+    cos2, sin2 = rng.standard_normal((5, 6)), rng.standard_normal((5, 6))
+    _, cache2 = rope_forward(x, cos2, sin2)
+    close(rope_formula(dy, cos2, sin2), rope_backward(dy, cache2))
+
+
+def test_swiglu(rng):
+    D, F = 4, 6
+    x, dout = rng.standard_normal((2, 3, D)), rng.standard_normal((2, 3, D))
+    w_gate, w_up, w_down = rng.standard_normal((F, D)), rng.standard_normal((F, D)), rng.standard_normal((D, F))
+    _, cache = swiglu_forward(x, w_gate, w_up, w_down)
+    for mine, theirs in zip(swiglu_formula(dout, x, w_gate, w_up, w_down), swiglu_backward(dout, cache)):
+        close(mine, theirs)
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_lora(rng, dropout):
+    in_, out, r, scaling = 5, 4, 2, 1.5
+    x, dy = rng.standard_normal((2, 3, in_)), rng.standard_normal((2, 3, out))
+    weight, lora_A, lora_B = rng.standard_normal((out, in_)), rng.standard_normal((r, in_)), rng.standard_normal((out, r))
+    dropout_mask = (rng.random(x.shape) > 0.3) / 0.7 if dropout else None
+    _, cache = lora_forward(x, weight, lora_A, lora_B, scaling, dropout_mask)
+    x_drop = x * dropout_mask if dropout else x
+    lora_hidden = x_drop @ lora_A.T
+    d_lora_out = scaling * dy                                              # lora.md:67-71
+    dlora_B = d_lora_out.reshape(-1, out).T @ lora_hidden.reshape(-1, r)
+    d_lora_hidden = d_lora_out @ lora_B
+    dlora_A = d_lora_hidden.reshape(-1, r).T @ x_drop.reshape(-1, in_)
+    dx = dy @ weight + (d_lora_hidden @ lora_A) * (dropout_mask if dropout else 1)
+    for mine, theirs in zip((dx, dlora_A, dlora_B), lora_backward(dy, cache)):
+        close(mine, theirs)
+
+
+def test_classifier(rng):
+    B, T, D, num_labels = 3, 4, 5, 3
+    hidden, S = rng.standard_normal((B, T, D)), rng.standard_normal((num_labels, D))
+    last_index = np.array([3, 1, 2])
+    dlogits = rng.standard_normal((B, num_labels))
+    _, cache = classifier_forward(hidden, S, last_index)
+    pooled = hidden[np.arange(B), last_index]
+    dpooled, dscore_weight = dlogits @ S, dlogits.T @ pooled              # classifier.md step 1
+    dhidden = np.zeros(hidden.shape, dtype=dpooled.dtype)                 # classifier.md:58-60
+    dhidden[np.arange(B), last_index] = dpooled
+    for mine, theirs in zip((dhidden, dscore_weight), classifier_backward(dlogits, cache)):
+        close(mine, theirs)
+
+
+def test_mlm(rng):
+    B, T, V, D = 2, 5, 7, 4
+    h, W_head = rng.standard_normal((B, T, D)), rng.standard_normal((V, D))
+    targets = np.full((B, T), -100)
+    targets[0, 1], targets[1, 3], targets[1, 4] = 3, 0, 6                 # the chosen positions
+    logits, head_cache = linear_forward(h, W_head)
+    _, ce_cache = cross_entropy_forward(logits, targets)
+    c = targets != -100                                                    # mlm.md:46-48
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    onehot = np.eye(V)[np.where(c, targets, 0)]
+    dlogits = c[..., None] * (p - onehot) / c.sum()
+    dlogits_op = cross_entropy_backward(np.float64(1.0), ce_cache)
+    close(dlogits, dlogits_op)
+    dh, dW_head = dlogits @ W_head, dlogits.reshape(-1, V).T @ h.reshape(-1, D)   # mlm.md step 2
+    for mine, theirs in zip((dh, dW_head), linear_backward(dlogits_op, head_cache)):
+        close(mine, theirs)
+
+
+def test_sentence_order(rng):
+    B, T, D = 4, 3, 5
+    hidden, S = rng.standard_normal((B, T, D)), rng.standard_normal((2, D))
+    last_index, y = np.array([2, 1, 2, 0]), np.array([0, 1, 1, 0])
+    sop_logits, sop_cache = classifier_forward(hidden, S, last_index)
+    _, sop_ce = cross_entropy_forward(sop_logits, y)
+    d_sop_logits = cross_entropy_backward(np.float64(1.0), sop_ce)
+    delta = sop_logits[:, 1] - sop_logits[:, 0]                            # sentence_order.md:50-54
+    sigma = 1 / (1 + np.exp(-delta))
+    logistic = np.stack([-(sigma - y), sigma - y], axis=1) / B
+    close(logistic, d_sop_logits)
+    dhidden_sop, dS = classifier_backward(d_sop_logits, sop_cache)
+    close(dS, logistic.T @ hidden[np.arange(B), last_index])               # sentence_order.md step 2
+    expected = np.zeros_like(hidden)
+    expected[np.arange(B), last_index] = logistic @ S
+    close(dhidden_sop, expected)
+
+
+def test_transformer_block(rng):
+    """transformer_block.md:128-132 and its steps 9-1, built from the formulas transcribed above (not
+    from the ops), against npllama.model.block_backward."""
+    from npllama.config import LlamaConfig
+    from npllama.model import LayerWeights, block_backward, block_forward
+
+    B, T, D, H, KVH, F = 2, 3, 8, 4, 2, 12
+    hd = D // H
+    config = LlamaConfig(vocab_size=11, hidden_size=D, intermediate_size=F, num_hidden_layers=1,
+                         num_attention_heads=H, num_key_value_heads=KVH, max_position_embeddings=16)
+    shapes = [(D,), (H * hd, D), (KVH * hd, D), (KVH * hd, D), (D, H * hd), (D,), (F, D), (F, D), (D, F)]
+    w = LayerWeights(*(rng.standard_normal(s) * (1 if len(s) == 1 else 0.5) for s in shapes))
+    x, dout = rng.standard_normal((B, T, D)), rng.standard_normal((B, T, D))
+    cos, sin = rope_cos_sin(np.arange(T), hd, 10000.0)
+    eps = config.rms_norm_eps
+    _, cache = block_forward(x, w, cos, sin, config, True, None)
+
+    # the forward, as the .md numbers it (needed for what each backward formula reads)
+    rstd = lambda a: 1 / np.sqrt(np.mean(a * a, -1, keepdims=True) + eps)  # noqa: E731
+    heads = lambda a, n: a.reshape(B, T, n, hd).transpose(0, 2, 1, 3)     # noqa: E731
+    merge = lambda a: a.transpose(0, 2, 1, 3).reshape(B, T, -1)           # noqa: E731
+    xn = x * rstd(x) * w.input_layernorm                                    # 1
+    q, k, v = heads(xn @ w.q_proj.T, H), heads(xn @ w.k_proj.T, KVH), heads(xn @ w.v_proj.T, KVH)   # 2
+    q_rot = q * cos + rotate_half(q) * sin                                  # 3
+    k_rot = k * cos + rotate_half(k) * sin
+    allowed = np.broadcast_to(np.tril(np.ones((T, T), dtype=bool)), (B, T, T))
+    _, _, _, probs = attention_formula(np.zeros((B, H, T, hd)), q_rot, k_rot, v, allowed)
+    a = merge(probs @ np.repeat(v, H // KVH, axis=1))                       # 4, 5
+    h = x + a @ w.o_proj.T                                                  # 6
+    hn = h * rstd(h) * w.post_attention_layernorm                          # 7
+
+    # the backward: dh = dout + J_N_post^T J_SwiGLU^T dout;  dx = dh + J_N_in^T J_Attn^T dh
+    dhn, dW_gate, dW_up, dW_down = swiglu_formula(dout, hn, w.gate_proj, w.up_proj, w.down_proj)   # 9, 8
+    dh_norm, dw_post = rmsnorm_formula(dhn, h, rstd(h), w.post_attention_layernorm)                 # 7
+    dh = dout + dh_norm
+    da, dW_o = linear_formula(dh, a, w.o_proj)                                                       # 6, 5
+    dq_rot, dk_rot, dv, _ = attention_formula(da.reshape(B, T, H, hd).transpose(0, 2, 1, 3),
+                                              q_rot, k_rot, v, allowed)                               # 4
+    dq, dk = rope_formula(dq_rot, cos, sin), rope_formula(dk_rot, cos, sin)                          # 3
+    dxn_q, dW_q = linear_formula(merge(dq), xn, w.q_proj)                                            # 2
+    dxn_k, dW_k = linear_formula(merge(dk), xn, w.k_proj)
+    dxn_v, dW_v = linear_formula(merge(dv), xn, w.v_proj)
+    dx_norm, dw_in = rmsnorm_formula(dxn_q + dxn_k + dxn_v, x, rstd(x), w.input_layernorm)           # 1
+    dx = dh + dx_norm
+
+    dx_code, grads = block_backward(dout, cache)
+    close(dx, dx_code)
+    mine = LayerWeights(dw_in, dW_q, dW_k, dW_v, dW_o, dw_post, dW_gate, dW_up, dW_down)
+    for field, m, t in zip(LayerWeights._fields, mine, grads):
+        assert rel_err(m, t) < 1e-12, field
+
+
+def test_adamw(rng):
+    """adamw.md:179-184 against npllama.optim.AdamW.step: a decayed matrix and an undecayed vector,
+    three steps with different learning rates."""
+    from npllama.optim import AdamW
+
+    params = {"w": rng.standard_normal((3, 4)), "norm": rng.standard_normal(4)}
+    mine = {n: p.copy() for n, p in params.items()}
+    lr0, beta1, beta2, eps, weight_decay = 1e-2, 0.9, 0.95, 1e-8, 0.1
+    opt = AdamW(params, lr=lr0, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
+    m = {n: np.zeros_like(p) for n, p in mine.items()}
+    v = {n: np.zeros_like(p) for n, p in mine.items()}
+    for t, lr in enumerate((1e-2, 3e-3, 5e-2), start=1):
+        grads = {n: rng.standard_normal(p.shape) for n, p in params.items()}
+        opt.step({n: g.copy() for n, g in grads.items()}, lr=lr)
+        for n, g in grads.items():
+            p = mine[n]
+            if n == "w":                                   # decay[name]: 2-D only (default_no_decay)
+                p *= 1 - lr * weight_decay
+            m[n] *= beta1
+            m[n] += (1 - beta1) * g
+            v[n] *= beta2
+            v[n] += (1 - beta2) * (g * g)
+            m_hat = m[n] / (1 - beta1 ** t)
+            v_hat = v[n] / (1 - beta2 ** t)
+            p -= lr * m_hat / (np.sqrt(v_hat) + eps)
+        for n in params:
+            close(mine[n], params[n], 1e-14)
+            close(m[n], opt.m[n], 1e-14)
+            close(v[n], opt.v[n], 1e-14)

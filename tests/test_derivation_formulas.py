@@ -38,6 +38,7 @@ CITED = {
     "cross_entropy": ("cross_entropy.md", 78, 82, "scale = dloss / n_counted if n_counted else 0"),
     "attention": ("attention.md", 164, 173, r"dk_g &= \mathrm{scale}\textstyle\sum_{h \in g} d\_attn\_scores^T q_h"),
     "rope": ("rope.md", 130, 131, r"dx = dy \odot \mathrm{cos} - \mathrm{rotate\_half}(dy \odot \mathrm{sin})"),
+    "rope_llama3": ("rope.md", 86, 92, r"(1 - \mathrm{smooth})\,\mathrm{inv\_freq}_i / \mathrm{factor} + \mathrm{smooth}\cdot\mathrm{inv\_freq}_i"),
     "swiglu": ("swiglu.md", 79, 85, r"d\mathrm{gate} &= d\mathrm{act}\odot\mathrm{up}\odot\sigma\odot\big(1 + \mathrm{gate}\odot(1-\sigma)\big)"),
     "lora": ("lora.md", 67, 71, "dlora_A = d_lora_hidden.reshape(-1, r).T @ x_drop.reshape(-1, in_)"),
     "classifier": ("classifier.md", 58, 60, "dhidden[np.arange(B), last_index] = dpooled"),
@@ -58,7 +59,7 @@ def test_cited_lines_still_hold_the_formula(name):
 
 
 def test_every_derivation_is_transcribed():
-    assert set(CITED) == {p.stem for p in (ROOT / "derivations").glob("*.md")}
+    assert {file[:-3] for file, *_ in CITED.values()} == {p.stem for p in (ROOT / "derivations").glob("*.md")}
 
 
 def rel_err(a, b):
@@ -258,6 +259,26 @@ def test_rope(rng):
     cos2, sin2 = rng.standard_normal((5, 6)), rng.standard_normal((5, 6))
     _, cache2 = rope_forward(x, cos2, sin2)
     close(rope_formula(dy, cos2, sin2), rope_backward(dy, cache2))
+
+
+def test_rope_llama3_inv_freq():
+    """rope.md:86-92, the one forward formula checked here: LLaMA-3's three frequency bands (a
+    convention students and ports get wrong), against rope_inv_freq, with pairs in every band."""
+    from npllama.ops.rope import rope_inv_freq
+
+    d, rope_theta = 64, 500000.0
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    L, factor = scaling["original_max_position_embeddings"], scaling["factor"]
+    low_freq_factor, high_freq_factor = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    inv_freq = rope_theta ** (-2 * np.arange(d // 2) / d)
+    lam = 2 * np.pi / inv_freq
+    lam_low, lam_high = L / low_freq_factor, L / high_freq_factor
+    smooth = (L / lam - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    expected = np.where(lam > lam_low, inv_freq / factor,
+                        np.where(lam < lam_high, inv_freq, (1 - smooth) * inv_freq / factor + smooth * inv_freq))
+    assert (lam > lam_low).any() and (lam < lam_high).any() and ((lam >= lam_high) & (lam <= lam_low)).any()
+    close(expected, rope_inv_freq(d, rope_theta, scaling), 1e-15)
 
 
 def test_swiglu(rng):

@@ -508,9 +508,9 @@ def cosine_with_warmup(step: int, *, max_lr: float, warmup_steps: int, total_ste
     """Linear warmup, then half a cosine from max_lr down to min_lr, then constant min_lr.
 
         step <  warmup_steps:                max_lr * (step + 1) / warmup_steps
-        warmup_steps <= step <= total_steps: min_lr + (max_lr - min_lr) * (1 + cos(pi * progress)) / 2,
+        warmup_steps <= step < total_steps:  min_lr + (max_lr - min_lr) * (1 + cos(pi * progress)) / 2,
                                              progress = (step - warmup_steps) / (total_steps - warmup_steps)
-        step >  total_steps:                 min_lr
+        step >= total_steps:                 min_lr (where the cosine has arrived: progress 1)
     """
     step = _require_step("step", step)
     max_lr = _require_number("max_lr", max_lr, low=0.0)

@@ -226,7 +226,7 @@ class Embedding(Exercise):
 class Linear(Exercise):
     op, title, module = "linear", "linear layer (no bias)", "npllama.ops.linear"
     forward_name, backward_name, params = "linear_forward", "linear_backward", "dy, cache"
-    derivation, article = "derivations/linear.md", "§3.1 (every projection in the block)"
+    derivation, article = "derivations/linear.md", "§4.1.1 (the query, key and value projections)"
     forward_text = "y = x @ weight.T              # weight laid out (out_features, in_features) as in PyTorch"
     doc = """Gradients of y = x @ weight.T.
 
@@ -378,7 +378,7 @@ LLAMA3_SMALL = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "h
 class RoPE(Exercise):
     op, title, module = "rope", "rotary position embedding", "npllama.ops.rope"
     forward_name, backward_name, params = "rope_forward", "rope_backward", "dy, cache"
-    derivation, article = "derivations/rope.md", "§4.1 (positions inside self-attention)"
+    derivation, article = "derivations/rope.md", "§2.1.3 (positional encoding)"
     forward_text = """rotate_half(x) = concat(-x2, x1)   where x1, x2 are the two halves of the last axis
 y = x * cos + rotate_half(x) * sin     # Hugging Face's convention: pairs (x[i], x[i + head_dim/2])"""
     doc = """Gradient of y = x * cos + rotate_half(x) * sin with respect to x.
@@ -566,7 +566,7 @@ query head h reads kv head h // n_rep (grouped-query attention, n_rep = H // KVH
 class SwiGLUAct(Exercise):
     op, title, module = "swiglu_act", "SwiGLU's gated activation", "npllama.ops.swiglu"
     forward_name, backward_name, params = "swiglu_act_forward", "swiglu_act_backward", "dact, cache"
-    derivation, article = "derivations/swiglu.md", "§3.1 (the feed-forward network)"
+    derivation, article = "derivations/swiglu.md", "§5.2.3 (the feed-forward network)"
     forward_text = """sigmoid(z) = 1 / (1 + exp(-z));   silu(z) = z * sigmoid(z)
 act = silu(gate) * up                     # elementwise"""
     doc = """Gradients of act = silu(gate) * up with respect to gate and up (elementwise).
@@ -612,7 +612,7 @@ act = silu(gate) * up                     # elementwise"""
 class SwiGLU(Exercise):
     op, title, module = "swiglu", "SwiGLU feed-forward network", "npllama.ops.swiglu"
     forward_name, backward_name, params = "swiglu_forward", "swiglu_backward", "dout, cache"
-    derivation, article = "derivations/swiglu.md", "§3.1 (the feed-forward network)"
+    derivation, article = "derivations/swiglu.md", "§5.2.3 (the feed-forward network)"
     forward_text = """gate = x @ w_gate.T;   up = x @ w_up.T           # (..., F)
 act  = silu(gate) * up
 out  = act @ w_down.T                              # (..., D)"""

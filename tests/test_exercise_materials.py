@@ -207,3 +207,18 @@ def test_the_rule_does_not_forbid_the_helpers_the_starter_imports():
     text = starter_source("block")
     assert "from npllama.ops.rmsnorm import rmsnorm_backward" in text
     assert "plus the helpers this exercise names" in text and "imports npllama's ops" not in text
+
+
+def test_an_exercise_on_part_of_a_derivation_quotes_only_its_steps():
+    # swiglu_act is act = silu(gate) * up: its starter quotes swiglu.md's steps 2 and 3, not the
+    # projections around them (steps 1 and 4), and says where the rest is
+    from npllama.exercises.definitions import get_exercise
+    from npllama.exercises.starter import derivation_quote, starter_source
+
+    quote = derivation_quote(get_exercise("swiglu_act"))
+    assert "Step 2" in quote and "Step 3" in quote and "silu'" in quote
+    assert "Step 1" not in quote and "Step 4" not in quote and "W_gate" not in quote
+    assert "npllama explain swiglu" in quote
+    assert "Step 2" in starter_source("swiglu_act") and "Step 4" not in starter_source("swiglu_act")
+    whole = derivation_quote(get_exercise("swiglu"))
+    assert "Step 1" in whole and "Step 4" in whole

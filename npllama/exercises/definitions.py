@@ -54,6 +54,8 @@ class Exercise:
     backward_name: str = ""
     params: str = "dout, cache"  # the backward's parameters
     derivation: str = ""         # derivations/<file>.md
+    derivation_steps: tuple = ()  # the backward's "**Step N" paragraphs to quote, when the exercise is
+                                  # one part of its derivation (all of its backward when empty)
     article: str = ""            # the article's section, when it has one
     forward_text: str = ""       # the forward equations, for the starter file
     doc: str = ""                # the docstring the student's function gets
@@ -567,6 +569,7 @@ class SwiGLUAct(Exercise):
     op, title, module = "swiglu_act", "SwiGLU's gated activation", "npllama.ops.swiglu"
     forward_name, backward_name, params = "swiglu_act_forward", "swiglu_act_backward", "dact, cache"
     derivation, article = "derivations/swiglu.md", "§5.2.3 (the feed-forward network)"
+    derivation_steps = ("Step 2", "Step 3")     # act = silu(gate) * up and silu's derivative, not the projections
     forward_text = """sigmoid(z) = 1 / (1 + exp(-z));   silu(z) = z * sigmoid(z)
 act = silu(gate) * up                     # elementwise"""
     doc = """Gradients of act = silu(gate) * up with respect to gate and up (elementwise).

@@ -229,6 +229,21 @@ def to_text(markdown: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
 
 
+def explain_steps(name: str, steps: tuple) -> str:
+    """The paragraphs of a derivation's backward that begin "**Step N" for the given steps (each up
+    to the next step's paragraph or the section's end), as terminal text, under a line saying
+    where they come from."""
+    quoted = []
+    for heading, body in backward_sections(name):
+        paragraphs = re.split(r"\n(?=\*\*Step \d)", body)
+        quoted += [p for p in paragraphs if any(p.startswith(f"**{step}") for step in steps)]
+    if len(quoted) != len(steps):
+        raise ValueError(f"{name} has no backward paragraphs for all of {list(steps)}")
+    op = Path(name).stem
+    source = f"{', '.join(steps)} of the backward in {name} (all of it: npllama explain {op})"
+    return f"{source}\n{'-' * len(source)}\n" + "\n".join(to_text(p.strip()) + "\n" for p in quoted).rstrip()
+
+
 def explain_text(name: str, backward_only: bool = False) -> str:
     """A derivation as terminal text: all of it, or only its backward sections."""
     if backward_only:

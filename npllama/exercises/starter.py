@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 from .definitions import Exercise, get_exercise, path_argument
-from .derivation import backward_heading, explain_text
+from .derivation import backward_heading, explain_steps, explain_text
 from .screen import RULE
 
 def derivation_section(exercise: Exercise) -> str:
@@ -22,8 +22,11 @@ def derivation_section(exercise: Exercise) -> str:
 
 
 def derivation_quote(exercise: Exercise) -> str:
-    """The backward sections of the exercise's derivation as terminal text ('' when not installed)."""
+    """The backward sections of the exercise's derivation as terminal text ('' when not installed);
+    only the steps the exercise names (derivation_steps) when it is one part of its derivation."""
     try:
+        if exercise.derivation_steps:
+            return explain_steps(exercise.derivation, exercise.derivation_steps)
         return explain_text(exercise.derivation, backward_only=True)
     except ValueError:
         return ""

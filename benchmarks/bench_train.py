@@ -160,12 +160,15 @@ class _OpTimers(contextlib.ExitStack):
         return run
 
     def __enter__(self):
-        from npllama import use_op
-        from npllama.backend import op_names, ops
+        from npllama import backend, use_op
 
         super().__enter__()
-        kernels = ops("numba")
-        for name in op_names():
+        kernels = backend.ops("numba")
+        # the ops the model calls by name: an override of a nested one (the softmax inside attention)
+        # would run the enclosing op's reference around it, timing something else than the kernel
+        nested = getattr(backend, "NESTED_OPS", {})
+        called = getattr(backend, "replaceable_ops", backend.op_names)()
+        for name in (n for n in called if n not in nested):
             self.enter_context(use_op(name, self._timed(name, getattr(kernels, name)), backend="numba"))
         self.optimizer.step = self._timed(OPTIMIZER_PART, self.optimizer_step)
         self.callback(setattr, self.optimizer, "step", self.optimizer_step)

@@ -399,16 +399,54 @@ def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries
         probes = _Probes()
         for idx in indices:
             _probe_entry(evaluate, x, idx, scale[idx], g[idx], typical, largest, eps, richardson, tol, atol, probes)
+        drawn = []
         for _ in range(n_directions):
-            signs = rng.choice(np.array([-1.0, 1.0]), size=x.shape)
-            _probe_direction(evaluate, x, signs * scale, g, largest, eps, richardson, tol, atol, probes)
-        reports.append(_judge(name, x.shape, x.size, int(np.sum(np.isfinite(x))), indices, n_directions, probes, tol,
-                              n_nan=int(np.sum(np.isnan(x)))))
+            drawn.append(rng.choice(np.array([-1.0, 1.0]), size=x.shape) * scale)
+            _probe_direction(evaluate, x, drawn[-1], g, largest, eps, richardson, tol, atol, probes)
+        report = _judge(name, x.shape, x.size, int(np.sum(np.isfinite(x))), indices, n_directions, probes, tol,
+                        n_nan=int(np.sum(np.isnan(x))))
+        if report.worst_direction and report.failed:
+            _locate(report, evaluate, x, drawn[report.worst_direction - 1], g, scale, typical, largest,
+                    eps, richardson, tol, atol)
+        reports.append(report)
         if progress:
             r = reports[-1]
             print(f"gradcheck {len(reports)}/{len(names)} {name}: {r.method} {r.coverage}, "
                   f"err/bound {r.err_over_bound:.2g} {r.status}", file=sys.stderr, flush=True)
     return GradcheckReport(reports, tol, eps, atol)
+
+
+def _locate(report, evaluate, x, direction, g, scale, typical, largest, eps, richardson, tol, atol) -> None:
+    """A random direction failed: find an entry it failed through.  The direction is cut in two
+    halves (each a direction of its own), the half that fails is followed, and so on to one entry:
+    about 2 log2(n) more probes, where checking every entry would take n.  When no half fails on
+    its own (the error is spread thin over many entries), the report says so instead."""
+    candidates = np.flatnonzero(direction)
+    probes_made = 0
+    while candidates.size > 1:
+        ratios = []
+        for half in np.array_split(candidates, 2):
+            part = np.zeros_like(direction)
+            part.flat[half] = direction.flat[half]
+            one = _Probes()
+            _probe_direction(evaluate, x, part, g, largest, eps, richardson, tol, atol, one)
+            probes_made += 1
+            held_to = one.bound[0] + tol * one.magnitude[0]
+            ratios.append(abs(one.analytic[0] - one.numeric[0]) / held_to if held_to > 0 else np.inf)
+        if max(ratios) <= 1:
+            report.notes.append(f"no half of direction {report.worst_direction} fails on its own: the error is "
+                                f"spread over {candidates.size} entries, none far off alone")
+            return
+        candidates = np.array_split(candidates, 2)[int(np.argmax(ratios))]
+    idx = tuple(int(v) for v in np.unravel_index(int(candidates[0]), x.shape))
+    entry = _Probes()
+    _probe_entry(evaluate, x, idx, scale[idx], g[idx], typical, largest, eps, richardson, tol, atol, entry)
+    report.worst_index, report.worst_direction = idx, 0
+    report.analytic_at_worst, report.numeric_at_worst = entry.analytic[0], entry.numeric[0]
+    report.notes = [n for n in report.notes if not n.startswith("random direction")]
+    report.notes.append(f"a random direction failed; halving it {probes_made // 2} times found entry {idx} "
+                        f"(analytic {entry.analytic[0]:.6g}, numeric {entry.numeric[0]:.6g}); there may be others: "
+                        "method=\"entries\" with max_entries=None checks every one")
 
 
 def _require_deterministic(evaluate) -> None:

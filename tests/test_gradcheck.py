@@ -252,6 +252,7 @@ def test_correct_whole_model_gradient_is_far_from_the_bound(seed):
     assert report.ok and report.max_err_over_bound < 0.3, str(report)
     assert not report.warnings, str(report)
     assert not broken.ok, str(broken)   # one entry 0.1% off, probably not sampled: found anyway
+    assert broken[name].worst_index == (3, 5), str(broken)   # and named, sampled or bisected to
 
 
 # ----- gradients tiny next to |f|: longer steps, or an honest UNRESOLVED -----------------------------
@@ -381,17 +382,38 @@ def test_the_inputs_are_restored_when_the_function_raises_mid_check(caller):
     assert np.array_equal(x, [1.0, 2.0, 3.0])
 
 
-def test_a_random_direction_that_fails_is_named_not_a_passing_entry():
-    rng = np.random.default_rng(1)
+@pytest.mark.parametrize("seed", range(6))
+def test_a_failing_random_direction_is_bisected_to_the_wrong_entry(seed):
+    # one entry of 3000 is 1% off; the sample of 32 misses it, a random direction catches it, and
+    # halving that direction (a dozen more probes) names the entry -- never a sampled entry that is fine
+    rng = np.random.default_rng(seed)
     x, c = rng.standard_normal(3000), rng.standard_normal(3000)
     grad = c * (1 - np.tanh(x) ** 2)
     wrong = grad.copy()
-    wrong[np.argmax(np.abs(grad))] *= 1.01
-    report = gradcheck(lambda v: float(np.sum(np.tanh(v) * c)), [x], [wrong], names=["x"], seed=2)
+    planted = int(np.argsort(np.abs(grad))[-1 - seed])      # among the larger entries, so 1% shows
+    wrong[planted] *= 1.01
+    report = gradcheck(lambda v: float(np.sum(np.tanh(v) * c)), [x], [wrong], names=["x"], seed=seed)
     entry = report["x"]
-    assert not report.ok and entry.worst_direction > 0 and entry.worst.startswith("direction")
-    assert entry.worst_index == () and "direction" in str(report)
-    assert any("among the" in note and "method=\"entries\"" in note for note in entry.notes)
+    assert not report.ok and entry.worst_index == (planted,), str(report)
+    assert entry.analytic_at_worst == pytest.approx(wrong[planted])
+    assert entry.numeric_at_worst == pytest.approx(grad[planted], rel=1e-6)
+    assert any("halving it" in note for note in entry.notes), str(report)
+    directional = gradcheck(lambda v: float(np.sum(np.tanh(v) * c)), [x], [wrong], method="directional")
+    assert directional.inputs[0].worst_index == (planted,)
+
+
+def test_an_error_spread_over_every_entry_is_not_pinned_on_one():
+    # every entry 3e-8 off (within each entry's own 1e-7 floor), with the sign of the first random
+    # direction: summed along it the errors add up and that direction fails, but no entry is to
+    # blame alone, and the halving stops where its pieces pass
+    x, fn, grad = quadratic_form((60, 50), 11)
+    signs = np.random.default_rng(0).choice(np.array([-1.0, 1.0]), size=x.shape)   # direction 1's, seed 0
+    aligned = grad + 3e-8 * np.abs(grad) * signs
+    report = gradcheck(fn, [x], [aligned], names=["x"], method="directional", seed=0)
+    entry = report["x"]
+    assert not report.ok and entry.worst_index == () and entry.worst == "direction 1", str(report)
+    assert any("spread over" in note for note in entry.notes), str(report)
+    assert gradcheck(fn, [x], [aligned], method="entries").ok     # entry by entry it passes
 
 
 def test_a_0d_input_is_checked():

@@ -51,7 +51,9 @@ How a probe's numeric derivative and its bound are made (the error model):
 Which probes (method="auto"): every entry when the input has at most max_entries entries
 (None: AUTO_ALL_ENTRIES entries); otherwise a random sample of max_entries entries (None:
 AUTO_SAMPLE) plus `directions` random directions.  method="entries" probes entries only (all of
-them when max_entries is None: the old behaviour), method="directional" directions only.
+them when max_entries is None: the old behaviour), method="directional" directions only.  A
+direction that fails is halved, and the failing half followed, down to the entry it failed
+through, which the report then names (2 log2(n) probes more, not n).
 
 Before any probe: two evaluations at the same point must agree (randomness inside f needs a
 fixed seed); check_op also refuses a forward or backward that changes its arguments in place

@@ -245,20 +245,49 @@ def nucleus(probs: np.ndarray, top_p: float, first_guess: int = 64) -> np.ndarra
         n *= 2
 
 
-def stream_text(tokenizer, prompt_ids: Sequence[int], write: Callable[[str], None]) -> Callable[[int], None]:
-    """An on_token callback that writes the newly decoded text (decoding the whole sequence each
-    time, because a SentencePiece piece's text can depend on its neighbours)."""
-    ids = list(prompt_ids)
-    shown = [tokenizer.decode(ids)]
+def stream_text(tokenizer, prompt_ids: Sequence[int], write: Callable[[str], None]) -> "TextStream":
+    """An on_token callback that writes the newly decoded text as it becomes final; call its
+    flush() after the last token.  (see `TextStream`)"""
+    return TextStream(tokenizer, prompt_ids, write)
 
-    def on_token(token_id: int) -> None:
-        ids.append(token_id)
-        text = tokenizer.decode(ids)
-        if text.startswith(shown[0]):
-            write(text[len(shown[0]):])
-        shown[0] = text
 
-    return on_token
+class TextStream:
+    """Writes the text of the ids after `prompt_ids` as they come: once flush() has run, the
+    prompt's text and everything written make tokenizer.decode(prompt_ids + new ids), however
+    the ids arrive.
+
+        show = TextStream(tokenizer, prompt_ids, sys.stdout.write)
+        ids = generate(model, prompt_ids, 100, on_token=show)
+        show.flush()
+
+    The whole sequence is decoded each time, because a SentencePiece piece's text can depend on
+    its neighbours.  A character outside ASCII may come as several byte pieces (<0xF0> <0x9F>
+    <0x98> <0x80> is one emoji); until its last byte arrives, the decoded text ends in U+FFFD.
+    That tail is held back until a later token turns it into the character (or shows it really
+    is U+FFFD), and flush() writes whatever is still held.  (A prompt that itself ends inside a
+    character: that character counts as new text, written once it is complete.)
+    """
+
+    def __init__(self, tokenizer, prompt_ids: Sequence[int], write: Callable[[str], None]):
+        self.tokenizer, self.write = tokenizer, write
+        self.ids = list(prompt_ids)
+        self.start = len(tokenizer.decode(self.ids).rstrip("\ufffd"))   # the prompt's text is not written
+        self.text = ""          # the new text as last decoded (may end in a held-back U+FFFD run)
+        self.written = 0        # how much of it has been written
+
+    def __call__(self, token_id: int) -> None:
+        self.ids.append(token_id)
+        self.text = self.tokenizer.decode(self.ids)[self.start:]
+        final = len(self.text.rstrip("\ufffd"))      # an unfinished character decodes as U+FFFD
+        if final > self.written:
+            self.write(self.text[self.written:final])
+            self.written = final
+
+    def flush(self) -> None:
+        """Write what is still held back: the end of the sequence makes it final."""
+        if len(self.text) > self.written:
+            self.write(self.text[self.written:])
+            self.written = len(self.text)
 
 
 def _check_eos(eos_id) -> set[int]:

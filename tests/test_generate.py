@@ -1,6 +1,8 @@
 """Generation: the KV-cache path equals recomputing everything, greedy is deterministic, sampling obeys its knobs."""
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from npllama import Llama, LlamaConfig
 from npllama.generate import generate, sample_next, stream_text
@@ -84,6 +86,53 @@ def test_stream_text_writes_the_new_text_only():
     for i in (2, 3, 4):
         on_token(i)
     assert "".join(written) == "cde"
+
+
+@pytest.fixture(scope="module")
+def byte_fallback_tokenizer(small_model_dir):
+    """A SentencePiece tokenizer trained on English stories: an emoji, a CJK character or an
+    accented letter is spelt with byte pieces (<0xF0> <0x9F> ...)."""
+    from npllama.runs import load_tokenizer
+
+    return load_tokenizer(small_model_dir)
+
+
+def streamed(tokenizer, prompt_ids, new_ids) -> str:
+    written = []
+    show = stream_text(tokenizer, prompt_ids, written.append)
+    for i in new_ids:
+        show(i)
+        assert "\ufffd" not in "".join(written)   # a half-finished character is never shown
+    show.flush()
+    return "".join(written)
+
+
+def test_stream_text_shows_characters_made_of_byte_pieces(byte_fallback_tokenizer):
+    tok = byte_fallback_tokenizer
+    prompt = tok.encode("Hi", bos=True)
+    new = tok.encode("Hi 😀 café 猫 ok", bos=True)[len(prompt):]
+    assert streamed(tok, prompt, new) == " 😀 café 猫 ok"
+
+
+def test_stream_text_flush_writes_an_unfinished_character(byte_fallback_tokenizer):
+    tok = byte_fallback_tokenizer
+    prompt = tok.encode("Hi", bos=True)
+    new = tok.encode("Hi 😀", bos=True)[len(prompt):-1]   # the emoji's last byte never comes
+    text = streamed(tok, prompt, new)
+    assert text == tok.decode(prompt + new)[len("Hi"):] and text.endswith("\ufffd")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(st.sampled_from(list("ab cdé\nxyz😀猫ñ🎉\u00e9\u0301.")), max_size=30),
+       split=st.integers(0, 100))
+def test_stream_text_concatenated_is_the_decoded_text(byte_fallback_tokenizer, text, split):
+    """prompt text + everything streamed == decode(all ids), wherever the prompt ends (if it ends
+    inside a character, the streamed text begins with that character, not the prompt's U+FFFD)."""
+    tok = byte_fallback_tokenizer
+    ids = tok.encode(text, bos=True)
+    cut = 1 + split % len(ids)
+    prompt, new = ids[:cut], ids[cut:]
+    assert tok.decode(prompt).rstrip("\ufffd") + streamed(tok, prompt, new) == tok.decode(ids)
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

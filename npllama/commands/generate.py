@@ -96,6 +96,7 @@ def run(args) -> int:
                            stop=printer.stopped if stop is not None else None,
                            vocab_size=vocab_size, threads=args.threads)
             seconds = time.perf_counter() - started
+            show.flush()      # a character whose last byte never came: shown as U+FFFD
             printer.flush()
             sys.stdout.write("\n" + ("-" * 40 + "\n" if i < args.num_samples - 1 else ""))
             sys.stdout.flush()

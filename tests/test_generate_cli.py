@@ -1,0 +1,52 @@
+"""`npllama generate` and `npllama eval` as a user meets them: what is printed, and what is refused
+before anything is printed (tests/test_cli.py trains a run; these use the small shared model folder)."""
+import pytest
+
+from npllama.cli import main
+
+
+def run_cli(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str, command: str = "generate") -> str:
+    err = err.strip()
+    assert err.startswith(f"npllama {command}: error:") and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture
+def scripted_generation(monkeypatch):
+    """Make `generate` emit chosen ids (one by one, through on_token), so the printing is tested
+    with characters an untrained model would never choose."""
+    import npllama.generate
+
+    script = []
+
+    def fake_generate(model, prompt, max_new_tokens, *, on_token=None, stop=None, **_):
+        ids = list(prompt)
+        for i in script[:max_new_tokens]:
+            ids.append(i)
+            on_token(i)
+            if stop is not None and stop(ids[len(prompt):]):
+                break
+        return ids
+
+    monkeypatch.setattr(npllama.generate, "generate", fake_generate)
+    return script
+
+
+def test_generate_prints_characters_made_of_byte_pieces(small_model_dir, scripted_generation, capsys):
+    from npllama.runs import load_tokenizer
+
+    tok = load_tokenizer(small_model_dir)
+    prompt = tok.encode("Hi", bos=True)
+    scripted_generation.extend(tok.encode("Hi 😀 café 猫 ok", bos=True)[len(prompt):])
+    code, out, _ = run_cli(["generate", "--model", str(small_model_dir), "--prompt", "Hi"], capsys)
+    assert code == 0 and out == "Hi 😀 café 猫 ok\n"
+    # a stop string made of byte pieces matches too
+    code, out, _ = run_cli(["generate", "--model", str(small_model_dir), "--prompt", "Hi", "--stop", "猫"], capsys)
+    assert code == 0 and out == "Hi 😀 café \n"

@@ -37,7 +37,8 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
         has padding rows beyond it.
     threads: how many threads one decode step runs on (numba backend, one prompt at a time);
         None: $NPLLAMA_DECODE_THREADS, else every core.  Fewer can be faster when other programs
-        keep the cores busy.  The logits are the same for any count.
+        keep the cores busy.  The logits are the same for any count.  At most NPLLAMA_MAX_THREADS
+        (default 256, npllama/budget.py).
     """
     batched = _is_batch(prompt)
     prompts = [_check_prompt(p, model.config.vocab_size, f"prompt[{i}]") for i, p in enumerate(prompt)] \
@@ -48,6 +49,10 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
         if function is not None and not callable(function):
             raise TypeError(f"{name} must be None or a function, got {function!r}")
     require_positive_int("threads", threads, none_ok=True)
+    if threads is not None:
+        from .budget import check_threads
+
+        check_threads("threads", threads)   # NPLLAMA_MAX_THREADS: more would only spin at the barriers
     if on_token is not None and batched:
         raise ValueError("on_token streams one sequence: give one prompt, not a batch")
     if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer))

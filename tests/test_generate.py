@@ -281,3 +281,21 @@ def test_stop_strings_and_generate_text():
 def test_bad_new_generation_arguments_are_refused(model, kwargs, error, match):
     with pytest.raises(error, match=match):
         generate(model, **kwargs)
+
+
+def test_threads_above_the_budget_are_refused_before_any_thread_starts(model, monkeypatch):
+    """As `train --threads`: at most NPLLAMA_MAX_THREADS (lowered here, so that a missing check
+    would start 3 threads, not thousands)."""
+    from npllama.kernels.decode import FastDecoder
+    from npllama.kernels.threads import ENV_VARIABLE, decode_threads
+
+    monkeypatch.setenv("NPLLAMA_MAX_THREADS", "2")
+    with pytest.raises(ValueError, match=r"^threads must be at most 2 \(NPLLAMA_MAX_THREADS\), got 3$"):
+        generate(model, [1], 3, temperature=0, threads=3)
+    with pytest.raises(ValueError, match=r"threads must be at most 2 \(NPLLAMA_MAX_THREADS\), got 3$"):
+        FastDecoder(model, threads=3)
+    monkeypatch.setenv(ENV_VARIABLE, "3")
+    with pytest.raises(ValueError, match=rf"^{ENV_VARIABLE} must be at most 2 \(NPLLAMA_MAX_THREADS\), got 3$"):
+        decode_threads()
+    monkeypatch.setenv(ENV_VARIABLE, "2")
+    assert generate(model, [1], 3, temperature=0, threads=2) == generate(model, [1], 3, temperature=0)

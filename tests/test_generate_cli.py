@@ -50,3 +50,17 @@ def test_generate_prints_characters_made_of_byte_pieces(small_model_dir, scripte
     # a stop string made of byte pieces matches too
     code, out, _ = run_cli(["generate", "--model", str(small_model_dir), "--prompt", "Hi", "--stop", "猫"], capsys)
     assert code == 0 and out == "Hi 😀 café \n"
+
+
+@pytest.mark.parametrize("env, argv, match", [
+    ({}, ["--threads", "100000"], "--threads must be at most 256 (NPLLAMA_MAX_THREADS), got 100,000"),
+    ({"NPLLAMA_MAX_THREADS": "2"}, ["--threads", "3"], "--threads must be at most 2 (NPLLAMA_MAX_THREADS), got 3"),
+    ({"NPLLAMA_DECODE_THREADS": "100000"}, [],
+     "NPLLAMA_DECODE_THREADS must be at most 256 (NPLLAMA_MAX_THREADS), got 100,000"),
+])
+def test_generate_refuses_too_many_threads_before_printing(small_model_dir, scripted_generation, capsys,
+                                                          monkeypatch, env, argv, match):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run_cli(["generate", "--model", str(small_model_dir), "--backend", "numba", *argv], capsys)
+    assert code == 2 and out == "" and match in one_line_error(err)

@@ -34,9 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one each run)")
     p.add_argument("--num-samples", type=int, default=1, help="how many continuations to print")
     p.add_argument("--threads", type=int, default=None,
-                   help="threads of each decode step (default: every core, or $NPLLAMA_DECODE_THREADS); "
-                        "fewer can be faster while other programs keep the cores busy; the text is the "
-                        "same for any count")
+                   help="threads of each decode step (default: every core, or $NPLLAMA_DECODE_THREADS; "
+                        "at most $NPLLAMA_MAX_THREADS, 256 unless set); fewer can be faster while other "
+                        "programs keep the cores busy; the text is the same for any count")
     add_run_options(p)
     p.set_defaults(run=run)
 
@@ -49,8 +49,7 @@ def run(args) -> int:
     # Every argument is checked before the model is loaded or anything is printed.
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be at least 1, got {args.num_samples}")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    _check_threads(args)
     _check_args(args, check_generation_args)
     stops = [s.replace("\\n", "\n") for s in args.stop or []]
     if any(not s for s in stops):
@@ -113,6 +112,23 @@ def _speed_line(new: int, seconds: float, started: float, arrivals: list[float],
         steady = (len(arrivals) - 1) / max(arrivals[-1] - arrivals[0], 1e-9)
         line += f"; first token after {arrivals[0] - started:.2f} s, then {steady:.1f} tokens/s"
     return line + f", prompt {prompt_tokens} tokens]"
+
+
+def _check_threads(args) -> None:
+    """--threads, or $NPLLAMA_DECODE_THREADS where the numba decoder will read it: at least 1 and
+    at most NPLLAMA_MAX_THREADS (npllama/budget.py)."""
+    from ..backend import get_backend
+    from ..budget import check_threads
+
+    if args.threads is None:
+        if (args.backend or get_backend()) == "numba":
+            from ..kernels.threads import decode_threads
+
+            decode_threads()          # a bad $NPLLAMA_DECODE_THREADS, said before anything is printed
+        return
+    if args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    check_threads("--threads", args.threads)
 
 
 def _check_args(args, check_generation_args) -> None:

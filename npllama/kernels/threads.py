@@ -26,6 +26,7 @@ from collections import deque
 import numpy as np
 from numba import config as numba_config
 
+from ..budget import check_threads
 from ._sync import (IDLE, ask_helpers_to_quit, flags_for, helpers_still_in_job, let_through, publish_job,
                     waited_share)
 
@@ -36,7 +37,7 @@ ENV_VARIABLE = "NPLLAMA_DECODE_THREADS"
 
 def decode_threads() -> tuple[int, bool]:
     """The default thread count of a decode step, and whether it was chosen by the user:
-    ($NPLLAMA_DECODE_THREADS, True) if set, else (the cores this process may run on, at most
+    ($NPLLAMA_DECODE_THREADS, True) if set (at most NPLLAMA_MAX_THREADS, npllama/budget.py), else (the cores this process may run on, at most
     MAX_DECODE_THREADS; 1 on Windows, which has no sched_yield; False)."""
     text = os.environ.get(ENV_VARIABLE)
     if text:
@@ -46,6 +47,7 @@ def decode_threads() -> tuple[int, bool]:
             value = 0
         if value < 1:
             raise ValueError(f"{ENV_VARIABLE} must be a positive int, got {text!r}")
+        check_threads(ENV_VARIABLE, value)
         return value, True
     if numba_config.DISABLE_JIT:      # the kernels run as Python: threads would take turns on the GIL
         return 1, False
@@ -68,6 +70,7 @@ class Team:
     """n threads (the caller and n - 1 helpers) sharing `flags` (see npllama/kernels/_sync.py)."""
 
     def __init__(self, n: int, helper_loop, args: tuple):
+        check_threads("threads", n)   # thousands of threads would each spin at the barriers
         self.n, self.args, self.helper_loop = n, args, helper_loop
         self._running = threading.Lock()
         self._alone = flags_for(1)

@@ -45,6 +45,7 @@ PEFT_PREFIX = "base_model.model."   # PeftModel -> LoraModel -> the wrapped Llam
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS")
+CLASSIFICATION_HEADS = ("score",)   # modules_to_save of LlamaForSequenceClassification's head
 
 
 class LoraSwiGLUCache(NamedTuple):
@@ -69,7 +70,8 @@ class LoraAdapters:
 
     `training` switches dropout on (False by default, so evaluation and generation are
     deterministic).  `extra` holds other trainable tensors saved beside the adapters (PEFT's
-    modules_to_save), e.g. {"score.weight": ...} for a classification head.
+    modules_to_save), e.g. {"score.weight": ...} for a classification head.  `task_type` and
+    `source` are adapter_config.json's task_type and the folder, for adapters load_adapter read.
     """
 
     def __init__(self, model, r: int = 8, lora_alpha: float = 16, lora_dropout: float = 0.0,
@@ -89,6 +91,8 @@ class LoraAdapters:
         self.model = model
         self.training = False
         self.extra: dict[str, np.ndarray] = {}
+        self.task_type: str | None = None
+        self.source: str | None = None
         self._rng = np.random.default_rng(seed)
         self.params = self._init_params(seed)
         self._module_of: dict[int, str] = {}
@@ -260,20 +264,53 @@ def attach_lora(model, r: int = 8, lora_alpha: float = 16, lora_dropout: float =
     return adapters
 
 
-def load_adapter(model, path) -> LoraAdapters:
+def load_adapter(model, path, task: str | None = None) -> LoraAdapters:
     """Attach the adapters saved in the PEFT folder `path` (by npllama or by PEFT) to `model`.
 
     Checks the config fields npllama implements (LoRA, no bias, no DoRA, fan_in_fan_out false, one
     rank and alpha for all modules) and that every tensor is there with the shape this base model
     needs.  Tensors of modules_to_save (e.g. a classification head) land in `adapters.extra`.
+    task="CAUSAL_LM": the model will predict tokens (generate, perplexity, multiple choice), so an
+    adapter saved for sequence classification is refused before its tensors are read.
     """
     from .runs import reading_run
 
+    if task not in (None, "CAUSAL_LM"):
+        raise ValueError(f"task must be None or 'CAUSAL_LM', got {task!r}")
     with reading_run(path):   # a fine-tuning run replacing the folder is never read half-way
-        return _load_adapter(model, path)
+        return _load_adapter(model, path, task)
 
 
-def _load_adapter(model, path) -> LoraAdapters:
+def is_classification_adapter(task_type, modules_to_save) -> bool:
+    """Whether an adapter_config.json's task_type / modules_to_save say it was saved for sequence
+    classification (a head, `score`, trained beside the adapters)."""
+    heads = modules_to_save if isinstance(modules_to_save, list) else []
+    return task_type == "SEQ_CLS" or any(h in CLASSIFICATION_HEADS for h in heads)
+
+
+def check_causal_lm(model) -> None:
+    """Refuse a model whose attached LoRA adapters were saved for sequence classification: they
+    were trained to label texts through their head, and predicting tokens with them (generate,
+    perplexity) gives meaningless text without any warning."""
+    adapters = getattr(model, "lora", None)
+    if adapters is None:
+        return
+    heads = sorted({name.split(".")[0] for name in adapters.extra})
+    if is_classification_adapter(adapters.task_type, heads):
+        raise ValueError(_classification_adapter_message(adapters.source, adapters.task_type, heads))
+
+
+def _classification_adapter_message(source, task_type, heads) -> str:
+    where = f"adapter {str(source)!r}" if source is not None else "the model's LoRA adapter"
+    found = ", ".join(([f"task_type {task_type}"] if task_type else [])
+                      + ([f"modules_to_save {heads}"] if heads else []))
+    return (f"{where} is a sequence-classification adapter ({found}): it labels texts with its "
+            f"classification head and does not predict tokens; use it with `npllama classify --model "
+            f"BASE --adapter {source or 'DIR'}` (Python: npllama.load_classifier(base, adapter=...)), or "
+            f"use a CAUSAL_LM adapter (`npllama finetune sft --lora`) here")
+
+
+def _load_adapter(model, path, task=None) -> LoraAdapters:
     from .io.errors import CheckpointError
     from .io.safetensors import read_safetensors
 
@@ -290,6 +327,9 @@ def _load_adapter(model, path) -> LoraAdapters:
     # a regular file of bounded size, JSON of bounded depth, an object at the top
     config = read_json(config_path, expect=dict, error=CheckpointError)
     _check_peft_config(config_path, config)
+    if task == "CAUSAL_LM" and is_classification_adapter(config.get("task_type"), config.get("modules_to_save")):
+        raise ValueError(_classification_adapter_message(path, config.get("task_type"),
+                                                         config.get("modules_to_save")))
     adapters = LoraAdapters(model, config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0),
                             config["target_modules"], use_rslora=bool(config.get("use_rslora", False)))
     tensors = read_safetensors(weights_path, dtype=model.dtype)
@@ -306,6 +346,8 @@ def _load_adapter(model, path) -> LoraAdapters:
             raise CheckpointError(weights_path, "unexpected: no such adapter in this base model "
                                                 "(is the adapter for another model?)", tensor=name)
         adapters.extra[name[len(PEFT_PREFIX):]] = tensors.pop(name)
+    adapters.task_type = config.get("task_type") if isinstance(config.get("task_type"), str) else None
+    adapters.source = str(path)
     model.lora = adapters
     return adapters
 

@@ -64,3 +64,33 @@ def test_generate_refuses_too_many_threads_before_printing(small_model_dir, scri
         monkeypatch.setenv(name, value)
     code, out, err = run_cli(["generate", "--model", str(small_model_dir), "--backend", "numba", *argv], capsys)
     assert code == 2 and out == "" and match in one_line_error(err)
+
+
+@pytest.fixture(scope="module")
+def classification_adapter(small_model_dir, tmp_path_factory):
+    """A SEQ_CLS LoRA adapter of the small model, as `finetune classify --lora --out` saves one."""
+    import numpy as np
+
+    from npllama import Llama
+    from npllama.lora import attach_lora
+
+    model = Llama.from_pretrained(small_model_dir)
+    adapters = attach_lora(model, r=2)
+    adapters.extra["score.weight"] = np.zeros((2, model.config.hidden_size), dtype=np.float32)
+    return adapters.save_adapter(tmp_path_factory.mktemp("adapters") / "sent-lora", task_type="SEQ_CLS")
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "--model", "{model}", "--max-new-tokens", "3"],
+    ["eval", "perplexity", "--model", "{model}", "--data", "{text}"],
+    ["eval", "choice", "--base", "{model}", "--limit", "2"],
+])
+def test_a_classification_adapter_is_refused_for_causal_use(small_model_dir, classification_adapter, tmp_path,
+                                                            capsys, argv):
+    (tmp_path / "text.txt").write_text("Once upon a time there was a cat.\n")
+    argv = [a.format(model=small_model_dir, text=tmp_path / "text.txt") for a in argv]
+    code, out, err = run_cli([*argv, "--adapter", str(classification_adapter)], capsys)
+    err = one_line_error(err, argv[0])
+    assert code == 2 and out == ""
+    assert "is a sequence-classification adapter (task_type SEQ_CLS, modules_to_save ['score'])" in err
+    assert f"npllama classify --model BASE --adapter {classification_adapter}" in err

@@ -207,3 +207,46 @@ def test_a_trace_records_the_mlp_steps_and_their_gradients_with_adapters_attache
     lora_a = "d:base_model.model.model.layers.0.mlp.gate_proj.lora_A.weight"
     assert set(t.names("d:base_model.*")) == {"d:" + n for n in adapters.params}
     assert "LoraAdapters._swiglu_backward" in t.sources[lora_a]
+
+
+@pytest.mark.parametrize("task_type, extra", [("SEQ_CLS", True), ("SEQ_CLS", False), ("CAUSAL_LM", True)])
+def test_a_classification_adapter_is_refused_where_tokens_are_predicted(tmp_path, task_type, extra):
+    """An adapter saved for sequence classification (task_type SEQ_CLS, or a 'score' head among
+    modules_to_save) labels texts: generating or scoring text with it is refused, saying so."""
+    from npllama.generate import generate
+    from npllama.perplexity import perplexity
+
+    model, adapters = adapted_model()
+    if extra:
+        adapters.extra["score.weight"] = np.zeros((2, model.config.hidden_size))
+    adapters.save_adapter(tmp_path / "cls", task_type=task_type)
+    adapters.detach()
+    with pytest.raises(ValueError, match=r"^adapter '.*cls' is a sequence-classification adapter .*"
+                                         r"npllama classify --model BASE --adapter .*cls"):
+        load_adapter(model, tmp_path / "cls", task="CAUSAL_LM")
+    assert model.lora is None
+    load_adapter(model, tmp_path / "cls")            # as load_classifier does: any adapter
+    with pytest.raises(ValueError, match="is a sequence-classification adapter"):
+        generate(model, [1, 2], 3, temperature=0)
+
+    class Letters:
+        bos_id = 1
+
+        def encode(self, text, bos=False):
+            return [1] * bos + [2 + ord(c) % 9 for c in text]
+
+    with pytest.raises(ValueError, match="is a sequence-classification adapter"):
+        perplexity(model, Letters(), "some text")
+
+
+def test_a_causal_lm_adapter_is_loaded_for_causal_use(tmp_path):
+    from npllama.generate import generate
+
+    model, adapters = adapted_model()
+    adapters.save_adapter(tmp_path / "sft")
+    expected = generate(model, [1, 2], 3, temperature=0)
+    adapters.detach()
+    assert load_adapter(model, tmp_path / "sft", task="CAUSAL_LM").task_type == "CAUSAL_LM"
+    assert generate(model, [1, 2], 3, temperature=0) == expected
+    with pytest.raises(ValueError, match="task must be None or 'CAUSAL_LM'"):
+        load_adapter(model, tmp_path / "sft", task="causal")

@@ -43,7 +43,9 @@ def load_run_model(path, adapter, dtype: str):
     if adapter is not None:
         from ..lora import load_adapter
 
-        load_adapter(model, adapter)   # under the adapter run's reader lock: a fine-tune may be replacing it
+        # under the adapter run's reader lock (a fine-tune may be replacing it); a classification
+        # adapter is refused: every command loading through here predicts tokens
+        load_adapter(model, adapter, task="CAUSAL_LM")
     return model, tokenizer, model_dir
 
 

@@ -62,12 +62,8 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
                                    or not 1 <= vocab_size <= model.config.vocab_size):
         raise ValueError(f"vocab_size must be None or an int in [1, {model.config.vocab_size}] (the model's "
                          f"vocab_size), got {vocab_size!r}")
-    limit = model.config.max_position_embeddings
-    longest = max(len(p) for p in prompts)
-    if longest + max_new_tokens > limit:
-        raise ValueError(f"the prompt ({longest} tokens) plus max_new_tokens ({max_new_tokens}) is "
-                         f"longer than the model's context, max_position_embeddings = {limit}; "
-                         f"use at most {max(limit - longest, 0)} new tokens or a shorter prompt")
+    check_context(max(len(p) for p in prompts), max_new_tokens, model.config.max_position_embeddings,
+                  "the longest prompt" if batched and len(prompts) > 1 else "the prompt")
     rng = np.random.default_rng(seed)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
                     vocab_size=vocab_size)
@@ -161,6 +157,21 @@ def check_generation_args(max_new_tokens, temperature, top_k, top_p, seed, repet
     _check_sampling(temperature, top_k, top_p, repetition_penalty)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
         raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
+
+
+def check_context(prompt_tokens: int, max_new_tokens: int, limit: int, what: str = "the prompt",
+                  flag: str = "max_new_tokens") -> None:
+    """Refuse a prompt of `prompt_tokens` ids plus `max_new_tokens` that would not fit the model's
+    context (`limit` = max_position_embeddings), naming the largest max_new_tokens that fits (the
+    CLI calls it before printing anything, with flag="--max-new-tokens")."""
+    context = f"the model's context (max_position_embeddings = {limit})"
+    if prompt_tokens >= limit:
+        alone = "fills" if prompt_tokens == limit else "exceeds"
+        room = ", leaving no room for a new token" if prompt_tokens == limit else ""
+        raise ValueError(f"{what} alone ({prompt_tokens} tokens) {alone} {context}{room}: shorten it")
+    if prompt_tokens + max_new_tokens > limit:
+        raise ValueError(f"{what} ({prompt_tokens} tokens) plus {flag} ({max_new_tokens}) is longer than "
+                         f"{context}: use {flag} {limit - prompt_tokens} or less, or a shorter prompt")
 
 
 def _decoder(model, batch_size: int, max_length: int, threads: int | None = None):

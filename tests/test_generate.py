@@ -299,3 +299,22 @@ def test_threads_above_the_budget_are_refused_before_any_thread_starts(model, mo
         decode_threads()
     monkeypatch.setenv(ENV_VARIABLE, "2")
     assert generate(model, [1], 3, temperature=0, threads=2) == generate(model, [1], 3, temperature=0)
+
+
+@pytest.mark.parametrize("prompt, max_new_tokens, match", [
+    ([1] * 41, 1, r"^the prompt alone \(41 tokens\) exceeds the model's context \(max_position_embeddings = 40\): "
+                  r"shorten it$"),
+    ([1] * 40, 1, r"^the prompt alone \(40 tokens\) fills the model's context .*no room for a new token"),
+    ([1] * 30, 11, r"^the prompt \(30 tokens\) plus max_new_tokens \(11\) is longer than the model's context "
+                   r"\(max_position_embeddings = 40\): use max_new_tokens 10 or less, or a shorter prompt$"),
+    ([[1] * 30, [1]], 11, r"^the longest prompt \(30 tokens\) plus max_new_tokens \(11\)"),
+])
+def test_a_prompt_that_does_not_fit_the_context_is_refused_saying_what_fits(model, prompt, max_new_tokens, match):
+    with pytest.raises(ValueError, match=match):
+        generate(model, prompt, max_new_tokens, temperature=0)
+    if not _is_batch_prompt(prompt) and len(prompt) < 40:    # the largest count named does fit
+        assert len(generate(model, prompt, 40 - len(prompt), temperature=0)) == 40
+
+
+def _is_batch_prompt(prompt):
+    return isinstance(prompt[0], list)

@@ -94,3 +94,26 @@ def test_a_classification_adapter_is_refused_for_causal_use(small_model_dir, cla
     assert code == 2 and out == ""
     assert "is a sequence-classification adapter (task_type SEQ_CLS, modules_to_save ['score'])" in err
     assert f"npllama classify --model BASE --adapter {classification_adapter}" in err
+
+
+@pytest.mark.parametrize("words, flags, match", [
+    (400, [], r"the prompt alone \((\d+) tokens\) exceeds the model's context \(max_position_embeddings = 128\): "
+              r"shorten it$"),
+    (30, ["--max-new-tokens", "120"], r"the prompt \((\d+) tokens\) plus --max-new-tokens \(120\) is longer than "
+                                      r"the model's context \(max_position_embeddings = 128\): use --max-new-tokens "
+                                      r"(\d+) or less, or a shorter prompt$"),
+])
+def test_generate_refuses_a_prompt_too_long_before_printing_it(small_model_dir, scripted_generation, capsys,
+                                                              words, flags, match):
+    import re
+
+    from npllama.runs import load_tokenizer
+
+    prompt = " ".join(["story"] * words)
+    tokens = len(load_tokenizer(small_model_dir).encode(prompt, bos=True))
+    code, out, err = run_cli(["generate", "--model", str(small_model_dir), "--prompt", prompt, *flags], capsys)
+    assert code == 2 and out == ""
+    found = re.search(match, one_line_error(err))
+    assert found and int(found.group(1)) == tokens
+    if found.lastindex == 2:
+        assert int(found.group(2)) == 128 - tokens

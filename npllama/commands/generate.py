@@ -43,7 +43,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..backend import get_backend, use_backend
-    from ..generate import StopStrings, check_generation_args, generate, stream_text
+    from ..generate import StopStrings, check_context, check_generation_args, generate, stream_text
     from . import load_run_model
 
     # Every argument is checked before the model is loaded or anything is printed.
@@ -74,6 +74,11 @@ def run(args) -> int:
     else:
         prompt_ids = tokenizer.encode(args.prompt, bos=True)
         shown_prompt = args.prompt
+    try:   # before the prompt is printed
+        check_context(len(prompt_ids), args.max_new_tokens, model.config.max_position_embeddings,
+                      flag="--max-new-tokens")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     stop = StopStrings(tokenizer, stops) if stops else None
     vocab_size = min(tokenizer.vocab_size, model.config.vocab_size)
     with use_backend(args.backend or get_backend()):

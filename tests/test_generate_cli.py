@@ -117,3 +117,37 @@ def test_generate_refuses_a_prompt_too_long_before_printing_it(small_model_dir, 
     assert found and int(found.group(1)) == tokens
     if found.lastindex == 2:
         assert int(found.group(2)) == 128 - tokens
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(small_model_dir, tmp_path_factory):
+    """The small model as a LlamaForSequenceClassification folder: score.weight, no lm_head."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from npllama.io.safetensors import read_safetensors, write_safetensors
+
+    folder = tmp_path_factory.mktemp("classifier") / "sent"
+    shutil.copytree(small_model_dir, folder)
+    tensors = read_safetensors(folder / "model.safetensors")
+    tensors["score.weight"] = np.zeros((2, tensors.pop("lm_head.weight").shape[1]), dtype=np.float32)
+    write_safetensors(folder / "model.safetensors", tensors, metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    config.update(architectures=["LlamaForSequenceClassification"], id2label={"0": "neg", "1": "pos"})
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_classifier_folder_given_to_generate_says_to_use_classify(classifier_dir, capsys):
+    from npllama import Llama
+    from npllama.classify import load_classifier
+
+    code, out, err = run_cli(["generate", "--model", str(classifier_dir)], capsys)
+    err = one_line_error(err)
+    assert code == 2 and out == ""
+    assert "is a sequence-classification model" in err and f"npllama classify --model {classifier_dir}" in err
+    with pytest.raises(ValueError, match="sequence-classification model .* npllama.load_classifier"):
+        Llama.from_pretrained(classifier_dir)
+    assert list(load_classifier(classifier_dir).label_names) == ["neg", "pos"]    # what it is for still works

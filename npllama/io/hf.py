@@ -60,6 +60,11 @@ def load_hf_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.nd
 
     # tensor name -> file holding it; each file's header; the file listing them (index or single)
     tensor_files, headers, source = _tensor_files(folder)
+    if SCORE_NAME in tensor_files and "lm_head.weight" not in tensor_files:
+        raise CheckpointError(tensor_files[SCORE_NAME], "this is a sequence-classification model "
+                              "(LlamaForSequenceClassification: a score head, no lm_head): it labels texts and "
+                              "does not predict tokens; use it with `npllama classify --model "
+                              f"{folder}` (Python: npllama.load_classifier)", tensor=SCORE_NAME)
     to_read, tied_head = _check_names_and_shapes(config, tensor_files, headers, source)
 
     # Only now is tensor data read: every size has been checked against the config.

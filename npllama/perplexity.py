@@ -40,7 +40,7 @@ def perplexity(model, tokenizer, text: str, *, context: int | None = None, batch
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     ids = tokenizer.encode(text, bos=tokenizer.bos_id is not None)
     if len(ids) < 2:
-        raise ValueError("text must give at least two tokens: there is nothing to predict")
+        raise ValueError(f"text must give at least two tokens (it gives {len(ids)}): there is nothing to predict")
     # window k covers ids[k*context : (k+1)*context + 1]: inputs all but its last id, targets all but its first
     starts = list(range(0, len(ids) - 1, context))
     total_loss, total_tokens = 0.0, 0

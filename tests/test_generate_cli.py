@@ -151,3 +151,23 @@ def test_a_classifier_folder_given_to_generate_says_to_use_classify(classifier_d
     with pytest.raises(ValueError, match="sequence-classification model .* npllama.load_classifier"):
         Llama.from_pretrained(classifier_dir)
     assert list(load_classifier(classifier_dir).label_names) == ["neg", "pos"]    # what it is for still works
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
+    (["--top-k", "0"], "--top-k must be a positive integer, got 0"),
+    (["--seed", "-1"], "--seed must be a non-negative integer, got -1"),
+])
+def test_generate_names_the_flag_and_what_it_takes(flags, message, capsys, tmp_path):
+    code, out, err = run_cli(["generate", "--model", str(tmp_path / "never-read"), *flags], capsys)
+    assert code == 2 and out == "" and one_line_error(err).endswith(message)
+
+
+@pytest.mark.parametrize("content, what", [("", "empty"), ("  \n\n", "only whitespace")])
+def test_eval_perplexity_of_an_empty_file_names_the_file(tmp_path, capsys, content, what):
+    data = tmp_path / "empty.txt"
+    data.write_text(content)
+    code, out, err = run_cli(["eval", "perplexity", "--model", str(tmp_path / "never-read"), "--data", str(data)],
+                             capsys)
+    assert code == 2 and out == ""
+    assert f"--data {data} holds no text ({what}): there is nothing to predict" in one_line_error(err, "eval")

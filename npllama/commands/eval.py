@@ -64,6 +64,9 @@ def run_perplexity(args) -> int:
             text = f.read()
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"cannot read --data {args.data}: {error}") from None
+    if not text.strip():
+        raise UsageError(f"--data {args.data} holds no text ({'empty' if not text else 'only whitespace'}): "
+                         f"there is nothing to predict; give a file with at least a sentence")
     model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype)
     if args.context is not None and args.context > model.config.max_position_embeddings:
         raise UsageError(f"--context {args.context} is longer than the model's context "

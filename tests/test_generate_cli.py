@@ -171,3 +171,33 @@ def test_eval_perplexity_of_an_empty_file_names_the_file(tmp_path, capsys, conte
                              capsys)
     assert code == 2 and out == ""
     assert f"--data {data} holds no text ({what}): there is nothing to predict" in one_line_error(err, "eval")
+
+
+@pytest.fixture
+def masked_lm_dir(small_model_dir, tmp_path):
+    """The small model marked as `train --objective mlm` marks it (config.json's npllama_objective)."""
+    import json
+    import shutil
+
+    import npllama.runs
+
+    if not hasattr(npllama.runs, "model_objective"):
+        pytest.skip("npllama.runs.model_objective (the training side's objective field) is not here yet")
+    folder = tmp_path / "mlm"
+    shutil.copytree(small_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "npllama_objective": "mlm"}))
+    return folder
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["generate", "--model", "{model}"], "--model"),
+    (["eval", "perplexity", "--model", "{model}", "--data", "{text}"], "--model"),
+    (["eval", "choice", "--base", "{model}", "--limit", "2"], "--base"),
+])
+def test_a_masked_lm_model_is_refused_where_tokens_are_predicted(masked_lm_dir, tmp_path, capsys, argv, flag):
+    (tmp_path / "text.txt").write_text("Once upon a time there was a cat.\n")
+    argv = [a.format(model=masked_lm_dir, text=tmp_path / "text.txt") for a in argv]
+    code, out, err = run_cli(argv, capsys)
+    err = one_line_error(err, argv[0])
+    assert code == 2 and out == "" and f"{flag} '{masked_lm_dir}' is a masked-LM model" in err

@@ -32,13 +32,20 @@ def add_adapter_option(p, model_flag: str) -> None:
                    f"`npllama finetune sft --lora --out DIR`) applied to {model_flag}")
 
 
-def load_run_model(path, adapter, dtype: str):
+def load_run_model(path, adapter, dtype: str, flag: str = "--model", job: str = "generating text"):
     """(model, tokenizer, model_dir) for --model/--base `path` (None: the latest run), with the LoRA
-    `adapter` folder applied when one is given."""
+    `adapter` folder applied when one is given.  Every caller predicts tokens (`job`), so a
+    masked-LM model (`train --objective mlm`) is refused before it is loaded."""
     import numpy as np
 
+    from .. import runs
     from ..runs import load_model_and_tokenizer
 
+    # npllama.runs.refuse_a_masked_lm comes with the training side's "npllama_objective" field
+    # in config.json; without it no model is marked, and nothing is refused
+    refuse_a_masked_lm = getattr(runs, "refuse_a_masked_lm", None)
+    if refuse_a_masked_lm is not None:
+        refuse_a_masked_lm(path, flag, job)
     model, tokenizer, model_dir = load_model_and_tokenizer(path, dtype=getattr(np, dtype))
     if adapter is not None:
         from ..lora import load_adapter

@@ -67,7 +67,8 @@ def run_perplexity(args) -> int:
     if not text.strip():
         raise UsageError(f"--data {args.data} holds no text ({'empty' if not text else 'only whitespace'}): "
                          f"there is nothing to predict; give a file with at least a sentence")
-    model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype)
+    model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype, "--model",
+                                                 "perplexity (next-token prediction)")
     if args.context is not None and args.context > model.config.max_position_embeddings:
         raise UsageError(f"--context {args.context} is longer than the model's context "
                          f"({model.config.max_position_embeddings} tokens)")
@@ -88,7 +89,8 @@ def run_choice(args) -> int:
 
     if args.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
-    model, tokenizer, model_dir = load_run_model(args.base, args.adapter, args.dtype)
+    model, tokenizer, model_dir = load_run_model(args.base, args.adapter, args.dtype, "--base",
+                                                 "multiple choice by next-token log-likelihood")
     items = make_choice_items(args.limit, seed=args.seed) if args.data is None else load_choice_items(args.data)
     items = items[:args.limit]
     with use_backend(args.backend or get_backend()):

@@ -62,7 +62,8 @@ def run(args) -> int:
             raise UsageError(f"--chat-template {args.chat_template!r} is neither "
                              f"{' nor '.join(sorted(BUILTIN_TEMPLATES))} nor a Jinja file")
 
-    model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype)
+    model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype, "--model",
+                                                 "generation (next-token sampling)")
     end_ids = [tokenizer.eos_id]
     if chat:
         from ..chat import ChatTemplate

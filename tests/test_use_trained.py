@@ -47,11 +47,11 @@ def test_the_speed_line_keeps_the_first_tokens_wait_apart_from_the_rate():
 
 @pytest.mark.parametrize("flag, value, message", [
     ("--temperature", "-1", "--temperature must be a finite number"),
-    ("--top-k", "0", "--top-k must be None or a positive integer"),
-    ("--top-p", "2", "--top-p must be None or a number in (0, 1]"),
+    ("--top-k", "0", "--top-k must be a positive integer"),
+    ("--top-p", "2", "--top-p must be in (0, 1]"),
     ("--repetition-penalty", "0", "--repetition-penalty must be a finite number > 0"),
     ("--max-new-tokens", "0", "--max-new-tokens must be a positive integer"),
-    ("--seed", "-3", "--seed must be None or a non-negative integer"),
+    ("--seed", "-3", "--seed must be a non-negative integer"),
     ("--chat-template", "nope.jinja", "--chat-template 'nope.jinja' is neither llama2 nor llama3"),
     ("--stop", "", "--stop must not be empty"),
 ])

@@ -38,7 +38,8 @@ from .resuming import (LOG_FILE, CheckpointWriteError,  # noqa: F401 (Checkpoint
                        already_holds_a_run, check_finite, checked_step, record_changes, reopen_run,
                        reporting_write_errors, require_settings, restore_optimizer, saved_settings, stop_line,
                        truncate_log, write_settings)
-from .runs import TOKENIZER_FILE, mark_latest, replacing_in_run, writing_run
+from .runs import (READER_LOCK_FILE, TOKENIZER_FILE, WRITER_LOCK_FILE, mark_latest, replacing_in_run,
+                   writing_run)
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 OBJECTIVES = ("causal", "mlm")
@@ -228,6 +229,8 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
                              f"embeddings were trained with: leave out --tokenizer")
     if resume:
         require_settings(run_dir, CONFIG_FILE)
+    else:
+        _refuse_a_folder_that_is_not_a_run(run_dir)  # before the lock file is made in it
     with stop_signals_interrupt(), writing_run(run_dir):
         return _train_holding_the_run(tc, run_dir, resume, echo)
 
@@ -240,8 +243,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
     if resume:
         changes, checkpoint = reopen_run(run_dir, tc, CONFIG_FILE)   # damage is refused here, before any write
     else:
-        if (run_dir / "checkpoint").exists() or (run_dir / "model").exists():
-            raise already_holds_a_run(run_dir)
+        _refuse_a_folder_that_is_not_a_run(run_dir)
         checkpoint = None
     if checkpoint is None:  # a new start: files a failed start left are not this run's
         _remove_derived_files(run_dir)
@@ -656,6 +658,23 @@ def resume_config(run_dir, **given) -> TrainConfig:
     user gave on top (so the printed hint `npllama train --out DIR --resume` works as printed)."""
     saved = saved_settings(run_dir, TrainConfig, CONFIG_FILE)   # validated like command-line settings
     return TrainConfig(**{**saved, **given, "out": str(run_dir)})
+
+
+def _refuse_a_folder_that_is_not_a_run(run_dir: Path) -> None:
+    """A new start writes into a new or empty folder, or into a run folder whose earlier start
+    failed before its first checkpoint (it has train_config.json and no checkpoint/ or model/).
+    Any other folder holds the user's own files: tokenizer.model among them would be replaced."""
+    if not run_dir.is_dir():
+        return
+    if (run_dir / "checkpoint").exists() or (run_dir / "model").exists():
+        raise already_holds_a_run(run_dir)
+    if (run_dir / CONFIG_FILE).is_file():
+        return
+    held = sorted(p.name for p in run_dir.iterdir() if p.name not in (WRITER_LOCK_FILE, READER_LOCK_FILE))
+    if held:
+        raise ValueError(f"--out {str(run_dir)!r} is not empty ({', '.join(held[:3])}"
+                         f"{', ...' if len(held) > 3 else ''}) and is not an npllama run folder (it has no "
+                         f"{CONFIG_FILE}): choose a new or empty folder, so nothing in it is overwritten")
 
 
 def _remove_derived_files(run_dir: Path) -> None:

@@ -1,0 +1,49 @@
+"""`npllama train --out`: a new run goes into a new or empty folder, or a run folder of its own;
+a folder of the user's files (a copied Hugging Face model, say) is refused and left as it was."""
+import pytest
+
+from npllama.cli import main
+from npllama.runs import WRITER_LOCK_FILE
+from npllama.train import TrainConfig, train
+
+FAST = dict(preset="stories260k", vocab_size=360, batch_size=4, seq_len=32, corpus_stories=300, eval_every=0,
+            checkpoint_every=0, eval_batches=1, samples=0, progress=False, steps=1)
+
+
+def quiet(*_args, **_kwargs):
+    pass
+
+
+def test_a_folder_of_the_users_files_is_refused_and_left_as_it_was(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
+    folder = tmp_path / "hf-copy"
+    folder.mkdir()
+    (folder / "tokenizer.model").write_bytes(b"the user's tokenizer")
+    (folder / "config.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert main(["train", "--out", str(folder), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "--out" in err and "is not empty" in err and "choose a new or empty folder" in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before   # not even a lock file
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_empty_folder_and_a_failed_start_of_a_run_are_used(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert train(TrainConfig(out=str(empty), **FAST), echo=quiet).step == 1
+    failed = tmp_path / "failed"   # a start that stopped before its first checkpoint: settings and a tokenizer
+    failed.mkdir()
+    (failed / "train_config.json").write_text("{}")
+    (failed / "tokenizer.model").write_bytes(b"left by the failed start")
+    assert train(TrainConfig(out=str(failed), **FAST), echo=quiet).step == 1
+    assert (failed / "model" / "model.safetensors").is_file() and (failed / WRITER_LOCK_FILE).is_file()
+
+
+def test_a_finished_run_is_still_refused_without_resume(tmp_path):
+    out = tmp_path / "run"
+    train(TrainConfig(out=str(out), **FAST), echo=quiet)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(TrainConfig(out=str(out), **FAST), echo=quiet)
+    assert train(TrainConfig(out=str(out), **{**FAST, "steps": 2}), resume=True, echo=quiet).step == 2

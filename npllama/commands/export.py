@@ -16,9 +16,10 @@ def register(subparsers) -> None:
                     "Needs the gguf package: pip install 'npllama[gguf]'.")
     g.add_argument("--model", default=None, help="a run folder from `npllama train` or a Hugging Face "
                    "LLaMA folder with tokenizer.model (default: the latest run)")
-    g.add_argument("--out", required=True, help="the .gguf file to write (replaced if it exists)")
+    g.add_argument("--out", required=True, help="the .gguf file to write (an existing file only with --force)")
     g.add_argument("--outtype", default="f32", choices=["f32", "f16"],
                    help="how to store the matrices (norms are always f32)")
+    g.add_argument("--force", action="store_true", help="replace --out if the file exists")
     g.add_argument("--name", default=None, help="general.name in the file (default: the folder's name)")
     g.set_defaults(run=gguf)
     p.set_defaults(run=print_help_instead(p))
@@ -31,17 +32,19 @@ def gguf(args) -> int:
 
     if importlib.util.find_spec("gguf") is None:
         raise UsageError("GGUF export needs the `gguf` package: pip install 'npllama[gguf]' (or pip install gguf)")
-    from ..io.gguf_export import export_gguf
+    from ..io.gguf_export import check_gguf_out, export_gguf
     from ..runs import find_tokenizer, resolve_model_dir
 
     if args.model is not None and Path(args.model).is_file():  # a .bin, a .gguf...: say what it is
         from ..io.describe import describe_model_path
 
         raise UsageError(f"--model must be a model folder; {describe_model_path(args.model)}")
+    check_gguf_out(Path(args.out), None, args.force, flag="--out", force="--force")  # before the model loads
     model_dir = resolve_model_dir(args.model)
+    check_gguf_out(Path(args.out), model_dir, args.force, flag="--out", force="--force")
     print(f"exporting {model_dir} to {args.out} ({args.outtype}) ...", flush=True)
     out = export_gguf(model_dir, args.out, tokenizer=find_tokenizer(model_dir), outtype=args.outtype,
-                      name=args.name, progress=sys.stderr.isatty())
+                      name=args.name, progress=sys.stderr.isatty(), overwrite=True)
     print(f"wrote {out} ({out.stat().st_size / 1024**2:.1f} MiB, {args.outtype}) from {model_dir}; "
           f"run it with llama.cpp, e.g. `llama-cli -m {out} -p \"Once upon a time\"`")
     return 0

@@ -88,12 +88,14 @@ def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[bytes], list[float], li
 
 
 def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: str | None = None,
-                progress: bool = False) -> Path:
+                progress: bool = False, overwrite: bool = False) -> Path:
     """Write the Hugging Face folder `model_dir` (with its tokenizer.model) as the GGUF file `out`.
 
     tokenizer: a SentencePiece .model (default: tokenizer.model in or beside the folder).
     outtype: "f32" or "f16" for the matrices (norms stay float32, as llama.cpp wants).
     name: general.name (default: the folder's name).  progress: a bar while tensors are written.
+    overwrite: replace an existing file `out` (else FileExistsError); a folder, or a file the model
+    folder is loaded from (its weights, config, tokenizer), is never replaced.
     The file is written beside `out` and renamed into place, so a failure never leaves half a file.
     """
     try:
@@ -107,6 +109,7 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     if outtype not in OUTTYPES:
         raise ValueError(f"outtype must be one of {OUTTYPES}, got {outtype!r}")
     model_dir, out = Path(model_dir), Path(out)
+    check_gguf_out(out, model_dir, overwrite, flag="out", force="overwrite=True")
     config, params = load_hf_folder(model_dir, dtype=np.float32)
     tok = Tokenizer(tokenizer if tokenizer is not None else find_tokenizer(model_dir))
     pieces, scores, types = gguf_vocab(tok, config.vocab_size)
@@ -132,6 +135,25 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
             os.unlink(tmp)
         raise
     return out
+
+
+def check_gguf_out(out: Path, model_dir: Path | None, overwrite: bool, flag: str = "out",
+                   force: str = "overwrite=True") -> None:
+    """Refuse an `out` that is a folder, one of the files `model_dir` is loaded from, or (without
+    `overwrite`) any existing file.  `flag`, `force`: how the caller names the path and the override."""
+    out = Path(out)
+    if out.is_dir():
+        raise IsADirectoryError(f"{flag} {str(out)!r} is a folder: give the path of the .gguf file to write, "
+                                f"e.g. {str(out / 'model.gguf')!r}")
+    if model_dir is not None and out.exists():
+        model_files = [Path(model_dir) / n for n in ("config.json", "model.safetensors", "tokenizer.model")]
+        if any(f.exists() and os.path.samefile(f, out) for f in model_files) or \
+                (out.name.startswith("model") and out.name.endswith(".safetensors")
+                 and out.resolve().parent == Path(model_dir).resolve()):
+            raise FileExistsError(f"{flag} {str(out)!r} is a file of the model being exported: choose "
+                                  f"another path for the .gguf file")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{flag} {str(out)!r} exists: pass {force} to replace it, or choose another path")
 
 
 def _write_metadata(writer, gguf, config, name: str, outtype: str) -> None:

@@ -163,3 +163,24 @@ def test_llama_cpp_gives_the_same_greedy_tokens(tmp_path, tokenizer):
         if len(theirs) == len(ours) or token == tokenizer.eos_id:
             break
     assert theirs == ours
+
+
+def test_cli_export_gguf_never_replaces_a_file_without_force_nor_a_folder(tmp_path, tokenizer, capsys):
+    _model_folder(tmp_path / "m", tokenizer)
+    weights = (tmp_path / "m" / "model.safetensors").read_bytes()
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "emptydir").mkdir()
+    model = ["export", "gguf", "--model", str(tmp_path / "m"), "--out"]
+    for out, words in [(tmp_path / "notes.txt", "pass --force"), (tmp_path / "emptydir", "is a folder"),
+                       (tmp_path / "m" / "model.safetensors", "pass --force")]:
+        assert main([*model, str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--out" in err and words in err, err
+    assert main([*model, str(tmp_path / "m" / "model.safetensors"), "--force"]) == 2
+    assert "a file of the model being exported" in capsys.readouterr().err
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == weights
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "emptydir").is_dir()
+    assert main([*model, str(tmp_path / "notes.txt"), "--force"]) == 0
+    assert (tmp_path / "notes.txt").read_bytes()[:4] == b"GGUF"
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        export_gguf(tmp_path / "m", tmp_path / "notes.txt")

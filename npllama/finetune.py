@@ -503,7 +503,9 @@ def sft(sc_: SFTConfig, echo=print, resume: bool = False) -> SFTResult:
 
     sc_.out is a run folder with checkpoints, stop signals and `resume` as in `classify`."""
     from .finetune_run import fine_tuning_run
+    from .runs import refuse_a_masked_lm
 
+    refuse_a_masked_lm(sc_.base, "--base", "instruction tuning (next-token loss on the responses)")
     with fine_tuning_run(sc_, "sft", resume, echo) as run:
         return _sft(sc_ if run is None else run.config, run, echo)
 

@@ -42,6 +42,7 @@ LATEST_FILE = "LATEST"
 TOKENIZER_FILE = "tokenizer.model"
 WRITER_LOCK_FILE = ".npllama.lock"
 READER_LOCK_FILE = ".npllama-read.lock"
+OBJECTIVE_FIELD = "npllama_objective"   # in config.json: "mlm" marks a masked-LM model; absent: causal
 
 
 class RunInUseError(RuntimeError):
@@ -272,6 +273,36 @@ def load_tokenizer(model_dir: Path):
             return JsonTokenizer(model_dir)
         raise FileNotFoundError(f"no {TOKENIZER_FILE} or {JSON_FILE} found in or beside {str(model_dir)!r}; "
                                 f"a tokenizer is needed to turn text into tokens") from None
+
+
+def model_objective(path=None) -> str:
+    """The objective the model of `--model path` (None: the latest run) was trained with: "causal"
+    (next-token prediction: it generates text) or "mlm" (`npllama train --objective mlm`: a
+    bidirectional masked-LM model, which must not be used to generate).  config.json records it as
+    "npllama_objective"; a config without that field (any Hugging Face LLaMA) is "causal"."""
+    import json
+
+    from .io.reading import read_text
+
+    with reading_model_dir(path) as model_dir:
+        config_file = model_dir / "config.json"
+        try:
+            config = json.loads(read_text(config_file, max_bytes=16 * 1024**2))
+        except (ValueError, RecursionError) as error:
+            raise CheckpointError(config_file, f"is not valid JSON ({str(error)[:80]})") from None
+    objective = config.get(OBJECTIVE_FIELD, "causal") if isinstance(config, dict) else "causal"
+    if objective not in ("causal", "mlm"):
+        raise CheckpointError(config_file, f"must be \"causal\" or \"mlm\", got {str(objective)[:40]!r}",
+                              field=OBJECTIVE_FIELD)
+    return objective
+
+
+def refuse_a_masked_lm(path, flag: str, job: str) -> None:
+    """Raise ValueError if the model of `path` is a masked-LM model: `job` needs a causal one."""
+    if model_objective(path) == "mlm":
+        shown = "the latest run" if path is None else repr(str(path))
+        raise ValueError(f"{flag} {shown} is a masked-LM model (trained with --objective mlm, bidirectional): "
+                         f"{job} needs a causal model; train one with --objective causal (the default)")
 
 
 @contextlib.contextmanager

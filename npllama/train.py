@@ -38,7 +38,7 @@ from .resuming import (LOG_FILE, CheckpointWriteError,  # noqa: F401 (Checkpoint
                        already_holds_a_run, check_finite, checked_step, record_changes, reopen_run,
                        reporting_write_errors, require_settings, restore_optimizer, saved_settings, stop_line,
                        truncate_log, write_settings)
-from .runs import (READER_LOCK_FILE, TOKENIZER_FILE, WRITER_LOCK_FILE, mark_latest, replacing_in_run,
+from .runs import (OBJECTIVE_FIELD, READER_LOCK_FILE, TOKENIZER_FILE, WRITER_LOCK_FILE, mark_latest, replacing_in_run,
                    writing_run)
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -312,7 +312,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
     if stop is None:
         loop.save_checkpoint(loop.step)
         with reporting_write_errors("the final model", run_dir / "model"):
-            _save_final_model(run_dir, model, tokenizer)
+            _save_final_model(run_dir, model, tokenizer, tc)
         _plot_losses(run_dir)
         echo(f"done: step {loop.step}, validation loss {loop.last_val_loss:.3f} nats/token "
              f"{_compared_with_unigram(loop.last_val_loss, unigram)}; model saved in {run_dir / 'model'}")
@@ -537,7 +537,7 @@ class _Loop:
         # deferred: a stop signal during a checkpoint lets it finish (the stop then saves nothing new)
         with deferred_stop_signals(), reporting_write_errors(f"the checkpoint of step {step}", path):
             save_checkpoint(path, self.model, self.optimizer.state_dict(copy=False), state,
-                            extra_files=self.tokenizer_files,
+                            extra_files=self.tokenizer_files, extra_config=_objective_fields(self.tc),
                             replace_lock=replacing_in_run(self.run_dir))
         self.saved_step = step
 
@@ -685,13 +685,20 @@ def _remove_derived_files(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def _save_final_model(run_dir: Path, model, tokenizer) -> None:
+def _objective_fields(tc: TrainConfig) -> dict:
+    """What config.json records beyond LLaMA's fields: a masked-LM model is marked as one
+    (npllama.runs.model_objective reads it), so nothing takes it for a causal LM; a causal model's
+    config.json is plain LLaMA."""
+    return {} if tc.objective == "causal" else {OBJECTIVE_FIELD: tc.objective}
+
+
+def _save_final_model(run_dir: Path, model, tokenizer, tc: TrainConfig) -> None:
     from .io.hf import save_hf_folder
 
     with deferred_stop_signals():
         save_hf_folder(run_dir / "model", model.config, model.params,
                        extra_files=_tokenizer_files(tokenizer, model.config),
-                       replace_lock=replacing_in_run(run_dir))
+                       replace_lock=replacing_in_run(run_dir), extra_config=_objective_fields(tc))
 
 
 def _tokenizer_files(tokenizer, config) -> dict[str, bytes]:

@@ -303,7 +303,8 @@ def _own_array(array: np.ndarray, dtype) -> np.ndarray:
 # ----- saving -------------------------------------------------------------------------------------
 
 def save_hf_folder(path, config: LlamaConfig, params: dict[str, np.ndarray], dtype=None,
-                   extra_files: dict[str, bytes] | None = None, replace_lock=None) -> None:
+                   extra_files: dict[str, bytes] | None = None, replace_lock=None,
+                   extra_config: dict | None = None) -> None:
     """Write `path` as a Hugging Face folder: config.json, generation_config.json and
     model.safetensors, atomically (an existing folder at `path` is replaced whole, files we do
     not write included; if anything fails, it is left as it was).
@@ -316,6 +317,8 @@ def save_hf_folder(path, config: LlamaConfig, params: dict[str, np.ndarray], dty
            tokenizer_config.json and special_tokens_map.json along (unless given), so that
            transformers' AutoTokenizer reads the folder with the same ids as npllama.
     replace_lock: held around the final renames (npllama.io.atomic.atomic_directory).
+    extra_config: fields added to config.json beyond the LlamaConfig's, e.g. {"npllama_objective":
+           "mlm"} (transformers keeps unknown fields as attributes; LlamaConfig.from_dict ignores them).
     """
     if not isinstance(config, LlamaConfig):
         raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
@@ -325,6 +328,10 @@ def save_hf_folder(path, config: LlamaConfig, params: dict[str, np.ndarray], dty
 
     config_dict = config.to_dict()
     config_dict["torch_dtype"] = torch_dtype
+    clash = set(extra_config or {}) & set(config_dict)
+    if clash:
+        raise ValueError(f"extra_config must not set the config's own fields: {', '.join(sorted(clash))}")
+    config_dict.update(extra_config or {})
     generation = {k: getattr(config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
                   if getattr(config, k) is not None}
     tensors = {name: params[name] for name in config.param_shapes()}

@@ -92,7 +92,7 @@ class Tokenizer:
         except Exception:  # sentencepiece raises RuntimeError/OSError with an internal message
             raise ValueError(f"{str(path)!r} is not a valid SentencePiece model: it could not be parsed "
                              f"(a Hugging Face tokenizer.json, for example, is a different format: load "
-                             f"its folder with npllama.tokenizer.load_tokenizer)") from None
+                             f"its folder with npllama.runs.load_tokenizer)") from None
         if sp.get_piece_size() == 0:
             raise ValueError(f"{str(path)!r} is not a valid SentencePiece model (it has no pieces)")
         self.path = path

@@ -574,7 +574,7 @@ CLI = [
     (["tokenizer", "train", "--data", "NOWHERE"], "does not exist"),
     (["tokenizer", "train", "--vocab-size", "many"], "invalid int value"),
     (["tokenizer", "encode", "--model", "NOWHERE", "hi"], "does not exist"),
-    (["tokenizer", "encode", "--model", "CORRUPT", "hi"], "not a valid SentencePiece model"),
+    (["tokenizer", "encode", "--model", "CORRUPT", "hi"], "--model|not a SentencePiece .model file"),
     (["tokenizer", "encode", "hi"], "the following arguments are required: --model"),
     (["tokenizer", "decode", "--model", "TOK", "1", "x"], "ids must be integers"),
     (["tokenizer", "decode", "--model", "TOK", "[1, 2.5]"], "ids must be integers"),

@@ -42,10 +42,22 @@ def train(args) -> int:
     return 0
 
 
-def encode(args) -> int:
+def _load(path):
+    """The --model tokenizer, or a one-line error naming --model."""
     from ..tokenizer import Tokenizer
 
-    tok = Tokenizer(args.model)
+    try:
+        return Tokenizer(path)
+    except ValueError as error:
+        if "not a valid SentencePiece model" not in str(error):
+            raise
+        raise UsageError(f"--model {path!r} is not a SentencePiece .model file (a Hugging Face tokenizer.json, "
+                         f"for example, is another format): give a tokenizer.model, e.g. a run's "
+                         f"runs/NAME/tokenizer.model") from None
+
+
+def encode(args) -> int:
+    tok = _load(args.model)
     text = args.text if args.text is not None else sys.stdin.read()
     ids = tok.encode(text, bos=not args.no_bos, eos=args.eos)
     print(json.dumps([tok.id_to_piece(i) for i in ids] if args.pieces else ids, ensure_ascii=False))
@@ -53,9 +65,7 @@ def encode(args) -> int:
 
 
 def decode(args) -> int:
-    from ..tokenizer import Tokenizer
-
-    tok = Tokenizer(args.model)
+    tok = _load(args.model)
     raw = " ".join(args.ids) if args.ids else sys.stdin.read()
     from ..io.reading import parse_json
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .lora import ATTENTION_TARGETS, attach_lora
+from .lora import ALL_TARGETS, ATTENTION_TARGETS, attach_lora
 from .objectives import IGNORE_INDEX, pad_batch, pad_id_of
 from .ops._checks import require_non_negative_int, require_positive_int
 from .ops.classifier import classifier_backward, classifier_forward, last_token_index
@@ -71,6 +71,7 @@ class StepConfig:
 
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.95), 1e-8
+DEFAULT_WARMUP_STEPS = 20   # fine-tuning's warmup when none is given (at most steps - 1)
 
 
 def run_steps(params: dict, loss_and_grads, make_batch, sc: StepConfig, desc: str = "fine-tuning",
@@ -290,7 +291,7 @@ class FinetuneSettings:
     steps: int = 200
     batch_size: int = 16
     lr: float | None = None          # None: the job's default, which differs for full and LoRA
-    warmup_steps: int = 20
+    warmup_steps: int | None = None  # None: 20, at most steps - 1
     weight_decay: float = 0.0
     max_len: int = 128
     seed: int = 0
@@ -307,6 +308,38 @@ class FinetuneSettings:
     PATH_SETTINGS = ("base", "data", "val_data", "out", "chat_template")  # a respelled path is no change
 
     def __post_init__(self):
+        # the step loop's settings, checked here so that a mistake is reported before the model loads
+        require_positive_int("steps", self.steps)
+        require_positive_int("batch_size", self.batch_size)
+        if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
+                                    or not 0 < self.lr < float("inf")):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.warmup_steps is None:
+            self.warmup_steps = min(DEFAULT_WARMUP_STEPS, self.steps - 1)
+        require_non_negative_int("warmup_steps", self.warmup_steps)
+        if self.warmup_steps > self.steps:   # as `npllama train` refuses it, rather than shorten it silently
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed steps ({self.steps})")
+        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) \
+                or not 0 <= self.weight_decay < float("inf"):
+            raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}")
+        require_positive_int("max_len", self.max_len)
+        if self.max_len < 2:
+            raise ValueError(f"max_len must be at least 2, got {self.max_len}")
+        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) \
+                or not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be strictly between 0 and 1, got {self.val_fraction!r}")
+        require_positive_int("lora_r (the LoRA rank)", self.lora_r)
+        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) \
+                or not 0 < self.lora_alpha <= 1e30:
+            raise ValueError(f"lora_alpha must be a positive finite number (at most 1e30), got {self.lora_alpha!r}")
+        if isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, (int, float)) \
+                or not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be a number in [0, 1), got {self.lora_dropout!r}")
+        targets = (self.lora_targets,) if isinstance(self.lora_targets, str) else self.lora_targets
+        unknown = [t for t in targets if t not in ALL_TARGETS] if isinstance(targets, (tuple, list)) else [targets]
+        if unknown or not targets:
+            raise ValueError(f"lora_targets must be a non-empty list of LLaMA projections from "
+                             f"{', '.join(ALL_TARGETS)}, got {str(self.lora_targets)[:80]}")
         require_non_negative_int("checkpoint_every", self.checkpoint_every)
         if self.out is not None and (not isinstance(self.out, str) or not self.out.strip()):
             raise ValueError(f"out must name a run folder (a str) or be None, got {self.out!r}")

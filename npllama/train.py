@@ -227,6 +227,8 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
         if tc.tokenizer is not None and init_from_tokenizer_path(tc) is not None:
             raise ValueError(f"--init-from {tc.init_from!r} has its own tokenizer.model, which its "
                              f"embeddings were trained with: leave out --tokenizer")
+    if tc.tokenizer is not None and tc.vocab_size is not None and not resume:
+        _refuse_another_vocab_size(tc)
     if resume:
         require_settings(run_dir, CONFIG_FILE)
     else:
@@ -658,6 +660,17 @@ def resume_config(run_dir, **given) -> TrainConfig:
     user gave on top (so the printed hint `npllama train --out DIR --resume` works as printed)."""
     saved = saved_settings(run_dir, TrainConfig, CONFIG_FILE)   # validated like command-line settings
     return TrainConfig(**{**saved, **given, "out": str(run_dir)})
+
+
+def _refuse_another_vocab_size(tc: TrainConfig) -> None:
+    """--vocab-size sizes a tokenizer the run trains; with --tokenizer the model takes that
+    tokenizer's size, so another --vocab-size would be ignored (and recorded wrongly)."""
+    from .tokenizer import Tokenizer
+
+    pieces = Tokenizer(Path(tc.tokenizer).expanduser()).vocab_size
+    if pieces != tc.vocab_size:
+        raise ValueError(f"--vocab-size {tc.vocab_size} disagrees with --tokenizer {tc.tokenizer!r}, which has "
+                         f"{pieces} pieces (the model's vocabulary): leave out --vocab-size")
 
 
 def _refuse_a_folder_that_is_not_a_run(run_dir: Path) -> None:

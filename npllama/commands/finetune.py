@@ -85,7 +85,8 @@ def _common(p, d) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step")
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
-                   help="steps of linear learning-rate warmup before the cosine decay")
+                   help="steps of linear learning-rate warmup before the cosine decay, at most --steps "
+                        "(default: 20, at most --steps - 1)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay,
                    help="AdamW's decoupled weight decay")
     p.add_argument("--seed", type=int, default=d.seed,
@@ -121,6 +122,7 @@ def _config(cls, args):
         given["progress"] = not args.no_progress
     if given.get("labels") is not None:
         given["labels"] = tuple(n.strip() for n in given["labels"].split(",") if n.strip())
+    on_the_command_line = set(given)
     if args.resume and given.get("out") is None:
         raise UsageError("--resume needs --out: the run folder to continue")
     try:
@@ -133,6 +135,11 @@ def _config(cls, args):
         lora = given.get("lora", False)
         if "lora_targets" in given and tuple(given["lora_targets"]) != ATTENTION_TARGETS and not lora:
             raise UsageError("--lora-targets / --lora-mlp need --lora")
+        for name in ("lora_r", "lora_alpha", "lora_dropout"):   # else silently a full fine-tune
+            if name in on_the_command_line and not lora:
+                flag = "--" + name.replace("_", "-")
+                raise UsageError(f"{flag} needs --lora (without it every weight is fine-tuned and {flag} "
+                                 f"would be ignored)")
         if given.get("merge") and not lora:
             raise UsageError("--merge needs --lora (it folds the adapters into the base weights)")
         return cls(**given)

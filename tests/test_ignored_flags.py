@@ -1,0 +1,48 @@
+"""Flags that would be silently ignored are refused in one line naming them, before anything loads."""
+import pytest
+
+from npllama.cli import main
+from npllama.finetune import ClassifyConfig, SFTConfig
+
+
+@pytest.fixture(autouse=True)
+def no_latest_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))   # nothing to load: a refusal must come first
+    monkeypatch.delenv("NPLLAMA_TRACEBACK", raising=False)
+
+
+def one_line_error(argv, capsys):
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("task", ["classify", "sft"])
+@pytest.mark.parametrize("flag, value", [("--lora-r", "4"), ("--lora-alpha", "8"), ("--lora-dropout", "0.1")])
+def test_a_lora_setting_without_lora_is_refused(task, flag, value, capsys):
+    err = one_line_error(["finetune", task, flag, value, "--no-progress"], capsys)
+    assert f"{flag} needs --lora" in err
+
+
+def test_warmup_longer_than_the_run_is_refused_as_train_refuses_it(capsys):
+    err = one_line_error(["finetune", "classify", "--steps", "3", "--warmup-steps", "100"], capsys)
+    assert "warmup" in err and "100" in err
+    with pytest.raises(ValueError, match="must not exceed steps"):
+        SFTConfig(steps=3, warmup_steps=4)
+
+
+def test_the_default_warmup_fits_a_short_run():
+    assert ClassifyConfig(steps=3).warmup_steps == 2 and ClassifyConfig().warmup_steps == 20
+    assert ClassifyConfig(steps=3, warmup_steps=3).warmup_steps == 3
+
+
+def test_train_refuses_a_vocab_size_that_disagrees_with_its_tokenizer(tmp_path, capsys):
+    from npllama.corpus import make_default_corpus
+    from npllama.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(make_default_corpus(200, seed=0), tmp_path / "tok", 400)
+    out = tmp_path / "run"
+    err = one_line_error(["train", "--tokenizer", str(tok.path), "--vocab-size", "600", "--out", str(out)], capsys)
+    assert "--vocab-size 600" in err and "400 pieces" in err and not out.exists()

@@ -15,6 +15,7 @@ import difflib
 import importlib
 import os
 import sys
+import warnings
 
 from .commands import UsageError
 
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         # A progress bar redrawn ten times a second floods a log file with carriage returns:
         # outside a terminal tqdm redraws every 30 s instead (TQDM_MININTERVAL overrides).
         os.environ.setdefault("TQDM_MININTERVAL", "30")
+    shown_as, warnings.formatwarning = warnings.formatwarning, _one_line_warning(args.command)
     try:
         status = args.run(args)
     except BrokenPipeError:  # the reader went away (`npllama generate | head`): stop quietly
@@ -132,7 +134,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"npllama {args.command}: error: {error}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = shown_as
     return int(status or 0)
+
+
+def _one_line_warning(command: str):
+    """warnings.formatwarning for the command line: `npllama <command>: warning: ...`, one line
+    (not Python's file, line number and source line)."""
+    def formatwarning(message, category, filename, lineno, line=None):
+        return f"npllama {command}: warning: {message}\n"
+    return formatwarning
 
 
 def _discard_stdout() -> None:

@@ -86,7 +86,14 @@ def check_doc_separator(doc_separator) -> None:
 
 def _read_file(path: Path, doc_separator: str) -> list[str]:
     if path.suffix == ".txt":
-        return split_documents(_read_utf8(path), doc_separator)
+        text = _read_utf8(path)
+        marker = doc_separator[len("marker:"):] if doc_separator.startswith("marker:") else None
+        if marker is not None and text.strip() and marker not in text:
+            import warnings
+
+            warnings.warn(f"the document separator {doc_separator!r} (--doc-separator) never occurs in "
+                          f"{str(path)!r}: the whole file is one document", UserWarning, stacklevel=4)
+        return split_documents(text, doc_separator)
     if path.suffix == ".jsonl":
         return _read_jsonl(path)
     raise ValueError(f"cannot read corpus file {str(path)!r}: expected a .txt or .jsonl file "

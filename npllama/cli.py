@@ -14,6 +14,7 @@ import argparse
 import difflib
 import importlib
 import os
+import re
 import sys
 import warnings
 
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         if os.environ.get("NPLLAMA_TRACEBACK"):
             raise
-        print(f"npllama {args.command}: error: {error}", file=sys.stderr)
+        print(f"npllama {args.command}: error: {_as_the_user_typed_it(error, _innermost_parser(parser, argv))}",
+              file=sys.stderr)
         return 2
     except OSError as error:
         if os.environ.get("NPLLAMA_TRACEBACK"):
@@ -145,6 +147,44 @@ def _one_line_warning(command: str):
     def formatwarning(message, category, filename, lineno, line=None):
         return f"npllama {command}: warning: {message}\n"
     return formatwarning
+
+
+# Names the library's checks use that are not a flag's dest: LoRA's own argument names
+_ALIASES = {"r": "lora_r", "target_modules": "lora_targets"}
+# Settings named as the user names them: a setting after its name, "must", "(", "=", ...
+_SETTING = re.compile(r"(?<![-\w./'\"])([A-Za-z_][A-Za-z0-9_]*)(?![\w'\"/-])(?=(\s*(must\b|\(|=|\*)))?")
+
+
+def _as_the_user_typed_it(error: BaseException, parser: argparse.ArgumentParser) -> str:
+    """A library message with its setting names turned into the command's flags: "batch_size must
+    be a positive integer" -> "--batch-size must be ...", "lr (0.002)" -> "--lr (0.002)".  Names with
+    an underscore are replaced wherever they stand alone; plain words (steps, lr) only where they are
+    clearly the setting (before "must", "(", "=" or "*").  A damaged file's message (CheckpointError)
+    names the file's own fields and is left alone, and so are the model-shape fields, which
+    npllama/model_shape.py already names with their flags."""
+    from .io.errors import CheckpointError
+    from .model_shape import SHAPE_FLAGS
+
+    message = str(error)
+    if isinstance(error, CheckpointError) or not isinstance(error, (UsageError, ValueError, TypeError)):
+        return message
+    flags = {}
+    for action in parser._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if longs and action.dest not in SHAPE_FLAGS:
+            flags.setdefault(action.dest, longs[0])
+    flags.update({alias: flags[dest] for alias, dest in _ALIASES.items() if dest in flags})
+
+    def flag_for(match: re.Match) -> str:
+        word, after = match.group(1), match.group(2)
+        flag = flags.get(word)
+        if flag is None or (("_" not in word or word in _ALIASES) and after is None):
+            return word
+        if message[match.end(1):].startswith(" (--"):   # already names its flag
+            return word
+        return flag
+
+    return _SETTING.sub(flag_for, message)
 
 
 def _discard_stdout() -> None:

@@ -266,7 +266,9 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list]:
     from .io.reading import read_text
 
     with io.StringIO(read_text(path, max_bytes=max_read()), newline="") as f:  # a regular file, within budget
-        reader = csv.DictReader(f)
+        # strict: a quote that is never closed is an error where the row starts, rather than a field
+        # that swallows the rest of the file ("too few columns" on the last line)
+        reader = csv.DictReader(f, strict=True)
         if reader.fieldnames is None:
             raise ValueError(f"{path} is empty: it holds no header and no examples")
         missing = [c for c in ("text", "label") if c not in reader.fieldnames]
@@ -274,7 +276,7 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list]:
             raise ValueError(f"{path}: the header row must name the columns text and label; missing "
                              f"{', '.join(missing)} (found {', '.join(reader.fieldnames)})")
         texts, labels = [], []
-        for row in reader:
+        for row in _rows_with_their_start(reader, path):
             where = f"{path} line {reader.line_num}"
             if row["text"] is None or row["label"] is None:
                 raise ValueError(f"{where}: too few columns")
@@ -287,13 +289,41 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list]:
     return texts, labels
 
 
-def encode_labels(labels: list, label_names=None, num_labels: int | None = None) -> tuple[list[int], tuple]:
+def _rows_with_their_start(reader, path: Path):
+    """The reader's rows; a malformed one raises ValueError naming the line it starts on."""
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            if "unexpected end of data" in str(error):
+                raise ValueError(f"{path} line {start}: a quoted field starts on this line and its closing "
+                                 f"quote is missing (the rest of the file would be one field)") from None
+            raise ValueError(f"{path} line {start}: not valid CSV ({error}); a quote inside a quoted field "
+                             f"is written twice (\"\")") from None
+        yield row
+
+
+def encode_labels(labels: list, label_names=None, num_labels: int | None = None,
+                  source: str | None = None) -> tuple[list[int], tuple]:
     """Label values -> ids.  Returns (ids, label_names).
 
     label_names: the labels in id order; None: the sorted distinct labels (integers as they are, if
     every label is an int 0..k-1).  num_labels: the size of an existing classification head; the
-    labels must fit it.  An unknown label or a count mismatch raises ValueError naming it.
+    labels must fit it.  An unknown label or a count mismatch raises ValueError naming it (and the
+    file, `source`, the labels come from).
     """
+    try:
+        return _encode_labels(labels, label_names, num_labels)
+    except ValueError as error:
+        if source is None:
+            raise
+        raise ValueError(f"{source}: {error}") from None
+
+
+def _encode_labels(labels: list, label_names, num_labels: int | None) -> tuple[list[int], tuple]:
     if not labels:
         raise ValueError("the dataset is empty: no labels")
     if label_names is None:

@@ -407,8 +407,10 @@ def _classification_data(cc: ClassifyConfig):
         texts, labels = [texts[i] for i in train_rows], [labels[i] for i in train_rows]
     else:
         val_texts, val_labels = datasets.load_labelled(cc.val_data)
-    train_ids, names = datasets.encode_labels(labels, names)
-    val_ids, _ = datasets.encode_labels(val_labels, names)
+    train_ids, names = datasets.encode_labels(labels, names, source=cc.data)
+    val_source = cc.val_data if cc.val_data is not None else (
+        None if cc.data is None else f"{cc.data} (the share held out for validation; --val-fraction)")
+    val_ids, _ = datasets.encode_labels(val_labels, names, source=val_source)
     return texts, train_ids, val_texts, val_ids, names, source
 
 
@@ -419,7 +421,9 @@ def classify(cc: ClassifyConfig, echo=print, resume: bool = False) -> ClassifyRe
     end.  A stop signal saves a checkpoint and raises npllama.interrupts.Interrupted (a
     KeyboardInterrupt); `resume=True` continues the run in cc.out."""
     from .finetune_run import fine_tuning_run
+    from .runs import require_a_language_model
 
+    require_a_language_model(cc.base, "--base", "fine-tuning a classifier", causal=False)
     with fine_tuning_run(cc, "classify", resume, echo) as run:
         return _classify(cc if run is None else run.config, run, echo)
 
@@ -536,9 +540,9 @@ def sft(sc_: SFTConfig, echo=print, resume: bool = False) -> SFTResult:
 
     sc_.out is a run folder with checkpoints, stop signals and `resume` as in `classify`."""
     from .finetune_run import fine_tuning_run
-    from .runs import refuse_a_masked_lm
+    from .runs import require_a_language_model
 
-    refuse_a_masked_lm(sc_.base, "--base", "instruction tuning (next-token loss on the responses)")
+    require_a_language_model(sc_.base, "--base", "instruction tuning (next-token loss on the responses)")
     with fine_tuning_run(sc_, "sft", resume, echo) as run:
         return _sft(sc_ if run is None else run.config, run, echo)
 

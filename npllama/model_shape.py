@@ -44,6 +44,11 @@ def read_model_config_file(path) -> dict:
     from .io.reading import read_json
 
     path = Path(path).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():   # a model folder: its config.json
+        path = path / "config.json"
+    elif path.is_dir():
+        raise IsADirectoryError(f"--config {str(path)!r} is a folder without a config.json (expected a JSON "
+                                f"file with Hugging Face field names, e.g. a model folder's config.json)")
     if not path.is_file():
         raise FileNotFoundError(f"--config {str(path)!r} does not exist (expected a JSON file with "
                                 f"Hugging Face field names, e.g. a model folder's config.json)")
@@ -121,11 +126,7 @@ def init_from_config(tc) -> LlamaConfig:
     """The config of the --init-from folder, after refusing every shape setting that disagrees with it."""
     from .io.hf import read_config
 
-    folder = Path(tc.init_from).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"--init-from {tc.init_from!r} is not a folder (expected a Hugging Face "
-                                f"model folder with config.json and model.safetensors)")
-    config = read_config(folder / "config.json")
+    config = read_config(init_from_dir(tc) / "config.json")
     if tc.model_config is not None:
         raise ValueError("--config and --init-from both give the model's shape: the folder's is used, "
                          "so leave out --config")
@@ -143,7 +144,21 @@ def init_from_config(tc) -> LlamaConfig:
     return config
 
 
+def init_from_dir(tc) -> Path:
+    """The Hugging Face folder --init-from names: the folder itself, or in a run folder of
+    `npllama train` its final model/ (else its checkpoint's model/)."""
+    folder = Path(tc.init_from).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--init-from {tc.init_from!r} is not a folder (expected a Hugging Face "
+                                f"model folder with config.json and model.safetensors, or a run folder)")
+    for candidate in (folder, folder / "model", folder / "checkpoint" / "model"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"--init-from {tc.init_from!r} holds no config.json: expected a Hugging Face model "
+                            f"folder (config.json and model.safetensors) or a run folder with a model/")
+
+
 def init_from_tokenizer_path(tc) -> Path | None:
     """The --init-from folder's tokenizer.model, if it has one."""
-    path = Path(tc.init_from).expanduser() / "tokenizer.model"
+    path = init_from_dir(tc) / "tokenizer.model"
     return path if path.is_file() else None

@@ -275,11 +275,8 @@ def load_tokenizer(model_dir: Path):
                                 f"a tokenizer is needed to turn text into tokens") from None
 
 
-def model_objective(path=None) -> str:
-    """The objective the model of `--model path` (None: the latest run) was trained with: "causal"
-    (next-token prediction: it generates text) or "mlm" (`npllama train --objective mlm`: a
-    bidirectional masked-LM model, which must not be used to generate).  config.json records it as
-    "npllama_objective"; a config without that field (any Hugging Face LLaMA) is "causal"."""
+def _model_config(path) -> tuple[Path, dict]:
+    """(config.json's path, its fields) of the model of `--model path` (None: the latest run)."""
     import json
 
     from .io.reading import read_text
@@ -290,17 +287,34 @@ def model_objective(path=None) -> str:
             config = json.loads(read_text(config_file, max_bytes=16 * 1024**2))
         except (ValueError, RecursionError) as error:
             raise CheckpointError(config_file, f"is not valid JSON ({str(error)[:80]})") from None
-    objective = config.get(OBJECTIVE_FIELD, "causal") if isinstance(config, dict) else "causal"
+    return config_file, config if isinstance(config, dict) else {}
+
+
+def model_objective(path=None) -> str:
+    """The objective the model of `--model path` (None: the latest run) was trained with: "causal"
+    (next-token prediction: it generates text) or "mlm" (`npllama train --objective mlm`: a
+    bidirectional masked-LM model, which must not be used to generate).  config.json records it as
+    "npllama_objective"; a config without that field (any Hugging Face LLaMA) is "causal"."""
+    config_file, config = _model_config(path)
+    objective = config.get(OBJECTIVE_FIELD, "causal")
     if objective not in ("causal", "mlm"):
         raise CheckpointError(config_file, f"must be \"causal\" or \"mlm\", got {str(objective)[:40]!r}",
                               field=OBJECTIVE_FIELD)
     return objective
 
 
-def refuse_a_masked_lm(path, flag: str, job: str) -> None:
-    """Raise ValueError if the model of `path` is a masked-LM model: `job` needs a causal one."""
-    if model_objective(path) == "mlm":
-        shown = "the latest run" if path is None else repr(str(path))
+def require_a_language_model(path, flag: str, job: str, causal: bool = True) -> None:
+    """ValueError unless the model of `path` (None: the latest run) is a language model `job` can
+    start from: not a classifier (`npllama finetune classify`'s LlamaForSequenceClassification
+    folder) and, with `causal`, not a masked-LM model (`npllama train --objective mlm`)."""
+    shown = "the latest run" if path is None else repr(str(path))
+    config_file, config = _model_config(path)
+    architectures = config.get("architectures") or []
+    if isinstance(architectures, list) and "LlamaForSequenceClassification" in architectures:
+        raise ValueError(f"{flag} {shown} is a classification model (LlamaForSequenceClassification, e.g. from "
+                         f"`npllama finetune classify`), not a language model: {job} starts from a "
+                         f"pre-trained model such as a run of `npllama train`")
+    if causal and model_objective(path) == "mlm":
         raise ValueError(f"{flag} {shown} is a masked-LM model (trained with --objective mlm, bidirectional): "
                          f"{job} needs a causal model; train one with --objective causal (the default)")
 

@@ -444,8 +444,9 @@ def _explain_training_error(exc: RuntimeError, vocab_size: int) -> Exception:
         return ValueError(
             f"vocab_size={vocab_size} is too small for this corpus: its characters plus the "
             f"{N_BYTE_PIECES} byte pieces and {N_SPECIAL_PIECES} special pieces already need {needed}.  "
-            f"Use a larger vocab size or a lower character_coverage (rare characters are then "
-            f"spelled with bytes).")
+            f"Use a larger vocab size (at least {needed}; more leaves room for merged pieces), or, from "
+            f"Python, Tokenizer.train(..., character_coverage=...) below 0.9995 so that rare characters "
+            f"are spelled with bytes.")
     return ValueError(f"SentencePiece training failed: {message}")
 
 

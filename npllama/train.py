@@ -28,7 +28,7 @@ from .interrupts import deferred_stop_signals, stop_signals_interrupt
 from .io.atomic import atomic_write_bytes, atomic_write_text
 from .io.errors import CheckpointError
 from .model_shape import (SHAPE_FLAGS, base_vocab_size, check_model_config_fields, check_shape, init_from_config,
-                          init_from_tokenizer_path, new_model_config, read_model_config_file)
+                          init_from_dir, init_from_tokenizer_path, new_model_config, read_model_config_file)
 from .optim import (AdamW, NonFiniteGradientError, TrainingError, _require_decay_fits_lr, clip_finite_step,
                     cosine_with_warmup)
 from .backend import use_backend
@@ -613,8 +613,8 @@ def _new_model(tc: TrainConfig, tokenizer, echo):
     config = init_from_config(tc)
     tokenizer.check_vocab(config.vocab_size)
     _check_budget(tc, config)
-    echo(f"starting from the weights in {tc.init_from}")
-    return Llama.from_pretrained(Path(tc.init_from).expanduser(), dtype=DTYPES[tc.dtype])
+    echo(f"starting from the weights in {init_from_dir(tc)}")
+    return Llama.from_pretrained(init_from_dir(tc), dtype=DTYPES[tc.dtype])
 
 
 def _describe_shape(tc: TrainConfig, config: LlamaConfig) -> str:

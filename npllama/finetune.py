@@ -233,6 +233,19 @@ class SequenceClassifier:
                 (tmp / name).write_bytes(data)   # tokenizer.model and what transformers reads
 
 
+def loss_change(losses: list) -> str:
+    """How the training loss moved: the means of the first and last 10 steps, or of the first and
+    last halves of a shorter run (so that a run of 10 steps or fewer does not compare a mean with
+    itself)."""
+    if len(losses) < 2:
+        return f"training loss {losses[0]:.3f} (one step)" if losses else "no steps taken"
+    k = min(10, len(losses) // 2)
+    if k == 1:
+        return f"training loss {losses[0]:.3f} -> {losses[-1]:.3f} (first -> last step)"
+    return (f"training loss {np.mean(losses[:k]):.3f} -> {np.mean(losses[-k:]):.3f} "
+            f"(mean of the first -> last {k} steps)")
+
+
 def encode_texts(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
     """`<s> text`, cut to max_len tokens (the beginning kept)."""
     return [ids[:max_len] for ids in tokenizer.encode_batch(list(texts), bos=True)]
@@ -441,8 +454,12 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
     classifier = SequenceClassifier(model, names, seed=cc.seed)
     cc.attach_lora_if_asked(model)
     trainable = int(sum(p.size for p in classifier.params.values()))
-    total = model.num_parameters() + classifier.score_weight.size
-    echo(f"fine-tuning {'LoRA adapters' if cc.lora else 'every weight'} of {model_dir} on the {source}: "
+    # the classifier's own parameters: the base without its LM head (unused: the score head replaces
+    # it, as in LlamaForSequenceClassification), the head, and any adapters
+    total = int(sum(p.size for name, p in model.params.items() if name != "lm_head.weight")) \
+        + classifier.score_weight.size + (sum(p.size for p in model.lora.params.values()) if model.lora else 0)
+    shown = f"the {source}" if cc.data is None else source
+    echo(f"fine-tuning {'LoRA adapters' if cc.lora else 'every weight'} of {model_dir} on {shown}: "
          f"{len(texts)} train / {len(val_texts)} validation texts, labels {', '.join(map(str, names))}; "
          f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
 
@@ -464,7 +481,7 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
 
     metrics = classification_metrics(val_ids, classifier.predict(val_encoded, pad_id), len(names))
     _, baseline = majority_baseline(train_ids, val_ids)
-    echo(f"{cc.steps} steps in {seconds:.1f} s; training loss {np.mean(losses[:10]):.3f} -> {np.mean(losses[-10:]):.3f}")
+    echo(f"{cc.steps} steps in {seconds:.1f} s; {loss_change(losses)}")
     echo(format_metrics(metrics, names, baseline))
     out = None
     if run is not None:

@@ -227,6 +227,8 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
         if tc.tokenizer is not None and init_from_tokenizer_path(tc) is not None:
             raise ValueError(f"--init-from {tc.init_from!r} has its own tokenizer.model, which its "
                              f"embeddings were trained with: leave out --tokenizer")
+    if tc.val_data is not None and not resume:
+        _check_held_out_text_has_text(tc)
     if tc.tokenizer is not None and tc.vocab_size is not None and not resume:
         _refuse_another_vocab_size(tc)
     if resume:
@@ -618,11 +620,24 @@ def _new_model(tc: TrainConfig, tokenizer, echo):
 
 
 def _describe_shape(tc: TrainConfig, config: LlamaConfig) -> str:
-    changed = tc.init_from is not None or tc.model_config or any(getattr(tc, n) is not None for n in SHAPE_FLAGS)
-    name = f"from {tc.init_from}" if tc.init_from is not None else tc.preset + (" (reshaped)" if changed else "")
+    reshaped = tc.init_from is None and _differs_from_the_preset(tc, config)
+    name = f"from {tc.init_from}" if tc.init_from is not None else tc.preset + (" (reshaped)" if reshaped else "")
     return (f"{name}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
             f"{config.num_attention_heads} heads ({config.num_key_value_heads} kv), "
             f"intermediate {config.intermediate_size}, context {config.max_position_embeddings}")
+
+
+_SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                 "head_dim", "rms_norm_eps", "rope_theta", "rope_scaling", "tie_word_embeddings")
+
+
+def _differs_from_the_preset(tc: TrainConfig, config: LlamaConfig) -> bool:
+    """Whether --config and the shape flags made another model than the preset alone would have
+    (a --config that repeats the preset's fields is no reshape)."""
+    preset = LlamaConfig.from_dict({"rms_norm_eps": LlamaConfig.rms_norm_eps, **PRESETS[tc.preset],
+                                    "vocab_size": config.vocab_size})
+    return any(getattr(config, name) != getattr(preset, name) for name in _SHAPE_FIELDS) or \
+        config.max_position_embeddings != max(preset.max_position_embeddings, tc.seq_len)
 
 
 def _compared_with_unigram(val_loss: float, unigram: float) -> str:
@@ -660,6 +675,17 @@ def resume_config(run_dir, **given) -> TrainConfig:
     user gave on top (so the printed hint `npllama train --out DIR --resume` works as printed)."""
     saved = saved_settings(run_dir, TrainConfig, CONFIG_FILE)   # validated like command-line settings
     return TrainConfig(**{**saved, **given, "out": str(run_dir)})
+
+
+def _check_held_out_text_has_text(tc: TrainConfig) -> None:
+    """--val-data is read now, so that an empty or unreadable file is refused before the folder is
+    made and the tokenizer trained (not after)."""
+    from .data import load_texts
+
+    try:
+        load_texts(tc.val_data, tc.doc_separator)
+    except ValueError as error:
+        raise ValueError(f"--val-data {tc.val_data!r}: {error}") from None
 
 
 def _refuse_another_vocab_size(tc: TrainConfig) -> None:

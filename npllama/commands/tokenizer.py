@@ -16,6 +16,7 @@ def register(subparsers) -> None:
     t.add_argument("--vocab-size", type=int, default=512,
                    help="pieces in the vocabulary, 256 byte pieces and <unk>, <s>, </s> included")
     t.add_argument("--out", default="tokenizer", help="output prefix: writes OUT.model and OUT.vocab")
+    t.add_argument("--force", action="store_true", help="replace OUT.model and OUT.vocab if they exist")
     t.set_defaults(run=train)
     e = sub.add_parser("encode", help="text -> token ids (JSON list on stdout)")
     e.add_argument("--model", required=True, help="SentencePiece .model file")
@@ -36,6 +37,15 @@ def train(args) -> int:
     from ..data import load_texts
     from ..tokenizer import Tokenizer
 
+    from pathlib import Path
+
+    prefix = Path(args.out).expanduser()
+    existing = [str(p) for p in (Path(f"{prefix}.model"), Path(f"{prefix}.vocab")) if p.exists()]
+    if existing and not args.force:   # before the (slow) training
+        raise UsageError(f"--out {args.out!r} would replace {' and '.join(existing)}: pass --force to replace "
+                         f"{'them' if len(existing) > 1 else 'it'}, or choose another --out")
+    if Path(f"{prefix}.model").is_dir():
+        raise UsageError(f"--out {args.out!r}: {prefix}.model is a folder")
     texts = load_texts(args.data) if args.data else make_default_corpus()
     tok = Tokenizer.train(texts, args.out, args.vocab_size)
     print(f"wrote {tok.path} ({tok.vocab_size} pieces)")

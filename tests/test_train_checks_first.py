@@ -1,0 +1,56 @@
+"""Checks that come before the slow part: an existing tokenizer is not replaced without --force,
+an empty --val-data is refused before the tokenizer is trained, and a --config that repeats the
+preset is not called a reshape."""
+import json
+
+import pytest
+
+from npllama.cli import main
+from npllama.config import PRESETS
+from npllama.train import TrainConfig, _describe_shape
+
+
+@pytest.fixture(autouse=True)
+def own_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("NPLLAMA_TRACEBACK", raising=False)
+
+
+def test_tokenizer_train_does_not_replace_a_tokenizer_without_force(tmp_path, capsys):
+    from npllama.corpus import write_default_corpus
+
+    corpus = write_default_corpus(tmp_path / "s.txt", n_stories=100)
+    (tmp_path / "tok.model").write_bytes(b"the user's tokenizer")
+    assert main(["tokenizer", "train", "--data", str(corpus), "--vocab-size", "360", "--out", str(tmp_path / "tok")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--force" in err and "tok.model" in err
+    assert (tmp_path / "tok.model").read_bytes() == b"the user's tokenizer"
+    assert main(["tokenizer", "train", "--data", str(corpus), "--vocab-size", "360", "--out", str(tmp_path / "tok"),
+                 "--force"]) == 0
+    assert (tmp_path / "tok.model").read_bytes() != b"the user's tokenizer"
+
+
+def test_an_empty_val_data_is_refused_before_the_tokenizer_is_trained(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("\n \n")
+    out = tmp_path / "run"
+    assert main(["train", "--val-data", str(tmp_path / "empty.txt"), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--val-data" in err and "empty" in err
+    assert not out.exists()   # nothing made, no tokenizer trained
+
+
+def test_a_config_that_repeats_the_preset_is_no_reshape(tmp_path):
+    from types import SimpleNamespace
+
+    from npllama.model_shape import new_model_config
+
+    tokenizer = SimpleNamespace(vocab_size=512, bos_id=1, eos_id=2)   # what new_model_config reads
+    (tmp_path / "tiny.json").write_text(json.dumps(PRESETS["tiny"]))
+    for tc in (TrainConfig(), TrainConfig(model_config=str(tmp_path / "tiny.json"))):
+        assert _describe_shape(tc, new_model_config(tc, tokenizer)).startswith("tiny: ")
+    # the preset's context raised to --seq-len is the preset's own rule, not a reshape
+    assert _describe_shape(TrainConfig(seq_len=512), new_model_config(TrainConfig(seq_len=512), tokenizer)
+                           ).startswith("tiny: ")
+    for tc in (TrainConfig(hidden_size=256), TrainConfig(model_config={"rope_theta": 500000.0}),
+               TrainConfig(max_position_embeddings=1024)):
+        assert _describe_shape(tc, new_model_config(tc, tokenizer)).startswith("tiny (reshaped): ")

@@ -159,11 +159,10 @@ def _as_the_user_typed_it(error: BaseException, parser: argparse.ArgumentParser)
     """A library message with its setting names turned into the command's flags: "batch_size must
     be a positive integer" -> "--batch-size must be ...", "lr (0.002)" -> "--lr (0.002)".  Names with
     an underscore are replaced wherever they stand alone; plain words (steps, lr) only where they are
-    clearly the setting (before "must", "(", "=" or "*").  A damaged file's message (CheckpointError)
-    names the file's own fields and is left alone, and so are the model-shape fields, which
-    npllama/model_shape.py already names with their flags."""
+    clearly the setting (before "must", "(", "=" or "*"); a name followed by its flag, as in
+    "num_attention_heads (--heads)", is left.  A damaged file's message (CheckpointError) names the
+    file's own fields and is left alone."""
     from .io.errors import CheckpointError
-    from .model_shape import SHAPE_FLAGS
 
     message = str(error)
     if isinstance(error, CheckpointError) or not isinstance(error, (UsageError, ValueError, TypeError)):
@@ -171,7 +170,7 @@ def _as_the_user_typed_it(error: BaseException, parser: argparse.ArgumentParser)
     flags = {}
     for action in parser._actions:
         longs = [o for o in action.option_strings if o.startswith("--")]
-        if longs and action.dest not in SHAPE_FLAGS:
+        if longs:
             flags.setdefault(action.dest, longs[0])
     flags.update({alias: flags[dest] for alias, dest in _ALIASES.items() if dest in flags})
 

@@ -52,7 +52,9 @@ def test_library_names_become_flags_only_where_they_are_the_setting():
         "--lora-r (the LoRA rank) must be a positive int, got 0"
     # prose, paths, flags the message names already, and a file's own fields stay as they are
     for message in ("a tenth of the steps", "--data 'my_data/batch_size' does not exist",
-                    "the model's shape: num_attention_heads (--heads) (3) must divide hidden_size (64)"):
+                    "the model's shape: num_attention_heads (--heads) (3) must divide"):
         assert _as_the_user_typed_it(ValueError(message), train) == message
+    assert _as_the_user_typed_it(ValueError("num_hidden_layers must be a positive integer"), train) == \
+        "--layers must be a positive integer"
     damaged = CheckpointError("run/train_config.json", "batch_size must be a positive int")
     assert _as_the_user_typed_it(damaged, train) == str(damaged)

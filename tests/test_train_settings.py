@@ -93,11 +93,11 @@ def test_a_bad_config_file_is_one_line_naming_the_field(tmp_path, capsys, fields
 @pytest.mark.parametrize("argv, message", [
     (["--heads", "5"], "--heads"),
     (["--context", "16", "--seq-len", "32"], "context"),
-    (["--layers", "0"], "num_hidden_layers"),
+    (["--layers", "0"], "--layers must be"),
     (["--beta2", "1.0"], "beta2"),
     (["--val-data", "x.txt", "--val-fraction", "0.1"], "not both"),
-    (["--doc-separator", "comma"], "doc_separator"),
-    (["--eval-batches", "-1"], "eval_batches"),
+    (["--doc-separator", "comma"], "--doc-separator"),
+    (["--eval-batches", "-1"], "--eval-batches"),
 ])
 def test_bad_settings_are_one_line(tmp_path, capsys, argv, message):
     assert main(["train", "--out", str(tmp_path / "run"), *argv]) == 2

@@ -304,7 +304,7 @@ class FinetuneSettings:
     steps: int = 200
     batch_size: int = 16
     lr: float | None = None          # None: the job's default, which differs for full and LoRA
-    warmup_steps: int | None = None  # None: 20, at most steps - 1
+    warmup_steps: int | None = None  # None: 20 (the loop warms up for at most steps - 1)
     weight_decay: float = 0.0
     max_len: int = 128
     seed: int = 0
@@ -327,11 +327,10 @@ class FinetuneSettings:
         if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
                                     or not 0 < self.lr < float("inf")):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if self.warmup_steps is None:
-            self.warmup_steps = min(DEFAULT_WARMUP_STEPS, self.steps - 1)
-        require_non_negative_int("warmup_steps", self.warmup_steps)
-        if self.warmup_steps > self.steps:   # as `npllama train` refuses it, rather than shorten it silently
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed steps ({self.steps})")
+        if self.warmup_steps is not None:    # None: the default, which the loop fits to the steps
+            require_non_negative_int("warmup_steps", self.warmup_steps)
+            if self.warmup_steps > self.steps:   # as `npllama train` refuses it, rather than shorten it silently
+                raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed steps ({self.steps})")
         if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) \
                 or not 0 <= self.weight_decay < float("inf"):
             raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}")
@@ -371,7 +370,8 @@ class FinetuneSettings:
     def step_config(self, full_lr: float, lora_lr: float) -> StepConfig:
         """The step loop's settings; lr None takes the job's default for full or LoRA training."""
         return StepConfig(steps=self.steps, batch_size=self.batch_size,
-                          lr=self.lr or (lora_lr if self.lora else full_lr), warmup_steps=self.warmup_steps,
+                          lr=self.lr or (lora_lr if self.lora else full_lr),
+                          warmup_steps=DEFAULT_WARMUP_STEPS if self.warmup_steps is None else self.warmup_steps,
                           weight_decay=self.weight_decay, seed=self.seed, progress=self.progress,
                           checkpoint_every=self.checkpoint_every)
 
@@ -436,8 +436,8 @@ def classify(cc: ClassifyConfig, echo=print, resume: bool = False) -> ClassifyRe
     from .finetune_run import fine_tuning_run
     from .runs import require_a_language_model
 
-    require_a_language_model(cc.base, "--base", "fine-tuning a classifier", causal=False)
-    with fine_tuning_run(cc, "classify", resume, echo) as run:
+    check = lambda base: require_a_language_model(base, "--base", "fine-tuning a classifier", causal=False)
+    with fine_tuning_run(cc, "classify", resume, echo, check_base=check) as run:
         return _classify(cc if run is None else run.config, run, echo)
 
 
@@ -559,8 +559,8 @@ def sft(sc_: SFTConfig, echo=print, resume: bool = False) -> SFTResult:
     from .finetune_run import fine_tuning_run
     from .runs import require_a_language_model
 
-    require_a_language_model(sc_.base, "--base", "instruction tuning (next-token loss on the responses)")
-    with fine_tuning_run(sc_, "sft", resume, echo) as run:
+    check = lambda base: require_a_language_model(base, "--base", "instruction tuning (next-token loss on the responses)")
+    with fine_tuning_run(sc_, "sft", resume, echo, check_base=check) as run:
         return _sft(sc_ if run is None else run.config, run, echo)
 
 

@@ -46,12 +46,15 @@ def require_resumable(run_dir, task: str) -> None:
 
 
 @contextlib.contextmanager
-def fine_tuning_run(config, task: str, resume: bool, echo):
+def fine_tuning_run(config, task: str, resume: bool, echo, check_base=None):
     """The job's FinetuneRun, held for the block (writer lock, stop signals that save and stop), or
-    None when config.out is None (nothing saved, nothing to resume)."""
+    None when config.out is None (nothing saved, nothing to resume).  check_base(base): called
+    once --out is known to be usable and before anything is written in it."""
+    check_base = check_base or (lambda base: None)
     if config.out is None:
         if resume:
             raise ValueError("resume needs out (--out): the run folder to continue")
+        check_base(config.base)
         yield None
         return
     run_dir = Path(config.out).expanduser()
@@ -59,6 +62,7 @@ def fine_tuning_run(config, task: str, resume: bool, echo):
         raise NotADirectoryError(f"--out {config.out!r} is a file, not a folder: choose a run folder")
     if resume:
         require_resumable(run_dir, task)
+    check_base(config.base)
     if config.base is None:  # the latest run, recorded as such: a resume reads the same base
         from .runs import latest_run
 

@@ -131,7 +131,7 @@ def test_resume_refuses_settings_that_define_the_run_and_changes_nothing(small_m
     for flag, value in [("--seed", "4"), ("--max-len", "16"), ("--batch-size", "8"), ("--dataset", "topic")]:
         assert main(["finetune", "classify", "--out", str(out), "--resume", flag, value, "--no-progress"]) == 2
         err = capsys.readouterr().err
-        assert "cannot resume" in err and flag.lstrip("-").replace("-", "_") in err and len(err.splitlines()) == 1
+        assert "cannot resume" in err and flag in err and len(err.splitlines()) == 1
     assert contents() == before
     # an sft --resume of a classify run, a new start into it, and --resume of nothing: one line each
     assert main(["finetune", "sft", "--out", str(out), "--resume", "--no-progress"]) == 2
@@ -179,7 +179,7 @@ def test_a_damaged_checkpoint_is_refused_before_anything_changes(small_model_dir
 
 
 def test_bad_run_settings_are_one_line(tmp_path, capsys):
-    for argv, message in [(["--checkpoint-every", "-1"], "checkpoint_every must be a non-negative int"),
+    for argv, message in [(["--checkpoint-every", "-1"], "--checkpoint-every must be a non-negative int"),
                           (["--out", str(tmp_path / "f.txt")], "is a file, not a folder")]:
         (tmp_path / "f.txt").write_text("x")
         assert main(["finetune", "classify", "--no-progress", *argv]) == 2

@@ -34,8 +34,8 @@ def test_warmup_longer_than_the_run_is_refused_as_train_refuses_it(capsys):
 
 
 def test_the_default_warmup_fits_a_short_run():
-    assert ClassifyConfig(steps=3).warmup_steps == 2 and ClassifyConfig().warmup_steps == 20
-    assert ClassifyConfig(steps=3, warmup_steps=3).warmup_steps == 3
+    assert ClassifyConfig(steps=3).step_config(1e-3, 1e-3).warmup_steps == 20   # the loop warms up for 2
+    assert ClassifyConfig(steps=3, warmup_steps=3).step_config(1e-3, 1e-3).warmup_steps == 3
 
 
 def test_train_refuses_a_vocab_size_that_disagrees_with_its_tokenizer(tmp_path, capsys):

@@ -312,8 +312,8 @@ def require_a_language_model(path, flag: str, job: str, causal: bool = True) -> 
     architectures = config.get("architectures") or []
     if isinstance(architectures, list) and "LlamaForSequenceClassification" in architectures:
         raise ValueError(f"{flag} {shown} is a classification model (LlamaForSequenceClassification, e.g. from "
-                         f"`npllama finetune classify`), not a language model: {job} starts from a "
-                         f"pre-trained model such as a run of `npllama train`")
+                         f"`npllama finetune classify`), not a language model: use it with `npllama classify "
+                         f"--model {'DIR' if path is None else path}`; {job} needs a language model such as a run of `npllama train`")
     if causal and model_objective(path) == "mlm":
         raise ValueError(f"{flag} {shown} is a masked-LM model (trained with --objective mlm, bidirectional): "
                          f"{job} needs a causal model; train one with --objective causal (the default)")

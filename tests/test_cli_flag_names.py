@@ -54,6 +54,12 @@ def test_library_names_become_flags_only_where_they_are_the_setting():
     for message in ("a tenth of the steps", "--data 'my_data/batch_size' does not exist",
                     "the model's shape: num_attention_heads (--heads) (3) must divide"):
         assert _as_the_user_typed_it(ValueError(message), train) == message
+    # generate's flags --prompt, --adapter and --model are also words of its prose
+    generate = _innermost_parser(build_parser(), ["generate"])
+    for message in ("the prompt (30 tokens) plus --max-new-tokens (120) is longer than the context",
+                    "adapter 'a' is a sequence-classification adapter (task_type SEQ_CLS): use classify",
+                    "--model 'm' is a classification model (LlamaForSequenceClassification), not a language model"):
+        assert _as_the_user_typed_it(ValueError(message), generate) == message
     assert _as_the_user_typed_it(ValueError("num_hidden_layers must be a positive integer"), train) == \
         "--layers must be a positive integer"
     damaged = CheckpointError("run/train_config.json", "batch_size must be a positive int")

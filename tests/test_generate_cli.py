@@ -147,7 +147,7 @@ def test_a_classifier_folder_given_to_generate_says_to_use_classify(classifier_d
     code, out, err = run_cli(["generate", "--model", str(classifier_dir)], capsys)
     err = one_line_error(err)
     assert code == 2 and out == ""
-    assert "is a sequence-classification model" in err and f"npllama classify --model {classifier_dir}" in err
+    assert "is a classification model" in err and f"npllama classify --model {classifier_dir}" in err
     with pytest.raises(ValueError, match="sequence-classification model .* npllama.load_classifier"):
         Llama.from_pretrained(classifier_dir)
     assert list(load_classifier(classifier_dir).label_names) == ["neg", "pos"]    # what it is for still works

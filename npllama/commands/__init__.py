@@ -41,11 +41,7 @@ def load_run_model(path, adapter, dtype: str, flag: str = "--model", job: str = 
     from .. import runs
     from ..runs import load_model_and_tokenizer
 
-    # npllama.runs.refuse_a_masked_lm comes with the training side's "npllama_objective" field
-    # in config.json; without it no model is marked, and nothing is refused
-    refuse_a_masked_lm = getattr(runs, "refuse_a_masked_lm", None)
-    if refuse_a_masked_lm is not None:
-        refuse_a_masked_lm(path, flag, job)
+    runs.require_a_language_model(path, flag, job)     # not a classifier, not a masked-LM model
     model, tokenizer, model_dir = load_model_and_tokenizer(path, dtype=getattr(np, dtype))
     if adapter is not None:
         from ..lora import load_adapter

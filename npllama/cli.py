@@ -152,9 +152,10 @@ def _one_line_warning(command: str):
 # Names the library's checks use that are not a flag's dest: LoRA's own argument names
 _ALIASES = {"r": "lora_r", "target_modules": "lora_targets"}
 # Settings named as the user names them: a setting before "must", "=", "*", its bare value in
-# parentheses ("steps (3)", not "prompt (30 tokens)") or a parenthesis and "must" ("r (the LoRA rank) must") -- not prose
+# parentheses ("steps (3)", not "prompt (30 tokens)"), a change "seed (1 -> 4)", or a parenthesis
+# and "must" ("r (the LoRA rank) must") -- not prose
 # such as "adapter (task_type SEQ_CLS): ..." or "model (LlamaForSequenceClassification), ...")
-_SETTING = re.compile(r"(?<![-\w./'\"])([A-Za-z_][A-Za-z0-9_]*)(?![\w'\"/-])(?=(\s*(must\b|\(-?[\d.e+-]+\)|\([^)]*\)\s*must\b|=|\*)))?")
+_SETTING = re.compile(r"(?<![-\w./'\"])([A-Za-z_][A-Za-z0-9_]*)(?![\w'\"/-])(?=(\s*(must\b|\(-?[\d.e+-]+\)|\([^)]*\)\s*must\b|\([^()]*->[^()]*\)|=|\*)))?")
 
 
 def _as_the_user_typed_it(error: BaseException, parser: argparse.ArgumentParser) -> str:

@@ -234,7 +234,7 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
     if resume:
         require_settings(run_dir, CONFIG_FILE)
     else:
-        _refuse_a_folder_that_is_not_a_run(run_dir)  # before the lock file is made in it
+        _refuse_a_folder_that_is_not_a_run(run_dir, holding_the_lock=False)  # before a lock file is made in it
     with stop_signals_interrupt(), writing_run(run_dir):
         return _train_holding_the_run(tc, run_dir, resume, echo)
 
@@ -699,14 +699,18 @@ def _refuse_another_vocab_size(tc: TrainConfig) -> None:
                          f"{pieces} pieces (the model's vocabulary): leave out --vocab-size")
 
 
-def _refuse_a_folder_that_is_not_a_run(run_dir: Path) -> None:
+def _refuse_a_folder_that_is_not_a_run(run_dir: Path, holding_the_lock: bool = True) -> None:
     """A new start writes into a new or empty folder, or into a run folder whose earlier start
     failed before its first checkpoint (it has train_config.json and no checkpoint/ or model/).
-    Any other folder holds the user's own files: tokenizer.model among them would be replaced."""
+    Any other folder holds the user's own files: tokenizer.model among them would be replaced.
+    Before the lock is taken (holding_the_lock=False) only the user's own files are refused: a run
+    folder is judged under the lock, which first says whether another process is writing it."""
     if not run_dir.is_dir():
         return
     if (run_dir / "checkpoint").exists() or (run_dir / "model").exists():
-        raise already_holds_a_run(run_dir)
+        if holding_the_lock:
+            raise already_holds_a_run(run_dir)
+        return
     if (run_dir / CONFIG_FILE).is_file():
         return
     held = sorted(p.name for p in run_dir.iterdir() if p.name not in (WRITER_LOCK_FILE, READER_LOCK_FILE))

@@ -50,6 +50,9 @@ def test_library_names_become_flags_only_where_they_are_the_setting():
         "--warmup-steps (5) must not exceed --steps (3)"
     assert _as_the_user_typed_it(ValueError("r (the LoRA rank) must be a positive int, got 0"), finetune) == \
         "--lora-r (the LoRA rank) must be a positive int, got 0"
+    assert _as_the_user_typed_it(ValueError("cannot resume 'run' with different settings: seed (1 -> 4), "
+                                            "max_len (8 -> 16)"), finetune) == \
+        "cannot resume 'run' with different settings: --seed (1 -> 4), --max-len (8 -> 16)"
     # prose, paths, flags the message names already, and a file's own fields stay as they are
     for message in ("a tenth of the steps", "--data 'my_data/batch_size' does not exist",
                     "the model's shape: num_attention_heads (--heads) (3) must divide"):

@@ -111,6 +111,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..backend import get_backend, use_backend
+    from ..io.errors import CheckpointError
     from ..runs import RunInUseError
     from ..train import CheckpointWriteError, TrainConfig, TrainingError, resume_config, train
 
@@ -122,6 +123,8 @@ def run(args) -> int:
         # --resume: the run's saved settings, with the options given on top (changes to the ones
         # that define the run are refused by train(); the others are applied and recorded)
         tc = resume_config(given.get("out", TrainConfig.out), **given) if args.resume else TrainConfig(**given)
+    except CheckpointError:
+        raise          # a damaged saved run: its message names the file's own fields, not flags
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
     prepare_training_process()

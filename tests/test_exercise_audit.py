@@ -130,35 +130,14 @@ def test_a_python_list_is_not_a_gradient():
 
 # ----- 5. the model's dict and the block's pair ---------------------------------------------------
 
-MODEL = """import numpy as np
-from npllama.model import block_backward, LAYER_PATHS
-from npllama.ops.rmsnorm import rmsnorm_backward
-from npllama.ops.linear import linear_backward
-from npllama.ops.embedding import embedding_backward
-
-
-def model_backward(dlogits, cache, config):
-    grads = {}
-    dhidden, dW_lm = linear_backward(dlogits, cache.lm_head)
-    dx, grads["model.norm.weight"] = rmsnorm_backward(dhidden, cache.norm)
-    for i in reversed(range(config.num_hidden_layers)):
-        dx, lg = block_backward(dx, cache.layers[i])
-        for path, g in zip(LAYER_PATHS, lg):
-            grads[f"model.layers.{i}.{path}.weight"] = g
-    grads["model.embed_tokens.weight"] = embedding_backward(dx, cache.embed_tokens)
-    if config.tie_word_embeddings:
-        grads["model.embed_tokens.weight"] = grads["model.embed_tokens.weight"] + dW_lm
-    else:
-        grads["lm_head.weight"] = dW_lm
-    return grads
-"""
+from test_exercise_diagnoses import MODEL_CORRECT as MODEL  # noqa: E402  (one correct model backward)
 
 
 @pytest.mark.parametrize("change, expected", [
     (('grads["model.norm.weight"]', 'grads["model.norm"]'),
      "missing 1 of 21: 'model.norm.weight'; unexpected: 'model.norm'"),
     (("    return grads", '    grads["bogus"] = None\n    return grads'), "unexpected: 'bogus'"),
-    (("    return grads", '    grads["lm_head.weight"] = dW_lm\n    return grads'),   # tied: no lm_head
+    (("    return grads", '    grads["lm_head.weight"] = dW\n    return grads'),   # tied: no lm_head
      "unexpected: 'lm_head.weight'"),
 ])
 def test_the_model_must_return_exactly_the_keys_of_model_params(tmp_path, change, expected):

@@ -638,6 +638,9 @@ def choice_logprobs(model, tokenizer, question: str, choices: list[str], templat
     All choices of one question go through the model as one padded batch.  The question is
     `<s> question` ("plain") or LLaMA-2's "[INST] question [/INST]" ("chat", for SFT models).
     """
+    from .runs import require_next_token_model
+
+    require_next_token_model(model, "multiple-choice scoring")   # log p(choice | question), token by token
     if template not in ("plain", "chat"):
         raise ValueError(f"template must be 'plain' or 'chat', got {template!r}")
     context = tokenizer.encode(chat_prompt(question) if template == "chat" else question, bos=True)

@@ -40,9 +40,9 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
         keep the cores busy.  The logits are the same for any count.  At most NPLLAMA_MAX_THREADS
         (default 256, npllama/budget.py).
     """
-    from .lora import check_causal_lm
+    from .runs import require_next_token_model
 
-    check_causal_lm(model)      # not with a sequence-classification adapter attached
+    require_next_token_model(model, "generate")   # not a masked-LM model, not a classification adapter
     batched = _is_batch(prompt)
     prompts = [_check_prompt(p, model.config.vocab_size, f"prompt[{i}]") for i, p in enumerate(prompt)] \
         if batched else [_check_prompt(prompt, model.config.vocab_size)]

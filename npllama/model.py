@@ -127,10 +127,20 @@ def _public(method):
 class Llama:
     """A LLaMA decoder: random init with `Llama(config, seed, dtype)`, or `Llama.from_pretrained(path)`."""
 
-    def __init__(self, config: LlamaConfig, seed: int = 0, dtype=np.float32, *, params=None):
+    def __init__(self, config: LlamaConfig, seed: int = 0, dtype=np.float32, *, params=None,
+                 objective: str = "causal"):
+        from .io.hf import OBJECTIVES
+
         if not isinstance(config, LlamaConfig):
             raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(map(repr, OBJECTIVES))}, got {objective!r}")
         self.config = config
+        # What the weights were trained for: "causal" (next-token prediction, LLaMA's) or "mlm"
+        # (`npllama train --objective mlm`: the stack without the causal mask, predicting masked
+        # tokens).  Recorded in config.json (npllama_objective); generate, perplexity and
+        # multiple-choice scoring refuse an "mlm" model, a classifier on one runs bidirectionally.
+        self.objective = objective
         self.dtype = _check_dtype(dtype)
         if params is None:
             budget.check_model(config, self.dtype)   # before allocating anything
@@ -145,32 +155,38 @@ class Llama:
     def __repr__(self) -> str:
         cfg = self.config
         lora = f", LoRA r={self.lora.r}" if self.lora is not None else ""
+        mlm = ", masked-LM (bidirectional)" if self.objective == "mlm" else ""
         return (f"Llama({self.num_parameters():,} parameters, {cfg.num_hidden_layers} layers, hidden "
                 f"{cfg.hidden_size}, heads {cfg.num_attention_heads}/{cfg.num_key_value_heads}, vocab "
-                f"{cfg.vocab_size}, {np.dtype(self.dtype).name}{lora})")
+                f"{cfg.vocab_size}, {np.dtype(self.dtype).name}{mlm}{lora})")
 
     # ----- Hugging Face folders -------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path, dtype=np.float32) -> "Llama":
         """Load a Hugging Face folder (config.json + model.safetensors, or a sharded index), or a
-        llama2.c checkpoint file (.bin: legacy, version 1 or version 2 int8)."""
-        from .io.hf import load_hf_folder
+        llama2.c checkpoint file (.bin: legacy, version 1 or version 2 int8).  The model's
+        `objective` is config.json's npllama_objective ("causal" when absent)."""
+        from .io.hf import load_hf_model
         from .io.llama2c import looks_like_llama2c, read_llama2c
 
+        objective = "causal"
         if looks_like_llama2c(path):
             config, params = read_llama2c(path, dtype=_check_dtype(dtype))
         else:
-            config, params = load_hf_folder(path, dtype=_check_dtype(dtype))
-        return cls(config, dtype=dtype, params=params)
+            config, params, objective = load_hf_model(path, dtype=_check_dtype(dtype))
+        return cls(config, dtype=dtype, params=params, objective=objective)
 
     def save_pretrained(self, path, dtype=None, extra_files=None) -> None:
-        """Write a folder that `transformers.LlamaForCausalLM.from_pretrained` loads.
+        """Write a folder that `transformers.LlamaForCausalLM.from_pretrained` loads.  A masked-LM
+        model's config.json records "npllama_objective": "mlm" (transformers ignores it).
 
         extra_files: {file name: bytes} written into the folder too (e.g. tokenizer.model).
         """
-        from .io.hf import save_hf_folder
+        from .io.hf import OBJECTIVE_FIELD, save_hf_folder
 
-        save_hf_folder(path, self.config, self.params, dtype=dtype, extra_files=extra_files)
+        extra_config = {OBJECTIVE_FIELD: self.objective} if self.objective != "causal" else None
+        save_hf_folder(path, self.config, self.params, dtype=dtype, extra_files=extra_files,
+                       extra_config=extra_config)
 
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self.params.values()))

@@ -27,11 +27,11 @@ class PerplexityResult:
 def perplexity(model, tokenizer, text: str, *, context: int | None = None, batch_size: int = 8,
                progress: bool = False) -> PerplexityResult:
     """Mean next-token loss and perplexity of `text` under `model` (see the module docstring)."""
-    from .lora import check_causal_lm
+    from .runs import require_next_token_model
 
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
-    check_causal_lm(model)      # not with a sequence-classification adapter attached
+    require_next_token_model(model, "perplexity")   # not a masked-LM model, not a classification adapter
     limit = model.config.max_position_embeddings
     context = limit if context is None else context
     if isinstance(context, bool) or not isinstance(context, int) or not 2 <= context <= limit:

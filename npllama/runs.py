@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .io.atomic import _OLD_TAG, _TMP_TAG, atomic_write_text, backup_paths
 from .io.errors import CheckpointError
+from .io.hf import OBJECTIVE_FIELD, objective_of
 
 try:
     import fcntl
@@ -42,7 +43,6 @@ LATEST_FILE = "LATEST"
 TOKENIZER_FILE = "tokenizer.model"
 WRITER_LOCK_FILE = ".npllama.lock"
 READER_LOCK_FILE = ".npllama-read.lock"
-OBJECTIVE_FIELD = "npllama_objective"   # in config.json: "mlm" marks a masked-LM model; absent: causal
 
 
 class RunInUseError(RuntimeError):
@@ -296,11 +296,7 @@ def model_objective(path=None) -> str:
     bidirectional masked-LM model, which must not be used to generate).  config.json records it as
     "npllama_objective"; a config without that field (any Hugging Face LLaMA) is "causal"."""
     config_file, config = _model_config(path)
-    objective = config.get(OBJECTIVE_FIELD, "causal")
-    if objective not in ("causal", "mlm"):
-        raise CheckpointError(config_file, f"must be \"causal\" or \"mlm\", got {str(objective)[:40]!r}",
-                              field=OBJECTIVE_FIELD)
-    return objective
+    return objective_of(config, config_file)
 
 
 def require_a_language_model(path, flag: str, job: str, causal: bool = True) -> None:
@@ -317,6 +313,22 @@ def require_a_language_model(path, flag: str, job: str, causal: bool = True) -> 
     if causal and model_objective(path) == "mlm":
         raise ValueError(f"{flag} {shown} is a masked-LM model (trained with --objective mlm, bidirectional): "
                          f"{job} needs a causal model; train one with --objective causal (the default)")
+
+
+def require_next_token_model(model, job: str) -> None:
+    """ValueError unless the loaded `model` can predict next tokens for `job` (e.g. "generate"):
+    not a masked-LM model (model.objective "mlm": `npllama train --objective mlm`, read from its
+    config.json by Llama.from_pretrained), and without a sequence-classification LoRA adapter
+    attached.  The one check that generate, perplexity and multiple-choice scoring share."""
+    from .lora import check_causal_lm
+
+    if getattr(model, "objective", "causal") == "mlm":
+        raise ValueError(f"{job} predicts next tokens, but this model is a masked-LM model (objective \"mlm\", "
+                         f"{OBJECTIVE_FIELD} in its config.json: trained with `npllama train --objective mlm`, "
+                         f"without the causal mask), whose outputs are not next-token predictions; use a causal "
+                         f"model (`npllama train`, --objective causal, the default), or fine-tune this one as a "
+                         f"classifier (`npllama finetune classify --base DIR`)")
+    check_causal_lm(model)      # not with a sequence-classification adapter attached
 
 
 @contextlib.contextmanager

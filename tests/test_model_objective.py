@@ -68,3 +68,70 @@ def test_transformers_loads_a_config_with_the_objective_field(tmp_path):
     assert loaded.config.npllama_objective == "mlm"
     with pytest.raises(ValueError, match="vocab_size"):
         save_hf_folder(tmp_path / "n", config, model.params, extra_config={"vocab_size": 3})
+
+
+# ----- the Python API: a loaded model carries its objective -----------------------------------------
+def test_a_loaded_model_carries_its_objective_through_save_pretrained(runs, tmp_path):
+    base, _ = runs
+    mlm = Llama.from_pretrained(base / "mlm" / "model")
+    assert mlm.objective == "mlm" and "masked-LM" in repr(mlm)
+    assert Llama.from_pretrained(base / "causal" / "model").objective == "causal"
+    mlm.save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["npllama_objective"] == "mlm"
+    assert Llama.from_pretrained(tmp_path / "again").objective == "mlm"
+    Llama(mlm.config).save_pretrained(tmp_path / "causal")   # the default: no field written
+    assert "npllama_objective" not in json.loads((tmp_path / "causal" / "config.json").read_text())
+    assert Llama.from_pretrained(tmp_path / "causal").objective == "causal"
+    with pytest.raises(ValueError, match="objective must be one of"):
+        Llama(mlm.config, objective="bert")
+
+
+def test_a_bad_objective_in_config_json_names_the_file_and_field(runs, tmp_path):
+    from npllama.io.errors import CheckpointError
+
+    base, _ = runs
+    Llama.from_pretrained(base / "mlm" / "model").save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "npllama_objective": "bert"}))
+    with pytest.raises(CheckpointError, match="must be \"causal\" or \"mlm\"") as error:
+        Llama.from_pretrained(tmp_path / "m")
+    assert error.value.field == "npllama_objective"
+
+
+def test_next_token_functions_refuse_a_masked_lm_model_with_one_message(runs):
+    from npllama.finetune import choice_logprobs, evaluate_choice
+    from npllama.generate import generate, generate_text
+    from npllama.perplexity import perplexity
+    from npllama.runs import load_model_and_tokenizer
+
+    base, _ = runs
+    model, tokenizer, _ = load_model_and_tokenizer(base / "mlm")
+    assert model.objective == "mlm"
+    item = {"question": "Who?", "choices": ["Tom", "Lily"], "answer": 0}
+    calls = {"generate": lambda: generate(model, [1, 5], 3, temperature=0),
+             "generate_text": lambda: generate_text(model, tokenizer, "Once", 3),
+             "Llama.generate": lambda: model.generate([1, 5], 3),
+             "perplexity": lambda: perplexity(model, tokenizer, "Once upon a time"),
+             "choice_logprobs": lambda: choice_logprobs(model, tokenizer, "Who?", ["Tom", "Lily"]),
+             "evaluate_choice": lambda: evaluate_choice(model, tokenizer, [item], progress=False)}
+    messages = set()
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="masked-LM model") as error:
+            call()
+        assert "--objective mlm" in str(error.value) and "finetune classify" in str(error.value), name
+        messages.add(str(error.value).split(" predicts")[1])
+    assert len(messages) == 1   # one check, one message (only the job's name differs)
+
+    causal, tokenizer, _ = load_model_and_tokenizer(base / "causal")   # unchanged for a causal model
+    assert len(generate(causal, [1, 5], 3, temperature=0)) == 5
+    assert perplexity(causal, tokenizer, "Once upon a time").tokens > 0
+    assert evaluate_choice(causal, tokenizer, [item], progress=False)["n"] == 1
+
+
+def test_transformers_loads_a_saved_masked_lm_model(runs, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    base, _ = runs
+    Llama.from_pretrained(base / "mlm" / "model").save_pretrained(tmp_path / "m")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert loaded.config.npllama_objective == "mlm"

@@ -33,6 +33,12 @@ GENERATION_CONFIG_NAME = "generation_config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 SCORE_NAME = "score.weight"   # a sequence classifier's head (LlamaForSequenceClassification)
+# npllama's own config.json field: the objective the model was trained with.  Absent (any Hugging
+# Face LLaMA): "causal", next-token prediction.  "mlm": `npllama train --objective mlm`, the stack
+# without the causal mask, which must not be used to predict next tokens.  transformers keeps the
+# field as an attribute and otherwise ignores it; LlamaConfig.from_dict ignores it.
+OBJECTIVE_FIELD = "npllama_objective"
+OBJECTIVES = ("causal", "mlm")
 
 # Never allocate more than this for parameters, whatever the machine (and never more than its RAM).
 MAX_LOAD_BYTES = 64 * 1024**3
@@ -55,8 +61,16 @@ def load_hf_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.nd
     """Read a Hugging Face LLaMA folder.  Returns (config, params), params keyed and ordered as
     `config.param_shapes()`, each a new C-contiguous writeable array of `dtype`
     (np.float32 or np.float64)."""
+    config, params, _ = load_hf_model(path, dtype)
+    return config, params
+
+
+def load_hf_model(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.ndarray], str]:
+    """load_hf_folder's (config, params) and the objective config.json records ("causal" or
+    "mlm", see OBJECTIVE_FIELD), from one read of config.json."""
     dtype = _float_dtype("dtype", dtype)
-    folder, config, _ = _open_folder(path, dtype, "a Hugging Face model folder")
+    folder, config, raw = _open_folder(path, dtype, "a Hugging Face model folder")
+    objective = objective_of(raw, folder / CONFIG_NAME)
 
     # tensor name -> file holding it; each file's header; the file listing them (index or single)
     tensor_files, headers, source = _tensor_files(folder)
@@ -70,7 +84,17 @@ def load_hf_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.nd
     # Only now is tensor data read: every size has been checked against the config.
     params = _read_params(to_read, tied_head, dtype)
     # read_safetensors gives every tensor its own fresh array; _own_array only fixes layout.
-    return config, {name: _own_array(params.pop(name), dtype) for name in config.param_shapes()}
+    return config, {name: _own_array(params.pop(name), dtype) for name in config.param_shapes()}, objective
+
+
+def objective_of(raw: dict, config_path) -> str:
+    """The objective a config.json's fields (`raw`) record: "causal" when OBJECTIVE_FIELD is
+    absent, else its value, which must be one of OBJECTIVES (a CheckpointError naming the file)."""
+    objective = raw.get(OBJECTIVE_FIELD, "causal")
+    if objective not in OBJECTIVES:
+        raise CheckpointError(config_path, f"must be \"causal\" or \"mlm\", got {str(objective)[:40]!r}",
+                              field=OBJECTIVE_FIELD)
+    return objective
 
 
 def load_hf_classifier_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.ndarray], np.ndarray, dict]:

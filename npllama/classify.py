@@ -6,7 +6,9 @@ adapter saved for sequence classification (PEFT's SEQ_CLS, the head among module
     clf.predict(["What a lovely day!", "I hated it."])           # ['positive', 'negative']
     clf.probabilities(["What a lovely day!"])                    # (1, num_labels), rows sum to 1
 
-The head reads the hidden state of each text's last real token, as transformers' does.
+The head reads the hidden state of each text's last real token, as transformers' does.  A
+classifier fine-tuned from a masked-LM model runs bidirectionally, as it was trained (its folder
+records it; transformers would run it causally).
 """
 from __future__ import annotations
 
@@ -74,22 +76,41 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
         if score is None:
             raise ValueError(f"adapter {str(adapter)!r} has no score.weight: it is not a sequence-classification "
                              f"adapter (made with `npllama finetune classify --lora --out DIR`, or PEFT's SEQ_CLS)")
-        names = _label_names(Path(adapter), {}, score.shape[0])
-        return Classifier(model, score, names, tokenizer, f"{model_dir} + {adapter}")
+        info = _info(Path(adapter))
+        names = _label_names(info, {}, score.shape[0])
+        classifier = Classifier(model, score, names, tokenizer, f"{model_dir} + {adapter}")
+        _check_attention(classifier, info.get("attention"), adapter, model_dir)
+        return classifier
 
-    from .io.hf import load_hf_classifier_folder
+    from .io.hf import load_hf_classifier_folder, objective_of
     from .model import Llama
 
     with reading_model_dir(path) as model_dir:
         config, params, score, raw = load_hf_classifier_folder(model_dir, dtype=dtype)
         tokenizer = load_tokenizer(model_dir)
-        names = _label_names(model_dir, raw, score.shape[0])
-    model = Llama(config, dtype=dtype, params=params)
+        names = _label_names(_info(model_dir), raw, score.shape[0])
+        # "mlm": fine-tuned from a masked-LM model, bidirectionally (finetune.SequenceClassifier.save)
+        objective = objective_of(raw, model_dir / "config.json")
+    model = Llama(config, dtype=dtype, params=params, objective=objective)
     tokenizer.check_vocab(config.vocab_size)
     return Classifier(model, score, names, tokenizer, str(model_dir))
 
 
-def _label_names(folder: Path, config: dict, num_labels: int) -> list[str]:
+def _info(folder: Path) -> dict:
+    """finetune.json's fields (written by `npllama finetune classify --out`), or {} when the folder
+    has none or it is not a JSON object."""
+    info = folder / INFO_FILE
+    if not info.is_file():
+        return {}
+    from .io.reading import read_json
+
+    try:  # a regular file of bounded size holding an object, as every JSON we read
+        return read_json(info, expect=dict)
+    except ValueError:
+        return {}
+
+
+def _label_names(info: dict, config: dict, num_labels: int) -> list[str]:
     """config.json's id2label, else finetune.json's label_names, else LABEL_0, LABEL_1, ..."""
     id2label = config.get("id2label")
     if isinstance(id2label, dict) and len(id2label) == num_labels:
@@ -97,17 +118,20 @@ def _label_names(folder: Path, config: dict, num_labels: int) -> list[str]:
             return [str(id2label[str(i)] if str(i) in id2label else id2label[i]) for i in range(num_labels)]
         except KeyError:
             pass
-    info = folder / INFO_FILE
-    if info.is_file():
-        from .io.reading import read_json
-
-        try:  # a regular file of bounded size holding an object, as every JSON we read
-            names = read_json(info, expect=dict).get("label_names")
-        except ValueError:
-            names = None
-        if isinstance(names, list) and len(names) == num_labels:
-            return [str(n) for n in names]
+    names = info.get("label_names")
+    if isinstance(names, list) and len(names) == num_labels:
+        return [str(n) for n in names]
     return [f"LABEL_{i}" for i in range(num_labels)]
+
+
+def _check_attention(classifier: Classifier, recorded, adapter, model_dir) -> None:
+    """An adapter is run with the attention it was trained with (finetune.json's "attention"),
+    which its base's objective decides: refuse a base of the other kind rather than run it so."""
+    if recorded in ("causal", "bidirectional") and recorded != classifier.head.attention:
+        kind = {"causal": "a causal LM", "bidirectional": "a masked-LM model (npllama_objective \"mlm\")"}
+        raise ValueError(f"adapter {str(adapter)!r} was fine-tuned with {recorded} attention on {kind[recorded]}, "
+                         f"but the base {str(model_dir)!r} is {kind[classifier.head.attention]}: load it with the "
+                         f"base it was trained on (finetune.json's \"base\")")
 
 
 def _check_texts(texts) -> list[str]:

@@ -37,11 +37,15 @@ from .ops._checks import require_non_negative_int, require_positive_int
 from .ops.classifier import classifier_backward, classifier_forward, last_token_index
 from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .interrupts import deferred_stop_signals
+from .io.hf import OBJECTIVE_FIELD
 from .optim import AdamW, TrainingError, clip_finite_step, cosine_with_warmup
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 SCORE = "score.weight"
 INFO_FILE = "finetune.json"   # what was trained, on what, and the final metrics
+BIDIRECTIONAL_NOTE = ("bidirectional attention (a masked-LM base): load it with npllama (load_classifier, "
+                      "`npllama classify`); transformers' LlamaForSequenceClassification would run it "
+                      "causally and give other predictions")
 
 
 # ----- the shared loop ------------------------------------------------------------------------------
@@ -154,6 +158,10 @@ class SequenceClassifier:
 
     params: what fine-tuning trains -- every weight of the model but the unused LM head, and
     `score.weight`; or, with LoRA adapters attached to the model, the adapters and `score.weight`.
+
+    The stack runs with the attention its base was pre-trained with: causal for a causal LM (as
+    LlamaForSequenceClassification does), bidirectional for a masked-LM model (model.objective
+    "mlm", `npllama train --objective mlm`: the article's BERT-style pre-training then fine-tuning).
     """
 
     def __init__(self, model, label_names, seed: int = 0):
@@ -170,6 +178,17 @@ class SequenceClassifier:
         return len(self.label_names)
 
     @property
+    def causal(self) -> bool:
+        """False when the base model is a masked-LM model: it was pre-trained without the causal
+        mask, so it is fine-tuned and run without it too."""
+        return getattr(self.model, "objective", "causal") != "mlm"
+
+    @property
+    def attention(self) -> str:
+        """"causal" or "bidirectional": what the saved folder records (finetune.json)."""
+        return "causal" if self.causal else "bidirectional"
+
+    @property
     def params(self) -> dict[str, np.ndarray]:
         if self.model.lora is not None:
             return {**self.model.lora.params, SCORE: self.score_weight}
@@ -177,12 +196,12 @@ class SequenceClassifier:
 
     def logits(self, tokens, attention_mask) -> np.ndarray:
         """(B, num_labels) class scores."""
-        hidden, _ = self.model.hidden_forward(tokens, attention_mask)
+        hidden, _ = self.model.hidden_forward(tokens, attention_mask, causal=self.causal)
         return classifier_forward(hidden, self.score_weight, last_token_index(attention_mask))[0]
 
     def loss_and_grads(self, tokens, attention_mask, labels):
         """Mean cross-entropy of the labels, and its gradient for every trainable parameter."""
-        hidden, caches = self.model.hidden_forward(tokens, attention_mask)            # (B, T, D)
+        hidden, caches = self.model.hidden_forward(tokens, attention_mask, causal=self.causal)   # (B, T, D)
         logits, head_cache = classifier_forward(hidden, self.score_weight, last_token_index(attention_mask))
         loss, ce_cache = cross_entropy_forward(logits, np.asarray(labels, dtype=np.int64))
         dlogits = cross_entropy_backward(np.ones((), dtype=logits.dtype), ce_cache)   # (B, num_labels)
@@ -204,7 +223,12 @@ class SequenceClassifier:
     def save(self, path, tokenizer, base_dir=None, info=None) -> Path:
         """Full fine-tuning: a Hugging Face LlamaForSequenceClassification folder (config.json with
         id2label, model.safetensors with model.* and score.weight) plus tokenizer.model.  With LoRA:
-        the PEFT adapter folder (task SEQ_CLS; score.weight saved as modules_to_save)."""
+        the PEFT adapter folder (task SEQ_CLS; score.weight saved as modules_to_save).
+
+        finetune.json records the attention ("causal" or "bidirectional"), and a bidirectional
+        classifier's config.json records "npllama_objective": "mlm", so that load_classifier runs
+        it as it was trained.  transformers knows neither: its LlamaForSequenceClassification
+        would load such a folder and run it causally, giving other logits."""
         path = Path(path)
         if self.model.lora is not None:
             self.model.lora.extra[SCORE] = self.score_weight
@@ -212,7 +236,10 @@ class SequenceClassifier:
                                          task_type="SEQ_CLS")
         else:
             self._save_hf_folder(path, tokenizer)
-        _write_info(path, {"label_names": list(map(str, self.label_names)), **(info or {})})
+        attention = {"attention": self.attention}
+        if not self.causal:
+            attention["transformers"] = BIDIRECTIONAL_NOTE
+        _write_info(path, {"label_names": list(map(str, self.label_names)), **attention, **(info or {})})
         return path
 
     def _save_hf_folder(self, path, tokenizer):
@@ -225,6 +252,8 @@ class SequenceClassifier:
                       label2id={str(n): i for i, n in enumerate(self.label_names)},
                       problem_type="single_label_classification", pad_token_id=pad_id_of(tokenizer),
                       torch_dtype=str(np.dtype(self.model.dtype)))
+        if not self.causal:
+            config[OBJECTIVE_FIELD] = "mlm"   # load_classifier runs it bidirectionally again
         tensors = {n: p for n, p in self.params.items()}
         with atomic_directory(path) as tmp:
             (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -461,7 +490,9 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
     shown = f"the {source}" if cc.data is None else source
     echo(f"fine-tuning {'LoRA adapters' if cc.lora else 'every weight'} of {model_dir} on {shown}: "
          f"{len(texts)} train / {len(val_texts)} validation texts, labels {', '.join(map(str, names))}; "
-         f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
+         f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%); "
+         + ("causal attention" if classifier.causal else
+            "bidirectional attention (the base is a masked-LM model, pre-trained without the causal mask)"))
 
     pad_id = pad_id_of(tokenizer)
     train_encoded, val_encoded = encode_texts(tokenizer, texts, max_len), encode_texts(tokenizer, val_texts, max_len)

@@ -10,7 +10,8 @@ steps (§3.3.3):
   Either every weight is trained (full fine-tuning) or only LoRA adapters and the head (§9.2,
   npllama/lora.py).  At the end: accuracy, macro-F1 and the confusion matrix on a validation
   split, printed beside the majority-class baseline (what always answering the most frequent
-  training label scores).
+  training label scores).  On a masked-LM base (`npllama train --objective mlm`) the stack runs
+  without the causal mask, as it was pre-trained (BERT-style), and the saved folder says so.
 * `sft`: instruction / dialogue tuning (§6.2).  Prompt/response pairs in LLaMA-2's chat template;
   the next-token loss counts the response tokens only (the prompt's targets are -100).
 * `evaluate_choice`: multiple-choice question answering (§6.3) by the log-likelihood the model

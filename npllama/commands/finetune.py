@@ -22,7 +22,9 @@ def register(subparsers) -> None:
         description="Train a classification head on the last token's hidden state (Hugging Face's "
                     "LlamaForSequenceClassification), with every weight or LoRA adapters trainable. "
                     "Prints validation accuracy, macro-F1 and the confusion matrix beside the "
-                    "majority-class baseline. With no --data it uses a built-in example set.",
+                    "majority-class baseline. With no --data it uses a built-in example set. A masked-LM "
+                    "--base (`npllama train --objective mlm`) is fine-tuned and run with bidirectional "
+                    "attention, as it was pre-trained.",
         formatter_class=HelpFormatter), ClassifyConfig()
     _common(c, d)
     c.add_argument("--data", default=None, help="training data: .jsonl with {\"text\", \"label\"} lines, or "

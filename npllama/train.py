@@ -611,12 +611,14 @@ def _new_model(tc: TrainConfig, tokenizer, echo):
     if tc.init_from is None:
         config = new_model_config(tc, tokenizer)
         _check_budget(tc, config)
-        return Llama(config, seed=tc.seed, dtype=DTYPES[tc.dtype])
+        return Llama(config, seed=tc.seed, dtype=DTYPES[tc.dtype], objective=tc.objective)
     config = init_from_config(tc)
     tokenizer.check_vocab(config.vocab_size)
     _check_budget(tc, config)
     echo(f"starting from the weights in {init_from_dir(tc)}")
-    return Llama.from_pretrained(init_from_dir(tc), dtype=DTYPES[tc.dtype])
+    model = Llama.from_pretrained(init_from_dir(tc), dtype=DTYPES[tc.dtype])
+    model.objective = tc.objective   # what this run trains it for, whatever the folder's was
+    return model
 
 
 def _describe_shape(tc: TrainConfig, config: LlamaConfig) -> str:

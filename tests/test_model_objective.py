@@ -135,3 +135,12 @@ def test_transformers_loads_a_saved_masked_lm_model(runs, tmp_path):
     Llama.from_pretrained(base / "mlm" / "model").save_pretrained(tmp_path / "m")
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m")
     assert loaded.config.npllama_objective == "mlm"
+
+
+def test_a_causal_run_initialised_from_a_masked_lm_model_trains_and_samples(runs, tmp_path):
+    base, _ = runs
+    settings = {**FAST, "samples": 1, "sample_tokens": 4}
+    result = train(TrainConfig(out=str(tmp_path / "c"), init_from=str(base / "mlm" / "model"), **settings),
+                   echo=lambda *a: None)   # the samples are generated: the run's model is causal
+    assert len(result.samples) == 1
+    assert Llama.from_pretrained(tmp_path / "c" / "model").objective == "causal"

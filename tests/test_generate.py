@@ -299,6 +299,9 @@ def test_threads_above_the_budget_are_refused_before_any_thread_starts(model, mo
         decode_threads()
     monkeypatch.setenv(ENV_VARIABLE, "2")
     assert generate(model, [1], 3, temperature=0, threads=2) == generate(model, [1], 3, temperature=0)
+    # refused before the per-thread buffers: 10**13 rows of them would be a MemoryError first
+    with pytest.raises(ValueError, match=r"threads must be at most 2 \(NPLLAMA_MAX_THREADS\), got 10,000,000,000,000$"):
+        FastDecoder(model, threads=10**13)
 
 
 @pytest.mark.parametrize("prompt, max_new_tokens, match", [

@@ -56,6 +56,7 @@ from ._sync import barrier, job_base, job_param, wait_for_job
 from .rmsnorm import _rmsnorm_forward_rows
 from .rope import _rotate
 from .swiglu import _silu_mul, swiglu_forward
+from ..budget import check_threads
 from .threads import Team, TeamOrAlone, decode_threads
 
 
@@ -87,6 +88,8 @@ class FastDecoder:
         require_positive_int("batch_size", batch_size)
         require_positive_int("max_length", max_length)
         require_positive_int("threads", 1 if threads is None else threads)
+        if threads is not None:
+            check_threads("threads", threads)     # before the per-thread buffers are allocated
         if max_length > cfg.max_position_embeddings:
             raise ValueError(f"max_length ({max_length}) exceeds max_position_embeddings "
                              f"({cfg.max_position_embeddings})")

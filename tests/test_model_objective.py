@@ -144,3 +144,14 @@ def test_a_causal_run_initialised_from_a_masked_lm_model_trains_and_samples(runs
                    echo=lambda *a: None)   # the samples are generated: the run's model is causal
     assert len(result.samples) == 1
     assert Llama.from_pretrained(tmp_path / "c" / "model").objective == "causal"
+
+
+def test_export_gguf_refuses_a_masked_lm_model_before_writing(runs, tmp_path, capsys):
+    # llama.cpp would run it with the causal mask it was never trained with
+    pytest.importorskip("gguf")
+    base, _ = runs
+    out = tmp_path / "m.gguf"
+    assert main(["export", "gguf", "--model", str(base / "mlm"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "masked-LM" in err and "llama.cpp" in err, err
+    assert not out.exists()

@@ -33,7 +33,7 @@ def gguf(args) -> int:
     if importlib.util.find_spec("gguf") is None:
         raise UsageError("GGUF export needs the `gguf` package: pip install 'npllama[gguf]' (or pip install gguf)")
     from ..io.gguf_export import check_gguf_out, export_gguf
-    from ..runs import find_tokenizer, resolve_model_dir
+    from ..runs import find_tokenizer, require_a_language_model, resolve_model_dir
 
     if args.model is not None and Path(args.model).is_file():  # a .bin, a .gguf...: say what it is
         from ..io.describe import describe_model_path
@@ -41,6 +41,9 @@ def gguf(args) -> int:
         raise UsageError(f"--model must be a model folder; {describe_model_path(args.model)}")
     check_gguf_out(Path(args.out), None, args.force, flag="--out", force="--force")  # before the model loads
     model_dir = resolve_model_dir(args.model)
+    # llama.cpp runs every LLaMA causally: a classifier has no LM head, and a masked-LM model,
+    # trained without the causal mask, would silently compute something it was never trained for
+    require_a_language_model(model_dir, "--model", "llama.cpp (which runs every LLaMA with the causal mask)")
     check_gguf_out(Path(args.out), model_dir, args.force, flag="--out", force="--force")
     print(f"exporting {model_dir} to {args.out} ({args.outtype}) ...", flush=True)
     out = export_gguf(model_dir, args.out, tokenizer=find_tokenizer(model_dir), outtype=args.outtype,

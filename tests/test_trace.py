@@ -359,8 +359,8 @@ def _attention_dk_halved(dout, cache):
 
 
 def _rmsnorm_backward_no_projection(dy, cache):
-    x_rows, rstd, weight, shape = cache
-    dx = (dy.reshape(x_rows.shape) * weight * rstd[:, None]).reshape(shape)
+    x, rstd, weight = cache          # the kernel's cache is the reference's RMSNormCache
+    dx = dy * weight * rstd
     _, dweight = _kernel("rmsnorm_backward")(dy, cache)
     return dx, dweight
 

@@ -197,3 +197,32 @@ def test_an_override_the_lora_adapters_would_bypass_is_an_error_not_ignored():
     attach_lora(m, r=2)
     with use_op("linear_backward", linear_backward), pytest.raises(ValueError, match="LoRA adapters"):
         m.loss_and_grads(TOKENS, TARGETS)
+
+
+def test_a_backward_override_gets_the_documented_cache_under_the_kernels():
+    # written against RMSNormCache (x, rstd, weight) as the op and the exercise document it: under
+    # the numba backend the kernel's forward would hand it RowsRMSNormCache (x_rows, rstd (N,), ...)
+    import numpy as np
+
+    from npllama import Llama, LlamaConfig, use_backend, use_op
+    from npllama.ops.rmsnorm import RMSNormCache, rmsnorm_backward
+
+    seen = []
+
+    def documented_only(dy, cache):
+        x, rstd, weight = cache
+        seen.append(type(cache))
+        assert rstd.shape == x.shape[:-1] + (1,)
+        return rmsnorm_backward(dy, RMSNormCache(x, rstd, weight))
+
+    config = LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    model = Llama(config, seed=0, dtype=np.float64)
+    tokens = np.random.default_rng(0).integers(0, 11, (2, 5))
+    with use_backend("numba"):
+        _, expected = model.loss_and_grads(tokens, tokens)
+        with use_op("rmsnorm_backward", documented_only):
+            _, grads = model.loss_and_grads(tokens, tokens)
+    assert seen and set(seen) == {RMSNormCache}
+    for name in expected:
+        np.testing.assert_allclose(grads[name], expected[name], rtol=1e-10, atol=1e-12)

@@ -4,28 +4,18 @@ Same signatures and results as npllama.ops.rmsnorm (derivations/rmsnorm.md):
 
     rstd = 1 / sqrt(mean(x**2, -1) + eps)       y = x * rstd * weight
 
-The cache is (x as rows (N, D), rstd (N,), weight, x.shape); backward recomputes xhat = x * rstd
-on the fly instead of storing it.
+The cache is the reference's RMSNormCache, x (..., D), rstd (..., 1), weight -- views of the rows
+the kernels work on -- so a backward written against the documented cache runs on either side;
+backward recomputes xhat = x * rstd on the fly instead of storing it.
 """
-from typing import NamedTuple
-
 import numpy as np
 from numba import njit, prange
 
 from ..ops._checks import checking, require_shape
-from ..ops.rmsnorm import check_rmsnorm_args
+from ..ops.rmsnorm import RMSNormCache, check_rmsnorm_args
 from ._simd import row_dot, row_dot3
 
 ROW_CHUNKS = 4
-
-
-class RowsRMSNormCache(NamedTuple):
-    """What this kernel's rmsnorm_backward needs: x as rows, one rstd per row.  N = rows."""
-
-    x_rows: np.ndarray   # (N, D)
-    rstd: np.ndarray     # (N,)
-    weight: np.ndarray   # (D,)
-    shape: tuple         # (..., D) of x
 
 
 def rmsnorm_forward(x, weight, eps):
@@ -36,14 +26,19 @@ def rmsnorm_forward(x, weight, eps):
     y = np.empty_like(x_rows)
     rstd = np.empty(x_rows.shape[0], dtype=x.dtype)            # (N,)
     _rmsnorm_forward_rows(x_rows, weight, eps, y, rstd)
-    return y.reshape(x.shape), RowsRMSNormCache(x_rows, rstd, weight, x.shape)
+    # the reference's cache, shaped as the reference shapes it (views of the rows, no copy): an
+    # rmsnorm_backward written against the documented cache (a student's, a use_op override)
+    # runs under the kernels too
+    return y.reshape(x.shape), RMSNormCache(x_rows.reshape(x.shape), rstd.reshape(x.shape[:-1] + (1,)), weight)
 
 
 def rmsnorm_backward(dy, cache):
     """Returns (dx, dweight); see npllama.ops.rmsnorm.rmsnorm_backward for the formulas."""
-    x_rows, rstd, weight, shape = cache
+    x, rstd, weight = cache
+    shape = x.shape
     if checking.get():
         require_shape("dy", dy, shape, "the shape of x")
+    x_rows, rstd = _as_rows(x), rstd.reshape(-1)                 # (N, D), (N,): views
     dy_rows = _as_rows(np.asarray(dy, dtype=x_rows.dtype))
     dx = np.empty_like(x_rows)
     # Rows in a few chunks, each summing its own dweight (so a prange over chunks has no races).

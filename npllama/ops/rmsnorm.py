@@ -15,7 +15,7 @@ from ._checks import checking, require_eps, require_float_array, require_last_di
 
 
 class RMSNormCache(NamedTuple):
-    """What rmsnorm_backward needs (the kernel's cache has the same fields)."""
+    """What rmsnorm_backward needs (the kernel returns this same cache: views of its rows)."""
 
     x: np.ndarray        # (..., D) the input
     rstd: np.ndarray     # (..., 1) 1 / sqrt(mean(x**2, -1) + eps)

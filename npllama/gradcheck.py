@@ -273,8 +273,9 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
     backward(dout, cache) -> the gradient of each differentiable input, in order (a tuple or list,
                              or a single array when there is one).
     inputs: a list or tuple of the forward's array inputs (float64 for those checked).
-    wrt:    which of `inputs` are differentiable (indices, default: all of them), matching
-            backward's outputs; an input left out (an int index array, say) is not perturbed.
+    wrt:    which of `inputs` are differentiable (indices, default: every floating-point array
+            among them), matching backward's outputs; an input left out (an int index array, a
+            mask) is not perturbed.
     names:  one name per input (all of them, wrt or not), for the report.
 
     The scalar checked is L = sum(out * dout) for a fixed random dout, so backward receives dout.
@@ -293,7 +294,7 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
     if extra_kwargs is not None and not isinstance(extra_kwargs, Mapping):
         raise TypeError(f"extra_kwargs must be a mapping of keyword arguments, got {_describe(extra_kwargs)}")
     extra_kwargs = dict(extra_kwargs or {})
-    wrt = _check_wrt(wrt, len(inputs))
+    wrt = _check_wrt(wrt, inputs)
     all_names = _check_names(names, len(inputs), "inputs")
 
     snapshots = [np.array(x, copy=True) if isinstance(x, np.ndarray) else None for x in inputs]
@@ -751,9 +752,13 @@ def _check_names(names, count: int, what: str) -> list[str]:
     return list(names)
 
 
-def _check_wrt(wrt, count: int) -> list[int]:
-    if wrt is None:
-        return list(range(count))
+def _check_wrt(wrt, inputs: list) -> list[int]:
+    count = len(inputs)
+    if wrt is None:   # every floating-point array: integer indices, masks and settings are not differentiable
+        wrt = [i for i, x in enumerate(inputs) if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating)]
+        if not wrt:
+            raise ValueError("inputs holds no floating-point array to check the gradient of")
+        return wrt
     if not isinstance(wrt, (list, tuple, range)) or not all(
             isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in wrt):
         raise TypeError(f"wrt must be a list of input indices (ints), got {_describe(wrt)}")

@@ -737,7 +737,10 @@ def _run_notes(a: Trace, b: Trace, labels) -> list[str]:
         if key in a.meta and key in b.meta and a.meta[key] != b.meta[key]:
             shown = [str(t.meta[key]) for t in (a, b)]
             shown = [s if len(s) <= 60 else s[:57] + "..." for s in shown]
-            notes.append(f"the traces ran {what}: {labels[0]} {shown[0]}, {labels[1]} {shown[1]}")
+            # a label that is the value itself (compare_dtypes labels its traces float32, float64)
+            # is said once
+            said = [label if label == value else f"{label} {value}" for label, value in zip(labels, shown)]
+            notes.append(f"the traces ran {what}: {said[0]}, {said[1]}")
     return notes
 
 

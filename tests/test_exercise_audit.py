@@ -308,3 +308,14 @@ def test_block_and_model_cases_are_summarised():
         for params in ex.edge_cases:
             text = ex.case(params).describe()
             assert len(text) < 160 and "LlamaConfig(" not in text and "heads" in text, text
+
+
+def test_the_softmax_jacobian_check_sees_a_sum_over_the_whole_array():
+    # right on a single row, wrong on several: the Jacobian check must not pass it
+    def whole_array_sum(dp, cache):
+        p = cache
+        return p * (dp - np.sum(dp * p))
+
+    report = check_function("softmax", whole_array_sum, n_random=0)
+    jacobian = next(r for r in report.results if r.check.name == "jacobian")
+    assert jacobian.status == "fail", report.format()

@@ -512,3 +512,25 @@ def test_friendly_forms_are_accepted():
     assert as_list.ok and len(as_list.inputs) == 2
     assert gradcheck(lambda v: float(np.sum(v**2)), [x], [2 * x], eps=np.float32(1e-4), seed=np.int64(3)).ok
     assert gradcheck(lambda v: np.array([np.sum(v**2)]), [x], [2 * x]).ok          # a one-element array
+
+
+def test_integer_inputs_are_left_out_of_wrt_by_default():
+    # softmax cross-entropy of logits and integer targets: backward returns dlogits only
+    rng = np.random.default_rng(0)
+    logits, targets = rng.standard_normal((3, 5)), rng.integers(0, 5, 3)
+
+    def forward(z, t):
+        shifted = z - z.max(-1, keepdims=True)
+        logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        return -logp[np.arange(len(t)), t], (logp, t)
+
+    def backward(dloss, cache):
+        logp, t = cache
+        dz = np.exp(logp)
+        dz[np.arange(len(t)), t] -= 1
+        return dz * dloss[:, None]
+
+    report = check_op(forward, backward, [logits, targets], names=["logits", "targets"])
+    assert report.ok and [r.name for r in report.inputs] == ["logits"]
+    with pytest.raises(ValueError, match="no floating-point array"):
+        check_op(lambda t: (t * 1.0, None), lambda d, c: d, [targets])

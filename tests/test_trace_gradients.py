@@ -166,6 +166,9 @@ def test_compare_says_up_front_when_the_traces_ran_different_tokens_or_dtypes():
     assert lines[1].startswith("NOTE: the traces ran different tokens")
     assert lines[2].startswith("NOTE: the traces ran different dtypes")
     assert not any("NOTE" in line for line in str(compare(a, a)).splitlines())
+    # labelled by their dtypes (as compare_dtypes does): each said once
+    dtypes = str(compare(a, b, labels=("float64", "float32"))).splitlines()
+    assert "NOTE: the traces ran different dtypes: float64, float32" in dtypes
 
 
 # ----- 4. an empty comparison is an error; a pattern matching nothing is warned about ---------

@@ -62,10 +62,11 @@ def test_classify_full_and_lora_beat_the_majority_baseline(base_dir, tmp_path):
     assert info["label_names"] == ["negative", "positive"] and info["metrics"]["accuracy"] == lora.metrics["accuracy"]
 
 
-def perturbed_classifier(lora: bool):
+def perturbed_classifier(lora: bool, objective: str = "causal"):
+    """A float64 classifier on a tiny random model whose weights are far from their init."""
     config = LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
-    model = Llama(config, seed=0, dtype=np.float64)
+    model = Llama(config, seed=0, dtype=np.float64, objective=objective)
     rng = np.random.default_rng(1)
     for p in model.params.values():
         p += (0.3 if p.ndim == 1 else 0.2) * rng.standard_normal(p.shape)

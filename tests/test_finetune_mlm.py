@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import npllama.cli
-from npllama import Llama, LlamaConfig, gradcheck, use_backend
+from npllama import Llama, gradcheck, use_backend
 from npllama.classify import load_classifier
 from npllama.finetune import ClassifyConfig, SequenceClassifier, classify
 from npllama.lora import attach_lora
@@ -16,19 +16,9 @@ from npllama.runs import load_model_and_tokenizer
 
 
 def perturbed_classifier(objective: str, lora: bool = False):
-    """A float64 classifier on a tiny random model whose weights are far from their init."""
-    config = LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
-    model = Llama(config, seed=0, dtype=np.float64, objective=objective)
-    rng = np.random.default_rng(1)
-    for p in model.params.values():
-        p += (0.3 if p.ndim == 1 else 0.2) * rng.standard_normal(p.shape)
-    if lora:
-        for p in attach_lora(model, r=2, target_modules=["q_proj", "v_proj", "down_proj"]).params.values():
-            p += 0.3 * rng.standard_normal(p.shape)
-    classifier = SequenceClassifier(model, ["a", "b", "c"])
-    classifier.score_weight += rng.standard_normal(classifier.score_weight.shape)
-    return classifier
+    from test_finetune import perturbed_classifier as on_a_perturbed_model   # one recipe for both files
+
+    return on_a_perturbed_model(lora, objective)
 
 
 TOKENS = np.random.default_rng(2).integers(0, 11, (3, 5))

@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         _discard_stdout()
         return 0
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM/SIGHUP where a command handles them
-        print(f"npllama {args.command}: interrupted", file=sys.stderr)
+        detail = getattr(interrupt, "detail", "")
+        print(f"npllama {args.command}: interrupted{': ' + detail if detail else ''}", file=sys.stderr)
         return 128 + getattr(interrupt, "signum", 2)  # 130 for Ctrl-C (SIGINT is 2)
     except USER_ERRORS as error:
         if os.environ.get("NPLLAMA_TRACEBACK"):

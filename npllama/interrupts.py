@@ -33,9 +33,10 @@ class Interrupted(KeyboardInterrupt):
     """A stop signal arrived (`signum`: SIGINT, SIGTERM or SIGHUP).  A KeyboardInterrupt, so code
     that handles Ctrl-C handles the other two the same way."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, detail: str = ""):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.detail = detail   # what the stop left behind, for the command's last line ("" if nothing to say)
 
 
 _held: list[int] | None = None  # signals received inside deferred_stop_signals; None: not deferring

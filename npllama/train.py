@@ -24,7 +24,7 @@ import numpy as np
 
 from .config import PRESETS, LlamaConfig, python_scalar
 from .data import check_doc_separator
-from .interrupts import deferred_stop_signals, stop_signals_interrupt
+from .interrupts import Interrupted, deferred_stop_signals, stop_signals_interrupt
 from .io.atomic import atomic_write_bytes, atomic_write_text
 from .io.errors import CheckpointError
 from .model_shape import (SHAPE_FLAGS, base_vocab_size, check_model_config_fields, check_shape, init_from_config,
@@ -236,7 +236,23 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
     else:
         _refuse_a_folder_that_is_not_a_run(run_dir, holding_the_lock=False)  # before a lock file is made in it
     with stop_signals_interrupt(), writing_run(run_dir):
-        return _train_holding_the_run(tc, run_dir, resume, echo)
+        try:
+            return _train_holding_the_run(tc, run_dir, resume, echo)
+        except KeyboardInterrupt as stop:   # outside the steps (those stop with a checkpoint and a line)
+            raise _said_what_is_left(stop, run_dir) from None
+
+
+def _said_what_is_left(stop: KeyboardInterrupt, run_dir: Path) -> Interrupted:
+    """A stop before the first step or after the last: what the run folder holds, and what to run."""
+    signum = getattr(stop, "signum", signal.SIGINT)
+    if (run_dir / "model").is_dir():
+        detail = f"the finished model is in {run_dir / 'model'}"
+    elif (run_dir / "checkpoint").is_dir():
+        detail = (f"the checkpoint in {run_dir / 'checkpoint'} is as it was; continue with "
+                  f"`npllama train --out {run_dir} --resume`")
+    else:
+        detail = "before the first step, so there is nothing to resume; the same command starts the run again"
+    return Interrupted(signum, detail)
 
 
 def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -> TrainResult:

@@ -45,3 +45,37 @@ def test_an_ignored_signal_stays_ignored():
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+# ----- npllama train stopped outside its steps: the last line says what the folder holds ----------
+
+def test_a_train_stopped_before_its_first_step_says_what_is_left(tmp_path, monkeypatch, capsys):
+    # the steps themselves stop with a checkpoint and a line; before them (tokenizer, data) there
+    # is nothing to resume, and after a --resume started there is the untouched checkpoint
+    import npllama.train
+    from npllama.cli import main
+
+    from npllama.corpus import make_default_corpus
+
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
+    out, data = tmp_path / "run", tmp_path / "stories.txt"
+    data.write_text("\n\n".join(make_default_corpus(300)), encoding="utf-8")
+    argv = ["train", "--out", str(out), "--data", str(data), "--preset", "stories260k", "--vocab-size", "360",
+            "--batch-size", "4", "--seq-len", "32", "--eval-batches", "1", "--samples", "0", "--steps", "2",
+            "--no-progress"]
+    real = npllama.train._load_corpus
+
+    def ctrl_c(tc):
+        raise Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(npllama.train, "_load_corpus", ctrl_c)
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip() == ("npllama train: interrupted: before the first step, so there "
+                                               "is nothing to resume; the same command starts the run again")
+    monkeypatch.setattr(npllama.train, "_load_corpus", real)
+    assert main([*argv, "--stop-after", "1"]) == 0             # a checkpoint at step 1
+    monkeypatch.setattr(npllama.train, "_load_corpus", ctrl_c)
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert "the checkpoint in" in err and f"npllama train --out {out} --resume" in err, err

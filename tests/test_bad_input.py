@@ -509,6 +509,10 @@ def hostile_files(base, run):
     return paths
 
 
+# Library names of settings that the command line calls by their flags
+INTERNAL_NAMES = re.compile(r"\b(val_fraction|val_data|batch_size|eval_batches|doc_separator|max_len|target_modules|"
+                            r"grad_clip|warmup_steps|lora_r|lora_targets|r \(the LoRA rank\))\b")
+
 CLI = [
     # (argv with placeholders, words the one line must contain; "a|b": either)
     (["train", "--steps", "x"], "invalid int value"),
@@ -588,6 +592,20 @@ CLI = [
     (["finetune", "classify", "--base", "RUN", "--lora", "--lora-r", "0"], "rank"),
     (["finetune", "sft", "--base", "RUN", "--batch-size", "0"], "--batch-size"),
     (["finetune", "bogus"], "invalid choice"),
+    # finetune's own settings, named as flags and checked before the base model is looked for
+    (["finetune", "classify", "--steps", "0"], "--steps"),
+    (["finetune", "classify", "--batch-size", "0"], "--batch-size"),
+    (["finetune", "classify", "--lr", "-1"], "--lr"),
+    (["finetune", "sft", "--lr", "-1"], "--lr"),
+    (["finetune", "classify", "--max-len", "1"], "--max-len"),
+    (["finetune", "classify", "--val-fraction", "1.5"], "--val-fraction"),
+    (["finetune", "classify", "--lora", "--lora-r", "0"], "--lora-r"),
+    (["finetune", "classify", "--lora", "--lora-targets", "q_proj,attn"], "--lora-targets"),
+    (["finetune", "sft", "--lora", "--lora-dropout", "1"], "--lora-dropout"),
+    (["train", "--val-fraction", "2"], "--val-fraction"),
+    (["train", "--val-fraction", "0.1", "--val-data", "x.txt"], "--val-data"),
+    (["train", "--eval-batches", "-1"], "--eval-batches"),
+    (["train", "--doc-separator", "paragraphs"], "--doc-separator"),
     (["eval", "choice", "--base", "NOWHERE"], "nowhere"),
     (["eval", "choice", "--base", "RUN", "--limit", "0"], "--limit"),
     (["eval", "choice", "--base", "RUN", "--data", "NOWHERE"], "nowhere"),
@@ -661,6 +679,8 @@ def test_cli_mistakes_exit_2_with_one_line(argv, words, cli_run, capsys, monkeyp
     assert status == 2, err
     assert len(lines) == 1 and lines[0].startswith("npllama") and "error:" in lines[0], err
     assert any(w in lines[0] for w in words.split("|")) and "Traceback" not in err
+    assert not INTERNAL_NAMES.search(lines[0]), err      # the flag as typed (--batch-size), not batch_size
+    assert "no trained model" not in err or "no trained model" in words   # settings checked before the model
     robustness_count("bad input: command lines")
 
 

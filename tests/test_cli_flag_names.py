@@ -1,46 +1,10 @@
 """From the command line an error names the flag as the user typed it (--batch-size, not
-batch_size), and finetune's own settings are checked before the base model is loaded."""
-import re
-
-import pytest
-
-from npllama.cli import build_parser, main, _as_the_user_typed_it, _innermost_parser
+batch_size): where a library name becomes a flag, and where a word of prose stays a word."""
+from npllama.cli import build_parser, _as_the_user_typed_it, _innermost_parser
 from npllama.io.errors import CheckpointError
 
-INTERNAL = re.compile(r"\b(val_fraction|val_data|batch_size|eval_batches|doc_separator|max_len|target_modules|"
-                      r"grad_clip|warmup_steps|lora_r|lora_targets|r \(the LoRA rank\))\b")
-
-
-@pytest.fixture(autouse=True)
-def no_latest_run(tmp_path, monkeypatch):
-    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))   # no model: a check must come before loading
-    monkeypatch.delenv("NPLLAMA_TRACEBACK", raising=False)
-
-
-@pytest.mark.parametrize("argv, flag", [
-    (["train", "--val-fraction", "2"], "--val-fraction"),
-    (["train", "--val-fraction", "0.1", "--val-data", "x.txt"], "--val-data"),
-    (["train", "--eval-batches", "-1"], "--eval-batches"),
-    (["train", "--doc-separator", "paragraphs"], "--doc-separator"),
-    (["train", "--grad-clip", "0"], "--grad-clip"),
-    (["train", "--lr", "-1"], "--lr"),
-    (["train", "--steps", "0"], "--steps"),
-    (["finetune", "classify", "--steps", "0"], "--steps"),
-    (["finetune", "classify", "--batch-size", "0"], "--batch-size"),
-    (["finetune", "classify", "--lr", "-1"], "--lr"),
-    (["finetune", "sft", "--lr", "-1"], "--lr"),
-    (["finetune", "classify", "--max-len", "1"], "--max-len"),
-    (["finetune", "classify", "--val-fraction", "1.5"], "--val-fraction"),
-    (["finetune", "classify", "--lora", "--lora-r", "0"], "--lora-r"),
-    (["finetune", "classify", "--lora", "--lora-targets", "q_proj,attn"], "--lora-targets"),
-    (["finetune", "sft", "--lora", "--lora-dropout", "1"], "--lora-dropout"),
-])
-def test_the_error_names_the_flag_before_anything_loads(argv, flag, capsys):
-    assert main([*argv, "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1, err
-    assert flag in err and not INTERNAL.search(err), err
-    assert "no trained model" not in err   # checked before looking for the model
+# Each refused setting, named as its flag before any model is loaded: the command-line rows of
+# tests/test_bad_input.py.  Here: the translation itself.
 
 
 def test_library_names_become_flags_only_where_they_are_the_setting():

@@ -48,6 +48,7 @@ import weakref
 import numpy as np
 from numba import njit
 
+from ..budget import check_threads
 from ..ops._checks import require_int_array, require_positive_int
 from ..parallel import blas_can_be_held, one_blas_thread
 from ._addresses import address_table, matrix_at, vector_at
@@ -56,7 +57,6 @@ from ._sync import barrier, job_base, job_param, wait_for_job
 from .rmsnorm import _rmsnorm_forward_rows
 from .rope import _rotate
 from .swiglu import _silu_mul, swiglu_forward
-from ..budget import check_threads
 from .threads import Team, TeamOrAlone, decode_threads
 
 
@@ -88,8 +88,6 @@ class FastDecoder:
         require_positive_int("batch_size", batch_size)
         require_positive_int("max_length", max_length)
         require_positive_int("threads", 1 if threads is None else threads)
-        if threads is not None:
-            check_threads("threads", threads)     # before the per-thread buffers are allocated
         if max_length > cfg.max_position_embeddings:
             raise ValueError(f"max_length ({max_length}) exceeds max_position_embeddings "
                              f"({cfg.max_position_embeddings})")
@@ -102,6 +100,7 @@ class FastDecoder:
         self.k_cache_t = np.zeros((L, B, KVH, hd, self.max_length), dtype=self.dtype)  # keys transposed
         self.v_cache = np.zeros((L, B, KVH, self.max_length, hd), dtype=self.dtype)
         self.threads, chosen = decode_threads() if threads is None else (threads, True)
+        check_threads("threads", self.threads)    # before the per-thread buffers and the team's threads
         self._one = _OneTokenBuffers(cfg, self.dtype, self.threads) if B == 1 else None
         self._team = Team(self.threads, _decode_helper, self._one_token_args()) if B == 1 else None
         # The default (every core) is checked against one thread as the decoding goes; a count

@@ -37,8 +37,9 @@ ENV_VARIABLE = "NPLLAMA_DECODE_THREADS"
 
 def decode_threads() -> tuple[int, bool]:
     """The default thread count of a decode step, and whether it was chosen by the user:
-    ($NPLLAMA_DECODE_THREADS, True) if set (at most NPLLAMA_MAX_THREADS, npllama/budget.py), else (the cores this process may run on, at most
-    MAX_DECODE_THREADS; 1 on Windows, which has no sched_yield; False)."""
+    ($NPLLAMA_DECODE_THREADS, True) if set (at most NPLLAMA_MAX_THREADS, npllama/budget.py), else
+    (the cores this process may run on, at most MAX_DECODE_THREADS; 1 on Windows, which has no
+    sched_yield; False)."""
     text = os.environ.get(ENV_VARIABLE)
     if text:
         try:
@@ -70,7 +71,6 @@ class Team:
     """n threads (the caller and n - 1 helpers) sharing `flags` (see npllama/kernels/_sync.py)."""
 
     def __init__(self, n: int, helper_loop, args: tuple):
-        check_threads("threads", n)   # thousands of threads would each spin at the barriers
         self.n, self.args, self.helper_loop = n, args, helper_loop
         self._running = threading.Lock()
         self._alone = flags_for(1)

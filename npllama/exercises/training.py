@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import json
 import math
 import tempfile
@@ -23,11 +22,10 @@ from pathlib import Path
 from .definitions import get_exercise
 from .runner import SubmissionError, _describe_exception, load_function
 from .sandbox import grade_file
-from .screen import RULE, guard_library, screen_source, student_call
+from .screen import RULE, guard_library, student_call
 
 # The backward passes the pre-training step of the model runs (the others belong to fine-tuning
 # heads or to the article's LayerNorm, which LLaMA does not use).
-INSIDE = {"softmax": "attention", "swiglu_act": "swiglu"}   # ops computed inside another op's backward
 MODEL_BACKWARDS = ("embedding", "linear", "rmsnorm", "rope", "softmax", "attention", "swiglu_act", "swiglu",
                    "cross_entropy")
 SAME = 1e-3          # curves within this relative distance at every step are "the same"
@@ -168,21 +166,12 @@ def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 
 @contextlib.contextmanager
 def in_the_model(exercise, backward):
     """Every call the model makes to the exercise's backward runs `backward`, fed by the reference
-    forward (a kernel's cache has another layout than the one the student was given).  Softmax and
-    SwiGLU's activation are not ops the model calls itself: they run inside attention's and SwiGLU's
-    reference backward, re-bound (backend.bind) so that their call reaches `backward`."""
-    from ..backend import bind, use_op
+    forward (a kernel's cache can have another layout than the one the student was given).
+    Softmax and SwiGLU's activation run inside attention's and SwiGLU's backward: use_op makes
+    those run their references around the student's (backend.NESTED_OPS)."""
+    from ..backend import use_op
 
-    outer = INSIDE.get(exercise.op)
-    with contextlib.ExitStack() as stack:
-        if outer is None:
-            stack.enter_context(use_op(exercise.forward_name, exercise.forward))
-            stack.enter_context(use_op(exercise.backward_name, backward))
-        else:
-            module = importlib.import_module(f"npllama.ops.{outer}")
-            rebound = bind(module, {exercise.backward_name: backward}, keep=False)
-            stack.enter_context(use_op(f"{outer}_forward", getattr(module, f"{outer}_forward")))
-            stack.enter_context(use_op(f"{outer}_backward", getattr(rebound, f"{outer}_backward")))
+    with use_op(exercise.forward_name, exercise.forward), use_op(exercise.backward_name, backward):
         yield
 
 
@@ -193,10 +182,7 @@ def _backend() -> str:
 
 
 def _load(exercise, path: Path):
-    if path.is_file():
-        reasons = screen_source(path.read_text(encoding="utf-8", errors="replace"), exercise.helpers, str(path))
-        if reasons:
-            raise SubmissionError(f"{path.name} is refused: {'; '.join(reasons[:3])}. {RULE}")
+    # (grade_file has screened the file in the sandbox: a refused one never gets here)
     with guard_library(exercise):
         return load_function(exercise.op, path, catch_everything=True)
 

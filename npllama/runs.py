@@ -277,17 +277,11 @@ def load_tokenizer(model_dir: Path):
 
 def _model_config(path) -> tuple[Path, dict]:
     """(config.json's path, its fields) of the model of `--model path` (None: the latest run)."""
-    import json
-
-    from .io.reading import read_text
+    from .io.reading import read_json
 
     with reading_model_dir(path) as model_dir:
         config_file = model_dir / "config.json"
-        try:
-            config = json.loads(read_text(config_file, max_bytes=16 * 1024**2))
-        except (ValueError, RecursionError) as error:
-            raise CheckpointError(config_file, f"is not valid JSON ({str(error)[:80]})") from None
-    return config_file, config if isinstance(config, dict) else {}
+        return config_file, read_json(config_file, expect=dict, error=CheckpointError)
 
 
 def model_objective(path=None) -> str:
@@ -309,8 +303,9 @@ def require_a_language_model(path, flag: str, job: str, causal: bool = True) -> 
     if isinstance(architectures, list) and "LlamaForSequenceClassification" in architectures:
         raise ValueError(f"{flag} {shown} is a classification model (LlamaForSequenceClassification, e.g. from "
                          f"`npllama finetune classify`), not a language model: use it with `npllama classify "
-                         f"--model {'DIR' if path is None else path}`; {job} needs a language model such as a run of `npllama train`")
-    if causal and model_objective(path) == "mlm":
+                         f"--model {'DIR' if path is None else path}`; {job} needs a language model such as a run of "
+                         f"`npllama train`")
+    if causal and objective_of(config, config_file) == "mlm":
         raise ValueError(f"{flag} {shown} is a masked-LM model (trained with --objective mlm, bidirectional): "
                          f"{job} needs a causal model; train one with --objective causal (the default)")
 

@@ -42,7 +42,6 @@ from .runs import (OBJECTIVE_FIELD, READER_LOCK_FILE, TOKENIZER_FILE, WRITER_LOC
                    writing_run)
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
-OBJECTIVES = ("causal", "mlm")
 CONFIG_FILE = "train_config.json"
 
 
@@ -143,6 +142,8 @@ class TrainConfig:
             raise TypeError("skip_nonfinite and progress must be True or False")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
+        from .io.hf import OBJECTIVES
+
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
         if self.dtype not in DTYPES:

@@ -228,8 +228,7 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
         if tc.tokenizer is not None and init_from_tokenizer_path(tc) is not None:
             raise ValueError(f"--init-from {tc.init_from!r} has its own tokenizer.model, which its "
                              f"embeddings were trained with: leave out --tokenizer")
-    if tc.val_data is not None and not resume:
-        _check_held_out_text_has_text(tc)
+    val_texts = _held_out_texts(tc) if tc.val_data is not None and not resume else None
     if tc.tokenizer is not None and tc.vocab_size is not None and not resume:
         _refuse_another_vocab_size(tc)
     if resume:
@@ -238,7 +237,7 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
         _refuse_a_folder_that_is_not_a_run(run_dir, holding_the_lock=False)  # before a lock file is made in it
     with stop_signals_interrupt(), writing_run(run_dir):
         try:
-            return _train_holding_the_run(tc, run_dir, resume, echo)
+            return _train_holding_the_run(tc, run_dir, resume, echo, val_texts)
         except KeyboardInterrupt as stop:   # outside the steps (those stop with a checkpoint and a line)
             raise _said_what_is_left(stop, run_dir) from None
 
@@ -256,7 +255,7 @@ def _said_what_is_left(stop: KeyboardInterrupt, run_dir: Path) -> Interrupted:
     return Interrupted(signum, detail)
 
 
-def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -> TrainResult:
+def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, val_texts=None) -> TrainResult:
     from .corpus import unigram_entropy
     from .data import BatchLoader, evaluation_batches
 
@@ -280,7 +279,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo) -
              "install or an edit); training starts on the NumPy reference meanwhile")
     texts = _load_corpus(tc)
     tokenizer = _prepare_tokenizer(tc, run_dir, texts, echo, checkpoint)
-    train_ids, val_ids = _train_and_held_out_tokens(tc, run_dir, tokenizer, texts)
+    train_ids, val_ids = _train_and_held_out_tokens(tc, run_dir, tokenizer, texts, val_texts)
     loader = BatchLoader(train_ids, tc.batch_size, tc.seq_len, seed=tc.seed)
     val_batches = evaluation_batches(val_ids, tc.batch_size, tc.seq_len, max_batches=tc.eval_batches or None)
     unigram = unigram_entropy(train_ids, tokenizer.vocab_size)
@@ -599,15 +598,16 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts: list[str], echo, c
     return Tokenizer.train(texts, path.with_suffix(""), vocab_size, input_sentence_size=200_000)
 
 
-def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts: list[str]):
-    """(train_ids, val_ids): all of --data and --val-data's text, or --data with its last
-    val_fraction held out."""
+def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts: list[str], val_texts=None):
+    """(train_ids, val_ids): all of --data and --val-data's text (val_texts when already read),
+    or --data with its last val_fraction held out."""
     from .data import load_texts, tokenize_corpus, train_val_split
 
     ids = tokenize_corpus(texts, tokenizer, cache_path=run_dir / "tokens.npy", progress=tc.progress)
     if tc.val_data is None:
         return train_val_split(ids, tc.held_out_fraction, bos_id=tokenizer.bos_id)
-    val_texts = load_texts(tc.val_data, tc.doc_separator)
+    if val_texts is None:
+        val_texts = load_texts(tc.val_data, tc.doc_separator)
     return ids, tokenize_corpus(val_texts, tokenizer, cache_path=run_dir / "val_tokens.npy", progress=tc.progress)
 
 
@@ -696,13 +696,13 @@ def resume_config(run_dir, **given) -> TrainConfig:
     return TrainConfig(**{**saved, **given, "out": str(run_dir)})
 
 
-def _check_held_out_text_has_text(tc: TrainConfig) -> None:
-    """--val-data is read now, so that an empty or unreadable file is refused before the folder is
-    made and the tokenizer trained (not after)."""
+def _held_out_texts(tc: TrainConfig) -> list[str]:
+    """--val-data, read now, so that an empty or unreadable file is refused before the folder is
+    made and the tokenizer trained (not after); the run uses these texts, not a second reading."""
     from .data import load_texts
 
     try:
-        load_texts(tc.val_data, tc.doc_separator)
+        return load_texts(tc.val_data, tc.doc_separator)
     except ValueError as error:
         raise ValueError(f"--val-data {tc.val_data!r}: {error}") from None
 

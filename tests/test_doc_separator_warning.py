@@ -38,3 +38,10 @@ def test_the_command_line_shows_it_in_one_line(tmp_path):
     lines = [line for line in out.stderr.splitlines() if "never occurs" in line]
     assert len(lines) == 1 and lines[0].startswith("npllama train: warning: the document separator"), out.stderr
     assert "warnings.warn" not in out.stderr
+    # --val-data too, said once: it is read early (to refuse an empty file) and that reading is used
+    held_out = write_default_corpus(tmp_path / "held_out.txt", n_stories=40)
+    out = subprocess.run([sys.executable, "-m", "npllama", *argv, "--val-data", str(held_out), "--out",
+                          str(tmp_path / "run2")], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    about_held_out = [line for line in out.stderr.splitlines() if "never occurs" in line and "held_out" in line]
+    assert len(about_held_out) == 1, out.stderr

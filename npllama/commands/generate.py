@@ -142,14 +142,10 @@ def _check_args(args, check_generation_args) -> None:
         check_generation_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
                               args.repetition_penalty)
     except ValueError as error:
-        # "top_k must be ..." -> "--top-k must be ...": name the flag the user typed; a flag cannot
-        # be None, so "must be None or a number in (0, 1]" -> "must be in (0, 1]"
-        message = str(error).replace("must be None or a number in", "must be in").replace(
-            "must be None or ", "must be ")
-        for name in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "repetition_penalty"):
-            if message.startswith(name):
-                message = "--" + name.replace("_", "-") + message[len(name):]
-        raise UsageError(message) from None
+        # a flag cannot be None: "must be None or a number in (0, 1]" -> "must be in (0, 1]" (the
+        # setting's name becomes its flag in cli.main, as every command's)
+        raise UsageError(str(error).replace("must be None or a number in", "must be in").replace(
+            "must be None or ", "must be ")) from None
 
 
 class _StopAwarePrinter:

@@ -33,8 +33,10 @@ def test_warmup_longer_than_the_run_is_refused_as_train_refuses_it(capsys):
         SFTConfig(steps=3, warmup_steps=4)
 
 
-def test_the_default_warmup_fits_a_short_run():
-    assert ClassifyConfig(steps=3).step_config(1e-3, 1e-3).warmup_steps == 20   # the loop warms up for 2
+def test_the_default_warmup_is_not_refused_in_a_short_run_and_a_given_one_is_kept():
+    # the default (20) is longer than 3 steps but not the user's choice: it is kept, and the loop
+    # fits it to the run (min(warmup, steps - 1), finetune.run_steps); a given one is used as given
+    assert ClassifyConfig(steps=3).step_config(1e-3, 1e-3).warmup_steps == 20
     assert ClassifyConfig(steps=3, warmup_steps=3).step_config(1e-3, 1e-3).warmup_steps == 3
 
 

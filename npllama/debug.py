@@ -28,7 +28,7 @@ import tempfile
 import numpy as np
 
 from . import backend
-from .trace import Comparison, Trace, compare, trace
+from .trace import Comparison, Trace, _where_attended, compare, trace
 
 # Default relative tolerances, against each tensor's scale.  float32 round-off stays near 1e-6 for
 # most tensors, but gradients formed by cancellation (dq, dk and their weights' gradients, of a
@@ -308,7 +308,7 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
         if tensor.grad is not None:
             grad = as_ours(tensor.grad, layout)
             if name.endswith(".attn_probs"):   # as npllama records it: 0 where a key was masked
-                grad = np.where(as_ours(tensor, layout) > 0, grad, 0).astype(grad.dtype)
+                grad = _where_attended(grad, as_ours(tensor, layout))
             t.record("d:" + name, grad)
     for name, param in hf.named_parameters():
         if param.grad is not None:

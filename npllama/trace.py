@@ -82,19 +82,17 @@ class Trace:
             return False
         return self.include is None or any(fnmatch.fnmatchcase(name, p) for p in self.include)
 
-    def record(self, name: str, value, source: str | None = None) -> str | None:
+    def record(self, name: str, value, source: str | None = None) -> None:
         """Keep a copy of `value` under `name` (or "pass<n>/<name>" when `name` was recorded
-        before: see the class docstring), if the include/exclude patterns want `name`.  Returns
-        the key it was stored under, or None when it was not wanted."""
+        before: see the class docstring), if the include/exclude patterns want `name`."""
         if not self.wants(name):
-            return None
+            return
         times = self._times_recorded.get(name, 0) + 1
         self._times_recorded[name] = times
         key = name if times == 1 else f"pass{times}/{name}"
         self.records[key] = np.array(value, copy=True)
         if source is not None:
             self.sources[key] = source
-        return key
 
     def record_many(self, prefix: str, **named) -> None:
         """Record each value as prefix + its keyword.  The model records every parameter's
@@ -269,8 +267,7 @@ class _Recorder:
         self.trace = trace
         reference = backend.ops("numpy")
         self.ops = {name: ops_in_force.get(name, getattr(reference, name)) for name in vars(reference)}
-        self.module_of = {id(array): name[:-len(".weight")] for name, array in params.items()}
-        self.parameter_of = {id(array): name for name, array in params.items()}
+        self.parameter_of = {id(array): name for name, array in params.items()}   # id -> "....q_proj.weight"
         self.last_layer = config.num_hidden_layers - 1
         self.output_of: dict[int, str] = {}       # id(cache) -> the name of the output it belongs to
         self.parameters_of: dict[int, list] = {}  # id(cache) -> the parameters its forward was given
@@ -278,6 +275,11 @@ class _Recorder:
         self.recorded: set[str] = set()           # names this pass recorded (each once per pass)
         self.scope = ""                           # "model.layers.i.self_attn."
         self.ropes_in_scope = 0
+
+    def module_of(self, weight) -> str | None:
+        """The module a parameter array belongs to ("model.layers.0.self_attn.q_proj"), or None."""
+        name = self.parameter_of.get(id(weight))
+        return None if name is None else name[:-len(".weight")]
 
     def record(self, name, value, source: str):
         if isinstance(value, (np.ndarray, np.generic)) and name not in self.recorded:
@@ -473,7 +475,7 @@ class _Recorder:
         return "model.embed_tokens.out"
 
     def name_rmsnorm(self, x, weight, eps):
-        module = self.module_of.get(id(weight))
+        module = self.module_of(weight)
         if module is None:
             return None
         layer = module.rsplit(".", 1)[0]
@@ -489,7 +491,7 @@ class _Recorder:
         return module + ".out"
 
     def name_linear(self, x, weight):
-        module = self.module_of.get(id(weight))
+        module = self.module_of(weight)
         if module in ("lm_head", "model.embed_tokens"):   # the embedding, when tied, is the LM head
             return "lm_head.out"
         if module is None or "." not in module:
@@ -508,7 +510,7 @@ class _Recorder:
         return self.scope + "attn" if self.scope else None
 
     def name_swiglu(self, x, w_gate, *rest):
-        module = self.module_of.get(id(w_gate))
+        module = self.module_of(w_gate)
         return None if module is None else module.rsplit(".", 1)[0] + ".out"
 
     def name_cross_entropy(self, logits, targets, ignore_index=-100):

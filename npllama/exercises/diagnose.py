@@ -24,6 +24,10 @@ from ..gradcheck import rel_error as gradcheck_rel_error
 MATCH_TOL = 1e-6   # "got equals this candidate" (norm-wise relative error)
 ROUND_OFF_RATIO = 5e-7   # a ratio this close to 1 is round-off (float64 differences), never "a constant factor"
 NEAR_EXACT = 1e-9        # above the numeric gradient's own noise: a near miss is the student's arithmetic
+# Why an honest gradient is right only to 1e-12..1e-4 (the exercise's hint and the soft note say it)
+NEAR_EXACT_CAUSES = ("part of the arithmetic in float32 (dtype=np.float32, .astype), an epsilon added "
+                     "(n + 1e-10, a guard against 0), or a quantity recovered from the cache by a lossy "
+                     "route (1 / rstd**2 - ...)")
 
 
 @dataclasses.dataclass
@@ -137,9 +141,7 @@ def diagnose(got, expected, *, grad: str, case: str = "", zero_label: str = "") 
         finding.message = (f"it agrees with the right gradient to a relative {finding.rel_error:.1g}: close, but "
                            f"the check holds every entry to 1e-7 of its size and a formula written out "
                            f"exactly is right to ~1e-15")
-        finding.hint = ("look for part of the arithmetic in float32 (dtype=np.float32, .astype), an epsilon "
-                        "added (n + 1e-10, a guard against 0), or a quantity recovered from the cache by a "
-                        "lossy route")
+        finding.hint = f"look for {NEAR_EXACT_CAUSES}"
         return finding
     if ratio is not None and abs(ratio - 1.0) < ROUND_OFF_RATIO:
         finding.message = (f"it agrees with the expected gradient to a relative {abs(ratio - 1.0):.1g}, which is "

@@ -36,7 +36,7 @@ import importlib
 
 import numpy as np
 
-from .diagnose import float32_rounded, rel_error
+from .diagnose import NEAR_EXACT_CAUSES, float32_rounded, rel_error
 
 # Modules any submission may import: nothing here reads files, runs programs or loads code.
 SAFE_MODULES = {"numpy", "math", "cmath", "functools", "itertools", "operator", "typing", "dataclasses",
@@ -204,9 +204,7 @@ def near_exact_note(gap: NearExact) -> str:
     """The soft note for an honest near-exact gradient (graded normally)."""
     return (f"{gap.grad} agrees with the exact gradient to a relative {gap.rel_error:.1e} on {gap.case}: "
             f"inside the checks' tolerance, but a formula written out exactly reaches ~1e-15 there. "
-            f"Likely causes: an epsilon added somewhere (n + 1e-10, a guard against 0), part of the "
-            f"arithmetic in float32 (a dtype=np.float32 or .astype), or a quantity recovered from the "
-            f"cache by a lossy route (1 / rstd**2 - ...)")
+            f"Likely causes: {NEAR_EXACT_CAUSES}")
 
 
 def finite_difference_lines(source: str) -> list[str]:

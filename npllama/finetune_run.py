@@ -29,7 +29,7 @@ from .io.errors import CheckpointError
 from .resuming import (LOG_FILE, already_holds_a_run, check_finite, checked_step, record_changes, reopen_run,
                        reporting_write_errors, require_settings, restore_optimizer, stop_line, truncate_log,
                        write_settings)
-from .runs import READER_LOCK_FILE, WRITER_LOCK_FILE, replacing_in_run, writing_run
+from .runs import files_besides_locks, not_empty, replacing_in_run, writing_run
 
 SETTINGS_FILES = {"classify": "classify_config.json", "sft": "sft_config.json"}
 
@@ -91,14 +91,11 @@ class FinetuneRun:
         self._log = None
 
     def _refuse_a_folder_in_use(self) -> None:
-        ours = {WRITER_LOCK_FILE, READER_LOCK_FILE}
-        held = sorted(p.name for p in self.run_dir.iterdir() if p.name not in ours)
+        held = files_besides_locks(self.run_dir)
         if {*SETTINGS_FILES.values(), "train_config.json", "checkpoint"} & set(held):
             raise already_holds_a_run(self.run_dir)
         if held:
-            raise ValueError(f"--out {str(self.run_dir)!r} is not empty ({', '.join(held[:3])}"
-                             f"{', ...' if len(held) > 3 else ''}): choose a new or empty folder, so nothing "
-                             f"in it is overwritten")
+            raise not_empty(self.run_dir, held)
 
     # ----- the step loop's side -------------------------------------------------------------------
     def restore(self, params: dict, optimizer, wanted: dict, adapters=None) -> tuple[int, list]:

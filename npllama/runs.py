@@ -45,6 +45,17 @@ WRITER_LOCK_FILE = ".npllama.lock"
 READER_LOCK_FILE = ".npllama-read.lock"
 
 
+def files_besides_locks(run_dir) -> list[str]:
+    """The names in a run folder other than npllama's lock files, sorted."""
+    return sorted(p.name for p in Path(run_dir).iterdir() if p.name not in (WRITER_LOCK_FILE, READER_LOCK_FILE))
+
+
+def not_empty(run_dir, held: list[str], why: str = "") -> ValueError:
+    """The refusal of an --out folder holding `held` (files of the user's, or of another job)."""
+    return ValueError(f"--out {str(run_dir)!r} is not empty ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''})"
+                      f"{why}: choose a new or empty folder, so nothing in it is overwritten")
+
+
 class RunInUseError(RuntimeError):
     """Another process is writing this run folder (it holds the folder's lock)."""
 

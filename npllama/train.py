@@ -38,7 +38,7 @@ from .resuming import (LOG_FILE, CheckpointWriteError,  # noqa: F401 (Checkpoint
                        already_holds_a_run, check_finite, checked_step, record_changes, reopen_run,
                        reporting_write_errors, require_settings, restore_optimizer, saved_settings, stop_line,
                        truncate_log, write_settings)
-from .runs import (OBJECTIVE_FIELD, READER_LOCK_FILE, TOKENIZER_FILE, WRITER_LOCK_FILE, mark_latest, replacing_in_run,
+from .runs import (OBJECTIVE_FIELD, TOKENIZER_FILE, files_besides_locks, mark_latest, not_empty, replacing_in_run,
                    writing_run)
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -234,7 +234,7 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
     if resume:
         require_settings(run_dir, CONFIG_FILE)
     else:
-        _refuse_a_folder_that_is_not_a_run(run_dir, holding_the_lock=False)  # before a lock file is made in it
+        _refuse_a_folder_of_the_users(run_dir)
     with stop_signals_interrupt(), writing_run(run_dir):
         try:
             return _train_holding_the_run(tc, run_dir, resume, echo, val_texts)
@@ -263,7 +263,8 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, v
     if resume:
         changes, checkpoint = reopen_run(run_dir, tc, CONFIG_FILE)   # damage is refused here, before any write
     else:
-        _refuse_a_folder_that_is_not_a_run(run_dir)
+        if (run_dir / "checkpoint").exists() or (run_dir / "model").exists():
+            raise already_holds_a_run(run_dir)
         checkpoint = None
     if checkpoint is None:  # a new start: files a failed start left are not this run's
         _remove_derived_files(run_dir)
@@ -718,25 +719,17 @@ def _refuse_another_vocab_size(tc: TrainConfig) -> None:
                          f"{pieces} pieces (the model's vocabulary): leave out --vocab-size")
 
 
-def _refuse_a_folder_that_is_not_a_run(run_dir: Path, holding_the_lock: bool = True) -> None:
-    """A new start writes into a new or empty folder, or into a run folder whose earlier start
-    failed before its first checkpoint (it has train_config.json and no checkpoint/ or model/).
-    Any other folder holds the user's own files: tokenizer.model among them would be replaced.
-    Before the lock is taken (holding_the_lock=False) only the user's own files are refused: a run
-    folder is judged under the lock, which first says whether another process is writing it."""
-    if not run_dir.is_dir():
+def _refuse_a_folder_of_the_users(run_dir: Path) -> None:
+    """A new start writes into a new or empty folder, or a run folder (whose earlier start may have
+    failed before its first checkpoint: it has train_config.json).  Any other folder holds the
+    user's own files, tokenizer.model among them would be replaced: refused before a lock file is
+    made in it.  (A run folder is judged under the lock, which first says whether another process
+    is writing it.)"""
+    if not run_dir.is_dir() or any((run_dir / name).exists() for name in ("checkpoint", "model", CONFIG_FILE)):
         return
-    if (run_dir / "checkpoint").exists() or (run_dir / "model").exists():
-        if holding_the_lock:
-            raise already_holds_a_run(run_dir)
-        return
-    if (run_dir / CONFIG_FILE).is_file():
-        return
-    held = sorted(p.name for p in run_dir.iterdir() if p.name not in (WRITER_LOCK_FILE, READER_LOCK_FILE))
+    held = files_besides_locks(run_dir)
     if held:
-        raise ValueError(f"--out {str(run_dir)!r} is not empty ({', '.join(held[:3])}"
-                         f"{', ...' if len(held) > 3 else ''}) and is not an npllama run folder (it has no "
-                         f"{CONFIG_FILE}): choose a new or empty folder, so nothing in it is overwritten")
+        raise not_empty(run_dir, held, f" and is not an npllama run folder (it has no {CONFIG_FILE})")
 
 
 def _remove_derived_files(run_dir: Path) -> None:

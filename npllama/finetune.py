@@ -38,7 +38,7 @@ from .ops._checks import require_non_negative_int, require_positive_int
 from .ops.classifier import classifier_backward, classifier_forward, last_token_index
 from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .interrupts import deferred_stop_signals
-from .io.hf import OBJECTIVE_FIELD
+from .io.hf import objective_fields
 from .optim import AdamW, TrainingError, clip_finite_step, cosine_with_warmup
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -253,8 +253,7 @@ class SequenceClassifier:
                       label2id={str(n): i for i, n in enumerate(self.label_names)},
                       problem_type="single_label_classification", pad_token_id=pad_id_of(tokenizer),
                       torch_dtype=str(np.dtype(self.model.dtype)))
-        if not self.causal:
-            config[OBJECTIVE_FIELD] = "mlm"   # load_classifier runs it bidirectionally again
+        config.update(objective_fields(self.model.objective))   # an MLM base: load_classifier runs it bidirectionally
         tensors = {n: p for n, p in self.params.items()}
         with atomic_directory(path) as tmp:
             (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -182,11 +182,10 @@ class Llama:
 
         extra_files: {file name: bytes} written into the folder too (e.g. tokenizer.model).
         """
-        from .io.hf import OBJECTIVE_FIELD, save_hf_folder
+        from .io.hf import objective_fields, save_hf_folder
 
-        extra_config = {OBJECTIVE_FIELD: self.objective} if self.objective != "causal" else None
         save_hf_folder(path, self.config, self.params, dtype=dtype, extra_files=extra_files,
-                       extra_config=extra_config)
+                       extra_config=objective_fields(self.objective))
 
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self.params.values()))

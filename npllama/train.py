@@ -38,7 +38,7 @@ from .resuming import (LOG_FILE, CheckpointWriteError,  # noqa: F401 (Checkpoint
                        already_holds_a_run, check_finite, checked_step, record_changes, reopen_run,
                        reporting_write_errors, require_settings, restore_optimizer, saved_settings, stop_line,
                        truncate_log, write_settings)
-from .runs import (OBJECTIVE_FIELD, TOKENIZER_FILE, files_besides_locks, mark_latest, not_empty, replacing_in_run,
+from .runs import (TOKENIZER_FILE, files_besides_locks, mark_latest, not_empty, replacing_in_run,
                    writing_run)
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -550,6 +550,7 @@ class _Loop:
         return self.last_val_loss
 
     def save_checkpoint(self, step: int) -> None:
+        from .io.hf import objective_fields
         from .io.train_state import save_checkpoint
 
         state = {"step": step, "loader": self.loader.state_dict(), "train_loss": self.last_train_loss,
@@ -558,7 +559,7 @@ class _Loop:
         # deferred: a stop signal during a checkpoint lets it finish (the stop then saves nothing new)
         with deferred_stop_signals(), reporting_write_errors(f"the checkpoint of step {step}", path):
             save_checkpoint(path, self.model, self.optimizer.state_dict(copy=False), state,
-                            extra_files=self.tokenizer_files, extra_config=_objective_fields(self.tc),
+                            extra_files=self.tokenizer_files, extra_config=objective_fields(self.model.objective),
                             replace_lock=replacing_in_run(self.run_dir))
         self.saved_step = step
 
@@ -740,20 +741,13 @@ def _remove_derived_files(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def _objective_fields(tc: TrainConfig) -> dict:
-    """What config.json records beyond LLaMA's fields: a masked-LM model is marked as one
-    (npllama.runs.model_objective reads it), so nothing takes it for a causal LM; a causal model's
-    config.json is plain LLaMA."""
-    return {} if tc.objective == "causal" else {OBJECTIVE_FIELD: tc.objective}
-
-
 def _save_final_model(run_dir: Path, model, tokenizer, tc: TrainConfig) -> None:
-    from .io.hf import save_hf_folder
+    from .io.hf import objective_fields, save_hf_folder
 
     with deferred_stop_signals():
         save_hf_folder(run_dir / "model", model.config, model.params,
                        extra_files=_tokenizer_files(tokenizer, model.config),
-                       replace_lock=replacing_in_run(run_dir), extra_config=_objective_fields(tc))
+                       replace_lock=replacing_in_run(run_dir), extra_config=objective_fields(model.objective))
 
 
 def _tokenizer_files(tokenizer, config) -> dict[str, bytes]:

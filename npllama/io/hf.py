@@ -87,6 +87,13 @@ def load_hf_model(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.nda
     return config, {name: _own_array(params.pop(name), dtype) for name in config.param_shapes()}, objective
 
 
+def objective_fields(objective: str) -> dict:
+    """What config.json records beyond LLaMA's fields for a model trained with `objective`: a
+    masked-LM model is marked as one, so nothing takes it for a causal LM (objective_of reads it
+    back); a causal model's config.json is plain LLaMA."""
+    return {} if objective == "causal" else {OBJECTIVE_FIELD: objective}
+
+
 def objective_of(raw: dict, config_path) -> str:
     """The objective a config.json's fields (`raw`) record: "causal" when OBJECTIVE_FIELD is
     absent, else its value, which must be one of OBJECTIVES (a CheckpointError naming the file)."""

@@ -190,6 +190,14 @@ def _enclosing_ops(in_force: Mapping[str, Callable]) -> dict[str, Callable]:
     return enclosing
 
 
+def copy_function(fn: types.FunctionType, namespace: dict) -> types.FunctionType:
+    """fn with the same code object (a breakpoint in its source stops in the copy too), looking
+    its global names up in `namespace`."""
+    copy = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__, copy.__doc__, copy.__qualname__ = fn.__kwdefaults__, fn.__doc__, fn.__qualname__
+    return copy
+
+
 def bind(module: types.ModuleType, bindings: Mapping[str, Callable], keep: bool = True):
     """`module`'s own functions, re-bound so that the names in `bindings` (op names) refer to the
     given functions.  With no bindings, the module itself: the reference path, untouched.
@@ -209,9 +217,7 @@ def bind(module: types.ModuleType, bindings: Mapping[str, Callable], keep: bool 
         # (a name in `bindings` keeps its binding, even when the module defines that function itself:
         # swiglu_act_forward in npllama/ops/swiglu.py)
         if isinstance(obj, types.FunctionType) and obj.__module__ == module.__name__ and name not in bindings:
-            copy = types.FunctionType(obj.__code__, namespace, obj.__name__, obj.__defaults__, obj.__closure__)
-            copy.__kwdefaults__, copy.__doc__, copy.__qualname__ = obj.__kwdefaults__, obj.__doc__, obj.__qualname__
-            namespace[name] = copy
+            namespace[name] = copy_function(obj, namespace)
     bound = types.SimpleNamespace(**namespace)
     bound._bindings = dict(bindings)   # keeps the functions alive, so their ids stay unique
     if not keep:

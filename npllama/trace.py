@@ -541,10 +541,9 @@ def _module(name: str) -> str:
 
 def _rebound(fn, names: dict):
     """A copy of fn (same code) whose global names in `names` refer to the given functions."""
-    copy = types.FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__, fn.__defaults__,
-                              fn.__closure__)
-    copy.__kwdefaults__, copy.__qualname__ = fn.__kwdefaults__, fn.__qualname__
-    return copy
+    from .backend import copy_function
+
+    return copy_function(fn, {**fn.__globals__, **names})
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .lora import ALL_TARGETS, ATTENTION_TARGETS, attach_lora
+from .lora import ATTENTION_TARGETS, attach_lora, check_lora_settings
 from .objectives import IGNORE_INDEX, pad_batch, pad_id_of
 from .ops._checks import require_non_negative_int, require_positive_int
 from .ops.classifier import classifier_backward, classifier_forward, last_token_index
@@ -65,9 +65,12 @@ class StepConfig:
     def __post_init__(self):
         require_positive_int("steps", self.steps)
         require_positive_int("batch_size", self.batch_size)
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         require_non_negative_int("warmup_steps", self.warmup_steps)
+        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) \
+                or not 0 <= self.weight_decay < float("inf"):
+            raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}")
         require_non_negative_int("checkpoint_every", self.checkpoint_every)
 
     def optimizer_settings(self) -> dict:
@@ -350,19 +353,11 @@ class FinetuneSettings:
     PATH_SETTINGS = ("base", "data", "val_data", "out", "chat_template")  # a respelled path is no change
 
     def __post_init__(self):
-        # the step loop's settings, checked here so that a mistake is reported before the model loads
-        require_positive_int("steps", self.steps)
-        require_positive_int("batch_size", self.batch_size)
-        if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
-                                    or not 0 < self.lr < float("inf")):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if self.warmup_steps is not None:    # None: the default, which the loop fits to the steps
-            require_non_negative_int("warmup_steps", self.warmup_steps)
-            if self.warmup_steps > self.steps:   # as `npllama train` refuses it, rather than shorten it silently
-                raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed steps ({self.steps})")
-        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) \
-                or not 0 <= self.weight_decay < float("inf"):
-            raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}")
+        # the step loop's settings (StepConfig checks them), so that a mistake is reported before the
+        # model loads; a given warmup longer than the run is refused, as `npllama train` refuses it
+        self.step_config(1.0, 1.0)
+        if self.warmup_steps is not None and self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed steps ({self.steps})")
         require_positive_int("max_len", self.max_len)
         if self.max_len < 2:
             raise ValueError(f"max_len must be at least 2, got {self.max_len}")
@@ -370,17 +365,10 @@ class FinetuneSettings:
                 or not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be strictly between 0 and 1, got {self.val_fraction!r}")
         require_positive_int("lora_r (the LoRA rank)", self.lora_r)
-        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) \
-                or not 0 < self.lora_alpha <= 1e30:
-            raise ValueError(f"lora_alpha must be a positive finite number (at most 1e30), got {self.lora_alpha!r}")
-        if isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, (int, float)) \
-                or not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout must be a number in [0, 1), got {self.lora_dropout!r}")
-        targets = (self.lora_targets,) if isinstance(self.lora_targets, str) else self.lora_targets
-        unknown = [t for t in targets if t not in ALL_TARGETS] if isinstance(targets, (tuple, list)) else [targets]
-        if unknown or not targets:
-            raise ValueError(f"lora_targets must be a non-empty list of LLaMA projections from "
-                             f"{', '.join(ALL_TARGETS)}, got {str(self.lora_targets)[:80]}")
+        try:   # the rank is checked against the model, when LoRA is attached
+            check_lora_settings(self.lora_targets, self.lora_alpha, self.lora_dropout)
+        except ValueError as error:   # named as this class names it
+            raise ValueError(str(error).replace("target_modules", "lora_targets", 1)) from None
         require_non_negative_int("checkpoint_every", self.checkpoint_every)
         if self.out is not None and (not isinstance(self.out, str) or not self.out.strip()):
             raise ValueError(f"out must name a run folder (a str) or be None, got {self.out!r}")
@@ -399,7 +387,7 @@ class FinetuneSettings:
     def step_config(self, full_lr: float, lora_lr: float) -> StepConfig:
         """The step loop's settings; lr None takes the job's default for full or LoRA training."""
         return StepConfig(steps=self.steps, batch_size=self.batch_size,
-                          lr=self.lr or (lora_lr if self.lora else full_lr),
+                          lr=self.lr if self.lr is not None else (lora_lr if self.lora else full_lr),
                           warmup_steps=DEFAULT_WARMUP_STEPS if self.warmup_steps is None else self.warmup_steps,
                           weight_decay=self.weight_decay, seed=self.seed, progress=self.progress,
                           checkpoint_every=self.checkpoint_every)
@@ -474,8 +462,6 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
     from .runs import load_model_and_tokenizer
 
     dtype = cc.model_dtype()
-    if cc.max_len < 2:
-        raise ValueError(f"max_len must be at least 2, got {cc.max_len}")
     texts, train_ids, val_texts, val_ids, names, source = _classification_data(cc)
     model, tokenizer, model_dir = load_model_and_tokenizer(cc.base, dtype=dtype)
     max_len = min(cc.max_len, model.config.max_position_embeddings)

@@ -76,15 +76,9 @@ class LoraAdapters:
 
     def __init__(self, model, r: int = 8, lora_alpha: float = 16, lora_dropout: float = 0.0,
                  target_modules=ATTENTION_TARGETS, seed: int = 0, use_rslora: bool = False):
-        self.target_modules = _check_targets(target_modules)
+        self.target_modules, self.lora_alpha, self.lora_dropout = check_lora_settings(target_modules, lora_alpha,
+                                                                                      lora_dropout)
         self.r = _check_rank(model.config, r, self.target_modules)
-        if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, numbers.Real) or not 0 < lora_alpha <= 1e30:
-            # (compared before any float(): a huge int would overflow it; inf and NaN fail the range)
-            raise ValueError(f"lora_alpha must be a positive finite number (at most 1e30), got {lora_alpha!r:.40}")
-        if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, numbers.Real) \
-                or not 0.0 <= lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout must be a number in [0, 1), got {lora_dropout!r}")
-        self.lora_alpha, self.lora_dropout = float(lora_alpha), float(lora_dropout)
         self.use_rslora = bool(use_rslora)
         # PEFT: alpha / r; rank-stabilised LoRA (use_rslora) divides by sqrt(r) instead.
         self.scaling = self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
@@ -353,6 +347,17 @@ def _load_adapter(model, path, task=None) -> LoraAdapters:
 
 
 # ----- checks --------------------------------------------------------------------------------------
+
+def check_lora_settings(target_modules, lora_alpha, lora_dropout) -> tuple[tuple[str, ...], float, float]:
+    """The settings of LoRA adapters that need no model, checked: (targets in model order, alpha,
+    dropout).  (A fine-tune checks them before it loads its base model.)"""
+    if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, numbers.Real) or not 0 < lora_alpha <= 1e30:
+        # (compared before any float(): a huge int would overflow it; inf and NaN fail the range)
+        raise ValueError(f"lora_alpha must be a positive finite number (at most 1e30), got {lora_alpha!r:.40}")
+    if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, numbers.Real) or not 0.0 <= lora_dropout < 1.0:
+        raise ValueError(f"lora_dropout must be a number in [0, 1), got {lora_dropout!r}")
+    return _check_targets(target_modules), float(lora_alpha), float(lora_dropout)
+
 
 def _check_targets(target_modules) -> tuple[str, ...]:
     if isinstance(target_modules, str):

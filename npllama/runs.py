@@ -46,8 +46,18 @@ READER_LOCK_FILE = ".npllama-read.lock"
 
 
 def files_besides_locks(run_dir) -> list[str]:
-    """The names in a run folder other than npllama's lock files, sorted."""
-    return sorted(p.name for p in Path(run_dir).iterdir() if p.name not in (WRITER_LOCK_FILE, READER_LOCK_FILE))
+    """The names in a run folder other than npllama's lock files and the temporaries and backups a
+    killed npllama leaves (a folder a start was killed in is still npllama's), sorted."""
+    return sorted(p.name for p in Path(run_dir).iterdir()
+                  if p.name not in (WRITER_LOCK_FILE, READER_LOCK_FILE) and not _on_the_way(p.name)
+                  and not p.name.startswith((f".checkpoint{_OLD_TAG}", f".model{_OLD_TAG}")))
+
+
+def _on_the_way(name: str) -> bool:
+    """A file npllama writes on the way to another: an atomic write's temporary, a tokenizer's
+    training files, the token cache's partial file."""
+    return (name.startswith(".") and _TMP_TAG in name) or name.startswith(".tokenizer-training.") \
+        or (name.startswith("tokens.npy") and name.endswith(".tmp"))
 
 
 def not_empty(run_dir, held: list[str], why: str = "") -> ValueError:
@@ -221,8 +231,7 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     removed = []
     for path in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
         name = path.name
-        stale = (name.startswith(".") and _TMP_TAG in name) or name.startswith(".tokenizer-training.") \
-            or (name.startswith("tokens.npy") and name.endswith(".tmp"))
+        stale = _on_the_way(name)
         for final in ("checkpoint", "model"):
             if name.startswith(f".{final}{_OLD_TAG}") and (run_dir / final).is_dir():
                 stale = True

@@ -47,3 +47,17 @@ def test_a_finished_run_is_still_refused_without_resume(tmp_path):
     with pytest.raises(ValueError, match="already holds a run"):
         train(TrainConfig(out=str(out), **FAST), echo=quiet)
     assert train(TrainConfig(out=str(out), **{**FAST, "steps": 2}), resume=True, echo=quiet).step == 2
+
+
+def test_a_folder_a_start_was_killed_in_is_still_npllamas(tmp_path):
+    # SIGKILL while train_config.json was being written leaves only its temporary: not user files
+    from npllama.runs import files_besides_locks
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in (".npllama.lock", ".train_config.json.tmp-382b2281", ".checkpoint.old-1", ".tokenizer-training.x",
+                 "tokens.npy.123.tmp"):
+        (run / name).write_text("")
+    assert files_besides_locks(run) == []
+    (run / "notes.txt").write_text("mine")
+    assert files_besides_locks(run) == ["notes.txt"]

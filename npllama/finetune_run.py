@@ -1,7 +1,7 @@
 """A fine-tuning job's run folder (`--out`): the same life as a pre-training run.
 
     out/
-        classify_config.json | sft_config.json   the job's settings (--resume checks them)
+        classify_config.json | sft_config.json | sop_config.json   the job's settings (--resume checks them)
         log.jsonl                one line per step: loss, lr
         checkpoint/              the latest resumable state, replaced atomically
             params.safetensors   the tensors being trained (every weight, or LoRA adapters, and a head)
@@ -31,7 +31,7 @@ from .resuming import (LOG_FILE, already_holds_a_run, check_finite, checked_step
                        write_settings)
 from .runs import files_besides_locks, not_empty, replacing_in_run, writing_run
 
-SETTINGS_FILES = {"classify": "classify_config.json", "sft": "sft_config.json"}
+SETTINGS_FILES = {"classify": "classify_config.json", "sft": "sft_config.json", "sop": "sop_config.json"}
 
 
 def settings_file(task: str) -> str:

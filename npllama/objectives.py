@@ -218,7 +218,12 @@ def encode_pair(tokenizer, a: str, b: str, max_len: int) -> list[int]:
 
 
 class SentenceOrderBatches:
-    """MLM + SOP (or NSP) batches from a list of documents, shuffled each epoch, deterministic by seed."""
+    """MLM + SOP (or NSP) batches from a list of documents, shuffled each epoch, deterministic by seed.
+
+    One pair per document of two or more sentences, drawn once.  batch(step) is a function of
+    (seed, step) alone, so a resumed run draws the same batches and masks; next_batch() walks the
+    steps in order.  evaluation_batches() covers every pair once, in order, with fixed masks.
+    """
 
     def __init__(self, texts, tokenizer, batch_size: int, max_len: int, task: str = "sop", seed: int = 0):
         rng = np.random.default_rng([seed, 0])
@@ -232,15 +237,35 @@ class SentenceOrderBatches:
         self.mask_token_id, self.vocab_size = mask_token_id(tokenizer), tokenizer.vocab_size
         self.special_ids = special_token_ids(tokenizer)
 
-    def next_batch(self) -> SentenceOrderBatch:
+    def __len__(self) -> int:
+        """The number of pairs."""
+        return len(self.examples)
+
+    def batch(self, step: int) -> SentenceOrderBatch:
+        """Batch `step`: epochs of fresh permutations of the pairs, from (seed, epoch); masks from (seed, step)."""
         per_epoch = len(self.examples) // self.batch_size
-        epoch, index = divmod(self.step, per_epoch)
+        epoch, index = divmod(step, per_epoch)
         order = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.examples))
         rows = order[index * self.batch_size:(index + 1) * self.batch_size]
+        return self._masked(rows, np.random.default_rng([self.seed, 2, step]))
+
+    def next_batch(self) -> SentenceOrderBatch:
+        batch = self.batch(self.step)
         self.step += 1
+        return batch
+
+    def evaluation_batches(self, batch_size: int | None = None) -> list[SentenceOrderBatch]:
+        """Every pair once, in order, in batches of batch_size (default: the training batch size;
+        the last may be smaller); the masks come from the seed alone, so two evaluations of one
+        model give the same numbers."""
+        size = self.batch_size if batch_size is None else int(batch_size)
+        rng = np.random.default_rng([self.seed, 3])
+        return [self._masked(np.arange(start, min(start + size, len(self.examples))), rng)
+                for start in range(0, len(self.examples), size)]
+
+    def _masked(self, rows, rng) -> SentenceOrderBatch:
         tokens, attention_mask = pad_batch([self.examples[r] for r in rows], self.pad_id)
-        inputs, targets = mask_tokens(tokens, np.random.default_rng([self.seed, 2, self.step]),
-                                      mask_token_id=self.mask_token_id, vocab_size=self.vocab_size,
+        inputs, targets = mask_tokens(tokens, rng, mask_token_id=self.mask_token_id, vocab_size=self.vocab_size,
                                       special_ids=self.special_ids, attention_mask=attention_mask)
         return SentenceOrderBatch(inputs, targets, attention_mask, self.labels[rows])
 
@@ -270,13 +295,11 @@ def mlm_loss(model, inputs, targets, attention_mask=None) -> float:
     return model.loss(inputs, targets, attention_mask, IGNORE_INDEX, causal=False)
 
 
-def mlm_sop_loss_and_grads(model, sop_head_weight, batch: SentenceOrderBatch):
-    """loss = MLM loss + SOP loss (ALBERT sums the two), both on one bidirectional forward pass.
+def mlm_sop_forward(model, sop_head_weight, batch: SentenceOrderBatch):
+    """The forward half of mlm_sop_loss_and_grads: (mlm loss, sop loss, sop_logits (B, 2), cache).
 
-    Returns (loss, grads, parts): grads has the model's trainable parameters plus SOP_HEAD;
-    parts = {"mlm": ..., "sop": ...}.  One backward pass: the two heads' gradients with respect to
-    the hidden states add (the SOP one is non-zero only at each row's last token).
-    """
+    One bidirectional pass of the stack; the LM head reads every position (MLM), the binary head
+    each row's last real token (SOP).  `cache` is what mlm_sop_backward needs."""
     hidden, caches = model.hidden_forward(batch.inputs, batch.attention_mask, causal=False)
     # the LM head over every position -> MLM loss
     logits, lm_cache = linear_forward(hidden, model._lm_head_weight())          # (B, T, V)
@@ -285,8 +308,18 @@ def mlm_sop_loss_and_grads(model, sop_head_weight, batch: SentenceOrderBatch):
     sop_logits, sop_cache = classifier_forward(hidden, sop_head_weight,
                                                last_token_index(batch.attention_mask))  # (B, 2)
     sop, sop_ce = cross_entropy_forward(sop_logits, batch.sop_labels)
+    return mlm, sop, sop_logits, (caches, lm_cache, mlm_ce, sop_cache, sop_ce, hidden.dtype)
 
-    one = np.ones((), dtype=hidden.dtype)
+
+def mlm_sop_loss_and_grads(model, sop_head_weight, batch: SentenceOrderBatch):
+    """loss = MLM loss + SOP loss (ALBERT sums the two), both on one bidirectional forward pass.
+
+    Returns (loss, grads, parts): grads has the model's trainable parameters plus SOP_HEAD;
+    parts = {"mlm": ..., "sop": ...}.  One backward pass: the two heads' gradients with respect to
+    the hidden states add (the SOP one is non-zero only at each row's last token).
+    """
+    mlm, sop, _, (caches, lm_cache, mlm_ce, sop_cache, sop_ce, dtype) = mlm_sop_forward(model, sop_head_weight, batch)
+    one = np.ones((), dtype=dtype)
     dhidden_sop, d_sop_head = classifier_backward(cross_entropy_backward(one, sop_ce), sop_cache)
     dhidden_lm, d_lm_head = linear_backward(cross_entropy_backward(one, mlm_ce), lm_cache)
     grads = model.hidden_backward(dhidden_lm + dhidden_sop, caches)
@@ -296,6 +329,25 @@ def mlm_sop_loss_and_grads(model, sop_head_weight, batch: SentenceOrderBatch):
         grads = {name: grads[name] for name in model.params}
     grads[SOP_HEAD] = d_sop_head
     return float(mlm + sop), grads, {"mlm": float(mlm), "sop": float(sop)}
+
+
+def evaluate_sentence_order(model, sop_head_weight, batches) -> dict:
+    """Held-out numbers of an MLM + SOP model over `batches` (e.g. SentenceOrderBatches.evaluation_batches()):
+    {"mlm": MLM loss per masked token, "sop": SOP loss per pair, "sop_accuracy": share of pairs whose
+    order the head got right, "pairs": how many, "masked_tokens": how many}."""
+    mlm_sum = sop_sum = 0.0
+    right = pairs = masked = 0
+    for batch in batches:
+        mlm, sop, sop_logits, _ = mlm_sop_forward(model, sop_head_weight, batch)
+        n_masked, n_pairs = int((np.asarray(batch.targets) != IGNORE_INDEX).sum()), len(batch.sop_labels)
+        mlm_sum += float(mlm) * n_masked
+        sop_sum += float(sop) * n_pairs
+        right += int((np.argmax(sop_logits, axis=-1) == batch.sop_labels).sum())
+        pairs, masked = pairs + n_pairs, masked + n_masked
+    if pairs == 0:
+        raise ValueError("evaluate_sentence_order needs at least one batch")
+    return {"mlm": mlm_sum / max(masked, 1), "sop": sop_sum / pairs, "sop_accuracy": right / pairs,
+            "pairs": pairs, "masked_tokens": masked}
 
 
 def init_sop_head(hidden_size: int, seed: int = 0, dtype=np.float32, std: float = 0.02) -> np.ndarray:

@@ -238,9 +238,9 @@ def test_cli_bad_input(cli, base_dir, tmp_path, capsys):
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the overflows that make the NaN
 def test_cli_fine_tuning_that_diverges_stops_in_one_line(cli, base_dir, capsys):
     # lr 1e9 overflows in the first steps: a failed run (status 1), not a usage mistake (2)
-    for task in ("classify", "sft"):
+    for task, more in (("classify", []), ("sft", []), ("sop", ["--stories", "100", "--max-len", "48"])):
         status = cli(["finetune", task, "--base", str(base_dir), "--steps", "5", "--lr", "1e9",
-                      "--no-progress", "--backend", "numpy"])
+                      "--no-progress", "--backend", "numpy", *more])
         err = capsys.readouterr().err.strip()
         assert status == 1, err
         assert err.startswith(f"npllama finetune {task}: stopped: step ") and "try a lower --lr" in err

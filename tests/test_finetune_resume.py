@@ -14,11 +14,15 @@ import pytest
 
 from npllama.cli import main
 from npllama.finetune import ClassifyConfig, SFTConfig, classify, sft
+from npllama.finetune_sop import SentenceOrderConfig, sentence_order
 from npllama.io.safetensors import read_safetensors
 
 # enough steps that a SIGTERM sent after a few logged ones lands mid-run (an sft step is ~10x a classify one)
-STEPS = {"classify": 400, "sft": 60}
-MAX_LEN = {"classify": 32, "sft": 56}  # an instruction's prompt alone is ~40 tokens
+STEPS = {"classify": 400, "sft": 60, "sop": 150}
+MAX_LEN = {"classify": 32, "sft": 56, "sop": 40}  # an instruction's prompt alone is ~40 tokens
+JOBS = {"classify": (ClassifyConfig, classify), "sft": (SFTConfig, sft), "sop": (SentenceOrderConfig, sentence_order)}
+TASK_SETTINGS = {"classify": {}, "sft": {"samples": 0}, "sop": {"stories": 200}}
+TASK_FLAGS = {"classify": [], "sft": ["--samples", "0"], "sop": ["--stories", "200"]}
 
 
 def quiet(*_args):
@@ -29,21 +33,20 @@ def settings(task: str, base, **more):
     # float64 and the NumPy ops: an interrupted and resumed run must match an uninterrupted one closely
     common = dict(base=str(base), batch_size=4, max_len=MAX_LEN[task], progress=False, dtype="float64", seed=3,
                   **more)
-    if task == "classify":
-        return ClassifyConfig(**common)
-    return SFTConfig(samples=0, **common)
+    return JOBS[task][0](**TASK_SETTINGS[task], **common)
 
 
 def run_job(task, config, resume=False):
     from npllama import use_backend
 
     with use_backend("numpy"):
-        return (classify if task == "classify" else sft)(config, echo=quiet, resume=resume)
+        return JOBS[task][1](config, echo=quiet, resume=resume)
 
 
 def result_tensors(folder: Path) -> dict:
     name = "adapter_model.safetensors" if (folder / "adapter_model.safetensors").is_file() else "model.safetensors"
-    return read_safetensors(folder / name)
+    head = folder / "sop_head.safetensors"      # `finetune sop`'s binary head, beside the model
+    return {**read_safetensors(folder / name), **(read_safetensors(head) if head.is_file() else {})}
 
 
 def logged_steps(out: Path) -> int:
@@ -67,7 +70,7 @@ def start_and_terminate(argv: list, out: Path, after_steps: int) -> int:
     return process.returncode, err
 
 
-@pytest.mark.parametrize("task, lora", [("classify", False), ("sft", True)])
+@pytest.mark.parametrize("task, lora", [("classify", False), ("sft", True), ("sop", False)])
 def test_a_fine_tune_stopped_by_sigterm_resumes_to_the_uninterrupted_result(small_model_dir, tmp_path, task, lora):
     more = dict(steps=STEPS[task], checkpoint_every=1000, lora=lora, lr=3e-3)
     if lora:
@@ -78,8 +81,7 @@ def test_a_fine_tune_stopped_by_sigterm_resumes_to_the_uninterrupted_result(smal
     argv = ["finetune", task, "--base", str(small_model_dir), "--out", str(out), "--steps", str(STEPS[task]),
             "--checkpoint-every", "1000", "--batch-size", "4", "--max-len", str(MAX_LEN[task]), "--dtype", "float64",
             "--seed", "3", "--lr", "3e-3", "--no-progress", "--backend", "numpy"]
-    if task == "sft":
-        argv += ["--samples", "0"]
+    argv += TASK_FLAGS[task]
     if lora:
         argv += ["--lora", "--lora-r", "2", "--lora-dropout", "0.2"]
     status, err = start_and_terminate(argv, out, after_steps=5)
@@ -99,6 +101,8 @@ def test_a_fine_tune_stopped_by_sigterm_resumes_to_the_uninterrupted_result(smal
     np.testing.assert_allclose(losses, whole.losses, rtol=1e-9)  # the same batches, step by step
     if task == "classify":
         assert resumed["metrics"] == whole.metrics
+    if task == "sop":  # the same model and head: the same held-out numbers
+        assert resumed["after"] == pytest.approx(whole.after, rel=1e-9)
 
 
 def test_checkpoints_are_periodic_and_a_resume_continues_from_the_last_one(small_model_dir, tmp_path, monkeypatch):

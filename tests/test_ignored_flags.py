@@ -19,7 +19,7 @@ def one_line_error(argv, capsys):
     return err
 
 
-@pytest.mark.parametrize("task", ["classify", "sft"])
+@pytest.mark.parametrize("task", ["classify", "sft", "sop"])
 @pytest.mark.parametrize("flag, value", [("--lora-r", "4"), ("--lora-alpha", "8"), ("--lora-dropout", "0.1")])
 def test_a_lora_setting_without_lora_is_refused(task, flag, value, capsys):
     err = one_line_error(["finetune", task, flag, value, "--no-progress"], capsys)

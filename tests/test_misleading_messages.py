@@ -48,7 +48,7 @@ def test_init_from_a_run_folder_uses_its_model(tmp_path):
         train(TrainConfig(out=str(tmp_path / "third"), init_from=str(tmp_path / "nothing"), **FAST), echo=print)
 
 
-@pytest.mark.parametrize("task", ["classify", "sft"])
+@pytest.mark.parametrize("task", ["classify", "sft", "sop"])
 def test_a_classifier_as_base_is_named_as_one(tmp_path, capsys, task):
     folder = tmp_path / "sent"
     folder.mkdir()

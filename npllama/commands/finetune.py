@@ -1,4 +1,5 @@
-"""`npllama finetune classify|sft`: adapt a pre-trained model to a task (article §3.3, §6, §9.2)."""
+"""`npllama finetune classify|sft|sop`: adapt a pre-trained model to a task (article §3.3, §6, §9.2), or
+train it on the masked-LM + sentence-order objectives (§3.2.3, §4.3.3)."""
 import sys
 
 from . import HelpFormatter, UsageError, defaults_only_when_given, prepare_training_process, print_help_instead
@@ -9,9 +10,11 @@ LORA_HELP = ("train LoRA adapters (and the new head) only, the base weights froz
 
 def register(subparsers) -> None:
     from ..finetune import ClassifyConfig, SFTConfig
+    from ..finetune_sop import SentenceOrderConfig
 
     p = subparsers.add_parser(
-        "finetune", help="fine-tune a trained model: text classification or instruction tuning",
+        "finetune", help="fine-tune a trained model: text classification, instruction tuning, or masked-LM + "
+                         "sentence order",
         description="Fine-tune a pre-trained model (a run folder from `npllama train` or any Hugging Face "
                     "LLaMA folder with tokenizer.model) on a downstream task, fully or with LoRA adapters.",
         formatter_class=HelpFormatter)
@@ -61,10 +64,42 @@ def register(subparsers) -> None:
     s.add_argument("--samples", type=int, default=d.samples, help="greedy answers printed at the end")
     _given_only(s, SFTConfig)
     s.set_defaults(run=run_sft)
+
+    o, d = tasks.add_parser(
+        "sop", help="masked-LM + sentence-order (ALBERT) or next-sentence (BERT) training",
+        description="Train on the two objectives of BERT-style models the article teaches (§3.2.3, §4.3.3): "
+                    "each document gives a pair of consecutive stretches A, B of its sentences, half of them "
+                    "swapped (--pairs sop) or with B from another document (--pairs nsp); `<s> A </s> B </s>` "
+                    "runs without the causal mask with 15% of its tokens masked, and the loss is the masked-LM "
+                    "loss plus a binary head's \"changed?\" cross-entropy. Prints the held-out MLM loss and the "
+                    "head's accuracy before and after, beside the majority-label baseline. The result is a "
+                    "masked-LM model (fine-tune it with `npllama finetune classify --base OUT`; generate refuses "
+                    "it) with the head in sop_head.safetensors; LoRA adapters are merged into it. With no --data "
+                    "it uses built-in stories.",
+        formatter_class=HelpFormatter), SentenceOrderConfig()
+    _common(o, d, lora_help="train LoRA adapters (and the binary head) only, the base weights frozen; "
+                              "merged into the weights when saved")
+    o.add_argument("--data", default=None, help="documents, read as `npllama train --data` reads them: a .txt "
+                   "file (cut as --doc-separator says), a folder of .txt/.jsonl files, or a .jsonl file with a "
+                   "\"text\" field; each document of two or more sentences gives one pair (default: --stories "
+                   "built-in stories)")
+    o.add_argument("--doc-separator", default=d.doc_separator, metavar="blank-line|marker:TEXT|whole-file",
+                   help="how a .txt file is cut into documents: at blank lines, at every TEXT, or not at all")
+    o.add_argument("--stories", type=int, default=d.stories, help="built-in stories used when --data is not given")
+    o.add_argument("--pairs", default=d.pairs, choices=["sop", "nsp"],
+                   help="sop: B follows A or the two are swapped (ALBERT's sentence order); nsp: B follows A or "
+                        "comes from another document (BERT's next sentence)")
+    o.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="share of the documents held out for validation")
+    o.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3, with --lora 5e-3)")
+    o.add_argument("--max-len", type=int, default=d.max_len, help="tokens per pair, <s> A </s> B </s> (A and B "
+                   "are cut from their ends to fit)")
+    _given_only(o, SentenceOrderConfig)
+    o.set_defaults(run=run_sop)
     p.set_defaults(run=print_help_instead(p))
 
 
-def _common(p, d) -> None:
+def _common(p, d, lora_help: str = LORA_HELP) -> None:
     p.add_argument("--base", default=None, help="the pre-trained model: a run folder or a Hugging Face "
                    "LLaMA folder with tokenizer.model (default: the latest `npllama train` run)")
     p.add_argument("--out", default=None, help="the run folder: checkpoints while training, then the result "
@@ -76,7 +111,7 @@ def _common(p, d) -> None:
                    help="continue the run in --out from its checkpoint, with the settings it was started with; "
                         "options given with it change those settings (the ones that define the run -- "
                         "--base, data, LoRA shape, batch size, --max-len, seed, dtype -- are refused)")
-    p.add_argument("--lora", action="store_true", help=LORA_HELP)
+    p.add_argument("--lora", action="store_true", help=lora_help)
     p.add_argument("--lora-r", type=int, default=d.lora_r, help="adapter rank r")
     p.add_argument("--lora-alpha", type=float, default=d.lora_alpha, help="scaling = alpha / r")
     p.add_argument("--lora-dropout", type=float, default=d.lora_dropout,
@@ -159,6 +194,12 @@ def run_sft(args) -> int:
     from ..finetune import SFTConfig, sft
 
     return _fine_tune(args, sft, _config(SFTConfig, args))
+
+
+def run_sop(args) -> int:
+    from ..finetune_sop import SentenceOrderConfig, sentence_order
+
+    return _fine_tune(args, sentence_order, _config(SentenceOrderConfig, args))
 
 
 def _fine_tune(args, fine_tune, config) -> int:

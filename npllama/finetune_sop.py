@@ -1,0 +1,214 @@
+"""`npllama finetune sop`: masked-LM + sentence-order training (ALBERT's objectives, article §3.2.3, §4.3.3).
+
+The other objectives the article teaches beside LLaMA's next-token loss, as a job with the life of
+the other fine-tunes (npllama/finetune.py): a base model, data, AdamW steps, checkpoints, resume.
+
+Each document of two or more sentences gives one pair of consecutive stretches A, B.  With
+probability 0.5 the pair is changed: swapped for sentence order (SOP, ALBERT), or B replaced by a
+stretch of another document for next-sentence prediction (NSP, BERT).  `<s> A </s> B </s>` goes
+through the stack without the causal mask, 15% of its tokens masked; the loss is the MLM loss plus
+the cross-entropy of a binary head `sop_head.weight` (2, D) on the last token ("changed or not?").
+Validation reports the MLM loss and the head's accuracy on held-out documents beside the
+majority-label baseline, before and after.
+
+The result is a masked-LM model (bidirectional, `"npllama_objective": "mlm"` in its config.json):
+`npllama finetune classify --base OUT` fine-tunes it BERT-style; `generate` refuses it.  Beside it,
+`sop_head.safetensors` holds the binary head (load_sentence_order reads both).  With LoRA the
+adapters are merged into the weights at the end: the result is a whole model either way.
+Derivations: derivations/mlm.md, derivations/sentence_order.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .finetune import FinetuneSettings, _write_info, lora_dropout_on, loss_change, run_steps
+from .objectives import (SOP_HEAD, TASKS, SentenceOrderBatches, encode_pair, evaluate_sentence_order,
+                         init_sop_head, mlm_sop_loss_and_grads)
+
+HEAD_FILE = "sop_head.safetensors"        # the binary head, beside the model's own files
+DEFAULT_STORIES = 3000                   # built-in documents when no --data is given
+
+
+@dataclasses.dataclass
+class SentenceOrderConfig(FinetuneSettings):
+    """`npllama finetune sop`.  Defaults: the built-in stories, full training, sentence order.
+
+    data: documents as `npllama train --data` reads them (.txt cut at doc_separator, .jsonl "text",
+    or a folder); None: `stories` built-in stories.  pairs: "sop" (swapped) or "nsp" (B from
+    another document).  lr None: 1e-3 full, 5e-3 LoRA.
+    """
+
+    pairs: str = "sop"
+    doc_separator: str = "blank-line"
+    stories: int = DEFAULT_STORIES
+    val_fraction: float = 0.1
+
+    RESUME_FIXED = FinetuneSettings.RESUME_FIXED + ("pairs", "doc_separator", "stories")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.pairs not in TASKS:
+            raise ValueError(f"pairs must be one of {', '.join(TASKS)} (sentence order or next sentence), "
+                             f"got {self.pairs!r}")
+        from .data import check_doc_separator
+        from .ops._checks import require_positive_int
+
+        check_doc_separator(self.doc_separator)
+        require_positive_int("stories", self.stories)
+        if self.max_len < 5:
+            raise ValueError(f"max_len must be at least 5 for a pair (<s> A </s> B </s>), got {self.max_len}")
+
+
+@dataclasses.dataclass
+class SentenceOrderResult:
+    before: dict          # evaluate_sentence_order on the validation pairs, before training
+    after: dict           # and after
+    baseline: float       # the validation accuracy of always answering the commoner training label
+    trainable: int
+    losses: list          # each step's MLM + SOP loss
+    seconds: float
+    out: Path | None
+
+
+def sentence_order(sc_: SentenceOrderConfig, echo=print, resume: bool = False) -> SentenceOrderResult:
+    """Train a model on masked-LM + sentence order (or next sentence); report held-out MLM loss and
+    pair accuracy before and after; save the model and its head to sc_.out if given.
+
+    sc_.out is a run folder with checkpoints, stop signals and `resume` as in `classify`."""
+    from .finetune_run import fine_tuning_run
+    from .runs import require_a_language_model
+
+    check = lambda base: require_a_language_model(base, "--base", "masked-LM + sentence-order training",
+                                                  causal=False)
+    with fine_tuning_run(sc_, "sop", resume, echo, check_base=check) as run:
+        return _sentence_order(sc_ if run is None else run.config, run, echo)
+
+
+def _documents(sc_: SentenceOrderConfig) -> tuple[list[str], str]:
+    from .corpus import make_default_corpus
+    from .data import load_texts
+
+    if sc_.data is None:
+        return make_default_corpus(sc_.stories, seed=sc_.seed), f"{sc_.stories} built-in stories"
+    return load_texts(sc_.data, sc_.doc_separator), sc_.data
+
+
+def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
+    from . import datasets
+    from .runs import load_model_and_tokenizer
+
+    model, tokenizer, model_dir = load_model_and_tokenizer(sc_.base, dtype=sc_.model_dtype())
+    texts, source = _documents(sc_)
+    train_rows, val_rows = datasets.split_train_val(len(texts), sc_.val_fraction, sc_.seed)
+    max_len = min(sc_.max_len, model.config.max_position_embeddings)
+    train = _pairs([texts[i] for i in train_rows], tokenizer, sc_, max_len, sc_.batch_size, "training")
+    val = _pairs([texts[i] for i in val_rows], tokenizer, sc_, max_len, 1, "validation")
+    val_batches = val.evaluation_batches(sc_.batch_size)
+
+    was_causal = getattr(model, "objective", "causal") != "mlm"
+    sc_.attach_lora_if_asked(model)
+    head = init_sop_head(model.config.hidden_size, seed=sc_.seed, dtype=model.dtype)
+    trained = model.lora.params if model.lora is not None else model.params
+    params = {**trained, SOP_HEAD: head}
+    trainable = int(sum(p.size for p in params.values()))
+    commoner = int(np.mean(train.labels) > 0.5)
+    baseline = float(np.mean(val.labels == commoner))
+    echo(f"masked-LM + {_TASK_NAMES[sc_.pairs]} on {model_dir} ({'LoRA adapters' if sc_.lora else 'every weight'} "
+         f"and the binary head, {trainable:,} parameters trained), from {source}: {len(train)} training / "
+         f"{len(val)} validation pairs; bidirectional attention"
+         + (" (the base was trained causally: the result is a masked-LM model)" if was_causal else ""))
+
+    before = evaluate_sentence_order(model, head, val_batches)
+    sc = sc_.step_config(full_lr=1e-3, lora_lr=5e-3)
+    step_loss = lambda batch: mlm_sop_loss_and_grads(model, params[SOP_HEAD], batch)[:2]
+    started = time.perf_counter()
+    with lora_dropout_on(model):
+        losses = run_steps(params, step_loss, train.batch, sc, "sop", run=run, adapters=model.lora)
+    seconds = time.perf_counter() - started
+    after = evaluate_sentence_order(model, head, val_batches)
+    echo(f"{sc_.steps} steps in {seconds:.1f} s; {loss_change(losses)}")
+    echo(_report(before, after, baseline, sc_.pairs))
+
+    out = None
+    if run is not None:
+        info = {"task": "sop", "pairs": sc_.pairs, "base": str(model_dir), "data": source, "lora": sc_.lora,
+                "steps": sc_.steps, "before": before, "after": after, "majority_baseline": baseline}
+        out = run.publish(lambda folder: _save(folder, model, head, tokenizer, info))
+        echo(f"saved the masked-LM model and its {sc_.pairs.upper()} head ({HEAD_FILE}) to {out}")
+    return SentenceOrderResult(before, after, baseline, trainable, losses, seconds, out)
+
+
+_TASK_NAMES = {"sop": "sentence order (SOP: are A and B swapped?)",
+               "nsp": "next sentence (NSP: does B come from another document?)"}
+
+
+def _pairs(texts, tokenizer, sc_, max_len, batch_size, which) -> SentenceOrderBatches:
+    try:
+        return SentenceOrderBatches(texts, tokenizer, batch_size=batch_size, max_len=max_len, task=sc_.pairs,
+                                    seed=sc_.seed)
+    except ValueError as error:  # say which documents, and what would help
+        raise ValueError(f"the {which} documents give no usable batch: {error} (each document of at least two "
+                         f"sentences, cut after . ! or ?, gives one pair; give more documents, or a smaller "
+                         f"--batch-size or --val-fraction)") from None
+
+
+def _report(before: dict, after: dict, baseline: float, pairs: str) -> str:
+    rows = [("", "before", "after"),
+            ("MLM loss (nats per masked token)", f"{before['mlm']:.4f}", f"{after['mlm']:.4f}"),
+            (f"{pairs.upper()} loss", f"{before['sop']:.4f}", f"{after['sop']:.4f}"),
+            (f"{pairs.upper()} accuracy", f"{before['sop_accuracy']:.3f}", f"{after['sop_accuracy']:.3f}")]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"validation, {after['pairs']} pairs:"]
+    lines += [f"  {name.ljust(width)}  {b:>8}  {a:>8}" for name, b, a in rows]
+    lines.append(f"  majority-label baseline accuracy: {baseline:.3f}")
+    return "\n".join(lines)
+
+
+def _save(folder: Path, model, head: np.ndarray, tokenizer, info: dict) -> None:
+    from .io.safetensors import write_safetensors
+
+    if model.lora is not None:   # a whole model either way: the adapters fold into the weights
+        model.lora.merge()
+    model.objective = "mlm"
+    model.save_pretrained(folder, extra_files=tokenizer.hf_files(model_max_length=model.config.max_position_embeddings))
+    write_safetensors(Path(folder) / HEAD_FILE, {SOP_HEAD: head})
+    _write_info(folder, info)
+
+
+def load_sentence_order(folder, dtype=np.float32):
+    """(model, sop_head_weight, tokenizer) from a folder `npllama finetune sop` saved."""
+    from .io.safetensors import read_safetensors
+    from .runs import load_model_and_tokenizer
+
+    head_file = Path(folder).expanduser() / HEAD_FILE
+    if not head_file.is_file():
+        raise FileNotFoundError(f"{str(folder)!r} has no {HEAD_FILE}: not a folder saved by `npllama finetune sop`")
+    model, tokenizer, _ = load_model_and_tokenizer(folder, dtype=dtype)
+    tensors = read_safetensors(head_file)
+    head = tensors.get(SOP_HEAD)
+    if head is None or head.shape != (2, model.config.hidden_size):
+        raise ValueError(f"{str(head_file)!r} must hold {SOP_HEAD} of shape (2, {model.config.hidden_size}), "
+                         f"got {None if head is None else head.shape}")
+    return model, head.astype(dtype), tokenizer
+
+
+def changed_probability(model, sop_head_weight, tokenizer, a: str, b: str, max_len: int | None = None) -> float:
+    """The head's probability that the pair (A, B) was changed: swapped (SOP) or B from elsewhere (NSP)."""
+    from .ops.classifier import classifier_forward, last_token_index
+    from .ops.softmax import softmax_forward
+
+    max_len = max_len or model.config.max_position_embeddings
+    ids = np.array([encode_pair(tokenizer, a, b, max_len)])
+    mask = np.ones(ids.shape, dtype=bool)
+    hidden, _ = model.hidden_forward(ids, mask, causal=False)
+    logits, _ = classifier_forward(hidden, sop_head_weight, last_token_index(mask))   # (1, 2)
+    probs, _ = softmax_forward(logits.astype(np.float64))
+    return float(probs[0, 1])
+
+
+__all__ = ["SentenceOrderConfig", "SentenceOrderResult", "sentence_order", "load_sentence_order",
+           "changed_probability", "HEAD_FILE"]

@@ -1,0 +1,130 @@
+"""`npllama finetune sop`: masked-LM + sentence-order (or next-sentence) training as a job: it learns
+what the pairs hold, saves a masked-LM model with its head, and refuses what it cannot use."""
+import json
+import random
+
+import numpy as np
+import pytest
+
+from npllama import Llama, LlamaConfig, use_backend
+from npllama.cli import main
+from npllama.finetune_sop import (HEAD_FILE, SentenceOrderConfig, changed_probability, load_sentence_order,
+                                  sentence_order)
+from npllama.objectives import SOP_HEAD
+from npllama.tokenizer import Tokenizer
+
+WORDS = "red blue green cat dog sun moon tree bird fish".split()
+
+
+@pytest.fixture(scope="module")
+def greetings(tmp_path_factory):
+    """(base model folder, documents file): two-sentence documents, "Hello x y. Goodbye z w.", whose
+    order a model can learn in a few hundred small steps; a random 1-layer model and its tokenizer."""
+    rng = random.Random(0)
+    docs = [f"Hello {rng.choice(WORDS)} {rng.choice(WORDS)}. Goodbye {rng.choice(WORDS)} {rng.choice(WORDS)}."
+            for _ in range(400)]
+    folder = tmp_path_factory.mktemp("sop")
+    tokenizer = Tokenizer.train(docs * 3, folder / "tok", vocab_size=300)
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    Llama(config, seed=0).save_pretrained(folder / "base", extra_files={"tokenizer.model": tokenizer.model_bytes})
+    (folder / "docs.txt").write_text("\n\n".join(docs), encoding="utf-8")
+    return folder / "base", folder / "docs.txt"
+
+
+def settings(greetings, **more):
+    base, docs = greetings
+    return SentenceOrderConfig(**{"base": str(base), "data": str(docs), "batch_size": 8, "max_len": 24,
+                                  "progress": False, "lr": 3e-3, **more})
+
+
+def test_the_head_learns_the_order_and_the_result_is_a_masked_lm_model_with_its_head(greetings, tmp_path):
+    said = []
+    with use_backend("numpy"):
+        result = sentence_order(settings(greetings, steps=200, out=str(tmp_path / "run")), echo=said.append)
+    # a head that reads the wrong rows' labels, or a pair label that does not follow the swap, stays at chance
+    assert result.after["sop_accuracy"] >= 0.8 and result.after["sop_accuracy"] >= result.baseline + 0.25, result
+    assert result.after["mlm"] < result.before["mlm"] - 1.0
+    assert result.before["pairs"] == result.after["pairs"] == 40       # 10% of 400 documents, each once
+    assert len(result.losses) == 200 and np.isfinite(result.losses).all()
+    report = "\n".join(said)
+    assert "SOP accuracy" in report and "majority-label baseline accuracy" in report
+    assert "the base was trained causally" in report
+
+    out = tmp_path / "run"
+    config = json.loads((out / "config.json").read_text())
+    assert config["npllama_objective"] == "mlm"
+    info = json.loads((out / "finetune.json").read_text())
+    assert info["task"] == "sop" and info["after"]["sop_accuracy"] == result.after["sop_accuracy"]
+
+    model, head, tokenizer = load_sentence_order(out)
+    assert model.objective == "mlm" and head.shape == (2, model.config.hidden_size)
+    in_order = changed_probability(model, head, tokenizer, "Hello red cat.", "Goodbye sun moon.")
+    swapped = changed_probability(model, head, tokenizer, "Goodbye sun moon.", "Hello red cat.")
+    assert in_order < 0.5 < swapped
+
+
+def test_next_sentence_pairs_and_lora_train_the_adapters_and_the_head_and_save_a_whole_model(greetings, tmp_path):
+    base, _ = greetings
+    with use_backend("numpy"):
+        result = sentence_order(settings(greetings, steps=3, pairs="nsp", lora=True, lora_r=2,
+                                         out=str(tmp_path / "run")), echo=lambda *_: None)
+    original = Llama.from_pretrained(base)
+    adapted, head, _ = load_sentence_order(tmp_path / "run")
+    # adapters on q/k/v/o and the head: far fewer than the model's parameters
+    assert result.trainable < original.num_parameters() / 2
+    assert not (tmp_path / "run" / "adapter_config.json").exists()      # merged: a whole model
+    changed = [n for n in original.params if not np.array_equal(original.params[n], adapted.params[n])]
+    assert changed and all(any(p in n for p in ("q_proj", "k_proj", "v_proj", "o_proj")) for n in changed), changed
+    assert np.isfinite(head).all()
+
+
+def test_the_cli_trains_resumes_and_what_it_saves_refuses_to_generate(greetings, tmp_path, capsys):
+    base, docs = greetings
+    out = tmp_path / "run"
+    argv = ["finetune", "sop", "--base", str(base), "--data", str(docs), "--out", str(out), "--batch-size", "8",
+            "--max-len", "24", "--no-progress", "--backend", "numpy"]
+    assert main([*argv, "--steps", "4"]) == 0
+    assert "SOP accuracy" in capsys.readouterr().out
+    assert (out / HEAD_FILE).is_file() and (out / "sop_config.json").is_file()
+    # a resume that asks for more steps continues from the checkpoint of step 4
+    assert main(["finetune", "sop", "--out", str(out), "--resume", "--steps", "6", "--no-progress"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert len((out / "log.jsonl").read_text().splitlines()) >= 6
+    # the pairs define the run: a resume may not change them
+    assert main(["finetune", "sop", "--out", str(out), "--resume", "--pairs", "nsp", "--no-progress"]) == 2
+    assert "pairs" in capsys.readouterr().err
+    assert main(["generate", "--model", str(out), "--prompt", "Hello"]) == 2
+    assert "masked-LM model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("more, message", [
+    (dict(pairs="mlm"), "pairs must be one of sop, nsp"),
+    (dict(max_len=4), "max_len must be at least 5"),
+    (dict(stories=0), "stories must be"),
+    (dict(doc_separator="comma"), "doc_separator must be"),
+])
+def test_bad_settings_are_refused_before_anything_loads(more, message):
+    with pytest.raises(ValueError, match=message):
+        SentenceOrderConfig(**more)
+
+
+def test_documents_without_two_sentences_are_refused_saying_what_would_help(greetings, tmp_path):
+    one_sentence = tmp_path / "short.txt"
+    one_sentence.write_text("\n\n".join(f"Just one sentence number {i}." for i in range(50)), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"training documents give no usable batch: .*at least two sentences"):
+        sentence_order(settings(greetings, data=str(one_sentence), steps=1), echo=lambda *_: None)
+
+
+def test_load_sentence_order_refuses_a_folder_without_the_head(greetings):
+    base, _ = greetings
+    with pytest.raises(FileNotFoundError, match=f"no {HEAD_FILE}"):
+        load_sentence_order(base)
+
+
+def test_the_head_file_holds_exactly_the_head(greetings, tmp_path):
+    from npllama.io.safetensors import read_safetensors
+
+    with use_backend("numpy"):
+        sentence_order(settings(greetings, steps=1, out=str(tmp_path / "run")), echo=lambda *_: None)
+    assert set(read_safetensors(tmp_path / "run" / HEAD_FILE)) == {SOP_HEAD}

@@ -66,9 +66,13 @@ def check_model_config_fields(fields, where: str = "model_config") -> None:
                          f"it reads {', '.join(sorted(SHAPE_CONFIG_FIELDS))}")
 
 
+def _preset_settings(tc) -> dict:
+    return {"rms_norm_eps": LlamaConfig.rms_norm_eps, **PRESETS[tc.preset]}
+
+
 def shape_settings(tc) -> dict:
     """The shape fields of a new model: the preset's, then tc.model_config's, then tc's single fields."""
-    settings = {"rms_norm_eps": LlamaConfig.rms_norm_eps, **PRESETS[tc.preset]}
+    settings = _preset_settings(tc)
     settings.update({k: v for k, v in (tc.model_config or {}).items() if k in SHAPE_CONFIG_FIELDS})
     settings.update({name: getattr(tc, name) for name in SHAPE_FLAGS if getattr(tc, name) is not None})
     if tc.vocab_size is not None:
@@ -94,6 +98,14 @@ def new_model_config(tc, tokenizer) -> LlamaConfig:
     """The LlamaConfig of a new run's model (not --init-from: that folder's own config is used)."""
     return _build(shape_settings(tc), tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id, tc.seq_len,
                   _explicit_context(tc))
+
+
+def preset_config(tc, config: LlamaConfig) -> LlamaConfig:
+    """What the preset alone would make for this run: `config`'s vocabulary and special ids, the
+    context stretched to seq_len as new_model_config stretches it.  A model equal to it is not
+    reshaped, whatever --config and the flags repeated."""
+    return _build(_preset_settings(tc), config.vocab_size, config.bos_token_id, config.eos_token_id, tc.seq_len,
+                  explicit_context=False)
 
 
 def _explicit_context(tc) -> bool:

@@ -28,7 +28,8 @@ from .interrupts import Interrupted, deferred_stop_signals, stop_signals_interru
 from .io.atomic import atomic_write_bytes, atomic_write_text
 from .io.errors import CheckpointError
 from .model_shape import (SHAPE_FLAGS, base_vocab_size, check_model_config_fields, check_shape, init_from_config,
-                          init_from_dir, init_from_tokenizer_path, new_model_config, read_model_config_file)
+                          init_from_dir, init_from_tokenizer_path, new_model_config, preset_config,
+                          read_model_config_file)
 from .optim import (AdamW, NonFiniteGradientError, TrainingError, _require_decay_fits_lr, clip_finite_step,
                     cosine_with_warmup)
 from .backend import use_backend
@@ -641,24 +642,11 @@ def _new_model(tc: TrainConfig, tokenizer, echo):
 
 
 def _describe_shape(tc: TrainConfig, config: LlamaConfig) -> str:
-    reshaped = tc.init_from is None and _differs_from_the_preset(tc, config)
+    reshaped = tc.init_from is None and config != preset_config(tc, config)
     name = f"from {tc.init_from}" if tc.init_from is not None else tc.preset + (" (reshaped)" if reshaped else "")
     return (f"{name}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
             f"{config.num_attention_heads} heads ({config.num_key_value_heads} kv), "
             f"intermediate {config.intermediate_size}, context {config.max_position_embeddings}")
-
-
-_SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                 "head_dim", "rms_norm_eps", "rope_theta", "rope_scaling", "tie_word_embeddings")
-
-
-def _differs_from_the_preset(tc: TrainConfig, config: LlamaConfig) -> bool:
-    """Whether --config and the shape flags made another model than the preset alone would have
-    (a --config that repeats the preset's fields is no reshape)."""
-    preset = LlamaConfig.from_dict({"rms_norm_eps": LlamaConfig.rms_norm_eps, **PRESETS[tc.preset],
-                                    "vocab_size": config.vocab_size})
-    return any(getattr(config, name) != getattr(preset, name) for name in _SHAPE_FIELDS) or \
-        config.max_position_embeddings != max(preset.max_position_embeddings, tc.seq_len)
 
 
 def _compared_with_unigram(val_loss: float, unigram: float) -> str:

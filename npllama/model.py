@@ -242,6 +242,9 @@ class Llama:
 
         targets (B, T) are already shifted: targets[b, t] is the token that should follow tokens[b, t].
         causal=False: the bidirectional stack, whose targets are the masked-LM ones (objectives.py).
+        With config.pad_token_id set, the pad token's embedding row gets no gradient from its
+        lookups, as in transformers (torch's nn.Embedding padding_idx): a finite-difference check
+        of that row disagrees by design.
         """
         tokens, key_padding_mask, targets = self._check_inputs(tokens, attention_mask, targets, ignore_index)
         cos, sin = self.rope_tables(tokens.shape[1])
@@ -480,7 +483,13 @@ def decoder_backward(dhidden, cache, config):
         for path, grad in zip(LAYER_PATHS, layer_grads):
             grads[f"model.layers.{i}.{path}.weight"] = grad
     # x^(0) = E[tokens]
-    grads["model.embed_tokens.weight"] = embedding_backward(dx, cache.embed_tokens)       # (V, D)
+    dE = embedding_backward(dx, cache.embed_tokens)                                        # (V, D)
+    if config.pad_token_id is not None:
+        # Not the math's gradient but transformers' convention, kept so that gradients match
+        # LlamaForCausalLM's: its table is nn.Embedding(padding_idx=pad_token_id), whose lookup
+        # sends nothing to the pad row (the row still gets the tied lm_head's part, as in torch).
+        dE[config.pad_token_id] = 0
+    grads["model.embed_tokens.weight"] = dE
     return grads
 
 

@@ -19,6 +19,7 @@ from npllama import Llama, use_backend  # noqa: E402
 from npllama.gradcheck import rel_error  # noqa: E402
 from npllama.ops.rope import rope_inv_freq  # noqa: E402
 
+PAD_ID = 3  # in every batch (see batch), for the pad_token case
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                   "original_max_position_embeddings": 16}
 
@@ -28,6 +29,9 @@ CASES = {
     "mqa_tied": dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True),
     "llama3_rope": dict(num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0,
                         rope_scaling=LLAMA3_SCALING),
+    # transformers' table is nn.Embedding(padding_idx=pad_token_id): no lookup gradient to that row
+    "pad_token_tied": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                           pad_token_id=PAD_ID),
 }
 SEQ_LEN = 40  # past original_max_position_embeddings (16) in the llama3 case
 
@@ -64,6 +68,7 @@ def hf_folder(request, tmp_path_factory):
 def batch(vocab, seed=0):
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, vocab, size=(2, SEQ_LEN))
+    tokens[:, ::9] = PAD_ID
     targets = rng.integers(0, vocab, size=(2, SEQ_LEN))
     targets[0, :7] = -100
     return tokens, targets
@@ -133,3 +138,4 @@ def test_folder_written_by_npllama_loads_in_transformers(hf_folder, tmp_path):
         torch_logits = hf_model(torch.from_numpy(tokens)).logits.numpy()
     assert rel_error(ours.forward(tokens), torch_logits) < 1e-5
     assert hf_model.config.tie_word_embeddings == ours.config.tie_word_embeddings
+

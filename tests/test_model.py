@@ -166,6 +166,35 @@ def test_tied_embedding_gradient_is_sum_of_both_uses():
                                g_u["model.embed_tokens.weight"] + g_u["lm_head.weight"], rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_pad_token_row_gets_no_gradient_from_lookups(backend, tied):
+    """As transformers' nn.Embedding(padding_idx=pad_token_id): the pad row's lookup gradient is
+    dropped, every other gradient is unchanged; tied, the row keeps the lm_head's part."""
+    plain_cfg = tiny_config(tie_word_embeddings=tied)
+    padded_cfg = dataclasses.replace(plain_cfg, pad_token_id=3)
+    plain = perturbed_model(plain_cfg)
+    padded = Llama(padded_cfg, dtype=np.float64, params={n: p.copy() for n, p in plain.params.items()})
+    tokens, targets = random_batch(plain_cfg, 2, 6)
+    tokens[:, ::2] = 3
+    with use_backend(backend):
+        _, g_plain = plain.loss_and_grads(tokens, targets)
+        _, g_pad = padded.loss_and_grads(tokens, targets)
+    for name in g_plain:
+        if name != "model.embed_tokens.weight":
+            np.testing.assert_array_equal(g_pad[name], g_plain[name])
+    dE_plain, dE_pad = g_plain["model.embed_tokens.weight"], g_pad["model.embed_tokens.weight"]
+    np.testing.assert_array_equal(np.delete(dE_pad, 3, axis=0), np.delete(dE_plain, 3, axis=0))
+    if tied:   # what remains is the head's part: the untied model's lm_head gradient row
+        untied = Llama(dataclasses.replace(padded_cfg, tie_word_embeddings=False), dtype=np.float64,
+                       params={**plain.params, "lm_head.weight": plain.params["model.embed_tokens.weight"]})
+        _, g_untied = untied.loss_and_grads(tokens, targets)
+        np.testing.assert_allclose(dE_pad[3], g_untied["lm_head.weight"][3], rtol=1e-12, atol=1e-15)
+        assert np.abs(dE_pad[3]).max() > 0
+    else:
+        assert not dE_pad[3].any() and dE_plain[3].any()
+
+
 def test_params_are_the_live_state():
     model = Llama(CASES["mha"], seed=0)
     tokens, _ = random_batch(CASES["mha"], 1, 4)

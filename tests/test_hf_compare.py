@@ -9,6 +9,9 @@ float64 versions (SDPA attention, a float64 RMSNorm, float64 cos/sin from our in
 what remains compared is the whole computation at float64 precision; the llama3 inv_freq formula
 itself is compared against transformers' own in the float32 test.
 """
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -29,6 +32,9 @@ CASES = {
     "mqa_tied": dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True),
     "llama3_rope": dict(num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0,
                         rope_scaling=LLAMA3_SCALING),
+    # head_dim given, not hidden_size / heads (32 / 4 = 8); position interpolation
+    "head_dim_linear_rope": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+                                 rope_scaling={"rope_type": "linear", "factor": 4.0}),
     # transformers' table is nn.Embedding(padding_idx=pad_token_id): no lookup gradient to that row
     "pad_token_tied": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
                            pad_token_id=PAD_ID),
@@ -139,3 +145,24 @@ def test_folder_written_by_npllama_loads_in_transformers(hf_folder, tmp_path):
     assert rel_error(ours.forward(tokens), torch_logits) < 1e-5
     assert hf_model.config.tie_word_embeddings == ours.config.tie_word_embeddings
 
+
+def test_shards_in_bfloat16_with_a_transformers_4_config_load_as_transformers_reads_them(tmp_path):
+    """transformers writes bfloat16 shards and an index; config.json rewritten as transformers 4.x
+    wrote it (rope_theta, rope_scaling with "type", torch_dtype).  Every tensor loads exactly as
+    transformers itself reads it, and the config is the one the 5.x layout gives."""
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(hf_config("llama3_rope")).to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "v5", max_shard_size="20KB")
+    assert (tmp_path / "v5" / "model.safetensors.index.json").is_file()
+    shutil.copytree(tmp_path / "v5", tmp_path / "v4")
+    fields = json.loads((tmp_path / "v4" / "config.json").read_text())
+    rope = fields.pop("rope_parameters")
+    fields.update(rope_theta=rope.pop("rope_theta"), torch_dtype=fields.pop("dtype"),
+                  rope_scaling={"type": rope.pop("rope_type"), **rope})
+    (tmp_path / "v4" / "config.json").write_text(json.dumps(fields))
+    reference = {n: t.double().numpy() for n, t in model.state_dict().items()}
+    v5, v4 = Llama.from_pretrained(tmp_path / "v5", dtype=np.float64), Llama.from_pretrained(tmp_path / "v4", dtype=np.float64)
+    assert v4.config == v5.config and v5.config.rope_scaling["rope_type"] == "llama3"
+    assert set(v4.params) == set(reference)
+    for name, array in v4.params.items():
+        np.testing.assert_array_equal(array, reference[name], err_msg=name)

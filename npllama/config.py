@@ -137,7 +137,8 @@ class LlamaConfig:
         architectures = d.get("architectures") or []
         if not isinstance(architectures, list):
             raise TypeError(f"architectures must be a list of class names, got {architectures!r}")
-        if model_type != "llama" or any("Llama" not in a for a in architectures if isinstance(a, str)):
+        # "LLaMAForCausalLM": the class's name in transformers' first LLaMA conversions (early 2023)
+        if model_type != "llama" or any("llama" not in a.lower() for a in architectures if isinstance(a, str)):
             raise ValueError(
                 f"config is for model_type={model_type!r}, architectures={architectures!r}; "
                 f"npllama reads LLaMA configs (model_type 'llama')")
@@ -145,20 +146,27 @@ class LlamaConfig:
             if d.get(flag):
                 raise ValueError(f"{flag}=true is not LLaMA's architecture (LLaMA has no biases)")
         act = d.get("hidden_act", "silu")
-        if act != "silu":
-            raise ValueError(f"hidden_act must be 'silu' for LLaMA's SwiGLU, got {act!r}")
+        if act not in ("silu", "swish"):  # transformers maps both names to torch's SiLU
+            raise ValueError(f"hidden_act must be 'silu' (or its other name 'swish') for LLaMA's SwiGLU, "
+                             f"got {act!r}")
         rope_parameters = d.get("rope_parameters")
         rope_theta = d.get("rope_theta")
         rope_scaling = d.get("rope_scaling")
+        rope_field = "rope_scaling"  # the config.json field rope_scaling came from, for messages
         if isinstance(rope_parameters, dict):  # transformers 5.x
             rope_theta = rope_parameters.get("rope_theta", rope_theta)
             rest = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
             if rest.get("rope_type", rest.get("type", "default")) != "default":
-                rope_scaling = rest
+                rope_scaling, rope_field = rest, "rope_parameters"
         elif rope_parameters is not None:
             raise TypeError(f"rope_parameters must be an object, got {rope_parameters!r}")
         kwargs = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
         kwargs["rope_theta"] = 10000.0 if rope_theta is None else rope_theta
+        if rope_field == "rope_parameters":  # a 5.x config: report problems under the file's field
+            try:
+                _normalise_rope_scaling(rope_scaling)
+            except (ValueError, TypeError) as e:
+                raise type(e)(str(e).replace("rope_scaling", "rope_parameters")) from None
         kwargs["rope_scaling"] = rope_scaling
         if "rms_norm_eps" not in d:
             kwargs["rms_norm_eps"] = 1e-6  # transformers' default when the field is absent

@@ -46,8 +46,9 @@ MAX_LOAD_BYTES = 64 * 1024**3
 # is not what it claims to be, and is refused before it is read into memory.
 MAX_JSON_BYTES = 64 * 1024**2
 
-# Older checkpoints saved RoPE's inverse frequencies as a buffer; we compute them from the config.
-_SKIPPED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+# Older checkpoints saved RoPE's inverse frequencies as a buffer (per layer, or once in the
+# model-level rotary_emb of later transformers 4.x); we compute them from the config.
+_SKIPPED = re.compile(r"model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq")
 
 _SAVE_DTYPES = {  # accepted `dtype` for saving -> (torch_dtype name, write_safetensors as_dtype)
     "float32": ("float32", "f32"), "float64": ("float64", "f64"),
@@ -170,7 +171,11 @@ def _read_config_and_fields(config_path) -> tuple[LlamaConfig, dict]:
     """(LlamaConfig, config.json's fields as read), from one read of the file."""
     config_path = Path(config_path)
     if not config_path.is_file():
-        raise CheckpointError(config_path, "missing: a Hugging Face model folder needs its config.json")
+        meta = (config_path.parent / "params.json").is_file() and any(config_path.parent.glob("consolidated.*.pth"))
+        raise CheckpointError(config_path, "missing: a Hugging Face model folder needs its config.json" + (
+            "; this folder looks like Meta's original release (params.json, consolidated.*.pth: "
+            "pickles, with q/k in Meta's RoPE layout): convert it with transformers' "
+            "convert_llama_weights_to_hf.py, which writes a Hugging Face folder" if meta else ""))
     raw = _load_json(config_path)
     if not isinstance(raw, dict):
         raise CheckpointError(config_path, f"must hold a JSON object, got {type(raw).__name__}")
@@ -220,7 +225,9 @@ def _tensor_files(folder: Path) -> tuple[dict[str, Path], dict[Path, dict], Path
         return {name: single for name in header if name != "__metadata__"}, {single: header}, single
     pickled = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json") if (folder / n).exists()]
     hint = (f"; {pickled[0]} is a pickle checkpoint, which npllama does not open (pickle can run "
-            f"code): convert it to safetensors first") if pickled else ""
+            f"code): convert it to safetensors first, e.g. with transformers: python -c \"from "
+            f"transformers import LlamaForCausalLM as M; M.from_pretrained('{folder}')"
+            f".save_pretrained('{folder}-safetensors', safe_serialization=True)\"") if pickled else ""
     raise CheckpointError(folder / WEIGHTS_NAME, f"missing: the folder has neither {WEIGHTS_NAME} "
                                                  f"nor {INDEX_NAME}{hint}")
 

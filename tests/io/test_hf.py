@@ -247,7 +247,8 @@ def test_integer_weights_are_refused(tmp_path):
 def test_rotary_inv_freq_buffer_is_skipped(tmp_path):
     config = small_config()
     params = random_params(config)
-    stale = {"model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(2, np.float32)}
+    stale = {"model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(2, np.float32),
+             "model.rotary_emb.inv_freq": np.ones(2, np.float32)}
     _, loaded = load_hf_folder(write_folder(tmp_path / "m", config, {**params, **stale}))
     assert list(loaded) == list(config.param_shapes())
 
@@ -315,6 +316,16 @@ def test_other_architectures_are_refused(tmp_path):
     ({"num_key_value_heads": 3}, "num_key_value_heads", "num_key_value_heads"),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "yarn", "rope_scaling"),
     ({"rms_norm_eps": -1.0}, "rms_norm_eps must be a positive", "rms_norm_eps"),
+    # transformers 5.x layout: named by the field the file has
+    ({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}}, "rope_parameters type 'dynamic'",
+     "rope_parameters"),
+    ({"rope_parameters": {"rope_type": "longrope", "short_factor": [1.0], "long_factor": [2.0]}}, "'longrope'",
+     "rope_parameters"),
+    ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0}}, "needs 'low_freq_factor'", "rope_parameters"),
+    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "rope_scaling type 'dynamic'", "rope_scaling"),
+    ({"attention_bias": True}, "attention_bias=true", "attention_bias"),
+    ({"mlp_bias": True}, "mlp_bias=true", "mlp_bias"),
+    ({"hidden_act": "gelu"}, "hidden_act must be 'silu'", "hidden_act"),
 ])
 def test_bad_config_fields_are_named(tmp_path, change, pattern, field):
     config = small_config()
@@ -323,6 +334,17 @@ def test_bad_config_fields_are_named(tmp_path, change, pattern, field):
         load_hf_folder(write_folder(tmp_path / "m", config, random_params(config), config_dict=bad))
     assert info.value.path.endswith("config.json") and str(info.value).startswith(info.value.path)
     assert info.value.field == field
+
+
+def test_other_names_transformers_reads_as_llama_are_accepted(tmp_path):
+    """'swish' is torch's SiLU in transformers too; 'LLaMAForCausalLM' was the class's first name."""
+    config = small_config()
+    fields = {**config.to_dict(), "hidden_act": "swish", "architectures": ["LLaMAForCausalLM"]}
+    loaded, _ = load_hf_folder(write_folder(tmp_path / "m", config, random_params(config), config_dict=fields))
+    assert loaded == config
+    with pytest.raises(CheckpointError, match="npllama reads LLaMA configs"):
+        load_hf_folder(write_folder(tmp_path / "n", config, random_params(config),
+                                    config_dict={**fields, "architectures": ["MistralForCausalLM"]}))
 
 
 def test_config_file_problems(tmp_path):
@@ -368,7 +390,18 @@ def test_folder_without_weights(tmp_path):
     with pytest.raises(CheckpointError, match="neither model.safetensors nor"):
         load_hf_folder(folder)
     (folder / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
-    with pytest.raises(CheckpointError, match="pickle checkpoint, which npllama does not open"):
+    with pytest.raises(CheckpointError, match="pickle checkpoint, which npllama does not open") as info:
+        load_hf_folder(folder)
+    assert f"from_pretrained('{folder}').save_pretrained('{folder}-safetensors'" in str(info.value)
+
+
+def test_meta_original_folder_is_told_how_to_convert(tmp_path):
+    folder = tmp_path / "llama-2-7b"
+    folder.mkdir()
+    (folder / "params.json").write_text("{}")
+    (folder / "consolidated.00.pth").write_bytes(b"pickle")
+    with pytest.raises(CheckpointError, match="config.json: missing.*Meta's original release.*"
+                                              "convert_llama_weights_to_hf.py"):
         load_hf_folder(folder)
 
 

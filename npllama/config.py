@@ -43,7 +43,7 @@ class LlamaConfig:
     head_dim: int | None = None  # None: hidden_size // num_attention_heads
     initializer_range: float = 0.02
     bos_token_id: int | None = 1
-    eos_token_id: int | None = 2
+    eos_token_id: int | list[int] | None = 2   # LLaMA-3 lists several (end of text, end of turn, ...)
     pad_token_id: int | None = None
 
     def __post_init__(self):
@@ -78,8 +78,15 @@ class LlamaConfig:
         _require_positive_float("initializer_range", self.initializer_range)
         if not isinstance(self.tie_word_embeddings, bool):
             raise TypeError(f"tie_word_embeddings must be a bool, got {self.tie_word_embeddings!r}")
+        if isinstance(self.eos_token_id, (list, tuple)):   # kept as a list, as config.json holds it
+            self.eos_token_id = [python_scalar(i) for i in self.eos_token_id]
+            if not self.eos_token_id or not all(_is_int(i) and 0 <= i < self.vocab_size for i in self.eos_token_id):
+                raise ValueError(f"eos_token_id must be None, an id or a non-empty list of ids in "
+                                 f"[0, {self.vocab_size}), got {self.eos_token_id!r}")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             value = getattr(self, name)
+            if name == "eos_token_id" and isinstance(value, list):
+                continue
             if value is not None and (not _is_int(value) or not 0 <= value < self.vocab_size):
                 raise ValueError(f"{name} must be None or an id in [0, {self.vocab_size}), got {value!r}")
         self.rope_scaling = _normalise_rope_scaling(self.rope_scaling)
@@ -88,6 +95,14 @@ class LlamaConfig:
                 f"config describes {self.num_parameters():,} parameters, more than npllama "
                 f"accepts ({MAX_PARAMETERS:,}); check hidden_size, intermediate_size, "
                 f"num_hidden_layers and vocab_size")
+
+    @property
+    def end_ids(self) -> tuple[int, ...]:
+        """Every id that ends a generation: eos_token_id's one, or each of its list (LLaMA-3's
+        end of text and end of turn), none when it is None."""
+        if self.eos_token_id is None:
+            return ()
+        return tuple(self.eos_token_id) if isinstance(self.eos_token_id, list) else (self.eos_token_id,)
 
     # ----- derived sizes -------------------------------------------------------------------
     @property
@@ -170,9 +185,10 @@ class LlamaConfig:
         kwargs["rope_scaling"] = rope_scaling
         if "rms_norm_eps" not in d:
             kwargs["rms_norm_eps"] = 1e-6  # transformers' default when the field is absent
-        for name in ("eos_token_id", "bos_token_id"):
-            if isinstance(kwargs.get(name), list):  # LLaMA-3 lists several end-of-turn ids
-                kwargs[name] = kwargs[name][0] if kwargs[name] else None
+        if isinstance(kwargs.get("bos_token_id"), list):  # one id begins a text
+            kwargs["bos_token_id"] = kwargs["bos_token_id"][0] if kwargs["bos_token_id"] else None
+        if kwargs.get("eos_token_id") == []:
+            kwargs["eos_token_id"] = None
         missing = [n for n in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                "num_attention_heads") if n not in d]
         if missing:

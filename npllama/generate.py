@@ -141,7 +141,7 @@ def generate_text(model, tokenizer, prompt, max_new_tokens: int = 100, *, stop: 
         raise TypeError(f"prompt must be a str or a non-empty list of str, got {prompt!r}")
     stopper = StopStrings(tokenizer, stop) if stop else None
     encoded = [tokenizer.encode(t, bos=True) for t in texts]
-    sampling.setdefault("eos_id", tokenizer.eos_id)
+    sampling.setdefault("eos_id", end_ids(model, tokenizer))
     sampling.setdefault("vocab_size", min(tokenizer.vocab_size, model.config.vocab_size))
     outputs = generate(model, encoded, max_new_tokens, stop=stopper, **sampling)
     results = [tokenizer.decode(ids[len(e):]) for e, ids in zip(encoded, outputs)]
@@ -307,6 +307,12 @@ class TextStream:
         if len(self.text) > self.written:
             self.write(self.text[self.written:])
             self.written = len(self.text)
+
+
+def end_ids(model, tokenizer) -> list[int]:
+    """The ids that end a plain generation: the tokenizer's </s> and the model config's eos_token_id
+    (one id, or LLaMA-3's list: end of text, end of turn, ...)."""
+    return sorted({tokenizer.eos_id, *model.config.end_ids} - {None})
 
 
 def _check_eos(eos_id) -> set[int]:

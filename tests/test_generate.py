@@ -269,6 +269,29 @@ def test_stop_strings_and_generate_text():
         StopStrings(Letters(), ["a", ""])
 
 
+def test_generate_text_stops_at_each_end_id_the_config_lists():
+    """A LLaMA-3 config lists several eos ids (end of text, end of turn): each ends a generation,
+    besides the tokenizer's own </s>."""
+    from npllama.generate import generate_text
+
+    class Letters:
+        vocab_size, eos_id = 32, 2
+
+        def encode(self, text, bos=True):
+            return [1] + [ord(c) - ord("a") + 3 for c in text]
+
+        def decode(self, ids):
+            return "".join(chr(ord("a") + i - 3) if i >= 3 else f"<{i}>" for i in ids)
+
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=32, eos_token_id=[2, 20])
+    model = Llama(config, seed=0)
+    model.params["lm_head.weight"][20] += 100.0   # greedy always picks id 20, the second end id
+    assert generate_text(model, Letters(), "ab", max_new_tokens=10, temperature=0.0) == Letters().decode([20])
+    model.config.eos_token_id = 2                  # one end id: 20 no longer ends it
+    assert len(generate_text(model, Letters(), "ab", max_new_tokens=10, temperature=0.0)) == 10
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(prompt=[1], max_new_tokens=3, repetition_penalty=0), ValueError, "repetition_penalty"),
     (dict(prompt=[1], max_new_tokens=3, repetition_penalty=float("nan")), ValueError, "repetition_penalty"),

@@ -44,6 +44,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..backend import get_backend, use_backend
     from ..generate import StopStrings, check_context, check_generation_args, generate, stream_text
+    from ..generate import end_ids as plain_end_ids
     from . import load_run_model
 
     # Every argument is checked before the model is loaded or anything is printed.
@@ -64,7 +65,7 @@ def run(args) -> int:
 
     model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype, "--model",
                                                  "generation (next-token sampling)")
-    end_ids = [tokenizer.eos_id]
+    end_ids = plain_end_ids(model, tokenizer)
     if chat:
         from ..chat import ChatTemplate
 

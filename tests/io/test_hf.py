@@ -648,3 +648,28 @@ def test_a_classifier_folder_reads_its_config_once(tmp_path, monkeypatch):
     monkeypatch.setattr(hf, "read_json", lambda path, *a, **k: (reads.append(os.path.basename(path)), real(path, *a, **k))[1])
     _, _, score, raw = load_hf_classifier_folder(folder)
     assert reads.count("config.json") == 1 and raw["id2label"]["2"] == "c" and score.shape == (3, 8)
+
+
+def test_several_end_ids_survive_a_round_trip_and_end_a_generation(tmp_path):
+    """LLaMA-3's config.json lists several eos ids (end of text, end of turn): they are kept, written
+    back as a list, and each one ends a plain generation."""
+    from npllama import Llama, LlamaConfig
+    from npllama.generate import end_ids
+
+    config = LlamaConfig.from_dict({"vocab_size": 40, "hidden_size": 16, "intermediate_size": 32,
+                                    "num_hidden_layers": 1, "num_attention_heads": 2, "eos_token_id": [5, 7, 9]})
+    assert config.eos_token_id == [5, 7, 9] and config.end_ids == (5, 7, 9)
+    Llama(config, seed=0).save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["eos_token_id"] == [5, 7, 9]
+    assert json.loads((tmp_path / "m" / "generation_config.json").read_text())["eos_token_id"] == [5, 7, 9]
+    reloaded = Llama.from_pretrained(tmp_path / "m")
+    assert reloaded.config == config
+    tokenizer = type("Tok", (), {"eos_id": 2})()
+    assert end_ids(reloaded, tokenizer) == [2, 5, 7, 9]
+    for bad in ([], [5, 40], [5, "7"], [True]):
+        if bad == []:
+            assert LlamaConfig.from_dict({**config.to_dict(), "eos_token_id": bad}).eos_token_id is None
+            continue
+        with pytest.raises(ValueError, match="eos_token_id must be None, an id or a non-empty list"):
+            LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, eos_token_id=bad)

@@ -255,6 +255,25 @@ def test_correct_whole_model_gradient_is_far_from_the_bound(seed):
     assert broken[name].worst_index == (3, 5), str(broken)   # and named, sampled or bisected to
 
 
+def test_a_pad_token_row_is_frozen_as_documented_and_the_checker_points_at_it():
+    # docs/gradcheck.md: with config.pad_token_id set, the pad row's lookup gradient is dropped (as in
+    # transformers); a check whose tokens hold the pad id fails there, one without it passes
+    config = LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16, pad_token_id=4)
+    model = Llama(config, seed=0, dtype=np.float64)
+    name = "model.embed_tokens.weight"
+    rng = np.random.default_rng(0)
+    for tokens, frozen in (([[4, 1, 4, 2, 3, 4]], True), ([[5, 1, 7, 2, 3, 9]], False)):
+        tokens, targets = np.array(tokens), rng.integers(0, 11, (1, 6))
+        with use_backend("numpy"):
+            _, grads = model.loss_and_grads(tokens, targets)
+            report = gradcheck(lambda *_: model.loss(tokens, targets), {name: model.params[name]},
+                               {name: grads[name]}, seed=0)
+        assert report.ok is not frozen, str(report)
+        if frozen:
+            assert not grads[name][4].any() and report[name].worst_index[0] == 4, str(report)
+
+
 # ----- gradients tiny next to |f|: longer steps, or an honest UNRESOLVED -----------------------------
 
 from hypothesis import given, settings, strategies as st  # noqa: E402

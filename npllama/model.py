@@ -29,7 +29,7 @@ import numpy as np
 
 from . import backend, budget
 from .config import LlamaConfig
-from .ops._checks import checking, require_positive_int
+from .ops._checks import checking, require_float_array, require_non_negative_int, require_positive_int
 from .ops.attention import AttentionCache, attention_backward, attention_forward
 # (the loss ops are used by Llama.loss_and_grads and loss through the bound namespace, math.<op>)
 from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: F401
@@ -129,7 +129,7 @@ class Llama:
 
     def __init__(self, config: LlamaConfig, seed: int = 0, dtype=np.float32, *, params=None,
                  objective: str = "causal"):
-        from .io.hf import OBJECTIVES
+        from .io.hf import OBJECTIVES, check_params
 
         if not isinstance(config, LlamaConfig):
             raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
@@ -144,6 +144,8 @@ class Llama:
         self.dtype = _check_dtype(dtype)
         if params is None:
             budget.check_model(config, self.dtype)   # before allocating anything
+        else:   # every name, shape and the model's dtype, or forward fails deep inside (or mixes dtypes)
+            check_params(config, params, dtype=self.dtype)
         self.params = init_params(config, seed, self.dtype) if params is None else params
         self._batch_budget = _BatchBudget(config, self.dtype)
         self._rope_tables: tuple[np.ndarray, np.ndarray] | None = None
@@ -222,17 +224,13 @@ class Llama:
 
         With LoRA adapters attached: the gradients of the adapter parameters only (PEFT's names).
         """
-        expected = caches.hidden_shape[:-1] + (self.config.vocab_size,)
-        if np.shape(dlogits) != expected:
-            raise ValueError(f"dlogits has shape {np.shape(dlogits)}, expected the logits' shape {expected}")
+        self._check_upstream("dlogits", dlogits, caches, "logits'", (self.config.vocab_size,))
         return self._finish(self._math().model_backward(dlogits, caches, self.config))
 
     @_public
     def hidden_backward(self, dhidden, caches: ModelCache) -> dict[str, np.ndarray]:
         """Gradients of the decoder stack's parameters, given dL/d(final-normed hidden states)."""
-        expected = caches.hidden_shape
-        if np.shape(dhidden) != expected:
-            raise ValueError(f"dhidden has shape {np.shape(dhidden)}, expected the hidden states' shape {expected}")
+        self._check_upstream("dhidden", dhidden, caches, "hidden states'", ())
         return self._finish(self._math().decoder_backward(dhidden, caches, self.config))
 
     @_public
@@ -268,8 +266,8 @@ class Llama:
 
     # ----- incremental decoding with a KV cache -------------------------------------------
     def new_kv_cache(self, batch_size: int, max_length: int | None = None) -> "KVCache":
-        return KVCache(self.config, batch_size, max_length or self.config.max_position_embeddings,
-                       self.dtype)
+        return KVCache(self.config, batch_size,
+                       self.config.max_position_embeddings if max_length is None else max_length, self.dtype)
 
     @_public
     def forward_step(self, tokens, kv_cache: "KVCache") -> np.ndarray:
@@ -278,6 +276,7 @@ class Llama:
         Prefill is one call with the whole prompt, decoding one call per token (T_new = 1).  The
         logits equal those of a full forward over everything seen so far, at the new positions.
         """
+        self._check_kv_cache(kv_cache)
         tokens, _ = self._check_inputs(tokens, offset=kv_cache.length)
         B, T_new = tokens.shape
         if B != kv_cache.batch_size:
@@ -341,10 +340,38 @@ class Llama:
             trace.record_many("d:", **grads)
         return grads
 
+    def _check_upstream(self, name, grad, caches, what, last_dims):
+        """An upstream gradient for backward/hidden_backward: a float array of the model's dtype and
+        the shape of the output the caches' forward made (its hidden shape, last dimension swapped
+        for last_dims)."""
+        if not isinstance(caches, ModelCache):
+            raise TypeError(f"caches must be the ModelCache returned by forward_with_caches or hidden_forward, "
+                            f"got {type(caches).__name__}")
+        expected = caches.hidden_shape[:-1] + last_dims if last_dims else caches.hidden_shape
+        require_float_array(name, grad, min_ndim=0)
+        if grad.shape != expected:
+            raise ValueError(f"{name} has shape {grad.shape}, expected the {what} shape {expected}")
+        if grad.dtype != self.dtype:
+            raise TypeError(f"{name} has dtype {grad.dtype}, expected the model's dtype "
+                            f"{np.dtype(self.dtype).name} (no silent casts)")
+
+    def _check_kv_cache(self, kv_cache):
+        """A KVCache made for this model (new_kv_cache): its layers, heads, head size and dtype."""
+        if not isinstance(kv_cache, KVCache):
+            raise TypeError(f"kv_cache must be a KVCache from model.new_kv_cache(batch_size), "
+                            f"got {type(kv_cache).__name__}")
+        cfg = self.config
+        wanted = (cfg.num_hidden_layers, kv_cache.batch_size, cfg.num_key_value_heads, kv_cache.max_length,
+                  cfg.head_dim)
+        if kv_cache.k.shape != wanted or kv_cache.k.dtype != self.dtype:
+            raise ValueError(f"kv_cache was made for another model: it holds {kv_cache.k.dtype} keys of shape "
+                             f"{kv_cache.k.shape} (layers, batch, kv heads, positions, head_dim), this model needs "
+                             f"{np.dtype(self.dtype).name} {wanted}; make it with model.new_kv_cache(batch_size)")
+
     def _check_inputs(self, tokens, attention_mask=None, targets=None, ignore_index=-100, offset=0):
         """tokens (B, T), the padding mask (bool (B, T), or None) and, when given, targets (B, T):
         checked here once, so that the ops the model calls need not check them again."""
-        tokens = np.asarray(tokens)
+        tokens = _as_array("tokens", tokens)
         if not np.issubdtype(tokens.dtype, np.integer):
             raise TypeError(f"tokens must be integers, got dtype {tokens.dtype}")
         if tokens.ndim != 2:
@@ -365,7 +392,7 @@ class Llama:
             budget.check_batch(self.config, B, T, self.dtype, training)
         mask = attention_mask
         if mask is not None:
-            mask = np.asarray(mask)
+            mask = _as_array("attention_mask", mask)
             if mask.shape != tokens.shape:
                 raise ValueError(f"attention_mask must have the tokens' shape {tokens.shape}, got {mask.shape}")
             if mask.dtype != np.bool_:
@@ -374,7 +401,7 @@ class Llama:
                 mask = mask.astype(bool)
         if targets is None:
             return tokens, mask
-        targets = np.asarray(targets)
+        targets = _as_array("targets", targets)
         if not np.issubdtype(targets.dtype, np.integer):
             raise TypeError(f"targets must be integers, got dtype {targets.dtype}")
         if targets.shape != tokens.shape:
@@ -576,8 +603,7 @@ def init_params(config: LlamaConfig, seed: int, dtype) -> dict[str, np.ndarray]:
 
     Drawn in float64 and then cast, so a float32 and a float64 model of the same seed agree.
     """
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {seed!r}")
+    require_non_negative_int("seed", seed)
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in config.param_shapes().items():
@@ -604,6 +630,15 @@ class _BatchBudget:
     def exceeded(self, B, T, training):
         per_token, per_pair = self.coefficients[training]
         return B * T * (per_token + T * per_pair) > self.limit
+
+
+def _as_array(name, value) -> np.ndarray:
+    """np.asarray(value), with a ragged nested list named as the argument it was given for."""
+    try:
+        return np.asarray(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a rectangular (batch, seq_len) array of ints; rows of different "
+                         f"lengths need padding (and an attention_mask)") from None
 
 
 def _check_dtype(dtype):

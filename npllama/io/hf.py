@@ -360,7 +360,7 @@ def save_hf_folder(path, config: LlamaConfig, params: dict[str, np.ndarray], dty
     """
     if not isinstance(config, LlamaConfig):
         raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
-    _check_params(config, params)
+    check_params(config, params)
     torch_dtype, as_dtype = _save_dtype(dtype, params)
     extra_files = _with_tokenizer_config(_check_extra_files(extra_files), config)
 
@@ -384,7 +384,9 @@ def save_hf_folder(path, config: LlamaConfig, params: dict[str, np.ndarray], dty
             (tmp / name).write_bytes(data)
 
 
-def _check_params(config: LlamaConfig, params) -> None:
+def check_params(config: LlamaConfig, params, dtype=None) -> None:
+    """params has exactly the config's names and shapes, each a float32/float64 array (of `dtype`,
+    when given: a model's arrays share its dtype)."""
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of name -> numpy array, got {type(params).__name__}")
     expected = config.param_shapes()
@@ -402,6 +404,9 @@ def _check_params(config: LlamaConfig, params) -> None:
             raise TypeError(f"params[{name!r}] must be float32 or float64, got {array.dtype}")
         if array.shape != tuple(expected[name]):
             raise ValueError(f"params[{name!r}] has shape {array.shape}, the config needs {expected[name]}")
+        if dtype is not None and array.dtype != dtype:
+            raise TypeError(f"params[{name!r}] has dtype {array.dtype}, expected the model's dtype "
+                            f"{np.dtype(dtype).name}")
 
 
 def _check_extra_files(extra_files) -> dict[str, bytes]:

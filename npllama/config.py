@@ -213,7 +213,7 @@ class LlamaConfig:
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "LlamaConfig":
         """A named shape (see PRESETS); keyword arguments override fields, e.g. vocab_size."""
-        if name not in PRESETS:
+        if not isinstance(name, str) or name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 

@@ -88,6 +88,8 @@ def _require_step(name, step):
 
 
 def _require_betas(betas):
+    if isinstance(betas, np.ndarray) and betas.ndim == 1:
+        betas = betas.tolist()
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
     beta1 = _require_number("betas[0]", betas[0], low=0.0, high=1.0)
@@ -366,7 +368,10 @@ class AdamW(_Optimizer):
 
         lr = _require_number(named("lr"), settings["lr"], low=0.0)
         weight_decay = _require_number(named("weight_decay"), settings["weight_decay"], low=0.0)
-        eps = _require_number(named("eps"), settings["eps"], low=0.0, high=MAX_EPS, high_inclusive=True)
+        # eps > 0: a gradient entry that is 0 at step 1 (an unused token's embedding row) has
+        # m = v = 0, and with eps = 0 the update 0 / (sqrt(0) + 0) makes that parameter NaN.
+        eps = _require_number(named("eps"), settings["eps"], low=0.0, low_inclusive=False, high=MAX_EPS,
+                              high_inclusive=True)
         _require_decay_fits_lr(lr, weight_decay, f"{where}: " if where else "")
         return {"lr": lr, "betas": _require_betas(settings["betas"]), "eps": eps, "weight_decay": weight_decay}
 
@@ -548,7 +553,7 @@ SCHEDULES = {"cosine": cosine_with_warmup, "cosine_with_warmup": cosine_with_war
 
 def get_schedule(name: str) -> Callable[..., float]:
     """The schedule function called `name` (one of SCHEDULES)."""
-    if name not in SCHEDULES:
+    if not isinstance(name, str) or name not in SCHEDULES:
         raise ValueError(f"unknown learning-rate schedule {name!r}; known: {', '.join(SCHEDULES)}")
     return SCHEDULES[name]
 

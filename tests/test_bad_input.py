@@ -133,6 +133,7 @@ LIBRARY = [
     ("config: absurd depth", lambda: LlamaConfig(**{**CONFIG, "num_hidden_layers": MAX_HIDDEN_LAYERS + 1}), E,
      "num_hidden_layers must be at most"),
     ("config: unknown preset", lambda: LlamaConfig.from_preset("huge"), E, "unknown preset 'huge'"),
+    ("config: preset a list", lambda: LlamaConfig.from_preset(["tiny"]), E, "unknown preset ['tiny']; choose one of: tiny"),
     ("config: from_dict of a list", lambda: LlamaConfig.from_dict([]), E, "config must be a dict"),
     ("config: from_dict missing fields", lambda: LlamaConfig.from_dict({"vocab_size": 5}), E, "missing required"),
     ("config: from_dict gpt2", lambda: LlamaConfig.from_dict({**LlamaConfig(**CONFIG).to_dict(), "model_type": "gpt2"}),
@@ -293,6 +294,10 @@ LIBRARY = [
     ("AdamW: beta1 above 1", lambda: AdamW(params(), betas=(1.5, 0.9)), E, "betas[0]"),
     ("AdamW: one beta", lambda: AdamW(params(), betas=(0.9,)), E, "betas"),
     ("AdamW: negative eps", lambda: AdamW(params(), eps=-1.0), E, "eps"),
+    ("AdamW: eps 0 (a zero gradient would give 0/0)", lambda: AdamW(params(), eps=0.0), E, "eps must be > 0.0, got 0.0"),
+    ("AdamW.load_state_dict: eps 0", lambda: AdamW(params()).load_state_dict(
+        {**AdamW(params()).state_dict(), "hyperparams": {"lr": 1e-3, "betas": (0.9, 0.95), "eps": 0.0,
+                                                          "weight_decay": 0.0}}), E, "state['hyperparams']['eps'] must be > 0.0"),
     ("AdamW: negative weight decay", lambda: AdamW(params(), weight_decay=-0.1), E, "weight_decay"),
     ("AdamW: no_decay not callable", lambda: AdamW(params(), no_decay=5), E, "no_decay"),
     ("AdamW.step: missing gradient", lambda: AdamW(params()).step({"w": np.ones((2, 3))}), E, "grads is missing key 'b'"),
@@ -311,6 +316,7 @@ LIBRARY = [
     ("cosine: min_lr above max_lr", lambda: cosine_with_warmup(0, max_lr=1.0, warmup_steps=0, total_steps=10, min_lr=2.0),
      E, "min_lr"),
     ("get_schedule: unknown", lambda: get_schedule("linear"), E, "unknown learning-rate schedule"),
+    ("get_schedule: a list", lambda: get_schedule(["cosine"]), E, "unknown learning-rate schedule ['cosine']; known: cosine"),
     ("clip_grad_norm: max_norm 0", lambda: clip_grad_norm(grads(), 0.0), E, "max_norm"),
     ("global_grad_norm: empty", lambda: global_grad_norm({}), E, "grads"),
     # ----- tokenizer

@@ -391,7 +391,7 @@ def test_step_notices_params_dict_changing_keys():
     (dict(betas=(1.0, 0.95)), ValueError, r"betas\[0\] must be < 1"),
     (dict(betas=(0.9, -0.1)), ValueError, r"betas\[1\] must be >= 0"),
     (dict(betas=(0.9,)), ValueError, "betas must be a pair"),
-    (dict(eps=-1e-8), ValueError, "eps must be >= 0"),
+    (dict(eps=-1e-8), ValueError, "eps must be > 0"),
     (dict(weight_decay=-0.1), ValueError, "weight_decay must be >= 0"),
     (dict(lr="fast"), TypeError, "lr must be a real number"),
     (dict(no_decay="norms"), TypeError, "no_decay must be callable"),
@@ -399,6 +399,10 @@ def test_step_notices_params_dict_changing_keys():
 def test_adamw_rejects_bad_hyperparameters(kwargs, error, match):
     with pytest.raises(error, match=match):
         AdamW(make_params(), **kwargs)
+
+
+def test_adamw_takes_betas_as_a_numpy_pair():
+    assert AdamW(make_params(), betas=np.array([0.9, 0.95])).betas == (0.9, 0.95)
 
 
 def test_sgd_rejects_bad_hyperparameters():

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
+from .ops._checks import require_non_negative_int
+
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 N_BYTE_PIECES = 256
 N_SPECIAL_PIECES = 3  # <unk>, <s>, </s>
@@ -140,7 +142,9 @@ class Tokenizer:
         trainer_options: any other SentencePiece trainer option, overriding LLaMA's settings.
         """
         _check_train_args(vocab_size, model_type, character_coverage, input_sentence_size,
-                          max_sentence_length)
+                          max_sentence_length, seed)
+        vocab_size, input_sentence_size, max_sentence_length, seed = map(
+            int, (vocab_size, input_sentence_size, max_sentence_length, seed))   # NumPy ints as Python ones
         model_prefix = Path(model_prefix).expanduser()
         model_prefix.parent.mkdir(parents=True, exist_ok=True)
         options = dict(LLAMA_TRAINER_OPTIONS)
@@ -248,6 +252,9 @@ class Tokenizer:
     def encode_batch(self, texts: list[str], bos: bool = True, eos: bool = False,
                      num_threads: int | None = None) -> list[list[int]]:
         """`encode` for many texts at once (SentencePiece runs them on several threads)."""
+        if isinstance(texts, str):   # list("hello") would encode each character as a text
+            raise TypeError("texts must be a list of str, not one str; for one text use encode(text) "
+                            "or encode_batch([text])")
         texts = list(texts)
         for i, text in enumerate(texts):
             _require_text(f"texts[{i}]", text)
@@ -326,8 +333,8 @@ def _require_text(name: str, text) -> None:
                          f"U+{ord(text[e.start]):04X} at position {e.start}") from None
 
 
-def _check_train_args(vocab_size, model_type, character_coverage, input_sentence_size, max_sentence_length):
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+def _check_train_args(vocab_size, model_type, character_coverage, input_sentence_size, max_sentence_length, seed):
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
         raise TypeError(f"vocab_size must be an int, got {vocab_size!r}")
     if vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(
@@ -340,9 +347,8 @@ def _check_train_args(vocab_size, model_type, character_coverage, input_sentence
     if not isinstance(character_coverage, (int, float)) or not 0.9 <= character_coverage <= 1.0:
         raise ValueError(f"character_coverage must be a number in [0.9, 1], got {character_coverage!r}")
     for name, value in (("input_sentence_size", input_sentence_size),
-                        ("max_sentence_length", max_sentence_length)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+                        ("max_sentence_length", max_sentence_length), ("seed", seed)):
+        require_non_negative_int(name, value)
     if 0 < input_sentence_size <= 100:
         raise ValueError(f"input_sentence_size must be 0 (use every sentence) or more than 100, "
                          f"got {input_sentence_size}")
@@ -363,6 +369,14 @@ def _as_files(texts_or_files) -> list[Path] | None:
         if not item.is_file():
             raise ValueError(f"training file {str(item)!r} does not exist (to train on text, pass a "
                              f"list of strings instead of a path)")
+    from .io.reading import holds_text
+
+    # SentencePiece reads the files itself: it would train on U+FFFD for every byte that is not
+    # UTF-8, without a word, and stop with an internal CHECK failure on files holding no text.
+    if not [item for item in items if holds_text(item)]:
+        raise ValueError(f"cannot train a tokenizer on no text: the training file(s) "
+                         f"{', '.join(repr(str(i)) for i in items[:3])}{' ...' if len(items) > 3 else ''} "
+                         f"hold only white space")
     return items
 
 

@@ -339,6 +339,14 @@ LIBRARY = [
     ("Tokenizer.train: unknown model type", lambda: tokenizer_class().train(["hi"], tmp() / "t", 512, model_type="xx"),
      E, "model_type"),
     ("Tokenizer.train: no text", lambda: tokenizer_class().train(["", "  "], tmp() / "t", 512), E, "no text"),
+    ("Tokenizer.train: a file that is not UTF-8", lambda: tokenizer_class().train(
+        [file_with("latin1.txt", "caf\xe9 au lait\n".encode("latin-1") * 50)], tmp() / "t", 512), E,
+     "latin1.txt: is not UTF-8 text (byte 3"),
+    ("Tokenizer.train: a blank file", lambda: tokenizer_class().train([file_with("blank.txt", b"\n \n")], tmp() / "t", 512),
+     E, "blank.txt' hold only white space"),
+    ("Tokenizer.train: seed negative", lambda: tokenizer_class().train(["hello"], tmp() / "t", 512, seed=-1), E,
+     "seed must be a non-negative int, got -1"),
+    ("encode_batch: one str", lambda: tokenizer().encode_batch("hello"), E, "texts must be a list of str, not one str"),
     # ----- data
     ("load_texts: missing", lambda: load_texts(tmp() / "nowhere.txt"), FileNotFoundError, "does not exist"),
     ("load_texts: a .csv", lambda: load_texts(file_with("c.csv", b"a,b")), E, "expected a .txt or .jsonl"),

@@ -233,6 +233,12 @@ def test_other_training_argument_errors(stories, tmp_path):
         Tokenizer.train(stories[:10], tmp_path / "t", 512, character_coverage=2.0)
 
 
+def test_numpy_integers_are_integers(stories, tmp_path):
+    t = Tokenizer.train(stories[:300], tmp_path / "np", np.int64(400), seed=np.int64(1),
+                        max_sentence_length=np.int32(4192))
+    assert t.vocab_size == 400
+
+
 # ----- other inputs --------------------------------------------------------------------------------
 
 def test_train_from_files(tmp_path):

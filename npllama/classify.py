@@ -18,6 +18,7 @@ import numpy as np
 
 from .finetune import INFO_FILE, SCORE, SequenceClassifier, encode_texts
 from .objectives import pad_batch, pad_id_of
+from .ops._checks import require_positive_int
 
 
 class Classifier:
@@ -36,8 +37,7 @@ class Classifier:
     def logits(self, texts, batch_size: int = 32) -> np.ndarray:
         """(len(texts), num_labels) class scores, texts cut to the model's context."""
         texts = _check_texts(texts)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        require_positive_int("batch_size", batch_size)
         encoded = encode_texts(self.tokenizer, texts, self.model.config.max_position_embeddings)
         pad_id = pad_id_of(self.tokenizer)
         out = np.empty((len(texts), len(self.label_names)), dtype=np.float64)

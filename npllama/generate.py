@@ -139,6 +139,9 @@ def generate_text(model, tokenizer, prompt, max_new_tokens: int = 100, *, stop: 
     texts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not texts or not all(isinstance(t, str) for t in texts):
         raise TypeError(f"prompt must be a str or a non-empty list of str, got {prompt!r}")
+    from .tokenizer import check_tokenizer_fits
+
+    check_tokenizer_fits(tokenizer, model)
     stopper = StopStrings(tokenizer, stop) if stop else None
     encoded = [tokenizer.encode(t, bos=True) for t in texts]
     sampling.setdefault("eos_id", end_ids(model, tokenizer))

@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .ops._checks import require_non_negative_int
 from .ops.lora import lora_backward, lora_forward
 from .ops.swiglu import swiglu_act_backward, swiglu_act_forward
 
@@ -87,6 +88,7 @@ class LoraAdapters:
         self.extra: dict[str, np.ndarray] = {}
         self.task_type: str | None = None
         self.source: str | None = None
+        require_non_negative_int("seed", seed)
         self._rng = np.random.default_rng(seed)
         self.params = self._init_params(seed)
         self._module_of: dict[int, str] = {}

@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from .ops._checks import require_positive_int
+
 
 @dataclasses.dataclass(frozen=True)
 class PerplexityResult:
@@ -28,16 +30,18 @@ def perplexity(model, tokenizer, text: str, *, context: int | None = None, batch
                progress: bool = False) -> PerplexityResult:
     """Mean next-token loss and perplexity of `text` under `model` (see the module docstring)."""
     from .runs import require_next_token_model
+    from .tokenizer import check_tokenizer_fits
 
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     require_next_token_model(model, "perplexity")   # not a masked-LM model, not a classification adapter
+    check_tokenizer_fits(tokenizer, model)
     limit = model.config.max_position_embeddings
     context = limit if context is None else context
-    if isinstance(context, bool) or not isinstance(context, int) or not 2 <= context <= limit:
+    if isinstance(context, bool) or not isinstance(context, (int, np.integer)) or not 2 <= context <= limit:
         raise ValueError(f"context must be an int in [2, {limit}] (max_position_embeddings), got {context!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    context = int(context)
+    require_positive_int("batch_size", batch_size)
     ids = tokenizer.encode(text, bos=tokenizer.bos_id is not None)
     if len(ids) < 2:
         raise ValueError(f"text must give at least two tokens (it gives {len(ids)}): there is nothing to predict")

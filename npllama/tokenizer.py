@@ -486,6 +486,16 @@ def check_ids(ids, vocab_size: int) -> list[int]:
     return array.astype(np.int64).tolist()
 
 
+def check_tokenizer_fits(tokenizer, model) -> None:
+    """The error half of check_vocab, for a job given a model and a tokenizer (generate_text,
+    perplexity): more pieces than the model has embedding rows is refused as such, not reported
+    later as a token id out of the model's range.  A tokenizer that does not say its size (a
+    stand-in object) is taken as it is."""
+    size = getattr(tokenizer, "vocab_size", None)
+    if size is not None and size > model.config.vocab_size:
+        check_vocab_sizes(size, model.config.vocab_size, str(getattr(tokenizer, "path", "the tokenizer")))
+
+
 def check_vocab_sizes(tokenizer_vocab_size: int, model_vocab_size: int, tokenizer_name: str) -> None:
     """A model needs an embedding row for every piece: fewer is an error; more (padding rows) a warning."""
     if model_vocab_size < tokenizer_vocab_size:

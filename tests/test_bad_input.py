@@ -21,7 +21,7 @@ from npllama.backend import set_backend
 from npllama.cli import COMMANDS, main
 from npllama.config import MAX_HIDDEN_LAYERS, MAX_POSITION_EMBEDDINGS
 from npllama.data import BatchLoader, evaluation_batches, load_texts, tokenize_corpus, train_val_split
-from npllama.generate import generate, sample_next
+from npllama.generate import generate, generate_text, sample_next
 from npllama.gradcheck import check_op, gradcheck
 from npllama.io import (CheckpointError, atomic_directory, atomic_open, atomic_write_text, load_hf_folder,
                         read_safetensors, save_hf_folder, write_safetensors)
@@ -31,7 +31,9 @@ from npllama.ops import (attention_backward, attention_forward, cross_entropy_ba
                          embedding_backward, embedding_forward, layernorm_forward, linear_backward,
                          linear_forward, rmsnorm_backward, rmsnorm_forward, rope_backward, rope_cos_sin,
                          rope_forward, softmax_backward, softmax_forward, swiglu_backward, swiglu_forward)
+from npllama.lora import attach_lora
 from npllama.optim import SGD, AdamW, clip_grad_norm, cosine_with_warmup, get_schedule, global_grad_norm
+from npllama.perplexity import perplexity
 from npllama.runs import find_tokenizer, resolve_model_dir
 from npllama.train import TrainConfig
 
@@ -217,6 +219,12 @@ LIBRARY = [
     ("generate: negative seed", lambda: generate(model(), [1], 2, seed=-1), E, "seed"),
     ("generate: eos_id str", lambda: generate(model(), [1], 2, eos_id="</s>"), E, "eos_id"),
     ("generate: on_token not callable", lambda: generate(model(), [1], 2, on_token=5), E, "on_token"),
+    ("generate_text: a tokenizer with more ids than the model", lambda: generate_text(model(), tokenizer(), "Once", 2), E,
+     "has vocab_size 360 but the model has vocab_size 11"),
+    ("perplexity: a tokenizer with more ids than the model", lambda: perplexity(model(), tokenizer(), "Once upon"), E,
+     "has vocab_size 360 but the model has vocab_size 11"),
+    ("attach_lora: seed negative", lambda: attach_lora(Llama(LlamaConfig(**CONFIG)), r=2, seed=-1), E,
+     "seed must be a non-negative int, got -1"),
     ("sample_next: 2-D logits", lambda: sample_next(np.ones((2, 3)), 1.0, None, None, np.random.default_rng()), E,
      "logits"),
     ("sample_next: NaN logits", lambda: sample_next(np.array([0.0, np.nan]), 1.0, None, None, np.random.default_rng()),
@@ -450,6 +458,16 @@ def test_library_calls_refuse_bad_input_naming_the_argument(call, error, pattern
     robustness_count("bad input: library calls")
     with use_backend("numpy"), pytest.raises(error, match=re.escape(pattern)):
         call()
+
+
+def test_numpy_integers_are_taken_where_ints_are():
+    """What the config takes (np.int64(8)) the jobs take too: a size computed with NumPy is an int."""
+    from npllama.classify import Classifier
+
+    wide = Llama(LlamaConfig(**{**CONFIG, "vocab_size": 360}), seed=0)
+    classifier = Classifier(wide, np.zeros((2, 8)), ["a", "b"], tokenizer())
+    assert classifier.logits(["one", "two"], batch_size=np.int64(1)).shape == (2, 2)
+    assert perplexity(wide, tokenizer(), "Once upon a time", context=np.int64(4), batch_size=np.int64(1)).tokens > 0
 
 
 def test_training_refuses_a_missing_corpus_before_writing_anything(tmp_path, monkeypatch):

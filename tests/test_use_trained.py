@@ -189,6 +189,7 @@ def test_perplexity_is_exp_of_the_mean_next_token_loss(small_model_dir):
               * len(ids[s + 1:s + 9]) for s in range(0, len(ids) - 1, 8)]
     assert windowed.tokens == len(ids) - 1 and windowed.windows == len(losses)
     assert windowed.mean_loss == pytest.approx(sum(losses) / (len(ids) - 1), rel=1e-10)
+    assert perplexity(model, tokenizer, TEXT, context=np.int64(8), batch_size=np.int32(2)) == windowed
 
 
 def test_eval_perplexity_cli(small_model_dir, tmp_path, capsys):

@@ -239,6 +239,7 @@ class Llama:
         """Mean next-token cross-entropy over targets != ignore_index, and its gradient for every param.
 
         targets (B, T) are already shifted: targets[b, t] is the token that should follow tokens[b, t].
+        Every target ignored: loss 0.0 and every gradient 0 (not NaN), as cross_entropy_forward says.
         causal=False: the bidirectional stack, whose targets are the masked-LM ones (objectives.py).
         With config.pad_token_id set, the pad token's embedding row gets no gradient from its
         lookups, as in transformers (torch's nn.Embedding padding_idx): a finite-difference check

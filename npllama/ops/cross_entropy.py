@@ -30,7 +30,8 @@ class CrossEntropyCache(NamedTuple):
 def cross_entropy_forward(logits, targets, ignore_index=-100):
     """Mean -log p[target] over targets != ignore_index.
 
-    Returns (loss, cache); loss is a 0-d numpy scalar of logits.dtype.
+    Returns (loss, cache); loss is a 0-d numpy scalar of logits.dtype.  With every target ignored
+    the mean is over nothing: the loss is 0 and the gradient 0 (PyTorch's mean gives NaN).
     """
     if checking.get():
         check_cross_entropy_args(logits, targets, ignore_index)

@@ -202,7 +202,7 @@ class Llama:
     def forward_with_caches(self, tokens, attention_mask=None, causal: bool = True):
         """Logits (B, T, V) and the ModelCache `backward` needs.  attention_mask: optional (B, T),
         1 = real token.  causal=False: the bidirectional stack (the article's §3.1.1 "encoder")."""
-        tokens, key_padding_mask = self._check_inputs(tokens, attention_mask)
+        tokens, key_padding_mask = self._check_inputs(tokens, attention_mask, causal=causal)
         cos, sin = self.rope_tables(tokens.shape[1])
         return self._math().model_forward(self.params, self.config, tokens, cos, sin, causal,
                                           key_padding_mask)
@@ -212,7 +212,7 @@ class Llama:
         """The decoder stack without the LM head: final-normed hidden states (B, T, D) and the
         ModelCache (its lm_head None).  Heads other than the LM head (classification, masked-LM)
         start from here."""
-        tokens, key_padding_mask = self._check_inputs(tokens, attention_mask)
+        tokens, key_padding_mask = self._check_inputs(tokens, attention_mask, causal=causal)
         cos, sin = self.rope_tables(tokens.shape[1])
         return self._math().decoder_forward(self.params, self.config, tokens, cos, sin, causal,
                                             key_padding_mask)
@@ -245,7 +245,8 @@ class Llama:
         lookups, as in transformers (torch's nn.Embedding padding_idx): a finite-difference check
         of that row disagrees by design.
         """
-        tokens, key_padding_mask, targets = self._check_inputs(tokens, attention_mask, targets, ignore_index)
+        tokens, key_padding_mask, targets = self._check_inputs(tokens, attention_mask, targets, ignore_index,
+                                                               causal=causal)
         cos, sin = self.rope_tables(tokens.shape[1])
         math = self._math()
         logits, cache = math.model_forward(self.params, self.config, tokens, cos, sin, causal,
@@ -258,7 +259,8 @@ class Llama:
     @_public
     def loss(self, tokens, targets, attention_mask=None, ignore_index: int = -100, causal: bool = True) -> float:
         """The same loss as loss_and_grads, without the backward pass."""
-        tokens, key_padding_mask, targets = self._check_inputs(tokens, attention_mask, targets, ignore_index)
+        tokens, key_padding_mask, targets = self._check_inputs(tokens, attention_mask, targets, ignore_index,
+                                                               causal=causal)
         cos, sin = self.rope_tables(tokens.shape[1])
         math = self._math()
         logits, _ = math.model_forward(self.params, self.config, tokens, cos, sin, causal, key_padding_mask)
@@ -369,9 +371,11 @@ class Llama:
                              f"{kv_cache.k.shape} (layers, batch, kv heads, positions, head_dim), this model needs "
                              f"{np.dtype(self.dtype).name} {wanted}; make it with model.new_kv_cache(batch_size)")
 
-    def _check_inputs(self, tokens, attention_mask=None, targets=None, ignore_index=-100, offset=0):
+    def _check_inputs(self, tokens, attention_mask=None, targets=None, ignore_index=-100, offset=0, causal=True):
         """tokens (B, T), the padding mask (bool (B, T), or None) and, when given, targets (B, T):
         checked here once, so that the ops the model calls need not check them again."""
+        if not isinstance(causal, (bool, np.bool_)):   # causal="False" is truthy: it would run causal
+            raise TypeError(f"causal must be True or False, got {causal!r}")
         tokens = _as_array("tokens", tokens)
         if not np.issubdtype(tokens.dtype, np.integer):
             raise TypeError(f"tokens must be integers, got dtype {tokens.dtype}")

@@ -152,6 +152,8 @@ LIBRARY = [
      "params is missing 'model.embed_tokens.weight'"),
     ("Llama: params of another dtype", lambda: Llama(LlamaConfig(**CONFIG), dtype=np.float32, params=model().params), E,
      "has dtype float64, expected the model's dtype float32"),
+    ("forward_with_caches: causal a str", lambda: model().forward_with_caches(TOKENS, causal="False"), E,
+     "causal must be True or False, got 'False'"),
     ("forward: ragged list", lambda: model().forward([[1, 2], [3]]), E, "tokens must be a rectangular (batch, seq_len)"),
     ("loss: ragged targets", lambda: model().loss(TOKENS, [[1, 2], [3]]), E, "targets must be a rectangular"),
     ("forward: float tokens", lambda: model().forward(TOKENS.astype(float)), E, "tokens must be integers"),

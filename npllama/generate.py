@@ -47,7 +47,7 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
     prompts = [_check_prompt(p, model.config.vocab_size, f"prompt[{i}]") for i, p in enumerate(prompt)] \
         if batched else [_check_prompt(prompt, model.config.vocab_size)]
     check_generation_args(max_new_tokens, temperature, top_k, top_p, seed, repetition_penalty)
-    end_ids = _check_eos(eos_id)
+    end_ids = _check_eos(eos_id, model.config.vocab_size)
     for name, function in (("on_token", on_token), ("stop", stop)):
         if function is not None and not callable(function):
             raise TypeError(f"{name} must be None or a function, got {function!r}")
@@ -318,13 +318,15 @@ def end_ids(model, tokenizer) -> list[int]:
     return sorted({tokenizer.eos_id, *model.config.end_ids} - {None})
 
 
-def _check_eos(eos_id) -> set[int]:
+def _check_eos(eos_id, vocab_size: int) -> set[int]:
     ids = [eos_id] if eos_id is None or isinstance(eos_id, (int, np.integer)) else eos_id
     if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, set, frozenset)):
         raise TypeError(f"eos_id must be None, a token id (int) or a list of them, got {eos_id!r}")
     for i in ids:
         if i is not None and (isinstance(i, bool) or not isinstance(i, (int, np.integer))):
             raise TypeError(f"eos_id must be None, a token id (int) or a list of them, got {eos_id!r}")
+        if i is not None and not 0 <= i < vocab_size:   # the model never emits it: nothing would stop
+            raise ValueError(f"eos_id {int(i)} is not a token id of the model (0 to {vocab_size - 1})")
     return {int(i) for i in ids if i is not None}
 
 

@@ -465,7 +465,11 @@ def _explain_training_error(exc: RuntimeError, vocab_size: int) -> Exception:
 
 
 def check_special(tokenizer, bos: bool, eos: bool, kind: str, bos_hint: str = "") -> None:
-    """A ValueError if encode was asked for a BOS or EOS `kind` (piece, token) the tokenizer lacks."""
+    """A ValueError if encode was asked for a BOS or EOS `kind` (piece, token) the tokenizer lacks; a
+    TypeError if bos or eos is not a bool (a string such as "no" would count as yes)."""
+    for name, flag in (("bos", bos), ("eos", eos)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
     for wanted, token_id, name, hint in ((bos, tokenizer.bos_id, "bos", bos_hint), (eos, tokenizer.eos_id, "eos", "")):
         if wanted and token_id is None:
             raise ValueError(f"tokenizer {str(tokenizer.path)!r} has no {name.upper()} {kind}{hint}; "

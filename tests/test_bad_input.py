@@ -357,6 +357,9 @@ LIBRARY = [
     ("Tokenizer.train: seed negative", lambda: tokenizer_class().train(["hello"], tmp() / "t", 512, seed=-1), E,
      "seed must be a non-negative int, got -1"),
     ("encode_batch: one str", lambda: tokenizer().encode_batch("hello"), E, "texts must be a list of str, not one str"),
+    ("encode: bos a str (\"no\" would count as yes)", lambda: tokenizer().encode("hi", bos="no"), E,
+     "bos must be True or False, got 'no'"),
+    ("encode_batch: eos a number", lambda: tokenizer().encode_batch(["hi"], eos=2), E, "eos must be True or False, got 2"),
     # ----- data
     ("load_texts: missing", lambda: load_texts(tmp() / "nowhere.txt"), FileNotFoundError, "does not exist"),
     ("load_texts: a .csv", lambda: load_texts(file_with("c.csv", b"a,b")), E, "expected a .txt or .jsonl"),

@@ -297,6 +297,7 @@ def test_generate_text_stops_at_each_end_id_the_config_lists():
     (dict(prompt=[1], max_new_tokens=3, repetition_penalty=float("nan")), ValueError, "repetition_penalty"),
     (dict(prompt=[1], max_new_tokens=3, vocab_size=24), ValueError, "vocab_size"),
     (dict(prompt=[1], max_new_tokens=3, eos_id="2"), TypeError, "eos_id"),
+    (dict(prompt=[1], max_new_tokens=3, eos_id=[2, 99]), ValueError, r"eos_id 99 is not a token id of the model \(0 to"),
     (dict(prompt=[1], max_new_tokens=3, stop=5), TypeError, "stop"),
     (dict(prompt=[[1], []], max_new_tokens=3), ValueError, r"prompt\[1\] must hold at least one token"),
     (dict(prompt=[[1], [2]], max_new_tokens=3, on_token=print), ValueError, "one prompt"),

@@ -26,6 +26,7 @@ import numpy as np
 
 from .io.atomic import atomic_open, atomic_write_text
 from .io.reading import parse_json
+from .ops._checks import require_path
 
 TOKEN_CACHE_FORMAT = 1  # part of the cache key: bump it when the stream layout changes
 ENCODE_CHUNK = 1024     # documents per encode_batch call (one progress-bar step)
@@ -55,7 +56,7 @@ def load_texts(path, doc_separator: str = "blank-line") -> list[str]:
     without any text.
     """
     check_doc_separator(doc_separator)
-    path = Path(path).expanduser()
+    path = Path(require_path("path", path, "a .txt or .jsonl file or a folder of them")).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"corpus {str(path)!r} does not exist (expected a .txt or .jsonl file, "
                                 f"or a folder of them)")

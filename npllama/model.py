@@ -29,7 +29,8 @@ import numpy as np
 
 from . import backend, budget
 from .config import LlamaConfig
-from .ops._checks import checking, require_float_array, require_non_negative_int, require_positive_int
+from .ops._checks import (checking, require_float_array, require_non_negative_int, require_path,
+                          require_positive_int)
 from .ops.attention import AttentionCache, attention_backward, attention_forward
 # (the loss ops are used by Llama.loss_and_grads and loss through the bound namespace, math.<op>)
 from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: F401
@@ -171,6 +172,7 @@ class Llama:
         from .io.hf import load_hf_model
         from .io.llama2c import looks_like_llama2c, read_llama2c
 
+        require_path("path", path, "a model folder or llama2.c .bin file")
         objective = "causal"
         if looks_like_llama2c(path):
             config, params = read_llama2c(path, dtype=_check_dtype(dtype))
@@ -186,6 +188,7 @@ class Llama:
         """
         from .io.hf import objective_fields, save_hf_folder
 
+        require_path("path", path, "the folder to write")
         save_hf_folder(path, self.config, self.params, dtype=dtype, extra_files=extra_files,
                        extra_config=objective_fields(self.objective))
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from .ops._checks import require_non_negative_int
+from .ops._checks import require_non_negative_int, require_path
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 N_BYTE_PIECES = 256
@@ -71,7 +71,7 @@ class Tokenizer:
     def __init__(self, path):
         from .io.reading import read_bytes
 
-        path = Path(path).expanduser()
+        path = Path(require_path("path", path, "a SentencePiece .model file")).expanduser()
         if not path.exists():
             raise ValueError(f"tokenizer model {str(path)!r} does not exist (expected a SentencePiece "
                              f".model file, e.g. one written by Tokenizer.train or LLaMA's tokenizer.model)")
@@ -145,7 +145,7 @@ class Tokenizer:
                           max_sentence_length, seed)
         vocab_size, input_sentence_size, max_sentence_length, seed = map(
             int, (vocab_size, input_sentence_size, max_sentence_length, seed))   # NumPy ints as Python ones
-        model_prefix = Path(model_prefix).expanduser()
+        model_prefix = Path(require_path("model_prefix", model_prefix, "where to write <prefix>.model")).expanduser()
         model_prefix.parent.mkdir(parents=True, exist_ok=True)
         options = dict(LLAMA_TRAINER_OPTIONS)
         options.update(

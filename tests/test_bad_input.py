@@ -197,6 +197,8 @@ LIBRARY = [
     ("from_pretrained: missing folder", lambda: Llama.from_pretrained(tmp() / "nowhere"), FileNotFoundError,
      "is not a folder"),
     ("from_pretrained: float16", lambda: Llama.from_pretrained(tmp(), dtype=np.float16), E, "dtype"),
+    ("from_pretrained: None", lambda: Llama.from_pretrained(None), E, "path must be a model folder or llama2.c .bin"),
+    ("save_pretrained: None", lambda: model().save_pretrained(None), E, "path must be the folder to write"),
     # ----- generate
     ("generate: text prompt", lambda: generate(model(), "hello", 2), E, "prompt must be token ids"),
     ("generate: empty prompt", lambda: generate(model(), [], 2), E, "prompt must hold at least one"),
@@ -331,6 +333,8 @@ LIBRARY = [
     ("global_grad_norm: empty", lambda: global_grad_norm({}), E, "grads"),
     # ----- tokenizer
     ("Tokenizer: missing file", lambda: tokenizer_class()(tmp() / "nowhere.model"), E, "does not exist"),
+    ("Tokenizer: None", lambda: tokenizer_class()(None), E, "path must be a SentencePiece .model file"),
+    ("Tokenizer.train: model_prefix None", lambda: tokenizer_class().train(["hello"], None, 512), E, "model_prefix must be"),
     ("Tokenizer: not a model", lambda: tokenizer_class()(file_with("bad.model", b"\x08\x96\x01garbage")), E,
      "not a valid SentencePiece model"),
     ("Tokenizer: a tokenizer.json", lambda: tokenizer_class()(file_with("tokenizer.json", b'{"model": {}}')), E,
@@ -362,6 +366,7 @@ LIBRARY = [
     ("encode_batch: eos a number", lambda: tokenizer().encode_batch(["hi"], eos=2), E, "eos must be True or False, got 2"),
     # ----- data
     ("load_texts: missing", lambda: load_texts(tmp() / "nowhere.txt"), FileNotFoundError, "does not exist"),
+    ("load_texts: None", lambda: load_texts(None), E, "path must be a .txt or .jsonl file"),
     ("load_texts: a .csv", lambda: load_texts(file_with("c.csv", b"a,b")), E, "expected a .txt or .jsonl"),
     ("load_texts: empty", lambda: load_texts(file_with("e.txt", b"\n \n")), E, "is empty"),
     ("load_texts: not UTF-8", lambda: load_texts(file_with("l.txt", b"caf\xe9")), E, "not UTF-8"),

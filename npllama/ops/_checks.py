@@ -8,10 +8,19 @@ shapes the model built itself.  `checking.get()` is a C call: it adds no Python 
 """
 import contextvars
 import numbers
+import os
 
 import numpy as np
 
 checking: contextvars.ContextVar[bool] = contextvars.ContextVar("npllama_check_op_args", default=True)
+
+
+def require_path(name, value, what: str = "a path"):
+    """A TypeError unless value names a file or folder (a non-empty str or an os.PathLike such as
+    pathlib.Path); pathlib's own message would not say which argument was None."""
+    if isinstance(value, os.PathLike) or (isinstance(value, str) and value.strip()):
+        return value
+    raise TypeError(f"{name} must be {what} (a str or pathlib.Path), got {value!r}")
 
 
 def require_float_array(name, a, ndim=None, min_ndim=1):

@@ -328,6 +328,26 @@ def test_threads_above_the_budget_are_refused_before_any_thread_starts(model, mo
         FastDecoder(model, threads=10**13)
 
 
+
+def test_a_thread_count_past_the_budget_is_refused_before_anything_is_allocated():
+    """FastDecoder(threads=<huge>) checks the count first: not after the KV cache and the RoPE
+    tables (here ~50 MB for a long context), nor after the per-thread buffers."""
+    import tracemalloc
+
+    from npllama.kernels.decode import FastDecoder
+
+    config = LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                         num_attention_heads=1, max_position_embeddings=2**18)
+    long_context = Llama(config, seed=0)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"^threads must be at most \d+ \(NPLLAMA_MAX_THREADS\), got 1,000,000$"):
+            FastDecoder(long_context, threads=10**6)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, f"{peak / 2**20:.1f} MiB allocated before the thread count was refused"
+
 @pytest.mark.parametrize("prompt, max_new_tokens, match", [
     ([1] * 41, 1, r"^the prompt alone \(41 tokens\) exceeds the model's context \(max_position_embeddings = 40\): "
                   r"shorten it$"),

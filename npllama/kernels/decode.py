@@ -91,6 +91,10 @@ class FastDecoder:
         if max_length > cfg.max_position_embeddings:
             raise ValueError(f"max_length ({max_length}) exceeds max_position_embeddings "
                              f"({cfg.max_position_embeddings})")
+        # the thread count first: a count past NPLLAMA_MAX_THREADS is refused before the KV cache,
+        # the RoPE tables, the per-thread buffers or the team's threads take any memory
+        self.threads, chosen = decode_threads() if threads is None else (threads, True)
+        check_threads("threads", self.threads)
         self.model, self.config, self.dtype = model, cfg, np.dtype(model.dtype)
         self.batch_size, self.max_length, self.length = int(batch_size), int(max_length), 0
         self.weights = model_weights(model)
@@ -99,8 +103,6 @@ class FastDecoder:
         L, B, KVH, hd = cfg.num_hidden_layers, self.batch_size, cfg.num_key_value_heads, cfg.head_dim
         self.k_cache_t = np.zeros((L, B, KVH, hd, self.max_length), dtype=self.dtype)  # keys transposed
         self.v_cache = np.zeros((L, B, KVH, self.max_length, hd), dtype=self.dtype)
-        self.threads, chosen = decode_threads() if threads is None else (threads, True)
-        check_threads("threads", self.threads)    # before the per-thread buffers and the team's threads
         self._one = _OneTokenBuffers(cfg, self.dtype, self.threads) if B == 1 else None
         self._team = Team(self.threads, _decode_helper, self._one_token_args()) if B == 1 else None
         # The default (every core) is checked against one thread as the decoding goes; a count

@@ -88,8 +88,11 @@ def attention_forward(q, k, v, causal=True, key_padding_mask=None, q_offset=0):
             kept.append(attn_scores)
         else:
             lse[:, :, r0:r1] = block_lse
+    # The flash backward reads the output (its softmax row term); it keeps a copy, not the array it
+    # returns, which the caller owns: an in-place `out += x` must not change the gradients.
+    # (B*H*T*hd numbers: small next to the products that made them.)
     cache = BlockedAttentionCache(q_groups, k, v, scale, mask, (B, H, T, head_dim), blocks,
-                                  kept if keep_probs else None, lse, None if keep_probs else out_groups)
+                                  kept if keep_probs else None, lse, None if keep_probs else out_groups.copy())
     return out_groups.reshape(B, H, T, head_dim), cache
 
 

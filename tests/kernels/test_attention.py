@@ -75,6 +75,22 @@ def test_flash_attention_equals_reference(case, block_rows):
         check_equal_to_reference(case)
 
 
+
+@pytest.mark.parametrize("flash", [False, True])
+def test_writing_into_the_output_does_not_change_the_gradients(flash):
+    """The caller owns `out` (the reference keeps no reference to it): `out += residual` between
+    forward and backward leaves the gradients as they were, on both paths."""
+    rng = np.random.default_rng(0)
+    q, k, v, dout = (rng.standard_normal((1, 2, 5, 4)) for _ in range(4))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernel, "FLASH_MIN_KEYS", 1 if flash else 512)
+        out, cache = kernel.attention_forward(q, k, v)
+        out += 1.0
+        grads = kernel.attention_backward(dout, cache)
+    _, cache_ref = reference.attention_forward(q, k, v)
+    for name, g, g_ref in zip(("dq", "dk", "dv"), grads, reference.attention_backward(dout, cache_ref)):
+        assert_close(g, g_ref, name, scale=max(float(np.max(np.abs(g_ref))), 1.0))
+
 def peak_attention_bytes(T, H=4, hd=8):
     """Peak NumPy memory of one attention forward + backward at T = S (float32, B = 1)."""
     rng = np.random.default_rng(0)

@@ -235,8 +235,7 @@ def _sample(logits: np.ndarray, temperature: float, top_k: int | None, top_p: fl
     if not np.isfinite(scaled).all():
         return int(np.argmax(logits))
     if top_k is not None and top_k < scaled.size:
-        kth = np.partition(scaled, -top_k)[-top_k]
-        scaled = np.where(scaled < kth, -np.inf, scaled)
+        scaled = np.where(top_k_mask(scaled, top_k), scaled, -np.inf)
     probs = np.exp(scaled - scaled.max())
     probs /= probs.sum()
     if top_p is not None and top_p < 1.0:
@@ -245,6 +244,17 @@ def _sample(logits: np.ndarray, temperature: float, top_k: int | None, top_p: fl
         kept[keep] = probs[keep]
         probs = kept / kept.sum()
     return int(rng.choice(probs.size, p=probs))
+
+
+def top_k_mask(scores: np.ndarray, top_k: int) -> np.ndarray:
+    """Exactly top_k ids, the highest scores, ties at the cut going to the lower ids (as argmax
+    and `nucleus` break them): top_k=1 is greedy even when several ids share the largest score
+    (a flat row would otherwise be sampled whole).  One partition, no sort of the vocabulary."""
+    kth = np.partition(scores, -top_k)[-top_k]
+    keep = scores > kth
+    tied = np.flatnonzero(scores == kth)
+    keep[tied[:top_k - np.count_nonzero(keep)]] = True
+    return keep
 
 
 def nucleus(probs: np.ndarray, top_p: float, first_guess: int = 64) -> np.ndarray:

@@ -47,6 +47,21 @@ def test_top_k_1_and_tiny_top_p_are_greedy(model):
     assert generate(model, prompt, 12, temperature=1.3, top_p=1e-9, seed=3) == greedy
 
 
+
+@settings(max_examples=30, deadline=None)
+@given(levels=st.lists(st.sampled_from([-1.0, 0.0, 2.0]), min_size=1, max_size=12),
+       top_k=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_top_k_keeps_exactly_k_ids_ties_going_to_the_lower_ids(levels, top_k, seed):
+    """Logits with ties (a flat row: an untrained or zeroed head): top_k=1 is greedy, and top_k
+    samples only among the k ids a stable sort by logit would list first."""
+    logits = np.array(levels)
+    allowed = set(np.argsort(-logits, kind="stable")[:top_k].tolist())
+    rng = np.random.default_rng(seed)
+    drawn = {sample_next(logits, 1.0, top_k, None, rng) for _ in range(20)}
+    assert drawn <= allowed
+    if top_k == 1:
+        assert drawn == {int(np.argmax(logits))}
+
 def test_top_k_and_top_p_only_sample_allowed_tokens():
     logits = np.array([0.0, 3.0, 2.9, -1.0, 2.8, 0.5])
     rng = np.random.default_rng(0)

@@ -100,7 +100,7 @@ def attention_backward(dout, cache):
     """Returns (dq, dk, dv); dk, dv summed over the n_rep query heads of each kv head."""
     q_groups, k, v, scale, mask = cache.q_groups, cache.k, cache.v, cache.scale, cache.mask
     B, H, T, head_dim = cache.shape
-    require_shape("dout", dout, (B, H, T, head_dim), "the shape of out")
+    require_shape("dout", dout, (B, H, T, head_dim), "the shape of out", dtype=q_groups.dtype)
     dout_groups = np.ascontiguousarray(dout, dtype=q_groups.dtype).reshape(q_groups.shape)
     keep_probs = cache.attn_probs is not None
     if not keep_probs:

@@ -37,7 +37,7 @@ def rmsnorm_backward(dy, cache):
     x, rstd, weight = cache
     shape = x.shape
     if checking.get():
-        require_shape("dy", dy, shape, "the shape of x")
+        require_shape("dy", dy, shape, "the shape of x", dtype=x.dtype)
     x_rows, rstd = _as_rows(x), rstd.reshape(-1)                 # (N, D), (N,): views
     dy_rows = _as_rows(np.asarray(dy, dtype=x_rows.dtype))
     dx = np.empty_like(x_rows)

@@ -24,7 +24,7 @@ def softmax_forward(x, check_values=True):
 def softmax_backward(dp, cache):
     """Returns dx = p * (dp - sum(dp * p, -1))."""
     p = cache
-    require_shape("dp", dp, p.shape, "the shape of x")
+    require_shape("dp", dp, p.shape, "the shape of x", dtype=p.dtype)
     N = p.shape[-1]
     dx = np.empty_like(p)
     _softmax_backward_rows(p.reshape(-1, N), np.ascontiguousarray(dp, dtype=p.dtype).reshape(-1, N),

@@ -54,7 +54,7 @@ def swiglu_act_forward(gate, up):
 def swiglu_act_backward(dact, cache):
     """Returns (dgate, dup):  dgate = dact * up * silu'(gate),  dup = dact * silu(gate)."""
     gate, up = cache
-    require_shape("dact", dact, gate.shape, "the shape of gate")
+    require_shape("dact", dact, gate.shape, "the shape of gate", dtype=gate.dtype)
     dact = np.ascontiguousarray(dact, dtype=gate.dtype)
     dgate, dup = np.empty_like(gate), np.empty_like(gate)
     _silu_mul_backward(dact.reshape(-1), gate.reshape(-1), up.reshape(-1), dgate.reshape(-1),
@@ -81,7 +81,7 @@ def swiglu_backward(dout, cache):
     """Returns (dx, dw_gate, dw_up, dw_down)."""
     x_rows, gate_up, act, w_gate, w_up, w_down, shape = cache
     if checking.get():
-        require_shape("dout", dout, shape, "the shape of x")
+        require_shape("dout", dout, shape, "the shape of x", dtype=x_rows.dtype)
     F = act.shape[1]
     dout_rows = np.ascontiguousarray(dout, dtype=x_rows.dtype).reshape(-1, shape[-1])  # (N, D)
     dw_down = dout_rows.T @ act                                  # (D, F)

@@ -59,10 +59,15 @@ def require_last_dim(name, a, expected, what):
         raise ValueError(f"{name} has last dimension {a.shape[-1]}, expected {expected} ({what})")
 
 
-def require_shape(name, a, expected, what):
-    """An upstream gradient must have its output's shape: numpy would otherwise broadcast it or fail deep inside."""
+def require_shape(name, a, expected, what, dtype=None):
+    """An upstream gradient must have its output's shape: numpy would otherwise broadcast it or fail deep inside.
+    With dtype (a backward's check): an array must also have the forward's dtype -- NumPy would upcast
+    a float64 gradient of float32 activations and a kernel would round it down, each silently."""
     if np.shape(a) != tuple(expected):
         raise ValueError(f"{name} has shape {np.shape(a)}, expected {tuple(expected)} ({what})")
+    if dtype is not None and isinstance(a, (np.ndarray, np.generic)) and a.dtype != dtype:
+        raise TypeError(f"{name} must be {np.dtype(dtype)}, the dtype of the forward's input (no silent casts), "
+                        f"got {a.dtype}")
 
 
 def require_same_dtype(**arrays):

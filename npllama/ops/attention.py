@@ -73,7 +73,7 @@ def attention_backward(dout, cache):
     heads that shared that kv head (derivations/attention.md)."""
     q, k, v, attn_probs, scale, n_rep = cache
     if checking.get():
-        require_shape("dout", dout, q.shape, "the output's shape (B, H, T, head_dim), as q")
+        require_shape("dout", dout, q.shape, "the output's shape (B, H, T, head_dim), as q", dtype=q.dtype)
     B, H, T, head_dim = q.shape
     KVH, S = k.shape[1], k.shape[2]
     dout_groups = dout.reshape(B, KVH, n_rep, T, head_dim)                           # (B, KVH, n_rep, T, hd)

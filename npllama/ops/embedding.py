@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._checks import checking, require_float_array, require_ids_in_range, require_int_array
+from ._checks import checking, require_float_array, require_ids_in_range, require_int_array, require_shape
 
 
 class EmbeddingCache(NamedTuple):
@@ -53,6 +53,5 @@ def check_embedding_backward_args(dout, cache):
     """dout must have the output's shape (shared with the kernel); returns the cache's parts."""
     tokens, weight_shape, dtype = cache
     expected = tokens.shape + (weight_shape[1],)
-    if np.shape(dout) != expected:
-        raise ValueError(f"dout has shape {np.shape(dout)}, expected {expected} (tokens.shape + (D,))")
+    require_shape("dout", dout, expected, "tokens.shape + (D,)", dtype=dtype)   # dtype: the table's
     return tokens, weight_shape, dtype

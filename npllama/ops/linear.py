@@ -56,4 +56,4 @@ def check_linear_args(x, weight):
 
 def check_linear_backward_args(dy, x, weight):
     """dy must have the output's shape (shared with the kernel)."""
-    require_shape("dy", dy, x.shape[:-1] + weight.shape[:1], "the shape of y = x @ weight.T")
+    require_shape("dy", dy, x.shape[:-1] + weight.shape[:1], "the shape of y = x @ weight.T", dtype=x.dtype)

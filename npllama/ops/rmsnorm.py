@@ -51,7 +51,7 @@ def rmsnorm_backward(dy, cache):
     """
     x, rstd, weight = cache
     if checking.get():
-        require_shape("dy", dy, x.shape, "the shape of x")
+        require_shape("dy", dy, x.shape, "the shape of x", dtype=x.dtype)
     xhat = x * rstd                                                   # (..., D)
     dxhat = dy * weight                                               # (..., D)
     dweight = np.sum((dy * xhat).reshape(-1, x.shape[-1]), axis=0)   # (D,)

@@ -133,7 +133,8 @@ def check_rope_args(x, cos, sin):
 
 def check_rope_backward_args(dy, cos):
     """dy must be shaped (..., T, head_dim) like the rotated input (shared with the kernel)."""
-    require_shape("dy", dy, np.shape(dy)[:-2] + cos.shape, "(..., T, head_dim) like the rotated input")
+    require_shape("dy", dy, np.shape(dy)[:-2] + cos.shape, "(..., T, head_dim) like the rotated input",
+                  dtype=cos.dtype)
 
 
 def _require_head_dim(head_dim, name="head_dim"):

@@ -46,5 +46,5 @@ def softmax_backward(dp, cache):
     """Returns dx = p * (dp - sum(dp * p, -1)).  Masked entries (p = 0) get dx = 0."""
     p = cache
     if checking.get():
-        require_shape("dp", dp, p.shape, "the shape of x")
+        require_shape("dp", dp, p.shape, "the shape of x", dtype=p.dtype)
     return p * (dp - np.sum(dp * p, axis=-1, keepdims=True))    # (..., N)

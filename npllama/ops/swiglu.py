@@ -57,6 +57,8 @@ def swiglu_act_backward(dact, cache):
     """Returns (dgate, dup):  dgate = dact * up * silu'(gate),  dup = dact * silu(gate),
     with silu'(z) = sigmoid(z) * (1 + z * (1 - sigmoid(z)))."""
     gate, up, gate_sigmoid, silu_gate = cache
+    if checking.get():
+        require_shape("dact", dact, gate.shape, "the shape of gate", dtype=gate.dtype)
     dsilu_gate = gate_sigmoid * (1.0 + gate * (1.0 - gate_sigmoid))
     dgate = dact * up * dsilu_gate
     dup = dact * silu_gate
@@ -107,7 +109,7 @@ def swiglu_backward(dout, cache):
     up), so its gradient is the sum of both."""
     (x, w_gate), (_, w_up), act_cache, (act, w_down) = cache
     if checking.get():
-        require_shape("dout", dout, x.shape, "the output's shape, as x")
+        require_shape("dout", dout, x.shape, "the output's shape, as x", dtype=x.dtype)
     D, F = w_down.shape
     # out = act W_down^T
     dact = dout @ w_down                                                   # (..., F)

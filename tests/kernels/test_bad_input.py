@@ -85,3 +85,27 @@ def test_cross_entropy_backward_rejects_a_non_scalar_dloss():
     _, cache = F.cross_entropy_forward(f64, ints)
     with pytest.raises(ValueError, match="dloss must be a scalar"):
         F.cross_entropy_backward(np.ones(2), cache)
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+@pytest.mark.parametrize("dtype, other", [(np.float32, np.float64), (np.float64, np.float32)])
+@pytest.mark.parametrize("op, args", [
+    ("rmsnorm", lambda d: (np.ones((2, 4), d), np.ones(4, d), 1e-5)),
+    ("linear", lambda d: (np.ones((2, 3, 4), d), np.ones((5, 4), d))),
+    ("rope", lambda d: (np.ones((1, 2, 3, 4), d), np.ones((3, 4), d), np.zeros((3, 4), d))),
+    ("softmax", lambda d: (np.zeros((2, 4), d),)),
+    ("attention", lambda d: (qkv.astype(d), qkv.astype(d), qkv.astype(d))),
+    ("swiglu_act", lambda d: (np.ones((2, 4), d), np.ones((2, 4), d))),
+    ("swiglu", lambda d: (np.ones((2, 4), d), np.ones((6, 4), d), np.ones((6, 4), d), np.ones((4, 6), d))),
+    ("embedding", lambda d: (np.zeros((2, 3), dtype=np.int64), np.ones((5, 4), d))),
+])
+def test_backward_refuses_a_gradient_of_another_dtype(backend_name, dtype, other, op, args):
+    """A float64 gradient of float32 activations (or the reverse): the reference would upcast and
+    a kernel round it down -- two answers, each a silent cast.  Both refuse it, naming it."""
+    F = backend.ops(backend_name)
+    out, cache = F.__dict__[op + "_forward"](*args(dtype))
+    grad_name = {"rmsnorm": "dy", "linear": "dy", "rope": "dy", "softmax": "dp", "swiglu_act": "dact"}.get(op, "dout")
+    with pytest.raises(TypeError, match=rf"^{grad_name} must be {np.dtype(dtype)}, the dtype of the forward's "
+                                        rf"input \(no silent casts\), got {np.dtype(other)}$"):
+        F.__dict__[op + "_backward"](np.ones(np.shape(out), other), cache)
+    F.__dict__[op + "_backward"](np.ones(np.shape(out), dtype), cache)      # its own dtype: accepted

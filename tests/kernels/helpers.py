@@ -1,5 +1,11 @@
 """Shared by the kernel tests: the tolerance a kernel must meet against its reference."""
 import numpy as np
+import pytest
+from numba import config as numba_config
+
+# Tests of compilation itself (signatures, the precompile helper) have nothing to test when
+# NUMBA_DISABLE_JIT=1 runs the kernels as Python; every other kernel test runs that way too.
+requires_jit = pytest.mark.skipif(numba_config.DISABLE_JIT, reason="tests numba's compilation; NUMBA_DISABLE_JIT=1")
 
 # Relative to the size of the expected values: float64 kernels agree to rounding (~1e-12),
 # float32 ones to ~1e-5 (different summation orders, exp accurate to a few ulp).

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from npllama import Llama, LlamaConfig, use_backend
 from npllama.kernels.decode import FastDecoder
 
-from .helpers import assert_close
+from .helpers import assert_close, requires_jit
 
 
 def small_model(n_kv_heads, dtype, tie=False):
@@ -80,6 +80,7 @@ def test_weights_are_laid_out_once_per_model_and_read_in_place():
                          f"position {t} after an in-place update")
 
 
+@requires_jit
 def test_one_compilation_of_the_step_serves_every_depth():
     """The layers reach the kernel as a table of addresses: a model of another depth (same
     dtype) reuses the compiled step instead of compiling it again (10-20 s each)."""

@@ -64,7 +64,10 @@ def test_the_global_norm_agrees_on_both_backends_to_float64_round_off():
         reference = global_grad_norm(grads)
     with use_backend("numba"):
         fast = global_grad_norm(grads)
-    assert abs(fast - reference) <= 1e-14 * reference
+    # 21,069 squares summed in float64: the JIT-compiled sum adds in vector lanes (~1e-15 apart
+    # from NumPy's), the plain Python one of NUMBA_DISABLE_JIT=1 one after another (~1.3e-14);
+    # both far inside a long sum's round-off, ~sqrt(n) * 2**-53 = 1.6e-14, times a few.
+    assert abs(fast - reference) <= 1e-13 * reference
 
 
 @given(dtype=st.sampled_from([np.float32, np.float64]), n=st.integers(1, 300),

@@ -8,6 +8,8 @@ import pytest
 
 from npllama.kernels import precompile
 
+from .helpers import requires_jit
+
 # Training steps of two shapes (multi-head and grouped-query attention with tied embeddings), the
 # batch split over two threads as `npllama train` splits it, clipping, an evaluation and AdamW -- and, with "generate" as argument, generations as `npllama train`'s
 # samples and `npllama generate` make them -- listing every npllama kernel compiled at the top
@@ -102,6 +104,7 @@ def fresh_state(monkeypatch):
     return started
 
 
+@requires_jit
 def test_a_cold_cache_starts_one_helper_and_a_warm_one_none(fresh_state, monkeypatch):
     monkeypatch.setattr(precompile, "kernels_cached", lambda dtype: False)
     helper = precompile.start_helper_on_a_cold_cache("float64")
@@ -125,6 +128,7 @@ def test_switched_off_by_the_environment(fresh_state, monkeypatch):
     assert precompile.start_helper_on_a_cold_cache("float32") is None and fresh_state == []
 
 
+@requires_jit
 def test_no_helper_for_a_run_on_the_numpy_backend(fresh_state, monkeypatch):
     from npllama import use_backend
 
@@ -136,6 +140,7 @@ def test_no_helper_for_a_run_on_the_numpy_backend(fresh_state, monkeypatch):
     assert fresh_state == ["float32"]
 
 
+@requires_jit
 def test_no_helper_without_a_second_core_to_compile_on(fresh_state, monkeypatch):
     """One core (say `taskset -c 0`, whatever os.cpu_count() says): a helper would only take turns
     with the run, which would then train on the slower references for twice as long."""

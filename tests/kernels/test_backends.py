@@ -57,6 +57,50 @@ def test_model_equal_on_both_backends(dtype, n_kv_heads):
     assert_close(step, expected[4], "forward_step decode")
 
 
+
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 4}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("heads, kv_heads, head_dim, vocab, tied, rope_scaling, rope_theta, T", [
+    (4, 1, 2, 2, True, LLAMA3_SCALING, 500000.0, 1),          # MQA, the smallest head, vocab 2, one position
+    (6, 3, 4, 5, False, LLAMA3_SCALING, 10.0, 12),            # GQA, LLaMA-3 scaling past its original context
+    (1, 1, 6, 3, True, {"rope_type": "linear", "factor": 4.0}, 10000.0, 7),
+])
+def test_model_equal_on_both_backends_across_the_config_space(dtype, heads, kv_heads, head_dim, vocab, tied,
+                                                               rope_scaling, rope_theta, T):
+    """Forward, loss and gradients, the KV-cache steps and FastDecoder, on configs the test above
+    does not reach: tied embeddings, rope_scaling and rope_theta, T = 1, head_dim 2, vocab 2, and a
+    hidden size that is not heads * head_dim."""
+    from npllama.kernels.decode import FastDecoder
+
+    config = LlamaConfig(vocab_size=vocab, hidden_size=heads * head_dim + 3, head_dim=head_dim,
+                         intermediate_size=13, num_hidden_layers=2, num_attention_heads=heads,
+                         num_key_value_heads=kv_heads, max_position_embeddings=16, rope_theta=rope_theta,
+                         rope_scaling=rope_scaling, tie_word_embeddings=tied, bos_token_id=None, eos_token_id=None)
+    model = Llama(config, seed=2, dtype=dtype)
+    rng = np.random.default_rng(0)
+    for p in model.params.values():       # larger weights: logits that differ, not all ~0
+        p += (0.3 * rng.standard_normal(p.shape)).astype(dtype)
+    tokens, targets = rng.integers(0, vocab, (2, T)), rng.integers(0, vocab, (2, T))
+    targets[0] = -100
+    results = {}
+    for name in ("numpy", "numba"):
+        with use_backend(name):
+            kv_cache = model.new_kv_cache(2, 16)
+            steps = np.concatenate([model.forward_step(tokens[:, t:t + 1], kv_cache) for t in range(T)], axis=1)
+            results[name] = (model.forward(tokens), *model.loss_and_grads(tokens, targets), steps)
+    (logits, loss, grads, steps), expected = results["numba"], results["numpy"]
+    assert_close(logits, expected[0], "logits")
+    assert_close(np.asarray(loss, dtype=dtype), np.asarray(expected[1], dtype=dtype), "loss")
+    for name in expected[2]:
+        assert_close(grads[name], expected[2][name], name)
+    assert_close(steps, expected[0], "forward_step one position at a time")
+    decoder = FastDecoder(model, batch_size=1, max_length=16, threads=1)
+    fast = np.concatenate([decoder.step(tokens[:1, t:t + 1]) for t in range(T)], axis=1)
+    assert_close(fast, expected[0][:1], "FastDecoder one position at a time")
+
 DISABLE_JIT_SCRIPT = textwrap.dedent("""
     import numba, numpy as np
     assert numba.config.DISABLE_JIT

@@ -45,11 +45,12 @@ def _check_name(name: object, what: str) -> str:
 
 
 def get_backend() -> str:
-    """The backend in force here: the innermost `use_backend`, else $NPLLAMA_BACKEND, else 'numba'."""
+    """The backend in force here: the innermost `use_backend`, else $NPLLAMA_BACKEND, else 'numba'.
+    An empty $NPLLAMA_BACKEND counts as unset (`NPLLAMA_BACKEND= cmd`), as npllama's other variables."""
     chosen = _choice.get()
     if chosen is not None:
         return chosen
-    return _check_name(os.environ.get(ENV_VAR, "numba"), f"${ENV_VAR}")
+    return _check_name(os.environ.get(ENV_VAR, "").strip() or "numba", f"${ENV_VAR}")
 
 
 def set_backend(name: str) -> None:
@@ -66,7 +67,8 @@ def study() -> None:
 @contextlib.contextmanager
 def use_backend(name: str):
     """`with use_backend("numpy"): ...` runs the block on the given backend, then restores the previous one."""
-    token = _choice.set(_check_name(name, "backend"))
+    name = _check_name(name, "backend")
+    token = _choice.set(name)
     try:
         yield name
     finally:

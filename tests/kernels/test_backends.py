@@ -26,6 +26,33 @@ def test_every_kernel_replaces_a_reference_of_the_same_name():
     assert backend.ops("numba").embedding_backward is KERNELS["embedding_backward"]
 
 
+
+def test_use_backend_restores_the_previous_backend_even_when_the_block_raises():
+    before = backend.get_backend()
+    with pytest.raises(KeyError):
+        with use_backend("numpy") as chosen:
+            assert chosen == "numpy" and backend.get_backend() == "numpy"
+            with use_backend(" NUMBA ") as inner:
+                assert inner == "numba" and backend.get_backend() == "numba"   # the name as normalised
+                backend.set_backend("numpy")       # a set_backend inside a block ends with the block
+                raise KeyError("inside")
+    assert backend.get_backend() == before
+    with pytest.raises(ValueError, match=r"^backend must be one of \('numpy', 'numba'\), got 'torch'$"):
+        with use_backend("torch"):
+            pass
+    assert backend.get_backend() == before
+
+
+def test_the_environment_variable_is_checked_with_a_clear_error(monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "jax")
+    with pytest.raises(ValueError, match=r"^\$NPLLAMA_BACKEND must be one of \('numpy', 'numba'\), got 'jax'$"):
+        backend.get_backend()
+    with use_backend("numpy"):                  # a block's choice does not read the variable
+        assert backend.get_backend() == "numpy"
+    for value, expected in ((" NumPy ", "numpy"), ("", "numba"), ("  ", "numba")):   # empty: unset
+        monkeypatch.setenv(backend.ENV_VAR, value)
+        assert backend.get_backend() == expected, repr(value)
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
 def test_model_equal_on_both_backends(dtype, n_kv_heads):

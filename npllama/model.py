@@ -379,7 +379,7 @@ class Llama:
         checked here once, so that the ops the model calls need not check them again."""
         if not isinstance(causal, (bool, np.bool_)):   # causal="False" is truthy: it would run causal
             raise TypeError(f"causal must be True or False, got {causal!r}")
-        tokens = _as_array("tokens", tokens)
+        tokens = tokens if isinstance(tokens, np.ndarray) else _as_array("tokens", tokens)
         if not np.issubdtype(tokens.dtype, np.integer):
             raise TypeError(f"tokens must be integers, got dtype {tokens.dtype}")
         if tokens.ndim != 2:
@@ -400,7 +400,7 @@ class Llama:
             budget.check_batch(self.config, B, T, self.dtype, training)
         mask = attention_mask
         if mask is not None:
-            mask = _as_array("attention_mask", mask)
+            mask = mask if isinstance(mask, np.ndarray) else _as_array("attention_mask", mask)
             if mask.shape != tokens.shape:
                 raise ValueError(f"attention_mask must have the tokens' shape {tokens.shape}, got {mask.shape}")
             if mask.dtype != np.bool_:
@@ -409,7 +409,7 @@ class Llama:
                 mask = mask.astype(bool)
         if targets is None:
             return tokens, mask
-        targets = _as_array("targets", targets)
+        targets = targets if isinstance(targets, np.ndarray) else _as_array("targets", targets)
         if not np.issubdtype(targets.dtype, np.integer):
             raise TypeError(f"targets must be integers, got dtype {targets.dtype}")
         if targets.shape != tokens.shape:
@@ -641,7 +641,8 @@ class _BatchBudget:
 
 
 def _as_array(name, value) -> np.ndarray:
-    """np.asarray(value), with a ragged nested list named as the argument it was given for."""
+    """np.asarray(value), with a ragged nested list named as the argument it was given for.  (Called
+    only for what is not an array yet: a debugger stepping in with arrays does not pass through.)"""
     try:
         return np.asarray(value)
     except ValueError:

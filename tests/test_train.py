@@ -8,7 +8,7 @@ from npllama import Llama
 from npllama.io import train_state
 from npllama.io.train_state import load_checkpoint
 from npllama.runs import READER_LOCK_FILE, WRITER_LOCK_FILE, load_model_and_tokenizer, recover_checkpoint
-from npllama.train import TrainConfig, TrainingError, train
+from npllama.train import TrainConfig, TrainingError, resume_config, train
 
 # A small, fast run: the 260K-parameter llama2.c shape on a slice of the built-in stories.
 FAST = dict(preset="stories260k", vocab_size=360, batch_size=4, seq_len=32, corpus_stories=300,
@@ -60,6 +60,18 @@ def test_resume_gives_exactly_the_losses_of_an_uninterrupted_run(straight_run, t
     b = Llama.from_pretrained(out / "model")
     for name in a.params:
         np.testing.assert_array_equal(a.params[name], b.params[name])
+
+
+def test_resume_after_stop_after_continues_to_the_end(tmp_path):
+    """The hint printed on a --stop-after stop (`npllama train --out DIR --resume`) finishes the run:
+    the saved stop_after belonged to the call that stopped, not to the resume."""
+    out = tmp_path / "run"
+    first = train(TrainConfig(out=str(out), steps=3, stop_after=1, eval_every=0, checkpoint_every=0, **FAST),
+                  echo=quiet)
+    assert first.interrupted and first.step == 1
+    second = train(resume_config(out), resume=True, echo=quiet)
+    assert second.step == 3 and not second.interrupted
+    assert resume_config(out, stop_after=1).stop_after == 1   # given again, it applies to this call
 
 
 def test_resume_refuses_changed_settings(straight_run):

@@ -383,10 +383,11 @@ def evaluation_batches(ids: np.ndarray, batch_size: int, seq_len: int,
                        max_batches: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Fixed validation batches: the windows in stream order (no shuffling), as (tokens, targets).
 
-    Windows are cut as in BatchLoader.  Only full batches are returned, at most `max_batches`
-    of them (None: all); when there are fewer windows than `batch_size`, the one batch holds them
-    all.  The same arguments always give the same batches, so validation losses are comparable
-    from step to step and run to run.
+    Windows are cut as in BatchLoader.  They are grouped `batch_size` at a time, the windows left
+    over in a last, smaller batch, and at most `max_batches` batches are returned (None: all, so
+    every window is scored once; weight each batch's mean loss by its count of targets).  The same
+    arguments always give the same batches, so validation losses are comparable from step to step
+    and run to run.
     """
     _require_token_stream("ids", ids)
     _require_positive_int("batch_size", batch_size)
@@ -398,15 +399,9 @@ def evaluation_batches(ids: np.ndarray, batch_size: int, seq_len: int,
         raise ValueError(f"the validation set has {ids.shape[0]} tokens, but one window of {seq_len} "
                          f"tokens needs {seq_len + 1}; use a smaller --seq-len, more --val-data text or "
                          f"a larger --val-fraction")
-    batch_size = min(batch_size, n_windows)
-    n_batches = n_windows // batch_size
-    if max_batches is not None:
-        n_batches = min(n_batches, max_batches)
-    batches = []
-    for b in range(n_batches):
-        batch = windows(ids, np.arange(b * batch_size, (b + 1) * batch_size), seq_len)
-        batches.append(_split_inputs_targets(batch))
-    return batches
+    starts = range(0, n_windows, batch_size)[:max_batches]
+    return [_split_inputs_targets(windows(ids, np.arange(start, min(start + batch_size, n_windows)), seq_len))
+            for start in starts]
 
 
 def windows(ids: np.ndarray, window_indices: np.ndarray, seq_len: int) -> np.ndarray:

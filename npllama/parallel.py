@@ -90,20 +90,19 @@ class BatchSplitter:
             return None
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="npllama-batch")
-        total = sum(count for _, count in parts)
         with self._blas():
             # each part in a copy of this context: the backend chosen here holds there too
             futures = [self._executor.submit(contextvars.copy_context().run, fn, tokens[rows], targets[rows])
                        for rows, _ in parts]
             wait(futures)  # all of them, even if one failed: none still runs when we return
-        return [(count / total, future.result()) for (_, count), future in zip(parts, futures)]
+        return list(zip(target_weights([count for _, count in parts]), (future.result() for future in futures)))
 
     def _weighted_sum(self, split):
         """sum_i weight_i * grads_i, into the first part's arrays (fresh arrays of that call's own),
         the parameters shared out over the workers: each part's gradients are as large as the
         model, and one core would take ~0.1 s at m42m to add them."""
         (first_weight, (_, grads)), rest = split[0], split[1:]
-        weighted_sum_into = _weighted_sum_function()
+        weighted_sum_into = weighted_sum_function()
         by_size = sorted(grads, key=lambda name: grads[name].size, reverse=True)
         shares = [by_size[i::self.workers] for i in range(self.workers)]
 
@@ -127,7 +126,7 @@ class BatchSplitter:
         parts = []
         for start, stop in zip(bounds, bounds[1:]):
             if stop > start:
-                count = int(np.count_nonzero(np.asarray(targets[start:stop]) != ignore_index))
+                count = counted_targets(targets[start:stop], ignore_index)
                 if count:
                     parts.append((slice(start, stop), count))
         return parts
@@ -145,7 +144,19 @@ class BatchSplitter:
         return False
 
 
-def _weighted_sum_function():
+def counted_targets(targets, ignore_index: int = -100) -> int:
+    """How many targets are not ignore_index: what a part's mean loss is weighted by in the whole's."""
+    return int(np.count_nonzero(np.asarray(targets) != ignore_index))
+
+
+def target_weights(counts) -> list[float]:
+    """n_i / n for each part's count of counted targets: sum_i weight_i * mean_i is the mean over
+    all of them.  Equal shares when nothing is counted at all (each mean is then 0, its gradients 0)."""
+    total = sum(counts)
+    return [count / total for count in counts] if total else [1 / len(counts)] * len(counts)
+
+
+def weighted_sum_function():
     """a = a * wa + b * wb in place: the numba kernel when that backend is in force (one pass over
     memory) and the arrays suit it, else NumPy, which rounds the same way (each product, then
     the sum)."""

@@ -33,7 +33,7 @@ from .model_shape import (SHAPE_FLAGS, base_vocab_size, check_model_config_field
 from .optim import (AdamW, NonFiniteGradientError, TrainingError, _require_decay_fits_lr, clip_finite_step,
                     cosine_with_warmup)
 from .backend import use_backend
-from .parallel import BatchSplitter, one_blas_thread
+from .parallel import BatchSplitter, counted_targets, one_blas_thread, target_weights, weighted_sum_function
 from .thread_choice import fastest_threads
 from .resuming import (LOG_FILE, CheckpointWriteError,  # noqa: F401 (CheckpointWriteError: re-exported)
                        already_holds_a_run, check_finite, checked_step, record_changes, reopen_run,
@@ -509,21 +509,23 @@ class _Loop:
                 raise _StopRequested()
 
     def accumulate(self):
-        """Mean loss and gradients over grad_accum micro-batches."""
+        """Loss and gradients of grad_accum micro-batches, as one batch of all of them gives: each
+        micro-batch's mean weighted by its share of the counted targets (not -100; they differ
+        from one to the next under --objective mlm), as the split over threads weights its parts."""
+        batches = [self.loader.next_batch() for _ in range(self.tc.grad_accum)]
+        weights = target_weights([counted_targets(targets) for _, targets in batches])
+        weighted_sum_into = weighted_sum_function()
         total_loss, total_grads = 0.0, None
-        for _ in range(self.tc.grad_accum):
-            tokens, targets = self.loader.next_batch()
+        for weight, (tokens, targets) in zip(weights, batches):
             loss, grads = self.splitter.loss_and_grads(self.loss_and_grads, tokens, targets)
-            total_loss += loss
+            total_loss += weight * loss
             if total_grads is None:
-                total_grads = grads
-            else:
-                for name, g in grads.items():
-                    total_grads[name] += g
-        if self.tc.grad_accum > 1:
-            for g in total_grads.values():
-                g /= self.tc.grad_accum
-        return total_loss / self.tc.grad_accum, total_grads
+                total_grads, weight_a = grads, weight
+                continue
+            for name, g in grads.items():
+                weighted_sum_into(total_grads[name], weight_a, g, weight)
+            weight_a = 1.0   # the sum so far holds its weights already (exact: a * 1 == a)
+        return total_loss, total_grads
 
     def non_finite(self, what: str) -> None:
         """A NaN/Inf loss or gradient: nothing was updated.  Skip the batch, or stop."""
@@ -544,7 +546,9 @@ class _Loop:
 
     def evaluate(self) -> float:
         losses = [self.splitter.loss(self.loss, tokens, targets) for tokens, targets in self.val_batches]
-        self.last_val_loss, self.last_val_step = float(np.mean(losses)), self.step
+        weights = target_weights([counted_targets(targets) for _, targets in self.val_batches])
+        # the mean over every counted target held out, whatever each batch's count
+        self.last_val_loss, self.last_val_step = float(sum(w * loss for w, loss in zip(weights, losses))), self.step
         self.write_log({"step": self.step, "val_loss": self.last_val_loss})
         if self.bar is not None:
             self.bar.write(f"step {self.step}: validation loss {self.last_val_loss:.4f}")

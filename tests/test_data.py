@@ -359,6 +359,14 @@ def test_evaluation_batches_are_fixed_and_in_order():
     assert len(evaluation_batches(ids, 4, 10)) == 4  # None: all full batches
 
 
+def test_evaluation_batches_score_the_windows_left_over_in_a_smaller_last_batch():
+    ids = np.arange(10 * 18 + 1)  # 18 windows of 10: four batches of 4 and 2 left over
+    batches = evaluation_batches(ids, batch_size=4, seq_len=10)
+    assert [t.shape[0] for t, _ in batches] == [4, 4, 4, 4, 2]
+    assert [s for t, _ in batches for s in t[:, 0].tolist()] == list(range(0, 180, 10))  # each window once
+    assert [t.shape[0] for t, _ in evaluation_batches(ids, 4, 10, max_batches=4)] == [4, 4, 4, 4]
+
+
 def test_evaluation_on_a_small_set_uses_one_smaller_batch():
     batches = evaluation_batches(np.arange(25), batch_size=8, seq_len=10, max_batches=5)
     assert len(batches) == 1 and batches[0][0].shape == (2, 10)

@@ -234,3 +234,45 @@ def test_the_update_runs_on_every_core_whether_the_batch_is_split_or_not(tmp_pat
     train(TrainConfig(out=str(tmp_path / "run"), steps=3, threads=threads, **FAST), echo=quiet)
     assert counts_at_steps and set(counts_at_steps) == {max(threads, 2)}, counts_at_steps
     assert optimizers[-1].threads == 1 and optimizers[-1]._executor is None
+
+
+def test_grad_accum_2_of_4_windows_is_the_step_of_one_batch_of_8(tmp_path):
+    """The same 8 windows, as one batch or as two micro-batches of 4: the same updates (float64,
+    the NumPy reference, to round-off)."""
+    from npllama import use_backend
+
+    config = dict(FAST, steps=2, eval_every=0, checkpoint_every=0, dtype="float64", threads=1)
+    with use_backend("numpy"):
+        train(TrainConfig(out=str(tmp_path / "one"), **{**config, "batch_size": 8}), echo=quiet)
+        train(TrainConfig(out=str(tmp_path / "two"), **{**config, "batch_size": 4, "grad_accum": 2}), echo=quiet)
+    a, b = (Llama.from_pretrained(tmp_path / name / "model", dtype=np.float64) for name in ("one", "two"))
+    for name in a.params:
+        np.testing.assert_allclose(b.params[name], a.params[name], rtol=0, atol=1e-12, err_msg=name)
+    assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), rel=1e-12)
+
+
+def test_grad_accum_weights_micro_batches_by_their_counted_targets():
+    """Micro-batches with different numbers of -100 targets (--objective mlm masks 15% of each at
+    random): the accumulated loss and gradients are those of the whole batch, not a mean of means."""
+    import types
+
+    from npllama import LlamaConfig, use_backend
+    from npllama.parallel import BatchSplitter
+    from npllama.train import _Loop
+
+    model = Llama(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16),
+                  seed=0, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    tokens, targets = rng.integers(0, 50, (4, 8)), rng.integers(0, 50, (4, 8))
+    targets[:2, 1:] = -100   # the first micro-batch counts 2 targets, the second 16
+    batches = iter([(tokens[:2], targets[:2]), (tokens[2:], targets[2:])])
+    loop = types.SimpleNamespace(tc=types.SimpleNamespace(grad_accum=2), splitter=BatchSplitter(1),
+                                 loader=types.SimpleNamespace(next_batch=lambda: next(batches)),
+                                 loss_and_grads=model.loss_and_grads)
+    with use_backend("numpy"):
+        loss, grads = _Loop.accumulate(loop)
+        whole_loss, whole_grads = model.loss_and_grads(tokens, targets)
+    assert loss == pytest.approx(whole_loss, rel=1e-13)
+    for name, g in whole_grads.items():
+        np.testing.assert_allclose(grads[name], g, rtol=1e-10, atol=1e-14, err_msg=name)

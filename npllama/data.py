@@ -46,7 +46,8 @@ def load_texts(path, doc_separator: str = "blank-line") -> list[str]:
         - "marker:<TEXT>": at every occurrence of TEXT (e.g. "marker:<|endoftext|>"); blank lines
           stay inside a document, so a play or a book with paragraphs stays whole.
         - "whole-file": the file is one document.
-      A document keeps its newlines; surrounding whitespace is stripped.
+      A document keeps its newlines (\\r\\n and \\r read as \\n); surrounding whitespace is stripped.
+      A UTF-8 byte-order mark at the start of a file is dropped (.jsonl too).
     * `.jsonl`: one JSON object per line with a string field "text" (blank lines are skipped).
     * a folder: every `.txt` and `.jsonl` file in it and its subfolders, in sorted path order, each
       read by the rules above.
@@ -102,8 +103,10 @@ def _read_file(path: Path, doc_separator: str) -> list[str]:
 
 
 def split_documents(text: str, doc_separator: str = "blank-line") -> list[str]:
-    """Split text into documents (the `.txt` rule of `load_texts`)."""
+    """Split text into documents (the `.txt` rule of `load_texts`).  Windows (\\r\\n) and old Mac
+    (\\r) line ends become \\n first, as Python's text mode reads them, whatever the separator."""
     check_doc_separator(doc_separator)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     if doc_separator == "whole-file":
         pieces = [text]
     elif doc_separator.startswith("marker:"):
@@ -115,7 +118,7 @@ def split_documents(text: str, doc_separator: str = "blank-line") -> list[str]:
 
 def _split_at_blank_lines(text: str) -> list[str]:
     documents, current = [], []
-    for line in text.splitlines():
+    for line in text.split("\n"):   # not splitlines(): U+2028, U+0085, form feeds stay the text's own
         if line.strip():
             current.append(line)
         elif current:
@@ -128,11 +131,12 @@ def _split_at_blank_lines(text: str) -> list[str]:
 
 def _read_utf8(path: Path) -> str:
     """A regular file's text, at most NPLLAMA_MAX_READ bytes: a FIFO or a link to /dev/zero is
-    refused before it is read (npllama/io/reading.py)."""
+    refused before it is read (npllama/io/reading.py).  A UTF-8 byte-order mark (Notepad writes
+    one) is not text: it is dropped, as Python's "utf-8-sig" codec drops it."""
     from .budget import max_read
     from .io.reading import read_text
 
-    return read_text(path, max_bytes=max_read())
+    return read_text(path, max_bytes=max_read()).removeprefix("\ufeff")
 
 
 def _read_jsonl(path: Path) -> list[str]:
@@ -144,7 +148,9 @@ def read_jsonl(path, fields: dict) -> list[dict]:
     (name -> type or tuple of types).  Errors name the file and the line."""
     path = Path(path)
     records = []
-    for line_number, line in enumerate(_read_utf8(path).splitlines(), start=1):
+    # lines end at \n alone: a JSON string may hold U+2028 or U+0085 unescaped, which splitlines()
+    # would cut at (a \r before the \n is JSON white space)
+    for line_number, line in enumerate(_read_utf8(path).split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{str(path)!r} line {line_number}"

@@ -70,6 +70,28 @@ def test_jsonl_errors_name_file_and_line(tmp_path, bad_line, message):
         load_texts(path)
 
 
+@pytest.mark.parametrize("separator", ["blank-line", "whole-file", "marker:<|end|>"])
+def test_a_windows_file_with_a_bom_reads_as_the_same_text(tmp_path, separator):
+    """Notepad's UTF-8: a byte-order mark and \\r\\n line ends.  The documents are those of the
+    plain file, whatever the separator: no U+FEFF before the first word, no \\r in any document."""
+    text = "Café 東京 😀\nline two\n\nsecond\n<|end|>\nthird\u2028still third\x85same line\n"
+    plain, windows = tmp_path / "plain.txt", tmp_path / "windows.txt"
+    plain.write_bytes(text.encode("utf-8"))
+    windows.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8"))
+    expected = load_texts(plain, separator)
+    assert load_texts(windows, separator) == expected
+    assert any("\u2028still third\x85same line" in doc for doc in expected)   # line breaks of other kinds stay
+    assert split_documents(text.replace("\n", "\r"), separator) == expected     # old Mac line ends too
+
+
+def test_jsonl_with_a_bom_crlf_and_unicode_line_separators_in_its_strings(tmp_path):
+    texts = ["one\u2028two", "caf\x85e", "three\r\nfour"]   # valid JSON, written unescaped
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(json.dumps({"text": t}, ensure_ascii=False)
+                                                   for t in texts).encode("utf-8") + b"\r\n")
+    assert load_texts(path) == texts
+
+
 def test_folder_reads_txt_and_jsonl_in_sorted_order(tmp_path):
     (tmp_path / "b.txt").write_text("b1\n\nb2")
     (tmp_path / "a.txt").write_text("a1")

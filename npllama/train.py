@@ -291,6 +291,9 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, v
         model, optimizer, state = restore_checkpoint(checkpoint, tc, loader, tokenizer,
                                                      changed=set(changes))
         start_step = state["step"]
+        if tc.steps < start_step:  # the run would "end" past its last step, recorded as shorter than it is
+            raise ValueError(f"--steps {tc.steps} is below the step the checkpoint in {checkpoint} has reached "
+                             f"({start_step}): give --steps {start_step} (to end the run there) or more")
         write_settings(run_dir, tc, CONFIG_FILE)  # only now: a checkpoint that is refused changes nothing
         truncate_log(run_dir / LOG_FILE, start_step)
         echo(f"resuming {run_dir} at step {start_step}")

@@ -74,6 +74,19 @@ def test_resume_after_stop_after_continues_to_the_end(tmp_path):
     assert resume_config(out, stop_after=1).stop_after == 1   # given again, it applies to this call
 
 
+def test_resume_refuses_steps_below_the_checkpoints_step(straight_run, tmp_path):
+    """A resume cannot end a run before the step its checkpoint has reached: refused, nothing
+    rewritten (before, it said "done: step 12" and recorded steps=10)."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(straight_run[0], out)
+    saved = (out / "train_config.json").read_text()
+    with pytest.raises(ValueError, match=r"--steps 10 is below the step .* has reached \(12\): give --steps 12"):
+        train(resume_config(out, steps=10), resume=True, echo=quiet)
+    assert (out / "train_config.json").read_text() == saved
+
+
 def test_resume_refuses_changed_settings(straight_run):
     straight, _ = straight_run
     with pytest.raises(ValueError, match="batch_size"):

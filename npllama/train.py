@@ -229,6 +229,11 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
         if tc.tokenizer is not None and init_from_tokenizer_path(tc) is not None:
             raise ValueError(f"--init-from {tc.init_from!r} has its own tokenizer.model, which its "
                              f"embeddings were trained with: leave out --tokenizer")
+        if tc.tokenizer is None and init_from_tokenizer_path(tc) is None \
+                and (init_from_dir(tc) / "tokenizer.json").is_file():  # a tokenizer a new one would replace
+            raise ValueError(f"--init-from {tc.init_from!r} has a tokenizer.json but no tokenizer.model: training "
+                             f"needs the SentencePiece tokenizer.model its embeddings were trained with; pass it "
+                             f"with --tokenizer (a new one, trained on --data, would give the ids other meanings)")
     val_texts = _held_out_texts(tc) if tc.val_data is not None and not resume else None
     if tc.tokenizer is not None and tc.vocab_size is not None and not resume:
         _refuse_another_vocab_size(tc)

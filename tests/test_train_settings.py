@@ -125,6 +125,21 @@ def test_init_from_refuses_shape_settings_that_disagree(shaped_run, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_init_from_a_folder_with_only_a_tokenizer_json_asks_for_its_tokenizer_model(shaped_run, tmp_path):
+    """As transformers 5 saves a folder: the run would have trained a new tokenizer, whose ids
+    mean other pieces than the embedding rows were trained on.  Refused, nothing written; with
+    --tokenizer it starts."""
+    folder = tmp_path / "hf"
+    shutil.copytree(shaped_run / "model", folder)
+    (folder / "tokenizer.model").unlink()
+    base = dict(out=str(tmp_path / "run"), init_from=str(folder), **{**FAST, "vocab_size": None, "steps": 1})
+    with pytest.raises(ValueError, match=r"has a tokenizer\.json but no tokenizer\.model.*pass it with --tokenizer"):
+        train(TrainConfig(**base), echo=quiet)
+    assert not (tmp_path / "run").exists()
+    train(TrainConfig(**base, tokenizer=str(shaped_run / "model" / "tokenizer.model")), echo=quiet)
+    assert (tmp_path / "run" / "tokenizer.model").read_bytes() == (shaped_run / "model" / "tokenizer.model").read_bytes()
+
+
 def test_val_data_is_the_held_out_text_and_eval_batches_0_scores_all_of_it(tmp_path):
     words = "the cat sat on a mat and then it ran to see the dog who was very happy".split()
     rng = np.random.default_rng(0)

@@ -608,6 +608,10 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts: list[str], echo, c
         atomic_write_bytes(path, tokenizer.model_bytes)
         return Tokenizer(path)
     vocab_size = base_vocab_size(tc) if tc.init_from is None else init_from_config(tc).vocab_size
+    if tc.init_from is not None:   # allowed (a vocabulary transplant), but never silently
+        echo(f"note: --init-from {tc.init_from} has no tokenizer.model, so a new tokenizer is trained on the data: "
+             f"its ids mean other pieces than the embeddings were trained with; to keep them, pass the "
+             f"tokenizer the weights were trained with as --tokenizer")
     echo(f"training a SentencePiece BPE tokenizer with {vocab_size} pieces ...")
     # tokenizer.model and tokenizer.vocab, each written atomically (a full disk is an OSError saying so)
     return Tokenizer.train(texts, path.with_suffix(""), vocab_size, input_sentence_size=200_000)

@@ -140,6 +140,17 @@ def test_init_from_a_folder_with_only_a_tokenizer_json_asks_for_its_tokenizer_mo
     assert (tmp_path / "run" / "tokenizer.model").read_bytes() == (shaped_run / "model" / "tokenizer.model").read_bytes()
 
 
+def test_init_from_a_folder_without_any_tokenizer_says_a_new_one_gives_the_ids_other_meanings(shaped_run, tmp_path):
+    folder = tmp_path / "bare"
+    shutil.copytree(shaped_run / "model", folder)
+    for name in ("tokenizer.model", "tokenizer.json"):
+        (folder / name).unlink(missing_ok=True)
+    said = []
+    train(TrainConfig(out=str(tmp_path / "run"), init_from=str(folder), **{**FAST, "vocab_size": None, "steps": 1}),
+          echo=said.append)
+    assert any("has no tokenizer.model" in line and "--tokenizer" in line for line in said), said
+
+
 def test_val_data_is_the_held_out_text_and_eval_batches_0_scores_all_of_it(tmp_path):
     words = "the cat sat on a mat and then it ran to see the dog who was very happy".split()
     rng = np.random.default_rng(0)

@@ -131,12 +131,11 @@ def _split_at_blank_lines(text: str) -> list[str]:
 
 def _read_utf8(path: Path) -> str:
     """A regular file's text, at most NPLLAMA_MAX_READ bytes: a FIFO or a link to /dev/zero is
-    refused before it is read (npllama/io/reading.py).  A UTF-8 byte-order mark (Notepad writes
-    one) is not text: it is dropped, as Python's "utf-8-sig" codec drops it."""
+    refused before it is read (npllama/io/reading.py); a UTF-8 byte-order mark is dropped there."""
     from .budget import max_read
     from .io.reading import read_text
 
-    return read_text(path, max_bytes=max_read()).removeprefix("\ufeff")
+    return read_text(path, max_bytes=max_read())
 
 
 def _read_jsonl(path: Path) -> list[str]:

@@ -52,6 +52,9 @@ def test_jsonl_and_csv_round_trip(tmp_path):
     assert texts == [r["text"] for r in records] and labels == [r["label"] for r in records]
     (tmp_path / "t.csv").write_text('text,label\n"Hello, world",a\nBye,b\n', encoding="utf-8")
     assert load_labelled(tmp_path / "t.csv") == (["Hello, world", "Bye"], ["a", "b"])
+    # Excel's "CSV UTF-8" starts with a byte-order mark: not part of the first column's name
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbftext,label\r\nHello,a\r\nBye,b\r\n")
+    assert load_labelled(tmp_path / "excel.csv") == (["Hello", "Bye"], ["a", "b"])
 
 
 def test_reader_errors_name_the_file_and_line(tmp_path):

@@ -197,3 +197,16 @@ def test_a_masked_lm_model_is_refused_where_tokens_are_predicted(masked_lm_dir, 
     code, out, err = run_cli(argv, capsys)
     err = one_line_error(err, argv[0])
     assert code == 2 and out == "" and f"{flag} '{masked_lm_dir}' is a masked-LM model" in err
+
+
+def test_perplexity_reads_a_file_with_a_byte_order_mark_as_its_text(small_model_dir, tmp_path, capsys):
+    text = "Once upon a time there was a cat. It sat on a mat.\n"
+    (tmp_path / "plain.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "bom.txt").write_text(text, encoding="utf-8-sig")   # as Notepad saves it
+    outs = []
+    for name in ("plain.txt", "bom.txt"):
+        code, out, err = run_cli(["eval", "perplexity", "--model", str(small_model_dir), "--data",
+                                  str(tmp_path / name), "--backend", "numpy"], capsys)
+        assert code == 0, err
+        outs.append(out.replace(name, "FILE"))
+    assert outs[0] == outs[1]

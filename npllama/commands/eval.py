@@ -59,10 +59,12 @@ def run_perplexity(args) -> int:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.context is not None and args.context < 2:
         raise UsageError(f"--context must be at least 2, got {args.context}")
-    try:
-        with open(args.data, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as error:
+    from ..budget import max_read
+    from ..io.reading import read_text
+
+    try:   # a regular file within the read budget, UTF-8, its byte-order mark dropped
+        text = read_text(args.data, max_bytes=max_read())
+    except (OSError, ValueError) as error:
         raise UsageError(f"cannot read --data {args.data}: {error}") from None
     if not text.strip():
         raise UsageError(f"--data {args.data} holds no text ({'empty' if not text else 'only whitespace'}): "

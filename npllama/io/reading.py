@@ -71,10 +71,12 @@ def read_bytes(path, max_bytes: int, error=ValueError) -> bytes:
 
 
 def read_text(path, max_bytes: int = MAX_TEXT_BYTES, error=ValueError) -> str:
-    """A UTF-8 text file (see read_bytes); a file that is not UTF-8 is an error naming the byte."""
+    """A UTF-8 text file (see read_bytes); a file that is not UTF-8 is an error naming the byte.  A
+    leading byte-order mark (Notepad and Excel write one) is not text: it is dropped, as Python's
+    "utf-8-sig" codec drops it."""
     data = read_bytes(path, max_bytes, error)
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         raise _fail(error, path, f"is not UTF-8 text (byte {e.start}: {e.reason})") from None
 

@@ -168,9 +168,45 @@ class SentenceOrderBatch:
     sop_labels: np.ndarray      # (B,) int64
 
 
+_CJK_CLOSERS = "\"'”’»)]」』）"      # quotes and brackets that may close a sentence
+_CLOSERS = _CJK_CLOSERS + "“‘"                 # and German „...“ (in Chinese, “ opens the next one)
+# A sentence end: . ! ? … (runs of them) and closers, then white space; or CJK 。 ！ ？, which need no
+# space after them; or a paragraph break (a blank line), punctuated or not.
+_SENTENCE_END = re.compile(rf"(?P<mark>[.!?…]+)(?P<closed>[{re.escape(_CLOSERS)}]*)(?=\s)"
+                           rf"|[。！？]+[{re.escape(_CJK_CLOSERS)}]*|\n[ \t]*\n")
+# words whose period does not end a sentence ("Mr. Smith", "e.g. this"); single letters too ("J. K.")
+_ABBREVIATIONS = frozenset("mr mrs ms dr prof st jr sr vs cf e.g i.e".split())
+_NEXT_CHARACTER, _LAST_WORD = re.compile(r"\s*(\S)"), re.compile(r"\S+$")
+
+
 def split_sentences(text: str) -> list[str]:
-    """Sentences of a text: cut after . ! or ? (and a closing quote) followed by a space."""
-    return [s for s in re.split(r'(?<=[.!?])\s+|(?<=[.!?]")\s+', text.strip()) if s]
+    """Sentences of a text, in order, each stripped.
+
+    A sentence ends at . ! ? or … (and any closing quotes or brackets) followed by white space, at
+    Chinese/Japanese 。 ！ ？ (no space needed), and at a blank line.  Not a sentence end: the period
+    of a title or abbreviation (Mr. Dr. St. e.g. i.e. ...) or of an initial ("J. K. Rowling"), and
+    an ellipsis or a quoted “Hi!” followed by a lowercase word ('"Hi!" she said.', "Wait... what?").
+    A newline inside a paragraph is not a sentence end (hard-wrapped text)."""
+    sentences, start = [], 0
+    for end in _SENTENCE_END.finditer(text):
+        if end["mark"] is not None and not _ends_a_sentence(text, end):
+            continue
+        sentences.append(text[start:end.end()].strip())
+        start = end.end()
+    sentences.append(text[start:].strip())
+    return [s for s in sentences if s]
+
+
+def _ends_a_sentence(text: str, end: re.Match) -> bool:
+    """Whether a match of . ! ? … (+ closers) before white space really ends a sentence."""
+    following = _NEXT_CHARACTER.match(text, end.end())      # (bounded look-arounds: long texts stay linear)
+    continued = bool(following and following[1].islower()
+                     and (end["closed"] or "…" in end["mark"] or "..." in end["mark"]))
+    if end["mark"] != ".":
+        return not continued
+    word = _LAST_WORD.search(text, max(0, end.start() - 16), end.start())
+    word = word[0].lstrip(_CLOSERS + "(«„").lower() if word else ""
+    return not (continued or word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()))
 
 
 def sentence_order_pairs(documents: list[list[str]], rng, task: str = "sop") -> list[tuple[str, str, int]]:

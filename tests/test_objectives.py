@@ -139,6 +139,25 @@ def test_split_sentences_and_encode_pair():
         sentence_order_pairs(DOCS, np.random.default_rng(0), task="nextsent")
 
 
+@pytest.mark.parametrize("text, sentences", [
+    ("Mr. Smith met Dr. Who. They talked.", ["Mr. Smith met Dr. Who.", "They talked."]),
+    ("J. K. Rowling wrote it, e.g. this one. Yes.", ["J. K. Rowling wrote it, e.g. this one.", "Yes."]),
+    ('"Hi!" she said. Wait... what? Really?! Yes.', ['"Hi!" she said.', "Wait... what?", "Really?!", "Yes."]),
+    ("She said 'no.' He said \u201cStop.\u201d Er sagte \u201eJa.\u201c Dann (gut.) Fin.",
+     ["She said 'no.'", "He said \u201cStop.\u201d", "Er sagte \u201eJa.\u201c", "Dann (gut.)", "Fin."]),
+    ("\u4ed6\u6765\u4e86\u3002\u5979\u8d70\u4e86\uff01\u4e3a\u4ec0\u4e48\uff1f\u201c\u597d\u3002\u201d\u5bf9",
+     ["\u4ed6\u6765\u4e86\u3002", "\u5979\u8d70\u4e86\uff01", "\u4e3a\u4ec0\u4e48\uff1f",
+      "\u201c\u597d\u3002\u201d", "\u5bf9"]),
+    ("A title\n\nA hard-wrapped\nline. It ended\u2026 Then more.",
+     ["A title", "A hard-wrapped\nline.", "It ended\u2026", "Then more."]),
+    ("i went home. it rained. 3.5 is a number.", ["i went home.", "it rained.", "3.5 is a number."]),
+])
+def test_split_sentences_knows_titles_initials_quotes_ellipses_and_chinese(text, sentences):
+    # Before: "Mr." ended a sentence, \u3002 and closing quotes other than " never did, so a Chinese
+    # document (the article's language) was "one sentence" and gave no pair.
+    assert split_sentences(text) == sentences
+
+
 # ----- whole-model gradients ------------------------------------------------------------------------
 def _mlm_batch(config, seed=0, B=2, T=6):
     rng = np.random.default_rng(seed)

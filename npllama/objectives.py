@@ -243,14 +243,17 @@ def sentence_order_pairs(documents: list[list[str]], rng, task: str = "sop") -> 
 
 
 def encode_pair(tokenizer, a: str, b: str, max_len: int) -> list[int]:
-    """`<s> A </s> B </s>`, each segment cut from its end so the whole fits in max_len tokens."""
+    """`<s> A </s> B </s>` in at most max_len tokens: a segment too long for its share keeps the tokens
+    nearest the boundary between A and B -- A its end, B its start -- for that boundary is what the
+    order is about (in order, the end of A runs on into the start of B).  Both keep at least one
+    token."""
     ids_a, ids_b = tokenizer.encode(a, bos=False), tokenizer.encode(b, bos=False)
     room = max_len - 3
     if room < 2:
         raise ValueError(f"max_len must be at least 5 for a pair (3 special tokens), got {max_len}")
     keep_a = min(len(ids_a), max(room // 2, room - len(ids_b)))
     keep_b = min(len(ids_b), room - keep_a)
-    return [tokenizer.bos_id, *ids_a[:keep_a], tokenizer.eos_id, *ids_b[:keep_b], tokenizer.eos_id]
+    return [tokenizer.bos_id, *ids_a[len(ids_a) - keep_a:], tokenizer.eos_id, *ids_b[:keep_b], tokenizer.eos_id]
 
 
 class SentenceOrderBatches:

@@ -131,6 +131,10 @@ def test_split_sentences_and_encode_pair():
     assert ids[0] == 1 and ids[4] == 2 and ids[-1] == 2 and len(ids) == 8
     long = encode_pair(Tok(), "a" * 30, "b" * 30, max_len=11)
     assert len(long) == 11 and long.count(2) == 2
+    # a segment cut to fit keeps the text at the A|B boundary: A's end, B's start (before: A's start)
+    cut = encode_pair(Tok(), "x" * 20 + "yz", "uv" + "w" * 20, max_len=7)
+    assert cut == [1, *Tok().encode("yz"), 2, *Tok().encode("uv"), 2]
+    assert encode_pair(Tok(), "abcdef", "u", max_len=7)[1:4] == Tok().encode("def")   # B's spare room to A
     with pytest.raises(ValueError, match="max_len must be at least 5"):
         encode_pair(Tok(), "a", "b", max_len=4)
     with pytest.raises(ValueError, match="at least two sentences"):

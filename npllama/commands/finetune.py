@@ -92,8 +92,8 @@ def register(subparsers) -> None:
     o.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="share of the documents held out for validation")
     o.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3, with --lora 5e-3)")
-    o.add_argument("--max-len", type=int, default=d.max_len, help="tokens per pair, <s> A </s> B </s> (A and B "
-                   "are cut from their ends to fit)")
+    o.add_argument("--max-len", type=int, default=d.max_len, help="tokens per pair, <s> A </s> B </s> (a segment "
+                   "too long keeps the text nearest the A|B boundary: the end of A, the start of B)")
     _given_only(o, SentenceOrderConfig)
     o.set_defaults(run=run_sop)
     p.set_defaults(run=print_help_instead(p))

@@ -378,16 +378,23 @@ def load_choice_items(path) -> list[dict]:
     return records
 
 
-def split_train_val(n: int, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
-    """A shuffled split of range(n) into (train, val) indices; both sides non-empty."""
+def split_train_val(n: int, val_fraction: float, seed: int = 0, what: str = "examples",
+                    val_file: bool = True) -> tuple[list[int], list[int]]:
+    """A shuffled split of range(n) into (train, val) indices; both sides non-empty.
+
+    what: the items' name in the error; val_file: whether the job takes a separate validation file
+    (the error suggests one only then)."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be strictly between 0 and 1, got {val_fraction!r}")
     order = list(range(n))
     random.Random(seed).shuffle(order)
     n_val = round(n * val_fraction)
     if n_val == 0 or n_val == n:
-        raise ValueError(f"cannot split {n} examples with val_fraction={val_fraction}: one side would be "
-                         f"empty; give more examples or a separate validation file")
+        side, change = ("validation", "larger") if n_val == 0 else ("training", "smaller")
+        remedies = [f"more {what}"] + [f"a {change} val_fraction"] * (n > 1) + ["a separate validation file"] * val_file
+        remedy = remedies[0] if len(remedies) == 1 else f"{', '.join(remedies[:-1])} or {remedies[-1]}"
+        raise ValueError(f"cannot split {n} {what} with val_fraction={val_fraction}: one side would be empty "
+                         f"(no {what} for {side}); give {remedy}")
     return order[n_val:], order[:n_val]
 
 

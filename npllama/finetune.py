@@ -598,7 +598,7 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
             raise ValueError(f"the prompt {r['prompt'][:40]!r}... fills all {max_len} tokens: no response "
                              f"token is left to learn from; raise --max-len or shorten the prompt")
         encoded.append((ids[:max_len], counted[:max_len]))
-    train_rows, val_rows = datasets.split_train_val(len(encoded), sc_.val_fraction, sc_.seed)
+    train_rows, val_rows = datasets.split_train_val(len(encoded), sc_.val_fraction, sc_.seed, val_file=False)
     train, val = [encoded[i] for i in train_rows], [encoded[i] for i in val_rows]
     pad_id = pad_id_of(tokenizer)
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from .finetune import FinetuneSettings, _write_info, lora_dropout_on, loss_change, run_steps
 from .objectives import (SOP_HEAD, TASKS, SentenceOrderBatches, encode_pair, evaluate_sentence_order,
-                         init_sop_head, mlm_sop_loss_and_grads)
+                         init_sop_head, mlm_sop_loss_and_grads, split_sentences)
 
 HEAD_FILE = "sop_head.safetensors"        # the binary head, beside the model's own files
 DEFAULT_STORIES = 3000                   # built-in documents when no --data is given
@@ -103,7 +103,14 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
 
     model, tokenizer, model_dir = load_model_and_tokenizer(sc_.base, dtype=sc_.model_dtype())
     texts, source = _documents(sc_)
-    train_rows, val_rows = datasets.split_train_val(len(texts), sc_.val_fraction, sc_.seed)
+    everything, texts = len(texts), [t for t in texts if len(split_sentences(t)) >= 2]   # those that give a pair
+    if not texts:
+        raise ValueError(f"none of the {everything} documents of {source} has two sentences, and each pair is "
+                         f"cut from one document: {SENTENCES}")
+    if len(texts) < everything:
+        source += f" ({everything - len(texts)} of {everything} documents skipped: one sentence only)"
+    train_rows, val_rows = datasets.split_train_val(len(texts), sc_.val_fraction, sc_.seed, what="documents of 2+ "
+                                                    "sentences", val_file=False)
     max_len = min(sc_.max_len, model.config.max_position_embeddings)
     train = _pairs([texts[i] for i in train_rows], tokenizer, sc_, max_len, sc_.batch_size, "training")
     val = _pairs([texts[i] for i in val_rows], tokenizer, sc_, max_len, 1, "validation")
@@ -146,14 +153,18 @@ _TASK_NAMES = {"sop": "sentence order (SOP: are A and B swapped?)",
                "nsp": "next sentence (NSP: does B come from another document?)"}
 
 
+SENTENCES = ("a sentence ends at . ! ? or … before a space, at 。！？, or at a blank line (and a .txt file is cut "
+             "into documents at blank lines: --doc-separator whole-file or marker:TEXT keeps paragraphs together)")
+
+
 def _pairs(texts, tokenizer, sc_, max_len, batch_size, which) -> SentenceOrderBatches:
     try:
         return SentenceOrderBatches(texts, tokenizer, batch_size=batch_size, max_len=max_len, task=sc_.pairs,
                                     seed=sc_.seed)
     except ValueError as error:  # say which documents, and what would help
-        raise ValueError(f"the {which} documents give no usable batch: {error} (each document of at least two "
-                         f"sentences, cut after . ! or ?, gives one pair; give more documents, or a smaller "
-                         f"--batch-size or --val-fraction)") from None
+        remedy = ("more documents, or a smaller --batch-size or --val-fraction" if which == "training" else
+                  "more documents or a larger --val-fraction")
+        raise ValueError(f"the {which} documents ({len(texts)}) give no usable batch: {error}; give {remedy}") from None
 
 
 def _report(before: dict, after: dict, baseline: float, pairs: str) -> str:

@@ -126,6 +126,13 @@ def test_split_and_bad_arguments():
     assert sorted(train + val) == list(range(10)) and len(val) == 2
     with pytest.raises(ValueError, match="one side would be empty"):
         split_train_val(2, 0.1)
+    # what would help, on the side that is empty; a validation file only for jobs that take one (sft, sop do not)
+    with pytest.raises(ValueError, match=r"\(no examples for validation\); give more examples, a larger val_fraction "
+                                         r"or a separate validation file$"):
+        split_train_val(2, 0.1)
+    with pytest.raises(ValueError, match=r"\(no documents for training\); give more documents or a smaller "
+                                         r"val_fraction$"):
+        split_train_val(3, 0.9, what="documents", val_file=False)
     with pytest.raises(ValueError, match="val_fraction"):
         split_train_val(10, 1.0)
     with pytest.raises(ValueError, match="unknown example dataset 'news'"):

@@ -2,6 +2,7 @@
 what the pairs hold, saves a masked-LM model with its head, and refuses what it cannot use."""
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -112,8 +113,48 @@ def test_bad_settings_are_refused_before_anything_loads(more, message):
 def test_documents_without_two_sentences_are_refused_saying_what_would_help(greetings, tmp_path):
     one_sentence = tmp_path / "short.txt"
     one_sentence.write_text("\n\n".join(f"Just one sentence number {i}." for i in range(50)), encoding="utf-8")
-    with pytest.raises(ValueError, match=r"training documents give no usable batch: .*at least two sentences"):
+    with pytest.raises(ValueError, match=r"none of the 50 documents of .*short.txt has two sentences.*a sentence ends"):
         sentence_order(settings(greetings, data=str(one_sentence), steps=1), echo=lambda *_: None)
+
+
+def write_documents(path, documents):
+    path.write_text("\n\n".join(documents), encoding="utf-8")
+    return str(path)
+
+
+def test_one_sentence_documents_are_skipped_before_the_split_and_said_so(greetings, tmp_path):
+    # 40 one-sentence documents and 20 that give a pair: before, the split drew validation from all 60,
+    # and 10% of them could be all one-sentence ones ("the validation documents give no usable batch")
+    documents = [f"Only one {i}." for i in range(40)] + [f"Hello {i}. Goodbye {i}." for i in range(20)]
+    random.Random(1).shuffle(documents)
+    said = []
+    with use_backend("numpy"):
+        result = sentence_order(settings(greetings, data=write_documents(tmp_path / "mixed.txt", documents),
+                                         steps=1, batch_size=4, val_fraction=0.05), echo=said.append)
+    assert result.after["pairs"] == 1 and "40 of 60 documents skipped: one sentence only" in said[0]
+
+
+@pytest.mark.parametrize("documents, more, message", [
+    # too few to hold any out: a larger --val-fraction helps; there is no validation file to give
+    (5, dict(), r"cannot split 5 documents of 2\+ sentences with --val-fraction=0.1: .*no documents of 2\+ "
+                r"sentences for validation\); give more documents of 2\+ sentences or a larger --val-fraction$"),
+    # one validation document cannot make next-sentence pairs: a larger --val-fraction, not a smaller one
+    (60, dict(val_fraction=0.02, pairs="nsp"), r"the validation documents \(1\) give no usable batch: next-"
+                                               r"sentence pairs need at least two documents.*or a larger --val-fraction$"),
+    (60, dict(batch_size=100), r"the training documents \(54\) give no usable batch: only 54 sentence pairs.*"
+                               r"smaller --batch-size or --val-fraction$"),
+])
+def test_too_few_documents_are_one_line_saying_which_side_and_what_helps(greetings, tmp_path, capsys, documents,
+                                                                         more, message):
+    data = write_documents(tmp_path / "few.txt", [f"Hello {i}. Goodbye {i}." for i in range(documents)])
+    argv = ["finetune", "sop", "--base", str(greetings[0]), "--data", data, "--steps", "1", "--batch-size", "4",
+            "--no-progress", "--backend", "numpy"]
+    for name, value in more.items():
+        argv += ["--" + name.replace("_", "-"), str(value)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "validation file" not in err
+    assert re.search(message, err), err
 
 
 def test_load_sentence_order_refuses_a_folder_without_the_head(greetings):

@@ -4,8 +4,8 @@ import pytest
 
 from npllama import Llama, LlamaConfig, gradcheck, use_backend
 from npllama.lora import attach_lora
-from npllama.objectives import (SOP_HEAD, MaskedLMBatches, SentenceOrderBatch, encode_pair, init_sop_head,
-                                mask_tokens, mlm_loss, mlm_loss_and_grads, mlm_objective,
+from npllama.objectives import (SOP_HEAD, MaskedLMBatches, SentenceOrderBatch, encode_pair, evaluate_sentence_order,
+                                init_sop_head, mask_tokens, mlm_loss, mlm_loss_and_grads, mlm_objective,
                                 mlm_sop_loss_and_grads, pad_batch, sentence_order_pairs, split_sentences)
 
 SPECIAL = (0, 1, 2)  # <unk> (= mask), <s>, </s>
@@ -223,8 +223,9 @@ def test_mlm_sop_whole_model_gradients(tied):
     assert report.max_rel_err < 1e-7
 
 
-def test_mlm_sop_with_lora_trains_adapters_and_head_only():
-    model = perturbed_model(tiny_config())
+@pytest.mark.parametrize("tied", [False, True])
+def test_mlm_sop_with_lora_trains_adapters_and_head_only(tied):
+    model = perturbed_model(tiny_config(tie_word_embeddings=tied))
     adapters = attach_lora(model, r=2)
     for p in adapters.params.values():
         p += 0.3 * np.random.default_rng(0).standard_normal(p.shape)
@@ -237,6 +238,25 @@ def test_mlm_sop_with_lora_trains_adapters_and_head_only():
         report = gradcheck(lambda *_: mlm_sop_loss_and_grads(model, sop_head, batch)[0], params, grads,
                            max_entries=8)
     report.raise_if_failed()
+    assert report.max_rel_err < 1e-7
+
+
+def test_evaluate_sentence_order_weights_mlm_per_masked_token_and_sop_per_pair():
+    # one batch of 3 pairs, or the same pairs as batches of 1 and 2 (padding trimmed): the same numbers,
+    # though the batches hold different numbers of pairs and of masked tokens
+    model = perturbed_model(tiny_config())
+    whole = _sop_batch(model.config)
+    sop_head = np.random.default_rng(3).standard_normal((2, model.config.hidden_size))
+
+    def rows(r, T):
+        return SentenceOrderBatch(whole.inputs[r, :T], whole.targets[r, :T], whole.attention_mask[r, :T],
+                                  whole.sop_labels[r])
+    parts = [rows(slice(0, 1), 6), rows(slice(1, 3), 6)]
+    with use_backend("numpy"):
+        one, split = evaluate_sentence_order(model, sop_head, [whole]), evaluate_sentence_order(model, sop_head, parts)
+        masked = [int((p.targets != -100).sum()) for p in parts]
+        assert masked[0] != masked[1], masked      # a mean of the batches' means would differ
+        assert split == pytest.approx(one, rel=1e-12) and one["pairs"] == 3
 
 
 def test_bad_targets_and_padding():

@@ -208,12 +208,20 @@ def load_sentence_order(folder, dtype=np.float32):
 
 
 def changed_probability(model, sop_head_weight, tokenizer, a: str, b: str, max_len: int | None = None) -> float:
-    """The head's probability that the pair (A, B) was changed: swapped (SOP) or B from elsewhere (NSP)."""
+    """The head's probability that the pair (A, B) was changed: swapped (SOP) or B from elsewhere (NSP).
+
+    max_len: tokens of `<s> A </s> B </s>` (None: the model's max_position_embeddings); a longer pair
+    keeps the text at the A|B boundary, as in training."""
     from .ops.classifier import classifier_forward, last_token_index
     from .ops.softmax import softmax_forward
 
-    max_len = max_len or model.config.max_position_embeddings
-    ids = np.array([encode_pair(tokenizer, a, b, max_len)])
+    from .ops._checks import require_positive_int
+
+    positions = model.config.max_position_embeddings
+    require_positive_int("max_len", max_len, none_ok=True)
+    if max_len is not None and max_len > positions:
+        raise ValueError(f"max_len must be at most the model's max_position_embeddings ({positions}), got {max_len}")
+    ids = np.array([encode_pair(tokenizer, a, b, max_len or positions)])
     mask = np.ones(ids.shape, dtype=bool)
     hidden, _ = model.hidden_forward(ids, mask, causal=False)
     logits, _ = classifier_forward(hidden, sop_head_weight, last_token_index(mask))   # (1, 2)

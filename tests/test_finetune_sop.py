@@ -169,3 +169,21 @@ def test_the_head_file_holds_exactly_the_head(greetings, tmp_path):
     with use_backend("numpy"):
         sentence_order(settings(greetings, steps=1, out=str(tmp_path / "run")), echo=lambda *_: None)
     assert set(read_safetensors(tmp_path / "run" / HEAD_FILE)) == {SOP_HEAD}
+
+
+def test_changed_probability_checks_max_len_against_the_model(greetings):
+    from npllama.objectives import init_sop_head
+    from npllama.runs import load_model_and_tokenizer
+
+    model, tokenizer, _ = load_model_and_tokenizer(greetings[0])
+    head = init_sop_head(model.config.hidden_size)
+    long = "Hello red cat. " * 40
+    with use_backend("numpy"):
+        assert 0 < changed_probability(model, head, tokenizer, long, long) < 1      # cut to the model's 64 positions
+        assert 0 < changed_probability(model, head, tokenizer, long, long, max_len=16) < 1
+        # before: a deep "sequence of 565 positions is longer than max_position_embeddings"; True taken as 1
+        with pytest.raises(ValueError, match=r"max_len must be at most the model's max_position_embeddings \(64\), "
+                                             r"got 1000"):
+            changed_probability(model, head, tokenizer, long, long, max_len=1000)
+        with pytest.raises(ValueError, match="max_len must be None or a positive int, got True"):
+            changed_probability(model, head, tokenizer, "a.", "b.", max_len=True)

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from .finetune import FinetuneSettings, _write_info, lora_dropout_on, loss_change, run_steps
-from .objectives import (SOP_HEAD, TASKS, SentenceOrderBatches, encode_pair, evaluate_sentence_order,
-                         init_sop_head, mlm_sop_loss_and_grads, split_sentences)
+from .objectives import (SOP_HEAD, TASKS, SentenceOrderBatches, check_pair_tokenizer, encode_pair,
+                         evaluate_sentence_order, init_sop_head, mlm_sop_loss_and_grads, split_sentences)
 
 HEAD_FILE = "sop_head.safetensors"        # the binary head, beside the model's own files
 DEFAULT_STORIES = 3000                   # built-in documents when no --data is given
@@ -102,6 +102,7 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
     from .runs import load_model_and_tokenizer
 
     model, tokenizer, model_dir = load_model_and_tokenizer(sc_.base, dtype=sc_.model_dtype())
+    check_pair_tokenizer(tokenizer)
     texts, source = _documents(sc_)
     everything, texts = len(texts), [t for t in texts if len(split_sentences(t)) >= 2]   # those that give a pair
     if not texts:

@@ -58,6 +58,10 @@ def pad_id_of(tokenizer) -> int:
 
 def mask_token_id(tokenizer) -> int:
     """The id used as [MASK]: the tokenizer's <unk> (unused in text thanks to byte fallback)."""
+    if tokenizer.unk_id is None:   # e.g. a tokenizer.json whose tokenizer_config.json names no unk_token
+        raise ValueError("the tokenizer has no <unk> token, which masked-LM training uses as its [MASK] token; "
+                         "use a SentencePiece tokenizer.model, or a tokenizer.json whose tokenizer_config.json "
+                         "names an unk_token")
     return int(tokenizer.unk_id)
 
 
@@ -247,6 +251,7 @@ def encode_pair(tokenizer, a: str, b: str, max_len: int) -> list[int]:
     nearest the boundary between A and B -- A its end, B its start -- for that boundary is what the
     order is about (in order, the end of A runs on into the start of B).  Both keep at least one
     token."""
+    _require_bos_eos(tokenizer)
     ids_a, ids_b = tokenizer.encode(a, bos=False), tokenizer.encode(b, bos=False)
     room = max_len - 3
     if room < 2:
@@ -254,6 +259,18 @@ def encode_pair(tokenizer, a: str, b: str, max_len: int) -> list[int]:
     keep_a = min(len(ids_a), max(room // 2, room - len(ids_b)))
     keep_b = min(len(ids_b), room - keep_a)
     return [tokenizer.bos_id, *ids_a[len(ids_a) - keep_a:], tokenizer.eos_id, *ids_b[:keep_b], tokenizer.eos_id]
+
+
+def _require_bos_eos(tokenizer) -> None:
+    if tokenizer.bos_id is None or tokenizer.eos_id is None:
+        raise ValueError(f"a pair is <s> A </s> B </s>, but the tokenizer has no "
+                         f"{'<s> (bos_token)' if tokenizer.bos_id is None else '</s> (eos_token)'}")
+
+
+def check_pair_tokenizer(tokenizer) -> None:
+    """ValueError unless `tokenizer` has what MLM + SOP batches need: <s>, </s>, and <unk> as the mask."""
+    _require_bos_eos(tokenizer)
+    mask_token_id(tokenizer)
 
 
 class SentenceOrderBatches:
@@ -265,6 +282,7 @@ class SentenceOrderBatches:
     """
 
     def __init__(self, texts, tokenizer, batch_size: int, max_len: int, task: str = "sop", seed: int = 0):
+        check_pair_tokenizer(tokenizer)
         rng = np.random.default_rng([seed, 0])
         pairs = sentence_order_pairs([split_sentences(t) for t in texts], rng, task)
         if len(pairs) < batch_size:

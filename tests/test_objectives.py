@@ -4,9 +4,10 @@ import pytest
 
 from npllama import Llama, LlamaConfig, gradcheck, use_backend
 from npllama.lora import attach_lora
-from npllama.objectives import (SOP_HEAD, MaskedLMBatches, SentenceOrderBatch, encode_pair, evaluate_sentence_order,
-                                init_sop_head, mask_tokens, mlm_loss, mlm_loss_and_grads, mlm_objective,
-                                mlm_sop_loss_and_grads, pad_batch, sentence_order_pairs, split_sentences)
+from npllama.objectives import (SOP_HEAD, MaskedLMBatches, SentenceOrderBatch, SentenceOrderBatches, encode_pair,
+                                evaluate_sentence_order, init_sop_head, mask_tokens, mlm_loss, mlm_loss_and_grads,
+                                mlm_objective, mlm_sop_loss_and_grads, pad_batch, sentence_order_pairs,
+                                split_sentences)
 
 SPECIAL = (0, 1, 2)  # <unk> (= mask), <s>, </s>
 
@@ -160,6 +161,24 @@ def test_split_sentences_knows_titles_initials_quotes_ellipses_and_chinese(text,
     # Before: "Mr." ended a sentence, \u3002 and closing quotes other than " never did, so a Chinese
     # document (the article's language) was "one sentence" and gave no pair.
     assert split_sentences(text) == sentences
+
+
+def test_a_tokenizer_without_unk_bos_or_eos_is_refused_by_name():
+    # a tokenizer.json whose tokenizer_config.json names no unk_token (LLaMA-3 style): before, int(None)
+    class Tok:
+        unk_id, bos_id, eos_id, pad_id, vocab_size = None, 1, 2, None, 13
+
+        def encode(self, text, bos=True):
+            return [5, 6]
+
+    with pytest.raises(ValueError, match=r"the tokenizer has no <unk> token, which masked-LM training uses as its "
+                                         r"\[MASK\] token"):
+        SentenceOrderBatches(["One. Two."] * 4, Tok(), batch_size=2, max_len=16)
+    with pytest.raises(ValueError, match="no <unk> token"):
+        MaskedLMBatches.for_tokenizer(None, Tok())
+    Tok.unk_id, Tok.eos_id = 0, None
+    with pytest.raises(ValueError, match=r"a pair is <s> A </s> B </s>, but the tokenizer has no </s> \(eos_token\)"):
+        encode_pair(Tok(), "One.", "Two.", max_len=16)
 
 
 # ----- whole-model gradients ------------------------------------------------------------------------

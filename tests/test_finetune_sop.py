@@ -187,3 +187,18 @@ def test_changed_probability_checks_max_len_against_the_model(greetings):
             changed_probability(model, head, tokenizer, long, long, max_len=1000)
         with pytest.raises(ValueError, match="max_len must be None or a positive int, got True"):
             changed_probability(model, head, tokenizer, "a.", "b.", max_len=True)
+
+
+def test_the_shared_flags_help_says_what_is_true_for_each_job():
+    from npllama.cli import build_parser
+
+    finetune = next(a for a in build_parser()._subparsers._group_actions[0].choices["finetune"]._actions
+                    if a.dest == "task").choices
+    helps = {task: {a.dest: " ".join(a.help.split()) for a in parser._actions} for task, parser in finetune.items()}
+    # --resume names exactly the settings each job refuses to change (before: a list without --pairs, --stories ...)
+    assert helps["sop"]["resume"].endswith("(--base, --data, --val-fraction, --lora, --lora-r, --lora-alpha, "
+                                           "--lora-dropout, --lora-targets, --batch-size, --max-len, --seed, --dtype, "
+                                           "--pairs, --doc-separator, --stories)")
+    assert "--dataset, --labels, --val-data)" in helps["classify"]["resume"]
+    assert "the pairs" in helps["sop"]["seed"] and "the masks" in helps["sop"]["seed"]
+    assert "head" not in helps["sft"]["seed"] and "new head" not in helps["sft"]["lora"]   # sft has no new head

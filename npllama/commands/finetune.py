@@ -51,7 +51,9 @@ def register(subparsers) -> None:
                     "with the loss on the response only. With no --data it uses built-in story instructions "
                     "(\"Write a story about Lily.\").",
         formatter_class=HelpFormatter), SFTConfig()
-    _common(s, d)
+    _common(s, d, lora_help="train LoRA adapters only, the base weights (the LM head too) frozen; saved in PEFT's "
+                            "adapter layout (with --merge: merged into the weights)",
+            seeds="the adapters, the split and the batch order")
     s.add_argument("--data", default=None, help=".jsonl with {\"prompt\", \"response\"} lines (optional "
                    "\"system\") (default: built-in instructions)")
     s.add_argument("--val-fraction", type=float, default=d.val_fraction,
@@ -78,7 +80,9 @@ def register(subparsers) -> None:
                     "it uses built-in stories.",
         formatter_class=HelpFormatter), SentenceOrderConfig()
     _common(o, d, lora_help="train LoRA adapters (and the binary head) only, the base weights frozen; "
-                              "merged into the weights when saved")
+                              "merged into the weights when saved",
+            seeds="the head, the adapters, the split, the pairs (where A and B are cut, which are changed), the "
+                  "batch order and the masks")
     o.add_argument("--data", default=None, help="documents, read as `npllama train --data` reads them: a .txt "
                    "file (cut as --doc-separator says), a folder of .txt/.jsonl files, or a .jsonl file with a "
                    "\"text\" field; each document of two or more sentences gives one pair (default: --stories "
@@ -99,7 +103,8 @@ def register(subparsers) -> None:
     p.set_defaults(run=print_help_instead(p))
 
 
-def _common(p, d, lora_help: str = LORA_HELP) -> None:
+def _common(p, d, lora_help: str = LORA_HELP,
+            seeds: str = "the head, the adapters, the split and the batch order") -> None:
     p.add_argument("--base", default=None, help="the pre-trained model: a run folder or a Hugging Face "
                    "LLaMA folder with tokenizer.model (default: the latest `npllama train` run)")
     p.add_argument("--out", default=None, help="the run folder: checkpoints while training, then the result "
@@ -107,10 +112,13 @@ def _common(p, d, lora_help: str = LORA_HELP) -> None:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help="steps between checkpoints in --out (0: only when stopped and at the end); Ctrl-C, "
                         "SIGTERM and SIGHUP save one and stop")
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(d)}
+    defining = ", ".join("--" + name.replace("_", "-") for name in d.RESUME_FIXED if name in fields)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, with the settings it was started with; "
-                        "options given with it change those settings (the ones that define the run -- "
-                        "--base, data, LoRA shape, batch size, --max-len, seed, dtype -- are refused)")
+                        f"options given with it change those settings, except the ones that define the run ({defining})")
     p.add_argument("--lora", action="store_true", help=lora_help)
     p.add_argument("--lora-r", type=int, default=d.lora_r, help="adapter rank r")
     p.add_argument("--lora-alpha", type=float, default=d.lora_alpha, help="scaling = alpha / r")
@@ -126,8 +134,7 @@ def _common(p, d, lora_help: str = LORA_HELP) -> None:
                         "(default: 20, at most --steps - 1)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay,
                    help="AdamW's decoupled weight decay")
-    p.add_argument("--seed", type=int, default=d.seed,
-                   help="seeds the head, the adapters, the split and the batch order")
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds " + seeds)
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"],
                    help="the precision the model is trained in")
     p.add_argument("--backend", default=None, choices=["numpy", "numba"],

@@ -144,7 +144,8 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
     out = None
     if run is not None:
         info = {"task": "sop", "pairs": sc_.pairs, "base": str(model_dir), "data": source, "lora": sc_.lora,
-                "steps": sc_.steps, "before": before, "after": after, "majority_baseline": baseline}
+                "steps": sc_.steps, "before": _json_numbers(before), "after": _json_numbers(after),
+                "majority_baseline": baseline}
         out = run.publish(lambda folder: _save(folder, model, head, tokenizer, info))
         echo(f"saved the masked-LM model and its {sc_.pairs.upper()} head ({HEAD_FILE}) to {out}")
     return SentenceOrderResult(before, after, baseline, trainable, losses, seconds, out)
@@ -170,14 +171,25 @@ def _pairs(texts, tokenizer, sc_, max_len, batch_size, which) -> SentenceOrderBa
 
 def _report(before: dict, after: dict, baseline: float, pairs: str) -> str:
     rows = [("", "before", "after"),
-            ("MLM loss (nats per masked token)", f"{before['mlm']:.4f}", f"{after['mlm']:.4f}"),
+            ("MLM loss (nats per masked token)", _mlm(before), _mlm(after)),
             (f"{pairs.upper()} loss", f"{before['sop']:.4f}", f"{after['sop']:.4f}"),
             (f"{pairs.upper()} accuracy", f"{before['sop_accuracy']:.3f}", f"{after['sop_accuracy']:.3f}")]
     width = max(len(r[0]) for r in rows)
     lines = [f"validation, {after['pairs']} pairs:"]
     lines += [f"  {name.ljust(width)}  {b:>8}  {a:>8}" for name, b, a in rows]
     lines.append(f"  majority-label baseline accuracy: {baseline:.3f}")
+    if np.isnan(after["mlm"]):
+        lines.append("  (no validation token was masked, so there is no MLM loss: give more documents)")
     return "\n".join(lines)
+
+
+def _mlm(numbers: dict) -> str:
+    return "n/a" if np.isnan(numbers["mlm"]) else f"{numbers['mlm']:.4f}"
+
+
+def _json_numbers(numbers: dict) -> dict:
+    """evaluate_sentence_order's numbers for finetune.json: a nan (nothing scored) as null."""
+    return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in numbers.items()}
 
 
 def _save(folder: Path, model, head: np.ndarray, tokenizer, info: dict) -> None:

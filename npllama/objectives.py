@@ -390,8 +390,9 @@ def mlm_sop_loss_and_grads(model, sop_head_weight, batch: SentenceOrderBatch):
 
 def evaluate_sentence_order(model, sop_head_weight, batches) -> dict:
     """Held-out numbers of an MLM + SOP model over `batches` (e.g. SentenceOrderBatches.evaluation_batches()):
-    {"mlm": MLM loss per masked token, "sop": SOP loss per pair, "sop_accuracy": share of pairs whose
-    order the head got right, "pairs": how many, "masked_tokens": how many}."""
+    {"mlm": MLM loss per masked token (nan if no token is masked: nothing was scored), "sop": SOP loss
+    per pair, "sop_accuracy": share of pairs whose order the head got right, "pairs": how many,
+    "masked_tokens": how many}."""
     mlm_sum = sop_sum = 0.0
     right = pairs = masked = 0
     for batch in batches:
@@ -403,7 +404,7 @@ def evaluate_sentence_order(model, sop_head_weight, batches) -> dict:
         pairs, masked = pairs + n_pairs, masked + n_masked
     if pairs == 0:
         raise ValueError("evaluate_sentence_order needs at least one batch")
-    return {"mlm": mlm_sum / max(masked, 1), "sop": sop_sum / pairs, "sop_accuracy": right / pairs,
+    return {"mlm": mlm_sum / masked if masked else float("nan"), "sop": sop_sum / pairs, "sop_accuracy": right / pairs,
             "pairs": pairs, "masked_tokens": masked}
 
 

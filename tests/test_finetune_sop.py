@@ -202,3 +202,17 @@ def test_the_shared_flags_help_says_what_is_true_for_each_job():
     assert "--dataset, --labels, --val-data)" in helps["classify"]["resume"]
     assert "the pairs" in helps["sop"]["seed"] and "the masks" in helps["sop"]["seed"]
     assert "head" not in helps["sft"]["seed"] and "new head" not in helps["sft"]["lora"]   # sft has no new head
+
+
+def test_a_validation_set_without_a_masked_token_reports_no_mlm_loss_not_zero(greetings, tmp_path, monkeypatch):
+    import npllama.finetune_sop as job
+
+    real = job.evaluate_sentence_order
+    monkeypatch.setattr(job, "evaluate_sentence_order", lambda *a: {**real(*a), "mlm": float("nan")})
+    said = []
+    with use_backend("numpy"):
+        sentence_order(settings(greetings, steps=1, out=str(tmp_path / "run")), echo=said.append)
+    report = "\n".join(said)
+    assert re.search(r"MLM loss \(nats per masked token\) +n/a +n/a\n", report) and "no MLM loss" in report
+    info = json.loads((tmp_path / "run" / "finetune.json").read_text())   # strict JSON: null, not NaN
+    assert info["after"]["mlm"] is None and info["before"]["mlm"] is None

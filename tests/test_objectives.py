@@ -276,6 +276,11 @@ def test_evaluate_sentence_order_weights_mlm_per_masked_token_and_sop_per_pair()
         masked = [int((p.targets != -100).sum()) for p in parts]
         assert masked[0] != masked[1], masked      # a mean of the batches' means would differ
         assert split == pytest.approx(one, rel=1e-12) and one["pairs"] == 3
+        # no masked token (a tiny validation set can draw none): no MLM loss to report -- before, 0.0
+        unmasked = SentenceOrderBatch(whole.inputs, np.full_like(whole.targets, -100), whole.attention_mask,
+                                      whole.sop_labels)
+        nothing = evaluate_sentence_order(model, sop_head, [unmasked])
+        assert np.isnan(nothing["mlm"]) and nothing["masked_tokens"] == 0 and nothing["sop"] == one["sop"]
 
 
 def test_bad_targets_and_padding():

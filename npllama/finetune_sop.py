@@ -119,7 +119,7 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
 
     was_causal = getattr(model, "objective", "causal") != "mlm"
     sc_.attach_lora_if_asked(model)
-    head = init_sop_head(model.config.hidden_size, seed=sc_.seed, dtype=model.dtype)
+    head, head_source = _starting_head(model_dir, model, sc_)
     trained = model.lora.params if model.lora is not None else model.params
     params = {**trained, SOP_HEAD: head}
     trainable = int(sum(p.size for p in params.values()))
@@ -129,6 +129,7 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
          f"and the binary head, {trainable:,} parameters trained), from {source}: {len(train)} training / "
          f"{len(val)} validation pairs; bidirectional attention"
          + (" (the base was trained causally: the result is a masked-LM model)" if was_causal else ""))
+    echo(head_source)
 
     before = evaluate_sentence_order(model, head, val_batches)
     sc = sc_.step_config(full_lr=1e-3, lora_lr=5e-3)
@@ -205,19 +206,45 @@ def _save(folder: Path, model, head: np.ndarray, tokenizer, info: dict) -> None:
 
 def load_sentence_order(folder, dtype=np.float32):
     """(model, sop_head_weight, tokenizer) from a folder `npllama finetune sop` saved."""
-    from .io.safetensors import read_safetensors
     from .runs import load_model_and_tokenizer
 
     head_file = Path(folder).expanduser() / HEAD_FILE
     if not head_file.is_file():
         raise FileNotFoundError(f"{str(folder)!r} has no {HEAD_FILE}: not a folder saved by `npllama finetune sop`")
     model, tokenizer, _ = load_model_and_tokenizer(folder, dtype=dtype)
-    tensors = read_safetensors(head_file)
-    head = tensors.get(SOP_HEAD)
-    if head is None or head.shape != (2, model.config.hidden_size):
-        raise ValueError(f"{str(head_file)!r} must hold {SOP_HEAD} of shape (2, {model.config.hidden_size}), "
+    return model, _read_head(head_file, model.config.hidden_size, dtype), tokenizer
+
+
+def _read_head(head_file: Path, hidden_size: int, dtype) -> np.ndarray:
+    from .io.safetensors import read_safetensors
+
+    head = read_safetensors(head_file).get(SOP_HEAD)
+    if head is None or head.shape != (2, hidden_size):
+        raise ValueError(f"{str(head_file)!r} must hold {SOP_HEAD} of shape (2, {hidden_size}), "
                          f"got {None if head is None else head.shape}")
-    return model, head.astype(dtype), tokenizer
+    return head.astype(dtype)
+
+
+def _starting_head(model_dir: Path, model, sc_: SentenceOrderConfig) -> tuple[np.ndarray, str]:
+    """(the head to train, a line saying where it came from): the base's own head when the base is a
+    `finetune sop` result of the same --pairs (training continues), else a fresh one."""
+    import json
+
+    from .finetune import INFO_FILE
+
+    fresh = init_sop_head(model.config.hidden_size, seed=sc_.seed, dtype=model.dtype)
+    head_file = Path(model_dir) / HEAD_FILE
+    if not head_file.is_file():
+        return fresh, "the binary head starts fresh (random, seeded by --seed)"
+    try:
+        pairs = json.loads((Path(model_dir) / INFO_FILE).read_text(encoding="utf-8")).get("pairs")
+    except (OSError, ValueError, AttributeError):
+        pairs = None
+    if pairs != sc_.pairs:   # a head that answered another question
+        return fresh, (f"the binary head starts fresh: the base's {HEAD_FILE} was trained on --pairs "
+                       f"{pairs or 'unknown'}, this run on {sc_.pairs}")
+    return _read_head(head_file, model.config.hidden_size, model.dtype), \
+        f"the binary head continues from the base's {HEAD_FILE}"
 
 
 def changed_probability(model, sop_head_weight, tokenizer, a: str, b: str, max_len: int | None = None) -> float:

@@ -216,3 +216,20 @@ def test_a_validation_set_without_a_masked_token_reports_no_mlm_loss_not_zero(gr
     assert re.search(r"MLM loss \(nats per masked token\) +n/a +n/a\n", report) and "no MLM loss" in report
     info = json.loads((tmp_path / "run" / "finetune.json").read_text())   # strict JSON: null, not NaN
     assert info["after"]["mlm"] is None and info["before"]["mlm"] is None
+
+
+def test_a_sop_result_as_base_continues_its_head_and_another_pairs_kind_starts_fresh(greetings, tmp_path):
+    with use_backend("numpy"):
+        first = sentence_order(settings(greetings, steps=40, out=str(tmp_path / "first")), echo=lambda *_: None)
+        first_head = load_sentence_order(tmp_path / "first")[1]
+        said = []
+        again = settings(greetings, steps=1, lr=1e-9, base=str(tmp_path / "first"), out=str(tmp_path / "second"))
+        result = sentence_order(again, echo=said.append)
+        assert any("continues from the base's sop_head.safetensors" in line for line in said), said
+        # the same held-out pairs: before this run, the numbers the first run ended with (a fresh head's differ)
+        assert result.before["sop"] == pytest.approx(first.after["sop"], rel=1e-5)
+        np.testing.assert_allclose(load_sentence_order(tmp_path / "second")[1], first_head, atol=1e-6)
+        said.clear()
+        sentence_order(settings(greetings, steps=1, pairs="nsp", base=str(tmp_path / "first")), echo=said.append)
+        assert any("starts fresh: the base's sop_head.safetensors was trained on --pairs sop" in line
+                   for line in said), said

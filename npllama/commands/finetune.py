@@ -76,7 +76,7 @@ def register(subparsers) -> None:
                     "loss plus a binary head's \"changed?\" cross-entropy. Prints the held-out MLM loss and the "
                     "head's accuracy before and after, beside the majority-label baseline. The result is a "
                     "masked-LM model (fine-tune it with `npllama finetune classify --base OUT`; generate refuses "
-                    "it) with the head in sop_head.safetensors; LoRA adapters are merged into it. With no --data "
+                    "it) with the head in sop_head.safetensors (a --base holding one, of the same --pairs, continues it); LoRA adapters are merged into it. With no --data "
                     "it uses built-in stories.",
         formatter_class=HelpFormatter), SentenceOrderConfig()
     _common(o, d, lora_help="train LoRA adapters (and the binary head) only, the base weights frozen; "

@@ -3,7 +3,8 @@
 The other objectives the article teaches beside LLaMA's next-token loss, as a job with the life of
 the other fine-tunes (npllama/finetune.py): a base model, data, AdamW steps, checkpoints, resume.
 
-Each document of two or more sentences gives one pair of consecutive stretches A, B.  With
+Each document of two or more sentences (each block of one about --max-len tokens long, when it is
+longer) gives one pair of consecutive stretches A, B.  With
 probability 0.5 the pair is changed: swapped for sentence order (SOP, ALBERT), or B replaced by a
 stretch of another document for next-sentence prediction (NSP, BERT).  `<s> A </s> B </s>` goes
 through the stack without the causal mask, 15% of its tokens masked; the loss is the MLM loss plus

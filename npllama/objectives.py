@@ -213,8 +213,29 @@ def _ends_a_sentence(text: str, end: re.Match) -> bool:
     return not (continued or word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()))
 
 
-def sentence_order_pairs(documents: list[list[str]], rng, task: str = "sop") -> list[tuple[str, str, int]]:
-    """(segment A, segment B, label) for each document of at least two sentences.
+def sentence_blocks(sentences: list[str], max_chars: int) -> list[list[str]]:
+    """A document's sentences cut into consecutive blocks of about max_chars characters, each block
+    one pair's text: a sentence joins its block while the block stays within max_chars, or while the
+    block has fewer than two sentences (a pair needs two).  A document that fits is one block."""
+    blocks, block, length = [], [], 0
+    for sentence in sentences:
+        if len(block) >= 2 and length + 1 + len(sentence) > max_chars:
+            blocks.append(block)
+            block, length = [], 0
+        length += len(sentence) + (1 if block else 0)
+        block.append(sentence)
+    if len(block) >= 2 or not blocks:
+        blocks.append(block)
+    else:                       # a last lone sentence stays with the block before it
+        blocks[-1].extend(block)
+    return blocks
+
+
+def sentence_order_pairs(documents: list[list[str]], rng, task: str = "sop",
+                         max_chars: int | None = None) -> list[tuple[str, str, int]]:
+    """(segment A, segment B, label) for each document of at least two sentences -- with max_chars,
+    for each block of about max_chars characters of it (sentence_blocks), so that a long document
+    gives a pair per stretch that fits a model's window rather than one pair in all.
 
     A and B are consecutive stretches of sentences: B starts where A ends.  With
     probability 0.5 the pair is changed: SOP swaps A and B; NSP replaces B with a segment of
@@ -228,21 +249,22 @@ def sentence_order_pairs(documents: list[list[str]], rng, task: str = "sop") -> 
     if task == "nsp" and len(usable) < 2:
         raise ValueError("next-sentence pairs need at least two documents (B is drawn from another one)")
     pairs = []
-    for i, sentences in enumerate(usable):
-        # a random stretch start < cut < end of the document: A = [start, cut), B = [cut, end).  Not
-        # always from the document's first sentence, or "Once upon a time" would give the order away.
-        start = int(rng.integers(0, len(sentences) - 1))
-        cut = int(rng.integers(start + 1, len(sentences)))
-        end = int(rng.integers(cut + 1, len(sentences) + 1))
-        a, b = " ".join(sentences[start:cut]), " ".join(sentences[cut:end])
-        label = int(rng.random() < 0.5)
-        if label and task == "sop":
-            a, b = b, a
-        elif label:  # nsp: B from a random other document, as many sentences
-            other = usable[(i + int(rng.integers(1, len(usable)))) % len(usable)]
-            first = int(rng.integers(0, len(other)))
-            b = " ".join(other[first:first + end - cut])
-        pairs.append((a, b, label))
+    for i, document in enumerate(usable):
+        for sentences in ([document] if max_chars is None else sentence_blocks(document, max_chars)):
+            # a random stretch start < cut < end of the block: A = [start, cut), B = [cut, end).  Not
+            # always from the block's first sentence, or "Once upon a time" would give the order away.
+            start = int(rng.integers(0, len(sentences) - 1))
+            cut = int(rng.integers(start + 1, len(sentences)))
+            end = int(rng.integers(cut + 1, len(sentences) + 1))
+            a, b = " ".join(sentences[start:cut]), " ".join(sentences[cut:end])
+            label = int(rng.random() < 0.5)
+            if label and task == "sop":
+                a, b = b, a
+            elif label:  # nsp: B from a random other document, as many sentences
+                other = usable[(i + int(rng.integers(1, len(usable)))) % len(usable)]
+                first = int(rng.integers(0, len(other)))
+                b = " ".join(other[first:first + end - cut])
+            pairs.append((a, b, label))
     return pairs
 
 
@@ -276,7 +298,9 @@ def check_pair_tokenizer(tokenizer) -> None:
 class SentenceOrderBatches:
     """MLM + SOP (or NSP) batches from a list of documents, shuffled each epoch, deterministic by seed.
 
-    One pair per document of two or more sentences, drawn once.  batch(step) is a function of
+    One pair per document of two or more sentences -- per block of one, when a document is longer
+    than max_len tokens (sentence_blocks; its characters per token measured on the texts) --
+    drawn once.  batch(step) is a function of
     (seed, step) alone, so a resumed run draws the same batches and masks; next_batch() walks the
     steps in order.  evaluation_batches() covers every pair once, in order, with fixed masks.
     """
@@ -284,7 +308,8 @@ class SentenceOrderBatches:
     def __init__(self, texts, tokenizer, batch_size: int, max_len: int, task: str = "sop", seed: int = 0):
         check_pair_tokenizer(tokenizer)
         rng = np.random.default_rng([seed, 0])
-        pairs = sentence_order_pairs([split_sentences(t) for t in texts], rng, task)
+        max_chars = int((max_len - 3) * _chars_per_token(texts, tokenizer))
+        pairs = sentence_order_pairs([split_sentences(t) for t in texts], rng, task, max_chars=max_chars)
         if len(pairs) < batch_size:
             raise ValueError(f"only {len(pairs)} sentence pairs, fewer than one batch of {batch_size}")
         self.examples = [encode_pair(tokenizer, a, b, max_len) for a, b, _ in pairs]
@@ -325,6 +350,18 @@ class SentenceOrderBatches:
         inputs, targets = mask_tokens(tokens, rng, mask_token_id=self.mask_token_id, vocab_size=self.vocab_size,
                                       special_ids=self.special_ids, attention_mask=attention_mask)
         return SentenceOrderBatch(inputs, targets, attention_mask, self.labels[rows])
+
+
+def _chars_per_token(texts, tokenizer, sample_chars: int = 100_000) -> float:
+    """Characters per token of the texts' start (about sample_chars of them): how much text fills a window."""
+    sample, total = [], 0
+    for text in texts:
+        sample.append(text[:sample_chars - total])
+        total += len(sample[-1])
+        if total >= sample_chars:
+            break
+    tokens = sum(len(tokenizer.encode(t, bos=False)) for t in sample)
+    return total / max(tokens, 1)
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int):

@@ -6,8 +6,8 @@ from npllama import Llama, LlamaConfig, gradcheck, use_backend
 from npllama.lora import attach_lora
 from npllama.objectives import (SOP_HEAD, MaskedLMBatches, SentenceOrderBatch, SentenceOrderBatches, encode_pair,
                                 evaluate_sentence_order, init_sop_head, mask_tokens, mlm_loss, mlm_loss_and_grads,
-                                mlm_objective, mlm_sop_loss_and_grads, pad_batch, sentence_order_pairs,
-                                split_sentences)
+                                mlm_objective, mlm_sop_loss_and_grads, pad_batch, sentence_blocks,
+                                sentence_order_pairs, split_sentences)
 
 SPECIAL = (0, 1, 2)  # <unk> (= mask), <s>, </s>
 
@@ -116,6 +116,28 @@ def test_sentence_order_pairs(task):
             assert doc_a == doc_b and first_a == last_b + 1
         else:            # nsp: B from another document
             assert doc_a != doc_b
+
+
+@pytest.mark.parametrize("max_chars", [1, 12, 30, 10_000])
+def test_sentence_blocks_keep_the_order_and_two_sentences_each(max_chars):
+    sentences = [f"s{j}." + "x" * (j % 4) for j in range(11)]
+    blocks = sentence_blocks(sentences, max_chars)
+    assert [s for block in blocks for s in block] == sentences      # consecutive, in order, nothing lost
+    assert all(len(block) >= 2 for block in blocks)
+    for block in blocks[:-1]:   # within the budget, or as short as a pair allows
+        assert len(" ".join(block)) <= max_chars or len(block) == 2, block
+    assert (len(blocks) == 1) == (max_chars == 10_000)    # a document that fits is one block
+
+
+@pytest.mark.parametrize("task", ["sop", "nsp"])
+def test_a_long_document_gives_a_pair_per_block_each_within_the_block(task):
+    long_docs = [[f"d{k}s{j}." for j in range(40)] for k in range(3)]
+    pairs = sentence_order_pairs(long_docs, np.random.default_rng(0), task, max_chars=30)
+    assert len(pairs) > 3 * 5          # one per block, not one per document
+    for a, b, label in pairs:
+        (doc_a, first_a, last_a), (doc_b, first_b, last_b) = _where(a), _where(b)
+        if label == 0 or task == "sop":   # both stretches from one block: a few sentences apart at most
+            assert doc_a == doc_b and max(last_a, last_b) - min(first_a, first_b) < 10
 
 
 def test_split_sentences_and_encode_pair():

@@ -85,7 +85,8 @@ def register(subparsers) -> None:
                   "batch order and the masks")
     o.add_argument("--data", default=None, help="documents, read as `npllama train --data` reads them: a .txt "
                    "file (cut as --doc-separator says), a folder of .txt/.jsonl files, or a .jsonl file with a "
-                   "\"text\" field; each document of two or more sentences gives one pair (default: --stories "
+                   "\"text\" field; each document of two or more sentences gives one pair, a longer one a pair per "
+                   "--max-len stretch (default: --stories "
                    "built-in stories)")
     o.add_argument("--doc-separator", default=d.doc_separator, metavar="blank-line|marker:TEXT|whole-file",
                    help="how a .txt file is cut into documents: at blank lines, at every TEXT, or not at all")

@@ -303,3 +303,25 @@ def test_train_writes_the_vocab_file_sentencepiece_would(tmp_path):
     assert len(lines) == tokenizer.vocab_size == 300
     assert lines[:3] == ["<unk>\t0", "<s>\t0", "</s>\t0"] and lines[3] == "<0x00>\t0"
     assert (tmp_path / "tok.model").read_bytes() == tokenizer.model_bytes
+
+
+def test_the_tokenizer_command_cuts_documents_as_told_and_trains_the_model_type_asked(tmp_path, capsys):
+    """--doc-separator as `npllama train` reads it (a marker keeps blank lines inside a document), and
+    --model-type unigram is SentencePiece's other algorithm."""
+    from npllama.cli import main
+    from npllama.corpus import make_default_corpus
+    from npllama.tokenizer import Tokenizer
+
+    stories = make_default_corpus(150)
+    (tmp_path / "c.txt").write_text("\n\n<|doc|>".join(stories), encoding="utf-8")
+    argv = ["tokenizer", "train", "--data", str(tmp_path / "c.txt"), "--vocab-size", "360"]
+    assert main([*argv, "--doc-separator", "marker:<|doc|>", "--model-type", "unigram", "--out", str(tmp_path / "u")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    unigram, bpe = Tokenizer(tmp_path / "u.model"), Tokenizer(tmp_path / "b.model")
+    assert unigram.model_bytes != bpe.model_bytes
+    pieces = lambda tok: {tok.id_to_piece(i) for i in range(tok.vocab_size)}
+    assert not any("|" in p for p in pieces(unigram))   # cut at the marker: it was never text
+    assert any("|" in p for p in pieces(bpe))           # cut at blank lines: "<|doc|>" opens each document
+    assert unigram.decode(unigram.encode(stories[0], bos=False)) == stories[0]
+    assert main([*argv, "--doc-separator", "comma", "--out", str(tmp_path / "x")]) == 2
+    assert "--doc-separator must be" in capsys.readouterr().err

@@ -12,7 +12,13 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="tokenizer_command", metavar="<train|encode|decode>")
     t = sub.add_parser("train", help="train a tokenizer on a corpus",
                        formatter_class=HelpFormatter)
-    t.add_argument("--data", default=None, help="a .txt file, folder, or .jsonl (default: built-in stories)")
+    t.add_argument("--data", default=None, help="a .txt file (cut into documents as --doc-separator says), a "
+                   "folder of .txt/.jsonl files, or a .jsonl file with a \"text\" field (default: built-in stories)")
+    t.add_argument("--doc-separator", default="blank-line", metavar="blank-line|marker:TEXT|whole-file",
+                   help="how a .txt file is cut into documents, as `npllama train` cuts it (the tokenizer sees "
+                        "each document whole, newlines included)")
+    t.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"],
+                   help="SentencePiece's algorithm: byte-pair merges (LLaMA's) or a unigram language model")
     t.add_argument("--vocab-size", type=int, default=512,
                    help="pieces in the vocabulary, 256 byte pieces and <unk>, <s>, </s> included")
     t.add_argument("--out", default="tokenizer", help="output prefix: writes OUT.model and OUT.vocab")
@@ -46,8 +52,14 @@ def train(args) -> int:
                          f"{'them' if len(existing) > 1 else 'it'}, or choose another --out")
     if Path(f"{prefix}.model").is_dir():
         raise UsageError(f"--out {args.out!r}: {prefix}.model is a folder")
-    texts = load_texts(args.data) if args.data else make_default_corpus()
-    tok = Tokenizer.train(texts, args.out, args.vocab_size)
+    from ..data import check_doc_separator
+
+    try:
+        check_doc_separator(args.doc_separator)
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error).replace("doc_separator", "--doc-separator", 1)) from None
+    texts = load_texts(args.data, args.doc_separator) if args.data else make_default_corpus()
+    tok = Tokenizer.train(texts, args.out, args.vocab_size, model_type=args.model_type)
     print(f"wrote {tok.path} ({tok.vocab_size} pieces)")
     return 0
 

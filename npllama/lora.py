@@ -202,6 +202,9 @@ class LoraAdapters:
 
         The merged model computes what the adapted one did (without dropout), with no extra cost
         per token; it can be saved as an ordinary Hugging Face folder."""
+        if self.model.lora is not self:   # merged (or detached) already: adding B A again would change the model
+            raise ValueError("merge(): these adapters are not attached to their model (already merged, or "
+                             "detached); merging them again would add scaling * B A to the weights twice")
         for module in self.modules():
             A, B = self.params[peft_name(module, "lora_A")], self.params[peft_name(module, "lora_B")]
             self.model.params[module + ".weight"] += (self.scaling * (B @ A)).astype(self.model.dtype)

@@ -250,3 +250,23 @@ def test_a_causal_lm_adapter_is_loaded_for_causal_use(tmp_path):
     assert generate(model, [1, 2], 3, temperature=0) == expected
     with pytest.raises(ValueError, match="task must be None or 'CAUSAL_LM'"):
         load_adapter(model, tmp_path / "sft", task="causal")
+
+
+def test_merging_twice_or_after_detach_is_refused():
+    """merge() folds B A into the weights once: a second merge (or one after detach) would add it
+    again and change the model without a word."""
+    model, adapters = adapted_model(("q_proj", "down_proj"))
+    tokens, _ = batch(model.config)
+    adapted_logits = model.forward(tokens)
+    adapters.merge()
+    for again in (adapters.merge, adapters.merge):
+        with pytest.raises(ValueError, match=r"not attached to their model \(already merged"):
+            again()
+    np.testing.assert_allclose(model.forward(tokens), adapted_logits, rtol=1e-12, atol=1e-12)
+    other, detached = adapted_model(("v_proj",))
+    before = {n: p.copy() for n, p in other.params.items()}
+    detached.detach()
+    with pytest.raises(ValueError, match="already merged, or detached"):
+        detached.merge()
+    assert all(np.array_equal(before[n], p) for n, p in other.params.items())
+

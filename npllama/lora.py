@@ -47,6 +47,20 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS")
 CLASSIFICATION_HEADS = ("score",)   # modules_to_save of LlamaForSequenceClassification's head
+HEAD_TENSORS = tuple(f"{h}.weight" for h in CLASSIFICATION_HEADS)   # their tensors, as PEFT saves them
+SAVED_HEADS = ("classifier", "score")   # what PEFT's SEQ_CLS lists in modules_to_save (Llama has "score")
+# adapter_config.json fields that change what a PEFT adapter computes, and what each sets
+UNSUPPORTED_PEFT_FIELDS = {
+    "rank_pattern": "per-module ranks", "alpha_pattern": "per-module alphas",
+    "layers_to_transform": "adapters on a subset of layers", "layers_pattern": "adapters on a subset of layers",
+    "exclude_modules": "excluded modules", "layer_replication": "replicated layers",
+    "target_parameters": "adapted parameters (not modules)", "trainable_token_indices": "trainable tokens",
+    "lora_bias": "biases on lora_B", "alora_invocation_tokens": "activated LoRA (aLoRA) invocation tokens",
+    "use_bdlora": "LoRA variants (BD-LoRA)", "arrow_config": "LoRA variants (Arrow routing)",
+    "velora_config": "LoRA variants (VeLoRA)", "monteclora_config": "LoRA variants (MonteCLoRA)",
+    "kasa_config": "LoRA variants (KaSA)", "use_qalora": "LoRA variants (QA-LoRA)",
+}
+BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq")   # inits that rewrite the base weights
 
 
 class LoraSwiGLUCache(NamedTuple):
@@ -267,8 +281,10 @@ def load_adapter(model, path, task: str | None = None) -> LoraAdapters:
     """Attach the adapters saved in the PEFT folder `path` (by npllama or by PEFT) to `model`.
 
     Checks the config fields npllama implements (LoRA, no bias, no DoRA, fan_in_fan_out false, one
-    rank and alpha for all modules) and that every tensor is there with the shape this base model
-    needs.  Tensors of modules_to_save (e.g. a classification head) land in `adapters.extra`.
+    rank and alpha for all modules and layers) and refuses every other field that would make PEFT
+    compute something else (UNSUPPORTED_PEFT_FIELDS, a base-changing init, modules_to_save beyond a
+    classification head); then that every tensor is there with the shape this base model needs.  A
+    classification head saved beside the adapters (`score.weight`) lands in `adapters.extra`.
     task="CAUSAL_LM": the model will predict tokens (generate, perplexity, multiple choice), so an
     adapter saved for sequence classification is refused before its tensors are read.
     """
@@ -341,9 +357,10 @@ def _load_adapter(model, path, task=None) -> LoraAdapters:
                                                 f"model, which needs {expected.shape}", tensor=name)
         adapters.params[name] = tensors.pop(name)
     for name in list(tensors):
-        if not name.startswith(PEFT_PREFIX) or ".lora_" in name:
-            raise CheckpointError(weights_path, "unexpected: no such adapter in this base model "
-                                                "(is the adapter for another model?)", tensor=name)
+        if name[len(PEFT_PREFIX):] not in HEAD_TENSORS or not name.startswith(PEFT_PREFIX):
+            raise CheckpointError(weights_path, "unexpected: no such adapter in this base model, nor a "
+                                                "classification head (is the adapter for another model?)",
+                                  tensor=name)
         adapters.extra[name[len(PEFT_PREFIX):]] = tensors.pop(name)
     adapters.task_type = config.get("task_type") if isinstance(config.get("task_type"), str) else None
     adapters.source = str(path)
@@ -407,6 +424,19 @@ def _check_peft_config(path, config) -> None:
     for field, wanted in unsupported.items():
         if config.get(field, wanted) != wanted:
             fail(field, f"is {config[field]!r}; npllama supports only {wanted!r}")
-    for field in ("rank_pattern", "alpha_pattern", "layers_to_transform"):
-        if config.get(field):
-            fail(field, "per-module ranks/alphas or a subset of layers are not supported")
+    # PEFT applies each of these when it loads the adapter; npllama would not, and would compute
+    # other outputs than PEFT without a word.  So an adapter that sets one is refused.
+    for field, what in UNSUPPORTED_PEFT_FIELDS.items():
+        value = config.get(field)
+        if not (value is None or value is False or (isinstance(value, (list, dict, str)) and not value)):
+            fail(field, f"is {value!r:.80}; {what} are not supported by npllama (PEFT would apply them, "
+                        f"npllama would not): only plain LoRA on every layer's target_modules loads")
+    heads = config.get("modules_to_save")
+    if heads is not None and (not isinstance(heads, list) or not all(h in SAVED_HEADS for h in heads)):
+        fail("modules_to_save", f"is {heads!r:.80}; npllama loads only a classification head beside the "
+                                f"adapters (a subset of {list(SAVED_HEADS)}), not other trained modules")
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.startswith(BASE_CHANGING_INITS):
+        fail("init_lora_weights", f"is {init!r}: PEFT changes the base weights for such an adapter when it "
+                                  f"loads it; convert it to a plain LoRA adapter with PEFT first "
+                                  f"(save_pretrained(..., path_initial_model_for_weight_conversion=...))")

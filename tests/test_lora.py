@@ -270,3 +270,35 @@ def test_merging_twice_or_after_detach_is_refused():
         detached.merge()
     assert all(np.array_equal(before[n], p) for n, p in other.params.items())
 
+
+@pytest.mark.parametrize("field, value", [
+    ("modules_to_save", ["lm_head"]), ("modules_to_save", ["embed_tokens", "score"]),
+    ("trainable_token_indices", [3, 5]), ("alora_invocation_tokens", [7]), ("lora_bias", True),
+    ("layers_to_transform", 0), ("layers_pattern", "layers"), ("exclude_modules", ["q_proj"]),
+    ("layer_replication", [[0, 2]]), ("target_parameters", ["mlp.up_proj.weight"]),
+    ("use_bdlora", {"nblocks": 2}), ("init_lora_weights", "pissa_niter_4"), ("init_lora_weights", "olora"),
+])
+def test_load_refuses_peft_fields_that_would_change_the_outputs(tmp_path, field, value):
+    """PEFT applies these on loading; ignoring them would give other logits than PEFT's silently."""
+    model, adapters = adapted_model(("q_proj",))
+    adapters.save_adapter(tmp_path / "a")
+    config_path = tmp_path / "a" / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), field: value}))
+    with pytest.raises(CheckpointError, match=rf"field '{field}': .*(not supported|only a classification head|"
+                                              rf"changes the base weights)"):
+        load_adapter(base_model(), tmp_path / "a")
+
+
+def test_load_takes_only_a_classification_head_beside_the_adapters(tmp_path):
+    model, adapters = adapted_model(("q_proj",))
+    adapters.extra["score.weight"] = np.ones((2, 8))
+    adapters.save_adapter(tmp_path / "a", task_type="SEQ_CLS")
+    config_path = tmp_path / "a" / "adapter_config.json"
+    # PEFT's SEQ_CLS lists both names it knows for a head
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "modules_to_save": ["classifier", "score"]}))
+    assert list(load_adapter(base_model(), tmp_path / "a").extra) == ["score.weight"]
+    tensors = read_safetensors(tmp_path / "a" / "adapter_model.safetensors")
+    tensors["base_model.model.lm_head.weight"] = np.zeros((11, 8))   # a trained LM head the config does not list
+    write_safetensors(tmp_path / "a" / "adapter_model.safetensors", tensors)
+    with pytest.raises(CheckpointError, match="'base_model.model.lm_head.weight': unexpected"):
+        load_adapter(base_model(), tmp_path / "a")

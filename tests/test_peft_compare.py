@@ -1,0 +1,151 @@
+"""npllama's LoRA adapters against Hugging Face PEFT, both ways: same logits, same adapter gradients.
+
+Optional: skipped unless torch, transformers and peft are installed.  Float64 throughout, with
+transformers' float32 islands replaced as in test_hf_compare (make_float64_faithful), so the
+comparison is good to round-off.
+"""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+from npllama import Llama, LlamaConfig, use_backend  # noqa: E402
+from npllama.finetune import SequenceClassifier  # noqa: E402
+from npllama.gradcheck import rel_error  # noqa: E402
+from npllama.io.errors import CheckpointError  # noqa: E402
+from npllama.lora import ALL_TARGETS, attach_lora, load_adapter  # noqa: E402
+from npllama.objectives import pad_batch  # noqa: E402
+
+from test_hf_compare import make_float64_faithful  # noqa: E402
+
+VOCAB = 40
+
+
+def base_folder(path, tied=False, kv_heads=2, seed=0):
+    """A small float64 Llama saved by npllama (weights away from init, so gradients are sizeable)."""
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=32,
+                         tie_word_embeddings=tied)
+    model = Llama(config, seed=seed, dtype=np.float64)
+    rng = np.random.default_rng(seed + 1)
+    for p in model.params.values():
+        p += 0.2 * rng.standard_normal(p.shape)
+    model.save_pretrained(path)
+    return path
+
+
+def tokens_and_targets(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, VOCAB, (2, 9)), rng.integers(0, VOCAB, (2, 9))
+
+
+@pytest.mark.parametrize("tied, kv_heads, settings", [
+    (False, 2, dict(r=4, lora_alpha=8, target_modules=ALL_TARGETS, lora_dropout=0.1)),
+    (True, 1, dict(r=2, lora_alpha=5, target_modules=("v_proj", "down_proj"), use_rslora=True)),
+])
+def test_npllama_adapter_in_peft_gives_the_same_logits_and_gradients(tmp_path, tied, kv_heads, settings):
+    base = base_folder(tmp_path / "base", tied, kv_heads)
+    model = Llama.from_pretrained(base, dtype=np.float64)
+    adapters = attach_lora(model, **settings)
+    rng = np.random.default_rng(3)
+    for p in adapters.params.values():
+        p += 0.3 * rng.standard_normal(p.shape)   # B != 0: the adapters matter
+    adapters.save_adapter(tmp_path / "adapter", base_model_name_or_path=str(base))
+    tokens, targets = tokens_and_targets()
+    with use_backend("numpy"):
+        logits = model.forward(tokens)
+        loss, grads = model.loss_and_grads(tokens, targets)
+
+    hf = transformers.LlamaForCausalLM.from_pretrained(base, dtype=torch.float64, attn_implementation="eager")
+    make_float64_faithful(hf, model.config)
+    peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter", is_trainable=True).eval()
+    theirs = peft_model(torch.from_numpy(tokens)).logits
+    torch_loss = torch.nn.functional.cross_entropy(theirs.reshape(-1, VOCAB), torch.from_numpy(targets).reshape(-1))
+    torch_loss.backward()
+    torch_grads = {n.replace(".default", ""): p.grad.numpy() for n, p in peft_model.named_parameters()
+                   if p.requires_grad}
+    assert rel_error(logits, theirs.detach().numpy()) < 1e-12
+    assert loss == pytest.approx(torch_loss.item(), rel=1e-12)
+    assert set(torch_grads) == set(grads)
+    for name, g in grads.items():
+        assert rel_error(g, torch_grads[name]) < 1e-10, name
+
+
+def causal_lm(base):
+    return transformers.LlamaForCausalLM.from_pretrained(base, dtype=torch.float64, attn_implementation="eager")
+
+
+def peft_adapter(hf, path, task_type="CAUSAL_LM", **lora):
+    """An adapter made by PEFT on the transformers model `hf` and saved, every trainable tensor
+    moved off its init (B != 0)."""
+    torch.manual_seed(0)
+    model = peft.get_peft_model(hf, peft.LoraConfig(task_type=task_type, **lora))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn_like(p))
+    model.save_pretrained(path)
+    return model.eval()
+
+
+def test_peft_adapter_in_npllama_gives_the_same_logits(tmp_path):
+    base = base_folder(tmp_path / "base", tied=True, kv_heads=1)
+    theirs = peft_adapter(causal_lm(base), tmp_path / "adapter", r=3, lora_alpha=7, use_rslora=True,
+                          target_modules=["k_proj", "o_proj", "gate_proj", "up_proj"])
+    make_float64_faithful(theirs.base_model.model, Llama.from_pretrained(base).config)
+    tokens, _ = tokens_and_targets(1)
+    model = Llama.from_pretrained(base, dtype=np.float64)
+    load_adapter(model, tmp_path / "adapter")
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(tokens)).logits.numpy()
+    assert rel_error(model.forward(tokens), expected) < 1e-12
+
+
+def test_a_peft_adapter_that_trains_the_lm_head_is_refused(tmp_path):
+    """modules_to_save=["lm_head"]: PEFT swaps in its trained head; npllama used to drop it silently."""
+    base = base_folder(tmp_path / "base")
+    peft_adapter(causal_lm(base), tmp_path / "adapter", r=2, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    with pytest.raises(CheckpointError, match=r"field 'modules_to_save': is \['lm_head'\]"):
+        load_adapter(Llama.from_pretrained(base, dtype=np.float64), tmp_path / "adapter")
+
+
+def test_sequence_classification_adapter_both_ways(tmp_path):
+    """A SEQ_CLS adapter with the score head as modules_to_save: npllama's loads in PEFT's
+    LlamaForSequenceClassification, PEFT's in npllama's SequenceClassifier, logits equal."""
+    base = base_folder(tmp_path / "base", tied=True)
+    tokens, mask = pad_batch([[1, 5, 6, 7, 8, 9], [1, 10, 11]], pad_id=2)
+    hf_mask = torch.from_numpy(mask.astype(np.int64))
+
+    def hf_classifier():
+        return transformers.LlamaForSequenceClassification.from_pretrained(
+            base, num_labels=3, pad_token_id=2, dtype=torch.float64, attn_implementation="eager")
+
+    model = Llama.from_pretrained(base, dtype=np.float64)
+    adapters = attach_lora(model, r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "up_proj"])
+    rng = np.random.default_rng(4)
+    for p in adapters.params.values():
+        p += 0.3 * rng.standard_normal(p.shape)
+    ours = SequenceClassifier(model, ["a", "b", "c"])
+    ours.score_weight += rng.standard_normal(ours.score_weight.shape)
+    ours.save(tmp_path / "ours", tokenizer=None)
+    hf = hf_classifier()
+    make_float64_faithful(hf, model.config)
+    with torch.no_grad():
+        expected = peft.PeftModel.from_pretrained(hf, tmp_path / "ours").eval()(
+            torch.from_numpy(tokens), attention_mask=hf_mask).logits.numpy()
+    assert rel_error(ours.logits(tokens, mask), expected) < 1e-12
+
+    theirs = peft_adapter(hf_classifier(), tmp_path / "theirs", task_type="SEQ_CLS", r=2, lora_alpha=3,
+                          target_modules=["k_proj", "down_proj"])
+    assert json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())["modules_to_save"] == ["classifier", "score"]
+    make_float64_faithful(theirs.base_model.model, model.config)
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(tokens), attention_mask=hf_mask).logits.numpy()
+    plain = Llama.from_pretrained(base, dtype=np.float64)
+    head = SequenceClassifier(plain, ["a", "b", "c"])
+    head.score_weight = load_adapter(plain, tmp_path / "theirs").extra.pop("score.weight")
+    assert rel_error(head.logits(tokens, mask), expected) < 1e-12

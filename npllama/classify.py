@@ -24,12 +24,15 @@ from .ops._checks import require_positive_int
 class Classifier:
     """A model, its classification head and its tokenizer, ready for text."""
 
-    def __init__(self, model, score_weight: np.ndarray, label_names, tokenizer, source: str = ""):
+    def __init__(self, model, score_weight: np.ndarray, label_names, tokenizer, source: str = "",
+                 pad_token_id: int | None = None):
         score_weight = np.asarray(score_weight)
         if score_weight.shape != (len(label_names), model.config.hidden_size):
             raise ValueError(f"score_weight must have shape (num_labels={len(label_names)}, hidden_size="
                              f"{model.config.hidden_size}), got {score_weight.shape}")
-        self.head = SequenceClassifier(model, label_names)
+        # the head skips the pad id as transformers does: config.json's pad_token_id, else the batches' pad
+        self.head = SequenceClassifier(model, label_names,
+                                       pad_id=pad_id_of(tokenizer) if pad_token_id is None else pad_token_id)
         self.head.score_weight = score_weight.astype(model.dtype, copy=False)
         self.model, self.tokenizer, self.source = model, tokenizer, source
         self.label_names = self.head.label_names
@@ -93,7 +96,9 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
         objective = objective_of(raw, model_dir / "config.json")
     model = Llama(config, dtype=dtype, params=params, objective=objective)
     tokenizer.check_vocab(config.vocab_size)
-    return Classifier(model, score, names, tokenizer, str(model_dir))
+    pad_token_id = raw.get("pad_token_id")
+    pad_token_id = pad_token_id if type(pad_token_id) is int and 0 <= pad_token_id < config.vocab_size else None
+    return Classifier(model, score, names, tokenizer, str(model_dir), pad_token_id)
 
 
 def _info(folder: Path) -> dict:

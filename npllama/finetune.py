@@ -168,8 +168,12 @@ class SequenceClassifier:
     "mlm", `npllama train --objective mlm`: the article's BERT-style pre-training then fine-tuning).
     """
 
-    def __init__(self, model, label_names, seed: int = 0):
+    def __init__(self, model, label_names, seed: int = 0, pad_id: int | None = None):
         self.model = model
+        # the padding id, when known: the head then skips it as transformers does (pooled_index)
+        if pad_id is not None:
+            require_non_negative_int("pad_id", pad_id)
+        self.pad_id = None if pad_id is None else int(pad_id)
         self.label_names = tuple(label_names)
         if len(self.label_names) < 2:
             raise ValueError(f"a classifier needs at least two labels, got {list(self.label_names)}")
@@ -198,15 +202,27 @@ class SequenceClassifier:
             return {**self.model.lora.params, SCORE: self.score_weight}
         return {**{n: p for n, p in self.model.params.items() if n != "lm_head.weight"}, SCORE: self.score_weight}
 
+    def pooled_index(self, tokens, attention_mask) -> np.ndarray:
+        """(B,) where the head reads each row: its last real token, skipping `pad_id` when known.
+
+        transformers' LlamaForSequenceClassification finds the position by the ids alone, as the
+        rightmost token that is not config.pad_token_id.  Where the pad id is also a real token --
+        LLaMA pads with </s>, and a text "... </s>" encodes to it -- it reads the token before.  So
+        does this head, so that a saved classifier gives the same logits in transformers."""
+        mask = np.asarray(attention_mask)
+        if self.pad_id is not None:
+            mask = mask.astype(bool) & (np.asarray(tokens) != self.pad_id)
+        return last_token_index(mask)
+
     def logits(self, tokens, attention_mask) -> np.ndarray:
         """(B, num_labels) class scores."""
         hidden, _ = self.model.hidden_forward(tokens, attention_mask, causal=self.causal)
-        return classifier_forward(hidden, self.score_weight, last_token_index(attention_mask))[0]
+        return classifier_forward(hidden, self.score_weight, self.pooled_index(tokens, attention_mask))[0]
 
     def loss_and_grads(self, tokens, attention_mask, labels):
         """Mean cross-entropy of the labels, and its gradient for every trainable parameter."""
         hidden, caches = self.model.hidden_forward(tokens, attention_mask, causal=self.causal)   # (B, T, D)
-        logits, head_cache = classifier_forward(hidden, self.score_weight, last_token_index(attention_mask))
+        logits, head_cache = classifier_forward(hidden, self.score_weight, self.pooled_index(tokens, attention_mask))
         loss, ce_cache = cross_entropy_forward(logits, np.asarray(labels, dtype=np.int64))
         dlogits = cross_entropy_backward(np.ones((), dtype=logits.dtype), ce_cache)   # (B, num_labels)
         dhidden, d_score = classifier_backward(dlogits, head_cache)
@@ -466,7 +482,8 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
     model, tokenizer, model_dir = load_model_and_tokenizer(cc.base, dtype=dtype)
     max_len = min(cc.max_len, model.config.max_position_embeddings)
 
-    classifier = SequenceClassifier(model, names, seed=cc.seed)
+    pad_id = pad_id_of(tokenizer)   # also the saved config.json's pad_token_id
+    classifier = SequenceClassifier(model, names, seed=cc.seed, pad_id=pad_id)
     cc.attach_lora_if_asked(model)
     trainable = int(sum(p.size for p in classifier.params.values()))
     # the classifier's own parameters: the base without its LM head (unused: the score head replaces
@@ -480,7 +497,6 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
          + ("causal attention" if classifier.causal else
             "bidirectional attention (the base is a masked-LM model, pre-trained without the causal mask)"))
 
-    pad_id = pad_id_of(tokenizer)
     train_encoded, val_encoded = encode_texts(tokenizer, texts, max_len), encode_texts(tokenizer, val_texts, max_len)
     train_labels = np.asarray(train_ids)
     sc = cc.step_config(full_lr=3e-4, lora_lr=3e-3)

@@ -41,7 +41,7 @@ CITED = {
     "rope_llama3": ("rope.md", 86, 92, r"(1 - \mathrm{smooth})\,\mathrm{inv\_freq}_i / \mathrm{factor} + \mathrm{smooth}\cdot\mathrm{inv\_freq}_i"),
     "swiglu": ("swiglu.md", 79, 85, r"d\mathrm{gate} &= d\mathrm{act}\odot\mathrm{up}\odot\sigma\odot\big(1 + \mathrm{gate}\odot(1-\sigma)\big)"),
     "lora": ("lora.md", 67, 71, "dlora_A = d_lora_hidden.reshape(-1, r).T @ x_drop.reshape(-1, in_)"),
-    "classifier": ("classifier.md", 58, 60, "dhidden[np.arange(B), last_index] = dpooled"),
+    "classifier": ("classifier.md", 63, 65, "dhidden[np.arange(B), last_index] = dpooled"),
     "mlm": ("mlm.md", 46, 50, r"\mathrm{dlogits}_{b,t} = c_{b,t}\,(\mathrm{softmax}(\mathrm{logits}_{b,t}) - \mathrm{onehot}(\mathrm{targets}_{b,t}))/\sum c"),
     "sentence_order": ("sentence_order.md", 50, 56, r"$(-(\sigma - y),\ \sigma - y) = p_b - \mathrm{onehot}(y_b)$"),
     "transformer_block": ("transformer_block.md", 128, 132, r"dx &= dh + J_{\mathrm{N}_{w_{in}}}^T J_{\mathrm{Attn}}^T\, dh"),
@@ -316,7 +316,7 @@ def test_classifier(rng):
     _, cache = classifier_forward(hidden, S, last_index)
     pooled = hidden[np.arange(B), last_index]
     dpooled, dscore_weight = dlogits @ S, dlogits.T @ pooled              # classifier.md step 1
-    dhidden = np.zeros(hidden.shape, dtype=dpooled.dtype)                 # classifier.md:58-60
+    dhidden = np.zeros(hidden.shape, dtype=dpooled.dtype)                 # classifier.md:63-65
     dhidden[np.arange(B), last_index] = dpooled
     for mine, theirs in zip((dhidden, dscore_weight), classifier_backward(dlogits, cache)):
         close(mine, theirs)

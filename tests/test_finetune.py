@@ -103,6 +103,26 @@ def test_padding_does_not_change_a_texts_logits():
         np.testing.assert_allclose(classifier.logits(tokens, mask)[1], alone[0], rtol=1e-12)
 
 
+def test_the_head_skips_the_pad_id_as_transformers_does():
+    """LLaMA pads with </s>, and a text "... </s>" ends with that id: transformers' head reads the
+    token before it (the rightmost token that is not pad_token_id), and so does ours given pad_id."""
+    classifier = perturbed_classifier(lora=False)
+    with use_backend("numpy"):
+        text = classifier.logits(np.array([[1, 4, 5]]), np.ones((1, 3), dtype=bool))
+        tokens, mask = pad_batch([[1, 4, 5, 2], [1, 2, 6, 7, 8]], pad_id=2)
+        reads_the_eos = classifier.logits(tokens, mask)
+        classifier.pad_id = 2
+        assert classifier.pooled_index(tokens, mask).tolist() == [2, 4]
+        skips_it = classifier.logits(tokens, mask)
+        np.testing.assert_allclose(skips_it[0], text[0], rtol=1e-12)   # causal: the same hidden state
+        assert not np.allclose(reads_the_eos[0], text[0])
+        np.testing.assert_array_equal(skips_it[1], reads_the_eos[1])   # a pad id mid-text changes nothing
+        loss, grads = classifier.loss_and_grads(tokens, mask, np.array([0, 2]))
+        report = gradcheck(lambda *_: classifier.loss_and_grads(tokens, mask, np.array([0, 2]))[0],
+                           classifier.params, grads, max_entries=10)
+    report.raise_if_failed()
+
+
 def test_metrics_and_baseline():
     m = classification_metrics([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], 3)
     assert m["accuracy"] == pytest.approx(0.6)
@@ -257,6 +277,14 @@ def test_transformers_loads_the_classifier(base_dir, tmp_path):
     hf = transformers.LlamaForSequenceClassification.from_pretrained(tmp_path / "clf", torch_dtype=torch.float64)
     tokens, mask = pad_batch([[1, 4, 5, 6, 7], [1, 8, 9]], pad_id=tokenizer.eos_id)
     tokens[tokens >= 11] = 3
+    with torch.no_grad():
+        theirs = hf(torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64))).logits.numpy()
+    np.testing.assert_allclose(classifier.logits(tokens, mask), theirs, rtol=1e-5, atol=1e-6)
+
+    # a text ending with a real </s> (the pad id): transformers reads the token before it, and so
+    # does a head that knows the pad id (as `finetune classify` and load_classifier make it)
+    classifier.pad_id = hf.config.pad_token_id
+    tokens, mask = pad_batch([[1, 4, 5, tokenizer.eos_id], [1, 8, 9, 10, 6]], pad_id=tokenizer.eos_id)
     with torch.no_grad():
         theirs = hf(torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64))).logits.numpy()
     np.testing.assert_allclose(classifier.logits(tokens, mask), theirs, rtol=1e-5, atol=1e-6)

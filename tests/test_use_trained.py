@@ -169,6 +169,13 @@ def test_classifier_logits_match_transformers(classifiers):
     with torch.no_grad():
         expected = reference(torch.tensor([ids])).logits.numpy()
     np.testing.assert_allclose(clf.logits(["What a lovely red ball."]), expected, rtol=1e-5, atol=1e-6)
+    # "</s>" in a text is the eos id, which is also the pad id: transformers' head reads the token
+    # before it (the rightmost id that is not pad_token_id), and so does ours
+    ids = clf.tokenizer.encode("A red ball. </s>")
+    assert ids[-1] == clf.tokenizer.eos_id == reference.config.pad_token_id
+    with torch.no_grad():
+        expected = reference(torch.tensor([ids])).logits.numpy()
+    np.testing.assert_allclose(clf.logits(["A red ball. </s>"]), expected, rtol=1e-5, atol=1e-6)
 
 
 # ----- perplexity --------------------------------------------------------------------------------------

@@ -104,13 +104,22 @@ class Tokenizer:
         self.model_bytes = data
         # What the model *is*, independent of where it lives: keys caches of tokenized corpora.
         self.fingerprint = hashlib.sha256(data).hexdigest()
+        self._model_info = None
         # Control pieces (<s>, </s>, Mistral's [INST], ...) and <unk> have no text of their own in
         # SentencePiece, which spells their names as ordinary text; transformers gives their ids.
         # So do we: encode() cuts the text at these names (longest first).
         # <unk> too: transformers matches it as a special token.
         self.control_pieces = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())
                                if sp.is_control(i) or sp.is_unknown(i)}
-        names = sorted(self.control_pieces, key=len, reverse=True)
+        # User-defined pieces (user_defined_symbols, e.g. "<|im_start|>") are matched whole by
+        # SentencePiece too, but inside one text; transformers and llama.cpp cut the text at them as
+        # at control pieces (the text after one gets its own dummy-prefix space), and so do we.
+        from .io.sentencepiece_model import USER_DEFINED
+
+        self._whole_pieces = dict(self.control_pieces)
+        self._whole_pieces.update((sp.id_to_piece(i), i) for i, kind in enumerate(self.model_info.piece_types)
+                                  if kind == USER_DEFINED)
+        names = sorted(self._whole_pieces, key=len, reverse=True)
         self._control_pattern = re.compile("|".join(map(re.escape, names))) if names else None
 
     @classmethod
@@ -234,17 +243,17 @@ class Tokenizer:
     def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
         """Token ids of `text`, with <s> first if `bos` and </s> last if `eos`.
 
-        The name of a control piece in the text ("<s>", "</s>", Mistral's "[INST]") becomes that
-        piece's id, as transformers encodes it; the text between control pieces is encoded as
-        SentencePiece encodes a text (with its dummy-prefix space), as llama.cpp and Mistral's
-        reference tokenizer do.
+        The name of a control piece in the text ("<s>", "</s>", Mistral's "[INST]") or of a
+        user-defined piece becomes that piece's id, as transformers encodes it; the text between
+        such pieces is encoded as SentencePiece encodes a text (with its dummy-prefix space), as
+        transformers, llama.cpp and Mistral's reference tokenizer do.
         """
         _require_text("text", text)
         self._check_special(bos, eos)
         ids = [self.bos_id] if bos else []
         for is_control, segment in self._segments(text):
             if is_control:
-                ids.append(self.control_pieces[segment])
+                ids.append(self._whole_pieces[segment])
             else:
                 ids.extend(self._sp.encode(segment, out_type=int))
         return ids + ([self.eos_id] if eos else [])
@@ -267,7 +276,7 @@ class Tokenizer:
                                num_threads=num_threads or (os.cpu_count() or 1))
 
     def _segments(self, text: str) -> Iterator[tuple[bool, str]]:
-        """(is a control piece, text) in order; empty text segments are left out."""
+        """(is a control or user-defined piece, text) in order; empty text segments are left out."""
         position = 0
         if self._control_pattern is not None:
             for match in self._control_pattern.finditer(text):
@@ -289,6 +298,16 @@ class Tokenizer:
         return self._sp.decode(ids)
 
     # ----- travelling with a model folder ----------------------------------------------------------
+
+    @property
+    def model_info(self):
+        """Each piece's type (NORMAL, CONTROL, USER_DEFINED, ...) and the model type (bpe, unigram),
+        read from the model's bytes: `sentencepiece` tells neither (io/sentencepiece_model.py)."""
+        if self._model_info is None:
+            from .io.sentencepiece_model import read_model_info
+
+            self._model_info = read_model_info(self.model_bytes)
+        return self._model_info
 
     @property
     def adds_dummy_prefix(self) -> bool:

@@ -116,11 +116,16 @@ def _bpe_merges(sp, pieces: list[str], normal: list[int]) -> list[list[str]]:
 
 
 def _added_tokens(tokenizer) -> list[dict]:
-    """<unk> and the control pieces (<s>, </s>, [INST], ...): matched as whole tokens."""
+    """<unk> and the control pieces (<s>, </s>, [INST], ...), special; the user-defined pieces
+    (SentencePiece's user_defined_symbols), not special, so decode keeps their text: all matched
+    as whole tokens, as SentencePiece matches them."""
+    from .io.sentencepiece_model import USER_DEFINED
+
     sp = tokenizer._sp
-    ids = sorted({tokenizer.unk_id, *tokenizer.control_pieces.values()})
+    special = {tokenizer.unk_id, *tokenizer.control_pieces.values()}
+    user_defined = {i for i, kind in enumerate(tokenizer.model_info.piece_types) if kind == USER_DEFINED}
     return [{"id": i, "content": sp.id_to_piece(i), "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": True} for i in ids]
+             "normalized": False, "special": i in special} for i in sorted(special | user_defined)]
 
 
 def _is_identity_normalized(tokenizer) -> bool:

@@ -15,15 +15,16 @@ VOCAB = 400
 TEXTS = ["Once upon a time, Lily saw a red ball.", "two\nlines\n\nand  double  spaces", "digits 12345 and 7",
          "naïve café 日本 ☃ 🙂", "", " ", "\n", " leading space", "\tTab", "Tom said: \"Hi!\"",
          "[INST] Hello [/INST] Hi there</s>", "<s>[INST]x[/INST] y", "a</s>b", "[INST]\nfoo", "end with space ",
-         "<unk> is text", "ｆｕｌｌ ½ ﬁ"]
+         "<unk> is text", "ｆｕｌｌ ½ ﬁ", "<|im_start|>user\nhi<|im_end|>\n", "a <|im_end|> b<|im_start|>"]
 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    """A small LLaMA-style tokenizer with Mistral-v3-like control pieces [INST] and [/INST]."""
+    """A small LLaMA-style tokenizer with Mistral-v3-like control pieces [INST] and [/INST], and
+    ChatML-like user-defined pieces <|im_start|> and <|im_end|> (SentencePiece's user_defined_symbols)."""
     texts = make_default_corpus(300, seed=0) + ["naïve café 2024"]
     return Tokenizer.train(texts, tmp_path_factory.mktemp("tok") / "t", VOCAB,
-                           control_symbols=["[INST]", "[/INST]"])
+                           control_symbols=["[INST]", "[/INST]"], user_defined_symbols=["<|im_start|>", "<|im_end|>"])
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,17 @@ def test_control_pieces_encode_as_their_ids(tok):
     assert ids[2:ids.index(end)] == tok.encode(" Hello ", bos=False)
     assert tok.encode("a</s>", bos=False)[-1] == tok.eos_id
     assert tok.encode_batch(TEXTS) == [tok.encode(t) for t in TEXTS]
+
+
+def test_user_defined_pieces_cut_the_text_as_control_pieces_do(tok):
+    """As transformers and llama.cpp encode them: the piece's id, and the text after it encoded
+    alone (its own dummy-prefix space), where SentencePiece would go on inside one text."""
+    start, end = tok.piece_to_id("<|im_start|>"), tok.piece_to_id("<|im_end|>")
+    assert tok.model_info.piece_types[start] == tok.model_info.piece_types[end] == 4   # USER_DEFINED
+    assert tok.encode("<|im_start|>user x<|im_end|> y", bos=False) == (
+        [start] + tok.encode("user x", bos=False) + [end] + tok.encode(" y", bos=False))
+    assert tok.decode(tok.encode("<|im_start|>user x<|im_end|>")) == "<|im_start|> user x<|im_end|>"
+    assert "<|im_start|>" not in tok.control_pieces   # not special: decode keeps its text
 
 
 def test_text_without_control_pieces_is_sentencepieces(tok):

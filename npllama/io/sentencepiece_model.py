@@ -7,18 +7,22 @@ wire format is simple -- so npllama needs no protobuf package to make one.  The 
 `sentencepiece` (and so in `npllama.Tokenizer`) like a model SentencePiece trained itself.
 
 Used to turn llama2.c's tokenizer.bin (pieces and scores, see io/llama2c_tokenizer.py) into a
-tokenizer.model that travels with a converted model.
+tokenizer.model that travels with a converted model.  `read_model_info` reads back what the
+`sentencepiece` library does not tell: each piece's type (USER_DEFINED included) and the model type,
+which the GGUF and tokenizer.json exports need.
 """
 from __future__ import annotations
 
 import math
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 # SentencePiece.Type in sentencepiece_model.proto (GGUF's token types use the same numbers).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 PIECE_TYPES = (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE)
-MODEL_TYPE_BPE = 2  # TrainerSpec.ModelType: UNIGRAM = 1, BPE = 2
+MODEL_TYPE_UNIGRAM, MODEL_TYPE_BPE = 1, 2  # TrainerSpec.ModelType (also WORD = 3, CHAR = 4)
+MODEL_TYPE_NAMES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
 
 # Field numbers in sentencepiece_model.proto.
 _MODEL_PIECES, _MODEL_TRAINER_SPEC, _MODEL_NORMALIZER_SPEC = 1, 2, 3
@@ -78,7 +82,63 @@ def build_bpe_model(pieces: Sequence[str], scores: Sequence[float], types: Seque
     return bytes(body)
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a .model file says beyond what `sentencepiece` exposes."""
+    piece_types: tuple[int, ...]   # NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED or BYTE per id
+    model_type: int                # MODEL_TYPE_UNIGRAM, MODEL_TYPE_BPE, ... (unigram when unset)
+
+    @property
+    def model_type_name(self) -> str:
+        return MODEL_TYPE_NAMES.get(self.model_type, str(self.model_type))
+
+
+def read_model_info(data: bytes) -> ModelInfo:
+    """The piece types and model type of a serialized ModelProto (protobuf defaults when unset:
+    NORMAL, UNIGRAM).  ValueError if `data` is not a well-formed protobuf message."""
+    types, model_type = [], MODEL_TYPE_UNIGRAM
+    for number, value in _fields(data):
+        if number == _MODEL_PIECES:
+            types.append(next((v for n, v in _fields(value) if n == _PIECE_TYPE), NORMAL))
+        elif number == _MODEL_TRAINER_SPEC:
+            model_type = next((v for n, v in _fields(value) if n == _TRAINER_MODEL_TYPE), model_type)
+    return ModelInfo(tuple(types), model_type)
+
+
 # ----- protobuf wire format -------------------------------------------------------------------
+
+def _fields(data: bytes):
+    """(field number, value) of each field of a message: ints for varints, bytes otherwise."""
+    position = 0
+    while position < len(data):
+        key, position = _read_varint(data, position)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value, position = _read_varint(data, position)
+        elif wire_type in (1, 5):
+            size = 8 if wire_type == 1 else 4
+            value, position = data[position:position + size], position + size
+        elif wire_type == 2:
+            size, position = _read_varint(data, position)
+            value, position = data[position:position + size], position + size
+        else:
+            raise ValueError(f"not a SentencePiece model: protobuf wire type {wire_type} at byte {position}")
+        if position > len(data):
+            raise ValueError("not a SentencePiece model: a protobuf field runs past the end of the data")
+        yield number, value
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if position >= len(data) or shift > 63:
+            raise ValueError("not a SentencePiece model: a protobuf varint is cut off")
+        byte = data[position]
+        value |= (byte & 0x7F) << shift
+        position, shift = position + 1, shift + 7
+        if not byte & 0x80:
+            return value, position
+
 
 def _varint(value: int) -> bytes:
     value &= (1 << 64) - 1  # negative int32s are written as 64-bit two's complement (10 bytes)

@@ -26,6 +26,7 @@ import numpy as np
 
 from .hf import load_hf_folder
 from .rotary_layout import half_split_to_interleaved
+from .sentencepiece_model import UNUSED
 
 OUTTYPES = ("f32", "f16")
 # Hugging Face suffix inside model.layers.N. -> llama.cpp's name inside blk.N.
@@ -68,22 +69,20 @@ def gguf_tensors(config, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 
 def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[bytes], list[float], list[int]]:
-    """(pieces, scores, token types) for `vocab_size` ids from an npllama.Tokenizer, types in
-    SentencePiece's (and GGUF's) numbering; ids past the tokenizer's pieces become [PADn]."""
+    """(pieces, scores, token types) for `vocab_size` ids from an npllama.Tokenizer, types as the
+    .model file stores them (SentencePiece's numbering is GGUF's: a USER_DEFINED piece stays one, so
+    llama.cpp matches it whole as SentencePiece does); ids past the tokenizer's pieces become [PADn]."""
     sp = tokenizer._sp
     if sp.get_piece_size() > vocab_size:
         raise ValueError(f"the tokenizer has {sp.get_piece_size()} pieces but the model's embedding only "
                          f"{vocab_size} rows: they do not belong together")
-    pieces, scores, types = [], [], []
-    for i in range(sp.get_piece_size()):
-        pieces.append(sp.id_to_piece(i).encode("utf-8"))
-        scores.append(float(sp.get_score(i)))
-        types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 5 if sp.is_unused(i)
-                     else 6 if sp.is_byte(i) else 1)
+    pieces = [sp.id_to_piece(i).encode("utf-8") for i in range(sp.get_piece_size())]
+    scores = [float(sp.get_score(i)) for i in range(sp.get_piece_size())]
+    types = list(tokenizer.model_info.piece_types)
     for i in range(sp.get_piece_size(), vocab_size):
         pieces.append(f"[PAD{i}]".encode("utf-8"))
         scores.append(-1000.0)
-        types.append(5)
+        types.append(UNUSED)
     return pieces, scores, types
 
 
@@ -190,3 +189,6 @@ def _write_vocab(writer, tok, pieces, scores, types) -> None:
             add(token_id)
     writer.add_add_bos_token(tok.bos_id is not None)
     writer.add_add_eos_token(False)
+    # llama.cpp's default for a "llama" vocabulary is to add the space; a model trained without it
+    # (add_dummy_prefix=False) must say so, or every text gains a leading "▁".
+    writer.add_add_space_prefix(tok.adds_dummy_prefix)

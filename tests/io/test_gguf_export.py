@@ -1,6 +1,9 @@
 """GGUF export: the file's tensors, metadata and tokenizer, read back with llama.cpp's `gguf`
 reader, run run.c's forward pass (interleaved RoPE, llama.cpp's convention) to npllama's logits;
 llama-cpp-python's greedy tokens where it is installed."""
+import os
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -127,6 +130,44 @@ def test_f16_padded_vocab_and_llama3_rope(tmp_path, tokenizer):
             expected.append(1 / ((1 - smooth) / 8.0 + smooth))
     np.testing.assert_allclose(tensors["rope_freqs.weight"], expected, rtol=1e-6)
     assert len(set(np.round(expected, 3))) > 2  # the blend, not only the two ends
+
+
+@pytest.fixture(scope="module")
+def unusual_tokenizer(tmp_path_factory):
+    """Trained without the dummy-prefix space, with user-defined pieces (user_defined_symbols)."""
+    from npllama.corpus import make_default_corpus
+
+    return Tokenizer.train(make_default_corpus()[:300], tmp_path_factory.mktemp("tok") / "odd", vocab_size=400,
+                           add_dummy_prefix=False, user_defined_symbols=["<|im_start|>", "[SEP]"])
+
+
+def test_user_defined_pieces_and_no_space_prefix_reach_llama_cpp(tmp_path, tokenizer, unusual_tokenizer):
+    """llama.cpp matches USER_DEFINED pieces whole (a NORMAL one it would spell out by merges), and
+    adds a space before the text unless tokenizer.ggml.add_space_prefix says not to."""
+    _model_folder(tmp_path / "m", unusual_tokenizer)
+    export_gguf(tmp_path / "m", tmp_path / "m.gguf")
+    fields, _, _ = _read(tmp_path / "m.gguf")
+    types = fields["tokenizer.ggml.token_type"]
+    assert [types[unusual_tokenizer.piece_to_id(p)] for p in ("<|im_start|>", "[SEP]", "<s>", "<0x41>")] == [4, 4, 3, 6]
+    assert fields["tokenizer.ggml.add_space_prefix"] is False
+    _model_folder(tmp_path / "plain", tokenizer)
+    export_gguf(tmp_path / "plain", tmp_path / "plain.gguf")
+    assert _read(tmp_path / "plain.gguf")[0]["tokenizer.ggml.add_space_prefix"] is True
+
+
+LLAMA_TOKENIZE = os.environ.get("NPLLAMA_LLAMA_TOKENIZE")  # a built llama.cpp llama-tokenize
+
+
+@pytest.mark.skipif(not LLAMA_TOKENIZE, reason="set NPLLAMA_LLAMA_TOKENIZE to llama.cpp's llama-tokenize")
+@pytest.mark.parametrize("which", ["tokenizer", "unusual_tokenizer"])
+def test_llama_cpp_tokenizes_as_npllama(tmp_path, which, request):
+    tok = request.getfixturevalue(which)
+    _model_folder(tmp_path / "m", tok)
+    export_gguf(tmp_path / "m", tmp_path / "m.gguf")
+    for text in ["Once upon a time", "  two  spaces\n\tand a tab ", "日本 😀", "a<s>b</s> c", "<|im_start|>user [SEP] x"]:
+        done = subprocess.run([LLAMA_TOKENIZE, "-m", str(tmp_path / "m.gguf"), "-p", text, "--ids", "--log-disable"],
+                              capture_output=True, text=True, check=True)
+        assert done.stdout.strip().splitlines()[-1] == str(tok.encode(text)), text
 
 
 def test_refuses_a_tokenizer_larger_than_the_embedding(tmp_path, tokenizer):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,24 @@ def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[bytes], list[float], li
     return pieces, scores, types
 
 
+def llama_cpp_tokenizer_caveats(tokenizer) -> list[str]:
+    """Why llama.cpp would split some text into other ids than `tokenizer.encode` (empty: it splits
+    every text alike).  llama.cpp's SentencePiece ("llama") tokenizer merges pieces by score, as
+    SentencePiece's BPE does, and rewrites nothing but spaces."""
+    from ..tokenizer_export import _is_identity_normalized
+
+    caveats = []
+    kind = tokenizer.model_info.model_type_name
+    if kind != "bpe":
+        caveats.append(f"the tokenizer is a SentencePiece {kind} model, but llama.cpp encodes every SentencePiece "
+                       f"vocabulary as BPE: it will split much text into other ids than npllama (the weights "
+                       f"are exported exactly; give llama.cpp npllama's ids, or train a bpe tokenizer)")
+    if not _is_identity_normalized(tokenizer):
+        caveats.append("the tokenizer normalizes text (e.g. NFKC, collapsed spaces), which llama.cpp does not: "
+                       "text with such characters or runs of spaces will get other ids than in npllama")
+    return caveats
+
+
 def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: str | None = None,
                 progress: bool = False, overwrite: bool = False) -> Path:
     """Write the Hugging Face folder `model_dir` (with its tokenizer.model) as the GGUF file `out`.
@@ -111,6 +130,8 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     check_gguf_out(out, model_dir, overwrite, flag="out", force="overwrite=True")
     config, params = load_hf_folder(model_dir, dtype=np.float32)
     tok = Tokenizer(tokenizer if tokenizer is not None else find_tokenizer(model_dir))
+    for caveat in llama_cpp_tokenizer_caveats(tok):
+        warnings.warn(caveat, stacklevel=2)
     pieces, scores, types = gguf_vocab(tok, config.vocab_size)
     tensors = gguf_tensors(config, params)
 

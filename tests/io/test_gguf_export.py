@@ -3,6 +3,7 @@ reader, run run.c's forward pass (interleaved RoPE, llama.cpp's convention) to n
 llama-cpp-python's greedy tokens where it is installed."""
 import os
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -153,6 +154,23 @@ def test_user_defined_pieces_and_no_space_prefix_reach_llama_cpp(tmp_path, token
     _model_folder(tmp_path / "plain", tokenizer)
     export_gguf(tmp_path / "plain", tmp_path / "plain.gguf")
     assert _read(tmp_path / "plain.gguf")[0]["tokenizer.ggml.add_space_prefix"] is True
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(model_type="unigram"), "SentencePiece unigram model, but llama.cpp encodes every SentencePiece vocabulary as BPE"),
+    (dict(normalization_rule_name="nmt_nfkc", remove_extra_whitespaces=True), "normalizes text")])
+def test_a_tokenizer_llama_cpp_cannot_reproduce_is_exported_with_a_warning(tmp_path, tokenizer, options, words):
+    from npllama.corpus import make_default_corpus
+
+    other = Tokenizer.train(make_default_corpus()[:300], tmp_path / "tok", vocab_size=400, **options)
+    _model_folder(tmp_path / "m", other)
+    with pytest.warns(UserWarning, match=words):
+        export_gguf(tmp_path / "m", tmp_path / "m.gguf")
+    assert (tmp_path / "m.gguf").is_file()
+    _model_folder(tmp_path / "plain", tokenizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        export_gguf(tmp_path / "plain", tmp_path / "plain.gguf")
 
 
 LLAMA_TOKENIZE = os.environ.get("NPLLAMA_LLAMA_TOKENIZE")  # a built llama.cpp llama-tokenize

@@ -46,7 +46,11 @@ class JsonTokenizer:
         self.json_bytes = data
         self.config = _read_config(path.parent / CONFIG_FILE)
         self.fingerprint = hashlib.sha256(data).hexdigest()
+        # No BOS named (no tokenizer_config.json): AutoTokenizer still puts the post-processor's
+        # leading special token first (<s>, LLaMA-3's <|begin_of_text|>), so that is the BOS.
         self.bos_id = self._special_id("bos_token")
+        if self.bos_id is None:
+            self.bos_id = _template_bos_id(json.loads(data), self._tok)
         self.eos_id = self._special_id("eos_token")
         self.pad_id = self._special_id("pad_token")
         self.unk_id = self._special_id("unk_token")
@@ -115,6 +119,22 @@ class JsonTokenizer:
 
     def __repr__(self) -> str:
         return f"JsonTokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
+
+
+def _template_bos_id(pipeline, tok) -> int | None:
+    """The id of the special token a TemplateProcessing post-processor (alone or in a Sequence)
+    puts before a single text, or None."""
+    post = pipeline.get("post_processor") if isinstance(pipeline, dict) else None
+    if not isinstance(post, dict):
+        return None
+    steps = post.get("processors") if post.get("type") == "Sequence" else [post]
+    for step in steps if isinstance(steps, list) else []:
+        single = step.get("single") if isinstance(step, dict) and step.get("type") == "TemplateProcessing" else None
+        if isinstance(single, list) and single and isinstance(single[0], dict) and "SpecialToken" in single[0]:
+            name = single[0]["SpecialToken"].get("id")
+            ids = (step.get("special_tokens") or {}).get(name, {}).get("ids") or [tok.token_to_id(name)]
+            return ids[0] if len(ids) == 1 and isinstance(ids[0], int) else None
+    return None
 
 
 def _read_config(path: Path) -> dict:

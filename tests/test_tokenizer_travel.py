@@ -156,6 +156,21 @@ def test_folder_with_only_tokenizer_json_loads(folder, tok, tmp_path):
     assert_same_as_npllama(tok, TEXTS, json_tok.encode, json_tok.decode)
 
 
+def test_a_lone_tokenizer_json_puts_the_post_processors_bos_first(folder, tok, tmp_path):
+    """No tokenizer_config.json to name the BOS: AutoTokenizer adds what the post-processor's
+    template puts first, and so does JsonTokenizer (it used to refuse encode: "no BOS token")."""
+    pytest.importorskip("tokenizers")
+    from npllama.tokenizer_json import JsonTokenizer
+
+    (tmp_path / "tokenizer.json").write_bytes((folder / "tokenizer.json").read_bytes())
+    json_tok = JsonTokenizer(tmp_path)
+    assert json_tok.bos_id == tok.bos_id
+    assert_same_as_npllama(tok, TEXTS, json_tok.encode, json_tok.decode)
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    assert [hf(text)["input_ids"] for text in TEXTS] == [json_tok.encode(text) for text in TEXTS]
+
+
 def test_our_folder_without_tokenizer_model_loads_from_its_tokenizer_json(folder, tok, tmp_path):
     pytest.importorskip("tokenizers")
     copy = tmp_path / "copy"

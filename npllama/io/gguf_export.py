@@ -13,7 +13,7 @@ what llama.cpp's own converter (convert_hf_to_gguf.py) writes for a LLaMA:
 * the shape and hyper-parameters under `llama.*` (context, sizes, heads, kv heads, head size,
   RMSNorm eps, RoPE base, linear RoPE scaling, or LLaMA-3 scaling as a rope_freqs tensor);
 * the SentencePiece tokenizer as `tokenizer.ggml.*`: every piece, its score and type, BOS /
-  EOS / UNK ids, BOS added and EOS not.  An embedding larger than the tokenizer is padded with
+  EOS / UNK ids, BOS added and EOS not, and the folder's chat template if it has one.  An embedding larger than the tokenizer is padded with
   unused [PADn] pieces, as llama.cpp's converter does.
 """
 from __future__ import annotations
@@ -121,6 +121,7 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     except ImportError:
         raise ImportError("GGUF export needs the `gguf` package (llama.cpp's): "
                           "pip install 'npllama[gguf]'") from None
+    from ..chat import read_folder_template
     from ..runs import find_tokenizer
     from ..tokenizer import Tokenizer
 
@@ -140,6 +141,9 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     try:
         _write_metadata(writer, gguf, config, name or model_dir.resolve().name, outtype)
         _write_vocab(writer, tok, pieces, scores, types)
+        template = read_folder_template(model_dir)
+        if template is not None:   # what llama.cpp's chat mode renders conversations with
+            writer.add_chat_template(template)
         for tensor_name, array in tensors.items():
             if outtype == "f16" and array.ndim == 2:
                 array = array.astype(np.float16)

@@ -188,6 +188,18 @@ def test_llama_cpp_tokenizes_as_npllama(tmp_path, which, request):
         assert done.stdout.strip().splitlines()[-1] == str(tok.encode(text)), text
 
 
+def test_the_folders_chat_template_goes_into_the_gguf(tmp_path, tokenizer):
+    """As llama.cpp's converter writes it: llama.cpp's chat mode renders turns with it."""
+    from npllama.chat import LLAMA3_TEMPLATE
+
+    _model_folder(tmp_path / "m", tokenizer)
+    export_gguf(tmp_path / "m", tmp_path / "plain.gguf")
+    assert "tokenizer.chat_template" not in _read(tmp_path / "plain.gguf")[0]
+    (tmp_path / "m" / "tokenizer_config.json").write_bytes(tokenizer.hf_files(LLAMA3_TEMPLATE)["tokenizer_config.json"])
+    export_gguf(tmp_path / "m", tmp_path / "chat.gguf")
+    assert _read(tmp_path / "chat.gguf")[0]["tokenizer.chat_template"] == LLAMA3_TEMPLATE
+
+
 def test_refuses_a_tokenizer_larger_than_the_embedding(tmp_path, tokenizer):
     _model_folder(tmp_path / "m", tokenizer, vocab_size=399)
     with pytest.raises(ValueError, match="400 pieces but the model's embedding only 399 rows"):

@@ -104,7 +104,6 @@ class Tokenizer:
         self.model_bytes = data
         # What the model *is*, independent of where it lives: keys caches of tokenized corpora.
         self.fingerprint = hashlib.sha256(data).hexdigest()
-        self._model_info = None
         # Control pieces (<s>, </s>, Mistral's [INST], ...) and <unk> have no text of their own in
         # SentencePiece, which spells their names as ordinary text; transformers gives their ids.
         # So do we: encode() cuts the text at these names (longest first).
@@ -114,8 +113,14 @@ class Tokenizer:
         # User-defined pieces (user_defined_symbols, e.g. "<|im_start|>") are matched whole by
         # SentencePiece too, but inside one text; transformers and llama.cpp cut the text at them as
         # at control pieces (the text after one gets its own dummy-prefix space), and so do we.
-        from .io.sentencepiece_model import USER_DEFINED
+        from .io.sentencepiece_model import USER_DEFINED, read_model_info
 
+        try:
+            self._model_info = read_model_info(data)
+            if len(self._model_info.piece_types) != sp.get_piece_size():
+                raise ValueError(f"{len(self._model_info.piece_types)} pieces read, {sp.get_piece_size()} loaded")
+        except ValueError as e:   # what sentencepiece let through, a stricter read refuses
+            raise ValueError(f"{str(path)!r} is not a valid SentencePiece model: {e}") from None
         self._whole_pieces = dict(self.control_pieces)
         self._whole_pieces.update((sp.id_to_piece(i), i) for i, kind in enumerate(self.model_info.piece_types)
                                   if kind == USER_DEFINED)
@@ -303,10 +308,6 @@ class Tokenizer:
     def model_info(self):
         """Each piece's type (NORMAL, CONTROL, USER_DEFINED, ...) and the model type (bpe, unigram),
         read from the model's bytes: `sentencepiece` tells neither (io/sentencepiece_model.py)."""
-        if self._model_info is None:
-            from .io.sentencepiece_model import read_model_info
-
-            self._model_info = read_model_info(self.model_bytes)
         return self._model_info
 
     @property

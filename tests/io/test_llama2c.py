@@ -1,6 +1,9 @@
 """llama2.c checkpoints and tokenizer.bin: files written here to llama2.c's specification
 (tests/io/llama2c_files.py) load with the logits of run.c's own forward pass."""
+import os
+import string
 import struct
+import subprocess
 
 import numpy as np
 import pytest
@@ -280,3 +283,31 @@ def test_the_tokenizer_is_read_as_a_bounded_regular_file(tmp_path, monkeypatch):
     monkeypatch.setattr(llama2c_tokenizer, "MAX_FILE_BYTES", 100)
     with pytest.raises(CheckpointError, match="over the 100-byte limit"):
         read_llama2c_tokenizer(big)
+
+
+# ----- llama2.c's own run.c, where one is built ------------------------------------------------------
+
+RUN_C = os.environ.get("NPLLAMA_LLAMA2C_RUN")  # llama2.c's `run`, built as its README says
+
+
+@pytest.mark.skipif(not RUN_C, reason="set NPLLAMA_LLAMA2C_RUN to a built llama2.c `run`")
+@pytest.mark.parametrize("shared", [True, False])
+def test_run_c_writes_the_text_npllama_generates(tmp_path, sentencepiece_and_bin, shared):
+    """run.c -t 0 (greedy) on a legacy file and its tokenizer.bin: the prompt's ids and the greedy
+    continuation decode to run.c's own output (run.c drops bytes that are not printable)."""
+    tokenizer, bin_path = sentencepiece_and_bin
+    weights = random_llama2c_weights(dim=32, hidden_dim=64, n_heads=4, n_kv_heads=2, vocab_size=400,
+                                     seq_len=48, shared=shared, seed=3)
+    for name in ("tok", "wq", "wk", "w1", "w2", "cls"):
+        weights[name] *= 4.0    # decisive logits: no near-ties between float orders
+    write_legacy(tmp_path / "m.bin", weights)
+    prompt, steps = "Once upon a time, Lily", 40
+    done = subprocess.run([RUN_C, str(tmp_path / "m.bin"), "-z", str(bin_path), "-t", "0", "-n", str(steps),
+                           "-i", prompt], capture_output=True, check=True)
+    ids = tokenizer.encode(prompt)
+    ours = load_llama2c(tmp_path / "m.bin").generate(ids, steps - len(ids) + 1, temperature=0, eos_id=tokenizer.bos_id)
+    def printed_by_run_c(i):   # run.c's safe_printf: a lone byte piece only if printable or space
+        piece = tokenizer.id_to_piece(i)
+        return not (piece.startswith("<0x") and len(piece) == 6) or chr(int(piece[3:5], 16)) in string.printable
+    text = tokenizer.decode([i for i in ours if i != tokenizer.bos_id and printed_by_run_c(i)])
+    assert done.stdout.decode("utf-8").rstrip("\n") == text.rstrip("\n")

@@ -48,3 +48,18 @@ def test_train_refuses_a_vocab_size_that_disagrees_with_its_tokenizer(tmp_path, 
     out = tmp_path / "run"
     err = one_line_error(["train", "--tokenizer", str(tok.path), "--vocab-size", "600", "--out", str(out)], capsys)
     assert "--vocab-size 600" in err and "400 pieces" in err and not out.exists()
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "--doc-separator", "whole-file"], "--doc-separator"),           # no --data: the built-in stories
+    (["finetune", "sop", "--doc-separator", "whole-file"], "--doc-separator"),
+    (["finetune", "sop", "--data", "{docs}", "--stories", "50"], "--stories"),  # --data replaces the stories
+    (["finetune", "classify", "--data", "{docs}", "--dataset", "topic"], "--dataset"),
+])
+def test_a_flag_about_the_built_in_data_or_about_data_files_is_refused_where_it_would_not_apply(
+        tmp_path, capsys, argv, flag):
+    (tmp_path / "docs.jsonl").write_text('{"text": "One. Two.", "label": "a"}\n')
+    err = one_line_error([a.format(docs=tmp_path / "docs.jsonl") for a in argv] + ["--out", str(tmp_path / "run")],
+                         capsys)
+    assert flag in err and "would be ignored" in err
+    assert not (tmp_path / "run").exists()

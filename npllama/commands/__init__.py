@@ -65,6 +65,14 @@ def defaults_only_when_given(parser, names) -> None:
         action.default = _argparse.SUPPRESS
 
 
+def refuse_ignored_flags(on_the_command_line, settings, rules) -> None:
+    """A UsageError for a flag the run would ignore (a built-in set's size beside --data, say).
+    rules: (setting name, used(settings) -> bool, what the flag does); the flag is named as typed."""
+    for name, used, what in rules:
+        if name in on_the_command_line and not used(settings):
+            raise UsageError(f"--{name.replace('_', '-')} {what}: as given, it would be ignored")
+
+
 def prepare_training_process() -> None:
     """A training process reuses the same big blocks every step: keeping freed memory in the
     heap saves 10-20% of a step in page faults (npllama/kernels/memory.py, benchmarks/README.md).

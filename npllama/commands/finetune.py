@@ -2,7 +2,8 @@
 train it on the masked-LM + sentence-order objectives (§3.2.3, §4.3.3)."""
 import sys
 
-from . import HelpFormatter, UsageError, defaults_only_when_given, prepare_training_process, print_help_instead
+from . import (HelpFormatter, UsageError, defaults_only_when_given, prepare_training_process, print_help_instead,
+               refuse_ignored_flags)
 
 LORA_HELP = ("train LoRA adapters (and the new head) only, the base weights frozen; saved in PEFT's "
              "adapter layout")
@@ -143,6 +144,15 @@ def _common(p, d, lora_help: str = LORA_HELP,
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+# flags that only mean something with (or without) --data
+DATA_FLAG_RULES = (
+    ("dataset", lambda c: c.data is None, "picks a built-in example set, used only without --data"),
+    ("stories", lambda c: c.data is None, "sizes the built-in stories, used only without --data"),
+    ("doc_separator", lambda c: c.data is not None, "says how --data's .txt files are cut into documents, so it "
+                                                    "needs --data"),
+)
+
+
 def _given_only(parser, cls) -> None:
     import dataclasses
 
@@ -187,7 +197,9 @@ def _config(cls, args):
                                  f"would be ignored)")
         if given.get("merge") and not lora:
             raise UsageError("--merge needs --lora (it folds the adapters into the base weights)")
-        return cls(**given)
+        config = cls(**given)
+        refuse_ignored_flags(on_the_command_line, config, DATA_FLAG_RULES)
+        return config
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
 

@@ -2,7 +2,7 @@
 import dataclasses
 import sys
 
-from . import HelpFormatter, UsageError, defaults_only_when_given, prepare_training_process
+from . import HelpFormatter, UsageError, defaults_only_when_given, prepare_training_process, refuse_ignored_flags
 
 
 def register(subparsers) -> None:
@@ -123,6 +123,9 @@ def run(args) -> int:
         # --resume: the run's saved settings, with the options given on top (changes to the ones
         # that define the run are refused by train(); the others are applied and recorded)
         tc = resume_config(given.get("out", TrainConfig.out), **given) if args.resume else TrainConfig(**given)
+        refuse_ignored_flags(given, tc, [("doc_separator", lambda c: c.data is not None or c.val_data is not None,
+                                          "says how --data's (and --val-data's) .txt files are cut into documents, "
+                                          "so it needs one of them")])
     except CheckpointError:
         raise          # a damaged saved run: its message names the file's own fields, not flags
     except (TypeError, ValueError) as error:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -345,8 +346,9 @@ def _load_adapter(model, path, task=None) -> LoraAdapters:
     if task == "CAUSAL_LM" and is_classification_adapter(config.get("task_type"), config.get("modules_to_save")):
         raise ValueError(_classification_adapter_message(path, config.get("task_type"),
                                                          config.get("modules_to_save")))
+    targets = _projection_names(config_path, config["target_modules"], model.config.num_hidden_layers)
     adapters = LoraAdapters(model, config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0),
-                            config["target_modules"], use_rslora=bool(config.get("use_rslora", False)))
+                            targets, use_rslora=bool(config.get("use_rslora", False)))
     tensors = read_safetensors(weights_path, dtype=model.dtype)
     for name, expected in adapters.params.items():
         if name not in tensors:
@@ -405,6 +407,39 @@ def _check_rank(config, r, targets) -> int:
     return int(r)
 
 
+def _projection_names(path, target_modules, num_layers: int) -> list:
+    """adapter_config.json's target_modules as projection names (q_proj, ...).  PEFT writes
+    target_modules="all-linear" as every module's full path (model.layers.0.self_attn.q_proj, ...):
+    such paths are taken when they name the same projections in every layer, as npllama adapts
+    them; a projection adapted in some layers only is refused by name.  Plain names pass as they are
+    (check_lora_settings checks them)."""
+    from .io.errors import CheckpointError
+
+    if target_modules == "all-linear":      # PEFT's shorthand, unexpanded: every linear layer but lm_head
+        return list(ALL_TARGETS)
+    if not isinstance(target_modules, list):
+        return target_modules
+    names, layers_of = [], {}
+    for entry in target_modules:
+        match = re.fullmatch(r"(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)", str(entry))
+        if match is None:
+            names.append(entry)
+            continue
+        layer, parent, name = int(match.group(1)), match.group(2), match.group(3)
+        if PARENT.get(name) != parent or layer >= num_layers:
+            raise CheckpointError(path, f"names {entry!r}, which the base model has no such projection as",
+                                  field="target_modules")
+        layers_of.setdefault(name, set()).add(layer)
+    for name, layers in layers_of.items():
+        if len(layers) != num_layers:
+            missing = sorted(set(range(num_layers)) - layers)
+            raise CheckpointError(path, f"adapts {name} in some layers only (not in layer(s) "
+                                        f"{', '.join(map(str, missing[:8]))}); npllama adapts a projection in "
+                                        f"every layer", field="target_modules")
+        names.append(name)
+    return names
+
+
 def _check_peft_config(path, config) -> None:
     from .io.errors import CheckpointError
 
@@ -418,8 +453,9 @@ def _check_peft_config(path, config) -> None:
     for field in ("r", "lora_alpha", "target_modules"):
         if field not in config:
             fail(field, "missing")
-    if not isinstance(config["target_modules"], list):
-        fail("target_modules", "must be a list of module names (a regular expression is not supported)")
+    if not isinstance(config["target_modules"], list) and config["target_modules"] != "all-linear":
+        fail("target_modules", "must be a list of module names or 'all-linear' (a regular expression is not "
+                               "supported)")
     unsupported = {"bias": "none", "fan_in_fan_out": False, "use_dora": False}
     for field, wanted in unsupported.items():
         if config.get(field, wanted) != wanted:

@@ -105,6 +105,26 @@ def test_peft_adapter_in_npllama_gives_the_same_logits(tmp_path):
     assert rel_error(model.forward(tokens), expected) < 1e-12
 
 
+def test_an_all_linear_peft_adapter_loads_and_one_on_some_layers_only_is_refused(tmp_path):
+    """target_modules="all-linear" (PEFT's usual recipe) is saved as every module's full path."""
+    base = base_folder(tmp_path / "base")
+    theirs = peft_adapter(causal_lm(base), tmp_path / "adapter", r=2, target_modules="all-linear")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    assert "model.layers.1.mlp.down_proj" in saved        # what the loader has to read
+    make_float64_faithful(theirs.base_model.model, Llama.from_pretrained(base).config)
+    tokens, _ = tokens_and_targets(2)
+    model = Llama.from_pretrained(base, dtype=np.float64)
+    adapters = load_adapter(model, tmp_path / "adapter")
+    assert adapters.target_modules == ALL_TARGETS
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(tokens)).logits.numpy()
+    assert rel_error(model.forward(tokens), expected) < 1e-12
+
+    peft_adapter(causal_lm(base), tmp_path / "one_layer", r=2, target_modules=["model.layers.0.self_attn.q_proj"])
+    with pytest.raises(CheckpointError, match=r"adapts q_proj in some layers only \(not in layer\(s\) 1\)"):
+        load_adapter(Llama.from_pretrained(base, dtype=np.float64), tmp_path / "one_layer")
+
+
 def test_a_peft_adapter_that_trains_the_lm_head_is_refused(tmp_path):
     """modules_to_save=["lm_head"]: PEFT swaps in its trained head; npllama used to drop it silently."""
     base = base_folder(tmp_path / "base")

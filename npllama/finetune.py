@@ -277,7 +277,8 @@ class SequenceClassifier:
         with atomic_directory(path) as tmp:
             (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             write_safetensors(tmp / "model.safetensors", tensors, metadata={"format": "pt"})
-            for name, data in tokenizer.hf_files(model_max_length=self.model.config.max_position_embeddings).items():
+            for name, data in tokenizer.hf_files(model_max_length=self.model.config.max_position_embeddings,
+                                                 pad_id=pad_id_of(tokenizer)).items():   # as config.json's
                 (tmp / name).write_bytes(data)   # tokenizer.model and what transformers reads
 
 

@@ -316,16 +316,18 @@ class Tokenizer:
         pieces = self._sp.encode("a", out_type=str)
         return bool(pieces) and pieces[0].startswith("\u2581")
 
-    def hf_files(self, chat_template: str | None = None, model_max_length: int | None = None) -> dict[str, bytes]:
+    def hf_files(self, chat_template: str | None = None, model_max_length: int | None = None,
+                 pad_id: int | None = None) -> dict[str, bytes]:
         """The files that make a model folder's tokenizer load in transformers' AutoTokenizer with
         the same ids as `encode`: tokenizer.model, tokenizer.json, tokenizer_config.json,
         special_tokens_map.json (npllama/tokenizer_export.py).
 
         chat_template: a Jinja chat template (npllama.chat) stored in tokenizer_config.json.
+        pad_id: the id the model pads with, when this tokenizer has no pad piece (e.g. </s>).
         """
         from .tokenizer_export import hf_tokenizer_files
 
-        return hf_tokenizer_files(self, chat_template, model_max_length)
+        return hf_tokenizer_files(self, chat_template, model_max_length, pad_id)
 
     # ----- helpers ---------------------------------------------------------------------------------
 

@@ -23,8 +23,10 @@ SPACE = "\u2581"   # ▁, SentencePiece's written space
 
 
 def hf_tokenizer_files(tokenizer, chat_template: str | None = None,
-                       model_max_length: int | None = None) -> dict[str, bytes]:
-    """{file name: bytes} for a model folder (see the module docstring)."""
+                       model_max_length: int | None = None, pad_id: int | None = None) -> dict[str, bytes]:
+    """{file name: bytes} for a model folder (see the module docstring).  pad_id: the id a model
+    pads with when the tokenizer has no pad piece (a classifier pads with </s>), named as the
+    pad_token so that transformers pads with it too."""
     if chat_template is not None and not isinstance(chat_template, str):
         raise TypeError(f"chat_template must be a str (a Jinja template), got {type(chat_template).__name__}")
     if model_max_length is not None and (isinstance(model_max_length, bool) or not isinstance(model_max_length, int)
@@ -33,7 +35,8 @@ def hf_tokenizer_files(tokenizer, chat_template: str | None = None,
     sp = tokenizer._sp
     special = {name: sp.id_to_piece(token_id) for name, token_id in
                (("bos_token", tokenizer.bos_id), ("eos_token", tokenizer.eos_id), ("unk_token", tokenizer.unk_id),
-                ("pad_token", tokenizer.pad_id)) if token_id is not None}
+                ("pad_token", tokenizer.pad_id if tokenizer.pad_id is not None else pad_id))
+               if token_id is not None}
     pipeline = tokenizer_json(tokenizer)
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast" if pipeline else "LlamaTokenizer",

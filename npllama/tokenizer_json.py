@@ -102,9 +102,13 @@ class JsonTokenizer:
         """The text of the ids; special tokens (BOS, EOS, ...) give no text."""
         return self._tok.decode(self._check_ids(ids), skip_special_tokens=True)
 
-    def hf_files(self, chat_template: str | None = None, model_max_length: int | None = None) -> dict[str, bytes]:
-        """tokenizer.json and tokenizer_config.json, to save beside a model."""
+    def hf_files(self, chat_template: str | None = None, model_max_length: int | None = None,
+                 pad_id: int | None = None) -> dict[str, bytes]:
+        """tokenizer.json and tokenizer_config.json, to save beside a model; pad_id names the pad
+        token when the config names none (the id the model pads with, e.g. </s>)."""
         config = dict(self.config)
+        if pad_id is not None and not config.get("pad_token"):
+            config["pad_token"] = self._tok.id_to_token(int(pad_id))
         if chat_template is not None:
             config["chat_template"] = chat_template
         if model_max_length is not None:

@@ -289,6 +289,12 @@ def test_transformers_loads_the_classifier(base_dir, tmp_path):
         theirs = hf(torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64))).logits.numpy()
     np.testing.assert_allclose(classifier.logits(tokens, mask), theirs, rtol=1e-5, atol=1e-6)
 
+    # the saved tokenizer pads with the id config.json names, so a batch of texts just works
+    auto = transformers.AutoTokenizer.from_pretrained(tmp_path / "clf")
+    assert auto.pad_token_id == hf.config.pad_token_id == tokenizer.eos_id
+    batch = auto(["a lovely day", "bad"], padding=True, return_tensors="pt")
+    assert batch["attention_mask"][1].sum() < batch["attention_mask"][0].sum()
+
 
 def test_peft_loads_the_adapter(tmp_path):
     torch = pytest.importorskip("torch")

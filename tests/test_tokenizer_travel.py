@@ -206,3 +206,19 @@ def test_debug_commands_take_text_with_only_a_tokenizer_json(folder, tok, tmp_pa
     model, _, ids, labels = debug.load_inputs(str(only_json), text="Once upon a time")
     assert ids == tok.encode("Once upon a time", bos=True, eos=False)
     assert labels == [tok.id_to_piece(i) for i in ids]
+
+
+def test_the_pad_id_a_model_pads_with_is_named_as_the_pad_token(folder, tok, tmp_path):
+    """A classifier pads with </s> when the tokenizer has no pad piece: both tokenizer kinds name it
+    in tokenizer_config.json, so transformers pads with the id config.json records."""
+    import json
+
+    assert tok.pad_id is None
+    config = json.loads(tok.hf_files(pad_id=tok.eos_id)["tokenizer_config.json"])
+    assert config["pad_token"] == "</s>" and json.loads(tok.hf_files()["tokenizer_config.json"])["pad_token"] is None
+    pytest.importorskip("tokenizers")
+    from npllama.tokenizer_json import JsonTokenizer
+
+    (tmp_path / "tokenizer.json").write_bytes((folder / "tokenizer.json").read_bytes())
+    json_config = json.loads(JsonTokenizer(tmp_path).hf_files(pad_id=tok.eos_id)["tokenizer_config.json"])
+    assert json_config["pad_token"] == "</s>"

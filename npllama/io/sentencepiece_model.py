@@ -27,6 +27,7 @@ MODEL_TYPE_NAMES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
 # Field numbers in sentencepiece_model.proto.
 _MODEL_PIECES, _MODEL_TRAINER_SPEC, _MODEL_NORMALIZER_SPEC = 1, 2, 3
 _PIECE_TEXT, _PIECE_SCORE, _PIECE_TYPE = 1, 2, 3
+_TYPE_TAG = bytes([_PIECE_TYPE << 3])   # the key byte of a piece's type field (a varint, wire type 0)
 _TRAINER_MODEL_TYPE, _TRAINER_VOCAB_SIZE, _TRAINER_BYTE_FALLBACK = 3, 4, 35
 _TRAINER_UNK_ID, _TRAINER_BOS_ID, _TRAINER_EOS_ID, _TRAINER_PAD_ID = 40, 41, 42, 43
 _NORMALIZER_NAME, _NORMALIZER_ADD_DUMMY_PREFIX, _NORMALIZER_REMOVE_EXTRA_WHITESPACES = 1, 3, 4
@@ -98,8 +99,9 @@ def read_model_info(data: bytes) -> ModelInfo:
     NORMAL, UNIGRAM).  ValueError if `data` is not a well-formed protobuf message."""
     types, model_type = [], MODEL_TYPE_UNIGRAM
     for number, value in _fields(data):
-        if number == _MODEL_PIECES:
-            types.append(next((v for n, v in _fields(value) if n == _PIECE_TYPE), NORMAL))
+        if number == _MODEL_PIECES:   # a piece without a type field's tag byte (most of them) is NORMAL
+            types.append(NORMAL if _TYPE_TAG not in value else
+                         next((v for n, v in _fields(value) if n == _PIECE_TYPE), NORMAL))
         elif number == _MODEL_TRAINER_SPEC:
             model_type = next((v for n, v in _fields(value) if n == _TRAINER_MODEL_TYPE), model_type)
     return ModelInfo(tuple(types), model_type)

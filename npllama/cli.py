@@ -158,13 +158,17 @@ _ALIASES = {"r": "lora_r", "target_modules": "lora_targets"}
 # such as "adapter (task_type SEQ_CLS): ..." or "model (LlamaForSequenceClassification), ...")
 _SETTING = re.compile(r"(?<![-\w./'\"])([A-Za-z_][A-Za-z0-9_]*)(?![\w'\"/-])(?=(\s*(must\b|\(-?[\d.e+-]+\)|\([^)]*\)\s*must\b|\([^()]*->[^()]*\)|=|\*)))?")
 
+# The text before a word ends inside a call's parentheses: "load_classifier(base, adapter=...)"
+_IN_A_CALL = re.compile(r"[A-Za-z_][\w.]*\([^()]*$")
+
 
 def _as_the_user_typed_it(error: BaseException, parser: argparse.ArgumentParser) -> str:
     """A library message with its setting names turned into the command's flags: "batch_size must
     be a positive integer" -> "--batch-size must be ...", "lr (0.002)" -> "--lr (0.002)".  Names with
     an underscore are replaced wherever they stand alone; plain words (steps, lr) only where they are
     clearly the setting (before "must", "(", "=" or "*"); a name followed by its flag, as in
-    "num_attention_heads (--heads)", is left.  A damaged file's message (CheckpointError) names the
+    "num_attention_heads (--heads)", is left, and so is a keyword of Python code the message quotes
+    ("npllama.load_classifier(base, adapter=...)").  A damaged file's message (CheckpointError) names the
     file's own fields and is left alone."""
     from .io.errors import CheckpointError
 
@@ -184,6 +188,8 @@ def _as_the_user_typed_it(error: BaseException, parser: argparse.ArgumentParser)
         if flag is None or (("_" not in word or word in _ALIASES) and after is None):
             return word
         if message[match.end(1):].startswith(" (--"):   # already names its flag
+            return word
+        if _IN_A_CALL.search(message, 0, match.start(1)):   # a keyword of Python code the message quotes
             return word
         return flag
 

@@ -25,7 +25,8 @@ def test_library_names_become_flags_only_where_they_are_the_setting():
     generate = _innermost_parser(build_parser(), ["generate"])
     for message in ("the prompt (30 tokens) plus --max-new-tokens (120) is longer than the context",
                     "adapter 'a' is a sequence-classification adapter (task_type SEQ_CLS): use classify",
-                    "--model 'm' is a classification model (LlamaForSequenceClassification), not a language model"):
+                    "--model 'm' is a classification model (LlamaForSequenceClassification), not a language model",
+                    "use it with `npllama classify` (Python: npllama.load_classifier(base, adapter=...))"):
         assert _as_the_user_typed_it(ValueError(message), generate) == message
     assert _as_the_user_typed_it(ValueError("num_hidden_layers must be a positive integer"), train) == \
         "--layers must be a positive integer"

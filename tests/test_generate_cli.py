@@ -94,6 +94,7 @@ def test_a_classification_adapter_is_refused_for_causal_use(small_model_dir, cla
     assert code == 2 and out == ""
     assert "is a sequence-classification adapter (task_type SEQ_CLS, modules_to_save ['score'])" in err
     assert f"npllama classify --model BASE --adapter {classification_adapter}" in err
+    assert "npllama.load_classifier(base, adapter=...)" in err     # Python code, not turned into a flag
 
 
 @pytest.mark.parametrize("words, flags, match", [

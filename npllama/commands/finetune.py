@@ -48,8 +48,8 @@ def register(subparsers) -> None:
 
     s, d = tasks.add_parser(
         "sft", help="instruction / dialogue tuning on prompt-response pairs",
-        description="Supervised fine-tuning in LLaMA-2's chat template, <s>[INST] prompt [/INST] response </s>, "
-                    "with the loss on the response only. With no --data it uses built-in story instructions "
+        description="Supervised fine-tuning in a chat template (the base folder's, else LLaMA-2's <s>[INST] prompt "
+                    "[/INST] response </s>; --chat-template picks another), with the loss on the response only. With no --data it uses built-in story instructions "
                     "(\"Write a story about Lily.\").",
         formatter_class=HelpFormatter), SFTConfig()
     _common(s, d, lora_help="train LoRA adapters only, the base weights (the LM head too) frozen; saved in PEFT's "

@@ -53,9 +53,9 @@ def register(subparsers) -> None:
                        help="longest sequence the model is made for; at least --seq-len (default: the "
                             "preset's, raised to --seq-len) [max_position_embeddings]")
     shape.add_argument("--init-from", default=None, metavar="DIR",
-                       help="start from the weights of this Hugging Face model folder (and its "
-                            "tokenizer.model if it has one); its shape is used, so shape flags that "
-                            "disagree with it are refused")
+                       help="start from the weights of this Hugging Face model folder, or of a run "
+                            "folder's model/ (and its tokenizer.model if it has one); its shape is used, "
+                            "so shape flags that disagree with it are refused")
     p.add_argument("--tokenizer", default=None, help="use this SentencePiece .model instead of training one")
     p.add_argument("--vocab-size", type=int, default=None, help="pieces of the tokenizer trained for "
                    "the run, and so the model's vocabulary (default: --config's vocab_size, else the preset's)")

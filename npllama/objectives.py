@@ -51,7 +51,13 @@ TASKS = ("sop", "nsp")
 
 def pad_id_of(tokenizer) -> int:
     """The id that pads a batch: the tokenizer's pad piece, else </s> (LLaMA's has no pad)."""
-    return tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+    if tokenizer.pad_id is not None:
+        return tokenizer.pad_id
+    if tokenizer.eos_id is None:   # e.g. a lone tokenizer.json, with no tokenizer_config.json to name them
+        raise ValueError("the tokenizer has neither a pad token nor </s> (eos_token) to pad a batch of texts with; "
+                         "use a SentencePiece tokenizer.model, or a tokenizer.json whose tokenizer_config.json "
+                         "names an eos_token or a pad_token")
+    return tokenizer.eos_id
 
 
 # ----- MLM masking -----------------------------------------------------------------------------------

@@ -171,6 +171,24 @@ def test_a_lone_tokenizer_json_puts_the_post_processors_bos_first(folder, tok, t
     assert [hf(text)["input_ids"] for text in TEXTS] == [json_tok.encode(text) for text in TEXTS]
 
 
+
+def test_a_lone_tokenizer_json_without_eos_is_refused_for_padding_by_name(folder, tmp_path):
+    """No tokenizer_config.json to name </s> or a pad token: padding a batch (eval choice, finetune
+    classify) says so, rather than failing inside NumPy on a None pad id."""
+    pytest.importorskip("tokenizers")
+    from npllama.finetune import choice_logprobs
+    from npllama.objectives import pad_id_of
+    from npllama.tokenizer_json import JsonTokenizer
+
+    (tmp_path / "tokenizer.json").write_bytes((folder / "tokenizer.json").read_bytes())
+    json_tok = JsonTokenizer(tmp_path)
+    if json_tok.pad_id is not None or json_tok.eos_id is not None:
+        pytest.skip("this tokenizer.json names its eos or pad token itself")
+    with pytest.raises(ValueError, match=r"neither a pad token nor </s> \(eos_token\)"):
+        pad_id_of(json_tok)
+    with pytest.raises(ValueError, match="tokenizer_config.json"):
+        choice_logprobs(Llama.from_pretrained(folder), json_tok, "Once upon a time", ["a", "b"])
+
 def test_our_folder_without_tokenizer_model_loads_from_its_tokenizer_json(folder, tok, tmp_path):
     pytest.importorskip("tokenizers")
     copy = tmp_path / "copy"

@@ -29,11 +29,13 @@ from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .commands import HelpFormatter   # no "(default: None)" after a required flag
+
     p = argparse.ArgumentParser(
         prog="accelerate launch [--num_processes N] -m npllama.hf_train",
         description="Continue training a saved npllama model (a Hugging Face folder) with "
                     "transformers + accelerate, on as many processes or machines as accelerate runs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help="the Hugging Face folder to start from (e.g. runs/tiny/model)")
     p.add_argument("--data", required=True, help="text to train on: .txt, .jsonl or a folder (as `npllama train --data`)")
     p.add_argument("--out", required=True, help="the folder to write the trained model to")

@@ -30,7 +30,9 @@ def test_every_flag_has_help():
 
 
 def test_defaults_are_said_once():
-    for name, parser in all_parsers(build_parser()):
+    from npllama.hf_train import build_parser as hf_train_parser
+
+    for name, parser in [*all_parsers(build_parser()), ("npllama.hf_train", hf_train_parser())]:
         options = [" ".join(option.split()) for option in parser.format_help().split("\n  -")]
         for option in options:
             assert "(default: None)" not in option and option.count("(default:") <= 1, (name, option)

@@ -45,3 +45,42 @@ def test_the_docs_trace_command_keeps_what_viz_grads_needs_and_a_filtered_trace_
     assert viz.grad_norms(debug.run_trace(model, [1, 2, 3], include=patterns))
     with pytest.raises(ValueError, match=r"include=\['model.layers.0.\*'\].*'d:model.layers.\*'"):
         viz.grad_norms(debug.run_trace(model, [1, 2, 3], include=["model.layers.0.*"]))
+
+
+def test_the_trace_examples_run_and_the_summary_shown_is_what_they_print(tmp_path, monkeypatch, capsys):
+    import npllama
+
+    blocks = re.findall(r"```python\n(.*?)```", DOC, re.S)
+    traces = next(b for b in blocks if "with npllama.trace() as t:" in b)
+    saving = next(b for b in blocks if 't.save("run.npz")' in b)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(traces, "debugging.md traces", "exec"), namespace)   # noqa: S102
+    exec(compile(saving, "debugging.md saving", "exec"), namespace)   # noqa: S102
+    assert namespace["t2"].names() == namespace["t"].names()
+    shown = re.search(r"recorded with `include=\[\"\*\.self_attn\.\*\", \"loss\"\]`\):\n\n```\n(.*?)```", DOC, re.S)
+    shown = [line for line in shown.group(1).splitlines() if line != "..."]
+    capsys.readouterr()
+    with npllama.trace(include=["*.self_attn.*", "loss"]) as t:
+        namespace["model"].loss_and_grads(namespace["tokens"], namespace["targets"])
+    t.summary()
+    printed = {}
+    for line in capsys.readouterr().out.splitlines():
+        if (row := summary_row(line)) is not None:
+            printed[row[0]] = row
+    assert summary_row(shown[0]) is None and shown[0].split() == ["name", "shape", "dtype", "mean", "std", "min",
+                                                                  "max", "nan", "inf"]
+    for line in shown[1:]:
+        name, layout, numbers = summary_row(line)
+        assert name in printed and printed[name][1] == layout, f"the doc shows {line!r}; the example prints no such row"
+        mean, std = numbers[:2]
+        # four digits, as printed; a mean that cancels (a gradient's) is held to its std's scale
+        assert np.allclose(printed[name][2], numbers, rtol=2e-3, atol=2e-3 * std), (line, printed[name])
+
+
+def summary_row(line: str):
+    """(name, (shape, dtype), [mean, std, min, max, nan, inf]) of a line of Trace.summary(), else None."""
+    match = re.fullmatch(r"(\S+)\s+(\([\d, ]*\))\s+(\w+)\s+(.*)", line.strip())
+    if match is None:
+        return None
+    return match.group(1), (match.group(2), match.group(3)), [float(v) for v in match.group(4).split()]

@@ -15,3 +15,33 @@ def test_the_sentence_order_example_trains_and_scores_a_pair(small_model_dir, tm
     exec(compile(code, "README sentence-order", "exec"), namespace)   # noqa: S102
     assert len(namespace["result"].losses) == 3 and namespace["head"].shape == (2, namespace["model"].config.hidden_size)
     assert (tmp_path / "sop" / "sop_head.safetensors").is_file()
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+
+
+def test_the_python_api_op_and_gradcheck_examples_run(tmp_path, monkeypatch):
+    """The "Python API" block as written; then the op pair and the gradient checks, with the arrays
+    they leave to the reader (x, weight, dy) and, for the whole-model check, a small float64 model."""
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)                           # save_pretrained("my-model") writes here
+    api = next(b for b in python_blocks() if "Llama(config, seed=0" in b)
+    ops = next(b for b in python_blocks() if b.startswith("from npllama.ops.rmsnorm import"))
+    checks = next(b for b in python_blocks() if b.startswith("from npllama import check_op, gradcheck"))
+    namespace = {}
+    exec(compile(api, "README Python API", "exec"), namespace)   # noqa: S102
+    assert namespace["logits"].shape == (2, 16, 512) and namespace["grads"].keys() == namespace["model"].params.keys()
+    assert (tmp_path / "my-model" / "config.json").is_file() and len(namespace["ids"]) == 3 + 20
+    rng = np.random.default_rng(0)
+    namespace.update(x=rng.standard_normal((3, 8)), weight=rng.standard_normal(8), dy=rng.standard_normal((3, 8)))
+    exec(compile(ops, "README ops", "exec"), namespace)   # noqa: S102
+    assert namespace["dx"].shape == (3, 8) and namespace["dweight"].shape == (8,)
+    small = namespace["LlamaConfig"](vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    model = namespace["Llama"](small, seed=0, dtype=np.float64)
+    tokens, targets = rng.integers(0, 11, (2, 5)), rng.integers(0, 11, (2, 5))
+    namespace.update(model=model, tokens=tokens, targets=targets, grads=model.loss_and_grads(tokens, targets)[1])
+    exec(compile(checks, "README gradcheck", "exec"), namespace)   # noqa: S102
+    assert namespace["report"].ok

@@ -77,7 +77,7 @@ def load_inputs(model=None, text: str | None = None, tokens: str | None = None, 
     from .runs import load_tokenizer, resolve_model_dir
 
     if (text is None) == (tokens is None):
-        raise ValueError("give exactly one of --text (needs the model's tokenizer.model) or "
+        raise ValueError("give exactly one of --text (needs the model's tokenizer.model or tokenizer.json) or "
                          "--tokens 1,5,9 (token ids)")
     model_dir = resolve_model_dir(model)
     llama = Llama.from_pretrained(model_dir, dtype=dtype)

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     grads.add_argument("--model", default=None, help="run this model instead of reading a trace")
     grads.add_argument("--text", default=None, help="text to run (needs the model's tokenizer.model or tokenizer.json)")
     grads.add_argument("--tokens", default=None, help="token ids instead of text, e.g. 1,5,9")
-    grads.add_argument("--out", default="grad_norms.png", help="PNG to write")
+    grads.add_argument("--out", default="grad_norms.png", help="PNG to write (default: grad_norms.png)")
     grads.set_defaults(run=run_grads)
 
 

@@ -29,6 +29,18 @@ def test_every_flag_has_help():
     assert missing == []
 
 
+def test_every_default_is_said():
+    """A flag with a default (not None or off) says it, whichever formatter its command uses."""
+    from npllama.commands import HelpFormatter
+
+    unsaid = [f"{name} {action.option_strings[-1]}" for name, parser in all_parsers(build_parser())
+              for action in parser._actions
+              if action.option_strings and not any(action.default is off for off in (None, False, argparse.SUPPRESS))
+              and not isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+              and "default" not in (action.help or "") and not issubclass(parser.formatter_class, HelpFormatter)]
+    assert unsaid == []
+
+
 def test_defaults_are_said_once():
     from npllama.hf_train import build_parser as hf_train_parser
 

@@ -13,8 +13,8 @@ def register(subparsers) -> None:
     attn.add_argument("--model", default=None, help="a run folder or Hugging Face folder (default: latest run)")
     attn.add_argument("--text", default=None, help="text to run (needs the model's tokenizer.model or tokenizer.json)")
     attn.add_argument("--tokens", default=None, help="token ids instead of text, e.g. 1,5,9")
-    attn.add_argument("--layer", type=int, default=0, help="which layer's attention to draw (0 = first)")
-    attn.add_argument("--head", type=int, default=0, help="which head of that layer (0 = first)")
+    attn.add_argument("--layer", type=int, default=0, help="which layer's attention to draw, 0 = first (default: 0)")
+    attn.add_argument("--head", type=int, default=0, help="which head of that layer, 0 = first (default: 0)")
     attn.add_argument("--out", default=None, help="PNG to write (default: attention_L<layer>_H<head>.png)")
     attn.set_defaults(run=run_attention)
 

@@ -326,7 +326,8 @@ def require_a_language_model(path, flag: str, job: str, causal: bool = True) -> 
                          f"--model {'DIR' if path is None else path}`; {job} needs a language model such as a run of "
                          f"`npllama train`")
     if causal and objective_of(config, config_file) == "mlm":
-        raise ValueError(f"{flag} {shown} is a masked-LM model (trained with --objective mlm, bidirectional): "
+        raise ValueError(f"{flag} {shown} is a masked-LM model (bidirectional, {OBJECTIVE_FIELD} \"mlm\" in its "
+                         f"config.json: from `npllama train --objective mlm` or `npllama finetune sop`): "
                          f"{job} needs a causal model; train one with --objective causal (the default)")
 
 
@@ -339,8 +340,8 @@ def require_next_token_model(model, job: str) -> None:
 
     if getattr(model, "objective", "causal") == "mlm":
         raise ValueError(f"{job} predicts next tokens, but this model is a masked-LM model (objective \"mlm\", "
-                         f"{OBJECTIVE_FIELD} in its config.json: trained with `npllama train --objective mlm`, "
-                         f"without the causal mask), whose outputs are not next-token predictions; use a causal "
+                         f"{OBJECTIVE_FIELD} in its config.json: trained without the causal mask, by `npllama train "
+                         f"--objective mlm` or `npllama finetune sop`), whose outputs are not next-token predictions; use a causal "
                          f"model (`npllama train`, --objective causal, the default), or fine-tune this one as a "
                          f"classifier (`npllama finetune classify --base DIR`)")
     check_causal_lm(model)      # not with a sequence-classification adapter attached

@@ -105,7 +105,8 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
     model, tokenizer, model_dir = load_model_and_tokenizer(sc_.base, dtype=sc_.model_dtype())
     check_pair_tokenizer(tokenizer)
     texts, source = _documents(sc_)
-    everything, texts = len(texts), [t for t in texts if len(split_sentences(t)) >= 2]   # those that give a pair
+    everything = len(texts)
+    texts = [s for s in map(split_sentences, texts) if len(s) >= 2]   # as sentences, those that give a pair
     if not texts:
         raise ValueError(f"none of the {everything} documents of {source} has two sentences, and each pair is "
                          f"cut from one document: {SENTENCES}")
@@ -118,7 +119,7 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
     val = _pairs([texts[i] for i in val_rows], tokenizer, sc_, max_len, 1, "validation")
     val_batches = val.evaluation_batches(sc_.batch_size)
 
-    was_causal = getattr(model, "objective", "causal") != "mlm"
+    was_causal = model.objective != "mlm"
     sc_.attach_lora_if_asked(model)
     head, head_source = _starting_head(model_dir, model, sc_)
     trained = model.lora.params if model.lora is not None else model.params
@@ -229,17 +230,16 @@ def _read_head(head_file: Path, hidden_size: int, dtype) -> np.ndarray:
 def _starting_head(model_dir: Path, model, sc_: SentenceOrderConfig) -> tuple[np.ndarray, str]:
     """(the head to train, a line saying where it came from): the base's own head when the base is a
     `finetune sop` result of the same --pairs (training continues), else a fresh one."""
-    import json
-
     from .finetune import INFO_FILE
+    from .io.reading import read_json
 
     fresh = init_sop_head(model.config.hidden_size, seed=sc_.seed, dtype=model.dtype)
     head_file = Path(model_dir) / HEAD_FILE
     if not head_file.is_file():
         return fresh, "the binary head starts fresh (random, seeded by --seed)"
     try:
-        pairs = json.loads((Path(model_dir) / INFO_FILE).read_text(encoding="utf-8")).get("pairs")
-    except (OSError, ValueError, AttributeError):
+        pairs = read_json(Path(model_dir) / INFO_FILE, expect=dict).get("pairs")
+    except (OSError, ValueError):   # no finetune.json, or not one of ours: which question is unknown
         pairs = None
     if pairs != sc_.pairs:   # a head that answered another question
         return fresh, (f"the binary head starts fresh: the base's {HEAD_FILE} was trained on --pairs "
@@ -253,10 +253,9 @@ def changed_probability(model, sop_head_weight, tokenizer, a: str, b: str, max_l
 
     max_len: tokens of `<s> A </s> B </s>` (None: the model's max_position_embeddings); a longer pair
     keeps the text at the A|B boundary, as in training."""
+    from .ops._checks import require_positive_int
     from .ops.classifier import classifier_forward, last_token_index
     from .ops.softmax import softmax_forward
-
-    from .ops._checks import require_positive_int
 
     positions = model.config.max_position_embeddings
     require_positive_int("max_len", max_len, none_ok=True)

@@ -304,18 +304,20 @@ def check_pair_tokenizer(tokenizer) -> None:
 class SentenceOrderBatches:
     """MLM + SOP (or NSP) batches from a list of documents, shuffled each epoch, deterministic by seed.
 
-    One pair per document of two or more sentences -- per block of one, when a document is longer
+    texts: the documents, each a str or the list of its sentences (split_sentences' result).  One
+    pair per document of two or more sentences -- per block of one, when a document is longer
     than max_len tokens (sentence_blocks; its characters per token measured on the texts) --
-    drawn once.  batch(step) is a function of
-    (seed, step) alone, so a resumed run draws the same batches and masks; next_batch() walks the
+    drawn once.  batch(step) is a function of (seed, step) alone, so a resumed run draws the same batches and masks; next_batch() walks the
     steps in order.  evaluation_batches() covers every pair once, in order, with fixed masks.
     """
 
     def __init__(self, texts, tokenizer, batch_size: int, max_len: int, task: str = "sop", seed: int = 0):
         check_pair_tokenizer(tokenizer)
         rng = np.random.default_rng([seed, 0])
-        max_chars = int((max_len - 3) * _chars_per_token(texts, tokenizer))
-        pairs = sentence_order_pairs([split_sentences(t) for t in texts], rng, task, max_chars=max_chars)
+        # each document as its sentences (a caller that split them already passes the lists)
+        documents = [split_sentences(t) if isinstance(t, str) else list(t) for t in texts]
+        max_chars = int((max_len - 3) * _chars_per_token(documents, tokenizer))
+        pairs = sentence_order_pairs(documents, rng, task, max_chars=max_chars)
         if len(pairs) < batch_size:
             raise ValueError(f"only {len(pairs)} sentence pairs, fewer than one batch of {batch_size}")
         self.examples = [encode_pair(tokenizer, a, b, max_len) for a, b, _ in pairs]
@@ -358,11 +360,12 @@ class SentenceOrderBatches:
         return SentenceOrderBatch(inputs, targets, attention_mask, self.labels[rows])
 
 
-def _chars_per_token(texts, tokenizer, sample_chars: int = 100_000) -> float:
-    """Characters per token of the texts' start (about sample_chars of them): how much text fills a window."""
+def _chars_per_token(documents, tokenizer, sample_chars: int = 100_000) -> float:
+    """Characters per token of the documents' start (about sample_chars of them; each document a list
+    of sentences): how much text fills a window."""
     sample, total = [], 0
-    for text in texts:
-        sample.append(text[:sample_chars - total])
+    for sentences in documents:
+        sample.append(" ".join(sentences)[:sample_chars - total])
         total += len(sample[-1])
         if total >= sample_chars:
             break

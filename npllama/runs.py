@@ -304,15 +304,6 @@ def _model_config(path) -> tuple[Path, dict]:
         return config_file, read_json(config_file, expect=dict, error=CheckpointError)
 
 
-def model_objective(path=None) -> str:
-    """The objective the model of `--model path` (None: the latest run) was trained with: "causal"
-    (next-token prediction: it generates text) or "mlm" (`npllama train --objective mlm`: a
-    bidirectional masked-LM model, which must not be used to generate).  config.json records it as
-    "npllama_objective"; a config without that field (any Hugging Face LLaMA) is "causal"."""
-    config_file, config = _model_config(path)
-    return objective_of(config, config_file)
-
-
 def require_a_language_model(path, flag: str, job: str, causal: bool = True) -> None:
     """ValueError unless the model of `path` (None: the latest run) is a language model `job` can
     start from: not a classifier (`npllama finetune classify`'s LlamaForSequenceClassification

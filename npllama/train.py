@@ -342,7 +342,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, v
     if stop is None:
         loop.save_checkpoint(loop.step)
         with reporting_write_errors("the final model", run_dir / "model"):
-            _save_final_model(run_dir, model, tokenizer, tc)
+            _save_final_model(run_dir, model, tokenizer)
         _plot_losses(run_dir)
         echo(f"done: step {loop.step}, validation loss {loop.last_val_loss:.3f} nats/token "
              f"{_compared_with_unigram(loop.last_val_loss, unigram)}; model saved in {run_dir / 'model'}")
@@ -748,7 +748,7 @@ def _remove_derived_files(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def _save_final_model(run_dir: Path, model, tokenizer, tc: TrainConfig) -> None:
+def _save_final_model(run_dir: Path, model, tokenizer) -> None:
     from .io.hf import objective_fields, save_hf_folder
 
     with deferred_stop_signals():

@@ -8,8 +8,13 @@ import pytest
 from npllama import Llama, LlamaConfig
 from npllama.cli import main
 from npllama.io import save_hf_folder
-from npllama.runs import latest_run, model_objective
+from npllama.runs import latest_run, load_model_and_tokenizer
 from npllama.train import TrainConfig, train
+
+def model_objective(path=None) -> str:
+    """The objective of the model `--model path` names (None: the latest run), as it loads."""
+    return load_model_and_tokenizer(path)[0].objective
+
 
 FAST = dict(preset="stories260k", vocab_size=360, batch_size=4, seq_len=32, corpus_stories=300, eval_every=0,
             checkpoint_every=0, eval_batches=1, samples=0, progress=False, steps=1)

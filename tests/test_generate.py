@@ -341,7 +341,10 @@ def test_threads_above_the_budget_are_refused_before_any_thread_starts(model, mo
     # refused before the per-thread buffers: 10**13 rows of them would be a MemoryError first
     with pytest.raises(ValueError, match=r"threads must be at most 2 \(NPLLAMA_MAX_THREADS\), got 10,000,000,000,000$"):
         FastDecoder(model, threads=10**13)
-
+    # the default (every core) is not the caller's choice: it stays within the budget, not refused
+    monkeypatch.delenv(ENV_VARIABLE)
+    monkeypatch.setenv("NPLLAMA_MAX_THREADS", "1")
+    assert decode_threads()[0] == 1 and FastDecoder(model).threads == 1
 
 
 def test_a_thread_count_past_the_budget_is_refused_before_anything_is_allocated():

@@ -94,7 +94,8 @@ class FastDecoder:
         # the thread count first: a count past NPLLAMA_MAX_THREADS is refused before the KV cache,
         # the RoPE tables, the per-thread buffers or the team's threads take any memory
         self.threads, chosen = decode_threads() if threads is None else (threads, True)
-        check_threads("threads", self.threads)
+        if threads is not None:   # (the default is within the budget already)
+            check_threads("threads", threads)
         self.model, self.config, self.dtype = model, cfg, np.dtype(model.dtype)
         self.batch_size, self.max_length, self.length = int(batch_size), int(max_length), 0
         self.weights = model_weights(model)

@@ -26,7 +26,7 @@ from collections import deque
 import numpy as np
 from numba import config as numba_config
 
-from ..budget import check_threads
+from ..budget import check_threads, max_threads
 from ._sync import (IDLE, ask_helpers_to_quit, flags_for, helpers_still_in_job, let_through, publish_job,
                     waited_share)
 
@@ -38,8 +38,8 @@ ENV_VARIABLE = "NPLLAMA_DECODE_THREADS"
 def decode_threads() -> tuple[int, bool]:
     """The default thread count of a decode step, and whether it was chosen by the user:
     ($NPLLAMA_DECODE_THREADS, True) if set (at most NPLLAMA_MAX_THREADS, npllama/budget.py), else
-    (the cores this process may run on, at most MAX_DECODE_THREADS; 1 on Windows, which has no
-    sched_yield; False)."""
+    (the cores this process may run on, at most MAX_DECODE_THREADS and NPLLAMA_MAX_THREADS; 1 on
+    Windows, which has no sched_yield; False)."""
     text = os.environ.get(ENV_VARIABLE)
     if text:
         try:
@@ -52,7 +52,7 @@ def decode_threads() -> tuple[int, bool]:
         return value, True
     if numba_config.DISABLE_JIT:      # the kernels run as Python: threads would take turns on the GIL
         return 1, False
-    return usable_cores(), False
+    return min(usable_cores(), max_threads()), False   # a default within the budget, never refused
 
 
 def usable_cores() -> int:

@@ -563,7 +563,6 @@ class _Loop:
         return self.last_val_loss
 
     def save_checkpoint(self, step: int) -> None:
-        from .io.hf import objective_fields
         from .io.train_state import save_checkpoint
 
         state = {"step": step, "loader": self.loader.state_dict(), "train_loss": self.last_train_loss,
@@ -572,8 +571,7 @@ class _Loop:
         # deferred: a stop signal during a checkpoint lets it finish (the stop then saves nothing new)
         with deferred_stop_signals(), reporting_write_errors(f"the checkpoint of step {step}", path):
             save_checkpoint(path, self.model, self.optimizer.state_dict(copy=False), state,
-                            extra_files=self.tokenizer_files, extra_config=objective_fields(self.model.objective),
-                            replace_lock=replacing_in_run(self.run_dir))
+                            extra_files=self.tokenizer_files, replace_lock=replacing_in_run(self.run_dir))
         self.saved_step = step
 
     def write_log(self, record: dict) -> None:

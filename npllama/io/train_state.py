@@ -20,7 +20,7 @@ import numpy as np
 from .atomic import atomic_directory
 from .errors import CheckpointError
 from .reading import read_json
-from .hf import save_hf_folder
+from .hf import objective_fields, save_hf_folder
 from .safetensors import read_safetensors, write_safetensors
 
 STATE_FILE = "training_state.json"
@@ -31,16 +31,16 @@ MAX_STATE_BYTES = 16 * 1024**2  # training_state.json is a few kB; anything this
 
 
 def save_checkpoint(path, model, optimizer_state: dict, state: dict, extra_files=None,
-                    replace_lock=None, extra_config=None) -> None:
+                    replace_lock=None) -> None:
     """Write model + optimizer_state (from Optimizer.state_dict()) + state (JSON-able) atomically.
 
     extra_files: {file name: bytes} to place inside the model folder (e.g. tokenizer.model).
     replace_lock: held around the final renames (npllama.io.atomic.atomic_directory).
-    extra_config: fields added to the model's config.json (npllama.io.hf.save_hf_folder).
+    The model's config.json records its objective as save_pretrained's does (a masked-LM one).
     """
     _save(path, optimizer_state, state, replace_lock,
           lambda folder: save_hf_folder(folder / "model", model.config, model.params, extra_files=extra_files,
-                                        extra_config=extra_config))
+                                        extra_config=objective_fields(getattr(model, "objective", "causal"))))
 
 
 def save_params_checkpoint(path, params: dict, optimizer_state: dict, state: dict, replace_lock=None) -> None:

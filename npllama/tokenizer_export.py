@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 
+from .io.sentencepiece_model import MODEL_TYPE_BPE
+
 SPACE = "\u2581"   # ▁, SentencePiece's written space
 
 
@@ -70,8 +72,7 @@ def tokenizer_json(tokenizer) -> dict | None:
     size = sp.get_piece_size()
     pieces = [sp.id_to_piece(i) for i in range(size)]
     normal = [i for i in range(size) if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i))]
-    is_bpe = all(float(sp.get_score(i)).is_integer() for i in normal)
-    if is_bpe:
+    if tokenizer.model_info.model_type == MODEL_TYPE_BPE:   # what the .model says it is
         model = {"type": "BPE", "dropout": None, "unk_token": pieces[tokenizer.unk_id],
                  "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True,
                  "byte_fallback": True, "ignore_merges": False,
@@ -122,13 +123,11 @@ def _added_tokens(tokenizer) -> list[dict]:
     """<unk> and the control pieces (<s>, </s>, [INST], ...), special; the user-defined pieces
     (SentencePiece's user_defined_symbols), not special, so decode keeps their text: all matched
     as whole tokens, as SentencePiece matches them."""
-    from .io.sentencepiece_model import USER_DEFINED
-
     sp = tokenizer._sp
     special = {tokenizer.unk_id, *tokenizer.control_pieces.values()}
-    user_defined = {i for i, kind in enumerate(tokenizer.model_info.piece_types) if kind == USER_DEFINED}
+    whole = set(tokenizer._whole_pieces.values())   # those and the user-defined ones, as encode matches them
     return [{"id": i, "content": sp.id_to_piece(i), "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": i in special} for i in sorted(special | user_defined)]
+             "normalized": False, "special": i in special} for i in sorted(whole)]
 
 
 def _is_identity_normalized(tokenizer) -> bool:

@@ -96,9 +96,8 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
         objective = objective_of(raw, model_dir / "config.json")
     model = Llama(config, dtype=dtype, params=params, objective=objective)
     tokenizer.check_vocab(config.vocab_size)
-    pad_token_id = raw.get("pad_token_id")
-    pad_token_id = pad_token_id if type(pad_token_id) is int and 0 <= pad_token_id < config.vocab_size else None
-    return Classifier(model, score, names, tokenizer, str(model_dir), pad_token_id)
+    # config.json's pad_token_id, checked as the config was read
+    return Classifier(model, score, names, tokenizer, str(model_dir), config.pad_token_id)
 
 
 def _info(folder: Path) -> dict:

@@ -137,16 +137,16 @@ def diagnose(got, expected, *, grad: str, case: str = "", zero_label: str = "") 
                         "create arrays with the input's dtype (e.g. dout.dtype)")
         return finding
     ratio = _constant_ratio(got_arr, expected)
-    if ratio is not None and abs(ratio - 1.0) < ROUND_OFF_RATIO and finding.rel_error > NEAR_EXACT:
-        finding.message = (f"it agrees with the right gradient to a relative {finding.rel_error:.1g}: close, but "
-                           f"the check holds every entry to 1e-7 of its size and a formula written out "
-                           f"exactly is right to ~1e-15")
-        finding.hint = f"look for {NEAR_EXACT_CAUSES}"
-        return finding
     if ratio is not None and abs(ratio - 1.0) < ROUND_OFF_RATIO:
-        finding.message = (f"it agrees with the expected gradient to a relative {abs(ratio - 1.0):.1g}, which is "
-                           f"round-off, not a mistake of yours")
-        finding.hint = "please report this case to the course's teacher: the check should have passed it"
+        if finding.rel_error > NEAR_EXACT:
+            finding.message = (f"it agrees with the right gradient to a relative {finding.rel_error:.1g}: close, "
+                               f"but the check holds every entry to 1e-7 of its size and a formula written out "
+                               f"exactly is right to ~1e-15")
+            finding.hint = f"look for {NEAR_EXACT_CAUSES}"
+        else:
+            finding.message = (f"it agrees with the expected gradient to a relative {abs(ratio - 1.0):.1g}, which "
+                               f"is round-off, not a mistake of yours")
+            finding.hint = "please report this case to the course's teacher: the check should have passed it"
         return finding
     if ratio is not None:
         for value, message, hint in GENERIC_RATIOS:

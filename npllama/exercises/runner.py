@@ -326,15 +326,15 @@ def _describe_exception(error: BaseException, source_file: str | None, what: str
     return text
 
 
-def _crash_hint(error: BaseException, exercise: Exercise | None = None, params=None,
-                source_file: str | None = None, function_name: str = "") -> str:
-    """Where to look, from the kind of crash (and, when known, the exercise and the failing case)."""
+def _crash_hint(error: BaseException, exercise: Exercise, params, source_file: str | None,
+                function_name: str) -> str:
+    """Where to look, from the kind of crash, the exercise and the failing case."""
     text = str(error)
-    called = [f"{name}()" for name in (getattr(exercise, "backward_name", ""), function_name) if name]
-    if exercise is not None and isinstance(error, TypeError) and any(text.startswith(c) for c in called):
+    called = [f"{name}()" for name in (exercise.backward_name, function_name) if name]
+    if isinstance(error, TypeError) and any(text.startswith(c) for c in called):
         return (f"the checker calls {exercise.backward_name}({exercise.params}): define it with exactly these "
                 f"parameters, in this order")
-    if exercise is not None and isinstance(error, ValueError) and "values to unpack" in text:
+    if isinstance(error, ValueError) and "values to unpack" in text:
         return _unpack_hint(exercise)
     if isinstance(error, ValueError) and _raised_in_einsum(error, text):
         return ("an einsum whose subscripts do not fit its operands: each letter must name axes of the same "
@@ -345,8 +345,6 @@ def _crash_hint(error: BaseException, exercise: Exercise | None = None, params=N
     if isinstance(error, ValueError) and ("core dimension" in text or "not aligned" in text):
         return ("a matrix product whose inner sizes differ: an operand needs a transpose, or the operands are "
                 "in the wrong order (weights are (out, in); a gradient has its input's shape) -- print the shapes")
-    if exercise is None:
-        return "run the function by hand on a small input and print the shapes on the way"
     return _rerun_hint(exercise, params, source_file)
 
 

@@ -239,11 +239,14 @@ def finite_difference_lines(source: str) -> list[str]:
     return _unique(found)
 
 
+_BUILTIN_NAMES = frozenset(dir(builtins))
+
+
 def _own_callees(node, named_results) -> set:
     """The names of the file's own functions called in `node` (or whose results it reads)."""
     callees = set()
     for part in ast.walk(node):
-        if isinstance(part, ast.Call) and isinstance(part.func, ast.Name) and part.func.id not in dir(builtins):
+        if isinstance(part, ast.Call) and isinstance(part.func, ast.Name) and part.func.id not in _BUILTIN_NAMES:
             callees.add(part.func.id)
         elif isinstance(part, ast.Name) and isinstance(part.ctx, ast.Load):
             callees |= named_results.get(part.id, set())

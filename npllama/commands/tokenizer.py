@@ -54,10 +54,7 @@ def train(args) -> int:
         raise UsageError(f"--out {args.out!r}: {prefix}.model is a folder")
     from ..data import check_doc_separator
 
-    try:
-        check_doc_separator(args.doc_separator)
-    except (TypeError, ValueError) as error:
-        raise UsageError(str(error).replace("doc_separator", "--doc-separator", 1)) from None
+    check_doc_separator(args.doc_separator)   # without --data nothing else would read it (cli names the flag)
     texts = load_texts(args.data, args.doc_separator) if args.data else make_default_corpus()
     tok = Tokenizer.train(texts, args.out, args.vocab_size, model_type=args.model_type)
     print(f"wrote {tok.path} ({tok.vocab_size} pieces)")

@@ -35,6 +35,14 @@ def holds_the_gil(tokens, targets):
     return 0.0, {"w": np.zeros(1)}
 
 
+def given_timings(monkeypatch, seconds: dict) -> list:
+    """thread_choice.measure replaced by fixed timings (a test of what is done with a measurement
+    must not hang on one round of a clock on a shared machine); the list records each call."""
+    timed = []
+    monkeypatch.setattr(thread_choice, "measure", lambda fn, *args, **kwargs: timed.append(args) or dict(seconds))
+    return timed
+
+
 @pytest.fixture
 def two_workers(monkeypatch, tmp_path):
     needs_blas_control()
@@ -71,9 +79,7 @@ def test_the_choice_is_measured_once_then_read_from_the_cache(two_workers, tmp_p
     assert calls == [] and "cached in" in said[-1]
     # another shape is another measurement (and here another answer: its timings are given, not
     # taken -- one round of a GIL-bound function on a shared machine can come out either way)
-    timed = []
-    monkeypatch.setattr(thread_choice, "measure",
-                        lambda fn, *args, **kwargs: timed.append(args) or {"1": 0.1, "2": 0.2})
+    timed = given_timings(monkeypatch, {"1": 0.1, "2": 0.2})
     assert fastest_threads(holds_the_gil, CONFIG, 6, 4, np.float32, echo=said.append, rounds=1) == 1
     assert len(timed) == 1 and "measured now" in said[-1]
 
@@ -89,12 +95,13 @@ def test_a_run_folder_keeps_its_count_when_the_cache_is_gone(two_workers, tmp_pa
     assert fastest_threads(holds_the_gil, CONFIG, 8, 4, np.float32, run_dir=run, echo=lambda *_: None) == 2
 
 
-def test_a_damaged_cache_is_measured_again(two_workers, tmp_path):
+def test_a_damaged_cache_is_measured_again(two_workers, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / thread_choice.CACHE_FILE).write_text("{not json")
+    timed = given_timings(monkeypatch, {"1": 0.1, "2": 0.2})
     assert fastest_threads(holds_the_gil, CONFIG, 8, 4, np.float32, echo=lambda *_: None, rounds=1) == 1
-    assert len(json.loads((cache / thread_choice.CACHE_FILE).read_text())) == 1
+    assert len(timed) == 1 and len(json.loads((cache / thread_choice.CACHE_FILE).read_text())) == 1
 
 
 def test_one_worker_or_one_row_measures_nothing(monkeypatch):

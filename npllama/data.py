@@ -389,10 +389,11 @@ def evaluation_batches(ids: np.ndarray, batch_size: int, seq_len: int,
     """Fixed validation batches: the windows in stream order (no shuffling), as (tokens, targets).
 
     Windows are cut as in BatchLoader.  They are grouped `batch_size` at a time, the windows left
-    over in a last, smaller batch, and at most `max_batches` batches are returned (None: all, so
-    every window is scored once; weight each batch's mean loss by its count of targets).  The same
-    arguments always give the same batches, so validation losses are comparable from step to step
-    and run to run.
+    over in a last, smaller batch; the tokens after the last whole window (fewer than seq_len + 1)
+    make one shorter window of their own, in a batch of one row, so every held-out target is scored
+    exactly once.  At most `max_batches` batches are returned (None: all; weight each batch's mean
+    loss by its count of targets).  The same arguments always give the same batches, so validation
+    losses are comparable from step to step and run to run.
     """
     _require_token_stream("ids", ids)
     _require_positive_int("batch_size", batch_size)
@@ -400,13 +401,12 @@ def evaluation_batches(ids: np.ndarray, batch_size: int, seq_len: int,
     if max_batches is not None:
         _require_positive_int("max_batches", max_batches)
     n_windows = (ids.shape[0] - 1) // seq_len
-    if n_windows == 0:
-        raise ValueError(f"the validation set has {ids.shape[0]} tokens, but one window of {seq_len} "
-                         f"tokens needs {seq_len + 1}; use a smaller --seq-len, more --val-data text or "
-                         f"a larger --val-fraction")
-    starts = range(0, n_windows, batch_size)[:max_batches]
-    return [_split_inputs_targets(windows(ids, np.arange(start, min(start + batch_size, n_windows)), seq_len))
-            for start in starts]
+    batches = [_split_inputs_targets(windows(ids, np.arange(start, min(start + batch_size, n_windows)), seq_len))
+               for start in range(0, n_windows, batch_size)]
+    tail = ids[n_windows * seq_len:]            # the last whole window's last token, then the rest
+    if tail.shape[0] >= 2:
+        batches.append(_split_inputs_targets(np.asarray(tail, dtype=np.int64)[None]))
+    return batches[:max_batches]
 
 
 def windows(ids: np.ndarray, window_indices: np.ndarray, seq_len: int) -> np.ndarray:

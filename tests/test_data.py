@@ -390,13 +390,34 @@ def test_evaluation_batches_score_the_windows_left_over_in_a_smaller_last_batch(
 
 
 def test_evaluation_on_a_small_set_uses_one_smaller_batch():
-    batches = evaluation_batches(np.arange(25), batch_size=8, seq_len=10, max_batches=5)
+    batches = evaluation_batches(np.arange(21), batch_size=8, seq_len=10, max_batches=5)
     assert len(batches) == 1 and batches[0][0].shape == (2, 10)
 
 
+@pytest.mark.parametrize("n_tokens, seq_len, batch_size", [(25, 10, 8), (187, 10, 4), (8, 10, 4), (2, 10, 4)])
+def test_evaluation_batches_score_every_held_out_target_once(n_tokens, seq_len, batch_size):
+    """The tokens after the last whole window are a last, shorter window: with ids = 0..n-1, every
+    target 1..n-1 appears exactly once, after the token before it."""
+    batches = evaluation_batches(np.arange(n_tokens), batch_size=batch_size, seq_len=seq_len)
+    for tokens, targets in batches:
+        np.testing.assert_array_equal(targets, tokens + 1)
+    scored = np.concatenate([targets.ravel() for _, targets in batches])
+    np.testing.assert_array_equal(np.sort(scored), np.arange(1, n_tokens))
+    *whole, last = batches
+    assert all(tokens.shape[1] == seq_len for tokens, _ in whole)
+    if (n_tokens - 1) % seq_len:
+        assert last[0].shape == (1, (n_tokens - 1) % seq_len)
+
+
+def test_evaluation_batches_max_batches_counts_the_shorter_window_last():
+    ids = np.arange(10 * 8 + 6)  # two batches of 4 windows, then 5 targets more
+    assert [t.shape for t, _ in evaluation_batches(ids, 4, 10)] == [(4, 10), (4, 10), (1, 5)]
+    assert [t.shape for t, _ in evaluation_batches(ids, 4, 10, max_batches=2)] == [(4, 10), (4, 10)]
+
+
 def test_evaluation_errors():
-    with pytest.raises(ValueError, match=r"has 8 tokens.*needs 11.*--seq-len"):
-        evaluation_batches(np.arange(8), 4, 10)
+    with pytest.raises(ValueError, match=r"ids has 1 token.*at least 2"):
+        evaluation_batches(np.arange(1), 4, 10)
     with pytest.raises(ValueError, match="max_batches"):
         evaluation_batches(np.arange(100), 4, 10, max_batches=0)
     with pytest.raises(ValueError, match="batch_size"):

@@ -181,8 +181,10 @@ class SentenceOrderBatch:
 _CJK_CLOSERS = "\"'”’»)]」』）"      # quotes and brackets that may close a sentence
 _CLOSERS = _CJK_CLOSERS + "“‘"                 # and German „...“ (in Chinese, “ opens the next one)
 # A sentence end: . ! ? … (runs of them) and closers, then white space; or CJK 。 ！ ？, which need no
-# space after them; or a paragraph break (a blank line), punctuated or not.
-_SENTENCE_END = re.compile(rf"(?P<mark>[.!?…]+)(?P<closed>[{re.escape(_CLOSERS)}]*)(?=\s)"
+# space after them; or a paragraph break (a blank line), punctuated or not.  French sets its closing
+# » after a (no-break) space: « Oui ! » -- a » after a space closes only when white space follows it,
+# since a German or Danish »Nein« opens with the same mark.
+_SENTENCE_END = re.compile(rf"(?P<mark>[.!?…]+)(?P<closed>[{re.escape(_CLOSERS)}]*(?:[ \u00a0\u202f]+»)?)(?=\s)"
                            rf"|[。！？]+[{re.escape(_CJK_CLOSERS)}]*|\n[ \t]*\n")
 # words whose period does not end a sentence ("Mr. Smith", "e.g. this"); single letters too ("J. K.")
 _ABBREVIATIONS = frozenset("mr mrs ms dr prof st jr sr vs cf e.g i.e".split())
@@ -192,7 +194,8 @@ _NEXT_CHARACTER, _LAST_WORD = re.compile(r"\s*(\S)"), re.compile(r"\S+$")
 def split_sentences(text: str) -> list[str]:
     """Sentences of a text, in order, each stripped.
 
-    A sentence ends at . ! ? or … (and any closing quotes or brackets) followed by white space, at
+    A sentence ends at . ! ? or … (and any closing quotes or brackets, French « ... » with its
+    spaces included) followed by white space, at
     Chinese/Japanese 。 ！ ？ (no space needed), and at a blank line.  Not a sentence end: the period
     of a title or abbreviation (Mr. Dr. St. e.g. i.e. ...) or of an initial ("J. K. Rowling"), and
     an ellipsis or a quoted “Hi!” followed by a lowercase word ('"Hi!" she said.', "Wait... what?").

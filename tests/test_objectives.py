@@ -178,6 +178,10 @@ def test_split_sentences_and_encode_pair():
     ("A title\n\nA hard-wrapped\nline. It ended\u2026 Then more.",
      ["A title", "A hard-wrapped\nline.", "It ended\u2026", "Then more."]),
     ("i went home. it rained. 3.5 is a number.", ["i went home.", "it rained.", "3.5 is a number."]),
+    # French « » with (no-break) spaces inside; a » followed by a letter opens a German quote
+    ("« Bonjour ! » dit-il. « Ça va ? » Oui. Er rief: Komm! »Nein«, sagte sie.",
+     ["« Bonjour ! » dit-il.", "« Ça va ? »", "Oui.", "Er rief: Komm!",
+      "»Nein«, sagte sie."]),
 ])
 def test_split_sentences_knows_titles_initials_quotes_ellipses_and_chinese(text, sentences):
     # Before: "Mr." ended a sentence, \u3002 and closing quotes other than " never did, so a Chinese

@@ -45,6 +45,9 @@ class LlamaConfig:
     bos_token_id: int | None = 1
     eos_token_id: int | list[int] | None = 2   # LLaMA-3 lists several (end of text, end of turn, ...)
     pad_token_id: int | None = None
+    # Carried from and back to config.json for other trainers (transformers applies it in training);
+    # npllama's attention has no dropout, and its training jobs say so when this is not 0.
+    attention_dropout: float = 0.0
 
     def __post_init__(self):
         for field in dataclasses.fields(self):  # NumPy scalars are numbers too: keep plain Python ones
@@ -76,6 +79,8 @@ class LlamaConfig:
         _require_positive_float("rms_norm_eps", self.rms_norm_eps)
         _require_positive_float("rope_theta", self.rope_theta)
         _require_positive_float("initializer_range", self.initializer_range)
+        if not 0 <= _finite_float("attention_dropout", self.attention_dropout) <= 1:
+            raise ValueError(f"attention_dropout must be a probability in [0, 1], got {self.attention_dropout}")
         if not isinstance(self.tie_word_embeddings, bool):
             raise TypeError(f"tie_word_embeddings must be a bool, got {self.tie_word_embeddings!r}")
         if isinstance(self.eos_token_id, (list, tuple)):   # kept as a list, as config.json holds it
@@ -203,7 +208,7 @@ class LlamaConfig:
         """A config.json dict in the transformers 4.x layout (transformers 5 reads it too)."""
         d = dataclasses.asdict(self)
         d.update(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu",
-                 attention_bias=False, mlp_bias=False, attention_dropout=0.0, use_cache=True,
+                 attention_bias=False, mlp_bias=False, use_cache=True,
                  pretraining_tp=1)
         if d["rope_scaling"] is not None:
             d["rope_scaling"] = dict(d["rope_scaling"])

@@ -476,11 +476,12 @@ def classify(cc: ClassifyConfig, echo=print, resume: bool = False) -> ClassifyRe
 
 
 def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
-    from .runs import load_model_and_tokenizer
+    from .runs import load_model_and_tokenizer, note_attention_dropout
 
     dtype = cc.model_dtype()
     texts, train_ids, val_texts, val_ids, names, source = _classification_data(cc)
     model, tokenizer, model_dir = load_model_and_tokenizer(cc.base, dtype=dtype)
+    note_attention_dropout(model.config.attention_dropout, f"{model_dir}'s config.json", echo)
     max_len = min(cc.max_len, model.config.max_position_embeddings)
 
     pad_id = pad_id_of(tokenizer)   # also the saved config.json's pad_token_id
@@ -602,9 +603,10 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     from . import datasets
     from .chat import ChatTemplate
     from .generate import generate
-    from .runs import load_model_and_tokenizer
+    from .runs import load_model_and_tokenizer, note_attention_dropout
 
     model, tokenizer, model_dir = load_model_and_tokenizer(sc_.base, dtype=sc_.model_dtype())
+    note_attention_dropout(model.config.attention_dropout, f"{model_dir}'s config.json", echo)
     template = ChatTemplate.for_folder(model_dir, tokenizer, name=sc_.chat_template)
     records = datasets.make_instructions(seed=sc_.seed) if sc_.data is None else datasets.load_sft(sc_.data)
     max_len = min(sc_.max_len, model.config.max_position_embeddings + 1)

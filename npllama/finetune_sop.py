@@ -100,9 +100,10 @@ def _documents(sc_: SentenceOrderConfig) -> tuple[list[str], str]:
 
 def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
     from . import datasets
-    from .runs import load_model_and_tokenizer
+    from .runs import load_model_and_tokenizer, note_attention_dropout
 
     model, tokenizer, model_dir = load_model_and_tokenizer(sc_.base, dtype=sc_.model_dtype())
+    note_attention_dropout(model.config.attention_dropout, f"{model_dir}'s config.json", echo)
     check_pair_tokenizer(tokenizer)
     texts, source = _documents(sc_)
     everything = len(texts)

@@ -358,3 +358,12 @@ def load_model_and_tokenizer(path=None, dtype=None):
         tokenizer = load_tokenizer(model_dir)
     tokenizer.check_vocab(model.config.vocab_size)
     return model, tokenizer, model_dir
+
+
+def note_attention_dropout(attention_dropout: float, source: str, echo) -> None:
+    """A training job's word when `source` asks for dropout in attention: npllama's attention has
+    none, so the run trains without it (a model folder's value is kept in the config.json saved,
+    for trainers that apply it)."""
+    if attention_dropout:
+        echo(f"note: {source} sets attention_dropout {attention_dropout}, but npllama's attention has no "
+             f"dropout: this run trains without it")

@@ -39,8 +39,8 @@ from .resuming import (LOG_FILE, CheckpointWriteError,  # noqa: F401 (Checkpoint
                        already_holds_a_run, check_finite, checked_step, record_changes, reopen_run,
                        reporting_write_errors, require_settings, restore_optimizer, saved_settings, stop_line,
                        truncate_log, write_settings)
-from .runs import (TOKENIZER_FILE, files_besides_locks, mark_latest, not_empty, replacing_in_run,
-                   writing_run)
+from .runs import (TOKENIZER_FILE, files_besides_locks, mark_latest, not_empty, note_attention_dropout,
+                   replacing_in_run, writing_run)
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 CONFIG_FILE = "train_config.json"
@@ -645,11 +645,13 @@ def _new_model(tc: TrainConfig, tokenizer, echo):
     if tc.init_from is None:
         config = new_model_config(tc, tokenizer)
         _check_budget(tc, config)
+        note_attention_dropout((tc.model_config or {}).get("attention_dropout"), "--config", echo)
         return Llama(config, seed=tc.seed, dtype=DTYPES[tc.dtype], objective=tc.objective)
     config = init_from_config(tc)
     tokenizer.check_vocab(config.vocab_size)
     _check_budget(tc, config)
     echo(f"starting from the weights in {init_from_dir(tc)}")
+    note_attention_dropout(config.attention_dropout, f"{init_from_dir(tc)}'s config.json", echo)
     model = Llama.from_pretrained(init_from_dir(tc), dtype=DTYPES[tc.dtype])
     model.objective = tc.objective   # what this run trains it for, whatever the folder's was
     return model

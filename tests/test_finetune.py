@@ -1,5 +1,7 @@
 """Fine-tuning end to end on a tiny model: classification (full and LoRA), SFT, choice scoring, CLI."""
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,6 +123,21 @@ def test_the_head_skips_the_pad_id_as_transformers_does():
         report = gradcheck(lambda *_: classifier.loss_and_grads(tokens, mask, np.array([0, 2]))[0],
                            classifier.params, grads, max_entries=10)
     report.raise_if_failed()
+
+
+def test_fine_tuning_a_base_asking_for_attention_dropout_says_npllama_has_none(base_dir, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(base_dir, base)
+    fields = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**fields, "attention_dropout": 0.1}))
+    for job, config in [(classify, ClassifyConfig(base=str(base), steps=1, max_len=32, progress=False,
+                                                  out=str(tmp_path / "classifier"))),
+                        (sft, SFTConfig(base=str(base), steps=1, batch_size=2, samples=0, max_len=48,
+                                        progress=False, out=str(tmp_path / "sft")))]:
+        said = []
+        job(config, echo=said.append)
+        assert [line for line in said if "attention_dropout 0.1" in line and "trains without it" in line], job
+        assert json.loads((Path(config.out) / "config.json").read_text())["attention_dropout"] == 0.1
 
 
 def test_metrics_and_baseline():

@@ -116,6 +116,25 @@ def test_init_from_starts_from_the_folders_weights_and_tokenizer(shaped_run, tmp
     assert (out / "tokenizer.model").read_bytes() == (shaped_run / "model" / "tokenizer.model").read_bytes()
 
 
+def test_init_from_a_folder_asking_for_attention_dropout_says_npllama_has_none_and_keeps_the_value(
+        shaped_run, tmp_path):
+    folder = tmp_path / "with_dropout"
+    shutil.copytree(shaped_run / "model", folder)
+    fields = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**fields, "attention_dropout": 0.1}))
+    said = []
+    out = tmp_path / "continued"
+    train(TrainConfig(out=str(out), init_from=str(folder), steps=1, **{**FAST, "vocab_size": None}),
+          echo=said.append)
+    assert [line for line in said if "attention_dropout 0.1" in line and "trains without it" in line]
+    # the value is the folder's, for trainers that apply it; it was written back as 0.0 before
+    assert json.loads((out / "model" / "config.json").read_text())["attention_dropout"] == 0.1
+    said.clear()
+    train(TrainConfig(out=str(tmp_path / "plain"), init_from=str(shaped_run / "model"), steps=1,
+                      **{**FAST, "vocab_size": None}), echo=said.append)
+    assert not [line for line in said if "attention_dropout" in line]
+
+
 def test_init_from_refuses_shape_settings_that_disagree(shaped_run, tmp_path):
     base = dict(out=str(tmp_path / "run"), init_from=str(shaped_run / "model"), **{**FAST, "vocab_size": None})
     with pytest.raises(ValueError, match="--hidden-size 64 \\(the folder has 48\\)"):

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import npllama.io.hf as hf
-from npllama import LlamaConfig
+from npllama import Llama, LlamaConfig
 from npllama.io import (CheckpointError, atomic_directory, load_hf_folder, read_safetensors,
                         read_safetensors_header, save_hf_folder, write_safetensors)
 from npllama.io.atomic import backup_paths
@@ -334,6 +334,21 @@ def test_bad_config_fields_are_named(tmp_path, change, pattern, field):
         load_hf_folder(write_folder(tmp_path / "m", config, random_params(config), config_dict=bad))
     assert info.value.path.endswith("config.json") and str(info.value).startswith(info.value.path)
     assert info.value.field == field
+
+
+def test_attention_dropout_is_carried_through_a_folder_and_checked(tmp_path):
+    """npllama's attention has no dropout, but a folder's value is written back for trainers that
+    apply it (it was written as 0.0 whatever the folder said)."""
+    config = small_config()
+    fields = {**config.to_dict(), "attention_dropout": 0.1}
+    loaded, params = load_hf_folder(write_folder(tmp_path / "m", config, random_params(config), config_dict=fields))
+    assert loaded.attention_dropout == 0.1 and loaded.to_dict()["attention_dropout"] == 0.1
+    Llama(loaded, params=params).save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["attention_dropout"] == 0.1
+    assert LlamaConfig.from_dict({**fields, "attention_dropout": 0}).attention_dropout == 0.0
+    for bad, error in [(1.5, ValueError), (-0.1, ValueError), (float("nan"), ValueError), ("0.1", TypeError)]:
+        with pytest.raises(error, match="attention_dropout"):
+            LlamaConfig.from_dict({**fields, "attention_dropout": bad})
 
 
 def test_other_names_transformers_reads_as_llama_are_accepted(tmp_path):

@@ -249,16 +249,17 @@ print(time.perf_counter() - start)
 """.format(**CONFIGS["tiny"])
 
 
-def start_up(warm_runs: int = 3) -> dict:
+def start_up(warm_runs: int = 3, script: str = STARTUP_SCRIPT) -> dict:
     """Seconds from a fresh interpreter to the end of the first tiny training step: once with an
-    empty numba cache (everything the step uses compiles), then warm_runs times with it filled."""
+    empty numba cache (everything the step uses compiles), then warm_runs times with it filled.
+    (`script` prints the seconds last; the test gives a stand-in that compiles nothing.)"""
     import subprocess
 
     with tempfile.TemporaryDirectory(prefix="npllama-numba-cache-") as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=str(ROOT))
         runs = []
         for _ in range(1 + warm_runs):
-            out = subprocess.run([sys.executable, "-c", STARTUP_SCRIPT], env=env, capture_output=True, text=True,
+            out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                                  check=True, timeout=600)
             runs.append((float(out.stdout.strip().splitlines()[-1]), "compiling the Numba kernels" in out.stderr))
     (cold, cold_notice), warm = runs[0], runs[1:]

@@ -90,6 +90,7 @@ MAX_GROWTHS = 6
 MAX_JUMP = 1e4
 UNRESOLVED = 0.5
 METHODS = ("auto", "entries", "directional")
+DOUT_SALT = 0x646F7574   # "dout"
 
 
 @dataclasses.dataclass
@@ -309,7 +310,7 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
 
     out, cache = _forward_result(forward(*inputs, *extra_args, **extra_kwargs))
     unchanged_or_raise("forward")
-    dout = np.random.default_rng(seed).standard_normal(np.shape(out))
+    dout = draw_dout(np.shape(out), seed)
     dout_given = dout.copy()
     grads = backward(dout_given, cache)
     unchanged_or_raise("backward")
@@ -336,6 +337,15 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
     names, arrays, analytic = _pair_up([inputs[i] for i in wrt], list(grads), [all_names[i] for i in wrt])
     return _check_all(evaluate, names, arrays, analytic, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
                       seed=seed, method=method, directions=directions, richardson=richardson, progress=progress)
+
+
+def draw_dout(shape, seed: int) -> np.ndarray:
+    """The upstream gradient check_op(..., seed=seed) hands backward for an out of this shape.
+
+    Drawn from a stream salted apart from default_rng(seed): a caller who draws its input as
+    x = default_rng(seed).standard_normal(...) and passes the same seed must not get dout == x,
+    for which a scale-invariant op's gradient (x / |x|, a norm without weight) is exactly zero."""
+    return np.random.default_rng([seed, DOUT_SALT]).standard_normal(shape)
 
 
 def rel_error(a: np.ndarray, b: np.ndarray, tiny: float = TINY) -> float:

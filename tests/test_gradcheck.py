@@ -553,3 +553,25 @@ def test_integer_inputs_are_left_out_of_wrt_by_default():
     assert report.ok and [r.name for r in report.inputs] == ["logits"]
     with pytest.raises(ValueError, match="no floating-point array"):
         check_op(lambda t: (t * 1.0, None), lambda d, c: d, [targets])
+
+
+def _l2_normalize_forward(x):
+    norm = np.sqrt(np.sum(x * x, axis=-1, keepdims=True))
+    return x / norm, (x / norm, norm)
+
+
+def _l2_normalize_backward(dy, cache):
+    y, norm = cache
+    return (dy - y * np.sum(dy * y, axis=-1, keepdims=True)) / norm
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_dout_is_not_the_callers_own_draw_from_the_same_seed(seed):
+    # the guide's property test draws x = default_rng(seed).standard_normal(...) and passes
+    # seed=seed; dout drawn the same way was x itself, and the gradient of <x / |x|, x> is zero
+    # in exact arithmetic: a right L2-normalisation backward came out UNRESOLVED on every draw
+    x = np.random.default_rng(seed).standard_normal((3, 5))
+    report = check_op(_l2_normalize_forward, _l2_normalize_backward, [x], seed=seed)
+    assert report.ok, str(report)
+    forgot_the_norms_dependence = lambda dy, cache: dy / cache[1]
+    assert check_op(_l2_normalize_forward, forgot_the_norms_dependence, [x], seed=seed).inputs[0].status == "FAIL"

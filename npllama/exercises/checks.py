@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..gradcheck import check_op, numerical_gradient
+from ..gradcheck import check_op, draw_dout, numerical_gradient
 from .diagnose import CheckFailed, Finding, diagnose, rel_error
 
 GRAD_TOL = 1e-7        # check_op's relative floor, as in tests/ops
@@ -130,7 +130,7 @@ class Case:
 
     def dout_for(self, out) -> np.ndarray:
         """The upstream gradient check_op uses for this case (same seed, same draw)."""
-        dout = np.random.default_rng(self.seed).standard_normal(np.shape(out))
+        dout = draw_dout(np.shape(out), self.seed)
         return dout.astype(np.asarray(out).dtype, copy=False)
 
 

@@ -73,6 +73,7 @@ from typing import NamedTuple
 import numpy as np
 
 TINY = 1e-30
+SMALLEST = float(np.finfo(np.float64).tiny)   # the smallest normal float64, 2.2e-308
 UNIT_ROUNDOFF = float(np.finfo(np.float64).eps)   # 2.2e-16
 # The round-off of one evaluation of f, in units of u * F.  Measured on the 2-layer test models'
 # loss (sixth differences along random directions, 12 cases): 0.1-1.2 u * |loss|.  16 keeps the
@@ -668,15 +669,18 @@ def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_na
 
 
 def _relative_figures(a, n, held_to, magnitude, n_entries, finite):
-    """(relative error, relative bound): norm-wise over the entries, worst over the directions."""
+    """(relative error, relative bound): norm-wise over the entries, worst over the directions.
+    Relative to the gradient however small it is (a loss scaled by 1e-40 has gradients of 1e-40);
+    only an exactly zero one is measured against TINY."""
     if not np.all(finite):
         return float("inf"), float("nan")
     rel, bound = 0.0, 0.0
     if n_entries:
-        rel = rel_error(a[:n_entries], n[:n_entries])
-        bound = float(_norm(held_to[:n_entries]) / max(_norm(magnitude[:n_entries]), TINY))
+        rel = rel_error(a[:n_entries], n[:n_entries], tiny=SMALLEST)
+        size = _norm(magnitude[:n_entries])
+        bound = float(_norm(held_to[:n_entries]) / (size if size > 0 else TINY))
     if len(a) > n_entries:
-        scale = np.maximum(magnitude[n_entries:], TINY)
+        scale = np.where(magnitude[n_entries:] > 0, magnitude[n_entries:], TINY)
         with np.errstate(over="ignore"):
             rel = max(rel, float(np.max(np.abs(a[n_entries:] - n[n_entries:]) / scale)))
             bound = max(bound, float(np.max(held_to[n_entries:] / scale)))

@@ -575,3 +575,17 @@ def test_dout_is_not_the_callers_own_draw_from_the_same_seed(seed):
     assert report.ok, str(report)
     forgot_the_norms_dependence = lambda dy, cache: dy / cache[1]
     assert check_op(_l2_normalize_forward, forgot_the_norms_dependence, [x], seed=seed).inputs[0].status == "FAIL"
+
+
+@pytest.mark.parametrize("size", [1e-40, 1e-200])
+def test_rel_err_and_bound_are_relative_for_gradients_far_below_one(size):
+    # the columns divided by max(norm, 1e-30): a gradient of 1e-40 showed rel err 1e-50 whether
+    # right or wrong, and a FAIL with a relative error of 1e-50 reads as a contradiction
+    x = np.random.default_rng(2).standard_normal(5)
+    fn = lambda v: size * float(np.sum(v**2))
+    right = gradcheck(fn, [x], [size * 2 * x]).inputs[0]
+    assert right.ok and 1e-16 < right.bound < 1e-3 and right.rel_err < 1e-6
+    wrong = gradcheck(fn, [x], [-size * 2 * x]).inputs[0]
+    assert wrong.status == "FAIL" and wrong.rel_err == pytest.approx(2.0)
+    directional = gradcheck(fn, [x], [-size * 2 * x], method="directional").inputs[0]
+    assert directional.status == "FAIL" and directional.rel_err > 0.5 and 1e-16 < directional.bound < 1e-3

@@ -296,8 +296,8 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
     if extra_kwargs is not None and not isinstance(extra_kwargs, Mapping):
         raise TypeError(f"extra_kwargs must be a mapping of keyword arguments, got {_describe(extra_kwargs)}")
     extra_kwargs = dict(extra_kwargs or {})
-    wrt = _check_wrt(wrt, inputs)
     all_names = _check_names(names, len(inputs), "inputs")
+    wrt = _check_wrt(wrt, inputs, all_names)
 
     snapshots = [np.array(x, copy=True) if isinstance(x, np.ndarray) else None for x in inputs]
 
@@ -765,9 +765,13 @@ def _check_names(names, count: int, what: str) -> list[str]:
     return list(names)
 
 
-def _check_wrt(wrt, inputs: list) -> list[int]:
+def _check_wrt(wrt, inputs: list, names: list[str]) -> list[int]:
     count = len(inputs)
     if wrt is None:   # every floating-point array: integer indices, masks and settings are not differentiable
+        for name, x in zip(names, inputs):
+            if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.complexfloating):
+                raise TypeError(f"input {name!r} is {x.dtype}: only real inputs are differentiated; pass its "
+                                "real and imaginary parts as two float64 inputs, or give wrt= to leave it out")
         wrt = [i for i, x in enumerate(inputs) if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating)]
         if not wrt:
             raise ValueError("inputs holds no floating-point array to check the gradient of")

@@ -589,3 +589,11 @@ def test_rel_err_and_bound_are_relative_for_gradients_far_below_one(size):
     assert wrong.status == "FAIL" and wrong.rel_err == pytest.approx(2.0)
     directional = gradcheck(fn, [x], [-size * 2 * x], method="directional").inputs[0]
     assert directional.status == "FAIL" and directional.rel_err > 0.5 and 1e-16 < directional.bound < 1e-3
+
+
+def test_a_complex_input_is_refused_by_name_not_left_out():
+    # by default check_op leaves non-float inputs (indices, masks) out of wrt; a complex array
+    # left out silently made backward's gradient count look wrong instead
+    x, z = np.ones(3), np.ones(3) + 1j
+    with pytest.raises(TypeError, match=re.escape("input 'z' is complex128")):
+        check_op(lambda a, b: ((a * b).real, (a, b)), lambda d, c: (d, d), [x, z], names=["x", "z"])

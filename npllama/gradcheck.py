@@ -521,8 +521,9 @@ def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richa
     noise = ROUNDOFF_FACTOR * UNIT_ROUNDOFF * largest
     estimate, longer = _resolved_derivative(evaluate, move, eps, richardson, tol * abs(analytic), reference,
                                             noise, unit_step=1.0 / max(scale, TINY))
-    probes.add(analytic, estimate, estimate.bound + noise, max(abs(analytic), abs(estimate.value)), atol,
-               reference, LOOSE_BOUND * largest, longer)
+    bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
+    estimate = _kink_checked(evaluate, move, eps, estimate, analytic, bound + tol * magnitude)
+    probes.add(analytic, estimate, bound, magnitude, atol, reference, LOOSE_BOUND * largest, longer)
 
 
 def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, atol, probes):
@@ -544,8 +545,31 @@ def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, a
                                             unit_step=1.0 / max(float(np.max(np.abs(direction), initial=0.0)), TINY))
     # rounding of x + t p moves each entry by up to u |x_i| instead of t p_i: a relative u / eps;
     # the magnitude is ||g * p||, the spread of <g, p> over random signs
-    probes.add(np.sum(terms), estimate, estimate.bound + noise + UNIT_ROUNDOFF / eps * float(np.sum(np.abs(terms))),
-               magnitude, atol * float(np.sum(np.abs(direction))), magnitude, LOOSE_BOUND * largest * length, longer)
+    bound = estimate.bound + noise + UNIT_ROUNDOFF / eps * float(np.sum(np.abs(terms)))
+    estimate = _kink_checked(evaluate, move, eps, estimate, np.sum(terms), bound + tol * magnitude)
+    probes.add(np.sum(terms), estimate, bound, magnitude, atol * float(np.sum(np.abs(direction))), magnitude,
+               LOOSE_BOUND * largest * length, longer)
+
+
+def _kink_checked(evaluate, move, eps, estimate, analytic, held_to) -> _Estimate:
+    """The estimate, marked rough when it fails and f has a kink at the point itself.  Such a kink
+    is symmetric (relu at 0, a max with a tie): D(h) = D(2h) = D(4h), so the central differences
+    look smooth.  Their even part shows it: f(x+t) + f(x-t) - 2 f(x) grows like t there, like t^2
+    for a smooth f.  Only a failing probe pays the five evaluations."""
+    if estimate.rough or abs(float(analytic) - estimate.value) <= held_to:
+        return estimate
+    values = {}
+    try:
+        for t in (0.0, eps, -eps, 2 * eps, -2 * eps):
+            move(t)
+            values[t] = evaluate()
+    finally:
+        move(None)
+    roundoff = 4 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(size for _, size in values.values())
+    f0 = values[0.0][0]
+    second = [values[t][0] + values[-t][0] - 2 * f0 for t in (eps, 2 * eps)]
+    kink = abs(second[0]) > 10 * roundoff and 1.5 <= second[1] / second[0] <= 2.5
+    return estimate._replace(rough=kink)
 
 
 def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference, noise, unit_step):
@@ -705,9 +729,9 @@ def _notes(report: InputReport, finite, n_entries, n_finite, probes, passed, n_n
         notes.append("f did not change at all when this input moved: does fn use the arrays it is given? "
                      "(they are changed in place; a copy made before the call would not see it)")
     if not report.ok and any(r and not p for r, p in zip(probes.rough, passed)):
-        notes.append("along a failing probe f did not behave like a smooth function (differences at steps "
-                     "h, 2h, 4h not shrinking as h^2): a kink (relu, abs, max) within a few steps of the "
-                     "point makes finite differences unreliable there")
+        notes.append("along a failing probe f did not behave like a smooth function (its differences at steps "
+                     "h, 2h, 4h do not shrink as h^2): a kink (relu or abs at 0, a max with a tie) at or within a "
+                     "few steps of the point makes finite differences unreliable there; draw inputs away from it")
     if report.floor_only:
         notes.append(f"{report.floor_only} probe(s) passed only through the absolute floor atol: "
                      "the check did not resolve them")

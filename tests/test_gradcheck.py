@@ -597,3 +597,37 @@ def test_a_complex_input_is_refused_by_name_not_left_out():
     x, z = np.ones(3), np.ones(3) + 1j
     with pytest.raises(TypeError, match=re.escape("input 'z' is complex128")):
         check_op(lambda a, b: ((a * b).real, (a, b)), lambda d, c: (d, d), [x, z], names=["x", "z"])
+
+
+def _max_pool_pairs_forward(x):
+    pairs = x.reshape(x.shape[0], -1, 2)
+    return pairs.max(-1), (x.shape, pairs.argmax(-1))
+
+
+def _max_pool_pairs_backward(dy, cache):
+    shape, winner = cache
+    dpairs = np.zeros((shape[0], shape[1] // 2, 2))
+    np.put_along_axis(dpairs, winner[..., None], dy[..., None], -1)
+    return dpairs.reshape(shape)
+
+
+@pytest.mark.parametrize("case", ["relu at 0", "max-pool tie", "relu at 0, directional"])
+def test_a_kink_at_the_point_itself_is_named_in_the_report(case):
+    # relu at exactly 0 and a max-pool tie are symmetric kinks: D(h) = D(2h) = D(4h), so the
+    # central differences looked smooth and the FAIL came with no word of the kink the guide
+    # promises.  f(x+h) + f(x-h) - 2 f(x) grows like h there, not h^2.
+    rng = np.random.default_rng(4)
+    if case == "max-pool tie":
+        x = rng.standard_normal((2, 6))
+        x[1, 3] = x[1, 2]
+        forward, backward = _max_pool_pairs_forward, _max_pool_pairs_backward
+    else:
+        x = rng.standard_normal((2, 40) if "directional" in case else (2, 4))
+        x[0, 1] = 0.0
+        forward, backward = (lambda v: (np.maximum(v, 0.0), v)), (lambda dy, v: dy * (v > 0))
+    kw = {"method": "directional"} if "directional" in case else {}
+    entry = check_op(forward, backward, [x], seed=3, **kw).inputs[0]
+    assert entry.status == "FAIL" and any("kink" in note for note in entry.notes), entry.notes
+    # a smooth function failing for a wrong gradient is not said to have a kink
+    wrong = check_op(lambda v: (v**3, v), lambda dy, v: 2 * dy * v**2, [x], seed=3, **kw).inputs[0]
+    assert wrong.status == "FAIL" and not any("kink" in note for note in wrong.notes), wrong.notes

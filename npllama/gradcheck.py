@@ -297,6 +297,7 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
         raise TypeError(f"extra_kwargs must be a mapping of keyword arguments, got {_describe(extra_kwargs)}")
     extra_kwargs = dict(extra_kwargs or {})
     all_names = _check_names(names, len(inputs), "inputs")
+    wrt_given = wrt is not None
     wrt = _check_wrt(wrt, inputs, all_names)
 
     snapshots = [np.array(x, copy=True) if isinstance(x, np.ndarray) else None for x in inputs]
@@ -319,13 +320,20 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
         raise ValueError("backward changed its argument dout in place; the upstream gradient is shared "
                          "(a model hands the same array to other branches), so write the result into a "
                          "new array (dx = dout * s, not dout *= s)")
+    returned = grads
     if isinstance(grads, list):
         grads = tuple(grads)
     elif not isinstance(grads, tuple):
         grads = (grads,)
     if len(grads) != len(wrt):
+        hint = ""
+        if not isinstance(returned, (tuple, list, np.ndarray)):
+            hint = f"; it returned {_describe(returned)}: return a tuple, one array each"
+        elif not wrt_given and len(grads) < len(wrt):
+            hint = (f"; wrt was not given, so every floating-point input counts: if some are not "
+                    f"differentiable (a float mask, a setting), name those that are, e.g. wrt={wrt[:len(grads)]}")
         raise ValueError(f"backward returned {len(grads)} gradient(s), expected {len(wrt)}: one per input "
-                         f"in wrt ({', '.join(repr(all_names[i]) for i in wrt)}), in the forward's order")
+                         f"in wrt ({', '.join(repr(all_names[i]) for i in wrt)}), in the forward's order{hint}")
     for i, g in zip(wrt, grads):
         if g is None:
             raise ValueError(f"backward returned None for {all_names[i]!r}; return its gradient, or leave "

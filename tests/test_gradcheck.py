@@ -631,3 +631,13 @@ def test_a_kink_at_the_point_itself_is_named_in_the_report(case):
     # a smooth function failing for a wrong gradient is not said to have a kink
     wrong = check_op(lambda v: (v**3, v), lambda dy, v: 2 * dy * v**2, [x], seed=3, **kw).inputs[0]
     assert wrong.status == "FAIL" and not any("kink" in note for note in wrong.notes), wrong.notes
+
+
+def test_a_gradient_count_mismatch_says_how_wrt_was_chosen():
+    # a float 0/1 mask is a floating-point input, so by default it is differentiated; the user
+    # who returns dx only must learn that wrt= is how to leave it out
+    x, mask = np.ones(3), np.array([1.0, 0.0, 1.0])
+    masked = lambda v, m: (v * m, m)
+    with pytest.raises(ValueError, match=re.escape("wrt=[0]")):
+        check_op(masked, lambda d, m: d * m, [x, mask], names=["x", "mask"])
+    assert check_op(masked, lambda d, m: d * m, [x, mask], wrt=[0]).ok

@@ -28,3 +28,17 @@ def test_the_report_the_guide_shows_is_what_its_first_example_prints(capsys):
     # name, shape, method, coverage and verdict must be the same
     ours, theirs = printed[1].split(), shown[1].split()
     assert ours[:6] == theirs[:6] and ours[-1] == theirs[-1] == "ok"
+
+
+def test_the_cost_the_guide_states_is_what_a_check_takes():
+    # "a (40, 50) input, all 2000 entries, takes about 8000 calls, and a (64, 64) one about 150"
+    import numpy as np
+
+    from npllama import gradcheck
+
+    for shape, low, high in (((40, 50), 7900, 8300), ((64, 64), 120, 200)):
+        x = np.random.default_rng(0).standard_normal(shape)
+        calls = []
+        fn = lambda v: calls.append(1) or float(np.sum(np.tanh(v)))
+        assert gradcheck(fn, [x], [1 - np.tanh(x) ** 2]).ok
+        assert low <= len(calls) <= high, (shape, len(calls))

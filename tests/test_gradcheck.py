@@ -641,3 +641,14 @@ def test_a_gradient_count_mismatch_says_how_wrt_was_chosen():
     with pytest.raises(ValueError, match=re.escape("wrt=[0]")):
         check_op(masked, lambda d, m: d * m, [x, mask], names=["x", "mask"])
     assert check_op(masked, lambda d, m: d * m, [x, mask], wrt=[0]).ok
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_entry_off_above_tol_sqrt_n_hides_in_no_direction(seed):
+    # the guide: a direction resolves a single entry off by more than about tol * sqrt(n) of the
+    # gradient's rms (6e-6 for 64x64); 1e-4 is well above it, and rarely sampled (32 of 4096)
+    x = np.random.default_rng(seed).standard_normal((64, 64))
+    wrong = np.cos(x)
+    wrong[seed, 2 * seed] *= 1 + 1e-4 / abs(wrong[seed, 2 * seed]) * np.sqrt(np.mean(wrong**2))
+    report = gradcheck(lambda v: float(np.sum(np.sin(v))), [x], [wrong], seed=seed)
+    assert report.inputs[0].status == "FAIL" and report.inputs[0].worst_index == (seed, 2 * seed), str(report)

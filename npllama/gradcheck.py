@@ -256,6 +256,7 @@ def gradcheck(fn: Callable[..., float], inputs: Sequence[np.ndarray] | Mapping[s
         if value is None or isinstance(value, (bool, np.bool_)) or np.size(value) != 1 or not np.isrealobj(value):
             raise TypeError(f"fn must return one real number (the scalar whose gradient is checked), got "
                             f"{_describe(value)}; sum or reduce its output first")
+        _require_float64_precision(value, "fn returned")
         value = float(np.asarray(value, dtype=np.float64).reshape(()))
         return value, abs(value)
 
@@ -829,7 +830,18 @@ def _forward_result(result):
     if isinstance(out, (tuple, list)) or not np.issubdtype(np.asarray(out).dtype, np.floating):
         raise TypeError(f"forward's out must be one floating-point array, got {_describe(out)}; for several "
                         "outputs, concatenate their ravelled values into one array (and split dout in backward)")
+    _require_float64_precision(out, "forward's out is")
     return out, cache
+
+
+def _require_float64_precision(value, what: str) -> None:
+    """The bounds model float64 round-off: a value rounded to float32 or float16 on the way out
+    would fail a right gradient (and look like a kink), so it is refused before any probe."""
+    dtype = np.asarray(value).dtype
+    if np.issubdtype(dtype, np.floating) and np.finfo(dtype).eps > UNIT_ROUNDOFF:
+        raise TypeError(f"{what} {dtype.name}, though the inputs are float64: its round-off "
+                        f"({np.finfo(dtype).eps:.0e}) swamps central differences and would fail a right gradient; "
+                        "compute in float64 (an op's dtype should follow its input's)")
 
 
 def _pair_up(inputs, grads, names):

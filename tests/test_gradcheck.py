@@ -652,3 +652,17 @@ def test_one_entry_off_above_tol_sqrt_n_hides_in_no_direction(seed):
     wrong[seed, 2 * seed] *= 1 + 1e-4 / abs(wrong[seed, 2 * seed]) * np.sqrt(np.mean(wrong**2))
     report = gradcheck(lambda v: float(np.sum(np.sin(v))), [x], [wrong], seed=seed)
     assert report.inputs[0].status == "FAIL" and report.inputs[0].worst_index == (seed, 2 * seed), str(report)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_a_function_that_rounds_to_low_precision_is_refused_not_failed(dtype):
+    # float64 inputs, but a loss or an out computed in float32: the right gradient failed, and
+    # the report blamed a kink.  The checker's error model is float64's: say so, before any probe.
+    x = np.random.default_rng(0).standard_normal((3, 5))
+    with pytest.raises(TypeError, match=f"fn returned {np.dtype(dtype).name}"):
+        gradcheck(lambda v: dtype(np.sum(np.sin(v))), [x], [np.cos(x)])
+    with pytest.raises(TypeError, match=f"fn returned {np.dtype(dtype).name}"):
+        gradcheck(lambda v: np.sum(np.sin(v), keepdims=True).astype(dtype), [x], [np.cos(x)])
+    with pytest.raises(TypeError, match=f"forward's out is {np.dtype(dtype).name}"):
+        check_op(lambda v: (np.sin(v).astype(dtype), v), lambda d, v: d * np.cos(v), [x])
+    assert gradcheck(lambda v: np.longdouble(np.sum(np.sin(v))), [x], [np.cos(x)]).ok   # more precise is fine

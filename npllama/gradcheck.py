@@ -56,8 +56,9 @@ direction that fails is halved, and the failing half followed, down to the entry
 through, which the report then names (2 log2(n) probes more, not n).
 
 Before any probe: two evaluations at the same point must agree (randomness inside f needs a
-fixed seed); check_op also refuses a forward or backward that changes its arguments in place
-(inputs, dout), restoring them first, and every input is restored when f raises mid-check.
+fixed seed), and f (or check_op's out) must not come back rounded to float32 or float16; check_op
+also refuses a forward or backward that changes its arguments in place (inputs, dout), restoring
+them first, and every input is restored when f raises mid-check.
 
 The relative error an input reports is norm-wise over its entries, ||a - n|| / max(||a||, ||n||);
 for directions |<a,p> - numeric| / ||a * p||.  ``err/bound`` is the worst probe's error over its

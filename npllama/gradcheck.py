@@ -736,8 +736,10 @@ def _notes(report: InputReport, finite, n_entries, n_finite, probes, passed, n_n
     # (a failing random direction is followed down to its entry by _locate, which says so)
     numeric = np.array(probes.numeric)
     if not report.ok and numeric.size and np.all(numeric == 0) and np.any(np.array(probes.analytic) != 0):
-        notes.append("f did not change at all when this input moved: does fn use the arrays it is given? "
-                     "(they are changed in place; a copy made before the call would not see it)")
+        notes.append("f did not change at all when this input moved: either f does not depend on it here "
+                     "(its true gradient is zero there: a sign, a rounding, a normalised single value) or fn "
+                     "does not read the arrays it is given (they are changed in place; a copy made before the "
+                     "call would not see it)")
     if not report.ok and any(r and not p for r, p in zip(probes.rough, passed)):
         notes.append("along a failing probe f did not behave like a smooth function (its differences at steps "
                      "h, 2h, 4h do not shrink as h^2): a kink (relu or abs at 0, a max with a tie) at or within a "

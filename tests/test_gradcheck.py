@@ -666,3 +666,13 @@ def test_a_function_that_rounds_to_low_precision_is_refused_not_failed(dtype):
     with pytest.raises(TypeError, match=f"forward's out is {np.dtype(dtype).name}"):
         check_op(lambda v: (np.sin(v).astype(dtype), v), lambda d, v: d * np.cos(v), [x])
     assert gradcheck(lambda v: np.longdouble(np.sum(np.sin(v))), [x], [np.cos(x)]).ok   # more precise is fine
+
+
+def test_a_function_constant_in_an_input_is_not_blamed_on_a_copy():
+    # sign(x) = x / |x| does not change when x moves: its gradient is zero there, and a wrong
+    # nonzero one fails; the note must not only suggest that fn reads a stale copy
+    x = np.array([[0.8]])
+    report = check_op(lambda v: (v / np.abs(v), v), lambda d, v: d / np.abs(v), [x])
+    assert report.inputs[0].status == "FAIL"
+    note = next(n for n in report.inputs[0].notes if "did not change at all" in n)
+    assert "gradient is zero" in note, note

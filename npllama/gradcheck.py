@@ -387,18 +387,22 @@ class _Probes:
     magnitude: list = dataclasses.field(default_factory=list)   # |grad_i|, or ||grad * p||
     floor: list = dataclasses.field(default_factory=list)       # atol in the probe's units
     unresolved: list = dataclasses.field(default_factory=list)  # bound above UNRESOLVED of the gradient
+    largest: list = dataclasses.field(default_factory=list)     # the check's largest gradient, in the probe's units
     rough: list = dataclasses.field(default_factory=list)
     richardson: int = 0
     longer_steps: int = 0       # probes that needed a longer step than eps to resolve
 
-    def add(self, analytic, estimate, bound, magnitude, floor, reference, coarse, longer) -> None:
-        """coarse: a bound this small next to the largest gradient of the check is resolution
-        enough, even where the probe's own gradient is tinier (a zero made of round-off)."""
+    def add(self, analytic, estimate, bound, magnitude, floor, reference, largest, longer) -> None:
+        """largest: the check's largest gradient entry in this probe's units.  A bound below
+        LOOSE_BOUND of it is resolution enough, even where the probe's own gradient is tinier (a
+        zero made of round-off), and an all-zero gradient's bound is relative to it."""
+        coarse = LOOSE_BOUND * largest
         self.analytic.append(float(analytic))
         self.numeric.append(estimate.value)
         self.bound.append(bound)
         self.magnitude.append(magnitude)
         self.floor.append(floor)
+        self.largest.append(largest)
         self.unresolved.append(reference > 0 and not estimate.bound <= max(UNRESOLVED * reference, coarse))
         self.rough.append(estimate.rough)
         self.richardson += estimate.richardson
@@ -533,7 +537,7 @@ def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richa
                                             noise, unit_step=1.0 / max(scale, TINY))
     bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
     estimate = _kink_checked(evaluate, move, eps, estimate, analytic, bound + tol * magnitude)
-    probes.add(analytic, estimate, bound, magnitude, atol, reference, LOOSE_BOUND * largest, longer)
+    probes.add(analytic, estimate, bound, magnitude, atol, reference, largest, longer)
 
 
 def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, atol, probes):
@@ -558,7 +562,7 @@ def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, a
     bound = estimate.bound + noise + UNIT_ROUNDOFF / eps * float(np.sum(np.abs(terms)))
     estimate = _kink_checked(evaluate, move, eps, estimate, np.sum(terms), bound + tol * magnitude)
     probes.add(np.sum(terms), estimate, bound, magnitude, atol * float(np.sum(np.abs(direction))), magnitude,
-               LOOSE_BOUND * largest * length, longer)
+               largest * length, longer)
 
 
 def _kink_checked(evaluate, move, eps, estimate, analytic, held_to) -> _Estimate:
@@ -687,7 +691,8 @@ def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_na
     report.unresolved = int(np.sum(~passed & unresolved))
     report.longer_steps = probes.longer_steps
     report.err_over_bound = float(np.max(ratio))
-    report.rel_err, report.bound = _relative_figures(a, n, held_to, magnitude, n_entries, finite)
+    report.rel_err, report.bound = _relative_figures(a, n, held_to, magnitude, np.array(probes.largest),
+                                                     n_entries, finite)
     # the probe shown: the worst that failed outright, else the worst unresolved, else the worst
     rank = np.where(failed_outright, 2.0, np.where(~passed, 1.0, 0.0))
     e = int(np.lexsort((np.nan_to_num(ratio, nan=np.inf), rank))[-1])
@@ -702,19 +707,25 @@ def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_na
     return report
 
 
-def _relative_figures(a, n, held_to, magnitude, n_entries, finite):
+def _relative_figures(a, n, held_to, magnitude, largest, n_entries, finite):
     """(relative error, relative bound): norm-wise over the entries, worst over the directions.
-    Relative to the gradient however small it is (a loss scaled by 1e-40 has gradients of 1e-40);
-    only an exactly zero one is measured against TINY."""
+    Relative to the gradient however small it is (a loss scaled by 1e-40 has gradients of 1e-40).
+    A gradient that is exactly zero (f ignores the input) has no size of its own: it is measured
+    against the check's largest gradient (largest), as a probe's resolution is."""
     if not np.all(finite):
         return float("inf"), float("nan")
     rel, bound = 0.0, 0.0
     if n_entries:
-        rel = rel_error(a[:n_entries], n[:n_entries], tiny=SMALLEST)
         size = _norm(magnitude[:n_entries])
+        if np.any(a[:n_entries]) or not np.any(largest[:n_entries]):
+            rel = rel_error(a[:n_entries], n[:n_entries], tiny=SMALLEST)
+        else:
+            size = _norm(largest[:n_entries])
+            rel = _norm(a[:n_entries] - n[:n_entries]) / size
         bound = float(_norm(held_to[:n_entries]) / (size if size > 0 else TINY))
     if len(a) > n_entries:
-        scale = np.where(magnitude[n_entries:] > 0, magnitude[n_entries:], TINY)
+        scale = np.where(a[n_entries:] != 0, magnitude[n_entries:], largest[n_entries:])
+        scale = np.where(scale > 0, scale, TINY)
         with np.errstate(over="ignore"):
             rel = max(rel, float(np.max(np.abs(a[n_entries:] - n[n_entries:]) / scale)))
             bound = max(bound, float(np.max(held_to[n_entries:] / scale)))

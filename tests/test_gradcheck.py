@@ -676,3 +676,17 @@ def test_a_function_constant_in_an_input_is_not_blamed_on_a_copy():
     assert report.inputs[0].status == "FAIL"
     note = next(n for n in report.inputs[0].notes if "did not change at all" in n)
     assert "gradient is zero" in note, note
+
+
+@pytest.mark.parametrize("method", ["entries", "directional"])
+def test_an_input_f_ignores_passes_strict_with_its_zero_gradient(method):
+    # a zero gradient has no size of its own to be relative to: its bound came out 3e16
+    # "relative", warned as loose, and strict=True failed a right gradient.  It is measured
+    # against the largest gradient of the check, as an UNRESOLVED verdict already is.
+    rng = np.random.default_rng(0)
+    unused, w = rng.standard_normal(3), rng.standard_normal(4)
+    fn = lambda u, v: float(np.sum(v**2))
+    report = gradcheck(fn, [unused, w], [np.zeros(3), 2 * w], names=["unused", "w"], method=method)
+    report.raise_if_failed(strict=True)
+    assert report["unused"].bound < 1e-6, str(report)
+    assert gradcheck(fn, [unused, w], [np.full(3, 1e-6), 2 * w], method=method).inputs[0].status == "FAIL"

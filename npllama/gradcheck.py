@@ -886,9 +886,10 @@ def _pair_up(inputs, grads, names):
         if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
             raise TypeError(f"input {name!r} must be a floating-point numpy array, got {_describe(x)}")
         if x.dtype != np.float64:
-            raise TypeError(f"input {name!r} is {x.dtype}; gradient checks need float64 (float32 round-off "
-                            "swamps central differences): x.astype(np.float64), or for a model "
-                            "Llama(config, dtype=np.float64)")
+            rounding = (f"{x.dtype}'s round-off ({np.finfo(x.dtype).eps:.0e}) swamps central differences"
+                        if np.finfo(x.dtype).eps > UNIT_ROUNDOFF else "the bounds model float64's round-off")
+            raise TypeError(f"input {name!r} is {x.dtype}; gradient checks need float64 ({rounding}): "
+                            "x.astype(np.float64), or for a model Llama(config, dtype=np.float64)")
         if not x.flags.writeable:
             raise ValueError(f"input {name!r} is read-only, but the checker moves its entries in place: pass a "
                              "writable array (np.array(x)) that fn reads")

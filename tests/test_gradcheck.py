@@ -512,6 +512,8 @@ MISUSES = [
      "not inputs: ['w']"),
     ("float32 input", lambda x: gradcheck(lambda v: float(v.sum()), [x.astype(np.float32)], [np.ones(3)]),
      TypeError, "x.astype(np.float64)"),
+    ("float16 input", lambda x: gradcheck(lambda v: float(v.sum()), [x.astype(np.float16)], [np.ones(3)]),
+     TypeError, "float16's round-off (1e-03)"),
 ]
 
 

@@ -28,6 +28,7 @@ import tempfile
 import numpy as np
 
 from . import backend
+from .ops.attention import attention_mask
 from .trace import Comparison, Trace, _where_attended, compare, trace
 
 # Default relative tolerances, against each tensor's scale.  float32 round-off stays near 1e-6 for
@@ -304,11 +305,12 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
     for name, tensor, layout in captured:
         t.record(name, as_ours(tensor, layout))
     t.record("loss", loss.detach().cpu().numpy())
+    causal = attention_mask(tokens.shape[1], tokens.shape[1], causal=True)
     for name, tensor, layout in reversed(captured):   # the backward pass runs the other way
         if tensor.grad is not None:
             grad = as_ours(tensor.grad, layout)
             if name.endswith(".attn_probs"):   # as npllama records it: 0 where a key was masked
-                grad = _where_attended(grad, as_ours(tensor, layout))
+                grad = _where_attended(grad, as_ours(tensor, layout), causal)
             t.record("d:" + name, grad)
     for name, param in hf.named_parameters():
         if param.grad is not None:

@@ -39,6 +39,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from .gradcheck import rel_error
+from .ops.attention import attention_mask
 
 _active: contextvars.ContextVar["Trace | None"] = contextvars.ContextVar("npllama_trace", default=None)
 
@@ -272,6 +273,7 @@ class _Recorder:
         self.output_of: dict[int, str] = {}       # id(cache) -> the name of the output it belongs to
         self.parameters_of: dict[int, list] = {}  # id(cache) -> the parameters its forward was given
         self.backward_of: dict[str, str] = {}     # output name -> the backward that ran for its op
+        self.allowed_of: dict[int, object] = {}   # id(attention cache) -> its mask (attention_mask), or None
         self.recorded: set[str] = set()           # names this pass recorded (each once per pass)
         self.scope = ""                           # "model.layers.i.self_attn."
         self.ropes_in_scope = 0
@@ -297,13 +299,15 @@ class _Recorder:
             namer = getattr(self, "name_" + name.rsplit("_", 1)[0], None)
             if namer is None:
                 continue
-            wrapped[name] = self.forward(fn, namer) if name.endswith("_forward") else self.backward(fn, name)
+            wrapped[name] = self.forward(fn, namer, name) if name.endswith("_forward") else self.backward(fn, name)
         return wrapped
 
-    def forward(self, fn, namer):
+    def forward(self, fn, namer, op_name):
         def recorded_forward(*args, **kwargs):
             out, cache = fn(*args, **kwargs)
             name = namer(*args)
+            if op_name == "attention_forward":
+                self.allowed_of[id(cache)] = _allowed_keys(*args, **kwargs)
             if name is not None:
                 prefix = name.rsplit(".", 1)[0] + "."
                 for symbol, value in getattr(cache, "intermediates", dict)().items():
@@ -425,7 +429,8 @@ class _Recorder:
 
     def _softmax_backward_observer(self, softmax_backward, prefix, cache, op):
         def observed_softmax_backward(d_attn_probs, attn_probs, *args, **kwargs):
-            self.record("d:" + prefix + "attn_probs", _where_attended(d_attn_probs, attn_probs), _qualname(op))
+            self.record("d:" + prefix + "attn_probs",
+                        _where_attended(d_attn_probs, attn_probs, self.allowed_of.get(id(cache))), _qualname(op))
             return softmax_backward(d_attn_probs, attn_probs, *args, **kwargs)
         return observed_softmax_backward
 
@@ -458,16 +463,20 @@ class _Recorder:
         B, H, T, _ = cache.shape
         KVH, S = cache.k.shape[1], cache.k.shape[2]
         d_attn_probs = np.zeros((B, KVH, H // KVH * T, S), dtype=cache.k.dtype)
+        attn_probs = np.zeros_like(d_attn_probs)
         blocks = iter(cache.blocks)
         left = [len(cache.blocks)]
 
-        def observed_rows(attn_probs, d_scores, *args):
+        def observed_rows(block_probs, d_scores, *args):
             r0, r1, n_keys = next(blocks)
-            d_attn_probs[:, :, r0:r1, :n_keys] = _where_attended(d_scores, attn_probs)
+            d_attn_probs[:, :, r0:r1, :n_keys] = d_scores
+            attn_probs[:, :, r0:r1, :n_keys] = block_probs
             left[0] -= 1
             if left[0] == 0:
-                self.record("d:" + prefix + "attn_probs", d_attn_probs.reshape(B, H, T, S), _qualname(op))
-            return rows_backward(attn_probs, d_scores, *args)
+                self.record("d:" + prefix + "attn_probs",
+                            _where_attended(d_attn_probs.reshape(B, H, T, S), attn_probs.reshape(B, H, T, S),
+                                            self.allowed_of.get(id(cache))), _qualname(op))
+            return rows_backward(block_probs, d_scores, *args)
         return observed_rows
 
     # ----- one namer per op: the record name of its output, from its arguments -------------------
@@ -522,11 +531,21 @@ _BLOCK_OUT = "npllama.model.block_forward (out = h + mlp_out)"
 _BLOCK_RESIDUAL = "npllama.model.block_forward (h = x + attn_out)"
 
 
-def _where_attended(d_attn_probs, attn_probs):
-    """d attn_probs where a key was attended (attn_probs > 0), 0 where it was masked: no gradient
-    passes the softmax there, and the kernels do not compute it for the keys a block skips, so
-    both backends record the same tensor."""
-    return np.where(attn_probs > 0, d_attn_probs, 0).astype(d_attn_probs.dtype, copy=False)
+def _where_attended(d_attn_probs, attn_probs, allowed):
+    """d attn_probs, 0 where a key was masked: no gradient passes the softmax there, and the kernels
+    do not compute it for the keys a causal block skips, so both backends record the same tensor.
+    Masked means forbidden by `allowed` (attention_mask's, None: every key allowed) and given no
+    probability; an allowed key whose probability underflowed to 0 keeps its gradient, or
+    float32 against float64 (or two exp implementations) would differ exactly there."""
+    attended = attn_probs > 0
+    if allowed is not None:
+        attended = attended | allowed
+    return np.where(attended, d_attn_probs, 0).astype(d_attn_probs.dtype, copy=False)
+
+
+def _allowed_keys(q, k, v, causal=True, key_padding_mask=None, q_offset=0):
+    """The mask an attention forward called with these arguments applies."""
+    return attention_mask(q.shape[2], k.shape[2], causal, key_padding_mask, q_offset)
 
 
 def _qualname(fn) -> str:

@@ -312,7 +312,7 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
             if name.endswith(".attn_probs"):   # as npllama records it: 0 where a key was masked
                 grad = _where_attended(grad, as_ours(tensor, layout), causal)
             t.record("d:" + name, grad)
-    for name, param in hf.named_parameters():
+    for name, param in reversed(list(hf.named_parameters())):   # as npllama's: last layer first
         if param.grad is not None:
             t.record("d:" + name, param.grad.detach().cpu().numpy())
     return t
@@ -354,7 +354,7 @@ PLANTED_BUGS = {
     "rmsnorm-backward-no-projection": ("rmsnorm_backward", _rmsnorm_backward_no_projection,
                                        "d:model.layers.{last}.out"),
     "swiglu-backward-up-sign": ("swiglu_backward", _swiglu_backward_up_sign,
-                                "d:model.layers.0.mlp.up_proj.weight"),
+                                "d:model.layers.{last}.mlp.up_proj.weight"),
 }
 
 

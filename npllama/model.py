@@ -343,7 +343,7 @@ class Llama:
             grads = {name: grads[name] for name in self.params if name in grads}
         trace = active_trace()
         if trace is not None:
-            trace.record_many("d:", **grads)
+            trace.record_parameter_gradients(grads)
         return grads
 
     def _check_upstream(self, name, grad, caches, what, last_dims):

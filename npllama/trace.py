@@ -17,7 +17,7 @@ active the model pays one ContextVar lookup per layer, nothing more (benchmarks/
 
 Records keep the order they were made in: the forward pass in execution order, then the
 gradients in the order the backward pass produced them, then `d:<param name>` for every
-parameter.  `compare` walks that order, so the first divergence it reports is the earliest
+parameter, in the order the backward finished them.  `compare` walks that order, so the first divergence it reports is the earliest
 tensor that went wrong -- usually the output of the op that has the bug.
 """
 from __future__ import annotations
@@ -76,7 +76,8 @@ class Trace:
         # record name -> the function(s) that computed it (e.g. "npllama.kernels.attention.attention_forward")
         self.sources: dict[str, str] = dict(self.meta.pop("sources", {}) or {})
         self._times_recorded: dict[str, int] = {}        # name -> how many passes recorded it so far
-        self._parameter_sources: dict[str, list[str]] = {}   # parameter name -> the backward(s) giving its gradient
+        # parameter name -> the backward(s) giving its gradient, in the order they finished it
+        self._parameter_sources: dict[str, list[str]] = {}
 
     def wants(self, name: str) -> bool:
         if any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
@@ -95,25 +96,25 @@ class Trace:
         if source is not None:
             self.sources[key] = source
 
-    def record_many(self, prefix: str, **named) -> None:
-        """Record each value as prefix + its keyword.  The model records every parameter's
-        gradient so ("d:" + parameter name), with the backward(s) that computed it as the source."""
-        for symbol, value in named.items():
-            self.record(prefix + symbol, value, source=self._source_of_parameter_gradient(prefix, symbol))
+    def record_parameter_gradients(self, grads: Mapping) -> None:
+        """Record every parameter's gradient as "d:" + its name, credited to the backward(s) that
+        computed it, in the order the backward pass finished them (lm_head first, the embedding
+        last): a bug in every layer is then found in the layer whose backward ran first."""
+        finished = {base: i for i, base in enumerate(self._parameter_sources)}
+        order = sorted(grads, key=lambda name: finished.get(_base_parameter(name), len(finished)))
+        for name in order:
+            self.record("d:" + name, grads[name], source=self._source_of_parameter_gradient(name))
 
     def note_parameter_gradient_source(self, parameter: str, function: str) -> None:
-        """The recorder's note that `function` (a backward) computed part of `parameter`'s gradient."""
-        functions = self._parameter_sources.setdefault(parameter, [])
+        """The recorder's note that `function` (a backward) computed part of `parameter`'s gradient;
+        the latest note is the last place it changed (a tied matrix's gradient is a sum)."""
+        functions = self._parameter_sources.pop(parameter, [])
         if function not in functions:
             functions.append(function)
+        self._parameter_sources[parameter] = functions
 
-    def _source_of_parameter_gradient(self, prefix: str, name: str) -> str | None:
-        if prefix != "d:":
-            return None
-        # a LoRA adapter's gradient (PEFT name) comes from the backward of the projection it adapts
-        base = name
-        if name.startswith(_PEFT_PREFIX) and ".lora_" in name:
-            base = name[len(_PEFT_PREFIX):].split(".lora_")[0] + ".weight"
+    def _source_of_parameter_gradient(self, name: str) -> str | None:
+        base = _base_parameter(name)
         functions = self._parameter_sources.get(base)
         if not functions:
             return None
@@ -546,6 +547,14 @@ def _where_attended(d_attn_probs, attn_probs, allowed):
 def _allowed_keys(q, k, v, causal=True, key_padding_mask=None, q_offset=0):
     """The mask an attention forward called with these arguments applies."""
     return attention_mask(q.shape[2], k.shape[2], causal, key_padding_mask, q_offset)
+
+
+def _base_parameter(name: str) -> str:
+    """The model parameter a gradient belongs to: a LoRA adapter's (PEFT name) to the weight of
+    the projection it adapts, whose backward computes it."""
+    if name.startswith(_PEFT_PREFIX) and ".lora_" in name:
+        return name[len(_PEFT_PREFIX):].split(".lora_")[0] + ".weight"
+    return name
 
 
 def _qualname(fn) -> str:

@@ -68,6 +68,23 @@ def test_the_first_divergent_gradient_names_the_planted_backward(op_name, plante
     assert f"computed by" in str(report) and planted.__qualname__ in str(report)
 
 
+
+def test_parameter_gradients_come_in_the_order_the_backward_finished_them():
+    # a bug in every norm's dweight: the first to run is the final norm's, not layer 0's
+    def rmsnorm_dweight_planted(dy, cache):
+        dx, dweight = rmsnorm_backward(dy, cache)
+        return dx, dweight * 1.01
+
+    m = model()
+    good = traced(m)
+    with use_op("rmsnorm_backward", rmsnorm_dweight_planted):
+        bad = traced(m)
+    assert compare(good, bad, rtol=1e-6).first.name == "d:model.norm.weight"
+    params = [n[2:] for n in good.names("d:*") if n[2:] in m.params]
+    assert params[:2] == ["lm_head.weight", "model.norm.weight"] and params[-1] == "model.embed_tokens.weight"
+    layer = [int(n.split(".")[2]) for n in params if n.startswith("model.layers.")]
+    assert layer == sorted(layer, reverse=True)
+
 def test_gradient_sources_follow_the_forward_readers_and_say_when_a_residual_adds_in():
     t = traced(model())
     assert t.sources["d:model.norm.out"] == "npllama.ops.linear.linear_backward"

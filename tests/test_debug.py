@@ -213,6 +213,19 @@ def test_cli_errors_are_one_line(folder, monkeypatch, capsys):
         run_cli(["debug", "compare", "--model", str(folder), "--tokens", "1", "--atol", "-1"])
 
 
+
+@pytest.mark.parametrize("argv, named", [
+    (["compare", "--against", "float64", "--dtype", "float64"], "--dtype"),   # would be ignored
+    (["compare", "--plant", "no-such-bug"], "rope-meta"),
+    (["compare", "--save", "{missing}/cmp"], "--save"),
+    (["trace", "--out", "{missing}/t.npz"], "--out"),
+])
+def test_cli_refuses_a_flag_it_cannot_honour_before_anything_runs(tmp_path, argv, named):
+    # the model folder does not exist either: the flag must be refused first, not after a run
+    argv = [a.format(missing=tmp_path / "missing") for a in argv]
+    with pytest.raises(UsageError, match=named):
+        run_cli(["debug", *argv, "--model", str(tmp_path / "no-model"), "--tokens", "1,2"])
+
 def test_core_never_imports_torch_transformers_or_matplotlib():
     code = ("import sys, numpy as np, npllama, npllama.debug, npllama.trace, npllama.viz, npllama.exercises\n"
             "from npllama import Llama, LlamaConfig, debug\n"

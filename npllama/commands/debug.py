@@ -73,6 +73,15 @@ def register(subparsers) -> None:
     diff.set_defaults(run=run_diff)
 
 
+def _refuse_missing_folder(flag: str, path) -> None:
+    """A file the command writes after its run: its folder must exist before the run starts."""
+    import os
+
+    folder = os.path.dirname(path) if path else ""
+    if folder and not os.path.isdir(folder):
+        raise UsageError(f"{flag} {path}: folder {folder!r} does not exist")
+
+
 def _print_comparison(comparison, table: bool) -> int:
     if table:
         print(comparison.table())
@@ -90,6 +99,13 @@ def run_compare(args) -> int:
 
     if args.rtol is not None and args.rtol < 0 or args.atol is not None and args.atol < 0:
         raise UsageError("--rtol and --atol must be >= 0")
+    if args.against == "float64" and args.dtype == "float64":
+        raise UsageError("--dtype float64 with --against float64: that comparison runs float32 against "
+                         "float64; as given, --dtype would be ignored")
+    if args.plant and args.plant not in debug.PLANTED_BUGS:
+        raise UsageError(f"--plant {args.plant!r} is not a planted bug; choose one of "
+                         f"{', '.join(sorted(debug.PLANTED_BUGS))}")
+    _refuse_missing_folder("--save", args.save)
     dtype = np.float64 if args.dtype == "float64" else np.float32
     if args.against == "float64":
         dtype = np.float32
@@ -120,6 +136,7 @@ def run_trace(args) -> int:
 
     from .. import debug
 
+    _refuse_missing_folder("--out", args.out)
     dtype = np.float64 if args.dtype == "float64" else np.float32
     model, model_dir, ids, labels = debug.load_inputs(args.model, args.text, args.tokens, dtype=dtype)
     t = debug.run_trace(model, ids, backend_name=args.backend, include=args.include, exclude=args.exclude)

@@ -738,7 +738,8 @@ def compare(a, b, rtol: float = 1e-5, atol: float | None = None, names: Iterable
     if not diffs:   # "no divergence" would be a lie: nothing was looked at
         raise ValueError(f"nothing to compare: no tensor is recorded in both traces ({labels[0]}: "
                          f"{len(a)} records, {labels[1]}: {len(b)})" + _patterns_of(a, b))
-    return Comparison(diffs, only_a, only_b, rtol, atol, tuple(labels), (a, b), _run_notes(a, b, labels))
+    notes = _run_notes(a, b, labels) + _untested_backward(a, b, [d.name for d in diffs])
+    return Comparison(diffs, only_a, only_b, rtol, atol, tuple(labels), (a, b), notes)
 
 
 def _is_tolerance(value) -> bool:
@@ -771,6 +772,16 @@ def _run_notes(a: Trace, b: Trace, labels) -> list[str]:
             said = [label if label == value else f"{label} {value}" for label, value in zip(labels, shown)]
             notes.append(f"the traces ran {what}: {said[0]}, {said[1]}")
     return notes
+
+
+def _untested_backward(a: Trace, b: Trace, names: list[str]) -> list[str]:
+    """A note when every gradient compared is 0 on both sides: no position had a target (one
+    token, or every target ignored), so "no divergence" would say nothing about any backward."""
+    gradients = [n for n in names if n.rsplit("/", 1)[-1].startswith("d:")]
+    if not gradients or any(np.any(t.records[n]) for n in gradients for t in (a, b)):
+        return []
+    return ["every gradient compared is 0 in both traces (no position had a target: a single "
+            "token, or every target -100), so no backward pass was tested"]
 
 
 def first_divergence(a, b, rtol: float = 1e-5, atol: float | None = None) -> TensorDiff | None:

@@ -207,6 +207,20 @@ def test_compare_says_up_front_when_the_traces_ran_different_tokens_or_dtypes():
     assert "NOTE: the traces ran different dtypes: float64, float32" in dtypes
 
 
+
+def test_compare_says_when_no_gradient_was_tested_because_every_one_is_zero():
+    # one token (npllama debug compare --tokens 5) or every target ignored: loss 0, all gradients 0,
+    # so a bug in any backward would pass as "no divergence"
+    m = model()
+    no_targets = np.full_like(TARGETS, -100)
+    good = traced(m, targets=no_targets)
+    with use_op("rmsnorm_backward", rmsnorm_backward_planted):
+        bad = traced(m, targets=no_targets)
+    report = compare(good, bad)
+    assert report.ok
+    assert "NOTE: every gradient compared is 0 in both traces" in str(report)
+    assert "every gradient compared" not in str(compare(traced(m), traced(m)))
+
 # ----- 4. an empty comparison is an error; a pattern matching nothing is warned about ---------
 
 def test_comparing_nothing_is_an_error_naming_the_patterns():

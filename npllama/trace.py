@@ -702,7 +702,10 @@ class Comparison:
         if sources:
             lines.append("  computed by " + "; ".join(f"{fn} (in {label})" for label, fn in sources.items()))
         later = len(self.diverged) - 1
-        if later:
+        if later and first.name.rsplit("/", 1)[-1].startswith("d:") and first.name.endswith(".weight"):
+            lines.append(f"  {later} later tensors differ too (not as its consequence: no step reads a "
+                         f"parameter's gradient; the same bug elsewhere, most likely)")
+        elif later:
             lines.append(f"  {later} later tensors differ too (most likely as a consequence)")
         return "\n".join(lines)
 

@@ -226,6 +226,15 @@ def test_cli_refuses_a_flag_it_cannot_honour_before_anything_runs(tmp_path, argv
     with pytest.raises(UsageError, match=named):
         run_cli(["debug", *argv, "--model", str(tmp_path / "no-model"), "--tokens", "1,2"])
 
+
+def test_compare_help_gives_the_default_tolerances_it_uses(capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["debug", "compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for defaults in (debug.DEFAULT_RTOL, debug.TRANSFORMERS_RTOL):
+        for rtol in defaults.values():
+            assert f"{rtol:.0e}".replace("e-0", "e-") in text, (rtol, text)
+
 def test_core_never_imports_torch_transformers_or_matplotlib():
     code = ("import sys, numpy as np, npllama, npllama.debug, npllama.trace, npllama.viz, npllama.exercises\n"
             "from npllama import Llama, LlamaConfig, debug\n"

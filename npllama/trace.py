@@ -766,15 +766,22 @@ def _run_notes(a: Trace, b: Trace, labels) -> list[str]:
     """What differs in how the two traces were made, said before any tensor: different tokens make
     every tensor differ; a different dtype makes round-off of that dtype's size expected."""
     notes = []
+    # a trace made with npllama.trace() has no meta: its records say their dtype
+    ran = [{"dtype": _dtype_of(t), **t.meta} for t in (a, b)]
     for key, what in (("tokens", "different tokens"), ("dtype", "different dtypes")):
-        if key in a.meta and key in b.meta and a.meta[key] != b.meta[key]:
-            shown = [str(t.meta[key]) for t in (a, b)]
+        if all(r.get(key) is not None for r in ran) and ran[0][key] != ran[1][key]:
+            shown = [str(r[key]) for r in ran]
             shown = [s if len(s) <= 60 else s[:57] + "..." for s in shown]
             # a label that is the value itself (compare_dtypes labels its traces float32, float64)
             # is said once
             said = [label if label == value else f"{label} {value}" for label, value in zip(labels, shown)]
             notes.append(f"the traces ran {what}: {said[0]}, {said[1]}")
     return notes
+
+
+def _dtype_of(t: Trace) -> str | None:
+    """The dtype of a trace's first floating-point record, or None."""
+    return next((v.dtype.name for v in t.records.values() if np.issubdtype(v.dtype, np.floating)), None)
 
 
 def _untested_backward(a: Trace, b: Trace, names: list[str]) -> list[str]:

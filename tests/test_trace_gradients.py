@@ -208,6 +208,9 @@ def test_compare_says_up_front_when_the_traces_ran_different_tokens_or_dtypes():
     # labelled by their dtypes (as compare_dtypes does): each said once
     dtypes = str(compare(a, b, labels=("float64", "float32"))).splitlines()
     assert "NOTE: the traces ran different dtypes: float64, float32" in dtypes
+    # traces made with npllama.trace() carry no meta: the dtype is read from their records
+    plain = traced(Llama(CONFIG, seed=0, dtype=np.float32)), traced(Llama(CONFIG, seed=0, dtype=np.float64))
+    assert "NOTE: the traces ran different dtypes: a float32, b float64" in str(compare(*plain, rtol=1e-3))
 
 
 

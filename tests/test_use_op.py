@@ -226,3 +226,15 @@ def test_a_backward_override_gets_the_documented_cache_under_the_kernels():
     assert seen and set(seen) == {RMSNormCache}
     for name in expected:
         np.testing.assert_allclose(grads[name], expected[name], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("op", ["attention", "swiglu", "cross_entropy"])
+def test_a_fused_kernels_backward_handed_the_references_cache_says_what_to_override(op):
+    # docs/debugging.md: under the Numba backend a forward built on the reference needs the
+    # reference backward beside it; alone, the kernel's backward cannot read its cache
+    import importlib
+
+    reference = importlib.import_module(f"npllama.ops.{op}")
+    with use_backend("numba"), use_op(f"{op}_forward", getattr(reference, f"{op}_forward")):
+        with pytest.raises(TypeError, match=f"use_op\\('{op}_backward', npllama.ops.{op}.{op}_backward\\)"):
+            model().loss_and_grads(TOKENS, TARGETS)

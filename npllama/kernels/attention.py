@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from ..ops._checks import require_shape
+from ..ops._checks import require_kernel_cache, require_shape
 from ..ops.attention import check_attention_args
 from ._simd import exp_nonpositive, row_dot, row_max, row_sum
 
@@ -98,6 +98,7 @@ def attention_forward(q, k, v, causal=True, key_padding_mask=None, q_offset=0):
 
 def attention_backward(dout, cache):
     """Returns (dq, dk, dv); dk, dv summed over the n_rep query heads of each kv head."""
+    require_kernel_cache("attention", cache, BlockedAttentionCache)
     q_groups, k, v, scale, mask = cache.q_groups, cache.k, cache.v, cache.scale, cache.mask
     B, H, T, head_dim = cache.shape
     require_shape("dout", dout, (B, H, T, head_dim), "the shape of out", dtype=q_groups.dtype)

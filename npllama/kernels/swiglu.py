@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from ..ops._checks import checking, require_shape
+from ..ops._checks import checking, require_kernel_cache, require_shape
 from ..ops.swiglu import check_swiglu_act_args, check_swiglu_args
 from ._simd import exp_nonpositive
 
@@ -79,6 +79,7 @@ def swiglu_forward(x, w_gate, w_up, w_down):
 
 def swiglu_backward(dout, cache):
     """Returns (dx, dw_gate, dw_up, dw_down)."""
+    require_kernel_cache("swiglu", cache, FusedSwiGLUCache)
     x_rows, gate_up, act, w_gate, w_up, w_down, shape = cache
     if checking.get():
         require_shape("dout", dout, shape, "the shape of x", dtype=x_rows.dtype)

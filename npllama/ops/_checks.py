@@ -91,3 +91,13 @@ def require_ids_in_range(ids, n, message):
     out_of_range = (ids < 0) | (ids >= n)
     if out_of_range.any():
         raise ValueError(message.format(id=int(ids[out_of_range].flat[0])))
+
+
+def require_kernel_cache(op, cache, cache_type):
+    """A fused kernel's backward (op "attention", "swiglu", ...) reads only its own forward's cache.
+    Under the Numba backend a forward override built on the reference hands it the reference's
+    cache, which would fail deep inside (an attribute or unpacking error) instead of saying why."""
+    if not isinstance(cache, cache_type):
+        raise TypeError(f"the Numba kernel {op}_backward needs its own forward's cache ({cache_type.__name__}), "
+                        f"got {type(cache).__name__}: with a forward override under the Numba backend, override "
+                        f"the backward too, e.g. use_op('{op}_backward', npllama.ops.{op}.{op}_backward)")

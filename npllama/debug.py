@@ -35,7 +35,13 @@ from .trace import Comparison, Trace, _where_attended, compare, trace
 # most tensors, but gradients formed by cancellation (dq, dk and their weights' gradients, of a
 # trained model) reach ~2e-4 between two correct backends; a real bug is off by 1e-1 or more.
 DEFAULT_RTOL = {np.float32: 1e-3, np.float64: 1e-9}
-TRANSFORMERS_RTOL = {np.float32: 1e-4, np.float64: 1e-5}  # stock transformers keeps float32 islands
+# Stock transformers runs RMSNorm, the RoPE tables and the softmax in float32 even in float64, so
+# against it both dtypes see float32 round-off: the float32 tolerance.  A model with large weights
+# (large attention scores) reaches 2e-4 there, as between our two backends.
+TRANSFORMERS_RTOL = {np.float32: DEFAULT_RTOL[np.float32], np.float64: DEFAULT_RTOL[np.float32]}
+FLOAT64_AGAINST_TRANSFORMERS = (
+    "transformers runs RMSNorm, the RoPE tables and the softmax in float32 even in float64: expect "
+    "float32-size differences (more in gradients through a saturated softmax), not float64 agreement")
 
 
 # ----- inputs ---------------------------------------------------------------------------------------
@@ -160,7 +166,8 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
     """npllama vs transformers.LlamaForCausalLM on the same Hugging Face folder (or model).
 
     In float64 stock transformers still runs RMSNorm, the RoPE tables and the eager softmax in
-    float32, so expect agreement to ~1e-7 there, not 1e-15 (see tests/test_hf_compare.py)."""
+    float32, so expect float32-size differences there, not 1e-15 (the report notes it; see
+    tests/test_hf_compare.py for a float64-faithful transformers)."""
     from .model import Llama
 
     dtype = np.dtype(dtype).type
@@ -169,7 +176,10 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
         a = run_trace(ours, tokens, targets, backend_name=backend_name, include=include, exclude=exclude)
         b = transformers_trace(folder, tokens, targets, dtype=dtype, include=include, exclude=exclude)
     rtol = TRANSFORMERS_RTOL[dtype] if rtol is None else rtol
-    return compare(a, b, rtol, atol, labels=("npllama", "transformers"))
+    comparison = compare(a, b, rtol, atol, labels=("npllama", "transformers"))
+    if dtype == np.float64:
+        comparison.notes.append(FLOAT64_AGAINST_TRANSFORMERS)
+    return comparison
 
 
 def _as_dtype(model, dtype):

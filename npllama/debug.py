@@ -29,7 +29,7 @@ import numpy as np
 
 from . import backend
 from .ops.attention import attention_mask
-from .trace import Comparison, Trace, _where_attended, compare, trace
+from .trace import Comparison, Trace, _qualname, _where_attended, compare, trace
 
 # Default relative tolerances, against each tensor's scale.  float32 round-off stays near 1e-6 for
 # most tensors, but gradients formed by cancellation (dq, dk and their weights' gradients, of a
@@ -223,33 +223,37 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
     cfg = hf.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
-    captured: list[tuple[str, object, object]] = []  # (name, tensor, to_our_layout), in execution order
+    # (name, tensor, to_our_layout, the function that computed it), in execution order
+    captured: list[tuple[str, object, object, str]] = []
     current_layer = [None]
 
-    def keep(name, tensor, layout=None):
+    def keep(name, tensor, source, layout=None):
         if tensor.requires_grad and not tensor.is_leaf:
             tensor.retain_grad()
-        captured.append((name, tensor, layout))
+        captured.append((name, tensor, layout, source))
+
+    def forward_of(module):   # as compare's "computed by" names it on our side
+        return _qualname(type(module).forward)
 
     def heads(n_heads):  # (B, T, n*hd) -> (B, n, T, hd), our layout for the attention's output
         return lambda a: a.reshape(a.shape[0], a.shape[1], n_heads, head_dim).transpose(0, 2, 1, 3)
 
     def output_of(name, layout=None):
         def hook(module, args, output):
-            keep(name, output[0] if isinstance(output, tuple) else output, layout)
+            keep(name, output[0] if isinstance(output, tuple) else output, forward_of(module), layout)
         return hook
 
-    def input_of(name, layout=None):
+    def input_of(name, producer, layout=None):
         def hook(module, args):
-            keep(name, args[0], layout)
+            keep(name, args[0], forward_of(producer), layout)
         return hook
 
     def attention_outputs(prefix):
         def hook(module, args, output):
             out, probs = output[0], output[1] if len(output) > 1 else None
             if probs is not None:
-                keep(prefix + "attn_probs", probs)
-            keep(prefix + "out", out)
+                keep(prefix + "attn_probs", probs, forward_of(module))
+            keep(prefix + "out", out, forward_of(module))
         return hook
 
     def entering_layer(prefix):
@@ -262,8 +266,8 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
     def rope_recorded(q, k, cos, sin, *args, **kwargs):
         q_rot, k_rot = original_rope(q, k, cos, sin, *args, **kwargs)
         if current_layer[0] is not None:
-            keep(current_layer[0] + "q_rot", q_rot)
-            keep(current_layer[0] + "k_rot", k_rot)
+            keep(current_layer[0] + "q_rot", q_rot, _qualname(original_rope))
+            keep(current_layer[0] + "k_rot", k_rot, _qualname(original_rope))
         return q_rot, k_rot
 
     handles = []
@@ -283,12 +287,12 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
         on(attn.q_proj, output_of(p + "self_attn.q"))
         on(attn.k_proj, output_of(p + "self_attn.k"))
         on(attn.v_proj, output_of(p + "self_attn.v"))
-        on(attn.o_proj, pre=input_of(p + "self_attn.attn", heads(cfg.num_attention_heads)))
+        on(attn.o_proj, pre=input_of(p + "self_attn.attn", attn, heads(cfg.num_attention_heads)))
         on(layer.post_attention_layernorm, output_of(p + "post_attention_layernorm.out"),
-           pre=input_of(p + "residual"))
+           pre=input_of(p + "residual", layer))
         on(mlp.gate_proj, output_of(p + "mlp.gate"))
         on(mlp.up_proj, output_of(p + "mlp.up"))
-        on(mlp.down_proj, pre=input_of(p + "mlp.act"))
+        on(mlp.down_proj, pre=input_of(p + "mlp.act", mlp))
         on(mlp, output_of(p + "mlp.out"))
         on(layer, output_of(p + "out"))
     on(hf.model.norm, output_of("model.norm.out"))
@@ -312,11 +316,11 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
 
     t = Trace(include, exclude, meta={"source": "transformers", "transformers": transformers.__version__,
                                       "dtype": np.dtype(dtype).name, "tokens": tokens.tolist()})
-    for name, tensor, layout in captured:
-        t.record(name, as_ours(tensor, layout))
-    t.record("loss", loss.detach().cpu().numpy())
+    for name, tensor, layout, source in captured:
+        t.record(name, as_ours(tensor, layout), source=source)
+    t.record("loss", loss.detach().cpu().numpy(), source=_qualname(torch.nn.functional.cross_entropy))
     causal = attention_mask(tokens.shape[1], tokens.shape[1], causal=True)
-    for name, tensor, layout in reversed(captured):   # the backward pass runs the other way
+    for name, tensor, layout, _ in reversed(captured):   # the backward pass runs the other way
         if tensor.grad is not None:
             grad = as_ours(tensor.grad, layout)
             if name.endswith(".attn_probs"):   # as npllama records it: 0 where a key was masked

@@ -266,6 +266,25 @@ def test_transformers_agrees_and_finds_the_planted_rope_bug(folder, monkeypatch)
 
 
 
+
+@pytest.mark.slow  # imports torch and transformers (several seconds); skipped when they are absent
+def test_a_bug_on_the_transformers_side_is_credited_to_transformers_function_too(folder, monkeypatch):
+    # "computed by" naming only npllama's function would send the reader into correct code
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from transformers.models.llama import modeling_llama
+
+    def rotate_adjacent_pairs(x):   # Meta's pairing where transformers uses rotate_half
+        return torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
+
+    monkeypatch.setattr(modeling_llama, "rotate_half", rotate_adjacent_pairs)
+    report = debug.compare_transformers(folder, IDS)
+    assert report.first.name == "model.layers.0.self_attn.q_rot"
+    assert "modeling_llama.apply_rotary_pos_emb (in transformers)" in str(report)
+    sources = report.traces[1].sources
+    assert sources["model.layers.1.self_attn.attn_probs"].endswith("LlamaAttention.forward")
+    assert sources["model.layers.1.mlp.act"].endswith("LlamaMLP.forward")
+
 @pytest.mark.slow  # imports torch and transformers; skipped when they are absent
 def test_a_correct_model_with_large_weights_agrees_with_transformers_at_the_default_tolerance(tmp_path):
     # large weights make large attention scores: float32 round-off (transformers keeps RMSNorm,

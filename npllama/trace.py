@@ -17,8 +17,9 @@ active the model pays one ContextVar lookup per layer, nothing more (benchmarks/
 
 Records keep the order they were made in: the forward pass in execution order, then the
 gradients in the order the backward pass produced them, then `d:<param name>` for every
-parameter, in the order the backward finished them.  `compare` walks that order, so the first divergence it reports is the earliest
-tensor that went wrong -- usually the output of the op that has the bug.
+parameter, in the order the backward finished them.  `compare` walks that order, so the first
+divergence it reports is the earliest tensor that went wrong -- usually the output of the op
+that has the bug.
 """
 from __future__ import annotations
 
@@ -300,7 +301,8 @@ class _Recorder:
             namer = getattr(self, "name_" + name.rsplit("_", 1)[0], None)
             if namer is None:
                 continue
-            wrapped[name] = self.forward(fn, namer, name) if name.endswith("_forward") else self.backward(fn, name)
+            forward = name.endswith("_forward")
+            wrapped[name] = self.forward(fn, namer, name) if forward else self.backward(fn, name)
         return wrapped
 
     def forward(self, fn, namer, op_name):
@@ -430,8 +432,9 @@ class _Recorder:
 
     def _softmax_backward_observer(self, softmax_backward, prefix, cache, op):
         def observed_softmax_backward(d_attn_probs, attn_probs, *args, **kwargs):
-            self.record("d:" + prefix + "attn_probs",
-                        _where_attended(d_attn_probs, attn_probs, self.allowed_of.get(id(cache))), _qualname(op))
+            allowed = self.allowed_of.get(id(cache))
+            self.record("d:" + prefix + "attn_probs", _where_attended(d_attn_probs, attn_probs, allowed),
+                        _qualname(op))
             return softmax_backward(d_attn_probs, attn_probs, *args, **kwargs)
         return observed_softmax_backward
 

@@ -98,6 +98,7 @@ def require_kernel_cache(op, cache, cache_type):
     Under the Numba backend a forward override built on the reference hands it the reference's
     cache, which would fail deep inside (an attribute or unpacking error) instead of saying why."""
     if not isinstance(cache, cache_type):
-        raise TypeError(f"the Numba kernel {op}_backward needs its own forward's cache ({cache_type.__name__}), "
-                        f"got {type(cache).__name__}: with a forward override under the Numba backend, override "
-                        f"the backward too, e.g. use_op('{op}_backward', npllama.ops.{op}.{op}_backward)")
+        raise TypeError(f"the Numba kernel {op}_backward needs its own forward's cache "
+                        f"({cache_type.__name__}), got {type(cache).__name__}: with a forward override under "
+                        f"the Numba backend, override the backward too, e.g. "
+                        f"use_op('{op}_backward', npllama.ops.{op}.{op}_backward)")

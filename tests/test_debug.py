@@ -219,6 +219,7 @@ def test_cli_errors_are_one_line(folder, monkeypatch, capsys):
     (["compare", "--plant", "no-such-bug"], "rope-meta"),
     (["compare", "--save", "{missing}/cmp"], "--save"),
     (["trace", "--out", "{missing}/t.npz"], "--out"),
+    (["trace", "--out", "t.txt"], "--out t.txt: .*npz"),
 ])
 def test_cli_refuses_a_flag_it_cannot_honour_before_anything_runs(tmp_path, argv, named):
     # the model folder does not exist either: the flag must be refused first, not after a run

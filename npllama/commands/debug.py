@@ -73,13 +73,17 @@ def register(subparsers) -> None:
     diff.set_defaults(run=run_diff)
 
 
-def _refuse_missing_folder(flag: str, path) -> None:
-    """A file the command writes after its run: its folder must exist before the run starts."""
+def _refuse_unwritable(flag: str, path, suffix: str = "") -> None:
+    """A file the command writes after its run: refused before the run starts, not after it."""
     import os
 
-    folder = os.path.dirname(path) if path else ""
+    if not path:
+        return
+    folder = os.path.dirname(path)
     if folder and not os.path.isdir(folder):
         raise UsageError(f"{flag} {path}: folder {folder!r} does not exist")
+    if not path.endswith(suffix):
+        raise UsageError(f"{flag} {path}: the file must end in {suffix} (a NumPy archive)")
 
 
 def _print_comparison(comparison, table: bool) -> int:
@@ -105,7 +109,7 @@ def run_compare(args) -> int:
     if args.plant and args.plant not in debug.PLANTED_BUGS:
         raise UsageError(f"--plant {args.plant!r} is not a planted bug; choose one of "
                          f"{', '.join(sorted(debug.PLANTED_BUGS))}")
-    _refuse_missing_folder("--save", args.save)
+    _refuse_unwritable("--save", args.save)
     dtype = np.float64 if args.dtype == "float64" else np.float32
     if args.against == "float64":
         dtype = np.float32
@@ -136,7 +140,7 @@ def run_trace(args) -> int:
 
     from .. import debug
 
-    _refuse_missing_folder("--out", args.out)
+    _refuse_unwritable("--out", args.out, ".npz")
     dtype = np.float64 if args.dtype == "float64" else np.float32
     model, model_dir, ids, labels = debug.load_inputs(args.model, args.text, args.tokens, dtype=dtype)
     t = debug.run_trace(model, ids, backend_name=args.backend, include=args.include, exclude=args.exclude)

@@ -828,6 +828,8 @@ def diff_tensors(name: str, a, b, rtol: float, atol: float | None) -> TensorDiff
             flat = int(np.argmax(np.where(bad, err, -1.0)))
     elif x.size:
         flat = int(np.argmax(err))
+    if mismatched:
+        note = "; ".join(n for n in (note, _confined(bad)) if n)
     worst = tuple(int(i) for i in np.unravel_index(flat, x.shape)) if x.size else None
     rel = rel_error(x[both_finite], y[both_finite], tiny=1e-300) if both_finite.any() else 0.0
     return TensorDiff(name, x.shape, y.shape, mismatched > 0, mismatched, int(x.size),
@@ -837,6 +839,21 @@ def diff_tensors(name: str, a, b, rtol: float, atol: float | None) -> TensorDiff
 
 
 # ----- helpers ----------------------------------------------------------------------------------
+
+def _confined(bad: np.ndarray) -> str:
+    """Where the mismatches lie when some axis holds them at no more than half its indices, e.g.
+    "only at indices [1, 2] of axis 1 (size 4)": two of four heads points at the heads' wiring
+    (GQA kv heads tiled instead of repeat-interleaved), one row at one position."""
+    places = []
+    for axis, size in enumerate(bad.shape):
+        if size < 2:
+            continue
+        hit = np.flatnonzero(bad.any(axis=tuple(a for a in range(bad.ndim) if a != axis)))
+        if len(hit) <= size // 2:
+            shown = ", ".join(map(str, hit[:8])) + (", ..." if len(hit) > 8 else "")
+            places.append(f"indices [{shown}] of axis {axis} (size {size})")
+    return "only at " + " and ".join(places) if places else ""
+
 
 def _as_trace(t, which) -> Trace:
     if isinstance(t, Trace):

@@ -196,6 +196,18 @@ def test_a_divergence_at_the_first_tensor_says_so_and_names_its_source():
     assert "first tensor compared" not in text and "computed by h" in text
 
 
+
+def test_a_divergence_confined_to_some_heads_says_which():
+    # GQA with kv heads tiled instead of repeat-interleaved: with 4 query heads on 2 kv heads,
+    # heads 0 and 3 read the right kv head and heads 1 and 2 the wrong one
+    probs = np.random.default_rng(0).random((1, 4, 3, 3))
+    tiled = probs.copy()
+    tiled[:, 1:3] = probs[:, 2:0:-1]
+    text = str(compare({"attn_probs": tiled}, {"attn_probs": probs}))
+    assert "only at indices [1, 2] of axis 1 (size 4)" in text
+    everywhere = str(compare({"x": probs + 1}, {"x": probs}))
+    assert "only at" not in everywhere
+
 def test_compare_says_up_front_when_the_traces_ran_different_tokens_or_dtypes():
     m = model()
     a, b = traced(m), traced(m, tokens=TOKENS[:, ::-1].copy())

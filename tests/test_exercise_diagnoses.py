@@ -847,3 +847,39 @@ def test_a_students_model_backward_passes_and_untied_gradients_are_named(tmp_pat
                                                    "range(config.num_hidden_layers)"))
     finding = check_file("model", forward_order, n_random=1).first_failure.finding
     assert "first to last" in finding.message
+
+
+# A fourth blind batch (a student who never read the catalogue): two attention mistakes that got
+# "no simple pattern" and are in the catalogue since -- kv heads read right but the per-head dk, dv
+# folded back by tiling, and the softmax's Jacobian cut to its diagonal inside attention.
+FOLD_RIGHT, FOLD_TILED = ".reshape(B, G, r, -1, d).sum(2)", ".reshape(B, r, G, -1, d).sum(1)"
+BLIND_4 = [
+    ("attention", "fold back by tiling", "folded back to the kv heads by tiling",
+     ATTENTION_RIGHT.replace(FOLD_RIGHT, FOLD_TILED)),
+    ("attention", "softmax diagonal only", "only the diagonal of its Jacobian",
+     attention_with("dS = P * (dP - np.sum(dP * P, -1, keepdims=True))", "dS = dP * P * (1 - P)")),
+]
+
+
+@pytest.mark.parametrize("op,what,phrase,body", BLIND_4, ids=[b[1] for b in BLIND_4])
+def test_fourth_blind_mistake_is_named(op, what, phrase, body, tmp_path):
+    test_held_out_mistake_is_named(op, what, phrase, body, tmp_path)
+
+
+@pytest.mark.parametrize("body,named", [
+    # read through tiled heads and folded back the same way: the reading is the mistake to name
+    (attention_with("np.repeat(k, r, axis=1), np.repeat(v, r, axis=1)",
+                    "np.tile(k, (1, r, 1, 1)), np.tile(v, (1, r, 1, 1))").replace(FOLD_RIGHT, FOLD_TILED),
+     "kv heads are tiled"),
+    # only dk folded back by tiling, dv right: neither tiling mistake fits every gradient
+    (ATTENTION_RIGHT.replace(FOLD_RIGHT, FOLD_TILED, 1), None),
+], ids=["tiled throughout", "only dk folded by tiling"])
+def test_tiling_mistakes_are_told_apart(body, named, tmp_path):
+    path = tmp_path / "attention_backward.py"
+    path.write_text("import numpy as np\n\n\n" + textwrap.dedent(body).strip() + "\n")
+    report = check_file("attention", path, n_random=1)
+    assert not report.ok, report.format()
+    finding = report.first_failure.finding
+    said = finding.message + " " + finding.hint
+    for phrase in ("kv heads are tiled", "folded back to the kv heads by tiling"):
+        assert (phrase in said) == (phrase == named), said

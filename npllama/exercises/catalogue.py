@@ -240,7 +240,8 @@ class AttentionMistakes:
         p = np.divide(e, total, out=np.zeros_like(e), where=total > 0)
         d_p = dout @ v_h.swapaxes(-1, -2)
         d_scores = {"right": p * (d_p - np.sum(d_p * p, -1, keepdims=True)), "none": d_p, "no_sum": p * d_p,
-                    "query_axis": p * (d_p - np.sum(d_p * p, -2, keepdims=True))}[softmax]
+                    "query_axis": p * (d_p - np.sum(d_p * p, -2, keepdims=True)),
+                    "diagonal": d_p * p * (1 - p)}[softmax]
         factor = {"once": s, "missing": 1.0, "twice": s * s, "on_dv": s, "inverted": 1 / s}[scale]
         factor_q, factor_k = (factor if only in (None, name) else s for name in ("dq", "dk"))
         dq = d_scores @ k_h * factor_q
@@ -249,12 +250,16 @@ class AttentionMistakes:
         if group == "none":
             return dq, dk_h, dv_h
 
+        # the kv head each query head's gradient is added to: the one it read, or the backward's
+        # wrong idea of the grouping when only the fold back is tiled
+        fold = np.arange(H) % KVH if group == "tile" else heads
+
         def reduce(per_head):
             if group == "first":            # one query head per group stands for all of them
                 return per_head[:, [list(heads).index(g) for g in range(KVH)]]
             out = np.zeros((B, KVH, S, hd))
             for h in range(H):
-                out[:, heads[h]] += per_head[:, h]
+                out[:, fold[h]] += per_head[:, h]
             return out / n_rep if group == "mean" else out
         return dq, reduce(dk_h), reduce(dv_h)
 
@@ -284,6 +289,10 @@ class AttentionMistakes:
             _m("dk and dv take the gradient of only the first query head of each group",
                "every one of the n_rep query heads that read kv head g adds to dk[g], dv[g]: sum over the group",
                group="first"),
+            _m("dk and dv are folded back to the kv heads by tiling (query head h added to kv head h % KVH); "
+               "query head h read kv head h // n_rep, so that is where its gradient belongs",
+               "sum each block of n_rep consecutive query heads: per_head.reshape(B, KVH, n_rep, S, head_dim)"
+               ".sum(axis=2), not reshape(B, n_rep, KVH, S, head_dim).sum(axis=1)", group="tile"),
             _m("the kv heads are tiled (query head h reads kv head h % KVH); LLaMA repeat-interleaves them "
                "(query head h reads kv head h // n_rep)",
                "np.repeat(k, n_rep, axis=1), not np.tile: heads g*n_rep .. g*n_rep+n_rep-1 share kv head g",
@@ -306,6 +315,10 @@ class AttentionMistakes:
             _m("the softmax backward is missing its normalisation term",
                "d_attn_scores = p * (d_attn_probs - sum(d_attn_probs * p, -1)): the sum term is missing",
                softmax="no_sum"),
+            _m("the softmax backward uses only the diagonal of its Jacobian (d_attn_probs * p * (1 - p)): every "
+               "probability of a row depends on every score of the row",
+               "d_attn_scores = p * (d_attn_probs - sum(d_attn_probs * p, -1, keepdims=True)): the off-diagonal "
+               "terms -p_r p_s add up to the sum term", softmax="diagonal"),
             _m("the softmax backward sums over the queries (axis -2) instead of over the keys (axis -1)",
                "each row of attn_probs (one query) is a softmax over the keys: sum(d_attn_probs * p, axis=-1)",
                softmax="query_axis"),

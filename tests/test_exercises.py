@@ -144,6 +144,9 @@ def test_diagnose_constant_ratios_transpose_and_shapes():
     leading = diagnose(np.stack([rect, rect]), rect, grad="dw")     # a batch axis not summed over
     assert "summed over too few axes" in leading.message and "sum over the rows/batch" in leading.hint
     assert "summed over too many axes" in diagnose(rect[0], rect, grad="dw").message
+    summed_to_a_number = diagnose(np.float64(rect[0].sum()), rect[0], grad="dweight")   # a (D,) weight's gradient
+    assert "summed over too many axes" in summed_to_a_number.message
+    assert "per row" not in summed_to_a_number.hint and ".reshape(-1, 3).sum(axis=0)" in summed_to_a_number.hint
     assert "one axis too many" in diagnose(rect[:, :, None, None][:, :2], rect, grad="dw").hint
     assert "reshape" in diagnose(np.ones((1, 6)), rect, grad="dw").hint
 

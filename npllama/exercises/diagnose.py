@@ -255,6 +255,13 @@ def _shape_finding(finding, got, expected) -> Finding:
         finding.hint = (f"{finding.grad} still has the leading axes {leading} of the batch, but a gradient has "
                         f"its input's shape: sum over the rows/batch (e.g. .reshape(-1, "
                         f"{expected.shape[-1] if expected.ndim else 1}).sum(axis=0))")
+    elif got.ndim == 0:
+        finding.message += ": summed over too many axes"
+        # a weight (D,) summed to one number loses its own axis, not rows: "one value per row" would mislead
+        finding.hint = (f"{finding.grad} is a single number, but its input has shape {expected.shape}: a sum over "
+                        f"every axis (np.sum without axis=) adds up entries that each have their own gradient -- a "
+                        f"weight's gradient sums over the rows only (.reshape(-1, {expected.shape[-1]}).sum(axis=0), "
+                        f"which also works for a single row)")
     elif got.ndim < expected.ndim and expected.shape[expected.ndim - got.ndim:] == got.shape:
         finding.message += ": summed over too many axes"
         finding.hint = (f"{finding.grad} lost the leading axes {expected.shape[:expected.ndim - got.ndim]}: "

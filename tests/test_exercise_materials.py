@@ -61,6 +61,17 @@ def test_no_latex_command_survives_in_explain_or_the_starters():
         assert not left, f"{where} still shows LaTeX: {sorted(set(left))}"
 
 
+def test_fenced_code_is_shown_verbatim_in_explain_and_the_starters():
+    """A ```python block is code: indented, its ** kept (not read as bold), no backticks left over
+    (cross_entropy.md's vectorised formula once came out as "``python ... `")."""
+    assert to_text("Code:\n\n```python\ny = x ** 2\n```\n\nThen `y`.") == "Code:\n\n    y = x ** 2\n\nThen y.\n"
+    assert "\n    dlogits[np.arange(N), safe_targets] -= 1" in explain_text("derivations/cross_entropy.md")
+    for where, text in _rendered_materials():
+        quoted = text if where.startswith("explain") else "\n".join(
+            line for line in text.splitlines() if line.startswith("#"))     # a starter's own docstring has `op`
+        assert "`" not in quoted, where
+
+
 def test_no_latex_command_survives_as_a_bare_word():
     r"""Each math segment of each derivation rendered alone: a command's name must not come out as
     a word (\boxed -> 'boxed') unless it is meant to (\cos -> 'cos', \max -> 'max') or the segment

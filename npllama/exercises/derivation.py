@@ -215,9 +215,23 @@ def _environment(name: str, body: str) -> str:
     return "\n" + "\n".join(gap.join(cell for cell in row if cell) for row in cells) + "\n"
 
 
+FENCE = re.compile(r"^```[^\n]*\n(.*?)^```[ \t]*$", flags=re.M | re.S)
+
+
 def to_text(markdown: str) -> str:
     """Markdown with LaTeX made readable in a terminal: display math indented on its own lines,
-    inline $...$ converted in place, **bold** and `code` marks dropped."""
+    inline $...$ converted in place, **bold** and `code` marks dropped; a fenced code block is
+    indented and kept verbatim (its ** and ` are Python, not markup)."""
+    parts, at = [], 0
+    for block in FENCE.finditer(markdown):
+        parts.append(_prose_to_text(markdown[at:block.start()]))
+        parts.append("".join("    " + line for line in block.group(1).splitlines(keepends=True)))
+        at = block.end()
+    parts.append(_prose_to_text(markdown[at:]))
+    return re.sub(r"\n{3,}", "\n\n", "".join(parts)).strip("\n") + "\n"
+
+
+def _prose_to_text(markdown: str) -> str:
     def display(match):
         body = latex_to_text(match.group(1))
         lines = [line.strip() for line in re.split(r"\\\\|\n", body) if line.strip()]
@@ -225,8 +239,7 @@ def to_text(markdown: str) -> str:
     text = re.sub(r"\$\$(.+?)\$\$", display, markdown, flags=re.S)
     text = re.sub(r"\$(.+?)\$", lambda m: latex_to_text(m.group(1)), text, flags=re.S)
     text = re.sub(r"\*\*(.+?)\*\*", r"\1", text)
-    text = re.sub(r"`([^`]+)`", r"\1", text)
-    return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
+    return re.sub(r"`([^`]+)`", r"\1", text)
 
 
 def explain_steps(name: str, steps: tuple) -> str:

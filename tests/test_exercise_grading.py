@@ -1,6 +1,7 @@
 """Grading that cannot be crashed or fooled: every submission in its own process with limits, a
 gradebook, the import rule, the run-time guard and the finite-difference probe."""
 import csv
+import io
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 from npllama.exercises import EXERCISES, check_file, check_function
 from npllama.exercises.gradebook import grade_folder, write_gradebook
 from npllama.exercises.planted import CORRECT
-from npllama.exercises.sandbox import grade_file
+from npllama.exercises.sandbox import OUTPUT_SHOWN, _CappedOutput, grade_file
 from npllama.exercises.screen import screen_source
 
 NASTY = {
@@ -71,11 +72,33 @@ def test_segfault_and_exit_without_report_are_failures(tmp_path):
 
 def test_cli_single_file_in_a_sandbox_exits_non_zero(tmp_path):
     path = tmp_path / "quits.py"
-    path.write_text("def softmax_backward(dp, cache):\n    raise SystemExit(0)\n")
+    path.write_text("def softmax_backward(dp, cache):\n    print('about to quit')\n    raise SystemExit(0)\n")
     run = subprocess.run([sys.executable, "-m", "npllama", "exercise", "check", "softmax", str(path),
                           "--cases", "1"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 1, run.stderr
     assert "SystemExit" in run.stdout and "Traceback" not in run.stdout + run.stderr
+    assert "  | about to quit" in run.stdout      # the student's own print, which a hint may have asked for
+
+
+def test_what_a_submission_prints_is_kept_to_its_first_lines(tmp_path):
+    """A hint says "print the shapes": the prints come back (the first OUTPUT_SHOWN lines, and how
+    many there were), and a print in a loop cannot fill the disk or the grader's memory."""
+    path = tmp_path / "chatty.py"
+    path.write_text("for i in range(50):\n    print('line', i)\n\n\n" + CORRECT["rmsnorm"])
+    graded = grade_file("rmsnorm", path, n_random=0)
+    assert graded.ok, graded.text
+    lines = graded.output.splitlines()
+    assert lines[0] == f"your code printed 50 lines (the first {OUTPUT_SHOWN}):"
+    assert lines[1:] == [f"  | line {i}" for i in range(OUTPUT_SHOWN)]
+    quiet = tmp_path / "quiet.py"
+    quiet.write_text(CORRECT["rmsnorm"])
+    assert grade_file("rmsnorm", quiet, n_random=0).output == ""
+
+    stream = io.StringIO()
+    capped = _CappedOutput(stream, 100)
+    for _ in range(1000):
+        print("x" * 9, file=capped)
+    assert len(stream.getvalue()) == 100 and capped.lines == 1000
 
 
 # ----- the rule ------------------------------------------------------------------------------------

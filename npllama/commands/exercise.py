@@ -148,6 +148,8 @@ def run_check(args) -> int:
         print(f"checking {path} against the {len(get_exercise(args.op).checks())} checks of exercise {args.op} "
               f"(in a process of its own, at most {args.timeout:g} s) ...", file=sys.stderr, flush=True)
         graded = [grade_file(args.op, path, **limits)]
+        if graded[0].output:
+            print(graded[0].output + "\n")
         print(graded[0].text)
     if args.json:
         Path(args.json).write_text(gradebook_json(graded), encoding="utf-8")

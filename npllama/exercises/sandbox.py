@@ -11,6 +11,11 @@ The parent kills the child's whole process group at the wall-clock `timeout`.  A
 without a report (os._exit, a segfault, the memory limit, the timeout) is that submission's
 failure, described from its exit status.
 
+What the submission prints (print, warnings) goes to a file, at most OUTPUT_LIMIT characters of
+it: a print in an endless loop must not fill the disk or the parent's memory.  Its first lines
+come back in the report, and `check` of one file shows them (`Graded.output`): a hint may well
+have said "print the shapes".
+
 A student's code cannot forge the report: the parent sends a random token on the child's stdin,
 which the child reads before importing the submission and echoes in the report; a report without
 it is treated as no report at all.
@@ -18,6 +23,7 @@ it is treated as no report at all.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import secrets
@@ -31,6 +37,8 @@ from pathlib import Path
 DEFAULT_TIMEOUT = 120.0     # seconds of wall clock per submission
 DEFAULT_MEMORY_MB = 1024    # address space a submission may add to the checker's own
 OUTPUT_TAIL = 400           # characters of the child's own output kept to explain a crash
+OUTPUT_LIMIT = 64 * 1024    # characters of the submission's output written at all; the rest is counted
+OUTPUT_SHOWN = 20           # lines of it `check` of one file shows
 
 
 @dataclasses.dataclass
@@ -48,6 +56,7 @@ class Graded:
     exercise: str = ""           # what it was graded on: the exercise, the cases' seed, random cases per check
     seed: int = 0
     cases: int = 0
+    output: str = ""             # what the submission printed: its first OUTPUT_SHOWN lines, and how many more
 
     @property
     def ok(self) -> bool:
@@ -93,9 +102,10 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
                 _kill_group(child)    # anything the submission started must not outlive it
         seconds = time.perf_counter() - start
         report = _read_report(result_path, token)
-        tail = output_path.read_text(errors="replace")[-OUTPUT_TAIL:].strip()
+        tail = _read_tail(output_path)
     total = len(exercise.checks())
-    graded_on = dict(exercise=op, seed=seed, cases=n_random)
+    graded_on = dict(exercise=op, seed=seed, cases=n_random,
+                     output=_shown_output(report.get("output", ""), report.get("output_lines", 0)) if report else "")
     if report is not None:
         return dataclasses.replace(_graded_from_report(path, report, seconds), **graded_on)
     if timed_out:
@@ -128,6 +138,27 @@ def _kill_group(child) -> None:
         os.killpg(child.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _read_tail(path: Path) -> str:
+    """The end of the child's output file, without reading all of it (output that went around the
+    cap -- C code writing to the file descriptor -- can make it any size)."""
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - OUTPUT_TAIL))
+        return f.read(OUTPUT_TAIL).decode(errors="replace").strip()
+
+
+def _shown_output(head, n_lines) -> str:
+    """The first OUTPUT_SHOWN lines of what the submission printed (each cut to 200 characters),
+    under a line that says how many it printed ('' when it printed nothing)."""
+    lines = str(head).splitlines()[:OUTPUT_SHOWN]
+    if not lines:
+        return ""
+    n_lines = max(n_lines if isinstance(n_lines, int) else 0, len(lines))
+    shown = [line if len(line) <= 200 else line[:197] + "..." for line in lines[:OUTPUT_SHOWN]]
+    title = (f"your code printed {n_lines} line{'s' if n_lines != 1 else ''}"
+             + (f" (the first {len(shown)}):" if n_lines > len(shown) else ":"))
+    return "\n".join([title] + ["  | " + line for line in shown])
 
 
 def _read_report(path: Path, token: str):
@@ -172,6 +203,33 @@ def _graded_from_report(path: Path, report: dict, seconds: float) -> Graded:
 
 # ----- the child ----------------------------------------------------------------------------------
 
+class _CappedOutput(io.TextIOBase):
+    """The child's sys.stdout and sys.stderr while the submission runs: the first `limit`
+    characters go to `stream` (for a crash's last words), the rest is only counted; the first
+    lines are also kept for the report."""
+
+    def __init__(self, stream, limit: int):
+        self.stream, self.left, self.lines, self.head = stream, limit, 0, ""
+
+    def write(self, text) -> int:
+        text = str(text)
+        self.lines += text.count("\n")
+        if self.head.count("\n") < OUTPUT_SHOWN and len(self.head) < OUTPUT_SHOWN * 200:
+            self.head += text[:OUTPUT_SHOWN * 200]
+        kept = text[:max(self.left, 0)]
+        if kept:
+            self.stream.write(kept)
+            self.left -= len(kept)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    @property
+    def encoding(self):
+        return self.stream.encoding
+
+
 def _limit_resources(memory_mb: int, cpu_seconds: int) -> None:
     try:
         import resource
@@ -209,10 +267,13 @@ def _child(argv) -> int:
     from .runner import check_file   # numpy and the checks load before the limits are set
 
     _limit_resources(args.memory_mb, args.cpu_seconds)
+    output = sys.stdout = sys.stderr = _CappedOutput(sys.__stdout__, OUTPUT_LIMIT)
     report = check_file(args.op, args.path, n_random=args.cases, seed=args.seed,
                         allow_imports=args.allow_imports, catch_everything=True)
+    output.flush()
     report.source = args.shown_as or report.source
-    record = {**report.to_dict(), "text": report.format(), "token": token}
+    record = {**report.to_dict(), "text": report.format(), "token": token, "output": output.head,
+              "output_lines": output.lines + (not output.head.endswith("\n") and bool(output.head))}
     result_path.write_text(json.dumps(record, default=str), encoding="utf-8")
     return 0
 

@@ -46,6 +46,10 @@ def test_refusals_and_bad_arguments(tmp_path):
         train_with_submission("rmsnorm", path, **SMALL)
     with pytest.raises(ValueError, match="not part of the model's pre-training"):
         train_with_submission("layernorm", path, **SMALL)
+    for assembled in ("block", "model"):      # they are the pre-training step, made of the ops
+        with pytest.raises(ValueError, match="assembled from the ops' backward passes") as refused:
+            train_with_submission(assembled, path, **SMALL)
+        assert "not part of" not in str(refused.value)
     with pytest.raises(ValueError, match="steps must be an int >= 2"):
         train_with_submission("rmsnorm", path, **{**SMALL, "steps": 1})
 

@@ -19,6 +19,7 @@ import math
 import tempfile
 from pathlib import Path
 
+from .assembled import Assembled
 from .definitions import get_exercise
 from .runner import SubmissionError, _describe_exception, load_function
 from .sandbox import grade_file
@@ -111,8 +112,10 @@ def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 
     checker's words (SubmissionError) before anything slow; one that only fails checks still trains."""
     exercise = get_exercise(op)
     if op not in MODEL_BACKWARDS:
-        raise ValueError(f"op {op!r} is not part of the model's pre-training step; `exercise train` takes one "
-                         f"of: {', '.join(MODEL_BACKWARDS)}")
+        # the block and the model are the pre-training step, but made of ops: only an op can be swapped in
+        why = ("is assembled from the ops' backward passes, and training swaps in one op's backward at a time"
+               if isinstance(exercise, Assembled) else "is not part of the model's pre-training step")
+        raise ValueError(f"exercise {op!r} {why}; `exercise train` takes one of: {', '.join(MODEL_BACKWARDS)}")
     for name, value, low in (("steps", steps, 2), ("batch_size", batch_size, 1), ("seq_len", seq_len, 2)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")

@@ -1,10 +1,12 @@
 """`npllama exercise train`: the student's backward, put in place with npllama.use_op, trains the
 tiny model; a correct one gives the library's loss curve, a wrong one does not."""
+import numpy as np
 import pytest
 
+from npllama.exercises import EXERCISES
 from npllama.exercises.planted import CORRECT
 from npllama.exercises.runner import SubmissionError
-from npllama.exercises.training import ascii_chart, train_with_submission, verdict_of
+from npllama.exercises.training import as_the_checks_take_it, ascii_chart, train_with_submission, verdict_of
 
 SMALL = dict(steps=6, batch_size=2, seq_len=16, corpus_stories=300, progress=False)
 
@@ -30,6 +32,16 @@ def test_correct_and_wrong_backwards_train_the_tiny_model(tmp_path):
     assert not differs.ok and differs.reference == same.reference
     assert differs.yours[0] == same.yours[0] and differs.yours[-1] != same.yours[-1]   # same start, other path
     assert "R" in differs.format() and "verdict:" in differs.format()
+
+
+def test_one_gradient_in_a_1_tuple_reaches_the_model_as_the_array():
+    """The checks take softmax's dx as the array or as (dx,); the model's own code would fail on
+    the tuple (AttributeError: 'tuple' object has no attribute 'reshape', blamed on the student)."""
+    dx = np.ones((2, 3))
+    for returned in ((dx,), [dx], dx):
+        assert as_the_checks_take_it(EXERCISES["softmax"], lambda dp, cache: returned)(None, None) is dx
+    pair = (dx, dx[0])                         # several gradients are the model's tuple as they are
+    assert as_the_checks_take_it(EXERCISES["rmsnorm"], lambda dy, cache: pair)(None, None) is pair
 
 
 def test_a_crashing_backward_stops_its_run_not_the_command(tmp_path):

@@ -151,6 +151,14 @@ def test_diagnose_constant_ratios_transpose_and_shapes():
     assert "reshape" in diagnose(np.ones((1, 6)), rect, grad="dw").hint
 
 
+def test_diagnose_a_near_miss_where_the_gradient_is_0_is_no_concentrated_error():
+    """softmax over rows of one entry: dx is exactly 0, and a defensive 1e-12 leaves ~1e-12 there;
+    that once read "the error is concentrated on 0 of 3 entries (e.g. at )"."""
+    finding = diagnose(np.array([[-2e-12], [3e-13], [-1e-12]]), np.zeros((3, 1)), grad="dx")
+    assert finding.message.startswith("it is off by at most 2e-12 where the right gradient is exactly 0")
+    assert "an epsilon added" in finding.hint and "concentrated" not in finding.message
+
+
 def test_diagnose_masks_and_concentrated_errors():
     rng = np.random.default_rng(1)
     right = rng.standard_normal((3, 5))

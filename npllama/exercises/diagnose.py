@@ -165,6 +165,13 @@ def diagnose(got, expected, *, grad: str, case: str = "", zero_label: str = "") 
 
     scale = float(np.max(np.abs(expected))) or 1.0
     wrong = np.abs(got_arr - expected) > 1e-6 * scale
+    if not wrong.any():       # every entry a near miss (no ratio fits when the right gradient is 0)
+        off = float(np.max(np.abs(got_arr - expected)))
+        finding.message = (f"it is off by at most {off:.1g}"
+                           + (" where the right gradient is exactly 0" if not np.any(expected) else "")
+                           + ": close, but a formula written out exactly is right to round-off (~1e-15)")
+        finding.hint = f"look for {NEAR_EXACT_CAUSES}"
+        return finding
     structural_zero = expected == 0                     # moving these inputs changes nothing at all
     leaked = wrong & structural_zero
     if leaked.any() and not (wrong & ~structural_zero).any():

@@ -114,10 +114,18 @@ def test_what_a_submission_prints_is_kept_to_its_first_lines(tmp_path):
     ("import numpy as np\nf = np.load\n", "numpy's load"),
     ("x = (1).__class__\n", "__class__"),
     ("from .helper import f\n", "imports f from ."),
+    # a forward does not do the exercise, it would let the file measure the gradient
+    ("from npllama.ops.rmsnorm import rmsnorm_forward\n", "measure the gradient instead of deriving it"),
+    # the self-test a student keeps at the bottom of the file, told where it can live instead
+    ("if __name__ == '__main__':\n    from npllama.ops.rmsnorm import rmsnorm_forward\n", "in a file of its own"),
 ])
 def test_import_rule_refuses(source, why):
     reasons = screen_source(source)
     assert reasons and why in " ".join(reasons)
+    if "rmsnorm_forward" in source:
+        assert "would do the exercise for you" not in " ".join(reasons)
+    if "__main__" not in source:
+        assert "a file of its own" not in " ".join(reasons)
 
 
 def test_import_rule_allows_numpy_math_and_the_exercise_helpers():

@@ -62,20 +62,25 @@ def screen_source(source: str, allowed_helpers=(), filename: str = "<submission>
     except SyntaxError:
         return []   # loading it reports the syntax error with its line
     allowed = {(module, name) for module, name in allowed_helpers}
+    self_test = _under_main_guard(tree)
     reasons = []
     for node in ast.walk(tree):
         line = f"line {getattr(node, 'lineno', '?')}"
+        # the rule is read from the file, not from what runs: a self-test a student keeps under
+        # `if __name__ == "__main__":` is screened as well, and told where it can live instead
+        where = (" (a self-test under if __name__ == \"__main__\" is screened too: keep it in a file of its own)"
+                 if node in self_test else "")
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] not in SAFE_MODULES:
-                    reasons.append(f"{line} imports {alias.name}{_why_module(alias.name, allowed)}")
+                    reasons.append(f"{line} imports {alias.name}{_why_module(alias.name, allowed)}{where}")
         elif isinstance(node, ast.ImportFrom):
             module = "." * node.level + (node.module or "")
             if node.level or module.split(".")[0] not in SAFE_MODULES:
                 for alias in node.names:
                     if (module, alias.name) not in allowed:
                         reasons.append(f"{line} imports {alias.name} from {module}"
-                                       f"{_why_module(module, allowed)}")
+                                       f"{_why_module(module, allowed, alias.name)}{where}")
         elif isinstance(node, ast.Name) and (node.id in FORBIDDEN_CALLS or _dunder(node.id)):
             reasons.append(f"{line} uses {node.id}, which can reach code outside the file")
         elif isinstance(node, ast.Attribute):
@@ -86,12 +91,25 @@ def screen_source(source: str, allowed_helpers=(), filename: str = "<submission>
     return _unique(reasons)
 
 
-def _why_module(module: str, allowed) -> str:
+def _why_module(module: str, allowed, name: str = "") -> str:
     if module.split(".")[0] == "npllama":
         names = ", ".join(f"{n} from {m}" for m, n in sorted(allowed))
-        return (": npllama's own code would do the exercise for you"
-                + (f" (only {names} may be imported)" if names else ""))
+        why = ("with the forward pass at hand a file can measure the gradient instead of deriving it"
+               if name.endswith("_forward") else "npllama's own code would do the exercise for you")
+        return f": {why}" + (f" (only {names} may be imported)" if names else "")
     return ": only numpy and math may be imported"
+
+
+def _under_main_guard(tree) -> set:
+    """The nodes inside `if __name__ == "__main__":` blocks."""
+    inside = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+                and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__"
+                and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.test.comparators)):
+            for statement in node.body:
+                inside.update(ast.walk(statement))
+    return inside
 
 
 def _dunder(name: str) -> bool:

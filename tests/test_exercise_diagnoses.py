@@ -883,3 +883,30 @@ def test_tiling_mistakes_are_told_apart(body, named, tmp_path):
     said = finding.message + " " + finding.hint
     for phrase in ("kv heads are tiled", "folded back to the kv heads by tiling"):
         assert (phrase in said) == (phrase == named), said
+
+
+@pytest.mark.parametrize("op,body", [
+    ("rmsnorm", """
+        def rmsnorm_backward(dy, cache):
+            x, rstd, w = cache
+            xhat, g = x * rstd, dy * w
+            dx = rstd * (g - xhat * np.mean(g * xhat, axis=1 if x.ndim > 1 else 0, keepdims=True))
+            return dx, (dy * xhat).reshape(-1, x.shape[-1]).sum(0)
+    """),
+    ("layernorm", """
+        def layernorm_backward(dy, cache):
+            x, mean, rstd, w = cache
+            xh, g = (x - mean) * rstd, dy * w
+            dx = rstd * (g - g.mean(-1, keepdims=True) - xh * (g * xh).mean(-1, keepdims=True))
+            dw, db = dy * xh, dy
+            if dy.ndim == 3:                   # "B is always 1"
+                dw, db = dw[0], db[0]
+            return dx, dw.reshape(-1, x.shape[-1]).sum(0), db.reshape(-1, x.shape[-1]).sum(0)
+    """),
+], ids=["rmsnorm mean over axis=1", "layernorm weights from batch 0"])
+def test_a_norm_right_on_rows_and_wrong_on_a_batch_of_sequences_is_told_so(op, body, tmp_path):
+    path = tmp_path / f"{op}_backward.py"
+    path.write_text("import numpy as np\n\n\n" + textwrap.dedent(body).strip() + "\n")
+    finding = check_file(op, path, n_random=1).first_failure.finding
+    assert "passes with" in finding.ladder and "fails with a batch of sequences (2, 3, D)" in finding.ladder
+    assert "count from the back (axis=-1)" in finding.ladder

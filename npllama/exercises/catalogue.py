@@ -30,6 +30,10 @@ def _mean(a, axis):
 
 
 MIXES_ROWS = "your code mixes rows of the batch: a sum or mean runs over more than one row"
+# what a norm right on (N, D) rows and wrong on (B, T, D) usually does
+BATCH_AXES = ("an axis counted from the front (axis=1, [0]) is not the one it was with (N, D) rows: count "
+              "from the back (axis=-1), and sum the weight gradients over every leading axis "
+              "(.reshape(-1, D).sum(axis=0))")
 
 
 # ======================================================================================================
@@ -39,7 +43,8 @@ class RMSNormMistakes:
               Rung("several rows", dict(lead_shape=(3,), D=4, eps=0.0, seed=5), MIXES_ROWS),
               Rung("a large eps (0.1)", dict(lead_shape=(), D=4, eps=0.1, seed=5),
                    "eps is used wrongly: it belongs inside the square root, rstd = 1/sqrt(mean(x^2) + eps) "
-                   "(the cached rstd already has it)")]
+                   "(the cached rstd already has it)"),
+              Rung("a batch of sequences (2, 3, D)", dict(lead_shape=(2, 3), D=4, eps=0.0, seed=5), BATCH_AXES)]
 
     def variant(self, dy, case, rstd="right", projection="mean", row_axis=-1, dxhat="weight", dweight="xhat"):
         x, weight, eps = case.inputs
@@ -90,7 +95,8 @@ class LayerNormMistakes:
     ladder = [Rung("one row", dict(lead_shape=(), D=5, eps=1e-5, seed=5)),
               Rung("several rows", dict(lead_shape=(3,), D=5, eps=1e-5, seed=5), MIXES_ROWS),
               Rung("a large eps (0.1)", dict(lead_shape=(), D=5, eps=0.1, seed=5),
-                   "eps is used wrongly: it belongs inside the square root, rstd = 1/sqrt(var + eps)")]
+                   "eps is used wrongly: it belongs inside the square root, rstd = 1/sqrt(var + eps)"),
+              Rung("a batch of sequences (2, 3, D)", dict(lead_shape=(2, 3), D=5, eps=1e-5, seed=5), BATCH_AXES)]
 
     def variant(self, dy, case, stats="right", mean_term=True, var_term="mean", row_axis=-1, dxhat="weight",
                 dweight="xhat", dbias="sum"):

@@ -849,15 +849,26 @@ def test_a_students_model_backward_passes_and_untied_gradients_are_named(tmp_pat
     assert "first to last" in finding.message
 
 
-# A fourth blind batch (a student who never read the catalogue): two attention mistakes that got
-# "no simple pattern" and are in the catalogue since -- kv heads read right but the per-head dk, dv
-# folded back by tiling, and the softmax's Jacobian cut to its diagonal inside attention.
+# A fourth blind batch (a student who never read the catalogue): mistakes that got "no simple
+# pattern" and are in the catalogue since -- kv heads read right but the per-head dk, dv folded back
+# by tiling, the softmax's Jacobian cut to its diagonal inside attention, and two slips in silu'.
 FOLD_RIGHT, FOLD_TILED = ".reshape(B, G, r, -1, d).sum(2)", ".reshape(B, r, G, -1, d).sum(1)"
 BLIND_4 = [
     ("attention", "fold back by tiling", "folded back to the kv heads by tiling",
      ATTENTION_RIGHT.replace(FOLD_RIGHT, FOLD_TILED)),
     ("attention", "softmax diagonal only", "only the diagonal of its Jacobian",
      attention_with("dS = P * (dP - np.sum(dP * P, -1, keepdims=True))", "dS = dP * P * (1 - P)")),
+    ("swiglu_act", "sigmoid as its own slope", "sigmoid(z) (1 + z)", """
+        def swiglu_act_backward(dact, cache):
+            z, u, s, silu = cache
+            dsilu = s + z * s            # d(z s) = s + z ds, with ds taken as s
+            return dact * u * dsilu, dact * silu
+    """),
+    ("swiglu_act", "silu(z) where z belongs", "uses silu(z), the forward's output", """
+        def swiglu_act_backward(dact, cache):
+            z, u, s, silu = cache
+            return dact * u * s * (1 + silu * (1 - s)), dact * silu
+    """),
 ]
 
 

@@ -454,7 +454,8 @@ class SwiGLUActMistakes:
         gate, up = case.inputs
         s = _sigmoid(gate)
         slope = {"right": s * (1 + gate * (1 - s)), "sigmoid": s, "dsigmoid": s * (1 - s),
-                 "typo": s * (1 + gate * s)}[dsilu]
+                 "typo": s * (1 + gate * s), "sigmoid_as_own_slope": s * (1 + gate),
+                 "silu_for_gate": s * (1 + gate * s * (1 - s))}[dsilu]
         dgate = dact * slope * (up if up_factor else 1.0)
         dup_ = dact * {"silu": gate * s, "gate": gate, "sigmoid": s}[dup]
         return dgate, dup_
@@ -467,6 +468,12 @@ class SwiGLUActMistakes:
                "silu(z) = z * sigmoid(z): use the product rule", dsilu="dsigmoid"),
             _m("silu'(z) has sigmoid(z) where 1 - sigmoid(z) belongs: sigmoid(z) (1 + z sigmoid(z))",
                "silu'(z) = sigmoid(z) * (1 + z * (1 - sigmoid(z)))", dsilu="typo"),
+            _m("silu'(z) was taken as sigmoid(z) (1 + z): the product rule with sigmoid's own derivative "
+               "taken as sigmoid(z)", "sigmoid'(z) = sigmoid(z) (1 - sigmoid(z)), so silu'(z) = sigmoid(z) + "
+               "z * sigmoid(z) * (1 - sigmoid(z))", dsilu="sigmoid_as_own_slope"),
+            _m("silu'(z) uses silu(z), the forward's output, where z, its input, belongs: "
+               "sigmoid(z) (1 + silu(z) (1 - sigmoid(z)))", "silu'(z) = sigmoid(z) * (1 + z * (1 - sigmoid(z))) "
+               "with z = gate (cache.gate), not cache.silu_gate", dsilu="silu_for_gate"),
             _m("dgate is missing the factor up: act = silu(gate) * up",
                "dgate = dact * up * silu'(gate)", up_factor=False),
             _m("dup uses gate where silu(gate) belongs", "act = silu(gate) * up, so dup = dact * silu(gate)",

@@ -99,6 +99,8 @@ def test_what_a_submission_prints_is_kept_to_its_first_lines(tmp_path):
     for _ in range(1000):
         print("x" * 9, file=capped)
     assert len(stream.getvalue()) == 100 and capped.lines == 1000
+    capped.write("no newline yet")
+    assert capped.lines == 1001
 
 
 # ----- the rule ------------------------------------------------------------------------------------

@@ -151,11 +151,10 @@ def _read_tail(path: Path) -> str:
 def _shown_output(head, n_lines) -> str:
     """The first OUTPUT_SHOWN lines of what the submission printed (each cut to 200 characters),
     under a line that says how many it printed ('' when it printed nothing)."""
-    lines = str(head).splitlines()[:OUTPUT_SHOWN]
-    if not lines:
+    shown = [line if len(line) <= 200 else line[:197] + "..." for line in str(head).splitlines()[:OUTPUT_SHOWN]]
+    if not shown:
         return ""
-    n_lines = max(n_lines if isinstance(n_lines, int) else 0, len(lines))
-    shown = [line if len(line) <= 200 else line[:197] + "..." for line in lines[:OUTPUT_SHOWN]]
+    n_lines = max(n_lines if isinstance(n_lines, int) else 0, len(shown))
     title = (f"your code printed {n_lines} line{'s' if n_lines != 1 else ''}"
              + (f" (the first {len(shown)}):" if n_lines > len(shown) else ":"))
     return "\n".join([title] + ["  | " + line for line in shown])
@@ -209,11 +208,19 @@ class _CappedOutput(io.TextIOBase):
     lines are also kept for the report."""
 
     def __init__(self, stream, limit: int):
-        self.stream, self.left, self.lines, self.head = stream, limit, 0, ""
+        self.stream, self.left, self.head = stream, limit, ""
+        self.line_ends, self.open_line = 0, False
+
+    @property
+    def lines(self) -> int:
+        """Lines written, an unfinished last one included."""
+        return self.line_ends + self.open_line
 
     def write(self, text) -> int:
         text = str(text)
-        self.lines += text.count("\n")
+        if text:
+            self.line_ends += text.count("\n")
+            self.open_line = not text.endswith("\n")
         if self.head.count("\n") < OUTPUT_SHOWN and len(self.head) < OUTPUT_SHOWN * 200:
             self.head += text[:OUTPUT_SHOWN * 200]
         kept = text[:max(self.left, 0)]
@@ -273,7 +280,7 @@ def _child(argv) -> int:
     output.flush()
     report.source = args.shown_as or report.source
     record = {**report.to_dict(), "text": report.format(), "token": token, "output": output.head,
-              "output_lines": output.lines + (not output.head.endswith("\n") and bool(output.head))}
+              "output_lines": output.lines}
     result_path.write_text(json.dumps(record, default=str), encoding="utf-8")
     return 0
 

@@ -6,7 +6,8 @@ import pytest
 from npllama.exercises import EXERCISES
 from npllama.exercises.planted import CORRECT
 from npllama.exercises.runner import SubmissionError
-from npllama.exercises.training import as_the_checks_take_it, ascii_chart, train_with_submission, verdict_of
+from npllama.exercises.training import (as_the_checks_take_it, ascii_chart, train_with_submission, verdict_of,
+                                        why_the_run_stopped)
 
 SMALL = dict(steps=6, batch_size=2, seq_len=16, corpus_stories=300, progress=False)
 
@@ -42,6 +43,26 @@ def test_one_gradient_in_a_1_tuple_reaches_the_model_as_the_array():
         assert as_the_checks_take_it(EXERCISES["softmax"], lambda dp, cache: returned)(None, None) is dx
     pair = (dx, dx[0])                         # several gradients are the model's tuple as they are
     assert as_the_checks_take_it(EXERCISES["rmsnorm"], lambda dy, cache: pair)(None, None) is pair
+
+
+def test_a_run_is_blamed_on_the_students_function_only_when_it_raised_there(tmp_path):
+    """An rmsnorm_backward returning a float64 dweight for float32 activations stopped the run with
+    "your function raised TypeError: grads[...] has dtype float64", raised by the optimizer."""
+    path = tmp_path / "rmsnorm_backward.py"
+    path.write_text("def rmsnorm_backward(dy, cache):\n    raise RuntimeError('not yet')\n")
+    namespace = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    try:
+        namespace["rmsnorm_backward"](None, None)
+    except RuntimeError as error:
+        inside = why_the_run_stopped(error, path, EXERCISES["rmsnorm"])
+    assert inside == "your function raised RuntimeError: not yet (line 2 of rmsnorm_backward.py: raise RuntimeError('not yet'))"
+    try:
+        raise TypeError("grads['w'] has dtype float64, expected float32")
+    except TypeError as error:
+        after = why_the_run_stopped(error, path, EXERCISES["rmsnorm"])
+    assert after.startswith("the training step, given what your rmsnorm_backward returned, raised TypeError: grads")
+    assert "your function raised" not in after
 
 
 def test_a_crashing_backward_stops_its_run_not_the_command(tmp_path):

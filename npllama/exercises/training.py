@@ -17,7 +17,9 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import tempfile
+import traceback
 from pathlib import Path
 
 from .assembled import Assembled
@@ -153,7 +155,7 @@ def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 
     except KeyboardInterrupt:         # Ctrl-C, or the student's code raising it: show the run so far
         stopped = "interrupted (Ctrl-C, or your code raised KeyboardInterrupt)"
     except BaseException as error:    # SystemExit included: the student's code ends that run, not this command
-        stopped = _describe_exception(error, str(path))
+        stopped = why_the_run_stopped(error, path, exercise)
     reference = _losses(folder / "reference")
     yours = _losses(folder / "yours")
     if not stopped and len(yours) < len(reference):
@@ -166,6 +168,17 @@ def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 
     comparison = TrainComparison(op, list(range(1, len(reference) + 1)), reference, yours, stopped, verdict, ok)
     comparison.plot = _plot(comparison, folder / f"{op}_losses.png")
     return comparison
+
+
+def why_the_run_stopped(error: BaseException, path, exercise) -> str:
+    """The exception that ended the student's run, blamed on their function only when it was
+    raised inside it: an optimizer refusing a float64 gradient, or attention given a tuple, raises
+    after the function has returned."""
+    target = os.path.abspath(path)
+    if any(os.path.abspath(frame.filename) == target for frame in traceback.extract_tb(error.__traceback__)):
+        return _describe_exception(error, str(path))
+    return _describe_exception(error, None, what=f"the training step, given what your {exercise.backward_name} "
+                                                 f"returned,")
 
 
 def as_the_checks_take_it(exercise, backward):

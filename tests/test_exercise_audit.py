@@ -255,6 +255,25 @@ def test_crash_hints_name_the_signature_the_cache_and_an_einsum():
     assert "einsum" in hint and "keepdims" not in hint
 
 
+def test_parameters_in_the_other_order_are_said_whether_it_crashes_or_not():
+    """(cache, dy): rmsnorm's unpacking crashes, and the hint was 'unpack exactly x, rstd, weight',
+    which the student did; softmax computes wrong numbers and said nothing about the order."""
+    def crashes(cache, dy):
+        x, rstd, weight = cache
+        return dy * rstd * weight, np.sum(dy, axis=0)
+    finding = check_function("rmsnorm", crashes, n_random=0).first_failure.finding
+    assert "your function takes (cache, dy), but the checker calls rmsnorm_backward(dy, cache)" in finding.hint
+
+    def computes(cache, dp):
+        return cache * (dp - np.sum(dp * cache, axis=-1, keepdims=True))
+    report = check_function("softmax", computes, n_random=0)
+    assert not report.ok and any("your function takes (cache, dp)" in note for note in report.notes)
+
+    def in_order(dp, cache):
+        return cache * dp
+    assert not any("takes" in note for note in check_function("softmax", in_order, n_random=0).notes)
+
+
 def test_the_rerun_snippet_of_a_crash_really_reaches_the_students_function(tmp_path):
     import subprocess
     import sys

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 import os
 import sys
 import traceback
@@ -164,6 +165,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     source = source or getattr(backward, "__name__", repr(backward))
     source_file = source_file or getattr(getattr(backward, "__code__", None), "co_filename", None)
     function_name = getattr(backward, "__qualname__", "")    # as Python names it in a wrong-call TypeError
+    parameters = _parameter_names(backward)
     backward = exercise.adapt(student_call(backward))
     student_errors = BaseException if catch_everything else Exception
     notes = []
@@ -197,12 +199,15 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
             except student_errors as error:  # the student's code crashed: say where, in their file
                 result.status = "error"
                 result.finding = Finding("", _describe_exception(error, source_file),
-                                         hint=_crash_hint(error, exercise, params, source_file, function_name),
+                                         hint=_crash_hint(error, exercise, params, source_file, function_name,
+                                                          parameters),
                                          case=_describe_params(exercise, params))
                 break
         results.append(result)
     report = Report(exercise, source, results, notes=notes)
     first = report.first_failure
+    if first is not None and first.status == "fail" and _parameters_reordered(exercise, parameters):
+        notes.append(_reordered_text(exercise, parameters))   # a crash says it in its hint
     if first is not None and first.status == "fail" and first.finding is not None:
         try:
             _name_the_mistake(exercise, backward, first.finding)
@@ -326,10 +331,30 @@ def _describe_exception(error: BaseException, source_file: str | None, what: str
     return text
 
 
+def _parameters_reordered(exercise: Exercise, parameters) -> bool:
+    expected = [name.strip() for name in exercise.params.split(",")]
+    return list(parameters) != expected and sorted(parameters) == sorted(expected)
+
+
+def _reordered_text(exercise: Exercise, parameters) -> str:
+    return (f"your function takes ({', '.join(parameters)}), but the checker calls "
+            f"{exercise.backward_name}({exercise.params}): put the parameters in this order")
+
+
+def _parameter_names(function) -> list[str]:
+    try:
+        return list(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return []
+
+
 def _crash_hint(error: BaseException, exercise: Exercise, params, source_file: str | None,
-                function_name: str) -> str:
+                function_name: str, parameters=()) -> str:
     """Where to look, from the kind of crash, the exercise and the failing case."""
     text = str(error)
+    if _parameters_reordered(exercise, parameters):
+        # (cache, dy): whatever then crashes (an unpacking, a shape), the order is the cause
+        return _reordered_text(exercise, parameters)
     called = [f"{name}()" for name in (exercise.backward_name, function_name) if name]
     if isinstance(error, TypeError) and any(text.startswith(c) for c in called):
         return (f"the checker calls {exercise.backward_name}({exercise.params}): define it with exactly these "

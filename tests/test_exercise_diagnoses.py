@@ -851,7 +851,8 @@ def test_a_students_model_backward_passes_and_untied_gradients_are_named(tmp_pat
 
 # A fourth blind batch (a student who never read the catalogue): mistakes that got "no simple
 # pattern" and are in the catalogue since -- kv heads read right but the per-head dk, dv folded back
-# by tiling, the softmax's Jacobian cut to its diagonal inside attention, and two slips in silu'.
+# by tiling, the softmax's Jacobian cut to its diagonal inside attention, two slips in silu', and
+# RoPE's backward from the first halves of its tables.
 FOLD_RIGHT, FOLD_TILED = ".reshape(B, G, r, -1, d).sum(2)", ".reshape(B, r, G, -1, d).sum(1)"
 BLIND_4 = [
     ("attention", "fold back by tiling", "folded back to the kv heads by tiling",
@@ -863,6 +864,14 @@ BLIND_4 = [
             z, u, s, silu = cache
             dsilu = s + z * s            # d(z s) = s + z ds, with ds taken as s
             return dact * u * dsilu, dact * silu
+    """),
+    ("rope", "first halves of the tables", "only the first halves of cos and sin", """
+        def rope_backward(dy, cache):
+            cos, sin = cache
+            h = dy.shape[-1] // 2
+            c, s = cos[..., :h], sin[..., :h]          # both halves hold the same angles
+            d1, d2 = dy[..., :h], dy[..., h:]
+            return np.concatenate([d1 * c + d2 * s, -d1 * s + d2 * c], axis=-1)
     """),
     ("swiglu_act", "silu(z) where z belongs", "uses silu(z), the forward's output", """
         def swiglu_act_backward(dact, cache):

@@ -534,7 +534,11 @@ class RoPEMistakes:
 
         def rot(a):
             return np.concatenate([-a[..., half:], a[..., :half]], -1)
+
+        def first_half(table):          # the second half taken to repeat the first
+            return np.concatenate([table[..., :half], table[..., :half]], -1)
         return {"right": dy * cos - rot(dy * sin), "forward": dy * cos + rot(dy * sin),
+                "first_half": dy * first_half(cos) - rot(dy * first_half(sin)),
                 "forward_applied": dy * cos + rot(dy) * sin, "swapped": dy * sin - rot(dy * cos),
                 "sin_after": dy * cos - rot(dy) * sin, "no_rotation": dy * cos,
                 "adjacent": dy * cos - _rotate_pairs(dy * sin)}[form]
@@ -550,6 +554,9 @@ class RoPEMistakes:
             _m("sin is applied after rotating instead of before",
                "the transpose of x -> R(x) * sin is dy -> R^T(dy * sin); R^T(dy) * sin agrees only when both "
                "halves of sin hold the same angles", form="sin_after"),
+            _m("only the first halves of cos and sin are used (as if both halves held the same angles): true of "
+               "RoPE's own tables, but the op's gradient must hold for any cos and sin it is given",
+               "use the whole tables: dx = dy*cos - rotate_half(dy*sin)", form="first_half"),
             _m("cos and sin are swapped: y = x*cos + rotate_half(x)*sin, so dx = dy*cos - rotate_half(dy*sin)",
                "cos multiplies x itself, sin multiplies the rotated x", form="swapped"),
             _m("the rotate_half term is missing: only dy * cos", "y = x*cos + rotate_half(x)*sin: both terms "

@@ -97,7 +97,7 @@ def _why_module(module: str, allowed, name: str = "") -> str:
         why = ("with the forward pass at hand a file can measure the gradient instead of deriving it"
                if name.endswith("_forward") else "npllama's own code would do the exercise for you")
         return f": {why}" + (f" (only {names} may be imported)" if names else "")
-    return ": only numpy and math may be imported"
+    return f": a submission may import numpy, math and {', '.join(sorted(SAFE_MODULES - {'numpy', 'math', '__future__'}))}"
 
 
 def _under_main_guard(tree) -> set:

@@ -842,6 +842,7 @@ def test_a_students_model_backward_passes_and_untied_gradients_are_named(tmp_pat
         '        grads["model.embed_tokens.weight"] = grads["model.embed_tokens.weight"] + dW', "        pass"))
     finding = check_file("model", wrong, n_random=1).first_failure.finding
     assert "lm_head's gradient was not added" in finding.message and "fails with tied embeddings" in finding.ladder
+    assert finding.grad == "d:model.embed_tokens.weight"     # a parameter's gradient as a trace names it
     forward_order = tmp_path / "forward_order.py"
     forward_order.write_text(MODEL_CORRECT.replace("range(config.num_hidden_layers - 1, -1, -1)",
                                                    "range(config.num_hidden_layers)"))

@@ -55,11 +55,11 @@ def _flatten_block(backward, dout, cache):
     if pair and isinstance(result[1], (tuple, list)):
         got = f"grads holds {len(result[1])} gradients"
     elif pair:
-        got = f"grads is a {type(result[1]).__name__}"
+        got = f"grads is of type {type(result[1]).__name__}"
     elif isinstance(result, (tuple, list)):
         got = f"it returned {len(result)} values in a row"
     else:
-        got = f"it returned a {type(result).__name__}"
+        got = f"it returned one value, of type {type(result).__name__}"
     raise CheckFailed(Finding(
         "grads", f"block_backward must return (dx, grads), grads the nine weight gradients; {got}",
         hint=f"return dx, LayerWeights(...) (npllama.model), or dx and a tuple in its order: {', '.join(WEIGHTS)}"))

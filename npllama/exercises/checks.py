@@ -90,6 +90,12 @@ def strategy(space: dict):
 
 # ----- one concrete input ----------------------------------------------------------------------------
 
+def gradient_name(name: str) -> str:
+    """The gradient's name as the derivations write it: dx for x; d:<name> for a model parameter's
+    dotted name (model.embed_tokens.weight), as a trace records it."""
+    return ("d:" if "." in name else "d") + name
+
+
 @dataclasses.dataclass
 class Case:
     """Inputs for the reference forward, and which of them the backward differentiates."""
@@ -106,7 +112,7 @@ class Case:
 
     @property
     def grad_names(self) -> tuple:
-        return tuple("d" + self.input_names[i] for i in self.wrt)
+        return tuple(gradient_name(self.input_names[i]) for i in self.wrt)
 
     def describe(self) -> str:
         if self.summary:
@@ -231,7 +237,7 @@ def check_gradient(backward, case: Case) -> None:
     numeric = _numeric_gradient(case, dout, index)
     grads = call_backward(backward, dout, case.run_forward()[1], case)
     got = grads[case.wrt.index(index)]
-    finding = diagnose(got, numeric, grad="d" + first.name, case=case.describe(), zero_label=case.zero_label)
+    finding = diagnose(got, numeric, grad=gradient_name(first.name), case=case.describe(), zero_label=case.zero_label)
     others = [r.name for r in failing[1:]]
     if others:
         finding.message += f" (also wrong: {', '.join('d' + n for n in others)})"

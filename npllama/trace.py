@@ -705,7 +705,12 @@ class Comparison:
         if sources:
             lines.append("  computed by " + "; ".join(f"{fn} (in {label})" for label, fn in sources.items()))
         later = len(self.diverged) - 1
-        if later and first.name.rsplit("/", 1)[-1].startswith("d:") and first.name.endswith(".weight"):
+        if later and first.shape_a != first.shape_b:
+            reshaped = sum(d.shape_a != d.shape_b for d in self.diverged[1:])
+            lines.append(f"  {later} later tensors differ too, {reshaped} of them in shape: the two runs computed "
+                         f"different things (other inputs, a slice), and shapes that differ have no values to "
+                         f"compare; give both the same tokens, or compare the slice you mean")
+        elif later and first.name.rsplit("/", 1)[-1].startswith("d:") and first.name.endswith(".weight"):
             lines.append(f"  {later} later tensors differ too (not as its consequence: no step reads a "
                          f"parameter's gradient; the same bug elsewhere, most likely)")
         elif later:

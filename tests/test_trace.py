@@ -275,6 +275,17 @@ def test_compare_rules_for_nan_inf_shapes_and_scale():
     assert report.first.name == "small"
 
 
+def test_a_first_divergence_in_shape_is_not_called_the_cause_of_the_rest():
+    # a decode step (one position) against a full forward: every tensor differs in shape, and none
+    # differs "as a consequence" of the first
+    a = {name: np.ones((1, 1, 4)) for name in ("h", "attn", "out")}
+    b = {name: np.ones((1, 5, 4)) for name in ("h", "attn", "out")}
+    text = str(compare(a, b))
+    assert "shapes differ" in text and "2 of them in shape" in text and "consequence" not in text
+    b["attn"] = b["out"] = np.ones((1, 1, 4)) * 2
+    assert "most likely as a consequence" in str(compare({**a, "h": np.ones((1, 1, 4)) * 3}, {**b, "h": np.ones((1, 1, 4))}))
+
+
 def test_compare_lists_names_recorded_on_one_side_only():
     report = compare({"x": np.ones(2), "only_a": np.ones(1)}, {"x": np.ones(2), "only_b": np.ones(1)})
     assert report.ok and report.only_in_a == ["only_a"] and report.only_in_b == ["only_b"]

@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # below transcribes.  Line numbers are 1-based, inclusive.
 CITED = {
     "rmsnorm": ("rmsnorm.md", 62, 64, r"\mathrm{dx} = \mathrm{rstd}\,\big(\mathrm{dxhat} - \mathrm{xhat}\cdot\mathrm{mean}(\mathrm{dxhat}\odot\mathrm{xhat})\big)"),
-    "layernorm": ("layernorm.md", 68, 73, r"- \mathrm{xhat}\cdot\mathrm{mean}(\mathrm{dxhat}\odot\mathrm{xhat})\Big)}$$"),
+    "layernorm": ("layernorm.md", 68, 73, "\\mathrm{mean}(\\mathrm{dxhat}) -\n"
+                  r"\mathrm{xhat}\cdot\mathrm{mean}(\mathrm{dxhat}\odot\mathrm{xhat})\Big)}$$"),
     "linear": ("linear.md", 41, 42, r"\mathrm{dweight} = \mathrm{dy}^\top\,x"),
     "embedding": ("embedding.md", 49, 50, "np.add.at(dweight, tokens.reshape(-1), dout.reshape(-1, D))"),
     "softmax": ("softmax.md", 50, 50, r"\mathrm{dx} = p\odot\big(\mathrm{dp} - \textstyle\sum_{\text{last axis}}(\mathrm{dp}\odot p)\big)"),

@@ -60,3 +60,24 @@ def test_code_and_test_references_exist(path):
         if test_name:
             assert re.search(rf"def {re.escape(test_name)}\b", (ROOT / file).read_text()), \
                 f"{path.name}: `{ref}`: no test {test_name} in {file}"
+
+
+def math_spans(text: str):
+    """(first line number, source) of every $$...$$ and $...$ span outside code."""
+    text = re.sub(r"```.*?```", lambda m: re.sub(r"[^\n]", " ", m.group(0)), text, flags=re.S)
+    text = re.sub(r"`[^`\n]*`", lambda m: " " * len(m.group(0)), text)
+    for match in re.finditer(r"\$\$(.+?)\$\$|\$([^$]+?)\$", text, flags=re.S):
+        yield text.count("\n", 0, match.start()) + 1, match.group(0), match.group(2)
+
+
+@pytest.mark.parametrize("path", DERIVATIONS, ids=lambda p: p.name)
+def test_math_survives_github_markdown(path):
+    """GitHub parses the Markdown blocks before the math: a line of a $$ block that starts with
+    "- " or "+ " becomes a list item and breaks the formula, and inline math with a space inside
+    its dollars is not math at all.  (Put the operator at the end of the line before.)"""
+    for line, span, inline in math_spans(path.read_text(encoding="utf-8")):
+        for offset, text in enumerate(span.split("\n")[1:], 1):
+            assert not re.match(r"\s*([-+*]\s|\d+[.)](\s|$)|>|#{1,6}\s)", text), \
+                f"{path.name}:{line + offset}: a Markdown block marker starts this line of math: {text.strip()!r}"
+        if inline is not None:
+            assert inline.strip() == inline, f"{path.name}:{line}: inline math with a space inside its $: ${inline}$"

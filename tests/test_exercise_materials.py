@@ -46,6 +46,15 @@ def test_the_commands_the_audit_found_become_text():
     assert latex_to_text(r"\unknowncommand x") == r"\unknowncommand x"     # visible, so the test below fails
 
 
+def test_a_subscripted_exponent_or_subscript_keeps_its_brackets():
+    r"""cross_entropy.md's e^{z_{n,j}} is e to the z_(n,j), not (e^z)_(n,j); softmax(z_n)_{t_n} is
+    entry t_n, not a chain of subscripts."""
+    assert latex_to_text(r"\sum_j e^{z_{n,j}}") == "sum_j e^(z_(n,j))"
+    assert latex_to_text(r"\mathrm{softmax}(z_n)_{t_n}") == "softmax(z_n)_(t_n)"
+    assert latex_to_text(r"J_{\mathrm{N}_{w_{in}}}^T") == "J_(N_(w_in))^T"
+    assert latex_to_text(r"e^{\sqrt{x}} + x_{\mathrm{drop}}") == "e^sqrt(x) + x_drop"
+
+
 def _rendered_materials():
     """Every derivation as `explain` prints it (whole and backward only) and every starter file."""
     for name in available():

@@ -137,7 +137,8 @@ def _paren(expr: str) -> str:
 
 
 def _one_call(expr: str) -> bool:
-    match = re.match(r"\w*\(", expr)
+    """expr is one call like sqrt(...) or (...); a subscript's group, z_(n,j), is not one."""
+    match = re.match(r"\w*(?<!_)\(", expr)
     if not match:
         return False
     depth = 0
@@ -189,7 +190,7 @@ def latex_to_text(tex: str) -> str:
             inner, j = _group(tex, i + 1)
             text = latex_to_text(inner)
             out.append(tex[i] + (text if len(text) == 1 or _one_call(text) else f"({text})") if tex[i] == "^" else
-                       "_" + (text if re.fullmatch(r"\w+", text) else f"({text})"))
+                       "_" + (text if re.fullmatch(r"[^\W_]+", text) else f"({text})"))   # _(t_n), not _t_n
             i = j
         elif tex[i] in "{}":
             i += 1

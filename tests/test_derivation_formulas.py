@@ -44,7 +44,7 @@ CITED = {
     "lora": ("lora.md", 67, 71, "dlora_A = d_lora_hidden.reshape(-1, r).T @ x_drop.reshape(-1, in_)"),
     "classifier": ("classifier.md", 63, 65, "dhidden[np.arange(B), last_index] = dpooled"),
     "mlm": ("mlm.md", 46, 50, r"\mathrm{dlogits}_{b,t} = c_{b,t}\,(\mathrm{softmax}(\mathrm{logits}_{b,t}) - \mathrm{onehot}(\mathrm{targets}_{b,t}))/\sum c"),
-    "sentence_order": ("sentence_order.md", 52, 58, r"$(-(\sigma - y),\ \sigma - y) = p_b - \mathrm{onehot}(y_b)$"),
+    "sentence_order": ("sentence_order.md", 53, 59, r"$(-(\sigma - y),\ \sigma - y) = p_b - \mathrm{onehot}(y_b)$"),
     "transformer_block": ("transformer_block.md", 128, 132, r"dx &= dh + J_{\mathrm{N}_{w_{in}}}^T J_{\mathrm{Attn}}^T\, dh"),
     "adamw": ("adamw.md", 179, 184, "p -= lr * m_hat / (sqrt(v_hat) + eps)"),
 }
@@ -349,7 +349,7 @@ def test_sentence_order(rng):
     sop_logits, sop_cache = classifier_forward(hidden, S, last_index)
     _, sop_ce = cross_entropy_forward(sop_logits, y)
     d_sop_logits = cross_entropy_backward(np.float64(1.0), sop_ce)
-    delta = sop_logits[:, 1] - sop_logits[:, 0]                            # sentence_order.md:52-56
+    delta = sop_logits[:, 1] - sop_logits[:, 0]                            # sentence_order.md:53-59
     sigma = 1 / (1 + np.exp(-delta))
     logistic = np.stack([-(sigma - y), sigma - y], axis=1) / B
     close(logistic, d_sop_logits)

@@ -109,8 +109,8 @@ def rope_forward(x, cos, sin):
 def rope_backward(dy, cache):
     """dx = dy * cos - rotate_half(dy * sin): the transposed (= inverse) rotation.
 
-    rotate_half is multiplication by an antisymmetric matrix R (R^T = -R), so the transpose of
-    x -> x*cos + R(x)*sin is dy -> dy*cos + R^T(dy*sin) = dy*cos - R(dy*sin)."""
+    rotate_half is multiplication by an antisymmetric matrix M (M^T = -M), so the transpose of
+    x -> x*cos + M(x)*sin is dy -> dy*cos + M^T(dy*sin) = dy*cos - M(dy*sin)."""
     cos, sin = cache
     if checking.get():
         check_rope_backward_args(dy, cos)

@@ -10,8 +10,8 @@ import pytest
 
 import npllama
 from npllama.exercises import EXERCISES, starter_source
-from npllama.exercises.derivation import (NAMED_FUNCTIONS, SYMBOLS, available, backward_sections, derivation_markdown,
-                                         explain_text, latex_to_text, to_text)
+from npllama.exercises.derivation import (ACCENTS, NAMED_FUNCTIONS, SYMBOLS, available, backward_sections,
+                                         derivation_markdown, explain_text, latex_to_text, to_text)
 from npllama.exercises.notebook import notebook_json, write_notebook
 
 
@@ -55,6 +55,15 @@ def test_a_subscripted_exponent_or_subscript_keeps_its_brackets():
     assert latex_to_text(r"e^{\sqrt{x}} + x_{\mathrm{drop}}") == "e^sqrt(x) + x_drop"
 
 
+def test_an_accent_is_kept_and_a_code_block_is_shown_as_written():
+    r"""adamw.md's \hat m = m / (1 - \beta_1^{\,t}) printed as "m = m / (1-β_1^( t))"; a fenced
+    block lost a backtick at each end and left one dangling in the text after it."""
+    assert latex_to_text(r"\hat m = m / (1-\beta_1^{\,t})") == "m_hat = m / (1-β_1^t)"
+    assert latex_to_text(r"\sqrt{\hat{v}} + \bar x") == "sqrt(v_hat) + x_bar"
+    text = to_text("Code:\n\n```python\nm_hat = m / (1 - beta1 ** t)   # `m` $x$\n```\n\nthen `y` and $\\hat v$.\n")
+    assert text == "Code:\n\n    m_hat = m / (1 - beta1 ** t)   # `m` $x$\n\nthen y and v_hat.\n"
+
+
 def _rendered_materials():
     """Every derivation as `explain` prints it (whole and backward only) and every starter file."""
     for name in available():
@@ -85,7 +94,8 @@ def test_no_latex_command_survives_as_a_bare_word():
     r"""Each math segment of each derivation rendered alone: a command's name must not come out as
     a word (\boxed -> 'boxed') unless it is meant to (\cos -> 'cos', \max -> 'max') or the segment
     has the word itself."""
-    meant = NAMED_FUNCTIONS | {word for word in SYMBOLS.values() if word.isalpha()} | {"sqrt"}   # sqrt(...)
+    meant = (NAMED_FUNCTIONS | {word for word in SYMBOLS.values() if word.isalpha()} | {"sqrt"}   # sqrt(...)
+             | {suffix.strip("_") for suffix in ACCENTS.values()})                      # m_hat
     for name in available():
         for segment in re.findall(r"\$\$(.+?)\$\$|\$(.+?)\$", derivation_markdown(name), flags=re.S):
             math = segment[0] or segment[1]

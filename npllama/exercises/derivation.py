@@ -105,9 +105,12 @@ SYMBOLS = {r"\odot": "*", r"\cdot": "·", r"\times": "x", r"\partial": "∂", r"
 NAMED_FUNCTIONS = {"sin", "cos", "tan", "tanh", "sinh", "cosh", "arctan", "arcsin", "arccos", "exp", "log", "ln",
                    "max", "min", "sup", "inf", "lim", "det", "arg", "argmax", "argmin", "softmax", "diag", "sgn",
                    "Pr", "deg", "dim", "ker", "gcd"}
-UNWRAP = ("mathrm", "mathbf", "mathit", "text", "textrm", "operatorname", "mathbb", "mathcal", "boldsymbol", "hat",
-          "tilde", "bar", "vec", "emph", "textbf", "texttt", "textit", "mathsf", "mathtt", "boxed", "mathrel",
-          "mathop", "mathbin", "overline", "underline", "widehat", "widetilde", "mbox", "hbox")
+UNWRAP = ("mathrm", "mathbf", "mathit", "text", "textrm", "operatorname", "mathbb", "mathcal", "boldsymbol",
+          "vec", "emph", "textbf", "texttt", "textit", "mathsf", "mathtt", "boxed", "mathrel",
+          "mathop", "mathbin", "overline", "underline", "mbox", "hbox")
+# An accent makes a new symbol (adamw.md: \hat m is m / (1 - beta1^t), not m): print it as a suffix,
+# as the code names it (m_hat).
+ACCENTS = {"hat": "_hat", "widehat": "_hat", "bar": "_bar", "tilde": "_tilde", "widetilde": "_tilde"}
 
 
 def _group(text: str, start: int) -> tuple[str, int]:
@@ -170,9 +173,12 @@ def latex_to_text(tex: str) -> str:
             match = re.match(r"\\([A-Za-z]+|.)", tex[i:])
             command = match.group(0)
             i += len(command)
-            if command[1:] in UNWRAP:
+            if command[1:] in UNWRAP or command[1:] in ACCENTS:
                 inner, i = _group(tex, i)
                 word = latex_to_text(inner)
+                if command[1:] in ACCENTS:
+                    word = word.strip()
+                    word = (word if re.fullmatch(r"\w+", word) else f"({word})") + ACCENTS[command[1:]]
                 if word[:1].isalnum() and _last_char(out).isalnum():
                     word = " " + word             # \sum_i \mathrm{dx}_i -> "sum_i dx_i", not "sum_idx_i"
                 out.append(word)
@@ -188,7 +194,7 @@ def latex_to_text(tex: str) -> str:
                 out.append(word)
         elif tex[i] in "^_":
             inner, j = _group(tex, i + 1)
-            text = latex_to_text(inner)
+            text = latex_to_text(inner).strip()         # ^{\,t} -> ^t
             out.append(tex[i] + (text if len(text) == 1 or _one_call(text) else f"({text})") if tex[i] == "^" else
                        "_" + (text if re.fullmatch(r"[^\W_]+", text) else f"({text})"))   # _(t_n), not _t_n
             i = j
@@ -216,20 +222,15 @@ def _environment(name: str, body: str) -> str:
     return "\n" + "\n".join(gap.join(cell for cell in row if cell) for row in cells) + "\n"
 
 
-FENCE = re.compile(r"^```[^\n]*\n(.*?)^```[ \t]*$", flags=re.M | re.S)
-
-
 def to_text(markdown: str) -> str:
     """Markdown with LaTeX made readable in a terminal: display math indented on its own lines,
-    inline $...$ converted in place, **bold** and `code` marks dropped; a fenced code block is
-    indented and kept verbatim (its ** and ` are Python, not markup)."""
-    parts, at = [], 0
-    for block in FENCE.finditer(markdown):
-        parts.append(_prose_to_text(markdown[at:block.start()]))
-        parts.append("".join("    " + line for line in block.group(1).splitlines(keepends=True)))
-        at = block.end()
-    parts.append(_prose_to_text(markdown[at:]))
-    return re.sub(r"\n{3,}", "\n\n", "".join(parts)).strip("\n") + "\n"
+    inline $...$ converted in place, **bold** and `code` marks dropped; a fenced code block kept
+    as written, indented, without its fences."""
+    parts = re.split(r"^[ \t]*```[^\n]*\n(.*?)^[ \t]*```[ \t]*$", markdown, flags=re.S | re.M)
+    text = "".join(_prose_to_text(part) if k % 2 == 0 else              # odd k: a fenced block's code
+                   "\n" + "".join("    " + line for line in part.splitlines(keepends=True))
+                   for k, part in enumerate(parts))
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
 
 
 def _prose_to_text(markdown: str) -> str:

@@ -1,5 +1,6 @@
 """Each derivation's FINAL vectorised backward formula, transcribed from the .md as written, against
-the op's backward in npllama/ops (float64, tiny shapes, random inputs).
+the op's backward in npllama/ops (float64, tiny shapes, random inputs); and, at the end, the
+intermediate steps a slip could hide in.
 
 A derivation and its code cannot drift apart silently: if the code changes, the formula here no
 longer matches it; if the .md changes, `test_cited_lines_still_hold_the_formula` fails until the
@@ -47,6 +48,15 @@ CITED = {
     "sentence_order": ("sentence_order.md", 53, 59, r"$(-(\sigma - y),\ \sigma - y) = p_b - \mathrm{onehot}(y_b)$"),
     "transformer_block": ("transformer_block.md", 128, 132, r"dx &= dh + J_{\mathrm{N}_{w_{in}}}^T J_{\mathrm{Attn}}^T\, dh"),
     "adamw": ("adamw.md", 179, 184, "p -= lr * m_hat / (sqrt(v_hat) + eps)"),
+    # intermediate steps, where a slip (a transpose, a factor, a sign, a grouping) would not reach
+    # the final formula above but would mislead a student following the derivation
+    "rmsnorm_two_paths": ("rmsnorm.md", 47, 55, r"\sum_j \mathrm{dxhat}_j\,x_j\cdot\Big(-\frac{\mathrm{rstd}^3\,x_k}{D}\Big)"),
+    "layernorm_steps": ("layernorm.md", 32, 49, r"\mathrm{dx}_j = \mathrm{dx\_centered}_j + \frac{\mathrm{dmean}}{D}"),
+    "softmax_jacobian": ("softmax.md", 37, 46, r"\frac{\partial p_j}{\partial x_i} = p_j\,(\delta_{ij} - p_i)"),
+    "cross_entropy_via_softmax": ("cross_entropy.md", 72, 73, r"$\mathrm{dp} = -\mathrm{onehot}/p$ collapses to $p - \mathrm{onehot}$"),
+    "attention_group_sum": ("attention.md", 121, 129, r"linear map $v \mapsto Ev$"),
+    "rope_pairs": ("rope.md", 118, 120, r"$dx_{i+h} = -dy_i \sin\phi + dy_{i+h}\cos\phi$"),
+    "adamw_moments": ("adamw.md", 61, 66, r"m_t = (1-\beta_1)\sum_{i=1}^{t} \beta_1^{\,t-i}\, g_i"),
 }
 
 
@@ -441,3 +451,117 @@ def test_adamw(rng):
             close(mine[n], params[n], 1e-14)
             close(m[n], opt.m[n], 1e-14)
             close(v[n], opt.v[n], 1e-14)
+
+
+# ----- intermediate steps -----------------------------------------------------------------------
+
+def test_rmsnorm_two_paths(rng):
+    """rmsnorm.md:47-55, one row: d rstd / d x_k = -rstd^3 x_k / D, and x_k's direct path through
+    xhat_k plus its path through rstd into every xhat_j."""
+    D, eps = 6, 1e-3
+    x, weight, dy = rng.standard_normal(D), rng.standard_normal(D), rng.standard_normal(D)
+    _, cache = rmsnorm_forward(x, weight, eps)
+    mean_square = np.mean(x * x)
+    rstd = 1 / np.sqrt(mean_square + eps)
+    drstd_dx = -0.5 * (mean_square + eps) ** -1.5 * 2 * x / D              # line 48
+    close(drstd_dx, -rstd**3 * x / D)                                      # line 49
+    dxhat = dy * weight
+    dx = dxhat * rstd + np.sum(dxhat * x) * (-rstd**3 * x / D)             # lines 54-55
+    close(dx, rmsnorm_backward(dy, cache)[0])
+
+
+def test_layernorm_steps(rng):
+    """layernorm.md:32-49, steps 1-6 in reverse, as written, against the closed form's code."""
+    x, weight, bias, dy = (rng.standard_normal((3, 5)), rng.standard_normal(5), rng.standard_normal(5),
+                           rng.standard_normal((3, 5)))
+    eps, D = 1e-5, 5
+    _, cache = layernorm_forward(x, weight, bias, eps)
+    mean = np.mean(x, axis=-1, keepdims=True)
+    x_centered = x - mean
+    var = np.mean(x_centered**2, axis=-1, keepdims=True)
+    rstd = (var + eps) ** -0.5
+    xhat = x_centered * rstd
+    dxhat = dy * weight                                                    # 1
+    drstd = np.sum(dxhat * x_centered, axis=-1, keepdims=True)             # 2
+    dvar = drstd * (-0.5 * rstd**3)                                        # 3
+    dx_centered = dxhat * rstd + dvar * 2 * x_centered / D                 # 4
+    dmean = -np.sum(dx_centered, axis=-1, keepdims=True)                   # 5
+    dx = dx_centered + dmean / D                                           # 6
+    close(dx, layernorm_backward(dy, cache)[0])
+    close(dx_centered, rstd * (dxhat - xhat * np.mean(dxhat * xhat, axis=-1, keepdims=True)))   # lines 61-63
+    close(dmean, -rstd * np.sum(dxhat, axis=-1, keepdims=True))            # line 66
+
+
+def test_softmax_jacobian(rng):
+    """softmax.md:37-46: the Jacobian p_j (delta_ij - p_i), summed against dp."""
+    x, dp = rng.standard_normal(6), rng.standard_normal(6)
+    p, cache = softmax_forward(x)
+    jacobian = p[:, None] * (np.eye(6) - p[None, :])                       # [j, i] = d p_j / d x_i
+    close(jacobian.T @ dp, softmax_backward(dp, cache))
+
+
+def test_cross_entropy_via_softmax(rng):
+    """cross_entropy.md:72-73: softmax's backward with dp = -onehot / p is p - onehot (one counted
+    row, dloss = 1, so n_counted = 1)."""
+    logits, target = rng.standard_normal((1, 7)), np.array([4])
+    _, cache = cross_entropy_forward(logits, target)
+    p = softmax_rows(logits)
+    dp = -np.eye(7)[target] / p
+    dx = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))                 # softmax.md:50
+    close(dx, p - np.eye(7)[target])
+    close(dx, cross_entropy_backward(np.float64(1.0), cache))
+
+
+def test_attention_group_sum(rng):
+    """attention.md:121-129 and its g(h) = floor(h / n_rep) (line 45): repeat the kv heads with the
+    0/1 matrix E (E[h, g] = 1 where g = g(h)), take plain multi-head gradients of the repeated k and
+    v, and E^T (the group sum) gives the grouped op's dk and dv; E built by tiling does not."""
+    B, H, KVH, T, hd = 1, 6, 2, 3, 2
+    q, k, v = rng.standard_normal((B, H, T, hd)), rng.standard_normal((B, KVH, T, hd)), rng.standard_normal((B, KVH, T, hd))
+    dout = rng.standard_normal((B, H, T, hd))
+    _, cache = attention_forward(q, k, v, True)
+    _, dk, dv = attention_backward(dout, cache)
+    n_rep = H // KVH
+    allowed = np.broadcast_to(np.tril(np.ones((T, T), dtype=bool)), (B, T, T))
+    for E, grouping in ((np.eye(KVH)[np.arange(H) // n_rep], "interleave"), (np.eye(KVH)[np.arange(H) % KVH], "tile")):
+        k_rep, v_rep = np.einsum("hg,bgsj->bhsj", E, k), np.einsum("hg,bgsj->bhsj", E, v)
+        _, dk_rep, dv_rep, _ = attention_formula(dout, q, k_rep, v_rep, allowed)   # n_rep = 1
+        dk_mine, dv_mine = np.einsum("hg,bhsj->bgsj", E, dk_rep), np.einsum("hg,bhsj->bgsj", E, dv_rep)
+        if grouping == "interleave":
+            close(dk_mine, dk)
+            close(dv_mine, dv)
+        else:
+            assert rel_err(dv_mine, dv) > 1e-3
+
+
+def test_rope_pairs(rng):
+    """rope.md:118-120: per pair (i, i + h) at position p, dx is dy rotated by -phi."""
+    T, d = 4, 6
+    h = d // 2
+    positions = np.arange(3, 3 + T)
+    cos, sin = rope_cos_sin(positions, d, 10000.0)
+    dy = rng.standard_normal((2, T, d))
+    _, cache = rope_forward(rng.standard_normal((2, T, d)), cos, sin)
+    phi = positions[:, None] * 10000.0 ** (-2 * np.arange(h) / d)          # (T, h)
+    dy_i, dy_ih = dy[..., :h], dy[..., h:]
+    dx = np.concatenate([dy_i * np.cos(phi) + dy_ih * np.sin(phi),
+                         -dy_i * np.sin(phi) + dy_ih * np.cos(phi)], axis=-1)
+    close(dx, rope_backward(dy, cache))
+
+
+def test_adamw_moments(rng):
+    """adamw.md:61-66: after t steps m_t = (1 - beta1) sum_i beta1^(t-i) g_i and likewise v_t with g^2;
+    adamw.md:88-89: the first step is lr * g / (|g| + eps)."""
+    from npllama.optim import AdamW
+
+    beta1, beta2, lr, eps = 0.9, 0.95, 1e-2, 1e-8
+    params = {"w": rng.standard_normal((2, 3))}
+    start = params["w"].copy()
+    opt = AdamW(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=0.0)
+    gs = [rng.standard_normal((2, 3)) for _ in range(4)]
+    for t, g in enumerate(gs, start=1):
+        opt.step({"w": g.copy()})
+        if t == 1:
+            close(params["w"], start - lr * g / (np.abs(g) + eps), 1e-14)
+        close(opt.m["w"], (1 - beta1) * sum(beta1 ** (t - i) * gs[i - 1] for i in range(1, t + 1)), 1e-14)
+        close(opt.v["w"], (1 - beta2) * sum(beta2 ** (t - i) * gs[i - 1] ** 2 for i in range(1, t + 1)), 1e-14)

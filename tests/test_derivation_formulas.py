@@ -31,32 +31,32 @@ ROOT = Path(__file__).resolve().parent.parent
 # (file, first line, last line, a snippet the cited lines must contain): the formula each test
 # below transcribes.  Line numbers are 1-based, inclusive.
 CITED = {
-    "rmsnorm": ("rmsnorm.md", 62, 64, r"\mathrm{dx} = \mathrm{rstd}\,\big(\mathrm{dxhat} - \mathrm{xhat}\cdot\mathrm{mean}(\mathrm{dxhat}\odot\mathrm{xhat})\big)"),
-    "layernorm": ("layernorm.md", 68, 73, "\\mathrm{mean}(\\mathrm{dxhat}) -\n"
-                  r"\mathrm{xhat}\cdot\mathrm{mean}(\mathrm{dxhat}\odot\mathrm{xhat})\Big)}$$"),
-    "linear": ("linear.md", 41, 42, r"\mathrm{dweight} = \mathrm{dy}^\top\,x"),
-    "embedding": ("embedding.md", 49, 50, "np.add.at(dweight, tokens.reshape(-1), dout.reshape(-1, D))"),
-    "softmax": ("softmax.md", 50, 50, r"\mathrm{dx} = p\odot\big(\mathrm{dp} - \textstyle\sum_{\text{last axis}}(\mathrm{dp}\odot p)\big)"),
-    "cross_entropy": ("cross_entropy.md", 78, 82, "scale = dloss / n_counted if n_counted else 0"),
-    "attention": ("attention.md", 165, 174, r"dk_g &= \mathrm{scale}\textstyle\sum_{h \in g} d\_attn\_scores^T q_h"),
-    "rope": ("rope.md", 130, 131, r"dx = dy \odot \mathrm{cos} - \mathrm{rotate\_half}(dy \odot \mathrm{sin})"),
-    "rope_llama3": ("rope.md", 86, 92, r"(1 - \mathrm{smooth})\,\mathrm{inv\_freq}_i / \mathrm{factor} + \mathrm{smooth}\cdot\mathrm{inv\_freq}_i"),
-    "swiglu": ("swiglu.md", 79, 85, r"d\mathrm{gate} &= d\mathrm{act}\odot\mathrm{up}\odot\sigma\odot\big(1 + \mathrm{gate}\odot(1-\sigma)\big)"),
-    "lora": ("lora.md", 67, 71, "dlora_A = d_lora_hidden.reshape(-1, r).T @ x_drop.reshape(-1, in_)"),
-    "classifier": ("classifier.md", 63, 65, "dhidden[np.arange(B), last_index] = dpooled"),
-    "mlm": ("mlm.md", 46, 50, r"\mathrm{dlogits}_{b,t} = c_{b,t}\,(\mathrm{softmax}(\mathrm{logits}_{b,t}) - \mathrm{onehot}(\mathrm{targets}_{b,t}))/\sum c"),
-    "sentence_order": ("sentence_order.md", 53, 59, r"$(-(\sigma - y),\ \sigma - y) = p_b - \mathrm{onehot}(y_b)$"),
-    "transformer_block": ("transformer_block.md", 128, 132, r"dx &= dh + J_{\mathrm{N}_{w_{in}}}^T J_{\mathrm{Attn}}^T\, dh"),
-    "adamw": ("adamw.md", 179, 184, "p -= lr * m_hat / (sqrt(v_hat) + eps)"),
+    "rmsnorm": ("rmsnorm.md", 72, 77, r"\mathrm{dx} = \mathrm{rstd}\,\big(\mathrm{dxhat} - \mathrm{xhat}\cdot\mathrm{mean}(\mathrm{dxhat}\odot\mathrm{xhat})\big)"),
+    "layernorm": ("layernorm.md", 86, 93, "\\mathrm{mean}(\\mathrm{dxhat}) -\n"
+                  r"\mathrm{xhat}\cdot\mathrm{mean}(\mathrm{dxhat}\odot\mathrm{xhat})\Big)}"),
+    "linear": ("linear.md", 47, 50, r"\mathrm{dweight} = \mathrm{dy}^\top\,x"),
+    "embedding": ("embedding.md", 55, 56, "np.add.at(dweight, tokens.reshape(-1), dout.reshape(-1, D))"),
+    "softmax": ("softmax.md", 56, 58, r"\mathrm{dx} = p\odot\big(\mathrm{dp} - \textstyle\sum_{\text{last axis}}(\mathrm{dp}\odot p)\big)"),
+    "cross_entropy": ("cross_entropy.md", 90, 94, "scale = dloss / n_counted if n_counted else 0"),
+    "attention": ("attention.md", 191, 204, r"dk_g &= \mathrm{scale}\textstyle\sum_{h \in g} d\_attn\_scores^T q_h"),
+    "rope": ("rope.md", 152, 155, r"dx = dy \odot \mathrm{cos} - \mathrm{rotate\_half}(dy \odot \mathrm{sin})"),
+    "rope_llama3": ("rope.md", 100, 110, r"(1 - \mathrm{smooth})\,\mathrm{inv\_freq}_i / \mathrm{factor} + \mathrm{smooth}\cdot\mathrm{inv\_freq}_i"),
+    "swiglu": ("swiglu.md", 97, 105, r"d\mathrm{gate} &= d\mathrm{act}\odot\mathrm{up}\odot\sigma\odot\big(1 + \mathrm{gate}\odot(1-\sigma)\big)"),
+    "lora": ("lora.md", 77, 81, "dlora_A = d_lora_hidden.reshape(-1, r).T @ x_drop.reshape(-1, in_)"),
+    "classifier": ("classifier.md", 73, 75, "dhidden[np.arange(B), last_index] = dpooled"),
+    "mlm": ("mlm.md", 48, 52, r"\mathrm{dlogits}_{b,t} = c_{b,t}\,(\mathrm{softmax}(\mathrm{logits}_{b,t}) - \mathrm{onehot}(\mathrm{targets}_{b,t}))/\sum c"),
+    "sentence_order": ("sentence_order.md", 57, 63, r"$`(-(\sigma - y),\ \sigma - y) = p_b - \mathrm{onehot}(y_b)`$"),
+    "transformer_block": ("transformer_block.md", 136, 142, r"dx &= dh + J_{\mathrm{N}_{w_{in}}}^T J_{\mathrm{Attn}}^T\, dh"),
+    "adamw": ("adamw.md", 191, 196, "p -= lr * m_hat / (sqrt(v_hat) + eps)"),
     # intermediate steps, where a slip (a transpose, a factor, a sign, a grouping) would not reach
     # the final formula above but would mislead a student following the derivation
-    "rmsnorm_two_paths": ("rmsnorm.md", 47, 55, r"\sum_j \mathrm{dxhat}_j\,x_j\cdot\Big(-\frac{\mathrm{rstd}^3\,x_k}{D}\Big)"),
-    "layernorm_steps": ("layernorm.md", 32, 49, r"\mathrm{dx}_j = \mathrm{dx\_centered}_j + \frac{\mathrm{dmean}}{D}"),
-    "softmax_jacobian": ("softmax.md", 37, 46, r"\frac{\partial p_j}{\partial x_i} = p_j\,(\delta_{ij} - p_i)"),
-    "cross_entropy_via_softmax": ("cross_entropy.md", 72, 73, r"$\mathrm{dp} = -\mathrm{onehot}/p$ collapses to $p - \mathrm{onehot}$"),
-    "attention_group_sum": ("attention.md", 122, 130, r"linear map $v \mapsto Ev$"),
-    "rope_pairs": ("rope.md", 118, 120, r"$dx_{i+h} = -dy_i \sin\phi + dy_{i+h}\cos\phi$"),
-    "adamw_moments": ("adamw.md", 61, 66, r"m_t = (1-\beta_1)\sum_{i=1}^{t} \beta_1^{\,t-i}\, g_i"),
+    "rmsnorm_two_paths": ("rmsnorm.md", 51, 63, r"\sum_j \mathrm{dxhat}_j\,x_j\cdot\Big(-\frac{\mathrm{rstd}^3\,x_k}{D}\Big)"),
+    "layernorm_steps": ("layernorm.md", 36, 65, r"\mathrm{dx}_j = \mathrm{dx\_centered}_j + \frac{\mathrm{dmean}}{D}"),
+    "softmax_jacobian": ("softmax.md", 39, 52, r"\frac{\partial p_j}{\partial x_i} = p_j\,(\delta_{ij} - p_i)"),
+    "cross_entropy_via_softmax": ("cross_entropy.md", 84, 85, r"$`\mathrm{dp} = -\mathrm{onehot}/p`$ collapses to $`p - \mathrm{onehot}`$"),
+    "attention_group_sum": ("attention.md", 138, 148, r"linear map $`v \mapsto Ev`$"),
+    "rope_pairs": ("rope.md", 140, 142, r"$`dx_{i+h} = -dy_i \sin\phi + dy_{i+h}\cos\phi`$"),
+    "adamw_moments": ("adamw.md", 63, 70, r"m_t = (1-\beta_1)\sum_{i=1}^{t} \beta_1^{\,t-i}\, g_i"),
 }
 
 
@@ -91,7 +91,7 @@ def rng():
 # ----- the transcribed formulas, reused by the whole-block test ---------------------------------
 
 def rmsnorm_formula(dy, x, rstd, weight):
-    """rmsnorm.md:62-64."""
+    """rmsnorm.md:72-77."""
     xhat = x * rstd
     dxhat = dy * weight
     dx = rstd * (dxhat - xhat * np.mean(dxhat * xhat, axis=-1, keepdims=True))
@@ -100,7 +100,7 @@ def rmsnorm_formula(dy, x, rstd, weight):
 
 
 def linear_formula(dy, x, weight):
-    """linear.md:41-42: dx = dy weight, dweight = dy^T x (leading axes flattened)."""
+    """linear.md:47-50: dx = dy weight, dweight = dy^T x (leading axes flattened)."""
     return dy @ weight, dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])
 
 
@@ -111,7 +111,7 @@ def rotate_half(x):
 
 
 def rope_formula(dy, cos, sin):
-    """rope.md:131."""
+    """rope.md:152-155."""
     return dy * cos - rotate_half(dy * sin)
 
 
@@ -125,7 +125,7 @@ def softmax_rows(scores):
 
 
 def attention_formula(dout, q, k, v, allowed):
-    """attention.md:165-174, per batch element and query head h, kv head g(h) = h // n_rep."""
+    """attention.md:191-204, per batch element and query head h, kv head g(h) = h // n_rep."""
     B, H, T, hd = q.shape
     KVH = k.shape[1]
     n_rep = H // KVH
@@ -147,7 +147,7 @@ def attention_formula(dout, q, k, v, allowed):
 
 
 def swiglu_formula(dout, x, w_gate, w_up, w_down):
-    """swiglu.md:79-85 (the forward's gate, up, sigma, act recomputed from the .md's forward)."""
+    """swiglu.md:97-105 (the forward's gate, up, sigma, act recomputed from the .md's forward)."""
     D, F = w_down.shape
     gate, up = x @ w_gate.T, x @ w_up.T
     sigma = 1 / (1 + np.exp(-gate))          # fine here: |gate| is small
@@ -180,7 +180,7 @@ def test_layernorm(rng):
     mean = np.mean(x, axis=-1, keepdims=True)
     rstd = (np.mean((x - mean) ** 2, axis=-1, keepdims=True) + 1e-5) ** -0.5
     xhat = (x - mean) * rstd
-    dxhat = dy * weight                                                    # layernorm.md:68-73
+    dxhat = dy * weight                                                    # layernorm.md:86-93
     dx = rstd * (dxhat - np.mean(dxhat, axis=-1, keepdims=True)
                  - xhat * np.mean(dxhat * xhat, axis=-1, keepdims=True))
     dweight = np.sum((dy * xhat).reshape(-1, 5), axis=0)
@@ -201,7 +201,7 @@ def test_embedding(rng):
     tokens = np.array([[2, 2, 0], [4, 2, 1]])
     weight, dout = rng.standard_normal((V, D)), rng.standard_normal((2, 3, D))
     _, cache = embedding_forward(tokens, weight)
-    dweight = np.zeros((V, D), weight.dtype)                               # embedding.md:49-50
+    dweight = np.zeros((V, D), weight.dtype)                               # embedding.md:55-56
     np.add.at(dweight, tokens.reshape(-1), dout.reshape(-1, D))
     close(dweight, embedding_backward(dout, cache))
 
@@ -211,7 +211,7 @@ def test_softmax(rng):
     x[0, 0, 2:] = -np.inf                                                  # a masked stretch
     x[1, 2, :] = -np.inf                                                   # a fully masked row
     p, cache = softmax_forward(x)
-    dx = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))                 # softmax.md:50
+    dx = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))                 # softmax.md:56-58
     close(dx, softmax_backward(dp, cache))
     assert np.all(dx[1, 2] == 0)
 
@@ -224,7 +224,7 @@ def test_cross_entropy(rng, all_ignored):
         targets[:] = -100
     dloss = 0.7
     _, cache = cross_entropy_forward(logits, targets)
-    # cross_entropy.md:78-82, with its forward's names
+    # cross_entropy.md:90-94, with its forward's names
     logits_shape, N = logits.shape, 6
     logits_2d, targets_1d = logits.reshape(N, -1), targets.reshape(-1)
     counted = targets_1d != -100
@@ -273,7 +273,7 @@ def test_rope(rng):
 
 
 def test_rope_llama3_inv_freq():
-    """rope.md:86-92, the one forward formula checked here: LLaMA-3's three frequency bands (a
+    """rope.md:100-110, the one forward formula checked here: LLaMA-3's three frequency bands (a
     convention students and ports get wrong), against rope_inv_freq, with pairs in every band."""
     from npllama.ops.rope import rope_inv_freq
 
@@ -310,7 +310,7 @@ def test_lora(rng, dropout):
     _, cache = lora_forward(x, weight, lora_A, lora_B, scaling, dropout_mask)
     x_drop = x * dropout_mask if dropout else x
     lora_hidden = x_drop @ lora_A.T
-    d_lora_out = scaling * dy                                              # lora.md:67-71
+    d_lora_out = scaling * dy                                              # lora.md:77-81
     dlora_B = d_lora_out.reshape(-1, out).T @ lora_hidden.reshape(-1, r)
     d_lora_hidden = d_lora_out @ lora_B
     dlora_A = d_lora_hidden.reshape(-1, r).T @ x_drop.reshape(-1, in_)
@@ -327,7 +327,7 @@ def test_classifier(rng):
     _, cache = classifier_forward(hidden, S, last_index)
     pooled = hidden[np.arange(B), last_index]
     dpooled, dscore_weight = dlogits @ S, dlogits.T @ pooled              # classifier.md step 1
-    dhidden = np.zeros(hidden.shape, dtype=dpooled.dtype)                 # classifier.md:63-65
+    dhidden = np.zeros(hidden.shape, dtype=dpooled.dtype)                 # classifier.md:73-75
     dhidden[np.arange(B), last_index] = dpooled
     for mine, theirs in zip((dhidden, dscore_weight), classifier_backward(dlogits, cache)):
         close(mine, theirs)
@@ -340,7 +340,7 @@ def test_mlm(rng):
     targets[0, 1], targets[1, 3], targets[1, 4] = 3, 0, 6                 # the chosen positions
     logits, head_cache = linear_forward(h, W_head)
     _, ce_cache = cross_entropy_forward(logits, targets)
-    c = targets != -100                                                    # mlm.md:46-48
+    c = targets != -100                                                    # mlm.md:48-50
     p = np.exp(logits - logits.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     onehot = np.eye(V)[np.where(c, targets, 0)]
@@ -359,7 +359,7 @@ def test_sentence_order(rng):
     sop_logits, sop_cache = classifier_forward(hidden, S, last_index)
     _, sop_ce = cross_entropy_forward(sop_logits, y)
     d_sop_logits = cross_entropy_backward(np.float64(1.0), sop_ce)
-    delta = sop_logits[:, 1] - sop_logits[:, 0]                            # sentence_order.md:53-59
+    delta = sop_logits[:, 1] - sop_logits[:, 0]                            # sentence_order.md:57-63
     sigma = 1 / (1 + np.exp(-delta))
     logistic = np.stack([-(sigma - y), sigma - y], axis=1) / B
     close(logistic, d_sop_logits)
@@ -371,7 +371,7 @@ def test_sentence_order(rng):
 
 
 def test_transformer_block(rng):
-    """transformer_block.md:128-132 and its steps 9-1, built from the formulas transcribed above (not
+    """transformer_block.md:136-142 and its steps 9-1, built from the formulas transcribed above (not
     from the ops), against npllama.model.block_backward."""
     from npllama.config import LlamaConfig
     from npllama.model import LayerWeights, block_backward, block_forward
@@ -423,7 +423,7 @@ def test_transformer_block(rng):
 
 
 def test_adamw(rng):
-    """adamw.md:179-184 against npllama.optim.AdamW.step: a decayed matrix and an undecayed vector,
+    """adamw.md:191-196 against npllama.optim.AdamW.step: a decayed matrix and an undecayed vector,
     three steps with different learning rates."""
     from npllama.optim import AdamW
 
@@ -456,22 +456,22 @@ def test_adamw(rng):
 # ----- intermediate steps -----------------------------------------------------------------------
 
 def test_rmsnorm_two_paths(rng):
-    """rmsnorm.md:47-55, one row: d rstd / d x_k = -rstd^3 x_k / D, and x_k's direct path through
+    """rmsnorm.md:51-63, one row: d rstd / d x_k = -rstd^3 x_k / D, and x_k's direct path through
     xhat_k plus its path through rstd into every xhat_j."""
     D, eps = 6, 1e-3
     x, weight, dy = rng.standard_normal(D), rng.standard_normal(D), rng.standard_normal(D)
     _, cache = rmsnorm_forward(x, weight, eps)
     mean_square = np.mean(x * x)
     rstd = 1 / np.sqrt(mean_square + eps)
-    drstd_dx = -0.5 * (mean_square + eps) ** -1.5 * 2 * x / D              # line 48
-    close(drstd_dx, -rstd**3 * x / D)                                      # line 49
+    drstd_dx = -0.5 * (mean_square + eps) ** -1.5 * 2 * x / D              # line 53
+    close(drstd_dx, -rstd**3 * x / D)                                      # line 54
     dxhat = dy * weight
-    dx = dxhat * rstd + np.sum(dxhat * x) * (-rstd**3 * x / D)             # lines 54-55
+    dx = dxhat * rstd + np.sum(dxhat * x) * (-rstd**3 * x / D)             # lines 61-62
     close(dx, rmsnorm_backward(dy, cache)[0])
 
 
 def test_layernorm_steps(rng):
-    """layernorm.md:32-49, steps 1-6 in reverse, as written, against the closed form's code."""
+    """layernorm.md:36-65, steps 1-6 in reverse, as written, against the closed form's code."""
     x, weight, bias, dy = (rng.standard_normal((3, 5)), rng.standard_normal(5), rng.standard_normal(5),
                            rng.standard_normal((3, 5)))
     eps, D = 1e-5, 5
@@ -488,12 +488,12 @@ def test_layernorm_steps(rng):
     dmean = -np.sum(dx_centered, axis=-1, keepdims=True)                   # 5
     dx = dx_centered + dmean / D                                           # 6
     close(dx, layernorm_backward(dy, cache)[0])
-    close(dx_centered, rstd * (dxhat - xhat * np.mean(dxhat * xhat, axis=-1, keepdims=True)))   # lines 61-63
-    close(dmean, -rstd * np.sum(dxhat, axis=-1, keepdims=True))            # line 66
+    close(dx_centered, rstd * (dxhat - xhat * np.mean(dxhat * xhat, axis=-1, keepdims=True)))   # lines 78-80
+    close(dmean, -rstd * np.sum(dxhat, axis=-1, keepdims=True))            # line 84
 
 
 def test_softmax_jacobian(rng):
-    """softmax.md:37-46: the Jacobian p_j (delta_ij - p_i), summed against dp."""
+    """softmax.md:39-52: the Jacobian p_j (delta_ij - p_i), summed against dp."""
     x, dp = rng.standard_normal(6), rng.standard_normal(6)
     p, cache = softmax_forward(x)
     jacobian = p[:, None] * (np.eye(6) - p[None, :])                       # [j, i] = d p_j / d x_i
@@ -501,19 +501,19 @@ def test_softmax_jacobian(rng):
 
 
 def test_cross_entropy_via_softmax(rng):
-    """cross_entropy.md:72-73: softmax's backward with dp = -onehot / p is p - onehot (one counted
+    """cross_entropy.md:84-85: softmax's backward with dp = -onehot / p is p - onehot (one counted
     row, dloss = 1, so n_counted = 1)."""
     logits, target = rng.standard_normal((1, 7)), np.array([4])
     _, cache = cross_entropy_forward(logits, target)
     p = softmax_rows(logits)
     dp = -np.eye(7)[target] / p
-    dx = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))                 # softmax.md:50
+    dx = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))                 # softmax.md:56-58
     close(dx, p - np.eye(7)[target])
     close(dx, cross_entropy_backward(np.float64(1.0), cache))
 
 
 def test_attention_group_sum(rng):
-    """attention.md:122-130 and its g(h) = floor(h / n_rep) (line 45): repeat the kv heads with the
+    """attention.md:138-148 and its g(h) = floor(h / n_rep) (line 48): repeat the kv heads with the
     0/1 matrix E (E[h, g] = 1 where g = g(h)), take plain multi-head gradients of the repeated k and
     v, and E^T (the group sum) gives the grouped op's dk and dv; E built by tiling does not."""
     B, H, KVH, T, hd = 1, 6, 2, 3, 2
@@ -535,7 +535,7 @@ def test_attention_group_sum(rng):
 
 
 def test_rope_pairs(rng):
-    """rope.md:118-120: per pair (i, i + h) at position p, dx is dy rotated by -phi."""
+    """rope.md:140-142: per pair (i, i + h) at position p, dx is dy rotated by -phi."""
     T, d = 4, 6
     h = d // 2
     positions = np.arange(3, 3 + T)
@@ -550,8 +550,8 @@ def test_rope_pairs(rng):
 
 
 def test_adamw_moments(rng):
-    """adamw.md:61-66: after t steps m_t = (1 - beta1) sum_i beta1^(t-i) g_i and likewise v_t with g^2;
-    adamw.md:88-89: the first step is lr * g / (|g| + eps)."""
+    """adamw.md:63-70: after t steps m_t = (1 - beta1) sum_i beta1^(t-i) g_i and likewise v_t with g^2;
+    adamw.md:94-95: the first step is lr * g / (|g| + eps)."""
     from npllama.optim import AdamW
 
     beta1, beta2, lr, eps = 0.9, 0.95, 1e-2, 1e-8

@@ -11,7 +11,7 @@ import pytest
 import npllama
 from npllama.exercises import EXERCISES, starter_source
 from npllama.exercises.derivation import (ACCENTS, NAMED_FUNCTIONS, SYMBOLS, available, backward_sections,
-                                         derivation_markdown, explain_text, latex_to_text, to_text)
+                                         derivation_markdown, dollar_math, explain_text, latex_to_text, to_text)
 from npllama.exercises.notebook import notebook_json, write_notebook
 
 
@@ -64,6 +64,16 @@ def test_an_accent_is_kept_and_a_code_block_is_shown_as_written():
     assert text == "Code:\n\n    m_hat = m / (1 - beta1 ** t)   # `m` $x$\n\nthen y and v_hat.\n"
 
 
+def test_githubs_math_delimiters_become_text_and_jupyters():
+    """The derivations write math as GitHub reads it literally: ```math blocks and $`...`$ inline.
+    The terminal shows both as text; the notebook turns them into the $$...$$ and $...$ Jupyter renders."""
+    markdown = ("Given $`\\mathrm{x\\_centered}_j`$:\n\n```math\n\\mathrm{dx} = \\frac{a}{b}\\,c\n```\n\n"
+                "```python\nx = 1\n```\n")
+    assert to_text(markdown) == "Given x_centered_j:\n\n    dx = a/b c\n\n    x = 1\n"
+    assert dollar_math(markdown) == ("Given $\\mathrm{x\\_centered}_j$:\n\n$$\\mathrm{dx} = \\frac{a}{b}\\,c$$\n\n"
+                                     "```python\nx = 1\n```\n")
+
+
 def _rendered_materials():
     """Every derivation as `explain` prints it (whole and backward only) and every starter file."""
     for name in available():
@@ -97,7 +107,7 @@ def test_no_latex_command_survives_as_a_bare_word():
     meant = (NAMED_FUNCTIONS | {word for word in SYMBOLS.values() if word.isalpha()} | {"sqrt"}   # sqrt(...)
              | {suffix.strip("_") for suffix in ACCENTS.values()})                      # m_hat
     for name in available():
-        for segment in re.findall(r"\$\$(.+?)\$\$|\$(.+?)\$", derivation_markdown(name), flags=re.S):
+        for segment in re.findall(r"\$\$(.+?)\$\$|\$(.+?)\$", dollar_math(derivation_markdown(name)), flags=re.S):
             math = segment[0] or segment[1]
             commands = set(re.findall(r"\\([A-Za-z]+)", math)) - meant
             rendered = set(re.findall(r"[A-Za-z]+", latex_to_text(math)))
@@ -153,6 +163,7 @@ def test_notebook_has_derivation_starter_and_check(tmp_path):
     kinds = [c["cell_type"] for c in notebook["cells"]]
     assert kinds == ["markdown", "markdown", "code", "code"]
     assert "## Backward, step by step" in "".join(notebook["cells"][1]["source"])
+    assert "$$" in "".join(notebook["cells"][1]["source"]) and "```math" not in "".join(notebook["cells"][1]["source"])
     assert "def rmsnorm_backward(dy, cache):" in "".join(notebook["cells"][2]["source"])
     assert "check_function('rmsnorm', rmsnorm_backward)" in "".join(notebook["cells"][3]["source"])
     path = write_notebook("rmsnorm", tmp_path / "class")

@@ -222,26 +222,47 @@ def _environment(name: str, body: str) -> str:
     return "\n" + "\n".join(gap.join(cell for cell in row if cell) for row in cells) + "\n"
 
 
+FENCE = re.compile(r"^[ \t]*```([^\n]*)\n(.*?)^[ \t]*```[ \t]*$", re.S | re.M)   # info string, body
+INLINE_MATH = re.compile(r"\$`(.+?)`\$", re.S)                                     # GitHub's $`...`$
+
+
 def to_text(markdown: str) -> str:
-    """Markdown with LaTeX made readable in a terminal: display math indented on its own lines,
-    inline $...$ converted in place, **bold** and `code` marks dropped; a fenced code block kept
-    as written, indented, without its fences."""
-    parts = re.split(r"^[ \t]*```[^\n]*\n(.*?)^[ \t]*```[ \t]*$", markdown, flags=re.S | re.M)
-    text = "".join(_prose_to_text(part) if k % 2 == 0 else              # odd k: a fenced block's code
-                   "\n" + "".join("    " + line for line in part.splitlines(keepends=True))
-                   for k, part in enumerate(parts))
-    return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
+    """Markdown with LaTeX made readable in a terminal: display math (```math blocks, or $$...$$)
+    indented on its own lines, inline math ($`...`$ or $...$) converted in place, **bold** and
+    `code` marks dropped; any other fenced code block kept as written, indented, without its fences."""
+    parts = FENCE.split(markdown)           # prose, info, body, prose, info, body, ..., prose
+    pieces = []
+    for k in range(0, len(parts), 3):
+        pieces.append(_prose_to_text(parts[k]))
+        if k + 2 < len(parts):
+            info, body = parts[k + 1], parts[k + 2]
+            pieces.append(_display(body) if info.strip() == "math" else
+                          "\n" + "".join("    " + line + "\n" for line in body.splitlines()))
+    return re.sub(r"\n{3,}", "\n\n", "".join(pieces)).strip("\n") + "\n"
+
+
+def _display(tex: str) -> str:
+    lines = [line.strip() for line in re.split(r"\\\\|\n", latex_to_text(tex)) if line.strip()]
+    return "\n" + "\n".join("    " + line for line in lines) + "\n"
 
 
 def _prose_to_text(markdown: str) -> str:
-    def display(match):
-        body = latex_to_text(match.group(1))
-        lines = [line.strip() for line in re.split(r"\\\\|\n", body) if line.strip()]
-        return "\n" + "\n".join("    " + line for line in lines) + "\n"
-    text = re.sub(r"\$\$(.+?)\$\$", display, markdown, flags=re.S)
+    text = re.sub(r"\$\$(.+?)\$\$", lambda m: _display(m.group(1)), markdown, flags=re.S)
+    text = INLINE_MATH.sub(lambda m: latex_to_text(m.group(1)), text)
     text = re.sub(r"\$(.+?)\$", lambda m: latex_to_text(m.group(1)), text, flags=re.S)
     text = re.sub(r"\*\*(.+?)\*\*", r"\1", text)
     return re.sub(r"`([^`]+)`", r"\1", text)
+
+
+def dollar_math(markdown: str) -> str:
+    """The derivations' GitHub math ($`...`$ inline, ```math blocks) as $...$ and $$...$$, the
+    delimiters Jupyter renders."""
+    def block(match):
+        if match.group(1).strip() != "math":
+            return match.group(0)
+        indent = re.match(r"[ \t]*", match.group(0)).group(0)
+        return f"{indent}$${match.group(2).strip()}$$"
+    return INLINE_MATH.sub(lambda m: f"${m.group(1)}$", FENCE.sub(block, markdown))
 
 
 def explain_steps(name: str, steps: tuple) -> str:

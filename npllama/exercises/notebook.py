@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from .definitions import get_exercise
-from .derivation import derivation_markdown
+from .derivation import derivation_markdown, dollar_math
 from .starter import starter_source, target_path
 
 
@@ -30,7 +30,7 @@ def notebook_json(op: str) -> dict:
              f"in place of the library's.")
     check = (f"from npllama.exercises import check_function\n\n"
              f"print(check_function({op!r}, {ex.backward_name}).format())")
-    cells = [_cell("markdown", intro), _cell("markdown", derivation_markdown(ex.derivation)),
+    cells = [_cell("markdown", intro), _cell("markdown", dollar_math(derivation_markdown(ex.derivation))),
              _cell("code", starter), _cell("code", check)]
     return {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
                                                         "name": "python3"},

@@ -159,20 +159,46 @@ def check_messages(messages) -> list[dict]:
 
 def _compile(source: str):
     """Compile as transformers does: a sandbox (a template from a downloaded folder cannot reach
-    Python), trim_blocks and lstrip_blocks, raise_exception() and strftime_now()."""
+    Python), trim_blocks and lstrip_blocks, {% break %} and {% continue %}, the {% generation %}
+    tag, a tojson that writes JSON as json.dumps does, raise_exception() and strftime_now()."""
+    import jinja2.ext
     from jinja2 import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
         raise TemplateError(message)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        # Jinja's own tojson escapes < > & ' and returns markup, which then escapes the text it is
+        # joined to: "<|im_start|>" + x|tojson would become "&lt;|im_start|&gt;..."
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[_generation_tag(), jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     try:
         return env.from_string(source)
     except TemplateError as e:
         raise ValueError(f"the chat template is not valid Jinja: {e}") from None
+
+
+def _generation_tag():
+    """{% generation %}...{% endgeneration %}: transformers marks the assistant's text with it (for
+    its assistant-token mask); the text between is rendered as it stands."""
+    from jinja2 import nodes
+    from jinja2.ext import Extension
+
+    class GenerationTag(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.Scope(body).set_lineno(lineno)
+
+    return GenerationTag
 
 
 def _special_tokens(tokenizer) -> tuple[str, str]:

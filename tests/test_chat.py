@@ -62,6 +62,20 @@ def test_bad_messages_and_templates_are_refused():
         ChatTemplate("{{ ''.__class__.__mro__[1].__subclasses__() }}").render(QUESTION)
 
 
+def test_what_transformers_adds_to_jinja_renders_as_there():
+    """tojson as json.dumps (Jinja's own escapes < > & ' and then the text joined to it), loop
+    controls, and the {% generation %} tag: the texts transformers' apply_chat_template gives."""
+    messages = [{"role": "user", "content": "a <b> & 'c'"}, {"role": "assistant", "content": "ok"}]
+    tojson = ChatTemplate("{% for m in messages %}{{ '<|u|>' + (m['content'] | tojson) }}{% endfor %}")
+    assert tojson.render(messages) == '<|u|>"a <b> & \'c\'"<|u|>"ok"'
+    skip = ChatTemplate("{% for m in messages %}{% if m['role'] == 'assistant' %}{% continue %}{% endif %}"
+                        "{{ m['content'] }}{% endfor %}")
+    assert skip.render(messages) == "a <b> & 'c'"
+    generation = ChatTemplate("{% for m in messages %}{% generation %}{% set x = m['content'] %}{{ x }}"
+                              "{% endgeneration %}{% endfor %}{{ x }}")
+    assert generation.render(messages) == "a <b> & 'c'ok"
+
+
 def test_same_text_as_transformers_apply_chat_template(tmp_path, small_model_dir):
     transformers = pytest.importorskip("transformers")
     tokenizer = load_tokenizer(small_model_dir)

@@ -61,6 +61,7 @@ class ChatTemplate:
         if source in BUILTIN_TEMPLATES:
             end_of_turn = end_of_turn or END_OF_TURN[source]
             source = BUILTIN_TEMPLATES[source]
+        end_of_turn = end_of_turn or _end_of_turn(source)
         self.source, self.bos_token, self.eos_token = source, bos_token or "", eos_token or ""
         self.end_of_turn = end_of_turn
         self._template = _compile(source)
@@ -81,7 +82,7 @@ class ChatTemplate:
             return cls(path.read_text(encoding="utf-8"), bos, eos)
         own = read_folder_template(folder) if folder is not None else None
         if own is not None:
-            return cls(own, bos, eos, end_of_turn=_end_of_turn(own))
+            return cls(own, bos, eos)
         pieces = getattr(tokenizer, "control_pieces", {}) or {}
         return cls("llama3" if "<|start_header_id|>" in pieces else "llama2", bos, eos)
 
@@ -114,13 +115,19 @@ class ChatTemplate:
             ids.append(tokenizer.eos_id)   # a template that writes no end: the model must learn to stop
         return ids, [i >= shared for i in range(len(ids))]
 
-    def stop_ids(self, tokenizer) -> list[int]:
-        """The ids that end an assistant's turn: EOS, and the template's end-of-turn token."""
-        ids = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
-        pieces = getattr(tokenizer, "control_pieces", {}) or {}
-        if self.end_of_turn in pieces:
-            ids.append(pieces[self.end_of_turn])
-        return ids
+    def stop_ids(self, tokenizer, model=None) -> list[int]:
+        """The ids that end an assistant's turn: EOS, the template's end-of-turn token, and the
+        model config's eos_token_id (LLaMA-3.1 lists <|end_of_text|>, <|eom_id|> and <|eot_id|>)."""
+        ids = {tokenizer.eos_id} - {None}
+        if self.end_of_turn is not None:
+            # one token when the tokenizer has it whole: a control piece, a SentencePiece
+            # user-defined piece ("<|im_end|>"), a tokenizer.json added token
+            end = tokenizer.encode(self.end_of_turn, bos=False)
+            if len(end) == 1:
+                ids.update(end)
+        if model is not None:
+            ids.update(model.config.end_ids)
+        return sorted(ids)
 
     def __repr__(self) -> str:
         return f"ChatTemplate({self.name}, bos_token={self.bos_token!r}, eos_token={self.eos_token!r})"

@@ -644,7 +644,7 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
         room = model.config.max_position_embeddings - len(prompt_ids)
         if room <= 0:
             continue
-        ids = generate(model, prompt_ids, min(120, room), temperature=0.0, eos_id=template.stop_ids(tokenizer))
+        ids = generate(model, prompt_ids, min(120, room), temperature=0.0, eos_id=template.stop_ids(tokenizer, model))
         answer = tokenizer.decode(ids[len(prompt_ids):])
         samples.append(answer)
         echo(f"\n[INST] {records[i]['prompt']} [/INST]\n{answer}")

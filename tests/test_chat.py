@@ -128,3 +128,43 @@ def test_sft_saves_the_template_it_trained_with(small_model_dir, tmp_path, capsy
     assert main(["generate", "--model", str(out), "--chat", "--prompt", "Hi", "--max-new-tokens", "5",
                  "--temperature", "0"]) == 0
     assert capsys.readouterr().out == tokenizer.decode(expected[len(prompt):]) + "\n"
+
+
+def test_chat_stops_on_every_end_id_of_the_config(small_model_dir, tmp_path, capsys):
+    """config.json's eos_token_id list (LLaMA-3.1: end of text, end of message, end of turn) ends a
+    chat answer as it ends plain generation, beside the tokenizer's EOS and the template's end of turn."""
+    from npllama.cli import main
+    from npllama.generate import generate
+    from npllama.runs import load_model_and_tokenizer
+
+    folder = tmp_path / "model"
+    shutil.copytree(small_model_dir, folder)
+    model, tokenizer, _ = load_model_and_tokenizer(folder)
+    prompt = tokenizer.encode(ChatTemplate.for_folder(folder, tokenizer).prompt("Hi"), bos=False)
+    first = generate(model, prompt, 1, temperature=0)[-1]
+    config = json.loads((folder / "config.json").read_text())
+    config["eos_token_id"] = [tokenizer.eos_id, first]
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["generate", "--model", str(folder), "--chat", "--prompt", "Hi", "--max-new-tokens", "5",
+                 "--temperature", "0", "--backend", "numpy"]) == 0
+    assert capsys.readouterr().err.startswith("[1 tokens in")      # stopped at the first
+
+
+def test_an_end_of_turn_the_tokenizer_holds_as_a_user_defined_piece_stops_the_answer(tmp_path):
+    """ChatML's <|im_end|> as a SentencePiece user-defined piece (not a control piece) is one token:
+    the answer ends there; an end of turn the tokenizer spells in pieces is no stop id."""
+    import io
+
+    import sentencepiece as spm
+
+    from npllama.tokenizer import Tokenizer
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["a b c d e f g h"] * 20), model_writer=model,
+                                   vocab_size=270, byte_fallback=True, user_defined_symbols=["<|im_end|>"],
+                                   minloglevel=2)
+    tokenizer = Tokenizer.from_bytes(model.getvalue())
+    im_end = tokenizer.piece_to_id("<|im_end|>")
+    chatml = ChatTemplate("{% for m in messages %}{{ m['content'] }}<|im_end|>{% endfor %}")
+    assert chatml.end_of_turn == "<|im_end|>" and chatml.stop_ids(tokenizer) == sorted([tokenizer.eos_id, im_end])
+    assert ChatTemplate("llama3").stop_ids(tokenizer) == [tokenizer.eos_id]   # <|eot_id|> in pieces here

@@ -71,7 +71,7 @@ def run(args) -> int:
 
         template = ChatTemplate.for_folder(model_dir, tokenizer, name=args.chat_template)
         prompt_ids = tokenizer.encode(template.prompt(args.prompt, args.system), bos=False)
-        end_ids = template.stop_ids(tokenizer)
+        end_ids = template.stop_ids(tokenizer, model)
         shown_prompt = ""
     else:
         prompt_ids = tokenizer.encode(args.prompt, bos=True)

@@ -67,10 +67,11 @@ class ChatTemplate:
         self._template = _compile(source)
 
     @classmethod
-    def for_folder(cls, folder, tokenizer=None, name: str | None = None) -> "ChatTemplate":
+    def for_folder(cls, folder, tokenizer=None, name: str | None = None, adapter=None) -> "ChatTemplate":
         """The folder's own template (tokenizer_config.json's chat_template, or chat_template.jinja),
         else a built-in one: LLaMA-3 style if the tokenizer has <|start_header_id|>, else LLaMA-2.
-        name ("llama2", "llama3", or a .jinja file) overrides the folder's choice."""
+        name ("llama2", "llama3", or a .jinja file) overrides the folder's choice.  adapter: a LoRA
+        adapter folder, whose own template (the one `finetune sft` trained it with) comes first."""
         bos, eos = _special_tokens(tokenizer)
         if name is not None:
             if name in BUILTIN_TEMPLATES:
@@ -80,7 +81,9 @@ class ChatTemplate:
                 raise ValueError(f"chat template {name!r} is neither {' nor '.join(sorted(BUILTIN_TEMPLATES))} "
                                  f"nor a Jinja file")
             return cls(path.read_text(encoding="utf-8"), bos, eos)
-        own = read_folder_template(folder) if folder is not None else None
+        own = read_folder_template(adapter) if adapter is not None else None
+        if own is None and folder is not None:
+            own = read_folder_template(folder)
         if own is not None:
             return cls(own, bos, eos)
         pieces = getattr(tokenizer, "control_pieces", {}) or {}

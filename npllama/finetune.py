@@ -652,6 +652,9 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     def save(out: Path) -> None:
         if model.lora is not None and not sc_.merge:
             model.lora.save_adapter(out, base_model_name_or_path=str(model_dir), task_type="CAUSAL_LM")
+            # the template travels with the adapter (as transformers saves one beside a tokenizer):
+            # `generate --adapter --chat` formats as it was trained, whatever the base folder holds
+            (out / "chat_template.jinja").write_text(template.source, encoding="utf-8")
         else:
             if model.lora is not None:
                 model.lora.merge()

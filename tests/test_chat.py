@@ -168,3 +168,25 @@ def test_an_end_of_turn_the_tokenizer_holds_as_a_user_defined_piece_stops_the_an
     chatml = ChatTemplate("{% for m in messages %}{{ m['content'] }}<|im_end|>{% endfor %}")
     assert chatml.end_of_turn == "<|im_end|>" and chatml.stop_ids(tokenizer) == sorted([tokenizer.eos_id, im_end])
     assert ChatTemplate("llama3").stop_ids(tokenizer) == [tokenizer.eos_id]   # <|eot_id|> in pieces here
+
+
+def test_a_lora_adapter_carries_the_template_it_was_trained_with(small_model_dir, tmp_path, capsys):
+    """`finetune sft --lora --chat-template FILE`: the adapter folder holds the template, and
+    `generate --adapter --chat` formats with it, not with the base folder's (here: none, so LLaMA-2's)."""
+    from npllama.cli import main
+    from npllama.finetune import SFTConfig, sft
+
+    jinja = tmp_path / "qa.jinja"
+    jinja.write_text("{{ bos_token }}{% for m in messages %}{{ m['role'][0] + ': ' + m['content'] + '\\n' }}"
+                     "{% endfor %}{% if add_generation_prompt %}{{ 'a:' }}{% endif %}")
+    out = tmp_path / "adapter"
+    sft(SFTConfig(base=str(small_model_dir), steps=1, samples=0, progress=False, max_len=64, lora=True, lora_r=2,
+                  lr=0.05, chat_template=str(jinja), out=str(out)), echo=lambda *_: None)
+    assert read_folder_template(out) == jinja.read_text()
+    answers = []
+    for flags in ([], ["--chat-template", str(jinja)]):
+        assert main(["generate", "--model", str(small_model_dir), "--adapter", str(out), "--chat", "--prompt", "Hi",
+                     "--max-new-tokens", "8", "--temperature", "0", "--backend", "numpy", *flags]) == 0
+        printed = capsys.readouterr()
+        answers.append((printed.out, printed.err.split(", prompt ")[-1]))   # the answer, the prompt's length
+    assert answers[0] == answers[1]

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     add_adapter_option(p, "--model")
     p.add_argument("--prompt", default="Once upon a time", help="text to continue (with --chat: the user's message)")
     p.add_argument("--chat", action="store_true", help="wrap --prompt in the model's chat template (the "
-                   "folder's chat_template, else LLaMA-2 style) and print only the answer")
+                   "--adapter's or the folder's chat_template, else LLaMA-2 style) and print only the answer")
     p.add_argument("--system", default=None, help="a system message for --chat (implies --chat)")
     p.add_argument("--chat-template", default=None, help="llama2, llama3 or a Jinja file, instead of the "
                    "folder's own template (implies --chat)")
@@ -69,7 +69,7 @@ def run(args) -> int:
     if chat:
         from ..chat import ChatTemplate
 
-        template = ChatTemplate.for_folder(model_dir, tokenizer, name=args.chat_template)
+        template = ChatTemplate.for_folder(model_dir, tokenizer, name=args.chat_template, adapter=args.adapter)
         prompt_ids = tokenizer.encode(template.prompt(args.prompt, args.system), bos=False)
         end_ids = template.stop_ids(tokenizer, model)
         shown_prompt = ""

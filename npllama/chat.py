@@ -102,21 +102,40 @@ class ChatTemplate:
 
     def prompt(self, user: str, system: str | None = None) -> str:
         """One user turn (after an optional system message), ready for the assistant's answer."""
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        return self.render(messages, add_generation_prompt=True)
+        return self.render(turn_messages(user, None, system), add_generation_prompt=True)
 
     def encode_turn(self, tokenizer, prompt: str, response: str, system: str | None = None):
         """(ids, is_response) of one exchange: the prompt's ids are not counted by a loss, the
         response's (and the end-of-turn token after it) are."""
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}]
-        prompt_ids = tokenizer.encode(self.render(messages, add_generation_prompt=True), bos=False)
-        full_text = self.render(messages + [{"role": "assistant", "content": response}], add_generation_prompt=False)
-        ids = tokenizer.encode(full_text, bos=False)
-        shared = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), min(len(prompt_ids), len(ids)))
-        if self.end_of_turn is None and tokenizer.eos_id is not None and (not ids or ids[-1] != tokenizer.eos_id):
+        return self.encode_conversation(tokenizer, turn_messages(prompt, response, system))
+
+    def encode_conversation(self, tokenizer, messages):
+        """(ids, is_response) of a whole conversation: a loss counts the ids of every assistant
+        message and what ends it (the template's end of turn, or </s>), nothing else.
+
+        An assistant message's ids are those that rendering the conversation up to it adds after
+        rendering it up to the assistant's header (add_generation_prompt): what the model has to
+        write when it is asked at that point."""
+        messages = check_messages(messages)
+        if messages[0]["role"] == "assistant":
+            raise ValueError("messages[0] is the assistant's: a conversation starts with a system or user message")
+        ids = tokenizer.encode(self.render(messages, add_generation_prompt=False), bos=False)
+        counted = [False] * len(ids)
+        ends = set(self.stop_ids(tokenizer))
+        for k, message in enumerate(messages):
+            if message["role"] == "assistant":
+                asked = tokenizer.encode(self.render(messages[:k], add_generation_prompt=True), bos=False)
+                answered = tokenizer.encode(self.render(messages[:k + 1], add_generation_prompt=False), bos=False)
+                start, end = _shared_length(asked, ids), _shared_length(answered, ids)
+                # up to the first end id: what a template writes after it (ChatML's "\n") the
+                # model never generates, since generation stops there
+                end = next((i + 1 for i in range(start, end) if ids[i] in ends), end)
+                counted[start:end] = [True] * (end - start)
+        if (self.end_of_turn is None and tokenizer.eos_id is not None and messages[-1]["role"] == "assistant"
+                and (not ids or ids[-1] != tokenizer.eos_id)):
             ids.append(tokenizer.eos_id)   # a template that writes no end: the model must learn to stop
-        return ids, [i >= shared for i in range(len(ids))]
+            counted.append(True)
+        return ids, counted
 
     def stop_ids(self, tokenizer, model=None) -> list[int]:
         """The ids that end an assistant's turn: EOS, the template's end-of-turn token, and the
@@ -154,6 +173,16 @@ def read_folder_template(folder) -> str | None:
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")
     return template if isinstance(template, str) and template.strip() else None
+
+
+def turn_messages(prompt: str, response: str | None = None, system: str | None = None) -> list[dict]:
+    """The messages of one exchange: an optional system message, the user's, the assistant's."""
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}] + (
+        [{"role": "assistant", "content": response}] if response is not None else [])
+
+
+def _shared_length(a: list, b: list) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def check_messages(messages) -> list[dict]:
@@ -226,4 +255,4 @@ def _end_of_turn(source: str) -> str | None:
     return None
 
 
-__all__ = ["ChatTemplate", "LLAMA2_TEMPLATE", "LLAMA3_TEMPLATE", "read_folder_template", "check_messages"]
+__all__ = ["ChatTemplate", "LLAMA2_TEMPLATE", "LLAMA3_TEMPLATE", "read_folder_template", "check_messages", "turn_messages"]

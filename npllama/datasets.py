@@ -357,11 +357,36 @@ def _encode_labels(labels: list, label_names, num_labels: int | None) -> tuple[l
 
 
 def load_sft(path) -> list[dict]:
-    """Instruction pairs: [{"prompt", "response"(, "system")}] from a .jsonl file."""
-    records = read_jsonl(path, {"prompt": str, "response": str})
+    """Instruction examples from a .jsonl file, one JSON object a line, either
+    {"prompt", "response"(, "system")}: one exchange, or
+    {"messages": [{"role", "content"}, ...]}: a conversation (Hugging Face's and TRL's layout).
+    Other fields are ignored."""
+    from .chat import check_messages
+
+    if Path(path).suffix.lower() in (".csv", ".tsv"):
+        raise ValueError(f"{str(path)!r}: instruction data is a .jsonl file (one JSON object a line, "
+                         f'{{"prompt": ..., "response": ...}} or {{"messages": [...]}}), not {Path(path).suffix}')
+    records = read_jsonl(path, {})
     for i, r in enumerate(records):
+        where = f"{path}: example {i + 1}"
+        if not isinstance(r, dict) or not ("messages" in r or "prompt" in r):
+            raise ValueError(f'{where} must be a JSON object with "prompt" and "response" fields, or with a '
+                             f'"messages" list of {{"role", "content"}} objects')
+        if "messages" in r:
+            try:
+                messages = check_messages(r["messages"])
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{where}: {e}") from None
+            if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+                raise ValueError(f"{where} has no assistant message with text (nothing to learn)")
+            continue
+        for field in ("prompt", "response", "system"):
+            if field == "system" and r.get(field) is None:
+                continue
+            if not isinstance(r.get(field), str):
+                raise ValueError(f'{where}: "{field}" must be a string, got {type(r.get(field)).__name__}')
         if not r["response"].strip():
-            raise ValueError(f"{path}: example {i + 1} has an empty response (nothing to learn)")
+            raise ValueError(f"{where} has an empty response (nothing to learn)")
     return records
 
 

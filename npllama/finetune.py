@@ -12,8 +12,9 @@ steps (§3.3.3):
   split, printed beside the majority-class baseline (what always answering the most frequent
   training label scores).  On a masked-LM base (`npllama train --objective mlm`) the stack runs
   without the causal mask, as it was pre-trained (BERT-style), and the saved folder says so.
-* `sft`: instruction / dialogue tuning (§6.2).  Prompt/response pairs in LLaMA-2's chat template;
-  the next-token loss counts the response tokens only (the prompt's targets are -100).
+* `sft`: instruction / dialogue tuning (§6.2).  Prompt/response pairs or whole conversations
+  ("messages") in a chat template (the base folder's, else LLaMA-2's); the next-token loss counts
+  the assistant's tokens only (every other target is -100).
 * `evaluate_choice`: multiple-choice question answering (§6.3) by the log-likelihood the model
   gives each choice after the question; the most likely choice is the answer.
 
@@ -565,7 +566,7 @@ def sft_batch(examples: list[tuple[list[int], list[bool]]], pad_id: int):
 class SFTConfig(FinetuneSettings):
     """`npllama finetune sft`.  Defaults: the built-in story instructions, full fine-tuning.
 
-    data: .jsonl of {"prompt", "response"}; None: the built-in instructions.
+    data: .jsonl of {"prompt", "response"(, "system")} or {"messages": [...]}; None: the built-in instructions.
     lr None: 1e-3 full, 5e-3 LoRA (measured on the tiny preset).
     """
 
@@ -601,7 +602,7 @@ def sft(sc_: SFTConfig, echo=print, resume: bool = False) -> SFTResult:
 
 def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     from . import datasets
-    from .chat import ChatTemplate
+    from .chat import ChatTemplate, turn_messages
     from .generate import generate
     from .runs import load_model_and_tokenizer, note_attention_dropout
 
@@ -609,14 +610,23 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     note_attention_dropout(model.config.attention_dropout, f"{model_dir}'s config.json", echo)
     template = ChatTemplate.for_folder(model_dir, tokenizer, name=sc_.chat_template)
     records = datasets.make_instructions(seed=sc_.seed) if sc_.data is None else datasets.load_sft(sc_.data)
+    conversations = [r["messages"] if "messages" in r else turn_messages(r["prompt"], r["response"], r.get("system"))
+                     for r in records]
+    # a row of max_len ids gives max_len - 1 positions, which must fit the model's context
     max_len = min(sc_.max_len, model.config.max_position_embeddings + 1)
-    encoded = []
-    for r in records:
-        ids, counted = encode_chat(tokenizer, r["prompt"], r["response"], r.get("system"), template)
+    encoded, cut = [], 0
+    for messages in conversations:
+        ids, counted = template.encode_conversation(tokenizer, messages)
         if sum(counted[1:max_len]) == 0:
-            raise ValueError(f"the prompt {r['prompt'][:40]!r}... fills all {max_len} tokens: no response "
+            asked = next(m["content"] for m in messages if m["role"] != "assistant")
+            raise ValueError(f"the prompt {asked[:40]!r}... fills all {max_len} tokens: no response "
                              f"token is left to learn from; raise --max-len or shorten the prompt")
+        cut += len(ids) > max_len
         encoded.append((ids[:max_len], counted[:max_len]))
+    if cut:
+        limit = "--max-len" if max_len == sc_.max_len else "the model's context, max_position_embeddings + 1"
+        echo(f"{cut} of {len(encoded)} examples are longer than {max_len} tokens ({limit}): cut there, so the "
+             f"end of their answers (and the end of turn) is not learned")
     train_rows, val_rows = datasets.split_train_val(len(encoded), sc_.val_fraction, sc_.seed, val_file=False)
     train, val = [encoded[i] for i in train_rows], [encoded[i] for i in val_rows]
     pad_id = pad_id_of(tokenizer)
@@ -640,14 +650,15 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
 
     samples = []
     for i in val_rows[:sc_.samples]:
-        prompt_ids = tokenizer.encode(template.prompt(records[i]["prompt"], records[i].get("system")), bos=False)
+        asked = conversations[i][:max(k for k, m in enumerate(conversations[i]) if m["role"] == "assistant")]
+        prompt_ids = tokenizer.encode(template.render(asked, add_generation_prompt=True), bos=False)
         room = model.config.max_position_embeddings - len(prompt_ids)
         if room <= 0:
             continue
         ids = generate(model, prompt_ids, min(120, room), temperature=0.0, eos_id=template.stop_ids(tokenizer, model))
         answer = tokenizer.decode(ids[len(prompt_ids):])
         samples.append(answer)
-        echo(f"\n[INST] {records[i]['prompt']} [/INST]\n{answer}")
+        echo(f"\n{asked[-1]['role']}: {asked[-1]['content']}\nassistant: {answer}")
 
     def save(out: Path) -> None:
         if model.lora is not None and not sc_.merge:

@@ -150,9 +150,8 @@ def test_chat_stops_on_every_end_id_of_the_config(small_model_dir, tmp_path, cap
     assert capsys.readouterr().err.startswith("[1 tokens in")      # stopped at the first
 
 
-def test_an_end_of_turn_the_tokenizer_holds_as_a_user_defined_piece_stops_the_answer(tmp_path):
-    """ChatML's <|im_end|> as a SentencePiece user-defined piece (not a control piece) is one token:
-    the answer ends there; an end of turn the tokenizer spells in pieces is no stop id."""
+def chatml_tokenizer():
+    """A SentencePiece tokenizer holding ChatML's markers as user-defined pieces (not control pieces)."""
     import io
 
     import sentencepiece as spm
@@ -161,9 +160,20 @@ def test_an_end_of_turn_the_tokenizer_holds_as_a_user_defined_piece_stops_the_an
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(["a b c d e f g h"] * 20), model_writer=model,
-                                   vocab_size=270, byte_fallback=True, user_defined_symbols=["<|im_end|>"],
-                                   minloglevel=2)
-    tokenizer = Tokenizer.from_bytes(model.getvalue())
+                                   vocab_size=300, hard_vocab_limit=False, byte_fallback=True, minloglevel=2,
+                                   normalization_rule_name="identity", remove_extra_whitespaces=False,
+                                   user_defined_symbols=["<|im_start|>", "<|im_end|>"])
+    return Tokenizer.from_bytes(model.getvalue())
+
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def test_an_end_of_turn_the_tokenizer_holds_as_a_user_defined_piece_stops_the_answer(tmp_path):
+    """ChatML's <|im_end|> as a SentencePiece user-defined piece (not a control piece) is one token:
+    the answer ends there; an end of turn the tokenizer spells in pieces is no stop id."""
+    tokenizer = chatml_tokenizer()
     im_end = tokenizer.piece_to_id("<|im_end|>")
     chatml = ChatTemplate("{% for m in messages %}{{ m['content'] }}<|im_end|>{% endfor %}")
     assert chatml.end_of_turn == "<|im_end|>" and chatml.stop_ids(tokenizer) == sorted([tokenizer.eos_id, im_end])
@@ -190,3 +200,59 @@ def test_a_lora_adapter_carries_the_template_it_was_trained_with(small_model_dir
         printed = capsys.readouterr()
         answers.append((printed.out, printed.err.split(", prompt ")[-1]))   # the answer, the prompt's length
     assert answers[0] == answers[1]
+
+
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a b"},
+                {"role": "assistant", "content": "c d"}, {"role": "user", "content": "e"},
+                {"role": "assistant", "content": "f g h"}]
+
+
+def test_a_conversation_counts_every_assistant_message_and_its_end_only(small_model_dir):
+    """encode_conversation: the ids of each assistant message and the end after it (LLaMA-2's </s>,
+    ChatML's <|im_end|>, not the newline ChatML writes after it, which is never generated)."""
+    tokenizer = load_tokenizer(small_model_dir)
+    llama2 = ChatTemplate("llama2")
+    ids, counted = llama2.encode_conversation(tokenizer, CONVERSATION)
+    assert ids == tokenizer.encode(llama2.render(CONVERSATION, add_generation_prompt=False), bos=False)
+    answers = [tokenizer.encode(f"{m['content']} ", bos=False) + [tokenizer.eos_id] for m in CONVERSATION[2::2]]
+    assert [ids[i] for i, c in enumerate(counted) if c] == answers[0] + answers[1]
+    assert llama2.encode_turn(tokenizer, "a b", "c d", "Be brief.") == llama2.encode_conversation(
+        tokenizer, CONVERSATION[:3])
+
+    tokenizer = chatml_tokenizer()
+    chatml = ChatTemplate(CHATML)
+    ids, counted = chatml.encode_conversation(tokenizer, CONVERSATION)
+    im_end = tokenizer.piece_to_id("<|im_end|>")
+    kept = [i for i, c in zip(ids, counted) if c]
+    assert tokenizer.decode(kept) == "c d<|im_end|>f g h<|im_end|>"
+    assert kept.count(im_end) == 2 and ids[-1] != im_end and not counted[-1]   # the last "\n" is not counted
+    with pytest.raises(ValueError, match="starts with a system or user message"):
+        chatml.encode_conversation(tokenizer, CONVERSATION[2:3])
+
+
+def test_sft_learns_conversations(small_model_dir, tmp_path):
+    """A {"messages"} file (Hugging Face's conversational layout) trains on every assistant message."""
+    from npllama.datasets import write_jsonl
+    from npllama.finetune import SFTConfig, sft
+
+    data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION}] * 4)
+    said = []
+    result = sft(SFTConfig(base=str(small_model_dir), data=str(data), steps=2, samples=1, progress=False,
+                           val_fraction=0.5, lr=1e-2), echo=said.append)
+    assert result.val_loss_after < result.val_loss_before and said[-1].startswith("\nuser: e\nassistant: ")
+
+
+def test_sft_says_what_max_len_cut_and_shows_samples_in_no_template_of_its_own(small_model_dir, tmp_path):
+    """Examples longer than --max-len are counted in a line, not cut silently; a printed sample
+    shows the user's words, not LLaMA-2's [INST] whatever template trained."""
+    from npllama.datasets import write_jsonl
+    from npllama.finetune import SFTConfig, sft
+
+    long_answer = " ".join(["Lily ran to the park."] * 12)
+    data = write_jsonl(tmp_path / "qa.jsonl", [{"prompt": "Hi", "response": "Hello."}] * 6 +
+                       [{"prompt": "Run", "response": long_answer}] * 4)
+    said = []
+    sft(SFTConfig(base=str(small_model_dir), data=str(data), steps=1, samples=1, progress=False, max_len=40,
+                  val_fraction=0.5), echo=said.append)
+    assert said[0].startswith("4 of 10 examples are longer than 40 tokens (--max-len): cut there")
+    assert said[-1].startswith("\nuser: ") and "[INST]" not in said[-1]

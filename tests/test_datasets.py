@@ -111,6 +111,21 @@ def test_sft_and_choice_files(tmp_path):
     write_jsonl(path, [{"prompt": "Hi", "response": "  "}])
     with pytest.raises(ValueError, match="empty response"):
         load_sft(path)
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    write_jsonl(path, [{"messages": conversation, "id": 7}, {"prompt": "Hi", "response": "Yo", "system": None}])
+    assert load_sft(path)[0]["messages"] == conversation      # HF's conversational layout; other fields ride along
+    for record, message in (({"messages": conversation[:1]}, "example 1 has no assistant message"),
+                            ({"messages": [{"role": "bot", "content": "x"}]}, r"example 1: messages\[0\]\['role'\]"),
+                            ({"prompt": "Hi", "response": "Yo", "system": 5}, 'example 1: "system" must be a string'),
+                            ({"prompt": "Hi", "completion": "Yo"}, '"response" must be a string'),
+                            ({"text": "Hi"}, 'with "prompt" and "response" fields, or with a "messages" list')):
+        write_jsonl(path, [record])
+        with pytest.raises(ValueError, match=message):
+            load_sft(path)
+    csv_file = tmp_path / "sft.csv"
+    csv_file.write_text("prompt,response\nHi,Hello\n")
+    with pytest.raises(ValueError, match="instruction data is a .jsonl file .* not .csv"):
+        load_sft(csv_file)
     path = write_jsonl(tmp_path / "c.jsonl", [{"question": "Q", "choices": ["a", "b"], "answer": 1}])
     assert load_choice_items(path)[0]["answer"] == 1
     write_jsonl(path, [{"question": "Q", "choices": ["a", "b"], "answer": 2}])

@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     c.set_defaults(run=run_classify)
 
     s, d = tasks.add_parser(
-        "sft", help="instruction / dialogue tuning on prompt-response pairs",
+        "sft", help="instruction / dialogue tuning on prompt-response pairs or conversations",
         description="Supervised fine-tuning in a chat template (the base folder's, else LLaMA-2's <s>[INST] prompt "
                     "[/INST] response </s>; --chat-template picks another), with the loss on the response only. With no --data it uses built-in story instructions "
                     "(\"Write a story about Lily.\").",
@@ -56,7 +56,8 @@ def register(subparsers) -> None:
                             "adapter layout (with --merge: merged into the weights)",
             seeds="the adapters, the split and the batch order")
     s.add_argument("--data", default=None, help=".jsonl with {\"prompt\", \"response\"} lines (optional "
-                   "\"system\") (default: built-in instructions)")
+                   "\"system\"), or {\"messages\": [{\"role\", \"content\"}, ...]} conversations, the loss on every "
+                   "assistant message (default: built-in instructions)")
     s.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="share of the examples held out for validation")
     s.add_argument("--chat-template", default=None, help="llama2, llama3 or a Jinja file to format the "

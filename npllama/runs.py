@@ -282,17 +282,44 @@ def find_tokenizer(model_dir: Path) -> Path:
 
 def load_tokenizer(model_dir: Path):
     """The tokenizer of a model folder: a SentencePiece tokenizer.model in or beside it, else a
-    Hugging Face tokenizer.json in it (npllama.tokenizer_json, needs the `tokenizers` library)."""
+    Hugging Face tokenizer.json in it (npllama.tokenizer_json, needs the `tokenizers` library); the
+    tokenizer.json also when it holds tokens added beyond tokenizer.model, as transformers reads it."""
     from .tokenizer import Tokenizer
     from .tokenizer_json import JSON_FILE, JsonTokenizer
 
     try:
-        return Tokenizer(find_tokenizer(model_dir))
+        tokenizer = Tokenizer(find_tokenizer(model_dir))
     except FileNotFoundError:
         if (Path(model_dir) / JSON_FILE).is_file():
             return JsonTokenizer(model_dir)
         raise FileNotFoundError(f"no {TOKENIZER_FILE} or {JSON_FILE} found in or beside {str(model_dir)!r}; "
                                 f"a tokenizer is needed to turn text into tokens") from None
+    added = _tokens_added_beyond(Path(model_dir) / JSON_FILE, tokenizer.vocab_size)
+    if added:
+        # tokenizer.add_special_tokens() (ChatML's <|im_start|>, say) writes the new tokens into
+        # tokenizer.json only; transformers reads that file, so the model was trained on their ids
+        try:
+            import tokenizers  # noqa: F401
+        except ImportError:
+            raise ValueError(f"{str(Path(model_dir) / JSON_FILE)!r} has {len(added)} token(s) that "
+                             f"{TOKENIZER_FILE} lacks ({', '.join(added[:4])}{', ...' if len(added) > 4 else ''}): "
+                             f"install the `tokenizers` library (pip install 'npllama[hf]') to read it") from None
+        return JsonTokenizer(model_dir)
+    return tokenizer
+
+
+def _tokens_added_beyond(json_file: Path, vocab_size: int) -> list[str]:
+    """The added tokens of a tokenizer.json whose ids a SentencePiece model of vocab_size pieces lacks."""
+    import json
+
+    if not json_file.is_file():
+        return []
+    try:
+        added = json.loads(json_file.read_text(encoding="utf-8")).get("added_tokens") or []
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return []     # not a tokenizer.json transformers could read either: tokenizer.model decides
+    return [t.get("content", "?") for t in added if isinstance(t, dict) and isinstance(t.get("id"), int)
+            and t["id"] >= vocab_size]
 
 
 def _model_config(path) -> tuple[Path, dict]:

@@ -256,3 +256,21 @@ def test_sft_says_what_max_len_cut_and_shows_samples_in_no_template_of_its_own(s
                   val_fraction=0.5), echo=said.append)
     assert said[0].startswith("4 of 10 examples are longer than 40 tokens (--max-len): cut there")
     assert said[-1].startswith("\nuser: ") and "[INST]" not in said[-1]
+
+
+def test_tokens_added_to_tokenizer_json_beyond_tokenizer_model_are_read(small_model_dir, tmp_path):
+    """transformers' add_special_tokens (ChatML's markers on a LLaMA tokenizer) writes them into
+    tokenizer.json only: the folder's tokenizer is then that file, as AutoTokenizer reads it."""
+    pytest.importorskip("tokenizers")
+    folder = tmp_path / "model"
+    shutil.copytree(small_model_dir, folder)
+    tokenizer = load_tokenizer(folder)
+    pipeline = json.loads(tokenizer.hf_files()["tokenizer.json"])
+    n = tokenizer.vocab_size
+    pipeline["added_tokens"] += [{"id": n + i, "content": token, "single_word": False, "lstrip": False,
+                                  "rstrip": False, "normalized": False, "special": True}
+                                 for i, token in enumerate(("<|im_start|>", "<|im_end|>"))]
+    (folder / "tokenizer.json").write_text(json.dumps(pipeline))
+    assert load_tokenizer(small_model_dir).encode("<|im_end|>", bos=False) != [n + 1]
+    ids = load_tokenizer(folder).encode("<|im_start|>user<|im_end|>", bos=False)
+    assert ids[0] == n and ids[-1] == n + 1

@@ -24,6 +24,7 @@ from .commands import UsageError
 COMMANDS = {
     "train": "npllama.commands.train",
     "generate": "npllama.commands.generate",
+    "chat": "npllama.commands.chat",
     "tokenizer": "npllama.commands.tokenizer",
     "finetune": "npllama.commands.finetune",
     "classify": "npllama.commands.classify",

@@ -274,3 +274,49 @@ def test_tokens_added_to_tokenizer_json_beyond_tokenizer_model_are_read(small_mo
     assert load_tokenizer(small_model_dir).encode("<|im_end|>", bos=False) != [n + 1]
     ids = load_tokenizer(folder).encode("<|im_start|>user<|im_end|>", bos=False)
     assert ids[0] == n and ids[-1] == n + 1
+
+
+def chat(argv, text, monkeypatch, capsys):
+    """`npllama chat ARGV` with `text` as its standard input: (status, stdout, stderr)."""
+    import io
+
+    from npllama.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    status = main(["chat", "--temperature", "0", "--backend", "numpy", *argv])
+    printed = capsys.readouterr()
+    return status, printed.out, printed.err
+
+
+def test_chat_answers_each_line_with_the_whole_conversation_as_the_prompt(small_model_dir, monkeypatch, capsys):
+    from npllama.generate import generate
+    from npllama.runs import load_model_and_tokenizer
+
+    status, out, err = chat(["--model", str(small_model_dir), "--max-new-tokens", "6", "--system", "Be brief."],
+                            "Hi\n\n  \nGo on\n", monkeypatch, capsys)     # blank lines are no messages
+    assert status == 0 and err == ""
+    model, tokenizer, _ = load_model_and_tokenizer(small_model_dir)
+    template = ChatTemplate.for_folder(small_model_dir, tokenizer)
+    messages, expected = [{"role": "system", "content": "Be brief."}], ""
+    for line in ("Hi", "Go on"):
+        messages.append({"role": "user", "content": line})
+        prompt = tokenizer.encode(template.render(messages), bos=False)
+        new = generate(model, prompt, 6, temperature=0, eos_id=template.stop_ids(tokenizer, model))[len(prompt):]
+        answer = tokenizer.decode([i for i in new if i not in template.stop_ids(tokenizer, model)])
+        messages.append({"role": "assistant", "content": answer})
+        expected += tokenizer.decode(new) + "\n"
+    assert out == expected
+
+
+def test_chat_says_what_it_drops_when_the_conversation_outgrows_the_context(small_model_dir, monkeypatch, capsys):
+    """The model's context is 128 tokens: the oldest exchange goes (said on stderr), the system
+    message stays; a message too long to fit alone is not sent (said), and the chat goes on."""
+    long = " ".join(["Lily ran to the park with her dog."] * 3)
+    status, out, err = chat(["--model", str(small_model_dir), "--max-new-tokens", "30"],
+                            f"{long}\n{long}\n{'word ' * 200}\nHi\n", monkeypatch, capsys)
+    lines = err.splitlines()
+    assert status == 0 and len(out.splitlines()) == 3, err
+    dropped = ("[the conversation no longer fits the model's context (128 tokens) with --max-new-tokens 30: "
+               "dropped the oldest exchange]")
+    assert lines[0] == dropped and lines[2] == dropped and len(lines) == 3     # the second long one, for "Hi"
+    assert lines[1].startswith("[not sent: this message alone makes a prompt of")

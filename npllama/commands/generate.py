@@ -19,49 +19,66 @@ def register(subparsers) -> None:
     p.add_argument("--prompt", default="Once upon a time", help="text to continue (with --chat: the user's message)")
     p.add_argument("--chat", action="store_true", help="wrap --prompt in the model's chat template (the "
                    "--adapter's or the folder's chat_template, else LLaMA-2 style) and print only the answer")
-    p.add_argument("--system", default=None, help="a system message for --chat (implies --chat)")
-    p.add_argument("--chat-template", default=None, help="llama2, llama3 or a Jinja file, instead of the "
-                   "folder's own template (implies --chat)")
-    p.add_argument("--max-new-tokens", type=int, default=100, help="generate at most this many tokens")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
-                   help="> 1 makes tokens already in the text less likely (1.1-1.3 typical; 1 = off)")
+    add_chat_options(p)
+    add_sampling_options(p)
     p.add_argument("--stop", action="append", default=None, metavar="TEXT",
                    help="stop when the generated text contains TEXT, and print it only up to there "
                         "(repeatable; \\n is a newline)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one each run)")
     p.add_argument("--num-samples", type=int, default=1, help="how many continuations to print")
-    p.add_argument("--threads", type=int, default=None,
-                   help="threads of each decode step (default: every core, or $NPLLAMA_DECODE_THREADS; "
-                        "at most $NPLLAMA_MAX_THREADS, 256 unless set); fewer can be faster while other "
-                        "programs keep the cores busy; the text is the same for any count")
     add_run_options(p)
     p.set_defaults(run=run)
 
 
-def run(args) -> int:
-    from ..backend import get_backend, use_backend
-    from ..generate import StopStrings, check_context, check_generation_args, generate, stream_text
-    from ..generate import end_ids as plain_end_ids
-    from . import load_run_model
+def add_sampling_options(p, max_new_tokens: int = 100, temperature: float = 0.8) -> None:
+    """How tokens are drawn, as `generate` and `chat` take them; check_sampling_options checks them."""
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="generate at most this many tokens")
+    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 makes tokens already in the text less likely (1.1-1.3 typical; 1 = off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one each run)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of each decode step (default: every core, or $NPLLAMA_DECODE_THREADS; "
+                        "at most $NPLLAMA_MAX_THREADS, 256 unless set); fewer can be faster while other "
+                        "programs keep the cores busy; the text is the same for any count")
 
-    # Every argument is checked before the model is loaded or anything is printed.
-    if args.num_samples < 1:
-        raise UsageError(f"--num-samples must be at least 1, got {args.num_samples}")
+
+def add_chat_options(p, implies: str = " (implies --chat)") -> None:
+    """--system and --chat-template, as `generate --chat` and `chat` take them."""
+    p.add_argument("--system", default=None, help=f"a system message{implies}")
+    p.add_argument("--chat-template", default=None, help="llama2, llama3 or a Jinja file, instead of the "
+                   f"--adapter's or the folder's own template{implies}")
+
+
+def check_sampling_options(args) -> None:
+    """Every sampling flag and --chat-template, checked before the model is loaded."""
+    from ..generate import check_generation_args
+
     _check_threads(args)
     _check_args(args, check_generation_args)
-    stops = [s.replace("\\n", "\n") for s in args.stop or []]
-    if any(not s for s in stops):
-        raise UsageError("--stop must not be empty")
-    chat = args.chat or args.system is not None or args.chat_template is not None
     if args.chat_template is not None:
         from ..chat import BUILTIN_TEMPLATES
 
         if args.chat_template not in BUILTIN_TEMPLATES and not os.path.isfile(args.chat_template):
             raise UsageError(f"--chat-template {args.chat_template!r} is neither "
                              f"{' nor '.join(sorted(BUILTIN_TEMPLATES))} nor a Jinja file")
+
+
+def run(args) -> int:
+    from ..backend import get_backend, use_backend
+    from ..generate import StopStrings, check_context, generate, stream_text
+    from ..generate import end_ids as plain_end_ids
+    from . import load_run_model
+
+    # Every argument is checked before the model is loaded or anything is printed.
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples must be at least 1, got {args.num_samples}")
+    check_sampling_options(args)
+    stops = [s.replace("\\n", "\n") for s in args.stop or []]
+    if any(not s for s in stops):
+        raise UsageError("--stop must not be empty")
+    chat = args.chat or args.system is not None or args.chat_template is not None
 
     model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype, "--model",
                                                  "generation (next-token sampling)")

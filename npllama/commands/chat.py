@@ -1,0 +1,118 @@
+"""`npllama chat`: a conversation with a chat model, one user message a line on standard input."""
+import sys
+
+from . import HelpFormatter, add_adapter_option, add_run_options
+from .generate import add_chat_options, add_sampling_options, check_sampling_options
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "chat", help="talk with a chat model: a message a line, each answer streamed",
+        description="A conversation in the model's chat template: each line of standard input is a user "
+                    "message (typed, or piped from a file), each answer is generated with a KV cache and "
+                    "printed as it comes, and the whole conversation is the next prompt.  When the "
+                    "conversation and --max-new-tokens no longer fit the model's context, the oldest "
+                    "exchanges are dropped, and a line on stderr says so.  End with Ctrl-D (end of input).",
+        formatter_class=HelpFormatter)
+    p.add_argument("--model", default=None, help="a run folder from `npllama finetune sft --out`, or a Hugging "
+                   "Face LLaMA folder with tokenizer.model or tokenizer.json (default: the latest run)")
+    add_adapter_option(p, "--model")
+    add_chat_options(p, implies="")
+    add_sampling_options(p, max_new_tokens=200, temperature=0.7)
+    add_run_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..backend import get_backend, use_backend
+    from ..chat import ChatTemplate
+    from ..generate import generate, stream_text
+    from . import load_run_model
+
+    check_sampling_options(args)
+    model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype, "--model", "chatting")
+    template = ChatTemplate.for_folder(model_dir, tokenizer, name=args.chat_template, adapter=args.adapter)
+    end_ids = template.stop_ids(tokenizer, model)
+    context = model.config.max_position_embeddings
+    conversation = Conversation(template, tokenizer, args.system)
+    typed = sys.stdin.isatty()
+    with use_backend(args.backend or get_backend()):
+        for turn, line in enumerate(_lines(typed)):
+            prompt_ids, dropped = conversation.ask(line, room=args.max_new_tokens, context=context)
+            if dropped:
+                _say(f"[the conversation no longer fits the model's context ({context} tokens) with "
+                     f"--max-new-tokens {args.max_new_tokens}: dropped the oldest {_exchanges(dropped)}]")
+            if len(prompt_ids) >= context:
+                _say(f"[not sent: this message alone makes a prompt of {len(prompt_ids)} tokens, and the model's "
+                     f"context is {context}]")
+                continue
+            room = min(args.max_new_tokens, context - len(prompt_ids))
+            show = stream_text(tokenizer, prompt_ids, _write)
+            ids = generate(model, prompt_ids, room, temperature=args.temperature, top_k=args.top_k,
+                           top_p=args.top_p, seed=None if args.seed is None else args.seed + turn, eos_id=end_ids,
+                           on_token=show, repetition_penalty=args.repetition_penalty, threads=args.threads,
+                           vocab_size=min(tokenizer.vocab_size, model.config.vocab_size))
+            show.flush()
+            _write("\n")
+            answer = ids[len(prompt_ids):]
+            ended = bool(answer) and answer[-1] in end_ids
+            if not ended and room < args.max_new_tokens:
+                _say(f"[answer cut after {room} tokens: the model's context ({context} tokens) is full]")
+            conversation.answer(tokenizer.decode(answer[:-1] if ended else answer))
+    return 0
+
+
+class Conversation:
+    """The messages so far, rendered by the template; the oldest exchanges go first when the prompt
+    and the room for an answer would not fit the model's context (the system message stays)."""
+
+    def __init__(self, template, tokenizer, system: str | None):
+        self.template, self.tokenizer = template, tokenizer
+        self.system = [{"role": "system", "content": system}] if system else []
+        self.exchanges: list[list[dict]] = []    # [user message, assistant message] pairs
+
+    def ask(self, text: str, room: int, context: int) -> tuple[list[int], int]:
+        """(the prompt's ids with the user's `text` last, how many old exchanges were dropped to
+        leave `room` tokens for the answer).  A prompt that cannot fit even alone drops nothing."""
+        question = {"role": "user", "content": text}
+        for dropped in range(len(self.exchanges) + 1):
+            messages = self.system + [m for pair in self.exchanges[dropped:] for m in pair] + [question]
+            ids = self.tokenizer.encode(self.template.render(messages, add_generation_prompt=True), bos=False)
+            if len(ids) + room <= context:
+                break
+        if len(ids) >= context:
+            return ids, 0
+        del self.exchanges[:dropped]
+        self.question = question
+        return ids, dropped
+
+    def answer(self, text: str) -> None:
+        self.exchanges.append([self.question, {"role": "assistant", "content": text}])
+
+
+def _lines(typed: bool):
+    """The user's messages: each non-empty line, until the end of input (Ctrl-D)."""
+    while True:
+        if typed:
+            _say("> ", end="")
+        line = sys.stdin.readline()
+        if not line:
+            if typed:
+                _say("")
+            return
+        line = line.rstrip("\r\n")
+        if line.strip():
+            yield line
+
+
+def _exchanges(n: int) -> str:
+    return "exchange" if n == 1 else f"{n} exchanges"
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _say(text: str, end: str = "\n") -> None:
+    print(text, end=end, file=sys.stderr, flush=True)

@@ -95,9 +95,12 @@ class ChatTemplate:
         from jinja2 import TemplateError
 
         try:
+            # tools and documents are None as apply_chat_template passes them when not given
+            # (Mistral's template tests `tools is not none`: undefined would pass that test)
             return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         bos_token=self.bos_token, eos_token=self.eos_token)
-        except TemplateError as e:
+                                         bos_token=self.bos_token, eos_token=self.eos_token,
+                                         tools=None, documents=None)
+        except (TemplateError, TypeError, ValueError) as e:  # e.g. tojson of something undefined
             raise ValueError(f"the chat template failed on these messages: {e}") from None
 
     def prompt(self, user: str, system: str | None = None) -> str:

@@ -74,6 +74,12 @@ def test_what_transformers_adds_to_jinja_renders_as_there():
     generation = ChatTemplate("{% for m in messages %}{% generation %}{% set x = m['content'] %}{{ x }}"
                               "{% endgeneration %}{% endfor %}{{ x }}")
     assert generation.render(messages) == "a <b> & 'c'ok"
+    # tools and documents are given, as None (Mistral v0.3 writes its tool block when `tools is not none`)
+    mistral = ChatTemplate("{% if tools is not none %}[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]"
+                           "{% endif %}{% if documents is defined %}[INST] {{ messages[0]['content'] }}{% endif %}")
+    assert mistral.render(messages) == "[INST] a <b> & 'c'"
+    with pytest.raises(ValueError, match="chat template failed on these messages: .*not JSON serializable"):
+        ChatTemplate("{{ nothing | tojson }}").render(messages)
 
 
 def test_same_text_as_transformers_apply_chat_template(tmp_path, small_model_dir):

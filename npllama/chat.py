@@ -174,7 +174,10 @@ def read_folder_template(folder) -> str | None:
     template = config.get("chat_template") if isinstance(config, dict) else None
     if isinstance(template, list):   # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default")
+        if "default" not in named:   # transformers refuses too: no other template stands in for it
+            raise ValueError(f"{str(config_file)!r} holds chat templates named {sorted(map(str, named))} and none "
+                             f"named 'default': save the one to use as a .jinja file and pass it as --chat-template")
+        template = named["default"]
     return template if isinstance(template, str) and template.strip() else None
 
 

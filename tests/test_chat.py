@@ -47,6 +47,10 @@ def test_folder_template_wins_and_is_found_in_either_file(tmp_path, small_model_
     (folder / "chat_template.jinja").unlink()
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     assert read_folder_template(folder) == "y"
+    config["chat_template"] = [{"name": "tool_use", "template": "x"}, {"name": "rag", "template": "y"}]
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"named \['rag', 'tool_use'\] and none named 'default'"):
+        ChatTemplate.for_folder(folder, tokenizer)       # not silently LLaMA-2's
 
 
 def test_bad_messages_and_templates_are_refused():

@@ -529,16 +529,6 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
 
 
 # ----- instruction tuning (SFT) ---------------------------------------------------------------------
-# LLaMA-2's chat template, one turn:   <s>[INST] {prompt} [/INST] {response} </s>
-# with a system prompt:                <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{prompt} [/INST] {response} </s>
-# "[INST]" and "<<SYS>>" are plain text here (our small tokenizers spell them in pieces).
-def chat_prompt(prompt: str, system: str | None = None) -> str:
-    """The text of a turn before the response: "[INST] ... [/INST]"."""
-    if system:
-        prompt = f"<<SYS>>\n{system}\n<</SYS>>\n\n{prompt}"
-    return f"[INST] {prompt.strip()} [/INST]"
-
-
 def encode_chat(tokenizer, prompt: str, response: str, system: str | None = None, template=None):
     """(ids, is_response): the turn's token ids and, per id, whether the loss counts it.
 
@@ -686,14 +676,21 @@ def choice_logprobs(model, tokenizer, question: str, choices: list[str], templat
     """(log p(choice | question) summed over the choice's tokens, the choice's token counts).
 
     All choices of one question go through the model as one padded batch.  The question is
-    `<s> question` ("plain") or LLaMA-2's "[INST] question [/INST]" ("chat", for SFT models).
+    `<s> question` ("plain"), or a user's message in a chat template, ready for the assistant's
+    answer (for SFT models): a ChatTemplate (npllama.chat), or "chat" for LLaMA-2's
+    "<s>[INST] question [/INST]".
     """
+    from .chat import ChatTemplate
     from .runs import require_next_token_model
 
     require_next_token_model(model, "multiple-choice scoring")   # log p(choice | question), token by token
-    if template not in ("plain", "chat"):
-        raise ValueError(f"template must be 'plain' or 'chat', got {template!r}")
-    context = tokenizer.encode(chat_prompt(question) if template == "chat" else question, bos=True)
+    if template == "plain":
+        context = tokenizer.encode(question, bos=True)
+    elif template == "chat" or isinstance(template, ChatTemplate):
+        chat = ChatTemplate("llama2") if template == "chat" else template
+        context = tokenizer.encode(chat.prompt(question), bos=False)
+    else:
+        raise ValueError(f"template must be 'plain', 'chat' or a ChatTemplate, got {template!r}")
     choice_ids = [tokenizer.encode(c, bos=False) for c in choices]
     limit = model.config.max_position_embeddings
     room = limit - max(len(ids) for ids in choice_ids)   # for the question
@@ -714,7 +711,7 @@ def choice_logprobs(model, tokenizer, question: str, choices: list[str], templat
     return np.array(scores), np.array([len(ids) for ids in choice_ids])
 
 
-def evaluate_choice(model, tokenizer, items: list[dict], template: str = "plain", progress: bool = True) -> dict:
+def evaluate_choice(model, tokenizer, items: list[dict], template="plain", progress: bool = True) -> dict:
     """Accuracy of picking the most likely choice: by total log-likelihood ("accuracy") and by
     log-likelihood per token ("accuracy_per_token", fairer between long and short choices)."""
     from tqdm.auto import tqdm
@@ -741,5 +738,5 @@ def _write_info(folder: Path, info: dict) -> None:
 
 
 __all__ = ["SequenceClassifier", "ClassifyConfig", "classify", "SFTConfig", "sft", "encode_chat",
-           "sft_batch", "chat_prompt", "choice_logprobs", "evaluate_choice", "classification_metrics",
+           "sft_batch", "choice_logprobs", "evaluate_choice", "classification_metrics",
            "majority_baseline", "run_steps"]

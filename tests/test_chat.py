@@ -330,3 +330,24 @@ def test_chat_says_what_it_drops_when_the_conversation_outgrows_the_context(smal
                "dropped the oldest exchange]")
     assert lines[0] == dropped and lines[2] == dropped and len(lines) == 3     # the second long one, for "Hi"
     assert lines[1].startswith("[not sent: this message alone makes a prompt of")
+
+
+def test_eval_choice_in_chat_asks_in_the_model_s_own_template(small_model_dir, tmp_path, monkeypatch, capsys):
+    """`eval choice --template chat` on a model tuned in its own template (here a folder's
+    chat_template.jinja) puts the question in that template, not in LLaMA-2's [INST]."""
+    import numpy as np
+
+    from npllama import finetune
+    from npllama.cli import main
+    from npllama.datasets import write_jsonl
+
+    folder = tmp_path / "model"
+    shutil.copytree(small_model_dir, folder)
+    (folder / "chat_template.jinja").write_text("{{ bos_token }}Q: {{ messages[-1]['content'] }}\nA:")
+    seen = []
+    monkeypatch.setattr(finetune, "choice_logprobs", lambda model, tokenizer, question, choices, template:
+                        seen.append(template.prompt(question)) or (np.zeros(len(choices)), np.ones(len(choices))))
+    items = write_jsonl(tmp_path / "items.jsonl", [{"question": "Who?", "choices": ["Tom", "Lily"], "answer": 0}])
+    assert main(["eval", "choice", "--base", str(folder), "--data", str(items), "--template", "chat",
+                 "--no-progress", "--backend", "numpy"]) == 0
+    assert seen == ["<s>Q: Who?\nA:"]

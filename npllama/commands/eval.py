@@ -22,7 +22,9 @@ def register(subparsers) -> None:
                    "index} lines (default: built-in story-continuation items)")
     c.add_argument("--limit", type=int, default=200, help="evaluate at most this many items")
     c.add_argument("--template", default="plain", choices=["plain", "chat"],
-                   help="chat: wrap the question in [INST] ... [/INST] (for models tuned with `finetune sft`)")
+                   help="chat: the question as a user's message in the model's chat template (the "
+                        "--adapter's or the folder's chat_template, else LLaMA-2's [INST] ... [/INST]), for "
+                        "models tuned with `finetune sft`")
     c.add_argument("--seed", type=int, default=0, help="seed of the built-in items")
     _run_options(c)
     c.set_defaults(run=run_choice)
@@ -95,8 +97,13 @@ def run_choice(args) -> int:
                                                  "multiple choice by next-token log-likelihood")
     items = make_choice_items(args.limit, seed=args.seed) if args.data is None else load_choice_items(args.data)
     items = items[:args.limit]
+    template = args.template
+    if template == "chat":
+        from ..chat import ChatTemplate
+
+        template = ChatTemplate.for_folder(model_dir, tokenizer, adapter=args.adapter)
     with use_backend(args.backend or get_backend()):
-        result = evaluate_choice(model, tokenizer, items, args.template, progress=not args.no_progress)
+        result = evaluate_choice(model, tokenizer, items, template, progress=not args.no_progress)
     source = "built-in story-continuation items" if args.data is None else args.data
     print(f"{model_dir}{' + ' + args.adapter if args.adapter else ''} on {result['n']} {source}: "
           f"accuracy {result['accuracy']:.3f}, per-token accuracy {result['accuracy_per_token']:.3f} "

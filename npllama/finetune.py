@@ -605,11 +605,15 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     # a row of max_len ids gives max_len - 1 positions, which must fit the model's context
     max_len = min(sc_.max_len, model.config.max_position_embeddings + 1)
     encoded, cut = [], 0
-    for messages in conversations:
-        ids, counted = template.encode_conversation(tokenizer, messages)
+    for i, messages in enumerate(conversations):
+        where = f"{sc_.data if sc_.data is not None else 'the built-in instructions'}: example {i + 1}"
+        try:
+            ids, counted = template.encode_conversation(tokenizer, messages)
+        except ValueError as e:      # e.g. LLaMA-2's template: roles must alternate
+            raise ValueError(f"{where}: {e}") from None
         if sum(counted[1:max_len]) == 0:
             asked = next(m["content"] for m in messages if m["role"] != "assistant")
-            raise ValueError(f"the prompt {asked[:40]!r}... fills all {max_len} tokens: no response "
+            raise ValueError(f"{where}: the prompt {asked[:40]!r}... fills all {max_len} tokens: no response "
                              f"token is left to learn from; raise --max-len or shorten the prompt")
         cut += len(ids) > max_len
         encoded.append((ids[:max_len], counted[:max_len]))

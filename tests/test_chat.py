@@ -351,3 +351,15 @@ def test_eval_choice_in_chat_asks_in_the_model_s_own_template(small_model_dir, t
     assert main(["eval", "choice", "--base", str(folder), "--data", str(items), "--template", "chat",
                  "--no-progress", "--backend", "numpy"]) == 0
     assert seen == ["<s>Q: Who?\nA:"]
+
+
+def test_sft_names_the_example_a_template_refuses(small_model_dir, tmp_path):
+    from npllama.datasets import write_jsonl
+    from npllama.finetune import SFTConfig, sft
+
+    ok = {"messages": CONVERSATION[1:3]}
+    data = write_jsonl(tmp_path / "chat.jsonl", [ok, ok, {"messages": [CONVERSATION[1], CONVERSATION[3],
+                                                                       CONVERSATION[2]]}, ok])
+    with pytest.raises(ValueError, match=r"chat.jsonl: example 3: the chat template failed .*must alternate"):
+        sft(SFTConfig(base=str(small_model_dir), data=str(data), steps=1, samples=0, progress=False),
+            echo=lambda *_: None)

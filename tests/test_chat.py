@@ -329,7 +329,7 @@ def test_chat_says_what_it_drops_when_the_conversation_outgrows_the_context(smal
     dropped = ("[the conversation no longer fits the model's context (128 tokens) with --max-new-tokens 30: "
                "dropped the oldest exchange]")
     assert lines[0] == dropped and lines[2] == dropped and len(lines) == 3     # the second long one, for "Hi"
-    assert lines[1].startswith("[not sent: this message alone makes a prompt of")
+    assert lines[1].startswith("[not sent: even without the earlier exchanges the prompt would be")
 
 
 def test_eval_choice_in_chat_asks_in_the_model_s_own_template(small_model_dir, tmp_path, monkeypatch, capsys):

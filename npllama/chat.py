@@ -261,4 +261,5 @@ def _end_of_turn(source: str) -> str | None:
     return None
 
 
-__all__ = ["ChatTemplate", "LLAMA2_TEMPLATE", "LLAMA3_TEMPLATE", "read_folder_template", "check_messages", "turn_messages"]
+__all__ = ["ChatTemplate", "LLAMA2_TEMPLATE", "LLAMA3_TEMPLATE", "read_folder_template", "check_messages",
+           "turn_messages"]

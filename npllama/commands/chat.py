@@ -43,8 +43,8 @@ def run(args) -> int:
                 _say(f"[the conversation no longer fits the model's context ({context} tokens) with "
                      f"--max-new-tokens {args.max_new_tokens}: dropped the oldest {_exchanges(dropped)}]")
             if len(prompt_ids) >= context:
-                _say(f"[not sent: even without the earlier exchanges the prompt would be {len(prompt_ids)} tokens, and the model's "
-                     f"context is {context}]")
+                _say(f"[not sent: even without the earlier exchanges the prompt would be {len(prompt_ids)} "
+                     f"tokens, and the model's context is {context}]")
                 continue
             room = min(args.max_new_tokens, context - len(prompt_ids))
             show = stream_text(tokenizer, prompt_ids, _write)

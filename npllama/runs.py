@@ -310,14 +310,16 @@ def load_tokenizer(model_dir: Path):
 
 def _tokens_added_beyond(json_file: Path, vocab_size: int) -> list[str]:
     """The added tokens of a tokenizer.json whose ids a SentencePiece model of vocab_size pieces lacks."""
-    import json
+    from .io.reading import read_json
 
     if not json_file.is_file():
         return []
     try:
-        added = json.loads(json_file.read_text(encoding="utf-8")).get("added_tokens") or []
-    except (ValueError, UnicodeDecodeError, AttributeError):
+        added = read_json(json_file, expect=dict).get("added_tokens") or []
+    except (OSError, ValueError):
         return []     # not a tokenizer.json transformers could read either: tokenizer.model decides
+    if not isinstance(added, list):
+        return []
     return [t.get("content", "?") for t in added if isinstance(t, dict) and isinstance(t.get("id"), int)
             and t["id"] >= vocab_size]
 

@@ -194,7 +194,7 @@ def make_choice_items(n: int = 200, seed: int = 0, num_choices: int = 4) -> list
     other objects).  A model that follows the story -- names, pronouns, what happened -- scores the
     true continuation highest; chance is 1 / num_choices.
     """
-    from .objectives import split_sentences
+    from .objectives import join_sentences, split_sentences
 
     rng = random.Random(f"choice-{seed}")
     if not 2 <= num_choices <= 10:
@@ -216,7 +216,7 @@ def make_choice_items(n: int = 200, seed: int = 0, num_choices: int = 4) -> list
             continue
         choices = wrong + [right]
         rng.shuffle(choices)
-        items.append({"question": " ".join(story[:cut]), "choices": choices, "answer": choices.index(right)})
+        items.append({"question": join_sentences(story[:cut]), "choices": choices, "answer": choices.index(right)})
     return items
 
 

@@ -210,6 +210,34 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in sentences if s]
 
 
+# Chinese and Japanese are written without spaces, between sentences too: ideographs, kana, CJK
+# punctuation (。「」) and full-width forms (！？，).  Korean is written with spaces, so Hangul is not here.
+_WRITTEN_WITHOUT_SPACES = re.compile("[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uff9f"
+                                     "\U00020000-\U0003ffff]")
+_OPENERS = "\"'“‘«„([（「『"
+
+
+def join_text(a: str, b: str) -> str:
+    """Two stretches of text (sentences, or a question and its answer) one after the other, as they
+    are written: with a space between them, but none where the characters meeting there (quotes
+    and brackets aside) are Chinese or Japanese -- "他来了。" + "她走了。" is "他来了。她走了。".  A
+    space the text would not have becomes a "▁" token in the model's input that pre-training
+    never showed it."""
+    if not a or not b or a[-1].isspace() or b[0].isspace():
+        return a + b
+    last, first = a.rstrip(_CLOSERS)[-1:], b.lstrip(_OPENERS)[:1]
+    joint = not last or not first or any(_WRITTEN_WITHOUT_SPACES.match(c) for c in (last, first))
+    return a + b if joint else f"{a} {b}"
+
+
+def join_sentences(sentences) -> str:
+    """Sentences (split_sentences' pieces) back into one text: join_text between each two."""
+    text = ""
+    for sentence in sentences:
+        text = join_text(text, sentence)
+    return text
+
+
 def _ends_a_sentence(text: str, end: re.Match) -> bool:
     """Whether a match of . ! ? … (+ closers) before white space really ends a sentence."""
     following = _NEXT_CHARACTER.match(text, end.end())      # (bounded look-arounds: long texts stay linear)
@@ -246,7 +274,8 @@ def sentence_order_pairs(documents: list[list[str]], rng, task: str = "sop",
     for each block of about max_chars characters of it (sentence_blocks), so that a long document
     gives a pair per stretch that fits a model's window rather than one pair in all.
 
-    A and B are consecutive stretches of sentences: B starts where A ends.  With
+    A and B are consecutive stretches of sentences, each joined as written (join_sentences: no
+    space between Chinese sentences): B starts where A ends.  With
     probability 0.5 the pair is changed: SOP swaps A and B; NSP replaces B with a segment of
     another document.  Label 0 = unchanged (B follows A), 1 = changed.
     """
@@ -265,14 +294,14 @@ def sentence_order_pairs(documents: list[list[str]], rng, task: str = "sop",
             start = int(rng.integers(0, len(sentences) - 1))
             cut = int(rng.integers(start + 1, len(sentences)))
             end = int(rng.integers(cut + 1, len(sentences) + 1))
-            a, b = " ".join(sentences[start:cut]), " ".join(sentences[cut:end])
+            a, b = join_sentences(sentences[start:cut]), join_sentences(sentences[cut:end])
             label = int(rng.random() < 0.5)
             if label and task == "sop":
                 a, b = b, a
             elif label:  # nsp: B from a random other document, as many sentences
                 other = usable[(i + int(rng.integers(1, len(usable)))) % len(usable)]
                 first = int(rng.integers(0, len(other)))
-                b = " ".join(other[first:first + end - cut])
+                b = join_sentences(other[first:first + end - cut])
             pairs.append((a, b, label))
     return pairs
 
@@ -368,7 +397,7 @@ def _chars_per_token(documents, tokenizer, sample_chars: int = 100_000) -> float
     of sentences): how much text fills a window."""
     sample, total = [], 0
     for sentences in documents:
-        sample.append(" ".join(sentences)[:sample_chars - total])
+        sample.append(join_sentences(sentences)[:sample_chars - total])
         total += len(sample[-1])
         if total >= sample_chars:
             break

@@ -6,8 +6,8 @@ from npllama import Llama, LlamaConfig, gradcheck, use_backend
 from npllama.lora import attach_lora
 from npllama.objectives import (SOP_HEAD, MaskedLMBatches, SentenceOrderBatch, SentenceOrderBatches, encode_pair,
                                 evaluate_sentence_order, init_sop_head, mask_tokens, mlm_loss, mlm_loss_and_grads,
-                                mlm_objective, mlm_sop_loss_and_grads, pad_batch, sentence_blocks,
-                                sentence_order_pairs, split_sentences)
+                                join_sentences, join_text, mlm_objective, mlm_sop_loss_and_grads, pad_batch,
+                                sentence_blocks, sentence_order_pairs, split_sentences)
 
 SPECIAL = (0, 1, 2)  # <unk> (= mask), <s>, </s>
 
@@ -187,6 +187,36 @@ def test_split_sentences_knows_titles_initials_quotes_ellipses_and_chinese(text,
     # Before: "Mr." ended a sentence, \u3002 and closing quotes other than " never did, so a Chinese
     # document (the article's language) was "one sentence" and gave no pair.
     assert split_sentences(text) == sentences
+
+
+def test_chinese_sentences_of_a_pair_are_joined_without_the_space_english_takes():
+    # Before: A and B were " ".join(sentences), so every Chinese sentence boundary inside a stretch
+    # got a space the corpus never has (and so a "▁" token pre-training never showed the model).
+    chinese = "今天天气晴朗。小明和小红去了公园。“这是谁的？”小红问。「不知道。」他说。最后他们回家了！"
+    english = "It was sunny. Tom went out. \u201cWhose is it?\u201d he asked. Then he went home!"
+    for text, sep in ((chinese, ""), (english, " ")):
+        sentences = split_sentences(text)
+        assert join_sentences(sentences) == text
+        for seed in range(10):
+            for a, b, label in sentence_order_pairs([sentences], np.random.default_rng(seed)):
+                for segment in (a, b):   # each a stretch of the text as written
+                    assert segment in text and segment.startswith(tuple(sentences)), segment
+                if label == 0:
+                    assert a + sep + b in text
+
+
+@pytest.mark.parametrize("a, b, joined", [
+    ("他来了。", "她走了。", "他来了。她走了。"),
+    ("他说：“好。”", "“走吧。”她说。", "他说：“好。”“走吧。”她说。"),
+    ("我用 Python。", "It works.", "我用 Python。It works."),
+    ("It works.", "我也喜欢。", "It works.我也喜欢。"),
+    ("Tom ran.", "\u201cStop!\u201d", "Tom ran. \u201cStop!\u201d"),
+    ("これは本です。", "あれは？", "これは本です。あれは？"),
+    ("나는 갔다.", "그리고 왔다.", "나는 갔다. 그리고 왔다."),       # Korean is written with spaces
+    ("Answer: ", "yes", "Answer: yes"), ("", "x", "x"),
+])
+def test_join_text_puts_a_space_only_where_the_script_writes_one(a, b, joined):
+    assert join_text(a, b) == joined
 
 
 def test_a_tokenizer_without_unk_bos_or_eos_is_refused_by_name():

@@ -223,19 +223,23 @@ def join_text(a: str, b: str) -> str:
     and brackets aside) are Chinese or Japanese -- "他来了。" + "她走了。" is "他来了。她走了。".  A
     space the text would not have becomes a "▁" token in the model's input that pre-training
     never showed it."""
-    if not a or not b or a[-1].isspace() or b[0].isspace():
-        return a + b
-    last, first = a.rstrip(_CLOSERS)[-1:], b.lstrip(_OPENERS)[:1]
-    joint = not last or not first or any(_WRITTEN_WITHOUT_SPACES.match(c) for c in (last, first))
-    return a + b if joint else f"{a} {b}"
+    return a + _space_between(a, b) + b
 
 
 def join_sentences(sentences) -> str:
     """Sentences (split_sentences' pieces) back into one text: join_text between each two."""
-    text = ""
-    for sentence in sentences:
-        text = join_text(text, sentence)
-    return text
+    sentences = list(sentences)
+    spaces = ["", *map(_space_between, sentences, sentences[1:])]
+    return "".join(space + sentence for space, sentence in zip(spaces, sentences))
+
+
+def _space_between(a: str, b: str) -> str:
+    if not a or not b or a[-1].isspace() or b[0].isspace():
+        return ""
+    last, first = a.rstrip(_CLOSERS)[-1:], b.lstrip(_OPENERS)[:1]
+    if not last or not first or any(_WRITTEN_WITHOUT_SPACES.match(c) for c in (last, first)):
+        return ""
+    return " "
 
 
 def _ends_a_sentence(text: str, end: re.Match) -> bool:

@@ -682,37 +682,52 @@ def choice_logprobs(model, tokenizer, question: str, choices: list[str], templat
     All choices of one question go through the model as one padded batch.  The question is
     `<s> question` ("plain"), or a user's message in a chat template, ready for the assistant's
     answer (for SFT models): a ChatTemplate (npllama.chat), or "chat" for LLaMA-2's
-    "<s>[INST] question [/INST]".
+    "<s>[INST] question [/INST]".  A plain choice is scored as the text goes on after the question:
+    after a space, but with none in Chinese or Japanese (objectives.join_text); a chat answer after
+    the template's space.
     """
     from .chat import ChatTemplate
     from .runs import require_next_token_model
 
     require_next_token_model(model, "multiple-choice scoring")   # log p(choice | question), token by token
     if template == "plain":
-        context = tokenizer.encode(question, bos=True)
+        prompt, chat = question, None
     elif template == "chat" or isinstance(template, ChatTemplate):
         chat = ChatTemplate("llama2") if template == "chat" else template
-        context = tokenizer.encode(chat.prompt(question), bos=False)
+        prompt = chat.prompt(question)              # its text holds <s> where the template puts one
     else:
         raise ValueError(f"template must be 'plain', 'chat' or a ChatTemplate, got {template!r}")
-    choice_ids = [tokenizer.encode(c, bos=False) for c in choices]
+    split = [_context_and_continuation(tokenizer, prompt, c, after_a_space=chat is not None, bos=chat is None)
+             for c in choices]
     limit = model.config.max_position_embeddings
-    room = limit - max(len(ids) for ids in choice_ids)   # for the question
+    room = limit - max(len(ids) for _, ids in split)   # for the question
     if room < 2:
         raise ValueError(f"a choice of {limit - room} tokens leaves no room for the question in the model's "
                          f"context ({limit} tokens)")
-    if len(context) > room:  # keep <s> and the end of the question, the part nearest the answer
-        context = context[:1] + context[len(context) - room + 1:]
-    sequences = [context + ids for ids in choice_ids]
-    tokens, mask = pad_batch(sequences, pad_id_of(tokenizer))
+    # a question too long keeps <s> and its end, the part nearest the answer
+    split = [(context if len(context) <= room else context[:1] + context[len(context) - room + 1:], ids)
+             for context, ids in split]
+    tokens, mask = pad_batch([context + ids for context, ids in split], pad_id_of(tokenizer))
     logits = model.forward(tokens, mask)                                  # (C, T, V)
     scores = []
-    for row, ids in enumerate(choice_ids):
+    for row, (context, ids) in enumerate(split):
         positions = np.arange(len(context), len(context) + len(ids))     # where the choice's tokens sit
         predicting = logits[row, positions - 1].astype(np.float64)       # each predicted one step earlier
         log_probs = predicting - _logsumexp(predicting)                   # log softmax over V, those rows only
         scores.append(float(log_probs[np.arange(len(ids)), ids].sum()))
-    return np.array(scores), np.array([len(ids) for ids in choice_ids])
+    return np.array(scores), np.array([len(ids) for _, ids in split])
+
+
+def _context_and_continuation(tokenizer, prompt: str, choice: str, after_a_space: bool, bos: bool = True):
+    """(context ids, choice ids): the whole text encoded as the model reads it, cut where its ids
+    stop being those of the prompt alone (a piece that spans the joint counts as the choice's)."""
+    from .objectives import join_text
+
+    context = tokenizer.encode(prompt, bos=bos)
+    whole = tokenizer.encode(f"{prompt} {choice}" if after_a_space else join_text(prompt, choice), bos=bos)
+    shared = next((i for i, (a, b) in enumerate(zip(context, whole)) if a != b), len(context))
+    shared = min(shared, len(whole) - 1)     # every choice is scored on at least one token
+    return whole[:shared], whole[shared:]
 
 
 def evaluate_choice(model, tokenizer, items: list[dict], template="plain", progress: bool = True) -> dict:

@@ -231,6 +231,28 @@ def test_batched_choice_scores_equal_one_at_a_time(base_dir):
         assert score == pytest.approx(expected, rel=1e-10)
 
 
+def test_a_chinese_choice_is_scored_as_the_text_goes_on_with_no_space(tmp_path):
+    # Before: each choice was encoded on its own, so with its dummy-prefix space: "他们回家了。" after
+    # a Chinese question was scored as " 他们回家了。", a "▁" the Chinese corpus never has.
+    names, places = ["小明", "小红", "李雷", "妈妈"], ["公园", "学校", "河边", "市场"]
+    texts = [f"{n}去了{p}。{m}也去了{p}！" for n in names for m in names for p in places]
+    tokenizer = Tokenizer.train(texts, tmp_path / "zh", vocab_size=300)
+    model = Llama(LlamaConfig(vocab_size=300, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64),
+                  seed=0, dtype=np.float64)
+    question, choices = "小明去了公园。", ["小红也去了公园！", "李雷去了学校。"]
+    scores, lengths = choice_logprobs(model, tokenizer, question, choices)
+    for choice, score, length in zip(choices, scores, lengths):
+        whole = tokenizer.encode(question + choice, bos=True)     # the text as written
+        context = tokenizer.encode(question, bos=True)
+        assert whole[:len(context)] == context and len(whole) - len(context) == length
+        assert tokenizer.decode(whole[len(context):]) == choice
+        log_probs = model.forward(np.array([whole]))[0]
+        log_probs = log_probs - np.log(np.exp(log_probs).sum(-1, keepdims=True))
+        assert score == pytest.approx(sum(log_probs[t - 1, whole[t]] for t in range(len(context), len(whole))),
+                                      rel=1e-10)
+
+
 # ----- the commands ----------------------------------------------------------------------------------
 @pytest.fixture
 def cli(monkeypatch):

@@ -11,7 +11,8 @@ def register(subparsers) -> None:
     c = tasks.add_parser(
         "choice", help="multiple choice by the log-likelihood of each choice",
         description="Score each choice by the log-probability the model gives its tokens after the "
-                    "question; the most likely choice is the model's answer. Prints accuracy (total "
+                    "question, read as the text going on after it (a space between them, none in Chinese or "
+                    "Japanese); the most likely choice is the model's answer. Prints accuracy (total "
                     "log-likelihood) and accuracy per token (length-normalised) beside chance. With no "
                     "--data it uses built-in items: which sentence comes next in a story?",
         formatter_class=HelpFormatter)

@@ -328,14 +328,16 @@ def majority_baseline(train_labels, val_labels) -> tuple[int, float]:
 
 def format_metrics(metrics: dict, label_names, baseline: float) -> str:
     """Accuracy and macro-F1 beside the majority baseline, then the confusion matrix."""
+    from .text_width import rjust, width as columns
+
     names = [str(n) for n in label_names]
-    width = max(8, *(len(n) for n in names))
+    width = max(8, *(columns(n) for n in names))
     lines = [f"validation accuracy {metrics['accuracy']:.3f}   macro-F1 {metrics['macro_f1']:.3f}   "
              f"(majority-class baseline: accuracy {baseline:.3f})",
              "confusion matrix (rows: true label, columns: predicted)",
-             " " * width + "".join(n.rjust(width + 1) for n in names)]
+             " " * width + "".join(rjust(n, width + 1) for n in names)]
     for name, row in zip(names, metrics["confusion"]):
-        lines.append(name.rjust(width) + "".join(str(v).rjust(width + 1) for v in row))
+        lines.append(rjust(name, width) + "".join(str(v).rjust(width + 1) for v in row))
     return "\n".join(lines)
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from npllama.exercises import EXERCISES, check_file, check_function
-from npllama.exercises.gradebook import grade_folder, write_gradebook
+from npllama.exercises.gradebook import format_gradebook, grade_folder, write_gradebook
 from npllama.exercises.planted import CORRECT
-from npllama.exercises.sandbox import OUTPUT_SHOWN, _CappedOutput, grade_file
+from npllama.exercises.sandbox import OUTPUT_SHOWN, Graded, _CappedOutput, grade_file
 from npllama.exercises.screen import screen_source
 
 NASTY = {
@@ -333,3 +333,16 @@ def test_check_function_rejects_bad_arguments():
         grade_file("rmsnorm", "x.py", timeout=0)
     with pytest.raises(ValueError, match="memory_mb must be an int >= 64"):
         grade_file("rmsnorm", "x.py", memory_mb=1)
+
+
+def test_the_gradebook_table_lines_up_students_with_chinese_names():
+    # Before: the file column was padded by len(), so a row for 张三 (two characters, four
+    # columns) had its status two columns right of the others'.
+    import unicodedata
+
+    graded = [Graded(f"{name}/rmsnorm_backward.py", status, passed, 4, "", "", 1.0)
+              for name, status, passed in (("张三", "pass", 4), ("alice", "fail", 2), ("李小龙", "pass", 4))]
+    lines = format_gradebook(graded).splitlines()[:4]
+    starts = {sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line[:line.index(status)])
+              for line, status in zip(lines, ("status", "pass", "fail", "pass"))}
+    assert len(starts) == 1, lines

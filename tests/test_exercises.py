@@ -286,6 +286,21 @@ def test_in_place_changes_and_upcasts_are_caught():
     assert "float64 although every input was float32" in report.first_failure.finding.message
 
 
+def test_teacher_table_lines_up_files_with_chinese_names():
+    # Before: padded by len(), a file named 张三.py (four columns for two characters) pushed its
+    # row's "passed" two columns right of the other rows'.
+    import unicodedata
+
+    from npllama.exercises.runner import Report
+
+    reports = [Report(get_exercise("linear"), name, [], load_error="no linear_backward") for name in
+               ("张三.py", "alice.py", "李小龙.py")]
+    lines = format_table(reports).splitlines()[:4]
+    ends = {sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line[:line.index(mark) + len(mark)])
+            for line, mark in zip(lines, ("passed", "-", "-", "-"))}      # a right-aligned column
+    assert len(ends) == 1, lines
+
+
 def test_teacher_table_over_a_folder(tmp_path):
     write_planted("linear", tmp_path)
     (tmp_path / "notes.txt").write_text("not python")

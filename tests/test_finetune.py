@@ -149,6 +149,36 @@ def test_metrics_and_baseline():
     assert majority_baseline([1, 1, 0], [0, 1, 1, 1]) == (1, 0.75)
 
 
+def terminal_columns(text):
+    """Columns in a terminal (a Chinese character takes two): counted apart from npllama's own."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def column_ends(line):
+    """The terminal column where each run of non-spaces in `line` ends."""
+    ends, column = [], 0
+    for i, c in enumerate(line):
+        column += terminal_columns(c)
+        if c != " " and (i + 1 == len(line) or line[i + 1] == " "):
+            ends.append(column)
+    return ends
+
+
+def test_the_confusion_matrix_lines_up_chinese_labels():
+    # Before: padded by len(), so each label of two Chinese characters (four columns) pushed its
+    # row's numbers two columns right of the header's labels.
+    from npllama.finetune import format_metrics
+
+    names = ["正面", "负面", "neutral", "非常非常非常负面"]
+    metrics = classification_metrics([0, 1, 2, 3, 0], [0, 1, 2, 3, 1], 4)
+    table = format_metrics(metrics, names, 0.4).splitlines()[2:]
+    header, rows = column_ends(table[0]), [column_ends(line) for line in table[1:]]
+    assert all(ends[1:] == header for ends in rows), table
+    assert len({ends[0] for ends in rows}) == 1, table      # the row labels end in one column
+
+
 # ----- instruction tuning --------------------------------------------------------------------------
 def test_sft_targets_count_the_response_only(base_dir):
     tokenizer = Tokenizer(base_dir / "tokenizer.model")

@@ -154,6 +154,24 @@ def test_classify_cli_with_a_folder_and_with_an_adapter(classifiers, small_model
     assert rows[0]["label"] == load_classifier(small_model_dir, adapter=lora).predict(["Great fun."])[0]
 
 
+def test_classify_lines_up_the_scores_after_chinese_labels(monkeypatch, capsys):
+    # Before: labels padded by len(), so the scores after "正面" (two characters, four columns)
+    # stood two columns right of those after "neutral".
+    import unicodedata
+
+    class Classifier:
+        label_names = ["正面", "负面", "neutral"]
+
+        def probabilities(self, texts, batch_size):
+            return np.eye(3)[[i % 3 for i in range(len(texts))]] * 0.9 + 0.1 / 3
+
+    monkeypatch.setattr(npllama.classify, "load_classifier", lambda *args, **kwargs: Classifier())
+    status, out, _ = run_cli(capsys, "classify", "--model", "any", "--text", "好", "--text", "坏", "--text", "meh")
+    starts = {sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line[:line.index("0.")])
+              for line in out.splitlines()}
+    assert status == 0 and len(starts) == 1, out
+
+
 def test_classify_refuses_a_language_model_folder(small_model_dir, capsys):
     status, _, err = run_cli(capsys, "classify", "--model", str(small_model_dir), "--text", "hi")
     assert status == 2 and "score.weight" in err and "npllama generate" in err

@@ -45,8 +45,10 @@ def run(args) -> int:
     classifier = load_classifier(args.model, dtype=getattr(np, args.dtype), adapter=args.adapter)
     with use_backend(args.backend or get_backend()):
         probabilities = classifier.probabilities(texts, batch_size=args.batch_size)
+    from ..text_width import ljust, width as columns
+
     names = classifier.label_names
-    width = max(len(n) for n in names)
+    width = max(columns(n) for n in names)
     for text, row in zip(texts, probabilities):
         best = int(row.argmax())
         if args.json:
@@ -54,6 +56,6 @@ def run(args) -> int:
                               "probabilities": {n: round(float(p), 6) for n, p in zip(names, row)}},
                              ensure_ascii=False))
         else:
-            print(f"{names[best]:<{width}}  {row[best]:.3f}  {text}")
+            print(f"{ljust(names[best], width)}  {row[best]:.3f}  {text}")
     sys.stdout.flush()
     return 0

@@ -14,6 +14,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..text_width import ljust, width as columns
 from .sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, Graded, grade_file
 
 MAX_WORKERS = 2     # graders running at once (each is one process on one BLAS thread)
@@ -96,7 +97,7 @@ def format_gradebook(graded: list[Graded], width: int = 100) -> str:
         if len(text) > width:
             text = text[:width - 3] + "..."
         rows.append((g.file, g.status, f"{g.passed}/{g.total}", text))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}  {d}".rstrip() for a, b, c, d in rows]
+    widths = [max(columns(row[i]) for row in rows) for i in range(3)]
+    lines = [f"{ljust(a, widths[0])}  {b:<{widths[1]}}  {c:>{widths[2]}}  {d}".rstrip() for a, b, c, d in rows]
     ok = sum(g.ok for g in graded)
     return "\n".join(lines + [f"{ok} of {len(graded)} submissions pass every check."])

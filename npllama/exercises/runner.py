@@ -297,8 +297,10 @@ def format_table(reports: list[Report], width: int = 90) -> str:
         if len(text) > width:
             text = text[:width - 3] + "..."
         rows.append((Path(r.source).name, passed, text))
-    widths = [max(len(row[i]) for row in rows) for i in range(2)]
-    lines = [f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c}" for a, b, c in rows]
+    from ..text_width import ljust, width as columns
+
+    widths = [max(columns(row[i]) for row in rows) for i in range(2)]
+    lines = [f"{ljust(a, widths[0])}  {b:>{widths[1]}}  {c}" for a, b, c in rows]
     ok = sum(r.ok for r in reports)
     return "\n".join(lines + [f"{ok} of {len(reports)} submissions pass every check."])
 

@@ -39,6 +39,8 @@ N_SPECIAL_PIECES = 3  # <unk>, <s>, </s>
 # characters and some merges to be of any use.
 MIN_VOCAB_SIZE = N_BYTE_PIECES + N_SPECIAL_PIECES + 1
 MODEL_TYPES = ("bpe", "unigram", "char", "word")
+# SentencePiece's trainer refuses less (trainer_interface.cc), with an internal CHECK message.
+MIN_CHARACTER_COVERAGE = 0.98
 
 # LLaMA's trainer settings (see the module docstring).  Keyword arguments of `train` override them.
 LLAMA_TRAINER_OPTIONS = dict(
@@ -186,7 +188,7 @@ class Tokenizer:
         try:
             spm.SentencePieceTrainer.train(**options)
         except RuntimeError as exc:
-            raise _explain_training_error(exc, vocab_size) from None
+            raise _explain_training_error(exc, vocab_size, options["character_coverage"]) from None
         trained = cls.from_bytes(model.getvalue(), f"{model_prefix}.model")
         _write_trained_file(Path(f"{model_prefix}.model"), trained.model_bytes)
         _write_trained_file(Path(f"{model_prefix}.vocab"), trained.vocab_text().encode("utf-8"))
@@ -366,8 +368,10 @@ def _check_train_args(vocab_size, model_type, character_coverage, input_sentence
             f"(512 is a good small size)")
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
-    if not isinstance(character_coverage, (int, float)) or not 0.9 <= character_coverage <= 1.0:
-        raise ValueError(f"character_coverage must be a number in [0.9, 1], got {character_coverage!r}")
+    if (isinstance(character_coverage, bool) or not isinstance(character_coverage, (int, float))
+            or not MIN_CHARACTER_COVERAGE <= character_coverage <= 1.0):
+        raise ValueError(f"character_coverage must be a number in [{MIN_CHARACTER_COVERAGE}, 1], "
+                         f"got {character_coverage!r}")
     for name, value in (("input_sentence_size", input_sentence_size),
                         ("max_sentence_length", max_sentence_length), ("seed", seed)):
         require_non_negative_int(name, value)
@@ -465,7 +469,7 @@ def _write_trained_file(path: Path, data: bytes) -> None:
                                    f"({error.strerror or error}){advice}") from error
 
 
-def _explain_training_error(exc: RuntimeError, vocab_size: int) -> Exception:
+def _explain_training_error(exc: RuntimeError, vocab_size: int, character_coverage: float) -> Exception:
     """Turn SentencePiece's CHECK failures about the vocabulary size into advice."""
     message = str(exc).strip()
     too_high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", message)
@@ -480,8 +484,9 @@ def _explain_training_error(exc: RuntimeError, vocab_size: int) -> Exception:
         return ValueError(
             f"vocab_size={vocab_size} is too small for this corpus: its characters plus the "
             f"{N_BYTE_PIECES} byte pieces and {N_SPECIAL_PIECES} special pieces already need {needed}.  "
-            f"Use a larger vocab size (at least {needed}; more leaves room for merged pieces), or, from "
-            f"Python, Tokenizer.train(..., character_coverage=...) below 0.9995 so that rare characters "
+            f"Use a larger vocab_size (at least {needed}; more leaves room for merged pieces; Chinese or "
+            f"Japanese text uses thousands of characters), or a character_coverage below "
+            f"{character_coverage:g} (down to {MIN_CHARACTER_COVERAGE}), so that the rarest characters "
             f"are spelled with bytes.")
     return ValueError(f"SentencePiece training failed: {message}")
 

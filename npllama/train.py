@@ -612,7 +612,14 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts: list[str], echo, c
              f"tokenizer the weights were trained with as --tokenizer")
     echo(f"training a SentencePiece BPE tokenizer with {vocab_size} pieces ...")
     # tokenizer.model and tokenizer.vocab, each written atomically (a full disk is an OSError saying so)
-    return Tokenizer.train(texts, path.with_suffix(""), vocab_size, input_sentence_size=200_000)
+    try:
+        return Tokenizer.train(texts, path.with_suffix(""), vocab_size, input_sentence_size=200_000)
+    except ValueError as error:
+        if "character_coverage" not in str(error):
+            raise
+        # a run trains its tokenizer with the default coverage: a lower one is a tokenizer of its own
+        raise ValueError(f"{error}  A run's own tokenizer keeps the default coverage: for a lower one, train "
+                         f"it with `npllama tokenizer train --character-coverage` and give it as --tokenizer.") from None
 
 
 def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts: list[str], val_texts=None):

@@ -220,6 +220,34 @@ def test_vocab_size_too_small_for_the_characters(tmp_path):
         Tokenizer.train(many_chars, tmp_path / "t", 300, character_coverage=1.0)
 
 
+def chinese_text(characters=600, documents=200):
+    """Chinese-looking documents: ~290 distinct characters, the commonest far more frequent (Zipf)."""
+    rng = random.Random(0)
+    alphabet = [chr(0x4E00 + 37 * i) for i in range(characters)]
+    weights = [1 / (rank + 1) ** 1.5 for rank in range(characters)]
+    return ["".join(rng.choices(alphabet, weights, k=30)) + "。" for _ in range(documents)]
+
+
+def test_a_lower_character_coverage_fits_chinese_in_a_small_vocabulary_from_the_command_line(tmp_path, capsys):
+    # Before: the advice for a vocabulary too small for the characters was "from Python,
+    # Tokenizer.train(..., character_coverage=...)": the command line had no way to follow it.
+    from npllama.cli import main
+
+    (tmp_path / "zh.txt").write_text("\n\n".join(chinese_text()), encoding="utf-8")
+    argv = ["tokenizer", "train", "--data", str(tmp_path / "zh.txt"), "--vocab-size", "450", "--out"]
+    assert main([*argv, str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "--vocab-size (at least" in err and "--character-coverage below 0.9995 (down to 0.98)" in err
+    assert main([*argv, str(tmp_path / "b"), "--character-coverage", "0.98"]) == 0
+    tok = Tokenizer(tmp_path / "b.model")
+    text = chinese_text()[-1]
+    assert tok.decode(tok.encode(text)) == text and tok.vocab_size == 450
+    # `npllama train` trains its tokenizer with the default: it says how to get another
+    assert main(["train", "--data", str(tmp_path / "zh.txt"), "--vocab-size", "450", "--out", str(tmp_path / "run"),
+                 "--steps", "1", "--no-progress"]) == 2
+    assert "`npllama tokenizer train --character-coverage` and give it as --tokenizer" in capsys.readouterr().err
+
+
 def test_other_training_argument_errors(stories, tmp_path):
     with pytest.raises(ValueError, match="model_type"):
         Tokenizer.train(stories[:10], tmp_path / "t", 512, model_type="wordpiece")
@@ -231,6 +259,9 @@ def test_other_training_argument_errors(stories, tmp_path):
         Tokenizer.train(tmp_path / "missing.txt", tmp_path / "t", 512)
     with pytest.raises(ValueError, match="character_coverage"):
         Tokenizer.train(stories[:10], tmp_path / "t", 512, character_coverage=2.0)
+    # SentencePiece refuses less than 0.98 with an internal CHECK message; before, 0.9 to 0.98 got it
+    with pytest.raises(ValueError, match=r"character_coverage must be a number in \[0.98, 1\], got 0.95"):
+        Tokenizer.train(stories[:10], tmp_path / "t", 512, character_coverage=0.95)
 
 
 def test_numpy_integers_are_integers(stories, tmp_path):

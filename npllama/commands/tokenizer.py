@@ -8,7 +8,11 @@ from . import HelpFormatter, UsageError, print_help_instead
 def register(subparsers) -> None:
     p = subparsers.add_parser("tokenizer", help="train a SentencePiece tokenizer, encode or decode text",
                               description="SentencePiece BPE tokenizers with LLaMA's settings (byte "
-                                          "fallback, digits split, <unk>=0, <s>=1, </s>=2).")
+                                          "fallback, digits split, <unk>=0, <s>=1, </s>=2). The text is "
+                                          "not normalized (as LLaMA's): full-width ＡＢＣ１２３ and ABC123, "
+                                          "or 繁體 and 简体, stay different characters, and decode(encode(x)) "
+                                          "is x; normalize a corpus first (e.g. Python's "
+                                          "unicodedata.normalize('NFKC', text)) to make them one.")
     sub = p.add_subparsers(dest="tokenizer_command", metavar="<train|encode|decode>")
     t = sub.add_parser("train", help="train a tokenizer on a corpus",
                        formatter_class=HelpFormatter)
@@ -20,7 +24,12 @@ def register(subparsers) -> None:
     t.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"],
                    help="SentencePiece's algorithm: byte-pair merges (LLaMA's) or a unigram language model")
     t.add_argument("--vocab-size", type=int, default=512,
-                   help="pieces in the vocabulary, 256 byte pieces and <unk>, <s>, </s> included")
+                   help="pieces in the vocabulary, 256 byte pieces and <unk>, <s>, </s> included (Chinese or "
+                        "Japanese text needs a piece per character it uses, or --character-coverage below 1)")
+    t.add_argument("--character-coverage", type=float, default=0.9995,
+                   help="share of the text's characters (counted with repeats) that get a piece of their own, "
+                        "in [0.98, 1]; the rarest others are spelled with UTF-8 byte pieces (three for a Chinese "
+                        "character)")
     t.add_argument("--out", default="tokenizer", help="output prefix: writes OUT.model and OUT.vocab")
     t.add_argument("--force", action="store_true", help="replace OUT.model and OUT.vocab if they exist")
     t.set_defaults(run=train)
@@ -56,7 +65,8 @@ def train(args) -> int:
 
     check_doc_separator(args.doc_separator)   # without --data nothing else would read it (cli names the flag)
     texts = load_texts(args.data, args.doc_separator) if args.data else make_default_corpus()
-    tok = Tokenizer.train(texts, args.out, args.vocab_size, model_type=args.model_type)
+    tok = Tokenizer.train(texts, args.out, args.vocab_size, model_type=args.model_type,
+                          character_coverage=args.character_coverage)
     print(f"wrote {tok.path} ({tok.vocab_size} pieces)")
     return 0
 

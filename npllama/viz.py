@@ -64,8 +64,9 @@ def plot_attention(probs, labels, path, title: str = "", key_labels=None) -> Pat
     fig = _figure(side + 1.5, side)
     ax = fig.subplots()
     image = ax.imshow(probs, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_xticks(range(S), [_label(s) for s in key_labels], rotation=90, fontsize=8)
-    ax.set_yticks(range(T), [_label(s) for s in labels], fontsize=8)
+    families, drawn = _fonts_for([_label(s) for s in [*key_labels, *labels]])
+    ax.set_xticks(range(S), drawn[:S], rotation=90, fontsize=8, fontfamily=families)
+    ax.set_yticks(range(T), drawn[S:], fontsize=8, fontfamily=families)
     ax.xaxis.tick_top()
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query (attending)")
@@ -77,6 +78,41 @@ def plot_attention(probs, labels, path, title: str = "", key_labels=None) -> Pat
 
 def _label(piece: str) -> str:
     return piece.replace("\u2581", "_") if piece.strip() else repr(piece)
+
+
+def _fonts_for(labels: list[str]) -> tuple[list[str], list[str]]:
+    """(font families, labels to draw): matplotlib's default font, then installed fonts holding the
+    characters it lacks (matplotlib takes each glyph from the first family that has it).  The
+    default (DejaVu Sans) has no Chinese or Japanese: a token such as "小明" would be drawn as empty
+    boxes, with a warning per character.  A character no installed font holds is written as its
+    escape (\\u5c0f), with one warning naming them."""
+    import warnings
+
+    from matplotlib import font_manager, rcParams
+    from matplotlib.ft2font import FT2Font
+
+    default = font_manager.findfont(font_manager.FontProperties(family=rcParams["font.family"]))
+    missing = set("".join(labels)) - set(map(chr, FT2Font(default).get_charmap()))
+    families = [font_manager.FontProperties(fname=default).get_name()]
+    for font in sorted(font_manager.fontManager.ttflist, key=lambda f: f.fname) if missing else []:
+        try:
+            held = missing & set(map(chr, FT2Font(font.fname).get_charmap()))
+        except (OSError, RuntimeError):   # a font file matplotlib listed but cannot read
+            continue
+        # Last Resort (shipped with matplotlib) maps every character to a box naming its block
+        if held and font.name not in families and not font.name.startswith("Last Resort"):
+            families.append(font.name)
+            missing -= held
+        if not missing:
+            break
+    if missing:
+        shown = "".join(sorted(missing))
+        warnings.warn(f"no installed font draws {shown[:20]}{'...' if len(shown) > 20 else ''}: the token labels show "
+                      f"{'them' if len(missing) > 1 else 'it'} as \\u escapes (a font such as Noto Sans CJK, "
+                      f"Debian's fonts-noto-cjk, draws Chinese and Japanese)", stacklevel=3)
+        labels = ["".join(c.encode("unicode_escape").decode() if c in missing else c for c in label)
+                  for label in labels]
+    return families, labels
 
 
 # ----- loss curves ------------------------------------------------------------------------------

@@ -105,6 +105,28 @@ def test_plot_functions_write_png(tmp_path):
         viz.plot_attention(probs, ["a"], tmp_path / "b.png")
 
 
+def test_chinese_token_labels_are_drawn_or_spelled_never_empty_boxes(tmp_path):
+    # Before: matplotlib's default font has no Chinese, so "小明" was drawn as two empty boxes with
+    # a "Glyph ... missing from font(s) DejaVu Sans" warning per character.
+    pytest.importorskip("matplotlib")
+    import warnings
+
+    probs = np.tril(np.ones((4, 4)))
+    probs /= probs.sum(-1, keepdims=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert is_png(viz.plot_attention(probs, ["<s>", "\u2581小明", "。", "\u24b6"], tmp_path / "zh.png"))
+    said = [str(w.message) for w in caught]
+    assert not [m for m in said if "missing from font" in m], said
+    # a machine without a Chinese font says so once, naming the characters (with one, nothing to say)
+    assert all("小" in m and "\\u escapes" in m for m in said if "no installed font" in m), said
+    assert len(said) <= 1, said
+    # a character the default font lacks is taken from an installed font that has it: matplotlib's own
+    # STIX fonts have Ⓐ (U+24B6), DejaVu Sans has not
+    families, labels = viz._fonts_for(["\u24b6"])
+    assert labels == ["\u24b6"] and len(families) == 2 and families[1].startswith("STIX")
+
+
 def test_plotting_needs_no_pyplot_or_display(tmp_path):
     pytest.importorskip("matplotlib")
     import subprocess

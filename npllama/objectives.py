@@ -180,12 +180,20 @@ class SentenceOrderBatch:
 
 _CJK_CLOSERS = "\"'”’»)]」』）"      # quotes and brackets that may close a sentence
 _CLOSERS = _CJK_CLOSERS + "“‘"                 # and German „...“ (in Chinese, “ opens the next one)
+_OPENERS = "\"'“‘«„([（「『"
+# Chinese and Japanese are written without spaces, between sentences too: ideographs, kana, CJK
+# punctuation (。「」) and full-width forms (！？，).  Korean is written with spaces, so Hangul is not here.
+_CJK = "\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uff9f\U00020000-\U0003ffff"
+_WRITTEN_WITHOUT_SPACES = re.compile(f"[{_CJK}]")
 # A sentence end: . ! ? … (runs of them) and closers, then white space; or CJK 。 ！ ？, which need no
-# space after them; or a paragraph break (a blank line), punctuated or not.  French sets its closing
+# space after them, and ASCII ! ? between CJK characters, as informal Chinese types them ("真的吗?他问。");
+# or a paragraph break (a blank line), punctuated or not.  French sets its closing
 # » after a (no-break) space: « Oui ! » -- a » after a space closes only when white space follows it,
 # since a German or Danish »Nein« opens with the same mark.
 _SENTENCE_END = re.compile(rf"(?P<mark>[.!?…]+)(?P<closed>[{re.escape(_CLOSERS)}]*(?:[ \u00a0\u202f]+»)?)(?=\s)"
-                           rf"|[。！？]+[{re.escape(_CJK_CLOSERS)}]*|\n[ \t]*\n")
+                           rf"|[。！？]+[{re.escape(_CJK_CLOSERS)}]*"
+                           rf"|(?<=[{_CJK}])[!?]+[{re.escape(_CJK_CLOSERS)}]*(?=[{_CJK}{re.escape(_OPENERS)}])"
+                           rf"|\n[ \t]*\n")
 # words whose period does not end a sentence ("Mr. Smith", "e.g. this"); single letters too ("J. K.")
 _ABBREVIATIONS = frozenset("mr mrs ms dr prof st jr sr vs cf e.g i.e".split())
 _NEXT_CHARACTER, _LAST_WORD = re.compile(r"\s*(\S)"), re.compile(r"\S+$")
@@ -196,7 +204,8 @@ def split_sentences(text: str) -> list[str]:
 
     A sentence ends at . ! ? or … (and any closing quotes or brackets, French « ... » with its
     spaces included) followed by white space, at
-    Chinese/Japanese 。 ！ ？ (no space needed), and at a blank line.  Not a sentence end: the period
+    Chinese/Japanese 。 ！ ？ (no space needed; ASCII ! ? too, between Chinese characters), and at a
+    blank line.  Not a sentence end: the period
     of a title or abbreviation (Mr. Dr. St. e.g. i.e. ...) or of an initial ("J. K. Rowling"), and
     an ellipsis or a quoted “Hi!” followed by a lowercase word ('"Hi!" she said.', "Wait... what?").
     A newline inside a paragraph is not a sentence end (hard-wrapped text)."""
@@ -208,13 +217,6 @@ def split_sentences(text: str) -> list[str]:
         start = end.end()
     sentences.append(text[start:].strip())
     return [s for s in sentences if s]
-
-
-# Chinese and Japanese are written without spaces, between sentences too: ideographs, kana, CJK
-# punctuation (。「」) and full-width forms (！？，).  Korean is written with spaces, so Hangul is not here.
-_WRITTEN_WITHOUT_SPACES = re.compile("[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uff9f"
-                                     "\U00020000-\U0003ffff]")
-_OPENERS = "\"'“‘«„([（「『"
 
 
 def join_text(a: str, b: str) -> str:

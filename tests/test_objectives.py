@@ -175,6 +175,9 @@ def test_split_sentences_and_encode_pair():
     ("\u4ed6\u6765\u4e86\u3002\u5979\u8d70\u4e86\uff01\u4e3a\u4ec0\u4e48\uff1f\u201c\u597d\u3002\u201d\u5bf9",
      ["\u4ed6\u6765\u4e86\u3002", "\u5979\u8d70\u4e86\uff01", "\u4e3a\u4ec0\u4e48\uff1f",
       "\u201c\u597d\u3002\u201d", "\u5bf9"]),
+    # ASCII ! ? typed between Chinese characters end a sentence too (before: one sentence); not in 3.5
+    ("真的吗?他问。好!!「走吧。」版本3.5很好!下载吧?Wow!好。",
+     ["真的吗?", "他问。", "好!!", "「走吧。」", "版本3.5很好!", "下载吧?Wow!好。"]),
     ("A title\n\nA hard-wrapped\nline. It ended\u2026 Then more.",
      ["A title", "A hard-wrapped\nline.", "It ended\u2026", "Then more."]),
     ("i went home. it rained. 3.5 is a number.", ["i went home.", "it rained.", "3.5 is a number."]),

@@ -34,7 +34,7 @@ ENCODE_CHUNK = 1024     # documents per encode_batch call (one progress-bar step
 
 # ----- reading text --------------------------------------------------------------------------------
 
-DOC_SEPARATORS = ("blank-line", "marker:<TEXT>", "whole-file")  # what a .txt file is cut at
+DOC_SEPARATORS = ("blank-line", "line", "marker:<TEXT>", "whole-file")  # what a .txt file is cut at
 
 
 def load_texts(path, doc_separator: str = "blank-line") -> list[str]:
@@ -43,6 +43,8 @@ def load_texts(path, doc_separator: str = "blank-line") -> list[str]:
     * `.txt`: UTF-8 text, cut into documents as `doc_separator` says:
         - "blank-line" (default): at one or more blank lines (lines holding only whitespace count
           as blank).  A file with one story per paragraph gives one document per story.
+        - "line": at every newline: each non-blank line is a document (text written one paragraph
+          per line, as Chinese text often is, which has no blank line to cut at).
         - "marker:<TEXT>": at every occurrence of TEXT (e.g. "marker:<|endoftext|>"); blank lines
           stay inside a document, so a play or a book with paragraphs stays whole.
         - "whole-file": the file is one document.
@@ -79,10 +81,10 @@ def check_doc_separator(doc_separator) -> None:
     """A ValueError unless doc_separator is one of DOC_SEPARATORS (a marker with non-empty text)."""
     if not isinstance(doc_separator, str):
         raise TypeError(f"doc_separator must be a str (one of {', '.join(DOC_SEPARATORS)}), got {doc_separator!r}")
-    if doc_separator in ("blank-line", "whole-file"):
+    if doc_separator in ("blank-line", "line", "whole-file"):
         return
     if not doc_separator.startswith("marker:") or not doc_separator[len("marker:"):].strip():
-        raise ValueError(f"doc_separator must be blank-line, whole-file or marker:<TEXT> with a non-blank "
+        raise ValueError(f"doc_separator must be blank-line, line, whole-file or marker:<TEXT> with a non-blank "
                          f"TEXT (e.g. marker:<|endoftext|>), got {doc_separator!r}")
 
 
@@ -109,6 +111,8 @@ def split_documents(text: str, doc_separator: str = "blank-line") -> list[str]:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if doc_separator == "whole-file":
         pieces = [text]
+    elif doc_separator == "line":
+        pieces = text.split("\n")     # not splitlines(): U+2028, U+0085, form feeds stay the text's own
     elif doc_separator.startswith("marker:"):
         pieces = text.split(doc_separator[len("marker:"):])
     else:

@@ -113,8 +113,15 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
                          f"cut from one document: {SENTENCES}")
     if len(texts) < everything:
         source += f" ({everything - len(texts)} of {everything} documents skipped: one sentence only)"
-    train_rows, val_rows = datasets.split_train_val(len(texts), sc_.val_fraction, sc_.seed, what="documents of 2+ "
-                                                    "sentences", val_file=False)
+    try:
+        train_rows, val_rows = datasets.split_train_val(len(texts), sc_.val_fraction, sc_.seed,
+                                                        what="documents of 2+ sentences", val_file=False)
+    except ValueError as error:
+        if sc_.data is None or sc_.doc_separator != "blank-line" or everything > 1:
+            raise
+        # text written a paragraph per line (as Chinese often is) has no blank line to cut at
+        raise ValueError(f"{error}: {source} has no blank line, so it is one document (doc_separator line "
+                         f"makes each of its lines one)") from None
     max_len = min(sc_.max_len, model.config.max_position_embeddings)
     train = _pairs([texts[i] for i in train_rows], tokenizer, sc_, max_len, sc_.batch_size, "training")
     val = _pairs([texts[i] for i in val_rows], tokenizer, sc_, max_len, 1, "validation")

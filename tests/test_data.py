@@ -70,7 +70,17 @@ def test_jsonl_errors_name_file_and_line(tmp_path, bad_line, message):
         load_texts(path)
 
 
-@pytest.mark.parametrize("separator", ["blank-line", "whole-file", "marker:<|end|>"])
+def test_line_makes_each_line_a_document(tmp_path):
+    # text written a paragraph per line (as Chinese often is): before, no separator cut at single
+    # newlines, and such a file was one document whatever --doc-separator said
+    text = "第一段。\n第二段！\n  \n第三段\u2028同一段\n"
+    assert split_documents(text, "line") == ["第一段。", "第二段！", "第三段\u2028同一段"]
+    assert split_documents(text, "blank-line") == ["第一段。\n第二段！", "第三段\u2028同一段"]
+    (tmp_path / "zh.txt").write_text(text.replace("\n", "\r\n"), encoding="utf-8")
+    assert load_texts(tmp_path / "zh.txt", "line") == ["第一段。", "第二段！", "第三段\u2028同一段"]
+
+
+@pytest.mark.parametrize("separator", ["blank-line", "line", "whole-file", "marker:<|end|>"])
 def test_a_windows_file_with_a_bom_reads_as_the_same_text(tmp_path, separator):
     """Notepad's UTF-8: a byte-order mark and \\r\\n line ends.  The documents are those of the
     plain file, whatever the separator: no U+FEFF before the first word, no \\r in any document."""

@@ -157,6 +157,21 @@ def test_too_few_documents_are_one_line_saying_which_side_and_what_helps(greetin
     assert re.search(message, err), err
 
 
+def test_a_paragraph_per_line_is_one_document_at_blank_lines_and_one_per_line_with_line(greetings, tmp_path,
+                                                                                        capsys):
+    # Chinese text is often written a paragraph per line, with no blank line: before, the only
+    # advice was "give more documents", and no --doc-separator could cut at single newlines.
+    paragraphs = [f"第{i}天，小明去了公园。他很高兴！" for i in range(40)]
+    (tmp_path / "zh.txt").write_text("\n".join(paragraphs) + "\n", encoding="utf-8")
+    argv = ["finetune", "sop", "--base", str(greetings[0]), "--data", str(tmp_path / "zh.txt"), "--steps", "1",
+            "--batch-size", "4", "--no-progress", "--backend", "numpy"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "zh.txt has no blank line, so it is one document (--doc-separator line makes each of its lines one)" in err
+    assert main([*argv, "--doc-separator", "line"]) == 0
+    assert "from " + str(tmp_path / "zh.txt") + ": 36 training / 4 validation pairs" in capsys.readouterr().out
+
+
 def test_load_sentence_order_refuses_a_folder_without_the_head(greetings):
     base, _ = greetings
     with pytest.raises(FileNotFoundError, match=f"no {HEAD_FILE}"):

@@ -90,8 +90,9 @@ def register(subparsers) -> None:
                    "\"text\" field; each document of two or more sentences gives one pair, a longer one a pair per "
                    "--max-len stretch (default: --stories "
                    "built-in stories)")
-    o.add_argument("--doc-separator", default=d.doc_separator, metavar="blank-line|marker:TEXT|whole-file",
-                   help="how a .txt file is cut into documents: at blank lines, at every TEXT, or not at all")
+    o.add_argument("--doc-separator", default=d.doc_separator, metavar="blank-line|line|marker:TEXT|whole-file",
+                   help="how a .txt file is cut into documents: at blank lines, at every newline (line), at every TEXT, "
+                        "or not at all")
     o.add_argument("--stories", type=int, default=d.stories, help="built-in stories used when --data is not given")
     o.add_argument("--pairs", default=d.pairs, choices=["sop", "nsp"],
                    help="sop: B follows A or the two are swapped (ALBERT's sentence order); nsp: B follows A or "

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
                        formatter_class=HelpFormatter)
     t.add_argument("--data", default=None, help="a .txt file (cut into documents as --doc-separator says), a "
                    "folder of .txt/.jsonl files, or a .jsonl file with a \"text\" field (default: built-in stories)")
-    t.add_argument("--doc-separator", default="blank-line", metavar="blank-line|marker:TEXT|whole-file",
+    t.add_argument("--doc-separator", default="blank-line", metavar="blank-line|line|marker:TEXT|whole-file",
                    help="how a .txt file is cut into documents, as `npllama train` cuts it (the tokenizer sees "
                         "each document whole, newlines included)")
     t.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"],

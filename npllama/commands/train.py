@@ -18,9 +18,10 @@ def register(subparsers) -> None:
     p.add_argument("--data", default=None, help="training text: a .txt file (cut into documents as "
                    "--doc-separator says), a folder of .txt/.jsonl files, or a .jsonl file with a \"text\" "
                    "field (default: the built-in stories)")
-    p.add_argument("--doc-separator", default=d.doc_separator, metavar="blank-line|marker:TEXT|whole-file",
+    p.add_argument("--doc-separator", default=d.doc_separator, metavar="blank-line|line|marker:TEXT|whole-file",
                    help="how a .txt file is cut into documents (each trained as <s> document </s>): at blank "
-                        "lines; at every occurrence of TEXT (e.g. marker:<|endoftext|>), so blank lines stay "
+                        "lines; at every newline (line: a paragraph per line, as Chinese text is often written); "
+                        "at every occurrence of TEXT (e.g. marker:<|endoftext|>), so blank lines stay "
                         "inside a document; or not at all")
     p.add_argument("--val-data", default=None, metavar="FILE",
                    help="held-out text for the validation loss (a file or folder read like --data); "

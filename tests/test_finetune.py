@@ -324,6 +324,17 @@ def test_cli_bad_input(cli, base_dir, tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1
 
 
+def test_cli_labels_typed_with_a_chinese_comma_are_two_labels(cli, base_dir, tmp_path, capsys):
+    # Before: --labels was cut at "," only, so "负面，正面" (a Chinese keyboard's ，) was one label,
+    # and the error "unknown label '正面'; the labels are 负面，正面" looked as if both were there.
+    train = datasets.write_jsonl(tmp_path / "zh.jsonl", [{"text": "好看", "label": "正面"},
+                                                         {"text": "难看", "label": "负面"}] * 5)
+    for labels in ("负面，正面", "负面、正面", "负面, 正面"):
+        assert cli(["finetune", "classify", "--base", str(base_dir), "--data", str(train), "--labels", labels,
+                    "--steps", "1", "--no-progress", "--backend", "numpy"]) == 0
+        assert "labels 负面, 正面;" in capsys.readouterr().out
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the overflows that make the NaN
 def test_cli_fine_tuning_that_diverges_stops_in_one_line(cli, base_dir, capsys):
     # lr 1e9 overflows in the first steps: a failed run (status 1), not a usage mistake (2)

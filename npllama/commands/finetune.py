@@ -1,5 +1,6 @@
 """`npllama finetune classify|sft|sop`: adapt a pre-trained model to a task (article §3.3, §6, §9.2), or
 train it on the masked-LM + sentence-order objectives (§3.2.3, §4.3.3)."""
+import re
 import sys
 
 from . import (HelpFormatter, UsageError, defaults_only_when_given, prepare_training_process, print_help_instead,
@@ -36,7 +37,7 @@ def register(subparsers) -> None:
     c.add_argument("--dataset", default=d.dataset, choices=["sentiment", "topic", "spam"],
                    help="built-in example set used when --data is not given")
     c.add_argument("--val-data", default=None, help="validation file (default: split off --val-fraction)")
-    c.add_argument("--labels", default=None, help="comma-separated label names in id order, fixing the "
+    c.add_argument("--labels", default=None, help="comma-separated label names in id order (, ， or 、), fixing the "
                    "head's size and order (integer labels in the data are ids into it) (default: the "
                    "sorted labels found in the data)")
     c.add_argument("--val-fraction", type=float, default=d.val_fraction,
@@ -178,7 +179,8 @@ def _config(cls, args):
     if "no_progress" in vars(args):
         given["progress"] = not args.no_progress
     if given.get("labels") is not None:
-        given["labels"] = tuple(n.strip() for n in given["labels"].split(",") if n.strip())
+        # a Chinese keyboard types the full-width comma ， and lists with 、
+        given["labels"] = tuple(n.strip() for n in re.split("[,，、]", given["labels"]) if n.strip())
     on_the_command_line = set(given)
     if args.resume and given.get("out") is None:
         raise UsageError("--resume needs --out: the run folder to continue")

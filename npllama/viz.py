@@ -9,6 +9,7 @@ they work on a headless machine and never change the user's matplotlib backend.
 """
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -89,14 +90,13 @@ def _fonts_for(labels: list[str]) -> tuple[list[str], list[str]]:
     import warnings
 
     from matplotlib import font_manager, rcParams
-    from matplotlib.ft2font import FT2Font
 
     default = font_manager.findfont(font_manager.FontProperties(family=rcParams["font.family"]))
-    missing = set("".join(labels)) - set(map(chr, FT2Font(default).get_charmap()))
+    missing = set("".join(labels)) - _characters_of(default)
     families = [font_manager.FontProperties(fname=default).get_name()]
     for font in sorted(font_manager.fontManager.ttflist, key=lambda f: f.fname) if missing else []:
         try:
-            held = missing & set(map(chr, FT2Font(font.fname).get_charmap()))
+            held = missing & _characters_of(font.fname)
         except (OSError, RuntimeError):   # a font file matplotlib listed but cannot read
             continue
         # Last Resort (shipped with matplotlib) maps every character to a box naming its block
@@ -113,6 +113,13 @@ def _fonts_for(labels: list[str]) -> tuple[list[str], list[str]]:
         labels = ["".join(c.encode("unicode_escape").decode() if c in missing else c for c in label)
                   for label in labels]
     return families, labels
+
+
+@functools.lru_cache(maxsize=None)
+def _characters_of(font_file: str) -> frozenset:
+    from matplotlib.ft2font import FT2Font
+
+    return frozenset(map(chr, FT2Font(font_file).get_charmap()))
 
 
 # ----- loss curves ------------------------------------------------------------------------------

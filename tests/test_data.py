@@ -70,6 +70,17 @@ def test_jsonl_errors_name_file_and_line(tmp_path, bad_line, message):
         load_texts(path)
 
 
+def test_chinese_text_saved_as_gbk_is_refused_saying_how_to_convert_it(tmp_path):
+    # Chinese Windows saves text as GBK (GB18030): before, only "is not UTF-8 text (byte 0: ...)"
+    (tmp_path / "zh.txt").write_bytes("今天天气晴朗，小明去了公园。\n".encode("gb18030") * 20)
+    with pytest.raises(ValueError, match=r"zh.txt: is not UTF-8 text \(byte 0: .*it reads as Chinese text in "
+                                         r"GB18030/GBK.*iconv -f GB18030 -t UTF-8"):
+        load_texts(tmp_path / "zh.txt")
+    (tmp_path / "fr.txt").write_bytes("Un caf\xe9 na\xefve, s'il vous pla\xeet.\n".encode("latin-1") * 20)
+    with pytest.raises(ValueError, match=r"fr.txt: is not UTF-8 text \(byte 6: [^;]*$"):   # no advice
+        load_texts(tmp_path / "fr.txt")
+
+
 def test_line_makes_each_line_a_document(tmp_path):
     # text written a paragraph per line (as Chinese often is): before, no separator cut at single
     # newlines, and such a file was one document whatever --doc-separator said

@@ -172,6 +172,27 @@ def test_classify_lines_up_the_scores_after_chinese_labels(monkeypatch, capsys):
     assert status == 0 and len(starts) == 1, out
 
 
+def test_classify_file_is_read_as_every_text_file_is(monkeypatch, tmp_path, capsys):
+    # Before: a plain open(), so Notepad's byte-order mark stayed at the start of the first text
+    # (and changed its prediction), and a GBK file's error did not say what to do.
+    seen = []
+
+    class Classifier:
+        label_names = ["正面", "负面"]
+
+        def probabilities(self, texts, batch_size):
+            seen.extend(texts)
+            return np.full((len(texts), 2), 0.5)
+
+    monkeypatch.setattr(npllama.classify, "load_classifier", lambda *args, **kwargs: Classifier())
+    (tmp_path / "bom.txt").write_bytes("\ufeff好看\r\n\r\n难看\r\n".encode("utf-8"))
+    assert run_cli(capsys, "classify", "--model", "any", "--file", str(tmp_path / "bom.txt"))[0] == 0
+    assert seen == ["好看", "难看"]
+    (tmp_path / "gbk.txt").write_bytes("好看，真的。\n".encode("gb18030"))
+    status, _, err = run_cli(capsys, "classify", "--model", "any", "--file", str(tmp_path / "gbk.txt"))
+    assert status == 2 and "cannot read --file" in err and "iconv -f GB18030" in err
+
+
 def test_classify_refuses_a_language_model_folder(small_model_dir, capsys):
     status, _, err = run_cli(capsys, "classify", "--model", str(small_model_dir), "--text", "hi")
     assert status == 2 and "score.weight" in err and "npllama generate" in err

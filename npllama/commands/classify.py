@@ -33,11 +33,14 @@ def run(args) -> int:
 
     texts = list(args.text or [])
     if args.file is not None:
-        try:
-            with open(args.file, encoding="utf-8") as f:
-                texts += [line.rstrip("\n") for line in f if line.strip()]
-        except (OSError, UnicodeDecodeError) as error:
+        from ..budget import max_read
+        from ..io.reading import read_text
+
+        try:   # as every text file is read: a byte-order mark dropped, other encodings named
+            text = read_text(args.file, max_bytes=max_read())
+        except (OSError, ValueError) as error:
             raise UsageError(f"cannot read --file {args.file}: {error}") from None
+        texts += [line for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") if line.strip()]
     if not texts:
         raise UsageError("give at least one --text or a --file with text")
     if args.batch_size < 1:

@@ -78,7 +78,7 @@ def read_text(path, max_bytes: int = MAX_TEXT_BYTES, error=ValueError) -> str:
     try:
         return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
-        raise _fail(error, path, f"is not UTF-8 text (byte {e.start}: {e.reason})") from None
+        raise _fail(error, path, _not_utf8(data, e.start, e.reason)) from None
 
 
 def holds_text(path, error=ValueError) -> bool:
@@ -94,11 +94,25 @@ def holds_text(path, error=ValueError) -> bool:
             try:
                 text = decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as e:
-                raise _fail(error, path, f"is not UTF-8 text (byte {start + e.start}: {e.reason})") from None
+                raise _fail(error, path, _not_utf8(chunk, start + e.start, e.reason)) from None
             blank = blank and not text.strip()
             offset += len(chunk)
             if not chunk:
                 return not blank
+
+
+def _not_utf8(data: bytes, position: int, reason: str) -> str:
+    """The problem, and for Chinese text saved as GBK/GB18030 (Chinese Windows' default: the bytes
+    read as GB18030 and hold its ， or 。), how to convert it."""
+    problem = f"is not UTF-8 text (byte {position}: {reason})"
+    try:
+        chinese = any(mark in data.decode("gb18030") for mark in "，。")
+    except UnicodeDecodeError:   # (a chunk may also end inside a character: no advice then)
+        chinese = False
+    if chinese:
+        problem += ("; it reads as Chinese text in GB18030/GBK, Chinese Windows' encoding: convert it to UTF-8 "
+                    "first, e.g. iconv -f GB18030 -t UTF-8 FILE > FILE-utf8.txt")
+    return problem
 
 
 def parse_json(text, where, expect=None, error=ValueError):

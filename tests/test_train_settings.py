@@ -206,6 +206,7 @@ def test_val_fraction_sets_the_share_held_out(tmp_path):
 
 @pytest.mark.parametrize("separator, expected", [
     ("blank-line", ["A.\nB.", "C.\n<|end|>\nD."]),
+    ("line", ["A.", "B.", "C.", "<|end|>", "D."]),
     ("whole-file", ["A.\nB.\n\nC.\n<|end|>\nD."]),
     ("marker:<|end|>", ["A.\nB.\n\nC.", "D."]),
 ])

@@ -425,5 +425,23 @@ def unigram_entropy(token_ids, vocab_size: int) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+def unigram_cross_entropy(train_ids, held_out_ids, vocab_size: int) -> float:
+    """Nats per held-out token of predicting each by its frequency in the training tokens (one
+    count added to every id, so a token the training text lacks costs log(N + V), not infinity).
+
+    unigram_entropy is this baseline only when the held-out text is like the training text; for
+    other text (another genre, the end of a corpus that changes subject) it is this one."""
+    train, held_out = np.asarray(train_ids), np.asarray(held_out_ids)
+    for name, ids in (("train_ids", train), ("held_out_ids", held_out)):
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"{name} must be integers, got dtype {ids.dtype}")
+        if ids.size and not (0 <= int(ids.min()) and int(ids.max()) < vocab_size):
+            raise ValueError(f"{name} must lie in [0, {vocab_size})")
+    if held_out.size == 0:
+        raise ValueError("held_out_ids is empty: the cross-entropy of no tokens is undefined")
+    counts = np.bincount(train.ravel(), minlength=vocab_size) + 1.0
+    return float(-np.log(counts[held_out.ravel()] / counts.sum()).mean())
+
+
 __all__ = ["CORPUS_VERSION", "DEFAULT_N_STORIES", "make_default_corpus", "write_default_corpus",
-           "default_corpus_path", "unigram_entropy", "make_story"]
+           "default_corpus_path", "unigram_entropy", "unigram_cross_entropy", "make_story"]

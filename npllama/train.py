@@ -262,7 +262,7 @@ def _said_what_is_left(stop: KeyboardInterrupt, run_dir: Path) -> Interrupted:
 
 
 def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, val_texts=None) -> TrainResult:
-    from .corpus import unigram_entropy
+    from .corpus import unigram_cross_entropy, unigram_entropy
     from .data import BatchLoader, evaluation_batches
 
     changes = {}
@@ -344,8 +344,12 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, v
         with reporting_write_errors("the final model", run_dir / "model"):
             _save_final_model(run_dir, model, tokenizer)
         _plot_losses(run_dir)
+
+        def held_out():
+            return unigram_cross_entropy(train_ids, val_ids, tokenizer.vocab_size)
+
         echo(f"done: step {loop.step}, validation loss {loop.last_val_loss:.3f} nats/token "
-             f"{_compared_with_unigram(loop.last_val_loss, unigram)}; model saved in {run_dir / 'model'}")
+             f"{_compared_with_unigram(loop.last_val_loss, unigram, held_out)}; model saved in {run_dir / 'model'}")
         if tc.objective == "causal":  # a bidirectional masked-LM model does not generate text
             samples = _print_samples(model, tokenizer, tc, echo)
     signum = None
@@ -672,13 +676,20 @@ def _describe_shape(tc: TrainConfig, config: LlamaConfig) -> str:
             f"intermediate {config.intermediate_size}, context {config.max_position_embeddings}")
 
 
-def _compared_with_unigram(val_loss: float, unigram: float) -> str:
+def _compared_with_unigram(val_loss: float, unigram: float, held_out=None) -> str:
     """How the validation loss compares with the unigram entropy (what a model that ignores the
-    context would reach), in words that are right on either side of it."""
+    context would reach), in words that are right on either side of it.  Above it, held_out()
+    gives word frequencies' loss on the held-out text itself: held-out text unlike the training
+    text (a corpus whose end changes subject) is harder for any model, and a validation loss above
+    the training text's entropy can still be well below what frequencies do there."""
     if val_loss <= unigram:
         return f"({100 * (1 - val_loss / unigram):.0f}% below the unigram entropy {unigram:.3f})"
-    return (f"(above the unigram entropy {unigram:.3f}, by {100 * (val_loss / unigram - 1):.0f}%: "
-            f"the model has not yet learned more than word frequencies; train longer)")
+    above = f"above the unigram entropy {unigram:.3f}, by {100 * (val_loss / unigram - 1):.0f}%"
+    frequencies = held_out() if held_out is not None else None
+    if frequencies is not None and val_loss < frequencies:
+        return (f"({above}, but below the {frequencies:.3f} that word frequencies reach on the held-out text, "
+                f"which is harder for them than the training text)")
+    return f"({above}: the model has not yet learned more than word frequencies; train longer)"
 
 
 ADAM_EPS = 1e-8

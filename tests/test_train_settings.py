@@ -221,6 +221,29 @@ def test_the_end_message_never_says_a_negative_percentage_below():
     assert "above" in above and "12%" in above and "-" not in above.split("entropy")[1][:12]
 
 
+def test_a_loss_above_the_entropy_but_below_frequencies_on_the_held_out_text_is_not_called_unlearned():
+    # Before: a corpus whose end changes subject (stories, then an article held out) ended with
+    # "the model has not yet learned more than word frequencies", at a validation loss of 6.23
+    # where word frequencies reach 7.47 on that held-out text.
+    said = _compared_with_unigram(6.23, 4.56, lambda: 7.61)
+    assert "not yet learned" not in said and "below the 7.610 that word frequencies reach on the held-out" in said
+    assert "not yet learned" in _compared_with_unigram(6.23, 4.56, lambda: 6.0)
+    assert "not yet learned" in _compared_with_unigram(6.23, 4.56)
+
+
+def test_unigram_cross_entropy_is_the_loss_of_training_frequencies_on_held_out_tokens():
+    from npllama.corpus import unigram_cross_entropy, unigram_entropy
+
+    train_ids, held_out = np.array([0, 0, 0, 1]), np.array([1, 2])
+    counts = np.array([3, 1, 0, 0]) + 1.0            # one count added to each of the 4 ids
+    expected = -np.mean(np.log(counts[[1, 2]] / counts.sum()))
+    assert unigram_cross_entropy(train_ids, held_out, 4) == pytest.approx(expected, rel=1e-12)
+    ids = np.random.default_rng(0).integers(0, 8, 20_000)   # text like the training text: about its entropy
+    assert unigram_cross_entropy(ids[:10_000], ids[10_000:], 8) == pytest.approx(unigram_entropy(ids, 8), rel=1e-2)
+    with pytest.raises(ValueError, match="held_out_ids is empty"):
+        unigram_cross_entropy(train_ids, [], 4)
+
+
 def test_resume_from_the_command_line_keeps_the_recorded_shape_and_betas(shaped_run, tmp_path, capsys):
     out = tmp_path / "copy"
     shutil.copytree(shaped_run, out)

@@ -324,7 +324,7 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
         if tensor.grad is not None:
             grad = as_ours(tensor.grad, layout)
             if name.endswith(".attn_probs"):   # as npllama records it: 0 where a key was masked
-                grad = _where_attended(grad, as_ours(tensor, layout), causal)
+                grad = _where_attended(grad, causal)
             t.record("d:" + name, grad)
     for name, param in reversed(list(hf.named_parameters())):   # as npllama's: last layer first
         if param.grad is not None:

@@ -433,8 +433,7 @@ class _Recorder:
     def _softmax_backward_observer(self, softmax_backward, prefix, cache, op):
         def observed_softmax_backward(d_attn_probs, attn_probs, *args, **kwargs):
             allowed = self.allowed_of.get(id(cache))
-            self.record("d:" + prefix + "attn_probs", _where_attended(d_attn_probs, attn_probs, allowed),
-                        _qualname(op))
+            self.record("d:" + prefix + "attn_probs", _where_attended(d_attn_probs, allowed), _qualname(op))
             return softmax_backward(d_attn_probs, attn_probs, *args, **kwargs)
         return observed_softmax_backward
 
@@ -467,19 +466,17 @@ class _Recorder:
         B, H, T, _ = cache.shape
         KVH, S = cache.k.shape[1], cache.k.shape[2]
         d_attn_probs = np.zeros((B, KVH, H // KVH * T, S), dtype=cache.k.dtype)
-        attn_probs = np.zeros_like(d_attn_probs)
         blocks = iter(cache.blocks)
         left = [len(cache.blocks)]
 
         def observed_rows(block_probs, d_scores, *args):
             r0, r1, n_keys = next(blocks)
             d_attn_probs[:, :, r0:r1, :n_keys] = d_scores
-            attn_probs[:, :, r0:r1, :n_keys] = block_probs
             left[0] -= 1
             if left[0] == 0:
                 self.record("d:" + prefix + "attn_probs",
-                            _where_attended(d_attn_probs.reshape(B, H, T, S), attn_probs.reshape(B, H, T, S),
-                                            self.allowed_of.get(id(cache))), _qualname(op))
+                            _where_attended(d_attn_probs.reshape(B, H, T, S), self.allowed_of.get(id(cache))),
+                            _qualname(op))
             return rows_backward(block_probs, d_scores, *args)
         return observed_rows
 
@@ -535,16 +532,15 @@ _BLOCK_OUT = "npllama.model.block_forward (out = h + mlp_out)"
 _BLOCK_RESIDUAL = "npllama.model.block_forward (h = x + attn_out)"
 
 
-def _where_attended(d_attn_probs, attn_probs, allowed):
+def _where_attended(d_attn_probs, allowed):
     """d attn_probs, 0 where a key was masked: no gradient passes the softmax there, and the kernels
     do not compute it for the keys a causal block skips, so both backends record the same tensor.
-    Masked means forbidden by `allowed` (attention_mask's, None: every key allowed) and given no
-    probability; an allowed key whose probability underflowed to 0 keeps its gradient, or
+    Masked means forbidden by `allowed` (attention_mask's, None: every key allowed); an allowed
+    key whose probability underflowed to 0 keeps its gradient, or
     float32 against float64 (or two exp implementations) would differ exactly there."""
-    attended = attn_probs > 0
-    if allowed is not None:
-        attended = attended | allowed
-    return np.where(attended, d_attn_probs, 0).astype(d_attn_probs.dtype, copy=False)
+    if allowed is None:
+        return d_attn_probs
+    return np.where(allowed, d_attn_probs, 0).astype(d_attn_probs.dtype, copy=False)
 
 
 def _allowed_keys(q, k, v, causal=True, key_padding_mask=None, q_offset=0):

@@ -149,23 +149,27 @@ def test_gradients_inside_swiglu_attention_and_the_residual_are_recorded(backend
 
 
 
+@pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
-def test_d_attn_probs_is_kept_where_an_allowed_keys_probability_underflowed(backend):
-    # huge scores: some keys the causal mask allows get probability exactly 0, at different keys
-    # in float32 and float64 (and for two exp implementations); only the mask may zero d attn_probs
+def test_d_attn_probs_is_kept_where_an_allowed_keys_probability_underflowed(backend, causal):
+    # huge scores: some keys the mask allows get probability exactly 0, at different keys in
+    # float32 and float64 (and for two exp implementations); only the mask may zero d attn_probs --
+    # with no mask at all (bidirectional, no padding), nothing
     m = model()
     for w in ("q_proj", "k_proj"):
         m.params[f"model.layers.0.self_attn.{w}.weight"] *= 3000
-    t = traced(m, backend)
+    with use_backend(backend), npllama.trace() as t:
+        m.loss_and_grads(TOKENS, TARGETS, causal=causal)
     p = "model.layers.0.self_attn."
     B, T = TOKENS.shape
-    allowed = np.tril(np.ones((T, T), dtype=bool))
+    allowed = np.tril(np.ones((T, T), dtype=bool)) if causal else np.ones((T, T), dtype=bool)
     underflowed = allowed & (t[p + "attn_probs"] == 0)
     assert underflowed.any()
     v = t[p + "v"].reshape(B, T, 1, -1).transpose(0, 2, 1, 3)
     expected = np.where(allowed, t[f"d:{p}attn"] @ v.swapaxes(-1, -2), 0)
     assert np.abs(expected[underflowed]).max() > 0
     np.testing.assert_allclose(t[f"d:{p}attn_probs"], expected, rtol=1e-10, atol=1e-14)
+
 
 def test_numpy_and_numba_record_the_same_gradients_with_blocked_causal_attention():
     m = model(np.float32)

@@ -301,6 +301,8 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
     all_names = _check_names(names, len(inputs), "inputs")
     wrt_given = wrt is not None
     wrt = _check_wrt(wrt, inputs, all_names)
+    for i in wrt:   # before the forward runs: its out follows a float32 input's dtype, rightly
+        _require_float64_input(all_names[i], inputs[i])
 
     snapshots = [np.array(x, copy=True) if isinstance(x, np.ndarray) else None for x in inputs]
 
@@ -848,6 +850,16 @@ def _forward_result(result):
     return out, cache
 
 
+def _require_float64_input(name: str, x) -> None:
+    if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"input {name!r} must be a floating-point numpy array, got {_describe(x)}")
+    if x.dtype != np.float64:
+        rounding = (f"{x.dtype}'s round-off ({np.finfo(x.dtype).eps:.0e}) swamps central differences"
+                    if np.finfo(x.dtype).eps > UNIT_ROUNDOFF else "the bounds model float64's round-off")
+        raise TypeError(f"input {name!r} is {x.dtype}; gradient checks need float64 ({rounding}): "
+                        "x.astype(np.float64), or for a model Llama(config, dtype=np.float64)")
+
+
 def _require_float64_precision(value, what: str) -> None:
     """The bounds model float64 round-off: a value rounded to float32 or float16 on the way out
     would fail a right gradient (and look like a kink), so it is refused before any probe."""
@@ -883,13 +895,7 @@ def _pair_up(inputs, grads, names):
         if len(analytic) != len(arrays):
             raise ValueError(f"got {len(arrays)} inputs and {len(analytic)} gradients: give one gradient per input")
     for name, x, g in zip(names, arrays, analytic):
-        if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
-            raise TypeError(f"input {name!r} must be a floating-point numpy array, got {_describe(x)}")
-        if x.dtype != np.float64:
-            rounding = (f"{x.dtype}'s round-off ({np.finfo(x.dtype).eps:.0e}) swamps central differences"
-                        if np.finfo(x.dtype).eps > UNIT_ROUNDOFF else "the bounds model float64's round-off")
-            raise TypeError(f"input {name!r} is {x.dtype}; gradient checks need float64 ({rounding}): "
-                            "x.astype(np.float64), or for a model Llama(config, dtype=np.float64)")
+        _require_float64_input(name, x)
         if not x.flags.writeable:
             raise ValueError(f"input {name!r} is read-only, but the checker moves its entries in place: pass a "
                              "writable array (np.array(x)) that fn reads")

@@ -79,8 +79,7 @@ class LlamaConfig:
         _require_positive_float("rms_norm_eps", self.rms_norm_eps)
         _require_positive_float("rope_theta", self.rope_theta)
         _require_positive_float("initializer_range", self.initializer_range)
-        if not 0 <= _finite_float("attention_dropout", self.attention_dropout) <= 1:
-            raise ValueError(f"attention_dropout must be a probability in [0, 1], got {self.attention_dropout}")
+        check_attention_dropout(self.attention_dropout)
         if not isinstance(self.tie_word_embeddings, bool):
             raise TypeError(f"tie_word_embeddings must be a bool, got {self.tie_word_embeddings!r}")
         if isinstance(self.eos_token_id, (list, tuple)):   # kept as a list, as config.json holds it
@@ -236,6 +235,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "stories110m": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
                         num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=1024),
 }
+
+
+def check_attention_dropout(value) -> None:
+    if not 0 <= _finite_float("attention_dropout", value) <= 1:
+        raise ValueError(f"attention_dropout must be a probability in [0, 1], got {value}")
 
 
 def python_scalar(value):

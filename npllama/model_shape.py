@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import PRESETS, LlamaConfig
+from .config import PRESETS, LlamaConfig, check_attention_dropout
 
 # TrainConfig field (HF name) -> the command-line flag that sets it
 SHAPE_FLAGS = {
@@ -64,6 +64,11 @@ def check_model_config_fields(fields, where: str = "model_config") -> None:
     if unknown:
         raise ValueError(f"{where} has fields npllama does not know: {', '.join(map(str, unknown))}; "
                          f"it reads {', '.join(sorted(SHAPE_CONFIG_FIELDS))}")
+    if "attention_dropout" in fields:   # read past (a new model trains without dropout), but not nonsense
+        try:
+            check_attention_dropout(fields["attention_dropout"])
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{where}: {error}") from None
 
 
 def _preset_settings(tc) -> dict:

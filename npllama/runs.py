@@ -389,10 +389,11 @@ def load_model_and_tokenizer(path=None, dtype=None):
     return model, tokenizer, model_dir
 
 
-def note_attention_dropout(attention_dropout: float, source: str, echo) -> None:
+def note_attention_dropout(attention_dropout: float, source: str, echo, kept: bool = True) -> None:
     """A training job's word when `source` asks for dropout in attention: npllama's attention has
-    none, so the run trains without it (a model folder's value is kept in the config.json saved,
-    for trainers that apply it)."""
+    none, so the run trains without it.  kept: the value goes on into the config.json saved, for
+    trainers that apply it (a model folder's); else the new model's records 0.0 (a --config's)."""
     if attention_dropout:
         echo(f"note: {source} sets attention_dropout {attention_dropout}, but npllama's attention has no "
-             f"dropout: this run trains without it")
+             f"dropout: this run trains without it"
+             + ("" if kept else ", and the model's config.json records attention_dropout 0.0"))

@@ -656,7 +656,7 @@ def _new_model(tc: TrainConfig, tokenizer, echo):
     if tc.init_from is None:
         config = new_model_config(tc, tokenizer)
         _check_budget(tc, config)
-        note_attention_dropout((tc.model_config or {}).get("attention_dropout"), "--config", echo)
+        note_attention_dropout((tc.model_config or {}).get("attention_dropout"), "--config", echo, kept=False)
         return Llama(config, seed=tc.seed, dtype=DTYPES[tc.dtype], objective=tc.objective)
     config = init_from_config(tc)
     tokenizer.check_vocab(config.vocab_size)

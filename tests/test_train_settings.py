@@ -135,6 +135,19 @@ def test_init_from_a_folder_asking_for_attention_dropout_says_npllama_has_none_a
     assert not [line for line in said if "attention_dropout" in line]
 
 
+def test_a_config_file_asking_for_attention_dropout_is_checked_and_answered_truly(tmp_path):
+    path = tmp_path / "config.json"
+    for bad, error in [(5, ValueError), ("abc", TypeError)]:
+        path.write_text(json.dumps({"attention_dropout": bad}))
+        with pytest.raises(error, match="attention_dropout"):
+            TrainConfig(out=str(tmp_path / "run"), model_config=str(path))
+    path.write_text(json.dumps({"attention_dropout": 0.1}))
+    said = []
+    train(TrainConfig(out=str(tmp_path / "run"), model_config=str(path), steps=1, **FAST), echo=said.append)
+    assert [line for line in said if "--config sets attention_dropout 0.1" in line and "records attention_dropout 0.0" in line]
+    assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["attention_dropout"] == 0.0
+
+
 def test_init_from_refuses_shape_settings_that_disagree(shaped_run, tmp_path):
     base = dict(out=str(tmp_path / "run"), init_from=str(shaped_run / "model"), **{**FAST, "vocab_size": None})
     with pytest.raises(ValueError, match="--hidden-size 64 \\(the folder has 48\\)"):

@@ -238,9 +238,10 @@ def check_gradient(backward, case: Case) -> None:
     grads = call_backward(backward, dout, case.run_forward()[1], case)
     got = grads[case.wrt.index(index)]
     finding = diagnose(got, numeric, grad=gradient_name(first.name), case=case.describe(), zero_label=case.zero_label)
-    others = [r.name for r in failing[1:]]
+    others = [gradient_name(r.name) for r in failing[1:]]
     if others:
-        finding.message += f" (also wrong: {', '.join('d' + n for n in others)})"
+        shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
+        finding.message += f" (also wrong: {shown})"
     raise CheckFailed(finding)
 
 

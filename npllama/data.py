@@ -395,7 +395,7 @@ def evaluation_batches(ids: np.ndarray, batch_size: int, seq_len: int,
     Windows are cut as in BatchLoader.  They are grouped `batch_size` at a time, the windows left
     over in a last, smaller batch; the tokens after the last whole window (fewer than seq_len + 1)
     make one shorter window of their own, in a batch of one row, so every held-out target is scored
-    exactly once.  At most `max_batches` batches are returned (None: all; weight each batch's mean
+    exactly once.  (As in every window, a target near its window's start sees few tokens before it.)  At most `max_batches` batches are returned (None: all; weight each batch's mean
     loss by its count of targets).  The same arguments always give the same batches, so validation
     losses are comparable from step to step and run to run.
     """

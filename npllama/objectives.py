@@ -189,7 +189,8 @@ _WRITTEN_WITHOUT_SPACES = re.compile(f"[{_CJK}]")
 # space after them, and ASCII ! ? between CJK characters, as informal Chinese types them ("真的吗?他问。");
 # or a paragraph break (a blank line), punctuated or not.  French sets its closing
 # » after a (no-break) space: « Oui ! » -- a » after a space closes only when white space follows it,
-# since a German or Danish »Nein« opens with the same mark.
+# since a German or Danish »Nein« opens with the same mark (and such a quote's closing « is not
+# read as a sentence end: »Nein.« Dann ... stays one sentence).
 _SENTENCE_END = re.compile(rf"(?P<mark>[.!?…]+)(?P<closed>[{re.escape(_CLOSERS)}]*(?:[ \u00a0\u202f]+»)?)(?=\s)"
                            rf"|[。！？]+[{re.escape(_CJK_CLOSERS)}]*"
                            rf"|(?<=[{_CJK}])[!?]+[{re.escape(_CJK_CLOSERS)}]*(?=[{_CJK}{re.escape(_OPENERS)}])"
@@ -203,10 +204,9 @@ def split_sentences(text: str) -> list[str]:
     """Sentences of a text, in order, each stripped.
 
     A sentence ends at . ! ? or … (and any closing quotes or brackets, French « ... » with its
-    spaces included) followed by white space, at
-    Chinese/Japanese 。 ！ ？ (no space needed; ASCII ! ? too, between Chinese characters), and at a
-    blank line.  Not a sentence end: the period
-    of a title or abbreviation (Mr. Dr. St. e.g. i.e. ...) or of an initial ("J. K. Rowling"), and
+    spaces included) followed by white space, at Chinese/Japanese 。 ！ ？ (no space needed; ASCII
+    ! ? too, between Chinese characters), and at a blank line.  Not a sentence end: the period of
+    a title or abbreviation (Mr. Dr. St. e.g. i.e. ...) or of an initial ("J. K. Rowling"), and
     an ellipsis or a quoted “Hi!” followed by a lowercase word ('"Hi!" she said.', "Wait... what?").
     A newline inside a paragraph is not a sentence end (hard-wrapped text)."""
     sentences, start = [], 0

@@ -179,7 +179,7 @@ class SentenceOrderBatch:
 
 
 _CJK_CLOSERS = "\"'”’»)]」』）"      # quotes and brackets that may close a sentence
-_CLOSERS = _CJK_CLOSERS + "“‘"                 # and German „...“ (in Chinese, “ opens the next one)
+_CLOSERS = _CJK_CLOSERS + "“‘«"                # and German „...“ and »...« (in Chinese, “ opens the next one)
 _OPENERS = "\"'“‘«„([（「『"
 # Chinese and Japanese are written without spaces, between sentences too: ideographs, kana, CJK
 # punctuation (。「」) and full-width forms (！？，).  Korean is written with spaces, so Hangul is not here.
@@ -189,8 +189,7 @@ _WRITTEN_WITHOUT_SPACES = re.compile(f"[{_CJK}]")
 # space after them, and ASCII ! ? between CJK characters, as informal Chinese types them ("真的吗?他问。");
 # or a paragraph break (a blank line), punctuated or not.  French sets its closing
 # » after a (no-break) space: « Oui ! » -- a » after a space closes only when white space follows it,
-# since a German or Danish »Nein« opens with the same mark (and such a quote's closing « is not
-# read as a sentence end: »Nein.« Dann ... stays one sentence).
+# since a German or Danish »Nein« opens with the same mark.
 _SENTENCE_END = re.compile(rf"(?P<mark>[.!?…]+)(?P<closed>[{re.escape(_CLOSERS)}]*(?:[ \u00a0\u202f]+»)?)(?=\s)"
                            rf"|[。！？]+[{re.escape(_CJK_CLOSERS)}]*"
                            rf"|(?<=[{_CJK}])[!?]+[{re.escape(_CJK_CLOSERS)}]*(?=[{_CJK}{re.escape(_OPENERS)}])"

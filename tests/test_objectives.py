@@ -185,6 +185,7 @@ def test_split_sentences_and_encode_pair():
     ("« Bonjour ! » dit-il. « Ça va ? » Oui. Er rief: Komm! »Nein«, sagte sie.",
      ["« Bonjour ! » dit-il.", "« Ça va ? »", "Oui.", "Er rief: Komm!",
       "»Nein«, sagte sie."]),
+    ("Er sagte: »Nein.« Dann ging er.", ["Er sagte: »Nein.«", "Dann ging er."]),
 ])
 def test_split_sentences_knows_titles_initials_quotes_ellipses_and_chinese(text, sentences):
     # Before: "Mr." ended a sentence, \u3002 and closing quotes other than " never did, so a Chinese

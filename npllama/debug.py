@@ -38,7 +38,7 @@ DEFAULT_RTOL = {np.float32: 1e-3, np.float64: 1e-9}
 # Stock transformers runs RMSNorm, the RoPE tables and the softmax in float32 even in float64, so
 # against it both dtypes see float32 round-off: the float32 tolerance.  A model with large weights
 # (large attention scores) reaches 2e-4 there, as between our two backends.
-TRANSFORMERS_RTOL = {np.float32: DEFAULT_RTOL[np.float32], np.float64: DEFAULT_RTOL[np.float32]}
+TRANSFORMERS_RTOL = DEFAULT_RTOL[np.float32]
 FLOAT64_AGAINST_TRANSFORMERS = (
     "transformers runs RMSNorm, the RoPE tables and the softmax in float32 even in float64: expect "
     "float32-size differences (more in gradients through a saturated softmax), not float64 agreement")
@@ -175,7 +175,7 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
         ours = Llama.from_pretrained(folder, dtype=dtype)
         a = run_trace(ours, tokens, targets, backend_name=backend_name, include=include, exclude=exclude)
         b = transformers_trace(folder, tokens, targets, dtype=dtype, include=include, exclude=exclude)
-    rtol = TRANSFORMERS_RTOL[dtype] if rtol is None else rtol
+    rtol = TRANSFORMERS_RTOL if rtol is None else rtol
     comparison = compare(a, b, rtol, atol, labels=("npllama", "transformers"))
     if dtype == np.float64:
         comparison.notes.append(FLOAT64_AGAINST_TRANSFORMERS)

@@ -232,9 +232,10 @@ def test_compare_help_gives_the_default_tolerances_it_uses(capsys):
     with pytest.raises(SystemExit):
         run_cli(["debug", "compare", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for defaults in (debug.DEFAULT_RTOL, debug.TRANSFORMERS_RTOL):
-        for rtol in defaults.values():
-            assert f"{rtol:.0e}".replace("e-0", "e-") in text, (rtol, text)
+    for rtol in (*debug.DEFAULT_RTOL.values(), debug.TRANSFORMERS_RTOL):
+        assert f"{rtol:.0e}".replace("e-0", "e-") in text, (rtol, text)
+    assert all(bug in text for bug in debug.PLANTED_BUGS)     # --plant's help lists them all
+
 
 def test_core_never_imports_torch_transformers_or_matplotlib():
     code = ("import sys, numpy as np, npllama, npllama.debug, npllama.trace, npllama.viz, npllama.exercises\n"

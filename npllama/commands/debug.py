@@ -1,5 +1,7 @@
 """`npllama debug`: trace a model's tensors, and find where two runs first diverge."""
 
+import os
+
 from . import HelpFormatter, UsageError
 
 AGAINST = ("numba", "float64", "transformers")
@@ -45,9 +47,11 @@ def register(subparsers) -> None:
                               "transformers: LlamaForCausalLM on the same folder (needs torch)")
     compare.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                          help="dtype of both runs (numba and transformers comparisons)")
+    from ..debug import PLANTED_BUGS
+
     compare.add_argument("--plant", default=None, metavar="BUG",
                          help="plant a deliberate bug in the numpy run to see what a divergence looks "
-                              "like: rope-meta, rmsnorm-backward-no-projection, swiglu-backward-up-sign")
+                              f"like: {', '.join(PLANTED_BUGS)}")
     compare.add_argument("--save", default=None, metavar="PREFIX",
                          help="also save both traces as PREFIX.a.npz and PREFIX.b.npz")
     _tolerance(compare, "1e-3 in float32, 1e-9 in float64; 1e-3 against transformers in both")
@@ -74,9 +78,8 @@ def register(subparsers) -> None:
 
 
 def _refuse_unwritable(flag: str, path, suffix: str = "") -> None:
-    """A file the command writes after its run: refused before the run starts, not after it."""
-    import os
-
+    """A file the command writes after its run, refused before the run starts (not after it) when
+    its folder does not exist or its name lacks `suffix`."""
     if not path:
         return
     folder = os.path.dirname(path)
@@ -110,9 +113,7 @@ def run_compare(args) -> int:
         raise UsageError(f"--plant {args.plant!r} is not a planted bug; choose one of "
                          f"{', '.join(sorted(debug.PLANTED_BUGS))}")
     _refuse_unwritable("--save", args.save)
-    dtype = np.float64 if args.dtype == "float64" else np.float32
-    if args.against == "float64":
-        dtype = np.float32
+    dtype = np.float64 if args.dtype == "float64" else np.float32   # (--against float64: float32, as refused above)
     model, model_dir, ids, _ = debug.load_inputs(args.model, args.text, args.tokens, dtype=dtype)
     print(f"{len(ids)} tokens, model {model_dir} ({model.config.num_hidden_layers} layers), "
           f"comparing numpy ({np.dtype(dtype).name}) against {args.against}")

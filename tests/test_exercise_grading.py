@@ -130,6 +130,36 @@ def test_import_rule_refuses(source, why):
         assert "a file of its own" not in " ".join(reasons)
 
 
+# a module the rule allows hands out the ones it refuses (typing.sys, dataclasses.builtins), and a
+# module changed at run time changes the checker too (it runs in the same process)
+@pytest.mark.parametrize("source,why", [
+    ("import typing\nR = typing.sys.modules['npllama.exercises.runner']\n", "sys"),
+    ("import dataclasses\nf = dataclasses.builtins.open('/etc/hostname')\n", "builtins"),
+    ("import collections\ns = collections._sys\n", "_sys"),
+    ("from fractions import sys\n", "sys"),
+    ("import numpy as np\nnp.square = lambda v: 0 * v\n", "changes numpy"),
+    ("import numpy.linalg as la\ndel la.norm\n", "changes numpy.linalg"),
+    ("import numpy as np\nm = np\nm.max = min\n", "changes numpy"),
+    ("import math\nmath.sqrt += 1\n", "changes math"),
+])
+def test_rule_refuses_other_routes_to_the_checker(source, why):
+    reasons = screen_source(source)
+    assert reasons and why in " ".join(reasons)
+
+
+def test_a_submission_cannot_grade_itself_passing(tmp_path):
+    forged = tmp_path / "forged.py"    # all-zero gradients, and the checker's results overwritten
+    forged.write_text("import numpy as np\nimport typing\n\n"
+                      "R = typing.sys.modules['npllama.exercises.runner']\n_real = R.check_function\n\n\n"
+                      "def _forged(op, fn, **kw):\n    report = _real(op, fn, **kw)\n"
+                      "    for r in report.results:\n        r.status, r.finding = 'pass', None\n    return report\n\n\n"
+                      "R.check_function = _forged\n\n\n"
+                      "def rmsnorm_backward(dy, cache):\n    x, rstd, weight = cache\n"
+                      "    return np.zeros_like(x), np.zeros_like(weight)\n")
+    graded = grade_file("rmsnorm", forged, n_random=0, timeout=20)
+    assert graded.status == "refused" and "sys" in graded.diagnosis
+
+
 def test_import_rule_allows_numpy_math_and_the_exercise_helpers():
     assert screen_source("import numpy as np\nimport math\nfrom numpy import einsum\n") == []
     # what the refusal of another module lists is what the rule lets through
@@ -346,3 +376,8 @@ def test_the_gradebook_table_lines_up_students_with_chinese_names():
     starts = {sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line[:line.index(status)])
               for line, status in zip(lines, ("status", "pass", "fail", "pass"))}
     assert len(starts) == 1, lines
+
+
+def test_arrays_made_with_numpy_may_be_changed():
+    source = "import numpy as np\nm = np\ndx = m.zeros(3)\ndx.shape = (3, 1)\nla = np.linalg\n"
+    assert screen_source(source) == []

@@ -6,8 +6,11 @@ A submission is refused (never graded) when
    npllama except the helpers its exercise names (e.g. rope's `rotate_half`) -- read from the
    file's syntax tree before any of it runs (`screen_source`).  Reaching for code by other routes
    is refused the same way: `exec`, `eval`, `compile`, `__import__`, `open`, `getattr`, `globals`,
-   dunder attributes such as `__globals__`, and NumPy's file and C-library doors (`np.load`,
-   `np.ctypeslib`, ...);
+   dunder attributes such as `__globals__`, NumPy's file and C-library doors (`np.load`,
+   `np.ctypeslib`, ...), the attributes by which an allowed module hands out a refused one
+   (`typing.sys`, `dataclasses.builtins`: `module_doors`), and changing an imported module
+   (`np.square = ...`): the submission runs in the checker's process, so a changed NumPy, or a
+   runner reached through `sys.modules`, would change the grade;
 2. it calls one of npllama's forward passes, or the very backward it is asked to write, while its
    backward runs (`guard_library`, a run-time guard for when the import rule is switched off);
 3. it measures its gradient by finite differences of a forward it wrote out itself.  The evidence
@@ -63,6 +66,8 @@ def screen_source(source: str, allowed_helpers=(), filename: str = "<submission>
         return []   # loading it reports the syntax error with its line
     allowed = {(module, name) for module, name in allowed_helpers}
     self_test = _under_main_guard(tree)
+    doors = module_doors()
+    modules = _module_names(tree)
     reasons = []
     for node in ast.walk(tree):
         line = f"line {getattr(node, 'lineno', '?')}"
@@ -81,14 +86,87 @@ def screen_source(source: str, allowed_helpers=(), filename: str = "<submission>
                     if (module, alias.name) not in allowed:
                         reasons.append(f"{line} imports {alias.name} from {module}"
                                        f"{_why_module(module, allowed, alias.name)}{where}")
+            else:
+                reasons += [f"{line} imports {alias.name} from {module}, {_DOOR}" for alias in node.names
+                            if alias.name in doors]
         elif isinstance(node, ast.Name) and (node.id in FORBIDDEN_CALLS or _dunder(node.id)):
             reasons.append(f"{line} uses {node.id}, which can reach code outside the file")
         elif isinstance(node, ast.Attribute):
-            if _dunder(node.attr):
+            changed = _root_name(node.value) if isinstance(node.ctx, (ast.Store, ast.Del)) else None
+            if changed in modules:
+                dotted = ast.unparse(node).split(".", 1)[1]
+                reasons.append(f"{line} changes {modules[changed]}.{dotted}: the checker runs in the same process "
+                               f"and uses it too")
+            elif node.attr in doors:
+                reasons.append(f"{line} uses the attribute {node.attr}, {_DOOR}")
+            elif _dunder(node.attr):
                 reasons.append(f"{line} uses the attribute {node.attr}, which can reach code outside the file")
             elif node.attr in FORBIDDEN_NUMPY_ATTRIBUTES and _is_numpy(node.value):
                 reasons.append(f"{line} uses numpy's {node.attr}, which reads files or loads code")
     return _unique(reasons)
+
+
+_DOOR = "a module the rule refuses (sys, os, builtins, ...) reached through one it allows"
+
+
+# Modules an allowed one holds that give no way out of the file either (x.copy() must stay legal);
+# what they hold in turn is looked at like the rest.
+HARMLESS_MODULES = {"copy", "abc", "enum", "keyword", "textwrap", "re", "warnings", "weakref", "ast", "contextlib"}
+
+
+@functools.lru_cache(maxsize=1)
+def module_doors() -> frozenset:
+    """The attribute names by which a module the rule allows -- or a module it holds, and so on --
+    holds one that reaches files, processes or the checker (typing.sys, dataclasses.builtins,
+    numpy._core.records.os), from the modules as this Python and NumPy have them."""
+    doors, seen = set(), set()
+    todo = [importlib.import_module(name) for name in SAFE_MODULES]
+    while todo:
+        module = todo.pop()
+        if module.__name__ in seen:
+            continue
+        seen.add(module.__name__)
+        for name, value in list(vars(module).items()):
+            if isinstance(value, type(np)):
+                if value.__name__.split(".")[0] in SAFE_MODULES | HARMLESS_MODULES:
+                    todo.append(value)
+                else:
+                    doors.add(name)
+    return frozenset(doors)
+
+
+def _module_names(tree) -> dict:
+    """The file's names for imported things -- and names assigned from them (m = np) -- with the
+    module each stands for."""
+    names = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                names[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                names[alias.asname or alias.name] = f"{'.' * node.level}{node.module or ''}.{alias.name}".lstrip(".")
+    for _ in range(3):      # m = np; k = m: a few steps of aliasing
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and _is_dotted_name(node.value) and _root_name(node.value) in names:
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        names.setdefault(target.id, names[_root_name(node.value)])
+    return names
+
+
+def _is_dotted_name(node) -> bool:
+    """np or np.linalg, not a value computed from them (np.zeros(3))."""
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return isinstance(node, ast.Name)
+
+
+def _root_name(node):
+    """The name an expression such as np.linalg.norm, m[0].x or f().y starts from (None if none)."""
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
 
 
 def _why_module(module: str, allowed, name: str = "") -> str:

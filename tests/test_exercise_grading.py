@@ -141,6 +141,11 @@ def test_import_rule_refuses(source, why):
     ("import numpy.linalg as la\ndel la.norm\n", "changes numpy.linalg"),
     ("import numpy as np\nm = np\nm.max = min\n", "changes numpy"),
     ("import math\nmath.sqrt += 1\n", "changes math"),
+    # NumPy's file doors are not only np.load: an array's own methods, np.rec, np._core
+    ("import numpy as np\nnp.arange(3.0).tofile('/tmp/x')\n", "tofile"),
+    ("import numpy as np\ndef f(a):\n    a.dump('/tmp/x.pkl')\n", "dump"),
+    ("import numpy as np\ns = np.rec.fromfile('/etc/hostname', dtype='S3', shape=1)\n", "fromfile"),
+    ("import numpy as np\nnp._core._methods._dump(np.ones(1), '/tmp/x')\n", "_dump"),
 ])
 def test_rule_refuses_other_routes_to_the_checker(source, why):
     reasons = screen_source(source)

@@ -6,11 +6,12 @@ A submission is refused (never graded) when
    npllama except the helpers its exercise names (e.g. rope's `rotate_half`) -- read from the
    file's syntax tree before any of it runs (`screen_source`).  Reaching for code by other routes
    is refused the same way: `exec`, `eval`, `compile`, `__import__`, `open`, `getattr`, `globals`,
-   dunder attributes such as `__globals__`, NumPy's file and C-library doors (`np.load`,
-   `np.ctypeslib`, ...), the attributes by which an allowed module hands out a refused one
-   (`typing.sys`, `dataclasses.builtins`: `module_doors`), and changing an imported module
-   (`np.square = ...`): the submission runs in the checker's process, so a changed NumPy, or a
-   runner reached through `sys.modules`, would change the grade;
+   dunder attributes such as `__globals__`, attributes that read or write files (`np.load`, an
+   array's `x.tofile`, `np.rec.fromfile`), NumPy's C-library doors (`np.ctypeslib`, ...), the
+   attributes by which an allowed module hands out a refused one (`typing.sys`,
+   `dataclasses.builtins`: `module_doors`), and changing an imported module (`np.square = ...`):
+   the submission runs in the checker's process, so a changed NumPy, or a runner reached through
+   `sys.modules`, would change the grade;
 2. it calls one of npllama's forward passes, or the very backward it is asked to write, while its
    backward runs (`guard_library`, a run-time guard for when the import rule is switched off);
 3. it measures its gradient by finite differences of a forward it wrote out itself.  The evidence
@@ -46,9 +47,14 @@ SAFE_MODULES = {"numpy", "math", "cmath", "functools", "itertools", "operator", 
                 "__future__", "collections", "numbers", "fractions"}
 FORBIDDEN_CALLS = {"exec", "eval", "compile", "__import__", "open", "getattr", "setattr", "delattr", "globals",
                    "locals", "vars", "breakpoint", "input", "exit", "quit", "help", "memoryview"}
-FORBIDDEN_NUMPY_ATTRIBUTES = {"load", "save", "savez", "savez_compressed", "fromfile", "tofile", "memmap",
-                              "loadtxt", "savetxt", "genfromtxt", "fromregex", "ctypeslib", "DataSource", "f2py",
-                              "testing", "distutils", "lib"}
+# Attributes that read or write files, or unpickle, on whatever object they are reached from: an
+# array's own x.tofile / x.dump as much as np.load, np.rec.fromfile or np._core._methods._dump.
+FILE_ATTRIBUTES = {"load", "loads", "save", "savez", "savez_compressed", "fromfile", "tofile", "dump", "dumps",
+                   "_dump", "_dumps", "memmap", "open_memmap", "loadtxt", "savetxt", "genfromtxt", "recfromtxt",
+                   "fromregex", "DataSource", "NpzFile", "open", "_open", "_savez", "_load_from_filelike",
+                   "_file_openers", "_FileOpeners", "zipfile_factory"}
+# NumPy's doors to C libraries, compilers and its own internals
+FORBIDDEN_NUMPY_ATTRIBUTES = {"ctypeslib", "f2py", "testing", "distutils", "lib"}
 # any formula is exact to ~1e-15 on the probe case; finite differences miss by >= ~1e-11
 NOISE_FLOOR, NOISE_CEILING = 1e-12, 1e-4
 
@@ -101,8 +107,11 @@ def screen_source(source: str, allowed_helpers=(), filename: str = "<submission>
                 reasons.append(f"{line} uses the attribute {node.attr}, {_DOOR}")
             elif _dunder(node.attr):
                 reasons.append(f"{line} uses the attribute {node.attr}, which can reach code outside the file")
+            elif node.attr in FILE_ATTRIBUTES:
+                owner = "numpy's" if _is_numpy(node.value) else "the attribute"
+                reasons.append(f"{line} uses {owner} {node.attr}, which reads or writes files")
             elif node.attr in FORBIDDEN_NUMPY_ATTRIBUTES and _is_numpy(node.value):
-                reasons.append(f"{line} uses numpy's {node.attr}, which reads files or loads code")
+                reasons.append(f"{line} uses numpy's {node.attr}, which loads code")
     return _unique(reasons)
 
 

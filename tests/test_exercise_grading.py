@@ -141,6 +141,7 @@ def test_import_rule_refuses(source, why):
     ("import numpy.linalg as la\ndel la.norm\n", "changes numpy.linalg"),
     ("import numpy as np\nm = np\nm.max = min\n", "changes numpy"),
     ("import math\nmath.sqrt += 1\n", "changes math"),
+    ("import numpy as np\nnp.typecodes['Float'] = ''\n", "changes numpy.typecodes['Float']"),
     # NumPy's file doors are not only np.load: an array's own methods, np.rec, np._core
     ("import numpy as np\nnp.arange(3.0).tofile('/tmp/x')\n", "tofile"),
     ("import numpy as np\ndef f(a):\n    a.dump('/tmp/x.pkl')\n", "dump"),

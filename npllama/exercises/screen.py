@@ -97,13 +97,13 @@ def screen_source(source: str, allowed_helpers=(), filename: str = "<submission>
                             if alias.name in doors]
         elif isinstance(node, ast.Name) and (node.id in FORBIDDEN_CALLS or _dunder(node.id)):
             reasons.append(f"{line} uses {node.id}, which can reach code outside the file")
+        elif (isinstance(node, (ast.Attribute, ast.Subscript)) and isinstance(node.ctx, (ast.Store, ast.Del))
+              and _root_name(node.value) in modules):
+            root = _root_name(node.value)
+            reasons.append(f"{line} changes {modules[root]}{ast.unparse(node)[len(root):]}: the checker runs in the "
+                           f"same process and uses it too")
         elif isinstance(node, ast.Attribute):
-            changed = _root_name(node.value) if isinstance(node.ctx, (ast.Store, ast.Del)) else None
-            if changed in modules:
-                dotted = ast.unparse(node).split(".", 1)[1]
-                reasons.append(f"{line} changes {modules[changed]}.{dotted}: the checker runs in the same process "
-                               f"and uses it too")
-            elif node.attr in doors:
+            if node.attr in doors:
                 reasons.append(f"{line} uses the attribute {node.attr}, {_DOOR}")
             elif _dunder(node.attr):
                 reasons.append(f"{line} uses the attribute {node.attr}, which can reach code outside the file")

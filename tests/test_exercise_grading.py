@@ -387,3 +387,42 @@ def test_the_gradebook_table_lines_up_students_with_chinese_names():
 def test_arrays_made_with_numpy_may_be_changed():
     source = "import numpy as np\nm = np\ndx = m.zeros(3)\ndx.shape = (3, 1)\nla = np.linalg\n"
     assert screen_source(source) == []
+
+
+def test_ctrl_c_stops_the_class_and_keeps_what_was_graded(tmp_path):
+    from npllama.exercises import sandbox
+    from npllama.exercises.gradebook import GradingInterrupted
+
+    folder = tmp_path / "class"
+    folder.mkdir()
+    (folder / "a_correct.py").write_text(CORRECT["rmsnorm"])
+    for name in ("b", "c", "d"):
+        (folder / f"{name}_endless.py").write_text(NASTY["e_endless.py"])
+
+    def ctrl_c_after_the_first(graded, done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        grade_folder("rmsnorm", folder, n_random=0, timeout=5, progress=ctrl_c_after_the_first)
+    assert isinstance(caught.value, GradingInterrupted)
+    assert [g.file for g in caught.value.graded] == ["a_correct.py"] and caught.value.total == 4
+    assert not sandbox.running_children()     # the endless one running beside it was stopped, not waited for
+
+
+def test_cli_writes_the_partial_gradebook_when_interrupted(tmp_path, monkeypatch, capsys):
+    from npllama.cli import main
+    from npllama.exercises import gradebook
+    from npllama.exercises.gradebook import GradingInterrupted
+
+    done = Graded("alice.py", "pass", 4, 4, "", "", 0.5, exercise="rmsnorm")
+
+    def interrupted(*args, **kwargs):
+        raise GradingInterrupted([done], 30)
+
+    monkeypatch.setattr(gradebook, "grade_folder", interrupted)
+    (tmp_path / "class").mkdir()
+    status = main(["exercise", "check", "rmsnorm", str(tmp_path / "class"), "--gradebook", str(tmp_path / "gb")])
+    assert status == 130
+    rows = list(csv.DictReader(open(tmp_path / "gb.csv", encoding="utf-8")))
+    assert [r["file"] for r in rows] == ["alice.py"]
+    assert "1 of 30" in capsys.readouterr().err

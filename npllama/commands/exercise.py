@@ -120,7 +120,8 @@ def run_check(args) -> int:
     from pathlib import Path
 
     from ..exercises import get_exercise
-    from ..exercises.gradebook import format_gradebook, grade_folder, gradebook_json, write_gradebook
+    from ..exercises import gradebook
+    from ..exercises.gradebook import GradingInterrupted, format_gradebook, gradebook_json, write_gradebook
     from ..exercises.sandbox import grade_file
 
     get_exercise(args.op)  # an unknown name is a usage error before anything runs
@@ -140,9 +141,16 @@ def run_check(args) -> int:
             print(f"[{done}/{total}] {graded.file}: {graded.status} ({graded.seconds:.1f} s)", file=sys.stderr,
                   flush=True)
 
-        graded = grade_folder(args.op, path, progress=progress, **limits)
+        stem = args.gradebook or f"gradebook-{args.op}"
+        try:
+            graded = gradebook.grade_folder(args.op, path, progress=progress, **limits)
+        except GradingInterrupted as interrupt:     # what was graded is kept, and said to be partial
+            csv_path, json_path = write_gradebook(interrupt.graded, stem)
+            interrupt.detail = (f"{len(interrupt.graded)} of {interrupt.total} submissions graded; "
+                                f"their rows are in {csv_path} and {json_path}")
+            raise
         print(format_gradebook(graded))
-        csv_path, json_path = write_gradebook(graded, args.gradebook or f"gradebook-{args.op}")
+        csv_path, json_path = write_gradebook(graded, stem)
         print(f"gradebook: {csv_path} and {json_path}")
     else:
         print(f"checking {path} against the {len(get_exercise(args.op).checks())} checks of exercise {args.op} "

@@ -11,15 +11,24 @@ from __future__ import annotations
 
 import csv
 import json
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 from ..text_width import ljust, width as columns
-from .sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, Graded, grade_file
+from .sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, Graded, grade_file, stop_running
 
 MAX_WORKERS = 2     # graders running at once (each is one process on one BLAS thread)
 COLUMNS = ("file", "exercise", "status", "passed", "total", "checks_passed", "first_failure", "diagnosis", "seconds",
            "seed", "cases")
+
+
+class GradingInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a class was graded: `graded` holds the submissions finished before it (in the
+    folder's order), `total` how many there were."""
+
+    def __init__(self, graded: list, total: int):
+        super().__init__(f"{len(graded)} of {total} submissions graded")
+        self.graded, self.total = graded, total
 
 
 def submissions_in(folder) -> list[Path]:
@@ -60,11 +69,21 @@ def grade_folder(op: str, folder, *, n_random: int = 8, seed: int = 0, timeout: 
         return i, graded
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, graded in (f.result() for f in [pool.submit(grade, i) for i in range(len(files))]):
-            results[i] = graded
-            done += 1
-            if progress is not None:
-                progress(graded, done, len(files))
+        futures = [pool.submit(grade, i) for i in range(len(files))]
+        try:
+            for i, graded in (f.result() for f in futures):
+                results[i] = graded
+                done += 1
+                if progress is not None:
+                    progress(graded, done, len(files))
+        except KeyboardInterrupt:
+            # leaving the pool would grade every file still queued, each up to its timeout
+            pool.shutdown(wait=False, cancel_futures=True)
+            # (a cancelled future is done(), but wait() would count it done only once a worker saw it)
+            while not all(f.done() for f in futures):
+                stop_running()     # again: a file may have started after the first kill
+                wait([f for f in futures if not f.done()], timeout=0.1)
+            raise GradingInterrupted([g for g in results if g is not None], len(files)) from None
     return results
 
 

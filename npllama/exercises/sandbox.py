@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +40,9 @@ DEFAULT_MEMORY_MB = 1024    # address space a submission may add to the checker'
 OUTPUT_TAIL = 400           # characters of the child's own output kept to explain a crash
 OUTPUT_LIMIT = 64 * 1024    # characters of the submission's output written at all; the rest is counted
 OUTPUT_SHOWN = 20           # lines of it `check` of one file shows
+
+_running: set = set()       # the children grading now (a class is graded from two threads)
+_running_lock = threading.Lock()
 
 
 @dataclasses.dataclass
@@ -91,6 +95,8 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
         with open(output_path, "wb") as output:
             child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT,
                                      cwd=scratch, start_new_session=True, env=_child_env())
+            with _running_lock:
+                _running.add(child)
             timed_out = False
             try:
                 child.communicate((token + "\n").encode(), timeout=timeout)
@@ -100,6 +106,8 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
                 child.wait()
             finally:
                 _kill_group(child)    # anything the submission started must not outlive it
+                with _running_lock:
+                    _running.discard(child)
         seconds = time.perf_counter() - start
         report = _read_report(result_path, token)
         tail = _read_tail(output_path)
@@ -131,6 +139,19 @@ def _child_env() -> dict:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = "1"       # tiny arrays: one BLAS thread per grader, two graders at a time
     return env
+
+
+def running_children() -> list:
+    """The sandbox processes grading now (from any thread)."""
+    with _running_lock:
+        return list(_running)
+
+
+def stop_running() -> None:
+    """Kill every sandbox grading now, with whatever it started: a Ctrl-C must not wait out a
+    submission's timeout.  Their grade_file calls return as for a crash."""
+    for child in running_children():
+        _kill_group(child)
 
 
 def _kill_group(child) -> None:

@@ -3,6 +3,7 @@ gradebook, the import rule, the run-time guard and the finite-difference probe."
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -426,3 +427,27 @@ def test_cli_writes_the_partial_gradebook_when_interrupted(tmp_path, monkeypatch
     rows = list(csv.DictReader(open(tmp_path / "gb.csv", encoding="utf-8")))
     assert [r["file"] for r in rows] == ["alice.py"]
     assert "1 of 30" in capsys.readouterr().err
+
+
+def test_rewriting_the_gradebook_is_all_or_nothing(tmp_path):
+    good = Graded("alice.py", "pass", 4, 4, "", "", 0.5, exercise="rmsnorm")
+    write_gradebook([good, Graded("carol.py", "pass", 4, 4, "", "", 0.5, exercise="rmsnorm")], tmp_path / "gb")
+    before = [(tmp_path / f"gb.{ext}").read_text(encoding="utf-8") for ext in ("csv", "json")]
+    broken = Graded("bob.py", "fail", 2, 4, "gradient", "", seconds=object())    # its row cannot be written
+    with pytest.raises(TypeError):
+        write_gradebook([good, broken], tmp_path / "gb")
+    assert [(tmp_path / f"gb.{ext}").read_text(encoding="utf-8") for ext in ("csv", "json")] == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gb.csv", "gb.json"]
+
+
+def test_a_file_name_that_is_not_utf8_is_graded_and_written(tmp_path):
+    folder = tmp_path / "class"
+    folder.mkdir()
+    try:     # J\xf3zef in Latin-1, as an old zip tool extracts it
+        (folder / os.fsdecode(b"j\xf3zef.py")).write_text(CORRECT["rmsnorm"])
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes UTF-8 names only")
+    graded = grade_folder("rmsnorm", folder, n_random=0, timeout=30)
+    assert [g.file for g in graded] == ["j\\xf3zef.py"] and graded[0].ok
+    csv_path, _ = write_gradebook(graded, tmp_path / "gb")
+    assert "j\\xf3zef.py" in csv_path.read_text(encoding="utf-8")

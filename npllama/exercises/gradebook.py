@@ -10,12 +10,14 @@ seconds, seed, cases; the JSON adds each full report.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
+from ..io.atomic import atomic_write_text
 from ..text_width import ljust, width as columns
-from .sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, Graded, grade_file, stop_running
+from .sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, Graded, grade_file, readable_name, stop_running
 
 MAX_WORKERS = 2     # graders running at once (each is one process on one BLAS thread)
 COLUMNS = ("file", "exercise", "status", "passed", "total", "checks_passed", "first_failure", "diagnosis", "seconds",
@@ -65,7 +67,7 @@ def grade_folder(op: str, folder, *, n_random: int = 8, seed: int = 0, timeout: 
     def grade(i):
         graded = grade_file(op, files[i], n_random=n_random, seed=seed, timeout=timeout, memory_mb=memory_mb,
                             allow_imports=allow_imports)
-        graded.file = files[i].relative_to(folder).as_posix()    # alice/rmsnorm_backward.py: whose it is
+        graded.file = readable_name(files[i].relative_to(folder).as_posix())    # alice/rmsnorm_backward.py: whose it is
         return i, graded
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -88,18 +90,21 @@ def grade_folder(op: str, folder, *, n_random: int = 8, seed: int = 0, timeout: 
 
 
 def write_gradebook(graded: list[Graded], stem) -> tuple[Path, Path]:
-    """Write <stem>.csv and <stem>.json; returns both paths."""
+    """Write <stem>.csv and <stem>.json; returns both paths.  Both are made in full before either
+    replaces a gradebook already there (re-grading a class must not leave a half-written one)."""
     stem = Path(stem)
     if stem.suffix in (".csv", ".json"):
         stem = stem.with_suffix("")
     stem.parent.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".json")
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for g in graded:
-            writer.writerow(g.row())
-    json_path.write_text(gradebook_json(graded), encoding="utf-8")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    for g in graded:
+        writer.writerow(g.row())
+    records = gradebook_json(graded)
+    atomic_write_text(csv_path, table.getvalue())
+    atomic_write_text(json_path, records)
     return csv_path, json_path
 
 

@@ -89,7 +89,7 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
         output_path = Path(scratch) / "output.txt"
         argv = [sys.executable, "-m", "npllama.exercises.sandbox", op, str(path.resolve()), str(result_path),
                 "--cases", str(n_random), "--seed", str(seed), "--memory-mb", str(memory_mb),
-                "--cpu-seconds", str(int(timeout) + 1), "--shown-as", str(path)] + \
+                "--cpu-seconds", str(int(timeout) + 1), "--shown-as", readable_name(str(path))] + \
             (["--allow-imports"] if allow_imports else [])
         start = time.perf_counter()
         with open(output_path, "wb") as output:
@@ -112,6 +112,7 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
         report = _read_report(result_path, token)
         tail = _read_tail(output_path)
     total = len(exercise.checks())
+    name = readable_name(path.name)
     graded_on = dict(exercise=op, seed=seed, cases=n_random,
                      output=_shown_output(report.get("output", ""), report.get("output_lines", 0)) if report else "")
     if report is not None:
@@ -119,9 +120,15 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
     if timed_out:
         why = (f"stopped after {timeout:g} s of wall clock: an endless loop, or far too slow "
                f"(a Python loop over every entry?)")
-        return Graded(path.name, "timeout", 0, total, "", why, seconds, f"{path.name}: {why}", **graded_on)
+        return Graded(name, "timeout", 0, total, "", why, seconds, f"{name}: {why}", **graded_on)
     why = _describe_exit(child.returncode, memory_mb, tail)
-    return Graded(path.name, "crashed", 0, total, "", why, seconds, f"{path.name}: {why}", **graded_on)
+    return Graded(name, "crashed", 0, total, "", why, seconds, f"{name}: {why}", **graded_on)
+
+
+def readable_name(name: str) -> str:
+    """A file name as the gradebook writes it: bytes that are not UTF-8 (a Latin-1 name from an old
+    zip tool, j\\xf3zef.py) spelled as escapes, which a UTF-8 CSV can hold and a reader can tell apart."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _check_limits(timeout, memory_mb) -> None:
@@ -217,7 +224,7 @@ def _graded_from_report(path: Path, report: dict, seconds: float) -> Graded:
     else:
         status = "pass" if report.get("ok") else "fail"
     diagnosis = "" if status == "pass" else (first.get("diagnosis") or report.get("summary", ""))
-    return Graded(path.name, status, int(report.get("passed", 0)), int(report.get("total", 0)),
+    return Graded(readable_name(path.name), status, int(report.get("passed", 0)), int(report.get("total", 0)),
                   first.get("check", ""), diagnosis, seconds, report.get("text", ""))
 
 

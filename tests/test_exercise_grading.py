@@ -148,10 +148,17 @@ def test_import_rule_refuses(source, why):
     ("import numpy as np\ndef f(a):\n    a.dump('/tmp/x.pkl')\n", "dump"),
     ("import numpy as np\ns = np.rec.fromfile('/etc/hostname', dtype='S3', shape=1)\n", "fromfile"),
     ("import numpy as np\nnp._core._methods._dump(np.ones(1), '/tmp/x')\n", "_dump"),
+    # ... and they may not be imported by name, by a star, or as a submodule
+    ("from numpy import fromfile\n", "fromfile reads or writes files"),
+    ("from numpy import *\nx = fromfile('/etc/hostname', dtype='S1')\n", "reads or writes files"),
+    ("from numpy.lib import npyio\n", "numpy's lib loads code"),
+    ("import numpy.lib.npyio as n\n", "numpy's lib loads code"),
+    ("from typing import sys\n", "sys is a module the rule refuses"),
 ])
 def test_rule_refuses_other_routes_to_the_checker(source, why):
     reasons = screen_source(source)
     assert reasons and why in " ".join(reasons)
+    assert "import *" not in source or "imports * from numpy" in " ".join(reasons)
 
 
 def test_a_submission_cannot_grade_itself_passing(tmp_path):
@@ -169,6 +176,7 @@ def test_a_submission_cannot_grade_itself_passing(tmp_path):
 
 def test_import_rule_allows_numpy_math_and_the_exercise_helpers():
     assert screen_source("import numpy as np\nimport math\nfrom numpy import einsum\n") == []
+    assert screen_source("from math import *\nimport numpy.linalg\nfrom typing import *\n") == []
     # what the refusal of another module lists is what the rule lets through
     (refusal,) = screen_source("import os\n")
     listed = refusal.split("may import ")[1].replace(" and ", ", ").split(", ")

@@ -85,6 +85,8 @@ def screen_source(source: str, allowed_helpers=(), filename: str = "<submission>
             for alias in node.names:
                 if alias.name.split(".")[0] not in SAFE_MODULES:
                     reasons.append(f"{line} imports {alias.name}{_why_module(alias.name, allowed)}{where}")
+                else:
+                    reasons += [f"{line} imports {alias.name}: {why}" for why in _inner_doors(alias.name, doors)]
         elif isinstance(node, ast.ImportFrom):
             module = "." * node.level + (node.module or "")
             if node.level or module.split(".")[0] not in SAFE_MODULES:
@@ -93,8 +95,12 @@ def screen_source(source: str, allowed_helpers=(), filename: str = "<submission>
                         reasons.append(f"{line} imports {alias.name} from {module}"
                                        f"{_why_module(module, allowed, alias.name)}{where}")
             else:
-                reasons += [f"{line} imports {alias.name} from {module}, {_DOOR}" for alias in node.names
-                            if alias.name in doors]
+                # from numpy import load / from numpy.lib import npyio / from numpy import * (which holds load)
+                names = [alias.name for alias in node.names]
+                if names == ["*"]:
+                    names = _star_names(module)
+                reasons += [f"{line} imports {alias.name} from {module}: {why}" for alias in node.names
+                            for why in _inner_doors(module, doors, names if alias.name == "*" else [alias.name])]
         elif isinstance(node, ast.Name) and (node.id in FORBIDDEN_CALLS or _dunder(node.id)):
             reasons.append(f"{line} uses {node.id}, which can reach code outside the file")
         elif (isinstance(node, (ast.Attribute, ast.Subscript)) and isinstance(node.ctx, (ast.Store, ast.Del))
@@ -142,6 +148,31 @@ def module_doors() -> frozenset:
                 else:
                     doors.add(name)
     return frozenset(doors)
+
+
+def _inner_doors(module: str, doors, names=()) -> list:
+    """Why importing `names` from `module` (an allowed one), or `module` itself, opens a door the
+    attribute rule closes (numpy.lib, numpy.load, typing.sys): one reason of each kind."""
+    parts = module.split(".")[1:] + list(names)
+    found = []
+    door = [part for part in parts if part in doors]
+    if door:
+        found.append(f"{door[0]} is {_DOOR}")
+    reading = [part for part in parts if part in FILE_ATTRIBUTES]
+    if reading:
+        found.append(f"{reading[0]} reads or writes files")
+    code = [part for part in parts if part in FORBIDDEN_NUMPY_ATTRIBUTES]
+    if module.split(".")[0] == "numpy" and code:
+        found.append(f"numpy's {code[0]} loads code")
+    return found
+
+
+def _star_names(module: str) -> list:
+    try:
+        imported = importlib.import_module(module)
+    except ImportError:
+        return []
+    return list(getattr(imported, "__all__", [n for n in vars(imported) if not n.startswith("_")]))
 
 
 def _module_names(tree) -> dict:

@@ -459,3 +459,19 @@ def test_a_file_name_that_is_not_utf8_is_graded_and_written(tmp_path):
     assert [g.file for g in graded] == ["j\\xf3zef.py"] and graded[0].ok
     csv_path, _ = write_gradebook(graded, tmp_path / "gb")
     assert "j\\xf3zef.py" in csv_path.read_text(encoding="utf-8")
+
+
+def test_cli_names_the_files_of_a_folder_it_did_not_grade(tmp_path, capsys):
+    from npllama.cli import main
+
+    folder = tmp_path / "class"
+    (folder / "judy").mkdir(parents=True)
+    (folder / "alice.py").write_text(CORRECT["rmsnorm"])
+    (folder / "judy" / "rmsnorm.ipynb").write_text("{}")    # `exercise notebook` hands in notebooks
+    (folder / "notes.txt").write_text("hello")
+    (folder / ".DS_Store").write_text("")
+    status = main(["exercise", "check", "rmsnorm", str(folder), "--cases", "0", "--gradebook", str(tmp_path / "gb")])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "not graded (not .py files): judy/rmsnorm.ipynb, notes.txt" in out
+    assert "solution cell is saved as a .py file" in out and ".DS_Store" not in out

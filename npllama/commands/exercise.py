@@ -150,6 +150,12 @@ def run_check(args) -> int:
                                 f"their rows are in {csv_path} and {json_path}")
             raise
         print(format_gradebook(graded))
+        others = gradebook.not_graded_in(path)
+        if others:
+            print(f"not graded (not .py files): {', '.join(others)}"
+                  + ("; a notebook is graded once its solution cell is saved as a .py file (not its check "
+                     "cell, which imports npllama and would be refused)"
+                     if any(name.endswith(".ipynb") for name in others) else ""))
         csv_path, json_path = write_gradebook(graded, stem)
         print(f"gradebook: {csv_path} and {json_path}")
     else:

@@ -41,12 +41,26 @@ def submissions_in(folder) -> list[Path]:
     folder = path_argument(folder, "folder", "a folder of .py files")
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder of submissions")
-    files = sorted((p for p in [*folder.glob("*.py"), *folder.glob("*/*.py")]
-                    if p.is_file() and not any(part.startswith((".", "__")) for part in p.relative_to(folder).parts)),
-                   key=lambda p: p.relative_to(folder).as_posix())
+    files = [p for p in _handed_in(folder) if p.suffix == ".py"]
     if not files:
         raise FileNotFoundError(f"{folder} holds no .py files to check (nor do its subfolders)")
     return files
+
+
+def not_graded_in(folder) -> list[str]:
+    """The other files handed in where submissions_in looks (a notebook, a PDF), by their path
+    relative to `folder`: a teacher must not take a student missing from the gradebook for one who
+    handed nothing in."""
+    folder = Path(folder)
+    return [readable_name(p.relative_to(folder).as_posix()) for p in _handed_in(folder) if p.suffix != ".py"]
+
+
+def _handed_in(folder: Path) -> list[Path]:
+    """The files of `folder` and its subfolders one level down, hidden ones (.DS_Store) and
+    __pycache__ left out, sorted by their path relative to `folder`."""
+    return sorted((p for p in [*folder.glob("*"), *folder.glob("*/*")]
+                   if p.is_file() and not any(part.startswith((".", "__")) for part in p.relative_to(folder).parts)),
+                  key=lambda p: p.relative_to(folder).as_posix())
 
 
 def grade_folder(op: str, folder, *, n_random: int = 8, seed: int = 0, timeout: float = DEFAULT_TIMEOUT,

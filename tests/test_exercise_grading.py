@@ -154,11 +154,17 @@ def test_import_rule_refuses(source, why):
     ("from numpy.lib import npyio\n", "numpy's lib loads code"),
     ("import numpy.lib.npyio as n\n", "numpy's lib loads code"),
     ("from typing import sys\n", "sys is a module the rule refuses"),
+    # attributes named in a string, and strings evaluated as code (a string annotation)
+    ("import operator\nimport typing\nS = operator.attrgetter('sys')(typing)\n", "attrgetter"),
+    ("from operator import methodcaller\n", "methodcaller"),
+    ("import typing\ndef f(a: \"print(1)\"):\n    pass\ntyping.get_type_hints(f)\n", "get_type_hints"),
+    ("import functools\n@functools.singledispatch\ndef f(a):\n    pass\n", "singledispatch"),
+    ("from operator import *\n", "attrgetter"),
 ])
 def test_rule_refuses_other_routes_to_the_checker(source, why):
     reasons = screen_source(source)
     assert reasons and why in " ".join(reasons)
-    assert "import *" not in source or "imports * from numpy" in " ".join(reasons)
+    assert "import *" not in source or "imports * from" in " ".join(reasons)
 
 
 def test_a_submission_cannot_grade_itself_passing(tmp_path):
@@ -176,7 +182,7 @@ def test_a_submission_cannot_grade_itself_passing(tmp_path):
 
 def test_import_rule_allows_numpy_math_and_the_exercise_helpers():
     assert screen_source("import numpy as np\nimport math\nfrom numpy import einsum\n") == []
-    assert screen_source("from math import *\nimport numpy.linalg\nfrom typing import *\n") == []
+    assert screen_source("from math import *\nimport numpy.linalg\nfrom typing import Tuple\n") == []
     # what the refusal of another module lists is what the rule lets through
     (refusal,) = screen_source("import os\n")
     listed = refusal.split("may import ")[1].replace(" and ", ", ").split(", ")

@@ -9,7 +9,8 @@ A submission is refused (never graded) when
    dunder attributes such as `__globals__`, attributes that read or write files (`np.load`, an
    array's `x.tofile`, `np.rec.fromfile`), NumPy's C-library doors (`np.ctypeslib`, ...), the
    attributes by which an allowed module hands out a refused one (`typing.sys`,
-   `dataclasses.builtins`: `module_doors`), and changing an imported module (`np.square = ...`):
+   `dataclasses.builtins`: `module_doors`) or reaches an attribute named in a string
+   (`operator.attrgetter`, `typing.get_type_hints` of a string annotation), and changing an imported module (`np.square = ...`):
    the submission runs in the checker's process, so a changed NumPy, or a runner reached through
    `sys.modules`, would change the grade;
 2. it calls one of npllama's forward passes, or the very backward it is asked to write, while its
@@ -53,6 +54,10 @@ FILE_ATTRIBUTES = {"load", "loads", "save", "savez", "savez_compressed", "fromfi
                    "_dump", "_dumps", "memmap", "open_memmap", "loadtxt", "savetxt", "genfromtxt", "recfromtxt",
                    "fromregex", "DataSource", "NpzFile", "open", "_open", "_savez", "_load_from_filelike",
                    "_file_openers", "_FileOpeners", "zipfile_factory"}
+# Functions of the allowed modules that reach an attribute named in a string (attrgetter("sys")) or
+# evaluate a string as code (a string annotation, through get_type_hints or singledispatch's register)
+BY_STRING_ATTRIBUTES = {"attrgetter", "methodcaller", "get_type_hints", "ForwardRef", "evaluate_forward_ref",
+                        "singledispatch", "singledispatchmethod"}
 # NumPy's doors to C libraries, compilers and its own internals
 FORBIDDEN_NUMPY_ATTRIBUTES = {"ctypeslib", "f2py", "testing", "distutils", "lib"}
 # any formula is exact to ~1e-15 on the probe case; finite differences miss by >= ~1e-11
@@ -113,6 +118,8 @@ def screen_source(source: str, allowed_helpers=(), filename: str = "<submission>
                 reasons.append(f"{line} uses the attribute {node.attr}, {_DOOR}")
             elif _dunder(node.attr):
                 reasons.append(f"{line} uses the attribute {node.attr}, which can reach code outside the file")
+            elif node.attr in BY_STRING_ATTRIBUTES:
+                reasons.append(f"{line} uses {node.attr}, {_BY_STRING}")
             elif node.attr in FILE_ATTRIBUTES:
                 owner = "numpy's" if _is_numpy(node.value) else "the attribute"
                 reasons.append(f"{line} uses {owner} {node.attr}, which reads or writes files")
@@ -122,6 +129,7 @@ def screen_source(source: str, allowed_helpers=(), filename: str = "<submission>
 
 
 _DOOR = "a module the rule refuses (sys, os, builtins, ...) reached through one it allows"
+_BY_STRING = "which reaches an attribute named in a string, or runs a string as code"
 
 
 # Modules an allowed one holds that give no way out of the file either (x.copy() must stay legal);
@@ -158,6 +166,9 @@ def _inner_doors(module: str, doors, names=()) -> list:
     door = [part for part in parts if part in doors]
     if door:
         found.append(f"{door[0]} is {_DOOR}")
+    by_string = [part for part in parts if part in BY_STRING_ATTRIBUTES]
+    if by_string:
+        found.append(f"{by_string[0]} {_BY_STRING.replace('which ', '')}")
     reading = [part for part in parts if part in FILE_ATTRIBUTES]
     if reading:
         found.append(f"{reading[0]} reads or writes files")

@@ -160,11 +160,29 @@ def test_import_rule_refuses(source, why):
     ("import typing\ndef f(a: \"print(1)\"):\n    pass\ntyping.get_type_hints(f)\n", "get_type_hints"),
     ("import functools\n@functools.singledispatch\ndef f(a):\n    pass\n", "singledispatch"),
     ("from operator import *\n", "attrgetter"),
+    # a running generator's frame leads up the stack to the checker's own globals
+    ("def walk():\n    yield gen.gi_frame.f_back\ngen = walk()\nR = next(gen).f_back.f_globals\n", "gi_frame"),
+    ("def f(e):\n    return e.tb_frame.f_locals\n", "tb_frame"),
 ])
 def test_rule_refuses_other_routes_to_the_checker(source, why):
     reasons = screen_source(source)
     assert reasons and why in " ".join(reasons)
     assert "import *" not in source or "imports * from" in " ".join(reasons)
+
+
+def test_a_submission_cannot_grade_itself_passing_through_the_stack(tmp_path):
+    forged = tmp_path / "forged.py"
+    forged.write_text("import numpy as np\n\n\ndef walk():\n    yield gen.gi_frame.f_back\n\n\n"
+                      "gen = walk()\nframe = next(gen)\n"
+                      "while frame is not None and 'check_function' not in frame.f_globals:\n"
+                      "    frame = frame.f_back\nreal = frame.f_globals['check_function']\n\n\n"
+                      "def forged(op, fn, **kw):\n    report = real(op, fn, **kw)\n"
+                      "    for r in report.results:\n        r.status, r.finding = 'pass', None\n    return report\n\n\n"
+                      "frame.f_globals['check_function'] = forged\n\n\n"
+                      "def rmsnorm_backward(dy, cache):\n    x, rstd, weight = cache\n"
+                      "    return np.zeros_like(x), np.zeros_like(weight)\n")
+    graded = grade_file("rmsnorm", forged, n_random=0, timeout=20)
+    assert graded.status == "refused" and "gi_frame" in graded.diagnosis
 
 
 def test_a_submission_cannot_grade_itself_passing(tmp_path):
@@ -183,6 +201,9 @@ def test_a_submission_cannot_grade_itself_passing(tmp_path):
 def test_import_rule_allows_numpy_math_and_the_exercise_helpers():
     assert screen_source("import numpy as np\nimport math\nfrom numpy import einsum\n") == []
     assert screen_source("from math import *\nimport numpy.linalg\nfrom typing import Tuple\n") == []
+    # several reasons come in the file's order (the report shows the first three)
+    reasons = screen_source("import numpy as np\nf = np.load\n\ndef g():\n    return np.save\nimport os\n")
+    assert [r.split()[1] for r in reasons] == ["2", "5", "6"]
     # what the refusal of another module lists is what the rule lets through
     (refusal,) = screen_source("import os\n")
     listed = refusal.split("may import ")[1].replace(" and ", ", ").split(", ")

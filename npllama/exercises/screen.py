@@ -6,13 +6,13 @@ A submission is refused (never graded) when
    npllama except the helpers its exercise names (e.g. rope's `rotate_half`) -- read from the
    file's syntax tree before any of it runs (`screen_source`).  Reaching for code by other routes
    is refused the same way: `exec`, `eval`, `compile`, `__import__`, `open`, `getattr`, `globals`,
-   dunder attributes such as `__globals__`, attributes that read or write files (`np.load`, an
-   array's `x.tofile`, `np.rec.fromfile`), NumPy's C-library doors (`np.ctypeslib`, ...), the
-   attributes by which an allowed module hands out a refused one (`typing.sys`,
-   `dataclasses.builtins`: `module_doors`) or reaches an attribute named in a string
-   (`operator.attrgetter`, `typing.get_type_hints` of a string annotation), and changing an imported module (`np.square = ...`):
-   the submission runs in the checker's process, so a changed NumPy, or a runner reached through
-   `sys.modules`, would change the grade;
+   dunder attributes such as `__globals__`, a frame's or generator's (`gi_frame`, `f_back`),
+   attributes that read or write files (`np.load`, an array's `x.tofile`, `np.rec.fromfile`),
+   NumPy's C-library doors (`np.ctypeslib`, ...), the attributes by which an allowed module hands
+   out a refused one (`typing.sys`, `dataclasses.builtins`: `module_doors`) or reaches an attribute
+   named in a string (`operator.attrgetter`, `typing.get_type_hints` of a string annotation), and
+   changing an imported module (`np.square = ...`): the submission runs in the checker's process,
+   so a changed NumPy, or a runner reached through `sys.modules`, would change the grade;
 2. it calls one of npllama's forward passes, or the very backward it is asked to write, while its
    backward runs (`guard_library`, a run-time guard for when the import rule is switched off);
 3. it measures its gradient by finite differences of a forward it wrote out itself.  The evidence
@@ -58,6 +58,10 @@ FILE_ATTRIBUTES = {"load", "loads", "save", "savez", "savez_compressed", "fromfi
 # evaluate a string as code (a string annotation, through get_type_hints or singledispatch's register)
 BY_STRING_ATTRIBUTES = {"attrgetter", "methodcaller", "get_type_hints", "ForwardRef", "evaluate_forward_ref",
                         "singledispatch", "singledispatchmethod"}
+# The attributes of generators, coroutines, frames and tracebacks that walk the call stack: up it
+# are the checker's own globals and locals (and their __builtins__, by a string key)
+STACK_ATTRIBUTES = {"gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "ag_frame", "ag_code",
+                    "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "tb_frame", "tb_next"}
 # NumPy's doors to C libraries, compilers and its own internals
 FORBIDDEN_NUMPY_ATTRIBUTES = {"ctypeslib", "f2py", "testing", "distutils", "lib"}
 # any formula is exact to ~1e-15 on the probe case; finite differences miss by >= ~1e-11
@@ -116,7 +120,7 @@ def screen_source(source: str, allowed_helpers=(), filename: str = "<submission>
         elif isinstance(node, ast.Attribute):
             if node.attr in doors:
                 reasons.append(f"{line} uses the attribute {node.attr}, {_DOOR}")
-            elif _dunder(node.attr):
+            elif _dunder(node.attr) or node.attr in STACK_ATTRIBUTES:
                 reasons.append(f"{line} uses the attribute {node.attr}, which can reach code outside the file")
             elif node.attr in BY_STRING_ATTRIBUTES:
                 reasons.append(f"{line} uses {node.attr}, {_BY_STRING}")
@@ -125,7 +129,8 @@ def screen_source(source: str, allowed_helpers=(), filename: str = "<submission>
                 reasons.append(f"{line} uses {owner} {node.attr}, which reads or writes files")
             elif node.attr in FORBIDDEN_NUMPY_ATTRIBUTES and _is_numpy(node.value):
                 reasons.append(f"{line} uses numpy's {node.attr}, which loads code")
-    return _unique(reasons)
+    # in the file's order (ast.walk goes breadth first): the report shows the first three
+    return _unique(sorted(reasons, key=lambda reason: int(reason.split()[1]) if reason.split()[1].isdigit() else 0))
 
 
 _DOOR = "a module the rule refuses (sys, os, builtins, ...) reached through one it allows"

@@ -122,6 +122,7 @@ def run_check(args) -> int:
     from ..exercises import get_exercise
     from ..exercises import gradebook
     from ..exercises.gradebook import GradingInterrupted, format_gradebook, gradebook_json, write_gradebook
+    from ..io.atomic import atomic_write_text
     from ..exercises.sandbox import grade_file
 
     get_exercise(args.op)  # an unknown name is a usage error before anything runs
@@ -166,7 +167,7 @@ def run_check(args) -> int:
             print(graded[0].output + "\n")
         print(graded[0].text)
     if args.json:
-        Path(args.json).write_text(gradebook_json(graded), encoding="utf-8")
+        atomic_write_text(Path(args.json), gradebook_json(graded))   # a failed write leaves the old file whole
     return 0 if all(g.ok for g in graded) else 1
 
 

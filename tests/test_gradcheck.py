@@ -144,6 +144,9 @@ def test_large_tensors_get_a_sample_and_directions_by_default():
     x, fn, grad = quadratic_form((3, 4), 4)
     small = gradcheck(fn, [x], [grad], names=["x"])
     assert small["x"].method == "all entries" and small["x"].checked == 12
+    # max_entries is how many entries are checked one by one: exactly that many are all of them
+    exact = gradcheck(fn, [x], [grad], names=["x"], max_entries=x.size)
+    assert exact["x"].method == "all entries" and exact["x"].directions == 0 and exact["x"].checked == 12
 
 
 # ----- the report -------------------------------------------------------------------------------------
@@ -156,6 +159,21 @@ def test_a_pass_through_the_absolute_floor_is_flagged():
     assert report.ok and report["x"].floor_only == x.size
     assert "absolute floor" in str(report) and report.warnings
     assert not gradcheck(tiny_fn, [x], [wrong]).ok  # without the floor it fails
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_atol_is_a_floor_per_entry_for_directions_too_at_any_scale(scale):
+    # A direction p sums the entries' errors weighted by p: atol per entry allows atol * sum|p|
+    # along it, whatever the size of p's entries (they follow x's scale) -- no more, no less.
+    rng = np.random.default_rng(5)
+    x = scale * rng.standard_normal((3, 4))
+    fn, grad, atol = (lambda v: float(np.sum(v**2))), 2 * x, 1e-3
+    within = grad + 0.5 * atol * rng.choice([-1.0, 1.0], size=x.shape)   # every entry off by atol / 2
+    report = gradcheck(fn, [x], [within], names=["x"], method="directional", atol=atol)
+    assert report.ok and report["x"].floor_only > 0, str(report)
+    off = grad.copy()
+    off[1, 2] += 100 * atol * x.size                 # one entry off by far more than atol
+    assert gradcheck(fn, [x], [off], method="directional", atol=atol).inputs[0].status == "FAIL"
 
 
 def test_progress_prints_one_line_per_input(capsys):
@@ -296,7 +314,10 @@ def test_a_gradient_swamped_by_a_constant_in_f_is_resolved_by_longer_steps(expon
     x = 10.0**exponent * np.random.default_rng(seed).standard_normal((3, 4))
     cos_sum = lambda v: float(np.sum(np.cos(v)))
     right = -np.sin(x)
-    assert gradcheck(cos_sum, [x], [right]).ok
+    resolved = gradcheck(cos_sum, [x], [right])
+    assert resolved.ok, str(resolved)
+    if exponent <= -4:      # the relative step's round-off is then above LOOSE_BOUND of the gradient
+        assert resolved.inputs[0].longer_steps > 0, str(resolved)
     for wrong in (-right, np.zeros_like(x), 1.1 * right):
         report = gradcheck(cos_sum, [x], [wrong])
         assert not report.ok and report.inputs[0].status == "FAIL", str(report)
@@ -695,3 +716,17 @@ def test_an_input_f_ignores_passes_strict_with_its_zero_gradient(method):
     report.raise_if_failed(strict=True)
     assert report["unused"].bound < 1e-6, str(report)
     assert gradcheck(fn, [unused, w], [np.full(3, 1e-6), 2 * w], method=method).inputs[0].status == "FAIL"
+
+
+def test_numerical_gradient_is_the_central_difference_and_leaves_x_as_it_was():
+    # the exercises' plain estimate: central differences are second-order, so sum(x^3) comes out
+    # within ~eps^2 of 3 x^2 (a one-sided difference would be off by ~3 x eps, or by half if
+    # the minus side were lost); entries not asked for stay 0, and x is put back exactly
+    from npllama.gradcheck import numerical_gradient
+    x = np.random.default_rng(0).standard_normal((2, 3))
+    before = x.copy()
+    grad = numerical_gradient(lambda: float(np.sum(x**3)), x, eps=1e-4)
+    np.testing.assert_allclose(grad, 3 * x**2, rtol=0, atol=1e-7)
+    assert np.array_equal(x, before)
+    some = numerical_gradient(lambda: float(np.sum(x**3)), x, eps=1e-4, indices=[(0, 1), (1, 2)])
+    assert np.count_nonzero(some) == 2 and some[0, 1] == grad[0, 1] and some[1, 2] == grad[1, 2]

@@ -437,7 +437,8 @@ def test_a_failing_random_direction_is_bisected_to_the_wrong_entry(seed):
     assert not report.ok and entry.worst_index == (planted,), str(report)
     assert entry.analytic_at_worst == pytest.approx(wrong[planted])
     assert entry.numeric_at_worst == pytest.approx(grad[planted], rel=1e-6)
-    assert any("halving it" in note for note in entry.notes), str(report)
+    halvings = [int(m) for note in entry.notes for m in re.findall(r"halving it (\d+) times", note)]
+    assert halvings and np.floor(np.log2(x.size)) <= halvings[0] <= np.ceil(np.log2(x.size)), str(report)
     directional = gradcheck(lambda v: float(np.sum(np.tanh(v) * c)), [x], [wrong], method="directional")
     assert directional.inputs[0].worst_index == (planted,)
 
@@ -730,3 +731,13 @@ def test_numerical_gradient_is_the_central_difference_and_leaves_x_as_it_was():
     assert np.array_equal(x, before)
     some = numerical_gradient(lambda: float(np.sum(x**3)), x, eps=1e-4, indices=[(0, 1), (1, 2)])
     assert np.count_nonzero(some) == 2 and some[0, 1] == grad[0, 1] and some[1, 2] == grad[1, 2]
+
+
+@pytest.mark.parametrize("method", ["entries", "directional"])
+def test_an_all_zero_input_is_probed_with_unit_steps(method):
+    # a step relative to x's own size is no step at all when x is all zero: the scale falls
+    # back to 1, so the gradient there (cos 0 = 1) is resolved and a wrong one fails
+    x = np.zeros(5)
+    fn = lambda v: float(np.sum(np.sin(v)))
+    assert gradcheck(fn, [x], [np.ones(5)], method=method).ok
+    assert gradcheck(fn, [x], [np.full(5, 1.01)], method=method).inputs[0].status == "FAIL"

@@ -741,3 +741,17 @@ def test_an_all_zero_input_is_probed_with_unit_steps(method):
     fn = lambda v: float(np.sum(np.sin(v)))
     assert gradcheck(fn, [x], [np.ones(5)], method=method).ok
     assert gradcheck(fn, [x], [np.full(5, 1.01)], method=method).inputs[0].status == "FAIL"
+
+
+@pytest.mark.parametrize("method", ["entries", "directional"])
+@pytest.mark.parametrize("scale", [1e-6, 1e-3, 1.0])
+@pytest.mark.parametrize("slope", [1e-3, 1e-10])
+def test_a_zero_gradient_claimed_for_an_input_f_uses_fails_at_any_scale(method, scale, slope):
+    # with the whole analytic gradient zero there is no size to be relative to: steps grow up to
+    # an absolute 1, so a small input (first steps of 1e-10) still shows f's slope along it
+    # (1e-10 over a step of 1 is still ~300x the round-off of f = 100)
+    rng = np.random.default_rng(0)
+    u, w = scale * rng.standard_normal(3), rng.standard_normal(4)
+    fn = lambda u, v: 100.0 + float(np.sum(v**2)) + slope * float(np.sum(u))
+    report = gradcheck(fn, [u, w], [np.zeros(3), 2 * w], names=["u", "w"], method=method)
+    assert report["u"].status == "FAIL", str(report)

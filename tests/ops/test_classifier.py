@@ -88,6 +88,10 @@ def test_bad_inputs():
         classifier_forward(hidden, score_weight, last_index.astype(float))
     with pytest.raises(ValueError, match="hidden must have 3 dimension"):
         classifier_forward(hidden[0], score_weight, last_index)
+    with pytest.raises(ValueError, match="score_weight must have 2 dimension"):
+        classifier_forward(hidden, score_weight[0], last_index)
+    with pytest.raises(TypeError, match="score_weight must be float32 or float64"):
+        classifier_forward(hidden, score_weight.astype(np.int64), last_index)
     with pytest.raises(ValueError, match="row 1 has no real token"):
         last_token_index(np.array([[1, 0], [0, 0]]))
     with pytest.raises(ValueError, match="0/1"):

@@ -415,7 +415,8 @@ def test_evaluation_on_a_small_set_uses_one_smaller_batch():
     assert len(batches) == 1 and batches[0][0].shape == (2, 10)
 
 
-@pytest.mark.parametrize("n_tokens, seq_len, batch_size", [(25, 10, 8), (187, 10, 4), (8, 10, 4), (2, 10, 4)])
+@pytest.mark.parametrize("n_tokens, seq_len, batch_size", [(25, 10, 8), (187, 10, 4), (8, 10, 4), (2, 10, 4),
+                                                           (30, 10, 4), (29, 10, 4)])  # 1 and 2 short of 3 whole windows
 def test_evaluation_batches_score_every_held_out_target_once(n_tokens, seq_len, batch_size):
     """The tokens after the last whole window are a last, shorter window: with ids = 0..n-1, every
     target 1..n-1 appears exactly once, after the token before it."""

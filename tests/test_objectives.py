@@ -6,8 +6,8 @@ from npllama import Llama, LlamaConfig, gradcheck, use_backend
 from npllama.lora import attach_lora
 from npllama.objectives import (SOP_HEAD, MaskedLMBatches, SentenceOrderBatch, SentenceOrderBatches, encode_pair,
                                 evaluate_sentence_order, init_sop_head, mask_tokens, mlm_loss, mlm_loss_and_grads,
-                                join_sentences, join_text, mlm_objective, mlm_sop_loss_and_grads, pad_batch,
-                                sentence_blocks, sentence_order_pairs, split_sentences)
+                                join_sentences, join_text, mlm_objective, mlm_sop_forward, mlm_sop_loss_and_grads,
+                                pad_batch, sentence_blocks, sentence_order_pairs, split_sentences)
 
 SPECIAL = (0, 1, 2)  # <unk> (= mask), <s>, </s>
 
@@ -336,6 +336,12 @@ def test_evaluate_sentence_order_weights_mlm_per_masked_token_and_sop_per_pair()
         masked = [int((p.targets != -100).sum()) for p in parts]
         assert masked[0] != masked[1], masked      # a mean of the batches' means would differ
         assert split == pytest.approx(one, rel=1e-12) and one["pairs"] == 3
+        # ... and they are the one batch's own: its losses, and the share of pairs the head orders right
+        mlm, sop, sop_logits, _ = mlm_sop_forward(model, sop_head, whole)
+        right = np.argmax(sop_logits, axis=-1) == whole.sop_labels
+        assert 0 < right.sum() < 3, right                # neither 0 nor 1 is what a dropped count gives
+        assert one == pytest.approx({"mlm": mlm, "sop": sop, "sop_accuracy": right.mean(), "pairs": 3,
+                                     "masked_tokens": int((whole.targets != -100).sum())}, rel=1e-12)
         # no masked token (a tiny validation set can draw none): no MLM loss to report -- before, 0.0
         unmasked = SentenceOrderBatch(whole.inputs, np.full_like(whole.targets, -100), whole.attention_mask,
                                       whole.sop_labels)

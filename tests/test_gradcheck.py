@@ -134,6 +134,7 @@ def test_directional_only_catches_one_wrong_sign_and_passes_the_right_gradient()
     assert not report.ok and report["x"].method == "directional" and report["x"].checked == 0
     good = gradcheck(fn, [x], [grad], method="directional", directions=2)
     assert good.ok and good.inputs[0].directions == 2 and good.max_err_over_bound < 0.3
+    assert good.inputs[0].rel_err < 1e-6 < report["x"].rel_err
 
 
 def test_large_tensors_get_a_sample_and_directions_by_default():
@@ -157,6 +158,7 @@ def test_a_pass_through_the_absolute_floor_is_flagged():
     wrong = 1e-6 * grad * 1.5                       # 50% wrong, but every entry within atol = 1e-3
     report = gradcheck(tiny_fn, [x], [wrong], names=["x"], atol=1e-3)
     assert report.ok and report["x"].floor_only == x.size
+    assert report["x"].max_abs_err == pytest.approx(np.max(np.abs(wrong - 1e-6 * grad)), rel=1e-6)
     assert "absolute floor" in str(report) and report.warnings
     assert not gradcheck(tiny_fn, [x], [wrong]).ok  # without the floor it fails
 
@@ -434,7 +436,7 @@ def test_a_failing_random_direction_is_bisected_to_the_wrong_entry(seed):
     wrong[planted] *= 1.01
     report = gradcheck(lambda v: float(np.sum(np.tanh(v) * c)), [x], [wrong], names=["x"], seed=seed)
     entry = report["x"]
-    assert not report.ok and entry.worst_index == (planted,), str(report)
+    assert not report.ok and entry.worst_index == (planted,) and entry.worst == str((planted,)), str(report)
     assert entry.analytic_at_worst == pytest.approx(wrong[planted])
     assert entry.numeric_at_worst == pytest.approx(grad[planted], rel=1e-6)
     halvings = [int(m) for note in entry.notes for m in re.findall(r"halving it (\d+) times", note)]
@@ -668,6 +670,9 @@ def test_a_gradient_count_mismatch_says_how_wrt_was_chosen():
     with pytest.raises(ValueError, match=re.escape("wrt=[0]")):
         check_op(masked, lambda d, m: d * m, [x, mask], names=["x", "mask"])
     assert check_op(masked, lambda d, m: d * m, [x, mask], wrt=[0]).ok
+    with pytest.raises(ValueError, match="expected 2") as given:     # wrt given: no hint about choosing it
+        check_op(masked, lambda d, m: d * m, [x, mask], wrt=[0, 1])
+    assert "wrt was not given" not in str(given.value)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -755,3 +760,4 @@ def test_a_zero_gradient_claimed_for_an_input_f_uses_fails_at_any_scale(method, 
     fn = lambda u, v: 100.0 + float(np.sum(v**2)) + slope * float(np.sum(u))
     report = gradcheck(fn, [u, w], [np.zeros(3), 2 * w], names=["u", "w"], method=method)
     assert report["u"].status == "FAIL", str(report)
+

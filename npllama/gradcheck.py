@@ -405,7 +405,10 @@ class _Probes:
         self.magnitude.append(magnitude)
         self.floor.append(floor)
         self.largest.append(largest)
-        self.unresolved.append(reference > 0 and not estimate.bound <= max(UNRESOLVED * reference, coarse))
+        # an all-zero gradient (reference 0) is unresolved too where its bound is coarse next to
+        # the check's largest: a wrong zero could not be told from the right gradient there
+        resolution = max(UNRESOLVED * reference, coarse)
+        self.unresolved.append((reference > 0 or coarse > 0) and not estimate.bound <= resolution)
         self.rough.append(estimate.rough)
         self.richardson += estimate.richardson
         self.longer_steps += longer

@@ -761,3 +761,15 @@ def test_a_zero_gradient_claimed_for_an_input_f_uses_fails_at_any_scale(method, 
     report = gradcheck(fn, [u, w], [np.zeros(3), 2 * w], names=["u", "w"], method=method)
     assert report["u"].status == "FAIL", str(report)
 
+
+def test_an_all_zero_gradient_no_step_can_resolve_is_unresolved_not_passed():
+    # x's slope (~5e-4) is below f's round-off (f ~ 1e12) at every step sqrt's domain allows, so a
+    # zero claimed for it cannot be told from the right gradient.  Its bound is far above 1e-3 of the
+    # check's largest gradient (w's): UNRESOLVED, as for a nonzero gradient -- it passed as "ok"
+    # (an all-zero input has no size of its own, and only that was asked)
+    x, w = np.array([1.0, 0.8]), np.ones(3)
+    fn = lambda v, w: 1e12 + 1e-3 * float(np.sum(np.sqrt(v))) + float(np.sum(w**2))
+    with np.errstate(invalid="ignore"):         # longer steps leave sqrt's domain, and stop there
+        report = gradcheck(fn, [x, w], [np.zeros(2), 2 * w], names=["x", "w"])
+        assert report["x"].status == "UNRESOLVED" and report["w"].ok, str(report)
+        assert gradcheck(fn, [x, w], [0.5e-3 / np.sqrt(x), 2 * w], names=["x", "w"])["x"].status == "UNRESOLVED"

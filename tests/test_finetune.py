@@ -10,8 +10,9 @@ from threadpoolctl import threadpool_limits
 import npllama.cli
 from npllama import Llama, LlamaConfig, gradcheck, use_backend
 from npllama import datasets
-from npllama.finetune import (ClassifyConfig, SequenceClassifier, SFTConfig, choice_logprobs, classification_metrics,
-                              classify, encode_chat, evaluate_choice, majority_baseline, sft, sft_batch)
+from npllama.finetune import (ClassifyConfig, SequenceClassifier, SFTConfig, batch_rows, choice_logprobs,
+                              classification_metrics, classify, encode_chat, evaluate_choice, majority_baseline, sft,
+                              sft_batch)
 from npllama.io.safetensors import read_safetensors
 from npllama.lora import attach_lora
 from npllama.objectives import pad_batch
@@ -147,6 +148,21 @@ def test_metrics_and_baseline():
     # f1: class 0: p=1/2 r=1/2 -> 1/2; class 1: p=2/3 r=1 -> 4/5; class 2: 0
     assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0) / 3)
     assert majority_baseline([1, 1, 0], [0, 1, 1, 1]) == (1, 0.75)
+    # a label that never occurs (nor is predicted) scores 0, not NaN: macro-F1 stays a number
+    unseen = classification_metrics([0, 1], [0, 1], 3)
+    assert unseen["recall"][2] == unseen["precision"][2] == unseen["f1"][2] == 0.0
+    assert unseen["macro_f1"] == pytest.approx(2 / 3)
+
+
+def test_batch_rows_deal_each_epoch_out_once_in_a_fresh_order():
+    n, batch_size = 10, 3                      # 3 whole batches an epoch; the 10th example waits
+    epoch0 = [batch_rows(n, batch_size, step, seed=1) for step in range(3)]
+    epoch1 = [batch_rows(n, batch_size, step, seed=1) for step in range(3, 6)]
+    for epoch in (epoch0, epoch1):
+        rows = np.concatenate(epoch)
+        assert [len(b) for b in epoch] == [3, 3, 3] and len(set(rows.tolist())) == 9 and rows.max() < n
+    assert not np.array_equal(np.concatenate(epoch0), np.concatenate(epoch1))
+    assert np.array_equal(batch_rows(n, batch_size, 4, seed=1), epoch1[1])      # the same step, the same rows
 
 
 def terminal_columns(text):

@@ -7,7 +7,7 @@ import pytest
 from npllama import Llama, LlamaConfig, gradcheck, use_backend
 from npllama.io.errors import CheckpointError
 from npllama.io.safetensors import read_safetensors, write_safetensors
-from npllama.lora import ALL_TARGETS, attach_lora, load_adapter
+from npllama.lora import ALL_TARGETS, attach_lora, load_adapter, peft_name
 
 
 def tiny_config(**overrides):
@@ -331,3 +331,22 @@ def test_whole_model_gradients_with_dropout_masks_and_tied_embeddings():
         report = gradcheck(loss, adapters.params, grads)
     report.raise_if_failed()
     assert report.max_rel_err < 1e-7
+
+
+def test_dropout_is_inverted_kept_inputs_are_scaled_by_one_over_keep():
+    # PEFT's nn.Dropout: y = x W^T + scaling * ((x * kept / keep) A^T) B^T, so the adapter's
+    # output keeps its expected value in training (kept ~ Bernoulli(keep), keep = 1 - p)
+    model, adapters = adapted_model(targets=("q_proj",), lora_dropout=0.25)
+    module = adapters.modules()[0]
+    W = model.params[module + ".weight"]
+    A, B = adapters.params[peft_name(module, "lora_A")], adapters.params[peft_name(module, "lora_B")]
+    x = np.random.default_rng(1).standard_normal((2, 3, W.shape[1]))
+    model._math()                  # op_bindings: maps each adapted weight to its module
+    adapters.training = True
+    state = adapters.dropout_state
+    y, _ = adapters._linear_forward(x, W)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state
+    kept = rng.random(x.shape) < 0.75
+    expected = x @ W.T + adapters.scaling * ((x * kept / 0.75) @ A.T) @ B.T
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npllama.optim import (SGD, AdamW, NonFiniteGradientError, clip_grad_norm, constant,
+from npllama.optim import (SGD, AdamW, NonFiniteGradientError, clip_finite_step, clip_grad_norm, constant,
                            cosine_with_warmup, default_no_decay, get_schedule, global_grad_norm)
 
 EMBED = "model.embed_tokens.weight"
@@ -674,3 +674,16 @@ def test_optimizer_threads_must_be_a_positive_int(threads):
     with pytest.raises(ValueError, match="threads must be a positive int"):
         opt.threads = threads
     assert opt.threads == 1
+
+
+def test_clip_finite_step_clips_finite_steps_and_names_what_is_not_finite():
+    params = {"w": np.ones((2, 2)), "b": np.ones(2)}
+    grads = {"w": np.full((2, 2), 3.0), "b": np.full(2, 4.0)}
+    norm, problem = clip_finite_step(1.5, grads, params, max_norm=1.0)
+    assert problem is None and norm == pytest.approx(math.sqrt(4 * 9 + 2 * 16))
+    assert flat_norm(grads) == pytest.approx(1.0, rel=1e-5)          # clipped in place
+    norm, problem = clip_finite_step(math.nan, grads, params, max_norm=1.0)
+    assert math.isnan(norm) and "the loss is nan" in problem
+    grads["b"][0] = math.inf
+    norm, problem = clip_finite_step(1.5, grads, params, max_norm=1.0)
+    assert norm == math.inf and "gradient of b" in problem and grads["w"][0, 0] != 0   # left as they were

@@ -236,6 +236,10 @@ def test_perplexity_is_exp_of_the_mean_next_token_loss(small_model_dir):
     assert windowed.tokens == len(ids) - 1 and windowed.windows == len(losses)
     assert windowed.mean_loss == pytest.approx(sum(losses) / (len(ids) - 1), rel=1e-10)
     assert perplexity(model, tokenizer, TEXT, context=np.int64(8), batch_size=np.int32(2)) == windowed
+    # a last window holding a single target is still scored
+    context = next(c for c in range(2, len(ids)) if (len(ids) - 1) % c == 1)
+    last_one = perplexity(model, tokenizer, TEXT, context=context)
+    assert last_one.tokens == len(ids) - 1 and last_one.windows == -(-(len(ids) - 1) // context)
 
 
 def test_eval_perplexity_cli(small_model_dir, tmp_path, capsys):

@@ -27,7 +27,7 @@ from npllama.model import Llama
 from npllama.ops import rope_cos_sin
 from npllama.optim import AdamW, clip_grad_norm, cosine_with_warmup
 
-from kernels.helpers import TOLERANCE
+from .kernels.helpers import TOLERANCE
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["numpy", "numba"]
@@ -63,7 +63,7 @@ def test_the_same_seed_gives_the_same_bits_twice_in_one_process(backend_name):
 CHILD = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from test_determinism import short_run
+from tests.test_determinism import short_run
 print(json.dumps(short_run(sys.argv[2])))
 """
 

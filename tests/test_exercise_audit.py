@@ -130,7 +130,7 @@ def test_a_python_list_is_not_a_gradient():
 
 # ----- 5. the model's dict and the block's pair ---------------------------------------------------
 
-from test_exercise_diagnoses import MODEL_CORRECT as MODEL  # noqa: E402  (one correct model backward)
+from .test_exercise_diagnoses import MODEL_CORRECT as MODEL  # noqa: E402  (one correct model backward)
 
 
 @pytest.mark.parametrize("change, expected", [

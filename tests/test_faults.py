@@ -33,7 +33,7 @@ from npllama.optim import AdamW
 from npllama.runs import recover_checkpoint
 from npllama.train import MAX_CONSECUTIVE_SKIPS, TrainConfig, TrainingError, train
 
-from full_disk import FillsUp, disk_full, files_on_a_full_disk   # tests/full_disk.py
+from .full_disk import FillsUp, disk_full, files_on_a_full_disk
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 40

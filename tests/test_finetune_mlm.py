@@ -16,7 +16,7 @@ from npllama.runs import load_model_and_tokenizer
 
 
 def perturbed_classifier(objective: str, lora: bool = False):
-    from test_finetune import perturbed_classifier as on_a_perturbed_model   # one recipe for both files
+    from .test_finetune import perturbed_classifier as on_a_perturbed_model   # one recipe for both files
 
     return on_a_perturbed_model(lora, objective)
 

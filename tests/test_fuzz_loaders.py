@@ -664,7 +664,7 @@ TOKENIZER_FUZZER = textwrap.dedent('''
     import numpy as np
     sys.path.insert(0, sys.argv[4])
     from npllama.tokenizer import Tokenizer
-    from test_fuzz_loaders import BYTE_MUTATIONS
+    from tests.test_fuzz_loaders import BYTE_MUTATIONS
 
     original, folder, n_cases = open(sys.argv[1], "rb").read(), sys.argv[2], int(sys.argv[3])
     rng = random.Random(11)

@@ -20,7 +20,7 @@ from npllama.io.errors import CheckpointError  # noqa: E402
 from npllama.lora import ALL_TARGETS, attach_lora, load_adapter  # noqa: E402
 from npllama.objectives import pad_batch  # noqa: E402
 
-from test_hf_compare import make_float64_faithful  # noqa: E402
+from .test_hf_compare import make_float64_faithful  # noqa: E402
 
 VOCAB = 40
 

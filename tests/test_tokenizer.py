@@ -317,7 +317,7 @@ def test_train_reports_a_full_disk_as_such_and_leaves_no_half_written_model(tmp_
     import errno
     import os
 
-    from full_disk import files_on_a_full_disk
+    from .full_disk import files_on_a_full_disk
 
     texts = ["the cat sat on the mat.", "a dog ran in the park."] * 50
     monkeypatch.setattr(os, "fdopen", files_on_a_full_disk(os.fdopen))

@@ -5,6 +5,8 @@ from numba import njit
 
 from npllama.kernels._simd import exp_nonpositive, row_abs_max, row_dot, row_dot3, row_max, row_sum
 
+# (cached by numba under this module's name, tests.kernels.test_simd: a cache written when the
+# module was the top-level `kernels.test_simd` is stale, and this file's edit invalidates it)
 
 @njit(cache=True, error_model="numpy")
 def _exp_array(x, out):

@@ -262,12 +262,14 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
         return hook
 
     original_rope = modeling_llama.apply_rotary_pos_emb
+    # named by where the model finds it: transformers 5.25 may hold a module wrapping the function there
+    rope_name = f"{modeling_llama.__name__}.apply_rotary_pos_emb"
 
     def rope_recorded(q, k, cos, sin, *args, **kwargs):
         q_rot, k_rot = original_rope(q, k, cos, sin, *args, **kwargs)
         if current_layer[0] is not None:
-            keep(current_layer[0] + "q_rot", q_rot, _qualname(original_rope))
-            keep(current_layer[0] + "k_rot", k_rot, _qualname(original_rope))
+            keep(current_layer[0] + "q_rot", q_rot, rope_name)
+            keep(current_layer[0] + "k_rot", k_rot, rope_name)
         return q_rot, k_rot
 
     handles = []

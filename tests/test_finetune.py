@@ -263,6 +263,35 @@ def test_choice_scoring_on_a_constructed_case():
     assert result == {"accuracy": 1.0, "accuracy_per_token": 1.0, "chance": 0.5, "n": 2}
 
 
+def test_a_question_longer_than_the_context_keeps_its_start_token_and_end_and_fills_the_context():
+    seen = []
+
+    class RecordingModel(CountingModel):
+        def forward(self, tokens, attention_mask=None):
+            seen.append(tokens)
+            return super().forward(tokens, attention_mask)
+
+    question = " ".join(str(i % 18 + 1) for i in range(40))     # 40 tokens, with <s> 41: over the 32
+    choice_logprobs(RecordingModel(), DigitTokenizer(), question, ["3 4", "7"])
+    (tokens,) = seen
+    limit = CountingModel.config.max_position_embeddings
+    assert tokens.shape[1] == limit                              # as much question as fits, no more
+    asked = DigitTokenizer().encode(question)
+    np.testing.assert_array_equal(tokens[0, :limit - 2], [0] + asked[len(asked) - (limit - 3):])   # <s>, the end
+
+
+def test_the_chat_template_name_is_llama_2s_template(base_dir):
+    from npllama.chat import ChatTemplate
+
+    model = Llama.from_pretrained(base_dir, dtype=np.float64)
+    tokenizer = Tokenizer(base_dir / "tokenizer.model")
+    question, choices = "Which animal barks?", ["a dog", "a cat"]
+    by_name = choice_logprobs(model, tokenizer, question, choices, template="chat")[0]
+    np.testing.assert_allclose(by_name, choice_logprobs(model, tokenizer, question, choices,
+                                                        template=ChatTemplate("llama2"))[0], rtol=1e-12)
+    assert not np.allclose(by_name, choice_logprobs(model, tokenizer, question, choices)[0])
+
+
 def test_batched_choice_scores_equal_one_at_a_time(base_dir):
     model = Llama.from_pretrained(base_dir, dtype=np.float64)
     tokenizer = Tokenizer(base_dir / "tokenizer.model")

@@ -81,11 +81,13 @@ def screen_source(source: str, allowed_helpers=(), filename: str = "<submission>
         return []   # loading it reports the syntax error with its line
     allowed = {(module, name) for module, name in allowed_helpers}
     self_test = _under_main_guard(tree)
-    doors = module_doors()
     modules = _module_names(tree)
-    reasons = []
+    reasons = []          # (line, reason): reported in the file's order (ast.walk goes breadth first)
     for node in ast.walk(tree):
-        line = f"line {getattr(node, 'lineno', '?')}"
+        line = getattr(node, "lineno", 0)
+
+        def refuse(text):
+            reasons.append((line, f"line {line or '?'} {text}"))
         # the rule is read from the file, not from what runs: a self-test a student keeps under
         # `if __name__ == "__main__":` is screened as well, and told where it can live instead
         where = (" (a self-test under if __name__ == \"__main__\" is screened too: keep it in a file of its own)"
@@ -93,48 +95,60 @@ def screen_source(source: str, allowed_helpers=(), filename: str = "<submission>
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] not in SAFE_MODULES:
-                    reasons.append(f"{line} imports {alias.name}{_why_module(alias.name, allowed)}{where}")
+                    refuse(f"imports {alias.name}{_why_module(alias.name, allowed)}{where}")
                 else:
-                    reasons += [f"{line} imports {alias.name}: {why}" for why in _inner_doors(alias.name, doors)]
+                    for why in _inner_doors(alias.name):
+                        refuse(f"imports {alias.name}: {why}")
         elif isinstance(node, ast.ImportFrom):
             module = "." * node.level + (node.module or "")
             if node.level or module.split(".")[0] not in SAFE_MODULES:
                 for alias in node.names:
                     if (module, alias.name) not in allowed:
-                        reasons.append(f"{line} imports {alias.name} from {module}"
-                                       f"{_why_module(module, allowed, alias.name)}{where}")
+                        refuse(f"imports {alias.name} from {module}{_why_module(module, allowed, alias.name)}{where}")
             else:
                 # from numpy import load / from numpy.lib import npyio / from numpy import * (which holds load)
-                names = [alias.name for alias in node.names]
-                if names == ["*"]:
-                    names = _star_names(module)
-                reasons += [f"{line} imports {alias.name} from {module}: {why}" for alias in node.names
-                            for why in _inner_doors(module, doors, names if alias.name == "*" else [alias.name])]
+                for alias in node.names:
+                    names = _star_names(module) if alias.name == "*" else [alias.name]
+                    for why in _inner_doors(module, names):
+                        refuse(f"imports {alias.name} from {module}: {why}")
         elif isinstance(node, ast.Name) and (node.id in FORBIDDEN_CALLS or _dunder(node.id)):
-            reasons.append(f"{line} uses {node.id}, which can reach code outside the file")
+            refuse(f"uses {node.id}, which can reach code outside the file")
         elif (isinstance(node, (ast.Attribute, ast.Subscript)) and isinstance(node.ctx, (ast.Store, ast.Del))
               and _root_name(node.value) in modules):
             root = _root_name(node.value)
-            reasons.append(f"{line} changes {modules[root]}{ast.unparse(node)[len(root):]}: the checker runs in the "
-                           f"same process and uses it too")
+            refuse(f"changes {modules[root]}{ast.unparse(node)[len(root):]}: the checker runs in the same process "
+                   f"and uses it too")
         elif isinstance(node, ast.Attribute):
-            if node.attr in doors:
-                reasons.append(f"{line} uses the attribute {node.attr}, {_DOOR}")
-            elif _dunder(node.attr) or node.attr in STACK_ATTRIBUTES:
-                reasons.append(f"{line} uses the attribute {node.attr}, which can reach code outside the file")
-            elif node.attr in BY_STRING_ATTRIBUTES:
-                reasons.append(f"{line} uses {node.attr}, {_BY_STRING}")
-            elif node.attr in FILE_ATTRIBUTES:
-                owner = "numpy's" if _is_numpy(node.value) else "the attribute"
-                reasons.append(f"{line} uses {owner} {node.attr}, which reads or writes files")
-            elif node.attr in FORBIDDEN_NUMPY_ATTRIBUTES and _is_numpy(node.value):
-                reasons.append(f"{line} uses numpy's {node.attr}, which loads code")
-    # in the file's order (ast.walk goes breadth first): the report shows the first three
-    return _unique(sorted(reasons, key=lambda reason: int(reason.split()[1]) if reason.split()[1].isdigit() else 0))
+            in_numpy = _is_numpy(node.value)
+            why = _door(node.attr, in_numpy)
+            if _dunder(node.attr) or node.attr in STACK_ATTRIBUTES:
+                refuse(f"uses the attribute {node.attr}, which can reach code outside the file")
+            elif why:
+                refuse(f"uses {_owner(in_numpy) or 'the attribute '}{node.attr}, which {why}")
+    return _unique(reason for _, reason in sorted(reasons, key=lambda pair: pair[0]))
 
 
-_DOOR = "a module the rule refuses (sys, os, builtins, ...) reached through one it allows"
-_BY_STRING = "which reaches an attribute named in a string, or runs a string as code"
+_DOOR = "is a module the rule refuses (sys, os, builtins, ...) reached through one it allows"
+_BY_STRING = "reaches an attribute named in a string, or runs a string as code"
+
+
+def _door(name: str, in_numpy: bool) -> str | None:
+    """What reaching the attribute `name` opens (None: nothing): a refused module held by an allowed
+    one, a string read as an attribute or code, a file, or (in NumPy) compiled code.  One rule for
+    an attribute written x.name and a name imported from an allowed module."""
+    if name in module_doors():
+        return _DOOR
+    if name in BY_STRING_ATTRIBUTES:
+        return _BY_STRING
+    if name in FILE_ATTRIBUTES:
+        return "reads or writes files"
+    if in_numpy and name in FORBIDDEN_NUMPY_ATTRIBUTES:
+        return "loads code"
+    return None
+
+
+def _owner(in_numpy: bool) -> str:
+    return "numpy's " if in_numpy else ""
 
 
 # Modules an allowed one holds that give no way out of the file either (x.copy() must stay legal);
@@ -163,24 +177,12 @@ def module_doors() -> frozenset:
     return frozenset(doors)
 
 
-def _inner_doors(module: str, doors, names=()) -> list:
+def _inner_doors(module: str, names=()) -> list:
     """Why importing `names` from `module` (an allowed one), or `module` itself, opens a door the
-    attribute rule closes (numpy.lib, numpy.load, typing.sys): one reason of each kind."""
-    parts = module.split(".")[1:] + list(names)
-    found = []
-    door = [part for part in parts if part in doors]
-    if door:
-        found.append(f"{door[0]} is {_DOOR}")
-    by_string = [part for part in parts if part in BY_STRING_ATTRIBUTES]
-    if by_string:
-        found.append(f"{by_string[0]} {_BY_STRING.replace('which ', '')}")
-    reading = [part for part in parts if part in FILE_ATTRIBUTES]
-    if reading:
-        found.append(f"{reading[0]} reads or writes files")
-    code = [part for part in parts if part in FORBIDDEN_NUMPY_ATTRIBUTES]
-    if module.split(".")[0] == "numpy" and code:
-        found.append(f"numpy's {code[0]} loads code")
-    return found
+    attribute rule closes (numpy.lib, numpy.load, typing.sys)."""
+    in_numpy = module.split(".")[0] == "numpy"
+    return [f"{_owner(in_numpy)}{part} {why}" for part in module.split(".")[1:] + list(names)
+            if (why := _door(part, in_numpy))]
 
 
 def _star_names(module: str) -> list:

@@ -143,15 +143,15 @@ class ChatTemplate:
     def stop_ids(self, tokenizer, model=None) -> list[int]:
         """The ids that end an assistant's turn: EOS, the template's end-of-turn token, and the
         model config's eos_token_id (LLaMA-3.1 lists <|end_of_text|>, <|eom_id|> and <|eot_id|>)."""
-        ids = {tokenizer.eos_id} - {None}
+        from .generate import end_ids
+
+        ids = {tokenizer.eos_id} - {None} if model is None else set(end_ids(model, tokenizer))
         if self.end_of_turn is not None:
             # one token when the tokenizer has it whole: a control piece, a SentencePiece
             # user-defined piece ("<|im_end|>"), a tokenizer.json added token
             end = tokenizer.encode(self.end_of_turn, bos=False)
             if len(end) == 1:
                 ids.update(end)
-        if model is not None:
-            ids.update(model.config.end_ids)
         return sorted(ids)
 
     def __repr__(self) -> str:

@@ -688,19 +688,13 @@ def choice_logprobs(model, tokenizer, question: str, choices: list[str], templat
     after a space, but with none in Chinese or Japanese (objectives.join_text); a chat answer after
     the template's space.
     """
-    from .chat import ChatTemplate
     from .runs import require_next_token_model
 
     require_next_token_model(model, "multiple-choice scoring")   # log p(choice | question), token by token
-    if template == "plain":
-        prompt, chat = question, None
-    elif template == "chat" or isinstance(template, ChatTemplate):
-        chat = ChatTemplate("llama2") if template == "chat" else template
-        prompt = chat.prompt(question)              # its text holds <s> where the template puts one
-    else:
-        raise ValueError(f"template must be 'plain', 'chat' or a ChatTemplate, got {template!r}")
-    split = [_context_and_continuation(tokenizer, prompt, c, after_a_space=chat is not None, bos=chat is None)
-             for c in choices]
+    chat = _chat_template(template)
+    prompt = question if chat is None else chat.prompt(question)   # a template's text holds <s> where it puts one
+    context = tokenizer.encode(prompt, bos=chat is None)
+    split = [_context_and_continuation(tokenizer, prompt, context, c, chat=chat is not None) for c in choices]
     limit = model.config.max_position_embeddings
     room = limit - max(len(ids) for _, ids in split)   # for the question
     if room < 2:
@@ -720,15 +714,26 @@ def choice_logprobs(model, tokenizer, question: str, choices: list[str], templat
     return np.array(scores), np.array([len(ids) for _, ids in split])
 
 
-def _context_and_continuation(tokenizer, prompt: str, choice: str, after_a_space: bool, bos: bool = True):
+def _chat_template(template):
+    """None for "plain"; LLaMA-2's ChatTemplate for "chat"; a ChatTemplate as it is."""
+    from .chat import ChatTemplate
+
+    if template == "plain" or isinstance(template, ChatTemplate):
+        return None if template == "plain" else template
+    if template == "chat":
+        return ChatTemplate("llama2")
+    raise ValueError(f"template must be 'plain', 'chat' or a ChatTemplate, got {template!r}")
+
+
+def _context_and_continuation(tokenizer, prompt: str, context: list[int], choice: str, chat: bool):
     """(context ids, choice ids): the whole text encoded as the model reads it, cut where its ids
-    stop being those of the prompt alone (a piece that spans the joint counts as the choice's)."""
+    stop being those of the prompt alone (`context`; a piece that spans the joint counts as the
+    choice's).  A chat answer follows the template's space; a plain choice goes on as text does."""
+    from .chat import _shared_length
     from .objectives import join_text
 
-    context = tokenizer.encode(prompt, bos=bos)
-    whole = tokenizer.encode(f"{prompt} {choice}" if after_a_space else join_text(prompt, choice), bos=bos)
-    shared = next((i for i, (a, b) in enumerate(zip(context, whole)) if a != b), len(context))
-    shared = min(shared, len(whole) - 1)     # every choice is scored on at least one token
+    whole = tokenizer.encode(f"{prompt} {choice}" if chat else join_text(prompt, choice), bos=not chat)
+    shared = min(_shared_length(context, whole), len(whole) - 1)     # every choice is scored on a token at least
     return whole[:shared], whole[shared:]
 
 
@@ -739,6 +744,7 @@ def evaluate_choice(model, tokenizer, items: list[dict], template="plain", progr
 
     if not items:
         raise ValueError("no multiple-choice items to evaluate")
+    template = _chat_template(template) or "plain"    # "chat" compiled once, not once per item
     right = right_per_token = 0
     for item in tqdm(items, desc="choices", disable=not progress, leave=False):
         scores, lengths = choice_logprobs(model, tokenizer, item["question"], item["choices"], template)

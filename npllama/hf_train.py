@@ -125,10 +125,9 @@ def _token_windows(model_dir: Path, data, seq_len: int):
     import torch
 
     from .data import load_texts, tokenize_corpus
-    from .runs import find_tokenizer
-    from .tokenizer import Tokenizer
+    from .runs import load_tokenizer
 
-    ids = tokenize_corpus(load_texts(data), Tokenizer(find_tokenizer(model_dir)), progress=False)
+    ids = tokenize_corpus(load_texts(data), load_tokenizer(model_dir), progress=False)   # as npllama reads the folder
     n = len(ids) // seq_len
     return torch.from_numpy(ids[: n * seq_len].astype("int64").reshape(n, seq_len))
 

@@ -308,6 +308,18 @@ def load_tokenizer(model_dir: Path):
     return tokenizer
 
 
+def refuse_tokens_added_beyond(model_dir, tokenizer) -> None:
+    """A ValueError when the folder's tokenizer.json holds tokens its tokenizer.model lacks: a job
+    that can use only the SentencePiece model (a GGUF's vocabulary) would drop them."""
+    from .tokenizer_json import JSON_FILE
+
+    added = _tokens_added_beyond(Path(model_dir) / JSON_FILE, tokenizer.vocab_size)
+    if added:
+        raise ValueError(f"{str(Path(model_dir) / JSON_FILE)!r} has {len(added)} token(s) that {TOKENIZER_FILE} "
+                         f"lacks ({', '.join(added[:4])}{', ...' if len(added) > 4 else ''}); the model was trained "
+                         f"with them, and {TOKENIZER_FILE} alone cannot carry them")
+
+
 def _tokens_added_beyond(json_file: Path, vocab_size: int) -> list[str]:
     """The added tokens of a tokenizer.json whose ids a SentencePiece model of vocab_size pieces lacks."""
     from .io.reading import read_json

@@ -122,7 +122,7 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
         raise ImportError("GGUF export needs the `gguf` package (llama.cpp's): "
                           "pip install 'npllama[gguf]'") from None
     from ..chat import read_folder_template
-    from ..runs import find_tokenizer
+    from ..runs import find_tokenizer, refuse_tokens_added_beyond
     from ..tokenizer import Tokenizer
 
     if outtype not in OUTTYPES:
@@ -131,6 +131,8 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     check_gguf_out(out, model_dir, overwrite, flag="out", force="overwrite=True")
     config, params = load_hf_folder(model_dir, dtype=np.float32)
     tok = Tokenizer(tokenizer if tokenizer is not None else find_tokenizer(model_dir))
+    if tokenizer is None:
+        refuse_tokens_added_beyond(model_dir, tok)
     for caveat in llama_cpp_tokenizer_caveats(tok):
         warnings.warn(caveat, stacklevel=2)
     pieces, scores, types = gguf_vocab(tok, config.vocab_size)

@@ -1,6 +1,7 @@
 """GGUF export: the file's tensors, metadata and tokenizer, read back with llama.cpp's `gguf`
 reader, run run.c's forward pass (interleaved RoPE, llama.cpp's convention) to npllama's logits;
 llama-cpp-python's greedy tokens where it is installed."""
+import json
 import os
 import subprocess
 import warnings
@@ -207,6 +208,19 @@ def test_refuses_a_tokenizer_larger_than_the_embedding(tmp_path, tokenizer):
     assert not list(tmp_path.glob("*.gguf*")) and not list(tmp_path.glob(".m.gguf*"))
     with pytest.raises(ValueError, match="outtype must be one of"):
         export_gguf(tmp_path / "m", tmp_path / "m.gguf", outtype="q4")
+
+
+def test_refuses_a_folder_whose_tokenizer_json_adds_tokens_its_tokenizer_model_lacks(tmp_path, tokenizer):
+    # tokenizer.add_special_tokens() writes ChatML's tokens into tokenizer.json only: a GGUF built
+    # from tokenizer.model would lose the ids the model was trained with
+    _model_folder(tmp_path / "m", tokenizer, vocab_size=402)
+    fields = json.loads((tmp_path / "m" / "tokenizer.json").read_text())
+    fields["added_tokens"] = fields.get("added_tokens", []) + [{"id": 400, "content": "<|im_start|>"},
+                                                               {"id": 401, "content": "<|im_end|>"}]
+    (tmp_path / "m" / "tokenizer.json").write_text(json.dumps(fields))
+    with pytest.raises(ValueError, match=r"2 token\(s\) that tokenizer.model lacks \(<\|im_start\|>"):
+        export_gguf(tmp_path / "m", tmp_path / "m.gguf")
+    assert not list(tmp_path.glob("*.gguf*"))
 
 
 def test_cli_export_gguf(tmp_path, tokenizer, capsys):

@@ -410,16 +410,7 @@ def unigram_entropy(token_ids, vocab_size: int) -> float:
     its corpus frequency).  A language model's loss (also in nats, §4.3) must go well below it to
     show it has learned anything about context.
     """
-    ids = np.asarray(token_ids)
-    if not np.issubdtype(ids.dtype, np.integer):
-        raise TypeError(f"token_ids must be integers, got dtype {ids.dtype}")
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size <= 0:
-        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
-    if ids.size == 0:
-        raise ValueError("token_ids is empty: the entropy of no tokens is undefined")
-    lo, hi = int(ids.min()), int(ids.max())
-    if lo < 0 or hi >= vocab_size:
-        raise ValueError(f"token_ids must lie in [0, {vocab_size}), found ids in [{lo}, {hi}]")
+    ids = _checked_ids("token_ids", token_ids, vocab_size, empty="the entropy")
     counts = np.bincount(ids.ravel(), minlength=vocab_size)
     p = counts[counts > 0] / ids.size
     return float(-(p * np.log(p)).sum())
@@ -431,16 +422,28 @@ def unigram_cross_entropy(train_ids, held_out_ids, vocab_size: int) -> float:
 
     unigram_entropy is this baseline only when the held-out text is like the training text; for
     other text (another genre, the end of a corpus that changes subject) it is this one."""
-    train, held_out = np.asarray(train_ids), np.asarray(held_out_ids)
-    for name, ids in (("train_ids", train), ("held_out_ids", held_out)):
-        if ids.size and not np.issubdtype(ids.dtype, np.integer):
-            raise TypeError(f"{name} must be integers, got dtype {ids.dtype}")
-        if ids.size and not (0 <= int(ids.min()) and int(ids.max()) < vocab_size):
-            raise ValueError(f"{name} must lie in [0, {vocab_size})")
-    if held_out.size == 0:
-        raise ValueError("held_out_ids is empty: the cross-entropy of no tokens is undefined")
+    train = _checked_ids("train_ids", train_ids, vocab_size)
+    held_out = _checked_ids("held_out_ids", held_out_ids, vocab_size, empty="the cross-entropy")
     counts = np.bincount(train.ravel(), minlength=vocab_size) + 1.0
     return float(-np.log(counts[held_out.ravel()] / counts.sum()).mean())
+
+
+def _checked_ids(name: str, token_ids, vocab_size: int, empty: str | None = None) -> np.ndarray:
+    """token_ids as an integer array of ids in [0, vocab_size); `empty` names what no tokens
+    leave undefined (None: none may be given)."""
+    ids = np.asarray(token_ids)
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"{name} must be integers, got dtype {ids.dtype}")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size <= 0:
+        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+    if ids.size == 0:
+        if empty is not None:
+            raise ValueError(f"{name} is empty: {empty} of no tokens is undefined")
+        return ids.astype(np.int64)
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"{name} must lie in [0, {vocab_size}), found ids in [{lo}, {hi}]")
+    return ids
 
 
 __all__ = ["CORPUS_VERSION", "DEFAULT_N_STORIES", "make_default_corpus", "write_default_corpus",

@@ -93,7 +93,7 @@ class Trace:
         times = self._times_recorded.get(name, 0) + 1
         self._times_recorded[name] = times
         key = name if times == 1 else f"pass{times}/{name}"
-        self.records[key] = np.array(value, copy=True)
+        self.records[key] = _as_array(value, name)
         if source is not None:
             self.sources[key] = source
 
@@ -673,7 +673,8 @@ class Comparison:
 
     def __str__(self) -> str:
         a, b = self.labels
-        lines = [f"compared {len(self.diffs)} tensors ({a} vs {b}); tolerance: {self.tolerance()}"]
+        n = len(self.diffs)
+        lines = [f"compared {n} tensor{'s' if n != 1 else ''} ({a} vs {b}); tolerance: {self.tolerance()}"]
         lines += [f"NOTE: {note}" for note in self.notes]
         if self.only_in_a or self.only_in_b:
             examples = [f"{names[0]}" for names in (self.only_in_a, self.only_in_b) if names]
@@ -863,10 +864,27 @@ def _as_trace(t, which) -> Trace:
         return Trace.load(t)
     if isinstance(t, Mapping):
         out = Trace()
-        out.records = {str(k): np.asarray(v) for k, v in t.items()}
+        out.records = {str(k): _as_array(v, str(k)) for k, v in t.items()}
         return out
     raise TypeError(f"{which} must be a Trace, a dict of arrays or the path of a saved .npz trace, "
                     f"got {type(t).__name__}")
+
+
+def _as_array(value, name: str) -> np.ndarray:
+    """A copy of a record's value as a NumPy array.  A tensor of another library is read through
+    its own detach().cpu() (PyTorch's refuses np.asarray while it requires grad or sits on a GPU,
+    and NumPy has no bfloat16: such a tensor is widened to float32), so your own implementation's
+    tensors can be recorded or compared as they are."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu()
+        if str(getattr(value, "dtype", "")) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy() if hasattr(value, "numpy") else value
+    array = np.array(value, copy=True)
+    if array.dtype.kind not in "biufc":
+        raise TypeError(f"record {name!r} must be an array of numbers (or a tensor), got "
+                        f"{type(value).__name__} with dtype {array.dtype}")
+    return array
 
 
 def _stats(a: np.ndarray) -> dict:

@@ -84,3 +84,41 @@ def summary_row(line: str):
     if match is None:
         return None
     return match.group(1), (match.group(2), match.group(3)), [float(v) for v in match.group(4).split()]
+
+
+def _own_implementation_example() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", DOC, re.S)
+    return next(b for b in blocks if "def rotate_half" in b and "npllama.trace.compare(ours, mine" in b)
+
+
+def _run_example(code: str):
+    namespace = {}
+    exec(compile(code, "debugging.md own implementation", "exec"), namespace)   # noqa: S102
+    return namespace["report"]
+
+
+def test_the_own_pytorch_implementation_example_agrees_and_finds_the_tiled_kv_heads_the_doc_shows(capsys):
+    pytest.importorskip("torch")
+    code = _own_implementation_example()
+    report = _run_example(code)
+    assert report.first is None and not report.only_in_a and not report.only_in_b
+    claimed = int(re.search(r"no divergence: every shared tensor agrees` \((\d+) tensors", DOC).group(1))
+    assert len(report.diffs) == claimed
+
+    interleaved = "k, v = k.repeat_interleave(H // KVH, dim=1), v.repeat_interleave(H // KVH, dim=1)"
+    assert interleaved in code
+    tiled = _run_example(code.replace(interleaved, "k, v = k.repeat(1, H // KVH, 1, 1), v.repeat(1, H // KVH, 1, 1)"))
+    assert tiled.first.name == "model.layers.0.self_attn.attn_probs"
+    shown = re.search(r"instead of interleaving them:\n\n```\n(.*?)```", DOC, re.S).group(1).splitlines()
+    printed = str(tiled)
+    for line in shown:
+        assert line.split("...")[0].rstrip() in printed, line
+
+
+def test_the_own_implementation_example_needs_its_masked_attn_probs_gradient_as_the_doc_says(capsys):
+    """Without zeroing d:attn_probs where the mask forbids a key, PyTorch's gradient there differs."""
+    pytest.importorskip("torch")
+    code = _own_implementation_example()
+    masking = re.search(r"\nfor name in \[n for n in mine if n.endswith\(\"attn_probs\"\).*?\n.*?\n", code).group(0)
+    report = _run_example(code.replace(masking, "\n"))
+    assert report.first.name.startswith("d:") and report.first.name.endswith(".self_attn.attn_probs")

@@ -428,3 +428,19 @@ def test_loading_a_trace_that_declares_huge_arrays_is_refused_before_inflating(t
         Trace.load(tmp_path / "t.npz")
     monkeypatch.delenv("NPLLAMA_MAX_MEMORY")
     assert Trace.load(tmp_path / "t.npz")["a"].shape == (256, 256)
+
+
+def test_a_record_must_be_numbers_and_a_tensor_that_requires_grad_is_read_as_it_is():
+    from npllama.trace import Trace, compare
+
+    t = Trace()
+    with pytest.raises(TypeError, match=r"record 'note' must be an array of numbers \(or a tensor\), got str"):
+        t.record("note", "hello")
+    with pytest.raises(TypeError, match=r"record 'd:w' must be an array of numbers.*got NoneType"):
+        compare({"d:w": None}, {"d:w": np.zeros(2)})
+    torch = pytest.importorskip("torch")
+    w = torch.arange(3.0, requires_grad=True)
+    t.record("w", w * 2)
+    np.testing.assert_array_equal(t["w"], [0.0, 2.0, 4.0])
+    report = compare({"w": (w * 2).to(torch.bfloat16)}, {"w": np.array([0.0, 2.0, 4.0])})
+    assert report.first is None

@@ -41,6 +41,10 @@ MIN_VOCAB_SIZE = N_BYTE_PIECES + N_SPECIAL_PIECES + 1
 MODEL_TYPES = ("bpe", "unigram", "char", "word")
 # SentencePiece's trainer refuses less (trainer_interface.cc), with an internal CHECK message.
 MIN_CHARACTER_COVERAGE = 0.98
+# What SentencePiece writes for <unk> (its trainer's default unk_surface, " \u2047 "): every
+# tokenizer path decodes <unk> so, where transformers would drop it as a special token and hide
+# that something was lost.
+UNK_SURFACE = " \u2047 "
 
 # LLaMA's trainer settings (see the module docstring).  Keyword arguments of `train` override them.
 LLAMA_TRAINER_OPTIONS = dict(
@@ -295,8 +299,9 @@ class Tokenizer:
             yield False, text[position:]
 
     def decode(self, ids) -> str:
-        """The text of a sequence of ids.  <s>, </s> and padding produce no text; byte pieces are
-        reassembled into UTF-8 (an incomplete byte sequence becomes U+FFFD).
+        """The text of a sequence of ids.  <s>, </s> and padding produce no text, <unk> gives
+        UNK_SURFACE (" \u2047 "); byte pieces are reassembled into UTF-8 (an incomplete byte
+        sequence becomes U+FFFD).
 
         decode(encode(text)) == text for every text except one holding U+2581 "▁", the character
         SentencePiece writes spaces with, which comes back as a space.

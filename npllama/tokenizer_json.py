@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 
-from .tokenizer import _require_text, check_ids, check_special, check_vocab_sizes
+from .tokenizer import UNK_SURFACE, _require_text, check_ids, check_special, check_vocab_sizes
 from .tokenizer_export import _json_bytes
 
 JSON_FILE = "tokenizer.json"
@@ -54,6 +54,8 @@ class JsonTokenizer:
         self.eos_id = self._special_id("eos_token")
         self.pad_id = self._special_id("pad_token")
         self.unk_id = self._special_id("unk_token")
+        if self.unk_id is None:
+            self.unk_id = _model_unk_id(json.loads(data), self._tok)
         self.add_bos = bool(self.config.get("add_bos_token", self.bos_id is not None)) and self.bos_id is not None
 
     def _special_id(self, key: str) -> int | None:
@@ -99,8 +101,30 @@ class JsonTokenizer:
         return [self.encode(text, bos, eos) for text in texts]
 
     def decode(self, ids) -> str:
-        """The text of the ids; special tokens (BOS, EOS, ...) give no text."""
-        return self._tok.decode(self._check_ids(ids), skip_special_tokens=True)
+        """The text of the ids, as npllama.Tokenizer (SentencePiece) writes it: special tokens (BOS,
+        EOS, ...) give no text, <unk> gives UNK_SURFACE (" \u2047 ")."""
+        ids = self._check_ids(ids)
+        if self.unk_id is None or self.unk_id not in ids:
+            return self._tok.decode(ids, skip_special_tokens=True)
+        runs, run = [], []
+        for token_id in ids:
+            if token_id == self.unk_id:
+                runs.append(run)
+                run = []
+            else:
+                run.append(token_id)
+        runs.append(run)
+        return UNK_SURFACE.join([self._tok.decode(runs[0], skip_special_tokens=True)]
+                                + [self._decode_after_unk(run) for run in runs[1:]])
+
+    def _decode_after_unk(self, ids: list[int]) -> str:
+        """The text of ids that follow an <unk>.  A decoder drops the dummy-prefix space of the
+        text's first piece ("\u2581Once" -> "Once"); after <unk> SentencePiece keeps it, so the ids
+        are decoded behind the <unk> token's own text, which is then cut off."""
+        special = set(self.control_pieces.values())
+        marker = self._tok.decode([self.unk_id], skip_special_tokens=False)
+        text = self._tok.decode([self.unk_id] + [i for i in ids if i not in special], skip_special_tokens=False)
+        return text[len(marker):]
 
     def hf_files(self, chat_template: str | None = None, model_max_length: int | None = None,
                  pad_id: int | None = None) -> dict[str, bytes]:
@@ -139,6 +163,17 @@ def _template_bos_id(pipeline, tok) -> int | None:
             ids = (step.get("special_tokens") or {}).get(name, {}).get("ids") or [tok.token_to_id(name)]
             return ids[0] if len(ids) == 1 and isinstance(ids[0], int) else None
     return None
+
+
+def _model_unk_id(pipeline, tok) -> int | None:
+    """The unknown token's id as the pipeline's model names it (BPE's unk_token, Unigram's unk_id)."""
+    model = pipeline.get("model") if isinstance(pipeline, dict) else None
+    if not isinstance(model, dict):
+        return None
+    if isinstance(model.get("unk_token"), str):
+        return tok.token_to_id(model["unk_token"])
+    unk_id = model.get("unk_id")
+    return unk_id if isinstance(unk_id, int) and not isinstance(unk_id, bool) else None
 
 
 def _read_config(path: Path) -> dict:

@@ -106,11 +106,13 @@ def test_saved_folder_has_tokenizer_config(folder, tok):
     assert config["added_tokens_decoder"][str(tok.piece_to_id("[INST]"))]["content"] == "[INST]"
 
 
-def assert_same_as_npllama(tok, texts, encode, decode):
+def assert_same_as_npllama(tok, texts, encode, decode, decodes_unk=True):
+    """decodes_unk=False: a decoder of transformers' own, which drops <unk> where SentencePiece
+    (and every npllama tokenizer) writes " ⁇ "."""
     for text in texts:
         ids = tok.encode(text)
         assert encode(text) == ids, text
-        if tok.unk_id not in ids:   # SentencePiece decodes <unk> as " ⁇ ", transformers as nothing
+        if decodes_unk or tok.unk_id not in ids:
             assert decode(ids) == tok.decode(ids), text
 
 
@@ -122,14 +124,14 @@ def test_saved_tokenizer_json_gives_npllamas_ids(folder, tok):
     """Read by the tokenizers library alone: no transformers, no protobuf."""
     tokenizers = pytest.importorskip("tokenizers")
     hf = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
-    assert_same_as_npllama(tok, stories_and_texts(), lambda text: hf.encode(text).ids, hf.decode)
+    assert_same_as_npllama(tok, stories_and_texts(), lambda text: hf.encode(text).ids, hf.decode, decodes_unk=False)
 
 
 def test_autotokenizer_gives_npllamas_ids(folder, tok):
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoTokenizer.from_pretrained(str(folder))
     assert_same_as_npllama(tok, stories_and_texts(), lambda text: hf(text)["input_ids"],
-                           lambda ids: hf.decode(ids, skip_special_tokens=True))
+                           lambda ids: hf.decode(ids, skip_special_tokens=True), decodes_unk=False)
 
 
 @pytest.mark.parametrize("model_type", ["unigram", "bpe"])
@@ -138,7 +140,7 @@ def test_tokenizer_json_of_other_trainings(model_type, tmp_path):
     texts = make_default_corpus(150, seed=1)
     other = Tokenizer.train(texts, tmp_path / model_type, 330, model_type=model_type, split_digits=False)
     hf = tokenizers.Tokenizer.from_str(other.hf_files()["tokenizer.json"].decode())
-    assert_same_as_npllama(other, TEXTS + texts[:50], lambda text: hf.encode(text).ids, hf.decode)
+    assert_same_as_npllama(other, TEXTS + texts[:50], lambda text: hf.encode(text).ids, hf.decode, decodes_unk=False)
 
 
 def test_folder_with_only_tokenizer_json_loads(folder, tok, tmp_path):
@@ -199,6 +201,30 @@ def test_our_folder_without_tokenizer_model_loads_from_its_tokenizer_json(folder
     json_tok = load_tokenizer(copy)
     assert type(json_tok).__name__ == "JsonTokenizer" and json_tok.vocab_size == tok.vocab_size
     assert_same_as_npllama(tok, stories_and_texts(), json_tok.encode, json_tok.decode)
+
+
+def test_unk_decodes_as_sentencepiece_writes_it_on_every_path(folder, tok, tmp_path):
+    """<unk> is " ⁇ " (SentencePiece's unk_surface) from tokenizer.model and from tokenizer.json,
+    with or without tokenizer_config.json to name it: the same ids give the same text, and the
+    space of a piece after <unk> stays (decoders drop only the text's first one)."""
+    import sentencepiece as spm
+
+    pytest.importorskip("tokenizers")
+    from npllama.tokenizer_json import JsonTokenizer
+
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "tokenizer.json").write_bytes((folder / "tokenizer.json").read_bytes())
+    raw = spm.SentencePieceProcessor(model_proto=tok.model_bytes)
+    a, space_b = tok.encode("a", bos=False), tok.encode("  b\nc", bos=False)
+    unk, bos, eos = tok.unk_id, tok.bos_id, tok.eos_id
+    cases = [[unk], [unk, unk], [bos, unk, eos], a + [unk], [unk] + a, a + [unk] + space_b,
+             [bos] + a + [unk, unk] + space_b + [eos], space_b + [unk] + [bos] + space_b]
+    for json_tok in (JsonTokenizer(folder), JsonTokenizer(lone)):
+        assert json_tok.unk_id == unk
+        for ids in cases:
+            assert json_tok.decode(ids) == tok.decode(ids) == raw.decode(ids), ids
+    assert tok.decode(a + [unk] + space_b) == "a \u2047    b\nc"   # " \u2047 " and the three spaces of "  b"
 
 
 def test_tokenizer_json_without_the_library_says_how(folder, tmp_path, monkeypatch):

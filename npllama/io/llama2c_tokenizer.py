@@ -35,7 +35,9 @@ from .reading import read_bytes
 from .sentencepiece_model import BYTE, CONTROL, NORMAL, UNKNOWN, build_bpe_model
 
 SPACE = "\u2581"  # SentencePiece's visible space, "▁"
-_EXPORTED_SPECIALS = {"\n<s>\n": "<s>", "\n</s>\n": "</s>"}
+# llama2.c's tokenizer.py wraps BOS and EOS in newlines; other exporters write them plainly.  Either
+# is the control piece: run.c takes ids 1 and 2 as BOS and EOS whatever their text.
+_EXPORTED_SPECIALS = {"\n<s>\n": "<s>", "\n</s>\n": "</s>", "<s>": "<s>", "</s>": "</s>"}
 _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 # No real piece is this long; a larger length field means the file is not a tokenizer.bin.
 MAX_PIECE_BYTES = 1 << 16

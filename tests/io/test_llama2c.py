@@ -161,6 +161,21 @@ def test_tokenizer_bin_becomes_the_sentencepiece_model_it_came_from(tmp_path, se
     assert [converted.id_to_piece(i) for i in range(400)] == [original.id_to_piece(i) for i in range(400)]
 
 
+def test_tokenizer_bin_with_plain_bos_and_eos_names(tmp_path, sentencepiece_and_bin):
+    """An exporter that writes <s> and </s> without llama2.c's newlines: still the control pieces
+    (they were normal text, so the tokenizer had no BOS and decode wrote "<s>")."""
+    original, bin_path = sentencepiece_and_bin
+    data = bin_path.read_bytes().replace(b"\n<s>\n", b"<s>").replace(b"\n</s>\n", b"</s>")
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(data.replace(struct.pack("<i", 5) + b"<s>", struct.pack("<i", 3) + b"<s>", 1)
+                      .replace(struct.pack("<i", 6) + b"</s>", struct.pack("<i", 4) + b"</s>", 1))
+    converted = Tokenizer.from_bytes(llama2c_tokenizer_to_sentencepiece(plain, 400))
+    assert (converted.bos_id, converted.eos_id) == (1, 2)
+    assert converted.model_info.piece_types == original.model_info.piece_types
+    ids = original.encode(TEXTS[0], eos=True)
+    assert converted.encode(TEXTS[0], eos=True) == ids and converted.decode(ids) == TEXTS[0]
+
+
 def test_tokenizer_bin_checks(tmp_path, sentencepiece_and_bin):
     _, bin_path = sentencepiece_and_bin
     pieces, scores = read_llama2c_tokenizer(bin_path)

@@ -166,16 +166,20 @@ class Llama:
     # ----- Hugging Face folders -------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path, dtype=np.float32) -> "Llama":
-        """Load a Hugging Face folder (config.json + model.safetensors, or a sharded index), or a
-        llama2.c checkpoint file (.bin: legacy, version 1 or version 2 int8).  The model's
-        `objective` is config.json's npllama_objective ("causal" when absent)."""
+        """Load a Hugging Face folder (config.json + model.safetensors, or a sharded index), a
+        llama2.c checkpoint file (.bin: legacy, version 1 or version 2 int8), or a GGUF file
+        (llama.cpp's; F32, F16, BF16 or Q8_0 tensors, dequantized).  The model's `objective` is
+        config.json's npllama_objective ("causal" when absent)."""
+        from .io.gguf_import import looks_like_gguf, read_gguf
         from .io.hf import load_hf_model
         from .io.llama2c import looks_like_llama2c, read_llama2c
 
-        require_path("path", path, "a model folder or llama2.c .bin file")
+        require_path("path", path, "a model folder, llama2.c .bin file or GGUF file")
         objective = "causal"
         if looks_like_llama2c(path):
             config, params = read_llama2c(path, dtype=_check_dtype(dtype))
+        elif looks_like_gguf(path):
+            config, params = read_gguf(path, dtype=_check_dtype(dtype))
         else:
             config, params, objective = load_hf_model(path, dtype=_check_dtype(dtype))
         return cls(config, dtype=dtype, params=params, objective=objective)

@@ -1,4 +1,4 @@
-"""`npllama convert llama2c FILE --out DIR`: a model from another program, as a Hugging Face folder."""
+"""`npllama convert llama2c|gguf FILE --out DIR`: a model from another program, as a Hugging Face folder."""
 from pathlib import Path
 
 from . import HelpFormatter, UsageError, print_help_instead
@@ -9,7 +9,7 @@ def register(subparsers) -> None:
         "convert", help="convert a model from another format into a Hugging Face folder",
         description="Read a model written by another program and write it as a Hugging Face folder "
                     "that `npllama generate --model DIR`, the Python API and transformers load.")
-    sub = p.add_subparsers(dest="convert_command", metavar="<llama2c>")
+    sub = p.add_subparsers(dest="convert_command", metavar="<llama2c|gguf>")
     c = sub.add_parser(
         "llama2c", formatter_class=HelpFormatter,
         help="a llama2.c checkpoint (.bin: legacy, version 1 float32 or version 2 int8)",
@@ -27,6 +27,19 @@ def register(subparsers) -> None:
                    help="how to store the weights")
     c.add_argument("--force", action="store_true", help="replace --out if it exists and is not empty")
     c.set_defaults(run=llama2c)
+    g = sub.add_parser(
+        "gguf", formatter_class=HelpFormatter,
+        help="a llama.cpp GGUF file of a LLaMA (F32, F16, BF16 or Q8_0 tensors)",
+        description="Convert a llama.cpp GGUF file of a LLaMA and its SentencePiece vocabulary. "
+                    "Quantized tensors are dequantized (Q8_0: each block of 32 values is its float16 "
+                    "scale times 32 int8); other quantizations (Q4_K, ...) are refused. The q and k "
+                    "weights are permuted from llama.cpp's interleaved RoPE layout to Hugging Face's.")
+    g.add_argument("checkpoint", help="the .gguf file")
+    g.add_argument("--out", required=True, help="the folder to write")
+    g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="how to store the weights")
+    g.add_argument("--force", action="store_true", help="replace --out if it exists and is not empty")
+    g.set_defaults(run=gguf)
     p.set_defaults(run=print_help_instead(p))
 
 
@@ -52,6 +65,33 @@ def llama2c(args) -> int:
               f"--tokenizer tokenizer.bin, before `npllama generate --model {out}`")
     else:
         print(f"wrote {out} with tokenizer.model from {tokenizer}; try `npllama generate --model {out}`")
+    return 0
+
+
+def gguf(args) -> int:
+    import importlib.util
+
+    import numpy as np
+
+    checkpoint, out = Path(args.checkpoint), Path(args.out)
+    if not checkpoint.is_file():
+        raise UsageError(f"{str(checkpoint)!r} is not a file" + _hint(checkpoint))
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise UsageError(f"--out {str(out)!r} exists and is not empty; pass --force to replace it")
+    if importlib.util.find_spec("gguf") is None:
+        raise UsageError("reading GGUF needs the `gguf` package: pip install 'npllama[gguf]' (or pip install gguf)")
+    from ..io.gguf_import import convert_gguf, looks_like_gguf
+
+    if not looks_like_gguf(checkpoint):
+        raise UsageError(f"not a GGUF file: {str(checkpoint)!r}" + _hint(checkpoint))
+    dtype = "bfloat16" if args.dtype == "bfloat16" else getattr(np, args.dtype)
+    print(f"converting {checkpoint} ...", flush=True)
+    out, has_tokenizer = convert_gguf(checkpoint, out, dtype=dtype)
+    if has_tokenizer:
+        print(f"wrote {out} with tokenizer.model from the file's vocabulary; try `npllama generate --model {out}`")
+    else:
+        print(f"wrote {out} without a tokenizer (the file's vocabulary is not SentencePiece's): copy the "
+              f"model's tokenizer.model or tokenizer.json in before `npllama generate --model {out}`")
     return 0
 
 

@@ -17,8 +17,9 @@ def register(subparsers) -> None:
     g.add_argument("--model", default=None, help="a run folder from `npllama train` or a Hugging Face "
                    "LLaMA folder with tokenizer.model (default: the latest run)")
     g.add_argument("--out", required=True, help="the .gguf file to write (an existing file only with --force)")
-    g.add_argument("--outtype", default="f32", choices=["f32", "f16"],
-                   help="how to store the matrices (norms are always f32)")
+    g.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"],
+                   help="how to store the matrices (norms are always f32; q8_0 keeps a matrix whose rows "
+                        "are not a multiple of 32 values in f16)")
     g.add_argument("--force", action="store_true", help="replace --out if the file exists")
     g.add_argument("--name", default=None, help="general.name in the file (default: the folder's name)")
     g.set_defaults(run=gguf)

@@ -84,8 +84,9 @@ def _describe_file(path: Path) -> str:
 def _gguf(path, head, size):
     if head[:4] != b"GGUF":
         return None
-    return ("is a GGUF file (llama.cpp's format), which npllama does not read: run it with llama.cpp, "
-            "or turn it into a Hugging Face folder with transformers "
+    return ("is a GGUF file (llama.cpp's format): turn a LLaMA with F32, F16, BF16 or Q8_0 tensors into a "
+            f"model folder with `npllama convert gguf {path.name} --out DIR` (or load it with "
+            "Llama.from_pretrained), or any GGUF with transformers "
             "(AutoModelForCausalLM.from_pretrained(folder, gguf_file=name).save_pretrained(out))")
 
 

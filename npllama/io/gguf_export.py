@@ -1,13 +1,15 @@
 """Export a model to GGUF, the file llama.cpp (and ollama, LM Studio, ...) runs.
 
     export_gguf("runs/tiny/model", "tiny.gguf")                  # float32
-    export_gguf("runs/tiny/model", "tiny-f16.gguf", outtype="f16")
+    export_gguf("runs/tiny/model", "tiny-f16.gguf", outtype="f16")   # or "bf16", "q8_0"
 
 Written with the `gguf` package that llama.cpp publishes (pip install 'npllama[gguf]'), with
 what llama.cpp's own converter (convert_hf_to_gguf.py) writes for a LLaMA:
 
 * tensors under llama.cpp's names (token_embd, blk.N.attn_q, ..., output_norm, output; no
-  output with tied embeddings), norms always float32, matrices float32 or float16;
+  output with tied embeddings), norms always float32, matrices float32, float16, bfloat16 or
+  Q8_0 (quantized by the `gguf` package; a matrix whose rows are not a multiple of Q8_0's
+  32-value blocks stays float16, as llama.cpp's converter keeps it);
 * q and k permuted back to the interleaved RoPE layout, because llama.cpp's LLaMA pairs adjacent
   values as Meta's checkpoints did (io/rotary_layout.py);
 * the shape and hyper-parameters under `llama.*` (context, sizes, heads, kv heads, head size,
@@ -29,7 +31,7 @@ from .hf import load_hf_folder
 from .rotary_layout import half_split_to_interleaved
 from .sentencepiece_model import UNUSED
 
-OUTTYPES = ("f32", "f16")
+OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 # Hugging Face suffix inside model.layers.N. -> llama.cpp's name inside blk.N.
 _LAYER_NAMES = {
     "input_layernorm.weight": "attn_norm.weight",
@@ -110,7 +112,7 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     """Write the Hugging Face folder `model_dir` (with its tokenizer.model) as the GGUF file `out`.
 
     tokenizer: a SentencePiece .model (default: tokenizer.model in or beside the folder).
-    outtype: "f32" or "f16" for the matrices (norms stay float32, as llama.cpp wants).
+    outtype: "f32", "f16", "bf16" or "q8_0" for the matrices (norms stay float32, as llama.cpp wants).
     name: general.name (default: the folder's name).  progress: a bar while tensors are written.
     overwrite: replace an existing file `out` (else FileExistsError); a folder, or a file the model
     folder is loaded from (its weights, config, tokenizer), is never replaced.
@@ -147,9 +149,8 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
         if template is not None:   # what llama.cpp's chat mode renders conversations with
             writer.add_chat_template(template)
         for tensor_name, array in tensors.items():
-            if outtype == "f16" and array.ndim == 2:
-                array = array.astype(np.float16)
-            writer.add_tensor(tensor_name, array)
+            data, raw_dtype = _stored(gguf, array, outtype)
+            writer.add_tensor(tensor_name, data, raw_dtype=raw_dtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file(progress=progress)
@@ -182,10 +183,22 @@ def check_gguf_out(out: Path, model_dir: Path | None, overwrite: bool, flag: str
         raise FileExistsError(f"{flag} {str(out)!r} exists: pass {force} to replace it, or choose another path")
 
 
+def _stored(gguf, array: np.ndarray, outtype: str):
+    """(data, raw_dtype) for writer.add_tensor: a matrix as `outtype`, a vector float32."""
+    if array.ndim != 2 or outtype == "f32":
+        return array, None
+    if outtype == "q8_0" and array.shape[1] % 32 == 0:
+        return gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+    if outtype == "bf16":
+        return gguf.quants.quantize(array, gguf.GGMLQuantizationType.BF16), gguf.GGMLQuantizationType.BF16
+    return array.astype(np.float16), None
+
+
 def _write_metadata(writer, gguf, config, name: str, outtype: str) -> None:
     writer.add_name(name)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if outtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                          "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype])
     writer.add_vocab_size(config.vocab_size)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)

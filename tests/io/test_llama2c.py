@@ -279,8 +279,8 @@ def test_from_pretrained_reads_a_llama2c_file_and_names_other_files(tmp_path):
     assert model.config == config
     for name, value in params.items():
         np.testing.assert_array_equal(model.params[name], value)
-    (tmp_path / "notes.gguf").write_bytes(b"GGUF" + bytes(60))
-    with pytest.raises(FileNotFoundError, match="GGUF"):
+    (tmp_path / "notes.gguf").write_bytes(b"GGUF" + bytes(60))   # read as GGUF (tests/io/test_gguf_import.py)
+    with pytest.raises(CheckpointError, match="is not a readable GGUF file"):
         Llama.from_pretrained(tmp_path / "notes.gguf")
 
 

@@ -1,0 +1,239 @@
+"""Read a LLaMA from a GGUF file (llama.cpp's format): its shape, its weights and its tokenizer.
+
+    config, params = read_gguf("model-q8_0.gguf")          # npllama's (Hugging Face) names and layouts
+    model = Llama.from_pretrained("model-q8_0.gguf")       # the same, as a Llama
+
+Read with the `gguf` package that llama.cpp publishes (pip install 'npllama[gguf]').  What
+llama.cpp's converter (and `npllama export gguf`) writes is undone:
+
+* llama.cpp's tensor names become Hugging Face's, and q and k go back from the interleaved RoPE
+  layout to the half-split one (io/rotary_layout.py);
+* tensors stored as F32, F16, BF16 or Q8_0 are dequantized to float32 (or float64) on load:
+  BF16 is the top half of a float32; Q8_0 stores blocks of 32 values as one float16 scale d and
+  32 int8 q, each value d * q.  Other types (Q4_K, ...) are refused by name;
+* the `llama.*` hyper-parameters become a LlamaConfig; a tensor `output.weight` absent means tied
+  embeddings.  LLaMA-3 RoPE scaling, which GGUF stores only as the resulting per-pair factors
+  (rope_freqs), is refused: its config cannot be recovered from them.
+* `tokenizer.ggml.*` of a SentencePiece ("llama") vocabulary becomes a tokenizer.model
+  (`gguf_tokenizer_model_bytes`), as io/llama2c_tokenizer.py does for llama2.c's tokenizer.bin.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..config import LlamaConfig
+from .errors import CheckpointError
+from .gguf_export import _LAYER_NAMES, _TOP_NAMES
+from .rotary_layout import interleaved_to_half_split
+from .sentencepiece_model import BYTE, PIECE_TYPES, UNKNOWN, build_bpe_model
+
+GGUF_MAGIC = b"GGUF"
+READ_TYPES = ("F32", "F16", "BF16", "Q8_0")
+Q8_0_BLOCK = 32     # values per Q8_0 block, stored after the block's float16 scale
+INSTALL_HINT = "reading GGUF needs the `gguf` package (llama.cpp's): pip install 'npllama[gguf]'"
+# llama.cpp name -> Hugging Face name (blk.N.<name> -> model.layers.N.<name>)
+_HF_TOP_NAMES = {gguf: hf for hf, gguf in _TOP_NAMES.items()}
+_HF_LAYER_NAMES = {gguf: hf for hf, gguf in _LAYER_NAMES.items()}
+
+
+def looks_like_gguf(path) -> bool:
+    """Whether `path` is a file that starts with GGUF's magic bytes."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+def read_gguf(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
+    """(config, params) of a GGUF LLaMA: params under Hugging Face's names and layouts, q and k
+    half-split, each array of `dtype` (float32 or float64).  A malformed file, another
+    architecture or a tensor type we do not read is a CheckpointError (a ValueError)."""
+    from .hf import _check_memory_budget
+
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be np.float32 or np.float64, got {dtype}")
+    path = Path(path)
+    reader = _reader(path)
+    tensors = {t.name: t for t in reader.tensors}
+    config = _config(path, reader, tensors)
+    _check_memory_budget(path, config, dtype)
+    expected = config.param_shapes()
+    params = {}
+    for name, tensor in tensors.items():
+        hf_name = _hf_name(path, name)
+        if hf_name not in expected:
+            raise CheckpointError(path, f"is not a tensor of this model's shape (expected {list(expected)[:3]} ...)",
+                                  tensor=name)
+        array = dequantize(path, tensor)
+        if array.shape != tuple(expected[hf_name]):
+            raise CheckpointError(path, f"has shape {array.shape}, but the metadata's model needs "
+                                        f"{tuple(expected[hf_name])}", tensor=name)
+        if hf_name.endswith("self_attn.q_proj.weight"):
+            array = interleaved_to_half_split(array, config.num_attention_heads)
+        elif hf_name.endswith("self_attn.k_proj.weight"):
+            array = interleaved_to_half_split(array, config.num_key_value_heads)
+        params[hf_name] = np.ascontiguousarray(array, dtype=dtype)
+    missing = [tensor_name for tensor_name in expected if tensor_name not in params]
+    if missing:
+        raise CheckpointError(path, f"lacks the tensor(s) {missing[:4]} that its metadata's model needs")
+    return config, {name: params[name] for name in expected}
+
+
+def dequantize(path, tensor) -> np.ndarray:
+    """A GGUF tensor as float32 in NumPy's order (rows of ne0 values: Hugging Face's (out, in))."""
+    kind = tensor.tensor_type.name
+    shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))
+    if kind not in READ_TYPES:
+        raise CheckpointError(path, f"is stored as {kind}, which npllama does not read (it reads "
+                                    f"{', '.join(READ_TYPES)}): convert the model again with llama.cpp's "
+                                    f"convert_hf_to_gguf.py --outtype f16, bf16 or q8_0", tensor=tensor.name)
+    raw = np.asarray(tensor.data)
+    if kind in ("F32", "F16"):
+        return raw.astype(np.float32).reshape(shape)
+    if kind == "BF16":   # the upper 16 bits of a float32
+        return (raw.reshape(-1).view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
+    blocks = raw.reshape(-1, 2 + Q8_0_BLOCK)   # Q8_0: float16 scale d, then 32 int8 q
+    d = blocks[:, :2].copy().view("<f2").astype(np.float32)
+    q = blocks[:, 2:].view(np.int8).astype(np.float32)
+    return (d * q).reshape(shape)
+
+
+def gguf_tokenizer_model_bytes(path) -> bytes:
+    """A SentencePiece tokenizer.model holding the GGUF's "llama" (SentencePiece) vocabulary: its
+    pieces, scores and types, BPE with byte fallback when all 256 byte pieces are there, and
+    llama.cpp's add_space_prefix as the dummy prefix.  GGUF does not carry the normalizer: the
+    model is identity-normalized, as LLaMA's and as llama.cpp tokenizes."""
+    path = Path(path)
+    reader = _reader(path)
+    model = _value(path, reader, "tokenizer.ggml.model")
+    if model != "llama":
+        raise CheckpointError(path, f"has a {model!r} vocabulary; npllama reads a SentencePiece one "
+                                    f"(\"llama\") as tokenizer.model", field="tokenizer.ggml.model")
+    pieces = _value(path, reader, "tokenizer.ggml.tokens")
+    scores = _value(path, reader, "tokenizer.ggml.scores", [0.0] * len(pieces))
+    types = _value(path, reader, "tokenizer.ggml.token_type", None)
+    if types is None:
+        raise CheckpointError(path, "has no token types", field="tokenizer.ggml.token_type")
+    if not len(pieces) == len(scores) == len(types):
+        raise CheckpointError(path, f"has {len(pieces)} tokens, {len(scores)} scores and {len(types)} types")
+    if any(kind not in PIECE_TYPES for kind in types):
+        raise CheckpointError(path, f"has a token type outside {PIECE_TYPES}", field="tokenizer.ggml.token_type")
+    # an unknown piece is what <unk> is; llama.cpp names its id separately
+    unk = _value(path, reader, "tokenizer.ggml.unknown_token_id", None)
+    if unk is not None and 0 <= unk < len(types) and UNKNOWN not in types:
+        types = list(types)
+        types[unk] = UNKNOWN
+    try:
+        return build_bpe_model(pieces, scores, types, byte_fallback=sum(t == BYTE for t in types) == 256,
+                               add_dummy_prefix=bool(_value(path, reader, "tokenizer.ggml.add_space_prefix", True)))
+    except ValueError as e:
+        raise CheckpointError(path, f"its vocabulary is not a SentencePiece one: {e}") from None
+
+
+# ----- helpers ------------------------------------------------------------------------------------
+
+def _reader(path: Path):
+    try:
+        import gguf
+    except ImportError:
+        raise ImportError(f"{str(path)!r} is a GGUF file; {INSTALL_HINT}") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist")
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError, TypeError) as e:
+        raise CheckpointError(path, f"is not a readable GGUF file ({e})") from None
+    if reader.byte_order != "I":
+        raise CheckpointError(path, "is a big-endian GGUF file, which npllama does not read")
+    return reader
+
+
+_REQUIRED = object()
+
+
+def _value(path: Path, reader, key: str, default=_REQUIRED):
+    field = reader.get_field(key)
+    if field is None:
+        if default is _REQUIRED:
+            raise CheckpointError(path, "is missing", field=key)
+        return default
+    try:
+        return field.contents()
+    except (UnicodeDecodeError, ValueError, IndexError) as e:
+        raise CheckpointError(path, f"cannot be read ({e})", field=key) from None
+
+
+def _config(path: Path, reader, tensors: dict) -> LlamaConfig:
+    arch = _value(path, reader, "general.architecture")
+    if arch != "llama":
+        raise CheckpointError(path, f"holds a {arch!r} model; npllama reads LLaMA ('llama')",
+                              field="general.architecture")
+    if "rope_freqs.weight" in tensors:
+        raise CheckpointError(path, "holds LLaMA-3 RoPE scaling as per-pair factors, from which its "
+                                    "rope_scaling settings cannot be recovered: load the original "
+                                    "Hugging Face folder instead", tensor="rope_freqs.weight")
+    heads = _value(path, reader, "llama.attention.head_count")
+    hidden = _value(path, reader, "llama.embedding_length")
+    embedding = tensors.get("token_embd.weight")
+    vocab = _value(path, reader, "llama.vocab_size",
+                   int(embedding.shape[1]) if embedding is not None else _REQUIRED)
+    scaling = None
+    scaling_type = _value(path, reader, "llama.rope.scaling.type", "none")
+    if scaling_type == "linear":
+        scaling = {"rope_type": "linear", "factor": _decimal(_value(path, reader, "llama.rope.scaling.factor"))}
+    elif scaling_type != "none":
+        raise CheckpointError(path, f"uses RoPE scaling {scaling_type!r}; npllama reads 'linear' or none",
+                              field="llama.rope.scaling.type")
+    try:
+        config = LlamaConfig(
+            vocab_size=vocab, hidden_size=hidden,
+            intermediate_size=_value(path, reader, "llama.feed_forward_length"),
+            num_hidden_layers=_value(path, reader, "llama.block_count"),
+            num_attention_heads=heads,
+            num_key_value_heads=_value(path, reader, "llama.attention.head_count_kv", heads),
+            max_position_embeddings=_value(path, reader, "llama.context_length"),
+            rms_norm_eps=_decimal(_value(path, reader, "llama.attention.layer_norm_rms_epsilon")),
+            rope_theta=_decimal(_value(path, reader, "llama.rope.freq_base", 10000.0)),
+            rope_scaling=scaling, head_dim=_value(path, reader, "llama.attention.key_length", None),
+            tie_word_embeddings="output.weight" not in tensors)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(path, f"its metadata describes a model npllama cannot build: {e}") from None
+    rotated = _value(path, reader, "llama.rope.dimension_count", config.head_dim)
+    if rotated != config.head_dim:
+        raise CheckpointError(path, f"rotates {rotated} of each head's {config.head_dim} dimensions; "
+                                    f"LLaMA rotates all of them", field="llama.rope.dimension_count")
+    return config
+
+
+def _decimal(value):
+    """A float32 field as the decimal it was written from (1e-05, not 9.99999974e-06), so the
+    config equals the original's; anything else as it is (LlamaConfig names a wrong type)."""
+    if isinstance(value, float):
+        return float(str(np.float32(value)))
+    return value
+
+
+def _hf_name(path: Path, name: str) -> str:
+    if name in _HF_TOP_NAMES:
+        return _HF_TOP_NAMES[name]
+    parts = name.split(".", 2)   # blk.<N>.<name>
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _HF_LAYER_NAMES:
+        return f"model.layers.{int(parts[1])}.{_HF_LAYER_NAMES[parts[2]]}"
+    raise CheckpointError(path, "is not a LLaMA tensor npllama knows", tensor=name)
+
+
+def convert_gguf(path, out, dtype=None) -> tuple[Path, bool]:
+    """Write a GGUF LLaMA as a Hugging Face folder (config.json, model.safetensors and, when the
+    file's vocabulary is SentencePiece's, tokenizer.model).  Returns (folder, whether it has a
+    tokenizer).  dtype: how to store the weights, as for save_hf_folder (None: float32)."""
+    from .hf import save_hf_folder
+
+    config, params = read_gguf(path)
+    tokenizer = _value(Path(path), _reader(Path(path)), "tokenizer.ggml.model", None) == "llama"
+    extra = {"tokenizer.model": gguf_tokenizer_model_bytes(path)} if tokenizer else {}
+    save_hf_folder(out, config, params, dtype=dtype, extra_files=extra)
+    return Path(out), tokenizer

@@ -1,0 +1,185 @@
+"""Reading GGUF: a tiny LLaMA written with llama.cpp's `gguf` package as F32, BF16 and Q8_0 loads
+with the same logits as the F32 file (within the storage's rounding), other quantizations are
+refused by name, and the file's vocabulary becomes the SentencePiece model it came from."""
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+
+from npllama import Llama, LlamaConfig  # noqa: E402
+from npllama.cli import main  # noqa: E402
+from npllama.io import CheckpointError  # noqa: E402
+from npllama.io.gguf_export import _write_metadata, export_gguf, gguf_tensors  # noqa: E402
+from npllama.io.gguf_import import gguf_tokenizer_model_bytes, read_gguf  # noqa: E402
+from npllama.tokenizer import Tokenizer  # noqa: E402
+
+VOCAB = 330
+TEXT = "Once upon a time, Lily saw a red ball.\nShe said: \"Hi!\" 12 日本"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from npllama.corpus import make_default_corpus
+
+    return Tokenizer.train(make_default_corpus()[:150], tmp_path_factory.mktemp("tok") / "sp", vocab_size=VOCAB)
+
+
+@pytest.fixture(scope="module")
+def folder(tokenizer, tmp_path_factory):
+    """Rows of 64 and 96 values: multiples of Q8_0's 32-value blocks, as in real models."""
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = Llama(config, seed=0, dtype=np.float64)
+    for name, array in model.params.items():   # decisive attention: a wrong q/k layout shows in the logits
+        array *= 1 if array.ndim == 1 else 8.0
+    path = tmp_path_factory.mktemp("model") / "m"
+    model.save_pretrained(path, dtype=np.float32, extra_files={"tokenizer.model": tokenizer.model_bytes})
+    return path
+
+
+def _export(folder, path, outtype):
+    return export_gguf(folder, path / f"m-{outtype}.gguf", outtype=outtype)
+
+
+def test_f32_file_loads_as_the_model_it_was_written_from(folder, tokenizer, tmp_path):
+    original = Llama.from_pretrained(folder, dtype=np.float64)
+    loaded = Llama.from_pretrained(_export(folder, tmp_path, "f32"), dtype=np.float64)
+    assert loaded.config == original.config
+    for name, value in original.params.items():
+        np.testing.assert_array_equal(loaded.params[name], value, err_msg=name)   # both float32 values
+    tokens = np.array([tokenizer.encode(TEXT)])
+    np.testing.assert_allclose(loaded.forward(tokens), original.forward(tokens), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("outtype, qtype", [("bf16", "BF16"), ("q8_0", "Q8_0")])
+def test_bf16_and_q8_0_dequantize_as_llama_cpp_does(folder, tokenizer, tmp_path, outtype, qtype):
+    """Each matrix is exactly what llama.cpp's own dequantizer makes of the stored values (the gguf
+    package's numpy reference; q and k rows move in whole blocks, so their permutation commutes
+    with it); norms stay float32.  The logits then differ from the F32 file's by the rounding
+    alone: with eps the weights' relative rms rounding error (BF16 ~0.1%, Q8_0 ~0.6%), errors of
+    the 9 matrices between a token and its logits (embedding, q, k, v, o, gate, up, down, head)
+    add about in quadrature, sqrt(9) * eps of the logits' rms; we allow twice that (measured: 0.7
+    of the bound with this fixture's 8x weights, whose sharp attention amplifies errors; 0.3 at
+    the init's scale).  A transposed or unpermuted tensor changes the logits by their
+    own size."""
+    kind = gguf.GGMLQuantizationType[qtype]
+    f32 = Llama.from_pretrained(_export(folder, tmp_path, "f32"), dtype=np.float64)
+    path = _export(folder, tmp_path, outtype)
+    stored = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert stored["blk.0.attn_q.weight"] == stored["token_embd.weight"] == qtype
+    assert stored["blk.0.attn_norm.weight"] == "F32"
+    loaded = Llama.from_pretrained(path, dtype=np.float64)
+    assert loaded.config == f32.config
+    for name, value in f32.params.items():
+        expected = value if value.ndim == 1 else gguf.quants.dequantize(
+            gguf.quants.quantize(value.astype(np.float32), kind), kind)
+        np.testing.assert_array_equal(loaded.params[name], expected, err_msg=name)
+    matrices = [name for name, value in f32.params.items() if value.ndim == 2]
+    rms = lambda x: np.sqrt(np.mean(np.square(x)))  # noqa: E731
+    eps = rms(np.concatenate([(loaded.params[n] - f32.params[n]).ravel() for n in matrices])) / rms(
+        np.concatenate([f32.params[n].ravel() for n in matrices]))
+    tokens = np.array([tokenizer.encode(TEXT)])
+    reference = f32.forward(tokens)
+    error = rms(loaded.forward(tokens) - reference) / rms(reference)
+    assert 0 < error < 2 * np.sqrt(9) * eps
+
+
+def test_q8_0_export_keeps_rows_that_are_not_whole_blocks_in_f16(tokenizer, tmp_path):
+    """As llama.cpp's converter does: Q8_0 needs rows of whole 32-value blocks."""
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=48, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    Llama(config, seed=1).save_pretrained(tmp_path / "m", extra_files={"tokenizer.model": tokenizer.model_bytes})
+    path = export_gguf(tmp_path / "m", tmp_path / "m.gguf", outtype="q8_0")
+    stored = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert stored["blk.0.ffn_up.weight"] == "Q8_0" and stored["blk.0.ffn_down.weight"] == "F16"
+    assert read_gguf(path)[0] == config
+
+
+def _write_with(path, folder, stored_as):
+    """A GGUF of the folder's model whose tensors named in `stored_as` are of another type."""
+    model = Llama.from_pretrained(folder)
+    writer = gguf.GGUFWriter(path, "llama")
+    _write_metadata(writer, gguf, model.config, "t", "f32")
+    for name, array in gguf_tensors(model.config, model.params).items():
+        kind = stored_as.get(name)
+        if kind is None:
+            writer.add_tensor(name, array)
+        else:
+            writer.add_tensor(name, gguf.quants.quantize(array, kind), raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_other_quantizations_are_refused_naming_the_tensor_and_the_types_read(folder, tmp_path):
+    path = _write_with(tmp_path / "q4.gguf", folder, {"blk.0.ffn_up.weight": gguf.GGMLQuantizationType.Q4_0})
+    with pytest.raises(CheckpointError, match=r"tensor 'blk\.0\.ffn_up\.weight': is stored as Q4_0, which "
+                                              r"npllama does not read \(it reads F32, F16, BF16, Q8_0\)"):
+        Llama.from_pretrained(path)
+
+
+def test_files_npllama_cannot_build_a_llama_from_are_refused_by_name(folder, tmp_path):
+    config = Llama.from_pretrained(folder).config
+    other = gguf.GGUFWriter(tmp_path / "gpt2.gguf", "gpt2")
+    other.add_block_count(1)
+    for step in (other.write_header_to_file, other.write_kv_data_to_file, other.write_tensors_to_file, other.close):
+        step()
+    with pytest.raises(CheckpointError, match="holds a 'gpt2' model; npllama reads LLaMA"):
+        read_gguf(tmp_path / "gpt2.gguf")
+    (tmp_path / "junk.gguf").write_bytes(b"GGUF" + bytes(60))
+    with pytest.raises(CheckpointError, match="is not a readable GGUF file"):
+        Llama.from_pretrained(tmp_path / "junk.gguf")
+    (tmp_path / "cut.gguf").write_bytes((_export(folder, tmp_path, "f32")).read_bytes()[:-100])
+    with pytest.raises(CheckpointError):
+        read_gguf(tmp_path / "cut.gguf")
+    with pytest.raises(TypeError, match="dtype must be np.float32 or np.float64"):
+        read_gguf(tmp_path / "m-f32.gguf", dtype=np.int32)
+    assert config.vocab_size == VOCAB
+
+
+def test_the_vocabulary_becomes_the_sentencepiece_model_it_came_from(folder, tokenizer, tmp_path):
+    converted = Tokenizer.from_bytes(gguf_tokenizer_model_bytes(_export(folder, tmp_path, "f32")))
+    assert converted.model_info.piece_types == tokenizer.model_info.piece_types
+    assert [converted.id_to_piece(i) for i in range(VOCAB)] == [tokenizer.id_to_piece(i) for i in range(VOCAB)]
+    for text in (TEXT, "", " two  spaces", "<s>x</s>", "\n"):
+        ids = tokenizer.encode(text, eos=True)
+        assert converted.encode(text, eos=True) == ids and converted.decode(ids) == tokenizer.decode(ids)
+
+
+def test_cli_convert_gguf_writes_a_folder_generate_runs(folder, tmp_path, capsys):
+    path = _export(folder, tmp_path, "q8_0")
+    assert main(["convert", "gguf", str(path), "--out", str(tmp_path / "hf")]) == 0
+    assert "with tokenizer.model" in capsys.readouterr().out
+    np.testing.assert_array_equal(Llama.from_pretrained(tmp_path / "hf").params["lm_head.weight"],
+                                  Llama.from_pretrained(path).params["lm_head.weight"])
+    assert main(["generate", "--model", str(tmp_path / "hf"), "--prompt", "Once upon", "--max-new-tokens", "3",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("Once upon")
+    assert main(["convert", "gguf", str(folder / "config.json"), "--out", str(tmp_path / "x")]) == 2
+    assert "not a GGUF file" in capsys.readouterr().err
+
+
+def test_mutated_files_load_or_raise_checkpoint_error(folder, tmp_path, robustness_count):
+    """Seeded fuzz over the header, metadata and tensor table: a model or a CheckpointError."""
+    import random
+
+    rng = random.Random(0)
+    original = _export(folder, tmp_path, "q8_0").read_bytes()
+    path, refused = tmp_path / "mutant.gguf", 0
+    for _ in range(100):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 3)):
+            at, size = rng.randrange(4000), rng.choice([1, 4, 8])
+            data[at:at + size] = bytes(rng.randrange(256) for _ in range(size))
+        if rng.random() < 0.2:
+            data = data[:rng.randrange(len(data))]
+        path.write_bytes(bytes(data))
+        for read in (read_gguf, gguf_tokenizer_model_bytes):
+            try:
+                read(path)
+            except CheckpointError:
+                refused += 1
+    assert refused > 100
+    robustness_count(f"GGUF files: mutated headers and metadata ({refused} of 200 reads refused)", 200)

@@ -11,12 +11,16 @@ A model folder gets, beside tokenizer.model:
 
 transformers' AutoTokenizer then loads tokenizer.json as it is (PreTrainedTokenizerFast), instead of
 converting tokenizer.model with its own rules (which in transformers 5 differ from SentencePiece
-on text that starts with a space).  tokenizer.json is written only for what it can reproduce: BPE
-or unigram models with identity normalization and the dummy-prefix space; other models travel as
-tokenizer.model with a LlamaTokenizer config.
+on text that starts with a space, and drop its normalizer).  A normalizing model (SentencePiece's
+default nmt_nfkc: full-width letters, ligatures, compatibility characters to their NFKC forms,
+odd spaces to " ", runs of spaces collapsed) keeps its normalizer: the character map SentencePiece
+compiled its rules into, which the `tokenizers` library applies as SentencePiece does
+("Precompiled"), and the collapsing of spaces.  tokenizer.json is written for BPE or unigram
+models with the dummy-prefix space; others travel as tokenizer.model with a LlamaTokenizer config.
 """
 from __future__ import annotations
 
+import base64
 import json
 
 from .io.sentencepiece_model import MODEL_TYPE_BPE
@@ -67,7 +71,8 @@ def hf_tokenizer_files(tokenizer, chat_template: str | None = None,
 def tokenizer_json(tokenizer) -> dict | None:
     """The tokenizers pipeline of a SentencePiece model, or None if it cannot be reproduced."""
     sp = tokenizer._sp
-    if not tokenizer.adds_dummy_prefix or not _is_identity_normalized(tokenizer):
+    info = tokenizer.model_info
+    if not tokenizer.adds_dummy_prefix or not info.escape_whitespaces:
         return None
     size = sp.get_piece_size()
     pieces = [sp.id_to_piece(i) for i in range(size)]
@@ -92,7 +97,7 @@ def tokenizer_json(tokenizer) -> dict | None:
     return {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": _added_tokens(tokenizer),
-        "normalizer": {"type": "Sequence", "normalizers": [
+        "normalizer": {"type": "Sequence", "normalizers": _normalizers(info) + [
             {"type": "Prepend", "prepend": SPACE},
             {"type": "Replace", "pattern": {"String": " "}, "content": SPACE}]},
         "pre_tokenizer": None,
@@ -130,10 +135,18 @@ def _added_tokens(tokenizer) -> list[dict]:
              "normalized": False, "special": i in special} for i in sorted(whole)]
 
 
-def _is_identity_normalized(tokenizer) -> bool:
-    """Text comes back exactly (no NFKC, no collapsed spaces): the pipeline above does not normalize."""
-    probe = "a  b\tc\uff21\u00bd ﬁ"
-    return tokenizer._sp.decode(tokenizer._sp.encode(probe)) == probe
+def _normalizers(info) -> list[dict]:
+    """SentencePiece's normalizer, before its dummy prefix and "▁": the character map, then (with
+    remove_extra_whitespaces) no space at either end and none twice in a row."""
+    steps = []
+    if info.precompiled_charsmap:
+        steps.append({"type": "Precompiled",
+                      "precompiled_charsmap": base64.b64encode(info.precompiled_charsmap).decode("ascii")})
+    if info.remove_extra_whitespaces:
+        # \A, \z: the ends of the text (the tokenizers library's ^ and $ also match at each newline)
+        steps += [{"type": "Replace", "pattern": {"Regex": "\\A +| +\\z"}, "content": ""},
+                  {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]
+    return steps
 
 
 def _json_bytes(obj) -> bytes:

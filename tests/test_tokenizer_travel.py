@@ -143,6 +143,44 @@ def test_tokenizer_json_of_other_trainings(model_type, tmp_path):
     assert_same_as_npllama(other, TEXTS + texts[:50], lambda text: hf.encode(text).ids, hf.decode, decodes_unk=False)
 
 
+# What SentencePiece's nmt_nfkc rewrites: full-width letters and digits, a ligature, compatibility
+# characters, no-break and ideographic spaces, a combining accent; and runs of spaces.
+NORMALIZED = ["ＡＢＣ１２３", "ﬁne ﬁsh", "① ㎏", "cafe\u0301 café", "a\u00a0b c\u3000d", "  two  spaces  ",
+              "a \n b\t\tc", "Ｘ<s>  Ｙ</s>  z", " ", ""]
+
+
+@pytest.mark.parametrize("options", [
+    dict(normalization_rule_name="nmt_nfkc", remove_extra_whitespaces=True),   # SentencePiece's defaults
+    dict(normalization_rule_name="nmt_nfkc"),
+    dict(remove_extra_whitespaces=True, model_type="unigram"),
+], ids=["sentencepiece-defaults", "nfkc", "collapsed-spaces-unigram"])
+def test_a_normalizing_tokenizer_travels_with_its_normalizer(options, tmp_path):
+    """tokenizer.json carries SentencePiece's normalizer (its compiled character map, the collapsed
+    spaces), so transformers and JsonTokenizer give SentencePiece's ids; it used to be left out,
+    and transformers read tokenizer.model without the normalizer (or not at all, lacking protobuf)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    texts = make_default_corpus(150, seed=0) + ["ＡＢＣ１２３ ﬁne ① ㎏ café a\u00a0b c\u3000d"] * 3
+    tok = Tokenizer.train(texts, tmp_path / "t", 330, **options)
+    if "nfkc" in str(options):
+        assert tok.encode("ＡＢＣ ﬁ") == tok.encode("ABC fi")   # the normalizer is at work
+    files = tok.hf_files()
+    assert "tokenizer.json" in files
+    hf = tokenizers.Tokenizer.from_str(files["tokenizer.json"].decode())
+    assert_same_as_npllama(tok, NORMALIZED + texts[:40], lambda text: hf.encode(text).ids, hf.decode,
+                           decodes_unk=False)
+    from npllama.tokenizer_json import JsonTokenizer
+
+    (tmp_path / "folder").mkdir()
+    for name, data in files.items():
+        if name != "tokenizer.model":
+            (tmp_path / "folder" / name).write_bytes(data)
+    assert_same_as_npllama(tok, NORMALIZED, JsonTokenizer(tmp_path / "folder").encode,
+                           JsonTokenizer(tmp_path / "folder").decode)
+    transformers = pytest.importorskip("transformers")
+    auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "folder"))
+    assert [auto(text)["input_ids"] for text in NORMALIZED] == [tok.encode(text) for text in NORMALIZED]
+
+
 def test_folder_with_only_tokenizer_json_loads(folder, tok, tmp_path):
     """What transformers 5 saves: tokenizer.json and tokenizer_config.json, no tokenizer.model."""
     pytest.importorskip("tokenizers")

@@ -93,15 +93,13 @@ def llama_cpp_tokenizer_caveats(tokenizer) -> list[str]:
     """Why llama.cpp would split some text into other ids than `tokenizer.encode` (empty: it splits
     every text alike).  llama.cpp's SentencePiece ("llama") tokenizer merges pieces by score, as
     SentencePiece's BPE does, and rewrites nothing but spaces."""
-    from ..tokenizer_export import _is_identity_normalized
-
     caveats = []
     kind = tokenizer.model_info.model_type_name
     if kind != "bpe":
         caveats.append(f"the tokenizer is a SentencePiece {kind} model, but llama.cpp encodes every SentencePiece "
                        f"vocabulary as BPE: it will split much text into other ids than npllama (the weights "
                        f"are exported exactly; give llama.cpp npllama's ids, or train a bpe tokenizer)")
-    if not _is_identity_normalized(tokenizer):
+    if tokenizer.model_info.normalizes:
         caveats.append("the tokenizer normalizes text (e.g. NFKC, collapsed spaces), which llama.cpp does not: "
                        "text with such characters or runs of spaces will get other ids than in npllama")
     return caveats

@@ -20,6 +20,13 @@ identity normalisation and a dummy prefix (LLaMA's and llama2.c's training setti
 result is an ordinary tokenizer.model: `npllama.Tokenizer` loads it, and it is what a converted
 folder carries.
 
+tokenizer.bin does not carry SentencePiece's normalizer, so the rebuilt model has none, as run.c
+encodes and as llama2.c trains its tokenizers.  A tokenizer.bin exported from a normalizing model
+(SentencePiece's default nmt_nfkc) therefore gives that model's ids only on text the normalizer
+leaves alone: full-width letters, ligatures, compatibility characters, odd spaces and runs of
+spaces are split as they are written.  Convert with the original .model instead (`npllama convert
+llama2c --tokenizer tokenizer.model`) to keep its normalizer.
+
     model_bytes = llama2c_tokenizer_to_sentencepiece("tokenizer.bin", vocab_size=32000)
 """
 from __future__ import annotations

@@ -30,7 +30,8 @@ _PIECE_TEXT, _PIECE_SCORE, _PIECE_TYPE = 1, 2, 3
 _TYPE_TAG = bytes([_PIECE_TYPE << 3])   # the key byte of a piece's type field (a varint, wire type 0)
 _TRAINER_MODEL_TYPE, _TRAINER_VOCAB_SIZE, _TRAINER_BYTE_FALLBACK = 3, 4, 35
 _TRAINER_UNK_ID, _TRAINER_BOS_ID, _TRAINER_EOS_ID, _TRAINER_PAD_ID = 40, 41, 42, 43
-_NORMALIZER_NAME, _NORMALIZER_ADD_DUMMY_PREFIX, _NORMALIZER_REMOVE_EXTRA_WHITESPACES = 1, 3, 4
+_NORMALIZER_NAME, _NORMALIZER_CHARSMAP, _NORMALIZER_ADD_DUMMY_PREFIX = 1, 2, 3
+_NORMALIZER_REMOVE_EXTRA_WHITESPACES, _NORMALIZER_ESCAPE_WHITESPACES = 4, 5
 
 
 def build_bpe_model(pieces: Sequence[str], scores: Sequence[float], types: Sequence[int], *,
@@ -88,6 +89,16 @@ class ModelInfo:
     """What a .model file says beyond what `sentencepiece` exposes."""
     piece_types: tuple[int, ...]   # NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED or BYTE per id
     model_type: int                # MODEL_TYPE_UNIGRAM, MODEL_TYPE_BPE, ... (unigram when unset)
+    # The normalizer: its rules (nmt_nfkc's NFKC, ...) compiled into a character map (empty for
+    # "identity"), and what it does with spaces (protobuf's defaults when unset: all true).
+    precompiled_charsmap: bytes = b""
+    remove_extra_whitespaces: bool = True
+    escape_whitespaces: bool = True
+
+    @property
+    def normalizes(self) -> bool:
+        """Whether the text is rewritten before it is split (characters mapped, spaces collapsed)."""
+        return bool(self.precompiled_charsmap) or self.remove_extra_whitespaces
 
     @property
     def model_type_name(self) -> str:
@@ -95,16 +106,21 @@ class ModelInfo:
 
 
 def read_model_info(data: bytes) -> ModelInfo:
-    """The piece types and model type of a serialized ModelProto (protobuf defaults when unset:
-    NORMAL, UNIGRAM).  ValueError if `data` is not a well-formed protobuf message."""
-    types, model_type = [], MODEL_TYPE_UNIGRAM
+    """The piece types, model type and normalizer of a serialized ModelProto (protobuf defaults when
+    unset: NORMAL, UNIGRAM).  ValueError if `data` is not a well-formed protobuf message."""
+    types, model_type, normalizer = [], MODEL_TYPE_UNIGRAM, {}
     for number, value in _fields(data):
         if number == _MODEL_PIECES:   # a piece without a type field's tag byte (most of them) is NORMAL
             types.append(NORMAL if _TYPE_TAG not in value else
                          next((v for n, v in _fields(value) if n == _PIECE_TYPE), NORMAL))
         elif number == _MODEL_TRAINER_SPEC:
             model_type = next((v for n, v in _fields(value) if n == _TRAINER_MODEL_TYPE), model_type)
-    return ModelInfo(tuple(types), model_type)
+        elif number == _MODEL_NORMALIZER_SPEC and isinstance(value, bytes):
+            normalizer = dict(_fields(value))
+    return ModelInfo(tuple(types), model_type,
+                     precompiled_charsmap=bytes(normalizer.get(_NORMALIZER_CHARSMAP, b"")),
+                     remove_extra_whitespaces=bool(normalizer.get(_NORMALIZER_REMOVE_EXTRA_WHITESPACES, 1)),
+                     escape_whitespaces=bool(normalizer.get(_NORMALIZER_ESCAPE_WHITESPACES, 1)))
 
 
 # ----- protobuf wire format -------------------------------------------------------------------

@@ -49,6 +49,10 @@ def build_bpe_model(pieces: Sequence[str], scores: Sequence[float], types: Seque
     unknown = [i for i, t in enumerate(types) if t == UNKNOWN]
     if len(unknown) != 1:
         raise ValueError(f"a SentencePiece model needs exactly one UNKNOWN piece (<unk>), got {len(unknown)}")
+    n_bytes = sum(t == BYTE for t in types)
+    if 0 < n_bytes < 256:   # sentencepiece would refuse to load the model, with no word of why
+        raise ValueError(f"it has {n_bytes} of the 256 byte pieces <0x00> ... <0xFF>: a tokenizer with "
+                         f"byte fallback has all of them, one without has none")
     seen: dict[str, int] = {}
     body = bytearray()
     for i, (piece, score, kind) in enumerate(zip(pieces, scores, types)):

@@ -188,6 +188,16 @@ def test_tokenizer_bin_checks(tmp_path, sentencepiece_and_bin):
         read_llama2c_tokenizer(truncated)
     with pytest.raises(ValueError, match="vocab_size must be None or a positive integer"):
         read_llama2c_tokenizer(bin_path, vocab_size=0)
+    # some byte pieces but not all: refused as such (SentencePiece could not load the rebuilt model)
+    pieces, scores = read_llama2c_tokenizer(bin_path)
+    partial = tmp_path / "partial.bin"
+    with open(partial, "wb") as f:
+        f.write(struct.pack("<I", 16))
+        for piece, score in zip(pieces, scores):
+            if piece != b"<0xFF>":
+                f.write(struct.pack("<fi", score, len(piece)) + piece)
+    with pytest.raises(CheckpointError, match="it has 255 of the 256 byte pieces"):
+        llama2c_tokenizer_to_sentencepiece(partial)
 
 
 # ----- npllama convert llama2c --------------------------------------------------------------------

@@ -197,7 +197,7 @@ LIBRARY = [
     ("from_pretrained: missing folder", lambda: Llama.from_pretrained(tmp() / "nowhere"), FileNotFoundError,
      "is not a folder"),
     ("from_pretrained: float16", lambda: Llama.from_pretrained(tmp(), dtype=np.float16), E, "dtype"),
-    ("from_pretrained: None", lambda: Llama.from_pretrained(None), E, "path must be a model folder or llama2.c .bin"),
+    ("from_pretrained: None", lambda: Llama.from_pretrained(None), E, "path must be a model folder, llama2.c .bin file or GGUF file"),
     ("save_pretrained: None", lambda: model().save_pretrained(None), E, "path must be the folder to write"),
     # ----- generate
     ("generate: text prompt", lambda: generate(model(), "hello", 2), E, "prompt must be token ids"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 
@@ -19,6 +20,9 @@ from .tokenizer import UNK_SURFACE, _require_text, check_ids, check_special, che
 from .tokenizer_export import _json_bytes
 
 JSON_FILE = "tokenizer.json"
+_BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
+# A token every decoder passes through as itself: the text decoded behind it keeps its first space.
+_MARK = "A"
 CONFIG_FILE = "tokenizer_config.json"
 INSTALL_HINT = ("install the `tokenizers` library (pip install 'npllama[hf]') to read it, or convert the "
                 "folder to a SentencePiece tokenizer.model: in Python with transformers, "
@@ -57,6 +61,12 @@ class JsonTokenizer:
         if self.unk_id is None:
             self.unk_id = _model_unk_id(json.loads(data), self._tok)
         self.add_bos = bool(self.config.get("add_bos_token", self.bos_id is not None)) and self.bos_id is not None
+        self._special_ids = set(self.control_pieces.values())
+        # <0xHH> tokens are bytes only where the decoder says so (byte fallback, as SentencePiece's)
+        self._byte_pieces = {}
+        if _has_step(json.loads(data).get("decoder"), "ByteFallback"):
+            self._byte_pieces = {i: int(token[3:5], 16) for token, i in self._tok.get_vocab().items()
+                                 if _BYTE_PIECE.fullmatch(token)}
 
     def _special_id(self, key: str) -> int | None:
         token = self.config.get(key)
@@ -102,9 +112,11 @@ class JsonTokenizer:
 
     def decode(self, ids) -> str:
         """The text of the ids, as npllama.Tokenizer (SentencePiece) writes it: special tokens (BOS,
-        EOS, ...) give no text, <unk> gives UNK_SURFACE (" \u2047 ")."""
+        EOS, ...) give no text, <unk> gives UNK_SURFACE (" \u2047 "), and a run of byte pieces
+        gives its UTF-8 text with one U+FFFD for each byte that is no part of a whole character."""
         ids = self._check_ids(ids)
-        if self.unk_id is None or self.unk_id not in ids:
+        decoder = self._tok.decoder
+        if decoder is None or not (self._byte_pieces or (self.unk_id is not None and self.unk_id in ids)):
             return self._tok.decode(ids, skip_special_tokens=True)
         runs, run = [], []
         for token_id in ids:
@@ -114,17 +126,35 @@ class JsonTokenizer:
             else:
                 run.append(token_id)
         runs.append(run)
-        return UNK_SURFACE.join([self._tok.decode(runs[0], skip_special_tokens=True)]
-                                + [self._decode_after_unk(run) for run in runs[1:]])
+        # A decoder drops the text's first space, the dummy prefix of its first piece ("\u2581Once" ->
+        # "Once"); SentencePiece keeps it after <unk> and when the text starts with a byte piece.
+        shown = [i for i in runs[0] if i not in self._special_ids]
+        keep = [bool(shown) and shown[0] in self._byte_pieces] + [True] * (len(runs) - 1)
+        return UNK_SURFACE.join(self._decode_run(run, keep_space) for run, keep_space in zip(runs, keep))
 
-    def _decode_after_unk(self, ids: list[int]) -> str:
-        """The text of ids that follow an <unk>.  A decoder drops the dummy-prefix space of the
-        text's first piece ("\u2581Once" -> "Once"); after <unk> SentencePiece keeps it, so the ids
-        are decoded behind the <unk> token's own text, which is then cut off."""
-        special = set(self.control_pieces.values())
-        marker = self._tok.decode([self.unk_id], skip_special_tokens=False)
-        text = self._tok.decode([self.unk_id] + [i for i in ids if i not in special], skip_special_tokens=False)
-        return text[len(marker):]
+    def _decode_run(self, ids: list[int], keep_leading_space: bool) -> str:
+        tokens = self._tokens(ids)
+        if not keep_leading_space:
+            return self._tok.decoder.decode(tokens)
+        return self._tok.decoder.decode([_MARK] + tokens)[len(_MARK):]
+
+    def _tokens(self, ids: list[int]) -> list[str]:
+        """The tokens the decoder gets for ids: special tokens left out, each run of byte pieces
+        as its text (the tokenizers library's ByteFallback would make a whole run with one broken
+        character U+FFFDs, where SentencePiece keeps the whole characters)."""
+        tokens, run = [], bytearray()
+        for token_id in ids:
+            if token_id in self._byte_pieces:
+                run.append(self._byte_pieces[token_id])
+                continue
+            if run:
+                tokens.append(_sentencepiece_utf8(run))
+                run = bytearray()
+            if token_id not in self._special_ids:
+                tokens.append(self._tok.id_to_token(token_id))
+        if run:
+            tokens.append(_sentencepiece_utf8(run))
+        return tokens
 
     def hf_files(self, chat_template: str | None = None, model_max_length: int | None = None,
                  pad_id: int | None = None) -> dict[str, bytes]:
@@ -163,6 +193,31 @@ def _template_bos_id(pipeline, tok) -> int | None:
             ids = (step.get("special_tokens") or {}).get(name, {}).get("ids") or [tok.token_to_id(name)]
             return ids[0] if len(ids) == 1 and isinstance(ids[0], int) else None
     return None
+
+
+def _has_step(step, kind: str) -> bool:
+    """Whether a decoder (or a Sequence of them) has a step of type `kind`."""
+    if not isinstance(step, dict):
+        return False
+    return step.get("type") == kind or any(_has_step(s, kind) for s in step.get("decoders") or [])
+
+
+def _sentencepiece_utf8(data: bytes) -> str:
+    """Bytes as SentencePiece decodes a run of byte pieces: each whole UTF-8 character as itself,
+    every other byte as one U+FFFD ("\xe6\x97A" -> "\ufffd\ufffdA", where Python's "replace" gives one)."""
+    text, i = [], 0
+    while i < len(data):
+        for size in (1, 2, 3, 4):
+            try:
+                text.append(data[i:i + size].decode("utf-8"))
+                break
+            except UnicodeDecodeError:
+                continue
+        else:
+            text.append("\ufffd")
+            size = 1
+        i += size
+    return "".join(text)
 
 
 def _model_unk_id(pipeline, tok) -> int | None:

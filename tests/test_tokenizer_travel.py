@@ -265,6 +265,27 @@ def test_unk_decodes_as_sentencepiece_writes_it_on_every_path(folder, tok, tmp_p
     assert tok.decode(a + [unk] + space_b) == "a \u2047    b\nc"   # " \u2047 " and the three spaces of "  b"
 
 
+def test_json_tokenizer_decodes_any_ids_as_sentencepiece(folder, tok):
+    """Seeded: random ids (bytes, <unk>, control and user-defined pieces among them) give
+    SentencePiece's text from tokenizer.json too -- a run of byte pieces with a broken character
+    keeps its whole characters ("\xc3" then "日": "\ufffd日", where the tokenizers library's
+    ByteFallback gave four U+FFFD), and a leading byte space stays."""
+    import random
+
+    pytest.importorskip("tokenizers")
+    from npllama.tokenizer_json import JsonTokenizer
+
+    json_tok, rng = JsonTokenizer(folder), random.Random(0)
+    byte = tok.piece_to_id("<0x00>")
+    assert json_tok.decode([byte + 0xC3, byte + 0xE6, byte + 0x97, byte + 0xA5]) == "\ufffd日"
+    space_a = [byte + 0x20] + tok.encode("a", bos=False)
+    assert json_tok.decode(space_a) == tok.decode(space_a) == "  a"
+    for _ in range(1000):
+        ids = [rng.choice([tok.unk_id, tok.bos_id, tok.eos_id, rng.randrange(byte, byte + 256),
+                           rng.randrange(byte, byte + 256), rng.randrange(VOCAB)]) for _ in range(rng.randrange(6))]
+        assert json_tok.decode(ids) == tok.decode(ids), ids
+
+
 def test_tokenizer_json_without_the_library_says_how(folder, tmp_path, monkeypatch):
     (tmp_path / "tokenizer.json").write_text("{}")
     monkeypatch.setitem(sys.modules, "tokenizers", None)

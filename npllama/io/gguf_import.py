@@ -12,8 +12,8 @@ llama.cpp's converter (and `npllama export gguf`) writes is undone:
   BF16 is the top half of a float32; Q8_0 stores blocks of 32 values as one float16 scale d and
   32 int8 q, each value d * q.  Other types (Q4_K, ...) are refused by name;
 * the `llama.*` hyper-parameters become a LlamaConfig; a tensor `output.weight` absent means tied
-  embeddings.  LLaMA-3 RoPE scaling, which GGUF stores only as the resulting per-pair factors
-  (rope_freqs), is refused: its config cannot be recovered from them.
+  embeddings.  LLaMA-3 RoPE scaling is stored only as its result, a factor per pair (rope_freqs);
+  the settings are found again from them (`_llama3_scaling`), or the file refused when they cannot be;
 * `tokenizer.ggml.*` of a SentencePiece ("llama") vocabulary becomes a tokenizer.model
   (`gguf_tokenizer_model_bytes`), as io/llama2c_tokenizer.py does for llama2.c's tokenizer.bin.
 """
@@ -64,6 +64,8 @@ def read_gguf(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.ndarray
     expected = config.param_shapes()
     params = {}
     for name, tensor in tensors.items():
+        if name == "rope_freqs.weight":   # read into config.rope_scaling
+            continue
         hf_name = _hf_name(path, name)
         if hf_name not in expected:
             raise CheckpointError(path, f"is not a tensor of this model's shape (expected {list(expected)[:3]} ...)",
@@ -172,12 +174,10 @@ def _config(path: Path, reader, tensors: dict) -> LlamaConfig:
     if arch != "llama":
         raise CheckpointError(path, f"holds a {arch!r} model; npllama reads LLaMA ('llama')",
                               field="general.architecture")
-    if "rope_freqs.weight" in tensors:
-        raise CheckpointError(path, "holds LLaMA-3 RoPE scaling as per-pair factors, from which its "
-                                    "rope_scaling settings cannot be recovered: load the original "
-                                    "Hugging Face folder instead", tensor="rope_freqs.weight")
     heads = _value(path, reader, "llama.attention.head_count")
     hidden = _value(path, reader, "llama.embedding_length")
+    head_dim = _value(path, reader, "llama.attention.key_length", None)
+    rope_theta = _decimal(_value(path, reader, "llama.rope.freq_base", 10000.0))
     embedding = tensors.get("token_embd.weight")
     vocab = _value(path, reader, "llama.vocab_size",
                    int(embedding.shape[1]) if embedding is not None else _REQUIRED)
@@ -188,6 +188,13 @@ def _config(path: Path, reader, tensors: dict) -> LlamaConfig:
     elif scaling_type != "none":
         raise CheckpointError(path, f"uses RoPE scaling {scaling_type!r}; npllama reads 'linear' or none",
                               field="llama.rope.scaling.type")
+    if "rope_freqs.weight" in tensors:
+        if scaling is not None:
+            raise CheckpointError(path, "has both linear RoPE scaling and per-pair factors (rope_freqs)",
+                                  tensor="rope_freqs.weight")
+        if head_dim is None and isinstance(hidden, int) and isinstance(heads, int) and heads > 0:
+            head_dim = hidden // heads
+        scaling = _llama3_scaling(path, dequantize(path, tensors["rope_freqs.weight"]), head_dim, rope_theta)
     try:
         config = LlamaConfig(
             vocab_size=vocab, hidden_size=hidden,
@@ -197,8 +204,7 @@ def _config(path: Path, reader, tensors: dict) -> LlamaConfig:
             num_key_value_heads=_value(path, reader, "llama.attention.head_count_kv", heads),
             max_position_embeddings=_value(path, reader, "llama.context_length"),
             rms_norm_eps=_decimal(_value(path, reader, "llama.attention.layer_norm_rms_epsilon")),
-            rope_theta=_decimal(_value(path, reader, "llama.rope.freq_base", 10000.0)),
-            rope_scaling=scaling, head_dim=_value(path, reader, "llama.attention.key_length", None),
+            rope_theta=rope_theta, rope_scaling=scaling, head_dim=head_dim,
             tie_word_embeddings="output.weight" not in tensors)
     except (ValueError, TypeError) as e:
         raise CheckpointError(path, f"its metadata describes a model npllama cannot build: {e}") from None
@@ -207,6 +213,60 @@ def _config(path: Path, reader, tensors: dict) -> LlamaConfig:
         raise CheckpointError(path, f"rotates {rotated} of each head's {config.head_dim} dimensions; "
                                     f"LLaMA rotates all of them", field="llama.rope.dimension_count")
     return config
+
+
+# LLaMA-3's published settings (3.1: factor 8; 3.2: factor 32), tried first so that a file made
+# from one of Meta's models gets that model's own config back.
+_LLAMA3_PUBLISHED = tuple({"factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                           "original_max_position_embeddings": 8192} for factor in (8.0, 32.0))
+
+
+def _llama3_scaling(path: Path, factors: np.ndarray, head_dim, rope_theta) -> dict:
+    """LLaMA-3 rope_scaling settings whose frequencies are the file's: llama.cpp divides pair i's
+    frequency by factors[i] (what `npllama export gguf` and llama.cpp's converter write).
+
+    factors[i] is `factor` for slow pairs, 1 for fast ones and, in between, 1 / ((1 - s) / factor + s)
+    with s = original_max / (wavelength * (high - low)) - low / (high - low): linear in 1/wavelength.
+    The frequencies depend on low_freq_factor, high_freq_factor and original_max only through that
+    line's slope and intercept, so when no published setting fits, settings with the same line are
+    made from them (low_freq_factor near 1, original_max a whole number); any settings that
+    reproduce every factor give the same model."""
+    from ..ops.rope import rope_inv_freq
+
+    def reproduces(settings) -> bool:
+        try:
+            scaled = rope_inv_freq(head_dim, rope_theta, {"rope_type": "llama3", **settings})
+        except (ValueError, TypeError, ZeroDivisionError):
+            return False
+        return scaled.shape == factors.shape and np.allclose(plain / scaled, factors, rtol=1e-5, atol=0)
+
+    factors = np.asarray(factors, dtype=np.float64).reshape(-1)
+    try:
+        plain = rope_inv_freq(head_dim, rope_theta)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(path, f"its metadata describes a model npllama cannot build: {e}") from None
+    if factors.shape != plain.shape or not np.all(np.isfinite(factors)) or not np.all(factors >= 1):
+        raise CheckpointError(path, f"must hold head_dim / 2 = {plain.size} factors >= 1 (LLaMA-3 RoPE "
+                                    f"scaling), got {factors.size}", tensor="rope_freqs.weight")
+    for settings in _LLAMA3_PUBLISHED:
+        if reproduces(settings):
+            return {"rope_type": "llama3", **settings}
+    factor = float(factors.max())
+    between = (factors > 1 + 1e-5) & (factors < factor * (1 - 1e-5))
+    if factor > 1 and between.sum() >= 2:
+        s = (1 / factors[between] - 1 / factor) / (1 - 1 / factor)
+        slope, intercept = np.polyfit(plain[between] / (2 * np.pi), s, 1)   # s = slope / wavelength + intercept
+        if slope > 0 and intercept < 0:
+            original_max = max(1, round(-slope / intercept))          # makes low_freq_factor about 1
+            span = original_max / slope                               # high - low
+            settings = {"factor": factor, "low_freq_factor": float(-intercept * span),
+                        "high_freq_factor": float(-intercept * span + span),
+                        "original_max_position_embeddings": int(original_max)}
+            if reproduces(settings):
+                return {"rope_type": "llama3", **settings}
+    raise CheckpointError(path, "holds per-pair RoPE factors that no LLaMA-3 rope_scaling settings reproduce "
+                                "(or too few pairs lie between the scaled and the kept ones to tell which): "
+                                "load the original Hugging Face folder instead", tensor="rope_freqs.weight")
 
 
 def _decimal(value):

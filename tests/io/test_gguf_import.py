@@ -95,12 +95,14 @@ def test_q8_0_export_keeps_rows_that_are_not_whole_blocks_in_f16(tokenizer, tmp_
     assert read_gguf(path)[0] == config
 
 
-def _write_with(path, folder, stored_as):
-    """A GGUF of the folder's model whose tensors named in `stored_as` are of another type."""
+def _write_with(path, folder, stored_as, extra=None):
+    """A GGUF of the folder's model whose tensors named in `stored_as` are of another type, and
+    with the tensors in `extra` besides."""
     model = Llama.from_pretrained(folder)
     writer = gguf.GGUFWriter(path, "llama")
     _write_metadata(writer, gguf, model.config, "t", "f32")
-    for name, array in gguf_tensors(model.config, model.params).items():
+    tensors = {**gguf_tensors(model.config, model.params), **(extra or {})}
+    for name, array in tensors.items():
         kind = stored_as.get(name)
         if kind is None:
             writer.add_tensor(name, array)
@@ -137,6 +139,43 @@ def test_files_npllama_cannot_build_a_llama_from_are_refused_by_name(folder, tmp
     with pytest.raises(TypeError, match="dtype must be np.float32 or np.float64"):
         read_gguf(tmp_path / "m-f32.gguf", dtype=np.int32)
     assert config.vocab_size == VOCAB
+
+
+LLAMA_31 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}
+OWN_LLAMA3 = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 2.0, "high_freq_factor": 8.0,
+              "original_max_position_embeddings": 2048}
+
+
+@pytest.mark.parametrize("scaling, head_dim", [(LLAMA_31, 16), (OWN_LLAMA3, 64)])
+def test_llama3_rope_scaling_is_found_again_from_the_per_pair_factors(tokenizer, tmp_path, scaling, head_dim):
+    """GGUF keeps LLaMA-3 scaling only as rope_freqs.  Meta's published settings come back as they
+    were; other settings come back as ones giving the very same frequencies (three pairs lie in the
+    blend here), so the logits agree with the folder's."""
+    from npllama.ops.rope import rope_inv_freq
+
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                         num_attention_heads=64 // head_dim, num_key_value_heads=1, max_position_embeddings=4096,
+                         rope_theta=500000.0, rope_scaling=dict(scaling))
+    folder = tmp_path / "m"
+    Llama(config, seed=0).save_pretrained(folder, extra_files={"tokenizer.model": tokenizer.model_bytes})
+    original = Llama.from_pretrained(folder, dtype=np.float64)
+    loaded = Llama.from_pretrained(_export(folder, tmp_path, "f32"), dtype=np.float64)
+    if scaling is LLAMA_31:
+        assert loaded.config == original.config
+    else:
+        assert loaded.config.rope_scaling["factor"] == scaling["factor"]
+    np.testing.assert_allclose(rope_inv_freq(head_dim, 500000.0, loaded.config.rope_scaling),
+                               rope_inv_freq(head_dim, 500000.0, dict(scaling)), rtol=1e-6)
+    tokens = np.array([(tokenizer.encode(TEXT) * 40)[:512]])
+    np.testing.assert_allclose(loaded.forward(tokens), original.forward(tokens), rtol=1e-5, atol=1e-6)
+
+
+def test_per_pair_factors_no_llama3_settings_give_are_refused(folder, tmp_path):
+    head_dim = Llama.from_pretrained(folder).config.head_dim
+    factors = (np.linspace(1.0, 3.0, head_dim // 2) ** 2).astype(np.float32)    # not LLaMA-3's blend
+    with pytest.raises(CheckpointError, match=r"tensor 'rope_freqs\.weight'.*no LLaMA-3 rope_scaling settings"):
+        read_gguf(_write_with(tmp_path / "odd.gguf", folder, {}, extra={"rope_freqs.weight": factors}))
 
 
 def test_the_vocabulary_becomes_the_sentencepiece_model_it_came_from(folder, tokenizer, tmp_path):

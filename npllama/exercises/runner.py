@@ -39,6 +39,12 @@ class SubmissionError(Exception):
     """The file could not be used at all: missing, a syntax error, no function of the right name."""
 
 
+class GradingStopped(BaseException):
+    """The process running the student's function ended in the middle of the checks (the time
+    limit, a crash: sandbox.py).  A BaseException, so that no check takes it for the student's own
+    error; check_function keeps the checks done before it."""
+
+
 @dataclasses.dataclass
 class CheckResult:
     check: Check
@@ -66,6 +72,7 @@ class Report:
     load_error: str | None = None
     refused: str | None = None       # why the submission breaks the rule of screen.py (not graded)
     notes: list[str] = dataclasses.field(default_factory=list)   # worth knowing, never a failure
+    stopped: str | None = None       # why the checks ended half-way (GradingStopped); those before it stand
 
     @property
     def passed(self) -> int:
@@ -135,7 +142,8 @@ class Report:
         first = self.first_failure
         return {"exercise": self.exercise.op, "source": self.source, "passed": self.passed, "total": self.total,
                 "ok": self.ok, "not_implemented": self.not_implemented, "load_error": self.load_error,
-                "refused": self.refused, "notes": list(self.notes), "summary": self.summary(),
+                "refused": self.refused, "stopped": self.stopped, "notes": list(self.notes),
+                "summary": self.summary(),
                 "first_failure": None if first is None else {
                     "check": first.check.name, "status": first.status,
                     "diagnosis": first.diagnosis,
@@ -193,6 +201,10 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
                 return Report(exercise, source, [], not_implemented=True)
             except ForbiddenCall as error:
                 return Report(exercise, source, [], refused=str(error))
+            except GradingStopped as stopped:
+                result.status = "error"
+                result.finding = Finding("", str(stopped), case=_describe_params(exercise, params))
+                return Report(exercise, source, results + [result], notes=notes, stopped=str(stopped))
             except CheckFailed as failed:
                 result.status, result.finding = "fail", failed.finding
                 break
@@ -211,7 +223,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     if first is not None and first.status == "fail" and first.finding is not None:
         try:
             _name_the_mistake(exercise, backward, first.finding)
-        except student_errors:   # the student's code misbehaving on a probe: keep what the numbers showed
+        except (student_errors, GradingStopped):   # misbehaving on a probe: keep what the numbers showed
             pass
     return report
 
@@ -260,20 +272,17 @@ def load_function(op: str, path, catch_everything: bool = False) -> object:
 def check_file(op: str, path, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0,
                allow_imports: bool = False, catch_everything: bool = False) -> Report:
     """Screen the file (screen.py's rule), load it and run the checks, all in this process.
-    `npllama exercise check` runs this inside a sandbox process per file (sandbox.py).
+    `npllama exercise check` does the same with the file's code in a child process of its own and
+    the checks in its process (sandbox.grade_file).
 
     allow_imports: skip the import rule (for files you trust); the run-time guard stays on."""
     exercise = get_exercise(op)
     path = path_argument(path, "path", "a .py file")
     _check_cases(n_random, seed)
-    if not allow_imports and path.is_file():
-        try:
-            source = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            return Report(exercise, str(path), [], load_error=f"{path.name} cannot be read as text: {error}")
-        reasons = screen_source(source, exercise.helpers, str(path))
-        if reasons:
-            return Report(exercise, str(path), [], refused="; ".join(reasons[:3]))
+    if not allow_imports:
+        refused = screen_file(exercise, path)
+        if refused is not None:
+            return refused
     with guard_library(exercise):
         try:
             fn = load_function(op, path, catch_everything=catch_everything)
@@ -281,6 +290,20 @@ def check_file(op: str, path, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int
             return Report(exercise, str(path), [], load_error=str(error))
         return check_function(op, fn, n_random=n_random, seed=seed, source=str(path), source_file=str(path),
                               catch_everything=catch_everything)
+
+
+def screen_file(exercise: Exercise, path: Path, shown_as: str | None = None) -> Report | None:
+    """The report of a file screen.py's rule refuses, or that cannot be read as text; None when
+    it may run (a missing file is left to load_function to say)."""
+    if not path.is_file():
+        return None
+    shown_as = shown_as or str(path)
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        return Report(exercise, shown_as, [], load_error=f"{path.name} cannot be read as text: {error}")
+    reasons = screen_source(source, exercise.helpers, str(path))
+    return Report(exercise, shown_as, [], refused="; ".join(reasons[:3])) if reasons else None
 
 
 def check_folder(op: str, folder, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0) -> list[Report]:
@@ -323,7 +346,7 @@ def _read_source(source_file: str | None) -> str:
 
 def _describe_exception(error: BaseException, source_file: str | None, what: str = "your function") -> str:
     text = f"{what} raised {type(error).__name__}: {error}".rstrip(": ")
-    frames = traceback.extract_tb(error.__traceback__)
+    frames = _traceback_frames(error)
     if source_file:
         target = os.path.abspath(source_file)
         mine = [f for f in frames if os.path.abspath(f.filename) == target]
@@ -331,6 +354,13 @@ def _describe_exception(error: BaseException, source_file: str | None, what: str
             frame = mine[-1]
             text += f" (line {frame.lineno} of {os.path.basename(frame.filename)}: {frame.line.strip()})"
     return text
+
+
+def _traceback_frames(error: BaseException) -> list:
+    """Where the error was raised: its own traceback, or -- raised in the sandbox's other process
+    (wire.remote_error) -- the frames that came back from there."""
+    frames = getattr(error, "student_frames", None)
+    return frames if frames is not None else traceback.extract_tb(error.__traceback__)
 
 
 def _parameters_reordered(exercise: Exercise, parameters) -> bool:
@@ -377,7 +407,7 @@ def _crash_hint(error: BaseException, exercise: Exercise, params, source_file: s
 
 def _raised_in_einsum(error: BaseException, text: str) -> bool:
     """np.einsum's errors speak of broadcasting too, but the fix is in the subscripts."""
-    frames = traceback.extract_tb(error.__traceback__)
+    frames = _traceback_frames(error)
     return (any(os.path.basename(f.filename) == "einsumfunc.py" for f in frames)
             or "einstein sum" in text or "remapped shapes" in text)
 

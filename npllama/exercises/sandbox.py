@@ -1,33 +1,59 @@
-"""Grade one submission in a process of its own, so that nothing it does can stop the grading.
+"""Grade one submission with its code in a process of its own and the checks in this one, so that
+nothing the submission does can stop the grading or change its grade.
 
     graded = grade_file("rmsnorm", "alice.py", timeout=60, memory_mb=1024)
     graded.ok, graded.status, graded.text
 
-The child (`python -m npllama.exercises.sandbox`) limits its own memory (RLIMIT_AS: the address
-space it has after its imports, plus `memory_mb`) and CPU time (RLIMIT_CPU), runs
-`runner.check_file` with every exception of the student's -- SystemExit and KeyboardInterrupt
-included -- turned into a failed check, and writes the report as JSON to a file the parent named.
-The parent kills the child's whole process group at the wall-clock `timeout`.  A child that ends
-without a report (os._exit, a segfault, the memory limit, the timeout) is that submission's
-failure, described from its exit status.
+The student's file is screened here (screen.py: the static rule) and then loaded in a child,
+`python -m npllama.exercises.sandbox`, which limits its own memory (RLIMIT_AS: the address space
+it has after its imports, plus `memory_mb`) and CPU time (RLIMIT_CPU), and from then on only
+*serves calls*: it reads a call of the student's function, makes it with the run-time guard on
+(screen.guard_library), and answers with what came back -- or with the exception it raised,
+SystemExit and KeyboardInterrupt included.  The checks, the finite-difference rule, the diagnosis
+and the report are computed in the process that called grade_file (runner.check_function, given a
+stand-in for the student's function), which the submission's code never runs in: patching NumPy,
+the runner or the report in the child changes nothing here, and there is no report for the child
+to write.  The grader's side trusts nothing the child sends: its answers are read as wire.py's
+frames (JSON and raw numeric arrays, never unpickled, with a size limit: a student returning a
+10 GB array fails a check instead of filling the grader's memory); the calls the grader sends are
+pickled, since the child trusts its parent.
+
+Why here and not in a second, trusted child: the checks of one file take a fraction of a second
+(the child's imports take about one), so a class graded two files at a time from two threads
+(gradebook.py) loses little to sharing one interpreter, while each file costs one process as
+before, a Ctrl-C needs only to kill the children (a grader waiting on a killed child stops at
+once), and the grade never crosses a process boundary at all.
+
+The stand-in (`_Submission.function`) gives the checks what they looked at when the function ran
+in their own process: the returned structure (wire.py), the arrays with their dtypes, shapes and
+NaNs; an exception as its class name (deriving from the same builtin exception), message and
+traceback frames, so the crash diagnosis names the student's line; the function's name and
+parameter names; and any array of dout or the cache the function changed in place, written back
+into the grader's own (so "changed the cache in place" is still said).  The wall-clock `timeout`
+covers the whole grading; at it, or when the child dies (os._exit, a segfault, the memory or CPU
+limit), its whole process group is killed and the checks stop (runner.GradingStopped): the row
+says timeout or crashed, and the checks passed before it are kept.
 
 What the submission prints (print, warnings) goes to a file, at most OUTPUT_LIMIT characters of
-it: a print in an endless loop must not fill the disk or the parent's memory.  Its first lines
-come back in the report, and `check` of one file shows them (`Graded.output`): a hint may well
-have said "print the shapes".
+it: a print in an endless loop must not fill the disk or the grader's memory.  Its first lines
+come back at the end, and `check` of one file shows them (`Graded.output`): a hint may well have
+said "print the shapes".
 
-A student's code cannot forge the report: the parent sends a random token on the child's stdin,
-which the child reads before importing the submission and echoes in the report; a report without
-it is treated as no report at all.
+Limits: the child runs as the same user as the grader.  It cannot change the grade through
+Python, but a submission allowed to import anything (allow_imports) could still read or signal
+other processes of that user as any program could; only an operating-system sandbox (another user,
+a container) closes that, and the screen keeps refusing the imports it would need.
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import io
-import json
 import os
-import secrets
+import pickle
+import select
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -35,11 +61,19 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
+from . import wire
+
 DEFAULT_TIMEOUT = 120.0     # seconds of wall clock per submission
-DEFAULT_MEMORY_MB = 1024    # address space a submission may add to the checker's own
+DEFAULT_MEMORY_MB = 1024    # address space a submission may add to the child's own
 OUTPUT_TAIL = 400           # characters of the child's own output kept to explain a crash
 OUTPUT_LIMIT = 64 * 1024    # characters of the submission's output written at all; the rest is counted
 OUTPUT_SHOWN = 20           # lines of it `check` of one file shows
+_LENGTH = struct.Struct("<Q")   # the length in front of each request
+# The child's program.  Not `python -m npllama.exercises.sandbox`: the package imports this module
+# first, and runpy's warning about running it a second time would be a crash's "last output".
+CHILD = "import sys; from npllama.exercises.sandbox import _child; sys.exit(_child(sys.argv[1:]))"
 
 _running: set = set()       # the children grading now (a class is graded from two threads)
 _running_lock = threading.Lock()
@@ -77,52 +111,41 @@ class Graded:
 
 def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: float = DEFAULT_TIMEOUT,
                memory_mb: int = DEFAULT_MEMORY_MB, allow_imports: bool = False) -> Graded:
-    """Check `path` in a child process with a time and memory limit; never raises for the file's sake."""
+    """Check `path` -- its function run in a child process with a time and memory limit, the checks
+    run here -- and never raise for the file's sake."""
     from .definitions import get_exercise
+    from .runner import GradingStopped, Report, _check_cases, check_function, screen_file
 
     exercise = get_exercise(op)
     _check_limits(timeout, memory_mb)
+    _check_cases(n_random, seed)
     path = Path(path)
-    token = secrets.token_hex(16)
-    with tempfile.TemporaryDirectory(prefix="npllama-grade-") as scratch:
-        result_path = Path(scratch) / "report.json"
-        output_path = Path(scratch) / "output.txt"
-        argv = [sys.executable, "-m", "npllama.exercises.sandbox", op, str(path.resolve()), str(result_path),
-                "--cases", str(n_random), "--seed", str(seed), "--memory-mb", str(memory_mb),
-                "--cpu-seconds", str(int(timeout) + 1), "--shown-as", readable_name(str(path))] + \
-            (["--allow-imports"] if allow_imports else [])
-        start = time.perf_counter()
-        with open(output_path, "wb") as output:
-            child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT,
-                                     cwd=scratch, start_new_session=True, env=_child_env())
-            with _running_lock:
-                _running.add(child)
-            timed_out = False
-            try:
-                child.communicate((token + "\n").encode(), timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(child)
-                child.wait()
-            finally:
-                _kill_group(child)    # anything the submission started must not outlive it
-                with _running_lock:
-                    _running.discard(child)
-        seconds = time.perf_counter() - start
-        report = _read_report(result_path, token)
-        tail = _read_tail(output_path)
-    total = len(exercise.checks())
-    name = readable_name(path.name)
-    graded_on = dict(exercise=op, seed=seed, cases=n_random,
-                     output=_shown_output(report.get("output", ""), report.get("output_lines", 0)) if report else "")
+    shown_as = readable_name(str(path))
+    graded_on = dict(exercise=op, seed=seed, cases=n_random)
+    start = time.perf_counter()
+    report = None if allow_imports else screen_file(exercise, path, shown_as)
     if report is not None:
-        return dataclasses.replace(_graded_from_report(path, report, seconds), **graded_on)
-    if timed_out:
-        why = (f"stopped after {timeout:g} s of wall clock: an endless loop, or far too slow "
-               f"(a Python loop over every entry?)")
-        return Graded(name, "timeout", 0, total, "", why, seconds, f"{name}: {why}", **graded_on)
-    why = _describe_exit(child.returncode, memory_mb, tail)
-    return Graded(name, "crashed", 0, total, "", why, seconds, f"{name}: {why}", **graded_on)
+        return _graded(path, report, time.perf_counter() - start, **graded_on)
+    with tempfile.TemporaryDirectory(prefix="npllama-grade-") as scratch, \
+            _Submission(op, path.resolve(), Path(scratch), timeout, memory_mb) as submission:
+        try:
+            function, load_error = submission.start()
+            if load_error is not None:
+                report = Report(exercise, shown_as, [], load_error=load_error)
+            else:
+                report = check_function(op, function, n_random=n_random, seed=seed, source=shown_as,
+                                        source_file=str(path.resolve()))
+                graded_on["output"] = submission.output()
+        except GradingStopped:     # before the first check: nothing graded
+            report = None
+    seconds = time.perf_counter() - start
+    if report is not None and report.stopped is None:
+        return _graded(path, report, seconds, **graded_on)
+    name, why = readable_name(path.name), submission.why
+    if report is None:
+        return Graded(name, submission.ended, 0, len(exercise.checks()), "", why, seconds, f"{name}: {why}",
+                      **graded_on)
+    return dataclasses.replace(_graded(path, report, seconds, **graded_on), status=submission.ended, diagnosis=why)
 
 
 def readable_name(name: str) -> str:
@@ -188,16 +211,6 @@ def _shown_output(head, n_lines) -> str:
     return "\n".join([title] + ["  | " + line for line in shown])
 
 
-def _read_report(path: Path, token: str):
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(report, dict) or report.get("token") != token:
-        return None
-    return report
-
-
 def _describe_exit(code, memory_mb, tail) -> str:
     if code is not None and code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
@@ -213,19 +226,241 @@ def _describe_exit(code, memory_mb, tail) -> str:
             + (f"; last output: {tail[-160:]}" if tail else ""))
 
 
-def _graded_from_report(path: Path, report: dict, seconds: float) -> Graded:
-    first = report.get("first_failure") or {}
-    if report.get("refused"):
+def _graded(path: Path, report, seconds: float, **graded_on) -> Graded:
+    if report.refused:
         status = "refused"
-    elif report.get("load_error"):
+    elif report.load_error:
         status = "unusable"
-    elif report.get("not_implemented"):
+    elif report.not_implemented:
         status = "not implemented"
     else:
-        status = "pass" if report.get("ok") else "fail"
-    diagnosis = "" if status == "pass" else (first.get("diagnosis") or report.get("summary", ""))
-    return Graded(readable_name(path.name), status, int(report.get("passed", 0)), int(report.get("total", 0)),
-                  first.get("check", ""), diagnosis, seconds, report.get("text", ""))
+        status = "pass" if report.ok else "fail"
+    first = report.first_failure
+    diagnosis = "" if status == "pass" else (first.diagnosis if first is not None else report.summary())
+    return Graded(readable_name(path.name), status, report.passed, report.total, first.check.name if first else "",
+                  diagnosis, seconds, report.format(), **graded_on)
+
+
+# ----- the grader's side of the child -------------------------------------------------------------
+
+class _Submission:
+    """The child running one submission: started, asked for calls of the student's function, and
+    killed with all it started when the grading ends.  After a stop, `ended` is "timeout" or
+    "crashed" and `why` says what happened."""
+
+    def __init__(self, op: str, path: Path, scratch: Path, timeout: float, memory_mb: int):
+        self.op, self.path, self.scratch = op, path, scratch
+        self.timeout, self.memory_mb = timeout, memory_mb
+        self.deadline = time.monotonic() + timeout
+        self.ended: str | None = None
+        self.why = ""
+
+    def __enter__(self):
+        self.output_path = self.scratch / "output.txt"
+        replies, reply_end = os.pipe()
+        argv = [sys.executable, "-c", CHILD, self.op, str(self.path), "--reply-fd", str(reply_end),
+                "--memory-mb", str(self.memory_mb), "--cpu-seconds", str(int(self.timeout) + 1)]
+        try:
+            with open(self.output_path, "wb") as output:
+                self.child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT,
+                                              cwd=self.scratch, start_new_session=True, env=_child_env(),
+                                              pass_fds=(reply_end,))
+        except BaseException:
+            os.close(replies)
+            raise
+        finally:
+            os.close(reply_end)     # the child's copy is the only one: its end is the pipe's end
+        with _running_lock:
+            _running.add(self.child)
+        self.replies, self.requests = replies, self.child.stdin.fileno()
+        os.set_blocking(self.replies, False)
+        os.set_blocking(self.requests, False)
+        return self
+
+    def __exit__(self, *exc_info):
+        _kill_group(self.child)     # anything the submission started must not outlive it
+        self.child.wait()
+        with _running_lock:
+            _running.discard(self.child)
+        self.child.stdin.close()
+        os.close(self.replies)
+
+    def start(self):
+        """(the stand-in for the student's function, None) once the child has loaded the file, or
+        (None, why the file cannot be used)."""
+        header, _ = self._ask(None)
+        if header.get("kind") == "load_error":
+            return None, str(header.get("text", ""))[:wire.MAX_TEXT]
+        if header.get("kind") != "ready":
+            self._stop("crashed", "the process running it answered with something that is not a reply")
+        return self.function(header), None
+
+    def function(self, ready: dict):
+        """The stand-in the checks call: it sends the call to the child and returns, or raises,
+        what the student's function did there."""
+        def served(*args, **kwargs):
+            return self.call(args, kwargs)
+
+        served.__name__ = str(ready.get("name") or "")[:200]
+        served.__qualname__ = str(ready.get("qualname") or "")[:200]
+        served.__signature__ = _signature(ready.get("parameters"))
+        return served
+
+    def call(self, args: tuple, kwargs: dict):
+        from .checks import CheckFailed
+        from .diagnose import Finding
+        from .screen import ForbiddenCall
+
+        leaves = array_leaves((args, kwargs))
+        read_only = [i for i, a in enumerate(leaves) if not a.flags.writeable]
+        header, arrays = self._ask(pickle.dumps(("call", args, kwargs, read_only)))
+        try:
+            _write_back(leaves, header.get("changed", []), arrays)
+            kind = header.get("kind")
+            if kind == "return":
+                return wire.rebuild(header.get("value"), arrays)
+            if kind == "raise" and header.get("forbidden"):
+                error = ForbiddenCall(str(header.get("text", ""))[:wire.MAX_TEXT])
+            elif kind == "raise":
+                error = wire.remote_error(header)
+            elif kind == "too_large":
+                what = str(header.get("what", ""))[:200]
+                error = CheckFailed(Finding("", f"your function returned {what}, more than the checker takes back",
+                                            hint="return one array per gradient, each with the shape of its input "
+                                                 "(a few KB here)"))
+            else:
+                raise wire.WireError(f"a reply of kind {kind!r}")
+        except (wire.WireError, *wire.MALFORMED):
+            self._stop("crashed", "the process running it answered with something that is not a reply")
+        raise error
+
+    def output(self) -> str:
+        """What the submission printed, as Graded.output shows it ('' if the child is gone)."""
+        from .runner import GradingStopped
+
+        try:
+            header, _ = self._ask(pickle.dumps(("output",)))
+        except GradingStopped:
+            return ""
+        return _shown_output(str(header.get("head", ""))[:OUTPUT_SHOWN * 400], header.get("lines", 0))
+
+    # ----- the pipes --------------------------------------------------------------------------
+    def _ask(self, request: bytes | None):
+        """Send `request` (None: send nothing) and read the reply; GradingStopped when the child
+        dies, runs out of time or sends what is not a reply."""
+        from .runner import GradingStopped
+
+        if self.ended is not None:
+            raise GradingStopped(self.why)
+        try:
+            if request is not None:
+                self._write(_LENGTH.pack(len(request)) + request)
+            return wire.read(self._read_exactly)
+        except _Timeout:
+            self._stop("timeout", f"stopped after {self.timeout:g} s of wall clock: an endless loop, or far too "
+                                  f"slow (a Python loop over every entry?)")
+        except _Gone:
+            self._stop_gone()
+        except wire.WireError as error:
+            self._stop("crashed", f"the process running it sent {error}, not a reply")
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if not select.select([], [self.requests], [], self._left())[1]:
+                raise _Timeout
+            try:
+                view = view[os.write(self.requests, view):]
+            except BlockingIOError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                raise _Gone from None
+
+    def _read_exactly(self, n: int) -> bytes:
+        data = bytearray()
+        while len(data) < n:
+            if not select.select([self.replies], [], [], self._left())[0]:
+                raise _Timeout
+            try:
+                chunk = os.read(self.replies, min(n - len(data), 2**20))
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise _Gone
+            data += chunk
+        return bytes(data)
+
+    def _left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise _Timeout
+        return left
+
+    def _stop_gone(self):
+        """The child closed its end: wait (within the time limit) for it to exit, and say how."""
+        try:
+            code = self.child.wait(timeout=max(self.deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            self._stop("timeout", f"stopped after {self.timeout:g} s of wall clock: it stopped answering but "
+                                  f"kept running")
+        self._stop("crashed", _describe_exit(code, self.memory_mb, _read_tail(self.output_path)))
+
+    def _stop(self, ended: str, why: str):
+        from .runner import GradingStopped
+
+        _kill_group(self.child)
+        self.ended, self.why = ended, why
+        raise GradingStopped(why)
+
+
+class _Timeout(Exception):
+    pass
+
+
+class _Gone(Exception):
+    pass
+
+
+def _signature(parameters) -> inspect.Signature:
+    """The student's function's signature as the checks read it (names and kinds; an empty one if
+    what came back is not a signature)."""
+    try:
+        return inspect.Signature([inspect.Parameter(str(name), inspect._ParameterKind(int(kind)))
+                                  for name, kind in parameters])
+    except (TypeError, ValueError):
+        return inspect.Signature()
+
+
+def array_leaves(value) -> list:
+    """The arrays in a call's arguments (tuples, lists, dict values), each once, in one order the
+    grader and the child both walk."""
+    found, seen = [], set()
+
+    def walk(v):
+        if isinstance(v, np.ndarray):
+            if id(v) not in seen:
+                seen.add(id(v))
+                found.append(v)
+        elif isinstance(v, (tuple, list)):
+            for item in v:
+                walk(item)
+        elif isinstance(v, dict):
+            for item in v.values():
+                walk(item)
+    walk(value)
+    return found
+
+
+def _write_back(leaves: list, changed, arrays: list) -> None:
+    """Copy into the grader's arguments what the student's function changed in place in the child's."""
+    for leaf_index, array_index in changed:
+        leaf, new = leaves[int(leaf_index)], arrays[int(array_index)]
+        try:
+            if leaf.shape != new.shape:
+                leaf.shape = new.shape          # x.shape = ... is an in-place change too
+            np.copyto(leaf, new, casting="unsafe")
+        except (ValueError, AttributeError, TypeError):
+            pass   # a read-only or differently laid out array: nothing the checks can be told
 
 
 # ----- the child ----------------------------------------------------------------------------------
@@ -283,35 +518,95 @@ def _limit_resources(memory_mb: int, cpu_seconds: int) -> None:
 def _child(argv) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m npllama.exercises.sandbox",
-                                     description="Grade one submission (run by npllama exercise check).")
+    parser = argparse.ArgumentParser(prog="npllama.exercises.sandbox",
+                                     description="Run one submission's function for the grader (npllama exercise "
+                                                 "check): calls come on stdin, answers go to --reply-fd.")
     parser.add_argument("op", help="the exercise")
     parser.add_argument("path", help="the submission")
-    parser.add_argument("result", help="where to write the report (JSON)")
-    parser.add_argument("--cases", type=int, default=8, help="random cases per check")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random cases")
+    parser.add_argument("--reply-fd", type=int, required=True, help="the file descriptor to answer on")
     parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, help="memory the submission may add")
     parser.add_argument("--cpu-seconds", type=int, default=int(DEFAULT_TIMEOUT), help="CPU time limit")
-    parser.add_argument("--allow-imports", action="store_true", help="skip the import rule")
-    parser.add_argument("--shown-as", default=None, help="the path as the report names it (as the user gave it; "
-                                                          "the child runs in a scratch folder, so `path` is absolute)")
     args = parser.parse_args(argv)
-    token = sys.stdin.readline().strip()
-    result_path = Path(args.result)
+    requests = sys.stdin.buffer
 
-    from .runner import check_file   # numpy and the checks load before the limits are set
+    from .definitions import get_exercise
+    from .runner import SubmissionError, load_function
+    from .screen import guard_library, student_call
 
+    exercise = get_exercise(args.op)
+    exercise.reference                  # its module loads before the guard patches it and the limits are set
     _limit_resources(args.memory_mb, args.cpu_seconds)
     output = sys.stdout = sys.stderr = _CappedOutput(sys.__stdout__, OUTPUT_LIMIT)
-    report = check_file(args.op, args.path, n_random=args.cases, seed=args.seed,
-                        allow_imports=args.allow_imports, catch_everything=True)
-    output.flush()
-    report.source = args.shown_as or report.source
-    record = {**report.to_dict(), "text": report.format(), "token": token, "output": output.head,
-              "output_lines": output.lines}
-    result_path.write_text(json.dumps(record, default=str), encoding="utf-8")
+    with guard_library(exercise):
+        try:
+            function = load_function(args.op, args.path, catch_everything=True)
+        except SubmissionError as error:
+            _send(args.reply_fd, {"kind": "load_error", "text": str(error)})
+            return 0
+        _send(args.reply_fd, {"kind": "ready", **_naming(function)})
+        function = student_call(function)
+        while (request := _read_request(requests)) is not None:
+            if request[0] == "output":
+                output.flush()
+                _send(args.reply_fd, {"kind": "output", "head": output.head, "lines": output.lines})
+            else:
+                _send(args.reply_fd, *_served_call(function, *request[1:]))
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1:]))
+def _naming(function) -> dict:
+    """The names the checks read off the function: its name, qualified name and parameters."""
+    try:
+        parameters = [[p.name, int(p.kind)] for p in inspect.signature(function).parameters.values()]
+    except (TypeError, ValueError):
+        parameters = []
+    return {"name": str(getattr(function, "__name__", "")), "qualname": str(getattr(function, "__qualname__", "")),
+            "parameters": parameters}
+
+
+def _served_call(function, args, kwargs, read_only) -> tuple[dict, list]:
+    """Call the student's function; the reply (header, arrays): what it returned or raised, and
+    the arguments' arrays it changed in place."""
+    from .screen import ForbiddenCall
+
+    leaves = array_leaves((args, kwargs))
+    for i in read_only:
+        leaves[i].flags.writeable = False
+    before = [a.copy() for a in leaves]
+    arrays = []
+    try:
+        header = {"kind": "return", "value": wire.describe(function(*args, **kwargs), arrays)}
+    except wire.TooLarge as error:
+        header, arrays = {"kind": "too_large", "what": error.what}, []
+    except ForbiddenCall as error:
+        header, arrays = {**wire.error_header(error), "forbidden": True}, []
+    except BaseException as error:    # the student's, whatever it is: SystemExit too
+        header, arrays = wire.error_header(error), []
+    header["changed"] = []
+    for i, (leaf, old) in enumerate(zip(leaves, before)):
+        if not _same_array(leaf, old):
+            header["changed"].append([i, len(arrays)])
+            arrays.append(leaf)
+    return header, arrays
+
+
+def _same_array(a, b) -> bool:
+    try:
+        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b, equal_nan=True))
+    except (TypeError, ValueError):
+        return False
+
+
+def _read_request(stream):
+    """The next call the grader sends (pickled: the child trusts its parent), None at the end."""
+    size = stream.read(_LENGTH.size)
+    if len(size) < _LENGTH.size:
+        return None
+    return pickle.loads(stream.read(_LENGTH.unpack(size)[0]))
+
+
+def _send(fd: int, header: dict, arrays=()) -> None:
+    data = memoryview(wire.encode(header, list(arrays)))
+    while data:
+        data = data[os.write(fd, data):]
+

@@ -1,0 +1,156 @@
+"""The grade is computed where the submission's code never runs (sandbox.py): with the import rule
+switched off (allow_imports, only the run-time guard left), a submission that patches the runner,
+makes NumPy lie, or forges the report itself is still graded on what its function returns.  The
+class below is graded once (one process per file, two at a time) and each test reads its row."""
+import numpy as np
+import pytest
+
+from npllama.exercises.gradebook import grade_folder
+from npllama.exercises.planted import CORRECT
+
+ZEROS = '''
+
+def rmsnorm_backward(dy, cache):
+    x, rstd, weight = cache
+    return np.zeros_like(x), np.zeros_like(weight)
+'''
+
+CLASS = {
+    # the runner, reached through sys.modules, told that every report passes
+    "patches_the_runner.py": '''import sys
+import numpy as np
+
+R = sys.modules["npllama.exercises.runner"]
+R.Report.ok = property(lambda self: True)
+R.Report.passed = property(lambda self: self.total)
+R.Report.first_failure = property(lambda self: None)
+''' + ZEROS,
+    # the checker's comparisons made to lie: every array "all true", every largest entry 0 (so every
+    # norm and every relative error is 0)
+    "numpy_lies.py": '''import numpy as np
+
+np.all = lambda *args, **kwargs: True
+np.max = lambda *args, **kwargs: 0.0
+np.allclose = lambda *args, **kwargs: True
+''' + ZEROS,
+    # the report's token found among the process's objects (or up the stack) and a passing report
+    # written where the report goes, before leaving
+    "forges_the_report.py": '''import gc
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+
+def _token():
+    for o in gc.get_objects():
+        for r in gc.get_referents(o):
+            if isinstance(r, str) and re.fullmatch(r"[0-9a-f]{32}", r):
+                return r
+    frame = sys._getframe()
+    while frame is not None:
+        if isinstance(frame.f_locals.get("token"), str):
+            return frame.f_locals["token"]
+        frame = frame.f_back
+    return None
+
+
+token, report = _token(), next((a for a in sys.argv if a.endswith(".json")), None)
+if token and report:
+    with open(report, "w") as f:
+        json.dump({"token": token, "ok": True, "passed": 4, "total": 4, "text": "forged"}, f)
+    os._exit(0)
+''' + ZEROS,
+    "too_large.py": '''import numpy as np
+
+
+def rmsnorm_backward(dy, cache):
+    return np.zeros(3_000_000), np.zeros(4)      # 24 MB
+''',
+    # an object that would write a file if the grader unpickled it
+    "own_class.py": '''import os
+
+
+class Gradient:
+    def __reduce__(self):
+        return (os.mkdir, (os.path.join(os.path.dirname(os.path.abspath(__file__)), "unpickled"),))
+
+
+def rmsnorm_backward(dy, cache):
+    return Gradient(), Gradient()
+''',
+    # right for the first calls, then gone in the middle of the gradient check
+    "exits_half_way.py": CORRECT["rmsnorm"] + '''
+
+import os
+
+_right, _calls = rmsnorm_backward, [0]
+
+
+def rmsnorm_backward(dy, cache):
+    _calls[0] += 1
+    if _calls[0] > 5:
+        os._exit(1)
+    return _right(dy, cache)
+''',
+    # what the checks read off the function's process: a change of the cache, a crash's own line
+    "changes_the_cache.py": '''import numpy as np
+
+
+def rmsnorm_backward(dy, cache):
+    x, rstd, weight = cache
+    x *= 2
+    return np.zeros_like(x), np.zeros_like(weight)
+''',
+    "einsum_crash.py": '''import numpy as np
+
+
+def rmsnorm_backward(dy, cache):
+    x, rstd, weight = cache
+    return np.einsum("ij,jk->ik", dy, x), weight
+''',
+}
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("class")
+    for name, source in CLASS.items():
+        (folder / name).write_text(source)
+    graded = grade_folder("rmsnorm", folder, n_random=0, timeout=60, allow_imports=True)
+    return {g.file: g for g in graded}, folder
+
+
+@pytest.mark.parametrize("name", ["patches_the_runner.py", "numpy_lies.py", "forges_the_report.py"])
+def test_a_submission_cannot_change_its_grade_from_its_own_process(rows, name):
+    graded = rows[0][name]
+    assert graded.status == "fail" and graded.passed < graded.total, graded.text
+    assert graded.first_failure == "gradient" and "every entry is 0" in graded.diagnosis
+
+
+def test_a_reply_too_large_is_a_failed_check(rows):
+    graded = rows[0]["too_large.py"]
+    assert graded.status == "fail" and graded.first_failure == "returns"
+    assert "22.9 MB of arrays (at most 16.0 MB come back)" in graded.diagnosis
+
+
+def test_an_object_of_the_students_class_is_described_not_unpickled(rows):
+    graded, folder = rows[0]["own_class.py"], rows[1]
+    assert graded.status == "fail" and "not an array of numbers (got Gradient)" in graded.diagnosis
+    assert not (folder / "unpickled").exists()
+
+
+def test_checks_passed_before_a_crash_are_kept(rows):
+    graded = rows[0]["exits_half_way.py"]
+    assert graded.status == "crashed" and "exit status 1" in graded.diagnosis
+    assert (graded.passed, graded.first_failure) == (1, "gradient")
+    assert "PASS  returns" in graded.text and "ERROR gradient" in graded.text
+
+
+def test_what_the_function_did_in_its_process_is_diagnosed_as_in_this_one(rows):
+    assert rows[0]["changes_the_cache.py"].diagnosis == "dx: your function changed the cache in place"
+    einsum = rows[0]["einsum_crash.py"]
+    assert 'line 6 of einsum_crash.py: return np.einsum("ij,jk->ik", dy, x), weight' in einsum.diagnosis
+    assert "an einsum whose subscripts do not fit its operands" in einsum.text

@@ -132,7 +132,7 @@ def test_import_rule_refuses(source, why):
 
 
 # a module the rule allows hands out the ones it refuses (typing.sys, dataclasses.builtins), and a
-# module changed at run time changes the checker too (it runs in the same process)
+# module changed at run time changes the checker too where it shares the process (a notebook, training)
 @pytest.mark.parametrize("source,why", [
     ("import typing\nR = typing.sys.modules['npllama.exercises.runner']\n", "sys"),
     ("import dataclasses\nf = dataclasses.builtins.open('/etc/hostname')\n", "builtins"),

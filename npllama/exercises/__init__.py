@@ -17,8 +17,9 @@ named from a catalogue of the derivation's steps done wrong (catalogue.py, mista
 matches on every probe case, else what the numbers show (wrong sign, 2x, the transpose, a wrong
 mask, ...; diagnose.py), and which simpler cases pass.  Only NumPy is needed.
 
-`exercise check` grades each file in a process of its own with time and memory limits
-(sandbox.py, gradebook.py), and refuses files that borrow or measure the gradient (screen.py).
+`exercise check` runs each file's function in a process of its own with time and memory limits
+and the checks in its own (sandbox.py, gradebook.py), and refuses files that borrow or measure the
+gradient (screen.py).
 
 From Python:
 

@@ -11,8 +11,12 @@ A submission is refused (never graded) when
    NumPy's C-library doors (`np.ctypeslib`, ...), the attributes by which an allowed module hands
    out a refused one (`typing.sys`, `dataclasses.builtins`: `module_doors`) or reaches an attribute
    named in a string (`operator.attrgetter`, `typing.get_type_hints` of a string annotation), and
-   changing an imported module (`np.square = ...`): the submission runs in the checker's process,
-   so a changed NumPy, or a runner reached through `sys.modules`, would change the grade;
+   changing an imported module (`np.square = ...`).  `exercise check` runs the submission in a
+   process of its own and the checks in another (sandbox.py), so no route the rule misses can
+   change a grade there; but `check_file`, a notebook's `check_function` and the training run of
+   `exercise train` share a process with it, where a changed NumPy or a runner reached through
+   `sys.modules` would change the result -- and a submission that reaches for these is not
+   deriving its gradient either;
 2. it calls one of npllama's forward passes, or the very backward it is asked to write, while its
    backward runs (`guard_library`, a run-time guard for when the import rule is switched off);
 3. it measures its gradient by finite differences of a forward it wrote out itself.  The evidence
@@ -116,8 +120,8 @@ def screen_source(source: str, allowed_helpers=(), filename: str = "<submission>
         elif (isinstance(node, (ast.Attribute, ast.Subscript)) and isinstance(node.ctx, (ast.Store, ast.Del))
               and _root_name(node.value) in modules):
             root = _root_name(node.value)
-            refuse(f"changes {modules[root]}{ast.unparse(node)[len(root):]}: the checker runs in the same process "
-                   f"and uses it too")
+            refuse(f"changes {modules[root]}{ast.unparse(node)[len(root):]}: the checker (in a notebook, the "
+                   f"training run) uses it too")
         elif isinstance(node, ast.Attribute):
             in_numpy = _is_numpy(node.value)
             why = _door(node.attr, in_numpy)

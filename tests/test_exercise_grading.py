@@ -405,6 +405,10 @@ def test_check_function_rejects_bad_arguments():
         grade_file("rmsnorm", "x.py", timeout=0)
     with pytest.raises(ValueError, match="memory_mb must be an int >= 64"):
         grade_file("rmsnorm", "x.py", memory_mb=1)
+    with pytest.raises(TypeError, match="source_text must be the file's text"):
+        check_function("rmsnorm", lambda dy, cache: None, source_text=b"import numpy")
+    with pytest.raises(ValueError, match="n_random must be an int >= 0"):
+        grade_file("rmsnorm", "x.py", n_random=-1)     # said here, not by a child that cannot start
 
 
 def test_the_gradebook_table_lines_up_students_with_chinese_names():

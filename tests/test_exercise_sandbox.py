@@ -7,6 +7,7 @@ import pytest
 
 from npllama.exercises.gradebook import grade_folder
 from npllama.exercises.planted import CORRECT
+from tests.test_exercise_grading import FINITE_DIFFERENCES
 
 ZEROS = '''
 
@@ -104,6 +105,8 @@ def rmsnorm_backward(dy, cache):
     x *= 2
     return np.zeros_like(x), np.zeros_like(weight)
 ''',
+    # finite differences of a forward of its own, and the evidence wiped from the file as it loads
+    "rewrites_itself.py": "open(__file__, 'w').write('# nothing to see here\\n')\n" + FINITE_DIFFERENCES,
     "einsum_crash.py": '''import numpy as np
 
 
@@ -154,3 +157,8 @@ def test_what_the_function_did_in_its_process_is_diagnosed_as_in_this_one(rows):
     einsum = rows[0]["einsum_crash.py"]
     assert 'line 6 of einsum_crash.py: return np.einsum("ij,jk->ik", dy, x), weight' in einsum.diagnosis
     assert "an einsum whose subscripts do not fit its operands" in einsum.text
+
+
+def test_a_file_that_rewrites_itself_is_judged_by_what_it_was(rows):
+    graded = rows[0]["rewrites_itself.py"]
+    assert graded.status == "refused" and "finite differences" in graded.diagnosis

@@ -161,14 +161,19 @@ def case_params(exercise: Exercise, n_random: int = DEFAULT_RANDOM_CASES, seed: 
 
 def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0,
                    source: str | None = None, source_file: str | None = None,
-                   catch_everything: bool = False) -> Report:
+                   catch_everything: bool = False, source_text: str | None = None) -> Report:
     """Run every check of exercise `op` on `backward`; never raises for a wrong or crashing function.
 
     catch_everything: also turn SystemExit and KeyboardInterrupt raised by the function into its
-    failure (the grading sandbox does; in your own process a Ctrl-C should still stop you)."""
+    failure (in your own process a Ctrl-C should still stop you).
+    source_text: the file's text for the finite-difference rule (screen.py), as read before any of
+    it ran (sandbox.grade_file: a file that rewrites itself must not hide it); by default
+    source_file is read when the rule needs it."""
     exercise = get_exercise(op)
     if not callable(backward):
         raise TypeError(f"backward must be a function like {exercise.signature[4:-1]}, got {type(backward).__name__}")
+    if source_text is not None and not isinstance(source_text, str):
+        raise TypeError(f"source_text must be the file's text (a str) or None, got {type(source_text).__name__}")
     _check_cases(n_random, seed)
     source = source or getattr(backward, "__name__", repr(backward))
     source_file = source_file or getattr(getattr(backward, "__code__", None), "co_filename", None)
@@ -184,7 +189,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     except student_errors:   # a crash or a wrong shape: the checks below report it properly
         gap = None
     if gap is not None:
-        measuring = finite_difference_lines(_read_source(source_file))
+        measuring = finite_difference_lines(_read_source(source_file) if source_text is None else source_text)
         if measuring:
             return Report(exercise, source, [], refused=measured_reason(gap, measuring))
         notes.append(near_exact_note(gap))     # honest near-exact arithmetic: graded like any other

@@ -114,7 +114,7 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
     """Check `path` -- its function run in a child process with a time and memory limit, the checks
     run here -- and never raise for the file's sake."""
     from .definitions import get_exercise
-    from .runner import GradingStopped, Report, _check_cases, check_function, screen_file
+    from .runner import GradingStopped, Report, _check_cases, _read_source, check_function, screen_file
 
     exercise = get_exercise(op)
     _check_limits(timeout, memory_mb)
@@ -123,6 +123,7 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
     shown_as = readable_name(str(path))
     graded_on = dict(exercise=op, seed=seed, cases=n_random)
     start = time.perf_counter()
+    source_text = _read_source(str(path))      # before any of it runs: the finite-difference rule reads it
     report = None if allow_imports else screen_file(exercise, path, shown_as)
     if report is not None:
         return _graded(path, report, time.perf_counter() - start, **graded_on)
@@ -134,7 +135,7 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
                 report = Report(exercise, shown_as, [], load_error=load_error)
             else:
                 report = check_function(op, function, n_random=n_random, seed=seed, source=shown_as,
-                                        source_file=str(path.resolve()))
+                                        source_file=str(path.resolve()), source_text=source_text)
                 graded_on["output"] = submission.output()
         except GradingStopped:     # before the first check: nothing graded
             report = None

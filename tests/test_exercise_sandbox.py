@@ -2,7 +2,6 @@
 switched off (allow_imports, only the run-time guard left), a submission that patches the runner,
 makes NumPy lie, or forges the report itself is still graded on what its function returns.  The
 class below is graded once (one process per file, two at a time) and each test reads its row."""
-import numpy as np
 import pytest
 
 from npllama.exercises.gradebook import grade_folder

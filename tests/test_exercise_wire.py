@@ -94,11 +94,13 @@ def test_the_students_exception_comes_back_for_the_crash_diagnosis(tmp_path):
         error = wire.remote_error(json.loads(json.dumps(wire.error_header(raised))))
     assert isinstance(error, ValueError) and type(error).__name__ == "ValueError"
     described = _describe_exception(error, str(path))
-    assert described.startswith("your function raised ValueError: ") and "(line 4 of mine.py: return np.einsum" in described
+    assert described.startswith("your function raised ValueError: ")
+    assert "(line 4 of mine.py: return np.einsum" in described
     assert "einsum whose subscripts" in _crash_hint(error, get_exercise("rmsnorm"), None, str(path), "f")
 
+    # a KeyboardInterrupt or SystemExit of the student's is their failure, not the grader's Ctrl-C
     for raised, base in ((SystemExit(3), Exception), (KeyboardInterrupt(), Exception), (KeyError("x"), KeyError),
-                         (NotImplementedError(), NotImplementedError), (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"),
-                                                                        UnicodeDecodeError)):
+                         (NotImplementedError(), NotImplementedError),
+                         (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"), UnicodeDecodeError)):
         error = wire.remote_error(wire.error_header(raised))
         assert type(error).__name__ == type(raised).__name__ and isinstance(error, base) and str(error) == str(raised)

@@ -6,6 +6,7 @@ import pytest
 
 from npllama.exercises.gradebook import grade_folder
 from npllama.exercises.planted import CORRECT
+from npllama.exercises.sandbox import grade_file
 from tests.test_exercise_grading import FINITE_DIFFERENCES
 
 ZEROS = '''
@@ -161,3 +162,15 @@ def test_what_the_function_did_in_its_process_is_diagnosed_as_in_this_one(rows):
 def test_a_file_that_rewrites_itself_is_judged_by_what_it_was(rows):
     graded = rows[0]["rewrites_itself.py"]
     assert graded.status == "refused" and "finite differences" in graded.diagnosis
+
+
+def test_warnings_a_check_silences_are_silenced_in_the_functions_process(tmp_path):
+    """The large-inputs check judges values only (np.errstate(all="ignore") around the call): an exp
+    that overflows on the way to the right dgate is not output of the student's."""
+    path = tmp_path / "silu_with_exp.py"
+    path.write_text("import numpy as np\n\n\ndef swiglu_act_backward(dact, cache):\n"
+                    "    s = 1 / (1 + np.exp(-cache.gate))\n"
+                    "    dgate = dact * cache.up * (s + cache.gate * s * (1 - s))\n"
+                    "    return dgate, dact * cache.gate * s\n")
+    graded = grade_file("swiglu_act", path, n_random=0)
+    assert graded.ok and graded.output == "", graded.output

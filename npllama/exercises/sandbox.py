@@ -315,7 +315,8 @@ class _Submission:
 
         leaves = array_leaves((args, kwargs))
         read_only = [i for i, a in enumerate(leaves) if not a.flags.writeable]
-        header, arrays = self._ask(pickle.dumps(("call", args, kwargs, read_only)))
+        # NumPy's error state goes along: a check that judges values only silences the warnings
+        header, arrays = self._ask(pickle.dumps(("call", args, kwargs, read_only, np.geterr())))
         try:
             _write_back(leaves, header.get("changed", []), arrays)
             kind = header.get("kind")
@@ -566,9 +567,9 @@ def _naming(function) -> dict:
             "parameters": parameters}
 
 
-def _served_call(function, args, kwargs, read_only) -> tuple[dict, list]:
-    """Call the student's function; the reply (header, arrays): what it returned or raised, and
-    the arguments' arrays it changed in place."""
+def _served_call(function, args, kwargs, read_only, errstate) -> tuple[dict, list]:
+    """Call the student's function under the grader's NumPy error state; the reply (header,
+    arrays): what it returned or raised, and the arguments' arrays it changed in place."""
     from .screen import ForbiddenCall
 
     leaves = array_leaves((args, kwargs))
@@ -577,7 +578,9 @@ def _served_call(function, args, kwargs, read_only) -> tuple[dict, list]:
     before = [a.copy() for a in leaves]
     arrays = []
     try:
-        header = {"kind": "return", "value": wire.describe(function(*args, **kwargs), arrays)}
+        with np.errstate(**errstate):
+            returned = function(*args, **kwargs)
+        header = {"kind": "return", "value": wire.describe(returned, arrays)}
     except wire.TooLarge as error:
         header, arrays = {"kind": "too_large", "what": error.what}, []
     except ForbiddenCall as error:

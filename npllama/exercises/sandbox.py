@@ -4,12 +4,13 @@ nothing the submission does can stop the grading or change its grade.
     graded = grade_file("rmsnorm", "alice.py", timeout=60, memory_mb=1024)
     graded.ok, graded.status, graded.text
 
-The student's file is screened here (screen.py: the static rule) and then loaded in a child,
-`python -m npllama.exercises.sandbox`, which limits its own memory (RLIMIT_AS: the address space
+The student's file is screened here (screen.py: the static rule) and then loaded in a child
+(`_child`, started with `python -c`), which limits its own memory (RLIMIT_AS: the address space
 it has after its imports, plus `memory_mb`) and CPU time (RLIMIT_CPU), and from then on only
 *serves calls*: it reads a call of the student's function, makes it with the run-time guard on
 (screen.guard_library), and answers with what came back -- or with the exception it raised,
-SystemExit and KeyboardInterrupt included.  The checks, the finite-difference rule, the diagnosis
+SystemExit and KeyboardInterrupt included (under the grader's NumPy error state, which each call
+carries).  The checks, the finite-difference rule, the diagnosis
 and the report are computed in the process that called grade_file (runner.check_function, given a
 stand-in for the student's function), which the submission's code never runs in: patching NumPy,
 the runner or the report in the child changes nothing here, and there is no report for the child
@@ -40,9 +41,12 @@ come back at the end, and `check` of one file shows them (`Graded.output`): a hi
 said "print the shapes".
 
 Limits: the child runs as the same user as the grader.  It cannot change the grade through
-Python, but a submission allowed to import anything (allow_imports) could still read or signal
-other processes of that user as any program could; only an operating-system sandbox (another user,
-a container) closes that, and the screen keeps refusing the imports it would need.
+Python, but a submission allowed to import anything (allow_imports) could still reach other
+processes of that user as any program could (signals, /proc/<pid>/mem where the kernel allows a
+same-user process to write another's memory); only an operating-system sandbox (another user, a
+container, seccomp) closes that, and the screen keeps refusing the imports it would need.  Not
+transported: a list or dict of the cache changed in place (its arrays are), and what an object of
+the student's own class would do as an array (its __array__): it is described by its class name.
 """
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 from pathlib import Path
 
 from . import corpus, data
@@ -310,9 +311,11 @@ def encode_labels(labels: list, label_names=None, num_labels: int | None = None,
                   source: str | None = None) -> tuple[list[int], tuple]:
     """Label values -> ids.  Returns (ids, label_names).
 
-    label_names: the labels in id order; None: the sorted distinct labels (integers as they are, if
-    every label is an int 0..k-1).  num_labels: the size of an existing classification head; the
-    labels must fit it.  An unknown label or a count mismatch raises ValueError naming it (and the
+    label_names: the labels in id order; None: the sorted distinct labels (whole numbers written as
+    text in numeric order), except that ints >= 0 are class ids, 0..max (ints with a negative one
+    name their classes, in order).  An int is an id into label_names given as text; where the
+    names are ints themselves, an int that is none of them is unknown.  num_labels: the size of an
+    existing classification head; the labels must fit it.  An unknown label or a count mismatch raises ValueError naming it (and the
     file, `source`, the labels come from).
     """
     try:
@@ -327,22 +330,27 @@ def _encode_labels(labels: list, label_names, num_labels: int | None) -> tuple[l
     if not labels:
         raise ValueError("the dataset is empty: no labels")
     if label_names is None:
-        if all(isinstance(v, int) for v in labels):
+        if all(isinstance(v, int) for v in labels) and min(labels) >= 0:
             from .budget import check_label_count
 
             check_label_count(max(labels) + 1)  # before the names (and a k x k confusion matrix) exist
             label_names = tuple(range(max(labels) + 1))
+        elif all(isinstance(v, int) for v in labels):   # -1 cannot be a class id: the values name the classes
+            label_names = tuple(sorted(set(labels)))
         else:
-            label_names = tuple(sorted({str(v) for v in labels}))
+            label_names = tuple(sorted({str(v) for v in labels}, key=_in_number_order))
     label_names = tuple(label_names)
     index = {str(name): i for i, name in enumerate(label_names)}
+    # an integer is an id into names given as text (--labels); where the names are integers themselves,
+    # an integer that is not one of them is unknown, not the id of another
+    ids_allowed = not all(isinstance(name, int) for name in label_names)
     ids = []
     for i, value in enumerate(labels):
         if str(value) in index:
             ids.append(index[str(value)])
-        elif isinstance(value, int) and 0 <= value < len(label_names):  # an id into label_names
+        elif isinstance(value, int) and ids_allowed and 0 <= value < len(label_names):  # an id into label_names
             ids.append(value)
-        elif isinstance(value, int):
+        elif isinstance(value, int) and ids_allowed:
             raise ValueError(f"example {i + 1} has label id {value}, but there are only {len(label_names)} "
                              f"labels ({', '.join(map(str, label_names))}): label count mismatch")
         else:
@@ -354,6 +362,12 @@ def _encode_labels(labels: list, label_names, num_labels: int | None) -> tuple[l
         raise ValueError(f"the data has {len(label_names)} labels ({', '.join(map(str, label_names))}) but "
                          f"the classification head has num_labels = {num_labels}")
     return ids, label_names
+
+
+def _in_number_order(name: str):
+    """A sort key: names that are whole numbers in their numeric order ("2" before "10", as in a CSV
+    file of class numbers), then the others as text."""
+    return (0, int(name), name) if re.fullmatch(r"[+-]?[0-9]+", name) else (1, 0, name)
 
 
 def load_sft(path) -> list[dict]:

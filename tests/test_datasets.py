@@ -105,6 +105,19 @@ def test_encode_labels():
         encode_labels(["a", "a"])
 
 
+def test_labels_that_are_numbers_keep_their_order_and_meaning(tmp_path):
+    # a CSV file's labels are text: class numbers in numeric order, not "10" before "2"
+    path = tmp_path / "many.csv"
+    path.write_text("text,label\n" + "".join(f"t{k},{k}\n" for k in (10, 2, 1, 0, 11)), encoding="utf-8")
+    ids, names = encode_labels(load_labelled(path)[1])
+    assert names == ("0", "1", "2", "10", "11") and ids == [3, 2, 1, 0, 4]
+    # -1 / 1 sentiment: a negative int cannot be a class id, so the values name the classes
+    assert encode_labels([-1, 1, -1]) == ([0, 1, 0], (-1, 1))
+    # validation labels checked against integer names: 0 is unknown, not the id of class 1
+    with pytest.raises(ValueError, match="example 1 has the unknown label 0; the labels are -1, 1"):
+        encode_labels([0], (-1, 1))
+
+
 def test_sft_and_choice_files(tmp_path):
     path = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "Hi", "response": "Hello"}])
     assert load_sft(path) == [{"prompt": "Hi", "response": "Hello"}]

@@ -38,8 +38,9 @@ def register(subparsers) -> None:
                    help="built-in example set used when --data is not given")
     c.add_argument("--val-data", default=None, help="validation file (default: split off --val-fraction)")
     c.add_argument("--labels", default=None, help="comma-separated label names in id order (, ， or 、), fixing the "
-                   "head's size and order (integer labels in the data are ids into it) (default: the "
-                   "sorted labels found in the data)")
+                   "head's size and order (a .jsonl file's integer labels are ids into it) (default: the "
+                   "sorted labels found in the data; a .jsonl file's integer labels >= 0 are class ids "
+                   "from 0 to the largest, so labels 1-5 make six classes)")
     c.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="share of the examples held out for validation")
     c.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 3e-4, with --lora 3e-3)")

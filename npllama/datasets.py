@@ -405,12 +405,20 @@ def load_sft(path) -> list[dict]:
 
 
 def load_choice_items(path) -> list[dict]:
-    """Multiple-choice items: [{"question", "choices", "answer"}] from a .jsonl file."""
-    records = read_jsonl(path, {"question": str, "choices": list, "answer": int})
+    """Multiple-choice items: [{"context"?, "question", "choices", "answer"}] from a .jsonl file; the
+    optional context is a passage the question is about (reading comprehension)."""
+    records = read_jsonl(path, {"question": str, "choices": list})
     for i, r in enumerate(records):
         choices = r["choices"]
         if len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
             raise ValueError(f"{path}: item {i + 1} needs at least two non-empty string choices")
+        if not isinstance(r.get("context", ""), str):
+            raise ValueError(f'{path}: item {i + 1}: "context" must be a string (the passage), '
+                             f'got {type(r["context"]).__name__}')
+        answer = r.get("answer")
+        if not isinstance(answer, int) or isinstance(answer, bool):   # "B", the right choice's text, ...
+            raise ValueError(f'{path}: item {i + 1}: "answer" must be the index of the right choice, '
+                             f'counting from 0, got {"nothing" if answer is None else repr(answer)}')
         if not 0 <= r["answer"] < len(choices):
             raise ValueError(f"{path}: item {i + 1} has answer {r['answer']}, but only {len(choices)} "
                              f"choices (answers count from 0)")

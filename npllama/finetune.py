@@ -739,15 +739,19 @@ def _context_and_continuation(tokenizer, prompt: str, context: list[int], choice
 
 def evaluate_choice(model, tokenizer, items: list[dict], template="plain", progress: bool = True) -> dict:
     """Accuracy of picking the most likely choice: by total log-likelihood ("accuracy") and by
-    log-likelihood per token ("accuracy_per_token", fairer between long and short choices)."""
+    log-likelihood per token ("accuracy_per_token", fairer between long and short choices).
+    An item's optional "context" (a passage) comes before its question, as text goes on."""
     from tqdm.auto import tqdm
+
+    from .objectives import join_text
 
     if not items:
         raise ValueError("no multiple-choice items to evaluate")
     template = _chat_template(template) or "plain"    # "chat" compiled once, not once per item
     right = right_per_token = 0
     for item in tqdm(items, desc="choices", disable=not progress, leave=False):
-        scores, lengths = choice_logprobs(model, tokenizer, item["question"], item["choices"], template)
+        question = join_text(item["context"], item["question"]) if item.get("context") else item["question"]
+        scores, lengths = choice_logprobs(model, tokenizer, question, item["choices"], template)
         right += int(np.argmax(scores) == item["answer"])
         right_per_token += int(np.argmax(scores / np.maximum(lengths, 1)) == item["answer"])
     chance = float(np.mean([1 / len(item["choices"]) for item in items]))

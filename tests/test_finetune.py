@@ -263,6 +263,19 @@ def test_choice_scoring_on_a_constructed_case():
     assert result == {"accuracy": 1.0, "accuracy_per_token": 1.0, "chance": 0.5, "n": 2}
 
 
+def test_a_reading_comprehension_items_passage_is_read_before_its_question():
+    seen = []
+
+    class RecordingModel(CountingModel):
+        def forward(self, tokens, attention_mask=None):
+            seen.append(tokens)
+            return super().forward(tokens, attention_mask)
+
+    items = [{"context": "1 2", "question": "3", "choices": ["4", "9"], "answer": 0}]
+    assert evaluate_choice(RecordingModel(), DigitTokenizer(), items, progress=False)["accuracy"] == 1.0
+    np.testing.assert_array_equal(seen[0][:, :5], [[0, 1, 2, 3, 4], [0, 1, 2, 3, 9]])   # <s> passage question choice
+
+
 def test_a_question_longer_than_the_context_keeps_its_start_token_and_end_and_fills_the_context():
     seen = []
 

@@ -20,7 +20,8 @@ def register(subparsers) -> None:
                    "with tokenizer.model (default: the latest `npllama train` run)")
     add_adapter_option(c, "--base")
     c.add_argument("--data", default=None, help=".jsonl with {\"question\", \"choices\": [...], \"answer\": "
-                   "index} lines (default: built-in story-continuation items)")
+                   "index of the right choice, from 0} lines, optionally a \"context\" passage read before "
+                   "the question (reading comprehension) (default: built-in story-continuation items)")
     c.add_argument("--limit", type=int, default=200, help="evaluate at most this many items")
     c.add_argument("--template", default="plain", choices=["plain", "chat"],
                    help="chat: the question as a user's message in the model's chat template (the "

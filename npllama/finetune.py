@@ -502,7 +502,14 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
          + ("causal attention" if classifier.causal else
             "bidirectional attention (the base is a masked-LM model, pre-trained without the causal mask)"))
 
-    train_encoded, val_encoded = encode_texts(tokenizer, texts, max_len), encode_texts(tokenizer, val_texts, max_len)
+    whole = tokenizer.encode_batch(texts + val_texts, bos=True)
+    cut = sum(len(ids) > max_len for ids in whole)
+    if cut:   # the head reads the last token kept: what comes after it cannot sway the label
+        limit = "--max-len" if max_len == cc.max_len else "the model's context, max_position_embeddings"
+        echo(f"{cut} of {len(whole)} texts are longer than {max_len} tokens ({limit}): cut there, the "
+             f"beginning kept, so the classifier never reads their end")
+    train_encoded = [ids[:max_len] for ids in whole[:len(texts)]]
+    val_encoded = [ids[:max_len] for ids in whole[len(texts):]]
     train_labels = np.asarray(train_ids)
     sc = cc.step_config(full_lr=3e-4, lora_lr=3e-3)
 

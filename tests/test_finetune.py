@@ -126,6 +126,16 @@ def test_the_head_skips_the_pad_id_as_transformers_does():
     report.raise_if_failed()
 
 
+def test_classify_says_how_many_texts_it_cut_at_max_len(base_dir, tmp_path):
+    rows = [{"text": "good day " * 20 if i % 2 else "bad day", "label": i % 2} for i in range(10)]
+    data = datasets.write_jsonl(tmp_path / "long.jsonl", rows)
+    said = []
+    with use_backend("numpy"):
+        classify(ClassifyConfig(base=str(base_dir), data=str(data), steps=1, max_len=8, progress=False),
+                 echo=said.append)
+    assert [line for line in said if line.startswith("5 of 10 texts are longer than 8 tokens (--max-len): cut there")]
+
+
 def test_fine_tuning_a_base_asking_for_attention_dropout_says_npllama_has_none(base_dir, tmp_path):
     base = tmp_path / "base"
     shutil.copytree(base_dir, base)

@@ -44,7 +44,8 @@ def register(subparsers) -> None:
     c.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="share of the examples held out for validation")
     c.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 3e-4, with --lora 3e-3)")
-    c.add_argument("--max-len", type=int, default=d.max_len, help="tokens kept per text")
+    c.add_argument("--max-len", type=int, default=d.max_len, help="tokens kept per text, from its beginning "
+                   "(the head reads the last one kept)")
     _given_only(c, ClassifyConfig)
     c.set_defaults(run=run_classify)
 

@@ -628,6 +628,8 @@ CLI = [
     (["classify", "--model", "RUN"], "at least one --text"),
     (["classify", "--model", "RUN", "--text", "hi"], "score.weight"),
     (["classify", "--model", "RUN", "--text", "hi", "--batch-size", "0"], "--batch-size"),
+    (["classify", "--model", "RUN", "--text", " "], "--text is empty"),
+    (["classify", "--model", "RUN", "--file", "TMP/test.csv"], "give a plain text file with one text a line"),
     (["eval", "perplexity", "--model", "RUN", "--data", "NOWHERE"], "cannot read --data"),
     (["eval", "perplexity", "--model", "RUN", "--data", "CORPUS", "--context", "1"], "--context"),
     (["generate", "--model", "RUN", "--num-samples", "0"], "num-samples"),

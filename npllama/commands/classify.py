@@ -1,6 +1,7 @@
 """`npllama classify`: label texts with a fine-tuned classifier folder (or a base model + adapter)."""
 import json
 import sys
+from pathlib import Path
 
 from . import HelpFormatter, UsageError, add_run_options
 
@@ -17,7 +18,8 @@ def register(subparsers) -> None:
     p.add_argument("--adapter", default=None, help="a LoRA adapter folder saved by `npllama finetune "
                    "classify --lora --out DIR` (PEFT SEQ_CLS layout, score.weight inside)")
     p.add_argument("--text", action="append", default=None, help="a text to classify (repeatable)")
-    p.add_argument("--file", default=None, help="a text file: each non-empty line is classified")
+    p.add_argument("--file", default=None, help="a plain text file: each non-empty line is classified as it is "
+                   "(a .csv or .jsonl file is refused: give its text column alone)")
     p.add_argument("--json", action="store_true", help="print one JSON object per text, with every "
                    "label's probability")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
@@ -32,6 +34,12 @@ def run(args) -> int:
     from ..classify import load_classifier
 
     texts = list(args.text or [])
+    if any(not text.strip() for text in texts):   # training refuses an empty text too: nothing to read
+        raise UsageError("--text is empty: give the text to classify")
+    if args.file is not None and Path(args.file).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
+        raise UsageError(f"--file {args.file}: each line of --file is classified as it is, so a {Path(args.file).suffix} "
+                         f"file's header, quotes and field names would be read as text; give a plain text file "
+                         f"with one text a line (its text column alone)")
     if args.file is not None:
         from ..budget import max_read
         from ..io.reading import read_text

@@ -25,7 +25,7 @@ class Classifier:
     """A model, its classification head and its tokenizer, ready for text."""
 
     def __init__(self, model, score_weight: np.ndarray, label_names, tokenizer, source: str = "",
-                 pad_token_id: int | None = None):
+                 pad_token_id: int | None = None, max_len: int | None = None):
         score_weight = np.asarray(score_weight)
         if score_weight.shape != (len(label_names), model.config.hidden_size):
             raise ValueError(f"score_weight must have shape (num_labels={len(label_names)}, hidden_size="
@@ -36,12 +36,18 @@ class Classifier:
         self.head.score_weight = score_weight.astype(model.dtype, copy=False)
         self.model, self.tokenizer, self.source = model, tokenizer, source
         self.label_names = self.head.label_names
+        # the head learned to read the last token of a text cut at fine-tuning's max_len: a longer
+        # text read further would be judged from a position it was never trained (nor validated) at
+        require_positive_int("max_len", max_len, none_ok=True)
+        context = model.config.max_position_embeddings
+        self.max_len = context if max_len is None else min(int(max_len), context)
 
     def logits(self, texts, batch_size: int = 32) -> np.ndarray:
-        """(len(texts), num_labels) class scores, texts cut to the model's context."""
+        """(len(texts), num_labels) class scores, texts cut to max_len tokens (the beginning kept) as
+        fine-tuning cut them, or to the model's context for a classifier made elsewhere."""
         texts = _check_texts(texts)
         require_positive_int("batch_size", batch_size)
-        encoded = encode_texts(self.tokenizer, texts, self.model.config.max_position_embeddings)
+        encoded = encode_texts(self.tokenizer, texts, self.max_len)
         pad_id = pad_id_of(self.tokenizer)
         out = np.empty((len(texts), len(self.label_names)), dtype=np.float64)
         for start in range(0, len(encoded), batch_size):
@@ -81,7 +87,8 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
                              f"adapter (made with `npllama finetune classify --lora --out DIR`, or PEFT's SEQ_CLS)")
         info = _info(Path(adapter))
         names = _label_names(info, {}, score.shape[0])
-        classifier = Classifier(model, score, names, tokenizer, f"{model_dir} + {adapter}")
+        classifier = Classifier(model, score, names, tokenizer, f"{model_dir} + {adapter}",
+                                max_len=_trained_max_len(info))
         _check_attention(classifier, info.get("attention"), adapter, model_dir)
         return classifier
 
@@ -91,13 +98,14 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
     with reading_model_dir(path) as model_dir:
         config, params, score, raw = load_hf_classifier_folder(model_dir, dtype=dtype)
         tokenizer = load_tokenizer(model_dir)
-        names = _label_names(_info(model_dir), raw, score.shape[0])
+        info = _info(model_dir)
+        names = _label_names(info, raw, score.shape[0])
         # "mlm": fine-tuned from a masked-LM model, bidirectionally (finetune.SequenceClassifier.save)
         objective = objective_of(raw, model_dir / "config.json")
     model = Llama(config, dtype=dtype, params=params, objective=objective)
     tokenizer.check_vocab(config.vocab_size)
     # config.json's pad_token_id, checked as the config was read
-    return Classifier(model, score, names, tokenizer, str(model_dir), config.pad_token_id)
+    return Classifier(model, score, names, tokenizer, str(model_dir), config.pad_token_id, _trained_max_len(info))
 
 
 def _info(folder: Path) -> dict:
@@ -112,6 +120,12 @@ def _info(folder: Path) -> dict:
         return read_json(info, expect=dict)
     except ValueError:
         return {}
+
+
+def _trained_max_len(info: dict) -> int | None:
+    """finetune.json's max_len (the tokens fine-tuning kept per text), or None when it has none."""
+    max_len = info.get("max_len")
+    return max_len if isinstance(max_len, int) and not isinstance(max_len, bool) and max_len > 0 else None
 
 
 def _label_names(info: dict, config: dict, num_labels: int) -> list[str]:

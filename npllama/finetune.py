@@ -531,7 +531,7 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
     out = None
     if run is not None:
         info = {"task": "classify", "base": str(model_dir), "data": source, "lora": cc.lora,
-                "steps": cc.steps, "metrics": metrics, "majority_baseline": baseline}
+                "steps": cc.steps, "max_len": max_len, "metrics": metrics, "majority_baseline": baseline}
         out = run.publish(lambda folder: classifier.save(folder, tokenizer, base_dir=model_dir, info=info))
         echo(f"saved {'the LoRA adapter (PEFT layout)' if cc.lora else 'the classifier'} to {out}")
     return ClassifyResult(metrics, baseline, tuple(names), trainable, total, losses, seconds, out)

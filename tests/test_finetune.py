@@ -15,7 +15,7 @@ from npllama.finetune import (ClassifyConfig, SequenceClassifier, SFTConfig, bat
                               sft_batch)
 from npllama.io.safetensors import read_safetensors
 from npllama.lora import attach_lora
-from npllama.objectives import pad_batch
+from npllama.objectives import pad_batch, pad_id_of
 from npllama.tokenizer import Tokenizer
 
 
@@ -134,6 +134,22 @@ def test_classify_says_how_many_texts_it_cut_at_max_len(base_dir, tmp_path):
         classify(ClassifyConfig(base=str(base_dir), data=str(data), steps=1, max_len=8, progress=False),
                  echo=said.append)
     assert [line for line in said if line.startswith("5 of 10 texts are longer than 8 tokens (--max-len): cut there")]
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_saved_classifier_reads_a_text_as_far_as_fine_tuning_did(base_dir, tmp_path, lora):
+    from npllama.classify import load_classifier
+
+    with use_backend("numpy"):
+        classify(ClassifyConfig(base=str(base_dir), steps=1, max_len=8, lora=lora, lora_r=2, progress=False,
+                                out=str(tmp_path / "c")), echo=quiet)
+        classifier = load_classifier(base_dir if lora else tmp_path / "c", dtype=np.float64,
+                                     adapter=tmp_path / "c" if lora else None)
+        text = "The movie was long and the end was good but the start was slow and dull."
+        ids = classifier.tokenizer.encode(text, bos=True)
+        assert len(ids) > 8 and classifier.max_len == 8
+        tokens, mask = pad_batch([ids[:8]], pad_id_of(classifier.tokenizer))
+        np.testing.assert_allclose(classifier.logits([text])[0], classifier.head.logits(tokens, mask)[0], rtol=1e-12)
 
 
 def test_fine_tuning_a_base_asking_for_attention_dropout_says_npllama_has_none(base_dir, tmp_path):

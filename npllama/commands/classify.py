@@ -11,7 +11,9 @@ def register(subparsers) -> None:
         "classify", help="label texts with a fine-tuned classifier",
         description="Run a sequence classifier -- a folder from `npllama finetune classify --out DIR` or a "
                     "transformers LlamaForSequenceClassification folder (with score.weight) -- or a base "
-                    "model with a classification LoRA adapter. Prints each text's label and probability.",
+                    "model with a classification LoRA adapter. Prints each text's label and probability. A text "
+                    "is read as fine-tuning read it: its first --max-len tokens (else as many as the "
+                    "model's context holds).",
         formatter_class=HelpFormatter)
     p.add_argument("--model", default=None, help="the classifier folder; with --adapter, the base model "
                    "folder (default: the latest run)")

@@ -452,15 +452,16 @@ def _classification_data(cc: ClassifyConfig):
     if cc.labels is not None:
         names = tuple(cc.labels)
     if cc.val_data is None:
+        # the whole file's labels encoded before the split: a rare label held out whole is still one of
+        # them, and an error names the file's example, not one of the shuffled held-out share
+        ids, names = datasets.encode_labels(labels, names, source=cc.data)
         train_rows, val_rows = datasets.split_train_val(len(texts), cc.val_fraction, cc.seed)
-        val_texts, val_labels = [texts[i] for i in val_rows], [labels[i] for i in val_rows]
-        texts, labels = [texts[i] for i in train_rows], [labels[i] for i in train_rows]
+        val_texts, val_ids = [texts[i] for i in val_rows], [ids[i] for i in val_rows]
+        texts, train_ids = [texts[i] for i in train_rows], [ids[i] for i in train_rows]
     else:
+        train_ids, names = datasets.encode_labels(labels, names, source=cc.data)
         val_texts, val_labels = datasets.load_labelled(cc.val_data)
-    train_ids, names = datasets.encode_labels(labels, names, source=cc.data)
-    val_source = cc.val_data if cc.val_data is not None else (
-        None if cc.data is None else f"{cc.data} (the share held out for validation; --val-fraction)")
-    val_ids, _ = datasets.encode_labels(val_labels, names, source=val_source)
+        val_ids, _ = datasets.encode_labels(val_labels, names, source=cc.val_data)
     return texts, train_ids, val_texts, val_ids, names, source
 
 
@@ -502,6 +503,9 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
          + ("causal attention" if classifier.causal else
             "bidirectional attention (the base is a masked-LM model, pre-trained without the causal mask)"))
 
+    untrained = [str(names[i]) for i in np.flatnonzero(np.bincount(train_ids, minlength=len(names)) == 0)]
+    if untrained:
+        echo(f"no training text has the label {', '.join(untrained)}: the head cannot learn to predict it")
     whole = tokenizer.encode_batch(texts + val_texts, bos=True)
     cut = sum(len(ids) > max_len for ids in whole)
     if cut:   # the head reads the last token kept: what comes after it cannot sway the label

@@ -136,6 +136,20 @@ def test_classify_says_how_many_texts_it_cut_at_max_len(base_dir, tmp_path):
     assert [line for line in said if line.startswith("5 of 10 texts are longer than 8 tokens (--max-len): cut there")]
 
 
+def test_a_label_whose_only_text_is_held_out_is_still_one_of_the_files_labels(base_dir, tmp_path):
+    rows = [{"text": f"good day {i}" if i % 2 else f"bad day {i}", "label": "pos" if i % 2 else "neg"}
+            for i in range(10)]
+    held_out = datasets.split_train_val(10, 0.2, seed=0)[1][0]
+    rows[held_out]["label"] = "neutral"
+    data = datasets.write_jsonl(tmp_path / "rare.jsonl", rows)
+    said = []
+    with use_backend("numpy"):
+        result = classify(ClassifyConfig(base=str(base_dir), data=str(data), steps=1, max_len=8, progress=False),
+                          echo=said.append)
+    assert result.label_names == ("neg", "neutral", "pos") and sum(result.metrics["confusion"][1]) == 1
+    assert "no training text has the label neutral: the head cannot learn to predict it" in said
+
+
 @pytest.mark.parametrize("lora", [False, True])
 def test_a_saved_classifier_reads_a_text_as_far_as_fine_tuning_did(base_dir, tmp_path, lora):
     from npllama.classify import load_classifier

@@ -149,6 +149,11 @@ def _read_jsonl(path: Path) -> list[str]:
 def read_jsonl(path, fields: dict) -> list[dict]:
     """The JSON objects of a .jsonl file (blank lines skipped), each checked to hold `fields`
     (name -> type or tuple of types).  Errors name the file and the line."""
+    return [record for _, record in read_numbered_jsonl(path, fields)]
+
+
+def read_numbered_jsonl(path, fields: dict) -> list[tuple[int, dict]]:
+    """read_jsonl's objects with the line each is on, for errors found after reading."""
     path = Path(path)
     records = []
     # lines end at \n alone: a JSON string may hold U+2028 or U+0085 unescaped, which splitlines()
@@ -165,7 +170,7 @@ def read_jsonl(path, fields: dict) -> list[dict]:
             if not isinstance(record[field], kinds) or isinstance(record[field], bool):
                 raise ValueError(f'{where}: "{field}" must be a {" or ".join(k.__name__ for k in kinds)}, '
                                  f'got {type(record[field]).__name__}')
-        records.append(record)
+        records.append((line_number, record))
     return records
 
 

@@ -241,26 +241,35 @@ def read_jsonl(path, required: dict[str, type | tuple]) -> list[dict]:
 
 def load_labelled(path) -> tuple[list[str], list]:
     """(texts, labels) from a .jsonl file ({"text", "label"} lines) or a .csv file (header text,label)."""
+    texts, labels, _ = read_labelled(path)
+    return texts, labels
+
+
+def read_labelled(path) -> tuple[list[str], list, list[int]]:
+    """load_labelled's (texts, labels) and the line each example starts on, which encode_labels'
+    errors name (blank lines, a CSV header and multi-line fields make it differ from the count)."""
     path = _existing_file(path)
     if path.suffix == ".csv":
         return _load_csv(path)
     if path.suffix != ".jsonl":
         raise ValueError(f"{path}: expected a .jsonl or .csv file, got {path.suffix or 'no extension'!r}")
-    records = read_jsonl(path, {"text": str, "label": (str, int)})
-    for i, r in enumerate(records):
+    numbered = data.read_numbered_jsonl(path, {"text": str, "label": (str, int)})
+    if not numbered:
+        raise ValueError(f"{path} is empty: it holds no examples")
+    for line, r in numbered:
         if not r["text"].strip():
-            raise ValueError(f"{path}: example {i + 1} has an empty text")
-    return [r["text"] for r in records], [r["label"] for r in records]
+            raise ValueError(f"{path} line {line}: empty text")
+    return [r["text"] for _, r in numbered], [r["label"] for _, r in numbered], [line for line, _ in numbered]
 
 
-def _load_csv(path: Path) -> tuple[list[str], list]:
+def _load_csv(path: Path) -> tuple[list[str], list, list[int]]:
     try:
         return _read_csv_rows(path)
     except csv.Error as error:  # e.g. a field over csv's 131,072-character limit, a NUL byte
         raise ValueError(f"{path}: not a readable CSV file ({error})") from None
 
 
-def _read_csv_rows(path: Path) -> tuple[list[str], list]:
+def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
     import io
 
     from .budget import max_read
@@ -276,8 +285,8 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list]:
         if missing:
             raise ValueError(f"{path}: the header row must name the columns text and label; missing "
                              f"{', '.join(missing)} (found {', '.join(reader.fieldnames)})")
-        texts, labels = [], []
-        for row in _rows_with_their_start(reader, path):
+        texts, labels, lines = [], [], []
+        for start, row in _rows_with_their_start(reader, path):
             where = f"{path} line {reader.line_num}"
             if row["text"] is None or row["label"] is None:
                 raise ValueError(f"{where}: too few columns")
@@ -285,13 +294,15 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list]:
                 raise ValueError(f"{where}: empty text or label")
             texts.append(row["text"])
             labels.append(row["label"].strip())
+            lines.append(start)
     if not texts:
         raise ValueError(f"{path} is empty: it holds a header but no examples")
-    return texts, labels
+    return texts, labels, lines
 
 
 def _rows_with_their_start(reader, path: Path):
-    """The reader's rows; a malformed one raises ValueError naming the line it starts on."""
+    """(the line a row starts on, the row) for the reader's rows; a malformed one raises ValueError
+    naming the line it starts on."""
     while True:
         start = reader.line_num + 1
         try:
@@ -304,11 +315,18 @@ def _rows_with_their_start(reader, path: Path):
                                  f"quote is missing (the rest of the file would be one field)") from None
             raise ValueError(f"{path} line {start}: not valid CSV ({error}); a quote inside a quoted field "
                              f"is written twice (\"\")") from None
-        yield row
+        # counted back from where the row ends: blank lines before it were skipped, not part of it
+        yield reader.line_num - _line_breaks(row), row
+
+
+def _line_breaks(row: dict) -> int:
+    """How many line breaks a CSV row's fields hold (each one a line the reader counted)."""
+    fields = [f for value in row.values() for f in (value if isinstance(value, list) else [value])]
+    return sum(len(re.findall(r"\r\n|\r|\n", f)) for f in fields if isinstance(f, str))
 
 
 def encode_labels(labels: list, label_names=None, num_labels: int | None = None,
-                  source: str | None = None) -> tuple[list[int], tuple]:
+                  source: str | None = None, lines: list[int] | None = None) -> tuple[list[int], tuple]:
     """Label values -> ids.  Returns (ids, label_names).
 
     label_names: the labels in id order; None: the sorted distinct labels (whole numbers written as
@@ -316,17 +334,17 @@ def encode_labels(labels: list, label_names=None, num_labels: int | None = None,
     name their classes, in order).  An int is an id into label_names given as text; where the
     names are ints themselves, an int that is none of them is unknown.  num_labels: the size of an
     existing classification head; the labels must fit it.  An unknown label or a count mismatch raises ValueError naming it (and the
-    file, `source`, the labels come from).
+    file, `source`, the labels come from, and the example's line there, from `lines`: read_labelled's).
     """
     try:
-        return _encode_labels(labels, label_names, num_labels)
+        return _encode_labels(labels, label_names, num_labels, lines)
     except ValueError as error:
         if source is None:
             raise
         raise ValueError(f"{source}: {error}") from None
 
 
-def _encode_labels(labels: list, label_names, num_labels: int | None) -> tuple[list[int], tuple]:
+def _encode_labels(labels: list, label_names, num_labels: int | None, lines) -> tuple[list[int], tuple]:
     if not labels:
         raise ValueError("the dataset is empty: no labels")
     if label_names is None:
@@ -344,6 +362,7 @@ def _encode_labels(labels: list, label_names, num_labels: int | None) -> tuple[l
     # an integer is an id into names given as text (--labels); where the names are integers themselves,
     # an integer that is not one of them is unknown, not the id of another
     ids_allowed = not all(isinstance(name, int) for name in label_names)
+    where = (lambda i: f"example {i + 1}") if lines is None else (lambda i: f"line {lines[i]}")
     ids = []
     for i, value in enumerate(labels):
         if str(value) in index:
@@ -351,10 +370,10 @@ def _encode_labels(labels: list, label_names, num_labels: int | None) -> tuple[l
         elif isinstance(value, int) and ids_allowed and 0 <= value < len(label_names):  # an id into label_names
             ids.append(value)
         elif isinstance(value, int) and ids_allowed:
-            raise ValueError(f"example {i + 1} has label id {value}, but there are only {len(label_names)} "
+            raise ValueError(f"{where(i)} has label id {value}, but there are only {len(label_names)} "
                              f"labels ({', '.join(map(str, label_names))}): label count mismatch")
         else:
-            raise ValueError(f"example {i + 1} has the unknown label {value!r}; the labels are "
+            raise ValueError(f"{where(i)} has the unknown label {value!r}; the labels are "
                              f"{', '.join(map(str, label_names))}")
     if len(label_names) < 2:
         raise ValueError(f"classification needs at least two labels, the data has only {list(label_names)}")

@@ -444,24 +444,24 @@ def _classification_data(cc: ClassifyConfig):
 
     if cc.data is None:
         records = datasets.make_dataset(cc.dataset, seed=cc.seed)
-        texts, labels = [r["text"] for r in records], [r["label"] for r in records]
+        texts, labels, lines = [r["text"] for r in records], [r["label"] for r in records], None
         names, source = datasets.label_names(cc.dataset), f"built-in {cc.dataset} set"
     else:
-        texts, labels = datasets.load_labelled(cc.data)
+        texts, labels, lines = datasets.read_labelled(cc.data)
         names, source = None, cc.data
     if cc.labels is not None:
         names = tuple(cc.labels)
     if cc.val_data is None:
         # the whole file's labels encoded before the split: a rare label held out whole is still one of
         # them, and an error names the file's example, not one of the shuffled held-out share
-        ids, names = datasets.encode_labels(labels, names, source=cc.data)
+        ids, names = datasets.encode_labels(labels, names, source=cc.data, lines=lines)
         train_rows, val_rows = datasets.split_train_val(len(texts), cc.val_fraction, cc.seed)
         val_texts, val_ids = [texts[i] for i in val_rows], [ids[i] for i in val_rows]
         texts, train_ids = [texts[i] for i in train_rows], [ids[i] for i in train_rows]
     else:
-        train_ids, names = datasets.encode_labels(labels, names, source=cc.data)
-        val_texts, val_labels = datasets.load_labelled(cc.val_data)
-        val_ids, _ = datasets.encode_labels(val_labels, names, source=cc.val_data)
+        train_ids, names = datasets.encode_labels(labels, names, source=cc.data, lines=lines)
+        val_texts, val_labels, val_lines = datasets.read_labelled(cc.val_data)
+        val_ids, _ = datasets.encode_labels(val_labels, names, source=cc.val_data, lines=val_lines)
     return texts, train_ids, val_texts, val_ids, names, source
 
 

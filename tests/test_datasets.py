@@ -4,8 +4,8 @@ from collections import Counter
 import pytest
 
 from npllama.datasets import (encode_labels, label_names, load_choice_items, load_labelled, load_sft,
-                              make_choice_items, make_dataset, make_instructions, split_train_val,
-                              write_jsonl)
+                              make_choice_items, make_dataset, make_instructions, read_labelled,
+                              split_train_val, write_jsonl)
 
 
 @pytest.mark.parametrize("name", ["sentiment", "topic", "spam"])
@@ -86,6 +86,21 @@ def test_reader_errors_name_the_file_and_line(tmp_path):
     (tmp_path / "x.txt").write_text("hi", encoding="utf-8")
     with pytest.raises(ValueError, match="expected a .jsonl or .csv"):
         load_labelled(tmp_path / "x.txt")
+
+
+def test_a_label_error_names_the_line_the_example_is_on(tmp_path):
+    # blank lines, a CSV header and a field over two lines: the example count is not the line
+    jsonl, csv = tmp_path / "v.jsonl", tmp_path / "v.csv"
+    jsonl.write_text('\n{"text": "a", "label": "x"}\n\n{"text": "c", "label": "z"}\n', encoding="utf-8")
+    csv.write_text('text,label\n\n"two\nlines",x\nc,z\n', encoding="utf-8")
+    for path, line in ((jsonl, 4), (csv, 5)):
+        texts, labels, lines = read_labelled(path)
+        assert lines[-1] == line and load_labelled(path) == (texts, labels)
+        with pytest.raises(ValueError, match=f"v.{path.suffix[1:]}: line {line} has the unknown label 'z'"):
+            encode_labels(labels, ("x", "y"), source=str(path), lines=lines)
+    jsonl.write_text('{"text": "a", "label": "x"}\n\n{"text": " ", "label": "y"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="v.jsonl line 3: empty text"):
+        load_labelled(jsonl)
 
 
 def test_encode_labels():

@@ -62,7 +62,7 @@ def test_an_unseen_validation_label_names_the_file(tmp_path):
         "".join(json.dumps({"text": f"text {i}", "label": l}) + "\n" for i, l in enumerate(labels)))
     write("train.jsonl", ["a", "b", "a", "b"])
     write("val.jsonl", ["a", "c"])
-    with pytest.raises(ValueError, match=r"val.jsonl: example 2 has the unknown label 'c'"):
+    with pytest.raises(ValueError, match=r"val.jsonl: line 2 has the unknown label 'c'"):
         _classification_data(ClassifyConfig(data=str(tmp_path / "train.jsonl"), val_data=str(tmp_path / "val.jsonl")))
 
 

@@ -256,10 +256,13 @@ def read_labelled(path) -> tuple[list[str], list, list[int]]:
     numbered = data.read_numbered_jsonl(path, {"text": str, "label": (str, int)})
     if not numbered:
         raise ValueError(f"{path} is empty: it holds no examples")
+    labels = []
     for line, r in numbered:
-        if not r["text"].strip():
-            raise ValueError(f"{path} line {line}: empty text")
-    return [r["text"] for _, r in numbered], [r["label"] for _, r in numbered], [line for line, _ in numbered]
+        label = r["label"].strip() if isinstance(r["label"], str) else r["label"]   # as a CSV label is read
+        if not r["text"].strip() or label == "":
+            raise ValueError(f"{path} line {line}: empty {'text' if not r['text'].strip() else 'label'}")
+        labels.append(label)
+    return [r["text"] for _, r in numbered], labels, [line for line, _ in numbered]
 
 
 def _load_csv(path: Path) -> tuple[list[str], list, list[int]]:

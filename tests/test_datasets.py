@@ -103,6 +103,17 @@ def test_a_label_error_names_the_line_the_example_is_on(tmp_path):
         load_labelled(jsonl)
 
 
+def test_a_jsonl_label_is_read_as_a_csv_label_is(tmp_path):
+    # spaces around a label do not make another class, and an empty label is refused, in both formats
+    (tmp_path / "w.jsonl").write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": " pos "}\n',
+                                      encoding="utf-8")
+    (tmp_path / "w.csv").write_text("text,label\na,pos\nb, pos \n", encoding="utf-8")
+    assert load_labelled(tmp_path / "w.jsonl")[1] == load_labelled(tmp_path / "w.csv")[1] == ["pos", "pos"]
+    (tmp_path / "w.jsonl").write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": " "}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="w.jsonl line 2: empty label"):
+        load_labelled(tmp_path / "w.jsonl")
+
+
 def test_encode_labels():
     assert encode_labels(["b", "a", "b"]) == ([1, 0, 1], ("a", "b"))
     assert encode_labels([1, 0, 2]) == ([1, 0, 2], (0, 1, 2))

@@ -232,11 +232,16 @@ def write_jsonl(path, records: list[dict]) -> Path:
 
 def read_jsonl(path, required: dict[str, type | tuple]) -> list[dict]:
     """The objects of a .jsonl file, each checked to have `required` fields of the given types."""
+    return [record for _, record in _read_numbered_jsonl(path, required)]
+
+
+def _read_numbered_jsonl(path, required: dict[str, type | tuple]) -> list[tuple[int, dict]]:
+    """read_jsonl's objects with the line each is on."""
     path = _existing_file(path)
-    records = data.read_jsonl(path, required)
-    if not records:
+    numbered = data.read_numbered_jsonl(path, required)
+    if not numbered:
         raise ValueError(f"{path} is empty: it holds no examples")
-    return records
+    return numbered
 
 
 def load_labelled(path) -> tuple[list[str], list]:
@@ -253,9 +258,7 @@ def read_labelled(path) -> tuple[list[str], list, list[int]]:
         return _load_csv(path)
     if path.suffix != ".jsonl":
         raise ValueError(f"{path}: expected a .jsonl or .csv file, got {path.suffix or 'no extension'!r}")
-    numbered = data.read_numbered_jsonl(path, {"text": str, "label": (str, int)})
-    if not numbered:
-        raise ValueError(f"{path} is empty: it holds no examples")
+    numbered = _read_numbered_jsonl(path, {"text": str, "label": (str, int)})
     labels = []
     for line, r in numbered:
         label = r["label"].strip() if isinstance(r["label"], str) else r["label"]   # as a CSV label is read
@@ -429,22 +432,21 @@ def load_sft(path) -> list[dict]:
 def load_choice_items(path) -> list[dict]:
     """Multiple-choice items: [{"context"?, "question", "choices", "answer"}] from a .jsonl file; the
     optional context is a passage the question is about (reading comprehension)."""
-    records = read_jsonl(path, {"question": str, "choices": list})
-    for i, r in enumerate(records):
+    numbered = _read_numbered_jsonl(path, {"question": str, "choices": list})
+    for line, r in numbered:
+        where = f"{path} line {line}"
         choices = r["choices"]
         if len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
-            raise ValueError(f"{path}: item {i + 1} needs at least two non-empty string choices")
+            raise ValueError(f"{where}: an item needs at least two non-empty string choices")
         if not isinstance(r.get("context", ""), str):
-            raise ValueError(f'{path}: item {i + 1}: "context" must be a string (the passage), '
-                             f'got {type(r["context"]).__name__}')
+            raise ValueError(f'{where}: "context" must be a string (the passage), got {type(r["context"]).__name__}')
         answer = r.get("answer")
         if not isinstance(answer, int) or isinstance(answer, bool):   # "B", the right choice's text, ...
-            raise ValueError(f'{path}: item {i + 1}: "answer" must be the index of the right choice, '
-                             f'counting from 0, got {"nothing" if answer is None else repr(answer)}')
-        if not 0 <= r["answer"] < len(choices):
-            raise ValueError(f"{path}: item {i + 1} has answer {r['answer']}, but only {len(choices)} "
-                             f"choices (answers count from 0)")
-    return records
+            raise ValueError(f'{where}: "answer" must be the index of the right choice, counting from 0, '
+                             f'got {"nothing" if answer is None else repr(answer)}')
+        if not 0 <= answer < len(choices):
+            raise ValueError(f"{where}: answer {answer}, but only {len(choices)} choices (answers count from 0)")
+    return [r for _, r in numbered]
 
 
 def split_train_val(n: int, val_fraction: float, seed: int = 0, what: str = "examples",

@@ -173,6 +173,10 @@ def test_sft_and_choice_files(tmp_path):
     write_jsonl(path, [{"question": "Q", "choices": ["a"], "answer": 0}])
     with pytest.raises(ValueError, match="at least two non-empty"):
         load_choice_items(path)
+    path.write_text('{"question": "Q", "choices": ["a", "b"], "answer": 1}\n\n'
+                    '{"question": "Q", "choices": ["a", "b"], "answer": 5}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="c.jsonl line 3: answer 5, but only 2 choices"):   # the line, blank ones counted
+        load_choice_items(path)
     # reading comprehension: a passage rides along; an answer given as a letter or the choice's text
     # is told what is wanted
     write_jsonl(path, [{"context": "Tom had a ball.", "question": "What did Tom have?", "choices": ["a ball", "a cat"],
@@ -180,7 +184,7 @@ def test_sft_and_choice_files(tmp_path):
     assert load_choice_items(path)[0]["context"] == "Tom had a ball."
     for answer in ("A", "a ball", True):
         write_jsonl(path, [{"question": "Q", "choices": ["a ball", "a cat"], "answer": answer}])
-        with pytest.raises(ValueError, match=r'item 1: "answer" must be the index of the right choice, counting from 0'):
+        with pytest.raises(ValueError, match=r'c.jsonl line 1: "answer" must be the index of the right choice, counting from 0'):
             load_choice_items(path)
     write_jsonl(path, [{"context": ["Tom"], "question": "Q", "choices": ["a", "b"], "answer": 0}])
     with pytest.raises(ValueError, match='"context" must be a string'):

@@ -326,14 +326,15 @@ def majority_baseline(train_labels, val_labels) -> tuple[int, float]:
     return majority, float(np.mean(np.asarray(val_labels) == majority))
 
 
-def format_metrics(metrics: dict, label_names, baseline: float) -> str:
-    """Accuracy and macro-F1 beside the majority baseline, then the confusion matrix."""
+def format_metrics(metrics: dict, label_names, baseline: float, majority=None) -> str:
+    """Accuracy and macro-F1 beside the majority baseline (always predicting `majority`, the
+    training set's most frequent label, named when given), then the confusion matrix."""
     from .text_width import rjust, width as columns
 
     names = [str(n) for n in label_names]
     width = max(8, *(columns(n) for n in names))
     lines = [f"validation accuracy {metrics['accuracy']:.3f}   macro-F1 {metrics['macro_f1']:.3f}   "
-             f"(majority-class baseline: accuracy {baseline:.3f})",
+             f"(majority-class baseline{'' if majority is None else f', always {majority}'}: accuracy {baseline:.3f})",
              "confusion matrix (rows: true label, columns: predicted)",
              " " * width + "".join(rjust(n, width + 1) for n in names)]
     for name, row in zip(names, metrics["confusion"]):
@@ -529,9 +530,10 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
     seconds = time.perf_counter() - started
 
     metrics = classification_metrics(val_ids, classifier.predict(val_encoded, pad_id), len(names))
-    _, baseline = majority_baseline(train_ids, val_ids)
+    # the label named: with a tie in training the first one counts, which can sit below 1 / num_labels
+    majority, baseline = majority_baseline(train_ids, val_ids)
     echo(f"{cc.steps} steps in {seconds:.1f} s; {loss_change(losses)}")
-    echo(format_metrics(metrics, names, baseline))
+    echo(format_metrics(metrics, names, baseline, names[majority]))
     out = None
     if run is not None:
         info = {"task": "classify", "base": str(model_dir), "data": source, "lora": cc.lora,

@@ -38,10 +38,11 @@ def run(args) -> int:
     texts = list(args.text or [])
     if any(not text.strip() for text in texts):   # training refuses an empty text too: nothing to read
         raise UsageError("--text is empty: give the text to classify")
-    if args.file is not None and Path(args.file).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
-        raise UsageError(f"--file {args.file}: each line of --file is classified as it is, so a {Path(args.file).suffix} "
-                         f"file's header, quotes and field names would be read as text; give a plain text file "
-                         f"with one text a line (its text column alone)")
+    suffix = "" if args.file is None else Path(args.file).suffix.lower()
+    if suffix in (".csv", ".tsv", ".jsonl", ".json"):
+        raise UsageError(f"--file {args.file}: each line of --file is classified as it is, so a {suffix} file's "
+                         f"header, quotes and field names would be read as text; give a plain text file with "
+                         f"one text a line (its text column alone)")
     if args.file is not None:
         from ..budget import max_read
         from ..io.reading import read_text

@@ -277,10 +277,13 @@ def nucleus(probs: np.ndarray, top_p: float, first_guess: int = 64) -> np.ndarra
         n *= 2
 
 
-def stream_text(tokenizer, prompt_ids: Sequence[int], write: Callable[[str], None]) -> "TextStream":
+def stream_text(tokenizer, prompt_ids: Sequence[int], write: Callable[[str], None],
+                answer: bool = False) -> "TextStream":
     """An on_token callback that writes the newly decoded text as it becomes final; call its
-    flush() after the last token.  (see `TextStream`)"""
-    return TextStream(tokenizer, prompt_ids, write)
+    flush() after the last token.  answer=True: the new text is shown on its own (a chat answer),
+    so its first space -- the one that separates it from the prompt -- is not written, as the
+    tokenizer decoding the answer's ids alone drops it.  (see `TextStream`)"""
+    return TextStream(tokenizer, prompt_ids, write, answer)
 
 
 class TextStream:
@@ -300,16 +303,22 @@ class TextStream:
     character: that character counts as new text, written once it is complete.)
     """
 
-    def __init__(self, tokenizer, prompt_ids: Sequence[int], write: Callable[[str], None]):
+    def __init__(self, tokenizer, prompt_ids: Sequence[int], write: Callable[[str], None], answer: bool = False):
         self.tokenizer, self.write = tokenizer, write
         self.ids = list(prompt_ids)
         self.start = len(tokenizer.decode(self.ids).rstrip("\ufffd"))   # the prompt's text is not written
         self.text = ""          # the new text as last decoded (may end in a held-back U+FFFD run)
         self.written = 0        # how much of it has been written
+        self.separator_left = answer    # an answer's first space is yet to be dropped
 
     def __call__(self, token_id: int) -> None:
         self.ids.append(token_id)
         self.text = self.tokenizer.decode(self.ids)[self.start:]
+        if self.separator_left and self.text:
+            self.separator_left = False
+            if self.text.startswith(" "):
+                self.start += 1
+                self.text = self.text[1:]
         final = len(self.text.rstrip("\ufffd"))      # an unfinished character decodes as U+FFFD
         if final > self.written:
             self.write(self.text[self.written:final])

@@ -112,9 +112,9 @@ def byte_fallback_tokenizer(small_model_dir):
     return load_tokenizer(small_model_dir)
 
 
-def streamed(tokenizer, prompt_ids, new_ids) -> str:
+def streamed(tokenizer, prompt_ids, new_ids, answer=False) -> str:
     written = []
-    show = stream_text(tokenizer, prompt_ids, written.append)
+    show = stream_text(tokenizer, prompt_ids, written.append, answer=answer)
     for i in new_ids:
         show(i)
         assert "\ufffd" not in "".join(written)   # a half-finished character is never shown
@@ -127,6 +127,20 @@ def test_stream_text_shows_characters_made_of_byte_pieces(byte_fallback_tokenize
     prompt = tok.encode("Hi", bos=True)
     new = tok.encode("Hi 😀 café 猫 ok", bos=True)[len(prompt):]
     assert streamed(tok, prompt, new) == " 😀 café 猫 ok"
+
+
+def test_an_answer_streamed_on_its_own_is_the_answer_decoded_alone(byte_fallback_tokenizer):
+    """A chat answer is printed without the prompt: its first space only separated it from the
+    prompt ('[/INST] The ball ...'), and decoding the answer's ids alone drops it.  Later spaces,
+    a second leading one, and an answer that starts with no space are kept."""
+    tok = byte_fallback_tokenizer
+    prompt = tok.encode("[INST] Hi [/INST]", bos=True)
+    for answer in ("The ball is red.", "  two spaces", "😀 first", ", comma"):
+        new = tok.encode("[INST] Hi [/INST] " + answer, bos=True)[len(prompt):]
+        assert streamed(tok, prompt, new) == tok.decode(prompt + new)[len(tok.decode(prompt)):]
+        shown = streamed(tok, prompt, new, answer=True)
+        assert shown == tok.decode(prompt + new)[len(tok.decode(prompt)) + 1:]
+        assert shown == tok.decode(new) or answer.startswith(" ")
 
 
 def test_stream_text_flush_writes_an_unfinished_character(byte_fallback_tokenizer):

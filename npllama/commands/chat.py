@@ -47,7 +47,7 @@ def run(args) -> int:
                      f"tokens, and the model's context is {context}]")
                 continue
             room = min(args.max_new_tokens, context - len(prompt_ids))
-            show = stream_text(tokenizer, prompt_ids, _write)
+            show = stream_text(tokenizer, prompt_ids, _write, answer=True)
             ids = generate(model, prompt_ids, room, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, seed=None if args.seed is None else args.seed + turn, eos_id=end_ids,
                            on_token=show, repetition_penalty=args.repetition_penalty, threads=args.threads,

@@ -105,7 +105,7 @@ def run(args) -> int:
             seed = None if args.seed is None else args.seed + i
             sys.stdout.write(shown_prompt)
             printer = _StopAwarePrinter(stop)
-            show = stream_text(tokenizer, prompt_ids, printer.write)
+            show = stream_text(tokenizer, prompt_ids, printer.write, answer=chat)
             arrivals: list[float] = []
 
             def on_token(token_id: int, show=show, arrivals=arrivals) -> None:

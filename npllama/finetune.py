@@ -302,8 +302,11 @@ def encode_texts(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
 
 
 def classification_metrics(y_true, y_pred, num_labels: int) -> dict:
-    """accuracy, macro-F1 (the unweighted mean of each label's F1), per-label precision/recall/F1,
-    and the confusion matrix (rows: true label, columns: predicted)."""
+    """accuracy, macro-F1, per-label precision/recall/F1, and the confusion matrix (rows: true
+    label, columns: predicted).  macro-F1 is the unweighted mean of the F1 of each label that is
+    a true label or a prediction here (scikit-learn's rule): a label absent from both -- a class
+    the validation share happens not to hold -- says nothing of the classifier, and counted as
+    F1 = 0 it made a perfect classifier's macro-F1 0.5 on a share holding one of two classes."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape or y_true.size == 0:
         raise ValueError(f"y_true and y_pred must be non-empty and of one shape, got {y_true.shape}, {y_pred.shape}")
@@ -315,7 +318,8 @@ def classification_metrics(y_true, y_pred, num_labels: int) -> dict:
     recall = np.divide(true_pos, actual, out=np.zeros(num_labels), where=actual > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(num_labels),
                    where=precision + recall > 0)
-    return {"accuracy": float(true_pos.sum() / y_true.size), "macro_f1": float(f1.mean()),
+    present = (actual > 0) | (predicted > 0)
+    return {"accuracy": float(true_pos.sum() / y_true.size), "macro_f1": float(f1[present].mean()),
             "precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
             "confusion": confusion.tolist()}
 

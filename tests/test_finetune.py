@@ -188,10 +188,15 @@ def test_metrics_and_baseline():
     # f1: class 0: p=1/2 r=1/2 -> 1/2; class 1: p=2/3 r=1 -> 4/5; class 2: 0
     assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0) / 3)
     assert majority_baseline([1, 1, 0], [0, 1, 1, 1]) == (1, 0.75)
-    # a label that never occurs (nor is predicted) scores 0, not NaN: macro-F1 stays a number
+    # a label that never occurs (nor is predicted) scores 0, not NaN, and is left out of macro-F1
+    # (scikit-learn's rule): it says nothing of the classifier
     unseen = classification_metrics([0, 1], [0, 1], 3)
     assert unseen["recall"][2] == unseen["precision"][2] == unseen["f1"][2] == 0.0
-    assert unseen["macro_f1"] == pytest.approx(2 / 3)
+    assert unseen["macro_f1"] == 1.0
+    one_class = classification_metrics([1, 1, 1], [1, 1, 1], 2)
+    assert one_class["accuracy"] == one_class["macro_f1"] == 1.0
+    # a label only predicted (never true) counts: its F1 is 0
+    assert classification_metrics([0, 0], [0, 1], 2)["macro_f1"] == pytest.approx((2 / 3 + 0) / 2)
 
 
 def test_batch_rows_deal_each_epoch_out_once_in_a_fresh_order():

@@ -697,6 +697,8 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
 # ----- multiple choice (§6.3) -----------------------------------------------------------------------
 def choice_logprobs(model, tokenizer, question: str, choices: list[str], template: str = "plain"):
     """(log p(choice | question) summed over the choice's tokens, the choice's token counts).
+    A question too long for the model's context keeps <s> and its end, the part nearest the
+    answer (evaluate_choice counts the items so cut).
 
     All choices of one question go through the model as one padded batch.  The question is
     `<s> question` ("plain"), or a user's message in a chat template, ready for the assistant's
@@ -705,6 +707,12 @@ def choice_logprobs(model, tokenizer, question: str, choices: list[str], templat
     after a space, but with none in Chinese or Japanese (objectives.join_text); a chat answer after
     the template's space.
     """
+    scores, lengths, _ = _choice_scores(model, tokenizer, question, choices, template)
+    return scores, lengths
+
+
+def _choice_scores(model, tokenizer, question: str, choices: list[str], template):
+    """choice_logprobs' (scores, lengths), and whether the question was cut to fit the context."""
     from .runs import require_next_token_model
 
     require_next_token_model(model, "multiple-choice scoring")   # log p(choice | question), token by token
@@ -718,6 +726,7 @@ def choice_logprobs(model, tokenizer, question: str, choices: list[str], templat
         raise ValueError(f"a choice of {limit - room} tokens leaves no room for the question in the model's "
                          f"context ({limit} tokens)")
     # a question too long keeps <s> and its end, the part nearest the answer
+    cut = any(len(context) > room for context, _ in split)
     split = [(context if len(context) <= room else context[:1] + context[len(context) - room + 1:], ids)
              for context, ids in split]
     tokens, mask = pad_batch([context + ids for context, ids in split], pad_id_of(tokenizer))
@@ -728,7 +737,7 @@ def choice_logprobs(model, tokenizer, question: str, choices: list[str], templat
         predicting = logits[row, positions - 1].astype(np.float64)       # each predicted one step earlier
         log_probs = predicting - _logsumexp(predicting)                   # log softmax over V, those rows only
         scores.append(float(log_probs[np.arange(len(ids)), ids].sum()))
-    return np.array(scores), np.array([len(ids) for _, ids in split])
+    return np.array(scores), np.array([len(ids) for _, ids in split]), cut
 
 
 def _chat_template(template):
@@ -757,7 +766,9 @@ def _context_and_continuation(tokenizer, prompt: str, context: list[int], choice
 def evaluate_choice(model, tokenizer, items: list[dict], template="plain", progress: bool = True) -> dict:
     """Accuracy of picking the most likely choice: by total log-likelihood ("accuracy") and by
     log-likelihood per token ("accuracy_per_token", fairer between long and short choices).
-    An item's optional "context" (a passage) comes before its question, as text goes on."""
+    An item's optional "context" (a passage) comes before its question, as text goes on;
+    "cut": how many items' passage and question did not fit the model's context beside a choice
+    (their beginning was dropped, see choice_logprobs)."""
     from tqdm.auto import tqdm
 
     from .objectives import join_text
@@ -765,15 +776,16 @@ def evaluate_choice(model, tokenizer, items: list[dict], template="plain", progr
     if not items:
         raise ValueError("no multiple-choice items to evaluate")
     template = _chat_template(template) or "plain"    # "chat" compiled once, not once per item
-    right = right_per_token = 0
+    right = right_per_token = cut = 0
     for item in tqdm(items, desc="choices", disable=not progress, leave=False):
         question = join_text(item["context"], item["question"]) if item.get("context") else item["question"]
-        scores, lengths = choice_logprobs(model, tokenizer, question, item["choices"], template)
+        scores, lengths, was_cut = _choice_scores(model, tokenizer, question, item["choices"], template)
+        cut += was_cut
         right += int(np.argmax(scores) == item["answer"])
         right_per_token += int(np.argmax(scores / np.maximum(lengths, 1)) == item["answer"])
     chance = float(np.mean([1 / len(item["choices"]) for item in items]))
     return {"accuracy": right / len(items), "accuracy_per_token": right_per_token / len(items),
-            "chance": chance, "n": len(items)}
+            "chance": chance, "n": len(items), "cut": cut}
 
 
 def _logsumexp(x):

@@ -305,7 +305,7 @@ def test_choice_scoring_on_a_constructed_case():
     items = [{"question": "3 4", "choices": ["9", "5 6"], "answer": 1},
              {"question": "1", "choices": ["2 3", "4"], "answer": 0}]
     result = evaluate_choice(CountingModel(), DigitTokenizer(), items, progress=False)
-    assert result == {"accuracy": 1.0, "accuracy_per_token": 1.0, "chance": 0.5, "n": 2}
+    assert result == {"accuracy": 1.0, "accuracy_per_token": 1.0, "chance": 0.5, "n": 2, "cut": 0}
 
 
 def test_a_reading_comprehension_items_passage_is_read_before_its_question():
@@ -336,6 +336,12 @@ def test_a_question_longer_than_the_context_keeps_its_start_token_and_end_and_fi
     assert tokens.shape[1] == limit                              # as much question as fits, no more
     asked = DigitTokenizer().encode(question)
     np.testing.assert_array_equal(tokens[0, :limit - 2], [0] + asked[len(asked) - (limit - 3):])   # <s>, the end
+    # evaluate_choice counts the items so cut: exactly those that did not fit beside their longest choice
+    fits = " ".join(["1"] * 29)                                   # <s> + 29 + the 2-token choice = 32
+    items = [{"question": question, "choices": ["3 4", "7"], "answer": 0},
+             {"question": fits, "choices": ["3 4", "7"], "answer": 0},
+             {"question": fits + " 1", "choices": ["3 4", "7"], "answer": 0}]
+    assert evaluate_choice(CountingModel(), DigitTokenizer(), items, progress=False)["cut"] == 2
 
 
 def test_the_chat_template_name_is_llama_2s_template(base_dir):
@@ -401,7 +407,15 @@ def test_cli_classify_and_eval(cli, base_dir, tmp_path, capsys):
     assert status == 0 and "majority-class baseline, always ham: accuracy" in out and "confusion matrix" in out
     assert cli(["eval", "choice", "--base", str(base_dir), "--limit", "5", "--no-progress",
                 "--backend", "numpy"]) == 0
-    assert "chance 0.250" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "chance 0.250" in captured.out
+    context = Llama.from_pretrained(base_dir).config.max_position_embeddings
+    long = datasets.write_jsonl(tmp_path / "long.jsonl", [
+        {"context": "The dog ran. " * context, "question": "Who ran?", "choices": ["the dog", "the cat"], "answer": 0},
+        {"question": "Who ran?", "choices": ["the dog", "the cat"], "answer": 0}])
+    assert cli(["eval", "choice", "--base", str(base_dir), "--data", str(long), "--no-progress",
+                "--backend", "numpy"]) == 0
+    assert f"1 of the 2 items did not fit the model's context ({context} tokens)" in capsys.readouterr().err
 
 
 def test_cli_bad_input(cli, base_dir, tmp_path, capsys):

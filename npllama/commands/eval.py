@@ -1,5 +1,7 @@
 """`npllama eval choice`: multiple-choice question answering by log-likelihood (article §6.3);
 `npllama eval perplexity`: the mean next-token loss and perplexity of a text file."""
+import sys
+
 from . import HelpFormatter, add_adapter_option, add_run_options, print_help_instead
 
 
@@ -110,4 +112,8 @@ def run_choice(args) -> int:
     print(f"{model_dir}{' + ' + args.adapter if args.adapter else ''} on {result['n']} {source}: "
           f"accuracy {result['accuracy']:.3f}, per-token accuracy {result['accuracy_per_token']:.3f} "
           f"(chance {result['chance']:.3f})")
+    if result["cut"]:
+        print(f"{result['cut']} of the {result['n']} items did not fit the model's context "
+              f"({model.config.max_position_embeddings} tokens) with a choice: the beginning of their "
+              f"passage or question was left out (the end, nearest the answer, kept)", file=sys.stderr)
     return 0

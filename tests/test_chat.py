@@ -345,8 +345,8 @@ def test_eval_choice_in_chat_asks_in_the_model_s_own_template(small_model_dir, t
     shutil.copytree(small_model_dir, folder)
     (folder / "chat_template.jinja").write_text("{{ bos_token }}Q: {{ messages[-1]['content'] }}\nA:")
     seen = []
-    monkeypatch.setattr(finetune, "choice_logprobs", lambda model, tokenizer, question, choices, template:
-                        seen.append(template.prompt(question)) or (np.zeros(len(choices)), np.ones(len(choices))))
+    monkeypatch.setattr(finetune, "_choice_scores", lambda model, tokenizer, question, choices, template:
+                        seen.append(template.prompt(question)) or (np.zeros(len(choices)), np.ones(len(choices)), False))
     items = write_jsonl(tmp_path / "items.jsonl", [{"question": "Who?", "choices": ["Tom", "Lily"], "answer": 0}])
     assert main(["eval", "choice", "--base", str(folder), "--data", str(items), "--template", "chat",
                  "--no-progress", "--backend", "numpy"]) == 0

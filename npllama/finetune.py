@@ -330,15 +330,19 @@ def majority_baseline(train_labels, val_labels) -> tuple[int, float]:
     return majority, float(np.mean(np.asarray(val_labels) == majority))
 
 
-def format_metrics(metrics: dict, label_names, baseline: float, majority=None) -> str:
+def format_metrics(metrics: dict, label_names, baseline: float, majority=None, of: str = "validation",
+                   baseline_from: str | None = None) -> str:
     """Accuracy and macro-F1 beside the majority baseline (always predicting `majority`, the
-    training set's most frequent label, named when given), then the confusion matrix."""
+    training set's most frequent label, named when given; `baseline_from` says where else it
+    came from), then the confusion matrix.  `of`: which texts were scored."""
     from .text_width import rjust, width as columns
 
     names = [str(n) for n in label_names]
     width = max(8, *(columns(n) for n in names))
-    lines = [f"validation accuracy {metrics['accuracy']:.3f}   macro-F1 {metrics['macro_f1']:.3f}   "
-             f"(majority-class baseline{'' if majority is None else f', always {majority}'}: accuracy {baseline:.3f})",
+    always = "" if majority is None else f", always {majority}"
+    source = "" if baseline_from is None else f" ({baseline_from})"
+    lines = [f"{of} accuracy {metrics['accuracy']:.3f}   macro-F1 {metrics['macro_f1']:.3f}   "
+             f"(majority-class baseline{always}{source}: accuracy {baseline:.3f})",
              "confusion matrix (rows: true label, columns: predicted)",
              " " * width + "".join(rjust(n, width + 1) for n in names)]
     for name, row in zip(names, metrics["confusion"]):

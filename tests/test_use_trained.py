@@ -154,6 +154,35 @@ def test_classify_cli_with_a_folder_and_with_an_adapter(classifiers, small_model
     assert rows[0]["label"] == load_classifier(small_model_dir, adapter=lora).predict(["Great fun."])[0]
 
 
+def test_classify_scores_a_labelled_test_file_as_fine_tuning_reports(classifiers, capsys, tmp_path):
+    """classify --data: the file's texts classified by the folder's classifier, scored against their
+    labels (accuracy, macro-F1, confusion matrix), the baseline the file's most frequent label."""
+    full, _, names = classifiers
+    texts = ["I loved this story.", "Awful and boring.", "A fine day.", "The worst film.", "Great fun.",
+             "Bad, bad, bad."]
+    truth = [names[i % 2] for i in range(len(texts))]
+    truth[-1] = names[0]
+    (tmp_path / "test.csv").write_text("text,label\n" + "".join(f'"{t}",{y}\n' for t, y in zip(texts, truth)))
+    predicted = load_classifier(full).predict(texts)
+    status, out, _ = run_cli(capsys, "classify", "--model", str(full), "--data", str(tmp_path / "test.csv"))
+    accuracy = np.mean([p == y for p, y in zip(predicted, truth)])
+    assert status == 0 and f"on 6 texts of {tmp_path / 'test.csv'}" in out
+    assert f"test accuracy {accuracy:.3f}" in out
+    assert f"(majority-class baseline, always {names[0]} (this file's most frequent label): accuracy 0.667)" in out
+    status, out, _ = run_cli(capsys, "classify", "--model", str(full), "--data", str(tmp_path / "test.csv"), "--json")
+    scores = json.loads(out)
+    assert status == 0 and scores["n"] == 6 and scores["accuracy"] == pytest.approx(accuracy)
+    confusion = np.array(scores["confusion"])
+    assert confusion.sum() == 6 and [confusion[names.index(y)].sum() for y in names] == [4, 2]
+    # a label the classifier does not have is named, with its line and the classifier's labels
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "Meh.", "label": "neutral"}) + "\n")
+    status, _, err = run_cli(capsys, "classify", "--model", str(full), "--data", str(tmp_path / "bad.jsonl"))
+    assert status == 2 and "neutral" in err and "line 1" in err and f"the classifier's labels: {', '.join(names)}" in err
+    status, _, err = run_cli(capsys, "classify", "--model", str(full), "--data", str(tmp_path / "test.csv"),
+                             "--text", "hi")
+    assert status == 2 and "without --text and --file" in err
+
+
 def test_classify_lines_up_the_scores_after_chinese_labels(monkeypatch, capsys):
     # Before: labels padded by len(), so the scores after "正面" (two characters, four columns)
     # stood two columns right of those after "neutral".

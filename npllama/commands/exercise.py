@@ -2,6 +2,10 @@
 
 from . import HelpFormatter, UsageError
 
+EXERCISE_FILE_HELP = ("a teacher's own exercise: a .py file defining a subclass of npllama.exercises.Exercise "
+                      "(docs/debugging.md, \"Your own exercise\"); OP then names one of its exercises, and its "
+                      "reference backward must pass the exercise's own checks first")
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -12,12 +16,15 @@ def register(subparsers) -> None:
                     "explains any failure, naming the mistake when the numbers show which step of the "
                     "derivation went wrong; `check OP FOLDER` grades every .py file in a folder (and in its "
                     "subfolders, one per student) and writes a gradebook; `notebook OP` writes the exercise as a "
-                    "Jupyter notebook; `train OP FILE` trains the tiny model with your backward.  `npllama explain OP` prints the derivation.")
+                    "Jupyter notebook; `train OP FILE` trains the tiny model with your backward.  `npllama explain OP` prints the derivation.  "
+                    "A teacher's own exercise (GELU, a LayerNorm variant, ...) is a .py file given to list, start, notebook "
+                    "and check with --exercise-file FILE.")
     sub = p.add_subparsers(dest="action", metavar="<action>")
     sub.required = True
 
     ls = sub.add_parser("list", help="the exercises: one per backward pass in npllama/ops, then the decoder "
                                      "block and the whole model assembled from them")
+    ls.add_argument("--exercise-file", default=None, metavar="FILE", help=EXERCISE_FILE_HELP)
     ls.set_defaults(run=run_list)
 
     start = sub.add_parser("start", help="write the starter file for an exercise",
@@ -26,6 +33,7 @@ def register(subparsers) -> None:
     start.add_argument("--out", default=None, help="file or folder to write (default: ./<op>_backward.py)")
     start.add_argument("--force", action="store_true", help="overwrite an existing file")
     start.add_argument("--quiet", action="store_true", help="do not print the derivation's backward section")
+    start.add_argument("--exercise-file", default=None, metavar="FILE", help=EXERCISE_FILE_HELP)
     start.set_defaults(run=run_start)
 
     notebook = sub.add_parser("notebook", help="write the exercise as a Jupyter notebook (derivation, "
@@ -33,6 +41,8 @@ def register(subparsers) -> None:
     notebook.add_argument("op", help="which exercise (see `npllama exercise list`)")
     notebook.add_argument("--out", default=None, help="file or folder to write (default: ./<op>_backward.ipynb)")
     notebook.add_argument("--force", action="store_true", help="overwrite an existing file")
+    notebook.add_argument("--exercise-file", default=None, metavar="FILE", help=EXERCISE_FILE_HELP + "; the "
+                          "notebook's check cell loads it, so hand it out with the notebook")
     notebook.set_defaults(run=run_notebook)
 
     trainer = sub.add_parser("train", help="train the tiny model with your backward in place of the library's "
@@ -63,50 +73,67 @@ def register(subparsers) -> None:
                        help="memory (MB) one submission may allocate before it is stopped and failed")
     check.add_argument("--allow-imports", action="store_true",
                        help="skip the import rule (for files you trust); the run-time guard stays on")
+    check.add_argument("--exercise-file", default=None, metavar="FILE",
+                       help=EXERCISE_FILE_HELP + ", on the cases given by --cases and --seed, before any submission "
+                            "is graded; each submission's process loads the file too")
     check.set_defaults(run=run_check)
 
 
-def run_list(args) -> int:
-    from ..exercises import EXERCISES
+def exercise_of(args, verify: bool = True):
+    """The exercise OP names: a built-in one, or one of the teacher's file given by --exercise-file."""
+    from ..exercises import get_exercise
+    from ..exercises.teacher import exercise_in_file
 
+    if args.exercise_file is None:
+        return get_exercise(args.op)
+    return exercise_in_file(args.exercise_file, args.op, verify=verify)
+
+
+def run_list(args) -> int:
+    from ..exercises import EXERCISES, load_exercises
+    from ..exercises.starter import derivation_name
+
+    exercises = EXERCISES if args.exercise_file is None else load_exercises(args.exercise_file)
     rows = [("exercise", "write", "derivation", "checks")]
-    for op, ex in EXERCISES.items():
-        rows.append((op, ex.signature[4:-1], ex.derivation, ", ".join(c.name for c in ex.checks())))
+    for op, ex in exercises.items():
+        rows.append((op, ex.signature[4:-1], derivation_name(ex), ", ".join(c.name for c in ex.checks())))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
-    print("\nStart one with `npllama exercise start <exercise>`; `npllama explain <exercise>` prints its "
-          "derivation.")
+    if args.exercise_file is None:
+        print("\nStart one with `npllama exercise start <exercise>`; `npllama explain <exercise>` prints its "
+              "derivation.")
+    else:
+        print(f"\nStart one with `npllama exercise start --exercise-file {args.exercise_file} <exercise>`.")
     return 0
 
 
 def run_start(args) -> int:
-    from ..exercises import get_exercise, write_starter
+    from ..exercises import write_starter
 
-    ex = get_exercise(args.op)
+    ex = exercise_of(args)
     try:
-        path = write_starter(args.op, args.out, force=args.force)
+        path = write_starter(ex, args.out, force=args.force)
     except FileExistsError as error:
         raise UsageError(str(error)) from None
     if not args.quiet:
-        from ..exercises.starter import derivation_quote
+        from ..exercises.starter import derivation_name, derivation_quote
 
         quote = derivation_quote(ex)
         if quote:
-            print(f"The math you need ({ex.derivation}):\n")
+            print(f"The math you need ({derivation_name(ex)}):\n")
             print(quote)
     print(f"wrote {path}: fill in {ex.backward_name}, then run")
-    print(f"    npllama exercise check {ex.op} {path}")
+    print(f"    {ex.check_command(path)}")
     return 0
 
 
 def run_notebook(args) -> int:
-    from ..exercises import get_exercise
     from ..exercises.notebook import write_notebook
 
-    ex = get_exercise(args.op)
+    ex = exercise_of(args)
     try:
-        path = write_notebook(args.op, args.out, force=args.force)
+        path = write_notebook(ex, args.out, force=args.force)
     except FileExistsError as error:
         raise UsageError(str(error)) from None
     print(f"wrote {path}: open it in Jupyter, fill in {ex.backward_name}, run the check cell")
@@ -119,13 +146,13 @@ def run_check(args) -> int:
     import sys
     from pathlib import Path
 
-    from ..exercises import get_exercise
     from ..exercises import gradebook
     from ..exercises.gradebook import GradingInterrupted, format_gradebook, gradebook_json, write_gradebook
+    from ..exercises.teacher import verify_reference
     from ..io.atomic import atomic_write_text
     from ..exercises.sandbox import grade_file
 
-    get_exercise(args.op)  # an unknown name is a usage error before anything runs
+    exercise = exercise_of(args, verify=False)  # an unknown name is a usage error before anything runs
     if args.cases < 0:
         raise UsageError(f"--cases must be >= 0, got {args.cases}")
     if not args.timeout > 0:
@@ -135,6 +162,8 @@ def run_check(args) -> int:
     path = Path(args.path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (give a .py file or a folder of them)")
+    if not exercise.builtin:     # on the class's own cases, before anyone is graded
+        verify_reference(exercise, args.cases, args.seed)
     limits = dict(n_random=args.cases, seed=args.seed, timeout=args.timeout, memory_mb=args.memory_mb,
                   allow_imports=args.allow_imports)
     if path.is_dir():
@@ -144,7 +173,7 @@ def run_check(args) -> int:
 
         stem = args.gradebook or f"gradebook-{args.op}"
         try:
-            graded = gradebook.grade_folder(args.op, path, progress=progress, **limits)
+            graded = gradebook.grade_folder(exercise, path, progress=progress, **limits)
         except GradingInterrupted as interrupt:     # what was graded is kept, and said to be partial
             csv_path, json_path = write_gradebook(interrupt.graded, stem)
             interrupt.detail = (f"{len(interrupt.graded)} of {interrupt.total} submissions graded; "
@@ -160,9 +189,9 @@ def run_check(args) -> int:
         csv_path, json_path = write_gradebook(graded, stem)
         print(f"gradebook: {csv_path} and {json_path}")
     else:
-        print(f"checking {path} against the {len(get_exercise(args.op).checks())} checks of exercise {args.op} "
+        print(f"checking {path} against the {len(exercise.checks())} checks of exercise {args.op} "
               f"(in a process of its own, at most {args.timeout:g} s) ...", file=sys.stderr, flush=True)
-        graded = [grade_file(args.op, path, **limits)]
+        graded = [grade_file(exercise, path, **limits)]
         if graded[0].output:
             print(graded[0].output + "\n")
         print(graded[0].text)

@@ -161,7 +161,7 @@ out = h + swiglu(hn; W_gate, W_up, W_down)     # 8-9 the second residual"""
         identity = Case(case.forward, zeroed, case.input_names, case.wrt, kwargs=case.kwargs, seed=case.seed,
                         summary=case.summary)
         identity.reference = case.reference
-        grads, dout, _, _ = self._grads(backward, identity)
+        grads, dout, _, _ = self.gradients(backward, identity)
         expect_close(grads[0], dout, "dx", identity.describe() + ", W_o = W_down = 0",
                      what="with both sub-layers switched off the block is the identity, so dx = dout",
                      tol=1e-12, zero_label="")

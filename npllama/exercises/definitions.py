@@ -65,6 +65,36 @@ class Exercise:
     space: dict = {}
     edge_cases: list = []
     float32_params: dict = {}
+    catalogue = None             # the mistakes to name (catalogue.py's shape); the built-ins' are in CATALOGUES
+    exercise_file: str = ""      # a teacher's exercise: the file it was loaded from (teacher.py), which the
+                                 # grading sandbox's process loads too
+
+    @property
+    def builtin(self) -> bool:
+        return EXERCISES.get(self.op) is self
+
+    def loader(self) -> tuple[str, str]:
+        """(an import line, an expression) that give this exercise in Python: what a notebook's check
+        cell and a re-run hint write."""
+        if self.builtin:
+            return "from npllama.exercises import get_exercise", f"get_exercise({self.op!r})"
+        if not self.exercise_file:     # defined in the caller's own code (a script, a notebook)
+            return f"from {type(self).__module__} import {type(self).__name__}", f"{type(self).__name__}()"
+        return ("from npllama.exercises import load_exercises",
+                f"load_exercises({os.path.basename(self.exercise_file)!r})[{self.op!r}]")
+
+    def check_command(self, path) -> str:
+        """The shell command that checks `path` against this exercise."""
+        if self.builtin or not self.exercise_file:
+            return f"npllama exercise check {self.op} {path}"
+        return f"npllama exercise check --exercise-file {os.path.basename(self.exercise_file)} {self.op} {path}"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # a teacher's exercise (teacher.py) finds its forward and reference in its own file unless
+        # it names another module (a variant of a library op)
+        if "module" not in vars(cls) and not cls.__module__.startswith(__package__ + "."):
+            cls.module = cls.__module__
 
     # ----- the functions behind the exercise --------------------------------------------------------
     @property
@@ -125,9 +155,9 @@ class Exercise:
         checks.check_dtype(backward, self.case(self.float32_params or self.edge_cases[0], np.float32))
 
     # ----- helpers for the op-specific checks ------------------------------------------------------
-    def _grads(self, backward, case: Case, dout=None):
+    def gradients(self, backward, case: Case, dout=None):
         """(the student's grads, dout, out, a fresh cache) -- fresh, in case the student's code
-        changed the one it was given."""
+        changed the one it was given.  What an exercise's own checks compare with their closed forms."""
         out, cache = case.run_forward()
         dout = case.dout_for(out) if dout is None else dout
         grads = checks.call_backward(backward, dout, cache, case)
@@ -135,11 +165,11 @@ class Exercise:
 
 
     def _grads_judged_by_values(self, backward, case: Case, dout=None):
-        """_grads with NumPy's floating-point warnings silenced: an edge-case check judges the values
+        """gradients() with NumPy's floating-point warnings silenced: an edge-case check judges the values
         that come back (finite and right), not how they were reached -- an exp that overflows to inf
         on the way to an exact, finite gradient is no mistake."""
         with np.errstate(all="ignore"):
-            return self._grads(backward, case, dout)
+            return self.gradients(backward, case, dout)
 
 
 DOUT_STREAM = 2**31   # added to a case's seed: above every input seed (SEED is 0 .. 2**31 - 1)
@@ -204,7 +234,7 @@ class Embedding(Exercise):
     @check("one-hot", "equals onehot(tokens)^T @ dout, the closed form")
     def check_onehot(self, backward, params):
         case = self.case(params)
-        (dweight,), dout, _, _ = self._grads(backward, case)
+        (dweight,), dout, _, _ = self.gradients(backward, case)
         tokens, weight = case.inputs
         onehot = np.eye(weight.shape[0])[tokens.reshape(-1)]           # (N, V)
         expected = onehot.T @ dout.reshape(-1, weight.shape[1])         # (V, D)
@@ -217,7 +247,7 @@ class Embedding(Exercise):
         tokens = np.array([[2, 2], [0, 2]])
         case = Case(self.forward, [tokens, weight], ("tokens", "weight"), (1,))
         dout = np.array([[[1.0, 2, 3], [10, 20, 30]], [[-1, -1, -1], [100, 200, 300]]])
-        (dweight,), *_ = self._grads(backward, case, dout)
+        (dweight,), *_ = self.gradients(backward, case, dout)
         expected = np.array([[-1.0, -1, -1], [0, 0, 0], [111, 222, 333], [0, 0, 0]])
         expect_close(dweight, expected, "dweight", "tokens [[2, 2], [0, 2]], V = 4, D = 3",
                      what="token 2 occurs three times, token 0 once", tol=1e-12,
@@ -251,7 +281,7 @@ class Linear(Exercise):
     @check("index sums", "equals the index sums dx[..i] = sum_o dy[..o] W[o,i], dW[o,i] = sum_n dy[n,o] x[n,i]")
     def check_index_sums(self, backward, params):
         case = self.case(params)
-        (dx, dweight), dy, _, _ = self._grads(backward, case)
+        (dx, dweight), dy, _, _ = self.gradients(backward, case)
         x, weight = case.inputs
         rows_dy, rows_x = dy.reshape(-1, weight.shape[0]), x.reshape(-1, weight.shape[1])
         expect_close(dx, np.einsum("...o,oi->...i", dy, weight), "dx", case.describe(),
@@ -292,7 +322,7 @@ y    = x * rstd * weight                                        # (..., D)"""
     @check("orthogonal", "with eps = 0 each row of dx is orthogonal to x (y does not change when x is scaled)")
     def check_orthogonal(self, backward, params):
         case = self.case({**params, "eps": 0.0})
-        (dx, _), *_ = self._grads(backward, case)
+        (dx, _), *_ = self.gradients(backward, case)
         x = case.inputs[0]
         dots = np.sum(dx * x, axis=-1)
         scale = np.linalg.norm(dx) * np.linalg.norm(x) + 1e-300
@@ -340,7 +370,7 @@ y    = xhat * weight + bias"""
     @check("rows sum to 0", "each row of dx sums to 0 (adding a constant to a row changes nothing)")
     def check_rows_sum_to_zero(self, backward, params):
         case = self.case(params)
-        (dx, _, _), *_ = self._grads(backward, case)
+        (dx, _, _), *_ = self.gradients(backward, case)
         sums = dx.sum(-1)
         if np.max(np.abs(sums), initial=0.0) > 1e-10 * max(1.0, float(np.abs(dx).max(initial=0.0))):
             worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(np.abs(sums))), sums.shape))
@@ -353,7 +383,7 @@ y    = xhat * weight + bias"""
         from ..ops.layernorm import layernorm_backward_stepwise
 
         case = self.case(params)
-        grads, dy, _, cache = self._grads(backward, case)
+        grads, dy, _, cache = self.gradients(backward, case)
         expected = layernorm_backward_stepwise(dy, cache)
         for name, got, want in zip(("dx", "dweight", "dbias"), grads, expected):
             expect_close(got, want, name, case.describe(), what="compared with the step-by-step chain rule",
@@ -365,7 +395,7 @@ y    = xhat * weight + bias"""
         x = np.array([[3.0], [-2.0]])
         case = Case(self.forward, [x, np.array([2.0]), np.array([0.5]), 1e-5], ("x", "weight", "bias", "eps"),
                     (0, 1, 2))
-        (dx, dweight, dbias), *_ = self._grads(backward, case, np.array([[1.0], [2.0]]))
+        (dx, dweight, dbias), *_ = self.gradients(backward, case, np.array([[1.0], [2.0]]))
         for name, got, want in (("dx", dx, np.zeros((2, 1))), ("dweight", dweight, np.zeros(1)),
                                 ("dbias", dbias, np.array([3.0]))):
             expect_close(got, want, name, "x [[3], [-2]], weight [2], bias [0.5], dy [[1], [2]]",
@@ -457,7 +487,7 @@ entries of x equal to -inf (masked) get p = 0; a row that is all -inf gives all 
     def check_jacobian(self, backward, params):
         # several rows: a sum over the whole array instead of each row is right on one row only
         case = self.case({**params, "lead_shape": (3,)})
-        (dx,), dp, p, _ = self._grads(backward, case)
+        (dx,), dp, p, _ = self.gradients(backward, case)
         expected = np.stack([(np.diag(row) - np.outer(row, row)) @ d for row, d in zip(p, dp)])
         expect_close(dx, expected, "dx", case.describe(), what="compared with J dp in each row")
 
@@ -531,12 +561,12 @@ query head h reads kv head h // n_rep (grouped-query attention, n_rep = H // KVH
         n_rep = q.shape[1] // k.shape[1]
         if n_rep == 1:
             return
-        (dq, dk, dv), dout, _, _ = self._grads(backward, case)
+        (dq, dk, dv), dout, _, _ = self.gradients(backward, case)
         k_rep, v_rep = np.repeat(k, n_rep, axis=1), np.repeat(v, n_rep, axis=1)  # repeat-interleave
         rep = Case(self.forward, [q, k_rep, v_rep], case.input_names, case.wrt, kwargs=case.kwargs,
                    seed=case.seed)
         rep.reference = self.reference
-        (dq_rep, dk_rep, dv_rep), *_ = self._grads(backward, rep, dout)
+        (dq_rep, dk_rep, dv_rep), *_ = self.gradients(backward, rep, dout)
         B, KVH, S, hd = k.shape
         expect_close(dq, dq_rep, "dq", case.describe(), what="compared with plain multi-head attention on "
                      "repeated k, v (query head h reads kv head h // n_rep)")
@@ -555,7 +585,7 @@ query head h reads kv head h // n_rep (grouped-query attention, n_rep = H // KVH
         case = Case(self.forward, [q, k, v], ("q", "k", "v"), (0, 1, 2),
                     kwargs=dict(causal=True, key_padding_mask=mask, q_offset=0))
         case.reference = self.reference
-        (dq, dk, dv), dout, _, cache = self._grads(backward, case, rng.standard_normal((2, 2, 3, 4)))
+        (dq, dk, dv), dout, _, cache = self.gradients(backward, case, rng.standard_normal((2, 2, 3, 4)))
         expected = self.reference(dout, case.run_forward()[1])
         label = "query 0 of batch 0 and all of batch 1 attend nothing; key 0 of both is padding"
         for name, got, want in zip(("dq", "dk", "dv"), (dq, dk, dv), expected):
@@ -592,7 +622,7 @@ act = silu(gate) * up                     # elementwise"""
     def check_silu_minimum(self, backward, params):
         z = np.array([-1.2784645427610738])
         case = Case(self.forward, [z, np.ones(1)], ("gate", "up"), (0, 1))
-        (dgate, _), *_ = self._grads(backward, case, np.ones(1))
+        (dgate, _), *_ = self.gradients(backward, case, np.ones(1))
         if not abs(float(dgate[0])) < 1e-14:
             _fail("dgate", f"dgate is {float(dgate[0]):.6g} at silu's minimum, where the slope is 0",
                   "silu'(z) = sigmoid(z) * (1 + z * (1 - sigmoid(z)))", case)
@@ -679,7 +709,7 @@ a position counts when its target != ignore_index (-100); no counted position: l
         case = self.case(params)
         logits, targets, _ = case.inputs
         dloss = float(np.random.default_rng(params["seed"] + 1).uniform(-3, 3))
-        (dlogits,), *_ = self._grads(backward, case, np.array(dloss))
+        (dlogits,), *_ = self.gradients(backward, case, np.array(dloss))
         counted = targets != -100
         probs = np.exp(logits - logits.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
@@ -747,7 +777,7 @@ y           = x @ weight.T + scaling * (lora_hidden @ lora_B.T)"""
     @check("merged weight", "without dropout, dx equals dy (W + scaling B A), the merged linear layer")
     def check_merged(self, backward, params):
         case = self.case({**params, "dropout_p": 0.0})
-        (dx, dA, dB), dy, _, _ = self._grads(backward, case)
+        (dx, dA, dB), dy, _, _ = self.gradients(backward, case)
         x, weight, lora_A, lora_B, s, _ = case.inputs
         rows_dy, rows_x = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
         expect_close(dx, dy @ (weight + s * lora_B @ lora_A), "dx", case.describe(),
@@ -762,7 +792,7 @@ y           = x @ weight.T + scaling * (lora_hidden @ lora_B.T)"""
         base = dict(lead_shape=(2, 3), n_in=4, n_out=5, r=2, scaling=2.0, dropout_p=0.0, seed=4)
         case = self.build(base, dropout_mask=np.zeros((2, 3, 4)))
         case.reference = self.reference
-        (dx, dA, _), dy, _, _ = self._grads(backward, case)
+        (dx, dA, _), dy, _, _ = self.gradients(backward, case)
         expect_close(dx, dy @ case.inputs[1], "dx", case.describe(), what="only the frozen path is left",
                      tol=1e-12)
         expect_close(dA, np.zeros_like(dA), "dlora_A", case.describe(), what="the adapter saw only zeros",
@@ -804,7 +834,7 @@ logits = pooled @ score_weight.T          # (B, num_labels)"""
     @check("pooled only", "dhidden is dlogits @ score_weight at each row's pooled position and 0 elsewhere")
     def check_pooled_only(self, backward, params):
         case = self.case(params)
-        (dhidden, _), dlogits, _, _ = self._grads(backward, case)
+        (dhidden, _), dlogits, _, _ = self.gradients(backward, case)
         hidden, score_weight, last_index = case.inputs
         expected = np.zeros_like(hidden)
         expected[np.arange(hidden.shape[0]), last_index] = dlogits @ score_weight
@@ -819,7 +849,13 @@ EXERCISES: dict[str, Exercise] = {ex.op: ex for ex in (
     CrossEntropy(), LoRA(), Classifier(), Block(), Model())}
 
 
-def get_exercise(op: str) -> Exercise:
+def get_exercise(op) -> Exercise:
+    """The built-in exercise named `op`; an Exercise (a teacher's own: teacher.load_exercises) is
+    returned as it is."""
+    if isinstance(op, Exercise):
+        return op
+    if not isinstance(op, str):
+        raise TypeError(f"op must be an exercise's name (a str) or an Exercise, got {type(op).__name__}")
     if op not in EXERCISES:
         raise ValueError(f"unknown exercise {op!r}{did_you_mean(op, EXERCISES)}; choose one of: {', '.join(EXERCISES)}")
     return EXERCISES[op]

@@ -38,9 +38,12 @@ def _folder():
 
 
 def derivation_markdown(name: str) -> str:
-    """The Markdown of derivations/<name>.md ('rmsnorm' or 'derivations/rmsnorm.md')."""
+    """The Markdown of derivations/<name>.md ('rmsnorm' or 'derivations/rmsnorm.md'), or of the
+    Markdown file at an absolute path (a teacher's exercise's own derivation: teacher.py)."""
     if not isinstance(name, str):
         raise TypeError(f"name must be a derivation's name such as 'rmsnorm', got {type(name).__name__}")
+    if Path(name).is_absolute() and name.endswith(".md") and Path(name).is_file():
+        return Path(name).read_text(encoding="utf-8")
     stem = Path(name).name
     stem = stem[:-3] if stem.endswith(".md") else stem
     folder = _folder()

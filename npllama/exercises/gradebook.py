@@ -67,19 +67,23 @@ def grade_folder(op: str, folder, *, n_random: int = 8, seed: int = 0, timeout: 
                  memory_mb: int = DEFAULT_MEMORY_MB, allow_imports: bool = False, workers: int = MAX_WORKERS,
                  progress=None) -> list[Graded]:
     """Grade every .py file in `folder` and its subfolders (submissions_in); `progress(graded, done,
-    total)` after each.  Each row's file is its path relative to `folder`."""
+    total)` after each.  Each row's file is its path relative to `folder`.  A teacher's exercise
+    (teacher.load_exercises) has its reference checked on the class's cases first."""
     from .definitions import get_exercise
+    from .teacher import verify_reference
 
-    get_exercise(op)
+    exercise = get_exercise(op)
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
         raise ValueError(f"workers must be 1 or {MAX_WORKERS}, got {workers!r}")
     files = submissions_in(folder)
+    if not exercise.builtin:
+        verify_reference(exercise, n_random, seed)
     folder = Path(folder)
     results: list[Graded | None] = [None] * len(files)
     done = 0
 
     def grade(i):
-        graded = grade_file(op, files[i], n_random=n_random, seed=seed, timeout=timeout, memory_mb=memory_mb,
+        graded = grade_file(exercise, files[i], n_random=n_random, seed=seed, timeout=timeout, memory_mb=memory_mb,
                             allow_imports=allow_imports)
         graded.file = readable_name(files[i].relative_to(folder).as_posix())    # alice/rmsnorm_backward.py: whose it is
         return i, graded

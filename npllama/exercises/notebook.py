@@ -21,30 +21,34 @@ def _cell(kind: str, text: str) -> dict:
     return cell
 
 
-def notebook_json(op: str) -> dict:
+def notebook_json(op) -> dict:
     ex = get_exercise(op)
-    starter = starter_source(op, in_notebook=True)
-    intro = (f"# Exercise: the backward pass of the {ex.title}\n\n"
-             f"Read the derivation below, fill in `{ex.backward_name}` in the next code cell, run it, then run "
-             f"the check.  `npllama exercise train {op} FILE` trains a real model with your function "
-             f"in place of the library's.")
-    check = (f"from npllama.exercises import check_function\n\n"
-             f"print(check_function({op!r}, {ex.backward_name}).format())")
-    cells = [_cell("markdown", intro), _cell("markdown", dollar_math(derivation_markdown(ex.derivation))),
-             _cell("code", starter), _cell("code", check)]
+    starter = starter_source(ex, in_notebook=True)
+    read = "Read the derivation below, fill" if ex.derivation else "Fill"
+    intro = f"# Exercise: the backward pass of the {ex.title}\n\n{read} in `{ex.backward_name}` in the next code cell, run it, then run the check."
+    if ex.exercise_file:    # the check cell loads the teacher's file: it travels with the notebook
+        intro += f"  Keep `{Path(ex.exercise_file).name}` beside this notebook: the check reads the exercise from it."
+        importing, exercise = "from npllama.exercises import check_function, load_exercises", ex.loader()[1]
+    else:
+        intro += (f"  `npllama exercise train {ex.op} FILE` trains a real model with your function in place of "
+                  f"the library's.")
+        importing, exercise = "from npllama.exercises import check_function", repr(ex.op)
+    check = f"{importing}\n\nprint(check_function({exercise}, {ex.backward_name}).format())"
+    derivation = [_cell("markdown", dollar_math(derivation_markdown(ex.derivation)))] if ex.derivation else []
+    cells = [_cell("markdown", intro), *derivation, _cell("code", starter), _cell("code", check)]
     return {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
                                                         "name": "python3"},
                                          "language_info": {"name": "python"}},
             "nbformat": 4, "nbformat_minor": 5}
 
 
-def write_notebook(op: str, path=None, force: bool = False) -> Path:
+def write_notebook(op, path=None, force: bool = False) -> Path:
     """Write <op>_backward.ipynb (or `path`); refuses to overwrite unless force."""
     ex = get_exercise(op)
     path = target_path(path, f"{ex.backward_name}.ipynb", ".ipynb", force)
-    notebook = notebook_json(op)
+    notebook = notebook_json(ex)
     for i, cell in enumerate(notebook["cells"]):
-        cell["id"] = f"{op}-{i}"
+        cell["id"] = f"{ex.op}-{i}"
     try:
         import nbformat
     except ImportError:

@@ -114,10 +114,11 @@ class Report:
             lines += [f"  refused, not graded: {self.refused}", f"  the rule: {RULE}", "0 checks run."]
             return "\n".join(lines)
         if self.not_implemented:
-            again = (f"then check it again:\n      npllama exercise check {ex.op} {self.source}"
+            again = (f"then check it again:\n      {ex.check_command(self.source)}"
                      if self.source.endswith(".py") else "then run the check again.")
+            math = f" (work the math in {ex.derivation} first)" if ex.derivation else ""
             lines += [f"  {ex.backward_name} is not implemented yet: it raises NotImplementedError.",
-                      f"  Write its body (work the math in {ex.derivation} first), {again}",
+                      f"  Write its body{math}, {again}",
                       f"0 of {self.total} checks passed."]
             return "\n".join(lines)
         width = max(len(r.check.name) for r in self.results)
@@ -133,7 +134,8 @@ class Report:
         if first is not None and first.finding is not None:
             lines.append(f"First failure ({first.check.name}):")
             lines += ["  " + line for line in first.finding.lines()]
-            lines.append(f"  derivation: {derivation_section(ex)}")
+            if ex.derivation:
+                lines.append(f"  derivation: {derivation_section(ex)}")
         lines += [f"  note: {note}" for note in self.notes]
         lines.append(f"{self.passed} of {self.total} checks passed." + ("  Well done!" if self.ok else ""))
         return "\n".join(lines)
@@ -154,15 +156,17 @@ class Report:
 # ----- running ------------------------------------------------------------------------------------
 
 def case_params(exercise: Exercise, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0) -> list[dict]:
-    """The edge cases, then n_random random points of the exercise's space (deterministic by seed)."""
+    """The edge cases, then n_random random points of the exercise's space (deterministic by seed;
+    none when it has no space, as a teacher's exercise may)."""
     rng = np.random.default_rng(seed)
-    return list(exercise.edge_cases) + [sample(exercise.space, rng) for _ in range(n_random)]
+    return list(exercise.edge_cases) + [sample(exercise.space, rng) for _ in range(n_random if exercise.space else 0)]
 
 
 def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0,
                    source: str | None = None, source_file: str | None = None,
                    catch_everything: bool = False, source_text: str | None = None) -> Report:
-    """Run every check of exercise `op` on `backward`; never raises for a wrong or crashing function.
+    """Run every check of exercise `op` (a name, or an Exercise: a teacher's own, teacher.py) on
+    `backward`; never raises for a wrong or crashing function.
 
     catch_everything: also turn SystemExit and KeyboardInterrupt raised by the function into its
     failure (in your own process a Ctrl-C should still stop you).
@@ -237,14 +241,18 @@ def _name_the_mistake(exercise, backward, finding: Finding) -> None:
     """Add to what the failing case's numbers show (diagnose.py) the mistake the catalogue's probes
     name, if one matches on every probe (its words replace the numbers' own), and which simpler
     cases pass (catalogue.py, mistakes.py)."""
-    found = explain(CATALOGUES[exercise.op], exercise, backward)
+    catalogue = CATALOGUES[exercise.op] if exercise.builtin else exercise.catalogue
+    if catalogue is None:      # a teacher's exercise without one: what the numbers show stands
+        return
+    found = explain(catalogue, exercise, backward)
     if found.grad is not None:
         finding.message, finding.hint = found.message, found.hint
     finding.ladder = found.ladder
 
 
 def load_function(op: str, path, catch_everything: bool = False) -> object:
-    """Import the file at `path` (by path, not by name) and return its <op>_backward function."""
+    """Import the file at `path` (by path, not by name) and return its <op>_backward function
+    (`op`: an exercise's name or an Exercise)."""
     exercise = get_exercise(op)
     path = path_argument(path, "path", "a .py file")
     if not path.is_file():
@@ -438,10 +446,11 @@ def _rerun_hint(exercise: Exercise, params, source_file: str | None) -> str:
     (under python -m pdb to stop where it fails)."""
     file = os.path.basename(source_file) if source_file else "your_file.py"
     case = exercise.edge_cases[0] if params is None else params
+    importing, expression = exercise.loader()
     return ("rebuild this case and call your function by hand (paste into python, or save as a file and "
             "run it with python -m pdb to stop where it fails):\n"
-            f"from npllama.exercises import get_exercise; import runpy\n"
-            f"ex = get_exercise({exercise.op!r}); case = ex.case({case!r}); out, cache = case.run_forward()\n"
+            f"{importing}; import runpy\n"
+            f"ex = {expression}; case = ex.case({case!r}); out, cache = case.run_forward()\n"
             f"runpy.run_path({file!r})[{exercise.backward_name!r}](case.dout_for(out), "
             f"{'*cache' if exercise.op == 'model' else 'cache'})")
 

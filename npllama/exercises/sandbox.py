@@ -117,29 +117,34 @@ class Graded:
 def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: float = DEFAULT_TIMEOUT,
                memory_mb: int = DEFAULT_MEMORY_MB, allow_imports: bool = False) -> Graded:
     """Check `path` -- its function run in a child process with a time and memory limit, the checks
-    run here -- and never raise for the file's sake."""
+    run here -- and never raise for the file's sake.  `op`: an exercise's name, or an Exercise
+    loaded from a teacher's file (teacher.load_exercises), which the child loads too."""
     from .definitions import get_exercise
     from .runner import GradingStopped, Report, _check_cases, _read_source, check_function, screen_file
 
     exercise = get_exercise(op)
+    if not exercise.builtin and not exercise.exercise_file:
+        raise ValueError(f"op must be a built-in exercise's name or an Exercise loaded from its file with "
+                         f"load_exercises (the process the submission runs in loads that file too), got "
+                         f"{type(exercise).__name__} {exercise.op!r} defined in {type(exercise).__module__}")
     _check_limits(timeout, memory_mb)
     _check_cases(n_random, seed)
     path = Path(path)
     shown_as = readable_name(str(path))
-    graded_on = dict(exercise=op, seed=seed, cases=n_random)
+    graded_on = dict(exercise=exercise.op, seed=seed, cases=n_random)
     start = time.perf_counter()
     source_text = _read_source(str(path))      # before any of it runs: the finite-difference rule reads it
     report = None if allow_imports else screen_file(exercise, path, shown_as)
     if report is not None:
         return _graded(path, report, time.perf_counter() - start, **graded_on)
     with tempfile.TemporaryDirectory(prefix="npllama-grade-") as scratch, \
-            _Submission(op, path.resolve(), Path(scratch), timeout, memory_mb) as submission:
+            _Submission(exercise, path.resolve(), Path(scratch), timeout, memory_mb) as submission:
         try:
             function, load_error = submission.start()
             if load_error is not None:
                 report = Report(exercise, shown_as, [], load_error=load_error)
             else:
-                report = check_function(op, function, n_random=n_random, seed=seed, source=shown_as,
+                report = check_function(exercise, function, n_random=n_random, seed=seed, source=shown_as,
                                         source_file=str(path.resolve()), source_text=source_text)
                 graded_on["output"] = submission.output()
         except GradingStopped:     # before the first check: nothing graded
@@ -254,8 +259,8 @@ class _Submission:
     killed with all it started when the grading ends.  After a stop, `ended` is "timeout" or
     "crashed" and `why` says what happened."""
 
-    def __init__(self, op: str, path: Path, scratch: Path, timeout: float, memory_mb: int):
-        self.op, self.path, self.scratch = op, path, scratch
+    def __init__(self, exercise, path: Path, scratch: Path, timeout: float, memory_mb: int):
+        self.exercise, self.path, self.scratch = exercise, path, scratch
         self.timeout, self.memory_mb = timeout, memory_mb
         self.deadline = time.monotonic() + timeout
         self.ended: str | None = None
@@ -264,8 +269,10 @@ class _Submission:
     def __enter__(self):
         self.output_path = self.scratch / "output.txt"
         replies, reply_end = os.pipe()
-        argv = [sys.executable, "-c", CHILD, self.op, str(self.path), "--reply-fd", str(reply_end),
+        argv = [sys.executable, "-c", CHILD, self.exercise.op, str(self.path), "--reply-fd", str(reply_end),
                 "--memory-mb", str(self.memory_mb), "--cpu-seconds", str(int(self.timeout) + 1)]
+        if self.exercise.exercise_file:     # a teacher's exercise: the child imports the same file
+            argv += ["--exercise-file", self.exercise.exercise_file]
         try:
             with open(self.output_path, "wb") as output:
                 self.child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT,
@@ -533,20 +540,24 @@ def _child(argv) -> int:
     parser.add_argument("--reply-fd", type=int, required=True, help="the file descriptor to answer on")
     parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, help="memory the submission may add")
     parser.add_argument("--cpu-seconds", type=int, default=int(DEFAULT_TIMEOUT), help="CPU time limit")
+    parser.add_argument("--exercise-file", default=None, help="the teacher's file defining the exercise")
     args = parser.parse_args(argv)
     requests = sys.stdin.buffer
 
     from .definitions import get_exercise
     from .runner import SubmissionError, load_function
     from .screen import guard_library, student_call
+    from .teacher import exercise_in_file
 
-    exercise = get_exercise(args.op)
+    # the grader verified the teacher's file; here it is only loaded, under the grader's module name
+    exercise = (exercise_in_file(args.exercise_file, args.op, verify=False) if args.exercise_file
+                else get_exercise(args.op))
     importlib.import_module(exercise.module)    # what the calls' caches are made of, loaded before the limits
     _limit_resources(args.memory_mb, args.cpu_seconds)
     output = sys.stdout = sys.stderr = _CappedOutput(sys.__stdout__, OUTPUT_LIMIT)
     with guard_library(exercise):
         try:
-            function = load_function(args.op, args.path, catch_everything=True)
+            function = load_function(exercise, args.path, catch_everything=True)
         except SubmissionError as error:
             _send(args.reply_fd, {"kind": "load_error", "text": str(error)})
             return 0

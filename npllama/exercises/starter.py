@@ -10,15 +10,22 @@ from .definitions import Exercise, get_exercise, path_argument
 from .derivation import backward_heading, explain_steps, explain_text
 from .screen import RULE
 
+def derivation_name(exercise: Exercise) -> str:
+    """The exercise's derivation as its reader knows it: derivations/rmsnorm.md, or a teacher's
+    gelu.md by its name, not by where it is."""
+    return Path(exercise.derivation).name if exercise.exercise_file else exercise.derivation
+
+
 def derivation_section(exercise: Exercise) -> str:
     """'derivations/rmsnorm.md, section "Backward, step by step"' (`npllama explain <name>` prints it)."""
     try:
         heading = backward_heading(exercise.derivation)
     except ValueError:      # not installed with the package: name the file only
         heading = None
+    name = derivation_name(exercise)
     if heading:
-        return f'{exercise.derivation}, section "{heading}"'
-    return f"{exercise.derivation}, the section deriving the backward pass"
+        return f'{name}, section "{heading}"'
+    return f"{name}, the section deriving the backward pass"
 
 
 def derivation_quote(exercise: Exercise) -> str:
@@ -45,7 +52,10 @@ def cache_description(exercise: Exercise) -> str:
             break
         if line.strip():
             lines.append(line.strip().strip('"').strip())
-    return (f"{kind.__name__}, the named tuple {exercise.forward_name} returns ({kind.__module__}):\n"
+    from .teacher import shown_module
+
+    return (f"{kind.__name__}, the named tuple {exercise.forward_name} returns "
+            f"({shown_module(exercise, kind.__module__)}):\n"
             f"unpack it in this order, or read its fields (cache.{kind._fields[0]}, ...)\n" + "\n".join(lines))
 
 
@@ -57,11 +67,13 @@ def _doc_with_cache(exercise: Exercise) -> str:
     return doc.replace("cache: CACHE", "cache: " + "\n           ".join(text))
 
 
-def starter_source(op: str, in_notebook: bool = False) -> str:
+def starter_source(op, in_notebook: bool = False) -> str:
     """The student's file: the docstring (forward, shapes, the rule), the helpers' imports, the
     derivation's backward section as comments, and the function to fill in.  in_notebook: for the
     notebook's code cell, where the derivation is the cell above and a cell below checks."""
     ex = get_exercise(op)
+    from .teacher import describe_source
+
     imports = "import numpy as np\n"
     if ex.helpers:
         imports += "\n" + "".join(f"from {module} import {name}  # noqa: F401  (yours to use)\n"
@@ -71,22 +83,23 @@ def starter_source(op: str, in_notebook: bool = False) -> str:
     if in_notebook:
         check_it, where, quote = "then run the next cell to check it.", "the cell above", ""
     else:
-        check_it = f"then check it:\n\n    npllama exercise check {ex.op} {ex.backward_name}.py"
-        where, quote = "quoted below", "\n" + _as_comment(derivation_quote(ex))
+        check_it = f"then check it:\n\n    {ex.check_command(ex.backward_name + '.py')}"
+        where, quote = "quoted below", "\n" + _as_comment(derivation_quote(ex)) if ex.derivation else ""
+    explain = "" if ex.exercise_file else f";\n            `npllama explain {_stem(ex)}` prints all of it"
+    derivation = (f"Derivation: {derivation_section(ex)} ({where}{explain}).  Work it on paper first.\n"
+                  if ex.derivation else "")
     return f'''"""Exercise: the backward pass of the {ex.title}{article}.
 
 Write the body of `{ex.backward_name}` below, {check_it}
 
-The forward pass is already written ({ex.module}.{ex.forward_name}); it computes
+The forward pass is already written ({describe_source(ex)}); it computes
 
 {forward}
 
 and returns (out, cache).  Your function receives the gradient of the loss with respect to the
 forward's output and that cache, and returns the gradients its docstring lists.
 
-Derivation: {derivation_section(ex)} ({where};
-            `npllama explain {_stem(ex)}` prints all of it).  Work it on paper first.
-Shapes:     {ex.shapes}
+{derivation}Shapes:     {ex.shapes}
 Allowed:    {ex.allowed_imports}.
 The rule:   {textwrap.fill(RULE, 84, subsequent_indent="            ")}
 """
@@ -122,7 +135,7 @@ def target_path(path, default_name: str, suffix: str, force: bool) -> Path:
     return path
 
 
-def write_starter(op: str, path=None, force: bool = False) -> Path:
+def write_starter(op, path=None, force: bool = False) -> Path:
     """Write the starter file (default: ./<op>_backward.py); refuses to overwrite unless force."""
     ex = get_exercise(op)
     path = target_path(path, f"{ex.backward_name}.py", ".py", force)

@@ -1,0 +1,215 @@
+"""A teacher's own exercise: one Python file, used by every command as a built-in exercise is.
+
+    npllama exercise list  --exercise-file gelu_exercise.py
+    npllama exercise start --exercise-file gelu_exercise.py gelu
+    npllama exercise check --exercise-file gelu_exercise.py gelu submissions/
+
+    from npllama.exercises import check_function, load_exercises
+    gelu = load_exercises("gelu_exercise.py")["gelu"]
+    print(check_function(gelu, my_gelu_backward).format())
+
+The file holds the forward (returning (out, cache)), the teacher's reference backward, and a
+subclass of Exercise written as the built-in ones are (definitions.py): its name, the two
+functions' names, a parameter space and edge cases, `build(params, dtype)` drawing one Case, and
+any checks of its own (`@check`).  A class whose `op` is empty is taken for a base class.  Its
+`module` is the file itself unless the class names another (Exercise.__init_subclass__).
+
+The file is the teacher's, so it is trusted: it is imported here, and imported again, under the
+same module name, by the process each submission runs in (sandbox.py) -- the calls sent there
+carry the file's cache types.  Before any student is graded the teacher's reference goes through
+the exercise's own checks on the very cases the students get (`verify_reference`): a reference
+that fails them would fail the whole class, so the file is refused with what failed.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .checks import Case, Choice, Ints, Shape, sample
+from .definitions import EXERCISES, Exercise, did_you_mean, path_argument
+
+
+class ExerciseFileError(ValueError):
+    """A teacher's exercise file cannot be used; the message names the file and what is wrong."""
+
+
+def load_exercises(path, *, verify: bool = True) -> dict[str, Exercise]:
+    """The exercises defined in the teacher's file at `path`, by name.  verify: also run each
+    reference through its exercise's checks on the default cases (verify_reference)."""
+    path = path_argument(path, "exercise_file", "a .py file defining a subclass of npllama.exercises.Exercise")
+    if not path.is_file():
+        raise ExerciseFileError(f"{path} does not exist (expected a .py file defining a subclass of "
+                                f"npllama.exercises.Exercise)")
+    module = _import(path.resolve())
+    classes = [k for k in vars(module).values()
+               if isinstance(k, type) and issubclass(k, Exercise) and k.__module__ == module.__name__ and k.op]
+    if not classes:
+        raise ExerciseFileError(f"{path.name} defines no exercise: write a class deriving from "
+                                f"npllama.exercises.Exercise with op, forward_name, backward_name, space, edge_cases "
+                                f"and build (docs/debugging.md, \"Your own exercise\")")
+    exercises = {}
+    for klass in classes:
+        exercise = _instance(klass, path)
+        exercise.exercise_file = str(path.resolve())
+        exercise.derivation = _derivation(exercise, path)
+        if exercise.op in exercises:
+            raise ExerciseFileError(f"{path.name}: two exercises are named {exercise.op!r}")
+        check_definition(exercise)
+        exercises[exercise.op] = exercise
+    if verify:
+        for exercise in exercises.values():
+            verify_reference(exercise)
+    return exercises
+
+
+def exercise_in_file(path, op: str, *, verify: bool = True) -> Exercise:
+    """The exercise named `op` in the teacher's file (ValueError naming the ones it defines)."""
+    exercises = load_exercises(path, verify=verify)
+    if op not in exercises:
+        raise ExerciseFileError(f"{Path(path).name} defines no exercise {op!r}{did_you_mean(op, exercises)}; "
+                                f"it defines: {', '.join(exercises)}")
+    return exercises[op]
+
+
+def module_name(path: Path) -> str:
+    """The one module name a file is imported under, here and in the sandbox's process (pickle
+    finds the cache types by it)."""
+    return f"npllama_exercise_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+
+
+def _import(path: Path):
+    name = module_name(path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ExerciseFileError(f"{path.name} cannot be imported as Python (is it a .py file?)")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module     # kept: the caches its forward makes are pickled by this name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        sys.modules.pop(name, None)
+        raise ExerciseFileError(f"importing {path.name} failed: {type(error).__name__}: {error}") from error
+    return module
+
+
+def _instance(klass, path: Path) -> Exercise:
+    try:
+        return klass()
+    except Exception as error:
+        raise ExerciseFileError(f"{path.name}: {klass.__name__}() raised {type(error).__name__}: {error}") from error
+
+
+def _derivation(exercise: Exercise, path: Path) -> str:
+    """The exercise's derivation: '' (none), a Markdown file beside the exercise file (made absolute,
+    so that it is found from anywhere), or one of npllama's own (derivations/layernorm.md)."""
+    from .derivation import available
+
+    name = exercise.derivation
+    if not name:
+        return ""
+    beside = path.resolve().parent / name
+    if name.endswith(".md") and beside.is_file():
+        return str(beside)
+    if Path(name).name.removesuffix(".md") in available():
+        return name
+    raise ExerciseFileError(f"{path.name}: {type(exercise).__name__}.derivation is {name!r}, which is neither a "
+                            f"Markdown file beside {path.name} nor one of npllama's derivations")
+
+
+def check_definition(exercise: Exercise) -> None:
+    """ExerciseFileError unless the exercise is complete: its names, its two functions, its
+    parameter space and edge cases, a build that makes a Case from each, and a forward that
+    returns (out, cache) on them."""
+    where = f"{Path(exercise.exercise_file).name}: {type(exercise).__name__}"
+
+    def refuse(text):
+        raise ExerciseFileError(f"{where}: {text}")
+
+    if not isinstance(exercise.op, str) or not exercise.op.isidentifier():
+        refuse(f"op must be a name such as 'gelu' (it names files: <op>_backward.py, gradebook-<op>), got "
+               f"{exercise.op!r}")
+    if exercise.op in EXERCISES:
+        refuse(f"op {exercise.op!r} is a built-in exercise's name: choose another (e.g. '{exercise.op}_variant')")
+    for attribute in ("forward_name", "backward_name"):
+        value = getattr(exercise, attribute)
+        if not isinstance(value, str) or not value.isidentifier():
+            refuse(f"{attribute} must name a function of the file, e.g. 'gelu_{attribute[:-5]}', got {value!r}")
+    for attribute, role in (("forward", "the forward, returning (out, cache)"), ("reference", "your reference backward")):
+        name = exercise.forward_name if attribute == "forward" else exercise.backward_name
+        try:
+            function = getattr(exercise, attribute)
+        except (AttributeError, ImportError) as error:
+            refuse(f"{name} ({role}) cannot be found in {exercise.module}: {error}")
+        if not callable(function):
+            refuse(f"{name} ({role}) is not a function")
+    if len([p for p in exercise.params.split(",") if p.strip()]) != 2:
+        refuse(f"params lists the backward's parameters and the checks pass two, (dout, cache): got "
+               f"{exercise.params!r}")
+    if type(exercise).build is Exercise.build:
+        refuse("has no build(self, params, dtype=np.float64) returning a Case: the checks draw their inputs with it")
+    if not isinstance(exercise.space, dict) or not all(isinstance(d, (Ints, Choice, Shape))
+                                                       for d in exercise.space.values()):
+        refuse("space must be a dict of Ints, Choice and Shape (npllama.exercises.checks), e.g. "
+               "dict(shape=Shape(1, 3, 1, 4), seed=SEED)")
+    if not isinstance(exercise.edge_cases, list) or not exercise.edge_cases \
+            or not all(isinstance(c, dict) for c in exercise.edge_cases):
+        refuse("edge_cases must be a non-empty list of parameter dicts (the first is the simplest, well-conditioned "
+               "case: the float32 check and the probe for measured gradients use it)")
+    drawn = list(exercise.edge_cases) + ([sample(exercise.space, np.random.default_rng(0))] if exercise.space else [])
+    for params in drawn:
+        try:
+            case = exercise.build(params)
+        except Exception as error:
+            refuse(f"build({params!r}) raised {type(error).__name__}: {error}")
+        if not isinstance(case, Case):
+            refuse(f"build must return a Case (npllama.exercises.checks.Case), got {type(case).__name__}")
+        try:
+            result = case.run_forward()
+        except Exception as error:
+            refuse(f"{exercise.forward_name} raised {type(error).__name__}: {error} (inputs: {case.describe()})")
+        if not (isinstance(result, tuple) and len(result) == 2):
+            got = f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
+            refuse(f"{exercise.forward_name} must return (out, cache), got {got}")
+        if not isinstance(result[0], np.ndarray) or result[0].dtype.kind != "f":
+            refuse(f"{exercise.forward_name}'s out must be a float array, got {type(result[0]).__name__}")
+
+
+def verify_reference(exercise: Exercise, n_random: int | None = None, seed: int = 0) -> None:
+    """ExerciseFileError unless the teacher's reference passes every check of its exercise on the
+    cases a class is graded on (the edge cases, then n_random random ones drawn from seed): a
+    reference that fails them would fail every student."""
+    from .runner import DEFAULT_RANDOM_CASES, check_function
+
+    n_random = DEFAULT_RANDOM_CASES if n_random is None else n_random
+    verified = exercise.__dict__.setdefault("_verified_on", set())
+    if (n_random, seed) in verified:
+        return
+    report = check_function(exercise, exercise.reference, n_random=n_random, seed=seed,
+                            source=f"the reference {exercise.backward_name}")
+    if not report.ok:
+        first = report.first_failure
+        why = ([report.summary()] if first is None or first.finding is None else
+               [f"check {first.check.name!r} ({first.check.description})"] + first.finding.lines())
+        raise ExerciseFileError(
+            f"{Path(exercise.exercise_file).name}: the reference {exercise.backward_name} fails the checks of "
+            f"exercise {exercise.op}, so every student would fail too (fix the reference, the forward or the "
+            f"cases before grading anyone):\n  " + "\n  ".join(why))
+    verified.add((n_random, seed))
+
+
+def shown_module(exercise: Exercise, module: str) -> str:
+    """A module as the starter names it: a teacher's file by its file name, not the name it was
+    imported under."""
+    if exercise.exercise_file and module == module_name(Path(exercise.exercise_file)):
+        return Path(exercise.exercise_file).name
+    return module
+
+
+def describe_source(exercise: Exercise) -> str:
+    """Where the exercise's forward lives, as the starter names it."""
+    where = shown_module(exercise, exercise.module)
+    return f"{where}, {exercise.forward_name}" if where != exercise.module else f"{where}.{exercise.forward_name}"

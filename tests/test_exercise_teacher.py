@@ -1,0 +1,175 @@
+"""A teacher's own exercise, one Python file (npllama/exercises/teacher.py): the GELU example of
+docs/debugging.md ("Your own exercise") end to end -- list, start, check in and out of the sandbox,
+the gradebook, the notebook -- and the teacher's mistakes refused with what is wrong."""
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npllama.cli import main
+from npllama.exercises import ExerciseFileError, check_file, check_function, grade_file, load_exercises
+from npllama.exercises.notebook import notebook_json, write_notebook
+from npllama.exercises.teacher import exercise_in_file
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "debugging.md"
+
+RIGHT = """import math
+
+C = math.sqrt(2 / math.pi)
+
+
+def gelu_backward(dout, cache):
+    x, t = cache
+    return dout * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * C * (1 + 3 * 0.044715 * x**2))
+"""
+SIGN_SLIP = RIGHT.replace("return dout *", "return -dout *")
+
+
+@pytest.fixture
+def example():
+    """The docs' gelu_exercise.py, as the guide prints it."""
+    if not GUIDE.is_file():
+        pytest.skip("not a source checkout")
+    text = GUIDE.read_text(encoding="utf-8")
+    section = text[text.index("### Your own exercise"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.fixture
+def gelu_file(tmp_path, example):
+    path = tmp_path / "gelu_exercise.py"
+    path.write_text(example, encoding="utf-8")
+    return path
+
+
+def load(module_text):
+    namespace = {}
+    exec(compile(module_text, "submission.py", "exec"), namespace)
+    return namespace["gelu_backward"]
+
+
+def test_list_and_start_use_the_teachers_file(gelu_file, tmp_path, capsys):
+    assert main(["exercise", "list", "--exercise-file", str(gelu_file)]) == 0
+    listed = capsys.readouterr().out
+    assert re.search(r"gelu\s+gelu_backward\(dout, cache\)\s+returns, gradient, float32, at zero", listed)
+    assert main(["exercise", "start", "--exercise-file", str(gelu_file), "gelu", "--out", str(tmp_path / "hw")]) == 0
+    starter = (tmp_path / "hw" / "gelu_backward.py").read_text()
+    assert "def gelu_backward(dout, cache):" in starter and "(gelu_exercise.py, gelu_forward)" in starter
+    assert "npllama exercise check --exercise-file gelu_exercise.py gelu gelu_backward.py" in starter
+    assert "GELUCache, the named tuple gelu_forward returns (gelu_exercise.py)" in starter
+    assert "npllama_exercise_" not in starter and "Derivation:" not in starter    # none given
+    gelu = load_exercises(gelu_file)["gelu"]
+    report = check_file(gelu, tmp_path / "hw" / "gelu_backward.py")
+    assert report.not_implemented and "--exercise-file gelu_exercise.py gelu" in report.format()
+
+
+def test_a_right_backward_passes_and_a_sign_slip_is_diagnosed(gelu_file):
+    gelu = load_exercises(gelu_file)["gelu"]
+    assert check_function(gelu, load(RIGHT)).ok
+    report = check_function(gelu, load(SIGN_SLIP))
+    assert [r.status for r in report.results] == ["pass", "fail", "pass", "fail"]   # returns, gradient, float32, at zero
+    assert "the sign is wrong" in report.first_failure.finding.message
+    assert "derivation:" not in report.format()
+
+
+def test_a_class_is_graded_in_the_sandbox(gelu_file, tmp_path, capsys):
+    """Each submission's process loads the teacher's file: the cache it is sent is of its type."""
+    submissions = tmp_path / "submissions"
+    submissions.mkdir()
+    (submissions / "alice.py").write_text(RIGHT)
+    (submissions / "bob.py").write_text(SIGN_SLIP)
+    stem = tmp_path / "gradebook"
+    assert main(["exercise", "check", "--exercise-file", str(gelu_file), "gelu", str(submissions),
+                 "--cases", "2", "--gradebook", str(stem)]) == 1
+    rows = list(csv.DictReader(open(f"{stem}.csv", encoding="utf-8")))
+    assert [(r["file"], r["exercise"], r["status"], r["passed"]) for r in rows] == \
+        [("alice.py", "gelu", "pass", "4"), ("bob.py", "gelu", "fail", "2")]
+    assert "the sign is wrong" in rows[1]["diagnosis"]
+
+
+def test_the_notebook_loads_the_exercise_from_the_file_beside_it(gelu_file, tmp_path, monkeypatch):
+    gelu = load_exercises(gelu_file)["gelu"]
+    path = write_notebook(gelu, tmp_path / "gelu_backward.ipynb")
+    cells = json.loads(path.read_text())["cells"]
+    assert [c["cell_type"] for c in cells] == ["markdown", "code", "code"]      # no derivation given
+    assert "Keep `gelu_exercise.py` beside this notebook" in "".join(cells[0]["source"])
+    monkeypatch.chdir(gelu_file.parent)
+    namespace = {}
+    exec("".join(cells[1]["source"]), namespace)
+    exec("".join(cells[2]["source"]).replace("print(", "report = ("), namespace)
+    assert "gelu_backward is not implemented yet" in namespace["report"]
+
+
+def test_a_derivation_beside_the_file_is_quoted(example, tmp_path, capsys):
+    (tmp_path / "gelu.md").write_text("# GELU\n\n## Backward\n\n$$\\mathrm{dx} = \\mathrm{dout}\\, g'(x)$$\n")
+    path = tmp_path / "gelu_exercise.py"
+    path.write_text(example.replace('    op, title = "gelu"', '    derivation = "gelu.md"\n    op, title = "gelu"'))
+    gelu = load_exercises(path)["gelu"]
+    from npllama.exercises import starter_source
+
+    starter = starter_source(gelu)
+    assert 'Derivation: gelu.md, section "Backward" (quoted below).' in starter and "#     dx = dout g'(x)" in starter
+    assert "npllama explain" not in starter and str(tmp_path) not in starter
+    assert "$$" in "".join(notebook_json(gelu)["cells"][1]["source"])
+    assert main(["exercise", "list", "--exercise-file", str(path)]) == 0
+    assert re.search(r"gelu\s+gelu_backward\(dout, cache\)\s+gelu.md\s+returns", capsys.readouterr().out)
+
+
+BROKEN = [
+    ("no exercise", lambda s: s.split("class GELU(Exercise)")[0], "defines no exercise: write a class deriving"),
+    ("forward without cache", lambda s: s.replace("return 0.5 * x * (1 + t), GELUCache(x, t)",
+                                                  "return 0.5 * x * (1 + t)"),
+     r"gelu_forward must return \(out, cache\), got ndarray"),
+    ("wrong reference", lambda s: s.replace("return dout * (0.5 * (1 + t)", "return dout * (0.4 * (1 + t)"),
+     r"the reference gelu_backward fails the checks of exercise gelu, so every student would fail too(.|\n)*"
+     r"check 'gradient'"),
+    ("float64 constant", lambda s: s.replace("C = math.sqrt(2 / math.pi)", "C = np.sqrt(2 / np.pi)"),
+     r"fails the checks of exercise gelu(.|\n)*check 'float32'(.|\n)*dx is float64"),
+    ("a built-in's name", lambda s: s.replace('op, title = "gelu"', 'op, title = "softmax"'),
+     "op 'softmax' is a built-in exercise's name"),
+    ("no build", lambda s: s.replace("def build(", "def draw("), "has no build"),
+    ("build returns no Case", lambda s: s.replace('return Case(self.forward, [x], ("x",), (0,), seed=params["seed"] % 1000)',
+                                                  "return x"), "build must return a Case"),
+    ("build raises", lambda s: s.replace('params["shape"]', 'params["shap"]'), r"build\(\{.*\}\) raised KeyError: 'shap'"),
+    ("forward missing", lambda s: s.replace('forward_name, backward_name, params = "gelu_forward"',
+                                            'forward_name, backward_name, params = "gelu_fwd"'),
+     r"gelu_fwd \(the forward, returning \(out, cache\)\) cannot be found"),
+    ("import fails", lambda s: s + "\n1 / 0\n", "importing gelu_exercise.py failed: ZeroDivisionError"),
+]
+
+
+@pytest.mark.parametrize("edit, message", [b[1:] for b in BROKEN], ids=[b[0] for b in BROKEN])
+def test_a_broken_exercise_file_is_refused_naming_what_is_wrong(example, tmp_path, edit, message):
+    path = tmp_path / "gelu_exercise.py"
+    path.write_text(edit(example))
+    with pytest.raises(ExerciseFileError, match=message):
+        load_exercises(path)
+
+
+def test_a_wrong_reference_is_refused_before_anyone_is_graded(example, tmp_path, capsys):
+    path = tmp_path / "gelu_exercise.py"
+    path.write_text(example.replace("return dout * (0.5 * (1 + t)", "return dout * (0.4 * (1 + t)"))
+    (tmp_path / "alice.py").write_text(RIGHT)
+    assert main(["exercise", "check", "--exercise-file", str(path), "gelu", str(tmp_path / "alice.py"),
+                 "--json", str(tmp_path / "out.json")]) == 2
+    err = capsys.readouterr().err
+    assert "the reference gelu_backward fails the checks" in err and "checking" not in err
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_an_unknown_op_names_the_files_exercises(gelu_file, capsys):
+    with pytest.raises(ExerciseFileError, match=r"defines no exercise 'gelo' \(did you mean 'gelu'\?\); it defines: gelu"):
+        exercise_in_file(gelu_file, "gelo")
+    assert main(["exercise", "start", "--exercise-file", str(gelu_file), "gelo"]) == 2
+
+
+def test_the_sandbox_needs_an_exercise_it_can_load_too(gelu_file, tmp_path):
+    gelu = load_exercises(gelu_file)["gelu"]
+    unfiled = type(gelu)()                     # the class, but not loaded from its file
+    (tmp_path / "alice.py").write_text(RIGHT)
+    with pytest.raises(ValueError, match="loaded from its file with load_exercises"):
+        grade_file(unfiled, tmp_path / "alice.py")
+    assert check_function(unfiled, load(RIGHT)).ok     # in this process it needs no file

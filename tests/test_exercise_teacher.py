@@ -173,3 +173,73 @@ def test_the_sandbox_needs_an_exercise_it_can_load_too(gelu_file, tmp_path):
     with pytest.raises(ValueError, match="loaded from its file with load_exercises"):
         grade_file(unfiled, tmp_path / "alice.py")
     assert check_function(unfiled, load(RIGHT)).ok     # in this process it needs no file
+
+
+CATALOGUE = '''
+from npllama.exercises.mistakes import Mistake
+
+
+class GELUMistakes:             # catalogue.py's shape: the derivation with one step altered per mistake
+    probes = [dict(shape=(2, 3), seed=11), dict(shape=(4,), seed=12)]
+    ladder = []
+
+    def variant(self, dout, case, dtanh="right"):
+        (x,) = case.inputs
+        t = np.tanh(C * (x + 0.044715 * x**3))
+        dt = {"right": 1 - t * t, "plus": 1 + t * t}[dtanh]
+        return dout * (0.5 * (1 + t) + 0.5 * x * dt * C * (1 + 3 * 0.044715 * x**2))
+
+    def mistakes(self):
+        return [Mistake("tanh'(u) is taken as 1 + tanh(u)^2", "tanh'(u) = 1 - tanh(u)^2", {"dtanh": "plus"})]
+
+
+class GELU(Exercise):
+    catalogue = GELUMistakes()
+'''
+
+
+def test_a_teachers_catalogue_names_the_mistake(example, tmp_path):
+    path = tmp_path / "gelu_exercise.py"
+    path.write_text(example.replace("\nclass GELU(Exercise):\n", CATALOGUE))
+    gelu = load_exercises(path)["gelu"]
+    finding = check_function(gelu, load(RIGHT.replace("(1 - t * t)", "(1 + t * t)"))).first_failure.finding
+    assert finding.message == "tanh'(u) is taken as 1 + tanh(u)^2" and finding.hint == "tanh'(u) = 1 - tanh(u)^2"
+
+
+MSE = '''import numpy as np
+
+from npllama.exercises import Exercise
+from npllama.exercises.checks import SEED, Case, Ints
+
+
+def mse_forward(pred, target):
+    diff = pred - target
+    return float(np.mean(diff**2)), (diff,)         # a loss: a number, not an array
+
+
+def mse_backward(dloss, cache):
+    (diff,) = cache
+    return (dloss * 2 / diff.size * diff).astype(diff.dtype)
+
+
+class MSE(Exercise):
+    op, title = "mse", "mean squared error"
+    forward_name, backward_name, params = "mse_forward", "mse_backward", "dloss, cache"
+    space = dict(n=Ints(1, 5), seed=SEED)
+    edge_cases = [dict(n=3, seed=1)]
+
+    def build(self, params, dtype=np.float64):
+        rng = np.random.default_rng(params["seed"])
+        pred, target = (rng.standard_normal(params["n"]).astype(dtype) for _ in range(2))
+        return Case(self.forward, [pred, target], ("pred", "target"), (0,), seed=params["seed"])
+'''
+
+
+def test_a_loss_returning_a_number_is_an_exercise_and_a_class_is_not_one(tmp_path):
+    path = tmp_path / "mse_exercise.py"
+    path.write_text(MSE)
+    mse = load_exercises(path)["mse"]
+    report = check_function(mse, lambda dloss, cache: dloss * 2 * cache[0])
+    assert "exactly 3 times the right gradient" in report.first_failure.finding.message
+    with pytest.raises(TypeError, match=r"pass MSE\(\), not the class"):
+        check_function(type(mse), mse.reference)

@@ -854,6 +854,8 @@ def get_exercise(op) -> Exercise:
     returned as it is."""
     if isinstance(op, Exercise):
         return op
+    if isinstance(op, type) and issubclass(op, Exercise):
+        raise TypeError(f"op must be an exercise's name or an Exercise instance: pass {op.__name__}(), not the class")
     if not isinstance(op, str):
         raise TypeError(f"op must be an exercise's name (a str) or an Exercise, got {type(op).__name__}")
     if op not in EXERCISES:

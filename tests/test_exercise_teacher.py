@@ -158,6 +158,9 @@ def test_a_wrong_reference_is_refused_before_anyone_is_graded(example, tmp_path,
     err = capsys.readouterr().err
     assert "the reference gelu_backward fails the checks" in err and "checking" not in err
     assert not (tmp_path / "out.json").exists()
+    wrong = load_exercises(path, verify=False)["gelu"]
+    with pytest.raises(ExerciseFileError, match="fails the checks of exercise gelu"):
+        grade_file(wrong, tmp_path / "alice.py")      # from Python too, before its process starts
 
 
 def test_an_unknown_op_names_the_files_exercises(gelu_file, capsys):

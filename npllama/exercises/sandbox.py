@@ -19,6 +19,9 @@ frames (JSON and raw numeric arrays, never unpickled, with a size limit: a stude
 10 GB array fails a check instead of filling the grader's memory); the calls the grader sends are
 pickled, since the child trusts its parent.
 
+A teacher's exercise (teacher.py) is given to the child as its file, which the child imports under
+the module name the grader gave it: the caches sent in the calls are of that file's types.
+
 Why here and not in a second, trusted child: the checks of one file take a fraction of a second
 (the child's imports take about one), so a class graded two files at a time from two threads
 (gradebook.py) loses little to sharing one interpreter, while each file costs one process as
@@ -122,6 +125,8 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
     from .definitions import get_exercise
     from .runner import GradingStopped, Report, _check_cases, _read_source, check_function, screen_file
 
+    from .teacher import verify_reference
+
     exercise = get_exercise(op)
     if not exercise.builtin and not exercise.exercise_file:
         raise ValueError(f"op must be a built-in exercise's name or an Exercise loaded from its file with "
@@ -129,6 +134,8 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
                          f"{type(exercise).__name__} {exercise.op!r} defined in {type(exercise).__module__}")
     _check_limits(timeout, memory_mb)
     _check_cases(n_random, seed)
+    if not exercise.builtin:     # a reference that fails its checks would fail the student for it
+        verify_reference(exercise, n_random, seed)
     path = Path(path)
     shown_as = readable_name(str(path))
     graded_on = dict(exercise=exercise.op, seed=seed, cases=n_random)

@@ -81,12 +81,13 @@ def test_a_class_is_graded_in_the_sandbox(gelu_file, tmp_path, capsys):
     submissions.mkdir()
     (submissions / "alice.py").write_text(RIGHT)
     (submissions / "bob.py").write_text(SIGN_SLIP)
+    (submissions / "carol.py").write_text("from gelu_exercise import gelu_backward  # noqa: F401\n")
     stem = tmp_path / "gradebook"
     assert main(["exercise", "check", "--exercise-file", str(gelu_file), "gelu", str(submissions),
                  "--cases", "2", "--gradebook", str(stem)]) == 1
     rows = list(csv.DictReader(open(f"{stem}.csv", encoding="utf-8")))
     assert [(r["file"], r["exercise"], r["status"], r["passed"]) for r in rows] == \
-        [("alice.py", "gelu", "pass", "4"), ("bob.py", "gelu", "fail", "2")]
+        [("alice.py", "gelu", "pass", "4"), ("bob.py", "gelu", "fail", "2"), ("carol.py", "gelu", "refused", "0")]
     assert "the sign is wrong" in rows[1]["diagnosis"]
 
 

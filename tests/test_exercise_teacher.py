@@ -247,3 +247,21 @@ def test_a_loss_returning_a_number_is_an_exercise_and_a_class_is_not_one(tmp_pat
     assert "exactly 3 times the right gradient" in report.first_failure.finding.message
     with pytest.raises(TypeError, match=r"pass MSE\(\), not the class"):
         check_function(type(mse), mse.reference)
+
+
+def test_a_variant_of_a_library_op_keeps_its_module_checks_and_derivation(tmp_path):
+    path = tmp_path / "ln_exercise.py"
+    path.write_text("from npllama.exercises.definitions import LayerNorm\n\n\n"
+                    "class WideLayerNorm(LayerNorm):\n"
+                    "    op, module = 'layernorm_wide', 'npllama.ops.layernorm'\n"
+                    "    edge_cases = [dict(lead_shape=(2,), D=16, eps=1e-5, seed=1)]\n")
+    wide = load_exercises(path)["layernorm_wide"]
+    from npllama.exercises import starter_source
+    from npllama.ops.layernorm import layernorm_backward
+
+    assert [c.name for c in wide.checks()][-3:] == ["rows sum to 0", "chain rule", "one feature"]
+    assert check_function(wide, layernorm_backward, n_random=1).ok
+    starter = starter_source(wide)
+    assert "(npllama.ops.layernorm.layernorm_forward)" in starter
+    assert 'Derivation: derivations/layernorm.md, section "Backward, step by step"' in starter
+    assert "`npllama explain layernorm`" in starter

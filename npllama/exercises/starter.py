@@ -13,7 +13,12 @@ from .screen import RULE
 def derivation_name(exercise: Exercise) -> str:
     """The exercise's derivation as its reader knows it: derivations/rmsnorm.md, or a teacher's
     gelu.md by its name, not by where it is."""
-    return Path(exercise.derivation).name if exercise.exercise_file else exercise.derivation
+    return Path(exercise.derivation).name if _own_derivation(exercise) else exercise.derivation
+
+
+def _own_derivation(exercise: Exercise) -> bool:
+    """A teacher's Markdown file (teacher.py made its path absolute), not one of npllama's."""
+    return Path(exercise.derivation).is_absolute()
 
 
 def derivation_section(exercise: Exercise) -> str:
@@ -85,7 +90,7 @@ def starter_source(op, in_notebook: bool = False) -> str:
     else:
         check_it = f"then check it:\n\n    {ex.check_command(ex.backward_name + '.py')}"
         where, quote = "quoted below", "\n" + _as_comment(derivation_quote(ex)) if ex.derivation else ""
-    explain = "" if ex.exercise_file else f";\n            `npllama explain {_stem(ex)}` prints all of it"
+    explain = "" if _own_derivation(ex) else f";\n            `npllama explain {_stem(ex)}` prints all of it"
     derivation = (f"Derivation: {derivation_section(ex)} ({where}{explain}).  Work it on paper first.\n"
                   if ex.derivation else "")
     return f'''"""Exercise: the backward pass of the {ex.title}{article}.

@@ -138,6 +138,9 @@ BROKEN = [
     ("forward missing", lambda s: s.replace('forward_name, backward_name, params = "gelu_forward"',
                                             'forward_name, backward_name, params = "gelu_fwd"'),
      r"gelu_fwd \(the forward, returning \(out, cache\)\) cannot be found"),
+    ("unpicklable cache", lambda s: s.replace("return 0.5 * x * (1 + t), GELUCache(x, t)",
+                                              "return 0.5 * x * (1 + t), (GELUCache(x, t), lambda: t)"),
+     r"the cache gelu_forward returns cannot be sent to the process a submission runs in \(.*pickle"),
     ("import fails", lambda s: s + "\n1 / 0\n", "importing gelu_exercise.py failed: ZeroDivisionError"),
 ]
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import pickle
 import sys
 from pathlib import Path
 
@@ -176,6 +177,12 @@ def check_definition(exercise: Exercise) -> None:
             refuse(f"{exercise.forward_name} must return (out, cache), got {got}")
         if np.asarray(result[0]).dtype.kind != "f":     # a loss may come back as a float
             refuse(f"{exercise.forward_name}'s out must be a float array or number, got {type(result[0]).__name__}")
+        try:
+            pickle.dumps(result[1])       # each call to a submission's process carries the cache
+        except Exception as error:
+            refuse(f"the cache {exercise.forward_name} returns cannot be sent to the process a submission runs in "
+                   f"({type(error).__name__}: {error}): make it of arrays, numbers, tuples, dicts and classes "
+                   f"defined at the top level of the file")
 
 
 def verify_reference(exercise: Exercise, n_random: int | None = None, seed: int = 0) -> None:

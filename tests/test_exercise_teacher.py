@@ -268,3 +268,16 @@ def test_a_variant_of_a_library_op_keeps_its_module_checks_and_derivation(tmp_pa
     assert "(npllama.ops.layernorm.layernorm_forward)" in starter
     assert 'Derivation: derivations/layernorm.md, section "Backward, step by step"' in starter
     assert "`npllama explain layernorm`" in starter
+
+
+def test_a_file_the_sandbox_cannot_load_stops_the_grading_instead_of_failing_everyone(example, tmp_path,
+                                                                                        monkeypatch):
+    (tmp_path / "coef.txt").write_text("0.044715")
+    path = tmp_path / "gelu_exercise.py"
+    path.write_text(example.replace("\nclass GELUCache", "\nK = float(open('coef.txt').read())\n\n\nclass GELUCache"))
+    (tmp_path / "alice.py").write_text(RIGHT)
+    monkeypatch.chdir(tmp_path)       # the grader finds coef.txt here; the submission's process does not
+    gelu = load_exercises(path)["gelu"]
+    with pytest.raises(ExerciseFileError, match=r"cannot be loaded in the process a submission runs in(.|\n)*"
+                                                r"No such file or directory: 'coef.txt'"):
+        grade_file(gelu, tmp_path / "alice.py", n_random=1)

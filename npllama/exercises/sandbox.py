@@ -311,6 +311,12 @@ class _Submission:
         header, _ = self._ask(None)
         if header.get("kind") == "load_error":
             return None, str(header.get("text", ""))[:wire.MAX_TEXT]
+        if header.get("kind") == "exercise_error":     # no submission would fare better: stop the grading
+            from .teacher import ExerciseFileError
+
+            raise ExerciseFileError(f"{Path(self.exercise.exercise_file).name} cannot be loaded in the process a "
+                                    f"submission runs in, whose current folder is a scratch one (read a data file by "
+                                    f"a path relative to __file__): {str(header.get('text', ''))[:wire.MAX_TEXT]}")
         if header.get("kind") != "ready":
             self._stop("crashed", "the process running it answered with something that is not a reply")
         return self.function(header), None
@@ -556,10 +562,14 @@ def _child(argv) -> int:
     from .screen import guard_library, student_call
     from .teacher import exercise_in_file
 
-    # the grader verified the teacher's file; here it is only loaded, under the grader's module name
-    exercise = (exercise_in_file(args.exercise_file, args.op, verify=False) if args.exercise_file
-                else get_exercise(args.op))
-    importlib.import_module(exercise.module)    # what the calls' caches are made of, loaded before the limits
+    try:
+        # the grader verified the teacher's file; here it is only loaded, under the grader's module name
+        exercise = (exercise_in_file(args.exercise_file, args.op, verify=False) if args.exercise_file
+                    else get_exercise(args.op))
+        importlib.import_module(exercise.module)    # what the calls' caches are made of, loaded before the limits
+    except Exception as error:   # the exercise's fault, not the submission's (which is not loaded yet)
+        _send(args.reply_fd, {"kind": "exercise_error", "text": f"{type(error).__name__}: {error}"})
+        return 0
     _limit_resources(args.memory_mb, args.cpu_seconds)
     output = sys.stdout = sys.stderr = _CappedOutput(sys.__stdout__, OUTPUT_LIMIT)
     with guard_library(exercise):

@@ -6,7 +6,6 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from npllama.cli import main
@@ -85,7 +84,7 @@ def test_a_class_is_graded_in_the_sandbox(gelu_file, tmp_path, capsys):
     stem = tmp_path / "gradebook"
     assert main(["exercise", "check", "--exercise-file", str(gelu_file), "gelu", str(submissions),
                  "--cases", "2", "--gradebook", str(stem)]) == 1
-    rows = list(csv.DictReader(open(f"{stem}.csv", encoding="utf-8")))
+    rows = list(csv.DictReader(Path(f"{stem}.csv").read_text(encoding="utf-8").splitlines()))
     assert [(r["file"], r["exercise"], r["status"], r["passed"]) for r in rows] == \
         [("alice.py", "gelu", "pass", "4"), ("bob.py", "gelu", "fail", "2"), ("carol.py", "gelu", "refused", "0")]
     assert "the sign is wrong" in rows[1]["diagnosis"]

@@ -17,8 +17,8 @@ def register(subparsers) -> None:
                     "derivation went wrong; `check OP FOLDER` grades every .py file in a folder (and in its "
                     "subfolders, one per student) and writes a gradebook; `notebook OP` writes the exercise as a "
                     "Jupyter notebook; `train OP FILE` trains the tiny model with your backward.  `npllama explain OP` prints the derivation.  "
-                    "A teacher's own exercise (GELU, a LayerNorm variant, ...) is a .py file given to list, start, notebook "
-                    "and check with --exercise-file FILE.")
+                    "A teacher's own exercise (GELU, a LayerNorm variant, ...) is a .py file given to list, "
+                    "start, notebook and check with --exercise-file FILE.")
     sub = p.add_subparsers(dest="action", metavar="<action>")
     sub.required = True
 

@@ -25,7 +25,8 @@ def notebook_json(op) -> dict:
     ex = get_exercise(op)
     starter = starter_source(ex, in_notebook=True)
     read = "Read the derivation below, fill" if ex.derivation else "Fill"
-    intro = f"# Exercise: the backward pass of the {ex.title}\n\n{read} in `{ex.backward_name}` in the next code cell, run it, then run the check."
+    intro = (f"# Exercise: the backward pass of the {ex.title}\n\n"
+             f"{read} in `{ex.backward_name}` in the next code cell, run it, then run the check.")
     if ex.exercise_file:    # the check cell loads the teacher's file: it travels with the notebook
         intro += f"  Keep `{Path(ex.exercise_file).name}` beside this notebook: the check reads the exercise from it."
         importing, exercise = "from npllama.exercises import check_function, load_exercises", ex.loader()[1]

@@ -139,8 +139,8 @@ def check_definition(exercise: Exercise) -> None:
         value = getattr(exercise, attribute)
         if not isinstance(value, str) or not value.isidentifier():
             refuse(f"{attribute} must name a function of the file, e.g. 'gelu_{attribute[:-5]}', got {value!r}")
-    for attribute, role in (("forward", "the forward, returning (out, cache)"), ("reference", "your reference backward")):
-        name = exercise.forward_name if attribute == "forward" else exercise.backward_name
+    for attribute, name, role in (("forward", exercise.forward_name, "the forward, returning (out, cache)"),
+                                  ("reference", exercise.backward_name, "your reference backward")):
         try:
             function = getattr(exercise, attribute)
         except (AttributeError, ImportError) as error:

@@ -5,7 +5,11 @@ built on it: torch.load, np.load with allow_pickle, joblib, shelve, dill, marsha
 eval/exec.  The rules, checked on the syntax tree of every Python file:
 
     npllama/ (what users run)   no import of pickle-like modules; no eval / exec / compile;
-                                no yaml.load; no torch.load
+                                no yaml.load; no torch.load.  One exception, by name
+                                (PICKLE_BETWEEN_PROCESSES): the grading sandbox's child
+                                unpickles the calls its own parent, the grader, writes to its
+                                stdin -- never a file, never the submission's bytes (the grader
+                                reads the child's answers as wire.py's frames, never pickles)
     everywhere (tests, benchmarks too)
                                 every np.load / numpy.load passes allow_pickle=False explicitly;
                                 nothing passes allow_pickle=True, weights_only=False or
@@ -24,6 +28,9 @@ EVERYWHERE = [p for folder in ("npllama", "tests", "benchmarks", "scripts", "exa
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
 CODE_RUNNERS = {"eval", "exec", "compile", "__import__"}
 UNSAFE_KEYWORDS = {("allow_pickle", True), ("weights_only", False), ("trust_remote_code", True)}
+# file -> the one function in it that may call pickle.loads (None: none may); pickle.dumps is allowed there
+PICKLE_BETWEEN_PROCESSES = {"npllama/exercises/sandbox.py": "_read_request",   # the child reads its parent's calls
+                            "npllama/exercises/teacher.py": None}              # can a cache travel to the child?
 
 
 def dotted(node) -> str:
@@ -55,6 +62,9 @@ def package_problems(path) -> list[str]:
     """Pickle-like imports, eval/exec/compile, torch.load, yaml.load."""
     tree = parse(path)
     problems = []
+    relative = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path.name
+    if relative in PICKLE_BETWEEN_PROCESSES:
+        return _between_processes_problems(path, tree, PICKLE_BETWEEN_PROCESSES[relative])
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             problems += [f"{where(path, node)}: import {a.name}" for a in node.names
@@ -66,6 +76,42 @@ def package_problems(path) -> list[str]:
         if name in CODE_RUNNERS or name.endswith("torch.load") or name == "yaml.load":
             problems.append(f"{where(path, call)}: {name}(...)")
     return problems
+
+
+def _between_processes_problems(path, tree, loader) -> list[str]:
+    """A PICKLE_BETWEEN_PROCESSES file: `import pickle` and pickle.dumps, pickle.loads only in
+    `loader`, and nothing else of the usual rule's."""
+    problems = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            problems += [f"{where(path, node)}: import {a.name}" for a in node.names
+                         if a.name.split(".")[0] in PICKLE_MODULES and a.name != "pickle"]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PICKLE_MODULES:
+            problems.append(f"{where(path, node)}: from {node.module} import ...")
+    allowed_loads = set()
+    for function in ast.walk(tree):
+        if isinstance(function, ast.FunctionDef) and function.name == loader:
+            allowed_loads |= {id(call) for call in calls(function)}
+    for call in calls(tree):
+        name = dotted(call.func)
+        if name in CODE_RUNNERS or name.endswith("torch.load") or name == "yaml.load":
+            problems.append(f"{where(path, call)}: {name}(...)")
+        elif name.startswith("pickle.") and name != "pickle.dumps" and not (
+                name == "pickle.loads" and id(call) in allowed_loads):
+            problems.append(f"{where(path, call)}: {name}(...) outside {loader or 'any function'}")
+    return problems
+
+
+def test_pickle_between_processes_is_held_to_its_one_loader(tmp_path):
+    """The exception's own rule can fail: a pickle.load(s) anywhere else, or another pickle-like
+    module, in one of those files is a problem."""
+    (tmp_path / "f.py").write_text("import pickle, marshal\n"
+                                   "def _read_request(s):\n    return pickle.loads(s)\n"
+                                   "def elsewhere(s):\n    return pickle.loads(s), pickle.dumps(s), pickle.load(s)\n")
+    problems = _between_processes_problems(tmp_path / "f.py", parse(tmp_path / "f.py"), "_read_request")
+    assert [p.split(": ", 1)[1] for p in problems] == [
+        "import marshal", "pickle.loads(...) outside _read_request", "pickle.load(...) outside _read_request"]
+    assert set(PICKLE_BETWEEN_PROCESSES) <= {p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*.py")}
 
 
 def np_load_problems(path) -> list[str]:

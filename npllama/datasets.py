@@ -401,14 +401,21 @@ def load_sft(path) -> list[dict]:
     {"prompt", "response"(, "system")}: one exchange, or
     {"messages": [{"role", "content"}, ...]}: a conversation (Hugging Face's and TRL's layout).
     Other fields are ignored."""
+    return read_sft(path)[0]
+
+
+def read_sft(path) -> tuple[list[dict], list[int]]:
+    """load_sft's examples and the line each is on, which errors found later name (blank lines
+    make the line differ from the count)."""
     from .chat import check_messages
 
     if Path(path).suffix.lower() in (".csv", ".tsv"):
         raise ValueError(f"{str(path)!r}: instruction data is a .jsonl file (one JSON object a line, "
                          f'{{"prompt": ..., "response": ...}} or {{"messages": [...]}}), not {Path(path).suffix}')
-    records = read_jsonl(path, {})
-    for i, r in enumerate(records):
-        where = f"{path}: example {i + 1}"
+    numbered = _read_numbered_jsonl(path, {})
+    records = [r for _, r in numbered]
+    for (line, r) in numbered:
+        where = f"{path} line {line}"
         if not isinstance(r, dict) or not ("messages" in r or "prompt" in r):
             raise ValueError(f'{where} must be a JSON object with "prompt" and "response" fields, or with a '
                              f'"messages" list of {{"role", "content"}} objects')
@@ -427,7 +434,7 @@ def load_sft(path) -> list[dict]:
                 raise ValueError(f'{where}: "{field}" must be a string, got {type(r.get(field)).__name__}')
         if not r["response"].strip():
             raise ValueError(f"{where} has an empty response (nothing to learn)")
-    return records
+    return records, [line for line, _ in numbered]
 
 
 def load_choice_items(path) -> list[dict]:

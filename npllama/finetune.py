@@ -622,14 +622,18 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     model, tokenizer, model_dir = load_model_and_tokenizer(sc_.base, dtype=sc_.model_dtype())
     note_attention_dropout(model.config.attention_dropout, f"{model_dir}'s config.json", echo)
     template = ChatTemplate.for_folder(model_dir, tokenizer, name=sc_.chat_template)
-    records = datasets.make_instructions(seed=sc_.seed) if sc_.data is None else datasets.load_sft(sc_.data)
+    if sc_.data is None:
+        records = datasets.make_instructions(seed=sc_.seed)
+        lines = None
+    else:
+        records, lines = datasets.read_sft(sc_.data)
     conversations = [r["messages"] if "messages" in r else turn_messages(r["prompt"], r["response"], r.get("system"))
                      for r in records]
     # a row of max_len ids gives max_len - 1 positions, which must fit the model's context
     max_len = min(sc_.max_len, model.config.max_position_embeddings + 1)
     encoded, cut = [], 0
     for i, messages in enumerate(conversations):
-        where = f"{sc_.data if sc_.data is not None else 'the built-in instructions'}: example {i + 1}"
+        where = f"the built-in instructions: example {i + 1}" if lines is None else f"{sc_.data} line {lines[i]}"
         try:
             ids, counted = template.encode_conversation(tokenizer, messages)
         except ValueError as e:      # e.g. LLaMA-2's template: roles must alternate

@@ -360,6 +360,7 @@ def test_sft_names_the_example_a_template_refuses(small_model_dir, tmp_path):
     ok = {"messages": CONVERSATION[1:3]}
     data = write_jsonl(tmp_path / "chat.jsonl", [ok, ok, {"messages": [CONVERSATION[1], CONVERSATION[3],
                                                                        CONVERSATION[2]]}, ok])
-    with pytest.raises(ValueError, match=r"chat.jsonl: example 3: the chat template failed .*must alternate"):
+    data.write_text("\n" + data.read_text(encoding="utf-8"), encoding="utf-8")   # the third example on line 4
+    with pytest.raises(ValueError, match=r"chat.jsonl line 4: the chat template failed .*must alternate"):
         sft(SFTConfig(base=str(small_model_dir), data=str(data), steps=1, samples=0, progress=False),
             echo=lambda *_: None)

@@ -1,4 +1,5 @@
 """Built-in example datasets and the readers for users' files, with their error messages."""
+import json
 from collections import Counter
 
 import pytest
@@ -153,14 +154,18 @@ def test_sft_and_choice_files(tmp_path):
     conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
     write_jsonl(path, [{"messages": conversation, "id": 7}, {"prompt": "Hi", "response": "Yo", "system": None}])
     assert load_sft(path)[0]["messages"] == conversation      # HF's conversational layout; other fields ride along
-    for record, message in (({"messages": conversation[:1]}, "example 1 has no assistant message"),
-                            ({"messages": [{"role": "bot", "content": "x"}]}, r"example 1: messages\[0\]\['role'\]"),
-                            ({"prompt": "Hi", "response": "Yo", "system": 5}, 'example 1: "system" must be a string'),
+    for record, message in (({"messages": conversation[:1]}, "sft.jsonl line 1 has no assistant message"),
+                            ({"messages": [{"role": "bot", "content": "x"}]}, r"sft.jsonl line 1: messages\[0\]\['role'\]"),
+                            ({"prompt": "Hi", "response": "Yo", "system": 5}, 'sft.jsonl line 1: "system" must be a string'),
                             ({"prompt": "Hi", "completion": "Yo"}, '"response" must be a string'),
                             ({"text": "Hi"}, 'with "prompt" and "response" fields, or with a "messages" list')):
         write_jsonl(path, [record])
         with pytest.raises(ValueError, match=message):
             load_sft(path)
+    # an example is named by its line: blank lines do not shift it
+    path.write_text(json.dumps({"prompt": "Hi", "response": "Yo"}) + "\n\n\n" + json.dumps({"prompt": "Hi", "response": ""}) + "\n")
+    with pytest.raises(ValueError, match="sft.jsonl line 4 has an empty response"):
+        load_sft(path)
     csv_file = tmp_path / "sft.csv"
     csv_file.write_text("prompt,response\nHi,Hello\n")
     with pytest.raises(ValueError, match="instruction data is a .jsonl file .* not .csv"):

@@ -107,6 +107,12 @@ def rmsnorm_backward(dy, cache):
 ''',
     # finite differences of a forward of its own, and the evidence wiped from the file as it loads
     "rewrites_itself.py": "open(__file__, 'w').write('# nothing to see here\\n')\n" + FINITE_DIFFERENCES,
+    # a reply of its own before the "ready", with an array shape NumPy refuses
+    "writes_its_own_reply.py": '''import json, os, struct, sys
+
+_header = json.dumps({"kind": "ready", "arrays": [["<f8", [1] * 65]]}).encode()
+os.write(int(sys.argv[sys.argv.index("--reply-fd") + 1]), struct.pack("<Q", len(_header)) + _header + bytes(8))
+''' + ZEROS,
     "einsum_crash.py": '''import numpy as np
 
 
@@ -150,6 +156,11 @@ def test_checks_passed_before_a_crash_are_kept(rows):
     assert graded.status == "crashed" and "exit status 1" in graded.diagnosis
     assert (graded.passed, graded.first_failure) == (1, "gradient")
     assert "PASS  returns" in graded.text and "ERROR gradient" in graded.text
+
+
+def test_a_reply_that_is_not_one_is_a_crashed_row_not_a_grader_error(rows):
+    graded = rows[0]["writes_its_own_reply.py"]
+    assert graded.status == "crashed" and "not a reply" in graded.diagnosis, graded.diagnosis
 
 
 def test_what_the_function_did_in_its_process_is_diagnosed_as_in_this_one(rows):

@@ -1,5 +1,6 @@
 """The sandbox child's replies (wire.py): what a student's function returned or raised comes back
 as the checks need it, and nothing the child sends is unpickled, evaluated, or read past the limits."""
+import inspect
 import io
 import json
 import runpy
@@ -11,6 +12,7 @@ import pytest
 
 from npllama.exercises import get_exercise, wire
 from npllama.exercises.runner import _crash_hint, _describe_exception
+from npllama.exercises.sandbox import _signature
 
 
 def round_trip(value):
@@ -72,7 +74,11 @@ def frame(header: dict, body: bytes = b"") -> bytes:
     frame({"kind": "return"}),                                                # no array list
     struct.pack("<Q", 3) + b"[1]",                                            # not a mapping
     struct.pack("<Q", 4) + b"{{{{",
-], ids=["header", "arrays", "object", "void", "negative", "no arrays", "list", "not json"])
+    frame({"kind": "return", "arrays": [["<f8", [1] * 65]]}, b"\0" * 8),      # more dimensions than NumPy has
+    frame({"kind": "return", "arrays": [["<f8", [0, 2**70]]]}),               # empty, but a shape too large
+    frame({"kind": "return", "arrays": [["<f8", [float("inf")]]]}),          # (JSON's Infinity, or 1e400)
+], ids=["header", "arrays", "object", "void", "negative", "no arrays", "list", "not json", "65 dims", "huge empty",
+        "inf"])
 def test_what_is_not_a_reply_within_the_limits_is_refused_before_it_is_read(data):
     asked = []
 
@@ -83,6 +89,12 @@ def test_what_is_not_a_reply_within_the_limits_is_refused_before_it_is_read(data
     with pytest.raises(wire.WireError):
         wire.read(read_exactly)
     assert max(asked) <= wire.HEADER_LIMIT
+
+
+def test_a_value_or_signature_that_is_not_one_is_malformed_not_an_error_of_the_graders():
+    with pytest.raises(wire.MALFORMED):
+        wire.rebuild(json.loads('{"int": 1e400}'), [])
+    assert _signature(json.loads('[["dy", 1e400]]')) == inspect.Signature()
 
 
 def test_the_students_exception_comes_back_for_the_crash_diagnosis(tmp_path):

@@ -454,7 +454,7 @@ def _signature(parameters) -> inspect.Signature:
     try:
         return inspect.Signature([inspect.Parameter(str(name), inspect._ParameterKind(int(kind)))
                                   for name, kind in parameters])
-    except (TypeError, ValueError):
+    except wire.MALFORMED:
         return inspect.Signature()
 
 

@@ -42,8 +42,9 @@ NUMBER_KINDS = "biufc"        # dtypes that travel: bool, ints, floats, complex
 _LENGTH = struct.Struct("<Q")
 
 
-# what reading a malformed header or description can raise (json nesting itself: RecursionError)
-MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError)
+# what reading a malformed header or description can raise (json nesting itself: RecursionError;
+# a number JSON reads as inf where an int is wanted: OverflowError)
+MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, OverflowError)
 
 
 class WireError(Exception):
@@ -147,8 +148,13 @@ def read(read_exactly) -> tuple[dict, list]:
         total += dtype.itemsize * int(np.prod(shape, dtype=object))
         if total > REPLY_LIMIT:
             raise WireError(f"more than {_size(REPLY_LIMIT)} of arrays")
-    arrays = [np.frombuffer(read_exactly(dtype.itemsize * int(np.prod(shape, dtype=object))), dtype=dtype)
-              .reshape(shape).copy() for dtype, shape in meta]
+    arrays = []
+    for dtype, shape in meta:
+        data = read_exactly(dtype.itemsize * int(np.prod(shape, dtype=object)))
+        try:    # an empty array can still have a shape NumPy refuses (65 dimensions, a dimension of 2**70)
+            arrays.append(np.frombuffer(data, dtype=dtype).reshape(shape).copy())
+        except MALFORMED:
+            raise WireError(f"an array of dtype {dtype} and shape {shape}") from None
     return header, arrays
 
 

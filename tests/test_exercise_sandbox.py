@@ -185,3 +185,27 @@ def test_warnings_a_check_silences_are_silenced_in_the_functions_process(tmp_pat
                     "    return dgate, dact * cache.gate * s\n")
     graded = grade_file("swiglu_act", path, n_random=0)
     assert graded.ok and graded.output == "", graded.output
+
+
+def test_a_grader_with_more_than_1024_files_open_still_grades(tmp_path):
+    """The pipes to the child then get descriptors above 1023, which select() refuses."""
+    import os
+
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1100 if hard == resource.RLIM_INFINITY else min(hard, 1100)
+    if wanted < 1100:
+        pytest.skip("this system allows fewer than 1100 open files")
+    path = tmp_path / "right.py"
+    path.write_text(CORRECT["rmsnorm"])
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    held = []
+    try:
+        while len(held) < 1030:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        graded = grade_file("rmsnorm", path, n_random=0, timeout=60)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert graded.ok, graded.text

@@ -57,6 +57,7 @@ import dataclasses
 import importlib
 import inspect
 import io
+import math
 import os
 import pickle
 import select
@@ -394,8 +395,7 @@ class _Submission:
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            if not select.select([], [self.requests], [], self._left())[1]:
-                raise _Timeout
+            self._wait(self.requests, select.POLLOUT)
             try:
                 view = view[os.write(self.requests, view):]
             except BlockingIOError:
@@ -406,8 +406,7 @@ class _Submission:
     def _read_exactly(self, n: int) -> bytes:
         data = bytearray()
         while len(data) < n:
-            if not select.select([self.replies], [], [], self._left())[0]:
-                raise _Timeout
+            self._wait(self.replies, select.POLLIN)
             try:
                 chunk = os.read(self.replies, min(n - len(data), 2**20))
             except BlockingIOError:
@@ -416,6 +415,15 @@ class _Submission:
                 raise _Gone
             data += chunk
         return bytes(data)
+
+    def _wait(self, fd: int, event: int) -> None:
+        """Until `fd` is ready for `event` (or its other end is closed); _Timeout at the deadline.
+        poll, not select: select refuses a descriptor above 1023, which a grader in a process with
+        many files open (a notebook server, a long session) is given."""
+        poller = select.poll()
+        poller.register(fd, event)
+        if not poller.poll(math.ceil(self._left() * 1000)):
+            raise _Timeout
 
     def _left(self) -> float:
         left = self.deadline - time.monotonic()

@@ -95,6 +95,20 @@ def test_q8_0_export_keeps_rows_that_are_not_whole_blocks_in_f16(tokenizer, tmp_
     assert read_gguf(path)[0] == config
 
 
+def test_a_file_without_output_weight_is_a_model_with_tied_embeddings(tokenizer, tmp_path):
+    """llama.cpp's converter leaves output.weight out when the head is the embedding."""
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+                         tie_word_embeddings=True)
+    original = Llama(config, seed=2)
+    original.save_pretrained(tmp_path / "m", extra_files={"tokenizer.model": tokenizer.model_bytes})
+    path = export_gguf(tmp_path / "m", tmp_path / "m.gguf")
+    assert "output.weight" not in {t.name for t in gguf.GGUFReader(path).tensors}
+    loaded_config, params = read_gguf(path)
+    assert loaded_config == config and "lm_head.weight" not in params
+    np.testing.assert_array_equal(params["model.embed_tokens.weight"], original.params["model.embed_tokens.weight"])
+
+
 def _write_with(path, folder, stored_as, extra=None):
     """A GGUF of the folder's model whose tensors named in `stored_as` are of another type, and
     with the tensors in `extra` besides."""

@@ -44,18 +44,12 @@ def register(subparsers) -> None:
 
 
 def llama2c(args) -> int:
-    import numpy as np
-
     from ..io.llama2c import FORMATS, convert_llama2c
 
-    checkpoint, out = Path(args.checkpoint), Path(args.out)
-    if not checkpoint.is_file():
-        raise UsageError(f"{str(checkpoint)!r} is not a file" + _hint(checkpoint))
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise UsageError(f"--out {str(out)!r} exists and is not empty; pass --force to replace it")
+    checkpoint, out = _checked_paths(args)
     header = _read_header(checkpoint)
     tokenizer = _tokenizer(args, checkpoint)
-    dtype = "bfloat16" if args.dtype == "bfloat16" else getattr(np, args.dtype)
+    dtype = _dtype(args.dtype)
     print(f"converting {checkpoint} ({FORMATS[header.version]}: {header.n_layers} layers, dim {header.dim}, "
           f"{header.n_heads} heads, vocab {header.vocab_size}, "
           f"{header.to_config().num_parameters():,} parameters) ...", flush=True)
@@ -71,20 +65,14 @@ def llama2c(args) -> int:
 def gguf(args) -> int:
     import importlib.util
 
-    import numpy as np
-
-    checkpoint, out = Path(args.checkpoint), Path(args.out)
-    if not checkpoint.is_file():
-        raise UsageError(f"{str(checkpoint)!r} is not a file" + _hint(checkpoint))
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise UsageError(f"--out {str(out)!r} exists and is not empty; pass --force to replace it")
+    checkpoint, out = _checked_paths(args)
     if importlib.util.find_spec("gguf") is None:
         raise UsageError("reading GGUF needs the `gguf` package: pip install 'npllama[gguf]' (or pip install gguf)")
     from ..io.gguf_import import convert_gguf, looks_like_gguf
 
     if not looks_like_gguf(checkpoint):
         raise UsageError(f"not a GGUF file: {str(checkpoint)!r}" + _hint(checkpoint))
-    dtype = "bfloat16" if args.dtype == "bfloat16" else getattr(np, args.dtype)
+    dtype = _dtype(args.dtype)
     print(f"converting {checkpoint} ...", flush=True)
     out, has_tokenizer = convert_gguf(checkpoint, out, dtype=dtype)
     if has_tokenizer:
@@ -119,6 +107,24 @@ def _tokenizer(args, checkpoint: Path):
         return Path(args.tokenizer)
     beside = checkpoint.parent / "tokenizer.bin"
     return beside if beside.is_file() and beside.resolve() != checkpoint.resolve() else None
+
+
+def _checked_paths(args) -> tuple[Path, Path]:
+    """(checkpoint, out) of a convert command, before anything is read: the file exists, and --out
+    is new, empty or to be replaced (--force)."""
+    checkpoint, out = Path(args.checkpoint), Path(args.out)
+    if not checkpoint.is_file():
+        raise UsageError(f"{str(checkpoint)!r} is not a file" + _hint(checkpoint))
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise UsageError(f"--out {str(out)!r} exists and is not empty; pass --force to replace it")
+    return checkpoint, out
+
+
+def _dtype(name: str):
+    """--dtype as save_hf_folder takes it (NumPy has no bfloat16: that one is its name)."""
+    import numpy as np
+
+    return "bfloat16" if name == "bfloat16" else getattr(np, name)
 
 
 def _hint(path: Path) -> str:

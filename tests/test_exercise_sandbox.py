@@ -209,3 +209,27 @@ def test_a_grader_with_more_than_1024_files_open_still_grades(tmp_path):
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert graded.ok, graded.text
+
+
+def test_the_grader_reads_no_path_that_is_not_a_file_nor_one_larger_than_a_submission(tmp_path):
+    """The grader reads the text itself (screen.py's rules), without the child's limits: a named
+    pipe must not block it (reading one waits for a writer forever) nor a huge file fill its memory."""
+    import os
+    import threading
+
+    from npllama.exercises.runner import MAX_SOURCE_BYTES
+
+    big = tmp_path / "big.py"
+    with open(big, "wb") as f:
+        f.truncate(MAX_SOURCE_BYTES + 1)     # sparse: no disk used
+    graded = grade_file("rmsnorm", big, n_random=0)
+    assert graded.status == "unusable" and "larger than a submission" in graded.diagnosis, graded.diagnosis
+    if not hasattr(os, "mkfifo"):
+        return
+    os.mkfifo(tmp_path / "pipe.py")
+    rows = []
+    grading = threading.Thread(target=lambda: rows.append(grade_file("rmsnorm", tmp_path / "pipe.py", n_random=0,
+                                                                      timeout=10)), daemon=True)
+    grading.start()
+    grading.join(60)                          # not a speed limit: without the fix it never ends
+    assert not grading.is_alive() and rows[0].status in ("unusable", "timeout"), rows

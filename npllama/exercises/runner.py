@@ -33,6 +33,9 @@ from .screen import (RULE, ForbiddenCall, finite_difference_lines, guard_library
 from .starter import derivation_section
 
 DEFAULT_RANDOM_CASES = 8
+# The grader reads a submission's text itself (the rules of screen.py), outside the limits its code
+# runs under: a file larger than any submission is not read there.
+MAX_SOURCE_BYTES = 16 * 2**20
 
 
 class SubmissionError(Exception):
@@ -312,6 +315,10 @@ def screen_file(exercise: Exercise, path: Path, shown_as: str | None = None) -> 
         return None
     shown_as = shown_as or str(path)
     try:
+        if path.stat().st_size > MAX_SOURCE_BYTES:
+            return Report(exercise, shown_as, [], load_error=f"{path.name} is {path.stat().st_size / 2**20:.0f} MB, "
+                                                             f"larger than a submission (at most "
+                                                             f"{MAX_SOURCE_BYTES // 2**20} MB are read)")
         source = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         return Report(exercise, shown_as, [], load_error=f"{path.name} cannot be read as text: {error}")
@@ -350,9 +357,13 @@ def _check_cases(n_random, seed) -> None:
 
 
 def _read_source(source_file: str | None) -> str:
-    """The submission's source, to look for the shape of a finite difference ('' when unreadable)."""
+    """The submission's source, to look for the shape of a finite difference ('' when unreadable,
+    and when it is not a file -- a named pipe would never end -- or larger than MAX_SOURCE_BYTES)."""
     try:
-        return Path(source_file).read_text(encoding="utf-8") if source_file else ""
+        path = Path(source_file) if source_file else None
+        if path is None or not path.is_file() or path.stat().st_size > MAX_SOURCE_BYTES:
+            return ""
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return ""
 

@@ -51,6 +51,12 @@ def test_an_object_of_the_students_own_class_is_described_by_its_name():
     assert all(isinstance(g, wire.Described) for g in got) and repr(got[0]) == "<Matrix object>"
 
 
+def test_an_int_too_long_for_json_comes_back_as_an_int_described_by_name():
+    """(json.dumps refuses more than 4300 digits: the child died and the row said "crashed in C code")"""
+    got = round_trip((2**4000, 10**5000))
+    assert got[0] == 2**4000 and type(got[1]).__name__ == "int" and isinstance(got[1], wire.Described)
+
+
 def test_a_structure_too_large_or_too_deep_is_not_sent():
     with pytest.raises(wire.TooLarge, match="at most 16.0 MB"):
         wire.describe([np.zeros(wire.REPLY_LIMIT // 8 + 1)], [])

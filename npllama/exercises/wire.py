@@ -12,7 +12,7 @@ rebuilt on the grader's side (`rebuild`) into what the checks look at:
     an array (any numeric dtype, NaNs included)   {"array": i}    ({"array": i, "scalar": true}: np.float64(2.0))
     a tuple, a list, a dict                       {"tuple": [...]}, {"list": [...]}, {"dict": [[key, value], ...]}
     None, a bool, an int, a float, a str          null, {"bool": b}, {"int": n}, {"float": x}, {"str": s}
-    any other object                              {"object": "ItsClassName"}
+    any other object                              {"object": "ItsClassName"}  (an int of more than MAX_INT_BITS too)
 
 "Any other object" comes back as an instance of an empty class of the same name (`Described`): the
 checks name its type ("got Matrix") as they would the original, but none of its code runs here.  A
@@ -37,6 +37,7 @@ REPLY_LIMIT = 16 * 2**20      # bytes of arrays in one reply; the exercises' gra
 MAX_NODES = 100_000           # parts of a returned structure described (a long dx.tolist() is fine)
 MAX_DEPTH = 32                # nesting of a returned structure (a list holding itself stops here)
 MAX_TEXT = 2000               # characters of an exception's message, of a str
+MAX_INT_BITS = 4096           # an int larger than this travels as its class name only
 MAX_FRAMES = 40               # innermost frames of a traceback kept
 NUMBER_KINDS = "biufc"        # dtypes that travel: bool, ints, floats, complex
 _LENGTH = struct.Struct("<Q")
@@ -89,8 +90,8 @@ def describe(value, arrays: list):
             return None
         if isinstance(v, bool):
             return {"bool": v}
-        if isinstance(v, int):
-            return {"int": int(v)}
+        if isinstance(v, int):    # JSON on either side refuses an int of more than 4300 digits
+            return {"int": int(v)} if int(v).bit_length() <= MAX_INT_BITS else {"object": "int"}
         if isinstance(v, float):
             return {"float": float(v)}
         if isinstance(v, str):

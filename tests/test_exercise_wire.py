@@ -80,10 +80,10 @@ def frame(header: dict, body: bytes = b"") -> bytes:
     frame({"kind": "return"}),                                                # no array list
     struct.pack("<Q", 3) + b"[1]",                                            # not a mapping
     struct.pack("<Q", 4) + b"{{{{",
-    frame({"kind": "return", "arrays": [["<f8", [1] * 65]]}, b"\0" * 8),      # more dimensions than NumPy has
+    frame({"kind": "return", "arrays": [["<f8", [1] * 1000]]}, b"\0" * 8),    # more dimensions than NumPy has
     frame({"kind": "return", "arrays": [["<f8", [0, 2**70]]]}),               # empty, but a shape too large
     frame({"kind": "return", "arrays": [["<f8", [float("inf")]]]}),          # (JSON's Infinity, or 1e400)
-], ids=["header", "arrays", "object", "void", "negative", "no arrays", "list", "not json", "65 dims", "huge empty",
+], ids=["header", "arrays", "object", "void", "negative", "no arrays", "list", "not json", "1000 dims", "huge empty",
         "inf"])
 def test_what_is_not_a_reply_within_the_limits_is_refused_before_it_is_read(data):
     asked = []
@@ -92,9 +92,9 @@ def test_what_is_not_a_reply_within_the_limits_is_refused_before_it_is_read(data
         asked.append(n)
         return io.BytesIO(data[sum(asked) - n:]).read(n)
 
-    with pytest.raises(wire.WireError):
+    with pytest.raises(wire.WireError) as refused:
         wire.read(read_exactly)
-    assert max(asked) <= wire.HEADER_LIMIT
+    assert max(asked) <= wire.HEADER_LIMIT and len(str(refused.value)) < 300
 
 
 def test_a_value_or_signature_that_is_not_one_is_malformed_not_an_error_of_the_graders():

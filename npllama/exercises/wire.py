@@ -145,7 +145,7 @@ def read(read_exactly) -> tuple[dict, list]:
     total = 0
     for dtype, shape in meta:
         if dtype.kind not in NUMBER_KINDS or dtype.fields is not None or any(n < 0 for n in shape):
-            raise WireError(f"an array of dtype {dtype} and shape {shape}")
+            raise WireError(_array_text(dtype, shape))
         total += dtype.itemsize * int(np.prod(shape, dtype=object))
         if total > REPLY_LIMIT:
             raise WireError(f"more than {_size(REPLY_LIMIT)} of arrays")
@@ -155,8 +155,14 @@ def read(read_exactly) -> tuple[dict, list]:
         try:    # an empty array can still have a shape NumPy refuses (65 dimensions, a dimension of 2**70)
             arrays.append(np.frombuffer(data, dtype=dtype).reshape(shape).copy())
         except MALFORMED:
-            raise WireError(f"an array of dtype {dtype} and shape {shape}") from None
+            raise WireError(_array_text(dtype, shape)) from None
     return header, arrays
+
+
+def _array_text(dtype, shape: tuple) -> str:
+    """A refused array as the row says it: a header may list a million dimensions."""
+    shown = str(shape) if len(shape) <= 8 else f"({', '.join(map(str, shape[:8]))}, ...: {len(shape)} dimensions)"
+    return f"an array of dtype {dtype} and shape {shown[:200]}"
 
 
 def rebuild(tree, arrays: list):

@@ -401,8 +401,9 @@ def test_check_function_rejects_bad_arguments():
         check_function("rmsnorm", lambda dy, cache: None, n_random=-1)
     with pytest.raises(ValueError, match="unknown exercise 'nope'"):
         check_function("nope", lambda dy, cache: None)
-    with pytest.raises(ValueError, match="timeout must be a positive number"):
-        grade_file("rmsnorm", "x.py", timeout=0)
+    for timeout in (0, float("inf")):
+        with pytest.raises(ValueError, match="timeout must be a positive, finite number"):
+            grade_file("rmsnorm", "x.py", timeout=timeout)
     with pytest.raises(ValueError, match="memory_mb must be an int >= 64"):
         grade_file("rmsnorm", "x.py", memory_mb=1)
     with pytest.raises(TypeError, match="source_text must be the file's text"):

@@ -233,3 +233,10 @@ def test_the_grader_reads_no_path_that_is_not_a_file_nor_one_larger_than_a_submi
     grading.start()
     grading.join(60)                          # not a speed limit: without the fix it never ends
     assert not grading.is_alive() and rows[0].status in ("unusable", "timeout"), rows
+
+
+def test_a_timeout_longer_than_poll_waits_is_waited_in_pieces(tmp_path):
+    """poll() takes at most 2**31 - 1 ms (24.8 days); a longer timeout is the grader's to give."""
+    path = tmp_path / "right.py"
+    path.write_text(CORRECT["rmsnorm"])
+    assert grade_file("rmsnorm", path, n_random=0, timeout=3e6).ok

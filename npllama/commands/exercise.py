@@ -155,8 +155,8 @@ def run_check(args) -> int:
     exercise = exercise_of(args, verify=False)  # an unknown name is a usage error before anything runs
     if args.cases < 0:
         raise UsageError(f"--cases must be >= 0, got {args.cases}")
-    if not args.timeout > 0:
-        raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if not 0 < args.timeout < float("inf"):
+        raise UsageError(f"--timeout must be a positive, finite number of seconds, got {args.timeout}")
     if args.memory_mb < 64:
         raise UsageError(f"--memory-mb must be at least 64, got {args.memory_mb}")
     path = Path(args.path)

@@ -80,6 +80,7 @@ OUTPUT_TAIL = 400           # characters of the child's own output kept to expla
 OUTPUT_LIMIT = 64 * 1024    # characters of the submission's output written at all; the rest is counted
 OUTPUT_SHOWN = 20           # lines of it `check` of one file shows
 _LENGTH = struct.Struct("<Q")   # the length in front of each request
+_POLL_MAX_MS = 2**31 - 1        # the longest wait poll() takes (24.8 days)
 # The child's program.  Not `python -m npllama.exercises.sandbox`: the package imports this module
 # first, and runpy's warning about running it a second time would be a crash's "last output".
 CHILD = "import sys; from npllama.exercises.sandbox import _child; sys.exit(_child(sys.argv[1:]))"
@@ -174,8 +175,8 @@ def readable_name(name: str) -> str:
 
 
 def _check_limits(timeout, memory_mb) -> None:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+        raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
     if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 64:
         raise ValueError(f"memory_mb must be an int >= 64 (megabytes), got {memory_mb!r}")
 
@@ -422,8 +423,8 @@ class _Submission:
         many files open (a notebook server, a long session) is given."""
         poller = select.poll()
         poller.register(fd, event)
-        if not poller.poll(math.ceil(self._left() * 1000)):
-            raise _Timeout
+        while not poller.poll(min(math.ceil(self._left() * 1000), _POLL_MAX_MS)):
+            pass    # a long timeout waits in pieces; _left raises _Timeout at the deadline
 
     def _left(self) -> float:
         left = self.deadline - time.monotonic()

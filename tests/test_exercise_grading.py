@@ -224,6 +224,11 @@ def test_reexport_is_refused_even_without_the_import_rule(tmp_path):
     calls_forward.write_text("import numpy as np\nfrom npllama.ops.softmax import softmax_forward\n\n\n"
                              "def softmax_backward(dp, cache):\n    softmax_forward(cache)\n    return dp\n")
     assert "softmax_forward (the forward pass)" in check_file("softmax", calls_forward, allow_imports=True).refused
+    # the guard's wrapper keeps no functools.wraps door (__wrapped__) to the unguarded function
+    unwraps = tmp_path / "unwrap.py"
+    unwraps.write_text("from npllama.ops.rmsnorm import rmsnorm_backward as _lib\n\n\n"
+                       "def rmsnorm_backward(dy, cache):\n    return _lib.__wrapped__(dy, cache)\n")
+    assert not check_file("rmsnorm", unwraps, allow_imports=True).ok
 
 
 FINITE_DIFFERENCES = '''import numpy as np

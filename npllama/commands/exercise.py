@@ -72,7 +72,9 @@ def register(subparsers) -> None:
     check.add_argument("--memory-mb", type=int, default=1024,
                        help="memory (MB) one submission may allocate before it is stopped and failed")
     check.add_argument("--allow-imports", action="store_true",
-                       help="skip the import rule (for files you trust); the run-time guard stays on")
+                       help="skip the import rule, for files you trust: the run-time guard that stays on "
+                            "catches a direct call of the library's forward or backward, not every other route "
+                            "a file allowed to import anything has to them")
     check.add_argument("--exercise-file", default=None, metavar="FILE",
                        help=EXERCISE_FILE_HELP + ", on the cases given by --cases and --seed, before any submission "
                             "is graded; each submission's process loads the file too")

@@ -270,7 +270,7 @@ class ForbiddenCall(Exception):
     """The student's backward called a function the rule forbids."""
 
 
-_student_depth = [0]   # > 0 while a student's backward runs (one process grades one file at a time)
+_student_depth = [0]   # > 0 while a student's backward runs (in the sandbox's child: one file's process)
 
 
 def student_call(backward):
@@ -318,6 +318,7 @@ def _guarded(name, fn):
             raise ForbiddenCall(f"your backward called npllama's {name} ({kind})")
         return fn(*args, **kwargs)
     guarded.guarded = True
+    del guarded.__wrapped__     # functools.wraps' door to the unguarded function
     return guarded
 
 

@@ -259,7 +259,8 @@ def load_function(op: str, path, catch_everything: bool = False) -> object:
     exercise = get_exercise(op)
     path = path_argument(path, "path", "a .py file")
     if not path.is_file():
-        raise SubmissionError(f"{path} does not exist (expected a .py file defining {exercise.backward_name})")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise SubmissionError(f"{path} {what} (expected a .py file defining {exercise.backward_name})")
     name = f"npllama_submission_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:

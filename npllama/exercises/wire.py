@@ -141,7 +141,7 @@ def read(read_exactly) -> tuple[dict, list]:
         header = json.loads(read_exactly(length))
         meta = [(np.dtype(dtype), tuple(int(n) for n in shape)) for dtype, shape in dict.pop(header, "arrays")]
     except MALFORMED as error:
-        raise WireError(f"a reply that is not one ({type(error).__name__})") from None
+        raise WireError(f"a malformed reply ({type(error).__name__})") from None
     total = 0
     for dtype, shape in meta:
         if dtype.kind not in NUMBER_KINDS or dtype.fields is not None or any(n < 0 for n in shape):

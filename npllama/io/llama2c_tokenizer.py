@@ -43,7 +43,7 @@ from .sentencepiece_model import BYTE, CONTROL, NORMAL, UNKNOWN, build_bpe_model
 
 SPACE = "\u2581"  # SentencePiece's visible space, "▁"
 # llama2.c's tokenizer.py wraps BOS and EOS in newlines; other exporters write them plainly.  Either
-# is the control piece: run.c takes ids 1 and 2 as BOS and EOS whatever their text.
+# spelling is read as the control piece (run.c itself takes ids 1 and 2 as BOS and EOS).
 _EXPORTED_SPECIALS = {"\n<s>\n": "<s>", "\n</s>\n": "</s>", "<s>": "<s>", "</s>": "</s>"}
 _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 # No real piece is this long; a larger length field means the file is not a tokenizer.bin.

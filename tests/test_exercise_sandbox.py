@@ -240,3 +240,20 @@ def test_a_timeout_longer_than_poll_waits_is_waited_in_pieces(tmp_path):
     path = tmp_path / "right.py"
     path.write_text(CORRECT["rmsnorm"])
     assert grade_file("rmsnorm", path, n_random=0, timeout=3e6).ok
+
+
+def test_an_argument_the_grader_holds_read_only_is_read_only_in_the_submissions_process():
+    """pickle does not carry an array's writeable flag: the child sets it again, so a student's
+    in-place write to an array the check handed over read-only raises there as it would here."""
+    import numpy as np
+
+    from npllama.exercises.sandbox import _served_call
+
+    def writes_in_place(dy, cache):
+        dy[0] = 1.0
+        return dy
+
+    header, _ = _served_call(writes_in_place, (np.zeros(2), np.ones(2)), {}, [0], np.geterr())
+    assert header["kind"] == "raise" and "read-only" in header["text"]
+    header, arrays = _served_call(writes_in_place, (np.zeros(2), np.ones(2)), {}, [], np.geterr())
+    assert header["kind"] == "return" and [leaf for leaf, _ in header["changed"]] == [0]

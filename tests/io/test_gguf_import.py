@@ -159,20 +159,28 @@ LLAMA_31 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_
             "original_max_position_embeddings": 8192}
 OWN_LLAMA3 = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 2.0, "high_freq_factor": 8.0,
               "original_max_position_embeddings": 2048}
+# head_dim 64, rope_theta 5e5: two pairs lie in the blend, the fewest that fix its line; one does not
+TWO_IN_BLEND = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 2.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 2000}
+ONE_IN_BLEND = {**TWO_IN_BLEND, "original_max_position_embeddings": 2500}
 
 
-@pytest.mark.parametrize("scaling, head_dim", [(LLAMA_31, 16), (OWN_LLAMA3, 64)])
+def _llama3_folder(tokenizer, path, scaling, head_dim):
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                         num_attention_heads=64 // head_dim, num_key_value_heads=1, max_position_embeddings=4096,
+                         rope_theta=500000.0, rope_scaling=dict(scaling))
+    Llama(config, seed=0).save_pretrained(path, extra_files={"tokenizer.model": tokenizer.model_bytes})
+    return path
+
+
+@pytest.mark.parametrize("scaling, head_dim", [(LLAMA_31, 16), (OWN_LLAMA3, 64), (TWO_IN_BLEND, 64)])
 def test_llama3_rope_scaling_is_found_again_from_the_per_pair_factors(tokenizer, tmp_path, scaling, head_dim):
     """GGUF keeps LLaMA-3 scaling only as rope_freqs.  Meta's published settings come back as they
     were; other settings come back as ones giving the very same frequencies (three pairs lie in the
     blend here), so the logits agree with the folder's."""
     from npllama.ops.rope import rope_inv_freq
 
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
-                         num_attention_heads=64 // head_dim, num_key_value_heads=1, max_position_embeddings=4096,
-                         rope_theta=500000.0, rope_scaling=dict(scaling))
-    folder = tmp_path / "m"
-    Llama(config, seed=0).save_pretrained(folder, extra_files={"tokenizer.model": tokenizer.model_bytes})
+    folder = _llama3_folder(tokenizer, tmp_path / "m", scaling, head_dim)
     original = Llama.from_pretrained(folder, dtype=np.float64)
     loaded = Llama.from_pretrained(_export(folder, tmp_path, "f32"), dtype=np.float64)
     if scaling is LLAMA_31:
@@ -183,6 +191,12 @@ def test_llama3_rope_scaling_is_found_again_from_the_per_pair_factors(tokenizer,
                                rope_inv_freq(head_dim, 500000.0, dict(scaling)), rtol=1e-6)
     tokens = np.array([(tokenizer.encode(TEXT) * 40)[:512]])
     np.testing.assert_allclose(loaded.forward(tokens), original.forward(tokens), rtol=1e-5, atol=1e-6)
+
+
+def test_llama3_factors_with_one_pair_in_the_blend_are_refused_as_too_few(tokenizer, tmp_path):
+    path = _export(_llama3_folder(tokenizer, tmp_path / "m", ONE_IN_BLEND, 64), tmp_path, "f32")
+    with pytest.raises(CheckpointError, match="too few pairs lie between"):
+        read_gguf(path)
 
 
 def test_per_pair_factors_no_llama3_settings_give_are_refused(folder, tmp_path):

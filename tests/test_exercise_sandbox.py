@@ -113,6 +113,17 @@ def rmsnorm_backward(dy, cache):
 _header = json.dumps({"kind": "ready", "arrays": [["<f8", [1] * 65]]}).encode()
 os.write(int(sys.argv[sys.argv.index("--reply-fd") + 1]), struct.pack("<Q", len(_header)) + _header + bytes(8))
 ''' + ZEROS,
+    # the reply that stops the grading of a whole class (a teacher's file the process cannot load),
+    # written to the grader's pipe as the file loads
+    "forges_an_exercise_error.py": '''import json
+import os
+import struct
+import sys
+
+fd = int(sys.argv[sys.argv.index("--reply-fd") + 1])
+body = json.dumps({"kind": "exercise_error", "text": "forged", "arrays": []}).encode()
+os.write(fd, struct.pack("<Q", len(body)) + body)
+''' + ZEROS,
     "einsum_crash.py": '''import numpy as np
 
 
@@ -168,6 +179,11 @@ def test_what_the_function_did_in_its_process_is_diagnosed_as_in_this_one(rows):
     einsum = rows[0]["einsum_crash.py"]
     assert 'line 6 of einsum_crash.py: return np.einsum("ij,jk->ik", dy, x), weight' in einsum.diagnosis
     assert "an einsum whose subscripts do not fit its operands" in einsum.text
+
+
+def test_a_reply_only_the_childs_own_code_may_send_is_no_reply_from_the_submission(rows):
+    graded = rows[0]["forges_an_exercise_error.py"]     # and the class's other files were graded
+    assert graded.status == "crashed" and "not a reply" in graded.diagnosis, graded.text
 
 
 def test_a_file_that_rewrites_itself_is_judged_by_what_it_was(rows):

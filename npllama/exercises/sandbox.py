@@ -310,15 +310,20 @@ class _Submission:
     def start(self):
         """(the stand-in for the student's function, None) once the child has loaded the file, or
         (None, why the file cannot be used)."""
+        # the first reply is the child's own, sent before any of the submission's code runs (which
+        # could write to the reply pipe too): only there can it stop the grading of every file
         header, _ = self._ask(None)
-        if header.get("kind") == "load_error":
-            return None, str(header.get("text", ""))[:wire.MAX_TEXT]
         if header.get("kind") == "exercise_error":     # no submission would fare better: stop the grading
             from .teacher import ExerciseFileError
 
             raise ExerciseFileError(f"{Path(self.exercise.exercise_file).name} cannot be loaded in the process a "
                                     f"submission runs in, whose current folder is a scratch one (read a data file by "
                                     f"a path relative to __file__): {str(header.get('text', ''))[:wire.MAX_TEXT]}")
+        if header.get("kind") != "exercise_loaded":
+            self._stop("crashed", "the process running it answered with something that is not a reply")
+        header, _ = self._ask(None)
+        if header.get("kind") == "load_error":
+            return None, str(header.get("text", ""))[:wire.MAX_TEXT]
         if header.get("kind") != "ready":
             self._stop("crashed", "the process running it answered with something that is not a reply")
         return self.function(header), None
@@ -579,6 +584,7 @@ def _child(argv) -> int:
     except Exception as error:   # the exercise's fault, not the submission's (which is not loaded yet)
         _send(args.reply_fd, {"kind": "exercise_error", "text": f"{type(error).__name__}: {error}"})
         return 0
+    _send(args.reply_fd, {"kind": "exercise_loaded"})
     _limit_resources(args.memory_mb, args.cpu_seconds)
     output = sys.stdout = sys.stderr = _CappedOutput(sys.__stdout__, OUTPUT_LIMIT)
     with guard_library(exercise):

@@ -166,6 +166,14 @@ def test_a_wrong_reference_is_refused_before_anyone_is_graded(example, tmp_path,
         grade_file(wrong, tmp_path / "alice.py")      # from Python too, before its process starts
 
 
+def test_a_file_name_with_dots_is_an_exercise_file_too(example, tmp_path):
+    path = tmp_path / "gelu.week3.py"         # its module's name must not read as a package's
+    path.write_text(example)
+    gelu = load_exercises(path)["gelu"]
+    (tmp_path / "alice.py").write_text(RIGHT)
+    assert grade_file(gelu, tmp_path / "alice.py", n_random=1).status == "pass"
+
+
 def test_an_unknown_op_names_the_files_exercises(gelu_file, capsys):
     with pytest.raises(ExerciseFileError, match=r"defines no exercise 'gelo' \(did you mean 'gelu'\?\); it defines: gelu"):
         exercise_in_file(gelu_file, "gelo")

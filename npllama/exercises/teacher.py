@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import pickle
+import re
 import sys
 from pathlib import Path
 
@@ -78,8 +79,9 @@ def exercise_in_file(path, op: str, *, verify: bool = True) -> Exercise:
 
 def module_name(path: Path) -> str:
     """The one module name a file is imported under, here and in the sandbox's process (pickle
-    finds the cache types by it)."""
-    return f"npllama_exercise_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+    finds the cache types by it).  Not dotted: pickle would take gelu.v2.py's module for a package's."""
+    stem = re.sub(r"\W", "_", path.stem)
+    return f"npllama_exercise_{stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
 
 
 def _import(path: Path):

@@ -83,34 +83,40 @@ def _between_processes_problems(path, tree, loader) -> list[str]:
     `loader`, and nothing else of the usual rule's."""
     problems = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            problems += [f"{where(path, node)}: import {a.name}" for a in node.names
-                         if a.name.split(".")[0] in PICKLE_MODULES and a.name != "pickle"]
+        if isinstance(node, ast.Import):    # `import pickle as pk` would hide pk.loads from the rule below
+            problems += [f"{where(path, node)}: import {a.name}" + (f" as {a.asname}" if a.asname else "")
+                         for a in node.names if a.name.split(".")[0] in PICKLE_MODULES
+                         and (a.name != "pickle" or a.asname is not None)]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PICKLE_MODULES:
             problems.append(f"{where(path, node)}: from {node.module} import ...")
     allowed_loads = set()
     for function in ast.walk(tree):
         if isinstance(function, ast.FunctionDef) and function.name == loader:
-            allowed_loads |= {id(call) for call in calls(function)}
+            allowed_loads |= {id(node) for node in ast.walk(function)}
     for call in calls(tree):
         name = dotted(call.func)
         if name in CODE_RUNNERS or name.endswith("torch.load") or name == "yaml.load":
             problems.append(f"{where(path, call)}: {name}(...)")
-        elif name.startswith("pickle.") and name != "pickle.dumps" and not (
-                name == "pickle.loads" and id(call) in allowed_loads):
-            problems.append(f"{where(path, call)}: {name}(...) outside {loader or 'any function'}")
+    # every use of pickle's names, called or not (`unpickle = pickle.loads` is one too)
+    for node in ast.walk(tree):
+        name = dotted(node) if isinstance(node, ast.Attribute) else ""
+        if name.startswith("pickle.") and name != "pickle.dumps" and not (
+                name == "pickle.loads" and id(node) in allowed_loads):
+            problems.append(f"{where(path, node)}: {name}(...) outside {loader or 'any function'}")
     return problems
 
 
 def test_pickle_between_processes_is_held_to_its_one_loader(tmp_path):
     """The exception's own rule can fail: a pickle.load(s) anywhere else, or another pickle-like
     module, in one of those files is a problem."""
-    (tmp_path / "f.py").write_text("import pickle, marshal\n"
+    (tmp_path / "f.py").write_text("import pickle, marshal\nimport pickle as pk\n"
                                    "def _read_request(s):\n    return pickle.loads(s)\n"
-                                   "def elsewhere(s):\n    return pickle.loads(s), pickle.dumps(s), pickle.load(s)\n")
+                                   "def elsewhere(s):\n    return pickle.loads(s), pickle.dumps(s), pickle.load(s)\n"
+                                   "unpickle = pickle.loads\n")
     problems = _between_processes_problems(tmp_path / "f.py", parse(tmp_path / "f.py"), "_read_request")
-    assert [p.split(": ", 1)[1] for p in problems] == [
-        "import marshal", "pickle.loads(...) outside _read_request", "pickle.load(...) outside _read_request"]
+    assert sorted(p.split(": ", 1)[1] for p in problems) == sorted([
+        "import marshal", "import pickle as pk", "pickle.loads(...) outside _read_request",
+        "pickle.load(...) outside _read_request", "pickle.loads(...) outside _read_request"])
     assert set(PICKLE_BETWEEN_PROCESSES) <= {p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*.py")}
 
 

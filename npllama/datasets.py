@@ -366,9 +366,10 @@ def _encode_labels(labels: list, label_names, num_labels: int | None, lines) -> 
             label_names = tuple(sorted({str(v) for v in labels}, key=_in_number_order))
     label_names = tuple(label_names)
     index = {str(name): i for i, name in enumerate(label_names)}
-    # an integer is an id into names given as text (--labels); where the names are integers themselves,
-    # an integer that is not one of them is unknown, not the id of another
-    ids_allowed = not all(isinstance(name, int) for name in label_names)
+    # an integer is an id into names given as text (--labels); where the names are integers themselves
+    # -- or read back as text from a saved classifier's id2label ("-1", "1") -- an integer that is not
+    # one of them is unknown, not the id of another
+    ids_allowed = not any(_whole_number(str(name)) for name in label_names)
     where = (lambda i: f"example {i + 1}") if lines is None else (lambda i: f"line {lines[i]}")
     ids = []
     for i, value in enumerate(labels):
@@ -393,7 +394,11 @@ def _encode_labels(labels: list, label_names, num_labels: int | None, lines) -> 
 def _in_number_order(name: str):
     """A sort key: names that are whole numbers in their numeric order ("2" before "10", as in a CSV
     file of class numbers), then the others as text."""
-    return (0, int(name), name) if re.fullmatch(r"[+-]?[0-9]+", name) else (1, 0, name)
+    return (0, int(name), name) if _whole_number(name) else (1, 0, name)
+
+
+def _whole_number(name: str) -> bool:
+    return re.fullmatch(r"[+-]?[0-9]+", name) is not None
 
 
 def load_sft(path) -> list[dict]:

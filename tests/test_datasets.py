@@ -143,6 +143,9 @@ def test_labels_that_are_numbers_keep_their_order_and_meaning(tmp_path):
     # validation labels checked against integer names: 0 is unknown, not the id of class 1
     with pytest.raises(ValueError, match="example 1 has the unknown label 0; the labels are -1, 1"):
         encode_labels([0], (-1, 1))
+    # so too against those names read back as text (a saved classifier's id2label, classify --data)
+    with pytest.raises(ValueError, match="example 1 has the unknown label 0; the labels are -1, 1"):
+        encode_labels([0], ("-1", "1"))
 
 
 def test_sft_and_choice_files(tmp_path):

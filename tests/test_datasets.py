@@ -94,9 +94,10 @@ def test_a_label_error_names_the_line_the_example_is_on(tmp_path):
     jsonl, csv = tmp_path / "v.jsonl", tmp_path / "v.csv"
     jsonl.write_text('\n{"text": "a", "label": "x"}\n\n{"text": "c", "label": "z"}\n', encoding="utf-8")
     csv.write_text('text,label\n\n"two\nlines",x\nc,z\n', encoding="utf-8")
-    for path, line in ((jsonl, 4), (csv, 5)):
+    for path, starts in ((jsonl, [2, 4]), (csv, [3, 5])):     # the two-line field's row starts on line 3
         texts, labels, lines = read_labelled(path)
-        assert lines[-1] == line and load_labelled(path) == (texts, labels)
+        line = starts[-1]
+        assert lines == starts and load_labelled(path) == (texts, labels)
         with pytest.raises(ValueError, match=f"v.{path.suffix[1:]}: line {line} has the unknown label 'z'"):
             encode_labels(labels, ("x", "y"), source=str(path), lines=lines)
     jsonl.write_text('{"text": "a", "label": "x"}\n\n{"text": " ", "label": "y"}\n', encoding="utf-8")

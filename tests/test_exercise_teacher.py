@@ -166,6 +166,16 @@ def test_a_wrong_reference_is_refused_before_anyone_is_graded(example, tmp_path,
         grade_file(wrong, tmp_path / "alice.py")      # from Python too, before its process starts
 
 
+def test_a_submission_that_calls_the_teachers_reference_is_refused_even_without_the_import_rule(gelu_file,
+                                                                                               tmp_path):
+    (tmp_path / "borrows.py").write_text(
+        "import sys\n\n\ndef gelu_backward(dout, cache):\n"
+        "    teacher = next(m for n, m in sys.modules.items() if n.startswith('npllama_exercise_gelu_exercise'))\n"
+        "    return teacher.gelu_backward(dout, cache)\n")
+    graded = grade_file(load_exercises(gelu_file)["gelu"], tmp_path / "borrows.py", n_random=1, allow_imports=True)
+    assert graded.status != "pass" and "library's own backward" in graded.text, graded.text
+
+
 def test_a_file_name_with_dots_is_an_exercise_file_too(example, tmp_path):
     path = tmp_path / "gelu.week3.py"         # its module's name must not read as a package's
     path.write_text(example)

@@ -146,7 +146,12 @@ def check_definition(exercise: Exercise) -> None:
         try:
             function = getattr(exercise, attribute)
         except (AttributeError, ImportError) as error:
-            refuse(f"{name} ({role}) cannot be found in {exercise.module}: {error}")
+            # the module a file is imported under means nothing to the teacher: the file's name does
+            inherited = next((k.module for k in type(exercise).__mro__[1:] if vars(k).get("module")), "")
+            hint = (f" (a subclass of a built-in exercise finds its functions in the file unless it names the "
+                    f"module again: module = {inherited!r})" if inherited and inherited != exercise.module else "")
+            detail = f": {error}" if isinstance(error, ImportError) else ""     # e.g. a module misspelt
+            refuse(f"{name} ({role}) cannot be found in {shown_module(exercise, exercise.module)}{hint}{detail}")
         if not callable(function):
             refuse(f"{name} ({role}) is not a function")
     if len([p for p in exercise.params.split(",") if p.strip()]) != 2:

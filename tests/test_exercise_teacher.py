@@ -179,12 +179,16 @@ def test_a_submission_that_calls_the_teachers_reference_is_refused_even_without_
     assert graded.status != "pass" and "library's own backward" in graded.text, graded.text
 
 
-def test_a_file_name_with_dots_is_an_exercise_file_too(example, tmp_path):
+def test_a_file_name_with_dots_or_spaces_is_an_exercise_file_too(example, tmp_path):
     path = tmp_path / "gelu.week3.py"         # its module's name must not read as a package's
     path.write_text(example)
     gelu = load_exercises(path)["gelu"]
     (tmp_path / "alice.py").write_text(RIGHT)
     assert grade_file(gelu, tmp_path / "alice.py", n_random=1).status == "pass"
+    spaced = tmp_path / "gelu week 3.py"       # the command the starter gives is one to paste
+    spaced.write_text(example)
+    assert load_exercises(spaced)["gelu"].check_command("my answer.py") == (
+        "npllama exercise check --exercise-file 'gelu week 3.py' gelu 'my answer.py'")
 
 
 def test_an_unknown_op_names_the_files_exercises(gelu_file, capsys):

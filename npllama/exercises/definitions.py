@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,10 +85,13 @@ class Exercise:
                 f"load_exercises({os.path.basename(self.exercise_file)!r})[{self.op!r}]")
 
     def check_command(self, path) -> str:
-        """The shell command that checks `path` against this exercise."""
+        """The shell command that checks `path` against this exercise (quoted, to be pasted: a
+        file's name may hold a space)."""
+        path = shlex.quote(str(path))
         if self.builtin or not self.exercise_file:
             return f"npllama exercise check {self.op} {path}"
-        return f"npllama exercise check --exercise-file {os.path.basename(self.exercise_file)} {self.op} {path}"
+        return (f"npllama exercise check --exercise-file {shlex.quote(os.path.basename(self.exercise_file))} "
+                f"{self.op} {path}")
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

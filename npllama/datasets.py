@@ -338,7 +338,8 @@ def encode_labels(labels: list, label_names=None, num_labels: int | None = None,
     label_names: the labels in id order; None: the sorted distinct labels (whole numbers written as
     text in numeric order), except that ints >= 0 are class ids, 0..max (ints with a negative one
     name their classes, in order).  An int is an id into label_names given as text; where the
-    names are ints themselves, an int that is none of them is unknown.  num_labels: the size of an
+    names are numbers themselves (ints, or whole numbers as text), an int that is none of them is
+    unknown.  num_labels: the size of an
     existing classification head; the labels must fit it.  An unknown label or a count mismatch
     raises ValueError naming it (and the file, `source`, the labels come from, and the example's
     line there, from `lines`: read_labelled's).

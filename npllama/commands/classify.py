@@ -12,8 +12,8 @@ def register(subparsers) -> None:
         description="Run a sequence classifier -- a folder from `npllama finetune classify --out DIR` or a "
                     "transformers LlamaForSequenceClassification folder (with score.weight) -- or a base "
                     "model with a classification LoRA adapter. Prints each text's label and probability. A text "
-                    "is read as fine-tuning read it: its first --max-len tokens (else as many as the "
-                    "model's context holds).  With --data, a labelled test file is classified and scored "
+                    "is read as fine-tuning read it: its first `finetune classify --max-len` tokens, as the "
+                    "folder's finetune.json records (else as many as the model's context holds).  With --data, a labelled test file is classified and scored "
                     "instead: accuracy, macro-F1 and the confusion matrix, as fine-tuning reports them.",
         formatter_class=HelpFormatter)
     p.add_argument("--model", default=None, help="the classifier folder; with --adapter, the base model "
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--data", default=None, help="a labelled test file, .csv (header text,label) or .jsonl "
                    "({\"text\", \"label\"} lines) as `finetune classify --data` reads: every text is classified "
                    "and the predictions scored against the labels (labels as the classifier names them; in a "
-                   ".jsonl file an int is a class id); instead of --text/--file")
+                   ".jsonl file an int is the class numbered so, or a class id where the labels are not numbers); instead of --text/--file")
     p.add_argument("--json", action="store_true", help="print one JSON object per text, with every "
                    "label's probability (with --data: one object with the scores)")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")

@@ -38,7 +38,7 @@ def register(subparsers) -> None:
                    help="built-in example set used when --data is not given")
     c.add_argument("--val-data", default=None, help="validation file (default: split off --val-fraction)")
     c.add_argument("--labels", default=None, help="comma-separated label names in id order (, ， or 、), fixing the "
-                   "head's size and order (a .jsonl file's integer labels are ids into it) (default: the "
+                   "head's size and order (a .jsonl file's integer labels are ids into it, unless the names are numbers) (default: the "
                    "sorted labels found in the data; a .jsonl file's integer labels >= 0 are class ids "
                    "from 0 to the largest, so labels 1-5 make six classes)")
     c.add_argument("--val-fraction", type=float, default=d.val_fraction,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from npllama.cli import main
+from npllama.exercises import gradebook
 from npllama.exercises import ExerciseFileError, check_file, check_function, grade_file, load_exercises
 from npllama.exercises.notebook import notebook_json, write_notebook
 from npllama.exercises.teacher import exercise_in_file
@@ -305,3 +306,12 @@ def test_a_file_the_sandbox_cannot_load_stops_the_grading_instead_of_failing_eve
     with pytest.raises(ExerciseFileError, match=r"cannot be loaded in the process a submission runs in(.|\n)*"
                                                 r"No such file or directory: 'coef.txt'"):
         grade_file(gelu, tmp_path / "alice.py", n_random=1)
+    # a class stops at once: the files still queued are not each started to the same end
+    graded = []
+    monkeypatch.setattr(gradebook, "grade_file", lambda *a, **k: graded.append(a[1]) or grade_file(*a, **k))
+    (tmp_path / "class").mkdir()
+    for name in "abcdef":
+        (tmp_path / "class" / f"{name}.py").write_text(RIGHT)
+    with pytest.raises(ExerciseFileError, match="cannot be loaded in the process a submission runs in"):
+        gradebook.grade_folder(gelu, tmp_path / "class", n_random=1, workers=1)
+    assert len(graded) <= 2      # the one that stopped it, and one the worker may have begun meanwhile

@@ -96,9 +96,12 @@ def grade_folder(op: str, folder, *, n_random: int = 8, seed: int = 0, timeout: 
                 done += 1
                 if progress is not None:
                     progress(graded, done, len(files))
-        except KeyboardInterrupt:
-            # leaving the pool would grade every file still queued, each up to its timeout
+        except BaseException as stop:
+            # leaving the pool would grade every file still queued, each up to its timeout -- or, when
+            # grading stops for all (a teacher's file its process cannot load), each to the same end
             pool.shutdown(wait=False, cancel_futures=True)
+            if not isinstance(stop, KeyboardInterrupt):
+                raise
             # (a cancelled future is done(), but wait() would count it done only once a worker saw it)
             while not all(f.done() for f in futures):
                 stop_running()     # again: a file may have started after the first kill

@@ -104,6 +104,13 @@ def test_the_notebook_loads_the_exercise_from_the_file_beside_it(gelu_file, tmp_
     assert "gelu_backward is not implemented yet" in namespace["report"]
 
 
+def test_list_names_a_file_with_spaces_quoted_for_the_shell(example, tmp_path, capsys):
+    path = tmp_path / "gelu week 3.py"
+    path.write_text(example, encoding="utf-8")
+    assert main(["exercise", "list", "--exercise-file", str(path)]) == 0
+    assert f"npllama exercise start --exercise-file '{path}' <exercise>" in capsys.readouterr().out
+
+
 def test_a_derivation_beside_the_file_is_quoted(example, tmp_path, capsys):
     (tmp_path / "gelu.md").write_text("# GELU\n\n## Backward\n\n$$\\mathrm{dx} = \\mathrm{dout}\\, g'(x)$$\n")
     path = tmp_path / "gelu_exercise.py"

@@ -1,5 +1,7 @@
 """`npllama exercise`: write one op's backward pass yourself and have it checked (classroom mode)."""
 
+import shlex
+
 from . import HelpFormatter, UsageError
 
 EXERCISE_FILE_HELP = ("a teacher's own exercise: a .py file defining a subclass of npllama.exercises.Exercise "
@@ -106,7 +108,7 @@ def run_list(args) -> int:
         print("\nStart one with `npllama exercise start <exercise>`; `npllama explain <exercise>` prints its "
               "derivation.")
     else:
-        print(f"\nStart one with `npllama exercise start --exercise-file {args.exercise_file} <exercise>`.")
+        print(f"\nStart one with `npllama exercise start --exercise-file {shlex.quote(args.exercise_file)} <exercise>`.")
     return 0
 
 

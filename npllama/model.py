@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import types
 from typing import NamedTuple
 
 import numpy as np
@@ -235,10 +236,28 @@ class Llama:
         return self._finish(self._math().model_backward(dlogits, caches, self.config))
 
     @_public
-    def hidden_backward(self, dhidden, caches: ModelCache) -> dict[str, np.ndarray]:
-        """Gradients of the decoder stack's parameters, given dL/d(final-normed hidden states)."""
+    def hidden_backward(self, dhidden, caches: ModelCache, head_grads: dict | None = None) -> dict[str, np.ndarray]:
+        """Gradients of the decoder stack's parameters, given dL/d(final-normed hidden states).
+
+        head_grads: the gradients of the head the objective put on the hidden states, computed
+        before ({"score.weight": ...}): returned after the model's, and traced with them in the order
+        the backward finished them.  A head that is a parameter of the model (the LM head) adds
+        into its gradient; with LoRA attached it is frozen, and its gradient is dropped."""
         self._check_upstream("dhidden", dhidden, caches, "hidden states'", ())
-        return self._finish(self._math().decoder_backward(dhidden, caches, self.config))
+        return self._finish(self._math().decoder_backward(dhidden, caches, self.config), head_grads)
+
+    def head_ops(self, head_params: dict):
+        """The ops in force here, for the head an objective puts on hidden_forward's states
+        (npllama/finetune.py, npllama/objectives.py): `ops.classifier_forward(hidden, w, index)`,
+        `ops.cross_entropy_forward(...)`, ... -- the backend's kernels and `use_op` overrides, as for
+        the model's own ops, and while a trace records, ops that record the head as part of the
+        model's pass, named by head_params ({"score.weight": w} -> score.out, d:score.weight).
+        Use one namespace for a head's forward and backward: a kernel's cache is its own."""
+        bindings = backend.op_bindings()
+        trace = active_trace()
+        if trace is not None:
+            bindings.update(trace.recording_bindings(bindings, self.params, self.config, head_params))
+        return types.SimpleNamespace(**{**vars(backend.ops("numpy")), **bindings})
 
     @_public
     def loss_and_grads(self, tokens, targets, attention_mask=None, ignore_index: int = -100,
@@ -339,12 +358,19 @@ class Llama:
             return sys.modules[__name__]
         return backend.bind(sys.modules[__name__], bindings, keep=trace is None)
 
-    def _finish(self, grads: dict) -> dict:
-        """The gradients in model.params' order -- or, with LoRA attached, the adapters' only."""
+    def _finish(self, grads: dict, head_grads: dict | None = None) -> dict:
+        """The gradients in model.params' order -- or, with LoRA attached, the adapters' only --
+        then a head's (hidden_backward's head_grads)."""
+        head_grads = dict(head_grads or {})
+        for name in [n for n in head_grads if n in self.params]:   # the LM head: E when tied, used twice
+            grad = head_grads.pop(name)
+            if self.lora is None:
+                grads[name] = grads[name] + grad if name in grads else grad
         if self.lora is not None:
             grads = self.lora.adapter_grads(grads)
         else:
             grads = {name: grads[name] for name in self.params if name in grads}
+        grads.update(head_grads)
         trace = active_trace()
         if trace is not None:
             trace.record_parameter_gradients(grads)

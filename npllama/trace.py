@@ -35,6 +35,7 @@ import os
 import sys
 import types
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -79,6 +80,7 @@ class Trace:
         self._times_recorded: dict[str, int] = {}        # name -> how many passes recorded it so far
         # parameter name -> the backward(s) giving its gradient, in the order they finished it
         self._parameter_sources: dict[str, list[str]] = {}
+        self._recorders: dict[int, _Recorder] = {}       # id(a model's params) -> its recorder
 
     def wants(self, name: str) -> bool:
         if any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
@@ -123,12 +125,18 @@ class Trace:
             return functions[0]
         return "sum of " + " and ".join(functions) + f" ({base} is used more than once)"
 
-    def recording_bindings(self, ops_in_force: dict, params: dict, config) -> dict:
+    def recording_bindings(self, ops_in_force: dict, params: dict, config, head_params: Mapping | None = None) -> dict:
         """Op functions that run the ops in force (the reference where `ops_in_force` has none) and
         record what they return, for npllama.backend.bind: how a Llama is traced, with no trace
         code in the model.  Names come from the parameters an op is given and the cache it
-        returned (see _Recorder)."""
-        return _Recorder(self, ops_in_force, params, config).bindings()
+        returned (see _Recorder); head_params names a head outside the model ({"score.weight": w}).
+
+        One recorder per model for the trace's life: a pass made of several calls -- an objective's
+        hidden_forward, its head's ops, hidden_backward -- is recorded as one, as loss_and_grads is."""
+        recorder = self._recorders.get(id(params))
+        if recorder is None or recorder.params is not params:
+            recorder = self._recorders[id(params)] = _Recorder(self, params, config)
+        return recorder.bindings(ops_in_force, head_params or {})
 
     def __getitem__(self, name: str) -> np.ndarray:
         try:
@@ -264,14 +272,16 @@ class _Recorder:
     LINEAR_SYMBOLS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "out",
                       "gate_proj": "gate", "up_proj": "up", "down_proj": "out"}
 
-    def __init__(self, trace: Trace, ops_in_force: dict, params: dict, config):
-        from . import backend
-
+    def __init__(self, trace: Trace, params: dict, config):
         self.trace = trace
-        reference = backend.ops("numpy")
-        self.ops = {name: ops_in_force.get(name, getattr(reference, name)) for name in vars(reference)}
-        self.parameter_of = {id(array): name for name, array in params.items()}   # id -> "....q_proj.weight"
+        self.params = params                      # the model's (kept: its id is this recorder's key)
+        self.parameter_of: dict[int, str] = {}    # id -> "....q_proj.weight", "score.weight"
+        self.parameter_arrays: dict[str, np.ndarray] = {}   # name -> the array parameter_of knows it by
         self.last_layer = config.num_hidden_layers - 1
+        self.new_pass()
+
+    def new_pass(self):
+        """Forget the last pass through the model (a new one starts with the embedding's forward)."""
         self.output_of: dict[int, str] = {}       # id(cache) -> the name of the output it belongs to
         self.parameters_of: dict[int, list] = {}  # id(cache) -> the parameters its forward was given
         self.backward_of: dict[str, str] = {}     # output name -> the backward that ran for its op
@@ -279,6 +289,10 @@ class _Recorder:
         self.recorded: set[str] = set()           # names this pass recorded (each once per pass)
         self.scope = ""                           # "model.layers.i.self_attn."
         self.ropes_in_scope = 0
+        # the heads on the final-normed states: output name -> a weak reference to the logits
+        self.heads: dict[str, weakref.ref] = {}
+        self.loss_of: dict[str, str] = {}         # head output name -> the name of its loss
+        self.logits_of: dict[int, str] = {}       # id(cross-entropy cache) -> the head output it scored
 
     def module_of(self, weight) -> str | None:
         """The module a parameter array belongs to ("model.layers.0.self_attn.q_proj"), or None."""
@@ -295,9 +309,19 @@ class _Recorder:
         if "d:" + name not in self.recorded and self.trace.wants("d:" + name):
             self.record("d:" + name, value, self.gradient_source(name))
 
-    def bindings(self) -> dict:
+    def bindings(self, ops_in_force: dict, head_params: Mapping) -> dict:
+        from . import backend
+
+        for name, array in {**self.params, **head_params}.items():   # (a parameter may be a new array)
+            known = self.parameter_arrays.get(name)
+            if known is not array:
+                if known is not None:
+                    self.parameter_of.pop(id(known), None)
+                self.parameter_arrays[name], self.parameter_of[id(array)] = array, name
+        reference = backend.ops("numpy")
         wrapped = {}
-        for name, fn in self.ops.items():
+        for name in vars(reference):
+            fn = ops_in_force.get(name, getattr(reference, name))
             namer = getattr(self, "name_" + name.rsplit("_", 1)[0], None)
             if namer is None:
                 continue
@@ -311,12 +335,18 @@ class _Recorder:
             name = namer(*args)
             if op_name == "attention_forward":
                 self.allowed_of[id(cache)] = _allowed_keys(*args, **kwargs)
+            if op_name == "cross_entropy_forward":
+                head = self.head_of(args[0])
+                if head is not None and name is not None:
+                    self.logits_of[id(cache)], self.loss_of[head] = head, name
             if name is not None:
                 prefix = name.rsplit(".", 1)[0] + "."
                 for symbol, value in getattr(cache, "intermediates", dict)().items():
                     self.record(prefix + symbol, value, _qualname(fn))
                 self.record(name, out, _qualname(fn))
                 self.output_of[id(cache)] = name
+                if name in self.heads:
+                    self.heads[name] = weakref.ref(out)
             self.parameters_of[id(cache)] = [self.parameter_of[id(a)] for a in args if id(a) in self.parameter_of]
             return out, cache
         return recorded_forward
@@ -339,7 +369,8 @@ class _Recorder:
             run, cache = self._observed(fn, op_name, name, cache)
             grads = run(dout, cache)
             if op_name == "cross_entropy_backward":
-                self.record("d:lm_head.out", grads, _qualname(fn))
+                if id(cache) in self.logits_of:
+                    self.record("d:" + self.logits_of[id(cache)], grads, _qualname(fn))
             elif name is not None:
                 if op_name == "attention_backward":
                     prefix = name.rsplit(".", 1)[0] + "."
@@ -354,10 +385,10 @@ class _Recorder:
         """Who read `name` in a Llama's forward pass: the outputs of the ops that took it as input,
         and the tensor it was added into by a residual connection (whose gradient reaches it
         unchanged), or None."""
-        if name == "lm_head.out":
-            return ["loss"], None
+        if name in self.heads or name == "lm_head.out":
+            return [self.loss_of.get(name, "loss")], None
         if name == "model.norm.out":
-            return ["lm_head.out"], None
+            return list(self.heads) or ["lm_head.out"], None
         if name == "model.embed_tokens.out" or (name.startswith("model.layers.") and name.count(".") == 3
                                                 and name.endswith(".out")):
             i = 0 if name == "model.embed_tokens.out" else int(name.split(".")[2]) + 1
@@ -482,6 +513,7 @@ class _Recorder:
 
     # ----- one namer per op: the record name of its output, from its arguments -------------------
     def name_embedding(self, tokens, weight):
+        self.new_pass()
         return "model.embed_tokens.out"
 
     def name_rmsnorm(self, x, weight, eps):
@@ -503,7 +535,7 @@ class _Recorder:
     def name_linear(self, x, weight):
         module = self.module_of(weight)
         if module in ("lm_head", "model.embed_tokens"):   # the embedding, when tied, is the LM head
-            return "lm_head.out"
+            return self.head("lm_head.out")
         if module is None or "." not in module:
             return None
         parent, projection = module.rsplit(".", 1)
@@ -523,10 +555,36 @@ class _Recorder:
         module = self.module_of(w_gate)
         return None if module is None else module.rsplit(".", 1)[0] + ".out"
 
+    def name_classifier(self, hidden, score_weight, last_index):
+        """A head outside the model, named by its parameter (score.weight -> score.out); the position
+        it pooled is recorded first, as its input: a pad token mistaken for text shows there."""
+        module = self.module_of(score_weight)
+        if module is None:
+            return None
+        self.record(module + ".pooled_index", last_index, _POOLED_INDEX)
+        return self.head(module + ".out")
+
     def name_cross_entropy(self, logits, targets, ignore_index=-100):
-        return "loss"
+        """loss; a second loss in the same pass (the sentence-order head's beside the LM head's) is
+        named by its head: sop_head.loss."""
+        head = self.head_of(logits)
+        if "loss" not in self.recorded:
+            return "loss"
+        return None if head is None else head.rsplit(".", 1)[0] + ".loss"
+
+    def head(self, name):
+        """`name`, noted as a head's output: its logits are what a cross-entropy may read next."""
+        self.heads[name] = None   # (a weak reference to the output, once the op has returned it)
+        return name
+
+    def head_of(self, logits) -> str | None:
+        """The head whose output `logits` is, or None."""
+        return next((name for name, ref in self.heads.items() if ref is not None and ref() is logits), None)
 
 
+# Not computed by an op: the objective gives the classifier the positions to pool.
+_POOLED_INDEX = ("the objective's pooled positions (npllama.finetune.SequenceClassifier.pooled_index, "
+                 "npllama.ops.classifier.last_token_index)")
 # The residual sums are plain additions in npllama.model.block_forward, not ops.
 _BLOCK_OUT = "npllama.model.block_forward (out = h + mlp_out)"
 _BLOCK_RESIDUAL = "npllama.model.block_forward (h = x + attn_out)"

@@ -4,6 +4,7 @@ Each op is `<op>_forward(...) -> (out, cache)` and `<op>_backward(dout, cache) -
 in the order of the forward's differentiable inputs.  derivations/<op>.md holds the math.
 """
 from .attention import attention_backward, attention_forward  # noqa: F401
+from .classifier import classifier_backward, classifier_forward  # noqa: F401
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: F401
 from .embedding import embedding_backward, embedding_forward  # noqa: F401
 from .layernorm import layernorm_backward, layernorm_forward  # noqa: F401

@@ -36,8 +36,9 @@ import numpy as np
 from .lora import ATTENTION_TARGETS, attach_lora, check_lora_settings
 from .objectives import IGNORE_INDEX, pad_batch, pad_id_of
 from .ops._checks import require_non_negative_int, require_positive_int
-from .ops.classifier import classifier_backward, classifier_forward, last_token_index
-from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
+# (the head's ops run as the model's ops in force, ops.<op>: Llama.head_ops)
+from .ops.classifier import classifier_backward, classifier_forward, last_token_index  # noqa: F401
+from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: F401
 from .interrupts import deferred_stop_signals
 from .io.hf import objective_fields
 from .optim import AdamW, TrainingError, clip_finite_step, cosine_with_warmup
@@ -217,18 +218,21 @@ class SequenceClassifier:
 
     def logits(self, tokens, attention_mask) -> np.ndarray:
         """(B, num_labels) class scores."""
+        ops = self.model.head_ops({SCORE: self.score_weight})
         hidden, _ = self.model.hidden_forward(tokens, attention_mask, causal=self.causal)
-        return classifier_forward(hidden, self.score_weight, self.pooled_index(tokens, attention_mask))[0]
+        return ops.classifier_forward(hidden, self.score_weight, self.pooled_index(tokens, attention_mask))[0]
 
     def loss_and_grads(self, tokens, attention_mask, labels):
         """Mean cross-entropy of the labels, and its gradient for every trainable parameter."""
+        # the head's ops in force: the backend's, a use_op override, a trace's recording ones
+        ops = self.model.head_ops({SCORE: self.score_weight})
         hidden, caches = self.model.hidden_forward(tokens, attention_mask, causal=self.causal)   # (B, T, D)
-        logits, head_cache = classifier_forward(hidden, self.score_weight, self.pooled_index(tokens, attention_mask))
-        loss, ce_cache = cross_entropy_forward(logits, np.asarray(labels, dtype=np.int64))
-        dlogits = cross_entropy_backward(np.ones((), dtype=logits.dtype), ce_cache)   # (B, num_labels)
-        dhidden, d_score = classifier_backward(dlogits, head_cache)
-        grads = self.model.hidden_backward(dhidden, caches)
-        grads[SCORE] = d_score
+        logits, head_cache = ops.classifier_forward(hidden, self.score_weight,
+                                                    self.pooled_index(tokens, attention_mask))  # (B, num_labels)
+        loss, ce_cache = ops.cross_entropy_forward(logits, np.asarray(labels, dtype=np.int64))
+        dlogits = ops.cross_entropy_backward(np.ones((), dtype=logits.dtype), ce_cache)   # (B, num_labels)
+        dhidden, d_score = ops.classifier_backward(dlogits, head_cache)                  # (B, T, D)
+        grads = self.model.hidden_backward(dhidden, caches, head_grads={SCORE: d_score})
         return float(loss), {name: grads[name] for name in self.params}
 
     def predict(self, encoded: list[list[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:

@@ -38,9 +38,10 @@ import re
 
 import numpy as np
 
-from .ops.classifier import classifier_backward, classifier_forward, last_token_index
-from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
-from .ops.linear import linear_backward, linear_forward
+# (the heads' ops run as the model's ops in force, ops.<op>: Llama.head_ops)
+from .ops.classifier import classifier_backward, classifier_forward, last_token_index  # noqa: F401
+from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: F401
+from .ops.linear import linear_backward, linear_forward  # noqa: F401
 
 IGNORE_INDEX = -100
 MLM_PROBABILITY = 0.15          # share of ordinary tokens chosen for prediction (BERT)
@@ -440,15 +441,17 @@ def mlm_sop_forward(model, sop_head_weight, batch: SentenceOrderBatch):
 
     One bidirectional pass of the stack; the LM head reads every position (MLM), the binary head
     each row's last real token (SOP).  `cache` is what mlm_sop_backward needs."""
+    # the heads' ops in force: the backend's, a use_op override, a trace's recording ones
+    ops = model.head_ops({SOP_HEAD: sop_head_weight})
     hidden, caches = model.hidden_forward(batch.inputs, batch.attention_mask, causal=False)
     # the LM head over every position -> MLM loss
-    logits, lm_cache = linear_forward(hidden, model._lm_head_weight())          # (B, T, V)
-    mlm, mlm_ce = cross_entropy_forward(logits, np.asarray(batch.targets), IGNORE_INDEX)  # checks the targets
+    logits, lm_cache = ops.linear_forward(hidden, model._lm_head_weight())      # (B, T, V)
+    mlm, mlm_ce = ops.cross_entropy_forward(logits, np.asarray(batch.targets), IGNORE_INDEX)  # checks the targets
     # the binary head on each row's last token -> SOP loss
-    sop_logits, sop_cache = classifier_forward(hidden, sop_head_weight,
-                                               last_token_index(batch.attention_mask))  # (B, 2)
-    sop, sop_ce = cross_entropy_forward(sop_logits, batch.sop_labels)
-    return mlm, sop, sop_logits, (caches, lm_cache, mlm_ce, sop_cache, sop_ce, hidden.dtype)
+    sop_logits, sop_cache = ops.classifier_forward(hidden, sop_head_weight,
+                                                   last_token_index(batch.attention_mask))  # (B, 2)
+    sop, sop_ce = ops.cross_entropy_forward(sop_logits, batch.sop_labels)
+    return mlm, sop, sop_logits, (caches, lm_cache, mlm_ce, sop_cache, sop_ce, hidden.dtype, ops)
 
 
 def mlm_sop_loss_and_grads(model, sop_head_weight, batch: SentenceOrderBatch):
@@ -458,16 +461,15 @@ def mlm_sop_loss_and_grads(model, sop_head_weight, batch: SentenceOrderBatch):
     parts = {"mlm": ..., "sop": ...}.  One backward pass: the two heads' gradients with respect to
     the hidden states add (the SOP one is non-zero only at each row's last token).
     """
-    mlm, sop, _, (caches, lm_cache, mlm_ce, sop_cache, sop_ce, dtype) = mlm_sop_forward(model, sop_head_weight, batch)
+    mlm, sop, _, (caches, lm_cache, mlm_ce, sop_cache, sop_ce, dtype, ops) = mlm_sop_forward(model, sop_head_weight,
+                                                                                             batch)
     one = np.ones((), dtype=dtype)
-    dhidden_sop, d_sop_head = classifier_backward(cross_entropy_backward(one, sop_ce), sop_cache)
-    dhidden_lm, d_lm_head = linear_backward(cross_entropy_backward(one, mlm_ce), lm_cache)
-    grads = model.hidden_backward(dhidden_lm + dhidden_sop, caches)
-    if model.lora is None:  # the LM head is trained too (as in Llama.backward)
-        head = "model.embed_tokens.weight" if model.config.tie_word_embeddings else "lm_head.weight"
-        grads[head] = grads[head] + d_lm_head if head in grads else d_lm_head
-        grads = {name: grads[name] for name in model.params}
-    grads[SOP_HEAD] = d_sop_head
+    dhidden_sop, d_sop_head = ops.classifier_backward(ops.cross_entropy_backward(one, sop_ce), sop_cache)
+    dhidden_lm, d_lm_head = ops.linear_backward(ops.cross_entropy_backward(one, mlm_ce), lm_cache)
+    # the LM head is trained too, as in Llama.backward (unless LoRA freezes it)
+    lm_head = "model.embed_tokens.weight" if model.config.tie_word_embeddings else "lm_head.weight"
+    grads = model.hidden_backward(dhidden_lm + dhidden_sop, caches,
+                                  head_grads={lm_head: d_lm_head, SOP_HEAD: d_sop_head})
     return float(mlm + sop), grads, {"mlm": float(mlm), "sop": float(sop)}
 
 

@@ -120,12 +120,20 @@ def load_inputs(model=None, text: str | None = None, tokens: str | None = None, 
 
 def run_trace(model, tokens, targets=None, *, backend_name: str = "numpy", include=None, exclude=None,
               attention_mask=None) -> Trace:
-    """Trace one loss_and_grads call of `model` on the given backend.  tokens (B, T) or flat ids;
-    targets None: next-token targets made from the tokens."""
-    tokens, targets = _batch(tokens, targets)
+    """Trace one loss_and_grads call of `model` on the given backend.
+
+    model: a Llama -- tokens (B, T) or flat ids; targets None: next-token targets made from the
+    tokens -- or a SequenceClassifier (npllama.finetune) -- tokens (B, T) or flat ids, targets its
+    labels (B,), attention_mask None: every token real."""
+    if _is_classifier(model):
+        tokens, targets, attention_mask = _classifier_batch(tokens, targets, attention_mask)
+        run = lambda: model.loss_and_grads(tokens, attention_mask, targets)   # noqa: E731
+    else:
+        tokens, targets = _batch(tokens, targets)
+        run = lambda: model.loss_and_grads(tokens, targets, attention_mask)   # noqa: E731
     with backend.use_backend(backend_name), trace(include, exclude) as t:
-        model.loss_and_grads(tokens, targets, attention_mask)
-    t.meta.update(source="npllama", backend=backend_name, dtype=np.dtype(model.dtype).name,
+        run()
+    t.meta.update(source="npllama", backend=backend_name, dtype=np.dtype(_dtype_of(model)).name,
                   tokens=tokens.tolist())
     return t
 
@@ -136,27 +144,55 @@ def _batch(tokens, targets):
     return np.asarray(tokens), np.asarray(targets)
 
 
+def _is_classifier(model) -> bool:
+    from .finetune import SequenceClassifier
+
+    return isinstance(model, SequenceClassifier)
+
+
+def _dtype_of(model):
+    return model.model.dtype if _is_classifier(model) else model.dtype
+
+
+def _classifier_batch(tokens, labels, attention_mask):
+    """tokens (B, T), labels (B,), attention_mask (B, T) for a classifier's loss_and_grads."""
+    if labels is None:
+        raise ValueError("targets must be the classifier's labels, one per row of tokens (ints in "
+                         "[0, num_labels)); got None")
+    tokens = np.asarray(tokens)
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    attention_mask = np.ones(tokens.shape, dtype=bool) if attention_mask is None else np.asarray(attention_mask)
+    return tokens, np.atleast_1d(np.asarray(labels)), attention_mask
+
+
 # ----- the comparisons ------------------------------------------------------------------------------
 
 def compare_backends(model, tokens, targets=None, backends=("numpy", "numba"), *, rtol=None, atol=None,
-                     include=None, exclude=None) -> Comparison:
-    """The same model on two backends (default: the NumPy reference vs the Numba kernels)."""
+                     include=None, exclude=None, attention_mask=None) -> Comparison:
+    """The same model on two backends (default: the NumPy reference vs the Numba kernels).
+    model: a Llama, or a SequenceClassifier with targets its labels (see run_trace)."""
     a_name, b_name = backends
-    a = run_trace(model, tokens, targets, backend_name=a_name, include=include, exclude=exclude)
-    b = run_trace(model, tokens, targets, backend_name=b_name, include=include, exclude=exclude)
-    rtol = DEFAULT_RTOL[model.dtype] if rtol is None else rtol
+    a = run_trace(model, tokens, targets, backend_name=a_name, include=include, exclude=exclude,
+                  attention_mask=attention_mask)
+    b = run_trace(model, tokens, targets, backend_name=b_name, include=include, exclude=exclude,
+                  attention_mask=attention_mask)
+    rtol = DEFAULT_RTOL[_dtype_of(model)] if rtol is None else rtol
     return compare(a, b, rtol, atol, labels=(a_name, b_name))
 
 
 def compare_dtypes(model, tokens, targets=None, *, backend_name="numpy", rtol=None, atol=None,
-                   include=None, exclude=None) -> Comparison:
+                   include=None, exclude=None, attention_mask=None) -> Comparison:
     """float32 vs float64 on the same parameters (the float32 values, cast exactly to float64).
+    model: a Llama, or a SequenceClassifier with targets its labels (see run_trace).
 
     Round-off grows where the math is ill-conditioned; a tensor that differs by far more than
     float32's ~1e-7 points at a numerically fragile step (e.g. a softmax without the max shift)."""
     m32, m64 = _as_dtype(model, np.float32), _as_dtype(model, np.float64)
-    a = run_trace(m32, tokens, targets, backend_name=backend_name, include=include, exclude=exclude)
-    b = run_trace(m64, tokens, targets, backend_name=backend_name, include=include, exclude=exclude)
+    a = run_trace(m32, tokens, targets, backend_name=backend_name, include=include, exclude=exclude,
+                  attention_mask=attention_mask)
+    b = run_trace(m64, tokens, targets, backend_name=backend_name, include=include, exclude=exclude,
+                  attention_mask=attention_mask)
     rtol = DEFAULT_RTOL[np.float32] if rtol is None else rtol
     return compare(a, b, rtol, atol, labels=("float32", "float64"))
 
@@ -183,12 +219,24 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
 
 
 def _as_dtype(model, dtype):
+    from .finetune import SequenceClassifier
+    from .lora import attach_lora
     from .model import Llama
 
-    if model.dtype == dtype:
+    if _dtype_of(model) == dtype:
         return model
+    if _is_classifier(model):
+        classifier = SequenceClassifier(_as_dtype(model.model, dtype), model.label_names, pad_id=model.pad_id)
+        classifier.score_weight = model.score_weight.astype(dtype)
+        return classifier
     params = {name: p.astype(dtype) for name, p in model.params.items()}
-    return Llama(model.config, dtype=dtype, params=params)
+    copy = Llama(model.config, dtype=dtype, params=params, objective=model.objective)
+    if model.lora is not None:   # without its adapters the copy would be another model
+        lora = model.lora
+        adapters = attach_lora(copy, lora.r, lora.lora_alpha, lora.lora_dropout, lora.target_modules,
+                               use_rslora=lora.use_rslora)
+        adapters.params = {name: p.astype(dtype) for name, p in lora.params.items()}
+    return copy
 
 
 @contextlib.contextmanager

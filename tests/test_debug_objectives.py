@@ -1,0 +1,50 @@
+"""npllama.debug's comparisons on a fine-tuning objective (a classifier), and on a LoRA model."""
+import numpy as np
+import pytest
+
+from npllama import debug, use_op
+from npllama.lora import attach_lora
+from npllama.ops.classifier import classifier_backward
+
+from .test_trace_objectives import LABELS, MASK, TOKENS, classifier, llama
+
+
+def test_the_classifier_agrees_between_backends_and_dtypes():
+    report = debug.compare_backends(classifier(), TOKENS, LABELS, attention_mask=MASK)
+    assert report.ok and len(report.diffs) == len(report.traces[0]) and "score.out" in report.traces[1]
+    report = debug.compare_dtypes(classifier(np.float32), TOKENS, LABELS, attention_mask=MASK)
+    assert report.ok and not report.only_in_a and not report.only_in_b
+
+
+def test_a_classifier_needs_its_labels_to_be_compared():
+    with pytest.raises(ValueError, match="targets must be the classifier's labels"):
+        debug.compare_backends(classifier(), TOKENS)
+
+
+def classifier_backward_dhidden_doubled(dlogits, cache):
+    dhidden, dscore = classifier_backward(dlogits, cache)
+    return 2 * dhidden, dscore
+
+
+def classifier_backward_dscore_halved(dlogits, cache):
+    dhidden, dscore = classifier_backward(dlogits, cache)
+    return dhidden, dscore / 2
+
+
+@pytest.mark.parametrize("planted, first", [(classifier_backward_dhidden_doubled, "d:model.norm.out"),
+                                            (classifier_backward_dscore_halved, "d:score.weight")])
+def test_a_bug_in_the_heads_backward_is_found_at_the_heads_record(planted, first):
+    with use_op("classifier_backward", planted, backend="numpy"):
+        report = debug.compare_backends(classifier(), TOKENS, LABELS, attention_mask=MASK)
+    assert report.first.name == first
+    assert report.traces[0].sources[first] == f"{__name__}.{planted.__name__}"
+
+
+def test_compare_dtypes_keeps_a_models_lora_adapters():
+    model = llama(np.float32)
+    adapters = attach_lora(model, r=2)
+    rng = np.random.default_rng(0)
+    for p in adapters.params.values():
+        p[...] = rng.standard_normal(p.shape) * 0.05
+    report = debug.compare_dtypes(model, [1, 5, 9, 3])
+    assert report.ok and not report.only_in_a and not report.only_in_b

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
 from . import backend
-from .ops.attention import attention_mask
+from .ops.attention import attention_mask as _attended
 from .trace import Comparison, Trace, _qualname, _where_attended, compare, trace
 
 # Default relative tolerances, against each tensor's scale.  float32 round-off stays near 1e-6 for
@@ -198,19 +199,21 @@ def compare_dtypes(model, tokens, targets=None, *, backend_name="numpy", rtol=No
 
 
 def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32, backend_name="numpy",
-                         rtol=None, atol=None, include=None, exclude=None) -> Comparison:
-    """npllama vs transformers.LlamaForCausalLM on the same Hugging Face folder (or model).
+                         rtol=None, atol=None, include=None, exclude=None, attention_mask=None) -> Comparison:
+    """npllama vs transformers.LlamaForCausalLM on the same Hugging Face folder (or model); for a
+    SequenceClassifier or a LlamaForSequenceClassification folder, vs LlamaForSequenceClassification,
+    targets its labels and attention_mask given to both (see run_trace).
 
     In float64 stock transformers still runs RMSNorm, the RoPE tables and the eager softmax in
     float32, so expect float32-size differences there, not 1e-15 (the report notes it; see
     tests/test_hf_compare.py for a float64-faithful transformers)."""
-    from .model import Llama
-
     dtype = np.dtype(dtype).type
     with _as_folder(model_or_dir) as folder:
-        ours = Llama.from_pretrained(folder, dtype=dtype)
-        a = run_trace(ours, tokens, targets, backend_name=backend_name, include=include, exclude=exclude)
-        b = transformers_trace(folder, tokens, targets, dtype=dtype, include=include, exclude=exclude)
+        ours = _from_folder(folder, dtype)
+        a = run_trace(ours, tokens, targets, backend_name=backend_name, include=include, exclude=exclude,
+                      attention_mask=attention_mask)
+        b = transformers_trace(folder, tokens, targets, dtype=dtype, include=include, exclude=exclude,
+                               attention_mask=attention_mask)
     rtol = TRANSFORMERS_RTOL if rtol is None else rtol
     comparison = compare(a, b, rtol, atol, labels=("npllama", "transformers"))
     if dtype == np.float64:
@@ -242,7 +245,14 @@ def _as_dtype(model, dtype):
 @contextlib.contextmanager
 def _as_folder(model_or_dir):
     """A Hugging Face folder for transformers to load: the path itself, or a temporary save."""
-    if hasattr(model_or_dir, "save_pretrained"):
+    if _is_classifier(model_or_dir):
+        if model_or_dir.model.lora is not None:
+            raise ValueError("model_or_dir is a classifier with LoRA adapters: transformers' "
+                             "LlamaForSequenceClassification has none; merge() them into the model first")
+        with tempfile.TemporaryDirectory(prefix="npllama-compare-") as tmp:
+            model_or_dir._save_hf_folder(Path(tmp) / "classifier")
+            yield str(Path(tmp) / "classifier")
+    elif hasattr(model_or_dir, "save_pretrained"):
         with tempfile.TemporaryDirectory(prefix="npllama-compare-") as tmp:
             model_or_dir.save_pretrained(tmp, dtype="float64" if model_or_dir.dtype == np.float64 else None)
             yield tmp
@@ -250,12 +260,41 @@ def _as_folder(model_or_dir):
         yield str(model_or_dir)
 
 
+def _is_classifier_folder(folder) -> bool:
+    from .io.reading import parse_json
+
+    config = Path(folder) / "config.json"
+    raw = parse_json(config.read_text(encoding="utf-8"), str(config), expect=dict) if config.is_file() else {}
+    return "LlamaForSequenceClassification" in (raw.get("architectures") or [])
+
+
+def _from_folder(folder, dtype):
+    """The Llama -- or, from a LlamaForSequenceClassification folder, the SequenceClassifier -- that
+    transformers will load from `folder`."""
+    from .finetune import BIDIRECTIONAL_NOTE, SequenceClassifier
+    from .io.hf import load_hf_classifier_folder, objective_of
+    from .model import Llama
+
+    if not _is_classifier_folder(folder):
+        return Llama.from_pretrained(folder, dtype=dtype)
+    config, params, score, raw = load_hf_classifier_folder(folder, dtype=dtype)
+    model = Llama(config, dtype=dtype, params=params, objective=objective_of(raw, Path(folder) / "config.json"))
+    classifier = SequenceClassifier(model, [str(i) for i in range(len(score))], pad_id=config.pad_token_id)
+    if not classifier.causal:
+        raise ValueError(f"the classifier runs {BIDIRECTIONAL_NOTE}: there is nothing to compare")
+    classifier.score_weight = score
+    return classifier
+
+
 # ----- transformers, traced with forward hooks ----------------------------------------------------
 
 def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, include=None,
-                       exclude=None) -> Trace:
+                       exclude=None, attention_mask=None) -> Trace:
     """Run transformers.LlamaForCausalLM on the folder and record what npllama's trace records,
-    under the same names and layouts (heads split as (B, H, T, head_dim))."""
+    under the same names and layouts (heads split as (B, H, T, head_dim)).  A
+    LlamaForSequenceClassification folder runs that class: targets are its labels, and `score.out`
+    is its output logits (pooled_logits: its `score` module's (B, T, num_labels) read at the
+    pooled positions, the only ones npllama's head computes)."""
     try:
         import torch
         import transformers
@@ -264,9 +303,15 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
         raise ImportError("comparing with transformers needs torch and transformers: "
                           "pip install 'npllama[compare]'") from error
 
-    tokens, targets = _batch(tokens, targets)
+    classifier = _is_classifier_folder(model_dir)
+    if classifier:
+        tokens, targets, attention_mask = _classifier_batch(tokens, targets, attention_mask)
+        hf_class = transformers.LlamaForSequenceClassification
+    else:
+        tokens, targets = _batch(tokens, targets)
+        hf_class = transformers.LlamaForCausalLM
     torch_dtype = torch.float64 if np.dtype(dtype) == np.float64 else torch.float32
-    hf = transformers.LlamaForCausalLM.from_pretrained(str(model_dir), attn_implementation="eager")
+    hf = hf_class.from_pretrained(str(model_dir), attn_implementation="eager")
     hf = hf.to(torch_dtype).eval()
     cfg = hf.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -346,14 +391,25 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
         on(mlp, output_of(p + "mlp.out"))
         on(layer, output_of(p + "out"))
     on(hf.model.norm, output_of("model.norm.out"))
-    on(hf.lm_head, output_of("lm_head.out"))
+    if not classifier:
+        on(hf.lm_head, output_of("lm_head.out"))
 
     modeling_llama.apply_rotary_pos_emb = rope_recorded
     try:
         hf.zero_grad()
-        logits = hf(torch.from_numpy(tokens)).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                 torch.from_numpy(targets).reshape(-1), ignore_index=-100)
+        if classifier:
+            pad = cfg.pad_token_id
+            if pad is None and len(tokens) > 1:
+                raise ValueError("the classifier has no pad id: transformers' LlamaForSequenceClassification "
+                                 "pools by config.pad_token_id and runs one row without it; give "
+                                 "SequenceClassifier(..., pad_id=...) or one row of tokens")
+            logits = hf(torch.from_numpy(tokens), attention_mask=torch.from_numpy(attention_mask.astype(np.int64))).logits
+            keep("score.out", logits, forward_of(hf))
+            loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(targets))
+        else:
+            logits = hf(torch.from_numpy(tokens)).logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                     torch.from_numpy(targets).reshape(-1), ignore_index=-100)
         loss.backward()
     finally:
         modeling_llama.apply_rotary_pos_emb = original_rope
@@ -367,9 +423,12 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
     t = Trace(include, exclude, meta={"source": "transformers", "transformers": transformers.__version__,
                                       "dtype": np.dtype(dtype).name, "tokens": tokens.tolist()})
     for name, tensor, layout, source in captured:
+        if classifier and name == "score.out":
+            t.record("score.pooled_index", _pooled_index(tokens, cfg.pad_token_id), source=_POOLED_BY_TRANSFORMERS)
         t.record(name, as_ours(tensor, layout), source=source)
     t.record("loss", loss.detach().cpu().numpy(), source=_qualname(torch.nn.functional.cross_entropy))
-    causal = attention_mask(tokens.shape[1], tokens.shape[1], causal=True)
+    padding = None if not classifier else attention_mask.astype(bool)
+    causal = _attended(tokens.shape[1], tokens.shape[1], causal=True, key_padding_mask=padding)
     for name, tensor, layout, _ in reversed(captured):   # the backward pass runs the other way
         if tensor.grad is not None:
             grad = as_ours(tensor.grad, layout)
@@ -380,6 +439,19 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
         if param.grad is not None:
             t.record("d:" + name, param.grad.detach().cpu().numpy())
     return t
+
+
+_POOLED_BY_TRANSFORMERS = ("recomputed here by transformers' rule (LlamaForSequenceClassification.forward keeps "
+                          "it in a local): the rightmost token that is not config.pad_token_id")
+
+
+def _pooled_index(tokens, pad_token_id) -> np.ndarray:
+    """Where LlamaForSequenceClassification reads each row: its last token without a pad id, else the
+    rightmost token that is not the pad id (0 for a row of pads, as its argmax gives)."""
+    B, T = tokens.shape
+    if pad_token_id is None:
+        return np.full(B, T - 1, dtype=np.int64)
+    return np.argmax(np.arange(T) * (tokens != pad_token_id), axis=1).astype(np.int64)
 
 
 # ----- planted bugs: see what a divergence looks like ---------------------------------------------

@@ -267,24 +267,28 @@ class SequenceClassifier:
         _write_info(path, {"label_names": list(map(str, self.label_names)), **attention, **(info or {})})
         return path
 
-    def _save_hf_folder(self, path, tokenizer):
+    def _save_hf_folder(self, path, tokenizer=None):
+        """The LlamaForSequenceClassification folder; without a tokenizer (npllama.debug's comparison
+        with transformers) the weights and a config.json whose pad_token_id is the head's pad_id."""
         from .io.atomic import atomic_directory
         from .io.safetensors import write_safetensors
 
+        pad_id = self.pad_id if tokenizer is None else pad_id_of(tokenizer)
         config = self.model.config.to_dict()
         config.update(architectures=["LlamaForSequenceClassification"],
                       id2label={str(i): str(n) for i, n in enumerate(self.label_names)},
                       label2id={str(n): i for i, n in enumerate(self.label_names)},
-                      problem_type="single_label_classification", pad_token_id=pad_id_of(tokenizer),
+                      problem_type="single_label_classification", pad_token_id=pad_id,
                       torch_dtype=str(np.dtype(self.model.dtype)))
         config.update(objective_fields(self.model.objective))   # an MLM base: load_classifier runs it bidirectionally
         tensors = {n: p for n, p in self.params.items()}
         with atomic_directory(path) as tmp:
             (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             write_safetensors(tmp / "model.safetensors", tensors, metadata={"format": "pt"})
-            for name, data in tokenizer.hf_files(model_max_length=self.model.config.max_position_embeddings,
-                                                 pad_id=pad_id_of(tokenizer)).items():   # as config.json's
-                (tmp / name).write_bytes(data)   # tokenizer.model and what transformers reads
+            if tokenizer is not None:
+                for name, data in tokenizer.hf_files(model_max_length=self.model.config.max_position_embeddings,
+                                                     pad_id=pad_id).items():   # as config.json's
+                    (tmp / name).write_bytes(data)   # tokenizer.model and what transformers reads
 
 
 def loss_change(losses: list) -> str:

@@ -583,8 +583,8 @@ class _Recorder:
 
 
 # Not computed by an op: the objective gives the classifier the positions to pool.
-_POOLED_INDEX = ("the objective's pooled positions (npllama.finetune.SequenceClassifier.pooled_index, "
-                 "npllama.ops.classifier.last_token_index)")
+_POOLED_INDEX = ("npllama.ops.classifier.last_token_index (for a classifier by way of "
+                 "npllama.finetune.SequenceClassifier.pooled_index, which skips its pad id)")
 # The residual sums are plain additions in npllama.model.block_forward, not ops.
 _BLOCK_OUT = "npllama.model.block_forward (out = h + mlp_out)"
 _BLOCK_RESIDUAL = "npllama.model.block_forward (h = x + attn_out)"

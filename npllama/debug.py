@@ -7,7 +7,8 @@
     print(report)        # the first tensor that differs beyond tolerance, its worst index, both values
 
 Every comparison records the forward intermediates and the backward gradients of one
-`loss_and_grads` call (next-token loss on the given tokens) under the names of npllama.trace, then
+`loss_and_grads` call (next-token loss on the given tokens; for a SequenceClassifier, the
+classification loss of the given labels) under the names of npllama.trace, then
 `npllama.trace.compare` walks them in npllama's execution order.
 
 The transformers side is traced with forward hooks on the Hugging Face modules, mapped to the same

@@ -262,7 +262,7 @@ def changed_probability(model, sop_head_weight, tokenizer, a: str, b: str, max_l
     max_len: tokens of `<s> A </s> B </s>` (None: the model's max_position_embeddings); a longer pair
     keeps the text at the A|B boundary, as in training."""
     from .ops._checks import require_positive_int
-    from .ops.classifier import classifier_forward, last_token_index
+    from .ops.classifier import last_token_index
     from .ops.softmax import softmax_forward
 
     positions = model.config.max_position_embeddings
@@ -271,8 +271,9 @@ def changed_probability(model, sop_head_weight, tokenizer, a: str, b: str, max_l
         raise ValueError(f"max_len must be at most the model's max_position_embeddings ({positions}), got {max_len}")
     ids = np.array([encode_pair(tokenizer, a, b, max_len or positions)])
     mask = np.ones(ids.shape, dtype=bool)
+    ops = model.head_ops({SOP_HEAD: sop_head_weight})   # (a trace records the head too)
     hidden, _ = model.hidden_forward(ids, mask, causal=False)
-    logits, _ = classifier_forward(hidden, sop_head_weight, last_token_index(mask))   # (1, 2)
+    logits, _ = ops.classifier_forward(hidden, sop_head_weight, last_token_index(mask))   # (1, 2)
     probs, _ = softmax_forward(logits.astype(np.float64))
     return float(probs[0, 1])
 

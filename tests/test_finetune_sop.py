@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+import npllama
 from npllama import Llama, LlamaConfig, use_backend
 from npllama.cli import main
 from npllama.finetune_sop import (HEAD_FILE, SentenceOrderConfig, changed_probability, load_sentence_order,
@@ -195,7 +196,10 @@ def test_changed_probability_checks_max_len_against_the_model(greetings):
     long = "Hello red cat. " * 40
     with use_backend("numpy"):
         assert 0 < changed_probability(model, head, tokenizer, long, long) < 1      # cut to the model's 64 positions
-        assert 0 < changed_probability(model, head, tokenizer, long, long, max_len=16) < 1
+        with npllama.trace() as t:
+            p = changed_probability(model, head, tokenizer, long, long, max_len=16)
+        assert 0 < p < 1
+        assert t.names("sop_head.*") == ["sop_head.pooled_index", "sop_head.out"]   # a trace sees the head too
         # before: a deep "sequence of 565 positions is longer than max_position_embeddings"; True taken as 1
         with pytest.raises(ValueError, match=r"max_len must be at most the model's max_position_embeddings \(64\), "
                                              r"got 1000"):

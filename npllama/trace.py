@@ -290,7 +290,7 @@ class _Recorder:
         self.scope = ""                           # "model.layers.i.self_attn."
         self.ropes_in_scope = 0
         # the heads on the final-normed states: output name -> a weak reference to the logits
-        self.heads: dict[str, weakref.ref] = {}
+        self.heads: dict[str, weakref.ref | None] = {}
         self.loss_of: dict[str, str] = {}         # head output name -> the name of its loss
         self.logits_of: dict[int, str] = {}       # id(cross-entropy cache) -> the head output it scored
 
@@ -426,7 +426,7 @@ class _Recorder:
         else:
             parts = [f"{fn} (for {c})" if residual or len(ran) > 1 else fn for c, fn in ran]
         if residual is None:
-            return " + ".join(parts) if len(parts) > 1 else (parts[0] if parts else "(unknown)")
+            return " + ".join(parts) if len(parts) > 1 else (parts[0] if parts else _FROM_THE_CALLER)
         through = f"d:{residual}, passed back by the residual connection"
         if not parts:   # only the residual reads it: its gradient is the residual's own
             return f"{through} ({self.gradient_source(residual)})"
@@ -582,6 +582,8 @@ class _Recorder:
         return next((name for name, ref in self.heads.items() if ref is not None and ref() is logits), None)
 
 
+# A gradient no recorded backward produced: Llama.backward's dlogits, hidden_backward's dhidden.
+_FROM_THE_CALLER = "the upstream gradient given by the caller (no recorded op read this tensor in the pass)"
 # Not computed by an op: the objective gives the classifier the positions to pool.
 _POOLED_INDEX = ("npllama.ops.classifier.last_token_index (for a classifier by way of "
                  "npllama.finetune.SequenceClassifier.pooled_index, which skips its pad id)")

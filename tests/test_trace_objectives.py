@@ -135,3 +135,21 @@ def test_masked_lm_and_sft_record_what_the_causal_lm_records():
     sft_targets = np.array([[-100, -100, 3, -100], [-100, 6, -100, -100]])    # the response's tokens only
     t_sft, _ = traced(lambda: llama().loss_and_grads(TOKENS, sft_targets, MASK))
     assert t_mlm.names() == t_sft.names() == lm_names()
+
+
+def test_a_forward_and_a_backward_called_apart_record_as_loss_and_grads_does():
+    model = llama()
+    targets = np.array([[5, 9, 3, -100], [4, 6, -100, -100]])
+    whole, _ = traced(lambda: model.loss_and_grads(TOKENS, targets, MASK))
+
+    def apart():
+        logits, caches = model.forward_with_caches(TOKENS, MASK)
+        _, ce_cache = cross_entropy_forward(logits, targets)
+        return model.backward(cross_entropy_backward(np.ones(()), ce_cache), caches)
+    t, grads = traced(apart)
+    assert t.names() == [n for n in whole.names() if n != "loss"]
+    for name in t.names():
+        np.testing.assert_allclose(t[name], whole[name], rtol=1e-12, atol=1e-15)
+        assert t.sources[name] == (whole.sources[name] if name != "d:lm_head.out" else
+                                   "the upstream gradient given by the caller (no recorded op read this "
+                                   "tensor in the pass)")

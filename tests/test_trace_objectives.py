@@ -153,3 +153,14 @@ def test_a_forward_and_a_backward_called_apart_record_as_loss_and_grads_does():
         assert t.sources[name] == (whole.sources[name] if name != "d:lm_head.out" else
                                    "the upstream gradient given by the caller (no recorded op read this "
                                    "tensor in the pass)")
+
+
+def test_masked_lm_with_sentence_order_agrees_between_backends_and_runs_the_kernels():
+    from npllama.trace import compare
+
+    model, head = llama(), init_sop_head(16, dtype=np.float64, std=0.5)
+    batch = SentenceOrderBatch(TOKENS, MLM_TARGETS, MASK.astype(bool), np.array([0, 1]))
+    (a, _), (b, _) = (traced(lambda: mlm_sop_loss_and_grads(model, head, batch), backend)
+                      for backend in ("numpy", "numba"))
+    assert compare(a, b, rtol=1e-9).ok and a.names() == b.names()
+    assert b.sources["sop_head.loss"] == "npllama.kernels.cross_entropy.cross_entropy_forward"

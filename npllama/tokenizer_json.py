@@ -23,6 +23,8 @@ JSON_FILE = "tokenizer.json"
 _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 # A token every decoder passes through as itself: the text decoded behind it keeps its first space.
 _MARK = "A"
+SPACE = "\u2581"   # SentencePiece's space mark, "▁"
+
 CONFIG_FILE = "tokenizer_config.json"
 INSTALL_HINT = ("install the `tokenizers` library (pip install 'npllama[hf]') to read it, or convert the "
                 "folder to a SentencePiece tokenizer.model: in Python with transformers, "
@@ -133,28 +135,36 @@ class JsonTokenizer:
         return UNK_SURFACE.join(self._decode_run(run, keep_space) for run, keep_space in zip(runs, keep))
 
     def _decode_run(self, ids: list[int], keep_leading_space: bool) -> str:
-        tokens = self._tokens(ids)
-        if not keep_leading_space:
-            return self._tok.decoder.decode(tokens)
-        return self._tok.decoder.decode([_MARK] + tokens)[len(_MARK):]
+        tokens, byte_texts = self._tokens(ids)
+        # A byte run's text is final: a U+2581 it spells is that character, as SentencePiece writes
+        # it, not the decoder's space mark -- so it passes the decoder as a character found nowhere else.
+        stand_in = _unused_character("".join(tokens)) if any(SPACE in tokens[i] for i in byte_texts) else None
+        if stand_in is not None:
+            tokens = [t.replace(SPACE, stand_in) if i in byte_texts else t for i, t in enumerate(tokens)]
+        text = (self._tok.decoder.decode([_MARK] + tokens)[len(_MARK):] if keep_leading_space
+                else self._tok.decoder.decode(tokens))
+        return text if stand_in is None else text.replace(stand_in, SPACE)
 
-    def _tokens(self, ids: list[int]) -> list[str]:
+    def _tokens(self, ids: list[int]) -> tuple[list[str], set[int]]:
         """The tokens the decoder gets for ids: special tokens left out, each run of byte pieces
         as its text (the tokenizers library's ByteFallback would make a whole run with one broken
-        character U+FFFDs, where SentencePiece keeps the whole characters)."""
-        tokens, run = [], bytearray()
+        character U+FFFDs, where SentencePiece keeps the whole characters); and which of the
+        tokens are such texts."""
+        tokens, byte_texts, run = [], set(), bytearray()
         for token_id in ids:
             if token_id in self._byte_pieces:
                 run.append(self._byte_pieces[token_id])
                 continue
             if run:
+                byte_texts.add(len(tokens))
                 tokens.append(_sentencepiece_utf8(run))
                 run = bytearray()
             if token_id not in self._special_ids:
                 tokens.append(self._tok.id_to_token(token_id))
         if run:
+            byte_texts.add(len(tokens))
             tokens.append(_sentencepiece_utf8(run))
-        return tokens
+        return tokens, byte_texts
 
     def hf_files(self, chat_template: str | None = None, model_max_length: int | None = None,
                  pad_id: int | None = None) -> dict[str, bytes]:
@@ -241,3 +251,8 @@ def _read_config(path: Path) -> dict:
     if not isinstance(config, dict):
         raise ValueError(f"{str(path)!r} must hold a JSON object, got {type(config).__name__}")
     return config
+
+
+def _unused_character(text: str) -> str:
+    """A private-use character that does not occur in `text`."""
+    return next(c for c in map(chr, range(0xE000, 0xF900)) if c not in text)

@@ -280,6 +280,10 @@ def test_json_tokenizer_decodes_any_ids_as_sentencepiece(folder, tok):
     assert json_tok.decode([byte + 0xC3, byte + 0xE6, byte + 0x97, byte + 0xA5]) == "\ufffd日"
     space_a = [byte + 0x20] + tok.encode("a", bos=False)
     assert json_tok.decode(space_a) == tok.decode(space_a) == "  a"
+    # bytes spelling U+2581 are that character, not the decoder's space mark
+    mark_bytes = [byte + 0xE2, byte + 0x96, byte + 0x81]
+    for ids in (mark_bytes + tok.encode("a", bos=False), tok.encode("a", bos=False) + mark_bytes):
+        assert json_tok.decode(ids) == tok.decode(ids) and "\u2581" in tok.decode(ids)
     for _ in range(1000):
         ids = [rng.choice([tok.unk_id, tok.bos_id, tok.eos_id, rng.randrange(byte, byte + 256),
                            rng.randrange(byte, byte + 256), rng.randrange(VOCAB)]) for _ in range(rng.randrange(6))]

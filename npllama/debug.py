@@ -89,7 +89,11 @@ def load_inputs(model=None, text: str | None = None, tokens: str | None = None, 
         raise ValueError("give exactly one of --text (needs the model's tokenizer.model or tokenizer.json) or "
                          "--tokens 1,5,9 (token ids)")
     model_dir = resolve_model_dir(model)
-    llama = Llama.from_pretrained(model_dir, dtype=dtype)
+    if _is_classifier_folder(model_dir):   # the trace runs its classification loss (load_classifier_inputs)
+        classifier = _from_folder(model_dir, dtype, label_names=True)
+        llama = classifier.model
+    else:
+        classifier, llama = None, Llama.from_pretrained(model_dir, dtype=dtype)
     tokenizer = None
     try:
         tokenizer = load_tokenizer(model_dir)   # tokenizer.model, or a Hugging Face tokenizer.json
@@ -115,7 +119,21 @@ def load_inputs(model=None, text: str | None = None, tokens: str | None = None, 
         labels = [tokenizer.id_to_piece(i) for i in ids]
     else:
         labels = [str(i) for i in ids]
-    return llama, model_dir, ids, labels
+    return classifier or llama, model_dir, ids, labels
+
+
+def class_index(classifier, label: str | None) -> int:
+    """The index of `label` -- a class name or its index, as text -- among a SequenceClassifier's
+    label names (the commands' --label)."""
+    names = [str(n) for n in classifier.label_names]
+    if label is None:
+        raise ValueError(f"the model is a classifier: give the text's class with --label, one of {', '.join(names)}")
+    if label in names:
+        return names.index(label)
+    if label.isdigit() and int(label) < len(names):
+        return int(label)
+    raise ValueError(f"--label {label!r} is not one of the classifier's labels ({', '.join(names)}) "
+                     f"or their index (0 to {len(names) - 1})")
 
 
 # ----- one traced run -------------------------------------------------------------------------------
@@ -269,9 +287,11 @@ def _is_classifier_folder(folder) -> bool:
     return "LlamaForSequenceClassification" in (raw.get("architectures") or [])
 
 
-def _from_folder(folder, dtype):
+def _from_folder(folder, dtype, label_names: bool = False):
     """The Llama -- or, from a LlamaForSequenceClassification folder, the SequenceClassifier -- that
-    transformers will load from `folder`."""
+    transformers will load from `folder`.  label_names: the classifier's classes named as the
+    folder names them (config.json's id2label, finetune.json's names), else "0", "1", ..."""
+    from .classify import _info, _label_names
     from .finetune import BIDIRECTIONAL_NOTE, SequenceClassifier
     from .io.hf import load_hf_classifier_folder, objective_of
     from .model import Llama
@@ -280,7 +300,9 @@ def _from_folder(folder, dtype):
         return Llama.from_pretrained(folder, dtype=dtype)
     config, params, score, raw = load_hf_classifier_folder(folder, dtype=dtype)
     model = Llama(config, dtype=dtype, params=params, objective=objective_of(raw, Path(folder) / "config.json"))
-    classifier = SequenceClassifier(model, [str(i) for i in range(len(score))], pad_id=config.pad_token_id)
+    names = (_label_names(_info(Path(folder)), raw, len(score)) if label_names
+             else [str(i) for i in range(len(score))])
+    classifier = SequenceClassifier(model, names, pad_id=config.pad_token_id)
     if not classifier.causal:
         raise ValueError(f"the classifier runs {BIDIRECTIONAL_NOTE}: there is nothing to compare")
     classifier.score_weight = score

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+import npllama
 from npllama import debug, use_op
 from npllama.lora import attach_lora
 from npllama.ops.classifier import classifier_backward
@@ -48,3 +49,29 @@ def test_compare_dtypes_keeps_a_models_lora_adapters():
         p[...] = rng.standard_normal(p.shape) * 0.05
     report = debug.compare_dtypes(model, [1, 5, 9, 3])
     assert report.ok and not report.only_in_a and not report.only_in_b
+
+
+def test_the_debug_commands_run_a_classifier_folder_with_its_label(tmp_path, capsys):
+    """`npllama debug compare/trace --label CLASS` on a classifier folder traces its classification
+    loss; without --label it names the classes, and --label on a language model is refused."""
+    from npllama.cli import main
+
+    folder = tmp_path / "classifier"
+    classifier(np.float32)._save_hf_folder(folder)
+    assert main(["debug", "compare", "--model", str(folder), "--tokens", "1,5,9", "--label", "c"]) == 0
+    out = capsys.readouterr().out
+    assert f"classifier {folder} (1 layers), comparing numpy (float32) against numba" in out
+    assert "no divergence" in out
+    assert main(["debug", "trace", "--model", str(folder), "--tokens", "1,5,9", "--label", "2",
+                 "--include", "score.*", "--include", "loss", "--out", str(tmp_path / "t.npz")]) == 0
+    capsys.readouterr()
+    t = npllama.trace.Trace.load(tmp_path / "t.npz")
+    expected = classifier(np.float32).loss_and_grads(np.array([[1, 5, 9]]), np.ones((1, 3), bool), np.array([2]))[0]
+    assert t.names() == ["score.pooled_index", "score.out", "loss"] and np.isclose(t["loss"], expected)
+    assert main(["debug", "compare", "--model", str(folder), "--tokens", "1,5,9"]) == 2
+    assert "give the text's class with --label, one of a, b, c" in capsys.readouterr().err
+    assert main(["debug", "compare", "--model", str(folder), "--tokens", "1,5,9", "--label", "d"]) == 2
+    assert "--label 'd' is not one of the classifier's labels (a, b, c) or their index (0 to 2)" in capsys.readouterr().err
+    llama(np.float32).save_pretrained(tmp_path / "lm")
+    assert main(["debug", "compare", "--model", str(tmp_path / "lm"), "--tokens", "1,5,9", "--label", "a"]) == 2
+    assert "--label is for a classifier folder" in capsys.readouterr().err

@@ -17,6 +17,9 @@ def _inputs(p) -> None:
                         "e.g. 'model.layers.0.*'")
     p.add_argument("--exclude", action="append", default=None, metavar="PATTERN",
                    help="do not record names matching this pattern (repeatable)")
+    p.add_argument("--label", default=None, help="for a classifier folder (`finetune classify --out`, or a "
+                   "LlamaForSequenceClassification one): the text's class, by name or index; the loss traced "
+                   "is then the classification loss")
 
 
 def _tolerance(p, defaults="1e-3 in float32, 1e-9 in float64") -> None:
@@ -115,18 +118,19 @@ def run_compare(args) -> int:
     _refuse_unwritable("--save", args.save)
     dtype = np.float64 if args.dtype == "float64" else np.float32   # (--against float64: float32, as refused above)
     model, model_dir, ids, _ = debug.load_inputs(args.model, args.text, args.tokens, dtype=dtype)
-    print(f"{len(ids)} tokens, model {model_dir} ({model.config.num_hidden_layers} layers), "
+    targets, stack, what = _targets(debug, model, args.label)
+    print(f"{len(ids)} tokens, {what} {model_dir} ({stack.config.num_hidden_layers} layers), "
           f"comparing numpy ({np.dtype(dtype).name}) against {args.against}")
     planted = debug.planted_bug(args.plant, "numpy") if args.plant else contextlib.nullcontext()
     common = dict(rtol=args.rtol, atol=args.atol, include=args.include, exclude=args.exclude)
     with planted:
         if args.against == "numba":
-            comparison = debug.compare_backends(model, ids, **common)
+            comparison = debug.compare_backends(model, ids, targets, **common)
         elif args.against == "float64":
-            comparison = debug.compare_dtypes(model, ids, **common)
+            comparison = debug.compare_dtypes(model, ids, targets, **common)
         else:
             try:
-                comparison = debug.compare_transformers(model_dir, ids, dtype=dtype, **common)
+                comparison = debug.compare_transformers(model_dir, ids, targets, dtype=dtype, **common)
             except ImportError as error:
                 raise UsageError(str(error)) from None
     if args.save:
@@ -144,7 +148,8 @@ def run_trace(args) -> int:
     _refuse_unwritable("--out", args.out, ".npz")
     dtype = np.float64 if args.dtype == "float64" else np.float32
     model, model_dir, ids, labels = debug.load_inputs(args.model, args.text, args.tokens, dtype=dtype)
-    t = debug.run_trace(model, ids, backend_name=args.backend, include=args.include, exclude=args.exclude)
+    targets, _, _ = _targets(debug, model, args.label)
+    t = debug.run_trace(model, ids, targets, backend_name=args.backend, include=args.include, exclude=args.exclude)
     t.meta["labels"] = labels
     t.summary()
     print(f"{len(t)} tensors, {t.nbytes() / 1e6:.2f} MB, from {len(ids)} tokens of {model_dir}")
@@ -152,6 +157,20 @@ def run_trace(args) -> int:
         t.save(args.out)
         print(f"saved {args.out}")
     return 0
+
+
+def _targets(debug, model, label):
+    """(targets, the decoder stack, what the model is) for the commands: a classifier's --label as
+    its one row's class; None for a language model (next-token targets), which takes no --label."""
+    if not debug._is_classifier(model):
+        if label is not None:
+            raise UsageError("--label is for a classifier folder; this model predicts tokens (its targets "
+                             "are the next tokens)")
+        return None, model, "model"
+    try:
+        return [debug.class_index(model, label)], model.model, "classifier"
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def run_diff(args) -> int:

@@ -199,27 +199,54 @@ def _decoder(model, batch_size: int, max_length: int, threads: int | None = None
 def sample_next(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
                 rng: np.random.Generator, *, repetition_penalty: float = 1.0,
                 previous: Sequence[int] = (), vocab_size: int | None = None) -> int:
-    """One token id from a (vocab,) row of logits.
+    """One token id from a (vocab,) row of logits, drawn from `next_token_probs`'s distribution.
 
     previous: the ids so far, which repetition_penalty (> 1 discourages them) applies to.
     vocab_size: only ids below it may be chosen (None: all).
     """
+    _check_row(logits, temperature, top_k, top_p, repetition_penalty)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+    return _sample(np.asarray(logits), temperature, top_k, top_p, rng, repetition_penalty=repetition_penalty,
+                   previous=previous, vocab_size=vocab_size)
+
+
+def next_token_probs(logits: np.ndarray, temperature: float, top_k: int | None = None, top_p: float | None = None,
+                     *, repetition_penalty: float = 1.0, previous: Sequence[int] = (),
+                     vocab_size: int | None = None) -> np.ndarray:
+    """The distribution sample_next draws from, float64 (vocab_size or len(logits),): the
+    repetition penalty, then the temperature, then top_k, then top_p, as transformers'
+    processors apply them; one-hot where the choice is greedy (temperature 0, or so small that
+    logits / temperature overflows)."""
+    _check_row(logits, temperature, top_k, top_p, repetition_penalty)
+    logits = np.asarray(logits)
+    probs = _probs(logits, temperature, top_k, top_p, repetition_penalty, previous, vocab_size)
+    if isinstance(probs, int):
+        probs = np.eye(logits[:vocab_size].size)[probs]
+    return probs
+
+
+def _check_row(logits, temperature, top_k, top_p, repetition_penalty) -> None:
     logits = np.asarray(logits)
     if logits.ndim != 1 or logits.size == 0 or not np.issubdtype(logits.dtype, np.floating):
         raise ValueError(f"logits must be a non-empty 1-D float array (one row), got {logits.dtype} {logits.shape}")
     if not np.isfinite(logits).all():
         raise ValueError("logits must be finite (they hold NaN or Inf)")
     _check_sampling(temperature, top_k, top_p, repetition_penalty)
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
-    return _sample(logits, temperature, top_k, top_p, rng, repetition_penalty=repetition_penalty,
-                   previous=previous, vocab_size=vocab_size)
 
 
 def _sample(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
             rng: np.random.Generator, *, repetition_penalty: float = 1.0, previous: Sequence[int] = (),
             vocab_size: int | None = None) -> int:
     """sample_next after its checks: finite logits, valid arguments."""
+    probs = _probs(logits, temperature, top_k, top_p, repetition_penalty, previous, vocab_size)
+    return probs if isinstance(probs, int) else int(rng.choice(probs.size, p=probs))
+
+
+def _probs(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
+           repetition_penalty: float, previous: Sequence[int], vocab_size: int | None) -> np.ndarray | int:
+    """next_token_probs after its checks; a greedy choice is returned as the id itself (no
+    distribution over the vocabulary is built for it)."""
     if temperature == 0 and (repetition_penalty == 1.0 or not len(previous)):
         return int(np.argmax(logits[:vocab_size]))     # the same id in any float precision
     logits = logits[:vocab_size].astype(np.float64)
@@ -243,7 +270,7 @@ def _sample(logits: np.ndarray, temperature: float, top_k: int | None, top_p: fl
         kept = np.zeros_like(probs)
         kept[keep] = probs[keep]
         probs = kept / kept.sum()
-    return int(rng.choice(probs.size, p=probs))
+    return probs
 
 
 def top_k_mask(scores: np.ndarray, top_k: int) -> np.ndarray:

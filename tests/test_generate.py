@@ -81,6 +81,86 @@ def test_sampling_frequencies_follow_the_temperature():
     np.testing.assert_allclose(np.bincount(draws, minlength=3) / 4000, [0.7, 0.2, 0.1], atol=0.03)
 
 
+def intended_probs(logits, temperature, top_k=None, top_p=None, repetition_penalty=1.0, previous=()):
+    """The distribution the docs describe, step by step with full stable sorts: penalty (seen
+    positive logits divided, negative ones multiplied), temperature, top_k, top_p."""
+    z = np.array(logits, dtype=np.float64)
+    for i in set(previous):
+        z[i] = z[i] / repetition_penalty if z[i] > 0 else z[i] * repetition_penalty
+    z = z / temperature
+    if top_k is not None:
+        z[np.argsort(-z, kind="stable")[top_k:]] = -np.inf
+    q = np.exp(z - z.max())
+    q /= q.sum()
+    if top_p is not None:
+        order = np.argsort(-q, kind="stable")
+        dropped = order[np.searchsorted(np.cumsum(q[order]), top_p) + 1:]
+        q[dropped] = 0
+        q /= q.sum()
+    return q
+
+
+SETTINGS = [dict(temperature=1.0), dict(temperature=0.6), dict(temperature=1.7, top_k=4),
+            dict(temperature=1.0, top_p=0.8),
+            dict(temperature=0.9, top_k=5, top_p=0.7, repetition_penalty=1.4, previous=(3, 4, 6, 3))]
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_sample_frequencies_match_the_intended_distribution(setting):
+    """3000 seeded draws: every count within 5 binomial standard deviations of its expectation (a
+    correct sampler misses that with probability ~1e-6 per id; the seed makes it deterministic),
+    and no draw outside the kept ids."""
+    from npllama.generate import next_token_probs
+
+    logits = np.array([1.2, -0.3, 0.8, 2.0, -1.5, 0.1, 1.9, -0.7])
+    penalty = {k: setting[k] for k in ("repetition_penalty", "previous") if k in setting}
+    knobs = {k: setting.get(k) for k in ("temperature", "top_k", "top_p")}
+    q = intended_probs(logits, **knobs, **penalty)
+    np.testing.assert_allclose(next_token_probs(logits, **knobs, **penalty), q, rtol=1e-12, atol=1e-15)
+    rng, n = np.random.default_rng(2024), 3000
+    counts = np.bincount([sample_next(logits, rng=rng, **knobs, **penalty) for _ in range(n)], minlength=8)
+    assert counts[q == 0].sum() == 0
+    assert np.all(np.abs(counts - n * q) <= 5 * np.sqrt(n * q * (1 - q)) + 1), (counts, n * q)
+
+
+@pytest.mark.parametrize("trial", range(6))
+def test_the_distribution_is_transformers_logits_processors_on_logits_without_ties(trial):
+    """transformers' RepetitionPenalty, Temperature, TopK and TopP processors, in that order (as
+    its generate applies them), give the same probabilities in float64 -- negative logits and
+    ids of the prompt penalised, top_k beyond the vocabulary, top_p = 1, a huge temperature."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from npllama.generate import next_token_probs
+
+    rng = np.random.default_rng(trial)
+    V = 30
+    logits = rng.standard_normal(V) * [0.3, 1.0, 5.0][trial % 3]
+    previous = rng.integers(0, V, size=6).tolist()
+    for temperature, top_k, top_p, penalty in [(1.0, None, None, 1.3), (0.5, 5, None, 1.0), (2.0, None, 0.9, 1.2),
+                                               (0.7, 12, 0.6, 0.8), (1e4, 100, 1.0, 1.5), (1.3, 3, 0.01, 1.1)]:
+        processors = transformers.LogitsProcessorList([
+            transformers.RepetitionPenaltyLogitsProcessor(penalty), transformers.TemperatureLogitsWarper(temperature),
+            transformers.TopKLogitsWarper(top_k if top_k is not None else V),
+            transformers.TopPLogitsWarper(top_p if top_p is not None else 1.0)])
+        scores = processors(torch.tensor([previous]), torch.tensor(logits)[None].clone())
+        expected = torch.softmax(scores, -1)[0].numpy()
+        got = next_token_probs(logits, temperature, top_k, top_p, repetition_penalty=penalty, previous=previous)
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-15)
+
+
+def test_ties_at_the_cuts_go_to_the_lower_ids():
+    """A documented difference from transformers, which keeps every id tied with the k-th (top_k=1
+    here: ids 1 and 2, half each) and, at the top-p cut, the id its sort puts last (id 2)."""
+    from npllama.generate import next_token_probs
+
+    logits = np.array([1.0, 3.0, 3.0, 2.0, -1.0])
+    np.testing.assert_array_equal(next_token_probs(logits, 1.0, top_k=1), [0, 1, 0, 0, 0])
+    np.testing.assert_array_equal(next_token_probs(logits, 1.0, top_p=1e-9), [0, 1, 0, 0, 0])
+    np.testing.assert_allclose(next_token_probs(logits, 1.0, top_k=2), [0, 0.5, 0.5, 0, 0])
+    np.testing.assert_array_equal(next_token_probs(logits, 1e-320), [0, 1, 0, 0, 0])   # overflow: greedy
+    np.testing.assert_array_equal(next_token_probs(logits, 1.0, vocab_size=1), [1])
+
+
 def test_generation_stops_at_eos_and_streams_every_token(model):
     prompt = [1]
     free = generate(model, prompt, 25, temperature=0)

@@ -162,6 +162,16 @@ def check_generation_args(max_new_tokens, temperature, top_k, top_p, seed, repet
         raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
 
 
+def sample_seed(seed: int | None, i: int) -> int | None:
+    """The seed of the i-th of several generations seeded with `seed` (`--num-samples`, a chat's
+    turns): `seed` itself for the first, so that one sample is generate(..., seed=seed)'s, and a
+    hash of (seed, i) after it, so that runs with neighbouring seeds share no sample (seed + i
+    made the second sample of --seed 1 the first of --seed 2)."""
+    if seed is None or i == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, i]).generate_state(1, np.uint64)[0])
+
+
 def check_context(prompt_tokens: int, max_new_tokens: int, limit: int, what: str = "the prompt",
                   flag: str = "max_new_tokens") -> None:
     """Refuse a prompt of `prompt_tokens` ids plus `max_new_tokens` that would not fit the model's

@@ -211,3 +211,23 @@ def test_perplexity_reads_a_file_with_a_byte_order_mark_as_its_text(small_model_
         assert code == 0, err
         outs.append(out.replace(name, "FILE"))
     assert outs[0] == outs[1]
+
+
+def test_num_samples_with_a_seed_are_reproducible_and_neighbouring_seeds_share_none(small_model_dir, capsys):
+    """--seed S --num-samples N: the same N samples each run, N different ones, the first is
+    generate(seed=S)'s -- and --seed S+1 repeats none of them (seed + i made sample 2 of --seed 1
+    the first of --seed 2)."""
+    from npllama.generate import generate_text
+    from npllama.commands import load_run_model
+
+    def samples(seed):
+        code, out, _ = run_cli(["generate", "--model", str(small_model_dir), "--prompt", "Hi", "--max-new-tokens",
+                                "6", "--temperature", "1.5", "--seed", str(seed), "--num-samples", "3"], capsys)
+        assert code == 0
+        return out[:-1].split("\n" + "-" * 40 + "\n")   # each sample ends in a newline
+
+    first = samples(1)
+    assert len(set(first)) == 3 and samples(1) == first
+    assert not set(first) & set(samples(2))
+    model, tokenizer, _ = load_run_model(str(small_model_dir), None, "float32")
+    assert first[0] == "Hi" + generate_text(model, tokenizer, "Hi", 6, temperature=1.5, seed=1)

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..backend import get_backend, use_backend
     from ..chat import ChatTemplate
-    from ..generate import generate, stream_text
+    from ..generate import generate, sample_seed, stream_text
     from . import load_run_model
 
     check_sampling_options(args)
@@ -49,7 +49,7 @@ def run(args) -> int:
             room = min(args.max_new_tokens, context - len(prompt_ids))
             show = stream_text(tokenizer, prompt_ids, _write, answer=True)
             ids = generate(model, prompt_ids, room, temperature=args.temperature, top_k=args.top_k,
-                           top_p=args.top_p, seed=None if args.seed is None else args.seed + turn, eos_id=end_ids,
+                           top_p=args.top_p, seed=sample_seed(args.seed, turn), eos_id=end_ids,
                            on_token=show, repetition_penalty=args.repetition_penalty, threads=args.threads,
                            vocab_size=min(tokenizer.vocab_size, model.config.vocab_size))
             show.flush()

@@ -37,7 +37,9 @@ def add_sampling_options(p, max_new_tokens: int = 100, temperature: float = 0.8)
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="> 1 makes tokens already in the text less likely (1.1-1.3 typical; 1 = off)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one each run)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one each run); the "
+                   "first sample (a chat's first answer) uses SEED, each later one a seed made from SEED and its "
+                   "number, so runs with different seeds share no sample")
     p.add_argument("--threads", type=int, default=None,
                    help="threads of each decode step (default: every core, or $NPLLAMA_DECODE_THREADS; "
                         "at most $NPLLAMA_MAX_THREADS, 256 unless set); fewer can be faster while other "
@@ -67,7 +69,7 @@ def check_sampling_options(args) -> None:
 
 def run(args) -> int:
     from ..backend import get_backend, use_backend
-    from ..generate import StopStrings, check_context, generate, stream_text
+    from ..generate import StopStrings, check_context, generate, sample_seed, stream_text
     from ..generate import end_ids as plain_end_ids
     from . import load_run_model
 
@@ -102,7 +104,7 @@ def run(args) -> int:
     vocab_size = min(tokenizer.vocab_size, model.config.vocab_size)
     with use_backend(args.backend or get_backend()):
         for i in range(args.num_samples):
-            seed = None if args.seed is None else args.seed + i
+            seed = sample_seed(args.seed, i)
             sys.stdout.write(shown_prompt)
             printer = _StopAwarePrinter(stop)
             show = stream_text(tokenizer, prompt_ids, printer.write, answer=chat)

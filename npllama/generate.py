@@ -9,7 +9,15 @@ Sampling: temperature 0 is greedy (argmax); otherwise the logits are divided by 
 optionally cut to the top_k most likely tokens and/or to the smallest set whose probability
 reaches top_p (nucleus), renormalised, and sampled -- with a fresh random generator unless a seed
 is given.  A repetition penalty (CTRL's, as transformers applies it) first divides the positive
-logits of every id already in the sequence by the penalty and multiplies the negative ones by it.
+logits of every id already in the sequence (the prompt's included) by the penalty and multiplies
+the negative ones by it.  `next_token_probs` gives the distribution itself.
+
+Against transformers' generate: the same order (repetition penalty, temperature, top-k, top-p) and
+the same probabilities (tested in float64 on logits without ties).  Ties at a cut are a choice:
+here they go to the lower ids, so top_k keeps exactly k ids (top_k=1 is greedy) and top_p keeps
+the lower of two tied ids; transformers keeps every id tied with the k-th, and at the top-p cut
+the id its sort puts last.  The random streams differ (numpy's Generator, not torch's), so a seed
+gives other text than transformers with the same seed.
 """
 from __future__ import annotations
 
@@ -30,7 +38,8 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
 
     prompt: token ids -> a list of ids; or a list of prompts (a batch) -> a list of id lists.  The
         prompts of a batch that have one length are decoded together, one batched forward per step.
-    seed: None draws fresh randomness each call; an int makes sampling repeatable.
+    seed: None draws fresh randomness each call; an int makes sampling repeatable.  One generator
+        serves a whole batch, so a prompt's sample depends on the prompts decoded with it.
     on_token(id) is called with each new id as soon as it is chosen (streaming; one prompt only).
     stop(new_ids) -> True ends a sequence after its latest id (see `StopStrings`).
     vocab_size: sample only ids below it -- the tokenizer's vocabulary when the model's embedding

@@ -33,10 +33,13 @@ def add_sampling_options(p, max_new_tokens: int = 100, temperature: float = 0.8)
     """How tokens are drawn, as `generate` and `chat` take them; check_sampling_options checks them."""
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="generate at most this many tokens")
     p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (exactly k: "
+                   "ties at the cut go to the lower ids, where transformers keeps every tied id)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]: the most "
+                   "likely tokens whose probabilities reach it (after --top-k; ties go to the lower ids)")
     p.add_argument("--repetition-penalty", type=float, default=1.0,
-                   help="> 1 makes tokens already in the text less likely (1.1-1.3 typical; 1 = off)")
+                   help="> 1 makes tokens already in the text (the prompt included) less likely, as "
+                        "transformers does (1.1-1.3 typical; 1 = off)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one each run); the "
                    "first sample (a chat's first answer) uses SEED, each later one a seed made from SEED and its "
                    "number, so runs with different seeds share no sample")

@@ -67,10 +67,7 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
         check_threads("threads", threads)   # NPLLAMA_MAX_THREADS: more would only spin at the barriers
     if on_token is not None and batched:
         raise ValueError("on_token streams one sequence: give one prompt, not a batch")
-    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer))
-                                   or not 1 <= vocab_size <= model.config.vocab_size):
-        raise ValueError(f"vocab_size must be None or an int in [1, {model.config.vocab_size}] (the model's "
-                         f"vocab_size), got {vocab_size!r}")
+    _check_vocab_size(vocab_size, model.config.vocab_size, "the model's vocab_size")
     check_context(max(len(p) for p in prompts), max_new_tokens, model.config.max_position_embeddings,
                   "the longest prompt" if batched and len(prompts) > 1 else "the prompt")
     rng = np.random.default_rng(seed)
@@ -220,10 +217,11 @@ def sample_next(logits: np.ndarray, temperature: float, top_k: int | None, top_p
                 previous: Sequence[int] = (), vocab_size: int | None = None) -> int:
     """One token id from a (vocab,) row of logits, drawn from `next_token_probs`'s distribution.
 
+    logits: finite, or -inf for an id never to draw (transformers' mask); NaN and +inf are refused.
     previous: the ids so far, which repetition_penalty (> 1 discourages them) applies to.
     vocab_size: only ids below it may be chosen (None: all).
     """
-    _check_row(logits, temperature, top_k, top_p, repetition_penalty)
+    _check_row(logits, temperature, top_k, top_p, repetition_penalty, vocab_size, previous)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
     return _sample(np.asarray(logits), temperature, top_k, top_p, rng, repetition_penalty=repetition_penalty,
@@ -237,7 +235,7 @@ def next_token_probs(logits: np.ndarray, temperature: float, top_k: int | None =
     repetition penalty, then the temperature, then top_k, then top_p, as transformers'
     processors apply them; one-hot where the choice is greedy (temperature 0, or so small that
     logits / temperature overflows)."""
-    _check_row(logits, temperature, top_k, top_p, repetition_penalty)
+    _check_row(logits, temperature, top_k, top_p, repetition_penalty, vocab_size, previous)
     logits = np.asarray(logits)
     probs = _probs(logits, temperature, top_k, top_p, repetition_penalty, previous, vocab_size)
     if isinstance(probs, int):
@@ -245,19 +243,35 @@ def next_token_probs(logits: np.ndarray, temperature: float, top_k: int | None =
     return probs
 
 
-def _check_row(logits, temperature, top_k, top_p, repetition_penalty) -> None:
+def _check_row(logits, temperature, top_k, top_p, repetition_penalty, vocab_size, previous) -> None:
+    """-inf is allowed: it masks an id (as transformers' processors mask), which is then never drawn.
+    An id of `previous` past the logits is allowed (a vocabulary cut by vocab_size: nothing to
+    penalise); a negative one would index from the end and penalise the wrong id."""
     logits = np.asarray(logits)
     if logits.ndim != 1 or logits.size == 0 or not np.issubdtype(logits.dtype, np.floating):
         raise ValueError(f"logits must be a non-empty 1-D float array (one row), got {logits.dtype} {logits.shape}")
-    if not np.isfinite(logits).all():
-        raise ValueError("logits must be finite (they hold NaN or Inf)")
+    _check_vocab_size(vocab_size, logits.size, "len(logits)")
+    if np.isnan(logits).any() or np.isposinf(logits).any():
+        raise ValueError("logits must be finite or -inf (a masked id); they hold NaN or +inf")
+    if np.isneginf(logits[:vocab_size]).all():
+        raise ValueError("logits are all -inf" + (f" below vocab_size={vocab_size}" if vocab_size is not None else "")
+                         + ": every id is masked, none can be drawn")
+    seen = np.asarray(previous)
+    if seen.size and (seen.ndim != 1 or not np.issubdtype(seen.dtype, np.integer) or seen.min() < 0):
+        raise ValueError(f"previous must be a sequence of token ids (ints >= 0), got {previous!r}")
     _check_sampling(temperature, top_k, top_p, repetition_penalty)
+
+
+def _check_vocab_size(vocab_size, limit: int, what: str) -> None:
+    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer))
+                                   or not 1 <= vocab_size <= limit):
+        raise ValueError(f"vocab_size must be None or an int in [1, {limit}] ({what}), got {vocab_size!r}")
 
 
 def _sample(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
             rng: np.random.Generator, *, repetition_penalty: float = 1.0, previous: Sequence[int] = (),
             vocab_size: int | None = None) -> int:
-    """sample_next after its checks: finite logits, valid arguments."""
+    """sample_next after its checks: logits finite or -inf, valid arguments."""
     probs = _probs(logits, temperature, top_k, top_p, repetition_penalty, previous, vocab_size)
     return probs if isinstance(probs, int) else int(rng.choice(probs.size, p=probs))
 
@@ -278,7 +292,7 @@ def _probs(logits: np.ndarray, temperature: float, top_k: int | None, top_p: flo
         return int(np.argmax(logits))
     with np.errstate(over="ignore"):  # a temperature so small it overflows is greedy in the limit
         scaled = logits / temperature
-    if not np.isfinite(scaled).all():
+    if np.isposinf(scaled).any() or np.isneginf(scaled).all():
         return int(np.argmax(logits))
     if top_k is not None and top_k < scaled.size:
         scaled = np.where(top_k_mask(scaled, top_k), scaled, -np.inf)

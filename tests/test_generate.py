@@ -136,6 +136,7 @@ def test_the_distribution_is_transformers_logits_processors_on_logits_without_ti
     V = 30
     logits = rng.standard_normal(V) * [0.3, 1.0, 5.0][trial % 3]
     previous = rng.integers(0, V, size=6).tolist()
+    logits[rng.integers(0, V, size=trial % 3)] = -np.inf     # masked ids
     for temperature, top_k, top_p, penalty in [(1.0, None, None, 1.3), (0.5, 5, None, 1.0), (2.0, None, 0.9, 1.2),
                                                (0.7, 12, 0.6, 0.8), (1e4, 100, 1.0, 1.5), (1.3, 3, 0.01, 1.1)]:
         processors = transformers.LogitsProcessorList([
@@ -146,6 +147,24 @@ def test_the_distribution_is_transformers_logits_processors_on_logits_without_ti
         expected = torch.softmax(scores, -1)[0].numpy()
         got = next_token_probs(logits, temperature, top_k, top_p, repetition_penalty=penalty, previous=previous)
         np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-15)
+
+
+def test_minus_inf_masks_an_id_as_in_transformers():
+    """A -inf logit (transformers' way to ban an id) is never drawn, whatever the settings, and the
+    other ids keep their proportions -- including when the penalty or top-k touch the masked ids."""
+    from npllama.generate import next_token_probs
+
+    logits = np.array([0.5, -np.inf, 1.5, -0.2, -np.inf, 1.0])
+    rng = np.random.default_rng(0)
+    for kwargs in (dict(), dict(top_k=5), dict(top_p=0.95), dict(repetition_penalty=1.3, previous=[1, 2, 4])):
+        drawn = {sample_next(logits, 1.3, kwargs.pop("top_k", None), kwargs.pop("top_p", None), rng, **kwargs)
+                 for _ in range(200)}
+        assert drawn == {0, 2, 3, 5}
+    finite = np.isfinite(logits)
+    q = np.exp(logits[finite] / 1.3)
+    np.testing.assert_allclose(next_token_probs(logits, 1.3)[finite], q / q.sum(), rtol=1e-12)
+    assert sample_next(logits, 0, None, None, rng) == 2
+    assert sample_next(-np.abs(logits), 1e-320, None, None, rng) == 3     # every finite logit overflows to -inf
 
 
 def test_ties_at_the_cuts_go_to_the_lower_ids():

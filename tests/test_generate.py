@@ -147,6 +147,12 @@ def test_the_distribution_is_transformers_logits_processors_on_logits_without_ti
         expected = torch.softmax(scores, -1)[0].numpy()
         got = next_token_probs(logits, temperature, top_k, top_p, repetition_penalty=penalty, previous=previous)
         np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-15)
+        # a vocabulary cut by vocab_size: transformers given the first 25 logits (ids past them not seen)
+        seen = torch.tensor([[i for i in previous if i < 25]], dtype=torch.long)
+        scores = processors(seen, torch.tensor(logits[:25])[None].clone())
+        got = next_token_probs(logits, temperature, top_k, top_p, repetition_penalty=penalty, previous=previous,
+                               vocab_size=25)
+        np.testing.assert_allclose(got, torch.softmax(scores, -1)[0].numpy(), rtol=1e-9, atol=1e-15)
 
 
 def test_minus_inf_masks_an_id_as_in_transformers():
@@ -295,6 +301,41 @@ def test_the_fast_decoder_and_the_reference_path_generate_the_same(model):
         on_one_thread = generate(model, [1, 5, 7], 15, temperature=0.9, seed=4, threads=1)
     assert fast == reference
     assert on_three_threads == on_one_thread      # sampled, too: the logits are the same bits
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_seeded_sampling_is_the_same_on_every_path_up_to_the_context_limit(model, dtype):
+    """The numba FastDecoder, the reference KV cache, npllama.study() and a full forward per step
+    with no cache draw the same tokens from one seed, for a prompt of several tokens, a batch of
+    prompts, and every position up to max_position_embeddings."""
+    import contextvars
+
+    import npllama
+    from npllama import use_backend
+
+    m = Llama(model.config, dtype=dtype)
+    for name, p in model.params.items():
+        m.params[name][...] = p
+    prompt, settings = [1, 5, 7, 2, 9], dict(temperature=1.2, top_k=6, top_p=0.9, repetition_penalty=1.3)
+    n = m.config.max_position_embeddings - len(prompt)
+
+    def studied():
+        npllama.study()
+        return generate(m, prompt, n, seed=11, **settings)
+
+    rng, without_cache = np.random.default_rng(11), list(prompt)
+    for _ in range(n):
+        logits = m.forward(np.asarray([without_cache]))[0, -1]
+        without_cache.append(sample_next(logits, rng=rng, previous=without_cache, **settings))
+    with use_backend("numba"):
+        fast = generate(m, prompt, n, seed=11, **settings)
+        fast_batch = generate(m, [prompt, prompt[:2], prompt], n, seed=11, **settings)
+    with use_backend("numpy"):
+        reference = generate(m, prompt, n, seed=11, **settings)
+        reference_batch = generate(m, [prompt, prompt[:2], prompt], n, seed=11, **settings)
+    assert len(fast) == m.config.max_position_embeddings
+    assert fast == reference == without_cache == contextvars.copy_context().run(studied)
+    assert fast_batch == reference_batch and fast_batch[0] != fast_batch[2]   # one generator, its own draws per row
 
 
 def test_greedy_sampling_takes_the_largest_logit_in_any_precision():

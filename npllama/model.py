@@ -321,8 +321,8 @@ class Llama:
         return logits
 
     def generate(self, prompt, max_new_tokens: int, **sampling) -> list[int]:
-        """prompt ids -> prompt + generated ids; options as npllama.generate.generate
-        (temperature, top_k, top_p, seed, eos_id, on_token)."""
+        """prompt ids -> prompt + generated ids; every option of npllama.generate.generate
+        (temperature, top_k, top_p, repetition_penalty, seed, eos_id, stop, vocab_size, ...)."""
         from .generate import generate
 
         return generate(self, prompt, max_new_tokens, **sampling)

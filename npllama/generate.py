@@ -317,12 +317,18 @@ def top_k_mask(scores: np.ndarray, top_k: int) -> np.ndarray:
     return keep
 
 
+# Far above the rounding of a float64 sum of probabilities, far below any probability that matters.
+NUCLEUS_ROUNDING = 1e-12
+
+
 def nucleus(probs: np.ndarray, top_p: float, first_guess: int = 64) -> np.ndarray:
     """The smallest set of ids, most probable first (ties: the lower id first), whose probabilities
     reach top_p -- what a full stable sort of the vocabulary would give, found by sorting only
     the few most probable: np.argpartition picks the `n` largest, and everything tied with the
     n-th joins them so the cut never splits a tie arbitrarily; if their mass falls short of
-    top_p, n doubles."""
+    top_p, n doubles.  A sum short of top_p by rounding only (under NUCLEUS_ROUNDING) reaches it:
+    [0.7, 0.2, 0.1] at top_p 0.9 is two ids, though 0.7 + 0.2 is 0.8999999999999999 in floats."""
+    top_p = top_p - NUCLEUS_ROUNDING
     n = min(first_guess, probs.size)
     while True:
         if n >= probs.size:

@@ -155,6 +155,16 @@ def test_the_distribution_is_transformers_logits_processors_on_logits_without_ti
         np.testing.assert_allclose(got, torch.softmax(scores, -1)[0].numpy(), rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.parametrize("probs, top_p, kept", [([0.7, 0.2, 0.1], 0.9, 2), ([0.5, 0.3, 0.2], 0.8, 2),
+                                                ([0.6, 0.3, 0.1], 0.9, 2), ([0.1, 0.2, 0.7], 0.7, 1)])
+def test_a_nucleus_whose_mass_is_top_p_but_for_rounding_reaches_it(probs, top_p, kept):
+    """0.7 + 0.2 is 0.8999999999999999 in floats: top_p 0.9 still stops there, as the arithmetic
+    says and transformers (float32) does; a third id was kept."""
+    from npllama.generate import next_token_probs
+
+    assert np.count_nonzero(next_token_probs(np.log(probs), 1.0, top_p=top_p)) == kept
+
+
 def test_minus_inf_masks_an_id_as_in_transformers():
     """A -inf logit (transformers' way to ban an id) is never drawn, whatever the settings, and the
     other ids keep their proportions -- including when the penalty or top-k touch the masked ids."""
@@ -351,8 +361,10 @@ def test_greedy_sampling_takes_the_largest_logit_in_any_precision():
 
 def full_sort_nucleus(probs, top_p):
     """The reference: a stable sort of the whole vocabulary."""
+    from npllama.generate import NUCLEUS_ROUNDING
+
     order = np.argsort(-probs, kind="stable")
-    return order[: int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1]
+    return order[: int(np.searchsorted(np.cumsum(probs[order]), top_p - NUCLEUS_ROUNDING)) + 1]
 
 
 @pytest.mark.parametrize("vocab", [1, 5, 64, 300, 32000])

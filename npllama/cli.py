@@ -64,6 +64,10 @@ def _suggestion(message: str, parser: argparse.ArgumentParser) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+# the model a command runs is --model; the one a fine-tune or `eval choice` starts from is --base
+_FLAG_SYNONYMS = {"--model": "--base", "--base": "--model"}
+
+
 def _flag_suggestions(parser: argparse.ArgumentParser, argv: list[str], extras: list[str]) -> str:
     """"; did you mean --temperature?" for mistyped flags, looking in the (sub)command's parser."""
     parser = _innermost_parser(parser, argv)
@@ -71,7 +75,9 @@ def _flag_suggestions(parser: argparse.ArgumentParser, argv: list[str], extras: 
     flags = [extra.split("=", 1)[0] for extra in extras if extra.startswith("-")]
     hints = []
     for flag in flags:
-        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+        # far apart as strings (difflib offers --help for --model), but the same thing to a user
+        synonym = _FLAG_SYNONYMS.get(flag)
+        close = [synonym] if synonym in known else difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
         if close:
             hints.append(f"{flag} -> {close[0]}" if len(flags) > 1 else close[0])
     return f"; did you mean {', '.join(hints)}?" if hints else ""

@@ -55,6 +55,10 @@ def test_defaults_are_said_once():
     (["eval", "perplxity"], "did you mean 'perplexity'?"),
     (["generate", "--temprature", "0"], "did you mean --temperature?"),
     (["eval", "perplexity", "--data", "x", "--contxt", "5"], "did you mean --context?"),
+    # the model flag is --model where a model is run, --base where one is a starting point or a base
+    (["eval", "choice", "--model", "x"], "did you mean --base?"),
+    (["finetune", "classify", "--model", "x"], "did you mean --base?"),
+    (["generate", "--base", "x"], "did you mean --model?"),
 ])
 def test_a_mistyped_command_or_flag_gets_a_suggestion(argv, hint, capsys):
     with pytest.raises(SystemExit) as exit_info:

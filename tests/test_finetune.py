@@ -415,7 +415,9 @@ def test_cli_classify_and_eval(cli, base_dir, tmp_path, capsys):
         {"question": "Who ran?", "choices": ["the dog", "the cat"], "answer": 0}])
     assert cli(["eval", "choice", "--base", str(base_dir), "--data", str(long), "--no-progress",
                 "--backend", "numpy"]) == 0
-    assert f"1 of the 2 items did not fit the model's context ({context} tokens)" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert f" on 2 items of {long}: accuracy " in captured.out     # not "on 2 long.jsonl"
+    assert f"1 of the 2 items did not fit the model's context ({context} tokens)" in captured.err
 
 
 def test_cli_bad_input(cli, base_dir, tmp_path, capsys):

@@ -108,7 +108,7 @@ def run_choice(args) -> int:
         template = ChatTemplate.for_folder(model_dir, tokenizer, adapter=args.adapter)
     with use_backend(args.backend or get_backend()):
         result = evaluate_choice(model, tokenizer, items, template, progress=not args.no_progress)
-    source = "built-in story-continuation items" if args.data is None else args.data
+    source = "built-in story-continuation items" if args.data is None else f"items of {args.data}"
     print(f"{model_dir}{' + ' + args.adapter if args.adapter else ''} on {result['n']} {source}: "
           f"accuracy {result['accuracy']:.3f}, per-token accuracy {result['accuracy_per_token']:.3f} "
           f"(chance {result['chance']:.3f})")

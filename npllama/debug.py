@@ -144,7 +144,9 @@ def run_trace(model, tokens, targets=None, *, backend_name: str = "numpy", inclu
 
     model: a Llama -- tokens (B, T) or flat ids; targets None: next-token targets made from the
     tokens -- or a SequenceClassifier (npllama.finetune) -- tokens (B, T) or flat ids, targets its
-    labels (B,), attention_mask None: every token real."""
+    labels (B,), attention_mask None: every token real.  What `npllama.load_classifier` returns
+    stands for its SequenceClassifier (`.head`)."""
+    model = _traceable(model)
     if _is_classifier(model):
         tokens, targets, attention_mask = _classifier_batch(tokens, targets, attention_mask)
         run = lambda: model.loss_and_grads(tokens, attention_mask, targets)   # noqa: E731
@@ -162,6 +164,14 @@ def _batch(tokens, targets):
     if targets is None:
         return next_token_batch(tokens)
     return np.asarray(tokens), np.asarray(targets)
+
+
+def _traceable(model):
+    """A loaded classifier (npllama.classify.Classifier: model, head and tokenizer, for text) as its
+    SequenceClassifier, the part that has a loss to trace; anything else as it is."""
+    from .classify import Classifier
+
+    return model.head if isinstance(model, Classifier) else model
 
 
 def _is_classifier(model) -> bool:
@@ -192,6 +202,7 @@ def compare_backends(model, tokens, targets=None, backends=("numpy", "numba"), *
                      include=None, exclude=None, attention_mask=None) -> Comparison:
     """The same model on two backends (default: the NumPy reference vs the Numba kernels).
     model: a Llama, or a SequenceClassifier with targets its labels (see run_trace)."""
+    model = _traceable(model)
     a_name, b_name = backends
     a = run_trace(model, tokens, targets, backend_name=a_name, include=include, exclude=exclude,
                   attention_mask=attention_mask)
@@ -208,6 +219,7 @@ def compare_dtypes(model, tokens, targets=None, *, backend_name="numpy", rtol=No
 
     Round-off grows where the math is ill-conditioned; a tensor that differs by far more than
     float32's ~1e-7 points at a numerically fragile step (e.g. a softmax without the max shift)."""
+    model = _traceable(model)
     m32, m64 = _as_dtype(model, np.float32), _as_dtype(model, np.float64)
     a = run_trace(m32, tokens, targets, backend_name=backend_name, include=include, exclude=exclude,
                   attention_mask=attention_mask)
@@ -264,6 +276,7 @@ def _as_dtype(model, dtype):
 @contextlib.contextmanager
 def _as_folder(model_or_dir):
     """A Hugging Face folder for transformers to load: the path itself, or a temporary save."""
+    model_or_dir = _traceable(model_or_dir)
     if _is_classifier(model_or_dir):
         if model_or_dir.model.lora is not None:
             raise ValueError("model_or_dir is a classifier with LoRA adapters: transformers' "

@@ -17,6 +17,19 @@ def test_the_classifier_agrees_between_backends_and_dtypes():
     assert report.ok and not report.only_in_a and not report.only_in_b
 
 
+def test_what_load_classifier_returns_is_compared_as_its_head():
+    """npllama.load_classifier(DIR) is how a saved classifier is met first: the comparisons take it
+    (they failed with AttributeError: 'Classifier' object has no attribute 'loss_and_grads')."""
+    from npllama.classify import Classifier
+
+    head = classifier(np.float32)
+    loaded = Classifier(head.model, head.score_weight, head.label_names, tokenizer=None, pad_token_id=0)
+    for compare in (debug.compare_backends, debug.compare_dtypes):
+        report = compare(loaded, TOKENS, LABELS, attention_mask=MASK)
+        assert report.ok and report.traces[0].names() == compare(head, TOKENS, LABELS, attention_mask=MASK).traces[0].names()
+    assert debug.run_trace(loaded, TOKENS, LABELS, attention_mask=MASK)["score.out"].shape == (2, 3)
+
+
 def test_a_classifier_needs_its_labels_to_be_compared():
     with pytest.raises(ValueError, match="targets must be the classifier's labels"):
         debug.compare_backends(classifier(), TOKENS)

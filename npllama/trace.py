@@ -131,7 +131,7 @@ class Trace:
         code in the model.  Names come from the parameters an op is given and the cache it
         returned (see _Recorder); head_params names a head outside the model ({"score.weight": w}).
 
-        One recorder per model for the trace's life: a pass made of several calls -- an objective's
+        One recorder per model while the trace's block is open: a pass made of several calls -- an objective's
         hidden_forward, its head's ops, hidden_backward -- is recorded as one, as loss_and_grads is."""
         recorder = self._recorders.get(id(params))
         if recorder is None or recorder.params is not params:
@@ -646,6 +646,8 @@ def trace(include: Iterable[str] | None = None, exclude: Iterable[str] | None = 
         yield t
     finally:
         _active.reset(token)
+        # the recorders hold each model's parameters: a Trace kept for its records must not keep the models alive
+        t._recorders.clear()
     for pattern in t.include or ():
         if not any(fnmatch.fnmatchcase(name, pattern) for name in t._times_recorded):
             warnings.warn(f"trace include pattern {pattern!r} matched no record; names look like "

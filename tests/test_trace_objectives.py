@@ -164,3 +164,17 @@ def test_masked_lm_with_sentence_order_agrees_between_backends_and_runs_the_kern
                       for backend in ("numpy", "numba"))
     assert compare(a, b, rtol=1e-9).ok and a.names() == b.names()
     assert b.sources["sop_head.loss"] == "npllama.kernels.cross_entropy.cross_entropy_forward"
+
+
+def test_a_trace_kept_after_its_block_does_not_keep_the_model_alive():
+    # the recorders (one per model, holding its parameters) live for the block, not the Trace
+    import gc
+    import weakref
+
+    model = llama()
+    with npllama.trace(include=["loss"]) as t:
+        model.loss_and_grads(TOKENS, MLM_TARGETS, MASK)
+    weight = weakref.ref(model.params["lm_head.weight"])
+    del model
+    gc.collect()
+    assert weight() is None and t.names() == ["loss"]

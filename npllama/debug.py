@@ -75,13 +75,16 @@ def parse_token_ids(text: str) -> list[int]:
     return ids
 
 
-def load_inputs(model=None, text: str | None = None, tokens: str | None = None, dtype=np.float32):
+def load_inputs(model=None, text: str | None = None, tokens: str | None = None, dtype=np.float32,
+                classifier: bool = False):
     """(model, model_dir, ids, labels) for the commands' --model / --text / --tokens.
 
     model: a run folder, a run's model/ folder or any Hugging Face folder (None: the latest run).
     text needs the folder's tokenizer (tokenizer.model in or beside it, or tokenizer.json in it);
     tokens ("1,5,9") does not.
-    labels are the tokens' pieces when a tokenizer is there, else their ids."""
+    labels are the tokens' pieces when a tokenizer is there, else their ids.
+    classifier: a LlamaForSequenceClassification folder loads as a SequenceClassifier (debug
+    compare/trace run its classification loss); otherwise it is refused as no token predictor."""
     from .model import Llama
     from .runs import load_tokenizer, resolve_model_dir
 
@@ -89,7 +92,7 @@ def load_inputs(model=None, text: str | None = None, tokens: str | None = None, 
         raise ValueError("give exactly one of --text (needs the model's tokenizer.model or tokenizer.json) or "
                          "--tokens 1,5,9 (token ids)")
     model_dir = resolve_model_dir(model)
-    if _is_classifier_folder(model_dir):   # the trace runs its classification loss (load_classifier_inputs)
+    if classifier and _is_classifier_folder(model_dir):
         classifier = _from_folder(model_dir, dtype, label_names=True)
         llama = classifier.model
     else:

@@ -88,3 +88,16 @@ def test_the_debug_commands_run_a_classifier_folder_with_its_label(tmp_path, cap
     llama(np.float32).save_pretrained(tmp_path / "lm")
     assert main(["debug", "compare", "--model", str(tmp_path / "lm"), "--tokens", "1,5,9", "--label", "a"]) == 2
     assert "--label is for a classifier folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("action", ["attention", "grads"])
+def test_viz_refuses_a_classifier_folder_as_no_token_predictor(tmp_path, capsys, action):
+    """Only debug compare/trace run a classifier (with --label): viz draws a token predictor's pass,
+    and a classifier folder is refused saying what it is (not an AttributeError, not 'targets')."""
+    pytest.importorskip("matplotlib")
+    from npllama.cli import main
+
+    folder = tmp_path / "classifier"
+    classifier(np.float32)._save_hf_folder(folder)
+    assert main(["viz", action, "--model", str(folder), "--tokens", "1,5,9", "--out", str(tmp_path / "x.png")]) == 2
+    assert "does not predict tokens" in capsys.readouterr().err

@@ -117,7 +117,8 @@ def run_compare(args) -> int:
                          f"{', '.join(sorted(debug.PLANTED_BUGS))}")
     _refuse_unwritable("--save", args.save)
     dtype = np.float64 if args.dtype == "float64" else np.float32   # (--against float64: float32, as refused above)
-    model, model_dir, ids, _ = debug.load_inputs(args.model, args.text, args.tokens, dtype=dtype)
+    model, model_dir, ids, _ = debug.load_inputs(args.model, args.text, args.tokens, dtype=dtype,
+                                               classifier=True)
     targets, stack, what = _targets(debug, model, args.label)
     print(f"{len(ids)} tokens, {what} {model_dir} ({stack.config.num_hidden_layers} layers), "
           f"comparing numpy ({np.dtype(dtype).name}) against {args.against}")
@@ -147,7 +148,8 @@ def run_trace(args) -> int:
 
     _refuse_unwritable("--out", args.out, ".npz")
     dtype = np.float64 if args.dtype == "float64" else np.float32
-    model, model_dir, ids, labels = debug.load_inputs(args.model, args.text, args.tokens, dtype=dtype)
+    model, model_dir, ids, labels = debug.load_inputs(args.model, args.text, args.tokens, dtype=dtype,
+                                                    classifier=True)
     targets, _, _ = _targets(debug, model, args.label)
     t = debug.run_trace(model, ids, targets, backend_name=args.backend, include=args.include, exclude=args.exclude)
     t.meta["labels"] = labels

@@ -239,7 +239,8 @@ def next_token_probs(logits: np.ndarray, temperature: float, top_k: int | None =
     logits = np.asarray(logits)
     probs = _probs(logits, temperature, top_k, top_p, repetition_penalty, previous, vocab_size)
     if isinstance(probs, int):
-        probs = np.eye(logits[:vocab_size].size)[probs]
+        greedy, probs = probs, np.zeros(logits[:vocab_size].size)
+        probs[greedy] = 1.0
     return probs
 
 

@@ -549,3 +549,21 @@ def test_a_prompt_that_does_not_fit_the_context_is_refused_saying_what_fits(mode
 
 def _is_batch_prompt(prompt):
     return isinstance(prompt[0], list)
+
+
+def test_a_greedy_distribution_is_one_row_not_an_identity_matrix():
+    """temperature 0 gives a one-hot row; it was taken from np.eye(V), V x V floats (123 GiB for
+    Llama 3's 128,256 ids).  Memory, not time: the peak stays near the row's own size."""
+    import tracemalloc
+
+    from npllama.generate import next_token_probs
+
+    logits = np.random.default_rng(0).standard_normal(2048)
+    tracemalloc.start()
+    try:
+        probs = next_token_probs(logits, 0.0, vocab_size=2000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert probs.shape == (2000,) and probs.sum() == 1.0 and probs[np.argmax(logits[:2000])] == 1.0
+    assert peak < 100 * probs.nbytes

@@ -101,3 +101,21 @@ def test_viz_refuses_a_classifier_folder_as_no_token_predictor(tmp_path, capsys,
     classifier(np.float32)._save_hf_folder(folder)
     assert main(["viz", action, "--model", str(folder), "--tokens", "1,5,9", "--out", str(tmp_path / "x.png")]) == 2
     assert "does not predict tokens" in capsys.readouterr().err
+
+
+def test_use_op_reaches_the_heads_without_a_trace():
+    """The heads run the ops in force (Llama.head_ops) in training too, not only while a trace
+    records: an override of classifier_backward changes the classifier's and the sentence-order
+    head's gradients."""
+    from npllama.objectives import SOP_HEAD, SentenceOrderBatch, init_sop_head, mlm_sop_loss_and_grads
+
+    from .test_trace_objectives import MLM_TARGETS
+
+    model, head = llama(), init_sop_head(16, dtype=np.float64, std=0.5)
+    batch = SentenceOrderBatch(TOKENS, MLM_TARGETS, MASK.astype(bool), np.array([0, 1]))
+    runs = {"score.weight": lambda: classifier().loss_and_grads(TOKENS, MASK, LABELS)[1],
+            SOP_HEAD: lambda: mlm_sop_loss_and_grads(model, head, batch)[1]}
+    for name, run in runs.items():
+        plain = run()[name]
+        with use_op("classifier_backward", classifier_backward_dscore_halved):
+            np.testing.assert_array_equal(run()[name], plain / 2)

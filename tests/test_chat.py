@@ -364,3 +364,17 @@ def test_sft_names_the_example_a_template_refuses(small_model_dir, tmp_path):
     with pytest.raises(ValueError, match=r"chat.jsonl line 4: the chat template failed .*must alternate"):
         sft(SFTConfig(base=str(small_model_dir), data=str(data), steps=1, samples=0, progress=False),
             echo=lambda *_: None)
+
+
+def test_chat_seeds_each_turn_as_generate_seeds_each_sample(small_model_dir, monkeypatch, capsys):
+    """--seed S: the first answer uses S, each later turn sample_seed(S, turn) -- not S + turn,
+    which made turn 2 of --seed 1 the first answer of --seed 2."""
+    import npllama.generate
+    from npllama.generate import sample_seed
+
+    seeds, real = [], npllama.generate.generate
+    monkeypatch.setattr(npllama.generate, "generate", lambda *a, **kw: seeds.append(kw["seed"]) or real(*a, **kw))
+    status, _, err = chat(["--model", str(small_model_dir), "--max-new-tokens", "2", "--seed", "1"],
+                          "Hi\nGo on\nAnd?\n", monkeypatch, capsys)
+    assert status == 0 and err == ""
+    assert seeds == [1, sample_seed(1, 1), sample_seed(1, 2)] and len(set(seeds + [2, 3])) == 5

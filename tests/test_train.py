@@ -290,3 +290,17 @@ def test_grad_accum_weights_micro_batches_by_their_counted_targets():
     assert loss == pytest.approx(whole_loss, rel=1e-13)
     for name, g in whole_grads.items():
         np.testing.assert_allclose(grads[name], g, rtol=1e-10, atol=1e-14, err_msg=name)
+
+
+def test_the_end_of_run_samples_are_seeded_as_generate_num_samples(small_model_dir, monkeypatch):
+    """Sample i of a run seeded S uses sample_seed(S, i) (one rule with --num-samples): S + i made
+    the second sample of seed 1 the first of seed 2."""
+    import npllama.generate
+    from npllama.generate import sample_seed
+    from npllama.train import _print_samples
+
+    seeds, real = [], npllama.generate.generate
+    monkeypatch.setattr(npllama.generate, "generate", lambda *a, **kw: seeds.append(kw["seed"]) or real(*a, **kw))
+    model, tokenizer, _ = load_model_and_tokenizer(small_model_dir)
+    texts = _print_samples(model, tokenizer, TrainConfig(seed=1, samples=3, sample_tokens=2), lambda line: None)
+    assert len(texts) == 3 and seeds == [1, sample_seed(1, 1), sample_seed(1, 2)]

@@ -244,6 +244,10 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
     dtype = np.dtype(dtype).type
     with _as_folder(model_or_dir) as folder:
         ours = _from_folder(folder, dtype)
+        if _is_classifier(ours) and not ours.causal:   # (numpy against numba, or the dtypes, compare it)
+            from .finetune import BIDIRECTIONAL_NOTE
+
+            raise ValueError(f"the classifier runs {BIDIRECTIONAL_NOTE}: there is nothing to compare")
         a = run_trace(ours, tokens, targets, backend_name=backend_name, include=include, exclude=exclude,
                       attention_mask=attention_mask)
         b = transformers_trace(folder, tokens, targets, dtype=dtype, include=include, exclude=exclude,
@@ -308,7 +312,7 @@ def _from_folder(folder, dtype, label_names: bool = False):
     transformers will load from `folder`.  label_names: the classifier's classes named as the
     folder names them (config.json's id2label, finetune.json's names), else "0", "1", ..."""
     from .classify import _info, _label_names
-    from .finetune import BIDIRECTIONAL_NOTE, SequenceClassifier
+    from .finetune import SequenceClassifier
     from .io.hf import load_hf_classifier_folder, objective_of
     from .model import Llama
 
@@ -319,8 +323,6 @@ def _from_folder(folder, dtype, label_names: bool = False):
     names = (_label_names(_info(Path(folder)), raw, len(score)) if label_names
              else [str(i) for i in range(len(score))])
     classifier = SequenceClassifier(model, names, pad_id=config.pad_token_id)
-    if not classifier.causal:
-        raise ValueError(f"the classifier runs {BIDIRECTIONAL_NOTE}: there is nothing to compare")
     classifier.score_weight = score
     return classifier
 

@@ -119,3 +119,23 @@ def test_use_op_reaches_the_heads_without_a_trace():
         plain = run()[name]
         with use_op("classifier_backward", classifier_backward_dscore_halved):
             np.testing.assert_array_equal(run()[name], plain / 2)
+
+
+def test_a_bidirectional_classifier_is_refused_against_transformers_only(tmp_path, capsys):
+    """A masked-LM base's classifier runs without the causal mask: transformers would run it
+    causally, so that comparison is refused; numpy against numba and a trace run it as it is
+    (they were refused with the transformers message)."""
+    from npllama.cli import main
+    from npllama.finetune import SequenceClassifier
+
+    bidirectional = SequenceClassifier(llama(np.float32), ["a", "b"], seed=0)
+    bidirectional.model.objective = "mlm"
+    folder = tmp_path / "classifier"
+    bidirectional._save_hf_folder(folder)
+    assert main(["debug", "compare", "--model", str(folder), "--tokens", "1,5,9", "--label", "b"]) == 0
+    assert "no divergence" in capsys.readouterr().out
+    assert main(["debug", "trace", "--model", str(folder), "--tokens", "1,5,9", "--label", "b", "--include", "loss"]) == 0
+    capsys.readouterr()
+    for model in (bidirectional, folder):
+        with pytest.raises(ValueError, match="LlamaForSequenceClassification would run it causally"):
+            debug.compare_transformers(model, [1, 5, 9], [1])

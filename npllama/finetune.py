@@ -36,9 +36,7 @@ import numpy as np
 from .lora import ATTENTION_TARGETS, attach_lora, check_lora_settings
 from .objectives import IGNORE_INDEX, pad_batch, pad_id_of
 from .ops._checks import require_non_negative_int, require_positive_int
-# (the head's ops run as the model's ops in force, ops.<op>: Llama.head_ops)
-from .ops.classifier import classifier_backward, classifier_forward, last_token_index  # noqa: F401
-from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: F401
+from .ops.classifier import last_token_index   # (the head's ops are the ops in force: Llama.head_ops)
 from .interrupts import deferred_stop_signals
 from .io.hf import objective_fields
 from .optim import AdamW, TrainingError, clip_finite_step, cosine_with_warmup

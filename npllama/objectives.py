@@ -38,10 +38,7 @@ import re
 
 import numpy as np
 
-# (the heads' ops run as the model's ops in force, ops.<op>: Llama.head_ops)
-from .ops.classifier import classifier_backward, classifier_forward, last_token_index  # noqa: F401
-from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: F401
-from .ops.linear import linear_backward, linear_forward  # noqa: F401
+from .ops.classifier import last_token_index   # (the heads' ops are the ops in force: Llama.head_ops)
 
 IGNORE_INDEX = -100
 MLM_PROBABILITY = 0.15          # share of ordinary tokens chosen for prediction (BERT)

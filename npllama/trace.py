@@ -131,8 +131,9 @@ class Trace:
         code in the model.  Names come from the parameters an op is given and the cache it
         returned (see _Recorder); head_params names a head outside the model ({"score.weight": w}).
 
-        One recorder per model while the trace's block is open: a pass made of several calls -- an objective's
-        hidden_forward, its head's ops, hidden_backward -- is recorded as one, as loss_and_grads is."""
+        One recorder per model while the trace's block is open: a pass made of several calls -- an
+        objective's hidden_forward, its head's ops, hidden_backward -- is recorded as one, as
+        loss_and_grads is."""
         recorder = self._recorders.get(id(params))
         if recorder is None or recorder.params is not params:
             recorder = self._recorders[id(params)] = _Recorder(self, params, config)
@@ -646,7 +647,7 @@ def trace(include: Iterable[str] | None = None, exclude: Iterable[str] | None = 
         yield t
     finally:
         _active.reset(token)
-        # the recorders hold each model's parameters: a Trace kept for its records must not keep the models alive
+        # the recorders hold each model's parameters: a Trace kept for its records must not keep them alive
         t._recorders.clear()
     for pattern in t.include or ():
         if not any(fnmatch.fnmatchcase(name, pattern) for name in t._times_recorded):

@@ -362,6 +362,11 @@ class Llama:
         """The gradients in model.params' order -- or, with LoRA attached, the adapters' only --
         then a head's (hidden_backward's head_grads)."""
         head_grads = dict(head_grads or {})
+        for name in head_grads:
+            if name not in self.params and (name.startswith("model.") or name == "lm_head.weight"):
+                raise ValueError(f"head_grads holds {name!r}, which is no parameter of this model"
+                                 + (" (its LM head is model.embed_tokens.weight: tied embeddings)"
+                                    if name == "lm_head.weight" and self.config.tie_word_embeddings else ""))
         for name in [n for n in head_grads if n in self.params]:   # the LM head: E when tied, used twice
             grad = head_grads.pop(name)
             if self.lora is None:

@@ -178,3 +178,15 @@ def test_a_trace_kept_after_its_block_does_not_keep_the_model_alive():
     del model
     gc.collect()
     assert weight() is None and t.names() == ["loss"]
+
+
+def test_a_head_gradient_named_for_a_parameter_the_model_lacks_is_refused():
+    """With tied embeddings the LM head is model.embed_tokens.weight: a gradient passed as
+    lm_head.weight would come back for a parameter that does not exist."""
+    model = llama(tie_word_embeddings=True)
+    hidden, caches = model.hidden_forward(TOKENS, MASK)
+    with pytest.raises(ValueError, match=r"'lm_head.weight', which is no parameter of this model \(its LM head "
+                                         r"is model.embed_tokens.weight: tied embeddings\)"):
+        model.hidden_backward(np.ones_like(hidden), caches, head_grads={"lm_head.weight": np.ones((32, 16))})
+    grads = model.hidden_backward(np.ones_like(hidden), caches, head_grads={"score.weight": np.ones((3, 16))})
+    assert list(grads)[-1] == "score.weight" and set(grads) - {"score.weight"} == set(model.params)

@@ -64,7 +64,7 @@ def _suggestion(message: str, parser: argparse.ArgumentParser) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-# the model a command runs is --model; the one a fine-tune or `eval choice` starts from is --base
+# the model a command runs is --model; the one a fine-tune starts from is --base
 _FLAG_SYNONYMS = {"--model": "--base", "--base": "--model"}
 
 

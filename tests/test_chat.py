@@ -348,7 +348,7 @@ def test_eval_choice_in_chat_asks_in_the_model_s_own_template(small_model_dir, t
     monkeypatch.setattr(finetune, "_choice_scores", lambda model, tokenizer, question, choices, template:
                         seen.append(template.prompt(question)) or (np.zeros(len(choices)), np.ones(len(choices)), False))
     items = write_jsonl(tmp_path / "items.jsonl", [{"question": "Who?", "choices": ["Tom", "Lily"], "answer": 0}])
-    assert main(["eval", "choice", "--base", str(folder), "--data", str(items), "--template", "chat",
+    assert main(["eval", "choice", "--model", str(folder), "--data", str(items), "--template", "chat",
                  "--no-progress", "--backend", "numpy"]) == 0
     assert seen == ["<s>Q: Who?\nA:"]
 

@@ -56,7 +56,6 @@ def test_defaults_are_said_once():
     (["generate", "--temprature", "0"], "did you mean --temperature?"),
     (["eval", "perplexity", "--data", "x", "--contxt", "5"], "did you mean --context?"),
     # the model flag is --model where a model is run, --base where one is a starting point or a base
-    (["eval", "choice", "--model", "x"], "did you mean --base?"),
     (["finetune", "classify", "--model", "x"], "did you mean --base?"),
     (["generate", "--base", "x"], "did you mean --model?"),
 ])

@@ -405,7 +405,7 @@ def test_cli_classify_and_eval(cli, base_dir, tmp_path, capsys):
                   "--no-progress", "--backend", "numpy", "--lora", "--lora-mlp", "--lora-r", "2"])
     out = capsys.readouterr().out
     assert status == 0 and "majority-class baseline, always ham: accuracy" in out and "confusion matrix" in out
-    assert cli(["eval", "choice", "--base", str(base_dir), "--limit", "5", "--no-progress",
+    assert cli(["eval", "choice", "--model", str(base_dir), "--limit", "5", "--no-progress",
                 "--backend", "numpy"]) == 0
     captured = capsys.readouterr()
     assert "chance 0.250" in captured.out
@@ -413,7 +413,7 @@ def test_cli_classify_and_eval(cli, base_dir, tmp_path, capsys):
     long = datasets.write_jsonl(tmp_path / "long.jsonl", [
         {"context": "The dog ran. " * context, "question": "Who ran?", "choices": ["the dog", "the cat"], "answer": 0},
         {"question": "Who ran?", "choices": ["the dog", "the cat"], "answer": 0}])
-    assert cli(["eval", "choice", "--base", str(base_dir), "--data", str(long), "--no-progress",
+    assert cli(["eval", "choice", "--base", str(base_dir), "--data", str(long), "--no-progress",   # its older name
                 "--backend", "numpy"]) == 0
     captured = capsys.readouterr()
     assert f" on 2 items of {long}: accuracy " in captured.out     # not "on 2 long.jsonl"

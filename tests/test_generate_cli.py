@@ -83,7 +83,7 @@ def classification_adapter(small_model_dir, tmp_path_factory):
 @pytest.mark.parametrize("argv", [
     ["generate", "--model", "{model}", "--max-new-tokens", "3"],
     ["eval", "perplexity", "--model", "{model}", "--data", "{text}"],
-    ["eval", "choice", "--base", "{model}", "--limit", "2"],
+    ["eval", "choice", "--model", "{model}", "--limit", "2"],
 ])
 def test_a_classification_adapter_is_refused_for_causal_use(small_model_dir, classification_adapter, tmp_path,
                                                             capsys, argv):
@@ -190,7 +190,7 @@ def masked_lm_dir(small_model_dir, tmp_path):
 @pytest.mark.parametrize("argv, flag", [
     (["generate", "--model", "{model}"], "--model"),
     (["eval", "perplexity", "--model", "{model}", "--data", "{text}"], "--model"),
-    (["eval", "choice", "--base", "{model}", "--limit", "2"], "--base"),
+    (["eval", "choice", "--model", "{model}", "--limit", "2"], "--model"),
 ])
 def test_a_masked_lm_model_is_refused_where_tokens_are_predicted(masked_lm_dir, tmp_path, capsys, argv, flag):
     (tmp_path / "text.txt").write_text("Once upon a time there was a cat.\n")

@@ -18,9 +18,10 @@ def register(subparsers) -> None:
                     "log-likelihood) and accuracy per token (length-normalised) beside chance. With no "
                     "--data it uses built-in items: which sentence comes next in a story?",
         formatter_class=HelpFormatter)
-    c.add_argument("--base", default=None, help="the model: a run folder or a Hugging Face LLaMA folder "
-                   "with tokenizer.model (default: the latest `npllama train` run)")
-    add_adapter_option(c, "--base")
+    c.add_argument("--model", "--base", dest="model", default=None, help="the model: a run folder or a Hugging "
+                   "Face LLaMA folder with tokenizer.model (default: the latest `npllama train` run); --base is "
+                   "its older name")
+    add_adapter_option(c, "--model")
     c.add_argument("--data", default=None, help=".jsonl with {\"question\", \"choices\": [...], \"answer\": "
                    "index of the right choice, from 0} lines, optionally a \"context\" passage read before "
                    "the question (reading comprehension) (default: built-in story-continuation items)")
@@ -97,7 +98,7 @@ def run_choice(args) -> int:
 
     if args.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
-    model, tokenizer, model_dir = load_run_model(args.base, args.adapter, args.dtype, "--base",
+    model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype, "--model",
                                                  "multiple choice by next-token log-likelihood")
     items = make_choice_items(args.limit, seed=args.seed) if args.data is None else load_choice_items(args.data)
     items = items[:args.limit]

@@ -145,7 +145,7 @@ class ChatTemplate:
         model config's eos_token_id (LLaMA-3.1 lists <|end_of_text|>, <|eom_id|> and <|eot_id|>)."""
         from .generate import end_ids
 
-        ids = {tokenizer.eos_id} - {None} if model is None else set(end_ids(model, tokenizer))
+        ids = ({tokenizer.eos_id} - {None}) if model is None else set(end_ids(model, tokenizer))
         if self.end_of_turn is not None:
             # one token when the tokenizer has it whole: a control piece, a SentencePiece
             # user-defined piece ("<|im_end|>"), a tokenizer.json added token

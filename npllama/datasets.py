@@ -230,13 +230,9 @@ def write_jsonl(path, records: list[dict]) -> Path:
     return path
 
 
-def read_jsonl(path, required: dict[str, type | tuple]) -> list[dict]:
-    """The objects of a .jsonl file, each checked to have `required` fields of the given types."""
-    return [record for _, record in _read_numbered_jsonl(path, required)]
-
-
 def _read_numbered_jsonl(path, required: dict[str, type | tuple]) -> list[tuple[int, dict]]:
-    """read_jsonl's objects with the line each is on."""
+    """(line, object) for each object of a .jsonl file, each checked to have `required` fields of
+    the given types; an empty file is an error."""
     path = _existing_file(path)
     numbered = data.read_numbered_jsonl(path, required)
     if not numbered:
@@ -420,7 +416,7 @@ def read_sft(path) -> tuple[list[dict], list[int]]:
                          f'{{"prompt": ..., "response": ...}} or {{"messages": [...]}}), not {Path(path).suffix}')
     numbered = _read_numbered_jsonl(path, {})
     records = [r for _, r in numbered]
-    for (line, r) in numbered:
+    for line, r in numbered:
         where = f"{path} line {line}"
         if not isinstance(r, dict) or not ("messages" in r or "prompt" in r):
             raise ValueError(f'{where} must be a JSON object with "prompt" and "response" fields, or with a '

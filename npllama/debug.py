@@ -93,10 +93,10 @@ def load_inputs(model=None, text: str | None = None, tokens: str | None = None, 
                          "--tokens 1,5,9 (token ids)")
     model_dir = resolve_model_dir(model)
     if classifier and _is_classifier_folder(model_dir):
-        classifier = _from_folder(model_dir, dtype, label_names=True)
-        llama = classifier.model
+        head = _from_folder(model_dir, dtype, label_names=True)
+        llama = head.model
     else:
-        classifier, llama = None, Llama.from_pretrained(model_dir, dtype=dtype)
+        head, llama = None, Llama.from_pretrained(model_dir, dtype=dtype)
     tokenizer = None
     try:
         tokenizer = load_tokenizer(model_dir)   # tokenizer.model, or a Hugging Face tokenizer.json
@@ -122,7 +122,7 @@ def load_inputs(model=None, text: str | None = None, tokens: str | None = None, 
         labels = [tokenizer.id_to_piece(i) for i in ids]
     else:
         labels = [str(i) for i in ids]
-    return classifier or llama, model_dir, ids, labels
+    return head or llama, model_dir, ids, labels
 
 
 def class_index(classifier, label: str | None) -> int:

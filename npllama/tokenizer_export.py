@@ -23,9 +23,8 @@ from __future__ import annotations
 import base64
 import json
 
-from .io.sentencepiece_model import MODEL_TYPE_BPE
+from .io.sentencepiece_model import MODEL_TYPE_BPE, SPACE
 
-SPACE = "\u2581"   # ▁, SentencePiece's written space
 
 
 def hf_tokenizer_files(tokenizer, chat_template: str | None = None,

@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
-
+from .io.sentencepiece_model import BYTE_PIECE, SPACE
 from .tokenizer import UNK_SURFACE, _require_text, check_ids, check_special, check_vocab_sizes
 from .tokenizer_export import _json_bytes
 
 JSON_FILE = "tokenizer.json"
-_BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 # A token every decoder passes through as itself: the text decoded behind it keeps its first space.
 _MARK = "A"
-SPACE = "\u2581"   # SentencePiece's space mark, "▁"
-
 CONFIG_FILE = "tokenizer_config.json"
 INSTALL_HINT = ("install the `tokenizers` library (pip install 'npllama[hf]') to read it, or convert the "
                 "folder to a SentencePiece tokenizer.model: in Python with transformers, "
@@ -54,21 +50,22 @@ class JsonTokenizer:
         self.fingerprint = hashlib.sha256(data).hexdigest()
         # No BOS named (no tokenizer_config.json): AutoTokenizer still puts the post-processor's
         # leading special token first (<s>, LLaMA-3's <|begin_of_text|>), so that is the BOS.
+        pipeline = json.loads(data)     # what the tokenizers object does not expose: its model, decoder
         self.bos_id = self._special_id("bos_token")
         if self.bos_id is None:
-            self.bos_id = _template_bos_id(json.loads(data), self._tok)
+            self.bos_id = _template_bos_id(pipeline, self._tok)
         self.eos_id = self._special_id("eos_token")
         self.pad_id = self._special_id("pad_token")
         self.unk_id = self._special_id("unk_token")
         if self.unk_id is None:
-            self.unk_id = _model_unk_id(json.loads(data), self._tok)
+            self.unk_id = _model_unk_id(pipeline, self._tok)
         self.add_bos = bool(self.config.get("add_bos_token", self.bos_id is not None)) and self.bos_id is not None
         self._special_ids = set(self.control_pieces.values())
         # <0xHH> tokens are bytes only where the decoder says so (byte fallback, as SentencePiece's)
         self._byte_pieces = {}
-        if _has_step(json.loads(data).get("decoder"), "ByteFallback"):
+        if _has_step(pipeline.get("decoder"), "ByteFallback"):
             self._byte_pieces = {i: int(token[3:5], 16) for token, i in self._tok.get_vocab().items()
-                                 if _BYTE_PIECE.fullmatch(token)}
+                                 if BYTE_PIECE.fullmatch(token)}
 
     def _special_id(self, key: str) -> int | None:
         token = self.config.get(key)

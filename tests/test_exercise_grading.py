@@ -63,11 +63,11 @@ def test_segfault_and_exit_without_report_are_failures(tmp_path):
     assert grade_file("rmsnorm", segv).status == "refused"             # the import rule
     crashed = grade_file("rmsnorm", segv, allow_imports=True, timeout=20)
     assert crashed.status == "crashed" and "SIGSEGV" in crashed.diagnosis
-    forged = tmp_path / "forged.py"    # writes a report claiming success, then leaves
-    forged.write_text("import json, os, sys\n"
-                      "open(sys.argv[3], 'w').write(json.dumps({'ok': True, 'passed': 4, 'total': 4}))\n"
-                      "os._exit(0)\n")
-    result = grade_file("rmsnorm", forged, allow_imports=True, timeout=20)
+    # leaves as it loads, with status 0, before its process answers anything (a reply it forges on
+    # the grader's pipe: tests/test_exercise_sandbox.py)
+    leaves = tmp_path / "leaves.py"
+    leaves.write_text("import os\nos._exit(0)\n")
+    result = grade_file("rmsnorm", leaves, allow_imports=True, timeout=20)
     assert result.status == "crashed" and not result.ok and "exit status 0" in result.diagnosis
 
 

@@ -308,30 +308,29 @@ def test_choice_scoring_on_a_constructed_case():
     assert result == {"accuracy": 1.0, "accuracy_per_token": 1.0, "chance": 0.5, "n": 2, "cut": 0}
 
 
+class RecordingModel(CountingModel):
+    """CountingModel keeping every batch of tokens it is given."""
+
+    def __init__(self):
+        self.seen = []
+
+    def forward(self, tokens, attention_mask=None):
+        self.seen.append(tokens)
+        return super().forward(tokens, attention_mask)
+
+
 def test_a_reading_comprehension_items_passage_is_read_before_its_question():
-    seen = []
-
-    class RecordingModel(CountingModel):
-        def forward(self, tokens, attention_mask=None):
-            seen.append(tokens)
-            return super().forward(tokens, attention_mask)
-
+    model = RecordingModel()
     items = [{"context": "1 2", "question": "3", "choices": ["4", "9"], "answer": 0}]
-    assert evaluate_choice(RecordingModel(), DigitTokenizer(), items, progress=False)["accuracy"] == 1.0
-    np.testing.assert_array_equal(seen[0][:, :5], [[0, 1, 2, 3, 4], [0, 1, 2, 3, 9]])   # <s> passage question choice
+    assert evaluate_choice(model, DigitTokenizer(), items, progress=False)["accuracy"] == 1.0
+    np.testing.assert_array_equal(model.seen[0][:, :5], [[0, 1, 2, 3, 4], [0, 1, 2, 3, 9]])   # <s> passage question choice
 
 
 def test_a_question_longer_than_the_context_keeps_its_start_token_and_end_and_fills_the_context():
-    seen = []
-
-    class RecordingModel(CountingModel):
-        def forward(self, tokens, attention_mask=None):
-            seen.append(tokens)
-            return super().forward(tokens, attention_mask)
-
+    model = RecordingModel()
     question = " ".join(str(i % 18 + 1) for i in range(40))     # 40 tokens, with <s> 41: over the 32
-    choice_logprobs(RecordingModel(), DigitTokenizer(), question, ["3 4", "7"])
-    (tokens,) = seen
+    choice_logprobs(model, DigitTokenizer(), question, ["3 4", "7"])
+    (tokens,) = model.seen
     limit = CountingModel.config.max_position_embeddings
     assert tokens.shape[1] == limit                              # as much question as fits, no more
     asked = DigitTokenizer().encode(question)

@@ -40,6 +40,8 @@ def run(args) -> int:
     from ..backend import get_backend, use_backend
     from ..classify import load_classifier
 
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.data is not None:
         if args.text or args.file:
             raise UsageError("--data scores a labelled file; give it without --text and --file")
@@ -63,8 +65,6 @@ def run(args) -> int:
         texts += [line for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") if line.strip()]
     if not texts:
         raise UsageError("give at least one --text or a --file with text")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     classifier = load_classifier(args.model, dtype=getattr(np, args.dtype), adapter=args.adapter)
     with use_backend(args.backend or get_backend()):
         probabilities = classifier.probabilities(texts, batch_size=args.batch_size)
@@ -91,10 +91,8 @@ def _score_file(args) -> int:
     from .. import datasets
     from ..backend import get_backend, use_backend
     from ..classify import load_classifier
-    from ..finetune import classification_metrics, format_metrics
+    from ..finetune import classification_metrics, format_metrics, majority_baseline
 
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     try:   # the file before the model: a wrong column or label costs no loading
         texts, labels, lines = datasets.read_labelled(args.data)
     except (OSError, ValueError) as error:
@@ -108,8 +106,7 @@ def _score_file(args) -> int:
     with use_backend(args.backend or get_backend()):
         predicted = classifier.probabilities(texts, batch_size=args.batch_size).argmax(1)
     metrics = classification_metrics(truth, predicted, len(names))
-    majority = int(np.bincount(truth, minlength=len(names)).argmax())
-    baseline = float(np.mean(np.asarray(truth) == majority))
+    majority, baseline = majority_baseline(truth, truth)    # the best constant answer on this file
     if args.json:
         print(json.dumps({"data": str(args.data), "n": len(texts), "label_names": list(map(str, names)),
                           "majority_baseline": baseline, **metrics}, ensure_ascii=False))

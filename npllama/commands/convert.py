@@ -65,10 +65,11 @@ def llama2c(args) -> int:
 def gguf(args) -> int:
     import importlib.util
 
+    from ..io.gguf_import import INSTALL_HINT, convert_gguf, looks_like_gguf   # (gguf itself is read later)
+
     checkpoint, out = _checked_paths(args)
     if importlib.util.find_spec("gguf") is None:
-        raise UsageError("reading GGUF needs the `gguf` package: pip install 'npllama[gguf]' (or pip install gguf)")
-    from ..io.gguf_import import convert_gguf, looks_like_gguf
+        raise UsageError(INSTALL_HINT)
 
     if not looks_like_gguf(checkpoint):
         raise UsageError(f"not a GGUF file: {str(checkpoint)!r}" + _hint(checkpoint))

@@ -27,13 +27,15 @@ def notebook_json(op) -> dict:
     read = "Read the derivation below, fill" if ex.derivation else "Fill"
     intro = (f"# Exercise: the backward pass of the {ex.title}\n\n"
              f"{read} in `{ex.backward_name}` in the next code cell, run it, then run the check.")
-    if ex.exercise_file:    # the check cell loads the teacher's file: it travels with the notebook
-        intro += f"  Keep `{Path(ex.exercise_file).name}` beside this notebook: the check reads the exercise from it."
-        importing, exercise = "from npllama.exercises import check_function, load_exercises", ex.loader()[1]
-    else:
+    if ex.builtin:
         intro += (f"  `npllama exercise train {ex.op} FILE` trains a real model with your function in place of "
                   f"the library's.")
         importing, exercise = "from npllama.exercises import check_function", repr(ex.op)
+    else:           # the check cell loads the exercise as Exercise.loader says
+        if ex.exercise_file:    # the teacher's file travels with the notebook
+            intro += f"  Keep `{Path(ex.exercise_file).name}` beside this notebook: the check reads the exercise from it."
+        loading, exercise = ex.loader()
+        importing = f"from npllama.exercises import check_function\n{loading}"
     check = f"{importing}\n\nprint(check_function({exercise}, {ex.backward_name}).format())"
     derivation = [_cell("markdown", dollar_math(derivation_markdown(ex.derivation)))] if ex.derivation else []
     cells = [_cell("markdown", intro), *derivation, _cell("code", starter), _cell("code", check)]

@@ -309,20 +309,18 @@ def check_file(op: str, path, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int
                               catch_everything=catch_everything)
 
 
-def screen_file(exercise: Exercise, path: Path, shown_as: str | None = None) -> Report | None:
+def screen_file(exercise: Exercise, path: Path, shown_as: str | None = None,
+                source: str | None = None) -> Report | None:
     """The report of a file screen.py's rule refuses, or that cannot be read as text; None when
-    it may run (a missing file is left to load_function to say)."""
+    it may run (a missing file is left to load_function to say).  source: its text, when the
+    caller has read it already (sandbox.grade_file, which keeps it for the finite-difference rule)."""
     if not path.is_file():
         return None
     shown_as = shown_as or str(path)
     try:
-        if path.stat().st_size > MAX_SOURCE_BYTES:
-            return Report(exercise, shown_as, [], load_error=f"{path.name} is {path.stat().st_size / 2**20:.0f} MB, "
-                                                             f"larger than a submission (at most "
-                                                             f"{MAX_SOURCE_BYTES // 2**20} MB are read)")
-        source = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        return Report(exercise, shown_as, [], load_error=f"{path.name} cannot be read as text: {error}")
+        source = read_submission(path) if source is None else source
+    except SubmissionError as error:
+        return Report(exercise, shown_as, [], load_error=str(error))
     reasons = screen_source(source, exercise.helpers, str(path))
     return Report(exercise, shown_as, [], refused="; ".join(reasons[:3])) if reasons else None
 
@@ -357,15 +355,26 @@ def _check_cases(n_random, seed) -> None:
             raise ValueError(f"{name} must be an int >= 0, got {value!r}")
 
 
+def read_submission(path: Path) -> str:
+    """The text of a submission file, at most MAX_SOURCE_BYTES of it; SubmissionError saying why it
+    cannot be read (the grader reads it outside the limits the file's code runs under)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_SOURCE_BYTES:
+            raise SubmissionError(f"{path.name} is {size / 2**20:.0f} MB, larger than a submission (at most "
+                                  f"{MAX_SOURCE_BYTES // 2**20} MB are read)")
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise SubmissionError(f"{path.name} cannot be read as text: {error}") from None
+
+
 def _read_source(source_file: str | None) -> str:
     """The submission's source, to look for the shape of a finite difference ('' when unreadable,
     and when it is not a file -- a named pipe would never end -- or larger than MAX_SOURCE_BYTES)."""
+    path = Path(source_file) if source_file else None
     try:
-        path = Path(source_file) if source_file else None
-        if path is None or not path.is_file() or path.stat().st_size > MAX_SOURCE_BYTES:
-            return ""
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        return read_submission(path) if path is not None and path.is_file() else ""
+    except SubmissionError:
         return ""
 
 

@@ -62,7 +62,6 @@ import os
 import pickle
 import select
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -79,8 +78,8 @@ DEFAULT_MEMORY_MB = 1024    # address space a submission may add to the child's 
 OUTPUT_TAIL = 400           # characters of the child's own output kept to explain a crash
 OUTPUT_LIMIT = 64 * 1024    # characters of the submission's output written at all; the rest is counted
 OUTPUT_SHOWN = 20           # lines of it `check` of one file shows
-_LENGTH = struct.Struct("<Q")   # the length in front of each request
-_POLL_MAX_MS = 2**31 - 1        # the longest wait poll() takes (24.8 days)
+_POLL_MAX_MS = 2**31 - 1     # the longest wait poll() takes (24.8 days)
+NOT_A_REPLY = "the process running it answered with something that is not a reply"
 # The child's program.  Not `python -m npllama.exercises.sandbox`: the package imports this module
 # first, and runpy's warning about running it a second time would be a crash's "last output".
 CHILD = "import sys; from npllama.exercises.sandbox import _child; sys.exit(_child(sys.argv[1:]))"
@@ -143,7 +142,8 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
     graded_on = dict(exercise=exercise.op, seed=seed, cases=n_random)
     start = time.perf_counter()
     source_text = _read_source(str(path))      # before any of it runs: the finite-difference rule reads it
-    report = None if allow_imports else screen_file(exercise, path, shown_as)
+    # screened as read ('' is an unreadable file, or an empty one: read again, to say why)
+    report = None if allow_imports else screen_file(exercise, path, shown_as, source=source_text or None)
     if report is not None:
         return _graded(path, report, time.perf_counter() - start, **graded_on)
     with tempfile.TemporaryDirectory(prefix="npllama-grade-") as scratch, \
@@ -320,12 +320,12 @@ class _Submission:
                                     f"submission runs in, whose current folder is a scratch one (read a data file by "
                                     f"a path relative to __file__): {str(header.get('text', ''))[:wire.MAX_TEXT]}")
         if header.get("kind") != "exercise_loaded":
-            self._stop("crashed", "the process running it answered with something that is not a reply")
+            self._stop("crashed", NOT_A_REPLY)
         header, _ = self._ask(None)
         if header.get("kind") == "load_error":
             return None, str(header.get("text", ""))[:wire.MAX_TEXT]
         if header.get("kind") != "ready":
-            self._stop("crashed", "the process running it answered with something that is not a reply")
+            self._stop("crashed", NOT_A_REPLY)
         return self.function(header), None
 
     def function(self, ready: dict):
@@ -365,7 +365,7 @@ class _Submission:
             else:
                 raise wire.WireError(f"a reply of kind {kind!r}")
         except (wire.WireError, *wire.MALFORMED):
-            self._stop("crashed", "the process running it answered with something that is not a reply")
+            self._stop("crashed", NOT_A_REPLY)
         raise error
 
     def output(self) -> str:
@@ -388,7 +388,7 @@ class _Submission:
             raise GradingStopped(self.why)
         try:
             if request is not None:
-                self._write(_LENGTH.pack(len(request)) + request)
+                self._write(wire.LENGTH.pack(len(request)) + request)
             return wire.read(self._read_exactly)
         except _Timeout:
             self._stop("timeout", f"stopped after {self.timeout:g} s of wall clock: an endless loop, or far too "
@@ -651,10 +651,10 @@ def _same_array(a, b) -> bool:
 
 def _read_request(stream):
     """The next call the grader sends (pickled: the child trusts its parent), None at the end."""
-    size = stream.read(_LENGTH.size)
-    if len(size) < _LENGTH.size:
+    size = stream.read(wire.LENGTH.size)
+    if len(size) < wire.LENGTH.size:
         return None
-    return pickle.loads(stream.read(_LENGTH.unpack(size)[0]))
+    return pickle.loads(stream.read(wire.LENGTH.unpack(size)[0]))
 
 
 def _send(fd: int, header: dict, arrays=()) -> None:

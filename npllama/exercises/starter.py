@@ -10,6 +10,7 @@ from .definitions import Exercise, get_exercise, path_argument
 from .derivation import backward_heading, explain_steps, explain_text
 from .screen import RULE
 
+
 def derivation_name(exercise: Exercise) -> str:
     """The exercise's derivation as its reader knows it: derivations/rmsnorm.md, or a teacher's
     gelu.md by its name, not by where it is."""
@@ -76,9 +77,9 @@ def starter_source(op, in_notebook: bool = False) -> str:
     """The student's file: the docstring (forward, shapes, the rule), the helpers' imports, the
     derivation's backward section as comments, and the function to fill in.  in_notebook: for the
     notebook's code cell, where the derivation is the cell above and a cell below checks."""
-    ex = get_exercise(op)
     from .teacher import describe_source
 
+    ex = get_exercise(op)
     imports = "import numpy as np\n"
     if ex.helpers:
         imports += "\n" + "".join(f"from {module} import {name}  # noqa: F401  (yours to use)\n"

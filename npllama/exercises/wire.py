@@ -40,7 +40,7 @@ MAX_TEXT = 2000               # characters of an exception's message, of a str
 MAX_INT_BITS = 4096           # an int larger than this travels as its class name only
 MAX_FRAMES = 40               # innermost frames of a traceback kept
 NUMBER_KINDS = "biufc"        # dtypes that travel: bool, ints, floats, complex
-_LENGTH = struct.Struct("<Q")
+LENGTH = struct.Struct("<Q")  # the length in front of a reply's header (and of each request, sandbox.py)
 
 
 # what reading a malformed header or description can raise (json nesting itself: RecursionError;
@@ -67,7 +67,7 @@ def encode(header: dict, arrays: list) -> bytes:
     arrays = [np.asarray(a, order="C") for a in arrays]     # (np.ascontiguousarray makes a 0-d array 1-d)
     header = {**header, "arrays": [[a.dtype.str, list(a.shape)] for a in arrays]}
     body = json.dumps(header).encode()
-    return _LENGTH.pack(len(body)) + body + b"".join(a.tobytes() for a in arrays)
+    return LENGTH.pack(len(body)) + body + b"".join(a.tobytes() for a in arrays)
 
 
 def describe(value, arrays: list):
@@ -134,7 +134,7 @@ def _size(n: int) -> str:
 def read(read_exactly) -> tuple[dict, list]:
     """(header, arrays) of the next reply; `read_exactly(n)` returns n bytes.  WireError for
     anything that is not a well-formed reply within the limits."""
-    (length,) = _LENGTH.unpack(read_exactly(_LENGTH.size))
+    (length,) = LENGTH.unpack(read_exactly(LENGTH.size))
     if length > HEADER_LIMIT:
         raise WireError(f"a reply header of {_size(length)} (at most {_size(HEADER_LIMIT)})")
     try:
@@ -142,16 +142,16 @@ def read(read_exactly) -> tuple[dict, list]:
         meta = [(np.dtype(dtype), tuple(int(n) for n in shape)) for dtype, shape in dict.pop(header, "arrays")]
     except MALFORMED as error:
         raise WireError(f"a malformed reply ({type(error).__name__})") from None
-    total = 0
+    sizes = []
     for dtype, shape in meta:
         if dtype.kind not in NUMBER_KINDS or dtype.fields is not None or any(n < 0 for n in shape):
             raise WireError(_array_text(dtype, shape))
-        total += dtype.itemsize * int(np.prod(shape, dtype=object))
-        if total > REPLY_LIMIT:
+        sizes.append(dtype.itemsize * int(np.prod(shape, dtype=object)))
+        if sum(sizes) > REPLY_LIMIT:
             raise WireError(f"more than {_size(REPLY_LIMIT)} of arrays")
     arrays = []
-    for dtype, shape in meta:
-        data = read_exactly(dtype.itemsize * int(np.prod(shape, dtype=object)))
+    for (dtype, shape), size in zip(meta, sizes):
+        data = read_exactly(size)
         try:    # an empty array can still have a shape NumPy refuses (65 dimensions, a dimension of 2**70)
             arrays.append(np.frombuffer(data, dtype=dtype).reshape(shape).copy())
         except MALFORMED:

@@ -51,13 +51,17 @@ def read_gguf(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.ndarray
     """(config, params) of a GGUF LLaMA: params under Hugging Face's names and layouts, q and k
     half-split, each array of `dtype` (float32 or float64).  A malformed file, another
     architecture or a tensor type we do not read is a CheckpointError (a ValueError)."""
-    from .hf import _check_memory_budget
-
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype must be np.float32 or np.float64, got {dtype}")
     path = Path(path)
-    reader = _reader(path)
+    return _read_model(path, _reader(path), dtype)
+
+
+def _read_model(path: Path, reader, dtype) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
+    """read_gguf's (config, params) from an open reader."""
+    from .hf import _check_memory_budget
+
     tensors = {t.name: t for t in reader.tensors}
     config = _config(path, reader, tensors)
     _check_memory_budget(path, config, dtype)
@@ -110,7 +114,11 @@ def gguf_tokenizer_model_bytes(path) -> bytes:
     llama.cpp's add_space_prefix as the dummy prefix.  GGUF does not carry the normalizer: the
     model is identity-normalized, as LLaMA's and as llama.cpp tokenizes."""
     path = Path(path)
-    reader = _reader(path)
+    return _tokenizer_model(path, _reader(path))
+
+
+def _tokenizer_model(path: Path, reader) -> bytes:
+    """gguf_tokenizer_model_bytes from an open reader."""
     model = _value(path, reader, "tokenizer.ggml.model")
     if model != "llama":
         raise CheckpointError(path, f"has a {model!r} vocabulary; npllama reads a SentencePiece one "
@@ -292,8 +300,10 @@ def convert_gguf(path, out, dtype=None) -> tuple[Path, bool]:
     tokenizer).  dtype: how to store the weights, as for save_hf_folder (None: float32)."""
     from .hf import save_hf_folder
 
-    config, params = read_gguf(path)
-    tokenizer = _value(Path(path), _reader(Path(path)), "tokenizer.ggml.model", None) == "llama"
-    extra = {"tokenizer.model": gguf_tokenizer_model_bytes(path)} if tokenizer else {}
+    path = Path(path)
+    reader = _reader(path)     # one reader for the weights and the vocabulary: the file is parsed once
+    config, params = _read_model(path, reader, np.dtype(np.float32))
+    tokenizer = _value(path, reader, "tokenizer.ggml.model", None) == "llama"
+    extra = {"tokenizer.model": _tokenizer_model(path, reader)} if tokenizer else {}
     save_hf_folder(out, config, params, dtype=dtype, extra_files=extra)
     return Path(out), tokenizer

@@ -31,7 +31,6 @@ llama2c --tokenizer tokenizer.model`) to keep its normalizer.
 """
 from __future__ import annotations
 
-import re
 import struct
 from pathlib import Path
 
@@ -39,13 +38,11 @@ import numpy as np
 
 from .errors import CheckpointError
 from .reading import read_bytes
-from .sentencepiece_model import BYTE, CONTROL, NORMAL, UNKNOWN, build_bpe_model
+from .sentencepiece_model import BYTE, BYTE_PIECE, CONTROL, NORMAL, SPACE, UNKNOWN, build_bpe_model
 
-SPACE = "\u2581"  # SentencePiece's visible space, "▁"
 # llama2.c's tokenizer.py wraps BOS and EOS in newlines; other exporters write them plainly.  Either
 # spelling is read as the control piece (run.c itself takes ids 1 and 2 as BOS and EOS).
 _EXPORTED_SPECIALS = {"\n<s>\n": "<s>", "\n</s>\n": "</s>", "<s>": "<s>", "</s>": "</s>"}
-_BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 # No real piece is this long; a larger length field means the file is not a tokenizer.bin.
 MAX_PIECE_BYTES = 1 << 16
 MAX_FILE_BYTES = 64 * 1024**2  # LLaMA's 32,000 pieces take 0.4 MB, LLaMA-3's 128,000 about 2 MB
@@ -111,6 +108,6 @@ def _piece_and_type(text: str) -> tuple[str, int]:
         return _EXPORTED_SPECIALS[text], CONTROL
     if text == "<unk>":
         return text, UNKNOWN
-    if _BYTE_PIECE.fullmatch(text):
+    if BYTE_PIECE.fullmatch(text):
         return text, BYTE
     return text.replace(" ", SPACE), NORMAL

@@ -14,6 +14,7 @@ which the GGUF and tokenizer.json exports need.
 from __future__ import annotations
 
 import math
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 PIECE_TYPES = (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE)
 MODEL_TYPE_UNIGRAM, MODEL_TYPE_BPE = 1, 2  # TrainerSpec.ModelType (also WORD = 3, CHAR = 4)
 MODEL_TYPE_NAMES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
+SPACE = "\u2581"   # "▁", the character SentencePiece writes a space as inside a piece
+BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")   # a byte-fallback piece's text: <0x0A> is byte 10
 
 # Field numbers in sentencepiece_model.proto.
 _MODEL_PIECES, _MODEL_TRAINER_SPEC, _MODEL_NORMALIZER_SPEC = 1, 2, 3

@@ -460,11 +460,15 @@ def load_choice_items(path) -> list[dict]:
 
 
 def split_train_val(n: int, val_fraction: float, seed: int = 0, what: str = "examples",
-                    val_file: bool = True) -> tuple[list[int], list[int]]:
+                    val_file: bool = True, strata=None) -> tuple[list[int], list[int]]:
     """A shuffled split of range(n) into (train, val) indices; both sides non-empty.
 
     what: the items' name in the error; val_file: whether the job takes a separate validation file
-    (the error suggests one only then)."""
+    (the error suggests one only then).  strata: one label per item, or None.  With labels, each label
+    is held out in proportion to its count (stratified): round(n * val_fraction) items in all, as
+    without, shared out by largest remainder, and a label keeps one item for training while another
+    label can give one instead -- so a rare label is neither held out whole by chance nor missing
+    from validation when its share rounds to one."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be strictly between 0 and 1, got {val_fraction!r}")
     order = list(range(n))
@@ -476,7 +480,34 @@ def split_train_val(n: int, val_fraction: float, seed: int = 0, what: str = "exa
         remedy = remedies[0] if len(remedies) == 1 else f"{', '.join(remedies[:-1])} or {remedies[-1]}"
         raise ValueError(f"cannot split {n} {what} with val_fraction={val_fraction}: one side would be empty "
                          f"(no {what} for {side}); give {remedy}")
-    return order[n_val:], order[:n_val]
+    if strata is None:
+        return order[n_val:], order[:n_val]
+    if len(strata) != n:
+        raise ValueError(f"strata must give one label per item ({n}), got {len(strata)}")
+    groups: dict = {}
+    for i in order:                          # each label's items in the shuffled order
+        groups.setdefault(strata[i], []).append(i)
+    held = _stratified_counts({label: len(items) for label, items in groups.items()}, n_val)
+    val = {i for label, items in groups.items() for i in items[:held[label]]}
+    return [i for i in order if i not in val], [i for i in order if i in val]
+
+
+def _stratified_counts(counts: dict, n_val: int) -> dict:
+    """How many of each label's items to hold out: n_val in all, each label's share of n_val rounded
+    by largest remainder (ties to the label seen first), at most count - 1 while the other labels
+    can make up the total."""
+    n = sum(counts.values())
+    exact = {label: c * n_val / n for label, c in counts.items()}
+    held = {label: int(e) for label, e in exact.items()}      # at most count - 1, as n_val < n
+    by_remainder = sorted(counts, key=lambda label: -(exact[label] - held[label]))
+    for keep in (1, 0):          # keep one for training; give it up only if nothing else makes n_val
+        while sum(held.values()) < n_val:
+            room = [label for label in by_remainder if held[label] < counts[label] - keep]
+            if not room:
+                break
+            for label in room[:n_val - sum(held.values())]:
+                held[label] += 1
+    return held
 
 
 def _existing_file(path) -> Path:

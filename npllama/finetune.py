@@ -383,7 +383,8 @@ class FinetuneSettings:
     # Settings that must not change when a run is resumed (the model, the data and its order); the
     # others (steps, lr, ...) may, and are recorded.  RESUME_QUIET ones steer only the one call.
     RESUME_FIXED = ("base", "data", "val_fraction", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
-                    "batch_size", "max_len", "seed", "dtype", "dataset", "labels", "val_data", "chat_template")
+                    "batch_size", "max_len", "seed", "dtype", "dataset", "labels", "val_data", "chat_template",
+                    "split")
     RESUME_QUIET = ("out", "progress", "samples")
     PATH_SETTINGS = ("base", "data", "val_data", "out", "chat_template")  # a respelled path is no change
 
@@ -428,6 +429,9 @@ class FinetuneSettings:
                           checkpoint_every=self.checkpoint_every)
 
 
+SPLITS = ("stratified", "shuffled")     # ClassifyConfig.split
+
+
 @dataclasses.dataclass
 class ClassifyConfig(FinetuneSettings):
     """`npllama finetune classify`.  Defaults: the built-in sentiment set, full fine-tuning.
@@ -439,6 +443,15 @@ class ClassifyConfig(FinetuneSettings):
     dataset: str = "sentiment"       # built-in example set: sentiment, topic, spam
     labels: tuple | None = None      # the label names in id order (the head's size); None: from the data
     val_data: str | None = None      # a separate validation file; None: split off val_fraction
+    split: str = "stratified"        # how val_fraction is split off: "stratified" by label, or "shuffled"
+
+    # a run folder saved before the split was stratified resumes with the split it trained on
+    SETTINGS_OF_OLDER_RUNS = {"split": "shuffled"}
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {self.split!r}")
 
 
 @dataclasses.dataclass
@@ -470,7 +483,8 @@ def _classification_data(cc: ClassifyConfig):
         # the whole file's labels encoded before the split: a rare label held out whole is still one of
         # them, and an error names the file's example, not one of the shuffled held-out share
         ids, names = datasets.encode_labels(labels, names, source=cc.data, lines=lines)
-        train_rows, val_rows = datasets.split_train_val(len(texts), cc.val_fraction, cc.seed)
+        train_rows, val_rows = datasets.split_train_val(len(texts), cc.val_fraction, cc.seed,
+                                                        strata=ids if cc.split == "stratified" else None)
         val_texts, val_ids = [texts[i] for i in val_rows], [ids[i] for i in val_rows]
         texts, train_ids = [texts[i] for i in train_rows], [ids[i] for i in train_rows]
     else:

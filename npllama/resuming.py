@@ -77,6 +77,8 @@ def saved_settings(run_dir, config_class, file_name: str) -> dict:
 
     path = require_settings(run_dir, file_name)
     saved = read_json(path, expect=dict, max_bytes=MAX_SETTINGS_BYTES, error=CheckpointError)
+    # a setting added since the run was saved: the value the run was made with, not today's default
+    saved = {**getattr(config_class, "SETTINGS_OF_OLDER_RUNS", {}), **saved}
     known = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(saved) - known)
     if unknown:

@@ -1,8 +1,12 @@
 """Built-in example datasets and the readers for users' files, with their error messages."""
+import collections
 import json
+import math
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from npllama.datasets import (encode_labels, label_names, load_choice_items, load_labelled, load_sft,
                               make_choice_items, make_dataset, make_instructions, read_labelled,
@@ -218,3 +222,37 @@ def test_split_and_bad_arguments():
         make_dataset("news")
     with pytest.raises(ValueError, match="n must be a positive int"):
         make_dataset("spam", 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(labels=st.lists(st.integers(0, 4), min_size=2, max_size=40), val_fraction=st.sampled_from([0.1, 0.2, 0.5, 0.9]),
+       seed=st.integers(0, 3))
+def test_a_stratified_split_holds_out_each_label_by_its_share(labels, val_fraction, seed):
+    n = len(labels)
+    try:
+        train, val = split_train_val(n, val_fraction, seed, strata=labels)
+    except ValueError:                           # one side empty, as without labels
+        assert round(n * val_fraction) in (0, n)
+        return
+    assert sorted(train + val) == list(range(n)) and len(val) == round(n * val_fraction)
+    counts = collections.Counter(labels)
+    held = collections.Counter(labels[i] for i in val)
+    if len(train) >= len(counts):               # room for every label in training: each keeps one
+        assert all(held[label] < counts[label] for label in counts), (counts, held)
+    if all(counts[label] - 1 >= math.ceil(counts[label] * len(val) / n) for label in counts):
+        # no label's limit below its share rounded up: each label's share is its exact share rounded
+        assert all(abs(held[label] - counts[label] * len(val) / n) < 1 for label in counts), (counts, held)
+    assert split_train_val(n, val_fraction, seed, strata=labels) == (train, val)    # seeded
+
+
+def test_a_stratified_split_by_hand():
+    labels = ["a"] * 16 + ["b"] * 3 + ["c"]
+    train, val = split_train_val(20, 0.2, 0, strata=labels)
+    assert sorted(labels[i] for i in val) == ["a", "a", "a", "b"]   # shares 3.2, 0.6, 0.2 of 4
+    # nine labels of one text and one of three, 5 of 12 held out: the label of three gives two, and
+    # three single texts go whole, as the 7 left for training cannot hold one of each of 10 labels
+    labels = list("abcdefghi") + ["z"] * 3
+    train, val = split_train_val(12, 0.45, 0, strata=labels)
+    assert len(val) == 5 and sum(labels[i] == "z" for i in val) == 2
+    with pytest.raises(ValueError, match=r"strata must give one label per item \(10\), got 9"):
+        split_train_val(10, 0.2, strata=[0] * 9)

@@ -144,10 +144,31 @@ def test_a_label_whose_only_text_is_held_out_is_still_one_of_the_files_labels(ba
     data = datasets.write_jsonl(tmp_path / "rare.jsonl", rows)
     said = []
     with use_backend("numpy"):
-        result = classify(ClassifyConfig(base=str(base_dir), data=str(data), steps=1, max_len=8, progress=False),
-                          echo=said.append)
+        result = classify(ClassifyConfig(base=str(base_dir), data=str(data), steps=1, max_len=8, progress=False,
+                                         split="shuffled"), echo=said.append)
     assert result.label_names == ("neg", "neutral", "pos") and sum(result.metrics["confusion"][1]) == 1
     assert "no training text has the label neutral: the head cannot learn to predict it" in said
+
+
+def test_the_default_split_holds_out_each_label_in_proportion(base_dir, tmp_path):
+    # 16 "pos", 3 "neg", 1 "neutral", val_fraction 0.2: 4 held out -- 3 pos and 1 neg by their shares
+    # (3.2 and 0.6); the one neutral text is trained on.  A shuffled split of the same rows held out
+    # no neg at all with this seed, or the neutral text with another.
+    labels = ["pos"] * 16 + ["neg"] * 3 + ["neutral"]
+    rows = [{"text": f"{label} day {i}", "label": label} for i, label in enumerate(labels)]
+    data = datasets.write_jsonl(tmp_path / "skewed.jsonl", rows)
+    counts = {}
+    for seed in range(4):
+        said = []
+        with use_backend("numpy"):
+            result = classify(ClassifyConfig(base=str(base_dir), data=str(data), steps=1, max_len=8, seed=seed,
+                                             progress=False), echo=said.append)
+        assert result.label_names == ("neg", "neutral", "pos")
+        counts[seed] = [sum(row) for row in result.metrics["confusion"]]   # validation texts per true label
+        assert not [line for line in said if "no training text has the label" in line]
+    assert all(c == [1, 0, 3] for c in counts.values()), counts
+    shuffled = [[labels[i] for i in datasets.split_train_val(20, 0.2, seed=seed)[1]] for seed in range(4)]
+    assert any("neg" not in held or "neutral" in held for held in shuffled), shuffled
 
 
 @pytest.mark.parametrize("lora", [False, True])

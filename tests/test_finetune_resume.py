@@ -3,6 +3,7 @@
 an uninterrupted run) and refuses settings that would make it another run."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,3 +190,34 @@ def test_bad_run_settings_are_one_line(tmp_path, capsys):
         assert main(["finetune", "classify", "--no-progress", *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_a_classify_run_saved_before_the_stratified_split_resumes_on_its_own_split(small_model_dir, tmp_path):
+    from npllama.datasets import split_train_val, write_jsonl
+    from npllama.finetune_run import settings_file
+
+    # skewed labels, so that the shuffled and the stratified split hold out different texts
+    labels = ["pos"] * 36 + ["neg"] * 4
+    data = write_jsonl(tmp_path / "skewed.jsonl", [{"text": f"{label} day {i}", "label": label}
+                                                   for i, label in enumerate(labels)])
+    held = {split: split_train_val(40, 0.2, 3, strata=labels if split == "stratified" else None)[1]
+            for split in ("shuffled", "stratified")}
+    assert sorted(held["shuffled"]) != sorted(held["stratified"])
+    # the run, as an older npllama saved it: shuffled split, settings without "split"
+    out = tmp_path / "run"
+    first = run_job("classify", settings("classify", small_model_dir, out=str(out), steps=3, split="shuffled",
+                                         data=str(data)))
+    settings_path = out / settings_file("classify")
+    saved = json.loads(settings_path.read_text())
+    assert saved.pop("split") == "shuffled"
+    settings_path.write_text(json.dumps(saved))
+    twin = tmp_path / "twin"
+    shutil.copytree(out, twin)
+    assert main(["finetune", "classify", "--out", str(out), "--resume", "--steps", "5", "--no-progress",
+                 "--backend", "numpy"]) == 0
+    # the same resume in Python, with the shuffled split named: the same batches, the same losses
+    (twin / settings_file("classify")).write_text(json.dumps({**saved, "split": "shuffled", "out": str(twin)}))
+    named = run_job("classify", settings("classify", small_model_dir, out=str(twin), steps=5, split="shuffled",
+                                         data=str(data)), resume=True)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in log if "loss" in r] == named.losses and named.losses[:3] == first.losses

@@ -42,7 +42,8 @@ def register(subparsers) -> None:
                    "sorted labels found in the data; a .jsonl file's integer labels >= 0 are class ids "
                    "from 0 to the largest, so labels 1-5 make six classes)")
     c.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                   help="share of the examples held out for validation")
+                   help="share of the examples held out for validation, each label in proportion to its "
+                   "count (a label keeps one example for training)")
     c.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 3e-4, with --lora 3e-3)")
     c.add_argument("--max-len", type=int, default=d.max_len, help="tokens kept per text, from its beginning "
                    "(the head reads the last one kept)")

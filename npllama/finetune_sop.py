@@ -28,7 +28,8 @@ import numpy as np
 
 from .finetune import FinetuneSettings, _write_info, lora_dropout_on, loss_change, run_steps
 from .objectives import (SOP_HEAD, TASKS, SentenceOrderBatches, check_pair_tokenizer, encode_pair,
-                         evaluate_sentence_order, init_sop_head, mlm_sop_loss_and_grads, split_sentences)
+                         evaluate_sentence_order, init_sop_head, mlm_sop_loss_and_grads, split_sentences,
+                         unk_in_text_note)
 
 HEAD_FILE = "sop_head.safetensors"        # the binary head, beside the model's own files
 DEFAULT_STORIES = 3000                   # built-in documents when no --data is given
@@ -140,6 +141,9 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
          f"{len(val)} validation pairs; bidirectional attention"
          + (" (the base was trained causally: the result is a masked-LM model)" if was_causal else ""))
     echo(head_source)
+    unk_note = unk_in_text_note(np.concatenate(train.examples), tokenizer)
+    if unk_note:
+        echo(unk_note)
 
     before = evaluate_sentence_order(model, head, val_batches)
     sc = sc_.step_config(full_lr=1e-3, lora_lr=5e-3)

@@ -25,7 +25,8 @@ encoders; here they are, on the very same stack:
 The mask token.  LLaMA's vocabulary has no [MASK] piece, and adding one would change vocab_size
 (and every checkpoint's shapes).  We use <unk> (id 0) instead: LLaMA's tokenizer spells every
 unknown character with byte pieces (byte_fallback), so <unk> never occurs in encoded text -- its
-embedding row is otherwise unused, free to mean "masked".  See `mask_token_id`.
+embedding row is otherwise unused, free to mean "masked".  See `mask_token_id`; a tokenizer
+without byte fallback does write <unk>, and the jobs say how often (`unk_in_text_note`).
 
 Labels follow Hugging Face (BertForPreTraining, AlbertForPreTraining): 0 = B really follows A
 (in order), 1 = swapped (SOP) or random (NSP).  Derivations: derivations/mlm.md,
@@ -67,6 +68,24 @@ def mask_token_id(tokenizer) -> int:
                          "use a SentencePiece tokenizer.model, or a tokenizer.json whose tokenizer_config.json "
                          "names an unk_token")
     return int(tokenizer.unk_id)
+
+
+def unk_in_text_note(token_ids, tokenizer) -> str | None:
+    """A line for the log when the text itself holds <unk>, which masked-LM uses as its mask: a
+    tokenizer without byte fallback spells a character it does not know as <unk>, and the model
+    then reads those positions as masked ones (they are never chosen for prediction).  None if none.
+
+    token_ids: the encoded text, flat (an int array or list)."""
+    token_ids = np.asarray(token_ids)
+    if tokenizer.unk_id is None or token_ids.size == 0:
+        return None
+    count = int(np.count_nonzero(token_ids == tokenizer.unk_id))
+    if count == 0:
+        return None
+    return (f"{count:,} of {token_ids.size:,} tokens of the text are <unk> ({100 * count / token_ids.size:.2g}%): "
+            f"characters this tokenizer cannot spell (it has no byte fallback).  Masked-LM uses <unk> as its "
+            f"mask, so the model reads them as masked tokens; a tokenizer trained with byte fallback (npllama "
+            f"tokenizer train) has none")
 
 
 def special_token_ids(tokenizer) -> tuple[int, ...]:

@@ -316,10 +316,13 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, v
 
     loss_and_grads, loss = model.loss_and_grads, model.loss
     if tc.objective == "mlm":  # the bidirectional stack predicting masked tokens (npllama/objectives.py)
-        from .objectives import mlm_objective
+        from .objectives import mlm_objective, unk_in_text_note
 
         loader, val_batches, loss_and_grads, loss = mlm_objective(model, tokenizer, loader, val_batches,
                                                                   seed=tc.seed)
+        unk_note = unk_in_text_note(train_ids, tokenizer)
+        if unk_note:
+            echo(unk_note)
     loop = _Loop(tc, run_dir, model, optimizer, loader, val_batches, tokenizer, echo, loss_and_grads, loss,
                  helper)
     loop.restore_losses(state)

@@ -55,6 +55,9 @@ def test_train_refuses_a_vocab_size_that_disagrees_with_its_tokenizer(tmp_path, 
     (["finetune", "sop", "--doc-separator", "whole-file"], "--doc-separator"),
     (["finetune", "sop", "--data", "{docs}", "--stories", "50"], "--stories"),  # --data replaces the stories
     (["finetune", "classify", "--data", "{docs}", "--dataset", "topic"], "--dataset"),
+    # a validation file replaces the held-out share and how it is chosen
+    (["finetune", "classify", "--data", "{docs}", "--val-data", "{docs}", "--val-fraction", "0.3"], "--val-fraction"),
+    (["finetune", "classify", "--data", "{docs}", "--val-data", "{docs}", "--split", "shuffled"], "--split"),
 ])
 def test_a_flag_about_the_built_in_data_or_about_data_files_is_refused_where_it_would_not_apply(
         tmp_path, capsys, argv, flag):

@@ -382,3 +382,40 @@ def test_mlm_objective_plugs_into_a_causal_training_loop(tmp_path):
         optimizer.step(loss_and_grads(*loader.next_batch())[1])
     assert loader.state_dict()["batch_index"] == 30 % len(loader)
     assert loss(inputs, targets) < before
+
+
+# ----- <unk> in the text itself: the mask's one ambiguity -------------------------------------------
+def test_text_holding_unk_is_reported_for_masked_lm(tmp_path, capsys):
+    import npllama.cli
+    from npllama import Tokenizer
+    from npllama.corpus import make_default_corpus
+    from npllama.objectives import unk_in_text_note
+
+    stories = make_default_corpus(300)
+    without = Tokenizer.train(stories, tmp_path / "no_fallback", vocab_size=300, byte_fallback=False)
+    with_fallback = Tokenizer.train(stories, tmp_path / "fallback", vocab_size=512)
+    text = "The cat ☃ sat on the ☃ mat."
+    ids = without.encode(text)
+    assert ids.count(without.unk_id) == 2
+    assert unk_in_text_note(ids, without).startswith(f"2 of {len(ids)} tokens of the text are <unk>")
+    assert unk_in_text_note(with_fallback.encode(text), with_fallback) is None
+    assert unk_in_text_note([], without) is None
+    # `npllama train --objective mlm` says so, with its count over the training text
+    data = tmp_path / "snow.txt"
+    data.write_text("\n\n".join(story.replace(". ", ". ☃ ", 1) for story in stories))
+    assert npllama.cli.main(["train", "--objective", "mlm", "--tokenizer", str(tmp_path / "no_fallback.model"),
+                             "--data", str(data), "--steps", "1", "--batch-size", "2", "--seq-len", "16",
+                             "--eval-every", "0", "--eval-batches", "1", "--samples", "0", "--threads", "1",
+                             "--no-progress", "--backend", "numpy", "--out", str(tmp_path / "run")]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "are <unk>" in line]
+    assert len(said) == 1 and "Masked-LM uses <unk> as its mask" in said[0]
+    count = int(said[0].split()[0].replace(",", ""))
+    assert count >= 0.9 * 0.95 * len(stories)          # one snowman a story, 5% held out for validation
+    # and `npllama finetune sop` on that model, over its training pairs
+    few = tmp_path / "few.txt"
+    few.write_text("\n\n".join(data.read_text().split("\n\n")[:20]))
+    assert npllama.cli.main(["finetune", "sop", "--base", str(tmp_path / "run"), "--data", str(few),
+                             "--steps", "1", "--batch-size", "2", "--max-len", "32", "--no-progress",
+                             "--backend", "numpy"]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "are <unk>" in line]
+    assert len(said) == 1 and "Masked-LM uses <unk> as its mask" in said[0]

@@ -44,6 +44,10 @@ def register(subparsers) -> None:
     c.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="share of the examples held out for validation, each label in proportion to its "
                    "count (a label keeps one example for training)")
+    c.add_argument("--split", default=d.split, choices=["stratified", "shuffled"],
+                   help="how --val-fraction is held out: stratified (each label by its share) or shuffled "
+                   "(a random share, whatever their labels; a run saved before npllama "
+                   "stratified resumes shuffled)")
     c.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 3e-4, with --lora 3e-3)")
     c.add_argument("--max-len", type=int, default=d.max_len, help="tokens kept per text, from its beginning "
                    "(the head reads the last one kept)")
@@ -156,6 +160,10 @@ DATA_FLAG_RULES = (
     ("stories", lambda c: c.data is None, "sizes the built-in stories, used only without --data"),
     ("doc_separator", lambda c: c.data is not None, "says how --data's .txt files are cut into documents, so it "
                                                     "needs --data"),
+    ("val_fraction", lambda c: getattr(c, "val_data", None) is None, "holds a share of the examples out for "
+                                                                    "validation, which --val-data replaces"),
+    ("split", lambda c: c.val_data is None, "says how --val-fraction's share is held out, which --val-data "
+                                            "replaces"),
 )
 
 

@@ -322,3 +322,12 @@ def test_a_file_the_sandbox_cannot_load_stops_the_grading_instead_of_failing_eve
     with pytest.raises(ExerciseFileError, match="cannot be loaded in the process a submission runs in"):
         gradebook.grade_folder(gelu, tmp_path / "class", n_random=1, workers=1)
     assert len(graded) <= 2      # the one that stopped it, and one the worker may have begun meanwhile
+
+
+def test_exercise_train_refuses_an_exercise_the_model_does_not_run_naming_the_ops_it_does(gelu_file, tmp_path,
+                                                                                          capsys):
+    (tmp_path / "alice.py").write_text(RIGHT)
+    assert main(["exercise", "train", "--exercise-file", str(gelu_file), "gelu", str(tmp_path / "alice.py")]) == 2
+    err = capsys.readouterr().err
+    assert "exercise 'gelu' of gelu_exercise.py replaces gelu_forward/gelu_backward, which the model's " in err
+    assert "rmsnorm_forward/rmsnorm_backward" in err and len(err.splitlines()) == 1

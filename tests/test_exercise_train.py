@@ -114,3 +114,50 @@ def test_system_exit_inside_the_run_is_reported_with_its_line(tmp_path):
     result = train_with_submission("rmsnorm", path, out=tmp_path / "d", echo=lambda *a: None, **SMALL)
     assert not result.ok and result.yours == []
     assert "raised SystemExit: 3 (line 3 of sysexit.py: raise SystemExit(3))" in result.stopped
+
+
+# ----- a teacher's own exercise (--exercise-file) ---------------------------------------------------------
+VARIANT = """from npllama.exercises.definitions import RMSNorm
+
+
+class WideRMSNorm(RMSNorm):
+    op, module = "rmsnorm_wide", "npllama.ops.rmsnorm"
+    edge_cases = [dict(lead_shape=(2,), D=16, eps=1e-5, seed=1)]
+"""
+
+OWN_FORWARD = """from npllama.exercises.checks import SEED, Choice, Ints, Shape
+from npllama.exercises.definitions import RMSNorm
+from npllama.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward as library_forward
+
+
+def rmsnorm_forward(x, weight, eps):     # a variant written for a matrix of rows only
+    if x.ndim != 2:
+        raise ValueError(f"x must be (rows, D), got {x.shape}")
+    return library_forward(x, weight, eps)
+
+
+class RowsOnly(RMSNorm):
+    op = "rmsnorm_rows"
+    space = dict(lead_shape=Shape(1, 1, 1, 3), D=Ints(1, 6), eps=Choice((1e-6, 1e-5)), seed=SEED)
+    edge_cases = [dict(lead_shape=(2,), D=4, eps=1e-5, seed=1)]
+"""
+
+
+def test_a_teachers_variant_of_a_model_op_trains_and_a_forward_the_model_cannot_call_is_named(tmp_path, capsys):
+    from npllama.cli import main
+    from npllama.exercises import load_exercises
+
+    (tmp_path / "variant.py").write_text(VARIANT)
+    right = tmp_path / "right.py"
+    right.write_text(CORRECT["rmsnorm"])
+    assert main(["exercise", "train", "--exercise-file", str(tmp_path / "variant.py"), "rmsnorm_wide", str(right),
+                 "--steps", "3", "--batch-size", "2", "--seq-len", "16", "--out", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "exactly as the library's" in out and (tmp_path / "c" / "reference").is_dir()
+    # a forward the model cannot call, named as the teacher's
+    (tmp_path / "own.py").write_text(OWN_FORWARD)
+    rows_only = load_exercises(tmp_path / "own.py")["rmsnorm_rows"]      # its own cases pass
+    with pytest.raises(ValueError, match=r"exercise 'rmsnorm_rows' of own.py: the model cannot train with its "
+                                         r"rmsnorm_forward and reference rmsnorm_backward in place of its own: "
+                                         r"ValueError: x must be \(rows, D\), got \(\d+, 16, 128\)"):
+        train_with_submission(rows_only, right, out=tmp_path / "d", echo=lambda *a: None, **SMALL)

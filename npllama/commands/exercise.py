@@ -20,7 +20,7 @@ def register(subparsers) -> None:
                     "subfolders, one per student) and writes a gradebook; `notebook OP` writes the exercise as a "
                     "Jupyter notebook; `train OP FILE` trains the tiny model with your backward.  `npllama explain OP` prints the derivation.  "
                     "A teacher's own exercise (GELU, a LayerNorm variant, ...) is a .py file given to list, "
-                    "start, notebook and check with --exercise-file FILE.")
+                    "start, notebook, check and train with --exercise-file FILE.")
     sub = p.add_subparsers(dest="action", metavar="<action>")
     sub.required = True
 
@@ -57,6 +57,10 @@ def register(subparsers) -> None:
     trainer.add_argument("--seq-len", type=int, default=64, help="tokens per sequence")
     trainer.add_argument("--seed", type=int, default=0, help="seed of the model and the batches (both runs)")
     trainer.add_argument("--out", default=None, help="folder for the two runs and the plot (default: a temporary one)")
+    trainer.add_argument("--exercise-file", default=None, metavar="FILE",
+                         help=EXERCISE_FILE_HELP + "; its exercise must stand for an op of the model (forward_name "
+                              "and backward_name those of one: a variant of rmsnorm, say), whose forward and "
+                              "reference then train the reference run")
     trainer.set_defaults(run=run_train)
 
     check = sub.add_parser("check", help="check a file (or every .py file in a folder and its subfolders)",
@@ -207,15 +211,14 @@ def run_check(args) -> int:
 def run_train(args) -> int:
     from pathlib import Path
 
-    from ..exercises import get_exercise
     from ..exercises.runner import SubmissionError
     from ..exercises.training import train_with_submission
 
-    get_exercise(args.op)
+    exercise = exercise_of(args)
     if not Path(args.path).is_file():
         raise FileNotFoundError(f"{args.path} does not exist (give your .py file)")
     try:
-        comparison = train_with_submission(args.op, args.path, steps=args.steps, batch_size=args.batch_size,
+        comparison = train_with_submission(exercise, args.path, steps=args.steps, batch_size=args.batch_size,
                                            seq_len=args.seq_len, seed=args.seed, out=args.out)
     except SubmissionError as error:
         raise UsageError(str(error)) from None

@@ -114,11 +114,8 @@ def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 
     memory limits), so that a file that hangs, exits or cannot be used stops here with the
     checker's words (SubmissionError) before anything slow; one that only fails checks still trains."""
     exercise = get_exercise(op)
-    if op not in MODEL_BACKWARDS:
-        # the block and the model are the pre-training step, but made of ops: only an op can be swapped in
-        why = ("is assembled from the ops' backward passes, and training swaps in one op's backward at a time"
-               if isinstance(exercise, Assembled) else "is not part of the model's pre-training step")
-        raise ValueError(f"exercise {op!r} {why}; `exercise train` takes one of: {', '.join(MODEL_BACKWARDS)}")
+    if model_op_of(exercise) is None:
+        raise ValueError(_not_trainable(exercise))
     for name, value, low in (("steps", steps, 2), ("batch_size", batch_size, 1), ("seq_len", seq_len, 2)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -133,13 +130,22 @@ def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 
     backward = _load(exercise, path)
     from ..train import TrainConfig, train
 
+    op = exercise.op
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"npllama-train-{op}-"))
     settings = dict(steps=steps, batch_size=batch_size, seq_len=seq_len, seed=seed, eval_every=steps,
                     checkpoint_every=steps, samples=0, corpus_stories=corpus_stories, progress=progress)
     quiet = (lambda *a, **k: None)
     echo(f"training the tiny model for {steps} steps with the library's {exercise.backward_name} ...")
-    with in_the_model(exercise, exercise.reference):
-        train(TrainConfig(out=str(folder / "reference"), **settings), echo=quiet)
+    try:
+        with in_the_model(exercise, exercise.reference):
+            train(TrainConfig(out=str(folder / "reference"), **settings), echo=quiet)
+    except Exception as error:
+        if not exercise.exercise_file:
+            raise
+        # a teacher's forward and reference run in the model as its own op's: say whose they are
+        raise ValueError(f"exercise {op!r} of {Path(exercise.exercise_file).name}: the model cannot train with "
+                         f"its {exercise.forward_name} and reference {exercise.backward_name} in place of its "
+                         f"own: {type(error).__name__}: {error}") from error
     echo(f"... and again with yours ({path}) in its place")
     stopped = ""
     calls = [0]
@@ -168,6 +174,31 @@ def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 
     comparison = TrainComparison(op, list(range(1, len(reference) + 1)), reference, yours, stopped, verdict, ok)
     comparison.plot = _plot(comparison, folder / f"{op}_losses.png")
     return comparison
+
+
+def model_op_of(exercise) -> str | None:
+    """The op of the model's training step whose forward and backward the exercise's functions stand
+    for, by their names (a teacher's variant of rmsnorm trains as rmsnorm does), or None."""
+    for name in MODEL_BACKWARDS:
+        own = get_exercise(name)
+        if (exercise.forward_name, exercise.backward_name) == (own.forward_name, own.backward_name):
+            return name
+    return None
+
+
+def _not_trainable(exercise) -> str:
+    ops = ", ".join(MODEL_BACKWARDS)
+    if exercise.exercise_file:
+        pairs = ", ".join(f"{get_exercise(name).forward_name}/{get_exercise(name).backward_name}"
+                          for name in MODEL_BACKWARDS)
+        return (f"exercise {exercise.op!r} of {Path(exercise.exercise_file).name} replaces "
+                f"{exercise.forward_name}/{exercise.backward_name}, which the model's training step does not "
+                f"run; `exercise train` takes an exercise whose forward_name and backward_name are one of the "
+                f"model's: {pairs}")
+    # the block and the model are the pre-training step, but made of ops: only an op can be swapped in
+    why = ("is assembled from the ops' backward passes, and training swaps in one op's backward at a time"
+           if isinstance(exercise, Assembled) else "is not part of the model's pre-training step")
+    return f"exercise {exercise.op!r} {why}; `exercise train` takes one of: {ops}"
 
 
 def why_the_run_stopped(error: BaseException, path, exercise) -> str:
@@ -216,7 +247,7 @@ def _backend() -> str:
 def _load(exercise, path: Path):
     # (grade_file has screened the file in the sandbox: a refused one never gets here)
     with guard_library(exercise):
-        return load_function(exercise.op, path, catch_everything=True)
+        return load_function(exercise, path, catch_everything=True)
 
 
 def _losses(run_dir: Path) -> list[float]:

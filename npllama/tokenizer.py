@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import os
 import re
 import warnings
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
+from .io.reading import read_lines
 from .ops._checks import require_non_negative_int, require_path
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -151,7 +153,8 @@ class Tokenizer:
             encoded, newlines included (documents longer than `max_sentence_length` bytes are cut
             after a newline, and such long lines at spaces, because SentencePiece skips over-long
             sentences) -- or files: a `str`/`os.PathLike` path,
-            or an iterable of `pathlib.Path`, each a plain-text file read one line per sentence.
+            or an iterable of `pathlib.Path`, each a UTF-8 text file read one line per sentence (any
+            size: read a line at a time; \\r\\n and \\r end lines too; long lines cut at spaces).
         vocab_size: the number of pieces, including 256 byte pieces and <unk>, <s>, </s>.  If the
             corpus cannot fill it, ValueError suggests the largest size that works.
         input_sentence_size: at most this many sentences (documents, or lines of files) are used, sampled uniformly when the
@@ -178,12 +181,20 @@ class Tokenizer:
         options.update(trainer_options)
         files = _as_files(texts_or_files)
         if files is None:
-            sentences = list(_sentences(texts_or_files, max_sentence_length))
-            if not sentences:
-                raise ValueError("cannot train a tokenizer on no text: texts_or_files has no non-empty lines")
-            options["sentence_iterator"] = iter(sentences)
+            sentences = iter(list(_sentences(texts_or_files, max_sentence_length)))
+            nothing = "texts_or_files has no non-empty lines"
         else:
-            options["input"] = ",".join(str(f) for f in files)
+            # Read here, not by SentencePiece: it would train on \r (Windows line ends) and U+FFFD (bytes
+            # that are not UTF-8) without a word, and skip a line longer than max_sentence_length.
+            sentences = (sentence for file in files for line in read_lines(file) if line.strip()
+                         for sentence in _chunk(line, max_sentence_length))
+            nothing = (f"the training file(s) {', '.join(repr(str(f)) for f in files[:3])}"
+                       f"{' ...' if len(files) > 3 else ''} hold only white space")
+        first = next(sentences, None)
+        if first is None:
+            raise ValueError(f"cannot train a tokenizer on no text: {nothing}")
+        reading = _Reading(itertools.chain([first], sentences))
+        options["sentence_iterator"] = iter(reading)
         spm.set_random_generator_seed(seed)
         # SentencePiece writes into memory and we write the files: atomically (a kill never leaves
         # half a model), and a full disk is an OSError saying so, not "not a valid model" later.
@@ -191,8 +202,12 @@ class Tokenizer:
         options["model_writer"] = model
         try:
             spm.SentencePieceTrainer.train(**options)
+            failure = None
         except RuntimeError as exc:
-            raise _explain_training_error(exc, vocab_size, options["character_coverage"]) from None
+            failure = _explain_training_error(exc, vocab_size, options["character_coverage"])
+        reading.raise_error()   # a file that could not be read comes first: SentencePiece's failure follows from it
+        if failure is not None:
+            raise failure
         trained = cls.from_bytes(model.getvalue(), f"{model_prefix}.model")
         _write_trained_file(Path(f"{model_prefix}.model"), trained.model_bytes)
         _write_trained_file(Path(f"{model_prefix}.vocab"), trained.vocab_text().encode("utf-8"))
@@ -400,15 +415,25 @@ def _as_files(texts_or_files) -> list[Path] | None:
         if not item.is_file():
             raise ValueError(f"training file {str(item)!r} does not exist (to train on text, pass a "
                              f"list of strings instead of a path)")
-    from .io.reading import holds_text
-
-    # SentencePiece reads the files itself: it would train on U+FFFD for every byte that is not
-    # UTF-8, without a word, and stop with an internal CHECK failure on files holding no text.
-    if not [item for item in items if holds_text(item)]:
-        raise ValueError(f"cannot train a tokenizer on no text: the training file(s) "
-                         f"{', '.join(repr(str(i)) for i in items[:3])}{' ...' if len(items) > 3 else ''} "
-                         f"hold only white space")
     return items
+
+
+class _Reading:
+    """The sentences, handed to SentencePiece, which turns an error raised while it reads them into a
+    RuntimeError of its own: the error is kept, to be raised as it was (naming the file and line)."""
+
+    def __init__(self, sentences: Iterator[str]):
+        self.sentences, self.error = sentences, None
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            yield from self.sentences
+        except (ValueError, TypeError, OSError) as error:
+            self.error = error
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 def _sentences(texts: Iterable[str], max_bytes: int) -> Iterator[str]:

@@ -73,12 +73,30 @@ def test_jsonl_errors_name_file_and_line(tmp_path, bad_line, message):
 def test_chinese_text_saved_as_gbk_is_refused_saying_how_to_convert_it(tmp_path):
     # Chinese Windows saves text as GBK (GB18030): before, only "is not UTF-8 text (byte 0: ...)"
     (tmp_path / "zh.txt").write_bytes("今天天气晴朗，小明去了公园。\n".encode("gb18030") * 20)
-    with pytest.raises(ValueError, match=r"zh.txt: is not UTF-8 text \(byte 0: .*it reads as Chinese text in "
+    with pytest.raises(ValueError, match=r"zh.txt: is not UTF-8 text \(byte 0, line 1: .*it reads as Chinese text in "
                                          r"GB18030/GBK.*iconv -f GB18030 -t UTF-8"):
         load_texts(tmp_path / "zh.txt")
     (tmp_path / "fr.txt").write_bytes("Un caf\xe9 na\xefve, s'il vous pla\xeet.\n".encode("latin-1") * 20)
-    with pytest.raises(ValueError, match=r"fr.txt: is not UTF-8 text \(byte 6: [^;]*$"):   # no advice
+    with pytest.raises(ValueError, match=r"fr.txt: is not UTF-8 text \(byte 6, line 1: [^;]*$"):   # no advice
         load_texts(tmp_path / "fr.txt")
+
+
+@pytest.mark.parametrize("data, message", [
+    # Notepad's "Unicode": before, "is not UTF-8 text (byte 0: invalid start byte)", with no word of what it is
+    ("Hello.\r\n\r\nWorld.\r\n".encode("utf-16"), r"u.txt: is UTF-16 text .*iconv -f UTF-16 -t UTF-8"),
+    # UTF-16 without its byte-order mark is valid UTF-8 with every other byte NUL: before, read and
+    # trained on as "H\x00e\x00l\x00..." without a word
+    ("Hello.\n\nWorld.\n".encode("utf-16-le"), r"u.txt: holds a NUL byte \(byte 1, line 1\).*UTF-16LE text "
+                                                r"without a byte-order mark.*iconv -f UTF-16LE -t UTF-8"),
+    ("Hello.\n\nWorld.\n".encode("utf-16-be"), r"byte 0, line 1.*iconv -f UTF-16BE"),
+    (b"one\n\ntwo\r\nth\x00ree\n", r"u.txt: holds a NUL byte \(byte 12, line 4\).*tr -d"),   # a stray one: also refused
+    # Latin-1 / Windows-1252 far into a file: before, only the byte, to be counted by hand
+    (b"caf\xc3\xa9\n" * 3 + b"\r\n\rna\xefve\n", r"u.txt: is not UTF-8 text \(byte 23, line 6: "),
+])
+def test_text_that_is_not_utf8_is_refused_naming_line_byte_and_encoding(tmp_path, data, message):
+    (tmp_path / "u.txt").write_bytes(data)
+    with pytest.raises(ValueError, match=message):
+        load_texts(tmp_path / "u.txt")
 
 
 def test_line_makes_each_line_a_document(tmp_path):

@@ -281,6 +281,26 @@ def test_train_from_files(tmp_path):
         assert t.decode(t.encode(story)) == story
 
 
+def test_files_are_read_as_text_whatever_their_line_ends(stories, tmp_path):
+    """Files are read by us, not by SentencePiece, which before learned "\\r" and ".\\r" pieces from a
+    Windows file, failed with "INTERNAL: ... [!sentences_.empty()]" on an old-Mac file (one line,
+    too long to train on) and dropped every line over max_sentence_length without a word."""
+    lines = stories[:300]
+    files = {"unix": "\n".join(lines) + "\n", "windows": "\ufeff" + "\r\n".join(lines) + "\r\n",
+             "mac": "\r".join(lines) + "\r"}
+    for name, text in files.items():
+        (tmp_path / f"{name}.txt").write_bytes(text.encode("utf-8"))
+    unix = Tokenizer.train(tmp_path / "unix.txt", tmp_path / "unix", 400)
+    for name in ("windows", "mac"):
+        assert Tokenizer.train(tmp_path / f"{name}.txt", tmp_path / name, 400).model_bytes == unix.model_bytes, name
+    long_line = " ".join(["Zyxwvutsr"] * 2000)   # 20 kB: over max_sentence_length, cut at spaces
+    (tmp_path / "long.txt").write_text("\n".join(lines) + "\n" + long_line + "\n", encoding="utf-8")
+    assert Tokenizer.train(tmp_path / "long.txt", tmp_path / "long", 400).piece_to_id("\u2581Zyxwvutsr") != 0
+    (tmp_path / "nul.txt").write_bytes(("\n".join(lines) + "\nbad\0line\n").encode("utf-8"))
+    with pytest.raises(ValueError, match=r"nul\.txt: holds a NUL byte \(byte \d+, line 301\)"):
+        Tokenizer.train(tmp_path / "nul.txt", tmp_path / "nul", 400)
+
+
 def test_documents_longer_than_a_sentencepiece_sentence_are_chunked(stories, tmp_path):
     # One huge line: SentencePiece alone would skip it (max_sentence_length) and find no text.
     one_line = " ".join(stories[:300])

@@ -10,15 +10,16 @@ What can go wrong, and what the caller gets instead (a ValueError naming the fil
   /dev/zero (endless), a folder -- refused before a byte is read (the open does not block);
 - bigger than the budget: refused from its size before it is read, and the read itself stops
   at the budget (a file that grows meanwhile cannot push past it);
-- not UTF-8, not JSON, nested deeper than Python's parser can follow (RecursionError), or JSON
+- not UTF-8 (the byte and the line named; UTF-16, as Windows Notepad saves "Unicode", and NUL
+  bytes refused as such, with how to convert), not JSON, nested deeper than Python's parser can follow (RecursionError), or JSON
   of the wrong type (a list where an object belongs) -- each named, never an AttributeError later.
 """
 from __future__ import annotations
 
-import codecs
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import CheckpointError
@@ -71,40 +72,69 @@ def read_bytes(path, max_bytes: int, error=ValueError) -> bytes:
 
 
 def read_text(path, max_bytes: int = MAX_TEXT_BYTES, error=ValueError) -> str:
-    """A UTF-8 text file (see read_bytes); a file that is not UTF-8 is an error naming the byte.  A
-    leading byte-order mark (Notepad and Excel write one) is not text: it is dropped, as Python's
-    "utf-8-sig" codec drops it."""
-    data = read_bytes(path, max_bytes, error)
-    try:
-        return data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as e:
-        raise _fail(error, path, _not_utf8(data, e.start, e.reason)) from None
+    """A UTF-8 text file (see read_bytes); a file that is not UTF-8 text is an error naming the byte
+    and the line (see decode_text).  A leading byte-order mark (Notepad and Excel write one) is not
+    text: it is dropped, as Python's "utf-8-sig" codec drops it."""
+    return decode_text(read_bytes(path, max_bytes, error), path, error).removeprefix("\ufeff")
 
 
-def holds_text(path, error=ValueError) -> bool:
-    """Whether a UTF-8 text file holds anything but white space, read 1 MiB at a time (a corpus
-    file handed to a trainer that reads it itself can be larger than memory); a file that is not
-    UTF-8 is an error naming the byte, as in read_text."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    blank, offset = True, 0
+def read_lines(path, error=ValueError) -> Iterator[str]:
+    """The lines of a UTF-8 text file of any size, read one at a time, without their line ends
+    (\\n, \\r\\n, or \\r alone as old Macs wrote); checked as read_text checks a file, and a leading
+    byte-order mark dropped."""
     with open_regular_file(path, error) as f:
-        while True:
-            chunk = f.read(1024**2)
-            start = offset - len(decoder.getstate()[0])   # the decoder's buffer starts with held bytes
-            try:
-                text = decoder.decode(chunk, final=not chunk)
-            except UnicodeDecodeError as e:
-                raise _fail(error, path, _not_utf8(chunk, start + e.start, e.reason)) from None
-            blank = blank and not text.strip()
-            offset += len(chunk)
-            if not chunk:
-                return not blank
+        offset, line = 0, 1
+        for raw in f:     # binary lines end at b"\n" only: a \r is cut at below
+            text = decode_text(raw, path, error, offset, line)
+            if offset == 0:
+                text = text.removeprefix("\ufeff")
+            offset += len(raw)
+            line += _line_ends(raw)
+            yield from text.removesuffix("\n").replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
-def _not_utf8(data: bytes, position: int, reason: str) -> str:
+def decode_text(data: bytes, path, error=ValueError, offset: int = 0, line: int = 1) -> str:
+    """data (the bytes of `path` from byte `offset`, which is on line `line`) as UTF-8 text.  Bytes
+    that are not text are an error naming the byte and the line: UTF-16 (as Windows Notepad saves
+    "Unicode"), a NUL byte (UTF-16 without a byte-order mark reads as UTF-8 with every other byte
+    NUL, and would be trained on as such), and anything else that is not UTF-8."""
+    if offset == 0 and data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise _fail(error, path, "is UTF-16 text (it starts with a UTF-16 byte-order mark, as Windows Notepad saves "
+                                 "\"Unicode\"), not UTF-8: save it as UTF-8 or convert it, e.g. "
+                                 "iconv -f UTF-16 -t UTF-8 FILE > FILE-utf8.txt")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise _fail(error, path, f"holds a NUL byte ({_where(data, nul, offset, line)}), which text does not{_nul_advice(data)}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _fail(error, path, _not_utf8(data, _where(data, e.start, offset, line), e.reason)) from None
+
+
+def _where(data: bytes, position: int, offset: int, line: int) -> str:
+    return f"byte {offset + position}, line {line + _line_ends(data[:position])}"
+
+
+def _line_ends(data: bytes) -> int:
+    """Line ends in data: \\n, \\r\\n and a \\r alone each end a line."""
+    return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
+
+
+def _nul_advice(data: bytes) -> str:
+    """What a file with NUL bytes probably is: UTF-16 without a byte-order mark (ASCII text has a 0
+    byte after or before every character), else binary data or a stray byte."""
+    sample = data[:4096]
+    for order, zeros in (("LE", sample[1::2]), ("BE", sample[0::2])):
+        if len(zeros) >= 2 and zeros.count(0) >= 0.75 * len(zeros):
+            return (f"; every other byte is 0, as in UTF-16{order} text without a byte-order mark: convert it to "
+                    f"UTF-8, e.g. iconv -f UTF-16{order} -t UTF-8 FILE > FILE-utf8.txt")
+    return ("; if it is a binary file, leave it out; if it is text with stray NUL bytes, remove them, e.g. tr -d '\\000' < FILE > FILE-clean.txt")
+
+
+def _not_utf8(data: bytes, where: str, reason: str) -> str:
     """The problem, and for Chinese text saved as GBK/GB18030 (Chinese Windows' default: the bytes
     read as GB18030 and hold its ， or 。), how to convert it."""
-    problem = f"is not UTF-8 text (byte {position}: {reason})"
+    problem = f"is not UTF-8 text ({where}: {reason})"
     try:
         chinese = any(mark in data.decode("gb18030") for mark in "，。")
     except UnicodeDecodeError:   # (a chunk may also end inside a character: no advice then)
@@ -136,4 +166,4 @@ def read_json(path, expect=None, max_bytes: int = MAX_JSON_BYTES, error=ValueErr
     return parse_json(read_text(path, max_bytes, error), path, expect, error)
 
 
-__all__ = ["open_regular_file", "read_bytes", "read_text", "holds_text", "read_json", "parse_json", "MAX_JSON_BYTES", "MAX_TEXT_BYTES"]
+__all__ = ["open_regular_file", "read_bytes", "read_text", "read_lines", "decode_text", "read_json", "parse_json", "MAX_JSON_BYTES", "MAX_TEXT_BYTES"]

@@ -52,7 +52,8 @@ def load_texts(path, doc_separator: str = "blank-line") -> list[str]:
       A UTF-8 byte-order mark at the start of a file is dropped (.jsonl too).
     * `.jsonl`: one JSON object per line with a string field "text" (blank lines are skipped).
     * a folder: every `.txt` and `.jsonl` file in it and its subfolders, in sorted path order, each
-      read by the rules above.
+      read by the rules above (see corpus_files: hidden ones are left out, and what is left out is
+      said in a warning).
 
     Empty documents are dropped.  Raises FileNotFoundError if `path` does not exist, ValueError for
     other formats, a bad doc_separator, malformed JSON (naming the file and line) or a corpus
@@ -64,7 +65,7 @@ def load_texts(path, doc_separator: str = "blank-line") -> list[str]:
         raise FileNotFoundError(f"corpus {str(path)!r} does not exist (expected a .txt or .jsonl file, "
                                 f"or a folder of them)")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl"))
+        files = corpus_files(path)
         if not files:
             raise ValueError(f"corpus folder {str(path)!r} contains no .txt or .jsonl files")
     else:
@@ -75,6 +76,50 @@ def load_texts(path, doc_separator: str = "blank-line") -> list[str]:
     if not texts:
         raise ValueError(f"corpus {str(path)!r} is empty: it contains no text")
     return texts
+
+
+CORPUS_SUFFIXES = (".txt", ".jsonl")   # in any case: Windows names files NOTES.TXT
+
+
+def corpus_files(folder: Path) -> list[Path]:
+    """The `.txt` and `.jsonl` files in folder and its subfolders, in sorted path order.
+
+    Symbolic links are followed (a folder reached twice is read once).  Hidden files and folders
+    (".git", Jupyter's ".ipynb_checkpoints" copies of a corpus) are left out; they, and files of
+    other kinds (.md, .csv, .json), are named in one UserWarning, so that no text is left out
+    unsaid.  A link to nothing or an unreadable subfolder is an error naming it.
+    """
+    import os
+    import warnings
+
+    def refuse(error: OSError):
+        raise error
+
+    files, other, hidden, seen = [], [], [], set()
+    for root, dirs, names in os.walk(folder, onerror=refuse, followlinks=True):
+        if os.path.realpath(root) in seen:   # a link back to a folder already read (or to itself)
+            dirs[:] = []
+            continue
+        seen.add(os.path.realpath(root))
+        hidden += [Path(root, d) for d in dirs if d.startswith(".")]
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            file = Path(root, name)
+            if name.startswith("."):
+                hidden.append(file)
+            elif file.suffix.lower() not in CORPUS_SUFFIXES:
+                other.append(file)
+            elif not file.exists():
+                raise ValueError(f"corpus file {str(file)!r} is a symbolic link to {os.readlink(file)!r}, "
+                                 f"which does not exist")
+            else:
+                files.append(file)
+    left_out = [f"what {what} ({', '.join(str(f.relative_to(folder)) for f in sorted(group)[:3])}"
+                f"{f' and {len(group) - 3} more' if len(group) > 3 else ''})"
+                for group, what in ((other, "is not .txt or .jsonl"), (hidden, "is hidden")) if group]
+    if left_out and files:
+        warnings.warn(f"corpus folder {str(folder)!r}: left out {' and '.join(left_out)}", UserWarning, stacklevel=3)
+    return sorted(files)
 
 
 def check_doc_separator(doc_separator) -> None:
@@ -89,7 +134,7 @@ def check_doc_separator(doc_separator) -> None:
 
 
 def _read_file(path: Path, doc_separator: str) -> list[str]:
-    if path.suffix == ".txt":
+    if path.suffix.lower() == ".txt":
         text = _read_utf8(path)
         marker = doc_separator[len("marker:"):] if doc_separator.startswith("marker:") else None
         if marker is not None and text.strip() and marker not in text:
@@ -98,7 +143,7 @@ def _read_file(path: Path, doc_separator: str) -> list[str]:
             warnings.warn(f"the document separator {doc_separator!r} (--doc-separator) never occurs in "
                           f"{str(path)!r}: the whole file is one document", UserWarning, stacklevel=4)
         return split_documents(text, doc_separator)
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         return _read_jsonl(path)
     raise ValueError(f"cannot read corpus file {str(path)!r}: expected a .txt or .jsonl file "
                      f"(or a folder of them), got {path.suffix or 'no extension'!r}")

@@ -137,7 +137,29 @@ def test_folder_reads_txt_and_jsonl_in_sorted_order(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "c.jsonl").write_text('{"text": "c1"}\n')
     (tmp_path / "notes.md").write_text("ignored")
-    assert load_texts(tmp_path) == ["a1", "b1", "b2", "c1"]
+    with pytest.warns(UserWarning, match=r"left out what is not \.txt or \.jsonl \(notes\.md\)"):
+        assert load_texts(tmp_path) == ["a1", "b1", "b2", "c1"]
+
+
+def test_a_folder_says_what_it_leaves_out_and_follows_links(tmp_path):
+    """Before: hidden files and folders were read (Jupyter's .ipynb_checkpoints copy of a corpus
+    trained twice), .md/.csv files and Windows' .TXT skipped without a word, a linked folder never
+    read and a link to nothing skipped."""
+    corpus, elsewhere = tmp_path / "corpus", tmp_path / "elsewhere"
+    for path, text in [(corpus / "a.txt", "a1"), (corpus / "B.TXT", "b1"), (corpus / "notes.md", "# notes"),
+                       (corpus / ".ipynb_checkpoints" / "a-checkpoint.txt", "a1"), (corpus / ".draft.txt", "d"),
+                       (elsewhere / "c.jsonl", '{"text": "c1"}')]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (corpus / "linked").symlink_to(elsewhere)
+    (corpus / "loop").symlink_to(corpus)            # read once, not forever
+    with pytest.warns(UserWarning, match=r"left out what is not \.txt or \.jsonl \(notes\.md\) and what is hidden "
+                                         r"\(\.draft\.txt, \.ipynb_checkpoints\)"):
+        assert load_texts(corpus) == ["b1", "a1", "c1"]
+    assert load_texts(corpus / "B.TXT") == ["b1"]
+    (corpus / "gone.txt").symlink_to(tmp_path / "deleted.txt")
+    with pytest.raises(ValueError, match=r"gone\.txt' is a symbolic link to .*deleted\.txt', which does not exist"):
+        load_texts(corpus)
 
 
 def test_missing_path_is_file_not_found(tmp_path):

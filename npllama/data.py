@@ -146,7 +146,8 @@ def _read_file(path: Path, doc_separator: str) -> list[str]:
     if path.suffix.lower() == ".jsonl":
         return _read_jsonl(path)
     raise ValueError(f"cannot read corpus file {str(path)!r}: expected a .txt or .jsonl file "
-                     f"(or a folder of them), got {path.suffix or 'no extension'!r}")
+                     f"(or a folder of them), got {path.suffix or 'no extension'!r}"
+                     f"{JSON_LINES_ADVICE if path.suffix.lower() == '.json' else ''}")
 
 
 def split_documents(text: str, doc_separator: str = "blank-line") -> list[str]:
@@ -191,6 +192,10 @@ def _read_jsonl(path: Path) -> list[str]:
     return [r["text"] for r in read_jsonl(path, {"text": str}) if r["text"].strip()]
 
 
+# what a user holding a .json file of records (a JSON array) is to do
+JSON_LINES_ADVICE = "; a JSON array of objects becomes JSON Lines with jq -c '.[]' FILE.json > FILE.jsonl"
+
+
 def read_jsonl(path, fields: dict) -> list[dict]:
     """The JSON objects of a .jsonl file (blank lines skipped), each checked to hold `fields`
     (name -> type or tuple of types).  Errors name the file and the line."""
@@ -207,10 +212,14 @@ def read_numbered_jsonl(path, fields: dict) -> list[tuple[int, dict]]:
         if not line.strip():
             continue
         where = f"{str(path)!r} line {line_number}"
+        if line.strip() in ("[", "{"):
+            raise ValueError(f"{where}: {line.strip()!r} alone on a line starts JSON written over many lines, but a "
+                             f".jsonl file holds one JSON object per line{JSON_LINES_ADVICE}")
         record = parse_json(line, where)  # bad syntax or nesting too deep: a ValueError naming the line
         for field, kind in fields.items():
             if not isinstance(record, dict) or field not in record:
-                raise ValueError(f'{where}: expected a JSON object with a "{field}" field')
+                array = f", got a JSON array{JSON_LINES_ADVICE}" if isinstance(record, list) else ""
+                raise ValueError(f'{where}: expected a JSON object with a "{field}" field{array}')
             kinds = kind if isinstance(kind, tuple) else (kind,)
             if not isinstance(record[field], kinds) or isinstance(record[field], bool):
                 raise ValueError(f'{where}: "{field}" must be a {" or ".join(k.__name__ for k in kinds)}, '

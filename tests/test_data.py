@@ -61,6 +61,13 @@ def test_jsonl(tmp_path):
     ('{"text": "unclosed', r"c\.jsonl' line 2: is not valid JSON"),
     ('{"txt": "typo"}', r"c\.jsonl' line 2: expected a JSON object with a \"text\" field"),
     ('["text"]', r"line 2: expected a JSON object"),
+    # a JSON array file or pretty-printed JSON saved as .jsonl: before, "expected a JSON object" and
+    # "is not valid JSON (Expecting value: line 1 column 2 (char 1))", with no word of JSON Lines
+    ('[{"text": "a"}, {"text": "b"}]', r"line 2: expected a JSON object with a \"text\" field, got a JSON array; "
+                                       r"a JSON array of objects becomes JSON Lines with jq -c '\.\[\]'"),
+    ('[\n  {"text": "a"}\n]', r"line 2: '\[' alone on a line starts JSON written over many lines, but a \.jsonl "
+                               r"file holds one JSON object per line; .*jq -c"),
+    ('{\n  "text": "a"\n}', r"line 2: '\{' alone on a line starts JSON written over many lines"),
     ('{"text": 42}', r"line 2: \"text\" must be a str, got int"),
 ])
 def test_jsonl_errors_name_file_and_line(tmp_path, bad_line, message):
@@ -181,8 +188,11 @@ def test_empty_corpora_are_rejected(tmp_path):
 
 def test_unsupported_format_and_bad_encoding(tmp_path):
     (tmp_path / "c.csv").write_text("a,b")
-    with pytest.raises(ValueError, match=r"\.txt or \.jsonl.*'\.csv'"):
+    with pytest.raises(ValueError, match=r"\.txt or \.jsonl.*'\.csv'$"):
         load_texts(tmp_path / "c.csv")
+    (tmp_path / "c.json").write_text('[{"text": "a"}]')
+    with pytest.raises(ValueError, match=r"\.txt or \.jsonl.*'\.json'; a JSON array of objects becomes JSON Lines"):
+        load_texts(tmp_path / "c.json")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     with pytest.raises(ValueError, match=r"latin1\.txt.*not UTF-8"):
         load_texts(tmp_path / "latin1.txt")

@@ -29,7 +29,8 @@ from .io.reading import parse_json
 from .ops._checks import require_path
 
 TOKEN_CACHE_FORMAT = 1  # part of the cache key: bump it when the stream layout changes
-ENCODE_CHUNK = 1024     # documents per encode_batch call (one progress-bar step)
+ENCODE_CHUNK = 1024     # documents per encode_batch call (one progress-bar step) at most,
+ENCODE_CHUNK_CHARS = 1_000_000   # and characters: a corpus of a few long books advances the bar too
 
 
 # ----- reading text --------------------------------------------------------------------------------
@@ -239,7 +240,8 @@ def tokenize_corpus(texts: list[str], tokenizer, cache_path=None, progress: bool
     with the same key loads it (memory-mapped, read-only) instead of tokenizing again, and a call
     with different texts or another tokenizer re-tokenizes and overwrites it.
 
-    progress: show a tqdm bar; None shows it for corpora of more than 10 chunks of documents.
+    progress: show a tqdm bar (in characters); None shows it for corpora of more than ten million
+    characters (about ten seconds' work, whether in many short documents or a few long ones).
     """
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
         raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
@@ -268,13 +270,29 @@ def _encode_stream(texts, tokenizer, progress) -> np.ndarray:
     from tqdm.auto import tqdm
 
     dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
-    chunks = range(0, len(texts), ENCODE_CHUNK)
-    show = len(chunks) > 10 if progress is None else progress
+    total = sum(map(len, texts))
+    show = total > 10 * ENCODE_CHUNK_CHARS if progress is None else progress
     pieces = []
-    for start in tqdm(chunks, desc="tokenizing", unit="chunk", disable=not show):
-        for doc_ids in tokenizer.encode_batch(texts[start:start + ENCODE_CHUNK], bos=True, eos=True):
-            pieces.append(np.asarray(doc_ids, dtype=dtype))
+    with tqdm(total=total, desc="tokenizing", unit="char", unit_scale=True, disable=not show) as bar:
+        for chunk in _encode_chunks(texts):
+            for doc_ids in tokenizer.encode_batch(chunk, bos=True, eos=True):
+                pieces.append(np.asarray(doc_ids, dtype=dtype))
+            bar.update(sum(map(len, chunk)))
     return np.concatenate(pieces)
+
+
+def _encode_chunks(texts):
+    """texts in order, in lists of at most ENCODE_CHUNK documents and, unless one document is longer,
+    ENCODE_CHUNK_CHARS characters."""
+    chunk, chars = [], 0
+    for text in texts:
+        if chunk and (len(chunk) == ENCODE_CHUNK or chars + len(text) > ENCODE_CHUNK_CHARS):
+            yield chunk
+            chunk, chars = [], 0
+        chunk.append(text)
+        chars += len(text)
+    if chunk:
+        yield chunk
 
 
 def _cache_key(texts, tokenizer) -> str:

@@ -220,6 +220,21 @@ def count_encodes(monkeypatch, tok):
     return calls
 
 
+def test_progress_follows_characters_not_documents(tok, stories, monkeypatch, capsys):
+    """Before, the bar was shown for more than ten chunks of 1024 documents: a corpus of a few long
+    books (--doc-separator whole-file or marker) tokenized for minutes without a word."""
+    import npllama.data
+
+    books = [" ".join(stories[i:i + 100]) for i in range(0, 500, 100)]     # five long documents
+    expected = np.concatenate([tok.encode(book, eos=True) for book in books])
+    monkeypatch.setattr(npllama.data, "ENCODE_CHUNK_CHARS", sum(map(len, books)) // 20, raising=False)
+    calls = count_encodes(monkeypatch, tok)
+    np.testing.assert_array_equal(tokenize_corpus(books, tok), expected)
+    assert len(calls) == 5 and "tokenizing" in capsys.readouterr().err      # one book a step, with a bar
+    np.testing.assert_array_equal(tokenize_corpus(books[:1], tok), expected[:len(tok.encode(books[0], eos=True))])
+    assert "tokenizing" not in capsys.readouterr().err
+
+
 def test_cache_hit_skips_tokenizing(tok, stories, tmp_path, monkeypatch):
     cache = tmp_path / "cache" / "tokens.npy"
     calls = count_encodes(monkeypatch, tok)

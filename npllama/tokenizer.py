@@ -146,7 +146,7 @@ class Tokenizer:
     def train(cls, texts_or_files, model_prefix, vocab_size: int, *, model_type: str = "bpe",
               character_coverage: float = 0.9995, input_sentence_size: int = 1_000_000,
               max_sentence_length: int = 4192, num_threads: int | None = None, seed: int = 0,
-              verbose: bool = False, **trainer_options) -> "Tokenizer":
+              verbose: bool = False, echo=None, **trainer_options) -> "Tokenizer":
         """Train a SentencePiece model with LLaMA's settings; write `<model_prefix>.model/.vocab`.
 
         texts_or_files: either text -- an iterable of `str`, each a document trained on as it will be
@@ -162,6 +162,7 @@ class Tokenizer:
         character_coverage: fraction of characters that get their own piece; the rarest rest are
             spelled with bytes (byte fallback).
         seed: seeds SentencePiece's sampling, so training is repeatable.
+        echo: a print-like function told when the training used a sample of the corpus (None: quiet).
         trainer_options: any other SentencePiece trainer option, overriding LLaMA's settings.
         """
         _check_train_args(vocab_size, model_type, character_coverage, input_sentence_size,
@@ -208,6 +209,11 @@ class Tokenizer:
         reading.raise_error()   # a file that could not be read comes first: SentencePiece's failure follows from it
         if failure is not None:
             raise failure
+        if echo is not None and 0 < input_sentence_size < reading.count:
+            echo(f"note: the tokenizer was trained on a random sample of {input_sentence_size:,} of the corpus' "
+                 f"{reading.count:,} {'lines' if files else 'documents (long ones counted in pieces)'}; "
+                 f"input_sentence_size (npllama tokenizer train --input-sentence-size) sets the sample: 0 takes "
+                 f"them all, in memory that grows with the corpus")
         trained = cls.from_bytes(model.getvalue(), f"{model_prefix}.model")
         _write_trained_file(Path(f"{model_prefix}.model"), trained.model_bytes)
         _write_trained_file(Path(f"{model_prefix}.vocab"), trained.vocab_text().encode("utf-8"))
@@ -423,11 +429,13 @@ class _Reading:
     RuntimeError of its own: the error is kept, to be raised as it was (naming the file and line)."""
 
     def __init__(self, sentences: Iterator[str]):
-        self.sentences, self.error = sentences, None
+        self.sentences, self.error, self.count = sentences, None, 0
 
     def __iter__(self) -> Iterator[str]:
         try:
-            yield from self.sentences
+            for sentence in self.sentences:
+                self.count += 1
+                yield sentence
         except (ValueError, TypeError, OSError) as error:
             self.error = error
 

@@ -620,7 +620,7 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts: list[str], echo, c
     echo(f"training a SentencePiece BPE tokenizer with {vocab_size} pieces ...")
     # tokenizer.model and tokenizer.vocab, each written atomically (a full disk is an OSError saying so)
     try:
-        return Tokenizer.train(texts, path.with_suffix(""), vocab_size, input_sentence_size=200_000)
+        return Tokenizer.train(texts, path.with_suffix(""), vocab_size, input_sentence_size=200_000, echo=echo)
     except ValueError as error:
         if "character_coverage" not in str(error):
             raise

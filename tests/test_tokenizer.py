@@ -326,6 +326,23 @@ def test_input_sentence_size_limits_the_sample(tmp_path):
         Tokenizer.train(lines, tmp_path / "t", 512, input_sentence_size=50)
 
 
+def test_training_on_a_sample_says_so(stories, tmp_path, capsys):
+    """Before, a corpus of more documents than input_sentence_size (1,000,000 for `npllama tokenizer
+    train`, 200,000 for `npllama train`) was sampled without a word, and the command line had no
+    flag for it."""
+    from npllama.cli import main
+
+    notes = []
+    Tokenizer.train(stories[:300], tmp_path / "sampled", 400, input_sentence_size=200, echo=notes.append)
+    assert len(notes) == 1 and "random sample of 200 of the corpus' 300 documents" in notes[0]
+    Tokenizer.train(stories[:300], tmp_path / "all", 400, input_sentence_size=300, echo=notes.append)
+    assert len(notes) == 1
+    (tmp_path / "c.txt").write_text("\n\n".join(stories[:300]), encoding="utf-8")
+    assert main(["tokenizer", "train", "--data", str(tmp_path / "c.txt"), "--vocab-size", "400",
+                 "--input-sentence-size", "250", "--out", str(tmp_path / "cli")]) == 0
+    assert "random sample of 250 of the corpus' 300 documents" in capsys.readouterr().out
+
+
 def test_trainer_options_can_be_overridden(stories, tmp_path):
     t = Tokenizer.train(stories[:200], tmp_path / "nosplit", 400, split_digits=False,
                         user_defined_symbols=["<story>"])

@@ -30,6 +30,9 @@ def register(subparsers) -> None:
                    help="share of the text's characters (counted with repeats) that get a piece of their own, "
                         "in [0.98, 1]; the rarest others are spelled with UTF-8 byte pieces (three for a Chinese "
                         "character)")
+    t.add_argument("--input-sentence-size", type=int, default=1_000_000, metavar="N",
+                   help="train on a random sample of N documents (long ones count once per ~4 kB piece) when the "
+                        "corpus has more, so that a huge corpus trains in bounded memory (0: on all of them)")
     t.add_argument("--out", default="tokenizer", help="output prefix: writes OUT.model and OUT.vocab")
     t.add_argument("--force", action="store_true", help="replace OUT.model and OUT.vocab if they exist")
     t.set_defaults(run=train)
@@ -66,7 +69,8 @@ def train(args) -> int:
     check_doc_separator(args.doc_separator)   # without --data nothing else would read it (cli names the flag)
     texts = load_texts(args.data, args.doc_separator) if args.data else make_default_corpus()
     tok = Tokenizer.train(texts, args.out, args.vocab_size, model_type=args.model_type,
-                          character_coverage=args.character_coverage)
+                          character_coverage=args.character_coverage,
+                          input_sentence_size=args.input_sentence_size, echo=print)
     print(f"wrote {tok.path} ({tok.vocab_size} pieces)")
     return 0
 

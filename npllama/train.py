@@ -234,6 +234,8 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
             raise ValueError(f"--init-from {tc.init_from!r} has a tokenizer.json but no tokenizer.model: training "
                              f"needs the SentencePiece tokenizer.model its embeddings were trained with; pass it "
                              f"with --tokenizer (a new one, trained on --data, would give the ids other meanings)")
+    # --data and --val-data read now: text that cannot be read is refused before the folder is made
+    texts = _load_corpus(tc) if tc.data is not None and not resume else None
     val_texts = _held_out_texts(tc) if tc.val_data is not None and not resume else None
     if tc.tokenizer is not None and tc.vocab_size is not None and not resume:
         _refuse_another_vocab_size(tc)
@@ -243,7 +245,7 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
         _refuse_a_folder_of_the_users(run_dir)
     with stop_signals_interrupt(), writing_run(run_dir):
         try:
-            return _train_holding_the_run(tc, run_dir, resume, echo, val_texts)
+            return _train_holding_the_run(tc, run_dir, resume, echo, texts, val_texts)
         except KeyboardInterrupt as stop:   # outside the steps (those stop with a checkpoint and a line)
             raise _said_what_is_left(stop, run_dir) from None
 
@@ -261,7 +263,8 @@ def _said_what_is_left(stop: KeyboardInterrupt, run_dir: Path) -> Interrupted:
     return Interrupted(signum, detail)
 
 
-def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, val_texts=None) -> TrainResult:
+def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, texts=None,
+                           val_texts=None) -> TrainResult:
     from .corpus import unigram_cross_entropy, unigram_entropy
     from .data import BatchLoader, evaluation_batches
 
@@ -284,7 +287,8 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, v
     if helper is not None:
         echo("compiling the Numba kernels for this machine in a helper process (a first run after an "
              "install or an edit); training starts on the NumPy reference meanwhile")
-    texts = _load_corpus(tc)
+    if texts is None:
+        texts = _load_corpus(tc)
     tokenizer = _prepare_tokenizer(tc, run_dir, texts, echo, checkpoint)
     train_ids, val_ids = _train_and_held_out_tokens(tc, run_dir, tokenizer, texts, val_texts)
     loader = BatchLoader(train_ids, tc.batch_size, tc.seq_len, seed=tc.seed)

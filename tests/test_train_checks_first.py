@@ -30,6 +30,16 @@ def test_tokenizer_train_does_not_replace_a_tokenizer_without_force(tmp_path, ca
     assert (tmp_path / "tok.model").read_bytes() != b"the user's tokenizer"
 
 
+def test_data_that_cannot_be_read_is_refused_before_the_run_folder_is_made(tmp_path, capsys):
+    # as --val-data is: before, the folder was made (train_config.json, a lock) and then --data read
+    (tmp_path / "notepad.txt").write_bytes("Once upon a time.\r\n".encode("utf-16"))
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "notepad.txt"), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "notepad.txt: is UTF-16 text" in err
+    assert not out.exists()
+
+
 def test_an_empty_val_data_is_refused_before_the_tokenizer_is_trained(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("\n \n")
     out = tmp_path / "run"

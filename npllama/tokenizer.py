@@ -152,7 +152,7 @@ class Tokenizer:
         texts_or_files: either text -- an iterable of `str`, each a document trained on as it will be
             encoded, newlines included (documents longer than `max_sentence_length` bytes are cut
             after a newline, and such long lines at spaces, because SentencePiece skips over-long
-            sentences) -- or files: a `str`/`os.PathLike` path,
+            sentences), read one at a time (a generator over a huge corpus is never held whole) -- or files: a `str`/`os.PathLike` path,
             or an iterable of `pathlib.Path`, each a UTF-8 text file read one line per sentence (any
             size: read a line at a time; \\r\\n and \\r end lines too; long lines cut at spaces).
         vocab_size: the number of pieces, including 256 byte pieces and <unk>, <s>, </s>.  If the
@@ -182,7 +182,7 @@ class Tokenizer:
         options.update(trainer_options)
         files = _as_files(texts_or_files)
         if files is None:
-            sentences = iter(list(_sentences(texts_or_files, max_sentence_length)))
+            sentences = _sentences(texts_or_files, max_sentence_length)   # lazily: a generator of a huge corpus
             nothing = "texts_or_files has no non-empty lines"
         else:
             # Read here, not by SentencePiece: it would train on \r (Windows line ends) and U+FFFD (bytes
@@ -425,8 +425,9 @@ def _as_files(texts_or_files) -> list[Path] | None:
 
 
 class _Reading:
-    """The sentences, handed to SentencePiece, which turns an error raised while it reads them into a
-    RuntimeError of its own: the error is kept, to be raised as it was (naming the file and line)."""
+    """The sentences, handed to SentencePiece, which stops at an error raised while it reads them but
+    raises a RuntimeError of its own: the error is kept, to be raised as it was (naming the file and
+    line, or the text that is not a str)."""
 
     def __init__(self, sentences: Iterator[str]):
         self.sentences, self.error, self.count = sentences, None, 0
@@ -438,6 +439,7 @@ class _Reading:
                 yield sentence
         except (ValueError, TypeError, OSError) as error:
             self.error = error
+            raise
 
     def raise_error(self) -> None:
         if self.error is not None:

@@ -326,6 +326,26 @@ def test_input_sentence_size_limits_the_sample(tmp_path):
         Tokenizer.train(lines, tmp_path / "t", 512, input_sentence_size=50)
 
 
+def test_a_generator_of_texts_is_read_one_text_at_a_time(stories, tmp_path):
+    """Before, the texts were gathered in a list first: a generator streaming a corpus larger than
+    memory was held whole, though SentencePiece keeps only its sample (input_sentence_size)."""
+    import tracemalloc
+
+    def corpus():   # 6 MB of text, made as it is read
+        for i in range(600):
+            yield "\n".join(stories[(i + k) % len(stories)] for k in range(30))
+
+    tracemalloc.start()
+    try:
+        Tokenizer.train(corpus(), tmp_path / "streamed", 400, input_sentence_size=200)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2e6   # Python's side: a few texts at a time (SentencePiece's sample is not traced)
+    with pytest.raises(TypeError, match=r"texts_or_files\[3\] must be a str"):   # raised as it was
+        Tokenizer.train(iter([*stories[:3], b"bytes", *stories[3:300]]), tmp_path / "t", 400)
+
+
 def test_training_on_a_sample_says_so(stories, tmp_path, capsys):
     """Before, a corpus of more documents than input_sentence_size (1,000,000 for `npllama tokenizer
     train`, 200,000 for `npllama train`) was sampled without a word, and the command line had no

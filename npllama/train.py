@@ -234,6 +234,8 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
             raise ValueError(f"--init-from {tc.init_from!r} has a tokenizer.json but no tokenizer.model: training "
                              f"needs the SentencePiece tokenizer.model its embeddings were trained with; pass it "
                              f"with --tokenizer (a new one, trained on --data, would give the ids other meanings)")
+    if tc.data is not None and tc.val_data is not None and not resume:
+        _refuse_held_out_text_in_data(tc)
     # --data and --val-data read now: text that cannot be read is refused before the folder is made
     texts = _load_corpus(tc) if tc.data is not None and not resume else None
     val_texts = _held_out_texts(tc) if tc.val_data is not None and not resume else None
@@ -728,6 +730,17 @@ def resume_config(run_dir, **given) -> TrainConfig:
     # that took it over would stop again N steps on instead of continuing the run as the hint says
     saved["stop_after"] = None
     return TrainConfig(**{**saved, **given, "out": str(run_dir)})
+
+
+def _refuse_held_out_text_in_data(tc: TrainConfig) -> None:
+    """--val-data that is --data, lies in its folder or holds it would be trained on: its loss would
+    look like generalisation and be memory."""
+    data, val_data = (Path(p).expanduser().resolve() for p in (tc.data, tc.val_data))
+    if val_data == data or data in val_data.parents or val_data in data.parents:
+        where = ("is --data itself" if val_data == data else f"is inside --data {tc.data!r}" if data in val_data.parents
+                 else f"holds --data {tc.data!r}")
+        raise ValueError(f"--val-data {tc.val_data!r} {where}, so the held-out text would be trained on: move it "
+                         f"out of --data (or leave out --val-data to hold out the end of --data)")
 
 
 def _held_out_texts(tc: TrainConfig) -> list[str]:

@@ -40,6 +40,22 @@ def test_data_that_cannot_be_read_is_refused_before_the_run_folder_is_made(tmp_p
     assert not out.exists()
 
 
+@pytest.mark.parametrize("data, val_data, where", [
+    ("corpus", "corpus/test.txt", "is inside --data"),      # before: trained on, and its loss called held-out
+    ("corpus/train.txt", "corpus/train.txt", "is --data itself"),
+    ("corpus/train.txt", "corpus", "holds --data"),
+])
+def test_held_out_text_that_would_be_trained_on_is_refused(tmp_path, capsys, monkeypatch, data, val_data, where):
+    (tmp_path / "corpus").mkdir()
+    for name in ("train.txt", "test.txt"):
+        (tmp_path / "corpus" / name).write_text("Once upon a time.\n\nThe end.\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", data, "--val-data", val_data, "--out", "run", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"--val-data {val_data!r} {where}" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_empty_val_data_is_refused_before_the_tokenizer_is_trained(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("\n \n")
     out = tmp_path / "run"

@@ -162,11 +162,12 @@ class Tokenizer:
         character_coverage: fraction of characters that get their own piece; the rarest rest are
             spelled with bytes (byte fallback).
         seed: seeds SentencePiece's sampling, so training is repeatable.
-        echo: a print-like function told when the training used a sample of the corpus (None: quiet).
+        echo: a print-like function told when the training starts and whether it used a sample of the
+            corpus (None: quiet).
         trainer_options: any other SentencePiece trainer option, overriding LLaMA's settings.
         """
         _check_train_args(vocab_size, model_type, character_coverage, input_sentence_size,
-                          max_sentence_length, seed)
+                          max_sentence_length, seed, num_threads)
         vocab_size, input_sentence_size, max_sentence_length, seed = map(
             int, (vocab_size, input_sentence_size, max_sentence_length, seed))   # NumPy ints as Python ones
         model_prefix = Path(require_path("model_prefix", model_prefix, "where to write <prefix>.model")).expanduser()
@@ -194,6 +195,10 @@ class Tokenizer:
         first = next(sentences, None)
         if first is None:
             raise ValueError(f"cannot train a tokenizer on no text: {nothing}")
+        if echo is not None:   # the arguments are good and there is text: what follows takes a while
+            what = (f" on {len(files)} file{'s' if len(files) > 1 else ''}" if files else
+                    f" on {len(texts_or_files):,} documents" if isinstance(texts_or_files, (list, tuple)) else "")
+            echo(f"training a SentencePiece {model_type.upper()} tokenizer with {vocab_size} pieces{what} ...")
         reading = _Reading(itertools.chain([first], sentences))
         options["sentence_iterator"] = iter(reading)
         spm.set_random_generator_seed(seed)
@@ -383,7 +388,13 @@ def _require_text(name: str, text) -> None:
                          f"U+{ord(text[e.start]):04X} at position {e.start}") from None
 
 
-def _check_train_args(vocab_size, model_type, character_coverage, input_sentence_size, max_sentence_length, seed):
+# SentencePiece's trainer holds these in 32-bit ints (the seed unsigned): a larger value was its
+# "INVALID_ARGUMENT: cannot parse ... as int", naming no argument
+MAX_TRAINER_INT, MAX_SEED = 2**31 - 1, 2**32 - 1
+
+
+def _check_train_args(vocab_size, model_type, character_coverage, input_sentence_size, max_sentence_length, seed,
+                      num_threads=None):
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
         raise TypeError(f"vocab_size must be an int, got {vocab_size!r}")
     if vocab_size < MIN_VOCAB_SIZE:
@@ -398,9 +409,17 @@ def _check_train_args(vocab_size, model_type, character_coverage, input_sentence
             or not MIN_CHARACTER_COVERAGE <= character_coverage <= 1.0):
         raise ValueError(f"character_coverage must be a number in [{MIN_CHARACTER_COVERAGE}, 1], "
                          f"got {character_coverage!r}")
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer))
+                                    or num_threads <= 0):
+        raise ValueError(f"num_threads must be a positive int or None (one per core), got {num_threads!r}")
     for name, value in (("input_sentence_size", input_sentence_size),
                         ("max_sentence_length", max_sentence_length), ("seed", seed)):
         require_non_negative_int(name, value)
+    for name, value, most in (("vocab_size", vocab_size, MAX_TRAINER_INT), ("input_sentence_size", input_sentence_size,
+                              MAX_TRAINER_INT), ("max_sentence_length", max_sentence_length, MAX_TRAINER_INT),
+                              ("num_threads", num_threads or 1, MAX_TRAINER_INT), ("seed", seed, MAX_SEED)):
+        if value > most:
+            raise ValueError(f"{name} must be at most {most:,} (SentencePiece's limit), got {value:,}")
     if 0 < input_sentence_size <= 100:
         raise ValueError(f"input_sentence_size must be 0 (use every sentence) or more than 100, "
                          f"got {input_sentence_size}")

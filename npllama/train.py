@@ -623,7 +623,6 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts: list[str], echo, c
         echo(f"note: --init-from {tc.init_from} has no tokenizer.model, so a new tokenizer is trained on the data: "
              f"its ids mean other pieces than the embeddings were trained with; to keep them, pass the "
              f"tokenizer the weights were trained with as --tokenizer")
-    echo(f"training a SentencePiece BPE tokenizer with {vocab_size} pieces ...")
     # tokenizer.model and tokenizer.vocab, each written atomically (a full disk is an OSError saying so)
     try:
         return Tokenizer.train(texts, path.with_suffix(""), vocab_size, input_sentence_size=200_000, echo=echo)

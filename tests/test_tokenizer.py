@@ -264,6 +264,20 @@ def test_other_training_argument_errors(stories, tmp_path):
         Tokenizer.train(stories[:10], tmp_path / "t", 512, character_coverage=0.95)
 
 
+@pytest.mark.parametrize("option, value", [("vocab_size", 10**11), ("input_sentence_size", 10**20),
+                                           ("max_sentence_length", 10**11), ("num_threads", 10**11), ("seed", 2**40)])
+def test_numbers_past_sentencepieces_ints_are_refused_by_name(stories, tmp_path, option, value):
+    # before: "INVALID_ARGUMENT: cannot parse "99999999999" as int." (or a pybind11 TypeError for
+    # the seed), naming no argument, after the announcement of a training that never started
+    notes = []
+    options = {"vocab_size": 400, option: value}
+    with pytest.raises(ValueError, match=rf"^{option} must be at most [\d,]+ \(SentencePiece's limit\), got {value:,}$"):
+        Tokenizer.train(stories[:200], tmp_path / "t", **options, echo=notes.append)
+    with pytest.raises(ValueError, match=r"num_threads must be a positive int"):
+        Tokenizer.train(stories[:200], tmp_path / "t", 400, num_threads=-1)
+    assert notes == []
+
+
 def test_numpy_integers_are_integers(stories, tmp_path):
     t = Tokenizer.train(stories[:300], tmp_path / "np", np.int64(400), seed=np.int64(1),
                         max_sentence_length=np.int32(4192))
@@ -354,9 +368,9 @@ def test_training_on_a_sample_says_so(stories, tmp_path, capsys):
 
     notes = []
     Tokenizer.train(stories[:300], tmp_path / "sampled", 400, input_sentence_size=200, echo=notes.append)
-    assert len(notes) == 1 and "random sample of 200 of the corpus' 300 documents" in notes[0]
+    assert len(notes) == 2 and "random sample of 200 of the corpus' 300 documents" in notes[1]
     Tokenizer.train(stories[:300], tmp_path / "all", 400, input_sentence_size=300, echo=notes.append)
-    assert len(notes) == 1
+    assert len(notes) == 3 and notes[2].startswith("training a SentencePiece BPE tokenizer with 400 pieces")
     (tmp_path / "c.txt").write_text("\n\n".join(stories[:300]), encoding="utf-8")
     assert main(["tokenizer", "train", "--data", str(tmp_path / "c.txt"), "--vocab-size", "400",
                  "--input-sentence-size", "250", "--out", str(tmp_path / "cli")]) == 0

@@ -1,6 +1,7 @@
 """`npllama tokenizer train|encode|decode`: SentencePiece tokenizers with LLaMA's settings."""
 import json
 import sys
+from functools import partial
 
 from . import HelpFormatter, UsageError, print_help_instead
 
@@ -68,12 +69,9 @@ def train(args) -> int:
 
     check_doc_separator(args.doc_separator)   # without --data nothing else would read it (cli names the flag)
     texts = load_texts(args.data, args.doc_separator) if args.data else make_default_corpus()
-    # a large corpus takes a minute or more, with nothing else to show meanwhile
-    print(f"training a SentencePiece {args.model_type.upper()} tokenizer with {args.vocab_size} pieces on "
-          f"{len(texts):,} documents ...", flush=True)
     tok = Tokenizer.train(texts, args.out, args.vocab_size, model_type=args.model_type,
                           character_coverage=args.character_coverage,
-                          input_sentence_size=args.input_sentence_size, echo=print)
+                          input_sentence_size=args.input_sentence_size, echo=partial(print, flush=True))
     print(f"wrote {tok.path} ({tok.vocab_size} pieces)")
     return 0
 

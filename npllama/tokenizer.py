@@ -152,9 +152,10 @@ class Tokenizer:
         texts_or_files: either text -- an iterable of `str`, each a document trained on as it will be
             encoded, newlines included (documents longer than `max_sentence_length` bytes are cut
             after a newline, and such long lines at spaces, because SentencePiece skips over-long
-            sentences), read one at a time (a generator over a huge corpus is never held whole) -- or files: a `str`/`os.PathLike` path,
-            or an iterable of `pathlib.Path`, each a UTF-8 text file read one line per sentence (any
-            size: read a line at a time; \\r\\n and \\r end lines too; long lines cut at spaces).
+            sentences), read one at a time (a generator over a huge corpus is never held whole) --
+            or files: a `str`/`os.PathLike` path, or an iterable of `pathlib.Path`, each a UTF-8 text
+            file read one line per sentence (any size: read a line at a time; \\r\\n and \\r end
+            lines too; long lines cut at spaces).
         vocab_size: the number of pieces, including 256 byte pieces and <unk>, <s>, </s>.  If the
             corpus cannot fill it, ValueError suggests the largest size that works.
         input_sentence_size: at most this many sentences (documents, or lines of files) are used, sampled uniformly when the
@@ -415,8 +416,9 @@ def _check_train_args(vocab_size, model_type, character_coverage, input_sentence
     for name, value in (("input_sentence_size", input_sentence_size),
                         ("max_sentence_length", max_sentence_length), ("seed", seed)):
         require_non_negative_int(name, value)
-    for name, value, most in (("vocab_size", vocab_size, MAX_TRAINER_INT), ("input_sentence_size", input_sentence_size,
-                              MAX_TRAINER_INT), ("max_sentence_length", max_sentence_length, MAX_TRAINER_INT),
+    for name, value, most in (("vocab_size", vocab_size, MAX_TRAINER_INT),
+                              ("input_sentence_size", input_sentence_size, MAX_TRAINER_INT),
+                              ("max_sentence_length", max_sentence_length, MAX_TRAINER_INT),
                               ("num_threads", num_threads or 1, MAX_TRAINER_INT), ("seed", seed, MAX_SEED)):
         if value > most:
             raise ValueError(f"{name} must be at most {most:,} (SentencePiece's limit), got {value:,}")

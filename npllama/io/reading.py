@@ -11,8 +11,9 @@ What can go wrong, and what the caller gets instead (a ValueError naming the fil
 - bigger than the budget: refused from its size before it is read, and the read itself stops
   at the budget (a file that grows meanwhile cannot push past it);
 - not UTF-8 (the byte and the line named; UTF-16, as Windows Notepad saves "Unicode", and NUL
-  bytes refused as such, with how to convert), not JSON, nested deeper than Python's parser can follow (RecursionError), or JSON
-  of the wrong type (a list where an object belongs) -- each named, never an AttributeError later.
+  bytes refused as such, with how to convert), not JSON, nested deeper than Python's parser can
+  follow (RecursionError), or JSON of the wrong type (a list where an object belongs) -- each
+  named, never an AttributeError later.
 """
 from __future__ import annotations
 
@@ -104,7 +105,8 @@ def decode_text(data: bytes, path, error=ValueError, offset: int = 0, line: int 
                                  "iconv -f UTF-16 -t UTF-8 FILE > FILE-utf8.txt")
     nul = data.find(b"\0")
     if nul >= 0:
-        raise _fail(error, path, f"holds a NUL byte ({_where(data, nul, offset, line)}), which text does not{_nul_advice(data)}")
+        raise _fail(error, path, f"holds a NUL byte ({_where(data, nul, offset, line)}), which text does not"
+                                 f"{_nul_advice(data)}")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -128,7 +130,8 @@ def _nul_advice(data: bytes) -> str:
         if len(zeros) >= 2 and zeros.count(0) >= 0.75 * len(zeros):
             return (f"; every other byte is 0, as in UTF-16{order} text without a byte-order mark: convert it to "
                     f"UTF-8, e.g. iconv -f UTF-16{order} -t UTF-8 FILE > FILE-utf8.txt")
-    return ("; if it is a binary file, leave it out; if it is text with stray NUL bytes, remove them, e.g. tr -d '\\000' < FILE > FILE-clean.txt")
+    return ("; if it is a binary file, leave it out; if it is text with stray NUL bytes, remove them, "
+            "e.g. tr -d '\\000' < FILE > FILE-clean.txt")
 
 
 def _not_utf8(data: bytes, where: str, reason: str) -> str:
@@ -166,4 +169,5 @@ def read_json(path, expect=None, max_bytes: int = MAX_JSON_BYTES, error=ValueErr
     return parse_json(read_text(path, max_bytes, error), path, expect, error)
 
 
-__all__ = ["open_regular_file", "read_bytes", "read_text", "read_lines", "decode_text", "read_json", "parse_json", "MAX_JSON_BYTES", "MAX_TEXT_BYTES"]
+__all__ = ["open_regular_file", "read_bytes", "read_text", "read_lines", "decode_text", "read_json", "parse_json",
+           "MAX_JSON_BYTES", "MAX_TEXT_BYTES"]

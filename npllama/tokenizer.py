@@ -168,7 +168,8 @@ class Tokenizer:
         trainer_options: any other SentencePiece trainer option, overriding LLaMA's settings.
         """
         _check_train_args(vocab_size, model_type, character_coverage, input_sentence_size,
-                          max_sentence_length, seed, num_threads)
+                          max_sentence_length, seed, num_threads,
+                          byte_fallback=trainer_options.get("byte_fallback", True))
         vocab_size, input_sentence_size, max_sentence_length, seed = map(
             int, (vocab_size, input_sentence_size, max_sentence_length, seed))   # NumPy ints as Python ones
         model_prefix = Path(require_path("model_prefix", model_prefix, "where to write <prefix>.model")).expanduser()
@@ -211,7 +212,8 @@ class Tokenizer:
             spm.SentencePieceTrainer.train(**options)
             failure = None
         except RuntimeError as exc:
-            failure = _explain_training_error(exc, vocab_size, options["character_coverage"])
+            failure = _explain_training_error(exc, vocab_size, options["character_coverage"],
+                                              options.get("byte_fallback", True))
         reading.raise_error()   # a file that could not be read comes first: SentencePiece's failure follows from it
         if failure is not None:
             raise failure
@@ -395,10 +397,14 @@ MAX_TRAINER_INT, MAX_SEED = 2**31 - 1, 2**32 - 1
 
 
 def _check_train_args(vocab_size, model_type, character_coverage, input_sentence_size, max_sentence_length, seed,
-                      num_threads=None):
+                      num_threads=None, byte_fallback=True):
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
         raise TypeError(f"vocab_size must be an int, got {vocab_size!r}")
-    if vocab_size < MIN_VOCAB_SIZE:
+    if not byte_fallback:   # (trainer option byte_fallback=False) no byte pieces: SentencePiece says what fits
+        if vocab_size <= N_SPECIAL_PIECES:
+            raise ValueError(f"vocab_size={vocab_size} is too small: <unk>, <s> and </s> take {N_SPECIAL_PIECES} "
+                             f"ids, so vocab_size must be at least {N_SPECIAL_PIECES + 1}")
+    elif vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(
             f"vocab_size={vocab_size} is too small: byte fallback reserves {N_BYTE_PIECES} byte pieces "
             f"and {N_SPECIAL_PIECES} special ones (<unk>, <s>, </s>), so vocab_size must be at least "
@@ -530,7 +536,8 @@ def _write_trained_file(path: Path, data: bytes) -> None:
                                    f"({error.strerror or error}){advice}") from error
 
 
-def _explain_training_error(exc: RuntimeError, vocab_size: int, character_coverage: float) -> Exception:
+def _explain_training_error(exc: RuntimeError, vocab_size: int, character_coverage: float,
+                            byte_fallback: bool = True) -> Exception:
     """Turn SentencePiece's CHECK failures about the vocabulary size into advice."""
     message = str(exc).strip()
     too_high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", message)
@@ -542,13 +549,16 @@ def _explain_training_error(exc: RuntimeError, vocab_size: int, character_covera
     too_low = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
     if too_low:
         needed = int(too_low.group(2))
+        pieces = f"{N_BYTE_PIECES} byte pieces and " if byte_fallback else ""
+        # without byte fallback the characters left out are <unk>, not bytes
+        rarest = "spelled with bytes" if byte_fallback else "written as <unk>"
         return ValueError(
             f"vocab_size={vocab_size} is too small for this corpus: its characters plus the "
-            f"{N_BYTE_PIECES} byte pieces and {N_SPECIAL_PIECES} special pieces already need {needed}.  "
+            f"{pieces}{N_SPECIAL_PIECES} special pieces already need {needed}.  "
             f"Use a larger vocab_size (at least {needed}; more leaves room for merged pieces; Chinese or "
             f"Japanese text uses thousands of characters), or a character_coverage below "
             f"{character_coverage:g} (down to {MIN_CHARACTER_COVERAGE}), so that the rarest characters "
-            f"are spelled with bytes.")
+            f"are {rarest}.")
     return ValueError(f"SentencePiece training failed: {message}")
 
 

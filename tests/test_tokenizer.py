@@ -429,3 +429,14 @@ def test_the_tokenizer_command_cuts_documents_as_told_and_trains_the_model_type_
     assert unigram.decode(unigram.encode(stories[0], bos=False)) == stories[0]
     assert main([*argv, "--doc-separator", "comma", "--out", str(tmp_path / "x")]) == 2
     assert "--doc-separator must be" in capsys.readouterr().err
+
+
+def test_without_byte_fallback_the_vocabulary_needs_no_byte_pieces(tmp_path):
+    stories = make_default_corpus(100)
+    small = Tokenizer.train(stories, tmp_path / "small", vocab_size=80, byte_fallback=False)
+    assert small.vocab_size == 80 and small.encode("☃")[-1] == small.unk_id     # no byte piece to spell it
+    with pytest.raises(ValueError, match=r"vocab_size=3 is too small: <unk>, <s> and </s> take 3 ids"):
+        Tokenizer.train(stories, tmp_path / "tiny", vocab_size=3, byte_fallback=False)
+    with pytest.raises(ValueError, match=r"its characters plus the 3 special pieces already need \d+\.  .*"
+                                         r"the rarest characters are written as <unk>\.$"):
+        Tokenizer.train(stories, tmp_path / "few", vocab_size=20, byte_fallback=False)

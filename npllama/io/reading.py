@@ -91,7 +91,7 @@ def read_lines(path, error=ValueError) -> Iterator[str]:
                 text = text.removeprefix("\ufeff")
             offset += len(raw)
             line += _line_ends(raw)
-            yield from text.removesuffix("\n").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+            yield from text.replace("\r\n", "\n").replace("\r", "\n").removesuffix("\n").split("\n")
 
 
 def decode_text(data: bytes, path, error=ValueError, offset: int = 0, line: int = 1) -> str:

@@ -67,8 +67,6 @@ def load_texts(path, doc_separator: str = "blank-line") -> list[str]:
                                 f"or a folder of them)")
     if path.is_dir():
         files = corpus_files(path)
-        if not files:
-            raise ValueError(f"corpus folder {str(path)!r} contains no .txt or .jsonl files")
     else:
         files = [path]
     texts = []
@@ -88,7 +86,8 @@ def corpus_files(folder: Path) -> list[Path]:
     Symbolic links are followed (a folder reached twice is read once).  Hidden files and folders
     (".git", Jupyter's ".ipynb_checkpoints" copies of a corpus) are left out; they, and files of
     other kinds (.md, .csv, .json), are named in one UserWarning, so that no text is left out
-    unsaid.  A link to nothing or an unreadable subfolder is an error naming it.
+    unsaid.  A link to nothing, an unreadable subfolder or a folder with no file to read (what it
+    left out named) is an error naming it.
     """
     import os
     import warnings
@@ -115,11 +114,15 @@ def corpus_files(folder: Path) -> list[Path]:
                                  f"which does not exist")
             else:
                 files.append(file)
-    left_out = [f"what {what} ({', '.join(str(f.relative_to(folder)) for f in sorted(group)[:3])}"
-                f"{f' and {len(group) - 3} more' if len(group) > 3 else ''})"
-                for group, what in ((other, "is not .txt or .jsonl"), (hidden, "is hidden")) if group]
-    if left_out and files:
-        warnings.warn(f"corpus folder {str(folder)!r}: left out {' and '.join(left_out)}", UserWarning, stacklevel=3)
+    unread = [f"what {what} ({', '.join(str(f.relative_to(folder)) for f in sorted(group)[:3])}"
+              f"{f' and {len(group) - 3} more' if len(group) > 3 else ''})"
+              for group, what in ((other, "is not .txt or .jsonl"), (hidden, "is hidden")) if group]
+    left_out = f"left out {' and '.join(unread)}" if unread else ""
+    if not files:   # a folder of hidden .txt files holds text: say that it was left out
+        raise ValueError(f"corpus folder {str(folder)!r} contains no .txt or .jsonl files to read"
+                         f"{f' ({left_out})' if left_out else ''}")
+    if left_out:
+        warnings.warn(f"corpus folder {str(folder)!r}: {left_out}", UserWarning, stacklevel=3)
     return sorted(files)
 
 

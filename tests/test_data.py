@@ -182,7 +182,14 @@ def test_empty_corpora_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="is empty"):
         load_texts(tmp_path / "empty.jsonl")
     (tmp_path / "folder").mkdir()
-    with pytest.raises(ValueError, match="no .txt or .jsonl files"):
+    with pytest.raises(ValueError, match=r"no \.txt or \.jsonl files to read$"):
+        load_texts(tmp_path / "folder")
+    # before, only "contains no .txt or .jsonl files", though it held text in hidden ones
+    (tmp_path / "folder" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "folder" / ".ipynb_checkpoints" / "a-checkpoint.txt").write_text("Once upon a time.")
+    (tmp_path / "folder" / "notes.md").write_text("# notes")
+    with pytest.raises(ValueError, match=r"no \.txt or \.jsonl files to read \(left out what is not \.txt or \.jsonl "
+                                         r"\(notes\.md\) and what is hidden \(\.ipynb_checkpoints\)\)$"):
         load_texts(tmp_path / "folder")
 
 

@@ -72,20 +72,26 @@ def mask_token_id(tokenizer) -> int:
 
 def unk_in_text_note(token_ids, tokenizer) -> str | None:
     """A line for the log when the text itself holds <unk>, which masked-LM uses as its mask: a
-    tokenizer without byte fallback spells a character it does not know as <unk>, and the model
+    tokenizer without byte fallback spells a character it does not know as <unk>, and any tokenizer
+    encodes the text "<unk>" (WikiText and PTB write it for a rare word) as the token; the model
     then reads those positions as masked ones (they are never chosen for prediction).  None if none.
 
     token_ids: the encoded text, flat (an int array or list)."""
+    from .io.sentencepiece_model import BYTE
+
     token_ids = np.asarray(token_ids)
     if tokenizer.unk_id is None or token_ids.size == 0:
         return None
     count = int(np.count_nonzero(token_ids == tokenizer.unk_id))
     if count == 0:
         return None
-    return (f"{count:,} of {token_ids.size:,} tokens of the text are <unk> ({100 * count / token_ids.size:.2g}%): "
-            f"characters this tokenizer cannot spell (it has no byte fallback).  Masked-LM uses <unk> as its "
-            f"mask, so the model reads them as masked tokens; a tokenizer trained with byte fallback (npllama "
-            f"tokenizer train) has none")
+    share = f"{count:,} of {token_ids.size:,} tokens of the text are <unk> ({100 * count / token_ids.size:.2g}%)"
+    mask = "Masked-LM uses <unk> as its mask, so the model reads them as masked tokens"
+    if BYTE in tokenizer.model_info.piece_types:    # byte fallback spells every character: the text wrote them
+        return (f'{share}: the text writes "<unk>" itself (as WikiText and PTB do for a rare word), which is '
+                f'encoded as the <unk> token.  {mask}; replace "<unk>" in the text to have it read as text')
+    return (f"{share}: characters this tokenizer cannot spell (it has no byte fallback).  {mask}; a tokenizer "
+            f"trained with byte fallback (npllama tokenizer train) has none")
 
 
 def special_token_ids(tokenizer) -> tuple[int, ...]:

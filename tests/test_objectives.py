@@ -399,6 +399,9 @@ def test_text_holding_unk_is_reported_for_masked_lm(tmp_path, capsys):
     assert ids.count(without.unk_id) == 2
     assert unk_in_text_note(ids, without).startswith(f"2 of {len(ids)} tokens of the text are <unk>")
     assert unk_in_text_note(with_fallback.encode(text), with_fallback) is None
+    # before, the text "<unk>" (WikiText's rare word) was blamed on a byte fallback the tokenizer has
+    note = unk_in_text_note(with_fallback.encode("The <unk> sat on the mat."), with_fallback)
+    assert note.startswith("1 of ") and 'the text writes "<unk>" itself' in note and "byte fallback" not in note
     assert unk_in_text_note([], without) is None
     # `npllama train --objective mlm` says so, with its count over the training text
     data = tmp_path / "snow.txt"

@@ -24,9 +24,10 @@ encoders; here they are, on the very same stack:
 
 The mask token.  LLaMA's vocabulary has no [MASK] piece, and adding one would change vocab_size
 (and every checkpoint's shapes).  We use <unk> (id 0) instead: LLaMA's tokenizer spells every
-unknown character with byte pieces (byte_fallback), so <unk> never occurs in encoded text -- its
-embedding row is otherwise unused, free to mean "masked".  See `mask_token_id`; a tokenizer
-without byte fallback does write <unk>, and the jobs say how often (`unk_in_text_note`).
+unknown character with byte pieces (byte_fallback), so <unk> does not occur in encoded text unless
+the text writes "<unk>" itself (WikiText and PTB do, for rare words) -- its embedding row is
+otherwise unused, free to mean "masked".  See `mask_token_id`; a tokenizer without byte fallback
+does write <unk>, and the jobs say how often either happens (`unk_in_text_note`).
 
 Labels follow Hugging Face (BertForPreTraining, AlbertForPreTraining): 0 = B really follows A
 (in order), 1 = swapped (SOP) or random (NSP).  Derivations: derivations/mlm.md,
@@ -77,8 +78,6 @@ def unk_in_text_note(token_ids, tokenizer) -> str | None:
     then reads those positions as masked ones (they are never chosen for prediction).  None if none.
 
     token_ids: the encoded text, flat (an int array or list)."""
-    from .io.sentencepiece_model import BYTE
-
     token_ids = np.asarray(token_ids)
     if tokenizer.unk_id is None or token_ids.size == 0:
         return None
@@ -87,11 +86,16 @@ def unk_in_text_note(token_ids, tokenizer) -> str | None:
         return None
     share = f"{count:,} of {token_ids.size:,} tokens of the text are <unk> ({100 * count / token_ids.size:.2g}%)"
     mask = "Masked-LM uses <unk> as its mask, so the model reads them as masked tokens"
-    if BYTE in tokenizer.model_info.piece_types:    # byte fallback spells every character: the text wrote them
+    if _spells_bytes(tokenizer):    # byte fallback spells every character: the text wrote them
         return (f'{share}: the text writes "<unk>" itself (as WikiText and PTB do for a rare word), which is '
                 f'encoded as the <unk> token.  {mask}; replace "<unk>" in the text to have it read as text')
     return (f"{share}: characters this tokenizer cannot spell (it has no byte fallback).  {mask}; a tokenizer "
             f"trained with byte fallback (npllama tokenizer train) has none")
+
+
+def _spells_bytes(tokenizer) -> bool:
+    """Whether the tokenizer has byte pieces (<0x00>..<0xFF>: byte fallback), whichever file it came from."""
+    return all(tokenizer.piece_to_id(f"<0x{b:02X}>") not in (None, tokenizer.unk_id) for b in range(256))
 
 
 def special_token_ids(tokenizer) -> tuple[int, ...]:

@@ -44,7 +44,7 @@ CITED = {
     "swiglu": ("swiglu.md", 97, 105, r"d\mathrm{gate} &= d\mathrm{act}\odot\mathrm{up}\odot\sigma\odot\big(1 + \mathrm{gate}\odot(1-\sigma)\big)"),
     "lora": ("lora.md", 77, 81, "dlora_A = d_lora_hidden.reshape(-1, r).T @ x_drop.reshape(-1, in_)"),
     "classifier": ("classifier.md", 73, 75, "dhidden[np.arange(B), last_index] = dpooled"),
-    "mlm": ("mlm.md", 52, 56, r"\mathrm{dlogits}_{b,t} = c_{b,t}\,(\mathrm{softmax}(\mathrm{logits}_{b,t}) - \mathrm{onehot}(\mathrm{targets}_{b,t}))/\sum c"),
+    "mlm": ("mlm.md", 53, 57, r"\mathrm{dlogits}_{b,t} = c_{b,t}\,(\mathrm{softmax}(\mathrm{logits}_{b,t}) - \mathrm{onehot}(\mathrm{targets}_{b,t}))/\sum c"),
     "sentence_order": ("sentence_order.md", 57, 63, r"$`(-(\sigma - y),\ \sigma - y) = p_b - \mathrm{onehot}(y_b)`$"),
     "transformer_block": ("transformer_block.md", 136, 142, r"dx &= dh + J_{\mathrm{N}_{w_{in}}}^T J_{\mathrm{Attn}}^T\, dh"),
     "adamw": ("adamw.md", 191, 196, "p -= lr * m_hat / (sqrt(v_hat) + eps)"),
@@ -340,7 +340,7 @@ def test_mlm(rng):
     targets[0, 1], targets[1, 3], targets[1, 4] = 3, 0, 6                 # the chosen positions
     logits, head_cache = linear_forward(h, W_head)
     _, ce_cache = cross_entropy_forward(logits, targets)
-    c = targets != -100                                                    # mlm.md:52-54
+    c = targets != -100                                                    # mlm.md:53-55
     p = np.exp(logits - logits.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     onehot = np.eye(V)[np.where(c, targets, 0)]

@@ -402,6 +402,18 @@ def test_text_holding_unk_is_reported_for_masked_lm(tmp_path, capsys):
     # before, the text "<unk>" (WikiText's rare word) was blamed on a byte fallback the tokenizer has
     note = unk_in_text_note(with_fallback.encode("The <unk> sat on the mat."), with_fallback)
     assert note.startswith("1 of ") and 'the text writes "<unk>" itself' in note and "byte fallback" not in note
+    # the same tokenizers as a Hugging Face tokenizer.json (a base folder without tokenizer.model)
+    from npllama.tokenizer_json import JsonTokenizer
+
+    for tokenizer, name in ((without, "json_without"), (with_fallback, "json_with")):
+        (tmp_path / name).mkdir()
+        for file, data in tokenizer.hf_files().items():
+            (tmp_path / name / file).write_bytes(data)
+        json_tokenizer = JsonTokenizer(tmp_path / name)
+        assert unk_in_text_note(json_tokenizer.encode(text), json_tokenizer) == unk_in_text_note(tokenizer.encode(text),
+                                                                                                tokenizer)
+    assert unk_in_text_note(JsonTokenizer(tmp_path / "json_with").encode("The <unk> sat."),
+                            JsonTokenizer(tmp_path / "json_with")).endswith('to have it read as text')
     assert unk_in_text_note([], without) is None
     # `npllama train --objective mlm` says so, with its count over the training text
     data = tmp_path / "snow.txt"

@@ -467,8 +467,9 @@ def split_train_val(n: int, val_fraction: float, seed: int = 0, what: str = "exa
     (the error suggests one only then).  strata: one label per item, or None.  With labels, each label
     is held out in proportion to its count (stratified): round(n * val_fraction) items in all, as
     without, shared out by largest remainder, and a label keeps one item for training while another
-    label can give one instead -- so a rare label is neither held out whole by chance nor missing
-    from validation when its share rounds to one."""
+    label can give one instead -- so a rare label is not held out whole by chance, and each label's
+    count in validation is its exact share rounded up or down (largest remainder can round down a
+    share above one half: 7, 7, 6 items with 2 held out give the label of 6 none)."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be strictly between 0 and 1, got {val_fraction!r}")
     order = list(range(n))

@@ -73,18 +73,24 @@ def reopen_run(run_dir, config, file_name: str) -> tuple[dict, Path | None]:
 def saved_settings(run_dir, config_class, file_name: str) -> dict:
     """The settings a run folder's `file_name` records, validated by `config_class` like
     command-line ones (any problem is a CheckpointError naming the file)."""
+    return _saved_settings_and_older(run_dir, config_class, file_name)[0]
+
+
+def _saved_settings_and_older(run_dir, config_class, file_name: str) -> tuple[dict, set]:
+    """(saved_settings, the names among them the file lacks, taken from SETTINGS_OF_OLDER_RUNS)."""
     from .io.reading import read_json
 
     path = require_settings(run_dir, file_name)
     saved = read_json(path, expect=dict, max_bytes=MAX_SETTINGS_BYTES, error=CheckpointError)
-    # a setting added since the run was saved: the value the run was made with, not today's default
-    saved = {**getattr(config_class, "SETTINGS_OF_OLDER_RUNS", {}), **saved}
     known = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(saved) - known)
     if unknown:
         raise CheckpointError(path, f"has settings npllama does not know: {', '.join(unknown)}")
+    # a setting added since the run was saved: the value the run was made with, not today's default
+    older = {name: value for name, value in getattr(config_class, "SETTINGS_OF_OLDER_RUNS", {}).items()
+             if name not in saved}
     try:
-        return _as_dict(config_class(**saved))
+        return _as_dict(config_class(**older, **saved)), set(older)
     except (TypeError, ValueError) as error:
         raise CheckpointError(path, f"holds an invalid setting: {error}") from None
 
@@ -98,12 +104,14 @@ def changes_on_resume(run_dir, config, file_name: str) -> dict:
     the run (config.RESUME_FIXED) is refused with a ValueError naming each one; settings in
     config.RESUME_QUIET steer only this call and are left out.  Paths (config.PATH_SETTINGS) that
     name the same file -- respelled, absolute, through a symlink -- are no change."""
-    saved = saved_settings(run_dir, type(config), file_name)
+    saved, older = _saved_settings_and_older(run_dir, type(config), file_name)
     new = _as_dict(config)
     differing = {name: (saved[name], new[name]) for name in saved
                  if saved[name] != new[name] and not same_path(config, name, saved[name], new[name])}
-    fixed = [f"{name} ({old!r} -> {value!r})" for name, (old, value) in differing.items()
-             if name in config.RESUME_FIXED]
+    fixed = [f"{name} ({old!r} -> {value!r}"
+             + (f"; the run was saved before npllama had this setting: give {name}={old!r} to resume it)"
+                if name in older else ")")
+             for name, (old, value) in differing.items() if name in config.RESUME_FIXED]
     if fixed:
         raise ValueError(f"cannot resume {str(run_dir)!r} with different settings: {', '.join(fixed)}; "
                          f"these define the run (model, tokenizer, data and its order): start a new run "

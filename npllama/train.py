@@ -236,15 +236,16 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
                              f"with --tokenizer (a new one, trained on --data, would give the ids other meanings)")
     if tc.data is not None and tc.val_data is not None and not resume:
         _refuse_held_out_text_in_data(tc)
-    # --data and --val-data read now: text that cannot be read is refused before the folder is made
-    texts = _load_corpus(tc) if tc.data is not None and not resume else None
-    val_texts = _held_out_texts(tc) if tc.val_data is not None and not resume else None
     if tc.tokenizer is not None and tc.vocab_size is not None and not resume:
         _refuse_another_vocab_size(tc)
     if resume:
         require_settings(run_dir, CONFIG_FILE)
     else:
         _refuse_a_folder_of_the_users(run_dir)
+    # --data and --val-data read now (the quick refusals above wait for no corpus): text that cannot
+    # be read is refused before the folder is made
+    texts = _load_corpus(tc) if tc.data is not None and not resume else None
+    val_texts = _held_out_texts(tc) if tc.val_data is not None and not resume else None
     with stop_signals_interrupt(), writing_run(run_dir):
         try:
             return _train_holding_the_run(tc, run_dir, resume, echo, texts, val_texts)

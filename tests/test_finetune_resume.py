@@ -213,6 +213,10 @@ def test_a_classify_run_saved_before_the_stratified_split_resumes_on_its_own_spl
     settings_path.write_text(json.dumps(saved))
     twin = tmp_path / "twin"
     shutil.copytree(out, twin)
+    # in Python, today's default is a change: refused, saying what resumes it
+    with pytest.raises(ValueError, match=r"split \('shuffled' -> 'stratified'; the run was saved before npllama had "
+                                         r"this setting: give split='shuffled' to resume it\)"):
+        run_job("classify", settings("classify", small_model_dir, out=str(out), steps=5, data=str(data)), resume=True)
     assert main(["finetune", "classify", "--out", str(out), "--resume", "--steps", "5", "--no-progress",
                  "--backend", "numpy"]) == 0
     # the same resume in Python, with the shuffled split named: the same batches, the same losses

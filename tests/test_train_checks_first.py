@@ -40,6 +40,25 @@ def test_data_that_cannot_be_read_is_refused_before_the_run_folder_is_made(tmp_p
     assert not out.exists()
 
 
+def test_quick_refusals_come_before_the_corpus_is_read(tmp_path, capsys, monkeypatch):
+    # a vocab size the tokenizer does not have, an --out of the user's own files: said at once, not
+    # after reading a large --data (here reading it would raise)
+    import npllama.data
+    from npllama.corpus import make_default_corpus
+    from npllama.tokenizer import Tokenizer
+
+    Tokenizer.train(make_default_corpus(100), tmp_path / "tok", vocab_size=360)
+    (tmp_path / "big.txt").write_text("Once upon a time.\n")
+    monkeypatch.setattr(npllama.data, "load_texts", lambda *a, **k: pytest.fail("--data was read first"))
+    assert main(["train", "--data", str(tmp_path / "big.txt"), "--tokenizer", str(tmp_path / "tok.model"),
+                 "--vocab-size", "512", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert "vocab" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("mine")
+    assert main(["train", "--data", str(tmp_path / "big.txt"), "--out", str(tmp_path / "mine"), "--no-progress"]) == 2
+    assert "thesis.tex" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("data, val_data, where", [
     ("corpus", "corpus/test.txt", "is inside --data"),      # before: trained on, and its loss called held-out
     ("corpus/train.txt", "corpus/train.txt", "is --data itself"),

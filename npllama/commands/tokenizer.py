@@ -33,7 +33,8 @@ def register(subparsers) -> None:
                         "character)")
     t.add_argument("--input-sentence-size", type=int, default=1_000_000, metavar="N",
                    help="train on a random sample of N documents (long ones count once per ~4 kB piece) when the "
-                        "corpus has more, so that a huge corpus trains in bounded memory (0: on all of them)")
+                        "corpus has more, which bounds SentencePiece's own memory (the corpus is read whole "
+                        "first) (0: on all of them)")
     t.add_argument("--out", default="tokenizer", help="output prefix: writes OUT.model and OUT.vocab")
     t.add_argument("--force", action="store_true", help="replace OUT.model and OUT.vocab if they exist")
     t.set_defaults(run=train)

@@ -105,10 +105,13 @@ def verdict_of(reference, yours, steps_total, stopped) -> tuple[bool, str]:
                    f"{yours[-1]:.3f} while the library's reached {reference[-1]:.3f}")
 
 
-def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 8, seq_len: int = 64,
+def train_with_submission(op, path, *, steps: int = 200, batch_size: int = 8, seq_len: int = 64,
                           seed: int = 0, out=None, echo=print, progress: bool = True,
                           corpus_stories: int = 2000, check_timeout: float = CHECK_TIMEOUT) -> TrainComparison:
     """Train the tiny model with the library's backward and with the one in `path`; compare.
+
+    op: an exercise's name, or an Exercise (a teacher's, teacher.load_exercises, that stands for an op
+    of the model: its forward and reference backward make the reference run).
 
     The file is checked first in the grading sandbox (sandbox.grade_file: its own process, time and
     memory limits), so that a file that hangs, exits or cannot be used stops here with the
@@ -135,7 +138,8 @@ def train_with_submission(op: str, path, *, steps: int = 200, batch_size: int = 
     settings = dict(steps=steps, batch_size=batch_size, seq_len=seq_len, seed=seed, eval_every=steps,
                     checkpoint_every=steps, samples=0, corpus_stories=corpus_stories, progress=progress)
     quiet = (lambda *a, **k: None)
-    echo(f"training the tiny model for {steps} steps with the library's {exercise.backward_name} ...")
+    whose = f"{Path(exercise.exercise_file).name}'s reference" if exercise.exercise_file else "the library's"
+    echo(f"training the tiny model for {steps} steps with {whose} {exercise.backward_name} ...")
     try:
         with in_the_model(exercise, exercise.reference):
             train(TrainConfig(out=str(folder / "reference"), **settings), echo=quiet)

@@ -81,8 +81,8 @@ def read_text(path, max_bytes: int = MAX_TEXT_BYTES, error=ValueError) -> str:
 
 def read_lines(path, error=ValueError) -> Iterator[str]:
     """The lines of a UTF-8 text file of any size, read one at a time, without their line ends
-    (\\n, \\r\\n, or \\r alone as old Macs wrote); checked as read_text checks a file, and a leading
-    byte-order mark dropped."""
+    (\\n, \\r\\n, or \\r alone as old Macs wrote -- such a file, with no \\n, is read whole before
+    it is split); checked as read_text checks a file, and a leading byte-order mark dropped."""
     with open_regular_file(path, error) as f:
         offset, line = 0, 1
         for raw in f:     # binary lines end at b"\n" only: a \r is cut at below

@@ -445,6 +445,10 @@ def _as_files(texts_or_files) -> list[Path] | None:
     else:
         return None
     for item in items:
+        if item.is_dir():
+            raise ValueError(f"training file {str(item)!r} is a folder: train on its documents with "
+                             f"Tokenizer.train(npllama.data.load_texts({str(item)!r}), ...), as `npllama "
+                             f"tokenizer train --data` does")
         if not item.is_file():
             raise ValueError(f"training file {str(item)!r} does not exist (to train on text, pass a "
                              f"list of strings instead of a path)")

@@ -440,3 +440,14 @@ def test_without_byte_fallback_the_vocabulary_needs_no_byte_pieces(tmp_path):
     with pytest.raises(ValueError, match=r"its characters plus the 3 special pieces already need \d+\.  .*"
                                          r"the rarest characters are written as <unk>\.$"):
         Tokenizer.train(stories, tmp_path / "few", vocab_size=20, byte_fallback=False)
+
+
+def test_a_folder_given_as_the_training_file_is_named_as_a_folder(tmp_path):
+    (tmp_path / "texts").mkdir()
+    with pytest.raises(ValueError, match=r"texts' is a folder: train on its documents with "
+                                         r"Tokenizer.train\(npllama.data.load_texts\("):
+        Tokenizer.train(tmp_path / "texts", tmp_path / "tok", vocab_size=360)
+    from npllama.data import load_texts
+
+    write_default_corpus(tmp_path / "texts" / "stories.txt", n_stories=100)
+    assert Tokenizer.train(load_texts(tmp_path / "texts"), tmp_path / "tok", vocab_size=360).vocab_size == 360

@@ -1,0 +1,216 @@
+"""What the training loops feed the optimizer: the learning rate of every step and the clipped
+gradients.  A loop can call the schedule one step late, drop min_lr or skip the clip and still
+learn, so these look at each update as AdamW receives it (found by mutation testing)."""
+import numpy as np
+import pytest
+
+from npllama.finetune import StepConfig, run_steps
+from npllama.optim import AdamW, cosine_with_warmup, global_grad_norm
+
+
+@pytest.fixture
+def updates(monkeypatch):
+    """Every AdamW.step call as (lr, global norm of the gradients it was given)."""
+    seen = []
+    real_step = AdamW.step
+
+    def step(self, grads, lr=None):
+        seen.append((lr, global_grad_norm(grads)))
+        return real_step(self, grads, lr=lr)
+
+    monkeypatch.setattr(AdamW, "step", step)
+    return seen
+
+
+def quiet(*_args, **_kwargs):
+    pass
+
+
+STEPS, WARMUP, LR, MIN_LR, GRAD_CLIP, SEED = 5, 2, 5e-3, 1e-3, 0.05, 3
+
+
+@pytest.fixture(scope="module")
+def pretraining_run(tmp_path_factory):
+    """A tiny `npllama train` run, recording each update, and the token streams its loader and
+    validation batches were made from."""
+    import npllama.data
+    from npllama.train import TrainConfig, train
+
+    seen = {"updates": []}
+    real_step, RealLoader, real_evaluation_batches = AdamW.step, npllama.data.BatchLoader, npllama.data.evaluation_batches
+
+    def step(self, grads, lr=None):
+        seen["updates"].append((lr, global_grad_norm(grads)))
+        return real_step(self, grads, lr=lr)
+
+    class Loader(RealLoader):
+        def __init__(self, ids, *args, **kwargs):
+            super().__init__(ids, *args, **kwargs)
+            seen["train_ids"], seen["loader_seed"] = np.asarray(ids), self.seed
+
+    def evaluation_batches(ids, *args, **kwargs):
+        seen["val_ids"] = np.asarray(ids)
+        return real_evaluation_batches(ids, *args, **kwargs)
+
+    out = tmp_path_factory.mktemp("schedule") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AdamW, "step", step)
+        mp.setattr(npllama.data, "BatchLoader", Loader)
+        mp.setattr(npllama.data, "evaluation_batches", evaluation_batches)
+        train(TrainConfig(out=str(out), preset="stories260k", vocab_size=360, batch_size=2, seq_len=16,
+                          corpus_stories=100, eval_every=0, eval_batches=1, checkpoint_every=0, samples=0,
+                          progress=False, threads=1, steps=STEPS, warmup_steps=WARMUP, lr=LR, min_lr=MIN_LR,
+                          grad_clip=GRAD_CLIP, seed=SEED), echo=quiet)
+    return out, seen
+
+
+def test_pretraining_steps_take_the_scheduled_lr_and_clipped_gradients(pretraining_run):
+    _, seen = pretraining_run
+    # step s (from 0) of a run of STEPS steps: warmup to LR, then the cosine towards MIN_LR
+    expected = [cosine_with_warmup(s, max_lr=LR, warmup_steps=WARMUP, total_steps=STEPS, min_lr=MIN_LR)
+                for s in range(STEPS)]
+    assert [lr for lr, _ in seen["updates"]] == pytest.approx(expected, rel=1e-12)
+    # a random model's gradient norm is ~1: clipped to GRAD_CLIP before AdamW sees it
+    assert [norm for _, norm in seen["updates"]] == pytest.approx([GRAD_CLIP] * STEPS, rel=1e-4)
+
+
+def test_pretraining_holds_out_the_corpus_end_from_a_document_start_and_shuffles_by_its_seed(pretraining_run):
+    from npllama.tokenizer import Tokenizer
+
+    out, seen = pretraining_run
+    tokenizer = Tokenizer(out / "tokenizer.model")
+    train_ids, val_ids = seen["train_ids"], seen["val_ids"]
+    # validation is the held-out end (5% of the stream), not the training text, cut where a document starts
+    assert 0 < len(val_ids) < len(train_ids) / 10
+    assert val_ids[0] == tokenizer.bos_id and train_ids[-1] == tokenizer.eos_id
+    assert seen["loader_seed"] == SEED
+
+
+def _quadratic(params, target):
+    """0.5 * ||p - target||^2 with its gradient: a gradient norm of ||p - target||."""
+    def loss_and_grads(_batch):
+        d = params["w"] - target
+        return 0.5 * float(np.vdot(d, d)), {"w": d.copy()}
+    return loss_and_grads
+
+
+def test_fine_tuning_steps_take_the_scheduled_lr_and_clipped_gradients(updates):
+    params = {"w": np.zeros((3, 4))}
+    target = np.full((3, 4), 10.0)                   # gradient norm ~35 at first: clipping must act
+    sc = StepConfig(steps=6, batch_size=1, lr=1e-2, warmup_steps=2, grad_clip=0.5, progress=False)
+    losses = run_steps(params, _quadratic(params, target), lambda step: None, sc)
+    assert len(losses) == 6
+    # fine-tuning's schedule: warmup, then the cosine down to a tenth of lr
+    expected = [cosine_with_warmup(s, max_lr=1e-2, warmup_steps=2, total_steps=6, min_lr=1e-3) for s in range(6)]
+    assert [lr for lr, _ in updates] == pytest.approx(expected, rel=1e-12)
+    assert [norm for _, norm in updates] == pytest.approx([0.5] * 6, rel=1e-6)
+
+
+def test_fine_tuning_warmup_is_cut_to_leave_a_step_after_it(updates):
+    """warmup_steps >= steps: warmup is cut to steps - 1 steps, so the run reaches lr (not 3/20 of it)."""
+    params = {"w": np.zeros(2)}
+    sc = StepConfig(steps=3, batch_size=1, lr=1e-2, warmup_steps=20, grad_clip=1e9, progress=False)
+    run_steps(params, _quadratic(params, np.ones(2)), lambda step: None, sc)
+    assert [lr for lr, _ in updates] == pytest.approx([1e-2 / 2, 1e-2, 1e-2], rel=1e-12)
+
+
+# ----- accumulation and validation: means over every counted target ------------------------------
+def _tiny_model():
+    from npllama import Llama, LlamaConfig
+
+    return Llama(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16),
+                 seed=0, dtype=np.float64)
+
+
+def _tokens_and_targets():
+    rng = np.random.default_rng(0)
+    tokens, targets = rng.integers(0, 50, (6, 8)), rng.integers(0, 50, (6, 8))
+    targets[:2, 1:] = -100    # the parts count 2, 16 and 13 targets
+    targets[4, :3] = -100
+    return tokens, targets
+
+
+def test_grad_accum_of_three_micro_batches_is_the_whole_batch():
+    """Two micro-batches add once; a third adds to a sum that already holds its weights."""
+    import types
+
+    from npllama import use_backend
+    from npllama.parallel import BatchSplitter
+    from npllama.train import _Loop
+
+    model = _tiny_model()
+    tokens, targets = _tokens_and_targets()
+    batches = iter([(tokens[i:i + 2], targets[i:i + 2]) for i in (0, 2, 4)])
+    loop = types.SimpleNamespace(tc=types.SimpleNamespace(grad_accum=3), splitter=BatchSplitter(1),
+                                 loader=types.SimpleNamespace(next_batch=lambda: next(batches)),
+                                 loss_and_grads=model.loss_and_grads)
+    with use_backend("numpy"):
+        loss, grads = _Loop.accumulate(loop)
+        whole_loss, whole_grads = model.loss_and_grads(tokens, targets)
+    assert loss == pytest.approx(whole_loss, rel=1e-13)
+    for name, g in whole_grads.items():
+        np.testing.assert_allclose(grads[name], g, rtol=1e-10, atol=1e-14, err_msg=name)
+
+
+def test_validation_loss_is_the_mean_over_every_held_out_target():
+    """Validation batches count different numbers of targets (a smaller last batch, -100s): the
+    loss is that of all of them as one batch, not a mean of the batches' means."""
+    import types
+
+    from npllama import use_backend
+    from npllama.parallel import BatchSplitter
+    from npllama.train import _Loop
+
+    model = _tiny_model()
+    tokens, targets = _tokens_and_targets()
+    loop = types.SimpleNamespace(val_batches=[(tokens[:2], targets[:2]), (tokens[2:], targets[2:])],
+                                 splitter=BatchSplitter(1), loss=model.loss, step=7, bar=None,
+                                 write_log=lambda record: None)
+    with use_backend("numpy"):
+        assert _Loop.evaluate(loop) == pytest.approx(model.loss(tokens, targets), rel=1e-12)
+
+
+# ----- masked LM and sentence order -----------------------------------------------------------------
+class FakeTokenizer:
+    """What the MLM and sentence-order batches read of a tokenizer; a character per token."""
+    unk_id, bos_id, eos_id, pad_id, vocab_size = 0, 1, 2, 3, 40
+
+    def encode(self, text, bos=False):
+        return [4 + ord(c) % 36 for c in text]
+
+
+def test_special_tokens_are_never_masked_nor_drawn_as_replacements():
+    from npllama.objectives import special_token_ids
+
+    assert special_token_ids(FakeTokenizer()) == (0, 1, 2, 3)
+
+
+def test_mlm_validation_masks_are_fixed_by_the_seed():
+    """Validation losses compare from run to run only if the same tokens are masked each time."""
+    from npllama.objectives import mlm_objective
+
+    val = [(np.arange(4, 40).reshape(3, 12), None)]
+    first = mlm_objective(None, FakeTokenizer(), None, val, seed=5)[1]
+    again = mlm_objective(None, FakeTokenizer(), None, val, seed=5)[1]
+    other = mlm_objective(None, FakeTokenizer(), None, val, seed=6)[1]
+    for (a_in, a_t), (b_in, b_t) in zip(first, again):
+        np.testing.assert_array_equal(a_in, b_in)
+        np.testing.assert_array_equal(a_t, b_t)
+    assert not np.array_equal(first[0][1], other[0][1])
+
+
+def test_sentence_order_batches_deal_the_pairs_in_a_fresh_order_each_epoch():
+    from npllama.objectives import SentenceOrderBatches
+
+    texts = [f"Story {i} starts here. It goes on a while. Then it ends." for i in range(8)]
+    batches = SentenceOrderBatches(texts, FakeTokenizer(), batch_size=2, max_len=64, seed=1)
+
+    def rows(step):   # each pair by its tokens before masking
+        batch = batches.batch(step)
+        tokens = np.where(batch.targets != -100, batch.targets, batch.inputs)
+        return [tuple(row[real]) for row, real in zip(tokens, batch.attention_mask)]
+    first = [row for step in range(4) for row in rows(step)]
+    second = [row for step in range(4, 8) for row in rows(step)]
+    assert sorted(first) == sorted(second)    # every pair once per epoch
+    assert first != second

@@ -40,6 +40,7 @@ from .ops.classifier import last_token_index   # (the head's ops are the ops in 
 from .interrupts import deferred_stop_signals
 from .io.hf import objective_fields
 from .optim import AdamW, TrainingError, clip_finite_step, cosine_with_warmup
+from .parallel import counted_targets, target_weights
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 SCORE = "score.weight"
@@ -595,6 +596,14 @@ def sft_batch(examples: list[tuple[list[int], list[bool]]], pad_id: int):
     return tokens, targets, mask
 
 
+def sft_loss(model, examples: list[tuple[list[int], list[bool]]], pad_id: int, batch_size: int = 16) -> float:
+    """The loss per counted (response) token over `examples`, in batches of batch_size: each
+    batch's mean weighted by its count of counted targets, which differs from batch to batch."""
+    batches = [sft_batch(examples[i:i + batch_size], pad_id) for i in range(0, len(examples), batch_size)]
+    weights = target_weights([counted_targets(targets) for _, targets, _ in batches])
+    return float(sum(weight * model.loss(*batch) for weight, batch in zip(weights, batches)))
+
+
 @dataclasses.dataclass
 class SFTConfig(FinetuneSettings):
     """`npllama finetune sft`.  Defaults: the built-in story instructions, full fine-tuning.
@@ -676,8 +685,7 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     params = model.lora.params if model.lora is not None else model.params
 
     def val_loss():
-        losses = [model.loss(*sft_batch(val[i:i + 16], pad_id)) for i in range(0, min(len(val), 64), 16)]
-        return float(np.mean(losses))
+        return sft_loss(model, val[:64], pad_id)
 
     before = val_loss()
     sc = sc_.step_config(full_lr=1e-3, lora_lr=5e-3)

@@ -214,3 +214,20 @@ def test_sentence_order_batches_deal_the_pairs_in_a_fresh_order_each_epoch():
     second = [row for step in range(4, 8) for row in rows(step)]
     assert sorted(first) == sorted(second)    # every pair once per epoch
     assert first != second
+
+
+def test_sft_validation_loss_is_the_mean_over_every_response_token():
+    """Examples whose responses differ in length, in batches of 2, 2 and 1: the loss is that of all
+    of them as one batch (the right padding changes no earlier position under causal attention)."""
+    from npllama import use_backend
+    from npllama.finetune import sft_batch, sft_loss
+
+    model = _tiny_model()
+    rng = np.random.default_rng(3)
+    examples = []
+    for prompt, response in [(3, 2), (2, 9), (4, 1), (2, 6), (5, 3)]:
+        ids = [1, *rng.integers(4, 50, prompt + response)]
+        examples.append((ids, [False] * (1 + prompt) + [True] * response))
+    with use_backend("numpy"):
+        whole = model.loss(*sft_batch(examples, pad_id=0))
+        assert sft_loss(model, examples, pad_id=0, batch_size=2) == pytest.approx(whole, rel=1e-12)

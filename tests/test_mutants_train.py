@@ -27,6 +27,7 @@ def quiet(*_args, **_kwargs):
 
 
 STEPS, WARMUP, LR, MIN_LR, GRAD_CLIP, SEED = 5, 2, 5e-3, 1e-3, 0.05, 3
+BETAS, WEIGHT_DECAY = (0.8, 0.9), 0.2
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,7 @@ def pretraining_run(tmp_path_factory):
 
     def step(self, grads, lr=None):
         seen["updates"].append((lr, global_grad_norm(grads)))
+        seen["settings"] = (self.betas, self.weight_decay)
         return real_step(self, grads, lr=lr)
 
     class Loader(RealLoader):
@@ -60,7 +62,8 @@ def pretraining_run(tmp_path_factory):
         train(TrainConfig(out=str(out), preset="stories260k", vocab_size=360, batch_size=2, seq_len=16,
                           corpus_stories=100, eval_every=0, eval_batches=1, checkpoint_every=0, samples=0,
                           progress=False, threads=1, steps=STEPS, warmup_steps=WARMUP, lr=LR, min_lr=MIN_LR,
-                          grad_clip=GRAD_CLIP, seed=SEED), echo=quiet)
+                          grad_clip=GRAD_CLIP, seed=SEED, beta1=BETAS[0], beta2=BETAS[1],
+                          weight_decay=WEIGHT_DECAY), echo=quiet)
     return out, seen
 
 
@@ -72,6 +75,7 @@ def test_pretraining_steps_take_the_scheduled_lr_and_clipped_gradients(pretraini
     assert [lr for lr, _ in seen["updates"]] == pytest.approx(expected, rel=1e-12)
     # a random model's gradient norm is ~1: clipped to GRAD_CLIP before AdamW sees it
     assert [norm for _, norm in seen["updates"]] == pytest.approx([GRAD_CLIP] * STEPS, rel=1e-4)
+    assert seen["settings"] == (BETAS, WEIGHT_DECAY)
 
 
 def test_pretraining_holds_out_the_corpus_end_from_a_document_start_and_shuffles_by_its_seed(pretraining_run):
@@ -104,6 +108,15 @@ def test_fine_tuning_steps_take_the_scheduled_lr_and_clipped_gradients(updates):
     expected = [cosine_with_warmup(s, max_lr=1e-2, warmup_steps=2, total_steps=6, min_lr=1e-3) for s in range(6)]
     assert [lr for lr, _ in updates] == pytest.approx(expected, rel=1e-12)
     assert [norm for _, norm in updates] == pytest.approx([0.5] * 6, rel=1e-6)
+
+
+def test_fine_tuning_decays_the_weights_by_its_weight_decay():
+    """A zero gradient leaves only the decoupled decay: each step multiplies w by 1 - lr * weight_decay."""
+    params = {"w": np.ones((2, 3))}
+    sc = StepConfig(steps=2, batch_size=1, lr=1e-2, warmup_steps=0, weight_decay=0.5, progress=False)
+    run_steps(params, lambda _batch: (0.0, {"w": np.zeros((2, 3))}), lambda step: None, sc)
+    lrs = [cosine_with_warmup(s, max_lr=1e-2, warmup_steps=0, total_steps=2, min_lr=1e-3) for s in range(2)]
+    np.testing.assert_allclose(params["w"], (1 - lrs[0] * 0.5) * (1 - lrs[1] * 0.5), rtol=1e-14)
 
 
 def test_fine_tuning_warmup_is_cut_to_leave_a_step_after_it(updates):
@@ -231,3 +244,89 @@ def test_sft_validation_loss_is_the_mean_over_every_response_token():
     with use_backend("numpy"):
         whole = model.loss(*sft_batch(examples, pad_id=0))
         assert sft_loss(model, examples, pad_id=0, batch_size=2) == pytest.approx(whole, rel=1e-12)
+
+
+def test_sentence_order_evaluation_batches_are_fixed():
+    """Two evaluations of one model must see the same masks, or their numbers do not compare."""
+    from npllama.objectives import SentenceOrderBatches
+
+    texts = [f"Story {i} starts here. It goes on a while. Then it ends." for i in range(6)]
+    batches = SentenceOrderBatches(texts, FakeTokenizer(), batch_size=2, max_len=64, seed=1)
+    first, again = batches.evaluation_batches(), batches.evaluation_batches()
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a.inputs, b.inputs)
+        np.testing.assert_array_equal(a.targets, b.targets)
+
+
+def test_next_sentence_pairs_take_a_changed_b_from_another_document():
+    from npllama.objectives import sentence_order_pairs
+
+    documents = [[f"d{d}s{s}." for s in range(4)] for d in range(3)]
+    home = {sentence: d for d, document in enumerate(documents) for sentence in document}
+    pairs = sentence_order_pairs(documents, np.random.default_rng(0), task="nsp")
+    pairs += [p for seed in range(1, 40) for p in sentence_order_pairs(documents, np.random.default_rng(seed), "nsp")]
+    changed = [(a, b) for a, b, label in pairs if label == 1]
+    assert len(changed) > 20
+    for a, b in changed:
+        assert home[a.split()[0]] != home[b.split()[0]], (a, b)
+
+
+def test_lora_a_starts_uniform_within_one_over_sqrt_in_features():
+    """PEFT's init (kaiming_uniform with a = sqrt(5)): A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0."""
+    from npllama.lora import attach_lora
+
+    model = _tiny_model()
+    adapters = attach_lora(model, r=4, lora_alpha=8)
+    for name, p in adapters.params.items():
+        if "lora_A" in name:
+            bound = 1 / np.sqrt(p.shape[1])
+            assert np.abs(p).max() <= bound and np.abs(p).max() > 0.8 * bound, name
+        else:
+            assert not p.any(), name
+
+
+def test_a_resume_takes_the_optimizer_settings_it_changes_on_purpose():
+    """A resume may change weight_decay or the betas (a changed setting the run records): the
+    restored optimizer must use the new values, not the checkpoint's."""
+    from pathlib import Path
+
+    from npllama.resuming import restore_optimizer
+
+    params = {"w": np.ones((2, 2))}
+    saved = AdamW(params, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    saved.step({"w": np.full((2, 2), 0.5)})
+    optimizer = AdamW({"w": params["w"].copy()}, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    wanted = {"lr": 3e-3, "betas": (0.8, 0.9), "eps": 1e-8, "weight_decay": 0.05}
+    restore_optimizer(optimizer, saved.state_dict(), 1, Path("checkpoint"), wanted,
+                      changeable={"betas", "weight_decay"})
+    assert (optimizer.lr, optimizer.betas, optimizer.weight_decay) == (3e-3, (0.8, 0.9), 0.05)
+    assert optimizer.step_count == 1
+    np.testing.assert_array_equal(optimizer.m["w"], saved.m["w"])
+
+
+def test_sft_validation_examples_are_held_out_of_training(small_model_dir, tmp_path, monkeypatch):
+    import npllama.finetune as finetune
+    from npllama.datasets import write_jsonl
+
+    records = [{"prompt": f"Question number {i}?", "response": f"Answer {i} is {i * 7}."} for i in range(10)]
+    seen = {"val": set(), "train": set()}
+    real_sft_loss = finetune.sft_loss
+
+    def sft_loss(model, examples, pad_id, batch_size=16):
+        seen["val"] |= {tuple(ids) for ids, _ in examples}
+        return real_sft_loss(model, examples, pad_id, batch_size)
+
+    def run_steps(params, loss_and_grads, make_batch, sc, *args, **kwargs):
+        for step in range(4):   # two epochs of 4 batches of 2: every training example
+            tokens, targets, mask = make_batch(step)
+            for row, real, t in zip(tokens, mask, targets):
+                seen["train"].add((*row[real], int(t[real][-1])))   # an example: its inputs, then its last target
+        return [0.0]
+
+    monkeypatch.setattr(finetune, "sft_loss", sft_loss)
+    monkeypatch.setattr(finetune, "run_steps", run_steps)
+    finetune.sft(finetune.SFTConfig(base=str(small_model_dir), data=str(write_jsonl(tmp_path / "d.jsonl", records)),
+                                    val_fraction=0.2, batch_size=2, steps=4, samples=0, progress=False,
+                                    chat_template="llama2"), echo=quiet)
+    assert len(seen["val"]) == 2 and len(seen["train"]) == 8
+    assert not seen["val"] & seen["train"]

@@ -330,3 +330,37 @@ def test_sft_validation_examples_are_held_out_of_training(small_model_dir, tmp_p
                                     chat_template="llama2"), echo=quiet)
     assert len(seen["val"]) == 2 and len(seen["train"]) == 8
     assert not seen["val"] & seen["train"]
+
+
+def test_sentence_order_evaluates_the_head_it_trained_on_held_out_documents(small_model_dir, tmp_path, monkeypatch):
+    """The head the result reports on is the array the step loop updated, and the validation pairs
+    come from documents the training pairs do not."""
+    import npllama.finetune_sop as finetune_sop
+
+    documents = [f"Doc {i} begins. It has a middle part. It ends here." for i in range(20)]
+    (tmp_path / "docs.txt").write_text("\n\n".join(documents), encoding="utf-8")
+    seen = {"heads": [], "documents": {}}
+    real_evaluate, real_pairs = finetune_sop.evaluate_sentence_order, finetune_sop._pairs
+
+    def evaluate(model, head, batches):
+        seen["heads"].append(head.copy())
+        return real_evaluate(model, head, batches)
+
+    def pairs(texts, *args):
+        seen["documents"][args[-1]] = {" ".join(sentences) for sentences in texts}
+        return real_pairs(texts, *args)
+
+    def run_steps(params, *args, **kwargs):
+        params[finetune_sop.SOP_HEAD] += 1.0      # stands for training: the head moves
+        return [0.0]
+
+    monkeypatch.setattr(finetune_sop, "evaluate_sentence_order", evaluate)
+    monkeypatch.setattr(finetune_sop, "_pairs", pairs)
+    monkeypatch.setattr(finetune_sop, "run_steps", run_steps)
+    finetune_sop.sentence_order(finetune_sop.SentenceOrderConfig(
+        base=str(small_model_dir), data=str(tmp_path / "docs.txt"), batch_size=2, max_len=32, steps=1,
+        val_fraction=0.2, progress=False), echo=quiet)
+    before, after = seen["heads"]
+    np.testing.assert_array_equal(after, before + 1.0)
+    training, validation = seen["documents"]["training"], seen["documents"]["validation"]
+    assert len(training) == 16 and len(validation) == 4 and not training & validation

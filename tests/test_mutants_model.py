@@ -1,8 +1,9 @@
-"""The whole model's forward against one written out from the definitions, without torch.
+"""Whole-model behaviours a one-line bug could change while every other test passed (found by
+mutation testing): the forward against one written out from the definitions, without torch, and
+the loss's ignore_index.
 
-Found by mutation testing: a hard-coded RMSNorm eps (Hugging Face's default 1e-6 in place of the
-config's) in the post-attention or the final norm, or the config's rope_scaling dropped from the
-model's RoPE tables, kept every gradient check passing (they are self-consistent) and were caught
+A hard-coded RMSNorm eps (Hugging Face's default 1e-6 in place of the config's) in any of the
+three norms, or the config's rope_scaling dropped from the model's RoPE tables, kept every gradient check passing (they are self-consistent) and were caught
 only by the optional transformers comparison, which is skipped without torch."""
 import numpy as np
 import pytest
@@ -77,3 +78,27 @@ def test_forward_equals_the_definitions_with_the_configs_eps_and_rope_scaling(na
         logits = model.forward(tokens)
     expected = definition_forward(model, tokens)
     np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("ignore_index", [-1, 3])
+def test_loss_and_grads_honour_their_ignore_index(ignore_index, backend):
+    # A model passing its default (-100) to the loss instead of the caller's ignore_index kept
+    # every other test passing: they all use -100.  The same targets marked with -100 are the answer.
+    model = Llama(LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16),
+                  seed=0, dtype=np.float64)
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(0, 11, size=(2, 6))
+    targets = rng.integers(0, 11, size=(2, 6))
+    ignored = rng.random((2, 6)) < 0.4
+    ignored[0, 0], ignored[0, 1] = True, False
+    ignored |= targets == ignore_index            # a real target equal to ignore_index is ignored too
+    marked = np.where(ignored, ignore_index, targets)
+    with use_backend(backend):
+        loss, grads = model.loss_and_grads(tokens, marked, ignore_index=ignore_index)
+        loss_only = model.loss(tokens, marked, ignore_index=ignore_index)
+        expected_loss, expected_grads = model.loss_and_grads(tokens, np.where(ignored, -100, targets))
+    assert loss == pytest.approx(expected_loss, rel=1e-12) and loss_only == pytest.approx(expected_loss, rel=1e-12)
+    for name, g in expected_grads.items():
+        np.testing.assert_allclose(grads[name], g, rtol=1e-10, atol=1e-14, err_msg=name)

@@ -1,6 +1,6 @@
 """Whole-model behaviours a one-line bug could change while every other test passed (found by
 mutation testing): the forward against one written out from the definitions, without torch, and
-the loss's ignore_index.
+the loss's ignore_index, hidden_forward's causal.
 
 A hard-coded RMSNorm eps (Hugging Face's default 1e-6 in place of the config's) in any of the
 three norms, or the config's rope_scaling dropped from the model's RoPE tables, kept every gradient check passing (they are self-consistent) and were caught
@@ -102,3 +102,22 @@ def test_loss_and_grads_honour_their_ignore_index(ignore_index, backend):
     assert loss == pytest.approx(expected_loss, rel=1e-12) and loss_only == pytest.approx(expected_loss, rel=1e-12)
     for name, g in expected_grads.items():
         np.testing.assert_allclose(grads[name], g, rtol=1e-10, atol=1e-14, err_msg=name)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_hidden_forward_honours_causal_false(backend):
+    # The masked-LM + sentence-order objective and classifiers of "mlm" models start from
+    # hidden_forward(causal=False); run causally instead, every gradient check still passed
+    # (forward and backward agree), and the objective silently trained a causal model.
+    cfg = LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    model = Llama(cfg, seed=0, dtype=np.float64)
+    tokens = np.random.default_rng(4).integers(0, 11, size=(2, 5))
+    head = model.params["lm_head.weight"]
+    with use_backend(backend):
+        hidden = {causal: model.hidden_forward(tokens, causal=causal)[0] for causal in (True, False)}
+        logits = {causal: model.forward_with_caches(tokens, causal=causal)[0] for causal in (True, False)}
+    for causal in (True, False):
+        np.testing.assert_allclose(hidden[causal] @ head.T, logits[causal], rtol=1e-12, atol=1e-14)
+    # position 0 sees the later tokens only without the causal mask
+    assert np.abs(hidden[False][:, 0] - hidden[True][:, 0]).max() > 1e-6

@@ -244,8 +244,12 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
         _refuse_a_folder_of_the_users(run_dir)
     # --data and --val-data read now (the quick refusals above wait for no corpus): text that cannot
     # be read is refused before the folder is made
-    texts = _load_corpus(tc) if tc.data is not None and not resume else None
-    val_texts = _held_out_texts(tc) if tc.val_data is not None and not resume else None
+    with stop_signals_interrupt():
+        try:
+            texts = _load_corpus(tc) if tc.data is not None and not resume else None
+            val_texts = _held_out_texts(tc) if tc.val_data is not None and not resume else None
+        except KeyboardInterrupt as stop:   # a large corpus takes a while: nothing is written yet
+            raise _said_what_is_left(stop, run_dir) from None
     with stop_signals_interrupt(), writing_run(run_dir):
         try:
             return _train_holding_the_run(tc, run_dir, resume, echo, texts, val_texts)

@@ -16,7 +16,8 @@ names (`model.layers.0.mlp.gate_proj` output -> `model.layers.0.mlp.gate`, ...);
 are functions rather than modules (RoPE, and the attention probabilities) are caught by wrapping
 `apply_rotary_pos_emb` for the duration of the call and by the attention module's second output.
 Gradients come from `retain_grad()` on the same tensors.  torch and transformers are imported only
-inside `transformers_trace`: nothing else in npllama needs them.
+inside the functions that run transformers (here and in npllama.debug_training): nothing else in
+npllama needs them.
 
 `planted_bug(name)` swaps a deliberately wrong op into a backend, to see what a divergence report
 looks like (and to test that `compare` points at the right tensor).
@@ -329,6 +330,63 @@ def _from_folder(folder, dtype, label_names: bool = False):
 
 # ----- transformers, traced with forward hooks ----------------------------------------------------
 
+def import_torch_and_transformers():
+    """(torch, transformers), or an ImportError saying what to install."""
+    try:
+        import torch
+        import transformers
+    except ImportError as error:
+        raise ImportError("comparing with transformers needs torch and transformers: "
+                          "pip install 'npllama[compare]'") from error
+    return torch, transformers
+
+
+def load_transformers_model(model_dir, dtype):
+    """transformers' LlamaForCausalLM -- or LlamaForSequenceClassification, for such a folder -- on
+    `model_dir`, with eager attention (whose probabilities can be recorded), in `dtype`."""
+    torch, transformers = import_torch_and_transformers()
+    hf_class = (transformers.LlamaForSequenceClassification if _is_classifier_folder(model_dir)
+                else transformers.LlamaForCausalLM)
+    progress_bar = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()   # "Loading weights" on stderr, every time
+    try:
+        hf = hf_class.from_pretrained(str(model_dir), attn_implementation="eager")
+    finally:
+        if progress_bar:
+            transformers.utils.logging.enable_progress_bar()
+    return hf.to(torch.float64 if np.dtype(dtype) == np.float64 else torch.float32)
+
+
+def float64_faithful(hf, config) -> None:
+    """Replace transformers' float32 islands in `hf` (RMSNorm, the RoPE tables, the eager softmax)
+    with float64 versions, so that a float64 transformers model computes in float64 throughout.
+    The cos/sin tables use npllama's inverse frequencies (`config` is the npllama LlamaConfig):
+    transformers' own are rounded to float32 before any cast; tests/test_hf_compare.py compares
+    the two formulas in float32."""
+    import torch
+
+    from .ops.rope import rope_inv_freq
+
+    hf.config._attn_implementation = "sdpa"     # computes its softmax in the inputs' dtype
+    inv_freq = torch.from_numpy(rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling))
+
+    def rmsnorm64(module):
+        def forward(x):
+            return module.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + module.variance_epsilon))
+        return forward
+
+    def rotary64(x, position_ids):
+        freqs = position_ids[:, :, None].double() * inv_freq[None, None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+    for module in hf.modules():
+        if type(module).__name__ == "LlamaRMSNorm":
+            module.forward = rmsnorm64(module)
+        if type(module).__name__ == "LlamaRotaryEmbedding":
+            module.forward = rotary64
+
+
 def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, include=None,
                        exclude=None, attention_mask=None) -> Trace:
     """Run transformers.LlamaForCausalLM on the folder and record what npllama's trace records,
@@ -336,24 +394,15 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
     LlamaForSequenceClassification folder runs that class: targets are its labels, and `score.out`
     is its output logits (pooled_logits: its `score` module's (B, T, num_labels) read at the
     pooled positions, the only ones npllama's head computes)."""
-    try:
-        import torch
-        import transformers
-        from transformers.models.llama import modeling_llama
-    except ImportError as error:
-        raise ImportError("comparing with transformers needs torch and transformers: "
-                          "pip install 'npllama[compare]'") from error
+    torch, transformers = import_torch_and_transformers()
+    from transformers.models.llama import modeling_llama
 
     classifier = _is_classifier_folder(model_dir)
     if classifier:
         tokens, targets, attention_mask = _classifier_batch(tokens, targets, attention_mask)
-        hf_class = transformers.LlamaForSequenceClassification
     else:
         tokens, targets = _batch(tokens, targets)
-        hf_class = transformers.LlamaForCausalLM
-    torch_dtype = torch.float64 if np.dtype(dtype) == np.float64 else torch.float32
-    hf = hf_class.from_pretrained(str(model_dir), attn_implementation="eager")
-    hf = hf.to(torch_dtype).eval()
+    hf = load_transformers_model(model_dir, dtype).eval()
     cfg = hf.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 

@@ -60,6 +60,8 @@ def register(subparsers) -> None:
     _tolerance(compare, "1e-3 in float32, 1e-9 in float64; 1e-3 against transformers in both")
     compare.set_defaults(run=run_compare)
 
+    _register_train_compare(sub)
+
     tr = sub.add_parser("trace", formatter_class=HelpFormatter,
                         help="record one forward+backward pass, print a summary, save it",
                         description="Run loss_and_grads (next-token loss) on the tokens under a trace and "
@@ -78,6 +80,100 @@ def register(subparsers) -> None:
     diff.add_argument("b", help="the trace to compare it with")
     _tolerance(diff)
     diff.set_defaults(run=run_diff)
+
+
+def _register_train_compare(sub) -> None:
+    """`debug train-compare`: its own action, not `compare --steps N`, since it takes batches of text
+    and npllama train's optimizer flags, and none of compare's --against, --tokens, --label, --save."""
+    from ..debug_training import PLANTED_TRAINING_BUGS
+    from ..train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train-compare", formatter_class=HelpFormatter,
+        help="train with npllama and with PyTorch from the same weights; report the first step and tensor "
+             "where they part",
+        description="Train a copy of the model for --steps steps twice, with what `npllama train` runs (its "
+                    "AdamW, clipping and schedule) and with PyTorch (transformers' LlamaForCausalLM, "
+                    "torch.optim.AdamW, clip_grad_norm_, a LambdaLR), on the same batches of windows cut "
+                    "from the text. After each step compare, in this order: the loss, each gradient, the "
+                    "gradient norm, the clipped gradients, the learning rate, AdamW's exp_avg and exp_avg_sq, "
+                    "each parameter; report the first that differs beyond tolerance. Needs torch and "
+                    "transformers. Exit status 1 when the runs part.")
+    p.add_argument("--model", default=None, help="a run folder or Hugging Face LLaMA folder (LlamaForCausalLM; "
+                   "default: the latest run)")
+    p.add_argument("--text", default=None, help="training text, tokenized with the model's tokenizer")
+    p.add_argument("--data", default=None, metavar="PATH", help="training text from a .txt, .jsonl or folder "
+                   "of .txt, as npllama train reads --data")
+    p.add_argument("--steps", type=int, default=5, help="optimizer steps to compare")
+    p.add_argument("--total-steps", type=int, default=None, metavar="N", help="the length of the run the "
+                   "learning-rate schedule is laid out over, npllama train's --steps (default: --steps)")
+    p.add_argument("--batch-size", type=int, default=4, help="token windows per micro-batch (smaller than "
+                   "npllama train's default: a comparison needs few tokens)")
+    p.add_argument("--seq-len", type=int, default=64, help="tokens per window")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    p.add_argument("--min-lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine")
+    p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default: a tenth of "
+                   "--total-steps, at most 40, as npllama train)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's decoupled weight decay "
+                   "of the matrices")
+    p.add_argument("--beta1", type=float, default=d.beta1, help="AdamW's decay rate of the gradient's average")
+    p.add_argument("--beta2", type=float, default=d.beta2, help="AdamW's decay rate of the squared gradient's "
+                   "average")
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="global gradient-norm limit")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the order the windows are taken in")
+    p.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype, help="precision of both runs "
+                   "(float64: transformers' float32 RMSNorm, RoPE tables and softmax are replaced by float64 ones)")
+    p.add_argument("--backend", choices=["numpy", "numba"], default="numpy", help="npllama's op implementations")
+    p.add_argument("--plant", default=None, metavar="BUG", help="plant a training-machinery bug on npllama's side "
+                   "to see what a divergence looks like: " + "; ".join(
+                       f"{name} ({what})" for name, (what, *_) in PLANTED_TRAINING_BUGS.items()))
+    p.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: 1e-3 in float32, "
+                   "1e-9 in float64)")
+    p.add_argument("--atol", type=float, default=None, help="absolute tolerance (default: rtol times the "
+                   "largest |value| of each tensor)")
+    p.add_argument("--table", action="store_true", help="print every step's losses, gradient norms, learning "
+                   "rates and parameters' difference")
+    p.set_defaults(run=run_train_compare)
+
+
+def run_train_compare(args) -> int:
+    import numpy as np
+
+    from .. import debug_training
+    from ..runs import load_tokenizer, resolve_model_dir
+
+    if args.rtol is not None and args.rtol < 0 or args.atol is not None and args.atol < 0:
+        raise UsageError("--rtol and --atol must be >= 0")
+    if args.plant is not None and args.plant not in debug_training.PLANTED_TRAINING_BUGS:
+        raise UsageError(f"--plant {args.plant!r} is not a planted bug; choose one of "
+                         f"{', '.join(debug_training.PLANTED_TRAINING_BUGS)}")
+    if (args.text is None) == (args.data is None):
+        raise UsageError("give exactly one of --text TEXT or --data PATH (the training text)")
+    model_dir = resolve_model_dir(args.model)
+    try:
+        tokenizer = load_tokenizer(model_dir)
+    except FileNotFoundError as error:
+        raise UsageError(f"{error}: train-compare cuts its batches from text with the model's tokenizer") from None
+    batches = debug_training.text_batches(tokenizer, args.text, args.data, batch_size=args.batch_size,
+                                          seq_len=args.seq_len, count=args.steps * args.grad_accum, seed=args.seed)
+    dtype = np.float64 if args.dtype == "float64" else np.float32
+    print(f"{args.steps} steps of {args.grad_accum} x {args.batch_size} windows of {args.seq_len} tokens, "
+          f"model {model_dir}, {args.dtype}: npllama ({args.backend}) against torch")
+    try:
+        report = debug_training.compare_training(
+            str(model_dir), batches, steps=args.steps, total_steps=args.total_steps, grad_accum=args.grad_accum,
+            lr=args.lr, min_lr=args.min_lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+            beta1=args.beta1, beta2=args.beta2, grad_clip=args.grad_clip, dtype=dtype, backend_name=args.backend,
+            rtol=args.rtol, atol=args.atol, plant=args.plant)
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+    if args.table:
+        print(report.table())
+        print()
+    print(report)
+    return 0 if report.ok else 1
 
 
 def _refuse_unwritable(flag: str, path, suffix: str = "") -> None:

@@ -19,8 +19,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from npllama import Llama, use_backend  # noqa: E402
+from npllama.debug import float64_faithful  # noqa: E402
 from npllama.gradcheck import rel_error  # noqa: E402
-from npllama.ops.rope import rope_inv_freq  # noqa: E402
 
 PAD_ID = 3  # in every batch (see batch), for the pad_token case
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -90,35 +90,13 @@ def torch_logits_and_grads(hf_model, tokens, targets):
     return logits.detach().numpy(), float(loss.detach()), grads
 
 
-def make_float64_faithful(hf_model, config):
-    """Replace transformers' float32 islands (RMSNorm, RoPE tables, eager softmax) with float64."""
-    hf_model.config._attn_implementation = "sdpa"
-    inv_freq = torch.from_numpy(rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling))
-
-    def rmsnorm64(module):
-        def forward(x):
-            return module.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + module.variance_epsilon))
-        return forward
-
-    def rotary64(x, position_ids):
-        freqs = position_ids[:, :, None].double() * inv_freq[None, None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-
-    for module in hf_model.modules():
-        if type(module).__name__ == "LlamaRMSNorm":
-            module.forward = rmsnorm64(module)
-        if type(module).__name__ == "LlamaRotaryEmbedding":
-            module.forward = rotary64
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_folder_written_by_transformers_gives_same_logits_and_gradients(hf_folder, dtype):
     torch_dtype = torch.float32 if dtype == np.float32 else torch.float64
     hf_model = transformers.LlamaForCausalLM.from_pretrained(hf_folder, attn_implementation="eager").to(torch_dtype)
     ours = Llama.from_pretrained(hf_folder, dtype=dtype)
     if dtype == np.float64:
-        make_float64_faithful(hf_model, ours.config)
+        float64_faithful(hf_model, ours.config)
     tokens, targets = batch(ours.config.vocab_size)
     torch_logits, torch_loss, torch_grads = torch_logits_and_grads(hf_model, tokens, targets)
 

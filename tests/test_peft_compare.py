@@ -1,7 +1,7 @@
 """npllama's LoRA adapters against Hugging Face PEFT, both ways: same logits, same adapter gradients.
 
 Optional: skipped unless torch, transformers and peft are installed.  Float64 throughout, with
-transformers' float32 islands replaced as in test_hf_compare (make_float64_faithful), so the
+transformers' float32 islands replaced as in test_hf_compare (npllama.debug.float64_faithful), so the
 comparison is good to round-off.
 """
 import json
@@ -20,7 +20,7 @@ from npllama.io.errors import CheckpointError  # noqa: E402
 from npllama.lora import ALL_TARGETS, attach_lora, load_adapter  # noqa: E402
 from npllama.objectives import pad_batch  # noqa: E402
 
-from .test_hf_compare import make_float64_faithful  # noqa: E402
+from npllama.debug import float64_faithful  # noqa: E402
 
 VOCAB = 40
 
@@ -61,7 +61,7 @@ def test_npllama_adapter_in_peft_gives_the_same_logits_and_gradients(tmp_path, t
         loss, grads = model.loss_and_grads(tokens, targets)
 
     hf = transformers.LlamaForCausalLM.from_pretrained(base, dtype=torch.float64, attn_implementation="eager")
-    make_float64_faithful(hf, model.config)
+    float64_faithful(hf, model.config)
     peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter", is_trainable=True).eval()
     theirs = peft_model(torch.from_numpy(tokens)).logits
     torch_loss = torch.nn.functional.cross_entropy(theirs.reshape(-1, VOCAB), torch.from_numpy(targets).reshape(-1))
@@ -96,7 +96,7 @@ def test_peft_adapter_in_npllama_gives_the_same_logits(tmp_path):
     base = base_folder(tmp_path / "base", tied=True, kv_heads=1)
     theirs = peft_adapter(causal_lm(base), tmp_path / "adapter", r=3, lora_alpha=7, use_rslora=True,
                           target_modules=["k_proj", "o_proj", "gate_proj", "up_proj"])
-    make_float64_faithful(theirs.base_model.model, Llama.from_pretrained(base).config)
+    float64_faithful(theirs.base_model.model, Llama.from_pretrained(base).config)
     tokens, _ = tokens_and_targets(1)
     model = Llama.from_pretrained(base, dtype=np.float64)
     load_adapter(model, tmp_path / "adapter")
@@ -111,7 +111,7 @@ def test_an_all_linear_peft_adapter_loads_and_one_on_some_layers_only_is_refused
     theirs = peft_adapter(causal_lm(base), tmp_path / "adapter", r=2, target_modules="all-linear")
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["target_modules"]
     assert "model.layers.1.mlp.down_proj" in saved        # what the loader has to read
-    make_float64_faithful(theirs.base_model.model, Llama.from_pretrained(base).config)
+    float64_faithful(theirs.base_model.model, Llama.from_pretrained(base).config)
     tokens, _ = tokens_and_targets(2)
     model = Llama.from_pretrained(base, dtype=np.float64)
     adapters = load_adapter(model, tmp_path / "adapter")
@@ -153,7 +153,7 @@ def test_sequence_classification_adapter_both_ways(tmp_path):
     ours.score_weight += rng.standard_normal(ours.score_weight.shape)
     ours.save(tmp_path / "ours", tokenizer=None)
     hf = hf_classifier()
-    make_float64_faithful(hf, model.config)
+    float64_faithful(hf, model.config)
     with torch.no_grad():
         expected = peft.PeftModel.from_pretrained(hf, tmp_path / "ours").eval()(
             torch.from_numpy(tokens), attention_mask=hf_mask).logits.numpy()
@@ -162,7 +162,7 @@ def test_sequence_classification_adapter_both_ways(tmp_path):
     theirs = peft_adapter(hf_classifier(), tmp_path / "theirs", task_type="SEQ_CLS", r=2, lora_alpha=3,
                           target_modules=["k_proj", "down_proj"])
     assert json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())["modules_to_save"] == ["classifier", "score"]
-    make_float64_faithful(theirs.base_model.model, model.config)
+    float64_faithful(theirs.base_model.model, model.config)
     with torch.no_grad():
         expected = theirs(torch.from_numpy(tokens), attention_mask=hf_mask).logits.numpy()
     plain = Llama.from_pretrained(base, dtype=np.float64)

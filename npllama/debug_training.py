@@ -229,9 +229,9 @@ class _TorchRun:
         self.optimizer.step()
         self.schedule.step()
         state = {name: self.optimizer.state[p] for name, p in self.named.items()}
-        return _phases(loss, raw, grad_norm, clipped, lr, {n: s["exp_avg"] for n, s in state.items()},
-                       {n: s["exp_avg_sq"] for n, s in state.items()},
-                       {name: p.detach() for name, p in self.named.items()})
+        return _phases(loss, raw, grad_norm, clipped, lr, {n: s["exp_avg"].numpy() for n, s in state.items()},
+                       {n: s["exp_avg_sq"].numpy() for n, s in state.items()},
+                       {name: p.detach().numpy() for name, p in self.named.items()})
 
 
 def _phases(loss, grads, grad_norm, clipped, lr, exp_avg, exp_avg_sq, params) -> dict:

@@ -1,0 +1,136 @@
+"""npllama.debug_training: a training run compared with PyTorch's, step by step.
+
+Optional: skipped unless torch and transformers are installed (the CI installs them).
+"""
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from npllama import Llama, LlamaConfig, cli  # noqa: E402
+from npllama import debug, debug_training  # noqa: E402
+from npllama.debug_training import PLANTED_TRAINING_BUGS, compare_training  # noqa: E402
+
+# clipping bites (the gradient norm is ~1.5), warmup covers step 1 and 2, the cosine steps 3 on
+SETTINGS = dict(steps=3, warmup_steps=2, grad_clip=0.5, lr=1e-2, min_lr=1e-3, weight_decay=0.1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
+    model = Llama(config, seed=0, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    for name, p in model.params.items():   # norms away from 1, so that their updates are tested too
+        if p.ndim == 1:
+            p += 0.3 * rng.standard_normal(p.shape)
+    return model
+
+
+def make_batches(n, seed=0):
+    """n (tokens, targets) pairs; each ignores a different number of targets, so that
+    micro-batches weigh differently in an accumulated step."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for i in range(n):
+        window = rng.integers(0, 32, size=(2, 9))
+        tokens, targets = window[:, :-1], window[:, 1:].copy()
+        targets[0, :i % 4] = -100
+        batches.append((tokens, targets))
+    return batches
+
+
+def test_float64_runs_agree_step_by_step_with_clipping_warmup_and_decay(model):
+    before = {name: p.copy() for name, p in model.params.items()}
+    report = compare_training(model, make_batches(3), dtype=np.float64, **SETTINGS)
+    assert report.ok, str(report)
+    assert max(d.rel_err for _, _, d in report.diffs) < 1e-10
+    assert [r.step for r in report.rows] == [1, 2, 3]
+    assert all(r.grad_norm[0] > SETTINGS["grad_clip"] for r in report.rows)   # the clipping was tested
+    assert [r.lr[0] for r in report.rows] == pytest.approx([5e-3, 1e-2, 1e-2])
+    assert {phase for _, phase, _ in report.diffs} == set(debug_training.PHASES)
+    assert all(np.array_equal(p, before[name]) for name, p in model.params.items())   # trained a copy
+    assert "no divergence" in str(report)
+
+
+@pytest.mark.parametrize("bug", list(PLANTED_TRAINING_BUGS))
+def test_each_planted_bug_is_found_at_its_step_and_phase(model, bug):
+    report = compare_training(model, make_batches(3), dtype=np.float64, plant=bug, **SETTINGS)
+    first = report.first
+    assert first is not None
+    assert (first.step, first.phase) == (1, PLANTED_TRAINING_BUGS[bug][3])
+    assert f"step 1, phase {first.phase!r}" in str(report) and bug in str(report)
+
+
+def test_accumulated_micro_batches_of_unequal_weight_agree(model):
+    report = compare_training(model, make_batches(4), dtype=np.float64, grad_accum=2,
+                              **{**SETTINGS, "steps": 2})
+    assert report.ok, str(report)
+
+
+def test_float32_agrees_within_its_default_tolerance(model):
+    report = compare_training(model, make_batches(2), dtype=np.float32, **{**SETTINGS, "steps": 2})
+    assert report.ok, str(report)
+    assert report.rtol == debug_training.DEFAULT_RTOL[np.float32]
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(steps=0), "steps"),
+    (dict(grad_accum=0), "grad_accum"),
+    (dict(plant="no-such-bug"), "plant"),
+    (dict(steps=5), "batches"),                 # 3 batches for 5 steps
+    (dict(total_steps=2), "total_steps"),       # shorter than the steps compared
+    (dict(dtype=np.int64), "dtype"),
+    (dict(lr=-1.0), "lr"),                      # TrainConfig's own check
+])
+def test_bad_settings_are_refused_naming_the_argument(model, change, named):
+    with pytest.raises(ValueError, match=named):
+        compare_training(model, make_batches(3), **{**SETTINGS, **change})
+
+
+def test_a_classifier_is_refused(model):
+    from npllama.finetune import SequenceClassifier
+
+    classifier = SequenceClassifier(model, ["a", "b"], pad_id=0)
+    classifier.score_weight = np.zeros((2, model.config.hidden_size))
+    with pytest.raises(ValueError, match="model is a LlamaForSequenceClassification"):
+        compare_training(classifier, make_batches(3), **SETTINGS)
+
+
+def run_cli(argv, capsys):
+    status = cli.main(argv)
+    return status, capsys.readouterr()
+
+
+def test_cli_agrees_then_finds_a_planted_bug(small_model_dir, capsys):
+    text = "Once upon a time there was a little cat who liked to play in the sun. " * 12
+    argv = ["debug", "train-compare", "--model", str(small_model_dir), "--text", text, "--steps", "2",
+            "--batch-size", "2", "--seq-len", "16", "--warmup-steps", "1", "--dtype", "float64"]
+    status, out = run_cli(argv + ["--table"], capsys)
+    assert status == 0, out.out + out.err
+    assert "no divergence" in out.out and "loss npllama" in out.out
+    status, out = run_cli(argv + ["--plant", "warmup-off-by-one"], capsys)
+    assert status == 1
+    assert "FIRST DIVERGENCE at step 1, phase 'lr'" in out.out
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--plant", "nope"], "--plant"),
+    (["--rtol", "-1"], "--rtol"),
+    ([], "exactly one of --text"),
+])
+def test_cli_refuses_bad_flags_in_one_line(small_model_dir, capsys, extra, named):
+    status, out = run_cli(["debug", "train-compare", "--model", str(small_model_dir), *extra], capsys)
+    assert status == 2 and named in out.err and len(out.err.strip().splitlines()) == 1
+
+
+def test_cli_without_torch_says_what_to_install(small_model_dir, capsys, monkeypatch):
+    def missing():
+        raise ImportError("comparing with transformers needs torch and transformers: "
+                          "pip install 'npllama[compare]'")
+    monkeypatch.setattr(debug, "import_torch_and_transformers", missing)
+    status, out = run_cli(["debug", "train-compare", "--model", str(small_model_dir), "--text", "a b c " * 80,
+                           "--steps", "1", "--batch-size", "1", "--seq-len", "8"], capsys)
+    assert status == 2
+    assert "pip install 'npllama[compare]'" in out.err and len(out.err.strip().splitlines()) == 1

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 
 import numpy as np
@@ -34,14 +35,14 @@ PHASES = ("loss", "gradient", "grad norm", "clipped gradient", "lr", "exp_avg", 
 
 # Default relative tolerances (each tensor's errors against its largest |value|, as in
 # npllama.trace.compare).  float64: both sides compute in float64 throughout (transformers made
-# float64-faithful) and differ by summation order only -- measured ~1e-15 over 10 steps; 1e-9
-# leaves room for Adam's division by sqrt(v_hat), which amplifies the round-off of entries whose
-# gradient is near eps, while a wrong piece of machinery is off by 1e-3 or more.  float32: stock
-# transformers against npllama, float32 round-off (measured ~1e-6 over 10 steps), so the 1e-3 of
-# npllama.debug's other float32 comparisons.  One float32 hazard: an entry whose gradient is near
-# zero (~eps, or ~1e-7 of its tensor's largest) has a sign float32 cannot settle, and Adam moves it
-# by up to lr either way; a "parameter" divergence in a few such entries only is round-off --
-# rerun in float64 to tell.
+# float64-faithful) and differ by summation order only, measured ~1e-13 after 4 steps of a
+# 1M-parameter model; 1e-9 leaves room for Adam's division by sqrt(v_hat), which amplifies the
+# round-off of entries whose gradient is near eps, while a wrong piece of machinery is off by 1e-3
+# or more.  float32: stock transformers against npllama differ by float32 round-off (measured
+# ~1e-4 at most after 4 steps), so the 1e-3 of npllama.debug's other float32 comparisons.  One
+# float32 hazard: an entry whose gradient is near zero (~eps, or ~1e-7 of its tensor's largest)
+# has a sign float32 cannot settle, and Adam moves it by up to lr either way; a "parameter"
+# divergence in a few such entries only is round-off -- rerun in float64 to tell.
 DEFAULT_RTOL = {np.float64: 1e-9, np.float32: 1e-3}
 
 
@@ -254,16 +255,19 @@ def compare_training(model, batches, *, steps: int, total_steps: int | None = No
     after every step (see the module's docstring; the settings are npllama.train.TrainConfig's,
     with its defaults).
 
-    model: a Llama or a Hugging Face LLaMA folder (LlamaForCausalLM; the caller's model is not
-    changed).  batches: (tokens, targets) pairs, each (B, T) ints with targets already shifted and
+    model: a Llama, a Hugging Face LLaMA folder (LlamaForCausalLM) or a run folder; the caller's
+    model is not changed.  batches: (tokens, targets) pairs, each (B, T) ints with targets already shifted and
     -100 where there is none (what npllama.data.BatchLoader.next_batch gives); step k takes the
     next grad_accum of them, so at least steps * grad_accum are needed.  total_steps: the length of
     the run the schedule is laid out over (default: steps), warmup_steps None: TrainConfig's rule.
     plant: one of PLANTED_TRAINING_BUGS, swapped into npllama's side."""
     from . import backend
     from .debug import _as_folder, _from_folder, _is_classifier, float64_faithful, load_transformers_model
+    from .runs import resolve_model_dir
     from .train import ADAM_EPS
 
+    if isinstance(model, (str, os.PathLike)):
+        model = resolve_model_dir(model)   # a run folder names its model/ folder
     dtype = _checked_dtype(dtype)
     tc = _train_config(steps, total_steps, grad_accum, lr, min_lr, warmup_steps, weight_decay, beta1, beta2,
                        grad_clip, dtype)

@@ -134,3 +134,15 @@ def test_cli_without_torch_says_what_to_install(small_model_dir, capsys, monkeyp
                            "--steps", "1", "--batch-size", "1", "--seq-len", "8"], capsys)
     assert status == 2
     assert "pip install 'npllama[compare]'" in out.err and len(out.err.strip().splitlines()) == 1
+
+
+def test_the_doc_names_each_planted_bug_with_the_phase_it_is_found_at():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "debugging.md").read_text(encoding="utf-8")
+    section = doc[doc.index("### Where two training runs part"):doc.index("## 3. Exercises")]
+    for bug, (_, _, _, phase) in PLANTED_TRAINING_BUGS.items():
+        said = section[section.index(f"`{bug}`"):][:120]
+        assert f"`{phase}`" in said, (bug, said)
+    for phase in debug_training.PHASES:
+        assert f"`{phase}`" in section, phase

@@ -273,11 +273,13 @@ def compare_training(model, batches, *, steps: int, total_steps: int | None = No
                        grad_clip, dtype)
     if plant is not None and plant not in PLANTED_TRAINING_BUGS:
         raise ValueError(f"plant must be one of {', '.join(PLANTED_TRAINING_BUGS)}, got {plant!r}")
-    batches = _checked_batches(batches, steps * grad_accum)
+    batches = _checked_batches(batches, steps, grad_accum)
     with _as_folder(model) as folder:
         ours = _from_folder(folder, dtype)
         _refuse_untrainable(ours, _is_classifier)
-        hf = load_transformers_model(folder, dtype).train()
+        # eval(): npllama's attention has no dropout (npllama train trains without a folder's
+        # attention_dropout), so transformers' is turned off too; eval mode changes nothing else
+        hf = load_transformers_model(folder, dtype).eval()
     if dtype == np.float64:
         float64_faithful(hf, ours.config)
     npllama_run, torch_run = _NpllamaRun(ours, tc, plant), _TorchRun(hf, tc, ADAM_EPS)
@@ -328,7 +330,8 @@ def _train_config(steps, total_steps, grad_accum, lr, min_lr, warmup_steps, weig
                        grad_clip=grad_clip, dtype=np.dtype(dtype).name)
 
 
-def _checked_batches(batches, needed: int) -> list:
+def _checked_batches(batches, steps: int, grad_accum: int) -> list:
+    needed = steps * grad_accum
     batches = list(batches)
     if len(batches) < needed:
         raise ValueError(f"batches holds {len(batches)} (tokens, targets) pairs; steps * grad_accum = "
@@ -343,6 +346,11 @@ def _checked_batches(batches, needed: int) -> list:
             raise ValueError(f"batches[{i}] must hold two int arrays of one shape (B, T), got "
                              f"{tokens.dtype} {tokens.shape} and {targets.dtype} {targets.shape}")
         checked.append((tokens.astype(np.int64), targets.astype(np.int64)))
+    for step in range(steps):
+        first = step * grad_accum
+        if all((targets == -100).all() for _, targets in checked[first:first + grad_accum]):
+            raise ValueError(f"batches[{first}:{first + grad_accum}] (step {step + 1}) have no target that is not "
+                             f"-100: the step's loss has nothing to average over")
     return checked
 
 

@@ -80,13 +80,15 @@ def test_float32_agrees_within_its_default_tolerance(model):
     (dict(grad_accum=0), "grad_accum"),
     (dict(plant="no-such-bug"), "plant"),
     (dict(steps=5), "batches"),                 # 3 batches for 5 steps
+    (dict(batches=[(np.zeros((1, 4), int), np.full((1, 4), -100))] * 3), r"batches\[0:1\] \(step 1\)"),
     (dict(total_steps=2), "total_steps"),       # shorter than the steps compared
     (dict(dtype=np.int64), "dtype"),
     (dict(lr=-1.0), "lr"),                      # TrainConfig's own check
 ])
 def test_bad_settings_are_refused_naming_the_argument(model, change, named):
+    arguments = {"batches": make_batches(3), **SETTINGS, **change}
     with pytest.raises(ValueError, match=named):
-        compare_training(model, make_batches(3), **{**SETTINGS, **change})
+        compare_training(model, **arguments)
 
 
 def test_a_classifier_is_refused(model):

@@ -429,10 +429,10 @@ PLANTED_TRAINING_BUGS = {
     # name: (what is wrong, which piece of _NpllamaRun it replaces, the wrong piece, where it shows)
     "adamw-no-bias-correction": ("AdamW without the bias corrections 1 - beta^t", "update",
                                  _adamw_step_without_bias_correction, "parameter"),
-    "adamw-l2-decay": ("weight decay added to the gradient (an L2 penalty), not applied to p", "update",
+    "adamw-l2-decay": ("weight decay added to the gradient as an L2 penalty, not applied to p", "update",
                        _adam_step_with_l2_penalty, "exp_avg"),
     "clip-per-tensor": ("gradients clipped one tensor at a time, not by the global norm", "clip",
                         _clip_per_tensor, "clipped gradient"),
-    "warmup-off-by-one": ("warmup from lr 0 at step 0 (step / warmup_steps, not (step + 1) / warmup_steps)",
+    "warmup-off-by-one": ("warmup from lr 0 at step 0: step / warmup_steps, not (step + 1) / warmup_steps",
                           "schedule", _warmup_off_by_one, "lr"),
 }

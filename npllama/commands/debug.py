@@ -108,8 +108,8 @@ def _register_train_compare(sub) -> None:
     p.add_argument("--steps", type=int, default=5, help="optimizer steps to compare")
     p.add_argument("--total-steps", type=int, default=None, metavar="N", help="the length of the run the "
                    "learning-rate schedule is laid out over, npllama train's --steps (default: --steps)")
-    p.add_argument("--batch-size", type=int, default=4, help="token windows per micro-batch (smaller than "
-                   "npllama train's default: a comparison needs few tokens)")
+    p.add_argument("--batch-size", type=int, default=4, help="token windows per micro-batch (default: 4, "
+                   "fewer than npllama train's 16: a comparison needs few tokens)")
     p.add_argument("--seq-len", type=int, default=64, help="tokens per window")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")

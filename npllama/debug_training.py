@@ -159,7 +159,8 @@ class _NpllamaRun:
         self.optimizer = _make_optimizer(model, tc)
         self.schedule, self.clip, self.update = optim.cosine_with_warmup, optim.clip_finite_step, _adamw_step
         if plant is not None:
-            setattr(self, *PLANTED_TRAINING_BUGS[plant][1:3])
+            _, piece, wrong, _ = PLANTED_TRAINING_BUGS[plant]
+            setattr(self, piece, wrong)
         self._accumulate = _Loop.accumulate    # the loop's own, called on a stand-in for the loop
         self._splitter = BatchSplitter(1)
 

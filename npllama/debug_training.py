@@ -358,12 +358,14 @@ def _checked_batches(batches, steps: int, grad_accum: int) -> list:
 def text_batches(tokenizer, text: str | None = None, data: str | None = None, *, batch_size: int, seq_len: int,
                  count: int, seed: int = 0) -> list:
     """`count` (tokens, targets) pairs of npllama train's batches (npllama.data.BatchLoader, in the
-    order `seed` gives) from `text` or from the file or folder `data` (read as train reads --data)."""
+    order `seed` gives) from `text` or from the file or folder `data` (read as train reads --data);
+    with neither, from the built-in stories `npllama train` trains on by default."""
+    from .corpus import make_default_corpus
     from .data import BatchLoader, load_texts, tokenize_corpus
 
-    if (text is None) == (data is None):
-        raise ValueError("give exactly one of text or data")
-    texts = load_texts(data) if data is not None else [text]
+    if text is not None and data is not None:
+        raise ValueError("give text or data, not both")
+    texts = load_texts(data) if data is not None else [text] if text is not None else make_default_corpus(200)
     loader = BatchLoader(tokenize_corpus(texts, tokenizer, progress=False), batch_size, seq_len, seed)
     return [loader.next_batch() for _ in range(count)]
 

@@ -115,12 +115,15 @@ def test_cli_agrees_then_finds_a_planted_bug(small_model_dir, capsys):
     status, out = run_cli(argv + ["--plant", "warmup-off-by-one"], capsys)
     assert status == 1
     assert "FIRST DIVERGENCE at step 1, phase 'lr'" in out.out
+    # no text given: the built-in stories npllama train trains on by default
+    status, out = run_cli(argv[:4] + argv[6:], capsys)
+    assert status == 0 and "no divergence" in out.out, out.out + out.err
 
 
 @pytest.mark.parametrize("extra, named", [
     (["--plant", "nope"], "--plant"),
     (["--rtol", "-1"], "--rtol"),
-    ([], "exactly one of --text"),
+    (["--text", "a b", "--data", "x.txt"], "not both"),
 ])
 def test_cli_refuses_bad_flags_in_one_line(small_model_dir, capsys, extra, named):
     status, out = run_cli(["debug", "train-compare", "--model", str(small_model_dir), *extra], capsys)

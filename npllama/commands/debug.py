@@ -102,9 +102,10 @@ def _register_train_compare(sub) -> None:
                     "transformers. Exit status 1 when the runs part.")
     p.add_argument("--model", default=None, help="a run folder or Hugging Face LLaMA folder (LlamaForCausalLM; "
                    "default: the latest run)")
-    p.add_argument("--text", default=None, help="training text, tokenized with the model's tokenizer")
+    p.add_argument("--text", default=None, help="training text, tokenized with the model's tokenizer (default: "
+                   "200 of the built-in stories npllama train trains on)")
     p.add_argument("--data", default=None, metavar="PATH", help="training text from a .txt, .jsonl or folder "
-                   "of .txt, as npllama train reads --data")
+                   "of .txt, as npllama train reads --data (default: the built-in stories)")
     p.add_argument("--steps", type=int, default=5, help="optimizer steps to compare")
     p.add_argument("--total-steps", type=int, default=None, metavar="N", help="the length of the run the "
                    "learning-rate schedule is laid out over, npllama train's --steps (default: --steps)")
@@ -149,8 +150,8 @@ def run_train_compare(args) -> int:
     if args.plant is not None and args.plant not in debug_training.PLANTED_TRAINING_BUGS:
         raise UsageError(f"--plant {args.plant!r} is not a planted bug; choose one of "
                          f"{', '.join(debug_training.PLANTED_TRAINING_BUGS)}")
-    if (args.text is None) == (args.data is None):
-        raise UsageError("give exactly one of --text TEXT or --data PATH (the training text)")
+    if args.text is not None and args.data is not None:
+        raise UsageError("give --text TEXT or --data PATH (the training text), not both")
     model_dir = resolve_model_dir(args.model)
     try:
         tokenizer = load_tokenizer(model_dir)

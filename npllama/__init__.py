@@ -1,8 +1,10 @@
 """npllama: LLaMA in NumPy, every forward and backward pass written by hand.
 
+    import numpy as np
     from npllama import Llama, LlamaConfig
-    model = Llama(LlamaConfig.from_preset("tiny"), seed=0)
-    loss, grads = model.loss_and_grads(tokens, targets)
+    model = Llama(LlamaConfig.from_preset("tiny"), seed=0)            # random init, float32
+    tokens = np.random.default_rng(0).integers(0, 512, size=(2, 16))  # (B, T) ids below vocab_size
+    loss, grads = model.loss_and_grads(tokens[:, :-1], tokens[:, 1:])  # targets: the next tokens
 """
 from .backend import get_backend, set_backend, study, use_backend, use_op
 from .config import LlamaConfig

@@ -13,7 +13,7 @@ same on every platform and Python version we support), so the same seed gives by
 same corpus everywhere.  Bump `CORPUS_VERSION` whenever the grammar changes: it is part of the
 cached file name, so old caches are not reused by mistake.
 
-    stories = make_default_corpus()                 # list[str], one story per item, ~3 MB
+    stories = make_default_corpus()                 # list[str], one story per item, ~3.8 MB
     path = default_corpus_path("~/.cache/npllama")  # written once, then reused
     h = unigram_entropy(ids, vocab_size)            # nats/token: the "no context" baseline
 
@@ -346,7 +346,7 @@ def make_story(rng: random.Random) -> str:
 def make_default_corpus(n_stories: int = DEFAULT_N_STORIES, seed: int = 0) -> list[str]:
     """`n_stories` generated stories (one string each, no newlines), deterministic by `seed`.
 
-    The default 10,000 stories are about 3.5 MB of text and take well under two seconds.
+    The default 10,000 stories are about 3.8 MB of text and take well under two seconds.
     """
     if isinstance(n_stories, bool) or not isinstance(n_stories, int):
         raise TypeError(f"n_stories must be an int, got {n_stories!r}")

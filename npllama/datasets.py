@@ -9,7 +9,7 @@ in the spirit of the built-in stories (npllama/corpus.py), deterministic by seed
     records = make_dataset("sentiment", seed=0)        # [{"text": ..., "label": "positive"}, ...]
     write_jsonl("sentiment.jsonl", records)
     texts, labels = load_labelled("sentiment.jsonl")   # or a .csv with a header "text,label"
-    ids = encode_labels(labels, label_names=["negative", "positive"])
+    ids, names = encode_labels(labels, label_names=["negative", "positive"])   # [1, 0, ...], the names
 
 File formats:
 * classification: .jsonl, one {"text": str, "label": str or int} per line; or .csv with a header

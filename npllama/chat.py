@@ -50,6 +50,10 @@ class ChatTemplate:
     """A Jinja chat template with the tokenizer's special tokens.
 
     source: the template text; or "llama2" / "llama3" for the built-in defaults.
+    bos_token, eos_token: the strings the template writes for them (the tokenizer's <s>, </s>).
+    end_of_turn: the token that ends a message, where generation stops (None: the built-in
+    template's, or one the source writes: <|eot_id|>, <|im_end|>, <end_of_turn>).
+    `ChatTemplate.for_folder(folder, tokenizer)` picks the template and tokens for a model folder.
     """
 
     def __init__(self, source: str, bos_token: str = "<s>", eos_token: str = "</s>",

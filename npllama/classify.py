@@ -72,6 +72,9 @@ class Classifier:
 def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
     """A classifier folder (path), or a base model folder (path) with a SEQ_CLS LoRA `adapter`.
 
+    path: a folder or a run folder holding one (None: the latest run, runs/LATEST).  dtype:
+    np.float32 or np.float64.  A folder without score.weight raises CheckpointError (a ValueError).
+
     Every folder is read holding its run's reader lock (npllama.runs.reading_run), so a fine-tuning
     run that is replacing it never gets read half-way."""
     from .runs import load_model_and_tokenizer, load_tokenizer, reading_model_dir

@@ -29,6 +29,16 @@ MAX_HIDDEN_LAYERS = 4096
 
 @dataclasses.dataclass
 class LlamaConfig:
+    """The model's shape, under the field names of Hugging Face's LlamaConfig (config.json).
+
+    The defaults are the first LLaMA-7B's; `LlamaConfig.from_preset("tiny", **overrides)` gives the small
+    shapes in PRESETS.  num_key_value_heads None: num_attention_heads (no grouped-query attention);
+    head_dim None: hidden_size // num_attention_heads.  rope_scaling: None, or a dict with
+    "rope_type" ("linear" or "llama3") and its fields, as in config.json.  eos_token_id: one id or
+    a list (LLaMA-3).  attention_dropout is carried to config.json only: npllama's attention has no
+    dropout.  A field of the wrong type raises TypeError, an inconsistent or out-of-range one
+    ValueError, both naming the field.
+    """
     vocab_size: int = 32000
     hidden_size: int = 4096
     intermediate_size: int = 11008

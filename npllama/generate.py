@@ -141,7 +141,8 @@ class StopStrings:
 def generate_text(model, tokenizer, prompt, max_new_tokens: int = 100, *, stop: Sequence[str] | None = None,
                   **sampling):
     """The text generated after `prompt` (a str, or a list of str -> a list), cut before the first
-    stop string.  The prompt is encoded with BOS; sampling options as `generate` (seed None: fresh)."""
+    stop string.  The prompt is encoded with BOS; sampling options as `generate` (seed None: fresh;
+    eos_id: the tokenizer's and the model config's end ids; vocab_size: ids the tokenizer has)."""
     texts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not texts or not all(isinstance(t, str) for t in texts):
         raise TypeError(f"prompt must be a str or a non-empty list of str, got {prompt!r}")

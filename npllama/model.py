@@ -127,7 +127,13 @@ def _public(method):
 
 
 class Llama:
-    """A LLaMA decoder: random init with `Llama(config, seed, dtype)`, or `Llama.from_pretrained(path)`."""
+    """A LLaMA decoder: random init with `Llama(config, seed, dtype)`, or `Llama.from_pretrained(path)`.
+
+    dtype: np.float32 or np.float64.  params: {Hugging Face name: array} to use instead of a random
+    init (checked against config.param_shapes() and dtype; kept, not copied).  objective: "causal"
+    (next-token prediction) or "mlm" (a masked-LM model: generation refuses it).  `model.params`
+    are the live weights: changing an array in place changes the model.
+    """
 
     def __init__(self, config: LlamaConfig, seed: int = 0, dtype=np.float32, *, params=None,
                  objective: str = "causal"):
@@ -189,6 +195,7 @@ class Llama:
         """Write a folder that `transformers.LlamaForCausalLM.from_pretrained` loads.  A masked-LM
         model's config.json records "npllama_objective": "mlm" (transformers ignores it).
 
+        dtype: None keeps the model's; np.float32, np.float64, np.float16 or "bfloat16" stores that.
         extra_files: {file name: bytes} written into the folder too (e.g. tokenizer.model).
         """
         from .io.hf import objective_fields, save_hf_folder
@@ -198,11 +205,13 @@ class Llama:
                        extra_config=objective_fields(self.objective))
 
     def num_parameters(self) -> int:
+        """The number of weights in `params` (LoRA adapters not counted)."""
         return int(sum(p.size for p in self.params.values()))
 
     # ----- forward --------------------------------------------------------------------------
     def forward(self, tokens, attention_mask=None) -> np.ndarray:
-        """tokens int (B, T) -> logits (B, T, vocab_size)."""
+        """tokens int (B, T) -> logits (B, T, vocab_size).  attention_mask: optional (B, T), 1 = real
+        token."""
         logits, _ = self.forward_with_caches(tokens, attention_mask)
         return logits
 
@@ -295,6 +304,7 @@ class Llama:
 
     # ----- incremental decoding with a KV cache -------------------------------------------
     def new_kv_cache(self, batch_size: int, max_length: int | None = None) -> "KVCache":
+        """An empty KVCache for forward_step, in the model's dtype; max_length None: the whole context."""
         return KVCache(self.config, batch_size,
                        self.config.max_position_embeddings if max_length is None else max_length, self.dtype)
 
@@ -463,6 +473,7 @@ class KVCache:
     """Keys and values of every layer, preallocated for max_length positions.
 
     k, v: (num_layers, batch, num_key_value_heads, max_length, head_dim); positions [0, length) are filled.
+    Made by `model.new_kv_cache(batch_size)`; built directly, dtype must be the model's.
     """
 
     def __init__(self, config: LlamaConfig, batch_size: int, max_length: int, dtype=np.float32):
@@ -478,6 +489,7 @@ class KVCache:
         self.batch_size, self.max_length, self.length = int(batch_size), int(max_length), 0
 
     def reset(self) -> None:
+        """Forget every position (length 0), to start a new sequence in the same arrays."""
         self.length = 0
 
     def slot(self, layer: int) -> "KVSlot":

@@ -7,7 +7,7 @@ LLaMA's tokenizer is a SentencePiece BPE model with these choices, which `Tokeni
 * split_digits: every digit is its own piece ("2024" -> 2 0 2 4), so numbers are read digit by digit;
 * ids 0, 1, 2 = <unk>, <s> (BOS), </s> (EOS), and no padding piece (pad_id = -1);
 * normalization "identity" and remove_extra_whitespaces=False: the text is not rewritten, so
-  decode(encode(x)) == x exactly;
+  decode(encode(x)) == x exactly (for any x without U+2581 "▁", see `Tokenizer.decode`);
 * add_dummy_prefix: a space is put before the text, so "Hello" at the start of a text is the same
   piece as " Hello" in the middle ("▁Hello");
 * allow_whitespace_only_pieces: runs of spaces (indentation) may become single pieces.
@@ -158,11 +158,15 @@ class Tokenizer:
             lines too; long lines cut at spaces).
         vocab_size: the number of pieces, including 256 byte pieces and <unk>, <s>, </s>.  If the
             corpus cannot fill it, ValueError suggests the largest size that works.
+        model_type: "bpe" (LLaMA's) or another of MODEL_TYPES.
+        max_sentence_length: the longest sentence SentencePiece takes, in bytes (see above).
         input_sentence_size: at most this many sentences (documents, or lines of files) are used, sampled uniformly when the
             corpus has more, so huge corpora train in bounded memory.  0 = all; else more than 100.
         character_coverage: fraction of characters that get their own piece; the rarest rest are
             spelled with bytes (byte fallback).
         seed: seeds SentencePiece's sampling, so training is repeatable.
+        num_threads: SentencePiece's threads (None: one per core, at most 16).
+        verbose: show SentencePiece's own log on stderr.
         echo: a print-like function told when the training starts and whether it used a sample of the
             corpus (None: quiet).
         trainer_options: any other SentencePiece trainer option, overriding LLaMA's settings.
@@ -235,6 +239,7 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """The number of pieces: ids are 0 .. vocab_size - 1."""
         return self._sp.get_piece_size()
 
     @property
@@ -254,6 +259,7 @@ class Tokenizer:
 
     @property
     def unk_id(self) -> int:
+        """Id of <unk> (0 in LLaMA's), what an unknown piece name maps to."""
         return self._sp.unk_id()
 
     def id_to_piece(self, token_id: int) -> str:

@@ -1,9 +1,10 @@
 """Finding the first divergence: run the same tokens two ways, trace both, compare in execution order.
 
     from npllama import debug
-    report = debug.compare_backends(model, tokens)             # numpy reference vs numba kernels
-    report = debug.compare_dtypes(model, tokens)               # float32 vs float64
-    report = debug.compare_transformers("runs/x/model", tokens)  # npllama vs LlamaForCausalLM
+    ids = tokenizer.encode("Once upon a time")              # one sequence: its next tokens are the targets
+    report = debug.compare_backends(model, ids)             # numpy reference vs numba kernels
+    report = debug.compare_dtypes(model, ids)               # float32 vs float64
+    report = debug.compare_transformers("runs/x/model", ids)  # npllama vs LlamaForCausalLM
     print(report)        # the first tensor that differs beyond tolerance, its worst index, both values
 
 Every comparison records the forward intermediates and the backward gradients of one
@@ -146,10 +147,10 @@ def run_trace(model, tokens, targets=None, *, backend_name: str = "numpy", inclu
               attention_mask=None) -> Trace:
     """Trace one loss_and_grads call of `model` on the given backend.
 
-    model: a Llama -- tokens (B, T) or flat ids; targets None: next-token targets made from the
-    tokens -- or a SequenceClassifier (npllama.finetune) -- tokens (B, T) or flat ids, targets its
-    labels (B,), attention_mask None: every token real.  What `npllama.load_classifier` returns
-    stands for its SequenceClassifier (`.head`)."""
+    model: a Llama -- tokens (B, T) with targets (B, T), or one sequence's ids (flat or (1, T)) with
+    targets None: its next tokens -- or a SequenceClassifier (npllama.finetune) -- tokens (B, T) or
+    flat ids, targets its labels (B,), attention_mask None: every token real.  What
+    `npllama.load_classifier` returns stands for its SequenceClassifier (`.head`)."""
     model = _traceable(model)
     if _is_classifier(model):
         tokens, targets, attention_mask = _classifier_batch(tokens, targets, attention_mask)

@@ -330,9 +330,10 @@ class Llama:
         kv_cache.length = end
         return logits
 
-    def generate(self, prompt, max_new_tokens: int, **sampling) -> list[int]:
-        """prompt ids -> prompt + generated ids; every option of npllama.generate.generate
-        (temperature, top_k, top_p, repetition_penalty, seed, eos_id, stop, vocab_size, ...)."""
+    def generate(self, prompt, max_new_tokens: int, **sampling) -> list[int] | list[list[int]]:
+        """prompt ids -> prompt + generated ids (a list of prompts -> a list of those); every option
+        of npllama.generate.generate (temperature, top_k, top_p, repetition_penalty, seed, eos_id,
+        stop, vocab_size, ...)."""
         from .generate import generate
 
         return generate(self, prompt, max_new_tokens, **sampling)

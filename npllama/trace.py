@@ -638,6 +638,9 @@ def _rebound(fn, names: dict):
 def trace(include: Iterable[str] | None = None, exclude: Iterable[str] | None = None):
     """Record the named tensors of every forward/backward pass run inside the block.
 
+    include, exclude: lists of fnmatch patterns: a name is recorded unless it matches an exclude
+    pattern, and only if it matches an include pattern (include None: every name).
+
     Nested blocks: while an inner block is open, records go to it alone (the innermost trace).
     An include pattern that matched nothing by the end of the block is warned about (names start
     with "model.", "lm_head." or "d:", so 'layers.0.*' matches nothing)."""

@@ -270,7 +270,13 @@ def peft_name(module: str, which: str) -> str:
 
 def attach_lora(model, r: int = 8, lora_alpha: float = 16, lora_dropout: float = 0.0,
                 target_modules=ATTENTION_TARGETS, seed: int = 0, use_rslora: bool = False) -> LoraAdapters:
-    """Attach fresh adapters to `model` (its base weights become frozen).  Returns them."""
+    """Attach fresh adapters to `model` (its base weights become frozen).  Returns them.
+
+    r: the rank; scaling = lora_alpha / r (use_rslora: lora_alpha / sqrt(r)).  lora_dropout: on
+    the adapters' input while `adapters.training`.  target_modules: projection names from
+    ALL_TARGETS (q_proj, ..., down_proj), in every layer.  seed: A's random init (B starts at 0)
+    and the dropout masks.
+    """
     if model.lora is not None:
         raise ValueError("the model already has LoRA adapters attached; merge() or detach() them first")
     adapters = LoraAdapters(model, r, lora_alpha, lora_dropout, target_modules, seed, use_rslora)

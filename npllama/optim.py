@@ -355,7 +355,8 @@ class AdamW(_Optimizer):
         p -= lr * m_hat / (sqrt(v_hat) + eps)
 
     The moments m, v are kept in the parameter's dtype.  `no_decay(name, array) -> bool` picks the
-    parameters that are not decayed (default: 1-D ones, i.e. the norm weights)."""
+    parameters that are not decayed (default: 1-D ones, i.e. the norm weights).  threads: see
+    the `threads` property."""
 
     name = "AdamW"
     settings_names = ("lr", "betas", "eps", "weight_decay")

@@ -4,7 +4,7 @@
         loss, grads = model.loss_and_grads(tokens, targets)
     t["model.layers.0.self_attn.attn_probs"]          # (B, H, T, T)
     t["d:model.layers.0.input_layernorm.out"]          # the gradient flowing into that tensor
-    t.summary()                                        # prints name, shape, dtype, mean, std, min, max, NaN/Inf
+    t.summary()                                        # prints shape, dtype, mean, std, min, max, NaN/Inf
     t.save("run.npz");  t2 = Trace.load("run.npz")     # plain .npz, never pickle
 
     report = npllama.trace.compare(t_numpy, t_numba, rtol=1e-4)

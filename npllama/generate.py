@@ -143,7 +143,10 @@ def generate_text(model, tokenizer, prompt, max_new_tokens: int = 100, *, stop: 
     """The text generated after `prompt` (a str, or a list of str -> a list), cut before the first
     stop string.  The prompt is encoded with BOS; sampling options as `generate` (seed None: fresh;
     eos_id: the tokenizer's and the model config's end ids; vocab_size: ids the tokenizer has)."""
-    texts = [prompt] if isinstance(prompt, str) else list(prompt)
+    try:
+        texts = [prompt] if isinstance(prompt, str) else list(prompt)
+    except TypeError:   # not iterable (an int): the message below names the argument
+        texts = []
     if not texts or not all(isinstance(t, str) for t in texts):
         raise TypeError(f"prompt must be a str or a non-empty list of str, got {prompt!r}")
     from .tokenizer import check_tokenizer_fits

@@ -223,6 +223,8 @@ LIBRARY = [
     ("generate: negative seed", lambda: generate(model(), [1], 2, seed=-1), E, "seed"),
     ("generate: eos_id str", lambda: generate(model(), [1], 2, eos_id="</s>"), E, "eos_id"),
     ("generate: on_token not callable", lambda: generate(model(), [1], 2, on_token=5), E, "on_token"),
+    ("generate_text: an int prompt", lambda: generate_text(model(), tokenizer(), 3, 2), E,
+     "prompt must be a str or a non-empty list of str, got 3"),
     ("generate_text: a tokenizer with more ids than the model", lambda: generate_text(model(), tokenizer(), "Once", 2), E,
      "has vocab_size 360 but the model has vocab_size 11"),
     ("perplexity: a tokenizer with more ids than the model", lambda: perplexity(model(), tokenizer(), "Once upon"), E,

@@ -16,6 +16,8 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+from .ops._checks import require_path
+
 # LLaMA-2-chat:  <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant} </s><s>[INST] ...
 LLAMA2_TEMPLATE = (
     "{% if messages[0]['role'] == 'system' %}"
@@ -76,6 +78,10 @@ class ChatTemplate:
         else a built-in one: LLaMA-3 style if the tokenizer has <|start_header_id|>, else LLaMA-2.
         name ("llama2", "llama3", or a .jinja file) overrides the folder's choice.  adapter: a LoRA
         adapter folder, whose own template (the one `finetune sft` trained it with) comes first."""
+        if folder is not None:
+            require_path("folder", folder, "a model folder")
+        if adapter is not None:
+            require_path("adapter", adapter, "a LoRA adapter folder")
         bos, eos = _special_tokens(tokenizer)
         if name is not None:
             if name in BUILTIN_TEMPLATES:

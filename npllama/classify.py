@@ -18,7 +18,7 @@ import numpy as np
 
 from .finetune import INFO_FILE, SCORE, SequenceClassifier, encode_texts
 from .objectives import pad_batch, pad_id_of
-from .ops._checks import require_positive_int
+from .ops._checks import require_path, require_positive_int
 
 
 class Classifier:
@@ -79,7 +79,10 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
     run that is replacing it never gets read half-way."""
     from .runs import load_model_and_tokenizer, load_tokenizer, reading_model_dir
 
+    if path is not None:
+        require_path("path", path, "a classifier folder or run")
     if adapter is not None:
+        require_path("adapter", adapter, "a LoRA adapter folder")
         from .lora import load_adapter
 
         model, tokenizer, model_dir = load_model_and_tokenizer(path, dtype=dtype)

@@ -18,6 +18,8 @@ import pytest
 
 from npllama import LlamaConfig, use_backend
 from npllama.backend import set_backend
+from npllama.chat import ChatTemplate
+from npllama.classify import load_classifier
 from npllama.cli import COMMANDS, main
 from npllama.config import MAX_HIDDEN_LAYERS, MAX_POSITION_EMBEDDINGS
 from npllama.data import BatchLoader, evaluation_batches, load_texts, tokenize_corpus, train_val_split
@@ -223,6 +225,13 @@ LIBRARY = [
     ("generate: negative seed", lambda: generate(model(), [1], 2, seed=-1), E, "seed"),
     ("generate: eos_id str", lambda: generate(model(), [1], 2, eos_id="</s>"), E, "eos_id"),
     ("generate: on_token not callable", lambda: generate(model(), [1], 2, on_token=5), E, "on_token"),
+    ("load_classifier: an int path", lambda: load_classifier(3), E, "path must be a classifier folder or run"),
+    ("load_classifier: an int adapter", lambda: load_classifier("base", adapter=3), E,
+     "adapter must be a LoRA adapter folder"),
+    ("ChatTemplate.for_folder: an int folder", lambda: ChatTemplate.for_folder(3), E,
+     "folder must be a model folder"),
+    ("ChatTemplate.for_folder: an int adapter", lambda: ChatTemplate.for_folder("base", adapter=3), E,
+     "adapter must be a LoRA adapter folder"),
     ("generate_text: an int prompt", lambda: generate_text(model(), tokenizer(), 3, 2), E,
      "prompt must be a str or a non-empty list of str, got 3"),
     ("generate_text: a tokenizer with more ids than the model", lambda: generate_text(model(), tokenizer(), "Once", 2), E,

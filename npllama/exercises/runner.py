@@ -169,8 +169,12 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
                    source: str | None = None, source_file: str | None = None,
                    catch_everything: bool = False, source_text: str | None = None) -> Report:
     """Run every check of exercise `op` (a name, or an Exercise: a teacher's own, teacher.py) on
-    `backward`; never raises for a wrong or crashing function.
+    `backward`; never raises for a wrong or crashing function.  Returns a Report (`.ok`, and
+    `.format()`: the table).
 
+    n_random, seed: how many random cases follow the edge cases, and their draw (case_params).
+    source: where the report says the function comes from (default its __name__); source_file:
+    its file (default where its code is), read for the finite-difference rule.
     catch_everything: also turn SystemExit and KeyboardInterrupt raised by the function into its
     failure (in your own process a Ctrl-C should still stop you).
     source_text: the file's text for the finite-difference rule (screen.py), as read before any of

@@ -51,17 +51,18 @@ FLOAT64_AGAINST_TRANSFORMERS = (
 # ----- inputs ---------------------------------------------------------------------------------------
 
 def next_token_batch(ids) -> tuple[np.ndarray, np.ndarray]:
-    """tokens (1, T) and their next-token targets (1, T); the last position has none (-100)."""
+    """tokens (B, T) and their next-token targets (B, T), each row its own text; the last position
+    of each row has none (-100).  ids: one sequence (T,), or rows of equal length (B, T)."""
     ids = np.asarray(ids)
-    if ids.ndim == 2 and ids.shape[0] == 1:
-        ids = ids[0]
-    if ids.ndim != 1 or ids.size == 0:
-        raise ValueError(f"token ids must be a non-empty flat sequence, got shape {ids.shape}")
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or ids.size == 0:
+        raise ValueError(f"token ids must be a non-empty sequence (T,) or batch (B, T), got shape {ids.shape}")
     if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
-    tokens = ids[None].astype(np.int64)
+    tokens = ids.astype(np.int64)
     targets = np.full_like(tokens, -100)
-    targets[0, :-1] = tokens[0, 1:]
+    targets[:, :-1] = tokens[:, 1:]
     return tokens, targets
 
 
@@ -147,8 +148,8 @@ def run_trace(model, tokens, targets=None, *, backend_name: str = "numpy", inclu
               attention_mask=None) -> Trace:
     """Trace one loss_and_grads call of `model` on the given backend.
 
-    model: a Llama -- tokens (B, T) with targets (B, T), or one sequence's ids (flat or (1, T)) with
-    targets None: its next tokens -- or a SequenceClassifier (npllama.finetune) -- tokens (B, T) or
+    model: a Llama -- tokens (B, T) with targets (B, T), or with targets None each row's next tokens
+    (one sequence's ids may be flat) -- or a SequenceClassifier (npllama.finetune) -- tokens (B, T) or
     flat ids, targets its labels (B,), attention_mask None: every token real.  What
     `npllama.load_classifier` returns stands for its SequenceClassifier (`.head`)."""
     model = _traceable(model)

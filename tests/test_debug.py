@@ -118,6 +118,21 @@ def test_next_token_batch_and_token_parsing():
         debug.next_token_batch([])
     with pytest.raises(TypeError, match="integers"):
         debug.next_token_batch([1.5, 2.0])
+    # rows of a batch, each its own text: no target crosses from one row into the next
+    tokens, targets = debug.next_token_batch([[4, 5, 6], [7, 8, 9]])
+    np.testing.assert_array_equal(targets, [[5, 6, -100], [8, 9, -100]])
+    with pytest.raises(ValueError, match=r"sequence \(T,\) or batch \(B, T\), got shape \(1, 1, 3\)"):
+        debug.next_token_batch([[[4, 5, 6]]])
+
+
+def test_a_batch_without_targets_is_compared_row_by_row(model):
+    # a (B, T) batch and no targets was refused ("a non-empty flat sequence"), as the module's
+    # example showed it
+    batch = np.array([IDS, IDS[::-1]])
+    report = debug.compare_dtypes(model, batch)
+    assert report.ok, str(report)
+    t = debug.run_trace(model, batch, include=["loss"])
+    assert float(t["loss"]) == pytest.approx(model.loss(*debug.next_token_batch(batch)), rel=1e-6)
 
 
 # ----- loading inputs for the commands ----------------------------------------------------------------

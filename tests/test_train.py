@@ -221,6 +221,18 @@ def test_masked_lm_objective_trains_and_resumes_exactly(tmp_path):
     assert losses(tmp_path / "c") != mlm_losses and causal.step == 8
 
 
+def test_masked_lm_masks_are_drawn_from_the_runs_seed(tmp_path, monkeypatch):
+    # --seed reaches the masks as it reaches the weights and the batch order (a constant there
+    # passed every other test: masks still varied by batch and resumed exactly)
+    import npllama.objectives as objectives
+
+    seen, real = [], objectives.MaskedLMBatches.for_tokenizer
+    monkeypatch.setattr(objectives.MaskedLMBatches, "for_tokenizer",
+                        staticmethod(lambda loader, tokenizer, seed: seen.append(seed) or real(loader, tokenizer, seed)))
+    train(TrainConfig(out=str(tmp_path / "run"), steps=1, objective="mlm", seed=7, **FAST), echo=quiet)
+    assert seen == [7]
+
+
 def test_unknown_objective_is_refused():
     with pytest.raises(ValueError, match="unknown objective 'nsp'"):
         TrainConfig(objective="nsp")

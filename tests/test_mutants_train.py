@@ -144,28 +144,6 @@ def _tokens_and_targets():
     return tokens, targets
 
 
-def test_grad_accum_of_three_micro_batches_is_the_whole_batch():
-    """Two micro-batches add once; a third adds to a sum that already holds its weights."""
-    import types
-
-    from npllama import use_backend
-    from npllama.parallel import BatchSplitter
-    from npllama.train import _Loop
-
-    model = _tiny_model()
-    tokens, targets = _tokens_and_targets()
-    batches = iter([(tokens[i:i + 2], targets[i:i + 2]) for i in (0, 2, 4)])
-    loop = types.SimpleNamespace(tc=types.SimpleNamespace(grad_accum=3), splitter=BatchSplitter(1),
-                                 loader=types.SimpleNamespace(next_batch=lambda: next(batches)),
-                                 loss_and_grads=model.loss_and_grads)
-    with use_backend("numpy"):
-        loss, grads = _Loop.accumulate(loop)
-        whole_loss, whole_grads = model.loss_and_grads(tokens, targets)
-    assert loss == pytest.approx(whole_loss, rel=1e-13)
-    for name, g in whole_grads.items():
-        np.testing.assert_allclose(grads[name], g, rtol=1e-10, atol=1e-14, err_msg=name)
-
-
 def test_validation_loss_is_the_mean_over_every_held_out_target():
     """Validation batches count different numbers of targets (a smaller last batch, -100s): the
     loss is that of all of them as one batch, not a mean of the batches' means."""

@@ -277,9 +277,11 @@ def test_grad_accum_2_of_4_windows_is_the_step_of_one_batch_of_8(tmp_path):
     assert steps_one == steps_two and loss_one == pytest.approx(loss_two, rel=1e-12)
 
 
-def test_grad_accum_weights_micro_batches_by_their_counted_targets():
+@pytest.mark.parametrize("parts", [2, 3])
+def test_grad_accum_weights_micro_batches_by_their_counted_targets(parts):
     """Micro-batches with different numbers of -100 targets (--objective mlm masks 15% of each at
-    random): the accumulated loss and gradients are those of the whole batch, not a mean of means."""
+    random): the accumulated loss and gradients are those of the whole batch, not a mean of means.
+    Two micro-batches add once; a third adds to a sum that already holds their weights."""
     import types
 
     from npllama import LlamaConfig, use_backend
@@ -290,10 +292,11 @@ def test_grad_accum_weights_micro_batches_by_their_counted_targets():
                               num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16),
                   seed=0, dtype=np.float64)
     rng = np.random.default_rng(0)
-    tokens, targets = rng.integers(0, 50, (4, 8)), rng.integers(0, 50, (4, 8))
-    targets[:2, 1:] = -100   # the first micro-batch counts 2 targets, the second 16
-    batches = iter([(tokens[:2], targets[:2]), (tokens[2:], targets[2:])])
-    loop = types.SimpleNamespace(tc=types.SimpleNamespace(grad_accum=2), splitter=BatchSplitter(1),
+    tokens, targets = rng.integers(0, 50, (2 * parts, 8)), rng.integers(0, 50, (2 * parts, 8))
+    targets[:2, 1:] = -100   # the micro-batches count 2, 16 (and 13) targets
+    targets[4:5, :3] = -100
+    batches = iter([(tokens[i:i + 2], targets[i:i + 2]) for i in range(0, 2 * parts, 2)])
+    loop = types.SimpleNamespace(tc=types.SimpleNamespace(grad_accum=parts), splitter=BatchSplitter(1),
                                  loader=types.SimpleNamespace(next_batch=lambda: next(batches)),
                                  loss_and_grads=model.loss_and_grads)
     with use_backend("numpy"):

@@ -19,6 +19,7 @@ does not depend on what came before.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -60,21 +61,61 @@ def load_texts(path, doc_separator: str = "blank-line") -> list[str]:
     other formats, a bad doc_separator, malformed JSON (naming the file and line) or a corpus
     without any text.
     """
-    check_doc_separator(doc_separator)
-    path = Path(require_path("path", path, "a .txt or .jsonl file or a folder of them")).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"corpus {str(path)!r} does not exist (expected a .txt or .jsonl file, "
-                                f"or a folder of them)")
-    if path.is_dir():
-        files = corpus_files(path)
-    else:
-        files = [path]
-    texts = []
-    for file in files:
-        texts.extend(_read_file(file, doc_separator))
-    if not texts:
-        raise ValueError(f"corpus {str(path)!r} is empty: it contains no text")
-    return texts
+    return list(Corpus(path, doc_separator, progress=False))
+
+
+class Corpus:
+    """The documents of a corpus on disk (the rules of `load_texts`), read as a stream: iterating
+    reads the files again, a block of lines at a time, so only the document being read is in
+    memory, whatever the size of the corpus.
+
+        corpus = Corpus("stories.txt")      # reads it all once: what cannot be read is refused here
+        len(corpus), corpus.n_chars         # its documents and characters
+        for text in corpus: ...             # the documents, in load_texts' order
+
+    The first reading checks the whole corpus (what load_texts refuses is refused here, with the
+    same message), counts it, and hashes it (`digest`, which tokenize_corpus' cache key holds).
+    progress: a tqdm bar, in bytes, while reading; None shows it for corpora over ten million bytes.
+    """
+
+    def __init__(self, path, doc_separator: str = "blank-line", progress: bool | None = None):
+        check_doc_separator(doc_separator)
+        path = Path(require_path("path", path, "a .txt or .jsonl file or a folder of them")).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"corpus {str(path)!r} does not exist (expected a .txt or .jsonl file, "
+                                    f"or a folder of them)")
+        self.path, self.doc_separator, self.progress = path, doc_separator, progress
+        self.files = corpus_files(path) if path.is_dir() else [path]
+        self._bar_text, self._warn = "reading", True
+        self.digest, self.n_documents, self.n_chars = _text_digest(self)
+        self._bar_text, self._warn = None, False   # a warning about the text was given by the first reading
+        if not self.n_documents:
+            raise ValueError(f"corpus {str(path)!r} is empty: it contains no text")
+
+    def __len__(self) -> int:
+        return self.n_documents
+
+    def __iter__(self):
+        from tqdm.auto import tqdm
+
+        total = sum(file.stat().st_size for file in self.files)
+        show = total > 10 * ENCODE_CHUNK_CHARS if self.progress is None else self.progress
+        with tqdm(total=total, desc=self._bar_text, unit="B", unit_scale=True,
+                  disable=not (show and self._bar_text)) as bar:
+            for file in self.files:
+                yield from _read_file(file, self.doc_separator, self._warn, bar.update)
+
+    def shown(self, bar_text: str) -> "Corpus":
+        """The same corpus, its next reading shown as a bar labelled bar_text (a pass over it)."""
+        import copy
+
+        shown = copy.copy(self)
+        shown._bar_text = bar_text
+        return shown
+
+    def __repr__(self) -> str:
+        return (f"Corpus({str(self.path)!r}, {self.doc_separator!r}): {self.n_documents:,} documents, "
+                f"{self.n_chars:,} characters")
 
 
 CORPUS_SUFFIXES = (".txt", ".jsonl")   # in any case: Windows names files NOTES.TXT
@@ -137,63 +178,83 @@ def check_doc_separator(doc_separator) -> None:
                          f"TEXT (e.g. marker:<|endoftext|>), got {doc_separator!r}")
 
 
-def _read_file(path: Path, doc_separator: str) -> list[str]:
-    if path.suffix.lower() == ".txt":
-        text = _read_utf8(path)
-        marker = doc_separator[len("marker:"):] if doc_separator.startswith("marker:") else None
-        if marker is not None and text.strip() and marker not in text:
-            import warnings
+def _read_file(path: Path, doc_separator: str, warn: bool = True, read=None):
+    """The documents of one file, read a block of lines at a time (`read` is told the bytes read)."""
+    from .budget import max_read
+    from .io.reading import read_text_blocks
 
-            warnings.warn(f"the document separator {doc_separator!r} (--doc-separator) never occurs in "
-                          f"{str(path)!r}: the whole file is one document", UserWarning, stacklevel=4)
-        return split_documents(text, doc_separator)
-    if path.suffix.lower() == ".jsonl":
-        return _read_jsonl(path)
-    raise ValueError(f"cannot read corpus file {str(path)!r}: expected a .txt or .jsonl file "
-                     f"(or a folder of them), got {path.suffix or 'no extension'!r}"
-                     f"{JSON_LINES_ADVICE if path.suffix.lower() == '.json' else ''}")
+    if path.suffix.lower() == ".txt":
+        blocks = read_text_blocks(path, max_bytes=max_read(), read=read)
+        yield from _split_blocks(blocks, doc_separator, path if warn else None)
+    elif path.suffix.lower() == ".jsonl":
+        yield from (record["text"] for _, record in _numbered_jsonl(path, {"text": str}, read)
+                    if record["text"].strip())
+    else:
+        raise ValueError(f"cannot read corpus file {str(path)!r}: expected a .txt or .jsonl file "
+                         f"(or a folder of them), got {path.suffix or 'no extension'!r}"
+                         f"{JSON_LINES_ADVICE if path.suffix.lower() == '.json' else ''}")
 
 
 def split_documents(text: str, doc_separator: str = "blank-line") -> list[str]:
     """Split text into documents (the `.txt` rule of `load_texts`).  Windows (\\r\\n) and old Mac
     (\\r) line ends become \\n first, as Python's text mode reads them, whatever the separator."""
     check_doc_separator(doc_separator)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if doc_separator == "whole-file":
-        pieces = [text]
-    elif doc_separator == "line":
-        pieces = text.split("\n")     # not splitlines(): U+2028, U+0085, form feeds stay the text's own
-    elif doc_separator.startswith("marker:"):
-        pieces = text.split(doc_separator[len("marker:"):])
-    else:
-        return _split_at_blank_lines(text)
-    return [piece.strip() for piece in pieces if piece.strip()]
+    return list(_split_blocks([text], doc_separator))
 
 
-def _split_at_blank_lines(text: str) -> list[str]:
-    documents, current = [], []
-    for line in text.split("\n"):   # not splitlines(): U+2028, U+0085, form feeds stay the text's own
-        if line.strip():
-            current.append(line)
-        elif current:
-            documents.append("\n".join(current).strip())
-            current = []
+def _split_blocks(blocks, doc_separator: str, warn_about=None):
+    """split_documents of the text that `blocks` make (each ending at a line end), one document at a
+    time.  warn_about: the file, to warn if it has text but never the marker."""
+    blocks = (block.replace("\r\n", "\n").replace("\r", "\n") for block in blocks)
+    if doc_separator == "blank-line":
+        yield from _split_at_blank_lines(blocks)
+        return
+    separator = {"whole-file": None, "line": "\n"}.get(doc_separator, doc_separator[len("marker:"):])
+    pending, cut = [], False       # the text since the last separator, as blocks
+    for block in blocks:
+        tail = pending[-1][1 - len(separator):] if pending and separator and len(separator) > 1 else ""
+        if separator is None or separator not in tail + block:   # (a marker may span two blocks)
+            pending.append(block)
+            continue
+        *pieces, rest = ("".join(pending) + block).split(separator)
+        yield from (piece.strip() for piece in pieces if piece.strip())
+        pending, cut = [rest], True
+    last = "".join(pending).strip()
+    if last:
+        yield last
+    if warn_about is not None and doc_separator.startswith("marker:") and last and not cut:
+        import warnings
+
+        warnings.warn(f"the document separator {doc_separator!r} (--doc-separator) never occurs in "
+                      f"{str(warn_about)!r}: the whole file is one document", UserWarning, stacklevel=2)
+
+
+def _split_at_blank_lines(blocks):
+    current, rest = [], ""
+    for block in blocks:
+        # not splitlines(): U+2028, U+0085, form feeds stay the text's own
+        *lines, rest = (rest + block).split("\n")
+        for line in lines:
+            if line.strip():
+                current.append(line)
+            elif current:
+                yield "\n".join(current).strip()
+                current = []
+    if rest.strip():
+        current.append(rest)
     if current:
-        documents.append("\n".join(current).strip())
-    return documents
+        yield "\n".join(current).strip()
 
 
-def _read_utf8(path: Path) -> str:
-    """A regular file's text, at most NPLLAMA_MAX_READ bytes: a FIFO or a link to /dev/zero is
-    refused before it is read (npllama/io/reading.py); a UTF-8 byte-order mark is dropped there."""
-    from .budget import max_read
-    from .io.reading import read_text
-
-    return read_text(path, max_bytes=max_read())
-
-
-def _read_jsonl(path: Path) -> list[str]:
-    return [r["text"] for r in read_jsonl(path, {"text": str}) if r["text"].strip()]
+def _text_digest(documents) -> tuple[str, int, int]:
+    """(sha256 of the documents, how many, their characters): the documents' part of the cache key."""
+    h, n_documents, n_chars = hashlib.sha256(), 0, 0
+    for text in documents:
+        data = text.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "little"))  # length-prefixed: ["ab", "c"] != ["a", "bc"]
+        h.update(data)
+        n_documents, n_chars = n_documents + 1, n_chars + len(text)
+    return h.hexdigest(), n_documents, n_chars
 
 
 # what a user holding a .json file of records (a JSON array) is to do
@@ -208,44 +269,82 @@ def read_jsonl(path, fields: dict) -> list[dict]:
 
 def read_numbered_jsonl(path, fields: dict) -> list[tuple[int, dict]]:
     """read_jsonl's objects with the line each is on, for errors found after reading."""
-    path = Path(path)
-    records = []
+    return list(_numbered_jsonl(path, fields))
+
+
+def _numbered_jsonl(path, fields: dict, read=None):
+    from .budget import max_read
+    from .io.reading import read_text_blocks
+
+    path, rest, line_number = Path(path), "", 0
+    blocks = read_text_blocks(path, max_bytes=max_read(), read=read)
     # lines end at \n alone: a JSON string may hold U+2028 or U+0085 unescaped, which splitlines()
     # would cut at (a \r before the \n is JSON white space)
-    for line_number, line in enumerate(_read_utf8(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{str(path)!r} line {line_number}"
-        if line.strip() in ("[", "{"):
-            raise ValueError(f"{where}: {line.strip()!r} alone on a line starts JSON written over many lines, but a "
-                             f".jsonl file holds one JSON object per line{JSON_LINES_ADVICE}")
-        record = parse_json(line, where)  # bad syntax or nesting too deep: a ValueError naming the line
-        for field, kind in fields.items():
-            if not isinstance(record, dict) or field not in record:
-                array = f", got a JSON array{JSON_LINES_ADVICE}" if isinstance(record, list) else ""
-                raise ValueError(f'{where}: expected a JSON object with a "{field}" field{array}')
-            kinds = kind if isinstance(kind, tuple) else (kind,)
-            if not isinstance(record[field], kinds) or isinstance(record[field], bool):
-                raise ValueError(f'{where}: "{field}" must be a {" or ".join(k.__name__ for k in kinds)}, '
-                                 f'got {type(record[field]).__name__}')
-        records.append((line_number, record))
-    return records
+    for block in itertools.chain(blocks, ["\n"]):
+        *lines, rest = (rest + block).split("\n")
+        for line in lines:
+            line_number += 1
+            if line.strip():
+                yield line_number, _checked_record(line, f"{str(path)!r} line {line_number}", fields)
+
+
+def _checked_record(line: str, where: str, fields: dict) -> dict:
+    if line.strip() in ("[", "{"):
+        raise ValueError(f"{where}: {line.strip()!r} alone on a line starts JSON written over many lines, but a "
+                         f".jsonl file holds one JSON object per line{JSON_LINES_ADVICE}")
+    record = parse_json(line, where)  # bad syntax or nesting too deep: a ValueError naming the line
+    for field, kind in fields.items():
+        if not isinstance(record, dict) or field not in record:
+            array = f", got a JSON array{JSON_LINES_ADVICE}" if isinstance(record, list) else ""
+            raise ValueError(f'{where}: expected a JSON object with a "{field}" field{array}')
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(record[field], kinds) or isinstance(record[field], bool):
+            raise ValueError(f'{where}: "{field}" must be a {" or ".join(k.__name__ for k in kinds)}, '
+                             f'got {type(record[field]).__name__}')
+    return record
 
 
 # ----- tokenizing ----------------------------------------------------------------------------------
 
-def tokenize_corpus(texts: list[str], tokenizer, cache_path=None, progress: bool | None = None) -> np.ndarray:
+def tokenize_corpus(texts, tokenizer, cache_path=None, progress: bool | None = None) -> np.ndarray:
     """The whole corpus as one 1-D stream of token ids: `<s> doc </s>` for every document.
 
+    texts: a list of str, or a Corpus (read from disk as it is tokenized).
     dtype is uint16 when every id fits (vocab_size <= 65536, so half the memory of int32),
-    else int32.  With `cache_path` (a `.npy` file) the stream is saved there with a key -- a hash
-    of the texts, the tokenizer model and the stream format -- in `<cache_path>.json`; a later call
-    with the same key loads it (memory-mapped, read-only) instead of tokenizing again, and a call
-    with different texts or another tokenizer re-tokenizes and overwrites it.
+    else int32.  With `cache_path` (a `.npy` file) the stream is written there as it is made,
+    with a key -- a hash of the texts, the tokenizer model and the stream format -- in
+    `<cache_path>.json`, and returned memory-mapped (read-only): a corpus of any size is tokenized
+    in the memory of one chunk of documents.  A later call with the same key loads it instead of
+    tokenizing again; a call with different texts or another tokenizer re-tokenizes and
+    overwrites it.
 
     progress: show a tqdm bar (in characters); None shows it for corpora of more than ten million
     characters (about ten seconds' work, whether in many short documents or a few long ones).
     """
+    if not isinstance(texts, Corpus):
+        _require_texts(texts)
+    if tokenizer.bos_id is None or tokenizer.eos_id is None:
+        raise ValueError(f"tokenizer {tokenizer!r} needs BOS and EOS pieces to mark documents")
+    if cache_path is None:
+        return np.concatenate(list(_encode_stream(texts, tokenizer, progress)))
+    cache_path = Path(cache_path).expanduser()
+    if cache_path.suffix != ".npy":
+        raise ValueError(f"cache_path must end in .npy, got {str(cache_path)!r}")
+    key = _cache_key(texts, tokenizer)
+    cached = _load_cached(cache_path, key)
+    if cached is not None:
+        return cached
+    try:
+        return _save_cached(cache_path, key, _encode_stream(texts, tokenizer, progress))
+    except OSError as error:
+        import warnings
+
+        warnings.warn(f"could not write the token cache {cache_path} ({error}); going on without it, "
+                      f"the tokens in memory", RuntimeWarning, stacklevel=2)
+        return np.concatenate(list(_encode_stream(texts, tokenizer, progress)))
+
+
+def _require_texts(texts) -> None:
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
         raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
     if not texts:
@@ -253,35 +352,20 @@ def tokenize_corpus(texts: list[str], tokenizer, cache_path=None, progress: bool
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
-    if tokenizer.bos_id is None or tokenizer.eos_id is None:
-        raise ValueError(f"tokenizer {tokenizer!r} needs BOS and EOS pieces to mark documents")
-    key = _cache_key(texts, tokenizer) if cache_path is not None else None
-    if cache_path is not None:
-        cache_path = Path(cache_path).expanduser()
-        if cache_path.suffix != ".npy":
-            raise ValueError(f"cache_path must end in .npy, got {str(cache_path)!r}")
-        cached = _load_cached(cache_path, key)
-        if cached is not None:
-            return cached
-    ids = _encode_stream(texts, tokenizer, progress)
-    if cache_path is not None:
-        _save_cached(cache_path, key, ids)
-    return ids
 
 
-def _encode_stream(texts, tokenizer, progress) -> np.ndarray:
+def _encode_stream(texts, tokenizer, progress):
+    """The token stream, a chunk of documents at a time (1-D arrays)."""
     from tqdm.auto import tqdm
 
     dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
-    total = sum(map(len, texts))
+    total = texts.n_chars if isinstance(texts, Corpus) else sum(map(len, texts))
     show = total > 10 * ENCODE_CHUNK_CHARS if progress is None else progress
-    pieces = []
     with tqdm(total=total, desc="tokenizing", unit="char", unit_scale=True, disable=not show) as bar:
         for chunk in _encode_chunks(texts):
-            for doc_ids in tokenizer.encode_batch(chunk, bos=True, eos=True):
-                pieces.append(np.asarray(doc_ids, dtype=dtype))
+            yield np.concatenate([np.asarray(doc_ids, dtype=dtype)
+                                  for doc_ids in tokenizer.encode_batch(chunk, bos=True, eos=True)])
             bar.update(sum(map(len, chunk)))
-    return np.concatenate(pieces)
 
 
 def _encode_chunks(texts):
@@ -299,13 +383,9 @@ def _encode_chunks(texts):
 
 
 def _cache_key(texts, tokenizer) -> str:
-    h = hashlib.sha256()
-    h.update(f"npllama-tokens-v{TOKEN_CACHE_FORMAT}\0{tokenizer.fingerprint}\0{len(texts)}\0".encode())
-    for text in texts:
-        data = text.encode("utf-8", "surrogatepass")
-        h.update(len(data).to_bytes(8, "little"))  # length-prefixed: ["ab", "c"] != ["a", "bc"]
-        h.update(data)
-    return h.hexdigest()
+    digest, n_documents, _ = (texts.digest, len(texts), None) if isinstance(texts, Corpus) else _text_digest(texts)
+    text = f"npllama-tokens-v{TOKEN_CACHE_FORMAT}\0{tokenizer.fingerprint}\0{n_documents}\0{digest}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _load_cached(cache_path: Path, key: str) -> np.ndarray | None:
@@ -324,22 +404,32 @@ def _load_cached(cache_path: Path, key: str) -> np.ndarray | None:
     return ids
 
 
-def _save_cached(cache_path: Path, key: str, ids: np.ndarray) -> None:
-    """Write the cache; a cache that cannot be written (a full disk, a read-only folder) is only
-    a warning: the tokens are in memory, and the next run tokenizes again."""
-    import warnings
+def _save_cached(cache_path: Path, key: str, chunks) -> np.ndarray:
+    """Write the chunks of the stream to the cache as they come, and return it memory-mapped.  An
+    OSError (a full disk, a read-only folder) leaves no cache: the caller goes on without one."""
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    # Array first, key second, each renamed into place: a crash in between leaves a key that no
+    # longer matches, never a key that vouches for a half-written array.
+    with atomic_open(cache_path) as f:
+        n_tokens, dtype = 0, None
+        for ids in chunks:
+            if dtype is None:   # NumPy leaves room in the header for any length: rewritten at the end
+                dtype = ids.dtype
+                np.lib.format.write_array_header_1_0(f, _npy_header(0, dtype))
+                start = f.tell()
+            f.write(ids.tobytes())
+            n_tokens += ids.shape[0]
+        f.seek(0)
+        np.lib.format.write_array_header_1_0(f, _npy_header(n_tokens, dtype))
+        if f.tell() != start:
+            raise AssertionError(f"the .npy header of {n_tokens} tokens outgrew its room")
+    meta = {"key": key, "n_tokens": n_tokens, "dtype": str(dtype)}
+    atomic_write_text(Path(f"{cache_path}.json"), json.dumps(meta))
+    return np.load(cache_path, allow_pickle=False, mmap_mode="r")
 
-    try:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        # Array first, key second, each renamed into place: a crash in between leaves a key that no
-        # longer matches, never a key that vouches for a half-written array.
-        with atomic_open(cache_path) as f:
-            np.save(f, ids, allow_pickle=False)
-        meta = {"key": key, "n_tokens": int(ids.shape[0]), "dtype": str(ids.dtype)}
-        atomic_write_text(Path(f"{cache_path}.json"), json.dumps(meta))
-    except OSError as error:
-        warnings.warn(f"could not write the token cache {cache_path} ({error}); going on without it",
-                      RuntimeWarning, stacklevel=3)
+
+def _npy_header(n_tokens: int, dtype) -> dict:
+    return {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n_tokens,)}
 
 
 # ----- splitting -----------------------------------------------------------------------------------
@@ -529,5 +619,5 @@ def _require_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be positive, got {value}")
 
 
-__all__ = ["load_texts", "split_documents", "tokenize_corpus", "train_val_split", "BatchLoader",
+__all__ = ["load_texts", "Corpus", "split_documents", "tokenize_corpus", "train_val_split", "BatchLoader",
            "evaluation_batches", "windows"]

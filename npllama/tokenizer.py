@@ -25,7 +25,7 @@ import itertools
 import os
 import re
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from pathlib import Path
 
 import numpy as np
@@ -203,7 +203,7 @@ class Tokenizer:
             raise ValueError(f"cannot train a tokenizer on no text: {nothing}")
         if echo is not None:   # the arguments are good and there is text: what follows takes a while
             what = (f" on {len(files)} file{'s' if len(files) > 1 else ''}" if files else
-                    f" on {len(texts_or_files):,} documents" if isinstance(texts_or_files, (list, tuple)) else "")
+                    f" on {len(texts_or_files):,} documents" if isinstance(texts_or_files, Sized) else "")
             echo(f"training a SentencePiece {model_type.upper()} tokenizer with {vocab_size} pieces{what} ...")
         reading = _Reading(itertools.chain([first], sentences))
         options["sentence_iterator"] = iter(reading)

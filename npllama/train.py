@@ -605,9 +605,10 @@ class _Loop:
 
 
 # ----- preparation --------------------------------------------------------------------------------
-def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts: list[str], echo, checkpoint=None):
+def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts, echo, checkpoint=None):
     """The run's tokenizer: on a resume the checkpoint's own copy (the one its model was trained
     with); on a new start the --tokenizer given, or one trained on the texts."""
+    from .data import Corpus
     from .tokenizer import Tokenizer
 
     path = run_dir / TOKENIZER_FILE
@@ -630,6 +631,8 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts: list[str], echo, c
              f"tokenizer the weights were trained with as --tokenizer")
     # tokenizer.model and tokenizer.vocab, each written atomically (a full disk is an OSError saying so)
     try:
+        # SentencePiece draws its sample of the documents (a seeded reservoir) as they stream past
+        texts = texts.shown("training the tokenizer") if isinstance(texts, Corpus) else texts
         return Tokenizer.train(texts, path.with_suffix(""), vocab_size, input_sentence_size=200_000, echo=echo)
     except ValueError as error:
         if "character_coverage" not in str(error):
@@ -639,27 +642,34 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts: list[str], echo, c
                          f"it with `npllama tokenizer train --character-coverage` and give it as --tokenizer.") from None
 
 
-def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts: list[str], val_texts=None):
+def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts, val_texts=None):
     """(train_ids, val_ids): all of --data and --val-data's text (val_texts when already read),
     or --data with its last val_fraction held out."""
-    from .data import load_texts, tokenize_corpus, train_val_split
+    from .data import tokenize_corpus, train_val_split
 
     ids = tokenize_corpus(texts, tokenizer, cache_path=run_dir / "tokens.npy", progress=tc.progress)
     if tc.val_data is None:
         return train_val_split(ids, tc.held_out_fraction, bos_id=tokenizer.bos_id)
     if val_texts is None:
-        val_texts = load_texts(tc.val_data, tc.doc_separator)
+        val_texts = _read_corpus(tc.val_data, tc)
     return ids, tokenize_corpus(val_texts, tokenizer, cache_path=run_dir / "val_tokens.npy", progress=tc.progress)
 
 
-def _load_corpus(tc: TrainConfig) -> list[str]:
-    """The run's documents: the user's --data, or the built-in stories."""
+def _load_corpus(tc: TrainConfig):
+    """The run's documents: the user's --data (a Corpus, streamed from disk), or the built-in stories."""
     from .corpus import make_default_corpus
-    from .data import load_texts
 
     if tc.data is None:
         return make_default_corpus(tc.corpus_stories, seed=0)
-    return load_texts(tc.data, tc.doc_separator)
+    return _read_corpus(tc.data, tc)
+
+
+def _read_corpus(path, tc: TrainConfig):
+    """A Corpus of path, read through once now, so that what cannot be read is refused now.  Its
+    reading bars show only for big corpora (a small one is read in the blink of an eye)."""
+    from .data import Corpus
+
+    return Corpus(path, tc.doc_separator, progress=None if tc.progress else False)
 
 
 def _new_model(tc: TrainConfig, tokenizer, echo):
@@ -747,13 +757,11 @@ def _refuse_held_out_text_in_data(tc: TrainConfig) -> None:
                          f"out of --data (or leave out --val-data to hold out the end of --data)")
 
 
-def _held_out_texts(tc: TrainConfig) -> list[str]:
+def _held_out_texts(tc: TrainConfig):
     """--val-data, read now, so that an empty or unreadable file is refused before the folder is
     made and the tokenizer trained (not after); the run uses these texts, not a second reading."""
-    from .data import load_texts
-
     try:
-        return load_texts(tc.val_data, tc.doc_separator)
+        return _read_corpus(tc.val_data, tc)
     except ValueError as error:
         raise ValueError(f"--val-data {tc.val_data!r}: {error}") from None
 

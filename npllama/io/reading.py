@@ -57,10 +57,7 @@ def read_bytes(path, max_bytes: int, error=ValueError) -> bytes:
     """The bytes of a regular file of at most max_bytes, read without ever blocking or over-reading."""
     path = Path(path)
     with open_regular_file(path, error) as f:
-        size = os.fstat(f.fileno()).st_size
-        if size > max_bytes:
-            raise _fail(error, path, f"is {size:,} bytes, over the {max_bytes:,}-byte limit "
-                                     f"for this kind of file")
+        size = _refuse_over_budget(f, path, max_bytes, error)
         data = f.read(size + 1)  # what fstat promised, +1 to notice a file that grew
         while len(data) > size and len(data) <= max_bytes:
             more = f.read(min(1024**2, max_bytes + 1 - len(data)))
@@ -68,8 +65,20 @@ def read_bytes(path, max_bytes: int, error=ValueError) -> bytes:
                 break
             data += more
     if len(data) > max_bytes:
-        raise _fail(error, path, f"grew past the {max_bytes:,}-byte limit while being read")
+        raise _grew_past(error, path, max_bytes)
     return data
+
+
+def _refuse_over_budget(f, path, max_bytes: int, error) -> int:
+    """The size of the open file f, if it is within max_bytes."""
+    size = os.fstat(f.fileno()).st_size
+    if size > max_bytes:
+        raise _fail(error, path, f"is {size:,} bytes, over the {max_bytes:,}-byte limit for this kind of file")
+    return size
+
+
+def _grew_past(error, path, max_bytes: int):
+    return _fail(error, path, f"grew past the {max_bytes:,}-byte limit while being read")
 
 
 def read_text(path, max_bytes: int = MAX_TEXT_BYTES, error=ValueError) -> str:
@@ -77,6 +86,29 @@ def read_text(path, max_bytes: int = MAX_TEXT_BYTES, error=ValueError) -> str:
     and the line (see decode_text).  A leading byte-order mark (Notepad and Excel write one) is not
     text: it is dropped, as Python's "utf-8-sig" codec drops it."""
     return decode_text(read_bytes(path, max_bytes, error), path, error).removeprefix("\ufeff")
+
+
+def read_text_blocks(path, max_bytes: int = MAX_TEXT_BYTES, error=ValueError, block_bytes: int = 1024**2,
+                     read=None) -> Iterator[str]:
+    """read_text's text in blocks of whole lines: each about block_bytes long (a longer line is a
+    block of its own) and ending with a \n but the last, so a file of any size is read in the
+    memory of one block.  Checked as read_text checks a file, with the same byte and line named;
+    `read`, if given, is told the bytes each block took (for a progress bar)."""
+    path = Path(path)
+    with open_regular_file(path, error) as f:
+        _refuse_over_budget(f, path, max_bytes, error)
+        offset, line = 0, 1
+        while data := f.read(block_bytes):
+            if not data.endswith(b"\n"):
+                data += f.readline()   # to the line's end: no character or \r\n is cut in two
+            if offset + len(data) > max_bytes:
+                raise _grew_past(error, path, max_bytes)
+            text = decode_text(data, path, error, offset, line)
+            yield text.removeprefix("\ufeff") if offset == 0 else text
+            offset += len(data)
+            line += _line_ends(data)
+            if read is not None:
+                read(len(data))
 
 
 def read_lines(path, error=ValueError) -> Iterator[str]:
@@ -169,5 +201,5 @@ def read_json(path, expect=None, max_bytes: int = MAX_JSON_BYTES, error=ValueErr
     return parse_json(read_text(path, max_bytes, error), path, expect, error)
 
 
-__all__ = ["open_regular_file", "read_bytes", "read_text", "read_lines", "decode_text", "read_json", "parse_json",
+__all__ = ["open_regular_file", "read_bytes", "read_text", "read_text_blocks", "read_lines", "decode_text", "read_json", "parse_json",
            "MAX_JSON_BYTES", "MAX_TEXT_BYTES"]

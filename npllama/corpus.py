@@ -411,7 +411,7 @@ def unigram_entropy(token_ids, vocab_size: int) -> float:
     show it has learned anything about context.
     """
     ids = _checked_ids("token_ids", token_ids, vocab_size, empty="the entropy")
-    counts = np.bincount(ids.ravel(), minlength=vocab_size)
+    counts = _token_counts(ids, vocab_size)
     p = counts[counts > 0] / ids.size
     return float(-(p * np.log(p)).sum())
 
@@ -424,8 +424,22 @@ def unigram_cross_entropy(train_ids, held_out_ids, vocab_size: int) -> float:
     other text (another genre, the end of a corpus that changes subject) it is this one."""
     train = _checked_ids("train_ids", train_ids, vocab_size)
     held_out = _checked_ids("held_out_ids", held_out_ids, vocab_size, empty="the cross-entropy")
-    counts = np.bincount(train.ravel(), minlength=vocab_size) + 1.0
-    return float(-np.log(counts[held_out.ravel()] / counts.sum()).mean())
+    log_p = np.log((_token_counts(train, vocab_size) + 1.0) / (train.size + vocab_size))
+    held_out = held_out.ravel()
+    return float(-sum(log_p[held_out[i:i + COUNT_BLOCK]].sum() for i in range(0, held_out.size, COUNT_BLOCK))
+                 / held_out.size)
+
+
+COUNT_BLOCK = 1 << 20   # tokens at a time: np.bincount copies its input as int64, 4x a uint16 stream
+
+
+def _token_counts(ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    """How often each id occurs in ids, counted a block at a time (a memory-mapped stream of any
+    length is counted in the memory of one block)."""
+    ids, counts = ids.ravel(), np.zeros(vocab_size, dtype=np.int64)
+    for start in range(0, ids.size, COUNT_BLOCK):
+        counts += np.bincount(ids[start:start + COUNT_BLOCK], minlength=vocab_size)
+    return counts
 
 
 def _checked_ids(name: str, token_ids, vocab_size: int, empty: str | None = None) -> np.ndarray:

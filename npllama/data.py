@@ -32,6 +32,8 @@ from .ops._checks import require_path
 TOKEN_CACHE_FORMAT = 1  # part of the cache key: bump it when the stream layout changes
 ENCODE_CHUNK = 1024     # documents per encode_batch call (one progress-bar step) at most,
 ENCODE_CHUNK_CHARS = 1_000_000   # and characters: a corpus of a few long books advances the bar too
+SCAN_BLOCK = 1 << 20    # tokens compared at a time when looking for a document start
+READ_BLOCK = 1 << 20    # bytes of a corpus file read at a time (whole lines: a longer line is read whole)
 
 
 # ----- reading text --------------------------------------------------------------------------------
@@ -184,7 +186,7 @@ def _read_file(path: Path, doc_separator: str, warn: bool = True, read=None):
     from .io.reading import read_text_blocks
 
     if path.suffix.lower() == ".txt":
-        blocks = read_text_blocks(path, max_bytes=max_read(), read=read)
+        blocks = read_text_blocks(path, max_bytes=max_read(), block_bytes=READ_BLOCK, read=read)
         yield from _split_blocks(blocks, doc_separator, path if warn else None)
     elif path.suffix.lower() == ".jsonl":
         yield from (record["text"] for _, record in _numbered_jsonl(path, {"text": str}, read)
@@ -277,7 +279,7 @@ def _numbered_jsonl(path, fields: dict, read=None):
     from .io.reading import read_text_blocks
 
     path, rest, line_number = Path(path), "", 0
-    blocks = read_text_blocks(path, max_bytes=max_read(), read=read)
+    blocks = read_text_blocks(path, max_bytes=max_read(), block_bytes=READ_BLOCK, read=read)
     # lines end at \n alone: a JSON string may hold U+2028 or U+0085 unescaped, which splitlines()
     # would cut at (a \r before the \n is JSON white space)
     for block in itertools.chain(blocks, ["\n"]):
@@ -446,10 +448,12 @@ def train_val_split(ids: np.ndarray, val_fraction: float = 0.05, bos_id: int | N
         raise ValueError(f"val_fraction must be a number strictly between 0 and 1, got {val_fraction!r}")
     n = ids.shape[0]
     cut = n - int(round(n * val_fraction))
-    if bos_id is not None:
-        starts = np.flatnonzero(ids[cut:] == bos_id)
-        if starts.size:
-            cut += int(starts[0])
+    if bos_id is not None:   # the first document start from the cut on, looked for a block at a time
+        for start in range(cut, n, SCAN_BLOCK):
+            starts = np.flatnonzero(ids[start:start + SCAN_BLOCK] == bos_id)
+            if starts.size:
+                cut = start + int(starts[0])
+                break
     if not 0 < cut < n:
         raise ValueError(f"cannot split {n} tokens with val_fraction={val_fraction}: one side would be "
                          f"empty; use more text or a different val_fraction")
@@ -575,12 +579,13 @@ def evaluation_batches(ids: np.ndarray, batch_size: int, seq_len: int,
     if max_batches is not None:
         _require_positive_int("max_batches", max_batches)
     n_windows = (ids.shape[0] - 1) // seq_len
+    starts = range(0, n_windows, batch_size)[:max_batches]   # only the batches returned are made
     batches = [_split_inputs_targets(windows(ids, np.arange(start, min(start + batch_size, n_windows)), seq_len))
-               for start in range(0, n_windows, batch_size)]
+               for start in starts]
     tail = ids[n_windows * seq_len:]            # the last whole window's last token, then the rest
-    if tail.shape[0] >= 2:
+    if tail.shape[0] >= 2 and (max_batches is None or len(batches) < max_batches):
         batches.append(_split_inputs_targets(np.asarray(tail, dtype=np.int64)[None]))
-    return batches[:max_batches]
+    return batches
 
 
 def windows(ids: np.ndarray, window_indices: np.ndarray, seq_len: int) -> np.ndarray:

@@ -281,3 +281,11 @@ def test_the_machine_line_says_when_openblas_kernels_are_forced(monkeypatch):
     assert "[forced by OPENBLAS_CORETYPE=Haswell]" in _bench.machine_line(_bench.environment())
     monkeypatch.setenv("OPENBLAS_L2_SIZE", "512")
     assert "[forced by OPENBLAS_CORETYPE=Haswell, OPENBLAS_L2_SIZE=512]" in _bench.machine_line(_bench.environment())
+
+
+def test_bench_corpus_reports_time_and_peak_memory_of_a_first_train(tmp_path):
+    result = run_benchmark("bench_corpus.py", "--sizes", "0.05", json_path=tmp_path / "corpus.json")
+    (row,) = result["rows"]
+    assert row["size_mb"] == 0.05 and row["npllama"] == "this"
+    # whole-process peak RSS: at least the interpreter, NumPy and SentencePiece, nothing subtracted
+    assert row["wall_s"] > 0 and row["peak_rss_mib"] > 50

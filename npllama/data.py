@@ -1,6 +1,7 @@
 """The data pipeline for pre-training (article §3.2.1, data preprocessing): text -> token ids -> batches.
 
     texts = load_texts("corpus.txt")                       # list[str], one per document
+    texts = Corpus("corpus.txt")                           # the same documents, streamed from disk
     ids = tokenize_corpus(texts, tok, cache_path="cache/tokens.npy")   # 1-D array of token ids
     train_ids, val_ids = train_val_split(ids, 0.05, bos_id=tok.bos_id)
     loader = BatchLoader(train_ids, batch_size=32, seq_len=128, seed=0)
@@ -214,8 +215,9 @@ def _split_blocks(blocks, doc_separator: str, warn_about=None):
     separator = {"whole-file": None, "line": "\n"}.get(doc_separator, doc_separator[len("marker:"):])
     pending, cut = [], False       # the text since the last separator, as blocks
     for block in blocks:
+        # a marker may begin at the end of the block before: its last len(marker) - 1 characters
         tail = pending[-1][1 - len(separator):] if pending and separator and len(separator) > 1 else ""
-        if separator is None or separator not in tail + block:   # (a marker may span two blocks)
+        if separator is None or separator not in tail + block:
             pending.append(block)
             continue
         *pieces, rest = ("".join(pending) + block).split(separator)

@@ -89,6 +89,7 @@ class Corpus:
                                     f"or a folder of them)")
         self.path, self.doc_separator, self.progress = path, doc_separator, progress
         self.files = corpus_files(path) if path.is_dir() else [path]
+        self._stamps = self._file_stamps()   # before the first reading: an edit during it is noticed too
         self._bar_text, self._warn = "reading", True
         self.digest, self.n_documents, self.n_chars = _text_digest(self)
         self._bar_text, self._warn = None, False   # a warning about the text was given by the first reading
@@ -107,6 +108,17 @@ class Corpus:
                   disable=not (show and self._bar_text)) as bar:
             for file in self.files:
                 yield from _read_file(file, self.doc_separator, self._warn, bar.update)
+
+    def check_unchanged(self) -> None:
+        """A ValueError if a file changed since the first reading: the passes over it (tokenizer,
+        tokens) would not be of the text the digest, and so the cache key, describes."""
+        for file, before, now in zip(self.files, self._stamps, self._file_stamps()):
+            if before != now:
+                raise ValueError(f"corpus file {str(file)!r} changed while it was being read (its size or "
+                                 f"modification time); run again once it is written")
+
+    def _file_stamps(self) -> list[tuple[int, int]]:
+        return [(stat.st_size, stat.st_mtime_ns) for stat in (file.stat() for file in self.files)]
 
     def shown(self, bar_text: str) -> "Corpus":
         """The same corpus, its next reading shown as a bar labelled bar_text (a pass over it)."""
@@ -370,6 +382,8 @@ def _encode_stream(texts, tokenizer, progress):
             yield np.concatenate([np.asarray(doc_ids, dtype=dtype)
                                   for doc_ids in tokenizer.encode_batch(chunk, bos=True, eos=True)])
             bar.update(sum(map(len, chunk)))
+    if isinstance(texts, Corpus):   # before the stream is keyed by the text the first reading hashed
+        texts.check_unchanged()
 
 
 def _encode_chunks(texts):

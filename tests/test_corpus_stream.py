@@ -211,3 +211,13 @@ def test_quick_refusals_still_come_before_the_corpus_is_read(tmp_path, capsys, m
     monkeypatch.setattr(npllama.data, "Corpus", lambda *a, **k: pytest.fail("--data was read first"))
     assert main(["train", "--data", str(tmp_path / "big.txt"), "--out", str(tmp_path / "mine"), "--no-progress"]) == 2
     assert "thesis.tex" in capsys.readouterr().err
+
+
+def test_a_corpus_file_changed_after_its_first_reading_is_refused_not_cached(tmp_path, tok):
+    path, _ = written(tmp_path, "blank-line")
+    corpus = Corpus(path)
+    with path.open("a") as f:
+        f.write("\n\nA story written while the corpus was being tokenized.")
+    with pytest.raises(ValueError, match="changed while it was being read"):
+        tokenize_corpus(corpus, tok, cache_path=tmp_path / "run" / "tokens.npy")
+    assert not (tmp_path / "run" / "tokens.npy.json").exists() and not (tmp_path / "run" / "tokens.npy").exists()

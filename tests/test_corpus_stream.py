@@ -179,7 +179,7 @@ def test_the_train_path_statistics_take_memory_independent_of_the_stream_length(
         ids = np.lib.format.open_memmap(tmp_path / f"ids{n}.npy", mode="w+", dtype=np.uint16, shape=(n,))
         ids[:] = np.arange(n) % 300
         ids.flush()
-        return np.load(tmp_path / f"ids{n}.npy", mmap_mode="r")
+        return np.load(tmp_path / f"ids{n}.npy", mmap_mode="r", allow_pickle=False)
 
     def statistics(ids):
         train, val = train_val_split(ids, 0.5, bos_id=299)

@@ -104,7 +104,9 @@ class Corpus:
 
         total = sum(file.stat().st_size for file in self.files)
         show = total > 10 * ENCODE_CHUNK_CHARS if self.progress is None else self.progress
-        with tqdm(total=total, desc=self._bar_text, unit="B", unit_scale=True,
+        # delay: a pass that takes under a second shows nothing, and the line a reader of this pass
+        # prints once it has a first document (Tokenizer.train's) comes before the bar, not inside it
+        with tqdm(total=total, desc=self._bar_text, unit="B", unit_scale=True, delay=1,
                   disable=not (show and self._bar_text)) as bar:
             for file in self.files:
                 yield from _read_file(file, self.doc_separator, self._warn, bar.update)

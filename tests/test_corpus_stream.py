@@ -201,18 +201,6 @@ def test_load_texts_still_lists_the_documents(tmp_path):
     assert load_texts(path, "marker:<|end|>") == docs
 
 
-def test_quick_refusals_still_come_before_the_corpus_is_read(tmp_path, capsys, monkeypatch):
-    # (tests/test_train_checks_first.py guards load_texts, which `npllama train` no longer calls)
-    from npllama.cli import main
-
-    (tmp_path / "big.txt").write_text("Once upon a time.\n")
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "thesis.tex").write_text("mine")
-    monkeypatch.setattr(npllama.data, "Corpus", lambda *a, **k: pytest.fail("--data was read first"))
-    assert main(["train", "--data", str(tmp_path / "big.txt"), "--out", str(tmp_path / "mine"), "--no-progress"]) == 2
-    assert "thesis.tex" in capsys.readouterr().err
-
-
 def test_a_corpus_file_changed_after_its_first_reading_is_refused_not_cached(tmp_path, tok):
     path, _ = written(tmp_path, "blank-line")
     corpus = Corpus(path)

@@ -49,7 +49,7 @@ def test_quick_refusals_come_before_the_corpus_is_read(tmp_path, capsys, monkeyp
 
     Tokenizer.train(make_default_corpus(100), tmp_path / "tok", vocab_size=360)
     (tmp_path / "big.txt").write_text("Once upon a time.\n")
-    monkeypatch.setattr(npllama.data, "load_texts", lambda *a, **k: pytest.fail("--data was read first"))
+    monkeypatch.setattr(npllama.data, "Corpus", lambda *a, **k: pytest.fail("--data was read first"))
     assert main(["train", "--data", str(tmp_path / "big.txt"), "--tokenizer", str(tmp_path / "tok.model"),
                  "--vocab-size", "512", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     assert "vocab" in capsys.readouterr().err

@@ -33,7 +33,7 @@ from .ops._checks import require_path
 TOKEN_CACHE_FORMAT = 1  # part of the cache key: bump it when the stream layout changes
 ENCODE_CHUNK = 1024     # documents per encode_batch call (one progress-bar step) at most,
 ENCODE_CHUNK_CHARS = 1_000_000   # and characters: a corpus of a few long books advances the bar too
-SCAN_BLOCK = 1 << 20    # tokens compared at a time when looking for a document start
+SCAN_BLOCK = 1 << 20    # tokens compared at a time in a scan of the stream (a document start, <unk>)
 READ_BLOCK = 1 << 20    # bytes of a corpus file read at a time (whole lines: a longer line is read whole)
 
 

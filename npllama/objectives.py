@@ -81,7 +81,11 @@ def unk_in_text_note(token_ids, tokenizer) -> str | None:
     token_ids = np.asarray(token_ids)
     if tokenizer.unk_id is None or token_ids.size == 0:
         return None
-    count = int(np.count_nonzero(token_ids == tokenizer.unk_id))
+    from .data import SCAN_BLOCK
+
+    # a block at a time: the stream of a large corpus is memory-mapped, and == would copy all of it
+    count = sum(int(np.count_nonzero(token_ids[i:i + SCAN_BLOCK] == tokenizer.unk_id))
+                for i in range(0, token_ids.size, SCAN_BLOCK))
     if count == 0:
         return None
     share = f"{count:,} of {token_ids.size:,} tokens of the text are <unk> ({100 * count / token_ids.size:.2g}%)"

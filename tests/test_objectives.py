@@ -434,3 +434,23 @@ def test_text_holding_unk_is_reported_for_masked_lm(tmp_path, capsys):
                              "--backend", "numpy"]) == 0
     said = [line for line in capsys.readouterr().out.splitlines() if "are <unk>" in line]
     assert len(said) == 1 and "Masked-LM uses <unk> as its mask" in said[0]
+
+
+def test_the_unk_count_of_a_large_memory_mapped_stream_copies_no_stream(tmp_path):
+    # == on the whole stream made a bool copy of it: a byte a token, 470 MB at TinyStories' size
+    import tracemalloc
+
+    from npllama.objectives import unk_in_text_note
+
+    ids = np.lib.format.open_memmap(tmp_path / "tokens.npy", mode="w+", dtype=np.uint16, shape=(8_000_000,))
+    ids[:] = 5
+    ids[::1000] = 0
+    ids.flush()
+    ids = np.load(tmp_path / "tokens.npy", mmap_mode="r")
+    tokenizer = type("NoFallback", (), {"unk_id": 0, "piece_to_id": lambda self, piece: 0})()
+    tracemalloc.start()
+    note = unk_in_text_note(ids, tokenizer)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert note.startswith("8,000 of 8,000,000 tokens of the text are <unk>")
+    assert peak < 3_000_000, peak          # a block's bool mask, not the stream's 8 MB

@@ -33,8 +33,7 @@ def register(subparsers) -> None:
                         "character)")
     t.add_argument("--input-sentence-size", type=int, default=1_000_000, metavar="N",
                    help="train on a random sample of N documents (long ones count once per ~4 kB piece) when the "
-                        "corpus has more, which bounds SentencePiece's own memory (the corpus is read whole "
-                        "first) (0: on all of them)")
+                        "corpus has more, so that a huge corpus trains in bounded memory (0: on all of them)")
     t.add_argument("--out", default="tokenizer", help="output prefix: writes OUT.model and OUT.vocab")
     t.add_argument("--force", action="store_true", help="replace OUT.model and OUT.vocab if they exist")
     t.set_defaults(run=train)
@@ -54,7 +53,7 @@ def register(subparsers) -> None:
 
 def train(args) -> int:
     from ..corpus import make_default_corpus
-    from ..data import load_texts
+    from ..data import Corpus
     from ..tokenizer import Tokenizer
 
     from pathlib import Path
@@ -69,7 +68,8 @@ def train(args) -> int:
     from ..data import check_doc_separator
 
     check_doc_separator(args.doc_separator)   # without --data nothing else would read it (cli names the flag)
-    texts = load_texts(args.data, args.doc_separator) if args.data else make_default_corpus()
+    # a stream: SentencePiece samples --input-sentence-size documents of it, the corpus is never held whole
+    texts = Corpus(args.data, args.doc_separator) if args.data else make_default_corpus()
     tok = Tokenizer.train(texts, args.out, args.vocab_size, model_type=args.model_type,
                           character_coverage=args.character_coverage,
                           input_sentence_size=args.input_sentence_size, echo=partial(print, flush=True))

@@ -171,10 +171,28 @@ class FakeTokenizer:
         return [4 + ord(c) % 36 for c in text]
 
 
+def _specials_chosen_or_drawn(inputs, targets, tokens):
+    """The special ids (FakeTokenizer's 1, 2, 3) a masking chose for prediction or drew as a
+    random replacement, and how many positions it chose."""
+    drawn = inputs[(inputs != tokens) & (inputs != FakeTokenizer.unk_id)]
+    return set(targets[np.isin(targets, (1, 2, 3))]) | set(drawn[np.isin(drawn, (1, 2, 3))]), int((targets != -100).sum())
+
+
 def test_special_tokens_are_never_masked_nor_drawn_as_replacements():
-    from npllama.objectives import special_token_ids
+    """Both maskings the jobs run -- masked-LM pre-training's and sentence order's -- are given the
+    tokenizer's special ids, not only special_token_ids computing them."""
+    from npllama.objectives import MaskedLMBatches, SentenceOrderBatches, special_token_ids
 
     assert special_token_ids(FakeTokenizer()) == (0, 1, 2, 3)
+    tokens = np.tile(np.arange(1, 9), (4, 8))   # a third of them <s>, </s> or pad
+    batches = MaskedLMBatches.for_tokenizer(None, FakeTokenizer(), seed=0)
+    specials, chosen = _specials_chosen_or_drawn(*batches.mask(tokens, np.random.default_rng(0)), tokens)
+    assert specials == set() and chosen > 10
+    texts = [f"Story {i} starts here. It goes on a while. Then it ends." for i in range(30)]
+    for batch in SentenceOrderBatches(texts, FakeTokenizer(), batch_size=8, max_len=64, seed=1).evaluation_batches():
+        tokens = np.where(batch.targets != -100, batch.targets, batch.inputs)
+        specials, _ = _specials_chosen_or_drawn(batch.inputs, batch.targets, tokens)
+        assert specials == set()
 
 
 def test_mlm_validation_masks_are_fixed_by_the_seed():

@@ -242,6 +242,7 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
         require_settings(run_dir, CONFIG_FILE)
     else:
         _refuse_a_folder_of_the_users(run_dir)
+        _refuse_a_folder_holding_a_run(run_dir)   # said now, not after reading a large --data
     # --data and --val-data read now (the quick refusals above wait for no corpus): text that cannot
     # be read is refused before the folder is made
     with stop_signals_interrupt():
@@ -279,8 +280,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
     if resume:
         changes, checkpoint = reopen_run(run_dir, tc, CONFIG_FILE)   # damage is refused here, before any write
     else:
-        if (run_dir / "checkpoint").exists() or (run_dir / "model").exists():
-            raise already_holds_a_run(run_dir)
+        _refuse_a_folder_holding_a_run(run_dir)   # again under the lock: another start may have made one since
         checkpoint = None
     if checkpoint is None:  # a new start: files a failed start left are not this run's
         _remove_derived_files(run_dir)
@@ -788,6 +788,12 @@ def _refuse_a_folder_of_the_users(run_dir: Path) -> None:
     held = files_besides_locks(run_dir)
     if held:
         raise not_empty(run_dir, held, f" and is not an npllama run folder (it has no {CONFIG_FILE})")
+
+
+def _refuse_a_folder_holding_a_run(run_dir: Path) -> None:
+    """A new start does not replace a run's checkpoint or finished model."""
+    if (run_dir / "checkpoint").exists() or (run_dir / "model").exists():
+        raise already_holds_a_run(run_dir)
 
 
 def _remove_derived_files(run_dir: Path) -> None:

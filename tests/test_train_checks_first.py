@@ -57,6 +57,9 @@ def test_quick_refusals_come_before_the_corpus_is_read(tmp_path, capsys, monkeyp
     (tmp_path / "mine" / "thesis.tex").write_text("mine")
     assert main(["train", "--data", str(tmp_path / "big.txt"), "--out", str(tmp_path / "mine"), "--no-progress"]) == 2
     assert "thesis.tex" in capsys.readouterr().err
+    (tmp_path / "done" / "model").mkdir(parents=True)     # a finished run: a new start is refused
+    assert main(["train", "--data", str(tmp_path / "big.txt"), "--out", str(tmp_path / "done"), "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("data, val_data, where", [

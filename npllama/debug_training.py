@@ -123,7 +123,7 @@ class TrainingComparison:
         earlier = [p for p in PHASES[:PHASES.index(first.phase)]]
         if earlier:
             lines.append(f"  everything before it in step {first.step} agrees ({', '.join(earlier)})"
-                         + (f", and all of steps 1-{first.step - 1}" if first.step > 1 else ""))
+                         + {1: "", 2: ", and all of step 1"}.get(first.step, f", and all of steps 1-{first.step - 1}"))
         lines.append(f"  suspect: {SUSPECTS[first.phase]}")
         return "\n".join(lines)
 

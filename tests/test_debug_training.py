@@ -63,6 +63,17 @@ def test_each_planted_bug_is_found_at_its_step_and_phase(model, bug):
     assert f"step 1, phase {first.phase!r}" in str(report) and bug in str(report)
 
 
+@pytest.mark.parametrize("step, earlier", [(1, ""), (2, ", and all of step 1"), (3, ", and all of steps 1-2")])
+def test_the_report_names_the_steps_before_the_first_divergence(step, earlier):
+    from npllama.trace import diff_tensors
+
+    same, apart = (diff_tensors("w", np.ones(2), b, 1e-9, None) for b in (np.ones(2), np.zeros(2)))
+    diffs = [(s, phase, apart if (s, phase) == (step, "gradient") else same)
+             for s in range(1, step + 1) for phase in debug_training.PHASES]
+    report = str(debug_training.TrainingComparison([], diffs, 1e-9, None))
+    assert f"everything before it in step {step} agrees (loss){earlier}\n" in report, report
+
+
 def test_accumulated_micro_batches_of_unequal_weight_agree(model):
     report = compare_training(model, make_batches(4), dtype=np.float64, grad_accum=2,
                               **{**SETTINGS, "steps": 2})

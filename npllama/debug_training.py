@@ -326,6 +326,10 @@ def _train_config(steps, total_steps, grad_accum, lr, min_lr, warmup_steps, weig
     total_steps = steps if total_steps is None else total_steps
     if isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer)) or total_steps < steps:
         raise ValueError(f"total_steps must be an int >= steps ({steps}), got {total_steps!r}")
+    if isinstance(warmup_steps, (int, np.integer)) and warmup_steps > total_steps:
+        # TrainConfig would name its own steps, which is total_steps here, not the steps compared
+        raise ValueError(f"warmup_steps ({warmup_steps}) must not exceed total_steps ({total_steps}), the "
+                         f"length of the run the schedule is laid out over")
     return TrainConfig(steps=int(total_steps), grad_accum=int(grad_accum), lr=lr, min_lr=min_lr,
                        warmup_steps=warmup_steps, weight_decay=weight_decay, beta1=beta1, beta2=beta2,
                        grad_clip=grad_clip, dtype=np.dtype(dtype).name)

@@ -93,6 +93,7 @@ def test_float32_agrees_within_its_default_tolerance(model):
     (dict(steps=5), "batches"),                 # 3 batches for 5 steps
     (dict(batches=[(np.zeros((1, 4), int), np.full((1, 4), -100))] * 3), r"batches\[0:1\] \(step 1\)"),
     (dict(total_steps=2), "total_steps"),       # shorter than the steps compared
+    (dict(total_steps=4, warmup_steps=5), r"must not exceed total_steps \(4\)"),   # not TrainConfig's 'steps (4)'
     (dict(dtype=np.int64), "dtype"),
     (dict(lr=-1.0), "lr"),                      # TrainConfig's own check
 ])
@@ -135,6 +136,8 @@ def test_cli_agrees_then_finds_a_planted_bug(small_model_dir, capsys):
     (["--plant", "nope"], "--plant"),
     (["--rtol", "-1"], "--rtol"),
     (["--text", "a b", "--data", "x.txt"], "not both"),
+    (["--steps", "1", "--total-steps", "3", "--warmup-steps", "5", "--batch-size", "1", "--seq-len", "8"],
+     "must not exceed --total-steps (3)"),
 ])
 def test_cli_refuses_bad_flags_in_one_line(small_model_dir, capsys, extra, named):
     status, out = run_cli(["debug", "train-compare", "--model", str(small_model_dir), *extra], capsys)

@@ -80,6 +80,30 @@ def test_accumulated_micro_batches_of_unequal_weight_agree(model):
     assert report.ok, str(report)
 
 
+def test_a_config_with_attention_dropout_trains_without_it_on_both_sides():
+    # npllama train trains without a folder's attention_dropout; transformers must not apply it either
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+                         attention_dropout=0.5)
+    report = compare_training(Llama(config, seed=0, dtype=np.float64), make_batches(1), dtype=np.float64,
+                              **{**SETTINGS, "steps": 1, "warmup_steps": 0})
+    assert report.ok, str(report)
+
+
+def test_text_batches_read_data_as_train_does(small_model_dir, tmp_path):
+    from npllama.runs import load_tokenizer
+
+    tokenizer = load_tokenizer(small_model_dir)
+    stories = ["Once upon a time there was a cat.", "The dog ran to the park and back home again."] * 8
+    (tmp_path / "stories.txt").write_text("\n\n".join(stories), encoding="utf-8")
+    from_file = debug_training.text_batches(tokenizer, data=str(tmp_path / "stories.txt"), batch_size=2,
+                                            seq_len=8, count=3)
+    from_texts = debug_training.text_batches(tokenizer, batch_size=2, seq_len=8, count=3)   # the built-in stories
+    for (tokens, _), (other, _) in zip(from_file, from_texts):
+        assert set(tokens.ravel()) <= set(tokenizer.encode(" ".join(stories), bos=True)) | {tokenizer.eos_id}
+        assert not np.array_equal(tokens, other)
+
+
 def test_float32_agrees_within_its_default_tolerance(model):
     report = compare_training(model, make_batches(2), dtype=np.float32, **{**SETTINGS, "steps": 2})
     assert report.ok, str(report)

@@ -148,16 +148,17 @@ SUSPECTS = {
 # ----- npllama's side: what `npllama train` runs ---------------------------------------------------
 
 class _NpllamaRun:
-    """npllama train's step on `model`: accumulate, clip, schedule, AdamW -- its own functions."""
+    """npllama train's step on `model`: the loop's own step_before_the_update (schedule, accumulate,
+    clip) and update (AdamW), train.py's functions, with the loop's accumulate."""
 
     def __init__(self, model, tc, plant=None):
         from . import optim
         from .parallel import BatchSplitter
-        from .train import _Loop, _make_optimizer
+        from .train import _Loop, _make_optimizer, update
 
         self.model, self.tc = model, tc
         self.optimizer = _make_optimizer(model, tc)
-        self.schedule, self.clip, self.update = optim.cosine_with_warmup, optim.clip_finite_step, _adamw_step
+        self.schedule, self.clip, self.update = optim.cosine_with_warmup, optim.clip_finite_step, update
         if plant is not None:
             _, piece, wrong, _ = PLANTED_TRAINING_BUGS[plant]
             setattr(self, piece, wrong)
@@ -165,22 +166,20 @@ class _NpllamaRun:
         self._splitter = BatchSplitter(1)
 
     def step(self, step: int, batches) -> dict:
+        from .train import step_before_the_update
+
         tc = self.tc
-        lr = self.schedule(step, max_lr=tc.lr, warmup_steps=tc.warmup_steps, total_steps=tc.steps, min_lr=tc.min_lr)
         loader = types.SimpleNamespace(next_batch=iter(batches).__next__)
         loop = types.SimpleNamespace(loader=loader, tc=tc, splitter=self._splitter,
                                      loss_and_grads=self.model.loss_and_grads)
-        loss, grads = self._accumulate(loop)
-        raw = {name: g.copy() for name, g in grads.items()}
-        grad_norm, problem = self.clip(loss, grads, self.model.params, tc.grad_clip)
+        raw = {}
+        lr, loss, grads, grad_norm, problem = step_before_the_update(
+            step, tc, lambda: self._accumulate(loop), self.model.params, schedule=self.schedule, clip=self.clip,
+            before_clip=lambda grads: raw.update((name, g.copy()) for name, g in grads.items()))
         if problem is not None:
             raise ValueError(f"npllama's step {step + 1} cannot go on: {problem}")
         self.update(self.optimizer, grads, lr)
         return _phases(loss, raw, grad_norm, grads, lr, self.optimizer.m, self.optimizer.v, self.model.params)
-
-
-def _adamw_step(optimizer, grads, lr):
-    optimizer.step(grads, lr=lr)
 
 
 # ----- the PyTorch side: torch.optim.AdamW, clip_grad_norm_, LambdaLR ---------------------------
@@ -250,7 +249,7 @@ def _phases(loss, grads, grad_norm, clipped, lr, exp_avg, exp_avg_sq, params) ->
 def compare_training(model, batches, *, steps: int, total_steps: int | None = None, grad_accum: int = 1,
                      lr: float = 2e-3, min_lr: float = 2e-4, warmup_steps: int | None = None,
                      weight_decay: float = 0.1, beta1: float = 0.9, beta2: float = 0.95, grad_clip: float = 1.0,
-                     dtype=np.float32, backend_name: str = "numpy", rtol: float | None = None,
+                     dtype=np.float64, backend_name: str = "numpy", rtol: float | None = None,
                      atol: float | None = None, plant: str | None = None) -> TrainingComparison:
     """Train a copy of `model` for `steps` steps with npllama and with PyTorch, and compare them
     after every step (see the module's docstring; the settings are npllama.train.TrainConfig's,

@@ -411,6 +411,27 @@ def restore_checkpoint(checkpoint, tc: TrainConfig, loader, tokenizer, changed=(
     return model, optimizer, state
 
 
+def step_before_the_update(step: int, tc: TrainConfig, accumulate, params, *, schedule=cosine_with_warmup,
+                           clip=clip_finite_step, before_clip=None):
+    """A pre-training step up to its update, in the order the loop runs it: the step's learning
+    rate, the loss and gradients of its micro-batches (`accumulate()`), the gradients clipped to
+    tc.grad_clip.  Returns (lr, loss, grads, grad_norm, problem): problem says why the step must be
+    skipped (a non-finite loss or gradient), else None.  `npllama debug train-compare` runs the
+    same function, with its pieces (schedule, clip) swappable and `before_clip(grads)` to see the
+    gradients before clipping."""
+    lr = schedule(step, max_lr=tc.lr, warmup_steps=tc.warmup_steps, total_steps=tc.steps, min_lr=tc.min_lr)
+    loss, grads = accumulate()
+    if before_clip is not None:
+        before_clip(grads)
+    grad_norm, problem = clip(loss, grads, params, tc.grad_clip)
+    return lr, loss, grads, grad_norm, problem
+
+
+def update(optimizer, grads: dict, lr: float) -> None:
+    """The step's update: AdamW at the step's learning rate."""
+    optimizer.step(grads, lr=lr)
+
+
 class _Loop:
     """The step loop and what it writes (log lines, checkpoints)."""
 
@@ -501,10 +522,8 @@ class _Loop:
         tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
         while self.step < tc.steps and (until is None or not until()):
             started = time.perf_counter()
-            lr = cosine_with_warmup(self.step, max_lr=tc.lr, warmup_steps=tc.warmup_steps,
-                                    total_steps=tc.steps, min_lr=tc.min_lr)
-            loss, grads = self.accumulate()
-            grad_norm, problem = clip_finite_step(loss, grads, self.model.params, tc.grad_clip)
+            lr, loss, grads, grad_norm, problem = step_before_the_update(self.step, tc, self.accumulate,
+                                                                         self.model.params)
             if problem is not None:
                 self.non_finite(problem)
                 continue
@@ -512,7 +531,7 @@ class _Loop:
             # its log line agree (a checkpoint saved in between would be unresumable).
             with deferred_stop_signals():
                 try:
-                    self.optimizer.step(grads, lr=lr)
+                    update(self.optimizer, grads, lr)
                 except NonFiniteGradientError as error:  # the optimizer's own check, a second line of defence
                     self.non_finite(f"the gradient of {error.name} is not finite")
                     continue

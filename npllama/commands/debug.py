@@ -124,8 +124,11 @@ def _register_train_compare(sub) -> None:
                    "average")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="global gradient-norm limit")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the order the windows are taken in")
-    p.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype, help="precision of both runs "
-                   "(float64: transformers' float32 RMSNorm, RoPE tables and softmax are replaced by float64 ones)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float64", help="precision of both runs. "
+                   "float64 (transformers' float32 RMSNorm, RoPE tables and softmax replaced by float64 ones) "
+                   "agrees to ~1e-13, so a wrong weight decay or eps shows at the step and tensor where it "
+                   "happens; in float32 such a slip moves weights by less than float32's tolerance (1e-3) "
+                   "and can show later, in a few entries, like round-off")
     p.add_argument("--backend", choices=["numpy", "numba"], default="numpy", help="npllama's op implementations")
     p.add_argument("--plant", default=None, metavar="BUG", help="plant a training-machinery bug on npllama's side "
                    "to see what a divergence looks like: " + "; ".join(

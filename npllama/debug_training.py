@@ -250,7 +250,7 @@ def compare_training(model, batches, *, steps: int, total_steps: int | None = No
                      lr: float = 2e-3, min_lr: float = 2e-4, warmup_steps: int | None = None,
                      weight_decay: float = 0.1, beta1: float = 0.9, beta2: float = 0.95, grad_clip: float = 1.0,
                      dtype=np.float64, backend_name: str = "numpy", rtol: float | None = None,
-                     atol: float | None = None, plant: str | None = None) -> TrainingComparison:
+                     atol: float | None = None, plant: str | None = None, echo=None) -> TrainingComparison:
     """Train a copy of `model` for `steps` steps with npllama and with PyTorch, and compare them
     after every step (see the module's docstring; the settings are npllama.train.TrainConfig's,
     with its defaults).
@@ -260,7 +260,8 @@ def compare_training(model, batches, *, steps: int, total_steps: int | None = No
     -100 where there is none (what npllama.data.BatchLoader.next_batch gives); step k takes the
     next grad_accum of them, so at least steps * grad_accum are needed.  total_steps: the length of
     the run the schedule is laid out over (default: steps), warmup_steps None: TrainConfig's rule.
-    plant: one of PLANTED_TRAINING_BUGS, swapped into npllama's side."""
+    plant: one of PLANTED_TRAINING_BUGS, swapped into npllama's side.  echo: told what runs, once the
+    settings are checked and before the first step (None: quiet)."""
     from . import backend
     from .debug import _as_folder, _from_folder, _is_classifier, float64_faithful, load_transformers_model
     from .runs import resolve_model_dir
@@ -283,6 +284,11 @@ def compare_training(model, batches, *, steps: int, total_steps: int | None = No
     if dtype == np.float64:
         float64_faithful(hf, ours.config)
     npllama_run, torch_run = _NpllamaRun(ours, tc, plant), _TorchRun(hf, tc, ADAM_EPS)
+    if echo is not None:
+        windows, seq_len = np.shape(batches[0][0])
+        shown = model if isinstance(model, (str, os.PathLike)) else f"a {type(model).__name__} in memory"
+        echo(f"{steps} steps of {grad_accum} x {windows} windows of {seq_len} tokens, model {shown}, "
+             f"{np.dtype(dtype).name}: npllama ({backend_name}) against torch")
     rtol = DEFAULT_RTOL[dtype] if rtol is None else rtol
     rows, diffs = [], []
     for step in range(steps):

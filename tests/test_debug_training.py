@@ -162,10 +162,12 @@ def test_cli_agrees_then_finds_a_planted_bug(small_model_dir, capsys):
     (["--text", "a b", "--data", "x.txt"], "not both"),
     (["--steps", "1", "--total-steps", "3", "--warmup-steps", "5", "--batch-size", "1", "--seq-len", "8"],
      "must not exceed --total-steps (3)"),
+    (["--steps", "0"], "--steps must be a positive int"),
 ])
 def test_cli_refuses_bad_flags_in_one_line(small_model_dir, capsys, extra, named):
     status, out = run_cli(["debug", "train-compare", "--model", str(small_model_dir), *extra], capsys)
     assert status == 2 and named in out.err and len(out.err.strip().splitlines()) == 1
+    assert out.out == ""        # no start line for a run that never starts ("0 steps of ...")
 
 
 def test_cli_without_torch_says_what_to_install(small_model_dir, capsys, monkeypatch):

@@ -163,14 +163,12 @@ def run_train_compare(args) -> int:
     batches = debug_training.text_batches(tokenizer, args.text, args.data, batch_size=args.batch_size,
                                           seq_len=args.seq_len, count=args.steps * args.grad_accum, seed=args.seed)
     dtype = np.float64 if args.dtype == "float64" else np.float32
-    print(f"{args.steps} steps of {args.grad_accum} x {args.batch_size} windows of {args.seq_len} tokens, "
-          f"model {model_dir}, {args.dtype}: npllama ({args.backend}) against torch")
     try:
         report = debug_training.compare_training(
             str(model_dir), batches, steps=args.steps, total_steps=args.total_steps, grad_accum=args.grad_accum,
             lr=args.lr, min_lr=args.min_lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
             beta1=args.beta1, beta2=args.beta2, grad_clip=args.grad_clip, dtype=dtype, backend_name=args.backend,
-            rtol=args.rtol, atol=args.atol, plant=args.plant)
+            rtol=args.rtol, atol=args.atol, plant=args.plant, echo=print)
     except ImportError as error:
         raise UsageError(str(error)) from None
     if args.table:

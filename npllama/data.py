@@ -227,16 +227,18 @@ def _split_blocks(blocks, doc_separator: str, warn_about=None):
         yield from _split_at_blank_lines(blocks)
         return
     separator = {"whole-file": None, "line": "\n"}.get(doc_separator, doc_separator[len("marker:"):])
-    pending, cut = [], False       # the text since the last separator, as blocks
+    # a marker may begin in the text before a block: in its last len(marker) - 1 characters, which
+    # may span several blocks shorter than the marker (a marker of many lines)
+    keep = len(separator) - 1 if separator else 0
+    pending, tail, cut = [], "", False       # the text since the last separator, as blocks; its end
     for block in blocks:
-        # a marker may begin at the end of the block before: its last len(marker) - 1 characters
-        tail = pending[-1][1 - len(separator):] if pending and separator and len(separator) > 1 else ""
         if separator is None or separator not in tail + block:
             pending.append(block)
+            tail = (tail + block[-keep:])[-keep:] if keep else ""
             continue
         *pieces, rest = ("".join(pending) + block).split(separator)
         yield from (piece.strip() for piece in pieces if piece.strip())
-        pending, cut = [rest], True
+        pending, tail, cut = [rest], rest[-keep:] if keep else "", True
     last = "".join(pending).strip()
     if last:
         yield last

@@ -117,6 +117,14 @@ def test_the_marker_warning_is_given_once_and_the_marker_found_across_blocks(tmp
     assert not said     # the first reading warned; the passes after it do not warn again
 
 
+def test_a_marker_of_many_lines_is_found_across_blocks_shorter_than_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(npllama.data, "READ_BLOCK", 1)   # every line a block of its own
+    path = tmp_path / "play.txt"
+    path.write_text("Act one.\n-\n-\nAct two.\n-\n-\nAct three.")
+    assert list(Corpus(path, "marker:\n-\n-\n")) == ["Act one.", "Act two.", "Act three."]
+    path.write_text("Act one.\n-\n-\nAct two.")      # the only marker: no later one finds it either
+    assert list(Corpus(path, "marker:\n-\n-\n")) == ["Act one.", "Act two."]
+
 def test_the_cache_serves_a_corpus_and_a_list_of_the_same_documents_and_notices_a_change(tmp_path, tok,
                                                                                          monkeypatch):
     path, docs = written(tmp_path, "blank-line")

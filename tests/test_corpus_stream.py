@@ -204,6 +204,33 @@ def test_the_train_path_statistics_take_memory_independent_of_the_stream_length(
                                -np.log(counts[ids[4000:]] / counts.sum()).mean(), rtol=1e-12)
 
 
+def test_the_block_at_a_time_statistics_equal_the_whole_stream_ones(monkeypatch):
+    # blocks of 7 tokens: the last block partial, and the first document start in the second block past the cut
+    monkeypatch.setattr(npllama.corpus, "COUNT_BLOCK", 7, raising=False)
+    monkeypatch.setattr(npllama.data, "SCAN_BLOCK", 7, raising=False)
+    ids = np.arange(103) % 50 + 1
+    ids[[0, 95]] = 0
+    train, val = train_val_split(ids, 0.2, bos_id=0)
+    assert train.shape[0] == 95 and val[0] == 0        # the cut at 82, the start 13 tokens on
+    counts = np.bincount(train, minlength=51)
+    p = counts[counts > 0] / train.size
+    np.testing.assert_allclose(unigram_entropy(train, 51), -(p * np.log(p)).sum(), rtol=1e-12)
+    np.testing.assert_allclose(unigram_cross_entropy(train, ids[:12], 51),
+                               -np.log((counts + 1.0)[ids[:12]] / (counts + 1.0).sum()).mean(), rtol=1e-12)
+
+
+def test_a_corpus_file_that_grows_past_the_budget_while_read_in_blocks_is_refused(tmp_path):
+    from npllama.io.reading import read_text_blocks
+
+    path = tmp_path / "growing.txt"
+    path.write_text("one\ntwo\n")
+    blocks = read_text_blocks(path, max_bytes=20, block_bytes=4)
+    assert next(blocks) == "one\n"
+    with path.open("a") as f:
+        f.write("a line written meanwhile\n")
+    with pytest.raises(ValueError, match="grew past the 20-byte limit while being read"):
+        list(blocks)
+
 def test_load_texts_still_lists_the_documents(tmp_path):
     path, docs = written(tmp_path, "marker:<|end|>")
     assert load_texts(path, "marker:<|end|>") == docs

@@ -117,10 +117,10 @@ class Corpus:
         for file, before, now in zip(self.files, self._stamps, self._file_stamps()):
             if before != now:
                 raise ValueError(f"corpus file {str(file)!r} changed while it was being read (its size or "
-                                 f"modification time); run again once it is written")
+                                 f"modification time, or it was removed); run again once it is written")
 
-    def _file_stamps(self) -> list[tuple[int, int]]:
-        return [(stat.st_size, stat.st_mtime_ns) for stat in (file.stat() for file in self.files)]
+    def _file_stamps(self) -> list[tuple[int, int] | None]:
+        return [(stat.st_size, stat.st_mtime_ns) if stat else None for stat in map(_stat_or_none, self.files)]
 
     def shown(self, bar_text: str) -> "Corpus":
         """The same corpus, its next reading shown as a bar labelled bar_text (a pass over it)."""
@@ -266,6 +266,13 @@ def _split_at_blank_lines(blocks):
         yield "\n".join(current).strip()
 
 
+def _stat_or_none(path: Path):
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return None
+
+
 def _text_digest(documents) -> tuple[str, int, int]:
     """(sha256 of the documents, how many, their characters): the documents' part of the cache key."""
     h, n_documents, n_chars = hashlib.sha256(), 0, 0
@@ -359,6 +366,8 @@ def tokenize_corpus(texts, tokenizer, cache_path=None, progress: bool | None = N
     except OSError as error:
         import warnings
 
+        if isinstance(texts, Corpus):   # a corpus file removed since the first reading: that, not the cache
+            texts.check_unchanged()
         warnings.warn(f"could not write the token cache {cache_path} ({error}); going on without it, "
                       f"the tokens in memory", RuntimeWarning, stacklevel=2)
         return np.concatenate(list(_encode_stream(texts, tokenizer, progress)))

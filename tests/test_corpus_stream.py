@@ -155,6 +155,15 @@ def test_the_held_out_split_of_the_mapped_stream_is_a_view(tmp_path, tok):
     assert val[0] == tok.bos_id and train.shape[0] + val.shape[0] == ids.shape[0]
 
 
+def test_a_corpus_file_removed_after_its_first_reading_is_refused_not_blamed_on_the_cache(tmp_path, tok):
+    path, _ = written(tmp_path, "blank-line")
+    corpus = Corpus(path)
+    path.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # not "could not write the token cache"
+        with pytest.raises(ValueError, match="changed while it was being read .*or it was removed"):
+            tokenize_corpus(corpus, tok, cache_path=tmp_path / "run" / "tokens.npy")
+
 # ----- memory that does not grow with the corpus --------------------------------------------------
 
 def peak_bytes(fn) -> int:

@@ -670,12 +670,15 @@ def test_a_second_writer_is_refused_and_the_lock_dies_with_its_process(run, tmp_
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        for argv in (["train", "--out", str(run), "--resume", "--no-progress"],
-                     ["train", "--out", str(run), "--data", corpus_of(run), "--no-progress"]):
-            capsys.readouterr()
-            assert main(argv) == 1
-            err = capsys.readouterr().err.strip().splitlines()
-            assert len(err) == 1 and f"being written by another process (pid {holder.pid})" in err[0], err
+        capsys.readouterr()
+        assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"being written by another process (pid {holder.pid})" in err[0], err
+        # a new start is refused before the lock is sought (and before --data is read): the folder
+        # holds a run, whoever is writing it
+        assert main(["train", "--out", str(run), "--data", corpus_of(run), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "already holds a run" in err[0], err
         after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()
                  if p.name != ".npllama.lock"}
         assert after == {k: v for k, v in before.items() if k.name != ".npllama.lock"}

@@ -446,7 +446,7 @@ def test_the_unk_count_of_a_large_memory_mapped_stream_copies_no_stream(tmp_path
     ids[:] = 5
     ids[::1000] = 0
     ids.flush()
-    ids = np.load(tmp_path / "tokens.npy", mmap_mode="r")
+    ids = np.load(tmp_path / "tokens.npy", mmap_mode="r", allow_pickle=False)
     tokenizer = type("NoFallback", (), {"unk_id": 0, "piece_to_id": lambda self, piece: 0})()
     tracemalloc.start()
     note = unk_in_text_note(ids, tokenizer)

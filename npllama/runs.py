@@ -216,7 +216,7 @@ def checkpoint_to_resume(run_dir: Path) -> Path | None:
     return None
 
 
-def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+def remove_stale_temporaries(run_dir: Path, recover: bool = True) -> list[Path]:
     """Delete what interrupted writes left in a run folder; returns what was removed.
 
     A kill during an atomic write leaves hidden temporaries beside the file or folder being
@@ -225,9 +225,11 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     the old folder under `.<name>.old-*`.  Such a backup is removed only once the folder it
     backs up exists again (else `recover_checkpoint` restores it first).  Only the process that
     owns the run (`npllama train --resume`) may call this: another writer's temporaries would go too.
+    recover: restore a checkpoint from its backup first (a resume); a new start leaves backups be.
     """
     run_dir = Path(run_dir)
-    recover_checkpoint(run_dir)
+    if recover:
+        recover_checkpoint(run_dir)
     removed = []
     for path in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
         name = path.name

@@ -817,10 +817,16 @@ def _refuse_a_folder_holding_a_run(run_dir: Path) -> None:
 
 def _remove_derived_files(run_dir: Path) -> None:
     """Before a run starts from step 0: a tokenizer a failed earlier start left is not this run's
-    (it may have another vocab_size or come from another --tokenizer), so it is made again.
-    (tokens.npy is keyed by the tokenizer and the texts: a stale one is never used.)"""
+    (it may have another vocab_size or come from another --tokenizer), so it is made again; and the
+    temporaries of its interrupted writes go (a killed tokenizing pass leaves a partial
+    `.tokens.npy.tmp-*`, gigabytes for a large corpus).  (tokens.npy is keyed by the tokenizer and
+    the texts: a stale one is never used.)  This process holds the run's lock: no one else's
+    temporaries are in the folder."""
+    from .runs import remove_stale_temporaries
+
     for name in (TOKENIZER_FILE, "tokenizer.vocab"):
         (run_dir / name).unlink(missing_ok=True)
+    remove_stale_temporaries(run_dir, recover=False)
 
 
 def _save_final_model(run_dir: Path, model, tokenizer) -> None:

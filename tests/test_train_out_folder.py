@@ -61,3 +61,19 @@ def test_a_folder_a_start_was_killed_in_is_still_npllamas(tmp_path):
     assert files_besides_locks(run) == []
     (run / "notes.txt").write_text("mine")
     assert files_besides_locks(run) == ["notes.txt"]
+
+
+def test_a_new_start_removes_what_a_killed_start_left_on_its_way(tmp_path, monkeypatch):
+    # a start killed while tokenizing leaves its partial cache (.tokens.npy.tmp-*: gigabytes for a
+    # large corpus); the next start into the folder removed nothing, only a resume did
+    from npllama.train import TrainConfig, train
+
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".tokens.npy.tmp-4242").write_bytes(b"\0" * 1000)
+    (out / ".log.jsonl.tmp-4242").write_text("")
+    train(TrainConfig(out=str(out), steps=1, preset="stories260k", vocab_size=360, batch_size=2, seq_len=16,
+                      corpus_stories=300, eval_batches=1, samples=0, progress=False), echo=lambda *a: None)
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
+    assert (out / "model").is_dir()

@@ -562,13 +562,15 @@ def _explain_training_error(exc: RuntimeError, vocab_size: int, character_covera
         pieces = f"{N_BYTE_PIECES} byte pieces and " if byte_fallback else ""
         # without byte fallback the characters left out are <unk>, not bytes
         rarest = "spelled with bytes" if byte_fallback else "written as <unk>"
+        # at the lowest coverage allowed, a lower one is no way out
+        coverage = (f", or a character_coverage below {character_coverage:g} (down to {MIN_CHARACTER_COVERAGE}), "
+                    f"so that the rarest characters are {rarest}" if character_coverage > MIN_CHARACTER_COVERAGE
+                    else "")
         return ValueError(
             f"vocab_size={vocab_size} is too small for this corpus: its characters plus the "
             f"{pieces}{N_SPECIAL_PIECES} special pieces already need {needed}.  "
             f"Use a larger vocab_size (at least {needed}; more leaves room for merged pieces; Chinese or "
-            f"Japanese text uses thousands of characters), or a character_coverage below "
-            f"{character_coverage:g} (down to {MIN_CHARACTER_COVERAGE}), so that the rarest characters "
-            f"are {rarest}.")
+            f"Japanese text uses thousands of characters){coverage}.")
     return ValueError(f"SentencePiece training failed: {message}")
 
 

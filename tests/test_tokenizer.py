@@ -220,6 +220,14 @@ def test_vocab_size_too_small_for_the_characters(tmp_path):
         Tokenizer.train(many_chars, tmp_path / "t", 300, character_coverage=1.0)
 
 
+def test_vocab_size_too_small_at_the_lowest_coverage_suggests_only_a_larger_vocabulary(tmp_path):
+    # Before: "a character_coverage below 0.98 (down to 0.98)", advice that cannot be followed
+    many_chars = ["".join(chr(0x4E00 + i) for i in range(k, k + 40)) for k in range(0, 400, 40)]
+    with pytest.raises(ValueError, match="too small for this corpus") as raised:
+        Tokenizer.train(many_chars, tmp_path / "t", 300, character_coverage=0.98)
+    assert "larger vocab_size (at least" in str(raised.value) and "character_coverage" not in str(raised.value)
+
+
 def chinese_text(characters=600, documents=200):
     """Chinese-looking documents: ~290 distinct characters, the commonest far more frequent (Zipf)."""
     rng = random.Random(0)

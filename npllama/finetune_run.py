@@ -26,9 +26,9 @@ from pathlib import Path
 from .interrupts import deferred_stop_signals, stop_signals_interrupt
 from .io.atomic import atomic_files_into, atomic_write_text
 from .io.errors import CheckpointError
-from .resuming import (LOG_FILE, already_holds_a_run, check_finite, checked_step, record_changes, reopen_run,
-                       reporting_write_errors, require_settings, restore_optimizer, stop_line, truncate_log,
-                       write_settings)
+from .resuming import (LOG_FILE, already_holds_a_run, check_finite, check_steps_reach, checked_step, record_changes,
+                       reopen_run, reporting_write_errors, require_settings, restore_optimizer, stop_line,
+                       truncate_log, write_settings)
 from .runs import files_besides_locks, not_empty, replacing_in_run, writing_run
 
 SETTINGS_FILES = {"classify": "classify_config.json", "sft": "sft_config.json", "sop": "sop_config.json"}
@@ -110,6 +110,7 @@ class FinetuneRun:
         saved, optimizer_state, state = load_params_checkpoint(self.checkpoint, dtype=dtype)
         state_file = self.checkpoint / STATE_FILE
         step = checked_step(state, state_file)
+        check_steps_reach(self.config.steps, step, self.checkpoint)
         losses = state.get("losses")
         if not isinstance(losses, list) or len(losses) != step or not all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) for x in losses):

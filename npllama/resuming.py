@@ -140,6 +140,14 @@ def checked_step(state: dict, state_file: Path) -> int:
     return step
 
 
+def check_steps_reach(steps: int, step: int, checkpoint: Path) -> None:
+    """A resume asked to end before the step its checkpoint has reached would save the run as finished
+    and record it as shorter than it is: refused, saying which --steps would do."""
+    if steps < step:
+        raise ValueError(f"--steps {steps} is below the step the checkpoint in {checkpoint} has reached "
+                         f"({step}): give --steps {step} (to end the run there) or more")
+
+
 def restore_optimizer(optimizer, optimizer_state: dict, step: int, checkpoint: Path, wanted: dict,
                       changeable=()) -> None:
     """Load a checkpoint's optimizer state into `optimizer` (made for the restored parameters), then

@@ -225,3 +225,14 @@ def test_a_classify_run_saved_before_the_stratified_split_resumes_on_its_own_spl
                                          data=str(data)), resume=True)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in log if "loss" in r] == named.losses and named.losses[:3] == first.losses
+
+
+def test_resume_refuses_steps_below_the_checkpoint_and_changes_nothing(small_model_dir, tmp_path, capsys):
+    # Before: the run was saved as finished at step 6 with "steps": 2 recorded, where `npllama train` refuses
+    out = tmp_path / "run"
+    run_job("classify", settings("classify", small_model_dir, out=str(out), steps=3))
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".npllama.lock"}
+    assert main(["finetune", "classify", "--out", str(out), "--resume", "--steps", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--steps 2 is below the step the checkpoint" in err and "give --steps 3" in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".npllama.lock"} == before

@@ -104,8 +104,9 @@ def _register_train_compare(sub) -> None:
                    "default: the latest run)")
     p.add_argument("--text", default=None, help="training text, tokenized with the model's tokenizer (default: "
                    "200 of the built-in stories npllama train trains on)")
-    p.add_argument("--data", default=None, metavar="PATH", help="training text from a .txt, .jsonl or folder "
-                   "of .txt, as npllama train reads --data (default: the built-in stories)")
+    p.add_argument("--data", default=None, metavar="PATH", help="training text from a .txt or .jsonl file or a "
+                   "folder of .txt/.jsonl files, as npllama train reads --data (a .txt cut at blank lines) "
+                   "(default: the built-in stories)")
     p.add_argument("--steps", type=int, default=5, help="optimizer steps to compare")
     p.add_argument("--total-steps", type=int, default=None, metavar="N", help="the length of the run the "
                    "learning-rate schedule is laid out over, npllama train's --steps (default: --steps)")

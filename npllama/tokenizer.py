@@ -224,8 +224,9 @@ class Tokenizer:
         if echo is not None and 0 < input_sentence_size < reading.count:
             echo(f"note: the tokenizer was trained on a random sample of {input_sentence_size:,} of the corpus' "
                  f"{reading.count:,} {'lines' if files else 'documents (long ones counted in pieces)'}; "
-                 f"input_sentence_size (npllama tokenizer train --input-sentence-size) sets the sample: 0 takes "
-                 f"them all, in memory that grows with the corpus")
+                 f"the sample's size is input_sentence_size (`npllama tokenizer train --input-sentence-size N`; "
+                 f"0 takes them all, in memory that grows with the corpus; `npllama train --tokenizer` takes "
+                 f"the tokenizer it writes)")
         trained = cls.from_bytes(model.getvalue(), f"{model_prefix}.model")
         _write_trained_file(Path(f"{model_prefix}.model"), trained.model_bytes)
         _write_trained_file(Path(f"{model_prefix}.vocab"), trained.vocab_text().encode("utf-8"))

@@ -666,12 +666,14 @@ def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts,
     or --data with its last val_fraction held out."""
     from .data import tokenize_corpus, train_val_split
 
-    ids = tokenize_corpus(texts, tokenizer, cache_path=run_dir / "tokens.npy", progress=tc.progress)
+    # None: the bar for a corpus worth one (tokenize_corpus' threshold), none when progress is off
+    progress = None if tc.progress else False
+    ids = tokenize_corpus(texts, tokenizer, cache_path=run_dir / "tokens.npy", progress=progress)
     if tc.val_data is None:
         return train_val_split(ids, tc.held_out_fraction, bos_id=tokenizer.bos_id)
     if val_texts is None:
         val_texts = _read_corpus(tc.val_data, tc)
-    return ids, tokenize_corpus(val_texts, tokenizer, cache_path=run_dir / "val_tokens.npy", progress=tc.progress)
+    return ids, tokenize_corpus(val_texts, tokenizer, cache_path=run_dir / "val_tokens.npy", progress=progress)
 
 
 def _load_corpus(tc: TrainConfig):

@@ -77,3 +77,14 @@ def test_a_new_start_removes_what_a_killed_start_left_on_its_way(tmp_path, monke
                       corpus_stories=300, eval_batches=1, samples=0, progress=False), echo=lambda *a: None)
     assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
     assert (out / "model").is_dir()
+
+
+def test_a_small_corpus_is_tokenized_without_a_bar(tmp_path, monkeypatch, capsys):
+    # the README: the tokenizing bar shows past ten million characters; train asked for it always
+    from npllama.train import TrainConfig, train
+
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
+    train(TrainConfig(out=str(tmp_path / "run"), steps=1, preset="stories260k", vocab_size=360, batch_size=2,
+                      seq_len=16, corpus_stories=300, eval_batches=1, samples=0, progress=True),
+          echo=lambda *a: None)
+    assert "tokenizing" not in capsys.readouterr().err

@@ -36,7 +36,8 @@ from .backend import use_backend
 from .parallel import BatchSplitter, counted_targets, one_blas_thread, target_weights, weighted_sum_function
 from .thread_choice import fastest_threads
 from .resuming import (LOG_FILE, CheckpointWriteError,  # noqa: F401 (CheckpointWriteError: re-exported)
-                       already_holds_a_run, check_finite, checked_step, record_changes, reopen_run,
+                       already_holds_a_run, check_finite, check_steps_reach, checked_step, record_changes,
+                       reopen_run,
                        reporting_write_errors, require_settings, restore_optimizer, saved_settings, stop_line,
                        truncate_log, write_settings)
 from .runs import (TOKENIZER_FILE, files_besides_locks, mark_latest, not_empty, note_attention_dropout,
@@ -307,9 +308,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
         model, optimizer, state = restore_checkpoint(checkpoint, tc, loader, tokenizer,
                                                      changed=set(changes))
         start_step = state["step"]
-        if tc.steps < start_step:  # the run would "end" past its last step, recorded as shorter than it is
-            raise ValueError(f"--steps {tc.steps} is below the step the checkpoint in {checkpoint} has reached "
-                             f"({start_step}): give --steps {start_step} (to end the run there) or more")
+        check_steps_reach(tc.steps, start_step, checkpoint)
         write_settings(run_dir, tc, CONFIG_FILE)  # only now: a checkpoint that is refused changes nothing
         truncate_log(run_dir / LOG_FILE, start_step)
         echo(f"resuming {run_dir} at step {start_step}")

@@ -37,9 +37,8 @@ from .parallel import BatchSplitter, counted_targets, one_blas_thread, target_we
 from .thread_choice import fastest_threads
 from .resuming import (LOG_FILE, CheckpointWriteError,  # noqa: F401 (CheckpointWriteError: re-exported)
                        already_holds_a_run, check_finite, check_steps_reach, checked_step, record_changes,
-                       reopen_run,
-                       reporting_write_errors, require_settings, restore_optimizer, saved_settings, stop_line,
-                       truncate_log, write_settings)
+                       reopen_run, reporting_write_errors, require_settings, restore_optimizer, saved_settings,
+                       stop_line, truncate_log, write_settings)
 from .runs import (TOKENIZER_FILE, files_besides_locks, mark_latest, not_empty, note_attention_dropout,
                    replacing_in_run, writing_run)
 

@@ -20,7 +20,6 @@ does not depend on what came before.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from pathlib import Path
 
@@ -90,9 +89,9 @@ class Corpus:
         self.path, self.doc_separator, self.progress = path, doc_separator, progress
         self.files = corpus_files(path) if path.is_dir() else [path]
         self._stamps = self._file_stamps()   # before the first reading: an edit during it is noticed too
-        self._bar_text, self._warn = "reading", True
-        self.digest, self.n_documents, self.n_chars = _text_digest(self)
-        self._bar_text, self._warn = None, False   # a warning about the text was given by the first reading
+        self._bar_text = None                # later passes: shown only as `shown` labels them
+        # the first reading warns about the text (a marker that never occurs); later ones need not
+        self.digest, self.n_documents, self.n_chars = _text_digest(self._documents("reading", warn=True))
         if not self.n_documents:
             raise ValueError(f"corpus {str(path)!r} is empty: it contains no text")
 
@@ -100,16 +99,19 @@ class Corpus:
         return self.n_documents
 
     def __iter__(self):
+        return self._documents(self._bar_text, warn=False)
+
+    def _documents(self, bar_text: str | None, warn: bool):
         from tqdm.auto import tqdm
 
         total = sum(file.stat().st_size for file in self.files)
         show = total > 10 * ENCODE_CHUNK_CHARS if self.progress is None else self.progress
         # delay: a pass that takes under a second shows nothing, and the line a reader of this pass
         # prints once it has a first document (Tokenizer.train's) comes before the bar, not inside it
-        with tqdm(total=total, desc=self._bar_text, unit="B", unit_scale=True, delay=1,
-                  disable=not (show and self._bar_text)) as bar:
+        with tqdm(total=total, desc=bar_text, unit="B", unit_scale=True, delay=1,
+                  disable=not (show and bar_text)) as bar:
             for file in self.files:
-                yield from _read_file(file, self.doc_separator, self._warn, bar.update)
+                yield from _read_file(file, self.doc_separator, warn, bar.update)
 
     def check_unchanged(self) -> None:
         """A ValueError if a file changed since the first reading: the passes over it (tokenizer,
@@ -250,20 +252,25 @@ def _split_blocks(blocks, doc_separator: str, warn_about=None):
 
 
 def _split_at_blank_lines(blocks):
-    current, rest = [], ""
-    for block in blocks:
-        # not splitlines(): U+2028, U+0085, form feeds stay the text's own
-        *lines, rest = (rest + block).split("\n")
-        for line in lines:
-            if line.strip():
-                current.append(line)
-            elif current:
-                yield "\n".join(current).strip()
-                current = []
-    if rest.strip():
-        current.append(rest)
+    current = []
+    for line in _lines(blocks):
+        if line.strip():
+            current.append(line)
+        elif current:
+            yield "\n".join(current).strip()
+            current = []
     if current:
         yield "\n".join(current).strip()
+
+
+def _lines(blocks):
+    """The lines of the text `blocks` make, cut at \n only -- not splitlines(): U+2028, U+0085 and
+    form feeds stay the text's own (and a JSON string may hold them unescaped)."""
+    rest = ""
+    for block in blocks:
+        *lines, rest = (rest + block).split("\n")
+        yield from lines
+    yield rest
 
 
 def _stat_or_none(path: Path):
@@ -303,16 +310,12 @@ def _numbered_jsonl(path, fields: dict, read=None):
     from .budget import max_read
     from .io.reading import read_text_blocks
 
-    path, rest, line_number = Path(path), "", 0
+    path = Path(path)
     blocks = read_text_blocks(path, max_bytes=max_read(), block_bytes=READ_BLOCK, read=read)
-    # lines end at \n alone: a JSON string may hold U+2028 or U+0085 unescaped, which splitlines()
-    # would cut at (a \r before the \n is JSON white space)
-    for block in itertools.chain(blocks, ["\n"]):
-        *lines, rest = (rest + block).split("\n")
-        for line in lines:
-            line_number += 1
-            if line.strip():
-                yield line_number, _checked_record(line, f"{str(path)!r} line {line_number}", fields)
+    # (a \r before the \n is JSON white space)
+    for line_number, line in enumerate(_lines(blocks), start=1):
+        if line.strip():
+            yield line_number, _checked_record(line, f"{str(path)!r} line {line_number}", fields)
 
 
 def _checked_record(line: str, where: str, fields: dict) -> dict:

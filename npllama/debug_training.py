@@ -60,9 +60,12 @@ class Divergence:
     def name(self) -> str:
         return self.diff.name
 
+    @property
+    def detail(self) -> str:
+        return f"{self.diff.describe()}; max abs difference {self.diff.max_abs_err:.3g}"
+
     def describe(self) -> str:
-        return (f"step {self.step}, {self.phase}: {self.diff.describe()}; "
-                f"max abs difference {self.diff.max_abs_err:.3g}")
+        return f"step {self.step}, {self.phase}: {self.detail}"
 
 
 @dataclasses.dataclass
@@ -119,8 +122,8 @@ class TrainingComparison:
                          f"step {worst[0]}, {worst[1]} {worst[2].name})")
             return "\n".join(lines)
         lines.append(f"FIRST DIVERGENCE at step {first.step}, phase {first.phase!r}:")
-        lines.append(f"  {first.diff.describe()}; max abs difference {first.diff.max_abs_err:.3g}")
-        earlier = [p for p in PHASES[:PHASES.index(first.phase)]]
+        lines.append(f"  {first.detail}")
+        earlier = PHASES[:PHASES.index(first.phase)]
         if earlier:
             lines.append(f"  everything before it in step {first.step} agrees ({', '.join(earlier)})"
                          + {1: "", 2: ", and all of step 1"}.get(first.step, f", and all of steps 1-{first.step - 1}"))
@@ -323,11 +326,11 @@ def _checked_dtype(dtype):
 def _train_config(steps, total_steps, grad_accum, lr, min_lr, warmup_steps, weight_decay, beta1, beta2,
                   grad_clip, dtype):
     """The TrainConfig `npllama train` would run with these settings (it checks them all)."""
+    from .ops._checks import require_positive_int
     from .train import TrainConfig
 
-    for name, value in (("steps", steps), ("grad_accum", grad_accum)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    require_positive_int("steps", steps)
+    require_positive_int("grad_accum", grad_accum)
     total_steps = steps if total_steps is None else total_steps
     if isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer)) or total_steps < steps:
         raise ValueError(f"total_steps must be an int >= steps ({steps}), got {total_steps!r}")

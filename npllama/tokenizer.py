@@ -171,9 +171,9 @@ class Tokenizer:
             corpus (None: quiet).
         trainer_options: any other SentencePiece trainer option, overriding LLaMA's settings.
         """
+        byte_fallback = trainer_options.get("byte_fallback", LLAMA_TRAINER_OPTIONS["byte_fallback"])
         _check_train_args(vocab_size, model_type, character_coverage, input_sentence_size,
-                          max_sentence_length, seed, num_threads,
-                          byte_fallback=trainer_options.get("byte_fallback", True))
+                          max_sentence_length, seed, num_threads, byte_fallback)
         vocab_size, input_sentence_size, max_sentence_length, seed = map(
             int, (vocab_size, input_sentence_size, max_sentence_length, seed))   # NumPy ints as Python ones
         model_prefix = Path(require_path("model_prefix", model_prefix, "where to write <prefix>.model")).expanduser()
@@ -216,8 +216,7 @@ class Tokenizer:
             spm.SentencePieceTrainer.train(**options)
             failure = None
         except RuntimeError as exc:
-            failure = _explain_training_error(exc, vocab_size, options["character_coverage"],
-                                              options.get("byte_fallback", True))
+            failure = _explain_training_error(exc, vocab_size, options["character_coverage"], byte_fallback)
         reading.raise_error()   # a file that could not be read comes first: SentencePiece's failure follows from it
         if failure is not None:
             raise failure

@@ -664,14 +664,12 @@ def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts,
     or --data with its last val_fraction held out."""
     from .data import tokenize_corpus, train_val_split
 
-    # None: the bar for a corpus worth one (tokenize_corpus' threshold), none when progress is off
-    progress = None if tc.progress else False
-    ids = tokenize_corpus(texts, tokenizer, cache_path=run_dir / "tokens.npy", progress=progress)
+    ids = tokenize_corpus(texts, tokenizer, cache_path=run_dir / "tokens.npy", progress=_bars(tc))
     if tc.val_data is None:
         return train_val_split(ids, tc.held_out_fraction, bos_id=tokenizer.bos_id)
     if val_texts is None:
-        val_texts = _read_corpus(tc.val_data, tc)
-    return ids, tokenize_corpus(val_texts, tokenizer, cache_path=run_dir / "val_tokens.npy", progress=progress)
+        val_texts = _held_out_texts(tc)
+    return ids, tokenize_corpus(val_texts, tokenizer, cache_path=run_dir / "val_tokens.npy", progress=_bars(tc))
 
 
 def _load_corpus(tc: TrainConfig):
@@ -688,7 +686,13 @@ def _read_corpus(path, tc: TrainConfig):
     reading bars show only for big corpora (a small one is read in the blink of an eye)."""
     from .data import Corpus
 
-    return Corpus(path, tc.doc_separator, progress=None if tc.progress else False)
+    return Corpus(path, tc.doc_separator, progress=_bars(tc))
+
+
+def _bars(tc: TrainConfig) -> bool | None:
+    """The progress= of the data's passes: None, a bar for a corpus worth one (the readers' own
+    threshold), when the run shows progress; False, none, when it does not."""
+    return None if tc.progress else False
 
 
 def _new_model(tc: TrainConfig, tokenizer, echo):

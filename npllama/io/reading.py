@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,18 +113,12 @@ def read_text_blocks(path, max_bytes: int = MAX_TEXT_BYTES, error=ValueError, bl
 
 
 def read_lines(path, error=ValueError) -> Iterator[str]:
-    """The lines of a UTF-8 text file of any size, read one at a time, without their line ends
+    """The lines of a UTF-8 text file of any size, read a block of lines at a time, without their line ends
     (\\n, \\r\\n, or \\r alone as old Macs wrote -- such a file, with no \\n, is read whole before
     it is split); checked as read_text checks a file, and a leading byte-order mark dropped."""
-    with open_regular_file(path, error) as f:
-        offset, line = 0, 1
-        for raw in f:     # binary lines end at b"\n" only: a \r is cut at below
-            text = decode_text(raw, path, error, offset, line)
-            if offset == 0:
-                text = text.removeprefix("\ufeff")
-            offset += len(raw)
-            line += _line_ends(raw)
-            yield from text.replace("\r\n", "\n").replace("\r", "\n").removesuffix("\n").split("\n")
+    # blocks of whole lines (each ends at a \n, so no \r\n is cut in two), of any size in all
+    for block in read_text_blocks(path, sys.maxsize, error):
+        yield from block.replace("\r\n", "\n").replace("\r", "\n").removesuffix("\n").split("\n")
 
 
 def decode_text(data: bytes, path, error=ValueError, offset: int = 0, line: int = 1) -> str:

@@ -40,7 +40,7 @@ from .ops.classifier import last_token_index   # (the head's ops are the ops in 
 from .interrupts import deferred_stop_signals
 from .io.hf import objective_fields
 from .optim import AdamW, TrainingError, clip_finite_step, cosine_with_warmup
-from .parallel import counted_targets, target_weights
+from .parallel import mean_over_targets
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 SCORE = "score.weight"
@@ -600,8 +600,7 @@ def sft_loss(model, examples: list[tuple[list[int], list[bool]]], pad_id: int, b
     """The loss per counted (response) token over `examples`, in batches of batch_size: each
     batch's mean weighted by its count of counted targets, which differs from batch to batch."""
     batches = [sft_batch(examples[i:i + batch_size], pad_id) for i in range(0, len(examples), batch_size)]
-    weights = target_weights([counted_targets(targets) for _, targets, _ in batches])
-    return float(sum(weight * model.loss(*batch) for weight, batch in zip(weights, batches)))
+    return mean_over_targets([model.loss(*batch) for batch in batches], [targets for _, targets, _ in batches])
 
 
 @dataclasses.dataclass

@@ -156,6 +156,13 @@ def target_weights(counts) -> list[float]:
     return [count / total for count in counts] if total else [1 / len(counts)] * len(counts)
 
 
+def mean_over_targets(losses, targets) -> float:
+    """The mean loss over every counted target of several batches, from each batch's mean loss and
+    its targets (batches count different numbers of targets: a mean of the means is another number)."""
+    weights = target_weights([counted_targets(t) for t in targets])
+    return float(sum(weight * loss for weight, loss in zip(weights, losses)))
+
+
 def weighted_sum_function():
     """a = a * wa + b * wb in place: the numba kernel when that backend is in force (one pass over
     memory) and the arrays suit it, else NumPy, which rounds the same way (each product, then

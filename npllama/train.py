@@ -33,7 +33,8 @@ from .model_shape import (SHAPE_FLAGS, base_vocab_size, check_model_config_field
 from .optim import (AdamW, NonFiniteGradientError, TrainingError, _require_decay_fits_lr, clip_finite_step,
                     cosine_with_warmup)
 from .backend import use_backend
-from .parallel import BatchSplitter, counted_targets, one_blas_thread, target_weights, weighted_sum_function
+from .parallel import (BatchSplitter, counted_targets, mean_over_targets, one_blas_thread, target_weights,
+                       weighted_sum_function)
 from .thread_choice import fastest_threads
 from .resuming import (LOG_FILE, CheckpointWriteError,  # noqa: F401 (CheckpointWriteError: re-exported)
                        already_holds_a_run, check_finite, check_steps_reach, checked_step, record_changes,
@@ -589,9 +590,9 @@ class _Loop:
 
     def evaluate(self) -> float:
         losses = [self.splitter.loss(self.loss, tokens, targets) for tokens, targets in self.val_batches]
-        weights = target_weights([counted_targets(targets) for _, targets in self.val_batches])
         # the mean over every counted target held out, whatever each batch's count
-        self.last_val_loss, self.last_val_step = float(sum(w * loss for w, loss in zip(weights, losses))), self.step
+        self.last_val_loss = mean_over_targets(losses, [targets for _, targets in self.val_batches])
+        self.last_val_step = self.step
         self.write_log({"step": self.step, "val_loss": self.last_val_loss})
         if self.bar is not None:
             self.bar.write(f"step {self.step}: validation loss {self.last_val_loss:.4f}")

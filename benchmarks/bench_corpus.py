@@ -11,17 +11,16 @@ deleted afterwards.  Each run is one fresh child process, `python -m npllama tra
 and checks the corpus, trains the tokenizer (on a sample of at most 200,000 documents), tokenizes
 everything into the run's token cache, builds the model and takes one step.  Peak RSS is the
 child's ru_maxrss from wait4: everything it ever held resident, memory-mapped token pages it
-touched included.  This parent imports nothing but the standard library, so it lends the child
-no memory of its own (Linux carries ru_maxrss across fork + exec).
+touched included.  While the children run this parent has imported nothing but the standard library, so it lends them
+no memory of its own (Linux carries ru_maxrss across fork + exec); the machine line (CPU, BLAS) is
+recorded after the runs.
 
 Timings are printed and written as JSON (--json PATH), never judged.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -79,7 +78,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     sources = {"this": ROOT, **({"other": args.compare_with.resolve()} if args.compare_with else {})}
-    rows = []
+    load_at_start, rows = os.getloadavg(), []
     with tempfile.TemporaryDirectory(prefix="bench_corpus_") as folder:
         for size in args.sizes:
             corpus = Path(folder, f"corpus_{size:g}MB.txt")
@@ -90,12 +89,14 @@ def main(argv=None) -> dict:
                 print(f"{size:>8g} MB  {label:>6}  {run['wall_s']:8.1f} s  {run['peak_rss_mib']:8.0f} MiB peak RSS",
                       flush=True)
             corpus.unlink()
-    result = {"rows": rows, "sources": {k: str(v) for k, v in sources.items()},
-              "environment": {"python": sys.version.split()[0], "machine": platform.machine(),
-                              "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()}}
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    # the benchmarks' record of the machine, imported only now: NumPy and Numba in this process
+    # would have been lent to every child above (ru_maxrss carries across fork + exec)
+    from _bench import environment, machine_line, write_json
+
+    env = dict(environment(), load_average_at_start=load_at_start)
+    print(machine_line(env))
+    result = {"rows": rows, "sources": {k: str(v) for k, v in sources.items()}, "environment": env}
+    write_json(args.json, result)
     return result
 
 

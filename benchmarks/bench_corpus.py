@@ -11,9 +11,9 @@ deleted afterwards.  Each run is one fresh child process, `python -m npllama tra
 and checks the corpus, trains the tokenizer (on a sample of at most 200,000 documents), tokenizes
 everything into the run's token cache, builds the model and takes one step.  Peak RSS is the
 child's ru_maxrss from wait4: everything it ever held resident, memory-mapped token pages it
-touched included.  While the children run this parent has imported nothing but the standard library, so it lends them
-no memory of its own (Linux carries ru_maxrss across fork + exec); the machine line (CPU, BLAS) is
-recorded after the runs.
+touched included.  While the children run this parent has imported nothing but the standard
+library, so it lends them no memory of its own (Linux carries ru_maxrss across fork + exec); the
+machine line (CPU, BLAS) is recorded after the runs.
 
 Timings are printed and written as JSON (--json PATH), never judged.
 """

@@ -63,8 +63,8 @@ def main(argv=None) -> int:
     model_dir, out = Path(args.model), Path(args.out)
     windows = _token_windows(model_dir, args.data, args.seq_len)
     generator = torch.Generator().manual_seed(args.seed)
-    loader = torch.utils.data.DataLoader(windows, batch_size=args.batch_size, shuffle=True,
-                                         drop_last=True, generator=generator)
+    loader = torch.utils.data.DataLoader(windows, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                         generator=generator, collate_fn=_as_int64_batch)
     model = LlamaForCausalLM.from_pretrained(model_dir).float()  # train in float32 whatever was saved
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -121,15 +121,24 @@ def _check_args(args) -> None:
 
 
 def _token_windows(model_dir: Path, data, seq_len: int):
-    """The corpus as a (n, seq_len) int64 tensor of consecutive, non-overlapping windows."""
-    import torch
-
-    from .data import load_texts, tokenize_corpus
+    """The corpus as (n, seq_len) consecutive, non-overlapping windows of token ids, kept in the
+    stream's own small dtype (uint16 for most vocabularies): `_as_int64_batch` widens a batch at a
+    time, so the whole corpus never sits in memory at four times its size."""
+    from .data import Corpus, tokenize_corpus
     from .runs import load_tokenizer
 
-    ids = tokenize_corpus(load_texts(data), load_tokenizer(model_dir), progress=False)   # as npllama reads the folder
+    # the text is read a block at a time, as npllama train reads the folder
+    ids = tokenize_corpus(Corpus(data, progress=False), load_tokenizer(model_dir), progress=False)
     n = len(ids) // seq_len
-    return torch.from_numpy(ids[: n * seq_len].astype("int64").reshape(n, seq_len))
+    return ids[: n * seq_len].reshape(n, seq_len)
+
+
+def _as_int64_batch(windows) -> "torch.Tensor":
+    """DataLoader's collate_fn: a list of windows as one (B, seq_len) int64 tensor (embedding ids)."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.stack(windows).astype(np.int64))
 
 
 if __name__ == "__main__":

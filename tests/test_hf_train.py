@@ -61,3 +61,25 @@ def test_two_processes_train_and_npllama_reloads_the_result(tmp_path):
         expected = hf(torch.from_numpy(tokens)).logits.numpy()
     np.testing.assert_allclose(trained.forward(tokens), expected, rtol=0, atol=1e-4)
     assert Tokenizer(tmp_path / "trained" / "tokenizer.model").model_bytes == tokenizer.model_bytes
+
+
+def test_windows_stay_in_the_streams_dtype_and_a_batch_is_widened_to_int64(tmp_path):
+    torch = pytest.importorskip("torch")
+    from npllama.data import load_texts, tokenize_corpus
+    from npllama.hf_train import _as_int64_batch, _token_windows
+
+    stories = make_default_corpus()[:60]
+    tokenizer = Tokenizer.train(stories, tmp_path / "sp", vocab_size=400)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "tokenizer.model").write_bytes(tokenizer.model_bytes)
+    corpus = tmp_path / "stories.txt"
+    corpus.write_text("\n\n".join(stories), encoding="utf-8")
+
+    windows = _token_windows(tmp_path / "model", corpus, seq_len=16)
+    stream = tokenize_corpus(load_texts(corpus), tokenizer, progress=False)
+    assert windows.dtype == np.uint16     # not widened for the whole corpus
+    np.testing.assert_array_equal(windows, stream[: windows.size].reshape(-1, 16))
+    assert len(stream) - windows.size < 16
+    batch = _as_int64_batch([windows[3], windows[0]])
+    assert batch.dtype == torch.int64 and batch.shape == (2, 16)
+    np.testing.assert_array_equal(batch.numpy(), windows[[3, 0]])

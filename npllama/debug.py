@@ -239,7 +239,7 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
                          rtol=None, atol=None, include=None, exclude=None, attention_mask=None) -> Comparison:
     """npllama vs transformers.LlamaForCausalLM on the same Hugging Face folder (or model); for a
     SequenceClassifier or a LlamaForSequenceClassification folder, vs LlamaForSequenceClassification,
-    targets its labels and attention_mask given to both (see run_trace).
+    targets its labels (see run_trace).  attention_mask (B, T), 1 = real token, is given to both.
 
     In float64 stock transformers still runs RMSNorm, the RoPE tables and the eager softmax in
     float32, so expect float32-size differences there, not 1e-15 (the report notes it; see
@@ -499,7 +499,9 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
             keep("score.out", logits, forward_of(hf))
             loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(targets))
         else:
-            logits = hf(torch.from_numpy(tokens)).logits
+            # the padding npllama's side ran with, or transformers would attend the pads it masks
+            padding = None if attention_mask is None else torch.from_numpy(np.asarray(attention_mask).astype(np.int64))
+            logits = hf(torch.from_numpy(tokens), attention_mask=padding).logits
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                      torch.from_numpy(targets).reshape(-1), ignore_index=-100)
         loss.backward()
@@ -519,7 +521,7 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
             t.record("score.pooled_index", _pooled_index(tokens, cfg.pad_token_id), source=_POOLED_BY_TRANSFORMERS)
         t.record(name, as_ours(tensor, layout), source=source)
     t.record("loss", loss.detach().cpu().numpy(), source=_qualname(torch.nn.functional.cross_entropy))
-    padding = None if not classifier else attention_mask.astype(bool)
+    padding = None if attention_mask is None else np.asarray(attention_mask).astype(bool)
     causal = _attended(tokens.shape[1], tokens.shape[1], causal=True, key_padding_mask=padding)
     for name, tensor, layout, _ in reversed(captured):   # the backward pass runs the other way
         if tensor.grad is not None:

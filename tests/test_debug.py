@@ -321,6 +321,24 @@ def test_a_correct_model_with_large_weights_agrees_with_transformers_at_the_defa
         assert report.ok, str(report)
     assert any("float32" in note for note in report.notes)   # float64: says why it is not exact
 
+@pytest.mark.slow  # imports torch and transformers; skipped when they are absent
+def test_a_padded_batch_is_compared_with_transformers_under_the_same_padding(folder):
+    # rows of different lengths, padded on the right: transformers must be given the padding that
+    # npllama ran with, or it attends the pads and the report blames npllama's attention
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    rows = [IDS, IDS[:5]]
+    tokens = np.zeros((2, len(IDS)), dtype=np.int64)
+    mask = np.zeros(tokens.shape, dtype=bool)
+    targets = np.full(tokens.shape, -100)
+    for i, row in enumerate(rows):
+        tokens[i, :len(row)], mask[i, :len(row)] = row, True
+        targets[i, :len(row) - 1] = row[1:]
+    report = debug.compare_transformers(folder, tokens, targets, attention_mask=mask)
+    assert report.ok, str(report)
+    assert np.all(report.traces[1]["model.layers.0.self_attn.attn_probs"][1, :, :, len(rows[1]):] == 0)
+
+
 # ----- a debugger can step into every op ---------------------------------------------------------------
 
 STEP_SCRIPT = """

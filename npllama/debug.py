@@ -46,6 +46,14 @@ TRANSFORMERS_RTOL = DEFAULT_RTOL[np.float32]
 FLOAT64_AGAINST_TRANSFORMERS = (
     "transformers runs RMSNorm, the RoPE tables and the softmax in float32 even in float64: expect "
     "float32-size differences (more in gradients through a saturated softmax), not float64 agreement")
+# A causal query before its row's first real token has no key it may attend.  npllama gives it zero
+# attention; transformers' eager attention spreads it over every key in float32 and makes NaN in
+# float64: a convention, not a bug, but every tensor at those positions differs.
+LEFT_PADDING_AGAINST_TRANSFORMERS = (
+    "a row of attention_mask starts with padding: the queries before its first real token may attend "
+    "no key, which npllama answers with zero attention and transformers with a uniform one (float32) "
+    "or NaN (float64, reaching the loss), so tensors at those positions differ by construction; "
+    "pad on the right to compare")
 
 
 # ----- inputs ---------------------------------------------------------------------------------------
@@ -259,6 +267,8 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
     comparison = compare(a, b, rtol, atol, labels=("npllama", "transformers"))
     if dtype == np.float64:
         comparison.notes.append(FLOAT64_AGAINST_TRANSFORMERS)
+    if attention_mask is not None and not np.asarray(attention_mask, dtype=bool)[..., 0].all():
+        comparison.notes.append(LEFT_PADDING_AGAINST_TRANSFORMERS)
     return comparison
 
 

@@ -339,6 +339,29 @@ def test_a_padded_batch_is_compared_with_transformers_under_the_same_padding(fol
     assert np.all(report.traces[1]["model.layers.0.self_attn.attn_probs"][1, :, :, len(rows[1]):] == 0)
 
 
+@pytest.mark.slow  # imports torch and transformers; skipped when they are absent
+def test_left_padding_against_transformers_is_explained(folder):
+    # the queries before a row's first real token attend nothing: npllama gives them zero attention,
+    # transformers a uniform one, so attn_probs differs there without a bug on either side
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    tokens = np.array([IDS, IDS])
+    mask = np.ones(tokens.shape, dtype=bool)
+    mask[1, :3] = False
+    targets = np.full(tokens.shape, -100)
+    targets[:, :-1] = tokens[:, 1:]
+    targets[1, :3] = -100
+    report = debug.compare_transformers(folder, tokens, targets, attention_mask=mask)
+    assert report.first.name == "model.layers.0.self_attn.attn_probs"
+    assert "pad on the right" in str(report)
+    right_padded = np.ones(tokens.shape, dtype=bool)
+    right_padded[1, -3:] = False
+    targets[1] = -100
+    targets[1, :4] = tokens[1, 1:5]
+    assert "pad on the right" not in str(debug.compare_transformers(folder, tokens, targets,
+                                                                     attention_mask=right_padded))
+
+
 # ----- a debugger can step into every op ---------------------------------------------------------------
 
 STEP_SCRIPT = """

@@ -740,8 +740,10 @@ class Comparison:
     def __str__(self) -> str:
         a, b = self.labels
         n = len(self.diffs)
-        lines = [f"compared {n} tensor{'s' if n != 1 else ''} ({a} vs {b}); tolerance: {self.tolerance()}"]
+        lines = [f"compared {n} tensor{'s' if n != 1 else ''}, a = {a} against b = {b}; tolerance, entry by "
+                 f"entry: {self.tolerance()}"]
         lines += [f"NOTE: {note}" for note in self.notes]
+        lines.append("relative error = ||a - b|| / max(||a||, ||b||), norm-wise over the whole tensor (not per entry)")
         if self.only_in_a or self.only_in_b:
             examples = [f"{names[0]}" for names in (self.only_in_a, self.only_in_b) if names]
             lines.append(f"not compared (recorded on one side only): {len(self.only_in_a)} only in {a}, "
@@ -757,8 +759,12 @@ class Comparison:
         lines.append("  " + first.describe())
         if index > 0:
             before = self.diffs[index - 1]
-            lines.append(f"  all {index} tensors recorded before it agree (the last one, {before.name}, to a "
-                         f"relative error of {before.rel_err:.2e}):")
+            if index == 1:
+                lines.append(f"  the 1 tensor recorded before it, {before.name}, agrees (to a relative error of "
+                             f"{before.rel_err:.2e}):")
+            else:
+                lines.append(f"  all {index} tensors recorded before it agree (the last one, {before.name}, to a "
+                             f"relative error of {before.rel_err:.2e}):")
             lines.append(f"  suspect the step that computes {first.name}")
         else:
             lines.append("  it is the first tensor compared: suspect the inputs (tokens, parameters) or "
@@ -774,11 +780,15 @@ class Comparison:
                          f"different things (other inputs, a slice), and shapes that differ have no values to "
                          f"compare; give both the same tokens, or compare the slice you mean")
         elif later and first.name.rsplit("/", 1)[-1].startswith("d:") and first.name.endswith(".weight"):
-            lines.append(f"  {later} later tensors differ too (not as its consequence: no step reads a "
+            lines.append(f"  {_later(later)} too (not as its consequence: no step reads a "
                          f"parameter's gradient; the same bug elsewhere, most likely)")
         elif later:
-            lines.append(f"  {later} later tensors differ too (most likely as a consequence)")
+            lines.append(f"  {_later(later)} too (most likely as a consequence)")
         return "\n".join(lines)
+
+
+def _later(count: int) -> str:
+    return "1 later tensor differs" if count == 1 else f"{count} later tensors differ"
 
 
 def compare(a, b, rtol: float = 1e-5, atol: float | None = None, names: Iterable[str] | None = None,

@@ -275,6 +275,20 @@ def test_compare_rules_for_nan_inf_shapes_and_scale():
     assert report.first.name == "small"
 
 
+def test_a_report_says_which_side_is_a_and_what_its_relative_error_is():
+    # the tolerance rule is per entry and speaks of a and b; the "relative error" figures are
+    # norm-wise over the whole tensor: a reader comparing npllama with transformers must be told both
+    a = {"x": np.array([1.0, 2.0]), "y": np.array([3.0, 4.0])}
+    b = {"x": np.array([1.0, 2.0]), "y": np.array([3.0, 4.4])}
+    text = str(compare(a, b, rtol=1e-3, labels=("npllama", "transformers")))
+    assert "a = npllama" in text and "b = transformers" in text
+    assert "relative error = ||a - b|| / max(||a||, ||b||)" in text
+    assert "relative error 0.0751" in text        # 0.4 / ||(3, 4.4)||, not the worst entry's 0.4 / 4.4
+    assert "the 1 tensor recorded before it, x, agrees" in text and "all 1 tensors" not in text
+    b["x"] = np.array([1.0, 2.2])
+    assert "1 later tensor differs too" in str(compare(a, b, rtol=1e-3))
+
+
 def test_a_first_divergence_in_shape_is_not_called_the_cause_of_the_rest():
     # a decode step (one position) against a full forward: every tensor differs in shape, and none
     # differs "as a consequence" of the first

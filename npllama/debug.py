@@ -33,6 +33,7 @@ import numpy as np
 
 from . import backend
 from .ops.attention import attention_mask as _attended
+from .gradcheck import rel_error
 from .trace import Comparison, Trace, _qualname, _where_attended, compare, trace
 
 # Default relative tolerances, against each tensor's scale.  float32 round-off stays near 1e-6 for
@@ -261,15 +262,40 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
             raise ValueError(f"the classifier runs {BIDIRECTIONAL_NOTE}: there is nothing to compare")
         a = run_trace(ours, tokens, targets, backend_name=backend_name, include=include, exclude=exclude,
                       attention_mask=attention_mask)
+        hf = load_transformers_model(folder, dtype)
         b = transformers_trace(folder, tokens, targets, dtype=dtype, include=include, exclude=exclude,
-                               attention_mask=attention_mask)
+                               attention_mask=attention_mask, hf_model=hf)
     rtol = TRANSFORMERS_RTOL if rtol is None else rtol
     comparison = compare(a, b, rtol, atol, labels=("npllama", "transformers"))
+    comparison.notes += _loaded_differently(ours, hf)
     if dtype == np.float64:
         comparison.notes.append(FLOAT64_AGAINST_TRANSFORMERS)
     if attention_mask is not None and not np.asarray(attention_mask, dtype=bool)[..., 0].all():
         comparison.notes.append(LEFT_PADDING_AGAINST_TRANSFORMERS)
     return comparison
+
+
+def _loaded_differently(ours, hf) -> list[str]:
+    """A note naming the parameters that npllama and transformers loaded differently from the same
+    folder.  Such a slip (a weight transposed, permuted, scaled, a tied head untied) shows first in
+    the op that reads the weight, and the report would send the reader into that correct op."""
+    ours_params = dict(ours.model.params, **{"score.weight": ours.score_weight}) if _is_classifier(ours) \
+        else ours.params
+    differ = []
+    for name, param in hf.named_parameters():
+        theirs = param.detach().cpu().numpy()
+        mine = ours_params.get(name)
+        if mine is None:
+            differ.append(f"{name} (npllama has none)")
+        elif mine.shape != theirs.shape:
+            differ.append(f"{name} (shape {mine.shape} in npllama, {theirs.shape} in transformers)")
+        elif not np.array_equal(mine, theirs):
+            differ.append(f"{name} (relative error {rel_error(mine, theirs, tiny=1e-300):.3g})")
+    if not differ:
+        return []
+    more = f", and {len(differ) - 3} more" if len(differ) > 3 else ""
+    return [f"npllama and transformers loaded different parameters from the folder: {'; '.join(differ[:3])}"
+            f"{more}; the first divergence below may be where such a weight is first read, not a wrong step"]
 
 
 def _as_dtype(model, dtype):
@@ -400,12 +426,13 @@ def float64_faithful(hf, config) -> None:
 
 
 def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, include=None,
-                       exclude=None, attention_mask=None) -> Trace:
+                       exclude=None, attention_mask=None, hf_model=None) -> Trace:
     """Run transformers.LlamaForCausalLM on the folder and record what npllama's trace records,
     under the same names and layouts (heads split as (B, H, T, head_dim)).  A
     LlamaForSequenceClassification folder runs that class: targets are its labels, and `score.out`
     is its output logits (pooled_logits: its `score` module's (B, T, num_labels) read at the
-    pooled positions, the only ones npllama's head computes)."""
+    pooled positions, the only ones npllama's head computes).  hf_model: that folder already
+    loaded by load_transformers_model (None: it is loaded here)."""
     torch, transformers = import_torch_and_transformers()
     from transformers.models.llama import modeling_llama
 
@@ -414,7 +441,7 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
         tokens, targets, attention_mask = _classifier_batch(tokens, targets, attention_mask)
     else:
         tokens, targets = _batch(tokens, targets)
-    hf = load_transformers_model(model_dir, dtype).eval()
+    hf = (load_transformers_model(model_dir, dtype) if hf_model is None else hf_model).eval()
     cfg = hf.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 

@@ -362,6 +362,29 @@ def test_left_padding_against_transformers_is_explained(folder):
                                                                      attention_mask=right_padded))
 
 
+@pytest.mark.slow  # imports torch and transformers; skipped when they are absent
+def test_a_weight_loaded_differently_from_transformers_is_named_not_the_op_reading_it(folder, monkeypatch):
+    # a loader's slip (here: one weight scaled on npllama's side) makes the first op that reads
+    # the weight diverge; the report must say the weights differ, or it sends the reader into a
+    # correct linear_forward
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    load = Llama.from_pretrained.__func__
+
+    def load_with_a_slip(cls, *args, **kwargs):
+        model = load(cls, *args, **kwargs)
+        model.params["model.layers.1.self_attn.v_proj.weight"] *= 1.5
+        return model
+
+    report = debug.compare_transformers(folder, IDS)
+    assert report.ok and not any("parameter" in note for note in report.notes), str(report)
+    monkeypatch.setattr(Llama, "from_pretrained", classmethod(load_with_a_slip))
+    report = debug.compare_transformers(folder, IDS)
+    assert report.first.name == "model.layers.1.self_attn.v"
+    text = str(report)
+    assert "model.layers.1.self_attn.v_proj.weight" in text and "loaded" in text, text
+
+
 # ----- a debugger can step into every op ---------------------------------------------------------------
 
 STEP_SCRIPT = """

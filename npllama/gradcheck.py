@@ -452,6 +452,12 @@ def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries
         if report.worst_direction and report.failed:
             _locate(report, evaluate, x, drawn[report.worst_direction - 1], g, scale, typical, largest,
                     eps, richardson, tol, atol)
+        broken = np.flatnonzero(np.isfinite(x) & ~np.isfinite(g))
+        if report.failed and broken.size:
+            first = tuple(int(v) for v in np.unravel_index(int(broken[0]), x.shape))
+            report.notes.insert(0, f"the analytic gradient is NaN or Inf at {broken.size} entr"
+                                   f"{'y' if broken.size == 1 else 'ies'} (the first: {first}), where x is finite: "
+                                   "the backward is wrong there (or f has no finite derivative there, as sqrt at 0)")
         reports.append(report)
         if progress:
             r = reports[-1]
@@ -556,7 +562,8 @@ def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, a
         x[...] = original + t * direction
         return float(t)
 
-    terms = g * direction
+    with np.errstate(invalid="ignore"):   # an entry the direction leaves in place adds nothing, NaN or not
+        terms = np.where(direction != 0, g * direction, 0.0)
     magnitude = _norm(terms)
     length = _norm(direction)            # <g, p> sums the entries' round-off with random signs
     noise = ROUNDOFF_FACTOR * UNIT_ROUNDOFF * largest * length
@@ -675,7 +682,9 @@ def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_na
     a, n = np.array(probes.analytic, dtype=np.float64), np.array(probes.numeric, dtype=np.float64)
     model_bound = np.array(probes.bound, dtype=np.float64)
     magnitude = np.array(probes.magnitude, dtype=np.float64)
-    unresolved = np.array(probes.unresolved, dtype=bool)
+    # a NaN or Inf from the backward where f's differences are finite is a wrong gradient there,
+    # not one the differences could not judge
+    unresolved = np.array(probes.unresolved, dtype=bool) & ~(~np.isfinite(a) & np.isfinite(n))
     held_to = model_bound + tol * magnitude
     diff = np.abs(a - n)
     finite = np.isfinite(a) & np.isfinite(n) & np.isfinite(held_to)
@@ -708,7 +717,7 @@ def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_na
         report.worst_direction = e - n_entries + 1
     if n_entries:
         report.max_abs_err = float(np.max(diff[:n_entries])) if np.all(finite[:n_entries]) else float("inf")
-    report.notes = _notes(report, finite, n_entries, n_finite, probes, passed, n_nan)
+    report.notes = _notes(report, n_entries, n_finite, probes, passed, unresolved, n_nan)
     return report
 
 
@@ -737,16 +746,20 @@ def _relative_figures(a, n, held_to, magnitude, largest, n_entries, finite):
     return rel, bound
 
 
-def _notes(report: InputReport, finite, n_entries, n_finite, probes, passed, n_nan) -> list[str]:
+def _notes(report: InputReport, n_entries, n_finite, probes, passed, unresolved, n_nan) -> list[str]:
     notes = []
     if n_finite + n_nan < report.size:
         notes.append(f"{report.size - n_finite - n_nan} entries are +-inf and were not probed")
     if n_nan:
         notes.append(f"{n_nan} entries are NaN and were not probed")
-    if not np.all(finite):
-        notes.append("a gradient or finite difference is NaN/Inf")
-    if report.unresolved:
-        notes.append(f"{report.unresolved} probe(s) UNRESOLVED: even with longer steps, the finite differences' "
+    numeric_broken = ~np.isfinite(np.array(probes.numeric, dtype=np.float64))
+    if np.any(numeric_broken):
+        notes.append(f"{int(np.sum(numeric_broken))} probe(s) UNRESOLVED: f was NaN or Inf within a step of the "
+                     "point, so no difference exists there (an input at the edge of f's domain, as log or sqrt "
+                     "near 0, or an overflow); check at inputs inside the domain")
+    by_round_off = int(np.sum(~passed & unresolved & ~numeric_broken))
+    if by_round_off:
+        notes.append(f"{by_round_off} probe(s) UNRESOLVED: even with longer steps, the finite differences' "
                      f"error bound stays above {UNRESOLVED:g} of the gradient, so a wrong gradient could not be told from a right one (|f|'s round-off swamps a tiny gradient). "
                      "Check at inputs where the gradient is larger next to |f|, or accept them with atol=")
     # (a failing random direction is followed down to its entry by _locate, which says so)
@@ -756,7 +769,7 @@ def _notes(report: InputReport, finite, n_entries, n_finite, probes, passed, n_n
                      "(its true gradient is zero there: a sign, a rounding, a normalised single value) or fn "
                      "does not read the arrays it is given (they are changed in place; a copy made before the "
                      "call would not see it)")
-    if not report.ok and any(r and not p for r, p in zip(probes.rough, passed)):
+    if not report.ok and any(r and not p and np.isfinite(v) for r, p, v in zip(probes.rough, passed, probes.numeric)):
         notes.append("along a failing probe f did not behave like a smooth function (its differences at steps "
                      "h, 2h, 4h do not shrink as h^2): a kink (relu or abs at 0, a max with a tie) at or within a "
                      "few steps of the point makes finite differences unreliable there; draw inputs away from it")

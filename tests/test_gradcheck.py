@@ -773,3 +773,30 @@ def test_an_all_zero_gradient_no_step_can_resolve_is_unresolved_not_passed():
         report = gradcheck(fn, [x, w], [np.zeros(2), 2 * w], names=["x", "w"])
         assert report["x"].status == "UNRESOLVED" and report["w"].ok, str(report)
         assert gradcheck(fn, [x, w], [0.5e-3 / np.sqrt(x), 2 * w], names=["x", "w"])["x"].status == "UNRESOLVED"
+
+
+@pytest.mark.parametrize("method", ["entries", "directional"])
+def test_a_nan_in_the_analytic_gradient_fails_and_names_the_entry(method):
+    # a backward that produces NaN in one entry is wrong there, and the differences say so: it was
+    # reported UNRESOLVED ("|f|'s round-off swamps a tiny gradient"), as if the checker could not tell
+    x = np.random.default_rng(0).standard_normal((6, 8))
+    grad = np.cos(x)
+    grad[4, 5] = np.nan
+    report = gradcheck(lambda v: float(np.sum(np.sin(v))), [x], [grad], names=["x"], method=method)
+    entry = report["x"]
+    assert entry.status == "FAIL" and entry.failed >= 1 and entry.unresolved == 0, report
+    assert entry.worst_index == (4, 5), report
+    assert any("NaN" in note and "(4, 5)" in note and "analytic" in note for note in entry.notes), entry.notes
+    assert not any("round-off" in note or "kink" in note for note in entry.notes), entry.notes
+
+
+def test_a_function_that_is_nan_near_the_point_is_not_blamed_on_round_off_or_a_kink():
+    # log(x) one step from 0: f is NaN at x - h, so no difference exists there.  That probe cannot
+    # be judged (UNRESOLVED), and the report says why, not "round-off swamps a tiny gradient"
+    x = np.array([2.0, 3.0, 1e-6, 0.5])
+    with np.errstate(invalid="ignore"):
+        report = gradcheck(lambda v: float(np.sum(np.log(v))), [x], [1 / x], names=["x"])
+    entry = report["x"]
+    assert entry.status == "UNRESOLVED" and entry.unresolved == 1 and entry.worst_index == (2,), report
+    assert any("NaN" in note and "domain" in note for note in entry.notes), entry.notes
+    assert not any("round-off" in note or "kink" in note for note in entry.notes), entry.notes

@@ -232,7 +232,8 @@ def gradcheck(fn: Callable[..., float], inputs: Sequence[np.ndarray] | Mapping[s
     fn:      called as fn(*arrays) -> a scalar (float, or an array of one element), with the input
              arrays in order.  The arrays are perturbed in place (and restored, also when fn
              raises), so fn may also simply read them from a closure (e.g. a model's params).
-             fn must be deterministic: randomness inside it (dropout) needs a fixed seed.
+             fn must be deterministic: randomness inside it (dropout) needs a fixed seed.  It must
+             not change the arrays itself (x -= m): a ValueError names the one it changed, restored.
     inputs:  a list or tuple of writable float64 arrays, or a mapping name -> array (names then
              come from it).  Each array is checked separately; no two may share memory.
     grads:   analytic gradients, same order / keys and shapes as inputs.
@@ -261,8 +262,25 @@ def gradcheck(fn: Callable[..., float], inputs: Sequence[np.ndarray] | Mapping[s
         value = float(np.asarray(value, dtype=np.float64).reshape(()))
         return value, abs(value)
 
+    snapshots = _snapshots(arrays)
     return _check_all(evaluate, names, arrays, analytic, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
-                      seed=seed, method=method, directions=directions, richardson=richardson, progress=progress)
+                      seed=seed, method=method, directions=directions, richardson=richardson, progress=progress,
+                      after_first_call=lambda: _restore_or_raise("fn", names, arrays, snapshots))
+
+
+def _snapshots(inputs) -> list:
+    """Copies of the array inputs (None for the others), to tell whether a call changed them."""
+    return [np.array(x, copy=True) if isinstance(x, np.ndarray) else None for x in inputs]
+
+
+def _restore_or_raise(caller: str, names, inputs, snapshots) -> None:
+    """A ValueError naming the first input the caller's function changed in place, put back first:
+    the checker moves the inputs itself, and a function that also moves them checks nothing."""
+    for name, x, before in zip(names, inputs, snapshots):
+        if before is not None and not np.array_equal(x, before, equal_nan=True):
+            x[...] = before
+            raise ValueError(f"{caller} changed input {name!r} in place; it must leave its inputs as they were "
+                             "(write into a new array, e.g. x = x - m, not x -= m) -- the input has been restored")
 
 
 def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray], *,
@@ -304,15 +322,10 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
     for i in wrt:   # before the forward runs: its out follows a float32 input's dtype, rightly
         _require_float64_input(all_names[i], inputs[i])
 
-    snapshots = [np.array(x, copy=True) if isinstance(x, np.ndarray) else None for x in inputs]
+    snapshots = _snapshots(inputs)
 
     def unchanged_or_raise(step: str) -> None:
-        for name, x, before in zip(all_names, inputs, snapshots):
-            if before is not None and not np.array_equal(x, before, equal_nan=True):
-                x[...] = before
-                raise ValueError(f"{step} changed input {name!r} in place; an op must leave its inputs as "
-                                 "they were (write into a new array, e.g. x = x - m, not x -= m) -- "
-                                 "the input has been restored")
+        _restore_or_raise(step, all_names, inputs, snapshots)
 
     out, cache = _forward_result(forward(*inputs, *extra_args, **extra_kwargs))
     unchanged_or_raise("forward")
@@ -426,8 +439,8 @@ class _Probes:
 
 
 def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries, seed, method, directions,
-               richardson, progress) -> GradcheckReport:
-    _require_deterministic(evaluate)
+               richardson, progress, after_first_call=None) -> GradcheckReport:
+    _require_deterministic(evaluate, after_first_call)
     # The analytic gradients carry round-off of their own: an entry that is zero in exact
     # arithmetic comes out as ~u times the gradient's larger entries.  No probe can be asked to
     # resolve below that.
@@ -496,9 +509,13 @@ def _locate(report, evaluate, x, direction, g, scale, typical, largest, eps, ric
                         "method=\"entries\" with max_entries=None checks every one")
 
 
-def _require_deterministic(evaluate) -> None:
-    """Two evaluations at the same point must agree to round-off, or no difference means anything."""
-    (f1, size1), (f2, size2) = evaluate(), evaluate()
+def _require_deterministic(evaluate, after_first_call=None) -> None:
+    """Two evaluations at the same point must agree to round-off, or no difference means anything.
+    after_first_call: raises if that call changed the inputs, which would also make them differ."""
+    f1, size1 = evaluate()
+    if after_first_call is not None:
+        after_first_call()
+    f2, size2 = evaluate()
     if abs(f1 - f2) > 2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(size1, size2) or np.isnan(f1) != np.isnan(f2):
         raise ValueError(f"the function gave {f1!r} and then {f2!r} at the same inputs: finite differences "
                          "need a deterministic function (fix the seed of any randomness inside it, e.g. "

@@ -800,3 +800,23 @@ def test_a_function_that_is_nan_near_the_point_is_not_blamed_on_round_off_or_a_k
     assert entry.status == "UNRESOLVED" and entry.unresolved == 1 and entry.worst_index == (2,), report
     assert any("NaN" in note and "domain" in note for note in entry.notes), entry.notes
     assert not any("round-off" in note or "kink" in note for note in entry.notes), entry.notes
+
+
+@pytest.mark.parametrize("how", ["once", "every call"])
+def test_a_function_that_changes_its_input_in_place_is_named_not_blamed_on_randomness(how):
+    # gradcheck's fn changing an input was reported as "the function gave a and then b at the same
+    # inputs ... fix the seed of any randomness", and the caller's array was left changed
+    x = np.random.default_rng(0).standard_normal(5)
+    before = x.copy()
+    calls = []
+
+    def normalise_in_place(v):
+        calls.append(1)
+        if how == "every call" or len(calls) == 1:
+            v /= 1.0 + 1e-6
+        return float(np.sum(v**2))
+
+    with pytest.raises(ValueError, match="fn changed input 'x' in place") as raised:
+        gradcheck(normalise_in_place, {"x": x}, {"x": 2 * x})
+    assert "restored" in str(raised.value) and "seed" not in str(raised.value)
+    assert np.array_equal(x, before)

@@ -707,7 +707,9 @@ def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_na
     finite = np.isfinite(a) & np.isfinite(n) & np.isfinite(held_to)
     ratio = probes.error_over_bound(tol)
     within = (ratio <= 1) & ~unresolved
-    by_floor = np.isfinite(a) & np.isfinite(n) & ~within & (diff <= np.array(probes.floor, dtype=np.float64))
+    # only a floor the user set passes a probe: without one, an unresolved 0 == 0 proves nothing
+    floor = np.array(probes.floor, dtype=np.float64)
+    by_floor = np.isfinite(a) & np.isfinite(n) & ~within & (floor > 0) & (diff <= floor)
     passed = within | by_floor
     n_entries = len(indices)
     method = ("directional" if n_directions and n_entries == 0 else "all entries" if not n_directions and n_entries == n_finite

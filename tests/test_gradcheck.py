@@ -820,3 +820,18 @@ def test_a_function_that_changes_its_input_in_place_is_named_not_blamed_on_rando
         gradcheck(normalise_in_place, {"x": x}, {"x": 2 * x})
     assert "restored" in str(raised.value) and "seed" not in str(raised.value)
     assert np.array_equal(x, before)
+
+
+def test_without_atol_no_probe_is_said_to_pass_through_it():
+    # f = 1e10 + 1e-20 * sum(w) ignores x: x's zero gradient and its exactly-zero differences agree,
+    # but next to f's round-off nothing of size 1e-20 can be resolved, so x's probes are UNRESOLVED.
+    # They were counted as passing "only through the absolute floor atol" though atol was 0
+    x, w = np.ones(3), np.ones(2)
+    report = gradcheck(lambda x, w: 1e10 + 1e-20 * float(np.sum(w)), [x, w], [np.zeros(3), np.full(2, 1e-20)],
+                       names=["x", "w"])
+    entry = report["x"]
+    assert entry.status == "UNRESOLVED" and entry.unresolved == 3 and entry.floor_only == 0, report
+    assert not any("atol" in note and "floor" in note for note in entry.notes), entry.notes
+    accepted = gradcheck(lambda x, w: 1e10 + 1e-20 * float(np.sum(w)), [x, w], [np.zeros(3), np.full(2, 1e-20)],
+                         names=["x", "w"], atol=1e-30)
+    assert accepted["x"].ok and accepted["x"].floor_only == 3     # a floor the user gives still lets them pass

@@ -791,7 +791,9 @@ def _notes(report: InputReport, n_entries, n_finite, probes, passed, unresolved,
     if not report.ok and any(r and not p and np.isfinite(v) for r, p, v in zip(probes.rough, passed, probes.numeric)):
         notes.append("along a failing probe f did not behave like a smooth function (its differences at steps "
                      "h, 2h, 4h do not shrink as h^2): a kink (relu or abs at 0, a max with a tie) at or within a "
-                     "few steps of the point makes finite differences unreliable there; draw inputs away from it")
+                     "few steps of the point, or rounding inside f far above that of |f| (a cancellation, as "
+                     "1 + tanh(z) for z << 0 or exp(x) - 1 for tiny x), makes finite differences unreliable "
+                     "there; draw inputs away from it, or compute f stably")
     if report.floor_only:
         notes.append(f"{report.floor_only} probe(s) passed only through the absolute floor atol: "
                      "the check did not resolve them")

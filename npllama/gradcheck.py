@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -93,6 +94,7 @@ MAX_JUMP = 1e4
 UNRESOLVED = 0.5
 METHODS = ("auto", "entries", "directional")
 DOUT_SALT = 0x646F7574   # "dout"
+PROGRESS_EVERY = 10.0     # progress=True: seconds between lines while one input is being probed
 
 
 @dataclasses.dataclass
@@ -247,7 +249,8 @@ def gradcheck(fn: Callable[..., float], inputs: Sequence[np.ndarray] | Mapping[s
     method:  "auto", "entries" (no directions), or "directional" (no single entries).
     directions: random directions per input, where directions are used.
     richardson: None (where it helps), True (always), False (never).
-    progress: print a line to stderr as each input is done (a whole model takes a while).
+    progress: print a line to stderr as each input is done (a whole model takes a while), and
+             every PROGRESS_EVERY seconds while one is being probed.
     """
     _check_settings(fn=fn, eps=eps, tol=tol, atol=atol, max_entries=max_entries, seed=seed, method=method,
                     directions=directions, richardson=richardson)
@@ -454,8 +457,13 @@ def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries
         scale = _entry_scales(x)
         typical = _rms(g[np.isfinite(g)])     # what "small" means for one entry's gradient
         probes = _Probes()
-        for idx in indices:
+        started = said = time.monotonic()
+        for done, idx in enumerate(indices, 1):
             _probe_entry(evaluate, x, idx, scale[idx], g[idx], typical, largest, eps, richardson, tol, atol, probes)
+            if progress and time.monotonic() - said >= PROGRESS_EVERY:   # a big input takes thousands of calls
+                said = time.monotonic()
+                print(f"gradcheck {len(reports) + 1}/{len(names)} {name}: {done}/{len(indices)} entries probed, "
+                      f"{said - started:.0f} s", file=sys.stderr, flush=True)
         drawn = []
         for _ in range(n_directions):
             drawn.append(rng.choice(np.array([-1.0, 1.0]), size=x.shape) * scale)

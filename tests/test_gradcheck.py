@@ -1,5 +1,6 @@
 """The public gradient checker: scale-aware bounds, directional probes, an honest report."""
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -183,6 +184,18 @@ def test_progress_prints_one_line_per_input(capsys):
     gradcheck(lambda a, b: fn(a) + float(np.sum(b)), [x, x.copy()], [grad, np.ones_like(x)], progress=True)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and lines[0].startswith("gradcheck 1/2 input0") and lines[1].endswith("ok")
+
+
+def test_progress_speaks_during_a_long_input_too(capsys, monkeypatch):
+    # a 2000-entry input takes ~8000 calls of fn: with a model's forward, minutes of silence, as
+    # the line per input came only when the input was done
+    import npllama.gradcheck    # noqa: F401  (the module, which npllama's gradcheck function hides)
+    monkeypatch.setattr(sys.modules["npllama.gradcheck"], "PROGRESS_EVERY", 0.0)
+    x, fn, grad = quadratic_form((2, 3), 10)
+    gradcheck(fn, [x], [grad], names=["w"], progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 6 + 1, lines
+    assert lines[0].startswith("gradcheck 1/1 w: 1/6 entries probed") and lines[-1].endswith("ok"), lines
 
 
 def test_sampling_without_directions_says_what_it_skipped():

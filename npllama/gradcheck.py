@@ -352,6 +352,8 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
         elif not wrt_given and len(grads) < len(wrt):
             hint = (f"; wrt was not given, so every floating-point input counts: if some are not "
                     f"differentiable (a float mask, a setting), name those that are, e.g. wrt={wrt[:len(grads)]}")
+        elif not wrt_given and _sequences_among(inputs, all_names):
+            hint = "; left out as not floating-point arrays: " + _sequences_among(inputs, all_names)[2:]
         raise ValueError(f"backward returned {len(grads)} gradient(s), expected {len(wrt)}: one per input "
                          f"in wrt ({', '.join(repr(all_names[i]) for i in wrt)}), in the forward's order{hint}")
     for i, g in zip(wrt, grads):
@@ -849,9 +851,12 @@ def _input_list(inputs, what: str) -> list:
 def _check_names(names, count: int, what: str) -> list[str]:
     if names is None:
         return [f"input{i}" for i in range(count)]
-    if isinstance(names, (str, Mapping)) or not isinstance(names, (list, tuple)) \
-            or not all(isinstance(n, str) for n in names):
+    if isinstance(names, (str, Mapping)) or not isinstance(names, (list, tuple)):
         raise TypeError(f"names must be a list of strings, one per input, got {_describe(names)}")
+    not_strings = [n for n in names if not isinstance(n, str)]
+    if not_strings:
+        raise TypeError(f"names must be a list of strings, one per input, got {_describe(names)} holding "
+                        f"{_describe(not_strings[0])}")
     if len(names) != count:
         raise ValueError(f"names has {len(names)} entries for {count} {what}: give one name per input")
     if len(set(names)) != len(names):
@@ -868,11 +873,15 @@ def _check_wrt(wrt, inputs: list, names: list[str]) -> list[int]:
                                 "real and imaginary parts as two float64 inputs, or give wrt= to leave it out")
         wrt = [i for i, x in enumerate(inputs) if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating)]
         if not wrt:
-            raise ValueError("inputs holds no floating-point array to check the gradient of")
+            raise ValueError("inputs holds no floating-point array to check the gradient of"
+                             + _sequences_among(inputs, names))
         return wrt
-    if not isinstance(wrt, (list, tuple, range)) or not all(
-            isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in wrt):
+    if not isinstance(wrt, (list, tuple, range)):
         raise TypeError(f"wrt must be a list of input indices (ints), got {_describe(wrt)}")
+    not_ints = [i for i in wrt if not isinstance(i, (int, np.integer)) or isinstance(i, bool)]
+    if not_ints:
+        raise TypeError(f"wrt must be a list of input indices (ints), got {_describe(wrt)} holding "
+                        f"{_describe(not_ints[0])}")
     wrt = [int(i) for i in wrt]
     bad = [i for i in wrt if not 0 <= i < count]
     if bad:
@@ -880,6 +889,16 @@ def _check_wrt(wrt, inputs: list, names: list[str]) -> list[int]:
     if len(set(wrt)) != len(wrt) or wrt != sorted(wrt):
         raise ValueError(f"wrt must list each input once, in increasing order (backward's order), got {wrt}")
     return wrt
+
+
+def _sequences_among(inputs: list, names: list[str]) -> str:
+    """'; 'w' is a list: pass np.asarray(w, dtype=np.float64)' for inputs given as Python lists or
+    tuples, which wrt's default leaves out as it does settings (they are not arrays); '' if none."""
+    sequences = [(name, x) for name, x in zip(names, inputs) if isinstance(x, (list, tuple))]
+    if not sequences:
+        return ""
+    described = ", ".join(f"{name!r} is a {type(x).__name__}" for name, x in sequences)
+    return f"; {described}: pass np.asarray({sequences[0][0]}, dtype=np.float64) to check it"
 
 
 def _forward_result(result):

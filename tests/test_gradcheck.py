@@ -511,6 +511,15 @@ def _pair(v):
 
 
 MISUSES = [
+    ("only a list among the inputs", lambda x: check_op(_pair, lambda d, c: 2 * d, [[0.5, 1.0]]), ValueError,
+     "'input0' is a list: pass np.asarray"),
+    ("a list beside an array", lambda x: check_op(lambda a, w: (a * np.asarray(w), (a, w)),
+                                                  lambda d, c: (d * np.asarray(c[1]), d * c[0]), [x, [0.5, 1.0, 2.0]]),
+     ValueError, "left out as not floating-point arrays: 'input1' is a list"),
+    ("names holding an int", lambda x: gradcheck(lambda v: float(v.sum()), [x], [x], names=[3]), TypeError,
+     "holding int 3"),
+    ("wrt holding a bool", lambda x: check_op(_pair, lambda d, c: 2 * d, [x], wrt=[True]), TypeError,
+     "holding bool True"),
     ("inputs a bare array", lambda x: check_op(_pair, lambda d, c: 2 * d, x), TypeError, "one array: inputs=[x]"),
     ("gradcheck inputs a bare array", lambda x: gradcheck(lambda v: float(v.sum()), x, [np.ones(3)]), TypeError,
      "inputs must be a list or tuple"),

@@ -229,7 +229,8 @@ def gradcheck(fn: Callable[..., float], inputs: Sequence[np.ndarray] | Mapping[s
               eps: float = 1e-4, tol: float = 1e-7, atol: float = 0.0,
               max_entries: int | None = None, seed: int = 0, method: str = "auto", directions: int = 4,
               richardson: bool | None = None, progress: bool = False) -> GradcheckReport:
-    """Check `grads` (analytic d fn / d input) against central differences; see the module doc.
+    """Check `grads` (analytic d fn / d input) against central differences.  How the bounds are made:
+    the module doc, help(importlib.import_module("npllama.gradcheck")) (npllama.gradcheck is this function).
 
     fn:      called as fn(*arrays) -> a scalar (float, or an array of one element), with the input
              arrays in order.  The arrays are perturbed in place (and restored, also when fn

@@ -880,3 +880,14 @@ def test_a_right_gradient_failing_for_rounding_inside_f_is_not_blamed_on_a_kink_
     rough = [note for note in entry.notes if "smooth function" in note]
     assert entry.status == "FAIL" and rough, entry.notes
     assert "cancel" in rough[0] and "1 + tanh" in rough[0], rough
+
+
+def test_the_module_doc_gradcheck_points_to_can_be_reached_as_it_says():
+    # npllama.gradcheck is the function (import npllama.gradcheck as g gives it too), so "see the
+    # module doc" led nowhere from help(); the docstring now says how to open it
+    import importlib
+
+    how = re.search(r"help\((importlib\.import_module\([^)]*\))\)", gradcheck.__doc__)
+    assert how, gradcheck.__doc__.splitlines()[0]
+    module = eval(how.group(1), {"importlib": importlib})   # noqa: S307  (the docstring's own words)
+    assert "error model" in module.__doc__ and module.check_op is check_op

@@ -178,8 +178,10 @@ class GradcheckReport:
                  "analytic", "numeric", "")]
         for r in self.inputs:
             analytic, numeric = _distinguishable(r.analytic_at_worst, r.numeric_at_worst)
+            probed = r.checked or r.directions
+            worst, analytic, numeric = (r.worst, analytic, numeric) if probed else ("-", "-", "-")
             rows.append((r.name, str(r.shape), r.method, r.coverage, f"{r.rel_err:.2e}", f"{r.bound:.2e}",
-                         f"{r.err_over_bound:.2g}", r.worst, analytic, numeric, r.status))
+                         f"{r.err_over_bound:.2g}", worst, analytic, numeric, r.status))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         verdict = "all gradients match" if self.ok else "some gradients do NOT match"
@@ -537,7 +539,7 @@ def _choose_probes(x, rng, max_entries, method, directions):
     """Which entries to probe one by one, and how many random directions.  Entries at +-inf (a
     softmax mask) or NaN have no derivative to check and are never probed."""
     if method == "directional":
-        return [], directions
+        return [], (directions if x.size else 0)
     finite = np.flatnonzero(np.isfinite(x))
     limit = max_entries if max_entries is not None else (x.size if method == "entries" else AUTO_ALL_ENTRIES)
     if finite.size <= limit:
@@ -729,6 +731,8 @@ def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_na
                          directions=n_directions, method=method, richardson=probes.richardson,
                          floor_only=int(np.sum(by_floor)))
     if a.size == 0:
+        if size == 0:
+            report.notes.append("it has no entries: nothing was checked")
         return report
     failed_outright = ~passed & ~unresolved
     report.failed = int(np.sum(failed_outright))

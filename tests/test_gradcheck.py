@@ -891,3 +891,21 @@ def test_the_module_doc_gradcheck_points_to_can_be_reached_as_it_says():
     assert how, gradcheck.__doc__.splitlines()[0]
     module = eval(how.group(1), {"importlib": importlib})   # noqa: S307  (the docstring's own words)
     assert "error model" in module.__doc__ and module.check_op is check_op
+
+
+def test_an_input_with_no_entries_says_nothing_was_checked():
+    # a (0, 3) input passed as "all entries 0/0 ... worst () analytic 0 numeric 0 ok": () reads as
+    # a 0-d entry that was probed, and "all gradients match" when nothing could be compared
+    empty, x = np.zeros((0, 3)), np.random.default_rng(0).standard_normal(3)
+    report = check_op(lambda e, v: (np.concatenate([e.ravel(), np.sin(v)]), v),
+                      lambda d, v: (np.zeros((0, 3)), d * np.cos(v)), [empty, x], names=["empty", "x"])
+    assert report.ok and report["x"].notes == []
+    assert any("no entries" in note for note in report["empty"].notes), report["empty"].notes
+    row = next(line for line in str(report).splitlines() if line.startswith("empty"))
+    assert "()" not in row and row.split()[-4:] == ["-", "-", "-", "ok"], row
+    with pytest.raises(AssertionError, match="no entries"):
+        report.raise_if_failed(strict=True)
+    # directions of nothing were drawn too: "4 dir (0)", and a warning of a loose bound
+    directional = gradcheck(lambda e: 1.0 + float(np.sum(e)), [empty], [empty.copy()], method="directional")
+    assert directional.inputs[0].directions == 0 and directional.inputs[0].notes == [
+        "it has no entries: nothing was checked"], str(directional)

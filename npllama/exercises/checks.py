@@ -170,6 +170,11 @@ def call_backward(backward, dout, cache, case: Case) -> tuple:
                   + ("" if len(names) > 1 else " (one array, or a 1-tuple)")),
             case=case.describe()))
     for position, (name, g, index) in enumerate(zip(names, result, case.wrt)):
+        if isinstance(g, (list, tuple)):   # dx.tolist() in a tuple: gradcheck would refuse it as a crash
+            raise CheckFailed(Finding(
+                name, f"your function returned {name} as a Python {type(g).__name__}, not a NumPy array",
+                hint="return the array itself (no .tolist(); np.asarray turns a list back into an array)",
+                case=case.describe()))
         if g is None or np.shape(g) != np.shape(case.inputs[index]):
             right = _reference_grads(case, dout)
             expected = right[position] if right is not None else np.zeros(np.shape(case.inputs[index]))

@@ -28,3 +28,26 @@ def test_a_list_among_the_gradients_is_named_not_reported_as_a_crash(tmp_path):
     assert (graded.status, graded.first_failure) == ("fail", "returns"), graded.text
     assert graded.diagnosis == "dx: your function returned dx as a Python list, not a NumPy array"
     assert "raised" not in graded.text
+
+
+SWIGLU_ACT_IN_FLOAT32 = """import numpy as np
+def swiglu_act_backward(dact, cache):
+    gate, up, gate_sigmoid, silu_gate = cache
+    dgate = dact * up * gate_sigmoid * (1 + gate * (1 - gate_sigmoid))
+    return dgate.astype(np.float32), (dact * silu_gate).astype(np.float32)
+"""
+
+
+def test_float32_gradients_of_float64_inputs_fail_returns_by_their_dtype(tmp_path):
+    # right to ~1e-8: inside the gradient check's tolerance, so only the dtype shows it (swiglu_act
+    # passed every check; rmsnorm failed its invariant with "the projection term is missing")
+    path = tmp_path / "swiglu_act_backward.py"
+    path.write_text(SWIGLU_ACT_IN_FLOAT32)
+    graded = grade_file("swiglu_act", path, n_random=0)
+    assert (graded.status, graded.first_failure) == ("fail", "returns"), graded.text
+    assert graded.diagnosis == "dgate: dgate is float32 although gate is float64: a gradient has its input's dtype"
+
+    graded = grade_file("rmsnorm", _rmsnorm_file(tmp_path, "dx.astype(np.float32), dweight"), n_random=0)
+    assert (graded.status, graded.first_failure) == ("fail", "returns"), graded.text
+    assert "dx is float32 although x is float64" in graded.diagnosis
+    assert "dtype=dy.dtype" in graded.text          # the student's own name for the upstream gradient

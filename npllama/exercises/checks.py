@@ -211,10 +211,19 @@ def check_returns(backward, case: Case) -> None:
         raise CheckFailed(Finding(case.grad_names[0], "your function changed the cache in place",
                                   hint="the cache belongs to the forward pass: copy before modifying "
                                        "(e.g. probs.copy())", case=case.describe()))
-    for name, g in zip(case.grad_names, grads):
+    for name, g, index in zip(case.grad_names, grads, case.wrt):
         if not np.issubdtype(g.dtype, np.floating):
             raise CheckFailed(Finding(name, f"{name} has dtype {g.dtype}, expected a float array",
                                       case=case.describe()))
+        # float32 from float64 inputs is right to ~1e-8, inside the gradient check's tolerance: only
+        # the dtype shows it (and an invariant check failing by 1e-8 would blame the formula)
+        input_dtype = np.asarray(case.inputs[index]).dtype
+        if np.issubdtype(input_dtype, np.floating) and g.dtype != input_dtype:
+            raise CheckFailed(Finding(
+                name, f"{name} is {g.dtype} although {name[1:]} is {input_dtype}: a gradient has its input's dtype",
+                hint=f"an .astype({g.dtype}) or dtype=np.{g.dtype} in your function: create arrays with the "
+                     f"input's dtype (e.g. dtype={_first_parameter(backward, 'dout')}.dtype), or leave the "
+                     f"dtype to NumPy", case=case.describe()))
 
 
 def check_gradient(backward, case: Case) -> None:

@@ -4,7 +4,8 @@ Each exercise names the function to write (e.g. `rmsnorm_backward(dy, cache)`), 
 the project's forward hands it, describes its inputs as a parameter space (checks.py), and lists
 its checks in order:
 
-    returns     one gradient per differentiable input, of that input's shape; dout and cache untouched
+    returns     one gradient per differentiable input, of that input's shape and dtype; dout and cache
+                untouched
     gradient    float64 central differences (npllama.gradcheck.check_op: within the differences'
                 error bound plus 1e-7 relative)
     float32     float32 in, float32 out
@@ -146,7 +147,7 @@ class Exercise:
         case.seed += DOUT_STREAM
         return case
 
-    @check("returns", "returns one gradient per differentiable input, with that input's shape")
+    @check("returns", "returns one gradient per differentiable input, with that input's shape and dtype")
     def check_returns(self, backward, params):
         checks.check_returns(backward, self.case(params))
 

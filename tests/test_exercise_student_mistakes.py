@@ -51,3 +51,23 @@ def test_float32_gradients_of_float64_inputs_fail_returns_by_their_dtype(tmp_pat
     assert (graded.status, graded.first_failure) == ("fail", "returns"), graded.text
     assert "dx is float32 although x is float64" in graded.diagnosis
     assert "dtype=dy.dtype" in graded.text          # the student's own name for the upstream gradient
+
+
+def _nan_dx(backward):
+    """A student's backward whose dx came out NaN (a 0/0 upstream), the other gradients right."""
+    def with_nan(dy, cache):
+        dx, *rest = backward(dy, cache)
+        return (np.full_like(dx, np.nan), *rest)
+    return with_nan
+
+
+def test_nan_never_passes_an_invariant_check():
+    from npllama.ops.layernorm import layernorm_backward
+    from npllama.ops.rmsnorm import rmsnorm_backward
+
+    for op, invariant, backward in (("rmsnorm", "orthogonal", rmsnorm_backward),
+                                    ("layernorm", "rows sum to 0", layernorm_backward)):
+        report = check_function(op, _nan_dx(backward), n_random=0)
+        result = next(r for r in report.results if r.check.name == invariant)
+        assert result.status == "fail", report.format()
+        assert result.finding.message.endswith("entries of dx are NaN or Inf")

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import checks
 from .checks import SEED, Case, CheckFailed, Choice, Ints, Shape, expect_close
-from .diagnose import Finding
+from .diagnose import NONFINITE_HINT, Finding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +208,14 @@ def _fail(grad, message, hint, case):
     raise CheckFailed(Finding(grad, message, hint=hint, case=case.describe()))
 
 
+def _require_finite(grad, g, case):
+    """Fail on NaN or Inf before an invariant is measured: NaN is never above a tolerance, so a
+    check written `if error > tol: fail` would pass it."""
+    bad = ~np.isfinite(g)
+    if bad.any():
+        _fail(grad, f"{int(bad.sum())} of {g.size} entries of {grad} are NaN or Inf", NONFINITE_HINT, case)
+
+
 # =====================================================================================================
 class Embedding(Exercise):
     op, title, module = "embedding", "token embedding", "npllama.ops.embedding"
@@ -328,6 +336,7 @@ y    = x * rstd * weight                                        # (..., D)"""
     def check_orthogonal(self, backward, params):
         case = self.case({**params, "eps": 0.0})
         (dx, _), *_ = self.gradients(backward, case)
+        _require_finite("dx", dx, case)
         x = case.inputs[0]
         dots = np.sum(dx * x, axis=-1)
         scale = np.linalg.norm(dx) * np.linalg.norm(x) + 1e-300
@@ -376,6 +385,7 @@ y    = xhat * weight + bias"""
     def check_rows_sum_to_zero(self, backward, params):
         case = self.case(params)
         (dx, _, _), *_ = self.gradients(backward, case)
+        _require_finite("dx", dx, case)
         sums = dx.sum(-1)
         if np.max(np.abs(sums), initial=0.0) > 1e-10 * max(1.0, float(np.abs(dx).max(initial=0.0))):
             worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(np.abs(sums))), sums.shape))

@@ -28,6 +28,8 @@ NEAR_EXACT = 1e-9        # above the numeric gradient's own noise: a near miss i
 NEAR_EXACT_CAUSES = ("part of the arithmetic in float32 (dtype=np.float32, .astype), an epsilon added "
                      "(n + 1e-10, a guard against 0), or a quantity recovered from the cache by a lossy "
                      "route (1 / rstd**2 - ...)")
+NONFINITE_HINT = ("look for 0/0 (e.g. dividing by a count that can be 0, or a fully masked row), exp of a "
+                  "large number, or inf - inf")
 
 
 @dataclasses.dataclass
@@ -118,8 +120,7 @@ def diagnose(got, expected, *, grad: str, case: str = "", zero_label: str = "") 
     bad = ~np.isfinite(got_arr)
     if bad.any():
         finding.message = f"{int(bad.sum())} of {got_arr.size} entries are NaN or Inf"
-        finding.hint = ("look for 0/0 (e.g. dividing by a count that can be 0, or a fully masked row), "
-                        "exp of a large number, or inf - inf")
+        finding.hint = NONFINITE_HINT
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         finding.worst_index, finding.got_value = first, float(got_arr[first])
         finding.expected_value = float(expected[first])

@@ -71,3 +71,15 @@ def test_nan_never_passes_an_invariant_check():
         result = next(r for r in report.results if r.check.name == invariant)
         assert result.status == "fail", report.format()
         assert result.finding.message.endswith("entries of dx are NaN or Inf")
+
+
+def test_gradients_in_a_rotated_order_are_named_as_the_order_not_a_transpose():
+    from npllama.ops.swiglu import swiglu_backward
+
+    def dw_down_first(dout, cache):      # dx, then the weights in the order F-side first
+        dx, dw_gate, dw_up, dw_down = swiglu_backward(dout, cache)
+        return dx, dw_down, dw_gate, dw_up
+    finding = check_function("swiglu", dw_down_first, n_random=0).first_failure.finding
+    assert finding.message == ("the gradients come back in the wrong order: yours are (dx, dw_down, dw_gate, dw_up) "
+                               "in the places of (dx, dw_gate, dw_up, dw_down)")
+    assert "transpose" not in finding.hint and "dx, dw_gate, dw_up, dw_down" in finding.hint

@@ -105,18 +105,34 @@ def name_mistake(catalogue, exercise, backward) -> Explanation | None:
     return None
 
 
-def _swaps(names, catalogue):
-    """Two outputs of the same shape returned in each other's place."""
-    found = []
-    for i, j in itertools.combinations(range(len(names)), 2):
-        mistake = Mistake(f"{names[i]} and {names[j]} are swapped: each holds the other's gradient",
-                          f"return the gradients in the order of the forward's inputs: "
-                          f"{', '.join(names)}", {})
+MAX_ORDERED = 4    # up to this many gradients every order is tried (4! - 1 = 23); beyond, two swapped
 
-        def compute(dout, case, i=i, j=j):
-            right = list(as_tuple(catalogue.variant(dout, case)))
-            right[i], right[j] = right[j], right[i]
-            return tuple(right)
+
+def _swaps(names, catalogue):
+    """The right gradients returned in another order: two swapped, or (for a few gradients) any
+    order -- dx, dw_down, dw_gate, dw_up, each in another's place, is no transposed product."""
+    if len(names) <= MAX_ORDERED:
+        orders = [order for order in itertools.permutations(range(len(names))) if order != tuple(range(len(names)))]
+    else:
+        orders = []
+        for i, j in itertools.combinations(range(len(names)), 2):
+            order = list(range(len(names)))
+            order[i], order[j] = j, i
+            orders.append(tuple(order))
+    found = []
+    for order in orders:
+        moved = [i for i, source in enumerate(order) if source != i]
+        if len(moved) == 2:
+            i, j = moved
+            message = f"{names[i]} and {names[j]} are swapped: each holds the other's gradient"
+        else:
+            message = (f"the gradients come back in the wrong order: yours are ({', '.join(names[k] for k in order)}) "
+                       f"in the places of ({', '.join(names)})")
+        mistake = Mistake(message, f"return the gradients in the order of the forward's inputs: {', '.join(names)}", {})
+
+        def compute(dout, case, order=order):
+            right = as_tuple(catalogue.variant(dout, case))
+            return tuple(right[k] for k in order)
         found.append((mistake, compute))
     return found
 

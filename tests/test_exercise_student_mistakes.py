@@ -1,9 +1,12 @@
 """What a student meets doing the exercises, each case an answer with a typical slip: the report
 must say which gradient is wrong and how, never pass it, and never blame the student's code for
 the checker's own trouble."""
-import numpy as np
+import textwrap
 
-from npllama.exercises import check_function
+import numpy as np
+import pytest
+
+from npllama.exercises import check_file, check_function
 from npllama.exercises.sandbox import grade_file
 
 RMSNORM_RIGHT = """import numpy as np
@@ -83,3 +86,38 @@ def test_gradients_in_a_rotated_order_are_named_as_the_order_not_a_transpose():
     assert finding.message == ("the gradients come back in the wrong order: yours are (dx, dw_down, dw_gate, dw_up) "
                                "in the places of (dx, dw_gate, dw_up, dw_down)")
     assert "transpose" not in finding.hint and "dx, dw_gate, dw_up, dw_down" in finding.hint
+
+
+# students' own code for slips the catalogue did not know: each was "no simple pattern", or (for
+# cross-entropy) blamed on n_counted by the simpler cases
+NAMED_SLIPS = [
+    ("cross_entropy", "not from each row at its own target", """
+        def cross_entropy_backward(dloss, cache):
+            probs, targets, counted, n_counted, logits_shape = cache
+            d = probs.copy()
+            d[:, targets] -= 1
+            d *= counted[:, None]
+            return (d * (dloss / max(n_counted, 1))).astype(probs.dtype).reshape(logits_shape)
+    """),
+    ("softmax", "the normalisation term has the wrong sign", """
+        def softmax_backward(dp, cache):
+            p = cache
+            return p * (dp + np.sum(dp * p, axis=-1, keepdims=True))
+    """),
+    ("swiglu_act", "second term has the wrong sign", """
+        def swiglu_act_backward(dact, cache):
+            gate, up, sig, silu = cache
+            return dact * up * sig * (1 - gate * (1 - sig)), dact * silu
+    """),
+]
+
+
+@pytest.mark.parametrize("op,phrase,body", NAMED_SLIPS, ids=[slip[0] for slip in NAMED_SLIPS])
+def test_a_common_slip_is_named(op, phrase, body, tmp_path):
+    path = tmp_path / f"{op}_backward.py"
+    path.write_text("import numpy as np\n\n\n" + textwrap.dedent(body).strip() + "\n")
+    report = check_file(op, path, n_random=1)
+    assert report.first_failure.status == "fail", report.format()
+    assert phrase in report.first_failure.finding.message, report.format()
+    if op == "cross_entropy":
+        assert "not d[:, targets]" in report.first_failure.finding.ladder

@@ -166,7 +166,7 @@ class SoftmaxMistakes:
         total = e.sum(-1, keepdims=True)
         p = np.divide(e, total, out=np.zeros_like(e), where=total > 0)
         s = np.sum(dp * p) if axis == "all" else np.sum(dp * p, axis=axis, keepdims=True)
-        return {"right": p * (dp - s), "no_sum": p * dp, "no_p": dp - s,
+        return {"right": p * (dp - s), "no_sum": p * dp, "no_p": dp - s, "plus": p * (dp + s),
                 "logsoftmax": dp - p * np.sum(dp, -1, keepdims=True),
                 "diagonal": dp * p * (1 - p)}[form]
 
@@ -176,6 +176,9 @@ class SoftmaxMistakes:
                "every p_j depends on every x_i through sum(exp(x)): dx = p * (dp - sum(dp * p, -1))", form="no_sum"),
             _m("the factor p in front is missing", "d p_j / d x_i = p_i (delta_ij - p_j): every term carries p_i",
                form="no_p"),
+            _m("the normalisation term has the wrong sign: p * (dp + sum(dp * p)) where p * (dp - sum(dp * p)) "
+               "belongs", "d p_j / d x_i = p_i (delta_ij - p_j): the off-diagonal part -p_i p_j is negative",
+               form="plus"),
             _m("only the diagonal of the softmax's Jacobian was used (dx = dp * p * (1 - p)): every p_j "
                "depends on every x_i, not only on x_j",
                "d p_j / d x_i = p_j (delta_ij - p_i): the off-diagonal terms -p_i p_j sum to -p_i * sum(dp * p), "
@@ -337,7 +340,8 @@ class CrossEntropyMistakes:
               dict(lead_shape=(4,), V=3, ignore_fraction=0.5, seed=12)]
     ladder = [Rung("one position", dict(lead_shape=(), V=4, ignore_fraction=0.0, seed=5)),
               Rung("several positions", dict(lead_shape=(3,), V=4, ignore_fraction=0.0, seed=5),
-                   "the loss is a mean over the counted positions: divide by n_counted"),
+                   "the loss is a mean over the counted positions (divide by n_counted), and each row takes "
+                   "the 1 of its own target only (d[np.arange(N), targets] -= 1, not d[:, targets])"),
               Rung("ignored targets (-100)", dict(lead_shape=(4,), V=4, ignore_fraction=0.5, seed=6),
                    "ignored positions must get no gradient, and n_counted counts only the others")]
 
@@ -349,8 +353,12 @@ class CrossEntropyMistakes:
         counted = t != ignore
         p = np.exp(z - z.max(-1, keepdims=True))
         p /= p.sum(-1, keepdims=True)
-        onehot = np.eye(V)[np.where(counted, t, 0)]
-        g = {"right": p - onehot, "no_onehot": p, "log_probs": np.log(p) - onehot}[form]
+        safe_targets = np.where(counted, t, 0)
+        onehot = np.eye(V)[safe_targets]
+        # d[:, safe_targets] -= 1: every row loses 1 at each column some row targets (once per column)
+        every_targets_column = np.broadcast_to(np.isin(np.arange(V), safe_targets), p.shape)
+        g = {"right": p - onehot, "no_onehot": p, "log_probs": np.log(p) - onehot,
+             "columns_of_all_targets": p - every_targets_column}[form]
         if mask:
             g = g * counted[:, None]
         n = {"counted": max(int(counted.sum()), 1), "all": t.size, "none": 1}[count]
@@ -371,6 +379,10 @@ class CrossEntropyMistakes:
                "loss = logsumexp(logits) - logits[target]: the second term gives -1 at the target", form="no_onehot"),
             _m("log-probabilities were used where the probabilities belong",
                "d logsumexp(z) / dz = softmax(z) = probs, not log(probs)", form="log_probs"),
+            _m("the one-hot was subtracted with d[:, targets] -= 1: that takes 1 from every row at every "
+               "target's column, not from each row at its own target",
+               "pair each row with its own target: d[np.arange(len(d)), targets] -= 1",
+               form="columns_of_all_targets"),
             _m("ignored positions received gradient and the mean divides by every position",
                "multiply rows by `counted` and divide by n_counted", mask=False, count="all"),
         ]
@@ -455,7 +467,7 @@ class SwiGLUActMistakes:
         s = _sigmoid(gate)
         slope = {"right": s * (1 + gate * (1 - s)), "sigmoid": s, "dsigmoid": s * (1 - s),
                  "typo": s * (1 + gate * s), "sigmoid_as_own_slope": s * (1 + gate),
-                 "silu_for_gate": s * (1 + gate * s * (1 - s))}[dsilu]
+                 "silu_for_gate": s * (1 + gate * s * (1 - s)), "minus": s * (1 - gate * (1 - s))}[dsilu]
         dgate = dact * slope * (up if up_factor else 1.0)
         dup_ = dact * {"silu": gate * s, "gate": gate, "sigmoid": s}[dup]
         return dgate, dup_
@@ -474,6 +486,9 @@ class SwiGLUActMistakes:
             _m("silu'(z) uses silu(z), the forward's output, where z, its input, belongs: "
                "sigmoid(z) (1 + silu(z) (1 - sigmoid(z)))", "silu'(z) = sigmoid(z) * (1 + z * (1 - sigmoid(z))) "
                "with z = gate (cache.gate), not cache.silu_gate", dsilu="silu_for_gate"),
+            _m("silu'(z)'s second term has the wrong sign: sigmoid(z) (1 - z (1 - sigmoid(z)))",
+               "sigmoid'(z) = +sigmoid(z) (1 - sigmoid(z)), so silu'(z) = sigmoid(z) * (1 + z * (1 - sigmoid(z)))",
+               dsilu="minus"),
             _m("dgate is missing the factor up: act = silu(gate) * up",
                "dgate = dact * up * silu'(gate)", up_factor=False),
             _m("dup uses gate where silu(gate) belongs", "act = silu(gate) * up, so dup = dact * silu(gate)",

@@ -121,3 +121,20 @@ def test_a_common_slip_is_named(op, phrase, body, tmp_path):
     assert phrase in report.first_failure.finding.message, report.format()
     if op == "cross_entropy":
         assert "not d[:, targets]" in report.first_failure.finding.ladder
+
+
+def test_rows_left_flattened_are_told_to_reshape_not_about_an_axis_of_length_1():
+    def flattened(dloss, cache):
+        probs, targets, counted, n_counted, logits_shape = cache
+        d = probs.copy()
+        d[np.arange(len(d)), targets] -= 1
+        return d * counted[:, None] * (dloss / max(n_counted, 1))      # (N, V), not logits_shape
+    finding = check_function("cross_entropy", flattened, n_random=0).first_failure.finding
+    assert finding.message == "dlogits has shape (6, 5), expected (2, 3, 5)"
+    assert "length 1" not in finding.hint and "reshape the result back to its input's shape, (2, 3, 5)" in finding.hint
+
+    def kept_dims(dp, cache):    # an axis of length 1 too many: that hint stays
+        p = cache
+        return (p * (dp - np.sum(dp * p, axis=-1, keepdims=True)))[None]
+    finding = check_function("softmax", kept_dims, n_random=0).first_failure.finding
+    assert "an extra or missing axis of length 1" in finding.hint

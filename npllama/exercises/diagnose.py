@@ -235,6 +235,10 @@ def _ratio_text(r: float) -> str:
     return f"{r:.12g}"
 
 
+def _without_ones(shape) -> tuple:
+    return tuple(n for n in shape if n != 1)
+
+
 def _constant_ratio(got, expected) -> float | None:
     """r when got == r * expected (to MATCH_TOL), else None."""
     denom = float(np.vdot(expected, expected))
@@ -256,7 +260,11 @@ def _shape_finding(finding, got, expected) -> Finding:
         finding.hint = ("weights are laid out (out_features, in_features) as in PyTorch, and a gradient "
                         "has its parameter's shape: swap the operands of the product")
     elif got.ndim != expected.ndim and got.size == expected.size:
-        finding.hint = "an extra or missing axis of length 1: keepdims=True, or a missing reshape"
+        if _without_ones(got.shape) == _without_ones(expected.shape):
+            finding.hint = "an extra or missing axis of length 1: keepdims=True, or a missing reshape"
+        else:     # (6, 5) for (2, 3, 5): rows flattened for a product and never put back
+            finding.hint = (f"the right number of entries in another shape: reshape the result back to its "
+                            f"input's shape, {expected.shape}")
     elif got.ndim > expected.ndim and got.shape[got.ndim - expected.ndim:] == expected.shape:
         leading = got.shape[:got.ndim - expected.ndim]
         finding.message += ": summed over too few axes"

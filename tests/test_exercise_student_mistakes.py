@@ -138,3 +138,26 @@ def test_rows_left_flattened_are_told_to_reshape_not_about_an_axis_of_length_1()
         return (p * (dp - np.sum(dp * p, axis=-1, keepdims=True)))[None]
     finding = check_function("softmax", kept_dims, n_random=0).first_failure.finding
     assert "an extra or missing axis of length 1" in finding.hint
+
+
+ENDLESS = """import numpy as np
+
+
+def rmsnorm_backward(dy, cache):
+    x, rstd, weight = cache
+    dx = np.zeros_like(x)
+    i = 0
+    while i < x.size:
+        dx.flat[i] = dy.flat[i] * rstd.flat[0]     # i += 1 forgotten
+    return dx, weight
+"""
+
+
+def test_a_file_stopped_for_time_is_told_the_line_it_was_running(tmp_path):
+    path = tmp_path / "rmsnorm_backward.py"
+    path.write_text(ENDLESS)
+    graded = grade_file("rmsnorm", path, n_random=0, timeout=2)
+    assert graded.status == "timeout", graded.text
+    assert "it was at line" in graded.text and "of rmsnorm_backward.py: " in graded.text, graded.text
+    line = int(graded.text.split("it was at line ")[1].split()[0])
+    assert ENDLESS.splitlines()[line - 1].lstrip().startswith(("while i", "dx.flat[i]"))   # inside the loop

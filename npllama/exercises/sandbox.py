@@ -54,12 +54,14 @@ the student's own class would do as an array (its __array__): it is described by
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import importlib
 import inspect
 import io
 import math
 import os
 import pickle
+import re
 import select
 import signal
 import subprocess
@@ -80,6 +82,9 @@ OUTPUT_LIMIT = 64 * 1024    # characters of the submission's output written at a
 OUTPUT_SHOWN = 20           # lines of it `check` of one file shows
 _POLL_MAX_MS = 2**31 - 1     # the longest wait poll() takes (24.8 days)
 NOT_A_REPLY = "the process running it answered with something that is not a reply"
+STUCK_SIGNAL = getattr(signal, "SIGUSR1", None)   # asks the child where it is (faulthandler); not on Windows
+STUCK_WAIT = 1.0            # seconds the grader waits for that answer before killing the child anyway
+STUCK_READ = 64 * 1024      # bytes of the child's output read for it (a deep stack is a few KB)
 # The child's program.  Not `python -m npllama.exercises.sandbox`: the package imports this module
 # first, and runpy's warning about running it a second time would be a crash's "last output".
 CHILD = "import sys; from npllama.exercises.sandbox import _child; sys.exit(_child(sys.argv[1:]))"
@@ -392,7 +397,7 @@ class _Submission:
             return wire.read(self._read_exactly)
         except _Timeout:
             self._stop("timeout", f"stopped after {self.timeout:g} s of wall clock: an endless loop, or far too "
-                                  f"slow (a Python loop over every entry?)")
+                                  f"slow (a Python loop over every entry?)" + self._where_stuck())
         except _Gone:
             self._stop_gone()
         except wire.WireError as error:
@@ -446,12 +451,46 @@ class _Submission:
                                   f"kept running")
         self._stop("crashed", _describe_exit(code, self.memory_mb, _read_tail(self.output_path)))
 
+    def _where_stuck(self) -> str:
+        """' -- it was at line 3 of loop.py: while True:', the submission's innermost line in the
+        stack the child dumps when asked (faulthandler, registered before the file was loaded);
+        '' when it does not answer in time or was not in the submission's code."""
+        if STUCK_SIGNAL is None:
+            return ""
+        start = self.output_path.stat().st_size
+        try:
+            os.kill(self.child.pid, STUCK_SIGNAL)
+        except (ProcessLookupError, PermissionError):
+            return ""
+        waited_until = time.monotonic() + STUCK_WAIT
+        while time.monotonic() < waited_until:
+            with open(self.output_path, "rb") as f:
+                f.seek(start)
+                dump = f.read(STUCK_READ).decode(errors="replace")
+            if "most recent call first" in dump and dump.endswith("\n"):
+                return _submission_line(dump, self.path)
+            time.sleep(0.05)
+        return ""
+
     def _stop(self, ended: str, why: str):
         from .runner import GradingStopped
 
         _kill_group(self.child)
         self.ended, self.why = ended, why
         raise GradingStopped(why)
+
+
+def _submission_line(dump: str, path: Path) -> str:
+    """The innermost frame of a faulthandler dump (most recent call first) that is in the
+    submission, as ' -- it was at line N of FILE: the line'."""
+    for filename, lineno in re.findall(r'File "(.+)", line (\d+)', dump):
+        if Path(filename).resolve() != path.resolve():
+            continue
+        lines = path.read_text(errors="replace").splitlines()
+        n = int(lineno)
+        text = lines[n - 1].strip() if 0 < n <= len(lines) else ""
+        return f" -- it was at line {n} of {path.name}" + (f": {text[:160]}" if text else "")
+    return ""
 
 
 class _Timeout(Exception):
@@ -586,6 +625,8 @@ def _child(argv) -> int:
         return 0
     _send(args.reply_fd, {"kind": "exercise_loaded"})
     _limit_resources(args.memory_mb, args.cpu_seconds)
+    if STUCK_SIGNAL is not None:     # the grader asks where a file that runs out of time is stuck
+        faulthandler.register(STUCK_SIGNAL, file=sys.__stderr__, all_threads=False)
     output = sys.stdout = sys.stderr = _CappedOutput(sys.__stdout__, OUTPUT_LIMIT)
     with guard_library(exercise):
         try:

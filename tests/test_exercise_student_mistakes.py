@@ -161,3 +161,9 @@ def test_a_file_stopped_for_time_is_told_the_line_it_was_running(tmp_path):
     assert "it was at line" in graded.text and "of rmsnorm_backward.py: " in graded.text, graded.text
     line = int(graded.text.split("it was at line ")[1].split()[0])
     assert ENDLESS.splitlines()[line - 1].lstrip().startswith(("while i", "dx.flat[i]"))   # inside the loop
+
+
+def test_a_file_checked_against_the_wrong_exercise_is_told_which_one_it_is_for(tmp_path):
+    report = check_file("softmax", _rmsnorm_file(tmp_path, "dx, dweight"), n_random=0)
+    assert report.load_error.endswith("(it defines: rmsnorm_backward); it is written for exercise rmsnorm: "
+                                      "npllama exercise check rmsnorm rmsnorm_backward.py")

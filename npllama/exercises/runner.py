@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .definitions import Check, Exercise, get_exercise, path_argument
+from .definitions import EXERCISES, Check, Exercise, get_exercise, path_argument
 from .checks import sample
 from .catalogue import CATALOGUES
 from .diagnose import CheckFailed, Finding
@@ -285,8 +285,11 @@ def load_function(op: str, path, catch_everything: bool = False) -> object:
     fn = getattr(module, exercise.backward_name, None)
     if not callable(fn):
         defined = sorted(n for n, v in vars(module).items() if callable(v) and getattr(v, "__module__", "") == name)
+        meant = next((other for other in EXERCISES.values() if other.backward_name in defined), None)
         raise SubmissionError(f"{path.name} defines no function named {exercise.backward_name}"
-                              + (f" (it defines: {', '.join(defined)})" if defined else ""))
+                              + (f" (it defines: {', '.join(defined)})" if defined else "")
+                              + (f"; it is written for exercise {meant.op}: {meant.check_command(path.name)}"
+                                 if meant is not None else ""))
     return fn
 
 

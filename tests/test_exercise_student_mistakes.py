@@ -167,3 +167,13 @@ def test_a_file_checked_against_the_wrong_exercise_is_told_which_one_it_is_for(t
     report = check_file("softmax", _rmsnorm_file(tmp_path, "dx, dweight"), n_random=0)
     assert report.load_error.endswith("(it defines: rmsnorm_backward); it is written for exercise rmsnorm: "
                                       "npllama exercise check rmsnorm rmsnorm_backward.py")
+
+
+def test_one_array_for_several_gradients_is_told_to_return_them_all():
+    from npllama.ops.rmsnorm import rmsnorm_backward
+
+    def dx_only(dy, cache):
+        return rmsnorm_backward(dy, cache)[0]
+    finding = check_function("rmsnorm", dx_only, n_random=0).first_failure.finding
+    assert finding.message == "your function returned one array, of shape (2, 3, 4); it must return 2 gradients: dx, dweight"
+    assert finding.hint.endswith("return dx, dweight")

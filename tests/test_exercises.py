@@ -261,8 +261,9 @@ def test_bad_arguments_name_the_argument(call, error, phrase):
 
 
 def test_wrong_number_of_returned_gradients():
-    report = check_function("rmsnorm", lambda dy, cache: dy)
-    assert "returned 1 value(s); it must return 2: dx, dweight" in report.first_failure.finding.message
+    report = check_function("rmsnorm", lambda dy, cache: (dy, dy, dy))
+    assert "returned 3 value(s); it must return 2: dx, dweight" in report.first_failure.finding.message
+    # one array alone: tests/test_exercise_student_mistakes.py
 
 
 def test_in_place_changes_and_upcasts_are_caught():

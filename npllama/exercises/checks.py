@@ -162,6 +162,12 @@ def call_backward(backward, dout, cache, case: Case) -> tuple:
                      + ("" if len(names) == 1 else ", in a tuple: return dx, dweight"), case=case.describe()))
         result = tuple(result)
     if not isinstance(result, tuple):
+        if len(names) > 1 and isinstance(result, np.ndarray):    # `return dx`, the other gradients forgotten
+            raise CheckFailed(Finding(
+                names[0], f"your function returned one array, of shape {result.shape}; it must return "
+                          f"{len(names)} gradients: {listed}",
+                hint=f"return them all, as a tuple in the order of the forward's inputs: return {listed}",
+                case=case.describe()))
         result = (result,)
     if len(result) != len(names):
         raise CheckFailed(Finding(

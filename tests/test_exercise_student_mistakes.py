@@ -177,3 +177,30 @@ def test_one_array_for_several_gradients_is_told_to_return_them_all():
     finding = check_function("rmsnorm", dx_only, n_random=0).first_failure.finding
     assert finding.message == "your function returned one array, of shape (2, 3, 4); it must return 2 gradients: dx, dweight"
     assert finding.hint.endswith("return dx, dweight")
+
+
+SIZE_AS_A_NUMBER = {
+    "rmsnorm": """
+        def rmsnorm_backward(dy, cache):
+            x, rstd, weight = cache
+            xhat, dxhat = x * rstd, dy * weight
+            dx = rstd * (dxhat - xhat * np.sum(dxhat * xhat, axis=-1, keepdims=True) / 4)
+            return dx, (dy * xhat).reshape(-1, x.shape[-1]).sum(0)
+    """,
+    "layernorm": """
+        def layernorm_backward(dy, cache):
+            x, mean, rstd, w = cache
+            xh, g = (x - mean) * rstd, dy * w
+            dx = rstd * (g - g.sum(-1, keepdims=True) / 5 - xh * (g * xh).sum(-1, keepdims=True) / 5)
+            return dx, (dy * xh).reshape(-1, x.shape[-1]).sum(0), dy.reshape(-1, x.shape[-1]).sum(0)
+    """,
+}
+
+
+@pytest.mark.parametrize("op", sorted(SIZE_AS_A_NUMBER))
+def test_a_row_length_written_as_a_number_is_pointed_at(op, tmp_path):
+    path = tmp_path / f"{op}_backward.py"
+    path.write_text("import numpy as np\n\n\n" + textwrap.dedent(SIZE_AS_A_NUMBER[op]).strip() + "\n")
+    finding = check_file(op, path, n_random=1).first_failure.finding
+    assert "-- fails with a row of another length (D = 7): a size is written into the code as a number" \
+        in finding.ladder, finding.ladder

@@ -35,6 +35,9 @@ BATCH_AXES = ("an axis counted from the front (axis=1, [0]) is not the one it wa
               "from the back (axis=-1), and sum the weight gradients over every leading axis "
               "(.reshape(-1, D).sum(axis=0))")
 
+# what a norm right at the ladder's row length and wrong at another usually does
+SIZE_AS_NUMBER = ("a size is written into the code as a number (the row length {D} of the cases that pass?): "
+                  "take it from the arrays, x.shape[-1], or use np.mean")
 
 # ======================================================================================================
 class RMSNormMistakes:
@@ -44,7 +47,9 @@ class RMSNormMistakes:
               Rung("a large eps (0.1)", dict(lead_shape=(), D=4, eps=0.1, seed=5),
                    "eps is used wrongly: it belongs inside the square root, rstd = 1/sqrt(mean(x^2) + eps) "
                    "(the cached rstd already has it)"),
-              Rung("a batch of sequences (2, 3, D)", dict(lead_shape=(2, 3), D=4, eps=0.0, seed=5), BATCH_AXES)]
+              Rung("a batch of sequences (2, 3, D)", dict(lead_shape=(2, 3), D=4, eps=0.0, seed=5), BATCH_AXES),
+              Rung("a row of another length (D = 7)", dict(lead_shape=(), D=7, eps=0.0, seed=5),
+                   SIZE_AS_NUMBER.format(D=4))]
 
     def variant(self, dy, case, rstd="right", projection="mean", row_axis=-1, dxhat="weight", dweight="xhat"):
         x, weight, eps = case.inputs
@@ -96,7 +101,9 @@ class LayerNormMistakes:
               Rung("several rows", dict(lead_shape=(3,), D=5, eps=1e-5, seed=5), MIXES_ROWS),
               Rung("a large eps (0.1)", dict(lead_shape=(), D=5, eps=0.1, seed=5),
                    "eps is used wrongly: it belongs inside the square root, rstd = 1/sqrt(var + eps)"),
-              Rung("a batch of sequences (2, 3, D)", dict(lead_shape=(2, 3), D=5, eps=1e-5, seed=5), BATCH_AXES)]
+              Rung("a batch of sequences (2, 3, D)", dict(lead_shape=(2, 3), D=5, eps=1e-5, seed=5), BATCH_AXES),
+              Rung("a row of another length (D = 7)", dict(lead_shape=(), D=7, eps=1e-5, seed=5),
+                   SIZE_AS_NUMBER.format(D=5))]
 
     def variant(self, dy, case, stats="right", mean_term=True, var_term="mean", row_axis=-1, dxhat="weight",
                 dweight="xhat", dbias="sum"):

@@ -204,3 +204,12 @@ def test_a_row_length_written_as_a_number_is_pointed_at(op, tmp_path):
     finding = check_file(op, path, n_random=1).first_failure.finding
     assert "-- fails with a row of another length (D = 7): a size is written into the code as a number" \
         in finding.ladder, finding.ladder
+
+
+def test_a_syntax_error_quotes_the_line(tmp_path):
+    path = tmp_path / "rmsnorm_backward.py"
+    path.write_text("import numpy as np\n\ndef rmsnorm_backward(dy, cache)\n    return dy, cache.weight\n")
+    report = check_file("rmsnorm", path, n_random=0)
+    # the message after the colon is Python's own (its words change between versions)
+    assert report.load_error.startswith("rmsnorm_backward.py has a syntax error at line 3 "
+                                        "(def rmsnorm_backward(dy, cache)): ")

@@ -213,3 +213,14 @@ def test_a_syntax_error_quotes_the_line(tmp_path):
     # the message after the colon is Python's own (its words change between versions)
     assert report.load_error.startswith("rmsnorm_backward.py has a syntax error at line 3 "
                                         "(def rmsnorm_backward(dy, cache)): ")
+
+
+def test_none_for_one_gradient_of_several_is_not_sent_to_the_return_statement():
+    from npllama.ops.swiglu import swiglu_backward
+
+    def dw_up_left_out(dout, cache):
+        dx, dw_gate, _, dw_down = swiglu_backward(dout, cache)
+        return dx, dw_gate, None, dw_down
+    finding = check_function("swiglu", dw_up_left_out, n_random=0).first_failure.finding
+    assert finding.message == "your function returned None for dw_up"
+    assert "return statement" not in finding.hint and "compute dw_up" in finding.hint

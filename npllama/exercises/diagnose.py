@@ -104,7 +104,9 @@ def diagnose(got, expected, *, grad: str, case: str = "", zero_label: str = "") 
     finding = Finding(grad, "", case=case)
     if got is None:
         finding.message = f"your function returned None for {grad}"
-        finding.hint = "return the gradient array (did you forget the return statement?)"
+        # None in the place of one gradient among others: the return statement is there
+        finding.hint = (f"every gradient is an array: compute {grad} and return it in its place (a gradient that is "
+                        f"zero is an array of zeros, never None)")
         return finding
     expected = np.asarray(expected, dtype=np.float64)
     try:

@@ -224,3 +224,26 @@ def test_none_for_one_gradient_of_several_is_not_sent_to_the_return_statement():
     finding = check_function("swiglu", dw_up_left_out, n_random=0).first_failure.finding
     assert finding.message == "your function returned None for dw_up"
     assert "return statement" not in finding.hint and "compute dw_up" in finding.hint
+
+
+def test_an_attention_right_for_the_first_batch_element_only_is_told_so(tmp_path):
+    path = tmp_path / "attention_backward.py"
+    path.write_text(textwrap.dedent("""\
+        import numpy as np
+        from npllama.ops.softmax import softmax_backward
+
+
+        def attention_backward(dout, cache):
+            q, k, v, p, scale, n_rep = cache
+            B, KVH, S, D = k.shape
+            kr = np.repeat(k[:1], n_rep, axis=1)       # batch 0's keys for every batch element
+            vr = np.repeat(v[:1], n_rep, axis=1)
+            ds = softmax_backward(dout @ vr.transpose(0, 1, 3, 2), p)
+            dq = ds @ kr * scale
+            dkr = ds.transpose(0, 1, 3, 2) @ q * scale
+            dvr = p.transpose(0, 1, 3, 2) @ dout
+            return (dq, dkr.reshape(B, KVH, n_rep, S, D).sum(2), dvr.reshape(B, KVH, n_rep, S, D).sum(2))
+    """))
+    finding = check_file("attention", path, n_random=0).first_failure.finding
+    assert finding.message.startswith("only dq[0] is right: every dq[i] with i > 0 along the first axis is wrong")
+    assert "assumes B = 1" in finding.hint

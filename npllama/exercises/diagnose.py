@@ -189,6 +189,15 @@ def diagnose(got, expected, *, grad: str, case: str = "", zero_label: str = "") 
         finding.message = (f"{int(missing.sum())} entries are 0 but should not be; every other entry is right")
         finding.hint = "a mask that is too broad, or a term that only reaches these entries is missing"
         return finding
+    if got_arr.ndim >= 2 and got_arr.shape[0] > 1:
+        wrong_along_first = wrong.reshape(got_arr.shape[0], -1).any(axis=1)
+        if not wrong_along_first[0] and wrong_along_first[1:].all():
+            finding.message = (f"only {finding.grad}[0] is right: every {finding.grad}[i] with i > 0 along the first "
+                               f"axis is wrong")
+            finding.hint = ("when the first axis is the batch, code that holds for a batch of one only: an index "
+                            "[0] or [:1], or a reshape or transpose that assumes B = 1 -- every batch element has "
+                            "its own inputs")
+            return finding
     if wrong.mean() < 0.5:
         idx = [tuple(int(i) for i in ix) for ix in np.argwhere(wrong)[:4]]
         finding.message = (f"the error is concentrated on {int(wrong.sum())} of {wrong.size} entries "

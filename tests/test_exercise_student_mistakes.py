@@ -104,6 +104,13 @@ NAMED_SLIPS = [
             p = cache
             return p * (dp + np.sum(dp * p, axis=-1, keepdims=True))
     """),
+    ("rmsnorm", "the factor rstd in front of the bracket is missing", """
+        def rmsnorm_backward(dy, cache):
+            x, rstd, weight = cache
+            xhat, dxhat = x * rstd, dy * weight
+            dx = dxhat - xhat * np.mean(dxhat * xhat, axis=-1, keepdims=True)
+            return dx, (dy * xhat).reshape(-1, x.shape[-1]).sum(0)
+    """),
     ("swiglu_act", "second term has the wrong sign", """
         def swiglu_act_backward(dact, cache):
             gate, up, sig, silu = cache

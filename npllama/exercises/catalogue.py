@@ -51,7 +51,8 @@ class RMSNormMistakes:
               Rung("a row of another length (D = 7)", dict(lead_shape=(), D=7, eps=0.0, seed=5),
                    SIZE_AS_NUMBER.format(D=4))]
 
-    def variant(self, dy, case, rstd="right", projection="mean", row_axis=-1, dxhat="weight", dweight="xhat"):
+    def variant(self, dy, case, rstd="right", projection="mean", row_axis=-1, dxhat="weight", dweight="xhat",
+                outer_rstd=True):
         x, weight, eps = case.inputs
         ms = _mean(x * x, "all" if rstd == "global" else -1)
         r = {"right": 1 / np.sqrt(ms + eps), "global": 1 / np.sqrt(ms + eps), "no_eps": 1 / np.sqrt(ms),
@@ -60,7 +61,7 @@ class RMSNormMistakes:
         g = dy * weight if dxhat == "weight" else dy
         proj = {"mean": _mean(g * xhat, row_axis), "sum": np.sum(g * xhat, -1, keepdims=True),
                 "missing": 0.0, "plus": -_mean(g * xhat, row_axis)}[projection]
-        dx = r * (g - xhat * proj)
+        dx = (r if outer_rstd else 1.0) * (g - xhat * proj)
         dw = {"xhat": np.sum(_rows(dy * xhat), 0), "x": np.sum(_rows(dy * x), 0),
               "mean": np.mean(_rows(dy * xhat), 0)}[dweight]
         return dx, dw
@@ -87,6 +88,9 @@ class RMSNormMistakes:
                rstd="global"),
             _m("the weight factor is missing from dx: the gradient reaching xhat is dy * weight",
                "y = xhat * weight, so dxhat = dy * weight before the normalisation's backward", dxhat="dy"),
+            _m("the factor rstd in front of the bracket is missing from dx",
+               "xhat = x * rstd: every path from x to xhat carries rstd, so dx = rstd * (dxhat - xhat * "
+               "mean(dxhat * xhat))", outer_rstd=False),
             _m("dweight multiplies dy by x; it should be the normalised x (x * rstd)",
                "y = xhat * weight, so dweight = sum over rows of dy * xhat", dweight="x"),
             _m("dweight averages over the rows; it should sum them",

@@ -182,7 +182,8 @@ def test_one_array_for_several_gradients_is_told_to_return_them_all():
     def dx_only(dy, cache):
         return rmsnorm_backward(dy, cache)[0]
     finding = check_function("rmsnorm", dx_only, n_random=0).first_failure.finding
-    assert finding.message == "your function returned one array, of shape (2, 3, 4); it must return 2 gradients: dx, dweight"
+    assert finding.message == ("your function returned one array, of shape (2, 3, 4); it must return 2 gradients: "
+                               "dx, dweight")
     assert finding.hint.endswith("return dx, dweight")
 
 

@@ -467,8 +467,9 @@ class _Submission:
             with open(self.output_path, "rb") as f:
                 f.seek(start)
                 dump = f.read(STUCK_READ).decode(errors="replace")
-            if "most recent call first" in dump and dump.endswith("\n"):
-                return _submission_line(dump, self.path)
+            where = _submission_line(dump, self.path)     # the dump may still be arriving: read again
+            if where:
+                return where
             time.sleep(0.05)
         return ""
 

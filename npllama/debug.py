@@ -26,6 +26,7 @@ looks like (and to test that `compare` points at the right tensor).
 from __future__ import annotations
 
 import contextlib
+import functools
 import tempfile
 from pathlib import Path
 
@@ -395,34 +396,108 @@ def load_transformers_model(model_dir, dtype):
     return hf.to(torch.float64 if np.dtype(dtype) == np.float64 else torch.float32)
 
 
-def float64_faithful(hf, config) -> None:
-    """Replace transformers' float32 islands in `hf` (RMSNorm, the RoPE tables, the eager softmax)
-    with float64 versions, so that a float64 transformers model computes in float64 throughout.
-    The cos/sin tables use npllama's inverse frequencies (`config` is the npllama LlamaConfig):
-    transformers' own are rounded to float32 before any cast; tests/test_hf_compare.py compares
-    the two formulas in float32."""
+def float64_faithful(hf, config) -> list[str]:
+    """Make a float64 transformers model compute in float64 throughout: its float32 islands --
+    RMSNorm, the RoPE cos/sin tables, the eager softmax -- are replaced on `hf`'s own modules
+    (nothing global is patched), and eager attention still returns its probabilities.
+
+    config: the npllama LlamaConfig of the same folder.  The cos/sin tables use npllama's inverse
+    frequencies (transformers rounds its own to float32 before any cast), but only once they are
+    checked to agree with transformers' to float32 precision; when they do not, the tables use
+    transformers' and the returned notes (otherwise empty) say so: q_rot and k_rot then diverge."""
     import torch
 
-    from .ops.rope import rope_inv_freq
+    notes, their_inv_freq = _rope_frequency_check(hf, config)
+    if notes:
+        inv_freq = torch.from_numpy(their_inv_freq)
+    else:
+        from .ops.rope import rope_inv_freq
 
-    hf.config._attn_implementation = "sdpa"     # computes its softmax in the inputs' dtype
-    inv_freq = torch.from_numpy(rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling))
+        inv_freq = torch.from_numpy(rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling))
 
     def rmsnorm64(module):
         def forward(x):
             return module.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + module.variance_epsilon))
         return forward
 
-    def rotary64(x, position_ids):
-        freqs = position_ids[:, :, None].double() * inv_freq[None, None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+    def rotary64(module):
+        def forward(x, position_ids):
+            freqs = position_ids[:, :, None].double() * inv_freq[None, None, :]
+            emb = torch.cat((freqs, freqs), dim=-1)
+            return ((emb.cos() * module.attention_scaling).to(x.dtype),
+                    (emb.sin() * module.attention_scaling).to(x.dtype))
+        return forward
+
+    def softmax64(module):
+        # transformers' own eager attention runs, under a mode active only inside this module's
+        # forward that turns its softmax(dtype=float32) into float64 for float64 scores
+        forward, mode = module.forward, _float64_softmax_mode()
+
+        def run(*args, **kwargs):
+            with mode():
+                return forward(*args, **kwargs)
+        return run
 
     for module in hf.modules():
-        if type(module).__name__ == "LlamaRMSNorm":
+        kind = type(module).__name__
+        if kind == "LlamaRMSNorm":
             module.forward = rmsnorm64(module)
-        if type(module).__name__ == "LlamaRotaryEmbedding":
-            module.forward = rotary64
+        elif kind == "LlamaRotaryEmbedding":
+            module.forward = rotary64(module)
+        elif kind == "LlamaAttention":
+            module.forward = softmax64(module)
+    return notes
+
+
+@functools.lru_cache(maxsize=None)
+def _float64_softmax_mode():
+    """A torch function mode class (made on first use: torch is imported only where transformers
+    runs) under which softmax(x, dtype=float32) of a float64 x is computed in float64."""
+    import torch
+
+    class Float64Softmax(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if (func is torch.nn.functional.softmax and kwargs.get("dtype") == torch.float32
+                    and args[0].dtype == torch.float64):
+                kwargs = dict(kwargs, dtype=torch.float64)
+            return func(*args, **kwargs)
+
+    return Float64Softmax
+
+
+# transformers computes its RoPE inverse frequencies in float32 (a power, a division and, for llama3,
+# the blend, each rounded), npllama's rope_inv_freq in float64.  Rounded to float32 the two agree
+# to a few units in the last place: at most 5.3e-7 relative (4.4 ulps) over head_dim 6 to 128,
+# rope_theta 1e4 and 5e5, no, linear and llama3 scaling.  The bound is 17 ulps; a wrong rope_theta,
+# factor or wavelength band moves some frequency by a percent or more.
+ROPE_FREQUENCY_RTOL = 2e-6
+
+
+def _rope_frequency_check(hf, config) -> tuple[list[str], np.ndarray | None]:
+    """([a note], transformers' inverse frequencies) when transformers' rotary embedding turns its
+    pairs at other frequencies than npllama's rope_inv_freq for the same config; ([], None) when they
+    agree to float32 precision."""
+    from .ops.rope import rope_inv_freq
+
+    rotary = next((m for m in hf.modules() if type(m).__name__ == "LlamaRotaryEmbedding"), None)
+    if rotary is None:
+        return [], None
+    theirs = rotary.inv_freq.detach().cpu().double().numpy()   # float32 values (cast with the model)
+    ours = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
+    if ours.shape == theirs.shape:
+        off = np.abs(ours.astype(np.float32) - theirs) / np.abs(theirs)
+        if off.max() <= ROPE_FREQUENCY_RTOL:
+            return [], None
+        worst = int(np.argmax(off))
+        how = (f"relative error up to {off[worst]:.3g}, at pair {worst}: {ours[worst]:.9g} in npllama, "
+               f"{theirs[worst]:.9g} in transformers")
+    else:
+        how = f"{ours.shape[0]} frequencies in npllama, {theirs.shape[0]} in transformers"
+    return [f"the RoPE frequencies differ: npllama's rope_inv_freq for head_dim={config.head_dim}, "
+            f"rope_theta={config.rope_theta:g}, rope_scaling={config.rope_scaling} against transformers' "
+            f"LlamaRotaryEmbedding.inv_freq ({how}); look at how each side reads rope_theta and "
+            f"rope_scaling; the RoPE tables here are transformers' own, so q_rot and k_rot diverge"], theirs
 
 
 def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, include=None,

@@ -90,6 +90,7 @@ class TrainingComparison:
     atol: float | None
     labels: tuple = ("npllama", "torch")
     plant: str | None = None
+    notes: list = dataclasses.field(default_factory=list)   # how the two sides were set up (RoPE frequencies)
 
     @property
     def first(self) -> Divergence | None:
@@ -115,6 +116,7 @@ class TrainingComparison:
                  f"{len(self.diffs)} tensors; tolerance: rtol = {self.rtol:g}, atol = {atol}"]
         if self.plant:
             lines.append(f"NOTE: planted bug {self.plant!r} on {a}'s side: {PLANTED_TRAINING_BUGS[self.plant][0]}")
+        lines += [f"NOTE: {note}" for note in self.notes]
         first = self.first
         if first is None:
             worst = max(self.diffs, key=lambda d: d[2].rel_err)
@@ -266,7 +268,8 @@ def compare_training(model, batches, *, steps: int, total_steps: int | None = No
     plant: one of PLANTED_TRAINING_BUGS, swapped into npllama's side.  echo: told what runs, once the
     settings are checked and before the first step (None: quiet)."""
     from . import backend
-    from .debug import _as_folder, _from_folder, _is_classifier, float64_faithful, load_transformers_model
+    from .debug import (_as_folder, _from_folder, _is_classifier, _rope_frequency_check, float64_faithful,
+                        load_transformers_model)
     from .runs import resolve_model_dir
     from .train import ADAM_EPS
 
@@ -284,8 +287,8 @@ def compare_training(model, batches, *, steps: int, total_steps: int | None = No
         # eval(): npllama's attention has no dropout (npllama train trains without a folder's
         # attention_dropout), so transformers' is turned off too; eval mode changes nothing else
         hf = load_transformers_model(folder, dtype).eval()
-    if dtype == np.float64:
-        float64_faithful(hf, ours.config)
+    notes = (float64_faithful(hf, ours.config) if dtype == np.float64
+             else _rope_frequency_check(hf, ours.config)[0])
     npllama_run, torch_run = _NpllamaRun(ours, tc, plant), _TorchRun(hf, tc, ADAM_EPS)
     if echo is not None:
         windows, seq_len = np.shape(batches[0][0])
@@ -303,7 +306,7 @@ def compare_training(model, batches, *, steps: int, total_steps: int | None = No
                       for phase in PHASES for name in a[phase]]
         diffs += step_diffs
         rows.append(_row(step + 1, a, b, step_diffs))
-    return TrainingComparison(rows, diffs, rtol, atol, plant=plant)
+    return TrainingComparison(rows, diffs, rtol, atol, plant=plant, notes=notes)
 
 
 def _row(step, a, b, step_diffs) -> StepRow:

@@ -90,6 +90,30 @@ def test_a_config_with_attention_dropout_trains_without_it_on_both_sides():
     assert report.ok, str(report)
 
 
+def test_rope_frequencies_that_differ_from_transformers_are_noted_not_copied(model, monkeypatch):
+    # float64's RoPE tables are built from npllama's frequencies; a wrong llama3 factor on npllama's
+    # side must make the runs part, with a note saying why, not be copied into torch's side
+    import dataclasses
+
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 4}
+    config = dataclasses.replace(model.config, rope_theta=500000.0, rope_scaling=llama3)
+    llama3_model = Llama(config, dtype=np.float64, params=model.params)
+    load = Llama.from_pretrained.__func__
+
+    def load_with_a_wrong_factor(cls, *args, **kwargs):
+        loaded = load(cls, *args, **kwargs)
+        scaling = dict(loaded.config.rope_scaling, factor=4.0)   # the folder says 8
+        return Llama(dataclasses.replace(loaded.config, rope_scaling=scaling), dtype=loaded.dtype,
+                     params=loaded.params)
+
+    assert compare_training(llama3_model, make_batches(1), steps=1).ok
+    monkeypatch.setattr(Llama, "from_pretrained", classmethod(load_with_a_wrong_factor))
+    report = compare_training(llama3_model, make_batches(1), steps=1)
+    assert report.first.step == 1 and report.first.phase == "loss", str(report)
+    assert "NOTE: the RoPE frequencies differ" in str(report) and "'factor': 4.0" in str(report)
+
+
 def test_text_batches_read_data_as_train_does(small_model_dir, tmp_path):
     from npllama.runs import load_tokenizer
 

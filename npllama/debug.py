@@ -18,7 +18,8 @@ are functions rather than modules (RoPE, and the attention probabilities) are ca
 `apply_rotary_pos_emb` for the duration of the call and by the attention module's second output.
 Gradients come from `retain_grad()` on the same tensors.  torch and transformers are imported only
 inside the functions that run transformers (here and in npllama.debug_training): nothing else in
-npllama needs them.
+npllama needs them.  In float64 the transformers side computes in float64 throughout
+(`float64_faithful`; `compare_transformers(..., faithful=False)` runs it as it ships).
 
 `planted_bug(name)` swaps a deliberately wrong op into a backend, to see what a divergence report
 looks like (and to test that `compare` points at the right tensor).
@@ -46,8 +47,21 @@ DEFAULT_RTOL = {np.float32: 1e-3, np.float64: 1e-9}
 # (large attention scores) reaches 2e-4 there, as between our two backends.
 TRANSFORMERS_RTOL = DEFAULT_RTOL[np.float32]
 FLOAT64_AGAINST_TRANSFORMERS = (
-    "transformers runs RMSNorm, the RoPE tables and the softmax in float32 even in float64: expect "
-    "float32-size differences (more in gradients through a saturated softmax), not float64 agreement")
+    "stock transformers (faithful=False, --stock-transformers) runs RMSNorm, the RoPE tables and the softmax "
+    "in float32 even in float64: expect float32-size differences (more in gradients through a saturated "
+    "softmax), not float64 agreement")
+# Against the float64-faithful transformers (float64_faithful) both sides compute in float64 and
+# differ by their operation order alone.  Measured on 2-layer random models (MHA, GQA, MQA with tied
+# embeddings, llama3 rope_scaling, head_dim 6; norms moved off 1), every forward tensor, attn_probs,
+# the loss and every gradient agree within rtol 7.5e-16 by compare's rule (|a - b| <= rtol * (|b| +
+# max|b|)), and within 2.2e-14 with weights of size 1 (saturated softmaxes, gradients formed by
+# cancellation).  DEFAULT_RTOL's 1e-9 for float64 leaves a margin of 4e4 above the worst of these and
+# is 1e4 below a 1e-5 slip: an rms_norm_eps off by 0.1% moves input_layernorm.out by 7e-7 to 8e-5.
+TRANSFORMERS_FLOAT64_RTOL = DEFAULT_RTOL[np.float64]
+FLOAT64_FAITHFUL_TRANSFORMERS = (
+    "float64: transformers ran float64-faithful (npllama.debug.float64_faithful: RMSNorm, the RoPE tables and "
+    "the eager softmax in float64, its RoPE frequencies checked against npllama's), so both sides agree to "
+    "float64 round-off; faithful=False (--stock-transformers) compares with stock transformers instead")
 # A causal query before its row's first real token has no key it may attend.  npllama gives it zero
 # attention; transformers' eager attention spreads it over every key in float32 and makes NaN in
 # float64: a convention, not a bug, but every tensor at those positions differs.
@@ -246,15 +260,22 @@ def compare_dtypes(model, tokens, targets=None, *, backend_name="numpy", rtol=No
 
 
 def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32, backend_name="numpy",
-                         rtol=None, atol=None, include=None, exclude=None, attention_mask=None) -> Comparison:
+                         rtol=None, atol=None, include=None, exclude=None, attention_mask=None,
+                         faithful: bool = True) -> Comparison:
     """npllama vs transformers.LlamaForCausalLM on the same Hugging Face folder (or model); for a
     SequenceClassifier or a LlamaForSequenceClassification folder, vs LlamaForSequenceClassification,
     targets its labels (see run_trace).  attention_mask (B, T), 1 = real token, is given to both.
 
-    In float64 stock transformers still runs RMSNorm, the RoPE tables and the eager softmax in
-    float32, so expect float32-size differences there, not 1e-15 (the report notes it; see
-    tests/test_hf_compare.py for a float64-faithful transformers)."""
+    In float64, stock transformers still runs RMSNorm, the RoPE tables and the eager softmax in
+    float32; faithful (the default) replaces those with float64 versions (float64_faithful: its
+    RoPE frequencies are checked against npllama's), so the comparison holds at float64 precision
+    (TRANSFORMERS_FLOAT64_RTOL).  faithful=False compares with stock transformers, at float32's
+    tolerance.  In float32 transformers runs as it ships either way.  The report's notes say which
+    ran."""
+    if not isinstance(faithful, bool):
+        raise TypeError(f"faithful must be True or False, got {faithful!r}")
     dtype = np.dtype(dtype).type
+    faithful_run = faithful and dtype == np.float64
     with _as_folder(model_or_dir) as folder:
         ours = _from_folder(folder, dtype)
         if _is_classifier(ours) and not ours.causal:   # (numpy against numba, or the dtypes, compare it)
@@ -264,13 +285,16 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
         a = run_trace(ours, tokens, targets, backend_name=backend_name, include=include, exclude=exclude,
                       attention_mask=attention_mask)
         hf = load_transformers_model(folder, dtype)
+        config = (ours.model if _is_classifier(ours) else ours).config
+        rope_notes = float64_faithful(hf, config) if faithful_run else _rope_frequency_check(hf, config)[0]
         b = transformers_trace(folder, tokens, targets, dtype=dtype, include=include, exclude=exclude,
                                attention_mask=attention_mask, hf_model=hf)
-    rtol = TRANSFORMERS_RTOL if rtol is None else rtol
+    if rtol is None:
+        rtol = TRANSFORMERS_FLOAT64_RTOL if faithful_run else TRANSFORMERS_RTOL
     comparison = compare(a, b, rtol, atol, labels=("npllama", "transformers"))
-    comparison.notes += _loaded_differently(ours, hf)
+    comparison.notes += _loaded_differently(ours, hf) + rope_notes
     if dtype == np.float64:
-        comparison.notes.append(FLOAT64_AGAINST_TRANSFORMERS)
+        comparison.notes.append(FLOAT64_FAITHFUL_TRANSFORMERS if faithful_run else FLOAT64_AGAINST_TRANSFORMERS)
     if attention_mask is not None and not np.asarray(attention_mask, dtype=bool)[..., 0].all():
         comparison.notes.append(LEFT_PADDING_AGAINST_TRANSFORMERS)
     return comparison

@@ -231,6 +231,8 @@ def test_cli_errors_are_one_line(folder, monkeypatch, capsys):
 
 @pytest.mark.parametrize("argv, named", [
     (["compare", "--against", "float64", "--dtype", "float64"], "--dtype"),   # would be ignored
+    (["compare", "--stock-transformers"], "--stock-transformers"),             # against numba
+    (["compare", "--against", "transformers", "--stock-transformers"], "--stock-transformers"),   # float32
     (["compare", "--plant", "no-such-bug"], "rope-meta"),
     (["compare", "--save", "{missing}/cmp"], "--save"),
     (["trace", "--out", "{missing}/t.npz"], "--out"),
@@ -247,7 +249,7 @@ def test_compare_help_gives_the_default_tolerances_it_uses(capsys):
     with pytest.raises(SystemExit):
         run_cli(["debug", "compare", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for rtol in (*debug.DEFAULT_RTOL.values(), debug.TRANSFORMERS_RTOL):
+    for rtol in (*debug.DEFAULT_RTOL.values(), debug.TRANSFORMERS_RTOL, debug.TRANSFORMERS_FLOAT64_RTOL):
         assert f"{rtol:.0e}".replace("e-0", "e-") in text, (rtol, text)
     assert all(bug in text.replace(" ", "") for bug in debug.PLANTED_BUGS)   # --plant's help lists them all (wrapped at hyphens)
 
@@ -317,9 +319,12 @@ def test_a_correct_model_with_large_weights_agrees_with_transformers_at_the_defa
     ids = list(rng.integers(0, 29, 16))
     assert debug.compare_backends(m, ids).ok
     for dtype in (np.float32, np.float64):
-        report = debug.compare_transformers(tmp_path, ids, dtype=dtype)
+        report = debug.compare_transformers(tmp_path, ids, dtype=dtype, faithful=False)
         assert report.ok, str(report)
     assert any("float32" in note for note in report.notes)   # float64: says why it is not exact
+    # float64-faithful transformers (the default): saturated softmaxes are float64 on both sides too
+    report = debug.compare_transformers(tmp_path, ids, dtype=np.float64)
+    assert report.ok and report.rtol == debug.TRANSFORMERS_FLOAT64_RTOL, str(report)
 
 @pytest.mark.slow  # imports torch and transformers; skipped when they are absent
 def test_a_padded_batch_is_compared_with_transformers_under_the_same_padding(folder):
@@ -383,6 +388,117 @@ def test_a_weight_loaded_differently_from_transformers_is_named_not_the_op_readi
     assert report.first.name == "model.layers.1.self_attn.v"
     text = str(report)
     assert "model.layers.1.self_attn.v_proj.weight" in text and "loaded" in text, text
+
+
+# ----- float64 against a float64-faithful transformers (optional) -----------------------------------
+
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 4}   # IDS run past it
+FLOAT64_KINDS = {   # kinds of model the float64 tolerance against transformers was measured on
+    "gqa": {},
+    "mqa_tied": dict(num_key_value_heads=1, tie_word_embeddings=True),
+    "llama3_rope": dict(rope_theta=500000.0, rope_scaling=LLAMA3_SCALING),
+    "odd_head_dim": dict(head_dim=6),
+}
+
+
+@pytest.fixture(scope="module", params=list(FLOAT64_KINDS))
+def float64_folder(request, tmp_path_factory):
+    model = Llama(tiny_config(**FLOAT64_KINDS[request.param]), seed=1, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    for p in model.params.values():
+        if p.ndim == 1:   # norms off 1, so that their gradients matter
+            p += 0.3 * rng.standard_normal(p.shape)
+    path = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(path, dtype="float64")
+    return path
+
+
+@pytest.mark.slow  # imports torch and transformers; skipped when they are absent
+def test_float64_against_transformers_agrees_to_float64_round_off_with_attn_probs_on_both_sides(float64_folder):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    report = debug.compare_transformers(float64_folder, IDS, dtype=np.float64)
+    assert report.ok and report.rtol == debug.TRANSFORMERS_FLOAT64_RTOL <= 1e-9, str(report)
+    compared = {d.name: d.rel_err for d in report.diffs}
+    for name in ["model.layers.0.self_attn.attn_probs", "model.layers.1.self_attn.attn_probs",
+                 "d:model.layers.1.self_attn.attn_probs", "model.layers.1.self_attn.q_rot", "loss",
+                 "d:model.layers.0.self_attn.q_proj.weight", "d:model.embed_tokens.weight"]:
+        assert compared[name] < 1e-12, (name, compared.get(name))   # float64 round-off, not float32's
+    assert max(compared.values()) < 1e-12
+    assert any("float64-faithful" in note for note in report.notes), report.notes
+
+
+def eps_slip(x, weight, eps):
+    """RMSNorm with rms_norm_eps 0.1% too large: a change of about 1e-5 in its output."""
+    from npllama.ops.rmsnorm import rmsnorm_forward
+
+    return rmsnorm_forward(x, weight, eps * 1.001)
+
+
+@pytest.mark.slow  # imports torch and transformers; skipped when they are absent
+def test_a_slip_of_size_1e5_is_found_in_float64_and_would_hide_from_stock_transformers(folder):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    with npllama.use_op("rmsnorm_forward", eps_slip):
+        found = debug.compare_transformers(folder, IDS, dtype=np.float64)
+        stock = debug.compare_transformers(folder, IDS, dtype=np.float64, faithful=False)
+    assert found.first is not None, str(found)
+    assert found.first.name == "model.layers.0.input_layernorm.out"
+    assert 1e-6 < found.first.rel_err < 1e-4   # the size of slip meant
+    assert stock.ok, str(stock)                # within float32's tolerance: invisible there
+    assert any("stock transformers" in note for note in stock.notes), stock.notes
+    # and stock is stock, though a faithful comparison ran before it: its softmax is float32's
+    assert stock.diffs[[d.name for d in stock.diffs].index("model.layers.1.self_attn.attn_probs")].rel_err > 1e-9
+
+
+@pytest.mark.slow  # imports torch and transformers; skipped when they are absent
+def test_rope_frequencies_are_checked_not_taken_from_npllama(tmp_path, monkeypatch):
+    # float64's RoPE tables are built from npllama's frequencies (transformers rounds its own to
+    # float32): a wrong llama3 factor on npllama's side must not be copied into transformers' side
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import dataclasses
+
+    Llama(tiny_config(rope_theta=500000.0, rope_scaling=LLAMA3_SCALING), seed=0).save_pretrained(tmp_path)
+    load = Llama.from_pretrained.__func__
+
+    def load_with_a_wrong_factor(cls, *args, **kwargs):
+        model = load(cls, *args, **kwargs)
+        scaling = dict(model.config.rope_scaling, factor=4.0)   # the folder says 8
+        return Llama(dataclasses.replace(model.config, rope_scaling=scaling), dtype=model.dtype, params=model.params)
+
+    report = debug.compare_transformers(tmp_path, IDS, dtype=np.float64)
+    assert report.ok and not any("RoPE frequencies differ" in note for note in report.notes), str(report)
+    monkeypatch.setattr(Llama, "from_pretrained", classmethod(load_with_a_wrong_factor))
+    for dtype, faithful in [(np.float64, True), (np.float64, False), (np.float32, True)]:
+        report = debug.compare_transformers(tmp_path, IDS, dtype=dtype, faithful=faithful)
+        assert report.first.name == "model.layers.0.self_attn.q_rot", str(report)
+        note = next((n for n in report.notes if "RoPE frequencies differ" in n), "")
+        assert "rope_theta=500000" in note and "'factor': 4.0" in note, report.notes
+    # what train-compare uses: the same check, the same note
+    hf = debug.load_transformers_model(tmp_path, np.float64)
+    notes = debug.float64_faithful(hf, Llama.from_pretrained(tmp_path).config)
+    assert len(notes) == 1 and "rope_scaling" in notes[0]
+
+
+def test_compare_transformers_faithful_must_be_a_bool(folder):
+    with pytest.raises(TypeError, match="faithful"):
+        debug.compare_transformers(folder, IDS, faithful="no")
+
+
+@pytest.mark.slow  # imports torch and transformers; skipped when they are absent
+def test_cli_compares_float64_with_faithful_transformers_unless_told_stock(folder, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    argv = ["debug", "compare", "--model", str(folder), "--tokens", "1,2,3,4", "--against", "transformers",
+            "--dtype", "float64"]
+    assert run_cli(argv) == 0
+    out = capsys.readouterr().out
+    assert "rtol = 1e-09" in out and "float64-faithful" in out, out
+    assert run_cli([*argv, "--stock-transformers"]) == 0
+    out = capsys.readouterr().out
+    assert "rtol = 0.001" in out and "stock transformers" in out, out
 
 
 # ----- a debugger can step into every op ---------------------------------------------------------------

@@ -49,7 +49,14 @@ def register(subparsers) -> None:
                          help="numba: the Numba kernels; float64: the same weights in float64; "
                               "transformers: LlamaForCausalLM on the same folder (needs torch)")
     compare.add_argument("--dtype", choices=["float32", "float64"], default="float32",
-                         help="dtype of both runs (numba and transformers comparisons)")
+                         help="dtype of both runs (numba and transformers comparisons); against "
+                              "transformers in float64, transformers' float32 parts (RMSNorm, the RoPE "
+                              "tables, the eager softmax) run in float64, its RoPE frequencies checked "
+                              "against npllama's, and the tolerance is 1e-9")
+    compare.add_argument("--stock-transformers", action="store_true",
+                         help="with --against transformers --dtype float64: compare with transformers as "
+                              "it ships, whose RMSNorm, RoPE tables and softmax stay float32 (tolerance "
+                              "1e-3), not with its float64-faithful version")
     from ..debug import PLANTED_BUGS
 
     compare.add_argument("--plant", default=None, metavar="BUG",
@@ -57,7 +64,8 @@ def register(subparsers) -> None:
                               f"like: {', '.join(PLANTED_BUGS)}")
     compare.add_argument("--save", default=None, metavar="PREFIX",
                          help="also save both traces as PREFIX.a.npz and PREFIX.b.npz")
-    _tolerance(compare, "1e-3 in float32, 1e-9 in float64; 1e-3 against transformers in both")
+    _tolerance(compare, "1e-3 in float32, 1e-9 in float64; against transformers the same, and 1e-3 "
+                        "with --stock-transformers")
     compare.set_defaults(run=run_compare)
 
     _register_train_compare(sub)
@@ -211,6 +219,9 @@ def run_compare(args) -> int:
     if args.against == "float64" and args.dtype == "float64":
         raise UsageError("--dtype float64 with --against float64: that comparison runs float32 against "
                          "float64; as given, --dtype would be ignored")
+    if args.stock_transformers and (args.against != "transformers" or args.dtype != "float64"):
+        raise UsageError("--stock-transformers is for --against transformers --dtype float64 (in float32 "
+                         "transformers runs as it ships anyway); as given, it would be ignored")
     if args.plant and args.plant not in debug.PLANTED_BUGS:
         raise UsageError(f"--plant {args.plant!r} is not a planted bug; choose one of "
                          f"{', '.join(sorted(debug.PLANTED_BUGS))}")
@@ -230,7 +241,8 @@ def run_compare(args) -> int:
             comparison = debug.compare_dtypes(model, ids, targets, **common)
         else:
             try:
-                comparison = debug.compare_transformers(model_dir, ids, targets, dtype=dtype, **common)
+                comparison = debug.compare_transformers(model_dir, ids, targets, dtype=dtype,
+                                                        faithful=not args.stock_transformers, **common)
             except ImportError as error:
                 raise UsageError(str(error)) from None
     if args.save:

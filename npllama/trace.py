@@ -77,7 +77,13 @@ class Trace:
         self.meta: dict = dict(meta or {})   # free-form notes (backend, dtype, tokens, ...), saved too
         # record name -> the function(s) that computed it (e.g. "npllama.kernels.attention.attention_forward")
         self.sources: dict[str, str] = dict(self.meta.pop("sources", {}) or {})
-        self._times_recorded: dict[str, int] = {}        # name -> how many passes recorded it so far
+        # op name -> the function a `use_op` replacement ran in its place, as it ran while recording
+        self.replaced: dict[str, str] = dict(self.meta.pop("replaced", {}) or {})
+        # record name -> the replaced op that kept it from being recorded: a replacement records only
+        # what it returns, not the steps inside it (d:<layer>.mlp.act inside swiglu_backward)
+        self.unrecorded: dict[str, str] = dict(self.meta.pop("unrecorded", {}) or {})
+        # name -> how many passes reached it so far (recorded, or left unrecorded by a replaced op)
+        self._times_recorded: dict[str, int] = {}
         # parameter name -> the backward(s) giving its gradient, in the order they finished it
         self._parameter_sources: dict[str, list[str]] = {}
         self._recorders: dict[int, _Recorder] = {}       # id(a model's params) -> its recorder
@@ -92,12 +98,26 @@ class Trace:
         before: see the class docstring), if the include/exclude patterns want `name`."""
         if not self.wants(name):
             return
-        times = self._times_recorded.get(name, 0) + 1
-        self._times_recorded[name] = times
-        key = name if times == 1 else f"pass{times}/{name}"
+        key = self._next_key(name)
         self.records[key] = _as_array(value, name)
         if source is not None:
             self.sources[key] = source
+
+    def note_replaced(self, op_name: str, function: str) -> None:
+        """The recorder's note that `function`, a `use_op` replacement, ran as op `op_name`."""
+        self.replaced.setdefault(op_name, function)
+
+    def note_unrecorded(self, name: str, op_name: str) -> None:
+        """The recorder's note that `name` (wanted, and recorded when the op is not replaced) was not
+        recorded because a replacement ran as `op_name`.  It takes its pass's place, so that the
+        passes of two traces still line up name for name."""
+        if self.wants(name):
+            self.unrecorded[self._next_key(name)] = op_name
+
+    def _next_key(self, name: str) -> str:
+        times = self._times_recorded.get(name, 0) + 1
+        self._times_recorded[name] = times
+        return name if times == 1 else f"pass{times}/{name}"
 
     def record_parameter_gradients(self, grads: Mapping) -> None:
         """Record every parameter's gradient as "d:" + its name, credited to the backward(s) that
@@ -182,6 +202,9 @@ class Trace:
         picked.records = {n: a for n, a in self.records.items()
                           if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
         picked.sources = {n: s for n, s in self.sources.items() if n in picked.records}
+        picked.replaced = dict(self.replaced)
+        picked.unrecorded = {n: op for n, op in self.unrecorded.items()
+                             if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
         return picked
 
     # ----- looking at it -----------------------------------------------------------------------
@@ -210,7 +233,8 @@ class Trace:
             if name.startswith("__"):
                 raise ValueError(f"record name {name!r} starts with '__', reserved for the file's own keys")
         meta = {"format": _FORMAT, "include": self.include, "exclude": self.exclude,
-                "meta": {**self.meta, "sources": self.sources}}
+                "meta": {**self.meta, "sources": self.sources, "replaced": self.replaced,
+                         "unrecorded": self.unrecorded}}
         arrays = dict(self.records)
         arrays[_NAMES_KEY] = np.array(list(self.records), dtype=np.str_)
         arrays[_META_KEY] = np.array(json.dumps(meta, default=_json_default))
@@ -272,6 +296,11 @@ class _Recorder:
 
     LINEAR_SYMBOLS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "out",
                       "gate_proj": "gate", "up_proj": "up", "down_proj": "out"}
+    # What is recorded from inside an op rather than from what it returns (the forward's cache, the
+    # gradient its backward hands its inner step), beside the op's output: a `use_op` replacement
+    # computing these its own way leaves them unrecorded, and the trace notes which op it was.
+    INSIDE = {"attention_forward": ("attn_probs",), "attention_backward": ("d:attn_probs",),
+              "swiglu_forward": ("gate", "up", "act"), "swiglu_backward": ("d:act", "d:gate", "d:up")}
 
     def __init__(self, trace: Trace, params: dict, config):
         self.trace = trace
@@ -279,6 +308,7 @@ class _Recorder:
         self.parameter_of: dict[int, str] = {}    # id -> "....q_proj.weight", "score.weight"
         self.parameter_arrays: dict[str, np.ndarray] = {}   # name -> the array parameter_of knows it by
         self.last_layer = config.num_hidden_layers - 1
+        self.replacements: dict = {}              # op name -> the `use_op` replacement in force
         self.new_pass()
 
     def new_pass(self):
@@ -320,6 +350,7 @@ class _Recorder:
                     self.parameter_of.pop(id(known), None)
                 self.parameter_arrays[name], self.parameter_of[id(array)] = array, name
         reference = backend.ops("numpy")
+        self.replacements = backend.overrides()
         wrapped = {}
         for name in vars(reference):
             fn = ops_in_force.get(name, getattr(reference, name))
@@ -348,6 +379,7 @@ class _Recorder:
                 self.output_of[id(cache)] = name
                 if name in self.heads:
                     self.heads[name] = weakref.ref(out)
+            self.note_replacements(fn, op_name, name)
             self.parameters_of[id(cache)] = [self.parameter_of[id(a)] for a in args if id(a) in self.parameter_of]
             return out, cache
         return recorded_forward
@@ -378,8 +410,28 @@ class _Recorder:
                     # (d:v is recorded by v_proj's backward, in the projection's layout)
                     for symbol, grad in zip(("q_rot", "k_rot"), grads):
                         self.record_gradient(prefix + symbol, grad)
+            self.note_replacements(fn, op_name, name)
             return grads
         return recorded_backward
+
+    def note_replacements(self, fn, op_name, name):
+        """Tell the trace which `use_op` replacements just ran -- `fn` itself, or an op nested in it
+        (softmax_backward inside the reference attention_backward) -- and which records a replaced
+        op left out because it computed them its own way."""
+        from .backend import NESTED_OPS
+
+        if fn is self.replacements.get(op_name):
+            self.trace.note_replaced(op_name, _qualname(fn))
+            if name is not None:
+                prefix = name.rsplit(".", 1)[0] + "."
+                for symbol in self.INSIDE.get(op_name, ()):
+                    inside = ("d:" + prefix + symbol[2:]) if symbol.startswith("d:") else prefix + symbol
+                    if inside not in self.recorded:
+                        self.trace.note_unrecorded(inside, op_name)
+        calls = getattr(getattr(fn, "__code__", None), "co_names", ())
+        for nested in (n for n in calls if n in NESTED_OPS and n in self.replacements):
+            if getattr(fn, "__globals__", {}).get(nested) is self.replacements[nested]:
+                self.trace.note_replaced(nested, _qualname(self.replacements[nested]))
 
     # ----- where a gradient comes from --------------------------------------------------------
     def consumers(self, name: str) -> tuple[list[str], str | None]:
@@ -746,8 +798,10 @@ class Comparison:
         lines.append("relative error = ||a - b|| / max(||a||, ||b||), norm-wise over the whole tensor (not per entry)")
         if self.only_in_a or self.only_in_b:
             examples = [f"{names[0]}" for names in (self.only_in_a, self.only_in_b) if names]
+            left_out = _left_out_by_replacements(self)
             lines.append(f"not compared (recorded on one side only): {len(self.only_in_a)} only in {a}, "
-                         f"{len(self.only_in_b)} only in {b} (e.g. {', '.join(examples)})")
+                         f"{len(self.only_in_b)} only in {b} (e.g. {', '.join(examples)})"
+                         + (f"; {left_out} of them inside ops replaced with use_op (see the NOTE)" if left_out else ""))
         first = self.first
         if first is None:
             worst = max(self.diffs, key=lambda d: d.rel_err, default=None)
@@ -822,7 +876,8 @@ def compare(a, b, rtol: float = 1e-5, atol: float | None = None, names: Iterable
     if not diffs:   # "no divergence" would be a lie: nothing was looked at
         raise ValueError(f"nothing to compare: no tensor is recorded in both traces ({labels[0]}: "
                          f"{len(a)} records, {labels[1]}: {len(b)})" + _patterns_of(a, b))
-    notes = _run_notes(a, b, labels) + _untested_backward(a, b, [d.name for d in diffs])
+    notes = (_run_notes(a, b, labels) + _replacement_notes(a, b, labels, only_a, only_b)
+             + _untested_backward(a, b, [d.name for d in diffs]))
     return Comparison(diffs, only_a, only_b, rtol, atol, tuple(labels), (a, b), notes)
 
 
@@ -858,6 +913,43 @@ def _run_notes(a: Trace, b: Trace, labels) -> list[str]:
             said = [label if label == value else f"{label} {value}" for label, value in zip(labels, shown)]
             notes.append(f"the traces ran {what}: {said[0]}, {said[1]}")
     return notes
+
+
+def _replacement_notes(a: Trace, b: Trace, labels, only_a: list[str], only_b: list[str]) -> list[str]:
+    """Which ops each trace ran replaced with `use_op`, and the records the other trace has alone
+    because of it: a replacement records only what it returns, so the steps inside it (d:act,
+    d:gate, d:up inside swiglu_backward; d:attn_probs inside attention_backward) are not recorded
+    when it computes them its own way.  Without this, those names are "recorded on one side only"
+    with nothing to tell a replaced op from a missing step."""
+    if a.replaced and a.replaced == b.replaced and not only_a and not only_b:
+        return [f"both traces ran ops replaced with use_op: {_replacements(a)}"]
+    notes = []
+    for t, label, other, theirs_only in ((a, labels[0], labels[1], only_b), (b, labels[1], labels[0], only_a)):
+        if not t.replaced:
+            continue
+        note = f"{label} ran ops replaced with use_op: {_replacements(t)}"
+        left_out = [n for n in theirs_only if n in t.unrecorded]
+        if left_out:
+            ops = list(dict.fromkeys(t.unrecorded[n] for n in left_out))
+            shown = ", ".join(left_out[:3]) + (f" and {len(left_out) - 3} more" if len(left_out) > 3 else "")
+            note += (f"; a replacement records only what it returns, not the steps inside it, so {shown} (inside "
+                     f"{' and '.join(ops)}) {'is' if len(left_out) == 1 else 'are'} recorded in {other} only and "
+                     f"not compared; what {'it returns' if len(ops) == 1 else 'they return'} is compared as usual")
+        notes.append(note)
+    return notes
+
+
+def _replacements(t: Trace) -> str:
+    return ", ".join(f"{op} by {function}" for op, function in t.replaced.items())
+
+
+def _left_out_by_replacements(comparison) -> int:
+    """How many of the names recorded on one side only the other side's replaced ops left out."""
+    if len(comparison.traces) != 2:
+        return 0
+    a, b = comparison.traces
+    return (sum(n in b.unrecorded for n in comparison.only_in_a)
+            + sum(n in a.unrecorded for n in comparison.only_in_b))
 
 
 def _dtype_of(t: Trace) -> str | None:

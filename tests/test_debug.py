@@ -287,6 +287,22 @@ def test_transformers_agrees_and_finds_the_planted_rope_bug(folder, monkeypatch)
 
 
 @pytest.mark.slow  # imports torch and transformers (several seconds); skipped when they are absent
+def test_a_replaced_backward_against_transformers_explains_the_gradients_only_transformers_has(folder):
+    # transformers records d:mlp.act/gate/up; a replacement of swiglu_backward on npllama's side
+    # computes them where no recording op sees them: the report must say so, not list them bare
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    with debug.planted_bug("swiglu-backward-up-sign"):
+        report = debug.compare_transformers(folder, IDS)
+    assert report.first.name == "d:model.layers.1.mlp.up_proj.weight"
+    inside = [n for n in report.only_in_b if n.endswith((".mlp.act", ".mlp.gate", ".mlp.up"))]
+    assert len(inside) == 6 and all(n.startswith("d:") for n in inside)
+    note = next(n for n in report.notes if "use_op" in n)
+    assert "swiglu_backward by npllama.debug._swiglu_backward_up_sign" in note
+    assert "records only what it returns" in note and "recorded in transformers only" in note
+
+
+@pytest.mark.slow  # imports torch and transformers (several seconds); skipped when they are absent
 def test_a_bug_on_the_transformers_side_is_credited_to_transformers_function_too(folder, monkeypatch):
     # "computed by" naming only npllama's function would send the reader into correct code
     torch = pytest.importorskip("torch")

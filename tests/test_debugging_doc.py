@@ -122,3 +122,12 @@ def test_the_own_implementation_example_needs_its_masked_attn_probs_gradient_as_
     masking = re.search(r"\nfor name in \[n for n in mine if n.endswith\(\"attn_probs\"\).*?\n.*?\n", code).group(0)
     report = _run_example(code.replace(masking, "\n"))
     assert report.first.name.startswith("d:") and report.first.name.endswith(".self_attn.attn_probs")
+
+
+def test_the_note_on_a_replaced_op_is_what_compare_prints():
+    shown = re.search(r"on one side only\":\n\n```\n(NOTE: .*?)\n```", DOC, re.S).group(1)
+    config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=12, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    with debug.planted_bug("swiglu-backward-up-sign"):
+        report = debug.compare_backends(Llama(config, seed=0), [1, 2, 3, 4])
+    assert shown in str(report).splitlines(), str(report)

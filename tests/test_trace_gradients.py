@@ -278,6 +278,93 @@ def test_reading_an_empty_trace_says_it_is_empty():
             t["loss"]
 
 
+# ----- 4b. an op replaced with use_op records only what it returns --------------------------------
+
+SWIGLU_INSIDE = ["d:model.layers.1.mlp.act", "d:model.layers.1.mlp.gate", "d:model.layers.1.mlp.up",
+                 "d:model.layers.0.mlp.act", "d:model.layers.0.mlp.gate", "d:model.layers.0.mlp.up"]
+
+
+def test_the_gradients_inside_a_replaced_backward_are_explained_not_just_listed_as_one_sided(tmp_path):
+    from npllama import debug
+
+    m = model()
+    good = traced(m)
+    with debug.planted_bug("swiglu-backward-up-sign"):   # computes through the reference swiglu_backward
+        bad = traced(m)
+    assert bad.replaced == {"swiglu_backward": "npllama.debug._swiglu_backward_up_sign"} and good.replaced == {}
+    assert sorted(bad.unrecorded) == sorted(SWIGLU_INSIDE)
+    assert set(bad.unrecorded.values()) == {"swiglu_backward"}
+    report = compare(good, bad, rtol=1e-6, labels=("good", "bad"))
+    assert sorted(report.only_in_a) == sorted(SWIGLU_INSIDE) and report.only_in_b == []
+    note = next(n for n in report.notes if "use_op" in n)
+    assert note.startswith("bad ran ops replaced with use_op: swiglu_backward by "
+                           "npllama.debug._swiglu_backward_up_sign; a replacement records only what it returns")
+    assert "d:model.layers.1.mlp.act" in note and "recorded in good only" in note
+    assert "6 of them inside ops replaced with use_op (see the NOTE)" in str(report)
+    # what the replacement returns is still compared at the op's boundary, where the bug shows
+    assert report["d:model.layers.1.post_attention_layernorm.out"].diverged is False
+    assert report.first.name == "d:model.layers.1.mlp.up_proj.weight"
+    # a saved trace still says it: a trace is read back for `npllama debug diff`
+    bad.save(tmp_path / "bad.npz")
+    again = compare(good, tmp_path / "bad.npz", rtol=1e-6, labels=("good", "bad"))
+    assert again.notes == report.notes
+
+
+def test_a_replaced_attention_leaves_out_attn_probs_and_its_gradient_and_the_note_says_which_op():
+    def attention_forward_plain_cache(q, k, v, *args, **kwargs):
+        out, cache = npllama.ops.attention_forward(q, k, v, *args, **kwargs)
+        return out, tuple(cache)          # a student's cache: no intermediates() to read attn_probs from
+
+    def attention_backward_of_a_tuple(dout, cache):
+        return attention_backward(dout, cache)
+
+    m = model()
+    good = traced(m)
+    with use_op("attention_backward", attention_backward_of_a_tuple):
+        bad_backward = traced(m)
+        with use_op("attention_forward", attention_forward_plain_cache):
+            bad_both = traced(m)
+    assert bad_backward.unrecorded == {f"d:model.layers.{i}.self_attn.attn_probs": "attention_backward"
+                                       for i in (1, 0)}
+    assert {n for n, op in bad_both.unrecorded.items() if op == "attention_forward"} == {
+        "model.layers.0.self_attn.attn_probs", "model.layers.1.self_attn.attn_probs"}
+    report = compare(bad_both, good, rtol=1e-6, labels=("mine", "reference"))
+    assert report.ok and len(report.only_in_b) == 4
+    note = next(n for n in report.notes if "use_op" in n)
+    assert "attention_forward by " in note and "attention_backward by " in note
+    assert "(inside attention_forward and attention_backward) are recorded in reference only" in note
+
+
+def test_a_replacement_that_records_everything_is_named_but_leaves_nothing_out():
+    # the reference itself, as docs/debugging.md suggests for a backward reading the kernel's cache,
+    # and a nested replacement (the enclosing op's reference still records around it)
+    def softmax_backward_mine(*args, **kwargs):
+        return npllama.ops.softmax_backward(*args, **kwargs)
+
+    m = model()
+    with use_op("attention_backward", npllama.ops.attention_backward):
+        whole = traced(m)
+    with use_op("softmax_backward", softmax_backward_mine):
+        nested = traced(m)
+    assert whole.replaced == {"attention_backward": "npllama.ops.attention.attention_backward"}
+    assert nested.replaced == {"softmax_backward": softmax_backward_mine.__module__ + "."
+                               + softmax_backward_mine.__qualname__}
+    assert whole.unrecorded == nested.unrecorded == {}
+    assert compare(traced(m), nested).notes == [f"b ran ops replaced with use_op: softmax_backward by "
+                                                f"{nested.replaced['softmax_backward']}"]
+    assert traced(m).replaced == {}   # nothing left over once the block ends
+
+
+def test_a_second_pass_under_a_replacement_notes_its_left_out_records_under_the_pass_prefix():
+    from npllama import debug
+
+    m = model()
+    with debug.planted_bug("swiglu-backward-up-sign"), use_backend("numpy"), npllama.trace() as t:
+        m.loss_and_grads(TOKENS, TARGETS)
+        m.loss_and_grads(TOKENS, TARGETS)
+    assert sorted(t.unrecorded) == sorted(SWIGLU_INSIDE + ["pass2/" + n for n in SWIGLU_INSIDE])
+
+
 # ----- 5. several passes in one trace --------------------------------------------------------
 
 def test_a_second_pass_is_recorded_under_a_pass_prefix_for_both_kinds_of_record():

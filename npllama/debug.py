@@ -5,6 +5,7 @@
     report = debug.compare_backends(model, ids)             # numpy reference vs numba kernels
     report = debug.compare_dtypes(model, ids)               # float32 vs float64
     report = debug.compare_transformers("runs/x/model", ids)  # npllama vs LlamaForCausalLM
+    report = debug.compare_transformers(edited_model, ids, transformers_folder="runs/x/model")  # vs the original
     print(report)        # the first tensor that differs beyond tolerance, its worst index, both values
 
 Every comparison records the forward intermediates and the backward gradients of one
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import tempfile
 from pathlib import Path
 
@@ -261,10 +263,16 @@ def compare_dtypes(model, tokens, targets=None, *, backend_name="numpy", rtol=No
 
 def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32, backend_name="numpy",
                          rtol=None, atol=None, include=None, exclude=None, attention_mask=None,
-                         faithful: bool = True) -> Comparison:
+                         faithful: bool = True, transformers_folder=None) -> Comparison:
     """npllama vs transformers.LlamaForCausalLM on the same Hugging Face folder (or model); for a
     SequenceClassifier or a LlamaForSequenceClassification folder, vs LlamaForSequenceClassification,
     targets its labels (see run_trace).  attention_mask (B, T), 1 = real token, is given to both.
+
+    A model given here is saved to a temporary folder that both sides load, so an edit made to it
+    in npllama is on both sides.  transformers_folder: the Hugging Face folder transformers loads
+    instead, against npllama's model as it is in memory (or as npllama loads model_or_dir: a folder,
+    a GGUF or llama2.c file) -- an edited or converted model against the original.  The parameters
+    that differ between the two are named in a note, before any tensor.
 
     In float64, stock transformers still runs RMSNorm, the RoPE tables and the eager softmax in
     float32; faithful (the default) replaces those with float64 versions (float64_faithful: its
@@ -276,8 +284,7 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
         raise TypeError(f"faithful must be True or False, got {faithful!r}")
     dtype = np.dtype(dtype).type
     faithful_run = faithful and dtype == np.float64
-    with _as_folder(model_or_dir) as folder:
-        ours = _from_folder(folder, dtype)
+    with _npllama_and_folder(model_or_dir, dtype, transformers_folder) as (ours, folder):
         if _is_classifier(ours) and not ours.causal:   # (numpy against numba, or the dtypes, compare it)
             from .finetune import BIDIRECTIONAL_NOTE
 
@@ -292,7 +299,7 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
     if rtol is None:
         rtol = TRANSFORMERS_FLOAT64_RTOL if faithful_run else TRANSFORMERS_RTOL
     comparison = compare(a, b, rtol, atol, labels=("npllama", "transformers"))
-    comparison.notes += _loaded_differently(ours, hf) + rope_notes
+    comparison.notes += _loaded_differently(ours, hf, transformers_folder) + rope_notes
     if dtype == np.float64:
         comparison.notes.append(FLOAT64_FAITHFUL_TRANSFORMERS if faithful_run else FLOAT64_AGAINST_TRANSFORMERS)
     if attention_mask is not None and not np.asarray(attention_mask, dtype=bool)[..., 0].all():
@@ -300,14 +307,16 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
     return comparison
 
 
-def _loaded_differently(ours, hf) -> list[str]:
-    """A note naming the parameters that npllama and transformers loaded differently from the same
-    folder.  Such a slip (a weight transposed, permuted, scaled, a tied head untied) shows first in
-    the op that reads the weight, and the report would send the reader into that correct op."""
-    ours_params = dict(ours.model.params, **{"score.weight": ours.score_weight}) if _is_classifier(ours) \
-        else ours.params
+def _loaded_differently(ours, hf, transformers_folder=None) -> list[str]:
+    """A note naming the parameters in which npllama's model and transformers' differ.  From the
+    same folder such a difference is a loader's slip (a weight transposed, permuted, scaled, a tied
+    head untied); against another folder (transformers_folder) it is what was edited or converted.
+    Either way it shows first in the op that reads the weight, and the report alone would send the
+    reader into that correct op."""
+    ours_params = ours.params   # a classifier's: its model's without the unused LM head, and score.weight
     differ = []
-    for name, param in hf.named_parameters():
+    theirs_params = dict(hf.named_parameters())
+    for name, param in theirs_params.items():
         theirs = param.detach().cpu().numpy()
         mine = ours_params.get(name)
         if mine is None:
@@ -316,11 +325,16 @@ def _loaded_differently(ours, hf) -> list[str]:
             differ.append(f"{name} (shape {mine.shape} in npllama, {theirs.shape} in transformers)")
         elif not np.array_equal(mine, theirs):
             differ.append(f"{name} (relative error {rel_error(mine, theirs, tiny=1e-300):.3g})")
+    differ += [f"{name} (transformers has none)" for name in ours_params if name not in theirs_params]
     if not differ:
         return []
-    more = f", and {len(differ) - 3} more" if len(differ) > 3 else ""
-    return [f"npllama and transformers loaded different parameters from the folder: {'; '.join(differ[:3])}"
-            f"{more}; the first divergence below may be where such a weight is first read, not a wrong step"]
+    listed = "; ".join(differ[:3]) + (f", and {len(differ) - 3} more" if len(differ) > 3 else "")
+    if transformers_folder is None:
+        return [f"npllama and transformers loaded different parameters from the folder: {listed}; the first "
+                f"divergence below may be where such a weight is first read, not a wrong step"]
+    return [f"npllama's model and the one transformers loaded from {str(transformers_folder)!r} have different "
+            f"parameters: {listed}; expect the first divergence where such a weight is first read (a "
+            f"consequence of the difference, not necessarily a wrong step)"]
 
 
 def _as_dtype(model, dtype):
@@ -342,6 +356,38 @@ def _as_dtype(model, dtype):
                                use_rslora=lora.use_rslora)
         adapters.params = {name: p.astype(dtype) for name, p in lora.params.items()}
     return copy
+
+
+@contextlib.contextmanager
+def _npllama_and_folder(model_or_dir, dtype, transformers_folder):
+    """(npllama's model in `dtype`, the folder transformers loads).  By default both come from one
+    folder: model_or_dir, or a model saved to a temporary one.  With transformers_folder, npllama's
+    model is model_or_dir as it is (or as npllama loads that path) and transformers loads the other."""
+    if transformers_folder is None:
+        with _as_folder(model_or_dir) as folder:
+            yield _from_folder(folder, dtype), folder
+        return
+    from .ops._checks import require_path
+
+    require_path("transformers_folder", transformers_folder, "the Hugging Face folder transformers loads")
+    if not (Path(transformers_folder) / "config.json").is_file():
+        raise ValueError(f"transformers_folder {str(transformers_folder)!r} is not a Hugging Face folder "
+                         f"(no config.json in it)")
+    ours = _traceable(model_or_dir)
+    if isinstance(ours, (str, os.PathLike)):
+        ours = _from_folder(ours, dtype)
+    if not hasattr(ours, "loss_and_grads"):
+        raise TypeError(f"model_or_dir must be a Llama, a SequenceClassifier or the path of a model, got "
+                        f"{type(ours).__name__}")
+    kind = "LlamaForSequenceClassification" if _is_classifier_folder(transformers_folder) else "LlamaForCausalLM"
+    if _is_classifier(ours) != (kind == "LlamaForSequenceClassification"):
+        raise ValueError(f"transformers_folder {str(transformers_folder)!r} holds a {kind}, but the model is "
+                         f"{'a classifier' if _is_classifier(ours) else 'a language model'}: give the folder "
+                         f"of the same kind of model")
+    if (ours.model if _is_classifier(ours) else ours).lora is not None:
+        raise ValueError("model_or_dir has LoRA adapters, which transformers' model of transformers_folder "
+                         "lacks: merge() them into the model first")
+    yield _as_dtype(ours, dtype), str(transformers_folder)
 
 
 @contextlib.contextmanager

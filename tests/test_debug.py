@@ -234,6 +234,8 @@ def test_cli_errors_are_one_line(folder, monkeypatch, capsys):
     (["compare", "--stock-transformers"], "--stock-transformers"),             # against numba
     (["compare", "--against", "transformers", "--stock-transformers"], "--stock-transformers"),   # float32
     (["compare", "--plant", "no-such-bug"], "rope-meta"),
+    (["compare", "--transformers-folder", "{missing}"], "--transformers-folder"),            # against numba
+    (["compare", "--against", "transformers", "--transformers-folder", "{missing}"], "no config.json"),
     (["compare", "--save", "{missing}/cmp"], "--save"),
     (["trace", "--out", "{missing}/t.npz"], "--out"),
     (["trace", "--out", "t.txt"], "--out t.txt: .*npz"),
@@ -404,6 +406,70 @@ def test_a_weight_loaded_differently_from_transformers_is_named_not_the_op_readi
     assert report.first.name == "model.layers.1.self_attn.v"
     text = str(report)
     assert "model.layers.1.self_attn.v_proj.weight" in text and "loaded" in text, text
+
+
+
+@pytest.mark.slow  # imports torch and transformers; skipped when they are absent
+def test_a_weight_edited_in_npllama_is_compared_against_transformers_on_the_original_folder(folder, tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    edited = Llama.from_pretrained(folder)
+    weight = "model.layers.1.self_attn.v_proj.weight"
+    edited.params[weight] *= 1.5
+    # given the model alone, both sides load the edited model: nothing can diverge
+    assert debug.compare_transformers(edited, IDS).ok
+    report = debug.compare_transformers(edited, IDS, transformers_folder=folder)
+    assert report.first.name == "model.layers.1.self_attn.v"          # where that weight is first read
+    note = next(n for n in report.notes if weight in n)
+    assert "have different parameters" in note and "loaded different" not in note, note
+    assert str(folder) in note and note.count(".weight") == 1           # that weight alone
+    unedited = debug.compare_transformers(Llama.from_pretrained(folder), IDS, transformers_folder=folder)
+    assert unedited.ok and not any("parameters" in n for n in unedited.notes), str(unedited)
+    # a parameter on npllama's side alone is named too: an untied LM head against a tied folder
+    tied = Llama(tiny_config(tie_word_embeddings=True), seed=0)
+    tied.save_pretrained(tmp_path / "tied")
+    untied = Llama(tiny_config(), params={**tied.params, "lm_head.weight": tied.params["model.embed_tokens.weight"].copy()})
+    notes = debug.compare_transformers(untied, IDS, transformers_folder=tmp_path / "tied").notes
+    assert any("lm_head.weight (transformers has none)" in n for n in notes), notes
+    # in float64 too (npllama's float32 model cast to float64, as transformers casts the folder)
+    assert debug.compare_transformers(edited, IDS, dtype=np.float64, transformers_folder=folder).first.name == \
+        "model.layers.1.self_attn.v"
+
+
+@pytest.mark.slow  # imports torch and transformers; skipped when they are absent
+def test_cli_compares_the_model_of_model_against_transformers_on_another_folder(folder, tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    edited = Llama.from_pretrained(folder)
+    edited.params["model.layers.0.mlp.up_proj.weight"] *= 1.5
+    edited.save_pretrained(tmp_path / "edited")
+    argv = ["debug", "compare", "--model", str(tmp_path / "edited"), "--tokens", "1,2,3,4", "--against",
+            "transformers"]
+    assert run_cli(argv) == 0   # one folder, loaded by both
+    capsys.readouterr()
+    assert run_cli(argv + ["--transformers-folder", str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert f"against transformers on {folder}" in out
+    assert "model.layers.0.mlp.up_proj.weight (relative error" in out and "FIRST DIVERGENCE" in out
+    assert run_cli(["debug", "compare", "--model", str(folder), "--tokens", "1,2,3,4", "--against",
+                    "transformers", "--transformers-folder", str(folder)]) == 0
+
+
+def test_transformers_folder_is_checked_before_anything_runs(folder, tmp_path, model):
+    # (refused before transformers is imported: these need neither torch nor transformers)
+    with pytest.raises(TypeError, match="transformers_folder must be"):
+        debug.compare_transformers(model, IDS, transformers_folder=3)
+    with pytest.raises(ValueError, match=r"transformers_folder .*\(no config.json in it\)"):
+        debug.compare_transformers(model, IDS, transformers_folder=tmp_path)
+    from npllama.finetune import SequenceClassifier
+    from npllama.lora import attach_lora
+
+    with pytest.raises(ValueError, match="holds a LlamaForCausalLM, but the model is a classifier"):
+        debug.compare_transformers(SequenceClassifier(model, ["a", "b"]), IDS, [0], transformers_folder=folder)
+    adapted = Llama.from_pretrained(folder)
+    attach_lora(adapted, r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["q_proj"])
+    with pytest.raises(ValueError, match="LoRA adapters.*merge"):
+        debug.compare_transformers(adapted, IDS, transformers_folder=folder)
 
 
 # ----- float64 against a float64-faithful transformers (optional) -----------------------------------

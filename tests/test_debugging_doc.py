@@ -2,6 +2,7 @@
 advice it gives (record with these patterns, then plot) works."""
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from npllama import Llama, LlamaConfig, debug, viz
+from npllama.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "debugging.md").read_text(encoding="utf-8")
@@ -131,3 +133,27 @@ def test_the_note_on_a_replaced_op_is_what_compare_prints():
     with debug.planted_bug("swiglu-backward-up-sign"):
         report = debug.compare_backends(Llama(config, seed=0), [1, 2, 3, 4])
     assert shown in str(report).splitlines(), str(report)
+
+
+def test_the_edited_model_example_prints_the_note_and_divergence_the_doc_shows(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    code = next(b for b in re.findall(r"```python\n(.*?)```", DOC, re.S) if "transformers_folder=" in b)
+    shown = re.search(re.escape(code) + r"```\n\n```\n(.*?)```", DOC, re.S).group(1).splitlines()
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
+    Llama(config, seed=0).save_pretrained(tmp_path / "runs" / "tiny" / "model")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    namespace = {}
+    exec(compile(code, "debugging.md edited model", "exec"), namespace)   # noqa: S102
+    printed = capsys.readouterr().out
+    for line in (line for line in shown if line != "..."):
+        assert line.split("...")[0].rstrip() in printed, (line, printed)
+    # the command the doc gives, on the edited model saved where it says
+    command = re.search(r"`(npllama debug compare [^`]*--transformers-folder [^`]*)`", DOC).group(1)
+    Llama.from_pretrained("runs/tiny/model").save_pretrained("runs/edited")
+    assert main(shlex.split(command)[1:]) == 0 and "no divergence" in capsys.readouterr().out
+    namespace["model"].save_pretrained("runs/edited")   # the example's edit
+    assert main(shlex.split(command)[1:]) == 1
+    assert "model.layers.1.self_attn.v_proj.weight (relative error 0.333)" in capsys.readouterr().out

@@ -57,6 +57,11 @@ def register(subparsers) -> None:
                          help="with --against transformers --dtype float64: compare with transformers as "
                               "it ships, whose RMSNorm, RoPE tables and softmax stay float32 (tolerance "
                               "1e-3), not with its float64-faithful version")
+    compare.add_argument("--transformers-folder", default=None, metavar="DIR",
+                         help="with --against transformers: the Hugging Face folder transformers loads, "
+                              "against the model npllama loads from --model (e.g. an edited or converted "
+                              "model against the original); the parameters that differ are named before "
+                              "any tensor (default: --model's folder, loaded by both)")
     from ..debug import PLANTED_BUGS
 
     compare.add_argument("--plant", default=None, metavar="BUG",
@@ -222,6 +227,12 @@ def run_compare(args) -> int:
     if args.stock_transformers and (args.against != "transformers" or args.dtype != "float64"):
         raise UsageError("--stock-transformers is for --against transformers --dtype float64 (in float32 "
                          "transformers runs as it ships anyway); as given, it would be ignored")
+    if args.transformers_folder is not None:
+        if args.against != "transformers":
+            raise UsageError("--transformers-folder is for --against transformers; as given, it would be ignored")
+        if not os.path.isfile(os.path.join(args.transformers_folder, "config.json")):
+            raise UsageError(f"--transformers-folder {args.transformers_folder}: not a Hugging Face folder "
+                             f"(no config.json in it)")
     if args.plant and args.plant not in debug.PLANTED_BUGS:
         raise UsageError(f"--plant {args.plant!r} is not a planted bug; choose one of "
                          f"{', '.join(sorted(debug.PLANTED_BUGS))}")
@@ -231,7 +242,8 @@ def run_compare(args) -> int:
                                                classifier=True)
     targets, stack, what = _targets(debug, model, args.label)
     print(f"{len(ids)} tokens, {what} {model_dir} ({stack.config.num_hidden_layers} layers), "
-          f"comparing numpy ({np.dtype(dtype).name}) against {args.against}")
+          f"comparing numpy ({np.dtype(dtype).name}) against {args.against}"
+          + (f" on {args.transformers_folder}" if args.transformers_folder is not None else ""))
     planted = debug.planted_bug(args.plant, "numpy") if args.plant else contextlib.nullcontext()
     common = dict(rtol=args.rtol, atol=args.atol, include=args.include, exclude=args.exclude)
     with planted:
@@ -241,8 +253,11 @@ def run_compare(args) -> int:
             comparison = debug.compare_dtypes(model, ids, targets, **common)
         else:
             try:
-                comparison = debug.compare_transformers(model_dir, ids, targets, dtype=dtype,
-                                                        faithful=not args.stock_transformers, **common)
+                # npllama's model as loaded from --model, against --transformers-folder when given
+                own_folder = args.transformers_folder is None
+                comparison = debug.compare_transformers(model_dir if own_folder else model, ids, targets,
+                                                        dtype=dtype, faithful=not args.stock_transformers,
+                                                        transformers_folder=args.transformers_folder, **common)
             except ImportError as error:
                 raise UsageError(str(error)) from None
     if args.save:

@@ -299,12 +299,32 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
     if rtol is None:
         rtol = TRANSFORMERS_FLOAT64_RTOL if faithful_run else TRANSFORMERS_RTOL
     comparison = compare(a, b, rtol, atol, labels=("npllama", "transformers"))
-    comparison.notes += _loaded_differently(ours, hf, transformers_folder) + rope_notes
+    comparison.notes += (_loaded_differently(ours, hf, transformers_folder)
+                         + _configured_differently(config, hf.config, transformers_folder) + rope_notes)
     if dtype == np.float64:
         comparison.notes.append(FLOAT64_FAITHFUL_TRANSFORMERS if faithful_run else FLOAT64_AGAINST_TRANSFORMERS)
     if attention_mask is not None and not np.asarray(attention_mask, dtype=bool)[..., 0].all():
         comparison.notes.append(LEFT_PADDING_AGAINST_TRANSFORMERS)
     return comparison
+
+
+# The settings of config.json that change what a Llama computes but not the shapes of its weights:
+# a difference in one of them shows in no parameter, only in the tensors.  (RoPE's are checked
+# through the frequencies themselves, by _rope_frequency_check.)
+_COMPUTING_SETTINGS = ("rms_norm_eps", "num_attention_heads", "num_key_value_heads", "head_dim")
+
+
+def _configured_differently(config, hf_config, transformers_folder=None) -> list[str]:
+    """A note naming the settings that npllama's config and transformers' differ in (an rms_norm_eps
+    that one side defaulted, a converted model with the heads split differently): like a parameter,
+    such a setting shows first in the op that uses it, which is not where the mistake is."""
+    differ = [f"{name} {getattr(config, name)!r} in npllama, {getattr(hf_config, name, None)!r} in transformers"
+              for name in _COMPUTING_SETTINGS if getattr(config, name) != getattr(hf_config, name, None)]
+    if not differ:
+        return []
+    where = "from the folder" if transformers_folder is None else f"from {str(transformers_folder)!r}"
+    return [f"npllama's model and the one transformers loaded {where} are configured differently: "
+            f"{'; '.join(differ)}; expect the first divergence where that setting is first used"]
 
 
 def _loaded_differently(ours, hf, transformers_folder=None) -> list[str]:

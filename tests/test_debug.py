@@ -437,6 +437,26 @@ def test_a_weight_edited_in_npllama_is_compared_against_transformers_on_the_orig
 
 
 @pytest.mark.slow  # imports torch and transformers; skipped when they are absent
+@pytest.mark.parametrize("setting, differs", [
+    (dict(rms_norm_eps=1e-3), ("rms_norm_eps 0.001 in npllama, 1e-05 in transformers", "input_layernorm.out")),
+    # the same weight shapes ((16, 16) and (8, 16)) cut into 2 heads of 8 instead of 4 of 4
+    (dict(num_attention_heads=2, num_key_value_heads=1),
+     ("num_attention_heads 2 in npllama, 4 in transformers", "self_attn.q_rot")),
+])
+def test_a_setting_that_differs_from_the_transformers_folder_is_named(folder, model, setting, differs):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    named, first = differs
+    reconfigured = Llama(tiny_config(**setting), params=model.params)
+    report = debug.compare_transformers(reconfigured, IDS, transformers_folder=folder)
+    assert report.first.name.endswith(first), str(report)
+    note = next((n for n in report.notes if "configured differently" in n), None)
+    assert note is not None and named in note and str(folder) in note, report.notes
+    assert not any("configured differently" in n
+                   for n in debug.compare_transformers(model, IDS, transformers_folder=folder).notes)
+
+
+@pytest.mark.slow  # imports torch and transformers; skipped when they are absent
 def test_cli_compares_the_model_of_model_against_transformers_on_another_folder(folder, tmp_path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")

@@ -29,6 +29,7 @@ from .diagnose import CheckFailed, Finding, diagnose, rel_error
 GRAD_TOL = 1e-7        # check_op's relative floor, as in tests/ops
 GRAD_ATOL = 1e-9
 CLOSED_FORM_TOL = 1e-9  # a closed form computed another way agrees to round-off
+RETURN_VALUE = "the return value"   # a Finding's subject when what came back is wrong as a whole
 
 
 # ----- parameter spaces: sampled by NumPy here, by hypothesis in the tests -------------------------
@@ -150,31 +151,32 @@ def call_backward(backward, dout, cache, case: Case) -> tuple:
     listed = ", ".join(names)
     if result is None:
         raise CheckFailed(Finding(
-            names[0], "your function returned None" + (f"; it must return {len(names)} gradients: {listed}"
+            "", "your function returned None" + (f"; it must return {len(names)} gradients: {listed}"
                                                        if len(names) > 1 else f"; it must return {listed}"),
-            hint="did you forget the return statement?", case=case.describe()))
+            hint="did you forget the return statement?", case=case.describe(), subject=RETURN_VALUE))
     if isinstance(result, list):
         if not all(isinstance(g, np.ndarray) for g in result):     # e.g. dx.tolist()
             raise CheckFailed(Finding(
-                names[0], "your function returned a list, not a NumPy array"
+                "", "your function returned a list, not a NumPy array"
                 + (f"; return {listed} as arrays" if len(names) > 1 else ""),
                 hint="return the array itself (no .tolist(); np.asarray turns a list back into an array)"
-                     + ("" if len(names) == 1 else ", in a tuple: return dx, dweight"), case=case.describe()))
+                     + ("" if len(names) == 1 else ", in a tuple: return dx, dweight"), case=case.describe(),
+                subject=RETURN_VALUE))
         result = tuple(result)
     if not isinstance(result, tuple):
         if len(names) > 1 and isinstance(result, np.ndarray):    # `return dx`, the other gradients forgotten
             raise CheckFailed(Finding(
-                names[0], f"your function returned one array, of shape {result.shape}; it must return "
-                          f"{len(names)} gradients: {listed}",
+                "", f"your function returned one array, of shape {result.shape}; it must return "
+                    f"{len(names)} gradients: {listed}",
                 hint=f"return them all, as a tuple in the order of the forward's inputs: return {listed}",
-                case=case.describe()))
+                case=case.describe(), subject=RETURN_VALUE))
         result = (result,)
     if len(result) != len(names):
         raise CheckFailed(Finding(
-            names[0], f"your function returned {len(result)} value(s); it must return {len(names)}: {listed}",
+            "", f"your function returned {len(result)} value(s); it must return {len(names)}: {listed}",
             hint=("return the gradients in the order of the forward's differentiable inputs"
                   + ("" if len(names) > 1 else " (one array, or a 1-tuple)")),
-            case=case.describe()))
+            case=case.describe(), subject=RETURN_VALUE))
     for position, (name, g, index) in enumerate(zip(names, result, case.wrt)):
         if isinstance(g, (list, tuple)):   # dx.tolist() in a tuple: gradcheck would refuse it as a crash
             raise CheckFailed(Finding(
@@ -210,13 +212,13 @@ def check_returns(backward, case: Case) -> None:
     grads = call_backward(backward, dout, cache, case)
     if not np.array_equal(dout, dout_before, equal_nan=True):
         name = _first_parameter(backward, "dout")
-        raise CheckFailed(Finding(case.grad_names[0], f"your function changed {name} in place",
+        raise CheckFailed(Finding("", f"your function changed {name} in place",
                                   hint=f"work on a copy (x = x * 2, not x *= 2) -- the caller still needs {name}",
-                                  case=case.describe()))
+                                  case=case.describe(), subject=name))
     if not _same_snapshot(cache_before, _snapshot(cache)):
-        raise CheckFailed(Finding(case.grad_names[0], "your function changed the cache in place",
+        raise CheckFailed(Finding("", "your function changed the cache in place",
                                   hint="the cache belongs to the forward pass: copy before modifying "
-                                       "(e.g. probs.copy())", case=case.describe()))
+                                       "(e.g. probs.copy())", case=case.describe(), subject="the cache"))
     for name, g, index in zip(case.grad_names, grads, case.wrt):
         if not np.issubdtype(g.dtype, np.floating):
             raise CheckFailed(Finding(name, f"{name} has dtype {g.dtype}, expected a float array",
@@ -246,7 +248,7 @@ def check_gradient(backward, case: Case) -> None:
             raise            # the student's own code raised it: the runner reports the crash and its line
         # check_op refuses a backward that changes dout or an input in place, or returns None or the
         # wrong number of gradients: the student's mistake, in the checker's words
-        raise CheckFailed(Finding(case.grad_names[0], f"the gradient check could not use your function: {error}",
+        raise CheckFailed(Finding("", f"the gradient check could not use your function: {error}",
                                   hint="return one new array per gradient and leave dout and the cache as "
                                        "they were (x = x * 2, not x *= 2)", case=case.describe())) from None
     failing = [r for r in report.inputs if not r.ok]

@@ -45,6 +45,8 @@ class Finding:
     expected_value: float | None = None
     case: str = ""                  # the inputs' shapes and options
     ladder: str = ""                # which simpler cases pass, and what changed when one fails
+    # what is wrong when it is not one gradient (grad ''): "the return value", "dy", "the cache"
+    subject: str = ""
 
     def lines(self) -> list[str]:
         out = []
@@ -52,6 +54,8 @@ class Finding:
             out.append(f"case: {self.case}")
         if self.grad:
             out.append(f"gradient: {self.grad}")
+        elif self.subject:
+            out.append(f"problem in: {self.subject}")
         if self.rel_error is not None:
             where = ""
             if self.worst_index is not None and self.got_value is not None:

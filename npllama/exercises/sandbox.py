@@ -345,7 +345,7 @@ class _Submission:
         return served
 
     def call(self, args: tuple, kwargs: dict):
-        from .checks import CheckFailed
+        from .checks import RETURN_VALUE, CheckFailed
         from .diagnose import Finding
         from .screen import ForbiddenCall
 
@@ -366,7 +366,7 @@ class _Submission:
                 what = str(header.get("what", ""))[:200]
                 error = CheckFailed(Finding("", f"your function returned {what}, more than the checker takes back",
                                             hint="return one array per gradient, each with the shape of its input "
-                                                 "(a few KB here)"))
+                                                 "(a few KB here)", subject=RETURN_VALUE))
             else:
                 raise wire.WireError(f"a reply of kind {kind!r}")
         except (wire.WireError, *wire.MALFORMED):

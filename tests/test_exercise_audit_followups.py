@@ -1,0 +1,47 @@
+"""What a second classroom audit found, each case a file a student could write: a failure of the
+whole return value (or of dy, or of the cache) names that, not the first gradient; a rotated
+return order is said once; a crash indexing a shape gets its own hint; a slow check says it is
+still running; the rope starter's shapes agree with its docstring; and a student's own pytest file
+can run the checks (npllama.exercises.assert_passes)."""
+import textwrap
+
+import pytest
+
+from npllama.exercises import check_file
+
+LINEAR_RIGHT = """
+import numpy as np
+
+def linear_backward(dy, cache):
+    x, weight = cache
+    dx = dy @ weight
+    dweight = dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+    {extra}
+    return {returned}
+"""
+
+
+def _linear(tmp_path, name, returned="dx, dweight", extra=""):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(LINEAR_RIGHT).format(returned=returned, extra=extra))
+    return path
+
+
+# ----- a failure of the whole return value, of dy or of the cache names it ------------------------
+
+@pytest.mark.parametrize("returned, extra, subject, message", [
+    ("dx, dweight, None", "", "the return value", "returned 3 value(s); it must return 2: dx, dweight"),
+    ("dx", "", "the return value", "returned one array"),
+    ("None", "", "the return value", "returned None"),
+    ("dx, dweight", "dy *= 0", "dy", "changed dy in place"),
+    ("dx, dweight", "x[...] = 0", "the cache", "changed the cache in place"),
+])
+def test_a_failure_of_the_whole_return_value_names_it_not_a_gradient(tmp_path, returned, extra, subject,
+                                                                     message):
+    report = check_file("linear", _linear(tmp_path, "linear_backward.py", returned, extra), n_random=0)
+    first = report.first_failure
+    assert first.check.name == "returns" and message in first.finding.message
+    text = report.format()
+    assert f"  problem in: {subject}\n" in text, text
+    assert "gradient: dx" not in text, text
+    assert not report.summary().startswith("returns: dx:"), report.summary()

@@ -45,3 +45,28 @@ def test_a_failure_of_the_whole_return_value_names_it_not_a_gradient(tmp_path, r
     assert f"  problem in: {subject}\n" in text, text
     assert "gradient: dx" not in text, text
     assert not report.summary().startswith("returns: dx:"), report.summary()
+
+
+# ----- a rotated return order is said once ---------------------------------------------------------
+
+SWIGLU_ROTATED = """
+from npllama.ops.linear import linear_backward
+from npllama.ops.swiglu import swiglu_act_backward
+
+def swiglu_backward(dout, cache):
+    (x, w_gate), (_, w_up), act_cache, (act, w_down) = cache
+    dact, dw_down = linear_backward(dout, (act, w_down))
+    dgate, dup = swiglu_act_backward(dact, act_cache)
+    dx_gate, dw_gate = linear_backward(dgate, (x, w_gate))
+    dx_up, dw_up = linear_backward(dup, (x, w_up))
+    return dx_gate + dx_up, dw_down, dw_gate, dw_up
+"""
+
+
+def test_a_rotated_return_order_is_named_without_the_shapes_it_implies(tmp_path):
+    path = tmp_path / "swiglu_backward.py"
+    path.write_text(SWIGLU_ROTATED)
+    finding = check_file("swiglu", path, n_random=0).first_failure.finding
+    assert "yours are (dx, dw_down, dw_gate, dw_up)" in finding.message
+    assert finding.ladder.startswith("it fails even the simplest case"), finding.ladder
+    assert "shape" not in finding.ladder, finding.ladder

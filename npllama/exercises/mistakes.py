@@ -31,6 +31,7 @@ class Mistake:
     message: str           # what the student did, in a teacher's words
     hint: str              # how to fix it
     knobs: dict            # the derivation's steps this mistake alters (catalogue.variant's arguments)
+    reorders: bool = False  # the right gradients in each other's places (their shapes are then no news)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Explanation:
     message: str = ""
     hint: str = ""
     ladder: str = ""
+    reorders: bool = False
 
 
 def as_tuple(result):
@@ -101,7 +103,7 @@ def name_mistake(catalogue, exercise, backward) -> Explanation | None:
             first = differs.index(True)
             grad = next((n for n, g, r in zip(names, wrong[first], probes[first][3])
                          if np.shape(g) != np.shape(r) or rel_error(g, r) >= MATCH), names[0])
-            return Explanation(grad, mistake.message, mistake.hint)
+            return Explanation(grad, mistake.message, mistake.hint, reorders=mistake.reorders)
     return None
 
 
@@ -128,7 +130,8 @@ def _swaps(names, catalogue):
         else:
             message = (f"the gradients come back in the wrong order: yours are ({', '.join(names[k] for k in order)}) "
                        f"in the places of ({', '.join(names)})")
-        mistake = Mistake(message, f"return the gradients in the order of the forward's inputs: {', '.join(names)}", {})
+        mistake = Mistake(message, f"return the gradients in the order of the forward's inputs: {', '.join(names)}", {},
+                          reorders=True)
 
         def compute(dout, case, order=order):
             right = as_tuple(catalogue.variant(dout, case))
@@ -137,8 +140,10 @@ def _swaps(names, catalogue):
     return found
 
 
-def compare_ladder(catalogue, exercise, backward) -> str:
-    """'passes with one row -- fails with several rows: ...', or '' when there is nothing to say."""
+def compare_ladder(catalogue, exercise, backward, say_shapes: bool = True) -> str:
+    """'passes with one row -- fails with several rows: ...', or '' when there is nothing to say.
+    say_shapes: add a failing case's wrong shape (not when the gradients are named as reordered:
+    dw_gate's shape in dw_down's place says the same again)."""
     rungs = catalogue.ladder
     if not rungs:
         return ""
@@ -152,7 +157,7 @@ def compare_ladder(catalogue, exercise, backward) -> str:
         verdicts.append(_rung_verdict(got, right, case.grad_names))
     base, rest = rungs[0], list(zip(rungs[1:], verdicts[1:]))
     if verdicts[0] is not None:
-        return f"it fails even the simplest case ({base.label})" + _shape_words(verdicts[0])
+        return f"it fails even the simplest case ({base.label})" + (_shape_words(verdicts[0]) if say_shapes else "")
     failing = [(r, v) for r, v in rest if v is not None]
     if not failing:
         return ""
@@ -160,7 +165,8 @@ def compare_ladder(catalogue, exercise, backward) -> str:
     first, verdict = failing[0]
     text = f"passes with {'; with '.join(passing)} -- fails with {first.label}"
     if verdict != "wrong":
-        text += _shape_words(verdict)   # a shape says what is wrong better than any suspect
+        if say_shapes:
+            text += _shape_words(verdict)   # a shape says what is wrong better than any suspect
     elif first.suspect:
         text += f": {first.suspect}"
     if len(failing) > 1:
@@ -193,7 +199,7 @@ def explain(catalogue, exercise, backward) -> Explanation:
     except Exception:    # a catalogue that cannot run here must not hide the checks' own findings
         found = Explanation()
     try:
-        found.ladder = compare_ladder(catalogue, exercise, backward)
+        found.ladder = compare_ladder(catalogue, exercise, backward, say_shapes=not found.reorders)
     except Exception:
         found.ladder = ""
     return found

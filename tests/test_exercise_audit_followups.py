@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from npllama.exercises import check_file
+from npllama.exercises.sandbox import grade_file
 
 LINEAR_RIGHT = """
 import numpy as np
@@ -70,3 +71,37 @@ def test_a_rotated_return_order_is_named_without_the_shapes_it_implies(tmp_path)
     assert "yours are (dx, dw_down, dw_gate, dw_up)" in finding.message
     assert finding.ladder.startswith("it fails even the simplest case"), finding.ladder
     assert "shape" not in finding.ladder, finding.ladder
+
+
+# ----- x.shape[1] on a 1-D array: count axes from the back --------------------------------------
+
+LINEAR_ROWS_BY_SHAPE_1 = """
+def rows(a):
+    return a.reshape(-1, a.shape[1])
+
+def linear_backward(dy, cache):
+    x, weight = cache
+    return dy @ weight, rows(dy).T @ rows(x)
+"""
+
+LINEAR_INDEXES_THE_CACHE = """
+def linear_backward(dy, cache):
+    x, weight = cache[0], cache[2]
+    return dy @ weight, dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+"""
+
+
+@pytest.mark.parametrize("grade", [lambda path: check_file("linear", path, n_random=0).format(),
+                                   lambda path: grade_file("linear", path, n_random=0).text],
+                         ids=["in_process", "sandboxed"])
+def test_a_shape_indexed_from_the_front_of_a_vector_gets_the_count_from_the_back_hint(tmp_path, grade):
+    path = tmp_path / "linear_backward.py"
+    path.write_text(LINEAR_ROWS_BY_SHAPE_1)
+    text = grade(path)
+    assert "raised IndexError: tuple index out of range (line 3 of linear_backward.py" in text, text
+    assert "hint: a.shape[1] counts axes from the front" in text and "a.shape[-1]" in text, text
+
+    path.write_text(LINEAR_INDEXES_THE_CACHE)     # the same error on a tuple that is no shape
+    text = grade(path)
+    assert "raised IndexError: tuple index out of range" in text, text
+    assert "counts axes from the front" not in text and "rebuild this case" in text, text

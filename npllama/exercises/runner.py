@@ -16,6 +16,7 @@ import dataclasses
 import importlib.util
 import inspect
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -444,7 +445,28 @@ def _crash_hint(error: BaseException, exercise: Exercise, params, source_file: s
     if isinstance(error, ValueError) and ("core dimension" in text or "not aligned" in text):
         return ("a matrix product whose inner sizes differ: an operand needs a transpose, or the operands are "
                 "in the wrong order (weights are (out, in); a gradient has its input's shape) -- print the shapes")
+    axes = _shape_index_out_of_range(error, source_file)
+    if axes:
+        return (f"{' and '.join(axes)} counts axes from the front, and an array of this case has fewer (see its "
+                f"shapes above): count from the back -- a.shape[-1] is the last axis however many leading axes "
+                f"there are, and a.reshape(-1, a.shape[-1]) gives the rows")
     return _rerun_hint(exercise, params, source_file)
+
+
+# a shape's axis by its position from the front: x.shape[1], self.w.shape[0], np.shape(x)[1]
+SHAPE_INDEX = re.compile(r"[\w.]*\.shape\[\d+\]|(?:\w+\.)?shape\([^()]*\)\[\d+\]")
+
+
+def _shape_index_out_of_range(error: BaseException, source_file: str | None) -> list[str]:
+    """The shape lookups by a position from the front (x.shape[1]) on the line of the student's
+    file where an IndexError 'tuple index out of range' was raised; [] when it came from anywhere
+    else (indexing a tuple is no call: the line raising it is the innermost frame)."""
+    if not (isinstance(error, IndexError) and str(error) == "tuple index out of range" and source_file):
+        return []
+    frames = _traceback_frames(error)
+    if not frames or os.path.abspath(frames[-1].filename) != os.path.abspath(source_file):
+        return []
+    return SHAPE_INDEX.findall(frames[-1].line or "")
 
 
 def _raised_in_einsum(error: BaseException, text: str) -> bool:

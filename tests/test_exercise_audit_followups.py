@@ -3,11 +3,12 @@ whole return value (or of dy, or of the cache) names that, not the first gradien
 return order is said once; a crash indexing a shape gets its own hint; a slow check says it is
 still running; the rope starter's shapes agree with its docstring; and a student's own pytest file
 can run the checks (npllama.exercises.assert_passes)."""
+import re
 import textwrap
 
 import pytest
 
-from npllama.exercises import check_file
+from npllama.exercises import EXERCISES, check_file, starter_source
 from npllama.exercises.sandbox import grade_file
 
 LINEAR_RIGHT = """
@@ -105,3 +106,35 @@ def test_a_shape_indexed_from_the_front_of_a_vector_gets_the_count_from_the_back
     text = grade(path)
     assert "raised IndexError: tuple index out of range" in text, text
     assert "counts axes from the front" not in text and "rebuild this case" in text, text
+
+
+# ----- a starter's Shapes line and its docstring give one shape to each name ----------------------
+
+def _shapes_line(shapes: str) -> dict:
+    """'x, y, dy, dx (..., D)   rstd (..., 1)' -> {'x': '(..., D)', ...}: each group's first shape."""
+    named = {}
+    for group in shapes.split("   "):
+        found = re.match(r"([\w, ]+?) (\([^)]*\))", group.strip())
+        if found:
+            named.update({name.strip(): found.group(2) for name in found.group(1).split(",")})
+    return named
+
+
+def _docstring_shapes(doc: str) -> dict:
+    """'    dy:    (..., D) the gradient ...' -> {'dy': '(..., D)'}."""
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\s*(\w+):\s+(\([^)]*\))", doc, re.MULTILINE)}
+
+
+@pytest.mark.parametrize("op", sorted(EXERCISES))
+def test_the_shapes_line_and_the_docstring_agree(op):
+    exercise = EXERCISES[op]
+    in_line, in_doc = _shapes_line(exercise.shapes), _docstring_shapes(exercise.doc)
+    both = sorted(set(in_line) & set(in_doc))
+    assert [(name, in_line[name]) for name in both] == [(name, in_doc[name]) for name in both]
+
+
+def test_the_rope_starter_gives_dy_the_ops_own_shape():
+    source = starter_source("rope")
+    shapes_line = next(line for line in source.splitlines() if line.startswith("Shapes:"))
+    assert "x, y, dy, dx (..., T, head_dim)" in shapes_line, shapes_line
+    assert "dy:    (..., T, head_dim)" in source

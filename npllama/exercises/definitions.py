@@ -435,7 +435,7 @@ y = x * cos + rotate_half(x) * sin     # Hugging Face's convention: pairs (x[i],
     Returns dx, with the shape of dy.
     npllama.ops.rope.rotate_half(a) is yours to use.
     """
-    shapes = "x, y, dy, dx (B, H, T, head_dim)   cos, sin (T, head_dim)"
+    shapes = "x, y, dy, dx (..., T, head_dim), in the model (B, H, T, head_dim)   cos, sin (T, head_dim)"
     allowed_imports = "numpy, and rotate_half from npllama.ops.rope"
     helpers = (("npllama.ops.rope", "rotate_half"),)
     space = dict(B=Ints(1, 2), H=Ints(1, 3), T=Ints(1, 4), head_dim=Choice((2, 4, 6, 8, 16)), seed=SEED)

@@ -138,3 +138,42 @@ def test_the_rope_starter_gives_dy_the_ops_own_shape():
     shapes_line = next(line for line in source.splitlines() if line.startswith("Shapes:"))
     assert "x, y, dy, dx (..., T, head_dim)" in shapes_line, shapes_line
     assert "dy:    (..., T, head_dim)" in source
+
+
+# ----- an endless loop says it is still running, long before the time limit -------------------------
+
+RMSNORM_RIGHT = """
+import numpy as np
+
+def rmsnorm_backward(dy, cache):
+    x, rstd, weight = cache
+    xhat, dxhat = x * rstd, dy * weight
+    dx = rstd * (dxhat - xhat * (dxhat * xhat).mean(-1, keepdims=True))
+    return dx, (dy * xhat).reshape(-1, x.shape[-1]).sum(0)
+"""
+
+
+def test_a_check_still_running_says_so_once_and_names_the_flag(tmp_path, capsys, monkeypatch):
+    from npllama.cli import main
+    from npllama.commands import exercise
+
+    loop = tmp_path / "rmsnorm_backward.py"
+    loop.write_text("def rmsnorm_backward(dy, cache):\n    while True:\n        pass\n")
+    monkeypatch.setattr(exercise, "STILL_RUNNING_AFTER", 0.5)    # the default is 10 s
+    assert main(["exercise", "check", "rmsnorm", str(loop), "--cases", "0", "--timeout", "3"]) == 1
+    out, err = capsys.readouterr()
+    assert err.count("still running") == 1, err
+    assert "still running after 0.5 s -- it is stopped at 3 s; --timeout changes it\n" in err
+    assert "stopped after 3 s of wall clock" in out
+
+
+def test_a_fast_check_prints_no_notice(tmp_path, capsys):
+    from npllama.cli import main
+
+    right = tmp_path / "rmsnorm_backward.py"
+    right.write_text(RMSNORM_RIGHT)
+    assert main(["exercise", "check", "rmsnorm", str(right), "--cases", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"checking {right} against the 4 checks of exercise rmsnorm (in a process of its "
+                                f"own, at most 120 s) ..."], err
+    assert "Well done" in out

@@ -7,6 +7,9 @@ from . import HelpFormatter, UsageError
 EXERCISE_FILE_HELP = ("a teacher's own exercise: a .py file defining a subclass of npllama.exercises.Exercise "
                       "(docs/debugging.md, \"Your own exercise\"); OP then names one of its exercises, and its "
                       "reference backward must pass the exercise's own checks first")
+# After this many seconds `check` of one file says it is still running: an endless loop would
+# otherwise be silence until --timeout.  A right answer takes a second or two, and never sees it.
+STILL_RUNNING_AFTER = 10.0
 
 
 def register(subparsers) -> None:
@@ -199,13 +202,33 @@ def run_check(args) -> int:
     else:
         print(f"checking {path} against the {len(exercise.checks())} checks of exercise {args.op} "
               f"(in a process of its own, at most {args.timeout:g} s) ...", file=sys.stderr, flush=True)
-        graded = [grade_file(exercise, path, **limits)]
+        graded = [_with_still_running_notice(args.timeout, lambda: grade_file(exercise, path, **limits))]
         if graded[0].output:
             print(graded[0].output + "\n")
         print(graded[0].text)
     if args.json:
         atomic_write_text(Path(args.json), gradebook_json(graded))   # a failed write leaves the old file whole
     return 0 if all(g.ok for g in graded) else 1
+
+
+def _with_still_running_notice(timeout: float, grade):
+    """grade(), with one line on stderr if it is still running after STILL_RUNNING_AFTER seconds
+    (none when the time limit is no longer than that: it says why it stopped itself)."""
+    import sys
+    import threading
+
+    def notice():
+        print(f"still running after {STILL_RUNNING_AFTER:g} s -- it is stopped at {timeout:g} s; "
+              f"--timeout changes it", file=sys.stderr, flush=True)
+
+    timer = threading.Timer(STILL_RUNNING_AFTER, notice)
+    timer.daemon = True
+    if timeout > STILL_RUNNING_AFTER:
+        timer.start()
+    try:
+        return grade()
+    finally:
+        timer.cancel()
 
 
 def run_train(args) -> int:

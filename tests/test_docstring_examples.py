@@ -93,6 +93,8 @@ NOT_RUN = {
     "npllama.optim.SGD:0": "the update rule",
     "npllama.optim.cosine_with_warmup:0": "the schedule's formula",
     "npllama.exercises:0": "shell commands (tests/test_exercises.py runs them)",
+    "npllama.exercises:2": "a pytest test, run by pytest (tests/test_exercise_audit_followups.py runs the one "
+                           "`exercise start` prints)",
     "npllama.io.errors:0": "an example message",
     "npllama.io.llama2c_tokenizer:0": "the file layout",
     "npllama.io.safetensors:0": "the file layout",

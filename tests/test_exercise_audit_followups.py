@@ -177,3 +177,59 @@ def test_a_fast_check_prints_no_notice(tmp_path, capsys):
     assert err.splitlines() == [f"checking {right} against the 4 checks of exercise rmsnorm (in a process of its "
                                 f"own, at most 120 s) ..."], err
     assert "Well done" in out
+
+
+# ----- the checks from pytest: the test `exercise start` prints, run by a student's pytest -------------
+
+RMSNORM_MISSING_TERM = """
+def rmsnorm_backward(dy, cache):
+    x, rstd, weight = cache
+    return rstd * dy * weight, (dy * x * rstd).reshape(-1, x.shape[-1]).sum(0)
+"""
+
+
+def test_the_pytest_test_start_prints_passes_a_right_file_and_shows_the_diagnosis_of_a_wrong_one(
+        tmp_path, capsys, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from npllama.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["exercise", "start", "rmsnorm", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    test_text = textwrap.dedent(printed.split("the same checks:\n", 1)[1])
+    (tmp_path / "test_rmsnorm_backward.py").write_text(test_text)
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
+
+    def pytest_on(answer):
+        (tmp_path / "rmsnorm_backward.py").write_text(answer)
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               "test_rmsnorm_backward.py"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    right = pytest_on(RMSNORM_RIGHT)
+    assert right.returncode == 0 and "1 passed" in right.stdout, right.stdout + right.stderr
+    wrong = pytest_on(RMSNORM_MISSING_TERM)
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+    for shown in ("FAIL  gradient", "what is wrong: it is missing the term that comes from rstd depending on x",
+                  "hint: rstd = 1/sqrt(mean(x^2) + eps)", "2 of 4 checks passed."):
+        assert shown in wrong.stdout, wrong.stdout
+
+
+def test_assert_passes_takes_a_function_too_and_names_a_bad_argument():
+    from npllama.exercises import assert_passes
+    from npllama.ops.rmsnorm import rmsnorm_backward
+
+    assert_passes("rmsnorm", rmsnorm_backward, n_random=0)
+    namespace = {}
+    exec(RMSNORM_MISSING_TERM, namespace)
+    with pytest.raises(AssertionError, match="what is wrong: it is missing the term"):
+        assert_passes("rmsnorm", namespace["rmsnorm_backward"], n_random=0)
+    with pytest.raises(TypeError, match="backward must be your function or the path of your .py file"):
+        assert_passes("rmsnorm", 5)
+    with pytest.raises(ValueError, match="timeout limits the process a file runs in"):
+        assert_passes("rmsnorm", rmsnorm_backward, timeout=5)

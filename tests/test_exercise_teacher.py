@@ -331,3 +331,18 @@ def test_exercise_train_refuses_an_exercise_the_model_does_not_run_naming_the_op
     err = capsys.readouterr().err
     assert "exercise 'gelu' of gelu_exercise.py replaces gelu_forward/gelu_backward, which the model's " in err
     assert "rmsnorm_forward/rmsnorm_backward" in err and len(err.splitlines()) == 1
+
+
+def test_the_pytest_test_start_prints_loads_the_teachers_file(gelu_file, tmp_path, capsys, monkeypatch):
+    import textwrap
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["exercise", "start", "--exercise-file", gelu_file.name, "gelu", "--quiet"]) == 0
+    test_text = textwrap.dedent(capsys.readouterr().out.split("the same checks:\n", 1)[1])
+    assert "load_exercises('gelu_exercise.py')['gelu']" in test_text
+    namespace = {}
+    exec(test_text, namespace)
+    with pytest.raises(AssertionError, match="not implemented yet"):
+        namespace["test_gelu_backward"]()
+    (tmp_path / "gelu_backward.py").write_text(RIGHT)
+    namespace["test_gelu_backward"]()

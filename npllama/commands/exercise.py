@@ -1,6 +1,7 @@
 """`npllama exercise`: write one op's backward pass yourself and have it checked (classroom mode)."""
 
 import shlex
+import textwrap
 
 from . import HelpFormatter, UsageError
 
@@ -136,6 +137,8 @@ def run_start(args) -> int:
             print(quote)
     print(f"wrote {path}: fill in {ex.backward_name}, then run")
     print(f"    {ex.check_command(path)}")
+    print("or, from pytest (a test file of your own, a course's CI), the same checks:")
+    print(textwrap.indent(ex.pytest_test(path), "    ", lambda line: bool(line.strip())))
     return 0
 
 

@@ -26,18 +26,26 @@ From Python:
     from npllama.exercises import check_function
     print(check_function("rmsnorm", my_rmsnorm_backward).format())
 
+From pytest (a test file of your own, a course's CI), failing with the whole report:
+
+    from npllama.exercises import assert_passes
+    def test_rmsnorm_backward():
+        assert_passes("rmsnorm", "rmsnorm_backward.py")   # checked as `exercise check` does
+
 A teacher's own exercise (GELU, a LayerNorm variant, ...) is one Python file holding a subclass of
 Exercise, given to every command with `--exercise-file FILE` or loaded with load_exercises (teacher.py).
 """
 from .definitions import EXERCISES, Exercise, check, get_exercise
 from .diagnose import CheckFailed, Finding, diagnose
-from .runner import Report, SubmissionError, check_file, check_folder, check_function, format_table, load_function
+from .runner import (Report, SubmissionError, assert_passes, check_file, check_folder, check_function, format_table,
+                     load_function)
 from .gradebook import format_gradebook, grade_folder, write_gradebook
 from .sandbox import Graded, grade_file
 from .starter import starter_source, write_starter
 from .teacher import ExerciseFileError, load_exercises
 
 __all__ = ["EXERCISES", "Exercise", "get_exercise", "CheckFailed", "Finding", "diagnose", "Report",
-           "SubmissionError", "check_file", "check_folder", "check_function", "format_table", "load_function",
+           "SubmissionError", "assert_passes", "check_file", "check_folder", "check_function", "format_table",
+           "load_function",
            "starter_source", "write_starter", "Graded", "grade_file", "grade_folder", "write_gradebook",
            "format_gradebook", "check", "ExerciseFileError", "load_exercises"]

@@ -94,6 +94,19 @@ class Exercise:
         return (f"npllama exercise check --exercise-file {shlex.quote(os.path.basename(self.exercise_file))} "
                 f"{self.op} {path}")
 
+    def pytest_test(self, path) -> str:
+        """A pytest test that checks `path` against this exercise (npllama.exercises.assert_passes),
+        to paste into a test file of one's own."""
+        if self.builtin:
+            importing, exercise = "from npllama.exercises import assert_passes", repr(self.op)
+        else:
+            importing, exercise = self.loader()
+            same_module = importing.startswith("from npllama.exercises import ")
+            importing += ", assert_passes" if same_module else "\nfrom npllama.exercises import assert_passes"
+        return (f"{importing}\n\n"
+                f"def test_{self.backward_name}():\n"
+                f"    assert_passes({exercise}, {str(path)!r})")
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         # a teacher's exercise (teacher.py) finds its forward and reference in its own file unless

@@ -245,6 +245,38 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     return report
 
 
+def assert_passes(op, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0,
+                  timeout: float | None = None) -> None:
+    """For pytest -- a student's own test file, a course's CI: return quietly when every check of
+    exercise `op` passes, else raise AssertionError carrying the whole report (the checks, what is
+    wrong and the hint), which pytest shows as the failure.
+
+        def test_rmsnorm_backward():
+            assert_passes("rmsnorm", "rmsnorm_backward.py")
+
+    backward: the path of your .py file, checked as `npllama exercise check` checks it (the import
+    rule, then its code in a process of its own with the time limit `timeout`, default 120 s, and
+    the default memory limit: sandbox.grade_file); or your function itself, checked in this
+    process (check_function, no time limit)."""
+    __tracebackhide__ = True     # pytest shows the student's test line, not this helper's
+    if callable(backward):
+        if timeout is not None:
+            raise ValueError("timeout limits the process a file runs in; a function is checked in this process "
+                             "without one: give the file's path, or no timeout")
+        report = check_function(op, backward, n_random=n_random, seed=seed)
+        if not report.ok:
+            raise AssertionError(f"{report.summary()}\n\n{report.format()}")
+        return
+    from .sandbox import DEFAULT_TIMEOUT, grade_file
+
+    path = path_argument(backward, "backward", "your function or the path of your .py file")
+    graded = grade_file(op, path, n_random=n_random, seed=seed,
+                        timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+    if not graded.ok:
+        summary = ": ".join(part for part in (graded.first_failure, graded.diagnosis) if part) or graded.status
+        raise AssertionError("\n\n".join(text for text in (summary, graded.output, graded.text) if text))
+
+
 def _name_the_mistake(exercise, backward, finding: Finding) -> None:
     """Add to what the failing case's numbers show (diagnose.py) the mistake the catalogue's probes
     name, if one matches on every probe (its words replace the numbers' own), and which simpler

@@ -49,6 +49,19 @@ def test_a_failure_of_the_whole_return_value_names_it_not_a_gradient(tmp_path, r
     assert not report.summary().startswith("returns: dx:"), report.summary()
 
 
+@pytest.mark.parametrize("op, source", [
+    ("block", "def block_backward(dout, cache):\n    return dout\n"),
+    ("model", "def model_backward(dlogits, cache, config):\n    return [dlogits]\n"),
+    ("model", "def model_backward(dlogits, cache, config):\n    return {'model.norm.weight': 0}\n"),
+])
+def test_the_assembled_exercises_name_the_return_value_too(tmp_path, op, source):
+    path = tmp_path / f"{op}_backward.py"
+    path.write_text(source)
+    text = check_file(op, path, n_random=0).format()
+    assert "  problem in: the return value\n" in text, text
+    assert "gradient: grads" not in text, text
+
+
 # ----- a rotated return order is said once ---------------------------------------------------------
 
 SWIGLU_ROTATED = """

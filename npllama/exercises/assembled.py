@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .definitions import Exercise, check
-from .checks import SEED, Case, Choice, Ints, expect_close
+from .checks import RETURN_VALUE, SEED, Case, Choice, Ints, expect_close
 from .diagnose import CheckFailed, Finding
 
 WEIGHTS = ("input_layernorm", "q_proj", "k_proj", "v_proj", "o_proj", "post_attention_layernorm", "gate_proj",
@@ -61,8 +61,9 @@ def _flatten_block(backward, dout, cache):
     else:
         got = f"it returned one value, of type {type(result).__name__}"
     raise CheckFailed(Finding(
-        "grads", f"block_backward must return (dx, grads), grads the nine weight gradients; {got}",
-        hint=f"return dx, LayerWeights(...) (npllama.model), or dx and a tuple in its order: {', '.join(WEIGHTS)}"))
+        "", f"block_backward must return (dx, grads), grads the nine weight gradients; {got}",
+        hint=f"return dx, LayerWeights(...) (npllama.model), or dx and a tuple in its order: {', '.join(WEIGHTS)}",
+        subject=RETURN_VALUE))
 
 
 class Assembled(Exercise):
@@ -191,9 +192,10 @@ def _flatten_model(backward, dlogits, packed):
         return None        # call_backward asks for the return statement
     if not isinstance(grads, dict):
         raise CheckFailed(Finding(
-            "grads", f"model_backward must return a dict (parameter name -> gradient), not a "
+            "", f"model_backward must return a dict (parameter name -> gradient), not a "
                      f"{type(grads).__name__}",
-            hint='grads = {}; grads["model.norm.weight"] = ...; return grads -- the keys of model.params'))
+            hint='grads = {}; grads["model.norm.weight"] = ...; return grads -- the keys of model.params',
+            subject=RETURN_VALUE))
     names = list(packed.config.param_shapes())
     missing = [n for n in names if n not in grads]
     extra = [k for k in grads if k not in names]
@@ -207,8 +209,9 @@ def _flatten_model(backward, dlogits, packed):
             "; the embeddings are tied here, so there is no lm_head.weight: its gradient adds into "
             "model.embed_tokens.weight")
         raise CheckFailed(Finding(
-            "grads", f"the dict must have exactly the keys of model.params; {'; '.join(parts)}",
-            hint=f"spell the keys as model.params does (Hugging Face's names, e.g. {names[0]!r}){tied}"))
+            "", f"the dict must have exactly the keys of model.params; {'; '.join(parts)}",
+            hint=f"spell the keys as model.params does (Hugging Face's names, e.g. {names[0]!r}){tied}",
+            subject=RETURN_VALUE))
     return tuple(grads[n] for n in names)
 
 

@@ -65,13 +65,17 @@ FLOAT64_FAITHFUL_TRANSFORMERS = (
     "the eager softmax in float64, its RoPE frequencies checked against npllama's), so both sides agree to "
     "float64 round-off; faithful=False (--stock-transformers) compares with stock transformers instead")
 # A causal query before its row's first real token has no key it may attend.  npllama gives it zero
-# attention; transformers' eager attention spreads it over every key in float32 and makes NaN in
-# float64: a convention, not a bug, but every tensor at those positions differs.
+# attention; transformers' eager attention masks it with its dtype's most negative value everywhere,
+# which its softmax spreads uniformly over every key -- except stock transformers in float64, whose
+# float32 softmax turns float64's most negative value into -inf and so makes NaN.  A convention, not
+# a bug, but every tensor at those positions differs.
 LEFT_PADDING_AGAINST_TRANSFORMERS = (
     "a row of attention_mask starts with padding: the queries before its first real token may attend "
-    "no key, which npllama answers with zero attention and transformers with a uniform one (float32) "
-    "or NaN (float64, reaching the loss), so tensors at those positions differ by construction; "
-    "pad on the right to compare")
+    "no key, which npllama answers with zero attention and transformers with {what}, so tensors at "
+    "those positions differ by construction; pad on the right to compare")
+LEFT_PADDING_UNIFORM = "a uniform one"
+LEFT_PADDING_NAN = ("NaN (stock transformers in float64: its float32 softmax of float64's most negative "
+                    "mask value; the NaN reaches the loss)")
 
 
 # ----- inputs ---------------------------------------------------------------------------------------
@@ -304,7 +308,9 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
     if dtype == np.float64:
         comparison.notes.append(FLOAT64_FAITHFUL_TRANSFORMERS if faithful_run else FLOAT64_AGAINST_TRANSFORMERS)
     if attention_mask is not None and not np.asarray(attention_mask, dtype=bool)[..., 0].all():
-        comparison.notes.append(LEFT_PADDING_AGAINST_TRANSFORMERS)
+        stock_float64 = dtype == np.float64 and not faithful_run
+        comparison.notes.append(LEFT_PADDING_AGAINST_TRANSFORMERS.format(
+            what=LEFT_PADDING_NAN if stock_float64 else LEFT_PADDING_UNIFORM))
     return comparison
 
 

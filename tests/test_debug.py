@@ -386,6 +386,29 @@ def test_left_padding_against_transformers_is_explained(folder):
 
 
 @pytest.mark.slow  # imports torch and transformers; skipped when they are absent
+@pytest.mark.parametrize("faithful", [True, False])
+def test_the_left_padding_note_says_what_float64_transformers_gives_the_queries_before_the_first_token(
+        folder, faithful):
+    # the float64-faithful softmax spreads a query that may attend no key uniformly, as float32 does;
+    # only stock transformers' float32 softmax of float64's most negative mask makes NaN of it
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    tokens = np.array([IDS, IDS])
+    mask = np.ones(tokens.shape, dtype=bool)
+    mask[1, :3] = False
+    targets = np.full(tokens.shape, -100)
+    targets[:, :-1] = tokens[:, 1:]
+    report = debug.compare_transformers(folder, tokens, targets, dtype=np.float64, attention_mask=mask,
+                                        faithful=faithful)
+    note = next(n for n in report.notes if "pad on the right" in n)
+    before_first_token = report.traces[1]["model.layers.0.self_attn.attn_probs"][1, :, :3]
+    made_nan = bool(np.isnan(before_first_token).any())
+    assert made_nan == (not faithful)
+    assert ("NaN" in note) == made_nan, note
+    assert ("uniform" in note) == (not made_nan), note
+
+
+@pytest.mark.slow  # imports torch and transformers; skipped when they are absent
 def test_a_weight_loaded_differently_from_transformers_is_named_not_the_op_reading_it(folder, monkeypatch):
     # a loader's slip (here: one weight scaled on npllama's side) makes the first op that reads
     # the weight diverge; the report must say the weights differ, or it sends the reader into a

@@ -526,12 +526,15 @@ def float64_faithful(hf, config) -> list[str]:
 
     def softmax64(module):
         # transformers' own eager attention runs, under a mode active only inside this module's
-        # forward that turns its softmax(dtype=float32) into float64 for float64 scores
-        forward, mode = module.forward, _float64_softmax_mode()
+        # forward that turns its softmax(dtype=float32) into float64 for float64 scores.  A module
+        # made faithful before keeps the forward it had then: one mode, not one per call
+        forward = getattr(module.forward, "forward_made_float64", module.forward)
+        mode = _float64_softmax_mode()
 
         def run(*args, **kwargs):
             with mode():
                 return forward(*args, **kwargs)
+        run.forward_made_float64 = forward
         return run
 
     for module in hf.modules():

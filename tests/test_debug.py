@@ -607,6 +607,32 @@ def test_rope_frequencies_are_checked_not_taken_from_npllama(tmp_path, monkeypat
     assert len(notes) == 1 and "rope_scaling" in notes[0]
 
 
+@pytest.mark.slow  # imports torch and transformers; skipped when they are absent
+def test_float64_faithful_twice_on_one_model_patches_its_modules_once(folder, monkeypatch):
+    # calling it again on a model already made faithful must not wrap the attention's forward in a
+    # second float64-softmax mode (one more per call), nor leave a mode active after the forward
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from torch.overrides import _get_current_function_mode_stack
+
+    hf = debug.load_transformers_model(folder, np.float64)
+    config = Llama.from_pretrained(folder).config
+    mode = debug._float64_softmax_mode()
+    handle, softmaxes_handled = mode.__torch_function__, []
+
+    def counting(self, func, *args, **kwargs):
+        if func is torch.nn.functional.softmax:
+            softmaxes_handled.append(len(_get_current_function_mode_stack()))
+        return handle(self, func, *args, **kwargs)
+
+    monkeypatch.setattr(mode, "__torch_function__", counting)
+    for _ in range(2):
+        assert debug.float64_faithful(hf, config) == []
+    logits = hf(torch.tensor([IDS])).logits
+    assert len(softmaxes_handled) == config.num_hidden_layers, softmaxes_handled   # one mode per softmax
+    assert logits.dtype == torch.float64 and _get_current_function_mode_stack() == []
+
+
 def test_compare_transformers_faithful_must_be_a_bool(folder):
     with pytest.raises(TypeError, match="faithful"):
         debug.compare_transformers(folder, IDS, faithful="no")

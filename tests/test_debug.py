@@ -235,14 +235,16 @@ def test_cli_errors_are_one_line(folder, monkeypatch, capsys):
     (["compare", "--against", "transformers", "--stock-transformers"], "--stock-transformers"),   # float32
     (["compare", "--plant", "no-such-bug"], "rope-meta"),
     (["compare", "--transformers-folder", "{missing}"], "--transformers-folder"),            # against numba
-    (["compare", "--against", "transformers", "--transformers-folder", "{missing}"], "no config.json"),
+    (["compare", "--against", "transformers", "--transformers-folder", "{missing}"],
+     "--transformers-folder .*does not exist"),
+    (["compare", "--against", "transformers", "--transformers-folder", "{tmp}"], "--transformers-folder .*holds no model"),
     (["compare", "--save", "{missing}/cmp"], "--save"),
     (["trace", "--out", "{missing}/t.npz"], "--out"),
     (["trace", "--out", "t.txt"], "--out t.txt: .*npz"),
 ])
 def test_cli_refuses_a_flag_it_cannot_honour_before_anything_runs(tmp_path, argv, named):
     # the model folder does not exist either: the flag must be refused first, not after a run
-    argv = [a.format(missing=tmp_path / "missing") for a in argv]
+    argv = [a.format(missing=tmp_path / "missing", tmp=tmp_path) for a in argv]
     with pytest.raises(UsageError, match=named):
         run_cli(["debug", *argv, "--model", str(tmp_path / "no-model"), "--tokens", "1,2"])
 
@@ -496,6 +498,17 @@ def test_cli_compares_the_model_of_model_against_transformers_on_another_folder(
     assert "model.layers.0.mlp.up_proj.weight (relative error" in out and "FIRST DIVERGENCE" in out
     assert run_cli(["debug", "compare", "--model", str(folder), "--tokens", "1,2,3,4", "--against",
                     "transformers", "--transformers-folder", str(folder)]) == 0
+
+
+@pytest.mark.slow  # imports torch and transformers; skipped when they are absent
+def test_cli_transformers_folder_takes_a_run_folder_as_model_does(folder, tmp_path, capsys):
+    # --model runs/x loads runs/x/model; --transformers-folder runs/x must name the same model
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    Llama.from_pretrained(folder).save_pretrained(tmp_path / "run" / "model")
+    assert run_cli(["debug", "compare", "--model", str(tmp_path / "run"), "--tokens", "1,2,3,4", "--against",
+                    "transformers", "--transformers-folder", str(tmp_path / "run")]) == 0
+    assert f"against transformers on {tmp_path / 'run' / 'model'}" in capsys.readouterr().out
 
 
 def test_transformers_folder_is_checked_before_anything_runs(folder, tmp_path, model):

@@ -58,7 +58,8 @@ def register(subparsers) -> None:
                               "it ships, whose RMSNorm, RoPE tables and softmax stay float32 (tolerance "
                               "1e-3), not with its float64-faithful version")
     compare.add_argument("--transformers-folder", default=None, metavar="DIR",
-                         help="with --against transformers: the Hugging Face folder transformers loads, "
+                         help="with --against transformers: the Hugging Face folder transformers loads (or a run "
+                              "folder, as for --model), "
                               "against the model npllama loads from --model (e.g. an edited or converted "
                               "model against the original); the parameters that differ are named before "
                               "any tensor (default: --model's folder, loaded by both)")
@@ -230,9 +231,12 @@ def run_compare(args) -> int:
     if args.transformers_folder is not None:
         if args.against != "transformers":
             raise UsageError("--transformers-folder is for --against transformers; as given, it would be ignored")
-        if not os.path.isfile(os.path.join(args.transformers_folder, "config.json")):
-            raise UsageError(f"--transformers-folder {args.transformers_folder}: not a Hugging Face folder "
-                             f"(no config.json in it)")
+        from ..runs import resolve_model_dir
+
+        try:   # a run folder names its model/ folder, as for --model
+            args.transformers_folder = str(resolve_model_dir(args.transformers_folder))
+        except FileNotFoundError as error:
+            raise UsageError(f"--transformers-folder {args.transformers_folder}: {error}") from None
     if args.plant and args.plant not in debug.PLANTED_BUGS:
         raise UsageError(f"--plant {args.plant!r} is not a planted bug; choose one of "
                          f"{', '.join(sorted(debug.PLANTED_BUGS))}")

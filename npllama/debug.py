@@ -62,8 +62,8 @@ FLOAT64_AGAINST_TRANSFORMERS = (
 TRANSFORMERS_FLOAT64_RTOL = DEFAULT_RTOL[np.float64]
 FLOAT64_FAITHFUL_TRANSFORMERS = (
     "float64: transformers ran float64-faithful (npllama.debug.float64_faithful: RMSNorm, the RoPE tables and "
-    "the eager softmax in float64, its RoPE frequencies checked against npllama's), so both sides agree to "
-    "float64 round-off; faithful=False (--stock-transformers) compares with stock transformers instead")
+    "the eager softmax in float64, its RoPE frequencies checked against npllama's), so wherever the two compute the "
+    "same thing they agree to float64 round-off, and a difference beyond that is a real one; faithful=False (--stock-transformers) compares with stock transformers instead")
 # A causal query before its row's first real token has no key it may attend.  npllama gives it zero
 # attention; transformers' eager attention masks it with its dtype's most negative value everywhere,
 # which its softmax spreads uniformly over every key -- except stock transformers in float64, whose

@@ -614,6 +614,8 @@ def test_rope_frequencies_are_checked_not_taken_from_npllama(tmp_path, monkeypat
         assert report.first.name == "model.layers.0.self_attn.q_rot", str(report)
         note = next((n for n in report.notes if "RoPE frequencies differ" in n), "")
         assert "rope_theta=500000" in note and "'factor': 4.0" in note, report.notes
+        # and no other note tells the reader that this run's two sides agree
+        assert not any("both sides agree" in n for n in report.notes), report.notes
     # what train-compare uses: the same check, the same note
     hf = debug.load_transformers_model(tmp_path, np.float64)
     notes = debug.float64_faithful(hf, Llama.from_pretrained(tmp_path).config)

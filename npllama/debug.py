@@ -297,7 +297,7 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
                       attention_mask=attention_mask)
         hf = load_transformers_model(folder, dtype)
         config = (ours.model if _is_classifier(ours) else ours).config
-        rope_notes = float64_faithful(hf, config) if faithful_run else _rope_frequency_check(hf, config)[0]
+        rope_notes = set_up_transformers(hf, config, faithful_run)
         b = transformers_trace(folder, tokens, targets, dtype=dtype, include=include, exclude=exclude,
                                attention_mask=attention_mask, hf_model=hf)
     if rtol is None:
@@ -490,6 +490,13 @@ def load_transformers_model(model_dir, dtype):
         if progress_bar:
             transformers.utils.logging.enable_progress_bar()
     return hf.to(torch.float64 if np.dtype(dtype) == np.float64 else torch.float32)
+
+
+def set_up_transformers(hf, config, faithful: bool) -> list[str]:
+    """Ready `hf` for a comparison with npllama's model of `config`: float64-faithful if `faithful`
+    (a float64 run), otherwise as transformers ships it; its RoPE frequencies are checked against
+    npllama's either way.  Returns the notes (empty when nothing is to be said)."""
+    return float64_faithful(hf, config) if faithful else _rope_frequency_check(hf, config)[0]
 
 
 def float64_faithful(hf, config) -> list[str]:

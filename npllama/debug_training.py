@@ -268,8 +268,7 @@ def compare_training(model, batches, *, steps: int, total_steps: int | None = No
     plant: one of PLANTED_TRAINING_BUGS, swapped into npllama's side.  echo: told what runs, once the
     settings are checked and before the first step (None: quiet)."""
     from . import backend
-    from .debug import (_as_folder, _from_folder, _is_classifier, _rope_frequency_check, float64_faithful,
-                        load_transformers_model)
+    from .debug import _as_folder, _from_folder, _is_classifier, load_transformers_model, set_up_transformers
     from .runs import resolve_model_dir
     from .train import ADAM_EPS
 
@@ -287,8 +286,7 @@ def compare_training(model, batches, *, steps: int, total_steps: int | None = No
         # eval(): npllama's attention has no dropout (npllama train trains without a folder's
         # attention_dropout), so transformers' is turned off too; eval mode changes nothing else
         hf = load_transformers_model(folder, dtype).eval()
-    notes = (float64_faithful(hf, ours.config) if dtype == np.float64
-             else _rope_frequency_check(hf, ours.config)[0])
+    notes = set_up_transformers(hf, ours.config, faithful=dtype == np.float64)
     npllama_run, torch_run = _NpllamaRun(ours, tc, plant), _TorchRun(hf, tc, ADAM_EPS)
     if echo is not None:
         windows, seq_len = np.shape(batches[0][0])

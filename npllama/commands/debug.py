@@ -47,7 +47,8 @@ def register(subparsers) -> None:
     _inputs(compare)
     compare.add_argument("--against", choices=AGAINST, default="numba",
                          help="numba: the Numba kernels; float64: the same weights in float64; "
-                              "transformers: LlamaForCausalLM on the same folder (needs torch)")
+                              "transformers: transformers' LlamaForCausalLM (LlamaForSequenceClassification for a "
+                              "classifier) on the same folder, or on --transformers-folder (needs torch)")
     compare.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                          help="dtype of both runs (numba and transformers comparisons); against "
                               "transformers in float64, transformers' float32 parts (RMSNorm, the RoPE "

@@ -792,8 +792,8 @@ class Comparison:
     def __str__(self) -> str:
         a, b = self.labels
         n = len(self.diffs)
-        lines = [f"compared {n} tensor{'s' if n != 1 else ''}, a = {a} against b = {b}; tolerance, entry by "
-                 f"entry: {self.tolerance()}"]
+        sides = "" if (a, b) == ("a", "b") else f", a = {a} against b = {b}"   # unnamed: nothing to say
+        lines = [f"compared {n} tensor{'s' if n != 1 else ''}{sides}; tolerance, entry by entry: {self.tolerance()}"]
         lines += [f"NOTE: {note}" for note in self.notes]
         lines.append("relative error = ||a - b|| / max(||a||, ||b||), norm-wise over the whole tensor (not per entry)")
         if self.only_in_a or self.only_in_b:

@@ -613,7 +613,8 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
     LlamaForSequenceClassification folder runs that class: targets are its labels, and `score.out`
     is its output logits (pooled_logits: its `score` module's (B, T, num_labels) read at the
     pooled positions, the only ones npllama's head computes).  hf_model: that folder already
-    loaded by load_transformers_model (None: it is loaded here)."""
+    loaded by load_transformers_model (None: it is loaded here); it is left in eval mode, with this
+    run's gradients in its parameters' .grad."""
     torch, transformers = import_torch_and_transformers()
     from transformers.models.llama import modeling_llama
 

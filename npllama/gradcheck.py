@@ -44,6 +44,15 @@ How a probe's numeric derivative and its bound are made (the error model):
             gradient (and above 1e-3 of the largest gradient in the check) is UNRESOLVED: a wrong
             gradient could not be told from a right one there, so it does not pass (the report
             says so, apart from FAIL).
+  failing   a probe that fails is measured again before it is called wrong: f's own rounding,
+  probes    from the 4th differences of f at 7 points a quarter step and a step apart, and D(t) at
+            t = h/64 ... 64h.  Where f rounds beyond C u F (a cancellation inside it, as 1 + tanh(z)
+            for z << 0: its values move in steps far above u |f|) and that rounding covers the
+            difference, or where some D(t) strays from D(h) further than the model lets it (its
+            truncation grows like t^2, its round-off falls like 1/t) and the analytic value lies
+            within that spread of the D(t), the probe is UNRESOLVED, not FAIL: the check cannot
+            tell there.  A smooth f shows neither, so a wrong gradient of one still FAILs.  Each
+            input pays this (26 calls) only until one failure is confirmed.
   limits    no step can check a gradient across a kink within a step of the point (relu at 0),
             nor a function that varies on a scale far shorter than the step (cos of x ~ 1e5,
             where the relative step is 10); the report says when f did not behave smoothly.
@@ -92,6 +101,13 @@ STEP_GROWTH = 100.0
 MAX_GROWTHS = 6
 MAX_JUMP = 1e4
 UNRESOLVED = 0.5
+# A probe that fails is measured again (_steadiness_checked): f's rounding is estimated from its
+# values NOISE_SPACINGS steps apart, and D(t) is taken at RESTEP_FACTORS times the step, since a
+# cancellation inside f shows at short steps (its rounding / step) or, where f moves in stairs
+# wider than the step, only at long ones.
+NOISE_SPACINGS = (0.25, 1.0)
+NOISE_SAFETY = 3.0
+RESTEP_FACTORS = (1 / 64, 1 / 16, 1 / 4, 4.0, 16.0, 64.0)
 METHODS = ("auto", "entries", "directional")
 DOUT_SALT = 0x646F7574   # "dout"
 PROGRESS_EVERY = 10.0     # progress=True: seconds between lines while one input is being probed
@@ -399,6 +415,11 @@ class _Estimate(NamedTuple):
     roundoff: float       # the round-off part of the bound
     richardson: bool      # value is a Richardson extrapolation
     rough: bool           # the differences at h, 2h, 4h did not shrink like h^2: f not smooth there
+    step: float = 0.0     # the step h it was taken at (in the probe's units)
+    difference: float = 0.0  # |D(h) - D(2h)|: 3x the truncation error of D(h)
+    kink: bool = False    # failing, with a kink at the point itself (no step can check it)
+    unsteady: bool = False   # failing, but f's rounding or its differences at other steps show it
+                             # is not resolved here, and the analytic value is within that: UNRESOLVED
 
 
 @dataclasses.dataclass
@@ -412,8 +433,10 @@ class _Probes:
     unresolved: list = dataclasses.field(default_factory=list)  # bound above UNRESOLVED of the gradient
     largest: list = dataclasses.field(default_factory=list)     # the check's largest gradient, in the probe's units
     rough: list = dataclasses.field(default_factory=list)
+    unsteady: list = dataclasses.field(default_factory=list)    # failing, but f not resolved at its steps
     richardson: int = 0
     longer_steps: int = 0       # probes that needed a longer step than eps to resolve
+    remeasure_failures: bool = True   # a failing probe is measured at other steps (until one failure is confirmed)
 
     def add(self, analytic, estimate, bound, magnitude, floor, reference, largest, longer) -> None:
         """largest: the check's largest gradient entry in this probe's units.  A bound below
@@ -429,8 +452,10 @@ class _Probes:
         # an all-zero gradient (reference 0) is unresolved too where its bound is coarse next to
         # the check's largest: a wrong zero could not be told from the right gradient there
         resolution = max(UNRESOLVED * reference, coarse)
-        self.unresolved.append((reference > 0 or coarse > 0) and not estimate.bound <= resolution)
+        self.unresolved.append(estimate.unsteady
+                               or ((reference > 0 or coarse > 0) and not estimate.bound <= resolution))
         self.rough.append(estimate.rough)
+        self.unsteady.append(estimate.unsteady)
         self.richardson += estimate.richardson
         self.longer_steps += longer
 
@@ -504,7 +529,7 @@ def _locate(report, evaluate, x, direction, g, scale, typical, largest, eps, ric
         for half in halves:
             part = np.zeros_like(direction)
             part.flat[half] = direction.flat[half]
-            one = _Probes()
+            one = _Probes(remeasure_failures=False)   # only the error over the bound is compared
             _probe_direction(evaluate, x, part, g, largest, eps, richardson, tol, atol, one)
             ratios.append(one.error_over_bound(tol)[0])
         if max(ratios) <= 1:
@@ -578,6 +603,7 @@ def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richa
                                             noise, unit_step=1.0 / max(scale, TINY))
     bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
     estimate = _kink_checked(evaluate, move, eps, estimate, analytic, bound + tol * magnitude)
+    estimate = _steadiness_checked(evaluate, move, estimate, analytic, bound + tol * magnitude, probes)
     probes.add(analytic, estimate, bound, magnitude, atol, reference, largest, longer)
 
 
@@ -603,6 +629,7 @@ def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, a
     # the magnitude is ||g * p||, the spread of <g, p> over random signs
     bound = estimate.bound + noise + UNIT_ROUNDOFF / eps * float(np.sum(np.abs(terms)))
     estimate = _kink_checked(evaluate, move, eps, estimate, np.sum(terms), bound + tol * magnitude)
+    estimate = _steadiness_checked(evaluate, move, estimate, np.sum(terms), bound + tol * magnitude, probes)
     probes.add(np.sum(terms), estimate, bound, magnitude, atol * float(np.sum(np.abs(direction))), magnitude,
                largest * length, longer)
 
@@ -625,7 +652,77 @@ def _kink_checked(evaluate, move, eps, estimate, analytic, held_to) -> _Estimate
     f0 = values[0.0][0]
     second = [values[t][0] + values[-t][0] - 2 * f0 for t in (eps, 2 * eps)]
     kink = abs(second[0]) > 10 * roundoff and 1.5 <= second[1] / second[0] <= 2.5
-    return estimate._replace(rough=kink)
+    return estimate._replace(rough=kink, kink=kink)
+
+
+def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes) -> _Estimate:
+    """The estimate, marked unsteady when it fails but f is shown not to be resolved at its step:
+    a failing probe is UNRESOLVED, not FAIL, when either test below shows f rounding beyond the
+    error model (a cancellation inside it: its values move in steps far above u * |f|) and the
+    analytic value lies within what that rounding allows.  It still fails where both tests find f
+    as the model says, or the analytic value lies beyond what they allow.
+
+    f's own rounding: f at 7 points NOISE_SPACINGS steps apart, whose 4th differences are rounding
+    for a smooth f (Hamming's estimate of the noise in a table of values).  Round-off above the
+    model's that covers the difference between analytic and numeric excuses it.
+    The steps ladder: D(t) at RESTEP_FACTORS times the step h.  The model predicts how D(t) moves
+    with t: its truncation error grows like t^2 from what D(h) - D(2h) shows, its round-off shrinks
+    like 1/t.  A D(t) that strays further than that from the estimate (or an estimate whose
+    differences did not shrink like h^2) shows rounding (or a kink nearby) beyond the model, which
+    a smooth function never shows; the spread of the differences then measures how far off they can
+    be, and an analytic value within that spread of them is not shown wrong.
+
+    Only a failing probe pays (26 evaluations), and in each input only until one failure is
+    confirmed: the input FAILs then, whatever its other probes show (probes.remeasure_failures)."""
+    analytic = float(analytic)
+    if not np.isfinite(estimate.value) or abs(analytic - estimate.value) <= held_to \
+            or not probes.remeasure_failures:
+        return estimate
+    if np.isfinite(analytic) and not estimate.kink:    # a kink's values look like rounding to this test
+        measured = max(_measured_roundoff(evaluate, move, estimate.step, spacing) for spacing in NOISE_SPACINGS)
+        if measured > estimate.roundoff and abs(analytic - estimate.value) <= held_to + measured:
+            return estimate._replace(unsteady=True)
+    values, strays = [estimate.value], estimate.rough
+    # at a kink at the point, longer steps reach the kinks of other entries along a direction
+    for factor in [f for f in RESTEP_FACTORS if f < 1 or not estimate.kink] if np.isfinite(analytic) else ():
+        try:
+            with np.errstate(all="ignore"):
+                value, _, width = _central(evaluate, move, estimate.step * factor)
+        except (ArithmeticError, ValueError):   # the longer step left f's domain
+            continue
+        if width == 0 or not np.isfinite(value):
+            continue
+        # held_to: the estimate's bound, the analytic's round-off and the relative floor
+        allowed = held_to + estimate.difference * factor**2 + estimate.roundoff / factor
+        strays = strays or abs(value - estimate.value) > allowed
+        values.append(value)
+        spread = max(values) - min(values)
+        if strays and min(values) - spread <= analytic <= max(values) + spread:
+            return estimate._replace(unsteady=True)
+    probes.remeasure_failures = False
+    return estimate
+
+
+def _measured_roundoff(evaluate, move, step, spacing) -> float:
+    """The round-off of D(step) as f's own rounding shows it, from f at 7 points spacing * step
+    apart: the 4th differences of values with independent rounding errors of size sigma have
+    variance 70 sigma^2, and D(step) carries up to NOISE_SAFETY * 2 sigma / (its width).  Rounding
+    makes neighbouring 4th differences change sign (they are correlated -0.8); where all have the
+    same sign they are f's smooth 4th derivative (at a longer step), not rounding: 0 then, as where
+    f is not finite."""
+    values = []
+    try:
+        for k in range(-3, 4):
+            move(k * spacing * step)
+            values.append(evaluate()[0])
+        width = move(step) - move(-step)
+    finally:
+        move(None)
+    fourth = np.diff(np.array(values), 4)
+    if width == 0 or not np.all(np.isfinite(fourth)) or np.all(fourth > 0) or np.all(fourth < 0):
+        return 0.0
+    sigma = float(np.sqrt(np.mean(fourth**2) / 70.0))
+    return NOISE_SAFETY * 2 * sigma / abs(width)
 
 
 def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference, noise, unit_step):
@@ -669,33 +766,35 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
     return best, longer
 
 
+def _central(evaluate, move, t):
+    """(D(t), the larger |f| of the two evaluations, the real distance between the two points)."""
+    try:
+        distance_plus = move(t)
+        f_plus, size_plus = evaluate()
+        distance_minus = move(-t)
+        f_minus, size_minus = evaluate()
+    finally:
+        move(None)        # the input as it was, whatever fn did
+    width = distance_plus - distance_minus
+    if width == 0:        # the step vanished in rounding (a subnormal input): nothing resolved
+        return 0.0, np.inf, width
+    return (f_plus - f_minus) / width, max(size_plus, size_minus), width
+
+
 def _derivative(evaluate, move, eps, richardson, good_enough, test_smoothness=False) -> _Estimate:
     """The numeric derivative along a probe and a bound on its error.
     good_enough: a bound below this (the relative floor) is not worth two more evaluations.
     test_smoothness: always evaluate D(4h), to say whether f is smooth at this step (rough)."""
-    def central(t):
-        try:
-            distance_plus = move(t)
-            f_plus, size_plus = evaluate()
-            distance_minus = move(-t)
-            f_minus, size_minus = evaluate()
-        finally:
-            move(None)        # the input as it was, whatever fn did
-        width = distance_plus - distance_minus
-        if width == 0:        # the step vanished in rounding (a subnormal input): nothing resolved
-            return 0.0, np.inf, width
-        return (f_plus - f_minus) / width, max(size_plus, size_minus), width
-
-    d1, size1, width = central(eps)
-    d2, size2, _ = central(2 * eps)
+    d1, size1, width = _central(evaluate, move, eps)
+    d2, size2, _ = _central(evaluate, move, 2 * eps)
     if width == 0:
-        return _Estimate(0.0, np.inf, np.inf, False, True)
+        return _Estimate(0.0, np.inf, np.inf, False, True, eps, np.inf)
     roundoff = 2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(size1, size2) / abs(width)   # of D(h)
     plain_bound = abs(d1 - d2) + roundoff      # 3x D(h)'s truncation estimate, plus its round-off
     if not test_smoothness and (richardson is False or (richardson is None and (
             abs(d1 - d2) <= roundoff or plain_bound <= good_enough))):
-        return _Estimate(d1, plain_bound, roundoff, False, False)
-    d4, size4, _ = central(4 * eps)
+        return _Estimate(d1, plain_bound, roundoff, False, False, eps, abs(d1 - d2))
+    d4, size4, _ = _central(evaluate, move, 4 * eps)
     roundoff = max(roundoff, 2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * size4 / abs(width))
     r1, r2 = (4 * d1 - d2) / 3, (4 * d2 - d4) / 3
     rich_bound = abs(r1 - r2) / 5 + 1.5 * roundoff   # 3x R(h)'s estimated error, plus its round-off
@@ -704,8 +803,8 @@ def _derivative(evaluate, move, eps, richardson, good_enough, test_smoothness=Fa
     growth = abs(d2 - d4) / max(abs(d1 - d2), TINY)
     smooth = abs(d1 - d2) <= 2 * roundoff or 2.5 <= growth <= 6.4
     if richardson is True or (richardson is None and smooth and rich_bound < plain_bound):
-        return _Estimate(r1, rich_bound, 1.5 * roundoff, True, not smooth)
-    return _Estimate(d1, plain_bound, roundoff, False, not smooth)
+        return _Estimate(r1, rich_bound, 1.5 * roundoff, True, not smooth, eps, abs(d1 - d2))
+    return _Estimate(d1, plain_bound, roundoff, False, not smooth, eps, abs(d1 - d2))
 
 
 def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_nan=0) -> InputReport:
@@ -791,7 +890,14 @@ def _notes(report: InputReport, n_entries, n_finite, probes, passed, unresolved,
         notes.append(f"{int(np.sum(numeric_broken))} probe(s) UNRESOLVED: f was NaN or Inf within a step of the "
                      "point, so no difference exists there (an input at the edge of f's domain, as log or sqrt "
                      "near 0, or an overflow); check at inputs inside the domain")
-    by_round_off = int(np.sum(~passed & unresolved & ~numeric_broken))
+    unsteady = np.array(probes.unsteady, dtype=bool) & ~passed
+    if np.any(unsteady):
+        notes.append(f"{int(np.sum(unsteady))} probe(s) UNRESOLVED: f itself is not resolved there -- its values "
+                     "round far above the round-off the bounds allow for (a cancellation inside f, as 1 + tanh(z) "
+                     "for z << 0 or exp(x) - 1 for tiny x) or bend at a kink nearby, so its differences at other "
+                     "steps disagree by more than their error bounds, and the analytic value lies within that "
+                     "disagreement; check at inputs in a better-conditioned range, or compute f more stably")
+    by_round_off = int(np.sum(~passed & unresolved & ~numeric_broken & ~unsteady))
     if by_round_off:
         notes.append(f"{by_round_off} probe(s) UNRESOLVED: even with longer steps, the finite differences' "
                      f"error bound stays above {UNRESOLVED:g} of the gradient, so a wrong gradient could not be told from a right one (|f|'s round-off swamps a tiny gradient). "
@@ -803,7 +909,8 @@ def _notes(report: InputReport, n_entries, n_finite, probes, passed, unresolved,
                      "(its true gradient is zero there: a sign, a rounding, a normalised single value) or fn "
                      "does not read the arrays it is given (they are changed in place; a copy made before the "
                      "call would not see it)")
-    if not report.ok and any(r and not p and np.isfinite(v) for r, p, v in zip(probes.rough, passed, probes.numeric)):
+    if not report.ok and any(r and not p and not s and np.isfinite(v)
+                             for r, p, s, v in zip(probes.rough, passed, unsteady, probes.numeric)):
         notes.append("along a failing probe f did not behave like a smooth function (its differences at steps "
                      "h, 2h, 4h do not shrink as h^2): a kink (relu or abs at 0, a max with a tie) at or within a "
                      "few steps of the point, or rounding inside f far above that of |f| (a cancellation, as "

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from npllama import Llama, LlamaConfig, check_op, gradcheck, use_backend
-from npllama.gradcheck import InputReport
+from npllama.gradcheck import InputReport, draw_dout
 from npllama.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
 
 SCALES = [1e-10, 1e-5, 1.0, 1e3, 1e5]
@@ -871,15 +871,67 @@ def _tanh_gelu_backward(dout, cache):
     return dout * (0.5 * (1 + t) + 0.5 * x * (1 - t**2) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x**2))
 
 
-def test_a_right_gradient_failing_for_rounding_inside_f_is_not_blamed_on_a_kink_alone():
-    # the guide's own GELU, right, at x ~ -6: 1 + tanh(z) cancels in the forward, which then moves
-    # in steps of u, far above u * |out|.  The differences do not shrink like h^2, and the warning
-    # named only a kink, which GELU does not have.  (It still fails: see docs/gradcheck.md.)
-    x = np.random.default_rng(1).uniform(-9.0, -5.0, (2, 5))
-    entry = check_op(_tanh_gelu_forward, _tanh_gelu_backward, [x], names=["x"], seed=1)["x"]
-    rough = [note for note in entry.notes if "smooth function" in note]
-    assert entry.status == "FAIL" and rough, entry.notes
-    assert "cancel" in rough[0] and "1 + tanh" in rough[0], rough
+def test_a_right_gradient_of_a_cancelling_forward_is_unresolved_not_failed():
+    # the guide's own GELU, right, at x in [-9, -5]: 1 + tanh(z) cancels in the forward, which then
+    # moves in steps far above the round-off the bounds allow for, and the right backward FAILed
+    # ("some gradients do NOT match").  The checker cannot tell there, so it must not say wrong.
+    x = np.random.default_rng(0).uniform(-9.0, -5.0, (2, 5))
+    entry = check_op(_tanh_gelu_forward, _tanh_gelu_backward, [x], names=["x"], seed=0)["x"]
+    assert entry.status == "UNRESOLVED" and entry.failed == 0, entry
+    note = next(note for note in entry.notes if "UNRESOLVED" in note)
+    assert "not resolved" in note and "cancellation" in note and "compute f more stably" in note, note
+    # not blamed on a kink, which GELU does not have
+    assert not any("kink (relu" in note for note in entry.notes), entry.notes
+
+
+@pytest.mark.parametrize("shape", [(2, 5), (7,), (64, 64)])
+def test_no_right_cancelling_gelu_fails_over_many_seeds(shape):
+    for seed in range(40 if shape != (64, 64) else 4):
+        x = np.random.default_rng(seed).uniform(-9.0, -5.0, shape)
+        entry = check_op(_tanh_gelu_forward, _tanh_gelu_backward, [x], seed=seed).inputs[0]
+        assert entry.status != "FAIL", f"seed {seed}: {entry}"
+
+
+def _smooth_ops():
+    def softmax(v):
+        e = np.exp(v - v.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    return {
+        "sin": (lambda v: (np.sin(v), v), lambda d, v: d * np.cos(v)),
+        "tanh": (lambda v: (np.tanh(v), v), lambda d, v: d * (1 - np.tanh(v) ** 2)),
+        "cube": (lambda v: (v**3, v), lambda d, v: 3 * d * v**2),
+        "softmax": (lambda v: (softmax(v), softmax(v)), lambda d, p: p * (d - np.sum(d * p, -1, keepdims=True))),
+        "gelu": (_tanh_gelu_forward, _tanh_gelu_backward),
+    }
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_wrong_gradient_of_a_smooth_function_still_fails_at_any_shape_and_scale(seed):
+    # a failing probe is measured again and forgiven (UNRESOLVED) where f is shown to round or bend
+    # beyond the error model; a smooth f never is, so 1% off, one entry off and a wrong sign FAIL
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(2, 9, size=rng.integers(1, 3)))
+    scale = 10.0 ** rng.uniform(-6, 2)
+    for name, (forward, backward) in _smooth_ops().items():
+        x = np.clip(scale * rng.standard_normal(shape), -4.0, 4.0) if name == "gelu" else scale * rng.standard_normal(shape)
+        right = backward(draw_dout(shape, seed), forward(x)[1])
+        if np.max(np.abs(right)) == 0:      # (a softmax over one entry)
+            continue
+        one = right.copy()
+        one.flat[rng.integers(right.size)] += 0.01 * np.sqrt(np.mean(right**2))
+        assert check_op(forward, backward, [x], seed=seed).ok, (name, shape, scale)
+        for kind, wrong in (("1.01x", 1.01 * right), ("one entry", one), ("sign", -right)):
+            entry = check_op(forward, lambda d, c, w=wrong: w, [x], seed=seed).inputs[0]
+            assert entry.status == "FAIL", f"{name} {kind} {shape} scale {scale:.2g}:\n{entry}"
+
+
+def test_one_wrong_entry_in_a_large_input_still_fails_through_its_direction():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((48, 64))
+    grad = np.cos(x)
+    grad[17, 3] *= 1.01
+    report = gradcheck(lambda v: float(np.sum(np.sin(v))), [x], [grad], names=["x"])
+    assert report["x"].status == "FAIL" and report["x"].worst_index == (17, 3), report
 
 
 def test_the_module_doc_gradcheck_points_to_can_be_reached_as_it_says():

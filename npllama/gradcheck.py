@@ -165,6 +165,9 @@ class GradcheckReport:
     tol: float
     eps: float = 0.0
     atol: float = 0.0
+    # check_op's inputs left out of the check, as "name (dtype)": an int index array or a bool mask,
+    # but also float data passed as ints by mistake, which the report must not hide
+    not_differentiated: list = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -196,10 +199,13 @@ class GradcheckReport:
             analytic, numeric = _distinguishable(r.analytic_at_worst, r.numeric_at_worst)
             probed = r.checked or r.directions
             worst, analytic, numeric = (r.worst, analytic, numeric) if probed else ("-", "-", "-")
-            rows.append((r.name, str(r.shape), r.method, r.coverage, f"{r.rel_err:.2e}", f"{r.bound:.2e}",
+            bound = "-" if np.isnan(r.bound) else f"{r.bound:.2e}"
+            rows.append((r.name, str(r.shape), r.method, r.coverage, f"{r.rel_err:.2e}", bound,
                          f"{r.err_over_bound:.2g}", worst, analytic, numeric, r.status))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        if self.not_differentiated:
+            lines.append("not differentiated: " + ", ".join(self.not_differentiated))
         verdict = "all gradients match" if self.ok else "some gradients do NOT match"
         lines.append(f"{verdict} (step {self.eps:g} relative to each input's scale; bound = finite-difference "
                      f"error estimate + {self.tol:g} relative" + (f", absolute floor {self.atol:g})" if self.atol else ")"))
@@ -385,8 +391,10 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
         return float(np.sum(terms)), float(np.sum(np.abs(terms)))
 
     names, arrays, analytic = _pair_up([inputs[i] for i in wrt], list(grads), [all_names[i] for i in wrt])
+    left_out = [f"{all_names[i]} ({_kind(x)})" for i, x in enumerate(inputs) if i not in wrt and x is not None]
     return _check_all(evaluate, names, arrays, analytic, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
-                      seed=seed, method=method, directions=directions, richardson=richardson, progress=progress)
+                      seed=seed, method=method, directions=directions, richardson=richardson, progress=progress,
+                      not_differentiated=left_out)
 
 
 def draw_dout(shape, seed: int) -> np.ndarray:
@@ -472,7 +480,7 @@ class _Probes:
 
 
 def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries, seed, method, directions,
-               richardson, progress, after_first_call=None) -> GradcheckReport:
+               richardson, progress, after_first_call=None, not_differentiated=()) -> GradcheckReport:
     _require_deterministic(evaluate, after_first_call)
     # The analytic gradients carry round-off of their own: an entry that is zero in exact
     # arithmetic comes out as ~u times the gradient's larger entries.  No probe can be asked to
@@ -514,7 +522,7 @@ def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries
             r = reports[-1]
             print(f"gradcheck {len(reports)}/{len(names)} {name}: {r.method} {r.coverage}, "
                   f"err/bound {r.err_over_bound:.2g} {r.status}", file=sys.stderr, flush=True)
-    return GradcheckReport(reports, tol, eps, atol)
+    return GradcheckReport(reports, tol, eps, atol, list(not_differentiated))
 
 
 def _locate(report, evaluate, x, direction, g, scale, typical, largest, eps, richardson, tol, atol) -> None:
@@ -858,9 +866,12 @@ def _relative_figures(a, n, held_to, magnitude, largest, n_entries, finite):
     """(relative error, relative bound): norm-wise over the entries, worst over the directions.
     Relative to the gradient however small it is (a loss scaled by 1e-40 has gradients of 1e-40).
     A gradient that is exactly zero (f ignores the input) has no size of its own: it is measured
-    against the check's largest gradient (largest), as a probe's resolution is."""
+    against the check's largest gradient (largest), as a probe's resolution is.  Where every
+    gradient of the check and every difference is zero, nothing has a size: (0, nan)."""
     if not np.all(finite):
         return float("inf"), float("nan")
+    if not (np.any(a) or np.any(n) or np.any(largest)):
+        return 0.0, float("nan")
     rel, bound = 0.0, 0.0
     if n_entries:
         size = _norm(magnitude[:n_entries])
@@ -919,6 +930,10 @@ def _notes(report: InputReport, n_entries, n_finite, probes, passed, unresolved,
     if report.floor_only:
         notes.append(f"{report.floor_only} probe(s) passed only through the absolute floor atol: "
                      "the check did not resolve them")
+    if report.ok and np.isnan(report.bound):     # _relative_figures: zero everywhere, nothing to be relative to
+        notes.append("the gradient is zero everywhere (in every input of the check), so a relative bound means "
+                     "nothing: the check can only confirm zero -- f's differences are zero too, to within "
+                     f"{max(probes.bound):.1e} absolute")
     if report.bound > LOOSE_BOUND and not report.unresolved:
         notes.append(f"the bound is loose ({report.bound:.1e} relative): finite differences cannot resolve "
                      "this gradient well (tiny next to |f|'s round-off, or f strongly curved); "
@@ -951,6 +966,11 @@ def _describe(value) -> str:
     if isinstance(value, np.ndarray):
         return f"an array of shape {value.shape} and dtype {value.dtype}"
     return f"{type(value).__name__} {value!r}" if np.isscalar(value) or value is None else type(value).__name__
+
+
+def _kind(value) -> str:
+    """'int64' for an array, else the type's name ('list', 'float'): how an input left out was given."""
+    return value.dtype.name if isinstance(value, np.ndarray) else type(value).__name__
 
 
 def _input_list(inputs, what: str) -> list:

@@ -961,3 +961,40 @@ def test_an_input_with_no_entries_says_nothing_was_checked():
     directional = gradcheck(lambda e: 1.0 + float(np.sum(e)), [empty], [empty.copy()], method="directional")
     assert directional.inputs[0].directions == 0 and directional.inputs[0].notes == [
         "it has no entries: nothing was checked"], str(directional)
+
+
+def test_a_gradient_zero_everywhere_is_not_called_a_loose_bound():
+    # a softmax over a last axis of length 1 is 1 whatever x is: its gradient is exactly 0.  The
+    # report warned "the bound is loose (1.7e+16 relative)", a bound relative to nothing
+    from npllama.ops.softmax import softmax_backward, softmax_forward
+
+    x = np.random.default_rng(0).standard_normal((4, 1))
+    report = check_op(softmax_forward, softmax_backward, [x], names=["x"])
+    assert report.ok and report["x"].rel_err == 0, str(report)
+    assert not any("loose" in w for w in report.warnings), report.warnings
+    assert len(report.warnings) == 1 and "zero everywhere" in report.warnings[0] \
+        and "only confirm zero" in report.warnings[0], report.warnings
+    row = next(line for line in str(report).splitlines() if line.startswith("x "))
+    assert row.split()[7] == "-", row     # the bound column: no number relative to nothing
+    # a zero gradient next to a nonzero one is measured against it, as before: no such note
+    both = gradcheck(lambda x, w: float(np.sum(w**2)), [x.copy(), np.ones(3)], [np.zeros((4, 1)), 2 * np.ones(3)])
+    assert both.ok and not any("zero everywhere" in w for w in both.warnings), str(both)
+
+
+def test_inputs_left_out_of_the_check_are_listed_in_the_report():
+    # an int or bool input is not differentiated (wrt's default), and the report said nothing:
+    # float data passed as ints by mistake went unchecked without a word
+    rng = np.random.default_rng(0)
+    x, mask, targets = rng.standard_normal((2, 3)), rng.random((2, 3)) > 0.5, rng.integers(0, 3, 2)
+    forward = lambda x, mask, targets: (np.where(mask, x**2, 0.0) + targets[:, None], x)
+    report = check_op(forward, lambda d, v: np.where(mask, 2 * d * v, 0.0), [x, mask, targets],
+                      names=["x", "mask", "targets"])
+    assert report.ok and report.not_differentiated == ["mask (bool)", f"targets ({targets.dtype.name})"]
+    assert f"not differentiated: mask (bool), targets ({targets.dtype.name})" in str(report).splitlines()
+    assert not report.warnings      # a mask is no mistake: strict=True still passes
+    # float data given as ints by mistake: named, so the user sees it was not checked
+    data = np.arange(6).reshape(2, 3)
+    mistaken = check_op(lambda w, d: (w * d, d), lambda dout, d: dout * d, [np.ones((2, 3)), data], names=["w", "data"])
+    assert f"not differentiated: data ({data.dtype.name})" in str(mistaken).splitlines()
+    # nothing left out: no such line
+    assert "not differentiated" not in str(check_op(lambda v: (v**2, v), lambda d, v: 2 * d * v, [x]))

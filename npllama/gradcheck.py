@@ -687,7 +687,11 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes) -> 
             or not probes.remeasure_failures:
         return estimate
     if np.isfinite(analytic) and not estimate.kink:    # a kink's values look like rounding to this test
-        measured = max(_measured_roundoff(evaluate, move, estimate.step, spacing) for spacing in NOISE_SPACINGS)
+        try:
+            with np.errstate(all="ignore"):
+                measured = max(_measured_roundoff(evaluate, move, estimate.step, spacing) for spacing in NOISE_SPACINGS)
+        except (ArithmeticError, ValueError):   # 3 steps away left f's domain: no measure of its rounding
+            measured = 0.0
         if measured > estimate.roundoff and abs(analytic - estimate.value) <= held_to + measured:
             return estimate._replace(unsteady=True)
     values, strays = [estimate.value], estimate.rough

@@ -998,3 +998,15 @@ def test_inputs_left_out_of_the_check_are_listed_in_the_report():
     assert f"not differentiated: data ({data.dtype.name})" in str(mistaken).splitlines()
     # nothing left out: no such line
     assert "not differentiated" not in str(check_op(lambda v: (v**2, v), lambda d, v: 2 * d * v, [x]))
+
+
+def test_a_failing_probe_measured_again_near_the_edge_of_fs_domain_does_not_crash_the_check():
+    # a failing probe is measured again up to 3 steps away (f's rounding) and further (the steps
+    # ladder); f raising there (math.sqrt of a negative) crashed a check that reached only 2 steps
+    import math
+
+    step = 1e-4 * np.sqrt(0.5)              # eps * max(|x_i|, rms(x)), rms ~ 1/sqrt(2)
+    x = np.array([2.5 * step, 1.0])
+    report = gradcheck(lambda v: sum(math.sqrt(t) for t in v), [x], [np.array([0.6, 0.5]) / np.sqrt(x)],
+                       richardson=False)
+    assert report.inputs[0].status == "FAIL" and report.inputs[0].worst_index == (0,), str(report)

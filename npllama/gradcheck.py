@@ -497,7 +497,11 @@ def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries
         probes = _Probes()
         started = said = time.monotonic()
         for done, idx in enumerate(indices, 1):
-            _probe_entry(evaluate, x, idx, scale[idx], g[idx], typical, largest, eps, richardson, tol, atol, probes)
+            try:
+                _probe_entry(evaluate, x, idx, scale[idx], g[idx], typical, largest, eps, richardson, tol, atol,
+                             probes)
+            except _LeftDomain as error:
+                raise _left_domain_error(error, name, f"entry {tuple(int(i) for i in idx)}", eps) from error
             if progress and time.monotonic() - said >= PROGRESS_EVERY:   # a big input takes thousands of calls
                 said = time.monotonic()
                 print(f"gradcheck {len(reports) + 1}/{len(names)} {name}: {done}/{len(indices)} entries probed, "
@@ -505,7 +509,11 @@ def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries
         drawn = []
         for _ in range(n_directions):
             drawn.append(rng.choice(np.array([-1.0, 1.0]), size=x.shape) * scale)
-            _probe_direction(evaluate, x, drawn[-1], g, largest, eps, richardson, tol, atol, probes)
+            try:
+                _probe_direction(evaluate, x, drawn[-1], g, largest, eps, richardson, tol, atol, probes)
+            except _LeftDomain as error:
+                raise _left_domain_error(error, name, f"every entry (random direction {len(drawn)})", eps) \
+                    from error
         report = _judge(name, x.shape, x.size, int(np.sum(np.isfinite(x))), indices, n_directions, probes, tol,
                         n_nan=int(np.sum(np.isnan(x))))
         if report.worst_direction and report.failed:
@@ -778,13 +786,39 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
     return best, longer
 
 
+class _LeftDomain(ValueError):
+    """fn raised a domain error (math.sqrt of a negative, a division by zero, ...) at a point a probe
+    moved to: a ValueError, so that a longer step that leaves f's domain is simply not kept."""
+
+    def __init__(self, error: Exception, steps: float):
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.steps = steps
+
+
+def _evaluate_within_domain(evaluate, steps: float):
+    try:
+        return evaluate()
+    except (ArithmeticError, ValueError) as error:
+        if isinstance(error, _LeftDomain):
+            raise
+        raise _LeftDomain(error, steps) from error
+
+
+def _left_domain_error(error: _LeftDomain, name: str, where: str, eps: float) -> ValueError:
+    """What the user is told when even the probe at the point's own steps left f's domain."""
+    return ValueError(
+        f"fn raised {error} when {where} of input {name!r} was moved {error.steps / eps:+g} steps from the point "
+        f"(a step is eps={eps:g} of the input's scale): the central differences evaluate fn up to 4 steps on "
+        f"either side of it.  Check at a point farther from the edge of fn's domain, or give a smaller eps")
+
+
 def _central(evaluate, move, t):
     """(D(t), the larger |f| of the two evaluations, the real distance between the two points)."""
     try:
         distance_plus = move(t)
-        f_plus, size_plus = evaluate()
+        f_plus, size_plus = _evaluate_within_domain(evaluate, t)
         distance_minus = move(-t)
-        f_minus, size_minus = evaluate()
+        f_minus, size_minus = _evaluate_within_domain(evaluate, -t)
     finally:
         move(None)        # the input as it was, whatever fn did
     width = distance_plus - distance_minus

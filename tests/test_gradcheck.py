@@ -1010,3 +1010,17 @@ def test_a_failing_probe_measured_again_near_the_edge_of_fs_domain_does_not_cras
     report = gradcheck(lambda v: sum(math.sqrt(t) for t in v), [x], [np.array([0.6, 0.5]) / np.sqrt(x)],
                        richardson=False)
     assert report.inputs[0].status == "FAIL" and report.inputs[0].worst_index == (0,), str(report)
+
+
+@pytest.mark.parametrize("method", ["entries", "directional"])
+def test_a_point_whose_own_steps_leave_fs_domain_is_refused_naming_the_entry_and_the_step(method):
+    # the central differences evaluate f up to 4 steps either side; math.sqrt 2.5 steps above 0 raises
+    # there, and the user saw their own "math domain error" from deep inside the checker
+    import math
+
+    x = np.array([1.0, 2.5e-4])        # a step is 1e-4 * max(|x_i|, rms(x)) = 1e-4 here
+    grad = 0.5 / np.sqrt(x)
+    with pytest.raises(ValueError, match=r"fn raised ValueError: math domain error when (entry \(1,\)|every "
+                                         r"entry \(random direction 1\)) of input 'input0' was moved -4 steps"):
+        gradcheck(lambda v: sum(math.sqrt(t) for t in v), [x], [grad], method=method, directions=1)
+    assert np.array_equal(x, [1.0, 2.5e-4])     # left as it was

@@ -56,6 +56,21 @@ def test_float32_gradients_of_float64_inputs_fail_returns_by_their_dtype(tmp_pat
     assert "dtype=dy.dtype" in graded.text          # the student's own name for the upstream gradient
 
 
+
+def test_a_model_parameter_in_another_dtype_is_named_by_its_own_name():
+    # a model parameter's gradient is d:<dotted name>: its input is the dotted name, not the
+    # gradient's name without its first letter (":model.norm.weight")
+    from npllama.model import model_backward
+
+    def norm_weight_in_float32(dlogits, cache, config):
+        grads = model_backward(dlogits, cache, config)
+        grads["model.norm.weight"] = grads["model.norm.weight"].astype(np.float32)
+        return grads
+    finding = check_function("model", norm_weight_in_float32, n_random=0).first_failure.finding
+    assert finding.grad == "d:model.norm.weight"
+    assert finding.message == ("d:model.norm.weight is float32 although model.norm.weight is float64: "
+                               "a gradient has its input's dtype")
+
 def _nan_dx(backward):
     """A student's backward whose dx came out NaN (a 0/0 upstream), the other gradients right."""
     def with_nan(dy, cache):

@@ -228,7 +228,8 @@ def check_returns(backward, case: Case) -> None:
         input_dtype = np.asarray(case.inputs[index]).dtype
         if np.issubdtype(input_dtype, np.floating) and g.dtype != input_dtype:
             raise CheckFailed(Finding(
-                name, f"{name} is {g.dtype} although {name[1:]} is {input_dtype}: a gradient has its input's dtype",
+                name, f"{name} is {g.dtype} although {case.input_names[index]} is {input_dtype}: a gradient has "
+                      f"its input's dtype",
                 hint=f"an .astype({g.dtype}) or dtype=np.{g.dtype} in your function: create arrays with the "
                      f"input's dtype (e.g. dtype={_first_parameter(backward, 'dout')}.dtype), or leave the "
                      f"dtype to NumPy", case=case.describe()))

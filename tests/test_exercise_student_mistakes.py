@@ -191,6 +191,18 @@ def test_a_file_checked_against_the_wrong_exercise_is_told_which_one_it_is_for(t
                                       "npllama exercise check rmsnorm rmsnorm_backward.py")
 
 
+
+@pytest.mark.parametrize("misspelled", ["attention_backwards", "attn_backward", "my_attention_backward"])
+def test_a_misspelled_function_beside_a_helper_named_like_another_exercise_is_not_sent_there(tmp_path, misspelled):
+    # softmax_backward is the attention file's own helper: the file is for attention, its function misnamed
+    path = tmp_path / "attention_backward.py"
+    path.write_text("import numpy as np\n\n\ndef softmax_backward(dp, p):\n"
+                    "    return p * (dp - np.sum(dp * p, -1, keepdims=True))\n\n\n"
+                    f"def {misspelled}(dout, cache):\n    return None\n")
+    error = check_file("attention", path, n_random=0).load_error
+    assert error == (f"attention_backward.py defines no function named attention_backward (it defines: "
+                     f"{', '.join(sorted([misspelled, 'softmax_backward']))})")
+
 def test_one_array_for_several_gradients_is_told_to_return_them_all():
     from npllama.ops.rmsnorm import rmsnorm_backward
 

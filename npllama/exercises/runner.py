@@ -319,12 +319,30 @@ def load_function(op: str, path, catch_everything: bool = False) -> object:
     fn = getattr(module, exercise.backward_name, None)
     if not callable(fn):
         defined = sorted(n for n, v in vars(module).items() if callable(v) and getattr(v, "__module__", "") == name)
-        meant = next((other for other in EXERCISES.values() if other.backward_name in defined), None)
+        meant = _exercise_written_for(exercise, defined)
         raise SubmissionError(f"{path.name} defines no function named {exercise.backward_name}"
                               + (f" (it defines: {', '.join(defined)})" if defined else "")
                               + (f"; it is written for exercise {meant.op}: {meant.check_command(path.name)}"
                                  if meant is not None else ""))
     return fn
+
+
+# how close a name the file defines must be to the function asked for to be taken as it misspelled
+# (attn_backward, attention_backwards: 0.84, 0.97; rms_backward for softmax_backward: 0.71)
+MISSPELLED = 0.75
+
+
+def _exercise_written_for(exercise: Exercise, defined: list[str]) -> Exercise | None:
+    """The built-in exercise whose function a file lacking exercise's defines, or None -- also when
+    it defines a near miss of exercise's own name: then another exercise's function beside it (an
+    attention file's softmax_backward) is a helper of the misspelled one."""
+    import difflib
+
+    others = {other.backward_name: other for other in EXERCISES.values()}
+    own_names = [name for name in defined if name not in others]
+    if difflib.get_close_matches(exercise.backward_name, own_names, n=1, cutoff=MISSPELLED):
+        return None
+    return next((others[name] for name in defined if name in others), None)
 
 
 def check_file(op: str, path, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0,

@@ -250,6 +250,14 @@ def test_a_syntax_error_quotes_the_line(tmp_path):
                                         "(def rmsnorm_backward(dy, cache)): ")
 
 
+
+def test_a_syntax_error_without_a_line_says_no_line_none(tmp_path):
+    # a NUL byte in the file (a bad copy, an editor's stray byte): Python 3.11 gives no line number
+    path = tmp_path / "rmsnorm_backward.py"
+    path.write_bytes(b"def rmsnorm_backward(dy, cache):\n    return dy\x00\n")
+    error = check_file("rmsnorm", path, n_random=0).load_error
+    assert error.startswith("rmsnorm_backward.py has a syntax error") and "None" not in error, error
+
 def test_none_for_one_gradient_of_several_is_not_sent_to_the_return_statement():
     from npllama.ops.swiglu import swiglu_backward
 

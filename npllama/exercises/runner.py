@@ -307,8 +307,10 @@ def load_function(op: str, path, catch_everything: bool = False) -> object:
     try:
         spec.loader.exec_module(module)
     except SyntaxError as error:
-        where = f" ({error.text.strip()[:160]})" if error.text and error.text.strip() else ""
-        raise SubmissionError(f"{path.name} has a syntax error at line {error.lineno}{where}: {error.msg}") from None
+        where = f" at line {error.lineno}" if error.lineno else ""     # none for a NUL byte (Python 3.11)
+        if error.text and error.text.strip():
+            where += f" ({error.text.strip()[:160]})"
+        raise SubmissionError(f"{path.name} has a syntax error{where}: {error.msg}") from None
     except ForbiddenCall as error:
         raise SubmissionError(f"importing {path.name} failed: {error}") from None
     except (BaseException if catch_everything else Exception) as error:

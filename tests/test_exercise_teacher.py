@@ -346,3 +346,24 @@ def test_the_pytest_test_start_prints_loads_the_teachers_file(gelu_file, tmp_pat
         namespace["test_gelu_backward"]()
     (tmp_path / "gelu_backward.py").write_text(RIGHT)
     namespace["test_gelu_backward"]()
+
+
+def test_what_start_prints_works_pasted_where_it_ran_with_the_exercise_file_in_another_folder(
+        gelu_file, tmp_path, capsys, monkeypatch):
+    # the teacher keeps the exercise in course/: the printed command and pytest test must reach it
+    # from here, not by its name alone (which only works beside it, as the starter's own text says)
+    import shlex
+    import textwrap
+
+    (tmp_path / "course").mkdir()
+    gelu_file.rename(tmp_path / "course" / "gelu_exercise.py")
+    monkeypatch.chdir(tmp_path)
+    assert main(["exercise", "start", "--exercise-file", "course/gelu_exercise.py", "gelu", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    command = printed.split("then run\n", 1)[1].splitlines()[0].strip()
+    assert main(shlex.split(command)[1:] + ["--cases", "0"]) == 1
+    assert "gelu_backward is not implemented yet" in capsys.readouterr().out
+    namespace = {}
+    exec(textwrap.dedent(printed.split("the same checks:\n", 1)[1]), namespace)
+    with pytest.raises(AssertionError, match="not implemented yet"):
+        namespace["test_gelu_backward"]()

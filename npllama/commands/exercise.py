@@ -135,10 +135,12 @@ def run_start(args) -> int:
         if quote:
             print(f"The math you need ({derivation_name(ex)}):\n")
             print(quote)
+    # pasted here, where the teacher's file is the path given (the starter's own text names it
+    # alone, for a student who keeps it beside the starter)
     print(f"wrote {path}: fill in {ex.backward_name}, then run")
-    print(f"    {ex.check_command(path)}")
+    print(f"    {ex.check_command(path, args.exercise_file)}")
     print("or, from pytest (a test file of your own, a course's CI), the same checks:")
-    print(textwrap.indent(ex.pytest_test(path), "    ", lambda line: bool(line.strip())))
+    print(textwrap.indent(ex.pytest_test(path, args.exercise_file), "    ", lambda line: bool(line.strip())))
     return 0
 
 

@@ -75,32 +75,36 @@ class Exercise:
     def builtin(self) -> bool:
         return EXERCISES.get(self.op) is self
 
-    def loader(self) -> tuple[str, str]:
+    def loader(self, exercise_file: str | None = None) -> tuple[str, str]:
         """(an import line, an expression) that give this exercise in Python: what a notebook's check
-        cell and a re-run hint write."""
+        cell and a re-run hint write.  exercise_file: a teacher's file as the reader reaches it (by
+        default its name alone: a student keeps it beside the starter file)."""
         if self.builtin:
             return "from npllama.exercises import get_exercise", f"get_exercise({self.op!r})"
         if not self.exercise_file:     # defined in the caller's own code (a script, a notebook)
             return f"from {type(self).__module__} import {type(self).__name__}", f"{type(self).__name__}()"
         return ("from npllama.exercises import load_exercises",
-                f"load_exercises({os.path.basename(self.exercise_file)!r})[{self.op!r}]")
+                f"load_exercises({self._exercise_file_as(exercise_file)!r})[{self.op!r}]")
 
-    def check_command(self, path) -> str:
+    def check_command(self, path, exercise_file: str | None = None) -> str:
         """The shell command that checks `path` against this exercise (quoted, to be pasted: a
-        file's name may hold a space)."""
+        file's name may hold a space); exercise_file as for loader."""
         path = shlex.quote(str(path))
         if self.builtin or not self.exercise_file:
             return f"npllama exercise check {self.op} {path}"
-        return (f"npllama exercise check --exercise-file {shlex.quote(os.path.basename(self.exercise_file))} "
+        return (f"npllama exercise check --exercise-file {shlex.quote(self._exercise_file_as(exercise_file))} "
                 f"{self.op} {path}")
 
-    def pytest_test(self, path) -> str:
+    def _exercise_file_as(self, exercise_file: str | None) -> str:
+        return os.path.basename(self.exercise_file) if exercise_file is None else str(exercise_file)
+
+    def pytest_test(self, path, exercise_file: str | None = None) -> str:
         """A pytest test that checks `path` against this exercise (npllama.exercises.assert_passes),
-        to paste into a test file of one's own."""
+        to paste into a test file of one's own; exercise_file as for loader."""
         if self.builtin:
             importing, exercise = "from npllama.exercises import assert_passes", repr(self.op)
         else:
-            importing, exercise = self.loader()
+            importing, exercise = self.loader(exercise_file)
             same_module = importing.startswith("from npllama.exercises import ")
             importing += ", assert_passes" if same_module else "\nfrom npllama.exercises import assert_passes"
         return (f"{importing}\n\n"

@@ -185,6 +185,19 @@ def test_a_file_stopped_for_time_is_told_the_line_it_was_running(tmp_path):
     assert ENDLESS.splitlines()[line - 1].lstrip().startswith(("while i", "dx.flat[i]"))   # inside the loop
 
 
+def test_what_a_file_stopped_for_time_printed_is_shown_without_the_stack_dump(tmp_path):
+    # the child is killed, so it cannot be asked for its output: it comes from the output file, whose
+    # end holds the stack dump the grader asked for (not the student's words)
+    path = tmp_path / "rmsnorm_backward.py"
+    path.write_text("def rmsnorm_backward(dy, cache):\n    print('shape of dy:', dy.shape)\n"
+                    "    print('now looping', end='')\n    while True:\n        pass\n")
+    graded = grade_file("rmsnorm", path, n_random=0, timeout=2)
+    assert graded.status == "timeout", graded.text
+    assert graded.output.startswith("your code printed 2 lines:\n  | shape of dy: ("), graded.output
+    assert graded.output.endswith("  | now looping"), graded.output
+    assert "most recent call first" not in graded.output and "File " not in graded.output
+
+
 def test_a_file_checked_against_the_wrong_exercise_is_told_which_one_it_is_for(tmp_path):
     report = check_file("softmax", _rmsnorm_file(tmp_path, "dx, dweight"), n_random=0)
     assert report.load_error.endswith("(it defines: rmsnorm_backward); it is written for exercise rmsnorm: "

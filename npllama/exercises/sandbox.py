@@ -163,6 +163,7 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
                 graded_on["output"] = submission.output()
         except GradingStopped:     # before the first check: nothing graded
             report = None
+            graded_on["output"] = submission.output()    # but what it printed before it stopped is shown
     seconds = time.perf_counter() - start
     if report is not None and report.stopped is None:
         return _graded(path, report, seconds, **graded_on)
@@ -224,6 +225,15 @@ def _read_tail(path: Path) -> str:
         return f.read(OUTPUT_TAIL).decode(errors="replace").strip()
 
 
+def _printed_before_the_dump(path: Path, dump_from: int | None) -> str:
+    """What a child stopped for time printed, as _shown_output shows it: its output file up to the
+    stack dump the grader asked for (the child flushes each print, so a kill loses none of it)."""
+    with open(path, "rb") as f:
+        printed = f.read(OUTPUT_LIMIT * 4 if dump_from is None else min(dump_from, OUTPUT_LIMIT * 4))
+    text = printed.decode(errors="replace")
+    return _shown_output(text, text.count("\n") + (not text.endswith("\n") and bool(text)))
+
+
 def _shown_output(head, n_lines) -> str:
     """The first OUTPUT_SHOWN lines of what the submission printed (each cut to 200 characters),
     under a line that says how many it printed ('' when it printed nothing)."""
@@ -279,6 +289,7 @@ class _Submission:
         self.deadline = time.monotonic() + timeout
         self.ended: str | None = None
         self.why = ""
+        self._dump_from: int | None = None    # where the stack dump asked of a stuck child starts in its output
 
     def __enter__(self):
         self.output_path = self.scratch / "output.txt"
@@ -377,6 +388,8 @@ class _Submission:
         """What the submission printed, as Graded.output shows it ('' if the child is gone)."""
         from .runner import GradingStopped
 
+        if self.ended == "timeout":     # it cannot be asked any more: what it printed is in its output file
+            return _printed_before_the_dump(self.output_path, self._dump_from)
         try:
             header, _ = self._ask(pickle.dumps(("output",)))
         except GradingStopped:
@@ -457,7 +470,7 @@ class _Submission:
         '' when it does not answer in time or was not in the submission's code."""
         if STUCK_SIGNAL is None:
             return ""
-        start = self.output_path.stat().st_size
+        start = self._dump_from = self.output_path.stat().st_size
         try:
             os.kill(self.child.pid, STUCK_SIGNAL)
         except (ProcessLookupError, PermissionError):
@@ -570,6 +583,7 @@ class _CappedOutput(io.TextIOBase):
         kept = text[:max(self.left, 0)]
         if kept:
             self.stream.write(kept)
+            self.stream.flush()       # a child killed for time still shows what it printed
             self.left -= len(kept)
         return len(text)
 
@@ -626,8 +640,10 @@ def _child(argv) -> int:
         return 0
     _send(args.reply_fd, {"kind": "exercise_loaded"})
     _limit_resources(args.memory_mb, args.cpu_seconds)
-    if STUCK_SIGNAL is not None:     # the grader asks where a file that runs out of time is stuck
-        faulthandler.register(STUCK_SIGNAL, file=sys.__stderr__, all_threads=False)
+    # the grader asks where a file that runs out of time is stuck; every thread's stack, since the
+    # signal may land in a thread of the BLAS rather than the one running the submission
+    if STUCK_SIGNAL is not None:
+        faulthandler.register(STUCK_SIGNAL, file=sys.__stderr__, all_threads=True)
     output = sys.stdout = sys.stderr = _CappedOutput(sys.__stdout__, OUTPUT_LIMIT)
     with guard_library(exercise):
         try:

@@ -364,18 +364,25 @@ def test_a_padded_batch_is_compared_with_transformers_under_the_same_padding(fol
     assert np.all(report.traces[1]["model.layers.0.self_attn.attn_probs"][1, :, :, len(rows[1]):] == 0)
 
 
+def _left_padded_batch(targets_on_padding: bool):
+    """Two rows of IDS, the second's first 3 positions padding: (tokens, attention_mask, targets)."""
+    tokens = np.array([IDS, IDS])
+    mask = np.ones(tokens.shape, dtype=bool)
+    mask[1, :3] = False
+    targets = np.full(tokens.shape, -100)
+    targets[:, :-1] = tokens[:, 1:]
+    if not targets_on_padding:
+        targets[1, :3] = -100
+    return tokens, mask, targets
+
+
 @pytest.mark.slow  # imports torch and transformers; skipped when they are absent
 def test_left_padding_against_transformers_is_explained(folder):
     # the queries before a row's first real token attend nothing: npllama gives them zero attention,
     # transformers a uniform one, so attn_probs differs there without a bug on either side
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    tokens = np.array([IDS, IDS])
-    mask = np.ones(tokens.shape, dtype=bool)
-    mask[1, :3] = False
-    targets = np.full(tokens.shape, -100)
-    targets[:, :-1] = tokens[:, 1:]
-    targets[1, :3] = -100
+    tokens, mask, targets = _left_padded_batch(targets_on_padding=False)
     report = debug.compare_transformers(folder, tokens, targets, attention_mask=mask)
     assert report.first.name == "model.layers.0.self_attn.attn_probs"
     assert "pad on the right" in str(report)
@@ -395,11 +402,7 @@ def test_the_left_padding_note_says_what_float64_transformers_gives_the_queries_
     # only stock transformers' float32 softmax of float64's most negative mask makes NaN of it
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    tokens = np.array([IDS, IDS])
-    mask = np.ones(tokens.shape, dtype=bool)
-    mask[1, :3] = False
-    targets = np.full(tokens.shape, -100)
-    targets[:, :-1] = tokens[:, 1:]
+    tokens, mask, targets = _left_padded_batch(targets_on_padding=True)
     report = debug.compare_transformers(folder, tokens, targets, dtype=np.float64, attention_mask=mask,
                                         faithful=faithful)
     note = next(n for n in report.notes if "pad on the right" in n)

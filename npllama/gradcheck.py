@@ -377,8 +377,8 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
         elif not wrt_given and len(grads) < len(wrt):
             hint = (f"; wrt was not given, so every floating-point input counts: if some are not "
                     f"differentiable (a float mask, a setting), name those that are, e.g. wrt={wrt[:len(grads)]}")
-        elif not wrt_given and _sequences_among(inputs, all_names):
-            hint = "; left out as not floating-point arrays: " + _sequences_among(inputs, all_names)[2:]
+        elif not wrt_given and (sequences := _sequences_among(inputs, all_names)):
+            hint = "; left out as not floating-point arrays: " + sequences[2:]
         raise ValueError(f"backward returned {len(grads)} gradient(s), expected {len(wrt)}: one per input "
                          f"in wrt ({', '.join(repr(all_names[i]) for i in wrt)}), in the forward's order{hint}")
     for i, g in zip(wrt, grads):
@@ -698,7 +698,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes) -> 
         try:
             with np.errstate(all="ignore"):
                 measured = max(_measured_roundoff(evaluate, move, estimate.step, spacing) for spacing in NOISE_SPACINGS)
-        except (ArithmeticError, ValueError):   # 3 steps away left f's domain: no measure of its rounding
+        except _LeftDomain:                     # 3 steps away left f's domain: no measure of its rounding
             measured = 0.0
         if measured > estimate.roundoff and abs(analytic - estimate.value) <= held_to + measured:
             return estimate._replace(unsteady=True)
@@ -708,7 +708,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes) -> 
         try:
             with np.errstate(all="ignore"):
                 value, _, width = _central(evaluate, move, estimate.step * factor)
-        except (ArithmeticError, ValueError):   # the longer step left f's domain
+        except _LeftDomain:                     # the longer step left f's domain
             continue
         if width == 0 or not np.isfinite(value):
             continue
@@ -734,7 +734,7 @@ def _measured_roundoff(evaluate, move, step, spacing) -> float:
     try:
         for k in range(-3, 4):
             move(k * spacing * step)
-            values.append(evaluate()[0])
+            values.append(_evaluate_within_domain(evaluate, k * spacing * step)[0])
         width = move(step) - move(-step)
     finally:
         move(None)
@@ -774,7 +774,7 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
         try:
             with np.errstate(all="ignore"):
                 attempt = _derivative(evaluate, move, step, richardson, good_enough, test_smoothness=True)
-        except (ArithmeticError, ValueError):   # the longer step left f's domain
+        except _LeftDomain:                     # the longer step left f's domain
             break
         if not np.isfinite(best.bound):         # the shorter step resolved nothing (it vanished in rounding)
             best, longer = attempt, True
@@ -796,11 +796,11 @@ class _LeftDomain(ValueError):
 
 
 def _evaluate_within_domain(evaluate, steps: float):
+    """evaluate() at a point `steps` (in the probe's units) away; fn's domain errors as _LeftDomain,
+    the one name every probe catches for them."""
     try:
         return evaluate()
     except (ArithmeticError, ValueError) as error:
-        if isinstance(error, _LeftDomain):
-            raise
         raise _LeftDomain(error, steps) from error
 
 

@@ -216,8 +216,13 @@ def _is_classifier(model) -> bool:
     return isinstance(model, SequenceClassifier)
 
 
+def _llama_of(model):
+    """The Llama itself: a SequenceClassifier's model, or the model."""
+    return model.model if _is_classifier(model) else model
+
+
 def _dtype_of(model):
-    return model.model.dtype if _is_classifier(model) else model.dtype
+    return _llama_of(model).dtype
 
 
 def _classifier_batch(tokens, labels, attention_mask):
@@ -296,7 +301,7 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
         a = run_trace(ours, tokens, targets, backend_name=backend_name, include=include, exclude=exclude,
                       attention_mask=attention_mask)
         hf = load_transformers_model(folder, dtype)
-        config = (ours.model if _is_classifier(ours) else ours).config
+        config = _llama_of(ours).config
         rope_notes = set_up_transformers(hf, config, faithful_run)
         b = transformers_trace(folder, tokens, targets, dtype=dtype, include=include, exclude=exclude,
                                attention_mask=attention_mask, hf_model=hf)
@@ -405,12 +410,13 @@ def _npllama_and_folder(model_or_dir, dtype, transformers_folder):
     if not hasattr(ours, "loss_and_grads"):
         raise TypeError(f"model_or_dir must be a Llama, a SequenceClassifier or the path of a model, got "
                         f"{type(ours).__name__}")
-    kind = "LlamaForSequenceClassification" if _is_classifier_folder(transformers_folder) else "LlamaForCausalLM"
-    if _is_classifier(ours) != (kind == "LlamaForSequenceClassification"):
+    folder_holds_a_classifier = _is_classifier_folder(transformers_folder)
+    if _is_classifier(ours) != folder_holds_a_classifier:
+        kind = "LlamaForSequenceClassification" if folder_holds_a_classifier else "LlamaForCausalLM"
         raise ValueError(f"transformers_folder {str(transformers_folder)!r} holds a {kind}, but the model is "
                          f"{'a classifier' if _is_classifier(ours) else 'a language model'}: give the folder "
                          f"of the same kind of model")
-    if (ours.model if _is_classifier(ours) else ours).lora is not None:
+    if _llama_of(ours).lora is not None:
         raise ValueError("model_or_dir has LoRA adapters, which transformers' model of transformers_folder "
                          "lacks: merge() them into the model first")
     yield _as_dtype(ours, dtype), str(transformers_folder)

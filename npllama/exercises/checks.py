@@ -30,6 +30,7 @@ GRAD_TOL = 1e-7        # check_op's relative floor, as in tests/ops
 GRAD_ATOL = 1e-9
 CLOSED_FORM_TOL = 1e-9  # a closed form computed another way agrees to round-off
 RETURN_VALUE = "the return value"   # a Finding's subject when what came back is wrong as a whole
+NOT_A_LIST = "return the array itself (no .tolist(); np.asarray turns a list back into an array)"
 
 
 # ----- parameter spaces: sampled by NumPy here, by hypothesis in the tests -------------------------
@@ -159,8 +160,7 @@ def call_backward(backward, dout, cache, case: Case) -> tuple:
             raise CheckFailed(Finding(
                 "", "your function returned a list, not a NumPy array"
                 + (f"; return {listed} as arrays" if len(names) > 1 else ""),
-                hint="return the array itself (no .tolist(); np.asarray turns a list back into an array)"
-                     + ("" if len(names) == 1 else ", in a tuple: return dx, dweight"), case=case.describe(),
+                hint=NOT_A_LIST + ("" if len(names) == 1 else ", in a tuple: return dx, dweight"), case=case.describe(),
                 subject=RETURN_VALUE))
         result = tuple(result)
     if not isinstance(result, tuple):
@@ -181,8 +181,7 @@ def call_backward(backward, dout, cache, case: Case) -> tuple:
         if isinstance(g, (list, tuple)):   # dx.tolist() in a tuple: gradcheck would refuse it as a crash
             raise CheckFailed(Finding(
                 name, f"your function returned {name} as a Python {type(g).__name__}, not a NumPy array",
-                hint="return the array itself (no .tolist(); np.asarray turns a list back into an array)",
-                case=case.describe()))
+                hint=NOT_A_LIST, case=case.describe()))
         if g is None or np.shape(g) != np.shape(case.inputs[index]):
             right = _reference_grads(case, dout)
             expected = right[position] if right is not None else np.zeros(np.shape(case.inputs[index]))

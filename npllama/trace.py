@@ -198,13 +198,14 @@ class Trace:
 
     def select(self, *patterns: str) -> "Trace":
         """A new trace holding only the records whose names match one of the patterns (same arrays)."""
+        def matches(name: str) -> bool:
+            return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
         picked = Trace(self.include, self.exclude, meta=self.meta)
-        picked.records = {n: a for n, a in self.records.items()
-                          if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+        picked.records = {n: a for n, a in self.records.items() if matches(n)}
         picked.sources = {n: s for n, s in self.sources.items() if n in picked.records}
         picked.replaced = dict(self.replaced)
-        picked.unrecorded = {n: op for n, op in self.unrecorded.items()
-                             if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+        picked.unrecorded = {n: op for n, op in self.unrecorded.items() if matches(n)}
         return picked
 
     # ----- looking at it -----------------------------------------------------------------------

@@ -69,6 +69,24 @@ def test_segfault_and_exit_without_report_are_failures(tmp_path):
     leaves.write_text("import os\nos._exit(0)\n")
     result = grade_file("rmsnorm", leaves, allow_imports=True, timeout=20)
     assert result.status == "crashed" and not result.ok and "exit status 0" in result.diagnosis
+    assert result.first_failure == "crashed while loading the file"      # no check ran to name
+
+
+def test_a_timeout_before_the_first_check_says_so_in_first_failure(tmp_path):
+    """The gradebook's first_failure column names the failing check; a file stopped before any
+    check ran must not leave it empty (a teacher sorting by it would take the row for a pass)."""
+    folder = tmp_path / "class"
+    folder.mkdir()
+    (folder / "loops_at_import.py").write_text("while True:\n    pass\n")
+    (folder / "loops_when_called.py").write_text("def rmsnorm_backward(dy, cache):\n    while True:\n        pass\n")
+    by_file = {g.file: g for g in grade_folder("rmsnorm", folder, n_random=0, timeout=3)}
+    at_import, when_called = by_file["loops_at_import.py"], by_file["loops_when_called.py"]
+    assert at_import.status == when_called.status == "timeout"
+    assert at_import.first_failure.startswith("timed out at line ") and "of loops_at_import.py" in at_import.first_failure
+    assert at_import.first_failure.endswith("while loading the file")
+    assert when_called.first_failure.startswith("timed out at line ") and "of loops_when_called.py" in when_called.first_failure
+    assert when_called.first_failure.endswith("in its first call, before any check")
+    assert "timed out" in format_gradebook([at_import])
 
 
 def test_cli_single_file_in_a_sandbox_exits_non_zero(tmp_path):

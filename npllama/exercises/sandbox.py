@@ -101,7 +101,7 @@ class Graded:
     status: str                  # "pass", "fail", "refused", "not implemented", "unusable", "timeout", "crashed"
     passed: int
     total: int
-    first_failure: str           # the first failing check's name ('' when none)
+    first_failure: str           # the first failing check's name ('' when none); what stopped it before any check
     diagnosis: str               # what is wrong, one line ('' when it passes)
     seconds: float
     text: str = ""               # the full report a student reads
@@ -153,11 +153,13 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
         return _graded(path, report, time.perf_counter() - start, **graded_on)
     with tempfile.TemporaryDirectory(prefix="npllama-grade-") as scratch, \
             _Submission(exercise, path.resolve(), Path(scratch), timeout, memory_mb) as submission:
+        stage = "while loading the file"      # where a stop before the first check happened, for the gradebook
         try:
             function, load_error = submission.start()
             if load_error is not None:
                 report = Report(exercise, shown_as, [], load_error=load_error)
             else:
+                stage = "in its first call, before any check"     # check_function probes the function once first
                 report = check_function(exercise, function, n_random=n_random, seed=seed, source=shown_as,
                                         source_file=str(path.resolve()), source_text=source_text)
                 graded_on["output"] = submission.output()
@@ -168,9 +170,11 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
     if report is not None and report.stopped is None:
         return _graded(path, report, seconds, **graded_on)
     name, why = readable_name(path.name), submission.why
-    if report is None:
-        return Graded(name, submission.ended, 0, len(exercise.checks()), "", why, seconds, f"{name}: {why}",
-                      **graded_on)
+    if report is None:     # no check to name: say what stopped it, and where
+        stopped = {"timeout": "timed out", "crashed": "crashed"}.get(submission.ended, submission.ended)
+        where = f" at {submission.stuck_at}" if submission.stuck_at else ""
+        return Graded(name, submission.ended, 0, len(exercise.checks()), f"{stopped}{where} {stage}", why, seconds,
+                      f"{name}: {why}", **graded_on)
     return dataclasses.replace(_graded(path, report, seconds, **graded_on), status=submission.ended, diagnosis=why)
 
 
@@ -290,6 +294,7 @@ class _Submission:
         self.ended: str | None = None
         self.why = ""
         self._dump_from: int | None = None    # where the stack dump asked of a stuck child starts in its output
+        self.stuck_at = ""                    # "line 3 of loop.py": where a child stopped for time was, if known
 
     def __enter__(self):
         self.output_path = self.scratch / "output.txt"
@@ -480,9 +485,10 @@ class _Submission:
             with open(self.output_path, "rb") as f:
                 f.seek(start)
                 dump = f.read(STUCK_READ).decode(errors="replace")
-            where = _submission_line(dump, self.path)     # the dump may still be arriving: read again
+            where, text = _submission_line(dump, self.path)     # the dump may still be arriving: read again
             if where:
-                return where
+                self.stuck_at = where
+                return f" -- it was at {where}" + (f": {text}" if text else "")
             time.sleep(0.05)
         return ""
 
@@ -494,17 +500,17 @@ class _Submission:
         raise GradingStopped(why)
 
 
-def _submission_line(dump: str, path: Path) -> str:
+def _submission_line(dump: str, path: Path) -> tuple[str, str]:
     """The innermost frame of a faulthandler dump (most recent call first) that is in the
-    submission, as ' -- it was at line N of FILE: the line'."""
+    submission, as ('line N of FILE', the line's text); ('', '') when none is."""
     for filename, lineno in re.findall(r'File "(.+)", line (\d+)', dump):
         if Path(filename).resolve() != path.resolve():
             continue
         lines = path.read_text(errors="replace").splitlines()
         n = int(lineno)
         text = lines[n - 1].strip() if 0 < n <= len(lines) else ""
-        return f" -- it was at line {n} of {path.name}" + (f": {text[:160]}" if text else "")
-    return ""
+        return f"line {n} of {path.name}", text[:160]
+    return "", ""
 
 
 class _Timeout(Exception):

@@ -62,6 +62,22 @@ def test_the_assembled_exercises_name_the_return_value_too(tmp_path, op, source)
     assert "gradient: grads" not in text, text
 
 
+def test_the_model_exercise_calls_the_upstream_gradient_dlogits_as_its_docstring_does(tmp_path):
+    """The checks see model_backward through a wrapper that flattens its dict; what they say about
+    the upstream gradient must use the student's own name (dlogits), not the wrapper's (dout)."""
+    in_place = tmp_path / "model_backward.py"
+    in_place.write_text("import numpy as np\n\ndef model_backward(dlogits, cache, config):\n    dlogits *= 2\n"
+                        "    return {name: np.zeros(shape) for name, shape in config.param_shapes().items()}\n")
+    finding = check_file("model", in_place, n_random=0).first_failure.finding
+    assert (finding.subject, finding.message) == ("dlogits", "your function changed dlogits in place"), finding
+    assert "the caller still needs dlogits" in finding.hint
+    crashes = tmp_path / "crashes.py"
+    crashes.write_text("def model_backward(dlogits, cache, config):\n    return cache.nothing\n")
+    hint = check_file("model", crashes, n_random=0).first_failure.finding.hint
+    assert "dlogits = case.dout_for(out)" in hint and "['model_backward'](dlogits, *cache)" in hint, hint
+    assert EXERCISES["model"].upstream == "dlogits" and "dout" not in EXERCISES["model"].doc
+
+
 # ----- a rotated return order is said once ---------------------------------------------------------
 
 SWIGLU_ROTATED = """

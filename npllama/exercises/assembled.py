@@ -11,12 +11,13 @@ match (`Assembled.adapt`).
 """
 from __future__ import annotations
 
+import inspect
 from typing import NamedTuple
 
 import numpy as np
 
 from .definitions import Exercise, check
-from .checks import RETURN_VALUE, SEED, Case, Choice, Ints, expect_close
+from .checks import RETURN_VALUE, SEED, Case, Choice, Ints, _first_parameter, expect_close
 from .diagnose import CheckFailed, Finding
 
 WEIGHTS = ("input_layernorm", "q_proj", "k_proj", "v_proj", "o_proj", "post_attention_layernorm", "gate_proj",
@@ -30,15 +31,20 @@ def block_forward_flat(x, *weights, cos, sin, config, causal=True, key_padding_m
     return block_forward(x, LayerWeights(*weights), cos, sin, config, causal, key_padding_mask)
 
 
-def adapted(backward, flatten, name: str):
+def adapted(backward, flatten, name: str, upstream: str = "dout"):
     """backward as the checks call it: flatten(backward, dout, cache) -> a flat tuple of gradients.
-    Idempotent, so the library's reference and a student's function go through the same door."""
+    Idempotent, so the library's reference and a student's function go through the same door.
+    The checks name the upstream gradient by the wrapper's first parameter ("you changed dlogits in
+    place"): it is the student's own name for it, else `upstream`, the exercise's."""
     if getattr(backward, "adapted", False):
         return backward
 
     def flat(dout, cache):
         return flatten(backward, dout, cache)
     flat.__name__ = getattr(backward, "__name__", name)
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    flat.__signature__ = inspect.Signature([inspect.Parameter(_first_parameter(backward, upstream), positional),
+                                            inspect.Parameter("cache", positional)])
     flat.adapted = True
     return flat
 
@@ -84,7 +90,7 @@ class Assembled(Exercise):
         return self.adapt(getattr(importlib.import_module(self.module), self.backward_name))
 
     def adapt(self, backward):
-        return adapted(backward, self.flatten, self.backward_name)
+        return adapted(backward, self.flatten, self.backward_name, self.upstream)
 
 
 class Block(Assembled):

@@ -249,8 +249,9 @@ def check_gradient(backward, case: Case) -> None:
         # check_op refuses a backward that changes dout or an input in place, or returns None or the
         # wrong number of gradients: the student's mistake, in the checker's words
         raise CheckFailed(Finding("", f"the gradient check could not use your function: {error}",
-                                  hint="return one new array per gradient and leave dout and the cache as "
-                                       "they were (x = x * 2, not x *= 2)", case=case.describe())) from None
+                                  hint=f"return one new array per gradient and leave "
+                                       f"{_first_parameter(backward, 'dout')} and the cache as they were "
+                                       f"(x = x * 2, not x *= 2)", case=case.describe())) from None
     failing = [r for r in report.inputs if not r.ok]
     if not failing:
         return

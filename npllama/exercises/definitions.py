@@ -132,6 +132,12 @@ class Exercise:
         return f"def {self.backward_name}({self.params}):"
 
     @property
+    def upstream(self) -> str:
+        """The name the exercise gives the upstream gradient: its backward's first parameter (dy,
+        dout, dlogits, ...)."""
+        return self.params.split(",")[0].strip()
+
+    @property
     def probe_params(self) -> dict:
         """A well-conditioned case on which any correct formula is exact to round-off (screen.py)."""
         return self.edge_cases[0]

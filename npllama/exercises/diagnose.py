@@ -141,7 +141,7 @@ def diagnose(got, expected, *, grad: str, case: str = "", zero_label: str = "") 
         finding.message = ("it is right only to float32 precision although the inputs are float64: part of "
                            "the arithmetic ran in float32")
         finding.hint = ("an array created with dtype=np.float32 (or an .astype(np.float32)) inside your function: "
-                        "create arrays with the input's dtype (e.g. dout.dtype)")
+                        "create arrays with the inputs' dtype (np.zeros_like(x), or dtype=x.dtype for an input x)")
         return finding
     ratio = _constant_ratio(got_arr, expected)
     if ratio is not None and abs(ratio - 1.0) < ROUND_OFF_RATIO:

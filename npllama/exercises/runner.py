@@ -553,8 +553,9 @@ def _rerun_hint(exercise: Exercise, params, source_file: str | None) -> str:
     return ("rebuild this case and call your function by hand (paste into python, or save as a file and "
             "run it with python -m pdb to stop where it fails):\n"
             f"{importing}; import runpy\n"
-            f"ex = {expression}; case = ex.case({case!r}); out, cache = case.run_forward()\n"
-            f"runpy.run_path({file!r})[{exercise.backward_name!r}](case.dout_for(out), "
+            f"ex = {expression}; case = ex.case({case!r}); out, cache = case.run_forward(); "
+            f"{exercise.upstream} = case.dout_for(out)\n"
+            f"runpy.run_path({file!r})[{exercise.backward_name!r}]({exercise.upstream}, "
             f"{'*cache' if exercise.op == 'model' else 'cache'})")
 
 

@@ -198,10 +198,18 @@ def test_what_a_file_stopped_for_time_printed_is_shown_without_the_stack_dump(tm
     assert "most recent call first" not in graded.output and "File " not in graded.output
 
 
-def test_a_file_checked_against_the_wrong_exercise_is_told_which_one_it_is_for(tmp_path):
-    report = check_file("softmax", _rmsnorm_file(tmp_path, "dx, dweight"), n_random=0)
-    assert report.load_error.endswith("(it defines: rmsnorm_backward); it is written for exercise rmsnorm: "
-                                      "npllama exercise check rmsnorm rmsnorm_backward.py")
+@pytest.mark.parametrize("check", [lambda path: check_file("softmax", path, n_random=0).load_error,
+                                   lambda path: grade_file("softmax", path, n_random=0).diagnosis],
+                         ids=["in_process", "sandboxed"])
+def test_a_file_checked_against_the_wrong_exercise_is_told_which_one_it_is_for(tmp_path, monkeypatch, check):
+    # the command to paste names the file by the path the student typed (here from the folder above
+    # it), not by its name alone, which would not be found from where the student is
+    (tmp_path / "week 3").mkdir()
+    (tmp_path / "week 3" / "rmsnorm_backward.py").write_text(RMSNORM_RIGHT.format(returned="dx, dweight"))
+    monkeypatch.chdir(tmp_path)
+    said = check("week 3/rmsnorm_backward.py")
+    assert said.endswith("(it defines: rmsnorm_backward); it is written for exercise rmsnorm: "
+                         "npllama exercise check rmsnorm 'week 3/rmsnorm_backward.py'"), said
 
 
 

@@ -290,9 +290,10 @@ def _name_the_mistake(exercise, backward, finding: Finding) -> None:
     finding.ladder = found.ladder
 
 
-def load_function(op: str, path, catch_everything: bool = False) -> object:
+def load_function(op: str, path, catch_everything: bool = False, typed_as: str | None = None) -> object:
     """Import the file at `path` (by path, not by name) and return its <op>_backward function
-    (`op`: an exercise's name or an Exercise)."""
+    (`op`: an exercise's name or an Exercise).  typed_as: the path as the student gave it (default
+    `path`), for the check command a file written for another exercise is sent to."""
     exercise = get_exercise(op)
     path = path_argument(path, "path", "a .py file")
     if not path.is_file():
@@ -324,7 +325,8 @@ def load_function(op: str, path, catch_everything: bool = False) -> object:
         meant = _exercise_written_for(exercise, defined)
         raise SubmissionError(f"{path.name} defines no function named {exercise.backward_name}"
                               + (f" (it defines: {', '.join(defined)})" if defined else "")
-                              + (f"; it is written for exercise {meant.op}: {meant.check_command(path.name)}"
+                              + (f"; it is written for exercise {meant.op}: "
+                                 f"{meant.check_command(path if typed_as is None else typed_as)}"
                                  if meant is not None else ""))
     return fn
 

@@ -152,7 +152,7 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
     if report is not None:
         return _graded(path, report, time.perf_counter() - start, **graded_on)
     with tempfile.TemporaryDirectory(prefix="npllama-grade-") as scratch, \
-            _Submission(exercise, path.resolve(), Path(scratch), timeout, memory_mb) as submission:
+            _Submission(exercise, path.resolve(), Path(scratch), timeout, memory_mb, str(path)) as submission:
         stage = "while loading the file"      # where a stop before the first check happened, for the gradebook
         try:
             function, load_error = submission.start()
@@ -287,8 +287,8 @@ class _Submission:
     killed with all it started when the grading ends.  After a stop, `ended` is "timeout" or
     "crashed" and `why` says what happened."""
 
-    def __init__(self, exercise, path: Path, scratch: Path, timeout: float, memory_mb: int):
-        self.exercise, self.path, self.scratch = exercise, path, scratch
+    def __init__(self, exercise, path: Path, scratch: Path, timeout: float, memory_mb: int, typed_as: str):
+        self.exercise, self.path, self.scratch, self.typed_as = exercise, path, scratch, typed_as
         self.timeout, self.memory_mb = timeout, memory_mb
         self.deadline = time.monotonic() + timeout
         self.ended: str | None = None
@@ -299,7 +299,8 @@ class _Submission:
     def __enter__(self):
         self.output_path = self.scratch / "output.txt"
         replies, reply_end = os.pipe()
-        argv = [sys.executable, "-c", CHILD, self.exercise.op, str(self.path), "--reply-fd", str(reply_end),
+        argv = [sys.executable, "-c", CHILD, self.exercise.op, str(self.path), "--typed-as", self.typed_as,
+                "--reply-fd", str(reply_end),
                 "--memory-mb", str(self.memory_mb), "--cpu-seconds", str(int(self.timeout) + 1)]
         if self.exercise.exercise_file:     # a teacher's exercise: the child imports the same file
             argv += ["--exercise-file", self.exercise.exercise_file]
@@ -624,6 +625,8 @@ def _child(argv) -> int:
                                                  "check): calls come on stdin, answers go to --reply-fd.")
     parser.add_argument("op", help="the exercise")
     parser.add_argument("path", help="the submission")
+    parser.add_argument("--typed-as", default=None, help="the submission's path as the student gave it (the child "
+                                                          "runs in a scratch folder, by the resolved path)")
     parser.add_argument("--reply-fd", type=int, required=True, help="the file descriptor to answer on")
     parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, help="memory the submission may add")
     parser.add_argument("--cpu-seconds", type=int, default=int(DEFAULT_TIMEOUT), help="CPU time limit")
@@ -653,7 +656,7 @@ def _child(argv) -> int:
     output = sys.stdout = sys.stderr = _CappedOutput(sys.__stdout__, OUTPUT_LIMIT)
     with guard_library(exercise):
         try:
-            function = load_function(exercise, args.path, catch_everything=True)
+            function = load_function(exercise, args.path, catch_everything=True, typed_as=args.typed_as)
         except SubmissionError as error:
             _send(args.reply_fd, {"kind": "load_error", "text": str(error)})
             return 0

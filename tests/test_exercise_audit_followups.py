@@ -114,6 +114,12 @@ def linear_backward(dy, cache):
     return dy @ weight, rows(dy).T @ rows(x)
 """
 
+LINEAR_TWO_LOOKUPS = """
+def linear_backward(dy, cache):
+    x, weight = cache
+    return dy @ weight, dy.reshape(-1, dy.shape[1]).T @ x.reshape(-1, x.shape[1])
+"""
+
 LINEAR_INDEXES_THE_CACHE = """
 def linear_backward(dy, cache):
     x, weight = cache[0], cache[2]
@@ -130,6 +136,11 @@ def test_a_shape_indexed_from_the_front_of_a_vector_gets_the_count_from_the_back
     text = grade(path)
     assert "raised IndexError: tuple index out of range (line 3 of linear_backward.py" in text, text
     assert "hint: a.shape[1] counts axes from the front" in text and "a.shape[-1]" in text, text
+
+    path.write_text(LINEAR_TWO_LOOKUPS)    # the traceback cannot tell which lookup failed: neither is blamed alone
+    text = grade(path)
+    assert ("hint: dy.shape[1] and x.shape[1] count axes from the front, and one of their arrays has fewer in "
+            "this case") in text, text
 
     path.write_text(LINEAR_INDEXES_THE_CACHE)     # the same error on a tuple that is no shape
     text = grade(path)

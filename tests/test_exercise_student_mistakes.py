@@ -310,4 +310,24 @@ def test_an_attention_right_for_the_first_batch_element_only_is_told_so(tmp_path
     """))
     finding = check_file("attention", path, n_random=0).first_failure.finding
     assert finding.message.startswith("only dq[0] is right: every dq[i] with i > 0 along the first axis is wrong")
-    assert "assumes B = 1" in finding.hint
+    assert "assumes the axis has length 1 (a batch of one, if it is the batch axis" in finding.hint
+
+
+def test_a_weight_gradient_right_for_its_first_row_only_is_not_told_about_a_batch(tmp_path):
+    # dweight's first axis is the output features, not a batch: the hint must hold for it too
+    path = tmp_path / "linear_backward.py"
+    path.write_text(textwrap.dedent("""\
+        import numpy as np
+
+
+        def linear_backward(dy, cache):
+            x, weight = cache
+            rows_dy, rows_x = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
+            dweight = np.repeat(rows_dy[:, :1].T @ rows_x, weight.shape[0], axis=0)   # output 0's row for all
+            return dy @ weight, dweight
+    """))
+    finding = check_file("linear", path, n_random=0).first_failure.finding
+    assert finding.message.startswith("only dweight[0] is right: every dweight[i] with i > 0 along the first axis")
+    assert finding.hint.startswith("code that is right for the first entry of that axis (of length 3) only"), \
+        finding.hint
+    assert "B = 1" not in finding.hint and not finding.hint.startswith("when the first axis is the batch")

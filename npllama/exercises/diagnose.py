@@ -198,9 +198,12 @@ def diagnose(got, expected, *, grad: str, case: str = "", zero_label: str = "") 
         if not wrong_along_first[0] and wrong_along_first[1:].all():
             finding.message = (f"only {finding.grad}[0] is right: every {finding.grad}[i] with i > 0 along the first "
                                f"axis is wrong")
-            finding.hint = ("when the first axis is the batch, code that holds for a batch of one only: an index "
-                            "[0] or [:1], or a reshape or transpose that assumes B = 1 -- every batch element has "
-                            "its own inputs")
+            # which axis this is (a batch, a weight's output features, T) only the exercise knows:
+            # say what is true of any first axis, and the batch as one reading of it
+            finding.hint = (f"code that is right for the first entry of that axis (of length {got_arr.shape[0]}) "
+                            f"only: an index [0] or [:1] where the whole axis was meant, a loop that stops after "
+                            f"its first pass, or a reshape or transpose that assumes the axis has length 1 (a "
+                            f"batch of one, if it is the batch axis: every batch element has its own inputs)")
             return finding
     if wrong.mean() < 0.5:
         idx = [tuple(int(i) for i in ix) for ix in np.argwhere(wrong)[:4]]

@@ -499,11 +499,15 @@ def _crash_hint(error: BaseException, exercise: Exercise, params, source_file: s
     if isinstance(error, ValueError) and ("core dimension" in text or "not aligned" in text):
         return ("a matrix product whose inner sizes differ: an operand needs a transpose, or the operands are "
                 "in the wrong order (weights are (out, in); a gradient has its input's shape) -- print the shapes")
-    axes = _shape_index_out_of_range(error, source_file)
+    axes = list(dict.fromkeys(_shape_index_out_of_range(error, source_file)))    # each lookup once, in order
     if axes:
-        return (f"{' and '.join(axes)} counts axes from the front, and an array of this case has fewer (see its "
-                f"shapes above): count from the back -- a.shape[-1] is the last axis however many leading axes "
-                f"there are, and a.reshape(-1, a.shape[-1]) gives the rows")
+        # the traceback names the line, not which of its lookups failed: with several, say only that
+        # one of them did
+        which = (f"{axes[0]} counts axes from the front, and its array has fewer" if len(axes) == 1 else
+                 f"{', '.join(axes[:-1])} and {axes[-1]} count axes from the front, and one of their arrays has "
+                 f"fewer")
+        return (f"{which} in this case (its inputs' shapes are above): count from the back -- a.shape[-1] is "
+                f"the last axis however many leading axes there are, and a.reshape(-1, a.shape[-1]) gives the rows")
     return _rerun_hint(exercise, params, source_file)
 
 

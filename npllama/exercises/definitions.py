@@ -646,7 +646,7 @@ act = silu(gate) * up                     # elementwise"""
     cache: CACHE
     Returns (dgate, dup).
     """
-    shapes = "gate, up, act, dact, dgate, dup: all the same shape (..., F)"
+    shapes = "gate, up, act, dact, dgate, dup (..., F)"
     space = dict(shape=Shape(1, 3, 1, 3), seed=SEED)
     edge_cases = [dict(shape=(2, 3), seed=1), dict(shape=(1,), seed=2), dict(shape=(3, 1, 2), seed=3)]
 
@@ -695,7 +695,7 @@ out  = act @ w_down.T                              # (..., D)"""
     You may use npllama.ops.linear.linear_backward and npllama.ops.swiglu.swiglu_act_backward:
     the lesson is how the pieces chain.
     """
-    shapes = "x, out (..., D)   w_gate, w_up (F, D)   w_down (D, F)   gate, up, act (..., F)"
+    shapes = "x, dx, out, dout (..., D)   w_gate, w_up (F, D)   w_down (D, F)   gate, up, act (..., F)"
     allowed_imports = "numpy, linear_backward (npllama.ops.linear), swiglu_act_backward (npllama.ops.swiglu)"
     helpers = (("npllama.ops.linear", "linear_backward"), ("npllama.ops.swiglu", "swiglu_act_backward"))
     space = dict(lead_shape=Shape(1, 3, 1, 3), D=Ints(1, 5), F=Ints(1, 7), seed=SEED)
@@ -726,7 +726,7 @@ a position counts when its target != ignore_index (-100); no counted position: l
     Returns dlogits, with logits_shape and probs' dtype.  Ignored positions get 0; if nothing is
     counted, everything is 0 (not NaN).
     """
-    shapes = "logits, dlogits (..., V)   targets (...)   probs (N, V), N = prod(...)"
+    shapes = "dloss () or a float   logits, dlogits (..., V)   targets (...)   probs (N, V), N = prod(...)"
     space = dict(lead_shape=Shape(0, 2, 1, 4), V=Ints(1, 6), ignore_fraction=Choice((0.0, 0.5, 1.0)), seed=SEED)
     edge_cases = [dict(lead_shape=(2, 3), V=5, ignore_fraction=0.5, seed=1),
                   dict(lead_shape=(4,), V=3, ignore_fraction=1.0, seed=2),   # one counted target only
@@ -854,7 +854,8 @@ logits = pooled @ score_weight.T          # (B, num_labels)"""
     Returns (dhidden, dscore_weight): dhidden (B, T, D), zero except at the pooled positions;
     dscore_weight (num_labels, D).
     """
-    shapes = "hidden, dhidden (B, T, D)   score_weight (num_labels, D)   last_index (B,)   logits (B, num_labels)"
+    shapes = ("hidden, dhidden (B, T, D)   score_weight, dscore_weight (num_labels, D)   last_index (B,)   "
+              "logits, dlogits (B, num_labels)")
     space = dict(B=Ints(1, 3), T=Ints(1, 4), D=Ints(1, 4), num_labels=Ints(1, 4), seed=SEED)
     edge_cases = [dict(B=3, T=4, D=3, num_labels=2, seed=1), dict(B=1, T=1, D=1, num_labels=1, seed=2),
                   dict(B=2, T=3, D=2, num_labels=4, seed=3)]

@@ -213,16 +213,34 @@ def test_a_check_still_running_says_so_once_and_names_the_flag(tmp_path, capsys,
     assert "stopped after 3 s of wall clock" in out
 
 
-def test_a_fast_check_prints_no_notice(tmp_path, capsys):
-    from npllama.cli import main
+def test_a_fast_check_prints_no_notice(tmp_path, capsys, monkeypatch):
+    """A check that ends before the notice is due prints none, and its timer is cancelled.  The
+    notice is put off to 300 s (the time limit 600 s, so it is still armed): a right answer takes
+    seconds, but a slow shared machine must not make this test depend on it taking under 10."""
+    import threading
 
+    from npllama.cli import main
+    from npllama.commands import exercise
+
+    timers = []
+
+    class RecordedTimer(threading.Timer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            timers.append(self)
+
+    monkeypatch.setattr(threading, "Timer", RecordedTimer)
+    monkeypatch.setattr(exercise, "STILL_RUNNING_AFTER", 300.0)
     right = tmp_path / "rmsnorm_backward.py"
     right.write_text(RMSNORM_RIGHT)
-    assert main(["exercise", "check", "rmsnorm", str(right), "--cases", "0"]) == 0
+    assert main(["exercise", "check", "rmsnorm", str(right), "--cases", "0", "--timeout", "600"]) == 0
     out, err = capsys.readouterr()
     assert err.splitlines() == [f"checking {right} against the 4 checks of exercise rmsnorm (in a process of its "
-                                f"own, at most 120 s) ..."], err
+                                f"own, at most 600 s) ..."], err
     assert "Well done" in out
+    # the notice was armed for this check and disarmed when it ended (not left to fire later)
+    assert [t.interval for t in timers] == [300.0] and timers[0].ident is not None, timers
+    assert timers[0].finished.is_set()
 
 
 # ----- the checks from pytest: the test `exercise start` prints, run by a student's pytest -------------

@@ -1,6 +1,7 @@
 """What a student meets doing the exercises, each case an answer with a typical slip: the report
 must say which gradient is wrong and how, never pass it, and never blame the student's code for
 the checker's own trouble."""
+import re
 import textwrap
 
 import numpy as np
@@ -331,3 +332,18 @@ def test_a_weight_gradient_right_for_its_first_row_only_is_not_told_about_a_batc
     assert finding.hint.startswith("code that is right for the first entry of that axis (of length 3) only"), \
         finding.hint
     assert "B = 1" not in finding.hint and not finding.hint.startswith("when the first axis is the batch")
+
+
+def test_a_weight_gradient_summed_over_the_first_axis_only_is_shown_a_sum_that_fits_it(tmp_path):
+    # an outer product per row summed over axis 0 alone keeps T: the hint's own expression must turn
+    # what the student returned into the weight's shape (reshape(-1, in) would sum a (out, in) away)
+    path = tmp_path / "linear_backward.py"
+    path.write_text("def linear_backward(dy, cache):\n    x, weight = cache\n"
+                    "    return dy @ weight, (dy[..., :, None] * x[..., None, :]).sum(axis=0)\n")
+    finding = check_file("linear", path, n_random=0).first_failure.finding
+    assert finding.message.endswith(": summed over too few axes"), finding.message
+    shown = re.search(r"e\.g\. (\.reshape\([-\d, ]+\)\.sum\(axis=0\))", finding.hint)
+    assert shown, finding.hint
+    shapes = re.search(r"has shape (\([\d, ]+\)), expected (\([\d, ]+\))", finding.message)
+    got_shape, expected_shape = eval(shapes.group(1)), eval(shapes.group(2))     # noqa: S307
+    assert eval("np.zeros(got_shape)" + shown.group(1)).shape == expected_shape     # noqa: S307

@@ -268,6 +268,12 @@ def _constant_ratio(got, expected) -> float | None:
     return None
 
 
+def _rows_summed(shape) -> str:
+    """The sum over every leading axis that leaves `shape`, however many leading axes there are:
+    '.reshape(-1, 3).sum(axis=0)' for (3,), '.reshape(-1, 4, 3).sum(axis=0)' for a weight (4, 3)."""
+    return f".reshape({', '.join(str(n) for n in (-1, *shape))}).sum(axis=0)"
+
+
 def _shape_finding(finding, got, expected) -> Finding:
     finding.message = f"{finding.grad} has shape {got.shape}, expected {expected.shape}"
     if got.ndim == expected.ndim == 2 and got.shape == expected.shape[::-1]:
@@ -287,14 +293,13 @@ def _shape_finding(finding, got, expected) -> Finding:
         leading = got.shape[:got.ndim - expected.ndim]
         finding.message += ": summed over too few axes"
         finding.hint = (f"{finding.grad} still has the leading axes {leading} of the batch, but a gradient has "
-                        f"its input's shape: sum over the rows/batch (e.g. .reshape(-1, "
-                        f"{expected.shape[-1] if expected.ndim else 1}).sum(axis=0))")
+                        f"its input's shape: sum over the rows/batch (e.g. {_rows_summed(expected.shape)})")
     elif got.ndim == 0:
         finding.message += ": summed over too many axes"
         # a weight (D,) summed to one number loses its own axis, not rows: "one value per row" would mislead
         finding.hint = (f"{finding.grad} is a single number, but its input has shape {expected.shape}: a sum over "
                         f"every axis (np.sum without axis=) adds up entries that each have their own gradient -- a "
-                        f"weight's gradient sums over the rows only (.reshape(-1, {expected.shape[-1]}).sum(axis=0), "
+                        f"weight's gradient sums over the rows only ({_rows_summed(expected.shape)}, "
                         f"which also works for a single row)")
     elif got.ndim < expected.ndim and expected.shape[expected.ndim - got.ndim:] == got.shape:
         finding.message += ": summed over too many axes"

@@ -347,3 +347,44 @@ def test_a_weight_gradient_summed_over_the_first_axis_only_is_shown_a_sum_that_f
     shapes = re.search(r"has shape (\([\d, ]+\)), expected (\([\d, ]+\))", finding.message)
     got_shape, expected_shape = eval(shapes.group(1)), eval(shapes.group(2))     # noqa: S307
     assert eval("np.zeros(got_shape)" + shown.group(1)).shape == expected_shape     # noqa: S307
+
+
+def test_a_file_whose_name_starts_with_a_dash_is_checked_and_redirected_by_a_path_that_parses(tmp_path, monkeypatch):
+    # the sandbox's child takes the typed path as an option's value: '-rms.py' must not be read as
+    # an option of its own, and the command to paste must not hand npllama an option either
+    (tmp_path / "-rms.py").write_text(RMSNORM_RIGHT.format(returned="dx, dweight"))
+    monkeypatch.chdir(tmp_path)
+    graded = grade_file("softmax", "./-rms.py", n_random=0)
+    assert graded.status == "unusable", graded.diagnosis
+    assert graded.diagnosis.endswith("it is written for exercise rmsnorm: npllama exercise check rmsnorm ./-rms.py")
+    assert grade_file("rmsnorm", "-rms.py", n_random=0).ok
+
+
+@pytest.mark.parametrize("check", [lambda op, path: check_file(op, path, n_random=0),
+                                   lambda op, path: grade_file(op, path, n_random=0)], ids=["in_process", "sandboxed"])
+@pytest.mark.parametrize("op, source, upstream", [
+    # *args has no name for the upstream gradient: the exercise's own name is used, not 'args'
+    ("rmsnorm", "def rmsnorm_backward(*args):\n    dy, cache = args\n    dy *= 2\n    return dy, cache[2]\n", "dy"),
+    ("model", "def model_backward(*args):\n    dlogits, cache, config = args\n    dlogits *= 2\n"
+              "    return {name: 0 * dlogits.sum() + np.zeros(shape) for name, shape in config.param_shapes().items()}\n",
+     "dlogits"),
+])
+def test_the_upstream_gradient_changed_in_place_is_named_for_any_first_parameter(tmp_path, check, op, source,
+                                                                                   upstream):
+    path = tmp_path / f"{op}_backward.py"
+    path.write_text("import numpy as np\n" + source)
+    report = check(op, path)
+    text = report.text if hasattr(report, "text") else report.format()
+    assert f"your function changed {upstream} in place" in text, text
+
+
+@pytest.mark.parametrize("op, signature", [("model", "model_backward(cache, dlogits, config)"),
+                                           ("block", "block_backward(cache, dout)")])
+def test_an_assembled_backward_whose_first_parameter_is_called_cache_is_checked(tmp_path, op, signature):
+    # the wrapper the checks call gets the student's first name and its own 'cache' second: the two
+    # must not collide (inspect.Signature refused it, and the checker crashed)
+    path = tmp_path / f"{op}_backward.py"
+    path.write_text(f"def {signature}:\n    return None\n")
+    report = check_file(op, path, n_random=0)
+    assert report.load_error is None and report.first_failure is not None, report.format()
+    assert report.first_failure.finding is not None, report.format()

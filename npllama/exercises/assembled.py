@@ -43,8 +43,11 @@ def adapted(backward, flatten, name: str, upstream: str = "dout"):
         return flatten(backward, dout, cache)
     flat.__name__ = getattr(backward, "__name__", name)
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    flat.__signature__ = inspect.Signature([inspect.Parameter(_first_parameter(backward, upstream), positional),
-                                            inspect.Parameter("cache", positional)])
+    first = _first_parameter(backward, upstream)
+    # a student who calls the first parameter cache keeps that name: the second then needs another
+    second = "cache" if first != "cache" else "the_cache"
+    flat.__signature__ = inspect.Signature([inspect.Parameter(first, positional),
+                                            inspect.Parameter(second, positional)])
     flat.adapted = True
     return flat
 

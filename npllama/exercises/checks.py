@@ -210,7 +210,7 @@ def check_returns(backward, case: Case) -> None:
     dout_before, cache_before = np.array(dout, copy=True), _snapshot(cache)
     grads = call_backward(backward, dout, cache, case)
     if not np.array_equal(dout, dout_before, equal_nan=True):
-        name = _first_parameter(backward, "dout")
+        name = upstream_name(backward, case)
         raise CheckFailed(Finding("", f"your function changed {name} in place",
                                   hint=f"work on a copy (x = x * 2, not x *= 2) -- the caller still needs {name}",
                                   case=case.describe(), subject=name))
@@ -230,7 +230,7 @@ def check_returns(backward, case: Case) -> None:
                 name, f"{name} is {g.dtype} although {case.input_names[index]} is {input_dtype}: a gradient has "
                       f"its input's dtype",
                 hint=f"an .astype({g.dtype}) or dtype=np.{g.dtype} in your function: create arrays with the "
-                     f"input's dtype (e.g. dtype={_first_parameter(backward, 'dout')}.dtype), or leave the "
+                     f"input's dtype (e.g. dtype={upstream_name(backward, case)}.dtype), or leave the "
                      f"dtype to NumPy", case=case.describe()))
 
 
@@ -250,7 +250,7 @@ def check_gradient(backward, case: Case) -> None:
         # wrong number of gradients: the student's mistake, in the checker's words
         raise CheckFailed(Finding("", f"the gradient check could not use your function: {error}",
                                   hint=f"return one new array per gradient and leave "
-                                       f"{_first_parameter(backward, 'dout')} and the cache as they were "
+                                       f"{upstream_name(backward, case)} and the cache as they were "
                                        f"(x = x * 2, not x *= 2)", case=case.describe())) from None
     failing = [r for r in report.inputs if not r.ok]
     if not failing:
@@ -303,11 +303,21 @@ def _numeric_gradient(case: Case, dout, index) -> np.ndarray:
 
 
 def _first_parameter(function, default: str) -> str:
-    """The name the student gave the upstream gradient (dy, dp, dact, ...), through any wrappers."""
+    """The name the student gave the upstream gradient (dy, dp, dact, ...), through any wrappers;
+    `default` when the first parameter names no single argument (*args, **kwargs) or there is none."""
     try:
-        return next(iter(inspect.signature(function).parameters), default)
+        first = next(iter(inspect.signature(function).parameters.values()), None)
     except (TypeError, ValueError):
         return default
+    by_position = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return first.name if first is not None and first.kind in by_position else default
+
+
+def upstream_name(backward, case: Case) -> str:
+    """What to call the upstream gradient in a finding: the student's own name for it, else the
+    exercise's (the reference backward's first parameter: dy, dp, dlogits, ...)."""
+    exercises = _first_parameter(case.reference, "dout") if case.reference is not None else "dout"
+    return _first_parameter(backward, exercises)
 
 
 def _raised_by(error: BaseException, function) -> bool:

@@ -88,11 +88,11 @@ class Exercise:
 
     def check_command(self, path, exercise_file: str | None = None) -> str:
         """The shell command that checks `path` against this exercise (quoted, to be pasted: a
-        file's name may hold a space); exercise_file as for loader."""
-        path = shlex.quote(str(path))
+        file's name may hold a space, or start with a dash); exercise_file as for loader."""
+        path = shlex.quote(_not_an_option(str(path)))
         if self.builtin or not self.exercise_file:
             return f"npllama exercise check {self.op} {path}"
-        return (f"npllama exercise check --exercise-file {shlex.quote(self._exercise_file_as(exercise_file))} "
+        return (f"npllama exercise check --exercise-file {shlex.quote(_not_an_option(self._exercise_file_as(exercise_file)))} "
                 f"{self.op} {path}")
 
     def _exercise_file_as(self, exercise_file: str | None) -> str:
@@ -907,6 +907,12 @@ def path_argument(value, name: str, what: str) -> Path:
     if not isinstance(value, (str, os.PathLike)):
         raise TypeError(f"{name} must be {what} (a str or os.PathLike), got {type(value).__name__}")
     return Path(value)
+
+
+def _not_an_option(path: str) -> str:
+    """`path` as a command line reads it as a file: '-rms.py' (which pathlib makes of './-rms.py')
+    would be taken for an option, so it gets its './' back."""
+    return os.path.join(".", path) if path.startswith("-") else path
 
 
 def did_you_mean(name, choices) -> str:

@@ -299,7 +299,8 @@ class _Submission:
     def __enter__(self):
         self.output_path = self.scratch / "output.txt"
         replies, reply_end = os.pipe()
-        argv = [sys.executable, "-c", CHILD, self.exercise.op, str(self.path), "--typed-as", self.typed_as,
+        # --typed-as=PATH in one word: a path typed as '-rms.py' would otherwise be read as an option
+        argv = [sys.executable, "-c", CHILD, self.exercise.op, str(self.path), f"--typed-as={self.typed_as}",
                 "--reply-fd", str(reply_end),
                 "--memory-mb", str(self.memory_mb), "--cpu-seconds", str(int(self.timeout) + 1)]
         if self.exercise.exercise_file:     # a teacher's exercise: the child imports the same file

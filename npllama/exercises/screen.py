@@ -42,6 +42,7 @@ import contextlib
 import dataclasses
 import functools
 import importlib
+import inspect
 
 import numpy as np
 
@@ -319,6 +320,9 @@ def _guarded(name, fn):
         return fn(*args, **kwargs)
     guarded.guarded = True
     del guarded.__wrapped__     # functools.wraps' door to the unguarded function
+    # its parameters' names, which are no door: the checks read the upstream gradient's name there
+    with contextlib.suppress(TypeError, ValueError):     # a callable without one keeps (*args, **kwargs)
+        guarded.__signature__ = inspect.signature(fn)
     return guarded
 
 

@@ -147,6 +147,12 @@ def test_diagnose_constant_ratios_transpose_and_shapes():
     summed_to_a_number = diagnose(np.float64(rect[0].sum()), rect[0], grad="dweight")   # a (D,) weight's gradient
     assert "summed over too many axes" in summed_to_a_number.message
     assert "per row" not in summed_to_a_number.hint and ".reshape(-1, 3).sum(axis=0)" in summed_to_a_number.hint
+    # an activation's gradient summed to a number (rmsnorm's dx (2, 3, 4)) must not be told a sum
+    # over the rows fits it: no weight has three axes, and dx is summed over no axis at all
+    activation = rng.standard_normal((2, 3, 4))
+    summed_dx = diagnose(np.float64(activation.sum()), activation, grad="dx")
+    assert ".reshape(" not in summed_dx.hint and "weight" not in summed_dx.hint, summed_dx.hint
+    assert "keep one value per entry of its input" in summed_dx.hint, summed_dx.hint
     assert "one axis too many" in diagnose(rect[:, :, None, None][:, :2], rect, grad="dw").hint
     assert "reshape" in diagnose(np.ones((1, 6)), rect, grad="dw").hint
 

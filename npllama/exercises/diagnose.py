@@ -268,6 +268,11 @@ def _constant_ratio(got, expected) -> float | None:
     return None
 
 
+# the most axes a parameter has in these exercises (a linear's (out, in), an embedding's (V, D)): a
+# gradient of more axes belongs to an activation, never summed over rows
+WEIGHT_MAX_NDIM = 2
+
+
 def _rows_summed(shape) -> str:
     """The sum over every leading axis that leaves `shape`, however many leading axes there are:
     '.reshape(-1, 3).sum(axis=0)' for (3,), '.reshape(-1, 4, 3).sum(axis=0)' for a weight (4, 3)."""
@@ -298,9 +303,12 @@ def _shape_finding(finding, got, expected) -> Finding:
         finding.message += ": summed over too many axes"
         # a weight (D,) summed to one number loses its own axis, not rows: "one value per row" would mislead
         finding.hint = (f"{finding.grad} is a single number, but its input has shape {expected.shape}: a sum over "
-                        f"every axis (np.sum without axis=) adds up entries that each have their own gradient -- a "
-                        f"weight's gradient sums over the rows only ({_rows_summed(expected.shape)}, "
-                        f"which also works for a single row)")
+                        f"every axis (np.sum without axis=) adds up entries that each have their own gradient")
+        if expected.ndim <= WEIGHT_MAX_NDIM:     # it may be a weight: say which sum a weight takes
+            finding.hint += (f" -- a weight's gradient sums over the rows only ({_rows_summed(expected.shape)}, "
+                             f"which also works for a single row)")
+        else:     # no weight has this many axes: an activation's gradient, summed over no axis at all
+            finding.hint += ": keep one value per entry of its input (no sum)"
     elif got.ndim < expected.ndim and expected.shape[expected.ndim - got.ndim:] == got.shape:
         finding.message += ": summed over too many axes"
         finding.hint = (f"{finding.grad} lost the leading axes {expected.shape[:expected.ndim - got.ndim]}: "

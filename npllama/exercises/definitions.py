@@ -92,7 +92,8 @@ class Exercise:
         path = shlex.quote(_not_an_option(str(path)))
         if self.builtin or not self.exercise_file:
             return f"npllama exercise check {self.op} {path}"
-        return (f"npllama exercise check --exercise-file {shlex.quote(_not_an_option(self._exercise_file_as(exercise_file)))} "
+        exercise_file = shlex.quote(_not_an_option(self._exercise_file_as(exercise_file)))
+        return (f"npllama exercise check --exercise-file {exercise_file} "
                 f"{self.op} {path}")
 
     def _exercise_file_as(self, exercise_file: str | None) -> str:

@@ -108,6 +108,14 @@ def parse_token_ids(text: str) -> list[int]:
     return ids
 
 
+def model_path(model=None) -> Path:
+    """The model the commands' --model names: a Hugging Face folder (a run folder's model/; None: the
+    latest run's)."""
+    from .runs import resolve_model_dir
+
+    return resolve_model_dir(model)
+
+
 def load_inputs(model=None, text: str | None = None, tokens: str | None = None, dtype=np.float32,
                 classifier: bool = False):
     """(model, model_dir, ids, labels) for the commands' --model / --text / --tokens.
@@ -119,12 +127,12 @@ def load_inputs(model=None, text: str | None = None, tokens: str | None = None, 
     classifier: a LlamaForSequenceClassification folder loads as a SequenceClassifier (debug
     compare/trace run its classification loss); otherwise it is refused as no token predictor."""
     from .model import Llama
-    from .runs import load_tokenizer, resolve_model_dir
+    from .runs import load_tokenizer
 
     if (text is None) == (tokens is None):
         raise ValueError("give exactly one of --text (needs the model's tokenizer.model or tokenizer.json) or "
                          "--tokens 1,5,9 (token ids)")
-    model_dir = resolve_model_dir(model)
+    model_dir = model_path(model)
     if classifier and _is_classifier_folder(model_dir):
         head = _from_folder(model_dir, dtype, label_names=True)
         llama = head.model
@@ -405,17 +413,14 @@ def _npllama_and_folder(model_or_dir, dtype, transformers_folder):
         raise ValueError(f"transformers_folder {str(transformers_folder)!r} is not a Hugging Face folder "
                          f"(no config.json in it)")
     ours = _traceable(model_or_dir)
-    if isinstance(ours, (str, os.PathLike)):
-        ours = _from_folder(ours, dtype)
-    if not hasattr(ours, "loss_and_grads"):
+    given_a_path = isinstance(ours, (str, os.PathLike))
+    if not given_a_path and not hasattr(ours, "loss_and_grads"):
         raise TypeError(f"model_or_dir must be a Llama, a SequenceClassifier or the path of a model, got "
                         f"{type(ours).__name__}")
-    folder_holds_a_classifier = _is_classifier_folder(transformers_folder)
-    if _is_classifier(ours) != folder_holds_a_classifier:
-        kind = "LlamaForSequenceClassification" if folder_holds_a_classifier else "LlamaForCausalLM"
-        raise ValueError(f"transformers_folder {str(transformers_folder)!r} holds a {kind}, but the model is "
-                         f"{'a classifier' if _is_classifier(ours) else 'a language model'}: give the folder "
-                         f"of the same kind of model")
+    # a path's kind is read from its config.json: refused before either model loads
+    refuse_another_kind(_is_classifier_folder(ours) if given_a_path else _is_classifier(ours), transformers_folder)
+    if given_a_path:
+        ours = _from_folder(ours, dtype)
     if _llama_of(ours).lora is not None:
         raise ValueError("model_or_dir has LoRA adapters, which transformers' model of transformers_folder "
                          "lacks: merge() them into the model first")
@@ -439,6 +444,21 @@ def _as_folder(model_or_dir):
             yield tmp
     else:
         yield str(model_or_dir)
+
+
+def refuse_another_kind(model_is_a_classifier: bool, transformers_folder) -> None:
+    """ValueError when transformers_folder holds another kind of model than npllama's: a classifier
+    has no LM head to compare with LlamaForCausalLM's, a language model no score head.  Read from
+    config.json alone, so that the mismatch is refused before either model is loaded."""
+    folder_holds_a_classifier = _is_classifier_folder(transformers_folder)
+    if model_is_a_classifier != folder_holds_a_classifier:
+        raise ValueError(f"transformers_folder {str(transformers_folder)!r} holds {_kind(folder_holds_a_classifier)}, "
+                         f"but the model is {_kind(model_is_a_classifier)}: give a folder of the same kind of model")
+
+
+def _kind(classifier: bool) -> str:
+    return ("a classifier (LlamaForSequenceClassification)" if classifier
+            else "a language model (LlamaForCausalLM)")
 
 
 def _is_classifier_folder(folder) -> bool:

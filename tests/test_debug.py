@@ -3,6 +3,7 @@
 import argparse
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -523,12 +524,53 @@ def test_transformers_folder_is_checked_before_anything_runs(folder, tmp_path, m
     from npllama.finetune import SequenceClassifier
     from npllama.lora import attach_lora
 
-    with pytest.raises(ValueError, match="holds a LlamaForCausalLM, but the model is a classifier"):
+    with pytest.raises(ValueError, match=r"holds a language model \(LlamaForCausalLM\), but the model is a "
+                                         r"classifier \(LlamaForSequenceClassification\)"):
         debug.compare_transformers(SequenceClassifier(model, ["a", "b"]), IDS, [0], transformers_folder=folder)
     adapted = Llama.from_pretrained(folder)
     attach_lora(adapted, r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["q_proj"])
     with pytest.raises(ValueError, match="LoRA adapters.*merge"):
         debug.compare_transformers(adapted, IDS, transformers_folder=folder)
+
+
+@pytest.fixture(scope="module")
+def classifier_folder(tmp_path_factory, model):
+    from npllama.finetune import SequenceClassifier
+
+    path = tmp_path_factory.mktemp("classifier") / "classifier"
+    SequenceClassifier(model, ["neg", "pos"], pad_id=0)._save_hf_folder(path)
+    return path
+
+
+def _loading_fails(monkeypatch):
+    """Make every way a comparison loads a model fail, so a refusal that comes after a load shows."""
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the mismatch was refused")
+
+    monkeypatch.setattr(Llama, "from_pretrained", classmethod(no_loading))
+    monkeypatch.setattr(debug, "_from_folder", no_loading)
+    monkeypatch.setattr(debug, "load_transformers_model", no_loading)
+
+
+@pytest.mark.parametrize("ours, theirs, said", [
+    ("classifier_folder", "folder", "holds a language model (LlamaForCausalLM), but the model is a classifier "
+                                    "(LlamaForSequenceClassification)"),
+    ("folder", "classifier_folder", "holds a classifier (LlamaForSequenceClassification), but the model is a "
+                                    "language model (LlamaForCausalLM)"),
+])
+def test_a_classifier_against_a_causal_lm_folder_is_refused_before_anything_loads(ours, theirs, said, request,
+                                                                                 monkeypatch, capsys):
+    ours, theirs = request.getfixturevalue(ours), request.getfixturevalue(theirs)
+    _loading_fails(monkeypatch)
+    argv = ["debug", "compare", "--model", str(ours), "--tokens", "1,2,3", "--label", "pos", "--against",
+            "transformers", "--transformers-folder", str(theirs)]
+    with pytest.raises(ValueError) as refused:
+        run_cli(argv)
+    assert said in str(refused.value)
+    assert capsys.readouterr().out == ""    # not even the line that starts a comparison
+    with pytest.raises(ValueError, match=re.escape(said)):   # from Python, given the path
+        debug.compare_transformers(str(ours), [1, 2, 3], [1] if ours.name == "classifier" else None,
+                                   transformers_folder=theirs)
 
 
 # ----- float64 against a float64-faithful transformers (optional) -----------------------------------

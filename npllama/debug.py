@@ -421,9 +421,7 @@ def _npllama_and_folder(model_or_dir, dtype, transformers_folder):
     refuse_another_kind(_is_classifier_folder(ours) if given_a_path else _is_classifier(ours), transformers_folder)
     if given_a_path:
         ours = _from_folder(ours, dtype)
-    if _llama_of(ours).lora is not None:
-        raise ValueError("model_or_dir has LoRA adapters, which transformers' model of transformers_folder "
-                         "lacks: merge() them into the model first")
+    _refuse_lora(ours)
     yield _as_dtype(ours, dtype), str(transformers_folder)
 
 
@@ -431,10 +429,9 @@ def _npllama_and_folder(model_or_dir, dtype, transformers_folder):
 def _as_folder(model_or_dir):
     """A Hugging Face folder for transformers to load: the path itself, or a temporary save."""
     model_or_dir = _traceable(model_or_dir)
+    if hasattr(model_or_dir, "loss_and_grads"):
+        _refuse_lora(model_or_dir)   # a folder saved from it would hold the base weights alone
     if _is_classifier(model_or_dir):
-        if model_or_dir.model.lora is not None:
-            raise ValueError("model_or_dir is a classifier with LoRA adapters: transformers' "
-                             "LlamaForSequenceClassification has none; merge() them into the model first")
         with tempfile.TemporaryDirectory(prefix="npllama-compare-") as tmp:
             model_or_dir._save_hf_folder(Path(tmp) / "classifier")
             yield str(Path(tmp) / "classifier")
@@ -444,6 +441,16 @@ def _as_folder(model_or_dir):
             yield tmp
     else:
         yield str(model_or_dir)
+
+
+def _refuse_lora(model) -> None:
+    """ValueError for a model with LoRA adapters attached: transformers' Llama runs none, and the
+    folder both sides would load holds the base weights alone (a silent comparison of the base model)."""
+    if _llama_of(model).lora is not None:
+        kind = "LlamaForSequenceClassification" if _is_classifier(model) else "LlamaForCausalLM"
+        raise ValueError(f"model_or_dir has LoRA adapters ({_llama_of(model).lora.describe()}), which transformers' "
+                         f"{kind} does not run: merge() them into the model first (its Llama's .lora.merge()), or "
+                         f"compare the adapted model with compare_backends or compare_dtypes")
 
 
 def refuse_another_kind(model_is_a_classifier: bool, transformers_folder) -> None:

@@ -132,6 +132,11 @@ class LoraAdapters:
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self.params.values()))
 
+    def describe(self) -> str:
+        """The adapters in a few words, e.g. "r=8, lora_alpha=16 on q_proj, v_proj" (a trace's note)."""
+        rslora = ", rsLoRA" if self.use_rslora else ""
+        return f"r={self.r}, lora_alpha={self.lora_alpha:g}{rslora} on {', '.join(self.target_modules)}"
+
     # ----- the ops the model runs while the adapters are attached -----------------------------
     def op_bindings(self, base: dict) -> dict:
         """LoRA enters the model through the projection ops it modifies (npllama.backend.bind):

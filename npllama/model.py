@@ -364,7 +364,8 @@ class Llama:
             bindings.update(self.lora.op_bindings(bindings))
         trace = active_trace()
         if trace is not None:
-            bindings.update(trace.recording_bindings(bindings, self.params, self.config))
+            lora = None if self.lora is None else self.lora.describe()
+            bindings.update(trace.recording_bindings(bindings, self.params, self.config, lora=lora))
         if not bindings:
             return sys.modules[__name__]
         return backend.bind(sys.modules[__name__], bindings, keep=trace is None)

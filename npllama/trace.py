@@ -82,6 +82,9 @@ class Trace:
         # record name -> the replaced op that kept it from being recorded: a replacement records only
         # what it returns, not the steps inside it (d:<layer>.mlp.act inside swiglu_backward)
         self.unrecorded: dict[str, str] = dict(self.meta.pop("unrecorded", {}) or {})
+        # the LoRA adapters the traced model ran with ("r=8, lora_alpha=16 on q_proj, v_proj"), or None:
+        # its projections' outputs include theirs, and its parameter gradients are theirs alone
+        self.lora: str | None = self.meta.pop("lora", None)
         # name -> how many passes reached it so far (recorded, or left unrecorded by a replaced op)
         self._times_recorded: dict[str, int] = {}
         # parameter name -> the backward(s) giving its gradient, in the order they finished it
@@ -106,6 +109,10 @@ class Trace:
     def note_replaced(self, op_name: str, function: str) -> None:
         """The recorder's note that `function`, a `use_op` replacement, ran as op `op_name`."""
         self.replaced.setdefault(op_name, function)
+
+    def note_lora(self, adapters: str) -> None:
+        """The recorder's note that the model ran with LoRA adapters (described by `adapters`)."""
+        self.lora = adapters
 
     def note_unrecorded(self, name: str, op_name: str) -> None:
         """The recorder's note that `name` (wanted, and recorded when the op is not replaced) was not
@@ -145,15 +152,19 @@ class Trace:
             return functions[0]
         return "sum of " + " and ".join(functions) + f" ({base} is used more than once)"
 
-    def recording_bindings(self, ops_in_force: dict, params: dict, config, head_params: Mapping | None = None) -> dict:
+    def recording_bindings(self, ops_in_force: dict, params: dict, config, head_params: Mapping | None = None,
+                           lora: str | None = None) -> dict:
         """Op functions that run the ops in force (the reference where `ops_in_force` has none) and
         record what they return, for npllama.backend.bind: how a Llama is traced, with no trace
         code in the model.  Names come from the parameters an op is given and the cache it
         returned (see _Recorder); head_params names a head outside the model ({"score.weight": w}).
+        lora: the LoRA adapters the model runs with, described (LoraAdapters.describe), or None.
 
         One recorder per model while the trace's block is open: a pass made of several calls -- an
         objective's hidden_forward, its head's ops, hidden_backward -- is recorded as one, as
         loss_and_grads is."""
+        if lora is not None:
+            self.note_lora(lora)
         recorder = self._recorders.get(id(params))
         if recorder is None or recorder.params is not params:
             recorder = self._recorders[id(params)] = _Recorder(self, params, config)
@@ -205,6 +216,7 @@ class Trace:
         picked.records = {n: a for n, a in self.records.items() if matches(n)}
         picked.sources = {n: s for n, s in self.sources.items() if n in picked.records}
         picked.replaced = dict(self.replaced)
+        picked.lora = self.lora
         picked.unrecorded = {n: op for n, op in self.unrecorded.items() if matches(n)}
         return picked
 
@@ -235,7 +247,7 @@ class Trace:
                 raise ValueError(f"record name {name!r} starts with '__', reserved for the file's own keys")
         meta = {"format": _FORMAT, "include": self.include, "exclude": self.exclude,
                 "meta": {**self.meta, "sources": self.sources, "replaced": self.replaced,
-                         "unrecorded": self.unrecorded}}
+                         "unrecorded": self.unrecorded, "lora": self.lora}}
         arrays = dict(self.records)
         arrays[_NAMES_KEY] = np.array(list(self.records), dtype=np.str_)
         arrays[_META_KEY] = np.array(json.dumps(meta, default=_json_default))
@@ -877,7 +889,7 @@ def compare(a, b, rtol: float = 1e-5, atol: float | None = None, names: Iterable
     if not diffs:   # "no divergence" would be a lie: nothing was looked at
         raise ValueError(f"nothing to compare: no tensor is recorded in both traces ({labels[0]}: "
                          f"{len(a)} records, {labels[1]}: {len(b)})" + _patterns_of(a, b))
-    notes = (_run_notes(a, b, labels) + _replacement_notes(a, b, labels, only_a, only_b)
+    notes = (_run_notes(a, b, labels) + _lora_notes(a, b, labels) + _replacement_notes(a, b, labels, only_a, only_b)
              + _untested_backward(a, b, [d.name for d in diffs]))
     return Comparison(diffs, only_a, only_b, rtol, atol, tuple(labels), (a, b), notes)
 
@@ -938,6 +950,25 @@ def _replacement_notes(a: Trace, b: Trace, labels, only_a: list[str], only_b: li
                      f"not compared; what {'it returns' if len(ops) == 1 else 'they return'} is compared as usual")
         notes.append(note)
     return notes
+
+
+def _lora_notes(a: Trace, b: Trace, labels) -> list[str]:
+    """Which traces ran with LoRA adapters attached: the projections' outputs then include the
+    adapters' contribution, and the parameter gradients are the adapters' alone (PEFT names), so
+    a trace without them has none of those gradients and every base weight's instead."""
+    if a.lora is None and b.lora is None:
+        return []
+    if a.lora == b.lora:
+        return [f"both traces ran with LoRA adapters ({a.lora}): the projections' outputs include the "
+                f"adapters', and the parameter gradients compared are the adapters' (lora_A, lora_B)"]
+    if a.lora is not None and b.lora is not None:
+        return [f"the traces ran different LoRA adapters: {labels[0]} {a.lora}, {labels[1]} {b.lora}"]
+    (adapted, with_lora), other = (((labels[0], a.lora), labels[1]) if a.lora is not None
+                                   else ((labels[1], b.lora), labels[0]))
+    # (a trace given as a dict, or one saved before traces kept this, says nothing either way)
+    return [f"{adapted} ran with LoRA adapters ({with_lora}); {other}'s trace notes none: without them, the "
+            f"adapted projections' outputs differ by the adapters' contribution, and its parameter gradients are "
+            f"the base weights', not the adapters'"]
 
 
 def _replacements(t: Trace) -> str:

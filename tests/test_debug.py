@@ -533,6 +533,68 @@ def test_transformers_folder_is_checked_before_anything_runs(folder, tmp_path, m
         debug.compare_transformers(adapted, IDS, transformers_folder=folder)
 
 
+# ----- how the two runs were made, said before any tensor -----------------------------------------
+
+def adapted(model, seed=0):
+    """A copy of `model` with LoRA adapters on q and v whose B is not 0 (fresh adapters change nothing)."""
+    from npllama.lora import attach_lora
+
+    copy = Llama(model.config, params={n: p.copy() for n, p in model.params.items()})
+    adapters = attach_lora(copy, r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    rng = np.random.default_rng(seed)
+    adapters.params = {n: 0.3 * rng.standard_normal(p.shape).astype(p.dtype) for n, p in adapters.params.items()}
+    return copy
+
+
+def rmsnorm_backward_of_my_own(dy, cache):
+    from npllama.ops.rmsnorm import rmsnorm_backward
+
+    return rmsnorm_backward(dy, cache)
+
+
+def test_lora_adapters_and_a_replaced_op_are_both_noted(model, tmp_path):
+    with npllama.use_op("rmsnorm_backward", rmsnorm_backward_of_my_own):
+        report = debug.compare_backends(adapted(model), IDS)
+    assert report.ok, str(report)
+    text = str(report)
+    assert "NOTE: both traces ran with LoRA adapters (r=2, lora_alpha=4 on q_proj, v_proj)" in text, text
+    assert "NOTE: both traces ran ops replaced with use_op: rmsnorm_backward by " \
+           "tests.test_debug.rmsnorm_backward_of_my_own" in text, text
+    # kept in a saved trace, and said when only one side ran with adapters
+    with_lora, _ = report.traces
+    with_lora.save(tmp_path / "lora.npz")
+    assert npllama.trace.Trace.load(tmp_path / "lora.npz").lora == "r=2, lora_alpha=4 on q_proj, v_proj"
+    against_base = npllama.trace.compare(tmp_path / "lora.npz", debug.run_trace(model, IDS), 1e-3,
+                                         labels=("adapted", "base"))
+    note = next(n for n in against_base.notes if "LoRA" in n)
+    assert note.startswith("adapted ran with LoRA adapters (r=2, lora_alpha=4 on q_proj, v_proj); base's trace "
+                           "notes none"), note
+    assert against_base.first.name == "model.layers.0.self_attn.q"      # what the adapters change first
+    assert not any("LoRA" in n for n in debug.compare_backends(model, IDS).notes)
+
+
+def test_a_model_with_lora_is_refused_by_transformers_not_compared_without_its_adapters(model):
+    # saved to a folder for transformers, the model would lose its adapters on both sides: the
+    # comparison would pass, of the base model (needs neither torch nor transformers: refused first)
+    with pytest.raises(ValueError, match=r"LoRA adapters \(r=2, .*\), which transformers' LlamaForCausalLM "
+                                         r"does not run: merge\(\) them"):
+        debug.compare_transformers(adapted(model), IDS)
+
+
+@pytest.mark.slow  # imports torch and transformers; skipped when they are absent
+def test_an_edited_weight_and_a_replaced_op_are_both_noted_against_transformers(folder, model):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    edited = Llama(model.config, params={n: p.copy() for n, p in model.params.items()})
+    edited.params["model.layers.1.mlp.up_proj.weight"] *= 1.5
+    with npllama.use_op("rmsnorm_backward", rmsnorm_backward_of_my_own):
+        report = debug.compare_transformers(edited, IDS, transformers_folder=folder)
+    text = str(report)
+    assert "model.layers.1.mlp.up_proj.weight (relative error" in text, text
+    assert "npllama ran ops replaced with use_op: rmsnorm_backward by tests.test_debug.rmsnorm_backward_of_my_own" \
+        in text, text
+
+
 @pytest.fixture(scope="module")
 def classifier_folder(tmp_path_factory, model):
     from npllama.finetune import SequenceClassifier

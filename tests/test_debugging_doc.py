@@ -1,5 +1,6 @@
 """docs/debugging.md stays true: its pdb session is replayed against the current source, and the
 advice it gives (record with these patterns, then plot) works."""
+import importlib.util
 import os
 import re
 import shlex
@@ -21,9 +22,35 @@ def squeeze(line: str) -> str:
     return " ".join(line.split())
 
 
+def update_script():
+    spec = importlib.util.spec_from_file_location("update_pdb_session", ROOT / "docs" / "update_pdb_session.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_pdb_sessions_line_numbers_are_those_of_the_current_source():
+    # each stop is found by its function and its source text (an error when the function no longer
+    # has that line: the session itself is wrong); the numbers must be where those lines are today
+    assert update_script().updated(DOC) == DOC, \
+        "the line numbers of the pdb session in docs/debugging.md drifted: run python docs/update_pdb_session.py"
+
+
+def test_the_update_script_restores_numbers_that_drifted():
+    script = update_script()
+    session = script.SESSION.search(DOC).group(2)
+    assert "until" in session and "Breakpoint" in session and "model.py(" in session
+    drifted = re.sub(r"(\.py\(|\.py:|until )(\d+)", lambda m: m.group(1) + str(int(m.group(2)) + 7), session)
+    assert drifted != session and script.current_session(drifted) == session
+    with pytest.raises(ValueError, match=r"block_backward\(\) at `-> dq_rot, dk_rot = nothing`.*edit it by hand"):
+        script.current_session(re.sub(r"-> dq_rot, dk_rot, dv = .*", "-> dq_rot, dk_rot = nothing", session))
+
+
 def test_the_pdb_session_in_the_doc_is_what_pdb_prints_today(tmp_path):
-    script = re.search(r"Take a script `step.py`:\n\n```python\n(.*?)```", DOC, re.S).group(1)
-    session = re.search(r"```\n\$ python -m pdb step.py\n(.*?)```", DOC, re.S).group(1).splitlines()
+    # replayed with the current numbers, so that a drift fails the test above alone, with its fix
+    doc = update_script().updated(DOC)
+    script = re.search(r"Take a script `step.py`:\n\n```python\n(.*?)```", doc, re.S).group(1)
+    session = re.search(r"```\n\$ python -m pdb step.py\n(.*?)```", doc, re.S).group(1).splitlines()
     commands = [line[len("(Pdb) "):] for line in session if line.startswith("(Pdb) ")]
     (tmp_path / "step.py").write_text(script, encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NPLLAMA_BACKEND": "numpy"}
@@ -33,7 +60,7 @@ def test_the_pdb_session_in_the_doc_is_what_pdb_prints_today(tmp_path):
     seen = {squeeze(line) for line in printed.splitlines()}
     expected = [line for line in session if not line.startswith("(Pdb) ")]
     missing = [line for line in expected if squeeze(line) not in seen]
-    assert not missing, f"the doc shows lines pdb no longer prints (line numbers drifted?): {missing}"
+    assert not missing, f"the doc shows lines pdb no longer prints: {missing}"
 
 
 def test_the_docs_trace_command_keeps_what_viz_grads_needs_and_a_filtered_trace_is_explained():

@@ -109,20 +109,47 @@ def parse_token_ids(text: str) -> list[int]:
 
 
 def model_path(model=None) -> Path:
-    """The model the commands' --model names: a Hugging Face folder (a run folder's model/; None: the
-    latest run's)."""
+    """The model the commands' --model names: a GGUF file or a llama2.c checkpoint as it is (npllama
+    reads both, see Llama.from_pretrained), else a Hugging Face folder (a run folder's model/; None:
+    the latest run's)."""
+    from .io.describe import describe_model_path
+    from .io.gguf_import import looks_like_gguf
+    from .io.llama2c import looks_like_llama2c
     from .runs import resolve_model_dir
 
+    if model is not None and Path(model).expanduser().is_file():
+        path = Path(model).expanduser()
+        if looks_like_gguf(path) or looks_like_llama2c(path):
+            return path
+        raise ValueError(f"--model takes a model folder (Hugging Face, or a run folder), a GGUF file or a llama2.c "
+                         f"checkpoint; {describe_model_path(path)}")
     return resolve_model_dir(model)
+
+
+def _tokenizer_of_file(path: Path, vocab_size: int):
+    """The tokenizer of a GGUF file (its own vocabulary) or of a llama2.c checkpoint (tokenizer.model or
+    llama2.c's tokenizer.bin beside it), as `npllama convert` would write it into the folder."""
+    from .io.gguf_import import gguf_tokenizer_model_bytes, looks_like_gguf
+    from .io.llama2c import tokenizer_model_bytes
+    from .tokenizer import Tokenizer
+
+    if looks_like_gguf(path):
+        return Tokenizer.from_bytes(gguf_tokenizer_model_bytes(path))
+    for beside in (path.parent / "tokenizer.model", path.parent / "tokenizer.bin"):
+        if beside.is_file():
+            return Tokenizer.from_bytes(tokenizer_model_bytes(beside, vocab_size))
+    raise FileNotFoundError(f"no tokenizer.model or tokenizer.bin beside {str(path)!r}")
 
 
 def load_inputs(model=None, text: str | None = None, tokens: str | None = None, dtype=np.float32,
                 classifier: bool = False):
     """(model, model_dir, ids, labels) for the commands' --model / --text / --tokens.
 
-    model: a run folder, a run's model/ folder or any Hugging Face folder (None: the latest run).
-    text needs the folder's tokenizer (tokenizer.model in or beside it, or tokenizer.json in it);
-    tokens ("1,5,9") does not.
+    model: a run folder, a run's model/ folder, any Hugging Face folder (None: the latest run), a
+    GGUF file or a llama2.c checkpoint (model_path).
+    text needs the model's tokenizer (tokenizer.model in or beside the folder, or tokenizer.json in
+    it; a GGUF file's own; tokenizer.model or tokenizer.bin beside a llama2.c file); tokens ("1,5,9")
+    does not.
     labels are the tokens' pieces when a tokenizer is there, else their ids.
     classifier: a LlamaForSequenceClassification folder loads as a SequenceClassifier (debug
     compare/trace run its classification loss); otherwise it is refused as no token predictor."""
@@ -138,13 +165,18 @@ def load_inputs(model=None, text: str | None = None, tokens: str | None = None, 
         llama = head.model
     else:
         head, llama = None, Llama.from_pretrained(model_dir, dtype=dtype)
+    from .io.errors import CheckpointError
+
     tokenizer = None
-    try:
-        tokenizer = load_tokenizer(model_dir)   # tokenizer.model, or a Hugging Face tokenizer.json
-    except FileNotFoundError:
+    try:   # tokenizer.model, or a Hugging Face tokenizer.json; a file's as `npllama convert` finds it
+        tokenizer = (_tokenizer_of_file(model_dir, llama.config.vocab_size) if model_dir.is_file()
+                     else load_tokenizer(model_dir))
+    except (FileNotFoundError, CheckpointError):
         if text is not None:
-            raise ValueError(f"no tokenizer.model or tokenizer.json in or beside {str(model_dir)!r}, so --text "
-                             f"cannot be tokenized; pass token ids instead, e.g. --tokens 1,5,9") from None
+            looked_for = ("tokenizer.model or tokenizer.bin beside" if model_dir.is_file()
+                          else "tokenizer.model or tokenizer.json in or beside")
+            raise ValueError(f"no {looked_for} {str(model_dir)!r}, so --text cannot be tokenized; pass token "
+                             f"ids instead, e.g. --tokens 1,5,9") from None
     if text is not None:
         if not text:
             raise ValueError("--text is empty")
@@ -428,7 +460,13 @@ def _npllama_and_folder(model_or_dir, dtype, transformers_folder):
 @contextlib.contextmanager
 def _as_folder(model_or_dir):
     """A Hugging Face folder for transformers to load: the path itself, or a temporary save."""
+    from .model import Llama
+
     model_or_dir = _traceable(model_or_dir)
+    if isinstance(model_or_dir, (str, os.PathLike)) and Path(model_or_dir).is_file():
+        # a GGUF or llama2.c file, which transformers' Llama does not read: both sides load npllama's
+        # conversion of it, saved below
+        model_or_dir = Llama.from_pretrained(model_or_dir)
     if hasattr(model_or_dir, "loss_and_grads"):
         _refuse_lora(model_or_dir)   # a folder saved from it would hold the base weights alone
     if _is_classifier(model_or_dir):

@@ -178,6 +178,55 @@ def test_load_inputs_with_text(folder_with_tokenizer):
     assert labels[0] == "<s>" and "".join(labels[1:]).replace("\u2581", " ").strip() == "the cat sat"
 
 
+# ----- a GGUF file or a llama2.c checkpoint as --model -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory, folder_with_tokenizer):
+    """{"gguf": a GGUF file with its vocabulary, "llama2c": a llama2.c checkpoint with tokenizer.model beside it},
+    written by the project's own writers (io/gguf_export.py; the tests' llama2.c writer)."""
+    pytest.importorskip("gguf")
+    from npllama.io.gguf_export import export_gguf
+    from tests.io.llama2c_files import random_llama2c_weights, write_legacy
+
+    path = tmp_path_factory.mktemp("files")
+    export_gguf(folder_with_tokenizer, path / "tiny.gguf")
+    (path / "llama2c").mkdir()
+    write_legacy(path / "llama2c" / "tiny.bin", random_llama2c_weights(vocab_size=300))
+    (path / "llama2c" / "tokenizer.model").write_bytes((folder_with_tokenizer / "tokenizer.model").read_bytes())
+    return {"gguf": path / "tiny.gguf", "llama2c": path / "llama2c" / "tiny.bin"}
+
+
+@pytest.mark.parametrize("kind", ["gguf", "llama2c"])
+def test_a_gguf_or_llama2c_file_is_compared_and_traced_as_npllama_reads_it(model_files, kind, capsys):
+    file = model_files[kind]
+    model, model_dir, ids, labels = debug.load_inputs(str(file), text="the cat sat")
+    assert model_dir == file and ids[0] == 1 and labels[0] == "<s>"      # its tokenizer, found as convert finds it
+    assert all(np.array_equal(p, Llama.from_pretrained(file).params[n]) for n, p in model.params.items())
+    assert run_cli(["debug", "compare", "--model", str(file), "--text", "the cat sat"]) == 0
+    assert run_cli(["debug", "compare", "--model", str(file), "--tokens", "1,2,3", "--plant", "rope-meta"]) == 1
+    assert run_cli(["debug", "trace", "--model", str(file), "--tokens", "1,2,3"]) == 0
+    out = capsys.readouterr().out
+    assert f"model {file} (2 layers)" in out and "no divergence" in out and "FIRST DIVERGENCE" in out
+    assert f"from 3 tokens of {file}" in out
+
+
+@pytest.mark.slow  # imports torch and transformers; skipped when they are absent
+def test_a_gguf_file_is_compared_with_transformers_on_npllamas_conversion(model_files, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    assert run_cli(["debug", "compare", "--model", str(model_files["gguf"]), "--tokens", "1,2,3", "--against",
+                    "transformers", "--dtype", "float64"]) == 0
+    assert "no divergence" in capsys.readouterr().out
+    assert debug.compare_transformers(model_files["llama2c"], [1, 2, 3]).ok
+
+
+def test_another_file_as_model_is_refused_saying_what_model_takes(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"--model takes a model folder \(Hugging Face, or a run folder\), a GGUF "
+                                         r"file or a llama2.c checkpoint; .*notes.txt"):
+        run_cli(["debug", "compare", "--model", str(tmp_path / "notes.txt"), "--tokens", "1,2"])
+
+
 # ----- the command ------------------------------------------------------------------------------------
 
 def run_cli(argv):

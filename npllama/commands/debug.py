@@ -8,9 +8,10 @@ AGAINST = ("numba", "float64", "transformers")
 
 
 def _inputs(p) -> None:
-    p.add_argument("--model", default=None, help="a run folder or Hugging Face LLaMA folder "
-                   "(default: the latest run)")
-    p.add_argument("--text", default=None, help="text to run (tokenized with the model's tokenizer.model or tokenizer.json)")
+    p.add_argument("--model", default=None, help="a run folder or Hugging Face LLaMA folder, a GGUF file or a "
+                   "llama2.c checkpoint, as npllama reads it (default: the latest run)")
+    p.add_argument("--text", default=None, help="text to run (tokenized with the model's tokenizer.model or "
+                   "tokenizer.json; a GGUF file's own; tokenizer.model or tokenizer.bin beside a llama2.c file)")
     p.add_argument("--tokens", default=None, help="token ids instead of text, e.g. 1,5,9")
     p.add_argument("--include", action="append", default=None, metavar="PATTERN",
                    help="record only names matching this fnmatch pattern (repeatable), "

@@ -167,9 +167,8 @@ def test_the_edited_model_example_prints_the_note_and_divergence_the_doc_shows(t
     pytest.importorskip("transformers")
     code = next(b for b in re.findall(r"```python\n(.*?)```", DOC, re.S) if "transformers_folder=" in b)
     shown = re.search(re.escape(code) + r"```\n\n```\n(.*?)```", DOC, re.S).group(1).splitlines()
-    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
-    Llama(config, seed=0).save_pretrained(tmp_path / "runs" / "tiny" / "model")
+    # the shape of the runs/tiny `npllama train` makes by default, so that a reader's shapes are the doc's
+    Llama(LlamaConfig.from_preset("tiny"), seed=0).save_pretrained(tmp_path / "runs" / "tiny" / "model")
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
     namespace = {}

@@ -126,6 +126,19 @@ def model_path(model=None) -> Path:
     return resolve_model_dir(model)
 
 
+def _is_classification_adapter(adapter) -> bool:
+    """Whether the LoRA adapter folder was saved for sequence classification (its adapter_config.json)."""
+    from .io.errors import CheckpointError
+    from .io.reading import read_json
+    from .lora import CONFIG_NAME, is_classification_adapter
+
+    config_file = Path(adapter) / CONFIG_NAME
+    if not config_file.is_file():   # load_adapter says what a PEFT folder holds
+        return False
+    config = read_json(config_file, expect=dict, error=CheckpointError)
+    return is_classification_adapter(config.get("task_type"), config.get("modules_to_save"))
+
+
 def _tokenizer_of_file(path: Path, vocab_size: int):
     """The tokenizer of a GGUF file (its own vocabulary) or of a llama2.c checkpoint (tokenizer.model or
     llama2.c's tokenizer.bin beside it), as `npllama convert` would write it into the folder."""
@@ -142,7 +155,7 @@ def _tokenizer_of_file(path: Path, vocab_size: int):
 
 
 def load_inputs(model=None, text: str | None = None, tokens: str | None = None, dtype=np.float32,
-                classifier: bool = False):
+                classifier: bool = False, adapter=None):
     """(model, model_dir, ids, labels) for the commands' --model / --text / --tokens.
 
     model: a run folder, a run's model/ folder, any Hugging Face folder (None: the latest run), a
@@ -152,7 +165,10 @@ def load_inputs(model=None, text: str | None = None, tokens: str | None = None, 
     does not.
     labels are the tokens' pieces when a tokenizer is there, else their ids.
     classifier: a LlamaForSequenceClassification folder loads as a SequenceClassifier (debug
-    compare/trace run its classification loss); otherwise it is refused as no token predictor."""
+    compare/trace run its classification loss); otherwise it is refused as no token predictor.
+    adapter: a LoRA adapter folder (PEFT layout) attached to the model: a causal-LM one, or with
+    `classifier` a sequence-classification one (`finetune classify --lora`), which makes the model
+    that classifier (npllama.load_classifier(model, adapter=...))."""
     from .model import Llama
     from .runs import load_tokenizer
 
@@ -160,11 +176,20 @@ def load_inputs(model=None, text: str | None = None, tokens: str | None = None, 
         raise ValueError("give exactly one of --text (needs the model's tokenizer.model or tokenizer.json) or "
                          "--tokens 1,5,9 (token ids)")
     model_dir = model_path(model)
-    if classifier and _is_classifier_folder(model_dir):
+    if classifier and adapter is not None and _is_classification_adapter(adapter):
+        from .classify import load_classifier
+
+        head = load_classifier(model_dir, dtype, adapter=adapter).head
+        llama = head.model
+    elif classifier and _is_classifier_folder(model_dir):
         head = _from_folder(model_dir, dtype, label_names=True)
         llama = head.model
     else:
         head, llama = None, Llama.from_pretrained(model_dir, dtype=dtype)
+        if adapter is not None:
+            from .lora import load_adapter
+
+            load_adapter(llama, adapter, task="CAUSAL_LM")
     from .io.errors import CheckpointError
 
     tokenizer = None

@@ -289,6 +289,7 @@ def test_cli_errors_are_one_line(folder, monkeypatch, capsys):
      "--transformers-folder .*does not exist"),
     (["compare", "--against", "transformers", "--transformers-folder", "{tmp}"], "--transformers-folder .*holds no model"),
     (["compare", "--save", "{missing}/cmp"], "--save"),
+    (["compare", "--against", "transformers", "--adapter", "{missing}"], "--adapter with --against transformers"),
     (["trace", "--out", "{missing}/t.npz"], "--out"),
     (["trace", "--out", "t.txt"], "--out t.txt: .*npz"),
 ])
@@ -620,6 +621,29 @@ def test_lora_adapters_and_a_replaced_op_are_both_noted(model, tmp_path):
                            "notes none"), note
     assert against_base.first.name == "model.layers.0.self_attn.q"      # what the adapters change first
     assert not any("LoRA" in n for n in debug.compare_backends(model, IDS).notes)
+
+
+def test_cli_runs_a_model_with_a_lora_adapter_and_notes_it(folder_with_tokenizer, tmp_path, capsys):
+    from npllama.finetune import SequenceClassifier
+
+    folder = folder_with_tokenizer    # (a classifier pads with its tokenizer's pad id)
+    base = Llama.from_pretrained(folder)
+    adapted(base).lora.save_adapter(tmp_path / "sft")
+    classifier = SequenceClassifier(adapted(base, seed=1), ["neg", "pos"])
+    classifier.save(tmp_path / "classify", tokenizer=None)          # a SEQ_CLS adapter with its head
+    for adapter, label in ((tmp_path / "sft", []), (tmp_path / "classify", ["--label", "pos"])):
+        argv = ["--model", str(folder), "--adapter", str(adapter), "--tokens", "1,7,3,12", *label]
+        assert run_cli(["debug", "compare", *argv]) == 0
+        out = capsys.readouterr().out
+        assert f"{folder} + adapter {adapter}" in out
+        assert "NOTE: both traces ran with LoRA adapters (r=2, lora_alpha=4 on q_proj, v_proj)" in out, out
+        assert run_cli(["debug", "trace", *argv]) == 0
+        out = capsys.readouterr().out
+        assert "d:base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in out
+        assert ("d:score.weight" in out) == bool(label)
+    # the adapters' run, not the base model's: a planted bug in a base op shows as usual
+    assert run_cli(["debug", "compare", "--model", str(folder), "--adapter", str(tmp_path / "sft"), "--tokens",
+                    "1,7,3,12", "--plant", "rope-meta"]) == 1
 
 
 def test_a_model_with_lora_is_refused_by_transformers_not_compared_without_its_adapters(model):

@@ -13,6 +13,9 @@ def _inputs(p) -> None:
     p.add_argument("--text", default=None, help="text to run (tokenized with the model's tokenizer.model or "
                    "tokenizer.json; a GGUF file's own; tokenizer.model or tokenizer.bin beside a llama2.c file)")
     p.add_argument("--tokens", default=None, help="token ids instead of text, e.g. 1,5,9")
+    p.add_argument("--adapter", default=None, metavar="DIR", help="a LoRA adapter folder (PEFT layout) attached to "
+                   "--model: from `npllama finetune sft --lora`, or from `finetune classify --lora` (the run is "
+                   "then that classifier's: give --label)")
     p.add_argument("--include", action="append", default=None, metavar="PATTERN",
                    help="record only names matching this fnmatch pattern (repeatable), "
                         "e.g. 'model.layers.0.*'")
@@ -230,6 +233,10 @@ def run_compare(args) -> int:
     if args.stock_transformers and (args.against != "transformers" or args.dtype != "float64"):
         raise UsageError("--stock-transformers is for --against transformers --dtype float64 (in float32 "
                          "transformers runs as it ships anyway); as given, it would be ignored")
+    if args.adapter is not None and args.against == "transformers":
+        raise UsageError("--adapter with --against transformers: transformers' Llama runs no LoRA adapters; "
+                         "compare the adapted model against numba or float64, or merge the adapters into a model "
+                         "folder first (`npllama finetune ... --lora --merge`)")
     if args.transformers_folder is not None:
         if args.against != "transformers":
             raise UsageError("--transformers-folder is for --against transformers; as given, it would be ignored")
@@ -248,9 +255,10 @@ def run_compare(args) -> int:
         debug.refuse_another_kind(debug._is_classifier_folder(model_path), args.transformers_folder)
     dtype = np.float64 if args.dtype == "float64" else np.float32   # (--against float64: float32, as refused above)
     model, model_dir, ids, _ = debug.load_inputs(model_path, args.text, args.tokens, dtype=dtype,
-                                               classifier=True)
+                                               classifier=True, adapter=args.adapter)
     targets, stack, what = _targets(debug, model, args.label)
-    print(f"{len(ids)} tokens, {what} {model_dir} ({stack.config.num_hidden_layers} layers), "
+    adapted = "" if args.adapter is None else f" + adapter {args.adapter}"
+    print(f"{len(ids)} tokens, {what} {model_dir}{adapted} ({stack.config.num_hidden_layers} layers), "
           f"comparing numpy ({np.dtype(dtype).name}) against {args.against}"
           + (f" on {args.transformers_folder}" if args.transformers_folder is not None else ""))
     planted = debug.planted_bug(args.plant, "numpy") if args.plant else contextlib.nullcontext()
@@ -284,12 +292,13 @@ def run_trace(args) -> int:
     _refuse_unwritable("--out", args.out, ".npz")
     dtype = np.float64 if args.dtype == "float64" else np.float32
     model, model_dir, ids, labels = debug.load_inputs(args.model, args.text, args.tokens, dtype=dtype,
-                                                    classifier=True)
+                                                    classifier=True, adapter=args.adapter)
     targets, _, _ = _targets(debug, model, args.label)
     t = debug.run_trace(model, ids, targets, backend_name=args.backend, include=args.include, exclude=args.exclude)
     t.meta["labels"] = labels
     t.summary()
-    print(f"{len(t)} tensors, {t.nbytes() / 1e6:.2f} MB, from {len(ids)} tokens of {model_dir}")
+    adapted = "" if args.adapter is None else f" + adapter {args.adapter}"
+    print(f"{len(t)} tensors, {t.nbytes() / 1e6:.2f} MB, from {len(ids)} tokens of {model_dir}{adapted}")
     if args.out:
         t.save(args.out)
         print(f"saved {args.out}")

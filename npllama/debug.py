@@ -343,7 +343,8 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
     targets its labels (see run_trace).  attention_mask (B, T), 1 = real token, is given to both.
 
     A model given here is saved to a temporary folder that both sides load, so an edit made to it
-    in npllama is on both sides.  transformers_folder: the Hugging Face folder transformers loads
+    in npllama is on both sides; so is the path of a GGUF or llama2.c file, as npllama reads it.
+    A model with LoRA adapters attached is refused (transformers' Llama runs none).  transformers_folder: the Hugging Face folder transformers loads
     instead, against npllama's model as it is in memory (or as npllama loads model_or_dir: a folder,
     a GGUF or llama2.c file) -- an edited or converted model against the original.  The parameters
     that differ between the two are named in a note, before any tensor.

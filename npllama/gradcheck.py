@@ -45,14 +45,15 @@ How a probe's numeric derivative and its bound are made (the error model):
             gradient could not be told from a right one there, so it does not pass (the report
             says so, apart from FAIL).
   failing   a probe that fails is measured again before it is called wrong: f's own rounding,
-  probes    from the 4th differences of f at 7 points a quarter step and a step apart, and D(t) at
+  probes    from the 4th differences of f at 7 points 1/4, 1, 4 and 21 steps apart (a cancellation
+            can keep f's value over many steps, then jump: the widest reaches 64h), and D(t) at
             t = h/64 ... 64h.  Where f rounds beyond C u F (a cancellation inside it, as 1 + tanh(z)
             for z << 0: its values move in steps far above u |f|) and that rounding covers the
             difference, or where some D(t) strays from D(h) further than the model lets it (its
             truncation grows like t^2, its round-off falls like 1/t) and the analytic value lies
             within that spread of the D(t), the probe is UNRESOLVED, not FAIL: the check cannot
             tell there.  A smooth f shows neither, so a wrong gradient of one still FAILs.  Each
-            input pays this (26 calls) only until one failure is confirmed.
+            input pays this (up to 40 calls) only until one failure is confirmed.
   limits    no step can check a gradient across a kink within a step of the point (relu at 0),
             nor a function that varies on a scale far shorter than the step (cos of x ~ 1e5,
             where the relative step is 10); the report says when f did not behave smoothly.
@@ -104,10 +105,13 @@ UNRESOLVED = 0.5
 # A probe that fails is measured again (_steadiness_checked): f's rounding is estimated from its
 # values NOISE_SPACINGS steps apart, and D(t) is taken at RESTEP_FACTORS times the step, since a
 # cancellation inside f shows at short steps (its rounding / step) or, where f moves in stairs
-# wider than the step, only at long ones.
-NOISE_SPACINGS = (0.25, 1.0)
-NOISE_SAFETY = 3.0
+# wider than the step, only at long ones.  The rounding of a cancellation need not change from one
+# point to the next (1 + tanh(z) for z << 0 keeps its value over many steps, then jumps an ulp):
+# so the 7 points of the widest measurement (3 spacings either side) reach as far as the longest
+# step of the ladder, and a stair anywhere the ladder looks is seen.
 RESTEP_FACTORS = (1 / 64, 1 / 16, 1 / 4, 4.0, 16.0, 64.0)
+NOISE_SPACINGS = (0.25, 1.0, 4.0, max(RESTEP_FACTORS) / 3)
+NOISE_SAFETY = 3.0
 METHODS = ("auto", "entries", "directional")
 DOUT_SALT = 0x646F7574   # "dout"
 PROGRESS_EVERY = 10.0     # progress=True: seconds between lines while one input is being probed
@@ -680,7 +684,9 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes) -> 
 
     f's own rounding: f at 7 points NOISE_SPACINGS steps apart, whose 4th differences are rounding
     for a smooth f (Hamming's estimate of the noise in a table of values).  Round-off above the
-    model's that covers the difference between analytic and numeric excuses it.
+    model's that covers the difference between analytic and numeric excuses it.  The spacings are
+    tried shortest first, the longer ones only while nothing is found: a cancellation's rounding
+    can stay the same for many steps and then jump (stairs), which only a window holding a jump sees.
     The steps ladder: D(t) at RESTEP_FACTORS times the step h.  The model predicts how D(t) moves
     with t: its truncation error grows like t^2 from what D(h) - D(2h) shows, its round-off shrinks
     like 1/t.  A D(t) that strays further than that from the estimate (or an estimate whose
@@ -688,20 +694,21 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes) -> 
     a smooth function never shows; the spread of the differences then measures how far off they can
     be, and an analytic value within that spread of them is not shown wrong.
 
-    Only a failing probe pays (26 evaluations), and in each input only until one failure is
+    Only a failing probe pays (up to 40 evaluations), and in each input only until one failure is
     confirmed: the input FAILs then, whatever its other probes show (probes.remeasure_failures)."""
     analytic = float(analytic)
     if not np.isfinite(estimate.value) or abs(analytic - estimate.value) <= held_to \
             or not probes.remeasure_failures:
         return estimate
     if np.isfinite(analytic) and not estimate.kink:    # a kink's values look like rounding to this test
-        try:
-            with np.errstate(all="ignore"):
-                measured = max(_measured_roundoff(evaluate, move, estimate.step, spacing) for spacing in NOISE_SPACINGS)
-        except _LeftDomain:                     # 3 steps away left f's domain: no measure of its rounding
-            measured = 0.0
-        if measured > estimate.roundoff and abs(analytic - estimate.value) <= held_to + measured:
-            return estimate._replace(unsteady=True)
+        for spacing in NOISE_SPACINGS:          # shortest first: the longer ones only where it found nothing
+            try:
+                with np.errstate(all="ignore"):
+                    measured = _measured_roundoff(evaluate, move, estimate.step, spacing)
+            except _LeftDomain:                 # 3 spacings away left f's domain: no measure of its rounding
+                break
+            if measured > estimate.roundoff and abs(analytic - estimate.value) <= held_to + measured:
+                return estimate._replace(unsteady=True)
     values, strays = [estimate.value], estimate.rough
     # at a kink at the point, longer steps reach the kinks of other entries along a direction
     for factor in [f for f in RESTEP_FACTORS if f < 1 or not estimate.kink] if np.isfinite(analytic) else ():

@@ -45,8 +45,8 @@ How a probe's numeric derivative and its bound are made (the error model):
             gradient could not be told from a right one there, so it does not pass (the report
             says so, apart from FAIL).
   failing   a probe that fails is measured again before it is called wrong: f's own rounding,
-  probes    from the 4th differences of f at 7 points 1/4, 1, 4 and 21 steps apart (a cancellation
-            can keep f's value over many steps, then jump: the widest reaches 64h), and D(t) at
+  probes    from the 4th differences of f at 7 points 1/4 and 1 step apart, and at the step eps also 4
+            and 21 (a cancellation can keep f's value over many steps, then jump), and D(t) at
             t = h/64 ... 64h.  Where f rounds beyond C u F (a cancellation inside it, as 1 + tanh(z)
             for z << 0: its values move in steps far above u |f|) and that rounding covers the
             difference, or where some D(t) strays from D(h) further than the model lets it (its
@@ -66,9 +66,12 @@ direction that fails is halved, and the failing half followed, down to the entry
 through, which the report then names (2 log2(n) probes more, not n).
 
 Before any probe: two evaluations at the same point must agree (randomness inside f needs a
-fixed seed), and f (or check_op's out) must not come back rounded to float32 or float16; check_op
-also refuses a forward or backward that changes its arguments in place (inputs, dout), restoring
-them first, and every input is restored when f raises mid-check.
+fixed seed), and f (or check_op's out) must not come back rounded to float32 or float16.  A
+function (fn, or check_op's forward or backward) that changes its arguments in place (inputs,
+dout) is refused, naming the argument, with every input restored first: looked for after the
+first call, after every probe, and at each move of a probe (what the probe moved, which it puts
+back itself and so would hide) -- so a change on any later call is caught too.  Every input is
+also restored when f raises mid-check.
 
 The relative error an input reports is norm-wise over its entries, ||a - n|| / max(||a||, ||n||);
 for directions |<a,p> - numeric| / ||a * p||.  ``err/bound`` is the worst probe's error over its
@@ -107,10 +110,13 @@ UNRESOLVED = 0.5
 # cancellation inside f shows at short steps (its rounding / step) or, where f moves in stairs
 # wider than the step, only at long ones.  The rounding of a cancellation need not change from one
 # point to the next (1 + tanh(z) for z << 0 keeps its value over many steps, then jumps an ulp):
-# so the 7 points of the widest measurement (3 spacings either side) reach as far as the longest
-# step of the ladder, and a stair anywhere the ladder looks is seen.
+# so a probe at the relative step eps also measures it STAIR_SPACINGS steps apart, the 7 points of
+# the widest (3 spacings either side) reaching as far as the longest step of the ladder.  Not a
+# probe at a longer step: that already spans stairs narrower than it, and so far from the point
+# f's own shape (cos at x ~ 1), not its rounding, would make the 4th differences.
 RESTEP_FACTORS = (1 / 64, 1 / 16, 1 / 4, 4.0, 16.0, 64.0)
-NOISE_SPACINGS = (0.25, 1.0, 4.0, max(RESTEP_FACTORS) / 3)
+NOISE_SPACINGS = (0.25, 1.0)
+STAIR_SPACINGS = (4.0, max(RESTEP_FACTORS) / 3)
 NOISE_SAFETY = 3.0
 METHODS = ("auto", "entries", "directional")
 DOUT_SALT = 0x646F7574   # "dout"
@@ -264,7 +270,8 @@ def gradcheck(fn: Callable[..., float], inputs: Sequence[np.ndarray] | Mapping[s
              arrays in order.  The arrays are perturbed in place (and restored, also when fn
              raises), so fn may also simply read them from a closure (e.g. a model's params).
              fn must be deterministic: randomness inside it (dropout) needs a fixed seed.  It must
-             not change the arrays itself (x -= m): a ValueError names the one it changed, restored.
+             not change the arrays itself (x -= m), on any call: a ValueError names the one it
+             changed, every input restored.
     inputs:  a list or tuple of writable float64 arrays, or a mapping name -> array (names then
              come from it).  Each array is checked separately; no two may share memory.
     grads:   analytic gradients, same order / keys and shapes as inputs.
@@ -294,25 +301,48 @@ def gradcheck(fn: Callable[..., float], inputs: Sequence[np.ndarray] | Mapping[s
         value = float(np.asarray(value, dtype=np.float64).reshape(()))
         return value, abs(value)
 
-    snapshots = _snapshots(arrays)
     return _check_all(evaluate, names, arrays, analytic, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
                       seed=seed, method=method, directions=directions, richardson=richardson, progress=progress,
-                      after_first_call=lambda: _restore_or_raise("fn", names, arrays, snapshots))
+                      guard=_InPlaceGuard("fn", names, arrays))
 
 
-def _snapshots(inputs) -> list:
-    """Copies of the array inputs (None for the others), to tell whether a call changed them."""
-    return [np.array(x, copy=True) if isinstance(x, np.ndarray) else None for x in inputs]
+class _InPlaceGuard:
+    """Copies of the caller's arrays from before the check, to tell when its function changes them
+    in place: the checker moves the inputs itself, and a function that also moves them (on any
+    call, not only the first) makes every difference after it check nothing.  Looked at after the
+    first call and after every probe (a whole-array compare, cheap next to the 4 or more calls of
+    f a probe makes), and at each move of a probe for what it moved, which the probe puts back
+    itself and so would hide (_ChangedUnderProbe)."""
+
+    def __init__(self, caller: str, names, inputs):
+        self.caller, self.names, self.inputs = caller, list(names), list(inputs)
+        self.snapshots = [np.array(x, copy=True) if isinstance(x, np.ndarray) else None for x in inputs]
+        self.looked_after = set()     # the functions already looked after once: a change now is a later call's
+
+    def check(self, caller: str | None = None) -> None:
+        """A ValueError naming the first input changed since the check began, every input restored.
+        caller: whose calls were just made ('backward'; the guard's own caller by default)."""
+        caller = caller or self.caller
+        later = caller in self.looked_after
+        self.looked_after.add(caller)
+        for name, x, before in zip(self.names, self.inputs, self.snapshots):
+            if before is not None and not np.array_equal(x, before, equal_nan=True):
+                self.raise_changed(name, caller, later)
+
+    def raise_changed(self, name: str, caller: str | None = None, later: bool = True):
+        for x, before in zip(self.inputs, self.snapshots):
+            if before is not None:
+                x[...] = before
+        when = (" on a later call, not the first: every call must leave its inputs as they were (the check "
+                "calls it many times)") if later else "; it must leave its inputs as they were"
+        raise ValueError(f"{caller or self.caller} changed input {name!r} in place{when} -- write into a new array "
+                         "(x = x - m, not x -= m); the inputs have been restored")
 
 
-def _restore_or_raise(caller: str, names, inputs, snapshots) -> None:
-    """A ValueError naming the first input the caller's function changed in place, put back first:
-    the checker moves the inputs itself, and a function that also moves them checks nothing."""
-    for name, x, before in zip(names, inputs, snapshots):
-        if before is not None and not np.array_equal(x, before, equal_nan=True):
-            x[...] = before
-            raise ValueError(f"{caller} changed input {name!r} in place; it must leave its inputs as they were "
-                             "(write into a new array, e.g. x = x - m, not x -= m) -- the input has been restored")
+class _ChangedUnderProbe(Exception):
+    """fn changed what a probe had put in place (the entry it moved, or the whole array along a
+    direction) before the probe moved it again; _check_all names the input.  Not a ValueError, so
+    that no probe takes it for fn leaving its domain (_LeftDomain)."""
 
 
 def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray], *,
@@ -336,8 +366,8 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
     Its round-off is modelled from sum(|out * dout|), the size of the terms before they cancel.
     An op with several outputs: wrap it so that out is one array (np.concatenate of the raveled
     outputs) and backward splits dout the same way.  Neither forward nor backward may change its
-    arguments in place (inputs, dout, or arrays in the cache that are inputs): the check stops with
-    a ValueError naming the one that changed, the inputs restored.  The other settings are gradcheck's.
+    arguments in place (inputs, dout, or arrays in the cache that are inputs), on any call: the
+    check stops with a ValueError naming the one that changed, the inputs restored.  The other settings are gradcheck's.
     """
     _check_settings(forward=forward, backward=backward, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
                     seed=seed, method=method, directions=directions, richardson=richardson)
@@ -354,17 +384,13 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
     for i in wrt:   # before the forward runs: its out follows a float32 input's dtype, rightly
         _require_float64_input(all_names[i], inputs[i])
 
-    snapshots = _snapshots(inputs)
-
-    def unchanged_or_raise(step: str) -> None:
-        _restore_or_raise(step, all_names, inputs, snapshots)
-
+    guard = _InPlaceGuard("forward", all_names, inputs)   # all inputs: an index array changed matters too
     out, cache = _forward_result(forward(*inputs, *extra_args, **extra_kwargs))
-    unchanged_or_raise("forward")
+    guard.check("forward")
     dout = draw_dout(np.shape(out), seed)
     dout_given = dout.copy()
     grads = backward(dout_given, cache)
-    unchanged_or_raise("backward")
+    guard.check("backward")
     if not np.array_equal(dout_given, dout):
         raise ValueError("backward changed its argument dout in place; the upstream gradient is shared "
                          "(a model hands the same array to other branches), so write the result into a "
@@ -398,7 +424,7 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
     left_out = [f"{all_names[i]} ({_kind(x)})" for i, x in enumerate(inputs) if i not in wrt and x is not None]
     return _check_all(evaluate, names, arrays, analytic, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
                       seed=seed, method=method, directions=directions, richardson=richardson, progress=progress,
-                      not_differentiated=left_out)
+                      guard=guard, not_differentiated=left_out)
 
 
 def draw_dout(shape, seed: int) -> np.ndarray:
@@ -484,8 +510,8 @@ class _Probes:
 
 
 def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries, seed, method, directions,
-               richardson, progress, after_first_call=None, not_differentiated=()) -> GradcheckReport:
-    _require_deterministic(evaluate, after_first_call)
+               richardson, progress, guard, not_differentiated=()) -> GradcheckReport:
+    _require_deterministic(evaluate, guard.check)
     # The analytic gradients carry round-off of their own: an entry that is zero in exact
     # arithmetic comes out as ~u times the gradient's larger entries.  No probe can be asked to
     # resolve below that.
@@ -506,6 +532,9 @@ def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries
                              probes)
             except _LeftDomain as error:
                 raise _left_domain_error(error, name, f"entry {tuple(int(i) for i in idx)}", eps) from error
+            except _ChangedUnderProbe:
+                guard.raise_changed(name)
+            guard.check()
             if progress and time.monotonic() - said >= PROGRESS_EVERY:   # a big input takes thousands of calls
                 said = time.monotonic()
                 print(f"gradcheck {len(reports) + 1}/{len(names)} {name}: {done}/{len(indices)} entries probed, "
@@ -518,11 +547,18 @@ def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries
             except _LeftDomain as error:
                 raise _left_domain_error(error, name, f"every entry (random direction {len(drawn)})", eps) \
                     from error
+            except _ChangedUnderProbe:
+                guard.raise_changed(name)
+            guard.check()
         report = _judge(name, x.shape, x.size, int(np.sum(np.isfinite(x))), indices, n_directions, probes, tol,
                         n_nan=int(np.sum(np.isnan(x))))
         if report.worst_direction and report.failed:
-            _locate(report, evaluate, x, drawn[report.worst_direction - 1], g, scale, typical, largest,
-                    eps, richardson, tol, atol)
+            try:
+                _locate(report, evaluate, x, drawn[report.worst_direction - 1], g, scale, typical, largest,
+                        eps, richardson, tol, atol)
+            except _ChangedUnderProbe:
+                guard.raise_changed(name)
+            guard.check()
         broken = np.flatnonzero(np.isfinite(x) & ~np.isfinite(g))
         if report.failed and broken.size:
             first = tuple(int(v) for v in np.unravel_index(int(broken[0]), x.shape))
@@ -567,13 +603,14 @@ def _locate(report, evaluate, x, direction, g, scale, typical, largest, eps, ric
                         "method=\"entries\" with max_entries=None checks every one")
 
 
-def _require_deterministic(evaluate, after_first_call=None) -> None:
+def _require_deterministic(evaluate, after_each_call) -> None:
     """Two evaluations at the same point must agree to round-off, or no difference means anything.
-    after_first_call: raises if that call changed the inputs, which would also make them differ."""
+    after_each_call: raises if that call changed the inputs, which would also make them differ (and
+    is then what to say, not randomness)."""
     f1, size1 = evaluate()
-    if after_first_call is not None:
-        after_first_call()
+    after_each_call()
     f2, size2 = evaluate()
+    after_each_call()
     if abs(f1 - f2) > 2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(size1, size2) or np.isnan(f1) != np.isnan(f2):
         raise ValueError(f"the function gave {f1!r} and then {f2!r} at the same inputs: finite differences "
                          "need a deterministic function (fix the seed of any randomness inside it, e.g. "
@@ -607,13 +644,15 @@ def _entry_scales(x: np.ndarray) -> np.ndarray:
 
 def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richardson, tol, atol, probes):
     original = x[idx]
+    placed = [original]     # what the last move put at x[idx]: fn must have left it there
 
     def move(t):
-        """Put x[idx] t steps away; return the real signed distance (rounding included)."""
-        if t is None:
-            x[idx] = original
-            return 0.0
-        x[idx] = original + t * scale
+        """Put x[idx] t steps away (None: back); return the real signed distance (rounding included)."""
+        changed = not (x[idx] == placed[0] or (np.isnan(x[idx]) and np.isnan(placed[0])))
+        x[idx] = original if t is None else original + t * scale
+        placed[0] = x[idx]
+        if changed:         # (after the move back, so that the finally clauses' move(None) finds it in place)
+            raise _ChangedUnderProbe()
         return float(x[idx]) - float(original)
 
     analytic = float(analytic)
@@ -623,20 +662,23 @@ def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richa
                                             noise, unit_step=1.0 / max(scale, TINY))
     bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
     estimate = _kink_checked(evaluate, move, eps, estimate, analytic, bound + tol * magnitude)
-    estimate = _steadiness_checked(evaluate, move, estimate, analytic, bound + tol * magnitude, probes)
+    estimate = _steadiness_checked(evaluate, move, estimate, analytic, bound + tol * magnitude, probes, longer)
     probes.add(analytic, estimate, bound, magnitude, atol, reference, largest, longer)
 
 
 def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, atol, probes):
     original = x.copy()
+    placed = [original.copy()]     # what the last move put in x: fn must have left it there
 
     def move(t):
-        """Put x at original + t * direction; the distance along it is t (rounding ~u/eps, negligible)."""
-        if t is None:
-            x[...] = original
-            return 0.0
-        x[...] = original + t * direction
-        return float(t)
+        """Put x at original + t * direction (None: back); the distance along it is t (rounding ~u/eps,
+        negligible)."""
+        changed = not np.array_equal(x, placed[0], equal_nan=True)
+        x[...] = original if t is None else original + t * direction
+        placed[0] = x.copy()
+        if changed:         # (after the move back, so that the finally clauses' move(None) finds it in place)
+            raise _ChangedUnderProbe()
+        return 0.0 if t is None else float(t)
 
     with np.errstate(invalid="ignore"):   # an entry the direction leaves in place adds nothing, NaN or not
         terms = np.where(direction != 0, g * direction, 0.0)
@@ -649,7 +691,8 @@ def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, a
     # the magnitude is ||g * p||, the spread of <g, p> over random signs
     bound = estimate.bound + noise + UNIT_ROUNDOFF / eps * float(np.sum(np.abs(terms)))
     estimate = _kink_checked(evaluate, move, eps, estimate, np.sum(terms), bound + tol * magnitude)
-    estimate = _steadiness_checked(evaluate, move, estimate, np.sum(terms), bound + tol * magnitude, probes)
+    estimate = _steadiness_checked(evaluate, move, estimate, np.sum(terms), bound + tol * magnitude, probes,
+                                   longer)
     probes.add(np.sum(terms), estimate, bound, magnitude, atol * float(np.sum(np.abs(direction))), magnitude,
                largest * length, longer)
 
@@ -675,7 +718,7 @@ def _kink_checked(evaluate, move, eps, estimate, analytic, held_to) -> _Estimate
     return estimate._replace(rough=kink, kink=kink)
 
 
-def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes) -> _Estimate:
+def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, longer=False) -> _Estimate:
     """The estimate, marked unsteady when it fails but f is shown not to be resolved at its step:
     a failing probe is UNRESOLVED, not FAIL, when either test below shows f rounding beyond the
     error model (a cancellation inside it: its values move in steps far above u * |f|) and the
@@ -684,9 +727,9 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes) -> 
 
     f's own rounding: f at 7 points NOISE_SPACINGS steps apart, whose 4th differences are rounding
     for a smooth f (Hamming's estimate of the noise in a table of values).  Round-off above the
-    model's that covers the difference between analytic and numeric excuses it.  The spacings are
-    tried shortest first, the longer ones only while nothing is found: a cancellation's rounding
-    can stay the same for many steps and then jump (stairs), which only a window holding a jump sees.
+    model's that covers the difference between analytic and numeric excuses it.  A cancellation's
+    rounding can stay the same for many steps and then jump (stairs), which only a window holding a
+    jump sees: a probe at the step eps (not `longer`) also looks STAIR_SPACINGS steps apart.
     The steps ladder: D(t) at RESTEP_FACTORS times the step h.  The model predicts how D(t) moves
     with t: its truncation error grows like t^2 from what D(h) - D(2h) shows, its round-off shrinks
     like 1/t.  A D(t) that strays further than that from the estimate (or an estimate whose
@@ -701,7 +744,8 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes) -> 
             or not probes.remeasure_failures:
         return estimate
     if np.isfinite(analytic) and not estimate.kink:    # a kink's values look like rounding to this test
-        for spacing in NOISE_SPACINGS:          # shortest first: the longer ones only where it found nothing
+        # shortest first, the longer ones only while nothing is found; STAIR_SPACINGS at the step eps only
+        for spacing in NOISE_SPACINGS + (() if longer else STAIR_SPACINGS):
             try:
                 with np.errstate(all="ignore"):
                     measured = _measured_roundoff(evaluate, move, estimate.step, spacing)

@@ -844,6 +844,75 @@ def test_a_function_that_changes_its_input_in_place_is_named_not_blamed_on_rando
     assert np.array_equal(x, before)
 
 
+def _in_place_on_later_calls(how, calls):
+    """sum(sin(v)) that changes v in place, but not on its first call (nor its first three)."""
+    top = None
+
+    def f(v):
+        nonlocal top
+        calls.append(1)
+        top = float(np.max(v)) if top is None else top
+        if how == "every 3rd call" and len(calls) % 3 == 0:
+            v *= 1.0 + 1e-9              # a tiny rescale of every entry, the probe's own included
+        elif how == "only when moved":
+            np.clip(v, None, top, out=v)    # a no-op at the point; pulls a probe's raised top entry back
+        elif how == "once, mid-check" and len(calls) == 9:
+            v[-1] += 1e-3                # an entry no probe is moving then
+        return float(np.sum(np.sin(v)))
+    return f
+
+
+@pytest.mark.parametrize("method", ["entries", "directional"])
+@pytest.mark.parametrize("how", ["every 3rd call", "only when moved", "once, mid-check"])
+def test_an_input_changed_in_place_on_a_later_call_is_named_and_restored(how, method):
+    # only the first call was looked at: the check went on with the moved inputs (a wrong FAIL or
+    # UNRESOLVED, or a pass of differences that checked nothing) and left the caller's array changed
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    w = np.random.default_rng(1).standard_normal(3)
+    before, calls = x.copy(), []
+    f = _in_place_on_later_calls(how, calls)
+    with pytest.raises(ValueError, match="fn changed input 'x' in place on a later call") as raised:
+        gradcheck(lambda w, x: f(x) + float(np.sum(w)), {"w": w, "x": x}, {"w": np.ones(3), "x": np.cos(x)},
+                  method=method)
+    assert "restored" in str(raised.value) and "seed" not in str(raised.value)
+    assert np.array_equal(x, before)
+
+
+@pytest.mark.parametrize("how", ["every 3rd call", "only when moved", "once, mid-check"])
+def test_an_op_whose_forward_changes_its_input_on_a_later_call_is_named_and_restored(how):
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    before, calls = x.copy(), []
+    f = _in_place_on_later_calls(how, calls)
+
+    def forward(v):
+        f(v)
+        return np.sin(v), v
+
+    with pytest.raises(ValueError, match="forward changed input 'x' in place on a later call"):
+        check_op(forward, lambda d, v: d * np.cos(v), [x], names=["x"])
+    assert np.array_equal(x, before)
+    # an input left out of the check (an index array) is looked after too
+    index = np.array([2, 0])
+
+    gathers = []
+
+    def gather_forward(v, i):
+        gathers.append(1)
+        if len(gathers) == 20:
+            i[0] = 1
+        return v[i], (v.shape, i.copy())
+
+    def gather_backward(d, cache):
+        shape, i = cache
+        grad = np.zeros(shape)
+        np.add.at(grad, i, d)
+        return grad
+
+    with pytest.raises(ValueError, match="forward changed input 'index' in place on a later call"):
+        check_op(gather_forward, gather_backward, [x, index], names=["x", "index"])
+    assert np.array_equal(index, [2, 0])
+
+
 def test_without_atol_no_probe_is_said_to_pass_through_it():
     # f = 1e10 + 1e-20 * sum(w) ignores x: x's zero gradient and its exactly-zero differences agree,
     # but next to f's round-off nothing of size 1e-20 can be resolved, so x's probes are UNRESOLVED.

@@ -314,8 +314,10 @@ class _InPlaceGuard:
     f a probe makes), and at each move of a probe for what it moved, which the probe puts back
     itself and so would hide (_ChangedUnderProbe)."""
 
-    def __init__(self, caller: str, names, inputs):
-        self.caller, self.names, self.inputs = caller, list(names), list(inputs)
+    def __init__(self, caller: str, names, inputs, mapping: Mapping | None = None):
+        """mapping: check_op's inputs when given as a mapping, which must go on holding these arrays
+        (a forward that puts a new array under a key would read it, not the one the checker moves)."""
+        self.caller, self.names, self.inputs, self.mapping = caller, list(names), list(inputs), mapping
         self.snapshots = [np.array(x, copy=True) if isinstance(x, np.ndarray) else None for x in inputs]
         self.looked_after = set()     # the functions already looked after once: a change now is a later call's
 
@@ -325,6 +327,16 @@ class _InPlaceGuard:
         caller = caller or self.caller
         later = caller in self.looked_after
         self.looked_after.add(caller)
+        if self.mapping is not None and (list(self.mapping) != self.names or any(
+                self.mapping[name] is not x for name, x in zip(self.names, self.inputs))):
+            changed = next((name for name, x in zip(self.names, self.inputs)
+                            if name not in self.mapping or self.mapping[name] is not x), None)
+            for key in [key for key in self.mapping if key not in self.names]:
+                del self.mapping[key]
+            self.mapping.update(zip(self.names, self.inputs))
+            what = f"replaced inputs[{changed!r}] with another array" if changed else "added keys to inputs"
+            raise ValueError(f"{caller} {what}; it must leave the mapping as it was (the checker moves the arrays "
+                             "it holds, so one put in their place is never moved) -- the mapping has been restored")
         for name, x, before in zip(self.names, self.inputs, self.snapshots):
             if before is not None and not np.array_equal(x, before, equal_nan=True):
                 self.raise_changed(name, caller, later)
@@ -345,8 +357,8 @@ class _ChangedUnderProbe(Exception):
     that no probe takes it for fn leaving its domain (_LeftDomain)."""
 
 
-def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray], *,
-             wrt: Sequence[int] | None = None, names: Sequence[str] | None = None,
+def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray] | Mapping[str, np.ndarray], *,
+             wrt: Sequence[int] | Sequence[str] | None = None, names: Sequence[str] | None = None,
              extra_args: Sequence = (), extra_kwargs: Mapping | None = None, seed: int = 0,
              eps: float = 1e-4, tol: float = 1e-7, atol: float = 0.0,
              max_entries: int | None = None, method: str = "auto", directions: int = 4,
@@ -356,11 +368,15 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
     forward(*inputs, *extra_args, **extra_kwargs) -> (out, cache), out one float array.
     backward(dout, cache) -> the gradient of each differentiable input, in order (a tuple or list,
                              or a single array when there is one).
-    inputs: a list or tuple of the forward's array inputs (float64 for those checked).
-    wrt:    which of `inputs` are differentiable (indices, default: every floating-point array
-            among them), matching backward's outputs; an input left out (an int index array, a
-            mask) is not perturbed.
-    names:  one name per input (all of them, wrt or not), for the report.
+    inputs: a list or tuple of the forward's array inputs (float64 for those checked), or a
+            mapping name -> array, as a dict of parameters: forward then takes the mapping itself,
+            forward(inputs, *extra_args, **extra_kwargs), and backward returns a mapping of
+            gradients with its keys (those in wrt; others it returns are not checked).  The keys
+            name the inputs in the report, as gradcheck's do.
+    wrt:    which of `inputs` are differentiable (indices, or keys for a mapping; default: every
+            floating-point array among them), matching backward's outputs; an input left out (an
+            int index array, a mask) is not perturbed.
+    names:  one name per input (all of them, wrt or not), for the report (not with a mapping).
 
     The scalar checked is L = sum(out * dout) for a fixed random dout, so backward receives dout.
     Its round-off is modelled from sum(|out * dout|), the size of the terms before they cancel.
@@ -371,21 +387,28 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
     """
     _check_settings(forward=forward, backward=backward, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
                     seed=seed, method=method, directions=directions, richardson=richardson)
-    inputs = _input_list(inputs, "inputs")
+    keyed = isinstance(inputs, Mapping)
+    if keyed:                 # forward(inputs, ...) takes the mapping itself, as a forward(params, x) does
+        all_names = _names_from_keys(inputs, names)
+        arguments, inputs = (inputs,), [inputs[k] for k in all_names]
+        wrt_given, wrt = wrt is not None, _wrt_keys(wrt, all_names)
+    else:
+        inputs = _input_list(inputs, "inputs")
+        all_names = _check_names(names, len(inputs), "inputs")
+        arguments, wrt_given = tuple(inputs), wrt is not None
     if not isinstance(extra_args, (tuple, list)):
         raise TypeError(f"extra_args must be a tuple of the forward's further positional arguments, got "
                         f"{_describe(extra_args)} (one argument: extra_args=(value,))")
     if extra_kwargs is not None and not isinstance(extra_kwargs, Mapping):
         raise TypeError(f"extra_kwargs must be a mapping of keyword arguments, got {_describe(extra_kwargs)}")
     extra_kwargs = dict(extra_kwargs or {})
-    all_names = _check_names(names, len(inputs), "inputs")
-    wrt_given = wrt is not None
     wrt = _check_wrt(wrt, inputs, all_names)
     for i in wrt:   # before the forward runs: its out follows a float32 input's dtype, rightly
         _require_float64_input(all_names[i], inputs[i])
 
-    guard = _InPlaceGuard("forward", all_names, inputs)   # all inputs: an index array changed matters too
-    out, cache = _forward_result(forward(*inputs, *extra_args, **extra_kwargs))
+    # all inputs: an index array changed matters too; and the mapping, whose arrays forward reads
+    guard = _InPlaceGuard("forward", all_names, inputs, arguments[0] if keyed else None)
+    out, cache = _forward_result(forward(*arguments, *extra_args, **extra_kwargs))
     guard.check("forward")
     dout = draw_dout(np.shape(out), seed)
     dout_given = dout.copy()
@@ -395,6 +418,28 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
         raise ValueError("backward changed its argument dout in place; the upstream gradient is shared "
                          "(a model hands the same array to other branches), so write the result into a "
                          "new array (dx = dout * s, not dout *= s)")
+    if keyed:
+        grads = _gradients_by_key(grads, wrt, all_names)
+    else:
+        grads = _gradients_in_order(grads, wrt, wrt_given, inputs, all_names)
+    for i, g in zip(wrt, grads):
+        if g is None:
+            raise ValueError(f"backward returned None for {all_names[i]!r}; return its gradient, or leave "
+                             f"the input out of wrt if it is not differentiable")
+
+    def evaluate():
+        terms = np.asarray(forward(*arguments, *extra_args, **extra_kwargs)[0], dtype=np.float64) * dout
+        return float(np.sum(terms)), float(np.sum(np.abs(terms)))
+
+    names, arrays, analytic = _pair_up([inputs[i] for i in wrt], list(grads), [all_names[i] for i in wrt])
+    left_out = [f"{all_names[i]} ({_kind(x)})" for i, x in enumerate(inputs) if i not in wrt and x is not None]
+    return _check_all(evaluate, names, arrays, analytic, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
+                      seed=seed, method=method, directions=directions, richardson=richardson, progress=progress,
+                      guard=guard, not_differentiated=left_out)
+
+
+def _gradients_in_order(grads, wrt, wrt_given, inputs, all_names) -> tuple:
+    """backward's result for a list of inputs: one gradient per input in wrt, in order."""
     returned = grads
     if isinstance(grads, list):
         grads = tuple(grads)
@@ -411,20 +456,26 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
             hint = "; left out as not floating-point arrays: " + sequences[2:]
         raise ValueError(f"backward returned {len(grads)} gradient(s), expected {len(wrt)}: one per input "
                          f"in wrt ({', '.join(repr(all_names[i]) for i in wrt)}), in the forward's order{hint}")
-    for i, g in zip(wrt, grads):
-        if g is None:
-            raise ValueError(f"backward returned None for {all_names[i]!r}; return its gradient, or leave "
-                             f"the input out of wrt if it is not differentiable")
+    return grads
 
-    def evaluate():
-        terms = np.asarray(forward(*inputs, *extra_args, **extra_kwargs)[0], dtype=np.float64) * dout
-        return float(np.sum(terms)), float(np.sum(np.abs(terms)))
 
-    names, arrays, analytic = _pair_up([inputs[i] for i in wrt], list(grads), [all_names[i] for i in wrt])
-    left_out = [f"{all_names[i]} ({_kind(x)})" for i, x in enumerate(inputs) if i not in wrt and x is not None]
-    return _check_all(evaluate, names, arrays, analytic, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
-                      seed=seed, method=method, directions=directions, richardson=richardson, progress=progress,
-                      guard=guard, not_differentiated=left_out)
+def _gradients_by_key(grads, wrt, all_names) -> tuple:
+    """backward's result for a mapping of inputs: a mapping with a gradient for every key in wrt,
+    as a tuple in wrt's order.  Gradients for other keys of inputs (left out by wrt=) are not
+    checked; a key that is not one of inputs' is a mistake (a misspelt name)."""
+    expected = [all_names[i] for i in wrt]
+    if not isinstance(grads, Mapping):
+        raise TypeError(f"backward must return a mapping of gradients keyed like inputs (inputs is a mapping), "
+                        f"got {_describe(grads)}; expected the keys {expected}")
+    missing = [k for k in expected if k not in grads]
+    if missing:
+        raise ValueError(f"backward returned no gradient for {missing[0]!r} (it returned the keys {list(grads)}, "
+                         f"expected {expected}); return its gradient, or leave it out with wrt=")
+    strangers = [k for k in grads if k not in all_names]
+    if strangers:
+        raise ValueError(f"backward returned a gradient for {strangers[0]!r}, which is not a key of inputs "
+                         f"(its keys: {all_names})")
+    return tuple(grads[k] for k in expected)
 
 
 def draw_dout(shape, seed: int) -> np.ndarray:
@@ -1085,6 +1136,36 @@ def _check_names(names, count: int, what: str) -> list[str]:
     return list(names)
 
 
+def _names_from_keys(inputs: Mapping, names) -> list[str]:
+    """The names of inputs given as a mapping: its keys, which must be strings (they name the
+    inputs in the report and in its messages, as names= does for a list)."""
+    if names is not None:
+        raise TypeError("names= is taken from the keys when inputs is a mapping; leave it out")
+    not_strings = [k for k in inputs if not isinstance(k, str)]
+    if not_strings:
+        raise TypeError(f"the keys of inputs name the inputs in the report and must be strings, got "
+                        f"{_describe(not_strings[0])}")
+    return list(inputs)
+
+
+def _wrt_keys(wrt, names: list[str]):
+    """wrt given as keys of a mapping of inputs: their indices, in the mapping's order (None stays
+    None: every floating-point array)."""
+    if wrt is None:
+        return None
+    not_keys = [] if isinstance(wrt, str) or not isinstance(wrt, (list, tuple)) else \
+        [k for k in wrt if not isinstance(k, str)]
+    if isinstance(wrt, str) or not isinstance(wrt, (list, tuple)) or not_keys:
+        holding = f" holding {_describe(not_keys[0])}" if not_keys else ""
+        raise TypeError(f"wrt must be a list of keys of inputs (inputs is a mapping), got {_describe(wrt)}{holding}")
+    unknown = [k for k in wrt if k not in names]
+    if unknown:
+        raise ValueError(f"wrt names {unknown[0]!r}, which is not a key of inputs (its keys: {names})")
+    if len(set(wrt)) != len(wrt):
+        raise ValueError(f"wrt must list each key once, got {list(wrt)}")
+    return [i for i, name in enumerate(names) if name in wrt]
+
+
 def _check_wrt(wrt, inputs: list, names: list[str]) -> list[int]:
     count = len(inputs)
     if wrt is None:   # every floating-point array: integer indices, masks and settings are not differentiable
@@ -1160,15 +1241,13 @@ def _pair_up(inputs, grads, names):
     if isinstance(inputs, Mapping):
         if not isinstance(grads, Mapping):
             raise TypeError("grads must be a mapping when inputs is a mapping")
-        if names is not None:
-            raise TypeError("names= is taken from the keys when inputs is a mapping; leave it out")
+        names = _names_from_keys(inputs, names)
         missing = [k for k in inputs if k not in grads]
         if missing:
             raise ValueError(f"grads is missing entries for: {missing}")
         extra = [k for k in grads if k not in inputs]
         if extra:
             raise ValueError(f"grads has entries that are not inputs: {extra}")
-        names = list(inputs)
         arrays = [inputs[k] for k in names]
         analytic = [grads[k] for k in names]
     else:

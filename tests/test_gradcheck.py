@@ -913,6 +913,73 @@ def test_an_op_whose_forward_changes_its_input_on_a_later_call_is_named_and_rest
     assert np.array_equal(index, [2, 0])
 
 
+def _dense_forward(params, x):
+    """y = tanh(x W^T + b), the parameters in a dict as many codebases keep them."""
+    y = np.tanh(x @ params["W"].T + params["b"])
+    return y, (params["W"], x, y)
+
+
+def _dense_backward(dout, cache):
+    W, x, y = cache
+    dz = dout * (1 - y**2)
+    return {"W": dz.T @ x, "b": dz.sum(0)}
+
+
+def test_check_op_takes_parameters_in_a_dict_and_names_them_by_key():
+    # check_op refused a dict ("inputs must be a list or tuple of arrays"), though gradcheck takes one
+    rng = np.random.default_rng(0)
+    params = {"W": rng.standard_normal((3, 4)), "b": rng.standard_normal(3), "steps": np.arange(2)}
+    x = rng.standard_normal((5, 4))
+    report = check_op(_dense_forward, _dense_backward, params, extra_args=(x,))
+    assert report.ok and [r.name for r in report.inputs] == ["W", "b"], report
+    assert report.not_differentiated == ["steps (int64)"]
+    assert report["W"].checked == 12 and report["b"].checked == 3
+
+    def forgets_b_in_the_bias(dout, cache):
+        return {**_dense_backward(dout, cache), "b": dout.sum(0)}
+
+    wrong = check_op(_dense_forward, forgets_b_in_the_bias, params, extra_args=(x,), wrt=["b"])
+    assert [r.name for r in wrong.inputs] == ["b"] and wrong["b"].status == "FAIL", wrong   # W left out by wrt
+    assert "W (float64)" in wrong.not_differentiated and "b:" not in str(wrong.warnings)
+
+
+@pytest.mark.parametrize("backward, error, message", [
+    (lambda d, c: (_dense_backward(d, c)["W"], _dense_backward(d, c)["b"]), TypeError,
+     r"backward must return a mapping of gradients keyed like inputs .* expected the keys \['W', 'b'\]"),
+    (lambda d, c: {"W": _dense_backward(d, c)["W"]}, ValueError, "backward returned no gradient for 'b'"),
+    (lambda d, c: {**_dense_backward(d, c), "bias": 0}, ValueError, "gradient for 'bias', which is not a key"),
+])
+def test_a_dict_of_parameters_needs_a_dict_of_gradients_with_its_keys(backward, error, message):
+    rng = np.random.default_rng(0)
+    params, x = {"W": rng.standard_normal((3, 4)), "b": rng.standard_normal(3)}, rng.standard_normal((5, 4))
+    with pytest.raises(error, match=message):
+        check_op(_dense_forward, backward, params, extra_args=(x,))
+
+
+def test_a_dict_of_parameters_is_refused_where_names_or_wrt_do_not_fit_and_kept_as_it_was():
+    rng = np.random.default_rng(0)
+    params, x = {"W": rng.standard_normal((3, 4)), "b": rng.standard_normal(3)}, rng.standard_normal((5, 4))
+    with pytest.raises(TypeError, match="names= is taken from the keys"):
+        check_op(_dense_forward, _dense_backward, params, extra_args=(x,), names=["W", "b"])
+    with pytest.raises(ValueError, match="wrt names 'bias', which is not a key of inputs"):
+        check_op(_dense_forward, _dense_backward, params, extra_args=(x,), wrt=["bias"])
+    with pytest.raises(TypeError, match="wrt must be a list of keys of inputs"):
+        check_op(_dense_forward, _dense_backward, params, extra_args=(x,), wrt=[1])
+    with pytest.raises(TypeError, match="keys of inputs name the inputs in the report and must be strings"):
+        gradcheck(lambda v: float(np.sum(v)), {0: x}, {0: np.ones_like(x)})    # the report's printing crashed
+    W, calls = params["W"], []
+
+    def replaces_W(params, x):        # from its 5th call: W is then never the array the checker moves
+        calls.append(1)
+        if len(calls) == 5:
+            params["W"] = params["W"].copy()
+        return _dense_forward(params, x)
+
+    with pytest.raises(ValueError, match=r"forward replaced inputs\['W'\] with another array.* restored"):
+        check_op(replaces_W, _dense_backward, params, extra_args=(x,))
+    assert params["W"] is W and list(params) == ["W", "b"]
+
+
 def test_without_atol_no_probe_is_said_to_pass_through_it():
     # f = 1e10 + 1e-20 * sum(w) ignores x: x's zero gradient and its exactly-zero differences agree,
     # but next to f's round-off nothing of size 1e-20 can be resolved, so x's probes are UNRESOLVED.

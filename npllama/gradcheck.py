@@ -454,6 +454,11 @@ def _gradients_in_order(grads, wrt, wrt_given, inputs, all_names) -> tuple:
                     f"differentiable (a float mask, a setting), name those that are, e.g. wrt={wrt[:len(grads)]}")
         elif not wrt_given and (sequences := _sequences_among(inputs, all_names)):
             hint = "; left out as not floating-point arrays: " + sequences[2:]
+        elif len(grads) > len(wrt) and (left_out := [f"{all_names[i]!r} ({_kind(x)})" for i, x in enumerate(inputs)
+                                                     if i not in wrt and isinstance(x, np.ndarray)]):
+            hint = (f"; {', '.join(left_out)} {'is' if len(left_out) == 1 else 'are'} not differentiated "
+                    + ("(not in wrt)" if wrt_given else "(not a floating-point array: an index or a mask)")
+                    + ", so backward returns no gradient for it, not even None")
         raise ValueError(f"backward returned {len(grads)} gradient(s), expected {len(wrt)}: one per input "
                          f"in wrt ({', '.join(repr(all_names[i]) for i in wrt)}), in the forward's order{hint}")
     return grads
@@ -1045,9 +1050,11 @@ def _notes(report: InputReport, n_entries, n_finite, probes, passed, unresolved,
     if np.any(unsteady):
         notes.append(f"{int(np.sum(unsteady))} probe(s) UNRESOLVED: f itself is not resolved there -- its values "
                      "round far above the round-off the bounds allow for (a cancellation inside f, as 1 + tanh(z) "
-                     "for z << 0 or exp(x) - 1 for tiny x) or bend at a kink nearby, so its differences at other "
-                     "steps disagree by more than their error bounds, and the analytic value lies within that "
-                     "disagreement; check at inputs in a better-conditioned range, or compute f more stably")
+                     "for z << 0 or exp(x) - 1 for tiny x) or bend at a kink nearby, or within a few steps (an input "
+                     "far from zero whose entries differ by little, as x = 1e3 + noise, is stepped by eps * 1e3), so "
+                     "its differences at other steps disagree by more than their error bounds, and the analytic value "
+                     "lies within that disagreement; check at inputs in a better-conditioned range, compute f more "
+                     "stably, or for an input far from zero give a smaller eps")
     by_round_off = int(np.sum(~passed & unresolved & ~numeric_broken & ~unsteady))
     if by_round_off:
         notes.append(f"{by_round_off} probe(s) UNRESOLVED: even with longer steps, the finite differences' "
@@ -1240,7 +1247,8 @@ def _pair_up(inputs, grads, names):
     """(names, arrays, gradients) after checking that they match."""
     if isinstance(inputs, Mapping):
         if not isinstance(grads, Mapping):
-            raise TypeError("grads must be a mapping when inputs is a mapping")
+            raise TypeError(f"grads must be a mapping with the keys of inputs when inputs is a mapping, got "
+                            f"{_describe(grads)}")
         names = _names_from_keys(inputs, names)
         missing = [k for k in inputs if k not in grads]
         if missing:

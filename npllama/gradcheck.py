@@ -44,6 +44,9 @@ How a probe's numeric derivative and its bound are made (the error model):
             gradient (and above 1e-3 of the largest gradient in the check) is UNRESOLVED: a wrong
             gradient could not be told from a right one there, so it does not pass (the report
             says so, apart from FAIL).
+  shorter   a probe that fails with a bound that is mostly truncation (f bends within a few steps:
+  steps     an input far from zero whose entries differ by little) is taken again at steps 4, 16,
+            64 times shorter, kept while the bound shrinks and f behaves smoothly there.
   failing   a probe that fails is measured again before it is called wrong: f's own rounding,
   probes    from the 4th differences of f at 7 points 1/4 and 1 step apart, and at the step eps also 4
             and 21 (a cancellation can keep f's value over many steps, then jump), and D(t) at
@@ -118,6 +121,10 @@ RESTEP_FACTORS = (1 / 64, 1 / 16, 1 / 4, 4.0, 16.0, 64.0)
 NOISE_SPACINGS = (0.25, 1.0)
 STAIR_SPACINGS = (4.0, max(RESTEP_FACTORS) / 3)
 NOISE_SAFETY = 3.0
+# A failing probe whose bound is mostly truncation is taken again at steps SHORTEN times shorter,
+# up to MAX_SHORTENINGS times (_shortened)
+SHORTEN = 4.0
+MAX_SHORTENINGS = 3
 METHODS = ("auto", "entries", "directional")
 DOUT_SALT = 0x646F7574   # "dout"
 PROGRESS_EVERY = 10.0     # progress=True: seconds between lines while one input is being probed
@@ -717,6 +724,9 @@ def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richa
     estimate, longer = _resolved_derivative(evaluate, move, eps, richardson, tol * abs(analytic), reference,
                                             noise, unit_step=1.0 / max(scale, TINY))
     bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
+    if abs(analytic - estimate.value) > bound + tol * magnitude:
+        estimate = _shortened(evaluate, move, estimate, richardson, tol * abs(analytic))
+        bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
     estimate = _kink_checked(evaluate, move, eps, estimate, analytic, bound + tol * magnitude)
     estimate = _steadiness_checked(evaluate, move, estimate, analytic, bound + tol * magnitude, probes, longer)
     probes.add(analytic, estimate, bound, magnitude, atol, reference, largest, longer)
@@ -746,6 +756,9 @@ def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, a
     # rounding of x + t p moves each entry by up to u |x_i| instead of t p_i: a relative u / eps;
     # the magnitude is ||g * p||, the spread of <g, p> over random signs
     bound = estimate.bound + noise + UNIT_ROUNDOFF / eps * float(np.sum(np.abs(terms)))
+    if abs(np.sum(terms) - estimate.value) > bound + tol * magnitude:
+        estimate = _shortened(evaluate, move, estimate, richardson, tol * magnitude)
+        bound = estimate.bound + noise + UNIT_ROUNDOFF / min(eps, estimate.step) * float(np.sum(np.abs(terms)))
     estimate = _kink_checked(evaluate, move, eps, estimate, np.sum(terms), bound + tol * magnitude)
     estimate = _steadiness_checked(evaluate, move, estimate, np.sum(terms), bound + tol * magnitude, probes,
                                    longer)
@@ -891,6 +904,32 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
             break
         best, longer = attempt, True
     return best, longer
+
+
+def _shortened(evaluate, move, estimate, richardson, good_enough) -> _Estimate:
+    """A failing probe whose bound is mostly truncation (f bends within a few steps: an input far
+    from zero whose entries differ by little, x = 1e3 + noise, is stepped by eps * 1e3), taken
+    again at steps SHORTEN times shorter: truncation falls like h^2 (h^4 for Richardson), round-off
+    grows only like 1/h.  A shorter estimate is kept while its bound is smaller and its differences
+    shrink like h^2.  Unlike a longer step's (_resolved_derivative), it need not agree with the
+    estimate it replaces within that one's bound: that bound failing to hold where f bends within
+    a few steps is why it is taken, and nearer the point f only looks more like its Taylor series."""
+    best = estimate
+    for _ in range(MAX_SHORTENINGS):
+        # (a rough estimate too: differences that do not shrink like h^2 at h, 2h, 4h may be f
+        # bending within those steps, smooth at shorter ones)
+        if not best.bound - best.roundoff > best.roundoff:    # round-off dominates: no gain
+            break
+        try:
+            with np.errstate(all="ignore"):
+                attempt = _derivative(evaluate, move, best.step / SHORTEN, richardson, good_enough,
+                                      test_smoothness=True)
+        except _LeftDomain:
+            break
+        if attempt.rough or not attempt.bound < best.bound:
+            break
+        best = attempt
+    return best
 
 
 class _LeftDomain(ValueError):

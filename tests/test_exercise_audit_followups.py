@@ -120,6 +120,11 @@ def linear_backward(dy, cache):
     return dy @ weight, dy.reshape(-1, dy.shape[1]).T @ x.reshape(-1, x.shape[1])
 """
 
+LINEAR_CACHE_AND_SHAPE_ON_ONE_LINE = """
+def linear_backward(dy, cache):
+    return dy @ cache[2], dy.reshape(-1, dy.shape[-1]).T @ cache[0].reshape(-1, cache[0].shape[1])
+"""
+
 LINEAR_INDEXES_THE_CACHE = """
 def linear_backward(dy, cache):
     x, weight = cache[0], cache[2]
@@ -146,6 +151,17 @@ def test_a_shape_indexed_from_the_front_of_a_vector_gets_the_count_from_the_back
     text = grade(path)
     assert "raised IndexError: tuple index out of range" in text, text
     assert "counts axes from the front" not in text and "rebuild this case" in text, text
+
+    # cache[2] raises, on a line that also holds a shape lookup: Python's message is the same for
+    # both ('tuple index out of range'), so the hint names every lookup and blames none of them
+    path.write_text(LINEAR_CACHE_AND_SHAPE_ON_ONE_LINE)
+    text = grade(path)
+    assert "raised IndexError: tuple index out of range (line 3 of linear_backward.py" in text, text
+    assert ("hint: one of cache[2], dy.shape[-1], cache[0] and cache[0].shape[1] indexes past the end of a "
+            "tuple, and the traceback cannot tell which") in text, text
+    assert "print len(cache) and len(dy.shape) to see whether one is shorter" in text, text
+    assert "; cache[0].shape[1] counts axes from the front, and an array of this case may have fewer" in text, text
+    assert "hint: .shape[1]" not in text and "its array has fewer" not in text, text
 
 
 # ----- a starter's Shapes line and its docstring give one shape to each name ----------------------

@@ -12,6 +12,7 @@ the line of the student's file it came from.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
 import inspect
@@ -499,32 +500,97 @@ def _crash_hint(error: BaseException, exercise: Exercise, params, source_file: s
     if isinstance(error, ValueError) and ("core dimension" in text or "not aligned" in text):
         return ("a matrix product whose inner sizes differ: an operand needs a transpose, or the operands are "
                 "in the wrong order (weights are (out, in); a gradient has its input's shape) -- print the shapes")
-    axes = list(dict.fromkeys(_shape_index_out_of_range(error, source_file)))    # each lookup once, in order
-    if axes:
-        # the traceback names the line, not which of its lookups failed: with several, say only that
-        # one of them did
-        which = (f"{axes[0]} counts axes from the front, and its array has fewer" if len(axes) == 1 else
-                 f"{', '.join(axes[:-1])} and {axes[-1]} count axes from the front, and one of their arrays has "
-                 f"fewer")
-        return (f"{which} in this case (its inputs' shapes are above): count from the back -- a.shape[-1] is "
-                f"the last axis however many leading axes there are, and a.reshape(-1, a.shape[-1]) gives the rows")
+    hint = _tuple_index_hint(error, source_file)
+    if hint:
+        return hint
     return _rerun_hint(exercise, params, source_file)
+
+
+COUNT_FROM_THE_BACK = ("count from the back -- a.shape[-1] is the last axis however many leading axes there are, "
+                       "and a.reshape(-1, a.shape[-1]) gives the rows")
+
+
+def _tuple_index_hint(error: BaseException, source_file: str | None) -> str:
+    """For an IndexError 'tuple index out of range' on a line of the student's file that looks up a
+    shape's axis from the front (x.shape[1]): count from the back.  Python's message is the same
+    for a shape and for any other tuple (cache[2]), and the traceback names the line, not the
+    lookup: with several lookups on the line, all are named and none is blamed alone.  '' when
+    the line has no shape lookup (nothing specific to say)."""
+    lookups = _index_lookups_on_failing_line(error, source_file)
+    shapes = [text for text, container in lookups if container is None]
+    if not shapes:
+        return ""
+    if len(lookups) == 1:
+        return (f"{shapes[0]} counts axes from the front, and its array has fewer in this case (its inputs' "
+                f"shapes are above): {COUNT_FROM_THE_BACK}")
+    named = _and_list([text for text, _ in lookups])
+    if len(shapes) == len(lookups):
+        return (f"{named} count axes from the front, and one of their arrays has fewer in this case (its "
+                f"inputs' shapes are above): {COUNT_FROM_THE_BACK}")
+    containers = list(dict.fromkeys(container for _, container in lookups if container is not None))
+    return (f"one of {named} indexes past the end of a tuple, and the traceback cannot tell which (it names "
+            f"the line, not the lookup): print {_and_list([f'len({c})' for c in containers])} to see whether "
+            f"{'it is' if len(containers) == 1 else 'one is'} shorter than its index needs; {_and_list(shapes)} "
+            f"{'counts' if len(shapes) == 1 else 'count'} axes from the front, and an array of this case may "
+            f"have fewer (its inputs' shapes are above): {COUNT_FROM_THE_BACK}")
+
+
+def _and_list(texts: list[str]) -> str:
+    return texts[0] if len(texts) == 1 else f"{', '.join(texts[:-1])} and {texts[-1]}"
 
 
 # a shape's axis by its position from the front: x.shape[1], self.w.shape[0], np.shape(x)[1]
 SHAPE_INDEX = re.compile(r"[\w.]*\.shape\[\d+\]|(?:\w+\.)?shape\([^()]*\)\[\d+\]")
 
 
-def _shape_index_out_of_range(error: BaseException, source_file: str | None) -> list[str]:
-    """The shape lookups by a position from the front (x.shape[1]) on the line of the student's
-    file where an IndexError 'tuple index out of range' was raised; [] when it came from anywhere
-    else (indexing a tuple is no call: the line raising it is the innermost frame)."""
+def _index_lookups_on_failing_line(error: BaseException, source_file: str | None) -> list[tuple[str, str | None]]:
+    """The lookups by one index (cache[2], x.shape[1]) on the line of the student's file where an
+    IndexError 'tuple index out of range' was raised, in the order Python evaluates them: (text,
+    container), container None for a shape lookup by a position from the front.  [] when the
+    error came from anywhere else (indexing a tuple is no call: the line raising it is the
+    innermost frame)."""
     if not (isinstance(error, IndexError) and str(error) == "tuple index out of range" and source_file):
         return []
     frames = _traceback_frames(error)
     if not frames or os.path.abspath(frames[-1].filename) != os.path.abspath(source_file):
         return []
-    return SHAPE_INDEX.findall(frames[-1].line or "")
+    line = frames[-1].line or ""
+    try:
+        source = Path(source_file).read_text(encoding="utf-8")
+        tree = ast.parse(source)
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        # the file is gone or changed since it ran: the shape lookups the line's text shows
+        return [(text, None) for text in dict.fromkeys(SHAPE_INDEX.findall(line))]
+    lineno = frames[-1].lineno
+    found = sorted((node for node in ast.walk(tree)
+                    if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
+                    and node.lineno <= lineno <= node.end_lineno and _may_index_a_tuple(node)),
+                   key=lambda node: (node.end_lineno, node.end_col_offset))
+    lookups = {}
+    for node in found:
+        text = ast.get_source_segment(source, node)
+        if text is not None:
+            lookups.setdefault(text, None if _is_shape_from_the_front(node) else
+                               ast.get_source_segment(source, node.value))
+    return list(lookups.items())
+
+
+def _is_shape_from_the_front(node: ast.Subscript) -> bool:
+    """x.shape[1], cache[0].shape[1], np.shape(x)[1]: an axis by its position from the front."""
+    shape = node.value
+    named_shape = ((isinstance(shape, ast.Attribute) and shape.attr == "shape")
+                   or (isinstance(shape, ast.Call) and getattr(shape.func, "attr", getattr(shape.func, "id", None))
+                       == "shape"))
+    index = node.slice
+    return named_shape and isinstance(index, ast.Constant) and type(index.value) is int and index.value >= 0
+
+
+def _may_index_a_tuple(node: ast.Subscript) -> bool:
+    """cache[2], x.shape[i]: one index that is no slice, no tuple of indices and no string key --
+    the lookups that raise 'tuple index out of range' on a tuple."""
+    index = node.slice
+    return not (isinstance(index, (ast.Slice, ast.Tuple))
+                or (isinstance(index, ast.Constant) and not isinstance(index.value, int)))
 
 
 def _raised_in_einsum(error: BaseException, text: str) -> bool:

@@ -89,6 +89,23 @@ def test_a_timeout_before_the_first_check_says_so_in_first_failure(tmp_path):
     assert "timed out" in format_gradebook([at_import])
 
 
+def test_where_a_stopped_file_was_is_named_as_the_file_column_names_it(tmp_path):
+    """With a subfolder per student every file has the same name: 'line 2 of rmsnorm_backward.py'
+    would not say whose it is.  The line is named by the gradebook's file column (relative to the
+    class folder), in first_failure and in the diagnosis."""
+    folder = tmp_path / "class"
+    for student, source in [("alice", "while True:\n    pass\n"),
+                            ("bob", "def rmsnorm_backward(dy, cache):\n    while True:\n        pass\n")]:
+        (folder / student).mkdir(parents=True)
+        (folder / student / "rmsnorm_backward.py").write_text(source)
+    alice, bob = grade_folder("rmsnorm", folder, n_random=0, timeout=3)
+    assert (alice.file, bob.file) == ("alice/rmsnorm_backward.py", "bob/rmsnorm_backward.py")
+    assert alice.first_failure == "timed out at line 1 of alice/rmsnorm_backward.py while loading the file"
+    assert bob.first_failure == "timed out at line 2 of bob/rmsnorm_backward.py in its first call, before any check"
+    assert "it was at line 1 of alice/rmsnorm_backward.py: while True:" in alice.diagnosis, alice.diagnosis
+    assert "it was at line 2 of bob/rmsnorm_backward.py: while True:" in bob.diagnosis, bob.diagnosis
+
+
 def test_cli_single_file_in_a_sandbox_exits_non_zero(tmp_path):
     path = tmp_path / "quits.py"
     path.write_text("def softmax_backward(dp, cache):\n    print('about to quit')\n    raise SystemExit(0)\n")

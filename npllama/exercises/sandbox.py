@@ -124,10 +124,13 @@ class Graded:
 
 
 def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: float = DEFAULT_TIMEOUT,
-               memory_mb: int = DEFAULT_MEMORY_MB, allow_imports: bool = False) -> Graded:
+               memory_mb: int = DEFAULT_MEMORY_MB, allow_imports: bool = False,
+               named_as: str | None = None) -> Graded:
     """Check `path` -- its function run in a child process with a time and memory limit, the checks
     run here -- and never raise for the file's sake.  `op`: an exercise's name, or an Exercise
-    loaded from a teacher's file (teacher.load_exercises), which the child loads too."""
+    loaded from a teacher's file (teacher.load_exercises), which the child loads too.  `named_as`:
+    the file as the gradebook names it -- its `file`, and the file a stopped child was stuck in
+    (grade_folder: its path relative to the class folder); its file name when None."""
     from .definitions import get_exercise
     from .runner import GradingStopped, Report, _check_cases, _read_source, check_function, screen_file
 
@@ -143,6 +146,10 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
     if not exercise.builtin:     # a reference that fails its checks would fail the student for it
         verify_reference(exercise, n_random, seed)
     path = Path(path)
+    if named_as is not None and not isinstance(named_as, str):
+        raise TypeError(f"named_as must be a str (the file as the gradebook names it) or None, got "
+                        f"{type(named_as).__name__}")
+    named_as = readable_name(path.name) if named_as is None else named_as
     shown_as = readable_name(str(path))
     graded_on = dict(exercise=exercise.op, seed=seed, cases=n_random)
     start = time.perf_counter()
@@ -150,9 +157,10 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
     # screened as read ('' is an unreadable file, or an empty one: read again, to say why)
     report = None if allow_imports else screen_file(exercise, path, shown_as, source=source_text or None)
     if report is not None:
-        return _graded(path, report, time.perf_counter() - start, **graded_on)
+        return _graded(named_as, report, time.perf_counter() - start, **graded_on)
     with tempfile.TemporaryDirectory(prefix="npllama-grade-") as scratch, \
-            _Submission(exercise, path.resolve(), Path(scratch), timeout, memory_mb, str(path)) as submission:
+            _Submission(exercise, path.resolve(), Path(scratch), timeout, memory_mb, str(path),
+                        named_as) as submission:
         stage = "while loading the file"      # where a stop before the first check happened, for the gradebook
         try:
             function, load_error = submission.start()
@@ -168,14 +176,15 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
             graded_on["output"] = submission.output()    # but what it printed before it stopped is shown
     seconds = time.perf_counter() - start
     if report is not None and report.stopped is None:
-        return _graded(path, report, seconds, **graded_on)
-    name, why = readable_name(path.name), submission.why
+        return _graded(named_as, report, seconds, **graded_on)
+    name, why = named_as, submission.why
     if report is None:     # no check to name: say what stopped it, and where
         stopped = {"timeout": "timed out", "crashed": "crashed"}.get(submission.ended, submission.ended)
         where = f" at {submission.stuck_at}" if submission.stuck_at else ""
         return Graded(name, submission.ended, 0, len(exercise.checks()), f"{stopped}{where} {stage}", why, seconds,
                       f"{name}: {why}", **graded_on)
-    return dataclasses.replace(_graded(path, report, seconds, **graded_on), status=submission.ended, diagnosis=why)
+    return dataclasses.replace(_graded(named_as, report, seconds, **graded_on), status=submission.ended,
+                               diagnosis=why)
 
 
 def readable_name(name: str) -> str:
@@ -265,7 +274,7 @@ def _describe_exit(code, memory_mb, tail) -> str:
             + (f"; last output: {tail[-160:]}" if tail else ""))
 
 
-def _graded(path: Path, report, seconds: float, **graded_on) -> Graded:
+def _graded(named_as: str, report, seconds: float, **graded_on) -> Graded:
     if report.refused:
         status = "refused"
     elif report.load_error:
@@ -276,7 +285,7 @@ def _graded(path: Path, report, seconds: float, **graded_on) -> Graded:
         status = "pass" if report.ok else "fail"
     first = report.first_failure
     diagnosis = "" if status == "pass" else (first.diagnosis if first is not None else report.summary())
-    return Graded(readable_name(path.name), status, report.passed, report.total, first.check.name if first else "",
+    return Graded(named_as, status, report.passed, report.total, first.check.name if first else "",
                   diagnosis, seconds, report.format(), **graded_on)
 
 
@@ -287,8 +296,10 @@ class _Submission:
     killed with all it started when the grading ends.  After a stop, `ended` is "timeout" or
     "crashed" and `why` says what happened."""
 
-    def __init__(self, exercise, path: Path, scratch: Path, timeout: float, memory_mb: int, typed_as: str):
+    def __init__(self, exercise, path: Path, scratch: Path, timeout: float, memory_mb: int, typed_as: str,
+                 named_as: str):
         self.exercise, self.path, self.scratch, self.typed_as = exercise, path, scratch, typed_as
+        self.named_as = named_as              # the file as the gradebook names it, in where it was stuck
         self.timeout, self.memory_mb = timeout, memory_mb
         self.deadline = time.monotonic() + timeout
         self.ended: str | None = None
@@ -487,7 +498,7 @@ class _Submission:
             with open(self.output_path, "rb") as f:
                 f.seek(start)
                 dump = f.read(STUCK_READ).decode(errors="replace")
-            where, text = _submission_line(dump, self.path)     # the dump may still be arriving: read again
+            where, text = _submission_line(dump, self.path, self.named_as)   # the dump may still be arriving
             if where:
                 self.stuck_at = where
                 return f" -- it was at {where}" + (f": {text}" if text else "")
@@ -502,16 +513,16 @@ class _Submission:
         raise GradingStopped(why)
 
 
-def _submission_line(dump: str, path: Path) -> tuple[str, str]:
+def _submission_line(dump: str, path: Path, named_as: str) -> tuple[str, str]:
     """The innermost frame of a faulthandler dump (most recent call first) that is in the
-    submission, as ('line N of FILE', the line's text); ('', '') when none is."""
+    submission, as ('line N of NAMED_AS', the line's text); ('', '') when none is."""
     for filename, lineno in re.findall(r'File "(.+)", line (\d+)', dump):
         if Path(filename).resolve() != path.resolve():
             continue
         lines = path.read_text(errors="replace").splitlines()
         n = int(lineno)
         text = lines[n - 1].strip() if 0 < n <= len(lines) else ""
-        return f"line {n} of {path.name}", text[:160]
+        return f"line {n} of {named_as}", text[:160]
     return "", ""
 
 

@@ -936,3 +936,25 @@ def test_a_norm_right_on_rows_and_wrong_on_a_batch_of_sequences_is_told_so(op, b
     finding = check_file(op, path, n_random=1).first_failure.finding
     assert "passes with" in finding.ladder and "fails with a batch of sequences (2, 3, D)" in finding.ladder
     assert "count from the back (axis=-1)" in finding.ladder
+
+
+def test_a_cross_entropy_divided_by_n_counted_twice_is_named(tmp_path):
+    """Divided by n_counted once in the mean and once more at the end: on the probes (3 and 2
+    counted positions) the factor is 1/3 and 1/2, which 'a constant factor' alone does not explain;
+    the diagnosis must name the second division, as the catalogue names the other counts."""
+    path = tmp_path / "cross_entropy_backward.py"
+    path.write_text(textwrap.dedent("""\
+        import numpy as np
+
+
+        def cross_entropy_backward(dloss, cache):
+            probs, targets, counted, n_counted, shape = cache
+            g = probs.copy()
+            g[np.arange(len(targets)), targets] -= 1
+            g = g * counted[:, None] / n_counted
+            return (dloss * g / n_counted).reshape(shape)     # divided by n_counted a second time
+    """))
+    finding = check_file("cross_entropy", path, n_random=2).first_failure.finding
+    assert finding.message.startswith("it is divided by n_counted twice"), finding.message
+    assert "dloss * (probs - onehot) * counted / n_counted" in finding.hint, finding.hint
+    assert "constant factor" not in finding.message and "every position" not in finding.message

@@ -372,7 +372,8 @@ class CrossEntropyMistakes:
              "columns_of_all_targets": p - every_targets_column}[form]
         if mask:
             g = g * counted[:, None]
-        n = {"counted": max(int(counted.sum()), 1), "all": t.size, "none": 1}[count]
+        n_counted = max(int(counted.sum()), 1)
+        n = {"counted": n_counted, "all": t.size, "none": 1, "twice": n_counted ** 2}[count]
         scale = float(dloss) if use_dloss else 1.0
         return (scale * g / n).reshape(logits.shape)
 
@@ -384,6 +385,9 @@ class CrossEntropyMistakes:
                "the loss is the mean over counted targets only", count="all"),
             _m("the 1/n_counted of the mean is missing: the loss is a mean, divide by the number of counted "
                "targets", "dlogits = dloss * (probs - onehot) / n_counted", count="none"),
+            _m("it is divided by n_counted twice: the mean's 1/n_counted belongs in it once",
+               "divide once, at one place: dlogits = dloss * (probs - onehot) * counted / n_counted (the "
+               "cached probs are not divided yet)", count="twice"),
             _m("dloss is ignored: the result must be multiplied by dloss",
                "chain rule: d objective / d logits = dloss * d loss / d logits", use_dloss=False),
             _m("the one-hot of the target is not subtracted: dlogits = probs - onehot(target)",

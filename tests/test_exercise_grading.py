@@ -77,15 +77,15 @@ def test_a_timeout_before_the_first_check_says_so_in_first_failure(tmp_path):
     check ran must not leave it empty (a teacher sorting by it would take the row for a pass)."""
     folder = tmp_path / "class"
     folder.mkdir()
-    (folder / "loops_at_import.py").write_text("while True:\n    pass\n")
-    (folder / "loops_when_called.py").write_text("def rmsnorm_backward(dy, cache):\n    while True:\n        pass\n")
+    # each loop on one line: the line it is stuck at is that one on every Python version
+    (folder / "loops_at_import.py").write_text("import numpy as np\n\nwhile True: pass\n")
+    (folder / "loops_when_called.py").write_text("def rmsnorm_backward(dy, cache):\n    while True: pass\n")
     by_file = {g.file: g for g in grade_folder("rmsnorm", folder, n_random=0, timeout=3)}
     at_import, when_called = by_file["loops_at_import.py"], by_file["loops_when_called.py"]
     assert at_import.status == when_called.status == "timeout"
-    assert at_import.first_failure.startswith("timed out at line ") and "of loops_at_import.py" in at_import.first_failure
-    assert at_import.first_failure.endswith("while loading the file")
-    assert when_called.first_failure.startswith("timed out at line ") and "of loops_when_called.py" in when_called.first_failure
-    assert when_called.first_failure.endswith("in its first call, before any check")
+    assert at_import.first_failure == "timed out at line 3 of loops_at_import.py while loading the file"
+    assert when_called.first_failure == ("timed out at line 2 of loops_when_called.py in its first call, before any "
+                                         "check")
     assert "timed out" in format_gradebook([at_import])
 
 
@@ -94,16 +94,16 @@ def test_where_a_stopped_file_was_is_named_as_the_file_column_names_it(tmp_path)
     would not say whose it is.  The line is named by the gradebook's file column (relative to the
     class folder), in first_failure and in the diagnosis."""
     folder = tmp_path / "class"
-    for student, source in [("alice", "while True:\n    pass\n"),
-                            ("bob", "def rmsnorm_backward(dy, cache):\n    while True:\n        pass\n")]:
+    for student, source in [("alice", "while True: pass\n"),
+                            ("bob", "def rmsnorm_backward(dy, cache):\n    while True: pass\n")]:
         (folder / student).mkdir(parents=True)
         (folder / student / "rmsnorm_backward.py").write_text(source)
     alice, bob = grade_folder("rmsnorm", folder, n_random=0, timeout=3)
     assert (alice.file, bob.file) == ("alice/rmsnorm_backward.py", "bob/rmsnorm_backward.py")
     assert alice.first_failure == "timed out at line 1 of alice/rmsnorm_backward.py while loading the file"
     assert bob.first_failure == "timed out at line 2 of bob/rmsnorm_backward.py in its first call, before any check"
-    assert "it was at line 1 of alice/rmsnorm_backward.py: while True:" in alice.diagnosis, alice.diagnosis
-    assert "it was at line 2 of bob/rmsnorm_backward.py: while True:" in bob.diagnosis, bob.diagnosis
+    assert "it was at line 1 of alice/rmsnorm_backward.py: while True: pass" in alice.diagnosis, alice.diagnosis
+    assert "it was at line 2 of bob/rmsnorm_backward.py: while True: pass" in bob.diagnosis, bob.diagnosis
 
 
 def test_cli_single_file_in_a_sandbox_exits_non_zero(tmp_path):

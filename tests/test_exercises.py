@@ -147,6 +147,10 @@ def test_diagnose_constant_ratios_transpose_and_shapes():
     summed_to_a_number = diagnose(np.float64(rect[0].sum()), rect[0], grad="dweight")   # a (D,) weight's gradient
     assert "summed over too many axes" in summed_to_a_number.message
     assert "per row" not in summed_to_a_number.hint and ".reshape(-1, 3).sum(axis=0)" in summed_to_a_number.hint
+    # a (out, in) weight's gradient summed to a number: the sum shown keeps both of its axes
+    # (.reshape(-1, 3) would sum a (2, 3) weight down to (3,))
+    summed_weight = diagnose(np.float64(rect.sum()), rect, grad="dweight")
+    assert ".reshape(-1, 2, 3).sum(axis=0)" in summed_weight.hint, summed_weight.hint
     # an activation's gradient summed to a number (rmsnorm's dx (2, 3, 4)) must not be told a sum
     # over the rows fits it: no weight has three axes, and dx is summed over no axis at all
     activation = rng.standard_normal((2, 3, 4))

@@ -564,14 +564,14 @@ def _index_lookups_on_failing_line(error: BaseException, source_file: str | None
     lineno = frames[-1].lineno
     found = sorted((node for node in ast.walk(tree)
                     if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
-                    and node.lineno <= lineno <= node.end_lineno and _may_index_a_tuple(node)),
+                    and node.lineno == lineno and _may_index_a_tuple(node)),    # a lookup's line is its first
                    key=lambda node: (node.end_lineno, node.end_col_offset))
     lookups = {}
     for node in found:
-        text = ast.get_source_segment(source, node)
-        if text is not None:
-            lookups.setdefault(text, None if _is_shape_from_the_front(node) else
-                               ast.get_source_segment(source, node.value))
+        text, container = (" ".join((ast.get_source_segment(source, part) or "").split())
+                           for part in (node, node.value))    # one line, even if written over several
+        if text:
+            lookups.setdefault(text, None if _is_shape_from_the_front(node) else container)
     return list(lookups.items())
 
 

@@ -568,7 +568,7 @@ def decoder_backward(dhidden, cache, config):
             grads[f"model.layers.{i}.{path}.weight"] = grad
     # x^(0) = E[tokens]
     dE = embedding_backward(dx, cache.embed_tokens)                                        # (V, D)
-    if config.pad_token_id is not None:
+    if config.pad_token_id is not None and dE is not None:   # (dE None: the table is frozen, under LoRA)
         # Not the math's gradient but transformers' convention, kept so that gradients match
         # LlamaForCausalLM's: its table is nn.Embedding(padding_idx=pad_token_id), whose lookup
         # sends nothing to the pad row (the row still gets the tied lm_head's part, as in torch).

@@ -59,6 +59,20 @@ def test_whole_model_gradients_of_the_adapters(targets):
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_base_with_a_pad_token_id_trains_its_adapters(backend):
+    # config.json's pad_token_id zeroes the pad row of the embedding's gradient; under LoRA the
+    # table is frozen and has none, which must not stop the adapters' gradients
+    model, adapters = adapted_model(("q_proj", "v_proj"))
+    tokens, targets = batch(model.config)
+    with use_backend(backend):
+        _, without_pad = model.loss_and_grads(tokens, targets)
+        model.config.pad_token_id = 0
+        _, with_pad = model.loss_and_grads(tokens, targets)
+    assert list(with_pad) == list(adapters.params)
+    assert all(np.array_equal(with_pad[n], without_pad[n]) for n in without_pad)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_fresh_adapters_change_nothing_and_attach_only_targets(backend):
     model = Llama(tiny_config(), seed=1, dtype=np.float64)
     tokens, _ = batch(model.config)

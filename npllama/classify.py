@@ -86,17 +86,8 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
         from .lora import load_adapter
 
         model, tokenizer, model_dir = load_model_and_tokenizer(path, dtype=dtype)
-        adapters = load_adapter(model, adapter)   # under the adapter run's reader lock
-        score = adapters.extra.pop(SCORE, None)
-        if score is None:
-            raise ValueError(f"adapter {str(adapter)!r} has no score.weight: it is not a sequence-classification "
-                             f"adapter (made with `npllama finetune classify --lora --out DIR`, or PEFT's SEQ_CLS)")
-        info = _info(Path(adapter))
-        names = _label_names(info, {}, score.shape[0])
-        classifier = Classifier(model, score, names, tokenizer, f"{model_dir} + {adapter}",
-                                max_len=_trained_max_len(info))
-        _check_attention(classifier, info.get("attention"), adapter, model_dir)
-        return classifier
+        load_adapter(model, adapter)   # under the adapter run's reader lock
+        return adapted_classifier(model, adapter, tokenizer, model_dir)
 
     from .io.hf import load_hf_classifier_folder, objective_of
     from .model import Llama
@@ -112,6 +103,23 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
     tokenizer.check_vocab(config.vocab_size)
     # config.json's pad_token_id, checked as the config was read
     return Classifier(model, score, names, tokenizer, str(model_dir), config.pad_token_id, _trained_max_len(info))
+
+
+def adapted_classifier(model, adapter, tokenizer, model_dir, pad_token_id: int | None = None) -> Classifier:
+    """The Classifier made by `model` with the sequence-classification LoRA adapter folder `adapter`
+    attached to it (load_adapter): the head is the adapter's score.weight, its labels and max_len
+    finetune.json's.  The head skips the pad id fine-tuning padded with, the tokenizer's (pad_id_of);
+    pad_token_id: that id when no tokenizer is at hand (tokenizer None: npllama.debug's --tokens)."""
+    score = model.lora.extra.pop(SCORE, None)
+    if score is None:
+        raise ValueError(f"adapter {str(adapter)!r} has no score.weight: it is not a sequence-classification "
+                         f"adapter (made with `npllama finetune classify --lora --out DIR`, or PEFT's SEQ_CLS)")
+    info = _info(Path(adapter))
+    names = _label_names(info, {}, score.shape[0])
+    classifier = Classifier(model, score, names, tokenizer, f"{model_dir} + {adapter}", pad_token_id,
+                            max_len=_trained_max_len(info))
+    _check_attention(classifier, info.get("attention"), adapter, model_dir)
+    return classifier
 
 
 def _info(folder: Path) -> dict:

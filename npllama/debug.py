@@ -126,19 +126,6 @@ def model_path(model=None) -> Path:
     return resolve_model_dir(model)
 
 
-def _is_classification_adapter(adapter) -> bool:
-    """Whether the LoRA adapter folder was saved for sequence classification (its adapter_config.json)."""
-    from .io.errors import CheckpointError
-    from .io.reading import read_json
-    from .lora import CONFIG_NAME, is_classification_adapter
-
-    config_file = Path(adapter) / CONFIG_NAME
-    if not config_file.is_file():   # load_adapter says what a PEFT folder holds
-        return False
-    config = read_json(config_file, expect=dict, error=CheckpointError)
-    return is_classification_adapter(config.get("task_type"), config.get("modules_to_save"))
-
-
 def _tokenizer_of_file(path: Path, vocab_size: int):
     """The tokenizer of a GGUF file (its own vocabulary) or of a llama2.c checkpoint (tokenizer.model or
     llama2.c's tokenizer.bin beside it), as `npllama convert` would write it into the folder."""
@@ -152,6 +139,43 @@ def _tokenizer_of_file(path: Path, vocab_size: int):
         if beside.is_file():
             return Tokenizer.from_bytes(tokenizer_model_bytes(beside, vocab_size))
     raise FileNotFoundError(f"no tokenizer.model or tokenizer.bin beside {str(path)!r}")
+
+
+def _tokenizer_of(model_dir: Path, vocab_size: int):
+    """(the tokenizer of --model, or None; why there is none).  A folder's tokenizer.model (in or
+    beside it) or tokenizer.json; a file's as `npllama convert` finds it (_tokenizer_of_file)."""
+    from .io.errors import CheckpointError
+    from .runs import load_tokenizer
+
+    try:
+        return (_tokenizer_of_file(model_dir, vocab_size) if model_dir.is_file() else load_tokenizer(model_dir)), None
+    except FileNotFoundError:
+        looked_for = ("tokenizer.model or tokenizer.bin beside" if model_dir.is_file()
+                      else "tokenizer.model or tokenizer.json in or beside")
+        return None, f"no {looked_for} {str(model_dir)!r}"
+    except CheckpointError as error:   # one is there, but cannot serve: say why, not that it is missing
+        return None, f"the tokenizer of {str(model_dir)!r} cannot be used: {error}"
+
+
+def _attach_adapter(llama, adapter, model_dir: Path, classifier: bool, tokenizer, no_tokenizer: str | None):
+    """Attach the LoRA adapter folder `adapter` to `llama`: the SequenceClassifier it makes when it was
+    saved for sequence classification (with `classifier`), else None (llama predicts tokens)."""
+    from .classify import adapted_classifier
+    from .finetune import SCORE
+    from .lora import check_causal_lm, load_adapter
+
+    adapters = load_adapter(llama, adapter, task=None if classifier else "CAUSAL_LM")
+    if SCORE not in adapters.extra:
+        check_causal_lm(llama)   # a classification adapter without its head is no token predictor either
+        return None
+    pad_token_id = None   # the tokenizer's pad id, which fine-tuning padded with
+    if tokenizer is None:
+        pad_token_id = llama.config.pad_token_id
+        if pad_token_id is None:
+            raise ValueError(f"--adapter {str(adapter)!r} is a sequence-classification adapter, whose head skips "
+                             f"the pad id, the base's tokenizer's; but there is {no_tokenizer}, and no pad_token_id "
+                             f"in its config.json: add the base's tokenizer, or set config.json's pad_token_id")
+    return adapted_classifier(llama, adapter, tokenizer, model_dir, pad_token_id).head
 
 
 def load_inputs(model=None, text: str | None = None, tokens: str | None = None, dtype=np.float32,
@@ -168,40 +192,30 @@ def load_inputs(model=None, text: str | None = None, tokens: str | None = None, 
     compare/trace run its classification loss); otherwise it is refused as no token predictor.
     adapter: a LoRA adapter folder (PEFT layout) attached to the model: a causal-LM one, or with
     `classifier` a sequence-classification one (`finetune classify --lora`), which makes the model
-    that classifier (npllama.load_classifier(model, adapter=...))."""
+    that classifier (npllama.load_classifier(model, adapter=...)); its head skips the pad id of the
+    model's tokenizer, or without one (tokens given) config.json's pad_token_id.  A classifier folder
+    takes no adapter."""
     from .model import Llama
-    from .runs import load_tokenizer
 
     if (text is None) == (tokens is None):
         raise ValueError("give exactly one of --text (needs the model's tokenizer.model or tokenizer.json) or "
                          "--tokens 1,5,9 (token ids)")
     model_dir = model_path(model)
-    if classifier and adapter is not None and _is_classification_adapter(adapter):
-        from .classify import load_classifier
-
-        head = load_classifier(model_dir, dtype, adapter=adapter).head
-        llama = head.model
-    elif classifier and _is_classifier_folder(model_dir):
+    if classifier and _is_classifier_folder(model_dir):
+        if adapter is not None:   # (it would run without it)
+            raise ValueError(f"--model {str(model_dir)!r} is a classifier (a LlamaForSequenceClassification "
+                             f"folder), which --adapter does not attach to: give as --model the base language "
+                             f"model the adapter {str(adapter)!r} was fine-tuned on")
         head = _from_folder(model_dir, dtype, label_names=True)
         llama = head.model
     else:
         head, llama = None, Llama.from_pretrained(model_dir, dtype=dtype)
-        if adapter is not None:
-            from .lora import load_adapter
-
-            load_adapter(llama, adapter, task="CAUSAL_LM")
-    from .io.errors import CheckpointError
-
-    tokenizer = None
-    try:   # tokenizer.model, or a Hugging Face tokenizer.json; a file's as `npllama convert` finds it
-        tokenizer = (_tokenizer_of_file(model_dir, llama.config.vocab_size) if model_dir.is_file()
-                     else load_tokenizer(model_dir))
-    except (FileNotFoundError, CheckpointError):
-        if text is not None:
-            looked_for = ("tokenizer.model or tokenizer.bin beside" if model_dir.is_file()
-                          else "tokenizer.model or tokenizer.json in or beside")
-            raise ValueError(f"no {looked_for} {str(model_dir)!r}, so --text cannot be tokenized; pass token "
-                             f"ids instead, e.g. --tokens 1,5,9") from None
+    tokenizer, no_tokenizer = _tokenizer_of(model_dir, llama.config.vocab_size)
+    if adapter is not None:
+        head = _attach_adapter(llama, adapter, model_dir, classifier, tokenizer, no_tokenizer)
+    if text is not None and tokenizer is None:
+        raise ValueError(f"{no_tokenizer}, so --text cannot be tokenized; pass token ids instead, e.g. "
+                         f"--tokens 1,5,9")
     if text is not None:
         if not text:
             raise ValueError("--text is empty")

@@ -1,9 +1,11 @@
 """Finding the first divergence: planted bugs are located at the right tensor; backends, dtypes and
 (when installed) transformers agree; the `npllama debug` command."""
 import argparse
+import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 
@@ -644,6 +646,68 @@ def test_cli_runs_a_model_with_a_lora_adapter_and_notes_it(folder_with_tokenizer
     # the adapters' run, not the base model's: a planted bug in a base op shows as usual
     assert run_cli(["debug", "compare", "--model", str(folder), "--adapter", str(tmp_path / "sft"), "--tokens",
                     "1,7,3,12", "--plant", "rope-meta"]) == 1
+
+
+def _base_without_tokenizer(folder, pad_token_id):
+    """A copy of the model folder without its tokenizer, config.json's pad_token_id set as given."""
+    copy = folder.parent / f"without_tokenizer_{pad_token_id}"
+    shutil.copytree(folder, copy, dirs_exist_ok=True)
+    (copy / "tokenizer.model").unlink()
+    config = json.loads((copy / "config.json").read_text(encoding="utf-8"))
+    (copy / "config.json").write_text(json.dumps({**config, "pad_token_id": pad_token_id}), encoding="utf-8")
+    return copy
+
+
+def test_a_classification_adapter_runs_on_a_base_without_tokenizer_when_its_pad_id_is_known(folder_with_tokenizer,
+                                                                                           tmp_path, capsys):
+    from npllama.finetune import SequenceClassifier
+
+    base = Llama.from_pretrained(folder_with_tokenizer)
+    SequenceClassifier(adapted(base, seed=1), ["neg", "pos"]).save(tmp_path / "classify", tokenizer=None)
+    # the head skips the pad id, which training took from the tokenizer: without one, config.json's
+    bare = _base_without_tokenizer(folder_with_tokenizer, pad_token_id=7)
+    head, _, ids, labels = debug.load_inputs(str(bare), tokens="1,7,3", classifier=True,
+                                            adapter=str(tmp_path / "classify"))
+    assert head.pad_id == 7 and labels == ["1", "7", "3"] and head.model.lora is not None
+    with_tokenizer, *_ = debug.load_inputs(str(folder_with_tokenizer), tokens="1,7,3", classifier=True,
+                                          adapter=str(tmp_path / "classify"))
+    assert with_tokenizer.pad_id == 2     # the tokenizer's </s> (it has no pad piece), as training padded
+    argv = ["--model", str(bare), "--adapter", str(tmp_path / "classify"), "--tokens", "1,7,3", "--label", "pos"]
+    assert run_cli(["debug", "trace", *argv]) == 0
+    assert "d:score.weight" in capsys.readouterr().out
+    # neither a tokenizer nor a pad_token_id: said, naming both
+    unknown = _base_without_tokenizer(folder_with_tokenizer, pad_token_id=None)
+    with pytest.raises(ValueError, match=r"sequence-classification adapter.*pad id.*no tokenizer.*pad_token_id"):
+        debug.load_inputs(str(unknown), tokens="1,7,3", classifier=True, adapter=str(tmp_path / "classify"))
+
+
+def test_an_adapter_on_a_classifier_folder_is_refused_not_ignored(classifier_folder, model, tmp_path):
+    adapted(model).lora.save_adapter(tmp_path / "sft")
+    with pytest.raises(ValueError, match=r"--model .*classifier.* --adapter"):
+        debug.load_inputs(str(classifier_folder), tokens="1,2,3", classifier=True, adapter=str(tmp_path / "sft"))
+
+
+def test_a_classification_adapter_runs_on_a_gguf_base(model_files, folder_with_tokenizer, tmp_path):
+    from npllama.finetune import SequenceClassifier
+
+    base = Llama.from_pretrained(model_files["gguf"])
+    SequenceClassifier(adapted(base, seed=1), ["neg", "pos"]).save(tmp_path / "classify", tokenizer=None)
+    head, model_dir, _, labels = debug.load_inputs(str(model_files["gguf"]), text="the cat", classifier=True,
+                                                  adapter=str(tmp_path / "classify"))
+    assert model_dir == model_files["gguf"] and labels[0] == "<s>" and list(head.label_names) == ["neg", "pos"]
+    assert head.model.lora is not None
+
+
+def test_a_tokenizer_beside_a_file_that_cannot_serve_is_named_not_called_missing(tmp_path):
+    pytest.importorskip("gguf")
+    from tests.io.llama2c_files import random_llama2c_weights, write_legacy
+
+    write_legacy(tmp_path / "tiny.bin", random_llama2c_weights(vocab_size=64))
+    (tmp_path / "tokenizer.bin").write_bytes(b"not a tokenizer")
+    with pytest.raises(ValueError) as refused:
+        debug.load_inputs(str(tmp_path / "tiny.bin"), text="the cat")
+    assert "tokenizer.bin" in str(refused.value) and "no tokenizer.model or tokenizer.bin" not in str(refused.value)
+    assert debug.load_inputs(str(tmp_path / "tiny.bin"), tokens="1,2")[2] == [1, 2]   # ids need no tokenizer
 
 
 def test_a_model_with_lora_is_refused_by_transformers_not_compared_without_its_adapters(model):

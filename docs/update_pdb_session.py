@@ -7,9 +7,11 @@ The session shows where pdb stops as `> FILE(LINE)FUNCTION()` followed by `-> SO
 text is what the doc is about; the number is wherever that text sits today, so an edit above it
 (in npllama/model.py, most often) moves it.  Each stop is looked up by its function and its source
 text, and the numbers that depend on it are rewritten: the stop's own, the `until N` that led
-there (moved by as much, so it still runs to the same line) and `Breakpoint 1 at FILE:N` (the
-function's first line).  A stop whose text its function no longer has is an error: the session
-itself is out of date, and only a person can say what it should show.
+there (moved by as much, so it still runs to the same line; the program's output may come between)
+and `Breakpoint 1 at FILE:N` (the first line of the function `break module.function` named).  A
+stop whose text its function no longer has is an error: the session itself is out of date, and
+only a person can say what it should show.  So is what the script cannot place: a stop whose text
+its function has twice, an `until` that no stop follows, a breakpoint set by line number.
 tests/test_debugging_doc.py fails while the numbers are stale, and replays the session with pdb.
 """
 from __future__ import annotations
@@ -22,9 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "debugging.md"
 SESSION = re.compile(r"(```\n\$ python -m pdb step\.py\n)(.*?)(```)", re.S)
-STOP = re.compile(r"^> (?P<file>[\w/.]+\.py)\((?P<line>\d+)\)(?P<function>\w+)\(\)$")
+# a stop at a return shows the value returned too: `> FILE(LINE)FUNCTION()->VALUE`
+STOP = re.compile(r"^> (?P<file>[\w/.]+\.py)\((?P<line>\d+)\)(?P<function>\w+)\(\)(?P<value>->.*)?$")
 BREAKPOINT = re.compile(r"^(?P<head>Breakpoint \d+ at )(?P<file>[\w/.]+\.py):(?P<line>\d+)$")
 UNTIL = re.compile(r"^\(Pdb\) until (?P<line>\d+)$")
+BREAK = re.compile(r"^\(Pdb\) (?:b|break) (?P<where>\S+)$")
 
 
 def squeeze(text: str) -> str:
@@ -51,28 +55,51 @@ def line_of(file: str, function: str, text: str) -> int:
     lines = (ROOT / file).read_text(encoding="utf-8").splitlines()
     hits = [n for n in range(node.lineno, node.end_lineno + 1) if squeeze(lines[n - 1]) == squeeze(text)]
     if len(hits) != 1:
-        raise ValueError(f"the pdb session in docs/debugging.md stops in {file}, {function}() at `-> {text.strip()}`, "
-                         f"but {function}() has {len(hits)} such lines: the session is out of date; edit it by hand")
+        why = ("the session is out of date" if not hits
+               else "the script cannot tell which one the session stops at")
+        raise ValueError(_by_hand(f"it stops in {file}, {function}() at `-> {text.strip()}`, but {function}() has "
+                                  f"{len(hits)} such lines: {why}"))
     return hits[0]
 
 
 def current_session(session: str) -> str:
     """The session with every line number the current source's."""
     lines = session.splitlines()
+    until = None   # the index of the last `until N`, while no stop has followed it yet
     for i, line in enumerate(lines):
         stop = STOP.match(line)
         if stop and i + 1 < len(lines) and lines[i + 1].startswith("-> "):
             old, new = int(stop["line"]), line_of(stop["file"], stop["function"], lines[i + 1][3:])
-            lines[i] = f"> {stop['file']}({new}){stop['function']}()"
-            until = UNTIL.match(lines[i - 1]) if i > 0 else None
-            if until:   # pdb's `until N` stops at the first line >= N: keep the same distance
-                lines[i - 1] = f"(Pdb) until {int(until['line']) + new - old}"
+            lines[i] = f"> {stop['file']}({new}){stop['function']}(){stop['value'] or ''}"
+            if until is not None:   # pdb's `until N` stops at the first line >= N: keep the same distance
+                lines[until] = f"(Pdb) until {int(UNTIL.match(lines[until])['line']) + new - old}"
+                until = None
+        elif line.startswith("(Pdb) "):
+            if until is not None:   # (what the program prints in between is not a command)
+                raise ValueError(_by_hand(f"`{lines[until]}` is followed by no stop to keep its distance to"))
+            until = i if UNTIL.match(line) else None
         breakpoint_line = BREAKPOINT.match(line)
         if breakpoint_line:
-            function = next(STOP.match(later)["function"] for later in lines[i:] if STOP.match(later))
             file = breakpoint_line["file"]
-            lines[i] = f"{breakpoint_line['head']}{file}:{first_line(file, function)}"
+            lines[i] = f"{breakpoint_line['head']}{file}:{first_line(file, _broken_function(lines[i - 1]))}"
+    if until is not None:
+        raise ValueError(_by_hand(f"`{lines[until]}` is followed by no stop to keep its distance to"))
     return "\n".join(lines) + "\n"
+
+
+def _broken_function(command: str) -> str:
+    """The function that `(Pdb) break module.function` names (pdb's `Breakpoint 1 at FILE:N` follows
+    it, N that function's first line)."""
+    broken = BREAK.match(command)
+    if broken is None or broken["where"].split(":")[-1].isdigit():
+        raise ValueError(_by_hand(f"`Breakpoint ... at` follows `{command}`, not a `break module.function`: "
+                                  f"a breakpoint set by line number (or no break command) is nothing the script "
+                                  f"can place"))
+    return broken["where"].split(".")[-1]
+
+
+def _by_hand(what: str) -> str:
+    return f"the pdb session in docs/debugging.md: {what}; edit it by hand"
 
 
 def updated(doc: str) -> str:

@@ -40,10 +40,54 @@ def test_the_update_script_restores_numbers_that_drifted():
     script = update_script()
     session = script.SESSION.search(DOC).group(2)
     assert "until" in session and "Breakpoint" in session and "model.py(" in session
-    drifted = re.sub(r"(\.py\(|\.py:|until )(\d+)", lambda m: m.group(1) + str(int(m.group(2)) + 7), session)
+    drifted = _drifted(session)
     assert drifted != session and script.current_session(drifted) == session
     with pytest.raises(ValueError, match=r"block_backward\(\) at `-> dq_rot, dk_rot = nothing`.*edit it by hand"):
         script.current_session(re.sub(r"-> dq_rot, dk_rot, dv = .*", "-> dq_rot, dk_rot = nothing", session))
+
+
+def _drifted(session: str, by: int = 7) -> str:
+    return re.sub(r"(\.py\(|\.py:|until )(\d+)", lambda m: m.group(1) + str(int(m.group(2)) + by), session)
+
+
+def test_the_update_script_follows_an_until_past_the_programs_output_and_to_a_return():
+    # what the program prints between `until N` and where it stops, and a stop at a return
+    # (pdb adds its value: `->(...)`), leave the `until` tied to that stop all the same
+    script = update_script()
+    source = (ROOT / "npllama" / "ops" / "attention.py").read_text(encoding="utf-8").splitlines()
+    text = next(t.strip() for t in source if t.strip().startswith("return dq, dk, dv"))
+    line = script.line_of("npllama/ops/attention.py", "attention_backward", text)
+    session = (f"(Pdb) until {line - 2}\nsome output of the program\n--Return--\n"
+               f"> npllama/ops/attention.py({line})attention_backward()->(array([1.]), None)\n-> {text}\n")
+    assert script.current_session(_drifted(session)) == session
+
+
+def test_the_update_script_refuses_what_it_cannot_place_rather_than_rewrite_it():
+    script = update_script()
+    first = script.first_line("npllama/ops/attention.py", "attention_backward")
+    stop = script.line_of("npllama/ops/attention.py", "attention_backward", "q, k, v, attn_probs, scale, n_rep = cache")
+    by_function = (f"(Pdb) break npllama.ops.attention.attention_backward\n"
+                   f"Breakpoint 1 at npllama/ops/attention.py:{first}\n(Pdb) continue\n"
+                   f"> npllama/ops/attention.py({stop})attention_backward()\n-> q, k, v, attn_probs, scale, n_rep = cache\n")
+    assert script.current_session(_drifted(by_function)) == by_function
+    # a breakpoint set by line number is no function's first line: not rewritten as one
+    by_line = by_function.replace("break npllama.ops.attention.attention_backward",
+                                  f"break npllama/ops/attention.py:{stop}").replace(f":{first}", f":{stop}")
+    with pytest.raises(ValueError, match=r"break npllama/ops/attention.py:\d+.*by line number.*edit it by hand"):
+        script.current_session(by_line)
+    # an `until` that no stop follows has no line to keep its distance to
+    with pytest.raises(ValueError, match=r"until 80.*no stop.*edit it by hand"):
+        script.current_session("(Pdb) until 80\n(Pdb) p x\n1\n")
+
+
+def test_the_update_script_says_when_a_stop_is_ambiguous_not_out_of_date(tmp_path, monkeypatch):
+    script = update_script()
+    (tmp_path / "twice.py").write_text("def f(x):\n    x = x + 1\n    x = x + 1\n    return x\n", encoding="utf-8")
+    monkeypatch.setattr(script, "ROOT", tmp_path)
+    with pytest.raises(ValueError, match=r"f\(\) has 2 such lines.*cannot tell which"):
+        script.current_session("> twice.py(3)f()\n-> x = x + 1\n")
+    with pytest.raises(ValueError, match=r"f\(\) has 0 such lines.*out of date"):
+        script.current_session("> twice.py(3)f()\n-> x = x + 2\n")
 
 
 def test_the_pdb_session_in_the_doc_is_what_pdb_prints_today(tmp_path):

@@ -357,11 +357,12 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
     targets its labels (see run_trace).  attention_mask (B, T), 1 = real token, is given to both.
 
     A model given here is saved to a temporary folder that both sides load, so an edit made to it
-    in npllama is on both sides; so is the path of a GGUF or llama2.c file, as npllama reads it.
-    A model with LoRA adapters attached is refused (transformers' Llama runs none).  transformers_folder: the Hugging Face folder transformers loads
-    instead, against npllama's model as it is in memory (or as npllama loads model_or_dir: a folder,
-    a GGUF or llama2.c file) -- an edited or converted model against the original.  The parameters
-    that differ between the two are named in a note, before any tensor.
+    in npllama is on both sides; so is the path of a GGUF or llama2.c file, as npllama reads it (a
+    run folder stands for its model/ folder).  A model with LoRA adapters attached is refused
+    (transformers' Llama runs none).  transformers_folder: the Hugging Face folder transformers
+    loads instead, against npllama's model as it is in memory (or as npllama loads model_or_dir: a
+    folder, a GGUF or llama2.c file) -- an edited or converted model against the original.  The
+    parameters that differ between the two are named in a note, before any tensor.
 
     In float64, stock transformers still runs RMSNorm, the RoPE tables and the eager softmax in
     float32; faithful (the default) replaces those with float64 versions (float64_faithful: its
@@ -474,6 +475,9 @@ def _npllama_and_folder(model_or_dir, dtype, transformers_folder):
     """(npllama's model in `dtype`, the folder transformers loads).  By default both come from one
     folder: model_or_dir, or a model saved to a temporary one.  With transformers_folder, npllama's
     model is model_or_dir as it is (or as npllama loads that path) and transformers loads the other."""
+    model_or_dir = _traceable(model_or_dir)
+    if isinstance(model_or_dir, (str, os.PathLike)):   # a run folder names its model/ folder, as for --model
+        model_or_dir = model_path(model_or_dir)
     if transformers_folder is None:
         with _as_folder(model_or_dir) as folder:
             yield _from_folder(folder, dtype), folder

@@ -780,6 +780,16 @@ def test_a_classifier_against_a_causal_lm_folder_is_refused_before_anything_load
                                    transformers_folder=theirs)
 
 
+def test_a_run_folder_given_to_compare_transformers_is_its_models_kind(classifier_folder, folder, tmp_path,
+                                                                       monkeypatch):
+    # as --model reads it: the run's model/ folder, here a classifier's (not "a language model")
+    shutil.copytree(classifier_folder, tmp_path / "run" / "model")
+    _loading_fails(monkeypatch)
+    with pytest.raises(ValueError, match=re.escape("holds a language model (LlamaForCausalLM), but the model is a "
+                                                   "classifier (LlamaForSequenceClassification)")):
+        debug.compare_transformers(str(tmp_path / "run"), [1, 2, 3], [1], transformers_folder=folder)
+
+
 # ----- float64 against a float64-faithful transformers (optional) -----------------------------------
 
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,

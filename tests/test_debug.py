@@ -291,7 +291,8 @@ def test_cli_errors_are_one_line(folder, monkeypatch, capsys):
      "--transformers-folder .*does not exist"),
     (["compare", "--against", "transformers", "--transformers-folder", "{tmp}"], "--transformers-folder .*holds no model"),
     (["compare", "--save", "{missing}/cmp"], "--save"),
-    (["compare", "--against", "transformers", "--adapter", "{missing}"], "--adapter with --against transformers"),
+    (["compare", "--against", "transformers", "--adapter", "{missing}"],   # (classify has no --merge)
+     "--adapter with --against transformers.*finetune sft --lora --merge.*load_classifier"),
     (["trace", "--out", "{missing}/t.npz"], "--out"),
     (["trace", "--out", "t.txt"], "--out t.txt: .*npz"),
 ])

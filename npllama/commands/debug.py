@@ -236,7 +236,9 @@ def run_compare(args) -> int:
     if args.adapter is not None and args.against == "transformers":
         raise UsageError("--adapter with --against transformers: transformers' Llama runs no LoRA adapters; "
                          "compare the adapted model against numba or float64, or merge the adapters into a model "
-                         "folder first (`npllama finetune ... --lora --merge`)")
+                         "folder first and give that as --model (`npllama finetune sft --lora --merge`; a "
+                         "classification adapter in Python: clf = npllama.load_classifier(BASE, adapter=DIR); "
+                         "clf.model.lora.merge(); clf.head.save(OUT, clf.tokenizer))")
     if args.transformers_folder is not None:
         if args.against != "transformers":
             raise UsageError("--transformers-folder is for --against transformers; as given, it would be ignored")

@@ -708,7 +708,6 @@ def test_a_classification_adapter_runs_on_a_gguf_base(model_files, folder_with_t
 
 
 def test_a_tokenizer_beside_a_file_that_cannot_serve_is_named_not_called_missing(tmp_path):
-    pytest.importorskip("gguf")
     from tests.io.llama2c_files import random_llama2c_weights, write_legacy
 
     write_legacy(tmp_path / "tiny.bin", random_llama2c_weights(vocab_size=64))

@@ -212,6 +212,22 @@ def test_a_gguf_or_llama2c_file_is_compared_and_traced_as_npllama_reads_it(model
     assert f"from 3 tokens of {file}" in out
 
 
+@pytest.mark.parametrize("kind", ["gguf", "llama2c"])
+def test_viz_draws_a_gguf_or_llama2c_file_and_its_help_says_it_may(model_files, kind, tmp_path, capsys):
+    """viz runs its model through load_inputs, as debug does, so it takes the same files and says so."""
+    pytest.importorskip("matplotlib")
+    from npllama.cli import main
+
+    file = model_files[kind]
+    for action in ("attention", "grads"):
+        with pytest.raises(SystemExit):
+            main(["viz", action, "--help"])
+        assert "a GGUF file or a llama2.c checkpoint" in " ".join(capsys.readouterr().out.split())
+    png = tmp_path / f"{kind}.png"
+    assert main(["viz", "attention", "--model", str(file), "--tokens", "1,2,3", "--out", str(png)]) == 0
+    assert png.stat().st_size > 0
+
+
 @pytest.mark.slow  # imports torch and transformers; skipped when they are absent
 def test_a_gguf_file_is_compared_with_transformers_on_npllamas_conversion(model_files, capsys):
     pytest.importorskip("torch")

@@ -6,12 +6,16 @@ from . import HelpFormatter, UsageError
 
 AGAINST = ("numba", "float64", "transformers")
 
+# what `debug trace/compare` and `viz` accept as the model to run and the text to run it on (load_inputs)
+MODEL_TO_RUN = ("a run folder or Hugging Face LLaMA folder, a GGUF file or a llama2.c checkpoint, as npllama "
+                "reads it (default: the latest run)")
+TEXT_TO_RUN = ("text to run (tokenized with the model's tokenizer.model or tokenizer.json; a GGUF file's own; "
+               "tokenizer.model or tokenizer.bin beside a llama2.c file)")
+
 
 def _inputs(p) -> None:
-    p.add_argument("--model", default=None, help="a run folder or Hugging Face LLaMA folder, a GGUF file or a "
-                   "llama2.c checkpoint, as npllama reads it (default: the latest run)")
-    p.add_argument("--text", default=None, help="text to run (tokenized with the model's tokenizer.model or "
-                   "tokenizer.json; a GGUF file's own; tokenizer.model or tokenizer.bin beside a llama2.c file)")
+    p.add_argument("--model", default=None, help=MODEL_TO_RUN)
+    p.add_argument("--text", default=None, help=TEXT_TO_RUN)
     p.add_argument("--tokens", default=None, help="token ids instead of text, e.g. 1,5,9")
     p.add_argument("--adapter", default=None, metavar="DIR", help="a LoRA adapter folder (PEFT layout) attached to "
                    "--model: from `npllama finetune sft --lora`, or from `finetune classify --lora` (the run is "

@@ -1,5 +1,6 @@
 """`npllama viz`: PNG pictures of attention, loss curves and gradient norms (needs matplotlib)."""
 from . import UsageError
+from .debug import MODEL_TO_RUN, TEXT_TO_RUN
 
 
 def register(subparsers) -> None:
@@ -10,8 +11,8 @@ def register(subparsers) -> None:
     sub.required = True
 
     attn = sub.add_parser("attention", help="a heatmap of one head's attention, tokens on both axes")
-    attn.add_argument("--model", default=None, help="a run folder or Hugging Face folder (default: latest run)")
-    attn.add_argument("--text", default=None, help="text to run (needs the model's tokenizer.model or tokenizer.json)")
+    attn.add_argument("--model", default=None, help=MODEL_TO_RUN)
+    attn.add_argument("--text", default=None, help=TEXT_TO_RUN)
     attn.add_argument("--tokens", default=None, help="token ids instead of text, e.g. 1,5,9")
     attn.add_argument("--layer", type=int, default=0, help="which layer's attention to draw, 0 = first (default: 0)")
     attn.add_argument("--head", type=int, default=0, help="which head of that layer, 0 = first (default: 0)")
@@ -26,8 +27,8 @@ def register(subparsers) -> None:
     grads = sub.add_parser("grads", help="gradient norm per layer, from a saved trace or a fresh run")
     grads.add_argument("trace", nargs="?", default=None,
                        help="a trace .npz from `npllama debug trace --out` (or give --model and --text)")
-    grads.add_argument("--model", default=None, help="run this model instead of reading a trace")
-    grads.add_argument("--text", default=None, help="text to run (needs the model's tokenizer.model or tokenizer.json)")
+    grads.add_argument("--model", default=None, help="run this model instead of reading a trace: " + MODEL_TO_RUN)
+    grads.add_argument("--text", default=None, help=TEXT_TO_RUN)
     grads.add_argument("--tokens", default=None, help="token ids instead of text, e.g. 1,5,9")
     grads.add_argument("--out", default="grad_norms.png", help="PNG to write (default: grad_norms.png)")
     grads.set_defaults(run=run_grads)

@@ -172,9 +172,13 @@ def _attach_adapter(llama, adapter, model_dir: Path, classifier: bool, tokenizer
     if tokenizer is None:
         pad_token_id = llama.config.pad_token_id
         if pad_token_id is None:
+            # a GGUF or llama2.c base has no config.json to edit: its folder form has (npllama convert)
+            where, fix = (("its config.json", "set config.json's pad_token_id") if model_dir.is_dir() else
+                          (f"{model_dir.name}", f"convert it to a folder (npllama convert) and set that "
+                                                f"config.json's pad_token_id"))
             raise ValueError(f"--adapter {str(adapter)!r} is a sequence-classification adapter, whose head skips "
                              f"the pad id, the base's tokenizer's; but there is {no_tokenizer}, and no pad_token_id "
-                             f"in its config.json: add the base's tokenizer, or set config.json's pad_token_id")
+                             f"in {where}: add the base's tokenizer, or {fix}")
     return adapted_classifier(llama, adapter, tokenizer, model_dir, pad_token_id).head
 
 

@@ -723,6 +723,22 @@ def test_a_classification_adapter_runs_on_a_gguf_base(model_files, folder_with_t
     assert head.model.lora is not None
 
 
+def test_a_classification_adapter_on_a_llama2c_file_without_tokenizer_says_how_to_give_the_pad_id(tmp_path):
+    """A llama2.c file has no config.json to set pad_token_id in: the message names the file and the way."""
+    from npllama.finetune import SequenceClassifier
+    from tests.io.llama2c_files import random_llama2c_weights, write_legacy
+
+    write_legacy(tmp_path / "tiny.bin", random_llama2c_weights(vocab_size=64))
+    base = Llama.from_pretrained(tmp_path / "tiny.bin")
+    SequenceClassifier(adapted(base, seed=1), ["neg", "pos"]).save(tmp_path / "classify", tokenizer=None)
+    with pytest.raises(ValueError) as refused:
+        debug.load_inputs(str(tmp_path / "tiny.bin"), tokens="1,2", classifier=True,
+                          adapter=str(tmp_path / "classify"))
+    message = str(refused.value)
+    assert "no pad_token_id in tiny.bin" in message and "npllama convert" in message, message
+    assert "config.json:" not in message, message
+
+
 def test_a_tokenizer_beside_a_file_that_cannot_serve_is_named_not_called_missing(tmp_path):
     from tests.io.llama2c_files import random_llama2c_weights, write_legacy
 

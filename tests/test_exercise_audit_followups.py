@@ -139,7 +139,7 @@ def test_a_shape_indexed_from_the_front_of_a_vector_gets_the_count_from_the_back
     path = tmp_path / "linear_backward.py"
     path.write_text(LINEAR_ROWS_BY_SHAPE_1)
     text = grade(path)
-    assert "raised IndexError: tuple index out of range (line 3 of linear_backward.py" in text, text
+    assert f"raised IndexError: tuple index out of range (line 3 of {path}" in text, text
     assert "hint: a.shape[1] counts axes from the front" in text and "a.shape[-1]" in text, text
 
     path.write_text(LINEAR_TWO_LOOKUPS)    # the traceback cannot tell which lookup failed: neither is blamed alone
@@ -156,7 +156,7 @@ def test_a_shape_indexed_from_the_front_of_a_vector_gets_the_count_from_the_back
     # both ('tuple index out of range'), so the hint names every lookup and blames none of them
     path.write_text(LINEAR_CACHE_AND_SHAPE_ON_ONE_LINE)
     text = grade(path)
-    assert "raised IndexError: tuple index out of range (line 3 of linear_backward.py" in text, text
+    assert f"raised IndexError: tuple index out of range (line 3 of {path}" in text, text
     assert ("hint: one of cache[2], dy.shape[-1], cache[0] and cache[0].shape[1] indexes past the end of a "
             "tuple, and the traceback cannot tell which") in text, text
     assert "print len(cache) and len(dy.shape) to see whether one is shorter" in text, text

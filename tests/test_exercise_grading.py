@@ -106,6 +106,37 @@ def test_where_a_stopped_file_was_is_named_as_the_file_column_names_it(tmp_path)
     assert "it was at line 2 of bob/rmsnorm_backward.py: while True: pass" in bob.diagnosis, bob.diagnosis
 
 
+def test_where_a_file_crashed_is_named_as_the_file_column_names_it(tmp_path):
+    """A crash's line ('line 3 of linear_backward.py') is the gradebook's diagnosis; with a
+    subfolder per student every file has that name, so it is named as the file column names it --
+    for a crash in the function, in the file's import, and in the line the hint gives to rerun it."""
+    folder = tmp_path / "class"
+    for student, source in [
+            ("alice", "def linear_backward(dy, cache):\n    x, w = cache\n    raise RuntimeError('not done')\n"),
+            ("bob", "import numpy as np\nW = np.zeros(3)\nW[5] = 1\n")]:
+        (folder / student).mkdir(parents=True)
+        (folder / student / "linear_backward.py").write_text(source)
+    alice, bob = grade_folder("linear", folder, n_random=0)
+    assert alice.diagnosis == ("your function raised RuntimeError: not done (line 3 of alice/linear_backward.py: "
+                               "raise RuntimeError('not done'))"), alice.diagnosis
+    assert "runpy.run_path('alice/linear_backward.py')" in alice.text, alice.text
+    assert bob.diagnosis == ("importing bob/linear_backward.py failed: the file raised IndexError: index 5 is out of "
+                             "bounds for axis 0 with size 3 (line 3 of bob/linear_backward.py: W[5] = 1)"), bob.diagnosis
+
+
+def test_where_a_file_crashed_is_named_as_the_student_typed_it(tmp_path, monkeypatch):
+    """`exercise check` (grade_file) and check_file name the crash's file by the path given them."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "alice").mkdir()
+    (tmp_path / "alice" / "linear_backward.py").write_text(
+        "def linear_backward(dy, cache):\n    raise RuntimeError('not done')\n")
+    where = "(line 2 of alice/linear_backward.py: raise RuntimeError('not done'))"
+    assert grade_file("linear", "alice/linear_backward.py", n_random=0).diagnosis.endswith(where)
+    in_process = check_file("linear", "alice/linear_backward.py", n_random=0).first_failure.finding
+    assert in_process.message.endswith(where), in_process.message
+    assert "runpy.run_path('alice/linear_backward.py')" in in_process.hint
+
+
 def test_cli_single_file_in_a_sandbox_exits_non_zero(tmp_path):
     path = tmp_path / "quits.py"
     path.write_text("def softmax_backward(dp, cache):\n    print('about to quit')\n    raise SystemExit(0)\n")

@@ -169,7 +169,8 @@ def case_params(exercise: Exercise, n_random: int = DEFAULT_RANDOM_CASES, seed: 
 
 def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0,
                    source: str | None = None, source_file: str | None = None,
-                   catch_everything: bool = False, source_text: str | None = None) -> Report:
+                   catch_everything: bool = False, source_text: str | None = None,
+                   named_as: str | None = None) -> Report:
     """Run every check of exercise `op` (a name, or an Exercise: a teacher's own, teacher.py) on
     `backward`; never raises for a wrong or crashing function.  Returns a Report (`.ok`, and
     `.format()`: the table).
@@ -181,7 +182,9 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     failure (in your own process a Ctrl-C should still stop you).
     source_text: the file's text for the finite-difference rule (screen.py), as read before any of
     it ran (sandbox.grade_file: a file that rewrites itself must not hide it); by default
-    source_file is read when the rule needs it."""
+    source_file is read when the rule needs it.
+    named_as: source_file as a crash's line names it ("line 3 of alice/linear_backward.py") -- the
+    path the student typed, or the gradebook's file column; by default its file name."""
     exercise = get_exercise(op)
     if not callable(backward):
         raise TypeError(f"backward must be a function like {exercise.signature[4:-1]}, got {type(backward).__name__}")
@@ -228,9 +231,9 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
                 break
             except student_errors as error:  # the student's code crashed: say where, in their file
                 result.status = "error"
-                result.finding = Finding("", _describe_exception(error, source_file),
+                result.finding = Finding("", _describe_exception(error, source_file, named_as=named_as),
                                          hint=_crash_hint(error, exercise, params, source_file, function_name,
-                                                          parameters),
+                                                          parameters, named_as),
                                          case=_describe_params(exercise, params))
                 break
         results.append(result)
@@ -291,10 +294,12 @@ def _name_the_mistake(exercise, backward, finding: Finding) -> None:
     finding.ladder = found.ladder
 
 
-def load_function(op: str, path, catch_everything: bool = False, typed_as: str | None = None) -> object:
+def load_function(op: str, path, catch_everything: bool = False, typed_as: str | None = None,
+                  named_as: str | None = None) -> object:
     """Import the file at `path` (by path, not by name) and return its <op>_backward function
     (`op`: an exercise's name or an Exercise).  typed_as: the path as the student gave it (default
-    `path`), for the check command a file written for another exercise is sent to."""
+    `path`), for the check command a file written for another exercise is sent to.  named_as: the
+    file as an error in importing it names it (check_function's named_as); by default its name."""
     exercise = get_exercise(op)
     path = path_argument(path, "path", "a .py file")
     if not path.is_file():
@@ -316,8 +321,9 @@ def load_function(op: str, path, catch_everything: bool = False, typed_as: str |
     except ForbiddenCall as error:
         raise SubmissionError(f"importing {path.name} failed: {error}") from None
     except (BaseException if catch_everything else Exception) as error:
-        raise SubmissionError(f"importing {path.name} failed: "
-                              + _describe_exception(error, str(path), "the file")) from None
+        named = path.name if named_as is None else named_as
+        raise SubmissionError(f"importing {named} failed: "
+                              + _describe_exception(error, str(path), "the file", named)) from None
     finally:
         sys.modules.pop(name, None)
     fn = getattr(module, exercise.backward_name, None)
@@ -366,11 +372,11 @@ def check_file(op: str, path, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int
             return refused
     with guard_library(exercise):
         try:
-            fn = load_function(op, path, catch_everything=catch_everything)
+            fn = load_function(op, path, catch_everything=catch_everything, named_as=str(path))
         except SubmissionError as error:
             return Report(exercise, str(path), [], load_error=str(error))
         return check_function(op, fn, n_random=n_random, seed=seed, source=str(path), source_file=str(path),
-                              catch_everything=catch_everything)
+                              catch_everything=catch_everything, named_as=str(path))
 
 
 def screen_file(exercise: Exercise, path: Path, shown_as: str | None = None,
@@ -442,7 +448,10 @@ def _read_source(source_file: str | None) -> str:
         return ""
 
 
-def _describe_exception(error: BaseException, source_file: str | None, what: str = "your function") -> str:
+def _describe_exception(error: BaseException, source_file: str | None, what: str = "your function",
+                        named_as: str | None = None) -> str:
+    """'your function raised E: message (line N of FILE: the line)', the line being the innermost
+    of source_file's in the traceback, FILE named_as (default the file's name)."""
     text = f"{what} raised {type(error).__name__}: {error}".rstrip(": ")
     frames = _traceback_frames(error)
     if source_file:
@@ -450,7 +459,8 @@ def _describe_exception(error: BaseException, source_file: str | None, what: str
         mine = [f for f in frames if os.path.abspath(f.filename) == target]
         if mine:
             frame = mine[-1]
-            text += f" (line {frame.lineno} of {os.path.basename(frame.filename)}: {frame.line.strip()})"
+            named = os.path.basename(frame.filename) if named_as is None else named_as
+            text += f" (line {frame.lineno} of {named}: {frame.line.strip()})"
     return text
 
 
@@ -479,7 +489,7 @@ def _parameter_names(function) -> list[str]:
 
 
 def _crash_hint(error: BaseException, exercise: Exercise, params, source_file: str | None,
-                function_name: str, parameters=()) -> str:
+                function_name: str, parameters=(), named_as: str | None = None) -> str:
     """Where to look, from the kind of crash, the exercise and the failing case."""
     text = str(error)
     if _parameters_reordered(exercise, parameters):
@@ -503,7 +513,7 @@ def _crash_hint(error: BaseException, exercise: Exercise, params, source_file: s
     hint = _tuple_index_hint(error, source_file)
     if hint:
         return hint
-    return _rerun_hint(exercise, params, source_file)
+    return _rerun_hint(exercise, params, source_file, named_as)
 
 
 COUNT_FROM_THE_BACK = ("count from the back -- a.shape[-1] is the last axis however many leading axes there are, "
@@ -616,10 +626,10 @@ def _unpack_hint(exercise: Exercise) -> str:
             f"without unpacking")
 
 
-def _rerun_hint(exercise: Exercise, params, source_file: str | None) -> str:
+def _rerun_hint(exercise: Exercise, params, source_file: str | None, named_as: str | None = None) -> str:
     """Three lines that rebuild the failing case and call the student's function, to run by hand
-    (under python -m pdb to stop where it fails)."""
-    file = os.path.basename(source_file) if source_file else "your_file.py"
+    (under python -m pdb to stop where it fails); the file named as named_as, default its name."""
+    file = named_as or (os.path.basename(source_file) if source_file else "your_file.py")
     case = exercise.edge_cases[0] if params is None else params
     importing, expression = exercise.loader()
     return ("rebuild this case and call your function by hand (paste into python, or save as a file and "

@@ -129,8 +129,9 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
     """Check `path` -- its function run in a child process with a time and memory limit, the checks
     run here -- and never raise for the file's sake.  `op`: an exercise's name, or an Exercise
     loaded from a teacher's file (teacher.load_exercises), which the child loads too.  `named_as`:
-    the file as the gradebook names it -- its `file`, and the file a stopped child was stuck in
-    (grade_folder: its path relative to the class folder); its file name when None."""
+    the file as the gradebook names it -- its `file`, and the file of a line where it crashed or a
+    stopped child was stuck (grade_folder: its path relative to the class folder); when None, the
+    file is its name and those lines name `path` as given."""
     from .definitions import get_exercise
     from .runner import GradingStopped, Report, _check_cases, _read_source, check_function, screen_file
 
@@ -149,8 +150,10 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
     if named_as is not None and not isinstance(named_as, str):
         raise TypeError(f"named_as must be a str (the file as the gradebook names it) or None, got "
                         f"{type(named_as).__name__}")
-    named_as = readable_name(path.name) if named_as is None else named_as
     shown_as = readable_name(str(path))
+    # where a crash or a stop was: as the gradebook names the file, else as it was typed
+    lines_name = shown_as if named_as is None else named_as
+    named_as = readable_name(path.name) if named_as is None else named_as
     graded_on = dict(exercise=exercise.op, seed=seed, cases=n_random)
     start = time.perf_counter()
     source_text = _read_source(str(path))      # before any of it runs: the finite-difference rule reads it
@@ -160,7 +163,7 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
         return _graded(named_as, report, time.perf_counter() - start, **graded_on)
     with tempfile.TemporaryDirectory(prefix="npllama-grade-") as scratch, \
             _Submission(exercise, path.resolve(), Path(scratch), timeout, memory_mb, str(path),
-                        named_as) as submission:
+                        lines_name) as submission:
         stage = "while loading the file"      # where a stop before the first check happened, for the gradebook
         try:
             function, load_error = submission.start()
@@ -169,7 +172,8 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
             else:
                 stage = "in its first call, before any check"     # check_function probes the function once first
                 report = check_function(exercise, function, n_random=n_random, seed=seed, source=shown_as,
-                                        source_file=str(path.resolve()), source_text=source_text)
+                                        source_file=str(path.resolve()), source_text=source_text,
+                                        named_as=lines_name)
                 graded_on["output"] = submission.output()
         except GradingStopped:     # before the first check: nothing graded
             report = None
@@ -299,7 +303,7 @@ class _Submission:
     def __init__(self, exercise, path: Path, scratch: Path, timeout: float, memory_mb: int, typed_as: str,
                  named_as: str):
         self.exercise, self.path, self.scratch, self.typed_as = exercise, path, scratch, typed_as
-        self.named_as = named_as              # the file as the gradebook names it, in where it was stuck
+        self.named_as = named_as              # the file as a line of it is named: where it was stuck, crashed
         self.timeout, self.memory_mb = timeout, memory_mb
         self.deadline = time.monotonic() + timeout
         self.ended: str | None = None
@@ -312,6 +316,7 @@ class _Submission:
         replies, reply_end = os.pipe()
         # --typed-as=PATH in one word: a path typed as '-rms.py' would otherwise be read as an option
         argv = [sys.executable, "-c", CHILD, self.exercise.op, str(self.path), f"--typed-as={self.typed_as}",
+                f"--named-as={self.named_as}",
                 "--reply-fd", str(reply_end),
                 "--memory-mb", str(self.memory_mb), "--cpu-seconds", str(int(self.timeout) + 1)]
         if self.exercise.exercise_file:     # a teacher's exercise: the child imports the same file
@@ -639,6 +644,7 @@ def _child(argv) -> int:
     parser.add_argument("path", help="the submission")
     parser.add_argument("--typed-as", default=None, help="the submission's path as the student gave it (the child "
                                                           "runs in a scratch folder, by the resolved path)")
+    parser.add_argument("--named-as", default=None, help="the submission as an error in importing it names it")
     parser.add_argument("--reply-fd", type=int, required=True, help="the file descriptor to answer on")
     parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, help="memory the submission may add")
     parser.add_argument("--cpu-seconds", type=int, default=int(DEFAULT_TIMEOUT), help="CPU time limit")
@@ -668,7 +674,8 @@ def _child(argv) -> int:
     output = sys.stdout = sys.stderr = _CappedOutput(sys.__stdout__, OUTPUT_LIMIT)
     with guard_library(exercise):
         try:
-            function = load_function(exercise, args.path, catch_everything=True, typed_as=args.typed_as)
+            function = load_function(exercise, args.path, catch_everything=True, typed_as=args.typed_as,
+                                     named_as=args.named_as)
         except SubmissionError as error:
             _send(args.reply_fd, {"kind": "load_error", "text": str(error)})
             return 0

@@ -211,7 +211,7 @@ def why_the_run_stopped(error: BaseException, path, exercise) -> str:
     after the function has returned."""
     target = os.path.abspath(path)
     if any(os.path.abspath(frame.filename) == target for frame in traceback.extract_tb(error.__traceback__)):
-        return _describe_exception(error, str(path))
+        return _describe_exception(error, str(path), named_as=str(path))    # as the student typed it
     return _describe_exception(error, None, what=f"the training step, given what your {exercise.backward_name} "
                                                  f"returned,")
 

@@ -68,7 +68,7 @@ class CheckResult:
         return self.finding.short() if self.finding else self.status
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class Report:
     exercise: Exercise
     source: str                      # file name, or the function's name
@@ -108,6 +108,25 @@ class Report:
         if first is None:
             return "all checks pass"
         return f"{first.check.name}: {first.diagnosis}"
+
+    # the report as a student reads it wherever the object shows up: print(report), a notebook
+    # cell or IPython prompt ending in check_function(...); repr() is one line (in a list, a log)
+    REPR_SUMMARY = 160
+
+    def __str__(self) -> str:
+        return self.format()
+
+    def _repr_pretty_(self, printer, cycle) -> None:    # IPython and Jupyter show a cell's value with it
+        printer.text(self.format())
+
+    def __repr__(self) -> str:
+        shown = f"<Report exercise {self.exercise.op}: {self.source}, {self.passed} of {self.total} checks passed"
+        if self.ok:
+            return shown + ">"
+        summary = ("first failure " if self.first_failure is not None else "") + self.summary()
+        if len(summary) > self.REPR_SUMMARY:
+            summary = summary[:self.REPR_SUMMARY - 3] + "..."
+        return f"{shown}; {summary}; print it for the whole report>"
 
     def format(self) -> str:
         ex = self.exercise

@@ -40,3 +40,39 @@ def test_a_passing_report_says_so_in_its_repr():
     report = check_function("rope", lambda dy, cache: dy * cache[0] - rotate_half(dy * cache[1]), n_random=1)
     assert report.ok, report.format()
     assert repr(report) == "<Report exercise rope: <lambda>, 5 of 5 checks passed>"
+
+
+def _defined_in_a_cell(source: str, filename: str, name: str, remembered: bool = True):
+    """The function `name` of `source` as a notebook cell or a prompt defines it: its code's file
+    is no file on disk (Jupyter: /tmp/ipykernel_.../<hash>.py, the Python prompt: <stdin>), and
+    only Jupyter keeps the cell's lines (in linecache) for a traceback to quote."""
+    import linecache
+
+    if remembered:
+        linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    namespace = {"np": np}
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace[name]
+
+
+ROPE_WITH_A_TYPO = "import numpy as np\n\ndef rope_backward(dy, cache):\n    cos, sin = cache\n    return dy * cos - rotate_halff(dy * sin)\n"
+
+
+@pytest.mark.parametrize("filename, remembered", [("/tmp/ipykernel_404/1234567.py", True), ("<stdin>", False)],
+                         ids=["jupyter", "prompt"])
+def test_a_crash_in_a_function_defined_in_a_cell_names_the_cell_and_calls_it_by_name(filename, remembered):
+    """'line 5 of 1234567.py' or 'line 5 of <stdin>: ' names no file the student has, and the hint's
+    runpy.run_path('<stdin>') cannot run: the line is the cell's (as Jupyter's own tracebacks count
+    it), and the case is rebuilt for the function to be called in the session that defined it."""
+    import linecache
+
+    backward = _defined_in_a_cell(ROPE_WITH_A_TYPO, filename, "rope_backward", remembered)
+    try:
+        finding = check_function("rope", backward, n_random=0).first_failure.finding
+    finally:
+        linecache.cache.pop(filename, None)
+    quoted = ": return dy * cos - rotate_halff(dy * sin)" if remembered else ""
+    assert finding.message == ("your function raised NameError: name 'rotate_halff' is not defined (line 5 of the cell "
+                               f"defining rope_backward{quoted})"), finding.message
+    assert "runpy" not in finding.hint and finding.hint.endswith("\nrope_backward(dy, cache)"), finding.hint
+    assert "in the session where you defined it" in finding.hint, finding.hint

@@ -213,6 +213,10 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     source = source or getattr(backward, "__name__", repr(backward))
     source_file = source_file or getattr(getattr(backward, "__code__", None), "co_filename", None)
     function_name = getattr(backward, "__qualname__", "")    # as Python names it in a wrong-call TypeError
+    if named_as is None and source_file and not os.path.isfile(source_file):
+        # a notebook cell's code (/tmp/ipykernel_.../<hash>.py) or a prompt's (<stdin>) is in no file the
+        # student has: its lines are the cell's, as Jupyter's own tracebacks count them
+        named_as = f"the cell defining {_callable_name(function_name)}"
     parameters = _parameter_names(backward)
     backward = exercise.adapt(student_call(backward))
     student_errors = BaseException if catch_everything else Exception
@@ -479,7 +483,8 @@ def _describe_exception(error: BaseException, source_file: str | None, what: str
         if mine:
             frame = mine[-1]
             named = os.path.basename(frame.filename) if named_as is None else named_as
-            text += f" (line {frame.lineno} of {named}: {frame.line.strip()})"
+            line = (frame.line or "").strip()     # '' at a prompt, which keeps no lines to quote
+            text += f" (line {frame.lineno} of {named}" + (f": {line})" if line else ")")
     return text
 
 
@@ -532,7 +537,7 @@ def _crash_hint(error: BaseException, exercise: Exercise, params, source_file: s
     hint = _tuple_index_hint(error, source_file)
     if hint:
         return hint
-    return _rerun_hint(exercise, params, source_file, named_as)
+    return _rerun_hint(exercise, params, source_file, named_as, function_name)
 
 
 COUNT_FROM_THE_BACK = ("count from the back -- a.shape[-1] is the last axis however many leading axes there are, "
@@ -645,19 +650,33 @@ def _unpack_hint(exercise: Exercise) -> str:
             f"without unpacking")
 
 
-def _rerun_hint(exercise: Exercise, params, source_file: str | None, named_as: str | None = None) -> str:
+def _rerun_hint(exercise: Exercise, params, source_file: str | None, named_as: str | None = None,
+                function_name: str = "") -> str:
     """Three lines that rebuild the failing case and call the student's function, to run by hand
-    (under python -m pdb to stop where it fails); the file named as named_as, default its name."""
-    file = named_as or (os.path.basename(source_file) if source_file else "your_file.py")
+    (under python -m pdb to stop where it fails); the file named as named_as, default its name.  A
+    function whose code is in no file (a notebook cell, the prompt) is called by its name, in the
+    session that defined it."""
     case = exercise.edge_cases[0] if params is None else params
     importing, expression = exercise.loader()
+    cache = "*cache" if exercise.op == "model" else "cache"
+    rebuild = (f"ex = {expression}; case = ex.case({case!r}); out, cache = case.run_forward(); "
+               f"{exercise.upstream} = case.dout_for(out)\n")
+    if source_file and not os.path.isfile(source_file):
+        return ("rebuild this case and call your function on it, in the session where you defined it (%debug "
+                "in Jupyter, or import pdb; pdb.pm() at a prompt, then shows where it fails):\n"
+                f"{importing}\n{rebuild}{_callable_name(function_name, 'your_function')}({exercise.upstream}, "
+                f"{cache})")
+    file = named_as or (os.path.basename(source_file) if source_file else "your_file.py")
     return ("rebuild this case and call your function by hand (paste into python, or save as a file and "
             "run it with python -m pdb to stop where it fails):\n"
-            f"{importing}; import runpy\n"
-            f"ex = {expression}; case = ex.case({case!r}); out, cache = case.run_forward(); "
-            f"{exercise.upstream} = case.dout_for(out)\n"
-            f"runpy.run_path({file!r})[{exercise.backward_name!r}]({exercise.upstream}, "
-            f"{'*cache' if exercise.op == 'model' else 'cache'})")
+            f"{importing}; import runpy\n{rebuild}"
+            f"runpy.run_path({file!r})[{exercise.backward_name!r}]({exercise.upstream}, {cache})")
+
+
+def _callable_name(qualname: str, anonymous: str = "the lambda") -> str:
+    """A function's name as a student calls it (inner, not outer.<locals>.inner); a lambda has none."""
+    name = qualname.rsplit(".", 1)[-1]
+    return name if name.isidentifier() else anonymous
 
 
 def _describe_params(exercise: Exercise, params) -> str:

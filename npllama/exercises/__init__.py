@@ -21,10 +21,17 @@ mask, ...; diagnose.py), and which simpler cases pass.  Only NumPy is needed.
 and the checks in its own (sandbox.py, gradebook.py), and refuses files that borrow or measure the
 gradient (screen.py).
 
-From Python:
+From Python (a notebook, the prompt), on a function defined there or imported:
 
     from npllama.exercises import check_function
-    print(check_function("rmsnorm", my_rmsnorm_backward).format())
+    print(check_function("rmsnorm", my_rmsnorm_backward))
+
+check_function returns a Report: print it, or end a Jupyter cell with it, for the whole report
+(report.format() is the same text); report.ok says whether every check passed, report.summary()
+the first failure in one line.  It runs your function in your own process, without a time limit:
+interrupt the kernel (Ctrl-C at a prompt) to stop an endless loop -- the traceback's last line is
+the one it was running -- or check the file with `exercise check`, which stops it for you.  What
+your function prints appears as the checks run, once for each of the many calls they make.
 
 From pytest (a test file of your own, a course's CI), failing with the whole report:
 

@@ -76,3 +76,17 @@ def test_a_crash_in_a_function_defined_in_a_cell_names_the_cell_and_calls_it_by_
                                f"defining rope_backward{quoted})"), finding.message
     assert "runpy" not in finding.hint and finding.hint.endswith("\nrope_backward(dy, cache)"), finding.hint
     assert "in the session where you defined it" in finding.hint, finding.hint
+
+
+def test_the_first_line_says_where_a_session_function_comes_from_without_repeating_its_name():
+    from npllama.exercises import check_function
+    from npllama.ops.rmsnorm import rmsnorm_backward
+
+    def my_rms(dy, cache):
+        return rmsnorm_backward(dy, cache)
+
+    first_line = lambda fn, **kw: check_function("rmsnorm", fn, n_random=0, **kw).format().splitlines()[0]
+    assert first_line(rmsnorm_backward) == "exercise rmsnorm: rmsnorm_backward"
+    assert first_line(my_rms) == "exercise rmsnorm: rmsnorm_backward (your function my_rms)"
+    assert first_line(lambda dy, cache: rmsnorm_backward(dy, cache)) == "exercise rmsnorm: rmsnorm_backward (a lambda)"
+    assert first_line(my_rms, source="hw/rms.py") == "exercise rmsnorm: rmsnorm_backward in hw/rms.py"

@@ -128,9 +128,20 @@ class Report:
             summary = summary[:self.REPR_SUMMARY - 3] + "..."
         return f"{shown}; {summary}; print it for the whole report>"
 
+    def _where(self) -> str:
+        """Where the checked function comes from, for the report's first line: its file, or, for one
+        defined in a session, its own name when that is not the exercise's (a function has no file there)."""
+        if self.source.endswith(".py"):
+            return f" in {self.source}"
+        if self.source == self.exercise.backward_name:
+            return ""
+        if self.source == "<lambda>":
+            return " (a lambda)"
+        return f" (your function {self.source})" if self.source.isidentifier() else f" ({self.source})"
+
     def format(self) -> str:
         ex = self.exercise
-        lines = [f"exercise {ex.op}: {ex.backward_name} in {self.source}"]
+        lines = [f"exercise {ex.op}: {ex.backward_name}{self._where()}"]
         if self.load_error:
             lines += [f"  cannot check it: {self.load_error}", "0 checks run."]
             return "\n".join(lines)

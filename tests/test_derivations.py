@@ -2,7 +2,9 @@
 
 A `**Code:**` line lists backticked dotted names (`npllama.ops.rmsnorm.rmsnorm_forward`), each of
 which must import; a `**Test:**` line lists backticked paths (optionally `path::test_name`), each
-of which must exist.  Every op module in npllama/ops has its derivation.
+of which must exist, and must call the code named.  Names of code and tests in the prose
+(`Llama.hidden_forward`, `AttentionCache(q, k, v, ...)`, `test_...`) must exist too.  Every op
+module in npllama/ops has its derivation.
 """
 import importlib
 import re
@@ -77,3 +79,89 @@ def test_math_uses_the_delimiters_github_reads_literally(path):
     for line in text.splitlines():
         assert "$" not in line, (f"{path.name}: math in $...$ or $$...$$ ({line.strip()[:60]!r}); "
                                  "write $`...`$ inline and a ```math block for display")
+
+
+@pytest.mark.parametrize("path", DERIVATIONS, ids=lambda p: p.name)
+def test_the_named_tests_exercise_the_named_code(path):
+    """A **Test:** line that points at the wrong file (one that never calls the derivation's code)
+    would pass the existence check above: every test file named must call something the **Code:**
+    line names, and every op function named must be called by one of them."""
+    code, tests = references(path, "Code"), references(path, "Test")
+    texts = {ref: (ROOT / ref.partition("::")[0]).read_text(encoding="utf-8") for ref in tests}
+    names = {dotted: dotted.rsplit(".", 1)[-1] for dotted in code}
+    for ref, text in texts.items():
+        assert any(re.search(rf"\b{name}\b", text) for name in names.values()), \
+            f"{path.name}: Test reference `{ref}` calls none of the Code references {sorted(names.values())}"
+    for dotted, name in names.items():
+        if dotted.startswith("npllama.ops."):
+            assert any(re.search(rf"\b{name}\b", text) for text in texts.values()), \
+                f"{path.name}: `{dotted}` is called by none of the Test references {tests}"
+
+
+# ----- names in the prose: `Class.method`, `SomeCache(field, ...)`, `test_name` -------------------
+
+def prose_code_spans(path: Path) -> list[str]:
+    """The `code` spans of a derivation's prose (outside fenced blocks and $`math`$)."""
+    text = re.sub(r"^[ \t]*```.*?^[ \t]*```", "", path.read_text(encoding="utf-8"), flags=re.S | re.M)
+    text = re.sub(r"\$`[^`]*`\$", "", text)
+    return re.findall(r"`([^`\n]+)`", text)
+
+
+def package_definitions() -> dict[str, list[str]]:
+    """Top-level class and function names of npllama -> the modules that define them."""
+    found: dict[str, list[str]] = {}
+    for file in sorted((ROOT / "npllama").rglob("*.py")):
+        module = ".".join(file.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for match in re.finditer(r"^(?:class|def) (\w+)", file.read_text(encoding="utf-8"), re.M):
+            found.setdefault(match.group(1), []).append(module)
+    return found
+
+
+DEFINED = package_definitions()
+TEST_NAMES = {match for file in (ROOT / "tests").rglob("test_*.py")
+              for match in re.findall(r"^\s*def (test_\w+)", file.read_text(encoding="utf-8"), re.M)}
+
+
+def named_in_prose(span: str):
+    """(name, attributes, fields) for a span that names npllama code: `Llama.hidden_forward`,
+    `AttentionCache(q, k, v, ...)`; None for anything else (a variable, an expression)."""
+    match = re.fullmatch(r"([A-Za-z_]\w*)((?:\.\w+)*)(?:\((.*)\))?(?:\[.*\])?", span)
+    if not match or match.group(1) not in DEFINED:
+        return None
+    name, attributes, arguments = match.groups()
+    if not (attributes or name[0].isupper() or "_" in name):   # `a`, `constant`: too common a word
+        return None
+    return name, [a for a in attributes.split(".") if a], arguments
+
+
+@pytest.mark.parametrize("path", DERIVATIONS, ids=lambda p: p.name)
+def test_code_named_in_the_prose_exists(path):
+    """Names in the text rot as easily as the **Code:** line: `SequenceClassifier.pooled_index` must
+    still be a method, and a cache spelled out as `AttentionCache(q, k, v, attn_probs, scale,
+    n_rep)` must still have exactly those fields, in that order, when the derivation is the op's own."""
+    for span in prose_code_spans(path):
+        named = named_in_prose(span)
+        if named is None:
+            continue
+        name, attributes, arguments = named
+        candidates = []
+        for module in DEFINED[name]:
+            obj = getattr(importlib.import_module(module), name, None)
+            for attribute in attributes:
+                obj = getattr(obj, attribute, None)
+            if obj is not None:
+                candidates.append((module, obj))
+        assert candidates, f"{path.name}: `{span}` names nothing in npllama ({name} is in {DEFINED[name]})"
+        fields = [f.strip() for f in (arguments or "").split(",")]
+        own = [obj for module, obj in candidates if module.rsplit(".", 1)[-1] == path.stem]
+        for obj in own:
+            if hasattr(obj, "_fields") and arguments is not None:
+                assert tuple(fields) == obj._fields, \
+                    f"{path.name}: `{span}`, but {name}'s fields are {obj._fields}"
+
+
+@pytest.mark.parametrize("path", DERIVATIONS, ids=lambda p: p.name)
+def test_tests_named_in_the_prose_exist(path):
+    for span in prose_code_spans(path):
+        if re.fullmatch(r"test_\w+", span):
+            assert span in TEST_NAMES, f"{path.name}: `{span}` is not a test in tests/"

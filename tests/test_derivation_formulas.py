@@ -38,7 +38,7 @@ CITED = {
     "embedding": ("embedding.md", 55, 56, "np.add.at(dweight, tokens.reshape(-1), dout.reshape(-1, D))"),
     "softmax": ("softmax.md", 56, 58, r"\mathrm{dx} = p\odot\big(\mathrm{dp} - \textstyle\sum_{\text{last axis}}(\mathrm{dp}\odot p)\big)"),
     "cross_entropy": ("cross_entropy.md", 90, 94, "scale = dloss / n_counted if n_counted else 0"),
-    "attention": ("attention.md", 191, 204, r"dk_g &= \mathrm{scale}\textstyle\sum_{h \in g} d\_attn\_scores^T q_h"),
+    "attention": ("attention.md", 193, 206, r"dk_g &= \mathrm{scale}\textstyle\sum_{h \in g} d\_attn\_scores^T q_h"),
     "rope": ("rope.md", 152, 155, r"dx = dy \odot \mathrm{cos} - \mathrm{rotate\_half}(dy \odot \mathrm{sin})"),
     "rope_llama3": ("rope.md", 100, 110, r"(1 - \mathrm{smooth})\,\mathrm{inv\_freq}_i / \mathrm{factor} + \mathrm{smooth}\cdot\mathrm{inv\_freq}_i"),
     "swiglu": ("swiglu.md", 97, 105, r"d\mathrm{gate} &= d\mathrm{act}\odot\mathrm{up}\odot\sigma\odot\big(1 + \mathrm{gate}\odot(1-\sigma)\big)"),
@@ -54,7 +54,7 @@ CITED = {
     "layernorm_steps": ("layernorm.md", 36, 65, r"\mathrm{dx}_j = \mathrm{dx\_centered}_j + \frac{\mathrm{dmean}}{D}"),
     "softmax_jacobian": ("softmax.md", 39, 52, r"\frac{\partial p_j}{\partial x_i} = p_j\,(\delta_{ij} - p_i)"),
     "cross_entropy_via_softmax": ("cross_entropy.md", 84, 85, r"$`\mathrm{dp} = -\mathrm{onehot}/p`$ collapses to $`p - \mathrm{onehot}`$"),
-    "attention_group_sum": ("attention.md", 138, 148, r"linear map $`v \mapsto Ev`$"),
+    "attention_group_sum": ("attention.md", 139, 149, r"linear map $`v \mapsto Ev`$"),
     "rope_pairs": ("rope.md", 140, 142, r"$`dx_{i+h} = -dy_i \sin\phi + dy_{i+h}\cos\phi`$"),
     "adamw_moments": ("adamw.md", 63, 70, r"m_t = (1-\beta_1)\sum_{i=1}^{t} \beta_1^{\,t-i}\, g_i"),
 }
@@ -125,7 +125,7 @@ def softmax_rows(scores):
 
 
 def attention_formula(dout, q, k, v, allowed):
-    """attention.md:191-204, per batch element and query head h, kv head g(h) = h // n_rep."""
+    """attention.md:193-206, per batch element and query head h, kv head g(h) = h // n_rep."""
     B, H, T, hd = q.shape
     KVH = k.shape[1]
     n_rep = H // KVH
@@ -513,7 +513,7 @@ def test_cross_entropy_via_softmax(rng):
 
 
 def test_attention_group_sum(rng):
-    """attention.md:138-148 and its g(h) = floor(h / n_rep) (line 48): repeat the kv heads with the
+    """attention.md:139-149 and its g(h) = floor(h / n_rep) (line 49): repeat the kv heads with the
     0/1 matrix E (E[h, g] = 1 where g = g(h)), take plain multi-head gradients of the repeated k and
     v, and E^T (the group sum) gives the grouped op's dk and dv; E built by tiling does not."""
     B, H, KVH, T, hd = 1, 6, 2, 3, 2

@@ -30,8 +30,14 @@ def test_latex_environments_and_spacing_become_readable_text():
     aligned = to_text("$$\\begin{aligned}\np &\\leftarrow p - \\mathrm{lr}\\, g && \\text{(update)}\\\\\n"
                       "m &= \\beta m\n\\end{aligned}$$")
     assert aligned == "    p <- p - lr g (update)\n    m = β m\n"
-    cases = to_text("$$y = \\begin{cases} a & t = \\ell,\\\\[2pt] 0 & \\text{otherwise.}\\end{cases}$$")
-    assert cases == "    y =\n    a    t = ℓ,\n    0    otherwise.\n"
+    # a cases environment: its rows indented under the line they complete, values padded to one
+    # width, each condition read as one ("if ..." unless it says "otherwise" itself)
+    cases = to_text("$$y = \\begin{cases} ab & t = \\ell,\\\\[2pt] 0 & \\text{otherwise.}\\end{cases}$$")
+    assert cases == "    y =\n      ab    if t = ℓ,\n      0     otherwise.\n"
+    assert "\x01" not in to_text("$`\\begin{cases} a & t > 0 \\end{cases}`$")   # inline too
+    # a fraction, or a word, runs into the word after it only with a space between; not into a symbol
+    assert latex_to_text(r"\frac{1}{\sum c}\sum_{n} \ell_n") == "1/(sum c) sum_n ℓ_n"
+    assert latex_to_text(r"\pi\cdot\mathrm{progress}") == "π·progress"
     assert latex_to_text(r"M = \begin{pmatrix} \cos\phi & -\sin\phi \\ \sin\phi & \cos\phi \end{pmatrix}") == \
         "M = (cos φ, -sin φ; sin φ, cos φ)"
     assert latex_to_text(r"\mathrm{scale}\textstyle\sum_{h} q_h") == "scale sum_h q_h"

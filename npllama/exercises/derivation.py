@@ -168,7 +168,8 @@ def latex_to_text(tex: str) -> str:
             i = tex.index("frac", i) + 4
             numerator, i = _group(tex, i)
             denominator, i = _group(tex, i)
-            out.append(f"{_paren(latex_to_text(numerator))}/{_paren(latex_to_text(denominator))}")
+            fraction = f"{_paren(latex_to_text(numerator))}/{_paren(latex_to_text(denominator))}"
+            out.append(fraction + (" " if _starts_a_word(tex, i) else ""))   # 1/(sum c) sum_n, not 1/(sum c)sum_n
         elif tex.startswith("\\sqrt", i):
             inner, i = _group(tex, i + 5)
             out.append(f"sqrt({latex_to_text(inner)})")
@@ -192,7 +193,7 @@ def latex_to_text(tex: str) -> str:
                     word = name if name in NAMED_FUNCTIONS or not name.isalpha() else command
                 if word[:1].isalnum() and _last_char(out).isalnum():
                     word = " " + word             # \mathrm{scale}\sum -> "scale sum", not "scalesum"
-                if word[-1:].isalnum() and i < len(tex) and (tex[i].isalnum() or tex[i] == "\\"):
+                if word[-1:].isalnum() and _starts_a_word(tex, i):
                     word += " "
                 out.append(word)
         elif tex[i] in "^_":
@@ -209,6 +210,20 @@ def latex_to_text(tex: str) -> str:
     return re.sub(r"[ ]{2,}(?=\S)", lambda m: m.group(0) if len(m.group(0)) >= 4 else " ", "".join(out))
 
 
+def _starts_a_word(tex: str, i: int) -> bool:
+    """tex[i:] begins with a letter or digit, or with a command that prints one (\\sum, \\mathrm{x}):
+    what follows a word needs a space before it; \\cdot, \\, or a bracket does not."""
+    if i >= len(tex):
+        return False
+    if tex[i].isalnum():
+        return True
+    match = re.match(r"\\[A-Za-z]+", tex[i:])
+    if not match:
+        return False
+    printed = SYMBOLS.get(match.group(0), match.group(0)[1:])
+    return printed[:1].isalnum()
+
+
 def _last_char(parts: list[str]) -> str:
     """The last character written so far ('' at the start; commands that print nothing skipped)."""
     return next((part[-1] for part in reversed(parts) if part), "")
@@ -221,8 +236,26 @@ def _environment(name: str, body: str) -> str:
     cells = [[latex_to_text(cell).strip() for cell in row.split("&")] for row in rows]
     if name.endswith("matrix"):
         return "(" + "; ".join(", ".join(row) for row in cells) + ")"
-    gap = "    " if name == "cases" else " "
-    return "\n" + "\n".join(gap.join(cell for cell in row if cell) for row in cells) + "\n"
+    if name == "cases":
+        return "\n" + "\n".join(_case_rows(cells)) + "\n"
+    return "\n" + "\n".join(" ".join(cell for cell in row if cell) for row in cells) + "\n"
+
+
+CASE_INDENT = "\x01"   # survives _display's strip(); becomes the indent of a cases row
+SPOKEN_CONDITIONS = re.compile(r"(otherwise|else|if|when|where|for)\b")
+
+
+def _case_rows(cells: list[list[str]]) -> list[str]:
+    """The rows of a cases environment, indented under the line they complete, the values padded
+    to one width and each condition read as one: "dpooled_b  if t = ℓ_b", "0  otherwise"."""
+    width = max(len(row[0]) for row in cells)
+    rows = []
+    for value, *rest in cells:
+        condition = " ".join(cell for cell in rest if cell)
+        if condition and not SPOKEN_CONDITIONS.match(condition):
+            condition = "if " + condition
+        rows.append(f"{CASE_INDENT}{value.ljust(width)}    {condition}".rstrip())
+    return rows
 
 
 FENCE = re.compile(r"^[ \t]*```([^\n]*)\n(.*?)^[ \t]*```[ \t]*$", re.S | re.M)   # info string, body
@@ -241,11 +274,13 @@ def to_text(markdown: str) -> str:
             info, body = parts[k + 1], parts[k + 2]
             pieces.append(_display(body) if info.strip() == "math" else
                           "\n" + "".join("    " + line + "\n" for line in body.splitlines()))
-    return re.sub(r"\n{3,}", "\n\n", "".join(pieces)).strip("\n") + "\n"
+    text = re.sub(r"\n{3,}", "\n\n", "".join(pieces)).strip("\n") + "\n"
+    return text.replace(CASE_INDENT, "  ")      # a cases environment in inline math
 
 
 def _display(tex: str) -> str:
-    lines = [line.strip() for line in re.split(r"\\\\|\n", latex_to_text(tex)) if line.strip()]
+    lines = [line.strip().replace(CASE_INDENT, "  ") for line in re.split(r"\\\\|\n", latex_to_text(tex))
+             if line.strip()]
     return "\n" + "\n".join("    " + line for line in lines) + "\n"
 
 

@@ -44,6 +44,19 @@ def test_latex_environments_and_spacing_become_readable_text():
     assert latex_to_text(r"x^{(\ell)}") == "x^(ℓ)"
 
 
+def test_tables_are_realigned_once_code_and_math_marks_are_dropped():
+    table = ("| name             | shape          |\n"
+             "|------------------|----------------|\n"
+             "| `x`, `dx`        | $`(\\dots, D)`$ |\n"
+             "| `scaling`        | scalar         |\n")
+    assert to_text(table) == ("| name    | shape    |\n"
+                              "|---------|----------|\n"
+                              "| x, dx   | (..., D) |\n"
+                              "| scaling | scalar   |\n")
+    ragged = "| a | b |\n| c |\n"                      # not one table shape: left as written
+    assert to_text(ragged) == ragged
+
+
 def test_the_commands_the_audit_found_become_text():
     assert latex_to_text(r"\boxed{\mathrm{dx} = 1}") == "dx = 1"
     assert latex_to_text(r"\mathrm{dx} \mathrel{+}= M^T du") == "dx += M^T du"

@@ -289,7 +289,25 @@ def _prose_to_text(markdown: str) -> str:
     text = INLINE_MATH.sub(lambda m: latex_to_text(m.group(1)), text)
     text = re.sub(r"\$(.+?)\$", lambda m: latex_to_text(m.group(1)), text, flags=re.S)
     text = re.sub(r"\*\*(.+?)\*\*", r"\1", text)
-    return re.sub(r"`([^`]+)`", r"\1", text)
+    text = re.sub(r"`([^`]+)`", r"\1", text)
+    return TABLE.sub(lambda m: _aligned_table(m.group(0)), text)
+
+
+TABLE = re.compile(r"(?:^[ \t]*\|.*\|[ \t]*\n?)+", re.M)   # consecutive lines of a Markdown table
+
+
+def _aligned_table(table: str) -> str:
+    """A Markdown table with its columns padded again: dropping the `code` and $`math`$ marks
+    shortens cells by different amounts.  Left as it is if its rows differ in their number of cells."""
+    lines = table.rstrip("\n").split("\n")
+    rows = [[cell.strip() for cell in line.strip()[1:-1].split("|")] for line in lines]
+    if len({len(row) for row in rows}) != 1:
+        return table
+    rule = [all(set(cell) <= set("-: ") and cell for cell in row) for row in rows]
+    widths = [max(len(row[col]) for row, is_rule in zip(rows, rule) if not is_rule) for col in range(len(rows[0]))]
+    out = ["|" + "|".join("-" * (width + 2) if is_rule else f" {cell.ljust(width)} " for cell, width in zip(row, widths)) + "|"
+           for row, is_rule in zip(rows, rule)]
+    return "\n".join(out) + table[len(table.rstrip("\n")):]
 
 
 def dollar_math(markdown: str) -> str:

@@ -38,6 +38,10 @@ def test_latex_environments_and_spacing_become_readable_text():
     # a fraction, or a word, runs into the word after it only with a space between; not into a symbol
     assert latex_to_text(r"\frac{1}{\sum c}\sum_{n} \ell_n") == "1/(sum c) sum_n ℓ_n"
     assert latex_to_text(r"\pi\cdot\mathrm{progress}") == "π·progress"
+    # an operator spaced after it in the source is spaced before it too; a tight one stays tight
+    assert [latex_to_text(t) for t in (r"\infty\cdot 0", r"\mathrm{lr}\cdot m", r"a \cdot b", r"2\cdot3")] == \
+        ["inf · 0", "lr · m", "a · b", "2·3"]
+    assert to_text("$`w`$ $`\\approx 0`$") == "w ≈ 0\n"   # no second space where a math span begins
     assert latex_to_text(r"M = \begin{pmatrix} \cos\phi & -\sin\phi \\ \sin\phi & \cos\phi \end{pmatrix}") == \
         "M = (cos φ, -sin φ; sin φ, cos φ)"
     assert latex_to_text(r"\mathrm{scale}\textstyle\sum_{h} q_h") == "scale sum_h q_h"

@@ -154,6 +154,9 @@ def _one_call(expr: str) -> bool:
             return i == len(expr) - 1
     return False
 
+# binary operators written with a space after them get one before them too ("a\cdot b" stays "a·b")
+SPACED_LIKE_THE_SOURCE = frozenset({r"\cdot", r"\times", r"\approx", r"\to"})
+
 
 def latex_to_text(tex: str) -> str:
     out, i = [], 0
@@ -195,6 +198,8 @@ def latex_to_text(tex: str) -> str:
                     word = " " + word             # \mathrm{scale}\sum -> "scale sum", not "scalesum"
                 if word[-1:].isalnum() and _starts_a_word(tex, i):
                     word += " "
+                if command in SPACED_LIKE_THE_SOURCE and tex[i:i + 1] == " " and _last_char(out).strip():
+                    word = " " + word             # lr\cdot m -> "lr · m" as written, not "lr· m"
                 out.append(word)
         elif tex[i] in "^_":
             inner, j = _group(tex, i + 1)

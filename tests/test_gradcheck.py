@@ -921,6 +921,29 @@ def test_an_op_whose_forward_changes_its_input_on_a_later_call_is_named_and_rest
     assert np.array_equal(index, [2, 0])
 
 
+@pytest.mark.parametrize("changes", [False, True])
+def test_an_input_holding_nan_is_compared_nan_for_nan_after_every_probe(changes):
+    # the guard compares every input after every probe, first plainly (cheap) and, where that
+    # finds a difference, NaN for NaN: an untouched NaN is no change, a changed entry still is
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    x[0, 1] = np.nan
+    before, calls = x.copy(), []
+
+    def f(v):
+        calls.append(1)
+        if changes and len(calls) == 9:
+            v[2, 3] += 1e-3
+        return float(np.nansum(np.sin(v)))
+
+    grad = np.where(np.isnan(x), 0.0, np.cos(x))
+    if changes:
+        with pytest.raises(ValueError, match="fn changed input 'x' in place on a later call"):
+            gradcheck(f, [x], [grad], names=["x"])
+    else:
+        assert gradcheck(f, [x], [grad], names=["x"]).ok
+    assert np.array_equal(x, before, equal_nan=True)
+
+
 def _dense_forward(params, x):
     """y = tanh(x W^T + b), the parameters in a dict as many codebases keep them."""
     y = np.tanh(x @ params["W"].T + params["b"])
@@ -1010,6 +1033,23 @@ def test_a_layer_norm_of_an_input_far_from_zero_is_resolved_by_shorter_steps():
         assert report.ok, f"seed {seed}:\n{report}"
         wrong = check_op(_layer_norm_forward, lambda d, c: 1.0001 * _layer_norm_backward(d, c), [x], seed=seed)
         assert wrong.inputs[0].status == "FAIL", f"seed {seed}:\n{wrong}"
+
+
+def test_a_wrong_backward_pays_the_shorter_steps_only_until_its_failure_is_confirmed():
+    # every probe of a backward off by 1e-3 fails, and each was taken again at up to 3 shorter
+    # steps (18 calls more), though after the first confirmed failure the input FAILs whatever the
+    # others show: 950 calls where 370 did.  A student's wrong backward, or a wrong model, paid that.
+    x = 1e3 + np.random.default_rng(0).standard_normal((4, 8))
+    calls = []
+
+    def counted_forward(v):
+        calls.append(1)
+        return _layer_norm_forward(v)
+
+    report = check_op(counted_forward, lambda d, c: 1.001 * _layer_norm_backward(d, c), [x])
+    assert report.inputs[0].status == "FAIL", report
+    # 32 failing probes of 6 calls and 5 for the kink test; one measured again (40) and shortened (18)
+    assert len(calls) <= 32 * (6 + 5) + 40 + 18 + 3, len(calls)
 
 
 def test_without_atol_no_probe_is_said_to_pass_through_it():

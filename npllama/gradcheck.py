@@ -50,7 +50,8 @@ How a probe's numeric derivative and its bound are made (the error model):
             input only until one failure is confirmed, as below).
   failing   a probe that fails is measured again before it is called wrong: f's own rounding,
   probes    from the 4th differences of f at 7 points 1/4 and 1 step apart, and at the step eps also 4
-            and 21 (a cancellation can keep f's value over many steps, then jump), and D(t) at
+            and 21 (a cancellation can keep f's value over many steps, then jump; 6th differences
+            there, which a smooth bend within so wide a window leaves small), and D(t) at
             t = h/64 ... 64h.  Where f rounds beyond C u F (a cancellation inside it, as 1 + tanh(z)
             for z << 0: its values move in steps far above u |f|) and that rounding covers the
             difference, or where some D(t) strays from D(h) further than the model lets it (its
@@ -84,6 +85,7 @@ bound: a correct gradient sits far below 1, a wrong one above.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -115,7 +117,10 @@ UNRESOLVED = 0.5
 # wider than the step, only at long ones.  The rounding of a cancellation need not change from one
 # point to the next (1 + tanh(z) for z << 0 keeps its value over many steps, then jumps an ulp):
 # so a probe at the relative step eps also measures it STAIR_SPACINGS steps apart, the 7 points of
-# the widest (3 spacings either side) reaching as far as the longest step of the ladder.  Not a
+# the widest (3 spacings either side) reaching as far as the longest step of the ladder, from their
+# 6th differences, not 4th: so wide a window can hold f's own bend (softmax of logits ~30, stepped
+# by ~3.5e-3, bends within 0.2), whose 4th differences change sign like rounding; its 6th are
+# smaller by the window's width over the bend's squared, rounding's stay as large.  Not a
 # probe at a longer step: that already spans stairs narrower than it, and so far from the point
 # f's own shape (cos at x ~ 1), not its rounding, would make the 4th differences.
 RESTEP_FACTORS = (1 / 64, 1 / 16, 1 / 4, 4.0, 16.0, 64.0)
@@ -806,7 +811,9 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, lon
     for a smooth f (Hamming's estimate of the noise in a table of values).  Round-off above the
     model's that covers the difference between analytic and numeric excuses it.  A cancellation's
     rounding can stay the same for many steps and then jump (stairs), which only a window holding a
-    jump sees: a probe at the step eps (not `longer`) also looks STAIR_SPACINGS steps apart.
+    jump sees: a probe at the step eps (not `longer`) also looks STAIR_SPACINGS steps apart, by
+    6th differences there (which a smooth bend within so wide a window does not make look like
+    rounding, as it does the 4th).
     The steps ladder: D(t) at RESTEP_FACTORS times the step h.  The model predicts how D(t) moves
     with t: its truncation error grows like t^2 from what D(h) - D(2h) shows, its round-off shrinks
     like 1/t.  A D(t) that strays further than that from the estimate (or an estimate whose
@@ -825,7 +832,8 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, lon
         for spacing in NOISE_SPACINGS + (() if longer else STAIR_SPACINGS):
             try:
                 with np.errstate(all="ignore"):
-                    measured = _measured_roundoff(evaluate, move, estimate.step, spacing)
+                    measured = _measured_roundoff(evaluate, move, estimate.step, spacing,
+                                                  order=6 if spacing in STAIR_SPACINGS else 4)
             except _LeftDomain:                 # 3 spacings away left f's domain: no measure of its rounding
                 break
             if measured > estimate.roundoff and abs(analytic - estimate.value) <= held_to + measured:
@@ -851,13 +859,14 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, lon
     return estimate
 
 
-def _measured_roundoff(evaluate, move, step, spacing) -> float:
+def _measured_roundoff(evaluate, move, step, spacing, order=4) -> float:
     """The round-off of D(step) as f's own rounding shows it, from f at 7 points spacing * step
     apart: the 4th differences of values with independent rounding errors of size sigma have
     variance 70 sigma^2, and D(step) carries up to NOISE_SAFETY * 2 sigma / (its width).  Rounding
     makes neighbouring 4th differences change sign (they are correlated -0.8); where all have the
     same sign they are f's smooth 4th derivative (at a longer step), not rounding: 0 then, as where
-    f is not finite."""
+    f is not finite.  order=6: from the one 6th difference (variance 924 sigma^2), for a window so
+    wide that f's smooth 4th derivative may change sign within it."""
     values = []
     try:
         for k in range(-3, 4):
@@ -866,10 +875,12 @@ def _measured_roundoff(evaluate, move, step, spacing) -> float:
         width = move(step) - move(-step)
     finally:
         move(None)
-    fourth = np.diff(np.array(values), 4)
-    if width == 0 or not np.all(np.isfinite(fourth)) or np.all(fourth > 0) or np.all(fourth < 0):
+    differences = np.diff(np.array(values), order)
+    if width == 0 or not np.all(np.isfinite(differences)) or (order == 4 and (
+            np.all(differences > 0) or np.all(differences < 0))):
         return 0.0
-    sigma = float(np.sqrt(np.mean(fourth**2) / 70.0))
+    # the variance of an order-n difference of independent roundings: sigma^2 * C(2n, n)
+    sigma = float(np.sqrt(np.mean(differences**2) / math.comb(2 * order, order)))
     return NOISE_SAFETY * 2 * sigma / abs(width)
 
 

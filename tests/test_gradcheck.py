@@ -8,6 +8,7 @@ import pytest
 from npllama import Llama, LlamaConfig, check_op, gradcheck, use_backend
 from npllama.gradcheck import InputReport, draw_dout
 from npllama.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
+from npllama.ops.softmax import softmax_backward, softmax_forward
 
 SCALES = [1e-10, 1e-5, 1.0, 1e3, 1e5]
 
@@ -1129,6 +1130,21 @@ def test_a_wrong_gelu_backward_still_fails_in_the_left_tail_and_on_ordinary_inpu
         for wrong in (_gelu_missing_the_tanh_term, lambda d, c: 1.01 * _tanh_gelu_backward(d, c)):
             entry = check_op(_tanh_gelu_forward, wrong, [x], seed=seed).inputs[0]
             assert entry.status == "FAIL", f"seed {seed}:\n{entry}"
+
+
+@pytest.mark.parametrize("gap", [2.2, 2.25, 2.3, 2.35])
+def test_a_wrong_softmax_backward_fails_where_the_wide_windows_reach_its_bend(gap):
+    # softmax of logits ~30: a step is eps * rms(x) ~ 3.5e-3, so the windows 21 steps apart span
+    # +-0.22, where sigmoid(gap) of the two leading logits changes the sign of its 4th derivative
+    # (at gap ~ 2.29).  Those 4th differences were taken for rounding: a backward off by 1e-4 came
+    # out UNRESOLVED, where before the wide windows it FAILed.  f is smooth there (no stairs: it
+    # takes a new value at every point of the window), and the probe must FAIL.
+    x = np.array([[21.88, 0.0, -14.291, 4.9, -38.779, -14.154], [41.339, 4.072, 69.311, -23.616, 17.409, -5.865],
+                  [16.975, -0.216, -16.836, -26.029, 91.981, -2.32]])
+    x[0, 1] = x[0, 0] + gap
+    assert check_op(softmax_forward, softmax_backward, [x]).ok
+    wrong = check_op(softmax_forward, lambda d, c: 1.0001 * softmax_backward(d, c), [x])
+    assert wrong.inputs[0].status == "FAIL", wrong
 
 
 def _smooth_ops():

@@ -44,10 +44,11 @@ How a probe's numeric derivative and its bound are made (the error model):
             gradient (and above 1e-3 of the largest gradient in the check) is UNRESOLVED: a wrong
             gradient could not be told from a right one there, so it does not pass (the report
             says so, apart from FAIL).
-  shorter   a probe that fails with a bound that is mostly truncation (f bends within a few steps:
-  steps     an input far from zero whose entries differ by little) is taken again at steps 4, 16,
-            64 times shorter, kept while the bound shrinks and f behaves smoothly there (in each
-            input only until one failure is confirmed, as below).
+  shorter   a probe that fails, or passes on a bound above 1e-3 of its gradient, where that bound
+  steps     is mostly truncation (f bends within a few steps: an input far from zero whose entries
+            differ by little) is taken again at steps 4, 16, 64 times shorter, kept while the bound
+            shrinks and f behaves smoothly there (in each input only until one failure is
+            confirmed, as below).
   failing   a probe that fails is measured again before it is called wrong: f's own rounding,
   probes    from the 4th differences of f at 7 points 1/4 and 1 step apart, and at the step eps also 4
             and 21 (a cancellation can keep f's value over many steps, then jump; 6th differences
@@ -737,7 +738,9 @@ def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richa
     estimate, longer = _resolved_derivative(evaluate, move, eps, richardson, tol * abs(analytic), reference,
                                             noise, unit_step=1.0 / max(scale, TINY))
     bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
-    if probes.remeasure_failures and abs(analytic - estimate.value) > bound + tol * magnitude:
+    # failing, or passing on a loose bound (which could let a mistake through): shorter steps may tighten it
+    if probes.remeasure_failures and (abs(analytic - estimate.value) > bound + tol * magnitude
+                                      or estimate.bound > LOOSE_BOUND * reference):
         estimate = _shortened(evaluate, move, estimate, richardson, tol * abs(analytic))
         bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
     estimate = _kink_checked(evaluate, move, eps, estimate, analytic, bound + tol * magnitude)
@@ -769,7 +772,8 @@ def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, a
     # rounding of x + t p moves each entry by up to u |x_i| instead of t p_i: a relative u / eps;
     # the magnitude is ||g * p||, the spread of <g, p> over random signs
     bound = estimate.bound + noise + UNIT_ROUNDOFF / eps * float(np.sum(np.abs(terms)))
-    if probes.remeasure_failures and abs(np.sum(terms) - estimate.value) > bound + tol * magnitude:
+    if probes.remeasure_failures and (abs(np.sum(terms) - estimate.value) > bound + tol * magnitude
+                                      or estimate.bound > LOOSE_BOUND * magnitude):
         estimate = _shortened(evaluate, move, estimate, richardson, tol * magnitude)
         bound = estimate.bound + noise + UNIT_ROUNDOFF / min(eps, estimate.step) * float(np.sum(np.abs(terms)))
     estimate = _kink_checked(evaluate, move, eps, estimate, np.sum(terms), bound + tol * magnitude)
@@ -926,8 +930,10 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
 
 
 def _shortened(evaluate, move, estimate, richardson, good_enough) -> _Estimate:
-    """A failing probe whose bound is mostly truncation (f bends within a few steps: an input far
-    from zero whose entries differ by little, x = 1e3 + noise, is stepped by eps * 1e3), taken
+    """A failing probe, or one passing on a loose bound (which a mistake could hide in), whose bound
+    is mostly truncation (f bends within a few steps: an input far from zero whose entries differ
+    by little, x = 1e3 + noise, is stepped by eps * 1e3; at 1e4 + noise a wrong entry passed inside
+    the 15% bounds of the step 1), taken
     again at steps SHORTEN times shorter: truncation falls like h^2 (h^4 for Richardson), round-off
     grows only like 1/h.  A shorter estimate is kept while its bound is smaller and its differences
     shrink like h^2.  Unlike a longer step's (_resolved_derivative), it need not agree with the

@@ -1036,6 +1036,23 @@ def test_a_layer_norm_of_an_input_far_from_zero_is_resolved_by_shorter_steps():
         assert wrong.inputs[0].status == "FAIL", f"seed {seed}:\n{wrong}"
 
 
+@pytest.mark.parametrize("seed", [11, 14])
+def test_a_wrong_layer_norm_backward_far_from_zero_does_not_pass_on_a_loose_bound(seed):
+    # at 1e4 + noise the step is 1, as long as the norm's bend: the failing probes were taken at
+    # shorter steps and passed, the others kept bounds of ~15% at the step 1, and a backward with
+    # one entry off by 1% came out "ok" (with a loose-bound warning) where it was UNRESOLVED.  A
+    # probe whose bound is loose and mostly truncation is taken at shorter steps too.
+    x = 1e4 + np.random.default_rng(seed).standard_normal((4, 8))
+
+    def one_entry_off(dout, cache):
+        grad = _layer_norm_backward(dout, cache)
+        grad.flat[np.argmax(np.abs(grad))] *= 1.01
+        return grad
+
+    wrong = check_op(_layer_norm_forward, one_entry_off, [x], seed=seed)
+    assert not wrong.ok, wrong
+
+
 def test_a_wrong_backward_pays_the_shorter_steps_only_until_its_failure_is_confirmed():
     # every probe of a backward off by 1e-3 fails, and each was taken again at up to 3 shorter
     # steps (18 calls more), though after the first confirmed failure the input FAILs whatever the

@@ -109,6 +109,7 @@ class ModelCache(NamedTuple):
     norm: RMSNormCache             # x^(L) (B, T, D), rstd, w_norm
     lm_head: LinearCache | None    # hidden (B, T, D), W_lm; None when only the decoder stack ran
     hidden_shape: tuple            # (B, T, D)
+    causal: bool = True            # False: the bidirectional (masked-LM) stack ran
 
 
 def _public(method):
@@ -278,7 +279,7 @@ class Llama:
         causal=False: the bidirectional stack, whose targets are the masked-LM ones (objectives.py).
         With config.pad_token_id set, the pad token's embedding row gets no gradient from its
         lookups, as in transformers (torch's nn.Embedding padding_idx): a finite-difference check
-        of that row disagrees by design.
+        of that row disagrees by design.  Not with causal=False (decoder_backward says why).
         """
         tokens, key_padding_mask, targets = self._check_inputs(tokens, attention_mask, targets, ignore_index,
                                                                causal=causal)
@@ -542,7 +543,7 @@ def decoder_forward(params, config, tokens, cos, sin, causal, key_padding_mask, 
         if kv_cache is None:  # decoding runs no backward: drop each layer's cache, so the next reuses its memory
             layers.append(layer)
     hidden, norm = rmsnorm_forward(x, params["model.norm.weight"], config.rms_norm_eps)     # (B, T, D)
-    return hidden, ModelCache(embed_tokens, layers, norm, None, hidden.shape)
+    return hidden, ModelCache(embed_tokens, layers, norm, None, hidden.shape, causal)
 
 
 def model_backward(dlogits, cache, config):
@@ -568,10 +569,14 @@ def decoder_backward(dhidden, cache, config):
             grads[f"model.layers.{i}.{path}.weight"] = grad
     # x^(0) = E[tokens]
     dE = embedding_backward(dx, cache.embed_tokens)                                        # (V, D)
-    if config.pad_token_id is not None and dE is not None:   # (dE None: the table is frozen, under LoRA)
+    if config.pad_token_id is not None and dE is not None and cache.causal:   # (dE None: frozen, under LoRA)
         # Not the math's gradient but transformers' convention, kept so that gradients match
         # LlamaForCausalLM's: its table is nn.Embedding(padding_idx=pad_token_id), whose lookup
         # sends nothing to the pad row (the row still gets the tied lm_head's part, as in torch).
+        # Not in the bidirectional (masked-LM) stack, which transformers has no counterpart of: there
+        # the pad id is often a real input -- the [MASK] token <unk> (LLaMA-1 configs set
+        # pad_token_id 0) or the </s> between a pair's sentences (pad_token_id = eos) -- whose row
+        # would never learn.
         dE[config.pad_token_id] = 0
     grads["model.embed_tokens.weight"] = dE
     return grads

@@ -17,18 +17,20 @@ def tiny_config(**overrides):
     return LlamaConfig(**fields)
 
 
-def base_model(seed=0, dtype=np.float64):
-    """Weights moved away from init's tiny ones, so gradients have a size worth checking."""
-    model = Llama(tiny_config(), seed=seed, dtype=dtype)
+def base_model(seed=0, dtype=np.float64, **config):
+    """Weights moved away from init's tiny ones, so gradients have a size worth checking.
+    config: tiny_config's overrides (tests/test_finetune_config_matrix.py varies them)."""
+    model = Llama(tiny_config(**config), seed=seed, dtype=dtype)
     rng = np.random.default_rng(seed + 5)
     for p in model.params.values():
         p += (0.3 if p.ndim == 1 else 0.2) * rng.standard_normal(p.shape).astype(dtype)
     return model
 
 
-def adapted_model(targets=ALL_TARGETS, r=2, dtype=np.float64, seed=0, **kwargs):
-    """A model with adapters whose B is random (PEFT's B = 0 would make half the checks vacuous)."""
-    model = base_model(seed, dtype)
+def adapted_model(targets=ALL_TARGETS, r=2, dtype=np.float64, seed=0, config=None, **kwargs):
+    """A model with adapters whose B is random (PEFT's B = 0 would make half the checks vacuous).
+    config: base_model's config overrides, a dict."""
+    model = base_model(seed, dtype, **(config or {}))
     rng = np.random.default_rng(seed + 7)
     adapters = attach_lora(model, r=r, lora_alpha=3.0, target_modules=targets, seed=seed, **kwargs)
     for name, p in adapters.params.items():

@@ -1,0 +1,130 @@
+"""Every fine-tuning objective on bases that differ in the config settings a Hugging Face LLaMA
+checkpoint can have.
+
+LoRA training once crashed on any base whose config.json set pad_token_id -- a bug that lived for
+many sessions because nothing fine-tuned a base with that setting.  So this matrix crosses the
+settings (pad_token_id unset, distinct, equal to eos or bos; tied embeddings; grouped-query or
+plain attention; an explicit head_dim != hidden_size / heads; llama3 rope scaling;
+attention_dropout; an embedding padded past the tokenizer; a tokenizer with or without a pad
+piece) with the objectives (next-token, classification, SFT, masked-LM, masked-LM + sentence
+order) and what is trained (every weight, LoRA on the attention, LoRA on o_proj and the MLP).
+
+* In Python (float64, tiny): a few steps of the fine-tuning loop (npllama.finetune.run_steps) must
+  lower the loss, and the gradient of what is trained must pass npllama.gradcheck.
+* End to end (float32, the default backend): the jobs `classify`, `sft`, `sop` and `train`
+  (causal and masked-LM, from the base) on saved bases, each a couple of steps.
+"""
+import json
+
+import numpy as np
+import pytest
+
+from npllama import Llama, LlamaConfig, gradcheck, use_backend
+from npllama import datasets
+from npllama.finetune import (ClassifyConfig, SequenceClassifier, SFTConfig, StepConfig, classify, run_steps, sft,
+                              sft_batch)
+from npllama.finetune_sop import SentenceOrderConfig, sentence_order
+from npllama.lora import MLP_TARGETS
+from npllama.objectives import (IGNORE_INDEX, SOP_HEAD, SentenceOrderBatch, init_sop_head, mlm_loss_and_grads,
+                                mlm_sop_loss_and_grads, pad_batch)
+from npllama.tokenizer import Tokenizer
+from npllama.train import TrainConfig, train
+
+from .test_lora import adapted_model, base_model
+
+LLAMA3_ROPE = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=8)
+
+# config.json settings, on top of test_lora.tiny_config (vocab 11, hidden 8, 4 heads, 2 kv heads:
+# grouped-query already; bos 1, eos 2).  Ids 0-2 are <unk>, <s>, </s>.
+CONFIGS = {
+    "plain": {},
+    "no_gqa": dict(num_key_value_heads=4),
+    "pad_distinct": dict(pad_token_id=0),
+    "pad_is_eos": dict(pad_token_id=2),
+    "pad_is_bos": dict(pad_token_id=1),
+    "tied": dict(tie_word_embeddings=True),
+    "tied_pad_is_eos": dict(tie_word_embeddings=True, pad_token_id=2),
+    "head_dim": dict(head_dim=4),                       # 4 heads of 4 = 16 != hidden_size 8
+    "llama3_rope": dict(rope_scaling=LLAMA3_ROPE),
+    "attention_dropout": dict(attention_dropout=0.1),   # carried in config.json; npllama runs none
+    "everything": dict(pad_token_id=2, tie_word_embeddings=True, num_key_value_heads=1, head_dim=4,
+                       rope_scaling=LLAMA3_ROPE, attention_dropout=0.1),
+}
+TRAINED = {"full": None, "lora_attention": ("q_proj", "v_proj"), "lora_o_and_mlp": ("o_proj",) + MLP_TARGETS}
+OBJECTIVES = ("causal", "classify", "sft", "mlm", "mlm_sop")
+
+
+def batch_of_texts(config, pairs: bool = False):
+    """Two texts, the second padded: right-padded with the config's pad_token_id, else </s> (as
+    pad_id_of pads for a tokenizer without a pad piece).
+
+    The texts are ordinary ids (3 and up): in the causal stack no real token may be the pad id, as
+    transformers' convention gives the pad row of the embedding no gradient from its lookups
+    (npllama.model.decoder_backward), which a finite difference would disagree with by design.
+    pairs: `<s> A </s> B </s>` as sentence-order pairs are, each with a <unk> (the [MASK]), for the
+    bidirectional stack, where every row -- the pad id's too -- trains."""
+    rng = np.random.default_rng(0)
+    texts = [list(rng.integers(3, config.vocab_size, 6)), list(rng.integers(3, config.vocab_size, 4))]
+    if pairs:
+        texts = [[1, *ids[:2], 2, 0, *ids[2:], 2] for ids in texts]
+    pad_id = config.eos_token_id if config.pad_token_id is None else config.pad_token_id
+    tokens, mask = pad_batch(texts, pad_id)
+    return texts, tokens, mask, pad_id
+
+
+def objective(name, model):
+    """(the trained arrays {name: array}, loss_and_grads() -> (loss, grads)) of one objective on `model`."""
+    texts, tokens, mask, pad_id = batch_of_texts(model.config, pairs=name in ("mlm", "mlm_sop"))
+    trained = dict(model.lora.params if model.lora is not None else model.params)
+    if name == "causal":
+        targets = np.where(mask, np.roll(tokens, -1, axis=1), IGNORE_INDEX)
+        return trained, lambda: model.loss_and_grads(tokens, targets, mask)
+    if name == "classify":
+        classifier = SequenceClassifier(model, ["a", "b", "c"], pad_id=pad_id)
+        classifier.score_weight += np.random.default_rng(1).standard_normal(classifier.score_weight.shape)
+        return classifier.params, lambda: classifier.loss_and_grads(tokens, mask, np.array([2, 0]))
+    if name == "sft":   # the response is each text's second half
+        examples = [(ids, [i >= len(ids) // 2 for i in range(len(ids))]) for ids in texts]
+        return trained, lambda: model.loss_and_grads(*sft_batch(examples, pad_id))
+    targets = np.where(mask & (tokens > 2) & (np.arange(tokens.shape[1]) % 2 == 1), tokens, IGNORE_INDEX)
+    inputs = np.where(targets != IGNORE_INDEX, 0, tokens)                      # every other ordinary id masked
+    if name == "mlm":
+        return trained, lambda: mlm_loss_and_grads(model, inputs, targets, mask)
+    head = init_sop_head(model.config.hidden_size, dtype=model.dtype, std=1.0)
+    batch = SentenceOrderBatch(inputs, targets, mask, np.array([0, 1]))
+    return {**trained, SOP_HEAD: head}, lambda: mlm_sop_loss_and_grads(model, head, batch)[:2]
+
+
+@pytest.mark.parametrize("objective_name", OBJECTIVES)
+@pytest.mark.parametrize("trained", TRAINED)
+@pytest.mark.parametrize("config", CONFIGS)
+def test_each_objective_trains_and_its_gradient_checks_on_each_kind_of_base(config, trained, objective_name):
+    targets = TRAINED[trained]
+    model = (base_model(**CONFIGS[config]) if targets is None
+             else adapted_model(targets, config=CONFIGS[config])[0])
+    params, loss_and_grads = objective(objective_name, model)
+    with use_backend("numpy"):
+        losses = run_steps(params, lambda _: loss_and_grads(), lambda step: None,
+                           StepConfig(steps=3, lr=3e-3, warmup_steps=0, progress=False))
+        assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+        _, grads = loss_and_grads()
+        assert list(grads) == list(params)   # what is trained, and nothing else
+        report = gradcheck_as_one(lambda: loss_and_grads()[0], params, grads)
+    report.raise_if_failed()
+
+
+def gradcheck_as_one(loss, params: dict, grads: dict):
+    """npllama.gradcheck of every trained array at once, as one vector along random directions: an
+    error in any entry moves <gradient, direction> (a few loss evaluations, not a few per array)."""
+    names = list(params)
+    flat = np.concatenate([params[n].ravel() for n in names])
+    starts = np.cumsum([0] + [params[n].size for n in names])
+
+    def loss_at(vector):
+        for name, start, end in zip(names, starts, starts[1:]):
+            params[name][...] = vector[start:end].reshape(params[name].shape)
+        return loss()
+
+    return gradcheck(loss_at, [flat], [np.concatenate([grads[n].ravel() for n in names])], names=["trained"],
+                     method="directional", directions=3)

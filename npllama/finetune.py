@@ -644,7 +644,7 @@ def sft(sc_: SFTConfig, echo=print, resume: bool = False) -> SFTResult:
 def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     from . import datasets
     from .chat import ChatTemplate, turn_messages
-    from .generate import generate
+    from .generate import decodable_vocab_size, generate
     from .runs import load_model_and_tokenizer, note_attention_dropout
 
     model, tokenizer, model_dir = load_model_and_tokenizer(sc_.base, dtype=sc_.model_dtype())
@@ -703,7 +703,8 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
         room = model.config.max_position_embeddings - len(prompt_ids)
         if room <= 0:
             continue
-        ids = generate(model, prompt_ids, min(120, room), temperature=0.0, eos_id=template.stop_ids(tokenizer, model))
+        ids = generate(model, prompt_ids, min(120, room), temperature=0.0, eos_id=template.stop_ids(tokenizer, model),
+                       vocab_size=decodable_vocab_size(model, tokenizer))
         answer = tokenizer.decode(ids[len(prompt_ids):])
         samples.append(answer)
         echo(f"\n{asked[-1]['role']}: {asked[-1]['content']}\nassistant: {answer}")

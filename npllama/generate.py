@@ -155,7 +155,7 @@ def generate_text(model, tokenizer, prompt, max_new_tokens: int = 100, *, stop: 
     stopper = StopStrings(tokenizer, stop) if stop else None
     encoded = [tokenizer.encode(t, bos=True) for t in texts]
     sampling.setdefault("eos_id", end_ids(model, tokenizer))
-    sampling.setdefault("vocab_size", min(tokenizer.vocab_size, model.config.vocab_size))
+    sampling.setdefault("vocab_size", decodable_vocab_size(model, tokenizer))
     outputs = generate(model, encoded, max_new_tokens, stop=stopper, **sampling)
     results = [tokenizer.decode(ids[len(e):]) for e, ids in zip(encoded, outputs)]
     if stopper is not None:
@@ -406,6 +406,13 @@ def end_ids(model, tokenizer) -> list[int]:
     """The ids that end a plain generation: the tokenizer's </s> and the model config's eos_token_id
     (one id, or LLaMA-3's list: end of text, end of turn, ...)."""
     return sorted({tokenizer.eos_id, *model.config.end_ids} - {None})
+
+
+def decodable_vocab_size(model, tokenizer) -> int:
+    """generate's vocab_size for text to be decoded: the ids both the model and the tokenizer have.
+    A checkpoint's embedding is often padded past its tokenizer (rows for added tokens, or to a
+    multiple of 64); an id of those rows has no piece, and tokenizer.decode refuses it."""
+    return min(tokenizer.vocab_size, model.config.vocab_size)
 
 
 def _check_eos(eos_id, vocab_size: int) -> set[int]:

@@ -128,3 +128,81 @@ def gradcheck_as_one(loss, params: dict, grads: dict):
 
     return gradcheck(loss_at, [flat], [np.concatenate([grads[n].ravel() for n in names])], names=["trained"],
                      method="directional", directions=3)
+
+
+# ----- the jobs, end to end on saved bases ---------------------------------------------------------
+# (base name: tokenizer with a pad piece?, config.json settings; "padded_vocab": the embedding has
+# rows past the tokenizer, as many checkpoints' do, and its LM head prefers them)
+BASES = {
+    "llama2_like": (False, {}),
+    "pad_is_eos_tied_gqa_head_dim": (False, dict(pad_token_id=2, tie_word_embeddings=True, num_key_value_heads=1,
+                                                 head_dim=12, rope_scaling=dict(LLAMA3_ROPE, original_max_position_embeddings=16),
+                                                 attention_dropout=0.1)),
+    "tokenizer_pad_piece": (True, dict(pad_token_id=3)),
+    "padded_vocab_pad_is_unk": (False, dict(pad_token_id=0, padded_vocab=4)),
+}
+JOBS = ("classify", "classify_lora", "sft", "sft_lora", "sop", "sop_lora", "train", "train_mlm")
+
+
+@pytest.fixture(scope="module")
+def job_files(tmp_path_factory):
+    """Two tokenizers (without and with a pad piece, id 3), and a little data for every job."""
+    from npllama.corpus import make_default_corpus
+
+    folder = tmp_path_factory.mktemp("config_matrix")
+    texts = make_default_corpus(60, seed=0) + [r["text"] for r in datasets.make_dataset("sentiment", 60)] \
+        + [p["prompt"] + " " + p["response"] for p in datasets.make_instructions(40)]
+    tokenizers = {pad: Tokenizer.train(texts, folder / f"tok_{pad}", vocab_size=360, **({"pad_id": 3} if pad else {}))
+                  for pad in (False, True)}
+    assert tokenizers[True].pad_id == 3 and tokenizers[False].pad_id is None
+    (folder / "labelled.jsonl").write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n"
+                                                   for r in datasets.make_dataset("sentiment", 40)))
+    (folder / "instructions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in datasets.make_instructions(20)))
+    (folder / "stories.txt").write_text("\n\n".join(make_default_corpus(40, seed=1)))
+    return folder, tokenizers
+
+
+def saved_base(folder, tokenizer, settings: dict):
+    """A float32 base folder (hidden 16, one layer) with `settings` in its config.json and the tokenizer."""
+    settings = dict(settings)
+    padding_rows = settings.pop("padded_vocab", 0)
+    config = LlamaConfig(**{**dict(vocab_size=tokenizer.vocab_size + padding_rows, hidden_size=16,
+                                   intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
+                                   max_position_embeddings=64), **settings})
+    model = Llama(config, seed=0)
+    if padding_rows:   # the LM head reads hidden[0] > 0 (the embedding's column 0), and only the padding rows weigh it
+        model.params["model.embed_tokens.weight"][:, 0] = 3.0
+        model.params["model.norm.weight"][1:] = 0.0
+        model.params["lm_head.weight"][:, 0] = np.arange(config.vocab_size) >= tokenizer.vocab_size
+    model.save_pretrained(folder, extra_files=tokenizer.hf_files())
+    return folder
+
+
+@pytest.mark.filterwarnings("ignore:the model's embedding has .* rows but tokenizer")   # padded_vocab: expected
+@pytest.mark.parametrize("job", JOBS)
+@pytest.mark.parametrize("base_name", BASES)
+def test_each_job_runs_on_each_kind_of_saved_base(job_files, tmp_path, base_name, job):
+    folder, tokenizers = job_files
+    pad_piece, settings = BASES[base_name]
+    base = saved_base(tmp_path / "base", tokenizers[pad_piece], settings)
+    shared = dict(base=str(base), steps=3, batch_size=4, warmup_steps=0, max_len=48, progress=False,
+                  lora=job.endswith("_lora"), out=str(tmp_path / "out"))
+    quiet = lambda *_: None   # noqa: E731
+    if job.startswith("classify"):
+        result = classify(ClassifyConfig(data=str(folder / "labelled.jsonl"), **shared), echo=quiet)
+    elif job.startswith("sft"):   # its greedy samples decode: ids the tokenizer has, whatever the embedding has
+        result = sft(SFTConfig(data=str(folder / "instructions.jsonl"), samples=1, **{**shared, "max_len": 64}),
+                     echo=quiet)
+        assert len(result.samples) == 1
+    elif job.startswith("sop"):
+        result = sentence_order(SentenceOrderConfig(data=str(folder / "stories.txt"), **shared), echo=quiet)
+    else:   # pre-training from the base: next-token, or masked-LM; its samples decode too
+        result = train(TrainConfig(out=str(tmp_path / "run"), init_from=str(base), data=str(folder / "stories.txt"),
+                                   objective="mlm" if job == "train_mlm" else "causal", steps=3, batch_size=2,
+                                   seq_len=16, warmup_steps=0, eval_every=3, eval_batches=1, threads=1,
+                                   samples=1 if job == "train" else 0, sample_tokens=8, progress=False),
+                       echo=quiet)
+        log = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
+        result.losses = [record["loss"] for record in log if "loss" in record]
+    assert len(result.losses) == 3 and np.all(np.isfinite(result.losses)), result.losses
+    assert result.losses[-1] != result.losses[0]

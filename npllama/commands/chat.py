@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..backend import get_backend, use_backend
     from ..chat import ChatTemplate
-    from ..generate import generate, sample_seed, stream_text
+    from ..generate import decodable_vocab_size, generate, sample_seed, stream_text
     from . import load_run_model
 
     check_sampling_options(args)
@@ -51,7 +51,7 @@ def run(args) -> int:
             ids = generate(model, prompt_ids, room, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, seed=sample_seed(args.seed, turn), eos_id=end_ids,
                            on_token=show, repetition_penalty=args.repetition_penalty, threads=args.threads,
-                           vocab_size=min(tokenizer.vocab_size, model.config.vocab_size))
+                           vocab_size=decodable_vocab_size(model, tokenizer))
             show.flush()
             _write("\n")
             answer = ids[len(prompt_ids):]

@@ -72,7 +72,7 @@ def check_sampling_options(args) -> None:
 
 def run(args) -> int:
     from ..backend import get_backend, use_backend
-    from ..generate import StopStrings, check_context, generate, sample_seed, stream_text
+    from ..generate import StopStrings, check_context, decodable_vocab_size, generate, sample_seed, stream_text
     from ..generate import end_ids as plain_end_ids
     from . import load_run_model
 
@@ -104,7 +104,7 @@ def run(args) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     stop = StopStrings(tokenizer, stops) if stops else None
-    vocab_size = min(tokenizer.vocab_size, model.config.vocab_size)
+    vocab_size = decodable_vocab_size(model, tokenizer)
     with use_backend(args.backend or get_backend()):
         for i in range(args.num_samples):
             seed = sample_seed(args.seed, i)

@@ -40,7 +40,7 @@ LLAMA3_ROPE = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_fre
 CONFIGS = {
     "plain": {},
     "no_gqa": dict(num_key_value_heads=4),
-    "pad_distinct": dict(pad_token_id=0),
+    "pad_distinct": dict(pad_token_id=0),               # <unk>, as LLaMA-1 conversions set it
     "pad_is_eos": dict(pad_token_id=2),
     "pad_is_bos": dict(pad_token_id=1),
     "tied": dict(tie_word_embeddings=True),
@@ -121,13 +121,15 @@ def gradcheck_as_one(loss, params: dict, grads: dict):
     flat = np.concatenate([params[n].ravel() for n in names])
     starts = np.cumsum([0] + [params[n].size for n in names])
 
-    def loss_at(vector):
+    def put(vector):
         for name, start, end in zip(names, starts, starts[1:]):
             params[name][...] = vector[start:end].reshape(params[name].shape)
-        return loss()
 
-    return gradcheck(loss_at, [flat], [np.concatenate([grads[n].ravel() for n in names])], names=["trained"],
-                     method="directional", directions=3)
+    flat_grad = np.concatenate([grads[n].ravel() for n in names])
+    report = gradcheck(lambda vector: put(vector) or loss(), [flat], [flat_grad], names=["trained"],
+                       method="directional", directions=3)
+    put(flat)   # (gradcheck put `flat` back as it was; the arrays too)
+    return report
 
 
 # ----- the jobs, end to end on saved bases ---------------------------------------------------------
@@ -135,9 +137,9 @@ def gradcheck_as_one(loss, params: dict, grads: dict):
 # rows past the tokenizer, as many checkpoints' do, and its LM head prefers them)
 BASES = {
     "llama2_like": (False, {}),
-    "pad_is_eos_tied_gqa_head_dim": (False, dict(pad_token_id=2, tie_word_embeddings=True, num_key_value_heads=1,
-                                                 head_dim=12, rope_scaling=dict(LLAMA3_ROPE, original_max_position_embeddings=16),
-                                                 attention_dropout=0.1)),
+    "pad_is_eos_tied_gqa_head_dim": (False, dict(
+        pad_token_id=2, tie_word_embeddings=True, num_key_value_heads=1, head_dim=12, attention_dropout=0.1,
+        rope_scaling=dict(LLAMA3_ROPE, original_max_position_embeddings=16))),
     "tokenizer_pad_piece": (True, dict(pad_token_id=3)),
     "padded_vocab_pad_is_unk": (False, dict(pad_token_id=0, padded_vocab=4)),
 }

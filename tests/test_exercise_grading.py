@@ -124,6 +124,20 @@ def test_where_a_file_crashed_is_named_as_the_file_column_names_it(tmp_path):
                              "bounds for axis 0 with size 3 (line 3 of bob/linear_backward.py: W[5] = 1)"), bob.diagnosis
 
 
+def test_every_reason_a_file_cannot_be_loaded_names_it_as_the_file_column_does(tmp_path):
+    """A syntax error or a missing function is said of the file as the gradebook's column names it
+    (a subfolder per student: every file has the same name), as an import's crash is."""
+    folder = tmp_path / "class"
+    for student, source in [("alice smith", "def linear_backward(dy, cache)\n    pass\n"),
+                            ("bob", "def linear_backwards(dy, cache):\n    pass\n")]:
+        (folder / student).mkdir(parents=True)
+        (folder / student / "linear_backward.py").write_text(source)
+    alice, bob = grade_folder("linear", folder, n_random=0)
+    assert alice.diagnosis.startswith("alice smith/linear_backward.py has a syntax error at line 1"), alice.diagnosis
+    assert bob.diagnosis.startswith("bob/linear_backward.py defines no function named linear_backward"), \
+        bob.diagnosis
+
+
 def test_where_a_file_crashed_is_named_as_the_student_typed_it(tmp_path, monkeypatch):
     """`exercise check` (grade_file) and check_file name the crash's file by the path given them."""
     monkeypatch.chdir(tmp_path)

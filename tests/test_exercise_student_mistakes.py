@@ -222,7 +222,7 @@ def test_a_misspelled_function_beside_a_helper_named_like_another_exercise_is_no
                     "    return p * (dp - np.sum(dp * p, -1, keepdims=True))\n\n\n"
                     f"def {misspelled}(dout, cache):\n    return None\n")
     error = check_file("attention", path, n_random=0).load_error
-    assert error == (f"attention_backward.py defines no function named attention_backward (it defines: "
+    assert error == (f"{path} defines no function named attention_backward (it defines: "
                      f"{', '.join(sorted([misspelled, 'softmax_backward']))})")
 
 def test_one_array_for_several_gradients_is_told_to_return_them_all():
@@ -268,7 +268,7 @@ def test_a_syntax_error_quotes_the_line(tmp_path):
     path.write_text("import numpy as np\n\ndef rmsnorm_backward(dy, cache)\n    return dy, cache.weight\n")
     report = check_file("rmsnorm", path, n_random=0)
     # the message after the colon is Python's own (its words change between versions)
-    assert report.load_error.startswith("rmsnorm_backward.py has a syntax error at line 3 "
+    assert report.load_error.startswith(f"{path} has a syntax error at line 3 "
                                         "(def rmsnorm_backward(dy, cache)): ")
 
 
@@ -278,7 +278,7 @@ def test_a_syntax_error_without_a_line_says_no_line_none(tmp_path):
     path = tmp_path / "rmsnorm_backward.py"
     path.write_bytes(b"def rmsnorm_backward(dy, cache):\n    return dy\x00\n")
     error = check_file("rmsnorm", path, n_random=0).load_error
-    assert error.startswith("rmsnorm_backward.py has a syntax error") and "None" not in error, error
+    assert error.startswith(f"{path} has a syntax error") and "None" not in error, error
 
 def test_none_for_one_gradient_of_several_is_not_sent_to_the_return_statement():
     from npllama.ops.swiglu import swiglu_backward

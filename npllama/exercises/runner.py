@@ -333,16 +333,17 @@ def load_function(op: str, path, catch_everything: bool = False, typed_as: str |
     """Import the file at `path` (by path, not by name) and return its <op>_backward function
     (`op`: an exercise's name or an Exercise).  typed_as: the path as the student gave it (default
     `path`), for the check command a file written for another exercise is sent to.  named_as: the
-    file as an error in importing it names it (check_function's named_as); by default its name."""
+    file as every reason it cannot be used names it (check_function's named_as); by default its name."""
     exercise = get_exercise(op)
     path = path_argument(path, "path", "a .py file")
+    named = path.name if named_as is None else named_as
     if not path.is_file():
         what = "is not a regular file" if path.exists() else "does not exist"
         raise SubmissionError(f"{path} {what} (expected a .py file defining {exercise.backward_name})")
     name = f"npllama_submission_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise SubmissionError(f"{path.name} cannot be imported as Python (is it a .py file?)")
+        raise SubmissionError(f"{named} cannot be imported as Python (is it a .py file?)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -351,11 +352,10 @@ def load_function(op: str, path, catch_everything: bool = False, typed_as: str |
         where = f" at line {error.lineno}" if error.lineno else ""     # none for a NUL byte (Python 3.11)
         if error.text and error.text.strip():
             where += f" ({error.text.strip()[:160]})"
-        raise SubmissionError(f"{path.name} has a syntax error{where}: {error.msg}") from None
+        raise SubmissionError(f"{named} has a syntax error{where}: {error.msg}") from None
     except ForbiddenCall as error:
-        raise SubmissionError(f"importing {path.name} failed: {error}") from None
+        raise SubmissionError(f"importing {named} failed: {error}") from None
     except (BaseException if catch_everything else Exception) as error:
-        named = path.name if named_as is None else named_as
         raise SubmissionError(f"importing {named} failed: "
                               + _describe_exception(error, str(path), "the file", named)) from None
     finally:
@@ -364,7 +364,7 @@ def load_function(op: str, path, catch_everything: bool = False, typed_as: str |
     if not callable(fn):
         defined = sorted(n for n, v in vars(module).items() if callable(v) and getattr(v, "__module__", "") == name)
         meant = _exercise_written_for(exercise, defined)
-        raise SubmissionError(f"{path.name} defines no function named {exercise.backward_name}"
+        raise SubmissionError(f"{named} defines no function named {exercise.backward_name}"
                               + (f" (it defines: {', '.join(defined)})" if defined else "")
                               + (f"; it is written for exercise {meant.op}: "
                                  f"{meant.check_command(path if typed_as is None else typed_as)}"

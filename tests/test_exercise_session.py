@@ -75,7 +75,7 @@ def test_a_crash_in_a_function_defined_in_a_cell_names_the_cell_and_calls_it_by_
     assert finding.message == ("your function raised NameError: name 'rotate_halff' is not defined (line 5 of the cell "
                                f"defining rope_backward{quoted})"), finding.message
     assert "runpy" not in finding.hint and finding.hint.endswith("\nrope_backward(dy, cache)"), finding.hint
-    assert "in the session where you defined it" in finding.hint, finding.hint
+    assert "in the session you checked it from" in finding.hint, finding.hint
 
 
 def test_the_first_line_says_where_a_session_function_comes_from_without_repeating_its_name():
@@ -90,3 +90,87 @@ def test_the_first_line_says_where_a_session_function_comes_from_without_repeati
     assert first_line(my_rms) == "exercise rmsnorm: rmsnorm_backward (your function my_rms)"
     assert first_line(lambda dy, cache: rmsnorm_backward(dy, cache)) == "exercise rmsnorm: rmsnorm_backward (a lambda)"
     assert first_line(my_rms, source="hw/rms.py") == "exercise rmsnorm: rmsnorm_backward in hw/rms.py"
+
+
+STUDENT_FILE = '''import numpy as np
+
+
+def my_rms(dy, cache):
+    return dy[:, 99]
+
+
+class Grader:
+    def backward(self, dy, cache):
+        return dy[:, 99]
+
+    def __call__(self, dy, cache):
+        return dy[:, 99]
+'''
+
+
+def _imported_from(path):
+    """The module of `path`, imported as a notebook's `from hw.student_rms import my_rms` would."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"student_{abs(hash(str(path)))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_crash_in_a_function_imported_from_a_file_is_rerun_from_the_current_folder_by_its_own_name(
+        tmp_path, monkeypatch):
+    """runpy.run_path('student_rms.py')['rmsnorm_backward'] found neither the file (it is in hw/)
+    nor the function (it is my_rms): the file is named as a path from the current folder, and the
+    function by its own name."""
+    (tmp_path / "hw").mkdir()
+    (tmp_path / "hw" / "student_rms.py").write_text(STUDENT_FILE)
+    module = _imported_from(tmp_path / "hw" / "student_rms.py")
+    monkeypatch.chdir(tmp_path)
+    finding = check_function("rmsnorm", module.my_rms, n_random=0).first_failure.finding
+    assert finding.message.endswith("(line 5 of hw/student_rms.py: return dy[:, 99])"), finding.message
+    assert finding.hint.endswith("\nrunpy.run_path('hw/student_rms.py')['my_rms'](dy, cache)"), finding.hint
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")     # not below the file's folder: its whole path
+    finding = check_function("rmsnorm", module.my_rms, n_random=0).first_failure.finding
+    where = str(tmp_path / "hw" / "student_rms.py")
+    assert finding.hint.endswith(f"\nrunpy.run_path({where!r})['my_rms'](dy, cache)"), finding.hint
+
+
+@pytest.mark.parametrize("kind", ["method", "partial", "callable object"])
+def test_a_method_a_partial_or_a_callable_object_is_named_and_located_by_the_function_it_runs(
+        tmp_path, monkeypatch, kind):
+    """A partial or a callable object was named by its repr ('<Grader object at 0x...>'), its crash
+    had no line, and the hint ran 'your_file.py'; a method's hint called backward(dy, cache), which
+    no name in the session is."""
+    import functools
+
+    (tmp_path / "student_rms.py").write_text(STUDENT_FILE)
+    module = _imported_from(tmp_path / "student_rms.py")
+    monkeypatch.chdir(tmp_path)
+    backward, called, line = {"method": (module.Grader().backward, "backward", 10),
+                              "partial": (functools.partial(module.my_rms), "a partial of my_rms", 5),
+                              "callable object": (module.Grader(), "a Grader object", 13)}[kind]
+    report = check_function("rmsnorm", backward, n_random=0)
+    assert "object at 0x" not in repr(report) and "object at 0x" not in report.format(), report.format()
+    assert report.format().splitlines()[0] == f"exercise rmsnorm: rmsnorm_backward ({'your function ' * (kind == 'method')}{called})"
+    finding = report.first_failure.finding
+    assert finding.message.endswith(f"(line {line} of student_rms.py: return dy[:, 99])"), finding.message
+    assert "runpy" not in finding.hint and finding.hint.endswith("\nyour_function(dy, cache)"), finding.hint
+    assert "your_function: the function you gave check_function" in finding.hint, finding.hint
+
+
+def test_code_in_no_file_that_no_cell_or_prompt_typed_is_not_called_a_cell(tmp_path):
+    """exec'd text ('<string>') and a file deleted since it was imported are no notebook cell: the
+    line is named as Python's traceback names it."""
+    source = "def rmsnorm_backward(dy, cache):\n    return dy[:, 99]\n"
+    executed = _defined_in_a_cell(source, "<string>", "rmsnorm_backward", remembered=False)
+    finding = check_function("rmsnorm", executed, n_random=0).first_failure.finding
+    assert finding.message.endswith("(line 2 of <string>)"), finding.message
+    path = tmp_path / "gone_rms.py"
+    path.write_text(source)
+    deleted = _imported_from(path).rmsnorm_backward
+    path.unlink()
+    finding = check_function("rmsnorm", deleted, n_random=0).first_failure.finding
+    assert finding.message.endswith(f"(line 2 of {path})"), finding.message
+    assert "runpy" not in finding.hint and finding.hint.endswith("\nrmsnorm_backward(dy, cache)"), finding.hint

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import importlib.util
 import inspect
 import os
@@ -206,28 +207,33 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     `.format()`: the table).
 
     n_random, seed: how many random cases follow the edge cases, and their draw (case_params).
-    source: where the report says the function comes from (default its __name__); source_file:
-    its file (default where its code is), read for the finite-difference rule.
+    source: where the report says the function comes from (default its __name__; a partial, a
+    callable object: what it is); source_file: its file (default where the code it runs is -- a
+    method's, a partial's function, an object's __call__), read for the finite-difference rule.
     catch_everything: also turn SystemExit and KeyboardInterrupt raised by the function into its
     failure (in your own process a Ctrl-C should still stop you).
     source_text: the file's text for the finite-difference rule (screen.py), as read before any of
     it ran (sandbox.grade_file: a file that rewrites itself must not hide it); by default
     source_file is read when the rule needs it.
-    named_as: source_file as a crash's line names it ("line 3 of alice/linear_backward.py") -- the
-    path the student typed, or the gradebook's file column; by default its file name."""
+    named_as: the file whose exercise.backward_name `backward` is, as a crash's line names it ("line 3
+    of alice/linear_backward.py") -- the path the student typed, or the gradebook's file column.  By
+    default a crash names the file of the code `backward` runs by its path from the current folder
+    (the hint runs it from there by its own name), a notebook cell's as the cell, and other code
+    in no file as Python does ('<string>')."""
     exercise = get_exercise(op)
     if not callable(backward):
         raise TypeError(f"backward must be a function like {exercise.signature[4:-1]}, got {type(backward).__name__}")
     if source_text is not None and not isinstance(source_text, str):
         raise TypeError(f"source_text must be the file's text (a str) or None, got {type(source_text).__name__}")
     _check_cases(n_random, seed)
-    source = source or getattr(backward, "__name__", repr(backward))
-    source_file = source_file or getattr(getattr(backward, "__code__", None), "co_filename", None)
-    function_name = getattr(backward, "__qualname__", "")    # as Python names it in a wrong-call TypeError
-    if named_as is None and source_file and not os.path.isfile(source_file):
-        # a notebook cell's code (/tmp/ipykernel_.../<hash>.py) or a prompt's (<stdin>) is in no file the
-        # student has: its lines are the cell's, as Jupyter's own tracebacks count them
-        named_as = f"the cell defining {_callable_name(function_name)}"
+    function = _function_run_by(backward)
+    source = source or _what_it_is(backward, function)
+    source_file = source_file or getattr(getattr(function, "__code__", None), "co_filename", None)
+    function_name = getattr(function, "__qualname__", "")    # as Python names it in a wrong-call TypeError
+    if named_as is not None:       # the file's own <op>_backward (check_file, grade_file): rerun from that file
+        rerun = (named_as, exercise.backward_name)
+    else:
+        named_as, rerun = _where_it_runs(backward, source_file, function_name)
     parameters = _parameter_names(backward)
     backward = exercise.adapt(student_call(backward))
     student_errors = BaseException if catch_everything else Exception
@@ -267,7 +273,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
                 result.status = "error"
                 result.finding = Finding("", _describe_exception(error, source_file, named_as=named_as),
                                          hint=_crash_hint(error, exercise, params, source_file, function_name,
-                                                          parameters, named_as),
+                                                          parameters, rerun),
                                          case=_describe_params(exercise, params))
                 break
         results.append(result)
@@ -524,7 +530,7 @@ def _parameter_names(function) -> list[str]:
 
 
 def _crash_hint(error: BaseException, exercise: Exercise, params, source_file: str | None,
-                function_name: str, parameters=(), named_as: str | None = None) -> str:
+                function_name: str, parameters=(), rerun: tuple[str | None, str | None] = (None, None)) -> str:
     """Where to look, from the kind of crash, the exercise and the failing case."""
     text = str(error)
     if _parameters_reordered(exercise, parameters):
@@ -548,7 +554,7 @@ def _crash_hint(error: BaseException, exercise: Exercise, params, source_file: s
     hint = _tuple_index_hint(error, source_file)
     if hint:
         return hint
-    return _rerun_hint(exercise, params, source_file, named_as, function_name)
+    return _rerun_hint(exercise, params, *rerun)
 
 
 COUNT_FROM_THE_BACK = ("count from the back -- a.shape[-1] is the last axis however many leading axes there are, "
@@ -661,33 +667,79 @@ def _unpack_hint(exercise: Exercise) -> str:
             f"without unpacking")
 
 
-def _rerun_hint(exercise: Exercise, params, source_file: str | None, named_as: str | None = None,
-                function_name: str = "") -> str:
-    """Three lines that rebuild the failing case and call the student's function, to run by hand
-    (under python -m pdb to stop where it fails); the file named as named_as, default its name.  A
-    function whose code is in no file (a notebook cell, the prompt) is called by its name, in the
-    session that defined it."""
+def _rerun_hint(exercise: Exercise, params, run_path: str | None, name: str | None) -> str:
+    """Three lines that rebuild the failing case and call the student's function, to run by hand:
+    runpy.run_path(run_path)[name] (under python -m pdb to stop where it fails), or, for a function
+    no file gives back by name (a notebook cell's, a method, a partial), `name` -- else the function
+    given to check_function -- called in the session that checked it."""
     case = exercise.edge_cases[0] if params is None else params
     importing, expression = exercise.loader()
     cache = "*cache" if exercise.op == "model" else "cache"
     rebuild = (f"ex = {expression}; case = ex.case({case!r}); out, cache = case.run_forward(); "
                f"{exercise.upstream} = case.dout_for(out)\n")
-    if source_file and not os.path.isfile(source_file):
-        return ("rebuild this case and call your function on it, in the session where you defined it (%debug "
-                "in Jupyter, or import pdb; pdb.pm() at a prompt, then shows where it fails):\n"
-                f"{importing}\n{rebuild}{_callable_name(function_name, 'your_function')}({exercise.upstream}, "
-                f"{cache})")
-    file = named_as or (os.path.basename(source_file) if source_file else "your_file.py")
+    if run_path is None:
+        which = "" if name else " (your_function: the function you gave check_function)"
+        return ("rebuild this case and call your function on it, in the session you checked it from (%debug "
+                f"in Jupyter, or import pdb; pdb.pm() at a prompt, then shows where it fails){which}:\n"
+                f"{importing}\n{rebuild}{name or 'your_function'}({exercise.upstream}, {cache})")
     return ("rebuild this case and call your function by hand (paste into python, or save as a file and "
             "run it with python -m pdb to stop where it fails):\n"
             f"{importing}; import runpy\n{rebuild}"
-            f"runpy.run_path({file!r})[{exercise.backward_name!r}]({exercise.upstream}, {cache})")
+            f"runpy.run_path({run_path!r})[{name!r}]({exercise.upstream}, {cache})")
 
 
-def _callable_name(qualname: str, anonymous: str = "the lambda") -> str:
-    """A function's name as a student calls it (inner, not outer.<locals>.inner); a lambda has none."""
-    name = qualname.rsplit(".", 1)[-1]
-    return name if name.isidentifier() else anonymous
+def _function_run_by(backward):
+    """The Python function calling `backward` runs: itself, a method's or a partial's function, a
+    callable object's __call__; None when there is none (a NumPy ufunc, a builtin)."""
+    while isinstance(backward, functools.partial):
+        backward = backward.func
+    if inspect.ismethod(backward):
+        backward = backward.__func__
+    if inspect.isfunction(backward):
+        return backward
+    call = getattr(type(backward), "__call__", None)
+    return call if inspect.isfunction(call) else None
+
+
+def _what_it_is(backward, function) -> str:
+    """What a report calls the function checked: its name; a partial or a callable object has none
+    (its repr, '<Grader object at 0x...>', says nothing a student recognises)."""
+    name = getattr(backward, "__name__", None)
+    if isinstance(name, str):
+        return name
+    if isinstance(backward, functools.partial) and function is not None:
+        return f"a partial of {function.__name__}"
+    return f"a {type(backward).__name__} object"
+
+
+# the file Python gives the code of a Jupyter or IPython cell (/tmp/ipykernel_1234/567.py, <ipython-input-3-..>)
+# or of what was typed at Python's prompt (<stdin>, 3.13: <python-input-0>)
+TYPED_IN_A_SESSION = re.compile(r"(^|[/\\])ipykernel_\d+[/\\]\d+\.py$|^<(stdin|python-input-\d+|ipython-input-[\w-]+)>$")
+
+
+def _where_it_runs(backward, source_file: str | None, function_name: str) -> tuple[str | None, tuple]:
+    """For a function check_function was given itself: the file of its code as a crash's line names it,
+    and (the path, the name) to rerun it by with runpy -- (None, its name or None) to call it in the session."""
+    name = _defined_name(function_name)
+    own_name = name if inspect.isfunction(backward) and name.isidentifier() else None  # not a method, a partial
+    if source_file is None:
+        return None, (None, own_name)
+    if os.path.isfile(source_file):
+        here = os.path.relpath(source_file)
+        path = here if not here.startswith(os.pardir) else os.path.abspath(source_file)
+        top_level = own_name is not None and own_name == function_name      # what run_path's namespace holds
+        return path, (path, own_name) if top_level else (None, own_name)
+    if TYPED_IN_A_SESSION.search(source_file):
+        # a cell's lines are counted as Jupyter's own tracebacks count them
+        return f"the cell defining {name}", (None, own_name)
+    return source_file, (None, own_name)     # exec'd text, a file deleted since: as Python's traceback names it
+
+
+def _defined_name(qualname: str) -> str:
+    """A function's name as its cell defines it (inner, not outer.<locals>.inner; Grader.backward); a
+    lambda has none."""
+    name = qualname.rsplit("<locals>.", 1)[-1]
+    return "the lambda" if "<lambda>" in name else name
 
 
 def _describe_params(exercise: Exercise, params) -> str:

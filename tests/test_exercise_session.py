@@ -174,3 +174,38 @@ def test_code_in_no_file_that_no_cell_or_prompt_typed_is_not_called_a_cell(tmp_p
     finding = check_function("rmsnorm", deleted, n_random=0).first_failure.finding
     assert finding.message.endswith(f"(line 2 of {path})"), finding.message
     assert "runpy" not in finding.hint and finding.hint.endswith("\nrmsnorm_backward(dy, cache)"), finding.hint
+
+
+def test_a_reports_repr_is_one_line_saying_why_in_every_state(tmp_path):
+    """Not loaded, refused, not implemented, crashed (a message of several lines), stopped half-way:
+    repr() stays one line and says which."""
+    from npllama.exercises import check_file, get_exercise
+    from npllama.exercises.runner import GradingStopped
+
+    files = {"import_crash.py": "raise ValueError('the first line\\nthe second line')\n",
+             "borrows.py": "import torch\n\ndef rmsnorm_backward(dy, cache):\n    pass\n",
+             "not_yet.py": "def rmsnorm_backward(dy, cache):\n    raise NotImplementedError\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+
+    def crashes(dy, cache):
+        raise RuntimeError("the first line\nthe second line")
+
+    calls = []
+
+    def stops(dy, cache):      # as the sandbox's stand-in does when the child is stopped after its first call
+        calls.append(1)
+        if len(calls) > 1:
+            raise GradingStopped("the file's process ended: the time limit")
+        return crashes(dy, cache)
+
+    said = {name: repr(check_file("rmsnorm", tmp_path / name, n_random=0)) for name in files}
+    said["crash"] = repr(check_function("rmsnorm", crashes, n_random=0))
+    said["stopped"] = repr(check_function("rmsnorm", stops, n_random=0))
+    for state, shown in said.items():
+        assert "\n" not in shown and shown.startswith("<Report exercise rmsnorm: "), (state, shown)
+    assert "failed: the file raised ValueError: the first line the second line" in said["import_crash.py"]
+    assert "; refused: line 1 imports torch" in said["borrows.py"], said["borrows.py"]
+    assert "; not implemented yet;" in said["not_yet.py"], said["not_yet.py"]
+    assert "first failure returns: your function raised RuntimeError: the first line the second line" in said["crash"]
+    assert "first failure returns: the file's process ended: the time limit" in said["stopped"], said["stopped"]

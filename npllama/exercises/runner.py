@@ -125,6 +125,7 @@ class Report:
         if self.ok:
             return shown + ">"
         summary = ("first failure " if self.first_failure is not None else "") + self.summary()
+        summary = " ".join(summary.split())     # an error's message may run over several lines
         if len(summary) > self.REPR_SUMMARY:
             summary = summary[:self.REPR_SUMMARY - 3] + "..."
         return f"{shown}; {summary}; print it for the whole report>"

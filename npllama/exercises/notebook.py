@@ -36,7 +36,8 @@ def notebook_json(op) -> dict:
             intro += f"  Keep `{Path(ex.exercise_file).name}` beside this notebook: the check reads the exercise from it."
         loading, exercise = ex.loader()
         importing = f"from npllama.exercises import check_function\n{loading}"
-    check = f"{importing}\n\nprint(check_function({exercise}, {ex.backward_name}).format())"
+    # the cell's value is the report, which Jupyter shows as the whole report (Report._repr_pretty_)
+    check = f"{importing}\n\ncheck_function({exercise}, {ex.backward_name})"
     derivation = [_cell("markdown", dollar_math(derivation_markdown(ex.derivation)))] if ex.derivation else []
     cells = [_cell("markdown", intro), *derivation, _cell("code", starter), _cell("code", check)]
     return {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",

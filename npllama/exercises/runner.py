@@ -1,7 +1,7 @@
 """Run an exercise's checks on a student's function, a file, or a folder of submissions.
 
     report = check_file("rmsnorm", "rmsnorm_backward.py")
-    print(report.format())            # pass/fail per check, then the first failure explained
+    print(report)                     # pass/fail per check, then the first failure explained
     reports = check_folder("rmsnorm", "submissions/")
     print(format_table(reports))      # file, checks passed, first failure
 

@@ -6,7 +6,7 @@
 
     from npllama.exercises import check_function, load_exercises
     gelu = load_exercises("gelu_exercise.py")["gelu"]
-    print(check_function(gelu, my_gelu_backward).format())
+    print(check_function(gelu, my_gelu_backward))
 
 The file holds the forward (returning (out, cache)), the teacher's reference backward, and a
 subclass of Exercise written as the built-in ones are (definitions.py): its name, the two

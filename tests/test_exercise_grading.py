@@ -592,3 +592,24 @@ def test_cli_names_the_files_of_a_folder_it_did_not_grade(tmp_path, capsys):
     assert status == 0
     assert "not graded (not .py files): judy/rmsnorm.ipynb, notes.txt" in out
     assert "solution cell is saved as a .py file" in out and ".DS_Store" not in out
+
+
+def test_files_two_folders_down_are_named_not_left_out_in_silence(tmp_path, capsys):
+    """A class handed in by section (class/section 1/alice/rmsnorm_backward.py) is graded one level
+    down only: its students were missing from the gradebook without a word, and a folder holding
+    nothing else was said to have no .py files in its subfolders."""
+    from npllama.cli import main
+
+    folder = tmp_path / "class"
+    (folder / "section 1" / "alice").mkdir(parents=True)
+    (folder / "section 1" / "alice" / "rmsnorm_backward.py").write_text(CORRECT["rmsnorm"])
+    with pytest.raises(FileNotFoundError) as refused:
+        grade_folder("rmsnorm", folder, n_random=0)
+    assert str(refused.value) == (f"{folder} holds no .py files to check, in it or its subfolders; 1 is two folders "
+                                  "down (section 1/alice/rmsnorm_backward.py): check each of its subfolders")
+    (folder / "bob.py").write_text(CORRECT["rmsnorm"])
+    status = main(["exercise", "check", "rmsnorm", str(folder), "--cases", "0", "--gradebook", str(tmp_path / "gb")])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert ("not graded (two folders down: check each subfolder on its own): section 1/alice/rmsnorm_backward.py"
+            in out), out

@@ -202,6 +202,9 @@ def run_check(args) -> int:
                   + ("; a notebook is graded once its solution cell is saved as a .py file (not its check "
                      "cell, which imports npllama and would be refused)"
                      if any(name.endswith(".ipynb") for name in others) else ""))
+        deeper = gradebook.two_folders_down(path)
+        if deeper:
+            print(f"not graded (two folders down: check each subfolder on its own): {', '.join(deeper)}")
         csv_path, json_path = write_gradebook(graded, stem)
         print(f"gradebook: {csv_path} and {json_path}")
     else:

@@ -43,8 +43,25 @@ def submissions_in(folder) -> list[Path]:
         raise FileNotFoundError(f"{folder} is not a folder of submissions")
     files = [p for p in _handed_in(folder) if p.suffix == ".py"]
     if not files:
+        deeper = two_folders_down(folder)
+        if deeper:
+            raise FileNotFoundError(f"{folder} holds no .py files to check, in it or its subfolders; {len(deeper)} "
+                                    f"{'is' if len(deeper) == 1 else 'are'} two folders down ({_first(deeper)}): "
+                                    f"check each of its subfolders")
         raise FileNotFoundError(f"{folder} holds no .py files to check (nor do its subfolders)")
     return files
+
+
+def two_folders_down(folder) -> list[str]:
+    """The .py files one folder deeper than submissions_in looks (a class handed in by section:
+    section/student/file.py), by their path relative to `folder`: they are not graded, and a
+    teacher must be told so, not find those students missing from the gradebook."""
+    folder = Path(folder)
+    return [readable_name(p.relative_to(folder).as_posix()) for p in _handed_in(folder, ("*/*/*.py",))]
+
+
+def _first(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
 
 
 def not_graded_in(folder) -> list[str]:
@@ -55,10 +72,10 @@ def not_graded_in(folder) -> list[str]:
     return [readable_name(p.relative_to(folder).as_posix()) for p in _handed_in(folder) if p.suffix != ".py"]
 
 
-def _handed_in(folder: Path) -> list[Path]:
-    """The files of `folder` and its subfolders one level down, hidden ones (.DS_Store) and
-    __pycache__ left out, sorted by their path relative to `folder`."""
-    return sorted((p for p in [*folder.glob("*"), *folder.glob("*/*")]
+def _handed_in(folder: Path, patterns=("*", "*/*")) -> list[Path]:
+    """The files of `folder` and its subfolders one level down (or those `patterns` match), hidden
+    ones (.DS_Store) and __pycache__ left out, sorted by their path relative to `folder`."""
+    return sorted((p for pattern in patterns for p in folder.glob(pattern)
                    if p.is_file() and not any(part.startswith((".", "__")) for part in p.relative_to(folder).parts)),
                   key=lambda p: p.relative_to(folder).as_posix())
 

@@ -635,7 +635,7 @@ def test_lora_adapters_and_a_replaced_op_are_both_noted(model, tmp_path):
     assert npllama.trace.Trace.load(tmp_path / "lora.npz").lora == "r=2, lora_alpha=4 on q_proj, v_proj"
     assert with_lora.select("model.layers.0.*").lora == with_lora.lora     # a part of the trace says so too
     # a trace saved before traces noted LoRA (no "lora" in its metadata) loads, noting none
-    archive = dict(np.load(tmp_path / "lora.npz"))
+    archive = dict(np.load(tmp_path / "lora.npz", allow_pickle=False))
     meta = json.loads(str(archive["__meta__"]))
     del meta["meta"]["lora"]
     np.savez(tmp_path / "older.npz", **{**archive, "__meta__": np.array(json.dumps(meta))})

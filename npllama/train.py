@@ -874,7 +874,7 @@ def _let_the_helper_finish(helper, echo) -> None:
 
 
 def _print_samples(model, tokenizer, tc: TrainConfig, echo) -> list[str]:
-    from .generate import decodable_vocab_size, generate, sample_seed
+    from .generate import decodable_vocab_size, end_ids, generate, sample_seed
 
     if not tc.samples:
         return []
@@ -884,7 +884,7 @@ def _print_samples(model, tokenizer, tc: TrainConfig, echo) -> list[str]:
     for i in range(tc.samples):
         prompt = prompts[i % len(prompts)]
         ids = generate(model, tokenizer.encode(prompt, bos=True), max_new_tokens=tc.sample_tokens,
-                       temperature=0.8, top_k=40, seed=sample_seed(tc.seed, i), eos_id=tokenizer.eos_id,
+                       temperature=0.8, top_k=40, seed=sample_seed(tc.seed, i), eos_id=end_ids(model, tokenizer),
                        vocab_size=decodable_vocab_size(model, tokenizer))
         text = tokenizer.decode(ids)
         texts.append(text)

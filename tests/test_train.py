@@ -319,3 +319,18 @@ def test_the_end_of_run_samples_are_seeded_as_generate_num_samples(small_model_d
     model, tokenizer, _ = load_model_and_tokenizer(small_model_dir)
     texts = _print_samples(model, tokenizer, TrainConfig(seed=1, samples=3, sample_tokens=2), lambda line: None)
     assert len(texts) == 3 and seeds == [1, sample_seed(1, 1), sample_seed(1, 2)]
+
+
+def test_the_end_of_run_samples_stop_at_every_end_id_of_the_config(small_model_dir, monkeypatch):
+    """A LLaMA-3 base lists several end ids in config.json's eos_token_id (end of text, end of turn):
+    the samples stop at any of them, as generate and chat do, not only at the tokenizer's </s>."""
+    import npllama.generate
+    from npllama.generate import end_ids
+    from npllama.train import _print_samples
+
+    stops, real = [], npllama.generate.generate
+    monkeypatch.setattr(npllama.generate, "generate", lambda *a, **kw: stops.append(kw["eos_id"]) or real(*a, **kw))
+    model, tokenizer, _ = load_model_and_tokenizer(small_model_dir)
+    model.config.eos_token_id = [tokenizer.eos_id, 5]
+    _print_samples(model, tokenizer, TrainConfig(seed=1, samples=1, sample_tokens=2), lambda line: None)
+    assert stops == [end_ids(model, tokenizer)] and set(stops[0]) == {tokenizer.eos_id, 5}

@@ -6,8 +6,9 @@ many sessions because nothing fine-tuned a base with that setting.  So this matr
 settings (pad_token_id unset, distinct, equal to eos or bos; tied embeddings; grouped-query or
 plain attention; an explicit head_dim != hidden_size / heads; llama3 rope scaling;
 attention_dropout; an embedding padded past the tokenizer; a tokenizer with or without a pad
-piece) with the objectives (next-token, classification, SFT, masked-LM, masked-LM + sentence
-order) and what is trained (every weight, LoRA on the attention, LoRA on o_proj and the MLP).
+piece) with the objectives (next-token, classification on a causal and on a masked-LM base, SFT,
+masked-LM, masked-LM + sentence order) and what is trained (every weight, LoRA on the attention,
+LoRA on o_proj and the MLP).
 
 * In Python (float64, tiny): a few steps of the fine-tuning loop (npllama.finetune.run_steps) must
   lower the loss, and the gradient of what is trained must pass npllama.gradcheck.
@@ -47,12 +48,13 @@ CONFIGS = {
     "tied_pad_is_eos": dict(tie_word_embeddings=True, pad_token_id=2),
     "head_dim": dict(head_dim=4),                       # 4 heads of 4 = 16 != hidden_size 8
     "llama3_rope": dict(rope_scaling=LLAMA3_ROPE),
-    "attention_dropout": dict(attention_dropout=0.1),   # carried in config.json; npllama runs none
+    # attention_dropout: carried in config.json, npllama runs none (so no setting of its own here)
     "everything": dict(pad_token_id=2, tie_word_embeddings=True, num_key_value_heads=1, head_dim=4,
                        rope_scaling=LLAMA3_ROPE, attention_dropout=0.1),
 }
 TRAINED = {"full": None, "lora_attention": ("q_proj", "v_proj"), "lora_o_and_mlp": ("o_proj",) + MLP_TARGETS}
-OBJECTIVES = ("causal", "classify", "sft", "mlm", "mlm_sop")
+# classify_mlm: the classifier on a masked-LM base, which runs bidirectionally (SequenceClassifier.causal)
+OBJECTIVES = ("causal", "classify", "classify_mlm", "sft", "mlm", "mlm_sop")
 
 
 def batch_of_texts(config, pairs: bool = False):
@@ -75,12 +77,14 @@ def batch_of_texts(config, pairs: bool = False):
 
 def objective(name, model):
     """(the trained arrays {name: array}, loss_and_grads() -> (loss, grads)) of one objective on `model`."""
-    texts, tokens, mask, pad_id = batch_of_texts(model.config, pairs=name in ("mlm", "mlm_sop"))
+    texts, tokens, mask, pad_id = batch_of_texts(model.config, pairs=name in ("classify_mlm", "mlm", "mlm_sop"))
     trained = dict(model.lora.params if model.lora is not None else model.params)
     if name == "causal":
         targets = np.where(mask, np.roll(tokens, -1, axis=1), IGNORE_INDEX)
         return trained, lambda: model.loss_and_grads(tokens, targets, mask)
-    if name == "classify":
+    if name.startswith("classify"):
+        if name == "classify_mlm":   # a masked-LM base (npllama train --objective mlm)
+            model.objective = "mlm"
         classifier = SequenceClassifier(model, ["a", "b", "c"], pad_id=pad_id)
         classifier.score_weight += np.random.default_rng(1).standard_normal(classifier.score_weight.shape)
         return classifier.params, lambda: classifier.loss_and_grads(tokens, mask, np.array([2, 0]))

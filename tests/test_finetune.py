@@ -187,6 +187,40 @@ def test_a_saved_classifier_reads_a_text_as_far_as_fine_tuning_did(base_dir, tmp
         np.testing.assert_allclose(classifier.logits([text])[0], classifier.head.logits(tokens, mask)[0], rtol=1e-12)
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_classifier_from_a_base_whose_pad_token_id_is_not_the_tokenizers_pools_where_it_trained(
+        base_dir, tmp_path, lora):
+    """A LLaMA-1 conversion sets pad_token_id 0 (<unk>) while its tokenizer, with no pad piece, pads
+    with </s>: fine-tuning pools by the id it padded with (pad_id_of), and the folder it saves says
+    so (config.json's pad_token_id, the adapter's base's tokenizer), so the reloaded classifier reads
+    the same position.  The batch holds a text ending in </s> and one with <unk>: pooling by either
+    other id reads another token (transformers' rule, the rightmost token not the pad id)."""
+    from npllama.classify import load_classifier
+
+    base = tmp_path / "base"
+    shutil.copytree(base_dir, base)
+    fields = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**fields, "pad_token_id": 0}))
+    model = Llama.from_pretrained(base, dtype=np.float64)
+    tokenizer = Tokenizer(base / "tokenizer.model")
+    pad_id = pad_id_of(tokenizer)
+    assert model.config.pad_token_id == tokenizer.unk_id == 0 and tokenizer.pad_id is None and pad_id == 2
+    rng = np.random.default_rng(3)
+    if lora:
+        for p in attach_lora(model, r=2, target_modules=["q_proj", "v_proj"]).params.values():
+            p += 0.3 * rng.standard_normal(p.shape)
+    trained = SequenceClassifier(model, ["neg", "pos"], pad_id=pad_id)   # as classify makes it
+    trained.score_weight += rng.standard_normal(trained.score_weight.shape)
+    trained.save(tmp_path / "c", tokenizer, base_dir=base)
+    loaded = load_classifier(base if lora else tmp_path / "c", dtype=np.float64,
+                             adapter=tmp_path / "c" if lora else None).head
+    tokens, mask = pad_batch([[1, 7, 8, 9, 2], [1, 0, 7, 8], [1, 9, 0, 7, 8, 9, 10]], pad_id)
+    assert trained.pooled_index(tokens, mask).tolist() == [3, 3, 6]
+    with use_backend("numpy"):
+        np.testing.assert_array_equal(loaded.pooled_index(tokens, mask), trained.pooled_index(tokens, mask))
+        np.testing.assert_allclose(loaded.logits(tokens, mask), trained.logits(tokens, mask), rtol=1e-12)
+
+
 def test_fine_tuning_a_base_asking_for_attention_dropout_says_npllama_has_none(base_dir, tmp_path):
     base = tmp_path / "base"
     shutil.copytree(base_dir, base)

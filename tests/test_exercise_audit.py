@@ -255,6 +255,16 @@ def test_crash_hints_name_the_signature_the_cache_and_an_einsum():
     assert "einsum" in hint and "keepdims" not in hint
 
 
+def test_a_model_backward_unpacking_its_cache_is_told_the_model_caches_fields():
+    """model_backward(dlogits, cache, config) gets model_forward's ModelCache, not the pair the
+    checker keeps (the cache and the config): the hint said 'unpack exactly cache, config'.  (A
+    5-name unpacking was right until ModelCache recorded whether the stack ran causally.)"""
+    def five_names(dlogits, cache, config):
+        embed_tokens, layers, norm, lm_head, hidden_shape = cache
+    hint = check_function("model", five_names, n_random=0).first_failure.finding.hint
+    assert "ModelCache of 6 fields: embed_tokens, layers, norm, lm_head, hidden_shape, causal" in hint, hint
+
+
 def test_parameters_in_the_other_order_are_said_whether_it_crashes_or_not():
     """(cache, dy): rmsnorm's unpacking crashes, and the hint was 'unpack exactly x, rstd, weight',
     which the student did; softmax computes wrong numbers and said nothing about the order."""

@@ -241,7 +241,8 @@ logits = hidden @ W_lm.T                       # W_lm = E when tie_word_embeddin
 
     dlogits: (B, T, V) the gradient of the loss with respect to the logits
     cache:   a ModelCache from npllama.model.model_forward: embed_tokens, layers (one BlockCache
-             per layer), norm, lm_head
+             per layer), norm, lm_head, hidden_shape (B, T, D), causal (False: the bidirectional
+             stack ran; not here)
     config:  the LlamaConfig (num_hidden_layers, tie_word_embeddings, ...)
     Returns a dict: Hugging Face parameter name -> gradient, exactly the keys of model.params
     ("model.embed_tokens.weight", "model.layers.0.input_layernorm.weight", ..., "model.norm.weight",
@@ -259,6 +260,9 @@ logits = hidden @ W_lm.T                       # W_lm = E when tie_word_embeddin
                   dict(layers=1, B=1, T=2, tied=True, seed=2)]
 
     flat_forward, flatten = staticmethod(model_forward_flat), staticmethod(_flatten_model)
+
+    def students_cache(self, cache):
+        return cache.cache   # (the ModelCacheWithConfig's config is model_backward's third argument)
 
     def build(self, params, dtype=np.float64):
         from ..config import LlamaConfig

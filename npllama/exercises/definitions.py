@@ -150,6 +150,11 @@ class Exercise:
         """The student's function as the checks call it (an assembled exercise flattens its result)."""
         return backward
 
+    def students_cache(self, cache):
+        """The forward's cache as the student's function receives it (the model exercise keeps the
+        config beside it, and passes the two as separate arguments)."""
+        return cache
+
     # ----- the checks -------------------------------------------------------------------------------
     def checks(self) -> list[Check]:
         found = []

@@ -656,6 +656,7 @@ def _unpack_hint(exercise: Exercise) -> str:
     """What the cache holds, for a student who unpacked it into the wrong number of names."""
     try:
         _, cache = exercise.case(exercise.edge_cases[0]).run_forward()
+        cache = exercise.students_cache(cache)
     except Exception:   # describing must never hide the real error
         return "the cache holds other values than your code unpacks: print(type(cache)) to see it"
     if hasattr(cache, "_fields"):

@@ -109,7 +109,7 @@ class ModelCache(NamedTuple):
     norm: RMSNormCache             # x^(L) (B, T, D), rstd, w_norm
     lm_head: LinearCache | None    # hidden (B, T, D), W_lm; None when only the decoder stack ran
     hidden_shape: tuple            # (B, T, D)
-    causal: bool = True            # False: the bidirectional (masked-LM) stack ran
+    causal: bool                   # False: the bidirectional (masked-LM) stack ran (decoder_backward)
 
 
 def _public(method):

@@ -492,13 +492,12 @@ def _npllama_and_folder(model_or_dir, dtype, transformers_folder):
     if not (Path(transformers_folder) / "config.json").is_file():
         raise ValueError(f"transformers_folder {str(transformers_folder)!r} is not a Hugging Face folder "
                          f"(no config.json in it)")
-    ours = _traceable(model_or_dir)
+    ours = model_or_dir
     given_a_path = isinstance(ours, (str, os.PathLike))
     if not given_a_path and not hasattr(ours, "loss_and_grads"):
         raise TypeError(f"model_or_dir must be a Llama, a SequenceClassifier or the path of a model, got "
                         f"{type(ours).__name__}")
-    # a path's kind is read from its config.json: refused before either model loads
-    refuse_another_kind(_is_classifier_folder(ours) if given_a_path else _is_classifier(ours), transformers_folder)
+    refuse_another_kind(ours, transformers_folder)     # a path's kind from its config.json: before either loads
     if given_a_path:
         ours = _from_folder(ours, dtype)
     _refuse_lora(ours)
@@ -539,10 +538,13 @@ def _refuse_lora(model) -> None:
                          f"compare the adapted model with compare_backends or compare_dtypes")
 
 
-def refuse_another_kind(model_is_a_classifier: bool, transformers_folder) -> None:
-    """ValueError when transformers_folder holds another kind of model than npllama's: a classifier
-    has no LM head to compare with LlamaForCausalLM's, a language model no score head.  Read from
-    config.json alone, so that the mismatch is refused before either model is loaded."""
+def refuse_another_kind(model, transformers_folder) -> None:
+    """ValueError when transformers_folder holds another kind of model than npllama's `model` (a
+    Llama or a SequenceClassifier, or the path of one): a classifier has no LM head to compare with
+    LlamaForCausalLM's, a language model no score head.  A path's kind and the folder's are read
+    from config.json alone, so that the mismatch is refused before either model is loaded."""
+    model_is_a_classifier = (_is_classifier_folder(model) if isinstance(model, (str, os.PathLike))
+                             else _is_classifier(model))
     folder_holds_a_classifier = _is_classifier_folder(transformers_folder)
     if model_is_a_classifier != folder_holds_a_classifier:
         raise ValueError(f"transformers_folder {str(transformers_folder)!r} holds {_kind(folder_holds_a_classifier)}, "

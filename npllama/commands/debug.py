@@ -258,7 +258,7 @@ def run_compare(args) -> int:
     _refuse_unwritable("--save", args.save)
     model_path = debug.model_path(args.model)
     if args.transformers_folder is not None:   # a classifier against a causal LM: refused before either loads
-        debug.refuse_another_kind(debug._is_classifier_folder(model_path), args.transformers_folder)
+        debug.refuse_another_kind(model_path, args.transformers_folder)
     dtype = np.float64 if args.dtype == "float64" else np.float32   # (--against float64: float32, as refused above)
     model, model_dir, ids, _ = debug.load_inputs(model_path, args.text, args.tokens, dtype=dtype,
                                                classifier=True, adapter=args.adapter)

@@ -933,8 +933,7 @@ def _shortened(evaluate, move, estimate, richardson, good_enough) -> _Estimate:
     """A failing probe, or one passing on a loose bound (which a mistake could hide in), whose bound
     is mostly truncation (f bends within a few steps: an input far from zero whose entries differ
     by little, x = 1e3 + noise, is stepped by eps * 1e3; at 1e4 + noise a wrong entry passed inside
-    the 15% bounds of the step 1), taken
-    again at steps SHORTEN times shorter: truncation falls like h^2 (h^4 for Richardson), round-off
+    the 15% bounds of the step 1), taken again at steps SHORTEN times shorter: truncation falls like h^2 (h^4 for Richardson), round-off
     grows only like 1/h.  A shorter estimate is kept while its bound is smaller and its differences
     shrink like h^2.  Unlike a longer step's (_resolved_derivative), it need not agree with the
     estimate it replaces within that one's bound: that bound failing to hold where f bends within
@@ -1227,10 +1226,9 @@ def _wrt_keys(wrt, names: list[str]):
     None: every floating-point array)."""
     if wrt is None:
         return None
-    not_keys = [] if isinstance(wrt, str) or not isinstance(wrt, (list, tuple)) else \
-        [k for k in wrt if not isinstance(k, str)]
-    if isinstance(wrt, str) or not isinstance(wrt, (list, tuple)) or not_keys:
-        holding = f" holding {_describe(not_keys[0])}" if not_keys else ""
+    not_keys = [k for k in wrt if not isinstance(k, str)] if isinstance(wrt, (list, tuple)) else [wrt]
+    if not_keys:
+        holding = f" holding {_describe(not_keys[0])}" if isinstance(wrt, (list, tuple)) else ""
         raise TypeError(f"wrt must be a list of keys of inputs (inputs is a mapping), got {_describe(wrt)}{holding}")
     unknown = [k for k in wrt if k not in names]
     if unknown:

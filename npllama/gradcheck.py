@@ -930,17 +930,17 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
 
 
 def _shortened(evaluate, move, estimate, richardson, good_enough) -> _Estimate:
-    """A failing probe, or one passing on a loose bound (which a mistake could hide in), whose bound
-    is mostly truncation (f bends within a few steps: an input far from zero whose entries differ
-    by little, x = 1e3 + noise, is stepped by eps * 1e3; at 1e4 + noise a wrong entry passed inside
-    the 15% bounds of the step 1), taken again at steps SHORTEN times shorter: truncation falls like h^2 (h^4 for Richardson), round-off
-    grows only like 1/h.  A shorter estimate is kept while its bound is smaller and its differences
-    shrink like h^2.  Unlike a longer step's (_resolved_derivative), it need not agree with the
-    estimate it replaces within that one's bound: that bound failing to hold where f bends within
-    a few steps is why it is taken, and nearer the point f only looks more like its Taylor series.
-    Like the re-measurement, only until one failure is confirmed in the input (which then FAILs
-    whatever its other probes show): a wrong backward's probes all fail, and would each pay 18
-    calls more (the callers look at probes.remeasure_failures)."""
+    """A failing probe, or one passing on a loose bound (which a mistake could hide in), whose bound is
+    mostly truncation (f bends within a few steps: an input far from zero whose entries differ by
+    little, x = 1e3 + noise, is stepped by eps * 1e3; at 1e4 + noise a wrong entry passed inside the
+    15% bounds of the step 1), taken again at steps SHORTEN times shorter: truncation falls like h^2
+    (h^4 for Richardson), round-off grows only like 1/h.  A shorter estimate is kept while its bound
+    is smaller and its differences shrink like h^2.  Unlike a longer step's (_resolved_derivative),
+    it need not agree with the estimate it replaces within that one's bound: that bound failing to
+    hold where f bends within a few steps is why it is taken, and nearer the point f only looks more
+    like its Taylor series.  Like the re-measurement, only until one failure is confirmed in the
+    input (which then FAILs whatever its other probes show): a wrong backward's probes all fail, and
+    would each pay 18 calls more (the callers look at probes.remeasure_failures)."""
     best = estimate
     for _ in range(MAX_SHORTENINGS):
         # (a rough estimate too: differences that do not shrink like h^2 at h, 2h, 4h may be f

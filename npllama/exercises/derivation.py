@@ -310,7 +310,8 @@ def _aligned_table(table: str) -> str:
         return table
     rule = [all(set(cell) <= set("-: ") and cell for cell in row) for row in rows]
     widths = [max(len(row[col]) for row, is_rule in zip(rows, rule) if not is_rule) for col in range(len(rows[0]))]
-    out = ["|" + "|".join("-" * (width + 2) if is_rule else f" {cell.ljust(width)} " for cell, width in zip(row, widths)) + "|"
+    out = ["|" + "|".join("-" * (width + 2) if is_rule else f" {cell.ljust(width)} "
+                          for cell, width in zip(row, widths)) + "|"
            for row, is_rule in zip(rows, rule)]
     return "\n".join(out) + table[len(table.rstrip("\n")):]
 

@@ -716,7 +716,8 @@ def _what_it_is(backward, function) -> str:
 
 # the file Python gives the code of a Jupyter or IPython cell (/tmp/ipykernel_1234/567.py, <ipython-input-3-..>)
 # or of what was typed at Python's prompt (<stdin>, 3.13: <python-input-0>)
-TYPED_IN_A_SESSION = re.compile(r"(^|[/\\])ipykernel_\d+[/\\]\d+\.py$|^<(stdin|python-input-\d+|ipython-input-[\w-]+)>$")
+TYPED_IN_A_SESSION = re.compile(r"(^|[/\\])ipykernel_\d+[/\\]\d+\.py$"
+                                r"|^<(stdin|python-input-\d+|ipython-input-[\w-]+)>$")
 
 
 def _where_it_runs(backward, source_file: str | None, function_name: str) -> tuple[str | None, tuple]:

@@ -22,10 +22,10 @@ import pytest
 
 from npllama import Llama, LlamaConfig, gradcheck, use_backend
 from npllama import datasets
-from npllama.finetune import (ClassifyConfig, SequenceClassifier, SFTConfig, StepConfig, classify, run_steps, sft,
-                              sft_batch)
+from npllama.finetune import (SCORE, ClassifyConfig, SequenceClassifier, SFTConfig, StepConfig, classify, run_steps,
+                              sft, sft_batch)
 from npllama.finetune_sop import SentenceOrderConfig, sentence_order
-from npllama.lora import MLP_TARGETS
+from npllama.lora import MLP_TARGETS, PARENT, peft_name
 from npllama.objectives import (IGNORE_INDEX, SOP_HEAD, SentenceOrderBatch, init_sop_head, mlm_loss_and_grads,
                                 mlm_sop_loss_and_grads, pad_batch)
 from npllama.tokenizer import Tokenizer
@@ -113,9 +113,26 @@ def test_each_objective_trains_and_its_gradient_checks_on_each_kind_of_base(conf
                            StepConfig(steps=3, lr=3e-3, warmup_steps=0, progress=False))
         assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
         _, grads = loss_and_grads()
-        assert list(grads) == list(params)   # what is trained, and nothing else
+        # what is trained, and nothing else, named from the config and the targets (not from the
+        # model's own params, which the gradients are keyed by); each trained array has a gradient
+        assert sorted(grads) == sorted(names_trained(model.config, targets, objective_name))
+        assert all(grads[n].shape == params[n].shape and np.any(grads[n] != 0) for n in grads), \
+            [n for n in grads if not np.any(grads[n] != 0)]
         report = gradcheck_as_one(lambda: loss_and_grads()[0], params, grads)
     report.raise_if_failed()
+
+
+def names_trained(config, targets, objective_name) -> list[str]:
+    """The arrays an objective trains: every weight (a classifier's head in place of the LM head),
+    or the adapters of `targets` in every layer; plus the head a classifier or sentence order adds."""
+    if targets is None:
+        names = [n for n in config.param_shapes()
+                 if not (objective_name.startswith("classify") and n == "lm_head.weight")]
+    else:
+        names = [peft_name(f"model.layers.{i}.{PARENT[t]}.{t}", which) for i in range(config.num_hidden_layers)
+                 for t in targets for which in ("lora_A", "lora_B")]
+    extra = {"classify": [SCORE], "classify_mlm": [SCORE], "mlm_sop": [SOP_HEAD]}.get(objective_name, [])
+    return names + extra
 
 
 def gradcheck_as_one(loss, params: dict, grads: dict):

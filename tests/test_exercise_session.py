@@ -5,12 +5,7 @@ import numpy as np
 import pytest
 
 from npllama.exercises import check_function
-
-
-
-def rotate_half(a):
-    half = a.shape[-1] // 2
-    return np.concatenate([-a[..., half:], a[..., :half]], axis=-1)
+from npllama.ops.rope import rotate_half
 
 
 def _layernorm_missing_the_mean_term(dy, cache):
@@ -79,7 +74,6 @@ def test_a_crash_in_a_function_defined_in_a_cell_names_the_cell_and_calls_it_by_
 
 
 def test_the_first_line_says_where_a_session_function_comes_from_without_repeating_its_name():
-    from npllama.exercises import check_function
     from npllama.ops.rmsnorm import rmsnorm_backward
 
     def my_rms(dy, cache):
@@ -179,7 +173,7 @@ def test_code_in_no_file_that_no_cell_or_prompt_typed_is_not_called_a_cell(tmp_p
 def test_a_reports_repr_is_one_line_saying_why_in_every_state(tmp_path, monkeypatch):
     """Not loaded, refused, not implemented, crashed (a message of several lines), stopped half-way:
     repr() stays one line and says which."""
-    from npllama.exercises import check_file, get_exercise
+    from npllama.exercises import check_file
     from npllama.exercises.runner import GradingStopped
 
     files = {"import_crash.py": "raise ValueError('the first line\\nthe second line')\n",

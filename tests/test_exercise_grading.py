@@ -72,38 +72,38 @@ def test_segfault_and_exit_without_report_are_failures(tmp_path):
     assert result.first_failure == "crashed while loading the file"      # no check ran to name
 
 
-def test_a_timeout_before_the_first_check_says_so_in_first_failure(tmp_path):
+# a file looping as it is imported and one looping when called, each loop on one line (the line it
+# is stuck at is that one on every Python version): in a class folder, and a subfolder per student
+STOPPED_FILES = {
+    "flat": [("loops_at_import.py", "import numpy as np\n\nwhile True: pass\n", 3),
+             ("loops_when_called.py", "def rmsnorm_backward(dy, cache):\n    while True: pass\n", 2)],
+    "subfolders": [("alice/rmsnorm_backward.py", "while True: pass\n", 1),
+                   ("bob/rmsnorm_backward.py", "def rmsnorm_backward(dy, cache):\n    while True: pass\n", 2)],
+}
+
+
+@pytest.mark.parametrize("layout", STOPPED_FILES)
+def test_a_timeout_before_the_first_check_says_where_in_first_failure_as_the_file_column_names_it(tmp_path, layout):
     """The gradebook's first_failure column names the failing check; a file stopped before any
-    check ran must not leave it empty (a teacher sorting by it would take the row for a pass)."""
-    folder = tmp_path / "class"
-    folder.mkdir()
-    # each loop on one line: the line it is stuck at is that one on every Python version
-    (folder / "loops_at_import.py").write_text("import numpy as np\n\nwhile True: pass\n")
-    (folder / "loops_when_called.py").write_text("def rmsnorm_backward(dy, cache):\n    while True: pass\n")
-    by_file = {g.file: g for g in grade_folder("rmsnorm", folder, n_random=0, timeout=3)}
-    at_import, when_called = by_file["loops_at_import.py"], by_file["loops_when_called.py"]
-    assert at_import.status == when_called.status == "timeout"
-    assert at_import.first_failure == "timed out at line 3 of loops_at_import.py while loading the file"
-    assert when_called.first_failure == ("timed out at line 2 of loops_when_called.py in its first call, before any "
-                                         "check")
-    assert "timed out" in format_gradebook([at_import])
-
-
-def test_where_a_stopped_file_was_is_named_as_the_file_column_names_it(tmp_path):
-    """With a subfolder per student every file has the same name: 'line 2 of rmsnorm_backward.py'
+    check ran must not leave it empty (a teacher sorting by it would take the row for a pass).
+    With a subfolder per student every file has the same name: 'line 2 of rmsnorm_backward.py'
     would not say whose it is.  The line is named by the gradebook's file column (relative to the
     class folder), in first_failure and in the diagnosis."""
     folder = tmp_path / "class"
-    for student, source in [("alice", "while True: pass\n"),
-                            ("bob", "def rmsnorm_backward(dy, cache):\n    while True: pass\n")]:
-        (folder / student).mkdir(parents=True)
-        (folder / student / "rmsnorm_backward.py").write_text(source)
-    alice, bob = grade_folder("rmsnorm", folder, n_random=0, timeout=3)
-    assert (alice.file, bob.file) == ("alice/rmsnorm_backward.py", "bob/rmsnorm_backward.py")
-    assert alice.first_failure == "timed out at line 1 of alice/rmsnorm_backward.py while loading the file"
-    assert bob.first_failure == "timed out at line 2 of bob/rmsnorm_backward.py in its first call, before any check"
-    assert "it was at line 1 of alice/rmsnorm_backward.py: while True: pass" in alice.diagnosis, alice.diagnosis
-    assert "it was at line 2 of bob/rmsnorm_backward.py: while True: pass" in bob.diagnosis, bob.diagnosis
+    for file, source, _ in STOPPED_FILES[layout]:
+        (folder / file).parent.mkdir(parents=True, exist_ok=True)
+        (folder / file).write_text(source)
+    at_import, when_called = grade_folder("rmsnorm", folder, n_random=0, timeout=3)
+    (file_at_import, _, line_at_import), (file_when_called, _, line_when_called) = STOPPED_FILES[layout]
+    assert (at_import.file, when_called.file) == (file_at_import, file_when_called)
+    assert at_import.status == when_called.status == "timeout"
+    assert at_import.first_failure == f"timed out at line {line_at_import} of {file_at_import} while loading the file"
+    assert when_called.first_failure == (f"timed out at line {line_when_called} of {file_when_called} in its first "
+                                         "call, before any check")
+    for graded, file, line in [(at_import, file_at_import, line_at_import),
+                               (when_called, file_when_called, line_when_called)]:
+        assert f"it was at line {line} of {file}: while True: pass" in graded.diagnosis, graded.diagnosis
+    assert "timed out" in format_gradebook([at_import])
 
 
 def test_where_a_file_crashed_is_named_as_the_file_column_names_it(tmp_path):

@@ -206,3 +206,28 @@ def test_a_reports_repr_is_one_line_saying_why_in_every_state(tmp_path, monkeypa
     assert "; not implemented yet;" in said["not_yet.py"], said["not_yet.py"]
     assert "first failure returns: your function raised RuntimeError: the first line the second line" in said["crash"]
     assert "first failure returns: the file's process ended: the time limit" in said["stopped"], said["stopped"]
+
+
+def test_a_report_cut_short_never_says_every_check_passed():
+    """A report whose checks did not all run (stopped before the first check, or built by hand from
+    some results) lists the others as not run, and its summary, repr and dict say so: 'all checks
+    pass' and 'Well done!' are for a report in which every check ran and passed."""
+    from npllama.exercises.runner import CheckResult, Report
+    from npllama.exercises import get_exercise
+
+    exercise = get_exercise("rmsnorm")
+    checks = exercise.checks()
+    stopped = Report(exercise, "mine.py", [], stopped="the file's process ended: the time limit")
+    some = Report(exercise, "mine.py", [CheckResult(checks[0], "pass", 1, 1)])
+    for report in (stopped, some):
+        shown = report.format()
+        assert not report.ok and "all checks pass" not in report.summary(), report.summary()
+        assert "Well done" not in shown and "all checks pass" not in repr(report), (shown, repr(report))
+        rows = [line for line in shown.splitlines() if line.startswith("  ") and line.split()[0] in
+                ("PASS", "FAIL", "ERROR", "-")]
+        assert len(rows) == len(checks), shown          # every check has its row
+        assert report.to_dict()["checks"] == {c.name: ("pass" if report is some and c is checks[0] else "not run")
+                                              for c in checks}
+    assert stopped.summary() == "stopped: the file's process ended: the time limit"
+    assert "Stopped: the file's process ended: the time limit" in stopped.format()
+    assert some.summary() == f"1 of {len(checks)} checks passed, the others not run"

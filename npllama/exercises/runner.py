@@ -106,9 +106,19 @@ class Report:
         if self.not_implemented:
             return "not implemented yet"
         first = self.first_failure
-        if first is None:
-            return "all checks pass"
-        return f"{first.check.name}: {first.diagnosis}"
+        if first is not None:
+            return f"{first.check.name}: {first.diagnosis}"
+        if self.stopped:
+            return f"stopped: {self.stopped}"
+        if self.passed < self.total:      # a report built by hand, or cut short: never "all pass" then
+            return f"{self.passed} of {self.total} checks passed, the others not run"
+        return "all checks pass"
+
+    def _rows(self) -> list[CheckResult]:
+        """A result for every check of the exercise, in its order: those the run did not reach are
+        'not run' (checks end at a stop; a report may also be built by hand)."""
+        ran = {r.check.method: r for r in self.results}
+        return [ran.get(check.method, CheckResult(check, "not run")) for check in self.exercise.checks()]
 
     # the report as a student reads it wherever the object shows up: print(report), a notebook
     # cell or IPython prompt ending in check_function(...); repr() is one line (in a list, a log)
@@ -158,8 +168,9 @@ class Report:
                       f"  Write its body{math}, {again}",
                       f"0 of {self.total} checks passed."]
             return "\n".join(lines)
-        width = max(len(r.check.name) for r in self.results)
-        for r in self.results:
+        rows = self._rows()
+        width = max((len(r.check.name) for r in rows), default=0)
+        for r in rows:
             status = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "not run": "-"}[r.status]
             cases = ""
             if r.check.sampled and r.status == "pass":
@@ -173,6 +184,8 @@ class Report:
             lines += ["  " + line for line in first.finding.lines()]
             if ex.derivation:
                 lines.append(f"  derivation: {derivation_section(ex)}")
+        elif self.stopped:
+            lines.append(f"Stopped: {self.stopped}")
         lines += [f"  note: {note}" for note in self.notes]
         lines.append(f"{self.passed} of {self.total} checks passed." + ("  Well done!" if self.ok else ""))
         return "\n".join(lines)
@@ -187,7 +200,7 @@ class Report:
                     "check": first.check.name, "status": first.status,
                     "diagnosis": first.diagnosis,
                     **(dataclasses.asdict(first.finding) if first.finding else {})},
-                "checks": {r.check.name: r.status for r in self.results}}
+                "checks": {r.check.name: r.status for r in self._rows()}}
 
 
 # ----- running ------------------------------------------------------------------------------------

@@ -231,3 +231,23 @@ def test_a_report_cut_short_never_says_every_check_passed():
     assert stopped.summary() == "stopped: the file's process ended: the time limit"
     assert "Stopped: the file's process ended: the time limit" in stopped.format()
     assert some.summary() == f"1 of {len(checks)} checks passed, the others not run"
+
+
+def test_a_crash_under_a_functools_wraps_decorator_names_the_students_file(tmp_path, monkeypatch):
+    """A backward decorated (a logger, a timer from another module, made with functools.wraps) runs
+    the decorator's code first: the crash's line and the rerun hint name the student's file and
+    line, not the decorator's 'return f(*args)'."""
+    import importlib
+
+    (tmp_path / "timing.py").write_text("import functools\n\ndef timed(f):\n    @functools.wraps(f)\n"
+                                        "    def wrapper(*args, **kwargs):\n        return f(*args, **kwargs)\n"
+                                        "    return wrapper\n")
+    (tmp_path / "mine.py").write_text("from timing import timed\n\n@timed\ndef rmsnorm_backward(dy, cache):\n"
+                                      "    return dy * undefined_name, dy.sum(0)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mine = importlib.import_module("mine")
+    finding = check_function("rmsnorm", mine.rmsnorm_backward, n_random=0).first_failure.finding
+    assert "(line 5 of mine.py: return dy * undefined_name, dy.sum(0))" in finding.message, finding.message
+    assert "runpy.run_path('mine.py')['rmsnorm_backward']" in finding.hint, finding.hint
+    assert "timing.py" not in finding.message + finding.hint

@@ -705,13 +705,19 @@ def _rerun_hint(exercise: Exercise, params, run_path: str | None, name: str | No
 
 def _function_run_by(backward):
     """The Python function calling `backward` runs: itself, a method's or a partial's function, a
-    callable object's __call__; None when there is none (a NumPy ufunc, a builtin)."""
+    callable object's __call__; None when there is none (a NumPy ufunc, a builtin).  Through a
+    decorator made with functools.wraps, the function it wraps: the student's code, in the
+    student's file, which a crash's line and the rerun hint must name, not the decorator's."""
     while isinstance(backward, functools.partial):
         backward = backward.func
     if inspect.ismethod(backward):
         backward = backward.__func__
     if inspect.isfunction(backward):
-        return backward
+        try:
+            wrapped = inspect.unwrap(backward)
+        except ValueError:          # a __wrapped__ chain that loops: the outermost is all there is
+            return backward
+        return wrapped if inspect.isfunction(wrapped) else backward
     call = getattr(type(backward), "__call__", None)
     return call if inspect.isfunction(call) else None
 

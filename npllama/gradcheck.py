@@ -1129,10 +1129,14 @@ def _notes(report: InputReport, n_entries, n_finite, probes, passed, unresolved,
     # (a failing random direction is followed down to its entry by _locate, which says so)
     numeric = np.array(probes.numeric)
     if not report.ok and numeric.size and np.all(numeric == 0) and np.any(np.array(probes.analytic) != 0):
+        largest_claimed = float(np.max(np.abs(np.array(probes.analytic, dtype=np.float64))))
         notes.append("f did not change at all when this input moved: either f does not depend on it here "
-                     "(its true gradient is zero there: a sign, a rounding, a normalised single value) or fn "
+                     "(its true gradient is zero there: a sign, a rounding, a normalised single value), or fn "
                      "does not read the arrays it is given (they are changed in place; a copy made before the "
-                     "call would not see it)")
+                     "call would not see it), or f is a difference of larger numbers that rounds to the same "
+                     "value at every step, so a gradient as small as the analytic ones here (largest "
+                     f"{largest_claimed:.2g}) cannot move it (a cross-entropy whose target logit leads the others "
+                     "by ~37 or more is exactly 0.0 in float64: check at less extreme inputs)")
     if not report.ok and any(r and not p and not s and np.isfinite(v)
                              for r, p, s, v in zip(probes.rough, passed, unsteady, probes.numeric)):
         notes.append("along a failing probe f did not behave like a smooth function (its differences at steps "

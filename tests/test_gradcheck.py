@@ -741,6 +741,23 @@ def test_a_function_constant_in_an_input_is_not_blamed_on_a_copy():
     assert "gradient is zero" in note, note
 
 
+def test_a_loss_rounding_to_exactly_zero_is_named_with_the_gradients_it_cannot_show():
+    """A cross-entropy whose target logit leads by 40 is exactly 0.0 in float64 at every step, while
+    its true gradients are ~1e-17: the check cannot pass them, and its note must offer that reason
+    (with the size of the gradients claimed), not only a stale copy or a zero true gradient."""
+    from npllama.ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
+
+    logits = np.random.default_rng(0).standard_normal((3, 5))
+    targets = np.array([0, 1, 2])
+    logits[np.arange(3), targets] += 40.0
+    report = check_op(cross_entropy_forward, cross_entropy_backward, [logits], extra_args=(targets,))
+    assert not report.ok
+    note = next(n for n in report.inputs[0].notes if "did not change at all" in n)
+    claimed = re.search(r"\(largest ([-+.e0-9]+)\)", note)   # check_op draws its own upstream gradient
+    assert claimed and 0 < float(claimed.group(1)) < 1e-15, note
+    assert "rounds to the same value at every step" in note and "less extreme inputs" in note, note
+
+
 @pytest.mark.parametrize("method", ["entries", "directional"])
 def test_an_input_f_ignores_passes_strict_with_its_zero_gradient(method):
     # a zero gradient has no size of its own to be relative to: its bound came out 3e16

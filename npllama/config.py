@@ -172,8 +172,9 @@ class LlamaConfig:
                 f"config is for model_type={model_type!r}, architectures={architectures!r}; "
                 f"npllama reads LLaMA configs (model_type 'llama')")
         for flag in ("attention_bias", "mlp_bias"):
-            if d.get(flag):
-                raise ValueError(f"{flag}=true is not LLaMA's architecture (LLaMA has no biases)")
+            if d.get(flag) not in (False, None):  # (absent or null: transformers' default, false)
+                raise ValueError(f"{flag} must be false: LLaMA's projections have no biases and npllama "
+                                 f"implements none, got {d[flag]!r}")
         act = d.get("hidden_act", "silu")
         if act not in ("silu", "swish"):  # transformers maps both names to torch's SiLU
             raise ValueError(f"hidden_act must be 'silu' (or its other name 'swish') for LLaMA's SwiGLU, "

@@ -303,7 +303,8 @@ def _check_names_and_shapes(config: LlamaConfig, tensor_files: dict[str, Path], 
         if name not in expected:
             raise CheckpointError(file, f"unexpected: a LLaMA with this config.json "
                                         f"({config.num_hidden_layers} layers, tie_word_embeddings="
-                                        f"{config.tie_word_embeddings}) has no such parameter", tensor=name)
+                                        f"{config.tie_word_embeddings}) has no such parameter"
+                                        + (_BASE_MODEL_HINT if f"model.{name}" in expected else ""), tensor=name)
         _check_entry_shape(file, name, entry, expected[name])
         to_read[name] = file
     missing = [name for name in expected if name not in to_read and name not in optional]
@@ -312,6 +313,14 @@ def _check_names_and_shapes(config: LlamaConfig, tensor_files: dict[str, Path], 
         raise CheckpointError(source, f"missing {len(missing)} parameter(s) the config requires: {shown}",
                               tensor=missing[0])
     return to_read, tied_head
+
+
+# A name that is one of ours without the "model." prefix: the folder holds transformers' LlamaModel,
+# the stack alone, which has no language-model head to predict tokens with.
+_BASE_MODEL_HINT = ("; the name lacks the 'model.' prefix, as in a checkpoint of transformers' LlamaModel "
+                    "(the layers without the language-model head): npllama loads LlamaForCausalLM "
+                    "checkpoints, whose names start with 'model.' and which hold lm_head.weight unless "
+                    "tie_word_embeddings is true")
 
 
 def _check_entry_shape(file: Path, name: str, entry: dict, shape: tuple[int, ...]) -> None:

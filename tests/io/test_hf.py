@@ -220,6 +220,19 @@ def test_unexpected_tensor_is_named(tmp_path):
     assert info.value.tensor == "model.layers.1.mlp.up_proj.weight"
 
 
+def test_a_base_model_checkpoint_is_told_apart(tmp_path):
+    """transformers' LlamaModel saves the stack without the "model." prefix and without lm_head:
+    the error says so instead of only calling every name unexpected."""
+    config = small_config(tie_word_embeddings=True)
+    base = {name.removeprefix("model."): array for name, array in random_params(config).items()}
+    with pytest.raises(CheckpointError, match="lacks the 'model.' prefix.*LlamaModel") as info:
+        load_hf_folder(write_folder(tmp_path / "m", config, base))
+    assert "model." + info.value.tensor in config.param_shapes()
+    with pytest.raises(CheckpointError) as info:   # a name that is not ours at all: no such hint
+        load_hf_folder(write_folder(tmp_path / "n", config, {**random_params(config), "extra.weight": np.ones(2)}))
+    assert info.value.tensor == "extra.weight" and "prefix" not in str(info.value)
+
+
 def test_wrong_shape_is_named_before_any_data_is_read(tmp_path, monkeypatch):
     config = small_config()
     params = random_params(config)
@@ -323,8 +336,9 @@ def test_other_architectures_are_refused(tmp_path):
      "rope_parameters"),
     ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0}}, "needs 'low_freq_factor'", "rope_parameters"),
     ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "rope_scaling type 'dynamic'", "rope_scaling"),
-    ({"attention_bias": True}, "attention_bias=true", "attention_bias"),
-    ({"mlp_bias": True}, "mlp_bias=true", "mlp_bias"),
+    ({"attention_bias": True}, "attention_bias must be false: .* got True", "attention_bias"),
+    ({"mlp_bias": True}, "mlp_bias must be false: .* got True", "mlp_bias"),
+    ({"mlp_bias": "no"}, "mlp_bias must be false: .* got 'no'", "mlp_bias"),
     ({"hidden_act": "gelu"}, "hidden_act must be 'silu'", "hidden_act"),
 ])
 def test_bad_config_fields_are_named(tmp_path, change, pattern, field):

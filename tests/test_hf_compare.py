@@ -35,6 +35,13 @@ CASES = {
     # head_dim given, not hidden_size / heads (32 / 4 = 8); position interpolation
     "head_dim_linear_rope": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=12,
                                  rope_scaling={"rope_type": "linear", "factor": 4.0}),
+    # rms_norm_eps far from the default (1e-5) and a small rope_theta, so that either one not
+    # read from config.json shows in the logits
+    "theta_eps": dict(num_attention_heads=4, num_key_value_heads=4, rope_theta=500.0, rms_norm_eps=0.1),
+    # fields transformers accepts that change nothing in LLaMA's math: "swish" is torch's SiLU;
+    # pretraining_tp only split the matmuls in transformers 4.x (5.x ignores it)
+    "swish_tp_mqa": dict(num_attention_heads=4, num_key_value_heads=1, head_dim=6, hidden_act="swish",
+                         pretraining_tp=2),
     # transformers' table is nn.Embedding(padding_idx=pad_token_id): no lookup gradient to that row
     "pad_token_tied": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
                            pad_token_id=PAD_ID),
@@ -124,12 +131,13 @@ def test_folder_written_by_npllama_loads_in_transformers(hf_folder, tmp_path):
     assert hf_model.config.tie_word_embeddings == ours.config.tie_word_embeddings
 
 
-def test_shards_in_bfloat16_with_a_transformers_4_config_load_as_transformers_reads_them(tmp_path):
-    """transformers writes bfloat16 shards and an index; config.json rewritten as transformers 4.x
-    wrote it (rope_theta, rope_scaling with "type", torch_dtype).  Every tensor loads exactly as
-    transformers itself reads it, and the config is the one the 5.x layout gives."""
+@pytest.mark.parametrize("half", ["bfloat16", "float16"])
+def test_half_precision_shards_with_a_transformers_4_config_load_as_transformers_reads_them(tmp_path, half):
+    """transformers writes bfloat16 (or float16) shards and an index; config.json rewritten as
+    transformers 4.x wrote it (rope_theta, rope_scaling with "type", torch_dtype).  Every tensor loads
+    exactly as transformers itself reads it, and the config is the one the 5.x layout gives."""
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(hf_config("llama3_rope")).to(torch.bfloat16)
+    model = transformers.LlamaForCausalLM(hf_config("llama3_rope")).to(getattr(torch, half))
     model.save_pretrained(tmp_path / "v5", max_shard_size="20KB")
     assert (tmp_path / "v5" / "model.safetensors.index.json").is_file()
     shutil.copytree(tmp_path / "v5", tmp_path / "v4")

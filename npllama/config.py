@@ -162,23 +162,7 @@ class LlamaConfig:
         """Build from a Hugging Face config.json dict (transformers 4.x or 5.x layout)."""
         if not isinstance(d, dict):
             raise TypeError(f"config must be a dict, got {type(d).__name__}")
-        model_type = d.get("model_type", "llama")
-        architectures = d.get("architectures") or []
-        if not isinstance(architectures, list):
-            raise TypeError(f"architectures must be a list of class names, got {architectures!r}")
-        # "LLaMAForCausalLM": the class's name in transformers' first LLaMA conversions (early 2023)
-        if model_type != "llama" or any("llama" not in a.lower() for a in architectures if isinstance(a, str)):
-            raise ValueError(
-                f"config is for model_type={model_type!r}, architectures={architectures!r}; "
-                f"npllama reads LLaMA configs (model_type 'llama')")
-        for flag in ("attention_bias", "mlp_bias"):
-            if d.get(flag) not in (False, None):  # (absent or null: transformers' default, false)
-                raise ValueError(f"{flag} must be false: LLaMA's projections have no biases and npllama "
-                                 f"implements none, got {d[flag]!r}")
-        act = d.get("hidden_act", "silu")
-        if act not in ("silu", "swish"):  # transformers maps both names to torch's SiLU
-            raise ValueError(f"hidden_act must be 'silu' (or its other name 'swish') for LLaMA's SwiGLU, "
-                             f"got {act!r}")
+        check_architecture_fields(d)
         rope_parameters = d.get("rope_parameters")
         rope_theta = d.get("rope_theta")
         rope_scaling = d.get("rope_scaling")
@@ -246,6 +230,30 @@ PRESETS: dict[str, dict[str, Any]] = {
     "stories110m": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
                         num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=1024),
 }
+
+
+def check_architecture_fields(d: dict) -> None:
+    """The config.json fields that say which architecture a model has, beyond its shape: a LLaMA
+    (model_type, architectures), without biases, with SiLU in its SwiGLU.  Anything else is a
+    ValueError naming the field and the value npllama implements, never a model silently built
+    without what the file asks for."""
+    model_type = d.get("model_type", "llama")
+    architectures = d.get("architectures") or []
+    if not isinstance(architectures, list):
+        raise TypeError(f"architectures must be a list of class names, got {architectures!r}")
+    # "LLaMAForCausalLM": the class's name in transformers' first LLaMA conversions (early 2023)
+    if model_type != "llama" or any("llama" not in a.lower() for a in architectures if isinstance(a, str)):
+        raise ValueError(
+            f"config is for model_type={model_type!r}, architectures={architectures!r}; "
+            f"npllama reads LLaMA configs (model_type 'llama')")
+    for flag in ("attention_bias", "mlp_bias"):
+        if d.get(flag) not in (False, None):  # (absent or null: transformers' default, false)
+            raise ValueError(f"{flag} must be false: LLaMA's projections have no biases and npllama "
+                             f"implements none, got {d[flag]!r}")
+    act = d.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):  # transformers maps both names to torch's SiLU
+        raise ValueError(f"hidden_act must be 'silu' (or its other name 'swish') for LLaMA's SwiGLU, "
+                         f"got {act!r}")
 
 
 def check_attention_dropout(value) -> None:

@@ -6,7 +6,8 @@ of a pretrained folder (`--init-from DIR`).
     config = new_model_config(tc, tokenizer)      # the LlamaConfig, with the tokenizer's vocab and ids
 
 Field names are Hugging Face's, so a config.json copied from a model folder works as a --config
-file.  Its bookkeeping fields (architectures, torch_dtype, ...) are accepted and ignored; the
+file.  Its bookkeeping fields (torch_dtype, ...) are accepted and ignored, those naming the
+architecture (model_type, hidden_act, the biases) only when they describe a LLaMA; the
 token ids always come from the run's tokenizer; any other unknown field is refused, so a typo
 such as "hiden_size" is an error rather than a setting silently ignored.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import PRESETS, LlamaConfig, check_attention_dropout
+from .config import PRESETS, LlamaConfig, check_architecture_fields, check_attention_dropout
 
 # TrainConfig field (HF name) -> the command-line flag that sets it
 SHAPE_FLAGS = {
@@ -25,7 +26,8 @@ SHAPE_FLAGS = {
     "intermediate_size": "--intermediate-size",
     "max_position_embeddings": "--context",
 }
-# Fields of a transformers config.json that describe no shape: read past.
+# Fields of a transformers config.json that describe no shape: read past (those that name an
+# architecture -- model_type, biases, hidden_act -- once check_architecture_fields accepts them).
 IGNORED_CONFIG_FIELDS = frozenset({
     "architectures", "model_type", "torch_dtype", "dtype", "transformers_version", "hidden_act",
     "attention_bias", "mlp_bias", "attention_dropout", "use_cache", "pretraining_tp", "_name_or_path",
@@ -64,6 +66,10 @@ def check_model_config_fields(fields, where: str = "model_config") -> None:
     if unknown:
         raise ValueError(f"{where} has fields npllama does not know: {', '.join(map(str, unknown))}; "
                          f"it reads {', '.join(sorted(SHAPE_CONFIG_FIELDS))}")
+    try:   # a model with biases or GELU would be trained as a LLaMA without them
+        check_architecture_fields(fields)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{where}: {error}") from None
     if "attention_dropout" in fields:   # read past (a new model trains without dropout), but not nonsense
         try:
             check_attention_dropout(fields["attention_dropout"])

@@ -80,6 +80,10 @@ def test_a_hugging_face_config_file_shapes_the_model_under_the_flags(tmp_path):
     ({"hiden_size": 64}, "hiden_size"),
     ({"hidden_size": 60, "num_attention_heads": 8}, "divisible"),
     ({"num_key_value_heads": 3}, "num_key_value_heads"),
+    # read past as no shape, but a LLaMA trained without what they ask for is not the model asked for
+    ({"hidden_act": "gelu"}, "hidden_act must be 'silu'"),
+    ({"attention_bias": True}, "attention_bias must be false"),
+    ({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}, "npllama reads LLaMA configs"),
 ])
 def test_a_bad_config_file_is_one_line_naming_the_field(tmp_path, capsys, fields, message):
     path = tmp_path / "model.json"

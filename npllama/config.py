@@ -2,7 +2,8 @@
 
 `LlamaConfig.from_dict` reads both config.json layouts in use: transformers 4.x (`rope_theta`,
 `rope_scaling`, `torch_dtype` at top level) and 5.x (`rope_parameters` holding `rope_theta` and
-the scaling fields, `dtype`).  `to_dict` writes the 4.x layout, which both versions read.
+the scaling fields, `dtype`); a file with both is read as transformers reads it (a non-empty
+`rope_scaling` wins).  `to_dict` writes the 4.x layout, which both versions read.
 """
 from __future__ import annotations
 
@@ -164,21 +165,22 @@ class LlamaConfig:
             raise TypeError(f"config must be a dict, got {type(d).__name__}")
         check_architecture_fields(d)
         rope_parameters = d.get("rope_parameters")
-        rope_theta = d.get("rope_theta")
-        rope_scaling = d.get("rope_scaling")
-        rope_field = "rope_scaling"  # the config.json field rope_scaling came from, for messages
-        if isinstance(rope_parameters, dict):  # transformers 5.x
-            rope_theta = rope_parameters.get("rope_theta", rope_theta)
-            rest = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
-            if rest.get("rope_type", rest.get("type", "default")) != "default":
-                rope_scaling, rope_field = rest, "rope_parameters"
-        elif rope_parameters is not None:
+        if rope_parameters is not None and not isinstance(rope_parameters, dict):
             raise TypeError(f"rope_parameters must be an object, got {rope_parameters!r}")
+        # Which field holds the RoPE settings, as transformers decides it: a non-empty rope_scaling (the
+        # 4.x field) is taken whole over rope_parameters (5.x), which 4.x never reads and 5.x reads
+        # only without one.  rope_theta is the chosen field's, else the top-level one, else 10000.
+        rope_field = "rope_scaling" if d.get("rope_scaling") or not rope_parameters else "rope_parameters"
+        rope_scaling = d.get(rope_field)
+        rope_theta = d.get("rope_theta")
+        if isinstance(rope_scaling, dict):
+            rope_theta = rope_scaling.get("rope_theta", rope_theta)
+            rope_scaling = {k: v for k, v in rope_scaling.items() if k != "rope_theta"}
         kwargs = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
         kwargs["rope_theta"] = 10000.0 if rope_theta is None else rope_theta
         if rope_field == "rope_parameters":  # a 5.x config: report problems under the file's field
             try:
-                _normalise_rope_scaling(rope_scaling)
+                rope_scaling = _normalise_rope_scaling(rope_scaling)
             except (ValueError, TypeError) as e:
                 raise type(e)(str(e).replace("rope_scaling", "rope_parameters")) from None
         kwargs["rope_scaling"] = rope_scaling

@@ -152,3 +152,38 @@ def test_half_precision_shards_with_a_transformers_4_config_load_as_transformers
     assert set(v4.params) == set(reference)
     for name, array in v4.params.items():
         np.testing.assert_array_equal(array, reference[name], err_msg=name)
+
+
+LINEAR = {"rope_type": "linear", "factor": 2.0}
+
+
+@pytest.mark.parametrize("rope_fields", [
+    # a 5.x config with a 4.x rope_scaling added by hand (as older guides say): rope_scaling is
+    # taken whole, rope_theta from the top level (or 10000), whatever rope_parameters says
+    dict(rope_parameters={"rope_type": "default", "rope_theta": 100.0}, rope_scaling=LLAMA3_SCALING),
+    dict(rope_parameters={"rope_type": "default", "rope_theta": 100.0}, rope_scaling=LLAMA3_SCALING, rope_theta=7.0),
+    dict(rope_parameters={**LINEAR, "rope_theta": 100.0}, rope_scaling=LLAMA3_SCALING),
+    # without rope_scaling, rope_parameters' own rope_theta over the top level's, else the top level's
+    dict(rope_parameters={**LINEAR, "rope_theta": 100.0}, rope_theta=7.0),
+    dict(rope_parameters=LINEAR, rope_theta=7.0),
+    dict(rope_parameters={**LINEAR, "rope_theta": 100.0}, rope_scaling=None),
+    dict(rope_parameters={"rope_theta": 100.0}, rope_scaling={}),
+])
+def test_rope_fields_are_read_as_transformers_reads_them(tmp_path, rope_fields):
+    """A config.json may hold rope_scaling and rope_parameters both, and a rope_theta beside them;
+    npllama takes from them the RoPE transformers builds (a wrong pick is a silently different
+    model: the wrong theta or scaling)."""
+    from npllama.io.hf import read_config
+
+    fields = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=97, hidden_size=32,
+                  intermediate_size=48, num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=64,
+                  **json.loads(json.dumps(rope_fields)))   # (transformers fills in the dicts it is given)
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    theirs = dict(transformers.AutoConfig.from_pretrained(tmp_path).rope_parameters)
+    ours = read_config(tmp_path / "config.json")
+    assert ours.rope_theta == theirs.pop("rope_theta")
+    theirs.pop("type", None)
+    if theirs["rope_type"] == "default":
+        assert ours.rope_scaling is None
+    else:
+        assert ours.rope_scaling == theirs

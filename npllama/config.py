@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
-# rope_scaling types we implement.  Others (dynamic, yarn, longrope, ...) are refused by name.
-ROPE_TYPES = ("default", "linear", "llama3")
+# rope_scaling types we implement.  Others (yarn, longrope, ...) are refused by name.  "dynamic"
+# (NTK-aware scaling) changes RoPE only for sequences past max_position_embeddings, which npllama
+# never runs: within the context it is plain RoPE, as in transformers.
+ROPE_TYPES = ("default", "linear", "llama3", "dynamic")
 LLAMA3_ROPE_FIELDS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 # Refuse configs whose parameters alone would not fit in memory before anything is allocated.
@@ -35,7 +37,7 @@ class LlamaConfig:
     The defaults are the first LLaMA-7B's; `LlamaConfig.from_preset("tiny", **overrides)` gives the small
     shapes in PRESETS.  num_key_value_heads None: num_attention_heads (no grouped-query attention);
     head_dim None: hidden_size // num_attention_heads.  rope_scaling: None, or a dict with
-    "rope_type" ("linear" or "llama3") and its fields, as in config.json.  eos_token_id: one id or
+    "rope_type" ("linear", "llama3" or "dynamic") and its fields, as in config.json.  eos_token_id: one id or
     a list (LLaMA-3).  attention_dropout is carried to config.json only: npllama's attention has no
     dropout.  A field of the wrong type raises TypeError, an inconsistent or out-of-range one
     ValueError, both naming the field.

@@ -42,6 +42,10 @@ CASES = {
     # pretraining_tp only split the matmuls in transformers 4.x (5.x ignores it)
     "swish_tp_mqa": dict(num_attention_heads=4, num_key_value_heads=1, head_dim=6, hidden_act="swish",
                          pretraining_tp=2),
+    # dynamic NTK scaling: plain RoPE up to max_position_embeddings (64 > SEQ_LEN), past which
+    # transformers raises rope_theta and npllama refuses to run
+    "dynamic_rope": dict(num_attention_heads=4, num_key_value_heads=2,
+                         rope_scaling={"rope_type": "dynamic", "factor": 3.0}),
     # transformers' table is nn.Embedding(padding_idx=pad_token_id): no lookup gradient to that row
     "pad_token_tied": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
                            pad_token_id=PAD_ID),
@@ -187,3 +191,29 @@ def test_rope_fields_are_read_as_transformers_reads_them(tmp_path, rope_fields):
         assert ours.rope_scaling is None
     else:
         assert ours.rope_scaling == theirs
+
+
+def test_dynamic_rope_is_plain_rope_up_to_the_context_and_refused_past_it(tmp_path):
+    """transformers' dynamic NTK scaling changes nothing up to max_position_embeddings (16 here) and
+    raises rope_theta past it; npllama agrees up to it and runs nothing longer."""
+    fields = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+                  max_position_embeddings=16, attn_implementation="eager")
+    models = {}
+    for rope_type in ("dynamic", "default"):
+        torch.manual_seed(0)
+        models[rope_type] = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            **fields, rope_parameters={"rope_type": rope_type, "factor": 4.0, "rope_theta": 10000.0})).double()
+        with torch.no_grad():   # weights large enough that attention, and so RoPE, shows in the logits
+            for p in models[rope_type].parameters():
+                p.mul_(5.0)
+    models["dynamic"].save_pretrained(tmp_path)
+    ours = Llama.from_pretrained(tmp_path, dtype=np.float64)
+    assert ours.config.rope_scaling["rope_type"] == "dynamic"
+    tokens = np.random.default_rng(0).integers(0, 97, size=(1, 17))
+    with torch.no_grad():
+        within = models["dynamic"](torch.from_numpy(tokens[:, :16])).logits.numpy()
+        past, plain_past = (models[t](torch.from_numpy(tokens)).logits.numpy() for t in ("dynamic", "default"))
+    assert rel_error(ours.forward(tokens[:, :16]), within) < 1e-6   # (transformers' RoPE tables are float32)
+    assert rel_error(past, plain_past) > 1e-3   # past the context the scaling is there
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        ours.forward(tokens)

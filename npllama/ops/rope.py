@@ -20,9 +20,9 @@ from ._checks import checking, require_float_array, require_int_array, require_s
 def rope_inv_freq(head_dim, rope_theta, rope_scaling=None):
     """The rotation frequency of each pair: inv_freq[i] = 1 / rope_theta ** (2i / head_dim).
 
-    rope_scaling: None, or a dict with 'rope_type' 'linear' (needs 'factor') or 'llama3'
-    (needs 'factor', 'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings'),
-    as validated by LlamaConfig.  Returns float64 (head_dim // 2,).
+    rope_scaling: None, or a dict with 'rope_type' 'linear' (needs 'factor'), 'llama3'
+    (needs 'factor', 'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings') or
+    'dynamic', as validated by LlamaConfig.  Returns float64 (head_dim // 2,).
     """
     _require_head_dim(head_dim)
     if isinstance(rope_theta, bool) or not isinstance(rope_theta, (int, float)) or not rope_theta > 0:
@@ -34,14 +34,16 @@ def rope_inv_freq(head_dim, rope_theta, rope_scaling=None):
     if not isinstance(rope_scaling, dict):
         raise TypeError(f"rope_scaling must be a dict or None, got {type(rope_scaling).__name__}")
     rope_type = rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
-    if rope_type == "default":
+    if rope_type in ("default", "dynamic"):
+        # Dynamic NTK scaling raises rope_theta only once a sequence runs past max_position_embeddings
+        # (transformers' dynamic_rope_update); npllama never runs one, so its frequencies are plain RoPE's.
         return inv_freq
     if rope_type == "linear":
         # Position interpolation: position p is treated as p / factor.
         return inv_freq / rope_scaling["factor"]
     if rope_type == "llama3":
         return _llama3_inv_freq(inv_freq, rope_scaling)
-    raise ValueError(f"rope_scaling rope_type must be 'default', 'linear' or 'llama3', got {rope_type!r}")
+    raise ValueError(f"rope_scaling rope_type must be 'default', 'linear', 'llama3' or 'dynamic', got {rope_type!r}")
 
 
 def _llama3_inv_freq(inv_freq, rope_scaling):

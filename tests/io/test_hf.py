@@ -417,13 +417,14 @@ def test_a_rope_scaling_beside_rope_parameters_wins_as_in_transformers():
     against transformers itself.  Without rope_scaling, rope_parameters is read."""
     llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
               "original_max_position_embeddings": 8}
-    fields = {**small_config().to_dict(), "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100.0}}
+    linear = {"rope_type": "linear", "factor": 2.0}
+    fields = {**small_config().to_dict(), "rope_parameters": {**linear, "rope_theta": 100.0}}
     del fields["rope_theta"]
     both = LlamaConfig.from_dict({**fields, "rope_scaling": llama3})
     assert (both.rope_theta, both.rope_scaling) == (10000.0, llama3)
     assert LlamaConfig.from_dict({**fields, "rope_scaling": llama3, "rope_theta": 7.0}).rope_theta == 7.0
     alone = LlamaConfig.from_dict({**fields, "rope_scaling": None, "rope_theta": 7.0})
-    assert (alone.rope_theta, alone.rope_scaling) == (100.0, {"rope_type": "linear", "factor": 2.0})
+    assert (alone.rope_theta, alone.rope_scaling) == (100.0, linear)
 
 
 # ----- folder-level problems and bad arguments ------------------------------------------------------

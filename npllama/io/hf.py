@@ -371,6 +371,7 @@ def save_hf_folder(path, config: LlamaConfig, params: dict[str, np.ndarray], dty
         raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
     check_params(config, params)
     torch_dtype, as_dtype = _save_dtype(dtype, params)
+    _check_representable(params, torch_dtype)
     extra_files = _with_tokenizer_config(_check_extra_files(extra_files), config)
 
     config_dict = config.to_dict()
@@ -467,6 +468,27 @@ def _save_dtype(dtype, params: dict) -> tuple[str, str]:
             raise TypeError(f"dtype must be None, np.float32, np.float64, np.float16 or 'bfloat16', "
                             f"got {dtype!r}")
     return _SAVE_DTYPES[key]
+
+
+def _check_representable(params: dict, torch_dtype: str) -> None:
+    """Every finite weight stays finite in the dtype it is saved as: a float16 file holds nothing past
+    65504, and a weight over it would be written as inf (a model that gives NaN once loaded).
+    bfloat16 has float32's range, so only float64 values past it (over 3.4e38) overflow."""
+    narrower = {"float16": np.float16, "bfloat16": np.float32, "float32": np.float32}.get(torch_dtype)
+    if narrower is None:
+        return
+    limit = float(np.finfo(narrower).max)
+    for name, array in params.items():
+        if np.finfo(array.dtype).max <= limit:
+            continue
+        largest = np.max(np.abs(array), initial=0.0, where=np.isfinite(array))
+        with np.errstate(over="ignore"):   # the overflow is what is looked for
+            # (float16 rounds values up to 65520 down to 65504; only past that is the result inf)
+            overflows = np.isinf(np.asarray(largest).astype(narrower))
+        if overflows:
+            raise ValueError(f"params[{name!r}] holds {largest:.6g}, past {torch_dtype}'s largest value "
+                             f"({limit:.6g}): saved as {torch_dtype} it would be inf; save with "
+                             f"dtype=np.float32 (or bfloat16, which has float32's range)")
 
 
 # ----- helpers ------------------------------------------------------------------------------------

@@ -119,6 +119,21 @@ def test_save_dtype_converts(tmp_path, dtype, torch_name, stored):
         assert all(np.array_equal(loaded[n], params[n]) for n in params)
 
 
+@pytest.mark.parametrize("dtype, value", [(np.float16, 65520.0), ("bfloat16", 1e39), (np.float32, -1e39)])
+def test_save_refuses_a_weight_its_dtype_would_make_inf(tmp_path, dtype, value):
+    config = small_config()
+    params = random_params(config, np.float64)
+    params["model.layers.0.mlp.up_proj.weight"][3, 1] = value
+    with pytest.raises(ValueError, match=r"params\['model.layers.0.mlp.up_proj.weight'\] holds .* would be inf"):
+        save_hf_folder(tmp_path / "m", config, params, dtype=dtype)
+    assert not (tmp_path / "m").exists()
+    params["model.layers.0.mlp.up_proj.weight"][3, 1] = 65519.0   # rounds to float16's 65504: kept
+    params["model.norm.weight"][0] = np.inf                      # inf already: saved as it is
+    save_hf_folder(tmp_path / "m", config, params, dtype=np.float16)
+    _, loaded = load_hf_folder(tmp_path / "m")
+    assert loaded["model.layers.0.mlp.up_proj.weight"][3, 1] == 65504.0 and np.isinf(loaded["model.norm.weight"][0])
+
+
 def test_save_replaces_an_existing_folder(tmp_path):
     config = small_config()
     folder = tmp_path / "m"

@@ -6,10 +6,14 @@ of a pretrained folder (`--init-from DIR`).
     config = new_model_config(tc, tokenizer)      # the LlamaConfig, with the tokenizer's vocab and ids
 
 Field names are Hugging Face's, so a config.json copied from a model folder works as a --config
-file.  Its bookkeeping fields (torch_dtype, ...) are accepted and ignored, those naming the
-architecture (model_type, hidden_act, the biases) only when they describe a LLaMA; the
-token ids always come from the run's tokenizer; any other unknown field is refused, so a typo
-such as "hiden_size" is an error rather than a setting silently ignored.
+file.  Its bookkeeping fields (architectures, torch_dtype, ...) are accepted and ignored, those
+naming the architecture (model_type, hidden_act, the biases) only when they describe a LLaMA;
+bos_token_id and eos_token_id always come from the run's tokenizer; pad_token_id is the model's
+(saved in its config.json, and under the causal objective the row its embedding lookups send no
+gradient to, as transformers' nn.Embedding(padding_idx=...) does), so it is refused where that
+rule would stop a token of the training text from learning (see _check_pad_token_id); any other
+unknown field is refused, so a typo such as "hiden_size" is an error rather than a setting
+silently ignored.
 """
 from __future__ import annotations
 
@@ -31,8 +35,10 @@ SHAPE_FLAGS = {
 IGNORED_CONFIG_FIELDS = frozenset({
     "architectures", "model_type", "torch_dtype", "dtype", "transformers_version", "hidden_act",
     "attention_bias", "mlp_bias", "attention_dropout", "use_cache", "pretraining_tp", "_name_or_path",
-    "bos_token_id", "eos_token_id", "pad_token_id",
+    "bos_token_id", "eos_token_id",
 })
+# Fields of a --config file that are not the shape but are still the model's: kept.
+KEPT_CONFIG_FIELDS = frozenset({"pad_token_id"})
 SHAPE_CONFIG_FIELDS = frozenset({
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling",
@@ -62,10 +68,10 @@ def read_model_config_file(path) -> dict:
 def check_model_config_fields(fields, where: str = "model_config") -> None:
     if not isinstance(fields, dict):
         raise TypeError(f"{where} must be a JSON object of Hugging Face config fields, got {type(fields).__name__}")
-    unknown = sorted(set(fields) - SHAPE_CONFIG_FIELDS - IGNORED_CONFIG_FIELDS)
+    unknown = sorted(set(fields) - SHAPE_CONFIG_FIELDS - KEPT_CONFIG_FIELDS - IGNORED_CONFIG_FIELDS)
     if unknown:
         raise ValueError(f"{where} has fields npllama does not know: {', '.join(map(str, unknown))}; "
-                         f"it reads {', '.join(sorted(SHAPE_CONFIG_FIELDS))}")
+                         f"it reads {', '.join(sorted(SHAPE_CONFIG_FIELDS | KEPT_CONFIG_FIELDS))}")
     try:   # a model with biases or GELU would be trained as a LLaMA without them
         check_architecture_fields(fields)
     except (TypeError, ValueError) as error:
@@ -82,9 +88,11 @@ def _preset_settings(tc) -> dict:
 
 
 def shape_settings(tc) -> dict:
-    """The shape fields of a new model: the preset's, then tc.model_config's, then tc's single fields."""
+    """The shape fields of a new model (and its pad_token_id): the preset's, then tc.model_config's,
+    then tc's single fields."""
     settings = _preset_settings(tc)
-    settings.update({k: v for k, v in (tc.model_config or {}).items() if k in SHAPE_CONFIG_FIELDS})
+    settings.update({k: v for k, v in (tc.model_config or {}).items()
+                     if k in SHAPE_CONFIG_FIELDS | KEPT_CONFIG_FIELDS})
     settings.update({name: getattr(tc, name) for name in SHAPE_FLAGS if getattr(tc, name) is not None})
     if tc.vocab_size is not None:
         settings["vocab_size"] = tc.vocab_size
@@ -101,22 +109,51 @@ def check_shape(tc) -> None:
     the error names the command-line flag where there is one."""
     if tc.init_from is not None:
         return  # the folder's shape; checked against the flags by check_init_from
+    from .tokenizer import BOS_ID, EOS_ID
+
     settings = shape_settings(tc)
-    _build(settings, settings["vocab_size"], None, None, tc.seq_len, _explicit_context(tc))
+    # a tokenizer the run trains has npllama's ids, known now; a --tokenizer's are checked once it is read
+    bos_id, eos_id = (BOS_ID, EOS_ID) if tc.tokenizer is None else (None, None)
+    _build(settings, settings["vocab_size"], bos_id, eos_id, tc.seq_len, _explicit_context(tc))
+    _check_pad_token_id(settings.get("pad_token_id"), bos_id, eos_id, None, tc.objective)
 
 
 def new_model_config(tc, tokenizer) -> LlamaConfig:
     """The LlamaConfig of a new run's model (not --init-from: that folder's own config is used)."""
-    return _build(shape_settings(tc), tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id, tc.seq_len,
-                  _explicit_context(tc))
+    settings = shape_settings(tc)
+    config = _build(settings, tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id, tc.seq_len,
+                    _explicit_context(tc))
+    _check_pad_token_id(config.pad_token_id, tokenizer.bos_id, tokenizer.eos_id, getattr(tokenizer, "pad_id", None),
+                        tc.objective)
+    return config
 
 
 def preset_config(tc, config: LlamaConfig) -> LlamaConfig:
     """What the preset alone would make for this run: `config`'s vocabulary and special ids, the
     context stretched to seq_len as new_model_config stretches it.  A model equal to it is not
     reshaped, whatever --config and the flags repeated."""
-    return _build(_preset_settings(tc), config.vocab_size, config.bos_token_id, config.eos_token_id, tc.seq_len,
-                  explicit_context=False)
+    return _build(dict(_preset_settings(tc), pad_token_id=config.pad_token_id), config.vocab_size,
+                  config.bos_token_id, config.eos_token_id, tc.seq_len, explicit_context=False)
+
+
+def _check_pad_token_id(pad_id, bos_id, eos_id, tokenizer_pad_id, objective: str) -> None:
+    """Refuse a --config pad_token_id that cannot be what it says.  Pretraining packs documents
+    into windows and pads nothing, so the id only matters for what comes after (fine-tuning pads
+    with it) and, under the causal objective, for the pad-row rule (model.decoder_backward): the
+    id's embedding row gets no gradient from its lookups.  <s> and </s> stand at every document's
+    edges in the training text, so that rule would keep their rows at their random start."""
+    if pad_id is None:
+        return
+    if tokenizer_pad_id is not None and pad_id != tokenizer_pad_id:
+        raise ValueError(f"--config sets pad_token_id {pad_id}, but the tokenizer has a pad piece of its own, id "
+                         f"{tokenizer_pad_id}, which fine-tuning pads with: set pad_token_id to {tokenizer_pad_id} "
+                         f"or null")
+    for name, special_id in (("<s>", bos_id), ("</s>", eos_id)):
+        if objective == "causal" and pad_id == special_id:
+            raise ValueError(f"--config's pad_token_id {pad_id} is {name}, a token every training document holds: "
+                             f"the pad-row rule (as transformers' padding_idx) would give its embedding row no "
+                             f"gradient, so it would never learn; pretraining pads nothing, so set pad_token_id "
+                             f"to null, or to an id the training text does not hold")
 
 
 def _explicit_context(tc) -> bool:

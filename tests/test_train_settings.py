@@ -306,3 +306,38 @@ def test_resume_takes_a_respelled_or_symlinked_path_as_unchanged(tmp_path, monke
     make(tmp_path / "files" / "other")
     with pytest.raises(ValueError, match=f"cannot resume .*{name}"):  # another file is still another run
         changes_on_resume(run, TrainConfig(out=str(run), **{name: "files/other"}), CONFIG_FILE)
+
+
+def test_a_config_files_pad_token_id_reaches_the_saved_model_and_its_pad_row_rule(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"pad_token_id": 0, "num_hidden_layers": 1}))
+    out = tmp_path / "run"
+    train(TrainConfig(out=str(out), model_config=str(path), steps=1, **FAST), echo=quiet)
+    assert json.loads((out / "model" / "config.json").read_text())["pad_token_id"] == 0
+    model = Llama.from_pretrained(out / "model")
+    assert model.config.pad_token_id == 0 and not model.config.tie_word_embeddings
+    tokens = np.array([[1, 0, 5, 0, 7]])
+    _, grads = model.loss_and_grads(tokens, np.array([[0, 5, 0, 7, 2]]))
+    # the lookups of id 0 send nothing to its row, as nn.Embedding(padding_idx=0) in transformers
+    assert not grads["model.embed_tokens.weight"][0].any() and grads["model.embed_tokens.weight"][5].any()
+
+
+@pytest.mark.parametrize("pad, name", [(1, "<s>"), (2, "</s>")])
+def test_a_config_file_padding_with_a_token_every_document_holds_is_refused_before_the_run(
+        tmp_path, capsys, pad, name):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"pad_token_id": pad}))
+    with pytest.raises(ValueError, match=f"pad_token_id {pad} is {name}"):
+        TrainConfig(out=str(tmp_path / "run"), model_config=str(path))
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "pad_token_id" in err and "null" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+    # the masked-LM stack has no pad-row rule (model.decoder_backward): nothing to refuse there
+    TrainConfig(out=str(tmp_path / "run"), model_config=str(path), objective="mlm")
+
+
+def test_train_help_says_what_a_config_files_pad_token_id_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "pad_token_id" in " ".join(capsys.readouterr().out.split())

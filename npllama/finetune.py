@@ -171,16 +171,33 @@ class SequenceClassifier:
 
     def __init__(self, model, label_names, seed: int = 0, pad_id: int | None = None):
         self.model = model
-        # the padding id, when known: the head then skips it as transformers does (pooled_index)
-        if pad_id is not None:
-            require_non_negative_int("pad_id", pad_id)
-        self.pad_id = None if pad_id is None else int(pad_id)
+        self.pad_id = pad_id
         self.label_names = tuple(label_names)
         if len(self.label_names) < 2:
             raise ValueError(f"a classifier needs at least two labels, got {list(self.label_names)}")
         rng = np.random.default_rng([seed, 2])
         shape = (len(self.label_names), model.config.hidden_size)  # HF's init: N(0, initializer_range^2)
         self.score_weight = (rng.standard_normal(shape) * model.config.initializer_range).astype(model.dtype)
+
+    @property
+    def pad_id(self) -> int | None:
+        """The id the batches are padded with, when known: the head skips it as transformers does
+        (pooled_index), and it becomes the model's config.pad_token_id -- the embedding row the
+        pad-row rule gives no gradient (model.decoder_backward) and the id save() writes -- so that
+        a base whose config.json names another id (LLaMA-1's 0, its tokenizer padding with </s>)
+        trains, saves, reloads and trains again with one pad id."""
+        return self._pad_id
+
+    @pad_id.setter
+    def pad_id(self, pad_id: int | None) -> None:
+        if pad_id is not None:
+            require_non_negative_int("pad_id", pad_id)
+            if pad_id >= self.model.config.vocab_size:
+                raise ValueError(f"pad_id must be an id below the model's vocab_size "
+                                 f"({self.model.config.vocab_size}), got {pad_id}")
+            if self.model.config.pad_token_id != pad_id:
+                self.model.config = dataclasses.replace(self.model.config, pad_token_id=int(pad_id))
+        self._pad_id = None if pad_id is None else int(pad_id)
 
     @property
     def num_labels(self) -> int:
@@ -272,7 +289,8 @@ class SequenceClassifier:
         from .io.atomic import atomic_directory
         from .io.safetensors import write_safetensors
 
-        pad_id = self.pad_id if tokenizer is None else pad_id_of(tokenizer)
+        # the id the head trained with; without one, the id the tokenizer's batches pad with
+        pad_id = self.pad_id if self.pad_id is not None or tokenizer is None else pad_id_of(tokenizer)
         config = self.model.config.to_dict()
         config.update(architectures=["LlamaForSequenceClassification"],
                       id2label={str(i): str(n) for i, n in enumerate(self.label_names)},

@@ -121,8 +121,13 @@ def test_the_head_skips_the_pad_id_as_transformers_does():
         assert not np.allclose(reads_the_eos[0], text[0])
         np.testing.assert_array_equal(skips_it[1], reads_the_eos[1])   # a pad id mid-text changes nothing
         loss, grads = classifier.loss_and_grads(tokens, mask, np.array([0, 2]))
+        # the pad id is the model's pad_token_id now, whose embedding row the pad-row rule freezes
+        # (transformers' padding_idx; test_gradcheck checks that row's disagreement): check the rest
+        embedding = "model.embed_tokens.weight"
+        assert not grads[embedding][2].any() and grads[embedding][6].any()
+        checked = {name: p for name, p in classifier.params.items() if name != embedding}
         report = gradcheck(lambda *_: classifier.loss_and_grads(tokens, mask, np.array([0, 2]))[0],
-                           classifier.params, grads, max_entries=10)
+                           checked, {name: grads[name] for name in checked}, max_entries=10)
     report.raise_if_failed()
 
 
@@ -219,6 +224,40 @@ def test_a_classifier_from_a_base_whose_pad_token_id_is_not_the_tokenizers_pools
     with use_backend("numpy"):
         np.testing.assert_array_equal(loaded.pooled_index(tokens, mask), trained.pooled_index(tokens, mask))
         np.testing.assert_allclose(loaded.logits(tokens, mask), trained.logits(tokens, mask), rtol=1e-12)
+
+
+def test_the_pad_id_a_classifier_trained_with_is_its_pad_row_through_save_reload_and_more_training(
+        base_dir, tmp_path):
+    """The same LLaMA-1 base (pad_token_id 0, a tokenizer padding with </s>): the embedding row the
+    pad-row rule keeps from learning (model.decoder_backward) is the id fine-tuning padded with and
+    saved, </s>, in the first run as in one fine-tuning the reloaded classifier further.  Before,
+    the first run froze <unk>'s row (the base's pad_token_id) and the second </s>'s."""
+    from npllama.classify import load_classifier
+
+    base = tmp_path / "base"
+    shutil.copytree(base_dir, base)
+    fields = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**fields, "pad_token_id": 0}))
+    tokenizer = Tokenizer(base / "tokenizer.model")
+    pad_id = pad_id_of(tokenizer)
+    trained = SequenceClassifier(Llama.from_pretrained(base, dtype=np.float64), ["neg", "pos"], pad_id=pad_id)
+    assert trained.model.config.pad_token_id == pad_id == 2
+    tokens, mask = pad_batch([[1, 0, 7, 2, 8], [1, 9, 2, 0]], pad_id)   # <unk> and </s> as real tokens
+
+    def rows_that_learn(classifier):
+        with use_backend("numpy"):
+            _, grads = classifier.loss_and_grads(tokens, mask, np.array([0, 1]))
+        return [i for i in (0, 2) if grads["model.embed_tokens.weight"][i].any()]
+
+    assert rows_that_learn(trained) == [0]
+    trained.save(tmp_path / "c", tokenizer)
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["pad_token_id"] == pad_id
+    again = load_classifier(tmp_path / "c", dtype=np.float64).head
+    assert again.pad_id == again.model.config.pad_token_id == pad_id
+    assert rows_that_learn(again) == [0]
+    # a pad id set later (as the transformers comparison does) is the model's too
+    trained.pad_id = 0
+    assert trained.model.config.pad_token_id == 0 and rows_that_learn(trained) == [2]
 
 
 def test_fine_tuning_a_base_asking_for_attention_dropout_says_npllama_has_none(base_dir, tmp_path):

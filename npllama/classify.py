@@ -108,16 +108,19 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
 def adapted_classifier(model, adapter, tokenizer, model_dir, pad_token_id: int | None = None) -> Classifier:
     """The Classifier made by `model` with the sequence-classification LoRA adapter folder `adapter`
     attached to it (load_adapter): the head is the adapter's score.weight, its labels and max_len
-    finetune.json's.  The head skips the pad id fine-tuning padded with, the tokenizer's (pad_id_of);
-    pad_token_id: that id when no tokenizer is at hand (tokenizer None: npllama.debug's --tokens)."""
+    finetune.json's.  The head skips the pad id fine-tuning padded with: finetune.json's "pad_id"
+    (trained_pad_id), else the tokenizer's (pad_id_of), an adapter saved before the record being
+    trained with that; pad_token_id: the id when neither is at hand (tokenizer None: npllama.debug's
+    --tokens)."""
     score = model.lora.extra.pop(SCORE, None)
     if score is None:
         raise ValueError(f"adapter {str(adapter)!r} has no score.weight: it is not a sequence-classification "
                          f"adapter (made with `npllama finetune classify --lora --out DIR`, or PEFT's SEQ_CLS)")
     info = _info(Path(adapter))
     names = _label_names(info, {}, score.shape[0])
-    classifier = Classifier(model, score, names, tokenizer, f"{model_dir} + {adapter}", pad_token_id,
-                            max_len=_trained_max_len(info))
+    recorded = trained_pad_id(info, model.config.vocab_size)
+    classifier = Classifier(model, score, names, tokenizer, f"{model_dir} + {adapter}",
+                            pad_token_id if recorded is None else recorded, max_len=_trained_max_len(info))
     _check_attention(classifier, info.get("attention"), adapter, model_dir)
     return classifier
 
@@ -140,6 +143,13 @@ def _trained_max_len(info: dict) -> int | None:
     """finetune.json's max_len (the tokens fine-tuning kept per text), or None when it has none."""
     max_len = info.get("max_len")
     return max_len if isinstance(max_len, int) and not isinstance(max_len, bool) and max_len > 0 else None
+
+
+def trained_pad_id(info: dict, vocab_size: int) -> int | None:
+    """finetune.json's pad_id (the id an adapter's head trained with), or None when it has none that
+    the model's vocabulary holds."""
+    pad_id = info.get("pad_id")
+    return pad_id if isinstance(pad_id, int) and not isinstance(pad_id, bool) and 0 <= pad_id < vocab_size else None
 
 
 def _label_names(info: dict, config: dict, num_labels: int) -> list[str]:

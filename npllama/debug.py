@@ -160,7 +160,7 @@ def _tokenizer_of(model_dir: Path, vocab_size: int):
 def _attach_adapter(llama, adapter, model_dir: Path, classifier: bool, tokenizer, no_tokenizer: str | None):
     """Attach the LoRA adapter folder `adapter` to `llama`: the SequenceClassifier it makes when it was
     saved for sequence classification (with `classifier`), else None (llama predicts tokens)."""
-    from .classify import adapted_classifier
+    from .classify import _info, adapted_classifier, trained_pad_id
     from .finetune import SCORE
     from .lora import check_causal_lm, load_adapter
 
@@ -168,9 +168,9 @@ def _attach_adapter(llama, adapter, model_dir: Path, classifier: bool, tokenizer
     if SCORE not in adapters.extra:
         check_causal_lm(llama)   # a classification adapter without its head is no token predictor either
         return None
-    pad_token_id = None   # the tokenizer's pad id, which fine-tuning padded with
-    if tokenizer is None:
-        pad_token_id = llama.config.pad_token_id
+    pad_token_id = None   # the id fine-tuning padded with: the adapter's record, else the tokenizer's
+    if tokenizer is None and trained_pad_id(_info(Path(adapter)), llama.config.vocab_size) is None:
+        pad_token_id = llama.config.pad_token_id   # an adapter saved before the record, without its tokenizer
         if pad_token_id is None:
             # a GGUF or llama2.c base has no config.json to edit: its folder form has (npllama convert)
             where, fix = (("its config.json", "set config.json's pad_token_id") if model_dir.is_dir() else
@@ -196,8 +196,9 @@ def load_inputs(model=None, text: str | None = None, tokens: str | None = None, 
     compare/trace run its classification loss); otherwise it is refused as no token predictor.
     adapter: a LoRA adapter folder (PEFT layout) attached to the model: a causal-LM one, or with
     `classifier` a sequence-classification one (`finetune classify --lora`), which makes the model
-    that classifier (npllama.load_classifier(model, adapter=...)); its head skips the pad id of the
-    model's tokenizer, or without one (tokens given) config.json's pad_token_id.  A classifier folder
+    that classifier (npllama.load_classifier(model, adapter=...)); its head skips the pad id it was
+    trained with (its finetune.json's pad_id), for an adapter without that record the model's
+    tokenizer's, or without one (tokens given) config.json's pad_token_id.  A classifier folder
     takes no adapter."""
     from .model import Llama
 

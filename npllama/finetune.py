@@ -268,7 +268,9 @@ class SequenceClassifier:
 
         finetune.json records the attention ("causal" or "bidirectional"), and a bidirectional
         classifier's config.json records "npllama_objective": "mlm", so that load_classifier runs
-        it as it was trained.  transformers knows neither: its LlamaForSequenceClassification
+        it as it was trained.  The pad id the head trained with is config.json's pad_token_id; an
+        adapter, which has no config.json of its own (its base's may name another id), records it
+        in finetune.json as "pad_id".  transformers knows neither: its LlamaForSequenceClassification
         would load such a folder and run it causally, giving other logits."""
         path = Path(path)
         if self.model.lora is not None:
@@ -278,6 +280,8 @@ class SequenceClassifier:
         else:
             self._save_hf_folder(path, tokenizer)
         attention = {"attention": self.attention}
+        if self.model.lora is not None and self.pad_id is not None:
+            attention["pad_id"] = self.pad_id
         if not self.causal:
             attention["transformers"] = BIDIRECTIONAL_NOTE
         _write_info(path, {"label_names": list(map(str, self.label_names)), **attention, **(info or {})})

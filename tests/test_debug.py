@@ -706,6 +706,26 @@ def test_a_classification_adapter_runs_on_a_base_without_tokenizer_when_its_pad_
         debug.load_inputs(str(unknown), tokens="1,7,3", classifier=True, adapter=str(tmp_path / "classify"))
 
 
+def test_a_classification_adapter_without_tokenizer_skips_the_pad_id_it_was_trained_with(folder_with_tokenizer,
+                                                                                          tmp_path):
+    """An adapter fine-tuned as `finetune classify --lora` makes it -- on a base whose config.json says
+    pad_token_id 0 while its tokenizer pads with </s> -- records the id it padded with (finetune.json):
+    run without the tokenizer, its head skips that id, not config.json's, as load_classifier's does."""
+    from npllama.classify import load_classifier
+    from npllama.finetune import SequenceClassifier
+    from npllama.objectives import pad_id_of
+    from npllama.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(folder_with_tokenizer / "tokenizer.model")
+    base = Llama.from_pretrained(folder_with_tokenizer)
+    SequenceClassifier(adapted(base, seed=1), ["neg", "pos"], pad_id=pad_id_of(tokenizer)).save(
+        tmp_path / "classify", tokenizer, base_dir=folder_with_tokenizer)
+    assert json.loads((tmp_path / "classify" / "finetune.json").read_text())["pad_id"] == 2
+    bare = _base_without_tokenizer(folder_with_tokenizer, pad_token_id=0)
+    head, *_ = debug.load_inputs(str(bare), tokens="1,7,3", classifier=True, adapter=str(tmp_path / "classify"))
+    assert head.pad_id == 2 == load_classifier(folder_with_tokenizer, adapter=tmp_path / "classify").head.pad_id
+
+
 def test_an_adapter_on_a_classifier_folder_is_refused_not_ignored(classifier_folder, model, tmp_path):
     adapted(model).lora.save_adapter(tmp_path / "sft")
     with pytest.raises(ValueError, match=r"--model .*classifier.* --adapter"):

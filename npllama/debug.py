@@ -126,24 +126,28 @@ def model_path(model=None) -> Path:
     return resolve_model_dir(model)
 
 
-def _tokenizer_of_file(path: Path, vocab_size: int):
+def _tokenizer_of_file(path: Path, vocab_size: int | None):
     """The tokenizer of a GGUF file (its own vocabulary) or of a llama2.c checkpoint (tokenizer.model or
-    llama2.c's tokenizer.bin beside it), as `npllama convert` would write it into the folder."""
+    llama2.c's tokenizer.bin beside it), as `npllama convert` would write it into the folder.
+    vocab_size None: the checkpoint's own (its header's), for a caller that has not loaded it."""
     from .io.gguf_import import gguf_tokenizer_model_bytes, looks_like_gguf
-    from .io.llama2c import tokenizer_model_bytes
+    from .io.llama2c import read_llama2c_header, tokenizer_model_bytes
     from .tokenizer import Tokenizer
 
     if looks_like_gguf(path):
         return Tokenizer.from_bytes(gguf_tokenizer_model_bytes(path))
+    if vocab_size is None:
+        vocab_size = read_llama2c_header(path).vocab_size
     for beside in (path.parent / "tokenizer.model", path.parent / "tokenizer.bin"):
         if beside.is_file():
             return Tokenizer.from_bytes(tokenizer_model_bytes(beside, vocab_size))
     raise FileNotFoundError(f"no tokenizer.model or tokenizer.bin beside {str(path)!r}")
 
 
-def _tokenizer_of(model_dir: Path, vocab_size: int):
+def _tokenizer_of(model_dir: Path, vocab_size: int | None):
     """(the tokenizer of --model, or None; why there is none).  A folder's tokenizer.model (in or
-    beside it) or tokenizer.json; a file's as `npllama convert` finds it (_tokenizer_of_file)."""
+    beside it) or tokenizer.json; a file's as `npllama convert` finds it (_tokenizer_of_file).
+    model_dir: what model_path gives.  vocab_size: the model's, None when it is not loaded yet."""
     from .io.errors import CheckpointError
     from .runs import load_tokenizer
 

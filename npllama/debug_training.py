@@ -260,20 +260,21 @@ def compare_training(model, batches, *, steps: int, total_steps: int | None = No
     after every step (see the module's docstring; the settings are npllama.train.TrainConfig's,
     with its defaults).
 
-    model: a Llama, a Hugging Face LLaMA folder (LlamaForCausalLM) or a run folder; the caller's
-    model is not changed.  batches: (tokens, targets) pairs, each (B, T) ints with targets already shifted and
+    model: a Llama, a Hugging Face LLaMA folder (LlamaForCausalLM), a run folder, or a GGUF file or
+    llama2.c checkpoint (both sides train npllama's reading of it, as debug.compare_transformers
+    runs it); the caller's model is not changed.  batches: (tokens, targets) pairs, each (B, T) ints with targets already shifted and
     -100 where there is none (what npllama.data.BatchLoader.next_batch gives); step k takes the
     next grad_accum of them, so at least steps * grad_accum are needed.  total_steps: the length of
     the run the schedule is laid out over (default: steps), warmup_steps None: TrainConfig's rule.
     plant: one of PLANTED_TRAINING_BUGS, swapped into npllama's side.  echo: told what runs, once the
     settings are checked and before the first step (None: quiet)."""
     from . import backend
-    from .debug import _as_folder, _from_folder, _is_classifier, load_transformers_model, set_up_transformers
-    from .runs import resolve_model_dir
+    from .debug import (_as_folder, _from_folder, _is_classifier, load_transformers_model, model_path,
+                        set_up_transformers)
     from .train import ADAM_EPS
 
     if isinstance(model, (str, os.PathLike)):
-        model = resolve_model_dir(model)   # a run folder names its model/ folder
+        model = model_path(model)   # a run folder names its model/ folder; a GGUF or llama2.c file is itself
     dtype = _checked_dtype(dtype)
     tc = _train_config(steps, total_steps, grad_accum, lr, min_lr, warmup_steps, weight_decay, beta1, beta2,
                        grad_clip, dtype)

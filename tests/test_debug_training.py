@@ -180,6 +180,33 @@ def test_cli_agrees_then_finds_a_planted_bug(small_model_dir, capsys):
     assert status == 0 and "no divergence" in out.out, out.out + out.err
 
 
+@pytest.mark.parametrize("kind", ["gguf", "llama2c"])
+def test_cli_trains_a_gguf_or_llama2c_file_as_debug_compare_reads_it(small_model_dir, tmp_path, capsys, kind):
+    # the files `debug compare` and `debug trace` take (debug.model_path): both sides train npllama's
+    # reading of the file, its tokenizer found as theirs is (a GGUF's own, tokenizer.model beside a llama2.c)
+    if kind == "gguf":
+        pytest.importorskip("gguf")
+        from npllama.io.gguf_export import export_gguf
+
+        file = export_gguf(small_model_dir, tmp_path / "small.gguf")
+    else:
+        from tests.io.llama2c_files import random_llama2c_weights, write_legacy
+
+        file = tmp_path / "small.bin"
+        write_legacy(file, random_llama2c_weights(vocab_size=400))
+        (tmp_path / "tokenizer.model").write_bytes((small_model_dir / "tokenizer.model").read_bytes())
+    argv = ["debug", "train-compare", "--model", str(file), "--text", "Once upon a time there was a cat. " * 8,
+            "--steps", "1", "--batch-size", "1", "--seq-len", "8", "--dtype", "float64"]
+    status, out = run_cli(argv, capsys)
+    assert status == 0 and "no divergence" in out.out and f"model {file}" in out.out, out.out + out.err
+    # without its tokenizer, said as for a folder: what is missing, and why train-compare needs it
+    if kind == "llama2c":
+        (tmp_path / "tokenizer.model").unlink()
+        status, out = run_cli(argv, capsys)
+        assert status == 2 and "no tokenizer.model or tokenizer.bin beside" in out.err
+        assert "train-compare cuts its batches" in out.err and len(out.err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("extra, named", [
     (["--plant", "nope"], "--plant"),
     (["--rtol", "-1"], "--rtol"),

@@ -123,8 +123,9 @@ def _register_train_compare(sub) -> None:
                     "gradient norm, the clipped gradients, the learning rate, AdamW's exp_avg and exp_avg_sq, "
                     "each parameter; report the first that differs beyond tolerance. Needs torch and "
                     "transformers. Exit status 1 when the runs part.")
-    p.add_argument("--model", default=None, help="a run folder or Hugging Face LLaMA folder (LlamaForCausalLM; "
-                   "default: the latest run)")
+    p.add_argument("--model", default=None, help="a run folder or Hugging Face LLaMA folder (LlamaForCausalLM), "
+                   "a GGUF file or a llama2.c checkpoint (both sides train npllama's reading of it; its tokenizer "
+                   "is found as debug compare finds it) (default: the latest run)")
     p.add_argument("--text", default=None, help="training text, tokenized with the model's tokenizer (default: "
                    "200 of the built-in stories npllama train trains on)")
     p.add_argument("--data", default=None, metavar="PATH", help="training text from a .txt or .jsonl file or a "
@@ -169,8 +170,7 @@ def _register_train_compare(sub) -> None:
 def run_train_compare(args) -> int:
     import numpy as np
 
-    from .. import debug_training
-    from ..runs import load_tokenizer, resolve_model_dir
+    from .. import debug, debug_training
 
     if args.rtol is not None and args.rtol < 0 or args.atol is not None and args.atol < 0:
         raise UsageError("--rtol and --atol must be >= 0")
@@ -179,11 +179,10 @@ def run_train_compare(args) -> int:
                          f"{', '.join(debug_training.PLANTED_TRAINING_BUGS)}")
     if args.text is not None and args.data is not None:
         raise UsageError("give --text TEXT or --data PATH (the training text), not both")
-    model_dir = resolve_model_dir(args.model)
-    try:
-        tokenizer = load_tokenizer(model_dir)
-    except FileNotFoundError as error:
-        raise UsageError(f"{error}: train-compare cuts its batches from text with the model's tokenizer") from None
+    model_dir = debug.model_path(args.model)   # a folder, or a GGUF or llama2.c file, as debug compare takes
+    tokenizer, no_tokenizer = debug._tokenizer_of(model_dir, vocab_size=None)
+    if tokenizer is None:
+        raise UsageError(f"{no_tokenizer}: train-compare cuts its batches from text with the model's tokenizer")
     batches = debug_training.text_batches(tokenizer, args.text, args.data, batch_size=args.batch_size,
                                           seq_len=args.seq_len, count=args.steps * args.grad_accum, seed=args.seed)
     dtype = np.float64 if args.dtype == "float64" else np.float32

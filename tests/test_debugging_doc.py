@@ -90,6 +90,28 @@ def test_the_update_script_says_when_a_stop_is_ambiguous_not_out_of_date(tmp_pat
         script.current_session("> twice.py(3)f()\n-> x = x + 2\n")
 
 
+def test_the_update_script_places_a_function_whose_name_the_file_has_twice(tmp_path, monkeypatch):
+    # two classes' `step` (as debug_training's runs have): a breakpoint names one by its class, as pdb's
+    # `break module.Class.method` does, and a stop (pdb shows the bare name) is the one whose body holds
+    # its text -- or, where both do, the one at the number the session had, moved as little as an edit
+    # above it moves it
+    script = update_script()
+    source = ("class A:\n    def step(self, x):\n        x = x + 1\n        return x\n\n\n"
+              "class B:\n    @staticmethod\n    def step(x):\n        y = x * 2\n        return x\n")
+    (tmp_path / "twice.py").write_text("\n\n" + source, encoding="utf-8")   # the session's numbers: 2 less
+    monkeypatch.setattr(script, "ROOT", tmp_path)
+    assert script.first_line("twice.py", "B.step") == 10 and script.first_line("twice.py", "A.step") == 4
+    session = ("(Pdb) break twice.B.step\nBreakpoint 1 at twice.py:{}\n(Pdb) continue\n"
+               "> twice.py({})step()\n-> y = x * 2\n(Pdb) until {}\n> twice.py({})step()\n-> return x\n")
+    assert script.current_session(session.format(8, 10, 11, 11)) == session.format(10, 12, 13, 13)
+    assert script.current_session("> twice.py(4)step()\n-> return x\n") == "> twice.py(6)step()\n-> return x\n"
+    # where the number is as near the one as the other, the script cannot tell: said, not guessed
+    with pytest.raises(ValueError, match=r"2 functions named step.*cannot tell which"):
+        script.line_of("twice.py", "step", "return x")
+    with pytest.raises(ValueError, match=r"no function named C.step"):
+        script.first_line("twice.py", "C.step")
+
+
 def test_the_pdb_session_in_the_doc_is_what_pdb_prints_today(tmp_path):
     # replayed with the current numbers, so that a drift fails the test above alone, with its fix
     doc = update_script().updated(DOC)

@@ -341,3 +341,21 @@ def test_train_help_says_what_a_config_files_pad_token_id_does(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "pad_token_id" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_config_files_pad_token_id_is_checked_against_the_given_tokenizers_ids(tmp_path):
+    # a --tokenizer's ids are known once it is read: its </s>, or a pad piece of its own that the
+    # file contradicts, are refused then, as the trained tokenizer's are before the run
+    from types import SimpleNamespace
+
+    from npllama.model_shape import new_model_config
+
+    tokenizer = SimpleNamespace(vocab_size=400, bos_id=1, eos_id=5, pad_id=3)
+    tc = TrainConfig(out=str(tmp_path / "run"), tokenizer="given.model", model_config={"pad_token_id": 5})
+    with pytest.raises(ValueError, match=r"pad_token_id 5 is </s>"):
+        new_model_config(tc, SimpleNamespace(vocab_size=400, bos_id=1, eos_id=5, pad_id=None))
+    tc = TrainConfig(out=str(tmp_path / "run"), tokenizer="given.model", model_config={"pad_token_id": 0})
+    with pytest.raises(ValueError, match=r"pad piece of its own, id 3.*set pad_token_id to 3 or null"):
+        new_model_config(tc, tokenizer)
+    tc = TrainConfig(out=str(tmp_path / "run"), tokenizer="given.model", model_config={"pad_token_id": 3})
+    assert new_model_config(tc, tokenizer).pad_token_id == 3

@@ -109,13 +109,25 @@ def check_shape(tc) -> None:
     the error names the command-line flag where there is one."""
     if tc.init_from is not None:
         return  # the folder's shape; checked against the flags by check_init_from
+    settings = shape_settings(tc)
+    _build(settings, settings["vocab_size"], None, None, tc.seq_len, _explicit_context(tc))
+
+
+def check_new_model(tc, tokenizer=None) -> None:
+    """Before a new run (not a resume, not --init-from) writes anything: the model new_model_config
+    will build is refused now rather than after the run folder is started.  tokenizer: the
+    --tokenizer given (its vocabulary and ids), None for one the run trains (npllama's ids: <s> 1,
+    </s> 2, no pad piece; its size is the shape's, checked by check_shape).  Not in check_shape,
+    which TrainConfig runs on a resume's saved settings too: a run saved before --config's
+    pad_token_id was kept resumes from its checkpoint's model, which has none."""
     from .tokenizer import BOS_ID, EOS_ID
 
-    settings = shape_settings(tc)
-    # a tokenizer the run trains has npllama's ids, known now; a --tokenizer's are checked once it is read
-    bos_id, eos_id = (BOS_ID, EOS_ID) if tc.tokenizer is None else (None, None)
-    _build(settings, settings["vocab_size"], bos_id, eos_id, tc.seq_len, _explicit_context(tc))
-    _check_pad_token_id(settings.get("pad_token_id"), bos_id, eos_id, None, tc.objective)
+    if tc.init_from is not None:
+        return   # the folder's own pad_token_id, which transformers would fine-tune with as well
+    if tokenizer is not None:
+        new_model_config(tc, tokenizer)
+    else:
+        _check_pad_token_id(shape_settings(tc).get("pad_token_id"), BOS_ID, EOS_ID, None, tc.objective)
 
 
 def new_model_config(tc, tokenizer) -> LlamaConfig:

@@ -27,8 +27,8 @@ from .data import check_doc_separator
 from .interrupts import Interrupted, deferred_stop_signals, stop_signals_interrupt
 from .io.atomic import atomic_write_bytes, atomic_write_text
 from .io.errors import CheckpointError
-from .model_shape import (SHAPE_FLAGS, base_vocab_size, check_model_config_fields, check_shape, init_from_config,
-                          init_from_dir, init_from_tokenizer_path, new_model_config, preset_config,
+from .model_shape import (SHAPE_FLAGS, base_vocab_size, check_model_config_fields, check_new_model, check_shape,
+                          init_from_config, init_from_dir, init_from_tokenizer_path, new_model_config, preset_config,
                           read_model_config_file)
 from .optim import (AdamW, NonFiniteGradientError, TrainingError, _require_decay_fits_lr, clip_finite_step,
                     cosine_with_warmup)
@@ -237,8 +237,13 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
                              f"with --tokenizer (a new one, trained on --data, would give the ids other meanings)")
     if tc.data is not None and tc.val_data is not None and not resume:
         _refuse_held_out_text_in_data(tc)
-    if tc.tokenizer is not None and tc.vocab_size is not None and not resume:
-        _refuse_another_vocab_size(tc)
+    if not resume:   # the model a new start builds, with a --tokenizer's vocabulary and ids (read now)
+        from .tokenizer import Tokenizer
+
+        given = Tokenizer(Path(tc.tokenizer).expanduser()) if tc.tokenizer is not None else None
+        if given is not None and tc.vocab_size is not None:
+            _refuse_another_vocab_size(tc, given)
+        check_new_model(tc, given)
     if resume:
         require_settings(run_dir, CONFIG_FILE)
     else:
@@ -790,12 +795,10 @@ def _held_out_texts(tc: TrainConfig):
         raise ValueError(f"--val-data {tc.val_data!r}: {error}") from None
 
 
-def _refuse_another_vocab_size(tc: TrainConfig) -> None:
+def _refuse_another_vocab_size(tc: TrainConfig, tokenizer) -> None:
     """--vocab-size sizes a tokenizer the run trains; with --tokenizer the model takes that
     tokenizer's size, so another --vocab-size would be ignored (and recorded wrongly)."""
-    from .tokenizer import Tokenizer
-
-    pieces = Tokenizer(Path(tc.tokenizer).expanduser()).vocab_size
+    pieces = tokenizer.vocab_size
     if pieces != tc.vocab_size:
         raise ValueError(f"--vocab-size {tc.vocab_size} disagrees with --tokenizer {tc.tokenizer!r}, which has "
                          f"{pieces} pieces (the model's vocabulary): leave out --vocab-size")

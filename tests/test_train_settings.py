@@ -328,13 +328,16 @@ def test_a_config_file_padding_with_a_token_every_document_holds_is_refused_befo
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"pad_token_id": pad}))
     with pytest.raises(ValueError, match=f"pad_token_id {pad} is {name}"):
-        TrainConfig(out=str(tmp_path / "run"), model_config=str(path))
+        train(TrainConfig(out=str(tmp_path / "run"), model_config=str(path)), echo=quiet)
+    assert not (tmp_path / "run").exists()
     assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "pad_token_id" in err and "null" in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
     # the masked-LM stack has no pad-row rule (model.decoder_backward): nothing to refuse there
-    TrainConfig(out=str(tmp_path / "run"), model_config=str(path), objective="mlm")
+    from npllama.model_shape import check_new_model
+
+    check_new_model(TrainConfig(out=str(tmp_path / "run"), model_config=str(path), objective="mlm"))
 
 
 def test_train_help_says_what_a_config_files_pad_token_id_does(capsys):
@@ -359,3 +362,51 @@ def test_a_config_files_pad_token_id_is_checked_against_the_given_tokenizers_ids
         new_model_config(tc, tokenizer)
     tc = TrainConfig(out=str(tmp_path / "run"), tokenizer="given.model", model_config={"pad_token_id": 3})
     assert new_model_config(tc, tokenizer).pad_token_id == 3
+
+
+def test_a_pad_token_id_a_given_tokenizer_refuses_is_refused_before_the_run_folder_is_made(shaped_run, tmp_path,
+                                                                                            capsys):
+    # --tokenizer's ids are read before anything is written, as the trained tokenizer's are known: a
+    # refusal leaves no half-made run (train_config.json, tokenizer.model, tokens.npy) behind
+    tokenizer = str(shaped_run / "tokenizer.model")
+    fast = {k: v for k, v in FAST.items() if k != "vocab_size"}
+    for fields, said in (({"pad_token_id": 2}, r"pad_token_id 2 is </s>"),
+                         ({"pad_token_id": 400}, r"pad_token_id must be None or an id in \[0, 360\)")):
+        out = tmp_path / "run"
+        with pytest.raises(ValueError, match=said):
+            train(TrainConfig(out=str(out), tokenizer=tokenizer, model_config=fields, steps=1, **fast), echo=quiet)
+        assert not out.exists()
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"pad_token_id": 2}))
+    assert main(["train", "--config", str(path), "--tokenizer", tokenizer, "--out", str(tmp_path / "run")]) == 2
+    assert "pad_token_id 2 is </s>" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_a_run_whose_saved_settings_hold_a_pad_token_id_of_before_it_was_kept_resumes(tmp_path):
+    # before pad_token_id was kept, a --config file's (a copied config.json saying </s>, 2) was read
+    # past: such a run's model has none, and its resume continues it as it was trained, not refused
+    out = tmp_path / "run"
+    train(TrainConfig(out=str(out), steps=2, stop_after=1, num_hidden_layers=1, **FAST), echo=quiet)
+    saved = json.loads((out / "train_config.json").read_text())
+    (out / "train_config.json").write_text(json.dumps({**saved, "model_config": {"pad_token_id": 2}}))
+    result = train(npllama.train.resume_config(str(out)), resume=True, echo=quiet)
+    assert result.step == 2 and not result.interrupted
+    assert json.loads((out / "model" / "config.json").read_text()).get("pad_token_id") is None
+
+
+def test_init_from_a_folder_whose_pad_token_id_is_eos_trains_with_it_as_transformers_would(shaped_run, tmp_path):
+    # a real LLaMA folder's config.json may say pad_token_id = </s> (many fine-tunes do): --init-from
+    # trains it, not refused as a --config file's is -- the folder's model is what transformers would
+    # fine-tune with nn.Embedding(padding_idx=2), so its </s> row gets no gradient from lookups there too
+    folder = tmp_path / "base"
+    shutil.copytree(shaped_run / "model", folder)
+    fields = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**fields, "pad_token_id": fields["eos_token_id"]}))
+    out = tmp_path / "run"
+    train(TrainConfig(out=str(out), init_from=str(folder), steps=1, weight_decay=0.0, **{**FAST, "vocab_size": None}),
+          echo=quiet)
+    assert json.loads((out / "model" / "config.json").read_text())["pad_token_id"] == 2
+    assert not Llama.from_pretrained(folder).config.tie_word_embeddings   # the row only lookups would move
+    before, after = (Llama.from_pretrained(f).params["model.embed_tokens.weight"] for f in (folder, out / "model"))
+    np.testing.assert_array_equal(after[2], before[2])   # (no weight decay to move it either)
+    assert not np.array_equal(after[3:], before[3:])

@@ -90,8 +90,10 @@ def line_of(file: str, function: str, text: str, old_line: int | None = None) ->
     node = _nearest(holding, old_line) if len(holding) > 1 else (holding or named)[0]
     if node is None:
         raise ValueError(_by_hand(f"it stops in {file}, {function}() at `-> {text.strip()}`, which "
-                                  f"{len(holding)} functions named {function} have, as near to line {old_line} "
-                                  f"as one another: the script cannot tell which one the session stops in"))
+                                  f"{len(holding)} functions named {function} have, "
+                                  + ("and no line number to choose by" if old_line is None else
+                                     f"as near to line {old_line} as one another")
+                                  + ": the script cannot tell which one the session stops in"))
     hits = [n for n in range(node.lineno, node.end_lineno + 1) if squeeze(lines[n - 1]) == squeeze(text)]
     if len(hits) != 1:
         why = ("the session is out of date" if not hits

@@ -106,7 +106,9 @@ def test_the_update_script_places_a_function_whose_name_the_file_has_twice(tmp_p
     assert script.current_session(session.format(8, 10, 11, 11)) == session.format(10, 12, 13, 13)
     assert script.current_session("> twice.py(4)step()\n-> return x\n") == "> twice.py(6)step()\n-> return x\n"
     # where the number is as near the one as the other, the script cannot tell: said, not guessed
-    with pytest.raises(ValueError, match=r"2 functions named step.*cannot tell which"):
+    with pytest.raises(ValueError, match=r"2 functions named step have, as near to line 8 as one another.*cannot tell"):
+        script.line_of("twice.py", "step", "return x", old_line=8)   # A.step ends at 6, B.step starts at 10
+    with pytest.raises(ValueError, match=r"2 functions named step have, and no line number to choose by"):
         script.line_of("twice.py", "step", "return x")
     with pytest.raises(ValueError, match=r"no function named C.step"):
         script.first_line("twice.py", "C.step")

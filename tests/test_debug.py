@@ -797,7 +797,11 @@ def classifier_folder(tmp_path_factory, model):
     from npllama.finetune import SequenceClassifier
 
     path = tmp_path_factory.mktemp("classifier") / "classifier"
-    SequenceClassifier(model, ["neg", "pos"], pad_id=0)._save_hf_folder(path)
+    # a model of its own (the same weights): a classifier's pad id becomes its model's pad_token_id,
+    # which would change the module's `model` for the tests that run after this fixture
+    own = Llama(model.config, dtype=model.dtype, params=model.params)
+    SequenceClassifier(own, ["neg", "pos"], pad_id=0)._save_hf_folder(path)
+    assert model.config.pad_token_id is None
     return path
 
 

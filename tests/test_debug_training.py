@@ -154,7 +154,8 @@ def test_bad_settings_are_refused_naming_the_argument(model, change, named):
 def test_a_classifier_is_refused(model):
     from npllama.finetune import SequenceClassifier
 
-    classifier = SequenceClassifier(model, ["a", "b"], pad_id=0)
+    # a model of its own: the classifier's pad id becomes its model's pad_token_id (the module's `model` keeps none)
+    classifier = SequenceClassifier(Llama(model.config, dtype=model.dtype, params=model.params), ["a", "b"], pad_id=0)
     classifier.score_weight = np.zeros((2, model.config.hidden_size))
     with pytest.raises(ValueError, match="model is a LlamaForSequenceClassification"):
         compare_training(classifier, make_batches(3), **SETTINGS)

@@ -1,4 +1,5 @@
 """Fine-tuning end to end on a tiny model: classification (full and LoRA), SFT, choice scoring, CLI."""
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -258,6 +259,25 @@ def test_the_pad_id_a_classifier_trained_with_is_its_pad_row_through_save_reload
     # a pad id set later (as the transformers comparison does) is the model's too
     trained.pad_id = 0
     assert trained.model.config.pad_token_id == 0 and rows_that_learn(trained) == [2]
+
+
+def test_a_classifiers_pad_id_is_its_models_pad_token_id_and_no_other_models(base_dir):
+    """The classifier trains its model in place (it is not copied: LoRA is attached to it after),
+    so that model's pad_token_id becomes the head's pad id.  The config is replaced, not edited:
+    another model made from the same LlamaConfig, and a caller holding that config, keep theirs."""
+    base = Llama.from_pretrained(base_dir, dtype=np.float64)
+    config = dataclasses.replace(base.config, pad_token_id=0)
+    base.config = config
+    other = Llama(config, dtype=np.float64, params=base.params)   # the same config object
+    classifier = SequenceClassifier(base, ["neg", "pos"], pad_id=2)
+    assert classifier.model is base and base.config.pad_token_id == 2
+    assert config.pad_token_id == 0 and other.config.pad_token_id == 0
+    with pytest.raises(ValueError, match=r"pad_id must be an id below the model's vocab_size"):
+        SequenceClassifier(other, ["neg", "pos"], pad_id=other.config.vocab_size)
+    assert other.config.pad_token_id == 0   # a refused pad id changes nothing
+    with pytest.raises(ValueError, match="pad_id"):
+        classifier.pad_id = -1
+    assert classifier.pad_id == base.config.pad_token_id == 2
 
 
 def test_fine_tuning_a_base_asking_for_attention_dropout_says_npllama_has_none(base_dir, tmp_path):

@@ -1048,3 +1048,24 @@ def test_disabled_jit_runs_the_kernels_as_python():
         pytest.skip("no @njit kernels yet")
     entered = python_frames_entered(NPLLAMA_BACKEND="numba", NUMBA_DISABLE_JIT="1")
     assert jitted & entered, "with NUMBA_DISABLE_JIT=1 the @njit kernels should run as Python frames"
+
+
+def test_a_classification_adapters_recorded_pad_id_wins_over_its_bases_tokenizers(folder_with_tokenizer, tmp_path):
+    # trained with another pad id than the tokenizer's (<unk> here; the tokenizer pads with </s>):
+    # load_classifier and debug, given the tokenizer, take the record, as the head trained with it;
+    # without the record (an adapter saved before it was kept), the tokenizer's, as before
+    from npllama.classify import load_classifier
+    from npllama.finetune import SequenceClassifier
+    from npllama.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(folder_with_tokenizer / "tokenizer.model")
+    base = Llama.from_pretrained(folder_with_tokenizer)
+    SequenceClassifier(adapted(base, seed=1), ["neg", "pos"], pad_id=0).save(
+        tmp_path / "classify", tokenizer, base_dir=folder_with_tokenizer)
+    loaded = load_classifier(folder_with_tokenizer, adapter=tmp_path / "classify").head
+    head, *_ = debug.load_inputs(str(folder_with_tokenizer), tokens="1,7,3", classifier=True,
+                                 adapter=str(tmp_path / "classify"))
+    assert loaded.pad_id == head.pad_id == 0
+    info = tmp_path / "classify" / "finetune.json"
+    info.write_text(json.dumps({k: v for k, v in json.loads(info.read_text()).items() if k != "pad_id"}))
+    assert load_classifier(folder_with_tokenizer, adapter=tmp_path / "classify").head.pad_id == 2

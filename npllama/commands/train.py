@@ -41,7 +41,8 @@ def register(subparsers) -> None:
                             "rope_theta, tie_word_embeddings, ...) applied over the preset; the flags "
                             "below apply over it. bos/eos ids are the tokenizer's; a pad_token_id is kept "
                             "(config.json) and its embedding row gets no gradient from its lookups, as in "
-                            "transformers, so one that is <s> or </s> is refused (pretraining pads nothing)")
+                            "transformers, so under the causal objective one that is <s> or </s> is refused (pretraining "
+                            "pads nothing: set it to null)")
     shape.add_argument("--hidden-size", dest="hidden_size", type=int, default=None, metavar="N",
                        help="width of the residual stream [hidden_size]")
     shape.add_argument("--layers", dest="num_hidden_layers", type=int, default=None, metavar="N",

@@ -150,9 +150,10 @@ def preset_config(tc, config: LlamaConfig) -> LlamaConfig:
 
 def _check_pad_token_id(pad_id, bos_id, eos_id, tokenizer_pad_id, objective: str) -> None:
     """Refuse a --config pad_token_id that cannot be what it says.  Pretraining packs documents
-    into windows and pads nothing, so the id only matters for what comes after (fine-tuning pads
-    with it) and, under the causal objective, for the pad-row rule (model.decoder_backward): the
-    id's embedding row gets no gradient from its lookups.  <s> and </s> stand at every document's
+    into windows and pads nothing, so the id only matters for the saved config.json (transformers'
+    padding_idx, the id a classification head skips; npllama's fine-tuning pads with the
+    tokenizer's pad piece, else </s>: objectives.pad_id_of) and, under the causal objective, for
+    the pad-row rule (model.decoder_backward): the id's embedding row gets no gradient from its lookups.  <s> and </s> stand at every document's
     edges in the training text, so that rule would keep their rows at their random start."""
     if pad_id is None:
         return

@@ -291,6 +291,16 @@ def _text_digest(documents) -> tuple[str, int, int]:
     return h.hexdigest(), n_documents, n_chars
 
 
+def token_digest(ids) -> str:
+    """sha256 of a token stream's ids (as little-endian int64, so the stream's storage type, uint16
+    or int32, does not matter): what a checkpoint keeps to tell whether a resume reads the tokens
+    it was trained on."""
+    h = hashlib.sha256()
+    for start in range(0, ids.shape[0], SCAN_BLOCK):   # a memory-mapped stream is read a block at a time
+        h.update(np.asarray(ids[start:start + SCAN_BLOCK], dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
 # what a user holding a .json file of records (a JSON array) is to do
 JSON_LINES_ADVICE = "; a JSON array of objects becomes JSON Lines with jq -c '.[]' FILE.json > FILE.jsonl"
 

@@ -308,10 +308,11 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
     val_batches = evaluation_batches(val_ids, tc.batch_size, tc.seq_len, max_batches=tc.eval_batches or None)
     unigram = unigram_entropy(train_ids, tokenizer.vocab_size)
 
+    tokens = _tokens_fingerprint(train_ids, val_ids)
     state = {}
     if checkpoint is not None:
         model, optimizer, state = restore_checkpoint(checkpoint, tc, loader, tokenizer,
-                                                     changed=set(changes))
+                                                     changed=set(changes), tokens=tokens)
         start_step = state["step"]
         check_steps_reach(tc.steps, start_step, checkpoint)
         write_settings(run_dir, tc, CONFIG_FILE)  # only now: a checkpoint that is refused changes nothing
@@ -339,7 +340,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
         if unk_note:
             echo(unk_note)
     loop = _Loop(tc, run_dir, model, optimizer, loader, val_batches, tokenizer, echo, loss_and_grads, loss,
-                 helper)
+                 helper, tokens)
     loop.restore_losses(state)
     record_changes(loop.write_log, echo, start_step, changes)
     stop = None
@@ -377,7 +378,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
                        stop is not None, samples, stop_signal=signum)
 
 
-def restore_checkpoint(checkpoint, tc: TrainConfig, loader, tokenizer, changed=()):
+def restore_checkpoint(checkpoint, tc: TrainConfig, loader, tokenizer, changed=(), tokens=None):
     """(model, optimizer, state) from a run's checkpoint folder, with `loader` moved to its position.
 
     Whatever does not fit -- a malformed file, a damaged tensor (checksums), non-finite weights or
@@ -385,7 +386,8 @@ def restore_checkpoint(checkpoint, tc: TrainConfig, loader, tokenizer, changed=(
     optimizer's, optimizer settings that disagree with `tc`, a loader position from another
     corpus -- raises CheckpointError naming the file.  `changed`: names of TrainConfig settings
     the resume changes on purpose; the optimizer takes those from `tc`.  The loader is moved last,
-    after every check has passed.
+    after every check has passed.  `tokens`: the run's `_tokens_fingerprint` now; a ValueError if
+    the checkpoint recorded other tokens (the user's text changed since).
     """
     from .io.train_state import STATE_FILE, load_checkpoint
 
@@ -393,6 +395,8 @@ def restore_checkpoint(checkpoint, tc: TrainConfig, loader, tokenizer, changed=(
     state_file = checkpoint / STATE_FILE
     model, optimizer_state, state = load_checkpoint(checkpoint, dtype=DTYPES[tc.dtype])
     step = checked_step(state, state_file)
+    if tokens is not None:   # before the loader's check, whose message would blame the checkpoint
+        _refuse_changed_tokens(state.get("tokens"), tokens, tc, checkpoint)
     if not isinstance(state.get("loader"), dict):
         raise CheckpointError(state_file, "must be the data loader's position (a JSON object)", field="loader")
     for name in ("train_loss", "val_loss", "val_step"):
@@ -413,6 +417,38 @@ def restore_checkpoint(checkpoint, tc: TrainConfig, loader, tokenizer, changed=(
     except (TypeError, ValueError) as error:
         raise CheckpointError(state_file, str(error), field="loader") from None
     return model, optimizer, state
+
+
+def _tokens_fingerprint(train_ids, val_ids) -> dict:
+    """What a checkpoint records of the tokens the run reads, so that a resume can tell whether
+    --data (or --val-data) was edited since: only their paths are in the settings."""
+    from .data import token_digest
+
+    return {"training": {"tokens": int(len(train_ids)), "sha256": token_digest(train_ids)},
+            "held_out": {"tokens": int(len(val_ids)), "sha256": token_digest(val_ids)}}
+
+
+def _refuse_changed_tokens(saved, now: dict, tc: TrainConfig, checkpoint: Path) -> None:
+    """A resume on text other than the checkpoint's would not be the uninterrupted run (training
+    text), or would give validation losses that do not compare with the earlier ones (held-out
+    text).  A checkpoint written before the fingerprint existed (no `tokens`) is not checked."""
+    if not isinstance(saved, dict):
+        return
+    for part, text in (("training", "the training text"), ("held_out", "the held-out text")):
+        if saved.get(part) == now[part]:
+            continue
+        if part == "training":
+            source = f"--data {tc.data!r}" if tc.data is not None else "the built-in stories"
+        else:
+            source = f"--val-data {tc.val_data!r}" if tc.val_data is not None else \
+                f"the end of --data {tc.data!r}" if tc.data is not None else "the end of the built-in stories"
+        was = saved.get(part, {}).get("tokens") if isinstance(saved.get(part), dict) else None
+        count = (f"{now[part]['tokens']:,} tokens now, {was:,} then" if isinstance(was, int) and was != now[part]["tokens"]
+                 else f"{now[part]['tokens']:,} tokens, but other ones")
+        raise ValueError(f"cannot resume {tc.out!r}: {text} ({source}) has changed since the checkpoint "
+                         f"({count}), so the resumed run would not continue the one that was trained: put the "
+                         f"original text back, or start a new run from these weights "
+                         f"(`npllama train --init-from {checkpoint / 'model'} --out NEW ...`)")
 
 
 def step_before_the_update(step: int, tc: TrainConfig, accumulate, params, *, schedule=cosine_with_warmup,
@@ -440,8 +476,9 @@ class _Loop:
     """The step loop and what it writes (log lines, checkpoints)."""
 
     def __init__(self, tc, run_dir, model, optimizer, loader, val_batches, tokenizer, echo, loss_and_grads, loss,
-                 helper=None):
+                 helper=None, tokens=None):
         self.tc, self.run_dir, self.model, self.optimizer = tc, run_dir, model, optimizer
+        self.tokens = tokens  # the tokens' fingerprint, kept in every checkpoint (_refuse_changed_tokens)
         self.loss_and_grads, self.loss = loss_and_grads, loss  # the objective's (tokens, targets) functions
         self.loader, self.val_batches, self.tokenizer, self.echo = loader, val_batches, tokenizer, echo
         # what every checkpoint saves beside the weights: the tokenizer, as transformers loads it
@@ -608,6 +645,8 @@ class _Loop:
 
         state = {"step": step, "loader": self.loader.state_dict(), "train_loss": self.last_train_loss,
                  "val_loss": self.last_val_loss, "val_step": self.last_val_step}
+        if self.tokens is not None:
+            state["tokens"] = self.tokens
         path = self.run_dir / "checkpoint"
         # deferred: a stop signal during a checkpoint lets it finish (the stop then saves nothing new)
         with deferred_stop_signals(), reporting_write_errors(f"the checkpoint of step {step}", path):

@@ -184,6 +184,30 @@ def test_training_on_a_users_text_file(tmp_path):
     assert tokenizer.decode(tokenizer.encode("The red cat sat.")) == "The red cat sat."
 
 
+def test_resume_refuses_a_data_file_changed_since_the_checkpoint(tmp_path):
+    """--resume compared only --data's path: text edited since the checkpoint (the same number of
+    windows, so the loader's check passed) was trained on without a word, and the resumed run
+    was no longer the one an uninterrupted run would have been.  The tokens' digest, kept in
+    the checkpoint, now refuses it, saying which text changed; put back, the run resumes."""
+    corpus = tmp_path / "mine.txt"
+    lines = [f"The {c} cat sat on the {m} mat number {i}." for i, (c, m) in
+             enumerate((c, m) for c in ("red", "blue", "green", "small") for m in ("big", "old", "new"))]
+    original = "\n\n".join(lines * 30)
+    corpus.write_text(original)
+    out = tmp_path / "run"
+    config = TrainConfig(out=str(out), data=str(corpus), steps=2, stop_after=1, eval_every=0, checkpoint_every=0,
+                         **{**FAST, "vocab_size": 320})
+    assert train(config, echo=quiet).interrupted
+    for edited, changed in ((original.replace("number 0.", "number 1.", 1), r"the training text \(--data '.*mine.txt'\)"),
+                            (original[:original.rindex("number 11.")] + "number 10.",
+                             r"the held-out text \(the end of --data '.*mine.txt'\)")):
+        corpus.write_text(edited)   # as many tokens as before: only the digest tells
+        with pytest.raises(ValueError, match=changed + r" has changed since the checkpoint \(.* but other ones\)"):
+            train(resume_config(out), resume=True, echo=quiet)
+    corpus.write_text(original)
+    assert train(resume_config(out), resume=True, echo=quiet).step == 2
+
+
 @pytest.mark.parametrize("field, value, match", [
     ("steps", 0, "steps must be a positive integer"),
     ("batch_size", -1, "batch_size"),

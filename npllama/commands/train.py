@@ -102,7 +102,7 @@ def register(subparsers) -> None:
                    help="continue the run in --out from its checkpoint, with the settings it was started "
                         "with; options given with it change those settings (the ones that define the "
                         "run -- data and held-out text, preset and model shape, --init-from, tokenizer, batch shape, "
-                        "seed, dtype -- are refused)")
+                        "seed, dtype -- are refused, and so is a --data file edited since the checkpoint)")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many steps (with a checkpoint); --resume continues the run")
     p.add_argument("--skip-nonfinite", action="store_true",

@@ -266,9 +266,8 @@ def resolve_model_dir(path=None) -> Path:
             return candidate
     from .io.describe import describe_model_path
 
-    raise FileNotFoundError(f"{str(path)!r} holds no model: expected config.json and model.safetensors "
-                            f"(a Hugging Face folder) or a run folder made by `npllama train`. "
-                            f"{describe_model_path(path)}")
+    # what the path is says what was expected instead (a Hugging Face folder, a run folder)
+    raise FileNotFoundError(f"{str(path)!r} holds no model: {describe_model_path(path)}")
 
 
 def find_tokenizer(model_dir: Path) -> Path:

@@ -154,6 +154,23 @@ def test_a_classifier_folder_given_to_generate_says_to_use_classify(classifier_d
     assert list(load_classifier(classifier_dir).label_names) == ["neg", "pos"]    # what it is for still works
 
 
+@pytest.mark.parametrize("settings_file, command", [("train_config.json", "train"),
+                                                     ("sft_config.json", "finetune sft")])
+def test_a_run_that_saved_no_model_yet_says_how_to_start_it_again(tmp_path, capsys, settings_file, command):
+    """A run stopped before its first checkpoint (a start refused for its --vocab-size, Ctrl-C
+    while the tokenizer trained) leaves only its settings.  generate --model told the user to
+    "pass it as --model", which they had just done; it now says what the folder lacks and how to
+    start the run again, without repeating what a model folder holds."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / settings_file).write_text("{}")
+    code, out, err = run_cli(["generate", "--model", str(run)], capsys)
+    err = one_line_error(err)
+    assert code == 2 and out == ""
+    assert "saved no model yet" in err and f"`npllama {command} --out {run} --resume`" in err, err
+    assert "pass it as --model" not in err and err.count("expected") <= 1, err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
     (["--top-k", "0"], "--top-k must be a positive integer, got 0"),

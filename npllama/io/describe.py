@@ -35,6 +35,15 @@ def describe_model_path(path) -> str:
 
 # ----- folders ------------------------------------------------------------------------------------
 
+def _run_started_in(names: set[str]) -> str | None:
+    """The command ("train", "finetune sft", ...) whose settings file a run folder holds, or None."""
+    from ..finetune_run import SETTINGS_FILES
+    from ..train import CONFIG_FILE
+
+    jobs = {CONFIG_FILE: "train", **{file: f"finetune {job}" for job, file in SETTINGS_FILES.items()}}
+    return next((command for file, command in jobs.items() if file in names), None)
+
+
 def _describe_folder(folder: Path) -> str:
     names = {p.name for p in folder.iterdir()}
     if "config.json" in names:
@@ -49,8 +58,13 @@ def _describe_folder(folder: Path) -> str:
     if "adapter_config.json" in names:
         return ("is a LoRA/PEFT adapter folder, not a whole model: load its base model and attach "
                 "the adapter")
-    if "train_config.json" in names or (folder / "model" / "config.json").is_file():
+    if (folder / "model" / "config.json").is_file() or (folder / "checkpoint" / "model" / "config.json").is_file():
         return "is an npllama run folder: pass it as --model (its model/ subfolder is loaded)"
+    started = _run_started_in(names)
+    if started is not None:   # a start that failed or was stopped before its first checkpoint
+        return (f"is an npllama run folder whose run saved no model yet (it stopped before its first "
+                f"checkpoint): start it again with `npllama {started} --out {folder} ...`, or with the settings "
+                f"it saved by `npllama {started} --out {folder} --resume`")
     if "params.json" in names and any(n.startswith("consolidated.") for n in names):
         return ("looks like Meta's original LLaMA checkpoint (params.json + consolidated.*.pth, "
                 "pickles): convert it with transformers' convert_llama_weights_to_hf.py first")

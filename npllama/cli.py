@@ -158,7 +158,7 @@ def _one_line_warning(command: str):
 
 
 # Names the library's checks use that are not a flag's dest: LoRA's own argument names
-_ALIASES = {"r": "lora_r", "target_modules": "lora_targets"}
+_ALIASES = {"r": "lora_r", "target_modules": "lora_targets", "model_prefix": "out"}   # Tokenizer.train's
 # Settings named as the user names them: a setting before "must", "=", "*", its bare value in
 # parentheses ("steps (3)", not "prompt (30 tokens)"), a change "seed (1 -> 4)", or a parenthesis
 # and "must" ("r (the LoRA rank) must") -- not prose

@@ -176,7 +176,7 @@ class Tokenizer:
                           max_sentence_length, seed, num_threads, byte_fallback)
         vocab_size, input_sentence_size, max_sentence_length, seed = map(
             int, (vocab_size, input_sentence_size, max_sentence_length, seed))   # NumPy ints as Python ones
-        model_prefix = Path(require_path("model_prefix", model_prefix, "where to write <prefix>.model")).expanduser()
+        model_prefix = model_prefix_path(model_prefix)
         model_prefix.parent.mkdir(parents=True, exist_ok=True)
         options = dict(LLAMA_TRAINER_OPTIONS)
         options.update(
@@ -384,6 +384,18 @@ class Tokenizer:
 
 
 # ----- training helpers ------------------------------------------------------------------------------
+
+def model_prefix_path(model_prefix) -> Path:
+    """Tokenizer.train's <prefix> (of <prefix>.model and <prefix>.vocab) as a Path.  A prefix that
+    ends in a slash names a folder: pathlib would drop the slash and write "tok.model" beside the
+    folder "tok/" the user meant to write into, so it is refused, suggesting a name inside it."""
+    require_path("model_prefix", model_prefix, "where to write <prefix>.model")
+    if isinstance(model_prefix, str) and model_prefix.endswith(("/", os.sep)):
+        raise ValueError(f"model_prefix must be a file prefix (<prefix>.model and <prefix>.vocab are written), "
+                         f"not a folder: got {model_prefix!r}; give a name inside it, e.g. "
+                         f"{model_prefix + 'tokenizer'!r}")
+    return Path(model_prefix).expanduser()
+
 
 def _require_text(name: str, text) -> None:
     """A str that is valid Unicode: SentencePiece needs UTF-8, and a lone surrogate (e.g. from

@@ -459,3 +459,21 @@ def test_a_folder_given_as_the_training_file_is_named_as_a_folder(tmp_path):
 
     write_default_corpus(tmp_path / "texts" / "stories.txt", n_stories=100)
     assert Tokenizer.train(load_texts(tmp_path / "texts"), tmp_path / "tok", vocab_size=360).vocab_size == 360
+
+
+def test_a_prefix_ending_in_a_slash_is_refused_before_training(tmp_path, capsys):
+    """`--out tok/` (a folder the user meant to write into) wrote tok.model and tok.vocab beside the
+    folder, since pathlib drops the slash; it is refused, naming --out (model_prefix in Python),
+    before the training and before an older tok.model could be said to be replaced."""
+    from npllama.cli import main
+    from npllama.tokenizer import Tokenizer
+
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok.model").write_bytes(b"an older file")
+    folder = str(tmp_path / "tok") + "/"
+    with pytest.raises(ValueError, match=r"model_prefix must be a file prefix .* e.g. '.*tok/tokenizer'"):
+        Tokenizer.train(["never read"], folder, 300)
+    assert main(["tokenizer", "train", "--out", folder]) == 2
+    err = capsys.readouterr().err
+    assert "--out must be a file prefix" in err and "replace" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok", "tok.model"] and not any((tmp_path / "tok").iterdir())

@@ -54,11 +54,11 @@ def register(subparsers) -> None:
 def train(args) -> int:
     from ..corpus import make_default_corpus
     from ..data import Corpus
-    from ..tokenizer import Tokenizer
+    from ..tokenizer import Tokenizer, model_prefix_path
 
     from pathlib import Path
 
-    prefix = Path(args.out).expanduser()
+    prefix = model_prefix_path(args.out)   # a folder ("tok/") refused before "would replace tok.model"
     existing = [str(p) for p in (Path(f"{prefix}.model"), Path(f"{prefix}.vocab")) if p.exists()]
     if existing and not args.force:   # before the (slow) training
         raise UsageError(f"--out {args.out!r} would replace {' and '.join(existing)}: pass --force to replace "

@@ -631,7 +631,13 @@ class _Loop:
             f"Try a lower --lr, or pass --skip-nonfinite to skip such batches.")
 
     def evaluate(self) -> float:
-        losses = [self.splitter.loss(self.loss, tokens, targets) for tokens, targets in self.val_batches]
+        batches = self.val_batches
+        if self.bar is not None:   # all of a large held-out text (--eval-batches 0) can take minutes
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc=f"step {self.step}: validation", unit="batch", leave=False, delay=1,
+                           dynamic_ncols=True)   # shown only past a second, gone when done
+        losses = [self.splitter.loss(self.loss, tokens, targets) for tokens, targets in batches]
         # the mean over every counted target held out, whatever each batch's count
         self.last_val_loss = mean_over_targets(losses, [targets for _, targets in self.val_batches])
         self.last_val_step = self.step

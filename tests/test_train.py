@@ -222,6 +222,26 @@ def test_bad_settings_are_refused(field, value, match):
         TrainConfig(**{"steps": 10, field: value})
 
 
+def test_an_evaluation_shows_its_progress(tmp_path, monkeypatch):
+    """--eval-batches 0 scores every window held out, minutes on a large corpus, during which the
+    step bar stood still: the evaluation has a bar of its own (shown after a second, then gone)."""
+    import tqdm.auto
+
+    bars = []
+
+    class Recorded(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": True})
+            bars.append((kwargs.get("desc"), kwargs.get("total", len(args[0]) if args else None), kwargs.get("delay")))
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorded)
+    train(TrainConfig(out=str(tmp_path / "run"), steps=1, eval_every=0, checkpoint_every=0,
+                      **{**FAST, "progress": True, "eval_batches": 0}), echo=quiet)
+    validation = [bar for bar in bars if "validation" in (bar[0] or "")]
+    assert [desc for desc, _, _ in validation] == ["step 1: validation"], bars
+    assert all(total > 2 and delay == 1 for _, total, delay in validation), validation   # every batch held out
+
+
 def test_a_corpus_smaller_than_one_batch_is_explained(tmp_path):
     corpus = tmp_path / "small.txt"
     corpus.write_text("Just a few words here and there, not much at all. " * 40)

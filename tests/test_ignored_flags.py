@@ -66,3 +66,15 @@ def test_a_flag_about_the_built_in_data_or_about_data_files_is_refused_where_it_
                          capsys)
     assert flag in err and "would be ignored" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["generate", "--temperature", "0", "--top-k", "5"], "--top-k would be ignored: --temperature 0 is greedy"),
+    (["generate", "--temperature", "0", "--top-p", "0.9"], "--top-p would be ignored"),
+    (["chat", "--temperature", "0", "--top-k", "5", "--top-p", "0.9"], "--top-k and --top-p would be ignored"),
+    (["generate", "--temperature", "0", "--num-samples", "3"], "would print the same greedy text 3 times"),
+])
+def test_sampling_flags_that_greedy_decoding_ignores_are_refused(argv, words, capsys):
+    """--temperature 0 takes the most likely token, which any top-k or top-p cut keeps: the cut
+    did nothing, and --num-samples printed one text N times, without a word."""
+    assert words in one_line_error(argv, capsys)

@@ -62,6 +62,12 @@ def check_sampling_options(args) -> None:
 
     _check_threads(args)
     _check_args(args, check_generation_args)
+    if args.temperature == 0:   # greedy: the most likely token, whatever the cut-offs keep with it
+        ignored = [flag for flag, value in (("--top-k", args.top_k), ("--top-p", args.top_p)) if value is not None]
+        if ignored:
+            raise UsageError(f"{' and '.join(ignored)} would be ignored: --temperature 0 is greedy decoding (the "
+                             f"most likely token, always kept by {'them' if len(ignored) > 1 else 'it'}); leave "
+                             f"{'them' if len(ignored) > 1 else 'it'} out, or give a --temperature above 0 to sample")
     if args.chat_template is not None:
         from ..chat import BUILTIN_TEMPLATES
 
@@ -80,6 +86,9 @@ def run(args) -> int:
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be at least 1, got {args.num_samples}")
     check_sampling_options(args)
+    if args.num_samples > 1 and args.temperature == 0:
+        raise UsageError(f"--num-samples {args.num_samples} with --temperature 0 would print the same greedy "
+                         f"text {args.num_samples} times: give a --temperature above 0 to sample different ones")
     stops = [s.replace("\\n", "\n") for s in args.stop or []]
     if any(not s for s in stops):
         raise UsageError("--stop must not be empty")

@@ -412,6 +412,9 @@ class FinetuneSettings:
     PATH_SETTINGS = ("base", "data", "val_data", "out", "chat_template")  # a respelled path is no change
 
     def __post_init__(self):
+        from .resuming import paths_as_str
+
+        paths_as_str(self)   # saved as JSON: a pathlib.Path becomes its str
         # the step loop's settings (StepConfig checks them), so that a mistake is reported before the
         # model loads; a given warmup longer than the run is refused, as `npllama train` refuses it
         self.step_config(1.0, 1.0)

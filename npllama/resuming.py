@@ -119,6 +119,17 @@ def changes_on_resume(run_dir, config, file_name: str) -> dict:
     return {name: change for name, change in differing.items() if name not in config.RESUME_QUIET}
 
 
+def paths_as_str(config, names=None) -> None:
+    """Path settings (config.PATH_SETTINGS, or `names`) given as pathlib.Path (any os.PathLike)
+    become the str they spell: the settings are saved as JSON, and a Python user passes Paths."""
+    import os
+
+    for name in config.PATH_SETTINGS if names is None else names:
+        value = getattr(config, name, None)   # a job's settings class may lack one of them
+        if isinstance(value, os.PathLike):
+            setattr(config, name, os.fspath(value))
+
+
 def same_path(config, name: str, a, b) -> bool:
     """`runs/x`, `./runs/x`, `/home/me/runs/x` and a symlink to it name the same file: not a change."""
     if name not in config.PATH_SETTINGS or not isinstance(a, str) or not isinstance(b, str):

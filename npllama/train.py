@@ -37,9 +37,9 @@ from .parallel import (BatchSplitter, counted_targets, mean_over_targets, one_bl
                        weighted_sum_function)
 from .thread_choice import fastest_threads
 from .resuming import (LOG_FILE, CheckpointWriteError,  # noqa: F401 (CheckpointWriteError: re-exported)
-                       already_holds_a_run, check_finite, check_steps_reach, checked_step, record_changes,
-                       reopen_run, reporting_write_errors, require_settings, restore_optimizer, saved_settings,
-                       stop_line, truncate_log, write_settings)
+                       already_holds_a_run, check_finite, check_steps_reach, checked_step, paths_as_str,
+                       record_changes, reopen_run, reporting_write_errors, require_settings, restore_optimizer,
+                       saved_settings, stop_line, truncate_log, write_settings)
 from .runs import (TOKENIZER_FILE, files_besides_locks, mark_latest, not_empty, note_attention_dropout,
                    replacing_in_run, writing_run)
 
@@ -51,7 +51,7 @@ CONFIG_FILE = "train_config.json"
 class TrainConfig:
     """Settings of a pre-training run.  Defaults: the tiny preset on the built-in corpus."""
 
-    out: str = "runs/tiny"                 # the run folder
+    out: str = "runs/tiny"                 # the run folder (paths: a str or a pathlib.Path, kept as str)
     data: str | None = None                # .txt, folder of .txt, or .jsonl; None: built-in stories
     preset: str = "tiny"                   # model shape (npllama.config.PRESETS)
     # The model's shape on top of the preset (npllama/model_shape.py); None: the preset's
@@ -95,6 +95,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        paths_as_str(self, (*self.PATH_SETTINGS, "model_config"))   # a model_config file's path too
         for field in dataclasses.fields(self):  # NumPy scalars are accepted as the numbers they hold
             setattr(self, field.name, python_scalar(getattr(self, field.name)))
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "corpus_stories"):
@@ -442,9 +443,9 @@ def _refuse_changed_tokens(saved, now: dict, tc: TrainConfig, checkpoint: Path) 
         else:
             source = f"--val-data {tc.val_data!r}" if tc.val_data is not None else \
                 f"the end of --data {tc.data!r}" if tc.data is not None else "the end of the built-in stories"
-        was = saved.get(part, {}).get("tokens") if isinstance(saved.get(part), dict) else None
-        count = (f"{now[part]['tokens']:,} tokens now, {was:,} then" if isinstance(was, int) and was != now[part]["tokens"]
-                 else f"{now[part]['tokens']:,} tokens, but other ones")
+        was, tokens = (saved[part] if isinstance(saved.get(part), dict) else {}).get("tokens"), now[part]["tokens"]
+        count = (f"{tokens:,} tokens now, {was:,} then" if isinstance(was, int) and was != tokens
+                 else f"{tokens:,} tokens, but other ones")
         raise ValueError(f"cannot resume {tc.out!r}: {text} ({source}) has changed since the checkpoint "
                          f"({count}), so the resumed run would not continue the one that was trained: put the "
                          f"original text back, or start a new run from these weights "

@@ -632,3 +632,12 @@ def test_peft_loads_the_adapter(tmp_path):
     ours = model.forward(tokens)
     assert np.abs(ours - base_logits).max() > 1e-2           # the adapters matter ...
     np.testing.assert_allclose(ours, theirs, atol=1e-5)       # ... and PEFT applies the same ones
+
+
+def test_path_settings_may_be_pathlib_paths(tmp_path):
+    """out= a pathlib.Path was refused ("must name a run folder (a str)") and base= one was kept as a
+    Path the JSON of the saved settings could not hold; both become the str they spell."""
+    sft = SFTConfig(out=tmp_path / "sft", base=Path("runs/tiny"))
+    classify = ClassifyConfig(out=tmp_path / "classify", base=Path("runs/tiny"))
+    assert (sft.out, sft.base) == (str(tmp_path / "sft"), "runs/tiny")
+    assert (classify.out, classify.base) == (str(tmp_path / "classify"), "runs/tiny")

@@ -179,8 +179,10 @@ def test_training_on_a_users_text_file(tmp_path):
              enumerate((c, m) for c in ("red", "blue", "green", "small") for m in ("big", "old", "new"))]
     corpus.write_text("\n\n".join(lines * 30))
     out = tmp_path / "run"
-    result = train(TrainConfig(out=str(out), data=str(corpus), steps=4, eval_every=0, checkpoint_every=0,
-                               **{**FAST, "vocab_size": 320}), echo=quiet)
+    # pathlib.Path settings (a TypeError before): kept as the str they spell, as the saved settings are
+    config = TrainConfig(out=out, data=corpus, steps=4, eval_every=0, checkpoint_every=0, **{**FAST, "vocab_size": 320})
+    assert (config.out, config.data) == (str(out), str(corpus))
+    result = train(config, echo=quiet)
     assert result.step == 4
     model, tokenizer, _ = load_model_and_tokenizer(out)
     assert tokenizer.decode(tokenizer.encode("The red cat sat.")) == "The red cat sat."

@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     t.set_defaults(run=train)
     e = sub.add_parser("encode", help="text -> token ids (JSON list on stdout)")
     e.add_argument("--model", required=True, help="SentencePiece .model file")
-    e.add_argument("text", nargs="?", default=None, help="text to encode (default: read stdin)")
+    e.add_argument("text", nargs="?", default=None, help="text to encode (default: standard input, read as it is: the "
+                   "newline `echo` ends it with is encoded too, as <0x0A>; `echo -n` or printf leave it out)")
     e.add_argument("--no-bos", action="store_true", help="do not prepend <s>")
     e.add_argument("--eos", action="store_true", help="append </s>")
     e.add_argument("--pieces", action="store_true", help="print the pieces instead of ids")

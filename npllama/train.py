@@ -446,9 +446,11 @@ def _refuse_changed_tokens(saved, now: dict, tc: TrainConfig, checkpoint: Path) 
         was, tokens = (saved[part] if isinstance(saved.get(part), dict) else {}).get("tokens"), now[part]["tokens"]
         count = (f"{tokens:,} tokens now, {was:,} then" if isinstance(was, int) and was != tokens
                  else f"{tokens:,} tokens, but other ones")
+        # the built-in stories change only with npllama's version: there is no file to put back
+        put_back = "put the original text back, or " if "built-in" not in source else ""
         raise ValueError(f"cannot resume {tc.out!r}: {text} ({source}) has changed since the checkpoint "
-                         f"({count}), so the resumed run would not continue the one that was trained: put the "
-                         f"original text back, or start a new run from these weights "
+                         f"({count}), so the resumed run would not continue the one that was trained: {put_back}"
+                         f"start a new run from these weights "
                          f"(`npllama train --init-from {checkpoint / 'model'} --out NEW ...`)")
 
 

@@ -378,3 +378,31 @@ def test_chat_seeds_each_turn_as_generate_seeds_each_sample(small_model_dir, mon
                           "Hi\nGo on\nAnd?\n", monkeypatch, capsys)
     assert status == 0 and err == ""
     assert seeds == [1, sample_seed(1, 1), sample_seed(1, 2)] and len(set(seeds + [2, 3])) == 5
+
+
+def test_chat_without_max_new_tokens_keeps_the_conversation_on_a_small_context(small_model_dir, monkeypatch,
+                                                                                capsys):
+    """Left out, --max-new-tokens is half the model's context here (128 tokens: 64), not 200: room for
+    answers as long as the whole context dropped every earlier exchange at every turn.  The second
+    question's prompt then holds the first exchange."""
+    from npllama.commands.chat import DEFAULT_ANSWER_TOKENS, default_answer_tokens
+
+    assert default_answer_tokens(128) == 64 and default_answer_tokens(4096) == DEFAULT_ANSWER_TOKENS
+    seen = []
+    import npllama.generate as generation
+
+    real = generation.generate
+
+    def recorded(model, prompt, max_new_tokens, **kwargs):
+        seen.append((len(prompt), max_new_tokens))
+        return real(model, prompt, max_new_tokens, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", recorded)
+    status, out, err = chat(["--model", str(small_model_dir)], "Hi\nGo on\n", monkeypatch, capsys)
+    assert status == 0 and "dropped" not in err, err
+    assert [room for _, room in seen] == [64, 64] and seen[1][0] > seen[0][0], seen   # the first exchange kept
+    from npllama.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["chat", "--help"])
+    assert "half the model's context" in " ".join(capsys.readouterr().out.split())

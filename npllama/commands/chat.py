@@ -5,6 +5,9 @@ from . import HelpFormatter, add_adapter_option, add_run_options
 from .generate import add_chat_options, add_sampling_options, check_sampling_options
 
 
+DEFAULT_ANSWER_TOKENS = 200
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "chat", help="talk with a chat model: a message a line, each answer streamed",
@@ -18,7 +21,9 @@ def register(subparsers) -> None:
                    "Face LLaMA folder with tokenizer.model or tokenizer.json (default: the latest run)")
     add_adapter_option(p, "--model")
     add_chat_options(p, implies="")
-    add_sampling_options(p, max_new_tokens=200, temperature=0.7)
+    add_sampling_options(p, max_new_tokens=None, temperature=0.7, max_new_tokens_help=(
+        f"an answer's length at most, in tokens (default: {DEFAULT_ANSWER_TOKENS}, or half the model's context "
+        "when that is less, so that the conversation so far has the other half)"))
     add_run_options(p)
     p.set_defaults(run=run)
 
@@ -34,6 +39,8 @@ def run(args) -> int:
     template = ChatTemplate.for_folder(model_dir, tokenizer, name=args.chat_template, adapter=args.adapter)
     end_ids = template.stop_ids(tokenizer, model)
     context = model.config.max_position_embeddings
+    if args.max_new_tokens is None:    # room for an answer that leaves some for what was said before
+        args.max_new_tokens = default_answer_tokens(context)
     conversation = Conversation(template, tokenizer, args.system)
     typed = sys.stdin.isatty()
     with use_backend(args.backend or get_backend()):
@@ -60,6 +67,13 @@ def run(args) -> int:
                 _say(f"[answer cut after {room} tokens: the model's context ({context} tokens) is full]")
             conversation.answer(tokenizer.decode(answer[:-1] if ended else answer))
     return 0
+
+
+def default_answer_tokens(context: int) -> int:
+    """--max-new-tokens left out: DEFAULT_ANSWER_TOKENS, or half the context when that is less.  Room
+    for an answer as long as the context (the tiny model's is 256) would drop every earlier exchange
+    at each turn, a chat with no memory."""
+    return max(1, min(DEFAULT_ANSWER_TOKENS, context // 2))
 
 
 class Conversation:

@@ -29,9 +29,11 @@ def register(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def add_sampling_options(p, max_new_tokens: int = 100, temperature: float = 0.8) -> None:
-    """How tokens are drawn, as `generate` and `chat` take them; check_sampling_options checks them."""
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="generate at most this many tokens")
+def add_sampling_options(p, max_new_tokens: int | None = 100, temperature: float = 0.8,
+                         max_new_tokens_help: str = "generate at most this many tokens") -> None:
+    """How tokens are drawn, as `generate` and `chat` take them; check_sampling_options checks them
+    (a --max-new-tokens left None is the command's to choose once the model is loaded)."""
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=max_new_tokens_help)
     p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (exactly k: "
                    "ties at the cut go to the lower ids, where transformers keeps every tied id)")
@@ -171,7 +173,8 @@ def _check_threads(args) -> None:
 
 def _check_args(args, check_generation_args) -> None:
     try:
-        check_generation_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
+        max_new_tokens = 1 if args.max_new_tokens is None else args.max_new_tokens   # None: chosen later
+        check_generation_args(max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
                               args.repetition_penalty)
     except ValueError as error:
         # a flag cannot be None: "must be None or a number in (0, 1]" -> "must be in (0, 1]" (the

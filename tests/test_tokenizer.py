@@ -198,6 +198,10 @@ def test_decode_rejects_bad_ids(tok):
         tok.decode([1.5])
     with pytest.raises(ValueError, match="flat"):
         tok.decode([[1, 2]])
+    with pytest.raises(ValueError, match=f"token id {2**70} is out of range"):   # an integer, past int64
+        tok.decode([5, 2**70])
+    with pytest.raises(TypeError, match="integers"):
+        tok.decode([5, "6"])
     with pytest.raises(ValueError, match="out of range"):
         tok.id_to_piece(VOCAB)
 

@@ -26,7 +26,7 @@ from ..config import LlamaConfig
 from .atomic import atomic_directory
 from .errors import CheckpointError
 from .reading import read_json
-from .safetensors import FLOAT_DTYPES, read_safetensors, read_safetensors_header, write_safetensors
+from .safetensors import FLOAT_DTYPES, as_written, read_safetensors, read_safetensors_header, write_safetensors
 
 CONFIG_NAME = "config.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
@@ -371,7 +371,7 @@ def save_hf_folder(path, config: LlamaConfig, params: dict[str, np.ndarray], dty
         raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
     check_params(config, params)
     torch_dtype, as_dtype = _save_dtype(dtype, params)
-    _check_representable(params, torch_dtype)
+    _check_representable(params, torch_dtype, as_dtype)
     extra_files = _with_tokenizer_config(_check_extra_files(extra_files), config)
 
     config_dict = config.to_dict()
@@ -470,25 +470,30 @@ def _save_dtype(dtype, params: dict) -> tuple[str, str]:
     return _SAVE_DTYPES[key]
 
 
-def _check_representable(params: dict, torch_dtype: str) -> None:
+def _check_representable(params: dict, torch_dtype: str, as_dtype: str) -> None:
     """Every finite weight stays finite in the dtype it is saved as: a float16 file holds nothing past
-    65504, and a weight over it would be written as inf (a model that gives NaN once loaded).
-    bfloat16 has float32's range, so only float64 values past it (over 3.4e38) overflow."""
-    narrower = {"float16": np.float16, "bfloat16": np.float32, "float32": np.float32}.get(torch_dtype)
-    if narrower is None:
-        return
-    limit = float(np.finfo(narrower).max)
+    65504, bfloat16 nothing past 3.39e38 (just under float32's 3.40e38), float32 nothing past that;
+    a weight beyond would be written as inf (a model that gives NaN once loaded).  Checked with the
+    writer's own rounding (float16 rounds values up to 65520 down to 65504; only past that is the
+    result inf).  A weight that is inf or NaN already is not this check's business: it is saved as is."""
     for name, array in params.items():
-        if np.finfo(array.dtype).max <= limit:
+        if array.dtype.name == torch_dtype:   # written as it is
             continue
         largest = np.max(np.abs(array), initial=0.0, where=np.isfinite(array))
-        with np.errstate(over="ignore"):   # the overflow is what is looked for
-            # (float16 rounds values up to 65520 down to 65504; only past that is the result inf)
-            overflows = np.isinf(np.asarray(largest).astype(narrower))
-        if overflows:
-            raise ValueError(f"params[{name!r}] holds {largest:.6g}, past {torch_dtype}'s largest value "
-                             f"({limit:.6g}): saved as {torch_dtype} it would be inf; save with "
-                             f"dtype=np.float32 (or bfloat16, which has float32's range)")
+        if not _holds(largest, array.dtype, as_dtype):
+            # the narrowest of float32, float64 that holds it (a float64 weight past float32's range
+            # needs float64); bfloat16 too in place of float16, when it holds it
+            holds = next(f"np.{candidate}" for candidate, written in (("float32", "f32"), ("float64", "f64"))
+                         if _holds(largest, array.dtype, written))
+            if torch_dtype == "float16" and _holds(largest, array.dtype, "bf16"):
+                holds += " (or 'bfloat16', float32's range at less precision)"
+            raise ValueError(f"params[{name!r}] holds {largest:.6g}, past {torch_dtype}'s largest value: "
+                             f"saved as {torch_dtype} it would be inf; save with dtype={holds}")
+
+
+def _holds(value: float, source_dtype, as_dtype: str) -> bool:
+    """Whether `value` (of source_dtype) stays finite once written with as_dtype."""
+    return bool(np.isfinite(as_written(np.array([value], dtype=source_dtype), as_dtype)[0]))
 
 
 # ----- helpers ------------------------------------------------------------------------------------

@@ -452,17 +452,29 @@ def _encode(name: str, array: np.ndarray, target: str | None) -> tuple[str, np.n
     """(safetensors dtype name, C-contiguous little-endian array viewed as bytes)."""
     dtype_name = _NAME_OF[array.dtype.newbyteorder("=")]
     if target is not None and dtype_name in FLOAT_DTYPES and target != dtype_name:  # (same type: no copy)
-        dtype_name = target
-        if target == "BF16":
-            # float64 goes through float32 first (as torch's cast does); past float32's range
-            # it becomes inf either way.
-            with np.errstate(over="ignore"):
-                array = float32_to_bf16_bits(array.astype(np.float32))
-        else:
-            with np.errstate(over="ignore"):  # f16 overflow becomes inf, as in any IEEE cast
-                array = array.astype(DTYPES[target])
+        dtype_name, array = target, _converted(array, target)
     stored = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
     return dtype_name, stored.reshape(-1).view(np.uint8)
+
+
+def _converted(array: np.ndarray, target: str) -> np.ndarray:
+    """A float array in the safetensors dtype `target` (BF16 as its uint16 bit patterns)."""
+    if target == "BF16":
+        # float64 goes through float32 first (as torch's cast does); past float32's range
+        # it becomes inf either way.
+        with np.errstate(over="ignore"):
+            return float32_to_bf16_bits(array.astype(np.float32))
+    with np.errstate(over="ignore"):  # f16 overflow becomes inf, as in any IEEE cast
+        return array.astype(DTYPES[target])
+
+
+def as_written(array: np.ndarray, as_dtype: str) -> np.ndarray:
+    """The values a float array holds once write_safetensors has stored it with `as_dtype` ("bf16",
+    "f16", "f32" or "f64") and it is read back: the writer's own rounding, so a value past the
+    type's range is inf here exactly when it would be inf in the file."""
+    target = _check_write_args({}, None, as_dtype)
+    converted = _converted(np.asarray(array), target)
+    return bf16_bits_to_float32(converted) if target == "BF16" else converted
 
 
 # ----- small helpers ------------------------------------------------------------------------------
@@ -495,4 +507,4 @@ def _preview(names, limit: int = 5) -> str:
 
 
 __all__ = ["read_safetensors", "read_safetensors_header", "write_safetensors", "DTYPES",
-           "MAX_HEADER_BYTES", "bf16_bits_to_float32", "float32_to_bf16_bits"]
+           "MAX_HEADER_BYTES", "as_written", "bf16_bits_to_float32", "float32_to_bf16_bits"]

@@ -134,6 +134,37 @@ def test_save_refuses_a_weight_its_dtype_would_make_inf(tmp_path, dtype, value):
     assert loaded["model.layers.0.mlp.up_proj.weight"][3, 1] == 65504.0 and np.isinf(loaded["model.norm.weight"][0])
 
 
+@pytest.mark.parametrize("source", [np.float32, np.float64])
+def test_save_refuses_a_weight_bfloat16_rounds_to_inf_though_float32_holds_it(tmp_path, source):
+    """bfloat16's largest value (3.3895e38) is below float32's (3.4028e38): a float32 weight between
+    them rounds to inf, so float32 arrays are checked too, by the writer's own rounding."""
+    config = small_config()
+    params = random_params(config, source)
+    params["model.norm.weight"][0] = 3.4e38
+    with pytest.raises(ValueError, match=r"params\['model.norm.weight'\] holds 3.4e\+38.* would be inf"):
+        save_hf_folder(tmp_path / "m", config, params, dtype="bfloat16")
+    assert not (tmp_path / "m").exists()
+    params["model.norm.weight"][0] = 3.3e38   # rounds to a finite bfloat16: kept
+    save_hf_folder(tmp_path / "m", config, params, dtype="bfloat16")
+    assert np.isfinite(load_hf_folder(tmp_path / "m")[1]["model.norm.weight"][0])
+
+
+@pytest.mark.parametrize("dtype, value, holds", [
+    (np.float16, 7e4, "np.float32"), ("bfloat16", 3.4e38, "np.float32"), (np.float32, 1e39, "np.float64"),
+    ("bfloat16", 1e39, "np.float64")])
+def test_a_weight_that_would_be_inf_names_a_dtype_that_holds_it(tmp_path, dtype, value, holds):
+    """The advice names a dtype the value fits in, never the one that just failed (float32 for a
+    float64 value past float32's range)."""
+    config = small_config()
+    params = random_params(config, np.float64)
+    params["model.norm.weight"][0] = value
+    with pytest.raises(ValueError) as info:
+        save_hf_folder(tmp_path / "m", config, params, dtype=dtype)
+    advice = str(info.value).split("save with ")[1]
+    assert advice.startswith(f"dtype={holds}")
+    assert f"dtype={np.dtype(dtype).name if dtype != 'bfloat16' else dtype}" not in advice
+
+
 def test_save_replaces_an_existing_folder(tmp_path):
     config = small_config()
     folder = tmp_path / "m"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from npllama.io import CheckpointError, atomic_write_bytes, atomic_write_text
-from npllama.io.safetensors import (MAX_HEADER_BYTES, bf16_bits_to_float32, float32_to_bf16_bits,
+from npllama.io.safetensors import (MAX_HEADER_BYTES, as_written, bf16_bits_to_float32, float32_to_bf16_bits,
                                     read_safetensors, read_safetensors_header, write_safetensors)
 
 SUPPORTED = [np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8,
@@ -523,3 +523,15 @@ def test_checksums_written_in_one_pass_are_the_tensors_sha256(tmp_path):
     (tmp_path / "a.safetensors").write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="big.*checksum|checksum.*big"):
         safetensors_io.read_safetensors(tmp_path / "a.safetensors")
+
+
+@pytest.mark.parametrize("source", [np.float32, np.float64])
+@pytest.mark.parametrize("as_dtype", ["bf16", "f16", "f32", "f64"])
+def test_as_written_is_what_the_file_reads_back(tmp_path, source, as_dtype):
+    """as_written is the writer's own rounding: equal (bit for bit, inf and NaN included) to the
+    tensor read back from the file, at the edges of each type's range too."""
+    values = np.array([0.0, -1.5, 1 / 3, 65504.0, 65519.0, 65520.0, -7e4, 3.3e38, 3.39e38, 3.4e38,
+                       np.inf, -np.inf, np.nan], dtype=source)
+    write_safetensors(tmp_path / "t.safetensors", {"x": values}, as_dtype=as_dtype)
+    read_back = read_safetensors(tmp_path / "t.safetensors")["x"]
+    np.testing.assert_array_equal(as_written(values, as_dtype), read_back)

@@ -13,7 +13,9 @@ what llama.cpp's own converter (convert_hf_to_gguf.py) writes for a LLaMA:
 * q and k permuted back to the interleaved RoPE layout, because llama.cpp's LLaMA pairs adjacent
   values as Meta's checkpoints did (io/rotary_layout.py);
 * the shape and hyper-parameters under `llama.*` (context, sizes, heads, kv heads, head size,
-  RMSNorm eps, RoPE base, linear RoPE scaling, or LLaMA-3 scaling as a rope_freqs tensor);
+  RMSNorm eps, RoPE base, linear RoPE scaling, or LLaMA-3 scaling as a rope_freqs tensor;
+  dynamic NTK scaling as plain RoPE, which it is within the context, as llama.cpp's converter
+  writes it: llama.cpp has no dynamic scaling);
 * the SentencePiece tokenizer as `tokenizer.ggml.*`: every piece, its score and type, BOS /
   EOS / UNK ids, BOS added and EOS not, and the folder's chat template if it has one.  An embedding larger than the tokenizer is padded with
   unused [PADn] pieces, as llama.cpp's converter does.

@@ -134,6 +134,19 @@ def test_f16_padded_vocab_and_llama3_rope(tmp_path, tokenizer):
     assert len(set(np.round(expected, 3))) > 2  # the blend, not only the two ends
 
 
+def test_dynamic_rope_is_exported_as_plain_rope(tmp_path, tokenizer):
+    """Dynamic NTK scaling is plain RoPE within the context, and llama.cpp has no such scaling (its
+    converter writes none for it): the GGUF holds plain RoPE, no scaling fields nor rope_freqs, and
+    runs as npllama does."""
+    model = _model_folder(tmp_path / "m", tokenizer, rope_scaling={"rope_type": "dynamic", "factor": 4.0})
+    assert model.config.rope_scaling["rope_type"] == "dynamic"
+    export_gguf(tmp_path / "m", tmp_path / "m.gguf")
+    fields, tensors, _ = _read(tmp_path / "m.gguf")
+    assert not any(key.startswith("llama.rope.scaling") for key in fields) and "rope_freqs.weight" not in tensors
+    reference = run_c_forward(_as_llama2c(fields, tensors), TOKENS)
+    np.testing.assert_allclose(reference, model.forward(np.array([TOKENS]))[0], rtol=0, atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def unusual_tokenizer(tmp_path_factory):
     """Trained without the dummy-prefix space, with user-defined pieces (user_defined_symbols)."""

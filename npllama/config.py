@@ -162,7 +162,9 @@ class LlamaConfig:
     # ----- Hugging Face config.json ----------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LlamaConfig":
-        """Build from a Hugging Face config.json dict (transformers 4.x or 5.x layout)."""
+        """Build from a Hugging Face config.json dict (transformers 4.x or 5.x layout), read as
+        transformers reads it; a file that transformers 4.x and 5.x would build different models from
+        (a top-level original_max_position_embeddings other than LLaMA-3 scaling's) is a ValueError."""
         if not isinstance(d, dict):
             raise TypeError(f"config must be a dict, got {type(d).__name__}")
         check_architecture_fields(d)
@@ -200,7 +202,9 @@ class LlamaConfig:
             field_type = {f.name: f.type for f in dataclasses.fields(cls)}[name]
             if value is not None and "float" in str(field_type) and _is_int(value):
                 kwargs[name] = float(value)
-        return cls(**kwargs)
+        config = cls(**kwargs)
+        _check_top_level_original_context(d, config.rope_scaling, rope_field)
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         """A config.json dict in the transformers 4.x layout (transformers 5 reads it too)."""
@@ -258,6 +262,21 @@ def check_architecture_fields(d: dict) -> None:
     if act not in ("silu", "swish"):  # transformers maps both names to torch's SiLU
         raise ValueError(f"hidden_act must be 'silu' (or its other name 'swish') for LLaMA's SwiGLU, "
                          f"got {act!r}")
+
+
+def _check_top_level_original_context(d: dict, rope_scaling: dict | None, rope_field: str) -> None:
+    """A top-level original_max_position_embeddings (Phi-3's place for it) beside LLaMA-3 scaling's own:
+    transformers 5.x takes the top-level one, 4.x only ever reads the scaling's, so when they differ
+    the file means one of two RoPEs, and guessing would be a silently different model."""
+    top_level = d.get("original_max_position_embeddings")
+    if top_level is None or rope_scaling is None or rope_scaling["rope_type"] != "llama3":
+        return
+    inner = rope_scaling["original_max_position_embeddings"]
+    if python_scalar(top_level) != inner:
+        raise ValueError(
+            f"original_max_position_embeddings ({top_level!r}) at the top level of config.json differs from "
+            f"{rope_field}.original_max_position_embeddings ({inner}): transformers 5.x builds LLaMA-3 RoPE "
+            f"scaling with the top-level one, 4.x with {rope_field}'s; remove the wrong one")
 
 
 def check_attention_dropout(value) -> None:

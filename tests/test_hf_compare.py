@@ -21,6 +21,7 @@ transformers = pytest.importorskip("transformers")
 from npllama import Llama, use_backend  # noqa: E402
 from npllama.debug import float64_faithful  # noqa: E402
 from npllama.gradcheck import rel_error  # noqa: E402
+from npllama.io import CheckpointError  # noqa: E402
 
 PAD_ID = 3  # in every batch (see batch), for the pad_token case
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -217,3 +218,26 @@ def test_dynamic_rope_is_plain_rope_up_to_the_context_and_refused_past_it(tmp_pa
     assert rel_error(past, plain_past) > 1e-3   # past the context the scaling is there
     with pytest.raises(ValueError, match="max_position_embeddings"):
         ours.forward(tokens)
+
+
+def test_a_top_level_original_max_position_embeddings_is_refused_where_transformers_versions_disagree(tmp_path):
+    """transformers 5.x lets a top-level original_max_position_embeddings override LLaMA-3 scaling's own
+    (4.x reads only the scaling's): npllama refuses such a file when the two differ, and reads it when
+    they agree, as transformers does."""
+    from npllama.io.hf import read_config
+    from npllama.ops.rope import rope_inv_freq
+
+    fields = dict(model_type="llama", vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                  num_attention_heads=4, max_position_embeddings=64, rope_scaling=LLAMA3_SCALING)
+    original = LLAMA3_SCALING["original_max_position_embeddings"]
+    for top_level in (original // 2, original):
+        (tmp_path / "config.json").write_text(json.dumps({**fields, "original_max_position_embeddings": top_level}))
+        theirs = transformers.LlamaForCausalLM(transformers.AutoConfig.from_pretrained(tmp_path)).model.rotary_emb
+        with_top_level = rope_inv_freq(8, 10000.0, {**LLAMA3_SCALING, "original_max_position_embeddings": top_level})
+        assert rel_error(with_top_level, theirs.inv_freq.double().numpy()) < 1e-6   # 5.x: the top-level value
+        if top_level != original:
+            assert rel_error(with_top_level, rope_inv_freq(8, 10000.0, LLAMA3_SCALING)) > 1e-2   # (a real change)
+            with pytest.raises(CheckpointError, match="original_max_position_embeddings"):
+                read_config(tmp_path / "config.json")
+        else:
+            assert read_config(tmp_path / "config.json").rope_scaling == LLAMA3_SCALING

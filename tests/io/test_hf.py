@@ -362,6 +362,10 @@ def test_untied_config_needs_lm_head(tmp_path):
 
 # ----- config.json ------------------------------------------------------------------------------
 
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 8}
+
+
 def test_other_architectures_are_refused(tmp_path):
     config = small_config()
     gpt2 = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 16, "n_embd": 8}
@@ -387,6 +391,14 @@ def test_other_architectures_are_refused(tmp_path):
     ({"mlp_bias": True}, "mlp_bias must be false: .* got True", "mlp_bias"),
     ({"mlp_bias": "no"}, "mlp_bias must be false: .* got 'no'", "mlp_bias"),
     ({"hidden_act": "gelu"}, "hidden_act must be 'silu'", "hidden_act"),
+    # LLaMA-3 scaling's original context given twice, differently: transformers 5.x takes the top-level
+    # one, 4.x the scaling's, so either reading is a guess
+    ({"rope_scaling": LLAMA3_SCALING, "original_max_position_embeddings": 16},
+     r"original_max_position_embeddings \(16\) .* rope_scaling.original_max_position_embeddings \(8\)",
+     "original_max_position_embeddings"),
+    ({"rope_scaling": None, "rope_parameters": {**LLAMA3_SCALING, "rope_theta": 1e4},
+      "original_max_position_embeddings": 16}, r"differs from rope_parameters.original_max_position_embeddings",
+     "original_max_position_embeddings"),
 ])
 def test_bad_config_fields_are_named(tmp_path, change, pattern, field):
     config = small_config()
@@ -461,8 +473,7 @@ def test_a_rope_scaling_beside_rope_parameters_wins_as_in_transformers():
     """transformers (4.x, and 5.x too) takes a non-empty rope_scaling whole, with the top-level
     rope_theta (10000 when absent), over rope_parameters; tests/test_hf_compare.py checks this
     against transformers itself.  Without rope_scaling, rope_parameters is read."""
-    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-              "original_max_position_embeddings": 8}
+    llama3 = LLAMA3_SCALING
     linear = {"rope_type": "linear", "factor": 2.0}
     fields = {**small_config().to_dict(), "rope_parameters": {**linear, "rope_theta": 100.0}}
     del fields["rope_theta"]
@@ -471,6 +482,9 @@ def test_a_rope_scaling_beside_rope_parameters_wins_as_in_transformers():
     assert LlamaConfig.from_dict({**fields, "rope_scaling": llama3, "rope_theta": 7.0}).rope_theta == 7.0
     alone = LlamaConfig.from_dict({**fields, "rope_scaling": None, "rope_theta": 7.0})
     assert (alone.rope_theta, alone.rope_scaling) == (100.0, linear)
+    # a top-level original_max_position_embeddings equal to the scaling's says the same thing twice
+    same = LlamaConfig.from_dict({**fields, "rope_scaling": llama3, "original_max_position_embeddings": 8})
+    assert same.rope_scaling == llama3
 
 
 # ----- folder-level problems and bad arguments ------------------------------------------------------

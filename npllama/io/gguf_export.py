@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .hf import load_hf_folder
+from .safetensors import as_written
 from .rotary_layout import half_split_to_interleaved
 from .sentencepiece_model import UNUSED
 
@@ -139,6 +140,7 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
         warnings.warn(caveat, stacklevel=2)
     pieces, scores, types = gguf_vocab(tok, config.vocab_size)
     tensors = gguf_tensors(config, params)
+    check_outtype_holds(tensors, outtype)
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     writer = gguf.GGUFWriter(tmp, "llama")
@@ -181,6 +183,28 @@ def check_gguf_out(out: Path, model_dir: Path | None, overwrite: bool, flag: str
                                   f"another path for the .gguf file")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{flag} {str(out)!r} exists: pass {force} to replace it, or choose another path")
+
+
+Q8_0_LEVELS = 127     # a Q8_0 block stores int8 values times one float16 scale, its largest |value| / 127
+
+
+def check_outtype_holds(tensors: dict, outtype: str) -> None:
+    """Every finite matrix entry stays finite in the file: float16 holds nothing past 65504 (a Q8_0
+    block's float16 scale nothing past 65504 * 127, and a matrix whose rows are no multiple of 32 is
+    float16 there), bfloat16 nothing past 3.39e38.  A weight beyond would be written as inf: a file
+    llama.cpp runs to NaN.  Checked with the safetensors writer's rounding, which is IEEE's, as
+    numpy's float16 cast and gguf's bfloat16 are."""
+    for name, array in tensors.items():
+        if array.ndim != 2 or outtype == "f32":      # vectors are written float32, as loaded
+            continue
+        largest = float(np.max(np.abs(array), initial=0.0, where=np.isfinite(array)))
+        blocked = outtype == "q8_0" and array.shape[1] % 32 == 0
+        stored, kind = ((largest / Q8_0_LEVELS, "f16") if blocked else
+                        (largest, "bf16" if outtype == "bf16" else "f16"))
+        if not np.isfinite(as_written(np.array([stored], dtype=np.float32), kind)[0]):
+            room = "bf16 (float32's range) or " if outtype != "bf16" else ""
+            raise ValueError(f"tensor {name!r} holds {largest:.6g}, which outtype {outtype!r} would write as "
+                             f"inf; export with outtype {room}'f32'")
 
 
 def _stored(gguf, array: np.ndarray, outtype: str):

@@ -282,3 +282,33 @@ def test_cli_export_gguf_never_replaces_a_file_without_force_nor_a_folder(tmp_pa
     assert (tmp_path / "notes.txt").read_bytes()[:4] == b"GGUF"
     with pytest.raises(FileExistsError, match="overwrite=True"):
         export_gguf(tmp_path / "m", tmp_path / "notes.txt")
+
+
+def test_a_weight_the_outtype_would_make_inf_is_refused_naming_it(tmp_path, tokenizer):
+    """float16 holds nothing past 65504, a Q8_0 block's float16 scale nothing past 65504 * 127 (and
+    Q8_0 writes a matrix whose rows are no multiple of 32 as float16): a weight beyond would be inf
+    in the file (NaN in llama.cpp).  Refused naming the tensor, with nothing left behind; outtypes
+    that hold it export it."""
+    from safetensors.numpy import load_file, save_file
+
+    _model_folder(tmp_path / "m", tokenizer, hidden_size=48, intermediate_size=64)
+    weights = load_file(tmp_path / "m" / "model.safetensors")
+    q_proj, down_proj = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.down_proj.weight"
+
+    def export_with(q, down, outtype):
+        weights[q_proj][3, 5], weights[down_proj][0, 7] = q, down
+        save_file(weights, tmp_path / "m" / "model.safetensors")
+        return export_gguf(tmp_path / "m", tmp_path / f"{outtype}.gguf", outtype=outtype, overwrite=True)
+
+    for outtype in ("f16", "q8_0"):     # q_proj's rows of 48: float16 in both
+        with pytest.raises(ValueError, match=r"tensor 'blk\.0\.attn_q\.weight' holds 70000, which outtype "
+                                             rf"'{outtype}' would write as inf; export with outtype bf16"):
+            export_with(7e4, 0.5, outtype)
+        assert not list(tmp_path.glob("*.gguf*")) and not list(tmp_path.glob(".*.gguf*"))
+    with pytest.raises(ValueError, match=r"tensor 'blk\.0\.ffn_down\.weight' holds 9e\+06, which outtype 'q8_0'"):
+        export_with(0.5, 9e6, "q8_0")     # rows of 64 in Q8_0 blocks: a scale past 65504
+    with pytest.raises(ValueError, match=r"'blk\.0\.ffn_down\.weight' holds 70000, which outtype 'f16'"):
+        export_with(0.5, 7e4, "f16")
+    for outtype in ("q8_0", "bf16", "f32"):                  # a Q8_0 scale of 551: fine
+        fields, tensors, _ = _read(export_with(0.5, 7e4, outtype))
+        assert all(np.all(np.isfinite(t.astype(np.float32))) for t in tensors.values() if t.dtype.kind == "f")

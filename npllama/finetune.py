@@ -570,6 +570,9 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
     train_encoded = [ids[:max_len] for ids in whole[:len(texts)]]
     val_encoded = [ids[:max_len] for ids in whole[len(texts):]]
     train_labels = np.asarray(train_ids)
+    if run is not None:   # what a resume must find again: each text as encoded, with its label
+        run.record_data(list(zip(train_encoded, train_ids)), list(zip(val_encoded, val_ids)), data=cc.data,
+                        val_data=cc.val_data, built_in=f"the built-in {cc.dataset} set")
     sc = cc.step_config(full_lr=3e-4, lora_lr=3e-3)
 
     def make_batch(step):
@@ -704,6 +707,8 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     train_rows, val_rows = datasets.split_train_val(len(encoded), sc_.val_fraction, sc_.seed, val_file=False)
     train, val = [encoded[i] for i in train_rows], [encoded[i] for i in val_rows]
     pad_id = pad_id_of(tokenizer)
+    if run is not None:   # what a resume must find again: each conversation's ids and which of them are learned
+        run.record_data(train, val, data=sc_.data, built_in="the built-in instructions")
 
     sc_.attach_lora_if_asked(model)
     params = model.lora.params if model.lora is not None else model.params

@@ -26,9 +26,9 @@ from pathlib import Path
 from .interrupts import deferred_stop_signals, stop_signals_interrupt
 from .io.atomic import atomic_files_into, atomic_write_text
 from .io.errors import CheckpointError
-from .resuming import (LOG_FILE, already_holds_a_run, check_finite, check_steps_reach, checked_step, record_changes,
-                       reopen_run, reporting_write_errors, require_settings, restore_optimizer, stop_line,
-                       truncate_log, write_settings)
+from .resuming import (LOG_FILE, already_holds_a_run, check_finite, check_steps_reach, checked_step, data_fingerprint,
+                       record_changes, refuse_changed_data, reopen_run, reporting_write_errors, require_settings,
+                       restore_optimizer, stop_line, truncate_log, write_settings)
 from .runs import files_besides_locks, not_empty, replacing_in_run, writing_run
 
 SETTINGS_FILES = {"classify": "classify_config.json", "sft": "sft_config.json", "sop": "sop_config.json"}
@@ -79,6 +79,7 @@ class FinetuneRun:
         self.saved_step = None    # the step of the checkpoint this process wrote last
         self.checkpoint = None    # the checkpoint folder to resume from
         self.changes = {}
+        self.data, self.data_sources = None, None   # the examples' fingerprint (record_data), kept in checkpoints
         if resume:
             self.changes, self.checkpoint = reopen_run(run_dir, config, settings_file(task))
             if self.checkpoint is None:
@@ -98,6 +99,17 @@ class FinetuneRun:
             raise not_empty(self.run_dir, held)
 
     # ----- the step loop's side -------------------------------------------------------------------
+    def record_data(self, training: list, held_out: list, *, data, built_in: str, val_data=None) -> None:
+        """The examples the job trains on and holds out (as resuming.data_fingerprint takes them),
+        read from the file `data` (else the built-in data `built_in` names) and `val_data` (else a
+        share of the former): every checkpoint keeps their fingerprint, and a resume whose examples
+        differ from it is refused, naming where they came from."""
+        source = f"--data {data!r}" if data is not None else built_in
+        self.data = data_fingerprint(training, held_out)
+        self.data_sources = {"training": source,
+                             "held_out": f"--val-data {val_data!r}" if val_data is not None else
+                             f"the share of {source} held out"}
+
     def restore(self, params: dict, optimizer, wanted: dict, adapters=None) -> tuple[int, list]:
         """(the step to start from, the losses of the steps before it): 0 and [] on a new start; on
         a resume, `params` (in place), `optimizer` and the adapters' dropout draws as the checkpoint
@@ -110,6 +122,9 @@ class FinetuneRun:
         saved, optimizer_state, state = load_params_checkpoint(self.checkpoint, dtype=dtype)
         state_file = self.checkpoint / STATE_FILE
         step = checked_step(state, state_file)
+        if self.data is not None:
+            refuse_changed_data(state.get("data"), self.data, self.config.out, self.data_sources,
+                                "start a new run with another --out")
         check_steps_reach(self.config.steps, step, self.checkpoint)
         losses = state.get("losses")
         if not isinstance(losses, list) or len(losses) != step or not all(
@@ -147,6 +162,8 @@ class FinetuneRun:
         from .io.train_state import save_params_checkpoint
 
         state = {"step": step, "losses": list(losses), "task": self.task}
+        if self.data is not None:
+            state["data"] = self.data
         if dropout_state is not None:
             state["dropout"] = dropout_state
         path = self.run_dir / "checkpoint"

@@ -127,6 +127,9 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
     train = _pairs([texts[i] for i in train_rows], tokenizer, sc_, max_len, sc_.batch_size, "training")
     val = _pairs([texts[i] for i in val_rows], tokenizer, sc_, max_len, 1, "validation")
     val_batches = val.evaluation_batches(sc_.batch_size)
+    if run is not None:   # what a resume must find again: each pair as encoded, with its label
+        run.record_data(list(zip(train.examples, train.labels)), list(zip(val.examples, val.labels)),
+                        data=sc_.data, built_in=f"the {sc_.stories} built-in stories")
 
     was_causal = model.objective != "mlm"
     sc_.attach_lora_if_asked(model)

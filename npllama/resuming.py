@@ -119,6 +119,48 @@ def changes_on_resume(run_dir, config, file_name: str) -> dict:
     return {name: change for name, change in differing.items() if name not in config.RESUME_QUIET}
 
 
+# ----- the data a checkpoint was trained on ------------------------------------------------------------
+def data_fingerprint(training, held_out) -> dict:
+    """What a checkpoint records of the data a run reads, so that a resume can tell whether --data
+    (or --val-data) was edited since: the settings hold only their paths.  `training`, `held_out`:
+    a token stream (a 1-D array: pre-training's), or a list of examples (fine-tuning's: each a
+    tuple of int sequences or ints -- the token ids first, then their mask, label, ...)."""
+    return {"training": _fingerprint(training), "held_out": _fingerprint(held_out)}
+
+
+def _fingerprint(data) -> dict:
+    from .data import token_digest
+
+    if isinstance(data, np.ndarray):   # a stream, maybe memory-mapped: token_digest reads it a block at a time
+        return {"tokens": int(len(data)), "sha256": token_digest(data)}
+    parts = [np.atleast_1d(np.asarray(part, dtype=np.int64)) for example in data for part in example]
+    # each part after its length: ([1, 2], [3]) and ([1], [2, 3]) are other examples
+    stream = np.concatenate([np.zeros(0, np.int64)] + [np.r_[len(part), part] for part in parts])
+    return {"tokens": sum(len(example[0]) for example in data), "sha256": token_digest(stream)}
+
+
+def refuse_changed_data(saved, now: dict, run_name, sources: dict, restart: str) -> None:
+    """A ValueError if the checkpoint's data_fingerprint (`saved`) is not the one of the data read
+    now: a resume on other training text would not continue the run that was stopped, and other
+    held-out text would give validation numbers that do not compare with the earlier ones.
+    sources: {"training": ..., "held_out": ...}, where each part was read from, as the user names
+    it ("--data 'x.txt'"; one naming "built-in" data has no file to put back); restart: what to
+    do instead.  A checkpoint written before the fingerprint existed (None) is not checked."""
+    if not isinstance(saved, dict):
+        return
+    for part, text in (("training", "the training text"), ("held_out", "the held-out text")):
+        if saved.get(part) == now[part]:
+            continue
+        was, tokens = (saved[part] if isinstance(saved.get(part), dict) else {}).get("tokens"), now[part]["tokens"]
+        count = (f"{tokens:,} tokens now, {was:,} then" if isinstance(was, int) and was != tokens
+                 else f"{tokens:,} tokens, but other ones")
+        # built-in data changes only with npllama's version: there is no file to put back
+        put_back = "put the original text back, or " if "built-in" not in sources[part] else ""
+        raise ValueError(f"cannot resume {str(run_name)!r}: {text} ({sources[part]}) has changed since the "
+                         f"checkpoint ({count}), so the resumed run would not continue the one that was trained: "
+                         f"{put_back}{restart}")
+
+
 def paths_as_str(config, names=None) -> None:
     """Path settings (config.PATH_SETTINGS, or `names`) given as pathlib.Path (any os.PathLike)
     become the str they spell: the settings are saved as JSON, and a Python user passes Paths."""

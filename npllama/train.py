@@ -37,9 +37,9 @@ from .parallel import (BatchSplitter, counted_targets, mean_over_targets, one_bl
                        weighted_sum_function)
 from .thread_choice import fastest_threads
 from .resuming import (LOG_FILE, CheckpointWriteError,  # noqa: F401 (CheckpointWriteError: re-exported)
-                       already_holds_a_run, check_finite, check_steps_reach, checked_step, paths_as_str,
-                       record_changes, reopen_run, reporting_write_errors, require_settings, restore_optimizer,
-                       saved_settings, stop_line, truncate_log, write_settings)
+                       already_holds_a_run, check_finite, check_steps_reach, checked_step, data_fingerprint,
+                       paths_as_str, record_changes, refuse_changed_data, reopen_run, reporting_write_errors,
+                       require_settings, restore_optimizer, saved_settings, stop_line, truncate_log, write_settings)
 from .runs import (TOKENIZER_FILE, files_besides_locks, mark_latest, not_empty, note_attention_dropout,
                    replacing_in_run, writing_run)
 
@@ -309,7 +309,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
     val_batches = evaluation_batches(val_ids, tc.batch_size, tc.seq_len, max_batches=tc.eval_batches or None)
     unigram = unigram_entropy(train_ids, tokenizer.vocab_size)
 
-    tokens = _tokens_fingerprint(train_ids, val_ids)
+    tokens = data_fingerprint(train_ids, val_ids)
     state = {}
     if checkpoint is not None:
         model, optimizer, state = restore_checkpoint(checkpoint, tc, loader, tokenizer,
@@ -387,7 +387,7 @@ def restore_checkpoint(checkpoint, tc: TrainConfig, loader, tokenizer, changed=(
     optimizer's, optimizer settings that disagree with `tc`, a loader position from another
     corpus -- raises CheckpointError naming the file.  `changed`: names of TrainConfig settings
     the resume changes on purpose; the optimizer takes those from `tc`.  The loader is moved last,
-    after every check has passed.  `tokens`: the run's `_tokens_fingerprint` now; a ValueError if
+    after every check has passed.  `tokens`: the run's `data_fingerprint` now; a ValueError if
     the checkpoint recorded other tokens (the user's text changed since).
     """
     from .io.train_state import STATE_FILE, load_checkpoint
@@ -420,38 +420,14 @@ def restore_checkpoint(checkpoint, tc: TrainConfig, loader, tokenizer, changed=(
     return model, optimizer, state
 
 
-def _tokens_fingerprint(train_ids, val_ids) -> dict:
-    """What a checkpoint records of the tokens the run reads, so that a resume can tell whether
-    --data (or --val-data) was edited since: only their paths are in the settings."""
-    from .data import token_digest
-
-    return {"training": {"tokens": int(len(train_ids)), "sha256": token_digest(train_ids)},
-            "held_out": {"tokens": int(len(val_ids)), "sha256": token_digest(val_ids)}}
-
-
 def _refuse_changed_tokens(saved, now: dict, tc: TrainConfig, checkpoint: Path) -> None:
-    """A resume on text other than the checkpoint's would not be the uninterrupted run (training
-    text), or would give validation losses that do not compare with the earlier ones (held-out
-    text).  A checkpoint written before the fingerprint existed (no `tokens`) is not checked."""
-    if not isinstance(saved, dict):
-        return
-    for part, text in (("training", "the training text"), ("held_out", "the held-out text")):
-        if saved.get(part) == now[part]:
-            continue
-        if part == "training":
-            source = f"--data {tc.data!r}" if tc.data is not None else "the built-in stories"
-        else:
-            source = f"--val-data {tc.val_data!r}" if tc.val_data is not None else \
-                f"the end of --data {tc.data!r}" if tc.data is not None else "the end of the built-in stories"
-        was, tokens = (saved[part] if isinstance(saved.get(part), dict) else {}).get("tokens"), now[part]["tokens"]
-        count = (f"{tokens:,} tokens now, {was:,} then" if isinstance(was, int) and was != tokens
-                 else f"{tokens:,} tokens, but other ones")
-        # the built-in stories change only with npllama's version: there is no file to put back
-        put_back = "put the original text back, or " if "built-in" not in source else ""
-        raise ValueError(f"cannot resume {tc.out!r}: {text} ({source}) has changed since the checkpoint "
-                         f"({count}), so the resumed run would not continue the one that was trained: {put_back}"
-                         f"start a new run from these weights "
-                         f"(`npllama train --init-from {checkpoint / 'model'} --out NEW ...`)")
+    """resuming.refuse_changed_data, with where the run's training and held-out tokens come from."""
+    training = f"--data {tc.data!r}" if tc.data is not None else "the built-in stories"
+    held_out = f"--val-data {tc.val_data!r}" if tc.val_data is not None else \
+        f"the end of --data {tc.data!r}" if tc.data is not None else "the end of the built-in stories"
+    refuse_changed_data(saved, now, tc.out, {"training": training, "held_out": held_out},
+                        f"start a new run from these weights (`npllama train --init-from {checkpoint / 'model'} "
+                        f"--out NEW ...`)")
 
 
 def step_before_the_update(step: int, tc: TrainConfig, accumulate, params, *, schedule=cosine_with_warmup,

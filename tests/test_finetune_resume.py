@@ -236,3 +236,34 @@ def test_resume_refuses_steps_below_the_checkpoint_and_changes_nothing(small_mod
     err = capsys.readouterr().err
     assert "--steps 2 is below the step the checkpoint" in err and "give --steps 3" in err
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".npllama.lock"} == before
+
+
+@pytest.mark.parametrize("task", ["classify", "sft", "sop"])
+def test_resume_refuses_a_data_file_edited_since_the_checkpoint(small_model_dir, tmp_path, task):
+    """--resume compared only --data's path: a file edited since the checkpoint (as many examples, so
+    nothing else noticed) was trained on without a word, and the resumed run was no longer the one
+    that was stopped.  The checkpoint keeps a digest of the training and held-out examples (as
+    `npllama train` keeps one of its tokens); put back, the file resumes."""
+    from npllama.datasets import write_jsonl
+
+    data = tmp_path / ("data.txt" if task == "sop" else "data.jsonl")
+    if task == "classify":
+        records = [{"text": f"{'good' if i % 2 else 'bad'} day number {i}", "label": "pos" if i % 2 else "neg"}
+                   for i in range(40)]
+    elif task == "sft":
+        records = [{"prompt": f"Say {i}.", "response": f"{i}"} for i in range(40)]
+    else:
+        records = None
+        original = "\n\n".join(f"The cat {i} sat. Then it ran away." for i in range(40))
+        data.write_text(original)
+    if records is not None:
+        write_jsonl(data, records)
+        original = data.read_text()
+    out = tmp_path / "run"
+    run_job(task, settings(task, small_model_dir, out=str(out), steps=2, data=str(data)))
+    data.write_text(original.replace("7", "8"))   # as many examples, other words in some
+    with pytest.raises(ValueError, match=r"text \(--data '.*'\) has changed since the checkpoint"):
+        run_job(task, settings(task, small_model_dir, out=str(out), steps=3, data=str(data)), resume=True)
+    data.write_text(original)
+    assert len(run_job(task, settings(task, small_model_dir, out=str(out), steps=3, data=str(data)),
+                       resume=True).losses) == 3

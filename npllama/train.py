@@ -614,8 +614,10 @@ class _Loop:
         if self.bar is not None:   # all of a large held-out text (--eval-batches 0) can take minutes
             from tqdm.auto import tqdm
 
+            # shown only past a second, gone when done, and only on a terminal (disable=None): below the
+            # step bar, tqdm draws it with cursor-up escapes a redirected log would keep
             batches = tqdm(batches, desc=f"step {self.step}: validation", unit="batch", leave=False, delay=1,
-                           dynamic_ncols=True)   # shown only past a second, gone when done
+                           dynamic_ncols=True, disable=None)
         losses = [self.splitter.loss(self.loss, tokens, targets) for tokens, targets in batches]
         # the mean over every counted target held out, whatever each batch's count
         self.last_val_loss = mean_over_targets(losses, [targets for _, targets in self.val_batches])

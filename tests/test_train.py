@@ -246,6 +246,30 @@ def test_an_evaluation_shows_its_progress(tmp_path, monkeypatch):
     assert all(total > 2 and delay == 1 for _, total, delay in validation), validation   # every batch held out
 
 
+def test_the_evaluation_bar_stays_out_of_a_redirected_log(tmp_path, monkeypatch, capfd):
+    """The validation bar sits below the step bar: outside a terminal (stderr redirected to a log)
+    tqdm drew it with cursor-up escapes (ESC [A) and blanked it with spaces, even with the 30 s
+    redraw interval `npllama` sets there, once a pass took longer than that.  It is shown only on
+    a terminal; the log has the "validation loss" line."""
+    import time
+
+    from npllama.parallel import BatchSplitter
+
+    scored = BatchSplitter.loss
+
+    def slow_loss(self, *args, **kwargs):   # a pass of a large held-out text, shortened
+        time.sleep(0.3)
+        return scored(self, *args, **kwargs)
+
+    monkeypatch.setattr(BatchSplitter, "loss", slow_loss)
+    monkeypatch.setenv("TQDM_MININTERVAL", "0.1")   # a pass past the redraw interval
+    train(TrainConfig(out=str(tmp_path / "run"), steps=1, eval_every=0, checkpoint_every=0,
+                      **{**FAST, "progress": True, "eval_batches": 6, "threads": 1}), echo=quiet)
+    out, err = capfd.readouterr()
+    assert "\x1b[A" not in err and "validation:" not in err, repr(err)
+    assert "step 1: validation loss" in out, repr(out)   # what the log keeps of the pass
+
+
 def test_a_corpus_smaller_than_one_batch_is_explained(tmp_path):
     corpus = tmp_path / "small.txt"
     corpus.write_text("Just a few words here and there, not much at all. " * 40)

@@ -171,6 +171,19 @@ def test_a_run_that_saved_no_model_yet_says_how_to_start_it_again(tmp_path, caps
     assert "pass it as --model" not in err and err.count("expected") <= 1, err
 
 
+def test_a_fine_tuning_run_with_only_a_checkpoint_says_to_finish_it(tmp_path, capsys):
+    """A fine-tuning checkpoint holds the trained tensors, not a model folder: such a run was said
+    to have "stopped before its first checkpoint", and told to start again."""
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "sft_config.json").write_text("{}")
+    (run / "checkpoint" / "params.safetensors").write_bytes(b"")
+    code, _, err = run_cli(["generate", "--model", str(run)], capsys)
+    err = one_line_error(err)
+    assert code == 2 and "has not finished" in err and f"`npllama finetune sft --out {run} --resume`" in err, err
+    assert "before its first checkpoint" not in err and "start it again" not in err, err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
     (["--top-k", "0"], "--top-k must be a positive integer, got 0"),

@@ -61,6 +61,9 @@ def _describe_folder(folder: Path) -> str:
     if (folder / "model" / "config.json").is_file() or (folder / "checkpoint" / "model" / "config.json").is_file():
         return "is an npllama run folder: pass it as --model (its model/ subfolder is loaded)"
     started = _run_started_in(names)
+    if started is not None and "checkpoint" in names:   # a fine-tuning checkpoint: only what is trained
+        return (f"is an npllama run folder whose run has not finished: its checkpoint holds what is trained, "
+                f"not a model to load; finish it with `npllama {started} --out {folder} --resume`")
     if started is not None:   # a start that failed or was stopped before its first checkpoint
         return (f"is an npllama run folder whose run saved no model yet (it stopped before its first "
                 f"checkpoint): start it again with `npllama {started} --out {folder} ...`, or with the settings "

@@ -292,12 +292,17 @@ def _text_digest(documents) -> tuple[str, int, int]:
 
 
 def token_digest(ids) -> str:
-    """sha256 of a token stream's ids (as little-endian int64, so the stream's storage type, uint16
-    or int32, does not matter): what a checkpoint keeps to tell whether a resume reads the tokens
-    it was trained on."""
+    """sha256 of a token stream's ids: what a checkpoint keeps to tell whether a resume reads the
+    tokens it was trained on.  The values count, not the stream's storage type (uint16, int32,
+    int64): each block is hashed as little-endian uint16 when its ids fit (a vocabulary under 65536,
+    the usual case: a quarter of the bytes to hash that int64 would be), else as int64, after a byte
+    saying which."""
     h = hashlib.sha256()
     for start in range(0, ids.shape[0], SCAN_BLOCK):   # a memory-mapped stream is read a block at a time
-        h.update(np.asarray(ids[start:start + SCAN_BLOCK], dtype="<i8").tobytes())
+        block = np.asarray(ids[start:start + SCAN_BLOCK])
+        narrow = block.size == 0 or (int(block.min()) >= 0 and int(block.max()) <= np.iinfo(np.uint16).max)
+        h.update(b"\x02" if narrow else b"\x08")
+        h.update(np.ascontiguousarray(block, dtype="<u2" if narrow else "<i8").tobytes())
     return h.hexdigest()
 
 

@@ -516,3 +516,22 @@ def test_evaluation_errors():
         evaluation_batches(np.arange(100), 4, 10, max_batches=0)
     with pytest.raises(ValueError, match="batch_size"):
         evaluation_batches(np.arange(100), 0, 10)
+
+
+def test_token_digest_is_of_the_values_not_their_storage():
+    """A checkpoint's record of its tokens: the same ids stored as uint16, int32 or int64 (or
+    memory-mapped) give one digest; one id changed, two swapped, one dropped, or one past uint16
+    (a large vocabulary) give another."""
+    from npllama.data import token_digest
+
+    ids = np.random.default_rng(0).integers(0, 32000, 5000)
+    digest = token_digest(ids.astype(np.uint16))
+    assert token_digest(ids.astype(np.int32)) == digest == token_digest(ids.astype(np.int64))
+    changed, swapped = ids.copy(), ids.copy()
+    changed[4321] += 1
+    swapped[[10, 11]] = swapped[[11, 10]]
+    wide = ids.copy()
+    wide[7] = 70000
+    others = {token_digest(a) for a in (changed, swapped, ids[:-1], wide)}
+    assert digest not in others and len(others) == 4
+    assert token_digest(wide) == token_digest(wide.astype(np.int32))

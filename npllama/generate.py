@@ -404,7 +404,8 @@ class TextStream:
 
 def end_ids(model, tokenizer) -> list[int]:
     """The ids that end a plain generation: the tokenizer's </s> and the model config's eos_token_id
-    (one id, or LLaMA-3's list: end of text, end of turn, ...)."""
+    (one id, or LLaMA-3's list: end of text, end of turn, ...; a folder's generation_config.json
+    adds its own, as from_pretrained reads it)."""
     return sorted({tokenizer.eos_id, *model.config.end_ids} - {None})
 
 

@@ -567,3 +567,39 @@ def test_a_greedy_distribution_is_one_row_not_an_identity_matrix():
         tracemalloc.stop()
     assert probs.shape == (2000,) and probs.sum() == 1.0 and probs[np.argmax(logits[:2000])] == 1.0
     assert peak < 100 * probs.nbytes
+
+
+def test_end_ids_listed_in_generation_config_json_end_a_generation(tmp_path):
+    """transformers' generate stops at generation_config.json's eos_token_id, which may list more
+    ids than config.json (Meta-Llama-3-8B-Instruct: config.json 128001, generation_config.json
+    [128001, 128009], its end of turn).  A folder loaded by from_pretrained stops there too; they
+    were ignored, and a chat answer ran on past its end of turn."""
+    import json
+
+    from npllama.generate import end_ids, generate_text
+
+    class Letters:
+        vocab_size, eos_id = 32, 2
+
+        def encode(self, text, bos=True):
+            return [1] + [ord(c) - ord("a") + 3 for c in text]
+
+        def decode(self, ids):
+            return "".join(chr(ord("a") + i - 3) if i >= 3 else f"<{i}>" for i in ids)
+
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=32, eos_token_id=2)
+    model = Llama(config, seed=0)
+    model.params["lm_head.weight"][20] += 100.0   # greedy always picks id 20
+    model.save_pretrained(tmp_path / "m")
+    generation_config = tmp_path / "m" / "generation_config.json"
+    fields = json.loads(generation_config.read_text())
+    assert fields["eos_token_id"] == 2
+    assert len(generate_text(Llama.from_pretrained(tmp_path / "m"), Letters(), "ab", 10, temperature=0.0)) == 10
+    generation_config.write_text(json.dumps({**fields, "eos_token_id": [2, 20]}))
+    loaded = Llama.from_pretrained(tmp_path / "m")
+    assert end_ids(loaded, Letters()) == [2, 20]
+    assert generate_text(loaded, Letters(), "ab", max_new_tokens=10, temperature=0.0) == Letters().decode([20])
+    generation_config.write_text(json.dumps({**fields, "eos_token_id": [2, 32]}))   # past the vocabulary
+    with pytest.raises(ValueError, match=r"generation_config.json: field 'eos_token_id': must be a token id"):
+        Llama.from_pretrained(tmp_path / "m")

@@ -12,9 +12,13 @@ exists; the tensor names are exactly the config's (a stale `rotary_emb.inv_freq`
 skipped; with tied embeddings an `lm_head.weight` is accepted only if it equals the embedding);
 every shape matches and every dtype is a float.  Each failure is a `CheckpointError` naming the
 file and the tensor or field.  Pickle checkpoints (pytorch_model.bin) are never opened.
+
+generation_config.json's eos_token_id, where it lists ids config.json does not, joins the
+config's end ids (`with_generation_end_ids`): transformers' generate stops at them.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -72,6 +76,7 @@ def load_hf_model(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.nda
     dtype = _float_dtype("dtype", dtype)
     folder, config, raw = _open_folder(path, dtype, "a Hugging Face model folder")
     objective = objective_of(raw, folder / CONFIG_NAME)
+    config = with_generation_end_ids(config, folder / GENERATION_CONFIG_NAME)
 
     # tensor name -> file holding it; each file's header; the file listing them (index or single)
     tensor_files, headers, source = _tensor_files(folder)
@@ -160,6 +165,30 @@ def _read_params(to_read: dict[str, Path], tied_head: Path | None, dtype) -> dic
     if tied_head is not None:
         _check_tied_head(tied_head, params, dtype)
     return params
+
+
+def with_generation_end_ids(config: LlamaConfig, generation_config_path) -> LlamaConfig:
+    """config, its eos_token_id joined by the ids generation_config.json's eos_token_id adds, if the
+    file exists.  transformers' generate stops at that file's ids, which can be more than
+    config.json's: Meta-Llama-3-8B-Instruct lists its end of turn (128009) only there.  Joined,
+    not replaced, as npllama adds the tokenizer's </s> too: one more id to stop at is safe, a
+    missing one lets the text run on past its end.  A malformed id is a CheckpointError."""
+    path = Path(generation_config_path)
+    if not path.is_file():
+        return config
+    fields = _load_json(path)
+    listed = fields.get("eos_token_id") if isinstance(fields, dict) else None
+    if listed is None or listed == []:
+        return config
+    ids = listed if isinstance(listed, list) else [listed]
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < config.vocab_size:
+            raise CheckpointError(path, f"must be a token id or a list of them in [0, {config.vocab_size}) "
+                                        f"(config.json's vocab_size), got {listed!r}", field="eos_token_id")
+    joined = list(dict.fromkeys([*config.end_ids, *ids]))
+    if joined == list(config.end_ids):
+        return config
+    return dataclasses.replace(config, eos_token_id=joined[0] if len(joined) == 1 else joined)
 
 
 def read_config(config_path) -> LlamaConfig:

@@ -603,3 +603,52 @@ def test_end_ids_listed_in_generation_config_json_end_a_generation(tmp_path):
     generation_config.write_text(json.dumps({**fields, "eos_token_id": [2, 32]}))   # past the vocabulary
     with pytest.raises(ValueError, match=r"generation_config.json: field 'eos_token_id': must be a token id"):
         Llama.from_pretrained(tmp_path / "m")
+
+
+HF_SHAPES = {
+    "grouped-query": dict(),
+    "multi-query, tied embeddings": dict(num_key_value_heads=1, tie_word_embeddings=True),
+    "llama3 rope scaling": dict(rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0,
+                                                     low_freq_factor=1.0, high_freq_factor=4.0,
+                                                     original_max_position_embeddings=8)),
+    "explicit head_dim": dict(head_dim=12, num_attention_heads=2, num_key_value_heads=1),
+}
+
+
+@pytest.mark.parametrize("shape", HF_SHAPES)
+def test_greedy_generation_is_transformers_generate(shape, tmp_path):
+    """A random LlamaForCausalLM saved by transformers: greedy tokens as its generate(do_sample=False)
+    gives them, on both backends -- up to the last position of the context, with a repetition
+    penalty over the prompt's ids, and stopping at either of two eos ids."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from npllama import use_backend
+
+    hf_config = transformers.LlamaConfig(**{**dict(vocab_size=37, hidden_size=16, intermediate_size=24,
+                                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                                   max_position_embeddings=32), **HF_SHAPES[shape]})
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(hf_config).to(torch.float64).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():   # far from the init: clear margins between the top logits
+            p.add_(0.2 * torch.randn_like(p)) if "norm" in name else p.normal_(0, 0.5)
+    hf.save_pretrained(tmp_path)
+    ours = Llama.from_pretrained(tmp_path, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    for prompt, options in [(rng.integers(0, 37, 25).tolist(), dict()),
+                            (rng.integers(0, 37, 4).tolist(), dict(repetition_penalty=1.5)),
+                            (rng.integers(0, 37, 3).tolist(), dict(eos_token_id=None))]:
+        n = 32 - len(prompt)
+        ids = torch.tensor([prompt])
+        if options.get("eos_token_id", 0) is None:   # two eos ids: the 3rd and 6th of the free run's new ids
+            free = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
+                               eos_token_id=None, pad_token_id=0)[0].tolist()
+            options = dict(eos_token_id=[free[len(prompt) + 5], free[len(prompt) + 2]])
+        expected = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
+                               pad_token_id=0, **{"eos_token_id": None, **options})[0].tolist()
+        if "eos_token_id" in options:    # it stopped early, at one of the two
+            assert len(expected) <= len(prompt) + 6 and expected[-1] in options["eos_token_id"]
+        ours_options = {"eos_id" if k == "eos_token_id" else k: v for k, v in options.items()}
+        for backend in ("numpy", "numba"):
+            with use_backend(backend):
+                assert generate(ours, prompt, n, temperature=0, **ours_options) == expected, (backend, prompt)

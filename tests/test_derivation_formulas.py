@@ -39,7 +39,7 @@ CITED = {
     "softmax": ("softmax.md", 56, 58, r"\mathrm{dx} = p\odot\big(\mathrm{dp} - \textstyle\sum_{\text{last axis}}(\mathrm{dp}\odot p)\big)"),
     "cross_entropy": ("cross_entropy.md", 90, 94, "scale = dloss / n_counted if n_counted else 0"),
     "attention": ("attention.md", 193, 206, r"dk_g &= \mathrm{scale}\textstyle\sum_{h \in g} d\_attn\_scores^T q_h"),
-    "rope": ("rope.md", 152, 155, r"dx = dy \odot \mathrm{cos} - \mathrm{rotate\_half}(dy \odot \mathrm{sin})"),
+    "rope": ("rope.md", 157, 160, r"dx = dy \odot \mathrm{cos} - \mathrm{rotate\_half}(dy \odot \mathrm{sin})"),
     "rope_llama3": ("rope.md", 100, 110, r"(1 - \mathrm{smooth})\,\mathrm{inv\_freq}_i / \mathrm{factor} + \mathrm{smooth}\cdot\mathrm{inv\_freq}_i"),
     "swiglu": ("swiglu.md", 97, 105, r"d\mathrm{gate} &= d\mathrm{act}\odot\mathrm{up}\odot\sigma\odot\big(1 + \mathrm{gate}\odot(1-\sigma)\big)"),
     "lora": ("lora.md", 77, 81, "dlora_A = d_lora_hidden.reshape(-1, r).T @ x_drop.reshape(-1, in_)"),
@@ -55,7 +55,7 @@ CITED = {
     "softmax_jacobian": ("softmax.md", 39, 52, r"\frac{\partial p_j}{\partial x_i} = p_j\,(\delta_{ij} - p_i)"),
     "cross_entropy_via_softmax": ("cross_entropy.md", 84, 85, r"$`\mathrm{dp} = -\mathrm{onehot}/p`$ collapses to $`p - \mathrm{onehot}`$"),
     "attention_group_sum": ("attention.md", 139, 149, r"linear map $`v \mapsto Ev`$"),
-    "rope_pairs": ("rope.md", 140, 142, r"$`dx_{i+h} = -dy_i \sin\phi + dy_{i+h}\cos\phi`$"),
+    "rope_pairs": ("rope.md", 145, 147, r"$`dx_{i+h} = -dy_i \sin\phi + dy_{i+h}\cos\phi`$"),
     "adamw_moments": ("adamw.md", 63, 70, r"m_t = (1-\beta_1)\sum_{i=1}^{t} \beta_1^{\,t-i}\, g_i"),
 }
 
@@ -111,7 +111,7 @@ def rotate_half(x):
 
 
 def rope_formula(dy, cos, sin):
-    """rope.md:152-155."""
+    """rope.md:157-160."""
     return dy * cos - rotate_half(dy * sin)
 
 
@@ -535,7 +535,7 @@ def test_attention_group_sum(rng):
 
 
 def test_rope_pairs(rng):
-    """rope.md:140-142: per pair (i, i + h) at position p, dx is dy rotated by -phi."""
+    """rope.md:145-147: per pair (i, i + h) at position p, dx is dy rotated by -phi."""
     T, d = 4, 6
     h = d // 2
     positions = np.arange(3, 3 + T)

@@ -217,7 +217,8 @@ def test_the_shared_flags_help_says_what_is_true_for_each_job():
     # --resume names exactly the settings each job refuses to change (before: a list without --pairs, --stories ...)
     assert helps["sop"]["resume"].endswith("(--base, --data, --val-fraction, --lora, --lora-r, --lora-alpha, "
                                            "--lora-dropout, --lora-targets, --batch-size, --max-len, --seed, --dtype, "
-                                           "--pairs, --doc-separator, --stories)")
+                                           "--pairs, --doc-separator, --stories); a --data file edited since the "
+                                           "checkpoint is refused too")
     assert "--dataset, --labels, --val-data, --split)" in helps["classify"]["resume"]
     assert "the pairs" in helps["sop"]["seed"] and "the masks" in helps["sop"]["seed"]
     assert "head" not in helps["sft"]["seed"] and "new head" not in helps["sft"]["lora"]   # sft has no new head

@@ -202,13 +202,15 @@ def _decoder(model, batch_size: int, max_length: int, threads: int | None = None
 
     Under the numba backend: FastDecoder (weights laid out once for matrix-vector products, fused
     attention over a preallocated cache), tested equal to model.forward_step.  Otherwise, or with
-    LoRA adapters attached or a trace recording, the model's own forward_step and KVCache, so
-    every intermediate is the readable reference path.
+    LoRA adapters attached, a `use_op` override in force or a trace recording, the model's own
+    forward_step and KVCache, so every intermediate is the readable reference path (FastDecoder
+    runs its own fused loops, not the ops: it would silently ignore an override).
     """
-    from .backend import get_backend
+    from .backend import get_backend, overrides
     from .trace import active_trace
 
-    if get_backend() == "numba" and getattr(model, "lora", None) is None and active_trace() is None:
+    if (get_backend() == "numba" and getattr(model, "lora", None) is None and not overrides()
+            and active_trace() is None):
         from .kernels.decode import FastDecoder
 
         return FastDecoder(model, batch_size=batch_size, max_length=max_length, threads=threads).step

@@ -313,6 +313,28 @@ def test_the_fast_decoder_and_the_reference_path_generate_the_same(model):
     assert on_three_threads == on_one_thread      # sampled, too: the logits are the same bits
 
 
+@pytest.mark.parametrize("only_on", [None, "numba"])
+def test_generate_runs_a_use_op_override_on_the_numba_backend_too(model, only_on):
+    """FastDecoder fuses every op into its own loops, so it cannot run an override: under one,
+    generate decodes with the model's forward_step, which does (a planted bug must show)."""
+    from npllama import use_backend, use_op
+    from npllama.ops.rmsnorm import rmsnorm_forward
+
+    def negated(x, weight, eps):
+        y, cache = rmsnorm_forward(x, weight, eps)
+        return -y, cache
+
+    prompt = [1, 5, 7]
+    with use_backend("numpy"), use_op("rmsnorm_forward", negated):
+        expected = generate(model, prompt, 8, temperature=0)
+    assert expected != generate(model, prompt, 8, temperature=0)     # the override changes the tokens
+    with use_backend("numba"), use_op("rmsnorm_forward", negated, backend=only_on):
+        assert generate(model, prompt, 8, temperature=0) == expected
+        assert generate(model, [prompt, prompt], 8, temperature=0) == [expected, expected]
+    with use_backend("numba"), use_op("rmsnorm_forward", negated, backend="numpy"):   # not in force here
+        assert generate(model, prompt, 8, temperature=0) != expected
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_seeded_sampling_is_the_same_on_every_path_up_to_the_context_limit(model, dtype):
     """The numba FastDecoder, the reference KV cache, npllama.study() and a full forward per step

@@ -156,6 +156,7 @@ class Llama:
         else:   # every name, shape and the model's dtype, or forward fails deep inside (or mixes dtypes)
             check_params(config, params, dtype=self.dtype)
         self.params = init_params(config, seed, self.dtype) if params is None else params
+        self._param_shapes = {name: tuple(shape) for name, shape in config.param_shapes().items()}
         self._batch_budget = _BatchBudget(config, self.dtype)
         self._rope_tables: tuple[np.ndarray, np.ndarray] | None = None
         # LoRA adapters (npllama.lora.attach_lora), or None.  While attached, every base weight is
@@ -422,11 +423,24 @@ class Llama:
                              f"{kv_cache.k.shape} (layers, batch, kv heads, positions, head_dim), this model needs "
                              f"{np.dtype(self.dtype).name} {wanted}; make it with model.new_kv_cache(batch_size)")
 
+    def _check_params_unchanged(self):
+        """model.params is a plain dict: an array put in after the constructor's check, of another
+        dtype or shape, would be upcast and broadcast by the NumPy ops but rounded down and read
+        past its end by the kernels (the ops skip their checks inside these methods).  A quick
+        pass; the full check names the parameter."""
+        params, shapes, dtype = self.params, self._param_shapes, np.dtype(self.dtype)
+        if params.keys() != shapes.keys() or not all(
+                a.__class__ is np.ndarray and a.dtype is dtype and a.shape == shapes[name] for name, a in params.items()):
+            from .io.hf import check_params
+
+            check_params(self.config, params, dtype=dtype)
+
     def _check_inputs(self, tokens, attention_mask=None, targets=None, ignore_index=-100, offset=0, causal=True):
         """tokens (B, T), the padding mask (bool (B, T), or None) and, when given, targets (B, T):
         checked here once, so that the ops the model calls need not check them again."""
         if not isinstance(causal, (bool, np.bool_)):   # causal="False" is truthy: it would run causal
             raise TypeError(f"causal must be True or False, got {causal!r}")
+        self._check_params_unchanged()
         tokens = tokens if isinstance(tokens, np.ndarray) else _as_array("tokens", tokens)
         if not np.issubdtype(tokens.dtype, np.integer):
             raise TypeError(f"tokens must be integers, got dtype {tokens.dtype}")

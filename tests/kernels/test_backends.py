@@ -1,6 +1,7 @@
 """The whole model gives the same logits, loss and gradients on the numpy and numba backends;
 the kernels also run with NUMBA_DISABLE_JIT=1 (as plain Python, for a debugger)."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -169,3 +170,27 @@ def test_kernels_run_as_python_with_numba_disable_jit():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+@pytest.mark.parametrize("name, replacement, error, match", [
+    ("model.layers.0.input_layernorm.weight", lambda a: a.astype(np.float64), TypeError, "dtype float64"),
+    ("lm_head.weight", lambda a: a.astype(np.float64), TypeError, "dtype float64"),
+    ("model.norm.weight", lambda a: a[:1].copy(), ValueError, r"shape \(1,\)"),   # the kernel would read past it
+])
+def test_a_parameter_replaced_by_another_dtype_or_shape_is_refused_on_both_backends(backend_name, name, replacement,
+                                                                                     error, match):
+    """Llama's methods skip the ops' checks (the constructor checked the parameters), but
+    model.params is a plain dict: a float64 array put into a float32 model made NumPy upcast
+    everything after it and the kernels round it back down -- two answers, neither an error --
+    and an array of the wrong shape was broadcast by NumPy and read past its end by a kernel."""
+    config = LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=8)
+    model = Llama(config, seed=0, dtype=np.float32)
+    model.params[name] = replacement(model.params[name])
+    tokens = np.array([[1, 2, 3]])
+    with use_backend(backend_name):
+        for call in (lambda: model.forward(tokens), lambda: model.loss_and_grads(tokens, tokens),
+                     lambda: model.forward_step(tokens, model.new_kv_cache(1))):
+            with pytest.raises(error, match=rf"params\['{re.escape(name)}'\] .*{match}"):
+                call()

@@ -141,7 +141,7 @@ def _query_blocks(B, KVH, n_rep, T, S, q_offset, causal, itemsize, keep_probs):
     if not keep_probs:  # the flash path also bounds one block's scores in bytes
         rows = min(rows, max(1, FLASH_BLOCK_BYTES // max(1, B * KVH * S * itemsize)))
     blocks = []
-    for head_start in range(0, n_rep * T, T):
+    for head_start in range(0, n_rep * T, max(T, 1)):   # T = 0 (no queries): no blocks
         for t0 in range(0, T, rows):
             t1 = min(T, t0 + rows)
             n_keys = min(S, q_offset + t1) if causal else S

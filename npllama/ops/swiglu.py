@@ -94,6 +94,9 @@ def check_swiglu_args(x, w_gate, w_up, w_down):
     require_float_array("w_down", w_down, ndim=2)
     require_same_dtype(x=x, w_gate=w_gate, w_up=w_up, w_down=w_down)
     F, D = w_gate.shape
+    if 0 in (F, D):
+        raise ValueError(f"w_gate must have at least one row (the intermediate size F) and one column (D), "
+                         f"got shape {w_gate.shape}")
     if w_up.shape != (F, D):
         raise ValueError(f"w_up must have the shape of w_gate (F, D) = {(F, D)}, got {w_up.shape}")
     if w_down.shape != (D, F):

@@ -119,3 +119,16 @@ def test_flash_attention_memory_is_linear_in_T():
     # and the result is still right, checked on the last few queries against the reference
     ref_out, _ = reference.attention_forward(q[:, :, -4:], k, v, q_offset=T - 4)
     assert_close(out[:, :, -4:], ref_out, "out")
+
+
+@pytest.mark.parametrize("flash", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_no_queries_give_empty_outputs_and_zero_key_gradients_as_the_reference(flash, causal):
+    """T = 0 (no query rows): the reference returns empty outputs and zero dk, dv; the kernel made
+    its blocks with range(0, 0, T) and failed with "range() arg 3 must not be zero"."""
+    rng = np.random.default_rng(0)
+    q, dout = np.zeros((2, 4, 0, 6)), np.zeros((2, 4, 0, 6))
+    k, v = rng.standard_normal((2, 2, 3, 6)), rng.standard_normal((2, 2, 3, 6))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernel, "FLASH_MIN_KEYS", 1 if flash else 512)
+        check_equal_to_reference(dict(q=q, k=k, v=v, causal=causal, key_padding_mask=None, q_offset=3, dout=dout))

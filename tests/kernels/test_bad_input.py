@@ -42,6 +42,7 @@ BAD_FORWARD_CALLS = [
     ("swiglu_forward", (np.zeros((2, 4)), np.zeros((6, 4)), np.zeros((6, 4)), np.zeros((6, 4))), "w_down"),
     ("swiglu_forward", (np.zeros((2, 4)), np.zeros((6, 4)), np.zeros((5, 4)), np.zeros((4, 6))), "w_up"),
     ("swiglu_forward", (np.zeros((2, 5)), np.zeros((6, 4)), np.zeros((6, 4)), np.zeros((4, 6))), "x"),
+    ("swiglu_forward", (np.zeros((2, 4)), np.zeros((0, 4)), np.zeros((0, 4)), np.zeros((4, 0))), "w_gate"),  # F = 0
     ("cross_entropy_forward", (f64, np.zeros((2, 3))), "targets"),                  # float targets
     ("cross_entropy_forward", (f64, np.zeros((2, 2), dtype=np.int64)), "targets"),  # wrong shape
     ("cross_entropy_forward", (f64, np.full((2, 3), 4)), "targets"),                # id >= V

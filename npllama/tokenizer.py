@@ -604,9 +604,11 @@ def check_ids(ids, vocab_size: int) -> list[int]:
     if array.ndim > 1:
         raise ValueError(f"ids must be a flat sequence of token ids, got shape {array.shape}")
     if array.dtype == object and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
-                                     for i in array.reshape(-1)):   # Python ints past int64 (2**70)
-        bad = next(int(i) for i in array.reshape(-1) if not 0 <= i < vocab_size)
-        raise ValueError(f"token id {bad} is out of range for vocab_size {vocab_size}")
+                                     for i in array.reshape(-1)):   # Python ints, some maybe past int64 (2**70)
+        bad = next((int(i) for i in array.reshape(-1) if not 0 <= i < vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad} is out of range for vocab_size {vocab_size}")
+        array = array.astype(np.int64)     # all in range: ids like any other
     if array.size and not np.issubdtype(array.dtype, np.integer):
         raise TypeError(f"ids must be integers, got {array.dtype}")
     array = array.reshape(-1)

@@ -202,6 +202,10 @@ def test_decode_rejects_bad_ids(tok):
         tok.decode([5, 2**70])
     with pytest.raises(TypeError, match="integers"):
         tok.decode([5, "6"])
+    # ids in an object array (Python ints, as a list of ids mixed with one past int64 becomes) that
+    # are all in range are ids like any other: decoded, not an error (nor a StopIteration)
+    assert tok.decode(np.array([5, 6], dtype=object)) == tok.decode([5, 6])
+    assert tok.decode(np.array([], dtype=object)) == ""
     with pytest.raises(ValueError, match="out of range"):
         tok.id_to_piece(VOCAB)
 

@@ -251,3 +251,26 @@ def test_a_crash_under_a_functools_wraps_decorator_names_the_students_file(tmp_p
     assert "(line 5 of mine.py: return dy * undefined_name, dy.sum(0))" in finding.message, finding.message
     assert "runpy.run_path('mine.py')['rmsnorm_backward']" in finding.hint, finding.hint
     assert "timing.py" not in finding.message + finding.hint
+
+
+def test_a_stop_after_an_earlier_failure_is_said_in_the_report():
+    """The sandbox stops a file in one check (the time limit, a crash) after an earlier check had
+    failed: the report a student reads must say why the check it stopped in is an ERROR (the
+    gradebook's status says timeout), not only the earlier failure; later checks are '-'."""
+    from npllama.exercises.runner import GradingStopped
+    from npllama.ops.rmsnorm import rmsnorm_backward as right
+
+    why = "stopped after 3 s of wall clock: an endless loop -- it was at line 7 of slow.py: while True:"
+
+    def backward(dy, cache):
+        if dy.dtype == np.float32:       # the float32 check: where the sandbox stops it
+            raise GradingStopped(why)
+        dx, dweight = right(dy, cache)
+        return dx, 2 * dweight           # the gradient check fails first
+
+    report = check_function("rmsnorm", backward, n_random=0)
+    shown = report.format()
+    assert report.stopped == why and report.first_failure.check.name == "gradient", shown
+    assert "  ERROR float32" in shown and "  -     orthogonal" in shown, shown
+    assert f"Stopped: {why}" in shown, shown
+    assert shown.count(why) == 1, shown

@@ -184,7 +184,9 @@ class Report:
             lines += ["  " + line for line in first.finding.lines()]
             if ex.derivation:
                 lines.append(f"  derivation: {derivation_section(ex)}")
-        elif self.stopped:
+        # a stop is the last result's finding (check_function): said here unless that is the failure
+        # above -- after an earlier check failed, it is the only place saying why its row is ERROR
+        if self.stopped and (first is None or first is not self.results[-1]):
             lines.append(f"Stopped: {self.stopped}")
         lines += [f"  note: {note}" for note in self.notes]
         lines.append(f"{self.passed} of {self.total} checks passed." + ("  Well done!" if self.ok else ""))

@@ -274,3 +274,40 @@ def test_a_stop_after_an_earlier_failure_is_said_in_the_report():
     assert "  ERROR float32" in shown and "  -     orthogonal" in shown, shown
     assert f"Stopped: {why}" in shown, shown
     assert shown.count(why) == 1, shown
+
+
+def test_a_crash_under_a_decorator_is_located_where_it_happened(tmp_path, monkeypatch):
+    """Through functools.wraps the student's file is named; but a decorator that does work of its
+    own (a dtype conversion) and crashes there is named by its own line, as before -- not a crash
+    with no line at all -- and a class-based decorator (functools.update_wrapper on an object) is
+    followed to the student's function as a function decorator is."""
+    import importlib
+
+    (tmp_path / "helpers.py").write_text(
+        "import functools\n"
+        "import numpy as np\n\n"
+        "def as_float32(f):\n"
+        "    @functools.wraps(f)\n"
+        "    def wrapper(dy, cache):\n"
+        "        cache = cache.astype(np.float32)\n"
+        "        return f(dy.astype(np.float32), cache)\n"
+        "    return wrapper\n\n"
+        "class Timed:\n"
+        "    def __init__(self, f):\n"
+        "        functools.update_wrapper(self, f)\n"
+        "        self.f = f\n\n"
+        "    def __call__(self, *args, **kwargs):\n"
+        "        return self.f(*args, **kwargs)\n")
+    (tmp_path / "converted.py").write_text("from helpers import as_float32\n\n@as_float32\n"
+                                           "def rmsnorm_backward(dy, cache):\n    return dy, dy.sum(0)\n")
+    (tmp_path / "timed.py").write_text("from helpers import Timed\n\n@Timed\ndef rmsnorm_backward(dy, cache):\n"
+                                       "    return dy * undefined_name, dy.sum(0)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    converted = check_function("rmsnorm", importlib.import_module("converted").rmsnorm_backward, n_random=0)
+    message = converted.first_failure.finding.message
+    assert "(line 7 of helpers.py: cache = cache.astype(np.float32))" in message, message
+    timed = check_function("rmsnorm", importlib.import_module("timed").rmsnorm_backward, n_random=0)
+    finding = timed.first_failure.finding
+    assert "(line 5 of timed.py: return dy * undefined_name, dy.sum(0))" in finding.message, finding.message
+    assert "runpy.run_path('timed.py')['rmsnorm_backward']" in finding.hint, finding.hint

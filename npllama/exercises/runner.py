@@ -243,6 +243,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
         raise TypeError(f"source_text must be the file's text (a str) or None, got {type(source_text).__name__}")
     _check_cases(n_random, seed)
     function = _function_run_by(backward)
+    decorators = _decorator_files(backward)
     source = source or _what_it_is(backward, function)
     source_file = source_file or getattr(getattr(function, "__code__", None), "co_filename", None)
     function_name = getattr(function, "__qualname__", "")    # as Python names it in a wrong-call TypeError
@@ -287,7 +288,8 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
                 break
             except student_errors as error:  # the student's code crashed: say where, in their file
                 result.status = "error"
-                result.finding = Finding("", _describe_exception(error, source_file, named_as=named_as),
+                result.finding = Finding("", _describe_exception(error, source_file, named_as=named_as,
+                                                                 decorator_files=decorators),
                                          hint=_crash_hint(error, exercise, params, source_file, function_name,
                                                           parameters, rerun),
                                          case=_describe_params(exercise, params))
@@ -505,17 +507,21 @@ def _read_source(source_file: str | None) -> str:
 
 
 def _describe_exception(error: BaseException, source_file: str | None, what: str = "your function",
-                        named_as: str | None = None) -> str:
+                        named_as: str | None = None, decorator_files=()) -> str:
     """'your function raised E: message (line N of FILE: the line)', the line being the innermost
-    of source_file's in the traceback, FILE named_as (default the file's name)."""
+    of source_file's in the traceback, FILE named_as (default the file's name); or of
+    decorator_files' (_decorator_files), named by their names, when the innermost is theirs."""
     text = f"{what} raised {type(error).__name__}: {error}".rstrip(": ")
     frames = _traceback_frames(error)
     if source_file:
         target = os.path.abspath(source_file)
-        mine = [f for f in frames if os.path.abspath(f.filename) == target]
+        # a decorator's own line, if it crashed before (or after) the function it wraps ran
+        theirs = {os.path.abspath(file) for file in decorator_files} - {target}
+        mine = [f for f in frames if os.path.abspath(f.filename) == target or os.path.abspath(f.filename) in theirs]
         if mine:
             frame = mine[-1]
-            named = os.path.basename(frame.filename) if named_as is None else named_as
+            named = (os.path.basename(frame.filename) if named_as is None or os.path.abspath(frame.filename) in theirs
+                     else named_as)
             line = (frame.line or "").strip()     # '' at a prompt, which keeps no lines to quote
             text += f" (line {frame.lineno} of {named}" + (f": {line})" if line else ")")
     return text
@@ -708,20 +714,48 @@ def _rerun_hint(exercise: Exercise, params, run_path: str | None, name: str | No
 def _function_run_by(backward):
     """The Python function calling `backward` runs: itself, a method's or a partial's function, a
     callable object's __call__; None when there is none (a NumPy ufunc, a builtin).  Through a
-    decorator made with functools.wraps, the function it wraps: the student's code, in the
-    student's file, which a crash's line and the rerun hint must name, not the decorator's."""
-    while isinstance(backward, functools.partial):
-        backward = backward.func
-    if inspect.ismethod(backward):
-        backward = backward.__func__
+    decorator made with functools.wraps (a function, or an object given functools.update_wrapper),
+    the function it wraps: the student's code, in the student's file, which a crash's line and the
+    rerun hint must name, not the decorator's."""
+    backward = _called(backward)
+    wrapped = _wrapped_function(backward)
+    if wrapped is not None:
+        return wrapped
     if inspect.isfunction(backward):
-        try:
-            wrapped = inspect.unwrap(backward)
-        except ValueError:          # a __wrapped__ chain that loops: the outermost is all there is
-            return backward
-        return wrapped if inspect.isfunction(wrapped) else backward
+        return backward
     call = getattr(type(backward), "__call__", None)
     return call if inspect.isfunction(call) else None
+
+
+def _called(backward):
+    """What a call of `backward` calls: a partial's function, a bound method's function."""
+    while isinstance(backward, functools.partial):
+        backward = backward.func
+    return backward.__func__ if inspect.ismethod(backward) else backward
+
+
+def _wrapped_function(backward):
+    """The function at the end of backward's __wrapped__ chain (functools.wraps, update_wrapper);
+    None when it has none, or the chain loops or ends in no Python function (a NumPy ufunc)."""
+    try:
+        wrapped = inspect.unwrap(backward)
+    except ValueError:          # a __wrapped__ chain that loops: the outermost is all there is
+        return None
+    return wrapped if wrapped is not backward and inspect.isfunction(wrapped) else None
+
+
+def _decorator_files(backward) -> list[str]:
+    """The files of the decorators' own code between a call of `backward` and the function they
+    wrap (_function_run_by): where a decorator that converts or checks arguments crashes itself."""
+    files, layer, seen = [], _called(backward), set()
+    while hasattr(layer, "__wrapped__") and id(layer) not in seen:
+        seen.add(id(layer))
+        code = layer if inspect.isfunction(layer) else getattr(type(layer), "__call__", None)
+        file = getattr(getattr(code, "__code__", None), "co_filename", None)
+        if file is not None:
+            files.append(file)
+        layer = _called(layer.__wrapped__)
+    return files
 
 
 def _what_it_is(backward, function) -> str:
@@ -745,7 +779,9 @@ def _where_it_runs(backward, source_file: str | None, function_name: str) -> tup
     """For a function check_function was given itself: the file of its code as a crash's line names it,
     and (the path, the name) to rerun it by with runpy -- (None, its name or None) to call it in the session."""
     name = _defined_name(function_name)
-    own_name = name if inspect.isfunction(backward) and name.isidentifier() else None  # not a method, a partial
+    # not a method, a partial; a decorated function (functools.wraps) is its file's name for it
+    is_function = inspect.isfunction(backward) or _wrapped_function(backward) is not None
+    own_name = name if is_function and name.isidentifier() else None
     if source_file is None:
         return None, (None, own_name)
     if os.path.isfile(source_file):

@@ -535,3 +535,21 @@ def test_token_digest_is_of_the_values_not_their_storage():
     others = {token_digest(a) for a in (changed, swapped, ids[:-1], wide)}
     assert digest not in others and len(others) == 4
     assert token_digest(wide) == token_digest(wide.astype(np.int32))
+
+
+def test_token_digest_format_per_block_and_across_storage(monkeypatch):
+    """The digest is kept in checkpoints, so its bytes are fixed: per block of SCAN_BLOCK ids, b'\\x02'
+    and the ids as little-endian uint16 when they all fit, else b'\\x08' and int64.  A stream whose
+    blocks straddle the uint16 range (one narrow, one wide) digests the same stored as int32 or
+    int64; negative ids are wide; an empty stream hashes nothing."""
+    import hashlib
+
+    import npllama.data as data
+
+    monkeypatch.setattr(data, "SCAN_BLOCK", 4)
+    ids = np.array([1, 2, 65535, 0, 65536, 3, -1, 7, 9], dtype=np.int64)     # narrow, wide, narrow (last)
+    expected = hashlib.sha256(b"\x02" + ids[:4].astype("<u2").tobytes() + b"\x08" + ids[4:8].astype("<i8").tobytes()
+                              + b"\x02" + ids[8:].astype("<u2").tobytes()).hexdigest()
+    assert data.token_digest(ids) == data.token_digest(ids.astype(np.int32)) == expected
+    assert data.token_digest(ids[:0]) == hashlib.sha256(b"").hexdigest()
+    assert data.token_digest(np.array([0, 1, 2, 3, 4])) != data.token_digest(np.array([0, 1, 2, 3]))

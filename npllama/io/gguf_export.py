@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .hf import load_hf_folder
-from .safetensors import as_written
+from .safetensors import largest_finite, stays_finite
 from .rotary_layout import half_split_to_interleaved
 from .sentencepiece_model import UNUSED
 
@@ -197,11 +197,11 @@ def check_outtype_holds(tensors: dict, outtype: str) -> None:
     for name, array in tensors.items():
         if array.ndim != 2 or outtype == "f32":      # vectors are written float32, as loaded
             continue
-        largest = float(np.max(np.abs(array), initial=0.0, where=np.isfinite(array)))
+        largest = largest_finite(array)
         blocked = outtype == "q8_0" and array.shape[1] % 32 == 0
         stored, kind = ((largest / Q8_0_LEVELS, "f16") if blocked else
                         (largest, "bf16" if outtype == "bf16" else "f16"))
-        if not np.isfinite(as_written(np.array([stored], dtype=np.float32), kind)[0]):
+        if not stays_finite(stored, np.float32, kind):
             room = "bf16 (float32's range) or " if outtype != "bf16" else ""
             raise ValueError(f"tensor {name!r} holds {largest:.6g}, which outtype {outtype!r} would write as "
                              f"inf; export with outtype {room}'f32'")

@@ -30,7 +30,8 @@ from ..config import LlamaConfig
 from .atomic import atomic_directory
 from .errors import CheckpointError
 from .reading import read_json
-from .safetensors import FLOAT_DTYPES, as_written, read_safetensors, read_safetensors_header, write_safetensors
+from .safetensors import (FLOAT_DTYPES, largest_finite, read_safetensors, read_safetensors_header, stays_finite,
+                          write_safetensors)
 
 CONFIG_NAME = "config.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
@@ -508,21 +509,16 @@ def _check_representable(params: dict, torch_dtype: str, as_dtype: str) -> None:
     for name, array in params.items():
         if array.dtype.name == torch_dtype:   # written as it is
             continue
-        largest = np.max(np.abs(array), initial=0.0, where=np.isfinite(array))
-        if not _holds(largest, array.dtype, as_dtype):
+        largest = largest_finite(array)
+        if not stays_finite(largest, array.dtype, as_dtype):
             # the narrowest of float32, float64 that holds it (a float64 weight past float32's range
             # needs float64); bfloat16 too in place of float16, when it holds it
             holds = next(f"np.{candidate}" for candidate, written in (("float32", "f32"), ("float64", "f64"))
-                         if _holds(largest, array.dtype, written))
-            if torch_dtype == "float16" and _holds(largest, array.dtype, "bf16"):
+                         if stays_finite(largest, array.dtype, written))
+            if torch_dtype == "float16" and stays_finite(largest, array.dtype, "bf16"):
                 holds += " (or 'bfloat16', float32's range at less precision)"
             raise ValueError(f"params[{name!r}] holds {largest:.6g}, past {torch_dtype}'s largest value: "
                              f"saved as {torch_dtype} it would be inf; save with dtype={holds}")
-
-
-def _holds(value: float, source_dtype, as_dtype: str) -> bool:
-    """Whether `value` (of source_dtype) stays finite once written with as_dtype."""
-    return bool(np.isfinite(as_written(np.array([value], dtype=source_dtype), as_dtype)[0]))
 
 
 # ----- helpers ------------------------------------------------------------------------------------

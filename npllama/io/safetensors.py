@@ -477,6 +477,17 @@ def as_written(array: np.ndarray, as_dtype: str) -> np.ndarray:
     return bf16_bits_to_float32(converted) if target == "BF16" else converted
 
 
+def stays_finite(value: float, source_dtype, as_dtype: str) -> bool:
+    """Whether `value` (of source_dtype) is still finite once written with as_dtype (as_written)."""
+    return bool(np.isfinite(as_written(np.array([value], dtype=source_dtype), as_dtype)[0]))
+
+
+def largest_finite(array: np.ndarray) -> float:
+    """The largest magnitude among the array's finite entries (0.0 when none): what a narrower type
+    must hold (an entry already inf or NaN is written as it is)."""
+    return float(np.max(np.abs(array), initial=0.0, where=np.isfinite(array)))
+
+
 # ----- small helpers ------------------------------------------------------------------------------
 
 def _check_float_dtype_or_none(arg: str, dtype):

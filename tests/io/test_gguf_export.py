@@ -312,3 +312,26 @@ def test_a_weight_the_outtype_would_make_inf_is_refused_naming_it(tmp_path, toke
     for outtype in ("q8_0", "bf16", "f32"):                  # a Q8_0 scale of 551: fine
         fields, tensors, _ = _read(export_with(0.5, 7e4, outtype))
         assert all(np.all(np.isfinite(t.astype(np.float32))) for t in tensors.values() if t.dtype.kind == "f")
+
+
+def test_check_outtype_holds_at_its_edges():
+    """Entries already inf or NaN are written as they are (not this check's business) and do not
+    hide a finite one past the range; vectors are float32 whatever the outtype; a Q8_0 row of
+    exactly 32 is one block (its scale holds 7e4), a row of 31 is float16 (it does not)."""
+    from npllama.io.gguf_export import check_outtype_holds
+
+    broken = np.zeros((2, 32), np.float32)
+    broken[0, :2] = np.nan, np.inf
+    check_outtype_holds({"w": broken}, "f16")
+    broken[1, 3] = -7e4
+    with pytest.raises(ValueError, match=r"tensor 'w' holds 70000, which outtype 'f16' would write as inf"):
+        check_outtype_holds({"w": broken}, "f16")
+    check_outtype_holds({"norm": np.full(4, 1e6, np.float32)}, "f16")
+    for columns, holds in ((32, True), (31, False)):
+        big = np.zeros((3, columns), np.float32)
+        big[2, 0] = 7e4
+        if holds:
+            check_outtype_holds({"w": big}, "q8_0")
+        else:
+            with pytest.raises(ValueError, match="outtype 'q8_0' would write as inf"):
+                check_outtype_holds({"w": big}, "q8_0")

@@ -112,6 +112,10 @@ STEP_GROWTH = 100.0
 MAX_GROWTHS = 6
 MAX_JUMP = 1e4
 UNRESOLVED = 0.5
+# "f did not change at all": rounding inside f is offered as the reason only for gradients below
+# this.  One step of a unit-size input (eps = 1e-4) moves f by ~1e-4 * g; for values of f's inner
+# terms up to ~1e4 to round that away (spacing ~2e-12), g must be under ~2e-8.
+ROUNDS_AWAY = 2e-8
 # A probe that fails is measured again (_steadiness_checked): f's rounding is estimated from its
 # values NOISE_SPACINGS steps apart, and D(t) is taken at RESTEP_FACTORS times the step, since a
 # cancellation inside f shows at short steps (its rounding / step) or, where f moves in stairs
@@ -1130,13 +1134,15 @@ def _notes(report: InputReport, n_entries, n_finite, probes, passed, unresolved,
     numeric = np.array(probes.numeric)
     if not report.ok and numeric.size and np.all(numeric == 0) and np.any(np.array(probes.analytic) != 0):
         largest_claimed = float(np.max(np.abs(np.array(probes.analytic, dtype=np.float64))))
+        rounding = ("" if largest_claimed >= ROUNDS_AWAY else
+                    ", or f is a difference of larger numbers that rounds to the same value at every step, so a "
+                    f"gradient as small as the analytic ones here (largest {largest_claimed:.2g}) cannot move it (a "
+                    "cross-entropy whose target logit leads the others by ~37 or more is exactly 0.0 in float64: "
+                    "check at less extreme inputs)")
         notes.append("f did not change at all when this input moved: either f does not depend on it here "
                      "(its true gradient is zero there: a sign, a rounding, a normalised single value), or fn "
                      "does not read the arrays it is given (they are changed in place; a copy made before the "
-                     "call would not see it), or f is a difference of larger numbers that rounds to the same "
-                     "value at every step, so a gradient as small as the analytic ones here (largest "
-                     f"{largest_claimed:.2g}) cannot move it (a cross-entropy whose target logit leads the others "
-                     "by ~37 or more is exactly 0.0 in float64: check at less extreme inputs)")
+                     f"call would not see it){rounding}")
     if not report.ok and any(r and not p and not s and np.isfinite(v)
                              for r, p, s, v in zip(probes.rough, passed, unsteady, probes.numeric)):
         notes.append("along a failing probe f did not behave like a smooth function (its differences at steps "

@@ -369,3 +369,30 @@ def test_what_start_prints_works_pasted_where_it_ran_with_the_exercise_file_in_a
     exec(textwrap.dedent(printed.split("the same checks:\n", 1)[1]), namespace)
     with pytest.raises(AssertionError, match="not implemented yet"):
         namespace["test_gelu_backward"]()
+
+
+def test_a_variant_that_redefines_a_check_is_reported_by_its_own_name(tmp_path):
+    """A teacher's subclass that redefines one of the library exercise's checks (same method, its own
+    @check) runs its code where the check stood, as often as its @check says, and the report and
+    to_dict name it by the subclass's name and description, not the replaced one's."""
+    path = tmp_path / "ln_exercise.py"
+    path.write_text("from npllama.exercises.definitions import LayerNorm, check\n"
+                    "from npllama.exercises.checks import CheckFailed\n"
+                    "from npllama.exercises.diagnose import Finding\n\n\n"
+                    "class StrictLayerNorm(LayerNorm):\n"
+                    "    op, module = 'layernorm_strict', 'npllama.ops.layernorm'\n\n"
+                    "    @check('rows sum to 0 (strict)', 'each row of dx sums to 0 within 1e-30', sampled=False)\n"
+                    "    def check_rows_sum_to_zero(self, backward, params):\n"
+                    "        if params is not None:     # not sampled: run once, as its own @check says\n"
+                    "            raise CheckFailed(Finding('', 'run on sampled cases'))\n"
+                    "        super().check_rows_sum_to_zero(backward, self.edge_cases[0])\n")
+    strict = load_exercises(path)["layernorm_strict"]
+    from npllama.ops.layernorm import layernorm_backward
+
+    names = [c.name for c in strict.checks()]
+    assert "rows sum to 0 (strict)" in names and "rows sum to 0" not in names, names
+    assert not next(c for c in strict.checks() if c.method == "check_rows_sum_to_zero").sampled
+    report = check_function(strict, layernorm_backward, n_random=0)
+    assert report.ok, report.format()
+    assert "each row of dx sums to 0 within 1e-30" in report.format(), report.format()
+    assert report.to_dict()["checks"]["rows sum to 0 (strict)"] == "pass"

@@ -162,6 +162,9 @@ class Exercise:
             for name, fn in vars(klass).items():
                 info = getattr(fn, "check_info", None)
                 if info and all(c.method != name for c in found):
+                    # in the place its first definition gave it, as its last @check names it (a
+                    # subclass redefining a check runs its own code: its name and description go with it)
+                    info = getattr(getattr(type(self), name), "check_info", None) or info
                     found.append(Check(info[0], info[1], info[2], name))
         return found
 

@@ -311,3 +311,35 @@ def test_a_crash_under_a_decorator_is_located_where_it_happened(tmp_path, monkey
     finding = timed.first_failure.finding
     assert "(line 5 of timed.py: return dy * undefined_name, dy.sum(0))" in finding.message, finding.message
     assert "runpy.run_path('timed.py')['rmsnorm_backward']" in finding.hint, finding.hint
+
+
+def test_a_gradebook_row_after_a_stop_pairs_each_check_with_its_own_reason():
+    """A file whose gradient check failed, then stopped for time in the float32 check: the row's
+    status is the stop, its first_failure the gradient check, and its diagnosis that check's reason
+    followed by the stop's (it paired 'gradient' with the time limit's words).  A stop in the first
+    failing check keeps the stop's reason alone."""
+    from npllama.exercises.runner import GradingStopped
+    from npllama.exercises.sandbox import _graded_after_stop
+    from npllama.ops.rmsnorm import rmsnorm_backward as right
+
+    why = "stopped after 3 s of wall clock: an endless loop -- it was at line 7 of slow.py: while True:"
+
+    def late(dy, cache):
+        if dy.dtype == np.float32:
+            raise GradingStopped(why)
+        dx, dweight = right(dy, cache)
+        return dx, 2 * dweight
+
+    calls = []
+
+    def early(dy, cache):       # the checker's first call is a probe before any check
+        calls.append(1)
+        if len(calls) > 1:
+            raise GradingStopped(why)
+        return right(dy, cache)
+
+    row = _graded_after_stop("slow.py", check_function("rmsnorm", late, n_random=0), 3.0, "timeout", why).row()
+    assert row["status"] == "timeout" and row["first_failure"] == "gradient", row
+    assert row["diagnosis"].startswith("dweight") and row["diagnosis"].endswith(f"; then {why}"), row
+    row = _graded_after_stop("slow.py", check_function("rmsnorm", early, n_random=0), 3.0, "timeout", why).row()
+    assert row["first_failure"] == "returns" and row["diagnosis"] == why, row

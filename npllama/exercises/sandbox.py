@@ -187,8 +187,7 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
         where = f" at {submission.stuck_at}" if submission.stuck_at else ""
         return Graded(name, submission.ended, 0, len(exercise.checks()), f"{stopped}{where} {stage}", why, seconds,
                       f"{name}: {why}", **graded_on)
-    return dataclasses.replace(_graded(named_as, report, seconds, **graded_on), status=submission.ended,
-                               diagnosis=why)
+    return _graded_after_stop(named_as, report, seconds, submission.ended, why, **graded_on)
 
 
 def readable_name(name: str) -> str:
@@ -291,6 +290,18 @@ def _graded(named_as: str, report, seconds: float, **graded_on) -> Graded:
     diagnosis = "" if status == "pass" else (first.diagnosis if first is not None else report.summary())
     return Graded(named_as, status, report.passed, report.total, first.check.name if first else "",
                   diagnosis, seconds, report.format(), **graded_on)
+
+
+def _graded_after_stop(named_as: str, report, seconds: float, ended: str, why: str, **graded_on) -> Graded:
+    """The row of a submission stopped (timeout, crash) after some checks ran: its status is the
+    stop.  Where an earlier check had failed, first_failure names that check, so the diagnosis is
+    that check's, then the stop's ('gradient: dx is ...; then stopped after 3 s ...'): a teacher's
+    table must not pair one check's name with another's reason."""
+    graded = _graded(named_as, report, seconds, **graded_on)
+    first = report.first_failure
+    stopped_there = first is None or first is report.results[-1]    # the check the stop ended in
+    diagnosis = why if stopped_there else f"{first.diagnosis}; then {why}"
+    return dataclasses.replace(graded, status=ended, diagnosis=diagnosis)
 
 
 # ----- the grader's side of the child -------------------------------------------------------------

@@ -427,10 +427,13 @@ class Llama:
         """model.params is a plain dict: an array put in after the constructor's check, of another
         dtype or shape, would be upcast and broadcast by the NumPy ops but rounded down and read
         past its end by the kernels (the ops skip their checks inside these methods).  A quick
-        pass; the full check names the parameter."""
+        pass, accepting what check_params accepts (a memmap, an unpickled array whose dtype equals
+        the model's without being the same object), so that such arrays do not pay the full check
+        at every decoded token; the full check names the parameter."""
         params, shapes, dtype = self.params, self._param_shapes, np.dtype(self.dtype)
         if params.keys() != shapes.keys() or not all(
-                a.__class__ is np.ndarray and a.dtype is dtype and a.shape == shapes[name] for name, a in params.items()):
+                isinstance(a, np.ndarray) and (a.dtype is dtype or a.dtype == dtype) and a.shape == shapes[name]
+                for name, a in params.items()):
             from .io.hf import check_params
 
             check_params(self.config, params, dtype=dtype)

@@ -194,3 +194,42 @@ def test_a_parameter_replaced_by_another_dtype_or_shape_is_refused_on_both_backe
                      lambda: model.forward_step(tokens, model.new_kv_cache(1))):
             with pytest.raises(error, match=rf"params\['{re.escape(name)}'\] .*{match}"):
                 call()
+
+
+@pytest.mark.parametrize("how", ["same dtype and shape", "read-only", "memmap", "unpickled", "ndarray subclass"])
+def test_a_parameter_replaced_by_an_array_of_the_same_dtype_and_shape_runs_without_the_full_check(
+        how, tmp_path, monkeypatch):
+    """Arrays the constructor accepts pass the quick per-call look at model.params too: a memmap
+    (np.memmap, an ndarray subclass) and an unpickled array (its dtype equal to float32, not the
+    same object) fell to the full check_params at every forward_step, a cost per decoded token."""
+    import pickle
+
+    import npllama.io.hf
+
+    config = LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=8)
+    model = Llama(config, seed=0, dtype=np.float32)
+    tokens = np.array([[1, 2, 3]])
+    expected = model.forward(tokens)
+    name = "model.layers.0.mlp.up_proj.weight"
+    original = model.params[name]
+    if how == "same dtype and shape":
+        model.params[name] = original.copy()
+    elif how == "read-only":
+        model.params[name] = original.copy()
+        model.params[name].flags.writeable = False
+    elif how == "memmap":
+        model.params[name] = np.memmap(tmp_path / "w", dtype=original.dtype, mode="w+", shape=original.shape)
+        model.params[name][...] = original
+    elif how == "unpickled":
+        model.params[name] = pickle.loads(pickle.dumps(original))
+        assert model.params[name].dtype is not original.dtype      # what made the quick look fail
+    else:
+        model.params[name] = original.view(type("Weights", (np.ndarray,), {}))
+    full_checks = []
+    monkeypatch.setattr(npllama.io.hf, "check_params", lambda *args, **kwargs: full_checks.append(args))
+    for backend_name in ("numpy", "numba"):
+        with use_backend(backend_name):
+            assert_close(model.forward(tokens), expected, "logits")
+            model.forward_step(tokens, model.new_kv_cache(1))
+    assert full_checks == []

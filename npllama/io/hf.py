@@ -173,12 +173,13 @@ def with_generation_end_ids(config: LlamaConfig, generation_config_path) -> Llam
     file exists.  transformers' generate stops at that file's ids, which can be more than
     config.json's: Meta-Llama-3-8B-Instruct lists its end of turn (128009) only there.  Joined,
     not replaced, as npllama adds the tokenizer's </s> too: one more id to stop at is safe, a
-    missing one lets the text run on past its end.  A malformed id is a CheckpointError."""
+    missing one lets the text run on past its end.  A file that is no JSON object, or a malformed
+    id, is a CheckpointError, as in config.json."""
     path = Path(generation_config_path)
     if not path.is_file():
         return config
-    fields = _load_json(path)
-    listed = fields.get("eos_token_id") if isinstance(fields, dict) else None
+    fields = _load_json_object(path)
+    listed = fields.get("eos_token_id")
     if listed is None or listed == []:
         return config
     ids = listed if isinstance(listed, list) else [listed]
@@ -206,9 +207,7 @@ def _read_config_and_fields(config_path) -> tuple[LlamaConfig, dict]:
             "; this folder looks like Meta's original release (params.json, consolidated.*.pth: "
             "pickles, with q/k in Meta's RoPE layout): convert it with transformers' "
             "convert_llama_weights_to_hf.py, which writes a Hugging Face folder" if meta else ""))
-    raw = _load_json(config_path)
-    if not isinstance(raw, dict):
-        raise CheckpointError(config_path, f"must hold a JSON object, got {type(raw).__name__}")
+    raw = _load_json_object(config_path)
     try:
         return LlamaConfig.from_dict(raw), raw
     except (ValueError, TypeError) as e:
@@ -530,6 +529,14 @@ def _write_json(path: Path, obj) -> None:
 def _load_json(path: Path):
     """A config or index: a regular file of at most MAX_JSON_BYTES (a FIFO is refused, not waited on)."""
     return read_json(path, max_bytes=MAX_JSON_BYTES, error=CheckpointError)
+
+
+def _load_json_object(path: Path) -> dict:
+    """config.json or generation_config.json: _load_json's, and a JSON object (a CheckpointError if not)."""
+    fields = _load_json(path)
+    if not isinstance(fields, dict):
+        raise CheckpointError(path, f"must hold a JSON object, got {type(fields).__name__}")
+    return fields
 
 
 def _float_dtype(arg: str, dtype) -> np.dtype:

@@ -779,3 +779,28 @@ def test_several_end_ids_survive_a_round_trip_and_end_a_generation(tmp_path):
         with pytest.raises(ValueError, match="eos_token_id must be None, an id or a non-empty list"):
             LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                         num_attention_heads=2, eos_token_id=bad)
+
+
+def test_generation_config_json_end_ids_join_once_and_survive_save_and_load(tmp_path):
+    """generation_config.json's eos_token_id (one id, a list, null) joins config.json's without
+    duplicates; a folder saved from the joined model and loaded again, several times, keeps the
+    same ids in both files (nothing grows); without the file, config.json's id alone.  A file that
+    is no JSON object is refused, as config.json is (it was silently ignored, while invalid JSON
+    was refused)."""
+    folder = tmp_path / "m"
+    Llama(small_config(eos_token_id=2), seed=0).save_pretrained(folder)
+    generation = folder / "generation_config.json"
+    for listed, expected in [(None, 2), (7, [2, 7]), ([7, 2, 7], [2, 7]), ([2], 2), ([], 2)]:
+        generation.write_text(json.dumps({"bos_token_id": 1, "eos_token_id": listed}))
+        assert Llama.from_pretrained(folder).config.eos_token_id == expected, listed
+    generation.unlink()
+    assert Llama.from_pretrained(folder).config.eos_token_id == 2
+    generation.write_text(json.dumps({"eos_token_id": [9, 7]}))
+    for _ in range(3):
+        Llama.from_pretrained(folder).save_pretrained(folder)
+        assert json.loads((folder / "config.json").read_text())["eos_token_id"] == [2, 9, 7]
+        assert json.loads(generation.read_text())["eos_token_id"] == [2, 9, 7]
+    for not_an_object in ("[7]", "7", '"eos"', "null"):
+        generation.write_text(not_an_object)
+        with pytest.raises(CheckpointError, match=r"generation_config.json: must hold a JSON object"):
+            Llama.from_pretrained(folder)

@@ -203,9 +203,14 @@ def _config(path: Path, reader, tensors: dict) -> LlamaConfig:
         if head_dim is None and isinstance(hidden, int) and isinstance(heads, int) and heads > 0:
             head_dim = hidden // heads
         scaling = _llama3_scaling(path, dequantize(path, tensors["rope_freqs.weight"]), head_dim, rope_theta)
+    # the ids llama.cpp starts and ends a text with: where the file names them, the model's too
+    # (generation stops at config.eos_token_id; LlamaConfig's defaults are SentencePiece's 1 and 2)
+    special = {field: value for field, key in (("bos_token_id", "tokenizer.ggml.bos_token_id"),
+                                               ("eos_token_id", "tokenizer.ggml.eos_token_id"))
+               if (value := _value(path, reader, key, None)) is not None}
     try:
         config = LlamaConfig(
-            vocab_size=vocab, hidden_size=hidden,
+            **special, vocab_size=vocab, hidden_size=hidden,
             intermediate_size=_value(path, reader, "llama.feed_forward_length"),
             num_hidden_layers=_value(path, reader, "llama.block_count"),
             num_attention_heads=heads,

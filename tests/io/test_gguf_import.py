@@ -250,3 +250,24 @@ def test_mutated_files_load_or_raise_checkpoint_error(folder, tmp_path, robustne
                 refused += 1
     assert refused > 100
     robustness_count(f"GGUF files: mutated headers and metadata ({refused} of 200 reads refused)", 200)
+
+
+def test_the_files_bos_and_eos_ids_become_the_models(folder, tmp_path):
+    """A GGUF whose tokenizer.ggml.eos_token_id is not SentencePiece's 2 (a chat model ending its
+    turns with an added piece): the model's eos_token_id, where generation stops, is the file's --
+    it stayed LlamaConfig's default 2, so generation ran past the end and stopped at a plain piece."""
+    model = Llama.from_pretrained(folder)
+    path = tmp_path / "eos.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    _write_metadata(writer, gguf, model.config, "t", "f32")
+    writer.add_bos_token_id(3)
+    writer.add_eos_token_id(7)
+    for name, array in gguf_tensors(model.config, model.params).items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    config, _ = read_gguf(path)
+    assert (config.bos_token_id, config.eos_token_id) == (3, 7)
+    assert read_gguf(_write_with(tmp_path / "plain.gguf", folder, {}))[0].eos_token_id == model.config.eos_token_id

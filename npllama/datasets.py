@@ -348,9 +348,26 @@ def encode_labels(labels: list, label_names=None, num_labels: int | None = None,
         raise ValueError(f"{source}: {error}") from None
 
 
+def check_label_names(label_names) -> None:
+    """label_names given by hand (`finetune classify --labels`): two or more, none empty, none twice.
+    A name given twice would make a class no example can have (each label finds its first id), and
+    none would leave nothing to name the data's labels in the error that followed."""
+    names = [str(name) for name in label_names]
+    if any(not name.strip() for name in names):
+        raise ValueError(f"labels must be non-empty names, got {names}")
+    twice = sorted({name for name in names if names.count(name) > 1}, key=names.index)
+    if twice:
+        raise ValueError(f"labels must name each class once, got {', '.join(map(repr, twice))} more than once "
+                         f"in {', '.join(names)}")
+    if len(names) < 2:
+        raise ValueError(f"labels must name at least two classes (classification picks one of them), got {names}")
+
+
 def _encode_labels(labels: list, label_names, num_labels: int | None, lines) -> tuple[list[int], tuple]:
     if not labels:
         raise ValueError("the dataset is empty: no labels")
+    if label_names is not None:
+        check_label_names(label_names)
     if label_names is None:
         if all(isinstance(v, int) for v in labels) and min(labels) >= 0:
             from .budget import check_label_count

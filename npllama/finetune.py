@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -73,6 +74,8 @@ class StepConfig:
                 or not 0 <= self.weight_decay < float("inf"):
             raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}")
         require_non_negative_int("checkpoint_every", self.checkpoint_every)
+        # numpy's generators take no negative seed, and said so without naming it
+        require_non_negative_int("seed", self.seed)
 
     def optimizer_settings(self) -> dict:
         """AdamW's settings (npllama.optim.AdamW.settings_names) for this loop."""
@@ -325,6 +328,15 @@ def loss_change(losses: list) -> str:
             f"(mean of the first -> last {k} steps)")
 
 
+def report_saved(echo, out, what: str, use: str) -> None:
+    """The last line of a fine-tune: where its result went (`what`: "the classifier") and the command
+    that uses it (`use`, with OUT standing for the folder), or that nothing was kept without --out."""
+    if out is None:
+        echo("nothing saved: give --out DIR to keep the result")
+    else:
+        echo(f"saved {what} to {out}; use it: {use.replace('OUT', shlex.quote(str(out)))}")
+
+
 def encode_texts(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
     """`<s> text`, cut to max_len tokens (the beginning kept)."""
     return [ids[:max_len] for ids in tokenizer.encode_batch(list(texts), bos=True)]
@@ -478,6 +490,10 @@ class ClassifyConfig(FinetuneSettings):
         super().__post_init__()
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {self.split!r}")
+        if self.labels is not None:   # before the model loads
+            from .datasets import check_label_names
+
+            check_label_names(self.labels)
 
 
 @dataclasses.dataclass
@@ -596,7 +612,11 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
         info = {"task": "classify", "base": str(model_dir), "data": source, "lora": cc.lora,
                 "steps": cc.steps, "max_len": max_len, "metrics": metrics, "majority_baseline": baseline}
         out = run.publish(lambda folder: classifier.save(folder, tokenizer, base_dir=model_dir, info=info))
-        echo(f"saved {'the LoRA adapter (PEFT layout)' if cc.lora else 'the classifier'} to {out}")
+    if cc.lora:   # the adapter holds the head, not the base it adapts
+        report_saved(echo, out, "the LoRA adapter (PEFT layout)", f"npllama classify --model "
+                     f"{shlex.quote(str(model_dir))} --adapter OUT --text \"...\" (or --data a labelled file)")
+    else:
+        report_saved(echo, out, "the classifier", 'npllama classify --model OUT --text "..." (or --data a labelled file)')
     return ClassifyResult(metrics, baseline, tuple(names), trainable, total, losses, seconds, out)
 
 
@@ -645,6 +665,11 @@ class SFTConfig(FinetuneSettings):
     merge: bool = False              # with LoRA: save the merged model instead of the adapter
     chat_template: str | None = None  # "llama2", "llama3" or a .jinja file; None: the base folder's own
     samples: int = 2                 # greedy answers printed at the end
+
+    def __post_init__(self):
+        super().__post_init__()
+        # a negative count would slice the validation prompts from the end: all but the last ones
+        require_non_negative_int("samples", self.samples)
 
 
 @dataclasses.dataclass
@@ -756,7 +781,12 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     out = None
     if run is not None:
         out = run.publish(save)
-        echo(f"saved to {out}")
+    if sc_.lora and not sc_.merge:
+        report_saved(echo, out, "the LoRA adapter (PEFT layout)", f"npllama chat --model {shlex.quote(str(model_dir))} "
+                     f"--adapter OUT (or generate --chat, eval choice --template chat, with the same two flags)")
+    else:
+        report_saved(echo, out, "the merged model" if sc_.lora else "the model", "npllama chat --model OUT "
+                     "(or generate --chat, eval choice --template chat, with --model OUT)")
     return SFTResult(before, after, losses, samples, out)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .finetune import FinetuneSettings, _write_info, lora_dropout_on, loss_change, run_steps
+from .finetune import FinetuneSettings, _write_info, lora_dropout_on, loss_change, report_saved, run_steps
 from .objectives import (SOP_HEAD, TASKS, SentenceOrderBatches, check_pair_tokenizer, encode_pair,
                          evaluate_sentence_order, init_sop_head, mlm_sop_loss_and_grads, split_sentences,
                          unk_in_text_note)
@@ -165,7 +165,9 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
                 "steps": sc_.steps, "before": _json_numbers(before), "after": _json_numbers(after),
                 "majority_baseline": baseline}
         out = run.publish(lambda folder: _save(folder, model, head, tokenizer, info))
-        echo(f"saved the masked-LM model and its {sc_.pairs.upper()} head ({HEAD_FILE}) to {out}")
+    # a masked-LM model predicts no next token: a classifier fine-tuned from it is what it is for
+    report_saved(echo, out, f"the masked-LM model and its {sc_.pairs.upper()} head ({HEAD_FILE})",
+                 "npllama finetune classify --base OUT --out DIR (generate and eval refuse a masked-LM model)")
     return SentenceOrderResult(before, after, baseline, trainable, losses, seconds, out)
 
 

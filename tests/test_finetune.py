@@ -389,6 +389,51 @@ def test_sft_with_lora_saves_the_adapter_or_the_merged_model(base_dir, tmp_path)
     assert merged.lora is None and (tmp_path / "True" / "tokenizer.model").is_file()
 
 
+def _use_it(said: list[str]) -> list[str]:
+    """The command the last line of a fine-tune says to run on its result, as argv (without "npllama")."""
+    import shlex
+
+    last = said[-1]
+    assert "; use it: npllama " in last, said
+    return shlex.split(last.split("; use it: npllama ", 1)[1].split(" (", 1)[0])
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_saved_classifier_says_the_command_that_classifies_with_it_and_that_command_runs(
+        cli, base_dir, tmp_path, capsys, lora):
+    # Before: "saved the classifier to DIR" -- and a LoRA one needs its base as --model and the
+    # folder as --adapter, which nothing said.  Without --out, nothing said the run was not kept.
+    said = []
+    with use_backend("numpy"):
+        classify(ClassifyConfig(base=str(base_dir), steps=1, max_len=8, lora=lora, lora_r=2, progress=False,
+                                out=str(tmp_path / "my run")), echo=said.append)
+    argv = _use_it(said)
+    expected = ["--model", str(base_dir), "--adapter", str(tmp_path / "my run")] if lora else \
+        ["--model", str(tmp_path / "my run")]
+    assert argv == ["classify", *expected, "--text", "..."]
+    assert cli([*argv[:-1], "a good day", "--backend", "numpy"]) == 0
+    assert capsys.readouterr().out.strip().endswith("a good day")
+    said.clear()
+    with use_backend("numpy"):
+        classify(ClassifyConfig(base=str(base_dir), steps=1, max_len=8, progress=False), echo=said.append)
+    assert said[-1] == "nothing saved: give --out DIR to keep the result"
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_saved_sft_model_or_adapter_says_the_command_that_chats_with_it(cli, base_dir, tmp_path, capsys, lora):
+    data = datasets.write_jsonl(tmp_path / "few.jsonl", datasets.make_instructions(10))   # fast: 1000 built in
+    said = []
+    with use_backend("numpy"):
+        sft(SFTConfig(base=str(base_dir), data=str(data), steps=1, samples=0, progress=False, max_len=64, lora=lora,
+                      lora_r=2, out=str(tmp_path / "sft")), echo=said.append)
+    argv = _use_it(said)
+    expected = ["--model", str(base_dir), "--adapter", str(tmp_path / "sft")] if lora else ["--model", str(tmp_path / "sft")]
+    assert argv == ["chat", *expected]
+    # the same flags generate with the saved chat template (chat itself reads stdin)
+    assert cli(["generate", "--chat", *expected, "--prompt", "hi", "--max-new-tokens", "2", "--backend", "numpy"]) == 0
+    capsys.readouterr()
+
+
 # ----- multiple choice -------------------------------------------------------------------------------
 class CountingModel:
     """Logits that favour `previous token + 1`: a model that "knows" counting."""
@@ -546,14 +591,33 @@ def test_cli_bad_input(cli, base_dir, tmp_path, capsys):
         (["--lora-mlp"], "need --lora"),
         (["--steps", "0"], "steps must be a positive int"),
         (["--data", str(tmp_path / "nope.jsonl")], "does not exist"),
-        (["--data", str(train), "--labels", "neg"], "unknown label 'pos'"),
+        (["--data", str(train), "--labels", "neg,neutral"], "unknown label 'pos'"),
         (["--dataset", "topic", "--labels", "a,b"], "unknown label"),
+        # Before: a label named twice made a third class no example could have ("no training text has
+        # the label pos"); one name, or none, led to an error about the data's labels instead
+        (["--data", str(train), "--labels", "pos,neg,pos"], "--labels must name each class once, got 'pos'"),
+        (["--data", str(train), "--labels", "pos"], "--labels must name at least two classes"),
+        (["--data", str(train), "--labels", ","], "--labels must name at least two classes"),
+        # Before: numpy's "expected non-negative integer", naming no flag
+        (["--seed", "-1"], "--seed must be a non-negative int, got -1"),
     ]
     for extra, message in cases:
         status = cli(["finetune", "classify", "--base", str(base_dir), "--no-progress", *extra])
         err = capsys.readouterr().err
         assert status == 2 and message in err, (extra, err)
         assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("task, extra, message", [
+    ("sft", ["--seed", "-1"], "--seed must be a non-negative int, got -1"),
+    ("sop", ["--seed", "-1"], "--seed must be a non-negative int, got -1"),   # was "give more documents"
+    # Before: accepted, and val_rows[:-1] printed every validation answer but the last
+    ("sft", ["--samples", "-1"], "--samples must be a non-negative int, got -1"),
+])
+def test_cli_sft_and_sop_refuse_a_negative_count_naming_the_flag(cli, base_dir, capsys, task, extra, message):
+    assert cli(["finetune", task, "--base", str(base_dir), "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_cli_labels_typed_with_a_chinese_comma_are_two_labels(cli, base_dir, tmp_path, capsys):

@@ -87,7 +87,11 @@ def test_the_cli_trains_resumes_and_what_it_saves_refuses_to_generate(greetings,
     argv = ["finetune", "sop", "--base", str(base), "--data", str(docs), "--out", str(out), "--batch-size", "8",
             "--max-len", "24", "--no-progress", "--backend", "numpy"]
     assert main([*argv, "--steps", "4"]) == 0
-    assert "SOP accuracy" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "SOP accuracy" in said
+    # the last line says what the folder is for: a masked-LM model is fine-tuned, not generated from
+    assert said.splitlines()[-1].endswith(f"to {out}; use it: npllama finetune classify --base {out} --out DIR "
+                                          f"(generate and eval refuse a masked-LM model)")
     assert (out / HEAD_FILE).is_file() and (out / "sop_config.json").is_file()
     # a resume that asks for more steps continues from the checkpoint of step 4
     assert main(["finetune", "sop", "--out", str(out), "--resume", "--steps", "6", "--no-progress"]) == 0

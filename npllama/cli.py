@@ -52,6 +52,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}{_suggestion(message, self)} (see `{self.prog} --help`)\n")
 
 
+# tasks a user looks for under a command that does them under another name
+_MLM = "masked-LM training is `npllama train --objective mlm` (--init-from DIR to start from a model)"
+_DONE_ELSEWHERE = {
+    ("npllama finetune", "mlm"): _MLM, ("npllama finetune", "masked-lm"): _MLM,
+    ("npllama finetune", "nsp"): "next-sentence training is `npllama finetune sop --pairs nsp`",
+    ("npllama eval", "classify"): "a classifier is scored by `npllama classify --model DIR --data FILE`",
+}
+
+
 def _suggestion(message: str, parser: argparse.ArgumentParser) -> str:
     """"; did you mean 'generate'?" for argparse's invalid-choice message, else ""."""
     import re
@@ -59,6 +68,9 @@ def _suggestion(message: str, parser: argparse.ArgumentParser) -> str:
     match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
     if not match:
         return ""
+    elsewhere = _DONE_ELSEWHERE.get((parser.prog, match.group(1).lower()))
+    if elsewhere:
+        return f"; {elsewhere}"
     choices = re.findall(r"'([^']*)'", match.group(2)) or [c.strip() for c in match.group(2).split(",")]
     close = difflib.get_close_matches(match.group(1), choices, n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else ""

@@ -58,6 +58,10 @@ def test_defaults_are_said_once():
     # the model flag is --model where a model is run, --base where one is a starting point or a base
     (["finetune", "classify", "--model", "x"], "did you mean --base?"),
     (["generate", "--base", "x"], "did you mean --model?"),
+    # a task looked for under the command that does not do it: the command that does (was no hint at all)
+    (["finetune", "mlm"], "masked-LM training is `npllama train --objective mlm`"),
+    (["finetune", "nsp"], "`npllama finetune sop --pairs nsp`"),
+    (["eval", "classify"], "`npllama classify --model DIR --data FILE`"),
 ])
 def test_a_mistyped_command_or_flag_gets_a_suggestion(argv, hint, capsys):
     with pytest.raises(SystemExit) as exit_info:

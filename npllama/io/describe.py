@@ -56,8 +56,7 @@ def _describe_folder(folder: Path) -> str:
                     "(AutoModelForCausalLM.from_pretrained(path).save_pretrained(out))")
         return "has config.json but no weights (model.safetensors); copy the weights in"
     if "adapter_config.json" in names:
-        return ("is a LoRA/PEFT adapter folder, not a whole model: load its base model and attach "
-                "the adapter")
+        return _describe_adapter(folder)
     if (folder / "model" / "config.json").is_file() or (folder / "checkpoint" / "model" / "config.json").is_file():
         return "is an npllama run folder: pass it as --model (its model/ subfolder is loaded)"
     started = _run_started_in(names)
@@ -79,6 +78,23 @@ def _describe_folder(folder: Path) -> str:
             return f"is a folder without config.json (not a Hugging Face model folder); it holds {file.name}, which {kind}"
     return ("is a folder without config.json, so not a Hugging Face model folder (expected "
             "config.json and model.safetensors, or a run folder from `npllama train`)")
+
+
+def _describe_adapter(folder: Path) -> str:
+    """An adapter folder: the base it names and the commands that attach it (by its task type)."""
+    import json
+
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    config = config if isinstance(config, dict) else {}
+    base = config.get("base_model_name_or_path")
+    named = f" ({base!r}, as its adapter_config.json names it)" if isinstance(base, str) and base else ""
+    commands = {"SEQ_CLS": "`npllama classify`", "CAUSAL_LM": "`npllama generate`, `chat` and `eval`"}.get(
+        config.get("task_type"), "`npllama classify` (a classification adapter) or `generate`, `chat` and `eval`")
+    return (f"is a LoRA/PEFT adapter folder, not a whole model: load its base model{named} and attach the "
+            f"adapter, with --model BASE --adapter {folder} in {commands}")
 
 
 # ----- files --------------------------------------------------------------------------------------

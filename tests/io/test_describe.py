@@ -44,6 +44,17 @@ def _adapter(path):
     (path / "adapter_model.safetensors").write_bytes(b"")
 
 
+def _classification_adapter(path):
+    path.mkdir()
+    (path / "adapter_config.json").write_text(json.dumps({"task_type": "SEQ_CLS",
+                                                          "base_model_name_or_path": "runs/tiny/model"}))
+
+
+def _causal_adapter(path):
+    path.mkdir()
+    (path / "adapter_config.json").write_text(json.dumps({"task_type": "CAUSAL_LM"}))
+
+
 def _meta(path):
     path.mkdir()
     (path / "params.json").write_text("{}")
@@ -84,6 +95,12 @@ CASES = [
     ("hf", _hf, ["Hugging Face model folder", "from_pretrained"]),
     ("hf-pickle", _hf_pickle, ["pytorch_model.bin", "never opens", "save_pretrained"]),
     ("adapter", _adapter, ["adapter", "base model"]),
+    # the base its config names, and the flags and commands that attach it (was "load its base model
+    # and attach the adapter", with no base and no flag)
+    ("cls_adapter", _classification_adapter, ["load its base model ('runs/tiny/model', as its adapter_config.json",
+                                              "--model BASE --adapter ", "cls_adapter in `npllama classify`"]),
+    ("lm_adapter", _causal_adapter, ["load its base model and attach", "lm_adapter in `npllama generate`, `chat` "
+                                     "and `eval`"]),
     ("meta", _meta, ["Meta's original LLaMA", "convert_llama_weights_to_hf"]),
     ("folder", _folder_holding_a_gguf, ["without config.json", "model-q8.gguf", "GGUF file"]),
     ("plain", _plain_folder, ["without config.json", "not a Hugging Face model folder"]),

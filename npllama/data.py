@@ -345,8 +345,18 @@ def _checked_record(line: str, where: str, fields: dict) -> dict:
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if not isinstance(record[field], kinds) or isinstance(record[field], bool):
             raise ValueError(f'{where}: "{field}" must be a {" or ".join(k.__name__ for k in kinds)}, '
-                             f'got {type(record[field]).__name__}')
+                             f'got {json_type_name(record[field])}')
     return record
+
+
+def json_type_name(value) -> str:
+    """A parsed JSON value's type as the file spells it where Python's name would puzzle
+    ("null", not "NoneType"; "true/false", not "bool"); else Python's (int, float, list, dict)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return type(value).__name__
 
 
 # ----- tokenizing ----------------------------------------------------------------------------------

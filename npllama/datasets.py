@@ -449,8 +449,11 @@ def read_sft(path) -> tuple[list[dict], list[int]]:
         for field in ("prompt", "response", "system"):
             if field == "system" and r.get(field) is None:
                 continue
-            if not isinstance(r.get(field), str):
-                raise ValueError(f'{where}: "{field}" must be a string, got {type(r.get(field)).__name__}')
+            if field not in r:
+                raise ValueError(f'{where} has no "{field}" field: each line is {{"prompt": ..., "response": ...}} '
+                                 f'(with an optional "system"), or {{"messages": [...]}}')
+            if not isinstance(r[field], str):
+                raise ValueError(f'{where}: "{field}" must be a string, got {data.json_type_name(r[field])}')
         if not r["response"].strip():
             raise ValueError(f"{where} has an empty response (nothing to learn)")
     return records, [line for line, _ in numbered]

@@ -73,6 +73,13 @@ def test_reader_errors_name_the_file_and_line(tmp_path):
     bad.write_text('{"text": 3, "label": "a"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match='"text" must be a str, got int'):
         load_labelled(bad)
+    # JSON's names for JSON's values (was "got NoneType", "got bool")
+    bad.write_text('{"text": "ok", "label": null}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match='line 1: "label" must be a str or int, got null$'):
+        load_labelled(bad)
+    bad.write_text('{"text": "ok", "label": true}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match='"label" must be a str or int, got true/false$'):
+        load_labelled(bad)
     bad.write_text("\n\n", encoding="utf-8")
     with pytest.raises(ValueError, match="is empty"):
         load_labelled(bad)
@@ -165,7 +172,7 @@ def test_sft_and_choice_files(tmp_path):
     for record, message in (({"messages": conversation[:1]}, "sft.jsonl line 1 has no assistant message"),
                             ({"messages": [{"role": "bot", "content": "x"}]}, r"sft.jsonl line 1: messages\[0\]\['role'\]"),
                             ({"prompt": "Hi", "response": "Yo", "system": 5}, 'sft.jsonl line 1: "system" must be a string'),
-                            ({"prompt": "Hi", "completion": "Yo"}, '"response" must be a string'),
+                            ({"prompt": "Hi", "completion": "Yo"}, 'line 1 has no "response" field'),
                             ({"text": "Hi"}, 'with "prompt" and "response" fields, or with a "messages" list')):
         write_jsonl(path, [record])
         with pytest.raises(ValueError, match=message):
@@ -256,3 +263,19 @@ def test_a_stratified_split_by_hand():
     assert len(val) == 5 and sum(labels[i] == "z" for i in val) == 2
     with pytest.raises(ValueError, match=r"strata must give one label per item \(10\), got 9"):
         split_train_val(10, 0.2, strata=[0] * 9)
+
+
+def test_sft_lines_without_a_field_say_which_and_the_expected_shape(tmp_path):
+    from npllama.datasets import read_sft
+
+    bad = tmp_path / "sft.jsonl"
+    # Before: '"response" must be a string, got NoneType' for a line that has no "response" at all
+    bad.write_text('{"prompt": "hi", "response": "yo"}\n{"prompt": "hi"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r'sft.jsonl line 2 has no "response" field: each line is \{"prompt"'):
+        read_sft(bad)
+    bad.write_text('{"prompt": "hi", "response": null}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match='line 1: "response" must be a string, got null$'):
+        read_sft(bad)
+    bad.write_text('{"prompt": "hi", "response": "yo", "system": 3}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match='"system" must be a string, got int$'):
+        read_sft(bad)

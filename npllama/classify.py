@@ -85,7 +85,19 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
         require_path("adapter", adapter, "a LoRA adapter folder")
         from .lora import load_adapter
 
-        model, tokenizer, model_dir = load_model_and_tokenizer(path, dtype=dtype)
+        from .io.errors import CheckpointError
+        from .io.hf import SCORE_NAME
+
+        try:
+            model, tokenizer, model_dir = load_model_and_tokenizer(path, dtype=dtype)
+        except CheckpointError as error:
+            if error.tensor != SCORE_NAME:
+                raise
+            # the generic advice (`npllama classify --model path`) would not say what --adapter wanted
+            raise CheckpointError(error.path, f"this is a classifier already (its own score head), but the adapter "
+                                  f"{str(adapter)!r} attaches to the base language model it was trained on: give "
+                                  f"that as the model, or classify with this folder alone, without the adapter",
+                                  tensor=SCORE_NAME) from None
         load_adapter(model, adapter)   # under the adapter run's reader lock
         return adapted_classifier(model, adapter, tokenizer, model_dir)
 

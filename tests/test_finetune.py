@@ -419,6 +419,20 @@ def test_a_saved_classifier_says_the_command_that_classifies_with_it_and_that_co
     assert said[-1] == "nothing saved: give --out DIR to keep the result"
 
 
+def test_an_adapter_given_with_a_classifier_instead_of_its_base_says_which_to_drop(base_dir, tmp_path):
+    # Before: "use it with `npllama classify --model DIR`" -- what the user had typed, --adapter aside
+    from npllama.classify import load_classifier
+    from npllama.io.errors import CheckpointError
+
+    with use_backend("numpy"):
+        classify(ClassifyConfig(base=str(base_dir), steps=1, max_len=8, progress=False, out=str(tmp_path / "c")),
+                 echo=quiet)
+    (tmp_path / "adapter").mkdir()
+    with pytest.raises(CheckpointError, match=r"this is a classifier already \(its own score head\), but the "
+                                              r"adapter '.*adapter' attaches to the base language model"):
+        load_classifier(tmp_path / "c", adapter=tmp_path / "adapter")
+
+
 @pytest.mark.parametrize("lora", [False, True])
 def test_a_saved_sft_model_or_adapter_says_the_command_that_chats_with_it(cli, base_dir, tmp_path, capsys, lora):
     data = datasets.write_jsonl(tmp_path / "few.jsonl", datasets.make_instructions(10))   # fast: 1000 built in

@@ -101,8 +101,12 @@ def _score_file(args) -> int:
     names = classifier.label_names
     try:
         truth, _ = datasets.encode_labels(labels, names, source=args.data, lines=lines)
-    except ValueError as error:
-        raise UsageError(f"--data: {error} (the classifier's labels: {', '.join(map(str, names))})") from None
+    except ValueError as error:   # the labels it lists are the classifier's: say so, once
+        listed = f"the labels are {', '.join(map(str, names))}"
+        said = str(error).replace(listed, f"the classifier's labels are {', '.join(map(str, names))}")
+        if said == str(error):
+            said += f" (the classifier's labels: {', '.join(map(str, names))})"
+        raise UsageError(f"--data: {said}") from None
     with use_backend(args.backend or get_backend()):
         predicted = classifier.probabilities(texts, batch_size=args.batch_size).argmax(1)
     metrics = classification_metrics(truth, predicted, len(names))

@@ -173,8 +173,9 @@ def latest_run() -> Path:
         path = Path(read_text(marker, max_bytes=64 * 1024).strip())  # a path: a few hundred bytes
         if path.is_dir():
             return path
-    raise FileNotFoundError(f"no trained model found ({marker} names none); run `npllama train` first "
-                            f"or pass --model DIR")
+    # the fine-tunes name the model they start from --base, the other commands --model
+    raise FileNotFoundError(f"no trained model found ({marker} names none); run `npllama train` first, or "
+                            f"name a model folder: --model DIR (--base DIR for `npllama finetune`)")
 
 
 def recover_checkpoint(run_dir: Path, rename: bool = True) -> Path | None:

@@ -622,6 +622,15 @@ def test_cli_bad_input(cli, base_dir, tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("task", ["classify", "sft", "sop"])
+def test_a_fine_tune_with_no_run_to_start_from_names_its_own_flag(cli, tmp_path, monkeypatch, capsys, task):
+    # Before: "run `npllama train` first or pass --model DIR", a flag finetune does not have
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
+    assert cli(["finetune", task, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no trained model found" in err and "--base DIR for `npllama finetune`" in err, err
+
+
 @pytest.mark.parametrize("task, extra, message", [
     ("sft", ["--seed", "-1"], "--seed must be a non-negative int, got -1"),
     ("sop", ["--seed", "-1"], "--seed must be a non-negative int, got -1"),   # was "give more documents"

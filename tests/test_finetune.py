@@ -599,7 +599,12 @@ def test_cli_bad_input(cli, base_dir, tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("", encoding="utf-8")
     cases = [
-        (["--data", str(train), "--val-data", str(val)], "unknown label 'neutral'"),
+        # whose labels they are, and how to keep one only validation has (was the first sentence alone)
+        (["--data", str(train), "--val-data", str(val)], "line 1 has the unknown label 'neutral'; the labels are neg, "
+                                                         f"pos (the labels of {train}; a label it has no example of "
+                                                         "can be kept, as a class the head never learns, by naming "
+                                                         "every label with --labels)"),
+        (["--val-data", str(val)], "(the labels of the built-in sentiment set;"),
         (["--data", str(empty)], "is empty"),
         (["--lora", "--lora-r", "1000"], "r=1000 is larger than"),
         (["--lora-mlp"], "need --lora"),

@@ -431,12 +431,18 @@ class Llama:
         the model's without being the same object), so that such arrays do not pay the full check
         at every decoded token; the full check names the parameter."""
         params, shapes, dtype = self.params, self._param_shapes, np.dtype(self.dtype)
-        if params.keys() != shapes.keys() or not all(
-                isinstance(a, np.ndarray) and (a.dtype is dtype or a.dtype == dtype) and a.shape == shapes[name]
-                for name, a in params.items()):
-            from .io.hf import check_params
+        if params.keys() == shapes.keys():
+            # a plain loop, not all(<generator>): someone stepping into loss_and_grads with pdb
+            # would otherwise step through one generator frame per parameter
+            for name, a in params.items():
+                if not (isinstance(a, np.ndarray) and (a.dtype is dtype or a.dtype == dtype)
+                        and a.shape == shapes[name]):
+                    break
+            else:
+                return
+        from .io.hf import check_params
 
-            check_params(self.config, params, dtype=dtype)
+        check_params(self.config, params, dtype=dtype)
 
     def _check_inputs(self, tokens, attention_mask=None, targets=None, ignore_index=-100, offset=0, causal=True):
         """tokens (B, T), the padding mask (bool (B, T), or None) and, when given, targets (B, T):

@@ -328,13 +328,15 @@ def loss_change(losses: list) -> str:
             f"(mean of the first -> last {k} steps)")
 
 
-def report_saved(echo, out, what: str, use: str) -> None:
+def report_saved(echo, out, what: str, use) -> None:
     """The last line of a fine-tune: where its result went (`what`: "the classifier") and the command
-    that uses it (`use`, with OUT standing for the folder), or that nothing was kept without --out."""
+    that uses it (`use(folder)`: the command given the folder, shell-quoted), or that nothing was kept
+    without --out.  A function, not a text with a word standing for the folder: the word could be
+    part of the base's path in the same command."""
     if out is None:
         echo("nothing saved: give --out DIR to keep the result")
     else:
-        echo(f"saved {what} to {out}; use it: {use.replace('OUT', shlex.quote(str(out)))}")
+        echo(f"saved {what} to {out}; use it: {use(shlex.quote(str(out)))}")
 
 
 def encode_texts(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
@@ -620,10 +622,11 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
                 "steps": cc.steps, "max_len": max_len, "metrics": metrics, "majority_baseline": baseline}
         out = run.publish(lambda folder: classifier.save(folder, tokenizer, base_dir=model_dir, info=info))
     if cc.lora:   # the adapter holds the head, not the base it adapts
-        report_saved(echo, out, "the LoRA adapter (PEFT layout)", f"npllama classify --model "
-                     f"{shlex.quote(str(model_dir))} --adapter OUT --text \"...\" (or --data a labelled file)")
+        report_saved(echo, out, "the LoRA adapter (PEFT layout)", lambda folder: f"npllama classify --model "
+                     f"{shlex.quote(str(model_dir))} --adapter {folder} --text \"...\" (or --data a labelled file)")
     else:
-        report_saved(echo, out, "the classifier", 'npllama classify --model OUT --text "..." (or --data a labelled file)')
+        report_saved(echo, out, "the classifier",
+                     lambda folder: f'npllama classify --model {folder} --text "..." (or --data a labelled file)')
     return ClassifyResult(metrics, baseline, tuple(names), trainable, total, losses, seconds, out)
 
 
@@ -789,11 +792,12 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     if run is not None:
         out = run.publish(save)
     if sc_.lora and not sc_.merge:
-        report_saved(echo, out, "the LoRA adapter (PEFT layout)", f"npllama chat --model {shlex.quote(str(model_dir))} "
-                     f"--adapter OUT (or generate --chat, eval choice --template chat, with the same two flags)")
+        report_saved(echo, out, "the LoRA adapter (PEFT layout)", lambda folder: f"npllama chat --model "
+                     f"{shlex.quote(str(model_dir))} --adapter {folder} (or generate --chat, eval choice --template "
+                     f"chat, with the same two flags)")
     else:
-        report_saved(echo, out, "the merged model" if sc_.lora else "the model", "npllama chat --model OUT "
-                     "(or generate --chat, eval choice --template chat, with --model OUT)")
+        report_saved(echo, out, "the merged model" if sc_.lora else "the model", lambda folder: f"npllama chat "
+                     f"--model {folder} (or generate --chat, eval choice --template chat, with --model {folder})")
     return SFTResult(before, after, losses, samples, out)
 
 

@@ -167,7 +167,8 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
         out = run.publish(lambda folder: _save(folder, model, head, tokenizer, info))
     # a masked-LM model predicts no next token: a classifier fine-tuned from it is what it is for
     report_saved(echo, out, f"the masked-LM model and its {sc_.pairs.upper()} head ({HEAD_FILE})",
-                 "npllama finetune classify --base OUT --out DIR (generate and eval refuse a masked-LM model)")
+                 lambda folder: f"npllama finetune classify --base {folder} --out DIR (generate and eval refuse a "
+                                "masked-LM model)")
     return SentenceOrderResult(before, after, baseline, trainable, losses, seconds, out)
 
 

@@ -448,6 +448,17 @@ def test_a_saved_sft_model_or_adapter_says_the_command_that_chats_with_it(cli, b
     capsys.readouterr()
 
 
+def test_the_use_it_line_keeps_a_base_path_that_holds_the_word_out_and_a_space(base_dir, tmp_path):
+    # Before: the command was a template with OUT standing for the folder, replaced everywhere -- also
+    # inside the base's path, so a LoRA run on ".../OUTPUT base" said --model '.../<the run folder>PUT base'
+    base = shutil.copytree(base_dir, tmp_path / "OUTPUT base")
+    said = []
+    with use_backend("numpy"):
+        classify(ClassifyConfig(base=str(base), steps=1, max_len=8, lora=True, lora_r=2, progress=False,
+                                out=str(tmp_path / "run")), echo=said.append)
+    assert _use_it(said) == ["classify", "--model", str(base), "--adapter", str(tmp_path / "run"), "--text", "..."]
+
+
 # ----- multiple choice -------------------------------------------------------------------------------
 class CountingModel:
     """Logits that favour `previous token + 1`: a model that "knows" counting."""

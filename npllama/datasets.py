@@ -349,8 +349,8 @@ def encode_labels(labels: list, label_names=None, num_labels: int | None = None,
 
 
 def check_label_names(label_names) -> None:
-    """label_names given by hand (`finetune classify --labels`): two or more, none empty, none twice.
-    A name given twice would make a class no example can have (each label finds its first id), and
+    """label_names given (`finetune classify --labels`, a saved classifier's, a built-in set's): two or
+    more, none empty, none twice.  A name given twice would make a class no example can have (each label finds its first id), and
     none would leave nothing to name the data's labels in the error that followed."""
     names = [str(name) for name in label_names]
     if any(not name.strip() for name in names):

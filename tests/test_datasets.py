@@ -144,6 +144,18 @@ def test_encode_labels():
         encode_labels(["a", "a"])
 
 
+def test_encode_labels_refuses_names_given_twice_wherever_they_come_from():
+    # not only `finetune classify --labels` (ClassifyConfig checks those first): a saved classifier's
+    # id2label naming a class twice would score its second id as never right (each label finds its first)
+    with pytest.raises(ValueError, match="labels must name each class once, got 'x' more than once in x, y, x"):
+        encode_labels(["x", "y"], ("x", "y", "x"))
+    with pytest.raises(ValueError, match="at least two classes"):
+        encode_labels(["x"], ("x",))
+    # a name may hold a space or a comma (only the --labels flag splits at commas)
+    assert encode_labels(["very good", "bad, really"], ("bad, really", "very good")) == \
+        ([1, 0], ("bad, really", "very good"))
+
+
 def test_labels_that_are_numbers_keep_their_order_and_meaning(tmp_path):
     # a CSV file's labels are text: class numbers in numeric order, not "10" before "2"
     path = tmp_path / "many.csv"

@@ -659,6 +659,16 @@ def test_cli_sft_and_sop_refuse_a_negative_count_naming_the_flag(cli, base_dir, 
     assert message in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_classify_config_refuses_labels_named_twice_before_any_model_is_read(tmp_path):
+    # the settings alone: a base that does not exist is never reached (the cli test above would pass
+    # from encode_labels' own check, after the model had loaded)
+    for labels, message in [(("pos", "neg", "pos"), "labels must name each class once, got 'pos'"),
+                            (("pos",), "labels must name at least two classes"),
+                            (("pos", " "), "labels must be non-empty names")]:
+        with pytest.raises(ValueError, match=message):
+            ClassifyConfig(base=str(tmp_path / "no such base"), labels=labels)
+
+
 def test_cli_labels_typed_with_a_chinese_comma_are_two_labels(cli, base_dir, tmp_path, capsys):
     # Before: --labels was cut at "," only, so "负面，正面" (a Chinese keyboard's ，) was one label,
     # and the error "unknown label '正面'; the labels are 负面，正面" looked as if both were there.

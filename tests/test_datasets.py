@@ -62,42 +62,28 @@ def test_jsonl_and_csv_round_trip(tmp_path):
     assert load_labelled(tmp_path / "excel.csv") == (["Hello", "Bye"], ["a", "b"])
 
 
-def test_reader_errors_name_the_file_and_line(tmp_path):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "ok", "label": "a"}\n{"text": "no label"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r'bad.jsonl\' line 2: expected a JSON object with a "label" field'):
-        load_labelled(bad)
-    bad.write_text('{"text": "ok", "label": "a"}\n{not json\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="line 2: is not valid JSON"):
-        load_labelled(bad)
-    bad.write_text('{"text": 3, "label": "a"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match='"text" must be a str, got int'):
-        load_labelled(bad)
+@pytest.mark.parametrize("name, content, error, message", [
+    ("bad.jsonl", '{"text": "ok", "label": "a"}\n{"text": "no label"}\n', ValueError,
+     r'bad.jsonl\' line 2: expected a JSON object with a "label" field'),
+    ("bad.jsonl", '{"text": "ok", "label": "a"}\n{not json\n', ValueError, "line 2: is not valid JSON"),
+    ("bad.jsonl", '{"text": 3, "label": "a"}\n', ValueError, '"text" must be a str, got int'),
     # JSON's names for JSON's values (was "got NoneType", "got bool")
-    bad.write_text('{"text": "ok", "label": null}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match='line 1: "label" must be a str or int, got null$'):
-        load_labelled(bad)
-    bad.write_text('{"text": "ok", "label": true}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match='"label" must be a str or int, got true/false$'):
-        load_labelled(bad)
-    bad.write_text("\n\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="is empty"):
-        load_labelled(bad)
-    csv = tmp_path / "bad.csv"
-    csv.write_text("sentence,label\nhi,a\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="missing text"):
-        load_labelled(csv)
-    csv.write_text("text,label\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="header but no examples"):
-        load_labelled(csv)
-    csv.write_text("text,label\nhi\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="bad.csv line 2: too few columns"):
-        load_labelled(csv)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_labelled(tmp_path / "missing.jsonl")
-    (tmp_path / "x.txt").write_text("hi", encoding="utf-8")
-    with pytest.raises(ValueError, match="expected a .jsonl or .csv"):
-        load_labelled(tmp_path / "x.txt")
+    ("bad.jsonl", '{"text": "ok", "label": null}\n', ValueError, 'line 1: "label" must be a str or int, got null$'),
+    ("bad.jsonl", '{"text": "ok", "label": true}\n', ValueError, '"label" must be a str or int, got true/false$'),
+    ("bad.jsonl", "\n\n", ValueError, "is empty"),
+    ("bad.csv", "sentence,label\nhi,a\n", ValueError, "missing text"),
+    ("bad.csv", "text,label\n", ValueError, "header but no examples"),
+    ("bad.csv", "text,label\nhi\n", ValueError, "bad.csv line 2: too few columns"),
+    ("missing.jsonl", None, FileNotFoundError, "does not exist"),
+    ("x.txt", "hi", ValueError, "expected a .jsonl or .csv"),
+], ids=["no label", "not json", "int text", "null", "bool", "empty", "no text column", "no rows", "short row",
+        "missing", "other type"])
+def test_reader_errors_name_the_file_and_line(tmp_path, name, content, error, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(error, match=message):
+        load_labelled(path)
 
 
 def test_a_label_error_names_the_line_the_example_is_on(tmp_path):
@@ -277,17 +263,17 @@ def test_a_stratified_split_by_hand():
         split_train_val(10, 0.2, strata=[0] * 9)
 
 
-def test_sft_lines_without_a_field_say_which_and_the_expected_shape(tmp_path):
+@pytest.mark.parametrize("lines, message", [
+    # before: '"response" must be a string, got NoneType' for a line that has no "response" at all
+    ('{"prompt": "hi", "response": "yo"}\n{"prompt": "hi"}\n',
+     r'sft.jsonl line 2 has no "response" field: each line is \{"prompt"'),
+    ('{"prompt": "hi", "response": null}\n', 'line 1: "response" must be a string, got null$'),
+    ('{"prompt": "hi", "response": "yo", "system": 3}\n', '"system" must be a string, got int$'),
+], ids=["no response", "null", "int"])
+def test_sft_lines_without_a_field_say_which_and_the_expected_shape(tmp_path, lines, message):
     from npllama.datasets import read_sft
 
     bad = tmp_path / "sft.jsonl"
-    # Before: '"response" must be a string, got NoneType' for a line that has no "response" at all
-    bad.write_text('{"prompt": "hi", "response": "yo"}\n{"prompt": "hi"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r'sft.jsonl line 2 has no "response" field: each line is \{"prompt"'):
-        read_sft(bad)
-    bad.write_text('{"prompt": "hi", "response": null}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match='line 1: "response" must be a string, got null$'):
-        read_sft(bad)
-    bad.write_text('{"prompt": "hi", "response": "yo", "system": 3}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match='"system" must be a string, got int$'):
+    bad.write_text(lines, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
         read_sft(bad)

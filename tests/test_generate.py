@@ -496,19 +496,21 @@ def test_stop_strings_and_generate_text():
         StopStrings(Letters(), ["a", ""])
 
 
+class Letters:
+    """A tokenizer of 32 ids: 0-2 special (</s> is 2), then a letter each."""
+    vocab_size, eos_id = 32, 2
+
+    def encode(self, text, bos=True):
+        return [1] + [ord(c) - ord("a") + 3 for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(ord("a") + i - 3) if i >= 3 else f"<{i}>" for i in ids)
+
+
 def test_generate_text_stops_at_each_end_id_the_config_lists():
     """A LLaMA-3 config lists several eos ids (end of text, end of turn): each ends a generation,
     besides the tokenizer's own </s>."""
     from npllama.generate import generate_text
-
-    class Letters:
-        vocab_size, eos_id = 32, 2
-
-        def encode(self, text, bos=True):
-            return [1] + [ord(c) - ord("a") + 3 for c in text]
-
-        def decode(self, ids):
-            return "".join(chr(ord("a") + i - 3) if i >= 3 else f"<{i}>" for i in ids)
 
     config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, max_position_embeddings=32, eos_token_id=[2, 20])
@@ -623,15 +625,6 @@ def test_end_ids_listed_in_generation_config_json_end_a_generation(tmp_path):
     import json
 
     from npllama.generate import end_ids, generate_text
-
-    class Letters:
-        vocab_size, eos_id = 32, 2
-
-        def encode(self, text, bos=True):
-            return [1] + [ord(c) - ord("a") + 3 for c in text]
-
-        def decode(self, ids):
-            return "".join(chr(ord("a") + i - 3) if i >= 3 else f"<{i}>" for i in ids)
 
     config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, max_position_embeddings=32, eos_token_id=2)

@@ -874,6 +874,11 @@ def compare(a, b, rtol: float = 1e-5, atol: float | None = None, names: Iterable
     if atol is not None and not _is_tolerance(atol):
         raise ValueError(f"atol must be None or a number >= 0, got {atol!r}")
     rtol, atol = float(rtol), None if atol is None else float(atol)
+    # a string would be split into its letters, and a third label would fail deep in the report
+    if (isinstance(labels, str) or not isinstance(labels, (tuple, list)) or len(labels) != 2
+            or not all(isinstance(label, str) for label in labels)):
+        raise TypeError(f"labels must be two names, (a's, b's), e.g. ('npllama', 'mine'), got {labels!r}")
+    labels = tuple(labels)
     if isinstance(names, str):
         raise TypeError("names must be a list of record names, not a single string")
     order = list(names) if names is not None else a.names()
@@ -888,7 +893,8 @@ def compare(a, b, rtol: float = 1e-5, atol: float | None = None, names: Iterable
     only_b = [n for n in b.names() if n not in a.records]
     if not diffs:   # "no divergence" would be a lie: nothing was looked at
         raise ValueError(f"nothing to compare: no tensor is recorded in both traces ({labels[0]}: "
-                         f"{len(a)} records, {labels[1]}: {len(b)})" + _patterns_of(a, b))
+                         f"{len(a)} records, {labels[1]}: {len(b)})" + _patterns_of(a, b)
+                         + _naming_schemes(a, b, labels))
     notes = (_run_notes(a, b, labels) + _lora_notes(a, b, labels) + _replacement_notes(a, b, labels, only_a, only_b)
              + _untested_backward(a, b, [d.name for d in diffs]))
     return Comparison(diffs, only_a, only_b, rtol, atol, tuple(labels), (a, b), notes)
@@ -909,6 +915,16 @@ def _patterns_of(a: Trace, b: Trace) -> str:
         return ""
     return (f"; they were recorded with include={list(next(iter(patterns)))}, which may match no name "
             f"(names look like 'model.layers.0.self_attn.q' and 'd:model.layers.0.out')")
+
+
+def _naming_schemes(a: Trace, b: Trace, labels) -> str:
+    """A few names of each side, when both recorded something: two implementations that named
+    their tensors differently (your own code under your own names) share none, and seeing both
+    schemes side by side says what to rename."""
+    if not len(a) or not len(b):
+        return ""
+    shown = [f"{label} has {', '.join(map(repr, t.names()[:2]))}" for label, t in zip(labels, (a, b))]
+    return f"; {shown[0]}; {shown[1]}: record them under the same names"
 
 
 def _run_notes(a: Trace, b: Trace, labels) -> list[str]:
@@ -1025,7 +1041,9 @@ def diff_tensors(name: str, a, b, rtol: float, atol: float | None) -> TensorDiff
         nonfinite_bad = bad & ~both_finite
         if nonfinite_bad.any():  # NaN/Inf in one trace only: that is the worst entry
             flat = int(np.flatnonzero(nonfinite_bad)[0])
-            note = "NaN or Inf in one trace only"
+            # inf against -inf (or NaN against inf) is not finite on either side
+            one_sided = np.isfinite(x.flat[flat]) or np.isfinite(y.flat[flat])
+            note = "NaN or Inf in one trace only" if one_sided else "NaN or Inf in both traces, not the same"
         else:
             flat = int(np.argmax(np.where(bad, err, -1.0)))
     elif x.size:

@@ -308,6 +308,33 @@ def test_compare_lists_names_recorded_on_one_side_only():
     assert "only_a" in str(report) and "only_b" in str(report)
 
 
+def test_comparing_traces_with_no_name_in_common_shows_names_from_each_side():
+    # your own implementation recorded under your own names ("layers.0.q"): the error must show
+    # both naming schemes, so you see what to rename, rather than two bare record counts
+    ours = {"model.layers.0.self_attn.q": np.ones(2), "model.layers.0.self_attn.k": np.ones(2)}
+    mine = {"layers.0.q": np.ones(2), "layers.0.k": np.ones(2)}
+    with pytest.raises(ValueError, match=r"nothing to compare.*npllama.*'model.layers.0.self_attn.q'.*"
+                                         r"mine.*'layers.0.q'"):
+        compare(ours, mine, labels=("npllama", "mine"))
+
+
+def test_compare_refuses_labels_that_are_not_two_names():
+    same = {"x": np.ones(2)}
+    for labels in (("a", "b", "c"), "ab", ("a",), ("a", 2)):
+        with pytest.raises(TypeError, match="labels must be two names"):
+            compare(same, same, labels=labels)
+    assert compare(same, same, labels=["npllama", "mine"]).labels == ("npllama", "mine")
+
+
+def test_opposite_infinities_are_not_called_one_sided():
+    # inf against -inf is NaN/Inf in both traces: "in one trace only" would send you looking for
+    # the wrong thing
+    report = compare({"x": np.array([np.inf, 1.0])}, {"x": np.array([-np.inf, 1.0])})
+    assert report.first.name == "x" and report.first.worst_index == (0,)
+    assert "one trace only" not in report.first.note and "both" in report.first.note
+    assert "one trace only" in compare({"x": np.array([np.nan, 1.0])}, {"x": np.array([0.0, 1.0])}).first.note
+
+
 def test_compare_rejects_bad_arguments():
     with pytest.raises(TypeError, match="a must be a Trace"):
         compare(42, {})

@@ -233,6 +233,9 @@ class Trace:
             rows.append((name, str(s["shape"]), s["dtype"], _num(s["mean"]), _num(s["std"]),
                          _num(s["min"]), _num(s["max"]), str(s["nan"]), str(s["inf"])))
         note = "mean, std, min and max are over the finite entries"
+        if len(rows) == 1 and pattern is not None and self.records:   # a mistyped pattern, not an empty trace
+            note = (f"no record matches {pattern!r} (a pattern matches whole names); names look like "
+                    + " and ".join(map(repr, self.names()[:2])))
         return _table(rows, right_from=3) + "\n" + note
 
     def summary(self, pattern: str | None = None, file=None) -> None:

@@ -183,6 +183,16 @@ def test_summary_table_counts_nan_and_inf_and_uses_finite_entries(capsys):
     assert "b.ints" not in t.format_summary("a*")
 
 
+def test_summary_of_a_pattern_that_matches_nothing_says_so():
+    # a mistyped pattern ("layers.0.*": names start with "model.") printed a bare header, as if
+    # the trace were empty
+    t = Trace()
+    t.records = {"model.layers.0.self_attn.q": np.ones(2), "d:model.layers.0.out": np.ones(2)}
+    text = t.format_summary("layers.0.*")
+    assert "no record matches 'layers.0.*'" in text and "'model.layers.0.self_attn.q'" in text
+    assert "no record matches" not in t.format_summary("model.*")
+
+
 def test_summary_of_a_model_trace_has_a_row_per_tensor():
     t, _, _ = traced(tiny_model(layers=1))
     lines = t.format_summary().splitlines()

@@ -899,7 +899,7 @@ def compare(a, b, rtol: float = 1e-5, atol: float | None = None, names: Iterable
                          f"{len(a)} records, {labels[1]}: {len(b)})" + _patterns_of(a, b)
                          + _naming_schemes(a, b, labels))
     notes = (_run_notes(a, b, labels) + _lora_notes(a, b, labels) + _replacement_notes(a, b, labels, only_a, only_b)
-             + _untested_backward(a, b, [d.name for d in diffs]))
+             + _untested_backward(a, b, [d.name for d in diffs]) + _nan_on_both_sides(a, b, [d.name for d in diffs]))
     return Comparison(diffs, only_a, only_b, rtol, atol, tuple(labels), (a, b), notes)
 
 
@@ -1006,6 +1006,20 @@ def _left_out_by_replacements(comparison) -> int:
 def _dtype_of(t: Trace) -> str | None:
     """The dtype of a trace's first floating-point record, or None."""
     return next((v.dtype.name for v in t.records.values() if np.issubdtype(v.dtype, np.floating)), None)
+
+
+def _nan_on_both_sides(a: Trace, b: Trace, names: list[str]) -> list[str]:
+    """A note when tensors hold NaN at the same entries in both traces: NaN counts as equal to NaN
+    (masked or padded entries can be NaN on purpose), so those tensors agree, but two runs that both
+    blew up agree too, and "no divergence" must not pass for two healthy runs."""
+    both = [n for n in names if a.records[n].shape == b.records[n].shape
+            and np.issubdtype(a.records[n].dtype, np.inexact) and np.issubdtype(b.records[n].dtype, np.inexact)
+            and np.any(np.isnan(a.records[n]) & np.isnan(b.records[n]))]
+    if not both:
+        return []
+    count = "1 tensor holds" if len(both) == 1 else f"{len(both)} tensors hold"
+    return [f"{count} NaN in both traces, first {both[0]}: NaN counts as equal to NaN, so they agree "
+            f"there; unless NaN is meant there, both runs went wrong at or before it (t.summary() counts the NaNs)"]
 
 
 def _untested_backward(a: Trace, b: Trace, names: list[str]) -> list[str]:

@@ -336,6 +336,16 @@ def test_compare_refuses_labels_that_are_not_two_names():
     assert compare(same, same, labels=["npllama", "mine"]).labels == ("npllama", "mine")
 
 
+def test_nan_in_both_traces_agrees_but_the_report_says_so():
+    # NaN equals NaN (the documented rule), so two runs that both blew up "agree": the report must
+    # not let "no divergence" pass for two healthy runs
+    a = {"x": np.array([1.0, 2.0]), "y": np.array([np.nan, 2.0]), "z": np.array([np.nan, np.nan])}
+    report = compare(a, {k: v.copy() for k, v in a.items()})
+    assert report.ok
+    assert "NOTE: 2 tensors hold NaN in both traces, first y" in str(report)
+    assert "NaN in both" not in str(compare({"x": np.ones(2)}, {"x": np.ones(2)}))
+
+
 def test_opposite_infinities_are_not_called_one_sided():
     # inf against -inf is NaN/Inf in both traces: "in one trace only" would send you looking for
     # the wrong thing

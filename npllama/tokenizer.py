@@ -321,6 +321,14 @@ class Tokenizer:
         return self._sp.encode(texts, out_type=int, add_bos=bos, add_eos=eos,
                                num_threads=num_threads or (os.cpu_count() or 1))
 
+    def unknown_characters(self, text: str) -> list[str]:
+        """The characters of `text` that `encode` writes as <unk>, in order of appearance: none with byte
+        fallback (LLaMA's); without it, those the vocabulary has no piece for.  The names of control and
+        user-defined pieces ("<unk>", "<s>") are matched whole, so their characters are not looked at."""
+        _require_text("text", text)
+        plain = "".join(segment for is_whole_piece, segment in self._segments(text) if not is_whole_piece)
+        return [c for c in dict.fromkeys(plain) if self.unk_id in self._sp.encode(c, out_type=int)]
+
     def _segments(self, text: str) -> Iterator[tuple[bool, str]]:
         """(is a control or user-defined piece, text) in order; empty text segments are left out."""
         position = 0

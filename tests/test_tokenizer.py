@@ -1,6 +1,8 @@
 """Tokenizer: LLaMA-style SentencePiece training, exact roundtrips, special ids, clear errors."""
+import json
 import random
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +116,7 @@ def test_the_whitespace_marker_decodes_as_a_space(tok):
 def test_unknown_characters_become_utf8_bytes(tok):
     ids = tok.encode("日", bos=False)
     assert pieces(tok, ids) == ["▁", "<0xE6>", "<0x97>", "<0xA5>"]
+    assert tok.unknown_characters("日 🙂 \x00") == []     # byte fallback: no character is lost
 
 
 def test_digits_are_split_one_per_piece(tok):
@@ -485,3 +488,22 @@ def test_a_prefix_ending_in_a_slash_is_refused_before_training(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "--out must be a file prefix" in err and "replace" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok", "tok.model"] and not any((tmp_path / "tok").iterdir())
+
+
+def test_encoding_characters_a_tokenizer_without_byte_fallback_lacks_says_they_became_unk(tmp_path, capsys):
+    # Before: `npllama tokenizer encode` with a .model trained without byte fallback turned 🙂 and 日
+    # into <unk> (id 0) without a word, while the command's help promises decode(encode(x)) == x.
+    from npllama.cli import main
+
+    Tokenizer.train(make_default_corpus(100), tmp_path / "nobf", vocab_size=120, byte_fallback=False)
+    model = str(tmp_path / "nobf.model")
+    with pytest.warns(UserWarning, match=r"no byte fallback: 2 characters not in its vocabulary \('🙂', '日'\) "
+                                         r"became <unk> \(id 0\)"):
+        assert main(["tokenizer", "encode", "--model", model, "hi 🙂 日 🙂 <unk>"]) == 0
+    # the typed "<unk>" is the control piece's id, as transformers gives it, and not a lost "<" or ">"
+    assert json.loads(capsys.readouterr().out).count(0) == 4
+    # text the vocabulary spells is encoded without a warning, a typed "<unk>" included
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["tokenizer", "encode", "--model", model, "hi <unk>"]) == 0
+    assert Tokenizer(model).unknown_characters("hi <unk> 🙂") == ["🙂"]

@@ -97,7 +97,22 @@ def encode(args) -> int:
     text = args.text if args.text is not None else sys.stdin.read()
     ids = tok.encode(text, bos=not args.no_bos, eos=args.eos)
     print(json.dumps([tok.id_to_piece(i) for i in ids] if args.pieces else ids, ensure_ascii=False))
+    if tok.unk_id in ids:
+        _warn_of_lost_characters(tok, text)
     return 0
+
+
+def _warn_of_lost_characters(tok, text: str) -> None:
+    """A tokenizer without byte fallback (not one `tokenizer train` writes) encodes a character it has no
+    piece for as <unk>: the text cannot be decoded back, which the ids alone do not show."""
+    import warnings
+
+    lost = tok.unknown_characters(text)
+    if lost:   # else the <unk> is a typed "<unk>", the control piece's id
+        shown = ", ".join(map(repr, lost[:10])) + (", ..." if len(lost) > 10 else "")
+        warnings.warn(f"this tokenizer has no byte fallback: {len(lost)} character{'s' if len(lost) > 1 else ''} "
+                      f"not in its vocabulary ({shown}) became <unk> (id {tok.unk_id}), which decodes as "
+                      f"{tok.decode([tok.unk_id])!r}, not as the text", stacklevel=2)
 
 
 def decode(args) -> int:

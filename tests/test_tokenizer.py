@@ -507,3 +507,26 @@ def test_encoding_characters_a_tokenizer_without_byte_fallback_lacks_says_they_b
         warnings.simplefilter("error")
         assert main(["tokenizer", "encode", "--model", model, "hi <unk>"]) == 0
     assert Tokenizer(model).unknown_characters("hi <unk> 🙂") == ["🙂"]
+
+
+def test_text_to_encode_that_is_not_utf8_is_named_as_such(tok, capsys, monkeypatch):
+    # Before: Latin-1 bytes piped in (or given as the argument) were refused as "not valid Unicode
+    # text: it holds a lone surrogate U+DCE9", Python's escape for the byte, not what the user gave.
+    import io
+    import os
+
+    from npllama.cli import main
+
+    argv = ["tokenizer", "encode", "--model", str(tok.path)]
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"a\ncaf\xe9"), encoding="utf-8",
+                                                       errors="surrogateescape"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "standard input: is not UTF-8 text (byte 5, line 2" in err and "surrogate" not in err
+    assert main([*argv, os.fsdecode(b"caf\xe9")]) == 2
+    err = capsys.readouterr().err
+    assert "the text argument: is not UTF-8 text (byte 3, line 1" in err and "surrogate" not in err
+    # UTF-8 on standard input is encoded as it is, \r\n and a NUL byte included
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("é\r\n\0".encode()), encoding="utf-8"))
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == tok.encode("é\r\n\0")

@@ -94,12 +94,35 @@ def _load(path):
 
 def encode(args) -> int:
     tok = _load(args.model)
-    text = args.text if args.text is not None else sys.stdin.read()
+    text = _text_to_encode(args.text)
     ids = tok.encode(text, bos=not args.no_bos, eos=args.eos)
     print(json.dumps([tok.id_to_piece(i) for i in ids] if args.pieces else ids, ensure_ascii=False))
     if tok.unk_id in ids:
         _warn_of_lost_characters(tok, text)
     return 0
+
+
+def _text_to_encode(argument: str | None) -> str:
+    """The text argument, else standard input, as it is (\\r\\n and a byte-order mark included).
+    Bytes that are not UTF-8 are refused naming the byte and line, as a corpus file's are: Python
+    would hand them on as lone surrogates, which encode refuses in its own terms."""
+    import os
+
+    from ..io.reading import decode_text
+
+    if argument is not None:
+        try:
+            data, source = os.fsencode(argument), "the text argument"   # the bytes given, undone from Python's escapes
+        except UnicodeEncodeError:   # a surrogate no byte makes (main() called from Python): encode refuses it
+            return argument
+    elif not hasattr(sys.stdin, "buffer"):   # a text stream put in its place (io.StringIO): its text as it is
+        return sys.stdin.read()
+    else:
+        data, source = sys.stdin.buffer.read(), "standard input"
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return decode_text(data, source, UsageError)   # raises, naming the byte and line (and UTF-16 or GBK)
 
 
 def _warn_of_lost_characters(tok, text: str) -> None:

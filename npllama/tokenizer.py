@@ -190,7 +190,7 @@ class Tokenizer:
         files = _as_files(texts_or_files)
         if files is None:
             sentences = _sentences(texts_or_files, max_sentence_length)   # lazily: a generator of a huge corpus
-            nothing = "texts_or_files has no non-empty lines"
+            nothing = "texts_or_files holds only white space (or nothing)"
         else:
             # Read here, not by SentencePiece: it would train on \r (Windows line ends) and U+FFFD (bytes
             # that are not UTF-8) without a word, and skip a line longer than max_sentence_length.

@@ -270,8 +270,11 @@ def test_a_lower_character_coverage_fits_chinese_in_a_small_vocabulary_from_the_
 def test_other_training_argument_errors(stories, tmp_path):
     with pytest.raises(ValueError, match="model_type"):
         Tokenizer.train(stories[:10], tmp_path / "t", 512, model_type="wordpiece")
-    with pytest.raises(ValueError, match="no text"):
+    # documents of spaces and newlines are not text (not "no non-empty lines": these lines are not empty)
+    with pytest.raises(ValueError, match="no text: texts_or_files holds only white space"):
         Tokenizer.train(["", "  \n "], tmp_path / "t", 512)
+    with pytest.raises(ValueError, match=r"no text: texts_or_files holds only white space \(or nothing\)"):
+        Tokenizer.train([], tmp_path / "t", 512)
     with pytest.raises(TypeError, match=r"texts_or_files\[1\]"):
         Tokenizer.train(["fine", 7], tmp_path / "t", 512)
     with pytest.raises(ValueError, match="does not exist"):

@@ -533,3 +533,14 @@ def test_text_to_encode_that_is_not_utf8_is_named_as_such(tok, capsys, monkeypat
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("é\r\n\0".encode()), encoding="utf-8"))
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out) == tok.encode("é\r\n\0")
+
+
+def test_the_commands_help_names_the_one_character_that_does_not_come_back(tok, capsys):
+    # Before: `npllama tokenizer --help` promised decode(encode(x)) is x for every x; U+2581 "▁",
+    # SentencePiece's mark for a space, comes back as a space (the module docstring said so, the help not).
+    from npllama.cli import main
+
+    assert tok.decode(tok.encode("\u2581a b")) == " a b"
+    with pytest.raises(SystemExit):
+        main(["tokenizer", "--help"])
+    assert "U+2581" in " ".join(capsys.readouterr().out.split())

@@ -11,9 +11,10 @@ def register(subparsers) -> None:
                               description="SentencePiece BPE tokenizers with LLaMA's settings (byte "
                                           "fallback, digits split, <unk>=0, <s>=1, </s>=2). The text is "
                                           "not normalized (as LLaMA's): full-width ＡＢＣ１２３ and ABC123, "
-                                          "or 繁體 and 简体, stay different characters, and decode(encode(x)) "
-                                          "is x; normalize a corpus first (e.g. Python's "
-                                          "unicodedata.normalize('NFKC', text)) to make them one.")
+                                          "or 繁體 and 简体, stay different characters (normalize a corpus "
+                                          "first, e.g. with Python's unicodedata.normalize('NFKC', text), to "
+                                          "make them one), and decode(encode(x)) is x, but for U+2581 ▁, "
+                                          "SentencePiece's mark for a space, which comes back as a space.")
     sub = p.add_subparsers(dest="tokenizer_command", metavar="<train|encode|decode>")
     t = sub.add_parser("train", help="train a tokenizer on a corpus",
                        formatter_class=HelpFormatter)

@@ -544,3 +544,18 @@ def test_the_commands_help_names_the_one_character_that_does_not_come_back(tok, 
     with pytest.raises(SystemExit):
         main(["tokenizer", "--help"])
     assert "U+2581" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_folder_given_as_the_model_to_encode_with_names_its_tokenizer_model(tok, tmp_path, capsys):
+    # Before: `--model runs/tiny` was refused as "is a folder, not a regular file", though the folder
+    # holds the tokenizer.model the user meant.
+    import shutil
+
+    from npllama.cli import main
+
+    shutil.copy(tok.path, tmp_path / "tokenizer.model")
+    assert main(["tokenizer", "encode", "--model", str(tmp_path), "hi"]) == 2
+    assert f"--model {str(tmp_path)!r} is a folder: give its tokenizer.model, --model " \
+           f"{str(tmp_path / 'tokenizer.model')}" in capsys.readouterr().err
+    assert main(["tokenizer", "decode", "--model", str(tmp_path / "empty"), "1"]) == 2   # no such file: said as before
+    assert "does not exist" in capsys.readouterr().err

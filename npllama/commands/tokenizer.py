@@ -81,8 +81,16 @@ def train(args) -> int:
 
 def _load(path):
     """The --model tokenizer, or a one-line error naming --model."""
+    from pathlib import Path
+
     from ..tokenizer import Tokenizer
 
+    folder = Path(path).expanduser()
+    if folder.is_dir():   # a run or model folder: the file in it is what was meant
+        inside = folder / "tokenizer.model"
+        raise UsageError(f"--model {path!r} is a folder: " + (
+            f"give its tokenizer.model, --model {inside}" if inside.is_file() else
+            "give a SentencePiece .model file (it holds no tokenizer.model)"))
     try:
         return Tokenizer(path)
     except ValueError as error:

@@ -328,7 +328,8 @@ def _line_breaks(row: dict) -> int:
 
 
 def encode_labels(labels: list, label_names=None, num_labels: int | None = None,
-                  source: str | None = None, lines: list[int] | None = None) -> tuple[list[int], tuple]:
+                  source: str | None = None, lines: list[int] | None = None, *, whose: str = "the labels",
+                  unknown_hint: str = "") -> tuple[list[int], tuple]:
     """Label values -> ids.  Returns (ids, label_names).
 
     label_names: the labels in id order; None: the sorted distinct labels (whole numbers written as
@@ -338,10 +339,12 @@ def encode_labels(labels: list, label_names=None, num_labels: int | None = None,
     unknown.  num_labels: the size of an
     existing classification head; the labels must fit it.  An unknown label or a count mismatch
     raises ValueError naming it (and the file, `source`, the labels come from, and the example's
-    line there, from `lines`: read_labelled's).
+    line there, from `lines`: read_labelled's).  whose, unknown_hint: how an unknown label's
+    message names label_names ("the classifier's labels are a, b"), and what it adds after them
+    (how to keep a label only validation has).
     """
     try:
-        return _encode_labels(labels, label_names, num_labels, lines)
+        return _encode_labels(labels, label_names, num_labels, lines, whose, unknown_hint)
     except ValueError as error:
         if source is None:
             raise
@@ -363,7 +366,8 @@ def check_label_names(label_names) -> None:
         raise ValueError(f"labels must name at least two classes (classification picks one of them), got {names}")
 
 
-def _encode_labels(labels: list, label_names, num_labels: int | None, lines) -> tuple[list[int], tuple]:
+def _encode_labels(labels: list, label_names, num_labels: int | None, lines, whose: str = "the labels",
+                   unknown_hint: str = "") -> tuple[list[int], tuple]:
     if not labels:
         raise ValueError("the dataset is empty: no labels")
     if label_names is not None:
@@ -395,8 +399,8 @@ def _encode_labels(labels: list, label_names, num_labels: int | None, lines) -> 
             raise ValueError(f"{where(i)} has label id {value}, but there are only {len(label_names)} "
                              f"labels ({', '.join(map(str, label_names))}): label count mismatch")
         else:
-            raise ValueError(f"{where(i)} has the unknown label {value!r}; the labels are "
-                             f"{', '.join(map(str, label_names))}")
+            raise ValueError(f"{where(i)} has the unknown label {value!r}; {whose} are "
+                             f"{', '.join(map(str, label_names))}{unknown_hint}")
     if len(label_names) < 2:
         raise ValueError(f"classification needs at least two labels, the data has only {list(label_names)}")
     if num_labels is not None and num_labels != len(label_names):

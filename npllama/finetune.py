@@ -534,14 +534,12 @@ def _classification_data(cc: ClassifyConfig):
     else:
         train_ids, names = datasets.encode_labels(labels, names, source=cc.data, lines=lines)
         val_texts, val_labels, val_lines = datasets.read_labelled(cc.val_data)
-        try:
-            val_ids, _ = datasets.encode_labels(val_labels, names, source=cc.val_data, lines=val_lines)
-        except ValueError as error:
-            if cc.labels is not None or "unknown label" not in str(error):
-                raise
-            # the labels are the training data's: say so, and how to keep a label only validation has
-            raise ValueError(f"{error} (the labels of {'the ' if cc.data is None else ''}{source}; a label it has no example of can be kept, as a "
-                             f"class the head never learns, by naming every label with --labels)") from None
+        # without --labels, the labels are the training data's: say so, and how to keep a label only
+        # validation has
+        hint = "" if cc.labels is not None else (
+            f" (the labels of {'the ' if cc.data is None else ''}{source}; a label it has no example of can be "
+            f"kept, as a class the head never learns, by naming every label with --labels)")
+        val_ids, _ = datasets.encode_labels(val_labels, names, source=cc.val_data, lines=val_lines, unknown_hint=hint)
     return texts, train_ids, val_texts, val_ids, names, source
 
 

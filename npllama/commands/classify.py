@@ -5,6 +5,9 @@ from pathlib import Path
 
 from . import HelpFormatter, UsageError, add_run_options
 
+# how an error about --data's labels names the ones the classifier has
+CLASSIFIERS_LABELS = "the classifier's labels"
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -100,12 +103,11 @@ def _score_file(args) -> int:
     classifier = load_classifier(args.model, dtype=getattr(np, args.dtype), adapter=args.adapter)
     names = classifier.label_names
     try:
-        truth, _ = datasets.encode_labels(labels, names, source=args.data, lines=lines)
-    except ValueError as error:   # the labels it lists are the classifier's: say so, once
-        listed = f"the labels are {', '.join(map(str, names))}"
-        said = str(error).replace(listed, f"the classifier's labels are {', '.join(map(str, names))}")
-        if said == str(error):
-            said += f" (the classifier's labels: {', '.join(map(str, names))})"
+        truth, _ = datasets.encode_labels(labels, names, source=args.data, lines=lines, whose=CLASSIFIERS_LABELS)
+    except ValueError as error:   # whose labels these are, said once
+        said = str(error)
+        if CLASSIFIERS_LABELS not in said:
+            said += f" ({CLASSIFIERS_LABELS}: {', '.join(map(str, names))})"
         raise UsageError(f"--data: {said}") from None
     with use_backend(args.backend or get_backend()):
         predicted = classifier.probabilities(texts, batch_size=args.batch_size).argmax(1)

@@ -82,13 +82,12 @@ def _describe_folder(folder: Path) -> str:
 
 def _describe_adapter(folder: Path) -> str:
     """An adapter folder: the base it names and the commands that attach it (by its task type)."""
-    import json
+    from .reading import read_json
 
-    try:
-        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    try:   # only to say more: a file that cannot be read says nothing more
+        config = read_json(folder / "adapter_config.json", expect=dict)
     except (OSError, ValueError):
         config = {}
-    config = config if isinstance(config, dict) else {}
     base = config.get("base_model_name_or_path")
     named = f" ({base!r}, as its adapter_config.json names it)" if isinstance(base, str) and base else ""
     commands = {"SEQ_CLS": "`npllama classify`", "CAUSAL_LM": "`npllama generate`, `chat` and `eval`"}.get(

@@ -144,7 +144,7 @@ def _tokenizer_of_file(path: Path, vocab_size: int | None):
     raise FileNotFoundError(f"no tokenizer.model or tokenizer.bin beside {str(path)!r}")
 
 
-def _tokenizer_of(model_dir: Path, vocab_size: int | None):
+def tokenizer_of(model_dir: Path, vocab_size: int | None):
     """(the tokenizer of --model, or None; why there is none).  A folder's tokenizer.model (in or
     beside it) or tokenizer.json; a file's as `npllama convert` finds it (_tokenizer_of_file).
     model_dir: what model_path gives.  vocab_size: the model's, None when it is not loaded yet."""
@@ -219,7 +219,7 @@ def load_inputs(model=None, text: str | None = None, tokens: str | None = None, 
         llama = head.model
     else:
         head, llama = None, Llama.from_pretrained(model_dir, dtype=dtype)
-    tokenizer, no_tokenizer = _tokenizer_of(model_dir, llama.config.vocab_size)
+    tokenizer, no_tokenizer = tokenizer_of(model_dir, llama.config.vocab_size)
     if adapter is not None:
         head = _attach_adapter(llama, adapter, model_dir, classifier, tokenizer, no_tokenizer)
     if text is not None and tokenizer is None:

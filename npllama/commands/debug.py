@@ -180,7 +180,7 @@ def run_train_compare(args) -> int:
     if args.text is not None and args.data is not None:
         raise UsageError("give --text TEXT or --data PATH (the training text), not both")
     model_dir = debug.model_path(args.model)   # a folder, or a GGUF or llama2.c file, as debug compare takes
-    tokenizer, no_tokenizer = debug._tokenizer_of(model_dir, vocab_size=None)
+    tokenizer, no_tokenizer = debug.tokenizer_of(model_dir, vocab_size=None)
     if tokenizer is None:
         raise UsageError(f"{no_tokenizer}: train-compare cuts its batches from text with the model's tokenizer")
     batches = debug_training.text_batches(tokenizer, args.text, args.data, batch_size=args.batch_size,

@@ -238,7 +238,8 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
                              f"with --tokenizer (a new one, trained on --data, would give the ids other meanings)")
     if tc.data is not None and tc.val_data is not None and not resume:
         _refuse_held_out_text_in_data(tc)
-    if not resume:   # the model a new start builds, with a --tokenizer's vocabulary and ids (read now)
+    given = None   # a new start's --tokenizer, read once: checked now, then the run's own copy
+    if not resume:   # the model a new start builds, with a --tokenizer's vocabulary and ids
         from .tokenizer import Tokenizer
 
         given = Tokenizer(Path(tc.tokenizer).expanduser()) if tc.tokenizer is not None else None
@@ -260,7 +261,7 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
             raise _said_what_is_left(stop, run_dir) from None
     with stop_signals_interrupt(), writing_run(run_dir):
         try:
-            return _train_holding_the_run(tc, run_dir, resume, echo, texts, val_texts)
+            return _train_holding_the_run(tc, run_dir, resume, echo, texts, val_texts, given)
         except KeyboardInterrupt as stop:   # outside the steps (those stop with a checkpoint and a line)
             raise _said_what_is_left(stop, run_dir) from None
 
@@ -279,7 +280,7 @@ def _said_what_is_left(stop: KeyboardInterrupt, run_dir: Path) -> Interrupted:
 
 
 def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, texts=None,
-                           val_texts=None) -> TrainResult:
+                           val_texts=None, given_tokenizer=None) -> TrainResult:
     from .corpus import unigram_cross_entropy, unigram_entropy
     from .data import BatchLoader, evaluation_batches
 
@@ -303,7 +304,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
              "install or an edit); training starts on the NumPy reference meanwhile")
     if texts is None:
         texts = _load_corpus(tc)
-    tokenizer = _prepare_tokenizer(tc, run_dir, texts, echo, checkpoint)
+    tokenizer = _prepare_tokenizer(tc, run_dir, texts, echo, checkpoint, given_tokenizer)
     train_ids, val_ids = _train_and_held_out_tokens(tc, run_dir, tokenizer, texts, val_texts)
     loader = BatchLoader(train_ids, tc.batch_size, tc.seq_len, seed=tc.seed)
     val_batches = evaluation_batches(val_ids, tc.batch_size, tc.seq_len, max_batches=tc.eval_batches or None)
@@ -654,9 +655,10 @@ class _Loop:
 
 
 # ----- preparation --------------------------------------------------------------------------------
-def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts, echo, checkpoint=None):
+def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts, echo, checkpoint=None, given_tokenizer=None):
     """The run's tokenizer: on a resume the checkpoint's own copy (the one its model was trained
-    with); on a new start the --tokenizer given, or one trained on the texts."""
+    with); on a new start the --tokenizer given (given_tokenizer: as train() read it), or one
+    trained on the texts."""
     from .data import Corpus
     from .tokenizer import Tokenizer
 
@@ -670,7 +672,7 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts, echo, checkpoint=N
         return Tokenizer(path)
     given = tc.tokenizer if tc.init_from is None else (init_from_tokenizer_path(tc) or tc.tokenizer)
     if given is not None:
-        tokenizer = Tokenizer(given)
+        tokenizer = given_tokenizer if given_tokenizer is not None else Tokenizer(given)
         atomic_write_bytes(path, tokenizer.model_bytes)
         return Tokenizer(path)
     vocab_size = base_vocab_size(tc) if tc.init_from is None else init_from_config(tc).vocab_size

@@ -300,7 +300,7 @@ def token_digest(ids) -> str:
     h = hashlib.sha256()
     for start in range(0, ids.shape[0], SCAN_BLOCK):   # a memory-mapped stream is read a block at a time
         block = np.asarray(ids[start:start + SCAN_BLOCK])
-        narrow = block.size == 0 or (int(block.min()) >= 0 and int(block.max()) <= np.iinfo(np.uint16).max)
+        narrow = int(block.min()) >= 0 and int(block.max()) <= np.iinfo(np.uint16).max   # (no block is empty)
         h.update(b"\x02" if narrow else b"\x08")
         h.update(np.ascontiguousarray(block, dtype="<u2" if narrow else "<i8").tobytes())
     return h.hexdigest()

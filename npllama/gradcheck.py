@@ -754,14 +754,15 @@ def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richa
 
 def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, atol, probes):
     original = x.copy()
-    placed = [original.copy()]     # what the last move put in x: fn must have left it there
+    placed = [original]     # what the last move put in x (an array never written to): fn must have left it there
 
     def move(t):
         """Put x at original + t * direction (None: back); the distance along it is t (rounding ~u/eps,
         negligible)."""
         changed = not _unchanged(x, placed[0])
-        x[...] = original if t is None else original + t * direction
-        placed[0] = x.copy()
+        # x is float64 (_require_float64_input), so it holds exactly the values placed: no copy of it needed
+        placed[0] = original if t is None else original + t * direction
+        x[...] = placed[0]
         if changed:         # (after the move back, so that the finally clauses' move(None) finds it in place)
             raise _ChangedUnderProbe()
         return 0.0 if t is None else float(t)

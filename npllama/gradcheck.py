@@ -85,6 +85,7 @@ bound: a correct gradient sits far below 1, a wrong one above.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -359,6 +360,16 @@ class _InPlaceGuard:
             if before is not None and not _unchanged(x, before):
                 self.raise_changed(name, caller, later)
 
+    @contextlib.contextmanager
+    def watching(self, name: str):
+        """Around the probes of input `name`: a change a probe's move found under it (_ChangedUnderProbe)
+        is raised as fn's, naming `name`; then every input is looked at (check)."""
+        try:
+            yield
+        except _ChangedUnderProbe:
+            self.raise_changed(name)
+        self.check()
+
     def raise_changed(self, name: str, caller: str | None = None, later: bool = True):
         for x, before in zip(self.inputs, self.snapshots):
             if before is not None:
@@ -608,14 +619,12 @@ def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries
         probes = _Probes()
         started = said = time.monotonic()
         for done, idx in enumerate(indices, 1):
-            try:
-                _probe_entry(evaluate, x, idx, scale[idx], g[idx], typical, largest, eps, richardson, tol, atol,
-                             probes)
-            except _LeftDomain as error:
-                raise _left_domain_error(error, name, f"entry {tuple(int(i) for i in idx)}", eps) from error
-            except _ChangedUnderProbe:
-                guard.raise_changed(name)
-            guard.check()
+            with guard.watching(name):
+                try:
+                    _probe_entry(evaluate, x, idx, scale[idx], g[idx], typical, largest, eps, richardson, tol,
+                                 atol, probes)
+                except _LeftDomain as error:
+                    raise _left_domain_error(error, name, f"entry {tuple(int(i) for i in idx)}", eps) from error
             if progress and time.monotonic() - said >= PROGRESS_EVERY:   # a big input takes thousands of calls
                 said = time.monotonic()
                 print(f"gradcheck {len(reports) + 1}/{len(names)} {name}: {done}/{len(indices)} entries probed, "
@@ -623,23 +632,18 @@ def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries
         drawn = []
         for _ in range(n_directions):
             drawn.append(rng.choice(np.array([-1.0, 1.0]), size=x.shape) * scale)
-            try:
-                _probe_direction(evaluate, x, drawn[-1], g, largest, eps, richardson, tol, atol, probes)
-            except _LeftDomain as error:
-                raise _left_domain_error(error, name, f"every entry (random direction {len(drawn)})", eps) \
-                    from error
-            except _ChangedUnderProbe:
-                guard.raise_changed(name)
-            guard.check()
+            with guard.watching(name):
+                try:
+                    _probe_direction(evaluate, x, drawn[-1], g, largest, eps, richardson, tol, atol, probes)
+                except _LeftDomain as error:
+                    raise _left_domain_error(error, name, f"every entry (random direction {len(drawn)})", eps) \
+                        from error
         report = _judge(name, x.shape, x.size, int(np.sum(np.isfinite(x))), indices, n_directions, probes, tol,
                         n_nan=int(np.sum(np.isnan(x))))
         if report.worst_direction and report.failed:
-            try:
+            with guard.watching(name):
                 _locate(report, evaluate, x, drawn[report.worst_direction - 1], g, scale, typical, largest,
                         eps, richardson, tol, atol)
-            except _ChangedUnderProbe:
-                guard.raise_changed(name)
-            guard.check()
         broken = np.flatnonzero(np.isfinite(x) & ~np.isfinite(g))
         if report.failed and broken.size:
             first = tuple(int(v) for v in np.unravel_index(int(broken[0]), x.shape))

@@ -346,19 +346,25 @@ class _InPlaceGuard:
         caller = caller or self.caller
         later = caller in self.looked_after
         self.looked_after.add(caller)
-        if self.mapping is not None and (list(self.mapping) != self.names or any(
-                self.mapping[name] is not x for name, x in zip(self.names, self.inputs))):
-            changed = next((name for name, x in zip(self.names, self.inputs)
-                            if name not in self.mapping or self.mapping[name] is not x), None)
-            for key in [key for key in self.mapping if key not in self.names]:
-                del self.mapping[key]
-            self.mapping.update(zip(self.names, self.inputs))
-            what = f"replaced inputs[{changed!r}] with another array" if changed else "added keys to inputs"
-            raise ValueError(f"{caller} {what}; it must leave the mapping as it was (the checker moves the arrays "
-                             "it holds, so one put in their place is never moved) -- the mapping has been restored")
+        if self.mapping is not None:
+            self._check_mapping(caller)
         for name, x, before in zip(self.names, self.inputs, self.snapshots):
             if before is not None and not _unchanged(x, before):
                 self.raise_changed(name, caller, later)
+
+    def _check_mapping(self, caller: str) -> None:
+        """A ValueError when the mapping no longer holds the inputs under their keys, in their order,
+        the mapping restored first."""
+        changed = next((name for name, x in zip(self.names, self.inputs)
+                        if name not in self.mapping or self.mapping[name] is not x), None)
+        if changed is None and list(self.mapping) == self.names:
+            return
+        for key in [key for key in self.mapping if key not in self.names]:
+            del self.mapping[key]
+        self.mapping.update(zip(self.names, self.inputs))
+        what = f"replaced inputs[{changed!r}] with another array" if changed else "added keys to inputs"
+        raise ValueError(f"{caller} {what}; it must leave the mapping as it was (the checker moves the arrays "
+                         "it holds, so one put in their place is never moved) -- the mapping has been restored")
 
     @contextlib.contextmanager
     def watching(self, name: str):

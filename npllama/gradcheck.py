@@ -429,15 +429,15 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
     """
     _check_settings(forward=forward, backward=backward, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
                     seed=seed, method=method, directions=directions, richardson=richardson)
-    keyed = isinstance(inputs, Mapping)
+    keyed, wrt_given = isinstance(inputs, Mapping), wrt is not None
     if keyed:                 # forward(inputs, ...) takes the mapping itself, as a forward(params, x) does
         all_names = _names_from_keys(inputs, names)
         arguments, inputs = (inputs,), [inputs[k] for k in all_names]
-        wrt_given, wrt = wrt is not None, _wrt_keys(wrt, all_names)
+        wrt = _wrt_keys(wrt, all_names)
     else:
         inputs = _input_list(inputs, "inputs")
         all_names = _check_names(names, len(inputs), "inputs")
-        arguments, wrt_given = tuple(inputs), wrt is not None
+        arguments = tuple(inputs)
     if not isinstance(extra_args, (tuple, list)):
         raise TypeError(f"extra_args must be a tuple of the forward's further positional arguments, got "
                         f"{_describe(extra_args)} (one argument: extra_args=(value,))")

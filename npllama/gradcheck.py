@@ -784,17 +784,22 @@ def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, a
     noise = ROUNDOFF_FACTOR * UNIT_ROUNDOFF * largest * length
     estimate, longer = _resolved_derivative(evaluate, move, eps, richardson, tol * magnitude, magnitude, noise,
                                             unit_step=1.0 / max(float(np.max(np.abs(direction), initial=0.0)), TINY))
-    # rounding of x + t p moves each entry by up to u |x_i| instead of t p_i: a relative u / eps;
-    # the magnitude is ||g * p||, the spread of <g, p> over random signs
-    bound = estimate.bound + noise + UNIT_ROUNDOFF / eps * float(np.sum(np.abs(terms)))
-    if probes.remeasure_failures and (abs(np.sum(terms) - estimate.value) > bound + tol * magnitude
+    claimed, terms_size = np.sum(terms), float(np.sum(np.abs(terms)))     # <g, p>, and its terms' size
+
+    def bound_of(estimate):
+        # rounding of x + t p moves each entry by up to u |x_i| instead of t p_i: a relative u / eps
+        # (u / step for a step shortened below eps, never less for a longer one); the magnitude is
+        # ||g * p||, the spread of <g, p> over random signs
+        return estimate.bound + noise + UNIT_ROUNDOFF / min(eps, estimate.step) * terms_size
+
+    bound = bound_of(estimate)
+    if probes.remeasure_failures and (abs(claimed - estimate.value) > bound + tol * magnitude
                                       or estimate.bound > LOOSE_BOUND * magnitude):
         estimate = _shortened(evaluate, move, estimate, richardson, tol * magnitude)
-        bound = estimate.bound + noise + UNIT_ROUNDOFF / min(eps, estimate.step) * float(np.sum(np.abs(terms)))
-    estimate = _kink_checked(evaluate, move, eps, estimate, np.sum(terms), bound + tol * magnitude)
-    estimate = _steadiness_checked(evaluate, move, estimate, np.sum(terms), bound + tol * magnitude, probes,
-                                   longer)
-    probes.add(np.sum(terms), estimate, bound, magnitude, atol * float(np.sum(np.abs(direction))), magnitude,
+        bound = bound_of(estimate)
+    estimate = _kink_checked(evaluate, move, eps, estimate, claimed, bound + tol * magnitude)
+    estimate = _steadiness_checked(evaluate, move, estimate, claimed, bound + tol * magnitude, probes, longer)
+    probes.add(claimed, estimate, bound, magnitude, atol * float(np.sum(np.abs(direction))), magnitude,
                largest * length, longer)
 
 

@@ -719,11 +719,15 @@ def _function_run_by(backward):
     rerun hint must name, not the decorator's."""
     backward = _called(backward)
     wrapped = _wrapped_function(backward)
-    if wrapped is not None:
-        return wrapped
-    if inspect.isfunction(backward):
-        return backward
-    call = getattr(type(backward), "__call__", None)
+    return wrapped if wrapped is not None else _own_code(backward)
+
+
+def _own_code(layer):
+    """The Python function a call of `layer` itself runs (no partial, no method, no __wrapped__
+    followed): layer when it is one, else its class's __call__; None when neither is (a builtin)."""
+    if inspect.isfunction(layer):
+        return layer
+    call = getattr(type(layer), "__call__", None)
     return call if inspect.isfunction(call) else None
 
 
@@ -750,8 +754,7 @@ def _decorator_files(backward) -> list[str]:
     files, layer, seen = [], _called(backward), set()
     while hasattr(layer, "__wrapped__") and id(layer) not in seen:
         seen.add(id(layer))
-        code = layer if inspect.isfunction(layer) else getattr(type(layer), "__call__", None)
-        file = getattr(getattr(code, "__code__", None), "co_filename", None)
+        file = getattr(getattr(_own_code(layer), "__code__", None), "co_filename", None)
         if file is not None:
             files.append(file)
         layer = _called(layer.__wrapped__)

@@ -515,13 +515,13 @@ def _describe_exception(error: BaseException, source_file: str | None, what: str
     frames = _traceback_frames(error)
     if source_file:
         target = os.path.abspath(source_file)
-        # a decorator's own line, if it crashed before (or after) the function it wraps ran
-        theirs = {os.path.abspath(file) for file in decorator_files} - {target}
-        mine = [f for f in frames if os.path.abspath(f.filename) == target or os.path.abspath(f.filename) in theirs]
+        # and a decorator's own line, if it crashed before (or after) the function it wraps ran
+        files = {target, *(os.path.abspath(file) for file in decorator_files)}
+        mine = [f for f in frames if os.path.abspath(f.filename) in files]
         if mine:
             frame = mine[-1]
-            named = (os.path.basename(frame.filename) if named_as is None or os.path.abspath(frame.filename) in theirs
-                     else named_as)
+            in_target = os.path.abspath(frame.filename) == target
+            named = named_as if named_as is not None and in_target else os.path.basename(frame.filename)
             line = (frame.line or "").strip()     # '' at a prompt, which keeps no lines to quote
             text += f" (line {frame.lineno} of {named}" + (f": {line})" if line else ")")
     return text

@@ -109,12 +109,15 @@ def test_a_file_without_output_weight_is_a_model_with_tied_embeddings(tokenizer,
     np.testing.assert_array_equal(params["model.embed_tokens.weight"], original.params["model.embed_tokens.weight"])
 
 
-def _write_with(path, folder, stored_as, extra=None):
+def _write_with(path, folder, stored_as, extra=None, more_metadata=None):
     """A GGUF of the folder's model whose tensors named in `stored_as` are of another type, and
-    with the tensors in `extra` besides."""
+    with the tensors in `extra` besides; `more_metadata(writer)`, when given, adds fields after
+    the model's own."""
     model = Llama.from_pretrained(folder)
     writer = gguf.GGUFWriter(path, "llama")
     _write_metadata(writer, gguf, model.config, "t", "f32")
+    if more_metadata is not None:
+        more_metadata(writer)
     tensors = {**gguf_tensors(model.config, model.params), **(extra or {})}
     for name, array in tensors.items():
         kind = stored_as.get(name)
@@ -256,18 +259,11 @@ def test_the_files_bos_and_eos_ids_become_the_models(folder, tmp_path):
     """A GGUF whose tokenizer.ggml.eos_token_id is not SentencePiece's 2 (a chat model ending its
     turns with an added piece): the model's eos_token_id, where generation stops, is the file's --
     it stayed LlamaConfig's default 2, so generation ran past the end and stopped at a plain piece."""
-    model = Llama.from_pretrained(folder)
-    path = tmp_path / "eos.gguf"
-    writer = gguf.GGUFWriter(path, "llama")
-    _write_metadata(writer, gguf, model.config, "t", "f32")
-    writer.add_bos_token_id(3)
-    writer.add_eos_token_id(7)
-    for name, array in gguf_tensors(model.config, model.params).items():
-        writer.add_tensor(name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    config, _ = read_gguf(path)
+    def bos_3_eos_7(writer):
+        writer.add_bos_token_id(3)
+        writer.add_eos_token_id(7)
+
+    config, _ = read_gguf(_write_with(tmp_path / "eos.gguf", folder, {}, more_metadata=bos_3_eos_7))
     assert (config.bos_token_id, config.eos_token_id) == (3, 7)
-    assert read_gguf(_write_with(tmp_path / "plain.gguf", folder, {}))[0].eos_token_id == model.config.eos_token_id
+    plain, _ = read_gguf(_write_with(tmp_path / "plain.gguf", folder, {}))
+    assert plain.eos_token_id == Llama.from_pretrained(folder).config.eos_token_id

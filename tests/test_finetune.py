@@ -193,6 +193,14 @@ def test_a_saved_classifier_reads_a_text_as_far_as_fine_tuning_did(base_dir, tmp
         np.testing.assert_allclose(classifier.logits([text])[0], classifier.head.logits(tokens, mask)[0], rtol=1e-12)
 
 
+def _copy_with_config(base_dir, folder, **fields):
+    """A copy of the base folder at `folder` whose config.json has `fields` set."""
+    shutil.copytree(base_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **fields}))
+    return folder
+
+
 @pytest.mark.parametrize("lora", [False, True])
 def test_a_classifier_from_a_base_whose_pad_token_id_is_not_the_tokenizers_pools_where_it_trained(
         base_dir, tmp_path, lora):
@@ -203,10 +211,7 @@ def test_a_classifier_from_a_base_whose_pad_token_id_is_not_the_tokenizers_pools
     other id reads another token (transformers' rule, the rightmost token not the pad id)."""
     from npllama.classify import load_classifier
 
-    base = tmp_path / "base"
-    shutil.copytree(base_dir, base)
-    fields = json.loads((base / "config.json").read_text())
-    (base / "config.json").write_text(json.dumps({**fields, "pad_token_id": 0}))
+    base = _copy_with_config(base_dir, tmp_path / "base", pad_token_id=0)
     model = Llama.from_pretrained(base, dtype=np.float64)
     tokenizer = Tokenizer(base / "tokenizer.model")
     pad_id = pad_id_of(tokenizer)
@@ -235,10 +240,7 @@ def test_the_pad_id_a_classifier_trained_with_is_its_pad_row_through_save_reload
     the first run froze <unk>'s row (the base's pad_token_id) and the second </s>'s."""
     from npllama.classify import load_classifier
 
-    base = tmp_path / "base"
-    shutil.copytree(base_dir, base)
-    fields = json.loads((base / "config.json").read_text())
-    (base / "config.json").write_text(json.dumps({**fields, "pad_token_id": 0}))
+    base = _copy_with_config(base_dir, tmp_path / "base", pad_token_id=0)
     tokenizer = Tokenizer(base / "tokenizer.model")
     pad_id = pad_id_of(tokenizer)
     trained = SequenceClassifier(Llama.from_pretrained(base, dtype=np.float64), ["neg", "pos"], pad_id=pad_id)
@@ -281,10 +283,7 @@ def test_a_classifiers_pad_id_is_its_models_pad_token_id_and_no_other_models(bas
 
 
 def test_fine_tuning_a_base_asking_for_attention_dropout_says_npllama_has_none(base_dir, tmp_path):
-    base = tmp_path / "base"
-    shutil.copytree(base_dir, base)
-    fields = json.loads((base / "config.json").read_text())
-    (base / "config.json").write_text(json.dumps({**fields, "attention_dropout": 0.1}))
+    base = _copy_with_config(base_dir, tmp_path / "base", attention_dropout=0.1)
     for job, config in [(classify, ClassifyConfig(base=str(base), steps=1, max_len=32, progress=False,
                                                   out=str(tmp_path / "classifier"))),
                         (sft, SFTConfig(base=str(base), steps=1, batch_size=2, samples=0, max_len=48,

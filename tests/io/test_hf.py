@@ -162,7 +162,8 @@ def test_a_weight_that_would_be_inf_names_a_dtype_that_holds_it(tmp_path, dtype,
         save_hf_folder(tmp_path / "m", config, params, dtype=dtype)
     advice = str(info.value).split("save with ")[1]
     assert advice.startswith(f"dtype={holds}")
-    assert f"dtype={np.dtype(dtype).name if dtype != 'bfloat16' else dtype}" not in advice
+    # spelled as the advice spells dtypes (np.float16, 'bfloat16'): "dtype=float16" never occurs in it
+    assert ("'bfloat16'" if dtype == "bfloat16" else f"np.{np.dtype(dtype).name}") not in advice, advice
 
 
 def test_save_replaces_an_existing_folder(tmp_path):

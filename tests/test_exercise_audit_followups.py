@@ -4,12 +4,18 @@ return order is said once; a crash indexing a shape gets its own hint; a slow ch
 still running; the rope starter's shapes agree with its docstring; and a student's own pytest file
 can run the checks (npllama.exercises.assert_passes)."""
 import re
+import runpy
+import sys
 import textwrap
+import traceback
 
+import numpy as np
 import pytest
 
 from npllama.exercises import EXERCISES, check_file, starter_source
+from npllama.exercises.runner import _tuple_index_hint
 from npllama.exercises.sandbox import grade_file
+from npllama.exercises.wire import remote_error
 
 LINEAR_RIGHT = """
 import numpy as np
@@ -117,7 +123,7 @@ def linear_backward(dy, cache):
 LINEAR_TWO_LOOKUPS = """
 def linear_backward(dy, cache):
     x, weight = cache
-    return dy @ weight, dy.reshape(-1, dy.shape[1]).T @ x.reshape(-1, x.shape[1])
+    return dy @ weight, dy.reshape(-1, weight.shape[0]).T @ x.reshape(-1, x.shape[1])
 """
 
 LINEAR_CACHE_AND_SHAPE_ON_ONE_LINE = """
@@ -131,6 +137,8 @@ def linear_backward(dy, cache):
     return dy @ weight, dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])
 """
 
+KEEPS_COLUMNS = sys.version_info >= (3, 11)     # a traceback's columns: which lookup of a line raised
+
 
 @pytest.mark.parametrize("grade", [lambda path: check_file("linear", path, n_random=0).format(),
                                    lambda path: grade_file("linear", path, n_random=0).text],
@@ -141,27 +149,73 @@ def test_a_shape_indexed_from_the_front_of_a_vector_gets_the_count_from_the_back
     text = grade(path)
     assert f"raised IndexError: tuple index out of range (line 3 of {path}" in text, text
     assert "hint: a.shape[1] counts axes from the front" in text and "a.shape[-1]" in text, text
+    if not KEEPS_COLUMNS:
+        pytest.skip("the lookup that raised is named from the traceback's columns (Python 3.11+)")
 
-    path.write_text(LINEAR_TWO_LOOKUPS)    # the traceback cannot tell which lookup failed: neither is blamed alone
+    # two shape lookups on the line, the second raising (x is a vector in this case, weight never
+    # is): the traceback's columns name it, in this process and coming back from the sandbox's
+    path.write_text(LINEAR_TWO_LOOKUPS)
     text = grade(path)
-    assert ("hint: dy.shape[1] and x.shape[1] count axes from the front, and one of their arrays has fewer in "
-            "this case") in text, text
+    assert "hint: x.shape[1] counts axes from the front, and its array has fewer in this case" in text, text
+    assert "weight.shape[0]" not in text.split("hint:")[1], text
 
-    path.write_text(LINEAR_INDEXES_THE_CACHE)     # the same error on a tuple that is no shape
+    # a tuple that is no shape: its length, not the count from the back
+    path.write_text(LINEAR_INDEXES_THE_CACHE)
     text = grade(path)
     assert "raised IndexError: tuple index out of range" in text, text
-    assert "counts axes from the front" not in text and "rebuild this case" in text, text
+    assert ("hint: cache[2] looks past the end of cache, which holds fewer values in this case: "
+            "print(len(cache))") in text, text
+    assert "counts axes from the front" not in text, text
 
-    # cache[2] raises, on a line that also holds a shape lookup: Python's message is the same for
-    # both ('tuple index out of range'), so the hint names every lookup and blames none of them
+    # cache[2] raises, on a line that also holds shape lookups from the front: it alone is named
     path.write_text(LINEAR_CACHE_AND_SHAPE_ON_ONE_LINE)
     text = grade(path)
     assert f"raised IndexError: tuple index out of range (line 3 of {path}" in text, text
-    assert ("hint: one of cache[2], dy.shape[-1], cache[0] and cache[0].shape[1] indexes past the end of a "
-            "tuple, and the traceback cannot tell which") in text, text
-    assert "print len(cache) and len(dy.shape) to see whether one is shorter" in text, text
-    assert "; cache[0].shape[1] counts axes from the front, and an array of this case may have fewer" in text, text
-    assert "hint: .shape[1]" not in text and "its array has fewer" not in text, text
+    assert "hint: cache[2] looks past the end of cache" in text, text
+    assert "axes from the front" not in text, text
+
+
+def _raised_without_columns(path, *args):
+    """The IndexError the file's linear_backward raises on `args`, its frames stripped of columns
+    as Python 3.10 keeps them (and as an older sandbox sends them)."""
+    namespace = runpy.run_path(str(path))
+    with pytest.raises(IndexError) as raised:
+        namespace["linear_backward"](*args)
+    error = raised.value
+    error.student_frames = [traceback.FrameSummary(f.filename, f.lineno, f.name, line=f.line, lookup_line=False)
+                            for f in traceback.extract_tb(error.__traceback__)]
+    return error
+
+
+def test_without_the_tracebacks_columns_every_lookup_on_the_line_is_named_and_none_blamed(tmp_path):
+    path = tmp_path / "linear_backward.py"
+    vector_case = (np.ones(2), (np.ones(4), np.ones((2, 4))))
+
+    path.write_text(LINEAR_TWO_LOOKUPS)
+    hint = _tuple_index_hint(_raised_without_columns(path, *vector_case), str(path))
+    assert hint.startswith("weight.shape[0] and x.shape[1] count axes from the front, and one of their arrays "
+                           "has fewer in this case"), hint
+
+    path.write_text(LINEAR_CACHE_AND_SHAPE_ON_ONE_LINE)
+    hint = _tuple_index_hint(_raised_without_columns(path, *vector_case), str(path))
+    assert hint.startswith("one of cache[2], dy.shape[-1], cache[0] and cache[0].shape[1] indexes past the end "
+                           "of a tuple, and the traceback cannot tell which"), hint
+    assert "print len(cache) and len(dy.shape) to see whether one is shorter" in hint, hint
+    assert "; cache[0].shape[1] counts axes from the front, and an array of this case may have fewer" in hint, hint
+
+    path.write_text(LINEAR_INDEXES_THE_CACHE)     # two lookups of the cache, no shape: nothing to add
+    assert _tuple_index_hint(_raised_without_columns(path, *vector_case), str(path)) == ""
+
+
+def test_a_frame_sent_back_from_the_sandbox_keeps_its_columns_and_drops_malformed_ones():
+    frame = ["f.py", 3, "linear_backward", "return x.shape[1]", 3, 11, 21]
+    error = remote_error({"type": "IndexError", "bases": ["IndexError"], "text": "tuple index out of range",
+                          "frames": [frame, frame[:4] + [3, "11", None]]})
+    kept, malformed = error.student_frames
+    if KEEPS_COLUMNS:
+        assert (kept.end_lineno, kept.colno, kept.end_colno) == (3, 11, 21)
+        assert (malformed.colno, malformed.end_colno) == (None, None)
+    assert kept.lineno == 3 and kept.line == "return x.shape[1]"
 
 
 # ----- a starter's Shapes line and its docstring give one shape to each name ----------------------

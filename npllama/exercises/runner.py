@@ -585,12 +585,17 @@ COUNT_FROM_THE_BACK = ("count from the back -- a.shape[-1] is the last axis howe
 
 def _tuple_index_hint(error: BaseException, source_file: str | None) -> str:
     """For an IndexError 'tuple index out of range' on a line of the student's file that looks up a
-    shape's axis from the front (x.shape[1]): count from the back.  Python's message is the same
-    for a shape and for any other tuple (cache[2]), and the traceback names the line, not the
-    lookup: with several lookups on the line, all are named and none is blamed alone.  '' when
-    the line has no shape lookup (nothing specific to say)."""
+    shape's axis from the front (x.shape[1]): count from the back; for one on any other tuple
+    (cache[2]): print its length.  Python's message is the same for a shape and for any other
+    tuple; Python 3.11+ keeps the columns of the lookup that raised, and the hint is about that one.
+    Without them (3.10) the traceback names the line only: with several lookups on the line, all
+    are named and none is blamed alone.  '' when there is nothing specific to say."""
     lookups = _index_lookups_on_failing_line(error, source_file)
     shapes = [text for text, container in lookups if container is None]
+    if len(lookups) == 1 and not shapes:
+        (text, container), = lookups
+        return (f"{text} looks past the end of {container}, which holds fewer values in this case: "
+                f"print(len({container})) next to the index")
     if not shapes:
         return ""
     if len(lookups) == 1:
@@ -618,8 +623,9 @@ SHAPE_INDEX = re.compile(r"[\w.]*\.shape\[\d+\]|(?:\w+\.)?shape\([^()]*\)\[\d+\]
 
 def _index_lookups_on_failing_line(error: BaseException, source_file: str | None) -> list[tuple[str, str | None]]:
     """The lookups by one index (cache[2], x.shape[1]) on the line of the student's file where an
-    IndexError 'tuple index out of range' was raised, in the order Python evaluates them: (text,
-    container), container None for a shape lookup by a position from the front.  [] when the
+    IndexError 'tuple index out of range' was raised, in the order Python evaluates them -- only
+    the one that raised, where the traceback keeps its columns: (text, container), container None
+    for a shape lookup by a position from the front.  [] when the
     error came from anywhere else (indexing a tuple is no call: the line raising it is the
     innermost frame)."""
     if not (isinstance(error, IndexError) and str(error) == "tuple index out of range" and source_file):
@@ -639,6 +645,9 @@ def _index_lookups_on_failing_line(error: BaseException, source_file: str | None
                     if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
                     and node.lineno == lineno and _may_index_a_tuple(node)),    # a lookup's line is its first
                    key=lambda node: (node.end_lineno, node.end_col_offset))
+    # Python 3.11+ keeps where on the line the error was raised: the lookup spanning exactly there
+    raised = [node for node in found if _spans(node, frames[-1])]
+    found = raised or found
     lookups = {}
     for node in found:
         text, container = (" ".join((ast.get_source_segment(source, part) or "").split())
@@ -646,6 +655,15 @@ def _index_lookups_on_failing_line(error: BaseException, source_file: str | None
         if text:
             lookups.setdefault(text, None if _is_shape_from_the_front(node) else container)
     return list(lookups.items())
+
+
+def _spans(node: ast.AST, frame) -> bool:
+    """Whether `node` is the expression a traceback frame points at (both count a column in the
+    line's UTF-8 bytes); False when the frame keeps no column (Python 3.10)."""
+    if getattr(frame, "colno", None) is None or getattr(frame, "end_colno", None) is None:
+        return False
+    return ((node.lineno, node.end_lineno, node.col_offset, node.end_col_offset)
+            == (frame.lineno, frame.end_lineno, frame.colno, frame.end_colno))
 
 
 def _is_shape_from_the_front(node: ast.Subscript) -> bool:

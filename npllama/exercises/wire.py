@@ -18,8 +18,9 @@ rebuilt on the grader's side (`rebuild`) into what the checks look at:
 checks name its type ("got Matrix") as they would the original, but none of its code runs here.  A
 tuple subclass (a NamedTuple) comes back as a tuple, an array subclass as an array.  An exception
 the function raised comes back as its class name, the builtin exception classes it derives from, its
-message and its traceback's frames (`remote_error`): enough for the runner's crash diagnosis, which
-reads the type, the message and the student's own lines.
+message and its traceback's frames, with their columns where Python keeps them (`remote_error`):
+enough for the runner's crash diagnosis, which reads the type, the message and the student's own
+lines, down to the lookup that raised.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import functools
 import json
 import keyword
 import struct
+import sys
 import traceback
 
 import numpy as np
@@ -115,7 +117,17 @@ def error_header(error: BaseException) -> dict:
     return {"kind": "raise", "type": kind.__name__,
             "bases": [k.__name__ for k in kind.__mro__ if k.__module__ == "builtins"],
             "text": _text(error),
-            "frames": [[f.filename, f.lineno, f.name, f.line or ""] for f in frames]}
+            "frames": [[f.filename, f.lineno, f.name, f.line or "", *frame_position(f)] for f in frames]}
+
+
+# a frame's place within its line (Python 3.11+: FrameSummary's end_lineno, colno, end_colno), so
+# the runner can name which of a line's lookups raised; None where the version does not keep it
+POSITION_FIELDS = ("end_lineno", "colno", "end_colno")
+FRAMES_HAVE_POSITIONS = sys.version_info >= (3, 11)
+
+
+def frame_position(frame) -> list:
+    return [getattr(frame, field, None) for field in POSITION_FIELDS]
 
 
 def _text(error) -> str:
@@ -215,9 +227,16 @@ def remote_error(header: dict) -> Exception:
     cls = _error_class(str(header.get("type", "Exception")), base)
     error = cls.__new__(cls)
     error.args = (str(header.get("text", ""))[:MAX_TEXT],)
-    error.student_frames = [traceback.FrameSummary(str(f), int(n), str(name), line=str(line), lookup_line=False)
-                            for f, n, name, line in header.get("frames", [])[-MAX_FRAMES:]]
+    error.student_frames = [_frame(*frame) for frame in header.get("frames", [])[-MAX_FRAMES:]]
     return error
+
+
+def _frame(filename, lineno, name, line, *position) -> traceback.FrameSummary:
+    where = {}
+    if FRAMES_HAVE_POSITIONS and len(position) == len(POSITION_FIELDS):
+        # an int or nothing: a malformed position is dropped, not trusted
+        where = {field: value if type(value) is int else None for field, value in zip(POSITION_FIELDS, position)}
+    return traceback.FrameSummary(str(filename), int(lineno), str(name), line=str(line), lookup_line=False, **where)
 
 
 @functools.lru_cache(maxsize=256)

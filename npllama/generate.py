@@ -204,16 +204,15 @@ def _decoder(model, batch_size: int, max_length: int, threads: int | None = None
     attention over a preallocated cache), tested equal to model.forward_step.  Otherwise, or with
     LoRA adapters attached, a `use_op` override in force or a trace recording, the model's own
     forward_step and KVCache, so every intermediate is the readable reference path (FastDecoder
-    runs its own fused loops, not the ops: it would silently ignore an override).
+    runs its own fused loops, not the ops, and refuses to step where it would ignore one of them).
     """
-    from .backend import get_backend, overrides
-    from .trace import active_trace
+    from .backend import get_backend
 
-    if (get_backend() == "numba" and getattr(model, "lora", None) is None and not overrides()
-            and active_trace() is None):
-        from .kernels.decode import FastDecoder
+    if get_backend() == "numba":
+        from .kernels.decode import FastDecoder, what_fused_decoding_ignores
 
-        return FastDecoder(model, batch_size=batch_size, max_length=max_length, threads=threads).step
+        if what_fused_decoding_ignores(model) is None:
+            return FastDecoder(model, batch_size=batch_size, max_length=max_length, threads=threads).step
     cache = model.new_kv_cache(batch_size=batch_size, max_length=max_length)
     return lambda tokens: model.forward_step(tokens, cache)
 

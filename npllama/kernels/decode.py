@@ -40,6 +40,9 @@ bandwidth and by whatever else it spends between those reads:
     token by token, never waking BLAS's threads).
 
 Not for use by two threads at once (a RuntimeError says so): give each thread its own decoder.
+It runs its own fused loops over the model's base weights, not the ops: while a `use_op` override
+is in force, LoRA adapters are attached or a trace records, it refuses to step (a ValueError
+naming what it would ignore) -- `generate` decodes with model.forward_step then.
 """
 import math
 import time
@@ -88,6 +91,7 @@ class FastDecoder:
         require_positive_int("batch_size", batch_size)
         require_positive_int("max_length", max_length)
         require_positive_int("threads", 1 if threads is None else threads)
+        refuse_what_fused_decoding_ignores(model)
         if max_length > cfg.max_position_embeddings:
             raise ValueError(f"max_length ({max_length}) exceeds max_position_embeddings "
                              f"({cfg.max_position_embeddings})")
@@ -123,6 +127,7 @@ class FastDecoder:
                              f"got {tokens.shape}")
         if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
             raise ValueError(f"tokens must be ids in [0, {self.config.vocab_size})")
+        refuse_what_fused_decoding_ignores(self.model)   # an override may have come in since __init__
         B, T_new = tokens.shape
         start, end = self.length, self.length + T_new
         if end > self.max_length:
@@ -196,6 +201,31 @@ class FastDecoder:
         y = np.empty_like(x)
         _rmsnorm_forward_rows(x, weight, self.eps, y, np.empty(x.shape[0], dtype=x.dtype))
         return y
+
+
+def what_fused_decoding_ignores(model) -> str | None:
+    """What is in force that FastDecoder would silently ignore, in words, or None when its logits
+    are model.forward_step's: it runs its own fused loops over the base weights, so neither a
+    `use_op` override, nor LoRA adapters, nor a recording trace would take effect."""
+    from ..backend import overrides
+    from ..trace import active_trace
+
+    replaced = sorted(overrides())
+    if replaced:
+        return f"the use_op override of {', '.join(replaced)}"
+    if getattr(model, "lora", None) is not None:
+        return "the LoRA adapters attached to the model"
+    if active_trace() is not None:
+        return "the trace being recorded"
+    return None
+
+
+def refuse_what_fused_decoding_ignores(model) -> None:
+    ignored = what_fused_decoding_ignores(model)
+    if ignored is not None:
+        raise ValueError(f"FastDecoder would ignore {ignored}: it runs its own fused loops, not the model's "
+                         f"ops. Decode with model.forward_step(tokens, model.new_kv_cache(batch_size, "
+                         f"max_length)) instead (npllama.generate.generate does so by itself)")
 
 
 class ModelWeights:

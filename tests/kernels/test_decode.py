@@ -555,3 +555,39 @@ def test_an_interruption_before_thread_0_runs_its_share_leaves_no_helper_waiting
             team.run(interrupted, int(tokens[0, t]), decoder.length)
         got.append(finishes_within(10, decoder.step, tokens[:, t:t + 1])[:, -1])
     assert np.array_equal(np.stack(got), expected)
+
+
+def test_fast_decoder_refuses_to_ignore_an_override_adapters_or_a_trace():
+    """FastDecoder runs its own fused loops, not the ops: under a `use_op` override (entered before
+    it was made, or between two steps), with LoRA adapters or inside a trace it gave the plain
+    model's logits, silently.  It refuses, naming what it would ignore; outside, it steps again."""
+    from npllama import use_op
+    from npllama.lora import attach_lora
+    from npllama.ops.rmsnorm import rmsnorm_forward
+    from npllama.trace import trace
+
+    model = small_model(2, np.float64)
+
+    def halved(x, weight, eps):
+        y, cache = rmsnorm_forward(x, weight, eps)
+        return y / 2, cache
+
+    decoder = FastDecoder(model, max_length=8)
+    decoder.step(np.array([[1, 2]]))
+    with use_op("rmsnorm_forward", halved):
+        with pytest.raises(ValueError, match="FastDecoder would ignore the use_op override of rmsnorm_forward.*"
+                                             r"model.forward_step"):
+            FastDecoder(model, max_length=8)
+        with pytest.raises(ValueError, match="use_op override of rmsnorm_forward"):
+            decoder.step(np.array([[3]]))
+    assert decoder.length == 2          # the refused step took no position
+    with use_op("rmsnorm_forward", halved, backend="numpy"), use_backend("numba"):
+        decoder.step(np.array([[3]]))   # an override for the other backend is not in force here
+    with trace():
+        with pytest.raises(ValueError, match="the trace being recorded"):
+            decoder.step(np.array([[4]]))
+    attach_lora(model, r=2, target_modules=["q_proj"])
+    with pytest.raises(ValueError, match="the LoRA adapters attached"):
+        decoder.step(np.array([[4]]))
+    model.lora.detach()
+    assert decoder.step(np.array([[4]])).shape == (1, 1, 23)

@@ -97,13 +97,9 @@ class LlamaConfig:
             raise TypeError(f"tie_word_embeddings must be a bool, got {self.tie_word_embeddings!r}")
         if isinstance(self.eos_token_id, (list, tuple)):   # kept as a list, as config.json holds it
             self.eos_token_id = [python_scalar(i) for i in self.eos_token_id]
-            if not self.eos_token_id or not all(_is_int(i) and 0 <= i < self.vocab_size for i in self.eos_token_id):
-                raise ValueError(f"eos_token_id must be None, an id or a non-empty list of ids in "
-                                 f"[0, {self.vocab_size}), got {self.eos_token_id!r}")
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        check_end_ids(self.eos_token_id, self.vocab_size)
+        for name in ("bos_token_id", "pad_token_id"):
             value = getattr(self, name)
-            if name == "eos_token_id" and isinstance(value, list):
-                continue
             if value is not None and (not _is_int(value) or not 0 <= value < self.vocab_size):
                 raise ValueError(f"{name} must be None or an id in [0, {self.vocab_size}), got {value!r}")
         self.rope_scaling = _normalise_rope_scaling(self.rope_scaling)
@@ -291,6 +287,17 @@ def python_scalar(value):
     if isinstance(value, np.generic) and value.shape == () and value.dtype.kind in "biuf":
         return value.item()
     return value
+
+
+def check_end_ids(eos_token_id, vocab_size: int) -> tuple[int, ...]:
+    """The ids an eos_token_id field holds (None: none; one id; or a non-empty list of ids, each
+    in [0, vocab_size)), else a ValueError naming the field.  LlamaConfig checks its own with it,
+    and io/hf.py the ids a generation_config.json adds."""
+    ids = eos_token_id if isinstance(eos_token_id, list) else [] if eos_token_id is None else [eos_token_id]
+    if (isinstance(eos_token_id, list) and not ids) or not all(_is_int(i) and 0 <= i < vocab_size for i in ids):
+        raise ValueError(f"eos_token_id must be None, an id or a non-empty list of ids in "
+                         f"[0, {vocab_size}), got {eos_token_id!r}")
+    return tuple(ids)
 
 
 def _is_int(value) -> bool:

@@ -636,7 +636,8 @@ def test_end_ids_listed_in_generation_config_json_end_a_generation(tmp_path):
     assert end_ids(loaded, Letters()) == [2, 20]
     assert generate_text(loaded, Letters(), "ab", max_new_tokens=10, temperature=0.0) == Letters().decode([20])
     generation_config.write_text(json.dumps({**fields, "eos_token_id": [2, 32]}))   # past the vocabulary
-    with pytest.raises(ValueError, match=r"generation_config.json: field 'eos_token_id': must be a token id"):
+    with pytest.raises(ValueError, match=r"generation_config.json: field 'eos_token_id': must be None, an id or a "
+                                         r"non-empty list of ids in \[0, 32\), got \[2, 32\] \(config.json's vocab_size is 32\)"):
         Llama.from_pretrained(tmp_path / "m")
 
 

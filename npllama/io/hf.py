@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
-from ..config import LlamaConfig
+from ..config import LlamaConfig, check_end_ids
 from .atomic import atomic_directory
 from .errors import CheckpointError
 from .reading import read_json
@@ -182,11 +182,12 @@ def with_generation_end_ids(config: LlamaConfig, generation_config_path) -> Llam
     listed = fields.get("eos_token_id")
     if listed is None or listed == []:
         return config
-    ids = listed if isinstance(listed, list) else [listed]
-    for i in ids:
-        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < config.vocab_size:
-            raise CheckpointError(path, f"must be a token id or a list of them in [0, {config.vocab_size}) "
-                                        f"(config.json's vocab_size), got {listed!r}", field="eos_token_id")
+    try:
+        ids = check_end_ids(listed, config.vocab_size)    # as config.json's own eos_token_id is checked
+    except ValueError as e:
+        problem = str(e).removeprefix("eos_token_id ")
+        raise CheckpointError(path, f"{problem} (config.json's vocab_size is {config.vocab_size})",
+                              field="eos_token_id") from None
     joined = list(dict.fromkeys([*config.end_ids, *ids]))
     if joined == list(config.end_ids):
         return config

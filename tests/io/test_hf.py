@@ -805,3 +805,18 @@ def test_generation_config_json_end_ids_join_once_and_survive_save_and_load(tmp_
         generation.write_text(not_an_object)
         with pytest.raises(CheckpointError, match=r"generation_config.json: must hold a JSON object"):
             Llama.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("bad", [40, -1, True, 2.0, "2", [2, 40], [2, None], [[2]]])
+def test_generation_config_json_end_ids_are_checked_as_config_json_s(tmp_path, bad):
+    """The ids generation_config.json adds are refused exactly where LlamaConfig refuses its own
+    eos_token_id, with its message (one check serves both; hf.py had a copy of its own)."""
+    folder = tmp_path / "m"
+    Llama(small_config(eos_token_id=2), seed=0).save_pretrained(folder)
+    with pytest.raises(ValueError) as refused_by_config:
+        small_config(eos_token_id=bad)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": bad}))
+    with pytest.raises(CheckpointError) as refused_by_file:
+        Llama.from_pretrained(folder)
+    assert refused_by_file.value.field == "eos_token_id"
+    assert refused_by_file.value.problem.startswith(str(refused_by_config.value).removeprefix("eos_token_id "))

@@ -1,6 +1,7 @@
 """Chat templates: the built-in LLaMA-2/3 formats, a folder's own Jinja template, rendered as
 transformers renders it, and used by `finetune sft` and `generate --chat`."""
 import json
+import re
 import shutil
 
 import pytest
@@ -329,9 +330,53 @@ def test_chat_says_what_it_drops_when_the_conversation_outgrows_the_context(smal
     lines = err.splitlines()
     assert status == 0 and len(out.splitlines()) == 3, err
     dropped = ("[the conversation no longer fits the model's context (128 tokens) with --max-new-tokens 30: "
-               "dropped the oldest exchange]")
+               "dropped the earlier exchange]")                   # the only one: not "the oldest"
     assert lines[0] == dropped and lines[2] == dropped and len(lines) == 3     # the second long one, for "Hi"
-    assert lines[1].startswith("[not sent: even without the earlier exchanges the prompt would be")
+    assert re.fullmatch(r"\[not sent: this message alone makes a prompt of \d+ tokens, and the model's context is "
+                        r"128; the earlier exchange is kept\]", lines[1]), lines[1]
+
+
+def test_chat_says_truly_what_it_dropped_and_what_it_did_not_send(small_model_dir, monkeypatch, capsys):
+    """The lines on stderr were wrong in several cases: "dropped the oldest exchange" when it was
+    the only one, "even without the earlier exchanges" on a first message that had none, no word of
+    the system prompt that stays, and "with --max-new-tokens 64" when the flag was not given."""
+    from npllama.commands.chat import Conversation, dropped_words, not_sent_words
+    from npllama.runs import load_model_and_tokenizer
+
+    too_long = "word " * 200
+    for system, alone in ((None, "this message alone makes"),
+                          ("Be brief.", "this message and the system prompt alone make")):
+        status, out, err = chat(["--model", str(small_model_dir)] + (["--system", system] if system else []),
+                                f"{too_long}\n", monkeypatch, capsys)
+        assert status == 0 and out == "", err
+        assert re.fullmatch(rf"\[not sent: {alone} a prompt of \d+ tokens, and the model's context is 128\]\n",
+                            err), err
+    long = " ".join(["Lily ran to the park with her dog."] * 3)
+    status, out, err = chat(["--model", str(small_model_dir), "--system", "Be brief."], f"{long}\n{long}\n",
+                            monkeypatch, capsys)
+    assert err == ("[the conversation no longer fits the model's context (128 tokens) with room for a 64-token "
+                   "answer (the default --max-new-tokens): dropped the earlier exchange; the system prompt stays]\n")
+
+    assert dropped_words(1, 2, None) == "dropped the oldest exchange"
+    assert dropped_words(2, 1, "Be brief.") == "dropped the 2 oldest exchanges; the system prompt stays"
+    assert dropped_words(3, 0, None) == "dropped all 3 earlier exchanges"
+    assert not_sent_words(130, 128, 2, None) == ("not sent: this message alone makes a prompt of 130 tokens, and "
+                                                 "the model's context is 128; the 2 earlier exchanges are kept")
+    assert not_sent_words(128, 128, 0, None).endswith("is 128, leaving no room for an answer")
+
+    # the oldest of several goes, and the newer stay: what "oldest" says is so
+    model, tokenizer, _ = load_model_and_tokenizer(small_model_dir)
+    conversation = Conversation(ChatTemplate.for_folder(small_model_dir, tokenizer), tokenizer, None)
+    for question in ("Hi", "Go on", "And then"):
+        conversation.ask(question, room=10, context=128)
+        conversation.answer("Lily ran to the park.")
+    question = {"role": "user", "content": "Lily ran to the park with her dog."}
+    newest_and_question = tokenizer.encode(conversation.template.render(conversation.exchanges[-1] + [question]),
+                                           bos=False)
+    room = 128 - len(newest_and_question)     # room for the newest exchange, not for the two before it
+    ids, dropped = conversation.ask(question["content"], room=room, context=128)
+    assert (dropped, ids) == (2, newest_and_question)
+    assert [pair[0]["content"] for pair in conversation.exchanges] == ["And then"]
 
 
 def test_eval_choice_in_chat_asks_in_the_model_s_own_template(small_model_dir, tmp_path, monkeypatch, capsys):

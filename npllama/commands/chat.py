@@ -39,8 +39,11 @@ def run(args) -> int:
     template = ChatTemplate.for_folder(model_dir, tokenizer, name=args.chat_template, adapter=args.adapter)
     end_ids = template.stop_ids(tokenizer, model)
     context = model.config.max_position_embeddings
+    answer_room = "--max-new-tokens {}"
     if args.max_new_tokens is None:    # room for an answer that leaves some for what was said before
         args.max_new_tokens = default_answer_tokens(context)
+        answer_room = "room for a {}-token answer (the default --max-new-tokens)"
+    answer_room = answer_room.format(args.max_new_tokens)
     conversation = Conversation(template, tokenizer, args.system)
     typed = sys.stdin.isatty()
     with use_backend(args.backend or get_backend()):
@@ -48,10 +51,9 @@ def run(args) -> int:
             prompt_ids, dropped = conversation.ask(line, room=args.max_new_tokens, context=context)
             if dropped:
                 _say(f"[the conversation no longer fits the model's context ({context} tokens) with "
-                     f"--max-new-tokens {args.max_new_tokens}: dropped the oldest {_exchanges(dropped)}]")
+                     f"{answer_room}: {dropped_words(dropped, len(conversation.exchanges), args.system)}]")
             if len(prompt_ids) >= context:
-                _say(f"[not sent: even without the earlier exchanges the prompt would be {len(prompt_ids)} "
-                     f"tokens, and the model's context is {context}]")
+                _say(f"[{not_sent_words(len(prompt_ids), context, len(conversation.exchanges), args.system)}]")
                 continue
             room = min(args.max_new_tokens, context - len(prompt_ids))
             show = stream_text(tokenizer, prompt_ids, _write, answer=True)
@@ -119,8 +121,24 @@ def _lines(typed: bool):
             yield line
 
 
-def _exchanges(n: int) -> str:
-    return "exchange" if n == 1 else f"{n} exchanges"
+def dropped_words(dropped: int, kept: int, system: str | None) -> str:
+    """What Conversation.ask dropped, in words: the oldest of several exchanges, or every one."""
+    if kept:
+        words = "dropped the oldest exchange" if dropped == 1 else f"dropped the {dropped} oldest exchanges"
+    else:
+        words = "dropped the earlier exchange" if dropped == 1 else f"dropped all {dropped} earlier exchanges"
+    return words + ("; the system prompt stays" if system else "")
+
+
+def not_sent_words(prompt_tokens: int, context: int, earlier: int, system: str | None) -> str:
+    """Why a message is not sent: even with every earlier exchange left out, its prompt leaves
+    no room for an answer in the model's context.  Those `earlier` exchanges stay (nothing was
+    dropped for it), for the next message."""
+    alone = "this message and the system prompt alone make" if system else "this message alone makes"
+    kept = "" if not earlier else ("; the earlier exchange is kept" if earlier == 1
+                                   else f"; the {earlier} earlier exchanges are kept")
+    return (f"not sent: {alone} a prompt of {prompt_tokens} tokens, and the model's context is {context}"
+            f"{', leaving no room for an answer' if prompt_tokens == context else ''}{kept}")
 
 
 def _write(text: str) -> None:

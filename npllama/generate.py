@@ -430,12 +430,19 @@ def _check_eos(eos_id, vocab_size: int) -> set[int]:
 
 
 def _is_batch(prompt) -> bool:
-    """A list of prompts (each a sequence of ids), as opposed to one prompt."""
+    """A list of prompts (each a sequence of ids), as opposed to one prompt.  A list that mixes ids
+    and lists is neither (a TypeError), and so is a batch of no prompt (a ValueError)."""
     if isinstance(prompt, np.ndarray):
+        if prompt.ndim == 2 and prompt.shape[0] == 0:
+            raise ValueError(f"prompt is a batch of no prompt: give at least one, got an array of shape {prompt.shape}")
         return prompt.ndim == 2
     if isinstance(prompt, (str, bytes)) or not isinstance(prompt, Sequence) or not prompt:
         return False
-    return all(isinstance(p, (Sequence, np.ndarray)) and not isinstance(p, (str, bytes)) for p in prompt)
+    lists = [isinstance(p, (Sequence, np.ndarray)) and not isinstance(p, (str, bytes)) for p in prompt]
+    if any(lists) and not all(lists):
+        raise TypeError(f"prompt mixes token ids and lists of them: give one prompt (a list of ids) or a batch "
+                        f"(a list of id lists), got {prompt!r}")
+    return all(lists)
 
 
 def _check_prompt(prompt, vocab_size: int, name: str = "prompt") -> list[int]:

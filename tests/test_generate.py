@@ -526,6 +526,13 @@ def test_generate_text_stops_at_each_end_id_the_config_lists():
     (dict(prompt=[1], max_new_tokens=3, stop=5), TypeError, "stop"),
     (dict(prompt=[[1], []], max_new_tokens=3), ValueError, r"prompt\[1\] must hold at least one token"),
     (dict(prompt=[[1], [2]], max_new_tokens=3, on_token=print), ValueError, "one prompt"),
+    # a batch of no prompt was "max() arg is an empty sequence"; one that mixes ids and lists was
+    # taken for one prompt, "found [1]"
+    (dict(prompt=np.zeros((0, 3), dtype=np.int64), max_new_tokens=3), ValueError,
+     r"prompt is a batch of no prompt: give at least one"),
+    (dict(prompt=[[1], 2], max_new_tokens=3), TypeError,
+     r"prompt mixes token ids and lists of them: give one prompt \(a list of ids\) or a batch \(a list of id lists\)"),
+    (dict(prompt=[1, np.array([2])], max_new_tokens=3), TypeError, r"prompt mixes token ids and lists of them"),
 ])
 def test_bad_new_generation_arguments_are_refused(model, kwargs, error, match):
     with pytest.raises(error, match=match):

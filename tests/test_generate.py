@@ -695,3 +695,36 @@ def test_greedy_generation_is_transformers_generate(shape, tmp_path):
         for backend in ("numpy", "numba"):
             with use_backend(backend):
                 assert generate(ours, prompt, n, temperature=0, **ours_options) == expected, (backend, prompt)
+
+
+DECODE_SHAPES = {
+    "grouped-query, untied": dict(num_key_value_heads=2),
+    "multi-query, tied": dict(num_key_value_heads=1, tie_word_embeddings=True),
+    "llama3 rope scaling": dict(num_key_value_heads=2, rope_scaling=dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8)),
+}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("shape", DECODE_SHAPES)
+def test_the_decoder_s_logits_are_the_full_forward_s_at_every_step_to_the_context_end(shape, backend):
+    """generate's decoder (FastDecoder under numba, forward_step with a KV cache under numpy), fed a
+    prompt of 1 or of max_position_embeddings - 1 tokens and then one token at a time up to the
+    context's end, gives at every position the logits of one forward over the whole sequence."""
+    from npllama import use_backend
+    from npllama.generate import _decoder
+
+    context = 20
+    config = LlamaConfig(vocab_size=29, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=context, **DECODE_SHAPES[shape])
+    model = Llama(config, seed=1, dtype=np.float64)
+    sequence = np.random.default_rng(0).integers(0, 29, size=(1, context))
+    with use_backend(backend):
+        full = model.forward(sequence)
+        for prompt_length in (1, context - 1):
+            decode = _decoder(model, batch_size=1, max_length=context)
+            steps = [decode(sequence[:, :prompt_length])] + [decode(sequence[:, t:t + 1])
+                                                             for t in range(prompt_length, context)]
+            np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=0, atol=1e-12)
+        with pytest.raises(ValueError, match=r"fills the model's context \(max_position_embeddings = 20\)"):
+            generate(model, sequence[0].tolist(), 1)

@@ -30,7 +30,7 @@ MODULES = ["npllama", "npllama.backend", "npllama.config", "npllama.model", "npl
            "npllama.gradcheck", "npllama.data", "npllama.finetune", "npllama.finetune_sop",
            "npllama.objectives", "npllama.lora", "npllama.optim", "npllama.exercises",
            "npllama.tokenizer_json", "npllama.perplexity", "npllama.datasets", "npllama.corpus",
-           "npllama.io"] + sorted(f"npllama.io.{m.name}" for m in pkgutil.iter_modules(npllama.io.__path__))
+           "npllama.io", "npllama.kernels.decode"] + sorted(f"npllama.io.{m.name}" for m in pkgutil.iter_modules(npllama.io.__path__))
 
 
 def _indent(line: str) -> int:
@@ -111,6 +111,9 @@ RUN = {
     "npllama.generate.StopStrings:0": {"fill": {", 200,": ", 20,"}},   # the test model's context is 128
     "npllama.generate.TextStream:0": {},
     "npllama.chat:0": {},
+    "npllama.kernels.decode:0": {"fill": {"step(prompt_tokens)": "step(tokens[:1])",
+                                          "step(next_tokens[:, None])": "step(tokens[:1, -1][:, None])"},
+                                 "check": "logits.shape == (1, 1, model.config.vocab_size) and decoder.length == 9"},
     "npllama.classify:0": {},
     # compare_transformers: importing torch would take most of this test's time (tests/test_debug.py)
     "npllama.debug:0": {"drop": ["debug.compare_transformers("]},

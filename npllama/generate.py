@@ -116,7 +116,11 @@ class StopStrings:
 
         stop = StopStrings(tokenizer, ["THE END", "Q:"])
         ids = generate(model, prompt_ids, 200, stop=stop)
-        text = stop.cut(tokenizer.decode(ids[len(prompt_ids):]))   # the text before the stop string
+        text = stop.cut(text_after(tokenizer, prompt_ids, ids[len(prompt_ids):]))   # before the stop string
+
+    The new ids are read as text that follows other text: SentencePiece drops the space of a
+    text's first piece ("▁Lily" alone decodes as "Lily"), so they are decoded after one plain
+    piece, whose text is then taken off, and a stop string " Lily" is found at the very start too.
     """
 
     def __init__(self, tokenizer, strings: Sequence[str]):
@@ -127,9 +131,10 @@ class StopStrings:
             if not isinstance(text, str) or not text:
                 raise ValueError(f"stop strings must be non-empty str, got {text!r} at position {i}")
         self.tokenizer, self.strings = tokenizer, strings
+        self.lead = tokenizer.encode("a", bos=False)[-1:]    # the plain piece read before the new ids
 
     def __call__(self, new_ids: list[int]) -> bool:
-        text = self.tokenizer.decode(new_ids)
+        text = text_after(self.tokenizer, self.lead, new_ids)
         return any(s in text for s in self.strings)
 
     def cut(self, text: str) -> str:
@@ -141,7 +146,9 @@ class StopStrings:
 def generate_text(model, tokenizer, prompt, max_new_tokens: int = 100, *, stop: Sequence[str] | None = None,
                   **sampling):
     """The text generated after `prompt` (a str, or a list of str -> a list), cut before the first
-    stop string.  The prompt is encoded with BOS; sampling options as `generate` (seed None: fresh;
+    stop string; as it reads after the prompt, so prompt + text is the whole text (a first word's
+    space included: " there", see `text_after`).  The prompt is encoded with BOS; sampling options
+    as `generate` (seed None: fresh;
     eos_id: the tokenizer's and the model config's end ids; vocab_size: ids the tokenizer has)."""
     try:
         texts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -157,10 +164,20 @@ def generate_text(model, tokenizer, prompt, max_new_tokens: int = 100, *, stop: 
     sampling.setdefault("eos_id", end_ids(model, tokenizer))
     sampling.setdefault("vocab_size", decodable_vocab_size(model, tokenizer))
     outputs = generate(model, encoded, max_new_tokens, stop=stopper, **sampling)
-    results = [tokenizer.decode(ids[len(e):]) for e, ids in zip(encoded, outputs)]
+    results = [text_after(tokenizer, e, ids[len(e):]) for e, ids in zip(encoded, outputs)]
     if stopper is not None:
         results = [stopper.cut(text) for text in results]
     return results[0] if isinstance(prompt, str) else results
+
+
+def text_after(tokenizer, before_ids: Sequence[int], ids: Sequence[int]) -> str:
+    """The text `ids` add after `before_ids`, as the whole sequence decodes: prompt + text_after(...)
+    reads as decode(prompt_ids + ids).  Decoding `ids` alone is not that: SentencePiece drops the
+    space that begins a text ("▁there" alone is "there", after "Once upon a time" it is
+    " there").  An unfinished character at the end of `before_ids` counts as new text."""
+    before = list(before_ids)
+    start = len(tokenizer.decode(before).rstrip("\ufffd"))
+    return tokenizer.decode(before + list(ids))[start:]
 
 
 def check_generation_args(max_new_tokens, temperature, top_k, top_p, seed, repetition_penalty=1.0) -> None:

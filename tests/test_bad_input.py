@@ -205,7 +205,7 @@ LIBRARY = [
     ("generate: text prompt", lambda: generate(model(), "hello", 2), E, "prompt must be token ids"),
     ("generate: empty prompt", lambda: generate(model(), [], 2), E, "prompt must hold at least one"),
     ("generate: nested prompt", lambda: generate(model(), [[[1]]], 2), E, "prompt[0] must hold integer token ids"),
-    ("generate: mixed batch", lambda: generate(model(), [[1], 2], 2), E, "prompt must hold integer token ids"),
+    ("generate: mixed batch", lambda: generate(model(), [[1], 2], 2), E, "prompt mixes token ids and lists of them"),
     ("generate: id outside vocab", lambda: generate(model(), [1, 11], 2), E, "prompt holds token id 11"),
     ("generate: float id", lambda: generate(model(), [1.5], 2), E, "prompt"),
     ("generate: prompt longer than the context", lambda: generate(model(), [1] * 9, 1), E, "max_position_embeddings"),

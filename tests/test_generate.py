@@ -4,7 +4,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from npllama import Llama, LlamaConfig
+from npllama import Llama, LlamaConfig, Tokenizer
 from npllama.generate import generate, sample_next, stream_text
 
 
@@ -501,6 +501,45 @@ class Letters:
 
     def decode(self, ids):
         return "".join(chr(ord("a") + i - 3) if i >= 3 else f"<{i}>" for i in ids)
+
+
+def _always_says(model, token_id: int) -> None:
+    """Edit `model` so that greedy decoding picks `token_id` whatever it reads: the blocks add
+    nothing to the residual stream (o_proj, down_proj 0), so the final norm sees a token's
+    embedding, whose first feature is made positive; only that feature survives the norm, and
+    only `token_id`'s row of lm_head reads it."""
+    params = model.params
+    for name in params:
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            params[name][...] = 0.0
+    params["model.embed_tokens.weight"][:, 0] = 1.0
+    params["model.norm.weight"][...] = 0.0
+    params["model.norm.weight"][0] = 1.0
+    params["lm_head.weight"][...] = 0.0
+    params["lm_head.weight"][token_id, 0] = 1.0
+
+
+def test_generate_text_is_the_text_after_the_prompt_with_its_first_space(small_model_dir):
+    """SentencePiece drops the space of a text's first piece: "\u2581play" alone decodes as "play".
+    generate_text's text is what follows the prompt (prompt + text reads as the whole sequence
+    decoded), and a stop string " play" is found at the very start of the new text too."""
+    from npllama.generate import StopStrings, generate_text, text_after
+
+    model, tokenizer = Llama.from_pretrained(small_model_dir), Tokenizer(small_model_dir / "tokenizer.model")
+    play = tokenizer.encode("play", bos=False)
+    assert len(play) == 1 and tokenizer.id_to_piece(play[0]) == "\u2581play"     # a word's first piece
+    _always_says(model, play[0])
+    prompt = "Once upon a time"
+    text = generate_text(model, tokenizer, prompt, 3, temperature=0.0)
+    assert text == " play play play"
+    prompt_ids = tokenizer.encode(prompt)
+    assert prompt + text == tokenizer.decode(prompt_ids + play * 3)
+    assert text_after(tokenizer, prompt_ids, play * 3) == text
+
+    assert generate_text(model, tokenizer, prompt, 3, temperature=0.0, stop=[" play"]) == ""
+    assert generate_text(model, tokenizer, [prompt, "One day"], 2, temperature=0.0, stop=["y p"]) == [" pla", " pla"]
+    assert StopStrings(tokenizer, [" play"])(play)
+    assert not StopStrings(tokenizer, ["a play"])(play)     # the piece read before the new ids is no part of them
 
 
 def test_generate_text_stops_at_each_end_id_the_config_lists():

@@ -41,7 +41,8 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
     seed: None draws fresh randomness each call; an int makes sampling repeatable.  One generator
         serves a whole batch, so a prompt's sample depends on the prompts decoded with it.
     on_token(id) is called with each new id as soon as it is chosen (streaming; one prompt only).
-    stop(new_ids) -> True ends a sequence after its latest id (see `StopStrings`).
+    stop(new_ids) -> True ends a sequence after its latest id (see `StopStrings`).  on_token has
+        had that id already: a stream shows the stop string, and cuts it itself if it must not.
     vocab_size: sample only ids below it -- the tokenizer's vocabulary when the model's embedding
         has padding rows beyond it.
     threads: how many threads one decode step runs on (numba backend, one prompt at a time);

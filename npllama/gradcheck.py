@@ -48,24 +48,28 @@ How a probe's numeric derivative and its bound are made (the error model):
   steps     is mostly truncation (f bends within a few steps: an input far from zero whose entries
             differ by little) is taken again at steps 4, 16, 64 times shorter, kept while the bound
             shrinks and f behaves smoothly there (in each input only until one failure is
-            confirmed, as below).
+            confirmed, as below).  Where f does not behave smoothly at the step (its differences
+            do not shrink like h^2: a layer norm of 1e6 + noise, stepped by 100, saturates within
+            it), 16 times shorter each time, past rough ones, down to eps times the input's
+            spread around its mean.
   failing   a probe that fails is measured again before it is called wrong: f's own rounding,
   probes    from the 4th differences of f at 7 points 1/4 and 1 step apart, and at the step eps also 4
             and 21 (a cancellation can keep f's value over many steps, then jump; 6th differences
             there, which a smooth bend within so wide a window leaves small), and D(t) at
             t = h/64 ... 64h.  Where f rounds beyond C u F (a cancellation inside it, as 1 + tanh(z)
-            for z << 0 or exp(x) - 1 for tiny x: its values move in steps far above u |f|), the
-            probe is first taken again at steps 16 and 256 times longer with that measured
-            rounding in its bound (it falls like 1/step), kept while f stays smooth there and the
-            bound shrinks: that judges it, passing or failing (but an analytic value off by no more
-            than f's rounding at the step h, or 1e-6 of the largest gradient, is UNRESOLVED: a
-            backward holding the same cancelling terms rounds as f does).  Where no longer step
-            is kept and that rounding covers the difference, or where some D(t) strays from D(h)
-            further than the model, f's measured rounding included, lets it (its truncation grows
-            like t^2, its round-off falls like 1/t) and the analytic value lies within that spread
-            of the D(t), the probe is UNRESOLVED, not FAIL: the check cannot tell there.  A smooth
-            f shows neither, so a wrong gradient of one still FAILs.  Each input pays this (up to
-            52 calls) only until one failure is confirmed.
+            for z << 0 or exp(x) - 1 for tiny x: its values move in steps far above u |f|) and
+            D(h) stands out of that rounding (by 2x), the probe is first taken again at steps 16
+            and 256 times longer with that measured rounding in its bound (it falls like 1/step),
+            kept while f stays smooth there and the bound shrinks: that judges it, passing or
+            failing (but an analytic value off by no more than f's rounding at the step h, or 1e-6
+            of the largest gradient, is UNRESOLVED: a backward holding the same cancelling terms
+            rounds as f does).  Where no longer step is kept and that rounding covers the
+            difference, or where some D(t) strays from D(h) further than the model lets it (its
+            truncation grows like t^2, its round-off falls like 1/t) and the analytic value lies
+            within that spread of the D(t), the probe is UNRESOLVED, not FAIL: the check cannot
+            tell there.  A smooth f shows neither, so a wrong gradient of one still FAILs.  Each
+            input pays this (up to 52 calls, and up to 54 for shorter steps) only until one
+            failure is confirmed.
   limits    no step can check a gradient across a kink within a step of the point (relu at 0),
             nor a function that varies on a scale far shorter than the step (cos of x ~ 1e5,
             where the relative step is 10); the report says when f did not behave smoothly.
@@ -149,6 +153,12 @@ BACKWARD_CANCELLATION = 1e-6
 # up to MAX_SHORTENINGS times (_shortened)
 SHORTEN = 4.0
 MAX_SHORTENINGS = 3
+# ... and one whose differences do not shrink like h^2 (rough), ROUGH_SHORTEN times shorter, up to
+# MAX_ROUGH_SHORTENINGS times while it stays rough, but not below eps times the input's spread
+# (_shortened): from the step eps * 1e6 = 100 of a layer norm of 1e6 + noise to eps * 1, on the
+# scale of the spread it bends over
+ROUGH_SHORTEN = 16.0
+MAX_ROUGH_SHORTENINGS = 6
 METHODS = ("auto", "entries", "directional")
 DOUT_SALT = 0x646F7574   # "dout"
 PROGRESS_EVERY = 10.0     # progress=True: seconds between lines while one input is being probed
@@ -767,7 +777,8 @@ def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richa
     # failing, or passing on a loose bound (which could let a mistake through): shorter steps may tighten it
     if probes.remeasure_failures and (abs(analytic - estimate.value) > bound + tol * magnitude
                                       or estimate.bound > LOOSE_BOUND * reference):
-        estimate = _shortened(evaluate, move, estimate, richardson, tol * abs(analytic))
+        estimate = _shortened(evaluate, move, estimate, richardson, tol * abs(analytic),
+                              shortest_rough=eps * _spread(x) / max(scale, TINY))
         bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
     estimate = _kink_checked(evaluate, move, eps, estimate, analytic, bound + tol * magnitude)
     estimate = _steadiness_checked(evaluate, move, estimate, analytic, bound + tol * magnitude, probes, richardson,
@@ -809,7 +820,8 @@ def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, a
     bound = bound_of(estimate)
     if probes.remeasure_failures and (abs(claimed - estimate.value) > bound + tol * magnitude
                                       or estimate.bound > LOOSE_BOUND * magnitude):
-        estimate = _shortened(evaluate, move, estimate, richardson, tol * magnitude)
+        estimate = _shortened(evaluate, move, estimate, richardson, tol * magnitude,
+                              shortest_rough=eps * _spread(x) / max(float(np.max(np.abs(direction))), TINY))
         bound = bound_of(estimate)
     estimate = _kink_checked(evaluate, move, eps, estimate, claimed, bound + tol * magnitude)
     estimate = _steadiness_checked(evaluate, move, estimate, claimed, bound + tol * magnitude, probes, richardson,
@@ -862,8 +874,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
     like 1/t.  A D(t) that strays further than that from the estimate (or an estimate whose
     differences did not shrink like h^2) shows rounding (or a kink nearby) beyond the model, which
     a smooth function never shows; the spread of the differences then measures how far off they can
-    be, and an analytic value within that spread of them is not shown wrong.  The round-off it
-    allows each D(t) is f's as measured, where that is above the model's.
+    be, and an analytic value within that spread of them is not shown wrong.
 
     Only a failing probe pays (up to 52 evaluations), and in each input only until one failure is
     confirmed: the input FAILs then, whatever its other probes show (probes.remeasure_failures)."""
@@ -871,10 +882,9 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
     if not np.isfinite(estimate.value) or abs(analytic - estimate.value) <= held_to \
             or not probes.remeasure_failures:
         return estimate
-    # the largest rounding of D(h) f showed: the ladder below allows each D(t) that much (times h/t),
-    # since a D(t) at a short step strays by f's own rounding / t, which shows nothing the
-    # measurement has not (exp(x) - 1 at x ~ 1e-8 rounds at 1e-4 of its gradient: a difference of
-    # 1e-3 failed there, yet D(h/64) strayed by its 64x rounding and made the probe UNRESOLVED)
+    # the largest rounding of D(h) f showed: exp(x) - 1 at x ~ 1e-8 rounds at 1e-4 of its gradient,
+    # so D(h/64) strays by 64x that, and a gradient off by 1e-3 came out UNRESOLVED by the ladder
+    # below; longer steps, with that rounding in their bound, resolve it (_retaken_over_rounding)
     rounding = estimate.roundoff
     if np.isfinite(analytic) and not estimate.kink:    # a kink's values look like rounding to this test
         # shortest first, the longer ones only while nothing is found; STAIR_SPACINGS at the step eps only
@@ -887,8 +897,13 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
                 break
             rounding = max(rounding, measured)
         if rounding > estimate.roundoff:
-            retaken = _retaken_over_rounding(evaluate, move, estimate, rounding, richardson, good_enough)
-            if retaken is not None:
+            # retaken only where D(h) stands out of that rounding: a function bending within the
+            # step, as a layer norm of 1e5 + noise stepped by 10, has 4th differences as large as
+            # D(h), like rounding's, and longer steps there only look smoother
+            resolved = estimate.bound - estimate.roundoff + rounding <= UNRESOLVED * abs(estimate.value)
+            retaken = resolved and _retaken_over_rounding(evaluate, move, estimate, rounding, richardson,
+                                                          good_enough)
+            if retaken:
                 # held_to is the estimate's bound plus what does not depend on the step
                 off_by = abs(analytic - retaken.value) - (held_to - estimate.bound + retaken.bound)
                 if off_by <= 0:
@@ -904,9 +919,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
                 return retaken._replace(unsteady=True)
             if abs(analytic - estimate.value) <= held_to + rounding:
                 return estimate._replace(unsteady=True)
-    # differences at h, 2h, 4h that did not shrink like h^2 (rough) by no more than that rounding
-    # are its rounding too, as _derivative would have judged them knowing it
-    values, strays = [estimate.value], estimate.rough and not estimate.difference <= 2 * rounding
+    values, strays = [estimate.value], estimate.rough
     # at a kink at the point, longer steps reach the kinks of other entries along a direction
     for factor in [f for f in RESTEP_FACTORS if f < 1 or not estimate.kink] if np.isfinite(analytic) else ():
         try:
@@ -917,7 +930,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
         if width == 0 or not np.isfinite(value):
             continue
         # held_to: the estimate's bound, the analytic's round-off and the relative floor
-        allowed = held_to + estimate.difference * factor**2 + rounding / factor
+        allowed = held_to + estimate.difference * factor**2 + estimate.roundoff / factor
         strays = strays or abs(value - estimate.value) > allowed
         values.append(value)
         spread = max(values) - min(values)
@@ -1018,7 +1031,7 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
     return best, longer
 
 
-def _shortened(evaluate, move, estimate, richardson, good_enough) -> _Estimate:
+def _shortened(evaluate, move, estimate, richardson, good_enough, shortest_rough=0.0) -> _Estimate:
     """A failing probe, or one passing on a loose bound (which a mistake could hide in), whose bound is
     mostly truncation (f bends within a few steps: an input far from zero whose entries differ by
     little, x = 1e3 + noise, is stepped by eps * 1e3; at 1e4 + noise a wrong entry passed inside the
@@ -1029,23 +1042,55 @@ def _shortened(evaluate, move, estimate, richardson, good_enough) -> _Estimate:
     hold where f bends within a few steps is why it is taken, and nearer the point f only looks more
     like its Taylor series.  Like the re-measurement, only until one failure is confirmed in the
     input (which then FAILs whatever its other probes show): a wrong backward's probes all fail, and
-    would each pay 18 calls more (the callers look at probes.remeasure_failures)."""
-    best = estimate
-    for _ in range(MAX_SHORTENINGS):
+    would each pay 18 calls more (the callers look at probes.remeasure_failures).
+    A rough estimate (its differences at h, 2h, 4h did not shrink like h^2) is taken again at steps
+    ROUGH_SHORTEN times shorter, on past rough ones, down to shortest_rough: the step eps makes
+    relative to the input's spread around its mean, not to its entries' size.  An input far from
+    zero whose entries differ by little (a layer norm of 1e6 + noise, stepped by eps * 1e6 = 100:
+    its output saturates within the step, and D(h) is 1/300 of the derivative) is smooth only on
+    the scale of the spread; elsewhere (spread ~ size) this adds nothing, so a rough estimate made
+    by f's rounding (exp(x) - 1 at tiny x) is not replaced by one that looks smooth by chance at a
+    step far shorter, where the rounding is larger still."""
+    best, steadiest = estimate, None
+    step, rough_left = estimate.step, MAX_ROUGH_SHORTENINGS
+    for _ in range(MAX_SHORTENINGS + MAX_ROUGH_SHORTENINGS):
         # (a rough estimate too: differences that do not shrink like h^2 at h, 2h, 4h may be f
         # bending within those steps, smooth at shorter ones)
         if not best.bound - best.roundoff > best.roundoff:    # round-off dominates: no gain
             break
+        # f rough at the step: it may vary on a scale far shorter (a layer norm of 1e6 + noise is
+        # stepped by 100 and bends over 1), so the steps shrink faster, past rough ones
+        # (an input without spread, all its entries equal, has no such scale)
+        rough_level = best.rough and 0 < shortest_rough < step
+        step = max(step / ROUGH_SHORTEN, shortest_rough) if rough_level else step / SHORTEN
         try:
             with np.errstate(all="ignore"):
-                attempt = _derivative(evaluate, move, best.step / SHORTEN, richardson, good_enough,
-                                      test_smoothness=True)
+                attempt = _derivative(evaluate, move, step, richardson, good_enough, test_smoothness=True)
         except _LeftDomain:
             break
-        if attempt.rough or not attempt.bound < best.bound:
+        if attempt.rough and rough_level:
+            if steadiest is None or _relative_bound(attempt) < _relative_bound(steadiest):
+                steadiest = attempt
+            if shortest_rough < step and rough_left > 1:
+                rough_left -= 1       # still rough: shorter yet (the rough estimate stands meanwhile)
+                continue
+        # a rough estimate's bound means little (its differences did not shrink like h^2): a smooth
+        # one at a step shortened towards the spread replaces it
+        if attempt.rough or not (attempt.bound < best.bound or rough_level):
             break
         best = attempt
+    # none smooth, down to the spread (f's own rounding there, a layer norm of 1e8 + noise losing 8
+    # digits to x - mean): the shorter estimate that differs least from its neighbours, relative to
+    # its value, where the first one's differences are as large as its value (an output saturating
+    # within the step: D(h) ~ 1/h, as a rounding's)
+    if best is estimate and estimate.rough and steadiest is not None \
+            and _relative_bound(steadiest) <= min(LOOSE_BOUND, _relative_bound(estimate) / 100):
+        best = steadiest
     return best
+
+
+def _relative_bound(estimate: _Estimate) -> float:
+    return estimate.bound / abs(estimate.value) if estimate.value else np.inf
 
 
 class _LeftDomain(ValueError):
@@ -1252,6 +1297,12 @@ def _notes(report: InputReport, n_entries, n_finite, probes, passed, unresolved,
         notes.append(f"only {n_entries} of {report.size} entries were checked and no directions: "
                      "an error elsewhere would not be seen")
     return notes
+
+
+def _spread(x: np.ndarray) -> float:
+    """The rms of x's finite entries around their mean: how far apart they are, whatever their size."""
+    finite = x[np.isfinite(x)]
+    return _rms(finite - np.mean(finite)) if finite.size else 0.0
 
 
 def _rms(v: np.ndarray) -> float:

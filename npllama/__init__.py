@@ -8,7 +8,7 @@
 """
 from .backend import get_backend, set_backend, study, use_backend, use_op
 from .config import LlamaConfig
-from .gradcheck import check_op, gradcheck
+from .gradcheck import check_op, gradcheck, numerical_gradient
 from . import trace  # a callable module: `with npllama.trace() as t:` and `npllama.trace.compare(...)`
 
 __version__ = "0.1.0"
@@ -33,5 +33,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'npllama' has no attribute {name!r}")
 
 
-__all__ = ["Llama", "LlamaConfig", "KVCache", "Tokenizer", "generate_text", "ChatTemplate", "load_classifier", "check_op", "gradcheck", "get_backend",
-           "set_backend", "study", "use_backend", "use_op", "trace"]
+__all__ = ["Llama", "LlamaConfig", "KVCache", "Tokenizer", "generate_text", "ChatTemplate", "load_classifier", "check_op", "gradcheck",
+           "numerical_gradient", "get_backend", "set_backend", "study", "use_backend", "use_op", "trace"]

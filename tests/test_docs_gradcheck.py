@@ -42,3 +42,13 @@ def test_the_cost_the_guide_states_is_what_a_check_takes():
         fn = lambda v: calls.append(1) or float(np.sum(np.tanh(v)))
         assert gradcheck(fn, [x], [1 - np.tanh(x) ** 2]).ok
         assert low <= len(calls) <= high, (shape, len(calls))
+
+
+def test_the_numerical_gradient_the_guide_shows_is_exported_where_it_says():
+    # DESIGN.md: "a numerical gradient helper a student can call"; the guide imports it from npllama,
+    # which did not export it (it lived only in npllama.gradcheck)
+    import npllama
+    from npllama.gradcheck import numerical_gradient
+
+    assert "numerical_gradient" in npllama.__all__ and npllama.numerical_gradient is numerical_gradient
+    assert "from npllama import numerical_gradient" in DOC.read_text(encoding="utf-8")

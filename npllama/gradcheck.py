@@ -72,7 +72,9 @@ How a probe's numeric derivative and its bound are made (the error model):
             failure is confirmed.
   limits    no step can check a gradient across a kink within a step of the point (relu at 0),
             nor a function that varies on a scale far shorter than the step (cos of x ~ 1e5,
-            where the relative step is 10); the report says when f did not behave smoothly.
+            where the relative step is 10) and than the input's spread (1e5 + noise, with a
+            spread of 1, is resolved by the shorter steps); the report says when f did not
+            behave smoothly.
 
 Which probes (method="auto"): every entry when the input has at most max_entries entries
 (None: AUTO_ALL_ENTRIES entries); otherwise a random sample of max_entries entries (None:

@@ -1089,6 +1089,18 @@ def test_a_right_layer_norm_far_from_its_spread_does_not_fail(offset):
     assert passed >= 5, passed
 
 
+def test_a_function_varying_on_the_spread_of_an_input_far_from_zero_is_resolved():
+    # cos of 1e5 + noise is stepped by eps * 1e5 = 10, while it varies over ~1, the entries' spread:
+    # right and 1e-3-wrong gradients were both UNRESOLVED for every seed.  Rough estimates are taken
+    # again down to eps times the spread, where cos is smooth.
+    for seed in range(5):
+        x = 1e5 + np.random.default_rng(seed).standard_normal(6)
+        right = gradcheck(lambda v: float(np.sum(np.cos(v))), [x], [-np.sin(x)], seed=seed)
+        assert right.ok, f"seed {seed}:\n{right}"
+        wrong = gradcheck(lambda v: float(np.sum(np.cos(v))), [x], [-1.001 * np.sin(x)], seed=seed)
+        assert wrong.inputs[0].status == "FAIL", f"seed {seed}:\n{wrong}"
+
+
 def _layer_norm_backward_without_the_mean_term(dout, cache):
     xhat, rstd = cache
     return rstd * (dout - xhat * (dout * xhat).mean(-1, keepdims=True))

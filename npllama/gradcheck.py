@@ -1279,11 +1279,16 @@ def _notes(report: InputReport, n_entries, n_finite, probes, passed, unresolved,
                      f"call would not see it){rounding}")
     if not report.ok and any(r and not p and not s and np.isfinite(v)
                              for r, p, s, v in zip(probes.rough, passed, unsteady, probes.numeric)):
+        # a probe that failed where f behaved smoothly is a verdict the rough ones do not weaken (after
+        # one failure is confirmed, the others are not measured again, and may stay at rough steps)
+        smooth_failures = int(np.sum(~passed & ~unresolved & ~np.array(probes.rough, dtype=bool)))
+        standing = (f" (the FAIL stands on {smooth_failures} probe(s) that failed where f behaved smoothly)"
+                    if smooth_failures else "")
         notes.append("along a failing probe f did not behave like a smooth function (its differences at steps "
                      "h, 2h, 4h do not shrink as h^2): a kink (relu or abs at 0, a max with a tie) at or within a "
                      "few steps of the point, or rounding inside f far above that of |f| (a cancellation, as "
                      "1 + tanh(z) for z << 0 or exp(x) - 1 for tiny x), makes finite differences unreliable "
-                     "there; draw inputs away from it, or compute f stably")
+                     f"there{standing}; draw inputs away from it, or compute f stably")
     if report.floor_only:
         notes.append(f"{report.floor_only} probe(s) passed only through the absolute floor atol: "
                      "the check did not resolve them")

@@ -1101,6 +1101,21 @@ def test_a_function_varying_on_the_spread_of_an_input_far_from_zero_is_resolved(
         assert wrong.inputs[0].status == "FAIL", f"seed {seed}:\n{wrong}"
 
 
+def test_a_fail_confirmed_where_f_is_smooth_says_so_beside_the_rough_probes():
+    # cos of 1e5 + noise with the wrong sign: the first probe is confirmed at shorter, smooth steps,
+    # the others stay at rough ones; the note that f "did not behave like a smooth function ... makes
+    # finite differences unreliable there" read as if the FAIL itself were in doubt
+    x = 1e5 + np.random.default_rng(0).standard_normal(6)
+    entry = gradcheck(lambda v: float(np.sum(np.cos(v))), [x], [np.sin(x)]).inputs[0]
+    assert entry.status == "FAIL", entry
+    note = next(note for note in entry.notes if "did not behave like a smooth function" in note)
+    assert "the FAIL stands on 1 probe(s) that failed where f behaved smoothly" in note, note
+    # at a kink at the point itself no probe is smooth, and nothing is said to stand
+    kink = gradcheck(lambda v: float(np.sum(np.maximum(v, 0))), [np.array([0.0, 1.0])], [np.array([0.0, 1.0])])
+    note = next(note for note in kink.inputs[0].notes if "did not behave like a smooth function" in note)
+    assert "stands" not in note, note
+
+
 def _layer_norm_backward_without_the_mean_term(dout, cache):
     xhat, rstd = cache
     return rstd * (dout - xhat * (dout * xhat).mean(-1, keepdims=True))

@@ -903,9 +903,9 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
             # step, as a layer norm of 1e5 + noise stepped by 10, has 4th differences as large as
             # D(h), like rounding's, and longer steps there only look smoother
             resolved = estimate.bound - estimate.roundoff + rounding <= UNRESOLVED * abs(estimate.value)
-            retaken = resolved and _retaken_over_rounding(evaluate, move, estimate, rounding, richardson,
-                                                          good_enough)
-            if retaken:
+            retaken = (_retaken_over_rounding(evaluate, move, estimate, rounding, richardson, good_enough)
+                       if resolved else None)
+            if retaken is not None:
                 # held_to is the estimate's bound plus what does not depend on the step
                 off_by = abs(analytic - retaken.value) - (held_to - estimate.bound + retaken.bound)
                 if off_by <= 0:

@@ -226,26 +226,8 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
     for name in ("data", "tokenizer", "val_data"):  # before anything is written
         if getattr(tc, name) is not None and not Path(getattr(tc, name)).expanduser().exists():
             raise FileNotFoundError(f"--{name.replace('_', '-')} {getattr(tc, name)!r} does not exist")
-    if tc.init_from is not None and not resume:
-        init_from_config(tc)  # the folder is readable and the shape settings agree with it
-        if tc.tokenizer is not None and init_from_tokenizer_path(tc) is not None:
-            raise ValueError(f"--init-from {tc.init_from!r} has its own tokenizer.model, which its "
-                             f"embeddings were trained with: leave out --tokenizer")
-        if tc.tokenizer is None and init_from_tokenizer_path(tc) is None \
-                and (init_from_dir(tc) / "tokenizer.json").is_file():  # a tokenizer a new one would replace
-            raise ValueError(f"--init-from {tc.init_from!r} has a tokenizer.json but no tokenizer.model: training "
-                             f"needs the SentencePiece tokenizer.model its embeddings were trained with; pass it "
-                             f"with --tokenizer (a new one, trained on --data, would give the ids other meanings)")
-    if tc.data is not None and tc.val_data is not None and not resume:
-        _refuse_held_out_text_in_data(tc)
-    given = None   # a new start's --tokenizer, read once: checked now, then the run's own copy
-    if not resume:   # the model a new start builds, with a --tokenizer's vocabulary and ids
-        from .tokenizer import Tokenizer
-
-        given = Tokenizer(Path(tc.tokenizer).expanduser()) if tc.tokenizer is not None else None
-        if given is not None and tc.vocab_size is not None:
-            _refuse_another_vocab_size(tc, given)
-        check_new_model(tc, given)
+    # a new start's --tokenizer, read once: checked now, then the run's own copy
+    given = None if resume else _check_a_new_start(tc)
     if resume:
         require_settings(run_dir, CONFIG_FILE)
     else:
@@ -264,6 +246,46 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
             return _train_holding_the_run(tc, run_dir, resume, echo, texts, val_texts, given)
         except KeyboardInterrupt as stop:   # outside the steps (those stop with a checkpoint and a line)
             raise _said_what_is_left(stop, run_dir) from None
+
+
+def _check_a_new_start(tc: TrainConfig):
+    """What a new start checks before it writes anything: the --init-from folder, the held-out
+    text, the model it will build (with a --tokenizer's vocabulary and ids).  Returns the
+    --tokenizer read (None without one)."""
+    from .tokenizer import Tokenizer
+
+    if tc.init_from is not None:
+        init_from_config(tc)  # the folder is readable and the shape settings agree with it
+        if tc.tokenizer is not None and init_from_tokenizer_path(tc) is not None:
+            raise ValueError(f"--init-from {tc.init_from!r} has its own tokenizer.model, which its "
+                             f"embeddings were trained with: leave out --tokenizer")
+        if tc.tokenizer is None and init_from_tokenizer_path(tc) is None \
+                and (init_from_dir(tc) / "tokenizer.json").is_file():  # a tokenizer a new one would replace
+            raise ValueError(f"--init-from {tc.init_from!r} has a tokenizer.json but no tokenizer.model: training "
+                             f"needs the SentencePiece tokenizer.model its embeddings were trained with; pass it "
+                             f"with --tokenizer (a new one, trained on --data, would give the ids other meanings)")
+    if tc.data is not None and tc.val_data is not None:
+        _refuse_held_out_text_in_data(tc)
+    given = Tokenizer(Path(tc.tokenizer).expanduser()) if tc.tokenizer is not None else None
+    if given is not None and tc.vocab_size is not None:
+        _refuse_another_vocab_size(tc, given)
+    check_new_model(tc, given)
+    return given
+
+
+def _check_a_restart(tc: TrainConfig, run_dir: Path):
+    """A resume of a run that never reached a checkpoint (killed or failed before it) is a new
+    start from step 0 with the saved settings: they are checked as a new start's are, before any
+    work.  One refused now (the run may have been saved by a version that accepted it) cannot be
+    changed by --resume, which keeps the settings that define the run; nothing was trained, so
+    the refusal says to start the run again.  Returns the --tokenizer read, as _check_a_new_start."""
+    try:
+        return _check_a_new_start(tc)
+    except ValueError as error:
+        raise ValueError(f"{str(run_dir)!r} has no checkpoint yet, so --resume would start the run again from "
+                         f"step 0 with its saved settings ({CONFIG_FILE}), and they are refused now: {error}. "
+                         f"Nothing was trained: start the run again without --resume (the same --out will do, "
+                         f"as it holds no checkpoint) with settings that avoid this") from None
 
 
 def _said_what_is_left(stop: KeyboardInterrupt, run_dir: Path) -> Interrupted:
@@ -291,6 +313,8 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
         _refuse_a_folder_holding_a_run(run_dir)   # again under the lock: another start may have made one since
         checkpoint = None
     if checkpoint is None:  # a new start: files a failed start left are not this run's
+        if resume:
+            given_tokenizer = _check_a_restart(tc, run_dir)
         _remove_derived_files(run_dir)
         write_settings(run_dir, tc, CONFIG_FILE)  # first, so a start killed from here on can be resumed
 

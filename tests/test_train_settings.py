@@ -1,5 +1,6 @@
 """`npllama train` configurable like its peers: the model's shape over a preset (flags or a Hugging
 Face config file), --init-from, the optimizer's betas, the held-out text, the document separator."""
+import dataclasses
 import json
 import os
 import shutil
@@ -392,6 +393,26 @@ def test_a_run_whose_saved_settings_hold_a_pad_token_id_of_before_it_was_kept_re
     result = train(npllama.train.resume_config(str(out)), resume=True, echo=quiet)
     assert result.step == 2 and not result.interrupted
     assert json.loads((out / "model" / "config.json").read_text()).get("pad_token_id") is None
+
+
+def test_a_resume_before_the_first_checkpoint_of_settings_now_refused_says_to_start_again(tmp_path, capsys):
+    # a run an older version started with a --config pad_token_id of </s> (read past then), killed
+    # before its first checkpoint: --resume would start it from step 0 as a new start, and the saved
+    # settings are refused as a new start's are -- before any work, saying that nothing was trained and
+    # to start again without --resume (which may not change them), not "set pad_token_id to null"
+    out = tmp_path / "run"
+    tc = TrainConfig(out=str(out), steps=2, num_hidden_layers=1, **FAST)
+    out.mkdir()
+    saved = json.loads(json.dumps(dataclasses.asdict(tc)))
+    (out / "train_config.json").write_text(json.dumps({**saved, "model_config": {"pad_token_id": 2}}))
+    lines = []
+    with pytest.raises(ValueError) as refused:
+        train(npllama.train.resume_config(str(out)), resume=True, echo=lines.append)
+    said = str(refused.value)
+    assert "pad_token_id 2 is </s>" in said and "no checkpoint" in said and "without --resume" in said
+    assert lines == [] and not (out / "tokenizer.model").exists()   # refused before a tokenizer is trained
+    assert main(["train", "--out", str(out), "--resume"]) == 2
+    assert "without --resume" in capsys.readouterr().err
 
 
 def test_init_from_a_folder_whose_pad_token_id_is_eos_trains_with_it_as_transformers_would(shaped_run, tmp_path):

@@ -89,10 +89,34 @@ def _saved_settings_and_older(run_dir, config_class, file_name: str) -> tuple[di
     # a setting added since the run was saved: the value the run was made with, not today's default
     older = {name: value for name, value in getattr(config_class, "SETTINGS_OF_OLDER_RUNS", {}).items()
              if name not in saved}
+    settings = {**older, **saved}
     try:
-        return _as_dict(config_class(**older, **saved)), set(older)
+        config_class(**settings)
     except (TypeError, ValueError) as error:
-        raise CheckpointError(path, f"holds an invalid setting: {error}") from None
+        settings = _without_refused_call_settings(config_class, settings, path, error)
+    return _as_dict(config_class(**settings)), set(older)
+
+
+def _without_refused_call_settings(config_class, saved: dict, path: Path, error: Exception) -> dict:
+    """`saved` without the settings that steer only one call (config_class.RESUME_QUIET: samples,
+    progress, ...) whose value an older npllama accepted and this one refuses: the resuming call
+    gives its own value, or the default (a resume ignores the saved ones: changes_on_resume).  A
+    refused setting that belongs to the run is a CheckpointError saying why and what to do."""
+    quiet = [name for name in getattr(config_class, "RESUME_QUIET", ()) if name in saved]
+    kept = {name: value for name, value in saved.items() if name not in quiet}
+    try:
+        config_class(**kept)
+    except (TypeError, ValueError):
+        raise CheckpointError(path, f"holds an invalid setting: {error} (a value an older npllama accepted, or "
+                                    f"the file was edited): this npllama cannot resume the run; start a new one "
+                                    f"with another --out") from None
+    for name in quiet:   # each one kept that is still valid
+        try:
+            config_class(**kept, **{name: saved[name]})
+        except (TypeError, ValueError):
+            continue
+        kept[name] = saved[name]
+    return kept
 
 
 def write_settings(run_dir, config, file_name: str) -> None:

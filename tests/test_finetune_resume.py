@@ -227,6 +227,38 @@ def test_a_classify_run_saved_before_the_stratified_split_resumes_on_its_own_spl
     assert [r["loss"] for r in log if "loss" in r] == named.losses and named.losses[:3] == first.losses
 
 
+def test_an_sft_run_saved_with_samples_now_refused_resumes(small_model_dir, tmp_path):
+    # an older npllama accepted --samples -1 (it printed all but the last answers); samples steers only
+    # the call that prints them, not the run, so a resume takes the value given (or the default)
+    # instead of refusing the whole run folder as damaged
+    from npllama.finetune_run import settings_file
+
+    out = tmp_path / "run"
+    first = run_job("sft", settings("sft", small_model_dir, out=str(out), steps=2, lora=True, lora_r=2))
+    settings_path = out / settings_file("sft")
+    settings_path.write_text(json.dumps({**json.loads(settings_path.read_text()), "samples": -1}))
+    assert main(["finetune", "sft", "--out", str(out), "--resume", "--steps", "3", "--samples", "1",
+                 "--no-progress", "--backend", "numpy"]) == 0
+    assert json.loads(settings_path.read_text())["samples"] == 1   # the file now holds a valid value
+    settings_path.write_text(json.dumps({**json.loads(settings_path.read_text()), "samples": -1}))
+    resumed = run_job("sft", settings("sft", small_model_dir, out=str(out), steps=4, lora=True, lora_r=2),
+                      resume=True)
+    assert resumed.losses[:2] == first.losses and len(resumed.losses) == 4
+
+
+def test_a_saved_setting_now_refused_that_defines_the_run_is_refused_saying_why_and_what_to_do(small_model_dir,
+                                                                                             tmp_path, capsys):
+    from npllama.finetune_run import settings_file
+
+    out = tmp_path / "run"
+    run_job("classify", settings("classify", small_model_dir, out=str(out), steps=1))
+    settings_path = out / settings_file("classify")
+    settings_path.write_text(json.dumps({**json.loads(settings_path.read_text()), "seed": -1}))
+    assert main(["finetune", "classify", "--out", str(out), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "seed" in err and "older npllama" in err and "another --out" in err and len(err.splitlines()) == 1
+
+
 def test_resume_refuses_steps_below_the_checkpoint_and_changes_nothing(small_model_dir, tmp_path, capsys):
     # Before: the run was saved as finished at step 6 with "steps": 2 recorded, where `npllama train` refuses
     out = tmp_path / "run"

@@ -72,7 +72,8 @@ class Classifier:
 def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
     """A classifier folder (path), or a base model folder (path) with a SEQ_CLS LoRA `adapter`.
 
-    path: a folder or a run folder holding one (None: the latest run, runs/LATEST).  dtype:
+    path: a folder or a run folder holding one (None: the latest run, runs/LATEST; with an adapter,
+    the base its adapter_config.json names).  dtype:
     np.float32 or np.float64.  A folder without score.weight raises CheckpointError (a ValueError).
 
     Every folder is read holding its run's reader lock (npllama.runs.reading_run), so a fine-tuning
@@ -83,7 +84,10 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
         require_path("path", path, "a classifier folder or run")
     if adapter is not None:
         require_path("adapter", adapter, "a LoRA adapter folder")
-        from .lora import load_adapter
+        from .lora import base_of_adapter, load_adapter
+
+        if path is None:   # the base the adapter was trained on, not the latest run
+            path = base_of_adapter(adapter, "path")
 
         from .io.errors import CheckpointError
         from .io.hf import SCORE_NAME
@@ -117,18 +121,19 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
     return Classifier(model, score, names, tokenizer, str(model_dir), config.pad_token_id, _trained_max_len(info))
 
 
-def adapted_classifier(model, adapter, tokenizer, model_dir, pad_token_id: int | None = None) -> Classifier:
+def adapted_classifier(model, adapter, tokenizer, model_dir, pad_token_id: int | None = None,
+                       info: dict | None = None) -> Classifier:
     """The Classifier made by `model` with the sequence-classification LoRA adapter folder `adapter`
     attached to it (load_adapter): the head is the adapter's score.weight, its labels and max_len
     finetune.json's.  The head skips the pad id fine-tuning padded with: finetune.json's "pad_id"
     (trained_pad_id), else the tokenizer's (pad_id_of), an adapter saved before the record being
     trained with that; pad_token_id: the id when neither is at hand (tokenizer None: npllama.debug's
-    --tokens)."""
+    --tokens).  info: the adapter's finetune.json fields (_info) when the caller has read them."""
     score = model.lora.extra.pop(SCORE, None)
     if score is None:
         raise ValueError(f"adapter {str(adapter)!r} has no score.weight: it is not a sequence-classification "
                          f"adapter (made with `npllama finetune classify --lora --out DIR`, or PEFT's SEQ_CLS)")
-    info = _info(Path(adapter))
+    info = _info(Path(adapter)) if info is None else info
     names = _label_names(info, {}, score.shape[0])
     recorded = trained_pad_id(info, model.config.vocab_size)
     classifier = Classifier(model, score, names, tokenizer, f"{model_dir} + {adapter}",

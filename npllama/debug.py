@@ -172,8 +172,9 @@ def _attach_adapter(llama, adapter, model_dir: Path, classifier: bool, tokenizer
     if SCORE not in adapters.extra:
         check_causal_lm(llama)   # a classification adapter without its head is no token predictor either
         return None
+    info = _info(Path(adapter))   # read once: its pad id, labels, max_len and attention
     pad_token_id = None   # the id fine-tuning padded with: the adapter's record, else the tokenizer's
-    if tokenizer is None and trained_pad_id(_info(Path(adapter)), llama.config.vocab_size) is None:
+    if tokenizer is None and trained_pad_id(info, llama.config.vocab_size) is None:
         pad_token_id = llama.config.pad_token_id   # an adapter saved before the record, without its tokenizer
         if pad_token_id is None:
             # a GGUF or llama2.c base has no config.json to edit: its folder form has (npllama convert)
@@ -183,15 +184,15 @@ def _attach_adapter(llama, adapter, model_dir: Path, classifier: bool, tokenizer
             raise ValueError(f"--adapter {str(adapter)!r} is a sequence-classification adapter, whose head skips "
                              f"the pad id, the base's tokenizer's; but there is {no_tokenizer}, and no pad_token_id "
                              f"in {where}: add the base's tokenizer, or {fix}")
-    return adapted_classifier(llama, adapter, tokenizer, model_dir, pad_token_id).head
+    return adapted_classifier(llama, adapter, tokenizer, model_dir, pad_token_id, info).head
 
 
 def load_inputs(model=None, text: str | None = None, tokens: str | None = None, dtype=np.float32,
                 classifier: bool = False, adapter=None):
     """(model, model_dir, ids, labels) for the commands' --model / --text / --tokens.
 
-    model: a run folder, a run's model/ folder, any Hugging Face folder (None: the latest run), a
-    GGUF file or a llama2.c checkpoint (model_path).
+    model: a run folder, a run's model/ folder, any Hugging Face folder (None: the latest run; with
+    an adapter, the base its adapter_config.json names), a GGUF file or a llama2.c checkpoint (model_path).
     text needs the model's tokenizer (tokenizer.model in or beside the folder, or tokenizer.json in
     it; a GGUF file's own; tokenizer.model or tokenizer.bin beside a llama2.c file); tokens ("1,5,9")
     does not.
@@ -209,6 +210,10 @@ def load_inputs(model=None, text: str | None = None, tokens: str | None = None, 
     if (text is None) == (tokens is None):
         raise ValueError("give exactly one of --text (needs the model's tokenizer.model or tokenizer.json) or "
                          "--tokens 1,5,9 (token ids)")
+    if model is None and adapter is not None:   # the base the adapter was trained on, not the latest run
+        from .lora import base_of_adapter
+
+        model = base_of_adapter(adapter, "--model")
     model_dir = model_path(model)
     if classifier and _is_classifier_folder(model_dir):
         if adapter is not None:   # (it would run without it)

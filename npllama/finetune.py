@@ -616,7 +616,7 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
     echo(format_metrics(metrics, names, baseline, names[majority]))
     out = None
     if run is not None:
-        info = {"task": "classify", "base": str(model_dir), "data": source, "lora": cc.lora,
+        info = {"task": "classify", "base": str(Path(model_dir).resolve()), "data": source, "lora": cc.lora,
                 "steps": cc.steps, "max_len": max_len, "metrics": metrics, "majority_baseline": baseline}
         out = run.publish(lambda folder: classifier.save(folder, tokenizer, base_dir=model_dir, info=info))
     if cc.lora:   # the adapter holds the head, not the base it adapts
@@ -783,7 +783,7 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
                 model.lora.merge()
             model.save_pretrained(out, extra_files=tokenizer.hf_files(  # the template travels with it
                 chat_template=template.source, model_max_length=model.config.max_position_embeddings))
-        _write_info(out, {"task": "sft", "base": str(model_dir), "steps": sc_.steps, "lora": sc_.lora,
+        _write_info(out, {"task": "sft", "base": str(Path(model_dir).resolve()), "steps": sc_.steps, "lora": sc_.lora,
                           "val_loss_before": before, "val_loss_after": after})
 
     out = None

@@ -253,10 +253,13 @@ class LoraAdapters:
     def save_adapter(self, path, base_model_name_or_path: str | None = None,
                      task_type: str = "CAUSAL_LM") -> Path:
         """Write `path`/adapter_config.json and `path`/adapter_model.safetensors (PEFT's layout),
-        atomically.  `extra` tensors are saved as PEFT saves modules_to_save: base_model.model.<name>."""
+        atomically.  base_model_name_or_path naming a local folder is recorded absolute (base_of_adapter).  `extra` tensors are saved as PEFT saves modules_to_save: base_model.model.<name>."""
         from .io.atomic import atomic_directory
         from .io.safetensors import write_safetensors
 
+        if base_model_name_or_path is not None and Path(base_model_name_or_path).expanduser().exists():
+            # a folder, absolute: PEFT reads the field from the working directory of whoever loads it
+            base_model_name_or_path = str(Path(base_model_name_or_path).expanduser().resolve())
         config = self.peft_config(base_model_name_or_path, task_type)
         tensors = dict(self.params)
         tensors.update({PEFT_PREFIX + name: array for name, array in self.extra.items()})
@@ -306,6 +309,32 @@ def load_adapter(model, path, task: str | None = None) -> LoraAdapters:
         raise ValueError(f"task must be None or 'CAUSAL_LM', got {task!r}")
     with reading_run(path):   # a fine-tuning run replacing the folder is never read half-way
         return _load_adapter(model, path, task)
+
+
+def base_of_adapter(path, flag: str = "--model") -> str | None:
+    """The base model an adapter folder was trained on, for a caller given the adapter but no base:
+    its adapter_config.json's base_model_name_or_path, the one PEFT's AutoPeftModel loads.  npllama
+    records it absolute; one recorded relative (as PEFT and older npllama record it, as given) is
+    read from the working directory, as PEFT reads it.  None when `path` holds no adapter_config.json
+    (load_adapter says what is wrong); a ValueError naming `flag`, the way to give the base, when
+    the file names none or a path that is no folder here."""
+    from .io.errors import CheckpointError
+    from .io.reading import read_json
+
+    config_path = Path(path).expanduser() / CONFIG_NAME
+    if not config_path.is_file():
+        return None
+    base = read_json(config_path, expect=dict, error=CheckpointError).get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"adapter {str(path)!r} does not name its base model (its {CONFIG_NAME} has no "
+                         f"base_model_name_or_path): give the base it was fine-tuned on with {flag}")
+    if not Path(base).expanduser().is_dir():
+        where = "" if Path(base).expanduser().is_absolute() else \
+            ", a path relative to the folder the fine-tune ran in, which is not this one"
+        raise ValueError(f"adapter {str(path)!r} was fine-tuned on {base!r} (its {CONFIG_NAME}'s "
+                         f"base_model_name_or_path{where}), which is not a folder here: give that base model "
+                         f"with {flag}")
+    return base
 
 
 def is_classification_adapter(task_type, modules_to_save) -> bool:

@@ -673,6 +673,26 @@ def test_cli_runs_a_model_with_a_lora_adapter_and_notes_it(folder_with_tokenizer
                     "1,7,3,12", "--plant", "rope-meta"]) == 1
 
 
+def test_a_classification_adapters_finetune_json_is_read_once(folder_with_tokenizer, tmp_path, monkeypatch):
+    # its pad id and its labels, max_len and attention come from one reading: a fine-tune replacing
+    # the folder in between could otherwise mix two runs' records
+    from pathlib import Path
+
+    from npllama.debug import load_inputs
+    from npllama.finetune import SequenceClassifier
+    from npllama.io import reading
+
+    base = Llama.from_pretrained(folder_with_tokenizer)
+    SequenceClassifier(adapted(base, seed=1), ["neg", "pos"], pad_id=3).save(tmp_path / "classify", tokenizer=None)
+    read, real_read_json = [], reading.read_json
+    monkeypatch.setattr(reading, "read_json", lambda path, *args, **kwargs: (
+        read.append(Path(path).name), real_read_json(path, *args, **kwargs))[1])
+    without_tokenizer = _base_without_tokenizer(folder_with_tokenizer, 0)   # then the pad id is looked up too
+    loaded = load_inputs(without_tokenizer, tokens="1,7,3", classifier=True, adapter=tmp_path / "classify")
+    assert list(loaded[0].label_names) == ["neg", "pos"] and loaded[0].pad_id == 3
+    assert read.count("finetune.json") == 1, read
+
+
 def _base_without_tokenizer(folder, pad_token_id):
     """A copy of the model folder without its tokenizer, config.json's pad_token_id set as given."""
     copy = folder.parent / f"without_tokenizer_{pad_token_id}"

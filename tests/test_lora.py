@@ -369,3 +369,39 @@ def test_dropout_is_inverted_kept_inputs_are_scaled_by_one_over_keep():
     kept = rng.random(x.shape) < 0.75
     expected = x @ W.T + adapters.scaling * ((x * kept / 0.75) @ A.T) @ B.T
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_an_adapter_names_its_base_absolute_and_loads_with_it_from_another_folder(small_model_dir, tmp_path,
+                                                                                  monkeypatch, capsys):
+    # PEFT records base_model_name_or_path as given, and AutoPeftModel reads it from the working
+    # directory: a relative --base would name another folder (or none) wherever the adapter is used
+    # next.  npllama records the folder absolute, and --adapter without --model loads that base,
+    # not the latest run's model (which need not be the one the adapter was trained on)
+    import shutil
+
+    from npllama.cli import main
+    from npllama.finetune import SFTConfig, sft
+
+    there, elsewhere = tmp_path / "there", tmp_path / "elsewhere"
+    there.mkdir(), elsewhere.mkdir()
+    shutil.copytree(small_model_dir, there / "base")
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "no-runs"))   # no latest run to fall back on
+    monkeypatch.chdir(there)
+    with use_backend("numpy"):
+        sft(SFTConfig(base="base", out=str(tmp_path / "adapter"), lora=True, lora_r=2, steps=1, batch_size=2,
+                      max_len=56, samples=0, progress=False), echo=lambda *_: None)
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    assert config["base_model_name_or_path"] == str((there / "base").resolve())
+    monkeypatch.chdir(elsewhere)
+    argv = ["generate", "--adapter", str(tmp_path / "adapter"), "--prompt", "Once", "--max-new-tokens", "2",
+            "--backend", "numpy"]
+    assert main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    # an adapter an older npllama saved, naming its base relative to a folder unknown here: refused,
+    # saying where the base comes from
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": "base"}))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "'base'" in err and "base_model_name_or_path" in err and "--model" in err and len(err.splitlines()) == 1
+    assert main([*argv, "--model", str(there / "base")]) == 0

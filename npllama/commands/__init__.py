@@ -29,18 +29,23 @@ def add_run_options(p) -> None:
 def add_adapter_option(p, model_flag: str) -> None:
     """--adapter: a causal-LM LoRA adapter folder applied to the model named by `model_flag`."""
     p.add_argument("--adapter", default=None, help="a LoRA adapter folder (PEFT layout, e.g. from "
-                   f"`npllama finetune sft --lora --out DIR`) applied to {model_flag}")
+                   f"`npllama finetune sft --lora --out DIR`) applied to {model_flag} (without {model_flag}: to the base "
+                   f"the adapter names, its adapter_config.json's base_model_name_or_path)")
 
 
 def load_run_model(path, adapter, dtype: str, flag: str = "--model", job: str = "generating text"):
-    """(model, tokenizer, model_dir) for --model/--base `path` (None: the latest run), with the LoRA
-    `adapter` folder applied when one is given.  Every caller predicts tokens (`job`), so a
+    """(model, tokenizer, model_dir) for --model/--base `path` (None: the base the adapter names,
+    without one the latest run), with the LoRA `adapter` folder applied when one is given.  Every caller predicts tokens (`job`), so a
     masked-LM model (`train --objective mlm`) is refused before it is loaded."""
     import numpy as np
 
     from .. import runs
     from ..runs import load_model_and_tokenizer
 
+    if path is None and adapter is not None:   # the adapter's own base, not the latest run
+        from ..lora import base_of_adapter
+
+        path = base_of_adapter(adapter, flag)
     runs.require_a_language_model(path, flag, job)     # not a classifier, not a masked-LM model
     model, tokenizer, model_dir = load_model_and_tokenizer(path, dtype=getattr(np, dtype))
     if adapter is not None:

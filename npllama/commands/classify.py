@@ -20,7 +20,7 @@ def register(subparsers) -> None:
                     "instead: accuracy, macro-F1 and the confusion matrix, as fine-tuning reports them.",
         formatter_class=HelpFormatter)
     p.add_argument("--model", default=None, help="the classifier folder; with --adapter, the base model "
-                   "folder (default: the latest run)")
+                   "folder (default: the latest run; with --adapter, the base the adapter names)")
     p.add_argument("--adapter", default=None, help="a LoRA adapter folder saved by `npllama finetune "
                    "classify --lora --out DIR` (PEFT SEQ_CLS layout, score.weight inside)")
     p.add_argument("--text", action="append", default=None, help="a text to classify (repeatable)")
@@ -68,7 +68,7 @@ def run(args) -> int:
         texts += [line for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") if line.strip()]
     if not texts:
         raise UsageError("give at least one --text or a --file with text")
-    classifier = load_classifier(args.model, dtype=getattr(np, args.dtype), adapter=args.adapter)
+    classifier = load_classifier(_model(args), dtype=getattr(np, args.dtype), adapter=args.adapter)
     with use_backend(args.backend or get_backend()):
         probabilities = classifier.probabilities(texts, batch_size=args.batch_size)
     from ..text_width import ljust, width as columns
@@ -100,7 +100,7 @@ def _score_file(args) -> int:
         texts, labels, lines = datasets.read_labelled(args.data)
     except (OSError, ValueError) as error:
         raise UsageError(f"--data: {error}") from None
-    classifier = load_classifier(args.model, dtype=getattr(np, args.dtype), adapter=args.adapter)
+    classifier = load_classifier(_model(args), dtype=getattr(np, args.dtype), adapter=args.adapter)
     names = classifier.label_names
     try:
         truth, _ = datasets.encode_labels(labels, names, source=args.data, lines=lines, whose=CLASSIFIERS_LABELS)
@@ -122,3 +122,13 @@ def _score_file(args) -> int:
                              baseline_from="this file's most frequent label"))
     sys.stdout.flush()
     return 0
+
+
+def _model(args):
+    """--model, or with --adapter alone the base the adapter names (refused naming --model if it
+    names none usable here); load_classifier would name its own argument, `path`."""
+    if args.model is None and args.adapter is not None:
+        from ..lora import base_of_adapter
+
+        return base_of_adapter(args.adapter, "--model")
+    return args.model

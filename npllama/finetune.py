@@ -26,6 +26,7 @@ checkpoints every `checkpoint_every` steps, a checkpoint on Ctrl-C/SIGTERM/SIGHU
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import json
 import shlex
@@ -328,13 +329,20 @@ def loss_change(losses: list) -> str:
             f"(mean of the first -> last {k} steps)")
 
 
-def report_saved(echo, out, what: str, use) -> None:
+# How a fine-tune's caller gives the run folder: the command line's flag while `npllama finetune`
+# runs the job (npllama.commands.finetune sets it), else None: the settings' keyword, `out`.
+OUT_AS_GIVEN: contextvars.ContextVar[str | None] = contextvars.ContextVar("npllama_out_as_given", default=None)
+
+
+def report_saved(echo, out, what: str, use, settings) -> None:
     """The last line of a fine-tune: where its result went (`what`: "the classifier") and the command
     that uses it (`use(folder)`: the command given the folder, shell-quoted), or that nothing was kept
-    without --out.  A function, not a text with a word standing for the folder: the word could be
-    part of the base's path in the same command."""
+    without a run folder, named as the caller gives it (OUT_AS_GIVEN, else `settings`' keyword).
+    A function, not a text with a word standing for the folder: the word could be part of the
+    base's path in the same command."""
     if out is None:
-        echo("nothing saved: give --out DIR to keep the result")
+        given = OUT_AS_GIVEN.get() or f"out=DIR ({type(settings).__name__}'s out)"
+        echo(f"nothing saved: give {given} to keep the result")
     else:
         echo(f"saved {what} to {out}; use it: {use(shlex.quote(str(out)))}")
 
@@ -621,10 +629,10 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
         out = run.publish(lambda folder: classifier.save(folder, tokenizer, base_dir=model_dir, info=info))
     if cc.lora:   # the adapter holds the head, not the base it adapts
         report_saved(echo, out, "the LoRA adapter (PEFT layout)", lambda folder: f"npllama classify --model "
-                     f"{shlex.quote(str(model_dir))} --adapter {folder} --text \"...\" (or --data a labelled file)")
+                     f"{shlex.quote(str(model_dir))} --adapter {folder} --text \"...\" (or --data a labelled file)", cc)
     else:
         report_saved(echo, out, "the classifier",
-                     lambda folder: f'npllama classify --model {folder} --text "..." (or --data a labelled file)')
+                     lambda folder: f'npllama classify --model {folder} --text "..." (or --data a labelled file)', cc)
     return ClassifyResult(metrics, baseline, tuple(names), trainable, total, losses, seconds, out)
 
 
@@ -792,10 +800,10 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     if sc_.lora and not sc_.merge:
         report_saved(echo, out, "the LoRA adapter (PEFT layout)", lambda folder: f"npllama chat --model "
                      f"{shlex.quote(str(model_dir))} --adapter {folder} (or generate --chat, eval choice --template "
-                     f"chat, with the same two flags)")
+                     f"chat, with the same two flags)", sc_)
     else:
         report_saved(echo, out, "the merged model" if sc_.lora else "the model", lambda folder: f"npllama chat "
-                     f"--model {folder} (or generate --chat, eval choice --template chat, with --model {folder})")
+                     f"--model {folder} (or generate --chat, eval choice --template chat, with --model {folder})", sc_)
     return SFTResult(before, after, losses, samples, out)
 
 

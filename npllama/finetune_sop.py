@@ -168,7 +168,7 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
     # a masked-LM model predicts no next token: a classifier fine-tuned from it is what it is for
     report_saved(echo, out, f"the masked-LM model and its {sc_.pairs.upper()} head ({HEAD_FILE})",
                  lambda folder: f"npllama finetune classify --base {folder} --out DIR (generate and eval refuse a "
-                                "masked-LM model)")
+                                "masked-LM model)", sc_)
     return SentenceOrderResult(before, after, baseline, trainable, losses, seconds, out)
 
 

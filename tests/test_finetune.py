@@ -415,7 +415,11 @@ def test_a_saved_classifier_says_the_command_that_classifies_with_it_and_that_co
     said.clear()
     with use_backend("numpy"):
         classify(ClassifyConfig(base=str(base_dir), steps=1, max_len=8, progress=False), echo=said.append)
-    assert said[-1] == "nothing saved: give --out DIR to keep the result"
+    # a Python caller gives the settings' keyword, not the command line's flag
+    assert said[-1] == "nothing saved: give out=DIR (ClassifyConfig's out) to keep the result"
+    assert cli(["finetune", "classify", "--base", str(base_dir), "--steps", "1", "--max-len", "8", "--no-progress",
+                "--backend", "numpy"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "nothing saved: give --out DIR to keep the result"
 
 
 def test_an_adapter_given_with_a_classifier_instead_of_its_base_says_which_to_drop(base_dir, tmp_path):

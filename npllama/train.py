@@ -330,11 +330,20 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
         texts = _load_corpus(tc)
     tokenizer = _prepare_tokenizer(tc, run_dir, texts, echo, checkpoint, given_tokenizer)
     train_ids, val_ids = _train_and_held_out_tokens(tc, run_dir, tokenizer, texts, val_texts)
+    tokens = data_fingerprint(train_ids, val_ids)
+    if checkpoint is not None and _checkpoint_tokens(checkpoint) not in (None, tokens):
+        # the token caches vouch for their key (the text, the tokenizer), not for their own bytes: a
+        # damaged one would be taken for changed text.  The tokens made again from the text decide.
+        train_ids, val_ids = _train_and_held_out_tokens(tc, run_dir, tokenizer, texts, val_texts, cached=False)
+        remade = data_fingerprint(train_ids, val_ids)
+        if remade != tokens:
+            echo(f"the token cache ({run_dir / 'tokens.npy'}{', val_tokens.npy' if tc.val_data else ''}) did not "
+                 f"hold the tokens of the text (damaged?): made again from the text")
+        tokens = remade
     loader = BatchLoader(train_ids, tc.batch_size, tc.seq_len, seed=tc.seed)
     val_batches = evaluation_batches(val_ids, tc.batch_size, tc.seq_len, max_batches=tc.eval_batches or None)
     unigram = unigram_entropy(train_ids, tokenizer.vocab_size)
 
-    tokens = data_fingerprint(train_ids, val_ids)
     state = {}
     if checkpoint is not None:
         model, optimizer, state = restore_checkpoint(checkpoint, tc, loader, tokenizer,
@@ -402,6 +411,18 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
         signum = getattr(stop, "signum", signal.SIGINT)
     return TrainResult(run_dir, loop.step, loop.last_train_loss, loop.last_val_loss, unigram,
                        stop is not None, samples, stop_signal=signum)
+
+
+def _checkpoint_tokens(checkpoint: Path):
+    """The data_fingerprint a checkpoint recorded, or None (none recorded, or a training_state.json
+    that restore_checkpoint will refuse, saying why)."""
+    from .io.reading import read_json
+    from .io.train_state import STATE_FILE
+
+    try:
+        return read_json(checkpoint / STATE_FILE, expect=dict).get("tokens")
+    except (OSError, ValueError):
+        return None
 
 
 def restore_checkpoint(checkpoint, tc: TrainConfig, loader, tokenizer, changed=(), tokens=None):
@@ -717,11 +738,16 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts, echo, checkpoint=N
                          f"it with `npllama tokenizer train --character-coverage` and give it as --tokenizer.") from None
 
 
-def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts, val_texts=None):
+def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts, val_texts=None, cached=True):
     """(train_ids, val_ids): all of --data and --val-data's text (val_texts when already read),
-    or --data with its last val_fraction held out."""
+    or --data with its last val_fraction held out.  cached=False: the token caches (tokens.npy,
+    val_tokens.npy) are made again from the text, not read."""
     from .data import tokenize_corpus, train_val_split
 
+    if not cached:
+        for name in ("tokens.npy", "val_tokens.npy"):
+            for path in (run_dir / name, run_dir / f"{name}.json"):   # the stream and its key
+                path.unlink(missing_ok=True)
     ids = tokenize_corpus(texts, tokenizer, cache_path=run_dir / "tokens.npy", progress=_bars(tc))
     if tc.val_data is None:
         return train_val_split(ids, tc.held_out_fraction, bos_id=tokenizer.bos_id)

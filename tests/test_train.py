@@ -212,6 +212,26 @@ def test_resume_refuses_a_data_file_changed_since_the_checkpoint(tmp_path):
     assert train(resume_config(out), resume=True, echo=quiet).step == 2
 
 
+def test_a_damaged_token_cache_is_made_again_not_taken_for_changed_text(straight_run, tmp_path):
+    """tokens.npy is keyed by the text and the tokenizer, not checked against its own contents: a
+    damaged one (its key intact) gave other tokens, and the resume was refused as "the training
+    text (the built-in stories) has changed" -- text that cannot change, with advice to start a new
+    run.  The tokens made again from the text decide: the cache is rewritten and the run resumes,
+    with the losses of the uninterrupted run."""
+    straight, _ = straight_run
+    out = tmp_path / "run"
+    config = dict(out=str(out), steps=12, eval_every=6, checkpoint_every=4, **FAST)
+    assert train(TrainConfig(**config, stop_after=6), echo=quiet).interrupted
+    cached = np.load(out / "tokens.npy", mmap_mode="r+")
+    cached[100] = (cached[100] + 1) % 360
+    cached.flush()
+    del cached
+    lines = []
+    assert train(TrainConfig(**config), resume=True, echo=lines.append).step == 12
+    assert losses(out) == losses(straight)
+    assert any("token cache" in line and "tokens.npy" in line for line in lines), lines
+
+
 @pytest.mark.parametrize("field, value, match", [
     ("steps", 0, "steps must be a positive integer"),
     ("batch_size", -1, "batch_size"),

@@ -513,6 +513,9 @@ class _Loop:
         self.last_train_loss = self.last_val_loss = self.last_val_step = None
         self.skipped_in_a_row = 0
         self.saved_step = None  # the step of the checkpoint last written by this loop
+        # the loader's position after the last step taken (or skipped): what a checkpoint saves, not
+        # the live one, which a step a stop signal abandons has moved past its batches
+        self.loader_position = loader.state_dict()
         self.bar = None
         self.helper = helper              # a process compiling the kernels, or None
         self.on_reference = False         # whether steps run on the NumPy reference while it does
@@ -592,6 +595,7 @@ class _Loop:
                                                                          self.model.params)
             if problem is not None:
                 self.non_finite(problem)
+                self.loader_position = self.loader.state_dict()   # the skipped batch is not drawn again
                 continue
             # A step is all or nothing: a stop signal waits until the update, the step count and
             # its log line agree (a checkpoint saved in between would be unresumable).
@@ -600,9 +604,11 @@ class _Loop:
                     update(self.optimizer, grads, lr)
                 except NonFiniteGradientError as error:  # the optimizer's own check, a second line of defence
                     self.non_finite(f"the gradient of {error.name} is not finite")
+                    self.loader_position = self.loader.state_dict()
                     continue
                 self.skipped_in_a_row = 0
                 self.step += 1
+                self.loader_position = self.loader.state_dict()
                 seconds = time.perf_counter() - started
                 self.last_train_loss = loss
                 self.write_log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
@@ -676,7 +682,7 @@ class _Loop:
     def save_checkpoint(self, step: int) -> None:
         from .io.train_state import save_checkpoint
 
-        state = {"step": step, "loader": self.loader.state_dict(), "train_loss": self.last_train_loss,
+        state = {"step": step, "loader": self.loader_position, "train_loss": self.last_train_loss,
                  "val_loss": self.last_val_loss, "val_step": self.last_val_step}
         if self.tokens is not None:
             state["tokens"] = self.tokens

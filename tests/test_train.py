@@ -62,6 +62,32 @@ def test_resume_gives_exactly_the_losses_of_an_uninterrupted_run(straight_run, t
         np.testing.assert_array_equal(a.params[name], b.params[name])
 
 
+def test_a_stop_in_the_middle_of_a_step_resumes_to_the_losses_of_an_uninterrupted_run(straight_run, tmp_path,
+                                                                                      monkeypatch):
+    """Ctrl-C (SIGTERM, SIGHUP) while a step computes abandons it: the checkpoint is of the step
+    before.  It saved the loader's position after the abandoned step's batch, so the resumed run
+    skipped that batch and its losses parted from the uninterrupted run's at the next step."""
+    import npllama.train as train_module
+
+    straight, _ = straight_run
+    out = tmp_path / "run"
+    config = dict(out=str(out), steps=12, eval_every=6, checkpoint_every=4, **FAST)
+    real_step = train_module.step_before_the_update
+
+    def stopped_in_the_sixth_step(step, tc, accumulate, params, **kwargs):
+        if step == 5:          # its batch is drawn, its update never comes
+            accumulate()
+            raise KeyboardInterrupt
+        return real_step(step, tc, accumulate, params, **kwargs)
+
+    monkeypatch.setattr(train_module, "step_before_the_update", stopped_in_the_sixth_step)
+    result = train(TrainConfig(**config), echo=quiet)
+    assert result.interrupted and result.step == 5
+    monkeypatch.setattr(train_module, "step_before_the_update", real_step)
+    assert train(TrainConfig(**config), resume=True, echo=quiet).step == 12
+    assert losses(out) == losses(straight)
+
+
 def test_resume_after_stop_after_continues_to_the_end(tmp_path):
     """The hint printed on a --stop-after stop (`npllama train --out DIR --resume`) finishes the run:
     the saved stop_after belonged to the call that stopped, not to the resume."""

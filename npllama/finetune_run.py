@@ -28,7 +28,7 @@ from .io.atomic import atomic_files_into, atomic_write_text
 from .io.errors import CheckpointError
 from .resuming import (LOG_FILE, already_holds_a_run, check_finite, check_steps_reach, checked_step, data_fingerprint,
                        record_changes, refuse_changed_data, reopen_run, reporting_write_errors, require_settings,
-                       restore_optimizer, stop_line, truncate_log, write_settings)
+                       restore_optimizer, stop_line, truncate_log, what_is_left, write_settings)
 from .runs import files_besides_locks, not_empty, replacing_in_run, writing_run
 
 SETTINGS_FILES = {"classify": "classify_config.json", "sft": "sft_config.json", "sop": "sop_config.json"}
@@ -68,7 +68,19 @@ def fine_tuning_run(config, task: str, resume: bool, echo, check_base=None):
 
         config = dataclasses.replace(config, base=str(latest_run()))
     with stop_signals_interrupt(), writing_run(run_dir):
-        yield FinetuneRun(run_dir, config, task, resume, echo)
+        run = FinetuneRun(run_dir, config, task, resume, echo)
+        try:
+            yield run
+        except KeyboardInterrupt as stop:
+            if run.stop_said:   # in the steps: a checkpoint was saved, and a line said so
+                raise
+            # before the first step or after the last (loading the base, tokenizing, evaluating)
+            from .finetune import INFO_FILE   # (the result's record, written with it)
+
+            resume_command = f"npllama finetune {task} --out {run_dir} --resume"
+            raise what_is_left(stop, run_dir, resume_command, run_dir, (run_dir / INFO_FILE).is_file(),
+                               f"`{resume_command}` starts it from step 0 (the folder holds its settings, so "
+                               f"a new start there is refused)") from None
 
 
 class FinetuneRun:
@@ -77,6 +89,7 @@ class FinetuneRun:
     def __init__(self, run_dir: Path, config, task: str, resume: bool, echo):
         self.run_dir, self.config, self.task, self.echo = run_dir, config, task, echo
         self.saved_step = None    # the step of the checkpoint this process wrote last
+        self.stop_said = False    # whether a stop signal in the steps saved a checkpoint and said so
         self.checkpoint = None    # the checkpoint folder to resume from
         self.changes = {}
         self.data, self.data_sources = None, None   # the examples' fingerprint (record_data), kept in checkpoints
@@ -176,6 +189,7 @@ class FinetuneRun:
         """After a stop signal: save the step reached (unless saved) and say how to continue."""
         if self.saved_step != step:
             save()
+        self.stop_said = True
         self.echo(stop_line(stop, step, self.run_dir, f"npllama finetune {self.task} --out {self.run_dir} --resume"))
 
     def close(self) -> None:

@@ -300,6 +300,27 @@ def stop_line(stop: BaseException, step: int, run_dir, resume_command: str, why:
             f"continue with `{resume_command}`")
 
 
+def what_is_left(stop: KeyboardInterrupt, run_dir, resume_command: str, result: Path, finished: bool,
+                 before_the_first: str):
+    """The Interrupted a stop outside the steps (before the first, after the last; those in between
+    stop with a checkpoint and a stop_line) raises: what the run folder holds, and what to run.
+    result: where the run's result is saved, `finished` if it is there (a resume may go on past
+    it); before_the_first: what to do when the run has reached no checkpoint yet."""
+    import signal
+
+    from .interrupts import Interrupted
+
+    run_dir = Path(run_dir)
+    if (run_dir / "checkpoint").is_dir():
+        detail = (f"the checkpoint in {run_dir / 'checkpoint'} is as it was; continue with `{resume_command}`"
+                  + (f" (the result saved last is in {result})" if finished else ""))
+    elif finished:
+        detail = f"the finished result is in {result}"
+    else:
+        detail = f"before the first step, so nothing was trained; {before_the_first}"
+    return Interrupted(getattr(stop, "signum", signal.SIGINT), detail)
+
+
 def already_holds_a_run(run_dir) -> ValueError:
     return ValueError(f"run folder {str(run_dir)!r} already holds a run; pass --resume to continue it, or "
                       f"choose another --out")

@@ -39,7 +39,8 @@ from .thread_choice import fastest_threads
 from .resuming import (LOG_FILE, CheckpointWriteError,  # noqa: F401 (CheckpointWriteError: re-exported)
                        already_holds_a_run, check_finite, check_steps_reach, checked_step, data_fingerprint,
                        paths_as_str, record_changes, refuse_changed_data, reopen_run, reporting_write_errors,
-                       require_settings, restore_optimizer, saved_settings, stop_line, truncate_log, write_settings)
+                       require_settings, restore_optimizer, saved_settings, stop_line, truncate_log, what_is_left,
+                       write_settings)
 from .runs import (TOKENIZER_FILE, files_besides_locks, mark_latest, not_empty, note_attention_dropout,
                    replacing_in_run, writing_run)
 
@@ -290,15 +291,8 @@ def _check_a_restart(tc: TrainConfig, run_dir: Path):
 
 def _said_what_is_left(stop: KeyboardInterrupt, run_dir: Path) -> Interrupted:
     """A stop before the first step or after the last: what the run folder holds, and what to run."""
-    signum = getattr(stop, "signum", signal.SIGINT)
-    if (run_dir / "model").is_dir():
-        detail = f"the finished model is in {run_dir / 'model'}"
-    elif (run_dir / "checkpoint").is_dir():
-        detail = (f"the checkpoint in {run_dir / 'checkpoint'} is as it was; continue with "
-                  f"`npllama train --out {run_dir} --resume`")
-    else:
-        detail = "before the first step, so there is nothing to resume; the same command starts the run again"
-    return Interrupted(signum, detail)
+    return what_is_left(stop, run_dir, f"npllama train --out {run_dir} --resume", run_dir / "model",
+                        (run_dir / "model").is_dir(), "the same command starts the run again")
 
 
 def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, texts=None,

@@ -70,8 +70,8 @@ def test_a_train_stopped_before_its_first_step_says_what_is_left(tmp_path, monke
 
     monkeypatch.setattr(npllama.train, "_load_corpus", ctrl_c)
     assert main(argv) == 130
-    assert capsys.readouterr().err.strip() == ("npllama train: interrupted: before the first step, so there "
-                                               "is nothing to resume; the same command starts the run again")
+    assert capsys.readouterr().err.strip() == ("npllama train: interrupted: before the first step, so nothing "
+                                               "was trained; the same command starts the run again")
     monkeypatch.setattr(npllama.train, "_load_corpus", real)
     assert main([*argv, "--stop-after", "1"]) == 0             # a checkpoint at step 1
     monkeypatch.setattr(npllama.train, "_load_corpus", ctrl_c)
@@ -79,3 +79,33 @@ def test_a_train_stopped_before_its_first_step_says_what_is_left(tmp_path, monke
     assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 130
     err = capsys.readouterr().err.strip()
     assert "the checkpoint in" in err and f"npllama train --out {out} --resume" in err, err
+
+
+def test_a_fine_tune_stopped_before_its_first_step_says_what_is_left(small_model_dir, tmp_path, monkeypatch,
+                                                                      capsys):
+    # it said only "npllama finetune: interrupted"; and the same command again is refused (the folder
+    # holds the run's settings), while --resume starts it from step 0
+    import npllama.finetune
+    from npllama.cli import main
+
+    out = tmp_path / "run"
+    argv = ["finetune", "classify", "--base", str(small_model_dir), "--out", str(out), "--steps", "2",
+            "--batch-size", "4", "--max-len", "16", "--no-progress", "--backend", "numpy"]
+    real = npllama.finetune.run_steps
+
+    def ctrl_c(*_args, **_kwargs):
+        raise Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(npllama.finetune, "run_steps", ctrl_c)
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    resume = f"npllama finetune classify --out {out} --resume"
+    assert "before the first step" in err and resume in err and len(err.splitlines()) == 1, err
+    monkeypatch.setattr(npllama.finetune, "run_steps", real)
+    assert main(resume.split()[1:] + ["--no-progress", "--backend", "numpy"]) == 0
+    # a resume stopped before its first step: the checkpoint is as it was
+    monkeypatch.setattr(npllama.finetune, "run_steps", ctrl_c)
+    capsys.readouterr()
+    assert main([*resume.split()[1:], "--steps", "3", "--no-progress"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert "the checkpoint in" in err and resume in err, err

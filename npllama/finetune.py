@@ -432,6 +432,8 @@ class FinetuneSettings:
                     "split")
     RESUME_QUIET = ("out", "progress", "samples")
     PATH_SETTINGS = ("base", "data", "val_data", "out", "chat_template")  # a respelled path is no change
+    # the files the run reads, saved absolute (chat_template may be a built-in template's name)
+    RECORDED_ABSOLUTE = ("base", "data", "val_data")
 
     def __post_init__(self):
         from .resuming import paths_as_str

@@ -120,7 +120,16 @@ def _without_refused_call_settings(config_class, saved: dict, path: Path, error:
 
 
 def write_settings(run_dir, config, file_name: str) -> None:
-    atomic_write_text(Path(run_dir) / file_name, json.dumps(_as_dict(config), indent=2) + "\n")
+    """The settings as JSON, the files the run reads (config.RECORDED_ABSOLUTE) named absolute: as
+    given they would be relative to the working directory of the start, and a resume from another
+    one would read another file, or none."""
+    import os
+
+    settings = _as_dict(config)
+    for name in getattr(config, "RECORDED_ABSOLUTE", ()):
+        if isinstance(settings.get(name), str):
+            settings[name] = os.path.abspath(os.path.expanduser(settings[name]))
+    atomic_write_text(Path(run_dir) / file_name, json.dumps(settings, indent=2) + "\n")
 
 
 def changes_on_resume(run_dir, config, file_name: str) -> dict:

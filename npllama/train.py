@@ -184,6 +184,7 @@ class TrainConfig:
     # Settings that only steer this one call (not the run's arithmetic): changed silently.
     RESUME_QUIET = ("out", "stop_after", "progress", "samples", "sample_tokens")
     PATH_SETTINGS = ("out", "data", "tokenizer", "val_data", "init_from")  # a respelled path is no change
+    RECORDED_ABSOLUTE = ("data", "tokenizer", "val_data", "init_from")    # the files the run reads
 
     @property
     def held_out_fraction(self) -> float:

@@ -259,6 +259,30 @@ def test_a_saved_setting_now_refused_that_defines_the_run_is_refused_saying_why_
     assert "seed" in err and "older npllama" in err and "another --out" in err and len(err.splitlines()) == 1
 
 
+def test_a_run_started_with_relative_paths_resumes_from_another_folder(small_model_dir, tmp_path, monkeypatch):
+    # the settings held --base and --data as given: from another working directory they named
+    # nothing ("model folder 'base' does not exist"), or another folder, and giving the path from
+    # there was refused as a changed setting.  The files a run reads are recorded absolute.
+    from npllama.datasets import make_dataset, write_jsonl
+    from npllama.finetune_run import settings_file
+
+    there, elsewhere = tmp_path / "there", tmp_path / "elsewhere"
+    there.mkdir(), elsewhere.mkdir()
+    shutil.copytree(small_model_dir, there / "base")
+    write_jsonl(there / "data.jsonl", make_dataset("sentiment", 40))
+    monkeypatch.chdir(there)
+    out = tmp_path / "run"
+    first = run_job("classify", settings("classify", "base", data="data.jsonl", out=str(out), steps=2,
+                                         lora=True, lora_r=2))
+    saved = json.loads((out / settings_file("classify")).read_text())
+    assert (saved["base"], saved["data"]) == (str(there / "base"), str(there / "data.jsonl"))
+    monkeypatch.chdir(elsewhere)
+    assert main(["finetune", "classify", "--out", str(out), "--resume", "--steps", "3", "--no-progress",
+                 "--backend", "numpy"]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in log if "loss" in r][:2] == first.losses
+
+
 def test_resume_refuses_steps_below_the_checkpoint_and_changes_nothing(small_model_dir, tmp_path, capsys):
     # Before: the run was saved as finished at step 6 with "steps": 2 recorded, where `npllama train` refuses
     out = tmp_path / "run"

@@ -122,8 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    args, extras = parser.parse_known_args(argv)
+    try:   # every command module is imported here: a Ctrl-C may land in an import
+        parser = build_parser()
+        args, extras = parser.parse_known_args(argv)
+    except KeyboardInterrupt:
+        print("npllama: interrupted before the command started; nothing was done", file=sys.stderr)
+        return 130
+
     if extras:  # argparse would report these as the top-level parser's; name the command instead
         prog = _innermost_parser(parser, argv).prog
         parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)}"

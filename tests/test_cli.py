@@ -98,3 +98,16 @@ def test_npllama_train_into_a_log_file_writes_a_few_progress_lines_not_one_per_s
     assert done.returncode == 0, done.stderr[-2000:]
     redraws = done.stderr.count("train:")   # each draw of the bar, whether ended by \r or \n
     assert 1 <= redraws <= 5, done.stderr[-2000:]
+
+
+def test_ctrl_c_while_the_commands_load_is_one_line_not_a_traceback(monkeypatch, capsys):
+    # the parser imports every command module (a few tenths of a second): a Ctrl-C then printed
+    # Python's traceback of the import under way
+    import npllama.cli
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(npllama.cli, "build_parser", ctrl_c)
+    assert main(["train", "--steps", "1"]) == 130
+    assert capsys.readouterr().err == "npllama: interrupted before the command started; nothing was done\n"

@@ -253,7 +253,8 @@ class LoraAdapters:
     def save_adapter(self, path, base_model_name_or_path: str | None = None,
                      task_type: str = "CAUSAL_LM") -> Path:
         """Write `path`/adapter_config.json and `path`/adapter_model.safetensors (PEFT's layout),
-        atomically.  base_model_name_or_path naming a local folder is recorded absolute (base_of_adapter).  `extra` tensors are saved as PEFT saves modules_to_save: base_model.model.<name>."""
+        atomically.  `extra` tensors are saved as PEFT saves modules_to_save: base_model.model.<name>.
+        base_model_name_or_path naming a local folder is recorded absolute (base_of_adapter)."""
         from .io.atomic import atomic_directory
         from .io.safetensors import write_safetensors
 

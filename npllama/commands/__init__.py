@@ -29,14 +29,15 @@ def add_run_options(p) -> None:
 def add_adapter_option(p, model_flag: str) -> None:
     """--adapter: a causal-LM LoRA adapter folder applied to the model named by `model_flag`."""
     p.add_argument("--adapter", default=None, help="a LoRA adapter folder (PEFT layout, e.g. from "
-                   f"`npllama finetune sft --lora --out DIR`) applied to {model_flag} (without {model_flag}: to the base "
-                   f"the adapter names, its adapter_config.json's base_model_name_or_path)")
+                   f"`npllama finetune sft --lora --out DIR`) applied to {model_flag} (without {model_flag}: "
+                   f"to the base the adapter names, its adapter_config.json's base_model_name_or_path)")
 
 
 def load_run_model(path, adapter, dtype: str, flag: str = "--model", job: str = "generating text"):
     """(model, tokenizer, model_dir) for --model/--base `path` (None: the base the adapter names,
-    without one the latest run), with the LoRA `adapter` folder applied when one is given.  Every caller predicts tokens (`job`), so a
-    masked-LM model (`train --objective mlm`) is refused before it is loaded."""
+    without one the latest run), with the LoRA `adapter` folder applied when one is given.  Every
+    caller predicts tokens (`job`), so a masked-LM model (`train --objective mlm`) is refused
+    before it is loaded."""
     import numpy as np
 
     from .. import runs

@@ -99,6 +99,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 import sys
 import time
@@ -472,12 +473,16 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
     for i in wrt:   # before the forward runs: its out follows a float32 input's dtype, rightly
         _require_float64_input(all_names[i], inputs[i])
 
+    _check_call_fits(forward, "forward", (*arguments, *extra_args), extra_kwargs,
+                     _call_shown("forward", ["inputs"] if keyed else all_names, extra_args, extra_kwargs),
+                     _one_by_one_advice(forward, all_names) if keyed else "")
     # all inputs: an index array changed matters too; and the mapping, whose arrays forward reads
     guard = _InPlaceGuard("forward", all_names, inputs, arguments[0] if keyed else None)
     out, cache = _forward_result(forward(*arguments, *extra_args, **extra_kwargs))
     guard.check("forward")
     dout = draw_dout(np.shape(out), seed)
     dout_given = dout.copy()
+    _check_call_fits(backward, "backward", (dout_given, cache), {}, "backward(dout, cache)")
     grads = backward(dout_given, cache)
     guard.check("backward")
     if not np.array_equal(dout_given, dout):
@@ -1329,6 +1334,41 @@ def _norm(v) -> float:
 
 
 # ----- arguments -------------------------------------------------------------------------------------
+
+def _check_call_fits(function, role: str, args: tuple, kwargs: Mapping, shown: str, advice: str = "") -> None:
+    """A TypeError saying how check_op calls `function` when its parameters cannot take that call:
+    the TypeError the call itself raises names neither the call nor the way to fix it."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):     # a builtin or compiled function keeps none: the call will tell
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as error:
+        name = getattr(function, "__name__", type(function).__name__)
+        raise TypeError(f"check_op calls {shown}, and {role} {name}{signature} cannot take that call "
+                        f"({error}){advice}") from None
+
+
+def _call_shown(role: str, arguments: list[str], extra_args, extra_kwargs: Mapping) -> str:
+    """forward(x, W, 'extra', causal=True): the call as check_op makes it, by the inputs' names."""
+    shown = [*arguments, *(repr(a) if np.isscalar(a) else _kind(a) for a in extra_args),
+             *(f"{key}=..." for key in extra_kwargs)]
+    return f"{role}({', '.join(shown)})"
+
+
+def _one_by_one_advice(forward, names: list[str]) -> str:
+    """For a forward given a mapping whose parameters are the mapping's keys, one by one."""
+    try:
+        parameters = list(inspect.signature(forward).parameters)
+    except (TypeError, ValueError):
+        return ""
+    if set(names) <= set(parameters):
+        return (f": a mapping of inputs goes to forward as one argument (a forward(params) of a dict of "
+                f"parameters); to pass the arrays one by one, give inputs as a list, inputs=[{', '.join(names)}], "
+                f"names={names!r}")
+    return ""
+
 
 def _describe(value) -> str:
     if isinstance(value, np.ndarray):

@@ -994,6 +994,39 @@ def test_check_op_takes_parameters_in_a_dict_and_names_them_by_key():
     assert "W (float64)" in wrong.not_differentiated and "b:" not in str(wrong.warnings)
 
 
+def _linear_forward(x, W):
+    return x @ W.T, (x, W)
+
+
+def _linear_backward(dy, cache):
+    x, W = cache
+    return dy @ W, dy.T @ x
+
+
+_X, _W = np.random.default_rng(1).standard_normal((3, 4)), np.random.default_rng(2).standard_normal((2, 4))
+
+
+@pytest.mark.parametrize("call, message", [
+    # a dict of named arrays, for a forward taking them one by one: the mapping is one argument
+    (lambda: check_op(_linear_forward, _linear_backward, {"x": _X, "W": _W}),
+     r"check_op calls forward\(inputs\), and forward _linear_forward\(x, W\) cannot take that call \(missing a "
+     r"required argument: 'W'\): a mapping of inputs goes to forward as one argument .* give inputs as a list, "
+     r"inputs=\[x, W\], names=\['x', 'W'\]"),
+    (lambda: check_op(_linear_forward, _linear_backward, [_X], names=["x"]),
+     r"check_op calls forward\(x\), and forward _linear_forward\(x, W\) cannot take that call"),
+    (lambda: check_op(_linear_forward, _linear_backward, [_X, _W], extra_kwargs={"causal": True}),
+     r"check_op calls forward\(input0, input1, causal=...\), .* unexpected keyword argument 'causal'"),
+    (lambda: check_op(_linear_forward, lambda dy: dy, [_X, _W]),
+     r"check_op calls backward\(dout, cache\), and backward <lambda>\(dy\) cannot take that call"),
+])
+def test_a_forward_or_backward_that_cannot_take_check_ops_call_is_told_how_it_is_called(call, message):
+    """Not the TypeError of the call itself ("fwd() missing 1 required positional argument"), which
+    names neither how check_op calls it nor what to give instead."""
+    with pytest.raises(TypeError, match=message):
+        call()
+    assert check_op(_linear_forward, _linear_backward, [_X, _W], names=["x", "W"]).ok
+
+
 @pytest.mark.parametrize("backward, error, message", [
     (lambda d, c: (_dense_backward(d, c)["W"], _dense_backward(d, c)["b"]), TypeError,
      r"backward must return a mapping of gradients keyed like inputs .* expected the keys \['W', 'b'\]"),

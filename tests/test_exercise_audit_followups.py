@@ -207,6 +207,26 @@ def test_without_the_tracebacks_columns_every_lookup_on_the_line_is_named_and_no
     assert _tuple_index_hint(_raised_without_columns(path, *vector_case), str(path)) == ""
 
 
+LINEAR_RAISES_IN_A_CALL = """
+import operator
+
+def linear_backward(dy, cache):
+    return dy @ operator.itemgetter(2)(cache), cache[0]
+"""
+
+
+@pytest.mark.skipif(not KEEPS_COLUMNS, reason="the traceback's columns name what raised (Python 3.11+)")
+def test_a_lookup_the_traceback_s_columns_do_not_point_at_is_not_blamed(tmp_path):
+    """The columns point at operator.itemgetter(2)(cache), a call that raised 'tuple index out of
+    range' in C: cache[0], the one lookup on the line, raised nothing and is not named."""
+    path = tmp_path / "linear_backward.py"
+    path.write_text(LINEAR_RAISES_IN_A_CALL)
+    namespace = runpy.run_path(str(path))
+    with pytest.raises(IndexError) as raised:
+        namespace["linear_backward"](np.ones(2), (np.ones(4), np.ones((2, 4))))
+    assert _tuple_index_hint(raised.value, str(path)) == ""
+
+
 def test_a_frame_sent_back_from_the_sandbox_keeps_its_columns_and_drops_malformed_ones():
     frame = ["f.py", 3, "linear_backward", "return x.shape[1]", 3, 11, 21]
     error = remote_error({"type": "IndexError", "bases": ["IndexError"], "text": "tuple index out of range",

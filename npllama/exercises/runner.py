@@ -624,9 +624,9 @@ SHAPE_INDEX = re.compile(r"[\w.]*\.shape\[\d+\]|(?:\w+\.)?shape\([^()]*\)\[\d+\]
 def _index_lookups_on_failing_line(error: BaseException, source_file: str | None) -> list[tuple[str, str | None]]:
     """The lookups by one index (cache[2], x.shape[1]) on the line of the student's file where an
     IndexError 'tuple index out of range' was raised, in the order Python evaluates them -- only
-    the one that raised, where the traceback keeps its columns: (text, container), container None
-    for a shape lookup by a position from the front.  [] when the
-    error came from anywhere else (indexing a tuple is no call: the line raising it is the
+    the one that raised, where the traceback keeps its columns (none, if they point at no lookup):
+    (text, container), container None for a shape lookup by a position from the front.  [] when
+    the error came from anywhere else (indexing a tuple is no call: the line raising it is the
     innermost frame)."""
     if not (isinstance(error, IndexError) and str(error) == "tuple index out of range" and source_file):
         return []
@@ -645,9 +645,10 @@ def _index_lookups_on_failing_line(error: BaseException, source_file: str | None
                     if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
                     and node.lineno == lineno and _may_index_a_tuple(node)),    # a lookup's line is its first
                    key=lambda node: (node.end_lineno, node.end_col_offset))
-    # Python 3.11+ keeps where on the line the error was raised: the lookup spanning exactly there
-    raised = [node for node in found if _spans(node, frames[-1])]
-    found = raised or found
+    if _has_columns(frames[-1]):
+        # Python 3.11+ keeps where on the line the error was raised: the lookup spanning exactly
+        # there, or none when that is something else (a call that raised it in C)
+        found = [node for node in found if _spans(node, frames[-1])]
     lookups = {}
     for node in found:
         text, container = (" ".join((ast.get_source_segment(source, part) or "").split())
@@ -657,11 +658,15 @@ def _index_lookups_on_failing_line(error: BaseException, source_file: str | None
     return list(lookups.items())
 
 
+def _has_columns(frame) -> bool:
+    """Whether a traceback frame keeps where on its line it raised (Python 3.11+; not 3.10, nor a
+    malformed position the sandbox sent back)."""
+    return getattr(frame, "colno", None) is not None and getattr(frame, "end_colno", None) is not None
+
+
 def _spans(node: ast.AST, frame) -> bool:
     """Whether `node` is the expression a traceback frame points at (both count a column in the
-    line's UTF-8 bytes); False when the frame keeps no column (Python 3.10)."""
-    if getattr(frame, "colno", None) is None or getattr(frame, "end_colno", None) is None:
-        return False
+    line's UTF-8 bytes)."""
     return ((node.lineno, node.end_lineno, node.col_offset, node.end_col_offset)
             == (frame.lineno, frame.end_lineno, frame.colno, frame.end_colno))
 

@@ -177,8 +177,14 @@ def text_after(tokenizer, before_ids: Sequence[int], ids: Sequence[int]) -> str:
     space that begins a text ("▁there" alone is "there", after "Once upon a time" it is
     " there").  An unfinished character at the end of `before_ids` counts as new text."""
     before = list(before_ids)
-    start = len(tokenizer.decode(before).rstrip("\ufffd"))
-    return tokenizer.decode(before + list(ids))[start:]
+    return tokenizer.decode(before + list(ids))[_new_text_start(tokenizer, before):]
+
+
+def _new_text_start(tokenizer, before_ids: list[int]) -> int:
+    """Where the text of ids that follow `before_ids` starts in the whole sequence's decoded text:
+    after the text of `before_ids`, less an unfinished character at its end (decoded as U+FFFD
+    until its last byte comes), which the new ids complete."""
+    return len(tokenizer.decode(before_ids).rstrip("\ufffd"))
 
 
 def check_generation_args(max_new_tokens, temperature, top_k, top_p, seed, repetition_penalty=1.0) -> None:
@@ -396,7 +402,7 @@ class TextStream:
     def __init__(self, tokenizer, prompt_ids: Sequence[int], write: Callable[[str], None], answer: bool = False):
         self.tokenizer, self.write = tokenizer, write
         self.ids = list(prompt_ids)
-        self.start = len(tokenizer.decode(self.ids).rstrip("\ufffd"))   # the prompt's text is not written
+        self.start = _new_text_start(tokenizer, self.ids)   # the prompt's text is not written
         self.text = ""          # the new text as last decoded (may end in a held-back U+FFFD run)
         self.written = 0        # how much of it has been written
         self.separator_left = answer    # an answer's first space is yet to be dropped

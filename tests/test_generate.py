@@ -271,12 +271,17 @@ def test_stream_text_flush_writes_an_unfinished_character(byte_fallback_tokenize
        split=st.integers(0, 100))
 def test_stream_text_concatenated_is_the_decoded_text(byte_fallback_tokenizer, text, split):
     """prompt text + everything streamed == decode(all ids), wherever the prompt ends (if it ends
-    inside a character, the streamed text begins with that character, not the prompt's U+FFFD)."""
+    inside a character, the streamed text begins with that character, not the prompt's U+FFFD);
+    and what is streamed is text_after's text, generate_text's."""
+    from npllama.generate import text_after
+
     tok = byte_fallback_tokenizer
     ids = tok.encode(text, bos=True)
     cut = 1 + split % len(ids)
     prompt, new = ids[:cut], ids[cut:]
-    assert tok.decode(prompt).rstrip("\ufffd") + streamed(tok, prompt, new) == tok.decode(ids)
+    shown = streamed(tok, prompt, new)
+    assert tok.decode(prompt).rstrip("\ufffd") + shown == tok.decode(ids)
+    assert text_after(tok, prompt, new) == shown
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

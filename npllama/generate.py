@@ -31,7 +31,8 @@ from .ops._checks import require_positive_int
 def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              eos_id: int | Sequence[int] | None = None, on_token: Callable[[int], None] | None = None,
-             repetition_penalty: float = 1.0, stop: Callable[[list[int]], bool] | None = None,
+             repetition_penalty: float = 1.0,
+             stop: Callable[[list[int]], bool] | Sequence[Callable[[list[int]], bool] | None] | None = None,
              vocab_size: int | None = None, threads: int | None = None):
     """The prompt followed by up to max_new_tokens generated ids (stops after eos_id, or after any
     of several ids: a chat template's end-of-turn as well as EOS).
@@ -43,6 +44,7 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
     on_token(id) is called with each new id as soon as it is chosen (streaming; one prompt only).
     stop(new_ids) -> True ends a sequence after its latest id (see `StopStrings`).  on_token has
         had that id already: a stream shows the stop string, and cuts it itself if it must not.
+        A batch may have one stop for each prompt (a list, None for a prompt without one).
     vocab_size: sample only ids below it -- the tokenizer's vocabulary when the model's embedding
         has padding rows beyond it.
     threads: how many threads one decode step runs on (numba backend, one prompt at a time);
@@ -58,9 +60,9 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
         if batched else [_check_prompt(prompt, model.config.vocab_size)]
     check_generation_args(max_new_tokens, temperature, top_k, top_p, seed, repetition_penalty)
     end_ids = _check_eos(eos_id, model.config.vocab_size)
-    for name, function in (("on_token", on_token), ("stop", stop)):
-        if function is not None and not callable(function):
-            raise TypeError(f"{name} must be None or a function, got {function!r}")
+    if on_token is not None and not callable(on_token):
+        raise TypeError(f"on_token must be None or a function, got {on_token!r}")
+    stops = _check_stop(stop, len(prompts), batched)
     require_positive_int("threads", threads, none_ok=True)
     if threads is not None:
         from .budget import check_threads
@@ -78,15 +80,16 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
     for length in sorted({len(p) for p in prompts}):   # one batch per prompt length
         rows = [i for i, p in enumerate(prompts) if len(p) == length]
         outputs = _generate_rows(model, [prompts[i] for i in rows], max_new_tokens, sampling, rng,
-                                 end_ids, on_token, stop, threads)
+                                 end_ids, on_token, [stops[i] for i in rows], threads)
         for i, ids in zip(rows, outputs):
             results[i] = ids
     return results if batched else results[0]
 
 
 def _generate_rows(model, prompts: list[list[int]], max_new_tokens: int, sampling: dict, rng,
-                   end_ids: set[int], on_token, stop, threads) -> list[list[int]]:
-    """Decode prompts of one length together; a finished row stops growing (its steps are wasted).
+                   end_ids: set[int], on_token, stops: list, threads) -> list[list[int]]:
+    """Decode prompts of one length together (stops: each one's stop or None); a finished row stops
+    growing (its steps are wasted).
     The arguments were checked by `generate`, so each token is sampled without checking them again."""
     decode = _decoder(model, batch_size=len(prompts), max_length=len(prompts[0]) + max_new_tokens,
                       threads=threads)
@@ -105,7 +108,7 @@ def _generate_rows(model, prompts: list[list[int]], max_new_tokens: int, samplin
             if on_token is not None:
                 on_token(next_id)
         running = [row for row in running if outputs[row][-1] not in end_ids
-                   and not (stop is not None and stop(outputs[row][len(prompts[row]):]))]
+                   and not (stops[row] is not None and stops[row](outputs[row][len(prompts[row]):]))]
         if not running or step == max_new_tokens - 1:
             break
         logits = decode(np.asarray([[ids[-1]] for ids in outputs], dtype=np.int64))[:, -1]
@@ -115,16 +118,19 @@ def _generate_rows(model, prompts: list[list[int]], max_new_tokens: int, samplin
 class StopStrings:
     """A `stop` for generate: true once the decoded new text holds one of `strings`.
 
-        stop = StopStrings(tokenizer, ["THE END", "Q:"])
+        stop = StopStrings(tokenizer, ["THE END", "Q:"], after=prompt_ids)
         ids = generate(model, prompt_ids, 200, stop=stop)
         text = stop.cut(text_after(tokenizer, prompt_ids, ids[len(prompt_ids):]))   # before the stop string
 
-    The new ids are read as text that follows other text: SentencePiece drops the space of a
-    text's first piece ("▁Lily" alone decodes as "Lily"), so they are decoded after one plain
-    piece, whose text is then taken off, and a stop string " Lily" is found at the very start too.
+    The new ids are read as the text that follows `after` (the prompt's ids; `text_after`).
+    None: as text that follows some other text -- after one plain piece, whose text is then taken
+    off -- which is the text after any prompt whose own text is not empty.  SentencePiece drops
+    the space of a text's first piece ("▁Lily" alone decodes as "Lily"): after a prompt, a stop
+    string " Lily" is found at the very start of the new text too, and after an empty one (BOS
+    alone) it is not.
     """
 
-    def __init__(self, tokenizer, strings: Sequence[str]):
+    def __init__(self, tokenizer, strings: Sequence[str], after: Sequence[int] | None = None):
         if isinstance(strings, str):
             strings = [strings]
         strings = list(strings)
@@ -132,7 +138,8 @@ class StopStrings:
             if not isinstance(text, str) or not text:
                 raise ValueError(f"stop strings must be non-empty str, got {text!r} at position {i}")
         self.tokenizer, self.strings = tokenizer, strings
-        self.lead = tokenizer.encode("a", bos=False)[-1:]    # the plain piece read before the new ids
+        # the ids read before the new ids: the prompt, or a plain piece standing for some text
+        self.lead = tokenizer.encode("a", bos=False)[-1:] if after is None else list(after)
 
     def __call__(self, new_ids: list[int]) -> bool:
         text = text_after(self.tokenizer, self.lead, new_ids)
@@ -160,14 +167,15 @@ def generate_text(model, tokenizer, prompt, max_new_tokens: int = 100, *, stop: 
     from .tokenizer import check_tokenizer_fits
 
     check_tokenizer_fits(tokenizer, model)
-    stopper = StopStrings(tokenizer, stop) if stop else None
     encoded = [tokenizer.encode(t, bos=True) for t in texts]
+    # each prompt's new text is read as it follows that prompt (an empty one's first word has no space)
+    stoppers = [StopStrings(tokenizer, stop, after=e) for e in encoded] if stop else None
     sampling.setdefault("eos_id", end_ids(model, tokenizer))
     sampling.setdefault("vocab_size", decodable_vocab_size(model, tokenizer))
-    outputs = generate(model, encoded, max_new_tokens, stop=stopper, **sampling)
+    outputs = generate(model, encoded, max_new_tokens, stop=stoppers, **sampling)
     results = [text_after(tokenizer, e, ids[len(e):]) for e, ids in zip(encoded, outputs)]
-    if stopper is not None:
-        results = [stopper.cut(text) for text in results]
+    if stoppers is not None:
+        results = [stopper.cut(text) for stopper, text in zip(stoppers, results)]
     return results[0] if isinstance(prompt, str) else results
 
 
@@ -467,6 +475,18 @@ def _is_batch(prompt) -> bool:
         raise TypeError(f"prompt mixes token ids and lists of them: give one prompt (a list of ids) or a batch "
                         f"(a list of id lists), got {prompt!r}")
     return all(lists)
+
+
+def _check_stop(stop, n_prompts: int, batched: bool) -> list:
+    """generate's stop as one stop (or None) for each prompt: the same function for all, or a
+    batch's list of them."""
+    if stop is None or callable(stop):
+        return [stop] * n_prompts
+    if batched and isinstance(stop, (list, tuple)) and len(stop) == n_prompts \
+            and all(s is None or callable(s) for s in stop):
+        return list(stop)
+    raise TypeError(f"stop must be None, a function or, for a batch of {n_prompts} prompts, a list of "
+                    f"{n_prompts} functions (or None), got {stop!r}")
 
 
 def _check_prompt(prompt, vocab_size: int, name: str = "prompt") -> list[int]:

@@ -547,6 +547,27 @@ def test_generate_text_is_the_text_after_the_prompt_with_its_first_space(small_m
     assert not StopStrings(tokenizer, ["a play"])(play)     # the piece read before the new ids is no part of them
 
 
+def test_stop_strings_read_the_new_text_as_it_follows_each_prompt(small_model_dir):
+    """An empty prompt's new text starts the text: its first word has no space ("play play"), and
+    a stop string " play p" is first found at the second word -- the generation used to stop at
+    the first one (the new ids were read after a plain piece, " play play"), returning "play play",
+    which holds no stop string, where the text cut before its first stop string is "play".  Each
+    prompt of a batch is read after its own text."""
+    from npllama.generate import StopStrings, generate_text
+
+    model, tokenizer = Llama.from_pretrained(small_model_dir), Tokenizer(small_model_dir / "tokenizer.model")
+    play = tokenizer.encode("play", bos=False)
+    _always_says(model, play[0])
+    full = generate_text(model, tokenizer, ["", "Once"], 6, temperature=0.0)
+    assert full == ["play play play play play play", " play play play play play play"]
+    expected = [StopStrings(tokenizer, [" play p"]).cut(text) for text in full]
+    assert expected == ["play", ""]
+    assert generate_text(model, tokenizer, ["", "Once"], 6, temperature=0.0, stop=[" play p"]) == expected
+    assert generate_text(model, tokenizer, "", 6, temperature=0.0, stop=[" play p"]) == "play"
+    bos = tokenizer.encode("")
+    assert not StopStrings(tokenizer, [" play"], after=bos)(play) and StopStrings(tokenizer, [" play"])(play)
+
+
 def test_generate_text_stops_at_each_end_id_the_config_lists():
     """A LLaMA-3 config lists several eos ids (end of text, end of turn): each ends a generation,
     besides the tokenizer's own </s>."""
@@ -568,6 +589,9 @@ def test_generate_text_stops_at_each_end_id_the_config_lists():
     (dict(prompt=[1], max_new_tokens=3, eos_id="2"), TypeError, "eos_id"),
     (dict(prompt=[1], max_new_tokens=3, eos_id=[2, 99]), ValueError, r"eos_id 99 is not a token id of the model \(0 to"),
     (dict(prompt=[1], max_new_tokens=3, stop=5), TypeError, "stop"),
+    (dict(prompt=[[1], [2]], max_new_tokens=3, stop=[print]), TypeError,
+     r"stop must be None, a function or, for a batch of 2 prompts, a list of 2 functions \(or None\)"),
+    (dict(prompt=[1], max_new_tokens=3, stop=[print]), TypeError, r"stop must be None, a function or"),
     (dict(prompt=[[1], []], max_new_tokens=3), ValueError, r"prompt\[1\] must hold at least one token"),
     (dict(prompt=[[1], [2]], max_new_tokens=3, on_token=print), ValueError, "one prompt"),
     # a batch of no prompt was "max() arg is an empty sequence"; one that mixes ids and lists was

@@ -234,7 +234,7 @@ def _decoder(model, batch_size: int, max_length: int, threads: int | None = None
 
     Under the numba backend: FastDecoder (weights laid out once for matrix-vector products, fused
     attention over a preallocated cache), tested equal to model.forward_step.  Otherwise, or with
-    LoRA adapters attached, a `use_op` override in force or a trace recording, the model's own
+    LoRA adapters attached, a `use_op` override of a forward op or a trace recording, the model's own
     forward_step and KVCache, so every intermediate is the readable reference path (FastDecoder
     runs its own fused loops, not the ops, and refuses to step where it would ignore one of them).
     """

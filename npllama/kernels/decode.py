@@ -41,8 +41,9 @@ bandwidth and by whatever else it spends between those reads:
 
 Not for use by two threads at once (a RuntimeError says so): give each thread its own decoder.
 It runs its own fused loops over the model's base weights, not the ops: while a `use_op` override
-is in force, LoRA adapters are attached or a trace records, it refuses to step (a ValueError
-naming what it would ignore) -- `generate` decodes with model.forward_step then.
+of an op of the forward pass is in force, LoRA adapters are attached or a trace records, it refuses
+to step (a ValueError naming what it would ignore) -- `generate` decodes with model.forward_step
+then.  An override of a backward, of the loss or of a classification head changes no logit.
 """
 import math
 import time
@@ -203,14 +204,21 @@ class FastDecoder:
         return y
 
 
+# Forward ops that no next-token forward runs (the loss, a classification head): overriding one
+# (or any backward) changes no logit of model.forward_step, so FastDecoder ignores nothing there.
+NOT_IN_A_NEXT_TOKEN_FORWARD = ("cross_entropy_forward", "classifier_forward")
+
+
 def what_fused_decoding_ignores(model) -> str | None:
     """What is in force that FastDecoder would silently ignore, in words, or None when its logits
     are model.forward_step's: it runs its own fused loops over the base weights, so neither a
-    `use_op` override, nor LoRA adapters, nor a recording trace would take effect."""
+    `use_op` override of an op of the forward pass, nor LoRA adapters, nor a recording trace would
+    take effect."""
     from ..backend import overrides
     from ..trace import active_trace
 
-    replaced = sorted(overrides())
+    replaced = sorted(name for name in overrides()
+                      if name.endswith("_forward") and name not in NOT_IN_A_NEXT_TOKEN_FORWARD)
     if replaced:
         return f"the use_op override of {', '.join(replaced)}"
     if getattr(model, "lora", None) is not None:

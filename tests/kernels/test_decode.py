@@ -591,3 +591,25 @@ def test_fast_decoder_refuses_to_ignore_an_override_adapters_or_a_trace():
         decoder.step(np.array([[4]]))
     model.lora.detach()
     assert decoder.step(np.array([[4]])).shape == (1, 1, 23)
+
+
+def test_fast_decoder_steps_under_overrides_of_ops_no_next_token_forward_runs():
+    """A backward, the loss and a classification head change none of the logits: FastDecoder, which
+    ignores them as forward_step does, steps under their overrides (it refused, saying it would
+    ignore them), and generate decodes with it there."""
+    from npllama import use_op
+    from npllama.generate import _decoder
+    from npllama.ops.rmsnorm import rmsnorm_backward
+
+    model = small_model(2, np.float64)
+    tokens = np.array([[1, 2, 3]])
+    expected = FastDecoder(model, max_length=8).step(tokens)
+
+    def noisy(*args):
+        raise AssertionError("no next-token forward runs this op")
+
+    for name in ("rmsnorm_backward", "cross_entropy_forward", "classifier_forward"):
+        with use_op(name, noisy if name != "rmsnorm_backward" else rmsnorm_backward), use_backend("numba"):
+            np.testing.assert_array_equal(FastDecoder(model, max_length=8).step(tokens), expected)
+            decode = _decoder(model, batch_size=1, max_length=8)
+            assert getattr(decode, "__self__", None).__class__ is FastDecoder, name

@@ -163,7 +163,7 @@ def test_a_shape_indexed_from_the_front_of_a_vector_gets_the_count_from_the_back
     path.write_text(LINEAR_INDEXES_THE_CACHE)
     text = grade(path)
     assert "raised IndexError: tuple index out of range" in text, text
-    assert ("hint: cache[2] looks past the end of cache, which holds fewer values in this case: "
+    assert ("hint: cache[2] is out of range: cache holds fewer values in this case -- "
             "print(len(cache))") in text, text
     assert "counts axes from the front" not in text, text
 
@@ -171,7 +171,7 @@ def test_a_shape_indexed_from_the_front_of_a_vector_gets_the_count_from_the_back
     path.write_text(LINEAR_CACHE_AND_SHAPE_ON_ONE_LINE)
     text = grade(path)
     assert f"raised IndexError: tuple index out of range (line 3 of {path}" in text, text
-    assert "hint: cache[2] looks past the end of cache" in text, text
+    assert "hint: cache[2] is out of range: cache holds fewer" in text, text
     assert "axes from the front" not in text, text
 
 
@@ -225,6 +225,27 @@ def test_a_lookup_the_traceback_s_columns_do_not_point_at_is_not_blamed(tmp_path
     with pytest.raises(IndexError) as raised:
         namespace["linear_backward"](np.ones(2), (np.ones(4), np.ones((2, 4))))
     assert _tuple_index_hint(raised.value, str(path)) == ""
+
+
+LINEAR_COUNTS_BACK_PAST_THE_START = """
+def linear_backward(dy, cache):
+    x, weight = cache
+    return dy @ weight, dy.reshape(-1, dy.shape[-1]).T @ x.reshape(x.shape[-2], -1)
+"""
+
+
+@pytest.mark.skipif(not KEEPS_COLUMNS, reason="the traceback's columns name what raised (Python 3.11+)")
+def test_a_lookup_from_the_back_is_not_said_to_look_past_the_end(tmp_path):
+    """x.shape[-2] of a vector counts back past the start of its shape: the hint says it is out of
+    range (it said "looks past the end of x.shape")."""
+    path = tmp_path / "linear_backward.py"
+    path.write_text(LINEAR_COUNTS_BACK_PAST_THE_START)
+    namespace = runpy.run_path(str(path))
+    with pytest.raises(IndexError) as raised:
+        namespace["linear_backward"](np.ones(2), (np.ones(4), np.ones((2, 4))))
+    assert _tuple_index_hint(raised.value, str(path)) == (
+        "x.shape[-2] is out of range: x.shape holds fewer values in this case -- print(len(x.shape)) next to "
+        "the index")
 
 
 def test_a_frame_sent_back_from_the_sandbox_keeps_its_columns_and_drops_malformed_ones():

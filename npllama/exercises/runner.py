@@ -594,7 +594,8 @@ def _tuple_index_hint(error: BaseException, source_file: str | None) -> str:
     shapes = [text for text, container in lookups if container is None]
     if len(lookups) == 1 and not shapes:
         (text, container), = lookups
-        return (f"{text} looks past the end of {container}, which holds fewer values in this case: "
+        # out of range, not "past the end": x.shape[-2] of a vector counts back past its start
+        return (f"{text} is out of range: {container} holds fewer values in this case -- "
                 f"print(len({container})) next to the index")
     if not shapes:
         return ""

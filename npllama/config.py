@@ -113,9 +113,7 @@ class LlamaConfig:
     def end_ids(self) -> tuple[int, ...]:
         """Every id that ends a generation: eos_token_id's one, or each of its list (LLaMA-3's
         end of text and end of turn), none when it is None."""
-        if self.eos_token_id is None:
-            return ()
-        return tuple(self.eos_token_id) if isinstance(self.eos_token_id, list) else (self.eos_token_id,)
+        return check_end_ids(self.eos_token_id, self.vocab_size)
 
     # ----- derived sizes -------------------------------------------------------------------
     @property

@@ -50,8 +50,8 @@ How a probe's numeric derivative and its bound are made (the error model):
             shrinks and f behaves smoothly there (in each input only until one failure is
             confirmed, as below).  Where f does not behave smoothly at the step (its differences
             do not shrink like h^2: a layer norm of 1e6 + noise, stepped by 100, saturates within
-            it), 16 times shorter each time, past rough ones, down to eps times the input's
-            spread around its mean.
+            it), 16 times shorter each time, past rough ones, down to eps times the spread
+            around their mean of the entries in a line (a row, a column) with the probed one.
   failing   a probe that fails is measured again before it is called wrong: f's own rounding,
   probes    from the 4th differences of f at 7 points 1/4 and 1 step apart, and at the step eps also 4
             and 21 (a cancellation can keep f's value over many steps, then jump; 6th differences
@@ -158,7 +158,7 @@ SHORTEN = 4.0
 MAX_SHORTENINGS = 3
 # ... and one whose differences do not shrink like h^2 (rough), ROUGH_SHORTEN times shorter, up to
 # MAX_ROUGH_SHORTENINGS times while it stays rough, but not below eps times the input's spread
-# (_shortened): from the step eps * 1e6 = 100 of a layer norm of 1e6 + noise to eps * 1, on the
+# (_spread, _shortened): from the step eps * 1e6 = 100 of a layer norm of 1e6 + noise to eps * 1, on the
 # scale of the spread it bends over
 ROUGH_SHORTEN = 16.0
 MAX_ROUGH_SHORTENINGS = 6
@@ -785,7 +785,7 @@ def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richa
     if probes.remeasure_failures and (abs(analytic - estimate.value) > bound + tol * magnitude
                                       or estimate.bound > LOOSE_BOUND * reference):
         estimate = _shortened(evaluate, move, estimate, richardson, tol * abs(analytic),
-                              shortest_rough=eps * _spread(x) / max(scale, TINY))
+                              shortest_rough=eps * _spread(x, idx) / max(scale, TINY))
         bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
     estimate = _kink_checked(evaluate, move, eps, estimate, analytic, bound + tol * magnitude)
     estimate = _steadiness_checked(evaluate, move, estimate, analytic, bound + tol * magnitude, probes, richardson,
@@ -1052,7 +1052,7 @@ def _shortened(evaluate, move, estimate, richardson, good_enough, shortest_rough
     would each pay 18 calls more (the callers look at probes.remeasure_failures).
     A rough estimate (its differences at h, 2h, 4h did not shrink like h^2) is taken again at steps
     ROUGH_SHORTEN times shorter, on past rough ones, down to shortest_rough: the step eps makes
-    relative to the input's spread around its mean, not to its entries' size.  An input far from
+    relative to the input's spread around its mean (_spread), not to its entries' size.  An input far from
     zero whose entries differ by little (a layer norm of 1e6 + noise, stepped by eps * 1e6 = 100:
     its output saturates within the step, and D(h) is 1/300 of the derivative) is smooth only on
     the scale of the spread; elsewhere (spread ~ size) this adds nothing, so a rough estimate made
@@ -1311,10 +1311,32 @@ def _notes(report: InputReport, n_entries, n_finite, probes, passed, unresolved,
     return notes
 
 
-def _spread(x: np.ndarray) -> float:
-    """The rms of x's finite entries around their mean: how far apart they are, whatever their size."""
-    finite = x[np.isfinite(x)]
-    return _rms(finite - np.mean(finite)) if finite.size else 0.0
+def _spread(x: np.ndarray, idx: tuple | None = None) -> float:
+    """How far apart x's entries are, whatever their size: the rms around their mean of the finite
+    entries in one line of x (along one axis), the smallest over the axes -- of the lines through
+    the entry idx, or (idx None) of each axis's median line.  Lines, not the whole of x: an op
+    applied row by row (a layer norm) bends on the scale of one row's spread, which rows at
+    different offsets (one at 0, one at 1e6) would hide in the whole input's (5e5).  0 where no
+    line holds two different finite entries (a scalar, all entries equal)."""
+    spreads = []
+    for axis in range(x.ndim):
+        if x.shape[axis] < 2:
+            continue
+        lines = np.moveaxis(x if idx is None else x[idx[:axis] + (slice(None),) + idx[axis + 1:]],
+                            axis if idx is None else 0, -1).reshape(-1, x.shape[axis])
+        finite = np.isfinite(lines)
+        count = finite.sum(axis=1)
+        lines, finite, count = lines[count > 0], finite[count > 0], count[count > 0]
+        if not count.size:
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):
+            centred = np.where(finite, lines - (np.where(finite, lines / count[:, None], 0.0).sum(axis=1,
+                                                                                            keepdims=True)), 0.0)
+            # scaled by each line's largest, so that squaring neither overflows nor underflows
+            largest = np.max(np.abs(centred), axis=1, keepdims=True)
+            rms = largest[:, 0] * np.sqrt(np.sum((centred / np.where(largest > 0, largest, 1.0))**2, axis=1) / count)
+        spreads.append(float(np.median(rms)))
+    return min((s for s in spreads if s > 0 and np.isfinite(s)), default=0.0)
 
 
 def _rms(v: np.ndarray) -> float:

@@ -1149,6 +1149,20 @@ def test_a_fail_confirmed_where_f_is_smooth_says_so_beside_the_rough_probes():
     assert "stands" not in note, note
 
 
+@pytest.mark.parametrize("offsets", [(0.0, 1e6), (1e3, 1e6)])
+def test_a_right_layer_norm_of_rows_far_apart_does_not_fail(offsets):
+    # one row at 0, one at 1e6 (+ noise): every entry is stepped by eps * the input's rms, ~70, and
+    # the spread of the whole input (5e5, the rows' distance) stopped the rough steps' shortening at
+    # once, where each row bends over its own spread of ~1: a right backward FAILed for seeds 1 and
+    # 2.  The spread that matters is that of the entries in a line with the probed one.
+    for seed in range(6):
+        x = np.array(offsets)[:, None] + np.random.default_rng(seed).standard_normal((2, 5))
+        right = check_op(_layer_norm_forward, _layer_norm_backward, [x], seed=seed).inputs[0]
+        assert right.status != "FAIL", f"seed {seed}:\n{right}"
+        wrong = check_op(_layer_norm_forward, _layer_norm_backward_without_the_mean_term, [x], seed=seed).inputs[0]
+        assert wrong.status == "FAIL", f"seed {seed}:\n{wrong}"
+
+
 def _layer_norm_backward_without_the_mean_term(dout, cache):
     xhat, rstd = cache
     return rstd * (dout - xhat * (dout * xhat).mean(-1, keepdims=True))

@@ -162,6 +162,10 @@ MAX_SHORTENINGS = 3
 # scale of the spread it bends over
 ROUGH_SHORTEN = 16.0
 MAX_ROUGH_SHORTENINGS = 6
+# ... where none is smooth, the steadiest of them (the smallest bound relative to its value) stands
+# only if that is below LOOSE_BOUND and this many times below the first estimate's: far steadier, not
+# by chance a little (the first one, saturating within its step, has a bound as large as its value)
+ROUGH_STEADIER = 100.0
 METHODS = ("auto", "entries", "directional")
 DOUT_SALT = 0x646F7574   # "dout"
 PROGRESS_EVERY = 10.0     # progress=True: seconds between lines while one input is being probed
@@ -904,9 +908,10 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
                 break
             rounding = max(rounding, measured)
         if rounding > estimate.roundoff:
-            # retaken only where D(h) stands out of that rounding: a function bending within the
-            # step, as a layer norm of 1e5 + noise stepped by 10, has 4th differences as large as
-            # D(h), like rounding's, and longer steps there only look smoother
+            # retaken only where D(h) stands out of that rounding, its bound with it no more than
+            # UNRESOLVED (half) of its value, as a probe must be to be judged at all: a function
+            # bending within the step, as a layer norm of 1e5 + noise stepped by 10, has 4th
+            # differences as large as D(h), like rounding's, and longer steps there only look smoother
             resolved = estimate.bound - estimate.roundoff + rounding <= UNRESOLVED * abs(estimate.value)
             retaken = (_retaken_over_rounding(evaluate, move, estimate, rounding, richardson, good_enough)
                        if resolved else None)
@@ -965,11 +970,18 @@ def _retaken_over_rounding(evaluate, move, estimate, rounding, richardson, good_
                                       test_smoothness=True, rounding=at_unit_step)
         except _LeftDomain:
             break
-        if attempt.rough or not (attempt.bound < best.bound
-                                 and abs(attempt.value - best.value) <= attempt.bound + best.bound):
+        if not _longer_step_kept(attempt, best):
             break
         best = kept = attempt
     return kept
+
+
+def _longer_step_kept(attempt: _Estimate, best: _Estimate) -> bool:
+    """Whether an estimate at a longer step replaces the best so far (_resolved_derivative,
+    _retaken_over_rounding): f behaves smoothly there, its bound is smaller, and it agrees with the
+    shorter step's within both bounds -- far from the point f need not behave as near it."""
+    return (not attempt.rough and attempt.bound < best.bound
+            and abs(attempt.value - best.value) <= attempt.bound + best.bound)
 
 
 def _measured_roundoff(evaluate, move, step, spacing, order=4) -> float:
@@ -1031,8 +1043,7 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
         if not np.isfinite(best.bound):         # the shorter step resolved nothing (it vanished in rounding)
             best, longer = attempt, True
             continue
-        if attempt.rough or not (attempt.bound < best.bound
-                                 and abs(attempt.value - best.value) <= attempt.bound + best.bound):
+        if not _longer_step_kept(attempt, best):
             break
         best, longer = attempt, True
     return best, longer
@@ -1091,7 +1102,7 @@ def _shortened(evaluate, move, estimate, richardson, good_enough, shortest_rough
     # its value, where the first one's differences are as large as its value (an output saturating
     # within the step: D(h) ~ 1/h, as a rounding's)
     if best is estimate and estimate.rough and steadiest is not None \
-            and _relative_bound(steadiest) <= min(LOOSE_BOUND, _relative_bound(estimate) / 100):
+            and _relative_bound(steadiest) <= min(LOOSE_BOUND, _relative_bound(estimate) / ROUGH_STEADIER):
         best = steadiest
     return best
 

@@ -162,10 +162,6 @@ MAX_SHORTENINGS = 3
 # scale of the spread it bends over
 ROUGH_SHORTEN = 16.0
 MAX_ROUGH_SHORTENINGS = 6
-# ... where none is smooth, the steadiest of them (the smallest bound relative to its value) stands
-# only if that is below LOOSE_BOUND and this many times below the first estimate's: far steadier, not
-# by chance a little (the first one, saturating within its step, has a bound as large as its value)
-ROUGH_STEADIER = 100.0
 METHODS = ("auto", "entries", "directional")
 DOUT_SALT = 0x646F7574   # "dout"
 PROGRESS_EVERY = 10.0     # progress=True: seconds between lines while one input is being probed
@@ -1063,13 +1059,13 @@ def _shortened(evaluate, move, estimate, richardson, good_enough, shortest_rough
     would each pay 18 calls more (the callers look at probes.remeasure_failures).
     A rough estimate (its differences at h, 2h, 4h did not shrink like h^2) is taken again at steps
     ROUGH_SHORTEN times shorter, on past rough ones, down to shortest_rough: the step eps makes
-    relative to the input's spread around its mean (_spread), not to its entries' size.  An input far from
-    zero whose entries differ by little (a layer norm of 1e6 + noise, stepped by eps * 1e6 = 100:
+    relative to the spread of the entries in a line with the probed one (_spread), not to their
+    size.  An input far from zero whose entries differ by little (a layer norm of 1e6 + noise, stepped by eps * 1e6 = 100:
     its output saturates within the step, and D(h) is 1/300 of the derivative) is smooth only on
     the scale of the spread; elsewhere (spread ~ size) this adds nothing, so a rough estimate made
     by f's rounding (exp(x) - 1 at tiny x) is not replaced by one that looks smooth by chance at a
     step far shorter, where the rounding is larger still."""
-    best, steadiest = estimate, None
+    best = estimate
     step, rough_left = estimate.step, MAX_ROUGH_SHORTENINGS
     for _ in range(MAX_SHORTENINGS + MAX_ROUGH_SHORTENINGS):
         # (a rough estimate too: differences that do not shrink like h^2 at h, 2h, 4h may be f
@@ -1087,8 +1083,6 @@ def _shortened(evaluate, move, estimate, richardson, good_enough, shortest_rough
         except _LeftDomain:
             break
         if attempt.rough and rough_level:
-            if steadiest is None or _relative_bound(attempt) < _relative_bound(steadiest):
-                steadiest = attempt
             if shortest_rough < step and rough_left > 1:
                 rough_left -= 1       # still rough: shorter yet (the rough estimate stands meanwhile)
                 continue
@@ -1097,18 +1091,7 @@ def _shortened(evaluate, move, estimate, richardson, good_enough, shortest_rough
         if attempt.rough or not (attempt.bound < best.bound or rough_level):
             break
         best = attempt
-    # none smooth, down to the spread (f's own rounding there, a layer norm of 1e8 + noise losing 8
-    # digits to x - mean): the shorter estimate that differs least from its neighbours, relative to
-    # its value, where the first one's differences are as large as its value (an output saturating
-    # within the step: D(h) ~ 1/h, as a rounding's)
-    if best is estimate and estimate.rough and steadiest is not None \
-            and _relative_bound(steadiest) <= min(LOOSE_BOUND, _relative_bound(estimate) / ROUGH_STEADIER):
-        best = steadiest
     return best
-
-
-def _relative_bound(estimate: _Estimate) -> float:
-    return estimate.bound / abs(estimate.value) if estimate.value else np.inf
 
 
 class _LeftDomain(ValueError):

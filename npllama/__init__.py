@@ -33,5 +33,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'npllama' has no attribute {name!r}")
 
 
-__all__ = ["Llama", "LlamaConfig", "KVCache", "Tokenizer", "generate_text", "ChatTemplate", "load_classifier", "check_op", "gradcheck",
-           "numerical_gradient", "get_backend", "set_backend", "study", "use_backend", "use_op", "trace"]
+__all__ = ["Llama", "LlamaConfig", "KVCache", "Tokenizer", "generate_text", "ChatTemplate", "load_classifier",
+           "check_op", "gradcheck", "numerical_gradient", "get_backend", "set_backend", "study", "use_backend", "use_op", "trace"]

@@ -1060,9 +1060,9 @@ def _shortened(evaluate, move, estimate, richardson, good_enough, shortest_rough
     A rough estimate (its differences at h, 2h, 4h did not shrink like h^2) is taken again at steps
     ROUGH_SHORTEN times shorter, on past rough ones, down to shortest_rough: the step eps makes
     relative to the spread of the entries in a line with the probed one (_spread), not to their
-    size.  An input far from zero whose entries differ by little (a layer norm of 1e6 + noise, stepped by eps * 1e6 = 100:
-    its output saturates within the step, and D(h) is 1/300 of the derivative) is smooth only on
-    the scale of the spread; elsewhere (spread ~ size) this adds nothing, so a rough estimate made
+    size.  An input far from zero whose entries differ by little (a layer norm of 1e6 + noise,
+    stepped by eps * 1e6 = 100: its output saturates within the step, and D(h) is 1/300 of the
+    derivative) is smooth only on the scale of the spread; elsewhere (spread ~ size) this adds nothing, so a rough estimate made
     by f's rounding (exp(x) - 1 at tiny x) is not replaced by one that looks smooth by chance at a
     step far shorter, where the rounding is larger still."""
     best = estimate

@@ -94,6 +94,12 @@ also restored when f raises mid-check.
 The relative error an input reports is norm-wise over its entries, ||a - n|| / max(||a||, ||n||);
 for directions |<a,p> - numeric| / ||a * p||.  ``err/bound`` is the worst probe's error over its
 bound: a correct gradient sits far below 1, a wrong one above.
+
+A FAIL of an input whose every entry was probed one by one names a pattern in its notes when one
+explains the analytic value of every entry from its numeric one, each within its bound (scaled as
+the pattern scales the numeric value): analytic = c * numeric (c = 0: zeros, c = -1: a flipped
+sign), numeric with its last two axes swapped, or numeric at all but a few entries (named).  None
+is guessed: not from a sample, from directions, or from a factor only one entry shows.
 """
 from __future__ import annotations
 
@@ -185,7 +191,7 @@ class InputReport:
     err_over_bound: float = 0.0     # worst probe: |analytic - numeric| / its bound (<= 1 passes)
     richardson: int = 0             # probes whose numeric value is a Richardson extrapolation
     floor_only: int = 0             # probes that passed only through the absolute floor atol
-    notes: list = dataclasses.field(default_factory=list)   # warnings: floor-only pass, loose bound, ...
+    notes: list = dataclasses.field(default_factory=list)   # warnings: a FAIL's pattern, floor-only pass, loose bound, ...
     failed: int = 0                 # probes whose difference exceeds their bound
     unresolved: int = 0             # probes whose bound stayed above UNRESOLVED of the gradient: not passed
     longer_steps: int = 0           # probes resolved only with a step longer than eps
@@ -569,6 +575,19 @@ def rel_error(a: np.ndarray, b: np.ndarray, tiny: float = TINY) -> float:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     return float(_norm(a - b) / max(_norm(a), _norm(b), tiny))
+
+
+def fitted_factor(got, expected, weight=None) -> float | None:
+    """The c for which c * expected comes closest to got: least squares, each entry's residual
+    weighted by `weight` (1 by default).  None when expected is zero wherever it weighs.  Whether
+    c * expected explains got is the caller's to judge, by its own tolerance (the exercise checker's
+    diagnosis norm-wise, gradcheck's report entry by entry within its bounds)."""
+    got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    weight = np.ones_like(expected) if weight is None else np.asarray(weight, dtype=np.float64)
+    denominator = float(np.sum((weight * expected) ** 2))
+    if denominator == 0.0 or not np.isfinite(denominator):
+        return None
+    return float(np.sum(weight**2 * got * expected)) / denominator
 
 
 # ----- the checker -----------------------------------------------------------------------------------
@@ -1207,7 +1226,82 @@ def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_na
     if n_entries:
         report.max_abs_err = float(np.max(diff[:n_entries])) if np.all(finite[:n_entries]) else float("inf")
     report.notes = _notes(report, n_entries, n_finite, probes, passed, unresolved, n_nan)
+    if report.failed and method == "all entries":
+        pattern = _pattern_note(tuple(shape), indices, a, n, model_bound, tol, failed_outright, passed)
+        if pattern:
+            report.notes.insert(0, pattern)
     return report
+
+
+# The most entries a FAIL's pattern note lists by index
+PATTERN_INDICES_SHOWN = 4
+
+
+def _pattern_note(shape, indices, a, n, bound, tol, failed, passed) -> str:
+    """What a FAIL of an input probed at every entry has in common, when one pattern explains the
+    analytic value of every entry from its numeric one, each within the bound the checker holds
+    it to (bound + tol of the larger value, the bound scaled as the pattern scales the numeric
+    value): analytic = c * numeric for one c (0: zeros, -1: a flipped sign), analytic = numeric
+    with its last two axes swapped, or analytic = numeric at all but a few entries.  '' when none
+    does: a pattern is never guessed.  A factor (and zeros) needs at least two entries whose
+    numeric value stands out of its bound, or one entry's ratio would always "explain" it."""
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(n)) and np.all(np.isfinite(bound))):
+        return ""
+
+    def explains(predicted, scale=1.0, predicted_bound=bound) -> bool:
+        return bool(np.all(np.abs(a - predicted)
+                           <= scale * predicted_bound + tol * np.maximum(np.abs(a), np.abs(predicted))))
+
+    shown = np.abs(n) > bound                       # entries whose numeric value is not lost in its bound
+    if np.sum(shown) >= 2:
+        if explains(0.0 * n):
+            return ("analytic is 0 at every entry, numeric is not: returned zeros -- a gradient never filled "
+                    "in or never assigned (a np.zeros_like returned as it was), or a mask that zeroes everything")
+        # weighted by each entry's bound, so that a loosely bound entry does not pull the fit
+        tightest = float(np.min(bound[bound > 0], initial=np.inf))
+        weight = np.where(bound > 0, tightest / np.where(bound > 0, bound, 1.0), 1.0)
+        if explains(-n):
+            return ("the sign is flipped: analytic is -1 times numeric at every entry -- a subtraction the wrong "
+                    "way round, or a minus sign dropped or added")
+        factor = fitted_factor(a, n, weight)
+        if factor is not None and factor != 0 and explains(factor * n, max(1.0, abs(factor))):
+            factor_text = _factor_text(factor, lambda c: explains(c * n, max(1.0, abs(c))))
+            sign = ": the sign is flipped, and a factor" if factor < 0 else ": a factor"
+            return (f"analytic is {factor_text} times numeric at every entry{sign} too many or missing -- a mean "
+                    "for a sum (or a sum for a mean), a 1/n, a 2, a scale")
+    square = len(shape) >= 2 and shape[-1] == shape[-2] > 1
+    if square and len(indices) == int(np.prod(shape)):
+        where = tuple(np.array(indices).T)
+
+        def swapped(values):
+            """values (one per probed entry) at the entry with the last two axes swapped."""
+            laid_out = np.empty(shape)
+            laid_out[where] = values
+            return np.swapaxes(laid_out, -1, -2)[where]
+
+        if explains(swapped(n), predicted_bound=np.maximum(bound, swapped(bound))):
+            axes = " (its last two axes swapped)" if len(shape) > 2 else ""
+            return (f"analytic is numeric transposed at every entry{axes}: a matrix product in the wrong order "
+                    "(A @ B for B.T @ A.T), or a weight or its gradient transposed")
+    off = np.flatnonzero(failed)
+    if 0 < off.size < len(a) / 2 and np.all(passed | failed):
+        listed = ", ".join(str(tuple(int(v) for v in indices[i])) for i in off[:PATTERN_INDICES_SHOWN])
+        more = ", ..." if off.size > PATTERN_INDICES_SHOWN else ""
+        return (f"analytic matches numeric at every entry but {off.size} of {len(a)}: {listed}{more} -- a term "
+                "that only those entries receive is missing or counted twice (the diagonal, repeated indices, "
+                "one branch of a sum, a mask's edge)")
+    return ""
+
+
+def _factor_text(factor: float, explains) -> str:
+    """'3', or '1/4' for a factor below 1, where that round number explains every entry as well as
+    the fitted one does; else the fitted factor to 4 digits."""
+    if abs(factor) >= 1:
+        value, text = float(round(factor)), f"{round(factor)}"
+    else:
+        whole = round(1 / factor)
+        value, text = 1.0 / whole, f"1/{whole}" if whole > 0 else f"-1/{-whole}"
+    return text if explains(value) else f"{factor:.4g}"
 
 
 def _relative_figures(a, n, held_to, magnitude, largest, n_entries, finite):

@@ -1468,3 +1468,86 @@ def test_a_point_whose_own_steps_leave_fs_domain_is_refused_naming_the_entry_and
                                          r"entry \(random direction 1\)) of input 'input0' was moved -4 steps"):
         gradcheck(lambda v: sum(math.sqrt(t) for t in v), [x], [grad], method=method, directions=1)
     assert np.array_equal(x, [1.0, 2.5e-4])     # left as it was
+
+
+# ----- a FAIL that follows a pattern says so ----------------------------------------------------------
+
+def _weighted_squares_case(shape=(3, 3), seed=0):
+    """f(W) = sum(A * W^2), whose gradient 2 A W is nowhere symmetric, nowhere zero."""
+    rng = np.random.default_rng(seed)
+    weights, w = rng.standard_normal(shape), rng.standard_normal(shape)
+    return (lambda v: float(np.sum(weights * v**2))), w, 2 * weights * w
+
+
+def _pattern_notes(entry) -> list[str]:
+    return [note for note in entry.notes if "at every entry" in note or "every entry but" in note]
+
+
+@pytest.mark.parametrize("planted, says", [
+    (lambda g: 3 * g, "analytic is 3 times numeric at every entry: a factor too many or missing"),
+    (lambda g: g / 4, "analytic is 1/4 times numeric at every entry: a factor too many or missing"),
+    (lambda g: 2.5 * g, "analytic is 2.5 times numeric at every entry"),
+    (lambda g: -g, "the sign is flipped: analytic is -1 times numeric at every entry"),
+    (lambda g: -2 * g, "analytic is -2 times numeric at every entry: the sign is flipped, and a factor"),
+    (lambda g: g.T, "analytic is numeric transposed at every entry"),
+    (lambda g: np.zeros_like(g), "analytic is 0 at every entry, numeric is not: returned zeros"),
+])
+def test_a_fail_that_follows_a_pattern_names_it(planted, says):
+    # a transposed gradient, a factor, a flipped sign and zeros all gave the table's worst entry only
+    f, w, right = _weighted_squares_case()
+    report = gradcheck(f, [w], [planted(right)])
+    entry = report.inputs[0]
+    assert entry.status == "FAIL", str(report)
+    notes = _pattern_notes(entry)
+    assert len(notes) == 1 and says in notes[0], entry.notes
+    assert says in str(report) and any(says in w for w in report.warnings)
+    assert gradcheck(f, [w], [right]).inputs[0].notes == []      # a pass says none of it
+
+
+def test_a_mean_for_a_sum_is_named_as_the_factor_n_in_check_op_too():
+    # the loss sums over 4 rows, the backward averages: analytic is numeric / 4
+    x = np.random.default_rng(1).standard_normal((4, 3))
+    entry = check_op(lambda v: (np.tanh(v), v), lambda d, v: d * (1 - np.tanh(v) ** 2) / 4, [x]).inputs[0]
+    assert entry.status == "FAIL"
+    assert "analytic is 1/4 times numeric at every entry" in _pattern_notes(entry)[0], entry.notes
+    assert "a mean for a sum" in _pattern_notes(entry)[0]
+
+
+def test_the_transpose_of_the_last_two_axes_is_named():
+    f, w, right = _weighted_squares_case((2, 3, 3))
+    entry = gradcheck(f, [w], [np.swapaxes(right, -1, -2)]).inputs[0]
+    assert "analytic is numeric transposed at every entry (its last two axes swapped)" in _pattern_notes(entry)[0]
+
+
+def test_a_gradient_right_but_on_a_few_entries_names_them():
+    f, w, right = _weighted_squares_case((4, 4))
+    wrong = right.copy()
+    wrong[1, 2] += 1.0
+    wrong[3, 0] *= 1.01
+    entry = gradcheck(f, [w], [wrong]).inputs[0]
+    notes = _pattern_notes(entry)
+    assert len(notes) == 1 and "analytic matches numeric at every entry but 2 of 16: (1, 2), (3, 0)" in notes[0], \
+        entry.notes
+
+
+@pytest.mark.parametrize("planted", [
+    lambda g: 3 * g + np.eye(3) * 1e-3 * np.abs(g).max(),     # a factor, but not at every entry
+    lambda g: g.T * 1.01,                                     # a transpose, off by more than the bound
+    lambda g: g + np.random.default_rng(5).standard_normal(g.shape),   # no pattern at all
+    lambda g: np.where(np.arange(9).reshape(3, 3) < 5, g + 1, g),      # off on more than half
+])
+def test_no_pattern_is_named_that_does_not_explain_every_entry_within_its_bound(planted):
+    f, w, right = _weighted_squares_case()
+    entry = gradcheck(f, [w], [planted(right)]).inputs[0]
+    assert entry.status == "FAIL" and _pattern_notes(entry) == [], entry.notes
+
+
+def test_no_pattern_is_guessed_from_one_entry_or_from_a_sample():
+    # one entry: any analytic value is some factor times the numeric one, which says nothing
+    entry = gradcheck(lambda v: float(np.sum(v**2)), [np.array([1.5])], [np.array([3.3])]).inputs[0]
+    assert entry.status == "FAIL" and _pattern_notes(entry) == [], entry.notes
+    # a sample of the entries: nothing is known of the others
+    f, w, right = _weighted_squares_case((6, 6))
+    sampled = gradcheck(f, [w], [3 * right], max_entries=8, method="entries").inputs[0]
+    assert sampled.status == "FAIL" and sampled.method == "sampled" and _pattern_notes(sampled) == [], sampled.notes
+

@@ -19,6 +19,7 @@ import dataclasses
 
 import numpy as np
 
+from ..gradcheck import fitted_factor
 from ..gradcheck import rel_error as gradcheck_rel_error
 
 MATCH_TOL = 1e-6   # "got equals this candidate" (norm-wise relative error)
@@ -259,11 +260,8 @@ def _without_ones(shape) -> tuple:
 
 def _constant_ratio(got, expected) -> float | None:
     """r when got == r * expected (to MATCH_TOL), else None."""
-    denom = float(np.vdot(expected, expected))
-    if denom == 0.0:
-        return None
-    r = float(np.vdot(got, expected)) / denom
-    if r != 0.0 and rel_error(got, r * expected) < MATCH_TOL:
+    r = fitted_factor(got, expected)
+    if r is not None and r != 0.0 and rel_error(got, r * expected) < MATCH_TOL:
         return r
     return None
 

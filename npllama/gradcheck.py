@@ -70,7 +70,9 @@ How a probe's numeric derivative and its bound are made (the error model):
             tell there.  A smooth f shows neither, so a wrong gradient of one still FAILs.  Each
             input pays this (up to 52 calls, and up to 54 for shorter steps) only until one
             failure is confirmed.
-  limits    no step can check a gradient across a kink within a step of the point (relu at 0),
+  limits    no step can check a gradient across a kink within a step of the point (relu at 0;
+            at a clear kink at the point itself, one measured at two steps, an analytic value
+            between f's one-sided slopes there, a subgradient, is UNRESOLVED, one outside FAILs),
             nor a function that varies on a scale far shorter than the step (cos of x ~ 1e5,
             where the relative step is 10) and than the input's spread (1e5 + noise, with a
             spread of 1, is resolved by the shorter steps); the report says when f did not
@@ -168,6 +170,10 @@ MAX_SHORTENINGS = 3
 # scale of the spread it bends over
 ROUGH_SHORTEN = 16.0
 MAX_ROUGH_SHORTENINGS = 6
+# A kink at the point is told from rounding inside f (_clear_kink) when its one-sided slopes differ by
+# KINK_CLARITY times their error and come out the same at a step KINK_RECHECK times shorter
+KINK_CLARITY = 10.0
+KINK_RECHECK = 16.0
 METHODS = ("auto", "entries", "directional")
 DOUT_SALT = 0x646F7574   # "dout"
 PROGRESS_EVERY = 10.0     # progress=True: seconds between lines while one input is being probed
@@ -604,6 +610,8 @@ class _Estimate(NamedTuple):
     kink: bool = False    # failing, with a kink at the point itself (no step can check it)
     unsteady: bool = False   # failing, but f's rounding or its differences at other steps show it
                              # is not resolved here, and the analytic value is within that: UNRESOLVED
+    between: tuple = ()      # failing at a kink at the point, the analytic value between f's one-sided
+                             # slopes (left, right) there: a subgradient, UNRESOLVED (_kink_checked)
 
 
 @dataclasses.dataclass
@@ -618,6 +626,7 @@ class _Probes:
     largest: list = dataclasses.field(default_factory=list)     # the check's largest gradient, in the probe's units
     rough: list = dataclasses.field(default_factory=list)
     unsteady: list = dataclasses.field(default_factory=list)    # failing, but f not resolved at its steps
+    between: list = dataclasses.field(default_factory=list)     # (left, right) slopes at a kink, or ()
     richardson: int = 0
     longer_steps: int = 0       # probes that needed a longer step than eps to resolve
     remeasure_failures: bool = True   # a failing probe is measured at other steps (until one failure is confirmed)
@@ -636,10 +645,11 @@ class _Probes:
         # an all-zero gradient (reference 0) is unresolved too where its bound is coarse next to
         # the check's largest: a wrong zero could not be told from the right gradient there
         resolution = max(UNRESOLVED * reference, coarse)
-        self.unresolved.append(estimate.unsteady
+        self.unresolved.append(estimate.unsteady or bool(estimate.between)
                                or ((reference > 0 or coarse > 0) and not estimate.bound <= resolution))
         self.rough.append(estimate.rough)
         self.unsteady.append(estimate.unsteady)
+        self.between.append(estimate.between)
         self.richardson += estimate.richardson
         self.longer_steps += longer
 
@@ -861,21 +871,64 @@ def _kink_checked(evaluate, move, eps, estimate, analytic, held_to) -> _Estimate
     """The estimate, marked rough when it fails and f has a kink at the point itself.  Such a kink
     is symmetric (relu at 0, a max with a tie): D(h) = D(2h) = D(4h), so the central differences
     look smooth.  Their even part shows it: f(x+t) + f(x-t) - 2 f(x) grows like t there, like t^2
-    for a smooth f.  Only a failing probe pays the five evaluations."""
+    for a smooth f.  Only a failing probe pays the five evaluations.
+    At such a kink f has no derivative, and every value between its one-sided slopes is a
+    subgradient (a relu's backward rightly returns 0 at 0, as PyTorch's does): an analytic value
+    between them, within held_to and the slopes' own error, is marked `between` (UNRESOLVED, not
+    FAIL), where the kink is clear (_clear_kink); one outside them still fails.  A kink a few
+    steps away is not this one's: the steps shortened before (_shortened) reach past it."""
     if estimate.rough or abs(float(analytic) - estimate.value) <= held_to:
         return estimate
+    values = _values_around(evaluate, move, (eps, 2 * eps))
+    roundoff = 4 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(size for _, _, size in values.values())
+    f0 = values[0.0][1]
+    second = [values[t][1] + values[-t][1] - 2 * f0 for t in (eps, 2 * eps)]
+    kink = abs(second[0]) > 10 * roundoff and 1.5 <= second[1] / second[0] <= 2.5
+    if not kink:
+        return estimate._replace(rough=False, kink=False)
+    slopes, slack = _one_sided_slopes(values, eps, roundoff)
+    between = ()
+    if min(slopes) - slack - held_to <= float(analytic) <= max(slopes) + slack + held_to \
+            and _clear_kink(evaluate, move, eps, slopes, slack, roundoff):
+        between = tuple(slopes)
+    return estimate._replace(rough=True, kink=True, between=between)
+
+
+def _values_around(evaluate, move, steps) -> dict:
+    """{t: (real distance, f, |f|'s size)} at the point (t = 0) and t = +-each of steps."""
     values = {}
     try:
-        for t in (0.0, eps, -eps, 2 * eps, -2 * eps):
-            move(t)
-            values[t] = evaluate()
+        for t in (0.0, *steps, *(-t for t in steps)):
+            distance = move(t)
+            values[t] = (distance, *evaluate())
     finally:
         move(None)
-    roundoff = 4 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(size for _, size in values.values())
-    f0 = values[0.0][0]
-    second = [values[t][0] + values[-t][0] - 2 * f0 for t in (eps, 2 * eps)]
-    kink = abs(second[0]) > 10 * roundoff and 1.5 <= second[1] / second[0] <= 2.5
-    return estimate._replace(rough=kink, kink=kink)
+    return values
+
+
+def _one_sided_slopes(values, step, roundoff) -> tuple[list, float]:
+    """([left, right] slopes of f at the point, their error) from f at 1 and 2 steps on each side:
+    (f(x+t) - f(x)) / t = slope + O(t), extrapolated to 2 S(h) - S(2h); |S(h) - S(2h)| (its O(t)
+    term) and the rounding (roundoff: of 4 values of f) over the step bound its error."""
+    f0, slopes, slack = values[0.0][1], [], 0.0
+    for side in (-1, 1):
+        near, far = [(values[t][1] - f0) / values[t][0] if values[t][0] else np.inf
+                     for t in (side * step, 2 * side * step)]
+        slopes.append(2 * near - far)
+        slack = max(slack, abs(near - far) + 1.5 * roundoff / abs(values[side * step][0] or TINY))
+    return slopes, slack
+
+
+def _clear_kink(evaluate, move, eps, slopes, slack, roundoff) -> bool:
+    """The one-sided slopes found at the step eps show a kink, not rounding inside f: they differ by
+    KINK_CLARITY times their error, and come out the same at a step KINK_RECHECK times shorter (a
+    kink at the point stays where it is; a cancellation's stairs, 1 + tanh(z) at z << 0, whose
+    even part can also grow like t over two steps, give other slopes there).  Four evaluations."""
+    short = eps / KINK_RECHECK
+    values = _values_around(evaluate, move, (short, 2 * short))
+    again, slack_again = _one_sided_slopes(values, short, roundoff)
+    return (abs(slopes[1] - slopes[0]) > KINK_CLARITY * (slack + slack_again)
+            and all(abs(a - b) <= slack + slack_again for a, b in zip(slopes, again)))
 
 
 def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, richardson, good_enough,
@@ -905,6 +958,8 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
     Only a failing probe pays (up to 52 evaluations), and in each input only until one failure is
     confirmed: the input FAILs then, whatever its other probes show (probes.remeasure_failures)."""
     analytic = float(analytic)
+    if estimate.between:        # a subgradient at a kink at the point (_kink_checked): no step judges it
+        return estimate
     if not np.isfinite(estimate.value) or abs(analytic - estimate.value) <= held_to \
             or not probes.remeasure_failures:
         return estimate
@@ -1225,9 +1280,10 @@ def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_na
         report.worst_direction = e - n_entries + 1
     if n_entries:
         report.max_abs_err = float(np.max(diff[:n_entries])) if np.all(finite[:n_entries]) else float("inf")
-    report.notes = _notes(report, n_entries, n_finite, probes, passed, unresolved, n_nan)
+    report.notes = _notes(report, indices, n_finite, probes, passed, unresolved, n_nan)
     if report.failed and method == "all entries":
-        pattern = _pattern_note(tuple(shape), indices, a, n, model_bound, tol, failed_outright, passed)
+        pattern = _pattern_note(tuple(shape), indices, a, n, model_bound, tol, failed_outright, passed,
+                                np.array(probes.rough, dtype=bool))
         if pattern:
             report.notes.insert(0, pattern)
     return report
@@ -1237,14 +1293,15 @@ def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_na
 PATTERN_INDICES_SHOWN = 4
 
 
-def _pattern_note(shape, indices, a, n, bound, tol, failed, passed) -> str:
+def _pattern_note(shape, indices, a, n, bound, tol, failed, passed, rough) -> str:
     """What a FAIL of an input probed at every entry has in common, when one pattern explains the
     analytic value of every entry from its numeric one, each within the bound the checker holds
     it to (bound + tol of the larger value, the bound scaled as the pattern scales the numeric
     value): analytic = c * numeric for one c (0: zeros, -1: a flipped sign), analytic = numeric
     with its last two axes swapped, or analytic = numeric at all but a few entries.  '' when none
     does: a pattern is never guessed.  A factor (and zeros) needs at least two entries whose
-    numeric value stands out of its bound, or one entry's ratio would always "explain" it."""
+    numeric value stands out of its bound, or one entry's ratio would always "explain" it.
+    rough: where f did not behave smoothly, which the few entries off are then pointed to."""
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(n)) and np.all(np.isfinite(bound))):
         return ""
 
@@ -1287,9 +1344,10 @@ def _pattern_note(shape, indices, a, n, bound, tol, failed, passed) -> str:
     if 0 < off.size < len(a) / 2 and np.all(passed | failed):
         listed = ", ".join(str(tuple(int(v) for v in indices[i])) for i in off[:PATTERN_INDICES_SHOWN])
         more = ", ..." if off.size > PATTERN_INDICES_SHOWN else ""
-        return (f"analytic matches numeric at every entry but {off.size} of {len(a)}: {listed}{more} -- a term "
-                "that only those entries receive is missing or counted twice (the diagonal, repeated indices, "
-                "one branch of a sum, a mask's edge)")
+        cause = ("f did not behave smoothly at some of them (a kink: see below)" if np.any(rough[off]) else
+                 "a term that only those entries receive is missing or counted twice (the diagonal, repeated "
+                 "indices, one branch of a sum, a mask's edge)")
+        return f"analytic matches numeric at every entry but {off.size} of {len(a)}: {listed}{more} -- {cause}"
     return ""
 
 
@@ -1332,8 +1390,8 @@ def _relative_figures(a, n, held_to, magnitude, largest, n_entries, finite):
     return rel, bound
 
 
-def _notes(report: InputReport, n_entries, n_finite, probes, passed, unresolved, n_nan) -> list[str]:
-    notes = []
+def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n_nan) -> list[str]:
+    notes, n_entries = [], len(indices)
     if n_finite + n_nan < report.size:
         notes.append(f"{report.size - n_finite - n_nan} entries are +-inf and were not probed")
     if n_nan:
@@ -1343,6 +1401,16 @@ def _notes(report: InputReport, n_entries, n_finite, probes, passed, unresolved,
         notes.append(f"{int(np.sum(numeric_broken))} probe(s) UNRESOLVED: f was NaN or Inf within a step of the "
                      "point, so no difference exists there (an input at the edge of f's domain, as log or sqrt "
                      "near 0, or an overflow); check at inputs inside the domain")
+    at_kink = np.array([bool(b) for b in probes.between], dtype=bool) & ~passed
+    if np.any(at_kink):
+        first = int(np.flatnonzero(at_kink)[0])
+        where = (f"entry {tuple(int(v) for v in indices[first])}" if first < n_entries
+                 else f"direction {first - n_entries + 1}")
+        left, right = probes.between[first]
+        notes.append(f"{int(np.sum(at_kink))} probe(s) UNRESOLVED at a kink at the point (the first: {where}): "
+                     f"your gradient lies between the one-sided slopes {left:.6g} and {right:.6g}, a subgradient; "
+                     "f has no derivative there, and finite differences cannot judge it -- draw inputs away from "
+                     "it (no exact zeros into a relu or abs, no ties into a max)")
     unsteady = np.array(probes.unsteady, dtype=bool) & ~passed
     if np.any(unsteady):
         notes.append(f"{int(np.sum(unsteady))} probe(s) UNRESOLVED: f itself is not resolved there -- its values "
@@ -1352,7 +1420,7 @@ def _notes(report: InputReport, n_entries, n_finite, probes, passed, unresolved,
                      "its differences at other steps disagree by more than their error bounds, and the analytic value "
                      "lies within that disagreement; check at inputs in a better-conditioned range, compute f more "
                      "stably, or for an input far from zero give a smaller eps")
-    by_round_off = int(np.sum(~passed & unresolved & ~numeric_broken & ~unsteady))
+    by_round_off = int(np.sum(~passed & unresolved & ~numeric_broken & ~unsteady & ~at_kink))
     if by_round_off:
         notes.append(f"{by_round_off} probe(s) UNRESOLVED: even with longer steps, the finite differences' "
                      f"error bound stays above {UNRESOLVED:g} of the gradient, so a wrong gradient could not be told from a right one (|f|'s round-off swamps a tiny gradient). "
@@ -1370,8 +1438,8 @@ def _notes(report: InputReport, n_entries, n_finite, probes, passed, unresolved,
                      "(its true gradient is zero there: a sign, a rounding, a normalised single value), or fn "
                      "does not read the arrays it is given (they are changed in place; a copy made before the "
                      f"call would not see it){rounding}")
-    if not report.ok and any(r and not p and not s and np.isfinite(v)
-                             for r, p, s, v in zip(probes.rough, passed, unsteady, probes.numeric)):
+    if not report.ok and any(r and not p and not s and not k and np.isfinite(v)
+                             for r, p, s, k, v in zip(probes.rough, passed, unsteady, at_kink, probes.numeric)):
         # a probe that failed where f behaved smoothly is a verdict the rough ones do not weaken (after
         # one failure is confirmed, the others are not measured again, and may stay at rough steps)
         smooth_failures = int(np.sum(~passed & ~unresolved & ~np.array(probes.rough, dtype=bool)))

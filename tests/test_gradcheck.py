@@ -682,13 +682,22 @@ def test_a_kink_at_the_point_itself_is_named_in_the_report(case):
     if case == "max-pool tie":
         x = rng.standard_normal((2, 6))
         x[1, 3] = x[1, 2]
+        kinked = (1, 3)
         forward, backward = _max_pool_pairs_forward, _max_pool_pairs_backward
     else:
         x = rng.standard_normal((2, 40) if "directional" in case else (2, 4))
         x[0, 1] = 0.0
+        kinked = (0, 1)
         forward, backward = (lambda v: (np.maximum(v, 0.0), v)), (lambda dy, v: dy * (v > 0))
     kw = {"method": "directional"} if "directional" in case else {}
+    # the right backward returns a subgradient there (0 for relu at 0, all to one of the tied pair):
+    # UNRESOLVED, with the kink named
     entry = check_op(forward, backward, [x], seed=3, **kw).inputs[0]
+    assert entry.status == "UNRESOLVED" and any("kink at the point" in note for note in entry.notes), entry.notes
+    # a value outside the one-sided slopes there still FAILs, and the kink is named
+    planted = np.zeros_like(x)
+    planted[kinked] = 3.0
+    entry = check_op(forward, lambda dy, v: backward(dy, v) + planted, [x], seed=3, **kw).inputs[0]
     assert entry.status == "FAIL" and any("kink" in note for note in entry.notes), entry.notes
     # a smooth function failing for a wrong gradient is not said to have a kink
     wrong = check_op(lambda v: (v**3, v), lambda dy, v: 2 * dy * v**2, [x], seed=3, **kw).inputs[0]
@@ -1144,7 +1153,7 @@ def test_a_fail_confirmed_where_f_is_smooth_says_so_beside_the_rough_probes():
     note = next(note for note in entry.notes if "did not behave like a smooth function" in note)
     assert "the FAIL stands on 1 probe(s) that failed where f behaved smoothly" in note, note
     # at a kink at the point itself no probe is smooth, and nothing is said to stand
-    kink = gradcheck(lambda v: float(np.sum(np.maximum(v, 0))), [np.array([0.0, 1.0])], [np.array([0.0, 1.0])])
+    kink = gradcheck(lambda v: float(np.sum(np.maximum(v, 0))), [np.array([0.0, 1.0])], [np.array([2.0, 1.0])])
     note = next(note for note in kink.inputs[0].notes if "did not behave like a smooth function" in note)
     assert "stands" not in note, note
 
@@ -1288,6 +1297,9 @@ def test_no_right_cancelling_gelu_fails_over_many_seeds(shape):
         x = np.random.default_rng(seed).uniform(-9.0, -5.0, shape)
         entry = check_op(_tanh_gelu_forward, _tanh_gelu_backward, [x], seed=seed).inputs[0]
         assert entry.status != "FAIL", f"seed {seed}: {entry}"
+        # its rounding's stairs can make the even part of f grow like t, as at a kink: the GELU has
+        # none, and its right gradient is no subgradient between slopes that rounding made up
+        assert not any("kink at the point" in note for note in entry.notes), f"seed {seed}: {entry.notes}"
 
 
 def _gelu_missing_the_tanh_term(dout, cache):
@@ -1551,3 +1563,59 @@ def test_no_pattern_is_guessed_from_one_entry_or_from_a_sample():
     sampled = gradcheck(f, [w], [3 * right], max_entries=8, method="entries").inputs[0]
     assert sampled.status == "FAIL" and sampled.method == "sampled" and _pattern_notes(sampled) == [], sampled.notes
 
+
+# ----- a kink at the point itself: a subgradient is UNRESOLVED, a value outside the slopes FAILs -------
+
+def relu_sum(v):
+    return float(np.sum(np.maximum(v, 0.0)))
+
+
+def abs_sum(v):
+    return float(np.sum(np.abs(v)))
+
+
+@pytest.mark.parametrize("f, at_kink, slopes", [
+    (relu_sum, 0.0, "0 and 1"),       # what PyTorch's relu backward returns at 0
+    (relu_sum, 1.0, "0 and 1"),
+    (relu_sum, 0.25, "0 and 1"),
+    (abs_sum, 0.5, "-1 and 1"),
+    (abs_sum, -1.0, "-1 and 1"),
+])
+def test_a_subgradient_at_a_kink_at_the_point_is_unresolved_not_failed(f, at_kink, slopes):
+    # relu at exactly 0 failed (analytic 0, numeric 0.5): the derivative does not exist there, and
+    # any value between the one-sided slopes is a valid subgradient
+    x = np.array([0.0, 1.0, -2.0])
+    grad = np.where(x > 0, 1.0, np.where(x < 0, -1.0 if f is abs_sum else 0.0, at_kink))
+    report = gradcheck(f, [x], [grad])
+    entry = report.inputs[0]
+    assert entry.status == "UNRESOLVED" and not report.ok and entry.unresolved == 1, str(report)
+    note = next(note for note in entry.notes if "kink at the point" in note)
+    assert f"lies between the one-sided slopes {slopes}" in note and "subgradient" in note, note
+    assert "entry (0,)" in note and "draw inputs away from it" in note, note
+    assert not any("did not behave like a smooth function" in n for n in entry.notes), entry.notes
+
+
+@pytest.mark.parametrize("f, wrong", [(relu_sum, 2.0), (relu_sum, -1.0), (relu_sum, 1.01), (abs_sum, 1.5)])
+def test_a_value_outside_the_one_sided_slopes_at_a_kink_still_fails(f, wrong):
+    x = np.array([0.0, 1.0, -2.0])
+    grad = np.where(x > 0, 1.0, -1.0 if f is abs_sum else 0.0)
+    grad[0] = wrong
+    entry = gradcheck(f, [x], [grad]).inputs[0]
+    assert entry.status == "FAIL" and entry.worst_index == (0,), entry
+    assert any("kink (relu or abs at 0" in note for note in entry.notes), entry.notes
+    assert not any("subgradient" in note for note in entry.notes), entry.notes
+    # the entry off is named, and pointed to the kink rather than to a missing term
+    assert any("every entry but 1 of 3: (0,) -- f did not behave smoothly" in note for note in entry.notes), \
+        entry.notes
+
+
+def test_a_subgradient_at_a_kink_along_a_direction_is_unresolved_and_a_wrong_one_fails():
+    x = np.random.default_rng(4).standard_normal(40)
+    x[[3, 17]] = 0.0
+    right = (x > 0).astype(float)
+    entry = gradcheck(relu_sum, [x], [right], method="directional").inputs[0]
+    assert entry.status == "UNRESOLVED", entry
+    assert any("kink at the point" in note and "direction" in note for note in entry.notes), entry.notes
+    wrong = right.copy()
+    wrong[17] = 3.0
+    assert gradcheck(relu_sum, [x], [wrong], method="directional").inputs[0].status == "FAIL"

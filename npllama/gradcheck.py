@@ -197,7 +197,7 @@ class InputReport:
     err_over_bound: float = 0.0     # worst probe: |analytic - numeric| / its bound (<= 1 passes)
     richardson: int = 0             # probes whose numeric value is a Richardson extrapolation
     floor_only: int = 0             # probes that passed only through the absolute floor atol
-    notes: list = dataclasses.field(default_factory=list)   # warnings: a FAIL's pattern, floor-only pass, loose bound, ...
+    notes: list = dataclasses.field(default_factory=list)   # warnings: a FAIL's pattern, a floor-only pass, ...
     failed: int = 0                 # probes whose difference exceeds their bound
     unresolved: int = 0             # probes whose bound stayed above UNRESOLVED of the gradient: not passed
     longer_steps: int = 0           # probes resolved only with a step longer than eps
@@ -1311,7 +1311,7 @@ def _pattern_note(shape, indices, a, n, bound, tol, failed, passed, rough) -> st
 
     shown = np.abs(n) > bound                       # entries whose numeric value is not lost in its bound
     if np.sum(shown) >= 2:
-        if explains(0.0 * n):
+        if explains(np.zeros_like(n)):
             return ("analytic is 0 at every entry, numeric is not: returned zeros -- a gradient never filled "
                     "in or never assigned (a np.zeros_like returned as it was), or a mask that zeroes everything")
         # weighted by each entry's bound, so that a loosely bound entry does not pull the fit

@@ -108,15 +108,19 @@ def parse_token_ids(text: str) -> list[int]:
     return ids
 
 
-def model_path(model=None) -> Path:
+def model_path(model=None, adapter=None) -> Path:
     """The model the commands' --model names: a GGUF file or a llama2.c checkpoint as it is (npllama
     reads both, see Llama.from_pretrained), else a Hugging Face folder (a run folder's model/; None:
-    the latest run's)."""
+    the latest run's, or with a LoRA `adapter` folder the base its adapter_config.json names)."""
     from .io.describe import describe_model_path
     from .io.gguf_import import looks_like_gguf
     from .io.llama2c import looks_like_llama2c
     from .runs import resolve_model_dir
 
+    if model is None and adapter is not None:   # the base the adapter was trained on, not the latest run
+        from .lora import base_of_adapter
+
+        model = base_of_adapter(adapter, "--model")
     if model is not None and Path(model).expanduser().is_file():
         path = Path(model).expanduser()
         if looks_like_gguf(path) or looks_like_llama2c(path):
@@ -210,11 +214,7 @@ def load_inputs(model=None, text: str | None = None, tokens: str | None = None, 
     if (text is None) == (tokens is None):
         raise ValueError("give exactly one of --text (needs the model's tokenizer.model or tokenizer.json) or "
                          "--tokens 1,5,9 (token ids)")
-    if model is None and adapter is not None:   # the base the adapter was trained on, not the latest run
-        from .lora import base_of_adapter
-
-        model = base_of_adapter(adapter, "--model")
-    model_dir = model_path(model)
+    model_dir = model_path(model, adapter)
     if classifier and _is_classifier_folder(model_dir):
         if adapter is not None:   # (it would run without it)
             raise ValueError(f"--model {str(model_dir)!r} is a classifier (a LlamaForSequenceClassification "

@@ -673,6 +673,19 @@ def test_cli_runs_a_model_with_a_lora_adapter_and_notes_it(folder_with_tokenizer
                     "1,7,3,12", "--plant", "rope-meta"]) == 1
 
 
+def test_an_adapter_without_model_runs_on_the_base_it_names_in_trace_and_compare(folder_with_tokenizer, tmp_path,
+                                                                                  monkeypatch, capsys):
+    # --adapter alone runs on the base its adapter_config.json names, not the latest run: `debug
+    # compare` resolved --model before it looked at the adapter, and said "no trained model found"
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "no-runs"))   # no latest run to fall back on
+    adapted(Llama.from_pretrained(folder_with_tokenizer)).lora.save_adapter(
+        tmp_path / "sft", base_model_name_or_path=str(folder_with_tokenizer))
+    for command in ("trace", "compare"):
+        assert run_cli(["debug", command, "--adapter", str(tmp_path / "sft"), "--tokens", "1,7,3,12"]) == 0, \
+            capsys.readouterr().err
+        assert f"{folder_with_tokenizer} + adapter {tmp_path / 'sft'}" in capsys.readouterr().out
+
+
 def test_a_classification_adapters_finetune_json_is_read_once(folder_with_tokenizer, tmp_path, monkeypatch):
     # its pad id and its labels, max_len and attention come from one reading: a fine-tune replacing
     # the folder in between could otherwise mix two runs' records

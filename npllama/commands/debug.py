@@ -18,8 +18,8 @@ def _inputs(p) -> None:
     p.add_argument("--text", default=None, help=TEXT_TO_RUN)
     p.add_argument("--tokens", default=None, help="token ids instead of text, e.g. 1,5,9")
     p.add_argument("--adapter", default=None, metavar="DIR", help="a LoRA adapter folder (PEFT layout) attached to "
-                   "--model: from `npllama finetune sft --lora`, or from `finetune classify --lora` (the run is "
-                   "then that classifier's: give --label)")
+                   "--model (without --model: to the base its adapter_config.json names): from `npllama finetune sft "
+                   "--lora`, or from `finetune classify --lora` (the run is then that classifier's: give --label)")
     p.add_argument("--include", action="append", default=None, metavar="PATTERN",
                    help="record only names matching this fnmatch pattern (repeatable), "
                         "e.g. 'model.layers.0.*'")
@@ -255,7 +255,7 @@ def run_compare(args) -> int:
         raise UsageError(f"--plant {args.plant!r} is not a planted bug; choose one of "
                          f"{', '.join(sorted(debug.PLANTED_BUGS))}")
     _refuse_unwritable("--save", args.save)
-    model_path = debug.model_path(args.model)
+    model_path = debug.model_path(args.model, args.adapter)
     if args.transformers_folder is not None:   # a classifier against a causal LM: refused before either loads
         debug.refuse_another_kind(model_path, args.transformers_folder)
     dtype = np.float64 if args.dtype == "float64" else np.float32   # (--against float64: float32, as refused above)

@@ -27,8 +27,8 @@ from .interrupts import deferred_stop_signals, stop_signals_interrupt
 from .io.atomic import atomic_files_into, atomic_write_text
 from .io.errors import CheckpointError
 from .resuming import (LOG_FILE, already_holds_a_run, check_finite, check_steps_reach, checked_step, data_fingerprint,
-                       record_changes, refuse_changed_data, reopen_run, reporting_write_errors, require_settings,
-                       restore_optimizer, stop_line, truncate_log, what_is_left, write_settings)
+                       record_changes, refuse_changed_data, reopen_run, reporting_write_errors, require_files,
+                       require_settings, restore_optimizer, stop_line, truncate_log, what_is_left, write_settings)
 from .runs import files_besides_locks, not_empty, replacing_in_run, writing_run
 
 SETTINGS_FILES = {"classify": "classify_config.json", "sft": "sft_config.json", "sop": "sop_config.json"}
@@ -62,6 +62,7 @@ def fine_tuning_run(config, task: str, resume: bool, echo, check_base=None):
         raise NotADirectoryError(f"--out {config.out!r} is a file, not a folder: choose a run folder")
     if resume:
         require_resumable(run_dir, task)
+        require_files(config, config.RECORDED_ABSOLUTE, resume, settings_file(task))   # a run moved without them
     check_base(config.base)
     if config.base is None:  # the latest run, recorded as such: a resume reads the same base
         from .runs import latest_run

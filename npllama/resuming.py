@@ -144,7 +144,8 @@ def changes_on_resume(run_dir, config, file_name: str) -> dict:
     fixed = [f"{name} ({old!r} -> {value!r}"
              + (f"; the run was saved before npllama had this setting: give {name}={old!r} to resume it)"
                 if name in older else ")")
-             for name, (old, value) in differing.items() if name in config.RESUME_FIXED]
+             for name, (old, value) in differing.items()
+             if name in config.RESUME_FIXED and not moved_file(config, name, old, value)]
     if fixed:
         raise ValueError(f"cannot resume {str(run_dir)!r} with different settings: {', '.join(fixed)}; "
                          f"these define the run (model, tokenizer, data and its order): start a new run "
@@ -203,6 +204,28 @@ def paths_as_str(config, names=None) -> None:
         value = getattr(config, name, None)   # a job's settings class may lack one of them
         if isinstance(value, os.PathLike):
             setattr(config, name, os.fspath(value))
+
+
+def require_files(config, names, resume: bool, file_name: str) -> None:
+    """A FileNotFoundError naming the flag of the first of the settings `names` whose file does not
+    exist.  On a resume the path is the one the run's settings (`file_name`) recorded absolute,
+    unless given anew, and a file moved since may be given anew (moved_file): the error says so."""
+    for name in names:
+        path = getattr(config, name, None)
+        if isinstance(path, str) and not Path(path).expanduser().exists():
+            flag = f"--{name.replace('_', '-')}"
+            moved = (f" (the path the run's {file_name} records, unless given now): if it was moved, give its "
+                     f"new path with {flag}") if resume else ""
+            raise FileNotFoundError(f"{flag} {path!r} does not exist{moved}")
+
+
+def moved_file(config, name: str, saved, given) -> bool:
+    """Whether `given` is a new place of a file the run reads (config.RECORDED_ABSOLUTE) that is no
+    longer where the settings recorded it (`saved`): a run folder moved or copied to another place
+    or machine with its files.  It is no change of the run: the checkpoint's digest of the data
+    (refuse_changed_data) still refuses other text."""
+    return (name in getattr(config, "RECORDED_ABSOLUTE", ()) and isinstance(saved, str) and isinstance(given, str)
+            and not Path(saved).expanduser().exists() and Path(given).expanduser().exists())
 
 
 def same_path(config, name: str, a, b) -> bool:

@@ -39,8 +39,8 @@ from .thread_choice import fastest_threads
 from .resuming import (LOG_FILE, CheckpointWriteError,  # noqa: F401 (CheckpointWriteError: re-exported)
                        already_holds_a_run, check_finite, check_steps_reach, checked_step, data_fingerprint,
                        paths_as_str, record_changes, refuse_changed_data, reopen_run, reporting_write_errors,
-                       require_settings, restore_optimizer, saved_settings, stop_line, truncate_log, what_is_left,
-                       write_settings)
+                       require_files, require_settings, restore_optimizer, saved_settings, stop_line, truncate_log,
+                       what_is_left, write_settings)
 from .runs import (TOKENIZER_FILE, files_besides_locks, mark_latest, not_empty, note_attention_dropout,
                    replacing_in_run, writing_run)
 
@@ -225,9 +225,7 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
     run_dir = Path(tc.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"--out {tc.out!r} is a file, not a folder: choose a run folder")
-    for name in ("data", "tokenizer", "val_data"):  # before anything is written
-        if getattr(tc, name) is not None and not Path(getattr(tc, name)).expanduser().exists():
-            raise FileNotFoundError(f"--{name.replace('_', '-')} {getattr(tc, name)!r} does not exist")
+    require_files(tc, ("data", "tokenizer", "val_data"), resume, CONFIG_FILE)   # before anything is written
     # a new start's --tokenizer, read once: checked now, then the run's own copy
     given = None if resume else _check_a_new_start(tc)
     if resume:

@@ -283,6 +283,34 @@ def test_a_run_started_with_relative_paths_resumes_from_another_folder(small_mod
     assert [r["loss"] for r in log if "loss" in r][:2] == first.losses
 
 
+def test_a_run_moved_with_its_base_and_data_resumes_given_their_new_paths(small_model_dir, tmp_path, monkeypatch,
+                                                                            capsys):
+    # the settings record --base and --data absolute: moved with the run folder (or copied to another
+    # machine), they named files no longer there, and giving their new paths was refused as changed
+    # settings ("start a new run"): the run could not be resumed at all
+    from npllama.datasets import make_dataset, write_jsonl
+
+    before, after = tmp_path / "before", tmp_path / "after"
+    before.mkdir(), after.mkdir()
+    shutil.copytree(small_model_dir, before / "base")
+    write_jsonl(before / "data.jsonl", make_dataset("sentiment", 40))
+    monkeypatch.chdir(before)
+    first = run_job("classify", settings("classify", "base", data="data.jsonl", out="run", steps=2, lora=True,
+                                         lora_r=2))
+    for name in ("base", "data.jsonl", "run"):
+        shutil.move(before / name, after / name)
+    monkeypatch.chdir(after)
+    resume = ["finetune", "classify", "--out", "run", "--resume", "--steps", "3", "--no-progress", "--backend", "numpy"]
+    capsys.readouterr()
+    assert main(resume) == 2
+    err = capsys.readouterr().err
+    assert str(before / "base") in err and "if it was moved, give its new path with --base" in err, err
+    assert main([*resume, "--base", "base", "--data", "data.jsonl"]) == 0
+    assert f"base {str(before / 'base')!r} -> 'base'" in capsys.readouterr().out
+    log = [json.loads(line) for line in (after / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in log if "loss" in r][:2] == first.losses
+
+
 def test_resume_refuses_steps_below_the_checkpoint_and_changes_nothing(small_model_dir, tmp_path, capsys):
     # Before: the run was saved as finished at step 6 with "steps": 2 recorded, where `npllama train` refuses
     out = tmp_path / "run"

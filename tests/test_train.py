@@ -238,6 +238,41 @@ def test_resume_refuses_a_data_file_changed_since_the_checkpoint(tmp_path):
     assert train(resume_config(out), resume=True, echo=quiet).step == 2
 
 
+def test_a_run_moved_with_its_data_resumes_given_the_datas_new_path(tmp_path, monkeypatch, capsys):
+    """The settings record --data absolute: a run folder moved (or copied to another machine) with its
+    text named a file that is no longer there, and giving its new path was refused as a changed
+    setting ("start a new run"): the run could not be resumed at all.  A saved path that no longer
+    exists may be given anew; the checkpoint's digest still refuses other text."""
+    import shutil
+
+    from npllama.cli import main
+
+    before, after = tmp_path / "before", tmp_path / "after"
+    before.mkdir(), after.mkdir()
+    lines = [f"The {c} cat sat on the {m} mat number {i}." for i, (c, m) in
+             enumerate((c, m) for c in ("red", "blue", "green", "small") for m in ("big", "old", "new"))]
+    (before / "mine.txt").write_text("\n\n".join(lines * 30))
+    monkeypatch.chdir(before)
+    config = TrainConfig(out="run", data="mine.txt", steps=2, stop_after=1, eval_every=0, checkpoint_every=0,
+                         **{**FAST, "vocab_size": 320})
+    assert train(config, echo=quiet).interrupted
+    for name in ("mine.txt", "run"):
+        shutil.move(before / name, after / name)
+    monkeypatch.chdir(after)
+    capsys.readouterr()
+    assert main(["train", "--out", "run", "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(before / "mine.txt") in err and "if it was moved, give its new path with --data" in err
+    assert len(err.splitlines()) == 1
+    (after / "other.txt").write_text("\n\n".join(lines[::-1] * 30))   # other text is still refused
+    assert main(["train", "--out", "run", "--resume", "--data", "other.txt", "--no-progress"]) == 2
+    assert "has changed since the checkpoint" in capsys.readouterr().err
+    assert main(["train", "--out", "run", "--resume", "--data", "mine.txt", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"data {str(before / 'mine.txt')!r} -> " in out, out
+    assert json.loads((after / "run" / "train_config.json").read_text())["data"] == str(after / "mine.txt")
+
+
 def test_a_damaged_token_cache_is_made_again_not_taken_for_changed_text(straight_run, tmp_path):
     """tokens.npy is keyed by the text and the tokenizer, not checked against its own contents: a
     damaged one (its key intact) gave other tokens, and the resume was refused as "the training

@@ -422,6 +422,19 @@ def test_a_saved_classifier_says_the_command_that_classifies_with_it_and_that_co
     assert capsys.readouterr().out.strip().splitlines()[-1] == "nothing saved: give --out DIR to keep the result"
 
 
+def test_the_command_lines_out_flag_does_not_outlive_the_command(cli, base_dir, monkeypatch, capsys):
+    # `npllama finetune` makes the last line name --out DIR (npllama.finetune.OUT_AS_GIVEN) for its
+    # job only: a Python fine-tune later in the same process (a notebook) names out=DIR, also after
+    # a command that failed before its job started
+    from npllama.finetune import OUT_AS_GIVEN
+
+    argv = ["finetune", "classify", "--base", str(base_dir), "--steps", "1", "--max-len", "8", "--no-progress"]
+    assert cli([*argv, "--backend", "numpy"]) == 0 and OUT_AS_GIVEN.get() is None
+    monkeypatch.setenv("NPLLAMA_BACKEND", "no-such-backend")
+    assert cli(argv) == 2 and "NPLLAMA_BACKEND" in capsys.readouterr().err
+    assert OUT_AS_GIVEN.get() is None
+
+
 def test_an_adapter_given_with_a_classifier_instead_of_its_base_says_which_to_drop(base_dir, tmp_path):
     # Before: "use it with `npllama classify --model DIR`" -- what the user had typed, --adapter aside
     from npllama.classify import load_classifier

@@ -248,13 +248,15 @@ def _fine_tune(args, fine_tune, config) -> int:
     from ..finetune import OUT_AS_GIVEN
 
     prepare_training_process()
-    flag_named = OUT_AS_GIVEN.set("--out DIR")   # the last line's advice names the flag, not the keyword
-    with use_backend(args.backend or get_backend()):
-        try:
+    # the last line's advice names the flag, not the keyword -- for this job only, however it ends
+    # (a Python fine-tune later in the process names out=DIR)
+    flag_named = OUT_AS_GIVEN.set("--out DIR")
+    try:
+        with use_backend(args.backend or get_backend()):
             fine_tune(config, resume=args.resume)
-        except (TrainingError, CheckpointWriteError, RunInUseError) as error:  # not a usage mistake: the run itself failed
-            print(f"npllama finetune {args.task}: stopped: {error}", file=sys.stderr)
-            return 1
-        finally:
-            OUT_AS_GIVEN.reset(flag_named)
+    except (TrainingError, CheckpointWriteError, RunInUseError) as error:  # not a usage mistake: the run itself failed
+        print(f"npllama finetune {args.task}: stopped: {error}", file=sys.stderr)
+        return 1
+    finally:
+        OUT_AS_GIVEN.reset(flag_named)
     return 0

@@ -330,12 +330,29 @@ def base_of_adapter(path, flag: str = "--model") -> str | None:
         raise ValueError(f"adapter {str(path)!r} does not name its base model (its {CONFIG_NAME} has no "
                          f"base_model_name_or_path): give the base it was fine-tuned on with {flag}")
     if not Path(base).expanduser().is_dir():
-        where = "" if Path(base).expanduser().is_absolute() else \
-            ", a path relative to the folder the fine-tune ran in, which is not this one"
         raise ValueError(f"adapter {str(path)!r} was fine-tuned on {base!r} (its {CONFIG_NAME}'s "
-                         f"base_model_name_or_path{where}), which is not a folder here: give that base model "
-                         f"with {flag}")
+                         f"base_model_name_or_path, {_what_the_base_name_is(base)}), which is not a folder here: "
+                         f"give that base model with {flag}")
     return base
+
+
+# A Hugging Face Hub name ("meta-llama/Llama-2-7b-hf"), as PEFT records a base it downloaded
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _what_the_base_name_is(base: str) -> str:
+    """What a base_model_name_or_path that is no folder here may be, for base_of_adapter's refusal:
+    an absolute path of the machine the adapter was made on (a POSIX or a Windows one, whichever
+    this one is), a Hub name, or a path relative to the folder the fine-tune ran in."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    if PurePosixPath(base).is_absolute() or PureWindowsPath(base).is_absolute() or base.startswith("~"):
+        return "an absolute path on the machine it was fine-tuned on"
+    relative = "a path relative to the folder the fine-tune ran in, which is not this one"
+    if _HUB_NAME.fullmatch(base):
+        return (f"a Hugging Face Hub name: npllama reads local folders; download it (`huggingface-cli download "
+                f"{base} --local-dir DIR`) -- or {relative}")
+    return relative
 
 
 def is_classification_adapter(task_type, modules_to_save) -> bool:

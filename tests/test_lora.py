@@ -405,3 +405,28 @@ def test_an_adapter_names_its_base_absolute_and_loads_with_it_from_another_folde
     err = capsys.readouterr().err
     assert "'base'" in err and "base_model_name_or_path" in err and "--model" in err and len(err.splitlines()) == 1
     assert main([*argv, "--model", str(there / "base")]) == 0
+
+
+@pytest.mark.parametrize("recorded, said", [
+    # a Hub name, as PEFT records a base it downloaded: npllama reads local folders only
+    ("meta-llama/Llama-2-7b-hf", "a Hugging Face Hub name: npllama reads local folders; download it "
+                                 "(`huggingface-cli download meta-llama/Llama-2-7b-hf --local-dir DIR`)"),
+    # a path relative to the folder an older npllama (or PEFT) fine-tuned in
+    ("./models/base", "a path relative to the folder the fine-tune ran in"),
+    # absolute on the machine it was fine-tuned on, Windows' too: not "relative"
+    ("/home/someone/models/base", "an absolute path on the machine it was fine-tuned on"),
+    ("C:\\Users\\someone\\base", "an absolute path on the machine it was fine-tuned on"),
+])
+def test_an_adapter_naming_a_base_that_is_no_folder_here_says_what_the_name_is(tmp_path, monkeypatch, recorded,
+                                                                               said):
+    from npllama.lora import base_of_adapter
+
+    monkeypatch.chdir(tmp_path)
+    adapted_model()[1].save_adapter(tmp_path / "adapter", base_model_name_or_path=recorded)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == recorded     # no folder here: kept as given, as PEFT keeps it
+    with pytest.raises(ValueError) as refused:
+        base_of_adapter(tmp_path / "adapter", "--model")
+    message = str(refused.value)
+    assert repr(recorded) in message and said in message and message.endswith("with --model"), message
+    assert ("relative" in message) == ("absolute" not in said), message   # (a Hub name may be a path too)

@@ -422,6 +422,26 @@ def test_a_saved_classifier_says_the_command_that_classifies_with_it_and_that_co
     assert capsys.readouterr().out.strip().splitlines()[-1] == "nothing saved: give --out DIR to keep the result"
 
 
+def test_a_classification_adapter_alone_classifies_on_the_base_it_names(cli, base_dir, tmp_path, monkeypatch,
+                                                                          capsys):
+    # `npllama classify --adapter DIR` (and load_classifier(adapter=DIR)) without the base: the one the
+    # adapter names, not the latest run, and the command says which it runs
+    from npllama.classify import load_classifier
+
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "no-runs"))   # no latest run to fall back on
+    with use_backend("numpy"):
+        classify(ClassifyConfig(base=str(base_dir), steps=1, max_len=8, lora=True, lora_r=2, progress=False,
+                                out=str(tmp_path / "adapter")), echo=quiet)
+    capsys.readouterr()
+    assert cli(["classify", "--adapter", str(tmp_path / "adapter"), "--text", "a good day", "--backend",
+                "numpy"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().endswith("a good day")
+    assert f"base model: {Path(base_dir).resolve()} (named by the adapter" in captured.err
+    assert load_classifier(adapter=tmp_path / "adapter").label_names == load_classifier(
+        base_dir, adapter=tmp_path / "adapter").label_names
+
+
 def test_the_command_lines_out_flag_does_not_outlive_the_command(cli, base_dir, monkeypatch, capsys):
     # `npllama finetune` makes the last line name --out DIR (npllama.finetune.OUT_AS_GIVEN) for its
     # job only: a Python fine-tune later in the same process (a notebook) names out=DIR, also after

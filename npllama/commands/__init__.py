@@ -44,9 +44,7 @@ def load_run_model(path, adapter, dtype: str, flag: str = "--model", job: str = 
     from ..runs import load_model_and_tokenizer
 
     if path is None and adapter is not None:   # the adapter's own base, not the latest run
-        from ..lora import base_of_adapter
-
-        path = base_of_adapter(adapter, flag)
+        path = base_named_by(adapter, flag)
     runs.require_a_language_model(path, flag, job)     # not a classifier, not a masked-LM model
     model, tokenizer, model_dir = load_model_and_tokenizer(path, dtype=getattr(np, dtype))
     if adapter is not None:
@@ -56,6 +54,20 @@ def load_run_model(path, adapter, dtype: str, flag: str = "--model", job: str = 
         # adapter is refused: every command loading through here predicts tokens
         load_adapter(model, adapter, task="CAUSAL_LM")
     return model, tokenizer, model_dir
+
+
+def base_named_by(adapter, flag: str = "--model"):
+    """The base model the LoRA `adapter` folder names (npllama.lora.base_of_adapter), for a command
+    given --adapter without `flag`; a line on stderr says which one runs (not the latest run)."""
+    import sys
+
+    from ..lora import base_of_adapter
+
+    base = base_of_adapter(adapter, flag)
+    if base is not None:
+        print(f"base model: {base} (named by the adapter's adapter_config.json; give {flag} for another)",
+              file=sys.stderr)
+    return base
 
 
 def defaults_only_when_given(parser, names) -> None:

@@ -128,7 +128,7 @@ def _model(args):
     """--model, or with --adapter alone the base the adapter names (refused naming --model if it
     names none usable here); load_classifier would name its own argument, `path`."""
     if args.model is None and args.adapter is not None:
-        from ..lora import base_of_adapter
+        from . import base_named_by
 
-        return base_of_adapter(args.adapter, "--model")
+        return base_named_by(args.adapter, "--model")
     return args.model

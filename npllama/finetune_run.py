@@ -28,7 +28,8 @@ from .io.atomic import atomic_files_into, atomic_write_text
 from .io.errors import CheckpointError
 from .resuming import (LOG_FILE, already_holds_a_run, check_finite, check_steps_reach, checked_step, data_fingerprint,
                        record_changes, refuse_changed_data, reopen_run, reporting_write_errors, require_files,
-                       require_settings, restore_optimizer, stop_line, truncate_log, what_is_left, write_settings)
+                       require_settings, restore_optimizer, resume_command, stop_line, truncate_log, what_is_left,
+                       write_settings)
 from .runs import files_besides_locks, not_empty, replacing_in_run, writing_run
 
 SETTINGS_FILES = {"classify": "classify_config.json", "sft": "sft_config.json", "sop": "sop_config.json"}
@@ -78,9 +79,9 @@ def fine_tuning_run(config, task: str, resume: bool, echo, check_base=None):
             # before the first step or after the last (loading the base, tokenizing, evaluating)
             from .finetune import INFO_FILE   # (the result's record, written with it)
 
-            resume_command = f"npllama finetune {task} --out {run_dir} --resume"
-            raise what_is_left(stop, run_dir, resume_command, run_dir, (run_dir / INFO_FILE).is_file(),
-                               f"`{resume_command}` starts it from step 0 (the folder holds its settings, so "
+            command = resume_command(f"finetune {task}", run_dir)
+            raise what_is_left(stop, run_dir, command, run_dir, (run_dir / INFO_FILE).is_file(),
+                               f"`{command}` starts it from step 0 (the folder holds its settings, so "
                                f"a new start there is refused)") from None
 
 
@@ -191,7 +192,7 @@ class FinetuneRun:
         if self.saved_step != step:
             save()
         self.stop_said = True
-        self.echo(stop_line(stop, step, self.run_dir, f"npllama finetune {self.task} --out {self.run_dir} --resume"))
+        self.echo(stop_line(stop, step, self.run_dir, resume_command(f"finetune {self.task}", self.run_dir)))
 
     def close(self) -> None:
         if self._log is not None:

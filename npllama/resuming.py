@@ -320,6 +320,14 @@ def record_changes(write_log, echo, step: int, changes: dict) -> None:
              + ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changes.items()))
 
 
+def resume_command(job: str, run_dir) -> str:
+    """The command that continues the run in `run_dir` (`job`: "train", "finetune sft"), as a shell
+    takes it: the folder quoted (a space in it would make two words)."""
+    import shlex
+
+    return f"npllama {job} --out {shlex.quote(str(run_dir))} --resume"
+
+
 def stop_line(stop: BaseException, step: int, run_dir, resume_command: str, why: str = "interrupted") -> str:
     """What a run stopped by `stop` says: why, where its checkpoint is, and how to continue."""
     import signal

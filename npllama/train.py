@@ -39,8 +39,8 @@ from .thread_choice import fastest_threads
 from .resuming import (LOG_FILE, CheckpointWriteError,  # noqa: F401 (CheckpointWriteError: re-exported)
                        already_holds_a_run, check_finite, check_steps_reach, checked_step, data_fingerprint,
                        paths_as_str, record_changes, refuse_changed_data, reopen_run, reporting_write_errors,
-                       require_files, require_settings, restore_optimizer, saved_settings, stop_line, truncate_log,
-                       what_is_left, write_settings)
+                       require_files, require_settings, restore_optimizer, resume_command, saved_settings,
+                       stop_line, truncate_log, what_is_left, write_settings)
 from .runs import (TOKENIZER_FILE, files_besides_locks, mark_latest, not_empty, note_attention_dropout,
                    replacing_in_run, writing_run)
 
@@ -290,7 +290,7 @@ def _check_a_restart(tc: TrainConfig, run_dir: Path):
 
 def _said_what_is_left(stop: KeyboardInterrupt, run_dir: Path) -> Interrupted:
     """A stop before the first step or after the last: what the run folder holds, and what to run."""
-    return what_is_left(stop, run_dir, f"npllama train --out {run_dir} --resume", run_dir / "model",
+    return what_is_left(stop, run_dir, resume_command("train", run_dir), run_dir / "model",
                         (run_dir / "model").is_dir(), "the same command starts the run again")
 
 
@@ -379,7 +379,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
         if loop.saved_step != loop.step:
             loop.save_checkpoint(loop.step)
         why = "stopped as asked (--stop-after)" if isinstance(stopped, _StopRequested) else "interrupted"
-        echo(stop_line(stopped, loop.step, run_dir, f"npllama train --out {run_dir} --resume", why))
+        echo(stop_line(stopped, loop.step, run_dir, resume_command("train", run_dir), why))
     finally:
         loop.close()
     if helper is not None and not isinstance(stop, KeyboardInterrupt):

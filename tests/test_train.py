@@ -273,6 +273,25 @@ def test_a_run_moved_with_its_data_resumes_given_the_datas_new_path(tmp_path, mo
     assert json.loads((after / "run" / "train_config.json").read_text())["data"] == str(after / "mine.txt")
 
 
+def test_the_resume_command_a_stop_prints_runs_as_printed_with_a_space_in_the_folder(tmp_path, capsys):
+    """`continue with `npllama train --out my run --resume`` split the folder in two words: the
+    command printed (by a stop in the steps, and outside them) is quoted for the shell."""
+    import shlex
+
+    from npllama.cli import main
+
+    out, corpus = tmp_path / "my run", tmp_path / "mine.txt"
+    corpus.write_text("\n\n".join(f"The {c} cat sat on the {m} mat." for c in ("red", "blue", "green", "small")
+                                   for m in ("big", "old", "new")) * 30)
+    argv = ["train", "--out", str(out), "--data", str(corpus), "--preset", "stories260k", "--vocab-size", "320",
+            "--batch-size", "4", "--seq-len", "32", "--eval-batches", "2", "--samples", "0", "--steps", "2",
+            "--no-progress"]
+    assert main([*argv, "--stop-after", "1"]) == 0
+    printed = capsys.readouterr().out.split("continue with `")[1].split("`")[0]
+    assert printed == f"npllama train --out {shlex.quote(str(out))} --resume"
+    assert main([*shlex.split(printed)[1:], "--no-progress"]) == 0
+
+
 def test_a_damaged_token_cache_is_made_again_not_taken_for_changed_text(straight_run, tmp_path):
     """tokens.npy is keyed by the text and the tokenizer, not checked against its own contents: a
     damaged one (its key intact) gave other tokens, and the resume was refused as "the training

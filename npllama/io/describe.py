@@ -60,13 +60,17 @@ def _describe_folder(folder: Path) -> str:
     if (folder / "model" / "config.json").is_file() or (folder / "checkpoint" / "model" / "config.json").is_file():
         return "is an npllama run folder: pass it as --model (its model/ subfolder is loaded)"
     started = _run_started_in(names)
+    if started is not None:
+        import shlex
+
+        from ..resuming import resume_command   # (the folder quoted for the shell)
     if started is not None and "checkpoint" in names:   # a fine-tuning checkpoint: only what is trained
         return (f"is an npllama run folder whose run has not finished: its checkpoint holds what is trained, "
-                f"not a model to load; finish it with `npllama {started} --out {folder} --resume`")
+                f"not a model to load; finish it with `{resume_command(started, folder)}`")
     if started is not None:   # a start that failed or was stopped before its first checkpoint
         return (f"is an npllama run folder whose run saved no model yet (it stopped before its first "
-                f"checkpoint): start it again with `npllama {started} --out {folder} ...`, or with the settings "
-                f"it saved by `npllama {started} --out {folder} --resume`")
+                f"checkpoint): start it again with `npllama {started} --out {shlex.quote(str(folder))} ...`, or "
+                f"with the settings it saved by `{resume_command(started, folder)}`")
     if "params.json" in names and any(n.startswith("consolidated.") for n in names):
         return ("looks like Meta's original LLaMA checkpoint (params.json + consolidated.*.pth, "
                 "pickles): convert it with transformers' convert_llama_weights_to_hf.py first")

@@ -92,12 +92,12 @@ def _saved_settings_and_older(run_dir, config_class, file_name: str) -> tuple[di
     settings = {**older, **saved}
     try:
         config_class(**settings)
-    except (TypeError, ValueError) as error:
-        settings = _without_refused_call_settings(config_class, settings, path, error)
+    except (TypeError, ValueError):
+        settings = _without_refused_call_settings(config_class, settings, path)
     return _as_dict(config_class(**settings)), set(older)
 
 
-def _without_refused_call_settings(config_class, saved: dict, path: Path, error: Exception) -> dict:
+def _without_refused_call_settings(config_class, saved: dict, path: Path) -> dict:
     """`saved` without the settings that steer only one call (config_class.RESUME_QUIET: samples,
     progress, ...) whose value an older npllama accepted and this one refuses: the resuming call
     gives its own value, or the default (a resume ignores the saved ones: changes_on_resume).  A
@@ -106,8 +106,8 @@ def _without_refused_call_settings(config_class, saved: dict, path: Path, error:
     kept = {name: value for name, value in saved.items() if name not in quiet}
     try:
         config_class(**kept)
-    except (TypeError, ValueError):
-        raise CheckpointError(path, f"holds an invalid setting: {error} (a value an older npllama accepted, or "
+    except (TypeError, ValueError) as refused:   # named: not a dropped one the class happened to check first
+        raise CheckpointError(path, f"holds an invalid setting: {refused} (a value an older npllama accepted, or "
                                     f"the file was edited): this npllama cannot resume the run; start a new one "
                                     f"with another --out") from None
     for name in quiet:   # each one kept that is still valid

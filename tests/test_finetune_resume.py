@@ -351,3 +351,30 @@ def test_resume_refuses_a_data_file_edited_since_the_checkpoint(small_model_dir,
     data.write_text(original)
     assert len(run_job(task, settings(task, small_model_dir, out=str(out), steps=3, data=str(data)),
                        resume=True).losses) == 3
+
+
+def test_a_refused_run_setting_beside_a_refused_call_setting_is_the_one_named(tmp_path):
+    # the call's setting (RESUME_QUIET) is dropped, so it is no reason to refuse the run: the refusal
+    # names the setting of the run that is refused, whichever the settings class checks first
+    import dataclasses
+
+    from npllama.io.errors import CheckpointError
+    from npllama.resuming import saved_settings
+
+    @dataclasses.dataclass
+    class Settings:
+        samples: int = 2
+        seed: int = 0
+        RESUME_QUIET = ("samples",)
+
+        def __post_init__(self):
+            for name in ("samples", "seed"):
+                if getattr(self, name) < 0:
+                    raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    (tmp_path / "settings.json").write_text(json.dumps({"samples": -1, "seed": 3}))
+    assert saved_settings(tmp_path, Settings, "settings.json") == {"samples": 2, "seed": 3}
+    (tmp_path / "settings.json").write_text(json.dumps({"samples": -1, "seed": -1}))
+    with pytest.raises(CheckpointError, match="seed must be >= 0") as refused:
+        saved_settings(tmp_path, Settings, "settings.json")
+    assert "samples" not in str(refused.value)

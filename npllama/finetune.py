@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .chat import BUILTIN_TEMPLATES
 from .lora import ATTENTION_TARGETS, attach_lora, check_lora_settings
 from .objectives import IGNORE_INDEX, pad_batch, pad_id_of
 from .ops._checks import require_non_negative_int, require_positive_int
@@ -432,8 +433,9 @@ class FinetuneSettings:
                     "split")
     RESUME_QUIET = ("out", "progress", "samples")
     PATH_SETTINGS = ("base", "data", "val_data", "out", "chat_template")  # a respelled path is no change
-    # the files the run reads, saved absolute (chat_template may be a built-in template's name)
-    RECORDED_ABSOLUTE = ("base", "data", "val_data")
+    # the files the run reads, saved absolute; a chat_template may be a built-in template's name instead
+    RECORDED_ABSOLUTE = ("base", "data", "val_data", "chat_template")
+    BUILT_IN_NAMES = {"chat_template": tuple(BUILTIN_TEMPLATES)}
 
     def __post_init__(self):
         from .resuming import paths_as_str

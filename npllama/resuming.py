@@ -127,7 +127,7 @@ def write_settings(run_dir, config, file_name: str) -> None:
 
     settings = _as_dict(config)
     for name in getattr(config, "RECORDED_ABSOLUTE", ()):
-        if isinstance(settings.get(name), str):
+        if names_a_file(config, name, settings.get(name)):
             settings[name] = os.path.abspath(os.path.expanduser(settings[name]))
     atomic_write_text(Path(run_dir) / file_name, json.dumps(settings, indent=2) + "\n")
 
@@ -212,7 +212,7 @@ def require_files(config, names, resume: bool, file_name: str) -> None:
     unless given anew, and a file moved since may be given anew (moved_file): the error says so."""
     for name in names:
         path = getattr(config, name, None)
-        if isinstance(path, str) and not Path(path).expanduser().exists():
+        if names_a_file(config, name, path) and not Path(path).expanduser().exists():
             flag = f"--{name.replace('_', '-')}"
             moved = (f" (the path the run's {file_name} records, unless given now): if it was moved, give its "
                      f"new path with {flag}") if resume else ""
@@ -224,8 +224,16 @@ def moved_file(config, name: str, saved, given) -> bool:
     longer where the settings recorded it (`saved`): a run folder moved or copied to another place
     or machine with its files.  It is no change of the run: the checkpoint's digest of the data
     (refuse_changed_data) still refuses other text."""
-    return (name in getattr(config, "RECORDED_ABSOLUTE", ()) and isinstance(saved, str) and isinstance(given, str)
+    return (names_a_file(config, name, saved) and names_a_file(config, name, given)
             and not Path(saved).expanduser().exists() and Path(given).expanduser().exists())
+
+
+def names_a_file(config, name: str, value) -> bool:
+    """Whether `value` of the setting `name` is the path of a file the run reads
+    (config.RECORDED_ABSOLUTE), not the name of something built in (config.BUILT_IN_NAMES: a chat
+    template's "llama2", which a file of that name does not replace)."""
+    return (name in getattr(config, "RECORDED_ABSOLUTE", ()) and isinstance(value, str)
+            and value not in getattr(config, "BUILT_IN_NAMES", {}).get(name, ()))
 
 
 def same_path(config, name: str, a, b) -> bool:

@@ -311,6 +311,34 @@ def test_a_run_moved_with_its_base_and_data_resumes_given_their_new_paths(small_
     assert [r["loss"] for r in log if "loss" in r][:2] == first.losses
 
 
+def test_an_sft_run_with_a_chat_template_file_resumes_from_another_folder(small_model_dir, tmp_path, monkeypatch):
+    # --chat-template names a built-in template or a Jinja file: a file given relative was recorded
+    # as given, so from another working directory the run read no template ("neither llama2 nor
+    # llama3 nor a Jinja file"), and the file's path from there was refused as a changed setting
+    from npllama.chat import LLAMA2_TEMPLATE
+    from npllama.datasets import make_instructions, write_jsonl
+    from npllama.finetune_run import settings_file
+    from npllama.resuming import write_settings
+
+    there, elsewhere = tmp_path / "there", tmp_path / "elsewhere"
+    there.mkdir(), elsewhere.mkdir()
+    (there / "mine.jinja").write_text(LLAMA2_TEMPLATE)
+    data = write_jsonl(tmp_path / "few.jsonl", make_instructions(12))   # fast: 1000 built in
+    monkeypatch.chdir(there)
+    out = tmp_path / "run"
+    job = dict(data=str(data), out=str(out), lora=True, lora_r=2)
+    first = run_job("sft", settings("sft", small_model_dir, steps=2, chat_template="mine.jinja", **job))
+    assert json.loads((out / settings_file("sft")).read_text())["chat_template"] == str(there / "mine.jinja")
+    monkeypatch.chdir(elsewhere)
+    resumed = run_job("sft", settings("sft", small_model_dir, steps=3, chat_template=str(there / "mine.jinja"), **job),
+                      resume=True)
+    assert resumed.losses[:2] == first.losses
+    # a built-in template's name is no file: kept as it is, and a file of that name here does not count
+    (elsewhere / "llama2").write_text(LLAMA2_TEMPLATE)
+    write_settings(tmp_path, settings("sft", small_model_dir, chat_template="llama2"), "built-in.json")
+    assert json.loads((tmp_path / "built-in.json").read_text())["chat_template"] == "llama2"
+
+
 def test_resume_refuses_steps_below_the_checkpoint_and_changes_nothing(small_model_dir, tmp_path, capsys):
     # Before: the run was saved as finished at step 6 with "steps": 2 recorded, where `npllama train` refuses
     out = tmp_path / "run"

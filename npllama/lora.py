@@ -312,19 +312,18 @@ def load_adapter(model, path, task: str | None = None) -> LoraAdapters:
         return _load_adapter(model, path, task)
 
 
-def base_of_adapter(path, flag: str = "--model") -> str | None:
+def base_of_adapter(path, flag: str = "--model") -> str:
     """The base model an adapter folder was trained on, for a caller given the adapter but no base:
     its adapter_config.json's base_model_name_or_path, the one PEFT's AutoPeftModel loads.  npllama
     records it absolute; one recorded relative (as PEFT and older npllama record it, as given) is
-    read from the working directory, as PEFT reads it.  None when `path` holds no adapter_config.json
-    (load_adapter says what is wrong); a ValueError naming `flag`, the way to give the base, when
-    the file names none or a path that is no folder here."""
+    read from the working directory, as PEFT reads it.  A FileNotFoundError when `path` is no
+    adapter folder (as load_adapter's: not the latest run's model in its stead); a ValueError
+    naming `flag`, the way to give the base, when the file names none or a path that is no folder
+    here."""
     from .io.errors import CheckpointError
     from .io.reading import read_json
 
-    config_path = Path(path).expanduser() / CONFIG_NAME
-    if not config_path.is_file():
-        return None
+    config_path, _ = _adapter_files(Path(path).expanduser())
     base = read_json(config_path, expect=dict, error=CheckpointError).get("base_model_name_or_path")
     if not isinstance(base, str) or not base:
         raise ValueError(f"adapter {str(path)!r} does not name its base model (its {CONFIG_NAME} has no "
@@ -384,18 +383,25 @@ def _classification_adapter_message(source, task_type, heads) -> str:
             f"use a CAUSAL_LM adapter (`npllama finetune sft --lora`) here")
 
 
+def _adapter_files(path) -> tuple[Path, Path]:
+    """(adapter_config.json, adapter_model.safetensors) of the adapter folder `path`, or a
+    FileNotFoundError naming the one missing."""
+    folder = Path(path)
+    files = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for file in files:
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} does not exist (a PEFT adapter folder holds {CONFIG_NAME} "
+                                    f"and {WEIGHTS_NAME})")
+    return files
+
+
 def _load_adapter(model, path, task=None) -> LoraAdapters:
     from .io.errors import CheckpointError
     from .io.safetensors import read_safetensors
 
     if model.lora is not None:
         raise ValueError("the model already has LoRA adapters attached; merge() or detach() them first")
-    folder = Path(path)
-    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    for file in (config_path, weights_path):
-        if not file.is_file():
-            raise FileNotFoundError(f"{file} does not exist (a PEFT adapter folder holds {CONFIG_NAME} "
-                                    f"and {WEIGHTS_NAME})")
+    config_path, weights_path = _adapter_files(path)
     from .io.reading import read_json
 
     # a regular file of bounded size, JSON of bounded depth, an object at the top

@@ -431,3 +431,19 @@ def test_an_adapter_naming_a_base_that_is_no_folder_here_says_what_the_name_is(t
     message = str(refused.value)
     assert repr(recorded) in message and said in message and message.endswith("with --model"), message
     assert ("relative" in message) == ("absolute" not in said), message   # (a Hub name may be a path too)
+
+
+def test_an_adapter_folder_that_is_none_given_without_model_says_so_not_no_trained_model(tmp_path, monkeypatch,
+                                                                                          capsys):
+    # --adapter alone takes its base from the adapter: a mistyped or empty adapter folder was passed
+    # over, and the latest run was loaded instead -- or, without one, "no trained model found; run
+    # `npllama train` first", which is not what is wrong
+    from npllama.cli import main
+
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "no-runs"))
+    (tmp_path / "empty").mkdir()
+    for adapter in (tmp_path / "empty", tmp_path / "mistyped"):
+        for argv in (["generate", "--prompt", "x"], ["classify", "--text", "x"], ["debug", "trace", "--tokens", "1"]):
+            assert main([*argv, "--adapter", str(adapter)]) == 2
+            err = capsys.readouterr().err
+            assert f"{adapter / 'adapter_config.json'} does not exist" in err and "no trained model" not in err, err

@@ -64,9 +64,8 @@ def base_named_by(adapter, flag: str = "--model"):
     from ..lora import base_of_adapter
 
     base = base_of_adapter(adapter, flag)
-    if base is not None:
-        print(f"base model: {base} (named by the adapter's adapter_config.json; give {flag} for another)",
-              file=sys.stderr)
+    print(f"base model: {base} (named by the adapter's adapter_config.json; give {flag} for another)",
+          file=sys.stderr)
     return base
 
 

@@ -88,6 +88,35 @@ def test_a_stop_in_the_middle_of_a_step_resumes_to_the_losses_of_an_uninterrupte
     assert losses(out) == losses(straight)
 
 
+def test_a_stop_between_the_micro_batches_of_a_step_resumes_to_the_losses_of_an_uninterrupted_run(straight_run,
+                                                                                                   tmp_path,
+                                                                                                   monkeypatch):
+    """With --grad-accum the step draws several batches: a stop after the first of them abandons the
+    step, and the checkpoint holds the loader's position after the step before (none skipped)."""
+    import npllama.train as train_module
+
+    # the straight run's tokenizer, not one trained again (the time this test takes)
+    tokenizer = str(straight_run[0] / "tokenizer.model")
+    def config(out):
+        return TrainConfig(out=str(out), steps=4, eval_every=0, checkpoint_every=0, grad_accum=2, tokenizer=tokenizer,
+                           **FAST)
+
+    train(config(tmp_path / "straight"), echo=quiet)
+    real_step = train_module.step_before_the_update
+
+    def stopped_between_micro_batches(step, tc, accumulate, params, **kwargs):
+        if step == 2:
+            accumulate.__self__.loader.next_batch()   # the first micro-batch drawn, then Ctrl-C
+            raise KeyboardInterrupt
+        return real_step(step, tc, accumulate, params, **kwargs)
+
+    monkeypatch.setattr(train_module, "step_before_the_update", stopped_between_micro_batches)
+    assert train(config(tmp_path / "run"), echo=quiet).step == 2
+    monkeypatch.setattr(train_module, "step_before_the_update", real_step)
+    assert train(config(tmp_path / "run"), resume=True, echo=quiet).step == 4
+    assert losses(tmp_path / "run") == losses(tmp_path / "straight")
+
+
 def test_resume_after_stop_after_continues_to_the_end(tmp_path):
     """The hint printed on a --stop-after stop (`npllama train --out DIR --resume`) finishes the run:
     the saved stop_after belonged to the call that stopped, not to the resume."""

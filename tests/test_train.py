@@ -331,7 +331,7 @@ def test_a_damaged_token_cache_is_made_again_not_taken_for_changed_text(straight
     out = tmp_path / "run"
     config = dict(out=str(out), steps=12, eval_every=6, checkpoint_every=4, **FAST)
     assert train(TrainConfig(**config, stop_after=6), echo=quiet).interrupted
-    cached = np.load(out / "tokens.npy", mmap_mode="r+")
+    cached = np.load(out / "tokens.npy", mmap_mode="r+", allow_pickle=False)
     cached[100] = (cached[100] + 1) % 360
     cached.flush()
     del cached

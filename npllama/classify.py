@@ -87,7 +87,7 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
         from .lora import base_of_adapter, load_adapter
 
         if path is None:   # the base the adapter was trained on, not the latest run
-            path = base_of_adapter(adapter, "path")
+            path = base_of_adapter(adapter, "load_classifier(path=BASE_FOLDER, adapter=...)")
 
         from .io.errors import CheckpointError
         from .io.hf import SCORE_NAME

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import json
+import numbers
 import random
 import re
 from pathlib import Path
@@ -468,19 +469,42 @@ def load_choice_items(path) -> list[dict]:
     optional context is a passage the question is about (reading comprehension)."""
     numbered = _read_numbered_jsonl(path, {"question": str, "choices": list})
     for line, r in numbered:
-        where = f"{path} line {line}"
-        choices = r["choices"]
-        if len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
-            raise ValueError(f"{where}: an item needs at least two non-empty string choices")
-        if not isinstance(r.get("context", ""), str):
-            raise ValueError(f'{where}: "context" must be a string (the passage), got {type(r["context"]).__name__}')
-        answer = r.get("answer")
-        if not isinstance(answer, int) or isinstance(answer, bool):   # "B", the right choice's text, ...
-            raise ValueError(f'{where}: "answer" must be the index of the right choice, counting from 0, '
-                             f'got {"nothing" if answer is None else repr(answer)}')
-        if not 0 <= answer < len(choices):
-            raise ValueError(f"{where}: answer {answer}, but only {len(choices)} choices (answers count from 0)")
+        check_choice_item(r, f"{path} line {line}")
     return [r for _, r in numbered]
+
+
+def check_choice_item(item, where: str) -> None:
+    """A ValueError, naming `where` (a file's line, items[i]), unless `item` is a multiple-choice item:
+    {"question": str, "choices": at least two different non-empty strs, "answer": the right one's
+    index from 0, optionally "context": str}."""
+    from .data import json_type_name
+
+    if not isinstance(item, dict):
+        raise ValueError(f'{where}: an item must be a dict with "question", "choices" and "answer", '
+                         f"got {json_type_name(item)}")
+    for field, kind in (("question", str), ("choices", list)):
+        if not isinstance(item.get(field), kind):
+            raise ValueError(f'{where}: "{field}" must be a {kind.__name__}, got '
+                             f'{"nothing" if field not in item else json_type_name(item[field])}')
+    choices = item["choices"]
+    if len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
+        raise ValueError(f"{where}: an item needs at least two non-empty string choices")
+    # a choice written twice (spaces around it aside) reads the same after the question: the two tie,
+    # and whichever is called right, the item measures nothing
+    first_of = {}
+    for i, choice in enumerate(choices):
+        if choice.strip() in first_of:
+            raise ValueError(f"{where}: choices {first_of[choice.strip()]} and {i} are the same text "
+                             f"({choice.strip()!r}); give each choice once")
+        first_of[choice.strip()] = i
+    if not isinstance(item.get("context", ""), str):
+        raise ValueError(f'{where}: "context" must be a string (the passage), got {json_type_name(item["context"])}')
+    answer = item.get("answer")
+    if not isinstance(answer, numbers.Integral) or isinstance(answer, bool):   # "B", the right choice's text, ...
+        raise ValueError(f'{where}: "answer" must be the index of the right choice, counting from 0, '
+                         f'got {"nothing" if answer is None else repr(answer)}')
+    if not 0 <= answer < len(choices):
+        raise ValueError(f"{where}: answer {answer}, but only {len(choices)} choices (answers count from 0)")
 
 
 def split_train_val(n: int, val_fraction: float, seed: int = 0, what: str = "examples",

@@ -838,10 +838,11 @@ def _choice_scores(model, tokenizer, question: str, choices: list[str], template
     context = tokenizer.encode(prompt, bos=chat is None)
     split = [_context_and_continuation(tokenizer, prompt, context, c, chat=chat is not None) for c in choices]
     limit = model.config.max_position_embeddings
-    room = limit - max(len(ids) for _, ids in split)   # for the question
+    longest = int(np.argmax([len(ids) for _, ids in split]))
+    room = limit - len(split[longest][1])   # for the question
     if room < 2:
-        raise ValueError(f"a choice of {limit - room} tokens leaves no room for the question in the model's "
-                         f"context ({limit} tokens)")
+        raise ValueError(f"choice {longest} is {limit - room} tokens long, which leaves no room for the question "
+                         f"in the model's context ({limit} tokens)")
     # a question too long keeps <s> and its end, the part nearest the answer
     cut = any(len(context) > room for context, _ in split)
     split = [(context if len(context) <= room else context[:1] + context[len(context) - room + 1:], ids)
@@ -883,26 +884,43 @@ def _context_and_continuation(tokenizer, prompt: str, context: list[int], choice
 def evaluate_choice(model, tokenizer, items: list[dict], template="plain", progress: bool = True) -> dict:
     """Accuracy of picking the most likely choice: by total log-likelihood ("accuracy") and by
     log-likelihood per token ("accuracy_per_token", fairer between long and short choices).
+    A right answer tied with k-1 other choices for the best score counts 1/k (a tie broken at random).
+    The items are checked first (datasets.check_choice_item: a ValueError naming items[i]).
     An item's optional "context" (a passage) comes before its question, as text goes on;
     "cut": how many items' passage and question did not fit the model's context beside a choice
     (their beginning was dropped, see choice_logprobs)."""
     from tqdm.auto import tqdm
 
+    from .datasets import check_choice_item
     from .objectives import join_text
 
     if not items:
         raise ValueError("no multiple-choice items to evaluate")
+    for i, item in enumerate(items):     # all of them before the first is scored
+        check_choice_item(item, f"items[{i}]")
     template = _chat_template(template) or "plain"    # "chat" compiled once, not once per item
-    right = right_per_token = cut = 0
-    for item in tqdm(items, desc="choices", disable=not progress, leave=False):
+    right = right_per_token = 0.0
+    cut = 0
+    for i, item in enumerate(tqdm(items, desc="choices", disable=not progress, leave=False)):
         question = join_text(item["context"], item["question"]) if item.get("context") else item["question"]
-        scores, lengths, was_cut = _choice_scores(model, tokenizer, question, item["choices"], template)
+        try:
+            scores, lengths, was_cut = _choice_scores(model, tokenizer, question, item["choices"], template)
+        except ValueError as error:
+            raise ValueError(f"items[{i}]: {error}") from None
         cut += was_cut
-        right += int(np.argmax(scores) == item["answer"])
-        right_per_token += int(np.argmax(scores / np.maximum(lengths, 1)) == item["answer"])
+        right += _share_of_the_best(scores, item["answer"])
+        right_per_token += _share_of_the_best(scores / lengths, item["answer"])
     chance = float(np.mean([1 / len(item["choices"]) for item in items]))
     return {"accuracy": right / len(items), "accuracy_per_token": right_per_token / len(items),
             "chance": chance, "n": len(items), "cut": cut}
+
+
+def _share_of_the_best(scores, answer: int) -> float:
+    """1 when the answer's score is the highest, 1/k when it ties with k-1 others for the highest, else 0:
+    the expected credit of breaking the tie at random (taking the first listed would favour an answer
+    listed early)."""
+    best = np.flatnonzero(scores == scores.max())
+    return float(answer in best) / len(best)
 
 
 def _logsumexp(x):

@@ -207,6 +207,10 @@ def test_sft_and_choice_files(tmp_path):
     write_jsonl(path, [{"context": ["Tom"], "question": "Q", "choices": ["a", "b"], "answer": 0}])
     with pytest.raises(ValueError, match='"context" must be a string'):
         load_choice_items(path)
+    # a choice given twice would tie with itself, and whichever is called right the item measures nothing
+    write_jsonl(path, [{"question": "Q", "choices": ["a dog", "a cat", "a dog "], "answer": 0}])
+    with pytest.raises(ValueError, match=r"c.jsonl line 1: choices 0 and 2 are the same text \('a dog'\)"):
+        load_choice_items(path)
 
 
 def test_split_and_bad_arguments():

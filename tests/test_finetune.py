@@ -533,6 +533,61 @@ def test_choice_scoring_on_a_constructed_case():
     assert result == {"accuracy": 1.0, "accuracy_per_token": 1.0, "chance": 0.5, "n": 2, "cut": 0}
 
 
+def test_evaluate_choice_checks_its_items_as_the_file_reader_does():
+    # Before: items given in Python went unchecked: an answer out of range or given as "0" scored 0
+    # silently, a one-choice item 1.0, an empty choice was scored on the question's last token and a
+    # str of choices was read letter by letter
+    good = {"question": "3", "choices": ["4", "9"], "answer": 0}
+    bad_items = [({**good, "answer": 5}, "answer 5, but only 2 choices"),
+                 ({**good, "answer": "0"}, '"answer" must be the index of the right choice'),
+                 ({**good, "answer": True}, '"answer" must be the index of the right choice'),
+                 ({k: v for k, v in good.items() if k != "answer"}, '"answer" must be .* got nothing'),
+                 ({**good, "choices": ["4"]}, "an item needs at least two non-empty string choices"),
+                 ({**good, "choices": ["4", ""]}, "an item needs at least two non-empty string choices"),
+                 ({**good, "choices": "49"}, '"choices" must be a list, got str'),
+                 ({**good, "question": None}, '"question" must be a str, got null'),
+                 ({**good, "context": 3}, '"context" must be a string'),
+                 ("3 4", "an item must be a dict")]
+    for item, message in bad_items:
+        model = RecordingModel()
+        with pytest.raises(ValueError, match=rf"items\[1\]: {message}"):
+            evaluate_choice(model, DigitTokenizer(), [good, item], progress=False)
+        assert model.seen == []                      # refused before any item is scored
+    assert evaluate_choice(CountingModel(), DigitTokenizer(), [{**good, "answer": np.int64(0)}],
+                           progress=False)["accuracy"] == 1.0
+
+
+def test_a_choice_written_twice_is_refused():
+    # Before: the two tie, and the first listed was taken: right when the answer was the first, wrong
+    # when it was the second
+    for choices in (["4", "4"], ["4", " 4 "]):
+        with pytest.raises(ValueError, match=r"items\[0\]: choices 0 and 1 are the same text \('4'\)"):
+            evaluate_choice(CountingModel(), DigitTokenizer(), [{"question": "3", "choices": choices, "answer": 1}],
+                            progress=False)
+
+
+def test_a_tie_for_the_highest_score_earns_its_share_of_an_item():
+    # Before: np.argmax took the first of tied choices, so a model that cannot tell "8" from "9" after
+    # "3" was right when the answer was listed first and wrong when listed second
+    items = [{"question": "3", "choices": ["9", "8"], "answer": answer} for answer in (0, 1)]
+    result = evaluate_choice(CountingModel(), DigitTokenizer(), items, progress=False)
+    assert result["accuracy"] == result["accuracy_per_token"] == 0.5 == result["chance"]
+    three = [{"question": "3", "choices": ["9", "8", "7", "4"], "answer": 0}]      # "4" wins outright: no share
+    assert evaluate_choice(CountingModel(), DigitTokenizer(), three, progress=False)["accuracy"] == 0.0
+    # 9, 8, 7 tie above "5 5" (two misses); per token all four tie
+    tied = [{"question": "3", "choices": ["9", "8", "7", "5 5"], "answer": 2}]
+    result = evaluate_choice(CountingModel(), DigitTokenizer(), tied, progress=False)
+    assert result["accuracy"] == pytest.approx(1 / 3) and result["accuracy_per_token"] == pytest.approx(1 / 4)
+
+
+def test_a_choice_too_long_for_the_context_names_its_item():
+    items = [{"question": "3", "choices": ["4", "9"], "answer": 0},
+             {"question": "3", "choices": ["4", " ".join(["5"] * 40)], "answer": 0}]
+    with pytest.raises(ValueError, match=r"items\[1\]: choice 1 is 40 tokens long, which leaves no room for "
+                                         r"the question in the model's context \(32 tokens\)"):
+        evaluate_choice(CountingModel(), DigitTokenizer(), items, progress=False)
+
+
 class RecordingModel(CountingModel):
     """CountingModel keeping every batch of tokens it is given."""
 

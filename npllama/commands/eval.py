@@ -14,15 +14,15 @@ def register(subparsers) -> None:
         "choice", help="multiple choice by the log-likelihood of each choice",
         description="Score each choice by the log-probability the model gives its tokens after the "
                     "question, read as the text going on after it (a space between them, none in Chinese or "
-                    "Japanese); the most likely choice is the model's answer. Prints accuracy (total "
-                    "log-likelihood) and accuracy per token (length-normalised) beside chance. With no "
+                    "Japanese); the most likely choice is the model's answer (a right answer tied with k-1 others "
+                    "counts 1/k). Prints accuracy (total log-likelihood) and accuracy per token (length-normalised) beside chance. With no "
                     "--data it uses built-in items: which sentence comes next in a story?",
         formatter_class=HelpFormatter)
     c.add_argument("--model", "--base", dest="model", default=None, help="the model: a run folder or a Hugging "
                    "Face LLaMA folder with tokenizer.model (default: the latest `npllama train` run); --base is "
                    "its older name")
     add_adapter_option(c, "--model")
-    c.add_argument("--data", default=None, help=".jsonl with {\"question\", \"choices\": [...], \"answer\": "
+    c.add_argument("--data", default=None, help=".jsonl with {\"question\", \"choices\": [two or more different texts], \"answer\": "
                    "index of the right choice, from 0} lines, optionally a \"context\" passage read before "
                    "the question (reading comprehension) (default: built-in story-continuation items)")
     c.add_argument("--limit", type=int, default=200, help="evaluate at most this many items")

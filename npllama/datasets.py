@@ -189,37 +189,61 @@ def make_instructions(n: int = 1000, seed: int = 0) -> list[dict]:
 
 
 def make_choice_items(n: int = 200, seed: int = 0, num_choices: int = 4) -> list[dict]:
-    """[{"question", "choices", "answer"}]: which sentence comes next in this story?
+    """n items [{"question", "choices", "answer"}]: which sentence comes next in this story?
 
     The question is the start of a story (cut at a sentence boundary); one choice is the story's
     real next sentence, the others are sentences at the same place in other stories (other names,
     other objects).  A model that follows the story -- names, pronouns, what happened -- scores the
     true continuation highest; chance is 1 / num_choices.
     """
-    from .objectives import join_sentences, split_sentences
+    from .objectives import split_sentences
 
     rng = random.Random(f"choice-{seed}")
     if not 2 <= num_choices <= 10:
         raise ValueError(f"num_choices must be between 2 and 10, got {num_choices}")
-    stories = [split_sentences(corpus.make_story(rng)) for _ in range(_positive_int("n", n) * (num_choices + 2))]
+    # at least 20 items' worth of stories, so that even one item with ten choices finds its distractors
+    stories = [split_sentences(corpus.make_story(rng))
+               for _ in range(max(_positive_int("n", n), 20) * (num_choices + 2))]
     stories = [s for s in stories if len(s) >= 4]
+    questions, others = stories[:n], stories[n:]     # distractors from stories not used as questions
     items = []
     for i in range(n):
-        story = stories[i]
-        cut = rng.randrange(2, len(story))
-        right = story[cut]
-        wrong = []
-        for other in stories[n:]:  # distractors from stories not used as questions
-            if len(wrong) == num_choices - 1:
-                break
-            if len(other) > cut and other[cut] != right and other[cut] not in wrong and rng.random() < 0.5:
-                wrong.append(other[cut])
-        if len(wrong) < num_choices - 1:
-            continue
-        choices = wrong + [right]
-        rng.shuffle(choices)
-        items.append({"question": join_sentences(story[:cut]), "choices": choices, "answer": choices.index(right)})
+        story = questions[i] if i < len(questions) else _story_of_four_sentences(rng)
+        while (item := _choice_item(story, others, num_choices, rng)) is None:
+            # cut too deep for enough other stories that long: a fresh story in its place (one cut
+            # after its second sentence nearly always finds them), so there are n items
+            story = _story_of_four_sentences(rng)
+        items.append(item)
     return items
+
+
+def _choice_item(story: list[str], others: list[list[str]], num_choices: int, rng: random.Random) -> dict | None:
+    """make_choice_items' item from `story` cut at a random sentence, its distractors the sentences
+    at that place in `others`; None when too few of them are that long."""
+    from .objectives import join_sentences
+
+    cut = rng.randrange(2, len(story))
+    right = story[cut]
+    wrong = []
+    for other in others:
+        if len(wrong) == num_choices - 1:
+            break
+        if len(other) > cut and other[cut] != right and other[cut] not in wrong and rng.random() < 0.5:
+            wrong.append(other[cut])
+    if len(wrong) < num_choices - 1:
+        return None
+    choices = wrong + [right]
+    rng.shuffle(choices)
+    return {"question": join_sentences(story[:cut]), "choices": choices, "answer": choices.index(right)}
+
+
+def _story_of_four_sentences(rng: random.Random) -> list[str]:
+    """A story's sentences, at least four of them (a question of two or more, the next one, more)."""
+    from .objectives import split_sentences
+
+    while len(story := split_sentences(corpus.make_story(rng))) < 4:
+        pass
+    return story
 
 
 # ----- writing and reading ------------------------------------------------------------------------

@@ -42,12 +42,25 @@ def test_instructions_and_choice_items():
         name = p["prompt"].split("about ")[1].split()[0].strip(".")
         assert name in p["response"]  # the story is about the one the prompt names
     items = make_choice_items(40, seed=2)
-    assert 30 <= len(items) <= 40
+    assert len(items) == 40
     for item in items:
         assert len(item["choices"]) == 4 and len(set(item["choices"])) == 4
         assert 0 <= item["answer"] < 4
     answers = Counter(item["answer"] for item in items)
     assert len(answers) >= 3  # the right answer is not always in one place
+
+
+def test_make_choice_items_makes_as_many_items_as_asked():
+    # Before: an item whose story was cut too deep for enough distractors was dropped, so
+    # `eval choice --limit 1 --seed 1` had no item at all ("no multiple-choice items to evaluate") and
+    # --limit 2 evaluated one
+    for num_choices in (2, 4, 10):
+        for n in (1, 2, 5, 40):
+            for seed in range(4):
+                items = make_choice_items(n, seed=seed, num_choices=num_choices)
+                assert len(items) == n, (n, seed, num_choices)
+                assert all(len(set(item["choices"])) == num_choices for item in items)
+    assert make_choice_items(200, seed=0) == make_choice_items(200, seed=0)
 
 
 def test_jsonl_and_csv_round_trip(tmp_path):

@@ -14,17 +14,19 @@ def register(subparsers) -> None:
         "choice", help="multiple choice by the log-likelihood of each choice",
         description="Score each choice by the log-probability the model gives its tokens after the "
                     "question, read as the text going on after it (a space between them, none in Chinese or "
-                    "Japanese); the most likely choice is the model's answer (a right answer tied with k-1 others "
-                    "counts 1/k). Prints accuracy (total log-likelihood) and accuracy per token (length-normalised) beside chance. With no "
-                    "--data it uses built-in items: which sentence comes next in a story?",
+                    "Japanese); the most likely choice is the model's answer (a right answer tied with k-1 "
+                    "others counts 1/k). Prints accuracy (total log-likelihood) and accuracy per token "
+                    "(length-normalised) beside chance. With no --data it uses built-in items: which sentence "
+                    "comes next in a story?",
         formatter_class=HelpFormatter)
     c.add_argument("--model", "--base", dest="model", default=None, help="the model: a run folder or a Hugging "
-                   "Face LLaMA folder with tokenizer.model (default: the latest `npllama train` run); --base is "
-                   "its older name")
+                   "Face LLaMA folder with tokenizer.model or tokenizer.json (default: the latest `npllama train` "
+                   "run); --base is its older name")
     add_adapter_option(c, "--model")
-    c.add_argument("--data", default=None, help=".jsonl with {\"question\", \"choices\": [two or more different texts], \"answer\": "
-                   "index of the right choice, from 0} lines, optionally a \"context\" passage read before "
-                   "the question (reading comprehension) (default: built-in story-continuation items)")
+    c.add_argument("--data", default=None, help=".jsonl with {\"question\", \"choices\": [two or more "
+                   "different texts], \"answer\": index of the right choice, from 0} lines, optionally a "
+                   "\"context\" passage read before the question (reading comprehension) (default: built-in "
+                   "story-continuation items)")
     c.add_argument("--limit", type=int, default=200, help="evaluate at most this many items")
     c.add_argument("--template", default="plain", choices=["plain", "chat"],
                    help="chat: the question as a user's message in the model's chat template (the "
@@ -84,9 +86,10 @@ def run_perplexity(args) -> int:
     with use_backend(args.backend or get_backend()):
         result = perplexity(model, tokenizer, text, context=args.context, batch_size=args.batch_size,
                             progress=not args.no_progress)
-    print(f"{model_dir}{' + ' + args.adapter if args.adapter else ''} on {args.data}: {result.tokens:,} tokens, "
-          f"mean loss {result.mean_loss:.4f} nats, perplexity {result.perplexity:.3f} "
-          f"({result.windows} windows of up to {args.context or model.config.max_position_embeddings} tokens)")
+    print(f"{model_dir}{' + ' + args.adapter if args.adapter else ''} on {args.data}: "
+          f"{result.tokens:,} token{'s' if result.tokens != 1 else ''}, mean loss {result.mean_loss:.4f} nats, "
+          f"perplexity {result.perplexity:.3f} ({result.windows:,} window{'s' if result.windows != 1 else ''} of up "
+          f"to {args.context or model.config.max_position_embeddings} tokens)")
     return 0
 
 
@@ -109,7 +112,8 @@ def run_choice(args) -> int:
         template = ChatTemplate.for_folder(model_dir, tokenizer, adapter=args.adapter)
     with use_backend(args.backend or get_backend()):
         result = evaluate_choice(model, tokenizer, items, template, progress=not args.no_progress)
-    source = "built-in story-continuation items" if args.data is None else f"items of {args.data}"
+    items_ = "items" if result["n"] != 1 else "item"
+    source = f"built-in story-continuation {items_}" if args.data is None else f"{items_} of {args.data}"
     print(f"{model_dir}{' + ' + args.adapter if args.adapter else ''} on {result['n']} {source}: "
           f"accuracy {result['accuracy']:.3f}, per-token accuracy {result['accuracy_per_token']:.3f} "
           f"(chance {result['chance']:.3f})")

@@ -699,6 +699,8 @@ CLI = [
     (["eval", "choice", "--model", "NOWHERE"], "nowhere"),
     (["eval", "choice", "--model", "RUN", "--limit", "0"], "--limit"),
     (["eval", "choice", "--model", "RUN", "--data", "NOWHERE"], "nowhere"),
+    # before: --seed was silently ignored with --data
+    (["eval", "choice", "--model", "RUN", "--data", "NOWHERE", "--seed", "3"], "--seed picks the built-in items"),
     (["debug", "trace", "--model", "RUN", "--tokens", "1,99999"], "99999"),
     (["debug", "compare", "--model", "RUN", "--against", "bogus"], "invalid choice"),
     (["exercise", "start", "nosuchop"], "nosuchop"),

@@ -32,7 +32,8 @@ def register(subparsers) -> None:
                    help="chat: the question as a user's message in the model's chat template (the "
                         "--adapter's or the folder's chat_template, else LLaMA-2's [INST] ... [/INST]), for "
                         "models tuned with `finetune sft`")
-    c.add_argument("--seed", type=int, default=0, help="seed of the built-in items")
+    c.add_argument("--seed", type=int, default=None, help="seed of the built-in items, so only without --data "
+                   "(default: 0)")
     _run_options(c)
     c.set_defaults(run=run_choice)
 
@@ -101,9 +102,12 @@ def run_choice(args) -> int:
 
     if args.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
+    if args.seed is not None and args.data is not None:
+        raise UsageError(f"--seed picks the built-in items, used only without --data; --data {args.data} "
+                         f"gives the items")
     model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype, "--model",
                                                  "multiple choice by next-token log-likelihood")
-    items = make_choice_items(args.limit, seed=args.seed) if args.data is None else load_choice_items(args.data)
+    items = make_choice_items(args.limit, seed=args.seed or 0) if args.data is None else load_choice_items(args.data)
     items = items[:args.limit]
     template = args.template
     if template == "chat":

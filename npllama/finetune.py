@@ -821,8 +821,9 @@ def choice_logprobs(model, tokenizer, question: str, choices: list[str], templat
     `<s> question` ("plain"), or a user's message in a chat template, ready for the assistant's
     answer (for SFT models): a ChatTemplate (npllama.chat), or "chat" for LLaMA-2's
     "<s>[INST] question [/INST]".  A plain choice is scored as the text goes on after the question:
-    after a space, but with none in Chinese or Japanese (objectives.join_text); a chat answer after
-    the template's space.
+    after a space, but with none in Chinese or Japanese (objectives.join_text); a chat answer as the
+    template writes an assistant's answer (LLaMA-2's after a space, LLaMA-3's right after its
+    header's "\n\n"), as `finetune sft` trains it.
     """
     scores, lengths, _ = _choice_scores(model, tokenizer, question, choices, template)
     return scores, lengths
@@ -833,10 +834,19 @@ def _choice_scores(model, tokenizer, question: str, choices: list[str], template
     from .runs import require_next_token_model
 
     require_next_token_model(model, "multiple-choice scoring")   # log p(choice | question), token by token
+    if not isinstance(question, str):
+        raise TypeError(f"question must be a str, got {type(question).__name__}")
+    if not isinstance(choices, (list, tuple)) or not all(isinstance(c, str) for c in choices):
+        raise TypeError(f"choices must be a list of non-empty strs, got {choices!r}")
+    if not choices or not all(c.strip() for c in choices):   # an empty one would score the question's last token
+        raise ValueError(f"choices must be a list of non-empty strs, got {choices!r}")
+    from .objectives import join_text
+
     chat = _chat_template(template)
     prompt = question if chat is None else chat.prompt(question)   # a template's text holds <s> where it puts one
     context = tokenizer.encode(prompt, bos=chat is None)
-    split = [_context_and_continuation(tokenizer, prompt, context, c, chat=chat is not None) for c in choices]
+    answered = [join_text(prompt, c) if chat is None else _chat_answered(chat, question, prompt, c) for c in choices]
+    split = [_context_and_continuation(tokenizer, context, text, bos=chat is None) for text in answered]
     limit = model.config.max_position_embeddings
     longest = int(np.argmax([len(ids) for _, ids in split]))
     room = limit - len(split[longest][1])   # for the question
@@ -869,14 +879,29 @@ def _chat_template(template):
     raise ValueError(f"template must be 'plain', 'chat' or a ChatTemplate, got {template!r}")
 
 
-def _context_and_continuation(tokenizer, prompt: str, context: list[int], choice: str, chat: bool):
-    """(context ids, choice ids): the whole text encoded as the model reads it, cut where its ids
-    stop being those of the prompt alone (`context`; a piece that spans the joint counts as the
-    choice's).  A chat answer follows the template's space; a plain choice goes on as text does."""
-    from .chat import _shared_length
-    from .objectives import join_text
+def _chat_answered(chat, question: str, prompt: str, choice: str) -> str:
+    """`prompt` (chat's for `question`) followed by `choice` as the template writes an assistant's
+    answer, up to its end of turn: LLaMA-2's " A dog." after "[/INST]", LLaMA-3's "A dog." after
+    its "\n\n" -- what `finetune sft` (ChatTemplate.encode_turn) trains the answer on."""
+    from .chat import turn_messages
 
-    whole = tokenizer.encode(f"{prompt} {choice}" if chat else join_text(prompt, choice), bos=not chat)
+    written = chat.render(turn_messages(question, choice), add_generation_prompt=False)
+    answer = choice.strip()          # templates trim a message (LLaMA-2's, LLaMA-3's)
+    at = written.find(answer, len(prompt)) if written.startswith(prompt) else -1
+    if at < 0 or written[len(prompt):at].strip():
+        raise ValueError(f"the chat template does not write the answer {choice!r} right after its prompt "
+                         f"{prompt[-40:]!r}, so there is no text of the choice's own to score; use "
+                         f"template='plain'")
+    return written[:at + len(answer)]
+
+
+def _context_and_continuation(tokenizer, context: list[int], text: str, bos: bool):
+    """(context ids, choice ids): `text` (the prompt and a choice after it) encoded as the model reads
+    it, cut where its ids stop being those of the prompt alone (`context`; a piece that spans the
+    joint counts as the choice's)."""
+    from .chat import _shared_length
+
+    whole = tokenizer.encode(text, bos=bos)
     shared = min(_shared_length(context, whole), len(whole) - 1)     # every choice is scored on a token at least
     return whole[:shared], whole[shared:]
 

@@ -557,6 +557,16 @@ def test_evaluate_choice_checks_its_items_as_the_file_reader_does():
                            progress=False)["accuracy"] == 1.0
 
 
+def test_choice_logprobs_refuses_a_choice_with_no_text():
+    # Before: an empty choice was scored on the question's last token, as if it were the choice's
+    for choices, error in ((["4", ""], ValueError), (["4", "  "], ValueError), ([], ValueError),
+                           ("49", TypeError), (["4", 9], TypeError)):
+        with pytest.raises(error, match=r"choices must be a list of non-empty strs"):
+            choice_logprobs(CountingModel(), DigitTokenizer(), "3", choices)
+    with pytest.raises(TypeError, match=r"question must be a str, got int"):
+        choice_logprobs(CountingModel(), DigitTokenizer(), 3, ["4"])
+
+
 def test_a_choice_written_twice_is_refused():
     # Before: the two tie, and the first listed was taken: right when the answer was the first, wrong
     # when it was the second
@@ -633,6 +643,32 @@ def test_the_chat_template_name_is_llama_2s_template(base_dir):
     np.testing.assert_allclose(by_name, choice_logprobs(model, tokenizer, question, choices,
                                                         template=ChatTemplate("llama2"))[0], rtol=1e-12)
     assert not np.allclose(by_name, choice_logprobs(model, tokenizer, question, choices)[0])
+
+
+def test_a_chat_choice_is_scored_as_the_template_writes_the_answer(base_dir):
+    # Before: a chat choice went after the prompt with a space, LLaMA-2's way, whatever the template:
+    # after LLaMA-3's "<|end_header_id|>\n\n" that is a space `finetune sft` never trained on
+    from npllama.chat import ChatTemplate
+
+    model = Llama.from_pretrained(base_dir, dtype=np.float64)
+    tokenizer = Tokenizer(base_dir / "tokenizer.model")
+    question, choices = "Who barks?", ["A dog.", " A cat. "]
+    for name, space in (("llama2", " "), ("llama3", "")):
+        template = ChatTemplate(name)
+        prompt = template.prompt(question)
+        scores, lengths = choice_logprobs(model, tokenizer, question, choices, template=template)
+        for choice, score, length in zip(choices, scores, lengths):
+            context = tokenizer.encode(prompt, bos=False)
+            whole = tokenizer.encode(prompt + space + choice.strip(), bos=False)   # the template trims it
+            assert whole[:len(context)] == context and len(whole) < model.config.max_position_embeddings
+            assert length == len(whole) - len(context)
+            # the ids sft trains the answer on, its end of turn aside
+            ids, counted = template.encode_turn(tokenizer, question, choice)
+            assert [i for i, c in zip(ids, counted) if c][:length] == whole[len(context):]
+            log_probs = model.forward(np.array([whole]))[0]
+            log_probs = log_probs - np.log(np.exp(log_probs).sum(-1, keepdims=True))
+            assert score == pytest.approx(sum(log_probs[t - 1, whole[t]] for t in range(len(context), len(whole))),
+                                          rel=1e-10)
 
 
 def test_batched_choice_scores_equal_one_at_a_time(base_dir):

@@ -39,9 +39,11 @@ def register(subparsers) -> None:
 
     ppl = tasks.add_parser(
         "perplexity", help="mean next-token loss and perplexity of a text file",
-        description="Encode the file (one text, with BOS), cut it into consecutive windows of the "
-                    "model's context, and report the tokens predicted, the mean cross-entropy (nats) and "
-                    "the perplexity exp(mean loss).",
+        description="Encode the file (one text, with BOS; read and encoded whole, in memory), cut it into "
+                    "consecutive windows of --context tokens that do not overlap, and report the tokens "
+                    "predicted, the mean cross-entropy (nats) and the perplexity exp(mean loss). Every token "
+                    "after the first is predicted once, from the tokens before it in its window: the first "
+                    "tokens of a window see little context, so a smaller --context gives a higher perplexity.",
         formatter_class=HelpFormatter)
     ppl.add_argument("--model", default=None, help="a run folder or a Hugging Face LLaMA folder with its "
                      "tokenizer (default: the latest `npllama train` run)")

@@ -506,9 +506,9 @@ def check_choice_item(item, where: str) -> None:
     if not isinstance(item, dict):
         raise ValueError(f'{where}: an item must be a dict with "question", "choices" and "answer", '
                          f"got {json_type_name(item)}")
-    for field, kind in (("question", str), ("choices", list)):
+    for field, kind, name in (("question", str, "str"), ("choices", (list, tuple), "list")):
         if not isinstance(item.get(field), kind):
-            raise ValueError(f'{where}: "{field}" must be a {kind.__name__}, got '
+            raise ValueError(f'{where}: "{field}" must be a {name}, got '
                              f'{"nothing" if field not in item else json_type_name(item[field])}')
     choices = item["choices"]
     if len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):

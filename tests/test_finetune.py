@@ -553,7 +553,7 @@ def test_evaluate_choice_checks_its_items_as_the_file_reader_does():
         with pytest.raises(ValueError, match=rf"items\[1\]: {message}"):
             evaluate_choice(model, DigitTokenizer(), [good, item], progress=False)
         assert model.seen == []                      # refused before any item is scored
-    assert evaluate_choice(CountingModel(), DigitTokenizer(), [{**good, "answer": np.int64(0)}],
+    assert evaluate_choice(CountingModel(), DigitTokenizer(), [{**good, "answer": np.int64(0), "choices": ("4", "9")}],
                            progress=False)["accuracy"] == 1.0
 
 

@@ -1300,14 +1300,23 @@ def _pattern_note(shape, indices, a, n, bound, tol, failed, passed, rough) -> st
     value): analytic = c * numeric for one c (0: zeros, -1: a flipped sign), analytic = numeric
     with its last two axes swapped, or analytic = numeric at all but a few entries.  '' when none
     does: a pattern is never guessed.  A factor (and zeros) needs at least two entries whose
-    numeric value stands out of its bound, or one entry's ratio would always "explain" it.
-    rough: where f did not behave smoothly, which the few entries off are then pointed to."""
+    numeric value stands out of its bound, or one entry's ratio would always "explain" it; and
+    every pattern must differ from numeric itself, beyond that bound, at two entries or more: one
+    that differs at fewer is numeric with a few entries off (a factor fitted to all entries
+    absorbs one entry just past its bound: "1 times numeric"; the transpose of a symmetric
+    numeric is numeric).  rough: where f did not behave smoothly, which the few entries off are
+    then pointed to."""
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(n)) and np.all(np.isfinite(bound))):
         return ""
 
+    def within(predicted, values, scale, predicted_bound) -> np.ndarray:
+        """Per entry: values lies within the bound of predicted (as the checker holds analytic to numeric)."""
+        return np.abs(values - predicted) <= scale * predicted_bound + tol * np.maximum(np.abs(values),
+                                                                                        np.abs(predicted))
+
     def explains(predicted, scale=1.0, predicted_bound=bound) -> bool:
-        return bool(np.all(np.abs(a - predicted)
-                           <= scale * predicted_bound + tol * np.maximum(np.abs(a), np.abs(predicted))))
+        return bool(np.all(within(predicted, a, scale, predicted_bound))
+                    and np.sum(~within(predicted, n, scale, predicted_bound)) >= 2)
 
     shown = np.abs(n) > bound                       # entries whose numeric value is not lost in its bound
     if np.sum(shown) >= 2:
@@ -1353,13 +1362,17 @@ def _pattern_note(shape, indices, a, n, bound, tol, failed, passed, rough) -> st
 
 def _factor_text(factor: float, explains) -> str:
     """'3', or '1/4' for a factor below 1, where that round number explains every entry as well as
-    the fitted one does; else the fitted factor to 4 digits."""
+    the fitted one does; else the fitted factor to the fewest digits (4 at least) whose value still
+    explains every entry (1.00001 to 4 digits is "1", which is no mistake at all)."""
     if abs(factor) >= 1:
         value, text = float(round(factor)), f"{round(factor)}"
     else:
         whole = round(1 / factor)
         value, text = 1.0 / whole, f"1/{whole}" if whole > 0 else f"-1/{-whole}"
-    return text if explains(value) else f"{factor:.4g}"
+    if explains(value):
+        return text
+    # 17 significant digits give the float itself back, which explains (the caller checked)
+    return next(text for digits in range(4, 18) if explains(float(text := f"{factor:.{digits}g}")))
 
 
 def _relative_figures(a, n, held_to, magnitude, largest, n_entries, finite):

@@ -1564,6 +1564,34 @@ def test_no_pattern_is_guessed_from_one_entry_or_from_a_sample():
     assert sampled.status == "FAIL" and sampled.method == "sampled" and _pattern_notes(sampled) == [], sampled.notes
 
 
+@pytest.mark.parametrize("off_by", [1.2, 1.4, 1.7])
+def test_one_entry_just_past_its_bound_is_named_as_that_entry_not_as_a_factor(off_by):
+    # a factor fitted to every entry absorbed one entry off by 1.2-1.7x its bound, and the note
+    # said "analytic is 1 times numeric at every entry: a factor too many or missing"; a symmetric
+    # gradient could likewise be "transposed".  A pattern must differ from numeric, beyond the
+    # bound, at two entries or more.  (tol, 1e-7 relative, dominates the bound of these polynomials.)
+    rng = np.random.default_rng(1)
+    for w in (rng.standard_normal((3, 3)), (lambda s: s + s.T)(rng.standard_normal((3, 3)))):
+        f = lambda v: float(np.sum(v * v) + np.sum(v) ** 3)
+        wrong = 2 * w + 3 * np.sum(w) ** 2
+        wrong[0, 1] *= 1 + off_by * 1e-7
+        entry = gradcheck(f, [w], [wrong]).inputs[0]
+        assert entry.status == "FAIL", entry
+        notes = _pattern_notes(entry)
+        assert len(notes) == 1 and "analytic matches numeric at every entry but 1 of 9: (0, 1)" in notes[0], \
+            entry.notes
+
+
+@pytest.mark.parametrize("factor, says", [(1 + 1e-5, "1.00001"), (-(1 + 1e-5), "-1.00001"), (1 - 3e-6, "0.999997")])
+def test_a_factor_close_to_one_is_shown_with_the_digits_that_tell_it_from_one(factor, says):
+    # 4 digits showed 1.00001 as "1": "analytic is 1 times numeric", which is no mistake at all
+    f, w, right = _weighted_squares_case()
+    entry = gradcheck(f, [w], [factor * right]).inputs[0]
+    notes = _pattern_notes(entry)
+    assert entry.status == "FAIL" and len(notes) == 1, entry.notes
+    assert f"analytic is {says} times numeric at every entry" in notes[0], notes
+
+
 # ----- a kink at the point itself: a subgradient is UNRESOLVED, a value outside the slopes FAILs -------
 
 def relu_sum(v):

@@ -485,17 +485,16 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
     for i in wrt:   # before the forward runs: its out follows a float32 input's dtype, rightly
         _require_float64_input(all_names[i], inputs[i])
 
-    _check_call_fits(forward, "forward", (*arguments, *extra_args), extra_kwargs,
-                     _call_shown("forward", ["inputs"] if keyed else all_names, extra_args, extra_kwargs),
-                     _one_by_one_advice(forward, all_names) if keyed else "")
     # all inputs: an index array changed matters too; and the mapping, whose arrays forward reads
     guard = _InPlaceGuard("forward", all_names, inputs, arguments[0] if keyed else None)
-    out, cache = _forward_result(forward(*arguments, *extra_args, **extra_kwargs))
+    out, cache = _forward_result(_call_as_check_op_does(
+        forward, "forward", (*arguments, *extra_args), extra_kwargs,
+        _call_shown("forward", ["inputs"] if keyed else all_names, extra_args, extra_kwargs),
+        _one_by_one_advice(forward, all_names) if keyed else ""))
     guard.check("forward")
     dout = draw_dout(np.shape(out), seed)
     dout_given = dout.copy()
-    _check_call_fits(backward, "backward", (dout_given, cache), {}, "backward(dout, cache)")
-    grads = backward(dout_given, cache)
+    grads = _call_as_check_op_does(backward, "backward", (dout_given, cache), {}, "backward(dout, cache)")
     guard.check("backward")
     if not np.array_equal(dout_given, dout):
         raise ValueError("backward changed its argument dout in place; the upstream gradient is shared "
@@ -1526,19 +1525,28 @@ def _norm(v) -> float:
 
 # ----- arguments -------------------------------------------------------------------------------------
 
-def _check_call_fits(function, role: str, args: tuple, kwargs: Mapping, shown: str, advice: str = "") -> None:
-    """A TypeError saying how check_op calls `function` when its parameters cannot take that call:
-    the TypeError the call itself raises names neither the call nor the way to fix it."""
+def _call_as_check_op_does(function, role: str, args: tuple, kwargs: Mapping, shown: str, advice: str = ""):
+    """function(*args, **kwargs); when its parameters cannot take that call, a TypeError saying how
+    check_op calls it: the TypeError the call itself raises names neither the call nor the way to
+    fix it.  The call decides, not the signature: inspect.signature can report other parameters
+    than the call takes (a decorator's functools.wraps reports the wrapped function's), so it only
+    explains a TypeError raised by the call itself -- one with no frame of the function's own (a
+    TypeError from inside the function is the function's, and is left as it is)."""
     try:
-        signature = inspect.signature(function)
-    except (TypeError, ValueError):     # a builtin or compiled function keeps none: the call will tell
-        return
-    try:
-        signature.bind(*args, **kwargs)
+        return function(*args, **kwargs)
     except TypeError as error:
-        name = getattr(function, "__name__", type(function).__name__)
-        raise TypeError(f"check_op calls {shown}, and {role} {name}{signature} cannot take that call "
-                        f"({error}){advice}") from None
+        if error.__traceback__ is None or error.__traceback__.tb_next is not None:
+            raise
+        try:
+            signature = inspect.signature(function)
+            signature.bind(*args, **kwargs)
+        except ValueError:         # a builtin or compiled function keeps no signature: its error stands
+            raise error from None
+        except TypeError as unbound:
+            name = getattr(function, "__name__", type(function).__name__)
+            raise TypeError(f"check_op calls {shown}, and {role} {name}{signature} cannot take that call "
+                            f"({unbound}){advice}") from None
+        raise
 
 
 def _call_shown(role: str, arguments: list[str], extra_args, extra_kwargs: Mapping) -> str:

@@ -1036,6 +1036,37 @@ def test_a_forward_or_backward_that_cannot_take_check_ops_call_is_told_how_it_is
     assert check_op(_linear_forward, _linear_backward, [_X, _W], names=["x", "W"]).ok
 
 
+def _supplies_a_scale(function):
+    """A decorator that keeps the name and the signature of the function it wraps (functools.wraps),
+    though the wrapper takes one argument fewer: inspect.signature reports the wrapped one's."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(x, W):
+        return function(x, W, 1.0)
+    return wrapper
+
+
+@_supplies_a_scale
+def _scaled_linear_forward(x, W, scale):
+    return scale * (x @ W.T), (x, W)
+
+
+class _TypeErrorInside:
+    def __call__(self, x, W):
+        return len(x.shape, W.shape), None      # a mistake of its own: len() takes one argument
+
+
+def test_a_forward_whose_signature_is_not_its_call_is_not_refused():
+    # the call was bound to inspect.signature first: a wrapper reporting the wrapped function's
+    # parameters (x, W, scale) was refused, though it takes check_op's call; only a call that
+    # itself fails is explained by the signature
+    assert check_op(_scaled_linear_forward, _linear_backward, [_X, _W]).ok
+    # a TypeError from inside the function is its own, and is left as it is
+    with pytest.raises(TypeError, match=r"len\(\) takes exactly one argument"):
+        check_op(_TypeErrorInside(), _linear_backward, [_X, _W])
+
+
 @pytest.mark.parametrize("backward, error, message", [
     (lambda d, c: (_dense_backward(d, c)["W"], _dense_backward(d, c)["b"]), TypeError,
      r"backward must return a mapping of gradients keyed like inputs .* expected the keys \['W', 'b'\]"),

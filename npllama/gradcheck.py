@@ -72,7 +72,7 @@ How a probe's numeric derivative and its bound are made (the error model):
             failure is confirmed.
   limits    no step can check a gradient across a kink within a step of the point (relu at 0;
             at a clear kink at the point itself, one measured at two steps, an analytic value
-            between f's one-sided slopes there, a subgradient, is UNRESOLVED, one outside FAILs),
+            between f's one-sided slopes there, as a subgradient's, is UNRESOLVED, one outside FAILs),
             nor a function that varies on a scale far shorter than the step (cos of x ~ 1e5,
             where the relative step is 10) and than the input's spread (1e5 + noise, with a
             spread of 1, is resolved by the shorter steps); the report says when f did not
@@ -1420,9 +1420,11 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
                  else f"direction {first - n_entries + 1}")
         left, right = probes.between[first]
         notes.append(f"{int(np.sum(at_kink))} probe(s) UNRESOLVED at a kink at the point (the first: {where}): "
-                     f"your gradient lies between the one-sided slopes {left:.6g} and {right:.6g}, a subgradient; "
-                     "f has no derivative there, and finite differences cannot judge it -- draw inputs away from "
-                     "it (no exact zeros into a relu or abs, no ties into a max)")
+                     f"your gradient lies between the one-sided slopes {left:.6g} and {right:.6g} along it, so it "
+                     "may be a subgradient (one probe cannot tell whether the whole gradient is: at a tie of a max "
+                     "the entries' shares must add up to 1); f has no derivative there, and finite differences "
+                     "cannot judge it -- draw inputs away from it (no exact zeros into a relu or abs, no ties into "
+                     "a max)")
     unsteady = np.array(probes.unsteady, dtype=bool) & ~passed
     if np.any(unsteady):
         notes.append(f"{int(np.sum(unsteady))} probe(s) UNRESOLVED: f itself is not resolved there -- its values "

@@ -1668,6 +1668,18 @@ def test_a_value_outside_the_one_sided_slopes_at_a_kink_still_fails(f, wrong):
         entry.notes
 
 
+def test_a_value_between_each_entrys_slopes_is_not_called_a_subgradient_of_f():
+    # |y0 + y1| at y0 + y1 = 0: each entry's one-sided slopes are -1 and 1, and (0.5, -0.5) lies
+    # between them entry by entry, but f's subgradients there are s * (1, 1): the note said "a
+    # subgradient", which a probe of one entry at a time cannot know
+    y = np.array([0.3, -0.3, 1.0])
+    entry = gradcheck(lambda v: float(abs(v[0] + v[1]) + v[2] ** 2), [y], [np.array([0.5, -0.5, 2.0])]).inputs[0]
+    assert entry.status == "UNRESOLVED", entry
+    note = next(note for note in entry.notes if "kink at the point" in note)
+    assert "lies between the one-sided slopes -1 and 1" in note and "may be a subgradient" in note, note
+    assert "slopes -1 and 1, a subgradient" not in note, note
+
+
 def test_a_subgradient_at_a_kink_along_a_direction_is_unresolved_and_a_wrong_one_fails():
     x = np.random.default_rng(4).standard_normal(40)
     x[[3, 17]] = 0.0

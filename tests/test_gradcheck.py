@@ -1652,6 +1652,8 @@ def test_a_subgradient_at_a_kink_at_the_point_is_unresolved_not_failed(f, at_kin
     assert f"lies between the one-sided slopes {slopes}" in note and "subgradient" in note, note
     assert "entry (0,)" in note and "draw inputs away from it" in note, note
     assert not any("did not behave like a smooth function" in n for n in entry.notes), entry.notes
+    # nor is it put down to a bound too coarse for the gradient, which longer steps would not help
+    assert not any("even with longer steps" in n for n in entry.notes), entry.notes
 
 
 @pytest.mark.parametrize("f, wrong", [(relu_sum, 2.0), (relu_sum, -1.0), (relu_sum, 1.01), (abs_sum, 1.5)])
@@ -1666,6 +1668,15 @@ def test_a_value_outside_the_one_sided_slopes_at_a_kink_still_fails(f, wrong):
     # the entry off is named, and pointed to the kink rather than to a missing term
     assert any("every entry but 1 of 3: (0,) -- f did not behave smoothly" in note for note in entry.notes), \
         entry.notes
+
+
+def test_an_entry_unresolved_at_a_kink_is_not_said_to_match():
+    # entry 1 is wrong, entry 0 (relu at 0, analytic 0) unresolved: "analytic matches numeric at
+    # every entry but 1 of 4" would say entry 0 matched, which no probe could tell
+    x = np.array([0.0, 1.0, -2.0, 3.0])
+    entry = gradcheck(relu_sum, [x], [np.array([0.0, 5.0, 0.0, 1.0])]).inputs[0]
+    assert entry.status == "FAIL" and entry.failed == 1 and entry.unresolved == 1, entry
+    assert _pattern_notes(entry) == [], entry.notes
 
 
 def test_a_value_between_each_entrys_slopes_is_not_called_a_subgradient_of_f():

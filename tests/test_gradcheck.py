@@ -1670,6 +1670,15 @@ def test_a_value_outside_the_one_sided_slopes_at_a_kink_still_fails(f, wrong):
         entry.notes
 
 
+def test_a_kink_made_up_by_rounding_is_not_found_when_its_slopes_move_at_a_shorter_step():
+    # log(1 + exp(s)) for s ~ -25 rounds in stairs (1 + 1e-11 keeps 5 digits): at the step eps its
+    # even part grew like t and its one-sided slopes differed by 10x their error, as at a kink; at
+    # a step 16x shorter they came out elsewhere (_clear_kink), which alone told it from one
+    s = np.array([-25.06959365277111, -24.5476854516526, -39.71281411864713, -38.088603344413514])
+    entry = gradcheck(lambda v: float(np.sum(np.log(1 + np.exp(v)))), [s], [1 / (1 + np.exp(-s))]).inputs[0]
+    assert not any("kink at the point" in note for note in entry.notes), entry.notes
+
+
 def test_an_entry_unresolved_at_a_kink_is_not_said_to_match():
     # entry 1 is wrong, entry 0 (relu at 0, analytic 0) unresolved: "analytic matches numeric at
     # every entry but 1 of 4" would say entry 0 matched, which no probe could tell

@@ -101,7 +101,10 @@ A FAIL of an input whose every entry was probed one by one names a pattern in it
 explains the analytic value of every entry from its numeric one, each within its bound (scaled as
 the pattern scales the numeric value): analytic = c * numeric (c = 0: zeros, c = -1: a flipped
 sign), numeric with its last two axes swapped, or numeric at all but a few entries (named).  None
-is guessed: not from a sample, from directions, or from a factor only one entry shows.
+is guessed: not from a sample, from directions, from a factor only one entry shows, or from a
+pattern that differs from numeric itself, beyond the bound, at fewer than two entries (a factor
+near 1 absorbing one entry off, the transpose of a symmetric gradient).  A factor is shown to the
+digits that explain every entry (1.00001, not 1).
 """
 from __future__ import annotations
 
@@ -922,7 +925,8 @@ def _clear_kink(evaluate, move, eps, slopes, slack, roundoff) -> bool:
     """The one-sided slopes found at the step eps show a kink, not rounding inside f: they differ by
     KINK_CLARITY times their error, and come out the same at a step KINK_RECHECK times shorter (a
     kink at the point stays where it is; a cancellation's stairs, 1 + tanh(z) at z << 0, whose
-    even part can also grow like t over two steps, give other slopes there).  Four evaluations."""
+    even part can also grow like t over two steps, give other slopes there).  Five evaluations (f at
+    the point again, and 4 around it)."""
     short = eps / KINK_RECHECK
     values = _values_around(evaluate, move, (short, 2 * short))
     again, slack_again = _one_sided_slopes(values, short, roundoff)

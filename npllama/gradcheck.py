@@ -1326,13 +1326,14 @@ def _pattern_note(shape, indices, a, n, bound, tol, failed, passed, rough) -> st
         if explains(np.zeros_like(n)):
             return ("analytic is 0 at every entry, numeric is not: returned zeros -- a gradient never filled "
                     "in or never assigned (a np.zeros_like returned as it was), or a mask that zeroes everything")
-        # weighted by each entry's bound, so that a loosely bound entry does not pull the fit
-        tightest = float(np.min(bound[bound > 0], initial=np.inf))
-        weight = np.where(bound > 0, tightest / np.where(bound > 0, bound, 1.0), 1.0)
         if explains(-n):
             return ("the sign is flipped: analytic is -1 times numeric at every entry -- a subtraction the wrong "
                     "way round, or a minus sign dropped or added")
+        # weighted by each entry's bound, so that a loosely bound entry does not pull the fit
+        tightest = float(np.min(bound[bound > 0], initial=np.inf))
+        weight = np.where(bound > 0, tightest / np.where(bound > 0, bound, 1.0), 1.0)
         factor = fitted_factor(a, n, weight)
+        # c * numeric carries c times numeric's error; for |c| < 1 the bound is kept, not shrunk
         if factor is not None and factor != 0 and explains(factor * n, max(1.0, abs(factor))):
             factor_text = _factor_text(factor, lambda c: explains(c * n, max(1.0, abs(c))))
             sign = ": the sign is flipped, and a factor" if factor < 0 else ": a factor"

@@ -940,11 +940,21 @@ def evaluate_choice(model, tokenizer, items: list[dict], template="plain", progr
             "chance": chance, "n": len(items), "cut": cut}
 
 
+# Scores this close to the highest tie with it.  Equal log-likelihoods need not come out as equal
+# floats: a per-token score is a sum divided by a count, and 7 equal terms summed and divided by 7
+# is not always the term (an ulp or so off, 1e-16 relative), which would decide the item by the
+# rounding.  The tolerance is far above that and below the difference float32 makes: the same
+# model's scores in float32 and float64 (or numpy and numba in float32) differ by ~1e-6 relative,
+# so a near-tie that close can go either way between them, as any argmax would.
+_TIE_RTOL = 1e-9
+
+
 def _share_of_the_best(scores, answer: int) -> float:
-    """1 when the answer's score is the highest, 1/k when it ties with k-1 others for the highest, else 0:
-    the expected credit of breaking the tie at random (taking the first listed would favour an answer
-    listed early)."""
-    best = np.flatnonzero(scores == scores.max())
+    """1 when the answer's score is the highest, 1/k when it ties with k-1 others for the highest
+    (within _TIE_RTOL of it), else 0: the expected credit of breaking the tie at random (taking the
+    first listed would favour an answer listed early)."""
+    top = scores.max()
+    best = np.flatnonzero(scores >= top - _TIE_RTOL * abs(top))
     return float(answer in best) / len(best)
 
 

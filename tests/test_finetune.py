@@ -590,6 +590,19 @@ def test_a_tie_for_the_highest_score_earns_its_share_of_an_item():
     assert result["accuracy"] == pytest.approx(1 / 3) and result["accuracy_per_token"] == pytest.approx(1 / 4)
 
 
+def test_a_tie_per_token_is_a_tie_whatever_the_rounding_of_the_division():
+    # Before: ties were exact float equality, so "9" (one miss) and "5 5 5 5 5 5 5" (seven misses)
+    # after "3", equally likely per token, were told apart by the rounding of 7 * miss / 7: the
+    # answer "5 ..." earned 1 with seven tokens, 0 with eleven, 1/2 with three
+    for count in (3, 5, 7, 10, 11):
+        many = " ".join(["5"] * count)
+        for answer in (0, 1):
+            item = {"question": "3", "choices": ["9", many], "answer": answer}
+            result = evaluate_choice(CountingModel(), DigitTokenizer(), [item], progress=False)
+            assert result["accuracy_per_token"] == 0.5, (count, answer)
+            assert result["accuracy"] == 1 - answer       # by total "9" (one miss) wins outright
+
+
 def test_a_choice_too_long_for_the_context_names_its_item():
     items = [{"question": "3", "choices": ["4", "9"], "answer": 0},
              {"question": "3", "choices": ["4", " ".join(["5"] * 40)], "answer": 0}]

@@ -701,6 +701,8 @@ CLI = [
     (["eval", "choice", "--model", "RUN", "--data", "NOWHERE"], "nowhere"),
     # before: --seed was silently ignored with --data
     (["eval", "choice", "--model", "RUN", "--data", "NOWHERE", "--seed", "3"], "--seed picks the built-in items"),
+    # --seed 0 given is refused too, though 0 is the built-in items' default seed
+    (["eval", "choice", "--model", "RUN", "--data", "NOWHERE", "--seed", "0"], "--seed picks the built-in items"),
     (["debug", "trace", "--model", "RUN", "--tokens", "1,99999"], "99999"),
     (["debug", "compare", "--model", "RUN", "--against", "bogus"], "invalid choice"),
     (["exercise", "start", "nosuchop"], "nosuchop"),

@@ -198,21 +198,21 @@ def make_choice_items(n: int = 200, seed: int = 0, num_choices: int = 4) -> list
     """
     from .objectives import split_sentences
 
-    rng = random.Random(f"choice-{seed}")
     if not 2 <= num_choices <= 10:
         raise ValueError(f"num_choices must be between 2 and 10, got {num_choices}")
-    # at least 20 items' worth of stories, so that even one item with ten choices finds its distractors
-    stories = [split_sentences(corpus.make_story(rng))
-               for _ in range(max(_positive_int("n", n), 20) * (num_choices + 2))]
-    stories = [s for s in stories if len(s) >= 4]
-    questions, others = stories[:n], stories[n:]     # distractors from stories not used as questions
+    _positive_int("n", n)
+    # the distractors' stories come from a stream of their own, the same whatever n: so n items are
+    # the first n of more (`eval choice --limit 50` is the first 50 of the default 200), and 20
+    # items' worth of stories let even an item with ten choices find its distractors
+    rng, others_rng = random.Random(f"choice-{seed}"), random.Random(f"choice-{seed}-distractors")
+    others = [split_sentences(corpus.make_story(others_rng)) for _ in range(20 * (num_choices + 2))]
+    others = [s for s in others if len(s) >= 4]
     items = []
-    for i in range(n):
-        story = questions[i] if i < len(questions) else _story_of_four_sentences(rng)
-        while (item := _choice_item(story, others, num_choices, rng)) is None:
-            # cut too deep for enough other stories that long: a fresh story in its place (one cut
-            # after its second sentence nearly always finds them), so there are n items
-            story = _story_of_four_sentences(rng)
+    for _ in range(n):
+        # a story cut too deep for enough other stories that long is replaced by a fresh one (one
+        # cut after its second sentence nearly always finds them), so there are n items
+        while (item := _choice_item(_story_of_four_sentences(rng), others, num_choices, rng)) is None:
+            pass
         items.append(item)
     return items
 

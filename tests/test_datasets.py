@@ -63,6 +63,16 @@ def test_make_choice_items_makes_as_many_items_as_asked():
     assert make_choice_items(200, seed=0) == make_choice_items(200, seed=0)
 
 
+def test_fewer_choice_items_are_the_first_of_more():
+    # Before: the distractors came from the stories after the first n, so n changed every item:
+    # `eval choice --limit 50` shared no item with the first 50 of the default 200
+    for num_choices in (2, 4):
+        many = make_choice_items(60, seed=1, num_choices=num_choices)
+        for n in (1, 7, 59):
+            assert make_choice_items(n, seed=1, num_choices=num_choices) == many[:n]
+    assert make_choice_items(5, seed=1) != make_choice_items(5, seed=2)
+
+
 def test_jsonl_and_csv_round_trip(tmp_path):
     records = make_dataset("topic", 20)
     write_jsonl(tmp_path / "t.jsonl", records)

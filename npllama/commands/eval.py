@@ -30,8 +30,10 @@ def register(subparsers) -> None:
     c.add_argument("--limit", type=int, default=200, help="evaluate at most this many items")
     c.add_argument("--template", default="plain", choices=["plain", "chat"],
                    help="chat: the question as a user's message in the model's chat template (the "
-                        "--adapter's or the folder's chat_template, else LLaMA-2's [INST] ... [/INST]), for "
-                        "models tuned with `finetune sft`")
+                        "--adapter's or the folder's chat_template, else LLaMA-3's if the tokenizer has its "
+                        "<|start_header_id|>, else LLaMA-2's [INST] ... [/INST]) and each choice as the "
+                        "template writes the assistant's answer, as `finetune sft` trains it (the end of turn "
+                        "after it is not scored), for models tuned with `finetune sft`")
     c.add_argument("--seed", type=int, default=None, help="seed of the built-in items, so only without --data "
                    "(default: 0)")
     _run_options(c)
@@ -43,7 +45,7 @@ def register(subparsers) -> None:
                     "consecutive windows of --context tokens that do not overlap, and report the tokens "
                     "predicted, the mean cross-entropy (nats) and the perplexity exp(mean loss). Every token "
                     "after the first is predicted once, from the tokens before it in its window: the first "
-                    "tokens of a window see little context, so a smaller --context gives a higher perplexity.",
+                    "tokens of a window see little context, so a smaller --context usually gives a higher perplexity.",
         formatter_class=HelpFormatter)
     ppl.add_argument("--model", default=None, help="a run folder or a Hugging Face LLaMA folder with its "
                      "tokenizer (default: the latest `npllama train` run)")

@@ -513,8 +513,10 @@ def check_choice_item(item, where: str) -> None:
     choices = item["choices"]
     if len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
         raise ValueError(f"{where}: an item needs at least two non-empty string choices")
-    # a choice written twice (spaces around it aside) reads the same after the question: the two tie,
-    # and whichever is called right, the item measures nothing
+    # a choice written twice (spaces around it aside) is one answer offered twice: after a question in
+    # English the two are the same text ("q" + " a" and "q" + "a" are both "q a"; chat templates trim
+    # the answer) and tie, whichever is called right; where a space does tell them apart (no space
+    # after Chinese, a question ending in one) the item measures the space, not the answer
     first_of = {}
     for i, choice in enumerate(choices):
         if choice.strip() in first_of:

@@ -890,8 +890,8 @@ def _chat_answered(chat, question: str, prompt: str, choice: str) -> str:
     at = written.find(answer, len(prompt)) if written.startswith(prompt) else -1
     if at < 0 or written[len(prompt):at].strip():
         raise ValueError(f"the chat template does not write the answer {choice!r} right after its prompt "
-                         f"{prompt[-40:]!r}, so there is no text of the choice's own to score; use "
-                         f"template='plain'")
+                         f"{prompt[-40:]!r}, so there is no text of the choice's own to score; score "
+                         f"without it: --template plain (template='plain' in Python)")
     return written[:at + len(answer)]
 
 

@@ -737,7 +737,7 @@ def test_cli_classify_and_eval(cli, base_dir, tmp_path, capsys):
                 "--backend", "numpy"]) == 0
     captured = capsys.readouterr()
     assert "chance 0.250" in captured.out
-    # --limit 1 --seed 1's one story was cut too deep for distractors: it had no item at all
+    # --limit 1 --seed 1 evaluates one item (its story was once cut too deep for distractors, and dropped)
     assert cli(["eval", "choice", "--model", str(base_dir), "--limit", "1", "--seed", "1", "--no-progress",
                 "--backend", "numpy"]) == 0
     assert " on 1 built-in story-continuation item: accuracy " in capsys.readouterr().out

@@ -198,8 +198,8 @@ def test_without_the_tracebacks_columns_every_lookup_on_the_line_is_named_and_no
 
     path.write_text(LINEAR_CACHE_AND_SHAPE_ON_ONE_LINE)
     hint = _tuple_index_hint(_raised_without_columns(path, *vector_case), str(path))
-    assert hint.startswith("one of cache[2], dy.shape[-1], cache[0] and cache[0].shape[1] indexes past the end "
-                           "of a tuple, and the traceback cannot tell which"), hint
+    assert hint.startswith("one of cache[2], dy.shape[-1], cache[0] and cache[0].shape[1] is out of range for "
+                           "its tuple, and the traceback cannot tell which"), hint
     assert "print len(cache) and len(dy.shape) to see whether one is shorter" in hint, hint
     assert "; cache[0].shape[1] counts axes from the front, and an array of this case may have fewer" in hint, hint
 

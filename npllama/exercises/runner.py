@@ -607,7 +607,7 @@ def _tuple_index_hint(error: BaseException, source_file: str | None) -> str:
         return (f"{named} count axes from the front, and one of their arrays has fewer in this case (its "
                 f"inputs' shapes are above): {COUNT_FROM_THE_BACK}")
     containers = list(dict.fromkeys(container for _, container in lookups if container is not None))
-    return (f"one of {named} indexes past the end of a tuple, and the traceback cannot tell which (it names "
+    return (f"one of {named} is out of range for its tuple, and the traceback cannot tell which (it names "
             f"the line, not the lookup): print {_and_list([f'len({c})' for c in containers])} to see whether "
             f"{'it is' if len(containers) == 1 else 'one is'} shorter than its index needs; {_and_list(shapes)} "
             f"{'counts' if len(shapes) == 1 else 'count'} axes from the front, and an array of this case may "

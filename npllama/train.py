@@ -88,7 +88,7 @@ class TrainConfig:
     objective: str = "causal"              # "causal" (LLaMA's next-token loss) or "mlm" (BERT-style, §3.2.2)
     stop_after: int | None = None          # stop (with a checkpoint) after this many steps of this call
     skip_nonfinite: bool = False           # skip a batch whose loss/gradient is NaN/Inf instead of stopping
-    samples: int = 3                       # samples printed at the end
+    samples: int = 3                       # samples printed at the end (objective causal; mlm prints none)
     sample_tokens: int = 80
     corpus_stories: int = 10_000           # size of the built-in corpus
     threads: int | None = None             # split each batch over this many threads (npllama/parallel.py);

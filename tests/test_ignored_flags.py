@@ -78,3 +78,12 @@ def test_sampling_flags_that_greedy_decoding_ignores_are_refused(argv, words, ca
     """--temperature 0 takes the most likely token, which any top-k or top-p cut keeps: the cut
     did nothing, and --num-samples printed one text N times, without a word."""
     assert words in one_line_error(argv, capsys)
+
+
+def test_train_refuses_samples_under_the_masked_lm_objective_which_prints_none(tmp_path, capsys):
+    """A bidirectional masked-LM model does not generate text, so an --objective mlm run prints no
+    samples: a --samples count given with it would be ignored without a word."""
+    out = tmp_path / "run"
+    err = one_line_error(["train", "--objective", "mlm", "--samples", "2", "--out", str(out)], capsys)
+    assert "--samples" in err and "would be ignored" in err and "mlm" in err
+    assert not out.exists()

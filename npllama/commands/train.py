@@ -107,7 +107,7 @@ def register(subparsers) -> None:
                    help="stop after this many steps (with a checkpoint); --resume continues the run")
     p.add_argument("--skip-nonfinite", action="store_true",
                    help="skip a batch whose loss or gradient is NaN/Inf instead of stopping")
-    p.add_argument("--samples", type=int, default=d.samples, help="samples printed at the end")
+    p.add_argument("--samples", type=int, default=d.samples, help="samples printed at the end (under --objective causal: a masked-LM model does not generate text)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
     defaults_only_when_given(p, {f.name for f in dataclasses.fields(TrainConfig)} | {"no_progress"})
     p.set_defaults(run=run)
@@ -129,7 +129,11 @@ def run(args) -> int:
         tc = resume_config(given.get("out", TrainConfig.out), **given) if args.resume else TrainConfig(**given)
         refuse_ignored_flags(given, tc, [("doc_separator", lambda c: c.data is not None or c.val_data is not None,
                                           "says how --data's (and --val-data's) .txt files are cut into documents, "
-                                          "so it needs one of them")])
+                                          "so it needs one of them"),
+                                         # a bidirectional masked-LM model does not generate text
+                                         ("samples", lambda c: c.objective == "causal" or c.samples == 0,
+                                          "prints generated text, which only the causal objective's model "
+                                          "writes (--objective mlm prints no samples)")])
     except CheckpointError:
         raise          # a damaged saved run: its message names the file's own fields, not flags
     except (TypeError, ValueError) as error:

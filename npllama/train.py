@@ -71,7 +71,7 @@ class TrainConfig:
     seq_len: int = 128
     grad_accum: int = 1                    # micro-batches per optimizer step
     lr: float = 2e-3
-    min_lr: float = 2e-4
+    min_lr: float | None = None            # where the cosine ends; None: a tenth of lr (as fine-tuning's)
     warmup_steps: int | None = None        # None: a tenth of the steps, at most 40
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -132,6 +132,8 @@ class TrainConfig:
             _finite_number(name, getattr(self, name))
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)!r}")
+        if self.min_lr is None:   # a tenth of the lr given, so a low --lr alone is not refused for it
+            self.min_lr = self.lr / 10
         for name in ("min_lr", "weight_decay", "beta1", "beta2"):
             _finite_number(name, getattr(self, name))
         if not 0 <= self.min_lr <= self.lr:

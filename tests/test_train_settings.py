@@ -431,3 +431,16 @@ def test_init_from_a_folder_whose_pad_token_id_is_eos_trains_with_it_as_transfor
     before, after = (Llama.from_pretrained(f).params["model.embed_tokens.weight"] for f in (folder, out / "model"))
     np.testing.assert_array_equal(after[2], before[2])   # (no weight decay to move it either)
     assert not np.array_equal(after[3:], before[3:])
+
+
+def test_the_default_min_lr_is_a_tenth_of_the_lr_so_a_lower_lr_alone_is_not_refused(capsys):
+    """--lr below the old fixed default --min-lr (2e-4) was refused for a --min-lr never given; the
+    cosine now ends at a tenth of --lr (as fine-tuning's does) unless --min-lr says otherwise."""
+    assert TrainConfig().min_lr == 2e-4                    # the default run is unchanged
+    assert TrainConfig(lr=1e-4).min_lr == pytest.approx(1e-5)
+    assert TrainConfig(lr=1e-4, min_lr=0.0).min_lr == 0.0
+    with pytest.raises(ValueError, match="min_lr must be between 0 and lr"):
+        TrainConfig(lr=1e-4, min_lr=2e-4)                  # one given above --lr is still refused
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "a tenth of --lr" in " ".join(capsys.readouterr().out.split())

@@ -68,7 +68,8 @@ def register(subparsers) -> None:
     p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per training window")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    p.add_argument("--min-lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine")
+    p.add_argument("--min-lr", type=float, default=None,
+                   help="learning rate at the end of the cosine (default: a tenth of --lr)")
     p.add_argument("--warmup-steps", type=int, default=None,
                    help="linear warmup steps (default: a tenth of --steps, at most 40)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay,

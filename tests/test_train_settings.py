@@ -444,3 +444,30 @@ def test_the_default_min_lr_is_a_tenth_of_the_lr_so_a_lower_lr_alone_is_not_refu
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "a tenth of --lr" in " ".join(capsys.readouterr().out.split())
+
+
+def test_weight_decay_shrinks_every_matrix_and_no_norm_weight_as_help_says(tmp_path, capsys):
+    """One step from the same weights and batch with --weight-decay 0 and 0.5: each matrix (the
+    embeddings too) differs by lr * 0.5 * its starting value (decoupled decay), each RMSNorm weight
+    not at all -- and --help says which are decayed."""
+    from npllama import use_backend
+
+    runs = {}
+    for decay in (0.0, 0.5):
+        out = tmp_path / f"decay{decay}"
+        with use_backend("numpy"):
+            train(TrainConfig(out=str(out), steps=1, weight_decay=decay, lr=1e-2, dtype="float64", threads=1,
+                              **FAST), echo=quiet)
+        runs[decay] = Llama.from_pretrained(out / "model", dtype=np.float64).params
+    start = Llama(Llama.from_pretrained(tmp_path / "decay0.0" / "model").config, seed=0, dtype=np.float64).params
+    for name, before in start.items():
+        difference = runs[0.0][name] - runs[0.5][name]
+        expected = 1e-2 * 0.5 * before if before.ndim == 2 else np.zeros_like(before)
+        np.testing.assert_allclose(difference, expected, rtol=0, atol=1e-15, err_msg=name)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "not the RMSNorm weights" in help_text
+    # and --resume's list of the settings that define the run names the objective, which it refuses to change
+    assert "objective" in help_text.split("--resume", 2)[2].split("--stop-after")[0]
+    assert "objective" in TrainConfig.RESUME_FIXED

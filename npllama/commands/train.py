@@ -73,7 +73,8 @@ def register(subparsers) -> None:
     p.add_argument("--warmup-steps", type=int, default=None,
                    help="linear warmup steps (default: a tenth of --steps, at most 40)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help="AdamW's decoupled weight decay (lr * weight decay must stay below 1)")
+                   help="AdamW's decoupled weight decay, of every matrix (the embeddings included), not the "
+                        "RMSNorm weights (lr * weight decay must stay below 1)")
     p.add_argument("--beta1", type=float, default=d.beta1, help="AdamW's decay rate of the gradient's "
                    "running mean, in [0, 1)")
     p.add_argument("--beta2", type=float, default=d.beta2, help="AdamW's decay rate of the squared "
@@ -103,7 +104,7 @@ def register(subparsers) -> None:
                    help="continue the run in --out from its checkpoint, with the settings it was started "
                         "with; options given with it change those settings (the ones that define the "
                         "run -- data and held-out text, preset and model shape, --init-from, tokenizer, batch shape, "
-                        "seed, dtype -- are refused, and so is a --data file edited since the checkpoint)")
+                        "seed, dtype, objective -- are refused, and so is a --data file edited since the checkpoint)")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many steps (with a checkpoint); --resume continues the run")
     p.add_argument("--skip-nonfinite", action="store_true",

@@ -87,3 +87,13 @@ def test_train_refuses_samples_under_the_masked_lm_objective_which_prints_none(t
     err = one_line_error(["train", "--objective", "mlm", "--samples", "2", "--out", str(out)], capsys)
     assert "--samples" in err and "would be ignored" in err and "mlm" in err
     assert not out.exists()
+
+
+def test_train_refuses_a_preset_beside_init_from_whose_folder_gives_the_shape(small_model_dir, tmp_path, capsys):
+    """--init-from's folder fixes the model's shape (its config.json), as --config beside it is
+    refused for: a --preset given with it trained the folder's shape without a word."""
+    out = tmp_path / "run"
+    err = one_line_error(["train", "--init-from", str(small_model_dir), "--preset", "stories15m",
+                          "--out", str(out)], capsys)
+    assert "--preset" in err and "would be ignored" in err and "--init-from" in err
+    assert not out.exists()

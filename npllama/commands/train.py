@@ -32,7 +32,7 @@ def register(subparsers) -> None:
                    "scored at each evaluation (0: all of it)")
     p.add_argument("--out", default=d.out, help="run folder (checkpoints, logs, final model)")
     p.add_argument("--preset", default=d.preset, help="model shape: tiny, stories260k, stories15m, "
-                   "stories42m, stories110m")
+                   "stories42m, stories110m (not with --init-from, whose folder gives the shape)")
     shape = p.add_argument_group(
         "model shape", "on top of --preset; Hugging Face's field names in brackets (a model folder's "
                        "config.json works as --config). Fixed for the run: --resume refuses a change")
@@ -132,6 +132,9 @@ def run(args) -> int:
         refuse_ignored_flags(given, tc, [("doc_separator", lambda c: c.data is not None or c.val_data is not None,
                                           "says how --data's (and --val-data's) .txt files are cut into documents, "
                                           "so it needs one of them"),
+                                         # as --config beside --init-from is refused (model_shape.init_from_config)
+                                         ("preset", lambda c: c.init_from is None,
+                                          "gives the model's shape, which --init-from's folder gives instead"),
                                          # a bidirectional masked-LM model does not generate text
                                          ("samples", lambda c: c.objective == "causal" or c.samples == 0,
                                           "prints generated text, which only the causal objective's model "

@@ -434,6 +434,18 @@ def test_masked_lm_masks_are_drawn_from_the_runs_seed(tmp_path, monkeypatch):
     assert seen == [7]
 
 
+def test_train_help_names_everything_the_seed_draws(capsys):
+    """--seed draws the masks (above) and the end-of-run samples' seeds (sample_seed(seed, i))
+    besides the weights and the batch order: --help names them all."""
+    from npllama.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    seed_help = " ".join(capsys.readouterr().out.split()).split("--seed SEED seed", 1)[1].split("--threads", 1)[0]
+    for what in ("initial weights", "batch order", "masks", "samples"):
+        assert what in seed_help, what
+
+
 def test_unknown_objective_is_refused():
     with pytest.raises(ValueError, match="unknown objective 'nsp'"):
         TrainConfig(objective="nsp")

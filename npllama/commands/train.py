@@ -82,7 +82,8 @@ def register(subparsers) -> None:
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="global gradient-norm limit")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validation losses (0: only at the end)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints (0: only at the end)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the initial weights and the batch order")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the initial weights, the batch order, "
+                   "--objective mlm's masks and the samples printed at the end")
     p.add_argument("--threads", type=int, default=None,
                    help="split each batch over this many threads, BLAS on one thread in each; each "
                         "thread holds its own copy of the gradients (1: no split, BLAS threads its own "

@@ -269,7 +269,7 @@ def _check_a_new_start(tc: TrainConfig):
     if tc.data is not None and tc.val_data is not None:
         _refuse_held_out_text_in_data(tc)
     given = Tokenizer(Path(tc.tokenizer).expanduser()) if tc.tokenizer is not None else None
-    if given is not None and tc.vocab_size is not None:
+    if given is not None:
         _refuse_another_vocab_size(tc, given)
     check_new_model(tc, given)
     return given
@@ -875,12 +875,19 @@ def _held_out_texts(tc: TrainConfig):
 
 
 def _refuse_another_vocab_size(tc: TrainConfig, tokenizer) -> None:
-    """--vocab-size sizes a tokenizer the run trains; with --tokenizer the model takes that
-    tokenizer's size, so another --vocab-size would be ignored (and recorded wrongly)."""
+    """--vocab-size (or a --config file's vocab_size) sizes a tokenizer the run trains; with
+    --tokenizer the model takes that tokenizer's size, so another one would be ignored (and
+    recorded wrongly)."""
     pieces = tokenizer.vocab_size
-    if pieces != tc.vocab_size:
+    if tc.vocab_size is not None and pieces != tc.vocab_size:
         raise ValueError(f"--vocab-size {tc.vocab_size} disagrees with --tokenizer {tc.tokenizer!r}, which has "
                          f"{pieces} pieces (the model's vocabulary): leave out --vocab-size")
+    from_file = (tc.model_config or {}).get("vocab_size")
+    if tc.vocab_size is None and from_file is not None and from_file != pieces:
+        # the field quoted as the file spells it (the command line would turn a bare name into its flag)
+        raise ValueError(f"--config's \"vocab_size\": {from_file} disagrees with --tokenizer {tc.tokenizer!r}, "
+                         f"which has {pieces} pieces (the model's vocabulary): set \"vocab_size\" to {pieces} in "
+                         f"the file or leave it out")
 
 
 def _refuse_a_folder_of_the_users(run_dir: Path) -> None:

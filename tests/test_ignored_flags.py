@@ -97,3 +97,23 @@ def test_train_refuses_a_preset_beside_init_from_whose_folder_gives_the_shape(sm
                           "--out", str(out)], capsys)
     assert "--preset" in err and "would be ignored" in err and "--init-from" in err
     assert not out.exists()
+
+
+def test_train_refuses_a_config_files_vocab_size_that_disagrees_with_its_tokenizer(tmp_path, capsys):
+    """The model's vocabulary is --tokenizer's: a --config file's other vocab_size was dropped without
+    a word (and recorded in train_config.json as if used), as --vocab-size beside it is refused for."""
+    import json
+
+    from npllama.corpus import make_default_corpus
+    from npllama.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(make_default_corpus(200, seed=0), tmp_path / "tok", 400)
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 500}))
+    out = tmp_path / "run"
+    err = one_line_error(["train", "--tokenizer", str(tok.path), "--config", str(tmp_path / "config.json"),
+                          "--out", str(out)], capsys)
+    assert '--config\'s "vocab_size": 500' in err and "400 pieces" in err and not out.exists()
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 400}))   # agreeing: not refused
+    from npllama.train import TrainConfig, _check_a_new_start
+
+    _check_a_new_start(TrainConfig(out=str(out), tokenizer=str(tok.path), model_config=str(tmp_path / "config.json")))

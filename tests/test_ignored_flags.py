@@ -52,6 +52,7 @@ def test_train_refuses_a_vocab_size_that_disagrees_with_its_tokenizer(tmp_path, 
 
 @pytest.mark.parametrize("argv, flag", [
     (["train", "--doc-separator", "whole-file"], "--doc-separator"),           # no --data: the built-in stories
+    (["train", "--data", "{docs}", "--doc-separator", "line"], "--doc-separator"),  # a .jsonl record is a document
     (["finetune", "sop", "--doc-separator", "whole-file"], "--doc-separator"),
     (["finetune", "sop", "--data", "{docs}", "--stories", "50"], "--stories"),  # --data replaces the stories
     (["finetune", "classify", "--data", "{docs}", "--dataset", "topic"], "--dataset"),

@@ -116,6 +116,15 @@ def register(subparsers) -> None:
     p.set_defaults(run=run)
 
 
+def _reads_text_files(settings) -> bool:
+    """Whether --data or --val-data may hold .txt files, which --doc-separator cuts: a .txt file or
+    a folder (whatever it holds), not the built-in stories nor a .jsonl file."""
+    from pathlib import Path
+
+    return any(path is not None and (not path.lower().endswith(".jsonl") or Path(path).expanduser().is_dir())
+               for path in (settings.data, settings.val_data))
+
+
 def run(args) -> int:
     from ..backend import get_backend, use_backend
     from ..io.errors import CheckpointError
@@ -130,9 +139,10 @@ def run(args) -> int:
         # --resume: the run's saved settings, with the options given on top (changes to the ones
         # that define the run are refused by train(); the others are applied and recorded)
         tc = resume_config(given.get("out", TrainConfig.out), **given) if args.resume else TrainConfig(**given)
-        refuse_ignored_flags(given, tc, [("doc_separator", lambda c: c.data is not None or c.val_data is not None,
+        refuse_ignored_flags(given, tc, [("doc_separator", _reads_text_files,
                                           "says how --data's (and --val-data's) .txt files are cut into documents, "
-                                          "so it needs one of them"),
+                                          "so it needs one of them that is not a .jsonl file (each of whose "
+                                          "records is a document as it stands)"),
                                          # as --config beside --init-from is refused (model_shape.init_from_config)
                                          ("preset", lambda c: c.init_from is None,
                                           "gives the model's shape, which --init-from's folder gives instead"),

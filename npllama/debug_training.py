@@ -252,7 +252,7 @@ def _phases(loss, grads, grad_norm, clipped, lr, exp_avg, exp_avg_sq, params) ->
 # ----- the comparison -----------------------------------------------------------------------------
 
 def compare_training(model, batches, *, steps: int, total_steps: int | None = None, grad_accum: int = 1,
-                     lr: float = 2e-3, min_lr: float = 2e-4, warmup_steps: int | None = None,
+                     lr: float = 2e-3, min_lr: float | None = None, warmup_steps: int | None = None,
                      weight_decay: float = 0.1, beta1: float = 0.9, beta2: float = 0.95, grad_clip: float = 1.0,
                      dtype=np.float64, backend_name: str = "numpy", rtol: float | None = None,
                      atol: float | None = None, plant: str | None = None, echo=None) -> TrainingComparison:

@@ -54,6 +54,13 @@ def test_float64_runs_agree_step_by_step_with_clipping_warmup_and_decay(model):
     assert "no divergence" in str(report)
 
 
+def test_a_low_lr_alone_is_taken_its_cosine_ending_at_a_tenth_of_it_as_npllama_trains(model):
+    # npllama train's min_lr defaults to lr / 10; a fixed 2e-4 here refused lr 1e-4 for a flag not given
+    report = compare_training(model, make_batches(4), dtype=np.float64, steps=4, warmup_steps=1, lr=1e-4)
+    assert report.ok, str(report)
+    assert report.rows[-1].lr[0] == pytest.approx(1e-5 + (1e-4 - 1e-5) * 0.5 * (1 + np.cos(np.pi * 2 / 3)))
+
+
 @pytest.mark.parametrize("bug", list(PLANTED_TRAINING_BUGS))
 def test_each_planted_bug_is_found_at_its_step_and_phase(model, bug):
     report = compare_training(model, make_batches(3), dtype=np.float64, plant=bug, **SETTINGS)

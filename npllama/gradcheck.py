@@ -163,6 +163,12 @@ RETAKE_GROWTHS = (16.0, 256.0)
 # ... where the analytic value is then found off, by no more than this of the check's largest
 # gradient, the probe is UNRESOLVED, not FAIL: the backward may cancel as f does
 BACKWARD_CANCELLATION = 1e-6
+# A failing probe along which f took one value at every step of the ladder looks for a stair of f
+# (_stair_beyond) at steps STAIR_SEARCH times longer, up to MAX_STAIR_SEARCHES times (4^5 * 64
+# steps: an entry at the relative step eps = 1e-4 moves by 6.5 times its scale), and bisects to it
+STAIR_SEARCH = 4.0
+MAX_STAIR_SEARCHES = 5
+STAIR_BISECTIONS = 40
 # A failing probe whose bound is mostly truncation is taken again at steps SHORTEN times shorter,
 # up to MAX_SHORTENINGS times (_shortened)
 SHORTEN = 4.0
@@ -614,6 +620,8 @@ class _Estimate(NamedTuple):
                              # is not resolved here, and the analytic value is within that: UNRESOLVED
     between: tuple = ()      # failing at a kink at the point, the analytic value between f's one-sided
                              # slopes (left, right) there: a subgradient, UNRESOLVED (_kink_checked)
+    flat: bool = False       # unsteady because f did not change at all at any step of the ladder,
+                             # the analytic value being within BACKWARD_CANCELLATION (_steadiness_checked)
 
 
 @dataclasses.dataclass
@@ -629,6 +637,7 @@ class _Probes:
     rough: list = dataclasses.field(default_factory=list)
     unsteady: list = dataclasses.field(default_factory=list)    # failing, but f not resolved at its steps
     between: list = dataclasses.field(default_factory=list)     # (left, right) slopes at a kink, or ()
+    flat: list = dataclasses.field(default_factory=list)        # unsteady: f did not change at any step
     richardson: int = 0
     longer_steps: int = 0       # probes that needed a longer step than eps to resolve
     remeasure_failures: bool = True   # a failing probe is measured at other steps (until one failure is confirmed)
@@ -652,6 +661,7 @@ class _Probes:
         self.rough.append(estimate.rough)
         self.unsteady.append(estimate.unsteady)
         self.between.append(estimate.between)
+        self.flat.append(estimate.flat)
         self.richardson += estimate.richardson
         self.longer_steps += longer
 
@@ -1021,8 +1031,60 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
         spread = max(values) - min(values)
         if strays and min(values) - spread <= analytic <= max(values) + spread:
             return estimate._replace(unsteady=True)
+    # f took the same value at every step from h/64 to 64h, so it showed no rounding to measure and
+    # no stray: a cancellation whose stairs are wider than the whole ladder.  Naive softplus
+    # log(1 + exp(s)) at s < -36.7 is exactly 0 (exp(s) < u/2 vanishes in 1 + exp(s)), so D = 0
+    # while its right gradient sigmoid(s) ~ 1e-17 is not: it FAILed in 16 of 25 draws of s in
+    # [-40, -20].  Such an f moves only in stairs: where one is found farther out, as high as the
+    # change the analytic value predicts across the ladder, that value is not shown wrong
+    if len(values) > 1 and not any(values) and analytic != 0 \
+            and _stair_beyond(evaluate, move, max(RESTEP_FACTORS) * estimate.step, analytic):
+        return estimate._replace(unsteady=True, flat=True)
     probes.remeasure_failures = False
     return estimate
+
+
+def _stair_beyond(evaluate, move, reach, analytic) -> bool:
+    """f took one value at every point within `reach` of the point (in the probe's units): whether
+    it moves in stairs at all, and they are high enough for a gradient of `analytic` to stay within
+    one across 2 * reach.  Steps STAIR_SEARCH times longer until f changes, then bisection to the
+    change: a stair (rounding inside f) keeps its height as the interval around it halves, a smooth
+    onset (a relu's kink, where f that ignored x starts to depend on it) does not, and still FAILs.
+    Up to 2 * MAX_STAIR_SEARCHES + STAIR_BISECTIONS + 1 evaluations, by a failing probe only."""
+    try:
+        with np.errstate(all="ignore"):
+            f0 = _evaluate_within_domain(evaluate, 0.0)[0]
+            near, far, side = reach, None, 0
+            for _ in range(MAX_STAIR_SEARCHES):
+                far = near * STAIR_SEARCH
+                for side in (1, -1):
+                    move(side * far)
+                    if _evaluate_within_domain(evaluate, side * far)[0] != f0:
+                        break
+                else:
+                    near = far
+                    continue
+                break
+            else:
+                return False            # f never changed: it ignores x here, and a nonzero gradient is wrong
+            jumps = []
+            for _ in range(STAIR_BISECTIONS):
+                middle = 0.5 * (near + far)
+                move(side * middle)
+                value = _evaluate_within_domain(evaluate, side * middle)[0]
+                if value == f0:
+                    near = middle
+                else:
+                    far, jumps = middle, jumps + [abs(value - f0)]
+            width = abs(move(reach) - move(-reach))
+    except _LeftDomain:
+        return False
+    finally:
+        move(None)
+    if not np.isfinite(f0) or len(jumps) < 2 or not np.all(np.isfinite(jumps)):
+        return False
+    # a stair: the change across the last interval is as large as across one 2^bisections times wider
+    return jumps[-1] >= 0.5 * jumps[0] and jumps[-1] >= 0.5 * abs(analytic) * width
 
 
 def _retaken_over_rounding(evaluate, move, estimate, rounding, richardson, good_enough) -> _Estimate | None:
@@ -1431,8 +1493,16 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
                      "cannot judge it -- draw inputs away from it (no exact zeros into a relu or abs, no ties into "
                      "a max)")
     unsteady = np.array(probes.unsteady, dtype=bool) & ~passed
-    if np.any(unsteady):
-        notes.append(f"{int(np.sum(unsteady))} probe(s) UNRESOLVED: f itself is not resolved there -- its values "
+    flat = np.array(probes.flat, dtype=bool) & unsteady
+    if np.any(flat):
+        notes.append(f"{int(np.sum(flat))} probe(s) UNRESOLVED: f kept one value along them, at every step "
+                     "from 1/64 to 64 times the step, though the analytic gradient is not zero, and farther out it "
+                     "moves in stairs higher than the analytic value would move it across them: a cancellation "
+                     "inside f rounds such a change away (log(1 + exp(s)) is exactly 0 for s < -37), and finite "
+                     "differences cannot judge it -- check at less extreme inputs, or compute f stably "
+                     "(np.logaddexp(0, s))")
+    if np.any(unsteady & ~flat):
+        notes.append(f"{int(np.sum(unsteady & ~flat))} probe(s) UNRESOLVED: f itself is not resolved there -- its values "
                      "round far above the round-off the bounds allow for (a cancellation inside f, as 1 + tanh(z) "
                      "for z << 0 or exp(x) - 1 for tiny x) or bend at a kink nearby, or within a few steps (an input "
                      "far from zero whose entries differ by little, as x = 1e3 + noise, is stepped by eps * 1e3), so "

@@ -1710,3 +1710,65 @@ def test_a_subgradient_at_a_kink_along_a_direction_is_unresolved_and_a_wrong_one
     wrong = right.copy()
     wrong[17] = 3.0
     assert gradcheck(relu_sum, [x], [wrong], method="directional").inputs[0].status == "FAIL"
+
+
+def _naive_softplus(v):
+    return float(np.sum(np.log(1 + np.exp(v))))
+
+
+def _sigmoid(s):
+    return 1 / (1 + np.exp(-s))
+
+
+_STAIRS = {   # f rounding in stairs as wide as the checker's steps or wider, its gradient, the draw
+    "log(1 + exp(s)), s in [-40, -20]": (_naive_softplus, _sigmoid, lambda rng: rng.uniform(-40.0, -20.0, 4)),
+    "1 + tanh(z), z in [-20, -5]": (lambda v: float(np.sum(1 + np.tanh(v))), lambda z: 1 - np.tanh(z) ** 2,
+                                    lambda rng: rng.uniform(-20.0, -5.0, 4)),
+    "log(1 + u), u ~ 1e-9": (lambda v: float(np.sum(np.log(1 + v))), lambda u: 1 / (1 + u),
+                             lambda rng: 1e-9 * (1 + rng.random(4))),
+}
+
+
+@pytest.mark.parametrize("case", list(_STAIRS))
+def test_a_right_gradient_of_a_function_rounding_in_stairs_never_fails(case):
+    # naive softplus FAILed for 16 of these 25 seeds (0-4, 10-12, 15, 16, 18-23), 1 + tanh for 6
+    # (2, 3, 4, 18, 21, 22; on 3, 4 and 21 with a pattern note blaming a missing term): at s < -36.7
+    # log(1 + exp(s)) is exactly 0 at every step of the ladder, so nothing measured its rounding
+    f, gradient, draw = _STAIRS[case]
+    for seed in range(25):
+        x = draw(np.random.default_rng(seed))
+        entry = gradcheck(f, [x], [gradient(x)], seed=seed).inputs[0]
+        assert entry.status != "FAIL", f"seed {seed}:\n{entry}"
+
+
+def test_a_probe_along_which_f_never_changes_is_unresolved_where_f_moves_in_stairs_and_says_so():
+    # s[2] and s[3]: 1 + exp(s) is 1 exactly over the whole ladder; its stair (s = -36.7) is 2.5 away
+    s = np.array([-27.260766253570914, -34.604265724722595, -39.18052952127611, -39.66944728942942])
+    entry = gradcheck(_naive_softplus, [s], [_sigmoid(s)], seed=0).inputs[0]
+    assert entry.status == "UNRESOLVED", entry
+    assert any("kept one value along them" in note and "stairs" in note for note in entry.notes), entry.notes
+    assert not _pattern_notes(entry), entry.notes
+
+
+def test_a_nonzero_gradient_where_f_never_changes_without_stairs_still_fails():
+    # relu at -1: f is flat over the ladder too, but farther out it starts to move smoothly (the kink
+    # at 0), no stair; and f that ignores x never moves at all
+    x = np.array([-1.0, 2.0, -0.5, 3.0])
+    relu_dead = gradcheck(relu_sum, [x], [np.array([1e-3, 1.0, 0.0, 1.0])]).inputs[0]
+    assert relu_dead.status == "FAIL" and relu_dead.worst_index == (0,), relu_dead
+    ignored = gradcheck(lambda v: 0.0 * float(np.sum(v)), [x], [np.full(4, 1e-20)]).inputs[0]
+    assert ignored.status == "FAIL", ignored
+
+
+@pytest.mark.parametrize("factor", [1.01, 1.001])
+def test_a_wrong_softplus_gradient_is_never_passed_and_fails_where_resolvable(factor):
+    # s in [-30, -20]: 1 + exp(s) rounds at ~1e-4 of exp(s) or finer, and a gradient off by 1%
+    # FAILs (24 of these 25 seeds; all 4 entries of seed 11's draw lie near -30)
+    failed = 0
+    for seed in range(25):
+        rng = np.random.default_rng(seed)
+        for s in (rng.uniform(-40.0, -20.0, 4), rng.uniform(-30.0, -20.0, 4)):
+            entry = gradcheck(_naive_softplus, [s], [factor * _sigmoid(s)], seed=seed).inputs[0]
+            assert entry.status != "ok", f"seed {seed}:\n{entry}"
+        failed += entry.status == "FAIL"
+    assert failed >= (22 if factor == 1.01 else 12), failed

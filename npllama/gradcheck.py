@@ -67,9 +67,13 @@ How a probe's numeric derivative and its bound are made (the error model):
             difference, or where some D(t) strays from D(h) further than the model lets it (its
             truncation grows like t^2, its round-off falls like 1/t) and the analytic value lies
             within that spread of the D(t), the probe is UNRESOLVED, not FAIL: the check cannot
-            tell there.  A smooth f shows neither, so a wrong gradient of one still FAILs.  Each
-            input pays this (up to 52 calls, and up to 54 for shorter steps) only until one
-            failure is confirmed.
+            tell there.  Where f keeps one value at every one of those steps (log(1 + exp(s)) is
+            exactly 0 for s < -37, while its gradient is ~1e-17), it is looked at farther out, up to
+            64 * 4^5 steps, and where it changes there by a stair (a jump that keeps its height as
+            bisection narrows it, no smooth onset) as high as the analytic value predicts across
+            the +-64 steps, the probe is UNRESOLVED too.  A smooth f shows none of this, so a wrong
+            gradient of one still FAILs.  Each input pays this (up to 52 calls, 103 where f kept
+            one value, and up to 54 for shorter steps) only until one failure is confirmed.
   limits    no step can check a gradient across a kink within a step of the point (relu at 0;
             at a clear kink at the point itself, one measured at two steps, an analytic value
             between f's one-sided slopes there, as a subgradient's, is UNRESOLVED, one outside FAILs),

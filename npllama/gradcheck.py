@@ -61,7 +61,7 @@ How a probe's numeric derivative and its bound are made (the error model):
             D(h) stands out of that rounding (by 2x), the probe is first taken again at steps 16
             and 256 times longer with that measured rounding in its bound (it falls like 1/step),
             kept while f stays smooth there and the bound shrinks: that judges it, passing or
-            failing (but an analytic value off by no more than f's rounding at the step h, or 1e-6
+            failing (but an analytic value off by no more than f's rounding at that step, or 1e-6
             of the largest gradient, is UNRESOLVED: a backward holding the same cancelling terms
             rounds as f does).  Where no longer step is kept and that rounding covers the
             difference, or where some D(t) strays from D(h) further than the model lets it (its
@@ -1011,11 +1011,14 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
                 off_by = abs(analytic - retaken.value) - (held_to - estimate.bound + retaken.bound)
                 if off_by <= 0:
                     return retaken
-                # Within f's rounding at the first step of the retaken value, or within
+                # Within f's rounding at the step of the retaken value, or within
                 # BACKWARD_CANCELLATION of the check's largest gradient, the analytic value is not
                 # shown wrong: a backward that computes the same cancelling terms rounds as f does,
                 # and more (the GELU's 1 - tanh(z)^2 at z << 0 erred by 3e-9 of the largest, 100x
-                # the probe's own gradient), which no model of the backward's round-off foresees
+                # the probe's own gradient), which no model of the backward's round-off foresees.
+                # Not f's rounding at the failing step: that step may be shortened (_shortened), and
+                # naive softplus at s = -27.3, resolved at a step 256x longer to 2e-3, had its
+                # rounding at the step eps/4 (32% of the gradient) excuse a gradient off by 1%
                 if off_by > max(rounding * estimate.step / retaken.step, BACKWARD_CANCELLATION * largest):
                     probes.remeasure_failures = False     # failed where f's rounding is accounted for
                     return retaken

@@ -887,11 +887,12 @@ def _kink_checked(evaluate, move, eps, estimate, analytic, held_to) -> _Estimate
     """The estimate, marked rough when it fails and f has a kink at the point itself.  Such a kink
     is symmetric (relu at 0, a max with a tie): D(h) = D(2h) = D(4h), so the central differences
     look smooth.  Their even part shows it: f(x+t) + f(x-t) - 2 f(x) grows like t there, like t^2
-    for a smooth f.  Only a failing probe pays the five evaluations.
+    for a smooth f.  Only a failing probe pays the five evaluations (ten where it grows like t).
     At such a kink f has no derivative, and every value between its one-sided slopes is a
     subgradient (a relu's backward rightly returns 0 at 0, as PyTorch's does): an analytic value
     between them, within held_to and the slopes' own error, is marked `between` (UNRESOLVED, not
-    FAIL), where the kink is clear (_clear_kink); one outside them still fails.  A kink a few
+    FAIL); one outside them still fails.  Only a clear kink (_clear_kink) is one: even parts that
+    grow like t without it are a cancellation's stairs, whose rounding is measured.  A kink a few
     steps away is not this one's: the steps shortened before (_shortened) reach past it."""
     if estimate.rough or abs(float(analytic) - estimate.value) <= held_to:
         return estimate
@@ -976,8 +977,9 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
     a smooth function never shows; the spread of the differences then measures how far off they can
     be, and an analytic value within that spread of them is not shown wrong.
 
-    Only a failing probe pays (up to 52 evaluations), and in each input only until one failure is
-    confirmed: the input FAILs then, whatever its other probes show (probes.remeasure_failures)."""
+    Only a failing probe pays (up to 52 evaluations, 103 where f kept one value: _stair_beyond),
+    and in each input only until one failure is confirmed: the input FAILs then, whatever its other
+    probes show (probes.remeasure_failures)."""
     analytic = float(analytic)
     if estimate.between:        # a subgradient at a kink at the point (_kink_checked): no step judges it
         return estimate

@@ -53,7 +53,7 @@ How a probe's numeric derivative and its bound are made (the error model):
             it), 16 times shorter each time, past rough ones, down to eps times the spread
             around their mean of the entries in a line (a row, a column) with the probed one.
   failing   a probe that fails is measured again before it is called wrong: f's own rounding,
-  probes    from the 4th differences of f at 7 points 1/4 and 1 step apart, and at the step eps also 4
+  probes    from the 4th differences of f at 7 points 1/4, 1/3 and 1 step apart, and at the step eps also 4
             and 21 (a cancellation can keep f's value over many steps, then jump; 6th differences
             there, which a smooth bend within so wide a window leaves small), and D(t) at
             t = h/64 ... 64h.  Where f rounds beyond C u F (a cancellation inside it, as 1 + tanh(z)
@@ -72,7 +72,7 @@ How a probe's numeric derivative and its bound are made (the error model):
             64 * 4^5 steps, and where it changes there by a stair (a jump that keeps its height as
             bisection narrows it, no smooth onset) as high as the analytic value predicts across
             the +-64 steps, the probe is UNRESOLVED too.  A smooth f shows none of this, so a wrong
-            gradient of one still FAILs.  Each input pays this (up to 52 calls, 103 where f kept
+            gradient of one still FAILs.  Each input pays this (up to 59 calls, 110 where f kept
             one value, and up to 54 for shorter steps) only until one failure is confirmed.
   limits    no step can check a gradient across a kink within a step of the point (relu at 0;
             at a clear kink at the point itself, one measured at two steps, an analytic value
@@ -156,9 +156,13 @@ ROUNDS_AWAY = 2e-8
 # by ~3.5e-3, bends within 0.2), whose 4th differences change sign like rounding; its 6th are
 # smaller by the window's width over the bend's squared, rounding's stay as large.  Not a
 # probe at a longer step: that already spans stairs narrower than it, and so far from the point
-# f's own shape (cos at x ~ 1), not its rounding, would make the 4th differences.
+# f's own shape (cos at x ~ 1), not its rounding, would make the 4th differences.  1/3 beside the
+# dyadic spacings: where the step is close to a multiple of 64 of f's stairs (log(1 + u) at u = 1.434e-9:
+# the step 1.563e-13 is 703.997 stairs of 2.2e-16, 704 = 64 * 11), every dyadic spacing and every
+# D(t) of the ladder lands the same fraction of a stair off, so f looked smooth and D(t) agreed, 5e-6
+# from the right gradient (FAIL, 1 of 150 draws); a third of the step lands elsewhere on the stairs.
 RESTEP_FACTORS = (1 / 64, 1 / 16, 1 / 4, 4.0, 16.0, 64.0)
-NOISE_SPACINGS = (0.25, 1.0)
+NOISE_SPACINGS = (0.25, 1 / 3, 1.0)
 STAIR_SPACINGS = (4.0, max(RESTEP_FACTORS) / 3)
 NOISE_SAFETY = 3.0
 # A failing probe where f rounds above the model is taken again at steps this many times longer,
@@ -977,7 +981,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
     a smooth function never shows; the spread of the differences then measures how far off they can
     be, and an analytic value within that spread of them is not shown wrong.
 
-    Only a failing probe pays (up to 52 evaluations, 103 where f kept one value: _stair_beyond),
+    Only a failing probe pays (up to 59 evaluations, 110 where f kept one value: _stair_beyond),
     and in each input only until one failure is confirmed: the input FAILs then, whatever its other
     probes show (probes.remeasure_failures)."""
     analytic = float(analytic)

@@ -1796,3 +1796,14 @@ def test_stairs_that_look_like_a_kink_are_measured_as_rounding():
     entry = gradcheck(_naive_softplus, [s], [_sigmoid(s)], seed=7).inputs[0]
     assert entry.status != "FAIL", entry
     assert not any("kink" in note for note in entry.notes), entry.notes
+
+
+def test_a_step_close_to_a_multiple_of_f_stairs_does_not_hide_them():
+    # log(1 + u): the step eps * 1.563e-9 is 703.997 stairs of 1 + u (704 = 64 * 11), so every dyadic
+    # multiple of it landed the same fraction of a stair off: f's 4th differences were 0, D(t) agreed
+    # from h/64 to 64h at 1 + 4.9e-6, and the right gradient 1 FAILed
+    u = np.array([1.43411329e-09, 1.21162832e-09, 1.91203732e-09, 1.61046424e-09])
+    entry = gradcheck(lambda v: float(np.sum(np.log(1 + v))), [u], [1 / (1 + u)], seed=81).inputs[0]
+    assert entry.status != "FAIL", entry
+    wrong = gradcheck(lambda v: float(np.sum(np.log(1 + v))), [u], [1.01 / (1 + u)], seed=81).inputs[0]
+    assert wrong.status == "FAIL", wrong

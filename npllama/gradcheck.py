@@ -71,7 +71,8 @@ How a probe's numeric derivative and its bound are made (the error model):
             exactly 0 for s < -37, while its gradient is ~1e-17), it is looked at farther out, up to
             64 * 4^5 steps, and where it changes there by a stair (a jump that keeps its height as
             bisection narrows it, no smooth onset) as high as the analytic value predicts across
-            the +-64 steps, the probe is UNRESOLVED too.  A smooth f shows none of this, so a wrong
+            the +-64 steps and no higher than f's rounding (16 u max(|f|, 1): a quantising f,
+            np.round(x), with a straight-through gradient still FAILs), the probe is UNRESOLVED too.  A smooth f shows none of this, so a wrong
             gradient of one still FAILs.  Each input pays this (up to 59 calls, 110 where f kept
             one value, and up to 54 for shorter steps) only until one failure is confirmed.
   limits    no step can check a gradient across a kink within a step of the point (relu at 0;
@@ -1064,7 +1065,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
 def _stair_beyond(evaluate, move, reach, analytic) -> bool:
     """f took one value at every point within `reach` of the point (in the probe's units): whether
     it moves in stairs at all, and they are high enough for a gradient of `analytic` to stay within
-    one across 2 * reach.  Steps STAIR_SEARCH times longer until f changes, then bisection to the
+    one across 2 * reach, and low enough to be f's rounding (a quantising f, np.round(x), is not).  Steps STAIR_SEARCH times longer until f changes, then bisection to the
     change: a stair (rounding inside f) keeps its height as the interval around it halves, a smooth
     onset (a relu's kink, where f that ignored x starts to depend on it) does not, and still FAILs.
     Up to 2 * MAX_STAIR_SEARCHES + STAIR_BISECTIONS + 1 evaluations, by a failing probe only."""
@@ -1100,8 +1101,14 @@ def _stair_beyond(evaluate, move, reach, analytic) -> bool:
         move(None)
     if not np.isfinite(f0) or len(jumps) < 2 or not np.all(np.isfinite(jumps)):
         return False
-    # a stair: the change across the last interval is as large as across one 2^bisections times wider
-    return jumps[-1] >= 0.5 * jumps[0] and jumps[-1] >= 0.5 * abs(analytic) * width
+    # a stair: the change across the last interval is as large as across one 2^bisections times wider,
+    # as high as the analytic value predicts across the ladder (2 * reach), and a rounding of f: a few
+    # units in the last place of f or of the 1 a cancellation inside f works against (1 + exp(s) is
+    # 1 + 2.2e-16 at the stair).  np.round(x) is a staircase too, whose straight-through gradient
+    # predicts its stairs, but they are as high as f moves (w per unit of x), and that gradient is wrong
+    stair = jumps[-1]
+    rounding = ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(1.0, abs(f0), abs(f0) + stair)
+    return 0.5 * jumps[0] <= stair <= rounding and stair >= 0.5 * abs(analytic) * width
 
 
 def _retaken_over_rounding(evaluate, move, estimate, rounding, richardson, good_enough) -> _Estimate | None:

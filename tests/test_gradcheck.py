@@ -1807,3 +1807,19 @@ def test_a_step_close_to_a_multiple_of_f_stairs_does_not_hide_them():
     assert entry.status != "FAIL", entry
     wrong = gradcheck(lambda v: float(np.sum(np.log(1 + v))), [u], [1.01 / (1 + u)], seed=81).inputs[0]
     assert wrong.status == "FAIL", wrong
+
+
+@pytest.mark.parametrize("quantum", [1.0, 1 / 16])
+def test_a_straight_through_gradient_of_a_quantising_f_still_fails(quantum):
+    # round(x / q) * q keeps one value along the whole ladder and moves farther out in stairs as high
+    # as the straight-through gradient w predicts (it is that gradient's staircase), but each stair is
+    # q * w, not a rounding of f at float64's precision: the gradient of f is 0 there, and w is wrong.
+    # It was UNRESOLVED for q = 1 and 1/16 (taken for a cancellation's stairs, _stair_beyond)
+    rng = np.random.default_rng(0)
+    x, w = 2 * rng.normal(size=6), rng.normal(size=6)
+    for seed in range(3):
+        entry = gradcheck(lambda v: float(np.sum(w * np.round(v / quantum) * quantum)), [x], [w],
+                          seed=seed).inputs[0]
+        assert entry.status == "FAIL", f"seed {seed}:\n{entry}"
+    floor = gradcheck(lambda v: float(np.sum(w * np.floor(v))), [x], [w]).inputs[0]
+    assert floor.status == "FAIL", floor

@@ -71,9 +71,10 @@ How a probe's numeric derivative and its bound are made (the error model):
             exactly 0 for s < -37, while its gradient is ~1e-17), it is looked at farther out, up to
             64 * 4^5 steps, and where it changes there by a stair (a jump that keeps its height as
             bisection narrows it, no smooth onset) as high as the analytic value predicts across
-            the +-64 steps and no higher than f's rounding (16 u max(|f|, 1): a quantising f,
-            np.round(x), with a straight-through gradient still FAILs), the probe is UNRESOLVED too.  A smooth f shows none of this, so a wrong
-            gradient of one still FAILs.  Each input pays this (up to 59 calls, 110 where f kept
+            the +-64 steps (and, along one entry, the way it predicts), and no higher than f's
+            rounding (16 u max(|f|, 1): np.round(x) with a straight-through gradient still FAILs),
+            the probe is UNRESOLVED too.  A smooth f shows none of this, so a wrong gradient of
+            one still FAILs.  Each input pays this (up to 59 calls, 110 where f kept
             one value, and up to 54 for shorter steps) only until one failure is confirmed.
   limits    no step can check a gradient across a kink within a step of the point (relu at 0;
             at a clear kink at the point itself, one measured at two steps, an analytic value
@@ -630,7 +631,7 @@ class _Estimate(NamedTuple):
     between: tuple = ()      # failing at a kink at the point, the analytic value between f's one-sided
                              # slopes (left, right) there: a subgradient, UNRESOLVED (_kink_checked)
     flat: bool = False       # unsteady because f did not change at all at any step of the ladder,
-                             # the analytic value being within BACKWARD_CANCELLATION (_steadiness_checked)
+                             # and farther out moves in stairs of its rounding (_stair_beyond)
 
 
 @dataclasses.dataclass
@@ -839,7 +840,7 @@ def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richa
         bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
     estimate = _kink_checked(evaluate, move, eps, estimate, analytic, bound + tol * magnitude)
     estimate = _steadiness_checked(evaluate, move, estimate, analytic, bound + tol * magnitude, probes, richardson,
-                                   tol * abs(analytic), largest, longer)
+                                   tol * abs(analytic), largest, longer, one_entry=True)
     bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
     probes.add(analytic, estimate, bound, magnitude, atol, reference, largest, longer)
 
@@ -959,7 +960,7 @@ def _clear_kink(evaluate, move, eps, slopes, slack, roundoff) -> bool:
 
 
 def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, richardson, good_enough,
-                        largest, longer=False) -> _Estimate:
+                        largest, longer=False, one_entry=False) -> _Estimate:
     """The estimate, marked unsteady when it fails but f is shown not to be resolved at its step:
     a failing probe is UNRESOLVED, not FAIL, when either test below shows f rounding beyond the
     error model (a cancellation inside it: its values move in steps far above u * |f|) and the
@@ -1056,16 +1057,17 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
     # [-40, -20].  Such an f moves only in stairs: where one is found farther out, as high as the
     # change the analytic value predicts across the ladder, that value is not shown wrong
     if len(values) > 1 and not any(values) and analytic != 0 \
-            and _stair_beyond(evaluate, move, max(RESTEP_FACTORS) * estimate.step, analytic):
+            and _stair_beyond(evaluate, move, max(RESTEP_FACTORS) * estimate.step, analytic, one_entry):
         return estimate._replace(unsteady=True, flat=True)
     probes.remeasure_failures = False
     return estimate
 
 
-def _stair_beyond(evaluate, move, reach, analytic) -> bool:
+def _stair_beyond(evaluate, move, reach, analytic, one_entry=False) -> bool:
     """f took one value at every point within `reach` of the point (in the probe's units): whether
     it moves in stairs at all, and they are high enough for a gradient of `analytic` to stay within
-    one across 2 * reach, and low enough to be f's rounding (a quantising f, np.round(x), is not).  Steps STAIR_SEARCH times longer until f changes, then bisection to the
+    one across 2 * reach, and low enough to be f's rounding (a quantising f, np.round(x), is not);
+    with one_entry (x moves along one axis), whether it goes the way `analytic` says f goes.  Steps STAIR_SEARCH times longer until f changes, then bisection to the
     change: a stair (rounding inside f) keeps its height as the interval around it halves, a smooth
     onset (a relu's kink, where f that ignored x starts to depend on it) does not, and still FAILs.
     Up to 2 * MAX_STAIR_SEARCHES + STAIR_BISECTIONS + 1 evaluations, by a failing probe only."""
@@ -1085,7 +1087,7 @@ def _stair_beyond(evaluate, move, reach, analytic) -> bool:
                 break
             else:
                 return False            # f never changed: it ignores x here, and a nonzero gradient is wrong
-            jumps = []
+            jumps = []                  # f's change from f0 across each narrower interval, signed
             for _ in range(STAIR_BISECTIONS):
                 middle = 0.5 * (near + far)
                 move(side * middle)
@@ -1093,7 +1095,7 @@ def _stair_beyond(evaluate, move, reach, analytic) -> bool:
                 if value == f0:
                     near = middle
                 else:
-                    far, jumps = middle, jumps + [abs(value - f0)]
+                    far, jumps = middle, jumps + [value - f0]
             width = abs(move(reach) - move(-reach))
     except _LeftDomain:
         return False
@@ -1106,9 +1108,14 @@ def _stair_beyond(evaluate, move, reach, analytic) -> bool:
     # units in the last place of f or of the 1 a cancellation inside f works against (1 + exp(s) is
     # 1 + 2.2e-16 at the stair).  np.round(x) is a staircase too, whose straight-through gradient
     # predicts its stairs, but they are as high as f moves (w per unit of x), and that gradient is wrong
-    stair = jumps[-1]
+    # Along one entry it goes the way the analytic value says f goes on that side: rounding a rising
+    # f keeps it rising, and a gradient of the wrong sign FAILs.  Not along a direction: entries moving
+    # opposite ways step at different places, and the first stair can go against the sum (log(1 + u)
+    # at u ~ 1e-14, seed 24, FAILed its right gradient)
+    stair = abs(jumps[-1])
     rounding = ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(1.0, abs(f0), abs(f0) + stair)
-    return 0.5 * jumps[0] <= stair <= rounding and stair >= 0.5 * abs(analytic) * width
+    return (0.5 * abs(jumps[0]) <= stair <= rounding and stair >= 0.5 * abs(analytic) * width
+            and (not one_entry or np.sign(jumps[-1]) == side * np.sign(analytic)))
 
 
 def _retaken_over_rounding(evaluate, move, estimate, rounding, richardson, good_enough) -> _Estimate | None:

@@ -1823,3 +1823,15 @@ def test_a_straight_through_gradient_of_a_quantising_f_still_fails(quantum):
         assert entry.status == "FAIL", f"seed {seed}:\n{entry}"
     floor = gradcheck(lambda v: float(np.sum(w * np.floor(v))), [x], [w]).inputs[0]
     assert floor.status == "FAIL", floor
+
+
+def test_a_flipped_gradient_where_f_never_changes_fails_by_the_side_its_stair_is_on():
+    # log(1 + exp(s)) at s < -37 is exactly 0 over the whole ladder and steps up (by 2.2e-16) at
+    # s = -36.7, so f rises with s: the right gradient sigmoid(s) is UNRESOLVED, -sigmoid(s) predicts
+    # f falls there and FAILs (both were UNRESOLVED: only the stair's height was compared)
+    # (one entry at a time: along a direction, entries moving opposite ways step at different places)
+    s = np.array([-39.18052952127611, -39.66944728942942])
+    right = gradcheck(_naive_softplus, [s], [_sigmoid(s)], method="entries").inputs[0]
+    assert right.status == "UNRESOLVED", right
+    flipped = gradcheck(_naive_softplus, [s], [-_sigmoid(s)], method="entries").inputs[0]
+    assert flipped.status == "FAIL", flipped

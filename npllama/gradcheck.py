@@ -179,6 +179,9 @@ BACKWARD_CANCELLATION = 1e-6
 STAIR_SEARCH = 4.0
 MAX_STAIR_SEARCHES = 5
 STAIR_BISECTIONS = 40
+# ... a stair keeps its height as bisection narrows the interval around it (a smooth onset's change
+# shrinks with it, by up to 2^STAIR_BISECTIONS), the first interval holding up to this many stairs
+STAIRS_IN_FIRST_INTERVAL = 16.0
 # A failing probe whose bound is mostly truncation is taken again at steps SHORTEN times shorter,
 # up to MAX_SHORTENINGS times (_shortened)
 SHORTEN = 4.0
@@ -1103,18 +1106,22 @@ def _stair_beyond(evaluate, move, reach, analytic, one_entry=False) -> bool:
         move(None)
     if not np.isfinite(f0) or len(jumps) < 2 or not np.all(np.isfinite(jumps)):
         return False
-    # a stair: the change across the last interval is as large as across one 2^bisections times wider,
-    # as high as the analytic value predicts across the ladder (2 * reach), and a rounding of f: a few
+    # a stair: the change across the last interval is no less than 1/STAIRS_IN_FIRST_INTERVAL of the
+    # change across the first, 2^bisections times wider (a smooth onset's shrinks with the interval,
+    # down to f's rounding; the first interval may span a few stairs: along a direction, log(1 + u) at
+    # u ~ 1e-14 had two entries step in it, and its last change, one stair, was taken for an onset);
+    # as high as the analytic value predicts across the ladder (2 * reach); and a rounding of f: a few
     # units in the last place of f or of the 1 a cancellation inside f works against (1 + exp(s) is
     # 1 + 2.2e-16 at the stair).  np.round(x) is a staircase too, whose straight-through gradient
-    # predicts its stairs, but they are as high as f moves (w per unit of x), and that gradient is wrong
+    # predicts its stairs, but they are as high as f moves (w per unit of x), and that gradient is wrong.
     # Along one entry it goes the way the analytic value says f goes on that side: rounding a rising
     # f keeps it rising, and a gradient of the wrong sign FAILs.  Not along a direction: entries moving
     # opposite ways step at different places, and the first stair can go against the sum (log(1 + u)
     # at u ~ 1e-14, seed 24, FAILed its right gradient)
     stair = abs(jumps[-1])
     rounding = ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(1.0, abs(f0), abs(f0) + stair)
-    return (0.5 * abs(jumps[0]) <= stair <= rounding and stair >= 0.5 * abs(analytic) * width
+    return (abs(jumps[0]) / STAIRS_IN_FIRST_INTERVAL <= stair <= rounding
+            and stair >= 0.5 * abs(analytic) * width
             and (not one_entry or np.sign(jumps[-1]) == side * np.sign(analytic)))
 
 

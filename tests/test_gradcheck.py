@@ -1835,3 +1835,15 @@ def test_a_flipped_gradient_where_f_never_changes_fails_by_the_side_its_stair_is
     assert right.status == "UNRESOLVED", right
     flipped = gradcheck(_naive_softplus, [s], [-_sigmoid(s)], method="entries").inputs[0]
     assert flipped.status == "FAIL", flipped
+
+
+def test_a_direction_whose_first_stair_interval_spans_two_stairs_is_not_taken_for_a_smooth_onset():
+    # log(1 + u) at u ~ 1e-14 along a random direction: two entries stepped (2.2e-16 each) between
+    # the last flat point and the first changed one, so bisection's first change was two stairs and
+    # its last one, a stair alike, half of it: held to keep half its height, it was taken for a
+    # smooth onset and the right gradient FAILed
+    rng = np.random.default_rng(3)
+    u = 1e-14 * rng.uniform(0.1, 1.0, 1 + rng.integers(3))
+    entry = gradcheck(lambda v: float(np.sum(np.log(1 + v))), [u], [1 / (1 + u)], seed=3,
+                      method="directional").inputs[0]
+    assert entry.status != "FAIL", entry

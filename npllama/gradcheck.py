@@ -1077,15 +1077,16 @@ def _stair_beyond(evaluate, move, reach, analytic, one_entry=False) -> bool:
     try:
         with np.errstate(all="ignore"):
             f0 = _evaluate_within_domain(evaluate, 0.0)[0]
+            # near: the farthest distance at which f is known to equal f0 on both sides
             near, far, side = reach, None, 0
             for _ in range(MAX_STAIR_SEARCHES):
                 far = near * STAIR_SEARCH
                 for side in (1, -1):
                     move(side * far)
                     if _evaluate_within_domain(evaluate, side * far)[0] != f0:
-                        break
+                        break           # f changed on this side, between near and far
                 else:
-                    near = far
+                    near = far          # f0 on both sides out to far: look STAIR_SEARCH times farther
                     continue
                 break
             else:

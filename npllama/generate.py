@@ -140,9 +140,12 @@ class StopStrings:
         self.tokenizer, self.strings = tokenizer, strings
         # the ids read before the new ids: the prompt, or a plain piece standing for some text
         self.lead = tokenizer.encode("a", bos=False)[-1:] if after is None else list(after)
+        # where the new text starts, found once: decoding the lead alone at every token would
+        # double the work `generate` does for this stop between two decode steps
+        self.start = _new_text_start(tokenizer, self.lead)
 
     def __call__(self, new_ids: list[int]) -> bool:
-        text = text_after(self.tokenizer, self.lead, new_ids)
+        text = self.tokenizer.decode(self.lead + list(new_ids))[self.start:]   # text_after's text
         return any(s in text for s in self.strings)
 
     def cut(self, text: str) -> str:

@@ -497,6 +497,25 @@ def test_stop_strings_and_generate_text():
         StopStrings(Letters(), ["a", ""])
 
 
+def test_stop_strings_decode_once_per_new_token_not_the_prompt_again():
+    """generate calls a stop after every new id: it decodes prompt + new ids once, the prompt's own
+    text (where the new text starts) having been found when the stop was made."""
+    from npllama.generate import StopStrings
+
+    decoded = []
+
+    class CountingLetters(Letters):
+        def decode(self, ids):
+            decoded.append(list(ids))
+            return super().decode(ids)
+
+    prompt = [1, 3, 4, 5]                                   # <1>abc
+    stop = StopStrings(CountingLetters(), ["de"], after=prompt)
+    decoded.clear()
+    assert not stop([6]) and stop([6, 7])                   # "d", then "de"
+    assert decoded == [prompt + [6], prompt + [6, 7]]
+
+
 class Letters:
     """A tokenizer of 32 ids: 0-2 special (</s> is 2), then a letter each."""
     vocab_size, eos_id = 32, 2

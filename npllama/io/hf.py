@@ -178,7 +178,7 @@ def with_generation_end_ids(config: LlamaConfig, generation_config_path) -> Llam
     path = Path(generation_config_path)
     if not path.is_file():
         return config
-    fields = _load_json_object(path)
+    fields = _load_json(path, expect=dict)
     listed = fields.get("eos_token_id")
     if listed is None or listed == []:
         return config
@@ -208,7 +208,7 @@ def _read_config_and_fields(config_path) -> tuple[LlamaConfig, dict]:
             "; this folder looks like Meta's original release (params.json, consolidated.*.pth: "
             "pickles, with q/k in Meta's RoPE layout): convert it with transformers' "
             "convert_llama_weights_to_hf.py, which writes a Hugging Face folder" if meta else ""))
-    raw = _load_json_object(config_path)
+    raw = _load_json(config_path, expect=dict)
     try:
         return LlamaConfig.from_dict(raw), raw
     except (ValueError, TypeError) as e:
@@ -527,17 +527,10 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _load_json(path: Path):
-    """A config or index: a regular file of at most MAX_JSON_BYTES (a FIFO is refused, not waited on)."""
-    return read_json(path, max_bytes=MAX_JSON_BYTES, error=CheckpointError)
-
-
-def _load_json_object(path: Path) -> dict:
-    """config.json or generation_config.json: _load_json's, and a JSON object (a CheckpointError if not)."""
-    fields = _load_json(path)
-    if not isinstance(fields, dict):
-        raise CheckpointError(path, f"must hold a JSON object, got {type(fields).__name__}")
-    return fields
+def _load_json(path: Path, expect=None):
+    """A config or index: a regular file of at most MAX_JSON_BYTES (a FIFO is refused, not waited on);
+    expect=dict: a JSON object (config.json, generation_config.json), else a CheckpointError."""
+    return read_json(path, expect=expect, max_bytes=MAX_JSON_BYTES, error=CheckpointError)
 
 
 def _float_dtype(arg: str, dtype) -> np.dtype:

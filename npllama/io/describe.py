@@ -64,10 +64,11 @@ def _describe_folder(folder: Path) -> str:
         import shlex
 
         from ..resuming import resume_command   # (the folder quoted for the shell)
-    if started is not None and "checkpoint" in names:   # a fine-tuning checkpoint: only what is trained
-        return (f"is an npllama run folder whose run has not finished: its checkpoint holds what is trained, "
-                f"not a model to load; finish it with `{resume_command(started, folder)}`")
-    if started is not None:   # a start that failed or was stopped before its first checkpoint
+
+        if "checkpoint" in names:   # a fine-tuning checkpoint: only what is trained
+            return (f"is an npllama run folder whose run has not finished: its checkpoint holds what is trained, "
+                    f"not a model to load; finish it with `{resume_command(started, folder)}`")
+        # a start that failed or was stopped before its first checkpoint
         return (f"is an npllama run folder whose run saved no model yet (it stopped before its first "
                 f"checkpoint): start it again with `npllama {started} --out {shlex.quote(str(folder))} ...`, or "
                 f"with the settings it saved by `{resume_command(started, folder)}`")

@@ -127,8 +127,11 @@ def use_op(name: str, fn: Callable, backend: str | None = None):
 
 def overrides() -> dict[str, Callable]:
     """The `use_op` overrides in force here, on the backend in force (name -> function)."""
+    in_force = _overrides.get()
+    if not in_force:        # the usual case, asked at every decode step: no need to read the backend
+        return {}
     current = get_backend()
-    return {name: fn for name, (fn, only_on) in _overrides.get().items() if only_on in (None, current)}
+    return {name: fn for name, (fn, only_on) in in_force.items() if only_on in (None, current)}
 
 
 def _reference_namespace() -> types.SimpleNamespace:

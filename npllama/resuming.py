@@ -91,10 +91,10 @@ def _saved_settings_and_older(run_dir, config_class, file_name: str) -> tuple[di
              if name not in saved}
     settings = {**older, **saved}
     try:
-        config_class(**settings)
+        config = config_class(**settings)
     except (TypeError, ValueError):
-        settings = _without_refused_call_settings(config_class, settings, path)
-    return _as_dict(config_class(**settings)), set(older)
+        config = config_class(**_without_refused_call_settings(config_class, settings, path))
+    return _as_dict(config), set(older)
 
 
 def _without_refused_call_settings(config_class, saved: dict, path: Path) -> dict:

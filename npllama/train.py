@@ -590,7 +590,6 @@ class _Loop:
                                                                          self.model.params)
             if problem is not None:
                 self.non_finite(problem)
-                self.loader_position = self.loader.state_dict()   # the skipped batch is not drawn again
                 continue
             # A step is all or nothing: a stop signal waits until the update, the step count and
             # its log line agree (a checkpoint saved in between would be unresumable).
@@ -599,7 +598,6 @@ class _Loop:
                     update(self.optimizer, grads, lr)
                 except NonFiniteGradientError as error:  # the optimizer's own check, a second line of defence
                     self.non_finite(f"the gradient of {error.name} is not finite")
-                    self.loader_position = self.loader.state_dict()
                     continue
                 self.skipped_in_a_row = 0
                 self.step += 1
@@ -640,7 +638,8 @@ class _Loop:
         return total_loss, total_grads
 
     def non_finite(self, what: str) -> None:
-        """A NaN/Inf loss or gradient: nothing was updated.  Skip the batch, or stop."""
+        """A NaN/Inf loss or gradient: nothing was updated.  Skip the batch (the loader's position
+        saved is then past it), or stop."""
         self.write_log({"step": self.step + 1, "skipped": what})
         self.skipped_in_a_row += 1
         if self.tc.skip_nonfinite and self.skipped_in_a_row >= MAX_CONSECUTIVE_SKIPS:
@@ -650,6 +649,7 @@ class _Loop:
                 f"is {self.run_dir / 'checkpoint'}; resume from it with a lower --lr.")
         if self.tc.skip_nonfinite:
             self.echo(f"step {self.step + 1}: {what}; batch skipped (--skip-nonfinite)")
+            self.loader_position = self.loader.state_dict()   # the skipped batch is not drawn again
             return
         raise TrainingError(
             f"step {self.step + 1}: {what}; the parameters and optimizer state were not updated. "

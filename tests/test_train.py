@@ -228,6 +228,36 @@ def test_skip_nonfinite_skips_the_bad_batch(tmp_path, monkeypatch):
     assert "skipped" in log and "the loss is nan" in log
 
 
+def test_a_stop_after_a_skipped_batch_saves_the_loader_past_it(tmp_path, monkeypatch):
+    """A batch skipped by --skip-nonfinite was drawn: a stop in the next step saves the loader's
+    position after it (one step and one skipped batch: two batches), not before it."""
+    import npllama.train as train_module
+
+    real_loss, real_step = Llama.loss_and_grads, train_module.step_before_the_update
+    calls = {"loss": 0, "step": 0}
+
+    def nan_the_second_time(self, tokens, targets, *args, **kwargs):
+        calls["loss"] += 1
+        loss, grads = real_loss(self, tokens, targets, *args, **kwargs)
+        return (float("nan") if calls["loss"] == 2 else loss), grads
+
+    def stopped_in_the_third(step, tc, accumulate, params, **kwargs):
+        calls["step"] += 1
+        if calls["step"] == 3:   # the step after the skipped batch: drawn, never updated
+            accumulate()
+            raise KeyboardInterrupt
+        return real_step(step, tc, accumulate, params, **kwargs)
+
+    monkeypatch.setattr(Llama, "loss_and_grads", nan_the_second_time)
+    monkeypatch.setattr(train_module, "step_before_the_update", stopped_in_the_third)
+    out = tmp_path / "run"
+    result = train(TrainConfig(out=str(out), steps=4, eval_every=0, checkpoint_every=0, skip_nonfinite=True,
+                               **{**FAST, "threads": 1}), echo=quiet)
+    assert result.interrupted and result.step == 1
+    _, _, state = load_checkpoint(out / "checkpoint")
+    assert (state["step"], state["loader"]["epoch"], state["loader"]["batch_index"]) == (1, 0, 2)
+
+
 def test_training_on_a_users_text_file(tmp_path):
     corpus = tmp_path / "mine.txt"
     lines = [f"The {c} cat sat on the {m} mat number {i}." for i, (c, m) in

@@ -496,7 +496,7 @@ class _Loop:
     """The step loop and what it writes (log lines, checkpoints)."""
 
     def __init__(self, tc, run_dir, model, optimizer, loader, val_batches, tokenizer, echo, loss_and_grads, loss,
-                 helper=None, tokens=None):
+                 helper, tokens):
         self.tc, self.run_dir, self.model, self.optimizer = tc, run_dir, model, optimizer
         self.tokens = tokens  # the tokens' fingerprint, kept in every checkpoint (_refuse_changed_tokens)
         self.loss_and_grads, self.loss = loss_and_grads, loss  # the objective's (tokens, targets) functions
@@ -678,9 +678,7 @@ class _Loop:
         from .io.train_state import save_checkpoint
 
         state = {"step": step, "loader": self.loader_position, "train_loss": self.last_train_loss,
-                 "val_loss": self.last_val_loss, "val_step": self.last_val_step}
-        if self.tokens is not None:
-            state["tokens"] = self.tokens
+                 "val_loss": self.last_val_loss, "val_step": self.last_val_step, "tokens": self.tokens}
         path = self.run_dir / "checkpoint"
         # deferred: a stop signal during a checkpoint lets it finish (the stop then saves nothing new)
         with deferred_stop_signals(), reporting_write_errors(f"the checkpoint of step {step}", path):

@@ -825,21 +825,23 @@ def choice_logprobs(model, tokenizer, question: str, choices: list[str], templat
     template writes an assistant's answer (LLaMA-2's after a space, LLaMA-3's right after its
     header's "\n\n"), as `finetune sft` trains it.
     """
-    scores, lengths, _ = _choice_scores(model, tokenizer, question, choices, template)
-    return scores, lengths
-
-
-def _choice_scores(model, tokenizer, question: str, choices: list[str], template):
-    """choice_logprobs' (scores, lengths), and whether the question was cut to fit the context."""
-    from .runs import require_next_token_model
-
-    require_next_token_model(model, "multiple-choice scoring")   # log p(choice | question), token by token
+    # here, not in _choice_scores: evaluate_choice has checked its items (datasets.check_choice_item)
     if not isinstance(question, str):
         raise TypeError(f"question must be a str, got {type(question).__name__}")
     if not isinstance(choices, (list, tuple)) or not all(isinstance(c, str) for c in choices):
         raise TypeError(f"choices must be a list of non-empty strs, got {choices!r}")
     if not choices or not all(c.strip() for c in choices):   # an empty one would score the question's last token
         raise ValueError(f"choices must be a list of non-empty strs, got {choices!r}")
+    scores, lengths, _ = _choice_scores(model, tokenizer, question, choices, template)
+    return scores, lengths
+
+
+def _choice_scores(model, tokenizer, question: str, choices: list[str], template):
+    """choice_logprobs' (scores, lengths), and whether the question was cut to fit the context; the
+    question and choices checked by the caller (choice_logprobs, datasets.check_choice_item)."""
+    from .runs import require_next_token_model
+
+    require_next_token_model(model, "multiple-choice scoring")   # log p(choice | question), token by token
     from .objectives import join_text
 
     chat = _chat_template(template)

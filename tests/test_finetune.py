@@ -684,6 +684,24 @@ def test_a_chat_choice_is_scored_as_the_template_writes_the_answer(base_dir):
                                           rel=1e-10)
 
 
+def test_a_chat_template_that_writes_more_than_the_answer_after_its_prompt_is_refused():
+    # a choice is scored on the text of its own after the prompt; a template that writes something
+    # else first (here "7") has none, so scoring would credit the choice with that text's tokens
+    from npllama.chat import ChatTemplate
+
+    def template(before_answer):
+        return ChatTemplate("{% for m in messages %}{% if m['role'] == 'user' %}{{ '1 ' + m['content'] }}"
+                            "{% else %}{{ ' 2 " + before_answer + "' + m['content'] | trim }}{% endif %}{% endfor %}"
+                            "{% if add_generation_prompt %}{{ ' 2' }}{% endif %}")
+
+    scores, lengths = choice_logprobs(CountingModel(), DigitTokenizer(), "3", ["4", "9 9"], template=template(""))
+    np.testing.assert_array_equal(lengths, [1, 2])   # "1 3 2" then the answer alone
+    items = [{"question": "3", "choices": ["4", "9"], "answer": 0}]
+    with pytest.raises(ValueError, match=r"items\[0\]: the chat template does not write the answer '4' right after "
+                                         r"its prompt '1 3 2'.*--template plain"):
+        evaluate_choice(CountingModel(), DigitTokenizer(), items, template=template("7 "), progress=False)
+
+
 def test_batched_choice_scores_equal_one_at_a_time(base_dir):
     model = Llama.from_pretrained(base_dir, dtype=np.float64)
     tokenizer = Tokenizer(base_dir / "tokenizer.model")

@@ -825,6 +825,9 @@ def choice_logprobs(model, tokenizer, question: str, choices: list[str], templat
     template writes an assistant's answer (LLaMA-2's after a space, LLaMA-3's right after its
     header's "\n\n"), as `finetune sft` trains it.
     """
+    from .runs import require_next_token_model
+
+    require_next_token_model(model, "multiple-choice scoring")   # log p(choice | question), token by token
     # here, not in _choice_scores: evaluate_choice has checked its items (datasets.check_choice_item)
     if not isinstance(question, str):
         raise TypeError(f"question must be a str, got {type(question).__name__}")
@@ -838,10 +841,7 @@ def choice_logprobs(model, tokenizer, question: str, choices: list[str], templat
 
 def _choice_scores(model, tokenizer, question: str, choices: list[str], template):
     """choice_logprobs' (scores, lengths), and whether the question was cut to fit the context; the
-    question and choices checked by the caller (choice_logprobs, datasets.check_choice_item)."""
-    from .runs import require_next_token_model
-
-    require_next_token_model(model, "multiple-choice scoring")   # log p(choice | question), token by token
+    model, question and choices checked by the caller (choice_logprobs, evaluate_choice)."""
     from .objectives import join_text
 
     chat = _chat_template(template)
@@ -920,7 +920,10 @@ def evaluate_choice(model, tokenizer, items: list[dict], template="plain", progr
 
     from .datasets import check_choice_item
     from .objectives import join_text
+    from .runs import require_next_token_model
 
+    # once, and outside the loop below, whose errors name the item
+    require_next_token_model(model, "multiple-choice scoring")
     if not items:
         raise ValueError("no multiple-choice items to evaluate")
     for i, item in enumerate(items):     # all of them before the first is scored

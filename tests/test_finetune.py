@@ -603,6 +603,20 @@ def test_a_tie_per_token_is_a_tie_whatever_the_rounding_of_the_division():
             assert result["accuracy"] == 1 - answer       # by total "9" (one miss) wins outright
 
 
+def test_a_model_that_predicts_no_next_token_is_refused_once_not_as_an_items_fault():
+    # Before: the model was checked inside the per-item loop, whose errors name items[i], so the
+    # refusal of a masked-LM model read "items[0]: multiple-choice scoring predicts next tokens, ..."
+    class MaskedLM(RecordingModel):
+        objective = "mlm"
+
+    model = MaskedLM()
+    items = [{"question": "3", "choices": ["4", "9"], "answer": 0}]
+    with pytest.raises(ValueError, match=r"^multiple-choice scoring predicts next tokens, but this model is a "
+                                         r"masked-LM model"):
+        evaluate_choice(model, DigitTokenizer(), items, progress=False)
+    assert model.seen == []
+
+
 def test_a_choice_too_long_for_the_context_names_its_item():
     items = [{"question": "3", "choices": ["4", "9"], "answer": 0},
              {"question": "3", "choices": ["4", " ".join(["5"] * 40)], "answer": 0}]

@@ -241,11 +241,10 @@ def run_sop(args) -> int:
 def _fine_tune(args, fine_tune, config) -> int:
     """Run it; a run that fails on the way (a NaN loss) is reported in one line, status 1."""
     from ..backend import get_backend, use_backend
+    from ..finetune import OUT_AS_GIVEN
     from ..optim import TrainingError
     from ..resuming import CheckpointWriteError
     from ..runs import RunInUseError
-
-    from ..finetune import OUT_AS_GIVEN
 
     prepare_training_process()
     # the last line's advice names the flag, not the keyword -- for this job only, however it ends

@@ -391,8 +391,8 @@ def check_label_names(label_names) -> None:
         raise ValueError(f"labels must name at least two classes (classification picks one of them), got {names}")
 
 
-def _encode_labels(labels: list, label_names, num_labels: int | None, lines, whose: str = "the labels",
-                   unknown_hint: str = "") -> tuple[list[int], tuple]:
+def _encode_labels(labels: list, label_names, num_labels: int | None, lines, whose: str,
+                   unknown_hint: str) -> tuple[list[int], tuple]:
     if not labels:
         raise ValueError("the dataset is empty: no labels")
     if label_names is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -467,8 +468,8 @@ def _refuse_changed_tokens(saved, now: dict, tc: TrainConfig, checkpoint: Path) 
     held_out = f"--val-data {tc.val_data!r}" if tc.val_data is not None else \
         f"the end of --data {tc.data!r}" if tc.data is not None else "the end of the built-in stories"
     refuse_changed_data(saved, now, tc.out, {"training": training, "held_out": held_out},
-                        f"start a new run from these weights (`npllama train --init-from {checkpoint / 'model'} "
-                        f"--out NEW ...`)")
+                        f"start a new run from these weights (`npllama train --init-from "
+                        f"{shlex.quote(str(checkpoint / 'model'))} --out NEW ...`)")
 
 
 def step_before_the_update(step: int, tc: TrainConfig, accumulate, params, *, schedule=cosine_with_warmup,

@@ -1,5 +1,7 @@
 """Pre-training runs: they learn, they resume exactly, and a failed checkpoint write loses nothing."""
 import json
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -283,7 +285,7 @@ def test_resume_refuses_a_data_file_changed_since_the_checkpoint(tmp_path):
              enumerate((c, m) for c in ("red", "blue", "green", "small") for m in ("big", "old", "new"))]
     original = "\n\n".join(lines * 30)
     corpus.write_text(original)
-    out = tmp_path / "run"
+    out = tmp_path / "my run"       # a space: the command the refusal suggests is quoted for the shell
     config = TrainConfig(out=str(out), data=str(corpus), steps=2, stop_after=1, eval_every=0, checkpoint_every=0,
                          **{**FAST, "vocab_size": 320})
     assert train(config, echo=quiet).interrupted
@@ -291,8 +293,10 @@ def test_resume_refuses_a_data_file_changed_since_the_checkpoint(tmp_path):
                             (original[:original.rindex("number 11.")] + "number 10.",
                              r"the held-out text \(the end of --data '.*mine.txt'\)")):
         corpus.write_text(edited)   # as many tokens as before: only the digest tells
-        with pytest.raises(ValueError, match=changed + r" has changed since the checkpoint \(.* but other ones\)"):
+        with pytest.raises(ValueError, match=changed + r" has changed since the checkpoint \(.* but other ones\)") as refused:
             train(resume_config(out), resume=True, echo=quiet)
+        suggested = shlex.split(str(refused.value).split("`")[1])
+        assert Path(suggested[suggested.index("--init-from") + 1]).parent.parent == out, suggested
     corpus.write_text(original)
     assert train(resume_config(out), resume=True, echo=quiet).step == 2
 

@@ -896,7 +896,7 @@ def _kink_checked(evaluate, move, eps, estimate, analytic, held_to) -> _Estimate
     """The estimate, marked rough when it fails and f has a kink at the point itself.  Such a kink
     is symmetric (relu at 0, a max with a tie): D(h) = D(2h) = D(4h), so the central differences
     look smooth.  Their even part shows it: f(x+t) + f(x-t) - 2 f(x) grows like t there, like t^2
-    for a smooth f.  Only a failing probe pays the five evaluations (ten where it grows like t).
+    for a smooth f.  Only a failing probe pays the five evaluations (nine where it grows like t).
     At such a kink f has no derivative, and every value between its one-sided slopes is a
     subgradient (a relu's backward rightly returns 0 at 0, as PyTorch's does): an analytic value
     between them, within held_to and the slopes' own error, is marked `between` (UNRESOLVED, not
@@ -913,7 +913,7 @@ def _kink_checked(evaluate, move, eps, estimate, analytic, held_to) -> _Estimate
     if not kink:
         return estimate._replace(rough=False, kink=False)
     slopes, slack = _one_sided_slopes(values, eps, roundoff)
-    if not _clear_kink(evaluate, move, eps, slopes, slack, roundoff):
+    if not _clear_kink(evaluate, move, eps, values[0.0], slopes, slack, roundoff):
         # a cancellation's stairs, not a kink: log(1 + exp(s)) at s ~ -24.5 (1 + 2.3e-11 keeps 5
         # digits) had its even part grow like t, and, taken for a kink, f's rounding went unmeasured
         # (_steadiness_checked): its right gradient, 4e-5 from D(h), FAILed (1 of 150 draws)
@@ -924,11 +924,12 @@ def _kink_checked(evaluate, move, eps, estimate, analytic, held_to) -> _Estimate
     return estimate._replace(rough=True, kink=True, between=between)
 
 
-def _values_around(evaluate, move, steps) -> dict:
-    """{t: (real distance, f, |f|'s size)} at the point (t = 0) and t = +-each of steps."""
-    values = {}
+def _values_around(evaluate, move, steps, at_point=None) -> dict:
+    """{t: (real distance, f, |f|'s size)} at the point (t = 0) and t = +-each of steps; at_point:
+    the point's entry as measured before (f there is not evaluated again)."""
+    values = {} if at_point is None else {0.0: at_point}
     try:
-        for t in (0.0, *steps, *(-t for t in steps)):
+        for t in (*((0.0,) if at_point is None else ()), *steps, *(-t for t in steps)):
             distance = move(t)
             values[t] = (distance, *evaluate())
     finally:
@@ -949,14 +950,14 @@ def _one_sided_slopes(values, step, roundoff) -> tuple[list, float]:
     return slopes, slack
 
 
-def _clear_kink(evaluate, move, eps, slopes, slack, roundoff) -> bool:
+def _clear_kink(evaluate, move, eps, at_point, slopes, slack, roundoff) -> bool:
     """The one-sided slopes found at the step eps show a kink, not rounding inside f: they differ by
     KINK_CLARITY times their error, and come out the same at a step KINK_RECHECK times shorter (a
     kink at the point stays where it is; a cancellation's stairs, 1 + tanh(z) at z << 0, whose
-    even part can also grow like t over two steps, give other slopes there).  Five evaluations (f at
-    the point again, and 4 around it)."""
+    even part can also grow like t over two steps, give other slopes there).  Four evaluations
+    around the point (at_point: its entry in _values_around's, f at the point being known)."""
     short = eps / KINK_RECHECK
-    values = _values_around(evaluate, move, (short, 2 * short))
+    values = _values_around(evaluate, move, (short, 2 * short), at_point)
     again, slack_again = _one_sided_slopes(values, short, roundoff)
     return (abs(slopes[1] - slopes[0]) > KINK_CLARITY * (slack + slack_again)
             and all(abs(a - b) <= slack + slack_again for a, b in zip(slopes, again)))

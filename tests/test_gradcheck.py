@@ -1670,6 +1670,24 @@ def test_a_value_outside_the_one_sided_slopes_at_a_kink_still_fails(f, wrong):
         entry.notes
 
 
+def test_confirming_a_kink_at_a_shorter_step_does_not_evaluate_f_at_the_point_again():
+    # _clear_kink took f at the point again (the same value _kink_checked had just measured): a
+    # probe at a kink pays one evaluation at the point, beside those every check makes there
+    def evaluations_at_the_point(x, grad):
+        at_point = []
+
+        def fn(v):
+            at_point.append(np.array_equal(v, x))
+            return relu_sum(v)
+
+        gradcheck(fn, [x.copy()], [grad])
+        return sum(at_point)
+
+    smooth = evaluations_at_the_point(np.array([0.5, 1.0, -2.0]), np.array([1.0, 1.0, 0.0]))
+    at_kink = evaluations_at_the_point(np.array([0.0, 1.0, -2.0]), np.array([0.0, 1.0, 0.0]))
+    assert at_kink == smooth + 1, (smooth, at_kink)
+
+
 def test_a_kink_made_up_by_rounding_is_not_found_when_its_slopes_move_at_a_shorter_step():
     # log(1 + exp(s)) for s ~ -25 rounds in stairs (1 + 1e-11 keeps 5 digits): at the step eps its
     # even part grew like t and its one-sided slopes differed by 10x their error, as at a kink; at

@@ -74,7 +74,7 @@ How a probe's numeric derivative and its bound are made (the error model):
             the +-64 steps (and, along one entry, the way it predicts), and no higher than f's
             rounding (16 u max(|f|, 1): np.round(x) with a straight-through gradient still FAILs),
             the probe is UNRESOLVED too.  A smooth f shows none of this, so a wrong gradient of
-            one still FAILs.  Each input pays this (up to 59 calls, 110 where f kept
+            one still FAILs.  Each input pays this (up to 55 calls, 105 where f kept
             one value, and up to 54 for shorter steps) only until one failure is confirmed.
   limits    no step can check a gradient across a kink within a step of the point (relu at 0;
             at a clear kink at the point itself, one measured at two steps, an analytic value
@@ -116,6 +116,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import math
 import sys
@@ -987,7 +988,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
     a smooth function never shows; the spread of the differences then measures how far off they can
     be, and an analytic value within that spread of them is not shown wrong.
 
-    Only a failing probe pays (up to 59 evaluations, 110 where f kept one value: _stair_beyond),
+    Only a failing probe pays (up to 55 evaluations, 105 where f kept one value: _stair_beyond),
     and in each input only until one failure is confirmed: the input FAILs then, whatever its other
     probes show (probes.remeasure_failures)."""
     analytic = float(analytic)
@@ -1000,12 +1001,14 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
     # so D(h/64) strays by 64x that, and a gradient off by 1e-3 came out UNRESOLVED by the ladder
     # below; longer steps, with that rounding in their bound, resolve it (_retaken_over_rounding)
     rounding = estimate.roundoff
+    # f at the point, which every window below holds: evaluated once, when first needed
+    at_point = functools.cache(lambda: _evaluate_within_domain(evaluate, 0.0)[0])
     if np.isfinite(analytic) and not estimate.kink:    # a kink's values look like rounding to this test
-        # shortest first, the longer ones only while nothing is found; STAIR_SPACINGS at the step eps only
+        # the largest rounding any window shows; STAIR_SPACINGS at the step eps only
         for spacing in NOISE_SPACINGS + (() if longer else STAIR_SPACINGS):
             try:
                 with np.errstate(all="ignore"):
-                    measured = _measured_roundoff(evaluate, move, estimate.step, spacing,
+                    measured = _measured_roundoff(evaluate, move, estimate.step, spacing, at_point,
                                                   order=6 if spacing in STAIR_SPACINGS else 4)
             except _LeftDomain:                 # 3 spacings away left f's domain: no measure of its rounding
                 break
@@ -1061,23 +1064,24 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
     # [-40, -20].  Such an f moves only in stairs: where one is found farther out, as high as the
     # change the analytic value predicts across the ladder, that value is not shown wrong
     if len(values) > 1 and not any(values) and analytic != 0 \
-            and _stair_beyond(evaluate, move, max(RESTEP_FACTORS) * estimate.step, analytic, one_entry):
+            and _stair_beyond(evaluate, move, max(RESTEP_FACTORS) * estimate.step, analytic, at_point, one_entry):
         return estimate._replace(unsteady=True, flat=True)
     probes.remeasure_failures = False
     return estimate
 
 
-def _stair_beyond(evaluate, move, reach, analytic, one_entry=False) -> bool:
+def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False) -> bool:
     """f took one value at every point within `reach` of the point (in the probe's units): whether
     it moves in stairs at all, and they are high enough for a gradient of `analytic` to stay within
     one across 2 * reach, and low enough to be f's rounding (a quantising f, np.round(x), is not);
     with one_entry (x moves along one axis), whether it goes the way `analytic` says f goes.  Steps STAIR_SEARCH times longer until f changes, then bisection to the
     change: a stair (rounding inside f) keeps its height as the interval around it halves, a smooth
     onset (a relu's kink, where f that ignored x starts to depend on it) does not, and still FAILs.
-    Up to 2 * MAX_STAIR_SEARCHES + STAIR_BISECTIONS + 1 evaluations, by a failing probe only."""
+    at_point(): f at the point (x is there when this is called).  Up to 2 * MAX_STAIR_SEARCHES +
+    STAIR_BISECTIONS + 1 evaluations, by a failing probe only."""
     try:
         with np.errstate(all="ignore"):
-            f0 = _evaluate_within_domain(evaluate, 0.0)[0]
+            f0 = at_point()
             # near: the farthest distance at which f is known to equal f0 on both sides
             near, far, side = reach, None, 0
             for _ in range(MAX_STAIR_SEARCHES):
@@ -1159,19 +1163,19 @@ def _longer_step_kept(attempt: _Estimate, best: _Estimate) -> bool:
             and abs(attempt.value - best.value) <= attempt.bound + best.bound)
 
 
-def _measured_roundoff(evaluate, move, step, spacing, order=4) -> float:
+def _measured_roundoff(evaluate, move, step, spacing, at_point, order=4) -> float:
     """The round-off of D(step) as f's own rounding shows it, from f at 7 points spacing * step
     apart: the 4th differences of values with independent rounding errors of size sigma have
     variance 70 sigma^2, and D(step) carries up to NOISE_SAFETY * 2 sigma / (its width).  Rounding
     makes neighbouring 4th differences change sign (they are correlated -0.8); where all have the
     same sign they are f's smooth 4th derivative (at a longer step), not rounding: 0 then, as where
     f is not finite.  order=6: from the one 6th difference (variance 924 sigma^2), for a window so
-    wide that f's smooth 4th derivative may change sign within it."""
+    wide that f's smooth 4th derivative may change sign within it.  at_point(): f at the point."""
     values = []
     try:
         for k in range(-3, 4):
             move(k * spacing * step)
-            values.append(_evaluate_within_domain(evaluate, k * spacing * step)[0])
+            values.append(at_point() if k == 0 else _evaluate_within_domain(evaluate, k * spacing * step)[0])
         width = move(step) - move(-step)
     finally:
         move(None)

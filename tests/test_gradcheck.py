@@ -1771,6 +1771,26 @@ def test_a_probe_along_which_f_never_changes_is_unresolved_where_f_moves_in_stai
     assert not _pattern_notes(entry), entry.notes
 
 
+def test_measuring_a_failing_probe_again_evaluates_f_at_the_point_once():
+    # every window of _measured_roundoff (5 of them) and _stair_beyond took f at the point again, the
+    # same value each time; the re-measurement now takes it once (the kink check takes its own)
+    def evaluations_at_the_point(s, grad):
+        at_point = []
+
+        def fn(v):
+            at_point.append(np.array_equal(v, s))
+            return _naive_softplus(v)
+
+        entry = gradcheck(fn, [s.copy()], [grad]).inputs[0]
+        return sum(at_point), entry
+
+    passing, entry = evaluations_at_the_point(np.array([-1.5]), _sigmoid(np.array([-1.5])))
+    assert entry.status == "ok", entry
+    flat, entry = evaluations_at_the_point(np.array([-38.5]), _sigmoid(np.array([-38.5])))
+    assert entry.status == "UNRESOLVED" and any("kept one value" in note for note in entry.notes), entry
+    assert flat == passing + 2, (passing, flat)
+
+
 def test_a_nonzero_gradient_where_f_never_changes_without_stairs_still_fails():
     # relu at -1: f is flat over the ladder too, but farther out it starts to move smoothly (the kink
     # at 0), no stair; and f that ignores x never moves at all

@@ -1801,6 +1801,17 @@ def test_a_nonzero_gradient_where_f_never_changes_without_stairs_still_fails():
     assert ignored.status == "FAIL", ignored
 
 
+@pytest.mark.parametrize("slope, wrong", [(1e-9, 1e-20), (1e-6, 1e-17)])
+def test_a_gentle_smooth_onset_beyond_the_ladder_is_not_taken_for_a_stair(slope, wrong):
+    # slope * relu(x) at x = -0.5 keeps f = 0 over the ladder, then starts to move at 0: its change
+    # across the last bisected interval is as small as a stair of f's rounding, and a gradient as
+    # tiny as `wrong` predicts such a stair, but across the first interval f moved by far more --
+    # no stair keeps its height like that (STAIRS_IN_FIRST_INTERVAL), so the wrong gradient FAILs
+    entry = gradcheck(lambda v: slope * relu_sum(v), [np.array([-0.5])], [np.array([wrong])]).inputs[0]
+    assert entry.status == "FAIL", entry
+    assert not any("kept one value along them" in note for note in entry.notes), entry.notes
+
+
 @pytest.mark.parametrize("factor", [1.01, 1.001])
 def test_a_wrong_softplus_gradient_is_never_passed_and_fails_where_resolvable(factor):
     # s in [-30, -20]: 1 + exp(s) rounds at ~1e-4 of exp(s) or finer, and a gradient off by 1%

@@ -1670,10 +1670,11 @@ def test_a_value_outside_the_one_sided_slopes_at_a_kink_still_fails(f, wrong):
         entry.notes
 
 
-def test_confirming_a_kink_at_a_shorter_step_does_not_evaluate_f_at_the_point_again():
+def test_a_probe_at_a_kink_costs_what_the_guide_says_and_evaluates_f_at_the_point_once():
     # _clear_kink took f at the point again (the same value _kink_checked had just measured): a
-    # probe at a kink pays one evaluation at the point, beside those every check makes there
-    def evaluations_at_the_point(x, grad):
+    # probe at a kink pays one evaluation at the point, beside those every check makes there, and
+    # 9 in all, as the guide says -- a subgradient is not measured again (_steadiness_checked)
+    def evaluations(x, grad):
         at_point = []
 
         def fn(v):
@@ -1681,11 +1682,12 @@ def test_confirming_a_kink_at_a_shorter_step_does_not_evaluate_f_at_the_point_ag
             return relu_sum(v)
 
         gradcheck(fn, [x.copy()], [grad])
-        return sum(at_point)
+        return len(at_point), sum(at_point)
 
-    smooth = evaluations_at_the_point(np.array([0.5, 1.0, -2.0]), np.array([1.0, 1.0, 0.0]))
-    at_kink = evaluations_at_the_point(np.array([0.0, 1.0, -2.0]), np.array([0.0, 1.0, 0.0]))
-    assert at_kink == smooth + 1, (smooth, at_kink)
+    smooth, smooth_at_point = evaluations(np.array([0.5, 1.0, -2.0]), np.array([1.0, 1.0, 0.0]))
+    at_kink, at_kink_at_point = evaluations(np.array([0.0, 1.0, -2.0]), np.array([0.0, 1.0, 0.0]))
+    assert at_kink_at_point == smooth_at_point + 1, (smooth_at_point, at_kink_at_point)
+    assert at_kink == smooth + 9, (smooth, at_kink)
 
 
 def test_a_kink_made_up_by_rounding_is_not_found_when_its_slopes_move_at_a_shorter_step():

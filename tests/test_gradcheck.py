@@ -1547,6 +1547,18 @@ def test_a_fail_that_follows_a_pattern_names_it(planted, says):
     assert gradcheck(f, [w], [right]).inputs[0].notes == []      # a pass says none of it
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_large_factor_is_named_where_numeric_carries_a_truncation_error(seed):
+    # c * numeric carries c times numeric's error, so the factor is held to c times the bound: held
+    # to the bound alone, cos(30 x)'s truncation error times 100 put entries outside it, and a
+    # gradient 100 times too large was named as no pattern at all
+    x = np.random.default_rng(seed).standard_normal((3, 3))
+    entry = gradcheck(lambda v: float(np.sum(np.cos(30 * v))), [x], [100 * -30 * np.sin(30 * x)]).inputs[0]
+    assert entry.status == "FAIL", entry
+    assert _pattern_notes(entry) and "analytic is 100 times numeric at every entry" in _pattern_notes(entry)[0], \
+        entry.notes
+
+
 def test_a_mean_for_a_sum_is_named_as_the_factor_n_in_check_op_too():
     # the loss sums over 4 rows, the backward averages: analytic is numeric / 4
     x = np.random.default_rng(1).standard_normal((4, 3))

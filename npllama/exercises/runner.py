@@ -741,9 +741,27 @@ def _function_run_by(backward):
     decorator made with functools.wraps (a function, or an object given functools.update_wrapper),
     the function it wraps: the student's code, in the student's file, which a crash's line and the
     rerun hint must name, not the decorator's."""
-    backward = _called(backward)
-    wrapped = _wrapped_function(backward)
-    return wrapped if wrapped is not None else _own_code(backward)
+    return _own_code(_wrapping_layers(backward)[-1])
+
+
+def _decorator_files(backward) -> list[str]:
+    """The files of the decorators' own code between a call of `backward` and the function they
+    wrap (_function_run_by): where a decorator that converts or checks arguments crashes itself."""
+    codes = (getattr(_own_code(layer), "__code__", None) for layer in _wrapping_layers(backward)[:-1])
+    return [code.co_filename for code in codes if code is not None]
+
+
+def _wrapping_layers(backward) -> list:
+    """What a call of `backward` goes through, outermost first: what it calls (_called), then each
+    __wrapped__ in turn (functools.wraps, update_wrapper), the last the Python function they wrap.
+    Only the first when there is no such chain, or it loops or ends in no Python function (a NumPy
+    ufunc): the outermost is all there is."""
+    layers = [_called(backward)]
+    while hasattr(layers[-1], "__wrapped__"):
+        layers.append(layers[-1].__wrapped__)
+        if any(layers[-1] is layer for layer in layers[:-1]):
+            return layers[:1]
+    return layers if inspect.isfunction(layers[-1]) else layers[:1]
 
 
 def _own_code(layer):
@@ -760,29 +778,6 @@ def _called(backward):
     while isinstance(backward, functools.partial):
         backward = backward.func
     return backward.__func__ if inspect.ismethod(backward) else backward
-
-
-def _wrapped_function(backward):
-    """The function at the end of backward's __wrapped__ chain (functools.wraps, update_wrapper);
-    None when it has none, or the chain loops or ends in no Python function (a NumPy ufunc)."""
-    try:
-        wrapped = inspect.unwrap(backward)
-    except ValueError:          # a __wrapped__ chain that loops: the outermost is all there is
-        return None
-    return wrapped if wrapped is not backward and inspect.isfunction(wrapped) else None
-
-
-def _decorator_files(backward) -> list[str]:
-    """The files of the decorators' own code between a call of `backward` and the function they
-    wrap (_function_run_by): where a decorator that converts or checks arguments crashes itself."""
-    files, layer, seen = [], _called(backward), set()
-    while hasattr(layer, "__wrapped__") and id(layer) not in seen:
-        seen.add(id(layer))
-        file = getattr(getattr(_own_code(layer), "__code__", None), "co_filename", None)
-        if file is not None:
-            files.append(file)
-        layer = _called(layer.__wrapped__)
-    return files
 
 
 def _what_it_is(backward, function) -> str:
@@ -806,8 +801,9 @@ def _where_it_runs(backward, source_file: str | None, function_name: str) -> tup
     """For a function check_function was given itself: the file of its code as a crash's line names it,
     and (the path, the name) to rerun it by with runpy -- (None, its name or None) to call it in the session."""
     name = _defined_name(function_name)
-    # not a method, a partial; a decorated function (functools.wraps) is its file's name for it
-    is_function = inspect.isfunction(backward) or _wrapped_function(backward) is not None
+    # a function, decorated or not (a callable object's name, Grader.__call__, is no identifier);
+    # a method or a partial is not what its file's name for its function calls
+    is_function = not (inspect.ismethod(backward) or isinstance(backward, functools.partial))
     own_name = name if is_function and name.isidentifier() else None
     if source_file is None:
         return None, (None, own_name)

@@ -343,3 +343,19 @@ def test_a_gradebook_row_after_a_stop_pairs_each_check_with_its_own_reason():
     assert row["diagnosis"].startswith("dweight") and row["diagnosis"].endswith(f"; then {why}"), row
     row = _graded_after_stop("slow.py", check_function("rmsnorm", early, n_random=0), 3.0, "timeout", why).row()
     assert row["first_failure"] == "returns" and row["diagnosis"] == why, row
+
+
+def test_a_wrapped_chain_that_loops_is_checked_as_the_function_given(tmp_path, monkeypatch):
+    """A __wrapped__ that leads back to itself (set by hand) is no decorator to see through: the
+    function given is the one checked and named, and following the chain ends."""
+    import importlib
+
+    (tmp_path / "looped.py").write_text("def rmsnorm_backward(dy, cache):\n"
+                                        "    return dy * undefined_name, dy.sum(0)\n\n"
+                                        "rmsnorm_backward.__wrapped__ = rmsnorm_backward\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    report = check_function("rmsnorm", importlib.import_module("looped").rmsnorm_backward, n_random=0)
+    finding = report.first_failure.finding
+    assert "(line 2 of looped.py: return dy * undefined_name, dy.sum(0))" in finding.message, finding.message
+    assert "runpy.run_path('looped.py')['rmsnorm_backward']" in finding.hint, finding.hint

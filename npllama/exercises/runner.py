@@ -97,6 +97,13 @@ class Report:
     def first_failure(self) -> CheckResult | None:
         return next((r for r in self.results if r.status in ("fail", "error")), None)
 
+    @property
+    def failed_before_the_stop(self) -> bool:
+        """The checks stopped (`stopped`) after an earlier check had failed: first_failure is that
+        check, not the one they stopped in (check_function's last result, whose finding is the stop)."""
+        first = self.first_failure
+        return bool(self.stopped) and first is not None and first is not self.results[-1]
+
     def summary(self) -> str:
         """One short line: what a teacher's table shows."""
         if self.load_error:
@@ -184,9 +191,9 @@ class Report:
             lines += ["  " + line for line in first.finding.lines()]
             if ex.derivation:
                 lines.append(f"  derivation: {derivation_section(ex)}")
-        # a stop is the last result's finding (check_function): said here unless that is the failure
-        # above -- after an earlier check failed, it is the only place saying why its row is ERROR
-        if self.stopped and (first is None or first is not self.results[-1]):
+        # said here unless the failure above is the stop -- after an earlier check failed, this is
+        # the only place saying why the row of the check it stopped in is ERROR
+        if self.stopped and (first is None or self.failed_before_the_stop):
             lines.append(f"Stopped: {self.stopped}")
         lines += [f"  note: {note}" for note in self.notes]
         lines.append(f"{self.passed} of {self.total} checks passed." + ("  Well done!" if self.ok else ""))

@@ -298,9 +298,7 @@ def _graded_after_stop(named_as: str, report, seconds: float, ended: str, why: s
     that check's, then the stop's ('gradient: dx is ...; then stopped after 3 s ...'): a teacher's
     table must not pair one check's name with another's reason."""
     graded = _graded(named_as, report, seconds, **graded_on)
-    first = report.first_failure
-    stopped_there = first is None or first is report.results[-1]    # the check the stop ended in
-    diagnosis = why if stopped_there else f"{first.diagnosis}; then {why}"
+    diagnosis = f"{report.first_failure.diagnosis}; then {why}" if report.failed_before_the_stop else why
     return dataclasses.replace(graded, status=ended, diagnosis=diagnosis)
 
 

@@ -234,7 +234,7 @@ def remote_error(header: dict) -> Exception:
 def _frame(filename, lineno, name, line, *position) -> traceback.FrameSummary:
     where = {}
     if FRAMES_HAVE_POSITIONS and len(position) == len(POSITION_FIELDS):
-        # an int or nothing: a malformed position is dropped, not trusted
+        # each field an int or nothing: a malformed one is dropped, not trusted
         where = {field: value if type(value) is int else None for field, value in zip(POSITION_FIELDS, position)}
     return traceback.FrameSummary(str(filename), int(lineno), str(name), line=str(line), lookup_line=False, **where)
 

@@ -1682,18 +1682,23 @@ def test_a_value_outside_the_one_sided_slopes_at_a_kink_still_fails(f, wrong):
         entry.notes
 
 
+def _evaluations_at_the_point(f, x, grad):
+    """gradcheck of f at x: ([whether each call of f was at x itself, in order], the input's report)."""
+    at_point = []
+
+    def fn(v):
+        at_point.append(np.array_equal(v, x))
+        return f(v)
+
+    return at_point, gradcheck(fn, [x.copy()], [grad]).inputs[0]
+
+
 def test_a_probe_at_a_kink_costs_what_the_guide_says_and_evaluates_f_at_the_point_once():
     # _clear_kink took f at the point again (the same value _kink_checked had just measured): a
     # probe at a kink pays one evaluation at the point, beside those every check makes there, and
     # 9 in all, as the guide says -- a subgradient is not measured again (_steadiness_checked)
     def evaluations(x, grad):
-        at_point = []
-
-        def fn(v):
-            at_point.append(np.array_equal(v, x))
-            return relu_sum(v)
-
-        gradcheck(fn, [x.copy()], [grad])
+        at_point, _ = _evaluations_at_the_point(relu_sum, x, grad)
         return len(at_point), sum(at_point)
 
     smooth, smooth_at_point = evaluations(np.array([0.5, 1.0, -2.0]), np.array([1.0, 1.0, 0.0]))
@@ -1789,13 +1794,7 @@ def test_measuring_a_failing_probe_again_evaluates_f_at_the_point_once():
     # every window of _measured_roundoff (5 of them) and _stair_beyond took f at the point again, the
     # same value each time; the re-measurement now takes it once (the kink check takes its own)
     def evaluations_at_the_point(s, grad):
-        at_point = []
-
-        def fn(v):
-            at_point.append(np.array_equal(v, s))
-            return _naive_softplus(v)
-
-        entry = gradcheck(fn, [s.copy()], [grad]).inputs[0]
+        at_point, entry = _evaluations_at_the_point(_naive_softplus, s, grad)
         return sum(at_point), entry
 
     passing, entry = evaluations_at_the_point(np.array([-1.5]), _sigmoid(np.array([-1.5])))

@@ -84,10 +84,10 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
         require_path("path", path, "a classifier folder or run")
     if adapter is not None:
         require_path("adapter", adapter, "a LoRA adapter folder")
-        from .lora import base_of_adapter, load_adapter
+        from .lora import load_adapter, model_or_adapter_base
 
-        if path is None:   # the base the adapter was trained on, not the latest run
-            path = base_of_adapter(adapter, "load_classifier(path=BASE_FOLDER, adapter=...)")
+        # None: the base the adapter was trained on, not the latest run (refused naming this argument)
+        path = model_or_adapter_base(path, adapter, "load_classifier(path=BASE_FOLDER, adapter=...)")
 
         from .io.errors import CheckpointError
         from .io.hf import SCORE_NAME

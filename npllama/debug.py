@@ -117,10 +117,9 @@ def model_path(model=None, adapter=None) -> Path:
     from .io.llama2c import looks_like_llama2c
     from .runs import resolve_model_dir
 
-    if model is None and adapter is not None:   # the base the adapter was trained on, not the latest run
-        from .lora import base_of_adapter
+    from .lora import model_or_adapter_base
 
-        model = base_of_adapter(adapter, "--model")
+    model = model_or_adapter_base(model, adapter)   # with an adapter alone its base, not the latest run
     if model is not None and Path(model).expanduser().is_file():
         path = Path(model).expanduser()
         if looks_like_gguf(path) or looks_like_llama2c(path):

@@ -335,6 +335,19 @@ def base_of_adapter(path, flag: str = "--model") -> str:
     return base
 
 
+def model_or_adapter_base(model, adapter, flag: str = "--model", say=None):
+    """The model a caller given `model` and a LoRA `adapter` folder (either may be None) loads:
+    `model` when given; else, with an adapter, the base it names (base_of_adapter, refused naming
+    `flag`), told to `say` (a function taking one line; a command prints it on stderr, apart from
+    its output) since nobody typed it; else None, the caller's own default (the latest run)."""
+    if model is not None or adapter is None:
+        return model
+    base = base_of_adapter(adapter, flag)
+    if say is not None:
+        say(f"base model: {base} (named by the adapter's {CONFIG_NAME}; give {flag} for another)")
+    return base
+
+
 # A Hugging Face Hub name ("meta-llama/Llama-2-7b-hf"), as PEFT records a base it downloaded
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 

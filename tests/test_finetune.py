@@ -440,6 +440,7 @@ def test_a_classification_adapter_alone_classifies_on_the_base_it_names(cli, bas
     assert f"base model: {Path(base_dir).resolve()} (named by the adapter" in captured.err
     assert load_classifier(adapter=tmp_path / "adapter").label_names == load_classifier(
         base_dir, adapter=tmp_path / "adapter").label_names
+    assert capsys.readouterr().err == ""   # the Python API prints no command's lines
     # a base that is no folder here: the Python caller is told the keyword, not the command's flag
     config_file = tmp_path / "adapter" / "adapter_config.json"
     config_file.write_text(config_file.read_text().replace(str(Path(base_dir).resolve()), "/nowhere/base"))

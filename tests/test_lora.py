@@ -447,3 +447,67 @@ def test_an_adapter_folder_that_is_none_given_without_model_says_so_not_no_train
             assert main([*argv, "--adapter", str(adapter)]) == 2
             err = capsys.readouterr().err
             assert f"{adapter / 'adapter_config.json'} does not exist" in err and "no trained model" not in err, err
+
+
+
+# Every command that takes --adapter, as a run quick on a tiny model (chat reads one line from stdin;
+# TEXT: a short text file).  test_every_command_that_takes_adapter_is_here keeps the list whole.
+ADAPTER_COMMANDS = {
+    "generate": ["generate", "--prompt", "Once", "--max-new-tokens", "1", "--backend", "numpy"],
+    "chat": ["chat", "--max-new-tokens", "1", "--backend", "numpy"],
+    "classify": ["classify", "--text", "a good day", "--backend", "numpy"],
+    "eval choice": ["eval", "choice", "--limit", "1", "--no-progress", "--backend", "numpy"],
+    "eval perplexity": ["eval", "perplexity", "--data", "TEXT", "--context", "8", "--no-progress",
+                        "--backend", "numpy"],
+    "debug compare": ["debug", "compare", "--tokens", "1,2", "--against", "float64"],
+    "debug trace": ["debug", "trace", "--tokens", "1,2", "--backend", "numpy"],
+}
+
+
+def adapter_command(command: str, tmp_path) -> list[str]:
+    """ADAPTER_COMMANDS[command], its TEXT a file written in tmp_path."""
+    text = tmp_path / "text.txt"
+    text.write_text("Once upon a time there was a good day. " * 4, encoding="utf-8")
+    return [str(text) if arg == "TEXT" else arg for arg in ADAPTER_COMMANDS[command]]
+
+
+def test_every_command_that_takes_adapter_is_here():
+    from npllama.cli import build_parser
+
+    from .test_cli_help import all_parsers
+
+    taking = {name.removeprefix("npllama ") for name, parser in all_parsers(build_parser())
+              if any("--adapter" in action.option_strings for action in parser._actions)}
+    assert taking == set(ADAPTER_COMMANDS)
+
+
+@pytest.mark.parametrize("command", ADAPTER_COMMANDS)
+def test_adapter_alone_runs_the_base_it_names_and_says_so_or_asks_for_model(command, small_model_dir, tmp_path,
+                                                                              monkeypatch, capsys):
+    # every command given --adapter without --model loads the base the adapter records (not the
+    # latest run: there is none here), and says on stderr which base runs, in the same words; a
+    # recorded base that is no folder here is refused in one line naming --model, the way to give it
+    import io
+
+    from npllama.cli import main
+
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "no-runs"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello\n"))
+    model = Llama.from_pretrained(small_model_dir)
+    adapters = attach_lora(model, r=2)
+    task_type = "CAUSAL_LM"
+    if command == "classify":   # a sequence-classification adapter: its head saved beside it
+        adapters.extra["score.weight"] = np.zeros((2, model.config.hidden_size), np.float32)
+        task_type = "SEQ_CLS"
+    adapters.save_adapter(tmp_path / "adapter", str(small_model_dir), task_type=task_type)
+    argv = [*adapter_command(command, tmp_path), "--adapter", str(tmp_path / "adapter")]
+    assert main(argv) == 0, capsys.readouterr().err
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("base model:")]
+    assert said == [f"base model: {small_model_dir.resolve()} (named by the adapter's adapter_config.json; "
+                    f"give --model for another)"]
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    config_path.write_text(config_path.read_text().replace(str(small_model_dir.resolve()), str(tmp_path / "gone")))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and repr(str(tmp_path / "gone")) in err, err
+    assert err.rstrip().endswith("which is not a folder here: give that base model with --model"), err

@@ -43,8 +43,7 @@ def load_run_model(path, adapter, dtype: str, flag: str = "--model", job: str = 
     from .. import runs
     from ..runs import load_model_and_tokenizer
 
-    if path is None and adapter is not None:   # the adapter's own base, not the latest run
-        path = base_named_by(adapter, flag)
+    path = model_or_adapter_base(path, adapter, flag)
     runs.require_a_language_model(path, flag, job)     # not a classifier, not a masked-LM model
     model, tokenizer, model_dir = load_model_and_tokenizer(path, dtype=getattr(np, dtype))
     if adapter is not None:
@@ -56,17 +55,14 @@ def load_run_model(path, adapter, dtype: str, flag: str = "--model", job: str = 
     return model, tokenizer, model_dir
 
 
-def base_named_by(adapter, flag: str = "--model"):
-    """The base model the LoRA `adapter` folder names (npllama.lora.base_of_adapter), for a command
-    given --adapter without `flag`; a line on stderr says which one runs (not the latest run)."""
+def model_or_adapter_base(model, adapter, flag: str = "--model"):
+    """`flag`'s model, or with --adapter alone the base the adapter names
+    (npllama.lora.model_or_adapter_base), which a line on stderr names: not the latest run."""
     import sys
 
-    from ..lora import base_of_adapter
+    from .. import lora
 
-    base = base_of_adapter(adapter, flag)
-    print(f"base model: {base} (named by the adapter's adapter_config.json; give {flag} for another)",
-          file=sys.stderr)
-    return base
+    return lora.model_or_adapter_base(model, adapter, flag, say=lambda line: print(line, file=sys.stderr))
 
 
 def defaults_only_when_given(parser, names) -> None:

@@ -3,7 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import HelpFormatter, UsageError, add_run_options
+from . import HelpFormatter, UsageError, add_run_options, model_or_adapter_base
 
 # how an error about --data's labels names the ones the classifier has
 CLASSIFIERS_LABELS = "the classifier's labels"
@@ -38,10 +38,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
-
     from ..backend import get_backend, use_backend
-    from ..classify import load_classifier
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -68,7 +65,7 @@ def run(args) -> int:
         texts += [line for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") if line.strip()]
     if not texts:
         raise UsageError("give at least one --text or a --file with text")
-    classifier = load_classifier(_model(args), dtype=getattr(np, args.dtype), adapter=args.adapter)
+    classifier = _classifier(args)
     with use_backend(args.backend or get_backend()):
         probabilities = classifier.probabilities(texts, batch_size=args.batch_size)
     from ..text_width import ljust, width as columns
@@ -89,18 +86,15 @@ def run(args) -> int:
 
 def _score_file(args) -> int:
     """classify --data: every text of a labelled file classified, the predictions scored."""
-    import numpy as np
-
     from .. import datasets
     from ..backend import get_backend, use_backend
-    from ..classify import load_classifier
     from ..finetune import classification_metrics, format_metrics, majority_baseline
 
     try:   # the file before the model: a wrong column or label costs no loading
         texts, labels, lines = datasets.read_labelled(args.data)
     except (OSError, ValueError) as error:
         raise UsageError(f"--data: {error}") from None
-    classifier = load_classifier(_model(args), dtype=getattr(np, args.dtype), adapter=args.adapter)
+    classifier = _classifier(args)
     names = classifier.label_names
     try:
         truth, _ = datasets.encode_labels(labels, names, source=args.data, lines=lines, whose=CLASSIFIERS_LABELS)
@@ -124,11 +118,12 @@ def _score_file(args) -> int:
     return 0
 
 
-def _model(args):
-    """--model, or with --adapter alone the base the adapter names (refused naming --model if it
-    names none usable here); load_classifier would name its own argument, `path`."""
-    if args.model is None and args.adapter is not None:
-        from . import base_named_by
+def _classifier(args):
+    """The classifier --model and --adapter name: with --adapter alone, on the base the adapter names
+    (refused naming --model: load_classifier would name its own argument, `path`)."""
+    import numpy as np
 
-        return base_named_by(args.adapter, "--model")
-    return args.model
+    from ..classify import load_classifier
+
+    return load_classifier(model_or_adapter_base(args.model, args.adapter), dtype=getattr(np, args.dtype),
+                           adapter=args.adapter)

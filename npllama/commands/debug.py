@@ -2,7 +2,7 @@
 
 import os
 
-from . import HelpFormatter, UsageError
+from . import HelpFormatter, UsageError, model_or_adapter_base
 
 AGAINST = ("numba", "float64", "transformers")
 
@@ -256,7 +256,7 @@ def run_compare(args) -> int:
         raise UsageError(f"--plant {args.plant!r} is not a planted bug; choose one of "
                          f"{', '.join(sorted(debug.PLANTED_BUGS))}")
     _refuse_unwritable("--save", args.save)
-    model_path = debug.model_path(args.model, args.adapter)
+    model_path = debug.model_path(model_or_adapter_base(args.model, args.adapter), args.adapter)
     if args.transformers_folder is not None:   # a classifier against a causal LM: refused before either loads
         debug.refuse_another_kind(model_path, args.transformers_folder)
     dtype = np.float64 if args.dtype == "float64" else np.float32   # (--against float64: float32, as refused above)
@@ -297,7 +297,8 @@ def run_trace(args) -> int:
 
     _refuse_unwritable("--out", args.out, ".npz")
     dtype = np.float64 if args.dtype == "float64" else np.float32
-    model, model_dir, ids, labels = debug.load_inputs(args.model, args.text, args.tokens, dtype=dtype,
+    model = model_or_adapter_base(args.model, args.adapter)
+    model, model_dir, ids, labels = debug.load_inputs(model, args.text, args.tokens, dtype=dtype,
                                                     classifier=True, adapter=args.adapter)
     targets, _, _ = _targets(debug, model, args.label)
     t = debug.run_trace(model, ids, targets, backend_name=args.backend, include=args.include, exclude=args.exclude)

@@ -443,8 +443,8 @@ def test_an_adapter_folder_that_is_none_given_without_model_says_so_not_no_train
     monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "no-runs"))
     (tmp_path / "empty").mkdir()
     for adapter in (tmp_path / "empty", tmp_path / "mistyped"):
-        for argv in (["generate", "--prompt", "x"], ["classify", "--text", "x"], ["debug", "trace", "--tokens", "1"]):
-            assert main([*argv, "--adapter", str(adapter)]) == 2
+        for command in ADAPTER_COMMANDS:
+            assert main([*adapter_command(command, tmp_path), "--adapter", str(adapter)]) == 2
             err = capsys.readouterr().err
             assert f"{adapter / 'adapter_config.json'} does not exist" in err and "no trained model" not in err, err
 

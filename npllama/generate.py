@@ -122,15 +122,21 @@ class StopStrings:
         ids = generate(model, prompt_ids, 200, stop=stop)
         text = stop.cut(text_after(tokenizer, prompt_ids, ids[len(prompt_ids):]))   # before the stop string
 
-    The new ids are read as the text that follows `after` (the prompt's ids; `text_after`).
+    A stop string is matched against the new text as it is shown.  By default that is the text
+    that follows `after` (the prompt's ids; `text_after`), as `generate` prints it after the prompt.
     None: as text that follows some other text -- after one plain piece, whose text is then taken
     off -- which is the text after any prompt whose own text is not empty.  SentencePiece drops
     the space of a text's first piece ("▁Lily" alone decodes as "Lily"): after a prompt, a stop
     string " Lily" is found at the very start of the new text too, and after an empty one (BOS
     alone) it is not.
+    answer=True: the new text is an answer shown on its own (`generate --chat`, `npllama chat`,
+    `stream_text(..., answer=True)`), without the space that separates it from the prompt: the
+    answer " Lily went" is shown, and matched, as "Lily went" ("Lily" stops at its start, " Lily"
+    does not).
     """
 
-    def __init__(self, tokenizer, strings: Sequence[str], after: Sequence[int] | None = None):
+    def __init__(self, tokenizer, strings: Sequence[str], after: Sequence[int] | None = None,
+                 answer: bool = False):
         if isinstance(strings, str):
             strings = [strings]
         strings = list(strings)
@@ -143,9 +149,14 @@ class StopStrings:
         # where the new text starts, found once: decoding the lead alone at every token would
         # double the work `generate` does for this stop between two decode steps
         self.start = _new_text_start(tokenizer, self.lead)
+        if not isinstance(answer, bool):
+            raise TypeError(f"answer must be True or False, got {answer!r}")
+        self.answer = answer
 
     def __call__(self, new_ids: list[int]) -> bool:
         text = self.tokenizer.decode(self.lead + list(new_ids))[self.start:]   # text_after's text
+        if self.answer:
+            text = text[_answer_separator(text):]
         return any(s in text for s in self.strings)
 
     def cut(self, text: str) -> str:
@@ -189,6 +200,13 @@ def text_after(tokenizer, before_ids: Sequence[int], ids: Sequence[int]) -> str:
     " there").  An unfinished character at the end of `before_ids` counts as new text."""
     before = list(before_ids)
     return tokenizer.decode(before + list(ids))[_new_text_start(tokenizer, before):]
+
+
+def _answer_separator(text: str) -> int:
+    """How many characters at the start of an answer's text (the new text after a chat prompt) are
+    not shown: its first space, which separates it from the prompt, as decoding the answer's ids
+    alone drops it.  The one rule of what an answer shows, for streaming it and for stop strings."""
+    return 1 if text.startswith(" ") else 0
 
 
 def _new_text_start(tokenizer, before_ids: list[int]) -> int:
@@ -423,9 +441,9 @@ class TextStream:
         self.text = self.tokenizer.decode(self.ids)[self.start:]
         if self.separator_left and self.text:
             self.separator_left = False
-            if self.text.startswith(" "):
-                self.start += 1
-                self.text = self.text[1:]
+            hidden = _answer_separator(self.text)
+            self.start += hidden
+            self.text = self.text[hidden:]
         final = len(self.text.rstrip("\ufffd"))      # an unfinished character decodes as U+FFFD
         if final > self.written:
             self.write(self.text[self.written:final])

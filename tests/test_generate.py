@@ -587,6 +587,31 @@ def test_stop_strings_read_the_new_text_as_it_follows_each_prompt(small_model_di
     assert not StopStrings(tokenizer, [" play"], after=bos)(play) and StopStrings(tokenizer, [" play"])(play)
 
 
+def test_stop_strings_read_an_answer_as_it_is_shown_without_its_first_space(small_model_dir):
+    """answer=True: the new ids are an answer shown on its own (stream_text(..., answer=True) drops
+    the space that separates it from the prompt), and a stop string matches that text."""
+    from npllama.chat import ChatTemplate
+    from npllama.generate import StopStrings, stream_text, text_after
+
+    tokenizer = Tokenizer(small_model_dir / "tokenizer.model")
+    prompt = tokenizer.encode(ChatTemplate("llama2").prompt("Hi"), bos=False)
+    play = tokenizer.encode("play", bos=False)
+    assert text_after(tokenizer, prompt, play * 2) == " play play"
+    shown = []
+    show = stream_text(tokenizer, prompt, shown.append, answer=True)
+    for i in play * 2:
+        show(i)
+    show.flush()
+    assert "".join(shown) == "play play"
+    answer = StopStrings(tokenizer, ["play"], after=prompt, answer=True)
+    assert answer(play)
+    spaced = StopStrings(tokenizer, [" play"], after=prompt, answer=True)
+    assert not spaced(play) and spaced(play * 2)
+    assert StopStrings(tokenizer, [" play"], after=prompt)(play)       # the text as it follows the prompt
+    with pytest.raises(TypeError, match="answer must be True or False"):
+        StopStrings(tokenizer, ["play"], answer="yes")
+
+
 def test_generate_text_stops_at_each_end_id_the_config_lists():
     """A LLaMA-3 config lists several eos ids (end of text, end of turn): each ends a generation,
     besides the tokenizer's own </s>."""

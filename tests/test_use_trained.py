@@ -75,6 +75,90 @@ def test_stop_string_cuts_the_output(small_model_dir, capsys):
     assert new_tokens < 40
 
 
+@pytest.fixture(scope="module")
+def play_model_dir(small_model_dir, tmp_path_factory):
+    """The small model edited to answer "play play play ..." whatever it reads (greedy)."""
+    from npllama import Llama
+    from .test_generate import _always_says
+
+    model, tokenizer, _ = load_model_and_tokenizer(small_model_dir)
+    _always_says(model, tokenizer.encode("play", bos=False)[0])
+    folder = tmp_path_factory.mktemp("play") / "model"
+    model.save_pretrained(folder, extra_files={"tokenizer.model": (small_model_dir / "tokenizer.model").read_bytes()})
+    assert isinstance(Llama.from_pretrained(folder), Llama)
+    return folder
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+def test_a_stop_string_matches_the_text_as_printed(play_model_dir, capsys, chat):
+    """generate prints a continuation after its prompt (" play play", its first space included) and
+    a chat answer on its own ("play play"): a stop string matches what is printed, and the
+    Python API's StopStrings (after the prompt, answer=True for an answer) stops at the same token."""
+    from npllama.chat import ChatTemplate
+    from npllama.generate import StopStrings
+
+    _, tokenizer, _ = load_model_and_tokenizer(play_model_dir)
+    base = ["generate", "--model", str(play_model_dir), "--prompt", "Once", "--max-new-tokens", "5",
+            "--temperature", "0", "--backend", "numpy"] + (["--chat"] if chat else [])
+    _, free, _ = run_cli(capsys, *base)
+    shown_prompt = "" if chat else "Once"
+    shown = free[len(shown_prompt):-1]
+    assert shown == ("" if chat else " ") + "play play play play play"
+    prompt_ids = (tokenizer.encode(ChatTemplate.for_folder(play_model_dir, tokenizer).prompt("Once"), bos=False)
+                  if chat else tokenizer.encode("Once", bos=True))
+    play = tokenizer.encode("play", bos=False)
+    first_word = shown[:len(shown) - len(shown.lstrip())] + "play"       # " play", or "play" for an answer
+    for stop in (first_word, "y p", "play play", " play p"):
+        api = StopStrings(tokenizer, [stop], after=prompt_ids, answer=chat)
+        tokens = next(n for n in range(1, 6) if api(play * n))
+        _, out, err = run_cli(capsys, *base, "--stop", stop)
+        assert out == shown_prompt + shown[:shown.index(stop)] + "\n", stop
+        assert err.startswith(f"[{tokens} tokens in"), (stop, err)
+    # the start of the text as printed stops at the first token, and prints nothing of it
+    _, out, err = run_cli(capsys, *base, "--stop", first_word)
+    assert out == shown_prompt + "\n" and err.startswith("[1 tokens in")
+
+
+def test_chat_stops_at_a_stop_string_and_goes_on_from_what_it_printed(play_model_dir, monkeypatch, capsys):
+    """`npllama chat --stop` follows generate --chat's rule: the answer as printed ("play play ..."),
+    so "play" stops at its first word; the next prompt holds the answer as printed."""
+    import io
+
+    import npllama.generate as generation
+    from npllama.chat import ChatTemplate
+
+    prompts = []
+    real = generation.generate
+    monkeypatch.setattr(generation, "generate", lambda model, prompt, *a, **k: prompts.append(prompt) or
+                        real(model, prompt, *a, **k))
+
+    def chat(*argv):
+        monkeypatch.setattr("sys.stdin", io.StringIO("Hi\nGo on\n"))
+        prompts.clear()
+        return run_cli(capsys, "chat", "--model", str(play_model_dir), "--max-new-tokens", "5", "--temperature",
+                       "0", "--backend", "numpy", *argv)
+
+    assert chat()[1] == "play play play play play\n" * 2
+    status, out, err = chat("--stop", "y p")
+    assert status == 0 and out == "pla\n" * 2 and err == ""
+    _, tokenizer, _ = load_model_and_tokenizer(play_model_dir)
+    template = ChatTemplate.for_folder(play_model_dir, tokenizer)
+    said = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "pla"},
+            {"role": "user", "content": "Go on"}]
+    assert prompts[1] == tokenizer.encode(template.render(said), bos=False)
+    assert chat("--stop", "play")[1] == "\n\n"
+    assert chat("--stop", " play")[1] == "play\n" * 2
+
+
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_the_help_says_what_a_stop_string_is_matched_against(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--stop TEXT" in help_text and "matched against the text as printed" in help_text
+    assert "without the space the template puts before it" in help_text
+
+
 def test_generate_with_an_adapter_equals_the_merged_model(small_model_dir, tmp_path, capsys):
     from npllama.lora import attach_lora
 

@@ -2,7 +2,8 @@
 import sys
 
 from . import HelpFormatter, add_adapter_option, add_run_options
-from .generate import add_chat_options, add_sampling_options, check_sampling_options
+from .generate import (StopAwarePrinter, add_chat_options, add_sampling_options, add_stop_option,
+                       check_sampling_options, stop_strings)
 
 
 DEFAULT_ANSWER_TOKENS = 200
@@ -24,6 +25,7 @@ def register(subparsers) -> None:
     add_sampling_options(p, max_new_tokens=None, temperature=0.7, max_new_tokens_help=(
         f"an answer's length at most, in tokens (default: {DEFAULT_ANSWER_TOKENS}, or half the model's context "
         "when that is less, so that the conversation so far has the other half)"))
+    add_stop_option(p)
     add_run_options(p)
     p.set_defaults(run=run)
 
@@ -31,10 +33,11 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..backend import get_backend, use_backend
     from ..chat import ChatTemplate
-    from ..generate import decodable_vocab_size, generate, sample_seed, stream_text
+    from ..generate import StopStrings, decodable_vocab_size, generate, sample_seed, stream_text
     from . import load_run_model
 
     check_sampling_options(args)
+    stops = stop_strings(args)
     model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype, "--model", "chatting")
     template = ChatTemplate.for_folder(model_dir, tokenizer, name=args.chat_template, adapter=args.adapter)
     end_ids = template.stop_ids(tokenizer, model)
@@ -56,18 +59,25 @@ def run(args) -> int:
                 _say(f"[{not_sent_words(len(prompt_ids), context, len(conversation.exchanges), args.system)}]")
                 continue
             room = min(args.max_new_tokens, context - len(prompt_ids))
-            show = stream_text(tokenizer, prompt_ids, _write, answer=True)
+            # matched against the answer as printed, as generate --chat matches it
+            stop = StopStrings(tokenizer, stops, after=prompt_ids, answer=True) if stops else None
+            printer = StopAwarePrinter(stop)
+            show = stream_text(tokenizer, prompt_ids, printer.write, answer=True)
             ids = generate(model, prompt_ids, room, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, seed=sample_seed(args.seed, turn), eos_id=end_ids,
                            on_token=show, repetition_penalty=args.repetition_penalty, threads=args.threads,
+                           stop=printer.stopped if stop is not None else None,
                            vocab_size=decodable_vocab_size(model, tokenizer))
             show.flush()
+            printer.flush()
             _write("\n")
             answer = ids[len(prompt_ids):]
             ended = bool(answer) and answer[-1] in end_ids
-            if not ended and room < args.max_new_tokens:
+            if not ended and not printer.done and room < args.max_new_tokens:
                 _say(f"[answer cut after {room} tokens: the model's context ({context} tokens) is full]")
-            conversation.answer(tokenizer.decode(answer[:-1] if ended else answer))
+            said = tokenizer.decode(answer[:-1] if ended else answer)
+            # the conversation goes on from what was printed: the answer up to its stop string
+            conversation.answer(stop.cut(said) if stop is not None else said)
     return 0
 
 

@@ -21,9 +21,7 @@ def register(subparsers) -> None:
                    "--adapter's or the folder's chat_template, else LLaMA-2 style) and print only the answer")
     add_chat_options(p)
     add_sampling_options(p)
-    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="stop when the generated text contains TEXT, and print it only up to there "
-                        "(repeatable; \\n is a newline)")
+    add_stop_option(p)
     p.add_argument("--num-samples", type=int, default=1, help="how many continuations to print")
     add_run_options(p)
     p.set_defaults(run=run)
@@ -49,6 +47,25 @@ def add_sampling_options(p, max_new_tokens: int | None = 100, temperature: float
                    help="threads of each decode step (default: every core, or $NPLLAMA_DECODE_THREADS; "
                         "at most $NPLLAMA_MAX_THREADS, 256 unless set); fewer can be faster while other "
                         "programs keep the cores busy; the text is the same for any count")
+
+
+def add_stop_option(p) -> None:
+    """--stop, as `generate` and `chat` take it; stop_strings reads it."""
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop when the generated text contains TEXT, and print it only up to there "
+                        "(repeatable; \\n is a newline).  TEXT is matched against the text as printed, the "
+                        "prompt's own text aside: a continuation of --prompt with its first word's space "
+                        "(\" play\" matches it in \"Once play\"), a chat's answer on its own, without the "
+                        "space the template puts before it (\"play\" matches the answer \"play ball\", "
+                        "\" play\" does not)")
+
+
+def stop_strings(args) -> list[str]:
+    """--stop's strings, \\n read as a newline; an empty one refused (before the model is loaded)."""
+    stops = [s.replace("\\n", "\n") for s in args.stop or []]
+    if any(not s for s in stops):
+        raise UsageError("--stop must not be empty")
+    return stops
 
 
 def add_chat_options(p, implies: str = " (implies --chat)") -> None:
@@ -91,9 +108,7 @@ def run(args) -> int:
     if args.num_samples > 1 and args.temperature == 0:
         raise UsageError(f"--num-samples {args.num_samples} with --temperature 0 would print the same greedy "
                          f"text {args.num_samples} times: give a --temperature above 0 to sample different ones")
-    stops = [s.replace("\\n", "\n") for s in args.stop or []]
-    if any(not s for s in stops):
-        raise UsageError("--stop must not be empty")
+    stops = stop_strings(args)
     chat = args.chat or args.system is not None or args.chat_template is not None
 
     model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype, "--model",
@@ -114,13 +129,14 @@ def run(args) -> int:
                       flag="--max-new-tokens")
     except ValueError as error:
         raise UsageError(str(error)) from None
-    stop = StopStrings(tokenizer, stops) if stops else None
+    # matched against the text as printed: an answer (--chat) without its first space
+    stop = StopStrings(tokenizer, stops, after=prompt_ids, answer=chat) if stops else None
     vocab_size = decodable_vocab_size(model, tokenizer)
     with use_backend(args.backend or get_backend()):
         for i in range(args.num_samples):
             seed = sample_seed(args.seed, i)
             sys.stdout.write(shown_prompt)
-            printer = _StopAwarePrinter(stop)
+            printer = StopAwarePrinter(stop)
             show = stream_text(tokenizer, prompt_ids, printer.write, answer=chat)
             arrivals: list[float] = []
 
@@ -183,7 +199,7 @@ def _check_args(args, check_generation_args) -> None:
             "must be None or ", "must be ")) from None
 
 
-class _StopAwarePrinter:
+class StopAwarePrinter:
     """Streams text to stdout, holding back what could be the start of a stop string, so the
     stop string itself (and anything after it) is never printed."""
 
@@ -204,7 +220,9 @@ class _StopAwarePrinter:
             self.pending, self.done = "", True
         else:
             keep = max(len(s) for s in self.stop.strings) - 1   # a stop string may be starting here
-            ready = self.pending[:len(self.pending) - keep] if keep else self.pending
+            # max: text shorter than what is kept back is all kept (a negative end would cut from the
+            # end, printing the start of a stop string longer than the text so far)
+            ready = self.pending[:max(len(self.pending) - keep, 0)]
             sys.stdout.write(ready)
             self.pending = self.pending[len(ready):]
         sys.stdout.flush()

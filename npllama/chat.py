@@ -43,9 +43,16 @@ LLAMA3_TEMPLATE = (
 )
 
 BUILTIN_TEMPLATES = {"llama2": LLAMA2_TEMPLATE, "llama3": LLAMA3_TEMPLATE}
+# Stands for an answer in a rendering that shows where the template writes the answer: letters
+# alone, which trimming (or any filter that keeps words) leaves as they are.
+_ANSWER_MARKER = "npllamaANSWERmarker"
 # A message ends with these in the built-in templates: generation stops at them.
 END_OF_TURN = {"llama2": None, "llama3": "<|eot_id|>"}
 ROLES = ("system", "user", "assistant")
+
+
+class AnswerNotWritten(ValueError):
+    """The chat template does not write an assistant's answer where a scorer can find its ids."""
 
 
 class ChatTemplate:
@@ -137,9 +144,8 @@ class ChatTemplate:
         ends = set(self.stop_ids(tokenizer))
         for k, message in enumerate(messages):
             if message["role"] == "assistant":
-                asked = tokenizer.encode(self.render(messages[:k], add_generation_prompt=True), bos=False)
                 answered = tokenizer.encode(self.render(messages[:k + 1], add_generation_prompt=False), bos=False)
-                start, end = _shared_length(asked, ids), _shared_length(answered, ids)
+                start, end = self._answer_start(tokenizer, messages[:k], ids), _shared_length(answered, ids)
                 # up to the first end id: what a template writes after it (ChatML's "\n") the
                 # model never generates, since generation stops there
                 end = next((i + 1 for i in range(start, end) if ids[i] in ends), end)
@@ -149,6 +155,55 @@ class ChatTemplate:
             ids.append(tokenizer.eos_id)   # a template that writes no end: the model must learn to stop
             counted.append(True)
         return ids, counted
+
+    def encode_answer(self, tokenizer, messages) -> tuple[list[int], int]:
+        """(ids, start) of a conversation whose last message is the assistant's, up to the end of
+        that message's text: ids[start:] are the answer's ids as encode_conversation counts them
+        (what the model writes when asked at the assistant's header), without the end of turn
+        and whatever else the template writes after the answer's text.  Scoring an answer
+        (finetune.choice_logprobs) reads them.
+
+        AnswerNotWritten (a ValueError) when the template writes text of its own between the
+        prompt and the answer (a header that only an answered conversation has): those ids are
+        not the answer's."""
+        messages = check_messages(messages)
+        text, answer_start, answer_end = self.written_answer(messages)
+        asked = self.render(messages[:-1], add_generation_prompt=True)
+        if answer_start < len(asked) or not text.startswith(asked) or text[len(asked):answer_start].strip():
+            raise AnswerNotWritten(f"the chat template does not write the answer {messages[-1]['content']!r} "
+                                   f"right after its prompt {asked[-40:]!r}")
+        ids = tokenizer.encode(text[:answer_end], bos=False)
+        return ids, self._answer_start(tokenizer, messages[:-1], ids)
+
+    def written_answer(self, messages) -> tuple[str, int, int]:
+        """(text, start, end): the conversation rendered (add_generation_prompt=False), its last
+        message the assistant's, and text[start:end] that message's content as the template writes
+        it (LLaMA-2 and LLaMA-3 trim it).  Where the template puts the content is found by
+        rendering a marker in its place, not by looking for the content's text, which may also be
+        the question's or the template's own ("A" in a header "Assistant:")."""
+        messages = check_messages(messages)
+        if messages[-1]["role"] != "assistant":
+            raise ValueError(f"the last message must be the assistant's, got {messages[-1]['role']!r}")
+        text = self.render(messages, add_generation_prompt=False)
+        marked = self.render(messages[:-1] + [{**messages[-1], "content": _ANSWER_MARKER}], add_generation_prompt=False)
+        if marked.count(_ANSWER_MARKER) != 1:
+            raise AnswerNotWritten("the chat template does not write an assistant's message as it is given "
+                                   f"(once, as text), so where it puts the answer {messages[-1]['content']!r} "
+                                   "is unknown")
+        before, after = marked.split(_ANSWER_MARKER)
+        if not (text.startswith(before) and text.endswith(after) and len(before) + len(after) <= len(text)):
+            raise AnswerNotWritten(f"the chat template writes the conversation around the answer "
+                                   f"{messages[-1]['content']!r} otherwise than around another answer, so "
+                                   f"where that answer is written is unknown")
+        return text, len(before), len(text) - len(after)
+
+    def _answer_start(self, tokenizer, asked_messages, ids: list[int]) -> int:
+        """Where an answer's ids start in `ids` (a conversation that goes on after asked_messages
+        with the assistant's message): where they stop being the ids of the prompt the model is
+        asked with, asked_messages rendered up to the assistant's header (a piece that spans the
+        joint counts as the answer's)."""
+        asked = tokenizer.encode(self.render(asked_messages, add_generation_prompt=True), bos=False)
+        return _shared_length(asked, ids)
 
     def stop_ids(self, tokenizer, model=None) -> list[int]:
         """The ids that end an assistant's turn: EOS, the template's end-of-turn token, and the
@@ -271,5 +326,5 @@ def _end_of_turn(source: str) -> str | None:
     return None
 
 
-__all__ = ["ChatTemplate", "LLAMA2_TEMPLATE", "LLAMA3_TEMPLATE", "read_folder_template", "check_messages",
+__all__ = ["ChatTemplate", "AnswerNotWritten", "LLAMA2_TEMPLATE", "LLAMA3_TEMPLATE", "read_folder_template", "check_messages",
            "turn_messages"]

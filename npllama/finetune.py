@@ -845,10 +845,11 @@ def _choice_scores(model, tokenizer, question: str, choices: list[str], template
     from .objectives import join_text
 
     chat = _chat_template(template)
-    prompt = question if chat is None else chat.prompt(question)   # a template's text holds <s> where it puts one
-    context = tokenizer.encode(prompt, bos=chat is None)
-    answered = [join_text(prompt, c) if chat is None else _chat_answered(chat, question, prompt, c) for c in choices]
-    split = [_context_and_continuation(tokenizer, context, text, bos=chat is None) for text in answered]
+    if chat is None:
+        context = tokenizer.encode(question, bos=True)
+        split = [_context_and_continuation(tokenizer, context, join_text(question, c)) for c in choices]
+    else:
+        split = [_chat_answer_split(chat, tokenizer, question, c) for c in choices]
     limit = model.config.max_position_embeddings
     longest = int(np.argmax([len(ids) for _, ids in split]))
     room = limit - len(split[longest][1])   # for the question
@@ -881,29 +882,29 @@ def _chat_template(template):
     raise ValueError(f"template must be 'plain', 'chat' or a ChatTemplate, got {template!r}")
 
 
-def _chat_answered(chat, question: str, prompt: str, choice: str) -> str:
-    """`prompt` (chat's for `question`) followed by `choice` as the template writes an assistant's
-    answer, up to its end of turn: LLaMA-2's " A dog." after "[/INST]", LLaMA-3's "A dog." after
-    its "\n\n" -- what `finetune sft` (ChatTemplate.encode_turn) trains the answer on."""
-    from .chat import turn_messages
+def _chat_answer_split(chat, tokenizer, question: str, choice: str):
+    """(context ids, choice ids): `choice` as the template writes an assistant's answer to
+    `question`, up to its end of turn (LLaMA-2's " A dog." after "[/INST]", LLaMA-3's "A dog."
+    after its "\n\n") -- the ids `finetune sft` (ChatTemplate.encode_turn) trains the answer on,
+    placed by the template itself (ChatTemplate.encode_answer)."""
+    from .chat import AnswerNotWritten, turn_messages
 
-    written = chat.render(turn_messages(question, choice), add_generation_prompt=False)
-    answer = choice.strip()          # templates trim a message (LLaMA-2's, LLaMA-3's)
-    at = written.find(answer, len(prompt)) if written.startswith(prompt) else -1
-    if at < 0 or written[len(prompt):at].strip():
-        raise ValueError(f"the chat template does not write the answer {choice!r} right after its prompt "
-                         f"{prompt[-40:]!r}, so there is no text of the choice's own to score; score "
-                         f"without it: --template plain (template='plain' in Python)")
-    return written[:at + len(answer)]
+    try:
+        ids, start = chat.encode_answer(tokenizer, turn_messages(question, choice))
+    except AnswerNotWritten as error:
+        raise ValueError(f"{error}, so there is no text of the choice's own to score; score without it: "
+                         f"--template plain (template='plain' in Python)") from None
+    start = min(start, len(ids) - 1)     # every choice is scored on a token at least
+    return ids[:start], ids[start:]
 
 
-def _context_and_continuation(tokenizer, context: list[int], text: str, bos: bool):
-    """(context ids, choice ids): `text` (the prompt and a choice after it) encoded as the model reads
-    it, cut where its ids stop being those of the prompt alone (`context`; a piece that spans the
-    joint counts as the choice's)."""
+def _context_and_continuation(tokenizer, context: list[int], text: str):
+    """(context ids, choice ids): `text` (the question and a choice after it) encoded with <s> as the
+    model reads it, cut where its ids stop being those of the question alone (`context`; a piece
+    that spans the joint counts as the choice's)."""
     from .chat import _shared_length
 
-    whole = tokenizer.encode(text, bos=bos)
+    whole = tokenizer.encode(text, bos=True)
     shared = min(_shared_length(context, whole), len(whole) - 1)     # every choice is scored on a token at least
     return whole[:shared], whole[shared:]
 

@@ -717,6 +717,51 @@ def test_a_chat_template_that_writes_more_than_the_answer_after_its_prompt_is_re
         evaluate_choice(CountingModel(), DigitTokenizer(), items, template=template("7 "), progress=False)
 
 
+def test_a_choice_that_the_template_writes_before_the_answer_is_not_scored_in_its_place():
+    # Before: the answer was searched for in the rendered text after the prompt, and a choice "2"
+    # was found in the template's own " 2 " that comes before the answer (this template writes no
+    # generation prompt): the template's "2" was scored as the choice, while "4" was refused.
+    # The template now says where it writes the answer, and both are refused alike.
+    from npllama.chat import ChatTemplate
+
+    template = ChatTemplate("{% for m in messages %}{% if m['role'] == 'user' %}{{ '1 ' + m['content'] }}"
+                            "{% else %}{{ ' 2 ' + m['content'] | trim }}{% endif %}{% endfor %}")
+    for choices in (["2"], ["4"], ["2", "4"]):
+        with pytest.raises(ValueError, match=r"does not write the answer '[24]' right after its prompt '1 3'"):
+            choice_logprobs(CountingModel(), DigitTokenizer(), "3", choices, template=template)
+
+
+def test_a_template_that_does_not_write_the_answer_as_given_is_refused():
+    # an answer written twice (or changed) leaves no one place where its ids are
+    from npllama.chat import ChatTemplate
+
+    twice = ChatTemplate("{% for m in messages %}{{ '1 ' + m['content'] + ' ' + m['content'] }}{% endfor %}")
+    with pytest.raises(ValueError, match=r"does not write an assistant's message as it is given.*--template plain"):
+        choice_logprobs(CountingModel(), DigitTokenizer(), "3", ["4"], template=twice)
+
+
+def test_a_choice_found_in_the_question_or_the_template_is_scored_where_the_template_writes_it():
+    """The answer's ids are those the template places after its prompt (what `finetune sft` trains,
+    its end of turn aside), whatever text the choice shares with the question or the header."""
+    from npllama.chat import ChatTemplate
+
+    # the generation prompt is " 2 5", and the answer follows it: "5" is in the question and the header
+    template = ChatTemplate("{% for m in messages %}{% if m['role'] == 'user' %}{{ '1 ' + m['content'] }}"
+                            "{% else %}{{ ' 2 5 ' + m['content'] | trim + ' 19' }}{% endif %}{% endfor %}"
+                            "{% if add_generation_prompt %}{{ ' 2 5' }}{% endif %}")
+    model, tokenizer, question = CountingModel(), DigitTokenizer(), "5 3"
+    scores, lengths = choice_logprobs(model, tokenizer, question, ["5", "6 7", "5 3"], template=template)
+    for choice, score, length in zip(["5", "6 7", "5 3"], scores, lengths):
+        ids, counted = template.encode_turn(tokenizer, question, choice)
+        answer = [i for i, c in zip(ids, counted) if c][:-1]      # its end of turn (</s>, 19) aside
+        assert answer == [int(w) for w in choice.split()] and length == len(answer)
+        start = counted.index(True)
+        logits = model.forward(np.array([ids]))[0]
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        assert score == pytest.approx(sum(log_probs[t - 1, ids[t]] for t in range(start, start + length)),
+                                      rel=1e-12)
+
+
 def test_batched_choice_scores_equal_one_at_a_time(base_dir):
     model = Llama.from_pretrained(base_dir, dtype=np.float64)
     tokenizer = Tokenizer(base_dir / "tokenizer.model")

@@ -382,9 +382,7 @@ def tokenize_corpus(texts, tokenizer, cache_path=None, progress: bool | None = N
         raise ValueError(f"tokenizer {tokenizer!r} needs BOS and EOS pieces to mark documents")
     if cache_path is None:
         return np.concatenate(list(_encode_stream(texts, tokenizer, progress)))
-    cache_path = Path(cache_path).expanduser()
-    if cache_path.suffix != ".npy":
-        raise ValueError(f"cache_path must end in .npy, got {str(cache_path)!r}")
+    cache_path = _checked_cache_path(cache_path)
     key = _cache_key(texts, tokenizer)
     cached = _load_cached(cache_path, key)
     if cached is not None:
@@ -399,6 +397,20 @@ def tokenize_corpus(texts, tokenizer, cache_path=None, progress: bool | None = N
         warnings.warn(f"could not write the token cache {cache_path} ({error}); going on without it, "
                       f"the tokens in memory", RuntimeWarning, stacklevel=2)
         return np.concatenate(list(_encode_stream(texts, tokenizer, progress)))
+
+
+def cached_tokens(texts, tokenizer, cache_path) -> np.ndarray | None:
+    """The stream tokenize_corpus(texts, tokenizer, cache_path) would read from its cache (memory-mapped),
+    or None when it would tokenize the texts: a caller that must tell tokens read from a cache (which
+    vouches for its key, not for its own bytes) from tokens just made from the text."""
+    return _load_cached(_checked_cache_path(cache_path), _cache_key(texts, tokenizer))
+
+
+def _checked_cache_path(cache_path) -> Path:
+    cache_path = Path(cache_path).expanduser()
+    if cache_path.suffix != ".npy":
+        raise ValueError(f"cache_path must end in .npy, got {str(cache_path)!r}")
+    return cache_path
 
 
 def _require_texts(texts) -> None:

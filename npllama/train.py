@@ -325,17 +325,9 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
     if texts is None:
         texts = _load_corpus(tc)
     tokenizer = _prepare_tokenizer(tc, run_dir, texts, echo, checkpoint, given_tokenizer)
-    train_ids, val_ids = _train_and_held_out_tokens(tc, run_dir, tokenizer, texts, val_texts)
-    tokens = data_fingerprint(train_ids, val_ids)
-    if checkpoint is not None and _checkpoint_tokens(checkpoint) not in (None, tokens):
-        # the token caches vouch for their key (the text, the tokenizer), not for their own bytes: a
-        # damaged one would be taken for changed text.  The tokens made again from the text decide.
-        train_ids, val_ids = _train_and_held_out_tokens(tc, run_dir, tokenizer, texts, val_texts, cached=False)
-        remade = data_fingerprint(train_ids, val_ids)
-        if remade != tokens:
-            echo(f"the token cache ({run_dir / 'tokens.npy'}{', val_tokens.npy' if tc.val_data else ''}) did not "
-                 f"hold the tokens of the text (damaged?): made again from the text")
-        tokens = remade
+    train_ids, val_ids, tokens = _train_and_held_out_tokens(
+        tc, run_dir, tokenizer, texts, val_texts, _checkpoint_tokens(checkpoint) if checkpoint is not None else None,
+        echo)
     loader = BatchLoader(train_ids, tc.batch_size, tc.seq_len, seed=tc.seed)
     val_batches = evaluation_batches(val_ids, tc.batch_size, tc.seq_len, max_batches=tc.eval_batches or None)
     unigram = unigram_entropy(train_ids, tokenizer.vocab_size)
@@ -738,22 +730,64 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts, echo, checkpoint=N
                          f"it with `npllama tokenizer train --character-coverage` and give it as --tokenizer.") from None
 
 
-def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts, val_texts=None, cached=True):
-    """(train_ids, val_ids): all of --data and --val-data's text (val_texts when already read),
-    or --data with its last val_fraction held out.  cached=False: the token caches (tokens.npy,
-    val_tokens.npy) are made again from the text, not read."""
-    from .data import tokenize_corpus, train_val_split
+def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts, val_texts=None, saved=None,
+                               echo=print):
+    """(train_ids, val_ids, their data_fingerprint): all of --data and --val-data's text (val_texts
+    when already read), or --data with its last val_fraction held out.
 
-    if not cached:
-        for name in ("tokens.npy", "val_tokens.npy"):
-            for path in (run_dir / name, run_dir / f"{name}.json"):   # the stream and its key
-                path.unlink(missing_ok=True)
-    ids = tokenize_corpus(texts, tokenizer, cache_path=run_dir / "tokens.npy", progress=_bars(tc))
-    if tc.val_data is None:
-        return train_val_split(ids, tc.held_out_fraction, bos_id=tokenizer.bos_id)
-    if val_texts is None:
-        val_texts = _held_out_texts(tc)
-    return ids, tokenize_corpus(val_texts, tokenizer, cache_path=run_dir / "val_tokens.npy", progress=_bars(tc))
+    saved: the data_fingerprint of the checkpoint being resumed (None: none).  The token caches
+    (tokens.npy, val_tokens.npy) vouch for their key (the text, the tokenizer), not for their own
+    bytes: a damaged one would be taken for changed text.  So a stream read from a cache whose
+    tokens are not the checkpoint's is made again from the text, which decides; one just made from
+    the text (edited text is: its key is another, unless an earlier refused resume cached it) is
+    not made again."""
+    from .data import train_val_split
+
+    if tc.val_data is None:   # one stream: both parts come from tokens.npy
+        streams = {"tokens.npy": (texts, ("training", "held_out"))}
+    else:
+        streams = {"tokens.npy": (texts, ("training",)),
+                   "val_tokens.npy": (val_texts if val_texts is not None else _held_out_texts(tc), ("held_out",))}
+
+    def parts(ids: dict):
+        if tc.val_data is None:
+            return train_val_split(ids["tokens.npy"], tc.held_out_fraction, bos_id=tokenizer.bos_id)
+        return ids["tokens.npy"], ids["val_tokens.npy"]
+
+    ids, read = {}, []
+    for name, (stream_texts, _) in streams.items():
+        ids[name], from_cache = _token_stream(tc, run_dir / name, tokenizer, stream_texts)
+        read += [name] if from_cache else []
+    train_ids, val_ids = parts(ids)
+    tokens = data_fingerprint(train_ids, val_ids)
+    suspect = [name for name in read if isinstance(saved, dict)
+               and any(saved.get(part) != tokens[part] for part in streams[name][1])]
+    if not suspect:
+        return train_ids, val_ids, tokens
+    for name in suspect:
+        ids[name], _ = _token_stream(tc, run_dir / name, tokenizer, streams[name][0], cached=False)
+    train_ids, val_ids = parts(ids)
+    remade = data_fingerprint(train_ids, val_ids)
+    damaged = [name for name in suspect if any(remade[part] != tokens[part] for part in streams[name][1])]
+    if damaged:
+        echo(f"the token cache ({', '.join(str(run_dir / name) for name in damaged)}) did not hold the tokens of "
+             f"the text (damaged?): made again from the text")
+    return train_ids, val_ids, remade
+
+
+def _token_stream(tc: TrainConfig, cache_path: Path, tokenizer, texts, cached=True):
+    """(the texts' token stream, whether it was read from its cache at cache_path); cached=False:
+    made from the text, the cache rewritten."""
+    from .data import cached_tokens, tokenize_corpus
+
+    if cached:
+        ids = cached_tokens(texts, tokenizer, cache_path)
+        if ids is not None:
+            return ids, True
+    else:
+        for path in (cache_path, Path(f"{cache_path}.json")):   # the stream and its key
+            path.unlink(missing_ok=True)
+    return tokenize_corpus(texts, tokenizer, cache_path=cache_path, progress=_bars(tc)), False
 
 
 def _load_corpus(tc: TrainConfig):

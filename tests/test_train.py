@@ -301,6 +301,40 @@ def test_resume_refuses_a_data_file_changed_since_the_checkpoint(tmp_path):
     assert train(resume_config(out), resume=True, echo=quiet).step == 2
 
 
+@pytest.mark.parametrize("held_out", ["the end of --data", "--val-data"])
+def test_a_resume_on_changed_text_tokenizes_and_digests_it_once_before_refusing(tmp_path, monkeypatch, held_out):
+    """Edited --data was tokenized and digested twice before the refusal: tokens that differed from
+    the checkpoint's were made again from the text in case the token cache was damaged, though they
+    had just been made from the text, not read from a cache (and with --val-data the unchanged
+    held-out text was made again too).  Only a stream read from a cache is made again."""
+    import npllama.data
+
+    lines = [f"The {c} cat sat on the {m} mat number {i}." for i, (c, m) in
+             enumerate((c, m) for c in ("red", "blue", "green", "small") for m in ("big", "old", "new"))]
+    corpus, val = tmp_path / "mine.txt", tmp_path / "val.txt"
+    corpus.write_text("\n\n".join(lines * 30))
+    val.write_text("\n\n".join(lines[::-1] * 5))
+    out = tmp_path / "run"
+    assert train(TrainConfig(out=str(out), data=str(corpus), val_data=str(val) if held_out == "--val-data" else None,
+                             steps=2, stop_after=1, eval_every=0, checkpoint_every=0, **{**FAST, "vocab_size": 320}),
+                 echo=quiet).interrupted
+    corpus.write_text("\n\n".join(lines[::-1] * 30))   # other training text
+    calls = {"tokenized": 0, "digested": 0}
+
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(npllama.data, "_encode_stream", counted("tokenized", npllama.data._encode_stream))
+    monkeypatch.setattr(npllama.data, "token_digest", counted("digested", npllama.data.token_digest))
+    with pytest.raises(ValueError, match=r"the training text \(--data .*\) has changed since the checkpoint"):
+        train(resume_config(out), resume=True, echo=quiet)
+    # the new training text once; the held-out text, unchanged, read from its cache; each part digested once
+    assert calls == {"tokenized": 1, "digested": 2}
+
+
 def test_a_run_moved_with_its_data_resumes_given_the_datas_new_path(tmp_path, monkeypatch, capsys):
     """The settings record --data absolute: a run folder moved (or copied to another machine) with its
     text named a file that is no longer there, and giving its new path was refused as a changed

@@ -228,9 +228,11 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
     run_dir = Path(tc.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"--out {tc.out!r} is a file, not a folder: choose a run folder")
-    require_files(tc, ("data", "tokenizer", "val_data"), resume, CONFIG_FILE)   # before anything is written
+    # before anything is written; --tokenizer where it is read (_tokenizer_file): a resume from a
+    # checkpoint reads the run's own copy, so a run moved without the file still resumes
+    require_files(tc, ("data", "val_data"), resume, CONFIG_FILE)
     # a new start's --tokenizer, read once: checked now, then the run's own copy
-    given = None if resume else _check_a_new_start(tc)
+    given = None if resume else _check_a_new_start(tc, resume=False)
     if resume:
         require_settings(run_dir, CONFIG_FILE)
     else:
@@ -251,12 +253,11 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
             raise _said_what_is_left(stop, run_dir) from None
 
 
-def _check_a_new_start(tc: TrainConfig):
+def _check_a_new_start(tc: TrainConfig, resume: bool):
     """What a new start checks before it writes anything: the --init-from folder, the held-out
     text, the model it will build (with a --tokenizer's vocabulary and ids).  Returns the
-    --tokenizer read (None without one)."""
-    from .tokenizer import Tokenizer
-
+    --tokenizer read (None without one).  resume: a resume of a run with no checkpoint yet, which
+    starts again from step 0 with its saved settings."""
     if tc.init_from is not None:
         init_from_config(tc)  # the folder is readable and the shape settings agree with it
         if tc.tokenizer is not None and init_from_tokenizer_path(tc) is not None:
@@ -269,7 +270,7 @@ def _check_a_new_start(tc: TrainConfig):
                              f"with --tokenizer (a new one, trained on --data, would give the ids other meanings)")
     if tc.data is not None and tc.val_data is not None:
         _refuse_held_out_text_in_data(tc)
-    given = Tokenizer(Path(tc.tokenizer).expanduser()) if tc.tokenizer is not None else None
+    given = _tokenizer_file(tc, resume) if tc.tokenizer is not None else None
     if given is not None:
         _refuse_another_vocab_size(tc, given)
     check_new_model(tc, given)
@@ -283,7 +284,7 @@ def _check_a_restart(tc: TrainConfig, run_dir: Path):
     changed by --resume, which keeps the settings that define the run; nothing was trained, so
     the refusal says to start the run again.  Returns the --tokenizer read, as _check_a_new_start."""
     try:
-        return _check_a_new_start(tc)
+        return _check_a_new_start(tc, resume=True)
     except ValueError as error:
         raise ValueError(f"{str(run_dir)!r} has no checkpoint yet, so --resume would start the run again from "
                          f"step 0 with its saved settings ({CONFIG_FILE}), and they are refused now: {error}. "
@@ -709,7 +710,9 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts, echo, checkpoint=N
         return Tokenizer(path)
     given = tc.tokenizer if tc.init_from is None else (init_from_tokenizer_path(tc) or tc.tokenizer)
     if given is not None:
-        tokenizer = given_tokenizer if given_tokenizer is not None else Tokenizer(given)
+        if given_tokenizer is None:   # given is --init-from's, or a resume's from a checkpoint before tokenizer copies
+            given_tokenizer = _tokenizer_file(tc, resume=True) if given is tc.tokenizer else Tokenizer(given)
+        tokenizer = given_tokenizer
         atomic_write_bytes(path, tokenizer.model_bytes)
         return Tokenizer(path)
     vocab_size = base_vocab_size(tc) if tc.init_from is None else init_from_config(tc).vocab_size
@@ -728,6 +731,16 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts, echo, checkpoint=N
         # a run trains its tokenizer with the default coverage: a lower one is a tokenizer of its own
         raise ValueError(f"{error}  A run's own tokenizer keeps the default coverage: for a lower one, train "
                          f"it with `npllama tokenizer train --character-coverage` and give it as --tokenizer.") from None
+
+
+def _tokenizer_file(tc: TrainConfig, resume: bool):
+    """The --tokenizer file, read.  Required here, where it is read, not by every resume: one from a
+    checkpoint reads the copy in the run folder.  A FileNotFoundError naming the flag if it is not
+    there (on a resume: the path the run's settings recorded, unless given anew, which it may be)."""
+    from .tokenizer import Tokenizer
+
+    require_files(tc, ("tokenizer",), resume, CONFIG_FILE)
+    return Tokenizer(Path(tc.tokenizer).expanduser())
 
 
 def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts, val_texts=None, saved=None,

@@ -370,6 +370,41 @@ def test_a_run_moved_with_its_data_resumes_given_the_datas_new_path(tmp_path, mo
     assert json.loads((after / "run" / "train_config.json").read_text())["data"] == str(after / "mine.txt")
 
 
+def test_a_run_moved_without_its_tokenizer_file_resumes_from_its_own_copy(straight_run, tmp_path, capsys):
+    """A run started with --tokenizer, moved (or its tokenizer file moved or deleted), asked for that
+    file again on --resume ("if it was moved, give its new path with --tokenizer"), though a resume
+    from a checkpoint reads the copy the run folder holds (checkpoint/model/tokenizer.model), never
+    the file.  A resume that reads it -- one of a run with no checkpoint yet, which starts again from
+    step 0 -- still asks for it, saying where the settings recorded it."""
+    import shutil
+
+    from npllama.cli import main
+
+    before, after = tmp_path / "before", tmp_path / "after"
+    before.mkdir(), after.mkdir()
+    shutil.copy(straight_run[0] / "tokenizer.model", before / "tok.model")
+    config = TrainConfig(out=str(before / "run"), tokenizer=str(before / "tok.model"), steps=2, stop_after=1,
+                         eval_every=0, checkpoint_every=0, **{**FAST, "vocab_size": None})
+    assert train(config, echo=quiet).interrupted
+    for name in ("tok.model", "run"):
+        shutil.move(before / name, after / name)
+    capsys.readouterr()
+    assert main(["train", "--out", str(after / "run"), "--resume", "--no-progress"]) == 0, capsys.readouterr().err
+    assert "resuming" in capsys.readouterr().out
+    recorded = json.loads((after / "run" / "train_config.json").read_text())["tokenizer"]
+    assert recorded == str(before / "tok.model")   # what the run was made with, not changed by the resume
+
+    fresh = after / "fresh"   # a run killed before its first checkpoint: its settings, and the file is read
+    fresh.mkdir()
+    shutil.copy(after / "run" / "train_config.json", fresh)
+    assert main(["train", "--out", str(fresh), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--tokenizer {str(before / 'tok.model')!r} does not exist" in err, err
+    assert "if it was moved, give its new path with --tokenizer" in err and len(err.splitlines()) == 1, err
+    assert main(["train", "--out", str(fresh), "--resume", "--tokenizer", str(after / "tok.model"),
+                 "--no-progress"]) == 0, capsys.readouterr().err
+
+
 def test_the_resume_command_a_stop_prints_runs_as_printed_with_a_space_in_the_folder(tmp_path, capsys):
     """`continue with `npllama train --out my run --resume`` split the folder in two words: the
     command printed (by a stop in the steps, and outside them) is quoted for the shell."""

@@ -143,8 +143,9 @@ def adapted_classifier(model, adapter, tokenizer, model_dir, pad_token_id: int |
 
 
 def _info(folder: Path) -> dict:
-    """finetune.json's fields (written by `npllama finetune classify --out`), or {} when the folder
-    has none or it is not a JSON object."""
+    """finetune.json's fields (written by every `npllama finetune` job's --out: classify, sft, sop), or
+    {} when the folder has none or it is not a JSON object (not npllama's, or damaged).  The one
+    reader of that file: a file there that cannot be read is an OSError, not taken for no record."""
     info = folder / INFO_FILE
     if not info.is_file():
         return {}

@@ -248,17 +248,14 @@ def _read_head(head_file: Path, hidden_size: int, dtype) -> np.ndarray:
 def _starting_head(model_dir: Path, model, sc_: SentenceOrderConfig) -> tuple[np.ndarray, str]:
     """(the head to train, a line saying where it came from): the base's own head when the base is a
     `finetune sop` result of the same --pairs (training continues), else a fresh one."""
-    from .finetune import INFO_FILE
-    from .io.reading import read_json
+    from .classify import _info
 
     fresh = init_sop_head(model.config.hidden_size, seed=sc_.seed, dtype=model.dtype)
     head_file = Path(model_dir) / HEAD_FILE
     if not head_file.is_file():
         return fresh, "the binary head starts fresh (random, seeded by --seed)"
-    try:
-        pairs = read_json(Path(model_dir) / INFO_FILE, expect=dict).get("pairs")
-    except (OSError, ValueError):   # no finetune.json, or not one of ours: which question is unknown
-        pairs = None
+    # finetune.json read by its one reader: no record, or one not npllama's, is {} (which question: unknown)
+    pairs = _info(Path(model_dir)).get("pairs")
     if pairs != sc_.pairs:   # a head that answered another question
         return fresh, (f"the binary head starts fresh: the base's {HEAD_FILE} was trained on --pairs "
                        f"{pairs or 'unknown'}, this run on {sc_.pairs}")

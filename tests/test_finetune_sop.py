@@ -3,6 +3,7 @@ what the pairs hold, saves a masked-LM model with its head, and refuses what it 
 import json
 import random
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,3 +258,50 @@ def test_a_sop_result_as_base_continues_its_head_and_another_pairs_kind_starts_f
         sentence_order(settings(greetings, steps=1, pairs="nsp", base=str(tmp_path / "first")), echo=said.append)
         assert any("starts fresh: the base's sop_head.safetensors was trained on --pairs sop" in line
                    for line in said), said
+
+
+@pytest.mark.parametrize("record, kind", [(None, "unknown"), ("[1, 2]", "unknown"), ('{"pairs": "sop"', "unknown"),
+                                          ('{"label_names": ["a"]}', "unknown"), ('{"pairs": "nsp"}', "nsp")])
+def test_a_base_with_a_head_and_no_record_of_the_same_pairs_starts_a_fresh_head(greetings, tmp_path, record, kind):
+    """A base holding a sop_head.safetensors but no finetune.json, one that is not npllama's (not an
+    object, damaged JSON, no "pairs") or one of other pairs: which question the head answered is
+    not known to be this run's, so the head starts fresh, saying why."""
+    from npllama.finetune_sop import _starting_head
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / HEAD_FILE).write_bytes(b"")   # not read: the record decides first
+    if record is not None:
+        (base / "finetune.json").write_text(record)
+    model = Llama.from_pretrained(greetings[0])
+    head, said = _starting_head(base, model, settings(greetings))
+    assert head.shape == (2, model.config.hidden_size)
+    assert f"starts fresh: the base's {HEAD_FILE} was trained on --pairs {kind}, this run on sop" in said, said
+
+
+def test_a_finetune_json_that_cannot_be_read_is_an_error_as_for_classify_not_a_fresh_head(greetings, tmp_path,
+                                                                                         monkeypatch):
+    """_starting_head read finetune.json itself and took any OSError (a file there but unreadable) for
+    "no record": the base's trained head was silently replaced by a fresh one, while classify's
+    reader of the same file (classify._info) says the file cannot be read.  One reader, one rule."""
+    import npllama.io.reading
+    from npllama.classify import _info
+    from npllama.finetune_sop import _starting_head
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / HEAD_FILE).write_bytes(b"")
+    (base / "finetune.json").write_text('{"pairs": "sop"}')
+    read_json = npllama.io.reading.read_json
+
+    def unreadable(path, *args, **kwargs):   # as a file without read permission is, for a user who is not root
+        if Path(path).name == "finetune.json":
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_json(path, *args, **kwargs)
+
+    monkeypatch.setattr(npllama.io.reading, "read_json", unreadable)
+    with pytest.raises(PermissionError) as classify_said:
+        _info(base)
+    with pytest.raises(PermissionError) as sop_said:
+        _starting_head(base, Llama.from_pretrained(greetings[0]), settings(greetings))
+    assert str(sop_said.value) == str(classify_said.value)

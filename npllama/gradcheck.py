@@ -65,17 +65,19 @@ How a probe's numeric derivative and its bound are made (the error model):
             of the largest gradient, is UNRESOLVED: a backward holding the same cancelling terms
             rounds as f does).  Where no longer step is kept and that rounding covers the
             difference, or where some D(t) strays from D(h) further than the model lets it (its
-            truncation grows like t^2, its round-off falls like 1/t) and the analytic value lies
-            within that spread of the D(t), the probe is UNRESOLVED, not FAIL: the check cannot
-            tell there.  Where f keeps one value at every one of those steps (log(1 + exp(s)) is
-            exactly 0 for s < -37, while its gradient is ~1e-17), it is looked at farther out, up to
-            64 * 4^5 steps, and where it changes there by a stair (a jump that keeps its height as
-            bisection narrows it, no smooth onset) as high as the analytic value predicts across
-            the +-64 steps (and, along one entry, the way it predicts), and no higher than f's
-            rounding (16 u max(|f|, 1): np.round(x) with a straight-through gradient still FAILs),
-            the probe is UNRESOLVED too.  A smooth f shows none of this, so a wrong gradient of
-            one still FAILs.  Each input pays this (up to 55 calls, 105 where f kept
-            one value, and up to 54 for shorter steps) only until one failure is confirmed.
+            truncation grows like t^2 from what D(h) - D(2h) shows, and beyond 4h no faster than
+            from what the two D(t) below it show: D(h) - D(2h) can be f's rounding alone; its
+            round-off falls like 1/t) and the analytic value lies within that spread of the D(t),
+            the probe is UNRESOLVED, not FAIL: the check cannot tell there.  Where f keeps one
+            value at every one of those steps (log(1 + exp(s)) is exactly 0 for s < -37, while
+            its gradient is ~1e-17), it is looked at farther out, up to 64 * 4^5 steps, and where
+            it changes there by a stair (a jump that keeps its height over the second half of a
+            bisection to it, no smooth onset) as high as the analytic value predicts across the
+            +-64 steps (and, along one entry, the way it predicts), and no higher than f's rounding
+            (16 u max(|f|, 1): np.round(x) with a straight-through gradient still FAILs), the probe
+            is UNRESOLVED too.  A smooth f shows none of this, so
+            a wrong gradient of one still FAILs.  Each input pays this (up to 55 calls, 105 where f
+            kept one value, and up to 54 for shorter steps) only until one failure is confirmed.
   limits    no step can check a gradient across a kink within a step of the point (relu at 0;
             at a clear kink at the point itself, one measured at two steps, an analytic value
             between f's one-sided slopes there, as a subgradient's, is UNRESOLVED, one outside FAILs),
@@ -181,8 +183,9 @@ STAIR_SEARCH = 4.0
 MAX_STAIR_SEARCHES = 5
 STAIR_BISECTIONS = 40
 # ... a stair keeps its height as bisection narrows the interval around it (a smooth onset's change
-# shrinks with it, by up to 2^STAIR_BISECTIONS), the first interval holding up to this many stairs
-STAIRS_IN_FIRST_INTERVAL = 16.0
+# shrinks with it, by 2^(STAIR_BISECTIONS / 2) over the second half of the bisections), the interval
+# halfway through holding up to this many stairs
+STAIRS_IN_WIDER_INTERVAL = 16.0
 # A failing probe whose bound is mostly truncation is taken again at steps SHORTEN times shorter,
 # up to MAX_SHORTENINGS times (_shortened)
 SHORTEN = 4.0
@@ -1041,6 +1044,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
             if abs(analytic - estimate.value) <= held_to + rounding:
                 return estimate._replace(unsteady=True)
     values, strays = [estimate.value], estimate.rough
+    rungs = {1.0: estimate.value}        # D(t) at each factor t of the step reached so far
     # at a kink at the point, longer steps reach the kinks of other entries along a direction
     for factor in [f for f in RESTEP_FACTORS if f < 1 or not estimate.kink] if np.isfinite(analytic) else ():
         try:
@@ -1051,9 +1055,10 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
         if width == 0 or not np.isfinite(value):
             continue
         # held_to: the estimate's bound, the analytic's round-off and the relative floor
-        allowed = held_to + estimate.difference * factor**2 + estimate.roundoff / factor
+        allowed = held_to + _truncation_allowed(estimate, rungs, factor) + estimate.roundoff / factor
         strays = strays or abs(value - estimate.value) > allowed
         values.append(value)
+        rungs[factor] = value
         spread = max(values) - min(values)
         if strays and min(values) - spread <= analytic <= max(values) + spread:
             return estimate._replace(unsteady=True)
@@ -1068,6 +1073,21 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
         return estimate._replace(unsteady=True, flat=True)
     probes.remeasure_failures = False
     return estimate
+
+
+def _truncation_allowed(estimate, rungs, factor) -> float:
+    """How far D(factor * h) of the steps ladder may stray from the estimate by truncation, which
+    grows like t^2: 3x what |D(h) - D(2h)| (3x D(h)'s truncation) grows to, and past 4h no more
+    than 3x what the two rungs below it (factor / 16 and factor / 4: `rungs`, D by factor) grow
+    to.  |D(h) - D(2h)| may be f's rounding alone: GELU's 0.5 x (1 + tanh(z)) at x ~ -7.15 moves
+    by one ulp of f over 2h within a stair of 1 + tanh(z), and 64^2 times that allowed D(64h), which
+    crosses a stair 1e3 times higher, to stray by 1e-13 -- 20x the right gradient, which FAILed."""
+    allowed = estimate.difference * factor**2
+    shorter, shortest = factor / 4, factor / 16
+    if factor > 4 and shorter in rungs and shortest in rungs:
+        growth = (factor**2 - 1) / (shorter**2 - shortest**2)
+        allowed = min(allowed, 3 * growth * abs(rungs[shorter] - rungs[shortest]))
+    return allowed
 
 
 def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False) -> bool:
@@ -1097,7 +1117,8 @@ def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False) ->
             else:
                 return False            # f never changed: it ignores x here, and a nonzero gradient is wrong
             jumps = []                  # f's change from f0 across each narrower interval, signed
-            for _ in range(STAIR_BISECTIONS):
+            halfway = 0                 # how many of them were found in the first half of the bisections
+            for bisection in range(STAIR_BISECTIONS):
                 middle = 0.5 * (near + far)
                 move(side * middle)
                 value = _evaluate_within_domain(evaluate, side * middle)[0]
@@ -1105,6 +1126,7 @@ def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False) ->
                     near = middle
                 else:
                     far, jumps = middle, jumps + [value - f0]
+                halfway += bisection < STAIR_BISECTIONS // 2 and value != f0
             width = abs(move(reach) - move(-reach))
     except _LeftDomain:
         return False
@@ -1112,10 +1134,13 @@ def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False) ->
         move(None)
     if not np.isfinite(f0) or len(jumps) < 2 or not np.all(np.isfinite(jumps)):
         return False
-    # a stair: the change across the last interval is no less than 1/STAIRS_IN_FIRST_INTERVAL of the
-    # change across the first, 2^bisections times wider (a smooth onset's shrinks with the interval,
-    # down to f's rounding; the first interval may span a few stairs: along a direction, log(1 + u) at
-    # u ~ 1e-14 had two entries step in it, and its last change, one stair, was taken for an onset);
+    # a stair: the change across the last interval is no less than 1/STAIRS_IN_WIDER_INTERVAL of the
+    # change across the interval of halfway through the bisection, 2^(bisections / 2) times wider (a
+    # smooth onset's shrinks with the interval, down to f's rounding; that interval may span a few
+    # stairs: along a direction, log(1 + u) at u ~ 1e-14 had two entries step in it, and its last
+    # change, one stair, was taken for an onset).  Not the first interval's change: where f's stairs
+    # grow as it moves away (GELU's 1 + tanh(z), 0 at x = -7.44, is 1 ulp at -7.2 and 330 at -6.65),
+    # the first interval spans hundreds, and the right gradient FAILed;
     # as high as the analytic value predicts across the ladder (2 * reach); and a rounding of f: a few
     # units in the last place of f or of the 1 a cancellation inside f works against (1 + exp(s) is
     # 1 + 2.2e-16 at the stair).  np.round(x) is a staircase too, whose straight-through gradient
@@ -1126,7 +1151,8 @@ def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False) ->
     # at u ~ 1e-14, seed 24, FAILed its right gradient)
     stair = abs(jumps[-1])
     rounding = ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(1.0, abs(f0), abs(f0) + stair)
-    return (abs(jumps[0]) / STAIRS_IN_FIRST_INTERVAL <= stair <= rounding
+    wider = abs(jumps[max(halfway - 1, 0)])
+    return (wider / STAIRS_IN_WIDER_INTERVAL <= stair <= rounding
             and stair >= 0.5 * abs(analytic) * width
             and (not one_entry or np.sign(jumps[-1]) == side * np.sign(analytic)))
 

@@ -1364,6 +1364,71 @@ def test_a_wrong_gelu_backward_still_fails_in_the_left_tail_and_on_ordinary_inpu
             assert entry.status == "FAIL", f"seed {seed}:\n{entry}"
 
 
+def _tanh_gelu_backward_by_cosh(dout, cache):
+    # 1 - tanh(z)^2 as 1 / cosh(z)^2: no cancellation, and not 0 where tanh(z) rounds to -1
+    x, _ = cache
+    inner = np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)
+    return dout * (0.5 * (1 + np.tanh(inner))
+                   + 0.5 * x / np.cosh(inner) ** 2 * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x**2))
+
+
+# Draws (uniform in [low, high], default_rng(seed)) at which a right GELU backward FAILed, checked by
+# check_op or, "sum", by gradcheck of the sum of its out.  Each holds an entry near x = -7.15, where
+# 1 + tanh(z) is one ulp of 1 or none: f moves in stairs of 1 + tanh(z) (~3e-16) about as wide as
+# the steps ladder (+-64 steps), its right gradient ~3e-15 next to the check's largest ~2e-3.
+# Within a stair f still moves a little (0.5 x (1 + t) with t fixed), by an ulp of f over 2h: that
+# |D(h) - D(2h)|, taken for truncation and grown by 64^2, let D(64h), across a stair, stray 20x the
+# gradient unnoticed (seeds 19, 39, 48, 104).  Where 1 + tanh(z) is 0 over the whole ladder, the
+# stair search found f's first stair, but the first interval of its bisection spans hundreds (f's
+# stairs grow as 1 + tanh(z) does), and took it for a smooth onset (seed 29, [-8, -6.5] seed 1,
+# with 1 / cosh^2).  Once one probe FAILed, the others were not measured again, and a third one,
+# -9.12337e-10 against D(h) = -9.12421e-10 (f's rounding, not the backward's), FAILed too (104).
+_GELU_TAIL_DRAWS = {
+    "[-12, -3] (2, 5) seed 19": (-12.0, -3.0, (2, 5), 19, "check_op"),
+    "[-12, -3] (2, 5) seed 39": (-12.0, -3.0, (2, 5), 39, "check_op"),
+    "[-9, -5] (16, 16) seed 48": (-9.0, -5.0, (16, 16), 48, "check_op"),
+    "[-20, -3] (40,) seed 104, sum": (-20.0, -3.0, (40,), 104, "sum"),
+    "[-12, -3] (2, 5) seed 29": (-12.0, -3.0, (2, 5), 29, "check_op"),
+    "[-8, -6.5] (3, 10) seed 1": (-8.0, -6.5, (3, 10), 1, "check_op"),
+}
+
+
+def _gelu_tail_entry(draw, backward):
+    low, high, shape, seed, how = _GELU_TAIL_DRAWS[draw]
+    x = np.random.default_rng(seed).uniform(low, high, shape)
+    if how == "check_op":
+        return check_op(_tanh_gelu_forward, backward, [x], seed=seed).inputs[0]
+    grad = backward(np.ones_like(x), _tanh_gelu_forward(x)[1])
+    return gradcheck(lambda v: float(np.sum(_tanh_gelu_forward(v)[0])), [x], [grad], seed=seed).inputs[0]
+
+
+@pytest.mark.parametrize("backward", [_tanh_gelu_backward, _tanh_gelu_backward_by_cosh], ids=["1 - t^2", "cosh"])
+@pytest.mark.parametrize("draw", list(_GELU_TAIL_DRAWS))
+def test_a_right_gelu_whose_tail_moves_in_stairs_as_wide_as_the_ladder_is_not_failed(draw, backward):
+    entry = _gelu_tail_entry(draw, backward)
+    assert entry.status != "FAIL", f"{draw}:\n{entry}"
+    assert not _pattern_notes(entry), entry.notes      # no missing term blamed on a right gradient
+
+
+@pytest.mark.parametrize("wrong", ["1.001x", "missing term", "sign"])
+@pytest.mark.parametrize("draw", [d for d in _GELU_TAIL_DRAWS if "seed 29" not in d] + ["N(0, 1)"])
+def test_a_wrong_gelu_fails_at_the_draws_whose_right_gradient_failed(draw, wrong):
+    # (seed 29 is left out: every entry is below -7.3, where tanh(z) is -1 and the 1 - t^2 backward
+    # is exactly 0, so these "wrong" ones are all right)
+    backward = {"1.001x": lambda d, c: 1.001 * _tanh_gelu_backward(d, c), "missing term": _gelu_missing_the_tanh_term,
+                "sign": lambda d, c: -_tanh_gelu_backward(d, c)}[wrong]
+    if draw == "N(0, 1)":
+        x = np.random.default_rng(19).standard_normal((3, 10))
+        entry = check_op(_tanh_gelu_forward, backward, [x], seed=19).inputs[0]
+    else:
+        entry = _gelu_tail_entry(draw, backward)
+    if wrong == "1.001x" and draw == "[-8, -6.5] (3, 10) seed 1":
+        # every entry is below -6.5: 1e-3 of gradients this far in the tail is below f's rounding
+        assert entry.status == "UNRESOLVED", entry
+    else:
+        assert entry.status == "FAIL", f"{draw}:\n{entry}"
+
+
 @pytest.mark.parametrize("gap", [2.2, 2.25, 2.3, 2.35])
 def test_a_wrong_softmax_backward_fails_where_the_wide_windows_reach_its_bend(gap):
     # softmax of logits ~30: a step is eps * rms(x) ~ 3.5e-3, so the windows 21 steps apart span
@@ -1818,8 +1883,9 @@ def test_a_nonzero_gradient_where_f_never_changes_without_stairs_still_fails():
 def test_a_gentle_smooth_onset_beyond_the_ladder_is_not_taken_for_a_stair(slope, wrong):
     # slope * relu(x) at x = -0.5 keeps f = 0 over the ladder, then starts to move at 0: its change
     # across the last bisected interval is as small as a stair of f's rounding, and a gradient as
-    # tiny as `wrong` predicts such a stair, but across the first interval f moved by far more --
-    # no stair keeps its height like that (STAIRS_IN_FIRST_INTERVAL), so the wrong gradient FAILs
+    # tiny as `wrong` predicts such a stair, but across the interval halfway through the bisection,
+    # 2^20 times wider, f moved by far more -- no stair keeps its height like that
+    # (STAIRS_IN_WIDER_INTERVAL), so the wrong gradient FAILs
     entry = gradcheck(lambda v: slope * relu_sum(v), [np.array([-0.5])], [np.array([wrong])]).inputs[0]
     assert entry.status == "FAIL", entry
     assert not any("kept one value along them" in note for note in entry.notes), entry.notes

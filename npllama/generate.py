@@ -202,6 +202,15 @@ def text_after(tokenizer, before_ids: Sequence[int], ids: Sequence[int]) -> str:
     return tokenizer.decode(before + list(ids))[_new_text_start(tokenizer, before):]
 
 
+def answer_text(tokenizer, prompt_ids: Sequence[int], ids: Sequence[int]) -> str:
+    """The text of an answer's `ids` (after a chat prompt's `prompt_ids`) as it is shown
+    (stream_text(..., answer=True), StopStrings(..., answer=True)): the text they add after the
+    prompt, without the space that separates it from the prompt.  Decoding the ids alone is not
+    that for every tokenizer: a byte-level BPE (LLaMA-3's tokenizer.json) keeps the first space."""
+    text = text_after(tokenizer, prompt_ids, ids)
+    return text[_answer_separator(text):]
+
+
 def _answer_separator(text: str) -> int:
     """How many characters at the start of an answer's text (the new text after a chat prompt) are
     not shown: its first space, which separates it from the prompt, as decoding the answer's ids

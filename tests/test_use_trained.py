@@ -150,6 +150,62 @@ def test_chat_stops_at_a_stop_string_and_goes_on_from_what_it_printed(play_model
     assert chat("--stop", " play")[1] == "play\n" * 2
 
 
+@pytest.fixture(scope="module")
+def byte_level_play_dir(tmp_path_factory):
+    """A model folder with a byte-level BPE tokenizer.json (LLaMA-3's kind: decoding an answer's
+    ids alone keeps its first space, " play"), edited to answer " play play ..." (greedy)."""
+    pytest.importorskip("tokenizers")
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+    from npllama import Llama, LlamaConfig
+    from .test_generate import _always_says
+
+    folder = tmp_path_factory.mktemp("byte_level")
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    tok.train_from_iterator(["Hi there, go on and play with the ball, play again"] * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    config = {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "add_bos_token": True}
+    model = Llama(LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                              max_position_embeddings=128), seed=0)
+    _always_says(model, tok.encode(" play").ids[0])
+    model.save_pretrained(folder, extra_files={"tokenizer.json": tok.to_str().encode(),
+                                               "tokenizer_config.json": json.dumps(config).encode()})
+    return folder
+
+
+def test_chat_goes_on_from_the_answer_as_printed_when_decoding_it_alone_keeps_its_space(
+        byte_level_play_dir, monkeypatch, capsys):
+    # Before: the conversation went on from tokenizer.decode(answer ids) cut at the stop string;
+    # a byte-level tokenizer decodes them alone as " play play ..." (its first space kept), so
+    # --stop " play" (found in the printed "play play" after its first word) cut that text at
+    # its very start: "play" was printed and an empty answer went into the next prompt.
+    import io
+
+    import npllama.generate as generation
+    from npllama.chat import ChatTemplate
+
+    prompts = []
+    real = generation.generate
+    monkeypatch.setattr(generation, "generate", lambda model, prompt, *a, **k: prompts.append(prompt) or
+                        real(model, prompt, *a, **k))
+    _, tokenizer, _ = load_model_and_tokenizer(byte_level_play_dir)
+    assert tokenizer.decode(tokenizer.encode(" play play", bos=False)) == " play play"
+    template = ChatTemplate.for_folder(byte_level_play_dir, tokenizer)
+    for stop, printed in ((" play", "play"), ("y p", "pla"), ("play", "")):
+        monkeypatch.setattr("sys.stdin", io.StringIO("Hi\nGo on\n"))
+        prompts.clear()
+        status, out, err = run_cli(capsys, "chat", "--model", str(byte_level_play_dir), "--max-new-tokens", "5",
+                                   "--temperature", "0", "--backend", "numpy", "--stop", stop)
+        assert status == 0 and out == f"{printed}\n" * 2, (stop, out, err)
+        said = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": printed},
+                {"role": "user", "content": "Go on"}]
+        assert prompts[1] == tokenizer.encode(template.render(said), bos=False), stop
+
+
 @pytest.mark.parametrize("command", ["generate", "chat"])
 def test_the_help_says_what_a_stop_string_is_matched_against(command, capsys):
     with pytest.raises(SystemExit):

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..backend import get_backend, use_backend
     from ..chat import ChatTemplate
-    from ..generate import StopStrings, decodable_vocab_size, generate, sample_seed, stream_text
+    from ..generate import StopStrings, answer_text, decodable_vocab_size, generate, sample_seed, stream_text
     from . import load_run_model
 
     check_sampling_options(args)
@@ -75,8 +75,9 @@ def run(args) -> int:
             ended = bool(answer) and answer[-1] in end_ids
             if not ended and not printer.done and room < args.max_new_tokens:
                 _say(f"[answer cut after {room} tokens: the model's context ({context} tokens) is full]")
-            said = tokenizer.decode(answer[:-1] if ended else answer)
-            # the conversation goes on from what was printed: the answer up to its stop string
+            # the conversation goes on from what was printed: the answer as shown (not its ids
+            # decoded alone, which keep its first space for some tokenizers), up to its stop string
+            said = answer_text(tokenizer, prompt_ids, answer[:-1] if ended else answer)
             conversation.answer(stop.cut(said) if stop is not None else said)
     return 0
 

@@ -44,7 +44,8 @@ LLAMA3_TEMPLATE = (
 
 BUILTIN_TEMPLATES = {"llama2": LLAMA2_TEMPLATE, "llama3": LLAMA3_TEMPLATE}
 # Stands for an answer in a rendering that shows where the template writes the answer: letters
-# alone, which trimming (or any filter that keeps words) leaves as they are.
+# alone, which trimming (or any filter that keeps words) leaves as they are; lengthened (X...) when
+# the conversation's own text holds it.
 _ANSWER_MARKER = "npllamaANSWERmarker"
 # A message ends with these in the built-in templates: generation stops at them.
 END_OF_TURN = {"llama2": None, "llama3": "<|eot_id|>"}
@@ -185,12 +186,15 @@ class ChatTemplate:
         if messages[-1]["role"] != "assistant":
             raise ValueError(f"the last message must be the assistant's, got {messages[-1]['role']!r}")
         text = self.render(messages, add_generation_prompt=False)
-        marked = self.render(messages[:-1] + [{**messages[-1], "content": _ANSWER_MARKER}], add_generation_prompt=False)
-        if marked.count(_ANSWER_MARKER) != 1:
+        marker = _ANSWER_MARKER
+        while marker in text:     # a marker the other messages do not hold (a question may quote it)
+            marker += "X"
+        marked = self.render(messages[:-1] + [{**messages[-1], "content": marker}], add_generation_prompt=False)
+        if marked.count(marker) != 1:
             raise AnswerNotWritten("the chat template does not write an assistant's message as it is given "
                                    f"(once, as text), so where it puts the answer {messages[-1]['content']!r} "
                                    "is unknown")
-        before, after = marked.split(_ANSWER_MARKER)
+        before, after = marked.split(marker)
         if not (text.startswith(before) and text.endswith(after) and len(before) + len(after) <= len(text)):
             raise AnswerNotWritten(f"the chat template writes the conversation around the answer "
                                    f"{messages[-1]['content']!r} otherwise than around another answer, so "

@@ -241,6 +241,27 @@ def test_a_conversation_counts_every_assistant_message_and_its_end_only(small_mo
         chatml.encode_conversation(tokenizer, CONVERSATION[2:3])
 
 
+@pytest.mark.parametrize("name", ["llama2", "llama3", "chatml"])
+def test_an_answer_is_placed_whatever_the_other_messages_say(name, small_model_dir):
+    # Before: written_answer rendered a fixed marker in the answer's place and refused a template
+    # where it appeared other than once -- so a question (or system message) holding the marker's
+    # text made LLaMA-2, LLaMA-3 and ChatML "not write an assistant's message as it is given".
+    from npllama.chat import _ANSWER_MARKER
+
+    tokenizer = chatml_tokenizer() if name == "chatml" else load_tokenizer(small_model_dir)
+    template = ChatTemplate(CHATML if name == "chatml" else name)
+    for said in ("a b", f"a {_ANSWER_MARKER} b", f"{_ANSWER_MARKER}X {_ANSWER_MARKER}"):
+        messages = [{"role": "system", "content": f"Be brief. {said}"}, {"role": "user", "content": said},
+                    {"role": "assistant", "content": "c d"}]
+        text, start, end = template.written_answer(messages)
+        assert text[start:end] == "c d" and text == template.render(messages, add_generation_prompt=False)
+        ids, answer_start = template.encode_answer(tokenizer, messages)
+        full, counted = template.encode_conversation(tokenizer, messages)
+        assert ids[:answer_start] == full[:answer_start] and not any(counted[:answer_start])
+        assert all(counted[answer_start:len(ids)]) and ids == full[:len(ids)]
+        assert tokenizer.decode(ids[answer_start:]) == "c d"
+
+
 def test_sft_learns_conversations(small_model_dir, tmp_path):
     """A {"messages"} file (Hugging Face's conversational layout) trains on every assistant message."""
     from npllama.datasets import write_jsonl

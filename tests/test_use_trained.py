@@ -148,6 +148,10 @@ def test_chat_stops_at_a_stop_string_and_goes_on_from_what_it_printed(play_model
     assert prompts[1] == tokenizer.encode(template.render(said), bos=False)
     assert chat("--stop", "play")[1] == "\n\n"
     assert chat("--stop", " play")[1] == "play\n" * 2
+    # a stop string is no answer cut by a full context, where the context leaves less room than
+    # --max-new-tokens (the model's 128 tokens here)
+    _, out, err = chat("--stop", "y p", "--max-new-tokens", "500")
+    assert out == "pla\n" * 2 and "answer cut" not in err, err
 
 
 @pytest.fixture(scope="module")

@@ -217,6 +217,8 @@ def test_the_help_says_what_a_stop_string_is_matched_against(command, capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--stop TEXT" in help_text and "matched against the text as printed" in help_text
     assert "without the space the template puts before it" in help_text
+    # chat has no --prompt and prints no continuation: its help speaks of answers alone
+    assert ("--prompt" in help_text.split("--stop TEXT")[-1]) == (command == "generate")
 
 
 def test_generate_with_an_adapter_equals_the_merged_model(small_model_dir, tmp_path, capsys):

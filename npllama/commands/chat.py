@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     add_sampling_options(p, max_new_tokens=None, temperature=0.7, max_new_tokens_help=(
         f"an answer's length at most, in tokens (default: {DEFAULT_ANSWER_TOKENS}, or half the model's context "
         "when that is less, so that the conversation so far has the other half)"))
-    add_stop_option(p)
+    add_stop_option(p, answers_only=True)
     add_run_options(p)
     p.set_defaults(run=run)
 

@@ -49,15 +49,17 @@ def add_sampling_options(p, max_new_tokens: int | None = 100, temperature: float
                         "programs keep the cores busy; the text is the same for any count")
 
 
-def add_stop_option(p) -> None:
-    """--stop, as `generate` and `chat` take it; stop_strings reads it."""
+def add_stop_option(p, answers_only: bool = False) -> None:
+    """--stop, as `generate` and `chat` (answers_only: it prints no continuation) take it;
+    stop_strings reads it."""
+    answer = ("\"play\" matches the answer \"play ball\", \" play\" does not)")
+    matched = (f"an answer on its own, without the space the template puts before it ({answer}" if answers_only
+               else "the prompt's own text aside: a continuation of --prompt with its first word's space "
+                    "(\" play\" matches it in \"Once play\"), a chat's answer on its own, without the space "
+                    f"the template puts before it ({answer}")
     p.add_argument("--stop", action="append", default=None, metavar="TEXT",
                    help="stop when the generated text contains TEXT, and print it only up to there "
-                        "(repeatable; \\n is a newline).  TEXT is matched against the text as printed, the "
-                        "prompt's own text aside: a continuation of --prompt with its first word's space "
-                        "(\" play\" matches it in \"Once play\"), a chat's answer on its own, without the "
-                        "space the template puts before it (\"play\" matches the answer \"play ball\", "
-                        "\" play\" does not)")
+                        f"(repeatable; \\n is a newline).  TEXT is matched against the text as printed, {matched}")
 
 
 def stop_strings(args) -> list[str]:

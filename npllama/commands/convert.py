@@ -3,6 +3,9 @@ from pathlib import Path
 
 from . import HelpFormatter, UsageError, print_help_instead
 
+FORCE_HELP = ("replace --out if it exists and is not empty: the whole folder, files it holds included "
+              "(never a folder holding the files being converted)")
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -25,7 +28,7 @@ def register(subparsers) -> None:
                    help="write the folder without a tokenizer even if one is found")
     c.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="how to store the weights")
-    c.add_argument("--force", action="store_true", help="replace --out if it exists and is not empty")
+    c.add_argument("--force", action="store_true", help=FORCE_HELP)
     c.set_defaults(run=llama2c)
     g = sub.add_parser(
         "gguf", formatter_class=HelpFormatter,
@@ -38,7 +41,7 @@ def register(subparsers) -> None:
     g.add_argument("--out", required=True, help="the folder to write")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="how to store the weights")
-    g.add_argument("--force", action="store_true", help="replace --out if it exists and is not empty")
+    g.add_argument("--force", action="store_true", help=FORCE_HELP)
     g.set_defaults(run=gguf)
     p.set_defaults(run=print_help_instead(p))
 
@@ -49,6 +52,7 @@ def llama2c(args) -> int:
     checkpoint, out = _checked_paths(args)
     header = _read_header(checkpoint)
     tokenizer = _tokenizer(args, checkpoint)
+    _check_out(args, out, checkpoint, tokenizer)
     dtype = _dtype(args.dtype)
     print(f"converting {checkpoint} ({FORMATS[header.version]}: {header.n_layers} layers, dim {header.dim}, "
           f"{header.n_heads} heads, vocab {header.vocab_size}, "
@@ -68,6 +72,7 @@ def gguf(args) -> int:
     from ..io.gguf_import import INSTALL_HINT, convert_gguf, looks_like_gguf   # (gguf itself is read later)
 
     checkpoint, out = _checked_paths(args)
+    _check_out(args, out, checkpoint)
     if importlib.util.find_spec("gguf") is None:
         raise UsageError(INSTALL_HINT)
 
@@ -111,14 +116,24 @@ def _tokenizer(args, checkpoint: Path):
 
 
 def _checked_paths(args) -> tuple[Path, Path]:
-    """(checkpoint, out) of a convert command, before anything is read: the file exists, and --out
-    is new, empty or to be replaced (--force)."""
+    """(checkpoint, out) of a convert command, before anything is read: the file exists."""
     checkpoint, out = Path(args.checkpoint), Path(args.out)
     if not checkpoint.is_file():
         raise UsageError(f"{str(checkpoint)!r} is not a file" + _hint(checkpoint))
+    return checkpoint, out
+
+
+def _check_out(args, out: Path, *inputs: Path | None) -> None:
+    """--out may be written: never a folder holding the files being converted (--force replaces
+    it whole), and one that exists and is not empty only with --force."""
+    from ..io.atomic import refuse_replacing_inputs
+
+    try:
+        refuse_replacing_inputs(out, [path for path in inputs if path is not None], name="--out")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise UsageError(f"--out {str(out)!r} exists and is not empty; pass --force to replace it")
-    return checkpoint, out
 
 
 def _dtype(name: str):

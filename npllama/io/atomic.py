@@ -124,6 +124,22 @@ def atomic_files_into(folder, replace_lock=None) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def refuse_replacing_inputs(final_path, inputs, name: str = "final_path") -> None:
+    """ValueError if `atomic_directory(final_path)` would delete one of `inputs` (files being
+    read to make the new folder): `final_path` is one of them or a folder above one.  A
+    `final_path` that is a link to a folder is only unlinked, so nothing under it is deleted.
+    `name`: how the caller's user calls the path (an argument, a command-line flag)."""
+    final = Path(final_path)
+    if final.is_symlink() or not final.exists():
+        return
+    replaced = final.resolve()
+    for source in inputs:
+        real = Path(source).resolve()   # a link inside final_path to a file elsewhere loses no data
+        if real == replaced or replaced in real.parents:
+            raise ValueError(f"{name} {str(final)!r} holds {str(source)!r}, which is being read: "
+                             f"replacing the folder would delete it; choose another folder")
+
+
 def backup_paths(final_path) -> list[Path]:
     """Backups of `final_path` left by an `atomic_directory` interrupted between its two renames.
 

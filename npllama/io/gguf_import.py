@@ -302,10 +302,13 @@ def _hf_name(path: Path, name: str) -> str:
 def convert_gguf(path, out, dtype=None) -> tuple[Path, bool]:
     """Write a GGUF LLaMA as a Hugging Face folder (config.json, model.safetensors and, when the
     file's vocabulary is SentencePiece's, tokenizer.model).  Returns (folder, whether it has a
-    tokenizer).  dtype: how to store the weights, as for save_hf_folder (None: float32)."""
+    tokenizer).  dtype: how to store the weights, as for save_hf_folder (None: float32).  An
+    existing `out` is replaced whole, except a folder holding `path` (ValueError)."""
+    from .atomic import refuse_replacing_inputs
     from .hf import save_hf_folder
 
     path = Path(path)
+    refuse_replacing_inputs(out, [path], name="out")
     reader = _reader(path)     # one reader for the weights and the vocabulary: the file is parsed once
     config, params = _read_model(path, reader, np.dtype(np.float32))
     tokenizer = _value(path, reader, "tokenizer.ggml.model", None) == "llama"

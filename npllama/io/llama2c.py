@@ -281,14 +281,17 @@ def _to_hf_params(raw: dict, h: Llama2cHeader, config: LlamaConfig, dtype) -> di
 def convert_llama2c(checkpoint, out, tokenizer=None, dtype=None) -> Path:
     """Write a llama2.c checkpoint as a Hugging Face folder (config.json, model.safetensors and,
     given a tokenizer, tokenizer.model) that `Llama.from_pretrained`, `npllama generate --model`
-    and transformers load.  Returns the folder.
+    and transformers load.  Returns the folder.  An existing `out` is replaced whole, except a
+    folder holding the checkpoint or the tokenizer (ValueError: replacing it would delete them).
 
     tokenizer: None, llama2.c's tokenizer.bin (converted, see io/llama2c_tokenizer.py), or a
         SentencePiece .model file (copied); its vocabulary must be the model's.
     dtype: how to store the weights, as for save_hf_folder (None: float32, llama2.c's own).
     """
+    from .atomic import refuse_replacing_inputs
     from .hf import save_hf_folder
 
+    refuse_replacing_inputs(out, [checkpoint] + ([] if tokenizer is None else [tokenizer]), name="out")
     config, params = read_llama2c(checkpoint)
     extra = {} if tokenizer is None else {"tokenizer.model": tokenizer_model_bytes(tokenizer, config.vocab_size)}
     save_hf_folder(out, config, params, dtype=dtype, extra_files=extra)

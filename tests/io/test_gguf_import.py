@@ -10,7 +10,7 @@ from npllama import Llama, LlamaConfig  # noqa: E402
 from npllama.cli import main  # noqa: E402
 from npllama.io import CheckpointError  # noqa: E402
 from npllama.io.gguf_export import _write_metadata, export_gguf, gguf_tensors  # noqa: E402
-from npllama.io.gguf_import import gguf_tokenizer_model_bytes, read_gguf  # noqa: E402
+from npllama.io.gguf_import import convert_gguf, gguf_tokenizer_model_bytes, read_gguf  # noqa: E402
 from npllama.tokenizer import Tokenizer  # noqa: E402
 
 VOCAB = 330
@@ -229,6 +229,16 @@ def test_cli_convert_gguf_writes_a_folder_generate_runs(folder, tmp_path, capsys
     assert capsys.readouterr().out.startswith("Once upon")
     assert main(["convert", "gguf", str(folder / "config.json"), "--out", str(tmp_path / "x")]) == 2
     assert "not a GGUF file" in capsys.readouterr().err
+
+
+def test_convert_gguf_never_replaces_the_folder_holding_the_file(folder, tmp_path, capsys):
+    path = _export(folder, tmp_path, "f32")
+    (tmp_path / "notes.txt").write_text("keep me")
+    assert main(["convert", "gguf", str(path), "--out", str(tmp_path), "--force"]) == 2
+    assert "--out" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="out .* holds"):
+        convert_gguf(path, tmp_path)
+    assert path.is_file() and (tmp_path / "notes.txt").read_text() == "keep me"
 
 
 def test_mutated_files_load_or_raise_checkpoint_error(folder, tmp_path, robustness_count):

@@ -230,7 +230,8 @@ def test_convert_api_and_tokenizer_beside_the_checkpoint(tmp_path, sentencepiece
 
 @pytest.mark.parametrize("argv, match", [
     (["convert", "llama2c", "/no/such.bin", "--out", "x"], "is not a file"),
-    (["convert", "llama2c", "{ckpt}", "--out", "{tmp}"], "exists and is not empty; pass --force"),
+    (["convert", "llama2c", "{ckpt}", "--out", "{tmp}/full"], "exists and is not empty; pass --force"),
+    (["convert", "llama2c", "{ckpt}", "--out", "{tmp}"], "holds"),   # not "pass --force": that is refused too
     (["convert", "llama2c", "{ckpt}", "--out", "{tmp}/o", "--tokenizer", "/no/tok.bin"], "is not a file"),
     (["convert", "llama2c", "{tmp}", "--out", "{tmp}/o"], "is not a file"),
     (["convert", "llama2c", "{gguf}", "--out", "{tmp}/o"], "not a llama2.c checkpoint: '"),
@@ -242,12 +243,47 @@ def test_convert_mistakes_are_one_line(tmp_path, argv, match, capsys):
     gguf.write_bytes(b"GGUF" + bytes(100))
     cut = tmp_path / "cut.bin"
     cut.write_bytes(checkpoint.read_bytes()[:-1])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("keep me")
     argv = [a.format(ckpt=checkpoint, tmp=tmp_path, gguf=gguf, cut=cut) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert match in err and err.count("\n") == 1
     if "gguf" in argv[2]:
         assert "is a GGUF file (llama.cpp's format)" in err
+
+
+@pytest.mark.parametrize("out", ["{tmp}", "{tmp}/..", "{tmp}/tokdir"])
+def test_convert_force_never_replaces_a_folder_holding_its_inputs(tmp_path, out, sentencepiece_and_bin, capsys):
+    """--force replaces --out whole: a folder holding the checkpoint or the tokenizer (or one above
+    them) would lose them, so it is refused, whatever --force says."""
+    work = tmp_path / "work"
+    work.mkdir()
+    checkpoint, _ = _write(work, "v1", random_llama2c_weights(vocab_size=400))
+    tokenizer = work / "tokdir" / "tokenizer.bin"
+    tokenizer.parent.mkdir()
+    tokenizer.write_bytes(sentencepiece_and_bin[1].read_bytes())
+    before = {p: p.read_bytes() for p in work.rglob("*") if p.is_file()}
+    argv = ["convert", "llama2c", str(checkpoint), "--tokenizer", str(tokenizer), "--force",
+            "--out", out.format(tmp=work)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "holds" in err and err.count("\n") == 1
+    assert {p: p.read_bytes() for p in work.rglob("*") if p.is_file()} == before
+    with pytest.raises(ValueError, match="out .* holds"):   # the Python API refuses it too
+        convert_llama2c(checkpoint, work)
+    assert checkpoint.is_file()
+
+
+def test_convert_may_replace_a_link_to_the_checkpoints_folder(tmp_path):
+    """A link as --out is replaced by the new folder, and only the link goes: nothing is lost."""
+    work = tmp_path / "work"
+    work.mkdir()
+    checkpoint, _ = _write(work, "v1", random_llama2c_weights())
+    link = tmp_path / "link"
+    link.symlink_to(work, target_is_directory=True)
+    convert_llama2c(checkpoint, link)
+    assert checkpoint.is_file() and not link.is_symlink() and (link / "config.json").is_file()
 
 
 def test_mutated_headers_load_or_raise_checkpoint_error(tmp_path, robustness_count):

@@ -116,10 +116,13 @@ def _tokenizer(args, checkpoint: Path):
 
 
 def _checked_paths(args) -> tuple[Path, Path]:
-    """(checkpoint, out) of a convert command, before anything is read: the file exists."""
+    """(checkpoint, out) of a convert command, before anything is read: the file exists, and --out
+    is no file (--force replaces a folder, never a file: it cannot help)."""
     checkpoint, out = Path(args.checkpoint), Path(args.out)
     if not checkpoint.is_file():
         raise UsageError(f"{str(checkpoint)!r} is not a file" + _hint(checkpoint))
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file; convert writes a folder: give a new folder's path")
     return checkpoint, out
 
 
@@ -132,7 +135,7 @@ def _check_out(args, out: Path, *inputs: Path | None) -> None:
         refuse_replacing_inputs(out, [path for path in inputs if path is not None], name="--out")
     except ValueError as error:
         raise UsageError(str(error)) from None
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+    if out.is_dir() and any(out.iterdir()) and not args.force:
         raise UsageError(f"--out {str(out)!r} exists and is not empty; pass --force to replace it")
 
 

@@ -275,6 +275,17 @@ def test_convert_force_never_replaces_a_folder_holding_its_inputs(tmp_path, out,
     assert checkpoint.is_file()
 
 
+def test_convert_out_that_is_a_file_is_refused_even_with_force(tmp_path, capsys):
+    checkpoint, _ = _write(tmp_path, "v1", random_llama2c_weights())
+    taken = tmp_path / "notes.txt"
+    taken.write_text("keep me")
+    for force in ([], ["--force"]):
+        assert main(["convert", "llama2c", str(checkpoint), "--out", str(taken), *force]) == 2
+        err = capsys.readouterr().err
+        assert "--out" in err and "is a file" in err and "--force" not in err   # no advice that cannot work
+    assert taken.read_text() == "keep me"
+
+
 def test_convert_may_replace_a_link_to_the_checkpoints_folder(tmp_path):
     """A link as --out is replaced by the new folder, and only the link goes: nothing is lost."""
     work = tmp_path / "work"

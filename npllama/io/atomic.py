@@ -10,6 +10,8 @@ into place and fsync the parent folder so the rename itself is durable.
     # here out/model is the complete new folder; had the body raised, out/model would be untouched
 
     atomic_write_text("out/step.txt", "1200\\n")       # one file: temp file + fsync + os.replace
+    with atomic_path("out/model.gguf") as tmp:       # the same, for a writer that opens the file
+        tmp.write_bytes(b"GGUF")                       # itself (e.g. gguf.GGUFWriter(tmp, "llama"))
 
 Replacing an existing folder cannot be a single rename (POSIX renames a folder only onto an
 empty one), so it is three steps: old -> backup name, new -> final name, remove the backup.
@@ -33,6 +35,26 @@ _OLD_TAG = ".old-"
 # ----- single files -----------------------------------------------------------------------------
 
 @contextlib.contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """Yield a new name beside `path` for a writer that opens files itself (e.g. gguf's
+    GGUFWriter); once the body has written and closed the file there, it is fsynced and moved
+    to `path`.  On an exception the temporary file is removed and an existing `path` is left
+    as it was."""
+    final = Path(path)
+    tmp = _fresh_name(final, _TMP_TAG)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(final.parent)
+
+
+@contextlib.contextmanager
 def atomic_open(path, mode: str = "wb") -> Iterator:
     """Open a temporary file beside `path` for writing; on success fsync it and move it to `path`.
 
@@ -41,22 +63,12 @@ def atomic_open(path, mode: str = "wb") -> Iterator:
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
-    final = Path(path)
-    tmp = _fresh_name(final, _TMP_TAG)
-    # os.open with 0o666 lets the umask decide the permissions, as a plain open() would
-    # (tempfile.mkstemp would leave the checkpoint readable by its owner only).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
+    with atomic_path(path) as tmp:
+        # os.open with 0o666 lets the umask decide the permissions, as a plain open() would
+        # (tempfile.mkstemp would leave the checkpoint readable by its owner only).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(final.parent)
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

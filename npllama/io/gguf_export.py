@@ -22,13 +22,13 @@ what llama.cpp's own converter (convert_hf_to_gguf.py) writes for a LLaMA:
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .hf import load_hf_folder
 from .safetensors import largest_finite, stays_finite
 from .rotary_layout import half_split_to_interleaved
@@ -142,27 +142,22 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     tensors = gguf_tensors(config, params)
     check_outtype_holds(tensors, outtype)
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    writer = gguf.GGUFWriter(tmp, "llama")
-    try:
-        _write_metadata(writer, gguf, config, name or model_dir.resolve().name, outtype)
-        _write_vocab(writer, tok, pieces, scores, types)
-        template = read_folder_template(model_dir)
-        if template is not None:   # what llama.cpp's chat mode renders conversations with
-            writer.add_chat_template(template)
-        for tensor_name, array in tensors.items():
-            data, raw_dtype = _stored(gguf, array, outtype)
-            writer.add_tensor(tensor_name, data, raw_dtype=raw_dtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=progress)
-        writer.close()
-        os.replace(tmp, out)
-    except BaseException:
-        writer.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(out) as tmp:
+        writer = gguf.GGUFWriter(tmp, "llama")
+        try:
+            _write_metadata(writer, gguf, config, name or model_dir.resolve().name, outtype)
+            _write_vocab(writer, tok, pieces, scores, types)
+            template = read_folder_template(model_dir)
+            if template is not None:   # what llama.cpp's chat mode renders conversations with
+                writer.add_chat_template(template)
+            for tensor_name, array in tensors.items():
+                data, raw_dtype = _stored(gguf, array, outtype)
+                writer.add_tensor(tensor_name, data, raw_dtype=raw_dtype)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file(progress=progress)
+        finally:
+            writer.close()
     return out
 
 

@@ -284,6 +284,41 @@ def test_cli_export_gguf_never_replaces_a_file_without_force_nor_a_folder(tmp_pa
         export_gguf(tmp_path / "m", tmp_path / "notes.txt")
 
 
+def test_the_gguf_is_fsynced_before_it_is_renamed_into_place_and_an_interrupt_leaves_nothing(
+        tmp_path, tokenizer, monkeypatch):
+    """As every checkpoint writer (io/atomic.py): after a crash the path holds the old file or the
+    whole new one, never a renamed file whose data had not reached the disk."""
+    from test_hf import recording_fsyncs
+
+    _model_folder(tmp_path / "m", tokenizer)
+    out = tmp_path / "out" / "m.gguf"
+    out.parent.mkdir()
+    out.write_bytes(b"old")
+    events = recording_fsyncs(monkeypatch)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        events.append(("replace", os.fspath(src), os.fspath(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    export_gguf(tmp_path / "m", out, overwrite=True)
+    (renamed,) = [e for e in events if e[0] == "replace" and e[2] == str(out)]
+    before = events[:events.index(renamed)]
+    assert ("fsync", renamed[1]) in before, "the new file's data is on disk before it takes the name"
+    assert ("fsync", str(out.parent)) in events[events.index(renamed):], "the rename itself made durable"
+
+    def interrupted(self, *args, **kwargs):
+        self.fout[0].write(b"half a tensor")
+        raise KeyboardInterrupt
+
+    written = out.read_bytes()
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_gguf(tmp_path / "m", out, overwrite=True)
+    assert out.read_bytes() == written and sorted(out.parent.iterdir()) == [out]
+
+
 def test_a_weight_the_outtype_would_make_inf_is_refused_naming_it(tmp_path, tokenizer):
     """float16 holds nothing past 65504, a Q8_0 block's float16 scale nothing past 65504 * 127 (and
     Q8_0 writes a matrix whose rows are no multiple of 32 as float16): a weight beyond would be inf

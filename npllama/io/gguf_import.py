@@ -243,7 +243,8 @@ def _llama3_scaling(path: Path, factors: np.ndarray, head_dim, rope_theta) -> di
     The frequencies depend on low_freq_factor, high_freq_factor and original_max only through that
     line's slope and intercept, so when no published setting fits, settings with the same line are
     made from them (low_freq_factor near 1, original_max a whole number); any settings that
-    reproduce every factor give the same model."""
+    reproduce every factor give the same model, so with fewer than two pairs in the blend, where
+    the factors leave the line open, one that reproduces them is chosen (_blend_line)."""
     from ..ops.rope import rope_inv_freq
 
     def reproduces(settings) -> bool:
@@ -265,10 +266,8 @@ def _llama3_scaling(path: Path, factors: np.ndarray, head_dim, rope_theta) -> di
         if reproduces(settings):
             return {"rope_type": "llama3", **settings}
     factor = float(factors.max())
-    between = (factors > 1 + 1e-5) & (factors < factor * (1 - 1e-5))
-    if factor > 1 and between.sum() >= 2:
-        s = (1 / factors[between] - 1 / factor) / (1 - 1 / factor)
-        slope, intercept = np.polyfit(plain[between] / (2 * np.pi), s, 1)   # s = slope / wavelength + intercept
+    if factor > 1:
+        slope, intercept = _blend_line(plain / (2 * np.pi), factors, factor)
         if slope > 0 and intercept < 0:
             original_max = max(1, round(-slope / intercept))          # makes low_freq_factor about 1
             span = original_max / slope                               # high - low
@@ -277,9 +276,34 @@ def _llama3_scaling(path: Path, factors: np.ndarray, head_dim, rope_theta) -> di
                         "original_max_position_embeddings": int(original_max)}
             if reproduces(settings):
                 return {"rope_type": "llama3", **settings}
-    raise CheckpointError(path, "holds per-pair RoPE factors that no LLaMA-3 rope_scaling settings reproduce "
-                                "(or too few pairs lie between the scaled and the kept ones to tell which): "
+    raise CheckpointError(path, "holds per-pair RoPE factors that no LLaMA-3 rope_scaling settings reproduce: "
                                 "load the original Hugging Face folder instead", tensor="rope_freqs.weight")
+
+
+def _blend_line(x: np.ndarray, factors: np.ndarray, factor: float) -> tuple[float, float]:
+    """(slope, intercept) of LLaMA-3's blend s = slope * x + intercept in x = 1 / wavelength, from
+    the pairs' factors: through every blended pair's s, below 0 at the scaled pairs (s < 0: fully
+    scaled) and above 1 at the kept ones.  Two or more blended pairs fix the line (fitted; checked
+    by the caller).  With one or none, as in a small model's few pairs, any such line gives the
+    same frequencies: this one puts s = 0 and s = 1 halfway between neighbouring pairs."""
+    scaled = factors >= factor * (1 - 1e-5)
+    kept = factors <= 1 + 1e-5
+    between = ~scaled & ~kept
+    s = (1 / factors[between] - 1 / factor) / (1 - 1 / factor)
+    if between.sum() >= 2:
+        slope, intercept = np.polyfit(x[between], s, 1)
+        return float(slope), float(intercept)
+    last_scaled = x[scaled].max()                                   # factor > 1: one pair at least
+    first_kept = x[kept].min() if kept.any() else 2 * x.max()       # none kept: past the fastest pair
+    if not last_scaled < first_kept or not all(last_scaled < x[between]) or not all(x[between] < first_kept):
+        return 0.0, 0.0                                             # out of order: no LLaMA-3 blend
+    if between.sum() == 0:                                          # s = 0 and 1 at thirds of the gap
+        slope = 3 / (first_kept - last_scaled)
+        return slope, -slope * (last_scaled + (first_kept - last_scaled) / 3)
+    (x_blend,), (s_blend,) = x[between], s
+    # steep enough to reach 0 by halfway down to the scaled pairs and 1 by halfway up to the kept ones
+    slope = max(s_blend / ((x_blend - last_scaled) / 2), (1 - s_blend) / ((first_kept - x_blend) / 2))
+    return slope, s_blend - slope * x_blend
 
 
 def _decimal(value):

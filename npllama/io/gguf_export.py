@@ -22,6 +22,7 @@ what llama.cpp's own converter (convert_hf_to_gguf.py) writes for a LLaMA:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -131,7 +132,7 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     if outtype not in OUTTYPES:
         raise ValueError(f"outtype must be one of {OUTTYPES}, got {outtype!r}")
     model_dir, out = Path(model_dir), Path(out)
-    check_gguf_out(out, model_dir, overwrite, flag="out", force="overwrite=True")
+    check_gguf_out(out, model_dir, overwrite, flag="out", force="overwrite=True", tokenizer=tokenizer)
     config, params = load_hf_folder(model_dir, dtype=np.float32)
     tok = Tokenizer(tokenizer if tokenizer is not None else find_tokenizer(model_dir))
     if tokenizer is None:
@@ -162,22 +163,34 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
 
 
 def check_gguf_out(out: Path, model_dir: Path | None, overwrite: bool, flag: str = "out",
-                   force: str = "overwrite=True") -> None:
-    """Refuse an `out` that is a folder, one of the files `model_dir` is loaded from, or (without
-    `overwrite`) any existing file.  `flag`, `force`: how the caller names the path and the override."""
+                   force: str = "overwrite=True", tokenizer=None) -> None:
+    """Refuse an `out` that is a folder, one of the files `model_dir` is loaded from (or the
+    `tokenizer` given for it), or (without `overwrite`) any existing file.  `flag`, `force`: how
+    the caller names the path and the override."""
     out = Path(out)
     if out.is_dir():
         raise IsADirectoryError(f"{flag} {str(out)!r} is a folder: give the path of the .gguf file to write, "
                                 f"e.g. {str(out / 'model.gguf')!r}")
-    if model_dir is not None and out.exists():
-        model_files = [Path(model_dir) / n for n in ("config.json", "model.safetensors", "tokenizer.model")]
-        if any(f.exists() and os.path.samefile(f, out) for f in model_files) or \
-                (out.name.startswith("model") and out.name.endswith(".safetensors")
-                 and out.resolve().parent == Path(model_dir).resolve()):
-            raise FileExistsError(f"{flag} {str(out)!r} is a file of the model being exported: choose "
-                                  f"another path for the .gguf file")
+    if model_dir is not None and out.exists() and any(
+            f.exists() and os.path.samefile(f, out)
+            for f in _files_read_from(Path(model_dir)) + ([Path(tokenizer)] if tokenizer is not None else [])):
+        raise FileExistsError(f"{flag} {str(out)!r} is a file of the model being exported: choose "
+                              f"another path for the .gguf file")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{flag} {str(out)!r} exists: pass {force} to replace it, or choose another path")
+
+
+def _files_read_from(model_dir: Path) -> list[Path]:
+    """The files an export of `model_dir` reads: its weights (shards too), config, index and
+    tokenizer files, and the tokenizer.model found in or beside it (a run's)."""
+    from ..runs import find_tokenizer
+
+    names = ("config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.model",
+             "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+    files = [model_dir / name for name in names] + sorted(model_dir.glob("model*.safetensors"))
+    with contextlib.suppress(FileNotFoundError):
+        files.append(find_tokenizer(model_dir))
+    return files
 
 
 Q8_0_LEVELS = 127     # a Q8_0 block stores int8 values times one float16 scale, its largest |value| / 127

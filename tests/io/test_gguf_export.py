@@ -319,6 +319,29 @@ def test_the_gguf_is_fsynced_before_it_is_renamed_into_place_and_an_interrupt_le
     assert out.read_bytes() == written and sorted(out.parent.iterdir()) == [out]
 
 
+@pytest.mark.parametrize("taken", ["tokenizer.model", "m/generation_config.json", "m/tokenizer_config.json",
+                                   "m/model.safetensors.index.json"])
+def test_force_never_replaces_a_file_the_model_is_read_from(tmp_path, tokenizer, taken, capsys):
+    """The run's tokenizer beside the folder, and every file of the folder export reads (config,
+    index, tokenizer files), stay: --out on one of them is refused, with --force too."""
+    _model_folder(tmp_path / "m", tokenizer)
+    (tmp_path / "m" / "tokenizer.model").rename(tmp_path / "tokenizer.model")   # a run: model/ beside it
+    out = tmp_path / taken
+    if not out.exists():   # an index beside model.safetensors: still the folder's, whatever it says
+        out.write_text("{}")
+    before = out.read_bytes()
+    assert main(["export", "gguf", "--model", str(tmp_path / "m"), "--out", str(out), "--force"]) == 2
+    assert "a file of the model being exported" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    with pytest.raises(FileExistsError, match="a file of the model being exported"):
+        export_gguf(tmp_path / "m", out, overwrite=True)
+    elsewhere = tmp_path / "elsewhere.model"      # a tokenizer given by path: the same
+    elsewhere.write_bytes(tokenizer.model_bytes)
+    with pytest.raises(FileExistsError, match="a file of the model being exported"):
+        export_gguf(tmp_path / "m", elsewhere, tokenizer=elsewhere, overwrite=True)
+    assert elsewhere.read_bytes() == tokenizer.model_bytes
+
+
 def test_a_weight_the_outtype_would_make_inf_is_refused_naming_it(tmp_path, tokenizer):
     """float16 holds nothing past 65504, a Q8_0 block's float16 scale nothing past 65504 * 127 (and
     Q8_0 writes a matrix whose rows are no multiple of 32 as float16): a weight beyond would be inf

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .finetune import INFO_FILE, SCORE, SequenceClassifier, encode_texts
+from .finetune import SCORE, SequenceClassifier, encode_texts, read_info
 from .objectives import pad_batch, pad_id_of
 from .ops._checks import require_path, require_positive_int
 
@@ -111,7 +111,7 @@ def load_classifier(path=None, dtype=np.float32, adapter=None) -> Classifier:
     with reading_model_dir(path) as model_dir:
         config, params, score, raw = load_hf_classifier_folder(model_dir, dtype=dtype)
         tokenizer = load_tokenizer(model_dir)
-        info = _info(model_dir)
+        info = read_info(model_dir)
         names = _label_names(info, raw, score.shape[0])
         # "mlm": fine-tuned from a masked-LM model, bidirectionally (finetune.SequenceClassifier.save)
         objective = objective_of(raw, model_dir / "config.json")
@@ -128,33 +128,18 @@ def adapted_classifier(model, adapter, tokenizer, model_dir, pad_token_id: int |
     finetune.json's.  The head skips the pad id fine-tuning padded with: finetune.json's "pad_id"
     (trained_pad_id), else the tokenizer's (pad_id_of), an adapter saved before the record being
     trained with that; pad_token_id: the id when neither is at hand (tokenizer None: npllama.debug's
-    --tokens).  info: the adapter's finetune.json fields (_info) when the caller has read them."""
+    --tokens).  info: the adapter's finetune.json fields (read_info) when the caller has read them."""
     score = model.lora.extra.pop(SCORE, None)
     if score is None:
         raise ValueError(f"adapter {str(adapter)!r} has no score.weight: it is not a sequence-classification "
                          f"adapter (made with `npllama finetune classify --lora --out DIR`, or PEFT's SEQ_CLS)")
-    info = _info(Path(adapter)) if info is None else info
+    info = read_info(Path(adapter)) if info is None else info
     names = _label_names(info, {}, score.shape[0])
     recorded = trained_pad_id(info, model.config.vocab_size)
     classifier = Classifier(model, score, names, tokenizer, f"{model_dir} + {adapter}",
                             pad_token_id if recorded is None else recorded, max_len=_trained_max_len(info))
     _check_attention(classifier, info.get("attention"), adapter, model_dir)
     return classifier
-
-
-def _info(folder: Path) -> dict:
-    """finetune.json's fields (written by every `npllama finetune` job's --out: classify, sft, sop), or
-    {} when the folder has none or it is not a JSON object (not npllama's, or damaged).  The one
-    reader of that file: a file there that cannot be read is an OSError, not taken for no record."""
-    info = folder / INFO_FILE
-    if not info.is_file():
-        return {}
-    from .io.reading import read_json
-
-    try:  # a regular file of bounded size holding an object, as every JSON we read
-        return read_json(info, expect=dict)
-    except ValueError:
-        return {}
 
 
 def _trained_max_len(info: dict) -> int | None:

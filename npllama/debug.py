@@ -167,7 +167,8 @@ def tokenizer_of(model_dir: Path, vocab_size: int | None):
 def _attach_adapter(llama, adapter, model_dir: Path, classifier: bool, tokenizer, no_tokenizer: str | None):
     """Attach the LoRA adapter folder `adapter` to `llama`: the SequenceClassifier it makes when it was
     saved for sequence classification (with `classifier`), else None (llama predicts tokens)."""
-    from .classify import _info, adapted_classifier, trained_pad_id
+    from .classify import adapted_classifier, trained_pad_id
+    from .finetune import read_info
     from .finetune import SCORE
     from .lora import check_causal_lm, load_adapter
 
@@ -175,7 +176,7 @@ def _attach_adapter(llama, adapter, model_dir: Path, classifier: bool, tokenizer
     if SCORE not in adapters.extra:
         check_causal_lm(llama)   # a classification adapter without its head is no token predictor either
         return None
-    info = _info(Path(adapter))   # read once: its pad id, labels, max_len and attention
+    info = read_info(Path(adapter))   # read once: its pad id, labels, max_len and attention
     pad_token_id = None   # the id fine-tuning padded with: the adapter's record, else the tokenizer's
     if tokenizer is None and trained_pad_id(info, llama.config.vocab_size) is None:
         pad_token_id = llama.config.pad_token_id   # an adapter saved before the record, without its tokenizer
@@ -577,7 +578,8 @@ def _from_folder(folder, dtype, label_names: bool = False):
     """The Llama -- or, from a LlamaForSequenceClassification folder, the SequenceClassifier -- that
     transformers will load from `folder`.  label_names: the classifier's classes named as the
     folder names them (config.json's id2label, finetune.json's names), else "0", "1", ..."""
-    from .classify import _info, _label_names
+    from .classify import _label_names
+    from .finetune import read_info
     from .finetune import SequenceClassifier
     from .io.hf import load_hf_classifier_folder, objective_of
     from .model import Llama
@@ -586,7 +588,7 @@ def _from_folder(folder, dtype, label_names: bool = False):
         return Llama.from_pretrained(folder, dtype=dtype)
     config, params, score, raw = load_hf_classifier_folder(folder, dtype=dtype)
     model = Llama(config, dtype=dtype, params=params, objective=objective_of(raw, Path(folder) / "config.json"))
-    names = (_label_names(_info(Path(folder)), raw, len(score)) if label_names
+    names = (_label_names(read_info(Path(folder)), raw, len(score)) if label_names
              else [str(i) for i in range(len(score))])
     classifier = SequenceClassifier(model, names, pad_id=config.pad_token_id)
     classifier.score_weight = score

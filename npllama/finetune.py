@@ -973,6 +973,21 @@ def _write_info(folder: Path, info: dict) -> None:
     (Path(folder) / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
+def read_info(folder) -> dict:
+    """finetune.json's fields (written by every `npllama finetune` job's --out: classify, sft, sop), or
+    {} when the folder has none or it is not a JSON object (not npllama's, or damaged).  The one
+    reader of that file: a file there that cannot be read is an OSError, not taken for no record."""
+    from .io.reading import read_json
+
+    info = Path(folder) / INFO_FILE
+    if not info.is_file():
+        return {}
+    try:  # a regular file of bounded size holding an object, as every JSON we read
+        return read_json(info, expect=dict)
+    except ValueError:
+        return {}
+
+
 __all__ = ["SequenceClassifier", "ClassifyConfig", "classify", "SFTConfig", "sft", "encode_chat",
            "sft_batch", "choice_logprobs", "evaluate_choice", "classification_metrics",
-           "majority_baseline", "run_steps"]
+           "majority_baseline", "run_steps", "read_info"]

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .finetune import FinetuneSettings, _write_info, lora_dropout_on, loss_change, report_saved, run_steps
+from .finetune import (FinetuneSettings, _write_info, lora_dropout_on, loss_change, read_info, report_saved,
+                       run_steps)
 from .objectives import (SOP_HEAD, TASKS, SentenceOrderBatches, check_pair_tokenizer, encode_pair,
                          evaluate_sentence_order, init_sop_head, mlm_sop_loss_and_grads, split_sentences,
                          unk_in_text_note)
@@ -248,14 +249,12 @@ def _read_head(head_file: Path, hidden_size: int, dtype) -> np.ndarray:
 def _starting_head(model_dir: Path, model, sc_: SentenceOrderConfig) -> tuple[np.ndarray, str]:
     """(the head to train, a line saying where it came from): the base's own head when the base is a
     `finetune sop` result of the same --pairs (training continues), else a fresh one."""
-    from .classify import _info
-
     fresh = init_sop_head(model.config.hidden_size, seed=sc_.seed, dtype=model.dtype)
     head_file = Path(model_dir) / HEAD_FILE
     if not head_file.is_file():
         return fresh, "the binary head starts fresh (random, seeded by --seed)"
     # finetune.json read by its one reader: no record, or one not npllama's, is {} (which question: unknown)
-    pairs = _info(Path(model_dir)).get("pairs")
+    pairs = read_info(Path(model_dir)).get("pairs")
     if pairs != sc_.pairs:   # a head that answered another question
         return fresh, (f"the binary head starts fresh: the base's {HEAD_FILE} was trained on --pairs "
                        f"{pairs or 'unknown'}, this run on {sc_.pairs}")

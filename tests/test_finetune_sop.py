@@ -283,9 +283,9 @@ def test_a_finetune_json_that_cannot_be_read_is_an_error_as_for_classify_not_a_f
                                                                                          monkeypatch):
     """_starting_head read finetune.json itself and took any OSError (a file there but unreadable) for
     "no record": the base's trained head was silently replaced by a fresh one, while classify's
-    reader of the same file (classify._info) says the file cannot be read.  One reader, one rule."""
+    reader of the same file (finetune.read_info) says the file cannot be read.  One reader, one rule."""
     import npllama.io.reading
-    from npllama.classify import _info
+    from npllama.finetune import read_info
     from npllama.finetune_sop import _starting_head
 
     base = tmp_path / "base"
@@ -301,7 +301,7 @@ def test_a_finetune_json_that_cannot_be_read_is_an_error_as_for_classify_not_a_f
 
     monkeypatch.setattr(npllama.io.reading, "read_json", unreadable)
     with pytest.raises(PermissionError) as classify_said:
-        _info(base)
+        read_info(base)
     with pytest.raises(PermissionError) as sop_said:
         _starting_head(base, Llama.from_pretrained(greetings[0]), settings(greetings))
     assert str(sop_said.value) == str(classify_said.value)

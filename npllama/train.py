@@ -259,6 +259,8 @@ def _check_a_new_start(tc: TrainConfig, resume: bool):
     --tokenizer read (None without one).  resume: a resume of a run with no checkpoint yet, which
     starts again from step 0 with its saved settings."""
     if tc.init_from is not None:
+        if resume:   # a folder moved since the settings recorded it: say so, as for --data and --tokenizer
+            require_files(tc, ("init_from",), resume, CONFIG_FILE)
         init_from_config(tc)  # the folder is readable and the shape settings agree with it
         if tc.tokenizer is not None and init_from_tokenizer_path(tc) is not None:
             raise ValueError(f"--init-from {tc.init_from!r} has its own tokenizer.model, which its "
@@ -708,6 +710,8 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts, echo, checkpoint=N
         return tokenizer
     if path.is_file():  # a resume of a run whose checkpoint predates tokenizer copies
         return Tokenizer(path)
+    if tc.init_from is not None and checkpoint is not None:   # a checkpoint from before tokenizer copies
+        require_files(tc, ("init_from",), True, CONFIG_FILE)
     given = tc.tokenizer if tc.init_from is None else (init_from_tokenizer_path(tc) or tc.tokenizer)
     if given is not None:
         if given_tokenizer is None:   # given is --init-from's, or a resume's from a checkpoint before tokenizer copies

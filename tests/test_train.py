@@ -405,6 +405,34 @@ def test_a_run_moved_without_its_tokenizer_file_resumes_from_its_own_copy(straig
                  "--no-progress"]) == 0, capsys.readouterr().err
 
 
+def test_a_run_with_no_checkpoint_whose_init_from_folder_moved_is_asked_for_its_new_path(straight_run, tmp_path,
+                                                                                          capsys):
+    """A run killed before its first checkpoint reads its --init-from folder again on --resume.  Moved
+    (with the run), it said only "--init-from '...' is not a folder", without the "if it was moved,
+    give its new path" that a moved --data or --tokenizer gets; given anew, the run starts."""
+    import shutil
+
+    from npllama.cli import main
+    from npllama.resuming import write_settings
+    from npllama.train import CONFIG_FILE
+
+    before, after = tmp_path / "before", tmp_path / "after"
+    shutil.copytree(straight_run[0] / "model", before / "base")
+    fresh = before / "run"   # a run killed before its first checkpoint: its settings only
+    config = TrainConfig(out=str(fresh), init_from=str(before / "base"), steps=1, eval_every=0,
+                         checkpoint_every=0, **{**FAST, "vocab_size": None})
+    fresh.mkdir()
+    write_settings(fresh, config, CONFIG_FILE)
+    shutil.move(before, after)
+    capsys.readouterr()
+    assert main(["train", "--out", str(after / "run"), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--init-from {str(before / 'base')!r} does not exist" in err, err
+    assert "if it was moved, give its new path with --init-from" in err and len(err.splitlines()) == 1, err
+    assert main(["train", "--out", str(after / "run"), "--resume", "--init-from", str(after / "base"),
+                 "--no-progress"]) == 0, capsys.readouterr().err
+
+
 def test_the_resume_command_a_stop_prints_runs_as_printed_with_a_space_in_the_folder(tmp_path, capsys):
     """`continue with `npllama train --out my run --resume`` split the folder in two words: the
     command printed (by a stop in the steps, and outside them) is quoted for the shell."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io.atomic import atomic_open, atomic_write_text
+from .io.atomic import atomic_write_text
 from .io.reading import parse_json
 from .ops._checks import require_path
 
@@ -376,19 +376,59 @@ def tokenize_corpus(texts, tokenizer, cache_path=None, progress: bool | None = N
     progress: show a tqdm bar (in characters); None shows it for corpora of more than ten million
     characters (about ten seconds' work, whether in many short documents or a few long ones).
     """
-    if not isinstance(texts, Corpus):
-        _require_texts(texts)
-    if tokenizer.bos_id is None or tokenizer.eos_id is None:
-        raise ValueError(f"tokenizer {tokenizer!r} needs BOS and EOS pieces to mark documents")
+    _require_tokenizable(texts, tokenizer)
     if cache_path is None:
         return np.concatenate(list(_encode_stream(texts, tokenizer, progress)))
     cache_path = _checked_cache_path(cache_path)
-    key = _cache_key(texts, tokenizer)
-    cached = _load_cached(cache_path, key)
+    cached = _load_cached(cache_path, _cache_key(texts, tokenizer))
     if cached is not None:
         return cached
+    made = tokenize_pending(texts, tokenizer, cache_path, progress)
+    made.keep()
+    return made.ids
+
+
+class PendingTokens:
+    """A token stream made from its texts (tokenize_pending): `ids`, memory-mapped from a temporary
+    file beside its cache (or in memory, when that could not be written).  keep() puts it in the
+    cache's place; drop() removes it, the cache and its key left as they were."""
+
+    def __init__(self, ids: np.ndarray, cache_path: Path, key: str, tmp: Path | None):
+        self.ids, self._cache_path, self._key, self._tmp = ids, cache_path, key, tmp
+
+    def keep(self) -> None:
+        if self._tmp is None:
+            return
+        import os
+
+        from .io.atomic import _fsync_dir
+
+        meta_path = Path(f"{self._cache_path}.json")
+        # the old key first: no key vouches for the new array before it is the one its key names
+        meta_path.unlink(missing_ok=True)
+        os.replace(self._tmp, self._cache_path)
+        self._tmp = None
+        _fsync_dir(self._cache_path.parent)
+        atomic_write_text(meta_path, json.dumps({"key": self._key, "n_tokens": int(self.ids.shape[0]),
+                                                 "dtype": str(self.ids.dtype)}))
+
+    def drop(self) -> None:
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+
+def tokenize_pending(texts, tokenizer, cache_path, progress: bool | None = None) -> PendingTokens:
+    """The stream tokenize_corpus(texts, tokenizer, cache_path) makes from the texts, its cache not
+    read, written beside the cache but not yet in its place (PendingTokens): for a caller that
+    takes the stream only if it checks out (a resume: the checkpoint's tokens), and otherwise leaves
+    the folder as it was.  A file that cannot be written (a full disk, a read-only folder): a
+    warning, and the stream in memory, kept nowhere."""
+    _require_tokenizable(texts, tokenizer)
+    cache_path = _checked_cache_path(cache_path)
+    key = _cache_key(texts, tokenizer)
     try:
-        return _save_cached(cache_path, key, _encode_stream(texts, tokenizer, progress))
+        ids, tmp = _write_stream(cache_path, _encode_stream(texts, tokenizer, progress))
     except OSError as error:
         import warnings
 
@@ -396,7 +436,8 @@ def tokenize_corpus(texts, tokenizer, cache_path=None, progress: bool | None = N
             texts.check_unchanged()
         warnings.warn(f"could not write the token cache {cache_path} ({error}); going on without it, "
                       f"the tokens in memory", RuntimeWarning, stacklevel=2)
-        return np.concatenate(list(_encode_stream(texts, tokenizer, progress)))
+        return PendingTokens(np.concatenate(list(_encode_stream(texts, tokenizer, progress))), cache_path, key, None)
+    return PendingTokens(ids, cache_path, key, tmp)
 
 
 def cached_tokens(texts, tokenizer, cache_path) -> np.ndarray | None:
@@ -411,6 +452,13 @@ def _checked_cache_path(cache_path) -> Path:
     if cache_path.suffix != ".npy":
         raise ValueError(f"cache_path must end in .npy, got {str(cache_path)!r}")
     return cache_path
+
+
+def _require_tokenizable(texts, tokenizer) -> None:
+    if not isinstance(texts, Corpus):
+        _require_texts(texts)
+    if tokenizer.bos_id is None or tokenizer.eos_id is None:
+        raise ValueError(f"tokenizer {tokenizer!r} needs BOS and EOS pieces to mark documents")
 
 
 def _require_texts(texts) -> None:
@@ -475,28 +523,35 @@ def _load_cached(cache_path: Path, key: str) -> np.ndarray | None:
     return ids
 
 
-def _save_cached(cache_path: Path, key: str, chunks) -> np.ndarray:
-    """Write the chunks of the stream to the cache as they come, and return it memory-mapped.  An
-    OSError (a full disk, a read-only folder) leaves no cache: the caller goes on without one."""
+def _write_stream(cache_path: Path, chunks) -> tuple[np.ndarray, Path]:
+    """(the stream, memory-mapped; the temporary file beside cache_path that holds it): the chunks
+    written as they come.  An OSError (a full disk, a read-only folder) leaves no file."""
+    import os
+
+    from .io.atomic import _TMP_TAG, _fresh_name
+
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    # Array first, key second, each renamed into place: a crash in between leaves a key that no
-    # longer matches, never a key that vouches for a half-written array.
-    with atomic_open(cache_path) as f:
-        n_tokens, dtype = 0, None
-        for ids in chunks:
-            if dtype is None:   # NumPy leaves room in the header for any length: rewritten at the end
-                dtype = ids.dtype
-                np.lib.format.write_array_header_1_0(f, _npy_header(0, dtype))
-                start = f.tell()
-            f.write(ids.tobytes())
-            n_tokens += ids.shape[0]
-        f.seek(0)
-        np.lib.format.write_array_header_1_0(f, _npy_header(n_tokens, dtype))
-        if f.tell() != start:
-            raise AssertionError(f"the .npy header of {n_tokens} tokens outgrew its room")
-    meta = {"key": key, "n_tokens": n_tokens, "dtype": str(dtype)}
-    atomic_write_text(Path(f"{cache_path}.json"), json.dumps(meta))
-    return np.load(cache_path, allow_pickle=False, mmap_mode="r")
+    tmp = _fresh_name(cache_path, _TMP_TAG)   # a name a resume's remove_stale_temporaries removes
+    try:
+        with open(tmp, "xb") as f:
+            n_tokens, dtype = 0, None
+            for ids in chunks:
+                if dtype is None:   # NumPy leaves room in the header for any length: rewritten at the end
+                    dtype = ids.dtype
+                    np.lib.format.write_array_header_1_0(f, _npy_header(0, dtype))
+                    start = f.tell()
+                f.write(ids.tobytes())
+                n_tokens += ids.shape[0]
+            f.seek(0)
+            np.lib.format.write_array_header_1_0(f, _npy_header(n_tokens, dtype))
+            if f.tell() != start:
+                raise AssertionError(f"the .npy header of {n_tokens} tokens outgrew its room")
+            f.flush()
+            os.fsync(f.fileno())
+        return np.load(tmp, allow_pickle=False, mmap_mode="r"), tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _npy_header(n_tokens: int, dtype) -> dict:

@@ -756,9 +756,10 @@ def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts,
     (tokens.npy, val_tokens.npy) vouch for their key (the text, the tokenizer), not for their own
     bytes: a damaged one would be taken for changed text.  So a stream read from a cache whose
     tokens are not the checkpoint's is made again from the text, which decides; one just made from
-    the text (edited text is: its key is another, unless an earlier refused resume cached it) is
-    not made again."""
-    from .data import train_val_split
+    the text (edited text is: its key is another) is not made again.  Streams made from the text
+    become their caches only if the tokens are the checkpoint's (or there is none to compare
+    with): a resume refused for changed text writes nothing into the run folder."""
+    from .data import cached_tokens, tokenize_pending, train_val_split
 
     if tc.val_data is None:   # one stream: both parts come from tokens.npy
         streams = {"tokens.npy": (texts, ("training", "held_out"))}
@@ -771,40 +772,38 @@ def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts,
             return train_val_split(ids["tokens.npy"], tc.held_out_fraction, bos_id=tokenizer.bos_id)
         return ids["tokens.npy"], ids["val_tokens.npy"]
 
-    ids, read = {}, []
+    def differs(name: str, now: dict) -> bool:   # the stream's parts are not the checkpoint's
+        return isinstance(saved, dict) and any(saved.get(part) != now[part] for part in streams[name][1])
+
+    ids, made = {}, {}
     for name, (stream_texts, _) in streams.items():
-        ids[name], from_cache = _token_stream(tc, run_dir / name, tokenizer, stream_texts)
-        read += [name] if from_cache else []
+        ids[name] = cached_tokens(stream_texts, tokenizer, run_dir / name)
+        if ids[name] is None:
+            made[name] = tokenize_pending(stream_texts, tokenizer, run_dir / name, progress=_bars(tc))
+            ids[name] = made[name].ids
     train_ids, val_ids = parts(ids)
     tokens = data_fingerprint(train_ids, val_ids)
-    suspect = [name for name in read if isinstance(saved, dict)
-               and any(saved.get(part) != tokens[part] for part in streams[name][1])]
-    if not suspect:
-        return train_ids, val_ids, tokens
+    suspect = [name for name in streams if name not in made and differs(name, tokens)]
     for name in suspect:
-        ids[name], _ = _token_stream(tc, run_dir / name, tokenizer, streams[name][0], cached=False)
-    train_ids, val_ids = parts(ids)
-    remade = data_fingerprint(train_ids, val_ids)
-    damaged = [name for name in suspect if any(remade[part] != tokens[part] for part in streams[name][1])]
-    if damaged:
-        echo(f"the token cache ({', '.join(str(run_dir / name) for name in damaged)}) did not hold the tokens of "
-             f"the text (damaged?): made again from the text")
-    return train_ids, val_ids, remade
-
-
-def _token_stream(tc: TrainConfig, cache_path: Path, tokenizer, texts, cached=True):
-    """(the texts' token stream, whether it was read from its cache at cache_path); cached=False:
-    made from the text, the cache rewritten."""
-    from .data import cached_tokens, tokenize_corpus
-
-    if cached:
-        ids = cached_tokens(texts, tokenizer, cache_path)
-        if ids is not None:
-            return ids, True
-    else:
-        for path in (cache_path, Path(f"{cache_path}.json")):   # the stream and its key
-            path.unlink(missing_ok=True)
-    return tokenize_corpus(texts, tokenizer, cache_path=cache_path, progress=_bars(tc)), False
+        made[name] = tokenize_pending(streams[name][0], tokenizer, run_dir / name, progress=_bars(tc))
+        ids[name] = made[name].ids
+    if suspect:
+        train_ids, val_ids = parts(ids)
+        remade = data_fingerprint(train_ids, val_ids)
+        damaged = [name for name in suspect if any(remade[part] != tokens[part] for part in streams[name][1])]
+        if damaged:
+            echo(f"the token cache ({', '.join(str(run_dir / name) for name in damaged)}) did not hold the tokens "
+                 f"of the text (damaged?): made again from the text")
+        tokens = remade
+    # tokens that are not the checkpoint's: the resume is refused (restore_checkpoint), and the run
+    # folder is left as it was (its caches still those of the checkpoint's text)
+    refused = any(differs(name, tokens) for name in streams)
+    for stream in made.values():
+        if refused:
+            stream.drop()
+        else:
+            stream.keep()
+    return train_ids, val_ids, tokens
 
 
 def _load_corpus(tc: TrainConfig):

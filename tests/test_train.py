@@ -335,6 +335,45 @@ def test_a_resume_on_changed_text_tokenizes_and_digests_it_once_before_refusing(
     assert calls == {"tokenized": 1, "digested": 2}
 
 
+@pytest.mark.parametrize("held_out", ["the end of --data", "--val-data"])
+def test_a_resume_refused_for_changed_text_leaves_the_run_folder_as_it_was(tmp_path, monkeypatch, held_out):
+    """A resume refused because --data changed wrote the edited text's tokens over the run's token
+    cache (tokens.npy): the folder's cache no longer matched its checkpoint, and putting the text
+    back cost a tokenization.  Now nothing in the folder changes, and the text put back resumes
+    from the cache."""
+    import npllama.data
+    from npllama.runs import READER_LOCK_FILE, WRITER_LOCK_FILE
+
+    lines = [f"The {c} cat sat on the {m} mat number {i}." for i, (c, m) in
+             enumerate((c, m) for c in ("red", "blue", "green", "small") for m in ("big", "old", "new"))]
+    corpus, val = tmp_path / "mine.txt", tmp_path / "val.txt"
+    original = "\n\n".join(lines * 30)
+    corpus.write_text(original)
+    val.write_text("\n\n".join(lines[::-1] * 5))
+    out = tmp_path / "run"
+    assert train(TrainConfig(out=str(out), data=str(corpus), val_data=str(val) if held_out == "--val-data" else None,
+                             steps=2, stop_after=1, eval_every=0, checkpoint_every=0, **{**FAST, "vocab_size": 320}),
+                 echo=quiet).interrupted
+
+    def folder():   # every file and its bytes and mtime, but the locks (each run takes them)
+        return {str(path.relative_to(out)): (path.stat().st_mtime_ns, path.read_bytes())
+                for path in sorted(out.rglob("*")) if path.is_file() and path.name not in (WRITER_LOCK_FILE,
+                                                                                            READER_LOCK_FILE)}
+
+    before = folder()
+    assert "tokens.npy" in before
+    corpus.write_text("\n\n".join(lines[::-1] * 30))   # other training text
+    with pytest.raises(ValueError, match=r"the training text \(--data .*\) has changed since the checkpoint"):
+        train(resume_config(out), resume=True, echo=quiet)
+    assert folder() == before
+    corpus.write_text(original)
+    tokenized = []
+    encode = npllama.data._encode_stream
+    monkeypatch.setattr(npllama.data, "_encode_stream", lambda *args: tokenized.append(1) or encode(*args))
+    assert train(resume_config(out), resume=True, echo=quiet).step == 2
+    assert not tokenized   # the run's caches still hold its text's tokens
+
+
 def test_a_run_moved_with_its_data_resumes_given_the_datas_new_path(tmp_path, monkeypatch, capsys):
     """The settings record --data absolute: a run folder moved (or copied to another machine) with its
     text named a file that is no longer there, and giving its new path was refused as a changed

@@ -388,3 +388,14 @@ def test_an_assembled_backward_whose_first_parameter_is_called_cache_is_checked(
     report = check_file(op, path, n_random=0)
     assert report.load_error is None and report.first_failure is not None, report.format()
     assert report.first_failure.finding is not None, report.format()
+
+
+def test_a_list_of_several_gradients_is_told_this_exercises_names_not_rmsnorms():
+    from npllama.ops.attention import attention_backward
+
+    def listed(dout, cache):
+        dq, dk, dv = attention_backward(dout, cache)
+        return [dq.tolist(), dk, dv]
+    finding = check_function("attention", listed, n_random=0).first_failure.finding
+    assert "return dq, dk, dv" in finding.hint, finding.hint
+    assert "dweight" not in finding.hint, finding.hint

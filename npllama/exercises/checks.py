@@ -160,7 +160,7 @@ def call_backward(backward, dout, cache, case: Case) -> tuple:
             raise CheckFailed(Finding(
                 "", "your function returned a list, not a NumPy array"
                 + (f"; return {listed} as arrays" if len(names) > 1 else ""),
-                hint=NOT_A_LIST + ("" if len(names) == 1 else ", in a tuple: return dx, dweight"), case=case.describe(),
+                hint=NOT_A_LIST + ("" if len(names) == 1 else f", in a tuple: return {listed}"), case=case.describe(),
                 subject=RETURN_VALUE))
         result = tuple(result)
     if not isinstance(result, tuple):

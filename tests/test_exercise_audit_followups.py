@@ -42,7 +42,7 @@ def _linear(tmp_path, name, returned="dx, dweight", extra=""):
     ("dx", "", "the return value", "returned one array"),
     ("None", "", "the return value", "returned None"),
     ("dx, dweight", "dy *= 0", "dy", "changed dy in place"),
-    ("dx, dweight", "x[...] = 0", "the cache", "changed the cache in place"),
+    ("dx, dweight", "x[...] = 0", "cache.x", "changed cache.x in place"),
 ])
 def test_a_failure_of_the_whole_return_value_names_it_not_a_gradient(tmp_path, returned, extra, subject,
                                                                      message):

@@ -175,7 +175,7 @@ def test_a_reply_that_is_not_one_is_a_crashed_row_not_a_grader_error(rows):
 
 
 def test_what_the_function_did_in_its_process_is_diagnosed_as_in_this_one(rows):
-    assert rows[0]["changes_the_cache.py"].diagnosis == "your function changed the cache in place"
+    assert rows[0]["changes_the_cache.py"].diagnosis == "your function changed cache.x in place"
     einsum = rows[0]["einsum_crash.py"]
     assert 'line 6 of einsum_crash.py: return np.einsum("ij,jk->ik", dy, x), weight' in einsum.diagnosis
     assert "an einsum whose subscripts do not fit its operands" in einsum.text

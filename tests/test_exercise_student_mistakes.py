@@ -399,3 +399,41 @@ def test_a_list_of_several_gradients_is_told_this_exercises_names_not_rmsnorms()
     finding = check_function("attention", listed, n_random=0).first_failure.finding
     assert "return dq, dk, dv" in finding.hint, finding.hint
     assert "dweight" not in finding.hint, finding.hint
+
+
+# each writes into one entry of its cache (a named tuple's field, or the cache array itself)
+CACHE_CHANGED_IN_PLACE = [
+    ("rmsnorm", "cache.x", """
+        def rmsnorm_backward(dy, cache):
+            x, rstd, weight = cache
+            x *= rstd
+            dxhat = dy * weight
+            dx = rstd * (dxhat - x * np.mean(dxhat * x, axis=-1, keepdims=True))
+            return dx, (dy * x).reshape(-1, x.shape[-1]).sum(0)
+    """),
+    ("cross_entropy", "cache.probs", """
+        def cross_entropy_backward(dloss, cache):
+            probs, targets, counted, n_counted, logits_shape = cache
+            probs[np.arange(len(targets)), targets] -= 1
+            probs *= (counted * (dloss / max(n_counted, 1)))[:, None]
+            return probs.reshape(logits_shape)
+    """),
+    ("softmax", "the cache", """
+        def softmax_backward(dp, cache):
+            p = cache
+            p *= dp - np.sum(dp * p, axis=-1, keepdims=True)
+            return p
+    """),
+]
+
+
+@pytest.mark.parametrize("op,changed,body", CACHE_CHANGED_IN_PLACE, ids=[c[0] for c in CACHE_CHANGED_IN_PLACE])
+def test_a_cache_changed_in_place_names_the_entry_that_changed(op, changed, body, tmp_path):
+    # the hint said "e.g. probs.copy()" for every exercise: rmsnorm and softmax have no probs
+    path = tmp_path / f"{op}_backward.py"
+    path.write_text("import numpy as np\n\n\n" + textwrap.dedent(body).strip() + "\n")
+    finding = check_file(op, path, n_random=0).first_failure.finding
+    assert finding.message == f"your function changed {changed} in place", finding.message
+    other_fields = {"rmsnorm": "probs", "cross_entropy": "rstd", "softmax": "probs"}[op]
+    assert other_fields not in finding.hint, finding.hint
+    assert f"{changed.removeprefix('the ')}.copy()" in finding.hint, finding.hint

@@ -214,10 +214,13 @@ def check_returns(backward, case: Case) -> None:
         raise CheckFailed(Finding("", f"your function changed {name} in place",
                                   hint=f"work on a copy (x = x * 2, not x *= 2) -- the caller still needs {name}",
                                   case=case.describe(), subject=name))
-    if not _same_snapshot(cache_before, _snapshot(cache)):
-        raise CheckFailed(Finding("", "your function changed the cache in place",
-                                  hint="the cache belongs to the forward pass: copy before modifying "
-                                       "(e.g. probs.copy())", case=case.describe(), subject="the cache"))
+    changed = _changed_entry(cache_before, cache, "cache")
+    if changed is not None:
+        entry = "the cache" if changed == "cache" else changed
+        raise CheckFailed(Finding("", f"your function changed {entry} in place",
+                                  hint=f"the cache belongs to the forward pass: work on a copy ({changed}.copy()), "
+                                       f"or write x = x * 2, not x *= 2",
+                                  case=case.describe(), subject=entry))
     for name, g, index in zip(case.grad_names, grads, case.wrt):
         if not np.issubdtype(g.dtype, np.floating):
             raise CheckFailed(Finding(name, f"{name} has dtype {g.dtype}, expected a float array",
@@ -337,6 +340,24 @@ def _snapshot(obj):
     if isinstance(obj, dict):
         return {k: _snapshot(v) for k, v in obj.items()}
     return obj
+
+
+def _changed_entry(before, after, path: str) -> str | None:
+    """The first entry of the cache that differs from its snapshot, as the student would write it
+    (cache, cache.x, cache[2], cache['k']), or None when nothing changed."""
+    if isinstance(before, (tuple, list)) and isinstance(after, (tuple, list)) and len(before) == len(after):
+        fields = getattr(after, "_fields", None)
+        entries = [(b, a, f"{path}.{fields[i]}" if fields else f"{path}[{i}]")
+                   for i, (b, a) in enumerate(zip(before, after))]
+    elif isinstance(before, dict) and isinstance(after, dict) and before.keys() == after.keys():
+        entries = [(before[key], after[key], f"{path}[{key!r}]") for key in before]
+    else:
+        return None if _same_snapshot(before, after) else path
+    for b, a, where in entries:
+        found = _changed_entry(b, a, where)
+        if found is not None:
+            return found
+    return None
 
 
 def _same_snapshot(a, b) -> bool:

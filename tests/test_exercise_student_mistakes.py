@@ -437,3 +437,19 @@ def test_a_cache_changed_in_place_names_the_entry_that_changed(op, changed, body
     other_fields = {"rmsnorm": "probs", "cross_entropy": "rstd", "softmax": "probs"}[op]
     assert other_fields not in finding.hint, finding.hint
     assert f"{changed.removeprefix('the ')}.copy()" in finding.hint, finding.hint
+
+
+
+def test_gradients_named_as_swapped_are_not_also_blamed_on_the_part_a_simpler_case_adds():
+    # dW_q and dW_k are both 0 with one position (one key: the softmax is constant), so the ladder's
+    # first failing case is "several positions", whose usual suspect is attention or RoPE chained
+    # wrongly -- not what is wrong here, and the finding already says what is
+    from npllama.model import block_backward
+
+    def q_and_k_swapped(dout, cache):
+        dx, grads = block_backward(dout, cache)
+        return dx, grads._replace(q_proj=grads.k_proj, k_proj=grads.q_proj)
+    finding = check_function("block", q_and_k_swapped, n_random=0).first_failure.finding
+    assert finding.message == "dW_q and dW_k are swapped: each holds the other's gradient"
+    assert finding.ladder.startswith("passes with one position, one head -- fails with several positions")
+    assert "attention" not in finding.ladder and "RoPE" not in finding.ladder, finding.ladder

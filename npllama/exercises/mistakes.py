@@ -140,10 +140,12 @@ def _swaps(names, catalogue):
     return found
 
 
-def compare_ladder(catalogue, exercise, backward, say_shapes: bool = True) -> str:
+def compare_ladder(catalogue, exercise, backward, say_why: bool = True) -> str:
     """'passes with one row -- fails with several rows: ...', or '' when there is nothing to say.
-    say_shapes: add a failing case's wrong shape (not when the gradients are named as reordered:
-    dw_gate's shape in dw_down's place says the same again)."""
+    say_why: add what the first failing case shows, its wrong shape or its usual suspect -- not
+    when the gradients are named as reordered: dw_gate's shape in dw_down's place says the same
+    again, and the part the case adds (a second position, say) is not what is wrong, only where
+    the reorder first shows (dW_q and dW_k are both 0 with one key)."""
     rungs = catalogue.ladder
     if not rungs:
         return ""
@@ -157,18 +159,18 @@ def compare_ladder(catalogue, exercise, backward, say_shapes: bool = True) -> st
         verdicts.append(_rung_verdict(got, right, case.grad_names))
     base, rest = rungs[0], list(zip(rungs[1:], verdicts[1:]))
     if verdicts[0] is not None:
-        return f"it fails even the simplest case ({base.label})" + (_shape_words(verdicts[0]) if say_shapes else "")
+        return f"it fails even the simplest case ({base.label})" + (_shape_words(verdicts[0]) if say_why else "")
     failing = [(r, v) for r, v in rest if v is not None]
     if not failing:
         return ""
     passing = [base.label] + [r.label for r, v in rest if v is None]
     first, verdict = failing[0]
     text = f"passes with {'; with '.join(passing)} -- fails with {first.label}"
-    if verdict != "wrong":
-        if say_shapes:
+    if say_why:
+        if verdict != "wrong":
             text += _shape_words(verdict)   # a shape says what is wrong better than any suspect
-    elif first.suspect:
-        text += f": {first.suspect}"
+        elif first.suspect:
+            text += f": {first.suspect}"
     if len(failing) > 1:
         text += f" (fails also with {', '.join(r.label for r, _ in failing[1:])})"
     return text
@@ -199,7 +201,7 @@ def explain(catalogue, exercise, backward) -> Explanation:
     except Exception:    # a catalogue that cannot run here must not hide the checks' own findings
         found = Explanation()
     try:
-        found.ladder = compare_ladder(catalogue, exercise, backward, say_shapes=not found.reorders)
+        found.ladder = compare_ladder(catalogue, exercise, backward, say_why=not found.reorders)
     except Exception:
         found.ladder = ""
     return found

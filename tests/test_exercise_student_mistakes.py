@@ -115,6 +115,14 @@ NAMED_SLIPS = [
             d *= counted[:, None]
             return (d * (dloss / max(n_counted, 1))).astype(probs.dtype).reshape(logits_shape)
     """),
+    ("cross_entropy", "the one-hot is added, not subtracted", """
+        def cross_entropy_backward(dloss, cache):
+            probs, targets, counted, n_counted, logits_shape = cache
+            d = probs.copy()
+            d[np.arange(len(targets)), targets] += 1
+            d *= counted[:, None] * (dloss / max(n_counted, 1))
+            return d.reshape(logits_shape)
+    """),
     ("softmax", "the normalisation term has the wrong sign", """
         def softmax_backward(dp, cache):
             p = cache
@@ -142,7 +150,7 @@ def test_a_common_slip_is_named(op, phrase, body, tmp_path):
     report = check_file(op, path, n_random=1)
     assert report.first_failure.status == "fail", report.format()
     assert phrase in report.first_failure.finding.message, report.format()
-    if op == "cross_entropy":
+    if phrase == "not from each row at its own target":
         assert "not d[:, targets]" in report.first_failure.finding.ladder
 
 

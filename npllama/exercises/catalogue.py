@@ -368,7 +368,7 @@ class CrossEntropyMistakes:
         onehot = np.eye(V)[safe_targets]
         # d[:, safe_targets] -= 1: every row loses 1 at each column some row targets (once per column)
         every_targets_column = np.broadcast_to(np.isin(np.arange(V), safe_targets), p.shape)
-        g = {"right": p - onehot, "no_onehot": p, "log_probs": np.log(p) - onehot,
+        g = {"right": p - onehot, "no_onehot": p, "onehot_added": p + onehot, "log_probs": np.log(p) - onehot,
              "columns_of_all_targets": p - every_targets_column}[form]
         if mask:
             g = g * counted[:, None]
@@ -392,6 +392,10 @@ class CrossEntropyMistakes:
                "chain rule: d objective / d logits = dloss * d loss / d logits", use_dloss=False),
             _m("the one-hot of the target is not subtracted: dlogits = probs - onehot(target)",
                "loss = logsumexp(logits) - logits[target]: the second term gives -1 at the target", form="no_onehot"),
+            _m("the one-hot is added, not subtracted: dlogits = probs - onehot(target), so each row's target "
+               "entry gets probs - 1",
+               "loss = logsumexp(logits) - logits[target]: the second term gives -1 at the target "
+               "(d[np.arange(N), targets] -= 1)", form="onehot_added"),
             _m("log-probabilities were used where the probabilities belong",
                "d logsumexp(z) / dz = softmax(z) = probs, not log(probs)", form="log_probs"),
             _m("the one-hot was subtracted with d[:, targets] -= 1: that takes 1 from every row at every "

@@ -181,16 +181,31 @@ def check_gguf_out(out: Path, model_dir: Path | None, overwrite: bool, flag: str
 
 
 def _files_read_from(model_dir: Path) -> list[Path]:
-    """The files an export of `model_dir` reads: its weights (shards too), config, index and
-    tokenizer files, and the tokenizer.model found in or beside it (a run's)."""
+    """The files an export of `model_dir` reads: its weights (the shards its index names too,
+    whatever their names), config, index and tokenizer files, and the tokenizer.model found in or
+    beside it (a run's)."""
     from ..runs import find_tokenizer
 
     names = ("config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.model",
              "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-    files = [model_dir / name for name in names] + sorted(model_dir.glob("model*.safetensors"))
+    files = [model_dir / name for name in names] + sorted(model_dir.glob("*.safetensors")) + _shards_named_in(model_dir)
     with contextlib.suppress(FileNotFoundError):
         files.append(find_tokenizer(model_dir))
     return files
+
+
+def _shards_named_in(model_dir: Path) -> list[Path]:
+    """The shard files model_dir's index names (any names, subfolders included); none when there is
+    no readable index (loading the folder says what is wrong with it)."""
+    import json
+
+    from .hf import INDEX_NAME
+
+    try:
+        weight_map = json.loads((model_dir / INDEX_NAME).read_text(encoding="utf-8")).get("weight_map")
+        return [model_dir / shard for shard in set(weight_map.values()) if isinstance(shard, str) and shard]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
 
 
 Q8_0_LEVELS = 127     # a Q8_0 block stores int8 values times one float16 scale, its largest |value| / 127

@@ -342,6 +342,35 @@ def test_force_never_replaces_a_file_the_model_is_read_from(tmp_path, tokenizer,
     assert elsewhere.read_bytes() == tokenizer.model_bytes
 
 
+def test_force_never_replaces_a_shard_the_index_names_whatever_its_name(tmp_path, tokenizer, capsys):
+    """The index may name shards anything, in subfolders too (transformers writes model-00001-of-...,
+    other tools their own names): each is a file export reads, so --out on one is refused."""
+    import json
+
+    from npllama.io.safetensors import read_safetensors, write_safetensors
+
+    folder = tmp_path / "m"
+    _model_folder(folder, tokenizer)
+    tensors = read_safetensors(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    names = list(tensors)
+    (folder / "parts").mkdir()
+    shards = {"parts/a.safetensors": names[:3], "weights-2.safetensors": names[3:]}
+    for shard, held in shards.items():
+        write_safetensors(folder / shard, {n: tensors[n] for n in held}, metadata={"format": "pt"})
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {n: shard for shard, held in shards.items() for n in held}}))
+    export_gguf(folder, tmp_path / "fine.gguf")   # the folder exports
+    for shard in shards:
+        out = folder / shard
+        before = out.read_bytes()
+        assert main(["export", "gguf", "--model", str(folder), "--out", str(out), "--force"]) == 2
+        assert "a file of the model being exported" in capsys.readouterr().err
+        with pytest.raises(FileExistsError, match="a file of the model being exported"):
+            export_gguf(folder, out, overwrite=True)
+        assert out.read_bytes() == before
+
+
 def test_a_weight_the_outtype_would_make_inf_is_refused_naming_it(tmp_path, tokenizer):
     """float16 holds nothing past 65504, a Q8_0 block's float16 scale nothing past 65504 * 127 (and
     Q8_0 writes a matrix whose rows are no multiple of 32 as float16): a weight beyond would be inf

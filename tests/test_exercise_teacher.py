@@ -396,3 +396,19 @@ def test_a_variant_that_redefines_a_check_is_reported_by_its_own_name(tmp_path):
     assert report.ok, report.format()
     assert "each row of dx sums to 0 within 1e-30" in report.format(), report.format()
     assert report.to_dict()["checks"]["rows sum to 0 (strict)"] == "pass"
+
+
+@pytest.mark.parametrize("out", ["{file}", None])
+def test_start_never_writes_the_starter_over_the_teachers_exercise_file(gelu_file, tmp_path, monkeypatch, out,
+                                                                         capsys):
+    """--force replaces a student's old starter, never the exercise file the starter is made from (given
+    as --out, or the default ./gelu_backward.py when the teacher named the file so)."""
+    monkeypatch.chdir(tmp_path)
+    if out is None:
+        gelu_file = gelu_file.rename(tmp_path / "gelu_backward.py")
+    text = gelu_file.read_text(encoding="utf-8")
+    argv = ["exercise", "start", "--exercise-file", str(gelu_file), "gelu", "--force", "--quiet"]
+    assert main(argv + ([] if out is None else ["--out", out.format(file=gelu_file)])) == 2
+    err = capsys.readouterr().err
+    assert "--exercise-file" in err and "--out" in err and err.count("\n") == 1
+    assert gelu_file.read_text(encoding="utf-8") == text

@@ -49,7 +49,7 @@ def notebook_json(op) -> dict:
 def write_notebook(op, path=None, force: bool = False) -> Path:
     """Write <op>_backward.ipynb (or `path`); refuses to overwrite unless force."""
     ex = get_exercise(op)
-    path = target_path(path, f"{ex.backward_name}.ipynb", ".ipynb", force)
+    path = target_path(path, f"{ex.backward_name}.ipynb", ".ipynb", force, ex.exercise_file)
     notebook = notebook_json(ex)
     for i, cell in enumerate(notebook["cells"]):
         cell["id"] = f"{ex.op}-{i}"

@@ -3,6 +3,7 @@ to the derivation, and a body that raises NotImplementedError."""
 from __future__ import annotations
 
 import inspect
+import os
 import textwrap
 from pathlib import Path
 
@@ -129,12 +130,16 @@ def _as_comment(text: str) -> str:
     return f"\n# ----- the math you need (derivations, quoted) -----\n{body}\n"
 
 
-def target_path(path, default_name: str, suffix: str, force: bool) -> Path:
+def target_path(path, default_name: str, suffix: str, force: bool, exercise_file=None) -> Path:
     """Where to write a student's file: `path` itself, or default_name inside it when it is a folder
-    (existing, or any path without `suffix`); refuses to overwrite unless force."""
+    (existing, or any path without `suffix`); refuses to overwrite unless force, and the teacher's
+    `exercise_file` (the one the file is made from) always."""
     path = path_argument(path, "path", "the file or folder to write") if path is not None else Path(default_name)
     if path.is_dir() or path.suffix != suffix:
         path = path / default_name
+    if exercise_file and path.exists() and os.path.samefile(path, exercise_file):
+        raise FileExistsError(f"--out {str(path)!r} is the exercise file the starter is made from (--exercise-file): "
+                              f"writing there would replace it, --force or not; choose another --out")
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists; pass --force to overwrite it (your work would be lost)")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +149,6 @@ def target_path(path, default_name: str, suffix: str, force: bool) -> Path:
 def write_starter(op, path=None, force: bool = False) -> Path:
     """Write the starter file (default: ./<op>_backward.py); refuses to overwrite unless force."""
     ex = get_exercise(op)
-    path = target_path(path, f"{ex.backward_name}.py", ".py", force)
+    path = target_path(path, f"{ex.backward_name}.py", ".py", force, ex.exercise_file)
     path.write_text(starter_source(op), encoding="utf-8")
     return path

@@ -412,3 +412,13 @@ def test_start_never_writes_the_starter_over_the_teachers_exercise_file(gelu_fil
     err = capsys.readouterr().err
     assert "--exercise-file" in err and "--out" in err and err.count("\n") == 1
     assert gelu_file.read_text(encoding="utf-8") == text
+
+
+def test_check_json_never_replaces_the_teachers_exercise_file(gelu_file, tmp_path, capsys):
+    (tmp_path / "alice.py").write_text(RIGHT, encoding="utf-8")
+    text = gelu_file.read_text(encoding="utf-8")
+    assert main(["exercise", "check", "--exercise-file", str(gelu_file), "gelu", str(tmp_path / "alice.py"),
+                 "--json", str(gelu_file)]) == 2
+    err = capsys.readouterr().err
+    assert "--json" in err and "--exercise-file" in err and err.count("\n") == 1
+    assert gelu_file.read_text(encoding="utf-8") == text

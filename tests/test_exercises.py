@@ -382,6 +382,24 @@ def test_cli_check_folder_writes_json(tmp_path, capsys):
     assert [r["file"] for r in book] == ["correct.py", "wrong_count.py", "wrong_mask.py"]
 
 
+@pytest.mark.parametrize("taken", ["file", "submission", "subfolder's submission"])
+def test_cli_check_json_never_replaces_a_file_being_checked(tmp_path, taken):
+    """--json names a file the results go to: the file checked, or any submission of the folder checked,
+    is refused before anything runs (it would be replaced by the JSON, the student's work lost)."""
+    write_planted("cross_entropy", tmp_path / "subs")
+    (tmp_path / "subs" / "bob").mkdir()
+    (tmp_path / "subs" / "bob" / "mine.py").write_text(CORRECT["cross_entropy"])
+    checked, json_path = {"file": ("subs/correct.py", "subs/correct.py"),
+                          "submission": ("subs", "subs/wrong_mask.py"),
+                          "subfolder's submission": ("subs", "subs/bob/mine.py")}[taken]
+    before = {p: p.read_bytes() for p in (tmp_path / "subs").rglob("*.py")}
+    with pytest.raises(UsageError, match="--json .* being checked"):
+        run_cli(["exercise", "check", "cross_entropy", str(tmp_path / checked), "--cases", "1",
+                 "--json", str(tmp_path / json_path), "--gradebook", str(tmp_path / "book")])
+    assert {p: p.read_bytes() for p in (tmp_path / "subs").rglob("*.py")} == before
+    assert not (tmp_path / "book.csv").exists()   # refused before the grading
+
+
 def test_cli_mistakes_exit_2(tmp_path, monkeypatch, capsys):
     import npllama.cli as cli
 

@@ -178,6 +178,8 @@ def run_check(args) -> int:
     path = Path(args.path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (give a .py file or a folder of them)")
+    if args.json:
+        _refuse_replacing_what_is_checked(Path(args.json), path, exercise)
     if not exercise.builtin:     # on the class's own cases, before anyone is graded
         verify_reference(exercise, args.cases, args.seed)
     limits = dict(n_random=args.cases, seed=args.seed, timeout=args.timeout, memory_mb=args.memory_mb,
@@ -217,6 +219,29 @@ def run_check(args) -> int:
     if args.json:
         atomic_write_text(Path(args.json), gradebook_json(graded))   # a failed write leaves the old file whole
     return 0 if all(g.ok for g in graded) else 1
+
+
+def _refuse_replacing_what_is_checked(json_path, path, exercise) -> None:
+    """--json is written after the grading: never over the file checked, a submission of the folder
+    checked, or the --exercise-file (the student's or the teacher's work would be lost)."""
+    import os
+    from pathlib import Path
+
+    from ..exercises.gradebook import submissions_in
+
+    if not json_path.exists():
+        return
+    try:
+        read = submissions_in(path) if path.is_dir() else [path]
+    except FileNotFoundError:   # a folder with nothing to grade: said by the grading
+        read = []
+    read = [(source, "a file being checked") for source in read]
+    if exercise.exercise_file:
+        read.append((Path(exercise.exercise_file), "the exercise file (--exercise-file)"))
+    for source, what in read:
+        if os.path.samefile(source, json_path):
+            raise UsageError(f"--json {str(json_path)!r} is {str(source)!r}, {what}: writing the results there "
+                             f"would replace it; choose another --json")
 
 
 def _with_still_running_notice(timeout: float, grade):

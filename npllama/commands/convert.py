@@ -53,6 +53,7 @@ def llama2c(args) -> int:
     header = _read_header(checkpoint)
     tokenizer = _tokenizer(args, checkpoint)
     _check_out(args, out, checkpoint, tokenizer)
+    _check_tokenizer(args, tokenizer, header.to_config().vocab_size)
     dtype = _dtype(args.dtype)
     print(f"converting {checkpoint} ({FORMATS[header.version]}: {header.n_layers} layers, dim {header.dim}, "
           f"{header.n_heads} heads, vocab {header.vocab_size}, "
@@ -113,6 +114,24 @@ def _tokenizer(args, checkpoint: Path):
         return Path(args.tokenizer)
     beside = checkpoint.parent / "tokenizer.bin"
     return beside if beside.is_file() and beside.resolve() != checkpoint.resolve() else None
+
+
+def _check_tokenizer(args, tokenizer: Path | None, vocab_size: int) -> None:
+    """The tokenizer converts for this model, or one line naming where it came from (--tokenizer, or
+    found beside the checkpoint), before the conversion is announced."""
+    from ..io import CheckpointError
+    from ..io.llama2c import tokenizer_model_bytes
+
+    if tokenizer is None:
+        return
+    try:
+        tokenizer_model_bytes(tokenizer, vocab_size)
+    except ValueError as error:   # CheckpointError, or a .model SentencePiece cannot parse
+        problem = error.problem if isinstance(error, CheckpointError) else str(error)
+        if args.tokenizer is not None:
+            raise UsageError(f"--tokenizer {args.tokenizer!r}: {problem}") from None
+        raise UsageError(f"{str(tokenizer)!r}, found beside the checkpoint: {problem}; give the model's "
+                         f"tokenizer with --tokenizer, or convert without one (--no-tokenizer)") from None
 
 
 def _checked_paths(args) -> tuple[Path, Path]:

@@ -236,19 +236,29 @@ def test_convert_api_and_tokenizer_beside_the_checkpoint(tmp_path, sentencepiece
     (["convert", "llama2c", "{tmp}", "--out", "{tmp}/o"], "is not a file"),
     (["convert", "llama2c", "{gguf}", "--out", "{tmp}/o"], "not a llama2.c checkpoint: '"),
     (["convert", "llama2c", "{cut}", "--out", "{tmp}/o"], "truncated, or not a llama2.c checkpoint"),
+    # a file that is no tokenizer: named as the flag that gave it, or as found beside the checkpoint
+    (["convert", "llama2c", "{ckpt}", "--out", "{tmp}/o", "--tokenizer", "{tmp}/notes.json"], "--tokenizer '"),
+    (["convert", "llama2c", "{ckpt}", "--out", "{tmp}/o", "--tokenizer", "{tmp}/other.model"], "--tokenizer '"),
+    (["convert", "llama2c", "{beside}", "--out", "{tmp}/o"], "found beside the checkpoint"),
 ])
 def test_convert_mistakes_are_one_line(tmp_path, argv, match, capsys):
     checkpoint, _ = _write(tmp_path, "v1", random_llama2c_weights())
+    (tmp_path / "notes.json").write_text('{"a": 1}')
+    (tmp_path / "other.model").write_bytes(b"not a SentencePiece model")
+    (tmp_path / "b").mkdir()
+    beside, _ = _write(tmp_path / "b", "v1", random_llama2c_weights())
+    (tmp_path / "b" / "tokenizer.bin").write_bytes(b"\x01\x00")
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF" + bytes(100))
     cut = tmp_path / "cut.bin"
     cut.write_bytes(checkpoint.read_bytes()[:-1])
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("keep me")
-    argv = [a.format(ckpt=checkpoint, tmp=tmp_path, gguf=gguf, cut=cut) for a in argv]
+    argv = [a.format(ckpt=checkpoint, tmp=tmp_path, gguf=gguf, cut=cut, beside=beside) for a in argv]
     assert main(argv) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert match in err and err.count("\n") == 1
+    assert "converting" not in out     # refused before the conversion is announced
     if "gguf" in argv[2]:
         assert "is a GGUF file (llama.cpp's format)" in err
 

@@ -69,6 +69,8 @@ def fine_tuning_run(config, task: str, resume: bool, echo, check_base=None):
         from .runs import latest_run
 
         config = dataclasses.replace(config, base=str(latest_run()))
+    if not resume and run_dir.is_dir():   # said before a lock file is made in a folder of the user's
+        refuse_a_folder_in_use(run_dir, config.base, runs_too=False)
     with stop_signals_interrupt(), writing_run(run_dir):
         run = FinetuneRun(run_dir, config, task, resume, echo)
         try:
@@ -83,6 +85,21 @@ def fine_tuning_run(config, task: str, resume: bool, echo, check_base=None):
             raise what_is_left(stop, run_dir, command, run_dir, (run_dir / INFO_FILE).is_file(),
                                f"`{command}` starts it from step 0 (the folder holds its settings, so "
                                f"a new start there is refused)") from None
+
+
+def refuse_a_folder_in_use(run_dir: Path, base, runs_too: bool = True) -> None:
+    """A new start's --out: a new or empty folder, not one holding a run, nor other files -- the
+    --base model among them (`base`), which the refusal names.  runs_too=False: a folder holding a
+    run passes (judged under the run's lock, which first says whether another process writes it)."""
+    held = files_besides_locks(run_dir)
+    if {*SETTINGS_FILES.values(), "train_config.json", "checkpoint"} & set(held):
+        if not runs_too:
+            return
+        raise already_holds_a_run(run_dir)
+    if held:
+        base_path = Path(base).expanduser().resolve() if base is not None else None
+        holds_base = base_path is not None and (base_path == run_dir.resolve() or run_dir.resolve() in base_path.parents)
+        raise not_empty(run_dir, held, f" and holds --base {str(base)!r}, the model being fine-tuned" if holds_base else "")
 
 
 class FinetuneRun:
@@ -107,11 +124,7 @@ class FinetuneRun:
         self._log = None
 
     def _refuse_a_folder_in_use(self) -> None:
-        held = files_besides_locks(self.run_dir)
-        if {*SETTINGS_FILES.values(), "train_config.json", "checkpoint"} & set(held):
-            raise already_holds_a_run(self.run_dir)
-        if held:
-            raise not_empty(self.run_dir, held)
+        refuse_a_folder_in_use(self.run_dir, self.config.base)   # again under the lock
 
     # ----- the step loop's side -------------------------------------------------------------------
     def record_data(self, training: list, held_out: list, *, data, built_in: str, val_data=None) -> None:

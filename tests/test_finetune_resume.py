@@ -158,6 +158,23 @@ def test_a_new_fine_tune_refuses_a_folder_holding_other_files(small_model_dir, t
     assert (out / "notes.txt").read_text() == "precious\n"
 
 
+@pytest.mark.parametrize("task", ["classify", "sft", "sop"])
+def test_a_fine_tune_into_its_base_folder_is_refused_naming_base_and_leaves_it_as_it_was(small_model_dir, tmp_path,
+                                                                                         task, capsys):
+    """--out the --base folder (or one holding it): refused saying so, before a lock file is made in it."""
+    import shutil
+
+    base = tmp_path / "work" / "model"
+    shutil.copytree(small_model_dir, base)
+    (tmp_path / "work" / "notes.txt").write_text("mine")
+    for out in (base, base.parent):
+        before = sorted(p.name for p in out.iterdir())
+        assert main(["finetune", task, "--base", str(base), "--out", str(out), "--steps", "1", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "--out" in err and f"--base {str(base)!r}" in err and len(err.splitlines()) == 1
+        assert sorted(p.name for p in out.iterdir()) == before
+
+
 def test_a_damaged_checkpoint_is_refused_before_anything_changes(small_model_dir, tmp_path):
     from npllama.io.errors import CheckpointError
 

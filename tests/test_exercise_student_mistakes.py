@@ -461,3 +461,31 @@ def test_gradients_named_as_swapped_are_not_also_blamed_on_the_part_a_simpler_ca
     assert finding.message == "dW_q and dW_k are swapped: each holds the other's gradient"
     assert finding.ladder.startswith("passes with one position, one head -- fails with several positions")
     assert "attention" not in finding.ladder and "RoPE" not in finding.ladder, finding.ladder
+
+
+def test_a_cache_entry_cached_under_two_names_is_named_by_both():
+    # swiglu's forward caches x once for gate_proj and up_proj: written through up_proj.x, the first
+    # entry that changed is gate_proj.x, which the student never touched
+    from npllama.ops.swiglu import swiglu_backward
+
+    def zeroes_up_proj_x(dout, cache):
+        grads = swiglu_backward(dout, cache)
+        cache.up_proj.x[...] = 0
+        return grads
+    finding = check_function("swiglu", zeroes_up_proj_x, n_random=0).first_failure.finding
+    assert finding.message == ("your function changed cache.gate_proj.x in place "
+                               "(the same array as cache.up_proj.x)"), finding.message
+
+
+def test_the_model_exercises_changed_cache_entry_is_named_as_its_argument():
+    # model_backward(dlogits, cache, config) gets the checks' ModelCacheWithConfig spread over two
+    # arguments: the student's cache.norm.x is not cache.cache.norm.x
+    from npllama.model import model_backward
+
+    def doubles_norm_x(dlogits, cache, config):
+        grads = model_backward(dlogits, cache, config)
+        cache.norm.x[...] *= 2
+        return grads
+    finding = check_function("model", doubles_norm_x, n_random=0).first_failure.finding
+    assert finding.message == "your function changed cache.norm.x in place", finding.message
+    assert "cache.norm.x.copy()" in finding.hint and "cache.cache" not in finding.hint, finding.hint

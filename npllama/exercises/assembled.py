@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import checks
 from .definitions import Exercise, check
 from .checks import RETURN_VALUE, SEED, Case, Choice, Ints, _first_parameter, expect_close
 from .diagnose import CheckFailed, Finding
@@ -263,6 +264,11 @@ logits = hidden @ W_lm.T                       # W_lm = E when tie_word_embeddin
 
     def students_cache(self, cache):
         return cache.cache   # (the ModelCacheWithConfig's config is model_backward's third argument)
+
+    def check_returns(self, backward, params):
+        # the student's function gets the ModelCacheWithConfig's fields as two arguments: a changed
+        # entry is cache.norm.x, not cache.cache.norm.x
+        checks.check_returns(backward, self.case(params), spread=ModelCacheWithConfig._fields)
 
     def build(self, params, dtype=np.float64):
         from ..config import LlamaConfig

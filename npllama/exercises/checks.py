@@ -203,8 +203,10 @@ def _reference_grads(case: Case, dout):
 
 # ----- the generic checks every exercise runs ------------------------------------------------------
 
-def check_returns(backward, case: Case) -> None:
-    """One gradient per differentiable input, each of its input's shape; dout and cache untouched."""
+def check_returns(backward, case: Case, spread: tuple = ()) -> None:
+    """One gradient per differentiable input, each of its input's shape; dout and cache untouched.
+    spread: the names the backward receives the cache's fields by, when the exercise passes them
+    as separate arguments (the model exercise: cache, config) -- what a changed entry is called."""
     out, cache = case.run_forward()
     dout = case.dout_for(out)
     dout_before, cache_before = np.array(dout, copy=True), _snapshot(cache)
@@ -214,10 +216,12 @@ def check_returns(backward, case: Case) -> None:
         raise CheckFailed(Finding("", f"your function changed {name} in place",
                                   hint=f"work on a copy (x = x * 2, not x *= 2) -- the caller still needs {name}",
                                   case=case.describe(), subject=name))
-    changed = _changed_entry(cache_before, cache, "cache")
+    changed = _changed_entry(cache_before, cache, "cache", spread)
     if changed is not None:
         entry = "the cache" if changed == "cache" else changed
-        raise CheckFailed(Finding("", f"your function changed {entry} in place",
+        same = _same_array_as(cache, changed, spread)
+        also = f" (the same array as {', '.join(same)})" if same else ""
+        raise CheckFailed(Finding("", f"your function changed {entry} in place{also}",
                                   hint=f"the cache belongs to the forward pass: work on a copy ({changed}.copy()), "
                                        f"or write x = x * 2, not x *= 2",
                                   case=case.describe(), subject=entry))
@@ -342,22 +346,50 @@ def _snapshot(obj):
     return obj
 
 
-def _changed_entry(before, after, path: str) -> str | None:
+def _entries(before, after, path: str, spread: tuple = ()):
+    """The entries of a tuple, list or dict of the cache (before and after, and their names as the
+    student would write them: cache.x, cache[2], cache['k']; a spread cache's fields by their
+    argument names), or None when it is not a container of the same layout before and after."""
+    if isinstance(before, (tuple, list)) and isinstance(after, (tuple, list)) and len(before) == len(after):
+        fields = spread or getattr(after, "_fields", None)
+        return [(b, a, fields[i] if spread else f"{path}.{fields[i]}" if fields else f"{path}[{i}]")
+                for i, (b, a) in enumerate(zip(before, after))]
+    if isinstance(before, dict) and isinstance(after, dict) and before.keys() == after.keys():
+        return [(before[key], after[key], f"{path}[{key!r}]") for key in before]
+    return None
+
+
+def _changed_entry(before, after, path: str, spread: tuple = ()) -> str | None:
     """The first entry of the cache that differs from its snapshot, as the student would write it
     (cache, cache.x, cache[2], cache['k']), or None when nothing changed."""
-    if isinstance(before, (tuple, list)) and isinstance(after, (tuple, list)) and len(before) == len(after):
-        fields = getattr(after, "_fields", None)
-        entries = [(b, a, f"{path}.{fields[i]}" if fields else f"{path}[{i}]")
-                   for i, (b, a) in enumerate(zip(before, after))]
-    elif isinstance(before, dict) and isinstance(after, dict) and before.keys() == after.keys():
-        entries = [(before[key], after[key], f"{path}[{key!r}]") for key in before]
-    else:
+    entries = _entries(before, after, path, spread)
+    if entries is None:
         return None if _same_snapshot(before, after) else path
     for b, a, where in entries:
         found = _changed_entry(b, a, where)
         if found is not None:
             return found
     return None
+
+
+def _same_array_as(cache, changed: str, spread: tuple = ()) -> list[str]:
+    """The other entries of the cache whose memory the changed one shares (the forward may cache
+    one array under two names: swiglu's gate_proj.x and up_proj.x): which of them the student
+    wrote to cannot be told, so a finding names them all."""
+    arrays = []
+
+    def walk(obj, path, spread=()):
+        entries = _entries(obj, obj, path, spread)
+        if entries is not None:
+            for _, item, where in entries:
+                walk(item, where)
+        elif isinstance(obj, np.ndarray):
+            arrays.append((path, obj))
+    walk(cache, "cache", spread)
+    target = next((a for where, a in arrays if where == changed), None)
+    if target is None:
+        return []
+    return [where for where, a in arrays if where != changed and np.shares_memory(a, target)]
 
 
 def _same_snapshot(a, b) -> bool:

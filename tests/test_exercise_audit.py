@@ -305,6 +305,9 @@ def test_gradebook_has_numeric_counts_and_what_it_graded_on_and_finds_student_fo
     import subprocess
     import sys
 
+    import re
+
+    from npllama.exercises.definitions import get_exercise
     from npllama.exercises.gradebook import grade_folder, write_gradebook
     from npllama.exercises.planted import CORRECT
 
@@ -317,10 +320,14 @@ def test_gradebook_has_numeric_counts_and_what_it_graded_on_and_finds_student_fo
     assert [g.file for g in graded] == ["alice/rmsnorm_backward.py", "bob/rmsnorm_backward.py"]
     csv_path, json_path = write_gradebook(graded, tmp_path / "book")
     row = next(csv.DictReader(csv_path.open()))
-    assert (row["exercise"], row["passed"], row["total"], row["seed"], row["cases"]) == ("rmsnorm", "4", "4", "3", "1")
+    # cases: what each sampled check ran on, as the report says "(N cases)": the edge cases and the 1 random one
+    shown = re.findall(r"\((\d+) cases\)", graded[0].text)
+    assert shown and set(shown) == {str(len(get_exercise("rmsnorm").edge_cases) + 1)}, graded[0].text
+    assert (row["exercise"], row["passed"], row["total"], row["seed"], row["cases"]) == ("rmsnorm", "4", "4", "3",
+                                                                                          shown[0])
     record = json.loads(json_path.read_text())[0]
     assert (record["exercise"], record["passed"], record["total"], record["seed"], record["cases"]) == \
-        ("rmsnorm", 4, 4, 3, 1)
+        ("rmsnorm", 4, 4, 3, int(shown[0]))
 
     single = tmp_path / "single.json"
     subprocess.run([sys.executable, "-m", "npllama", "exercise", "check", "rmsnorm",

@@ -5,7 +5,8 @@
     print(format_gradebook(graded))
 
 Columns: file, exercise, status, passed, total, checks passed (as text), first failure, diagnosis,
-seconds, seed, cases; the JSON adds each full report.
+seconds, seed, cases (each sampled check's cases, as a report's "(N cases)": the exercise's edge
+cases and n_random random ones); the JSON adds each full report.
 """
 from __future__ import annotations
 

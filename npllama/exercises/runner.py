@@ -221,6 +221,12 @@ def case_params(exercise: Exercise, n_random: int = DEFAULT_RANDOM_CASES, seed: 
     return list(exercise.edge_cases) + [sample(exercise.space, rng) for _ in range(n_random if exercise.space else 0)]
 
 
+def cases_per_check(exercise: Exercise, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0) -> int:
+    """How many cases each sampled check runs on -- what a report's "(N cases)" and the gradebook's
+    cases column say: the edge cases and the random ones."""
+    return len(case_params(exercise, n_random, seed))
+
+
 def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0,
                    source: str | None = None, source_file: str | None = None,
                    catch_everything: bool = False, source_text: str | None = None,

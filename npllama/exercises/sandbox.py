@@ -105,7 +105,8 @@ class Graded:
     diagnosis: str               # what is wrong, one line ('' when it passes)
     seconds: float
     text: str = ""               # the full report a student reads
-    exercise: str = ""           # what it was graded on: the exercise, the cases' seed, random cases per check
+    exercise: str = ""           # what it was graded on: the exercise, the cases' seed, and how many cases
+                                 # each sampled check ran (runner.cases_per_check: the edge cases and --cases random ones)
     seed: int = 0
     cases: int = 0
     output: str = ""             # what the submission printed: its first OUTPUT_SHOWN lines, and how many more
@@ -133,7 +134,8 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
     stopped child was stuck (grade_folder: its path relative to the class folder); when None, the
     file is its name and those lines name `path` as given."""
     from .definitions import get_exercise
-    from .runner import GradingStopped, Report, _check_cases, _read_source, check_function, screen_file
+    from .runner import (GradingStopped, Report, _check_cases, _read_source, cases_per_check, check_function,
+                         screen_file)
 
     from .teacher import verify_reference
 
@@ -154,7 +156,7 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
     # where a crash or a stop was: as the gradebook names the file, else as it was typed
     lines_name = shown_as if named_as is None else named_as
     named_as = readable_name(path.name) if named_as is None else named_as
-    graded_on = dict(exercise=exercise.op, seed=seed, cases=n_random)
+    graded_on = dict(exercise=exercise.op, seed=seed, cases=cases_per_check(exercise, n_random, seed))
     start = time.perf_counter()
     source_text = _read_source(str(path))      # before any of it runs: the finite-difference rule reads it
     # screened as read ('' is an unreadable file, or an empty one: read again, to say why)

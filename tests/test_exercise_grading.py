@@ -6,10 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import npllama
 from npllama.exercises import EXERCISES, check_file, check_function
 from npllama.exercises.gradebook import format_gradebook, grade_folder, write_gradebook
 from npllama.exercises.planted import CORRECT
@@ -106,11 +109,14 @@ def test_a_timeout_before_the_first_check_says_where_in_first_failure_as_the_fil
     assert "timed out" in format_gradebook([at_import])
 
 
-def test_where_a_file_crashed_is_named_as_the_file_column_names_it(tmp_path):
+def test_where_a_file_crashed_is_named_as_the_file_column_names_it(tmp_path, monkeypatch):
     """A crash's line ('line 3 of linear_backward.py') is the gradebook's diagnosis; with a
     subfolder per student every file has that name, so it is named as the file column names it --
-    for a crash in the function, in the file's import, and in the line the hint gives to rerun it."""
-    folder = tmp_path / "class"
+    for a crash in the function and in the file's import.  The line the hint gives to rerun it is
+    pasted where the command ran: it names the file from there (class/alice/..., as the report's
+    header does)."""
+    monkeypatch.chdir(tmp_path)
+    folder = Path("class")
     for student, source in [
             ("alice", "def linear_backward(dy, cache):\n    x, w = cache\n    raise RuntimeError('not done')\n"),
             ("bob", "import numpy as np\nW = np.zeros(3)\nW[5] = 1\n")]:
@@ -119,7 +125,12 @@ def test_where_a_file_crashed_is_named_as_the_file_column_names_it(tmp_path):
     alice, bob = grade_folder("linear", folder, n_random=0)
     assert alice.diagnosis == ("your function raised RuntimeError: not done (line 3 of alice/linear_backward.py: "
                                "raise RuntimeError('not done'))"), alice.diagnosis
-    assert "runpy.run_path('alice/linear_backward.py')" in alice.text, alice.text
+    assert "in class/alice/linear_backward.py" in alice.text, alice.text
+    assert "runpy.run_path('class/alice/linear_backward.py')" in alice.text, alice.text
+    snippet = alice.text.split("to stop where it fails):\n", 1)[1].split("\n  derivation:", 1)[0]
+    ran = subprocess.run([sys.executable, "-c", textwrap.dedent(snippet)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": str(Path(npllama.__file__).parent.parent)})
+    assert "RuntimeError: not done" in ran.stderr, ran.stderr
     assert bob.diagnosis == ("importing bob/linear_backward.py failed: the file raised IndexError: index 5 is out of "
                              "bounds for axis 0 with size 3 (line 3 of bob/linear_backward.py: W[5] = 1)"), bob.diagnosis
 

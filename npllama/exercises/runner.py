@@ -230,7 +230,7 @@ def cases_per_check(exercise: Exercise, n_random: int = DEFAULT_RANDOM_CASES, se
 def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0,
                    source: str | None = None, source_file: str | None = None,
                    catch_everything: bool = False, source_text: str | None = None,
-                   named_as: str | None = None) -> Report:
+                   named_as: str | None = None, run_path: str | None = None) -> Report:
     """Run every check of exercise `op` (a name, or an Exercise: a teacher's own, teacher.py) on
     `backward`; never raises for a wrong or crashing function.  Returns a Report (`.ok`, and
     `.format()`: the table).
@@ -248,7 +248,10 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     of alice/linear_backward.py") -- the path the student typed, or the gradebook's file column.  By
     default a crash names the file of the code `backward` runs by its path from the current folder
     (the hint runs it from there by its own name), a notebook cell's as the cell, and other code
-    in no file as Python does ('<string>')."""
+    in no file as Python does ('<string>').
+    run_path: the file the hint's rerun snippet loads, as a path from the folder the command runs
+    in (default named_as): a gradebook names a crash's file by its file column (alice/linear_backward.py),
+    but the snippet is pasted where the command ran (class/alice/linear_backward.py)."""
     exercise = get_exercise(op)
     if not callable(backward):
         raise TypeError(f"backward must be a function like {exercise.signature[4:-1]}, got {type(backward).__name__}")
@@ -260,8 +263,9 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     source = source or _what_it_is(backward, function)
     source_file = source_file or getattr(getattr(function, "__code__", None), "co_filename", None)
     function_name = getattr(function, "__qualname__", "")    # as Python names it in a wrong-call TypeError
-    if named_as is not None:       # the file's own <op>_backward (check_file, grade_file): rerun from that file
-        rerun = (named_as, exercise.backward_name)
+    if named_as is not None or run_path is not None:   # the file's own <op>_backward (check_file, grade_file)
+        named_as = named_as if named_as is not None else run_path
+        rerun = (run_path or named_as, exercise.backward_name)
     else:
         named_as, rerun = _where_it_runs(backward, source_file, function_name)
     parameters = _parameter_names(backward)

@@ -175,7 +175,7 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
                 stage = "in its first call, before any check"     # check_function probes the function once first
                 report = check_function(exercise, function, n_random=n_random, seed=seed, source=shown_as,
                                         source_file=str(path.resolve()), source_text=source_text,
-                                        named_as=lines_name)
+                                        named_as=lines_name, run_path=str(path))
                 graded_on["output"] = submission.output()
         except GradingStopped:     # before the first check: nothing graded
             report = None

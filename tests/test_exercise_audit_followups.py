@@ -310,17 +310,24 @@ def rmsnorm_backward(dy, cache):
 """
 
 
-def test_a_check_still_running_says_so_once_and_names_the_flag(tmp_path, capsys, monkeypatch):
+def test_a_check_still_running_says_so_and_names_the_flag_then_says_so_again_until_stopped(tmp_path, capsys,
+                                                                                         monkeypatch):
+    """The first notice at STILL_RUNNING_AFTER, then one every STILL_RUNNING_EVERY seconds (the
+    defaults: 10 s, then every 30 s until --timeout's 120 s), none at or after the time limit."""
     from npllama.cli import main
     from npllama.commands import exercise
 
     loop = tmp_path / "rmsnorm_backward.py"
     loop.write_text("def rmsnorm_backward(dy, cache):\n    while True:\n        pass\n")
     monkeypatch.setattr(exercise, "STILL_RUNNING_AFTER", 0.5)    # the default is 10 s
+    monkeypatch.setattr(exercise, "STILL_RUNNING_EVERY", 1.0)    # the default is 30 s
     assert main(["exercise", "check", "rmsnorm", str(loop), "--cases", "0", "--timeout", "3"]) == 1
     out, err = capsys.readouterr()
-    assert err.count("still running") == 1, err
-    assert "still running after 0.5 s -- it is stopped at 3 s; --timeout changes it\n" in err
+    notes = [line for line in err.splitlines() if "still running" in line]
+    assert notes[0] == "still running after 0.5 s -- it is stopped at 3 s; --timeout changes it", err
+    assert notes[1] == "still running after 1.5 s (stops at 3 s; --timeout to change)", err
+    assert notes[1:] == [f"still running after {t:g} s (stops at 3 s; --timeout to change)"
+                         for t in (1.5, 2.5)][:len(notes) - 1], err
     assert "stopped after 3 s of wall clock" in out
 
 

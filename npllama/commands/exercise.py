@@ -11,6 +11,9 @@ EXERCISE_FILE_HELP = ("a teacher's own exercise: a .py file defining a subclass 
 # After this many seconds `check` of one file says it is still running: an endless loop would
 # otherwise be silence until --timeout.  A right answer takes a second or two, and never sees it.
 STILL_RUNNING_AFTER = 10.0
+# ... and again every this many seconds until it is stopped: one note and then 110 s of silence
+# looks like a hang
+STILL_RUNNING_EVERY = 30.0
 
 
 def register(subparsers) -> None:
@@ -245,23 +248,40 @@ def _refuse_replacing_what_is_checked(json_path, path, exercise) -> None:
 
 
 def _with_still_running_notice(timeout: float, grade):
-    """grade(), with one line on stderr if it is still running after STILL_RUNNING_AFTER seconds
-    (none when the time limit is no longer than that: it says why it stopped itself)."""
+    """grade(), with one line on stderr if it is still running after STILL_RUNNING_AFTER seconds,
+    and another every STILL_RUNNING_EVERY seconds after it while the time limit is ahead (none when
+    the time limit is no longer than the first: it says why it stopped itself)."""
     import sys
     import threading
 
-    def notice():
-        print(f"still running after {STILL_RUNNING_AFTER:g} s -- it is stopped at {timeout:g} s; "
-              f"--timeout changes it", file=sys.stderr, flush=True)
+    timers, lock, done = [], threading.Lock(), threading.Event()
 
-    timer = threading.Timer(STILL_RUNNING_AFTER, notice)
-    timer.daemon = True
-    if timeout > STILL_RUNNING_AFTER:
-        timer.start()
+    def arm(after: float, first: bool):
+        with lock:     # none armed once grade() returned (a notice printing then must not start another)
+            if after >= timeout or done.is_set():
+                return
+            timer = threading.Timer(after if first else STILL_RUNNING_EVERY, notice, (after, first))
+            timer.daemon = True
+            timers.append(timer)
+            timer.start()
+
+    def notice(after: float, first: bool):
+        if first:
+            print(f"still running after {after:g} s -- it is stopped at {timeout:g} s; --timeout changes it",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f"still running after {after:g} s (stops at {timeout:g} s; --timeout to change)",
+                  file=sys.stderr, flush=True)
+        arm(after + STILL_RUNNING_EVERY, False)
+
+    arm(STILL_RUNNING_AFTER, True)
     try:
         return grade()
     finally:
-        timer.cancel()
+        with lock:
+            done.set()
+            for timer in timers:
+                timer.cancel()
 
 
 def run_train(args) -> int:

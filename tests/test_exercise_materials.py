@@ -304,3 +304,30 @@ def test_an_exercise_on_part_of_a_derivation_quotes_only_its_steps():
     assert "Step 2" in starter_source("swiglu_act") and "Step 4" not in starter_source("swiglu_act")
     whole = derivation_quote(get_exercise("swiglu"))
     assert "Step 1" in whole and "Step 4" in whole
+
+
+@pytest.mark.parametrize("name,commands", [("rmsnorm", ["npllama exercise check rmsnorm FILE"]),
+                                           ("swiglu", ["npllama exercise check swiglu_act FILE",
+                                                       "npllama exercise check swiglu FILE"]),
+                                           ("adamw", [])])
+def test_explain_says_where_the_tests_and_the_article_it_cites_are(name, commands):
+    """A pip-installed student has neither tests/ nor the article: explain says the test files are
+    the source repository's, the command that runs the same checks on their own backward, and what
+    "article §4.2" is."""
+    lines = explain_text(name).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("Test: "))
+    note = " ".join(line.strip() for line in lines[at + 1:at + 4])
+    assert "npllama source repository" in note, lines[at:at + 3]
+    for command in commands:
+        assert command in note, lines[at:at + 3]
+    if not commands:
+        assert "exercise check" not in note, lines[at:at + 3]
+    text = "\n".join(lines)
+    if "article §" in derivation_markdown(name):
+        assert "article §N: " in text and "not part of npllama" in text, text[-400:]
+
+
+def test_a_starter_says_what_the_article_it_cites_is(tmp_path):
+    source = starter_source("rmsnorm")
+    assert "article §4.2" in source.splitlines()[0]
+    assert "article §N: " in source and "not part of npllama" in source, source[:800]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.resources
 import re
+import textwrap
 from pathlib import Path
 
 SOURCE_CHECKOUT = Path(__file__).resolve().parents[2] / "derivations"
@@ -342,9 +343,36 @@ def explain_steps(name: str, steps: tuple) -> str:
     return f"{source}\n{'-' * len(source)}\n" + "\n".join(to_text(p.strip()) + "\n" for p in quoted).rstrip()
 
 
+# what a citation of the article is, for a reader who has only the installed package
+ARTICLE_NOTE = ("article §N: a section of the tutorial npllama is taught from (its outline numbers); the "
+                "tutorial is not part of npllama and is not installed with it -- the derivation stands "
+                "on its own")
+
+
 def explain_text(name: str, backward_only: bool = False) -> str:
-    """A derivation as terminal text: all of it, or only its backward sections."""
+    """A derivation as terminal text: all of it, or only its backward sections.  Its Test: line
+    is told to be the source repository's, with the command that runs the same checks on a
+    student's backward, and a citation of the article what that is (ARTICLE_NOTE)."""
     if backward_only:
         parts = backward_sections(name)
-        return "\n".join(f"{heading}\n{'-' * len(heading)}\n{to_text(body)}" for heading, body in parts)
-    return to_text(derivation_markdown(name))
+        text = "\n".join(f"{heading}\n{'-' * len(heading)}\n{to_text(body)}" for heading, body in parts)
+    else:
+        text = "\n".join(_where_tests_are(line, name) for line in to_text(derivation_markdown(name)).split("\n"))
+    if "article §" in text:
+        text = text.rstrip("\n") + "\n\n" + textwrap.fill(ARTICLE_NOTE, 96) + "\n"
+    return text
+
+
+def _where_tests_are(line: str, name: str) -> str:
+    """A Test: line, and where its files are: not in an installed npllama."""
+    if not line.startswith("Test: "):
+        return line
+    from .definitions import EXERCISES
+
+    stem = Path(name).name.removesuffix(".md")
+    ops = [op for op, ex in EXERCISES.items() if Path(ex.derivation).name == f"{stem}.md"]
+    same = (f"; {' or '.join(f'npllama exercise check {op} FILE' for op in ops)} runs the same checks "
+            f"on your own backward" if ops else "")
+    note = f"(files of the npllama source repository, not of an installed npllama{same})"
+    return f"{line}\n" + textwrap.fill(note, 96, initial_indent="      ", subsequent_indent="      ",
+                                       break_on_hyphens=False)

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 from .definitions import Exercise, get_exercise, path_argument
-from .derivation import backward_heading, explain_steps, explain_text
+from .derivation import ARTICLE_NOTE, backward_heading, explain_steps, explain_text
 from .screen import RULE
 
 
@@ -86,6 +86,7 @@ def starter_source(op, in_notebook: bool = False) -> str:
         imports += "\n" + "".join(f"from {module} import {name}  # noqa: F401  (yours to use)\n"
                                    for module, name in ex.helpers)
     article = f", article {ex.article}" if ex.article else ""
+    article_note = (textwrap.fill(f"({ARTICLE_NOTE}.)", 96) + "\n\n") if ex.article else ""
     forward = textwrap.indent(ex.forward_text, "    ")
     if in_notebook:
         check_it, where, quote = "then run the next cell to check it.", "the cell above", ""
@@ -97,7 +98,7 @@ def starter_source(op, in_notebook: bool = False) -> str:
                   if ex.derivation else "")
     return f'''"""Exercise: the backward pass of the {ex.title}{article}.
 
-Write the body of `{ex.backward_name}` below, {check_it}
+{article_note}Write the body of `{ex.backward_name}` below, {check_it}
 
 The forward pass is already written ({describe_source(ex)}); it computes
 

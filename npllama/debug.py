@@ -318,6 +318,14 @@ def _dtype_of(model):
     return _llama_of(model).dtype
 
 
+def _dtype_given_or_of(model_or_path, dtype):
+    """dtype, or when it is None the dtype of a model in memory (a path: float32, as the CLI runs)."""
+    if dtype is not None:
+        return dtype
+    model = _traceable(model_or_path)
+    return _dtype_of(model) if hasattr(model, "loss_and_grads") else np.float32
+
+
 def _classifier_batch(tokens, labels, attention_mask):
     """tokens (B, T), labels (B,), attention_mask (B, T) for a classifier's loss_and_grads."""
     if labels is None:
@@ -363,7 +371,7 @@ def compare_dtypes(model, tokens, targets=None, *, backend_name="numpy", rtol=No
     return compare(a, b, rtol, atol, labels=("float32", "float64"))
 
 
-def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32, backend_name="numpy",
+def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=None, backend_name="numpy",
                          rtol=None, atol=None, include=None, exclude=None, attention_mask=None,
                          faithful: bool = True, transformers_folder=None) -> Comparison:
     """npllama vs transformers.LlamaForCausalLM on the same Hugging Face folder (or model); for a
@@ -383,10 +391,10 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=np.float32
     RoPE frequencies are checked against npllama's), so the comparison holds at float64 precision
     (TRANSFORMERS_FLOAT64_RTOL).  faithful=False compares with stock transformers, at float32's
     tolerance.  In float32 transformers runs as it ships either way.  The report's notes say which
-    ran."""
+    ran.  dtype: both sides' precision; None: a model's own (float32 for a path)."""
     if not isinstance(faithful, bool):
         raise TypeError(f"faithful must be True or False, got {faithful!r}")
-    dtype = np.dtype(dtype).type
+    dtype = np.dtype(_dtype_given_or_of(model_or_dir, dtype)).type
     faithful_run = faithful and dtype == np.float64
     with _npllama_and_folder(model_or_dir, dtype, transformers_folder) as (ours, folder):
         if _is_classifier(ours) and not ours.causal:   # (numpy against numba, or the dtypes, compare it)

@@ -535,6 +535,29 @@ def test_a_weight_edited_in_npllama_is_compared_against_transformers_on_the_orig
 
 
 @pytest.mark.slow  # imports torch and transformers; skipped when they are absent
+@pytest.mark.parametrize("given", ["model", "classifier"])
+def test_a_float64_model_given_without_dtype_is_compared_in_float64(folder, given):
+    # a float64 model is compared as it is, at float64's tolerance, not silently cast to float32
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from npllama.finetune import SequenceClassifier
+
+    model64 = Llama.from_pretrained(folder, dtype=np.float64)
+    if given == "model":
+        report = debug.compare_transformers(model64, IDS, transformers_folder=folder)
+    else:
+        classifier = SequenceClassifier(model64, ["a", "b"], pad_id=0)
+        report = debug.compare_transformers(classifier, IDS, [1])
+    assert report.ok, str(report)
+    assert report.rtol == 1e-9
+    assert all(t["loss"].dtype == np.float64 for t in report.traces)
+    # a float32 model stays float32, and an explicit dtype still casts
+    model32 = Llama.from_pretrained(folder)
+    assert debug.compare_transformers(model32, IDS, transformers_folder=folder).rtol == 1e-3
+    assert debug.compare_transformers(model32, IDS, dtype=np.float64, transformers_folder=folder).rtol == 1e-9
+
+
+@pytest.mark.slow  # imports torch and transformers; skipped when they are absent
 @pytest.mark.parametrize("setting, differs", [
     (dict(rms_norm_eps=1e-3), ("rms_norm_eps 0.001 in npllama, 1e-05 in transformers", "input_layernorm.out")),
     # the same weight shapes ((16, 16) and (8, 16)) cut into 2 heads of 8 instead of 4 of 4

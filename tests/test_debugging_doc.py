@@ -251,3 +251,41 @@ def test_the_edited_model_example_prints_the_note_and_divergence_the_doc_shows(t
     namespace["model"].save_pretrained("runs/edited")   # the example's edit
     assert main(shlex.split(command)[1:]) == 1
     assert "model.layers.1.self_attn.v_proj.weight (relative error 0.333)" in capsys.readouterr().out
+
+
+def test_the_hooks_the_doc_names_for_transformers_record_what_npllama_records_under_that_name():
+    """"the output of `mlp.gate_proj` becomes `model.layers.i.mlp.gate`": a user hooking transformers
+    themselves follows these words, so each pair is checked on a real LlamaForCausalLM, numerically."""
+    import npllama
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    paragraph = re.search(r"records the same names with forward hooks:(.*?)Gradients come from", DOC, re.S).group(1)
+    pairs = re.findall(r"the (output|input) of `([\w.]+)` becomes `model\.layers\.i\.([\w.]+)`", " ".join(paragraph.split()))
+    named = {module for _, module, _ in pairs}
+    assert {"mlp.gate_proj", "self_attn.o_proj", "mlp.down_proj"} <= named, pairs
+
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
+    model = Llama(config, seed=0)
+    tokens = np.array([[1, 5, 9, 3, 7]])
+    with npllama.trace() as ours:
+        model.loss_and_grads(tokens, np.array([[5, 9, 3, 7, -100]]))
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config.to_dict())).eval()
+    hf.load_state_dict({name: torch.from_numpy(value) for name, value in model.params.items()}, strict=False)
+    caught = {}
+    layer = hf.model.layers[0]
+    for kind, module, name in pairs:
+        target = layer.get_submodule(module)
+        if kind == "output":
+            target.register_forward_hook(lambda m, args, out, name=name: caught.__setitem__(name, out))
+        else:
+            target.register_forward_pre_hook(lambda m, args, name=name: caught.__setitem__(name, args[0]))
+    with torch.no_grad():
+        hf(torch.from_numpy(tokens))
+    for _, module, name in pairs:
+        theirs = caught[name].numpy()
+        recorded = ours[f"model.layers.0.{name}"]
+        if recorded.ndim == 4:   # heads split (B, H, T, hd), as the doc's table gives them
+            recorded = recorded.transpose(0, 2, 1, 3).reshape(theirs.shape)
+        np.testing.assert_allclose(recorded, theirs, rtol=1e-4, atol=1e-6, err_msg=f"{module} -> {name}")

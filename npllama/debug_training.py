@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import types
 
 import numpy as np
@@ -255,7 +256,8 @@ def compare_training(model, batches, *, steps: int, total_steps: int | None = No
                      lr: float = 2e-3, min_lr: float | None = None, warmup_steps: int | None = None,
                      weight_decay: float = 0.1, beta1: float = 0.9, beta2: float = 0.95, grad_clip: float = 1.0,
                      dtype=np.float64, backend_name: str = "numpy", rtol: float | None = None,
-                     atol: float | None = None, plant: str | None = None, echo=None) -> TrainingComparison:
+                     atol: float | None = None, plant: str | None = None, echo=None,
+                     progress: bool = False) -> TrainingComparison:
     """Train a copy of `model` for `steps` steps with npllama and with PyTorch, and compare them
     after every step (see the module's docstring; the settings are npllama.train.TrainConfig's,
     with its defaults).
@@ -267,7 +269,10 @@ def compare_training(model, batches, *, steps: int, total_steps: int | None = No
     next grad_accum of them, so at least steps * grad_accum are needed.  total_steps: the length of
     the run the schedule is laid out over (default: steps), warmup_steps None: TrainConfig's rule.
     plant: one of PLANTED_TRAINING_BUGS, swapped into npllama's side.  echo: told what runs, once the
-    settings are checked and before the first step (None: quiet)."""
+    settings are checked and before the first step (None: quiet).  progress: a bar on stderr, a
+    step at a time, saying whether the runs still agree (a comparison of tens of steps takes minutes)."""
+    from tqdm.auto import tqdm
+
     from . import backend
     from .debug import (_as_folder, _from_folder, _is_classifier, load_transformers_model, model_path,
                         set_up_transformers)
@@ -296,15 +301,22 @@ def compare_training(model, batches, *, steps: int, total_steps: int | None = No
              f"{np.dtype(dtype).name}: npllama ({backend_name}) against torch")
     rtol = DEFAULT_RTOL[dtype] if rtol is None else rtol
     rows, diffs = [], []
-    for step in range(steps):
-        step_batches = batches[step * grad_accum:(step + 1) * grad_accum]
-        with backend.use_backend(backend_name):
-            a = npllama_run.step(step, step_batches)
-        b = torch_run.step(step, step_batches)
-        step_diffs = [(step + 1, phase, diff_tensors(name, a[phase][name], b[phase][name], rtol, atol))
-                      for phase in PHASES for name in a[phase]]
-        diffs += step_diffs
-        rows.append(_row(step + 1, a, b, step_diffs))
+    parted_at = None
+    with tqdm(total=steps, desc="train-compare", unit="step", disable=not progress, leave=False,
+              file=sys.stderr, postfix="the runs agree so far") as bar:
+        for step in range(steps):
+            step_batches = batches[step * grad_accum:(step + 1) * grad_accum]
+            with backend.use_backend(backend_name):
+                a = npllama_run.step(step, step_batches)
+            b = torch_run.step(step, step_batches)
+            step_diffs = [(step + 1, phase, diff_tensors(name, a[phase][name], b[phase][name], rtol, atol))
+                          for phase in PHASES for name in a[phase]]
+            diffs += step_diffs
+            rows.append(_row(step + 1, a, b, step_diffs))
+            if parted_at is None and any(d.diverged for _, _, d in step_diffs):
+                parted_at = step + 1
+                bar.set_postfix_str(f"the runs parted at step {parted_at}")
+            bar.update()
     return TrainingComparison(rows, diffs, rtol, atol, plant=plant, notes=notes)
 
 

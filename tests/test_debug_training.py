@@ -250,3 +250,23 @@ def test_the_doc_names_each_planted_bug_with_the_phase_it_is_found_at():
         assert f"`{phase}`" in said, (bug, said)
     for phase in debug_training.PHASES:
         assert f"`{phase}`" in section, phase
+
+
+def test_the_steps_show_progress_on_stderr_with_whether_the_runs_still_agree(model, capsys):
+    # a comparison of tens of steps takes minutes: a bar says how far it is, and whether they parted
+    compare_training(model, make_batches(3), dtype=np.float64, progress=True, **SETTINGS)
+    err = capsys.readouterr().err
+    assert "train-compare" in err and "/3" in err and "agree" in err, err
+    compare_training(model, make_batches(3), dtype=np.float64, progress=True, plant="warmup-off-by-one", **SETTINGS)
+    assert "parted at step 1" in capsys.readouterr().err
+    compare_training(model, make_batches(3), dtype=np.float64, **SETTINGS)   # quiet by default, from Python
+    assert capsys.readouterr().err == ""
+
+
+def test_cli_shows_progress_unless_told_not_to(small_model_dir, capsys):
+    argv = ["debug", "train-compare", "--model", str(small_model_dir), "--text", "Once upon a time a cat sat. " * 12,
+            "--steps", "2", "--batch-size", "1", "--seq-len", "8", "--warmup-steps", "1"]
+    status, out = run_cli(argv, capsys)
+    assert status == 0 and "/2" in out.err and "train-compare" in out.err, out.err
+    status, out = run_cli(argv + ["--no-progress"], capsys)
+    assert status == 0 and out.err == "", out.err

@@ -165,6 +165,8 @@ def _register_train_compare(sub) -> None:
                    "largest |value| of each tensor)")
     p.add_argument("--table", action="store_true", help="print every step's losses, gradient norms, learning "
                    "rates and parameters' difference")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (on stderr, a step at a time, "
+                   "saying whether the runs still agree)")
     p.set_defaults(run=run_train_compare)
 
 
@@ -192,7 +194,7 @@ def run_train_compare(args) -> int:
             str(model_dir), batches, steps=args.steps, total_steps=args.total_steps, grad_accum=args.grad_accum,
             lr=args.lr, min_lr=args.min_lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
             beta1=args.beta1, beta2=args.beta2, grad_clip=args.grad_clip, dtype=dtype, backend_name=args.backend,
-            rtol=args.rtol, atol=args.atol, plant=args.plant, echo=print)
+            rtol=args.rtol, atol=args.atol, plant=args.plant, echo=print, progress=not args.no_progress)
     except ImportError as error:
         raise UsageError(str(error)) from None
     if args.table:

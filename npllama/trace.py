@@ -36,7 +36,7 @@ import sys
 import types
 import warnings
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -389,9 +389,10 @@ class _Recorder:
                     self.logits_of[id(cache)], self.loss_of[head] = head, name
             if name is not None:
                 prefix = name.rsplit(".", 1)[0] + "."
+                source = self.source_of(fn)
                 for symbol, value in getattr(cache, "intermediates", dict)().items():
-                    self.record(prefix + symbol, value, _qualname(fn))
-                self.record(name, out, _qualname(fn))
+                    self.record(prefix + symbol, value, source)
+                self.record(name, out, source)
                 self.output_of[id(cache)] = name
                 if name in self.heads:
                     self.heads[name] = weakref.ref(out)
@@ -403,10 +404,11 @@ class _Recorder:
     def backward(self, fn, op_name):
         def recorded_backward(dout, cache):
             name = self.output_of.get(id(cache))
+            source = self.source_of(fn)
             if name is not None:   # before the call: gradients recorded inside it are credited to it
-                self.backward_of[name] = _qualname(fn)
+                self.backward_of[name] = source
             for parameter in self.parameters_of.get(id(cache), ()):
-                self.trace.note_parameter_gradient_source(parameter, _qualname(fn))
+                self.trace.note_parameter_gradient_source(parameter, source)
             if name is not None and op_name != "cross_entropy_backward":   # (d:loss is 1: not kept)
                 # the upstream gradient, complete before this backward reads it
                 layer = name.split(".self_attn.")[0].split(".mlp.")[0] + "."
@@ -434,8 +436,6 @@ class _Recorder:
         """Tell the trace which `use_op` replacements just ran -- `fn` itself, or an op nested in it
         (softmax_backward inside the reference attention_backward) -- and which records a replaced
         op left out because it computed them its own way."""
-        from .backend import NESTED_OPS
-
         if fn is self.replacements.get(op_name):
             self.trace.note_replaced(op_name, _qualname(fn))
             if name is not None:
@@ -444,10 +444,24 @@ class _Recorder:
                     inside = ("d:" + prefix + symbol[2:]) if symbol.startswith("d:") else prefix + symbol
                     if inside not in self.recorded:
                         self.trace.note_unrecorded(inside, op_name)
+        for nested, replacement in self.replaced_inside(fn):
+            self.trace.note_replaced(nested, _qualname(replacement))
+
+    def replaced_inside(self, fn) -> list[tuple[str, Callable]]:
+        """(op name, replacement) of each nested op (NESTED_OPS) that `fn` calls and that `use_op`
+        replaced: softmax_forward inside the reference attention_forward, re-bound to the user's."""
+        from .backend import NESTED_OPS
+
         calls = getattr(getattr(fn, "__code__", None), "co_names", ())
-        for nested in (n for n in calls if n in NESTED_OPS and n in self.replacements):
-            if getattr(fn, "__globals__", {}).get(nested) is self.replacements[nested]:
-                self.trace.note_replaced(nested, _qualname(self.replacements[nested]))
+        bound = getattr(fn, "__globals__", {})
+        return [(nested, self.replacements[nested]) for nested in calls
+                if nested in NESTED_OPS and nested in self.replacements and bound.get(nested) is self.replacements[nested]]
+
+    def source_of(self, fn) -> str:
+        """The function that computed a record, and the replaced op it ran inside, if any: "computed
+        by attention_forward" alone would hide that its softmax was the user's."""
+        return _qualname(fn) + "".join(f", whose {nested} is {_qualname(replacement)} (use_op)"
+                                       for nested, replacement in self.replaced_inside(fn))
 
     # ----- where a gradient comes from --------------------------------------------------------
     def consumers(self, name: str) -> tuple[list[str], str | None]:

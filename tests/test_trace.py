@@ -507,3 +507,33 @@ def test_a_record_must_be_numbers_and_a_tensor_that_requires_grad_is_read_as_it_
     np.testing.assert_array_equal(t["w"], [0.0, 2.0, 4.0])
     report = compare({"w": (w * 2).to(torch.bfloat16)}, {"w": np.array([0.0, 2.0, 4.0])})
     assert report.first is None
+
+
+def _softmax_without_max_shift(x, check_values=True):
+    exps = np.exp(x)
+    p = exps / exps.sum(axis=-1, keepdims=True)
+    return p, p
+
+
+def _swiglu_act_forward_halved(gate, up):
+    from npllama.ops import swiglu_act_forward
+
+    act, cache = swiglu_act_forward(gate, up)
+    return act / 2, cache
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("op, wrong, recorded", [
+    ("softmax_forward", _softmax_without_max_shift, ["model.layers.0.self_attn.attn_probs", "model.layers.0.self_attn.attn"]),
+    ("swiglu_act_forward", _swiglu_act_forward_halved, ["model.layers.0.mlp.act", "model.layers.0.mlp.out"]),
+])
+def test_the_source_of_a_record_names_the_nested_op_replaced_inside_it(backend, op, wrong, recorded):
+    # compare's "computed by" reads the source: "attention_forward" alone, on both sides, would hide
+    # that the softmax inside it was the user's
+    model = tiny_model()
+    with npllama.use_op(op, wrong):
+        t, _, _ = traced(model, backend)
+    for name in recorded:
+        assert wrong.__qualname__ in t.sources[name] and op in t.sources[name], (name, t.sources[name])
+    plain, _, _ = traced(model, backend)
+    assert all(wrong.__qualname__ not in s for s in plain.sources.values())

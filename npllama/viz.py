@@ -124,14 +124,47 @@ def _characters_of(font_file: str) -> frozenset:
 
 # ----- loss curves ------------------------------------------------------------------------------
 
+def log_file(run_or_log) -> Path:
+    """The log.jsonl of a run folder, or the file itself."""
+    path = Path(run_or_log)
+    return path / "log.jsonl" if path.is_dir() else path
+
+
+def loss_axis_label(run_or_log) -> str:
+    """What a run's logged "loss" is a mean of, told by the settings file of the job that wrote it
+    (beside its log.jsonl): a token, a masked token, a response token, a text, or (sop) the sum of
+    two means.  A log on its own claims no unit."""
+    from .io.describe import run_started_in
+
+    folder = log_file(run_or_log).parent
+    try:
+        job = run_started_in({p.name for p in folder.iterdir()})
+    except OSError:
+        job = None
+    if job == "train" and _train_objective(folder / "train_config.json") == "mlm":
+        return "masked-LM cross-entropy loss (nats per masked token)"
+    return {"train": "cross-entropy loss (nats per token)",
+            "finetune sft": "cross-entropy loss (nats per response token)",
+            "finetune classify": "cross-entropy loss (nats per text)",
+            "finetune sop": "masked-LM loss per masked token + sentence-order loss per pair (nats)",
+            }.get(job, "cross-entropy loss (nats)")
+
+
+def _train_objective(settings) -> str | None:
+    from .io.reading import read_json
+
+    try:
+        return read_json(settings, expect=dict).get("objective")
+    except (OSError, ValueError):   # damaged or not npllama's: the plain label, not a failed plot
+        return None
+
+
 def read_log(path) -> dict[str, list]:
     """Train and validation losses from a run's log.jsonl (or the run folder holding it).
 
     Lines like {"step": 10, "loss": 3.2, ...} are training steps, {"step": 10, "val_loss": 3.4}
     evaluations; other lines ({"skipped": ...}) are ignored."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "log.jsonl"
+    path = log_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"no training log at {str(path)!r} (a run folder from `npllama train` "
                                 f"holds log.jsonl)")
@@ -170,13 +203,15 @@ def plot_loss(run_or_log, path, title: str = "") -> Path:
     if curves["loss"]:
         ax.plot(curves["step"], curves["loss"], lw=0.8, alpha=0.5, label="train (each step)")
         if len(curves["loss"]) >= 20:   # a moving average shows the trend through the noise
-            w = max(5, len(curves["loss"]) // 50)
+            w = max(5, len(curves["loss"]) // 50) | 1   # odd: a middle step to draw each mean at
             smooth = np.convolve(curves["loss"], np.ones(w) / w, mode="valid")
-            ax.plot(curves["step"][w - 1:], smooth, lw=1.8, label=f"train (mean of {w})")
+            # each mean drawn at the middle of its w steps: drawn at the last, it trails the curve
+            middle = w // 2
+            ax.plot(curves["step"][middle:middle + len(smooth)], smooth, lw=1.8, label=f"train (mean of {w})")
     if curves["val_loss"]:
         ax.plot(curves["val_step"], curves["val_loss"], "o-", lw=1.8, label="validation")
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy loss (nats per token)")
+    ax.set_ylabel(loss_axis_label(run_or_log))
     ax.set_title(title or "loss")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -169,3 +169,57 @@ def test_cli_without_matplotlib_says_how_to_install(tmp_path, monkeypatch):
         run_cli(["viz", "loss", str(tmp_path)])
     with pytest.raises(ImportError, match="matplotlib"):
         viz.plot_loss(tmp_path, tmp_path / "loss.png")
+
+
+def drawn_figure(monkeypatch):
+    """The matplotlib Figure the next plot draws, instead of writing it (viz._save captured)."""
+    drawn = []
+    monkeypatch.setattr(viz, "_save", lambda fig, path: drawn.append(fig) or path)
+    return drawn
+
+
+@pytest.mark.parametrize("settings, unit", [
+    ({"train_config.json": {"objective": "causal"}}, "(nats per token)"),
+    ({"train_config.json": {"objective": "mlm"}}, "(nats per masked token)"),
+    ({"sft_config.json": {}}, "(nats per response token)"),
+    ({"classify_config.json": {}}, "(nats per text)"),
+    ({"sop_config.json": {}}, "per masked token + sentence-order loss per pair"),
+    ({}, "cross-entropy loss (nats)")])       # a log on its own: no unit claimed
+def test_loss_axis_names_the_unit_of_the_runs_loss(tmp_path, monkeypatch, settings, unit):
+    # Before: every run's axis said "nats per token", though `finetune classify` logs the mean
+    # cross-entropy of a batch's texts (one label each), and `finetune sop` an MLM loss plus a per-pair one.
+    pytest.importorskip("matplotlib")
+    drawn = drawn_figure(monkeypatch)
+    write_log(tmp_path / "log.jsonl")
+    for name, fields in settings.items():
+        (tmp_path / name).write_text(json.dumps(fields))
+    viz.plot_loss(tmp_path / "log.jsonl", tmp_path / "loss.png")
+    assert unit in drawn[0].axes[0].get_ylabel()
+
+
+def test_loss_title_names_the_run_folder_when_given_its_log(tmp_path, monkeypatch):
+    # Before: `npllama viz loss runs/tiny/log.jsonl` was titled "loss: log.jsonl"
+    pytest.importorskip("matplotlib")
+    drawn = drawn_figure(monkeypatch)
+    run = tmp_path / "my_run"
+    run.mkdir()
+    write_log(run / "log.jsonl")
+    for given in (run, run / "log.jsonl"):
+        assert run_cli(["viz", "loss", str(given)]) == 0
+    assert [fig.axes[0].get_title() for fig in drawn] == ["loss: my_run"] * 2
+
+
+def test_loss_moving_average_is_centred_on_its_steps(tmp_path, monkeypatch):
+    # Before: the mean of steps s-w+1..s was drawn at step s, so on a falling loss the "mean" ran
+    # above every step it averaged, (w-1)/2 steps late.  A centred mean of a straight line is the line.
+    pytest.importorskip("matplotlib")
+    drawn = drawn_figure(monkeypatch)
+    with open(tmp_path / "log.jsonl", "w") as f:
+        for step in range(1, 301):
+            f.write(json.dumps({"step": step, "loss": 9.0 - 0.01 * step}) + "\n")
+    viz.plot_loss(tmp_path, tmp_path / "loss.png")
+    [smooth] = [line for line in drawn[0].axes[0].get_lines() if "mean of" in line.get_label()]
+    steps, losses = smooth.get_data()
+    assert len(steps) > 200
+    np.testing.assert_allclose(losses, 9.0 - 0.01 * np.asarray(steps), atol=1e-9)
+

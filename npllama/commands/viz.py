@@ -62,7 +62,7 @@ def run_loss(args) -> int:
     viz = _viz()
     run = Path(args.run_dir)
     out = args.out or (run / "loss.png" if run.is_dir() else run.with_name("loss.png"))
-    path = viz.plot_loss(run, out, title=f"loss: {run.resolve().name}")
+    path = viz.plot_loss(run, out, title=f"loss: {viz.log_file(run).resolve().parent.name}")
     print(f"wrote {path}")
     return 0
 

@@ -35,7 +35,7 @@ def describe_model_path(path) -> str:
 
 # ----- folders ------------------------------------------------------------------------------------
 
-def _run_started_in(names: set[str]) -> str | None:
+def run_started_in(names: set[str]) -> str | None:
     """The command ("train", "finetune sft", ...) whose settings file a run folder holds, or None."""
     from ..finetune_run import SETTINGS_FILES
     from ..train import CONFIG_FILE
@@ -59,7 +59,7 @@ def _describe_folder(folder: Path) -> str:
         return _describe_adapter(folder)
     if (folder / "model" / "config.json").is_file() or (folder / "checkpoint" / "model" / "config.json").is_file():
         return "is an npllama run folder: pass it as --model (its model/ subfolder is loaded)"
-    started = _run_started_in(names)
+    started = run_started_in(names)
     if started is not None:
         import shlex
 

@@ -223,3 +223,13 @@ def test_loss_moving_average_is_centred_on_its_steps(tmp_path, monkeypatch):
     assert len(steps) > 200
     np.testing.assert_allclose(losses, 9.0 - 0.01 * np.asarray(steps), atol=1e-9)
 
+
+def test_grads_refuses_a_model_beside_a_trace_file(tmp_path):
+    # Before: `viz grads t.npz --model other` drew the trace and ignored --model without a word
+    pytest.importorskip("matplotlib")
+    from npllama import debug
+
+    debug.run_trace(tiny_model(), [1, 2, 3]).save(tmp_path / "t.npz")
+    with pytest.raises(UsageError, match="--model"):
+        run_cli(["viz", "grads", str(tmp_path / "t.npz"), "--model", str(tmp_path), "--out", str(tmp_path / "g.png")])
+    assert not (tmp_path / "g.png").exists()

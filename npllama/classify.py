@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .finetune import SCORE, SequenceClassifier, encode_texts, read_info
+from .finetune import SCORE, SequenceClassifier, cut_note, encode_texts, read_info
 from .objectives import pad_batch, pad_id_of
 from .ops._checks import require_path, require_positive_int
 
@@ -41,6 +41,9 @@ class Classifier:
         require_positive_int("max_len", max_len, none_ok=True)
         context = model.config.max_position_embeddings
         self.max_len = context if max_len is None else min(int(max_len), context)
+        # what set max_len, as a note on texts cut there says it
+        self.max_len_limit = ("the classifier's max_len, as fine-tuning cut them" if max_len is not None and
+                              max_len <= context else "the model's context, max_position_embeddings")
 
     def logits(self, texts, batch_size: int = 32) -> np.ndarray:
         """(len(texts), num_labels) class scores, texts cut to max_len tokens (the beginning kept) as
@@ -54,6 +57,17 @@ class Classifier:
             tokens, mask = pad_batch(encoded[start:start + batch_size], pad_id)
             out[start:start + batch_size] = self.head.logits(tokens, mask)
         return out
+
+    def cut_texts(self, texts) -> list[int]:
+        """The indices of the texts longer than max_len tokens: classified from their beginning alone."""
+        whole = self.tokenizer.encode_batch(_check_texts(texts), bos=True)
+        return [i for i, ids in enumerate(whole) if len(ids) > self.max_len]
+
+    def cut_note(self, texts) -> str | None:
+        """A line saying how many texts are read up to max_len only, or None when none is."""
+        texts = _check_texts(texts)
+        cut = self.cut_texts(texts)
+        return cut_note(len(cut), len(texts), self.max_len, self.max_len_limit) if cut else None
 
     def probabilities(self, texts, batch_size: int = 32) -> np.ndarray:
         """Softmax of the logits: each row sums to 1."""

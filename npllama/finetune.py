@@ -348,6 +348,13 @@ def report_saved(echo, out, what: str, use, settings) -> None:
         echo(f"saved {what} to {out}; use it: {use(shlex.quote(str(out)))}")
 
 
+def cut_note(cut: int, total: int, max_len: int, limit: str) -> str:
+    """What to tell of `cut` of `total` texts read up to max_len tokens only (`limit`: what set it)."""
+    # the head reads the last token kept: what comes after it cannot sway the label
+    return (f"{cut} of {total} texts {'is' if cut == 1 else 'are'} longer than {max_len} tokens ({limit}): cut there, "
+            f"the beginning kept, so the classifier never reads their end")
+
+
 def encode_texts(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
     """`<s> text`, cut to max_len tokens (the beginning kept)."""
     return [ids[:max_len] for ids in tokenizer.encode_batch(list(texts), bos=True)]
@@ -598,10 +605,9 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
         echo(f"no training text has the label {', '.join(untrained)}: the head cannot learn to predict it")
     whole = tokenizer.encode_batch(texts + val_texts, bos=True)
     cut = sum(len(ids) > max_len for ids in whole)
-    if cut:   # the head reads the last token kept: what comes after it cannot sway the label
-        limit = "--max-len" if max_len == cc.max_len else "the model's context, max_position_embeddings"
-        echo(f"{cut} of {len(whole)} texts are longer than {max_len} tokens ({limit}): cut there, the "
-             f"beginning kept, so the classifier never reads their end")
+    if cut:
+        echo(cut_note(cut, len(whole), max_len,
+                      "--max-len" if max_len == cc.max_len else "the model's context, max_position_embeddings"))
     train_encoded = [ids[:max_len] for ids in whole[:len(texts)]]
     val_encoded = [ids[:max_len] for ids in whole[len(texts):]]
     train_labels = np.asarray(train_ids)

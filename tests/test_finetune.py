@@ -981,3 +981,34 @@ def test_path_settings_may_be_pathlib_paths(tmp_path):
     classify = ClassifyConfig(out=tmp_path / "classify", base=Path("runs/tiny"))
     assert (sft.out, sft.base) == (str(tmp_path / "sft"), "runs/tiny")
     assert (classify.out, classify.base) == (str(tmp_path / "classify"), "runs/tiny")
+
+
+# ----- `npllama classify` as a user reads it ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def classifier_dir(base_dir, tmp_path_factory):
+    """A saved classifier that reads the first 8 tokens of a text (finetune.json's max_len)."""
+    folder = tmp_path_factory.mktemp("classifier") / "c"
+    with use_backend("numpy"):
+        classify(ClassifyConfig(base=str(base_dir), steps=1, max_len=8, progress=False, out=str(folder)), echo=quiet)
+    return folder
+
+
+def test_classify_says_which_texts_it_read_only_the_beginning_of(cli, classifier_dir, tmp_path, capsys):
+    # Before: a text longer than the classifier reads was labelled with nothing said, printed whole
+    # beside its label, though the words after its 8th token could not sway it.
+    from npllama.classify import load_classifier
+
+    classifier = load_classifier(classifier_dir)
+    long, short = "The movie was long and the end was good but the start was slow and dull.", "good"
+    assert classifier.cut_texts([short, long, short]) == [1]
+    assert cli(["classify", "--model", str(classifier_dir), "--text", short, "--text", long, "--backend",
+                "numpy"]) == 0
+    err = capsys.readouterr().err
+    assert "1 of 2 texts is longer than 8 tokens (the classifier's max_len, as fine-tuning cut them): " \
+           "cut there" in err, err
+    data = datasets.write_jsonl(tmp_path / "test.jsonl", [{"text": t, "label": "positive"} for t in (long, long, short)])
+    assert cli(["classify", "--model", str(classifier_dir), "--data", str(data), "--backend", "numpy"]) == 0
+    assert "2 of 3 texts are longer than 8 tokens" in capsys.readouterr().err
+    assert cli(["classify", "--model", str(classifier_dir), "--text", short, "--backend", "numpy"]) == 0
+    assert capsys.readouterr().err == ""
+

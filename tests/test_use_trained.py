@@ -342,6 +342,9 @@ def test_classify_lines_up_the_scores_after_chinese_labels(monkeypatch, capsys):
         def probabilities(self, texts, batch_size):
             return np.eye(3)[[i % 3 for i in range(len(texts))]] * 0.9 + 0.1 / 3
 
+        def cut_note(self, texts):   # every text read whole
+            return None
+
     monkeypatch.setattr(npllama.classify, "load_classifier", lambda *args, **kwargs: Classifier())
     status, out, _ = run_cli(capsys, "classify", "--model", "any", "--text", "好", "--text", "坏", "--text", "meh")
     starts = {sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line[:line.index("0.")])
@@ -360,6 +363,9 @@ def test_classify_file_is_read_as_every_text_file_is(monkeypatch, tmp_path, caps
         def probabilities(self, texts, batch_size):
             seen.extend(texts)
             return np.full((len(texts), 2), 0.5)
+
+        def cut_note(self, texts):   # every text read whole
+            return None
 
     monkeypatch.setattr(npllama.classify, "load_classifier", lambda *args, **kwargs: Classifier())
     (tmp_path / "bom.txt").write_bytes("\ufeff好看\r\n\r\n难看\r\n".encode("utf-8"))

@@ -66,6 +66,7 @@ def run(args) -> int:
     if not texts:
         raise UsageError("give at least one --text or a --file with text")
     classifier = _classifier(args)
+    _say_what_is_cut(classifier, texts)
     with use_backend(args.backend or get_backend()):
         probabilities = classifier.probabilities(texts, batch_size=args.batch_size)
     from ..text_width import ljust, width as columns
@@ -103,6 +104,7 @@ def _score_file(args) -> int:
         if CLASSIFIERS_LABELS not in said:
             said += f" ({CLASSIFIERS_LABELS}: {', '.join(map(str, names))})"
         raise UsageError(f"--data: {said}") from None
+    _say_what_is_cut(classifier, texts)
     with use_backend(args.backend or get_backend()):
         predicted = classifier.probabilities(texts, batch_size=args.batch_size).argmax(1)
     metrics = classification_metrics(truth, predicted, len(names))
@@ -116,6 +118,13 @@ def _score_file(args) -> int:
                              baseline_from="this file's most frequent label"))
     sys.stdout.flush()
     return 0
+
+
+def _say_what_is_cut(classifier, texts) -> None:
+    """On stderr: how many texts the classifier reads the beginning of only (the rest cannot sway a label)."""
+    note = classifier.cut_note(texts)
+    if note:
+        print(note, file=sys.stderr)
 
 
 def _classifier(args):

@@ -196,12 +196,18 @@ def _check_attention(classifier: Classifier, recorded, adapter, model_dir) -> No
 def _check_texts(texts) -> list[str]:
     if isinstance(texts, str):
         raise TypeError("texts must be a list of str; wrap one text in a list: [text]")
-    texts = list(texts)
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise TypeError(f"texts must be a list of str, got {type(texts).__name__}") from None
     if not texts:
         raise ValueError("texts must hold at least one text")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+        if not text.strip():   # the head would read <s> alone: one answer for every empty text
+            raise ValueError(f"texts[{i}] is empty: give the text to classify (fine-tuning refuses an empty "
+                             f"text too)")
     return texts
 
 

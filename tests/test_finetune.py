@@ -1012,3 +1012,17 @@ def test_classify_says_which_texts_it_read_only_the_beginning_of(cli, classifier
     assert cli(["classify", "--model", str(classifier_dir), "--text", short, "--backend", "numpy"]) == 0
     assert capsys.readouterr().err == ""
 
+
+@pytest.mark.parametrize("blank", ["", "  \n\t"])
+def test_the_python_classifier_refuses_an_empty_text_as_the_command_and_training_do(classifier_dir, blank):
+    # Before: Classifier.probabilities([""]) answered, from the hidden state of <s> alone -- the same
+    # answer for every empty text -- where `npllama classify --text ""` and fine-tuning refuse it.
+    from npllama.classify import load_classifier
+
+    classifier = load_classifier(classifier_dir)
+    for call in (classifier.probabilities, classifier.predict, classifier.logits):
+        with pytest.raises(ValueError, match=r"texts\[1\] is empty"):
+            call(["good", blank])
+    with pytest.raises(TypeError, match="texts must be a list of str, got NoneType"):
+        classifier.predict(None)
+

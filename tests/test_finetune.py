@@ -1026,3 +1026,11 @@ def test_the_python_classifier_refuses_an_empty_text_as_the_command_and_training
     with pytest.raises(TypeError, match="texts must be a list of str, got NoneType"):
         classifier.predict(None)
 
+
+def test_classify_prints_one_line_per_text(cli, classifier_dir, capsys):
+    # Before: a --text holding a line break printed as two lines, the second looking like an unlabelled text
+    texts = ["first line\nsecond line", "a\r\nb", "plain"]
+    assert cli(["classify", "--model", str(classifier_dir), *[a for t in texts for a in ("--text", t)],
+                "--backend", "numpy"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0].endswith("first line\\nsecond line") and lines[1].endswith("a\\r\\nb")

@@ -80,7 +80,9 @@ def run(args) -> int:
                               "probabilities": {n: round(float(p), 6) for n, p in zip(names, row)}},
                              ensure_ascii=False))
         else:
-            print(f"{ljust(names[best], width)}  {row[best]:.3f}  {text}")
+            # one line a text: a line break inside one shown as \n, not as the start of another text
+            shown = text.replace("\r", "\\r").replace("\n", "\\n")
+            print(f"{ljust(names[best], width)}  {row[best]:.3f}  {shown}")
     sys.stdout.flush()
     return 0
 

@@ -128,24 +128,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-TINY = 1e-30
-SMALLEST = float(np.finfo(np.float64).tiny)   # the smallest normal float64, 2.2e-308
-UNIT_ROUNDOFF = float(np.finfo(np.float64).eps)   # 2.2e-16
-# The round-off of one evaluation of f, in units of u * F.  Measured on the 2-layer test models'
-# loss (sixth differences along random directions, 12 cases): 0.1-1.2 u * |loss|.  16 keeps the
-# bound ~30x above that noise and still far below any real mistake.
-ROUNDOFF_FACTOR = 16.0
+from .constants import LOOSE_BOUND, ROUNDOFF_FACTOR, SMALLEST, TINY, UNIT_ROUNDOFF, UNRESOLVED
+from .norms import _norm, _rms, rel_error
+
 AUTO_ALL_ENTRIES = 2048   # method="auto", max_entries=None: tensors up to this size get every entry
 AUTO_SAMPLE = 32          # ... larger ones this many sampled entries plus the random directions
-LOOSE_BOUND = 1e-3        # a relative bound above this could let a small mistake through: warn
 # A probe whose bound is above LOOSE_BOUND of its gradient's size is tried again with longer
 # steps (up to MAX_GROWTHS times, each at least STEP_GROWTH times longer): the round-off of f
-# shrinks with a longer step.  One whose bound still exceeds UNRESOLVED of the gradient cannot tell a right gradient
-# from a wrong one, so it does not pass.
+# shrinks with a longer step.
 STEP_GROWTH = 100.0
 MAX_GROWTHS = 6
 MAX_JUMP = 1e4
-UNRESOLVED = 0.5
 # "f did not change at all": rounding inside f is offered as the reason only for gradients below
 # this.  One step of a unit-size input (eps = 1e-4) moves f by ~1e-4 * g; for values of f's inner
 # terms up to ~1e4 to round that away (spacing ~2e-12), g must be under ~2e-8.
@@ -595,14 +588,6 @@ def draw_dout(shape, seed: int) -> np.ndarray:
     x = default_rng(seed).standard_normal(...) and passes the same seed must not get dout == x,
     for which a scale-invariant op's gradient (x / |x|, a norm without weight) is exactly zero."""
     return np.random.default_rng([seed, DOUT_SALT]).standard_normal(shape)
-
-
-def rel_error(a: np.ndarray, b: np.ndarray, tiny: float = TINY) -> float:
-    """Norm-wise relative error ||a - b|| / max(||a||, ||b||, tiny), in float64.  (The exercise
-    checker and trace comparison pass tiny=1e-300: two all-but-zero arrays that differ count.)"""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    return float(_norm(a - b) / max(_norm(a), _norm(b), tiny))
 
 
 def fitted_factor(got, expected, weight=None) -> float | None:
@@ -1650,22 +1635,6 @@ def _spread(x: np.ndarray, idx: tuple | None = None) -> float:
             rms = largest[:, 0] * np.sqrt(np.sum((centred / np.where(largest > 0, largest, 1.0))**2, axis=1) / count)
         spreads.append(float(np.median(rms)))
     return min((s for s in spreads if s > 0 and np.isfinite(s)), default=0.0)
-
-
-def _rms(v: np.ndarray) -> float:
-    """Root mean square, without overflow or underflow at any scale of float64."""
-    return _norm(v) / np.sqrt(v.size) if v.size else 0.0
-
-
-def _norm(v) -> float:
-    """Euclidean norm, scaled first so squares of 1e-200 or 1e200 neither vanish nor overflow."""
-    v = np.asarray(v, dtype=np.float64)
-    if v.size == 0:
-        return 0.0
-    top = float(np.max(np.abs(v)))
-    if top == 0 or not np.isfinite(top):
-        return top
-    return top * float(np.sqrt(np.sum(np.square(v / top))))
 
 
 # ----- arguments -------------------------------------------------------------------------------------

@@ -1,0 +1,107 @@
+"""The note a FAIL carries when one pattern explains every entry's analytic value from its
+numeric one (c times numeric, its last two axes swapped, all but a few entries), and the fitted
+factor behind the first (fitted_factor, public: the exercise checker's diagnosis uses it too).
+The report (reports.py) asks for it only for an input probed at every entry."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def fitted_factor(got, expected, weight=None) -> float | None:
+    """The c for which c * expected comes closest to got: least squares, each entry's residual
+    weighted by `weight` (1 by default).  None when expected is zero wherever it weighs.  Whether
+    c * expected explains got is the caller's to judge, by its own tolerance (the exercise checker's
+    diagnosis norm-wise, gradcheck's report entry by entry within its bounds)."""
+    got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    weight = np.ones_like(expected) if weight is None else np.asarray(weight, dtype=np.float64)
+    denominator = float(np.sum((weight * expected) ** 2))
+    if denominator == 0.0 or not np.isfinite(denominator):
+        return None
+    return float(np.sum(weight**2 * got * expected)) / denominator
+
+
+# The most entries a FAIL's pattern note lists by index
+PATTERN_INDICES_SHOWN = 4
+
+
+def _pattern_note(shape, indices, a, n, bound, tol, failed, passed, rough) -> str:
+    """What a FAIL of an input probed at every entry has in common, when one pattern explains the
+    analytic value of every entry from its numeric one, each within the bound the checker holds
+    it to (bound + tol of the larger value, the bound scaled as the pattern scales the numeric
+    value): analytic = c * numeric for one c (0: zeros, -1: a flipped sign), analytic = numeric
+    with its last two axes swapped, or analytic = numeric at all but a few entries.  '' when none
+    does: a pattern is never guessed.  A factor (and zeros) needs at least two entries whose
+    numeric value stands out of its bound, or one entry's ratio would always "explain" it; and
+    every pattern must differ from numeric itself, beyond that bound, at two entries or more: one
+    that differs at fewer is numeric with a few entries off (a factor fitted to all entries
+    absorbs one entry just past its bound: "1 times numeric"; the transpose of a symmetric
+    numeric is numeric).  rough: where f did not behave smoothly, which the few entries off are
+    then pointed to."""
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(n)) and np.all(np.isfinite(bound))):
+        return ""
+
+    def within(predicted, values, scale, predicted_bound) -> np.ndarray:
+        """Per entry: values lies within the bound of predicted (as the checker holds analytic to numeric)."""
+        return np.abs(values - predicted) <= scale * predicted_bound + tol * np.maximum(np.abs(values),
+                                                                                        np.abs(predicted))
+
+    def explains(predicted, scale=1.0, predicted_bound=bound) -> bool:
+        return bool(np.all(within(predicted, a, scale, predicted_bound))
+                    and np.sum(~within(predicted, n, scale, predicted_bound)) >= 2)
+
+    shown = np.abs(n) > bound                       # entries whose numeric value is not lost in its bound
+    if np.sum(shown) >= 2:
+        if explains(np.zeros_like(n)):
+            return ("analytic is 0 at every entry, numeric is not: returned zeros -- a gradient never filled "
+                    "in or never assigned (a np.zeros_like returned as it was), or a mask that zeroes everything")
+        if explains(-n):
+            return ("the sign is flipped: analytic is -1 times numeric at every entry -- a subtraction the wrong "
+                    "way round, or a minus sign dropped or added")
+        # weighted by each entry's bound, so that a loosely bound entry does not pull the fit
+        tightest = float(np.min(bound[bound > 0], initial=np.inf))
+        weight = np.where(bound > 0, tightest / np.where(bound > 0, bound, 1.0), 1.0)
+        factor = fitted_factor(a, n, weight)
+        # c * numeric carries c times numeric's error; for |c| < 1 the bound is kept, not shrunk
+        if factor is not None and factor != 0 and explains(factor * n, max(1.0, abs(factor))):
+            factor_text = _factor_text(factor, lambda c: explains(c * n, max(1.0, abs(c))))
+            sign = ": the sign is flipped, and a factor" if factor < 0 else ": a factor"
+            return (f"analytic is {factor_text} times numeric at every entry{sign} too many or missing -- a mean "
+                    "for a sum (or a sum for a mean), a 1/n, a 2, a scale")
+    square = len(shape) >= 2 and shape[-1] == shape[-2] > 1
+    if square and len(indices) == int(np.prod(shape)):
+        where = tuple(np.array(indices).T)
+
+        def swapped(values):
+            """values (one per probed entry) at the entry with the last two axes swapped."""
+            laid_out = np.empty(shape)
+            laid_out[where] = values
+            return np.swapaxes(laid_out, -1, -2)[where]
+
+        if explains(swapped(n), predicted_bound=np.maximum(bound, swapped(bound))):
+            axes = " (its last two axes swapped)" if len(shape) > 2 else ""
+            return (f"analytic is numeric transposed at every entry{axes}: a matrix product in the wrong order "
+                    "(A @ B for B.T @ A.T), or a weight or its gradient transposed")
+    off = np.flatnonzero(failed)
+    if 0 < off.size < len(a) / 2 and np.all(passed | failed):
+        listed = ", ".join(str(tuple(int(v) for v in indices[i])) for i in off[:PATTERN_INDICES_SHOWN])
+        more = ", ..." if off.size > PATTERN_INDICES_SHOWN else ""
+        cause = ("f did not behave smoothly at some of them (a kink: see below)" if np.any(rough[off]) else
+                 "a term that only those entries receive is missing or counted twice (the diagonal, repeated "
+                 "indices, one branch of a sum, a mask's edge)")
+        return f"analytic matches numeric at every entry but {off.size} of {len(a)}: {listed}{more} -- {cause}"
+    return ""
+
+
+def _factor_text(factor: float, explains) -> str:
+    """'3', or '1/4' for a factor below 1, where that round number explains every entry as well as
+    the fitted one does; else the fitted factor to the fewest digits (4 at least) whose value still
+    explains every entry (1.00001 to 4 digits is "1", which is no mistake at all)."""
+    if abs(factor) >= 1:
+        value, text = float(round(factor)), f"{round(factor)}"
+    else:
+        whole = round(1 / factor)
+        value, text = 1.0 / whole, f"1/{whole}" if whole > 0 else f"-1/{-whole}"
+    if explains(value):
+        return text
+    # 17 significant digits give the float itself back, which explains (the caller checked)
+    return next(text for digits in range(4, 18) if explains(float(text := f"{factor:.{digits}g}")))

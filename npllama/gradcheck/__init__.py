@@ -124,22 +124,17 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
 
 import numpy as np
 
 from .constants import LOOSE_BOUND, ROUNDOFF_FACTOR, SMALLEST, TINY, UNIT_ROUNDOFF, UNRESOLVED
+from .derivative import (_central, _derivative, _Estimate, _evaluate_within_domain, _left_domain_error,
+                         _LeftDomain, _longer_step_kept, _resolved_derivative, _shortened)
 from .norms import _norm, _rms, rel_error
 from .pattern import _pattern_note, fitted_factor
 
 AUTO_ALL_ENTRIES = 2048   # method="auto", max_entries=None: tensors up to this size get every entry
 AUTO_SAMPLE = 32          # ... larger ones this many sampled entries plus the random directions
-# A probe whose bound is above LOOSE_BOUND of its gradient's size is tried again with longer
-# steps (up to MAX_GROWTHS times, each at least STEP_GROWTH times longer): the round-off of f
-# shrinks with a longer step.
-STEP_GROWTH = 100.0
-MAX_GROWTHS = 6
-MAX_JUMP = 1e4
 # "f did not change at all": rounding inside f is offered as the reason only for gradients below
 # this.  One step of a unit-size input (eps = 1e-4) moves f by ~1e-4 * g; for values of f's inner
 # terms up to ~1e4 to round that away (spacing ~2e-12), g must be under ~2e-8.
@@ -177,16 +172,6 @@ STAIR_BISECTIONS = 40
 # shrinks with it, by 2^(STAIR_BISECTIONS / 2) over the second half of the bisections), the interval
 # halfway through holding up to this many stairs
 STAIRS_IN_WIDER_INTERVAL = 16.0
-# A failing probe whose bound is mostly truncation is taken again at steps SHORTEN times shorter,
-# up to MAX_SHORTENINGS times (_shortened)
-SHORTEN = 4.0
-MAX_SHORTENINGS = 3
-# ... and one whose differences do not shrink like h^2 (rough), ROUGH_SHORTEN times shorter, up to
-# MAX_ROUGH_SHORTENINGS times while it stays rough, but not below eps times the input's spread
-# (_spread, _shortened): from the step eps * 1e6 = 100 of a layer norm of 1e6 + noise to eps * 1, on the
-# scale of the spread it bends over
-ROUGH_SHORTEN = 16.0
-MAX_ROUGH_SHORTENINGS = 6
 # A kink at the point is told from rounding inside f (_clear_kink) when its one-sided slopes differ by
 # KINK_CLARITY times their error and come out the same at a step KINK_RECHECK times shorter
 KINK_CLARITY = 10.0
@@ -592,23 +577,6 @@ def draw_dout(shape, seed: int) -> np.ndarray:
 
 
 # ----- the checker -----------------------------------------------------------------------------------
-
-class _Estimate(NamedTuple):
-    """A numeric derivative along one probe and what is known about its error."""
-    value: float
-    bound: float          # estimated |value - true derivative| (truncation + round-off)
-    roundoff: float       # the round-off part of the bound
-    richardson: bool      # value is a Richardson extrapolation
-    rough: bool           # the differences at h, 2h, 4h did not shrink like h^2: f not smooth there
-    step: float = 0.0     # the step h it was taken at (in the probe's units)
-    difference: float = 0.0  # |D(h) - D(2h)|: 3x the truncation error of D(h)
-    kink: bool = False    # failing, with a kink at the point itself (no step can check it)
-    unsteady: bool = False   # failing, but f's rounding or its differences at other steps show it
-                             # is not resolved here, and the analytic value is within that: UNRESOLVED
-    between: tuple = ()      # failing at a kink at the point, the analytic value between f's one-sided
-                             # slopes (left, right) there: a subgradient, UNRESOLVED (_kink_checked)
-    flat: bool = False       # unsteady because f did not change at all at any step of the ladder,
-                             # and farther out moves in stairs of its rounding (_stair_beyond)
 
 
 @dataclasses.dataclass
@@ -1152,14 +1120,6 @@ def _retaken_over_rounding(evaluate, move, estimate, rounding, richardson, good_
     return kept
 
 
-def _longer_step_kept(attempt: _Estimate, best: _Estimate) -> bool:
-    """Whether an estimate at a longer step replaces the best so far (_resolved_derivative,
-    _retaken_over_rounding): f behaves smoothly there, its bound is smaller, and it agrees with the
-    shorter step's within both bounds -- far from the point f need not behave as near it."""
-    return (not attempt.rough and attempt.bound < best.bound
-            and abs(attempt.value - best.value) <= attempt.bound + best.bound)
-
-
 def _measured_roundoff(evaluate, move, step, spacing, at_point, order=4) -> float:
     """The round-off of D(step) as f's own rounding shows it, from f at 7 points spacing * step
     apart: the 4th differences of values with independent rounding errors of size sigma have
@@ -1183,164 +1143,6 @@ def _measured_roundoff(evaluate, move, step, spacing, at_point, order=4) -> floa
     # the variance of an order-n difference of independent roundings: sigma^2 * C(2n, n)
     sigma = float(np.sqrt(np.mean(differences**2) / math.comb(2 * order, order)))
     return NOISE_SAFETY * 2 * sigma / abs(width)
-
-
-def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference, noise, unit_step):
-    """_derivative at the step eps, and, while its bound is loose next to the gradient's size
-    (reference), again at longer steps: f's round-off in a difference shrinks as 1/step.  The step
-    grows STEP_GROWTH-fold, or (at most MAX_JUMP-fold) towards where the round-off would be small.
-    A longer step's estimate is kept only if its bound is smaller, it agrees with the shorter
-    step's within both bounds, and its differences at h, 2h, 4h still shrink like h^2: far from
-    the point a function need not behave as near it, and there the bound would mean nothing.  With
-    no gradient to measure against (reference 0: analytic zero over the whole input), the step
-    grows at most to an absolute 1 (unit_step, in steps), enough to show a gradient that is not zero.
-    No bound below the analytic gradient's own round-off (noise) is sought.
-    Returns (estimate, whether a longer step was kept)."""
-    best, step, longer = _derivative(evaluate, move, eps, richardson, good_enough), eps, False
-    for _ in range(MAX_GROWTHS):
-        if reference > 0:
-            if best.bound <= max(LOOSE_BOUND * reference, noise):
-                break
-            growth = STEP_GROWTH
-            if not best.roundoff <= best.bound - best.roundoff:     # round-off dominates: move past it
-                growth = min(max(growth, best.roundoff / (0.5 * LOOSE_BOUND * reference)), MAX_JUMP)
-        else:
-            if step >= unit_step or best.bound <= noise:
-                break
-            growth = min(STEP_GROWTH, unit_step / step)
-        step *= growth
-        if not np.isfinite(step):
-            break
-        try:
-            with np.errstate(all="ignore"):
-                attempt = _derivative(evaluate, move, step, richardson, good_enough, test_smoothness=True)
-        except _LeftDomain:                     # the longer step left f's domain
-            break
-        if not np.isfinite(best.bound):         # the shorter step resolved nothing (it vanished in rounding)
-            best, longer = attempt, True
-            continue
-        if not _longer_step_kept(attempt, best):
-            break
-        best, longer = attempt, True
-    return best, longer
-
-
-def _shortened(evaluate, move, estimate, richardson, good_enough, shortest_rough=0.0) -> _Estimate:
-    """A failing probe, or one passing on a loose bound (which a mistake could hide in), whose bound is
-    mostly truncation (f bends within a few steps: an input far from zero whose entries differ by
-    little, x = 1e3 + noise, is stepped by eps * 1e3; at 1e4 + noise a wrong entry passed inside the
-    15% bounds of the step 1), taken again at steps SHORTEN times shorter: truncation falls like h^2
-    (h^4 for Richardson), round-off grows only like 1/h.  A shorter estimate is kept while its bound
-    is smaller and its differences shrink like h^2.  Unlike a longer step's (_resolved_derivative),
-    it need not agree with the estimate it replaces within that one's bound: that bound failing to
-    hold where f bends within a few steps is why it is taken, and nearer the point f only looks more
-    like its Taylor series.  Like the re-measurement, only until one failure is confirmed in the
-    input (which then FAILs whatever its other probes show): a wrong backward's probes all fail, and
-    would each pay 18 calls more (the callers look at probes.remeasure_failures).
-    A rough estimate (its differences at h, 2h, 4h did not shrink like h^2) is taken again at steps
-    ROUGH_SHORTEN times shorter, on past rough ones, down to shortest_rough: the step eps makes
-    relative to the spread of the entries in a line with the probed one (_spread), not to their
-    size.  An input far from zero whose entries differ by little (a layer norm of 1e6 + noise,
-    stepped by eps * 1e6 = 100: its output saturates within the step, and D(h) is 1/300 of the
-    derivative) is smooth only on the scale of the spread; elsewhere (spread ~ size) this adds nothing, so a rough estimate made
-    by f's rounding (exp(x) - 1 at tiny x) is not replaced by one that looks smooth by chance at a
-    step far shorter, where the rounding is larger still."""
-    best = estimate
-    step, rough_left = estimate.step, MAX_ROUGH_SHORTENINGS
-    for _ in range(MAX_SHORTENINGS + MAX_ROUGH_SHORTENINGS):
-        # (a rough estimate too: differences that do not shrink like h^2 at h, 2h, 4h may be f
-        # bending within those steps, smooth at shorter ones)
-        if not best.bound - best.roundoff > best.roundoff:    # round-off dominates: no gain
-            break
-        # f rough at the step: it may vary on a scale far shorter (a layer norm of 1e6 + noise is
-        # stepped by 100 and bends over 1), so the steps shrink faster, past rough ones
-        # (an input without spread, all its entries equal, has no such scale)
-        rough_level = best.rough and 0 < shortest_rough < step
-        step = max(step / ROUGH_SHORTEN, shortest_rough) if rough_level else step / SHORTEN
-        try:
-            with np.errstate(all="ignore"):
-                attempt = _derivative(evaluate, move, step, richardson, good_enough, test_smoothness=True)
-        except _LeftDomain:
-            break
-        if attempt.rough and rough_level:
-            if shortest_rough < step and rough_left > 1:
-                rough_left -= 1       # still rough: shorter yet (the rough estimate stands meanwhile)
-                continue
-        # a rough estimate's bound means little (its differences did not shrink like h^2): a smooth
-        # one at a step shortened towards the spread replaces it
-        if attempt.rough or not (attempt.bound < best.bound or rough_level):
-            break
-        best = attempt
-    return best
-
-
-class _LeftDomain(ValueError):
-    """fn raised a domain error (math.sqrt of a negative, a division by zero, ...) at a point a probe
-    moved to: a ValueError, so that a longer step that leaves f's domain is simply not kept."""
-
-    def __init__(self, error: Exception, steps: float):
-        super().__init__(f"{type(error).__name__}: {error}")
-        self.steps = steps
-
-
-def _evaluate_within_domain(evaluate, steps: float):
-    """evaluate() at a point `steps` (in the probe's units) away; fn's domain errors as _LeftDomain,
-    the one name every probe catches for them."""
-    try:
-        return evaluate()
-    except (ArithmeticError, ValueError) as error:
-        raise _LeftDomain(error, steps) from error
-
-
-def _left_domain_error(error: _LeftDomain, name: str, where: str, eps: float) -> ValueError:
-    """What the user is told when even the probe at the point's own steps left f's domain."""
-    return ValueError(
-        f"fn raised {error} when {where} of input {name!r} was moved {error.steps / eps:+g} steps from the point "
-        f"(a step is eps={eps:g} of the input's scale): the central differences evaluate fn up to 4 steps on "
-        f"either side of it.  Check at a point farther from the edge of fn's domain, or give a smaller eps")
-
-
-def _central(evaluate, move, t):
-    """(D(t), the larger |f| of the two evaluations, the real distance between the two points)."""
-    try:
-        distance_plus = move(t)
-        f_plus, size_plus = _evaluate_within_domain(evaluate, t)
-        distance_minus = move(-t)
-        f_minus, size_minus = _evaluate_within_domain(evaluate, -t)
-    finally:
-        move(None)        # the input as it was, whatever fn did
-    width = distance_plus - distance_minus
-    if width == 0:        # the step vanished in rounding (a subnormal input): nothing resolved
-        return 0.0, np.inf, width
-    return (f_plus - f_minus) / width, max(size_plus, size_minus), width
-
-
-def _derivative(evaluate, move, eps, richardson, good_enough, test_smoothness=False, rounding=0.0) -> _Estimate:
-    """The numeric derivative along a probe and a bound on its error.
-    good_enough: a bound below this (the relative floor) is not worth two more evaluations.
-    test_smoothness: always evaluate D(4h), to say whether f is smooth at this step (rough).
-    rounding: f's own rounding as measured (_steadiness_checked), as the round-off of a D at the
-    step 1 (it falls like 1 / step): used where it is above the model's C u |f|."""
-    d1, size1, width = _central(evaluate, move, eps)
-    d2, size2, _ = _central(evaluate, move, 2 * eps)
-    if width == 0:
-        return _Estimate(0.0, np.inf, np.inf, False, True, eps, np.inf)
-    roundoff = max(2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(size1, size2) / abs(width), rounding / eps)   # of D(h)
-    plain_bound = abs(d1 - d2) + roundoff      # 3x D(h)'s truncation estimate, plus its round-off
-    if not test_smoothness and (richardson is False or (richardson is None and (
-            abs(d1 - d2) <= roundoff or plain_bound <= good_enough))):
-        return _Estimate(d1, plain_bound, roundoff, False, False, eps, abs(d1 - d2))
-    d4, size4, _ = _central(evaluate, move, 4 * eps)
-    roundoff = max(roundoff, 2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * size4 / abs(width))
-    r1, r2 = (4 * d1 - d2) / 3, (4 * d2 - d4) / 3
-    rich_bound = abs(r1 - r2) / 5 + 1.5 * roundoff   # 3x R(h)'s estimated error, plus its round-off
-    # Richardson cancels an h^2 error term: D(2h) - D(4h) is then 4x D(h) - D(2h).  Differences
-    # that do not scale so (a kink between the points, or round-off) are not extrapolated.
-    growth = abs(d2 - d4) / max(abs(d1 - d2), TINY)
-    smooth = abs(d1 - d2) <= 2 * roundoff or 2.5 <= growth <= 6.4
-    if richardson is True or (richardson is None and smooth and rich_bound < plain_bound):
-        return _Estimate(r1, rich_bound, 1.5 * roundoff, True, not smooth, eps, abs(d1 - d2))
-    return _Estimate(d1, plain_bound, roundoff, False, not smooth, eps, abs(d1 - d2))
 
 
 def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_nan=0) -> InputReport:

@@ -1,0 +1,364 @@
+"""A failing probe measured again before it is called wrong: a kink at the point itself
+(_kink_checked), f's own rounding and its differences at other steps (_steadiness_checked: the
+retake at longer steps over that rounding, the steps ladder, stairs wider than the ladder).  What
+they find makes the probe UNRESOLVED where the numbers cannot decide, and leaves FAIL where f is
+as the error model says.  The probes (checker.py) call these after derivative.py's estimate."""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from .constants import ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF, UNRESOLVED
+from .derivative import _central, _derivative, _Estimate, _evaluate_within_domain, _LeftDomain, _longer_step_kept
+
+
+# A probe that fails is measured again (_steadiness_checked): f's rounding is estimated from its
+# values NOISE_SPACINGS steps apart, and D(t) is taken at RESTEP_FACTORS times the step, since a
+# cancellation inside f shows at short steps (its rounding / step) or, where f moves in stairs
+# wider than the step, only at long ones.  The rounding of a cancellation need not change from one
+# point to the next (1 + tanh(z) for z << 0 keeps its value over many steps, then jumps an ulp):
+# so a probe at the relative step eps also measures it STAIR_SPACINGS steps apart, the 7 points of
+# the widest (3 spacings either side) reaching as far as the longest step of the ladder, from their
+# 6th differences, not 4th: so wide a window can hold f's own bend (softmax of logits ~30, stepped
+# by ~3.5e-3, bends within 0.2), whose 4th differences change sign like rounding; its 6th are
+# smaller by the window's width over the bend's squared, rounding's stay as large.  Not a
+# probe at a longer step: that already spans stairs narrower than it, and so far from the point
+# f's own shape (cos at x ~ 1), not its rounding, would make the 4th differences.  1/3 beside the
+# dyadic spacings: where the step is close to a multiple of 64 of f's stairs (log(1 + u) at u = 1.434e-9:
+# the step 1.563e-13 is 703.997 stairs of 2.2e-16, 704 = 64 * 11), every dyadic spacing and every
+# D(t) of the ladder lands the same fraction of a stair off, so f looked smooth and D(t) agreed, 5e-6
+# from the right gradient (FAIL, 1 of 150 draws); a third of the step lands elsewhere on the stairs.
+RESTEP_FACTORS = (1 / 64, 1 / 16, 1 / 4, 4.0, 16.0, 64.0)
+NOISE_SPACINGS = (0.25, 1 / 3, 1.0)
+STAIR_SPACINGS = (4.0, max(RESTEP_FACTORS) / 3)
+NOISE_SAFETY = 3.0
+# A failing probe where f rounds above the model is taken again at steps this many times longer,
+# with the measured rounding in its bound (_retaken_over_rounding)
+RETAKE_GROWTHS = (16.0, 256.0)
+# A failing probe along which f took one value at every step of the ladder looks for a stair of f
+# (_stair_beyond) at steps STAIR_SEARCH times longer, up to MAX_STAIR_SEARCHES times (4^5 * 64
+# steps: an entry at the relative step eps = 1e-4 moves by 6.5 times its scale), and bisects to it
+STAIR_SEARCH = 4.0
+MAX_STAIR_SEARCHES = 5
+STAIR_BISECTIONS = 40
+# ... a stair keeps its height as bisection narrows the interval around it (a smooth onset's change
+# shrinks with it, by 2^(STAIR_BISECTIONS / 2) over the second half of the bisections), the interval
+# halfway through holding up to this many stairs
+STAIRS_IN_WIDER_INTERVAL = 16.0
+# A kink at the point is told from rounding inside f (_clear_kink) when its one-sided slopes differ by
+# KINK_CLARITY times their error and come out the same at a step KINK_RECHECK times shorter
+KINK_CLARITY = 10.0
+KINK_RECHECK = 16.0
+
+
+def _kink_checked(evaluate, move, eps, estimate, analytic, held_to) -> _Estimate:
+    """The estimate, marked rough when it fails and f has a kink at the point itself.  Such a kink
+    is symmetric (relu at 0, a max with a tie): D(h) = D(2h) = D(4h), so the central differences
+    look smooth.  Their even part shows it: f(x+t) + f(x-t) - 2 f(x) grows like t there, like t^2
+    for a smooth f.  Only a failing probe pays the five evaluations (nine where it grows like t).
+    At such a kink f has no derivative, and every value between its one-sided slopes is a
+    subgradient (a relu's backward rightly returns 0 at 0, as PyTorch's does): an analytic value
+    between them, within held_to and the slopes' own error, is marked `between` (UNRESOLVED, not
+    FAIL); one outside them still fails.  Only a clear kink (_clear_kink) is one: even parts that
+    grow like t without it are a cancellation's stairs, whose rounding is measured.  A kink a few
+    steps away is not this one's: the steps shortened before (_shortened) reach past it."""
+    if estimate.rough or abs(float(analytic) - estimate.value) <= held_to:
+        return estimate
+    values = _values_around(evaluate, move, (eps, 2 * eps))
+    roundoff = 4 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(size for _, _, size in values.values())
+    f0 = values[0.0][1]
+    second = [values[t][1] + values[-t][1] - 2 * f0 for t in (eps, 2 * eps)]
+    kink = abs(second[0]) > 10 * roundoff and 1.5 <= second[1] / second[0] <= 2.5
+    if not kink:
+        return estimate._replace(rough=False, kink=False)
+    slopes, slack = _one_sided_slopes(values, eps, roundoff)
+    if not _clear_kink(evaluate, move, eps, values[0.0], slopes, slack, roundoff):
+        # a cancellation's stairs, not a kink: log(1 + exp(s)) at s ~ -24.5 (1 + 2.3e-11 keeps 5
+        # digits) had its even part grow like t, and, taken for a kink, f's rounding went unmeasured
+        # (_steadiness_checked): its right gradient, 4e-5 from D(h), FAILed (1 of 150 draws)
+        return estimate._replace(rough=False, kink=False)
+    between = ()
+    if min(slopes) - slack - held_to <= float(analytic) <= max(slopes) + slack + held_to:
+        between = tuple(slopes)
+    return estimate._replace(rough=True, kink=True, between=between)
+
+
+def _values_around(evaluate, move, steps, at_point=None) -> dict:
+    """{t: (real distance, f, |f|'s size)} at the point (t = 0) and t = +-each of steps; at_point:
+    the point's entry as measured before (f there is not evaluated again)."""
+    values = {} if at_point is None else {0.0: at_point}
+    try:
+        for t in (*((0.0,) if at_point is None else ()), *steps, *(-t for t in steps)):
+            distance = move(t)
+            values[t] = (distance, *evaluate())
+    finally:
+        move(None)
+    return values
+
+
+def _one_sided_slopes(values, step, roundoff) -> tuple[list, float]:
+    """([left, right] slopes of f at the point, their error) from f at 1 and 2 steps on each side:
+    (f(x+t) - f(x)) / t = slope + O(t), extrapolated to 2 S(h) - S(2h); |S(h) - S(2h)| (its O(t)
+    term) and the rounding (roundoff: of 4 values of f) over the step bound its error."""
+    f0, slopes, slack = values[0.0][1], [], 0.0
+    for side in (-1, 1):
+        near, far = [(values[t][1] - f0) / values[t][0] if values[t][0] else np.inf
+                     for t in (side * step, 2 * side * step)]
+        slopes.append(2 * near - far)
+        slack = max(slack, abs(near - far) + 1.5 * roundoff / abs(values[side * step][0] or TINY))
+    return slopes, slack
+
+
+def _clear_kink(evaluate, move, eps, at_point, slopes, slack, roundoff) -> bool:
+    """The one-sided slopes found at the step eps show a kink, not rounding inside f: they differ by
+    KINK_CLARITY times their error, and come out the same at a step KINK_RECHECK times shorter (a
+    kink at the point stays where it is; a cancellation's stairs, 1 + tanh(z) at z << 0, whose
+    even part can also grow like t over two steps, give other slopes there).  Four evaluations
+    around the point (at_point: its entry in _values_around's, f at the point being known)."""
+    short = eps / KINK_RECHECK
+    values = _values_around(evaluate, move, (short, 2 * short), at_point)
+    again, slack_again = _one_sided_slopes(values, short, roundoff)
+    return (abs(slopes[1] - slopes[0]) > KINK_CLARITY * (slack + slack_again)
+            and all(abs(a - b) <= slack + slack_again for a, b in zip(slopes, again)))
+
+
+def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, richardson, good_enough,
+                        longer=False, one_entry=False) -> _Estimate:
+    """The estimate, marked unsteady when it fails but f is shown not to be resolved at its step:
+    a failing probe is UNRESOLVED, not FAIL, when either test below shows f rounding beyond the
+    error model (a cancellation inside it: its values move in steps far above u * |f|) and the
+    analytic value lies within what that rounding allows.  It still fails where both tests find f
+    as the model says, or the analytic value lies beyond what they allow.
+
+    f's own rounding: f at 7 points NOISE_SPACINGS steps apart, whose 4th differences are rounding
+    for a smooth f (Hamming's estimate of the noise in a table of values).  Round-off above the
+    model's first has the probe taken again at longer steps with it in the bound
+    (_retaken_over_rounding), which judges it where f stays smooth there; else, where it covers
+    the difference between analytic and numeric, it excuses it.  A cancellation's
+    rounding can stay the same for many steps and then jump (stairs), which only a window holding a
+    jump sees: a probe at the step eps (not `longer`) also looks STAIR_SPACINGS steps apart, by
+    6th differences there (which a smooth bend within so wide a window does not make look like
+    rounding, as it does the 4th).
+    The steps ladder: D(t) at RESTEP_FACTORS times the step h.  The model predicts how D(t) moves
+    with t: its truncation error grows like t^2 from what D(h) - D(2h) shows, its round-off shrinks
+    like 1/t.  A D(t) that strays further than that from the estimate (or an estimate whose
+    differences did not shrink like h^2) shows rounding (or a kink nearby) beyond the model, which
+    a smooth function never shows; the spread of the differences then measures how far off they can
+    be, and an analytic value within that spread of them is not shown wrong.
+
+    Only a failing probe pays (up to 55 evaluations, 105 where f kept one value: _stair_beyond),
+    and in each input only until one failure is confirmed: the input FAILs then, whatever its other
+    probes show (probes.remeasure_failures)."""
+    analytic = float(analytic)
+    if estimate.between:        # a subgradient at a kink at the point (_kink_checked): no step judges it
+        return estimate
+    if not np.isfinite(estimate.value) or abs(analytic - estimate.value) <= held_to \
+            or not probes.remeasure_failures:
+        return estimate
+    # the largest rounding of D(h) f showed: exp(x) - 1 at x ~ 1e-8 rounds at 1e-4 of its gradient,
+    # so D(h/64) strays by 64x that, and a gradient off by 1e-3 came out UNRESOLVED by the ladder
+    # below; longer steps, with that rounding in their bound, resolve it (_retaken_over_rounding)
+    rounding = estimate.roundoff
+    # f at the point, which every window below holds: evaluated once, when first needed
+    at_point = functools.cache(lambda: _evaluate_within_domain(evaluate, 0.0)[0])
+    if np.isfinite(analytic) and not estimate.kink:    # a kink's values look like rounding to this test
+        # the largest rounding any window shows; STAIR_SPACINGS at the step eps only
+        for spacing in NOISE_SPACINGS + (() if longer else STAIR_SPACINGS):
+            try:
+                with np.errstate(all="ignore"):
+                    measured = _measured_roundoff(evaluate, move, estimate.step, spacing, at_point,
+                                                  order=6 if spacing in STAIR_SPACINGS else 4)
+            except _LeftDomain:                 # 3 spacings away left f's domain: no measure of its rounding
+                break
+            rounding = max(rounding, measured)
+        if rounding > estimate.roundoff:
+            # retaken only where D(h) stands out of that rounding, its bound with it no more than
+            # UNRESOLVED (half) of its value, as a probe must be to be judged at all: a function
+            # bending within the step, as a layer norm of 1e5 + noise stepped by 10, has 4th
+            # differences as large as D(h), like rounding's, and longer steps there only look smoother
+            resolved = estimate.bound - estimate.roundoff + rounding <= UNRESOLVED * abs(estimate.value)
+            retaken = (_retaken_over_rounding(evaluate, move, estimate, rounding, richardson, good_enough)
+                       if resolved else None)
+            if retaken is not None:
+                # held_to is the estimate's bound plus what does not depend on the step
+                off_by = abs(analytic - retaken.value) - (held_to - estimate.bound + retaken.bound)
+                if off_by <= 0:
+                    return retaken
+                # Within f's rounding at the step of the retaken value the analytic value is not
+                # shown wrong: a backward that computes the same cancelling terms rounds as f does
+                # (the tanh-GELU's 1 - t^2 at t ~ -1 is off by about what 1 + t rounds f by).  No
+                # more: an allowance of 1e-6 of the check's largest gradient changed no right
+                # GELU's verdict in the left tail (check_op and the sum, both forms of its
+                # backward), and made one off by 1e-6 UNRESOLVED, which without it FAILs.
+                # Not f's rounding at the failing step: that step may be shortened (_shortened), and
+                # naive softplus at s = -27.3, resolved at a step 256x longer to 2e-3, had its
+                # rounding at the step eps/4 (32% of the gradient) excuse a gradient off by 1%
+                if off_by > rounding * estimate.step / retaken.step:
+                    probes.remeasure_failures = False     # failed where f's rounding is accounted for
+                    return retaken
+                return retaken._replace(unsteady=True)
+            if abs(analytic - estimate.value) <= held_to + rounding:
+                return estimate._replace(unsteady=True)
+    values, strays = [estimate.value], estimate.rough
+    rungs = {1.0: estimate.value}        # D(t) at each factor t of the step reached so far
+    # at a kink at the point, longer steps reach the kinks of other entries along a direction
+    for factor in [f for f in RESTEP_FACTORS if f < 1 or not estimate.kink] if np.isfinite(analytic) else ():
+        try:
+            with np.errstate(all="ignore"):
+                value, _, width = _central(evaluate, move, estimate.step * factor)
+        except _LeftDomain:                     # the longer step left f's domain
+            continue
+        if width == 0 or not np.isfinite(value):
+            continue
+        # held_to: the estimate's bound, the analytic's round-off and the relative floor
+        allowed = held_to + _truncation_allowed(estimate, rungs, factor) + estimate.roundoff / factor
+        strays = strays or abs(value - estimate.value) > allowed
+        values.append(value)
+        rungs[factor] = value
+        spread = max(values) - min(values)
+        if strays and min(values) - spread <= analytic <= max(values) + spread:
+            return estimate._replace(unsteady=True)
+    # f took the same value at every step from h/64 to 64h, so it showed no rounding to measure and
+    # no stray: a cancellation whose stairs are wider than the whole ladder.  Naive softplus
+    # log(1 + exp(s)) at s < -36.7 is exactly 0 (exp(s) < u/2 vanishes in 1 + exp(s)), so D = 0
+    # while its right gradient sigmoid(s) ~ 1e-17 is not: it FAILed in 16 of 25 draws of s in
+    # [-40, -20].  Such an f moves only in stairs: where one is found farther out, as high as the
+    # change the analytic value predicts across the ladder, that value is not shown wrong
+    if len(values) > 1 and not any(values) and analytic != 0 \
+            and _stair_beyond(evaluate, move, max(RESTEP_FACTORS) * estimate.step, analytic, at_point, one_entry):
+        return estimate._replace(unsteady=True, flat=True)
+    probes.remeasure_failures = False
+    return estimate
+
+
+def _truncation_allowed(estimate, rungs, factor) -> float:
+    """How far D(factor * h) of the steps ladder may stray from the estimate by truncation, which
+    grows like t^2: 3x what |D(h) - D(2h)| (3x D(h)'s truncation) grows to, and past 4h no more
+    than 3x what the two rungs below it (factor / 16 and factor / 4: `rungs`, D by factor) grow
+    to.  |D(h) - D(2h)| may be f's rounding alone: GELU's 0.5 x (1 + tanh(z)) at x ~ -7.15 moves
+    by one ulp of f over 2h within a stair of 1 + tanh(z), and 64^2 times that allowed D(64h), which
+    crosses a stair 1e3 times higher, to stray by 1e-13 -- 20x the right gradient, which FAILed."""
+    allowed = estimate.difference * factor**2
+    shorter, shortest = factor / 4, factor / 16
+    if factor > 4 and shorter in rungs and shortest in rungs:
+        growth = (factor**2 - 1) / (shorter**2 - shortest**2)
+        allowed = min(allowed, 3 * growth * abs(rungs[shorter] - rungs[shortest]))
+    return allowed
+
+
+def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False) -> bool:
+    """f took one value at every point within `reach` of the point (in the probe's units): whether
+    it moves in stairs at all, and they are high enough for a gradient of `analytic` to stay within
+    one across 2 * reach, and low enough to be f's rounding (a quantising f, np.round(x), is not);
+    with one_entry (x moves along one axis), whether it goes the way `analytic` says f goes.  Steps STAIR_SEARCH times longer until f changes, then bisection to the
+    change: a stair (rounding inside f) keeps its height as the interval around it halves, a smooth
+    onset (a relu's kink, where f that ignored x starts to depend on it) does not, and still FAILs.
+    at_point(): f at the point (x is there when this is called).  Up to 2 * MAX_STAIR_SEARCHES +
+    STAIR_BISECTIONS + 1 evaluations, by a failing probe only."""
+    try:
+        with np.errstate(all="ignore"):
+            f0 = at_point()
+            # near: the farthest distance at which f is known to equal f0 on both sides
+            near, far, side = reach, None, 0
+            for _ in range(MAX_STAIR_SEARCHES):
+                far = near * STAIR_SEARCH
+                for side in (1, -1):
+                    move(side * far)
+                    if _evaluate_within_domain(evaluate, side * far)[0] != f0:
+                        break           # f changed on this side, between near and far
+                else:
+                    near = far          # f0 on both sides out to far: look STAIR_SEARCH times farther
+                    continue
+                break
+            else:
+                return False            # f never changed: it ignores x here, and a nonzero gradient is wrong
+            jumps = []                  # f's change from f0 across each narrower interval, signed
+            halfway = 0                 # how many of them were found in the first half of the bisections
+            for bisection in range(STAIR_BISECTIONS):
+                middle = 0.5 * (near + far)
+                move(side * middle)
+                value = _evaluate_within_domain(evaluate, side * middle)[0]
+                if value == f0:
+                    near = middle
+                else:
+                    far, jumps = middle, jumps + [value - f0]
+                halfway += bisection < STAIR_BISECTIONS // 2 and value != f0
+            width = abs(move(reach) - move(-reach))
+    except _LeftDomain:
+        return False
+    finally:
+        move(None)
+    if not np.isfinite(f0) or len(jumps) < 2 or not np.all(np.isfinite(jumps)):
+        return False
+    # a stair: the change across the last interval is no less than 1/STAIRS_IN_WIDER_INTERVAL of the
+    # change across the interval of halfway through the bisection, 2^(bisections / 2) times wider (a
+    # smooth onset's shrinks with the interval, down to f's rounding; that interval may span a few
+    # stairs: along a direction, log(1 + u) at u ~ 1e-14 had two entries step in it, and its last
+    # change, one stair, was taken for an onset).  Not the first interval's change: where f's stairs
+    # grow as it moves away (GELU's 1 + tanh(z), 0 at x = -7.44, is 1 ulp at -7.2 and 330 at -6.65),
+    # the first interval spans hundreds, and the right gradient FAILed;
+    # as high as the analytic value predicts across the ladder (2 * reach); and a rounding of f: a few
+    # units in the last place of f or of the 1 a cancellation inside f works against (1 + exp(s) is
+    # 1 + 2.2e-16 at the stair).  np.round(x) is a staircase too, whose straight-through gradient
+    # predicts its stairs, but they are as high as f moves (w per unit of x), and that gradient is wrong.
+    # Along one entry it goes the way the analytic value says f goes on that side: rounding a rising
+    # f keeps it rising, and a gradient of the wrong sign FAILs.  Not along a direction: entries moving
+    # opposite ways step at different places, and the first stair can go against the sum (log(1 + u)
+    # at u ~ 1e-14, seed 24, FAILed its right gradient)
+    stair = abs(jumps[-1])
+    rounding = ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(1.0, abs(f0), abs(f0) + stair)
+    wider = abs(jumps[max(halfway - 1, 0)])
+    return (wider / STAIRS_IN_WIDER_INTERVAL <= stair <= rounding
+            and stair >= 0.5 * abs(analytic) * width
+            and (not one_entry or np.sign(jumps[-1]) == side * np.sign(analytic)))
+
+
+def _retaken_over_rounding(evaluate, move, estimate, rounding, richardson, good_enough) -> _Estimate | None:
+    """A failing probe where f rounds above the model (rounding, measured: the round-off of D at
+    the estimate's step), taken again at steps RETAKE_GROWTHS times longer with that rounding in
+    its bound: it falls like 1 / step, while a smooth f's truncation stays small (exp(x) - 1 at
+    x ~ 1e-8 rounds at 1e-4 of its gradient at the step 1e-12, at 1e-7 of it at 1e-9).  Kept while
+    f stays smooth at the longer step (judged knowing its rounding), the bound shrinks, and it
+    agrees with the shorter step's within both bounds.  None when no longer step is kept: then the
+    rounding leaves the probe unresolved."""
+    at_unit_step = rounding * estimate.step
+    best = estimate._replace(bound=estimate.bound - estimate.roundoff + rounding, roundoff=rounding)
+    kept = None
+    for growth in RETAKE_GROWTHS:
+        try:
+            with np.errstate(all="ignore"):
+                attempt = _derivative(evaluate, move, estimate.step * growth, richardson, good_enough,
+                                      test_smoothness=True, rounding=at_unit_step)
+        except _LeftDomain:
+            break
+        if not _longer_step_kept(attempt, best):
+            break
+        best = kept = attempt
+    return kept
+
+
+def _measured_roundoff(evaluate, move, step, spacing, at_point, order=4) -> float:
+    """The round-off of D(step) as f's own rounding shows it, from f at 7 points spacing * step
+    apart: the 4th differences of values with independent rounding errors of size sigma have
+    variance 70 sigma^2, and D(step) carries up to NOISE_SAFETY * 2 sigma / (its width).  Rounding
+    makes neighbouring 4th differences change sign (they are correlated -0.8); where all have the
+    same sign they are f's smooth 4th derivative (at a longer step), not rounding: 0 then, as where
+    f is not finite.  order=6: from the one 6th difference (variance 924 sigma^2), for a window so
+    wide that f's smooth 4th derivative may change sign within it.  at_point(): f at the point."""
+    values = []
+    try:
+        for k in range(-3, 4):
+            move(k * spacing * step)
+            values.append(at_point() if k == 0 else _evaluate_within_domain(evaluate, k * spacing * step)[0])
+        width = move(step) - move(-step)
+    finally:
+        move(None)
+    differences = np.diff(np.array(values), order)
+    if width == 0 or not np.all(np.isfinite(differences)) or (order == 4 and (
+            np.all(differences > 0) or np.all(differences < 0))):
+        return 0.0
+    # the variance of an order-n difference of independent roundings: sigma^2 * C(2n, n)
+    sigma = float(np.sqrt(np.mean(differences**2) / math.comb(2 * order, order)))
+    return NOISE_SAFETY * 2 * sigma / abs(width)

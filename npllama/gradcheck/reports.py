@@ -1,0 +1,302 @@
+"""What a check returns: one InputReport per input and the GradcheckReport around them (the table
+str() prints, raise_if_failed), and how an input's probes become its report (_judge): the
+verdict, the relative error and bound (_relative_figures), and the notes that say why a probe did
+not pass (_notes; a FAIL's pattern from pattern.py)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .constants import LOOSE_BOUND, SMALLEST, TINY, UNRESOLVED
+from .norms import _norm, rel_error
+from .pattern import _pattern_note
+
+
+# "f did not change at all": rounding inside f is offered as the reason only for gradients below
+# this.  One step of a unit-size input (eps = 1e-4) moves f by ~1e-4 * g; for values of f's inner
+# terms up to ~1e4 to round that away (spacing ~2e-12), g must be under ~2e-8.
+ROUNDS_AWAY = 2e-8
+
+
+@dataclasses.dataclass
+class InputReport:
+    name: str
+    shape: tuple
+    checked: int            # entries probed one by one by finite differences
+    max_abs_err: float      # largest |analytic - numeric| over the checked entries
+    rel_err: float
+    worst_index: tuple      # the entry whose error is largest against its bound (() if none)
+    analytic_at_worst: float
+    numeric_at_worst: float
+    ok: bool
+    size: int = 0                   # entries in the input
+    directions: int = 0             # random directions probed
+    method: str = "all entries"     # "all entries", "sampled", "directional", "sampled + directional"
+    bound: float = 0.0              # the relative error the input was held to (norm-wise, like rel_err)
+    err_over_bound: float = 0.0     # worst probe: |analytic - numeric| / its bound (<= 1 passes)
+    richardson: int = 0             # probes whose numeric value is a Richardson extrapolation
+    floor_only: int = 0             # probes that passed only through the absolute floor atol
+    notes: list = dataclasses.field(default_factory=list)   # warnings: a FAIL's pattern, a floor-only pass, ...
+    failed: int = 0                 # probes whose difference exceeds their bound
+    unresolved: int = 0             # probes whose bound stayed above UNRESOLVED of the gradient: not passed
+    longer_steps: int = 0           # probes resolved only with a step longer than eps
+    worst_direction: int = 0        # when the probe shown is a random direction: its number (1-based)
+
+    @property
+    def status(self) -> str:
+        """'ok', 'FAIL', or 'UNRESOLVED' (nothing failed, but some probe could not be judged)."""
+        if self.ok:
+            return "ok"
+        return "FAIL" if self.failed else "UNRESOLVED"
+
+    @property
+    def worst(self) -> str:
+        """The probe shown in the report: an entry's index, or 'direction k'."""
+        return f"direction {self.worst_direction}" if self.worst_direction else str(self.worst_index)
+
+    @property
+    def coverage(self) -> str:
+        """'96/96', '25/384 + 4 dir', '4 dir (384)': what was probed of the input's entries."""
+        if self.directions == 0:
+            return f"{self.checked}/{self.size}"
+        if self.checked == 0:
+            return f"{self.directions} dir ({self.size})"
+        return f"{self.checked}/{self.size} + {self.directions} dir"
+
+
+@dataclasses.dataclass
+class GradcheckReport:
+    inputs: list[InputReport]
+    tol: float
+    eps: float = 0.0
+    atol: float = 0.0
+    # check_op's inputs left out of the check, as "name (dtype)": an int index array or a bool mask,
+    # but also float data passed as ints by mistake, which the report must not hide
+    not_differentiated: list = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.inputs)
+
+    def __getitem__(self, name: str) -> InputReport:
+        for r in self.inputs:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    @property
+    def max_rel_err(self) -> float:
+        return max((r.rel_err for r in self.inputs), default=0.0)
+
+    @property
+    def max_err_over_bound(self) -> float:
+        """The worst probe of all inputs, as a fraction of its bound (a correct gradient: << 1)."""
+        return max((r.err_over_bound for r in self.inputs), default=0.0)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"{r.name}: {note}" for r in self.inputs for note in r.notes]
+
+    def __str__(self) -> str:
+        rows = [("input", "shape", "method", "checked", "rel err", "bound", "err/bound", "worst",
+                 "analytic", "numeric", "")]
+        for r in self.inputs:
+            analytic, numeric = _distinguishable(r.analytic_at_worst, r.numeric_at_worst)
+            probed = r.checked or r.directions
+            worst, analytic, numeric = (r.worst, analytic, numeric) if probed else ("-", "-", "-")
+            bound = "-" if np.isnan(r.bound) else f"{r.bound:.2e}"
+            rows.append((r.name, str(r.shape), r.method, r.coverage, f"{r.rel_err:.2e}", bound,
+                         f"{r.err_over_bound:.2g}", worst, analytic, numeric, r.status))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        if self.not_differentiated:
+            lines.append("not differentiated: " + ", ".join(self.not_differentiated))
+        verdict = "all gradients match" if self.ok else "some gradients do NOT match"
+        lines.append(f"{verdict} (step {self.eps:g} relative to each input's scale; bound = finite-difference "
+                     f"error estimate + {self.tol:g} relative" + (f", absolute floor {self.atol:g})" if self.atol else ")"))
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def raise_if_failed(self, strict: bool = False) -> None:
+        """AssertionError carrying the report if a gradient failed; strict=True also on any warning
+        (a loose bound, a pass through atol, entries not checked)."""
+        if not self.ok:
+            raise AssertionError("gradient check failed:\n" + str(self))
+        if strict and self.warnings:
+            raise AssertionError("gradient check passed with warnings (strict=True):\n" + str(self))
+
+
+def _distinguishable(a: float, b: float) -> tuple[str, str]:
+    """a and b printed with enough significant digits (6 to 17) to show how they differ."""
+    digits = 6
+    while digits < 17 and a != b and f"{a:.{digits}g}" == f"{b:.{digits}g}":
+        digits += 1
+    return f"{a:.{digits}g}", f"{b:.{digits}g}"
+
+
+def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_nan=0) -> InputReport:
+    a, n = np.array(probes.analytic, dtype=np.float64), np.array(probes.numeric, dtype=np.float64)
+    model_bound = np.array(probes.bound, dtype=np.float64)
+    magnitude = np.array(probes.magnitude, dtype=np.float64)
+    # a NaN or Inf from the backward where f's differences are finite is a wrong gradient there,
+    # not one the differences could not judge
+    unresolved = np.array(probes.unresolved, dtype=bool) & ~(~np.isfinite(a) & np.isfinite(n))
+    held_to = model_bound + tol * magnitude
+    diff = np.abs(a - n)
+    finite = np.isfinite(a) & np.isfinite(n) & np.isfinite(held_to)
+    ratio = probes.error_over_bound(tol)
+    within = (ratio <= 1) & ~unresolved
+    # only a floor the user set passes a probe: without one, an unresolved 0 == 0 proves nothing
+    floor = np.array(probes.floor, dtype=np.float64)
+    by_floor = np.isfinite(a) & np.isfinite(n) & ~within & (floor > 0) & (diff <= floor)
+    passed = within | by_floor
+    n_entries = len(indices)
+    method = ("directional" if n_directions and n_entries == 0 else "all entries" if not n_directions and n_entries == n_finite
+              else "sampled + directional" if n_directions else "sampled")
+    report = InputReport(name, tuple(shape), n_entries, 0.0, 0.0, (), 0.0, 0.0, bool(np.all(passed)), size=size,
+                         directions=n_directions, method=method, richardson=probes.richardson,
+                         floor_only=int(np.sum(by_floor)))
+    if a.size == 0:
+        if size == 0:
+            report.notes.append("it has no entries: nothing was checked")
+        return report
+    failed_outright = ~passed & ~unresolved
+    report.failed = int(np.sum(failed_outright))
+    report.unresolved = int(np.sum(~passed & unresolved))
+    report.longer_steps = probes.longer_steps
+    report.err_over_bound = float(np.max(ratio))
+    report.rel_err, report.bound = _relative_figures(a, n, held_to, magnitude, np.array(probes.largest),
+                                                     n_entries, finite)
+    # the probe shown: the worst that failed outright, else the worst unresolved, else the worst
+    rank = np.where(failed_outright, 2.0, np.where(~passed, 1.0, 0.0))
+    e = int(np.lexsort((np.nan_to_num(ratio, nan=np.inf), rank))[-1])
+    report.analytic_at_worst, report.numeric_at_worst = float(a[e]), float(n[e])
+    if e < n_entries:
+        report.worst_index = tuple(int(v) for v in indices[e])
+    else:
+        report.worst_direction = e - n_entries + 1
+    if n_entries:
+        report.max_abs_err = float(np.max(diff[:n_entries])) if np.all(finite[:n_entries]) else float("inf")
+    report.notes = _notes(report, indices, n_finite, probes, passed, unresolved, n_nan)
+    if report.failed and method == "all entries":
+        pattern = _pattern_note(tuple(shape), indices, a, n, model_bound, tol, failed_outright, passed,
+                                np.array(probes.rough, dtype=bool))
+        if pattern:
+            report.notes.insert(0, pattern)
+    return report
+
+
+def _relative_figures(a, n, held_to, magnitude, largest, n_entries, finite):
+    """(relative error, relative bound): norm-wise over the entries, worst over the directions.
+    Relative to the gradient however small it is (a loss scaled by 1e-40 has gradients of 1e-40).
+    A gradient that is exactly zero (f ignores the input) has no size of its own: it is measured
+    against the check's largest gradient (largest), as a probe's resolution is.  Where every
+    gradient of the check and every difference is zero, nothing has a size: (0, nan)."""
+    if not np.all(finite):
+        return float("inf"), float("nan")
+    if not (np.any(a) or np.any(n) or np.any(largest)):
+        return 0.0, float("nan")
+    rel, bound = 0.0, 0.0
+    if n_entries:
+        size = _norm(magnitude[:n_entries])
+        if np.any(a[:n_entries]) or not np.any(largest[:n_entries]):
+            rel = rel_error(a[:n_entries], n[:n_entries], tiny=SMALLEST)
+        else:
+            size = _norm(largest[:n_entries])
+            rel = _norm(a[:n_entries] - n[:n_entries]) / size
+        bound = float(_norm(held_to[:n_entries]) / (size if size > 0 else TINY))
+    if len(a) > n_entries:
+        scale = np.where(a[n_entries:] != 0, magnitude[n_entries:], largest[n_entries:])
+        scale = np.where(scale > 0, scale, TINY)
+        with np.errstate(over="ignore"):
+            rel = max(rel, float(np.max(np.abs(a[n_entries:] - n[n_entries:]) / scale)))
+            bound = max(bound, float(np.max(held_to[n_entries:] / scale)))
+    return rel, bound
+
+
+def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n_nan) -> list[str]:
+    notes, n_entries = [], len(indices)
+    if n_finite + n_nan < report.size:
+        notes.append(f"{report.size - n_finite - n_nan} entries are +-inf and were not probed")
+    if n_nan:
+        notes.append(f"{n_nan} entries are NaN and were not probed")
+    numeric_broken = ~np.isfinite(np.array(probes.numeric, dtype=np.float64))
+    if np.any(numeric_broken):
+        notes.append(f"{int(np.sum(numeric_broken))} probe(s) UNRESOLVED: f was NaN or Inf within a step of the "
+                     "point, so no difference exists there (an input at the edge of f's domain, as log or sqrt "
+                     "near 0, or an overflow); check at inputs inside the domain")
+    at_kink = np.array([bool(b) for b in probes.between], dtype=bool) & ~passed
+    if np.any(at_kink):
+        first = int(np.flatnonzero(at_kink)[0])
+        where = (f"entry {tuple(int(v) for v in indices[first])}" if first < n_entries
+                 else f"direction {first - n_entries + 1}")
+        left, right = probes.between[first]
+        notes.append(f"{int(np.sum(at_kink))} probe(s) UNRESOLVED at a kink at the point (the first: {where}): "
+                     f"your gradient lies between the one-sided slopes {left:.6g} and {right:.6g} along it, so it "
+                     "may be a subgradient (one probe cannot tell whether the whole gradient is: at a tie of a max "
+                     "the entries' shares must add up to 1); f has no derivative there, and finite differences "
+                     "cannot judge it -- draw inputs away from it (no exact zeros into a relu or abs, no ties into "
+                     "a max)")
+    unsteady = np.array(probes.unsteady, dtype=bool) & ~passed
+    flat = np.array(probes.flat, dtype=bool) & unsteady
+    if np.any(flat):
+        notes.append(f"{int(np.sum(flat))} probe(s) UNRESOLVED: f kept one value along them, at every step "
+                     "from 1/64 to 64 times the step, though the analytic gradient is not zero, and farther out it "
+                     "moves in stairs higher than the analytic value would move it across them: a cancellation "
+                     "inside f rounds such a change away (log(1 + exp(s)) is exactly 0 for s < -37), and finite "
+                     "differences cannot judge it -- check at less extreme inputs, or compute f stably "
+                     "(np.logaddexp(0, s))")
+    if np.any(unsteady & ~flat):
+        notes.append(f"{int(np.sum(unsteady & ~flat))} probe(s) UNRESOLVED: f itself is not resolved there -- its values "
+                     "round far above the round-off the bounds allow for (a cancellation inside f, as 1 + tanh(z) "
+                     "for z << 0 or exp(x) - 1 for tiny x) or bend at a kink nearby, or within a few steps (an input "
+                     "far from zero whose entries differ by little, as x = 1e3 + noise, is stepped by eps * 1e3), so "
+                     "its differences at other steps disagree by more than their error bounds, and the analytic value "
+                     "lies within that disagreement; check at inputs in a better-conditioned range, compute f more "
+                     "stably, or for an input far from zero give a smaller eps")
+    by_round_off = int(np.sum(~passed & unresolved & ~numeric_broken & ~unsteady & ~at_kink))
+    if by_round_off:
+        notes.append(f"{by_round_off} probe(s) UNRESOLVED: even with longer steps, the finite differences' "
+                     f"error bound stays above {UNRESOLVED:g} of the gradient, so a wrong gradient could not be told from a right one (|f|'s round-off swamps a tiny gradient). "
+                     "Check at inputs where the gradient is larger next to |f|, or accept them with atol=")
+    # (a failing random direction is followed down to its entry by _locate, which says so)
+    numeric = np.array(probes.numeric)
+    if not report.ok and numeric.size and np.all(numeric == 0) and np.any(np.array(probes.analytic) != 0):
+        largest_claimed = float(np.max(np.abs(np.array(probes.analytic, dtype=np.float64))))
+        rounding = ("" if largest_claimed >= ROUNDS_AWAY else
+                    ", or f is a difference of larger numbers that rounds to the same value at every step, so a "
+                    f"gradient as small as the analytic ones here (largest {largest_claimed:.2g}) cannot move it (a "
+                    "cross-entropy whose target logit leads the others by ~37 or more is exactly 0.0 in float64: "
+                    "check at less extreme inputs)")
+        notes.append("f did not change at all when this input moved: either f does not depend on it here "
+                     "(its true gradient is zero there: a sign, a rounding, a normalised single value), or fn "
+                     "does not read the arrays it is given (they are changed in place; a copy made before the "
+                     f"call would not see it){rounding}")
+    if not report.ok and any(r and not p and not s and not k and np.isfinite(v)
+                             for r, p, s, k, v in zip(probes.rough, passed, unsteady, at_kink, probes.numeric)):
+        # a probe that failed where f behaved smoothly is a verdict the rough ones do not weaken (after
+        # one failure is confirmed, the others are not measured again, and may stay at rough steps)
+        smooth_failures = int(np.sum(~passed & ~unresolved & ~np.array(probes.rough, dtype=bool)))
+        standing = (f" (the FAIL stands on {smooth_failures} probe(s) that failed where f behaved smoothly)"
+                    if smooth_failures else "")
+        notes.append("along a failing probe f did not behave like a smooth function (its differences at steps "
+                     "h, 2h, 4h do not shrink as h^2): a kink (relu or abs at 0, a max with a tie) at or within a "
+                     "few steps of the point, or rounding inside f far above that of |f| (a cancellation, as "
+                     "1 + tanh(z) for z << 0 or exp(x) - 1 for tiny x), makes finite differences unreliable "
+                     f"there{standing}; draw inputs away from it, or compute f stably")
+    if report.floor_only:
+        notes.append(f"{report.floor_only} probe(s) passed only through the absolute floor atol: "
+                     "the check did not resolve them")
+    if report.ok and np.isnan(report.bound):     # _relative_figures: zero everywhere, nothing to be relative to
+        notes.append("the gradient is zero everywhere (in every input of the check), so a relative bound means "
+                     "nothing: the check can only confirm zero -- f's differences are zero too, to within "
+                     f"{max(probes.bound):.1e} absolute")
+    if report.bound > LOOSE_BOUND and not report.unresolved:
+        notes.append(f"the bound is loose ({report.bound:.1e} relative): finite differences cannot resolve "
+                     "this gradient well (tiny next to |f|'s round-off, or f strongly curved); "
+                     "a mistake smaller than that would pass")
+    if 0 < n_entries < n_finite and not report.directions:
+        notes.append(f"only {n_entries} of {report.size} entries were checked and no directions: "
+                     "an error elsewhere would not be seen")
+    return notes

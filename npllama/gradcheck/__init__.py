@@ -118,13 +118,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from .arguments import (_call_as_check_op_does, _call_shown, _check_names, _check_settings, _check_wrt, _describe,
+                        _forward_result, _gradients_by_key, _gradients_in_order, _input_list, _kind, _names_from_keys,
+                        _one_by_one_advice, _pair_up, _require_float64_input, _require_float64_precision, _wrt_keys)
 from .constants import LOOSE_BOUND, ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF, UNRESOLVED
 from .derivative import _left_domain_error, _LeftDomain, _resolved_derivative, _shortened
 from .norms import _norm, _rms, rel_error
@@ -134,7 +136,6 @@ from .reports import _judge, GradcheckReport, InputReport
 
 AUTO_ALL_ENTRIES = 2048   # method="auto", max_entries=None: tensors up to this size get every entry
 AUTO_SAMPLE = 32          # ... larger ones this many sampled entries plus the random directions
-METHODS = ("auto", "entries", "directional")
 DOUT_SALT = 0x646F7574   # "dout"
 PROGRESS_EVERY = 10.0     # progress=True: seconds between lines while one input is being probed
 
@@ -362,51 +363,6 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
     return _check_all(evaluate, names, arrays, analytic, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
                       seed=seed, method=method, directions=directions, richardson=richardson, progress=progress,
                       guard=guard, not_differentiated=left_out)
-
-
-def _gradients_in_order(grads, wrt, wrt_given, inputs, all_names) -> tuple:
-    """backward's result for a list of inputs: one gradient per input in wrt, in order."""
-    returned = grads
-    if isinstance(grads, list):
-        grads = tuple(grads)
-    elif not isinstance(grads, tuple):
-        grads = (grads,)
-    if len(grads) != len(wrt):
-        hint = ""
-        if not isinstance(returned, (tuple, list, np.ndarray)):
-            hint = f"; it returned {_describe(returned)}: return a tuple, one array each"
-        elif not wrt_given and len(grads) < len(wrt):
-            hint = (f"; wrt was not given, so every floating-point input counts: if some are not "
-                    f"differentiable (a float mask, a setting), name those that are, e.g. wrt={wrt[:len(grads)]}")
-        elif not wrt_given and (sequences := _sequences_among(inputs, all_names)):
-            hint = "; left out as not floating-point arrays: " + sequences[2:]
-        elif len(grads) > len(wrt) and (left_out := [f"{all_names[i]!r} ({_kind(x)})" for i, x in enumerate(inputs)
-                                                     if i not in wrt and isinstance(x, np.ndarray)]):
-            hint = (f"; {', '.join(left_out)} {'is' if len(left_out) == 1 else 'are'} not differentiated "
-                    + ("(not in wrt)" if wrt_given else "(not a floating-point array: an index or a mask)")
-                    + ", so backward returns no gradient for it, not even None")
-        raise ValueError(f"backward returned {len(grads)} gradient(s), expected {len(wrt)}: one per input "
-                         f"in wrt ({', '.join(repr(all_names[i]) for i in wrt)}), in the forward's order{hint}")
-    return grads
-
-
-def _gradients_by_key(grads, wrt, all_names) -> tuple:
-    """backward's result for a mapping of inputs: a mapping with a gradient for every key in wrt,
-    as a tuple in wrt's order.  Gradients for other keys of inputs (left out by wrt=) are not
-    checked; a key that is not one of inputs' is a mistake (a misspelt name)."""
-    expected = [all_names[i] for i in wrt]
-    if not isinstance(grads, Mapping):
-        raise TypeError(f"backward must return a mapping of gradients keyed like inputs (inputs is a mapping), "
-                        f"got {_describe(grads)}; expected the keys {expected}")
-    missing = [k for k in expected if k not in grads]
-    if missing:
-        raise ValueError(f"backward returned no gradient for {missing[0]!r} (it returned the keys {list(grads)}, "
-                         f"expected {expected}); return its gradient, or leave it out with wrt=")
-    strangers = [k for k in grads if k not in all_names]
-    if strangers:
-        raise ValueError(f"backward returned a gradient for {strangers[0]!r}, which is not a key of inputs "
-                         f"(its keys: {all_names})")
-    return tuple(grads[k] for k in expected)
 
 
 def draw_dout(shape, seed: int) -> np.ndarray:
@@ -702,249 +658,3 @@ def _spread(x: np.ndarray, idx: tuple | None = None) -> float:
             rms = largest[:, 0] * np.sqrt(np.sum((centred / np.where(largest > 0, largest, 1.0))**2, axis=1) / count)
         spreads.append(float(np.median(rms)))
     return min((s for s in spreads if s > 0 and np.isfinite(s)), default=0.0)
-
-
-# ----- arguments -------------------------------------------------------------------------------------
-
-def _call_as_check_op_does(function, role: str, args: tuple, kwargs: Mapping, shown: str, advice: str = ""):
-    """function(*args, **kwargs); when its parameters cannot take that call, a TypeError saying how
-    check_op calls it: the TypeError the call itself raises names neither the call nor the way to
-    fix it.  The call decides, not the signature: inspect.signature can report other parameters
-    than the call takes (a decorator's functools.wraps reports the wrapped function's), so it only
-    explains a TypeError raised by the call itself -- one with no frame of the function's own (a
-    TypeError from inside the function is the function's, and is left as it is)."""
-    try:
-        return function(*args, **kwargs)
-    except TypeError as error:
-        if error.__traceback__ is None or error.__traceback__.tb_next is not None:
-            raise
-        try:
-            signature = inspect.signature(function)
-            signature.bind(*args, **kwargs)
-        except ValueError:         # a builtin or compiled function keeps no signature: its error stands
-            raise error from None
-        except TypeError as unbound:
-            name = getattr(function, "__name__", type(function).__name__)
-            raise TypeError(f"check_op calls {shown}, and {role} {name}{signature} cannot take that call "
-                            f"({unbound}){advice}") from None
-        raise
-
-
-def _call_shown(role: str, arguments: list[str], extra_args, extra_kwargs: Mapping) -> str:
-    """forward(x, W, 'extra', causal=True): the call as check_op makes it, by the inputs' names."""
-    shown = [*arguments, *(repr(a) if np.isscalar(a) else _kind(a) for a in extra_args),
-             *(f"{key}=..." for key in extra_kwargs)]
-    return f"{role}({', '.join(shown)})"
-
-
-def _one_by_one_advice(forward, names: list[str]) -> str:
-    """For a forward given a mapping whose parameters are the mapping's keys, one by one."""
-    try:
-        parameters = list(inspect.signature(forward).parameters)
-    except (TypeError, ValueError):
-        return ""
-    if set(names) <= set(parameters):
-        return (f": a mapping of inputs goes to forward as one argument (a forward(params) of a dict of "
-                f"parameters); to pass the arrays one by one, give inputs as a list, inputs=[{', '.join(names)}], "
-                f"names={names!r}")
-    return ""
-
-
-def _describe(value) -> str:
-    if isinstance(value, np.ndarray):
-        return f"an array of shape {value.shape} and dtype {value.dtype}"
-    return f"{type(value).__name__} {value!r}" if np.isscalar(value) or value is None else type(value).__name__
-
-
-def _kind(value) -> str:
-    """'int64' for an array, else the type's name ('list', 'float'): how an input left out was given."""
-    return value.dtype.name if isinstance(value, np.ndarray) else type(value).__name__
-
-
-def _input_list(inputs, what: str) -> list:
-    if isinstance(inputs, np.ndarray) or not isinstance(inputs, (list, tuple)):
-        hint = f" (one array: {what}=[x])" if isinstance(inputs, np.ndarray) else ""
-        raise TypeError(f"{what} must be a list or tuple of arrays, got {_describe(inputs)}{hint}")
-    return list(inputs)
-
-
-def _check_names(names, count: int, what: str) -> list[str]:
-    if names is None:
-        return [f"input{i}" for i in range(count)]
-    if isinstance(names, (str, Mapping)) or not isinstance(names, (list, tuple)):
-        raise TypeError(f"names must be a list of strings, one per input, got {_describe(names)}")
-    not_strings = [n for n in names if not isinstance(n, str)]
-    if not_strings:
-        raise TypeError(f"names must be a list of strings, one per input, got {_describe(names)} holding "
-                        f"{_describe(not_strings[0])}")
-    if len(names) != count:
-        raise ValueError(f"names has {len(names)} entries for {count} {what}: give one name per input")
-    if len(set(names)) != len(names):
-        raise ValueError(f"names must be distinct, got {list(names)}")
-    return list(names)
-
-
-def _names_from_keys(inputs: Mapping, names) -> list[str]:
-    """The names of inputs given as a mapping: its keys, which must be strings (they name the
-    inputs in the report and in its messages, as names= does for a list)."""
-    if names is not None:
-        raise TypeError("names= is taken from the keys when inputs is a mapping; leave it out")
-    not_strings = [k for k in inputs if not isinstance(k, str)]
-    if not_strings:
-        raise TypeError(f"the keys of inputs name the inputs in the report and must be strings, got "
-                        f"{_describe(not_strings[0])}")
-    return list(inputs)
-
-
-def _wrt_keys(wrt, names: list[str]):
-    """wrt given as keys of a mapping of inputs: their indices, in the mapping's order (None stays
-    None: every floating-point array)."""
-    if wrt is None:
-        return None
-    not_keys = [k for k in wrt if not isinstance(k, str)] if isinstance(wrt, (list, tuple)) else [wrt]
-    if not_keys:
-        holding = f" holding {_describe(not_keys[0])}" if isinstance(wrt, (list, tuple)) else ""
-        raise TypeError(f"wrt must be a list of keys of inputs (inputs is a mapping), got {_describe(wrt)}{holding}")
-    unknown = [k for k in wrt if k not in names]
-    if unknown:
-        raise ValueError(f"wrt names {unknown[0]!r}, which is not a key of inputs (its keys: {names})")
-    if len(set(wrt)) != len(wrt):
-        raise ValueError(f"wrt must list each key once, got {list(wrt)}")
-    return [i for i, name in enumerate(names) if name in wrt]
-
-
-def _check_wrt(wrt, inputs: list, names: list[str]) -> list[int]:
-    count = len(inputs)
-    if wrt is None:   # every floating-point array: integer indices, masks and settings are not differentiable
-        for name, x in zip(names, inputs):
-            if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.complexfloating):
-                raise TypeError(f"input {name!r} is {x.dtype}: only real inputs are differentiated; pass its "
-                                "real and imaginary parts as two float64 inputs, or give wrt= to leave it out")
-        wrt = [i for i, x in enumerate(inputs) if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating)]
-        if not wrt:
-            raise ValueError("inputs holds no floating-point array to check the gradient of"
-                             + _sequences_among(inputs, names))
-        return wrt
-    if not isinstance(wrt, (list, tuple, range)):
-        raise TypeError(f"wrt must be a list of input indices (ints), got {_describe(wrt)}")
-    not_ints = [i for i in wrt if not isinstance(i, (int, np.integer)) or isinstance(i, bool)]
-    if not_ints:
-        raise TypeError(f"wrt must be a list of input indices (ints), got {_describe(wrt)} holding "
-                        f"{_describe(not_ints[0])}")
-    wrt = [int(i) for i in wrt]
-    bad = [i for i in wrt if not 0 <= i < count]
-    if bad:
-        raise ValueError(f"wrt names input indices {bad}, but there are {count} inputs (0 to {count - 1})")
-    if len(set(wrt)) != len(wrt) or wrt != sorted(wrt):
-        raise ValueError(f"wrt must list each input once, in increasing order (backward's order), got {wrt}")
-    return wrt
-
-
-def _sequences_among(inputs: list, names: list[str]) -> str:
-    """'; 'w' is a list: pass np.asarray(w, dtype=np.float64)' for inputs given as Python lists or
-    tuples, which wrt's default leaves out as it does settings (they are not arrays); '' if none."""
-    sequences = [(name, x) for name, x in zip(names, inputs) if isinstance(x, (list, tuple))]
-    if not sequences:
-        return ""
-    described = ", ".join(f"{name!r} is a {type(x).__name__}" for name, x in sequences)
-    return f"; {described}: pass np.asarray({sequences[0][0]}, dtype=np.float64) to check it"
-
-
-def _forward_result(result):
-    """(out, cache) from what forward returned, or a TypeError saying what the contract is."""
-    if not isinstance(result, (tuple, list)) or len(result) != 2:
-        raise TypeError(f"forward must return a pair (out, cache), got {_describe(result)}"
-                        + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else ""))
-    out, cache = result
-    if isinstance(out, (tuple, list)) or not np.issubdtype(np.asarray(out).dtype, np.floating):
-        raise TypeError(f"forward's out must be one floating-point array, got {_describe(out)}; for several "
-                        "outputs, concatenate their ravelled values into one array (and split dout in backward)")
-    _require_float64_precision(out, "forward's out is")
-    return out, cache
-
-
-def _require_float64_input(name: str, x) -> None:
-    if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"input {name!r} must be a floating-point numpy array, got {_describe(x)}")
-    if x.dtype != np.float64:
-        rounding = (f"{x.dtype}'s round-off ({np.finfo(x.dtype).eps:.0e}) swamps central differences"
-                    if np.finfo(x.dtype).eps > UNIT_ROUNDOFF else "the bounds model float64's round-off")
-        raise TypeError(f"input {name!r} is {x.dtype}; gradient checks need float64 ({rounding}): "
-                        "x.astype(np.float64), or for a model Llama(config, dtype=np.float64)")
-
-
-def _require_float64_precision(value, what: str) -> None:
-    """The bounds model float64 round-off: a value rounded to float32 or float16 on the way out
-    would fail a right gradient (and look like a kink), so it is refused before any probe."""
-    dtype = np.asarray(value).dtype
-    if np.issubdtype(dtype, np.floating) and np.finfo(dtype).eps > UNIT_ROUNDOFF:
-        raise TypeError(f"{what} {dtype.name}, though the inputs are float64: its round-off "
-                        f"({np.finfo(dtype).eps:.0e}) swamps central differences and would fail a right gradient; "
-                        "compute in float64 (an op's dtype should follow its input's)")
-
-
-def _pair_up(inputs, grads, names):
-    """(names, arrays, gradients) after checking that they match."""
-    if isinstance(inputs, Mapping):
-        if not isinstance(grads, Mapping):
-            raise TypeError(f"grads must be a mapping with the keys of inputs when inputs is a mapping, got "
-                            f"{_describe(grads)}")
-        names = _names_from_keys(inputs, names)
-        missing = [k for k in inputs if k not in grads]
-        if missing:
-            raise ValueError(f"grads is missing entries for: {missing}")
-        extra = [k for k in grads if k not in inputs]
-        if extra:
-            raise ValueError(f"grads has entries that are not inputs: {extra}")
-        arrays = [inputs[k] for k in names]
-        analytic = [grads[k] for k in names]
-    else:
-        arrays = _input_list(inputs, "inputs")
-        analytic = _input_list(grads, "grads") if not isinstance(grads, Mapping) else None
-        if analytic is None:
-            raise TypeError("grads must be a list when inputs is a list (or both mappings)")
-        names = _check_names(names, len(arrays), "inputs")
-        if len(analytic) != len(arrays):
-            raise ValueError(f"got {len(arrays)} inputs and {len(analytic)} gradients: give one gradient per input")
-    for name, x, g in zip(names, arrays, analytic):
-        _require_float64_input(name, x)
-        if not x.flags.writeable:
-            raise ValueError(f"input {name!r} is read-only, but the checker moves its entries in place: pass a "
-                             "writable array (np.array(x)) that fn reads")
-        if g is None:
-            raise ValueError(f"the gradient for {name!r} is None; give its gradient, or leave the input out")
-        if not isinstance(g, (np.ndarray, float, int, np.number)) or not np.isrealobj(g) \
-                or not np.issubdtype(np.asarray(g).dtype, np.number):
-            raise TypeError(f"the gradient for {name!r} must be a real array, got {_describe(g)}")
-        if np.shape(g) != x.shape:
-            raise ValueError(f"gradient for {name!r} has shape {np.shape(g)}, input has {x.shape}")
-    for i, (name_i, x_i) in enumerate(zip(names, arrays)):
-        for name_j, x_j in zip(names[i + 1:], arrays[i + 1:]):
-            if np.shares_memory(x_i, x_j):
-                raise ValueError(f"inputs {name_i!r} and {name_j!r} share memory (the same array given twice?): "
-                                 "moving one would move the other; check each once, or pass a copy")
-    return names, arrays, analytic
-
-
-def _check_settings(eps, tol, atol, max_entries, seed=0, method="auto", directions=4, richardson=None,
-                    **functions) -> None:
-    for name, fn in functions.items():
-        if not callable(fn):
-            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
-    for name, value, positive in (("eps", eps, True), ("tol", tol, False), ("atol", atol, False)):
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-                or not np.isfinite(value) or value < 0 or (positive and value == 0):
-            raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
-    if eps >= 0.1:
-        raise ValueError(f"eps is a step relative to each input's scale and must be < 0.1, got {eps!r}")
-    if max_entries is not None and (isinstance(max_entries, bool) or not isinstance(max_entries, (int, np.integer))
-                                    or max_entries <= 0):
-        raise ValueError(f"max_entries must be None or a positive int, got {max_entries!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int (it makes the sampled probes reproducible), got {seed!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(directions, bool) or not isinstance(directions, (int, np.integer)) or directions <= 0:
-        raise ValueError(f"directions must be a positive int, got {directions!r}")
-    if richardson not in (None, True, False):
-        raise ValueError(f"richardson must be None, True or False, got {richardson!r}")

@@ -31,6 +31,10 @@ MODULES = ["npllama", "npllama.backend", "npllama.config", "npllama.model", "npl
            "npllama.objectives", "npllama.lora", "npllama.optim", "npllama.exercises",
            "npllama.tokenizer_json", "npllama.perplexity", "npllama.datasets", "npllama.corpus",
            "npllama.io", "npllama.kernels.decode"] + sorted(f"npllama.io.{m.name}" for m in pkgutil.iter_modules(npllama.io.__path__))
+# the checker's public functions and classes are defined in its submodules (npllama.gradcheck re-exports
+# them; npllama.gradcheck itself is the function, so the package is reached through import_module)
+MODULES += sorted(f"npllama.gradcheck.{m.name}"
+                  for m in pkgutil.iter_modules(importlib.import_module("npllama.gradcheck").__path__))
 
 
 def _indent(line: str) -> int:

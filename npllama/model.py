@@ -197,8 +197,15 @@ class Llama:
         """Write a folder that `transformers.LlamaForCausalLM.from_pretrained` loads.  A masked-LM
         model's config.json records "npllama_objective": "mlm" (transformers ignores it).
 
+        Into an existing folder (e.g. the one the model was loaded from), as transformers does: the
+        files written here replace those of the same names and the old weights go (an old sharded
+        index and its shards, pytorch_model*.bin); the folder's other files (tokenizer, README,
+        sub-folders) stay as they are.  All at once: if the save fails, the folder is left as it
+        was.  A folder holding a LoRA adapter is refused (npllama.io.hf.save_hf_folder says why).
+
         dtype: None keeps the model's; np.float32, np.float64, np.float16 or "bfloat16" stores that.
-        extra_files: {file name: bytes} written into the folder too (e.g. tokenizer.model).
+        extra_files: {file name: bytes} written into the folder too (e.g. tokenizer.model; a
+            tokenizer given replaces the folder's old tokenizer files).
         """
         from .io.hf import objective_fields, save_hf_folder
 

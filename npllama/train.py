@@ -978,7 +978,8 @@ def _save_final_model(run_dir: Path, model, tokenizer) -> None:
     with deferred_stop_signals():
         save_hf_folder(run_dir / "model", model.config, model.params,
                        extra_files=_tokenizer_files(tokenizer, model.config),
-                       replace_lock=replacing_in_run(run_dir), extra_config=objective_fields(model.objective))
+                       replace_lock=replacing_in_run(run_dir), extra_config=objective_fields(model.objective),
+                       keep_other_files=False)   # the run's own folder: all of it is this run's result
 
 
 def _tokenizer_files(tokenizer, config) -> dict[str, bytes]:

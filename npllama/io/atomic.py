@@ -8,6 +8,8 @@ into place and fsync the parent folder so the rename itself is durable.
         (tmp / "config.json").write_text(...)
         write_safetensors(tmp / "model.safetensors", params)
     # here out/model is the complete new folder; had the body raised, out/model would be untouched
+    with atomic_directory("out/model", keep=lambda name, written: name != "old.bin") as tmp:
+        ...                                            # the same, carrying over out/model's other files
 
     atomic_write_text("out/step.txt", "1200\\n")       # one file: temp file + fsync + os.replace
     with atomic_path("out/model.gguf") as tmp:       # the same, for a writer that opens the file
@@ -87,17 +89,23 @@ def atomic_write_text(path, text: str) -> None:
 # ----- whole folders ----------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def atomic_directory(final_path, replace_lock=None) -> Iterator[Path]:
+def atomic_directory(final_path, replace_lock=None, keep=None) -> Iterator[Path]:
     """Yield a new empty folder beside `final_path`; on success it becomes `final_path`.
 
     replace_lock: a context manager held only around the renames (and the removal of the old
     folder), e.g. npllama.runs.replacing_in_run(run_dir), so readers holding it never see the
     folder half replaced.
+    keep: None, the existing folder is replaced whole; or keep(name, written) -> bool, asked once
+    the body has run about each entry of the existing folder the body did not write (`written`:
+    the set of names it did), whether it is carried over into the new folder.  A kept file is
+    hard-linked (copied where linking fails, e.g. across file systems), a kept folder rebuilt so,
+    a kept symbolic link made again as the same link: the existing folder is never written to.
 
     On success every file in it is fsynced and it is renamed into place, replacing an existing
-    folder at `final_path` (old -> backup, new -> final, backup removed).  If the body raises,
-    the temporary folder is removed and `final_path` is not touched.  Missing parent folders
-    are created.  A `final_path` that exists but is not a folder is refused before the body runs.
+    folder at `final_path` (old -> backup, new -> final, backup removed).  If the body (or carrying
+    entries over) raises, the temporary folder is removed and `final_path` is not touched.  Missing
+    parent folders are created.  A `final_path` that exists but is not a folder is refused before
+    the body runs.
     """
     final = Path(final_path)
     if final.exists() and not final.is_dir():
@@ -108,6 +116,12 @@ def atomic_directory(final_path, replace_lock=None) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_tree(tmp)
+        if keep is not None and final.is_dir():
+            written = frozenset(os.listdir(tmp))
+            for entry in sorted(os.scandir(final), key=lambda e: e.name):
+                if entry.name not in written and keep(entry.name, written):
+                    _carry_over(entry, tmp / entry.name)
+            _fsync_dir(tmp)
         with replace_lock if replace_lock is not None else contextlib.nullcontext():
             _move_into_place(tmp, final)
     except BaseException:
@@ -185,6 +199,28 @@ def _move_into_place(tmp: Path, final: Path) -> None:
 
 
 # ----- helpers ------------------------------------------------------------------------------------
+
+def _carry_over(entry: os.DirEntry, destination: Path) -> None:
+    """Make `entry` of the old folder appear at `destination` in the new one without writing to
+    the old one: a link made again, a folder rebuilt (with its permissions), a file hard-linked
+    (the same data, no copy) or, where the file system refuses the link, copied and fsynced."""
+    if entry.is_symlink():
+        os.symlink(os.readlink(entry.path), destination)
+    elif entry.is_dir(follow_symlinks=False):
+        os.mkdir(destination)
+        for inner in os.scandir(entry.path):
+            _carry_over(inner, destination / inner.name)
+        shutil.copystat(entry.path, destination)
+        _fsync_dir(destination)
+    else:
+        try:
+            os.link(entry.path, destination)
+        except OSError:   # another file system, a file system without hard links, a file not ours
+            shutil.copy2(entry.path, destination)
+            with open(destination, "rb") as f:
+                os.fsync(f.fileno())
+
+
 
 def _fresh_name(final: Path, tag: str) -> Path:
     """A hidden name beside `final` that does not exist yet, e.g. `.model.tmp-3f9a1c2b`."""

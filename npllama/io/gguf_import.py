@@ -337,5 +337,6 @@ def convert_gguf(path, out, dtype=None) -> tuple[Path, bool]:
     config, params = _read_model(path, reader, np.dtype(np.float32))
     tokenizer = _value(path, reader, "tokenizer.ggml.model", None) == "llama"
     extra = {"tokenizer.model": _tokenizer_model(path, reader)} if tokenizer else {}
-    save_hf_folder(out, config, params, dtype=dtype, extra_files=extra)
+    # replaced whole, as documented (the command asks for --force first): no file of another model stays
+    save_hf_folder(out, config, params, dtype=dtype, extra_files=extra, keep_other_files=False)
     return Path(out), tokenizer

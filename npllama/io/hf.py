@@ -38,6 +38,17 @@ GENERATION_CONFIG_NAME = "generation_config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 SCORE_NAME = "score.weight"   # a sequence classifier's head (LlamaForSequenceClassification)
+ADAPTER_CONFIG_NAME = "adapter_config.json"   # a PEFT/LoRA adapter folder's (npllama.lora)
+# The files of a tokenizer in transformers' layout.  AutoTokenizer reads tokenizer.json before
+# tokenizer.model, and added_tokens.json adds ids: a save that writes a tokenizer drops the old
+# ones it does not write, or they, not the tokenizer given, would be what the folder loads with.
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
+# The weights of the model a folder held before a save writes model.safetensors: an old index
+# and its shards (load_hf_folder reads an index before model.safetensors), an old pickle
+# (transformers loads it with use_safetensors=False).  A save replaces them as it replaces the model.
+_OLD_WEIGHTS = re.compile(r"model\.safetensors\.index\.json|model-\d{5}-of-\d{5}\.safetensors"
+                          r"|pytorch_model\.bin(\.index\.json)?|pytorch_model-\d{5}-of-\d{5}\.bin")
 # npllama's own config.json field: the objective the model was trained with.  Absent (any Hugging
 # Face LLaMA): "causal", next-token prediction.  "mlm": `npllama train --objective mlm`, the stack
 # without the causal mask, which must not be used to predict next tokens.  transformers keeps the
@@ -381,10 +392,20 @@ def _own_array(array: np.ndarray, dtype) -> np.ndarray:
 
 def save_hf_folder(path, config: LlamaConfig, params: dict[str, np.ndarray], dtype=None,
                    extra_files: dict[str, bytes] | None = None, replace_lock=None,
-                   extra_config: dict | None = None) -> None:
+                   extra_config: dict | None = None, keep_other_files: bool = True) -> None:
     """Write `path` as a Hugging Face folder: config.json, generation_config.json and
-    model.safetensors, atomically (an existing folder at `path` is replaced whole, files we do
-    not write included; if anything fails, it is left as it was).
+    model.safetensors, atomically: if anything fails, an existing folder at `path` is left as it was.
+
+    Into an existing folder (keep_other_files, the default), as transformers' save_pretrained:
+    the files written here replace those of the same names; the old model's other weight files
+    go (model.safetensors.index.json and model-0000X-of-0000Y.safetensors shards, which
+    load_hf_folder would read instead, and pytorch_model*.bin); when extra_files bring a tokenizer
+    (tokenizer.model or tokenizer.json), the old tokenizer's other files go too (TOKENIZER_FILES);
+    every other file and sub-folder stays, unchanged (hard-linked into the new folder, copied
+    where that fails).  A folder holding a LoRA adapter (adapter_config.json) is refused
+    (ValueError): transformers with PEFT would load that adapter's base model instead.
+    keep_other_files=False: the existing folder is replaced whole, files not written here included
+    (npllama's own folders: a run's model/, a checkpoint's, convert's --out with --force).
 
     params: exactly the names and shapes of config.param_shapes(), float32 or float64 arrays.
     dtype: None keeps the arrays' dtype (all must share one); or np.float32, np.float64,
@@ -413,7 +434,8 @@ def save_hf_folder(path, config: LlamaConfig, params: dict[str, np.ndarray], dty
     generation = {k: getattr(config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
                   if getattr(config, k) is not None}
     tensors = {name: params[name] for name in config.param_shapes()}
-    with atomic_directory(path, replace_lock=replace_lock) as tmp:
+    keep = model_folder_keep(path) if keep_other_files else None
+    with atomic_directory(path, replace_lock=replace_lock, keep=keep) as tmp:
         # Plain writes are enough inside the temporary folder: atomic_directory fsyncs it all.
         _write_json(tmp / CONFIG_NAME, config_dict)
         _write_json(tmp / GENERATION_CONFIG_NAME, generation)
@@ -422,6 +444,41 @@ def save_hf_folder(path, config: LlamaConfig, params: dict[str, np.ndarray], dty
                           checksums=True)  # verified on load: a damaged file names its tensor
         for name, data in extra_files.items():
             (tmp / name).write_bytes(data)
+
+
+def model_folder_keep(path, arg: str = "path"):
+    """atomic_directory's `keep` for a model folder written over the folder `path`: every entry
+    but the old model's weights (_OLD_WEIGHTS and any other shard its index names) and, when the
+    new folder has a tokenizer, the old tokenizer's files.  A ValueError naming `arg` when `path`
+    holds a LoRA adapter, which transformers with PEFT would load in the model's stead."""
+    folder = Path(path)
+    if (folder / ADAPTER_CONFIG_NAME).exists():
+        raise ValueError(f"{arg} {str(folder)!r} holds a LoRA adapter ({ADAPTER_CONFIG_NAME}): a model saved "
+                         f"beside it is not what the folder loads as (transformers with PEFT loads the adapter "
+                         f"on the base model it names); save into another folder")
+    old_shards = _shards_named_by(folder / INDEX_NAME)
+
+    def keep(name: str, written: frozenset) -> bool:
+        if _OLD_WEIGHTS.fullmatch(name) or name in old_shards:
+            return False
+        writes_tokenizer = not written.isdisjoint({"tokenizer.model", "tokenizer.json"})
+        return not (writes_tokenizer and name in TOKENIZER_FILES)
+    return keep
+
+
+def _shards_named_by(index_path: Path) -> set[str]:
+    """The safetensors files in the folder an old index maps tensors to; none for an index that
+    cannot be read (it goes anyway: only the files it names stay undecided)."""
+    if not index_path.is_file():
+        return set()
+    try:
+        weight_map = _load_json(index_path, expect=dict).get("weight_map")
+    except (CheckpointError, OSError):
+        return set()
+    if not isinstance(weight_map, dict):
+        return set()
+    return {shard for shard in weight_map.values()
+            if isinstance(shard, str) and shard.endswith(".safetensors") and PurePosixPath(shard).name == shard}
 
 
 def check_params(config: LlamaConfig, params, dtype=None) -> None:

@@ -294,7 +294,8 @@ def convert_llama2c(checkpoint, out, tokenizer=None, dtype=None) -> Path:
     refuse_replacing_inputs(out, [checkpoint] + ([] if tokenizer is None else [tokenizer]), name="out")
     config, params = read_llama2c(checkpoint)
     extra = {} if tokenizer is None else {"tokenizer.model": tokenizer_model_bytes(tokenizer, config.vocab_size)}
-    save_hf_folder(out, config, params, dtype=dtype, extra_files=extra)
+    # replaced whole, as documented (the command asks for --force first): no file of another model stays
+    save_hf_folder(out, config, params, dtype=dtype, extra_files=extra, keep_other_files=False)
     return Path(out)
 
 

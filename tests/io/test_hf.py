@@ -166,19 +166,114 @@ def test_a_weight_that_would_be_inf_names_a_dtype_that_holds_it(tmp_path, dtype,
     assert ("'bfloat16'" if dtype == "bfloat16" else f"np.{np.dtype(dtype).name}") not in advice, advice
 
 
-def test_save_replaces_an_existing_folder(tmp_path):
+def users_files(folder):
+    """Files a user keeps in a model folder that npllama does not write: a tokenizer, a README, a
+    sub-folder of notes.  Returns {relative path: bytes}."""
+    files = {"tokenizer.model": b"\x00sentencepiece bytes", "README.md": b"# my model\n",
+             "notes/run-1.txt": b"lr 3e-4, loss 2.1\n", "notes/plots/loss.csv": b"step,loss\n1,2.5\n"}
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return files
+
+
+def test_save_pretrained_into_its_own_folder_keeps_the_users_files(tmp_path):
+    config = small_config()
+    folder = tmp_path / "my_model"
+    Llama(config, seed=1).save_pretrained(folder)
+    kept = users_files(folder)
+    inodes = {name: (folder / name).stat().st_ino for name in kept}
+    model = Llama.from_pretrained(folder)
+    model.params["model.norm.weight"] += 1.0          # "fine-tuned"
+    model.save_pretrained(folder)
+    assert {name: (folder / name).read_bytes() for name in kept} == kept
+    assert {name: (folder / name).stat().st_ino for name in kept} == inodes, "hard-linked, not copied"
+    _, loaded = load_hf_folder(folder)
+    assert all(np.array_equal(loaded[n], model.params[n]) for n in model.params)
+    assert [p.name for p in tmp_path.iterdir()] == ["my_model"], "no temporary or backup folder left"
+
+
+def test_save_keeps_the_users_files_by_copying_where_they_cannot_be_linked(tmp_path, monkeypatch):
+    import errno
+
     config = small_config()
     folder = tmp_path / "m"
     save_hf_folder(folder, config, random_params(config, seed=1))
-    (folder / "stale.txt").write_text("old")
+    kept = users_files(folder)
+
+    def cross_device(src, dst, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
     new = random_params(config, seed=2)
     save_hf_folder(folder, config, new)
-    assert not (folder / "stale.txt").exists()
+    assert tree(folder) == {**kept, **{n: tree(folder)[n] for n in ("config.json", "generation_config.json",
+                                                                     "model.safetensors")}}
     _, loaded = load_hf_folder(folder)
     assert all(np.array_equal(loaded[n], new[n]) for n in new)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"], "no temporary or backup folder left"
 
 
+def test_save_replaces_its_own_files_and_drops_old_weights_that_would_load_instead(tmp_path):
+    """An old sharded copy (which load_hf_folder prefers to model.safetensors) and an old pickle
+    (which transformers loads with use_safetensors=False) are the previous weights: they go."""
+    config = small_config(num_hidden_layers=2)
+    folder = write_sharded(tmp_path / "m", config, random_params(config, seed=1), shards=3)
+    (folder / "weights-extra.safetensors").write_bytes(b"named by the old index")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.norm.weight"] = "weights-extra.safetensors"
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    for name in ("pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-00001-of-00002.bin"):
+        (folder / name).write_bytes(b"old pickle")
+    (folder / "generation_config.json").write_text('{"eos_token_id": 3}')
+    kept = users_files(folder)
+    new = random_params(config, seed=2)
+    save_hf_folder(folder, config, new)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        {"config.json", "generation_config.json", "model.safetensors"} | {name.split("/")[0] for name in kept})
+    assert {name: (folder / name).read_bytes() for name in kept} == kept
+    assert json.loads((folder / "generation_config.json").read_text())["eos_token_id"] == config.eos_token_id != 3
+    _, loaded = load_hf_folder(folder)
+    assert all(np.array_equal(loaded[n], new[n]) for n in new)
+
+
+def test_a_tokenizer_saved_replaces_the_folder_s_tokenizer_files_and_only_then(tmp_path, small_model_dir):
+    """transformers' AutoTokenizer reads tokenizer.json before tokenizer.model: an old one left
+    beside a new tokenizer.model would be the tokenizer the folder loads with."""
+    import shutil
+
+    from npllama.tokenizer import Tokenizer
+
+    folder = tmp_path / "m"
+    shutil.copytree(small_model_dir, folder)
+    tokenizer = Tokenizer(folder / "tokenizer.model")
+    written = tokenizer.hf_files(model_max_length=128)
+    for name in written:                              # another model's tokenizer, as a user's folder may hold
+        (folder / name).write_bytes(b"another tokenizer's " + name.encode())
+    (folder / "added_tokens.json").write_text('{"<extra>": 400}')
+    model = Llama.from_pretrained(folder)
+    model.save_pretrained(folder, extra_files={"tokenizer_config.json": b"{}"})   # no tokenizer given:
+    assert (folder / "added_tokens.json").exists()                                 # its files stay
+    assert (folder / "tokenizer.json").read_bytes() == b"another tokenizer's tokenizer.json"
+    model.save_pretrained(folder, extra_files={"tokenizer.model": tokenizer.model_bytes})
+    assert not (folder / "added_tokens.json").exists(), "the old tokenizer's file would change its ids"
+    assert {name: (folder / name).read_bytes() for name in written} == written
+
+
+def test_save_refuses_a_folder_holding_a_lora_adapter(tmp_path):
+    """transformers (with PEFT installed) loads a folder with adapter_config.json as that adapter
+    on the base it names: saved beside it, these weights would not be what the folder loads."""
+    config = small_config()
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    (folder / "adapter_model.safetensors").write_bytes(b"adapter")
+    before = tree(folder)
+    with pytest.raises(ValueError, match=r"path .*adapter.* holds a LoRA adapter \(adapter_config.json\)"):
+        Llama(config).save_pretrained(folder)
+    assert tree(folder) == before and [p.name for p in tmp_path.iterdir()] == ["adapter"]
+
+
+# ----- sharded folders
 # ----- sharded folders --------------------------------------------------------------------------
 
 def test_sharded_folder_loads_like_a_single_file(tmp_path):
@@ -593,7 +688,8 @@ def test_save_failure_leaves_the_old_folder(tmp_path, monkeypatch):
     config = small_config()
     old = random_params(config, seed=1)
     save_hf_folder(tmp_path / "m", config, old)
-    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+    users_files(tmp_path / "m")
+    before = tree(tmp_path / "m")
 
     def broken_write(*args, **kwargs):
         raise OSError("disk full")
@@ -601,7 +697,26 @@ def test_save_failure_leaves_the_old_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(hf, "write_safetensors", broken_write)
     with pytest.raises(OSError, match="disk full"):
         save_hf_folder(tmp_path / "m", config, random_params(config, seed=2))
-    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
+    assert tree(tmp_path / "m") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_save_failing_while_keeping_the_users_files_leaves_the_old_folder(tmp_path, monkeypatch):
+    import shutil
+
+    config = small_config()
+    save_hf_folder(tmp_path / "m", config, random_params(config, seed=1))
+    users_files(tmp_path / "m")
+    before = tree(tmp_path / "m")
+
+    def fail(*args, **kwargs):
+        raise OSError("no space left")
+
+    monkeypatch.setattr(os, "link", fail)
+    monkeypatch.setattr(shutil, "copy2", fail)
+    with pytest.raises(OSError, match="no space left"):
+        save_hf_folder(tmp_path / "m", config, random_params(config, seed=2))
+    assert tree(tmp_path / "m") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
@@ -734,6 +849,35 @@ def test_atomic_directory_refuses_to_replace_a_file(tmp_path):
         with atomic_directory(target):
             pytest.fail("the body must not run")
     assert target.read_text() == "a file" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_atomic_directory_keep_carries_the_old_entries_over_without_touching_them(tmp_path):
+    final = tmp_path / "ckpt"
+    (final / "sub" / "deeper").mkdir(parents=True)
+    (final / "sub" / "deeper" / "a.txt").write_text("a")
+    (final / "same.txt").write_text("old")
+    (final / "stale.txt").write_text("stale")
+    (final / "was_a_folder").mkdir()
+    (final / "was_a_folder" / "x").write_text("x")
+    (tmp_path / "elsewhere.txt").write_text("target")
+    os.symlink("../elsewhere.txt", final / "link.txt")
+    old_inode = (final / "same.txt").stat().st_ino
+    seen = []
+
+    def keep(name, written):
+        seen.append((name, written))
+        return name != "stale.txt"
+
+    with atomic_directory(final, keep=keep) as tmp:
+        (tmp / "same.txt").write_text("new")          # the body's entries win, file or folder
+        (tmp / "was_a_folder").write_text("a file now")
+    assert tree(final) == {"sub/deeper/a.txt": b"a", "same.txt": b"new", "was_a_folder": b"a file now",
+                           "link.txt": b"target"}
+    assert os.readlink(final / "link.txt") == "../elsewhere.txt", "a link stays a link"
+    assert sorted(name for name, _ in seen) == ["link.txt", "stale.txt", "sub"], "asked only about the others"
+    assert all(written == {"same.txt", "was_a_folder"} for _, written in seen)
+    assert (final / "same.txt").stat().st_ino != old_inode, "the old file was not written through a link"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "elsewhere.txt"]
 
 
 def test_a_classifier_folder_reads_its_config_once(tmp_path, monkeypatch):

@@ -269,7 +269,9 @@ class SequenceClassifier:
     def save(self, path, tokenizer, base_dir=None, info=None) -> Path:
         """Full fine-tuning: a Hugging Face LlamaForSequenceClassification folder (config.json with
         id2label, model.safetensors with model.* and score.weight) plus tokenizer.model.  With LoRA:
-        the PEFT adapter folder (task SEQ_CLS; score.weight saved as modules_to_save).
+        the PEFT adapter folder (task SEQ_CLS; score.weight saved as modules_to_save).  Into an
+        existing folder: the files written replace those of the same names, the others stay (as
+        Llama.save_pretrained and LoraAdapters.save_adapter say).
 
         finetune.json records the attention ("causal" or "bidirectional"), and a bidirectional
         classifier's config.json records "npllama_objective": "mlm", so that load_classifier runs
@@ -294,8 +296,10 @@ class SequenceClassifier:
 
     def _save_hf_folder(self, path, tokenizer=None):
         """The LlamaForSequenceClassification folder; without a tokenizer (npllama.debug's comparison
-        with transformers) the weights and a config.json whose pad_token_id is the head's pad_id."""
+        with transformers) the weights and a config.json whose pad_token_id is the head's pad_id.
+        An existing folder keeps its other files, as with save_hf_folder (npllama.io.hf.model_folder_keep)."""
         from .io.atomic import atomic_directory
+        from .io.hf import model_folder_keep
         from .io.safetensors import write_safetensors
 
         # the id the head trained with; without one, the id the tokenizer's batches pad with
@@ -308,7 +312,7 @@ class SequenceClassifier:
                       torch_dtype=str(np.dtype(self.model.dtype)))
         config.update(objective_fields(self.model.objective))   # an MLM base: load_classifier runs it bidirectionally
         tensors = {n: p for n, p in self.params.items()}
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, keep=model_folder_keep(path)) as tmp:
             (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             write_safetensors(tmp / "model.safetensors", tensors, metadata={"format": "pt"})
             if tokenizer is not None:

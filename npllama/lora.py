@@ -46,6 +46,7 @@ PARENT = {**{t: "self_attn" for t in ATTENTION_TARGETS}, **{t: "mlp" for t in ML
 PEFT_PREFIX = "base_model.model."   # PeftModel -> LoraModel -> the wrapped LlamaFor... model
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+OLD_WEIGHTS_NAME = "adapter_model.bin"   # PEFT's pickled format, read where WEIGHTS_NAME is missing
 TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS")
 CLASSIFICATION_HEADS = ("score",)   # modules_to_save of LlamaForSequenceClassification's head
 HEAD_TENSORS = tuple(f"{h}.weight" for h in CLASSIFICATION_HEADS)   # their tensors, as PEFT saves them
@@ -254,9 +255,21 @@ class LoraAdapters:
                      task_type: str = "CAUSAL_LM") -> Path:
         """Write `path`/adapter_config.json and `path`/adapter_model.safetensors (PEFT's layout),
         atomically.  `extra` tensors are saved as PEFT saves modules_to_save: base_model.model.<name>.
-        base_model_name_or_path naming a local folder is recorded absolute (base_of_adapter)."""
+        base_model_name_or_path naming a local folder is recorded absolute (base_of_adapter).
+
+        Into an existing folder, as PEFT's save_pretrained: these two files replace those of the
+        same names, an old adapter_model.bin (the previous adapter, pickled) goes, the folder's
+        other files and sub-folders stay as they are; if the save fails, the folder is left as it
+        was.  A folder holding a model (config.json) is refused (ValueError): transformers with PEFT
+        would load the folder as this adapter on its base, no longer as that model."""
         from .io.atomic import atomic_directory
+        from .io.hf import CONFIG_NAME as MODEL_CONFIG_NAME
         from .io.safetensors import write_safetensors
+
+        if (Path(path) / MODEL_CONFIG_NAME).exists():
+            raise ValueError(f"path {str(path)!r} holds a model ({MODEL_CONFIG_NAME}): an adapter saved beside it "
+                             f"would make the folder load as the adapter on its base (transformers with PEFT), no "
+                             f"longer as that model; save the adapter into another folder")
 
         if base_model_name_or_path is not None and Path(base_model_name_or_path).expanduser().exists():
             # a folder, absolute: PEFT reads the field from the working directory of whoever loads it
@@ -264,7 +277,7 @@ class LoraAdapters:
         config = self.peft_config(base_model_name_or_path, task_type)
         tensors = dict(self.params)
         tensors.update({PEFT_PREFIX + name: array for name, array in self.extra.items()})
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, keep=lambda name, written: name != OLD_WEIGHTS_NAME) as tmp:
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
                                            encoding="utf-8")
             write_safetensors(tmp / WEIGHTS_NAME, tensors, metadata={"format": "pt"})

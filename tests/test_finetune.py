@@ -919,6 +919,23 @@ def test_cli_fine_tuning_that_diverges_stops_in_one_line(cli, base_dir, capsys):
         assert len(err.splitlines()) == 1 and len(err) < 400, err
 
 
+def test_a_classifier_saved_into_its_folder_again_keeps_the_users_files(base_dir, tmp_path):
+    from npllama.io.hf import load_hf_classifier_folder
+
+    classifier = perturbed_classifier(lora=False)
+    tokenizer = Tokenizer(base_dir / "tokenizer.model")
+    folder = tmp_path / "clf"
+    classifier.save(folder, tokenizer)
+    kept = {"README.md": b"labels a, b, c", "eval/scores.json": b'{"accuracy": 0.9}'}
+    for name, data in kept.items():
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_bytes(data)
+    classifier.score_weight += 1.0
+    classifier.save(folder, tokenizer)
+    assert {name: (folder / name).read_bytes() for name in kept} == kept
+    np.testing.assert_array_equal(load_hf_classifier_folder(folder, dtype=np.float64)[2], classifier.score_weight)
+
+
 # ----- Hugging Face and PEFT read what we write (skipped where they are not installed) ------------------
 def test_transformers_loads_the_classifier(base_dir, tmp_path):
     torch = pytest.importorskip("torch")

@@ -171,6 +171,39 @@ def test_bad_arguments():
         attach_lora(model, r=2)
 
 
+def test_save_adapter_into_an_existing_folder_keeps_the_users_files(tmp_path):
+    """As PEFT's save_pretrained: the adapter's files are replaced, the folder's others stay; an
+    old adapter_model.bin (PEFT's older format, the previous adapter) goes with the old adapter."""
+    _, adapters = adapted_model(("q_proj",))
+    folder = tmp_path / "a"
+    adapters.save_adapter(folder)
+    kept = {"README.md": b"my adapter", "chat_template.jinja": b"{{ messages }}", "eval/scores.json": b"{}"}
+    for name, data in kept.items():
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_bytes(data)
+    (folder / "adapter_model.bin").write_bytes(b"an older adapter, pickled")
+    for p in adapters.params.values():
+        p += 1.0
+    adapters.save_adapter(folder)
+    assert {name: (folder / name).read_bytes() for name in kept} == kept
+    assert not (folder / "adapter_model.bin").exists()
+    reloaded = load_adapter(base_model(), folder)
+    assert all(np.array_equal(reloaded.params[n], adapters.params[n]) for n in adapters.params)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_save_adapter_refuses_a_model_folder(tmp_path):
+    """An adapter saved beside a model's config.json would change what transformers (with PEFT)
+    loads from the folder: the adapter on the base it names, not the model."""
+    model, adapters = adapted_model(("q_proj",))
+    model.lora = None
+    model.save_pretrained(tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+    with pytest.raises(ValueError, match=r"path .*m' holds a model \(config.json\)"):
+        adapters.save_adapter(tmp_path / "m")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
+
+
 def test_load_refuses_bad_folders(tmp_path):
     model, adapters = adapted_model(("q_proj",))
     adapters.save_adapter(tmp_path / "a")

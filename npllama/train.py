@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shlex
 import signal
 import time
@@ -314,7 +315,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
     if checkpoint is None:  # a new start: files a failed start left are not this run's
         if resume:
             given_tokenizer = _check_a_restart(tc, run_dir)
-        _remove_derived_files(run_dir)
+        _remove_derived_files(run_dir, tc)
         write_settings(run_dir, tc, CONFIG_FILE)  # first, so a start killed from here on can be resumed
 
     # On a cold numba cache (a first run), a helper process compiles the kernels while this one
@@ -958,18 +959,30 @@ def _refuse_a_folder_holding_a_run(run_dir: Path) -> None:
         raise already_holds_a_run(run_dir)
 
 
-def _remove_derived_files(run_dir: Path) -> None:
+def _remove_derived_files(run_dir: Path, tc: TrainConfig) -> None:
     """Before a run starts from step 0: a tokenizer a failed earlier start left is not this run's
     (it may have another vocab_size or come from another --tokenizer), so it is made again; and the
     temporaries of its interrupted writes go (a killed tokenizing pass leaves a partial
     `.tokens.npy.tmp-*`, gigabytes for a large corpus).  (tokens.npy is keyed by the tokenizer and
-    the texts: a stale one is never used.)  This process holds the run's lock: no one else's
-    temporaries are in the folder."""
+    the texts: a stale one is never used.)  A file the run was given to read (--tokenizer
+    run_dir/tokenizer.model, say) is left in place: it is this run's, and the user's.  This
+    process holds the run's lock: no one else's temporaries are in the folder."""
     from .runs import remove_stale_temporaries
 
+    given = [Path(path).expanduser() for path in (tc.tokenizer, tc.data, tc.val_data, tc.model_config)
+             if isinstance(path, (str, Path))]
     for name in (TOKENIZER_FILE, "tokenizer.vocab"):
-        (run_dir / name).unlink(missing_ok=True)
+        derived = run_dir / name
+        if not any(_same_file(derived, path) for path in given):
+            derived.unlink(missing_ok=True)
     remove_stale_temporaries(run_dir, recover=False)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:   # either is missing: nothing to keep
+        return False
 
 
 def _save_final_model(run_dir: Path, model, tokenizer) -> None:

@@ -88,3 +88,32 @@ def test_a_small_corpus_is_tokenized_without_a_bar(tmp_path, monkeypatch, capsys
                       seq_len=16, corpus_stories=300, eval_batches=1, samples=0, progress=True),
           echo=lambda *a: None)
     assert "tokenizing" not in capsys.readouterr().err
+
+
+def test_a_new_start_never_deletes_the_tokenizer_it_was_given_from_its_folder(tmp_path, monkeypatch):
+    """`train --out X --tokenizer X/tokenizer.model`, X left by a failed start: the files a failed start
+    derived go, but not the tokenizer given, which was read in memory and is written back only later
+    (a start dying in between would have lost the user's tokenizer)."""
+    import npllama.train as train_module
+    from npllama.corpus import make_default_corpus
+    from npllama.tokenizer import Tokenizer
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train_config.json").write_text("{}")
+    Tokenizer.train(make_default_corpus(300, seed=0), out / "tokenizer", vocab_size=360)
+    given = (out / "tokenizer.model").read_bytes()
+    (out / "tokenizer.vocab").write_text("derived by the failed start")
+
+    def dies(*args, **kwargs):   # the first write after the files a failed start left are removed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "write_settings", dies)
+    settings = {**FAST, "vocab_size": None, "tokenizer": str(out / "tokenizer.model")}
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(out), **settings), echo=quiet)
+    assert (out / "tokenizer.model").read_bytes() == given
+    assert not (out / "tokenizer.vocab").exists(), "what a failed start derived still goes"
+    monkeypatch.undo()
+    assert train(TrainConfig(out=str(out), **settings), echo=quiet).step == 1
+    assert (out / "tokenizer.model").read_bytes() == given == (out / "model" / "tokenizer.model").read_bytes()

@@ -9,6 +9,7 @@
 from .backend import get_backend, set_backend, study, use_backend, use_op
 from .config import LlamaConfig
 from .gradcheck import check_op, gradcheck, numerical_gradient
+from .shape_tree import shapes  # `p npllama.shapes(cache)` in pdb: a cache as a short tree of shapes
 from . import trace  # a callable module: `with npllama.trace() as t:` and `npllama.trace.compare(...)`
 
 __version__ = "0.1.0"
@@ -34,4 +35,4 @@ def __getattr__(name):
 
 
 __all__ = ["Llama", "LlamaConfig", "KVCache", "Tokenizer", "generate_text", "ChatTemplate", "load_classifier",
-           "check_op", "gradcheck", "numerical_gradient", "get_backend", "set_backend", "study", "use_backend", "use_op", "trace"]
+           "check_op", "gradcheck", "numerical_gradient", "get_backend", "set_backend", "study", "use_backend", "use_op", "trace", "shapes"]

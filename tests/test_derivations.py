@@ -165,3 +165,37 @@ def test_tests_named_in_the_prose_exist(path):
     for span in prose_code_spans(path):
         if re.fullmatch(r"test_\w+", span):
             assert span in TEST_NAMES, f"{path.name}: `{span}` is not a test in tests/"
+
+
+def test_the_attention_caches_comments_say_q_and_k_are_the_rotated_ones():
+    """derivations/attention.md: the op starts from the rotated q and k, and so does its cache; a
+    reader of AttentionCache (or of `p npllama.shapes(cache)` in pdb) should not take them for the
+    projections' q and k.  Checked in the comments, and in the numbers of a traced run."""
+    import inspect
+
+    import numpy as np
+
+    import npllama
+    from npllama import Llama, LlamaConfig
+    from npllama.kernels.attention import BlockedAttentionCache
+    from npllama.ops.attention import AttentionCache, attention_forward
+
+    for cache_type, fields in [(AttentionCache, ("q", "k")), (BlockedAttentionCache, ("q_groups", "k"))]:
+        comments = {line.split(":")[0].strip(): line.split("#", 1)[1] for line in inspect.getsource(cache_type).splitlines()
+                    if "#" in line and ":" in line.split("#")[0]}
+        for field in fields:
+            assert "RoPE" in comments[field] and "rotated" in comments[field], (cache_type.__name__, field, comments[field])
+        assert "RoPE" not in comments["v"] and "rotated" not in comments["v"], comments["v"]
+    config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    caches = []
+
+    def keeping(*args, **kwargs):
+        out, cache = attention_forward(*args, **kwargs)
+        caches.append(cache)
+        return out, cache
+
+    with npllama.use_backend("numpy"), npllama.use_op("attention_forward", keeping), npllama.trace() as t:
+        Llama(config, seed=0).loss_and_grads(np.array([[1, 5, 9, 3]]), np.array([[5, 9, 3, -100]]))
+    np.testing.assert_array_equal(caches[0].q, t["model.layers.0.self_attn.q_rot"])
+    np.testing.assert_array_equal(caches[0].k, t["model.layers.0.self_attn.k_rot"])

@@ -37,8 +37,8 @@ class BlockedAttentionCache(NamedTuple):
     """What this kernel's attention_backward needs.  rows = n_rep * T: the query heads sharing a kv
     head stacked.  Exactly one of attn_probs and lse is set, by the number of keys S."""
 
-    q_groups: np.ndarray          # (B, KVH, n_rep*T, head_dim)
-    k: np.ndarray                 # (B, KVH, S, head_dim)
+    q_groups: np.ndarray          # (B, KVH, n_rep*T, head_dim) q rotated (q_rot, after RoPE), grouped
+    k: np.ndarray                 # (B, KVH, S, head_dim) rotated: k_rot, after RoPE
     v: np.ndarray                 # (B, KVH, S, head_dim)
     scale: np.floating            # 1 / sqrt(head_dim)
     mask: tuple                   # (T, q_offset, causal, use_padding, key_padding_mask or (0, 0))

@@ -27,8 +27,8 @@ from .softmax import softmax_backward, softmax_forward
 class AttentionCache(NamedTuple):
     """What attention_backward needs.  S = number of keys (T, or more when decoding with a KV cache)."""
 
-    q: np.ndarray            # (B, H, T, head_dim)
-    k: np.ndarray            # (B, KVH, S, head_dim)
+    q: np.ndarray            # (B, H, T, head_dim) rotated: q_rot, after RoPE, as the op was given it
+    k: np.ndarray            # (B, KVH, S, head_dim) rotated: k_rot, after RoPE (a KV cache's keys too)
     v: np.ndarray            # (B, KVH, S, head_dim)
     attn_probs: np.ndarray   # (B, H, T, S) softmax of the masked scores; 0 where masked
     scale: float             # 1 / sqrt(head_dim)

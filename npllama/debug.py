@@ -874,7 +874,8 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
         return layout(a) if layout is not None else a
 
     t = Trace(include, exclude, meta={"source": "transformers", "transformers": transformers.__version__,
-                                      "dtype": np.dtype(dtype).name, "tokens": tokens.tolist()})
+                                      "dtype": np.dtype(dtype).name, "tokens": tokens.tolist(),
+                                      "targets": np.asarray(targets).tolist()})
     for name, tensor, layout, source in captured:
         if classifier and name == "score.out":
             t.record("score.pooled_index", _pooled_index(tokens, cfg.pad_token_id), source=_POOLED_BY_TRANSFORMERS)

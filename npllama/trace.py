@@ -387,6 +387,8 @@ class _Recorder:
                 head = self.head_of(args[0])
                 if head is not None and name is not None:
                     self.logits_of[id(cache)], self.loss_of[head] = head, name
+                if name == "loss":   # the targets of the first loss, as the tokens: what the run ran on
+                    self.note_input("targets", args[1] if len(args) > 1 else kwargs.get("targets"))
             if name is not None:
                 prefix = name.rsplit(".", 1)[0] + "."
                 source = self.source_of(fn)
@@ -597,7 +599,15 @@ class _Recorder:
     # ----- one namer per op: the record name of its output, from its arguments -------------------
     def name_embedding(self, tokens, weight):
         self.new_pass()
+        self.note_input("tokens", tokens)
         return "model.embed_tokens.out"
+
+    def note_input(self, key: str, value) -> None:
+        """meta[key] ("tokens", "targets"): what the first pass through the model ran on, as
+        npllama.debug.run_trace and transformers_trace note theirs, so that `compare` of a trace made
+        with npllama.trace() says too when two traces ran different inputs."""
+        if value is not None and key not in self.trace.meta:
+            self.trace.meta[key] = np.asarray(value).tolist()
 
     def name_rmsnorm(self, x, weight, eps):
         module = self.module_of(weight)
@@ -945,12 +955,12 @@ def _naming_schemes(a: Trace, b: Trace, labels) -> str:
 
 
 def _run_notes(a: Trace, b: Trace, labels) -> list[str]:
-    """What differs in how the two traces were made, said before any tensor: different tokens make
+    """What differs in how the two traces were made, said before any tensor: different tokens (or targets) make
     every tensor differ; a different dtype makes round-off of that dtype's size expected."""
     notes = []
     # a trace made with npllama.trace() has no meta: its records say their dtype
     ran = [{"dtype": _dtype_of(t), **t.meta} for t in (a, b)]
-    for key, what in (("tokens", "different tokens"), ("dtype", "different dtypes")):
+    for key, what in (("tokens", "different tokens"), ("targets", "different targets"), ("dtype", "different dtypes")):
         if all(r.get(key) is not None for r in ran) and ran[0][key] != ran[1][key]:
             shown = [str(r[key]) for r in ran]
             shown = [s if len(s) <= 60 else s[:57] + "..." for s in shown]

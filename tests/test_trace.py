@@ -210,7 +210,7 @@ def test_save_and_load_round_trip_without_pickle(tmp_path):
     path = tmp_path / "run.npz"
     t.save(path)
     loaded = Trace.load(path)
-    assert loaded.names() == t.names() and loaded.meta == {"backend": "numpy"}
+    assert loaded.names() == t.names() and loaded.meta == t.meta and loaded.meta["backend"] == "numpy"
     for name in t:
         assert loaded[name].dtype == t[name].dtype
         np.testing.assert_array_equal(loaded[name], t[name])

@@ -201,6 +201,35 @@ def test_a_divergence_at_the_first_tensor_says_so_and_names_its_source():
 
 
 
+def test_a_trace_made_in_python_knows_its_tokens_and_targets_so_diff_warns_as_for_a_cli_trace(tmp_path):
+    # npllama.trace() around loss_and_grads: the model's forward notes what it ran, so `debug diff`
+    # of it against a CLI trace (whose meta has the tokens) says so when the two ran different tokens
+    from npllama import debug
+    from npllama.trace import Trace
+
+    m = model()
+    python_trace = traced(m)
+    assert python_trace.meta["tokens"] == TOKENS.tolist() and python_trace.meta["targets"] == TARGETS.tolist()
+    python_trace.save(tmp_path / "python.npz")
+    python_trace = Trace.load(tmp_path / "python.npz")
+    other = TOKENS[:, ::-1].copy()
+    cli_like = debug.run_trace(m, other, TARGETS)              # what `npllama debug trace` saves
+    lines = str(compare(python_trace, cli_like)).splitlines()
+    assert lines[1].startswith("NOTE: the traces ran different tokens"), lines[:3]
+    same = str(compare(python_trace, debug.run_trace(m, TOKENS, TARGETS)))
+    assert "NOTE: the traces ran different" not in same, same
+    # the same tokens, other targets: every gradient differs, and the report says why up front
+    moved = TARGETS.copy()
+    moved[0, 0] = -100
+    lines = str(compare(python_trace, traced(m, targets=moved))).splitlines()
+    assert lines[1].startswith("NOTE: the traces ran different targets"), lines[:3]
+    # a second pass (a second loss_and_grads in the block) keeps the first pass's tokens
+    with use_backend("numpy"), npllama.trace() as two:
+        m.loss_and_grads(TOKENS, TARGETS)
+        m.loss_and_grads(other, TARGETS)
+    assert two.meta["tokens"] == TOKENS.tolist()
+
+
 def test_a_divergence_confined_to_some_heads_says_which():
     # GQA with kv heads tiled instead of repeat-interleaved: with 4 query heads on 2 kv heads,
     # heads 0 and 3 read the right kv head and heads 1 and 2 the wrong one

@@ -359,8 +359,12 @@ def compare_dtypes(model, tokens, targets=None, *, backend_name="numpy", rtol=No
     """float32 vs float64 on the same parameters (the float32 values, cast exactly to float64).
     model: a Llama, or a SequenceClassifier with targets its labels (see run_trace).
 
-    Round-off grows where the math is ill-conditioned; a tensor that differs by far more than
-    float32's ~1e-7 points at a numerically fragile step (e.g. a softmax without the max shift)."""
+    What differs is float32's round-off, ~1e-7 relative, and more where a step amplifies it (sharp
+    attention: scores ~100 make the attention's gradients differ by ~1e-5), within the 1e-3
+    tolerance.  A step that overflows in float32 alone shows as NaN or Inf in one trace only: a
+    softmax without the max shift agrees to round-off while every score stays below ~88, and past
+    that its float32 side is NaN (exp overflows to inf, inf / inf) while float64's, finite up to
+    ~709, is not."""
     model = _traceable(model)
     m32, m64 = _as_dtype(model, np.float32), _as_dtype(model, np.float64)
     a = run_trace(m32, tokens, targets, backend_name=backend_name, include=include, exclude=exclude,

@@ -100,6 +100,42 @@ def test_float32_agrees_with_float64(model):
     assert 1e-10 < worst < 1e-5  # float32 round-off, nothing more
 
 
+def _softmax_without_max_shift(x, check_values=True):
+    exps = np.exp(x)
+    probs = exps / exps.sum(axis=-1, keepdims=True)
+    return probs, probs
+
+
+def test_compare_dtypes_docstring_says_what_a_softmax_without_the_max_shift_does():
+    # the docstring said such a softmax shows as a difference "far more than ~1e-7"; it agrees to
+    # round-off until a score passes float32's exp overflow (~88), and is then NaN in float32 only
+    doc = " ".join(debug.compare_dtypes.__doc__.split())
+    assert "without the max shift agrees" in doc and "NaN" in doc and "~88" in doc, doc
+    config = LlamaConfig(vocab_size=13, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+
+    def sharpened(factor):
+        m = Llama(config, seed=0)
+        for w in ("q_proj", "k_proj"):
+            m.params[f"model.layers.0.self_attn.{w}.weight"] *= factor
+        return m
+
+    probs = "model.layers.0.self_attn.attn_probs"
+    with npllama.use_op("softmax_forward", _softmax_without_max_shift):
+        plain = debug.compare_dtypes(sharpened(1), IDS)
+        assert plain.ok and max(d.rel_err for d in plain.diffs) < 1e-6, str(plain)
+        with np.errstate(over="ignore", invalid="ignore"):
+            overflowed = debug.compare_dtypes(sharpened(300), IDS)   # scores past 88, below 709
+    t32, t64 = overflowed.traces
+    assert np.isnan(t32[probs]).any() and np.isfinite(t64[probs]).all()
+    assert overflowed.first.name == probs and "NaN or Inf in one trace only" in str(overflowed)
+    # and what "ill-conditioned" means here: sharp attention (scores ~100) amplifies round-off
+    # beyond float32's ~1e-7, with the reference softmax, all within the 1e-3 tolerance
+    with npllama.use_backend("numpy"):
+        sharp = debug.compare_dtypes(sharpened(100), IDS)
+    assert sharp.ok and max(d.rel_err for d in sharp.diffs) > 1e-6, str(sharp)
+
+
 def test_run_trace_records_metadata_and_targets(model):
     t = debug.run_trace(model, IDS, include=["loss", "lm_head.out"])
     assert t.names() == ["lm_head.out", "loss"]

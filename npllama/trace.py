@@ -961,6 +961,8 @@ def _run_notes(a: Trace, b: Trace, labels) -> list[str]:
     # a trace made with npllama.trace() has no meta: its records say their dtype
     ran = [{"dtype": _dtype_of(t), **t.meta} for t in (a, b)]
     for key, what in (("tokens", "different tokens"), ("targets", "different targets"), ("dtype", "different dtypes")):
+        if key == "targets" and notes and "different tokens" in notes[0]:
+            continue   # (next-token targets of other tokens: said by the tokens' note)
         if all(r.get(key) is not None for r in ran) and ran[0][key] != ran[1][key]:
             shown = [str(r[key]) for r in ran]
             shown = [s if len(s) <= 60 else s[:57] + "..." for s in shown]

@@ -216,6 +216,9 @@ def test_a_trace_made_in_python_knows_its_tokens_and_targets_so_diff_warns_as_fo
     cli_like = debug.run_trace(m, other, TARGETS)              # what `npllama debug trace` saves
     lines = str(compare(python_trace, cli_like)).splitlines()
     assert lines[1].startswith("NOTE: the traces ran different tokens"), lines[:3]
+    shifted = debug.run_trace(m, other)                        # its own next-token targets: one note, the tokens'
+    assert "different targets" not in str(compare(python_trace, shifted))
+    assert "different tokens" in str(compare(python_trace, shifted))
     same = str(compare(python_trace, debug.run_trace(m, TOKENS, TARGETS)))
     assert "NOTE: the traces ran different" not in same, same
     # the same tokens, other targets: every gradient differs, and the report says why up front

@@ -47,13 +47,29 @@ def attention_probs(model, ids, layer: int, head: int) -> np.ndarray:
     if not 0 <= head < cfg.num_attention_heads:
         raise ValueError(f"--head must be in [0, {cfg.num_attention_heads}) for this model, got {head}")
     name = f"model.layers.{layer}.self_attn.attn_probs"
-    with trace(include=[name]) as t:
-        model.forward(np.asarray(ids)[None])
+    with trace(include=[name]) as t:   # the stack the model runs: a masked-LM one reads both ways
+        model.hidden_forward(np.asarray(ids)[None], causal=attends_causally(model))
     return t[name][0, head]
 
 
-def plot_attention(probs, labels, path, title: str = "", key_labels=None) -> Path:
-    """Heatmap of attn_probs (T, S): query tokens down the side, key tokens along the top."""
+def masked_cells(model, n: int) -> np.ndarray:
+    """(n, n) bool: the (query, key) cells of n tokens the model's attention mask hides -- every later
+    key under the causal mask; none for a masked-LM (bidirectional) model."""
+    return np.triu(np.ones((n, n), dtype=bool), 1) if attends_causally(model) else np.zeros((n, n), dtype=bool)
+
+
+def attends_causally(model) -> bool:
+    """False for a masked-LM model (`npllama train --objective mlm`), whose stack reads both ways."""
+    return getattr(model, "objective", "causal") != "mlm"
+
+
+MASKED_COLOUR = "0.8"   # light grey: apart from viridis, whose 0 is dark purple and 1 yellow
+
+
+def plot_attention(probs, labels, path, title: str = "", key_labels=None, masked=None) -> Path:
+    """Heatmap of attn_probs (T, S): query tokens down the side, key tokens along the top.  masked:
+    optional (T, S) bool, the cells the causal mask hides (masked_cells), drawn grey -- apart from a weight the
+    head learned to be near 0, which is drawn in the colour of 0."""
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2:
         raise ValueError(f"probs must be 2-D (queries, keys), got shape {probs.shape}")
@@ -64,7 +80,16 @@ def plot_attention(probs, labels, path, title: str = "", key_labels=None) -> Pat
     side = min(4 + 0.3 * max(T, S), 30)
     fig = _figure(side + 1.5, side)
     ax = fig.subplots()
-    image = ax.imshow(probs, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    if masked is not None:
+        masked = np.asarray(masked, dtype=bool)
+        if masked.shape != probs.shape:
+            raise ValueError(f"masked must have the shape of probs {probs.shape}, got {masked.shape}")
+    hidden = masked is not None and masked.any()
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"].with_extremes(bad=MASKED_COLOUR)
+    image = ax.imshow(np.ma.masked_array(probs, mask=masked if hidden else False), cmap=cmap, vmin=0.0,
+                      vmax=1.0, interpolation="nearest")
     families, drawn = _fonts_for([_label(s) for s in [*key_labels, *labels]])
     ax.set_xticks(range(S), drawn[:S], rotation=90, fontsize=8, fontfamily=families)
     ax.set_yticks(range(T), drawn[S:], fontsize=8, fontfamily=families)
@@ -73,7 +98,8 @@ def plot_attention(probs, labels, path, title: str = "", key_labels=None) -> Pat
     ax.set_ylabel("query (attending)")
     if title:
         ax.set_title(title)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="attention probability")
+    fig.colorbar(image, ax=ax, shrink=0.8,
+                 label="attention probability" + ("  (grey: hidden by the causal mask)" if hidden else ""))
     return _save(fig, path)
 
 

@@ -233,3 +233,45 @@ def test_grads_refuses_a_model_beside_a_trace_file(tmp_path):
     with pytest.raises(UsageError, match="--model"):
         run_cli(["viz", "grads", str(tmp_path / "t.npz"), "--model", str(tmp_path), "--out", str(tmp_path / "g.png")])
     assert not (tmp_path / "g.png").exists()
+
+
+def test_attention_cells_the_causal_mask_hides_are_drawn_apart_from_learned_zeros(tmp_path, monkeypatch):
+    # Before: a masked cell (a later token, which a causal model cannot see) was drawn in the colour
+    # of 0 -- the same dark purple as a position the head learned to ignore -- so the causal
+    # triangle did not stand out from the weights.
+    pytest.importorskip("matplotlib")
+    from npllama import debug
+
+    model = tiny_model()
+    monkeypatch.setattr(debug, "load_inputs", lambda *args, **kwargs: (model, None, [1, 2, 3, 4, 5], list("abcde")))
+    drawn = drawn_figure(monkeypatch)
+    assert run_cli(["viz", "attention", "--tokens", "1,2,3,4,5", "--out", str(tmp_path / "a.png")]) == 0
+    ax = drawn[0].axes[0]
+    [image] = ax.images
+    colours = image.to_rgba(image.get_array())            # (T, S, 4): the colour of each cell
+    zero = np.asarray(image.to_rgba(np.zeros((1, 1))))[0, 0]
+    hidden = np.triu(np.ones((5, 5), bool), 1)
+    for row, col in zip(*np.nonzero(hidden)):
+        assert not np.allclose(colours[row, col], zero), (row, col)
+    np.testing.assert_allclose(colours[hidden], colours[hidden][0:1].repeat(hidden.sum(), 0))   # one colour
+    assert not np.allclose(colours[~hidden][:, :3], colours[hidden][0, :3])   # not a weight's colour either
+    assert "grey" in drawn[0].axes[1].get_ylabel() and "causal mask" in drawn[0].axes[1].get_ylabel()
+
+
+def test_attention_of_a_masked_lm_model_is_its_bidirectional_attention(tmp_path, monkeypatch):
+    # Before: `viz attention --model` on a `train --objective mlm` run drew the causal attention the
+    # model never runs (every later token at 0), with no mask told.
+    model = tiny_model()
+    model.objective = "mlm"
+    probs = viz.attention_probs(model, [1, 2, 3, 4, 5], layer=1, head=0)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    assert np.all(probs[np.triu_indices(5, 1)] > 0)
+    assert not viz.masked_cells(model, 5).any()
+    pytest.importorskip("matplotlib")
+    from npllama import debug
+
+    monkeypatch.setattr(debug, "load_inputs", lambda *args, **kwargs: (model, None, [1, 2, 3, 4, 5], list("abcde")))
+    drawn = drawn_figure(monkeypatch)
+    assert run_cli(["viz", "attention", "--tokens", "1,2,3,4,5", "--out", str(tmp_path / "a.png")]) == 0
+    assert "mask" not in drawn[0].axes[1].get_ylabel()
+    assert "bidirectional" in drawn[0].axes[0].get_title()

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .resuming import LOG_FILE
+
 PLOT_EXTRA = "pip install 'npllama[plot]'  (or: pip install matplotlib)"
 
 
@@ -153,7 +155,7 @@ def _characters_of(font_file: str) -> frozenset:
 def log_file(run_or_log) -> Path:
     """The log.jsonl of a run folder, or the file itself."""
     path = Path(run_or_log)
-    return path / "log.jsonl" if path.is_dir() else path
+    return path / LOG_FILE if path.is_dir() else path
 
 
 def loss_axis_label(run_or_log) -> str:
@@ -192,16 +194,25 @@ def read_log(path) -> dict[str, list]:
     evaluations; other lines ({"skipped": ...}) are ignored."""
     path = log_file(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no training log at {str(path)!r} (a run folder from `npllama train` "
-                                f"holds log.jsonl)")
+        raise FileNotFoundError(f"no training log at {str(path)!r} (a run folder from `npllama train` or "
+                                f"`npllama finetune` holds {LOG_FILE})")
     from .budget import max_read
     from .io.reading import parse_json, read_text
 
     curves = {"step": [], "loss": [], "val_step": [], "val_loss": []}
+    first = True
     for number, line in enumerate(read_text(path, max_bytes=max_read()).splitlines(), start=1):
         if not line.strip():
             continue
-        record = parse_json(line, f"{path}:{number}")
+        try:
+            record = parse_json(line, f"{path}:{number}")
+        except ValueError:
+            # a file of another name whose first line is no JSON (train_config.json, spread over
+            # lines) is no damaged log: it is not a log at all
+            if first and path.name != LOG_FILE:
+                raise _not_a_log(path) from None
+            raise
+        first = False
         if not isinstance(record, dict) or "step" not in record:
             continue
         for key, steps in (("val_loss", "val_step"), ("loss", "step")):
@@ -209,8 +220,18 @@ def read_log(path) -> dict[str, list]:
                 curves[steps].append(_number(record["step"], f"{path}:{number}: step"))
                 curves[key].append(_number(record[key], f"{path}:{number}: {key}"))
     if not curves["loss"] and not curves["val_loss"]:
+        if path.name != LOG_FILE:
+            raise _not_a_log(path)
         raise ValueError(f"{path} holds no loss values yet (lines with \"loss\" or \"val_loss\")")
     return curves
+
+
+def _not_a_log(path: Path) -> ValueError:
+    beside = path.with_name(LOG_FILE)
+    run_log = (f"; the run's log beside it is {str(beside)!r}: give that, or the run folder {str(path.parent)!r}"
+               if beside.is_file() else "")
+    return ValueError(f"{path} is not a training log ({LOG_FILE}: a JSON object per line, as `npllama train` and "
+                      f"`npllama finetune` write, holding \"loss\" or \"val_loss\"){run_log}")
 
 
 def _number(value, where: str) -> float:

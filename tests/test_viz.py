@@ -275,3 +275,22 @@ def test_attention_of_a_masked_lm_model_is_its_bidirectional_attention(tmp_path,
     assert run_cli(["viz", "attention", "--tokens", "1,2,3,4,5", "--out", str(tmp_path / "a.png")]) == 0
     assert "mask" not in drawn[0].axes[1].get_ylabel()
     assert "bidirectional" in drawn[0].axes[0].get_title()
+
+
+@pytest.mark.parametrize("name", ["train_config.json", "finetune.json", "notes.txt"])
+def test_a_file_beside_the_log_is_said_not_to_be_the_training_log(tmp_path, name):
+    # Before: `viz loss RUN/train_config.json` said "train_config.json:1: is not valid JSON", as if
+    # the settings file were damaged, and named neither the mistake nor the log beside it.
+    write_log(tmp_path / "log.jsonl")
+    (tmp_path / name).write_text(json.dumps({"objective": "causal", "steps": 40}, indent=2) + "\n")
+    with pytest.raises(ValueError, match=rf"{name} is not a training log .*{tmp_path / 'log.jsonl'}") as error:
+        viz.read_log(tmp_path / name)
+    assert "not valid JSON" not in str(error.value)
+    (tmp_path / "log.jsonl").unlink()   # alone: still not a log, and no run log to point to
+    with pytest.raises(ValueError, match=rf"{name} is not a training log") as error:
+        viz.read_log(tmp_path / name)
+    assert "log.jsonl" in str(error.value)
+    # a damaged log is still told as one, by line
+    (tmp_path / "log.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": \n')
+    with pytest.raises(ValueError, match=r"log.jsonl:2: is not valid JSON"):
+        viz.read_log(tmp_path / "log.jsonl")

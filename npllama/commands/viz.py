@@ -20,7 +20,8 @@ def register(subparsers) -> None:
     attn.set_defaults(run=run_attention)
 
     loss = sub.add_parser("loss", help="train and validation loss curves from a run's log.jsonl")
-    loss.add_argument("run_dir", metavar="RUN", help="a run folder from `npllama train` or `npllama finetune`, or its log.jsonl")
+    loss.add_argument("run_dir", metavar="RUN",
+                      help="a run folder from `npllama train` or `npllama finetune`, or its log.jsonl")
     loss.add_argument("--out", default=None, help="PNG to write (default: loss.png in the run folder)")
     loss.set_defaults(run=run_loss)
 

@@ -353,8 +353,7 @@ def require_a_language_model(path, flag: str, job: str, causal: bool = True) -> 
     folder) and, with `causal`, not a masked-LM model (`npllama train --objective mlm`)."""
     shown = "the latest run" if path is None else repr(str(path))
     config_file, config = _model_config(path)
-    architectures = config.get("architectures") or []
-    if isinstance(architectures, list) and "LlamaForSequenceClassification" in architectures:
+    if _architecture_is(config, CLASSIFIER_ARCHITECTURE):
         raise ValueError(f"{flag} {shown} is a classification model (LlamaForSequenceClassification, e.g. from "
                          f"`npllama finetune classify`), not a language model: use it with `npllama classify "
                          f"--model {'DIR' if path is None else path}`; {job} needs a language model such as a run of "
@@ -363,6 +362,55 @@ def require_a_language_model(path, flag: str, job: str, causal: bool = True) -> 
         raise ValueError(f"{flag} {shown} is a masked-LM model (bidirectional, {OBJECTIVE_FIELD} \"mlm\" in its "
                          f"config.json: from `npllama train --objective mlm` or `npllama finetune sop`): "
                          f"{job} needs a causal model; train one with --objective causal (the default)")
+
+
+def require_a_classifier(path, flag: str = "--model") -> None:
+    """ValueError unless the model of `path` (None: the latest run) may be a classifier: one whose
+    config.json names a language model (LlamaForCausalLM, as `npllama train` saves it) is refused,
+    naming the classifier run in the runs folder finished last, if any, to give instead.  (The latest
+    run is always a `train` run: a fine-tune does not become it.)  A folder naming neither
+    architecture is left to the loader, which looks for score.weight."""
+    import shlex
+
+    config_file, config = _model_config(path)
+    if not _architecture_is(config, "LlamaForCausalLM") or _architecture_is(config, CLASSIFIER_ARCHITECTURE):
+        return
+    shown = (f"the latest run {str(latest_run())!r} (what {flag} defaults to)" if path is None else
+             f"{flag} {str(path)!r}")
+    newest = newest_classifier_run()
+    if newest is None:
+        instead = (f"make one from it with `npllama finetune classify --base {shlex.quote(str(config_file.parent))} "
+                   f"--out DIR` and give {flag} DIR")
+    elif (newest / "adapter_config.json").is_file():   # a LoRA one: the base it names, and the adapter
+        instead = (f"the classifier run finished last in {str(runs_dir())!r} is a LoRA adapter: give "
+                   f"--adapter {shlex.quote(str(newest))} (on the base it names)")
+    else:
+        instead = f"the classifier run finished last in {str(runs_dir())!r}: {flag} {shlex.quote(str(newest))}"
+    raise ValueError(f"{shown} is a language model (LlamaForCausalLM, e.g. from `npllama train`: `npllama generate` "
+                     f"runs it), not a classifier (no score.weight head, which `npllama finetune classify --out DIR` "
+                     f"trains); {instead}")
+
+
+def newest_classifier_run() -> Path | None:
+    """The folder in the runs folder (runs/, $NPLLAMA_RUNS) that `npllama finetune classify` saved a
+    classifier (or a LoRA adapter of one) in last, or None."""
+    from .finetune import INFO_FILE
+    from .finetune_run import settings_file
+
+    try:
+        finished = [folder for folder in runs_dir().iterdir()
+                    if (folder / settings_file("classify")).is_file() and (folder / INFO_FILE).is_file()]
+    except OSError:   # no runs folder (yet), or one that cannot be listed
+        return None
+    return max(finished, key=lambda folder: (folder / INFO_FILE).stat().st_mtime, default=None)
+
+
+CLASSIFIER_ARCHITECTURE = "LlamaForSequenceClassification"
+
+
+def _architecture_is(config: dict, name: str) -> bool:
+    architectures = config.get("architectures") or []
+    return isinstance(architectures, list) and name in architectures
 
 
 def require_next_token_model(model, job: str) -> None:

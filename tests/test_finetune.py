@@ -1051,3 +1051,40 @@ def test_classify_prints_one_line_per_text(cli, classifier_dir, capsys):
                 "--backend", "numpy"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and lines[0].endswith("first line\\nsecond line") and lines[1].endswith("a\\r\\nb")
+
+
+def test_classify_without_model_names_the_classifier_runs_when_the_latest_run_is_a_language_model(
+        cli, base_dir, classifier_dir, tmp_path, monkeypatch, capsys):
+    # Before: after `npllama train` then `npllama finetune classify --out X`, `npllama classify --text t`
+    # loaded the latest run -- the language model `train` made -- and failed with "tensor 'score.weight':
+    # missing", advising to make a classifier with `finetune classify --out DIR`, which had been done.
+    import os
+
+    from npllama.runs import mark_latest
+
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("NPLLAMA_RUNS", str(runs))
+    mark_latest(base_dir)
+    assert cli(["classify", "--text", "good", "--backend", "numpy"]) == 2
+    err = capsys.readouterr().err
+    assert "the latest run" in err and "is a language model" in err and "missing" not in err, err
+    assert "npllama finetune classify" in err and "--out DIR" in err     # none made yet: how to make one
+    shutil.copytree(classifier_dir, runs / "older")
+    shutil.copytree(classifier_dir, runs / "sentiment")
+    os.utime(runs / "older" / "finetune.json", (1, 1))                   # finished long ago
+    (runs / "unfinished").mkdir()
+    (runs / "unfinished" / "classify_config.json").write_text("{}")      # started, nothing saved yet
+    assert cli(["classify", "--text", "good", "--backend", "numpy"]) == 2
+    err = capsys.readouterr().err
+    assert f"--model {runs / 'sentiment'}" in err and "older" not in err and "unfinished" not in err, err
+    assert cli(["classify", "--text", "good", "--backend", "numpy", "--model", str(runs / "sentiment")]) == 0
+    # a language model named as --model is told so too, with the classifier to give instead
+    assert cli(["classify", "--text", "good", "--backend", "numpy", "--model", str(base_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"--model {str(base_dir)!r} is a language model" in err and f"--model {runs / 'sentiment'}" in err, err
+    # a LoRA classifier finished last: its adapter is what to give
+    with use_backend("numpy"):
+        classify(ClassifyConfig(base=str(base_dir), steps=1, lora=True, lora_r=2, progress=False,
+                                out=str(runs / "lora")), echo=quiet)
+    assert cli(["classify", "--text", "good", "--backend", "numpy"]) == 2
+    assert f"give --adapter {runs / 'lora'}" in capsys.readouterr().err

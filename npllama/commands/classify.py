@@ -20,7 +20,8 @@ def register(subparsers) -> None:
                     "instead: accuracy, macro-F1 and the confusion matrix, as fine-tuning reports them.",
         formatter_class=HelpFormatter)
     p.add_argument("--model", default=None, help="the classifier folder; with --adapter, the base model "
-                   "folder (default: the latest run; with --adapter, the base the adapter names)")
+                   "folder (default: the latest run -- a `train` run, a language model, so refused, naming the "
+                   "classifier run finished last; with --adapter, the base the adapter names)")
     p.add_argument("--adapter", default=None, help="a LoRA adapter folder saved by `npllama finetune "
                    "classify --lora --out DIR` (PEFT SEQ_CLS layout, score.weight inside)")
     p.add_argument("--text", action="append", default=None, help="a text to classify (repeatable)")
@@ -135,6 +136,15 @@ def _classifier(args):
     import numpy as np
 
     from ..classify import load_classifier
+    from ..io.errors import CheckpointError
+    from ..io.hf import SCORE_NAME
+    from ..runs import require_a_classifier
 
-    return load_classifier(model_or_adapter_base(args.model, args.adapter), dtype=getattr(np, args.dtype),
-                           adapter=args.adapter)
+    try:
+        return load_classifier(model_or_adapter_base(args.model, args.adapter), dtype=getattr(np, args.dtype),
+                               adapter=args.adapter)
+    except CheckpointError as error:
+        if error.tensor == SCORE_NAME and args.adapter is None:
+            # a language model (the latest run is always one) told as such, with a classifier to give
+            require_a_classifier(args.model, "--model")
+        raise

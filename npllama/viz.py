@@ -248,7 +248,9 @@ def plot_loss(run_or_log, path, title: str = "") -> Path:
     fig = _figure(7, 4.5)
     ax = fig.subplots()
     if curves["loss"]:
-        ax.plot(curves["step"], curves["loss"], lw=0.8, alpha=0.5, label="train (each step)")
+        # a single step is a line of no length: a marker shows it
+        ax.plot(curves["step"], curves["loss"], lw=0.8, alpha=0.5, label="train (each step)",
+                marker="o" if len(curves["loss"]) == 1 else None)
         if len(curves["loss"]) >= 20:   # a moving average shows the trend through the noise
             w = max(5, len(curves["loss"]) // 50) | 1   # odd: a middle step to draw each mean at
             smooth = np.convolve(curves["loss"], np.ones(w) / w, mode="valid")

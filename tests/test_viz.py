@@ -294,3 +294,14 @@ def test_a_file_beside_the_log_is_said_not_to_be_the_training_log(tmp_path, name
     (tmp_path / "log.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": \n')
     with pytest.raises(ValueError, match=r"log.jsonl:2: is not valid JSON"):
         viz.read_log(tmp_path / "log.jsonl")
+
+
+def test_a_log_of_one_step_draws_its_point(tmp_path, monkeypatch):
+    # Before: a run stopped after its first step drew an empty plot: its one train loss was a line
+    # without a marker, of no length.
+    pytest.importorskip("matplotlib")
+    drawn = drawn_figure(monkeypatch)
+    (tmp_path / "log.jsonl").write_text(json.dumps({"step": 1, "loss": 5.0}) + "\n")
+    viz.plot_loss(tmp_path, tmp_path / "loss.png")
+    [train] = drawn[0].axes[0].get_lines()
+    assert train.get_marker() not in (None, "None", "", " ")

@@ -1088,3 +1088,15 @@ def test_classify_without_model_names_the_classifier_runs_when_the_latest_run_is
                                 out=str(runs / "lora")), echo=quiet)
     assert cli(["classify", "--text", "good", "--backend", "numpy"]) == 2
     assert f"give --adapter {runs / 'lora'}" in capsys.readouterr().err
+
+
+def test_classify_prints_one_line_per_text_whatever_line_break_it_holds(cli, classifier_dir, capsys):
+    # Before: only \n and \r were shown escaped; a text holding a vertical tab, form feed, NEL or
+    # U+2028 (LINE SEPARATOR) still broke its line in a terminal and for every line reader.
+    texts = ["a\vb", "a\fb", "a\x85b", "a\u2028b", "a\u2029b", "a\x1cb"]
+    assert cli(["classify", "--model", str(classifier_dir), *[a for t in texts for a in ("--text", t)],
+                "--backend", "numpy"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(texts), lines
+    assert [line.split()[-1] for line in lines] == ["a\\x0bb", "a\\x0cb", "a\\x85b", "a\\u2028b", "a\\u2029b",
+                                                    "a\\x1cb"]

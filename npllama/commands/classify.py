@@ -5,6 +5,11 @@ from pathlib import Path
 
 from . import HelpFormatter, UsageError, add_run_options, model_or_adapter_base
 
+# every character str.splitlines (and so a terminal or a line reader) may break a line at, shown
+# as its escape: \n, \r, \x0b, \x0c, \x1c-\x1e, \x85, \u2028, \u2029
+_LINE_BREAKS_SHOWN = {ord(c): c.encode("unicode_escape").decode("ascii")
+                      for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
 # how an error about --data's labels names the ones the classifier has
 CLASSIFIERS_LABELS = "the classifier's labels"
 
@@ -82,7 +87,7 @@ def run(args) -> int:
                              ensure_ascii=False))
         else:
             # one line a text: a line break inside one shown as \n, not as the start of another text
-            shown = text.replace("\r", "\\r").replace("\n", "\\n")
+            shown = text.translate(_LINE_BREAKS_SHOWN)
             print(f"{ljust(names[best], width)}  {row[best]:.3f}  {shown}")
     sys.stdout.flush()
     return 0

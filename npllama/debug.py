@@ -580,10 +580,11 @@ def _kind(classifier: bool) -> str:
 
 def _is_classifier_folder(folder) -> bool:
     from .io.reading import parse_json
+    from .runs import is_a_classifier_config
 
     config = Path(folder) / "config.json"
     raw = parse_json(config.read_text(encoding="utf-8"), str(config), expect=dict) if config.is_file() else {}
-    return "LlamaForSequenceClassification" in (raw.get("architectures") or [])
+    return is_a_classifier_config(raw)
 
 
 def _from_folder(folder, dtype, label_names: bool = False):

@@ -353,7 +353,7 @@ def require_a_language_model(path, flag: str, job: str, causal: bool = True) -> 
     folder) and, with `causal`, not a masked-LM model (`npllama train --objective mlm`)."""
     shown = "the latest run" if path is None else repr(str(path))
     config_file, config = _model_config(path)
-    if _architecture_is(config, CLASSIFIER_ARCHITECTURE):
+    if is_a_classifier_config(config):
         raise ValueError(f"{flag} {shown} is a classification model (LlamaForSequenceClassification, e.g. from "
                          f"`npllama finetune classify`), not a language model: use it with `npllama classify "
                          f"--model {'DIR' if path is None else path}`; {job} needs a language model such as a run of "
@@ -373,7 +373,7 @@ def require_a_classifier(path, flag: str = "--model") -> None:
     import shlex
 
     config_file, config = _model_config(path)
-    if not _architecture_is(config, "LlamaForCausalLM") or _architecture_is(config, CLASSIFIER_ARCHITECTURE):
+    if not _architecture_is(config, "LlamaForCausalLM") or is_a_classifier_config(config):
         return
     shown = (f"the latest run {str(latest_run())!r} (what {flag} defaults to)" if path is None else
              f"{flag} {str(path)!r}")
@@ -406,6 +406,11 @@ def newest_classifier_run() -> Path | None:
 
 
 CLASSIFIER_ARCHITECTURE = "LlamaForSequenceClassification"
+
+
+def is_a_classifier_config(config: dict) -> bool:
+    """Whether config.json's fields name a sequence classifier (LlamaForSequenceClassification)."""
+    return _architecture_is(config, CLASSIFIER_ARCHITECTURE)
 
 
 def _architecture_is(config: dict, name: str) -> bool:

@@ -45,6 +45,8 @@ class _Estimate(NamedTuple):
                              # slopes (left, right) there: a subgradient, UNRESOLVED (_kink_checked)
     flat: bool = False       # unsteady because f did not change at all at any step of the ladder,
                              # and farther out moves in stairs of its rounding (_stair_beyond)
+    unconfirmed: bool = False  # failing, but not measured again: the input already had its
+                               # CONFIRMED_FAILURES failures confirmed (checker.py), so it FAILs anyway
 
 
 def _longer_step_kept(attempt: _Estimate, best: _Estimate) -> bool:
@@ -104,7 +106,7 @@ def _shortened(evaluate, move, estimate, richardson, good_enough, shortest_rough
     is smaller and its differences shrink like h^2.  Unlike a longer step's (_resolved_derivative),
     it need not agree with the estimate it replaces within that one's bound: that bound failing to
     hold where f bends within a few steps is why it is taken, and nearer the point f only looks more
-    like its Taylor series.  Like the re-measurement, only until one failure is confirmed in the
+    like its Taylor series.  Like the re-measurement, only until a few failures are confirmed in the
     input (which then FAILs whatever its other probes show): a wrong backward's probes all fail, and
     would each pay 18 calls more (the callers look at probes.remeasure_failures).
     A rough estimate (its differences at h, 2h, 4h did not shrink like h^2) is taken again at steps

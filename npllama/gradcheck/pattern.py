@@ -24,7 +24,7 @@ def fitted_factor(got, expected, weight=None) -> float | None:
 PATTERN_INDICES_SHOWN = 4
 
 
-def _pattern_note(shape, indices, a, n, bound, tol, failed, passed, rough) -> str:
+def _pattern_note(shape, indices, a, n, bound, tol, failed, passed, rough, unconfirmed=None) -> str:
     """What a FAIL of an input probed at every entry has in common, when one pattern explains the
     analytic value of every entry from its numeric one, each within the bound the checker holds
     it to (bound + tol of the larger value, the bound scaled as the pattern scales the numeric
@@ -36,7 +36,8 @@ def _pattern_note(shape, indices, a, n, bound, tol, failed, passed, rough) -> st
     that differs at fewer is numeric with a few entries off (a factor fitted to all entries
     absorbs one entry just past its bound: "1 times numeric"; the transpose of a symmetric
     numeric is numeric).  rough: where f did not behave smoothly, which the few entries off are
-    then pointed to."""
+    then pointed to.  unconfirmed: failing entries not measured again (checker.py's
+    CONFIRMED_FAILURES), which may be right: counted, never listed as entries off."""
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(n)) and np.all(np.isfinite(bound))):
         return ""
 
@@ -81,14 +82,19 @@ def _pattern_note(shape, indices, a, n, bound, tol, failed, passed, rough) -> st
             axes = " (its last two axes swapped)" if len(shape) > 2 else ""
             return (f"analytic is numeric transposed at every entry{axes}: a matrix product in the wrong order "
                     "(A @ B for B.T @ A.T), or a weight or its gradient transposed")
+    unconfirmed = np.zeros(len(a), dtype=bool) if unconfirmed is None else np.asarray(unconfirmed, dtype=bool)
     off = np.flatnonzero(failed)
-    if 0 < off.size < len(a) / 2 and np.all(passed | failed):
-        listed = ", ".join(str(tuple(int(v) for v in indices[i])) for i in off[:PATTERN_INDICES_SHOWN])
-        more = ", ..." if off.size > PATTERN_INDICES_SHOWN else ""
-        cause = ("f did not behave smoothly at some of them (a kink: see below)" if np.any(rough[off]) else
+    named = np.flatnonzero(failed & ~unconfirmed)    # failures the re-measurement confirmed
+    if 0 < off.size < len(a) / 2 and named.size and np.all(passed | failed):
+        listed = ", ".join(str(tuple(int(v) for v in indices[i])) for i in named[:PATTERN_INDICES_SHOWN])
+        more = ", ..." if named.size > PATTERN_INDICES_SHOWN else ""
+        unnamed = (f" (and {off.size - named.size} more that failed a first measurement and were not measured "
+                   "again: not named, as some may be right)" if off.size > named.size else "")
+        cause = ("f did not behave smoothly at some of them (a kink: see below)" if np.any(rough[named]) else
                  "a term that only those entries receive is missing or counted twice (the diagonal, repeated "
                  "indices, one branch of a sum, a mask's edge)")
-        return f"analytic matches numeric at every entry but {off.size} of {len(a)}: {listed}{more} -- {cause}"
+        return (f"analytic matches numeric at every entry but {off.size} of {len(a)}: {listed}{more}{unnamed} "
+                f"-- {cause}")
     return ""
 
 

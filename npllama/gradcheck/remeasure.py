@@ -149,14 +149,16 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
     be, and an analytic value within that spread of them is not shown wrong.
 
     Only a failing probe pays (up to 55 evaluations, 105 where f kept one value: _stair_beyond),
-    and in each input only until one failure is confirmed: the input FAILs then, whatever its other
-    probes show (probes.remeasure_failures)."""
+    and in each input only until CONFIRMED_FAILURES failures are confirmed (checker.py): the input
+    FAILs then, whatever its other probes show, and those are marked unconfirmed, never named as
+    wrong (probes.remeasure_failures, probes.confirm)."""
     analytic = float(analytic)
     if estimate.between:        # a subgradient at a kink at the point (_kink_checked): no step judges it
         return estimate
-    if not np.isfinite(estimate.value) or abs(analytic - estimate.value) <= held_to \
-            or not probes.remeasure_failures:
+    if not np.isfinite(estimate.value) or abs(analytic - estimate.value) <= held_to:
         return estimate
+    if not probes.remeasure_failures:   # the input's FAIL is confirmed: this failure is not
+        return estimate._replace(unconfirmed=True)
     # the largest rounding of D(h) f showed: exp(x) - 1 at x ~ 1e-8 rounds at 1e-4 of its gradient,
     # so D(h/64) strays by 64x that, and a gradient off by 1e-3 came out UNRESOLVED by the ladder
     # below; longer steps, with that rounding in their bound, resolve it (_retaken_over_rounding)
@@ -196,7 +198,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
                 # naive softplus at s = -27.3, resolved at a step 256x longer to 2e-3, had its
                 # rounding at the step eps/4 (32% of the gradient) excuse a gradient off by 1%
                 if off_by > rounding * estimate.step / retaken.step:
-                    probes.remeasure_failures = False     # failed where f's rounding is accounted for
+                    probes.confirm()     # failed where f's rounding is accounted for
                     return retaken
                 return retaken._replace(unsteady=True)
             if abs(analytic - estimate.value) <= held_to + rounding:
@@ -229,7 +231,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
     if len(values) > 1 and not any(values) and analytic != 0 \
             and _stair_beyond(evaluate, move, max(RESTEP_FACTORS) * estimate.step, analytic, at_point, one_entry):
         return estimate._replace(unsteady=True, flat=True)
-    probes.remeasure_failures = False
+    probes.confirm()
     return estimate
 
 

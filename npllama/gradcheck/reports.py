@@ -168,8 +168,10 @@ def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_na
     report.err_over_bound = float(np.max(ratio))
     report.rel_err, report.bound = _relative_figures(a, n, held_to, magnitude, np.array(probes.largest),
                                                      n_entries, finite)
-    # the probe shown: the worst that failed outright, else the worst unresolved, else the worst
-    rank = np.where(failed_outright, 2.0, np.where(~passed, 1.0, 0.0))
+    # the probe shown: the worst confirmed failure (measured again), else the worst that failed
+    # outright, else the worst unresolved, else the worst
+    unconfirmed = np.array(probes.unconfirmed, dtype=bool) & failed_outright
+    rank = np.where(failed_outright & ~unconfirmed, 3.0, np.where(failed_outright, 2.0, np.where(~passed, 1.0, 0.0)))
     e = int(np.lexsort((np.nan_to_num(ratio, nan=np.inf), rank))[-1])
     report.analytic_at_worst, report.numeric_at_worst = float(a[e]), float(n[e])
     if e < n_entries:
@@ -181,7 +183,7 @@ def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_na
     report.notes = _notes(report, indices, n_finite, probes, passed, unresolved, n_nan)
     if report.failed and method == "all entries":
         pattern = _pattern_note(tuple(shape), indices, a, n, model_bound, tol, failed_outright, passed,
-                                np.array(probes.rough, dtype=bool))
+                                np.array(probes.rough, dtype=bool), unconfirmed)
         if pattern:
             report.notes.insert(0, pattern)
     return report
@@ -276,7 +278,7 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
     if not report.ok and any(r and not p and not s and not k and np.isfinite(v)
                              for r, p, s, k, v in zip(probes.rough, passed, unsteady, at_kink, probes.numeric)):
         # a probe that failed where f behaved smoothly is a verdict the rough ones do not weaken (after
-        # one failure is confirmed, the others are not measured again, and may stay at rough steps)
+        # a few failures are confirmed, the others are not measured again, and may stay at rough steps)
         smooth_failures = int(np.sum(~passed & ~unresolved & ~np.array(probes.rough, dtype=bool)))
         standing = (f" (the FAIL stands on {smooth_failures} probe(s) that failed where f behaved smoothly)"
                     if smooth_failures else "")
@@ -285,6 +287,11 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
                      "few steps of the point, or rounding inside f far above that of |f| (a cancellation, as "
                      "1 + tanh(z) for z << 0 or exp(x) - 1 for tiny x), makes finite differences unreliable "
                      f"there{standing}; draw inputs away from it, or compute f stably")
+    unconfirmed = np.array(probes.unconfirmed, dtype=bool) & ~passed & ~unresolved
+    if np.any(unconfirmed):
+        notes.append(f"{int(np.sum(unconfirmed))} failing probe(s) were not measured again once {probes.confirmed} "
+                     "failure(s) were confirmed (the input FAILs on those): they are not named, as some may be "
+                     "right where f rounds or bends, which only the re-measurement shows")
     if report.floor_only:
         notes.append(f"{report.floor_only} probe(s) passed only through the absolute floor atol: "
                      "the check did not resolve them")

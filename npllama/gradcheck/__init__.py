@@ -47,7 +47,7 @@ How a probe's numeric derivative and its bound are made (the error model):
   shorter   a probe that fails, or passes on a bound above 1e-3 of its gradient, where that bound
   steps     is mostly truncation (f bends within a few steps: an input far from zero whose entries
             differ by little) is taken again at steps 4, 16, 64 times shorter, kept while the bound
-            shrinks and f behaves smoothly there (in each input only until one failure is
+            shrinks and f behaves smoothly there (in each input only until a few failures are
             confirmed, as below).  Where f does not behave smoothly at the step (its differences
             do not shrink like h^2: a layer norm of 1e6 + noise, stepped by 100, saturates within
             it), 16 times shorter each time, past rough ones, down to eps times the spread
@@ -77,7 +77,9 @@ How a probe's numeric derivative and its bound are made (the error model):
             no higher than f's rounding (16 u max(|f|, 1): np.round(x) with a straight-through
             gradient still FAILs), the probe is UNRESOLVED too.  A smooth f shows none of this, so
             a wrong gradient of one still FAILs.  Each input pays this (up to 55 calls, 105 where f
-            kept one value, and up to 54 for shorter steps) only until one failure is confirmed.
+            kept one value, and up to 54 for shorter steps) only until CONFIRMED_FAILURES (4,
+            checker.py) failures are confirmed: the input FAILs then, and its later failing probes,
+            not measured again, are counted but never named as wrong entries (some may be right).
   limits    no step can check a gradient across a kink within a step of the point (relu at 0;
             at a clear kink at the point itself, one measured at two steps, an analytic value
             between f's one-sided slopes there, as a subgradient's, is UNRESOLVED, one outside FAILs),
@@ -87,8 +89,8 @@ How a probe's numeric derivative and its bound are made (the error model):
             behave smoothly.
 
 Which probes (method="auto"): every entry when the input has at most max_entries entries
-(None: AUTO_ALL_ENTRIES entries); otherwise a random sample of max_entries entries (None:
-AUTO_SAMPLE) plus `directions` random directions.  method="entries" probes entries only (all of
+(None: AUTO_ALL_ENTRIES = 2048 entries, checker.py); otherwise a random sample of max_entries
+entries (None: AUTO_SAMPLE = 32) plus `directions` random directions.  method="entries" probes entries only (all of
 them when max_entries is None: the old behaviour), method="directional" directions only.  A
 direction that fails is halved, and the failing half followed, down to the entry it failed
 through, which the report then names (2 log2(n) probes more, not n).
@@ -114,7 +116,9 @@ pattern that differs from numeric itself, beyond the bound, at fewer than two en
 near 1 absorbing one entry off, the transpose of a symmetric gradient).  A factor is shown to the
 digits that explain every entry (1.00001, not 1).
 
-Where each part lives, in the order a check runs through them:
+Where each part lives, in the order a check runs through them (in a debugger or to read one:
+importlib.import_module("npllama.gradcheck.checker"), or from npllama.gradcheck import checker --
+`import npllama.gradcheck.checker as c` fails, npllama.gradcheck being the function):
   api.py         gradcheck and check_op, the ways in; draw_dout, numerical_gradient
   arguments.py   the arguments checked first, each mistake an error that names it
   inplace.py     a function that changes its arguments in place, refused (inputs restored)

@@ -45,7 +45,8 @@ def gradcheck(fn: Callable[..., float], inputs: Sequence[np.ndarray] | Mapping[s
               max_entries: int | None = None, seed: int = 0, method: str = "auto", directions: int = 4,
               richardson: bool | None = None, progress: bool = False) -> GradcheckReport:
     """Check `grads` (analytic d fn / d input) against central differences.  How the bounds are made:
-    the module doc, help(importlib.import_module("npllama.gradcheck")) (npllama.gradcheck is this function).
+    the package's docstring (npllama/gradcheck/__init__.py), help(importlib.import_module("npllama.gradcheck"))
+    (npllama.gradcheck is this function).
 
     fn:      called as fn(*arrays) -> a scalar (float, or an array of one element), with the input
              arrays in order.  The arrays are perturbed in place (and restored, also when fn
@@ -61,13 +62,14 @@ def gradcheck(fn: Callable[..., float], inputs: Sequence[np.ndarray] | Mapping[s
     tol:     relative floor of the bound: differences up to tol * |gradient| always pass.
     atol:    absolute floor (default 0): an entry within atol passes; the report flags such passes.
     max_entries: entries probed one by one per input; larger inputs get a random sample of this
-             many plus random directions (method="auto").  None: all entries up to AUTO_ALL_ENTRIES.
+             many plus random directions (method="auto").  None: all entries up to AUTO_ALL_ENTRIES
+             (2048, in npllama/gradcheck/checker.py).
     seed:    a non-negative int: which entries are sampled and which directions drawn.
     method:  "auto", "entries" (no directions), or "directional" (no single entries).
     directions: random directions per input, where directions are used.
     richardson: None (where it helps), True (always), False (never).
     progress: print a line to stderr as each input is done (a whole model takes a while), and
-             every PROGRESS_EVERY seconds while one is being probed.
+             every PROGRESS_EVERY seconds (10, in npllama/gradcheck/checker.py) while one is being probed.
     """
     _check_settings(fn=fn, eps=eps, tol=tol, atol=atol, max_entries=max_entries, seed=seed, method=method,
                     directions=directions, richardson=richardson)

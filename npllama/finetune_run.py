@@ -32,6 +32,11 @@ from .resuming import (LOG_FILE, already_holds_a_run, check_finite, check_steps_
                        write_settings)
 from .runs import files_besides_locks, not_empty, replacing_in_run, writing_run
 
+# The files of a result of each kind, as the jobs save them into the run folder (finetune.py, finetune_sop.py)
+MODEL_RESULT_FILES = ("config.json", "generation_config.json", "model.safetensors", "sop_head.safetensors",
+                      "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+ADAPTER_RESULT_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "chat_template.jinja")
+
 SETTINGS_FILES = {"classify": "classify_config.json", "sft": "sft_config.json", "sop": "sop_config.json"}
 
 
@@ -215,8 +220,21 @@ class FinetuneRun:
     # ----- the result -----------------------------------------------------------------------------
     def publish(self, save) -> Path:
         """save(folder) writes the result as a folder; its files are moved into the run folder
-        under the run's replace lock, so a reader sees all of the old result or all of the new."""
+        under the run's replace lock, so a reader sees all of the old result or all of the new.
+        An earlier result of the other kind (an adapter, a whole model: `sft --resume` may change
+        --merge) goes with it: left beside the new one, it is what the folder would load as."""
         with deferred_stop_signals(), reporting_write_errors("the result", self.run_dir):
-            with atomic_files_into(self.run_dir, replace_lock=replacing_in_run(self.run_dir)) as staging:
+            with atomic_files_into(self.run_dir, replace_lock=replacing_in_run(self.run_dir),
+                                   stale=_other_kind_of_result) as staging:
                 save(staging)
         return self.run_dir
+
+
+def _other_kind_of_result(written) -> tuple:
+    """atomic_files_into's `stale` for a result: a whole model drops an earlier adapter's files, an
+    adapter an earlier whole model's (a run folder starts empty: they can only be an earlier result)."""
+    if "adapter_config.json" in written:
+        return MODEL_RESULT_FILES
+    if "config.json" in written:
+        return ADAPTER_RESULT_FILES
+    return ()

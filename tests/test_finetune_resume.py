@@ -423,3 +423,28 @@ def test_a_refused_run_setting_beside_a_refused_call_setting_is_the_one_named(tm
     with pytest.raises(CheckpointError, match="seed must be >= 0") as refused:
         saved_settings(tmp_path, Settings, "settings.json")
     assert "samples" not in str(refused.value)
+
+
+@pytest.mark.parametrize("first_merge", [False, True])
+def test_a_resume_that_publishes_the_other_kind_of_result_drops_the_first_one(small_model_dir, tmp_path, first_merge):
+    """`finetune sft --lora` saved an adapter in --out; `--resume --merge` (merge may change on a resume)
+    publishes a whole model there, or the reverse.  The earlier result's files left beside the new one
+    would make the folder load as it: transformers with PEFT loads a folder holding adapter_config.json
+    as that adapter on its base, and `--model out` would read an old merged model beside a new adapter."""
+    from npllama import Llama
+    from npllama.lora import load_adapter
+
+    out = tmp_path / "run"
+    run_job("sft", settings("sft", small_model_dir, out=str(out), steps=2, lora=True, lora_r=2, merge=first_merge))
+    (out / "NOTES.md").write_text("mine")
+    run_job("sft", settings("sft", small_model_dir, out=str(out), steps=3, lora=True, lora_r=2,
+                            merge=not first_merge), resume=True)
+    names = {p.name for p in out.iterdir()}
+    assert (out / "NOTES.md").read_text() == "mine"
+    if first_merge:   # now an adapter
+        assert not names & {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+                            "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"}, names
+        assert load_adapter(Llama.from_pretrained(small_model_dir, dtype=np.float64), out) is not None
+    else:             # now a merged model
+        assert not names & {"adapter_config.json", "adapter_model.safetensors", "chat_template.jinja"}, names
+        assert Llama.from_pretrained(out).lora is None

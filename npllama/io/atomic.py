@@ -130,21 +130,28 @@ def atomic_directory(final_path, replace_lock=None, keep=None) -> Iterator[Path]
 
 
 @contextlib.contextmanager
-def atomic_files_into(folder, replace_lock=None) -> Iterator[Path]:
+def atomic_files_into(folder, replace_lock=None, stale=None) -> Iterator[Path]:
     """Yield a new empty folder inside `folder`; on success its files are fsynced and moved into
     `folder` (replacing files of the same names) under `replace_lock`, then the folder's entries
     are fsynced.  The temporary folder is removed either way; if the body raises, `folder` is
     not touched.  For a result of several files that lands beside other files, where
-    atomic_directory would replace the whole folder."""
+    atomic_directory would replace the whole folder.
+    stale: None, or stale(written) -> names of files in `folder` that go with the new files
+    (`written`: the set of names the body wrote), removed under the same lock once they are in."""
     folder = Path(folder)
     staging = _fresh_name(folder / "result", _TMP_TAG)
     os.mkdir(staging)
     try:
         yield staging
         _fsync_tree(staging)
+        written = frozenset(os.listdir(staging))
+        gone = [] if stale is None else sorted(set(stale(written)) - written)
         with replace_lock if replace_lock is not None else contextlib.nullcontext():
             for path in sorted(staging.iterdir()):
                 os.replace(path, folder / path.name)
+            for name in gone:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(folder / name)
             _fsync_dir(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -100,6 +100,9 @@ def atomic_directory(final_path, replace_lock=None, keep=None) -> Iterator[Path]
     the set of names it did), whether it is carried over into the new folder.  A kept file is
     hard-linked (copied where linking fails, e.g. across file systems), a kept folder rebuilt so,
     a kept symbolic link made again as the same link: the existing folder is never written to.
+    With keep, a `final_path` that is a link to a folder is saved through: the folder it links to
+    is the one replaced (its relative links keep their meaning, its files are linked, not copied
+    to another disk) and the link stays; without keep, the link itself is replaced.
 
     On success every file in it is fsynced and it is renamed into place, replacing an existing
     folder at `final_path` (old -> backup, new -> final, backup removed).  If the body (or carrying
@@ -110,6 +113,8 @@ def atomic_directory(final_path, replace_lock=None, keep=None) -> Iterator[Path]
     final = Path(final_path)
     if final.exists() and not final.is_dir():
         raise NotADirectoryError(f"{final} exists and is not a folder; refusing to replace it")
+    if keep is not None and final.is_symlink():
+        final = final.resolve()   # the user's folder is the one linked to
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_name(final, _TMP_TAG)
     os.mkdir(tmp)  # mode 0o777 minus the umask: the folder ends up with ordinary permissions

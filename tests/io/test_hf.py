@@ -964,3 +964,24 @@ def test_generation_config_json_end_ids_are_checked_as_config_json_s(tmp_path, b
         Llama.from_pretrained(folder)
     assert refused_by_file.value.field == "eos_token_id"
     assert refused_by_file.value.problem.startswith(str(refused_by_config.value).removeprefix("eos_token_id "))
+
+
+def test_save_pretrained_into_a_linked_folder_saves_into_the_folder_linked_to(tmp_path):
+    """`models/current -> /data/run-7`: as transformers would, the save goes to run-7, the link stays
+    (it was replaced by a new folder at the link, with copies of run-7's files and its relative
+    links dangling, while run-7 itself kept the old weights)."""
+    config = small_config()
+    target = tmp_path / "data" / "run-7"
+    save_hf_folder(target, config, random_params(config, seed=1))
+    (tmp_path / "data" / "shared.txt").write_text("shared")
+    os.symlink("../shared.txt", target / "notes.txt")
+    (tmp_path / "models").mkdir()
+    os.symlink(target, tmp_path / "models" / "current")
+    new = random_params(config, seed=2)
+    save_hf_folder(tmp_path / "models" / "current", config, new)
+    assert (tmp_path / "models" / "current").is_symlink()
+    assert (target / "notes.txt").read_text() == "shared"
+    _, loaded = load_hf_folder(target)
+    assert all(np.array_equal(loaded[n], new[n]) for n in new)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["run-7", "shared.txt"]
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["current"]

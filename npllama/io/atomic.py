@@ -27,6 +27,8 @@ import contextlib
 import os
 import secrets
 import shutil
+import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,7 +132,7 @@ def atomic_directory(final_path, replace_lock=None, keep=None) -> Iterator[Path]
         with replace_lock if replace_lock is not None else contextlib.nullcontext():
             _move_into_place(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _rmtree(tmp, ignore_errors=True)   # (a kept read-only sub-folder in it included)
         raise
 
 
@@ -197,17 +199,59 @@ def _move_into_place(tmp: Path, final: Path) -> None:
         _fsync_dir(final.parent)
         return
     backup = _fresh_name(final, _OLD_TAG)
-    os.rename(final, backup)
     try:
+        os.rename(final, backup)
         os.rename(tmp, final)
-    except BaseException:
-        os.rename(backup, final)  # put the old folder back before reporting the failure
+    except BaseException:   # a failure, or a Ctrl-C between the renames or just after either
+        if os.path.lexists(backup) and not os.path.lexists(final):
+            os.rename(backup, final)  # put the old folder back before reporting the failure
+        elif os.path.lexists(backup):  # the new folder is in place: the old one goes, as below
+            _fsync_dir(final.parent)
+            _remove_backup(backup)
         raise
-    _fsync_dir(final.parent)  # both renames are durable before the old copy goes away
+    try:
+        _fsync_dir(final.parent)  # both renames are durable before the old copy goes away
+    except KeyboardInterrupt:
+        _fsync_dir(final.parent)
+        _remove_backup(backup)
+        raise
+    _remove_backup(backup)
+
+
+def _remove_backup(backup: Path) -> None:
+    """Remove the old folder once the new one is in place, all of it even if a Ctrl-C comes meanwhile
+    (half removed, backup_paths would offer it as the old complete folder)."""
     if backup.is_symlink():
         os.unlink(backup)  # final_path was a link to a folder: drop the link, not its target
+        return
+    try:
+        _rmtree(backup)
+    except KeyboardInterrupt:
+        _rmtree(backup, ignore_errors=True)
+        raise
+
+
+def _rmtree(path: Path, ignore_errors: bool = False) -> None:
+    """shutil.rmtree, also through read-only sub-folders (a user's, carried over by `keep` into the
+    new folder and so also in the old one): write permission is given back to a folder whose
+    entry could not be removed, then the removal is tried again."""
+    def retry(function, name, error):
+        error = error[1] if isinstance(error, tuple) else error   # onerror's exc_info, onexc's exception
+        if not isinstance(error, PermissionError):
+            if ignore_errors:
+                return
+            raise error
+        try:
+            parent = os.path.dirname(name)
+            os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | stat.S_IWUSR | stat.S_IXUSR)
+            function(name)
+        except OSError:
+            if not ignore_errors:
+                raise
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=retry)
     else:
-        shutil.rmtree(backup)
+        shutil.rmtree(path, onerror=retry)
 
 
 # ----- helpers ------------------------------------------------------------------------------------

@@ -985,3 +985,84 @@ def test_save_pretrained_into_a_linked_folder_saves_into_the_folder_linked_to(tm
     assert all(np.array_equal(loaded[n], new[n]) for n in new)
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["run-7", "shared.txt"]
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["current"]
+
+
+def _interrupting(real, on_call: int, after: bool):
+    """`real`, raising KeyboardInterrupt (a Ctrl-C) at its `on_call`-th call, before or after doing it."""
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == on_call and not after:
+            raise KeyboardInterrupt
+        result = real(*args, **kwargs)
+        if len(calls) == on_call and after:
+            raise KeyboardInterrupt
+        return result
+    return wrapper
+
+
+@pytest.mark.parametrize("on_call, after, new", [(1, False, False), (1, True, False), (2, False, False),
+                                                 (2, True, True)])
+def test_a_ctrl_c_at_the_swap_leaves_the_old_folder_or_the_new_one_and_nothing_else(tmp_path, monkeypatch, on_call,
+                                                                                      after, new):
+    """The swap is two renames (old -> backup, new -> final): a Ctrl-C just after the first one left
+    no folder at `final` at all, the old one hidden at its backup name."""
+    config = small_config()
+    old = random_params(config, seed=1)
+    save_hf_folder(tmp_path / "m", config, old)
+    users_files(tmp_path / "m")
+    monkeypatch.setattr(os, "rename", _interrupting(os.rename, on_call, after))
+    with pytest.raises(KeyboardInterrupt):
+        save_hf_folder(tmp_path / "m", config, random_params(config, seed=2))
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"], "no temporary or backup folder left"
+    _, loaded = load_hf_folder(tmp_path / "m")
+    expected = random_params(config, seed=2) if new else old
+    assert all(np.array_equal(loaded[n], expected[n]) for n in expected)
+    assert (tmp_path / "m" / "notes" / "plots" / "loss.csv").read_bytes() == b"step,loss\n1,2.5\n"
+
+
+def test_a_ctrl_c_while_the_old_folder_is_removed_still_removes_it(tmp_path, monkeypatch):
+    """Once the new folder is in place the old one goes: a Ctrl-C then left it half removed at a
+    name backup_paths calls "the old complete folder"."""
+    import npllama.io.atomic as atomic
+
+    config = small_config()
+    save_hf_folder(tmp_path / "m", config, random_params(config, seed=1))
+    users_files(tmp_path / "m")
+    real_unlink = os.unlink
+    seen = []
+
+    def unlink(path, *args, **kwargs):   # rmtree's: the first file of the backup goes, then Ctrl-C
+        real_unlink(path, *args, **kwargs)
+        seen.append(path)
+        if len(seen) == 1:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(atomic.os, "unlink", unlink)
+    new = random_params(config, seed=2)
+    with pytest.raises(KeyboardInterrupt):
+        save_hf_folder(tmp_path / "m", config, new)
+    monkeypatch.undo()
+    assert seen and sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert backup_paths(tmp_path / "m") == []
+    _, loaded = load_hf_folder(tmp_path / "m")
+    assert all(np.array_equal(loaded[n], new[n]) for n in new)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_sub_folder_is_kept_and_the_old_one_removed(tmp_path):
+    """A sub-folder the user made read-only (chmod a-w) is carried over as it is; the old folder's
+    copy of it could not be removed, and the save failed with PermissionError after it had succeeded."""
+    config = small_config()
+    save_hf_folder(tmp_path / "m", config, random_params(config, seed=1))
+    (tmp_path / "m" / "frozen").mkdir()
+    (tmp_path / "m" / "frozen" / "a.txt").write_text("a")
+    os.chmod(tmp_path / "m" / "frozen", 0o555)
+    try:
+        save_hf_folder(tmp_path / "m", config, random_params(config, seed=2))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+        assert (tmp_path / "m" / "frozen" / "a.txt").read_text() == "a"
+        assert not os.access(tmp_path / "m" / "frozen", os.W_OK)
+    finally:
+        os.chmod(tmp_path / "m" / "frozen", 0o755)

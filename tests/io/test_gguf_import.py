@@ -276,3 +276,18 @@ def test_the_files_bos_and_eos_ids_become_the_models(folder, tmp_path):
     assert (config.bos_token_id, config.eos_token_id) == (3, 7)
     plain, _ = read_gguf(_write_with(tmp_path / "plain.gguf", folder, {}))
     assert plain.eos_token_id == Llama.from_pretrained(folder).config.eos_token_id
+
+
+def test_convert_gguf_replaces_its_out_whole(folder, tmp_path):
+    """`convert --force` replaces --out whole, as its help says: no file of the model there before
+    stays (another model's tokenizer.json would be what AutoTokenizer loads), nor an adapter's."""
+    path = _export(folder, tmp_path, "f32")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("tokenizer.json", "adapter_config.json", "notes.txt"):
+        (out / name).write_text("{}")
+    convert_gguf(path, out)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.model"} <= names
+    assert not names & {"adapter_config.json", "notes.txt"}, names
+    assert not (out / "tokenizer.json").is_file() or (out / "tokenizer.json").read_text() != "{}"

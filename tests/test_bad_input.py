@@ -307,7 +307,8 @@ LIBRARY = [
                                                           np.ones((8, 6)))), E, "dout"),
     # ----- gradcheck
     ("gradcheck: float32 input", lambda: gradcheck(sum_of, [np.ones(3, np.float32)], [np.ones(3)]), E, "float64"),
-    ("gradcheck: list input", lambda: gradcheck(sum_of, [[1.0, 2.0]], [np.ones(2)]), E, "floating-point numpy array"),
+    ("gradcheck: list input", lambda: gradcheck(sum_of, [[1.0, 2.0]], [np.ones(2)]), E,
+     "floating-point numpy array, got list: pass np.asarray(input0, dtype=np.float64)"),
     ("gradcheck: gradient of another shape", lambda: gradcheck(sum_of, [np.ones(3)], [np.ones(4)]), E,
      "gradient for 'input0' has shape"),
     ("gradcheck: names of another length", lambda: gradcheck(sum_of, [np.ones(3)], [np.ones(3)], names=["a", "b"]), E,
@@ -320,6 +321,30 @@ LIBRARY = [
     ("gradcheck: fn not callable", lambda: gradcheck(5, [np.ones(3)], [np.ones(3)]), E, "fn"),
     ("check_op: backward returns too few", lambda: check_op(linear_forward, lambda d, c: linear_backward(d, c)[0],
                                                             [X, W]), E, "backward returned 1 gradient(s)"),
+    # the mistakes a user checking their own layer makes: each message says which input and what to do
+    ("check_op: gradients out of order (b's before W's)", lambda: check_op(
+        lambda x, w, b: (x @ w + b, (x, w)), lambda d, c: (d @ c[1].T, d.sum(0), c[0].T @ d),
+        [np.ones((4, 3)), np.ones((3, 5)), np.ones(5)], names=["x", "W", "b"]), E,
+     "(5,) is the shape of 'b': backward returns the gradients in the forward's order ('x', 'W', 'b')"),
+    ("gradcheck: grads out of order", lambda: gradcheck(lambda a, b: float(np.sum(a) + np.sum(b)),
+                                                        [np.ones(2), np.ones(3)], [np.ones(3), np.ones(2)]), E,
+     "(3,) is the shape of 'input1': grads are in the order of inputs"),
+    ("check_op: an index array in wrt", lambda: check_op(lambda x, t: (x[t], (x, t)), lambda d, c: (d,),
+                                                         [np.ones(3), np.arange(2)], names=["x", "t"], wrt=[0, 1]), E,
+     "wrt lists 't', an int64 array: an index array or a mask has no gradient; leave it out of wrt"),
+    ("check_op: a number as a parameter, its gradient returned", lambda: check_op(
+        lambda s, x: (s * x, (s, x)), lambda d, c: (np.sum(d * c[1]), d * c[0]), [1.5, np.ones(3)], names=["s", "x"]),
+     E, "left out as not floating-point arrays: 's' is a float: pass np.array(s, dtype=np.float64) to check it"),
+    ("check_op: only a number to differentiate", lambda: check_op(lambda s: (s * np.ones(3), s), lambda d, s: d.sum(),
+                                                                  [1.5], names=["s"]), E,
+     "'s' is a float: pass np.array(s, dtype=np.float64) to check it"),
+    ("gradcheck: a numpy scalar input", lambda: gradcheck(lambda s: float(s) ** 2, [np.float64(1.5)], [3.0]), E,
+     "the checker moves its entries in place: pass a 0-d array, np.array(1.5)"),
+    ("check_op: wrt by name with inputs a list", lambda: check_op(
+        lambda x, w: (x @ w, (x, w)), lambda d, c: c[0].T @ d, [np.ones((2, 3)), np.ones((3, 4))], names=["x", "W"],
+        wrt=["W"]), E, "wrt lists inputs by index when inputs is a list: wrt=[1]"),
+    ("gradcheck: grads keyed otherwise", lambda: gradcheck(sum_of, {"a": np.ones(3)}, {"A": np.ones(3)}), E,
+     "grads is missing entries for: ['a'] (its keys: ['A'])"),
     # ----- optim
     ("AdamW: empty params", lambda: AdamW({}), E, "params is empty"),
     ("AdamW: int params", lambda: AdamW({"w": np.ones(3, int)}), E, "params['w']"),

@@ -166,7 +166,8 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
         terms = np.asarray(forward(*arguments, *extra_args, **extra_kwargs)[0], dtype=np.float64) * dout
         return float(np.sum(terms)), float(np.sum(np.abs(terms)))
 
-    names, arrays, analytic = _pair_up([inputs[i] for i in wrt], list(grads), [all_names[i] for i in wrt])
+    names, arrays, analytic = _pair_up([inputs[i] for i in wrt], list(grads), [all_names[i] for i in wrt],
+                                       order=None if keyed else "backward returns the gradients in the forward's order")
     left_out = [f"{all_names[i]} ({_kind(x)})" for i, x in enumerate(inputs) if i not in wrt and x is not None]
     return _check_all(evaluate, names, arrays, analytic, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
                       seed=seed, method=method, directions=directions, richardson=richardson, progress=progress,

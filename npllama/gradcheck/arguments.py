@@ -30,8 +30,8 @@ def _gradients_in_order(grads, wrt, wrt_given, inputs, all_names) -> tuple:
         elif not wrt_given and len(grads) < len(wrt):
             hint = (f"; wrt was not given, so every floating-point input counts: if some are not "
                     f"differentiable (a float mask, a setting), name those that are, e.g. wrt={wrt[:len(grads)]}")
-        elif not wrt_given and (sequences := _sequences_among(inputs, all_names)):
-            hint = "; left out as not floating-point arrays: " + sequences[2:]
+        elif not wrt_given and (not_arrays := _not_arrays_among(inputs, all_names)):
+            hint = "; left out as not floating-point arrays: " + not_arrays[2:]
         elif len(grads) > len(wrt) and (left_out := [f"{all_names[i]!r} ({_kind(x)})" for i, x in enumerate(inputs)
                                                      if i not in wrt and isinstance(x, np.ndarray)]):
             hint = (f"; {', '.join(left_out)} {'is' if len(left_out) == 1 else 'are'} not differentiated "
@@ -178,31 +178,46 @@ def _check_wrt(wrt, inputs: list, names: list[str]) -> list[int]:
         wrt = [i for i, x in enumerate(inputs) if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating)]
         if not wrt:
             raise ValueError("inputs holds no floating-point array to check the gradient of"
-                             + _sequences_among(inputs, names))
+                             + _not_arrays_among(inputs, names))
         return wrt
     if not isinstance(wrt, (list, tuple, range)):
         raise TypeError(f"wrt must be a list of input indices (ints), got {_describe(wrt)}")
     not_ints = [i for i in wrt if not isinstance(i, (int, np.integer)) or isinstance(i, bool)]
     if not_ints:
+        by_index = ""
+        if all(isinstance(i, str) and i in names for i in wrt):     # the names given with names=, as a mapping's keys would be
+            by_index = f"; wrt lists inputs by index when inputs is a list: wrt={[names.index(i) for i in wrt]}"
         raise TypeError(f"wrt must be a list of input indices (ints), got {_describe(wrt)} holding "
-                        f"{_describe(not_ints[0])}")
+                        f"{_describe(not_ints[0])}{by_index}")
     wrt = [int(i) for i in wrt]
     bad = [i for i in wrt if not 0 <= i < count]
     if bad:
         raise ValueError(f"wrt names input indices {bad}, but there are {count} inputs (0 to {count - 1})")
     if len(set(wrt)) != len(wrt) or wrt != sorted(wrt):
         raise ValueError(f"wrt must list each input once, in increasing order (backward's order), got {wrt}")
+    for i in wrt:
+        x = inputs[i]
+        if isinstance(x, np.ndarray) and not np.issubdtype(x.dtype, np.inexact):
+            rest = [j for j in wrt if j != i]
+            instead = f" (wrt={rest})" if rest else ""
+            raise TypeError(f"wrt lists {names[i]!r}, an {x.dtype} array: an index array or a mask has no gradient; "
+                            f"leave it out of wrt{instead}, and backward returns no gradient for it")
     return wrt
 
 
-def _sequences_among(inputs: list, names: list[str]) -> str:
-    """'; 'w' is a list: pass np.asarray(w, dtype=np.float64)' for inputs given as Python lists or
-    tuples, which wrt's default leaves out as it does settings (they are not arrays); '' if none."""
-    sequences = [(name, x) for name, x in zip(names, inputs) if isinstance(x, (list, tuple))]
-    if not sequences:
+def _not_arrays_among(inputs: list, names: list[str]) -> str:
+    """'; 'w' is a list: pass np.asarray(w, dtype=np.float64) to check it' for inputs given as
+    Python lists or tuples, or as float numbers (a scale s=1.5 meant as a parameter), which wrt's
+    default leaves out as it does settings (they are not arrays); '' if none.  An int number is
+    taken for a setting (a count, an axis) and not named."""
+    not_arrays = [(name, x) for name, x in zip(names, inputs)
+                  if isinstance(x, (list, tuple, float, np.floating))]
+    if not not_arrays:
         return ""
-    described = ", ".join(f"{name!r} is a {type(x).__name__}" for name, x in sequences)
-    return f"; {described}: pass np.asarray({sequences[0][0]}, dtype=np.float64) to check it"
+    described = ", ".join(f"{name!r} is a {type(x).__name__}" for name, x in not_arrays)
+    first, value = not_arrays[0]
+    make = "np.asarray" if isinstance(value, (list, tuple)) else "np.array"
+    return f"; {described}: pass {make}({first}, dtype=np.float64) to check it"
 
 
 def _forward_result(result):
@@ -220,7 +235,13 @@ def _forward_result(result):
 
 def _require_float64_input(name: str, x) -> None:
     if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"input {name!r} must be a floating-point numpy array, got {_describe(x)}")
+        if isinstance(x, (list, tuple)):
+            advice = f": pass np.asarray({name}, dtype=np.float64)"
+        elif isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_)):
+            advice = f": the checker moves its entries in place: pass a 0-d array, np.array({float(x)!r})"
+        else:
+            advice = ""
+        raise TypeError(f"input {name!r} must be a floating-point numpy array, got {_describe(x)}{advice}")
     if x.dtype != np.float64:
         rounding = (f"{x.dtype}'s round-off ({np.finfo(x.dtype).eps:.0e}) swamps central differences"
                     if np.finfo(x.dtype).eps > UNIT_ROUNDOFF else "the bounds model float64's round-off")
@@ -238,16 +259,17 @@ def _require_float64_precision(value, what: str) -> None:
                         "compute in float64 (an op's dtype should follow its input's)")
 
 
-def _pair_up(inputs, grads, names):
-    """(names, arrays, gradients) after checking that they match."""
+def _pair_up(inputs, grads, names, order: str | None = "grads are in the order of inputs"):
+    """(names, arrays, gradients) after checking that they match.  order: how the gradients are
+    ordered, said when one has the shape of another input (None: keyed, no order to get wrong)."""
     if isinstance(inputs, Mapping):
         if not isinstance(grads, Mapping):
             raise TypeError(f"grads must be a mapping with the keys of inputs when inputs is a mapping, got "
                             f"{_describe(grads)}")
-        names = _names_from_keys(inputs, names)
+        names, order = _names_from_keys(inputs, names), None    # keyed: no order to get wrong
         missing = [k for k in inputs if k not in grads]
         if missing:
-            raise ValueError(f"grads is missing entries for: {missing}")
+            raise ValueError(f"grads is missing entries for: {missing} (its keys: {list(grads)})")
         extra = [k for k in grads if k not in inputs]
         if extra:
             raise ValueError(f"grads has entries that are not inputs: {extra}")
@@ -272,13 +294,23 @@ def _pair_up(inputs, grads, names):
                 or not np.issubdtype(np.asarray(g).dtype, np.number):
             raise TypeError(f"the gradient for {name!r} must be a real array, got {_describe(g)}")
         if np.shape(g) != x.shape:
-            raise ValueError(f"gradient for {name!r} has shape {np.shape(g)}, input has {x.shape}")
+            raise ValueError(f"gradient for {name!r} has shape {np.shape(g)}, input has {x.shape}"
+                             + _out_of_order(np.shape(g), name, names, arrays, order))
     for i, (name_i, x_i) in enumerate(zip(names, arrays)):
         for name_j, x_j in zip(names[i + 1:], arrays[i + 1:]):
             if np.shares_memory(x_i, x_j):
                 raise ValueError(f"inputs {name_i!r} and {name_j!r} share memory (the same array given twice?): "
                                  "moving one would move the other; check each once, or pass a copy")
     return names, arrays, analytic
+
+
+def _out_of_order(shape: tuple, name: str, names: list[str], arrays: list, order: str | None) -> str:
+    """'; (5,) is the shape of 'b': ...' when a gradient's shape is another input's (gradients given
+    in another order than the inputs'), else ''."""
+    others = [other for other, x in zip(names, arrays) if other != name and np.shape(x) == shape]
+    if order is None or not others:
+        return ""
+    return f"; {shape} is the shape of {others[0]!r}: {order} ({', '.join(repr(n) for n in names)})"
 
 
 def _check_settings(eps, tol, atol, max_entries, seed=0, method="auto", directions=4, richardson=None,

@@ -2047,3 +2047,40 @@ def test_a_direction_whose_first_stair_interval_spans_two_stairs_is_not_taken_fo
     entry = gradcheck(lambda v: float(np.sum(np.log(1 + v))), [u], [1 / (1 + u)], seed=3,
                       method="directional").inputs[0]
     assert entry.status != "FAIL", entry
+
+
+def _softplus_at_1e_200():
+    # the guide's UNRESOLVED example: f = log(1 + e^v) does not move at all at v = 1e-200
+    return check_op(lambda v: (np.logaddexp(0, v), v), lambda d, v: d / (1 + np.exp(-v)), [np.array([1e-200])],
+                    names=["v"])
+
+
+def test_a_check_that_could_not_tell_does_not_say_the_gradients_do_not_match():
+    # an UNRESOLVED check printed "some gradients do NOT match" and raised "gradient check failed":
+    # the user read a right backward as wrong.  It must say nothing failed, and that it could not tell
+    report = _softplus_at_1e_200()
+    assert report["v"].status == "UNRESOLVED" and not report.ok
+    verdict = str(report).splitlines()[2]
+    assert "do NOT match" not in verdict and verdict.startswith("no gradient failed, but v is UNRESOLVED"), verdict
+    with pytest.raises(AssertionError) as raised:
+        report.raise_if_failed()
+    first = str(raised.value).splitlines()[0]
+    assert first == "gradient check could not verify every gradient (UNRESOLVED: v; none FAILed):", first
+
+
+def test_a_failed_check_names_what_failed_in_its_first_line_and_says_what_err_over_bound_means():
+    # pytest's short summary shows the first line of the AssertionError only: it named nothing
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((3, 4)), rng.standard_normal((4, 2))
+    right = check_op(lambda x, w: (x @ w, (x, w)), lambda d, c: (d @ c[1].T, c[0].T @ d), [x, w], names=["x", "W"])
+    assert right.ok and "err/bound <= 1 passes" in str(right).splitlines()[-1]
+    wrong = check_op(lambda x, w: (x @ w, (x, w)), lambda d, c: (d @ c[1].T, 2 * c[0].T @ d), [x, w], names=["x", "W"])
+    assert "some gradients do NOT match: W FAILs" in str(wrong)
+    with pytest.raises(AssertionError) as raised:
+        wrong.raise_if_failed()
+    assert str(raised.value).splitlines()[0] == "gradient check failed (FAIL: W):"
+    # and pytest hides raise_if_failed's own frame (its self = GradcheckReport(...) repr is noise)
+    frame = raised.tb
+    while frame.tb_next:
+        frame = frame.tb_next
+    assert frame.tb_frame.f_locals.get("__tracebackhide__") is True

@@ -112,17 +112,40 @@ class GradcheckReport:
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         if self.not_differentiated:
             lines.append("not differentiated: " + ", ".join(self.not_differentiated))
-        verdict = "all gradients match" if self.ok else "some gradients do NOT match"
-        lines.append(f"{verdict} (step {self.eps:g} relative to each input's scale; bound = finite-difference "
-                     f"error estimate + {self.tol:g} relative" + (f", absolute floor {self.atol:g})" if self.atol else ")"))
+        lines.append(f"{self._verdict()} (err/bound <= 1 passes; step {self.eps:g} relative to each input's scale; "
+                     f"bound = finite-difference error estimate + {self.tol:g} relative"
+                     + (f", absolute floor {self.atol:g})" if self.atol else ")"))
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
+    def _by_status(self, status: str) -> str:
+        """'x, W': the inputs whose status is this one."""
+        return ", ".join(r.name for r in self.inputs if r.status == status)
+
+    def _verdict(self) -> str:
+        """The line under the table.  An UNRESOLVED input is not a FAIL: the differences could not
+        tell a right gradient from a wrong one there, and saying "do NOT match" would have the user
+        hunt for a mistake a right backward does not have."""
+        failed, unresolved = self._by_status("FAIL"), self._by_status("UNRESOLVED")
+        unresolved_is = unresolved and (f"{unresolved} {'is' if ',' not in unresolved else 'are'} UNRESOLVED "
+                                        "(neither passed nor failed: the warnings say why, and what to do)")
+        if failed:
+            return f"some gradients do NOT match: {failed} FAIL{'s' if ',' not in failed else ''}" + (
+                f"; {unresolved_is}" if unresolved else "")
+        if unresolved:
+            return f"no gradient failed, but {unresolved_is}"
+        return "all gradients match"
+
     def raise_if_failed(self, strict: bool = False) -> None:
-        """AssertionError carrying the report if a gradient failed; strict=True also on any warning
-        (a loose bound, a pass through atol, entries not checked)."""
+        """AssertionError carrying the report if a gradient failed or could not be verified
+        (UNRESOLVED); strict=True also on any warning (a loose bound, a pass through atol, entries
+        not checked).  Its first line, which pytest's short summary shows, names the inputs."""
+        __tracebackhide__ = True     # pytest: the test's own line and the report, not this frame's locals
         if not self.ok:
-            raise AssertionError("gradient check failed:\n" + str(self))
+            failed, unresolved = self._by_status("FAIL"), self._by_status("UNRESOLVED")
+            headline = (f"gradient check failed (FAIL: {failed}):" if failed else
+                        f"gradient check could not verify every gradient (UNRESOLVED: {unresolved}; none FAILed):")
+            raise AssertionError(headline + "\n" + str(self))
         if strict and self.warnings:
             raise AssertionError("gradient check passed with warnings (strict=True):\n" + str(self))
 

@@ -52,3 +52,26 @@ def test_the_numerical_gradient_the_guide_shows_is_exported_where_it_says():
 
     assert "numerical_gradient" in npllama.__all__ and npllama.numerical_gradient is numerical_gradient
     assert "from npllama import numerical_gradient" in DOC.read_text(encoding="utf-8")
+
+
+def test_the_guides_test_suite_recipe_draws_values_with_hypothesis_and_catches_a_wrong_backward():
+    # the README promises a hypothesis property test users can copy; the guide's drew shapes only
+    # (values from a fixed normal), and never showed that its test fails on a wrong backward
+    import numpy as np
+
+    text = DOC.read_text(encoding="utf-8")
+    assert "hypothesis.extra.numpy import arrays" in text and "deadline=None" in text
+    namespace = {"__name__": "docs_gradcheck"}
+    for number, block in enumerate(re.findall(r"```python\n(.*?)```", text, flags=re.S), 1):
+        exec(compile(block, f"{DOC.name} block {number}", "exec"), namespace)   # noqa: S102
+    recipe = namespace["test_leaky_relu_backward"]
+
+    def slope_forgotten(dout, cache):        # the negative side's slope dropped: 0 there
+        x, _ = cache
+        return dout * np.where(x > 0, 1.0, 0.0)
+
+    recipe()                                 # the right backward passes every draw
+    namespace["leaky_relu_backward"] = slope_forgotten
+    # one draw with an entry on the negative side, the test's body as hypothesis runs it (no shrinking)
+    with pytest.raises(AssertionError, match=r"gradient check failed \(FAIL: input0\):"):
+        recipe.hypothesis.inner_test(x=np.array([[0.5, -2.0, 3.0]]), slope=0.1, seed=7)

@@ -127,8 +127,8 @@ class GradcheckReport:
         tell a right gradient from a wrong one there, and saying "do NOT match" would have the user
         hunt for a mistake a right backward does not have."""
         failed, unresolved = self._by_status("FAIL"), self._by_status("UNRESOLVED")
-        unresolved_is = unresolved and (f"{unresolved} {'is' if ',' not in unresolved else 'are'} UNRESOLVED "
-                                        "(neither passed nor failed: the warnings say why, and what to do)")
+        unresolved_is = unresolved and (f"{unresolved} {'is' if ',' not in unresolved else 'are'} UNRESOLVED, "
+                                        "neither passed nor failed: the warnings say why, and what to do")
         if failed:
             return f"some gradients do NOT match: {failed} FAIL{'s' if ',' not in failed else ''}" + (
                 f"; {unresolved_is}" if unresolved else "")

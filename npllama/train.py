@@ -233,7 +233,7 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
     # checkpoint reads the run's own copy, so a run moved without the file still resumes
     require_files(tc, ("data", "val_data"), resume, CONFIG_FILE)
     # a new start's --tokenizer, read once: checked now, then the run's own copy
-    given = None if resume else _check_a_new_start(tc, resume=False)
+    given = None if resume else _check_a_new_start(tc)
     if resume:
         require_settings(run_dir, CONFIG_FILE)
     else:
@@ -254,7 +254,7 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
             raise _said_what_is_left(stop, run_dir) from None
 
 
-def _check_a_new_start(tc: TrainConfig, resume: bool):
+def _check_a_new_start(tc: TrainConfig, resume: bool = False):
     """What a new start checks before it writes anything: the --init-from folder, the held-out
     text, the model it will build (with a --tokenizer's vocabulary and ids).  Returns the
     --tokenizer read (None without one).  resume: a resume of a run with no checkpoint yet, which

@@ -29,6 +29,7 @@ from .data import check_doc_separator
 from .interrupts import Interrupted, deferred_stop_signals, stop_signals_interrupt
 from .io.atomic import atomic_write_bytes, atomic_write_text
 from .io.errors import CheckpointError
+from .loss_units import loss_unit
 from .model_shape import (SHAPE_FLAGS, base_vocab_size, check_model_config_fields, check_new_model, check_shape,
                           init_from_config, init_from_dir, init_from_tokenizer_path, new_model_config, preset_config,
                           read_model_config_file)
@@ -394,7 +395,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
         def held_out():
             return unigram_cross_entropy(train_ids, val_ids, tokenizer.vocab_size)
 
-        echo(f"done: step {loop.step}, validation loss {loop.last_val_loss:.3f} nats/token "
+        echo(f"done: step {loop.step}, validation loss {loop.last_val_loss:.3f} {loss_unit(tc.objective)} "
              f"{_compared_with_unigram(loop.last_val_loss, unigram, held_out)}; model saved in {run_dir / 'model'}")
         if tc.objective == "causal":  # a bidirectional masked-LM model does not generate text
             samples = _print_samples(model, tokenizer, tc, echo)

@@ -161,21 +161,20 @@ def log_file(run_or_log) -> Path:
 def loss_axis_label(run_or_log) -> str:
     """What a run's logged "loss" is a mean of, told by the settings file of the job that wrote it
     (beside its log.jsonl): a token, a masked token, a response token, a text, or (sop) the sum of
-    two means.  A log on its own claims no unit."""
+    two means (npllama.loss_units names each).  A log on its own claims no unit."""
+    from . import loss_units
     from .io.describe import run_started_in
+    from .io.hf import OBJECTIVES
 
     folder = log_file(run_or_log).parent
     try:
         job = run_started_in({p.name for p in folder.iterdir()})
     except OSError:
         job = None
-    if job == "train" and _train_objective(folder / "train_config.json") == "mlm":
-        return "masked-LM cross-entropy loss (nats per masked token)"
-    return {"train": "cross-entropy loss (nats per token)",
-            "finetune sft": "cross-entropy loss (nats per response token)",
-            "finetune classify": "cross-entropy loss (nats per text)",
-            "finetune sop": "masked-LM loss per masked token + sentence-order loss per pair (nats)",
-            }.get(job, "cross-entropy loss (nats)")
+    if job == "train":   # a settings file without a known objective: the default, next-token loss
+        objective = _train_objective(folder / "train_config.json")
+        return loss_units.loss_axis_label(objective if objective in OBJECTIVES else "causal")
+    return loss_units.loss_axis_label(job.removeprefix("finetune ") if job else None)
 
 
 def _train_objective(settings) -> str | None:

@@ -30,7 +30,7 @@ MODULES = ["npllama", "npllama.backend", "npllama.config", "npllama.model", "npl
            "npllama.gradcheck", "npllama.data", "npllama.finetune", "npllama.finetune_sop",
            "npllama.objectives", "npllama.lora", "npllama.optim", "npllama.exercises",
            "npllama.tokenizer_json", "npllama.perplexity", "npllama.datasets", "npllama.corpus",
-           "npllama.io", "npllama.kernels.decode"] + sorted(f"npllama.io.{m.name}" for m in pkgutil.iter_modules(npllama.io.__path__))
+           "npllama.io", "npllama.kernels.decode", "npllama.loss_units"] + sorted(f"npllama.io.{m.name}" for m in pkgutil.iter_modules(npllama.io.__path__))
 # the checker's public functions and classes are defined in its submodules (npllama.gradcheck re-exports
 # them; npllama.gradcheck itself is the function, so the package is reached through import_module)
 MODULES += sorted(f"npllama.gradcheck.{m.name}"
@@ -115,6 +115,7 @@ RUN = {
     "npllama.generate.StopStrings:0": {"fill": {", 200,": ", 20,"}},   # the test model's context is 128
     "npllama.generate.TextStream:0": {},
     "npllama.chat:0": {},
+    "npllama.loss_units:0": {},
     "npllama.kernels.decode:0": {"fill": {"step(prompt_tokens)": "step(tokens[:1])",
                                           "step(next_tokens[:, None])": "step(tokens[:1, -1][:, None])"},
                                  "check": "logits.shape == (1, 1, model.config.vocab_size) and decoder.length == 9"},

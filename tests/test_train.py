@@ -717,3 +717,19 @@ def test_the_end_of_run_samples_stop_at_every_end_id_of_the_config(small_model_d
     model.config.eos_token_id = [tokenizer.eos_id, 5]
     _print_samples(model, tokenizer, TrainConfig(seed=1, samples=1, sample_tokens=2), lambda line: None)
     assert stops == [end_ids(model, tokenizer)] and set(stops[0]) == {tokenizer.eos_id, 5}
+
+
+@pytest.mark.parametrize("objective", ["causal", "mlm"])
+def test_final_line_names_the_unit_the_loss_plot_names(tmp_path, objective):
+    # Before: the "done:" line said "validation loss ... nats/token" for --objective mlm too, whose
+    # loss is a mean over the masked tokens alone (the plot of the same run said so)
+    from npllama import viz
+
+    lines = []
+    run = tmp_path / "run"
+    result = train(TrainConfig(out=str(run), steps=1, objective=objective, **FAST), echo=lines.append)
+    done = next(line for line in lines if line.startswith("done:"))
+    label = viz.loss_axis_label(run)
+    unit = label[label.index("(") + 1:label.rindex(")")]
+    assert unit.startswith("nats per ") and (unit == "nats per masked token") == (objective == "mlm"), label
+    assert f"validation loss {result.val_loss:.3f} {unit} (" in done, done

@@ -433,7 +433,7 @@ def test_eval_perplexity_cli(small_model_dir, tmp_path, capsys):
     model, tokenizer, _ = load_model_and_tokenizer(small_model_dir)
     result = perplexity(model, tokenizer, TEXT)
     assert status == 0 and f"{result.tokens:,} tokens" in out and f"perplexity {result.perplexity:.3f}" in out
-    assert f"mean loss {result.mean_loss:.4f} nats" in out and f"({result.windows} window" in out
+    assert f"mean loss {result.mean_loss:.4f} nats per token," in out and f"({result.windows} window" in out
     one = tmp_path / "one.txt"
     one.write_text("a", encoding="utf-8")     # <s> a: one token predicted, in one window
     assert tokenizer.encode("a") == tokenizer.encode("a", bos=True) and len(tokenizer.encode("a")) == 2

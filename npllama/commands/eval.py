@@ -66,6 +66,7 @@ def _run_options(p) -> None:
 
 def run_perplexity(args) -> int:
     from ..backend import get_backend, use_backend
+    from ..loss_units import loss_unit
     from ..perplexity import perplexity
     from . import UsageError, load_run_model
 
@@ -92,7 +93,7 @@ def run_perplexity(args) -> int:
         result = perplexity(model, tokenizer, text, context=args.context, batch_size=args.batch_size,
                             progress=not args.no_progress)
     print(f"{model_dir}{' + ' + args.adapter if args.adapter else ''} on {args.data}: "
-          f"{result.tokens:,} token{'s' if result.tokens != 1 else ''}, mean loss {result.mean_loss:.4f} nats, "
+          f"{result.tokens:,} token{'s' if result.tokens != 1 else ''}, mean loss {result.mean_loss:.4f} {loss_unit('causal')}, "
           f"perplexity {result.perplexity:.3f} ({result.windows:,} window{'s' if result.windows != 1 else ''} of up "
           f"to {args.context or model.config.max_position_embeddings} tokens)")
     return 0

@@ -22,6 +22,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
+from ..loss_units import loss_unit
 from .assembled import Assembled
 from .definitions import get_exercise
 from .runner import SubmissionError, _describe_exception, load_function
@@ -275,7 +276,7 @@ def _plot(comparison: TrainComparison, path: Path) -> Path | None:
     if comparison.yours:
         ax.plot(range(1, len(comparison.yours) + 1), comparison.yours, label="your backward", linestyle="--")
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (nats/token)")
+    ax.set_ylabel(f"training loss ({loss_unit('causal')})")
     ax.set_title(f"{comparison.op}: {'same curve' if comparison.ok else 'curves differ'}")
     ax.legend()
     fig.tight_layout()

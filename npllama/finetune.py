@@ -352,11 +352,15 @@ def report_saved(echo, out, what: str, use, settings) -> None:
         echo(f"saved {what} to {out}; use it: {use(shlex.quote(str(out)))}")
 
 
-def cut_note(cut: int, total: int, max_len: int, limit: str) -> str:
-    """What to tell of `cut` of `total` texts read up to max_len tokens only (`limit`: what set it)."""
-    # the head reads the last token kept: what comes after it cannot sway the label
-    return (f"{cut} of {total} texts {'is' if cut == 1 else 'are'} longer than {max_len} tokens ({limit}): cut there, "
-            f"the beginning kept, so the classifier never reads their end")
+# the head reads the last token kept: what comes after it cannot sway the label
+_CLASSIFIER_CUT = "the beginning kept, so the classifier never reads their end"
+
+
+def cut_note(cut: int, total: int, max_len: int, limit: str, items: str = "texts", lost: str = _CLASSIFIER_CUT) -> str:
+    """What to tell of `cut` of `total` `items` kept up to max_len tokens only (`limit`: what set
+    it; `lost`: what the cut costs)."""
+    return (f"{cut} of {total} {items} {'is' if cut == 1 else 'are'} longer than {max_len} tokens ({limit}): "
+            f"cut there, {lost}")
 
 
 def encode_texts(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
@@ -757,8 +761,8 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
         encoded.append((ids[:max_len], counted[:max_len]))
     if cut:
         limit = "--max-len" if max_len == sc_.max_len else "the model's context, max_position_embeddings + 1"
-        echo(f"{cut} of {len(encoded)} examples are longer than {max_len} tokens ({limit}): cut there, so the "
-             f"end of their answers (and the end of turn) is not learned")
+        echo(cut_note(cut, len(encoded), max_len, limit, items="examples",
+                      lost="so the end of their answers (and the end of turn) is not learned"))
     train_rows, val_rows = datasets.split_train_val(len(encoded), sc_.val_fraction, sc_.seed, val_file=False)
     train, val = [encoded[i] for i in train_rows], [encoded[i] for i in val_rows]
     pad_id = pad_id_of(tokenizer)

@@ -142,6 +142,20 @@ def test_classify_says_how_many_texts_it_cut_at_max_len(base_dir, tmp_path):
     assert [line for line in said if line.startswith("5 of 10 texts are longer than 8 tokens (--max-len): cut there")]
 
 
+@pytest.mark.parametrize("long, verb", [(1, "is"), (2, "are")])
+def test_sft_says_how_many_examples_it_cut_at_max_len_as_classify_does(base_dir, tmp_path, long, verb):
+    # Before: SFT had its own copy of the note, which said "1 of 10 examples are longer"
+    rows = [{"prompt": "Say hi.", "response": "Hi." if i >= long else "Once upon a time " * 20} for i in range(10)]
+    data = datasets.write_jsonl(tmp_path / "long.jsonl", rows)
+    said = []
+    with use_backend("numpy"):
+        sft(SFTConfig(base=str(base_dir), data=str(data), steps=1, samples=0, progress=False, max_len=32),
+            echo=said.append)
+    cut = [line for line in said if "longer than" in line]
+    assert len(cut) == 1 and cut[0].startswith(f"{long} of 10 examples {verb} longer than 32 tokens (--max-len): "
+                                               f"cut there"), said
+
+
 def test_a_label_whose_only_text_is_held_out_is_still_one_of_the_files_labels(base_dir, tmp_path):
     rows = [{"text": f"good day {i}" if i % 2 else f"bad day {i}", "label": "pos" if i % 2 else "neg"}
             for i in range(10)]

@@ -5,6 +5,7 @@ adapter saved for sequence classification (PEFT's SEQ_CLS, the head among module
     clf = load_classifier("runs/sentiment")                      # or load_classifier(base, adapter=dir)
     clf.predict(["What a lovely day!", "I hated it."])           # ['positive', 'negative']
     clf.probabilities(["What a lovely day!"])                    # (1, num_labels), rows sum to 1
+    clf.classify(["What a lovely day!"]).cut                     # [] (the texts read up to max_len only)
 
 The head reads the hidden state of each text's last real token, as transformers' does.  A
 classifier fine-tuned from a masked-LM model runs bidirectionally, as it was trained (its folder
@@ -12,13 +13,22 @@ records it; transformers would run it causally).
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-from .finetune import SCORE, SequenceClassifier, cut_note, encode_texts, read_info
+from .finetune import SCORE, SequenceClassifier, cut_note, read_info
 from .objectives import pad_batch, pad_id_of
 from .ops._checks import require_path, require_positive_int
+
+
+@dataclasses.dataclass(frozen=True)
+class Classified:
+    """Classifier.classify's answer for a list of texts."""
+    probabilities: np.ndarray     # (len(texts), num_labels), each row sums to 1
+    cut: list[int]                # the indices of the texts longer than max_len: read from their beginning alone
+    note: str | None              # the line saying how many were cut (finetune.cut_note), None when none was
 
 
 class Classifier:
@@ -48,32 +58,47 @@ class Classifier:
     def logits(self, texts, batch_size: int = 32) -> np.ndarray:
         """(len(texts), num_labels) class scores, texts cut to max_len tokens (the beginning kept) as
         fine-tuning cut them, or to the model's context for a classifier made elsewhere."""
-        texts = _check_texts(texts)
         require_positive_int("batch_size", batch_size)
-        encoded = encode_texts(self.tokenizer, texts, self.max_len)
+        return self._logits(self._encode(texts), batch_size)
+
+    def cut_texts(self, texts) -> list[int]:
+        """The indices of the texts longer than max_len tokens: classified from their beginning alone."""
+        return self._cut(self._encode(texts))
+
+    def cut_note(self, texts) -> str | None:
+        """A line saying how many texts are read up to max_len only, or None when none is."""
+        return self._cut_note(self._encode(texts))
+
+    def probabilities(self, texts, batch_size: int = 32) -> np.ndarray:
+        """Softmax of the logits: each row sums to 1."""
+        return _softmax(self.logits(texts, batch_size))
+
+    def classify(self, texts, batch_size: int = 32) -> Classified:
+        """The probabilities, which texts were cut at max_len and the note saying so, each text
+        tokenised once (cut_note then probabilities would tokenise a large file twice)."""
+        require_positive_int("batch_size", batch_size)
+        whole = self._encode(texts)
+        return Classified(_softmax(self._logits(whole, batch_size)), self._cut(whole), self._cut_note(whole))
+
+    def _encode(self, texts) -> list[list[int]]:
+        """Each text's ids, `<s> text`, whole: _logits reads the first max_len, _cut the rest's length."""
+        return self.tokenizer.encode_batch(_check_texts(texts), bos=True)
+
+    def _logits(self, whole, batch_size: int) -> np.ndarray:
+        encoded = [ids[:self.max_len] for ids in whole]
         pad_id = pad_id_of(self.tokenizer)
-        out = np.empty((len(texts), len(self.label_names)), dtype=np.float64)
+        out = np.empty((len(encoded), len(self.label_names)), dtype=np.float64)
         for start in range(0, len(encoded), batch_size):
             tokens, mask = pad_batch(encoded[start:start + batch_size], pad_id)
             out[start:start + batch_size] = self.head.logits(tokens, mask)
         return out
 
-    def cut_texts(self, texts) -> list[int]:
-        """The indices of the texts longer than max_len tokens: classified from their beginning alone."""
-        whole = self.tokenizer.encode_batch(_check_texts(texts), bos=True)
+    def _cut(self, whole) -> list[int]:
         return [i for i, ids in enumerate(whole) if len(ids) > self.max_len]
 
-    def cut_note(self, texts) -> str | None:
-        """A line saying how many texts are read up to max_len only, or None when none is."""
-        texts = _check_texts(texts)
-        cut = self.cut_texts(texts)
-        return cut_note(len(cut), len(texts), self.max_len, self.max_len_limit) if cut else None
-
-    def probabilities(self, texts, batch_size: int = 32) -> np.ndarray:
-        """Softmax of the logits: each row sums to 1."""
-        logits = self.logits(texts, batch_size)
-        e = np.exp(logits - logits.max(-1, keepdims=True))
-        return e / e.sum(-1, keepdims=True)
+    def _cut_note(self, whole) -> str | None:
+        cut = self._cut(whole)
+        return cut_note(len(cut), len(whole), self.max_len, self.max_len_limit) if cut else None
 
     def predict(self, texts, batch_size: int = 32) -> list[str]:
         """The most likely label name of each text."""
@@ -211,4 +236,10 @@ def _check_texts(texts) -> list[str]:
     return texts
 
 
-__all__ = ["Classifier", "load_classifier"]
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+__all__ = ["Classified", "Classifier", "load_classifier"]

@@ -1032,6 +1032,9 @@ def test_classify_says_which_texts_it_read_only_the_beginning_of(cli, classifier
     classifier = load_classifier(classifier_dir)
     long, short = "The movie was long and the end was good but the start was slow and dull.", "good"
     assert classifier.cut_texts([short, long, short]) == [1]
+    classified = classifier.classify([short, long, short])   # the same answers, each text tokenised once
+    assert classified.cut == [1] and classified.note == classifier.cut_note([short, long, short])
+    np.testing.assert_array_equal(classified.probabilities, classifier.probabilities([short, long, short]))
     assert cli(["classify", "--model", str(classifier_dir), "--text", short, "--text", long, "--backend",
                 "numpy"]) == 0
     err = capsys.readouterr().err
@@ -1042,6 +1045,26 @@ def test_classify_says_which_texts_it_read_only_the_beginning_of(cli, classifier
     assert "2 of 3 texts are longer than 8 tokens" in capsys.readouterr().err
     assert cli(["classify", "--model", str(classifier_dir), "--text", short, "--backend", "numpy"]) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("how", [["--data", "test.jsonl"], ["--file", "test.txt"]])
+def test_classify_tokenises_each_text_once(cli, classifier_dir, tmp_path, capsys, monkeypatch, how):
+    # Before: the note on texts cut at max_len tokenised every text, then the probabilities again:
+    # twice the tokenising of a large --data file
+    from npllama.tokenizer import Tokenizer
+
+    texts = ["good", "The movie was long and the end was good but the start was slow and dull.", "bad"]
+    datasets.write_jsonl(tmp_path / "test.jsonl", [{"text": t, "label": "positive"} for t in texts])
+    (tmp_path / "test.txt").write_text("\n".join(texts), encoding="utf-8")
+    encoded = []
+    real_batch, real_one = Tokenizer.encode_batch, Tokenizer.encode
+    monkeypatch.setattr(Tokenizer, "encode_batch", lambda self, batch, *a, **k: encoded.extend(batch) or
+                        real_batch(self, batch, *a, **k))
+    monkeypatch.setattr(Tokenizer, "encode", lambda self, text, *a, **k: encoded.append(text) or
+                        real_one(self, text, *a, **k))
+    assert cli(["classify", "--model", str(classifier_dir), "--backend", "numpy", how[0], str(tmp_path / how[1])]) == 0
+    assert "1 of 3 texts is longer than 8 tokens" in capsys.readouterr().err
+    assert sorted(encoded) == sorted(texts)
 
 
 @pytest.mark.parametrize("blank", ["", "  \n\t"])

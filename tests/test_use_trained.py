@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import npllama
-from npllama.classify import load_classifier
+from npllama.classify import Classified, load_classifier
 from npllama.cli import main
 from npllama.finetune import ClassifyConfig, classify
 from npllama.generate import generate
@@ -339,11 +339,8 @@ def test_classify_lines_up_the_scores_after_chinese_labels(monkeypatch, capsys):
     class Classifier:
         label_names = ["正面", "负面", "neutral"]
 
-        def probabilities(self, texts, batch_size):
-            return np.eye(3)[[i % 3 for i in range(len(texts))]] * 0.9 + 0.1 / 3
-
-        def cut_note(self, texts):   # every text read whole
-            return None
+        def classify(self, texts, batch_size):   # every text read whole
+            return Classified(np.eye(3)[[i % 3 for i in range(len(texts))]] * 0.9 + 0.1 / 3, [], None)
 
     monkeypatch.setattr(npllama.classify, "load_classifier", lambda *args, **kwargs: Classifier())
     status, out, _ = run_cli(capsys, "classify", "--model", "any", "--text", "好", "--text", "坏", "--text", "meh")
@@ -360,12 +357,9 @@ def test_classify_file_is_read_as_every_text_file_is(monkeypatch, tmp_path, caps
     class Classifier:
         label_names = ["正面", "负面"]
 
-        def probabilities(self, texts, batch_size):
+        def classify(self, texts, batch_size):   # every text read whole
             seen.extend(texts)
-            return np.full((len(texts), 2), 0.5)
-
-        def cut_note(self, texts):   # every text read whole
-            return None
+            return Classified(np.full((len(texts), 2), 0.5), [], None)
 
     monkeypatch.setattr(npllama.classify, "load_classifier", lambda *args, **kwargs: Classifier())
     (tmp_path / "bom.txt").write_bytes("\ufeff好看\r\n\r\n难看\r\n".encode("utf-8"))

@@ -44,8 +44,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..backend import get_backend, use_backend
-
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.data is not None:
@@ -72,9 +70,7 @@ def run(args) -> int:
     if not texts:
         raise UsageError("give at least one --text or a --file with text")
     classifier = _classifier(args)
-    _say_what_is_cut(classifier, texts)
-    with use_backend(args.backend or get_backend()):
-        probabilities = classifier.probabilities(texts, batch_size=args.batch_size)
+    probabilities = _classified(classifier, texts, args).probabilities
     from ..text_width import ljust, width as columns
 
     names = classifier.label_names
@@ -96,7 +92,6 @@ def run(args) -> int:
 def _score_file(args) -> int:
     """classify --data: every text of a labelled file classified, the predictions scored."""
     from .. import datasets
-    from ..backend import get_backend, use_backend
     from ..finetune import classification_metrics, format_metrics, majority_baseline
 
     try:   # the file before the model: a wrong column or label costs no loading
@@ -112,9 +107,7 @@ def _score_file(args) -> int:
         if CLASSIFIERS_LABELS not in said:
             said += f" ({CLASSIFIERS_LABELS}: {', '.join(map(str, names))})"
         raise UsageError(f"--data: {said}") from None
-    _say_what_is_cut(classifier, texts)
-    with use_backend(args.backend or get_backend()):
-        predicted = classifier.probabilities(texts, batch_size=args.batch_size).argmax(1)
+    predicted = _classified(classifier, texts, args).probabilities.argmax(1)
     metrics = classification_metrics(truth, predicted, len(names))
     majority, baseline = majority_baseline(truth, truth)    # the best constant answer on this file
     if args.json:
@@ -128,11 +121,16 @@ def _score_file(args) -> int:
     return 0
 
 
-def _say_what_is_cut(classifier, texts) -> None:
-    """On stderr: how many texts the classifier reads the beginning of only (the rest cannot sway a label)."""
-    note = classifier.cut_note(texts)
-    if note:
-        print(note, file=sys.stderr)
+def _classified(classifier, texts, args):
+    """classifier.classify(texts) on --backend, saying on stderr how many texts it read the beginning
+    of only (the rest cannot sway a label)."""
+    from ..backend import get_backend, use_backend
+
+    with use_backend(args.backend or get_backend()):
+        classified = classifier.classify(texts, batch_size=args.batch_size)
+    if classified.note:
+        print(classified.note, file=sys.stderr)
+    return classified
 
 
 def _classifier(args):

@@ -37,6 +37,7 @@ import numpy as np
 
 from .chat import BUILTIN_TEMPLATES
 from .lora import ATTENTION_TARGETS, attach_lora, check_lora_settings
+from .loss_units import loss_unit
 from .objectives import IGNORE_INDEX, pad_batch, pad_id_of
 from .ops._checks import require_non_negative_int, require_positive_int
 from .ops.classifier import last_token_index   # (the head's ops are the ops in force: Llama.head_ops)
@@ -321,17 +322,17 @@ class SequenceClassifier:
                     (tmp / name).write_bytes(data)   # tokenizer.model and what transformers reads
 
 
-def loss_change(losses: list) -> str:
-    """How the training loss moved: the means of the first and last 10 steps, or of the first and
-    last halves of a shorter run (so that a run of 10 steps or fewer does not compare a mean with
-    itself)."""
+def loss_change(losses: list, objective: str) -> str:
+    """How the training loss of `objective` ("classify", "sop": npllama.loss_units) moved: the
+    means of the first and last 10 steps, or of the first and last halves of a shorter run (so that
+    a run of 10 steps or fewer does not compare a mean with itself)."""
+    loss = f"training loss ({loss_unit(objective)})"
     if len(losses) < 2:
-        return f"training loss {losses[0]:.3f} (one step)" if losses else "no steps taken"
+        return f"{loss} {losses[0]:.3f} (one step)" if losses else "no steps taken"
     k = min(10, len(losses) // 2)
     if k == 1:
-        return f"training loss {losses[0]:.3f} -> {losses[-1]:.3f} (first -> last step)"
-    return (f"training loss {np.mean(losses[:k]):.3f} -> {np.mean(losses[-k:]):.3f} "
-            f"(mean of the first -> last {k} steps)")
+        return f"{loss} {losses[0]:.3f} -> {losses[-1]:.3f} (first -> last step)"
+    return f"{loss} {np.mean(losses[:k]):.3f} -> {np.mean(losses[-k:]):.3f} (mean of the first -> last {k} steps)"
 
 
 # How a fine-tune's caller gives the run folder: the command line's flag while `npllama finetune`
@@ -638,7 +639,7 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
     metrics = classification_metrics(val_ids, classifier.predict(val_encoded, pad_id), len(names))
     # the label named: with a tie in training the first one counts, which can sit below 1 / num_labels
     majority, baseline = majority_baseline(train_ids, val_ids)
-    echo(f"{cc.steps} steps in {seconds:.1f} s; {loss_change(losses)}")
+    echo(f"{cc.steps} steps in {seconds:.1f} s; {loss_change(losses, 'classify')}")
     echo(format_metrics(metrics, names, baseline, names[majority]))
     out = None
     if run is not None:
@@ -783,7 +784,7 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
         losses = run_steps(params, lambda b: model.loss_and_grads(*b), make_batch, sc, "sft", run=run,
                            adapters=model.lora)
     after = val_loss()
-    echo(f"validation loss on the responses: {before:.4f} before, {after:.4f} after {sc_.steps} steps")
+    echo(f"validation loss ({loss_unit('sft')}): {before:.4f} before, {after:.4f} after {sc_.steps} steps")
 
     samples = []
     for i in val_rows[:sc_.samples]:

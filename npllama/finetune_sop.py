@@ -158,7 +158,7 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
         losses = run_steps(params, step_loss, train.batch, sc, "sop", run=run, adapters=model.lora)
     seconds = time.perf_counter() - started
     after = evaluate_sentence_order(model, head, val_batches)
-    echo(f"{sc_.steps} steps in {seconds:.1f} s; {loss_change(losses)}")
+    echo(f"{sc_.steps} steps in {seconds:.1f} s; {loss_change(losses, 'sop')}")
     echo(_report(before, after, baseline, sc_.pairs))
 
     out = None

@@ -154,6 +154,8 @@ def test_sft_says_how_many_examples_it_cut_at_max_len_as_classify_does(base_dir,
     cut = [line for line in said if "longer than" in line]
     assert len(cut) == 1 and cut[0].startswith(f"{long} of 10 examples {verb} longer than 32 tokens (--max-len): "
                                                f"cut there"), said
+    # the loss's unit said too (before: "validation loss on the responses: 6.04 before, ...")
+    assert [line for line in said if line.startswith("validation loss (nats per response token): ")], said
 
 
 def test_a_label_whose_only_text_is_held_out_is_still_one_of_the_files_labels(base_dir, tmp_path):

@@ -22,10 +22,11 @@ def base_dir(tmp_path_factory):
 
 
 def test_loss_change_never_compares_a_mean_with_itself():
-    assert loss_change([2.0]) == "training loss 2.000 (one step)"
-    assert loss_change([2.0, 1.0]) == "training loss 2.000 -> 1.000 (first -> last step)"
-    assert loss_change([2.0, 2.0, 1.0, 1.0, 0.5]) == "training loss 2.000 -> 0.750 (mean of the first -> last 2 steps)"
-    assert loss_change([3.0] * 10 + [1.0] * 15).startswith("training loss 3.000 -> 1.000 (mean of the first -> last 10")
+    unit = "training loss (nats per text)"
+    assert loss_change([2.0], "classify") == f"{unit} 2.000 (one step)"
+    assert loss_change([2.0, 1.0], "classify") == f"{unit} 2.000 -> 1.000 (first -> last step)"
+    assert loss_change([2.0, 2.0, 1.0, 1.0, 0.5], "classify") == f"{unit} 2.000 -> 0.750 (mean of the first -> last 2 steps)"
+    assert loss_change([3.0] * 10 + [1.0] * 15, "classify").startswith(f"{unit} 3.000 -> 1.000 (mean of the first -> last 10")
 
 
 def test_the_banner_and_the_summary(base_dir, tmp_path):
@@ -36,6 +37,8 @@ def test_the_banner_and_the_summary(base_dir, tmp_path):
     assert "every weight" in banner and "(100.00%)" in banner and full.trainable == full.total
     assert " on the built-in sentiment set:" in banner
     assert any("(first -> last 2 steps)" in line or "mean of the first -> last 2" in line for line in said), said
+    # Before: "training loss 0.69 -> 0.68", no unit: a classifier's is a mean over its texts, not tokens
+    assert any(line.startswith("4 steps in ") and "; training loss (nats per text) " in line for line in said), said
     rows = [{"text": r["text"], "label": r["label"]} for r in datasets.make_dataset("sentiment", 40)]
     (tmp_path / "c_ok.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     said.clear()

@@ -369,9 +369,11 @@ class Llama:
         """This module's math with the op names bound to what is in force here: the module itself
         under the reference backend with nothing else active (npllama/backend.py)."""
         bindings = backend.op_bindings()
+        trace = active_trace()
+        if trace is not None:   # first, so that LoRA's SwiGLU takes the SiLU-gate ops the trace sees run
+            bindings.update(trace.dispatch_bindings(bindings, self.params, self.config))
         if self.lora is not None:
             bindings.update(self.lora.op_bindings(bindings))
-        trace = active_trace()
         if trace is not None:
             lora = None if self.lora is None else self.lora.describe()
             bindings.update(trace.recording_bindings(bindings, self.params, self.config, lora=lora))

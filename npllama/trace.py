@@ -28,6 +28,7 @@ import contextvars
 import dataclasses
 import difflib
 import fnmatch
+import functools
 import io
 import json
 import numbers
@@ -165,10 +166,21 @@ class Trace:
         loss_and_grads is."""
         if lora is not None:
             self.note_lora(lora)
+        return self._recorder(params, config).bindings(ops_in_force, head_params or {})
+
+    def dispatch_bindings(self, ops_in_force: dict, params: dict, config) -> dict:
+        """For each nested op (softmax, SiLU-gate) replaced with `use_op`: a function that tells the
+        model's recorder it ran, then runs the replacement -- under the op's own name, and inside
+        the ops in force that call it.  Bound before the LoRA adapters take their SiLU-gate ops
+        from the ops in force, so the trace learns which replacements ran while it made a record,
+        however the op that ran them reaches them."""
+        return self._recorder(params, config).dispatch_bindings(ops_in_force)
+
+    def _recorder(self, params: dict, config) -> "_Recorder":
         recorder = self._recorders.get(id(params))
         if recorder is None or recorder.params is not params:
             recorder = self._recorders[id(params)] = _Recorder(self, params, config)
-        return recorder.bindings(ops_in_force, head_params or {})
+        return recorder
 
     def __getitem__(self, name: str) -> np.ndarray:
         try:
@@ -325,6 +337,7 @@ class _Recorder:
         self.parameter_arrays: dict[str, np.ndarray] = {}   # name -> the array parameter_of knows it by
         self.last_layer = config.num_hidden_layers - 1
         self.replacements: dict = {}              # op name -> the `use_op` replacement in force
+        self.dispatched: dict = {}                # nested op name -> its replacement, as it ran in the latest op
         self.new_pass()
 
     def new_pass(self):
@@ -377,9 +390,36 @@ class _Recorder:
             wrapped[name] = self.forward(fn, namer, name) if forward else self.backward(fn, name)
         return wrapped
 
+    def dispatch_bindings(self, ops_in_force: dict) -> dict:
+        """See Trace.dispatch_bindings."""
+        from .backend import NESTED_OPS, overrides
+
+        self.replacements = overrides()
+        noting = {name: self._noting(name, fn) for name, fn in self.replacements.items() if name in NESTED_OPS}
+        enclosing = {}
+        for name, fn in ops_in_force.items():   # the reference attention/SwiGLU, re-bound by use_op
+            calls = {nested: noter for nested, noter in noting.items()
+                     if isinstance(fn, types.FunctionType) and nested in fn.__code__.co_names
+                     and fn.__globals__.get(nested) is self.replacements[nested]}
+            if calls:
+                enclosing[name] = _rebound(fn, calls)
+        return {**noting, **enclosing}
+
+    def _noting(self, op_name, replacement):
+        @functools.wraps(replacement)   # (named as the replacement, in a record's source)
+        def dispatched(*args, **kwargs):
+            self.dispatched[op_name] = replacement
+            return replacement(*args, **kwargs)
+        return dispatched
+
+    def run(self, fn, *args, **kwargs):
+        """fn(*args, **kwargs), noting the replaced nested ops it dispatches (`replaced_inside`)."""
+        self.dispatched = {}
+        return fn(*args, **kwargs)
+
     def forward(self, fn, namer, op_name):
         def recorded_forward(*args, **kwargs):
-            out, cache = fn(*args, **kwargs)
+            out, cache = self.run(fn, *args, **kwargs)
             name = namer(*args)
             if op_name == "attention_forward":
                 self.allowed_of[id(cache)] = _allowed_keys(*args, **kwargs)
@@ -406,11 +446,6 @@ class _Recorder:
     def backward(self, fn, op_name):
         def recorded_backward(dout, cache):
             name = self.output_of.get(id(cache))
-            source = self.source_of(fn)
-            if name is not None:   # before the call: gradients recorded inside it are credited to it
-                self.backward_of[name] = source
-            for parameter in self.parameters_of.get(id(cache), ()):
-                self.trace.note_parameter_gradient_source(parameter, source)
             if name is not None and op_name != "cross_entropy_backward":   # (d:loss is 1: not kept)
                 # the upstream gradient, complete before this backward reads it
                 layer = name.split(".self_attn.")[0].split(".mlp.")[0] + "."
@@ -419,8 +454,14 @@ class _Recorder:
                 if name.endswith(".self_attn.out"):  # h = x + attn_out: likewise
                     self.record_gradient(layer + "residual", dout)
                 self.record_gradient(name, dout)
-            run, cache = self._observed(fn, op_name, name, cache)
-            grads = run(dout, cache)
+            parameters = self.parameters_of.get(id(cache), ())
+            run, observed_cache = self._observed(fn, op_name, name, cache)
+            grads = self.run(run, dout, observed_cache)
+            source = self.source_of(fn)   # (after the call: it names the replaced nested ops that ran)
+            if name is not None:
+                self.backward_of[name] = source
+            for parameter in parameters:
+                self.trace.note_parameter_gradient_source(parameter, source)
             if op_name == "cross_entropy_backward":
                 if id(cache) in self.logits_of:
                     self.record("d:" + self.logits_of[id(cache)], grads, _qualname(fn))
@@ -446,24 +487,20 @@ class _Recorder:
                     inside = ("d:" + prefix + symbol[2:]) if symbol.startswith("d:") else prefix + symbol
                     if inside not in self.recorded:
                         self.trace.note_unrecorded(inside, op_name)
-        for nested, replacement in self.replaced_inside(fn):
+        for nested, replacement in self.replaced_inside():
             self.trace.note_replaced(nested, _qualname(replacement))
 
-    def replaced_inside(self, fn) -> list[tuple[str, Callable]]:
-        """(op name, replacement) of each nested op (NESTED_OPS) that `fn` calls and that `use_op`
-        replaced: softmax_forward inside the reference attention_forward, re-bound to the user's."""
-        from .backend import NESTED_OPS
-
-        calls = getattr(getattr(fn, "__code__", None), "co_names", ())
-        bound = getattr(fn, "__globals__", {})
-        return [(nested, self.replacements[nested]) for nested in calls
-                if nested in NESTED_OPS and nested in self.replacements and bound.get(nested) is self.replacements[nested]]
+    def replaced_inside(self) -> list[tuple[str, Callable]]:
+        """(op name, replacement) of each nested op (NESTED_OPS) replaced with `use_op` that ran
+        inside the latest op (`run`): softmax_forward inside the reference attention_forward,
+        swiglu_act_forward inside the LoRA adapters' SwiGLU."""
+        return list(self.dispatched.items())
 
     def source_of(self, fn) -> str:
         """The function that computed a record, and the replaced op it ran inside, if any: "computed
         by attention_forward" alone would hide that its softmax was the user's."""
         return _qualname(fn) + "".join(f", whose {nested} is {_qualname(replacement)} (use_op)"
-                                       for nested, replacement in self.replaced_inside(fn))
+                                       for nested, replacement in self.replaced_inside())
 
     # ----- where a gradient comes from --------------------------------------------------------
     def consumers(self, name: str) -> tuple[list[str], str | None]:

@@ -522,18 +522,33 @@ def _swiglu_act_forward_halved(gate, up):
     return act / 2, cache
 
 
+def _swiglu_act_backward_doubled(dact, cache):
+    from npllama.ops import swiglu_act_backward
+
+    dgate, dup = swiglu_act_backward(dact, cache)
+    return 2 * dgate, dup
+
+
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("lora_targets", [None, ["gate_proj", "q_proj"], ["q_proj"]])
 @pytest.mark.parametrize("op, wrong, recorded", [
     ("softmax_forward", _softmax_without_max_shift, ["model.layers.0.self_attn.attn_probs", "model.layers.0.self_attn.attn"]),
     ("swiglu_act_forward", _swiglu_act_forward_halved, ["model.layers.0.mlp.act", "model.layers.0.mlp.out"]),
+    ("swiglu_act_backward", _swiglu_act_backward_doubled, ["d:model.layers.0.mlp.gate", "d:model.layers.0.mlp.up"]),
 ])
-def test_the_source_of_a_record_names_the_nested_op_replaced_inside_it(backend, op, wrong, recorded):
+def test_the_source_of_a_record_names_the_nested_op_replaced_inside_it(backend, lora_targets, op, wrong, recorded):
     # compare's "computed by" reads the source: "attention_forward" alone, on both sides, would hide
-    # that the softmax inside it was the user's
+    # that the softmax inside it was the user's -- with LoRA adapters too, whose SwiGLU runs the
+    # SiLU-gate op in its own code
+    from npllama.lora import attach_lora
+
     model = tiny_model()
+    if lora_targets is not None:
+        attach_lora(model, 2, 4, 0.0, lora_targets)
     with npllama.use_op(op, wrong):
         t, _, _ = traced(model, backend)
+    assert t.replaced == {op: f"{wrong.__module__}.{wrong.__qualname__}"}
     for name in recorded:
         assert wrong.__qualname__ in t.sources[name] and op in t.sources[name], (name, t.sources[name])
     plain, _, _ = traced(model, backend)
-    assert all(wrong.__qualname__ not in s for s in plain.sources.values())
+    assert plain.replaced == {} and all(wrong.__qualname__ not in s for s in plain.sources.values())

@@ -422,3 +422,40 @@ def test_check_json_never_replaces_the_teachers_exercise_file(gelu_file, tmp_pat
     err = capsys.readouterr().err
     assert "--json" in err and "--exercise-file" in err and err.count("\n") == 1
     assert gelu_file.read_text(encoding="utf-8") == text
+
+
+# ----- a cache that is not a tuple: its fields are checked for in-place changes too -----------------
+
+CACHE_CLASSES = {
+    "dataclass": "@dataclasses.dataclass\nclass GELUCache:\n    x: np.ndarray\n    t: np.ndarray\n",
+    "plain object": "class GELUCache:\n    def __init__(self, x, t):\n        self.x, self.t = x, t\n",
+    "slots": "class GELUCache:\n    __slots__ = ('x', 't')\n\n    def __init__(self, x, t):\n"
+             "        self.x, self.t = x, t\n",
+}
+NAMED_TUPLE_CACHE = ("class GELUCache(NamedTuple):\n    x: np.ndarray   # (...) the input\n"
+                     "    t: np.ndarray   # (...) tanh(C (x + 0.044715 x^3))\n")
+# right, but it changes the forward's cache once it is done with it
+CHANGES_THE_CACHE = RIGHT.replace("    x, t = cache\n    return dout *", "    x, t = cache.x, cache.t\n    dx = dout *") + \
+    "    cache.{field} *= 2\n    return dx\n"
+
+
+@pytest.mark.parametrize("kind", sorted(CACHE_CLASSES))
+@pytest.mark.parametrize("field", ["x", "t"])
+def test_a_cache_that_is_an_object_is_checked_for_in_place_changes_in_and_out_of_the_sandbox(example, tmp_path,
+                                                                                             kind, field):
+    assert NAMED_TUPLE_CACHE in example and "    x, t = cache\n" in example
+    path = tmp_path / "gelu_exercise.py"
+    path.write_text("import dataclasses\n" + example.replace(NAMED_TUPLE_CACHE, CACHE_CLASSES[kind])
+                    .replace("    x, t = cache\n", "    x, t = cache.x, cache.t\n"), encoding="utf-8")
+    gelu = load_exercises(path)["gelu"]
+    changes = CHANGES_THE_CACHE.format(field=field)
+    right = changes.replace(f"    cache.{field} *= 2\n", "")
+    assert check_function(gelu, load(right)).ok
+    report = check_function(gelu, load(changes))
+    assert report.results[0].status == "fail", report.format()
+    assert f"your function changed cache.{field} in place" in report.first_failure.finding.message
+    (tmp_path / "alice.py").write_text(right)
+    (tmp_path / "bob.py").write_text(changes)
+    assert grade_file(gelu, tmp_path / "alice.py", n_random=1).status == "pass"
+    graded = grade_file(gelu, tmp_path / "bob.py", n_random=1)
+    assert graded.status == "fail" and f"changed cache.{field} in place" in graded.diagnosis, graded.text

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..gradcheck import check_op, draw_dout, numerical_gradient
 from .diagnose import CheckFailed, Finding, diagnose, rel_error
+from .entries import Snapshot, entries
 
 GRAD_TOL = 1e-7        # check_op's relative floor, as in tests/ops
 GRAD_ATOL = 1e-9
@@ -335,28 +336,24 @@ def _raised_by(error: BaseException, function) -> bool:
 
 
 def _snapshot(obj):
+    """A copy of the cache's arrays, in the layout `entries` reads (a Snapshot per container)."""
     if isinstance(obj, np.ndarray):
         return obj.copy()
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):   # an op's typed cache (a NamedTuple)
-        return type(obj)(*(_snapshot(o) for o in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_snapshot(o) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _snapshot(v) for k, v in obj.items()}
-    return obj
+    found = entries(obj)
+    return obj if found is None else Snapshot([(name, _snapshot(value)) for name, value in found])
 
 
 def _entries(before, after, path: str, spread: tuple = ()):
-    """The entries of a tuple, list or dict of the cache (before and after, and their names as the
-    student would write them: cache.x, cache[2], cache['k']; a spread cache's fields by their
-    argument names), or None when it is not a container of the same layout before and after."""
-    if isinstance(before, (tuple, list)) and isinstance(after, (tuple, list)) and len(before) == len(after):
-        fields = spread or getattr(after, "_fields", None)
-        return [(b, a, fields[i] if spread else f"{path}.{fields[i]}" if fields else f"{path}[{i}]")
-                for i, (b, a) in enumerate(zip(before, after))]
-    if isinstance(before, dict) and isinstance(after, dict) and before.keys() == after.keys():
-        return [(before[key], after[key], f"{path}[{key!r}]") for key in before]
-    return None
+    """The entries of a container in the cache -- a tuple, list, dict, dataclass or other object
+    (entries.py) -- before and after, and their names as the student would write them: cache.x,
+    cache[2], cache['k']; a spread cache's fields by their argument names.  None when it is not a
+    container of the same layout before and after."""
+    found_before, found_after = entries(before), entries(after)
+    if found_before is None or found_after is None or \
+            [name for name, _ in found_before] != [name for name, _ in found_after]:
+        return None
+    return [(b, a, spread[i] if spread else path + name)
+            for i, ((name, b), (_, a)) in enumerate(zip(found_before, found_after))]
 
 
 def _changed_entry(before, after, path: str, spread: tuple = ()) -> str | None:
@@ -395,8 +392,9 @@ def _same_array_as(cache, changed: str, spread: tuple = ()) -> list[str]:
 def _same_snapshot(a, b) -> bool:
     if isinstance(a, np.ndarray):
         return isinstance(b, np.ndarray) and a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
-    if isinstance(a, (tuple, list)):
-        return len(a) == len(b) and all(_same_snapshot(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same_snapshot(a[k], b[k]) for k in a)
-    return True
+    found_a = entries(a)
+    if found_a is None:
+        return True
+    found_b = entries(b)
+    return found_b is not None and [n for n, _ in found_a] == [n for n, _ in found_b] and \
+        all(_same_snapshot(x, y) for (_, x), (_, y) in zip(found_a, found_b))

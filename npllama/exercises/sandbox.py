@@ -74,6 +74,7 @@ from pathlib import Path
 import numpy as np
 
 from . import wire
+from .entries import entries
 
 DEFAULT_TIMEOUT = 120.0     # seconds of wall clock per submission
 DEFAULT_MEMORY_MB = 1024    # address space a submission may add to the child's own
@@ -561,8 +562,8 @@ def _signature(parameters) -> inspect.Signature:
 
 
 def array_leaves(value) -> list:
-    """The arrays in a call's arguments (tuples, lists, dict values), each once, in one order the
-    grader and the child both walk."""
+    """The arrays in a call's arguments (in tuples, lists, dicts, dataclasses and other objects:
+    entries.py), each once, in one order the grader and the child both walk."""
     found, seen = [], set()
 
     def walk(v):
@@ -570,11 +571,8 @@ def array_leaves(value) -> list:
             if id(v) not in seen:
                 seen.add(id(v))
                 found.append(v)
-        elif isinstance(v, (tuple, list)):
-            for item in v:
-                walk(item)
-        elif isinstance(v, dict):
-            for item in v.values():
+        else:
+            for _, item in entries(v) or ():
                 walk(item)
     walk(value)
     return found

@@ -140,6 +140,7 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     for caveat in llama_cpp_tokenizer_caveats(tok):
         warnings.warn(caveat, stacklevel=2)
     pieces, scores, types = gguf_vocab(tok, config.vocab_size)
+    end_of_turn = end_of_turn_id(config, tok)
     tensors = gguf_tensors(config, params)
     check_outtype_holds(tensors, outtype)
 
@@ -147,7 +148,7 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
         writer = gguf.GGUFWriter(tmp, "llama")
         try:
             _write_metadata(writer, gguf, config, name or model_dir.resolve().name, outtype)
-            _write_vocab(writer, tok, pieces, scores, types)
+            _write_vocab(writer, tok, pieces, scores, types, end_of_turn)
             template = read_folder_template(model_dir)
             if template is not None:   # what llama.cpp's chat mode renders conversations with
                 writer.add_chat_template(template)
@@ -264,14 +265,29 @@ def _write_metadata(writer, gguf, config, name: str, outtype: str) -> None:
         writer.add_rope_scaling_factor(config.rope_scaling["factor"])
 
 
-def _write_vocab(writer, tok, pieces, scores, types) -> None:
+def end_of_turn_id(config, tok) -> int | None:
+    """The id config.eos_token_id lists besides the tokenizer's end piece (LLaMA-3 instruct's
+    <|eot_id|> beside <|end_of_text|>), or None.  It is written as llama.cpp writes LLaMA-3's:
+    tokenizer.ggml.eot_token_id, where llama.cpp stops too.  A GGUF has no place for more: the
+    rest are dropped, with a warning naming them (the model itself is still right to export)."""
+    others = [i for i in config.end_ids if i != tok.eos_id]
+    if len(others) > 1:
+        warnings.warn(f"eos_token_id lists {len(config.end_ids)} end ids {list(config.end_ids)}; a GGUF names "
+                      f"the tokenizer's end piece (tokenizer.ggml.eos_token_id, {tok.eos_id}) and one more "
+                      f"(tokenizer.ggml.eot_token_id): the export keeps {others[0]} and drops "
+                      f"{', '.join(map(str, others[1:]))}, where llama.cpp will not stop", stacklevel=3)
+    return others[0] if others else None
+
+
+def _write_vocab(writer, tok, pieces, scores, types, end_of_turn: int | None = None) -> None:
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(pieces)
     writer.add_token_scores(scores)
     writer.add_token_types(types)
     for add, token_id in ((writer.add_bos_token_id, tok.bos_id), (writer.add_eos_token_id, tok.eos_id),
-                          (writer.add_unk_token_id, tok.unk_id), (writer.add_pad_token_id, tok.pad_id)):
+                          (writer.add_unk_token_id, tok.unk_id), (writer.add_pad_token_id, tok.pad_id),
+                          (writer.add_eot_token_id, end_of_turn)):
         if token_id is not None:
             add(token_id)
     writer.add_add_bos_token(tok.bos_id is not None)

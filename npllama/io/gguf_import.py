@@ -208,6 +208,10 @@ def _config(path: Path, reader, tensors: dict) -> LlamaConfig:
     special = {field: value for field, key in (("bos_token_id", "tokenizer.ggml.bos_token_id"),
                                                ("eos_token_id", "tokenizer.ggml.eos_token_id"))
                if (value := _value(path, reader, key, None)) is not None}
+    # llama.cpp stops at the end of turn too (LLaMA-3's <|eot_id|>): the model's end ids list both
+    end_of_turn = _value(path, reader, "tokenizer.ggml.eot_token_id", None)
+    if end_of_turn is not None and special.get("eos_token_id", end_of_turn) != end_of_turn:
+        special["eos_token_id"] = [special["eos_token_id"], end_of_turn]
     try:
         config = LlamaConfig(
             **special, vocab_size=vocab, hidden_size=hidden,

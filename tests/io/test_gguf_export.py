@@ -422,3 +422,31 @@ def test_check_outtype_holds_at_its_edges():
         else:
             with pytest.raises(ValueError, match="outtype 'q8_0' would write as inf"):
                 check_outtype_holds({"w": big}, "q8_0")
+
+
+@pytest.mark.parametrize("end_ids, eot", [(2, None), ([2], None), ([2, 7], 7), ([7, 2], 7)])
+def test_a_second_end_id_is_written_as_llama_cpps_end_of_turn_and_read_back(tmp_path, tokenizer, end_ids, eot):
+    """LLaMA-3 instruct models end a generation at <|end_of_text|> or <|eot_id|> (config.json's
+    eos_token_id list): the tokenizer's end piece is tokenizer.ggml.eos_token_id, the other
+    tokenizer.ggml.eot_token_id (llama.cpp's end of turn), and converting the file back lists both."""
+    from npllama.io.gguf_import import read_gguf
+
+    _model_folder(tmp_path / "m", tokenizer, eos_token_id=end_ids)
+    export_gguf(tmp_path / "m", tmp_path / "m.gguf")
+    fields, _, _ = _read(tmp_path / "m.gguf")
+    assert fields["tokenizer.ggml.eos_token_id"] == tokenizer.eos_id == 2
+    assert fields.get("tokenizer.ggml.eot_token_id") == eot
+    config, _ = read_gguf(tmp_path / "m.gguf")
+    assert config.eos_token_id == (2 if eot is None else [2, eot])
+    assert set(config.end_ids) == set(Llama.from_pretrained(tmp_path / "m").config.end_ids)
+
+
+def test_more_end_ids_than_llama_cpp_has_places_for_are_exported_with_a_warning_naming_the_dropped(tmp_path,
+                                                                                                   tokenizer):
+    from npllama.io.gguf_import import read_gguf
+
+    _model_folder(tmp_path / "m", tokenizer, eos_token_id=[2, 7, 9])
+    with pytest.warns(UserWarning, match=r"eos_token_id lists 3 end ids \[2, 7, 9\].*drops 9"):
+        export_gguf(tmp_path / "m", tmp_path / "m.gguf")
+    config, _ = read_gguf(tmp_path / "m.gguf")
+    assert config.eos_token_id == [2, 7]

@@ -291,3 +291,17 @@ def test_convert_gguf_replaces_its_out_whole(folder, tmp_path):
     assert {"config.json", "model.safetensors", "tokenizer.model"} <= names
     assert not names & {"adapter_config.json", "notes.txt"}, names
     assert not (out / "tokenizer.json").is_file() or (out / "tokenizer.json").read_text() != "{}"
+
+
+def test_the_files_end_of_turn_id_is_one_of_the_models_end_ids(folder, tmp_path):
+    """llama.cpp stops at tokenizer.ggml.eot_token_id too (LLaMA-3's <|eot_id|>): so does the model."""
+    def eos_2_eot(eot):
+        def write(writer):
+            writer.add_eos_token_id(2)
+            writer.add_eot_token_id(eot)
+        return write
+
+    config, _ = read_gguf(_write_with(tmp_path / "eot.gguf", folder, {}, more_metadata=eos_2_eot(7)))
+    assert config.eos_token_id == [2, 7] and config.end_ids == (2, 7)
+    same, _ = read_gguf(_write_with(tmp_path / "same.gguf", folder, {}, more_metadata=eos_2_eot(2)))
+    assert same.eos_token_id == 2

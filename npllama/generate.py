@@ -157,12 +157,25 @@ class StopStrings:
         text = self.tokenizer.decode(self.lead + list(new_ids))[self.start:]   # text_after's text
         if self.answer:
             text = text[_answer_separator(text):]
-        return any(s in text for s in self.strings)
+        return self.stop_at(text) is not None
+
+    def stop_at(self, text: str) -> int | None:
+        """Where the new text `text` (as shown) ends: the start of its first stop string, or None
+        when it holds none.  The one rule of where a stop string ends a text: `generate`'s stop
+        (this object called with the new ids), `cut`, and the CLI's printer, which streams the
+        text as shown and asks here (npllama/commands/generate.py, StopAwarePrinter)."""
+        starts = [text.find(s) for s in self.strings if s in text]
+        return min(starts) if starts else None
+
+    def settled(self, text: str) -> int:
+        """How much of `text` (as shown, no stop string in it yet) is sure to be kept, whatever text
+        comes after it: all but its last characters, which may be the start of a stop string."""
+        return max(len(text) - (max(len(s) for s in self.strings) - 1), 0)
 
     def cut(self, text: str) -> str:
-        """text up to the first stop string (all of it if none occurs)."""
-        ends = [text.find(s) for s in self.strings if s in text]
-        return text[:min(ends)] if ends else text
+        """text up to where it stops (`stop_at`): all of it if it holds no stop string."""
+        end = self.stop_at(text)
+        return text if end is None else text[:end]
 
 
 def generate_text(model, tokenizer, prompt, max_new_tokens: int = 100, *, stop: Sequence[str] | None = None,

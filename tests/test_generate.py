@@ -497,6 +497,46 @@ def test_stop_strings_and_generate_text():
         StopStrings(Letters(), ["a", ""])
 
 
+class StopsAfterTheString:
+    """A stop rule other than StopStrings' own: the text stops after its first stop string (kept)."""
+
+    def stop_at(self, text):
+        found = [text.find(s) + len(s) for s in self.strings if s in text]
+        return min(found) if found else None
+
+
+@pytest.mark.parametrize("rule", ["own", "after the string"])
+@pytest.mark.parametrize("answer", [False, True])
+def test_the_clis_printer_stops_where_stop_strings_say_the_text_stops(capsys, rule, answer):
+    """One rule of where a text stops: the CLI's printer asks the StopStrings object, so it prints
+    what stop.cut keeps and ends the generation at the token where stop(new_ids) is true -- under
+    StopStrings' rule and under another one a subclass gives it."""
+    from npllama.commands.generate import StopAwarePrinter
+    from npllama.generate import StopStrings, stream_text, text_after
+
+    tokenizer = Letters()
+    stop_class = StopStrings if rule == "own" else type("Kept", (StopsAfterTheString, StopStrings), {})
+    prompt = [1, 3]                                                  # <1>a
+    new = tokenizer.encode("bcdxcdef", bos=False)[1:]
+    for strings in (["cd"], ["x", "de"], ["dxc", "f"], ["q"]):
+        stop = stop_class(tokenizer, strings, after=prompt, answer=answer)
+        printer = StopAwarePrinter(stop)
+        show = stream_text(tokenizer, prompt, printer.write, answer=answer)
+        steps = 0
+        for steps, token in enumerate(new, 1):
+            show(token)
+            if printer.stopped(new[:steps]):
+                break
+        show.flush()
+        printer.flush()
+        full = text_after(tokenizer, prompt, new)                    # "bcdxcdef"
+        ends = [full.find(s) + (0 if rule == "own" else len(s)) for s in strings if s in full]
+        printed = capsys.readouterr().out
+        assert printed == full[:min(ends, default=len(full))] == stop.cut(full), (rule, strings)
+        api_steps = next((n for n in range(1, len(new) + 1) if stop(new[:n])), len(new))
+        assert steps == api_steps, (rule, strings)
+
+
 def test_stop_strings_decode_once_per_new_token_not_the_prompt_again():
     """generate calls a stop after every new id: it decodes prompt + new ids once, the prompt's own
     text (where the new text starts) having been found when the stop was made."""

@@ -119,6 +119,27 @@ def test_a_stop_string_matches_the_text_as_printed(play_model_dir, capsys, chat)
     assert out == shown_prompt + "\n" and err.startswith("[1 tokens in")
 
 
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+def test_the_cli_stops_where_stop_strings_rule_says(play_model_dir, capsys, monkeypatch, chat):
+    """generate prints by StopStrings' rule of where a text stops: a rule that keeps the stop string
+    (a monkeypatched stop_at) prints it too."""
+    from npllama.generate import StopStrings
+
+    base = ["generate", "--model", str(play_model_dir), "--prompt", "Once", "--max-new-tokens", "5",
+            "--temperature", "0", "--backend", "numpy", "--stop", "y p"] + (["--chat"] if chat else [])
+    shown_prompt = "" if chat else "Once"
+    _, out, _ = run_cli(capsys, *base)
+    assert out == shown_prompt + ("" if chat else " ") + "pla\n"
+
+    def after_the_string(self, text):
+        found = [text.find(s) + len(s) for s in self.strings if s in text]
+        return min(found) if found else None
+
+    monkeypatch.setattr(StopStrings, "stop_at", after_the_string)
+    _, out, err = run_cli(capsys, *base)
+    assert out == shown_prompt + ("" if chat else " ") + "play p\n" and err.startswith("[2 tokens in"), (out, err)
+
+
 def test_chat_stops_at_a_stop_string_and_goes_on_from_what_it_printed(play_model_dir, monkeypatch, capsys):
     """`npllama chat --stop` follows generate --chat's rule: the answer as printed ("play play ..."),
     so "play" stops at its first word; the next prompt holds the answer as printed."""

@@ -59,8 +59,8 @@ def run(args) -> int:
                 _say(f"[{not_sent_words(len(prompt_ids), context, len(conversation.exchanges), args.system)}]")
                 continue
             room = min(args.max_new_tokens, context - len(prompt_ids))
-            # matched against the answer as printed, as generate --chat matches it
-            stop = StopStrings(tokenizer, stops, after=prompt_ids, answer=True) if stops else None
+            # matched (by the printer, asking it) against the answer as printed, as generate --chat matches it
+            stop = StopStrings(tokenizer, stops, after=prompt_ids) if stops else None
             printer = StopAwarePrinter(stop)
             show = stream_text(tokenizer, prompt_ids, printer.write, answer=True)
             ids = generate(model, prompt_ids, room, temperature=args.temperature, top_k=args.top_k,

@@ -131,8 +131,9 @@ def run(args) -> int:
                       flag="--max-new-tokens")
     except ValueError as error:
         raise UsageError(str(error)) from None
-    # matched against the text as printed: an answer (--chat) without its first space
-    stop = StopStrings(tokenizer, stops, after=prompt_ids, answer=chat) if stops else None
+    # matched (by the printer, asking it) against the text as printed: stream_text shows an answer
+    # (--chat) without its first space, so the stop's own `answer` has no part here
+    stop = StopStrings(tokenizer, stops, after=prompt_ids) if stops else None
     vocab_size = decodable_vocab_size(model, tokenizer)
     with use_backend(args.backend or get_backend()):
         for i in range(args.num_samples):
@@ -202,31 +203,25 @@ def _check_args(args, check_generation_args) -> None:
 
 
 class StopAwarePrinter:
-    """Streams text to stdout, holding back what could be the start of a stop string, so the
-    stop string itself (and anything after it) is never printed."""
+    """Streams text to stdout as `stop` (a StopStrings, or None) says where the text ends: what it
+    may still cut is held back, so the stop string itself (and anything after it) is never printed.
+    The text it is given is the new text as shown (stream_text), which `stop` matches."""
 
     def __init__(self, stop):
-        self.stop, self.pending, self.done = stop, "", False
+        self.stop, self.text, self.printed, self.done = stop, "", 0, False
 
     def write(self, text: str) -> None:
         if self.done:
             return
-        if self.stop is None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            return
-        self.pending += text
-        cut = self.stop.cut(self.pending)
-        if len(cut) < len(self.pending):   # a stop string appeared: print up to it, then nothing
-            sys.stdout.write(cut)
-            self.pending, self.done = "", True
-        else:
-            keep = max(len(s) for s in self.stop.strings) - 1   # a stop string may be starting here
-            # max: text shorter than what is kept back is all kept (a negative end would cut from the
-            # end, printing the start of a stop string longer than the text so far)
-            ready = self.pending[:max(len(self.pending) - keep, 0)]
-            sys.stdout.write(ready)
-            self.pending = self.pending[len(ready):]
+        self.text += text
+        end = len(self.text)
+        if self.stop is not None:
+            stop_at = self.stop.stop_at(self.text)
+            self.done = stop_at is not None
+            end = stop_at if self.done else self.stop.settled(self.text)
+        if end > self.printed:
+            sys.stdout.write(self.text[self.printed:end])
+            self.printed = end
         sys.stdout.flush()
 
     def stopped(self, new_ids) -> bool:
@@ -236,5 +231,5 @@ class StopAwarePrinter:
 
     def flush(self) -> None:
         if not self.done:
-            sys.stdout.write(self.pending)
-        self.pending = ""
+            sys.stdout.write(self.text[self.printed:])
+            self.printed = len(self.text)

@@ -2084,3 +2084,16 @@ def test_a_failed_check_names_what_failed_in_its_first_line_and_says_what_err_ov
     while frame.tb_next:
         frame = frame.tb_next
     assert frame.tb_frame.f_locals.get("__tracebackhide__") is True
+
+
+def test_an_ignored_input_is_worded_for_the_way_the_check_was_called():
+    # under check_op the user wrote a forward, not an fn, and the scalar is L = sum(out * dout)
+    x = np.random.default_rng(0).standard_normal(4)
+    stale = x.copy()                       # a copy made before the call: the check's moves never reach it
+    report = check_op(lambda v: (stale**2, None), lambda d, c: 2 * d * stale, [x], names=["x"])
+    note = next(n for n in report["x"].notes if "did not change at all" in n)
+    assert "forward does not read" in note and "L = sum(out * dout)" in note, note
+    assert "fn" not in note.split(), note
+    by_fn = gradcheck(lambda v: float(np.sum(stale**2)), [x], [2 * stale], names=["x"])
+    note = next(n for n in by_fn["x"].notes if "did not change at all" in n)
+    assert "fn does not read" in note and "forward" not in note, note

@@ -139,7 +139,7 @@ def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries
                     raise _left_domain_error(error, name, f"every entry (random direction {len(drawn)})", eps) \
                         from error
         report = _judge(name, x.shape, x.size, int(np.sum(np.isfinite(x))), indices, n_directions, probes, tol,
-                        n_nan=int(np.sum(np.isnan(x))))
+                        n_nan=int(np.sum(np.isnan(x))), caller=guard.caller)
         if report.worst_direction and report.failed:
             with guard.watching(name):
                 _locate(report, evaluate, x, drawn[report.worst_direction - 1], g, scale, typical, largest,

@@ -158,7 +158,9 @@ def _distinguishable(a: float, b: float) -> tuple[str, str]:
     return f"{a:.{digits}g}", f"{b:.{digits}g}"
 
 
-def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_nan=0) -> InputReport:
+def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_nan=0, caller="fn") -> InputReport:
+    """caller: the user's function the check evaluates, "fn" (gradcheck) or "forward" (check_op),
+    as the notes name it."""
     a, n = np.array(probes.analytic, dtype=np.float64), np.array(probes.numeric, dtype=np.float64)
     model_bound = np.array(probes.bound, dtype=np.float64)
     magnitude = np.array(probes.magnitude, dtype=np.float64)
@@ -203,7 +205,7 @@ def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_na
         report.worst_direction = e - n_entries + 1
     if n_entries:
         report.max_abs_err = float(np.max(diff[:n_entries])) if np.all(finite[:n_entries]) else float("inf")
-    report.notes = _notes(report, indices, n_finite, probes, passed, unresolved, n_nan)
+    report.notes = _notes(report, indices, n_finite, probes, passed, unresolved, n_nan, caller)
     if report.failed and method == "all entries":
         pattern = _pattern_note(tuple(shape), indices, a, n, model_bound, tol, failed_outright, passed,
                                 np.array(probes.rough, dtype=bool), unconfirmed)
@@ -240,7 +242,7 @@ def _relative_figures(a, n, held_to, magnitude, largest, n_entries, finite):
     return rel, bound
 
 
-def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n_nan) -> list[str]:
+def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n_nan, caller="fn") -> list[str]:
     notes, n_entries = [], len(indices)
     if n_finite + n_nan < report.size:
         notes.append(f"{report.size - n_finite - n_nan} entries are +-inf and were not probed")
@@ -289,15 +291,17 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
     numeric = np.array(probes.numeric)
     if not report.ok and numeric.size and np.all(numeric == 0) and np.any(np.array(probes.analytic) != 0):
         largest_claimed = float(np.max(np.abs(np.array(probes.analytic, dtype=np.float64))))
+        # check_op's user wrote a forward, whose out reaches the scalar only through L = sum(out * dout)
+        scalar, depends = ("L = sum(out * dout)", "forward's out does") if caller == "forward" else ("f", "f does")
         rounding = ("" if largest_claimed >= ROUNDS_AWAY else
-                    ", or f is a difference of larger numbers that rounds to the same value at every step, so a "
-                    f"gradient as small as the analytic ones here (largest {largest_claimed:.2g}) cannot move it (a "
-                    "cross-entropy whose target logit leads the others by ~37 or more is exactly 0.0 in float64: "
-                    "check at less extreme inputs)")
-        notes.append("f did not change at all when this input moved: either f does not depend on it here "
-                     "(its true gradient is zero there: a sign, a rounding, a normalised single value), or fn "
-                     "does not read the arrays it is given (they are changed in place; a copy made before the "
-                     f"call would not see it){rounding}")
+                    f", or {scalar} is a difference of larger numbers that rounds to the same value at every step, "
+                    f"so a gradient as small as the analytic ones here (largest {largest_claimed:.2g}) cannot move "
+                    "it (a cross-entropy whose target logit leads the others by ~37 or more is exactly 0.0 in "
+                    "float64: check at less extreme inputs)")
+        notes.append(f"{scalar} did not change at all when this input moved: either {depends} not depend on it "
+                     f"here (its true gradient is zero there: a sign, a rounding, a normalised single value), or "
+                     f"{caller} does not read the arrays it is given (they are changed in place; a copy made "
+                     f"before the call would not see it){rounding}")
     if not report.ok and any(r and not p and not s and not k and np.isfinite(v)
                              for r, p, s, k, v in zip(probes.rough, passed, unsteady, at_kink, probes.numeric)):
         # a probe that failed where f behaved smoothly is a verdict the rough ones do not weaken (after

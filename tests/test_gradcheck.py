@@ -561,6 +561,11 @@ MISUSES = [
      "not inputs: ['w']"),
     ("float32 input", lambda x: gradcheck(lambda v: float(v.sum()), [x.astype(np.float32)], [np.ones(3)]),
      TypeError, "x.astype(np.float64)"),
+    ("float32 input named", lambda x: gradcheck(lambda v: float(v.sum()), {"weight": x.astype(np.float32)},
+                                                {"weight": np.ones(3)}), TypeError, "weight.astype(np.float64)"),
+    ("check_op float32 input named", lambda x: check_op(lambda a: (a * 2, None), lambda d, c: d * 2,
+                                                        [x.astype(np.float32)], names=["h"]),
+     TypeError, "h.astype(np.float64)"),
     ("float16 input", lambda x: gradcheck(lambda v: float(v.sum()), [x.astype(np.float16)], [np.ones(3)]),
      TypeError, "float16's round-off (1e-03)"),
     # an op whose out follows its float32 input is told about the input, before the forward runs

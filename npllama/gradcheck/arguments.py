@@ -14,6 +14,7 @@ from .constants import UNIT_ROUNDOFF
 
 
 METHODS = ("auto", "entries", "directional")
+DEFAULT_PREFIX = "input"    # the i-th input's name in the report is input<i> when names= is not given
 
 
 def _gradients_in_order(grads, wrt, wrt_given, inputs, all_names) -> tuple:
@@ -125,7 +126,7 @@ def _input_list(inputs, what: str) -> list:
 
 def _check_names(names, count: int, what: str) -> list[str]:
     if names is None:
-        return [f"input{i}" for i in range(count)]
+        return [f"{DEFAULT_PREFIX}{i}" for i in range(count)]
     if isinstance(names, (str, Mapping)) or not isinstance(names, (list, tuple)):
         raise TypeError(f"names must be a list of strings, one per input, got {_describe(names)}")
     not_strings = [n for n in names if not isinstance(n, str)]
@@ -246,7 +247,15 @@ def _require_float64_input(name: str, x) -> None:
         rounding = (f"{x.dtype}'s round-off ({np.finfo(x.dtype).eps:.0e}) swamps central differences"
                     if np.finfo(x.dtype).eps > UNIT_ROUNDOFF else "the bounds model float64's round-off")
         raise TypeError(f"input {name!r} is {x.dtype}; gradient checks need float64 ({rounding}): "
-                        "x.astype(np.float64), or for a model Llama(config, dtype=np.float64)")
+                        f"{_in_code(name)}.astype(np.float64), or for a model Llama(config, dtype=np.float64)")
+
+
+def _in_code(name: str) -> str:
+    """The input as advice writes it in code: by its name where the user gave one that Python can
+    spell (weight, model.embed_tokens.weight), else x (a name made up for it, input0, is no
+    variable of the user's)."""
+    made_up = name.startswith(DEFAULT_PREFIX) and name[len(DEFAULT_PREFIX):].isdigit()
+    return name if not made_up and all(part.isidentifier() for part in name.split(".")) else "x"
 
 
 def _require_float64_precision(value, what: str) -> None:

@@ -2102,3 +2102,78 @@ def test_an_ignored_input_is_worded_for_the_way_the_check_was_called():
     by_fn = gradcheck(lambda v: float(np.sum(stale**2)), [x], [2 * stale], names=["x"])
     note = next(n for n in by_fn["x"].notes if "did not change at all" in n)
     assert "fn does not read" in note and "forward" not in note, note
+
+
+# ----- gradients of two inputs of one shape, returned in each other's place -----------------------------
+
+def _three_input_op(shape=(2, 3), seed=0):
+    """out = A * B**2 + sin(C): three inputs of one shape, whose gradients differ from each other."""
+    rng = np.random.default_rng(seed)
+    A, B, C = (rng.standard_normal(shape) for _ in range(3))
+
+    def forward(a, b, c):
+        return a * b**2 + np.sin(c), (a, b, c)
+
+    def right(dout, cache):
+        a, b, c = cache
+        return dout * b**2, 2 * dout * a * b, dout * np.cos(c)
+    return forward, right, [A, B, C]
+
+
+def _swap_notes(report) -> list[str]:
+    return [warning for warning in report.warnings if "swapped" in warning]
+
+
+def test_gradients_of_two_inputs_returned_swapped_are_named_as_swapped():
+    forward, right, inputs = _three_input_op()
+
+    def swapped(dout, cache):
+        dA, dB, dC = right(dout, cache)
+        return dB, dA, dC
+    report = check_op(forward, swapped, inputs, names=["A", "B", "C"])
+    assert [r.status for r in report.inputs] == ["FAIL", "FAIL", "ok"], str(report)
+    says = ("the gradients of A and B are swapped: backward returns the gradients in the forward's order "
+            "('A', 'B', 'C')")
+    for name in ("A", "B"):
+        assert report[name].notes[0].startswith(says), report[name].notes
+        assert not _pattern_notes(report[name]), report[name].notes    # a factor or transpose would mislead
+    assert report["C"].notes == []
+    assert check_op(forward, right, inputs, names=["A", "B", "C"]).warnings == []
+
+
+def test_gradcheck_names_gradients_given_in_each_others_place():
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal(4), rng.standard_normal(4)
+    f = lambda a, b: float(np.sum(np.sin(a) * b**3))
+    dx, dw = np.cos(x) * w**3, 3 * np.sin(x) * w**2
+    report = gradcheck(f, [x, w], [dw, dx], names=["x", "w"])
+    assert report["x"].notes[0].startswith("the gradients of x and w are swapped: grads are in the order of "
+                                           "inputs ('x', 'w')"), str(report)
+    keyed = gradcheck(lambda x, w: f(x, w), {"x": x, "w": w}, {"x": dw, "w": dx})
+    assert keyed["w"].notes[0].startswith("the gradients of x and w are swapped: each is given under the "
+                                          "other's key"), str(keyed)
+    assert gradcheck(f, [x, w], [dx, dw], names=["x", "w"]).ok
+
+
+@pytest.mark.parametrize("planted", [
+    lambda dA, dB, dC: (dB, 2 * dA, dC),                      # A's slot holds dB, but B's is no dA
+    lambda dA, dB, dC: (dB, dA + np.eye(*dA.shape) * 1e-3, dC),   # swapped, but a few entries of dA off
+    lambda dA, dB, dC: (dC, dA, dB),                          # a rotation of three, no pair swapped
+])
+def test_a_swap_is_claimed_only_where_every_entry_of_both_shows_it(planted):
+    forward, right, inputs = _three_input_op(seed=2)
+    report = check_op(forward, lambda dout, cache: planted(*right(dout, cache)), inputs, names=["A", "B", "C"])
+    assert not report.ok, str(report)
+    assert _swap_notes(report) == [], str(report)
+
+
+def test_a_swap_beside_a_third_wrong_gradient_names_the_pair_only():
+    forward, right, inputs = _three_input_op(seed=3)
+
+    def swapped_and_wrong(dout, cache):
+        dA, dB, dC = right(dout, cache)
+        return dB, dA, -dC
+    report = check_op(forward, swapped_and_wrong, inputs, names=["A", "B", "C"])
+    assert [r.status for r in report.inputs] == ["FAIL", "FAIL", "FAIL"], str(report)
+    assert len(_swap_notes(report)) == 2 and all("of A and B are swapped" in n for n in _swap_notes(report))
+    assert "the sign is flipped" in report["C"].notes[0], report["C"].notes

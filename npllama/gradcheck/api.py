@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .arguments import (_call_as_check_op_does, _call_shown, _check_names, _check_settings, _check_wrt, _describe,
+from .arguments import (BACKWARD_ORDER, GRADS_ORDER, _call_as_check_op_does, _call_shown, _check_names, _check_settings, _check_wrt, _describe,
                         _forward_result, _gradients_by_key, _gradients_in_order, _input_list, _kind, _names_from_keys,
                         _one_by_one_advice, _pair_up, _require_float64_input, _require_float64_precision, _wrt_keys)
 from .checker import _check_all
@@ -86,7 +86,8 @@ def gradcheck(fn: Callable[..., float], inputs: Sequence[np.ndarray] | Mapping[s
 
     return _check_all(evaluate, names, arrays, analytic, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
                       seed=seed, method=method, directions=directions, richardson=richardson, progress=progress,
-                      guard=_InPlaceGuard("fn", names, arrays))
+                      guard=_InPlaceGuard("fn", names, arrays),
+                      order=None if isinstance(inputs, Mapping) else GRADS_ORDER)
 
 
 def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray] | Mapping[str, np.ndarray], *,
@@ -166,12 +167,12 @@ def check_op(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray]
         terms = np.asarray(forward(*arguments, *extra_args, **extra_kwargs)[0], dtype=np.float64) * dout
         return float(np.sum(terms)), float(np.sum(np.abs(terms)))
 
-    names, arrays, analytic = _pair_up([inputs[i] for i in wrt], list(grads), [all_names[i] for i in wrt],
-                                       order=None if keyed else "backward returns the gradients in the forward's order")
+    order = None if keyed else BACKWARD_ORDER
+    names, arrays, analytic = _pair_up([inputs[i] for i in wrt], list(grads), [all_names[i] for i in wrt], order)
     left_out = [f"{all_names[i]} ({_kind(x)})" for i, x in enumerate(inputs) if i not in wrt and x is not None]
     return _check_all(evaluate, names, arrays, analytic, eps=eps, tol=tol, atol=atol, max_entries=max_entries,
                       seed=seed, method=method, directions=directions, richardson=richardson, progress=progress,
-                      guard=guard, not_differentiated=left_out)
+                      guard=guard, not_differentiated=left_out, order=order)
 
 
 def draw_dout(shape, seed: int) -> np.ndarray:

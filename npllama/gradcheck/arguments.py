@@ -14,6 +14,9 @@ from .constants import UNIT_ROUNDOFF
 
 
 METHODS = ("auto", "entries", "directional")
+# how the gradients are ordered, as the messages of a gradient in another's place say it
+GRADS_ORDER = "grads are in the order of inputs"
+BACKWARD_ORDER = "backward returns the gradients in the forward's order"
 DEFAULT_PREFIX = "input"    # the i-th input's name in the report is input<i> when names= is not given
 
 
@@ -268,7 +271,7 @@ def _require_float64_precision(value, what: str) -> None:
                         "compute in float64 (an op's dtype should follow its input's)")
 
 
-def _pair_up(inputs, grads, names, order: str | None = "grads are in the order of inputs"):
+def _pair_up(inputs, grads, names, order: str | None = GRADS_ORDER):
     """(names, arrays, gradients) after checking that they match.  order: how the gradients are
     ordered, said when one has the shape of another input (None: keyed, no order to get wrong)."""
     if isinstance(inputs, Mapping):

@@ -15,6 +15,7 @@ from .constants import LOOSE_BOUND, ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF, UNRESO
 from .derivative import _left_domain_error, _LeftDomain, _resolved_derivative, _shortened
 from .inplace import _ChangedUnderProbe, _unchanged
 from .norms import _norm, _rms
+from .pattern import ProbedEntries, _swap_notes
 from .remeasure import _kink_checked, _steadiness_checked
 from .reports import _judge, GradcheckReport
 
@@ -102,7 +103,8 @@ class _Probes:
 
 
 def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries, seed, method, directions,
-               richardson, progress, guard, not_differentiated=()) -> GradcheckReport:
+               richardson, progress, guard, not_differentiated=(), order=None) -> GradcheckReport:
+    """order: how the gradients are ordered, as a note on two of them swapped says it (None: keyed)."""
     _require_deterministic(evaluate, guard.check)
     # The analytic gradients carry round-off of their own: an entry that is zero in exact
     # arithmetic comes out as ~u times the gradient's larger entries.  No probe can be asked to
@@ -110,7 +112,7 @@ def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries
     largest = max((float(np.max(np.abs(g[np.isfinite(g)]), initial=0.0)) for g in map(np.asarray, analytic)),
                   default=0.0)
     rng = np.random.default_rng(seed)
-    reports = []
+    reports, probed = [], []
     for name, x, g in zip(names, arrays, analytic):
         g = np.asarray(g, dtype=np.float64)
         indices, n_directions = _choose_probes(x, rng, max_entries, method, directions)
@@ -151,11 +153,25 @@ def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries
                                    f"{'y' if broken.size == 1 else 'ies'} (the first: {first}), where x is finite: "
                                    "the backward is wrong there (or f has no finite derivative there, as sqrt at 0)")
         reports.append(report)
+        probed.append(_entries_probed(indices, n_directions, probes))
         if progress:
             r = reports[-1]
             print(f"gradcheck {len(reports)}/{len(names)} {name}: {r.method} {r.coverage}, "
                   f"err/bound {r.err_over_bound:.2g} {r.status}", file=sys.stderr, flush=True)
+    _swap_notes(reports, probed, tol, order)
     return GradcheckReport(reports, tol, eps, atol, list(not_differentiated))
+
+
+def _entries_probed(indices, n_directions, probes: _Probes) -> ProbedEntries | None:
+    """An input's probes of single entries, where they alone may show its gradient to be another
+    input's (_swap_notes): None when directions were probed too (the entries are then a sample),
+    or a probe is unresolved or not finite (it shows nothing to compare)."""
+    analytic, numeric, bound = (np.array(values, dtype=np.float64)
+                                for values in (probes.analytic, probes.numeric, probes.bound))
+    if n_directions or not indices or any(probes.unresolved) \
+            or not all(np.all(np.isfinite(values)) for values in (analytic, numeric, bound)):
+        return None
+    return ProbedEntries(list(indices), analytic, numeric, bound)
 
 
 def _locate(report, evaluate, x, direction, g, scale, typical, largest, eps, richardson, tol, atol) -> None:

@@ -1,8 +1,13 @@
 """The note a FAIL carries when one pattern explains every entry's analytic value from its
 numeric one (c times numeric, its last two axes swapped, all but a few entries), and the fitted
 factor behind the first (fitted_factor, public: the exercise checker's diagnosis uses it too).
-The report (reports.py) asks for it only for an input probed at every entry."""
+The report (reports.py) asks for it only for an input probed at every entry.  And the note two
+inputs of one shape carry when their gradients are swapped (_swap_notes, asked for by
+checker.py once every input is judged)."""
 from __future__ import annotations
+
+import dataclasses
+import itertools
 
 import numpy as np
 
@@ -41,14 +46,9 @@ def _pattern_note(shape, indices, a, n, bound, tol, failed, passed, rough, uncon
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(n)) and np.all(np.isfinite(bound))):
         return ""
 
-    def within(predicted, values, scale, predicted_bound) -> np.ndarray:
-        """Per entry: values lies within the bound of predicted (as the checker holds analytic to numeric)."""
-        return np.abs(values - predicted) <= scale * predicted_bound + tol * np.maximum(np.abs(values),
-                                                                                        np.abs(predicted))
-
     def explains(predicted, scale=1.0, predicted_bound=bound) -> bool:
-        return bool(np.all(within(predicted, a, scale, predicted_bound))
-                    and np.sum(~within(predicted, n, scale, predicted_bound)) >= 2)
+        return bool(np.all(_within(predicted, a, scale * predicted_bound, tol))
+                    and np.sum(~_within(predicted, n, scale * predicted_bound, tol)) >= 2)
 
     shown = np.abs(n) > bound                       # entries whose numeric value is not lost in its bound
     if np.sum(shown) >= 2:
@@ -96,6 +96,46 @@ def _pattern_note(shape, indices, a, n, bound, tol, failed, passed, rough, uncon
         return (f"analytic matches numeric at every entry but {off.size} of {len(a)}: {listed}{more}{unnamed} "
                 f"-- {cause}")
     return ""
+
+
+def _within(predicted, values, predicted_bound, tol) -> np.ndarray:
+    """Per entry: values lies within the bound of predicted (as the checker holds analytic to numeric)."""
+    return np.abs(values - predicted) <= predicted_bound + tol * np.maximum(np.abs(values), np.abs(predicted))
+
+
+@dataclasses.dataclass
+class ProbedEntries:
+    """One input's probes of single entries, for the notes that compare inputs (_swap_notes): where
+    (indices), what backward claimed there (analytic), what f's differences showed (numeric),
+    and the bound of each difference."""
+    indices: list
+    analytic: np.ndarray
+    numeric: np.ndarray
+    bound: np.ndarray
+
+
+def _swap_notes(reports, probed, tol, order: str | None) -> None:
+    """Put first in both inputs' notes, in place of their pattern, when two inputs that FAIL have
+    gradients swapped: the analytic gradient of each lies within the bounds of the other's
+    numeric one at every entry of both (all probed one by one, the same entries).  Never from
+    part of the entries: a pair of which one entry does not fit is left to the notes of each.
+    probed: a ProbedEntries per report, None where its probes cannot show a swap (directions,
+    probes unresolved).  order: how the gradients are ordered (None: keyed by the inputs' names)."""
+    names = ", ".join(repr(r.name) for r in reports)
+    for i, j in itertools.combinations(range(len(reports)), 2):
+        first, second = probed[i], probed[j]
+        if (first is None or second is None or reports[i].status != "FAIL" or reports[j].status != "FAIL"
+                or reports[i].shape != reports[j].shape or first.indices != second.indices):
+            continue
+        if not (np.all(_within(second.numeric, first.analytic, second.bound, tol))
+                and np.all(_within(first.numeric, second.analytic, first.bound, tol))):
+            continue
+        how = f"{order} ({names})" if order else "each is given under the other's key"
+        note = f"the gradients of {reports[i].name} and {reports[j].name} are swapped: {how}"
+        for report in (reports[i], reports[j]):
+            if report.pattern in report.notes:      # a factor or a transpose fitted to the other's gradient
+                report.notes.remove(report.pattern)
+            report.notes.insert(0, note)
 
 
 def _factor_text(factor: float, explains) -> str:

@@ -42,6 +42,7 @@ class InputReport:
     unresolved: int = 0             # probes whose bound stayed above UNRESOLVED of the gradient: not passed
     longer_steps: int = 0           # probes resolved only with a step longer than eps
     worst_direction: int = 0        # when the probe shown is a random direction: its number (1-based)
+    pattern: str = ""               # a FAIL's pattern (pattern.py), also the first of notes: '' if none
 
     @property
     def status(self) -> str:
@@ -210,6 +211,7 @@ def _judge(name, shape, size, n_finite, indices, n_directions, probes, tol, n_na
         pattern = _pattern_note(tuple(shape), indices, a, n, model_bound, tol, failed_outright, passed,
                                 np.array(probes.rough, dtype=bool), unconfirmed)
         if pattern:
+            report.pattern = pattern
             report.notes.insert(0, pattern)
     return report
 

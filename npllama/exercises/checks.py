@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..gradcheck import check_op, draw_dout, numerical_gradient
-from .diagnose import CheckFailed, Finding, diagnose, rel_error
+from .diagnose import CaseUndecided, CheckFailed, Finding, diagnose, rel_error
 from .entries import Snapshot, entries
 
 GRAD_TOL = 1e-7        # check_op's relative floor, as in tests/ops
@@ -260,8 +260,12 @@ def check_gradient(backward, case: Case) -> None:
                                   hint=f"return one new array per gradient and leave "
                                        f"{upstream_name(backward, case)} and the cache as they were "
                                        f"(x = x * 2, not x *= 2)", case=case.describe())) from None
-    failing = [r for r in report.inputs if not r.ok]
+    # an UNRESOLVED input is no mistake: finite differences could not judge it, right or wrong
+    failing = [r for r in report.inputs if r.status == "FAIL"]
+    undecided = [r for r in report.inputs if r.status == "UNRESOLVED"]
     if not failing:
+        if undecided:
+            raise CaseUndecided(_why_undecided(undecided), case.describe())
         return
     first = failing[0]
     index = case.input_names.index(first.name)
@@ -273,7 +277,20 @@ def check_gradient(backward, case: Case) -> None:
     if others:
         shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
         finding.message += f" (also wrong: {shown})"
+    if undecided:
+        finding.message += (f" ({', '.join(gradient_name(r.name) for r in undecided)} could not be decided by "
+                            "finite differences)")
     raise CheckFailed(finding)
+
+
+def _why_undecided(undecided) -> str:
+    """The gradient checker's reason for each input it could not decide: the note that says why."""
+    reasons = []
+    for r in undecided:
+        note = next((n for n in r.notes if "UNRESOLVED" in n), r.notes[0] if r.notes else
+                    "its finite differences could not tell a right gradient from a wrong one")
+        reasons.append(f"{gradient_name(r.name)}: {note}")
+    return "; ".join(reasons)
 
 
 def check_dtype(backward, case: Case) -> None:

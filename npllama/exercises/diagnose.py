@@ -83,6 +83,16 @@ class CheckFailed(AssertionError):
         super().__init__("\n".join(finding.lines()))
 
 
+class CaseUndecided(Exception):
+    """The gradient check could not decide one case either way (gradcheck's UNRESOLVED: a right
+    gradient at a kink of the forward, or one lost in f's round-off): neither a pass nor a mistake.
+    reason: the checker's; case: the case's description."""
+
+    def __init__(self, reason: str, case: str):
+        self.reason, self.case = reason, case
+        super().__init__(f"case {case}: {reason}")
+
+
 def rel_error(a, b) -> float:
     """gradcheck's norm-wise relative error, with a floor that lets near-zero mismatches count."""
     return gradcheck_rel_error(a, b, tiny=1e-300)

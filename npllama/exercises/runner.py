@@ -28,7 +28,7 @@ import numpy as np
 from .definitions import EXERCISES, Check, Exercise, get_exercise, path_argument
 from .checks import sample
 from .catalogue import CATALOGUES
-from .diagnose import CheckFailed, Finding
+from .diagnose import CaseUndecided, CheckFailed, Finding
 from .gradebook import submissions_in
 from .mistakes import explain
 from .screen import (RULE, ForbiddenCall, finite_difference_lines, guard_library, measured_reason, near_exact_gap,
@@ -54,10 +54,13 @@ class GradingStopped(BaseException):
 @dataclasses.dataclass
 class CheckResult:
     check: Check
-    status: str                      # "pass", "fail", "error", "not run"
+    status: str                      # "pass", "fail", "error", "not run", "undecided" (no case could be decided)
     cases_run: int = 0
     cases_total: int = 0
     finding: Finding | None = None
+    # the cases the check could not decide either way (CaseUndecided): neither passed nor failed,
+    # the verdict rests on the others
+    undecided: list[CaseUndecided] = dataclasses.field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -66,7 +69,37 @@ class CheckResult:
     @property
     def diagnosis(self) -> str:
         """The finding's one line if a mistake was named, else the status."""
-        return self.finding.short() if self.finding else self.status
+        if self.finding:
+            return self.finding.short()
+        if self.status == "undecided":
+            return (f"could not decide: finite differences could not judge {self._cases('its', 'case')} either "
+                    "way (not a mistake found)")
+        return self.status
+
+    def _cases(self, its: str, case: str) -> str:
+        """'its 1 case', 'any of its 9 cases'."""
+        return f"{its} 1 {case}" if self.cases_run == 1 else f"any of {its} {self.cases_run} {case}s"
+
+    def undecided_lines(self) -> list[str]:
+        """What the report says of the cases this check could not decide (none when it failed: the
+        failure is its verdict)."""
+        if not self.undecided or self.status not in ("pass", "undecided"):
+            return []
+        count = len(self.undecided)
+        if self.status == "undecided":
+            head = (f"{self.check.name}: the check could not decide -- finite differences could not judge "
+                    f"{self._cases('its', 'case')} (neither a pass nor a mistake):")
+        else:
+            rest = self.cases_run - count
+            head = (f"{self.check.name}: {count} of {self.cases_run} cases could not be decided by finite "
+                    f"differences (neither a pass nor a mistake); the verdict rests on the other {rest} "
+                    f"case{'s' if rest != 1 else ''}:")
+        shown = [f"  case {u.case}: {u.reason}" for u in self.undecided[:UNDECIDED_SHOWN]]
+        more = [f"  and {count - UNDECIDED_SHOWN} more"] if count > UNDECIDED_SHOWN else []
+        return [head] + shown + more
+
+
+UNDECIDED_SHOWN = 2      # the cases a check could not decide whose reason the report gives
 
 
 @dataclasses.dataclass(repr=False)
@@ -98,6 +131,11 @@ class Report:
         return next((r for r in self.results if r.status in ("fail", "error")), None)
 
     @property
+    def undecided(self) -> list[CheckResult]:
+        """The checks that could not decide any of their cases: not passed, and no mistake found."""
+        return [r for r in self.results if r.status == "undecided"]
+
+    @property
     def failed_before_the_stop(self) -> bool:
         """The checks stopped (`stopped`) after an earlier check had failed: first_failure is that
         check, not the one they stopped in (check_function's last result, whose finding is the stop)."""
@@ -117,6 +155,8 @@ class Report:
             return f"{first.check.name}: {first.diagnosis}"
         if self.stopped:
             return f"stopped: {self.stopped}"
+        if self.undecided:
+            return "; ".join(f"{r.check.name}: {r.diagnosis}" for r in self.undecided)
         if self.passed < self.total:      # a report built by hand, or cut short: never "all pass" then
             return f"{self.passed} of {self.total} checks passed, the others not run"
         return "all checks pass"
@@ -177,14 +217,16 @@ class Report:
             return "\n".join(lines)
         rows = self._rows()
         width = max((len(r.check.name) for r in rows), default=0)
+        labels = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "not run": "-", "undecided": "UNDECIDED"}
+        label_width = max(5, *(len(labels[r.status]) for r in rows))
         for r in rows:
-            status = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "not run": "-"}[r.status]
             cases = ""
-            if r.check.sampled and r.status == "pass":
-                cases = f"  ({r.cases_run} cases)"
+            if r.check.sampled and r.status in ("pass", "undecided"):
+                not_decided = f", {len(r.undecided)} not decided" if r.undecided and r.status == "pass" else ""
+                cases = f"  ({r.cases_run} cases{not_decided})"
             elif r.check.sampled and r.status in ("fail", "error"):
                 cases = f"  (case {r.cases_run} of {r.cases_total})"
-            lines.append(f"  {status:<5} {r.check.name:<{width}}  {r.check.description}{cases}")
+            lines.append(f"  {labels[r.status]:<{label_width}} {r.check.name:<{width}}  {r.check.description}{cases}")
         first = self.first_failure
         if first is not None and first.finding is not None:
             lines.append(f"First failure ({first.check.name}):")
@@ -195,6 +237,8 @@ class Report:
         # the only place saying why the row of the check it stopped in is ERROR
         if self.stopped and (first is None or self.failed_before_the_stop):
             lines.append(f"Stopped: {self.stopped}")
+        for r in rows:
+            lines += ["  note: " + line if i == 0 else "  " + line for i, line in enumerate(r.undecided_lines())]
         lines += [f"  note: {note}" for note in self.notes]
         lines.append(f"{self.passed} of {self.total} checks passed." + ("  Well done!" if self.ok else ""))
         return "\n".join(lines)
@@ -300,6 +344,9 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
                 result.status = "error"
                 result.finding = Finding("", str(stopped), case=_describe_params(exercise, params))
                 return Report(exercise, source, results + [result], notes=notes, stopped=str(stopped))
+            except CaseUndecided as undecided:     # neither a pass nor a mistake: the other cases decide
+                result.undecided.append(undecided)
+                continue
             except CheckFailed as failed:
                 result.status, result.finding = "fail", failed.finding
                 break
@@ -311,6 +358,8 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
                                                           parameters, rerun),
                                          case=_describe_params(exercise, params))
                 break
+        if result.status == "pass" and result.undecided and len(result.undecided) == result.cases_run:
+            result.status = "undecided"
         results.append(result)
     report = Report(exercise, source, results, notes=notes)
     first = report.first_failure

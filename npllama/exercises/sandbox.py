@@ -99,7 +99,8 @@ class Graded:
     """One submission's result, as the gradebook shows it."""
 
     file: str
-    status: str                  # "pass", "fail", "refused", "not implemented", "unusable", "timeout", "crashed"
+    status: str                  # "pass", "fail", "undecided" (a check could decide no case, nothing failed),
+                                 # "refused", "not implemented", "unusable", "timeout", "crashed"
     passed: int
     total: int
     first_failure: str           # the first failing check's name ('' when none); what stopped it before any check
@@ -288,7 +289,8 @@ def _graded(named_as: str, report, seconds: float, **graded_on) -> Graded:
     elif report.not_implemented:
         status = "not implemented"
     else:
-        status = "pass" if report.ok else "fail"
+        status = "pass" if report.ok else "fail" if report.first_failure else "undecided" if report.undecided \
+            else "fail"
     first = report.first_failure
     diagnosis = "" if status == "pass" else (first.diagnosis if first is not None else report.summary())
     return Graded(named_as, status, report.passed, report.total, first.check.name if first else "",

@@ -1436,6 +1436,81 @@ def test_a_wrong_gelu_fails_at_the_draws_whose_right_gradient_failed(draw, wrong
         assert entry.status == "FAIL", f"{draw}:\n{entry}"
 
 
+# A right GELU's entry near x = -7.1, its gradient ~1e-14, where f moves in stairs of 1 + tanh(z)
+# (~1e3 u |f| high, ~40 steps wide) and, within a stair, a few ulps of f as 0.5 x moves on: each
+# FAILed with err/bound 1 to 3.  "crossed": D(64h) crosses a stair, but strays from D(h) by less
+# than D(h)'s own round-off bound (the model's, at h), so no stray was seen; it strays from D(16h)
+# 10x.  "line": at eps = 1e-5 the ladder crosses no stair and f moves along it by 100 ulps, on a
+# line (slope -3e-16, the analytic value 2.4e-14), so f never "kept one value" and no stair was
+# looked for (147 of 400 draws of x in [-7.4, -6.4] FAILed so).  "swapped": a reviewer's draw, the
+# largest of seed 104's first.  "permutation k": the k-th permutation of seed 104's draw.
+def _seed_104_draw(permutation=None):
+    x = np.random.default_rng(104).uniform(-20.0, -3.0, (40,))
+    if permutation is None:                             # the largest entry swapped to the front
+        largest = int(np.argmax(x))
+        x[[0, largest]] = x[[largest, 0]]
+        return x
+    permutations = np.random.default_rng([104, 7])
+    for _ in range(permutation):
+        permuted = permutations.permutation(x)
+    return permuted
+
+
+_GELU_STAIR_ENTRIES = {   # name: (x, seed, eps)
+    "crossed": (lambda: np.array([-7.08812247, -3.27203841, -4.44855316]), 252, 1e-4),
+    "crossed, seed 478": (lambda: np.array([-7.08752929, -3.20877434, -5.21623322]), 478, 1e-4),
+    "line": (lambda: np.array([-6.97521732, -3.7149621, -7.672232]), 78, 1e-5),
+    "line, seed 110": (lambda: np.array([-6.9864261, -3.11823936, -7.33477966]), 110, 1e-5),
+    "swapped": (_seed_104_draw, 104, 1e-4),
+    "permutation 3": (lambda: _seed_104_draw(3), 104, 1e-4),
+    "permutation 19": (lambda: _seed_104_draw(19), 104, 1e-4),
+}
+
+
+@pytest.mark.parametrize("backward", [_tanh_gelu_backward, _tanh_gelu_backward_by_cosh], ids=["1 - t^2", "cosh"])
+@pytest.mark.parametrize("case", list(_GELU_STAIR_ENTRIES))
+def test_a_right_gelu_entry_whose_stairs_the_ladder_crosses_or_misses_is_not_failed(case, backward):
+    make, seed, eps = _GELU_STAIR_ENTRIES[case]
+    entry = check_op(_tanh_gelu_forward, backward, [make()], seed=seed, eps=eps).inputs[0]
+    assert entry.status != "FAIL", f"{case}:\n{entry}"
+
+
+def test_a_gelu_entry_whose_ladder_follows_a_line_is_unresolved_by_its_stairs_and_says_so():
+    make, seed, eps = _GELU_STAIR_ENTRIES["line"]
+    entry = check_op(_tanh_gelu_forward, _tanh_gelu_backward, [make()], seed=seed, eps=eps).inputs[0]
+    assert entry.status == "UNRESOLVED" and entry.worst_index == (0,), entry
+    assert any("straight line" in note and "stairs" in note for note in entry.notes), entry.notes
+
+
+@pytest.mark.parametrize("wrong", ["1.001x", "missing term", "sign", "reversed"])
+@pytest.mark.parametrize("case", list(_GELU_STAIR_ENTRIES) + ["N(0, 1)"])
+def test_a_wrong_gelu_still_fails_where_a_right_entry_is_unresolved_by_its_stairs(case, wrong):
+    # (reversed: the gradient of the entries in reverse order, a 1-D transpose)
+    backward = {"1.001x": lambda d, c: 1.001 * _tanh_gelu_backward(d, c), "missing term": _gelu_missing_the_tanh_term,
+                "sign": lambda d, c: -_tanh_gelu_backward(d, c),
+                "reversed": lambda d, c: _tanh_gelu_backward(d, c)[::-1].copy()}[wrong]
+    make, seed, eps = _GELU_STAIR_ENTRIES.get(case, (lambda: np.random.default_rng(19).standard_normal(7), 19, 1e-4))
+    entry = check_op(_tanh_gelu_forward, backward, [make()], seed=seed, eps=eps).inputs[0]
+    assert entry.status == "FAIL", f"{case}:\n{entry}"
+
+
+@pytest.mark.parametrize("off", [1e-13, -1e-13, 4e-13, 1e-12])
+def test_a_gelu_entry_off_by_more_than_its_stairs_make_up_fails_beyond_a_line(off):
+    # the "line" entry alone wrong, by 1e-13 (4x its gradient 2.4e-14) or more: that gradient would
+    # move f by 1.2e-13 * 8.9e-3 = 1.1e-15 across the ladder's 128 steps of 7e-5, so a stair of half
+    # that, 5.6e-16, is asked for, higher than f's stair there (an ulp of 1 + tanh(z), times
+    # 0.5 |x dout| = 2.3: 5.1e-16); off by -1e-13 or more, the stairs go against the gradient's sign
+    make, seed, eps = _GELU_STAIR_ENTRIES["line"]
+
+    def planted(dout, cache):
+        grad = _tanh_gelu_backward(dout, cache)
+        grad[0] += off
+        return grad
+
+    entry = check_op(_tanh_gelu_forward, planted, [make()], seed=seed, eps=eps).inputs[0]
+    assert entry.status == "FAIL" and entry.worst_index == (0,), entry
+
+
 def test_a_failing_probe_whose_numeric_value_stands_out_of_its_bound_is_not_unresolved():
     # a GELU backward missing its tanh term at x in [-8, -6.5]: entries (2, 3) and (2, 9) are 70x too
     # small and of the wrong sign (6e-14 for -4e-12); measured again, their bound, 7e-14, is more than

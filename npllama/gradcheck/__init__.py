@@ -67,17 +67,22 @@ How a probe's numeric derivative and its bound are made (the error model):
             and that rounding covers the difference, or where some D(t) strays from D(h) further
             than the model lets it (its truncation grows like t^2 from what D(h) - D(2h) shows,
             and beyond 4h no faster than from what the two D(t) below it show: D(h) - D(2h) can be
-            f's rounding alone; its round-off falls like 1/t) and the analytic value lies within
-            that spread of the D(t), the probe is UNRESOLVED, not FAIL: the check cannot tell
-            there.  Where f keeps one value at every one of those steps (log(1 + exp(s)) is
-            exactly 0 for s < -37, while its gradient is ~1e-17), it is looked at farther out, up
-            to 64 * 4^5 steps, and where it changes there by a stair (a jump that keeps its height
-            over the second half of a bisection to it, no smooth onset) as high as the analytic
-            value predicts across the +-64 steps (and, along one entry, the way it predicts), and
-            no higher than f's rounding (16 u max(|f|, 1): np.round(x) with a straight-through
-            gradient still FAILs), the probe is UNRESOLVED too.  A smooth f shows none of this, so
-            a wrong gradient of one still FAILs.  Each input pays this (up to 55 calls, 105 where f
-            kept one value, and up to 54 for shorter steps) only until CONFIRMED_FAILURES (4,
+            f's rounding alone; its round-off falls like 1/t), or some D(t) beyond 4h strays so
+            from the D(t/4) below it, by no more than a stair of f's rounding (16 u max(|f|, 1))
+            across its steps (D(h)'s bound holds the model's round-off at h, which a GELU's stairs
+            at x ~ -7.15, 1e3 u |f| high, stay within, while D(64h) crosses one), and the analytic
+            value lies within that spread of the D(t), the probe is UNRESOLVED, not FAIL: the
+            check cannot tell there.  Where f keeps one value at every one of those steps
+            (log(1 + exp(s)) is exactly 0 for s < -37, while its gradient is ~1e-17), or moves
+            along a straight line whose slope is not the analytic value (within a GELU's stair,
+            0.5 x (1 + tanh(z)) with 1 + tanh(z) fixed), it is looked at farther out, up to
+            64 * 4^5 steps, and where it departs from that line there by a stair (a jump that
+            keeps its height over the second half of a bisection to it, no smooth onset) as high
+            as the analytic value predicts across the +-64 steps (and, along one entry, the way it
+            predicts), and no higher than f's rounding (16 u max(|f|, 1): np.round(x) with a
+            straight-through gradient still FAILs), the probe is UNRESOLVED too.  A smooth f shows
+            none of this, so a wrong gradient of one still FAILs.  Each input pays this (up to 55
+            calls, 107 where f kept to a line, and up to 54 for shorter steps) only until CONFIRMED_FAILURES (4,
             checker.py) failures are confirmed: the input FAILs then, and its later failing probes,
             not measured again, are counted but never named as wrong entries (some may be right).
   limits    no step can check a gradient across a kink within a step of the point (relu at 0;

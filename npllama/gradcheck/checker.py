@@ -46,7 +46,7 @@ class _Probes:
     rough: list = dataclasses.field(default_factory=list)
     unsteady: list = dataclasses.field(default_factory=list)    # failing, but f not resolved at its steps
     between: list = dataclasses.field(default_factory=list)     # (left, right) slopes at a kink, or ()
-    flat: list = dataclasses.field(default_factory=list)        # unsteady: f did not change at any step
+    flat: list = dataclasses.field(default_factory=list)        # unsteady: f kept to a line at every step
     unconfirmed: list = dataclasses.field(default_factory=list)  # failing, not measured again (confirm)
     richardson: int = 0
     longer_steps: int = 0       # probes that needed a longer step than eps to resolve

@@ -43,8 +43,9 @@ class _Estimate(NamedTuple):
                              # is not resolved here, and the analytic value is within that: UNRESOLVED
     between: tuple = ()      # failing at a kink at the point, the analytic value between f's one-sided
                              # slopes (left, right) there: a subgradient, UNRESOLVED (_kink_checked)
-    flat: bool = False       # unsteady because f did not change at all at any step of the ladder,
-                             # and farther out moves in stairs of its rounding (_stair_beyond)
+    flat: bool = False       # unsteady because f kept to a straight line (one value, or a slope
+                             # not the analytic value) at every step of the ladder, and farther
+                             # out moves off it in stairs of its rounding (_stair_beyond)
     unconfirmed: bool = False  # failing, but not measured again: the input already had its
                                # CONFIRMED_FAILURES failures confirmed (checker.py), so it FAILs anyway
 

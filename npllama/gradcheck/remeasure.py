@@ -43,6 +43,8 @@ RETAKE_GROWTHS = (16.0, 256.0)
 STAIR_SEARCH = 4.0
 MAX_STAIR_SEARCHES = 5
 STAIR_BISECTIONS = 40
+# ... where f departs from the line the ladder showed by this fraction of the stair the analytic value needs
+STAIR_DEPARTURE = 4.0
 # ... a stair keeps its height as bisection narrows the interval around it (a smooth onset's change
 # shrinks with it, by 2^(STAIR_BISECTIONS / 2) over the second half of the bisections), the interval
 # halfway through holding up to this many stairs
@@ -143,12 +145,15 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
     rounding, as it does the 4th).
     The steps ladder: D(t) at RESTEP_FACTORS times the step h.  The model predicts how D(t) moves
     with t: its truncation error grows like t^2 from what D(h) - D(2h) shows, its round-off shrinks
-    like 1/t.  A D(t) that strays further than that from the estimate (or an estimate whose
-    differences did not shrink like h^2) shows rounding (or a kink nearby) beyond the model, which
-    a smooth function never shows; the spread of the differences then measures how far off they can
-    be, and an analytic value within that spread of them is not shown wrong.
+    like 1/t.  A D(t) that strays further than that from the estimate, or from the rung below it by
+    a stair of f's rounding (_stair_between_rungs), or an estimate whose differences did not shrink
+    like h^2, shows rounding (or a kink nearby) beyond the model, which a smooth function never
+    shows; the spread of the differences then measures how far off they can be, and an analytic
+    value within that spread of them is not shown wrong.  A ladder along which f kept to a straight
+    line (one value, or the slope of its longest rung) has its stairs looked for farther out
+    (_stair_beyond).
 
-    Only a failing probe pays (up to 55 evaluations, 105 where f kept one value: _stair_beyond),
+    Only a failing probe pays (up to 55 evaluations, 107 where f kept to a line: _stair_beyond),
     and in each input only until CONFIRMED_FAILURES failures are confirmed (checker.py): the input
     FAILs then, whatever its other probes show, and those are marked unconfirmed, never named as
     wrong (probes.remeasure_failures, probes.confirm)."""
@@ -216,20 +221,25 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
             continue
         # held_to: the estimate's bound, the analytic's round-off and the relative floor
         allowed = held_to + _truncation_allowed(estimate, rungs, factor) + estimate.roundoff / factor
-        strays = strays or abs(value - estimate.value) > allowed
+        strays = (strays or abs(value - estimate.value) > allowed
+                  or _stair_between_rungs(rungs, factor, value, width, estimate.roundoff, at_point))
         values.append(value)
         rungs[factor] = value
         spread = max(values) - min(values)
         if strays and min(values) - spread <= analytic <= max(values) + spread:
             return estimate._replace(unsteady=True)
-    # f took the same value at every step from h/64 to 64h, so it showed no rounding to measure and
-    # no stray: a cancellation whose stairs are wider than the whole ladder.  Naive softplus
+    # f kept to a straight line at every step from h/64 to 64h, so it showed no rounding to measure
+    # and no stray: a cancellation whose stairs are wider than the whole ladder.  Naive softplus
     # log(1 + exp(s)) at s < -36.7 is exactly 0 (exp(s) < u/2 vanishes in 1 + exp(s)), so D = 0
     # while its right gradient sigmoid(s) ~ 1e-17 is not: it FAILed in 16 of 25 draws of s in
-    # [-40, -20].  Such an f moves only in stairs: where one is found farther out, as high as the
-    # change the analytic value predicts across the ladder, that value is not shown wrong
-    if len(values) > 1 and not any(values) and analytic != 0 \
-            and _stair_beyond(evaluate, move, max(RESTEP_FACTORS) * estimate.step, analytic, at_point, one_entry):
+    # [-40, -20].  A GELU's 0.5 x (1 + tanh(z)) at x ~ -7 keeps 1 + tanh(z) over the ladder at
+    # eps = 1e-5 while 0.5 x moves f on by ~100 ulps, D(t) -3e-16 where its gradient is 2.4e-14 (a
+    # right backward FAILed in 147 of 400 draws of x in [-7.4, -6.4]).  Such an f moves off its
+    # line only in stairs: where one is found farther out, as high as the change the analytic value
+    # predicts across the ladder, that value is not shown wrong
+    slope = rungs[max(rungs)]    # the ladder's longest rung: the least of f's rounding
+    if len(values) > 1 and analytic != slope and _stair_beyond(
+            evaluate, move, max(RESTEP_FACTORS) * estimate.step, analytic, at_point, one_entry, slope):
         return estimate._replace(unsteady=True, flat=True)
     probes.confirm()
     return estimate
@@ -250,49 +260,91 @@ def _truncation_allowed(estimate, rungs, factor) -> float:
     return allowed
 
 
-def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False) -> bool:
-    """f took one value at every point within `reach` of the point (in the probe's units): whether
-    it moves in stairs at all, and they are high enough for a gradient of `analytic` to stay within
-    one across 2 * reach, and low enough to be f's rounding (a quantising f, np.round(x), is not);
-    with one_entry (x moves along one axis), whether it goes the way `analytic` says f goes.  Steps STAIR_SEARCH times longer until f changes, then bisection to the
-    change: a stair (rounding inside f) keeps its height as the interval around it halves, a smooth
-    onset (a relu's kink, where f that ignored x starts to depend on it) does not, and still FAILs.
-    at_point(): f at the point (x is there when this is called).  Up to 2 * MAX_STAIR_SEARCHES +
-    STAIR_BISECTIONS + 1 evaluations, by a failing probe only."""
+def _stair_between_rungs(rungs, factor, value, width, roundoff, at_point) -> bool:
+    """Whether D(factor * h) of the steps ladder (value, taken across `width`) departs from the rung
+    below it, D(factor / 4 * h), by more than truncation and the model's round-off let it (truncation
+    grows like t^2 from what the two rungs below show; D(t) rounds by roundoff / t), and by no more
+    than one stair of f's rounding across `width` (_stair_rounding): f crossed a stair of a
+    cancellation between the two rungs.  Compared with its neighbour, not with the estimate D(h):
+    D(h)'s bound holds the model's round-off at h, which a GELU's stairs at x ~ -7.15 (1e3 times
+    u |f| high, one every ~40 steps) stay within, while D(64h), across one, is 10x off D(16h)."""
+    shorter, shortest = factor / 4, factor / 16
+    if shorter not in rungs or shortest not in rungs or factor <= 4 or width == 0:
+        return False
+    truncation = 3 * (factor**2 - shorter**2) / (shorter**2 - shortest**2) * abs(rungs[shorter] - rungs[shortest])
+    jump = abs(value - rungs[shorter])
+    return jump > truncation + roundoff / factor + roundoff / shorter \
+        and jump * abs(width) <= _stair_rounding(at_point(), jump * abs(width))
+
+
+def _stair_rounding(f0, stair) -> float:
+    """The highest stair that is a rounding of f (a few units in the last place of f, or of the 1 a
+    cancellation inside f works against: 1 + exp(s) is 1 + 2.2e-16 at its stair), by a stair `stair`
+    high from f0."""
+    return ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(1.0, abs(f0), abs(f0) + stair)
+
+
+def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False, slope=0.0) -> bool:
+    """f followed a straight line through the point at every step of the ladder, within `reach` (in
+    the probe's units): one value (slope 0), or the slope the ladder's longest rung shows (f that
+    still moves a little within a stair: 0.5 x (1 + t) of a GELU with t fixed).  Whether farther
+    out it moves off that line in stairs at all, and they are high enough for a gradient of
+    `analytic` to stay within one across 2 * reach, and low enough to be f's rounding (a quantising
+    f, np.round(x), is not); with one_entry (x moves along one axis), whether they go the way
+    `analytic` says f goes.  Steps STAIR_SEARCH times longer until f departs from the line by
+    1/STAIR_DEPARTURE of the stair the analytic value needs (less is rounding, or the error of the
+    slope grown with the distance), then bisection to the departure: a stair (rounding inside f)
+    keeps its height as the interval around it halves, a smooth onset (a relu's kink, where f that
+    ignored x starts to depend on it; the slope's error) does not, and still FAILs.
+    at_point(): f at the point (x is there when this is called).  Up to 2 + 2 * MAX_STAIR_SEARCHES
+    + STAIR_BISECTIONS evaluations, by a failing probe only, and none where the analytic value is
+    off the slope by more than any stair of f's rounding could make up."""
     try:
         with np.errstate(all="ignore"):
             f0 = at_point()
-            # near: the farthest distance at which f is known to equal f0 on both sides
-            near, far, side = reach, None, 0
-            for _ in range(MAX_STAIR_SEARCHES):
-                far = near * STAIR_SEARCH
+            width = abs(move(reach) - move(-reach))
+            move(None)
+            need = 0.5 * abs(analytic - slope) * width      # the stair a gradient of `analytic` needs
+            if not need <= _stair_rounding(f0, need):
+                return False            # more than f's rounding: no stair of it makes up the difference
+
+            def departure(t):
+                """f's departure, t away, from the line through the point with the ladder's slope."""
+                distance = move(t)
+                return _evaluate_within_domain(evaluate, t)[0] - f0 - slope * distance
+
+            # near: the farthest distance at which f is known to follow the line on both sides
+            on_line = {}                # side -> f's departure at near on that side
+            near, far, side = 0.0, reach, 0
+            for _ in range(MAX_STAIR_SEARCHES + 1):
                 for side in (1, -1):
-                    move(side * far)
-                    if _evaluate_within_domain(evaluate, side * far)[0] != f0:
-                        break           # f changed on this side, between near and far
+                    off = departure(side * far)
+                    if not abs(off) <= need / STAIR_DEPARTURE:
+                        break           # f departed from the line on this side, between near and far
+                    on_line[side] = off
                 else:
-                    near = far          # f0 on both sides out to far: look STAIR_SEARCH times farther
+                    near, far = far, far * STAIR_SEARCH     # on the line out to far: look farther
                     continue
                 break
             else:
-                return False            # f never changed: it ignores x here, and a nonzero gradient is wrong
-            jumps = []                  # f's change from f0 across each narrower interval, signed
-            halfway = 0                 # how many of them were found in the first half of the bisections
-            for bisection in range(STAIR_BISECTIONS):
+                return False            # f never departed: it moves as the ladder says, and the analytic value is wrong
+            if near == 0:
+                return False            # f departed within the ladder's reach: not the line the ladder showed
+            jumps = []                  # f's departure across each narrower interval, signed
+            near_off, far_off = on_line[side], off
+            for _ in range(STAIR_BISECTIONS):
                 middle = 0.5 * (near + far)
-                move(side * middle)
-                value = _evaluate_within_domain(evaluate, side * middle)[0]
-                if value == f0:
-                    near = middle
+                off = departure(side * middle)
+                if abs(off) <= need / STAIR_DEPARTURE:
+                    near, near_off = middle, off
                 else:
-                    far, jumps = middle, jumps + [value - f0]
-                halfway += bisection < STAIR_BISECTIONS // 2 and value != f0
-            width = abs(move(reach) - move(-reach))
+                    far, far_off = middle, off
+                jumps.append(far_off - near_off)
     except _LeftDomain:
         return False
     finally:
         move(None)
-    if not np.isfinite(f0) or len(jumps) < 2 or not np.all(np.isfinite(jumps)):
+    if not np.isfinite(f0) or not np.all(np.isfinite(jumps)):
         return False
     # a stair: the change across the last interval is no less than 1/STAIRS_IN_WIDER_INTERVAL of the
     # change across the interval of halfway through the bisection, 2^(bisections / 2) times wider (a
@@ -301,20 +353,18 @@ def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False) ->
     # change, one stair, was taken for an onset).  Not the first interval's change: where f's stairs
     # grow as it moves away (GELU's 1 + tanh(z), 0 at x = -7.44, is 1 ulp at -7.2 and 330 at -6.65),
     # the first interval spans hundreds, and the right gradient FAILed;
-    # as high as the analytic value predicts across the ladder (2 * reach); and a rounding of f: a few
-    # units in the last place of f or of the 1 a cancellation inside f works against (1 + exp(s) is
-    # 1 + 2.2e-16 at the stair).  np.round(x) is a staircase too, whose straight-through gradient
+    # as high as the analytic value predicts across the ladder (2 * reach); and a rounding of f
+    # (_stair_rounding).  np.round(x) is a staircase too, whose straight-through gradient
     # predicts its stairs, but they are as high as f moves (w per unit of x), and that gradient is wrong.
     # Along one entry it goes the way the analytic value says f goes on that side: rounding a rising
     # f keeps it rising, and a gradient of the wrong sign FAILs.  Not along a direction: entries moving
     # opposite ways step at different places, and the first stair can go against the sum (log(1 + u)
     # at u ~ 1e-14, seed 24, FAILed its right gradient)
     stair = abs(jumps[-1])
-    rounding = ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(1.0, abs(f0), abs(f0) + stair)
-    wider = abs(jumps[max(halfway - 1, 0)])
-    return (wider / STAIRS_IN_WIDER_INTERVAL <= stair <= rounding
-            and stair >= 0.5 * abs(analytic) * width
-            and (not one_entry or np.sign(jumps[-1]) == side * np.sign(analytic)))
+    wider = abs(jumps[STAIR_BISECTIONS // 2 - 1])
+    return (wider / STAIRS_IN_WIDER_INTERVAL <= stair <= _stair_rounding(f0, stair)
+            and stair >= need
+            and (not one_entry or np.sign(jumps[-1]) == side * np.sign(analytic - slope)))
 
 
 def _retaken_over_rounding(evaluate, move, estimate, rounding, richardson, good_enough) -> _Estimate | None:

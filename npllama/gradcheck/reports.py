@@ -270,10 +270,11 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
     unsteady = np.array(probes.unsteady, dtype=bool) & ~passed
     flat = np.array(probes.flat, dtype=bool) & unsteady
     if np.any(flat):
-        notes.append(f"{int(np.sum(flat))} probe(s) UNRESOLVED: f kept one value along them, at every step "
-                     "from 1/64 to 64 times the step, though the analytic gradient is not zero, and farther out it "
-                     "moves in stairs higher than the analytic value would move it across them: a cancellation "
-                     "inside f rounds such a change away (log(1 + exp(s)) is exactly 0 for s < -37), and finite "
+        notes.append(f"{int(np.sum(flat))} probe(s) UNRESOLVED: f kept one value along them (or moved along a "
+                     "straight line whose slope is not the analytic value), at every step from 1/64 to 64 times the "
+                     "step, and farther out it moves in stairs as high as the analytic value would move it across "
+                     "them: a cancellation inside f rounds such a change away (log(1 + exp(s)) is exactly 0 for "
+                     "s < -37; a GELU's 1 + tanh(z) at x ~ -7 keeps one value while 0.5 x moves on), and finite "
                      "differences cannot judge it -- check at less extreme inputs, or compute f stably "
                      "(np.logaddexp(0, s))")
     if np.any(unsteady & ~flat):

@@ -395,7 +395,7 @@ class _Recorder:
         from .backend import NESTED_OPS, overrides
 
         self.replacements = overrides()
-        noting = {name: self._noting(name, fn) for name, fn in self.replacements.items() if name in NESTED_OPS}
+        noting = {name: _noting(self.params, name, fn) for name, fn in self.replacements.items() if name in NESTED_OPS}
         enclosing = {}
         for name, fn in ops_in_force.items():   # the reference attention/SwiGLU, re-bound by use_op
             calls = {nested: noter for nested, noter in noting.items()
@@ -404,13 +404,6 @@ class _Recorder:
             if calls:
                 enclosing[name] = _rebound(fn, calls)
         return {**noting, **enclosing}
-
-    def _noting(self, op_name, replacement):
-        @functools.wraps(replacement)   # (named as the replacement, in a record's source)
-        def dispatched(*args, **kwargs):
-            self.dispatched[op_name] = replacement
-            return replacement(*args, **kwargs)
-        return dispatched
 
     def run(self, fn, *args, **kwargs):
         """fn(*args, **kwargs), noting the replaced nested ops it dispatches (`replaced_inside`)."""
@@ -754,6 +747,22 @@ def _module(name: str) -> str:
     """"model.layers.0.self_attn.q" -> "self_attn.q" (a record's place within its layer)."""
     parts = name.split(".")
     return ".".join(parts[3:]) if name.startswith("model.layers.") and len(parts) > 3 else name
+
+
+def _noting(params: dict, op_name: str, replacement):
+    """`replacement`, noting that it ran as `op_name` with the recorder of the trace active when it
+    runs -- looked up then, not held: the LoRA adapters keep the SiLU-gate ops they were last given
+    (and a LoRA SwiGLU cache keeps its backward) after the trace's block has closed, and they must
+    keep neither that trace alive nor write into it (a later trace, or none, may be running)."""
+    @functools.wraps(replacement)   # (named as the replacement, in a record's source)
+    def dispatched(*args, **kwargs):
+        trace = _active.get()
+        if trace is not None:
+            recorder = trace._recorders.get(id(params))
+            if recorder is not None and recorder.params is params:
+                recorder.dispatched[op_name] = replacement
+        return replacement(*args, **kwargs)
+    return dispatched
 
 
 def _rebound(fn, names: dict):

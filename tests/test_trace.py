@@ -552,3 +552,38 @@ def test_the_source_of_a_record_names_the_nested_op_replaced_inside_it(backend, 
         assert wrong.__qualname__ in t.sources[name] and op in t.sources[name], (name, t.sources[name])
     plain, _, _ = traced(model, backend)
     assert plain.replaced == {} and all(wrong.__qualname__ not in s for s in plain.sources.values())
+
+
+def test_nothing_of_a_finished_trace_outlives_its_block_with_lora_and_a_replaced_silu_gate():
+    # LoRA keeps the SiLU-gate ops it was given at the model's last call: the trace's noting
+    # wrappers must not keep that trace (its records, its recorder) alive after the block
+    import gc
+    import weakref
+
+    from npllama.lora import attach_lora
+
+    model = tiny_model()
+    attach_lora(model, 2, 4, 0.0, ["gate_proj"])
+    with npllama.use_op("swiglu_act_forward", _swiglu_act_forward_halved):
+        t, _, _ = traced(model)
+        assert "swiglu_act_forward" in t.replaced
+        finished = weakref.ref(t)
+        del t
+        gc.collect()
+        assert finished() is None
+
+
+def test_a_lora_cache_made_in_one_trace_notes_its_replaced_silu_gate_in_the_trace_running_its_backward():
+    # the LoRA SwiGLU cache carries its SiLU-gate backward: run under a second trace, the
+    # replacement it runs is that trace's to note, not the finished first trace's
+    from npllama.lora import attach_lora
+
+    model = tiny_model()
+    attach_lora(model, 2, 4, 0.0, ["gate_proj"])
+    tokens, _ = batch()
+    with npllama.use_op("swiglu_act_backward", _swiglu_act_backward_doubled):
+        with npllama.trace():
+            logits, caches = model.forward_with_caches(tokens)
+        with npllama.trace() as second:
+            model.backward(np.ones_like(logits), caches)
+    assert second.replaced == {"swiglu_act_backward": f"{__name__}._swiglu_act_backward_doubled"}

@@ -431,6 +431,8 @@ CACHE_CLASSES = {
     "plain object": "class GELUCache:\n    def __init__(self, x, t):\n        self.x, self.t = x, t\n",
     "slots": "class GELUCache:\n    __slots__ = ('x', 't')\n\n    def __init__(self, x, t):\n"
              "        self.x, self.t = x, t\n",
+    # a cache that refers to itself (a parent link, a model whose adapters refer back to it)
+    "refers to itself": "class GELUCache:\n    def __init__(self, x, t):\n        self.x, self.t, self.me = x, t, self\n",
 }
 NAMED_TUPLE_CACHE = ("class GELUCache(NamedTuple):\n    x: np.ndarray   # (...) the input\n"
                      "    t: np.ndarray   # (...) tanh(C (x + 0.044715 x^3))\n")

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..gradcheck import check_op, draw_dout, numerical_gradient
 from .diagnose import CaseUndecided, CheckFailed, Finding, diagnose, rel_error
-from .entries import Snapshot, entries
+from .entries import Cycle, Snapshot, entries, is_leaf_array
 
 GRAD_TOL = 1e-7        # check_op's relative floor, as in tests/ops
 GRAD_ATOL = 1e-9
@@ -352,12 +352,18 @@ def _raised_by(error: BaseException, function) -> bool:
     return bool(frames) and code is not None and frames[-1].filename == code.co_filename
 
 
-def _snapshot(obj):
-    """A copy of the cache's arrays, in the layout `entries` reads (a Snapshot per container)."""
-    if isinstance(obj, np.ndarray):
+def _snapshot(obj, holding: frozenset = frozenset()):
+    """A copy of the cache's arrays, in the layout `entries` reads (a Snapshot per container); a
+    container met again inside itself (`holding`: the containers it is in) is a Cycle."""
+    if is_leaf_array(obj):
         return obj.copy()
     found = entries(obj)
-    return obj if found is None else Snapshot([(name, _snapshot(value)) for name, value in found])
+    if found is None:
+        return obj
+    if id(obj) in holding:
+        return Cycle(type(obj).__name__)
+    holding = holding | {id(obj)}
+    return Snapshot([(name, _snapshot(value, holding)) for name, value in found])
 
 
 def _entries(before, after, path: str, spread: tuple = ()):
@@ -392,11 +398,13 @@ def _same_array_as(cache, changed: str, spread: tuple = ()) -> list[str]:
     wrote to cannot be told, so a finding names them all."""
     arrays = []
 
-    def walk(obj, path, spread=()):
+    def walk(obj, path, spread=(), holding=frozenset()):
         entries = _entries(obj, obj, path, spread)
         if entries is not None:
+            if id(obj) in holding:   # (a container inside itself: walked where first met)
+                return
             for _, item, where in entries:
-                walk(item, where)
+                walk(item, where, (), holding | {id(obj)})
         elif isinstance(obj, np.ndarray):
             arrays.append((path, obj))
     walk(cache, "cache", spread)
@@ -407,7 +415,7 @@ def _same_array_as(cache, changed: str, spread: tuple = ()) -> list[str]:
 
 
 def _same_snapshot(a, b) -> bool:
-    if isinstance(a, np.ndarray):
+    if is_leaf_array(a):
         return isinstance(b, np.ndarray) and a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
     found_a = entries(a)
     if found_a is None:

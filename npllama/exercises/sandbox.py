@@ -74,7 +74,7 @@ from pathlib import Path
 import numpy as np
 
 from . import wire
-from .entries import entries
+from .entries import entries, is_leaf_array
 
 DEFAULT_TIMEOUT = 120.0     # seconds of wall clock per submission
 DEFAULT_MEMORY_MB = 1024    # address space a submission may add to the child's own
@@ -568,14 +568,14 @@ def array_leaves(value) -> list:
     entries.py), each once, in one order the grader and the child both walk."""
     found, seen = [], set()
 
-    def walk(v):
-        if isinstance(v, np.ndarray):
+    def walk(v, holding=frozenset()):
+        if is_leaf_array(v):
             if id(v) not in seen:
                 seen.add(id(v))
                 found.append(v)
-        else:
+        elif id(v) not in holding:   # (a container inside itself: walked where first met)
             for _, item in entries(v) or ():
-                walk(item)
+                walk(item, holding | {id(v)})
     walk(value)
     return found
 

@@ -209,9 +209,11 @@ def _config(path: Path, reader, tensors: dict) -> LlamaConfig:
                                                ("eos_token_id", "tokenizer.ggml.eos_token_id"))
                if (value := _value(path, reader, key, None)) is not None}
     # llama.cpp stops at the end of turn too (LLaMA-3's <|eot_id|>): the model's end ids list both
+    # (a file naming no eos_token_id ends at the default one, 2, as llama.cpp's SentencePiece vocabulary does)
     end_of_turn = _value(path, reader, "tokenizer.ggml.eot_token_id", None)
-    if end_of_turn is not None and special.get("eos_token_id", end_of_turn) != end_of_turn:
-        special["eos_token_id"] = [special["eos_token_id"], end_of_turn]
+    eos = special.get("eos_token_id", LlamaConfig.eos_token_id)
+    if end_of_turn is not None and eos != end_of_turn:
+        special["eos_token_id"] = [eos, end_of_turn]
     try:
         config = LlamaConfig(
             **special, vocab_size=vocab, hidden_size=hidden,

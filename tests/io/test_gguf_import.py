@@ -305,3 +305,11 @@ def test_the_files_end_of_turn_id_is_one_of_the_models_end_ids(folder, tmp_path)
     assert config.eos_token_id == [2, 7] and config.end_ids == (2, 7)
     same, _ = read_gguf(_write_with(tmp_path / "same.gguf", folder, {}, more_metadata=eos_2_eot(2)))
     assert same.eos_token_id == 2
+
+
+def test_an_end_of_turn_id_without_an_eos_id_is_still_the_models_end_id(folder, tmp_path):
+    # Before: with no tokenizer.ggml.eos_token_id, the eot id was dropped: the model ended at the
+    # default end id alone, where llama.cpp ends at both
+    config, _ = read_gguf(_write_with(tmp_path / "eot.gguf", folder, {},
+                                      more_metadata=lambda writer: writer.add_eot_token_id(7)))
+    assert config.eos_token_id == [2, 7] and config.end_ids == (2, 7)

@@ -106,3 +106,57 @@ def test_the_cli_check_passes_a_right_backward_and_names_the_cases_it_could_not_
                  "--cases", "6"])
     out = capsys.readouterr().out
     assert code == 0 and "could not be decided by finite differences" in out and "kink" in out, out
+
+
+GATED = '''import numpy as np
+
+from npllama.exercises import Exercise
+from npllama.exercises.checks import SEED, Case, Ints
+
+
+def gated_forward(x, w):
+    return np.maximum(x, 0) * w, (x, w)
+
+
+def gated_backward(dout, cache):
+    x, w = cache
+    return dout * w * (x > 0), dout * np.maximum(x, 0)
+
+
+class Gated(Exercise):
+    op, title = "gated", "relu(x) * w"
+    forward_name, backward_name, params = "gated_forward", "gated_backward", "dout, cache"
+    space = dict(n=Ints(2, 5), seed=SEED)
+    edge_cases = [dict(n=3, seed=1)]
+
+    def build(self, params, dtype=np.float64):
+        rng = np.random.default_rng(params["seed"])
+        x = rng.standard_normal(params["n"]).astype(dtype)
+        x[np.abs(x) < 0.1] = 0.5
+        x[0] = 0.0                     # every case: dx at relu's kink, which finite differences cannot judge
+        w = rng.uniform(0.5, 2.0, params["n"]).astype(dtype)
+        return Case(self.forward, [x, w], ("x", "w"), (0, 1), seed=params["seed"])
+'''
+
+
+def test_a_case_with_one_gradient_wrong_and_another_undecided_fails_on_the_wrong_one(tmp_path):
+    # one case, two inputs: x UNRESOLVED (at the kink, a right dx) and w FAIL (dw doubled): the case is
+    # a mistake (not undecided), the diagnosis names dw, and says dx could not be decided
+    path = tmp_path / "gated.py"
+    path.write_text(GATED)
+    gated = load_exercises(path, verify=False)["gated"]
+    namespace = {}
+    exec(GATED.split("class Gated")[0].replace("dout * np.maximum(x, 0)", "2 * dout * np.maximum(x, 0)"), namespace)
+    report = check_function(gated, namespace["gated_backward"], n_random=2, seed=0)
+    row = gradient_row(report)
+    assert row.status == "fail" and not row.undecided and not report.ok, str(report)
+    finding = report.first_failure.finding
+    assert finding.grad == "dw" and "twice the right one" in finding.message, str(report)
+    assert "(dx could not be decided by finite differences)" in finding.message, finding.message
+    assert "x (3,)" in finding.case, finding.case                         # the first case, the edge case
+    assert "could not decide" not in report.summary() and "UNDECIDED" not in report.format(), str(report)
+    # the right backward: every case has dx at the kink, so none is decided although dw is right in each
+    right = {}
+    exec(GATED.split("class Gated")[0], right)
+    report = check_function(gated, right["gated_backward"], n_random=2, seed=0)
+    assert gradient_row(report).status == "undecided" and report.first_failure is None, str(report)

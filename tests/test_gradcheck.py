@@ -2166,6 +2166,18 @@ def test_a_failed_check_names_what_failed_in_its_first_line_and_says_what_err_ov
     assert frame.tb_frame.f_locals.get("__tracebackhide__") is True
 
 
+def test_a_check_with_inputs_failed_and_unresolved_names_both_in_its_first_line():
+    # pytest's short summary shows the first line only: it named the FAILing input and left out the
+    # UNRESOLVED one, though the docs say the first line names both
+    a, b = np.array([0.0, 1.0, -1.0]), np.array([0.5, 2.0, 3.0])
+    report = gradcheck(lambda a, b: np.sum(np.maximum(a, 0)) + np.sum(b**2), [a, b], [(a > 0) * 1.0, 3 * b],
+                       names=["a", "b"])
+    assert report["a"].status == "UNRESOLVED" and report["b"].status == "FAIL"
+    with pytest.raises(AssertionError) as raised:
+        report.raise_if_failed()
+    assert str(raised.value).splitlines()[0] == "gradient check failed (FAIL: b; UNRESOLVED: a):"
+
+
 def test_an_ignored_input_is_worded_for_the_way_the_check_was_called():
     # under check_op the user wrote a forward, not an fn, and the scalar is L = sum(out * dout)
     x = np.random.default_rng(0).standard_normal(4)

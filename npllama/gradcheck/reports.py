@@ -144,7 +144,8 @@ class GradcheckReport:
         __tracebackhide__ = True     # pytest: the test's own line and the report, not this frame's locals
         if not self.ok:
             failed, unresolved = self._by_status("FAIL"), self._by_status("UNRESOLVED")
-            headline = (f"gradient check failed (FAIL: {failed}):" if failed else
+            headline = (f"gradient check failed (FAIL: {failed}"
+                        + (f"; UNRESOLVED: {unresolved}):" if unresolved else "):") if failed else
                         f"gradient check could not verify every gradient (UNRESOLVED: {unresolved}; none FAILed):")
             raise AssertionError(headline + "\n" + str(self))
         if strict and self.warnings:

@@ -332,6 +332,16 @@ LIBRARY = [
     ("check_op: an index array in wrt", lambda: check_op(lambda x, t: (x[t], (x, t)), lambda d, c: (d,),
                                                          [np.ones(3), np.arange(2)], names=["x", "t"], wrt=[0, 1]), E,
      "wrt lists 't', an int64 array: an index array or a mask has no gradient; leave it out of wrt"),
+    ("check_op: a mask in wrt", lambda: check_op(lambda x, m: (x * m, (x, m)), lambda d, c: (d * c[1], d),
+                                                  [np.ones(3), np.array([True, False, True])], names=["x", "m"],
+                                                  wrt=[0, 1]), E,
+     "wrt lists 'm', a bool array: an index array or a mask has no gradient"),
+    # a transposed gradient whose shape happens to be another input's: not only "out of order"
+    ("check_op: a transposed gradient of another input's shape", lambda: check_op(
+        lambda x, w: (x @ w, (x, w)), lambda d, c: (d @ c[1].T, (c[0].T @ d).T), [np.ones((3, 5)), np.ones((5, 3))],
+        names=["x", "W"]), E,
+     "(3, 5) is the shape of 'W' transposed, and of 'x': a transposed gradient, or backward returns the gradients "
+     "in the forward's order ('x', 'W')"),
     ("check_op: a number as a parameter, its gradient returned", lambda: check_op(
         lambda s, x: (s * x, (s, x)), lambda d, c: (np.sum(d * c[1]), d * c[0]), [1.5, np.ones(3)], names=["s", "x"]),
      E, "left out as not floating-point arrays: 's' is a float: pass np.array(s, dtype=np.float64) to check it"),

@@ -204,7 +204,8 @@ def _check_wrt(wrt, inputs: list, names: list[str]) -> list[int]:
         if isinstance(x, np.ndarray) and not np.issubdtype(x.dtype, np.inexact):
             rest = [j for j in wrt if j != i]
             instead = f" (wrt={rest})" if rest else ""
-            raise TypeError(f"wrt lists {names[i]!r}, an {x.dtype} array: an index array or a mask has no gradient; "
+            article = "an" if str(x.dtype)[0] in "aio" else "a"      # an int64, an object, a bool, a uint8
+            raise TypeError(f"wrt lists {names[i]!r}, {article} {x.dtype} array: an index array or a mask has no gradient; "
                             f"leave it out of wrt{instead}, and backward returns no gradient for it")
     return wrt
 
@@ -307,7 +308,7 @@ def _pair_up(inputs, grads, names, order: str | None = GRADS_ORDER):
             raise TypeError(f"the gradient for {name!r} must be a real array, got {_describe(g)}")
         if np.shape(g) != x.shape:
             raise ValueError(f"gradient for {name!r} has shape {np.shape(g)}, input has {x.shape}"
-                             + _out_of_order(np.shape(g), name, names, arrays, order))
+                             + _out_of_order(np.shape(g), name, names, arrays, order, x.shape))
     for i, (name_i, x_i) in enumerate(zip(names, arrays)):
         for name_j, x_j in zip(names[i + 1:], arrays[i + 1:]):
             if np.shares_memory(x_i, x_j):
@@ -316,12 +317,17 @@ def _pair_up(inputs, grads, names, order: str | None = GRADS_ORDER):
     return names, arrays, analytic
 
 
-def _out_of_order(shape: tuple, name: str, names: list[str], arrays: list, order: str | None) -> str:
+def _out_of_order(shape: tuple, name: str, names: list[str], arrays: list, order: str | None,
+                  own: tuple = ()) -> str:
     """'; (5,) is the shape of 'b': ...' when a gradient's shape is another input's (gradients given
-    in another order than the inputs'), else ''."""
+    in another order than the inputs'), else ''.  own: the input's own shape; a gradient whose shape
+    is that transposed is named as possibly transposed too (dW as W.T with W.T of x's shape)."""
     others = [other for other, x in zip(names, arrays) if other != name and np.shape(x) == shape]
     if order is None or not others:
         return ""
+    if len(own) >= 2 and shape == tuple(reversed(own)):
+        return (f"; {shape} is the shape of {name!r} transposed, and of {others[0]!r}: a transposed gradient, "
+                f"or {order} ({', '.join(repr(n) for n in names)})")
     return f"; {shape} is the shape of {others[0]!r}: {order} ({', '.join(repr(n) for n in names)})"
 
 

@@ -2264,3 +2264,13 @@ def test_a_swap_beside_a_third_wrong_gradient_names_the_pair_only():
     assert [r.status for r in report.inputs] == ["FAIL", "FAIL", "FAIL"], str(report)
     assert len(_swap_notes(report)) == 2 and all("of A and B are swapped" in n for n in _swap_notes(report))
     assert "the sign is flipped" in report["C"].notes[0], report["C"].notes
+
+
+def test_the_verdict_line_counts_inputs_not_commas_for_its_singular_or_plural():
+    """An input named "a, b" is one input: "a, b FAILs", not "a, b FAIL" (the verb was chosen by
+    looking for a comma in the joined names)."""
+    x, y = np.linspace(-1, 1, 4), np.linspace(0.5, 1.5, 3)
+    one = gradcheck(lambda a: float(np.sum(a ** 2)), {"a, b": x}, {"a, b": 3 * x})
+    assert "a, b FAILs" in str(one), str(one)
+    two = gradcheck(lambda a, b: float(np.sum(a ** 2) + np.sum(b ** 2)), [x, y], [3 * x, 3 * y], names=["p", "q"])
+    assert "p, q FAIL" in str(two) and "p, q FAILs" not in str(two), str(two)

@@ -119,19 +119,25 @@ class GradcheckReport:
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
+    def _named(self, status: str) -> list[str]:
+        """The names of the inputs whose status is this one."""
+        return [r.name for r in self.inputs if r.status == status]
+
     def _by_status(self, status: str) -> str:
         """'x, W': the inputs whose status is this one."""
-        return ", ".join(r.name for r in self.inputs if r.status == status)
+        return ", ".join(self._named(status))
 
     def _verdict(self) -> str:
         """The line under the table.  An UNRESOLVED input is not a FAIL: the differences could not
         tell a right gradient from a wrong one there, and saying "do NOT match" would have the user
         hunt for a mistake a right backward does not have."""
         failed, unresolved = self._by_status("FAIL"), self._by_status("UNRESOLVED")
-        unresolved_is = unresolved and (f"{unresolved} {'is' if ',' not in unresolved else 'are'} UNRESOLVED, "
+        # singular or plural by how many inputs, not by a comma (a name may hold one)
+        one_unresolved, one_failed = len(self._named("UNRESOLVED")) == 1, len(self._named("FAIL")) == 1
+        unresolved_is = unresolved and (f"{unresolved} {'is' if one_unresolved else 'are'} UNRESOLVED, "
                                         "neither passed nor failed: the warnings say why, and what to do")
         if failed:
-            return f"some gradients do NOT match: {failed} FAIL{'s' if ',' not in failed else ''}" + (
+            return f"some gradients do NOT match: {failed} FAIL{'s' if one_failed else ''}" + (
                 f"; {unresolved_is}" if unresolved else "")
         if unresolved:
             return f"no gradient failed, but {unresolved_is}"

@@ -489,3 +489,29 @@ def test_the_model_exercises_changed_cache_entry_is_named_as_its_argument():
     finding = check_function("model", doubles_norm_x, n_random=0).first_failure.finding
     assert finding.message == "your function changed cache.norm.x in place", finding.message
     assert "cache.norm.x.copy()" in finding.hint and "cache.cache" not in finding.hint, finding.hint
+
+
+# np.einsum refuses two things besides mismatched sizes: '...' in the operands but not in the output
+# (it does not sum over the axes '...' stands for), and a number of letters that is not the operand's
+# number of axes; the hint said "each letter must name axes of the same size", which is neither
+EINSUM_CRASHES = [
+    ("the axes '...' stands for are not summed", """
+        def linear_backward(dy, cache):
+            x, weight = cache
+            return dy @ weight, np.einsum('...o,...i->oi', dy, x)
+    """),
+    ("one letter per axis", """
+        def linear_backward(dy, cache):
+            x, weight = cache
+            return dy @ weight, np.einsum('bto,bti->oi', dy, x)
+    """),
+]
+
+
+@pytest.mark.parametrize("phrase,body", EINSUM_CRASHES, ids=["ellipsis_dropped", "letters_per_axis"])
+def test_an_einsum_crash_is_told_what_numpy_refused(phrase, body, tmp_path):
+    path = tmp_path / "linear_backward.py"
+    path.write_text("import numpy as np\n\n\n" + textwrap.dedent(body).strip() + "\n")
+    finding = check_file("linear", path, n_random=0).first_failure.finding
+    assert phrase in finding.hint, finding.hint
+    assert "same size" not in finding.hint, finding.hint

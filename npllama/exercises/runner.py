@@ -631,8 +631,7 @@ def _crash_hint(error: BaseException, exercise: Exercise, params, source_file: s
     if isinstance(error, ValueError) and "values to unpack" in text:
         return _unpack_hint(exercise)
     if isinstance(error, ValueError) and _raised_in_einsum(error, text):
-        return ("an einsum whose subscripts do not fit its operands: each letter must name axes of the same "
-                "size in every operand -- print the operands' shapes next to the subscripts")
+        return _einsum_hint(text)
     if isinstance(error, ValueError) and "broadcast" in text:
         return ("two arrays of different shapes met in an elementwise operation: a sum or mean over a row "
                 "that dropped its axis (add keepdims=True), or an axis mixed up -- print the shapes")
@@ -761,6 +760,20 @@ def _raised_in_einsum(error: BaseException, text: str) -> bool:
     frames = _traceback_frames(error)
     return (any(os.path.basename(f.filename) == "einsumfunc.py" for f in frames)
             or "einstein sum" in text or "remapped shapes" in text)
+
+
+def _einsum_hint(text: str) -> str:
+    """What np.einsum refused, from its message: it names three different slips."""
+    if "no '...' ellipsis" in text and text.startswith("output"):
+        return ("the axes '...' stands for are not summed by np.einsum: with '...' in the operands the output "
+                "must keep it too. To sum over the leading axes, flatten them first (a.reshape(-1, "
+                "a.shape[-1])) and give them a letter ('no,ni->oi'), or sum the result yourself")
+    if "more dimensions than subscripts" in text or "too many subscripts" in text:
+        return ("an einsum operand has another number of axes than its subscripts have letters: one letter per "
+                "axis, and '...' for the leading axes so that any number of them fits (this case's shapes are "
+                "above)")
+    return ("an einsum whose subscripts do not fit its operands: each letter must name axes of the same "
+            "size in every operand -- print the operands' shapes next to the subscripts")
 
 
 def _unpack_hint(exercise: Exercise) -> str:

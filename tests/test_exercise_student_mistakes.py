@@ -140,6 +140,57 @@ NAMED_SLIPS = [
             gate, up, sig, silu = cache
             return dact * up * sig * (1 - gate * (1 - sig)), dact * silu
     """),
+    # a second student, on the other exercises: each was "no simple pattern" or "concentrated on a
+    # few entries"
+    ("swiglu", "dgate and dup are swapped", """
+        from npllama.ops.linear import linear_backward
+        from npllama.ops.swiglu import swiglu_act_backward
+
+        def swiglu_backward(dout, cache):
+            gate_proj, up_proj, act, down_proj = cache
+            dact, dw_down = linear_backward(dout, down_proj)
+            dup, dgate = swiglu_act_backward(dact, act)
+            dx_gate, dw_gate = linear_backward(dgate, gate_proj)
+            dx_up, dw_up = linear_backward(dup, up_proj)
+            return dx_gate + dx_up, dw_gate, dw_up, dw_down
+    """),
+    ("classifier", "every row at every row's pooled position", """
+        def classifier_backward(dlogits, cache):
+            (pooled, score_weight), last_index, hidden_shape = cache
+            dhidden = np.zeros(hidden_shape, dlogits.dtype)
+            dhidden[:, last_index] = dlogits @ score_weight
+            return dhidden, dlogits.T @ pooled
+    """),
+    ("layernorm", "divided by D - 1", """
+        def layernorm_backward(dy, cache):
+            x, mean, rstd, weight = cache
+            D = x.shape[-1]
+            xhat = (x - mean) * rstd
+            g = dy * weight
+            dx = rstd * (g - g.sum(-1, keepdims=True) / D - xhat * (g * xhat).sum(-1, keepdims=True) / (D - 1))
+            return dx, (dy * xhat).reshape(-1, D).sum(0), dy.reshape(-1, D).sum(0)
+    """),
+    ("model", "replaced the lookup's gradient", """
+        from npllama.model import LAYER_PATHS, block_backward
+        from npllama.ops.embedding import embedding_backward
+        from npllama.ops.linear import linear_backward
+        from npllama.ops.rmsnorm import rmsnorm_backward
+
+        def model_backward(dlogits, cache, config):
+            grads = {}
+            dhidden, dW_lm = linear_backward(dlogits, cache.lm_head)
+            dx, grads["model.norm.weight"] = rmsnorm_backward(dhidden, cache.norm)
+            for i in reversed(range(config.num_hidden_layers)):
+                dx, layer_grads = block_backward(dx, cache.layers[i])
+                for path, grad in zip(LAYER_PATHS, layer_grads):
+                    grads[f"model.layers.{i}.{path}.weight"] = grad
+            grads["model.embed_tokens.weight"] = embedding_backward(dx, cache.embed_tokens)
+            if config.tie_word_embeddings:
+                grads["model.embed_tokens.weight"] = dW_lm
+            else:
+                grads["lm_head.weight"] = dW_lm
+            return grads
+    """),
 ]
 
 

@@ -120,7 +120,8 @@ class LayerNormMistakes:
         g = dy * weight if dxhat == "weight" else dy
         term_mean = _mean(g, row_axis) if mean_term else 0.0
         term_var = {"mean": xhat * _mean(g * xhat, row_axis), "missing": 0.0,
-                    "sum": xhat * np.sum(g * xhat, -1, keepdims=True)}[var_term]
+                    "sum": xhat * np.sum(g * xhat, -1, keepdims=True),
+                    "unbiased": xhat * np.sum(g * xhat, -1, keepdims=True) / (x.shape[-1] - 1)}[var_term]
         dx = r * (g - term_mean - term_var)
         dw = {"xhat": np.sum(_rows(dy * xhat), 0), "x": np.sum(_rows(dy * x), 0)}[dweight]
         db = {"sum": np.sum(_rows(dy), 0), "mean": np.mean(_rows(dy), 0)}[dbias]
@@ -138,6 +139,9 @@ class LayerNormMistakes:
                mean_term=False, var_term="missing"),
             _m("the variance term uses a sum over the row where the mean belongs",
                "d var / dx_j = 2 (x_j - mean) / D: the 1/D survives", var_term="sum"),
+            _m("the variance term's sum over the row is divided by D - 1; LayerNorm's variance is the biased "
+               "one, so it is divided by D", "var = mean((x - mean)^2) over the D features: d var / dx_j = "
+               "2 (x_j - mean) / D, so the term is xhat * mean(dxhat * xhat)", var_term="unbiased"),
             _m("the means in dx are taken over the whole array, not per row",
                "mean over axis=-1 with keepdims=True: each row has its own mean and rstd", row_axis="all"),
             _m("the means in dx are taken over the first (batch) axis, not per row",
@@ -530,6 +534,8 @@ class SwiGLUMistakes:
         a = gate * s * up
         dact = dout @ w_down if down == "right" else dout @ np.ones_like(w_down)
         dgate, dup = SwiGLUActMistakes().variant(dact, type("C", (), {"inputs": [gate, up]}), **(act or {}))
+        if branches == "grads_swapped":     # each projection's backward given the other's gradient
+            dgate, dup, branches = dup, dgate, "both"
         dx = {"both": dgate @ w_gate + dup @ w_up, "gate": dgate @ w_gate, "up": dup @ w_up,
               "swapped": dgate @ w_up + dup @ w_gate}[branches]
         return dx, _rows(dgate).T @ _rows(x), _rows(dup).T @ _rows(x), _rows(dout).T @ _rows(a)
@@ -542,6 +548,10 @@ class SwiGLUMistakes:
                branches="up"),
             _m("dx sends dgate through w_up and dup through w_gate: the weights are crossed",
                "dx = dgate @ w_gate + dup @ w_up", branches="swapped"),
+            _m("dgate and dup are swapped: dup went back through the gate projection and dgate through the up "
+               "projection (dx, dw_gate and dw_up are all crossed)",
+               "dgate = dact * up * silu'(gate) goes into gate_proj's backward, dup = dact * silu(gate) into "
+               "up_proj's (swiglu_act_backward returns them in the order (dgate, dup))", branches="grads_swapped"),
             _m("silu'(z) was taken as sigmoid(z) in the activation's backward",
                "silu'(z) = sigmoid(z) * (1 + z * (1 - sigmoid(z)))", act=dict(dsilu="sigmoid")),
             _m("dgate is missing the factor up (act = silu(gate) * up)", "dgate = dact * up * silu'(gate)",
@@ -671,6 +681,8 @@ class ClassifierMistakes:
             dh[:, -1] = rows
         elif position == "start":
             dh[:, 0] = rows
+        elif position == "every_row":     # dh[:, last]: every row b at every row's position last[b']
+            dh[:, last] = rows
         else:
             dh[:] = rows[:, None, :]
         return dh, dlogits.T @ hidden[np.arange(B), last]
@@ -683,6 +695,9 @@ class ClassifierMistakes:
             _m("the gradient went to the first position of every row, not to last_index",
                "scatter dpooled back to hidden[arange(B), last_index], the position the forward read",
                position="start"),
+            _m("dhidden[:, last_index] = ... writes to every row at every row's pooled position, not each row at "
+               "its own", "pair each row with its own position: dhidden[np.arange(B), last_index] = dpooled",
+               position="every_row"),
             _m("the gradient went to every position of the row; only the pooled one was read",
                "dhidden is zero except at hidden[b, last_index[b]]", position="all"),
         ]
@@ -790,6 +805,8 @@ class ModelMistakes:
         grads["model.embed_tokens.weight"] = embedding_backward(dx, cache.embed_tokens)
         if not config.tie_word_embeddings:
             grads["lm_head.weight"] = dW_lm
+        elif tied_sum == "lm_only":
+            grads["model.embed_tokens.weight"] = dW_lm
         elif tied_sum:
             grads["model.embed_tokens.weight"] = grads["model.embed_tokens.weight"] + dW_lm
         return tuple(grads[n] for n in config.param_shapes())
@@ -799,6 +816,9 @@ class ModelMistakes:
             _m("with tied embeddings E is also W_lm, but lm_head's gradient was not added to it",
                "tie_word_embeddings: grads['model.embed_tokens.weight'] = embedding_backward(...) + dW_lm",
                tied_sum=False),
+            _m("with tied embeddings lm_head's gradient replaced the lookup's gradient of E; the two add",
+               "tie_word_embeddings: grads['model.embed_tokens.weight'] = embedding_backward(...) + dW_lm, not "
+               "= dW_lm", tied_sum="lm_only"),
             _m("the final norm's backward is skipped: dhidden went into the last block as its dout",
                "hidden = rmsnorm(x^(L); w_norm): dx^(L) = rmsnorm_backward(dhidden, cache.norm)[0]",
                final_norm=False),

@@ -154,6 +154,16 @@ NAMED_SLIPS = [
             dx_up, dw_up = linear_backward(dup, up_proj)
             return dx_gate + dx_up, dw_gate, dw_up, dw_down
     """),
+    # the pad row is the model's convention (decoder_backward), not the op's: "every entry is 0 -- is the
+    # result ever assigned?" on a one-row table told this student nothing
+    ("embedding", "row 0 is set to 0", """
+        def embedding_backward(dout, cache):
+            tokens, weight_shape, dtype = cache
+            dweight = np.zeros(weight_shape, dtype)
+            np.add.at(dweight, tokens.reshape(-1), dout.reshape(-1, weight_shape[1]))
+            dweight[0] = 0          # the padding token gets no gradient
+            return dweight
+    """),
     ("classifier", "every row at every row's pooled position", """
         def classifier_backward(dlogits, cache):
             (pooled, score_weight), last_index, hidden_shape = cache

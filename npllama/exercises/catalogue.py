@@ -449,7 +449,8 @@ class EmbeddingMistakes:
               Rung("a token id that occurs twice", dict(lead_shape=(2, 5), V=3, D=2, seed=1, same_id=True),
                    "every occurrence of a token adds its row of dout: np.add.at, not dweight[ids] += ...")]
 
-    def variant(self, dout, case, repeats="add"):
+    def variant(self, dout, case, repeats="add", zeroed_row=None):
+        """zeroed_row: a row set to 0 afterwards, as if its id were padding."""
         tokens, weight = case.inputs
         V, D = weight.shape
         ids, rows = tokens.reshape(-1), dout.reshape(-1, D)
@@ -463,6 +464,8 @@ class EmbeddingMistakes:
             if repeats == "mean":
                 counts = np.bincount(ids, minlength=V)[:, None]
                 dw = np.divide(dw, counts, out=np.zeros_like(dw), where=counts > 0)
+        if zeroed_row is not None:
+            dw[zeroed_row] = 0
         return dw
 
     def mistakes(self):
@@ -473,6 +476,9 @@ class EmbeddingMistakes:
             _m("a repeated token id's rows of dout are averaged; they must be summed",
                "every occurrence adds its own gradient: np.add.at, without dividing by the count",
                repeats="mean"),
+            _m("dweight's row 0 is set to 0 as if id 0 were padding, but the tokens read it",
+               "the op has no padding row: every row a token read gets its gradient (the model, not "
+               "embedding_backward, zeroes pad_token_id's row to match transformers)", zeroed_row=0),
         ]
 
 

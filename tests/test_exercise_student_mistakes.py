@@ -576,3 +576,23 @@ def test_an_einsum_crash_is_told_what_numpy_refused(phrase, body, tmp_path):
     finding = check_file("linear", path, n_random=0).first_failure.finding
     assert phrase in finding.hint, finding.hint
     assert "same size" not in finding.hint, finding.hint
+
+
+def test_a_matrix_product_crash_after_dot_T_of_a_batch_is_told_that_T_reverses_every_axis(tmp_path):
+    """dy.T @ x with x (B, T, in): .T turns dy (B, T, out) into (out, T, B), and the product crashes.
+    The hint said only 'an operand needs a transpose', to a student whose operand had one."""
+    path = tmp_path / "linear_backward.py"
+    path.write_text("import numpy as np\n\n\ndef linear_backward(dy, cache):\n    x, weight = cache\n"
+                    "    return dy @ weight, dy.T @ x\n")
+    finding = check_file("linear", path, n_random=0).first_failure.finding
+    assert "x (2, 3, 3)" in finding.case
+    assert ".T reverses every one of them" in finding.hint and "reshape(-1" in finding.hint, finding.hint
+
+
+def test_a_matrix_product_crash_without_dot_T_keeps_the_plain_hint(tmp_path):
+    path = tmp_path / "linear_backward.py"
+    path.write_text("import numpy as np\n\n\ndef linear_backward(dy, cache):\n    x, weight = cache\n"
+                    "    rows_dy, rows_x = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])\n"
+                    "    return dy @ weight, np.matmul(rows_x, rows_dy)\n")
+    finding = check_file("linear", path, n_random=0).first_failure.finding
+    assert "inner sizes differ" in finding.hint and "reverses every" not in finding.hint, finding.hint

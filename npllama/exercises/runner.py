@@ -636,8 +636,13 @@ def _crash_hint(error: BaseException, exercise: Exercise, params, source_file: s
         return ("two arrays of different shapes met in an elementwise operation: a sum or mean over a row "
                 "that dropped its axis (add keepdims=True), or an axis mixed up -- print the shapes")
     if isinstance(error, ValueError) and ("core dimension" in text or "not aligned" in text):
-        return ("a matrix product whose inner sizes differ: an operand needs a transpose, or the operands are "
+        hint = ("a matrix product whose inner sizes differ: an operand needs a transpose, or the operands are "
                 "in the wrong order (weights are (out, in); a gradient has its input's shape) -- print the shapes")
+        if _transposes_a_batch(error, exercise, params):
+            hint += (". If the array before a .T has more than two axes, .T reverses every one of them "
+                     "((B, T, n) -> (n, T, B)), not the last two: flatten the leading axes first, "
+                     "a.reshape(-1, a.shape[-1]).T")
+        return hint
     hint = _tuple_index_hint(error, source_file)
     if hint:
         return hint
@@ -760,6 +765,19 @@ def _raised_in_einsum(error: BaseException, text: str) -> bool:
     frames = _traceback_frames(error)
     return (any(os.path.basename(f.filename) == "einsumfunc.py" for f in frames)
             or "einstein sum" in text or "remapped shapes" in text)
+
+
+def _transposes_a_batch(error: BaseException, exercise: Exercise, params) -> bool:
+    """Whether the line that raised uses .T while this case has an input of more than two axes:
+    dy.T @ x with x (B, T, in), the weight gradient of a linear layer written for matrices."""
+    frames = _traceback_frames(error)
+    if not frames or not re.search(r"\.T\b", frames[-1].line or ""):
+        return False
+    try:
+        inputs = exercise.case(params).inputs
+    except Exception:      # a check without a case of its own (params None): nothing to say
+        return False
+    return any(np.ndim(value) > 2 for value in inputs if isinstance(value, np.ndarray))
 
 
 def _einsum_hint(text: str) -> str:

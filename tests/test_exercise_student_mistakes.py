@@ -164,6 +164,18 @@ NAMED_SLIPS = [
             dweight[0] = 0          # the padding token gets no gradient
             return dweight
     """),
+    ("lora", "1 / (1 - p)", """
+        def lora_backward(dy, cache):
+            x_drop, weight, lora_A, lora_B, scaling, dropout_mask, lora_hidden = cache
+            rows = lambda a: a.reshape(-1, a.shape[-1])
+            d_out = scaling * dy
+            dlora_B = rows(d_out).T @ rows(lora_hidden)
+            d_hidden = d_out @ lora_B
+            dx_drop = d_hidden @ lora_A
+            if dropout_mask is not None:
+                dx_drop = dx_drop * (dropout_mask > 0)     # kept or dropped
+            return dy @ weight + dx_drop, rows(d_hidden).T @ rows(x_drop), dlora_B
+    """),
     ("classifier", "every row at every row's pooled position", """
         def classifier_backward(dlogits, cache):
             (pooled, score_weight), last_index, hidden_shape = cache

@@ -634,7 +634,9 @@ class LoRAMistakes:
 
     def variant(self, dy, case, scaling="once", dx="both", mask_dx=True, only=None):
         """scaling: how many times scaling multiplies the adapter's gradients ("once", "missing",
-        "twice"); only: the one gradient ("dx", "dlora_A", "dlora_B") where that happens."""
+        "twice"); only: the one gradient ("dx", "dlora_A", "dlora_B") where that happens; mask_dx:
+        whether dx's adapter path goes through the mask (True), not (False), or through its 0/1
+        pattern without the 1 / (1 - p) ("kept")."""
         x, w, A, Bm, s, mask = case.inputs
         x_drop = x if mask is None else x * mask
         wrong = {"once": s, "missing": 1.0, "twice": s * s}[scaling]
@@ -645,7 +647,7 @@ class LoRAMistakes:
         dA = f_A * _rows(d_hidden).T @ _rows(x_drop)
         adapter = f_x * d_hidden @ A
         if mask is not None and mask_dx:
-            adapter = adapter * mask
+            adapter = adapter * ((mask > 0) if mask_dx == "kept" else mask)
         gx = {"both": dy @ w + adapter, "frozen": dy @ w, "adapter": adapter}[dx]
         return gx, dA, dB
 
@@ -668,6 +670,10 @@ class LoRAMistakes:
             _m("the adapter path of dx misses the dropout mask",
                "x_drop = x * dropout_mask, so its gradient is multiplied by the mask once more on the way to x",
                mask_dx=False),
+            _m("the adapter path of dx is multiplied by which entries were kept (0 or 1), not by the mask itself, "
+               "which also holds inverted dropout's 1 / (1 - p)",
+               "x_drop = x * dropout_mask with the mask's values 0 and 1 / (1 - p): multiply by dropout_mask",
+               mask_dx="kept"),
         ]
 
 

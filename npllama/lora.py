@@ -107,11 +107,9 @@ class LoraAdapters:
         require_non_negative_int("seed", seed)
         self._rng = np.random.default_rng(seed)
         self.params = self._init_params(seed)
-        self._module_of: dict[int, str] = {}
-        self._act_ops = (swiglu_act_forward, swiglu_act_backward)
-        self._ops = {"linear_forward": self._linear_forward, "linear_backward": self._linear_backward,
-                     "swiglu_forward": self._swiglu_forward, "swiglu_backward": self._swiglu_backward,
-                     "embedding_backward": self._embedding_backward}
+        # LoraOps made by op_bindings, by (adapted weights' ids, SiLU-gate ops): the next call with
+        # the same ones gets the same functions, so backend.bind reuses its re-bound model code
+        self._bound_ops: dict[tuple, LoraOps] = {}
 
     # ----- parameters ------------------------------------------------------------------------
     def modules(self) -> list[str]:
@@ -143,57 +141,30 @@ class LoraAdapters:
         """LoRA enters the model through the projection ops it modifies (npllama.backend.bind):
         linear_forward/backward, and the SwiGLU whose three projections it may adapt.  A frozen
         weight gets no gradient (None); an adapted one gets {"lora_A": dA, "lora_B": dB}.
-        `base`: the ops otherwise in force, whose SiLU-gate kernels the SwiGLU keeps using."""
+        `base`: the ops otherwise in force, whose SiLU-gate kernels the SwiGLU keeps using.
+
+        The functions returned are bound to this call's weights and SiLU-gate ops (LoraOps) and
+        nothing here changes afterwards: `use_op` is per thread, and another thread running the
+        same adapters meanwhile must not change the ops this call's pass computes with."""
         from .backend import overrides
 
-        replaced = sorted(set(overrides()) & set(self._ops))
+        replaced = sorted(set(overrides()) & set(LoraOps.OPS))
         if replaced:   # the adapters' own projections would run instead: never ignore an override silently
             raise ValueError(f"use_op({replaced[0]!r}, ...) cannot take effect while LoRA adapters are "
-                             f"attached: the adapters run their own {', '.join(self._ops)}. Override "
+                             f"attached: the adapters run their own {', '.join(LoraOps.OPS)}. Override "
                              f"it on the model without adapters, or merge() them first")
         params = self.model.params
-        self._module_of = {id(params[m + ".weight"]): m for m in self.modules()}
-        self._act_ops = (base.get("swiglu_act_forward", swiglu_act_forward),
-                         base.get("swiglu_act_backward", swiglu_act_backward))
-        return self._ops
-
-    def _linear_forward(self, x, weight):
-        """x W^T with W frozen, plus scaling * (dropout(x) A^T) B^T where W is adapted."""
-        module = self._module_of.get(id(weight))
-        if module is None:
-            return x @ weight.T, (None, weight)
-        A, B = self.params[peft_name(module, "lora_A")], self.params[peft_name(module, "lora_B")]
-        mask = self._dropout_mask(x) if self.training and self.lora_dropout > 0 else None
-        y, cache = lora_forward(x, weight, A, B, self.scaling, mask)
-        return y, (cache, weight)
-
-    def _linear_backward(self, dy, cache):
-        """(dx, the adapter's gradients or None for a frozen projection)."""
-        lora_cache, weight = cache
-        if lora_cache is None:
-            return dy @ weight, None
-        dx, dA, dB = lora_backward(dy, lora_cache)
-        return dx, {"lora_A": dA, "lora_B": dB}
-
-    def _swiglu_forward(self, x, w_gate, w_up, w_down):
-        """The SwiGLU with each projection through the adapters' linear."""
-        gate, gate_cache = self._linear_forward(x, w_gate)
-        up, up_cache = self._linear_forward(x, w_up)
-        act, act_cache = self._act_ops[0](gate, up)
-        out, down_cache = self._linear_forward(act, w_down)
-        return out, LoraSwiGLUCache(gate_cache, up_cache, act_cache, down_cache, self._act_ops[1], gate, up, act)
-
-    def _swiglu_backward(self, dout, cache):
-        gate_cache, up_cache, act_cache, down_cache, act_backward = cache[:5]
-        dact, g_down = self._linear_backward(dout, down_cache)
-        dgate, dup = act_backward(dact, act_cache)
-        dx_gate, g_gate = self._linear_backward(dgate, gate_cache)
-        dx_up, g_up = self._linear_backward(dup, up_cache)
-        return dx_gate + dx_up, g_gate, g_up, g_down
-
-    @staticmethod
-    def _embedding_backward(dout, cache):
-        return None   # the embedding is frozen
+        modules = self.modules()
+        weights = tuple(id(params[m + ".weight"]) for m in modules)
+        act_ops = (base.get("swiglu_act_forward", swiglu_act_forward),
+                   base.get("swiglu_act_backward", swiglu_act_backward))
+        key = (weights, act_ops)
+        ops = self._bound_ops.get(key)
+        if ops is None:
+            if len(self._bound_ops) >= _BOUND_OPS_LIMIT:   # (a trace's SiLU-gate ops are new at every call)
+                self._bound_ops.clear()   # (one step, safe against another thread at the same point)
+            ops = self._bound_ops[key] = LoraOps(self, dict(zip(weights, modules)), *act_ops)
+        return ops.bindings
 
     def adapter_grads(self, model_grads: dict) -> dict:
         """The adapters' gradients under PEFT names, from the model's (keyed by the adapted weight)."""
@@ -282,6 +253,67 @@ class LoraAdapters:
                                            encoding="utf-8")
             write_safetensors(tmp / WEIGHTS_NAME, tensors, metadata={"format": "pt"})
         return Path(path)
+
+
+_BOUND_OPS_LIMIT = 16   # LoraOps kept per adapters (each is one small object)
+
+
+class LoraOps:
+    """The ops one call of the model runs with LoRA adapters attached, as LoraAdapters.op_bindings
+    binds them: `bindings`, op name -> function.  They read the adapters' parameters, scaling and
+    training switch as they run, and take from the call the adapted weights (`module_of`, id ->
+    module) and the SiLU-gate ops its SwiGLU computes with -- fixed when made, whatever another
+    thread binds later."""
+
+    OPS = ("linear_forward", "linear_backward", "swiglu_forward", "swiglu_backward", "embedding_backward")
+
+    def __init__(self, adapters: LoraAdapters, module_of: dict[int, str], act_forward: Callable,
+                 act_backward: Callable):
+        self.adapters = adapters
+        self.module_of = module_of
+        self.act_forward, self.act_backward = act_forward, act_backward
+        # made once: backend.bind keys its re-bound copies of the model's code by these functions
+        self.bindings = {name: getattr(self, name) for name in self.OPS}
+
+    def linear_forward(self, x, weight):
+        """x W^T with W frozen, plus scaling * (dropout(x) A^T) B^T where W is adapted."""
+        module = self.module_of.get(id(weight))
+        if module is None:
+            return x @ weight.T, (None, weight)
+        adapters = self.adapters
+        A, B = adapters.params[peft_name(module, "lora_A")], adapters.params[peft_name(module, "lora_B")]
+        mask = adapters._dropout_mask(x) if adapters.training and adapters.lora_dropout > 0 else None
+        y, cache = lora_forward(x, weight, A, B, adapters.scaling, mask)
+        return y, (cache, weight)
+
+    @staticmethod
+    def linear_backward(dy, cache):
+        """(dx, the adapter's gradients or None for a frozen projection)."""
+        lora_cache, weight = cache
+        if lora_cache is None:
+            return dy @ weight, None
+        dx, dA, dB = lora_backward(dy, lora_cache)
+        return dx, {"lora_A": dA, "lora_B": dB}
+
+    def swiglu_forward(self, x, w_gate, w_up, w_down):
+        """The SwiGLU with each projection through the adapters' linear."""
+        gate, gate_cache = self.linear_forward(x, w_gate)
+        up, up_cache = self.linear_forward(x, w_up)
+        act, act_cache = self.act_forward(gate, up)
+        out, down_cache = self.linear_forward(act, w_down)
+        return out, LoraSwiGLUCache(gate_cache, up_cache, act_cache, down_cache, self.act_backward, gate, up, act)
+
+    def swiglu_backward(self, dout, cache):
+        gate_cache, up_cache, act_cache, down_cache, act_backward = cache[:5]
+        dact, g_down = self.linear_backward(dout, down_cache)
+        dgate, dup = act_backward(dact, act_cache)
+        dx_gate, g_gate = self.linear_backward(dgate, gate_cache)
+        dx_up, g_up = self.linear_backward(dup, up_cache)
+        return dx_gate + dx_up, g_gate, g_up, g_down
+
+    @staticmethod
+    def embedding_backward(dout, cache):
+        return None   # the embedding is frozen
 
 
 def peft_name(module: str, which: str) -> str:

@@ -751,9 +751,9 @@ def _module(name: str) -> str:
 
 def _noting(params: dict, op_name: str, replacement):
     """`replacement`, noting that it ran as `op_name` with the recorder of the trace active when it
-    runs -- looked up then, not held: the LoRA adapters keep the SiLU-gate ops they were last given
-    (and a LoRA SwiGLU cache keeps its backward) after the trace's block has closed, and they must
-    keep neither that trace alive nor write into it (a later trace, or none, may be running)."""
+    runs -- looked up then, not held: the LoRA adapters keep the ops they bound to this (LoraOps),
+    and a LoRA SwiGLU cache its backward, after the trace's block has closed, and they must keep
+    neither that trace alive nor write into it (a later trace, or none, may be running)."""
     @functools.wraps(replacement)   # (named as the replacement, in a record's source)
     def dispatched(*args, **kwargs):
         trace = _active.get()

@@ -258,7 +258,7 @@ def test_a_trace_records_the_mlp_steps_and_their_gradients_with_adapters_attache
     # the adapters' gradients are recorded under PEFT names, credited to the adapters' backward
     lora_a = "d:base_model.model.model.layers.0.mlp.gate_proj.lora_A.weight"
     assert set(t.names("d:base_model.*")) == {"d:" + n for n in adapters.params}
-    assert "LoraAdapters._swiglu_backward" in t.sources[lora_a]
+    assert "LoraOps.swiglu_backward" in t.sources[lora_a]
 
 
 @pytest.mark.parametrize("task_type, extra", [("SEQ_CLS", True), ("SEQ_CLS", False), ("CAUSAL_LM", True)])
@@ -385,6 +385,58 @@ def test_whole_model_gradients_with_dropout_masks_and_tied_embeddings():
     assert report.max_rel_err < 1e-7
 
 
+def _doubled_act_forward(gate, up):
+    from npllama.ops.swiglu import swiglu_act_forward
+
+    act, cache = swiglu_act_forward(gate, up)
+    return 2.0 * act, cache
+
+
+def _doubled_act_backward(dact, cache):
+    from npllama.ops.swiglu import swiglu_act_backward
+
+    return swiglu_act_backward(2.0 * dact, cache)
+
+
+@pytest.mark.parametrize("replaced", ["swiglu_act_forward", "swiglu_act_backward"])
+def test_a_pass_keeps_its_silu_gate_override_while_another_context_runs_the_same_adapters(replaced):
+    # use_op lives in a ContextVar: a thread without it, running the same adapted model in the
+    # middle of this context's pass, must not change which SiLU-gate ops this pass computes with.
+    # The interleaving is forced: the first SiLU-gate forward of the overridden pass runs a whole
+    # pass in the context from before the override (another thread's), then carries on.
+    import contextvars
+
+    from npllama import use_op
+    from npllama.ops.swiglu import swiglu_act_backward, swiglu_act_forward
+
+    model, _ = adapted_model(("q_proj", "gate_proj"))   # 2 layers: a SwiGLU after the interruption
+    tokens, targets = batch(model.config)
+    doubled = {"swiglu_act_forward": _doubled_act_forward, "swiglu_act_backward": _doubled_act_backward}
+    ops = {"swiglu_act_forward": swiglu_act_forward, "swiglu_act_backward": swiglu_act_backward,
+           replaced: doubled[replaced]}
+    other_context, others = None, []
+
+    def act_forward_interrupted(gate, up):
+        if not others:
+            others.append(other_context.run(model.loss_and_grads, tokens, targets))
+        return ops["swiglu_act_forward"](gate, up)
+
+    def pass_with_the_override(act_forward):
+        with use_op("swiglu_act_forward", act_forward), use_op("swiglu_act_backward", ops["swiglu_act_backward"]):
+            return model.loss_and_grads(tokens, targets)
+
+    with use_backend("numpy"):   # in both contexts: only the override tells them apart
+        alone_loss, alone_grads = pass_with_the_override(ops["swiglu_act_forward"])
+        reference_loss, _ = model.loss_and_grads(tokens, targets)
+        other_context = contextvars.copy_context()
+        loss, grads = pass_with_the_override(act_forward_interrupted)
+    assert others[0][0] == pytest.approx(reference_loss, rel=1e-12)   # the other context: no override
+    assert (alone_loss == pytest.approx(reference_loss, rel=1e-12)) == (replaced == "swiglu_act_backward")
+    assert loss == pytest.approx(alone_loss, rel=1e-12)
+    for name, grad in alone_grads.items():
+        np.testing.assert_allclose(grads[name], grad, rtol=1e-12, atol=1e-15, err_msg=name)
+
+
 def test_dropout_is_inverted_kept_inputs_are_scaled_by_one_over_keep():
     # PEFT's nn.Dropout: y = x W^T + scaling * ((x * kept / keep) A^T) B^T, so the adapter's
     # output keeps its expected value in training (kept ~ Bernoulli(keep), keep = 1 - p)
@@ -393,10 +445,10 @@ def test_dropout_is_inverted_kept_inputs_are_scaled_by_one_over_keep():
     W = model.params[module + ".weight"]
     A, B = adapters.params[peft_name(module, "lora_A")], adapters.params[peft_name(module, "lora_B")]
     x = np.random.default_rng(1).standard_normal((2, 3, W.shape[1]))
-    model._math()                  # op_bindings: maps each adapted weight to its module
+    linear_forward = adapters.op_bindings({})["linear_forward"]   # the adapters' linear, as the model runs it
     adapters.training = True
     state = adapters.dropout_state
-    y, _ = adapters._linear_forward(x, W)
+    y, _ = linear_forward(x, W)
     rng = np.random.default_rng()
     rng.bit_generator.state = state
     kept = rng.random(x.shape) < 0.75

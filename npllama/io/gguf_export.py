@@ -26,6 +26,7 @@ import contextlib
 import os
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -140,7 +141,7 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     for caveat in llama_cpp_tokenizer_caveats(tok):
         warnings.warn(caveat, stacklevel=2)
     pieces, scores, types = gguf_vocab(tok, config.vocab_size)
-    end_of_turn = end_of_turn_id(config, tok)
+    end_ids = gguf_end_ids(config, tok, pieces)
     tensors = gguf_tensors(config, params)
     check_outtype_holds(tensors, outtype)
 
@@ -148,7 +149,7 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
         writer = gguf.GGUFWriter(tmp, "llama")
         try:
             _write_metadata(writer, gguf, config, name or model_dir.resolve().name, outtype)
-            _write_vocab(writer, tok, pieces, scores, types, end_of_turn)
+            _write_vocab(writer, tok, pieces, scores, types, end_ids)
             template = read_folder_template(model_dir)
             if template is not None:   # what llama.cpp's chat mode renders conversations with
                 writer.add_chat_template(template)
@@ -265,21 +266,47 @@ def _write_metadata(writer, gguf, config, name: str, outtype: str) -> None:
         writer.add_rope_scaling_factor(config.rope_scaling["factor"])
 
 
-def end_of_turn_id(config, tok) -> int | None:
-    """The id config.eos_token_id lists besides the tokenizer's end piece (LLaMA-3 instruct's
-    <|eot_id|> beside <|end_of_text|>), or None.  It is written as llama.cpp writes LLaMA-3's:
-    tokenizer.ggml.eot_token_id, where llama.cpp stops too.  A GGUF has no place for more: the
-    rest are dropped, with a warning naming them (the model itself is still right to export)."""
-    others = [i for i in config.end_ids if i != tok.eos_id]
-    if len(others) > 1:
-        warnings.warn(f"eos_token_id lists {len(config.end_ids)} end ids {list(config.end_ids)}; a GGUF names "
-                      f"the tokenizer's end piece (tokenizer.ggml.eos_token_id, {tok.eos_id}) and one more "
-                      f"(tokenizer.ggml.eot_token_id): the export keeps {others[0]} and drops "
-                      f"{', '.join(map(str, others[1:]))}, where llama.cpp will not stop", stacklevel=3)
-    return others[0] if others else None
+# Pieces whose text says which end a GGUF field should name (llama.cpp's vocabulary loader takes
+# the same texts for its end of turn and end of message, where a file names none)
+END_OF_TURN_PIECES = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>")
+END_OF_MESSAGE_PIECES = ("<|eom_id|>",)
 
 
-def _write_vocab(writer, tok, pieces, scores, types, end_of_turn: int | None = None) -> None:
+class EndIds(NamedTuple):
+    """Where a model's end ids go in a GGUF: the tokenizer's end piece is eos_token_id."""
+
+    eot: int | None   # tokenizer.ggml.eot_token_id (the end of a turn: LLaMA-3's <|eot_id|>)
+    eom: int | None   # tokenizer.ggml.eom_token_id (the end of a message to a tool: LLaMA-3.1's <|eom_id|>)
+
+
+def gguf_end_ids(config, tok, pieces: list[bytes]) -> EndIds:
+    """The ids config.eos_token_id lists besides the tokenizer's end piece, placed in the GGUF
+    fields llama.cpp stops at besides eos_token_id: an id whose piece (in `pieces`, the GGUF's) is
+    an end of turn or of a message by its text goes to that field, the others fill the fields left
+    in their order.  An id with no field left is warned about, naming it (the model is still
+    right to export)."""
+    others = [i for i in dict.fromkeys(config.end_ids) if i != tok.eos_id]
+    text = {i: pieces[i].decode("utf-8", "replace") for i in others}
+    placed = {}
+    for field, known in (("eot", END_OF_TURN_PIECES), ("eom", END_OF_MESSAGE_PIECES)):
+        placed[field] = next((i for i in others if text[i] in known), None)
+    rest = [i for i in others if i not in placed.values()]
+    for field in placed:
+        if placed[field] is None and rest:
+            placed[field] = rest.pop(0)
+    if rest:
+        unwritten = ", ".join(f"{i} {text[i]!r}" for i in rest)
+        plural = len(rest) > 1
+        warnings.warn(f"eos_token_id lists {len(config.end_ids)} end ids {list(config.end_ids)}; a GGUF records "
+                      f"end ids in tokenizer.ggml.eos_token_id ({tok.eos_id}), eot_token_id ({placed['eot']}) and "
+                      f"eom_token_id ({placed['eom']}) only: end id{'s' * plural} {', '.join(map(str, rest))} "
+                      f"{'are' if plural else 'is'} not recorded in the GGUF's metadata -- llama.cpp stops at "
+                      f"{'each' if plural else 'it'} only if it recognises its piece's text as an end of "
+                      f"generation ({unwritten})", stacklevel=3)
+    return EndIds(**placed)
+
+
+def _write_vocab(writer, tok, pieces, scores, types, end_ids: EndIds = EndIds(None, None)) -> None:
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(pieces)
@@ -287,7 +314,7 @@ def _write_vocab(writer, tok, pieces, scores, types, end_of_turn: int | None = N
     writer.add_token_types(types)
     for add, token_id in ((writer.add_bos_token_id, tok.bos_id), (writer.add_eos_token_id, tok.eos_id),
                           (writer.add_unk_token_id, tok.unk_id), (writer.add_pad_token_id, tok.pad_id),
-                          (writer.add_eot_token_id, end_of_turn)):
+                          (writer.add_eot_token_id, end_ids.eot), (writer.add_eom_token_id, end_ids.eom)):
         if token_id is not None:
             add(token_id)
     writer.add_add_bos_token(tok.bos_id is not None)

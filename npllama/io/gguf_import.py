@@ -208,12 +208,16 @@ def _config(path: Path, reader, tensors: dict) -> LlamaConfig:
     special = {field: value for field, key in (("bos_token_id", "tokenizer.ggml.bos_token_id"),
                                                ("eos_token_id", "tokenizer.ggml.eos_token_id"))
                if (value := _value(path, reader, key, None)) is not None}
-    # llama.cpp stops at the end of turn too (LLaMA-3's <|eot_id|>): the model's end ids list both
-    # (a file naming no eos_token_id ends at the default one, 2, as llama.cpp's SentencePiece vocabulary does)
-    end_of_turn = _value(path, reader, "tokenizer.ggml.eot_token_id", None)
-    eos = special.get("eos_token_id", LlamaConfig.eos_token_id)
-    if end_of_turn is not None and eos != end_of_turn:
-        special["eos_token_id"] = [eos, end_of_turn]
+    # llama.cpp stops at the end of turn and of a message too (LLaMA-3's <|eot_id|>, LLaMA-3.1's
+    # <|eom_id|>): the model's end ids list them all (a file naming no eos_token_id ends at the
+    # default one, 2, as llama.cpp's SentencePiece vocabulary does)
+    ends = [special.get("eos_token_id", LlamaConfig.eos_token_id)]
+    for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+        end = _value(path, reader, key, None)
+        if end is not None and end not in ends:
+            ends.append(end)
+    if len(ends) > 1:
+        special["eos_token_id"] = ends
     try:
         config = LlamaConfig(
             **special, vocab_size=vocab, hidden_size=hidden,

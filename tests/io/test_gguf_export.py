@@ -441,12 +441,60 @@ def test_a_second_end_id_is_written_as_llama_cpps_end_of_turn_and_read_back(tmp_
     assert set(config.end_ids) == set(Llama.from_pretrained(tmp_path / "m").config.end_ids)
 
 
-def test_more_end_ids_than_llama_cpp_has_places_for_are_exported_with_a_warning_naming_the_dropped(tmp_path,
-                                                                                                   tokenizer):
+@pytest.fixture(scope="module")
+def chat_tokenizer(tmp_path_factory):
+    """A tokenizer with the end pieces chat models have (LLaMA-3's, ChatML's, Gemma's)."""
+    from npllama.corpus import make_default_corpus
+
+    return Tokenizer.train(make_default_corpus()[:300], tmp_path_factory.mktemp("tok") / "sp", vocab_size=400,
+                           control_symbols=["<|eom_id|>", "<|eot_id|>", "<|im_end|>", "<end_of_turn>"])
+
+
+# end ids (a piece's text, or a plain piece's id) -> (eot_token_id, eom_token_id, the ids not written)
+END_IDS = [
+    (["</s>"], (None, None, [])),
+    (["</s>", "<|eot_id|>"], ("<|eot_id|>", None, [])),
+    (["<|eot_id|>", "</s>"], ("<|eot_id|>", None, [])),
+    (["</s>", "<|eom_id|>"], (None, "<|eom_id|>", [])),
+    (["</s>", 300], (300, None, [])),
+    (["</s>", "<|eom_id|>", "<|eot_id|>"], ("<|eot_id|>", "<|eom_id|>", [])),    # LLaMA-3.1 instruct
+    (["</s>", 300, 301], (300, 301, [])),
+    (["</s>", 300, "<|eot_id|>"], ("<|eot_id|>", 300, [])),
+    (["</s>", "<|im_end|>", "<end_of_turn>"], ("<|im_end|>", "<end_of_turn>", [])),
+    (["</s>", 300, "<|eom_id|>", 301], (300, "<|eom_id|>", [301])),
+    (["</s>", "<|eom_id|>", "<|eot_id|>", 300, 301], ("<|eot_id|>", "<|eom_id|>", [300, 301])),
+]
+
+
+@pytest.mark.parametrize("end_pieces, written", END_IDS)
+def test_end_ids_are_written_as_eos_eot_and_eom_by_their_pieces_and_read_back(tmp_path, chat_tokenizer, end_pieces,
+                                                                             written):
+    """llama.cpp ends a generation at tokenizer.ggml.eos_token_id, eot_token_id and eom_token_id.
+    An end id whose piece says which it is goes there (<|eot_id|> the end of turn, <|eom_id|> the
+    end of a message to a tool; LLaMA-3.1 lists both beside <|end_of_text|>), the others fill the
+    places left in order; only an id with no place left is warned about, and reading the file back
+    gives the model every end id written."""
+    import re
+
     from npllama.io.gguf_import import read_gguf
 
-    _model_folder(tmp_path / "m", tokenizer, eos_token_id=[2, 7, 9])
-    with pytest.warns(UserWarning, match=r"eos_token_id lists 3 end ids \[2, 7, 9\].*drops 9"):
+    ids = lambda items: [chat_tokenizer.piece_to_id(i) if isinstance(i, str) else i for i in items]  # noqa: E731
+    end_ids = ids(end_pieces)
+    (eot, eom), dropped = ids(written[:2]), ids(written[2])
+    _model_folder(tmp_path / "m", chat_tokenizer, eos_token_id=end_ids if len(end_ids) > 1 else end_ids[0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         export_gguf(tmp_path / "m", tmp_path / "m.gguf")
+    about_end_ids = [str(w.message) for w in caught if "eos_token_id" in str(w.message)]
+    fields, _, _ = _read(tmp_path / "m.gguf")
+    assert fields["tokenizer.ggml.eos_token_id"] == chat_tokenizer.eos_id == 2
+    assert (fields.get("tokenizer.ggml.eot_token_id"), fields.get("tokenizer.ggml.eom_token_id")) == (eot, eom)
+    if dropped:
+        assert len(about_end_ids) == 1, about_end_ids
+        named = re.search(r"end ids? ([\d, ]+?) (?:is|are) not recorded in the GGUF's metadata", about_end_ids[0])
+        assert named is not None and [int(i) for i in named.group(1).split(", ")] == dropped, about_end_ids
+    else:
+        assert about_end_ids == []
     config, _ = read_gguf(tmp_path / "m.gguf")
-    assert config.eos_token_id == [2, 7]
+    assert config.end_ids[0] == 2
+    assert sorted(config.end_ids) == sorted(set(end_ids) - set(dropped))

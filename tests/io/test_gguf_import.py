@@ -313,3 +313,18 @@ def test_an_end_of_turn_id_without_an_eos_id_is_still_the_models_end_id(folder, 
     config, _ = read_gguf(_write_with(tmp_path / "eot.gguf", folder, {},
                                       more_metadata=lambda writer: writer.add_eot_token_id(7)))
     assert config.eos_token_id == [2, 7] and config.end_ids == (2, 7)
+
+
+@pytest.mark.parametrize("eot, eom, end_ids", [(None, 9, (2, 9)), (7, 9, (2, 7, 9)), (7, 7, (2, 7)), (None, 2, (2,)),
+                                               (9, None, (2, 9))])
+def test_the_files_end_of_message_id_is_one_of_the_models_end_ids(folder, tmp_path, eot, eom, end_ids):
+    """llama.cpp stops at tokenizer.ggml.eom_token_id too (LLaMA-3.1's <|eom_id|>, which ends a
+    message to a tool): so does the model, beside the end of text and the end of turn."""
+    def write(writer):
+        writer.add_eos_token_id(2)
+        for add, token_id in ((writer.add_eot_token_id, eot), (writer.add_eom_token_id, eom)):
+            if token_id is not None:
+                add(token_id)
+
+    config, _ = read_gguf(_write_with(tmp_path / "eom.gguf", folder, {}, more_metadata=write))
+    assert config.end_ids == end_ids

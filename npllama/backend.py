@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import threading
 import types
 from collections.abc import Callable, Mapping
 
@@ -36,6 +37,7 @@ _namespaces: dict[str, types.SimpleNamespace] = {}
 _bound: dict[tuple, types.SimpleNamespace] = {}
 _kernel_bindings: dict[str, Callable] | None = None   # the kernels that replace a reference: fixed per process
 _BOUND_LIMIT = 64   # distinct op sets kept re-bound at once (each is a few dozen function objects)
+_bound_lock = threading.Lock()
 
 
 def _check_name(name: object, what: str) -> str:
@@ -227,7 +229,8 @@ def bind(module: types.ModuleType, bindings: Mapping[str, Callable], keep: bool 
     bound._bindings = dict(bindings)   # keeps the functions alive, so their ids stay unique
     if not keep:
         return bound
-    if len(_bound) >= _BOUND_LIMIT:
-        _bound.pop(next(iter(_bound)))
-    _bound[key] = bound
+    with _bound_lock:   # two threads evicting at once: a KeyError, or a dict changed while iterated
+        if len(_bound) >= _BOUND_LIMIT:
+            _bound.pop(next(iter(_bound)))
+        _bound[key] = bound
     return bound

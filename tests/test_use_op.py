@@ -238,3 +238,60 @@ def test_a_fused_kernels_backward_handed_the_references_cache_says_what_to_overr
     with use_backend("numba"), use_op(f"{op}_forward", getattr(reference, f"{op}_forward")):
         with pytest.raises(TypeError, match=f"use_op\\('{op}_backward', npllama.ops.{op}.{op}_backward\\)"):
             model().loss_and_grads(TOKENS, TARGETS)
+
+
+def test_two_threads_making_room_among_the_bound_op_sets_do_not_evict_the_same_one(monkeypatch):
+    """backend.bind keeps at most _BOUND_LIMIT re-bound op sets, dropping the oldest.  Two threads
+    dropping at once both picked the same oldest key and the second pop raised KeyError (a LoRA model
+    called from two threads binds a new set each).  Here thread A is held inside its pop while
+    thread B makes room: B must wait for A, not drop A's key under it."""
+    import threading
+
+    from npllama import backend
+    from npllama.ops import softmax as module
+
+    a_in_pop, b_dropped = threading.Event(), threading.Event()
+    holder = {}
+
+    class HeldPop(dict):
+        def pop(self, key, *default):
+            if threading.current_thread() is holder.get("a"):
+                a_in_pop.set()
+                b_dropped.wait(0.5)   # with the lock B cannot drop before A is done: A waits out 0.5 s
+            return super().pop(key, *default)
+
+    def op_a(*args):   # distinct functions: distinct op sets
+        return None
+
+    def op_b(*args):
+        return None
+
+    def op_old(*args):
+        return None
+
+    bound = HeldPop()
+    monkeypatch.setattr(backend, "_bound", bound)
+    monkeypatch.setattr(backend, "_BOUND_LIMIT", 1)
+    backend.bind(module, {"softmax_forward": op_old})   # the one set there is, which both must drop
+    errors = []
+
+    def bind_as(op, after=None):
+        try:
+            if after is not None:
+                after.wait(5)
+            backend.bind(module, {"softmax_forward": op})
+        except Exception as error:   # noqa: BLE001  (what the thread raised is the test's finding)
+            errors.append(error)
+        finally:
+            if op is op_b:
+                b_dropped.set()
+
+    a = threading.Thread(target=bind_as, args=(op_a,))
+    b = threading.Thread(target=bind_as, args=(op_b, a_in_pop))
+    holder["a"] = a
+    a.start()
+    b.start()
+    a.join(10)
+    b.join(10)
+    assert not errors, errors
+    assert len(bound) == 1

@@ -82,6 +82,17 @@ def test_math_uses_the_delimiters_github_reads_literally(path):
 
 
 @pytest.mark.parametrize("path", DERIVATIONS, ids=lambda p: p.name)
+def test_no_escaped_underscore_in_text_mode(path):
+    r"""MathJax 3 reads the argument of \text{...} as text: it unescapes only \$, \{, \} and \\ there
+    (docs.mathjax.org, "Differences from Actual TeX"; the textmacros extension that knows \_ is not
+    loaded by default), so \text{max\_lr} shows "max\_lr", backslash and all.  A name with an
+    underscore goes in \mathrm{...}, which is math mode, where \_ is an underscore."""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        match = re.search(r"\\text(?:rm|tt|it|bf|sf)?\{[^{}]*\\_[^{}]*\}", line)
+        assert match is None, f"{path.name}:{number}: {match.group(0)!r}; write \\mathrm{{...}} for a name"
+
+
+@pytest.mark.parametrize("path", DERIVATIONS, ids=lambda p: p.name)
 def test_the_named_tests_exercise_the_named_code(path):
     """A **Test:** line that points at the wrong file (one that never calls the derivation's code)
     would pass the existence check above: every test file named must call something the **Code:**

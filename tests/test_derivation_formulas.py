@@ -38,7 +38,7 @@ CITED = {
     "embedding": ("embedding.md", 55, 56, "np.add.at(dweight, tokens.reshape(-1), dout.reshape(-1, D))"),
     "softmax": ("softmax.md", 56, 58, r"\mathrm{dx} = p\odot\big(\mathrm{dp} - \textstyle\sum_{\text{last axis}}(\mathrm{dp}\odot p)\big)"),
     "cross_entropy": ("cross_entropy.md", 90, 94, "scale = dloss / n_counted if n_counted else 0"),
-    "attention": ("attention.md", 193, 206, r"dk_g &= \mathrm{scale}\textstyle\sum_{h \in g} d\_attn\_scores^T q_h"),
+    "attention": ("attention.md", 193, 206, r"dk_g &= \mathrm{scale}\textstyle\sum_{h:\ g(h) = g} d\_attn\_scores_h^T q_h"),
     "rope": ("rope.md", 157, 160, r"dx = dy \odot \mathrm{cos} - \mathrm{rotate\_half}(dy \odot \mathrm{sin})"),
     "rope_llama3": ("rope.md", 100, 110, r"(1 - \mathrm{smooth})\,\mathrm{inv\_freq}_i / \mathrm{factor} + \mathrm{smooth}\cdot\mathrm{inv\_freq}_i"),
     "swiglu": ("swiglu.md", 97, 105, r"d\mathrm{gate} &= d\mathrm{act}\odot\mathrm{up}\odot\sigma\odot\big(1 + \mathrm{gate}\odot(1-\sigma)\big)"),

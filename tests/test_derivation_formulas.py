@@ -280,12 +280,12 @@ def test_rope_llama3_inv_freq():
     d, rope_theta = 64, 500000.0
     scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 8192}
-    L, factor = scaling["original_max_position_embeddings"], scaling["factor"]
+    T_orig, factor = scaling["original_max_position_embeddings"], scaling["factor"]
     low_freq_factor, high_freq_factor = scaling["low_freq_factor"], scaling["high_freq_factor"]
     inv_freq = rope_theta ** (-2 * np.arange(d // 2) / d)
     lam = 2 * np.pi / inv_freq
-    lam_low, lam_high = L / low_freq_factor, L / high_freq_factor
-    smooth = (L / lam - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    lam_low, lam_high = T_orig / low_freq_factor, T_orig / high_freq_factor
+    smooth = (T_orig / lam - low_freq_factor) / (high_freq_factor - low_freq_factor)
     expected = np.where(lam > lam_low, inv_freq / factor,
                         np.where(lam < lam_high, inv_freq, (1 - smooth) * inv_freq / factor + smooth * inv_freq))
     assert (lam > lam_low).any() and (lam < lam_high).any() and ((lam >= lam_high) & (lam <= lam_low)).any()

@@ -397,8 +397,8 @@ def test_transformer_block(rng):
     k_rot = k * cos + rotate_half(k) * sin
     allowed = np.broadcast_to(np.tril(np.ones((T, T), dtype=bool)), (B, T, T))
     _, _, _, probs = attention_formula(np.zeros((B, H, T, hd)), q_rot, k_rot, v, allowed)
-    a = merge(probs @ np.repeat(v, H // KVH, axis=1))                       # 4, 5
-    h = x + a @ w.o_proj.T                                                  # 6
+    a = merge(probs @ np.repeat(v, H // KVH, axis=1))                       # 4, 5 (merge)
+    h = x + a @ w.o_proj.T                                                  # 5 (W_o), 6
     hn = h * rstd(h) * w.post_attention_layernorm                          # 7
 
     # the backward: dh = dout + J_N_post^T J_SwiGLU^T dout;  dx = dh + J_N_in^T J_Attn^T dh

@@ -28,6 +28,7 @@ import json
 import math
 import numbers
 import re
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -263,17 +264,26 @@ class LoraOps:
     binds them: `bindings`, op name -> function.  They read the adapters' parameters, scaling and
     training switch as they run, and take from the call the adapted weights (`module_of`, id ->
     module) and the SiLU-gate ops its SwiGLU computes with -- fixed when made, whatever another
-    thread binds later."""
+    thread binds later.
+
+    The adapters are held by a weak reference: backend.bind keeps the op sets it re-bound, these
+    functions among them, for the whole process, and they must not keep the adapters -- and so
+    their model and its weights -- alive once nobody else refers to them."""
 
     OPS = ("linear_forward", "linear_backward", "swiglu_forward", "swiglu_backward", "embedding_backward")
 
     def __init__(self, adapters: LoraAdapters, module_of: dict[int, str], act_forward: Callable,
                  act_backward: Callable):
-        self.adapters = adapters
+        self._adapters = weakref.ref(adapters)
         self.module_of = module_of
         self.act_forward, self.act_backward = act_forward, act_backward
         # made once: backend.bind keys its re-bound copies of the model's code by these functions
         self.bindings = {name: getattr(self, name) for name in self.OPS}
+
+    @property
+    def adapters(self) -> LoraAdapters | None:
+        """The adapters these ops run (None once they have been freed)."""
+        return self._adapters()
 
     def linear_forward(self, x, weight):
         """x W^T with W frozen, plus scaling * (dropout(x) A^T) B^T where W is adapted."""
@@ -281,6 +291,9 @@ class LoraOps:
         if module is None:
             return x @ weight.T, (None, weight)
         adapters = self.adapters
+        if adapters is None:
+            raise RuntimeError("the LoRA adapters these ops were bound to have been freed (detached from "
+                               "their model by another thread during this pass?)")
         A, B = adapters.params[peft_name(module, "lora_A")], adapters.params[peft_name(module, "lora_B")]
         mask = adapters._dropout_mask(x) if adapters.training and adapters.lora_dropout > 0 else None
         y, cache = lora_forward(x, weight, A, B, adapters.scaling, mask)

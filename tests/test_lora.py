@@ -596,3 +596,23 @@ def test_adapter_alone_runs_the_base_it_names_and_says_so_or_asks_for_model(comm
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and repr(str(tmp_path / "gone")) in err, err
     assert err.rstrip().endswith("which is not a folder here: give that base model with --model"), err
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_a_model_whose_adapters_ran_is_freed_once_nothing_refers_to_it(backend_name):
+    # backend.bind keeps the op sets it re-bound (at most 64, for every model in the process): the
+    # LoRA ops among them must not keep their adapters, and so the adapted model and its weights,
+    # alive after the caller has dropped them (a loop loading one base model after another)
+    import gc
+    import weakref
+
+    model, adapters = adapted_model(("q_proj", "gate_proj"))
+    tokens, targets = batch(model.config)
+    with use_backend(backend_name):
+        model.loss_and_grads(tokens, targets)
+        model.forward(tokens)
+    weight = weakref.ref(model.params["model.layers.0.mlp.down_proj.weight"])
+    adapters.detach()
+    del model, adapters
+    gc.collect()
+    assert weight() is None

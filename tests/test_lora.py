@@ -616,3 +616,27 @@ def test_a_model_whose_adapters_ran_is_freed_once_nothing_refers_to_it(backend_n
     del model, adapters
     gc.collect()
     assert weight() is None
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_the_adapters_follow_base_weights_replaced_by_new_arrays(backend_name):
+    # the ops a call binds find the adapted weights by their ids: weights assigned anew
+    # (model.params[name] = ...) are still adapted, whether the old arrays are kept (other ids) or
+    # freed (their addresses, and so ids, may be handed to the new ones: same numbers)
+    import gc
+
+    model, adapters = adapted_model(("q_proj", "gate_proj", "down_proj"))
+    tokens, targets = batch(model.config)
+    with use_backend(backend_name):
+        loss, grads = model.loss_and_grads(tokens, targets)
+        kept = dict(model.params)
+        for round_ in range(4):
+            for name in list(model.params):
+                model.params[name] = model.params[name].copy()
+            if round_:
+                gc.collect()   # the previous round's arrays are freed
+            again, again_grads = model.loss_and_grads(tokens, targets)
+            assert again == loss, round_
+            for name, grad in grads.items():
+                np.testing.assert_array_equal(again_grads[name], grad, err_msg=name)
+    del kept

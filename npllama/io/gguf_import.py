@@ -19,6 +19,7 @@ llama.cpp's converter (and `npllama export gguf`) writes is undone:
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -214,6 +215,12 @@ def _config(path: Path, reader, tensors: dict) -> LlamaConfig:
     ends = [special.get("eos_token_id", LlamaConfig.eos_token_id)]
     for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
         end = _value(path, reader, key, None)
+        if isinstance(end, int) and isinstance(vocab, int) and not 0 <= end < vocab:
+            # as llama.cpp, which warns and does without it: not the whole file refused as one
+            # whose eos_token_id is wrong
+            warnings.warn(f"{path}: {key} is {end}, no id of the vocabulary (0 to {vocab - 1}): not one "
+                          f"of the model's end ids", stacklevel=2)
+            continue
         if end is not None and end not in ends:
             ends.append(end)
     if len(ends) > 1:

@@ -328,3 +328,19 @@ def test_the_files_end_of_message_id_is_one_of_the_models_end_ids(folder, tmp_pa
 
     config, _ = read_gguf(_write_with(tmp_path / "eom.gguf", folder, {}, more_metadata=write))
     assert config.end_ids == end_ids
+
+
+@pytest.mark.parametrize("key", ["eot_token_id", "eom_token_id"])
+def test_an_end_id_past_the_vocabulary_is_left_out_with_a_warning_naming_its_field(folder, tmp_path, key):
+    """llama.cpp loads a file whose end of turn or of message is no id of its vocabulary (it warns
+    and ignores that id): so does npllama, naming the field, rather than refusing the whole file
+    as one whose eos_token_id is wrong."""
+    def write(writer):
+        writer.add_eos_token_id(2)
+        getattr(writer, f"add_{key}")(VOCAB + 5)
+
+    path = _write_with(tmp_path / "bad_end.gguf", folder, {}, more_metadata=write)
+    with pytest.warns(UserWarning, match=rf"tokenizer\.ggml\.{key} is {VOCAB + 5}, no id of the vocabulary "
+                                         rf"\(0 to {VOCAB - 1}\): not one of the model's end ids"):
+        config, _ = read_gguf(path)
+    assert config.end_ids == (2,)

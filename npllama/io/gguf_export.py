@@ -267,7 +267,8 @@ def _write_metadata(writer, gguf, config, name: str, outtype: str) -> None:
 
 
 # Pieces whose text says which end a GGUF field should name (llama.cpp's vocabulary loader takes
-# the same texts for its end of turn and end of message, where a file names none)
+# these texts, among others -- <|end|>, <|endoftext|>, <EOT>, ... -- for its end of turn and end of
+# message where a file names none)
 END_OF_TURN_PIECES = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>")
 END_OF_MESSAGE_PIECES = ("<|eom_id|>",)
 

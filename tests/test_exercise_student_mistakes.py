@@ -608,3 +608,39 @@ def test_a_matrix_product_crash_without_dot_T_keeps_the_plain_hint(tmp_path):
                     "    return dy @ weight, np.matmul(rows_x, rows_dy)\n")
     finding = check_file("linear", path, n_random=0).first_failure.finding
     assert "inner sizes differ" in finding.hint and "reverses every" not in finding.hint, finding.hint
+
+
+# Slips close to a catalogued one whose numbers the probes must tell apart: the catalogue never
+# names a slip the student did not make.  Both embedding probes ended on token 0 (zeroing the last
+# token's row was "row 0 is set to 0"); both LoRA probes had p = 0.5, so 1 / (1 - p) = 2 and half
+# the mask was "which entries were kept (0 or 1)".
+NOT_THAT_SLIP = [
+    ("embedding", "row 0 is set to 0", """
+        def embedding_backward(dout, cache):
+            tokens, weight_shape, dtype = cache
+            dweight = np.zeros(weight_shape, dtype)
+            np.add.at(dweight, tokens.reshape(-1), dout.reshape(-1, weight_shape[1]))
+            dweight[tokens.reshape(-1)[-1]] = 0          # the last token (end of text?) gets none
+            return dweight
+    """),
+    ("lora", "which entries were kept", """
+        def lora_backward(dy, cache):
+            x_drop, weight, lora_A, lora_B, scaling, dropout_mask, lora_hidden = cache
+            rows = lambda a: a.reshape(-1, a.shape[-1])
+            d_out = scaling * dy
+            d_hidden = d_out @ lora_B
+            dx_drop = d_hidden @ lora_A
+            if dropout_mask is not None:
+                dx_drop = dx_drop * dropout_mask * 0.5     # half the mask, whatever p is
+            return dy @ weight + dx_drop, rows(d_hidden).T @ rows(x_drop), rows(d_out).T @ rows(lora_hidden)
+    """),
+]
+
+
+@pytest.mark.parametrize("op,phrase,body", NOT_THAT_SLIP, ids=[slip[0] for slip in NOT_THAT_SLIP])
+def test_a_slip_close_to_a_catalogued_one_is_not_named_as_it(op, phrase, body, tmp_path):
+    path = tmp_path / f"{op}_backward.py"
+    path.write_text("import numpy as np\n\n\n" + textwrap.dedent(body).strip() + "\n")
+    report = check_file(op, path, n_random=1)
+    assert report.first_failure.status == "fail", report.format()
+    assert phrase not in report.first_failure.finding.message, report.format()

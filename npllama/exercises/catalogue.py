@@ -444,7 +444,9 @@ class LinearMistakes:
 
 # ======================================================================================================
 class EmbeddingMistakes:
-    probes = [dict(lead_shape=(2, 5), V=3, D=2, seed=11, same_id=False), dict(lead_shape=(6,), V=4, D=3, seed=12)]
+    # seed 15: tokens [3 2 2 3 0 1] -- the first probe's start and end on token 0, this one on neither
+    # (zeroing row 0 is then not zeroing the first or last token's row)
+    probes = [dict(lead_shape=(2, 5), V=3, D=2, seed=11, same_id=False), dict(lead_shape=(6,), V=4, D=3, seed=15)]
     ladder = [Rung("distinct token ids", dict(lead_shape=(1,), V=4, D=3, seed=5)),
               Rung("a token id that occurs twice", dict(lead_shape=(2, 5), V=3, D=2, seed=1, same_id=True),
                    "every occurrence of a token adds its row of dout: np.add.at, not dweight[ids] += ...")]
@@ -626,7 +628,8 @@ def _rotate_pairs(a):
 # ======================================================================================================
 class LoRAMistakes:
     probes = [dict(lead_shape=(2, 3), n_in=4, n_out=5, r=2, scaling=2.0, dropout_p=0.5, seed=11),
-              dict(lead_shape=(3,), n_in=3, n_out=2, r=1, scaling=-1.5, dropout_p=0.5, seed=12)]
+              # p = 0.25: the mask's 1 / (1 - p) is 4/3 here and 2 above, so no constant factor fits both
+              dict(lead_shape=(3,), n_in=3, n_out=2, r=1, scaling=-1.5, dropout_p=0.25, seed=12)]
     ladder = [Rung("no dropout", dict(lead_shape=(2, 3), n_in=4, n_out=5, r=2, scaling=2.0, dropout_p=0.0, seed=5)),
               Rung("dropout on the adapter's input", dict(lead_shape=(2, 3), n_in=4, n_out=5, r=2, scaling=2.0,
                                                           dropout_p=0.5, seed=5),

@@ -781,12 +781,15 @@ def _transposes_a_batch(error: BaseException, exercise: Exercise, params) -> boo
 
 
 def _einsum_hint(text: str) -> str:
-    """What np.einsum refused, from its message: it names three different slips."""
-    if "no '...' ellipsis" in text and text.startswith("output"):
+    """What np.einsum refused, from its message: it names three different slips.  Each is told only
+    from NumPy's own words (np.einsum's in C, or optimize=True's in einsumfunc.py); other words get
+    the general hint, which claims no one cause."""
+    if text.startswith("output has more dimensions than subscripts") and "no '...' ellipsis" in text:
         return ("the axes '...' stands for are not summed by np.einsum: with '...' in the operands the output "
                 "must keep it too. To sum over the leading axes, flatten them first (a.reshape(-1, "
                 "a.shape[-1])) and give them a letter ('no,ni->oi'), or sum the result yourself")
-    if "more dimensions than subscripts" in text or "too many subscripts" in text:
+    if (text.startswith("operand has more dimensions than subscripts") or "too many subscripts for operand" in text
+            or "does not contain the correct number of indices for operand" in text):
         return ("an einsum operand has another number of axes than its subscripts have letters: one letter per "
                 "axis, and '...' for the leading axes so that any number of them fits (this case's shapes are "
                 "above)")

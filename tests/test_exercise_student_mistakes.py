@@ -672,3 +672,21 @@ def test_a_slip_close_to_a_catalogued_one_is_not_named_as_it(op, phrase, body, t
 def test_an_einsum_message_worded_otherwise_falls_back_to_the_general_hint(text):
     from npllama.exercises.runner import _einsum_hint
     assert _einsum_hint(text).startswith("an einsum whose subscripts do not fit its operands"), _einsum_hint(text)
+
+
+def test_a_lora_backward_returning_a_gradient_of_the_frozen_weight_is_told_it_gets_none():
+    from npllama.ops.lora import lora_backward
+
+    def with_dweight(dy, cache):
+        dx, dA, dB = lora_backward(dy, cache)
+        x_drop, weight = cache[0], cache[1]
+        return dx, dy.reshape(-1, dy.shape[-1]).T @ x_drop.reshape(-1, x_drop.shape[-1]), dA, dB
+    finding = check_function("lora", with_dweight, n_random=0).first_failure.finding
+    assert finding.message.startswith("your function returned 4 value(s); it must return 3: dx, dlora_A, dlora_B")
+    assert "weight is frozen and gets no gradient (LoRA trains only lora_A and lora_B)" in finding.message, finding
+    assert finding.hint.endswith("return dx, dlora_A, dlora_B"), finding.hint
+
+    def with_extra(dy, cache):     # a 4th value of another shape: nothing said about the weight
+        return (*lora_backward(dy, cache), np.zeros(3))
+    finding = check_function("lora", with_extra, n_random=0).first_failure.finding
+    assert "frozen" not in finding.message + finding.hint, finding

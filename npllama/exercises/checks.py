@@ -112,6 +112,7 @@ class Case:
     zero_label: str = ""                # what the entries whose gradient is exactly 0 are ("ignored targets")
     reference: Callable | None = None   # the project's backward, to explain a wrong shape
     summary: str = ""                   # a short description for cases of many inputs (block, model)
+    no_gradient: dict = dataclasses.field(default_factory=dict)   # an input that gets none -> why ("frozen")
 
     @property
     def grad_names(self) -> tuple:
@@ -173,9 +174,12 @@ def call_backward(backward, dout, cache, case: Case) -> tuple:
                 case=case.describe(), subject=RETURN_VALUE))
         result = (result,)
     if len(result) != len(names):
+        frozen = _gradient_of_no_gradient_input(result, case)
         raise CheckFailed(Finding(
-            "", f"your function returned {len(result)} value(s); it must return {len(names)}: {listed}",
-            hint=("return the gradients in the order of the forward's differentiable inputs"
+            "", f"your function returned {len(result)} value(s); it must return {len(names)}: {listed}"
+                + (f" -- one has the shape of {frozen}, but {frozen} {case.no_gradient[frozen]}" if frozen else ""),
+            hint=(f"return {listed}" if frozen else
+                  "return the gradients in the order of the forward's differentiable inputs"
                   + ("" if len(names) > 1 else " (one array, or a 1-tuple)")),
             case=case.describe(), subject=RETURN_VALUE))
     for position, (name, g, index) in enumerate(zip(names, result, case.wrt)):
@@ -192,6 +196,19 @@ def call_backward(backward, dout, cache, case: Case) -> tuple:
                                    f"(the shape of {name[1:]})")
             raise CheckFailed(finding)
     return tuple(np.asarray(g) for g in result)
+
+
+def _gradient_of_no_gradient_input(result: tuple, case: Case) -> str | None:
+    """The input that gets no gradient (case.no_gradient: LoRA's frozen weight) whose shape more of
+    the returned arrays have than there are differentiable inputs of that shape: its gradient came
+    back too.  None when no such input, or when every array of its shape is accounted for."""
+    shapes = [np.shape(g) for g in result if isinstance(g, np.ndarray)]
+    for name in case.no_gradient:
+        shape = np.shape(case.inputs[case.input_names.index(name)])
+        wanted = sum(np.shape(case.inputs[i]) == shape for i in case.wrt)
+        if shapes.count(shape) > wanted:
+            return name
+    return None
 
 
 def _reference_grads(case: Case, dout):

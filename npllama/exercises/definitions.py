@@ -819,7 +819,8 @@ y           = x @ weight.T + scaling * (lora_hidden @ lora_B.T)"""
                       dropout_mask=mask)
         inputs.update(overrides)
         return Case(self.forward, list(inputs.values()), tuple(inputs), (0, 2, 3), seed=params["seed"] % 1000,
-                    zero_label="entries of x that dropout removed from the adapter path")
+                    zero_label="entries of x that dropout removed from the adapter path",
+                    no_gradient={"weight": "is frozen and gets no gradient (LoRA trains only lora_A and lora_B)"})
 
     @check("merged weight", "without dropout, dx equals dy (W + scaling B A), the merged linear layer")
     def check_merged(self, backward, params):

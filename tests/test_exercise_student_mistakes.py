@@ -59,8 +59,8 @@ def test_float32_gradients_of_float64_inputs_fail_returns_by_their_dtype(tmp_pat
 
 
 def test_a_model_parameter_in_another_dtype_is_named_by_its_own_name():
-    # a model parameter's gradient is d:<dotted name>: its input is the dotted name, not the
-    # gradient's name without its first letter (":model.norm.weight")
+    # a model parameter's gradient is named as the student's dict holds it, grads['<dotted name>']
+    # (it read d:model.norm.weight, a trace's name); its input is the dotted name
     from npllama.model import model_backward
 
     def norm_weight_in_float32(dlogits, cache, config):
@@ -68,9 +68,11 @@ def test_a_model_parameter_in_another_dtype_is_named_by_its_own_name():
         grads["model.norm.weight"] = grads["model.norm.weight"].astype(np.float32)
         return grads
     finding = check_function("model", norm_weight_in_float32, n_random=0).first_failure.finding
-    assert finding.grad == "d:model.norm.weight"
-    assert finding.message == ("d:model.norm.weight is float32 although model.norm.weight is float64: "
+    assert finding.grad == "grads['model.norm.weight']"
+    assert finding.message == ("grads['model.norm.weight'] is float32 although model.norm.weight is float64: "
                                "a gradient has its input's dtype")
+    assert "gradient: grads['model.norm.weight']" in check_function("model", norm_weight_in_float32,
+                                                                       n_random=0).format()
 
 def _nan_dx(backward):
     """A student's backward whose dx came out NaN (a 0/0 upstream), the other gradients right."""
@@ -690,3 +692,18 @@ def test_a_lora_backward_returning_a_gradient_of_the_frozen_weight_is_told_it_ge
         return (*lora_backward(dy, cache), np.zeros(3))
     finding = check_function("lora", with_extra, n_random=0).first_failure.finding
     assert "frozen" not in finding.message + finding.hint, finding
+
+
+def test_a_wrong_shape_without_a_reference_names_the_dotted_input_not_the_gradient_cut():
+    # with no reference backward the message says whose shape it should be: the input's own name
+    # (it was the gradient's name less its first letter, ":model.x" from d:model.x)
+    import dataclasses as dc
+
+    from npllama.exercises import get_exercise
+    from npllama.exercises.checks import CheckFailed, call_backward
+    case = get_exercise("rmsnorm").case(dict(lead_shape=(3,), D=4, eps=0.1, seed=1))
+    case = dc.replace(case, input_names=("model.x",) + tuple(case.input_names[1:]), reference=None)
+    out, cache = case.run_forward()
+    with pytest.raises(CheckFailed) as failed:
+        call_backward(lambda dy, c: (np.zeros(5), np.zeros(4)), case.dout_for(out), cache, case)
+    assert failed.value.finding.message == "grads['model.x'] has shape (5,), expected (3, 4) (the shape of model.x)"

@@ -94,9 +94,11 @@ def strategy(space: dict):
 # ----- one concrete input ----------------------------------------------------------------------------
 
 def gradient_name(name: str) -> str:
-    """The gradient's name as the derivations write it: dx for x; d:<name> for a model parameter's
-    dotted name (model.embed_tokens.weight), as a trace records it."""
-    return ("d:" if "." in name else "d") + name
+    """The gradient's name as the student's code holds it: dx for x, as the derivations write it;
+    grads['<name>'] for a model parameter's dotted name (model.embed_tokens.weight), the entry of
+    the dict model_backward returns (dmodel.embed_tokens.weight, or a trace's d:model...., reads
+    as no name at all)."""
+    return f"grads[{name!r}]" if "." in name else "d" + name
 
 
 @dataclasses.dataclass
@@ -193,7 +195,7 @@ def call_backward(backward, dout, cache, case: Case) -> tuple:
             finding = diagnose(g, expected, grad=name, case=case.describe())
             if right is None and g is not None:
                 finding.message = (f"{name} has shape {np.shape(g)}, expected {np.shape(expected)} "
-                                   f"(the shape of {name[1:]})")
+                                   f"(the shape of {case.input_names[index]})")
             raise CheckFailed(finding)
     return tuple(np.asarray(g) for g in result)
 

@@ -13,8 +13,9 @@ steps (§3.3.3):
   training label scores).  On a masked-LM base (`npllama train --objective mlm`) the stack runs
   without the causal mask, as it was pre-trained (BERT-style), and the saved folder says so.
 * `sft`: instruction / dialogue tuning (§6.2).  Prompt/response pairs or whole conversations
-  ("messages") in a chat template (the base folder's, else LLaMA-2's); the next-token loss counts
-  the assistant's tokens only (every other target is -100).
+  ("messages") in a chat template (the base folder's, else LLaMA-3's or LLaMA-2's by the
+  tokenizer's pieces); the next-token loss counts the assistant's tokens only (every other
+  target is -100).
 * `evaluate_choice`: multiple-choice question answering (§6.3) by the log-likelihood the model
   gives each choice after the question; the most likely choice is the answer.
 

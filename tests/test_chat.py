@@ -31,6 +31,25 @@ def test_llama3_format():
     assert template.end_of_turn == "<|eot_id|>"
 
 
+def test_a_folder_without_a_template_gets_llama3s_when_its_tokenizer_has_llama3s_header_piece(tmp_path):
+    # README, generate --chat, finetune sft --help: with no template of its own, a folder whose
+    # tokenizer has <|start_header_id|> is rendered in LLaMA-3's format, any other in LLaMA-2's
+    class Pieces:
+        bos_id, eos_id = 0, 1
+
+        def __init__(self, control):
+            self.control_pieces = {piece: i for i, piece in enumerate(control)}
+
+        def id_to_piece(self, i):
+            return list(self.control_pieces)[i]
+
+    llama3 = Pieces(["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>"])
+    template = ChatTemplate.for_folder(tmp_path, llama3)
+    assert template.name == "llama3" and template.render(QUESTION).startswith(
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>")
+    assert ChatTemplate.for_folder(tmp_path, Pieces(["<s>", "</s>", "<|im_start|>"])).name == "llama2"
+
+
 def test_folder_template_wins_and_is_found_in_either_file(tmp_path, small_model_dir):
     tokenizer = load_tokenizer(small_model_dir)
     assert ChatTemplate.for_folder(small_model_dir, tokenizer).name == "llama2"   # none of its own

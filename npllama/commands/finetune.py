@@ -56,7 +56,8 @@ def register(subparsers) -> None:
 
     s, d = tasks.add_parser(
         "sft", help="instruction / dialogue tuning on prompt-response pairs or conversations",
-        description="Supervised fine-tuning in a chat template (the base folder's, else LLaMA-2's <s>[INST] prompt "
+        description="Supervised fine-tuning in a chat template (the base folder's, else LLaMA-3's if the tokenizer "
+                    "has its <|start_header_id|>, else LLaMA-2's <s>[INST] prompt "
                     "[/INST] response </s>; --chat-template picks another), with the loss on the response only. With no --data it uses built-in story instructions "
                     "(\"Write a story about Lily.\").",
         formatter_class=HelpFormatter), SFTConfig()
@@ -69,7 +70,8 @@ def register(subparsers) -> None:
     s.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="share of the examples held out for validation")
     s.add_argument("--chat-template", default=None, help="llama2, llama3 or a Jinja file to format the "
-                   "examples with (default: the base folder's chat_template, else llama2); saved with the model")
+                   "examples with (default: the base folder's chat_template, else llama3 if the tokenizer has its "
+                   "<|start_header_id|>, else llama2); saved with the model")
     s.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3, with --lora 5e-3)")
     s.add_argument("--max-len", type=int, default=d.max_len, help="tokens kept per example")
     s.add_argument("--merge", action="store_true", help="with --lora: save the merged model, not the adapter")

@@ -18,7 +18,8 @@ def register(subparsers) -> None:
     add_adapter_option(p, "--model")
     p.add_argument("--prompt", default="Once upon a time", help="text to continue (with --chat: the user's message)")
     p.add_argument("--chat", action="store_true", help="wrap --prompt in the model's chat template (the "
-                   "--adapter's or the folder's chat_template, else LLaMA-2 style) and print only the answer")
+                   "--adapter's or the folder's chat_template, else LLaMA-3's if the tokenizer has its "
+                   "<|start_header_id|>, else LLaMA-2's) and print only the answer")
     add_chat_options(p)
     add_sampling_options(p)
     add_stop_option(p)

@@ -20,7 +20,8 @@ def register(subparsers) -> None:
     g.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"],
                    help="how to store the matrices (norms are always f32; q8_0 keeps a matrix whose rows "
                         "are not a multiple of 32 values in f16)")
-    g.add_argument("--force", action="store_true", help="replace --out if the file exists")
+    g.add_argument("--force", action="store_true", help="replace --out if the file exists (never a file the export "
+                   "reads: the model's weights, config or tokenizer)")
     g.add_argument("--name", default=None, help="general.name in the file (default: the folder's name)")
     g.set_defaults(run=gguf)
     p.set_defaults(run=print_help_instead(p))

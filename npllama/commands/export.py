@@ -15,7 +15,8 @@ def register(subparsers) -> None:
                     "SentencePiece tokenizer; q and k are permuted to llama.cpp's RoPE layout. "
                     "Needs the gguf package: pip install 'npllama[gguf]'.")
     g.add_argument("--model", default=None, help="a run folder from `npllama train` or a Hugging Face "
-                   "LLaMA folder with tokenizer.model (default: the latest run)")
+                   "LLaMA folder with a SentencePiece tokenizer.model in or beside it (a folder with only "
+                   "tokenizer.json is refused) (default: the latest run)")
     g.add_argument("--out", required=True, help="the .gguf file to write (an existing file only with --force)")
     g.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"],
                    help="how to store the matrices (norms are always f32; q8_0 keeps a matrix whose rows "
@@ -34,8 +35,8 @@ def gguf(args) -> int:
 
     if importlib.util.find_spec("gguf") is None:
         raise UsageError("GGUF export needs the `gguf` package: pip install 'npllama[gguf]' (or pip install gguf)")
-    from ..io.gguf_export import check_gguf_out, export_gguf
-    from ..runs import find_tokenizer, require_a_language_model, resolve_model_dir
+    from ..io.gguf_export import check_gguf_out, export_gguf, gguf_tokenizer
+    from ..runs import require_a_language_model, resolve_model_dir
 
     if args.model is not None and Path(args.model).is_file():  # a .bin, a .gguf...: say what it is
         from ..io.describe import describe_model_path
@@ -47,8 +48,9 @@ def gguf(args) -> int:
     # trained without the causal mask, would silently compute something it was never trained for
     require_a_language_model(model_dir, "--model", "llama.cpp (which runs every LLaMA with the causal mask)")
     check_gguf_out(Path(args.out), model_dir, args.force, flag="--out", force="--force")
+    tokenizer = gguf_tokenizer(model_dir)
     print(f"exporting {model_dir} to {args.out} ({args.outtype}) ...", flush=True)
-    out = export_gguf(model_dir, args.out, tokenizer=find_tokenizer(model_dir), outtype=args.outtype,
+    out = export_gguf(model_dir, args.out, tokenizer=tokenizer, outtype=args.outtype,
                       name=args.name, progress=sys.stderr.isatty(), overwrite=True)
     print(f"wrote {out} ({out.stat().st_size / 1024**2:.1f} MiB, {args.outtype}) from {model_dir}; "
           f"run it with llama.cpp, e.g. `llama-cli -m {out} -p \"Once upon a time\"`")

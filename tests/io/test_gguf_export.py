@@ -243,7 +243,21 @@ def test_cli_export_gguf(tmp_path, tokenizer, capsys):
     (tmp_path / "m" / "tokenizer.model").unlink()
     assert main(["export", "gguf", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "y.gguf")]) == 2
     err = capsys.readouterr().err
-    assert "no tokenizer.model found" in err and err.count("\n") == 1
+    assert "no tokenizer.model" in err and err.count("\n") == 1
+
+
+def test_a_folder_with_only_tokenizer_json_is_refused_before_the_export_starts(tmp_path, tokenizer, capsys):
+    # a Hugging Face folder may carry its tokenizer as tokenizer.json alone; the GGUF holds a
+    # SentencePiece vocabulary, so the refusal must say that file is not enough, and say it first
+    _model_folder(tmp_path / "m", tokenizer)
+    assert (tmp_path / "m" / "tokenizer.json").is_file()
+    (tmp_path / "m" / "tokenizer.model").unlink()
+    with pytest.raises(FileNotFoundError, match=r"tokenizer.json.*SentencePiece tokenizer.model"):
+        export_gguf(tmp_path / "m", tmp_path / "m.gguf")
+    assert main(["export", "gguf", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "x.gguf")]) == 2
+    out, err = capsys.readouterr()
+    assert "tokenizer.json" in err and "exporting" not in out
+    assert not list(tmp_path.glob("*.gguf*"))
 
 
 def test_llama_cpp_gives_the_same_greedy_tokens(tmp_path, tokenizer):

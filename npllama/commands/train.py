@@ -11,7 +11,8 @@ def register(subparsers) -> None:
     d = TrainConfig()
     p = subparsers.add_parser(
         "train", help="pre-train a model (no arguments: tiny preset on the built-in corpus)",
-        description="Train a LLaMA from scratch with the causal next-token loss. With no arguments it "
+        description="Train a LLaMA from scratch (or from --init-from's weights) with the causal next-token "
+                    "loss (or --objective mlm's masked-LM loss). With no arguments it "
                     "trains the `tiny` preset on a built-in corpus of generated children's stories in a "
                     "few minutes, then prints samples; `npllama generate` continues text from that run.",
         formatter_class=HelpFormatter)
@@ -27,7 +28,7 @@ def register(subparsers) -> None:
                    help="held-out text for the validation loss (a file or folder read like --data); "
                         "then all of --data is trained on (default: the end of --data)")
     p.add_argument("--val-fraction", type=float, default=None, help="share of --data's tokens held out "
-                   "(its end) for the validation loss, when there is no --val-data (default: 0.05)")
+                   "(its end) for the validation loss; refused with --val-data (default: 0.05)")
     p.add_argument("--eval-batches", type=int, default=d.eval_batches, help="batches of held-out text "
                    "scored at each evaluation (0: all of it)")
     p.add_argument("--out", default=d.out, help="run folder (checkpoints, logs, final model)")
@@ -89,7 +90,8 @@ def register(subparsers) -> None:
                         "thread holds its own copy of the gradients (1: no split, BLAS threads its own "
                         "products; default: the count that was fastest on this machine for this model and "
                         "batch, from 1 up to BLAS's threads, timed over a few steps on the first run and "
-                        "cached in ~/.cache/npllama)")
+                        "cached in $NPLLAMA_CACHE_DIR, else $XDG_CACHE_HOME/npllama, else ~/.cache/npllama, and in "
+                        "the run folder for --resume)")
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"], help="floating-point type of "
                    "the weights and the arithmetic")
     p.add_argument("--objective", default=d.objective, choices=["causal", "mlm"],

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
         "finetune", help="fine-tune a trained model: text classification, instruction tuning, or masked-LM + "
                          "sentence order",
         description="Fine-tune a pre-trained model (a run folder from `npllama train` or any Hugging Face "
-                    "LLaMA folder with tokenizer.model) on a downstream task, fully or with LoRA adapters.",
+                    "LLaMA folder with tokenizer.model or tokenizer.json) on a downstream task, fully or with LoRA adapters.",
         formatter_class=HelpFormatter)
     tasks = p.add_subparsers(dest="task", metavar="<task>")
 
@@ -120,7 +120,7 @@ def register(subparsers) -> None:
 def _common(p, d, lora_help: str = LORA_HELP,
             seeds: str = "the head, the adapters, the split and the batch order") -> None:
     p.add_argument("--base", default=None, help="the pre-trained model: a run folder or a Hugging Face "
-                   "LLaMA folder with tokenizer.model (default: the latest `npllama train` run)")
+                   "LLaMA folder with tokenizer.model or tokenizer.json (default: the latest `npllama train` run)")
     p.add_argument("--out", default=None, help="the run folder: checkpoints while training, then the result "
                    "(default: nothing saved, and a stop loses the run)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,

@@ -33,13 +33,16 @@ def register(subparsers) -> None:
 
     ls = sub.add_parser("list", help="the exercises: one per backward pass in npllama/ops, then the decoder "
                                      "block and the whole model assembled from them")
-    ls.add_argument("--exercise-file", default=None, metavar="FILE", help=EXERCISE_FILE_HELP)
+    ls.add_argument("--exercise-file", default=None, metavar="FILE",
+                    help="a teacher's own exercises: a .py file defining subclasses of npllama.exercises.Exercise "
+                         "(docs/debugging.md, \"Your own exercise\"); lists those, each once its reference backward "
+                         "passes the exercise's own checks")
     ls.set_defaults(run=run_list)
 
     start = sub.add_parser("start", help="write the starter file for an exercise",
                            formatter_class=HelpFormatter)
     start.add_argument("op", help="which exercise (see `npllama exercise list`)")
-    start.add_argument("--out", default=None, help="file or folder to write (default: ./<op>_backward.py)")
+    start.add_argument("--out", default=None, help="file or folder to write (default: ./<backward>.py, the name of the function to write, e.g. ./rmsnorm_backward.py)")
     start.add_argument("--force", action="store_true", help="overwrite an existing file")
     start.add_argument("--quiet", action="store_true", help="do not print the derivation's backward section")
     start.add_argument("--exercise-file", default=None, metavar="FILE", help=EXERCISE_FILE_HELP)
@@ -48,7 +51,7 @@ def register(subparsers) -> None:
     notebook = sub.add_parser("notebook", help="write the exercise as a Jupyter notebook (derivation, "
                                                "starter cell, check cell)")
     notebook.add_argument("op", help="which exercise (see `npllama exercise list`)")
-    notebook.add_argument("--out", default=None, help="file or folder to write (default: ./<op>_backward.ipynb)")
+    notebook.add_argument("--out", default=None, help="file or folder to write (default: ./<backward>.ipynb, the name of the function to write, e.g. ./rmsnorm_backward.ipynb)")
     notebook.add_argument("--force", action="store_true", help="overwrite an existing file")
     notebook.add_argument("--exercise-file", default=None, metavar="FILE", help=EXERCISE_FILE_HELP + "; the "
                           "notebook's check cell loads it, so hand it out with the notebook")
@@ -58,7 +61,7 @@ def register(subparsers) -> None:
                                            "and compare the loss curves",
                              formatter_class=HelpFormatter)
     trainer.add_argument("op", help="which exercise (an op of the model: see `npllama exercise list`)")
-    trainer.add_argument("path", help="your .py file defining <op>_backward")
+    trainer.add_argument("path", help="your .py file defining the exercise's backward (<op>_backward for a built-in one)")
     trainer.add_argument("--steps", type=int, default=200, help="training steps of each run")
     trainer.add_argument("--batch-size", type=int, default=8, help="sequences per step")
     trainer.add_argument("--seq-len", type=int, default=64, help="tokens per sequence")
@@ -73,7 +76,8 @@ def register(subparsers) -> None:
     check = sub.add_parser("check", help="check a file (or every .py file in a folder and its subfolders)",
                            formatter_class=HelpFormatter)
     check.add_argument("op", help="which exercise (see `npllama exercise list`)")
-    check.add_argument("path", help="a .py file defining <op>_backward, or a folder of them (or of one folder per student)")
+    check.add_argument("path", help="a .py file defining the exercise's backward (<op>_backward for a built-in one), "
+                                        "or a folder of them (or of one folder per student)")
     check.add_argument("--cases", type=int, default=8, help="random cases per check, after the edge cases")
     check.add_argument("--seed", type=int, default=0, help="seed of the random cases")
     check.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON (the gradebook's records)")

@@ -118,3 +118,13 @@ def test_train_refuses_a_config_files_vocab_size_that_disagrees_with_its_tokeniz
     from npllama.train import TrainConfig, _check_a_new_start
 
     _check_a_new_start(TrainConfig(out=str(out), tokenizer=str(tok.path), model_config=str(tmp_path / "config.json")))
+
+
+def test_exercise_check_refuses_gradebook_for_a_single_file(tmp_path, capsys):
+    # --gradebook names where a folder's gradebook goes: checking one file writes none
+    submission = tmp_path / "rmsnorm_backward.py"
+    submission.write_text("def rmsnorm_backward(dy, cache):\n    raise NotImplementedError\n")
+    err = one_line_error(["exercise", "check", "rmsnorm", str(submission), "--gradebook", str(tmp_path / "book")],
+                         capsys)
+    assert "--gradebook" in err and "folder" in err
+    assert not list(tmp_path.glob("book*"))

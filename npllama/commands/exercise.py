@@ -187,6 +187,9 @@ def run_check(args) -> int:
         raise FileNotFoundError(f"{path} does not exist (give a .py file or a folder of them)")
     if args.json:
         _refuse_replacing_what_is_checked(Path(args.json), path, exercise)
+    if args.gradebook is not None and not path.is_dir():   # one file's result is printed, not a gradebook
+        raise UsageError(f"--gradebook names the gradebook of a folder of submissions, but {str(path)!r} is one "
+                         f"file: leave it out (--json FILE keeps its result)")
     if not exercise.builtin:     # on the class's own cases, before anyone is graded
         verify_reference(exercise, args.cases, args.seed)
     limits = dict(n_random=args.cases, seed=args.seed, timeout=args.timeout, memory_mb=args.memory_mb,

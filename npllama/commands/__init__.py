@@ -86,6 +86,24 @@ def refuse_ignored_flags(on_the_command_line, settings, rules) -> None:
             raise UsageError(f"--{name.replace('_', '-')} {what}: as given, it would be ignored")
 
 
+def reads_text_files(settings) -> bool:
+    """Whether --data (or --val-data, when the command has it) may hold .txt files, which
+    --doc-separator cuts: a .txt file or a folder (whatever it holds), not the built-in stories
+    nor a .jsonl file."""
+    from pathlib import Path
+
+    return any(path is not None and (not path.lower().endswith(".jsonl") or Path(path).expanduser().is_dir())
+               for path in (settings.data, getattr(settings, "val_data", None)))
+
+
+def doc_separator_rule(text_flags: str = "--data"):
+    """refuse_ignored_flags' rule for --doc-separator in a command that reads `text_flags` (e.g.
+    "--data or --val-data") as `npllama train` reads --data."""
+    return ("doc_separator", reads_text_files,
+            f"says how .txt files are cut into documents, so it needs a {text_flags} that is not a .jsonl file "
+            f"(each of whose records is a document as it stands)")
+
+
 def prepare_training_process() -> None:
     """A training process reuses the same big blocks every step: keeping freed memory in the
     heap saves 10-20% of a step in page faults (npllama/kernels/memory.py, benchmarks/README.md).

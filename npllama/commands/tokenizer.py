@@ -3,7 +3,10 @@ import json
 import sys
 from functools import partial
 
-from . import HelpFormatter, UsageError, print_help_instead
+from . import (HelpFormatter, UsageError, defaults_only_when_given, print_help_instead,
+               doc_separator_rule, refuse_ignored_flags)
+
+DEFAULT_DOC_SEPARATOR = "blank-line"
 
 
 def register(subparsers) -> None:
@@ -20,7 +23,7 @@ def register(subparsers) -> None:
                        formatter_class=HelpFormatter)
     t.add_argument("--data", default=None, help="a .txt file (cut into documents as --doc-separator says), a "
                    "folder of .txt/.jsonl files, or a .jsonl file with a \"text\" field (default: built-in stories)")
-    t.add_argument("--doc-separator", default="blank-line", metavar="blank-line|line|marker:TEXT|whole-file",
+    t.add_argument("--doc-separator", default=DEFAULT_DOC_SEPARATOR, metavar="blank-line|line|marker:TEXT|whole-file",
                    help="how a .txt file is cut into documents, as `npllama train` cuts it (the tokenizer sees "
                         "each document whole, newlines included)")
     t.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"],
@@ -37,6 +40,7 @@ def register(subparsers) -> None:
                         "corpus has more, so that a huge corpus trains in bounded memory (0: on all of them)")
     t.add_argument("--out", default="tokenizer", help="output prefix: writes OUT.model and OUT.vocab")
     t.add_argument("--force", action="store_true", help="replace OUT.model and OUT.vocab if they exist")
+    defaults_only_when_given(t, {"doc_separator"})   # so a --doc-separator nothing reads is refused
     t.set_defaults(run=train)
     e = sub.add_parser("encode", help="text -> token ids (JSON list on stdout)")
     e.add_argument("--model", required=True, help="SentencePiece .model file")
@@ -69,9 +73,11 @@ def train(args) -> int:
         raise UsageError(f"--out {args.out!r}: {prefix}.model is a folder")
     from ..data import check_doc_separator
 
-    check_doc_separator(args.doc_separator)   # without --data nothing else would read it (cli names the flag)
+    doc_separator = getattr(args, "doc_separator", DEFAULT_DOC_SEPARATOR)
+    check_doc_separator(doc_separator)   # before the corpus is read (cli names the flag)
+    refuse_ignored_flags(vars(args), args, [doc_separator_rule()])
     # a stream: SentencePiece samples --input-sentence-size documents of it, the corpus is never held whole
-    texts = Corpus(args.data, args.doc_separator) if args.data else make_default_corpus()
+    texts = Corpus(args.data, doc_separator) if args.data else make_default_corpus()
     tok = Tokenizer.train(texts, args.out, args.vocab_size, model_type=args.model_type,
                           character_coverage=args.character_coverage,
                           input_sentence_size=args.input_sentence_size, echo=partial(print, flush=True))

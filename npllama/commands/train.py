@@ -2,7 +2,8 @@
 import dataclasses
 import sys
 
-from . import HelpFormatter, UsageError, defaults_only_when_given, prepare_training_process, refuse_ignored_flags
+from . import (HelpFormatter, UsageError, defaults_only_when_given, prepare_training_process,
+               doc_separator_rule, refuse_ignored_flags)
 
 
 def register(subparsers) -> None:
@@ -118,15 +119,6 @@ def register(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def _reads_text_files(settings) -> bool:
-    """Whether --data or --val-data may hold .txt files, which --doc-separator cuts: a .txt file or
-    a folder (whatever it holds), not the built-in stories nor a .jsonl file."""
-    from pathlib import Path
-
-    return any(path is not None and (not path.lower().endswith(".jsonl") or Path(path).expanduser().is_dir())
-               for path in (settings.data, settings.val_data))
-
-
 def run(args) -> int:
     from ..backend import get_backend, use_backend
     from ..io.errors import CheckpointError
@@ -141,10 +133,7 @@ def run(args) -> int:
         # --resume: the run's saved settings, with the options given on top (changes to the ones
         # that define the run are refused by train(); the others are applied and recorded)
         tc = resume_config(given.get("out", TrainConfig.out), **given) if args.resume else TrainConfig(**given)
-        refuse_ignored_flags(given, tc, [("doc_separator", _reads_text_files,
-                                          "says how --data's (and --val-data's) .txt files are cut into documents, "
-                                          "so it needs one of them that is not a .jsonl file (each of whose "
-                                          "records is a document as it stands)"),
+        refuse_ignored_flags(given, tc, [doc_separator_rule("--data or --val-data"),
                                          # as --config beside --init-from is refused (model_shape.init_from_config)
                                          ("preset", lambda c: c.init_from is None,
                                           "gives the model's shape, which --init-from's folder gives instead"),

@@ -11,7 +11,7 @@ DEFAULT_DOC_SEPARATOR = "blank-line"
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("tokenizer", help="train a SentencePiece tokenizer, encode or decode text",
-                              description="SentencePiece BPE tokenizers with LLaMA's settings (byte "
+                              description="SentencePiece tokenizers (BPE, as LLaMA's, or --model-type unigram) with LLaMA's settings (byte "
                                           "fallback, digits split, <unk>=0, <s>=1, </s>=2). The text is "
                                           "not normalized (as LLaMA's): full-width ＡＢＣ１２３ and ABC123, "
                                           "or 繁體 and 简体, stay different characters (normalize a corpus "
@@ -37,7 +37,7 @@ def register(subparsers) -> None:
                         "character)")
     t.add_argument("--input-sentence-size", type=int, default=1_000_000, metavar="N",
                    help="train on a random sample of N documents (long ones count once per ~4 kB piece) when the "
-                        "corpus has more, so that a huge corpus trains in bounded memory (0: on all of them)")
+                        "corpus has more, so that a huge corpus trains in bounded memory (0: on all of them; else more than 100)")
     t.add_argument("--out", default="tokenizer", help="output prefix: writes OUT.model and OUT.vocab")
     t.add_argument("--force", action="store_true", help="replace OUT.model and OUT.vocab if they exist")
     defaults_only_when_given(t, {"doc_separator"})   # so a --doc-separator nothing reads is refused

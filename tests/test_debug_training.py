@@ -188,6 +188,21 @@ def test_cli_agrees_then_finds_a_planted_bug(small_model_dir, capsys):
     assert status == 0 and "no divergence" in out.out, out.out + out.err
 
 
+def test_cli_takes_a_low_lr_alone_its_cosine_ending_at_a_tenth_of_it(small_model_dir, capsys, monkeypatch):
+    # --min-lr's help says "a tenth of --lr, as npllama train": the flag's default must follow
+    # --lr, not be TrainConfig's 2e-4 fixed when the parser is built (which refused --lr 1e-4)
+    from npllama import debug_training
+
+    seen = {}
+    real = debug_training.compare_training
+    monkeypatch.setattr(debug_training, "compare_training", lambda *a, **k: seen.update(k) or real(*a, **k))
+    text = "Once upon a time there was a little cat who liked to play in the sun. " * 12
+    status, out = run_cli(["debug", "train-compare", "--model", str(small_model_dir), "--text", text, "--steps", "1",
+                           "--batch-size", "2", "--seq-len", "16", "--lr", "1e-4", "--no-progress"], capsys)
+    assert status == 0, out.out + out.err
+    assert seen["min_lr"] in (None, pytest.approx(1e-5))
+
+
 @pytest.mark.parametrize("kind", ["gguf", "llama2c"])
 def test_cli_trains_a_gguf_or_llama2c_file_as_debug_compare_reads_it(small_model_dir, tmp_path, capsys, kind):
     # the files `debug compare` and `debug trace` take (debug.model_path): both sides train npllama's

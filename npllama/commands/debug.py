@@ -139,7 +139,7 @@ def _register_train_compare(sub) -> None:
     p.add_argument("--seq-len", type=int, default=64, help="tokens per window")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    p.add_argument("--min-lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine "
+    p.add_argument("--min-lr", type=float, default=None, help="learning rate at the end of the cosine "
                    "(default: a tenth of --lr, as npllama train)")
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default: a tenth of "
                    "--total-steps, at most 40, as npllama train)")

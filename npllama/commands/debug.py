@@ -130,7 +130,7 @@ def _register_train_compare(sub) -> None:
                    "200 of the built-in stories npllama train trains on)")
     p.add_argument("--data", default=None, metavar="PATH", help="training text from a .txt or .jsonl file or a "
                    "folder of .txt/.jsonl files, as npllama train reads --data (a .txt cut at blank lines) "
-                   "(default: the built-in stories)")
+                   "(not with --text; default: the 200 built-in stories --text defaults to)")
     p.add_argument("--steps", type=int, default=5, help="optimizer steps to compare")
     p.add_argument("--total-steps", type=int, default=None, metavar="N", help="the length of the run the "
                    "learning-rate schedule is laid out over, npllama train's --steps (default: --steps)")

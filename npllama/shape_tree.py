@@ -8,7 +8,7 @@
       scale: 0.353553
       n_rep: 2
 
-`p cache` prints every array in full; this prints each array as `shape dtype`, each scalar as its
+`p cache` prints the values of every array; this prints each array as `shape dtype`, each scalar as its
 value, and NamedTuples, dataclasses, tuples, lists and dicts as an indented tree of their fields.
 """
 from __future__ import annotations

@@ -127,7 +127,6 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
         raise ImportError("GGUF export needs the `gguf` package (llama.cpp's): "
                           "pip install 'npllama[gguf]'") from None
     from ..chat import read_folder_template
-    from ..runs import refuse_tokens_added_beyond
     from ..tokenizer import Tokenizer
 
     if outtype not in OUTTYPES:
@@ -136,8 +135,6 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     check_gguf_out(out, model_dir, overwrite, flag="out", force="overwrite=True", tokenizer=tokenizer)
     config, params = load_hf_folder(model_dir, dtype=np.float32)
     tok = Tokenizer(tokenizer if tokenizer is not None else gguf_tokenizer(model_dir))
-    if tokenizer is None:
-        refuse_tokens_added_beyond(model_dir, tok)
     for caveat in llama_cpp_tokenizer_caveats(tok):
         warnings.warn(caveat, stacklevel=2)
     pieces, scores, types = gguf_vocab(tok, config.vocab_size)
@@ -167,12 +164,14 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
 def gguf_tokenizer(model_dir) -> Path:
     """The SentencePiece tokenizer.model in or beside `model_dir` that the GGUF's vocabulary is
     written from; a FileNotFoundError that says so when the folder has only a tokenizer.json
-    (a Hugging Face tokenizers file, which the export does not convert)."""
-    from ..runs import TOKENIZER_FILE, find_tokenizer
+    (a Hugging Face tokenizers file, which the export does not convert), a ValueError when that
+    tokenizer.json adds tokens the tokenizer.model lacks (runs.refuse_tokens_added_beyond)."""
+    from ..runs import TOKENIZER_FILE, find_tokenizer, refuse_tokens_added_beyond
+    from ..tokenizer import Tokenizer
     from ..tokenizer_json import JSON_FILE
 
     try:
-        return find_tokenizer(model_dir)
+        path = find_tokenizer(model_dir)
     except FileNotFoundError:
         if (Path(model_dir) / JSON_FILE).is_file():
             raise FileNotFoundError(
@@ -180,6 +179,8 @@ def gguf_tokenizer(model_dir) -> Path:
                 f"writes the vocabulary from a SentencePiece {TOKENIZER_FILE} and does not convert a "
                 f"{JSON_FILE}") from None
         raise
+    refuse_tokens_added_beyond(model_dir, Tokenizer(path))   # `export gguf` hands the path to export_gguf
+    return path
 
 
 def check_gguf_out(out: Path, model_dir: Path | None, overwrite: bool, flag: str = "out",

@@ -223,7 +223,7 @@ def test_refuses_a_tokenizer_larger_than_the_embedding(tmp_path, tokenizer):
         export_gguf(tmp_path / "m", tmp_path / "m.gguf", outtype="q4")
 
 
-def test_refuses_a_folder_whose_tokenizer_json_adds_tokens_its_tokenizer_model_lacks(tmp_path, tokenizer):
+def test_refuses_a_folder_whose_tokenizer_json_adds_tokens_its_tokenizer_model_lacks(tmp_path, tokenizer, capsys):
     # tokenizer.add_special_tokens() writes ChatML's tokens into tokenizer.json only: a GGUF built
     # from tokenizer.model would lose the ids the model was trained with
     _model_folder(tmp_path / "m", tokenizer, vocab_size=402)
@@ -233,6 +233,11 @@ def test_refuses_a_folder_whose_tokenizer_json_adds_tokens_its_tokenizer_model_l
     (tmp_path / "m" / "tokenizer.json").write_text(json.dumps(fields))
     with pytest.raises(ValueError, match=r"2 token\(s\) that tokenizer.model lacks \(<\|im_start\|>"):
         export_gguf(tmp_path / "m", tmp_path / "m.gguf")
+    assert not list(tmp_path.glob("*.gguf*"))
+    # `npllama export gguf` too, which hands export_gguf the tokenizer.model it found
+    assert main(["export", "gguf", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "x.gguf")]) == 2
+    out, err = capsys.readouterr()
+    assert "tokenizer.model lacks" in err and "exporting" not in out
     assert not list(tmp_path.glob("*.gguf*"))
 
 

@@ -130,3 +130,23 @@ def test_exercise_check_refuses_gradebook_for_a_single_file(tmp_path, capsys):
                          capsys)
     assert "--gradebook" in err and "folder" in err
     assert not list(tmp_path.glob("book*"))
+
+
+@pytest.mark.parametrize("folder", ["mixed", "named.jsonl"])
+def test_tokenizer_train_takes_doc_separator_for_a_folder_which_may_hold_txt_files(tmp_path, monkeypatch, folder):
+    # a folder (whatever its name) may hold .txt files, which --doc-separator cuts, as `train` reads one
+    from npllama.tokenizer import Tokenizer
+
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "a.txt").write_text("one\ntwo\n\nthree\n", encoding="utf-8")
+    (tmp_path / folder / "b.jsonl").write_text('{"text": "four\\nfive"}\n', encoding="utf-8")
+    seen = []
+
+    def train(texts, out, *args, **kwargs):   # what SentencePiece would be given, without training it
+        seen.extend(texts)
+        return type("Trained", (), {"path": f"{out}.model", "vocab_size": 0})()
+
+    monkeypatch.setattr(Tokenizer, "train", staticmethod(train))
+    assert main(["tokenizer", "train", "--data", str(tmp_path / folder), "--doc-separator", "line",
+                 "--out", str(tmp_path / "tok")]) == 0
+    assert sorted(seen) == ["four\nfive", "one", "three", "two"]   # a.txt cut at each line, b.jsonl's record whole

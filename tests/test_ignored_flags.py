@@ -54,6 +54,7 @@ def test_train_refuses_a_vocab_size_that_disagrees_with_its_tokenizer(tmp_path, 
     (["train", "--doc-separator", "whole-file"], "--doc-separator"),           # no --data: the built-in stories
     (["train", "--data", "{docs}", "--doc-separator", "line"], "--doc-separator"),  # a .jsonl record is a document
     (["finetune", "sop", "--doc-separator", "whole-file"], "--doc-separator"),
+    (["finetune", "sop", "--data", "{docs}", "--doc-separator", "line"], "--doc-separator"),  # as train's
     (["tokenizer", "train", "--doc-separator", "line"], "--doc-separator"),   # the built-in stories
     (["tokenizer", "train", "--data", "{docs}", "--doc-separator", "whole-file"], "--doc-separator"),
     (["finetune", "sop", "--data", "{docs}", "--stories", "50"], "--stories"),  # --data replaces the stories

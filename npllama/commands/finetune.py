@@ -3,8 +3,8 @@ train it on the masked-LM + sentence-order objectives (§3.2.3, §4.3.3)."""
 import re
 import sys
 
-from . import (HelpFormatter, UsageError, defaults_only_when_given, prepare_training_process, print_help_instead,
-               refuse_ignored_flags)
+from . import (HelpFormatter, UsageError, defaults_only_when_given, doc_separator_rule, prepare_training_process,
+               print_help_instead, refuse_ignored_flags)
 
 LORA_HELP = ("train LoRA adapters (and the new head) only, the base weights frozen; saved in PEFT's "
              "adapter layout")
@@ -161,8 +161,7 @@ def _common(p, d, lora_help: str = LORA_HELP,
 DATA_FLAG_RULES = (
     ("dataset", lambda c: c.data is None, "picks a built-in example set, used only without --data"),
     ("stories", lambda c: c.data is None, "sizes the built-in stories, used only without --data"),
-    ("doc_separator", lambda c: c.data is not None, "says how --data's .txt files are cut into documents, so it "
-                                                    "needs --data"),
+    doc_separator_rule(),   # as train's: not the built-in stories, nor a .jsonl file (its records are documents)
     ("val_fraction", lambda c: getattr(c, "val_data", None) is None, "holds a share of the examples out for "
                                                                     "validation, which --val-data replaces"),
     ("split", lambda c: c.val_data is None, "says how --val-fraction's share is held out, which --val-data "

@@ -12,8 +12,9 @@ in the spirit of the built-in stories (npllama/corpus.py), deterministic by seed
     ids, names = encode_labels(labels, label_names=["negative", "positive"])   # [1, 0, ...], the names
 
 File formats:
-* classification: .jsonl, one {"text": str, "label": str or int} per line; or .csv with a header
-  row holding the columns `text` and `label`.
+* classification: .jsonl, one {"text": str, "label": str or int} per line; or .csv (separated by
+  commas, or semicolons as Excel saves it where the comma is the decimal mark) or .tsv, with a
+  header row holding the columns `text` and `label`.
 * instruction pairs (SFT): .jsonl, one {"prompt": str, "response": str} per line ("system" optional).
 * multiple choice: .jsonl, one {"question": str, "choices": [str, ...], "answer": int} per line.
 
@@ -266,7 +267,7 @@ def _read_numbered_jsonl(path, required: dict[str, type | tuple]) -> list[tuple[
 
 
 def load_labelled(path) -> tuple[list[str], list]:
-    """(texts, labels) from a .jsonl file ({"text", "label"} lines) or a .csv file (header text,label)."""
+    """(texts, labels) from a .jsonl file ({"text", "label"} lines) or a .csv/.tsv file (header text,label)."""
     texts, labels, _ = read_labelled(path)
     return texts, labels
 
@@ -275,10 +276,11 @@ def read_labelled(path) -> tuple[list[str], list, list[int]]:
     """load_labelled's (texts, labels) and the line each example starts on, which encode_labels'
     errors name (blank lines, a CSV header and multi-line fields make it differ from the count)."""
     path = _existing_file(path)
-    if path.suffix == ".csv":
+    suffix = path.suffix.lower()          # Windows names files DATA.CSV
+    if suffix in (".csv", ".tsv"):
         return _load_csv(path)
-    if path.suffix != ".jsonl":
-        raise ValueError(f"{path}: expected a .jsonl or .csv file, got {path.suffix or 'no extension'!r}")
+    if suffix != ".jsonl":
+        raise ValueError(f"{path}: expected a .jsonl, .csv or .tsv file, got {path.suffix or 'no extension'!r}")
     numbered = _read_numbered_jsonl(path, {"text": str, "label": (str, int)})
     labels = []
     for line, r in numbered:
@@ -302,16 +304,19 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
     from .budget import max_read
     from .io.reading import read_text
 
-    with io.StringIO(read_text(path, max_bytes=max_read()), newline="") as f:  # a regular file, within budget
+    text = read_text(path, max_bytes=max_read())   # a regular file, within budget
+    with io.StringIO(text, newline="") as f:
         # strict: a quote that is never closed is an error where the row starts, rather than a field
         # that swallows the rest of the file ("too few columns" on the last line)
-        reader = csv.DictReader(f, strict=True)
+        reader = csv.DictReader(f, strict=True, delimiter=_column_separator(path, text))
         if reader.fieldnames is None:
             raise ValueError(f"{path} is empty: it holds no header and no examples")
+        # "Text, Label" typed by hand names the same columns
+        reader.fieldnames = [_column_name(name) for name in reader.fieldnames]
         missing = [c for c in ("text", "label") if c not in reader.fieldnames]
         if missing:
             raise ValueError(f"{path}: the header row must name the columns text and label; missing "
-                             f"{', '.join(missing)} (found {', '.join(reader.fieldnames)})")
+                             f"{', '.join(missing)} (found {', '.join(map(repr, reader.fieldnames))})")
         texts, labels, lines = [], [], []
         for start, row in _rows_with_their_start(reader, path):
             where = f"{path} line {reader.line_num}"
@@ -325,6 +330,23 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
     if not texts:
         raise ValueError(f"{path} is empty: it holds a header but no examples")
     return texts, labels, lines
+
+
+def _column_separator(path: Path, text: str) -> str:
+    """A tab for a .tsv file; for a .csv file the separator its header row puts between text and
+    label: a comma, or the semicolon (or tab) Excel writes where the comma is the decimal mark."""
+    if path.suffix.lower() == ".tsv":
+        return "\t"
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    for separator in (",", ";", "\t"):
+        names = {_column_name(name) for name in next(csv.reader([header], delimiter=separator))}
+        if {"text", "label"} <= names:
+            return separator
+    return ","       # the header's error names the columns it found
+
+
+def _column_name(name) -> str | None:
+    return name.strip().lower() if isinstance(name, str) else name
 
 
 def _rows_with_their_start(reader, path: Path):

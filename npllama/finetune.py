@@ -505,7 +505,7 @@ SPLITS = ("stratified", "shuffled")     # ClassifyConfig.split
 class ClassifyConfig(FinetuneSettings):
     """`npllama finetune classify`.  Defaults: the built-in sentiment set, full fine-tuning.
 
-    data: .jsonl/.csv of {"text", "label"}; None: the built-in `dataset`.
+    data: .jsonl/.csv/.tsv of {"text", "label"}; None: the built-in `dataset`.
     lr None: 3e-4 full, 3e-3 LoRA (few parameters take bigger steps).
     """
 

@@ -98,7 +98,7 @@ def test_jsonl_and_csv_round_trip(tmp_path):
     ("bad.csv", "text,label\n", ValueError, "header but no examples"),
     ("bad.csv", "text,label\nhi\n", ValueError, "bad.csv line 2: too few columns"),
     ("missing.jsonl", None, FileNotFoundError, "does not exist"),
-    ("x.txt", "hi", ValueError, "expected a .jsonl or .csv"),
+    ("x.txt", "hi", ValueError, "expected a .jsonl, .csv or .tsv file"),
 ], ids=["no label", "not json", "int text", "null", "bool", "empty", "no text column", "no rows", "short row",
         "missing", "other type"])
 def test_reader_errors_name_the_file_and_line(tmp_path, name, content, error, message):
@@ -304,3 +304,22 @@ def test_sft_lines_without_a_field_say_which_and_the_expected_shape(tmp_path, li
     bad.write_text(lines, encoding="utf-8")
     with pytest.raises(ValueError, match=message):
         read_sft(bad)
+
+
+@pytest.mark.parametrize("name, content", [
+    # Excel in much of Europe saves "CSV" with semicolons (a comma is the decimal mark there)
+    ("excel.csv", b'\xef\xbb\xbftext;label\r\n"Hello, world";a\r\nBye;b\r\n'),
+    ("t.tsv", b"text\tlabel\nHello, world\ta\nBye\tb\n"),
+    ("T.CSV", b'text,label\n"Hello, world",a\nBye,b\n'),        # Windows' upper-case name
+    ("spaced.csv", b'Text, Label\n"Hello, world",a\nBye,b\n'),  # a header typed by hand
+], ids=["semicolons", "tsv", "upper-case suffix", "header case and spaces"])
+def test_labelled_files_as_spreadsheets_save_them(tmp_path, name, content):
+    # Before: "missing text, label (found text;label)", "expected a .jsonl or .csv file, got '.tsv'"
+    (tmp_path / name).write_bytes(content)
+    assert load_labelled(tmp_path / name) == (["Hello, world", "Bye"], ["a", "b"])
+
+
+def test_a_semicolon_inside_a_comma_separated_text_stays_text(tmp_path):
+    (tmp_path / "t.csv").write_text('text,label\nfirst; then second,a\n"x;y",b\n', encoding="utf-8")
+    assert load_labelled(tmp_path / "t.csv") == (["first; then second", "x;y"], ["a", "b"])
+

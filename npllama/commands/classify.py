@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     p.add_argument("--text", action="append", default=None, help="a text to classify (repeatable)")
     p.add_argument("--file", default=None, help="a plain text file: each non-empty line is classified as it is "
                    "(a .csv or .jsonl file is refused: give its text column alone)")
-    p.add_argument("--data", default=None, help="a labelled test file, .csv (header text,label) or .jsonl "
+    p.add_argument("--data", default=None, help="a labelled test file, .csv/.tsv (header text,label) or .jsonl "
                    "({\"text\", \"label\"} lines) as `finetune classify --data` reads: every text is classified "
                    "and the predictions scored against the labels (labels as the classifier names them; in a "
                    ".jsonl file an int is the class numbered so, or a class id where the labels are not numbers); instead of --text/--file")

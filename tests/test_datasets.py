@@ -323,3 +323,12 @@ def test_a_semicolon_inside_a_comma_separated_text_stays_text(tmp_path):
     (tmp_path / "t.csv").write_text('text,label\nfirst; then second,a\n"x;y",b\n', encoding="utf-8")
     assert load_labelled(tmp_path / "t.csv") == (["first; then second", "x;y"], ["a", "b"])
 
+
+def test_an_sft_line_with_other_field_names_says_which_it_has(tmp_path):
+    # Alpaca's layout: the error named only the fields expected, not the ones the line holds
+    from npllama.datasets import read_sft
+
+    bad = tmp_path / "alpaca.jsonl"
+    bad.write_text('{"instruction": "Say hi", "input": "", "output": "Hi"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r'alpaca.jsonl line 1 .*; this line has "instruction", "input", "output"'):
+        read_sft(bad)

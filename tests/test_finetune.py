@@ -1139,3 +1139,17 @@ def test_classify_prints_one_line_per_text_whatever_line_break_it_holds(cli, cla
     assert len(lines) == len(texts), lines
     assert [line.split()[-1] for line in lines] == ["a\\x0bb", "a\\x0cb", "a\\x85b", "a\\u2028b", "a\\u2029b",
                                                     "a\\x1cb"]
+
+
+def test_sft_says_how_many_examples_it_read_and_holds_out(base_dir, tmp_path):
+    # Before: classify opened with "N train / M validation texts", SFT said nothing of its data, so a
+    # user could not count the examples against the file
+    rows = [{"prompt": f"Say {i}.", "response": f"{i}."} for i in range(9)]
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n", encoding="utf-8")   # and a blank line
+    said = []
+    with use_backend("numpy"):
+        sft(SFTConfig(base=str(base_dir), data=str(data), steps=1, samples=0, progress=False, max_len=32,
+                      val_fraction=0.3), echo=said.append)
+    assert [line for line in said if f"on {data}: 6 train / 3 validation examples" in line], said
+

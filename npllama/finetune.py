@@ -610,6 +610,12 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
          + ("causal attention" if classifier.causal else
             "bidirectional attention (the base is a masked-LM model, pre-trained without the causal mask)"))
 
+    seen = set(texts)
+    shared = sum(text in seen for text in val_texts)
+    if shared:
+        echo(f"{shared} of {len(val_texts)} validation texts are also training texts (duplicate rows, or a "
+             f"validation file cut from the training data): the accuracy below is partly on texts the model "
+             f"was trained on, not on new ones")
     untrained = [str(names[i]) for i in np.flatnonzero(np.bincount(train_ids, minlength=len(names)) == 0)]
     if untrained:
         echo(f"no training text has the label {', '.join(untrained)}: the head cannot learn to predict it")

@@ -1153,3 +1153,19 @@ def test_sft_says_how_many_examples_it_read_and_holds_out(base_dir, tmp_path):
                       val_fraction=0.3), echo=said.append)
     assert [line for line in said if f"on {data}: 6 train / 3 validation examples" in line], said
 
+
+def test_classify_says_when_validation_texts_are_also_training_texts(base_dir, tmp_path):
+    # duplicate rows, or a held-out file cut from the same export: a validation text the model was
+    # trained on is not new text, and the accuracy measured on it says too much
+    rows = [{"text": f"{'good' if i % 2 else 'bad'} day {i}", "label": "pos" if i % 2 else "neg"} for i in range(10)]
+    new = [{"text": "good night", "label": "pos"}, {"text": "bad night", "label": "neg"}]
+    train = datasets.write_jsonl(tmp_path / "train.jsonl", rows)
+    said = []
+    for val_rows, note in ((new, None), (rows[:3] + new, "3 of 5 validation texts are also training texts")):
+        val = datasets.write_jsonl(tmp_path / "val.jsonl", val_rows)
+        said.clear()
+        with use_backend("numpy"):
+            classify(ClassifyConfig(base=str(base_dir), data=str(train), val_data=str(val), steps=1, progress=False),
+                     echo=said.append)
+        found = [line for line in said if "validation texts are also training texts" in line]
+        assert (found[0].startswith(note) if note else not found), said

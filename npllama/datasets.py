@@ -313,6 +313,10 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
             raise ValueError(f"{path} is empty: it holds no header and no examples")
         # "Text, Label" typed by hand names the same columns
         reader.fieldnames = [_column_name(name) for name in reader.fieldnames]
+        twice = [c for c in ("text", "label") if reader.fieldnames.count(c) > 1]
+        if twice:   # DictReader would keep the last of them, silently
+            raise ValueError(f"{path}: the header row names the column {' and '.join(twice)} more than once "
+                             f"(case and spaces aside); give each once")
         missing = [c for c in ("text", "label") if c not in reader.fieldnames]
         if missing:
             raise ValueError(f"{path}: the header row must name the columns text and label; missing "
@@ -322,6 +326,10 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
             where = f"{path} line {reader.line_num}"
             if row["text"] is None or row["label"] is None:
                 raise ValueError(f"{where}: too few columns")
+            if None in row:   # a separator inside an unquoted text would shift the label: never guess
+                raise ValueError(f"{path} line {start}: more columns than the header row's "
+                                 f"{len(reader.fieldnames)}; a {_separator_name(reader.reader.dialect.delimiter)} "
+                                 f"inside a text must be in a quoted field (\"...\")")
             if not row["text"].strip() or not row["label"].strip():
                 raise ValueError(f"{where}: empty text or label")
             texts.append(row["text"])
@@ -343,6 +351,10 @@ def _column_separator(path: Path, text: str) -> str:
         if {"text", "label"} <= names:
             return separator
     return ","       # the header's error names the columns it found
+
+
+def _separator_name(separator: str) -> str:
+    return {",": "comma", ";": "semicolon", "\t": "tab"}.get(separator, repr(separator))
 
 
 def _column_name(name) -> str | None:

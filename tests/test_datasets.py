@@ -332,3 +332,24 @@ def test_an_sft_line_with_other_field_names_says_which_it_has(tmp_path):
     bad.write_text('{"instruction": "Say hi", "input": "", "output": "Hi"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r'alpaca.jsonl line 1 .*; this line has "instruction", "input", "output"'):
         read_sft(bad)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    # a separator inside an unquoted text shifted the columns: the label read was the text's second half
+    ("semi.csv", "text;label\nfirst; then second;a\nbye;b\n",
+     r"semi.csv line 2: more columns than the header row's 2; a semicolon inside a text must be in a quoted"),
+    ("t.tsv", "text\tlabel\nhi\tthere\ta\nbye\tb\n", r"t.tsv line 2: more columns .* a tab inside a text"),
+    ("c.csv", 'text,label\n"two\nlines",a\nhello, world,b\n', r"c.csv line 4: more columns .* a comma inside"),
+    # "Text" and "text" fold to one name: DictReader kept the last one's values
+    ("twice.csv", "text,label,Text\nkept,a,dropped\n", r"twice.csv: the header row names the column text more "
+                                                        r"than once"),
+], ids=["semicolon in text", "tab in text", "comma in text after a multi-line row", "column named twice"])
+def test_a_row_that_does_not_fit_the_header_is_an_error_not_a_wrong_label(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        load_labelled(tmp_path / name)
+
+
+def test_extra_named_columns_and_the_label_first_are_read(tmp_path):
+    (tmp_path / "wide.csv").write_text('id;Label;Text;source\n1;a;"x; y";web\n2;b;bye;web\n', encoding="utf-8")
+    assert load_labelled(tmp_path / "wide.csv") == (["x; y", "bye"], ["a", "b"])

@@ -613,9 +613,11 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
     seen = set(texts)
     shared = sum(text in seen for text in val_texts)
     if shared:
-        echo(f"{shared} of {len(val_texts)} validation texts are also training texts (duplicate rows, or a "
-             f"validation file cut from the training data): the accuracy below is partly on texts the model "
-             f"was trained on, not on new ones")
+        why = ("the built-in set's templates make some texts more than once" if cc.data is None and cc.val_data is None
+               else "the data has duplicate rows" if cc.val_data is None
+               else "duplicate rows, or a validation file cut from the training data")
+        echo(f"{shared} of {len(val_texts)} validation texts are also training texts ({why}): the accuracy below "
+             f"is partly on texts the model was trained on, not on new ones")
     untrained = [str(names[i]) for i in np.flatnonzero(np.bincount(train_ids, minlength=len(names)) == 0)]
     if untrained:
         echo(f"no training text has the label {', '.join(untrained)}: the head cannot learn to predict it")

@@ -1169,3 +1169,17 @@ def test_classify_says_when_validation_texts_are_also_training_texts(base_dir, t
                      echo=said.append)
         found = [line for line in said if "validation texts are also training texts" in line]
         assert (found[0].startswith(note) if note else not found), said
+
+
+def test_the_shared_texts_note_gives_the_cause_the_data_can_have(base_dir, tmp_path):
+    # Before: the built-in spam set (texts from templates, many twice) and a file split in two were told
+    # "duplicate rows, or a validation file cut from the training data" -- there is no validation file
+    rows = [{"text": f"{'good' if i % 2 else 'bad'} day {i % 6}", "label": "pos" if i % 2 else "neg"} for i in range(12)]
+    data = datasets.write_jsonl(tmp_path / "train.jsonl", rows)
+    for config, cause in ((dict(dataset="spam"), "(the built-in set's templates make some texts more than once)"),
+                          (dict(data=str(data), val_fraction=0.5), "(the data has duplicate rows)")):
+        said = []
+        with use_backend("numpy"):
+            classify(ClassifyConfig(base=str(base_dir), steps=1, progress=False, **config), echo=said.append)
+        found = [line for line in said if "validation texts are also training texts" in line]
+        assert len(found) == 1 and cause in found[0], said

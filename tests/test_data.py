@@ -84,7 +84,9 @@ def test_chinese_text_saved_as_gbk_is_refused_saying_how_to_convert_it(tmp_path)
                                          r"GB18030/GBK.*iconv -f GB18030 -t UTF-8"):
         load_texts(tmp_path / "zh.txt")
     (tmp_path / "fr.txt").write_bytes("Un caf\xe9 na\xefve, s'il vous pla\xeet.\n".encode("latin-1") * 20)
-    with pytest.raises(ValueError, match=r"fr.txt: is not UTF-8 text \(byte 6, line 1: [^;]*$"):   # no advice
+    # Western Windows and Excel's plain "CSV" save Windows-1252: before, no advice at all
+    with pytest.raises(ValueError, match=r"fr.txt: is not UTF-8 text \(byte 6, line 1: [^;]*; it reads as "
+                                         r"Windows-1252/Latin-1 .*\"CSV UTF-8\".*iconv -f WINDOWS-1252 -t UTF-8"):
         load_texts(tmp_path / "fr.txt")
 
 

@@ -163,7 +163,8 @@ def _nul_advice(data: bytes) -> str:
 
 def _not_utf8(data: bytes, where: str, reason: str) -> str:
     """The problem, and for Chinese text saved as GBK/GB18030 (Chinese Windows' default: the bytes
-    read as GB18030 and hold its ， or 。), how to convert it."""
+    read as GB18030 and hold its ， or 。), or else bytes that read as Windows-1252 (Western Windows'
+    default), how to convert it."""
     problem = f"is not UTF-8 text ({where}: {reason})"
     try:
         chinese = any(mark in data.decode("gb18030") for mark in "，。")
@@ -172,7 +173,19 @@ def _not_utf8(data: bytes, where: str, reason: str) -> str:
     if chinese:
         problem += ("; it reads as Chinese text in GB18030/GBK, Chinese Windows' encoding: convert it to UTF-8 "
                     "first, e.g. iconv -f GB18030 -t UTF-8 FILE > FILE-utf8.txt")
+    elif _decodes(data, "cp1252"):   # Western Windows' default, and Excel's plain "CSV" (one byte a character)
+        problem += ("; it reads as Windows-1252/Latin-1 text (Western Windows' encoding, Excel's plain \"CSV\"): "
+                    "convert it to UTF-8 first, e.g. save it again as \"CSV UTF-8\", or "
+                    "iconv -f WINDOWS-1252 -t UTF-8 FILE > FILE-utf8.txt")
     return problem
+
+
+def _decodes(data: bytes, encoding: str) -> bool:
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def parse_json(text, where, expect=None, error=ValueError):

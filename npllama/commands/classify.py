@@ -31,7 +31,7 @@ def register(subparsers) -> None:
                    "classify --lora --out DIR` (PEFT SEQ_CLS layout, score.weight inside)")
     p.add_argument("--text", action="append", default=None, help="a text to classify (repeatable)")
     p.add_argument("--file", default=None, help="a plain text file: each non-empty line is classified as it is "
-                   "(a .csv or .jsonl file is refused: give its text column alone)")
+                   "(a .csv, .tsv, .json or .jsonl file is refused: give its text column alone)")
     p.add_argument("--data", default=None, help="a labelled test file, .csv/.tsv (header text,label) or .jsonl "
                    "({\"text\", \"label\"} lines) as `finetune classify --data` reads: every text is classified "
                    "and the predictions scored against the labels (labels as the classifier names them; in a "

@@ -261,3 +261,12 @@ def test_num_samples_with_a_seed_are_reproducible_and_neighbouring_seeds_share_n
     assert not set(first) & set(samples(2))
     model, tokenizer, _ = load_run_model(str(small_model_dir), None, "float32")
     assert first[0] == "Hi" + generate_text(model, tokenizer, "Hi", 6, temperature=1.5, seed=1)
+
+
+@pytest.mark.parametrize("flags", [["--prompt", "Once", "--prompt", "Lily"], ["--prompt", "a", "--prompt", "a"]])
+def test_a_second_prompt_is_refused_rather_than_silently_replacing_the_first(flags, capsys, tmp_path):
+    """One prompt a run: argparse would keep the last --prompt and continue it alone."""
+    code, out, err = run_cli(["generate", "--model", str(tmp_path / "never-read"), *flags], capsys)
+    err = one_line_error(err)
+    assert code == 2 and out == ""
+    assert "--prompt given 2 times" in err and "one prompt a run" in err, err

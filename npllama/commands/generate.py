@@ -6,6 +6,9 @@ import time
 from . import HelpFormatter, UsageError, add_adapter_option, add_run_options
 
 
+DEFAULT_PROMPT = "Once upon a time"
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "generate", help="continue a prompt with a trained model",
@@ -16,7 +19,8 @@ def register(subparsers) -> None:
     p.add_argument("--model", default=None, help="a run folder from `npllama train`, or a Hugging Face "
                    "LLaMA folder with tokenizer.model or tokenizer.json (default: the latest run)")
     add_adapter_option(p, "--model")
-    p.add_argument("--prompt", default="Once upon a time", help="text to continue (with --chat: the user's message)")
+    p.add_argument("--prompt", action="append", default=None, help="text to continue (with --chat: the user's "
+                   f"message); one prompt a run (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--chat", action="store_true", help="wrap --prompt in the model's chat template (the "
                    "--adapter's or the folder's chat_template, else LLaMA-3's if the tokenizer has its "
                    "<|start_header_id|>, else LLaMA-2's) and print only the answer")
@@ -112,6 +116,7 @@ def run(args) -> int:
         raise UsageError(f"--num-samples {args.num_samples} with --temperature 0 would print the same greedy "
                          f"text {args.num_samples} times: give a --temperature above 0 to sample different ones")
     stops = stop_strings(args)
+    prompt = the_prompt(args.prompt)
     chat = args.chat or args.system is not None or args.chat_template is not None
 
     model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype, "--model",
@@ -121,12 +126,12 @@ def run(args) -> int:
         from ..chat import ChatTemplate
 
         template = ChatTemplate.for_folder(model_dir, tokenizer, name=args.chat_template, adapter=args.adapter)
-        prompt_ids = tokenizer.encode(template.prompt(args.prompt, args.system), bos=False)
+        prompt_ids = tokenizer.encode(template.prompt(prompt, args.system), bos=False)
         end_ids = template.stop_ids(tokenizer, model)
         shown_prompt = ""
     else:
-        prompt_ids = tokenizer.encode(args.prompt, bos=True)
-        shown_prompt = args.prompt
+        prompt_ids = tokenizer.encode(prompt, bos=True)
+        shown_prompt = prompt
     try:   # before the prompt is printed
         check_context(len(prompt_ids), args.max_new_tokens, model.config.max_position_embeddings,
                       flag="--max-new-tokens")
@@ -162,6 +167,17 @@ def run(args) -> int:
             new = len(ids) - len(prompt_ids)
             print(_speed_line(new, seconds, started, arrivals, len(prompt_ids)), file=sys.stderr)
     return 0
+
+
+def the_prompt(prompts: list[str] | None) -> str:
+    """--prompt's one value.  argparse would keep a repeated flag's last value alone: a second
+    prompt is refused rather than continued in place of the first."""
+    if prompts is None:
+        return DEFAULT_PROMPT
+    if len(prompts) > 1:
+        raise UsageError(f"--prompt given {len(prompts)} times: one prompt a run (run generate once for each, "
+                         f"or --num-samples N for several continuations of one)")
+    return prompts[0]
 
 
 def _speed_line(new: int, seconds: float, started: float, arrivals: list[float], prompt_tokens: int) -> str:

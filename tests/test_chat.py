@@ -180,7 +180,7 @@ def test_chat_stops_on_every_end_id_of_the_config(small_model_dir, tmp_path, cap
     capsys.readouterr()   # what came before the command (a first compile's notice) is not its output
     assert main(["generate", "--model", str(folder), "--chat", "--prompt", "Hi", "--max-new-tokens", "5",
                  "--temperature", "0", "--backend", "numpy"]) == 0
-    assert capsys.readouterr().err.startswith("[1 tokens in")      # stopped at the first
+    assert capsys.readouterr().err.splitlines()[-1].startswith("[1 tokens in")      # stopped at the first
 
 
 def chatml_tokenizer():
@@ -341,7 +341,35 @@ def chat(argv, text, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO(text))
     status = main(["chat", "--temperature", "0", "--backend", "numpy", *argv])
     printed = capsys.readouterr()
-    return status, printed.out, printed.err
+    return status, printed.out, without_template_note(printed.err)
+
+
+def without_template_note(err: str) -> str:
+    """stderr without its first line's note that the model folder has no chat template of its own
+    (the small model's: test_chat_says_which_template_it_uses_when_the_folder_has_none reads it)."""
+    return re.sub(r"\A\[.* has no chat template: .*\]\n", "", err)
+
+
+def test_chat_says_which_template_it_uses_when_the_folder_has_none(small_model_dir, tmp_path, monkeypatch,
+                                                                     capsys):
+    """A `npllama train` run has no chat template: the built-in one chat falls back on is named
+    once, before the first answer; a folder with its own template, or --chat-template, is not noted."""
+    from npllama.cli import main
+    import io
+
+    def stderr_of(*argv):
+        monkeypatch.setattr("sys.stdin", io.StringIO("Hi\n"))
+        assert main(["chat", "--temperature", "0", "--backend", "numpy", "--max-new-tokens", "2", *argv]) == 0
+        return capsys.readouterr().err
+
+    assert stderr_of("--model", str(small_model_dir)) == (
+        "[the model folder has no chat template: the built-in llama2 template is used "
+        "(--chat-template llama2, llama3 or a Jinja file picks another)]\n")
+    assert stderr_of("--model", str(small_model_dir), "--chat-template", "llama3") == ""
+    folder = tmp_path / "own"
+    shutil.copytree(small_model_dir, folder)
+    (folder / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert stderr_of("--model", str(folder)) == ""
 
 
 def test_chat_answers_each_line_with_the_whole_conversation_as_the_prompt(small_model_dir, monkeypatch, capsys):

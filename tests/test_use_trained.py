@@ -113,10 +113,10 @@ def test_a_stop_string_matches_the_text_as_printed(play_model_dir, capsys, chat)
         tokens = next(n for n in range(1, 6) if api(play * n))
         _, out, err = run_cli(capsys, *base, "--stop", stop)
         assert out == shown_prompt + shown[:shown.index(stop)] + "\n", stop
-        assert err.startswith(f"[{tokens} tokens in"), (stop, err)
+        assert err.splitlines()[-1].startswith(f"[{tokens} tokens in"), (stop, err)
     # the start of the text as printed stops at the first token, and prints nothing of it
     _, out, err = run_cli(capsys, *base, "--stop", first_word)
-    assert out == shown_prompt + "\n" and err.startswith("[1 tokens in")
+    assert out == shown_prompt + "\n" and err.splitlines()[-1].startswith("[1 tokens in")
 
 
 @pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
@@ -137,7 +137,7 @@ def test_the_cli_stops_where_stop_strings_rule_says(play_model_dir, capsys, monk
 
     monkeypatch.setattr(StopStrings, "stop_at", after_the_string)
     _, out, err = run_cli(capsys, *base)
-    assert out == shown_prompt + ("" if chat else " ") + "play p\n" and err.startswith("[2 tokens in"), (out, err)
+    assert out == shown_prompt + ("" if chat else " ") + "play p\n" and err.splitlines()[-1].startswith("[2 tokens in"), (out, err)
 
 
 def test_chat_stops_at_a_stop_string_and_goes_on_from_what_it_printed(play_model_dir, monkeypatch, capsys):
@@ -161,7 +161,7 @@ def test_chat_stops_at_a_stop_string_and_goes_on_from_what_it_printed(play_model
 
     assert chat()[1] == "play play play play play\n" * 2
     status, out, err = chat("--stop", "y p")
-    assert status == 0 and out == "pla\n" * 2 and err == ""
+    assert status == 0 and out == "pla\n" * 2 and "has no chat template" in err and len(err.splitlines()) == 1
     _, tokenizer, _ = load_model_and_tokenizer(play_model_dir)
     template = ChatTemplate.for_folder(play_model_dir, tokenizer)
     said = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "pla"},

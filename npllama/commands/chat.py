@@ -3,7 +3,7 @@ import sys
 
 from . import HelpFormatter, add_adapter_option, add_run_options
 from .generate import (StopAwarePrinter, add_chat_options, add_sampling_options, add_stop_option,
-                       check_sampling_options, stop_strings)
+                       chat_template, check_sampling_options, stop_strings)
 
 
 DEFAULT_ANSWER_TOKENS = 200
@@ -32,14 +32,13 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..backend import get_backend, use_backend
-    from ..chat import ChatTemplate
     from ..generate import StopStrings, answer_text, decodable_vocab_size, generate, sample_seed, stream_text
     from . import load_run_model
 
     check_sampling_options(args)
     stops = stop_strings(args)
     model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype, "--model", "chatting")
-    template = ChatTemplate.for_folder(model_dir, tokenizer, name=args.chat_template, adapter=args.adapter)
+    template = chat_template(args, model_dir, tokenizer)
     end_ids = template.stop_ids(tokenizer, model)
     context = model.config.max_position_embeddings
     answer_room = "--max-new-tokens {}"

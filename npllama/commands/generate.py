@@ -79,7 +79,22 @@ def add_chat_options(p, implies: str = " (implies --chat)") -> None:
     """--system and --chat-template, as `generate --chat` and `chat` take them."""
     p.add_argument("--system", default=None, help=f"a system message{implies}")
     p.add_argument("--chat-template", default=None, help="llama2, llama3 or a Jinja file, instead of the "
-                   f"--adapter's or the folder's own template{implies}")
+                   "--adapter's or the folder's own template (a folder with none, as a `npllama train` run: "
+                   f"llama3 if the tokenizer has <|start_header_id|>, else llama2, said on stderr){implies}")
+
+
+def chat_template(args, model_dir, tokenizer):
+    """The ChatTemplate of `chat` and `generate --chat`: --chat-template, else the --adapter's or the
+    model folder's own, else a built-in one, which is named on stderr: a `npllama train` run has no
+    template, and answers in a format the model never saw would otherwise look like its own."""
+    from ..chat import BUILTIN_TEMPLATES, ChatTemplate
+
+    template = ChatTemplate.for_folder(model_dir, tokenizer, name=args.chat_template, adapter=args.adapter)
+    if args.chat_template is None and template.name in BUILTIN_TEMPLATES:
+        where = "neither the adapter nor the model folder has" if args.adapter else "the model folder has"
+        print(f"[{where} no chat template: the built-in {template.name} template is used (--chat-template "
+              f"{', '.join(sorted(BUILTIN_TEMPLATES))} or a Jinja file picks another)]", file=sys.stderr, flush=True)
+    return template
 
 
 def check_sampling_options(args) -> None:
@@ -123,9 +138,7 @@ def run(args) -> int:
                                                  "generation (next-token sampling)")
     end_ids = plain_end_ids(model, tokenizer)
     if chat:
-        from ..chat import ChatTemplate
-
-        template = ChatTemplate.for_folder(model_dir, tokenizer, name=args.chat_template, adapter=args.adapter)
+        template = chat_template(args, model_dir, tokenizer)
         prompt_ids = tokenizer.encode(template.prompt(prompt, args.system), bos=False)
         end_ids = template.stop_ids(tokenizer, model)
         shown_prompt = ""

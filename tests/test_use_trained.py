@@ -175,6 +175,62 @@ def test_chat_stops_at_a_stop_string_and_goes_on_from_what_it_printed(play_model
     assert out == "pla\n" * 2 and "answer cut" not in err, err
 
 
+class Typed(__import__("io").StringIO):
+    """Standard input as a terminal gives it."""
+
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("typed", [True, False], ids=["typed", "piped"])
+def test_ctrl_c_mid_answer_stops_the_answer_typed_and_ends_the_chat_piped(play_model_dir, monkeypatch, capsys,
+                                                                          typed):
+    """Ctrl-C while an answer streams: at a terminal it stops that answer on its own line and the
+    conversation goes on from what was printed; from a pipe the chat ends, the answer's line ended
+    before the one line that says so (not "...answer textnpllama chat: interrupted")."""
+    import io
+
+    import npllama.generate as generation
+    from npllama.cli import main
+
+    prompts, real = [], generation.generate
+
+    def interrupted_first(model, prompt, *args, on_token, **kwargs):
+        prompts.append(prompt)
+        if len(prompts) > 1:
+            return real(model, prompt, *args, on_token=on_token, **kwargs)
+        tokens = []
+
+        def ctrl_c_at_the_third(token_id):
+            tokens.append(token_id)
+            if len(tokens) == 3:
+                raise KeyboardInterrupt
+            on_token(token_id)
+
+        return real(model, prompt, *args, on_token=ctrl_c_at_the_third, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", interrupted_first)
+    monkeypatch.setattr("sys.stdin", (Typed if typed else io.StringIO)("Hi\nGo on\n"))
+    status = main(["chat", "--model", str(play_model_dir), "--temperature", "0", "--backend", "numpy",
+                   "--max-new-tokens", "6", "--chat-template", "llama2"])
+    out, err = capsys.readouterr()
+    stopped = "play play"           # the model says "play" at every step: Ctrl-C came at the third
+    assert out.startswith(stopped + "\n")
+    if not typed:
+        assert status == 130 and out == stopped + "\n" and len(prompts) == 1
+        assert err == "npllama chat: interrupted\n"
+        return
+    assert status == 0 and len(out.splitlines()) == 2 and len(prompts) == 2
+    assert "[answer stopped (Ctrl-C): the conversation goes on from what was printed]" in err, err
+    from npllama.chat import ChatTemplate
+    from npllama.runs import load_tokenizer
+
+    tokenizer = load_tokenizer(play_model_dir)
+    said = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": stopped},
+            {"role": "user", "content": "Go on"}]
+    assert prompts[1] == tokenizer.encode(ChatTemplate("llama2").render(said), bos=False)
+
+
 @pytest.fixture(scope="module")
 def byte_level_play_dir(tmp_path_factory):
     """A model folder with a byte-level BPE tokenizer.json (LLaMA-3's kind: decoding an answer's

@@ -16,7 +16,9 @@ def register(subparsers) -> None:
                     "message (typed, or piped from a file), each answer is generated with a KV cache and "
                     "printed as it comes, and the whole conversation is the next prompt.  When the "
                     "conversation and --max-new-tokens no longer fit the model's context, the oldest "
-                    "exchanges are dropped, and a line on stderr says so.  End with Ctrl-D (end of input).",
+                    "exchanges are dropped, and a line on stderr says so.  Every line is sent as it is (there are no "
+                    "/commands; blank lines are skipped).  At a terminal, Ctrl-C stops the answer being "
+                    "written and the chat goes on; Ctrl-C at the prompt, or Ctrl-D (end of input), ends it.",
         formatter_class=HelpFormatter)
     p.add_argument("--model", default=None, help="a run folder from `npllama finetune sft --out`, or a Hugging "
                    "Face LLaMA folder with tokenizer.model or tokenizer.json (default: the latest run)")
@@ -62,11 +64,21 @@ def run(args) -> int:
             stop = StopStrings(tokenizer, stops, after=prompt_ids) if stops else None
             printer = StopAwarePrinter(stop)
             show = stream_text(tokenizer, prompt_ids, printer.write, answer=True)
-            ids = generate(model, prompt_ids, room, temperature=args.temperature, top_k=args.top_k,
-                           top_p=args.top_p, seed=sample_seed(args.seed, turn), eos_id=end_ids,
-                           on_token=show, repetition_penalty=args.repetition_penalty, threads=args.threads,
-                           stop=printer.stopped if stop is not None else None,
-                           vocab_size=decodable_vocab_size(model, tokenizer))
+            try:
+                ids = generate(model, prompt_ids, room, temperature=args.temperature, top_k=args.top_k,
+                               top_p=args.top_p, seed=sample_seed(args.seed, turn), eos_id=end_ids,
+                               on_token=show, repetition_penalty=args.repetition_penalty, threads=args.threads,
+                               stop=printer.stopped if stop is not None else None,
+                               vocab_size=decodable_vocab_size(model, tokenizer))
+            except KeyboardInterrupt:
+                _write("\n")    # the answer's line ends before whatever is said next
+                if not typed:    # a piped chat has no one to go on talking: Ctrl-C ends it
+                    raise
+                # at a terminal Ctrl-C stops this answer only, as a chat program's does; the
+                # conversation goes on from what was printed of it
+                _say("[answer stopped (Ctrl-C): the conversation goes on from what was printed]")
+                conversation.answer(printer.text[:printer.printed])
+                continue
             show.flush()
             printer.flush()
             _write("\n")
@@ -121,7 +133,12 @@ def _lines(typed: bool):
     while True:
         if typed:
             _say("> ", end="")
-        line = sys.stdin.readline()
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            if typed:
+                _say("")      # "npllama chat: interrupted" on a line of its own, not after the "> "
+            raise
         if not line:
             if typed:
                 _say("")

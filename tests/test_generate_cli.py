@@ -270,3 +270,22 @@ def test_a_second_prompt_is_refused_rather_than_silently_replacing_the_first(fla
     err = one_line_error(err)
     assert code == 2 and out == ""
     assert "--prompt given 2 times" in err and "one prompt a run" in err, err
+
+
+def test_ctrl_c_mid_text_ends_its_line_before_saying_so(small_model_dir, monkeypatch, capsys):
+    """The text printed so far ends with a newline, so a terminal shows "npllama generate:
+    interrupted" on a line of its own, not glued to the half-written text."""
+    import npllama.generate
+    from npllama.runs import load_tokenizer
+
+    said = load_tokenizer(small_model_dir).encode("upon a time", bos=False)
+
+    def ctrl_c_after_the_text(model, prompt, max_new_tokens, *, on_token, **_):
+        for i in said:
+            on_token(i)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(npllama.generate, "generate", ctrl_c_after_the_text)
+    code, out, err = run_cli(["generate", "--model", str(small_model_dir), "--prompt", "Once", "--backend", "numpy"],
+                             capsys)
+    assert code == 130 and out == "Once upon a time\n" and err == "npllama generate: interrupted\n", (out, err)

@@ -167,11 +167,16 @@ def run(args) -> int:
                 show(token_id)
 
             started = time.perf_counter()
-            ids = generate(model, prompt_ids, args.max_new_tokens, temperature=args.temperature,
-                           top_k=args.top_k, top_p=args.top_p, seed=seed, eos_id=end_ids,
-                           on_token=on_token, repetition_penalty=args.repetition_penalty,
-                           stop=printer.stopped if stop is not None else None,
-                           vocab_size=vocab_size, threads=args.threads)
+            try:
+                ids = generate(model, prompt_ids, args.max_new_tokens, temperature=args.temperature,
+                               top_k=args.top_k, top_p=args.top_p, seed=seed, eos_id=end_ids,
+                               on_token=on_token, repetition_penalty=args.repetition_penalty,
+                               stop=printer.stopped if stop is not None else None,
+                               vocab_size=vocab_size, threads=args.threads)
+            except KeyboardInterrupt:
+                sys.stdout.write("\n")     # the text's line ends before the "interrupted" line
+                sys.stdout.flush()
+                raise
             seconds = time.perf_counter() - started
             show.flush()      # a character whose last byte never came: shown as U+FFFD
             printer.flush()

@@ -754,10 +754,6 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
         records, lines = datasets.read_sft(sc_.data)
     conversations = [r["messages"] if "messages" in r else turn_messages(r["prompt"], r["response"], r.get("system"))
                      for r in records]
-    train_rows, val_rows = datasets.split_train_val(len(conversations), sc_.val_fraction, sc_.seed, val_file=False)
-    shown = "the built-in instructions" if sc_.data is None else sc_.data
-    echo(f"instruction-tuning {'LoRA adapters' if sc_.lora else 'every weight'} of {model_dir} on {shown}: "
-         f"{len(train_rows)} train / {len(val_rows)} validation examples")   # as classify opens: count them against the file
     # a row of max_len ids gives max_len - 1 positions, which must fit the model's context
     max_len = min(sc_.max_len, model.config.max_position_embeddings + 1)
     encoded, cut = [], 0
@@ -773,6 +769,11 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
                              f"token is left to learn from; raise --max-len or shorten the prompt")
         cut += len(ids) > max_len
         encoded.append((ids[:max_len], counted[:max_len]))
+    # the split after every example encoded: a line the template refuses is named before a count is judged
+    train_rows, val_rows = datasets.split_train_val(len(encoded), sc_.val_fraction, sc_.seed, val_file=False)
+    shown = "the built-in instructions" if sc_.data is None else sc_.data
+    echo(f"instruction-tuning {'LoRA adapters' if sc_.lora else 'every weight'} of {model_dir} on {shown}: "
+         f"{len(train_rows)} train / {len(val_rows)} validation examples")   # as classify opens: count them against the file
     if cut:
         limit = "--max-len" if max_len == sc_.max_len else "the model's context, max_position_embeddings + 1"
         echo(cut_note(cut, len(encoded), max_len, limit, items="examples",

@@ -310,7 +310,9 @@ def test_sft_says_what_max_len_cut_and_shows_samples_in_no_template_of_its_own(s
     said = []
     sft(SFTConfig(base=str(small_model_dir), data=str(data), steps=1, samples=1, progress=False, max_len=40,
                   val_fraction=0.5), echo=said.append)
-    assert said[0].startswith("4 of 10 examples are longer than 40 tokens (--max-len): cut there")
+    assert said[0].startswith("instruction-tuning every weight of ") and said[0].endswith(
+        "5 train / 5 validation examples")   # the opening line, then the cut note
+    assert said[1].startswith("4 of 10 examples are longer than 40 tokens (--max-len): cut there")
     assert said[-2].startswith("\nuser: ") and "[INST]" not in said[-2]
 
 

@@ -358,6 +358,16 @@ def report_saved(echo, out, what: str, use, settings) -> None:
 _CLASSIFIER_CUT = "the beginning kept, so the classifier never reads their end"
 
 
+def note_validation_also_trained_on(train, val, why: str, measure: str, echo, items: str = "texts") -> None:
+    """Say how many `val` items are equal to a training item (`why`: what makes them so), if any: the
+    `measure` taken on them is partly on what the model was trained on, so it says too much."""
+    seen = set(train)
+    shared = sum(item in seen for item in val)
+    if shared:
+        echo(f"{shared} of {len(val)} validation {items} are also training {items} ({why}): {measure} below "
+             f"is partly on {items} the model was trained on, not on new ones")
+
+
 def cut_note(cut: int, total: int, max_len: int, limit: str, items: str = "texts", lost: str = _CLASSIFIER_CUT) -> str:
     """What to tell of `cut` of `total` `items` kept up to max_len tokens only (`limit`: what set
     it; `lost`: what the cut costs)."""
@@ -610,14 +620,10 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
          + ("causal attention" if classifier.causal else
             "bidirectional attention (the base is a masked-LM model, pre-trained without the causal mask)"))
 
-    seen = set(texts)
-    shared = sum(text in seen for text in val_texts)
-    if shared:
-        why = ("the built-in set's templates make some texts more than once" if cc.data is None and cc.val_data is None
-               else "the data has duplicate rows" if cc.val_data is None
-               else "duplicate rows, or a validation file cut from the training data")
-        echo(f"{shared} of {len(val_texts)} validation texts are also training texts ({why}): the accuracy below "
-             f"is partly on texts the model was trained on, not on new ones")
+    why = ("the built-in set's templates make some texts more than once" if cc.data is None and cc.val_data is None
+           else "the data has duplicate rows" if cc.val_data is None
+           else "duplicate rows, or a validation file cut from the training data")
+    note_validation_also_trained_on(texts, val_texts, why, "the accuracy", echo)
     untrained = [str(names[i]) for i in np.flatnonzero(np.bincount(train_ids, minlength=len(names)) == 0)]
     if untrained:
         echo(f"no training text has the label {', '.join(untrained)}: the head cannot learn to predict it")
@@ -778,6 +784,12 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
         limit = "--max-len" if max_len == sc_.max_len else "the model's context, max_position_embeddings + 1"
         echo(cut_note(cut, len(encoded), max_len, limit, items="examples",
                       lost="so the end of their answers (and the end of turn) is not learned"))
+    # conversations compared by their messages (dicts: written as sorted JSON to be hashable)
+    as_key = lambda i: json.dumps(conversations[i], sort_keys=True)
+    note_validation_also_trained_on([as_key(i) for i in train_rows], [as_key(i) for i in val_rows],
+                                    "the built-in instructions' templates make some conversations more than once"
+                                    if sc_.data is None else "the data has duplicate rows",
+                                    "the validation loss", echo, items="conversations")
     train, val = [encoded[i] for i in train_rows], [encoded[i] for i in val_rows]
     pad_id = pad_id_of(tokenizer)
     if run is not None:   # what a resume must find again: each conversation's ids and which of them are learned

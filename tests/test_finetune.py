@@ -1183,3 +1183,22 @@ def test_the_shared_texts_note_gives_the_cause_the_data_can_have(base_dir, tmp_p
             classify(ClassifyConfig(base=str(base_dir), steps=1, progress=False, **config), echo=said.append)
         found = [line for line in said if "validation texts are also training texts" in line]
         assert len(found) == 1 and cause in found[0], said
+
+
+def test_sft_says_when_validation_conversations_are_also_training_conversations(base_dir, tmp_path):
+    # Before: classify said so of its texts, SFT not of its conversations: a validation loss partly on
+    # conversations the model was trained on says too much
+    rows = [{"prompt": f"Say {i % 4}.", "response": f"{i % 4}."} for i in range(12)]   # each one 3 times
+    distinct = [{"prompt": f"Say {i}.", "response": f"{i}."} for i in range(12)]
+    for data_rows, expected in ((distinct, 0), (rows, 1)):
+        data = datasets.write_jsonl(tmp_path / "chats.jsonl", data_rows)
+        said = []
+        with use_backend("numpy"):
+            sft(SFTConfig(base=str(base_dir), data=str(data), steps=1, samples=0, progress=False, max_len=32,
+                          val_fraction=0.5), echo=said.append)
+        found = [line for line in said if "validation conversations are also training conversations" in line]
+        assert len(found) == expected, said
+        if expected:   # 6 held out, 4 distinct conversations: some held-out one is also trained on
+            assert found[0].endswith("(the data has duplicate rows): the validation loss below is partly on "
+                                     "conversations the model was trained on, not on new ones"), found
+            assert " of 6 validation conversations" in found[0], found

@@ -822,7 +822,9 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
                        vocab_size=decodable_vocab_size(model, tokenizer))
         answer = tokenizer.decode(ids[len(prompt_ids):])
         samples.append(answer)
-        echo(f"\n{asked[-1]['role']}: {asked[-1]['content']}\nassistant: {answer}")
+        # an answer of spaces alone would print as "assistant:" and nothing: say what the model wrote
+        shown = answer if answer.strip() else "(only white space)" if answer else "(empty)"
+        echo(f"\n{asked[-1]['role']}: {asked[-1]['content']}\nassistant: {shown}")
 
     def save(out: Path) -> None:
         if model.lora is not None and not sc_.merge:

@@ -1202,3 +1202,18 @@ def test_sft_says_when_validation_conversations_are_also_training_conversations(
             assert found[0].endswith("(the data has duplicate rows): the validation loss below is partly on "
                                      "conversations the model was trained on, not on new ones"), found
             assert " of 6 validation conversations" in found[0], found
+
+
+@pytest.mark.parametrize("answer, shown", [(" \n ", "assistant: (only white space)"), ("", "assistant: (empty)"),
+                                           (" ok ", "assistant:  ok ")])
+def test_a_sample_answer_with_no_text_says_so_instead_of_an_empty_looking_line(base_dir, tmp_path, monkeypatch,
+                                                                                answer, shown):
+    # Before: "assistant: " and nothing visible after it, which looked like a printing bug
+    monkeypatch.setattr(Tokenizer, "decode", lambda self, ids, *args, **kwargs: answer)
+    data = datasets.write_jsonl(tmp_path / "chats.jsonl", [{"prompt": f"Say {i}.", "response": f"{i}."} for i in range(9)])
+    said = []
+    with use_backend("numpy"):
+        result = sft(SFTConfig(base=str(base_dir), data=str(data), steps=1, samples=1, progress=False, max_len=32),
+                     echo=said.append)
+    assert result.samples == [answer]   # what the model wrote, kept as it is
+    assert [line for text in said for line in text.split("\n") if line.startswith("assistant:")] == [shown], said

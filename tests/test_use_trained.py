@@ -231,6 +231,43 @@ def test_ctrl_c_mid_answer_stops_the_answer_typed_and_ends_the_chat_piped(play_m
     assert prompts[1] == tokenizer.encode(ChatTemplate("llama2").render(said), bos=False)
 
 
+@pytest.mark.parametrize("at_token", [0, 1], ids=["in the prefill", "at the first token"])
+def test_ctrl_c_before_the_answers_first_word_drops_the_question(play_model_dir, monkeypatch, capsys, at_token):
+    """Before: Ctrl-C before anything of the answer was printed kept the question with an empty
+    answer, which the model then read at every later turn.  The question is dropped instead: the next
+    prompt is as if it had never been sent."""
+    import npllama.generate as generation
+    from npllama.chat import ChatTemplate
+    from npllama.cli import main
+    from npllama.runs import load_tokenizer
+
+    prompts, real = [], generation.generate
+
+    def interrupted_first(model, prompt, *args, on_token, **kwargs):
+        prompts.append(prompt)
+        if len(prompts) > 1:
+            return real(model, prompt, *args, on_token=on_token, **kwargs)
+        if at_token == 0:    # the prompt still being read: no token of the answer yet
+            raise KeyboardInterrupt
+
+        def ctrl_c_at_the_first(token_id):    # the first token made, but not yet printed
+            raise KeyboardInterrupt
+
+        return real(model, prompt, *args, on_token=ctrl_c_at_the_first, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", interrupted_first)
+    monkeypatch.setattr("sys.stdin", Typed("Hi\nGo on\n"))
+    status = main(["chat", "--model", str(play_model_dir), "--temperature", "0", "--backend", "numpy",
+                   "--max-new-tokens", "3", "--chat-template", "llama2"])
+    out, err = capsys.readouterr()
+    assert status == 0 and len(prompts) == 2 and out.endswith("play play play\n"), (out, err)
+    assert "[answer stopped (Ctrl-C) before its first word: the message is dropped]" in err, err
+    assert "the conversation goes on from what was printed" not in err, err
+    tokenizer = load_tokenizer(play_model_dir)
+    only_the_next = [{"role": "user", "content": "Go on"}]
+    assert prompts[1] == tokenizer.encode(ChatTemplate("llama2").render(only_the_next), bos=False)
+
+
 @pytest.fixture(scope="module")
 def byte_level_play_dir(tmp_path_factory):
     """A model folder with a byte-level BPE tokenizer.json (LLaMA-3's kind: decoding an answer's

@@ -76,8 +76,12 @@ def run(args) -> int:
                     raise
                 # at a terminal Ctrl-C stops this answer only, as a chat program's does; the
                 # conversation goes on from what was printed of it
+                printed = printer.text[:printer.printed]
+                if not printed.strip():    # an empty answer would stay in every later prompt: unsay the question
+                    _say("[answer stopped (Ctrl-C) before its first word: the message is dropped]")
+                    continue
                 _say("[answer stopped (Ctrl-C): the conversation goes on from what was printed]")
-                conversation.answer(printer.text[:printer.printed])
+                conversation.answer(printed)
                 continue
             show.flush()
             printer.flush()

@@ -326,7 +326,7 @@ def gguf_end_ids(config, tok, pieces: list[bytes]) -> EndIds:
     return EndIds(**placed)
 
 
-def _write_vocab(writer, tok, pieces, scores, types, end_ids: EndIds = EndIds(None, None)) -> None:
+def _write_vocab(writer, tok, pieces, scores, types, end_ids: EndIds) -> None:
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(pieces)

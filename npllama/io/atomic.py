@@ -277,7 +277,6 @@ def _carry_over(entry: os.DirEntry, destination: Path) -> None:
                 os.fsync(f.fileno())
 
 
-
 def _fresh_name(final: Path, tag: str) -> Path:
     """A hidden name beside `final` that does not exist yet, e.g. `.model.tmp-3f9a1c2b`."""
     while True:

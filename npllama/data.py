@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
-from .io.atomic import atomic_write_text
+from .io.atomic import _TMP_TAG, _fresh_name, _fsync_dir, atomic_write_text
 from .io.reading import parse_json
 from .ops._checks import require_path
 
@@ -149,7 +150,6 @@ def corpus_files(folder: Path) -> list[Path]:
     unsaid.  A link to nothing, an unreadable subfolder or a folder with no file to read (what it
     left out named) is an error naming it.
     """
-    import os
     import warnings
 
     def refuse(error: OSError):
@@ -399,10 +399,6 @@ class PendingTokens:
     def keep(self) -> None:
         if self._tmp is None:
             return
-        import os
-
-        from .io.atomic import _fsync_dir
-
         meta_path = Path(f"{self._cache_path}.json")
         # the old key first: no key vouches for the new array before it is the one its key names
         meta_path.unlink(missing_ok=True)
@@ -526,10 +522,6 @@ def _load_cached(cache_path: Path, key: str) -> np.ndarray | None:
 def _write_stream(cache_path: Path, chunks) -> tuple[np.ndarray, Path]:
     """(the stream, memory-mapped; the temporary file beside cache_path that holds it): the chunks
     written as they come.  An OSError (a full disk, a read-only folder) leaves no file."""
-    import os
-
-    from .io.atomic import _TMP_TAG, _fresh_name
-
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_name(cache_path, _TMP_TAG)   # a name a resume's remove_stale_temporaries removes
     try:

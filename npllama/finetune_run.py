@@ -103,7 +103,7 @@ def refuse_a_folder_in_use(run_dir: Path, base, runs_too: bool = True) -> None:
         raise already_holds_a_run(run_dir)
     if held:
         base_path = Path(base).expanduser().resolve() if base is not None else None
-        holds_base = base_path is not None and (base_path == run_dir.resolve() or run_dir.resolve() in base_path.parents)
+        holds_base = base_path is not None and base_path.is_relative_to(run_dir.resolve())
         raise not_empty(run_dir, held, f" and holds --base {str(base)!r}, the model being fine-tuned" if holds_base else "")
 
 

@@ -175,7 +175,7 @@ def refuse_replacing_inputs(final_path, inputs, name: str = "final_path") -> Non
     replaced = final.resolve()
     for source in inputs:
         real = Path(source).resolve()   # a link inside final_path to a file elsewhere loses no data
-        if real == replaced or replaced in real.parents:
+        if real.is_relative_to(replaced):
             raise ValueError(f"{name} {str(final)!r} holds {str(source)!r}, which is being read: "
                              f"replacing the folder would delete it; choose another folder")
 

@@ -640,3 +640,12 @@ def test_the_adapters_follow_base_weights_replaced_by_new_arrays(backend_name):
             for name, grad in grads.items():
                 np.testing.assert_array_equal(again_grads[name], grad, err_msg=name)
     del kept
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_an_adapted_model_reuses_its_re_bound_code_from_call_to_call(backend_name):
+    # the adapters hand out the same ops for the same weights (LoraAdapters.op_bindings), so
+    # backend.bind re-binds the model's code once, not at every step (and evicts nothing else)
+    model, _ = adapted_model(("q_proj", "gate_proj"))
+    with use_backend(backend_name):
+        assert model._math() is model._math()

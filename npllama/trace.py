@@ -394,13 +394,12 @@ class _Recorder:
         """See Trace.dispatch_bindings."""
         from .backend import NESTED_OPS, overrides
 
-        self.replacements = overrides()
-        noting = {name: _noting(self.params, name, fn) for name, fn in self.replacements.items() if name in NESTED_OPS}
+        replacements = {name: fn for name, fn in overrides().items() if name in NESTED_OPS}
+        noting = {name: _noting(self.params, name, fn) for name, fn in replacements.items()}
         enclosing = {}
         for name, fn in ops_in_force.items():   # the reference attention/SwiGLU, re-bound by use_op
             calls = {nested: noter for nested, noter in noting.items()
-                     if isinstance(fn, types.FunctionType) and nested in fn.__code__.co_names
-                     and fn.__globals__.get(nested) is self.replacements[nested]}
+                     if _global_called(fn, nested) is replacements[nested]}
             if calls:
                 enclosing[name] = _rebound(fn, calls)
         return {**noting, **enclosing}
@@ -569,8 +568,7 @@ class _Recorder:
         if hasattr(cache, "act_backward"):   # LoRA's SwiGLU carries the SiLU-gate backward it pairs with
             observer = self._swiglu_act_backward_observer(cache.act_backward, prefix, cache, fn)
             return fn, cache._replace(act_backward=observer)
-        found = {n: make for n, make in inner.items()
-                 if isinstance(fn, types.FunctionType) and n in fn.__code__.co_names and n in fn.__globals__}
+        found = {n: make for n, make in inner.items() if _global_called(fn, n) is not None}
         if not found:   # an override with other inner steps: d:<inner> is not recorded for it
             return fn, cache
         observers = {n: make(fn.__globals__[n], prefix, cache, fn) for n, make in found.items()}
@@ -763,6 +761,14 @@ def _noting(params: dict, op_name: str, replacement):
                 recorder.dispatched[op_name] = replacement
         return replacement(*args, **kwargs)
     return dispatched
+
+
+def _global_called(fn, name: str):
+    """What the global `name` that the plain function `fn` calls refers to; None when fn's code does
+    not name it (or fn is no plain function: a kernel, a bound method)."""
+    if not isinstance(fn, types.FunctionType) or name not in fn.__code__.co_names:
+        return None
+    return fn.__globals__.get(name)
 
 
 def _rebound(fn, names: dict):

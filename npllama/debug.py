@@ -115,9 +115,8 @@ def model_path(model=None, adapter=None) -> Path:
     from .io.describe import describe_model_path
     from .io.gguf_import import looks_like_gguf
     from .io.llama2c import looks_like_llama2c
-    from .runs import resolve_model_dir
-
     from .lora import model_or_adapter_base
+    from .runs import resolve_model_dir
 
     model = model_or_adapter_base(model, adapter)   # with an adapter alone its base, not the latest run
     if model is not None and Path(model).expanduser().is_file():
@@ -168,8 +167,7 @@ def _attach_adapter(llama, adapter, model_dir: Path, classifier: bool, tokenizer
     """Attach the LoRA adapter folder `adapter` to `llama`: the SequenceClassifier it makes when it was
     saved for sequence classification (with `classifier`), else None (llama predicts tokens)."""
     from .classify import adapted_classifier, trained_pad_id
-    from .finetune import read_info
-    from .finetune import SCORE
+    from .finetune import SCORE, read_info
     from .lora import check_causal_lm, load_adapter
 
     adapters = load_adapter(llama, adapter, task=None if classifier else "CAUSAL_LM")
@@ -592,8 +590,7 @@ def _from_folder(folder, dtype, label_names: bool = False):
     transformers will load from `folder`.  label_names: the classifier's classes named as the
     folder names them (config.json's id2label, finetune.json's names), else "0", "1", ..."""
     from .classify import _label_names
-    from .finetune import read_info
-    from .finetune import SequenceClassifier
+    from .finetune import SequenceClassifier, read_info
     from .io.hf import load_hf_classifier_folder, objective_of
     from .model import Llama
 

@@ -55,17 +55,16 @@ def _value(obj) -> str:
 
 
 def _children(obj):
-    """(label, child) pairs of a container, its heading, and how many children it has; None for a leaf."""
+    """A container's heading and its (label, child) pairs; None for a leaf."""
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):   # a NamedTuple
-        return type(obj).__name__, list(zip(obj._fields, obj)), len(obj)
+        return type(obj).__name__, list(zip(obj._fields, obj))
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        fields = dataclasses.fields(obj)
-        return type(obj).__name__, [(f.name, getattr(obj, f.name, None)) for f in fields], len(fields)
+        return type(obj).__name__, [(f.name, getattr(obj, f.name, None)) for f in dataclasses.fields(obj)]
     if isinstance(obj, dict):
         pairs = [(k if isinstance(k, str) else repr(k), v) for k, v in obj.items()]
-        return f"{type(obj).__name__} of {len(obj)}", pairs, len(obj)
+        return f"{type(obj).__name__} of {len(obj)}", pairs
     if isinstance(obj, (list, tuple)):
-        return f"{type(obj).__name__} of {len(obj)}", [(f"[{i}]", v) for i, v in enumerate(obj)], len(obj)
+        return f"{type(obj).__name__} of {len(obj)}", [(f"[{i}]", v) for i, v in enumerate(obj)]
     return None
 
 
@@ -96,7 +95,8 @@ def _describe(obj, label: str, depth: int, lines: list, max_items: int, open_ids
     if tree is None:
         lines.append(head + _leaf(obj))
         return
-    heading, children, count = tree
+    heading, children = tree
+    count = len(children)
     if id(obj) in open_ids:
         lines.append(head + f"{type(obj).__name__} (shown above)")
         return

@@ -136,6 +136,11 @@ class Report:
         return [r for r in self.results if r.status == "undecided"]
 
     @property
+    def only_undecided(self) -> bool:
+        """Not passed, yet no check failed: some check could not decide any of its cases."""
+        return not self.ok and self.first_failure is None and bool(self.undecided)
+
+    @property
     def failed_before_the_stop(self) -> bool:
         """The checks stopped (`stopped`) after an earlier check had failed: first_failure is that
         check, not the one they stopped in (check_function's last result, whose finding is the stop)."""

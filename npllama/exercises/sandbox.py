@@ -289,8 +289,7 @@ def _graded(named_as: str, report, seconds: float, **graded_on) -> Graded:
     elif report.not_implemented:
         status = "not implemented"
     else:
-        status = "pass" if report.ok else "fail" if report.first_failure else "undecided" if report.undecided \
-            else "fail"
+        status = "pass" if report.ok else "undecided" if report.only_undecided else "fail"
     first = report.first_failure
     diagnosis = "" if status == "pass" else (first.diagnosis if first is not None else report.summary())
     return Graded(named_as, status, report.passed, report.total, first.check.name if first else "",

@@ -204,7 +204,7 @@ def verify_reference(exercise: Exercise, n_random: int | None = None, seed: int 
         return
     report = check_function(exercise, exercise.reference, n_random=n_random, seed=seed,
                             source=f"the reference {exercise.backward_name}")
-    if not report.ok and report.first_failure is None and report.undecided:
+    if report.only_undecided:
         raise ExerciseFileError(
             f"{Path(exercise.exercise_file).name}: the checks of exercise {exercise.op} could not decide the "
             f"reference {exercise.backward_name} on any case, so they could decide no student's either (draw the "

@@ -401,10 +401,10 @@ def _entries(before, after, path: str, spread: tuple = ()):
 def _changed_entry(before, after, path: str, spread: tuple = ()) -> str | None:
     """The first entry of the cache that differs from its snapshot, as the student would write it
     (cache, cache.x, cache[2], cache['k']), or None when nothing changed."""
-    entries = _entries(before, after, path, spread)
-    if entries is None:
+    pairs = _entries(before, after, path, spread)
+    if pairs is None:
         return None if _same_snapshot(before, after) else path
-    for b, a, where in entries:
+    for b, a, where in pairs:
         found = _changed_entry(b, a, where)
         if found is not None:
             return found
@@ -418,11 +418,11 @@ def _same_array_as(cache, changed: str, spread: tuple = ()) -> list[str]:
     arrays = []
 
     def walk(obj, path, spread=(), holding=frozenset()):
-        entries = _entries(obj, obj, path, spread)
-        if entries is not None:
+        named = _entries(obj, obj, path, spread)
+        if named is not None:
             if id(obj) in holding:   # (a container inside itself: walked where first met)
                 return
-            for _, item, where in entries:
+            for _, item, where in named:
                 walk(item, where, (), holding | {id(obj)})
         elif isinstance(obj, np.ndarray):
             arrays.append((path, obj))

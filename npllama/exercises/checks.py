@@ -25,7 +25,7 @@ import numpy as np
 
 from ..gradcheck import check_op, draw_dout, numerical_gradient
 from .diagnose import CaseUndecided, CheckFailed, Finding, diagnose, rel_error
-from .entries import Cycle, Snapshot, entries, is_leaf_array
+from .entries import Cycle, Snapshot, entries, is_leaf_array, named_leaves
 
 GRAD_TOL = 1e-7        # check_op's relative floor, as in tests/ops
 GRAD_ATOL = 1e-9
@@ -415,18 +415,11 @@ def _same_array_as(cache, changed: str, spread: tuple = ()) -> list[str]:
     """The other entries of the cache whose memory the changed one shares (the forward may cache
     one array under two names: swiglu's gate_proj.x and up_proj.x): which of them the student
     wrote to cannot be told, so a finding names them all."""
-    arrays = []
-
-    def walk(obj, path, spread=(), holding=frozenset()):
-        named = _entries(obj, obj, path, spread)
-        if named is not None:
-            if id(obj) in holding:   # (a container inside itself: walked where first met)
-                return
-            for _, item, where in named:
-                walk(item, where, (), holding | {id(obj)})
-        elif isinstance(obj, np.ndarray):
-            arrays.append((path, obj))
-    walk(cache, "cache", spread)
+    fields = _entries(cache, cache, "cache", spread) if spread else None
+    if fields is None:
+        arrays = list(named_leaves(cache, "cache"))
+    else:      # the spread fields, by their argument names
+        arrays = [leaf for _, item, where in fields for leaf in named_leaves(item, where, frozenset({id(cache)}))]
     target = next((a for where, a in arrays if where == changed), None)
     if target is None:
         return []

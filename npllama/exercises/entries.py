@@ -63,6 +63,21 @@ def entries(obj) -> list[tuple[str, object]] | None:
     return None
 
 
+def named_leaves(obj, path: str = "", holding: frozenset = frozenset()):
+    """(name, array) for each array `obj` holds, depth first in `entries` order, each name `path`
+    and the entries' names that lead to it (an array held twice is yielded twice); a container met
+    again inside itself (`holding`: the containers it is in) is walked where it was first met."""
+    if is_leaf_array(obj):
+        yield path, obj
+        return
+    found = entries(obj)
+    if found is None or id(obj) in holding:
+        return
+    holding = holding | {id(obj)}
+    for name, item in found:
+        yield from named_leaves(item, path + name, holding)
+
+
 def _stored_fields(obj) -> dict:
     """name -> value of what obj stores itself: its __dict__ and its slots, read where they are
     stored -- never through getattr, which would run a property (or __getattr__) of the same name."""

@@ -74,7 +74,7 @@ from pathlib import Path
 import numpy as np
 
 from . import wire
-from .entries import entries, is_leaf_array
+from .entries import named_leaves
 
 DEFAULT_TIMEOUT = 120.0     # seconds of wall clock per submission
 DEFAULT_MEMORY_MB = 1024    # address space a submission may add to the child's own
@@ -565,18 +565,7 @@ def _signature(parameters) -> inspect.Signature:
 def array_leaves(value) -> list:
     """The arrays in a call's arguments (in tuples, lists, dicts, dataclasses and other objects:
     entries.py), each once, in one order the grader and the child both walk."""
-    found, seen = [], set()
-
-    def walk(v, holding=frozenset()):
-        if is_leaf_array(v):
-            if id(v) not in seen:
-                seen.add(id(v))
-                found.append(v)
-        elif id(v) not in holding:   # (a container inside itself: walked where first met)
-            for _, item in entries(v) or ():
-                walk(item, holding | {id(v)})
-    walk(value)
-    return found
+    return list({id(array): array for _, array in named_leaves(value)}.values())
 
 
 def _write_back(leaves: list, changed, arrays: list) -> None:

@@ -303,11 +303,12 @@ class SequenceClassifier:
         from .io.atomic import atomic_directory
         from .io.hf import model_folder_keep
         from .io.safetensors import write_safetensors
+        from .runs import CLASSIFIER_ARCHITECTURE   # the name runs.is_a_classifier_config looks for
 
         # the id the head trained with; without one, the id the tokenizer's batches pad with
         pad_id = self.pad_id if self.pad_id is not None or tokenizer is None else pad_id_of(tokenizer)
         config = self.model.config.to_dict()
-        config.update(architectures=["LlamaForSequenceClassification"],
+        config.update(architectures=[CLASSIFIER_ARCHITECTURE],
                       id2label={str(i): str(n) for i, n in enumerate(self.label_names)},
                       label2id={str(n): i for i, n in enumerate(self.label_names)},
                       problem_type="single_label_classification", pad_token_id=pad_id,

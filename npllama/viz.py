@@ -165,6 +165,7 @@ def loss_axis_label(run_or_log) -> str:
     from . import loss_units
     from .io.describe import run_started_in
     from .io.hf import OBJECTIVES
+    from .train import CONFIG_FILE
 
     folder = log_file(run_or_log).parent
     try:
@@ -172,7 +173,7 @@ def loss_axis_label(run_or_log) -> str:
     except OSError:
         job = None
     if job == "train":   # a settings file without a known objective: the default, next-token loss
-        objective = _train_objective(folder / "train_config.json")
+        objective = _train_objective(folder / CONFIG_FILE)
         return loss_units.loss_axis_label(objective if objective in OBJECTIVES else "causal")
     return loss_units.loss_axis_label(job.removeprefix("finetune ") if job else None)
 

@@ -42,6 +42,9 @@ def run(args) -> int:
     model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype, "--model", "chatting")
     template = chat_template(args, model_dir, tokenizer)
     end_ids = template.stop_ids(tokenizer, model)
+    # matched (by the printer, asking it: stop_at, settled) against each answer as printed, as
+    # generate --chat matches it: one for the chat, not a decode of the whole conversation each turn
+    stop = StopStrings(tokenizer, stops) if stops else None
     context = model.config.max_position_embeddings
     answer_room = "--max-new-tokens {}"
     if args.max_new_tokens is None:    # room for an answer that leaves some for what was said before
@@ -60,8 +63,6 @@ def run(args) -> int:
                 _say(f"[{not_sent_words(len(prompt_ids), context, len(conversation.exchanges), args.system)}]")
                 continue
             room = min(args.max_new_tokens, context - len(prompt_ids))
-            # matched (by the printer, asking it) against the answer as printed, as generate --chat matches it
-            stop = StopStrings(tokenizer, stops, after=prompt_ids) if stops else None
             printer = StopAwarePrinter(stop)
             show = stream_text(tokenizer, prompt_ids, printer.write, answer=True)
             try:

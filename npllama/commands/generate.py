@@ -150,9 +150,9 @@ def run(args) -> int:
                       flag="--max-new-tokens")
     except ValueError as error:
         raise UsageError(str(error)) from None
-    # matched (by the printer, asking it) against the text as printed: stream_text shows an answer
-    # (--chat) without its first space, so the stop's own `answer` has no part here
-    stop = StopStrings(tokenizer, stops, after=prompt_ids) if stops else None
+    # matched (by the printer, asking it: stop_at, settled) against the text as printed: stream_text
+    # shows an answer (--chat) without its first space, so neither `after` nor `answer` has a part here
+    stop = StopStrings(tokenizer, stops) if stops else None
     vocab_size = decodable_vocab_size(model, tokenizer)
     with use_backend(args.backend or get_backend()):
         for i in range(args.num_samples):

@@ -253,11 +253,18 @@ def _truncation_allowed(estimate, rungs, factor) -> float:
     by one ulp of f over 2h within a stair of 1 + tanh(z), and 64^2 times that allowed D(64h), which
     crosses a stair 1e3 times higher, to stray by 1e-13 -- 20x the right gradient, which FAILed."""
     allowed = estimate.difference * factor**2
+    grown = _grown_from_rungs(rungs, factor, 1.0)
+    return allowed if grown is None else min(allowed, grown)
+
+
+def _grown_from_rungs(rungs, factor, since) -> float | None:
+    """3x how far truncation (growing like t^2) moves D from since * h to factor * h, as the two
+    rungs below factor (factor / 4 and factor / 16) show it; None where factor <= 4 or either of
+    those rungs was not reached."""
     shorter, shortest = factor / 4, factor / 16
-    if factor > 4 and shorter in rungs and shortest in rungs:
-        growth = (factor**2 - 1) / (shorter**2 - shortest**2)
-        allowed = min(allowed, 3 * growth * abs(rungs[shorter] - rungs[shortest]))
-    return allowed
+    if factor <= 4 or shorter not in rungs or shortest not in rungs:
+        return None
+    return 3 * (factor**2 - since**2) / (shorter**2 - shortest**2) * abs(rungs[shorter] - rungs[shortest])
 
 
 def _stair_between_rungs(rungs, factor, value, width, roundoff, at_point) -> bool:
@@ -268,10 +275,10 @@ def _stair_between_rungs(rungs, factor, value, width, roundoff, at_point) -> boo
     cancellation between the two rungs.  Compared with its neighbour, not with the estimate D(h):
     D(h)'s bound holds the model's round-off at h, which a GELU's stairs at x ~ -7.15 (1e3 times
     u |f| high, one every ~40 steps) stay within, while D(64h), across one, is 10x off D(16h)."""
-    shorter, shortest = factor / 4, factor / 16
-    if shorter not in rungs or shortest not in rungs or factor <= 4 or width == 0:
+    shorter = factor / 4
+    truncation = _grown_from_rungs(rungs, factor, shorter)
+    if truncation is None or width == 0:
         return False
-    truncation = 3 * (factor**2 - shorter**2) / (shorter**2 - shortest**2) * abs(rungs[shorter] - rungs[shortest])
     jump = abs(value - rungs[shorter])
     return jump > truncation + roundoff / factor + roundoff / shorter \
         and jump * abs(width) <= _stair_rounding(at_point(), jump * abs(width))

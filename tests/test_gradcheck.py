@@ -2254,6 +2254,21 @@ def test_gradcheck_names_gradients_given_in_each_others_place():
     assert gradcheck(f, [x, w], [dx, dw], names=["x", "w"]).ok
 
 
+def test_a_swap_replaces_the_factor_fitted_to_the_other_gradient_and_is_never_said_of_passing_inputs():
+    # w = 2x and f = sum(x * w): dx = 2 dw, so each swapped gradient is the other's times a factor
+    # (1/2, 2), which the pattern notes would name; the swap note takes their place
+    x = np.random.default_rng(4).standard_normal(4)
+    w = 2 * x
+    f = lambda a, b: float(np.sum(a * b))
+    report = gradcheck(f, [x, w], [x.copy(), w.copy()], names=["x", "w"])    # dx = w, dw = x: swapped
+    for name in ("x", "w"):
+        assert report[name].notes[0].startswith("the gradients of x and w are swapped"), str(report)
+        assert not _pattern_notes(report[name]), report[name].notes
+    # two right gradients equal to each other are no swap
+    same = gradcheck(lambda a, b: float(np.sum(a) + np.sum(b)), [x, w], [np.ones(4), np.ones(4)], names=["x", "w"])
+    assert same.ok and same.warnings == [], str(same)
+
+
 @pytest.mark.parametrize("planted", [
     lambda dA, dB, dC: (dB, 2 * dA, dC),                      # A's slot holds dB, but B's is no dA
     lambda dA, dB, dC: (dB, dA + np.eye(*dA.shape) * 1e-3, dC),   # swapped, but a few entries of dA off

@@ -309,6 +309,8 @@ def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False, sl
     try:
         with np.errstate(all="ignore"):
             f0 = at_point()
+            if not np.isfinite(f0):
+                return False            # no line through the point to depart from
             width = abs(move(reach) - move(-reach))
             move(None)
             need = 0.5 * abs(analytic - slope) * width      # the stair a gradient of `analytic` needs
@@ -351,7 +353,7 @@ def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False, sl
         return False
     finally:
         move(None)
-    if not np.isfinite(f0) or not np.all(np.isfinite(jumps)):
+    if not np.all(np.isfinite(jumps)):
         return False
     # a stair: the change across the last interval is no less than 1/STAIRS_IN_WIDER_INTERVAL of the
     # change across the interval of halfway through the bisection, 2^(bisections / 2) times wider (a

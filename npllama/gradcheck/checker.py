@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from .constants import LOOSE_BOUND, ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF, UNRESOLVED
+from .constants import LOOSE_BOUND, ROUGH_RESOLVED, ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF, UNRESOLVED
 from .derivative import _left_domain_error, _LeftDomain, _resolved_derivative, _shortened
 from .inplace import _ChangedUnderProbe, _unchanged
 from .norms import _norm, _rms
@@ -78,9 +78,17 @@ class _Probes:
         # A backward missing the GELU's tanh term, 70x too small and of the wrong sign at x ~ -6.6,
         # measured again to the bound 7e-14 of a derivative of -4e-12, was UNRESOLVED next to its
         # own value 6e-14
-        if abs(float(analytic) - estimate.value) > bound:
+        failing = abs(float(analytic) - estimate.value) > bound
+        if failing:
             resolution = max(resolution, UNRESOLVED * abs(estimate.value))
-        self.unresolved.append(estimate.unsteady or bool(estimate.between)
+        # A rough estimate (its differences at h, 2h, 4h did not shrink like h^2, at every step
+        # tried) has a bound, |D(h) - D(2h)|, that assumes they do: what passes inside it is not
+        # shown right unless it is tight (ROUGH_RESOLVED).  sum(sin(k x)) with k h ~ 1 passed a
+        # gradient 10% off inside 0.48 of it, and an all-zero one inside 1.08, where the check has
+        # no other gradient and its bound was relative to nothing
+        rough_and_loose = (estimate.rough and not estimate.kink and not failing
+                           and not estimate.bound <= ROUGH_RESOLVED * reference)
+        self.unresolved.append(estimate.unsteady or bool(estimate.between) or rough_and_loose
                                or ((reference > 0 or coarse > 0) and not estimate.bound <= resolution))
         self.rough.append(estimate.rough)
         self.unsteady.append(estimate.unsteady)

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .constants import LOOSE_BOUND, ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF
+from .constants import LOOSE_BOUND, ROUGH_RESOLVED, ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF, UNRESOLVED
 
 # A probe whose bound is above LOOSE_BOUND of its gradient's size is tried again with longer
 # steps (up to MAX_GROWTHS times, each at least STEP_GROWTH times longer): the round-off of f
@@ -71,6 +71,16 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
     Returns (estimate, whether a longer step was kept)."""
     best, step, longer = _derivative(evaluate, move, eps, richardson, good_enough), eps, False
     for _ in range(MAX_GROWTHS):
+        # No longer steps from a rough estimate (its differences at h, 2h, 4h did not shrink like
+        # h^2) whose bound does not resolve its own value: nothing for a longer step to agree with.
+        # f may vary within the step, and at a step 100x longer its differences only alias:
+        # sum(sin(k x)) at k h ~ 1 (D(h) -84, bound 169) was taken at k h ~ 100, where D(h), D(2h),
+        # D(4h) happened to shrink like h^2, and its estimate 0.57, agreeing with -84 within that
+        # bound, FAILed the right gradient, -4109; shorter steps resolve it (_shortened).  A rough
+        # estimate that does resolve its value is f rounding beyond the model (a cancellation:
+        # sqrt(x^2 + 1) - 1 at x ~ 1e-5), which longer steps resolve
+        if best.rough and np.isfinite(best.bound) and not best.bound <= UNRESOLVED * abs(best.value):
+            break
         if reference > 0:
             if best.bound <= max(LOOSE_BOUND * reference, noise):
                 break
@@ -119,7 +129,10 @@ def _shortened(evaluate, move, estimate, richardson, good_enough, shortest_rough
     by f's rounding (exp(x) - 1 at tiny x) is not replaced by one that looks smooth by chance at a
     step far shorter, where the rounding is larger still."""
     best = estimate
-    step, rough_left = estimate.step, MAX_ROUGH_SHORTENINGS
+    step, rough_left, rough_difference = estimate.step, MAX_ROUGH_SHORTENINGS, estimate.difference
+
+    def unresolved_rough(e):
+        return e.rough and not e.bound <= ROUGH_RESOLVED * abs(e.value)
     for _ in range(MAX_SHORTENINGS + MAX_ROUGH_SHORTENINGS):
         # (a rough estimate too: differences that do not shrink like h^2 at h, 2h, 4h may be f
         # bending within those steps, smooth at shorter ones)
@@ -135,10 +148,19 @@ def _shortened(evaluate, move, estimate, richardson, good_enough, shortest_rough
                 attempt = _derivative(evaluate, move, step, richardson, good_enough, test_smoothness=True)
         except _LeftDomain:
             break
-        if attempt.rough and rough_level:
-            if shortest_rough < step and rough_left > 1:
-                rough_left -= 1       # still rough: shorter yet (the rough estimate stands meanwhile)
-                continue
+        if attempt.rough and rough_level and shortest_rough < step and rough_left > 1:
+            rough_left -= 1       # still rough: shorter yet (the rough estimate stands meanwhile)
+            continue
+        if attempt.rough and unresolved_rough(best) and rough_left > 1 and (
+                rough_level or attempt.difference < rough_difference):   # (at the spread's step: on)
+            # still rough where the rough estimate resolves nothing (ROUGH_RESOLVED): shorter yet,
+            # past the spread's scale, SHORTEN times each time, while the differences shrink.  f
+            # may vary on a scale shorter than both: sum(sin(k x)) with k h ~ 1 is smooth only at
+            # k h << 1, and stopped at the spread's step its rough bound let a gradient 10% off
+            # pass.  Differences made by f's rounding grow as the step shrinks, and there a shorter
+            # step that looks smooth does so by chance (sqrt(x^2 + 1) - 1 at x ~ 1e-5)
+            rough_left, rough_difference = rough_left - 1, attempt.difference
+            continue
         # a rough estimate's bound means little (its differences did not shrink like h^2): a smooth
         # one at a step shortened towards the spread replaces it
         if attempt.rough or not (attempt.bound < best.bound or rough_level):

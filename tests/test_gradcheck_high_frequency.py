@@ -1,0 +1,56 @@
+"""A function that varies on a scale near or below the checker's step (sum(sin(k x)) for large k):
+no wrong backward may pass there, and no right one may FAIL.  Where a shorter step resolves f,
+the wrong one FAILs; where none does, the honest verdict is UNRESOLVED."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from npllama import gradcheck
+
+PLANTS = {
+    "scaled 0.9": lambda g: 0.9 * g,
+    "scaled 1.1": lambda g: 1.1 * g,
+    "all zero (a missing term)": lambda g: np.zeros_like(g),
+    "largest entry's sign flipped": lambda g: np.where(np.abs(g) == np.max(np.abs(g)), -g, g),
+}
+
+
+def sin_k(k):
+    return lambda v: float(np.sum(np.sin(k * v)))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(k=st.floats(1e3, 1e5), shape=st.sampled_from([(3,), (5,), (2, 3), (3, 1), (4, 4)]),
+       seed=st.integers(0, 2**16), plant=st.sampled_from(sorted(PLANTS)))
+def test_a_wrong_backward_of_a_high_frequency_function_never_passes(k, shape, seed, plant):
+    # sum(sin(k x)) with x ~ N(0, 1): the step eps * |x| is 1e-4 or so, k times it 0.1 to 10.
+    # There the differences at h, 2h, 4h do not shrink like h^2, and their bound (|D(h) - D(2h)|)
+    # was taken at its word: a gradient 10% off passed inside a bound of 0.48 of it, an all-zero
+    # one inside 1.08 (k = 1e4, seed 14), and a longer step, aliased, looked smooth by chance
+    x = np.random.default_rng(seed).standard_normal(shape)
+    wrong = PLANTS[plant](k * np.cos(k * x))
+    report = gradcheck(sin_k(k), [x], [wrong], seed=seed)
+    assert report.inputs[0].status != "ok", str(report)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(k=st.floats(1e3, 1e5), shape=st.sampled_from([(3,), (5,), (2, 3), (3, 1), (4, 4)]),
+       seed=st.integers(0, 2**16))
+def test_a_right_backward_of_a_high_frequency_function_never_fails(k, shape, seed):
+    # a step 100x longer than one where f is rough (k h ~ 300) can look smooth by chance (its
+    # D(h), D(2h), D(4h) alias), and its estimate, far from k cos(k x), FAILed the right gradient
+    x = np.random.default_rng(seed).standard_normal(shape)
+    report = gradcheck(sin_k(k), [x], [k * np.cos(k * x)], seed=seed)
+    assert report.inputs[0].status != "FAIL", str(report)
+
+
+@pytest.mark.parametrize("k", [1e4, 3e4])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_shorter_step_resolves_sin_k_x_so_a_backward_10_percent_off_fails(k, seed):
+    # k h ~ 1 at the step eps = 1e-4 (x ~ 1): 64 times shorter, f is smooth and its differences
+    # resolve the gradient to 1e-4 of it, so the wrong backward is shown wrong, not passed (k = 3e4,
+    # seed 0 passed at 0.63 of a bound of 0.48) nor left UNRESOLVED (k = 1e4, seed 1)
+    x = np.random.default_rng(seed).standard_normal(4)
+    right = k * np.cos(k * x)
+    assert gradcheck(sin_k(k), [x], [right]).inputs[0].status == "ok"
+    assert gradcheck(sin_k(k), [x], [0.9 * right]).inputs[0].status == "FAIL"

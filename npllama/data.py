@@ -221,10 +221,16 @@ def split_documents(text: str, doc_separator: str = "blank-line") -> list[str]:
     return list(_split_blocks([text], doc_separator))
 
 
+def unix_line_ends(text: str) -> str:
+    """Windows (\r\n) and old Mac (\r) line ends as \n, as Python's text mode reads them (a block
+    of lines must end at a line end, so that no \r\n is cut in two)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _split_blocks(blocks, doc_separator: str, warn_about=None):
     """split_documents of the text that `blocks` make (each ending at a line end), one document at a
     time.  warn_about: the file, to warn if it has text but never the marker."""
-    blocks = (block.replace("\r\n", "\n").replace("\r", "\n") for block in blocks)
+    blocks = map(unix_line_ends, blocks)
     if doc_separator == "blank-line":
         yield from _split_at_blank_lines(blocks)
         return

@@ -7,6 +7,12 @@ The text is encoded once (with BOS) and cut into consecutive windows of the mode
 `context` tokens); every token after the first is predicted once, from the tokens before it in its
 window.  Windows do not overlap, so the first tokens of each window see little context: a smaller
 `context` gives a higher (more pessimistic) perplexity.
+
+With `doc_separator` (`npllama train`'s: "blank-line", "line", "marker:TEXT", "whole-file") the
+text is cut into documents and encoded as training encodes its held-out text, `<s> doc </s>` after
+one another: held-out text written like the training text then scores what training's validation
+loss scores (with `context` = the run's seq_len, the same windows).  Encoded whole, the blank lines
+between documents are newline tokens a model trained on documents never saw, and cost it dearly.
 """
 from __future__ import annotations
 
@@ -24,10 +30,11 @@ class PerplexityResult:
     mean_loss: float     # mean next-token cross-entropy, in nats
     perplexity: float    # exp(mean_loss)
     windows: int         # forward passes' rows: windows of at most `context` tokens
+    documents: int | None = None   # documents the text was cut into (None: encoded whole)
 
 
 def perplexity(model, tokenizer, text: str, *, context: int | None = None, batch_size: int = 8,
-               progress: bool = False) -> PerplexityResult:
+               progress: bool = False, doc_separator: str | None = None) -> PerplexityResult:
     """Mean next-token loss and perplexity of `text` under `model` (see the module docstring)."""
     from .runs import require_next_token_model
     from .tokenizer import check_tokenizer_fits
@@ -42,7 +49,16 @@ def perplexity(model, tokenizer, text: str, *, context: int | None = None, batch
         raise ValueError(f"context must be an int in [2, {limit}] (max_position_embeddings), got {context!r}")
     context = int(context)
     require_positive_int("batch_size", batch_size)
-    ids = tokenizer.encode(text, bos=tokenizer.bos_id is not None)
+    documents = None
+    if doc_separator is None:
+        ids = tokenizer.encode(text, bos=tokenizer.bos_id is not None)
+    else:
+        from .data import split_documents, tokenize_corpus
+
+        texts = split_documents(text, doc_separator)
+        if not texts:
+            raise ValueError("text holds no document (only white space): there is nothing to predict")
+        ids, documents = tokenize_corpus(texts, tokenizer).tolist(), len(texts)
     if len(ids) < 2:
         raise ValueError(f"text must give at least two tokens (it gives {len(ids)}): there is nothing to predict")
     # window k covers ids[k*context : (k+1)*context + 1]: inputs all but its last id, targets all but its first
@@ -62,7 +78,7 @@ def perplexity(model, tokenizer, text: str, *, context: int | None = None, batch
     bar.close()
     mean = total_loss / total_tokens
     return PerplexityResult(tokens=total_tokens, mean_loss=mean, perplexity=math.exp(min(mean, 700.0)),
-                            windows=len(starts))
+                            windows=len(starts), documents=documents)
 
 
 def _by_length(windows: list[list[int]]) -> list[list[list[int]]]:

@@ -41,7 +41,8 @@ def register(subparsers) -> None:
 
     ppl = tasks.add_parser(
         "perplexity", help="mean next-token loss and perplexity of a text file",
-        description="Encode the file (one text, with BOS; read and encoded whole, in memory), cut it into "
+        description="Encode the file (one text with BOS, or its documents as --doc-separator says; read "
+                    "and encoded whole, in memory), cut it into "
                     "consecutive windows of --context tokens that do not overlap, and report the tokens "
                     "predicted, the mean cross-entropy (nats) and the perplexity exp(mean loss). Every token "
                     "after the first is predicted once, from the tokens before it in its window: the first "
@@ -54,6 +55,13 @@ def register(subparsers) -> None:
     ppl.add_argument("--context", type=int, default=None, help="tokens per window (default: the model's "
                      "max_position_embeddings)")
     ppl.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    ppl.add_argument("--doc-separator", default=None, metavar="blank-line|line|marker:TEXT|whole-file",
+                     help="cut the file into documents as `npllama train --doc-separator` does and score "
+                          "them as its validation loss does (<s> document </s> after one another), so held-out "
+                          "text written like the training text gets the loss training reports (with "
+                          "--context the run's --seq-len, the same number) (default: the run's own "
+                          "--doc-separator when --model is an `npllama train` run, else none: the file is one "
+                          "text, its blank lines included)")
     _run_options(ppl)
     ppl.set_defaults(run=run_perplexity)
     p.set_defaults(run=print_help_instead(p))
@@ -74,11 +82,16 @@ def run_perplexity(args) -> int:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.context is not None and args.context < 2:
         raise UsageError(f"--context must be at least 2, got {args.context}")
+    if args.doc_separator is not None:
+        from ..data import check_doc_separator
+
+        check_doc_separator(args.doc_separator)   # before the model is loaded (cli names the flag)
     from ..budget import max_read
+    from ..data import unix_line_ends
     from ..io.reading import read_text
 
-    try:   # a regular file within the read budget, UTF-8, its byte-order mark dropped
-        text = read_text(args.data, max_bytes=max_read())
+    try:   # a regular file within the read budget, UTF-8, its byte-order mark dropped, read as training reads it
+        text = unix_line_ends(read_text(args.data, max_bytes=max_read()))
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot read --data {args.data}: {error}") from None
     if not text.strip():
@@ -89,14 +102,49 @@ def run_perplexity(args) -> int:
     if args.context is not None and args.context > model.config.max_position_embeddings:
         raise UsageError(f"--context {args.context} is longer than the model's context "
                          f"({model.config.max_position_embeddings} tokens)")
+    doc_separator, as_trained = args.doc_separator, False
+    if doc_separator is None:
+        doc_separator = _trained_doc_separator(model_dir)
+        as_trained = doc_separator is not None
     with use_backend(args.backend or get_backend()):
-        result = perplexity(model, tokenizer, text, context=args.context, batch_size=args.batch_size,
-                            progress=not args.no_progress)
+        try:
+            result = perplexity(model, tokenizer, text, context=args.context, batch_size=args.batch_size,
+                                progress=not args.no_progress, doc_separator=doc_separator)
+        except ValueError as error:   # a file of only separators holds no document
+            raise UsageError(f"--data {args.data}: {error}") from None
+    documents = "" if result.documents is None else (
+        f"{result.documents:,} document{'s' if result.documents != 1 else ''} {_cut(doc_separator)}"
+        f"{', as the run was trained' if as_trained else ''}; ")
     print(f"{model_dir}{' + ' + args.adapter if args.adapter else ''} on {args.data}: "
           f"{result.tokens:,} token{'s' if result.tokens != 1 else ''}, mean loss {result.mean_loss:.4f} {loss_unit('causal')}, "
-          f"perplexity {result.perplexity:.3f} ({result.windows:,} window{'s' if result.windows != 1 else ''} of up "
-          f"to {args.context or model.config.max_position_embeddings} tokens)")
+          f"perplexity {result.perplexity:.3f} ({documents}{result.windows:,} window{'s' if result.windows != 1 else ''} "
+          f"of up to {args.context or model.config.max_position_embeddings} tokens)")
     return 0
+
+
+def _trained_doc_separator(model_dir):
+    """The --doc-separator of the `npllama train` run whose model/ `model_dir` is, or None (another
+    kind of folder, or settings that do not say)."""
+    from pathlib import Path
+
+    from ..data import check_doc_separator
+    from ..io.reading import read_json
+
+    settings = Path(model_dir).parent / "train_config.json"
+    if Path(model_dir).name != "model" or not settings.is_file():
+        return None
+    try:
+        separator = read_json(settings, expect=dict).get("doc_separator")
+        check_doc_separator(separator)
+    except (OSError, ValueError, TypeError):
+        return None
+    return separator
+
+
+def _cut(doc_separator: str) -> str:
+    """How the documents were cut, for the result line."""
+    return {"blank-line": "cut at blank lines", "line": "cut at every line",
+            "whole-file": "(the file whole)"}.get(doc_separator, f"cut at {doc_separator[len('marker:'):]!r}")
 
 
 def run_choice(args) -> int:

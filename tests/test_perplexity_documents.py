@@ -1,0 +1,92 @@
+"""`eval perplexity` of held-out text written like the training text scores it as training's
+validation does: cut into documents (`<s> doc </s>` each), not as one text whose blank lines the
+model never saw as tokens (a run trained at blank lines scored 4.18 nats on such a file against a
+validation loss of 3.43 on the same kind of text)."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from npllama.cli import main
+from npllama.data import evaluation_batches, split_documents, tokenize_corpus
+from npllama.perplexity import perplexity
+from npllama.runs import load_model_and_tokenizer
+
+PARAGRAPHS = ["Once upon a time, there was a little girl named Lily.\nShe liked to play with her red ball.",
+              "One day the ball rolled into the garden. Lily ran after it.",
+              "Her friend Tom came to help.\nThey found the ball under a big tree and laughed."]
+HELD_OUT = "\r\n\r\n".join(p.replace("\n", "\r\n") for p in PARAGRAPHS) + "\r\n"   # a Windows file
+
+
+def training_validation_loss(model, tokenizer, text, doc_separator, seq_len):
+    """The loss `npllama train` reports for `text` as --val-data with --eval-batches 0."""
+    ids = tokenize_corpus(split_documents(text, doc_separator), tokenizer)
+    total, count = 0.0, 0
+    for tokens, targets in evaluation_batches(ids, batch_size=3, seq_len=seq_len):
+        total += model.loss(tokens, targets) * targets.size
+        count += targets.size
+    return total / count, count
+
+
+@pytest.mark.parametrize("doc_separator", ["blank-line", "line", "whole-file"])
+def test_documents_are_scored_as_training_validation_scores_them(small_model_dir, doc_separator):
+    model, tokenizer, _ = load_model_and_tokenizer(small_model_dir, dtype=np.float64)
+    expected, targets = training_validation_loss(model, tokenizer, HELD_OUT, doc_separator, seq_len=16)
+    result = perplexity(model, tokenizer, HELD_OUT, context=16, doc_separator=doc_separator)
+    assert result.tokens == targets
+    assert result.documents == len(split_documents(HELD_OUT, doc_separator))
+    assert result.mean_loss == pytest.approx(expected, rel=1e-10)
+    # the text whole is another number: its newlines are tokens the documents never hold
+    whole = perplexity(model, tokenizer, HELD_OUT, context=16)
+    assert whole.documents is None and whole.mean_loss != pytest.approx(expected, rel=1e-6)
+
+
+def test_a_bad_doc_separator_is_refused_naming_it(small_model_dir):
+    model, tokenizer, _ = load_model_and_tokenizer(small_model_dir)
+    with pytest.raises(ValueError, match="doc_separator must be blank-line, line, whole-file or marker"):
+        perplexity(model, tokenizer, HELD_OUT, doc_separator="paragraph")
+
+
+def run_folder(small_model_dir, tmp_path, doc_separator):
+    """A run folder as `npllama train` leaves one: model/ and the settings it recorded."""
+    run = tmp_path / "run"
+    shutil.copytree(small_model_dir, run / "model")
+    (run / "train_config.json").write_text(json.dumps({"doc_separator": doc_separator, "seq_len": 16}))
+    return run
+
+
+def eval_perplexity(capsys, *argv):
+    status = main(["eval", "perplexity", "--no-progress", *argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.mark.parametrize("as_given", ["run", "run/model"])
+def test_eval_of_a_run_cuts_documents_as_the_run_was_trained(small_model_dir, tmp_path, capsys, as_given):
+    run = run_folder(small_model_dir, tmp_path, "line")
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_bytes(HELD_OUT.encode("utf-8"))
+    model, tokenizer, _ = load_model_and_tokenizer(run / "model")
+    expected = perplexity(model, tokenizer, HELD_OUT, context=16, doc_separator="line")
+    status, out, _ = eval_perplexity(capsys, "--model", str(tmp_path / as_given), "--data", str(held_out),
+                                     "--context", "16")
+    assert status == 0 and f"mean loss {expected.mean_loss:.4f} nats" in out
+    assert f"{expected.documents} documents cut at every line, as the run was trained" in out
+    # a separator given is taken over the run's
+    expected = perplexity(model, tokenizer, HELD_OUT, context=16, doc_separator="blank-line")
+    status, out, _ = eval_perplexity(capsys, "--model", str(tmp_path / as_given), "--data", str(held_out),
+                                     "--context", "16", "--doc-separator", "blank-line")
+    assert status == 0 and f"mean loss {expected.mean_loss:.4f} nats" in out and "3 documents cut at blank lines" in out
+
+
+def test_eval_of_a_model_folder_without_a_run_reads_the_text_whole(small_model_dir, tmp_path, capsys):
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_bytes(HELD_OUT.encode("utf-8"))
+    model, tokenizer, _ = load_model_and_tokenizer(small_model_dir)
+    expected = perplexity(model, tokenizer, HELD_OUT.replace("\r\n", "\n"))
+    status, out, _ = eval_perplexity(capsys, "--model", str(small_model_dir), "--data", str(held_out))
+    assert status == 0 and f"mean loss {expected.mean_loss:.4f} nats" in out and "documents" not in out
+    status, _, err = eval_perplexity(capsys, "--model", str(small_model_dir), "--data", str(held_out),
+                                     "--doc-separator", "paragraph")
+    assert status == 2 and "--doc-separator" in err and "paragraph" in err

@@ -149,8 +149,22 @@ def changes_on_resume(run_dir, config, file_name: str) -> dict:
     if fixed:
         raise ValueError(f"cannot resume {str(run_dir)!r} with different settings: {', '.join(fixed)}; "
                          f"these define the run (model, tokenizer, data and its order): start a new run "
-                         f"with another --out to change them")
+                         f"with another --out to change them{_python_resume_hint(config, differing)}")
     return {name: change for name, change in differing.items() if name not in config.RESUME_QUIET}
+
+
+def _python_resume_hint(config, differing: dict) -> str:
+    """A refusal whose every new value is its setting's default comes from settings built from the
+    defaults (`TrainConfig(out=run, steps=...)` in Python), not from changes asked for: it names the
+    function that gives the run's own settings (config.RESUME_FROM_SAVED), when the class has one."""
+    helper = getattr(config, "RESUME_FROM_SAVED", None)
+    if helper is None:
+        return ""
+    defaults = _as_dict(type(config)())
+    if any(new != defaults.get(name) for name, (_, new) in differing.items() if name in config.RESUME_FIXED):
+        return ""
+    return (f" (in Python, {helper} gives the run's saved settings with your changes on top: "
+            f"the ones given here are the defaults)")
 
 
 # ----- the data a checkpoint was trained on ------------------------------------------------------------

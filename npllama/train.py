@@ -9,7 +9,9 @@ Every step: loss and gradients of a batch (model.loss_and_grads), global-norm cl
 linear warmup then cosine decay.  Every `eval_every` steps a validation loss on held-out text;
 every `checkpoint_every` steps a checkpoint (model + optimizer + data position, written
 atomically), so `resume=True` continues with exactly the losses an uninterrupted run would have
-had.  Ctrl-C saves a checkpoint and stops.  A run folder is laid out as npllama/runs.py says.
+had: `train(resume_config("runs/mine", steps=3000), resume=True)` (the run's saved settings, with
+the ones given on top; more steps lay the warmup and cosine over the new total, and the line that
+says where the learning rate goes names a rise).  Ctrl-C saves a checkpoint and stops.  A run folder is laid out as npllama/runs.py says.
 """
 from __future__ import annotations
 
@@ -188,6 +190,8 @@ class TrainConfig:
                     "model_config", "init_from", *SHAPE_FLAGS)
     # Settings that only steer this one call (not the run's arithmetic): changed silently.
     RESUME_QUIET = ("out", "stop_after", "progress", "samples", "sample_tokens")
+    # what resuming from Python takes: the saved settings, with the caller's on top
+    RESUME_FROM_SAVED = "npllama.train.resume_config(run_dir, **changes)"
     PATH_SETTINGS = ("out", "data", "tokenizer", "val_data", "init_from")  # a respelled path is no change
     RECORDED_ABSOLUTE = ("data", "tokenizer", "val_data", "init_from")    # the files the run reads
 
@@ -371,6 +375,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
                  helper, tokens)
     loop.restore_losses(state)
     record_changes(loop.write_log, echo, start_step, changes)
+    _say_where_the_learning_rate_goes(echo, tc, start_step, changes)
     stop = None
     try:
         loop.run(start_step)
@@ -467,6 +472,29 @@ def _refuse_changed_tokens(saved, now: dict, tc: TrainConfig, checkpoint: Path) 
     refuse_changed_data(saved, now, tc.out, {"training": training, "held_out": held_out},
                         f"start a new run from these weights (`npllama train --init-from "
                         f"{shlex.quote(str(checkpoint / 'model'))} --out NEW ...`)")
+
+
+SCHEDULE_SETTINGS = ("steps", "lr", "min_lr", "warmup_steps")   # what cosine_with_warmup is given
+
+
+def _learning_rate(tc: TrainConfig, step: int) -> float:
+    """The learning rate of the step after `step` steps (as step_before_the_update takes it)."""
+    return cosine_with_warmup(step, max_lr=tc.lr, warmup_steps=tc.warmup_steps, total_steps=tc.steps,
+                              min_lr=tc.min_lr)
+
+
+def _say_where_the_learning_rate_goes(echo, tc: TrainConfig, start_step: int, changes: dict) -> None:
+    """A resume that changes the schedule (a finished run given more --steps, say) moves the learning
+    rate from where the run left it: the warmup and cosine are laid over the new total, so a run that
+    had decayed to --min-lr climbs back up.  Said, with both rates, so that it is no surprise."""
+    moved = {name: old for name, (old, _) in changes.items() if name in SCHEDULE_SETTINGS}
+    if not moved or start_step == 0:
+        return
+    before = _learning_rate(dataclasses.replace(tc, **moved), start_step - 1)
+    after = _learning_rate(tc, start_step)
+    echo(f"learning rate: {before:.3g} at step {start_step}, {after:.3g} from step {start_step + 1} on the "
+         f"schedule over {tc.steps} steps (warmup {tc.warmup_steps}, --lr {tc.lr:g} down to --min-lr {tc.min_lr:g})"
+         + (": it rises again" if after > before else ""))
 
 
 def step_before_the_update(step: int, tc: TrainConfig, accumulate, params, *, schedule=cosine_with_warmup,

@@ -359,3 +359,68 @@ def test_a_wrapped_chain_that_loops_is_checked_as_the_function_given(tmp_path, m
     finding = report.first_failure.finding
     assert "(line 2 of looped.py: return dy * undefined_name, dy.sum(0))" in finding.message, finding.message
     assert "runpy.run_path('looped.py')['rmsnorm_backward']" in finding.hint, finding.hint
+
+
+# ----- a Jupyter kernel's state: what the check cell sees is what the kernel holds ----------------
+
+SOFTMAX_RIGHT = ("import numpy as np\n\ndef softmax_backward(dp, cache):\n"
+                 "    return cache * (dp - (dp * cache).sum(-1, keepdims=True))\n")
+SOFTMAX_WRONG_AXIS = SOFTMAX_RIGHT.replace("sum(-1", "sum(0")
+CHECK_CELL = "from npllama.exercises import check_function\ncheck_function('softmax', softmax_backward, n_random=1)"
+
+
+@pytest.fixture
+def kernel():
+    """An IPython shell running cells as a Jupyter kernel does (history, In[n], cell files)."""
+    shell_module = pytest.importorskip("IPython.core.interactiveshell")
+    shell = shell_module.InteractiveShell.instance()
+    yield lambda cell: shell.run_cell(cell, store_history=True).result
+    shell_module.InteractiveShell.clear_instance()
+
+
+@pytest.mark.parametrize("broken", [SOFTMAX_WRONG_AXIS.replace("keepdims=True))", "keepdims=True)) -"),
+                                    "import nump\n" + SOFTMAX_WRONG_AXIS],
+                         ids=["syntax error", "error before the def"])
+def test_a_definition_cell_that_failed_leaves_no_verdict_on_the_older_function(kernel, broken):
+    """A right answer checked, then edited into a wrong one whose cell fails before its def runs:
+    the kernel still holds the right one, and checking it said 'Well done!' for code the student
+    has replaced.  The check names the cell that did not take effect instead."""
+    kernel(SOFTMAX_RIGHT)
+    assert kernel(CHECK_CELL).ok
+    kernel(broken)
+    report = kernel(CHECK_CELL)
+    assert not report.ok, report.format()
+    assert report.passed == 0 and "In[3]" in report.format() and "In[1]" in report.format(), report.format()
+    kernel(SOFTMAX_WRONG_AXIS)          # the cell fixed and run: its function is checked, and fails
+    report = kernel(CHECK_CELL)
+    assert report.first_failure is not None and "first axis" in report.first_failure.diagnosis, report.format()
+
+
+def test_a_cell_run_again_or_failing_after_its_def_is_checked_as_usual(kernel):
+    """No false alarm: the same cell run twice, the check run twice, or a cell whose def ran before
+    a later line of it failed (the function is that cell's)."""
+    kernel(SOFTMAX_RIGHT)
+    kernel(SOFTMAX_RIGHT)
+    assert kernel(CHECK_CELL).ok and kernel(CHECK_CELL).ok
+    kernel(SOFTMAX_RIGHT + "softmax_backward(1)\n")         # a TypeError after the def
+    assert kernel(CHECK_CELL).ok
+
+
+def test_npllamas_own_backward_is_not_graded_as_the_students(kernel):
+    """In a notebook, `from npllama.ops.softmax import softmax_backward` (or a def calling it
+    through its module) passed every check with 'Well done!'."""
+    kernel("from npllama.ops.softmax import softmax_backward")
+    report = kernel(CHECK_CELL)
+    assert report.refused and "npllama.ops.softmax" in report.refused, report.format()
+    kernel("import npllama.ops.softmax as S\ndef softmax_backward(dp, cache):\n    return S.softmax_backward(dp, cache)\n")
+    report = kernel(CHECK_CELL)
+    assert report.refused and "softmax_backward" in report.refused, report.format()
+
+
+def test_a_teacher_grading_from_a_notebook_grades_files_as_usual(kernel, tmp_path, monkeypatch):
+    """The session's rules are for code typed in its cells: a file graded from the kernel (its
+    function a proxy of the sandbox, npllama's own code) is graded as on the command line."""
+    (tmp_path / "alice.py").write_text(SOFTMAX_RIGHT)
+    monkeypatch.chdir(tmp_path)
+    graded = kernel("from npllama.exercises.sandbox import grade_file\ngrade_file('softmax', 'alice.py', n_random=1)")
+    assert graded.status == "pass", graded.text

@@ -13,6 +13,7 @@ the line of the student's file it came from.
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -33,6 +34,7 @@ from .gradebook import submissions_in
 from .mistakes import explain
 from .screen import (RULE, ForbiddenCall, finite_difference_lines, guard_library, measured_reason, near_exact_gap,
                      near_exact_note, screen_source, student_call)
+from .session import librarys_own, stale_definition, typed_in_a_cell
 from .starter import derivation_section
 
 DEFAULT_RANDOM_CASES = 8
@@ -320,62 +322,70 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     parameters = _parameter_names(backward)
     backward = exercise.adapt(student_call(backward))
     student_errors = BaseException if catch_everything else Exception
-    notes = []
-    try:
-        gap = near_exact_gap(exercise, backward)
-    except ForbiddenCall as error:
-        return Report(exercise, source, [], refused=str(error))
-    except student_errors:   # a crash or a wrong shape: the checks below report it properly
-        gap = None
-    if gap is not None:
-        measuring = finite_difference_lines(_read_source(source_file) if source_text is None else source_text)
-        if measuring:
-            return Report(exercise, source, [], refused=measured_reason(gap, measuring))
-        notes.append(near_exact_note(gap))     # honest near-exact arithmetic: graded like any other
-    params_list = case_params(exercise, n_random, seed)
-    results = []
-    for item in exercise.checks():
-        todo = params_list if item.sampled else [None]
-        result = CheckResult(item, "pass", 0, len(todo))
-        for params in todo:
-            result.cases_run += 1
-            try:
-                exercise.run_check(item, backward, params)
-            except NotImplementedError:
-                return Report(exercise, source, [], not_implemented=True)
-            except ForbiddenCall as error:
-                return Report(exercise, source, [], refused=str(error))
-            except GradingStopped as stopped:
-                result.status = "error"
-                result.finding = Finding("", str(stopped), case=_describe_params(exercise, params))
-                return Report(exercise, source, results + [result], notes=notes, stopped=str(stopped))
-            except CaseUndecided as undecided:     # neither a pass nor a mistake: the other cases decide
-                result.undecided.append(undecided)
-                continue
-            except CheckFailed as failed:
-                result.status, result.finding = "fail", failed.finding
-                break
-            except student_errors as error:  # the student's code crashed: say where, in their file
-                result.status = "error"
-                result.finding = Finding("", _describe_exception(error, source_file, named_as=named_as,
-                                                                 decorator_files=decorators),
-                                         hint=_crash_hint(error, exercise, params, source_file, function_name,
-                                                          parameters, rerun),
-                                         case=_describe_params(exercise, params))
-                break
-        if result.status == "pass" and result.undecided and len(result.undecided) == result.cases_run:
-            result.status = "undecided"
-        results.append(result)
-    report = Report(exercise, source, results, notes=notes)
-    first = report.first_failure
-    if first is not None and first.status == "fail" and _parameters_reordered(exercise, parameters):
-        notes.append(_reordered_text(exercise, parameters))   # a crash says it in its hint
-    if first is not None and first.status == "fail" and first.finding is not None:
+    # in a notebook the kernel may hold other code than the student last ran under the name
+    if function is not None and (reason := librarys_own(function, exercise)):
+        return Report(exercise, source, [], refused=reason)
+    if function is not None and (reason := stale_definition(function)):
+        return Report(exercise, source, [], load_error=reason)
+    # a cell's code calling npllama's forward or own backward through its module is refused, as in
+    # check_file; other callers (the sandbox's grading process, tests) call it knowingly
+    with guard_library(exercise) if typed_in_a_cell(function) else contextlib.nullcontext():
+        notes = []
         try:
-            _name_the_mistake(exercise, backward, first.finding)
-        except (student_errors, GradingStopped):   # misbehaving on a probe: keep what the numbers showed
-            pass
-    return report
+            gap = near_exact_gap(exercise, backward)
+        except ForbiddenCall as error:
+            return Report(exercise, source, [], refused=str(error))
+        except student_errors:   # a crash or a wrong shape: the checks below report it properly
+            gap = None
+        if gap is not None:
+            measuring = finite_difference_lines(_read_source(source_file) if source_text is None else source_text)
+            if measuring:
+                return Report(exercise, source, [], refused=measured_reason(gap, measuring))
+            notes.append(near_exact_note(gap))     # honest near-exact arithmetic: graded like any other
+        params_list = case_params(exercise, n_random, seed)
+        results = []
+        for item in exercise.checks():
+            todo = params_list if item.sampled else [None]
+            result = CheckResult(item, "pass", 0, len(todo))
+            for params in todo:
+                result.cases_run += 1
+                try:
+                    exercise.run_check(item, backward, params)
+                except NotImplementedError:
+                    return Report(exercise, source, [], not_implemented=True)
+                except ForbiddenCall as error:
+                    return Report(exercise, source, [], refused=str(error))
+                except GradingStopped as stopped:
+                    result.status = "error"
+                    result.finding = Finding("", str(stopped), case=_describe_params(exercise, params))
+                    return Report(exercise, source, results + [result], notes=notes, stopped=str(stopped))
+                except CaseUndecided as undecided:     # neither a pass nor a mistake: the other cases decide
+                    result.undecided.append(undecided)
+                    continue
+                except CheckFailed as failed:
+                    result.status, result.finding = "fail", failed.finding
+                    break
+                except student_errors as error:  # the student's code crashed: say where, in their file
+                    result.status = "error"
+                    result.finding = Finding("", _describe_exception(error, source_file, named_as=named_as,
+                                                                     decorator_files=decorators),
+                                             hint=_crash_hint(error, exercise, params, source_file, function_name,
+                                                              parameters, rerun),
+                                             case=_describe_params(exercise, params))
+                    break
+            if result.status == "pass" and result.undecided and len(result.undecided) == result.cases_run:
+                result.status = "undecided"
+            results.append(result)
+        report = Report(exercise, source, results, notes=notes)
+        first = report.first_failure
+        if first is not None and first.status == "fail" and _parameters_reordered(exercise, parameters):
+            notes.append(_reordered_text(exercise, parameters))   # a crash says it in its hint
+        if first is not None and first.status == "fail" and first.finding is not None:
+            try:
+                _name_the_mistake(exercise, backward, first.finding)
+            except (student_errors, GradingStopped):   # misbehaving on a probe: keep what the numbers showed
+                pass
+        return report
 
 
 def assert_passes(op, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0,

@@ -76,6 +76,16 @@ def test_part_of_the_arithmetic_in_float32_is_graded_and_named(tmp_path):
     assert "mixes rows" not in finding.ladder      # a near miss is no structural mistake
 
 
+def test_the_near_exact_note_claims_the_tolerance_only_when_the_checks_pass(tmp_path):
+    """A float32 product failed the gradient check, and the note under it said the gradient was
+    "inside the checks' tolerance": a FAIL and a note calling it in tolerance, one report."""
+    report = check_file("rmsnorm", _write(tmp_path, "partf32.py", ONE_MEAN_IN_FLOAT32), n_random=1)
+    assert report.first_failure is not None and report.notes, report.format()
+    assert "inside the checks' tolerance" not in report.format(), report.format()
+    passing = check_file("cross_entropy", _write(tmp_path, "epsdiv.py", EPS_IN_THE_DIVISION), n_random=1)
+    assert passing.ok and "inside the checks' tolerance" in passing.format(), passing.format()
+
+
 def test_finite_differences_written_in_the_file_are_still_refused(tmp_path):
     report = check_file("softmax", _write(tmp_path, "measured.py", SOFTMAX_MEASURED), n_random=1)
     assert report.refused and "line 13 takes the difference of two evaluations of f" in report.refused

@@ -363,11 +363,13 @@ def measured_reason(gap: NearExact, lines: list[str]) -> str:
             f"not derived")
 
 
-def near_exact_note(gap: NearExact) -> str:
-    """The soft note for an honest near-exact gradient (graded normally)."""
+def near_exact_note(gap: NearExact, passed: bool = False) -> str:
+    """The soft note for an honest near-exact gradient (graded normally).  passed: every check
+    passed, so the gap is inside their tolerance (said only then: under a FAIL it is not)."""
+    where = ("inside the checks' tolerance, but a formula written out exactly reaches ~1e-15 there" if passed
+             else "where a formula written out exactly reaches ~1e-15")
     return (f"{gap.grad} agrees with the exact gradient to a relative {gap.rel_error:.1e} on {gap.case}: "
-            f"inside the checks' tolerance, but a formula written out exactly reaches ~1e-15 there. "
-            f"Likely causes: {NEAR_EXACT_CAUSES}")
+            f"{where}. Likely causes: {NEAR_EXACT_CAUSES}")
 
 
 def finite_difference_lines(source: str) -> list[str]:

@@ -202,7 +202,7 @@ def test_notebook_has_derivation_starter_and_check(tmp_path):
     notebook = notebook_json("rmsnorm")
     assert notebook["nbformat"] == 4
     kinds = [c["cell_type"] for c in notebook["cells"]]
-    assert kinds == ["markdown", "markdown", "code", "code"]
+    assert kinds == ["markdown", "markdown", "code", "code", "markdown"]
     assert "## Backward, step by step" in "".join(notebook["cells"][1]["source"])
     assert "$$" in "".join(notebook["cells"][1]["source"]) and "```math" not in "".join(notebook["cells"][1]["source"])
     assert "def rmsnorm_backward(dy, cache):" in "".join(notebook["cells"][2]["source"])
@@ -331,3 +331,27 @@ def test_a_starter_says_what_the_article_it_cites_is(tmp_path):
     source = starter_source("rmsnorm")
     assert "article §4.2" in source.splitlines()[0]
     assert "article §N: " in source and "not part of npllama" in source, source[:800]
+
+
+def test_the_notebook_says_what_file_to_hand_in_and_train_with(tmp_path):
+    """The intro said `npllama exercise train softmax FILE` to a student who has no file, and
+    nothing said what to hand in: `exercise check` grades .py files only (a notebook is listed as
+    not graded).  The last cell says which file to save the solution cell as, without the check
+    cell, and what to run on it; the check cell says what its NameError means."""
+    cells = notebook_json("softmax")["cells"]
+    text = "".join("".join(c["source"]) for c in cells)
+    assert "FILE" not in text, text
+    last = "".join(cells[-1]["source"])
+    assert cells[-1]["cell_type"] == "markdown" and "softmax_backward.py" in last, last
+    assert "npllama exercise check softmax softmax_backward.py" in last, last
+    assert "npllama exercise train softmax softmax_backward.py" in last, last
+    check = "".join(cells[-2]["source"])
+    assert "check_function('softmax', softmax_backward)" in check and "NameError" in check, check
+
+
+@pytest.mark.parametrize("op, trains", [("rmsnorm", True), ("layernorm", False), ("block", False), ("lora", False)])
+def test_the_notebook_offers_exercise_train_only_where_it_runs(op, trains):
+    """The intro offered `exercise train` for every built-in exercise; it takes only the ops of the
+    model's training step (layernorm, block, lora ... are refused)."""
+    text = "".join("".join(c["source"]) for c in notebook_json(op)["cells"])
+    assert ("npllama exercise train" in text) == trains, text[-600:]

@@ -97,7 +97,7 @@ def test_the_notebook_loads_the_exercise_from_the_file_beside_it(gelu_file, tmp_
     gelu = load_exercises(gelu_file)["gelu"]
     path = write_notebook(gelu, tmp_path / "gelu_backward.ipynb")
     cells = json.loads(path.read_text())["cells"]
-    assert [c["cell_type"] for c in cells] == ["markdown", "code", "code"]      # no derivation given
+    assert [c["cell_type"] for c in cells] == ["markdown", "code", "code", "markdown"]      # no derivation given
     assert "Keep `gelu_exercise.py` beside this notebook" in "".join(cells[0]["source"])
     monkeypatch.chdir(gelu_file.parent)
     namespace = {}

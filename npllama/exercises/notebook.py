@@ -12,6 +12,7 @@ from pathlib import Path
 from .definitions import get_exercise
 from .derivation import derivation_markdown, dollar_math
 from .starter import starter_source, target_path
+from .training import model_op_of
 
 
 def _cell(kind: str, text: str) -> dict:
@@ -28,8 +29,6 @@ def notebook_json(op) -> dict:
     intro = (f"# Exercise: the backward pass of the {ex.title}\n\n"
              f"{read} in `{ex.backward_name}` in the next code cell, run it, then run the check.")
     if ex.builtin:
-        intro += (f"  `npllama exercise train {ex.op} FILE` trains a real model with your function in place of "
-                  f"the library's.")
         importing, exercise = "from npllama.exercises import check_function", repr(ex.op)
     else:           # the check cell loads the exercise as Exercise.loader says
         if ex.exercise_file:    # the teacher's file travels with the notebook
@@ -37,13 +36,32 @@ def notebook_json(op) -> dict:
         loading, exercise = ex.loader()
         importing = f"from npllama.exercises import check_function\n{loading}"
     # the cell's value is the report, which Jupyter shows as the whole report (Report._repr_pretty_)
-    check = f"{importing}\n\ncheck_function({exercise}, {ex.backward_name})"
+    check = (f"{importing}\n\n"
+             f"# NameError: {ex.backward_name} is not defined?  Run the cell above first.\n"
+             f"check_function({exercise}, {ex.backward_name})")
     derivation = [_cell("markdown", dollar_math(derivation_markdown(ex.derivation)))] if ex.derivation else []
-    cells = [_cell("markdown", intro), *derivation, _cell("code", starter), _cell("code", check)]
+    cells = [_cell("markdown", intro), *derivation, _cell("code", starter), _cell("code", check),
+             _cell("markdown", _what_next(ex))]
     return {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
                                                         "name": "python3"},
                                          "language_info": {"name": "python"}},
             "nbformat": 4, "nbformat_minor": 5}
+
+
+def _what_next(ex) -> str:
+    """What to do once the check passes: the file to hand in and to run the commands on.  They take
+    a .py file, not the notebook (a class's grading lists a notebook as not graded)."""
+    solution = f"{ex.backward_name}.py"
+    commands = [ex.check_command(solution)]
+    trainable = model_op_of(ex) is not None      # an op of the model's training step (a teacher's variant too)
+    if trainable:
+        commands.append(ex.check_command(solution).replace("npllama exercise check", "npllama exercise train", 1))
+    trains = "; the second trains a real model with your function in place of the library's" if trainable else ""
+    return (f"## When the check passes\n\n"
+            f"Copy the code cell with your `{ex.backward_name}` (not the check cell: a file importing "
+            f"npllama.exercises is refused) into a file `{solution}`.  That file is what you hand in, and what "
+            f"these commands take{trains}:\n\n"
+            + "".join(f"    {command}\n" for command in commands))
 
 
 def write_notebook(op, path=None, force: bool = False) -> Path:

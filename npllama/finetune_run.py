@@ -88,15 +88,25 @@ def fine_tuning_run(config, task: str, resume: bool, echo, check_base=None):
 
             command = resume_command(f"finetune {task}", run_dir)
             raise what_is_left(stop, run_dir, command, run_dir, (run_dir / INFO_FILE).is_file(),
-                               f"`{command}` starts it from step 0 (the folder holds its settings, so "
-                               f"a new start there is refused)") from None
+                               "the same command starts it again (or "
+                               f"`{command}`, with the settings it was given)") from None
+
+
+def never_stepped(held) -> bool:
+    """Whether a run folder's files (`held`, locks aside) are all a fine-tune's start left before its
+    first checkpoint -- one refused for its data, say, as the settings are written before the data
+    is read: nothing was trained, so a new start may take the folder, as `npllama train`'s may."""
+    return bool(held) and set(held) <= {*SETTINGS_FILES.values(), LOG_FILE}
 
 
 def refuse_a_folder_in_use(run_dir: Path, base, runs_too: bool = True) -> None:
-    """A new start's --out: a new or empty folder, not one holding a run, nor other files -- the
-    --base model among them (`base`), which the refusal names.  runs_too=False: a folder holding a
-    run passes (judged under the run's lock, which first says whether another process writes it)."""
+    """A new start's --out: a new or empty folder, or one a start left before its first checkpoint
+    (never_stepped); not one holding a run, nor other files -- the --base model among them (`base`),
+    which the refusal names.  runs_too=False: a folder holding a run passes (judged under the run's
+    lock, which first says whether another process writes it)."""
     held = files_besides_locks(run_dir)
+    if never_stepped(held):
+        return
     if {*SETTINGS_FILES.values(), "train_config.json", "checkpoint"} & set(held):
         if not runs_too:
             return
@@ -123,6 +133,8 @@ class FinetuneRun:
                 echo(f"no checkpoint in {run_dir} yet: starting from step 0")
         else:
             self._refuse_a_folder_in_use()
+            for name in SETTINGS_FILES.values():   # a never_stepped start's, perhaps of another task
+                (run_dir / name).unlink(missing_ok=True)
         if self.checkpoint is None:
             write_settings(run_dir, config, settings_file(task))  # first: a start killed from here can resume
             atomic_write_text(run_dir / LOG_FILE, "")

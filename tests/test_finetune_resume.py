@@ -448,3 +448,44 @@ def test_a_resume_that_publishes_the_other_kind_of_result_drops_the_first_one(sm
     else:             # now a merged model
         assert not names & {"adapter_config.json", "adapter_model.safetensors", "chat_template.jinja"}, names
         assert Llama.from_pretrained(out).lora is None
+
+
+@pytest.mark.parametrize("task", ["classify", "sft", "sop"])
+def test_a_start_refused_for_its_data_can_be_started_again_in_the_same_folder(small_model_dir, tmp_path, capsys, task):
+    # the settings were written before the data was read: a start refused for a bad --data left a
+    # folder that refused the fixed command ("already holds a run; pass --resume"), and --resume
+    # cannot take another --data
+    out = tmp_path / "run"
+    bad, good = tmp_path / "bad", tmp_path / "good"
+    if task == "classify":
+        bad, good = bad.with_suffix(".csv"), good.with_suffix(".csv")
+        bad.write_text("text,label\nnice,pos\n,neg\n")
+        good.write_text("text,label\n" + "".join(f"nice {i},pos\nbad {i},neg\n" for i in range(6)))
+    elif task == "sft":
+        bad, good = bad.with_suffix(".jsonl"), good.with_suffix(".jsonl")
+        bad.write_text('{"prompt": "Hi"}\n')
+        good.write_text("".join(json.dumps({"prompt": f"Say {i}.", "response": "OK."}) + "\n" for i in range(6)))
+    else:
+        bad, good = bad.with_suffix(".txt"), good.with_suffix(".txt")   # bad: never written (no such file)
+        good.write_text("\n\n".join(f"Tom has {i} balls. He plays. The sun is warm." for i in range(12)))
+    argv = ["finetune", task, "--base", str(small_model_dir), "--out", str(out), "--steps", "1", "--batch-size",
+            "2", "--max-len", str(MAX_LEN[task]), "--no-progress", "--backend", "numpy", *(["--samples", "0"] if task == "sft" else [])]
+    assert main([*argv, "--data", str(bad)]) == 2
+    assert str(bad.name) in capsys.readouterr().err
+    assert main([*argv, "--data", str(good)]) == 0, capsys.readouterr().err
+    saved = json.loads((out / f"{task}_config.json").read_text())
+    assert saved["data"] == str(good)
+    # a run that reached a checkpoint is still never replaced by a new start
+    assert main([*argv, "--data", str(good)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_a_new_start_over_a_refused_start_of_another_task_keeps_only_its_own_settings(small_model_dir, tmp_path):
+    out, bad = tmp_path / "run", tmp_path / "bad.csv"
+    bad.write_text("text,label\nnice,pos\n,neg\n")
+    with pytest.raises(ValueError, match="empty text"):
+        run_job("classify", settings("classify", small_model_dir, out=str(out), data=str(bad), steps=1))
+    assert (out / "classify_config.json").is_file()
+    run_job("sft", settings("sft", small_model_dir, out=str(out), steps=1))
+    assert not (out / "classify_config.json").exists()   # else the folder would read as two runs
+    assert (out / "sft_config.json").is_file() and (out / "checkpoint").is_dir()

@@ -83,8 +83,7 @@ def test_a_train_stopped_before_its_first_step_says_what_is_left(tmp_path, monke
 
 def test_a_fine_tune_stopped_before_its_first_step_says_what_is_left(small_model_dir, tmp_path, monkeypatch,
                                                                       capsys):
-    # it said only "npllama finetune: interrupted"; and the same command again is refused (the folder
-    # holds the run's settings), while --resume starts it from step 0
+    # it said only "npllama finetune: interrupted"; the same command, or --resume, starts it from step 0
     import npllama.finetune
     from npllama.cli import main
 

@@ -763,6 +763,11 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
                      for r in records]
     # a row of max_len ids gives max_len - 1 positions, which must fit the model's context
     max_len = min(sc_.max_len, model.config.max_position_embeddings + 1)
+    limit = "--max-len" if max_len == sc_.max_len else "the model's context, max_position_embeddings + 1"
+    # a prompt that fills max_len: raising --max-len helps only while --max-len is what cut it
+    remedy = ("raise --max-len or shorten the prompt" if sc_.max_len < model.config.max_position_embeddings + 1 else
+              f"the model's context (max_position_embeddings {model.config.max_position_embeddings}) holds no "
+              f"more, so shorten the prompt")
     encoded, cut = [], 0
     for i, messages in enumerate(conversations):
         where = f"the built-in instructions: example {i + 1}" if lines is None else f"{sc_.data} line {lines[i]}"
@@ -773,7 +778,7 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
         if sum(counted[1:max_len]) == 0:
             asked = next(m["content"] for m in messages if m["role"] != "assistant")
             raise ValueError(f"{where}: the prompt {asked[:40]!r}... fills all {max_len} tokens: no response "
-                             f"token is left to learn from; raise --max-len or shorten the prompt")
+                             f"token is left to learn from; {remedy}")
         cut += len(ids) > max_len
         encoded.append((ids[:max_len], counted[:max_len]))
     # the split after every example encoded: a line the template refuses is named before a count is judged
@@ -782,7 +787,6 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     echo(f"instruction-tuning {'LoRA adapters' if sc_.lora else 'every weight'} of {model_dir} on {shown}: "
          f"{len(train_rows)} train / {len(val_rows)} validation examples")   # as classify opens: count them against the file
     if cut:
-        limit = "--max-len" if max_len == sc_.max_len else "the model's context, max_position_embeddings + 1"
         echo(cut_note(cut, len(encoded), max_len, limit, items="examples",
                       lost="so the end of their answers (and the end of turn) is not learned"))
     # conversations compared by their messages (dicts: written as sorted JSON to be hashable)

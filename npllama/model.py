@@ -218,27 +218,33 @@ class Llama:
         return int(sum(p.size for p in self.params.values()))
 
     # ----- forward --------------------------------------------------------------------------
-    def forward(self, tokens, attention_mask=None) -> np.ndarray:
+    def forward(self, tokens, attention_mask=None, causal: bool | None = None) -> np.ndarray:
         """tokens int (B, T) -> logits (B, T, vocab_size).  attention_mask: optional (B, T), 1 = real
-        token."""
-        logits, _ = self.forward_with_caches(tokens, attention_mask)
+        token.  causal: as forward_with_caches."""
+        logits, _ = self.forward_with_caches(tokens, attention_mask, causal)
         return logits
 
+    def attends_causally(self) -> bool:
+        """The attention the weights were trained with, which causal=None runs: causal, or
+        bidirectional for a masked-LM model (objective "mlm"), which never saw the causal mask."""
+        return self.objective != "mlm"
+
     @_public
-    def forward_with_caches(self, tokens, attention_mask=None, causal: bool = True):
+    def forward_with_caches(self, tokens, attention_mask=None, causal: bool | None = None):
         """Logits (B, T, V) and the ModelCache `backward` needs.  attention_mask: optional (B, T),
-        1 = real token.  causal=False: the bidirectional stack (the article's §3.1.1 "encoder")."""
-        tokens, key_padding_mask = self._check_inputs(tokens, attention_mask, causal=causal)
+        1 = real token.  causal=False: the bidirectional stack (the article's §3.1.1 "encoder");
+        None: the model's own (attends_causally), bidirectional for a masked-LM model."""
+        tokens, key_padding_mask, causal = self._check_inputs(tokens, attention_mask, causal=causal)
         cos, sin = self.rope_tables(tokens.shape[1])
         return self._math().model_forward(self.params, self.config, tokens, cos, sin, causal,
                                           key_padding_mask)
 
     @_public
-    def hidden_forward(self, tokens, attention_mask=None, causal: bool = True):
+    def hidden_forward(self, tokens, attention_mask=None, causal: bool | None = None):
         """The decoder stack without the LM head: final-normed hidden states (B, T, D) and the
         ModelCache (its lm_head None).  Heads other than the LM head (classification, masked-LM)
-        start from here."""
-        tokens, key_padding_mask = self._check_inputs(tokens, attention_mask, causal=causal)
+        start from here.  causal: as forward_with_caches."""
+        tokens, key_padding_mask, causal = self._check_inputs(tokens, attention_mask, causal=causal)
         cos, sin = self.rope_tables(tokens.shape[1])
         return self._math().decoder_forward(self.params, self.config, tokens, cos, sin, causal,
                                             key_padding_mask)
@@ -279,18 +285,19 @@ class Llama:
 
     @_public
     def loss_and_grads(self, tokens, targets, attention_mask=None, ignore_index: int = -100,
-                       causal: bool = True):
+                       causal: bool | None = None):
         """Mean next-token cross-entropy over targets != ignore_index, and its gradient for every param.
 
         targets (B, T) are already shifted: targets[b, t] is the token that should follow tokens[b, t].
         Every target ignored: loss 0.0 and every gradient 0 (not NaN), as cross_entropy_forward says.
-        causal=False: the bidirectional stack, whose targets are the masked-LM ones (objectives.py).
+        causal=False: the bidirectional stack, whose targets are the masked-LM ones (objectives.py);
+        None: the model's own (attends_causally), so a masked-LM model's loss is its masked-LM loss.
         With config.pad_token_id set, the pad token's embedding row gets no gradient from its
         lookups, as in transformers (torch's nn.Embedding padding_idx): a finite-difference check
         of that row disagrees by design.  Not with causal=False (decoder_backward says why).
         """
-        tokens, key_padding_mask, targets = self._check_inputs(tokens, attention_mask, targets, ignore_index,
-                                                               causal=causal)
+        tokens, key_padding_mask, targets, causal = self._check_inputs(tokens, attention_mask, targets,
+                                                                       ignore_index, causal=causal)
         cos, sin = self.rope_tables(tokens.shape[1])
         math = self._math()
         logits, cache = math.model_forward(self.params, self.config, tokens, cos, sin, causal,
@@ -301,10 +308,11 @@ class Llama:
         return float(loss), self._finish(grads)
 
     @_public
-    def loss(self, tokens, targets, attention_mask=None, ignore_index: int = -100, causal: bool = True) -> float:
+    def loss(self, tokens, targets, attention_mask=None, ignore_index: int = -100,
+             causal: bool | None = None) -> float:
         """The same loss as loss_and_grads, without the backward pass."""
-        tokens, key_padding_mask, targets = self._check_inputs(tokens, attention_mask, targets, ignore_index,
-                                                               causal=causal)
+        tokens, key_padding_mask, targets, causal = self._check_inputs(tokens, attention_mask, targets,
+                                                                       ignore_index, causal=causal)
         cos, sin = self.rope_tables(tokens.shape[1])
         math = self._math()
         logits, _ = math.model_forward(self.params, self.config, tokens, cos, sin, causal, key_padding_mask)
@@ -325,7 +333,7 @@ class Llama:
         logits equal those of a full forward over everything seen so far, at the new positions.
         """
         self._check_kv_cache(kv_cache)
-        tokens, _ = self._check_inputs(tokens, offset=kv_cache.length)
+        tokens, _, _ = self._check_inputs(tokens, offset=kv_cache.length, causal=True)
         B, T_new = tokens.shape
         if B != kv_cache.batch_size:
             raise ValueError(f"tokens has batch size {B}, the KV cache was made for {kv_cache.batch_size}")
@@ -453,9 +461,12 @@ class Llama:
 
         check_params(self.config, params, dtype=dtype)
 
-    def _check_inputs(self, tokens, attention_mask=None, targets=None, ignore_index=-100, offset=0, causal=True):
-        """tokens (B, T), the padding mask (bool (B, T), or None) and, when given, targets (B, T):
-        checked here once, so that the ops the model calls need not check them again."""
+    def _check_inputs(self, tokens, attention_mask=None, targets=None, ignore_index=-100, offset=0, causal=None):
+        """tokens (B, T), the padding mask (bool (B, T), or None), when given targets (B, T), and
+        causal (None: the model's own, attends_causally): checked here once, so that the ops the
+        model calls need not check them again."""
+        if causal is None:   # attends_causally(), written out: a debugger's path to the math stays short
+            causal = self.objective != "mlm"
         if not isinstance(causal, (bool, np.bool_)):   # causal="False" is truthy: it would run causal
             raise TypeError(f"causal must be True or False, got {causal!r}")
         self._check_params_unchanged()
@@ -488,7 +499,7 @@ class Llama:
                     raise ValueError("attention_mask must hold 0/1 integers or booleans (1 = real token)")
                 mask = mask.astype(bool)
         if targets is None:
-            return tokens, mask
+            return tokens, mask, causal
         targets = targets if isinstance(targets, np.ndarray) else _as_array("targets", targets)
         if not np.issubdtype(targets.dtype, np.integer):
             raise TypeError(f"targets must be integers, got dtype {targets.dtype}")
@@ -501,7 +512,7 @@ class Llama:
         if outside.any():
             raise ValueError(f"targets contains {targets[outside].flat[0]}, outside [0, V) with V = {vocab} "
                              f"and not ignore_index ({ignore_index})")
-        return tokens, mask, targets
+        return tokens, mask, targets, causal
 
 
 class KVCache:

@@ -50,7 +50,7 @@ def attention_probs(model, ids, layer: int, head: int) -> np.ndarray:
         raise ValueError(f"--head must be in [0, {cfg.num_attention_heads}) for this model, got {head}")
     name = f"model.layers.{layer}.self_attn.attn_probs"
     with trace(include=[name]) as t:   # the stack the model runs: a masked-LM one reads both ways
-        model.hidden_forward(np.asarray(ids)[None], causal=attends_causally(model))
+        model.hidden_forward(np.asarray(ids)[None])
     return t[name][0, head]
 
 
@@ -62,7 +62,7 @@ def masked_cells(model, n: int) -> np.ndarray:
 
 def attends_causally(model) -> bool:
     """False for a masked-LM model (`npllama train --objective mlm`), whose stack reads both ways."""
-    return getattr(model, "objective", "causal") != "mlm"
+    return model.attends_causally()
 
 
 MASKED_COLOUR = "0.8"   # light grey: apart from viridis, whose 0 is dark purple and 1 yellow

@@ -324,6 +324,14 @@ class SequenceClassifier:
                     (tmp / name).write_bytes(data)   # tokenizer.model and what transformers reads
 
 
+def steps_timed(steps: int, run, seconds: float) -> str:
+    """The steps this process took and how long they took: "20 steps in 3.1 s", or after a resume
+    at step 12 (FinetuneRun.resumed_at) "steps 13-20 of 20 in 1.2 s" -- not the run's 20."""
+    first = 0 if run is None else run.resumed_at
+    taken = f"{steps} steps" if first == 0 else f"steps {first + 1}-{steps} of {steps}"
+    return f"{taken} in {seconds:.1f} s"
+
+
 def loss_change(losses: list, objective: str) -> str:
     """How the training loss of `objective` ("classify", "sop": npllama.loss_units) moved: the
     means of the first and last 10 steps, or of the first and last halves of a shorter run (so that
@@ -655,7 +663,7 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
     metrics = classification_metrics(val_ids, classifier.predict(val_encoded, pad_id), len(names))
     # the label named: with a tie in training the first one counts, which can sit below 1 / num_labels
     majority, baseline = majority_baseline(train_ids, val_ids)
-    echo(f"{cc.steps} steps in {seconds:.1f} s; {loss_change(losses, 'classify')}")
+    echo(f"{steps_timed(cc.steps, run, seconds)}; {loss_change(losses, 'classify')}")
     echo(format_metrics(metrics, names, baseline, names[majority]))
     out = None
     if run is not None:

@@ -123,6 +123,7 @@ class FinetuneRun:
     def __init__(self, run_dir: Path, config, task: str, resume: bool, echo):
         self.run_dir, self.config, self.task, self.echo = run_dir, config, task, echo
         self.saved_step = None    # the step of the checkpoint this process wrote last
+        self.resumed_at = 0       # the step a resume started from (restore); 0 on a new start
         self.stop_said = False    # whether a stop signal in the steps saved a checkpoint and said so
         self.checkpoint = None    # the checkpoint folder to resume from
         self.changes = {}
@@ -190,7 +191,7 @@ class FinetuneRun:
             array[...] = saved[name]
         truncate_log(self.run_dir / LOG_FILE, step)
         write_settings(self.run_dir, self.config, settings_file(self.task))  # only now: a refused resume changes nothing
-        self.saved_step = step
+        self.saved_step = self.resumed_at = step
         record_changes(self.write_log, self.echo, step, self.changes)
         self.echo(f"resuming {self.run_dir} at step {step}")
         return step, [float(x) for x in losses]

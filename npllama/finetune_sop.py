@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .finetune import (FinetuneSettings, _write_info, lora_dropout_on, loss_change, read_info, report_saved,
-                       run_steps)
+                       run_steps, steps_timed)
 from .loss_units import loss_unit
 from .objectives import (SOP_HEAD, TASKS, SentenceOrderBatches, check_pair_tokenizer, encode_pair,
                          evaluate_sentence_order, init_sop_head, mlm_sop_loss_and_grads, split_sentences,
@@ -158,7 +158,7 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
         losses = run_steps(params, step_loss, train.batch, sc, "sop", run=run, adapters=model.lora)
     seconds = time.perf_counter() - started
     after = evaluate_sentence_order(model, head, val_batches)
-    echo(f"{sc_.steps} steps in {seconds:.1f} s; {loss_change(losses, 'sop')}")
+    echo(f"{steps_timed(sc_.steps, run, seconds)}; {loss_change(losses, 'sop')}")
     echo(_report(before, after, baseline, sc_.pairs))
 
     out = None

@@ -489,3 +489,21 @@ def test_a_new_start_over_a_refused_start_of_another_task_keeps_only_its_own_set
     run_job("sft", settings("sft", small_model_dir, out=str(out), steps=1))
     assert not (out / "classify_config.json").exists()   # else the folder would read as two runs
     assert (out / "sft_config.json").is_file() and (out / "checkpoint").is_dir()
+
+
+@pytest.mark.parametrize("task", ["classify", "sop"])
+def test_a_resumed_run_times_only_the_steps_it_took(small_model_dir, tmp_path, task):
+    # it said "5 steps in 0.4 s" for the 2 steps a resume at step 3 took
+    from npllama import use_backend
+
+    out = tmp_path / "run"
+    run_job(task, settings(task, small_model_dir, out=str(out), steps=3))
+    lines = []
+    with use_backend("numpy"):
+        JOBS[task][1](settings(task, small_model_dir, out=str(out), steps=5), echo=lines.append, resume=True)
+    timed = [line for line in lines if " in " in line and " s;" in line]
+    assert len(timed) == 1 and timed[0].startswith("steps 4-5 of 5 in "), lines
+    lines.clear()
+    with use_backend("numpy"):
+        JOBS[task][1](settings(task, small_model_dir, out=str(tmp_path / "new"), steps=2), echo=lines.append)
+    assert any(line.startswith("2 steps in ") for line in lines), lines

@@ -19,6 +19,21 @@ import numpy as np
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic")
 LLAMA3_ROPE_FIELDS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
+# Whether a model trained with each objective runs its stack under the causal mask ("mlm":
+# `npllama train --objective mlm`, the stack without it).  The one rule that what runs a model
+# (the model's default attention, the classifier, viz, the next-token checks) asks.
+ATTENDS_CAUSALLY = {"causal": True, "mlm": False}
+
+
+def attends_causally(objective: str) -> bool:
+    """Whether a model trained with `objective` (a key of ATTENDS_CAUSALLY) reads each token with the
+    earlier ones only -- the causal mask -- and so predicts next tokens: False for a masked-LM model."""
+    try:
+        return ATTENDS_CAUSALLY[objective]
+    except (KeyError, TypeError):
+        raise ValueError(f"objective must be one of {', '.join(map(repr, ATTENDS_CAUSALLY))}, "
+                         f"got {objective!r}") from None
+
 # Refuse configs whose parameters alone would not fit in memory before anything is allocated.
 MAX_PARAMETERS = 20_000_000_000
 # The RoPE tables and the KV cache grow with the context; past this many positions (2**24, above

@@ -214,7 +214,7 @@ class SequenceClassifier:
     def causal(self) -> bool:
         """False when the base model is a masked-LM model: it was pre-trained without the causal
         mask, so it is fine-tuned and run without it too."""
-        return self.model.attends_causally()
+        return self.model.attends_causally
 
     @property
     def attention(self) -> str:

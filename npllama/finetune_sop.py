@@ -133,7 +133,7 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
         run.record_data(list(zip(train.examples, train.labels)), list(zip(val.examples, val.labels)),
                         data=sc_.data, built_in=f"the {sc_.stories} built-in stories")
 
-    was_causal = model.objective != "mlm"
+    was_causal = model.attends_causally
     sc_.attach_lora_if_asked(model)
     head, head_source = _starting_head(model_dir, model, sc_)
     trained = model.lora.params if model.lora is not None else model.params

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import backend, budget
-from .config import LlamaConfig
+from .config import ATTENDS_CAUSALLY, LlamaConfig, attends_causally
 from .ops._checks import (checking, require_float_array, require_non_negative_int, require_path,
                           require_positive_int)
 from .ops.attention import AttentionCache, attention_backward, attention_forward
@@ -164,6 +164,13 @@ class Llama:
         # gradients only, under PEFT's names.
         self.lora = None
 
+    @property
+    def attends_causally(self) -> bool:
+        """Whether the stack runs under the causal mask, as the objective it was trained with
+        (self.objective) says: False for a masked-LM model, which reads both ways and does not
+        predict next tokens."""
+        return attends_causally(self.objective)
+
     def __repr__(self) -> str:
         cfg = self.config
         lora = f", LoRA r={self.lora.r}" if self.lora is not None else ""
@@ -223,11 +230,6 @@ class Llama:
         token.  causal: as forward_with_caches."""
         logits, _ = self.forward_with_caches(tokens, attention_mask, causal)
         return logits
-
-    def attends_causally(self) -> bool:
-        """The attention the weights were trained with, which causal=None runs: causal, or
-        bidirectional for a masked-LM model (objective "mlm"), which never saw the causal mask."""
-        return self.objective != "mlm"
 
     @_public
     def forward_with_caches(self, tokens, attention_mask=None, causal: bool | None = None):
@@ -465,8 +467,8 @@ class Llama:
         """tokens (B, T), the padding mask (bool (B, T), or None), when given targets (B, T), and
         causal (None: the model's own, attends_causally): checked here once, so that the ops the
         model calls need not check them again."""
-        if causal is None:   # attends_causally(), written out: a debugger's path to the math stays short
-            causal = self.objective != "mlm"
+        if causal is None:   # attends_causally, read from its table: a debugger's path to the math stays short
+            causal = ATTENDS_CAUSALLY[self.objective]
         if not isinstance(causal, (bool, np.bool_)):   # causal="False" is truthy: it would run causal
             raise TypeError(f"causal must be True or False, got {causal!r}")
         self._check_params_unchanged()

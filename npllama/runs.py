@@ -29,6 +29,7 @@ import os
 import shutil
 from pathlib import Path
 
+from .config import attends_causally
 from .io.atomic import _OLD_TAG, _TMP_TAG, atomic_write_text, backup_paths
 from .io.errors import CheckpointError
 from .io.hf import OBJECTIVE_FIELD, objective_of
@@ -358,7 +359,7 @@ def require_a_language_model(path, flag: str, job: str, causal: bool = True) -> 
                          f"`npllama finetune classify`), not a language model: use it with `npllama classify "
                          f"--model {'DIR' if path is None else path}`; {job} needs a language model such as a run of "
                          f"`npllama train`")
-    if causal and objective_of(config, config_file) == "mlm":
+    if causal and not attends_causally(objective_of(config, config_file)):
         raise ValueError(f"{flag} {shown} is a masked-LM model (bidirectional, {OBJECTIVE_FIELD} \"mlm\" in its "
                          f"config.json: from `npllama train --objective mlm` or `npllama finetune sop`): "
                          f"{job} needs a causal model; train one with --objective causal (the default)")
@@ -425,7 +426,8 @@ def require_next_token_model(model, job: str) -> None:
     attached.  The one check that generate, perplexity and multiple-choice scoring share."""
     from .lora import check_causal_lm
 
-    if getattr(model, "objective", "causal") == "mlm":
+    # the objective a Llama has; a stand-in with forward and config alone (a user's wrapper) is a causal LM
+    if not attends_causally(getattr(model, "objective", "causal")):
         raise ValueError(f"{job} predicts next tokens, but this model is a masked-LM model (objective \"mlm\", "
                          f"{OBJECTIVE_FIELD} in its config.json: trained without the causal mask, by `npllama train "
                          f"--objective mlm` or `npllama finetune sop`), whose outputs are not next-token predictions; use a causal "

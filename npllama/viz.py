@@ -50,19 +50,14 @@ def attention_probs(model, ids, layer: int, head: int) -> np.ndarray:
         raise ValueError(f"--head must be in [0, {cfg.num_attention_heads}) for this model, got {head}")
     name = f"model.layers.{layer}.self_attn.attn_probs"
     with trace(include=[name]) as t:   # the stack the model runs: a masked-LM one reads both ways
-        model.hidden_forward(np.asarray(ids)[None])
+        model.hidden_forward(np.asarray(ids)[None], causal=model.attends_causally)
     return t[name][0, head]
 
 
 def masked_cells(model, n: int) -> np.ndarray:
     """(n, n) bool: the (query, key) cells of n tokens the model's attention mask hides -- every later
     key under the causal mask; none for a masked-LM (bidirectional) model."""
-    return np.triu(np.ones((n, n), dtype=bool), 1) if attends_causally(model) else np.zeros((n, n), dtype=bool)
-
-
-def attends_causally(model) -> bool:
-    """False for a masked-LM model (`npllama train --objective mlm`), whose stack reads both ways."""
-    return model.attends_causally()
+    return np.triu(np.ones((n, n), dtype=bool), 1) if model.attends_causally else np.zeros((n, n), dtype=bool)
 
 
 MASKED_COLOUR = "0.8"   # light grey: apart from viridis, whose 0 is dark purple and 1 yellow

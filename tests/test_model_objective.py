@@ -160,3 +160,46 @@ def test_export_gguf_refuses_a_masked_lm_model_before_writing(runs, tmp_path, ca
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "masked-LM" in err and "llama.cpp" in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("reads_causally", [True, False])
+def test_whatever_runs_a_model_asks_the_one_rule_of_which_objective_attends_causally(tmp_path, monkeypatch,
+                                                                                     reads_causally):
+    """A new objective declared once (config's table) is run, drawn, classified and refused by that one
+    rule: no caller decides "causal" from the objective's name on its own (`!= "mlm"`, `== "causal"`)."""
+    from npllama import viz
+    from npllama.finetune import SequenceClassifier
+    from npllama.io import hf
+    from npllama.runs import require_a_language_model, require_next_token_model
+
+    from npllama import config as config_module
+
+    monkeypatch.setitem(config_module.ATTENDS_CAUSALLY, "invented", reads_causally)
+    monkeypatch.setattr(hf, "OBJECTIVES", (*hf.OBJECTIVES, "invented"))
+    config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=8)
+    model = Llama(config, seed=0, dtype=np.float64, objective="invented")
+    assert model.attends_causally is reads_causally
+
+    later_keys = np.triu(np.ones((4, 4), dtype=bool), 1)
+    assert np.array_equal(viz.masked_cells(model, 4), later_keys if reads_causally else np.zeros((4, 4), bool))
+    probs = viz.attention_probs(model, [1, 2, 3, 4], layer=0, head=0)
+    assert bool(np.all(probs[later_keys] == 0)) is reads_causally
+    assert SequenceClassifier(model, ["a", "b"]).causal is reads_causally
+
+    model.save_pretrained(tmp_path / "model")   # its config.json records the objective
+    for check in (lambda: require_next_token_model(model, "generate"),
+                  lambda: require_a_language_model(tmp_path / "model", "--base", "instruction tuning")):
+        if reads_causally:
+            check()
+        else:
+            with pytest.raises(ValueError, match="needs a causal model|predicts next tokens"):
+                check()
+
+
+def test_attends_causally_names_the_objectives_it_knows():
+    from npllama.config import attends_causally
+
+    assert attends_causally("causal") and not attends_causally("mlm")
+    with pytest.raises(ValueError, match=r"objective must be one of 'causal', 'mlm', got 'prefix'"):
+        attends_causally("prefix")

@@ -52,7 +52,7 @@ def run_attention(args) -> int:
     model, model_dir, ids, labels = debug.load_inputs(args.model, args.text, args.tokens)
     probs = viz.attention_probs(model, ids, args.layer, args.head)
     out = args.out or f"attention_L{args.layer}_H{args.head}.png"
-    title = f"layer {args.layer}, head {args.head}" + ("" if viz.attends_causally(model) else
+    title = f"layer {args.layer}, head {args.head}" + ("" if model.attends_causally else
                                                        " (bidirectional: a masked-LM model)")
     path = viz.plot_attention(probs, labels, out, title=title, masked=viz.masked_cells(model, len(ids)))
     print(f"wrote {path} ({len(ids)} tokens)")

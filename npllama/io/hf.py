@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
-from ..config import LlamaConfig, check_end_ids
+from ..config import ATTENDS_CAUSALLY, LlamaConfig, check_end_ids
 from .atomic import atomic_directory
 from .errors import CheckpointError
 from .reading import read_json
@@ -54,7 +54,7 @@ _OLD_WEIGHTS = re.compile(r"model\.safetensors\.index\.json|model-\d{5}-of-\d{5}
 # without the causal mask, which must not be used to predict next tokens.  transformers keeps the
 # field as an attribute and otherwise ignores it; LlamaConfig.from_dict ignores it.
 OBJECTIVE_FIELD = "npllama_objective"
-OBJECTIVES = ("causal", "mlm")
+OBJECTIVES = tuple(ATTENDS_CAUSALLY)   # config.attends_causally: which of them run causally
 
 # Never allocate more than this for parameters, whatever the machine (and never more than its RAM).
 MAX_LOAD_BYTES = 64 * 1024**3

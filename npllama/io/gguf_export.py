@@ -206,27 +206,15 @@ def _files_read_from(model_dir: Path) -> list[Path]:
     whatever their names), config, index and tokenizer files, and the tokenizer.model found in or
     beside it (a run's)."""
     from ..runs import find_tokenizer
+    from .hf import INDEX_NAME, shards_named_by
 
     names = ("config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.model",
              "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-    files = [model_dir / name for name in names] + sorted(model_dir.glob("*.safetensors")) + _shards_named_in(model_dir)
+    files = [model_dir / name for name in names] + sorted(model_dir.glob("*.safetensors"))
+    files += [model_dir / shard for shard in shards_named_by(model_dir / INDEX_NAME)]
     with contextlib.suppress(FileNotFoundError):
         files.append(find_tokenizer(model_dir))
     return files
-
-
-def _shards_named_in(model_dir: Path) -> list[Path]:
-    """The shard files model_dir's index names (any names, subfolders included); none when there is
-    no readable index (loading the folder says what is wrong with it)."""
-    import json
-
-    from .hf import INDEX_NAME
-
-    try:
-        weight_map = json.loads((model_dir / INDEX_NAME).read_text(encoding="utf-8")).get("weight_map")
-        return [model_dir / shard for shard in set(weight_map.values()) if isinstance(shard, str) and shard]
-    except (OSError, ValueError, AttributeError, TypeError):
-        return []
 
 
 Q8_0_LEVELS = 127     # a Q8_0 block stores int8 values times one float16 scale, its largest |value| / 127

@@ -456,7 +456,9 @@ def model_folder_keep(path, arg: str = "path"):
         raise ValueError(f"{arg} {str(folder)!r} holds a LoRA adapter ({ADAPTER_CONFIG_NAME}): a model saved "
                          f"beside it is not what the folder loads as (transformers with PEFT loads the adapter "
                          f"on the base model it names); save into another folder")
-    old_shards = _shards_named_by(folder / INDEX_NAME)
+    # the files in the folder itself (keep is asked of its entries), and only weights files
+    old_shards = {shard for shard in shards_named_by(folder / INDEX_NAME)
+                  if shard.endswith(".safetensors") and PurePosixPath(shard).name == shard}
 
     def keep(name: str, written: frozenset) -> bool:
         if _OLD_WEIGHTS.fullmatch(name) or name in old_shards:
@@ -466,19 +468,17 @@ def model_folder_keep(path, arg: str = "path"):
     return keep
 
 
-def _shards_named_by(index_path: Path) -> set[str]:
-    """The safetensors files in the folder an old index maps tensors to; none for an index that
-    cannot be read (it goes anyway: only the files it names stay undecided)."""
-    if not index_path.is_file():
-        return set()
+def shards_named_by(index_path: Path) -> set[str]:
+    """The shard files an index's weight_map names, as written (any names, subfolders included);
+    none when there is no index or it cannot be read -- not a regular file (a FIFO is not waited
+    on), too large, not JSON, no weight_map object -- which loading the folder reports."""
     try:
-        weight_map = _load_json(index_path, expect=dict).get("weight_map")
+        weight_map = _load_json(Path(index_path), expect=dict).get("weight_map")
     except (CheckpointError, OSError):
         return set()
     if not isinstance(weight_map, dict):
         return set()
-    return {shard for shard in weight_map.values()
-            if isinstance(shard, str) and shard.endswith(".safetensors") and PurePosixPath(shard).name == shard}
+    return {shard for shard in weight_map.values() if isinstance(shard, str) and shard}
 
 
 def check_params(config: LlamaConfig, params, dtype=None) -> None:

@@ -1,6 +1,7 @@
 """GGUF export: the file's tensors, metadata and tokenizer, read back with llama.cpp's `gguf`
 reader, run run.c's forward pass (interleaved RoPE, llama.cpp's convention) to npllama's logits;
 llama-cpp-python's greedy tokens where it is installed."""
+import contextlib
 import json
 import os
 import subprocess
@@ -517,3 +518,28 @@ def test_end_ids_are_written_as_eos_eot_and_eom_by_their_pieces_and_read_back(tm
     config, _ = read_gguf(tmp_path / "m.gguf")
     assert config.end_ids[0] == 2
     assert sorted(config.end_ids) == sorted(set(end_ids) - set(dropped))
+
+
+def test_an_index_that_is_a_fifo_is_not_waited_on_when_out_is_checked(tmp_path, tokenizer):
+    """Which files export reads (so that --out never replaces one) is asked of the index as the
+    loader and a save ask it (io.hf.shards_named_by): a FIFO named like the index is refused, not
+    read until something writes into it."""
+    import threading
+
+    from npllama.io.gguf_export import check_gguf_out
+
+    folder = tmp_path / "m"
+    _model_folder(folder, tokenizer)
+    fifo = folder / "model.safetensors.index.json"
+    os.mkfifo(fifo)
+    out = tmp_path / "existing.gguf"
+    out.write_bytes(b"old")
+    checking = threading.Thread(target=check_gguf_out, args=(out, folder, True), daemon=True)
+    checking.start()
+    checking.join(timeout=10)
+    try:
+        assert not checking.is_alive(), "the check waited on the FIFO"
+    finally:   # let a waiting reader see end of file, so the thread ends
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        checking.join(timeout=10)

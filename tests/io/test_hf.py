@@ -236,6 +236,22 @@ def test_save_replaces_its_own_files_and_drops_old_weights_that_would_load_inste
     assert all(np.array_equal(loaded[n], new[n]) for n in new)
 
 
+def test_a_save_drops_only_weights_files_an_old_index_names(tmp_path):
+    """An index names its shards, but a save removes only what is a weights file of the folder:
+    a file of the user's that a wrong index names (or one in a subfolder) stays."""
+    config = small_config(num_hidden_layers=2)
+    folder = write_sharded(tmp_path / "m", config, random_params(config, seed=1), shards=2)
+    (folder / "parts").mkdir()
+    for name in ("README.md", "parts/extra.safetensors"):
+        (folder / name).write_text("the user's")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    index["weight_map"].update({"a": "README.md", "b": "parts/extra.safetensors"})
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    save_hf_folder(folder, config, random_params(config, seed=2))
+    assert [(folder / n).read_text() for n in ("README.md", "parts/extra.safetensors")] == ["the user's"] * 2
+    assert not [p for p in folder.iterdir() if p.name.startswith("model-")]   # the old shards went
+
+
 def test_a_tokenizer_saved_replaces_the_folder_s_tokenizer_files_and_only_then(tmp_path, small_model_dir):
     """transformers' AutoTokenizer reads tokenizer.json before tokenizer.model: an old one left
     beside a new tokenizer.model would be the tokenizer the folder loads with."""

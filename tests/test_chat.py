@@ -473,6 +473,30 @@ def test_eval_choice_in_chat_asks_in_the_model_s_own_template(small_model_dir, t
     assert seen == ["<s>Q: Who?\nA:"]
 
 
+def test_eval_choice_in_chat_says_which_template_it_uses_when_the_folder_has_none(small_model_dir, tmp_path,
+                                                                                 capsys):
+    """As chat and generate --chat say it: a model folder without a chat template is asked in a
+    built-in one, which is named on stderr (the scores would otherwise look like the model's own
+    format's); a folder with its own template, or --template plain, is not noted."""
+    from npllama.cli import main
+    from npllama.datasets import write_jsonl
+
+    items = write_jsonl(tmp_path / "items.jsonl", [{"question": "Who?", "choices": ["Tom", "Lily"], "answer": 0}])
+
+    def stderr_of(folder, template):
+        assert main(["eval", "choice", "--model", str(folder), "--data", str(items), "--template", template,
+                     "--no-progress", "--backend", "numpy"]) == 0
+        return capsys.readouterr().err
+
+    assert stderr_of(small_model_dir, "chat") == (
+        "[the model folder has no chat template: the built-in llama2 template is used]\n")
+    assert stderr_of(small_model_dir, "plain") == ""
+    folder = tmp_path / "own"
+    shutil.copytree(small_model_dir, folder)
+    (folder / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert stderr_of(folder, "chat") == ""
+
+
 def test_sft_names_the_example_a_template_refuses(small_model_dir, tmp_path):
     from npllama.datasets import write_jsonl
     from npllama.finetune import SFTConfig, sft

@@ -165,8 +165,10 @@ def run_choice(args) -> int:
     template = args.template
     if template == "chat":
         from ..chat import ChatTemplate
+        from .generate import note_builtin_template
 
         template = ChatTemplate.for_folder(model_dir, tokenizer, adapter=args.adapter)
+        note_builtin_template(template, args.adapter)
     with use_backend(args.backend or get_backend()):
         result = evaluate_choice(model, tokenizer, items, template, progress=not args.no_progress)
     items_ = "items" if result["n"] != 1 else "item"

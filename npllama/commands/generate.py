@@ -85,16 +85,29 @@ def add_chat_options(p, implies: str = " (implies --chat)") -> None:
 
 def chat_template(args, model_dir, tokenizer):
     """The ChatTemplate of `chat` and `generate --chat`: --chat-template, else the --adapter's or the
-    model folder's own, else a built-in one, which is named on stderr: a `npllama train` run has no
-    template, and answers in a format the model never saw would otherwise look like its own."""
+    model folder's own, else a built-in one, which is named on stderr (note_builtin_template)."""
     from ..chat import BUILTIN_TEMPLATES, ChatTemplate
 
     template = ChatTemplate.for_folder(model_dir, tokenizer, name=args.chat_template, adapter=args.adapter)
-    if args.chat_template is None and template.name in BUILTIN_TEMPLATES:
-        where = "neither the adapter nor the model folder has" if args.adapter else "the model folder has"
-        print(f"[{where} no chat template: the built-in {template.name} template is used (--chat-template "
-              f"{', '.join(sorted(BUILTIN_TEMPLATES))} or a Jinja file picks another)]", file=sys.stderr, flush=True)
+    if args.chat_template is None:
+        note_builtin_template(template, args.adapter, f"--chat-template {', '.join(sorted(BUILTIN_TEMPLATES))} "
+                                                      f"or a Jinja file picks another")
     return template
+
+
+def note_builtin_template(template, adapter, pick_another: str | None = None) -> None:
+    """Say on stderr that `template`, the one found for a model (and its `adapter`, if any), is a
+    built-in one because the folder has none: a `npllama train` run has no template, and answers
+    (or scores) in a format the model never saw would otherwise look like its own.  pick_another:
+    how the command takes another template, when it does."""
+    from ..chat import BUILTIN_TEMPLATES
+
+    if template.name not in BUILTIN_TEMPLATES:
+        return
+    where = "neither the adapter nor the model folder has" if adapter else "the model folder has"
+    how = f" ({pick_another})" if pick_another else ""
+    print(f"[{where} no chat template: the built-in {template.name} template is used{how}]", file=sys.stderr,
+          flush=True)
 
 
 def check_sampling_options(args) -> None:

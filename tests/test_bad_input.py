@@ -700,6 +700,9 @@ CLI = [
     (["chat", "--model", "NOWHERE"], "nowhere"),
     (["chat", "--model", "RUN", "--top-p", "0"], "--top-p"),
     (["chat", "--model", "RUN", "--chat-template", "llama9"], "--chat-template 'llama9' is neither"),
+    # before: an empty --system was dropped without a word (no system message), a blank one sent as one
+    (["chat", "--model", "RUN", "--system", ""], "--system is empty"),
+    (["generate", "--model", "RUN", "--system", " \n"], "--system is empty"),
     (["tokenizer", "train", "--data", "NOWHERE"], "does not exist"),
     (["tokenizer", "train", "--vocab-size", "many"], "invalid int value"),
     (["tokenizer", "encode", "--model", "NOWHERE", "hi"], "does not exist"),

@@ -111,7 +111,7 @@ def note_builtin_template(template, adapter, pick_another: str | None = None) ->
 
 
 def check_sampling_options(args) -> None:
-    """Every sampling flag and --chat-template, checked before the model is loaded."""
+    """Every sampling flag, --chat-template and --system, checked before the model is loaded."""
     from ..generate import check_generation_args
 
     _check_threads(args)
@@ -122,6 +122,11 @@ def check_sampling_options(args) -> None:
             raise UsageError(f"{' and '.join(ignored)} would be ignored: --temperature 0 is greedy decoding (the "
                              f"most likely token, always kept by {'them' if len(ignored) > 1 else 'it'}); leave "
                              f"{'them' if len(ignored) > 1 else 'it'} out, or give a --temperature above 0 to sample")
+    if args.system is not None and not args.system.strip():
+        # Neither reading is safe to guess: no system message at all (the template's default, if
+        # it has one), or an empty system turn (which some templates would render as an empty block).
+        raise UsageError(f"--system is empty ({args.system!r}): leave --system out for no system message, "
+                         f"or give the system message's text")
     if args.chat_template is not None:
         from ..chat import BUILTIN_TEMPLATES
 

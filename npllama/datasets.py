@@ -305,12 +305,20 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
     from .io.reading import read_text
 
     text = read_text(path, max_bytes=max_read())   # a regular file, within budget
+    if not text.strip():
+        raise ValueError(f"{path} is empty: it holds no header and no examples")
+    # csv reads the first line as the header row, even a blank one: a header naming no column
+    blank = _leading_blank_lines(text)
+    if blank:
+        lines = "line 1 is" if blank == 1 else f"lines 1-{blank} are"
+        separator = _separator_name(_column_separator(path, text))
+        raise ValueError(f"{path} {lines} blank: the first line must be the header row naming the columns "
+                         f"text and label ({separator}-separated); remove the blank line{'s' if blank > 1 else ''} "
+                         f"before it")
     with io.StringIO(text, newline="") as f:
         # strict: a quote that is never closed is an error where the row starts, rather than a field
         # that swallows the rest of the file ("too few columns" on the last line)
         reader = csv.DictReader(f, strict=True, delimiter=_column_separator(path, text))
-        if reader.fieldnames is None:
-            raise ValueError(f"{path} is empty: it holds no header and no examples")
         # "Text, Label" typed by hand names the same columns
         reader.fieldnames = [_column_name(name) for name in reader.fieldnames]
         twice = [c for c in ("text", "label") if reader.fieldnames.count(c) > 1]
@@ -319,7 +327,8 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
                              f"(case and spaces aside); give each once")
         missing = [c for c in ("text", "label") if c not in reader.fieldnames]
         if missing:
-            raise ValueError(f"{path}: the header row must name the columns text and label; missing "
+            raise ValueError(f"{path} line {reader.line_num}: the header row must name the columns text and "
+                             f"label; missing "
                              f"{', '.join(missing)} (found {', '.join(map(repr, reader.fieldnames))})")
         texts, labels, lines = [], [], []
         for start, row in _rows_with_their_start(reader, path):
@@ -351,6 +360,12 @@ def _column_separator(path: Path, text: str) -> str:
         if {"text", "label"} <= names:
             return separator
     return ","       # the header's error names the columns it found
+
+
+def _leading_blank_lines(text: str) -> int:
+    """How many lines (as csv breaks them: \\n, \\r\\n or \\r) before the first that holds anything."""
+    lines = re.split(r"\r\n|\r|\n", text)
+    return next(i for i, line in enumerate(lines) if line.strip())   # (text is not blank)
 
 
 def _separator_name(separator: str) -> str:

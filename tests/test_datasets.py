@@ -350,6 +350,27 @@ def test_a_row_that_does_not_fit_the_header_is_an_error_not_a_wrong_label(tmp_pa
         load_labelled(tmp_path / name)
 
 
+@pytest.mark.parametrize("name, content, blank_lines", [
+    ("blank.csv", "\ntext,label\nhello,pos\nbad,neg\n", 1),
+    ("spaces.csv", "   \ntext;label\nhello;pos\n", 1),
+    ("two.tsv", "\r\n\ntext\tlabel\nhello\tpos\n", 2),
+])
+def test_a_blank_line_where_the_header_row_belongs_is_named_with_what_is_expected(tmp_path, name, content,
+                                                                                   blank_lines):
+    """A blank line before the header row was read as a header naming no column: "missing text,
+    label (found )", with no line.  The message names the file, the line, and the header expected."""
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    lines = "line 1 is" if blank_lines == 1 else f"lines 1-{blank_lines} are"
+    with pytest.raises(ValueError, match=rf"{name} {lines} blank: the first line must be the header row naming "
+                                         rf"the columns text and label"):
+        load_labelled(tmp_path / name)
+    # a header on line 1 with the columns missing is named with its line too
+    (tmp_path / "words.csv").write_text("words,kind\nhello,pos\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"words.csv line 1: the header row must name the columns text and label; "
+                                         r"missing text, label \(found 'words', 'kind'\)"):
+        load_labelled(tmp_path / "words.csv")
+
+
 def test_extra_named_columns_and_the_label_first_are_read(tmp_path):
     (tmp_path / "wide.csv").write_text('id;Label;Text;source\n1;a;"x; y";web\n2;b;bye;web\n', encoding="utf-8")
     assert load_labelled(tmp_path / "wide.csv") == (["x; y", "bye"], ["a", "b"])

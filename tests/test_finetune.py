@@ -1049,6 +1049,33 @@ def test_classify_says_which_texts_it_read_only_the_beginning_of(cli, classifier
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("json_out", [False, True])
+def test_classify_says_what_it_cut_before_the_predictions_and_never_in_json(cli, classifier_dir, monkeypatch,
+                                                                             json_out):
+    """Read as one stream (2>&1, a terminal), the note comes first, where a long output does not
+    bury it; with --json it is on stderr only, so stdout stays one JSON object a line."""
+    import io
+    import json
+    import sys
+
+    long = "The movie was long and the end was good but the start was slow and dull."
+    both, out = io.StringIO(), io.StringIO()
+
+    class Tee(io.StringIO):   # stdout: into the stream both go to, and on its own
+        def write(self, text):
+            out.write(text)
+            return both.write(text)
+
+    monkeypatch.setattr(sys, "stdout", Tee())
+    monkeypatch.setattr(sys, "stderr", both)
+    assert cli(["classify", "--model", str(classifier_dir), "--backend", "numpy", "--text", "good", "--text", long,
+                "--text", "bad", *(["--json"] if json_out else [])]) == 0
+    lines = both.getvalue().splitlines()
+    assert lines[0].startswith("1 of 3 texts is longer than 8 tokens") and len(lines) == 4, lines
+    if json_out:
+        assert [json.loads(line)["text"] for line in out.getvalue().splitlines()] == ["good", long, "bad"]
+
+
 @pytest.mark.parametrize("how", [["--data", "test.jsonl"], ["--file", "test.txt"]])
 def test_classify_tokenises_each_text_once(cli, classifier_dir, tmp_path, capsys, monkeypatch, how):
     # Before: the note on texts cut at max_len tokenised every text, then the probabilities again:

@@ -742,10 +742,12 @@ def _prepare_tokenizer(tc: TrainConfig, run_dir: Path, texts, echo, checkpoint=N
         return Tokenizer(path)
     if tc.init_from is not None and checkpoint is not None:   # a checkpoint from before tokenizer copies
         require_files(tc, ("init_from",), True, CONFIG_FILE)
-    given = tc.tokenizer if tc.init_from is None else (init_from_tokenizer_path(tc) or tc.tokenizer)
-    if given is not None:
-        if given_tokenizer is None:   # given is --init-from's, or a resume's from a checkpoint before tokenizer copies
-            given_tokenizer = _tokenizer_file(tc, resume=True) if given is tc.tokenizer else Tokenizer(given)
+    init_from_tokenizer = init_from_tokenizer_path(tc) if tc.init_from is not None else None
+    if init_from_tokenizer is not None or tc.tokenizer is not None:
+        if given_tokenizer is None:   # --init-from's, or a resume's from a checkpoint before tokenizer copies
+            # --init-from's tokenizer.model, else --tokenizer's (read naming the flag if it is gone)
+            given_tokenizer = (Tokenizer(init_from_tokenizer) if init_from_tokenizer is not None
+                               else _tokenizer_file(tc, resume=True))
         tokenizer = given_tokenizer
         atomic_write_bytes(path, tokenizer.model_bytes)
         return Tokenizer(path)

@@ -471,3 +471,24 @@ def test_weight_decay_shrinks_every_matrix_and_no_norm_weight_as_help_says(tmp_p
     # and --resume's list of the settings that define the run names the objective, which it refuses to change
     assert "objective" in help_text.split("--resume", 2)[2].split("--stop-after")[0]
     assert "objective" in TrainConfig.RESUME_FIXED
+
+
+def test_a_resume_reads_the_tokenizer_file_the_settings_name_by_its_path_and_a_copy_does_as_well(shaped_run, tmp_path):
+    """A run from before tokenizer copies (none in its checkpoint or folder) reads --tokenizer again
+    on a resume.  Moved, it is named by its flag, with the way out; a copy given at a new path
+    resumes the run as the original would have."""
+    tokenizer = tmp_path / "tok.model"
+    shutil.copy(shaped_run / "tokenizer.model", tokenizer)
+    settings = dict(out=str(tmp_path / "run"), tokenizer=str(tokenizer), **{**FAST, "vocab_size": None, "steps": 2})
+    assert train(TrainConfig(**settings, stop_after=1), echo=quiet).interrupted
+    for copy in (tmp_path / "run" / "tokenizer.model", tmp_path / "run" / "checkpoint" / "model" / "tokenizer.model"):
+        copy.unlink()                                       # the layout of a run from before the copies
+    moved = tmp_path / "elsewhere" / "tok.model"
+    moved.parent.mkdir()
+    tokenizer.rename(moved)
+    with pytest.raises(FileNotFoundError, match=r"--tokenizer '.*tok\.model' does not exist .*give its new path "
+                                                r"with --tokenizer"):
+        train(TrainConfig(**settings), resume=True, echo=quiet)
+    result = train(TrainConfig(**{**settings, "tokenizer": str(moved)}), resume=True, echo=quiet)
+    assert result.step == 2
+    assert (tmp_path / "run" / "tokenizer.model").read_bytes() == moved.read_bytes()

@@ -1012,16 +1012,17 @@ def _run_notes(a: Trace, b: Trace, labels) -> list[str]:
     notes = []
     # a trace made with npllama.trace() has no meta: its records say their dtype
     ran = [{"dtype": _dtype_of(t), **t.meta} for t in (a, b)]
-    for key, what in (("tokens", "different tokens"), ("targets", "different targets"), ("dtype", "different dtypes")):
-        if key == "targets" and notes and "different tokens" in notes[0]:
-            continue   # (next-token targets of other tokens: said by the tokens' note)
-        if all(r.get(key) is not None for r in ran) and ran[0][key] != ran[1][key]:
-            shown = [str(r[key]) for r in ran]
-            shown = [s if len(s) <= 60 else s[:57] + "..." for s in shown]
-            # a label that is the value itself (compare_dtypes labels its traces float32, float64)
-            # is said once
-            said = [label if label == value else f"{label} {value}" for label, value in zip(labels, shown)]
-            notes.append(f"the traces ran {what}: {said[0]}, {said[1]}")
+    what = {"tokens": "different tokens", "targets": "different targets", "dtype": "different dtypes"}
+    differ = [key for key in what if all(r.get(key) is not None for r in ran) and ran[0][key] != ran[1][key]]
+    if "tokens" in differ and "targets" in differ:
+        differ.remove("targets")   # (next-token targets of other tokens: said by the tokens' note)
+    for key in differ:
+        shown = [str(r[key]) for r in ran]
+        shown = [s if len(s) <= 60 else s[:57] + "..." for s in shown]
+        # a label that is the value itself (compare_dtypes labels its traces float32, float64)
+        # is said once
+        said = [label if label == value else f"{label} {value}" for label, value in zip(labels, shown)]
+        notes.append(f"the traces ran {what[key]}: {said[0]}, {said[1]}")
     return notes
 
 

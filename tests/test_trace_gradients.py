@@ -1,5 +1,6 @@
 """Gradient records: which function each d:<name> is credited to, the gradients inside an op's
 backward (SwiGLU's gate/up/act, attention's attn_probs, the residual), and what compare says."""
+import re
 import warnings
 
 import numpy as np
@@ -422,3 +423,23 @@ def test_generate_records_the_prefill_then_each_decode_step():
     assert t.names()[0] == "lm_head.out" and shapes[0][1] == 3           # the prompt, in one pass
     assert len(t) >= 3 and all(s[1] == 1 for s in shapes[1:])           # then one position per step
     assert t.names()[1] == "pass2/lm_head.out"
+
+
+@pytest.mark.parametrize("tokens_differ, targets_differ", [(True, True), (True, False), (False, True)])
+def test_other_targets_are_noted_unless_other_tokens_already_explain_them(tokens_differ, targets_differ):
+    """One note a reason every tensor differs: other tokens (whose next-token targets differ with
+    them) are said, and their targets not again; the same tokens with other targets are said.
+    Decided by which settings differ, whatever the notes' wording."""
+    from npllama.trace import Trace, _run_notes
+
+    def made(tokens, targets):
+        t = Trace(meta={"tokens": tokens, "targets": targets})
+        t.record("x", np.ones(2))
+        return t
+
+    a = made([[1, 2, 3]], [[2, 3, 4]])
+    b = made([[3, 2, 1]] if tokens_differ else [[1, 2, 3]], [[2, 1, 0]] if targets_differ else [[2, 3, 4]])
+    notes = _run_notes(a, b, ("a", "b"))
+    assert len(notes) == 1, notes
+    said, unsaid = ("tokens", "targets") if tokens_differ else ("targets", "tokens")
+    assert re.search(rf"\b{said}\b", notes[0]) and not re.search(rf"\b{unsaid}\b", notes[0]), notes

@@ -214,11 +214,13 @@ def _read_file(path: Path, doc_separator: str, warn: bool = True, read=None):
                          f"{JSON_LINES_ADVICE if path.suffix.lower() == '.json' else ''}")
 
 
-def split_documents(text: str, doc_separator: str = "blank-line") -> list[str]:
+def split_documents(text: str, doc_separator: str = "blank-line", warn_about=None) -> list[str]:
     """Split text into documents (the `.txt` rule of `load_texts`).  Windows (\\r\\n) and old Mac
-    (\\r) line ends become \\n first, as Python's text mode reads them, whatever the separator."""
+    (\\r) line ends become \\n first, as Python's text mode reads them, whatever the separator.
+    warn_about: the text's name (its file), to warn, as reading --data does, if it has text but
+    never the marker."""
     check_doc_separator(doc_separator)
-    return list(_split_blocks([text], doc_separator))
+    return list(_split_blocks([text], doc_separator, warn_about))
 
 
 def unix_line_ends(text: str) -> str:

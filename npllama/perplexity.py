@@ -34,8 +34,9 @@ class PerplexityResult:
 
 
 def perplexity(model, tokenizer, text: str, *, context: int | None = None, batch_size: int = 8,
-               progress: bool = False, doc_separator: str | None = None) -> PerplexityResult:
-    """Mean next-token loss and perplexity of `text` under `model` (see the module docstring)."""
+               progress: bool = False, doc_separator: str | None = None, source: str = "the text") -> PerplexityResult:
+    """Mean next-token loss and perplexity of `text` under `model` (see the module docstring).
+    source: the text's name (its file) in the warning that a marker:TEXT separator never occurs."""
     from .runs import require_next_token_model
     from .tokenizer import check_tokenizer_fits
 
@@ -55,9 +56,10 @@ def perplexity(model, tokenizer, text: str, *, context: int | None = None, batch
     else:
         from .data import split_documents, tokenize_corpus
 
-        texts = split_documents(text, doc_separator)
+        texts = split_documents(text, doc_separator, warn_about=source)
         if not texts:
-            raise ValueError("text holds no document (only white space): there is nothing to predict")
+            separators = f" and the separator {doc_separator[len('marker:'):]!r}" if doc_separator.startswith("marker:") else ""
+            raise ValueError(f"text holds no document (only white space{separators}): there is nothing to predict")
         ids, documents = tokenize_corpus(texts, tokenizer).tolist(), len(texts)
     if len(ids) < 2:
         raise ValueError(f"text must give at least two tokens (it gives {len(ids)}): there is nothing to predict")

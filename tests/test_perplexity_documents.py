@@ -90,3 +90,31 @@ def test_eval_of_a_model_folder_without_a_run_reads_the_text_whole(small_model_d
     status, _, err = eval_perplexity(capsys, "--model", str(small_model_dir), "--data", str(held_out),
                                      "--doc-separator", "paragraph")
     assert status == 2 and "--doc-separator" in err and "paragraph" in err
+
+
+def test_eval_of_a_runs_checkpoint_cuts_documents_as_the_run_was_trained(small_model_dir, tmp_path, capsys):
+    """`--model RUN/checkpoint` (or a run that has only its checkpoint yet) is the same run."""
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    shutil.copytree(small_model_dir, run / "checkpoint" / "model")
+    (run / "checkpoint" / "training_state.json").write_text(json.dumps({"step": 1}))
+    (run / "train_config.json").write_text(json.dumps({"doc_separator": "line", "seq_len": 16}))
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_bytes(HELD_OUT.encode("utf-8"))
+    for as_given in (run, run / "checkpoint"):
+        status, out, _ = eval_perplexity(capsys, "--model", str(as_given), "--data", str(held_out), "--context", "16")
+        assert status == 0 and "documents cut at every line, as the run was trained" in out
+
+
+def test_a_marker_the_file_never_holds_is_said(small_model_dir, tmp_path, capsys):
+    """As training warns of a --data that never holds its marker: the file is then one document."""
+    run = run_folder(small_model_dir, tmp_path, "marker:<END>")
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_bytes(HELD_OUT.encode("utf-8"))
+    with pytest.warns(UserWarning, match="<END>.* never occurs in .*held_out.txt.*one document"):
+        status, out, _ = eval_perplexity(capsys, "--model", str(run), "--data", str(held_out))
+    assert status == 0 and "1 document" in out
+    only_markers = tmp_path / "only_markers.txt"
+    only_markers.write_text("<END>\n\n<END> <END>\n")
+    status, _, err = eval_perplexity(capsys, "--model", str(run), "--data", str(only_markers))
+    assert status == 2 and "no document" in err and "<END>" in err

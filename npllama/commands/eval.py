@@ -109,7 +109,8 @@ def run_perplexity(args) -> int:
     with use_backend(args.backend or get_backend()):
         try:
             result = perplexity(model, tokenizer, text, context=args.context, batch_size=args.batch_size,
-                                progress=not args.no_progress, doc_separator=doc_separator)
+                                progress=not args.no_progress, doc_separator=doc_separator,
+                                source=args.data)
         except ValueError as error:   # a file of only separators holds no document
             raise UsageError(f"--data {args.data}: {error}") from None
     documents = "" if result.documents is None else (
@@ -123,14 +124,17 @@ def run_perplexity(args) -> int:
 
 
 def _trained_doc_separator(model_dir):
-    """The --doc-separator of the `npllama train` run whose model/ `model_dir` is, or None (another
-    kind of folder, or settings that do not say)."""
+    """The --doc-separator of the `npllama train` run whose model/ (or checkpoint/model/) `model_dir`
+    is, or None (another kind of folder, or settings that do not say)."""
     from pathlib import Path
 
     from ..data import check_doc_separator
     from ..io.reading import read_json
 
-    settings = Path(model_dir).parent / "train_config.json"
+    run_dir = Path(model_dir).parent
+    if (run_dir / "training_state.json").is_file():   # a run's checkpoint (or its backup)
+        run_dir = run_dir.parent
+    settings = run_dir / "train_config.json"
     if Path(model_dir).name != "model" or not settings.is_file():
         return None
     try:

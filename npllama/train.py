@@ -477,24 +477,28 @@ def _refuse_changed_tokens(saved, now: dict, tc: TrainConfig, checkpoint: Path) 
 SCHEDULE_SETTINGS = ("steps", "lr", "min_lr", "warmup_steps")   # what cosine_with_warmup is given
 
 
-def _learning_rate(tc: TrainConfig, step: int) -> float:
-    """The learning rate of the step after `step` steps (as step_before_the_update takes it)."""
-    return cosine_with_warmup(step, max_lr=tc.lr, warmup_steps=tc.warmup_steps, total_steps=tc.steps,
-                              min_lr=tc.min_lr)
+def _learning_rate(schedule: dict, step: int) -> float:
+    """The learning rate of the step after `step` steps (as step_before_the_update takes it) under
+    `schedule`, SCHEDULE_SETTINGS' values."""
+    return cosine_with_warmup(step, max_lr=schedule["lr"], warmup_steps=schedule["warmup_steps"],
+                              total_steps=schedule["steps"], min_lr=schedule["min_lr"])
 
 
 def _say_where_the_learning_rate_goes(echo, tc: TrainConfig, start_step: int, changes: dict) -> None:
     """A resume that changes the schedule (a finished run given more --steps, say) moves the learning
     rate from where the run left it: the warmup and cosine are laid over the new total, so a run that
     had decayed to --min-lr climbs back up.  Said, with both rates, so that it is no surprise."""
-    moved = {name: old for name, (old, _) in changes.items() if name in SCHEDULE_SETTINGS}
-    if not moved or start_step == 0:
+    new = {name: getattr(tc, name) for name in SCHEDULE_SETTINGS}
+    # the old settings alone (not a TrainConfig: beside this resume's other settings they may not pass its checks)
+    old = {**new, **{name: was for name, (was, _) in changes.items() if name in SCHEDULE_SETTINGS}}
+    if old == new or start_step == 0:
         return
-    before = _learning_rate(dataclasses.replace(tc, **moved), start_step - 1)
-    after = _learning_rate(tc, start_step)
+    before, after = _learning_rate(old, start_step - 1), _learning_rate(new, start_step)
+    # a rise the old schedule would have taken too (a warmup going on) is no news
+    rises_again = after > before >= _learning_rate(old, start_step)
     echo(f"learning rate: {before:.3g} at step {start_step}, {after:.3g} from step {start_step + 1} on the "
          f"schedule over {tc.steps} steps (warmup {tc.warmup_steps}, --lr {tc.lr:g} down to --min-lr {tc.min_lr:g})"
-         + (": it rises again" if after > before else ""))
+         + (": it rises again" if rises_again else ""))
 
 
 def step_before_the_update(step: int, tc: TrainConfig, accumulate, params, *, schedule=cosine_with_warmup,

@@ -70,3 +70,29 @@ def test_a_python_resume_without_the_runs_settings_points_to_resume_config(finis
     with pytest.raises(ValueError, match="with different settings: seed") as refused:
         train(resume_config(run, seed=5, steps=12), resume=True)
     assert "resume_config" not in str(refused.value)
+
+
+def lr_note(tc, start_step, changes):
+    from npllama.train import _say_where_the_learning_rate_goes
+
+    said = []
+    _say_where_the_learning_rate_goes(said.append, tc, start_step, changes)
+    return said
+
+
+def test_mid_warmup_the_rate_rises_as_it_would_have_so_no_rise_again_is_announced():
+    # steps 100 -> 200 at step 3 of a warmup of 10: the rate goes on up the same warmup
+    tc = TrainConfig(steps=200, warmup_steps=10, lr=1e-3)
+    said = lr_note(tc, 3, {"steps": (100, 200)})
+    assert len(said) == 1 and said[0].startswith("learning rate: 0.0003 at step 3, 0.0004 from step 4")
+    assert "rises again" not in said[0]
+    # past the warmup, on the way down, more steps do lift it again
+    assert lr_note(tc, 60, {"steps": (100, 200)})[0].endswith("it rises again")
+
+
+def test_the_old_schedule_is_not_checked_against_the_new_settings():
+    # the old lr beside the new weight decay would be refused as a TrainConfig (lr * weight_decay >= 1):
+    # the note must not build one
+    tc = TrainConfig(steps=20, warmup_steps=2, lr=1e-4, min_lr=1e-5, weight_decay=900)
+    said = lr_note(tc, 5, {"lr": (2e-3, 1e-4), "min_lr": (2e-4, 1e-5), "weight_decay": (0.1, 900)})
+    assert said and said[0].startswith("learning rate: ")

@@ -468,6 +468,9 @@ class FinetuneSettings:
                     "batch_size", "max_len", "seed", "dtype", "dataset", "labels", "val_data", "chat_template",
                     "split")
     RESUME_QUIET = ("out", "progress", "samples")
+    # what resuming from Python takes: the saved settings, with the caller's on top
+    RESUME_FROM_SAVED = "{cls}.resume_config(run_dir, **changes)"
+    TASK = None   # the `npllama finetune` task (npllama.finetune_run.SETTINGS_FILES), named by each job's class
     PATH_SETTINGS = ("base", "data", "val_data", "out", "chat_template")  # a respelled path is no change
     # the files the run reads, saved absolute; a chat_template may be a built-in template's name instead
     RECORDED_ABSOLUTE = ("base", "data", "val_data", "chat_template")
@@ -496,6 +499,17 @@ class FinetuneSettings:
         require_non_negative_int("checkpoint_every", self.checkpoint_every)
         if self.out is not None and (not isinstance(self.out, str) or not self.out.strip()):
             raise ValueError(f"out must name a run folder (a str) or be None, got {self.out!r}")
+
+    @classmethod
+    def resume_config(cls, run_dir, **changes):
+        """The settings to resume the run in run_dir, as `npllama finetune TASK --out run_dir --resume`
+        takes them: the saved ones, with `changes` on top (`sft(SFTConfig.resume_config("runs/sft",
+        steps=400), resume=True)`)."""
+        from .finetune_run import require_resumable, settings_file
+        from .resuming import built_on_saved, settings_over_saved
+
+        require_resumable(run_dir, cls.TASK)
+        return built_on_saved(cls(**settings_over_saved(cls, run_dir, settings_file(cls.TASK), changes)))
 
     def model_dtype(self):
         """The numpy dtype the base model is loaded in (dtype checked)."""
@@ -527,6 +541,7 @@ class ClassifyConfig(FinetuneSettings):
     data: .jsonl/.csv/.tsv of {"text", "label"}; None: the built-in `dataset`.
     lr None: 3e-4 full, 3e-3 LoRA (few parameters take bigger steps).
     """
+    TASK = "classify"
 
     dataset: str = "sentiment"       # built-in example set: sentiment, topic, spam
     labels: tuple | None = None      # the label names in id order (the head's size); None: from the data
@@ -717,6 +732,7 @@ class SFTConfig(FinetuneSettings):
     data: .jsonl of {"prompt", "response"(, "system")} or {"messages": [...]}; None: the built-in instructions.
     lr None: 1e-3 full, 5e-3 LoRA (measured on the tiny preset).
     """
+    TASK = "sft"
 
     val_fraction: float = 0.1
     batch_size: int = 8

@@ -45,6 +45,7 @@ class SentenceOrderConfig(FinetuneSettings):
     or a folder); None: `stories` built-in stories.  pairs: "sop" (swapped) or "nsp" (B from
     another document).  lr None: 1e-3 full, 5e-3 LoRA.
     """
+    TASK = "sop"
 
     pairs: str = "sop"
     doc_separator: str = "blank-line"

@@ -153,18 +153,34 @@ def changes_on_resume(run_dir, config, file_name: str) -> dict:
     return {name: change for name, change in differing.items() if name not in config.RESUME_QUIET}
 
 
+def settings_over_saved(config_class, run_dir, file_name: str, given: dict, dropped=()) -> dict:
+    """The settings to resume run_dir with: the saved ones (`file_name`) with `given` on top, as the
+    command line's --resume takes them.  dropped: saved settings that steered only the call that
+    saved them (their default, unless given)."""
+    saved = saved_settings(run_dir, config_class, file_name)   # validated like command-line settings
+    return {**{name: value for name, value in saved.items() if name not in dropped}, **given, "out": str(run_dir)}
+
+
+def built_on_saved(config):
+    """`config`, marked as made from a run's saved settings (settings_over_saved): a refusal to resume
+    with it comes from a change asked for, and does not point to config.RESUME_FROM_SAVED."""
+    config._built_on_saved_settings = True
+    return config
+
+
 def _python_resume_hint(config, differing: dict) -> str:
     """A refusal whose every new value is its setting's default comes from settings built from the
     defaults (`TrainConfig(out=run, steps=...)` in Python), not from changes asked for: it names the
-    function that gives the run's own settings (config.RESUME_FROM_SAVED), when the class has one."""
+    function that gives the run's own settings (config.RESUME_FROM_SAVED), when the class has one
+    and the settings were not made by it (the command line's --resume makes them so)."""
     helper = getattr(config, "RESUME_FROM_SAVED", None)
-    if helper is None:
+    if helper is None or getattr(config, "_built_on_saved_settings", False):
         return ""
     defaults = _as_dict(type(config)())
     if any(new != defaults.get(name) for name, (_, new) in differing.items() if name in config.RESUME_FIXED):
         return ""
-    return (f" (in Python, {helper} gives the run's saved settings with your changes on top: "
-            f"the ones given here are the defaults)")
+    return (f" (in Python, {helper.format(cls=type(config).__name__)} gives the run's saved settings with your "
+            f"changes on top: the ones given here are the defaults)")
 
 
 # ----- the data a checkpoint was trained on ------------------------------------------------------------

@@ -932,11 +932,12 @@ def _make_optimizer(model, tc: TrainConfig) -> AdamW:
 def resume_config(run_dir, **given) -> TrainConfig:
     """The settings for `npllama train --out run_dir --resume`: the saved ones, with the options the
     user gave on top (so the printed hint `npllama train --out DIR --resume` works as printed)."""
-    saved = saved_settings(run_dir, TrainConfig, CONFIG_FILE)   # validated like command-line settings
+    from .resuming import built_on_saved, settings_over_saved
+
     # stop_after counts the steps of one call: the call that stopped there recorded it, and a resume
     # that took it over would stop again N steps on instead of continuing the run as the hint says
-    saved["stop_after"] = None
-    return TrainConfig(**{**saved, **given, "out": str(run_dir)})
+    return built_on_saved(TrainConfig(**settings_over_saved(TrainConfig, run_dir, CONFIG_FILE, given,
+                                                            dropped=("stop_after",))))
 
 
 def _refuse_held_out_text_in_data(tc: TrainConfig) -> None:

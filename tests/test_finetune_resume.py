@@ -507,3 +507,23 @@ def test_a_resumed_run_times_only_the_steps_it_took(small_model_dir, tmp_path, t
     with use_backend("numpy"):
         JOBS[task][1](settings(task, small_model_dir, out=str(tmp_path / "new"), steps=2), echo=lines.append)
     assert any(line.startswith("2 steps in ") for line in lines), lines
+
+
+@pytest.mark.parametrize("task", ["classify", "sop"])
+def test_a_python_resume_takes_the_runs_settings_from_resume_config(small_model_dir, tmp_path, task):
+    """As train's resume_config: Config.resume_config(run_dir, **changes) is the saved settings with the
+    changes on top; settings built from the defaults instead are refused pointing to it."""
+    cls = JOBS[task][0]
+    out = tmp_path / "run"
+    run_job(task, settings(task, small_model_dir, out=str(out), steps=2, checkpoint_every=1))
+    again = cls.resume_config(out, steps=3)
+    saved = json.loads((out / {"classify": "classify_config.json", "sop": "sop_config.json"}[task]).read_text())
+    assert again.steps == 3 and again.seed == saved["seed"] == 3 and again.max_len == saved["max_len"]
+    assert run_job(task, again, resume=True) is not None
+    with pytest.raises(ValueError, match=rf"different settings: .*seed .*{cls.__name__}\.resume_config\(run_dir"):
+        run_job(task, cls(base=str(small_model_dir), out=str(out), steps=4), resume=True)
+    with pytest.raises(ValueError, match="different settings: seed") as refused:   # a change asked for
+        run_job(task, cls.resume_config(out, seed=0, steps=4), resume=True)
+    assert "resume_config" not in str(refused.value)
+    with pytest.raises(FileNotFoundError):   # another job's run is no run of this one
+        JOBS["sft"][0].resume_config(out)

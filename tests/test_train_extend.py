@@ -96,3 +96,17 @@ def test_the_old_schedule_is_not_checked_against_the_new_settings():
     tc = TrainConfig(steps=20, warmup_steps=2, lr=1e-4, min_lr=1e-5, weight_decay=900)
     said = lr_note(tc, 5, {"lr": (2e-3, 1e-4), "min_lr": (2e-4, 1e-5), "weight_decay": (0.1, 900)})
     assert said and said[0].startswith("learning rate: ")
+
+
+def test_the_command_lines_resume_is_not_pointed_to_python(finished_run, tmp_path, capsys):
+    """`npllama train --resume --preset tiny` on a stories260k run asks for a change (the default's value,
+    given on purpose): refused without the Python advice, and so is resume_config's same change."""
+    from npllama.cli import main
+
+    run = copy_of(finished_run, tmp_path)
+    assert main(["train", "--out", str(run), "--resume", "--preset", "tiny", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "with different settings: --preset ('stories260k' -> 'tiny')" in err and "Python" not in err
+    with pytest.raises(ValueError, match="with different settings: preset") as refused:
+        train(resume_config(run, preset="tiny"), resume=True)
+    assert "resume_config" not in str(refused.value)

@@ -201,10 +201,10 @@ def _config(cls, args):
     try:
         if args.resume:
             from ..finetune_run import require_resumable, settings_file
-            from ..resuming import saved_settings
+            from ..resuming import settings_over_saved
 
             require_resumable(given["out"], args.task)
-            given = {**saved_settings(given["out"], cls, settings_file(args.task)), **given}
+            given = settings_over_saved(cls, given["out"], settings_file(args.task), given)
         lora = given.get("lora", False)
         if "lora_targets" in given and tuple(given["lora_targets"]) != ATTENTION_TARGETS and not lora:
             raise UsageError("--lora-targets / --lora-mlp need --lora")
@@ -216,6 +216,10 @@ def _config(cls, args):
         if given.get("merge") and not lora:
             raise UsageError("--merge needs --lora (it folds the adapters into the base weights)")
         config = cls(**given)
+        if args.resume:   # (cls.resume_config's settings, with the flags' checks between)
+            from ..resuming import built_on_saved
+
+            built_on_saved(config)
         refuse_ignored_flags(on_the_command_line, config, DATA_FLAG_RULES)
         return config
     except (TypeError, ValueError) as error:

@@ -812,25 +812,30 @@ def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts,
         return isinstance(saved, dict) and any(saved.get(part) != now[part] for part in streams[name][1])
 
     ids, made = {}, {}
-    for name, (stream_texts, _) in streams.items():
-        ids[name] = cached_tokens(stream_texts, tokenizer, run_dir / name)
-        if ids[name] is None:
-            made[name] = tokenize_pending(stream_texts, tokenizer, run_dir / name, progress=_bars(tc))
-            ids[name] = made[name].ids
-    train_ids, val_ids = parts(ids)
-    tokens = data_fingerprint(train_ids, val_ids)
-    suspect = [name for name in streams if name not in made and differs(name, tokens)]
-    for name in suspect:
-        made[name] = tokenize_pending(streams[name][0], tokenizer, run_dir / name, progress=_bars(tc))
-        ids[name] = made[name].ids
-    if suspect:
+    try:
+        for name, (stream_texts, _) in streams.items():
+            ids[name] = cached_tokens(stream_texts, tokenizer, run_dir / name)
+            if ids[name] is None:
+                made[name] = tokenize_pending(stream_texts, tokenizer, run_dir / name, progress=_bars(tc))
+                ids[name] = made[name].ids
         train_ids, val_ids = parts(ids)
-        remade = data_fingerprint(train_ids, val_ids)
-        damaged = [name for name in suspect if any(remade[part] != tokens[part] for part in streams[name][1])]
-        if damaged:
-            echo(f"the token cache ({', '.join(str(run_dir / name) for name in damaged)}) did not hold the tokens "
-                 f"of the text (damaged?): made again from the text")
-        tokens = remade
+        tokens = data_fingerprint(train_ids, val_ids)
+        suspect = [name for name in streams if name not in made and differs(name, tokens)]
+        for name in suspect:
+            made[name] = tokenize_pending(streams[name][0], tokenizer, run_dir / name, progress=_bars(tc))
+            ids[name] = made[name].ids
+        if suspect:
+            train_ids, val_ids = parts(ids)
+            remade = data_fingerprint(train_ids, val_ids)
+            damaged = [name for name in suspect if any(remade[part] != tokens[part] for part in streams[name][1])]
+            if damaged:
+                echo(f"the token cache ({', '.join(str(run_dir / name) for name in damaged)}) did not hold the tokens "
+                     f"of the text (damaged?): made again from the text")
+            tokens = remade
+    except BaseException:   # refused (a split with nothing on one side, ...) or stopped: nothing half-written stays
+        for stream in made.values():
+            stream.drop()
+        raise
     # tokens that are not the checkpoint's: the resume is refused (restore_checkpoint), and the run
     # folder is left as it was (its caches still those of the checkpoint's text)
     refused = any(differs(name, tokens) for name in streams)

@@ -110,3 +110,15 @@ def test_the_command_lines_resume_is_not_pointed_to_python(finished_run, tmp_pat
     with pytest.raises(ValueError, match="with different settings: preset") as refused:
         train(resume_config(run, preset="tiny"), resume=True)
     assert "resume_config" not in str(refused.value)
+
+
+def test_a_start_refused_at_the_held_out_split_leaves_no_half_written_tokens(tmp_path):
+    """A corpus too small to hold text out is refused after tokenizing: the token stream being made
+    (a .tokens.npy.tmp-* beside its cache) goes with the refusal."""
+    data = tmp_path / "six.txt"
+    data.write_text("hi there\n", encoding="utf-8")
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="one side would be empty"):
+        train(TrainConfig(data=str(data), out=str(run), steps=2, **{**TINY, "vocab_size": 270}),
+              echo=lambda *_: None)
+    assert not [p.name for p in run.iterdir() if ".tmp" in p.name]

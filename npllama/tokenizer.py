@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from .io.reading import read_lines
 from .ops._checks import require_non_negative_int, require_path
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -146,21 +145,26 @@ class Tokenizer:
     def train(cls, texts_or_files, model_prefix, vocab_size: int, *, model_type: str = "bpe",
               character_coverage: float = 0.9995, input_sentence_size: int = 1_000_000,
               max_sentence_length: int = 4192, num_threads: int | None = None, seed: int = 0,
-              verbose: bool = False, echo=None, **trainer_options) -> "Tokenizer":
+              verbose: bool = False, echo=None, doc_separator: str = "blank-line",
+              **trainer_options) -> "Tokenizer":
         """Train a SentencePiece model with LLaMA's settings; write `<model_prefix>.model/.vocab`.
 
         texts_or_files: either text -- an iterable of `str`, each a document trained on as it will be
             encoded, newlines included (documents longer than `max_sentence_length` bytes are cut
             after a newline, and such long lines at spaces, because SentencePiece skips over-long
             sentences), read one at a time (a generator over a huge corpus is never held whole) --
-            or files: a `str`/`os.PathLike` path, or an iterable of `pathlib.Path`, each a UTF-8 text
-            file read one line per sentence (any size: read a line at a time; \\r\\n and \\r end
-            lines too; long lines cut at spaces).
+            or files: a `str`/`os.PathLike` path, or a list of `pathlib.Path`, each a .txt or .jsonl
+            file or a folder of them, read into documents as `npllama tokenizer train --data` and
+            `npllama train --data` read them (any size: read a block of lines at a time), so the same
+            file gives the same tokenizer by either route.
+        doc_separator: how a .txt file given is cut into documents (npllama.data.DOC_SEPARATORS):
+            "blank-line" (`--doc-separator`'s default), "line" (each line a sentence of its own, as
+            files were read before npllama read them as documents), "marker:TEXT" or "whole-file".
         vocab_size: the number of pieces, including 256 byte pieces and <unk>, <s>, </s>.  If the
             corpus cannot fill it, ValueError suggests the largest size that works.
         model_type: "bpe" (LLaMA's) or another of MODEL_TYPES.
         max_sentence_length: the longest sentence SentencePiece takes, in bytes (see above).
-        input_sentence_size: at most this many sentences (documents, or lines of files) are used, sampled uniformly when the
+        input_sentence_size: at most this many sentences (documents) are used, sampled uniformly when the
             corpus has more, so huge corpora train in bounded memory.  0 = all; else more than 100.
         character_coverage: fraction of characters that get their own piece; the rarest rest are
             spelled with bytes (byte fallback).
@@ -187,23 +191,20 @@ class Tokenizer:
             minloglevel=0 if verbose else 2,  # SentencePiece logs to stderr via absl; 2 = errors only
         )
         options.update(trainer_options)
+        from .data import check_doc_separator
+
+        check_doc_separator(doc_separator)
         files = _as_files(texts_or_files)
-        if files is None:
-            sentences = _sentences(texts_or_files, max_sentence_length)   # lazily: a generator of a huge corpus
-            nothing = "texts_or_files holds only white space (or nothing)"
-        else:
+        if files is not None:
             # Read here, not by SentencePiece: it would train on \r (Windows line ends) and U+FFFD (bytes
-            # that are not UTF-8) without a word, and skip a line longer than max_sentence_length.
-            sentences = (sentence for file in files for line in read_lines(file) if line.strip()
-                         for sentence in _chunk(line, max_sentence_length))
-            nothing = (f"the training file(s) {', '.join(repr(str(f)) for f in files[:3])}"
-                       f"{' ...' if len(files) > 3 else ''} hold only white space")
+            # that are not UTF-8) without a word, and skip a sentence longer than max_sentence_length.
+            texts_or_files = _Documents(files, doc_separator)
+        sentences = _sentences(texts_or_files, max_sentence_length)   # lazily: a generator of a huge corpus
         first = next(sentences, None)
         if first is None:
-            raise ValueError(f"cannot train a tokenizer on no text: {nothing}")
+            raise ValueError("cannot train a tokenizer on no text: texts_or_files holds only white space (or nothing)")
         if echo is not None:   # the arguments are good and there is text: what follows takes a while
-            what = (f" on {len(files)} file{'s' if len(files) > 1 else ''}" if files else
-                    f" on {len(texts_or_files):,} documents" if isinstance(texts_or_files, Sized) else "")
+            what = f" on {len(texts_or_files):,} documents" if isinstance(texts_or_files, Sized) else ""
             echo(f"training a SentencePiece {model_type.upper()} tokenizer with {vocab_size} pieces{what} ...")
         reading = _Reading(itertools.chain([first], sentences))
         options["sentence_iterator"] = iter(reading)
@@ -222,7 +223,7 @@ class Tokenizer:
             raise failure
         if echo is not None and 0 < input_sentence_size < reading.count:
             echo(f"note: the tokenizer was trained on a random sample of {input_sentence_size:,} of the corpus' "
-                 f"{reading.count:,} {'lines' if files else 'documents (long ones counted in pieces)'}; "
+                 f"{reading.count:,} documents (long ones counted in pieces); "
                  f"the sample's size is input_sentence_size (`npllama tokenizer train --input-sentence-size N`; "
                  f"0 takes them all, in memory that grows with the corpus; `npllama train --tokenizer` takes "
                  f"the tokenizer it writes)")
@@ -471,14 +472,26 @@ def _as_files(texts_or_files) -> list[Path] | None:
     else:
         return None
     for item in items:
-        if item.is_dir():
-            raise ValueError(f"training file {str(item)!r} is a folder: train on its documents with "
-                             f"Tokenizer.train(npllama.data.load_texts({str(item)!r}), ...), as `npllama "
-                             f"tokenizer train --data` does")
-        if not item.is_file():
+        if not item.exists():
             raise ValueError(f"training file {str(item)!r} does not exist (to train on text, pass a "
                              f"list of strings instead of a path)")
     return items
+
+
+class _Documents:
+    """The documents of `files` (each a Corpus: a .txt or .jsonl file or a folder of them), as
+    `npllama train --data` reads them; sized, and read again from disk each time it is iterated."""
+
+    def __init__(self, files: list[Path], doc_separator: str):
+        from .data import Corpus
+
+        self.corpora = [Corpus(file, doc_separator) for file in files]   # read once now: what cannot be read is refused
+
+    def __len__(self) -> int:
+        return sum(map(len, self.corpora))
+
+    def __iter__(self) -> Iterator[str]:
+        return itertools.chain.from_iterable(self.corpora)
 
 
 class _Reading:

@@ -415,7 +415,7 @@ LIBRARY = [
         [file_with("latin1.txt", "caf\xe9 au lait\n".encode("latin-1") * 50)], tmp() / "t", 512), E,
      "latin1.txt: is not UTF-8 text (byte 3"),
     ("Tokenizer.train: a blank file", lambda: tokenizer_class().train([file_with("blank.txt", b"\n \n")], tmp() / "t", 512),
-     E, "blank.txt' hold only white space"),
+     E, "blank.txt' is empty: it contains no text"),
     ("Tokenizer.train: seed negative", lambda: tokenizer_class().train(["hello"], tmp() / "t", 512, seed=-1), E,
      "seed must be a non-negative int, got -1"),
     ("encode_batch: one str", lambda: tokenizer().encode_batch("hello"), E, "texts must be a list of str, not one str"),

@@ -143,8 +143,10 @@ def test_tokenizer_train_takes_doc_separator_for_a_folder_which_may_hold_txt_fil
     (tmp_path / folder / "b.jsonl").write_text('{"text": "four\\nfive"}\n', encoding="utf-8")
     seen = []
 
-    def train(texts, out, *args, **kwargs):   # what SentencePiece would be given, without training it
-        seen.extend(texts)
+    def train(texts, out, *args, doc_separator, **kwargs):   # the documents it would read, without training
+        from npllama.data import Corpus
+
+        seen.extend(Corpus(texts, doc_separator))
         return type("Trained", (), {"path": f"{out}.model", "vocab_size": 0})()
 
     monkeypatch.setattr(Tokenizer, "train", staticmethod(train))

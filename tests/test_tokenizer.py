@@ -464,15 +464,15 @@ def test_without_byte_fallback_the_vocabulary_needs_no_byte_pieces(tmp_path):
         Tokenizer.train(stories, tmp_path / "few", vocab_size=20, byte_fallback=False)
 
 
-def test_a_folder_given_as_the_training_file_is_named_as_a_folder(tmp_path):
+def test_a_folder_given_as_the_training_file_is_read_as_the_command_line_reads_it(tmp_path):
     (tmp_path / "texts").mkdir()
-    with pytest.raises(ValueError, match=r"texts' is a folder: train on its documents with "
-                                         r"Tokenizer.train\(npllama.data.load_texts\("):
+    with pytest.raises(ValueError, match=r"corpus folder .*texts' contains no .txt or .jsonl files"):
         Tokenizer.train(tmp_path / "texts", tmp_path / "tok", vocab_size=360)
     from npllama.data import load_texts
 
     write_default_corpus(tmp_path / "texts" / "stories.txt", n_stories=100)
-    assert Tokenizer.train(load_texts(tmp_path / "texts"), tmp_path / "tok", vocab_size=360).vocab_size == 360
+    assert Tokenizer.train(tmp_path / "texts", tmp_path / "tok", vocab_size=360).model_bytes == \
+        Tokenizer.train(load_texts(tmp_path / "texts"), tmp_path / "listed", vocab_size=360).model_bytes
 
 
 def test_a_prefix_ending_in_a_slash_is_refused_before_training(tmp_path, capsys):
@@ -559,3 +559,31 @@ def test_a_folder_given_as_the_model_to_encode_with_names_its_tokenizer_model(to
            f"{str(tmp_path / 'tokenizer.model')}" in capsys.readouterr().err
     assert main(["tokenizer", "decode", "--model", str(tmp_path / "empty"), "1"]) == 2   # no such file: said as before
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("doc_separator", ["blank-line", "marker:<END>", "line"])
+def test_a_file_trains_the_same_tokenizer_from_python_as_from_the_command_line(tmp_path, doc_separator, capsys):
+    """`Tokenizer.train("my.txt", ...)` and `npllama tokenizer train --data my.txt` are one route:
+    documents cut as --doc-separator says, each seen whole (not a line at a time in Python only)."""
+    from npllama.cli import main
+
+    stories = make_default_corpus(200, seed=4)
+    joiner = {"blank-line": "\n\n", "marker:<END>": "<END>\n", "line": "\n"}[doc_separator]
+    data = tmp_path / "my.txt"
+    data.write_text(joiner.join(s.replace("\n", " ") if doc_separator == "line" else s for s in stories),
+                    encoding="utf-8")
+    extra = [] if doc_separator == "blank-line" else ["--doc-separator", doc_separator]
+    assert main(["tokenizer", "train", "--data", str(data), "--vocab-size", "400", "--out", str(tmp_path / "cli"),
+                 *extra]) == 0
+    by_python = Tokenizer.train(data, tmp_path / "python", 400, doc_separator=doc_separator)
+    assert by_python.model_bytes == (tmp_path / "cli.model").read_bytes()
+    if doc_separator == "blank-line":   # the default, as the command line's
+        assert Tokenizer.train(str(data), tmp_path / "default", 400).model_bytes == by_python.model_bytes
+    # a folder of files, as the command line reads it
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(data.read_bytes())
+    assert main(["tokenizer", "train", "--data", str(folder), "--vocab-size", "400", "--out",
+                 str(tmp_path / "cli_folder"), *extra]) == 0
+    assert Tokenizer.train(folder, tmp_path / "py_folder", 400, doc_separator=doc_separator).model_bytes == \
+        (tmp_path / "cli_folder.model").read_bytes()

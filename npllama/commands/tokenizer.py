@@ -59,7 +59,6 @@ def register(subparsers) -> None:
 
 def train(args) -> int:
     from ..corpus import make_default_corpus
-    from ..data import Corpus
     from ..tokenizer import Tokenizer, model_prefix_path
 
     from pathlib import Path
@@ -76,10 +75,10 @@ def train(args) -> int:
     doc_separator = getattr(args, "doc_separator", DEFAULT_DOC_SEPARATOR)
     check_doc_separator(doc_separator)   # before the corpus is read (cli names the flag)
     refuse_ignored_flags(vars(args), args, [doc_separator_rule()])
-    # a stream: SentencePiece samples --input-sentence-size documents of it, the corpus is never held whole
-    texts = Corpus(args.data, doc_separator) if args.data else make_default_corpus()
-    tok = Tokenizer.train(texts, args.out, args.vocab_size, model_type=args.model_type,
-                          character_coverage=args.character_coverage,
+    # Python's route: --data read as a stream (SentencePiece samples --input-sentence-size documents
+    # of it, the corpus is never held whole), cut into documents as --doc-separator says
+    tok = Tokenizer.train(args.data or make_default_corpus(), args.out, args.vocab_size, model_type=args.model_type,
+                          character_coverage=args.character_coverage, doc_separator=doc_separator,
                           input_sentence_size=args.input_sentence_size, echo=partial(print, flush=True))
     print(f"wrote {tok.path} ({tok.vocab_size} pieces)")
     return 0

@@ -587,3 +587,18 @@ def test_a_file_trains_the_same_tokenizer_from_python_as_from_the_command_line(t
                  str(tmp_path / "cli_folder"), *extra]) == 0
     assert Tokenizer.train(folder, tmp_path / "py_folder", 400, doc_separator=doc_separator).model_bytes == \
         (tmp_path / "cli_folder.model").read_bytes()
+
+
+def test_tokenizer_train_help_says_what_it_does_and_encode_says_the_text_is_positional(tmp_path, capsys):
+    from npllama.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["tokenizer", "train", "--help"])
+    out = capsys.readouterr().out
+    assert "Train a SentencePiece tokenizer" in out.split("options:")[0]   # a description, before the options
+    Tokenizer.train(make_default_corpus(200, seed=0), tmp_path / "tok", 400)
+    assert main(["tokenizer", "encode", "--model", str(tmp_path / "tok.model"), "--text", "Once upon a time"]) == 2
+    err = capsys.readouterr().err
+    assert "positional" in err and f"--model {tmp_path / 'tok.model'} 'Once upon a time'" in err
+    assert "unrecognized" not in err
+    assert main(["tokenizer", "encode", "--model", str(tmp_path / "tok.model"), "Once upon a time"]) == 0

@@ -1,4 +1,5 @@
 """`npllama tokenizer train|encode|decode`: SentencePiece tokenizers with LLaMA's settings."""
+import argparse
 import json
 import sys
 from functools import partial
@@ -20,6 +21,13 @@ def register(subparsers) -> None:
                                           "SentencePiece's mark for a space, which comes back as a space.")
     sub = p.add_subparsers(dest="tokenizer_command", metavar="<train|encode|decode>")
     t = sub.add_parser("train", help="train a tokenizer on a corpus",
+                       description="Train a SentencePiece tokenizer (LLaMA's settings) on --data, read as "
+                                   "`npllama train --data` reads it: a .txt file cut into documents as "
+                                   "--doc-separator says, each seen whole, its newlines included, so the "
+                                   "tokenizer learns the text as it will be encoded (Python: "
+                                   "npllama.tokenizer.Tokenizer.train(PATH, OUT, VOCAB_SIZE, doc_separator=...), "
+                                   "the same tokenizer). Writes OUT.model and OUT.vocab; `npllama train "
+                                   "--tokenizer OUT.model` trains a model with it.",
                        formatter_class=HelpFormatter)
     t.add_argument("--data", default=None, help="a .txt file (cut into documents as --doc-separator says), a "
                    "folder of .txt/.jsonl files, or a .jsonl file with a \"text\" field (default: built-in stories)")
@@ -46,6 +54,8 @@ def register(subparsers) -> None:
     e.add_argument("--model", required=True, help="SentencePiece .model file")
     e.add_argument("text", nargs="?", default=None, help="text to encode (default: standard input, read as it is: the "
                    "newline `echo` ends it with is encoded too, as <0x0A>; `echo -n` or printf leave it out)")
+    # (the text is positional: a --text of habit is told so, not "unrecognized arguments")
+    e.add_argument("--text", dest="text_flag", default=None, help=argparse.SUPPRESS)
     e.add_argument("--no-bos", action="store_true", help="do not prepend <s>")
     e.add_argument("--eos", action="store_true", help="append </s>")
     e.add_argument("--pieces", action="store_true", help="print the pieces instead of ids")
@@ -107,6 +117,11 @@ def _load(path):
 
 
 def encode(args) -> int:
+    if args.text_flag is not None:
+        from shlex import quote
+
+        raise UsageError(f"the text to encode is positional, without --text: npllama tokenizer encode "
+                         f"--model {quote(args.model)} {quote(args.text_flag)}")
     tok = _load(args.model)
     text = _text_to_encode(args.text)
     ids = tok.encode(text, bos=not args.no_bos, eos=args.eos)

@@ -2301,3 +2301,44 @@ def test_the_verdict_line_counts_inputs_not_commas_for_its_singular_or_plural():
     assert "a, b FAILs" in str(one), str(one)
     two = gradcheck(lambda a, b: float(np.sum(a ** 2) + np.sum(b ** 2)), [x, y], [3 * x, 3 * y], names=["p", "q"])
     assert "p, q FAIL" in str(two) and "p, q FAILs" not in str(two), str(two)
+
+
+def _saturated_attention():
+    # scores 100 * (2.7, 0, 1): probabilities 1, 2e-59, 1e-37; dq ~1e-37 while dv ~3
+    q = np.zeros((1, 1, 3, 4))
+    q[..., 0] = 100.0
+    k = np.zeros((1, 1, 3, 4))
+    k[..., 0, 0], k[..., 2, 0] = 2.7, 1.0
+    return q, k, np.random.default_rng(0).standard_normal((1, 1, 3, 4))
+
+
+@pytest.mark.parametrize("scale_dq", [1.0, 0.9])
+def test_an_input_whose_gradient_is_tiny_next_to_the_largest_is_said_to_be_not_checked(scale_dq):
+    # saturated attention: dq (~1e-37) is resolved only to 1e-3 of the check's largest gradient
+    # (dv ~3), so q came out "ok" with a relative bound of 1e25, and nothing said that q's own
+    # gradient -- right or 10% off -- was not checked.  Not a FAIL (the differences cannot see it),
+    # but a note naming the input
+    from npllama.ops.attention import attention_backward, attention_forward
+
+    def backward(dout, cache):
+        dq, dk, dv = attention_backward(dout, cache)
+        return scale_dq * dq, dk, dv
+
+    report = check_op(lambda q, k, v: attention_forward(q, k, v, causal=False), backward, list(_saturated_attention()),
+                      names=["q", "k", "v"])
+    assert report["q"].status == "ok" and report["v"].status == "ok", str(report)
+    assert any(w.startswith("q: ") and "not checked" in w for w in report.warnings), report.warnings
+    assert not any(w.startswith("v: ") for w in report.warnings), report.warnings
+
+
+def test_a_tiny_gradient_next_to_a_large_one_is_said_to_be_not_checked_and_an_ignored_input_is_not():
+    rng = np.random.default_rng(3)
+    a, b, c = rng.standard_normal(4), rng.standard_normal(4), rng.standard_normal(4)
+    fn = lambda a, b, c: float(np.sum(b**2) + 1e-20 * np.sum(np.sin(a)))     # c: ignored, its gradient 0
+    report = gradcheck(fn, [a, b, c], [1e-20 * np.cos(a), 2 * b, np.zeros(4)], names=["a", "b", "c"])
+    assert report.ok, str(report)
+    assert [w.split(":")[0] for w in report.warnings if "not checked" in w] == ["a"], report.warnings
+    # a gradient resolved next to its own size says nothing of the kind
+    alone = gradcheck(lambda a: 1e-20 * float(np.sum(np.sin(a))), [a], [1e-20 * np.cos(a)])
+    assert alone.ok and not alone.warnings, str(alone)
+

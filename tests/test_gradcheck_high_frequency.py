@@ -54,3 +54,22 @@ def test_a_shorter_step_resolves_sin_k_x_so_a_backward_10_percent_off_fails(k, s
     right = k * np.cos(k * x)
     assert gradcheck(sin_k(k), [x], [right]).inputs[0].status == "ok"
     assert gradcheck(sin_k(k), [x], [0.9 * right]).inputs[0].status == "FAIL"
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("plant", ["scaled 0.9", "all zero (a missing term)"])
+def test_a_probe_left_unresolved_by_f_varying_within_the_step_says_so_not_round_off(seed, plant):
+    # sum(sin(k x)) at k h ~ 1: a probe whose differences never shrank like h^2 was UNRESOLVED with
+    # the note "|f|'s round-off swamps a tiny gradient ... accept them with atol=": the gradient
+    # (1e4) is not tiny, f rounds as the model says, and atol would pass a wrong one.  The cause
+    # measured is the step (too long for f's curvature), and a smaller eps resolves it
+    k, x = 1e4, np.random.default_rng(seed).standard_normal(5)
+    report = gradcheck(sin_k(k), [x], [PLANTS[plant](k * np.cos(k * x))], seed=seed)
+    unresolved = [w for w in report.warnings if "UNRESOLVED" in w]
+    for note in unresolved:
+        assert "round-off swamps" not in note and "atol=" not in note, note
+    if report.inputs[0].unresolved and not any("f itself is not resolved" in w for w in unresolved):
+        assert any("smooth" in w and "smaller eps" in w for w in unresolved), report.warnings
+    # (the advice holds: 1000 times shorter, the same wrong gradient FAILs outright)
+    assert gradcheck(sin_k(k), [x], [PLANTS[plant](k * np.cos(k * x))], seed=seed, eps=1e-7).inputs[0].status == "FAIL"
+

@@ -44,6 +44,8 @@ class _Probes:
     unresolved: list = dataclasses.field(default_factory=list)  # bound above UNRESOLVED of the gradient
     largest: list = dataclasses.field(default_factory=list)     # the check's largest gradient, in the probe's units
     rough: list = dataclasses.field(default_factory=list)
+    roundoff_limited: list = dataclasses.field(default_factory=list)   # bound mostly rounding, not truncation
+    below_own: list = dataclasses.field(default_factory=list)   # bound above UNRESOLVED of the probe's own gradient
     unsteady: list = dataclasses.field(default_factory=list)    # failing, but f not resolved at its steps
     between: list = dataclasses.field(default_factory=list)     # (left, right) slopes at a kink, or ()
     flat: list = dataclasses.field(default_factory=list)        # unsteady: f kept to a line at every step
@@ -90,7 +92,16 @@ class _Probes:
                            and not estimate.bound <= ROUGH_RESOLVED * reference)
         self.unresolved.append(estimate.unsteady or bool(estimate.between) or rough_and_loose
                                or ((reference > 0 or coarse > 0) and not estimate.bound <= resolution))
+        # resolved only next to the check's largest gradient (coarse), not next to its own: a wrong
+        # gradient of this probe's size passes too (reports.py says so: saturated attention's dq,
+        # ~1e-37 next to dv ~3, was ok with a relative bound of 1e25 and nothing said)
+        self.below_own.append(not bound <= UNRESOLVED * reference)
         self.rough.append(estimate.rough)
+        # what limits the bound (reports.py names it for an unresolved probe): rounding (f's and
+        # the analytic gradient's, which longer steps shrink) or truncation (f bending within the
+        # step, which shorter steps shrink)
+        truncation = estimate.bound - estimate.roundoff
+        self.roundoff_limited.append(not truncation > bound - truncation)
         self.unsteady.append(estimate.unsteady)
         self.between.append(estimate.between)
         self.flat.append(estimate.flat)

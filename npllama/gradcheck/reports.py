@@ -8,7 +8,7 @@ import dataclasses
 
 import numpy as np
 
-from .constants import LOOSE_BOUND, SMALLEST, TINY, UNRESOLVED
+from .constants import LOOSE_BOUND, ROUGH_RESOLVED, SMALLEST, TINY, UNRESOLVED
 from .norms import _norm, rel_error
 from .pattern import _pattern_note
 
@@ -292,11 +292,26 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
                      "its differences at other steps disagree by more than their error bounds, and the analytic value "
                      "lies within that disagreement; check at inputs in a better-conditioned range, compute f more "
                      "stably, or for an input far from zero give a smaller eps")
-    by_round_off = int(np.sum(~passed & unresolved & ~numeric_broken & ~unsteady & ~at_kink))
-    if by_round_off:
-        notes.append(f"{by_round_off} probe(s) UNRESOLVED: even with longer steps, the finite differences' "
+    # the rest: a bound too loose to judge, named by what limits it (checker.py)
+    not_judged = ~passed & unresolved & ~numeric_broken & ~unsteady & ~at_kink
+    by_round_off = not_judged & ~np.array(probes.rough, dtype=bool) & np.array(probes.roundoff_limited, dtype=bool)
+    by_step = not_judged & ~by_round_off
+    if np.any(by_round_off):
+        notes.append(f"{int(np.sum(by_round_off))} probe(s) UNRESOLVED: even with longer steps, the finite differences' "
                      f"error bound stays above {UNRESOLVED:g} of the gradient, so a wrong gradient could not be told from a right one (|f|'s round-off swamps a tiny gradient). "
                      "Check at inputs where the gradient is larger next to |f|, or accept them with atol=")
+    if np.any(by_step):
+        # sum(sin(k x)) with k times the step ~ 1 was blamed on round-off, with atol= as the advice:
+        # its gradient is not tiny, f rounds as the model says, and atol would pass a wrong one
+        notes.append(f"{int(np.sum(by_step))} probe(s) UNRESOLVED: f changes too much within the step for its "
+                     "differences to judge the gradient -- even at shorter steps their error bound, mostly f "
+                     "bending within the step (or, where they did not even shrink like h^2 as a smooth function's "
+                     f"do, only a guess), stays above {UNRESOLVED:g} of the gradient ({ROUGH_RESOLVED:g} for such a "
+                     "guess), so a wrong gradient could not be told from a right one.  f varies on a scale near or "
+                     "below the step (sum(sin(k x)) with k times the step ~ 1 or more; a step is eps times the "
+                     "input's scale, max(|x_i|, rms(x))), or rounds far above |f|'s round-off (a cancellation "
+                     "inside it: compute f stably).  Give a smaller eps (eps=1e-7), or check at inputs where f "
+                     "varies more slowly")
     # (a failing random direction is followed down to its entry by _locate, which says so)
     numeric = np.array(probes.numeric)
     if not report.ok and numeric.size and np.all(numeric == 0) and np.any(np.array(probes.analytic) != 0):
@@ -336,7 +351,21 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
         notes.append("the gradient is zero everywhere (in every input of the check), so a relative bound means "
                      "nothing: the check can only confirm zero -- f's differences are zero too, to within "
                      f"{max(probes.bound):.1e} absolute")
-    if report.bound > LOOSE_BOUND and not report.unresolved:
+    a, n = np.array(probes.analytic, dtype=np.float64), np.array(probes.numeric, dtype=np.float64)
+    # passed, but only within LOOSE_BOUND of the check's largest gradient, its own far smaller (a
+    # probe where analytic and numeric are both exactly 0 confirms a zero: f ignores the input there)
+    unchecked = passed & np.array(probes.below_own, dtype=bool) & ((a != 0) | (n != 0))
+    if np.any(unchecked):
+        own = float(np.max(np.abs(np.where(unchecked, a, 0.0))))
+        within = float(np.max(np.where(unchecked, np.array(probes.bound, dtype=np.float64), 0.0)))
+        largest = float(np.max(np.where(unchecked, np.array(probes.largest, dtype=np.float64), 0.0)))
+        notes.append(f"its own gradient was effectively not checked: it is tiny (up to {own:.2g} along "
+                     f"{int(np.sum(unchecked))} probe(s)) next to the check's largest gradient ({largest:.2g}), and "
+                     f"finite differences resolved it only to within {within:.2g} ({LOOSE_BOUND:g} of that largest or "
+                     "less), which passes it -- a wrong gradient of its size would pass too.  Not a FAIL: to check it, "
+                     "choose inputs where its gradient is not so small next to the others (a softmax less saturated), "
+                     "or check it in a function of its own")
+    elif report.bound > LOOSE_BOUND and not report.unresolved:
         notes.append(f"the bound is loose ({report.bound:.1e} relative): finite differences cannot resolve "
                      "this gradient well (tiny next to |f|'s round-off, or f strongly curved); "
                      "a mistake smaller than that would pass")

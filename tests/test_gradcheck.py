@@ -2342,3 +2342,14 @@ def test_a_tiny_gradient_next_to_a_large_one_is_said_to_be_not_checked_and_an_ig
     alone = gradcheck(lambda a: 1e-20 * float(np.sum(np.sin(a))), [a], [1e-20 * np.cos(a)])
     assert alone.ok and not alone.warnings, str(alone)
 
+
+@pytest.mark.parametrize("x", [[1e-320], [1e-320, 2e-320], [3e-321, 0.0]])
+def test_a_step_that_vanishes_in_a_subnormal_input_is_retried_longer(x):
+    # eps times a subnormal entry rounds to no step at all: D(h) is marked rough with an infinite
+    # bound (nothing resolved), and a longer step must still be tried -- the guard that stops
+    # longer steps from a rough estimate (derivative.py) is for a finite bound only; without that
+    # exception these were UNRESOLVED
+    x = np.array(x)
+    fn = lambda v: float(np.sum(v * 1e150) + 5 * np.sum(v))
+    assert gradcheck(fn, [x], [np.full(x.shape, 1e150 + 5)]).inputs[0].status == "ok"
+    assert gradcheck(fn, [x], [np.full(x.shape, 0.9e150)]).inputs[0].status == "FAIL"

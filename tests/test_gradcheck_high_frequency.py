@@ -73,3 +73,13 @@ def test_a_probe_left_unresolved_by_f_varying_within_the_step_says_so_not_round_
     # (the advice holds: 1000 times shorter, the same wrong gradient FAILs outright)
     assert gradcheck(sin_k(k), [x], [PLANTS[plant](k * np.cos(k * x))], seed=seed, eps=1e-7).inputs[0].status == "FAIL"
 
+
+@pytest.mark.parametrize("x", [[-0.97947417, -1.57349033, -2.92497057, -0.35323216, 1.24760637],
+                               [[0.78354507], [-1.43087302], [-0.93654772]]])
+def test_an_all_zero_gradient_of_sin_k_x_does_not_pass_on_a_rough_bound(x):
+    # k = 1e5, k h ~ 10: no step tried makes f smooth, and the rough bound left (0.6-0.9 of the
+    # differences) is relative to nothing (the analytic gradient is all zero); the rule that a
+    # rough estimate resolves a probe only inside ROUGH_RESOLVED of its gradient (checker.py) is
+    # what keeps these two from passing (without it: ok, in the sweep's draws 14 and 15)
+    x = np.array(x)
+    assert gradcheck(sin_k(1e5), [x], [np.zeros_like(x)]).inputs[0].status != "ok"

@@ -40,10 +40,20 @@ How a probe's numeric derivative and its bound are made (the error model):
   longer    when the bound is above 1e-3 of the gradient's size (a gradient tiny next to |f|, so
   steps     f's round-off swamps the difference), the probe is taken again with longer steps
             (round-off / h falls), kept only while the bound shrinks, the estimates agree and f
-            still behaves smoothly at the longer step.  A probe whose bound stays above half its
+            still behaves smoothly at the longer step.  Not when f did not behave smoothly at the
+            step (its differences at h, 2h, 4h did not shrink like h^2: "rough") and the bound is
+            above half the estimate itself: f then varies within the step (sum(sin(k x)) with
+            k h ~ 1), and at a far longer step its differences only alias, looking smooth by chance;
+            shorter steps (below) are what can resolve it.  A probe whose bound stays above half its
             gradient (and above 1e-3 of the largest gradient in the check) is UNRESOLVED: a wrong
             gradient could not be told from a right one there, so it does not pass (the report
-            says so, apart from FAIL).
+            says so, apart from FAIL).  A rough estimate's bound, |D(h) - D(2h)|, assumes the
+            differences shrink like h^2, which they did not: a probe passing on one is UNRESOLVED
+            unless that bound is below 1e-2 of its gradient (ROUGH_RESOLVED, constants.py) --
+            sum(sin(k x)) at k h ~ 1 passed a gradient 10% off inside a rough bound of half of it.
+            A probe that passes only next to the largest gradient (its own gradient far smaller,
+            as saturated attention's dq ~1e-37 next to dv ~3) passes, with a note that its own
+            gradient was effectively not checked.
   shorter   a probe that fails, or passes on a bound above 1e-3 of its gradient, where that bound
   steps     is mostly truncation (f bends within a few steps: an input far from zero whose entries
             differ by little) is taken again at steps 4, 16, 64 times shorter, kept while the bound
@@ -52,6 +62,10 @@ How a probe's numeric derivative and its bound are made (the error model):
             do not shrink like h^2: a layer norm of 1e6 + noise, stepped by 100, saturates within
             it), 16 times shorter each time, past rough ones, down to eps times the spread
             around their mean of the entries in a line (a row, a column) with the probed one.
+            Where the rough estimate still resolves nothing (its bound above 1e-2 of its value),
+            on past that, 4 times shorter each time while the differences keep shrinking (f may
+            vary on a scale shorter than both: sum(sin(k x)) is smooth only at k h << 1); f's own
+            rounding makes differences that grow as the step shrinks, and stops it there.
   failing   a probe that fails is measured again before it is called wrong: f's own rounding,
   probes    from the 4th differences of f at 7 points 1/4, 1/3 and 1 step apart, and at the step eps also 4
             and 21 (a cancellation can keep f's value over many steps, then jump; 6th differences
@@ -90,8 +104,9 @@ How a probe's numeric derivative and its bound are made (the error model):
             between f's one-sided slopes there, as a subgradient's, is UNRESOLVED, one outside FAILs),
             nor a function that varies on a scale far shorter than the step (cos of x ~ 1e5,
             where the relative step is 10) and than the input's spread (1e5 + noise, with a
-            spread of 1, is resolved by the shorter steps); the report says when f did not
-            behave smoothly.
+            spread of 1, is resolved by the shorter steps), when the shorter steps do not reach
+            one where f behaves smoothly: that probe is UNRESOLVED, and the report says f changes
+            too much within the step (give a smaller eps).
 
 Which probes (method="auto"): every entry when the input has at most max_entries entries
 (None: AUTO_ALL_ENTRIES = 2048 entries, checker.py); otherwise a random sample of max_entries

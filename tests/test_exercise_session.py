@@ -424,3 +424,49 @@ def test_a_teacher_grading_from_a_notebook_grades_files_as_usual(kernel, tmp_pat
     monkeypatch.chdir(tmp_path)
     graded = kernel("from npllama.exercises.sandbox import grade_file\ngrade_file('softmax', 'alice.py', n_random=1)")
     assert graded.status == "pass", graded.text
+
+
+def _redefined(cell_prefix, body=SOFTMAX_WRONG_AXIS):
+    """`body`'s def of softmax_backward, indented into `cell_prefix` (an if, a class ...)."""
+    indent = " " * 4
+    return cell_prefix + "".join(indent + line + "\n" for line in body.splitlines())
+
+
+DECORATED = ("import functools\n\ndef logged(f):\n    @functools.wraps(f)\n    def wrapper(*args):\n"
+             "        return f(*args)\n    return wrapper\n\n")
+
+
+@pytest.mark.parametrize("first, later, check", [
+    (SOFTMAX_RIGHT, "import nump\n" + _redefined("if True:\n"), CHECK_CELL),
+    (SOFTMAX_RIGHT, "import nump\n" + _redefined("try:\n") + "except ZeroDivisionError:\n    pass\n", CHECK_CELL),
+    (SOFTMAX_RIGHT, "import nump\nsoftmax_backward = lambda dp, cache: dp\n", CHECK_CELL),
+    (DECORATED + SOFTMAX_RIGHT.replace("def ", "@logged\ndef "),
+     "import nump\n" + SOFTMAX_WRONG_AXIS.replace("def ", "@logged\ndef "), CHECK_CELL),
+    ("import numpy as np\n" + _redefined("class Op:\n", SOFTMAX_RIGHT), "import nump\n" + _redefined("class Op:\n"),
+     "check_function('softmax', Op.softmax_backward, n_random=1)"),
+], ids=["def in an if", "def in a try", "a lambda", "a decorated def", "a method"])
+def test_a_stale_definition_is_found_however_the_later_cell_defines_it(kernel, first, later, check):
+    """Only a def at the start of a line counted as defining the function again: a cell whose def
+    sits in an if or a try, or that binds a lambda to the name, failed before it ran -- and the
+    older, right function was graded 'Well done!'.  A decorated def, and a method (its class
+    defined again), the same."""
+    kernel(first)
+    kernel("from npllama.exercises import check_function")
+    assert kernel(check).ok
+    kernel(later)
+    report = kernel(check)
+    assert not report.ok and report.load_error and "In[4]" in report.load_error, report.format()
+
+
+def test_a_later_cell_that_only_mentions_the_def_or_ran_it_leaves_the_older_function_checked(kernel):
+    """A def of the name inside a string made the check refuse a function just defined; and an
+    older version kept under another name and checked on purpose was said to be stale after a
+    later cell's def had run (the message said that cell "stopped before its def ran": untrue)."""
+    kernel(SOFTMAX_RIGHT)
+    kernel("notes = '''\ndef softmax_backward(dp, cache):\n'''")
+    assert kernel(CHECK_CELL).ok, kernel(CHECK_CELL).format()
+    kernel("first_version = softmax_backward")
+    kernel(SOFTMAX_WRONG_AXIS)
+    report = kernel("check_function('softmax', first_version, n_random=1)")
+    assert report.ok, report.format()
+    assert kernel(CHECK_CELL).first_failure is not None

@@ -12,6 +12,9 @@ Outside IPython (a script, pytest, the grading sandbox) there is no such state: 
 """
 from __future__ import annotations
 
+import ast
+import contextlib
+import inspect
 import linecache
 import re
 import sys
@@ -64,18 +67,78 @@ def librarys_own(function, exercise) -> str | None:
 
 def stale_definition(function) -> str | None:
     """Why `function` is not the code last run under its name: a cell run after the one defining
-    it defines it again, but the kernel still holds the older one (None when it is the latest)."""
+    it defines it again, but the kernel still holds the older one (None when it is the latest, or
+    when the name holds another function now: one kept under another name is checked on purpose)."""
     defined_in = _cells_defining(function)
-    if not defined_in:
+    path = _name_path(function)
+    if not defined_in or path is None or not _still_held(function, path):
         return None
     history, source = _history(), _cell_source(function)
-    name = function.__name__
-    defines = re.compile(rf"^(async\s+)?def\s+{re.escape(name)}\s*\(", re.MULTILINE)
     later = [n for n in range(defined_in[-1] + 1, len(history))
-             if defines.search(history[n]) and history[n].rstrip() != source]
+             if history[n].rstrip() != source and _defines(history[n], path)]
     if not later:
         return None
+    name = function.__name__
     return (f"the {name} the kernel holds is the one cell In[{defined_in[-1]}] defined, but cell In[{later[-1]}], "
             f"run after it, defines {name} again and stopped before its def ran (see that cell's error); "
             f"checking the older one would grade code you have replaced: fix that cell, run it, then "
             f"run this check again")
+
+
+def _name_path(function) -> list[str] | None:
+    """The names leading to `function` from the cell's globals: ['rmsnorm_backward'], a method's
+    ['Op', 'rmsnorm_backward'] (None for a lambda or a function made inside another: no cell names it)."""
+    path = getattr(function, "__qualname__", "").split(".")
+    return None if any(part.startswith("<") for part in path) else path
+
+
+def _still_held(function, path) -> bool:
+    """Whether the cell's globals still reach `function`'s code by its names: a def run since would
+    have replaced it there (a decorator's wrapper is followed to the function it wraps)."""
+    held = _shell().user_ns.get(path[0])
+    for name in path[1:]:
+        held = getattr(held, name, None)
+    if callable(held):
+        with contextlib.suppress(ValueError):       # a __wrapped__ chain that loops
+            held = inspect.unwrap(held)
+        held = getattr(held, "__func__", held)      # a bound method's function
+    return getattr(held, "__code__", None) is function.__code__
+
+
+def _defines(cell: str, path) -> bool:
+    """Whether the cell's code binds the function at `path` by a def (at its top level or inside
+    an if, a try, a with, a loop; a method inside its class) or a lambda assigned to the name --
+    what, had the cell run, would have replaced the function.  A cell that does not parse (a
+    syntax error: nothing in it ran) is read line by line."""
+    try:
+        statements = ast.parse(cell).body
+    except SyntaxError:
+        binds = re.compile(rf"^\s*((async\s+)?def\s+{re.escape(path[-1])}\s*\(|{re.escape(path[-1])}\s*=\s*lambda\b)",
+                           re.MULTILINE)
+        return bool(binds.search(cell))
+    for depth, name in enumerate(path):
+        last = depth == len(path) - 1
+        found = [node for node in _statements(statements) if _binds(node, name, last)]
+        if not found:
+            return False
+        statements = [statement for node in found if isinstance(node, ast.ClassDef) for statement in node.body]
+    return True
+
+
+def _statements(statements):
+    """The statements run in this scope: those nested in if/try/with/for/while blocks too, not a
+    def's or class's body (a scope of its own)."""
+    for node in statements:
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+                yield from _statements(getattr(node, field, []))
+
+
+def _binds(node, name: str, function: bool) -> bool:
+    if not function:
+        return isinstance(node, ast.ClassDef) and node.name == name
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return node.name == name
+    return (isinstance(node, ast.Assign) and isinstance(node.value, ast.Lambda)
+            and any(isinstance(target, ast.Name) and target.id == name for target in node.targets))

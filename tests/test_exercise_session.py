@@ -470,3 +470,44 @@ def test_a_later_cell_that_only_mentions_the_def_or_ran_it_leaves_the_older_func
     report = kernel("check_function('softmax', first_version, n_random=1)")
     assert report.ok, report.format()
     assert kernel(CHECK_CELL).first_failure is not None
+
+
+@pytest.mark.parametrize("cell", [
+    "from npllama.ops.softmax import softmax_backward as ref\n\n"
+    "def softmax_backward(dp, cache):\n    return ref(dp, cache)\n",
+    "from npllama.ops.softmax import softmax_forward as forward\nimport numpy as np\n\n"
+    "def softmax_backward(dp, cache):\n    forward(np.zeros((1, 2)))\n"
+    "    return cache * (dp - (dp * cache).sum(-1, keepdims=True))\n",
+], ids=["own backward", "forward"])
+def test_npllamas_ops_imported_under_a_name_of_the_cell_are_refused_inside_the_backward(kernel, cell):
+    """The guard replaced npllama's functions in their modules only: one a cell had imported under
+    a name of its own (`softmax_backward as ref`) was called unguarded, and the library's backward
+    passed as the student's."""
+    kernel(cell)
+    report = kernel(CHECK_CELL)
+    assert report.refused and "your backward called npllama's" in report.refused, report.format()
+    # the forward imported to try things out, outside the backward, is no breach: the name is the
+    # library's own again once the check is over
+    name = "ref" if " as ref" in cell else "forward"
+    assert kernel(f"import npllama.ops.softmax\n{name} is npllama.ops.softmax.{name.replace('ref', 'softmax_backward').replace('forward', 'softmax_forward')}")
+
+
+def test_a_function_from_a_module_written_from_the_notebook_is_guarded(kernel, tmp_path, monkeypatch):
+    """%%writefile a module calling npllama's own backward, import its function: 'Well done!' (the
+    guard was on for functions typed in a cell only)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    kernel("%%writefile borrowed.py\nimport npllama.ops.softmax as library\n\n"
+           "def softmax_backward(dp, cache):\n    return library.softmax_backward(dp, cache)\n")
+    kernel("from borrowed import softmax_backward")
+    report = kernel(CHECK_CELL)
+    assert report.refused and "your backward called npllama's softmax_backward" in report.refused, report.format()
+
+
+def test_a_helper_the_exercise_allows_stays_callable_from_a_cell(kernel):
+    """rope's rotate_half may be imported and called (screen.py's allowed helpers): not refused."""
+    kernel("from npllama.ops.rope import rotate_half\nimport numpy as np\n\n"
+           "def rope_backward(dy, cache):\n    cos, sin = cache\n"
+           "    return dy * cos - rotate_half(dy * sin)\n")
+    report = kernel("from npllama.exercises import check_function\ncheck_function('rope', rope_backward, n_random=1)")
+    assert report.ok, report.format()

@@ -34,7 +34,7 @@ from .gradebook import submissions_in
 from .mistakes import explain
 from .screen import (RULE, ForbiddenCall, finite_difference_lines, guard_library, measured_reason, near_exact_gap,
                      near_exact_note, screen_source, student_call)
-from .session import librarys_own, stale_definition, typed_in_a_cell
+from .session import librarys_own, stale_definition, students_code
 from .starter import derivation_section
 
 DEFAULT_RANDOM_CASES = 8
@@ -327,9 +327,10 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
         return Report(exercise, source, [], refused=reason)
     if function is not None and (reason := stale_definition(function)):
         return Report(exercise, source, [], load_error=reason)
-    # a cell's code calling npllama's forward or own backward through its module is refused, as in
-    # check_file; other callers (the sandbox's grading process, tests) call it knowingly
-    with guard_library(exercise) if typed_in_a_cell(function) else contextlib.nullcontext():
+    # in a session, the student's code calling npllama's forward or own backward -- through its
+    # module or a name a cell imported it as -- is refused, as in check_file; other callers (the
+    # sandbox's grading process, tests, scripts) call it knowingly
+    with guard_library(exercise, function) if students_code(function) else contextlib.nullcontext():
         notes = []
         try:
             gap = near_exact_gap(exercise, backward)

@@ -287,9 +287,14 @@ def student_call(backward):
 
 
 @contextlib.contextmanager
-def guard_library(exercise):
+def guard_library(exercise, student=None):
     """While active, every npllama.ops forward and exercise's own backward raise ForbiddenCall
-    when called from inside a student's backward (wrapped by `student_call`)."""
+    when called from inside a student's backward (wrapped by `student_call`).
+
+    student: the student's function, when its code was loaded before the guard went on (a notebook
+    cell): the names its globals and closure hold those functions under (`from npllama.ops.softmax
+    import softmax_backward as ref`) are guarded too -- a file loaded under the guard binds the
+    guarded ones itself."""
     ops = importlib.import_module("npllama.ops")
     patched = []
     for module in {ops, importlib.import_module(exercise.module), *_op_modules(ops)}:
@@ -297,11 +302,32 @@ def guard_library(exercise):
             if callable(fn) and (name.endswith("_forward") or name == exercise.backward_name):
                 patched.append((module, name, fn))
                 setattr(module, name, _guarded(name, fn))
+    guarded = {id(fn): getattr(module, name) for module, name, fn in patched}
+    rebound = _rebind(student, guarded) if student is not None else []
     try:
         yield
     finally:
+        for restore in reversed(rebound):
+            restore()
         for module, name, fn in reversed(patched):
             setattr(module, name, fn)
+
+
+def _rebind(function, guarded: dict) -> list:
+    """Put the guarded versions in place of the library functions `function`'s globals and closure
+    hold (guarded: id of the original -> its guarded version); the undoing of each, returned."""
+    restores = []
+    namespace = getattr(function, "__globals__", None)
+    for name, value in list((namespace or {}).items()):
+        if id(value) in guarded:
+            namespace[name] = guarded[id(value)]
+            restores.append(functools.partial(namespace.__setitem__, name, value))
+    for cell in getattr(function, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):          # an empty cell
+            if id(cell.cell_contents) in guarded:
+                restores.append(functools.partial(setattr, cell, "cell_contents", cell.cell_contents))
+                cell.cell_contents = guarded[id(cell.cell_contents)]
+    return restores
 
 
 def _op_modules(ops):

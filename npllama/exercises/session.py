@@ -48,10 +48,13 @@ def _cells_defining(function) -> list[int]:
     return [n for n, cell in enumerate(_history()) if source and cell.rstrip() == source]
 
 
-def typed_in_a_cell(function) -> bool:
-    """Whether a cell of this session defined `function`: then it shares the kernel with the checker,
-    and what it calls through npllama's modules is refused as check_file refuses it (guard_library)."""
-    return bool(_cells_defining(function))
+def students_code(function) -> bool:
+    """Whether `function` is the student's code run in this session -- typed in a cell, or from a
+    module of their own (%%writefile, then imported): it shares the kernel with the checker, and
+    what it calls of npllama's is refused as check_file refuses it (guard_library).  npllama's own
+    code (the sandbox's stand-in for a file graded from the kernel) calls it knowingly."""
+    module = getattr(function, "__module__", None) or ""
+    return _shell() is not None and function is not None and not module.startswith("npllama.")
 
 
 def librarys_own(function, exercise) -> str | None:

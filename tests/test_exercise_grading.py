@@ -624,3 +624,34 @@ def test_files_two_folders_down_are_named_not_left_out_in_silence(tmp_path, caps
     assert status == 0
     assert ("not graded (two folders down: check each subfolder on its own): section 1/alice/rmsnorm_backward.py"
             in out), out
+
+
+def test_a_notebook_given_to_exercise_check_is_told_how_to_become_a_py_file(tmp_path, capsys):
+    """`exercise check softmax softmax_backward.ipynb` said "(is it a .py file?)", and a folder of
+    notebooks only "holds no .py files to check": neither said what to do, which the notebook's
+    last cell says -- copy the solution cell (not the check cell) into softmax_backward.py."""
+    from npllama.cli import main
+    from npllama.exercises.notebook import write_notebook
+
+    notebook = write_notebook("softmax", tmp_path / "softmax_backward.ipynb")
+    status = main(["exercise", "check", "softmax", str(notebook), "--cases", "0"])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "is it a .py file" not in out, out
+    assert (f"{notebook} is a notebook, which is not graded: copy its code cell with your softmax_backward "
+            f"(not the check cell: a file importing npllama.exercises is refused) into a file "
+            f"{tmp_path / 'softmax_backward.py'}, then: npllama exercise check softmax "
+            f"{tmp_path / 'softmax_backward.py'}") in " ".join(out.split()), out
+    last_cell = "".join(json.loads(notebook.read_text())["cells"][-1]["source"])
+    assert "(not the check cell: a file importing npllama.exercises is refused)" in last_cell, last_cell
+
+    folder = tmp_path / "class"
+    (folder / "alice").mkdir(parents=True)
+    (folder / "alice" / "softmax_backward.ipynb").write_text(notebook.read_text())
+    with pytest.raises(FileNotFoundError) as refused:
+        grade_folder("softmax", folder, n_random=0)
+    assert str(refused.value) == (
+        f"{folder} holds no .py files to check (nor do its subfolders), only notebooks (alice/softmax_backward.ipynb), "
+        f"which are not graded: save each one's code cell with the solution (not the check cell: a file importing "
+        f"npllama.exercises is refused) as a .py file beside it, as the notebook's last cell says "
+        f"(alice/softmax_backward.py)")

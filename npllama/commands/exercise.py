@@ -170,6 +170,7 @@ def run_check(args) -> int:
     from pathlib import Path
 
     from ..exercises import gradebook
+    from ..exercises.definitions import NOT_THE_CHECK_CELL
     from ..exercises.gradebook import GradingInterrupted, format_gradebook, gradebook_json, write_gradebook
     from ..exercises.teacher import verify_reference
     from ..io.atomic import atomic_write_text
@@ -211,8 +212,7 @@ def run_check(args) -> int:
         others = gradebook.not_graded_in(path)
         if others:
             print(f"not graded (not .py files): {', '.join(others)}"
-                  + ("; a notebook is graded once its solution cell is saved as a .py file (not its check "
-                     "cell, which imports npllama and would be refused)"
+                  + (f"; a notebook is graded once its solution cell is saved as a .py file ({NOT_THE_CHECK_CELL})"
                      if any(name.endswith(".ipynb") for name in others) else ""))
         deeper = gradebook.two_folders_down(path)
         if deeper:

@@ -86,6 +86,12 @@ class Exercise:
         return ("from npllama.exercises import load_exercises",
                 f"load_exercises({self._exercise_file_as(exercise_file)!r})[{self.op!r}]")
 
+    def from_notebook(self, notebook) -> str:
+        """What to do with a notebook given where a .py file is graded: what its last cell says."""
+        solution = Path(notebook).with_name(f"{self.backward_name}.py")
+        return (f"{notebook} is a notebook, which is not graded: copy its code cell with your {self.backward_name} "
+                f"({NOT_THE_CHECK_CELL}) into a file {solution}, then: {self.check_command(solution)}")
+
     def check_command(self, path, exercise_file: str | None = None) -> str:
         """The shell command that checks `path` against this exercise (quoted, to be pasted: a
         file's name may hold a space, or start with a dash); exercise_file as for loader."""
@@ -209,6 +215,10 @@ class Exercise:
             return self.gradients(backward, case, dout)
 
 
+# a notebook's solution cell is graded once copied into a .py file; its check cell imports
+# npllama.exercises, which the import rule refuses (notebook.py's last cell, and every message
+# telling a student or a teacher what to do with a notebook, say so)
+NOT_THE_CHECK_CELL = "not the check cell: a file importing npllama.exercises is refused"
 DOUT_STREAM = 2**31   # added to a case's seed: above every input seed (SEED is 0 .. 2**31 - 1)
 
 

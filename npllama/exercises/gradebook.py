@@ -49,6 +49,14 @@ def submissions_in(folder) -> list[Path]:
             raise FileNotFoundError(f"{folder} holds no .py files to check, in it or its subfolders; {len(deeper)} "
                                     f"{'is' if len(deeper) == 1 else 'are'} two folders down ({_first(deeper)}): "
                                     f"check each of its subfolders")
+        notebooks = [name for name in not_graded_in(folder) if name.endswith(".ipynb")]
+        if notebooks:      # handed in as `exercise notebook` wrote them
+            from .definitions import NOT_THE_CHECK_CELL
+
+            raise FileNotFoundError(
+                f"{folder} holds no .py files to check (nor do its subfolders), only notebooks ({_first(notebooks)}), "
+                f"which are not graded: save each one's code cell with the solution ({NOT_THE_CHECK_CELL}) as a .py "
+                f"file beside it, as the notebook's last cell says ({notebooks[0][:-len('.ipynb')]}.py)")
         raise FileNotFoundError(f"{folder} holds no .py files to check (nor do its subfolders)")
     return files
 

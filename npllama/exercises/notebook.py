@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .definitions import get_exercise
+from .definitions import NOT_THE_CHECK_CELL, get_exercise
 from .derivation import derivation_markdown, dollar_math
 from .starter import starter_source, target_path
 from .training import model_op_of
@@ -58,8 +58,8 @@ def _what_next(ex) -> str:
         commands.append(ex.check_command(solution).replace("npllama exercise check", "npllama exercise train", 1))
     trains = "; the second trains a real model with your function in place of the library's" if trainable else ""
     return (f"## When the check passes\n\n"
-            f"Copy the code cell with your `{ex.backward_name}` (not the check cell: a file importing "
-            f"npllama.exercises is refused) into a file `{solution}`.  That file is what you hand in, and what "
+            f"Copy the code cell with your `{ex.backward_name}` ({NOT_THE_CHECK_CELL}) "
+            f"into a file `{solution}`.  That file is what you hand in, and what "
             f"these commands take{trains}:\n\n"
             + "".join(f"    {command}\n" for command in commands))
 

@@ -451,6 +451,8 @@ def load_function(op: str, path, catch_everything: bool = False, typed_as: str |
     name = f"npllama_submission_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
+        if path.suffix == ".ipynb":
+            raise SubmissionError(exercise.from_notebook(path if typed_as is None else typed_as))
         raise SubmissionError(f"{named} cannot be imported as Python (is it a .py file?)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

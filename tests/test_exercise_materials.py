@@ -355,3 +355,16 @@ def test_the_notebook_offers_exercise_train_only_where_it_runs(op, trains):
     model's training step (layernorm, block, lora ... are refused)."""
     text = "".join("".join(c["source"]) for c in notebook_json(op)["cells"])
     assert ("npllama exercise train" in text) == trains, text[-600:]
+
+
+@pytest.mark.parametrize("op", ["softmax", "cross_entropy", "block"])
+def test_the_notebooks_derivation_has_no_dead_links(op):
+    """derivations/*.md link each other by relative path ([cross_entropy.md](cross_entropy.md)),
+    dead in a notebook written anywhere: each is the derivation's name and the command printing it,
+    and a link to a section of the same derivation is its name (Jupyter's heading anchors differ)."""
+    derivation = "".join(notebook_json(op)["cells"][1]["source"])
+    assert not re.search(r"\]\((?!https?:)[^)]*\)", derivation), re.findall(r"\[[^\]]*\]\([^)]*\)", derivation)
+    linked = {name for name in available() if f"({name}.md)" in derivation_markdown(EXERCISES[op].derivation)}
+    assert linked, "the derivation links none: the test proves nothing"
+    for name in linked:
+        assert f"`npllama explain {name}`" in derivation, name

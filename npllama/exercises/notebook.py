@@ -7,10 +7,11 @@ The notebook is nbformat 4 JSON written with the standard library; when nbformat
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from .definitions import NOT_THE_CHECK_CELL, get_exercise
-from .derivation import derivation_markdown, dollar_math
+from .derivation import available, derivation_markdown, dollar_math
 from .starter import starter_source, target_path
 from .training import model_op_of
 
@@ -39,13 +40,30 @@ def notebook_json(op) -> dict:
     check = (f"{importing}\n\n"
              f"# NameError: {ex.backward_name} is not defined?  Run the cell above first.\n"
              f"check_function({exercise}, {ex.backward_name})")
-    derivation = [_cell("markdown", dollar_math(derivation_markdown(ex.derivation)))] if ex.derivation else []
+    derivation = ([_cell("markdown", _links_that_work_here(dollar_math(derivation_markdown(ex.derivation))))]
+                  if ex.derivation else [])
     cells = [_cell("markdown", intro), *derivation, _cell("code", starter), _cell("code", check),
              _cell("markdown", _what_next(ex))]
     return {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
                                                         "name": "python3"},
                                          "language_info": {"name": "python"}},
             "nbformat": 4, "nbformat_minor": 5}
+
+
+def _links_that_work_here(markdown: str) -> str:
+    """derivations/*.md link each other by relative path ([softmax.md](softmax.md)), dead in a
+    notebook written anywhere: such a link becomes its text and the command that prints the
+    derivation; a link to a section of the same derivation, its heading quoted (Jupyter's heading anchors are
+    not GitHub's).  Other links (a web page, a teacher's file) are kept."""
+    known = set(available())
+
+    def replace(match):
+        text, target = match.group(1), match.group(2)
+        if target.startswith("#"):
+            return f"\"{text}\""         # the section's heading, quoted
+        name = target.split("#")[0].removesuffix(".md")
+        return f"{text} (`npllama explain {name}`)" if name in known and "/" not in name else match.group(0)
+    return re.sub(r"\[([^\]]*)\]\(([^)\s]+)\)", replace, markdown)
 
 
 def _what_next(ex) -> str:

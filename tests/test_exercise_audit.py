@@ -365,3 +365,24 @@ def test_the_softmax_jacobian_check_sees_a_sum_over_the_whole_array():
     report = check_function("softmax", whole_array_sum, n_random=0)
     jacobian = next(r for r in report.results if r.check.name == "jacobian")
     assert jacobian.status == "fail", report.format()
+
+
+SOFTMAX_SUM_IN_FLOAT32 = """import numpy as np
+def softmax_backward(dp, cache):
+    return cache * (dp - (dp * cache).sum(-1, keepdims=True, dtype=np.float32))
+"""
+
+
+def test_a_near_exact_gradient_under_1e_7_overall_can_fail_the_gradient_check(tmp_path):
+    """screen.py said an honest near-exact gradient (an epsilon, a float32 mean) lands "well inside
+    the gradient check's 1e-7": of the error over the whole gradient, not of every entry, which is
+    what the check holds -- a softmax sum in float32 is under 1e-7 overall and fails."""
+    from npllama.exercises import get_exercise
+    from npllama.exercises.runner import load_function
+    from npllama.exercises.screen import near_exact_gap
+
+    path = _write(tmp_path, "sumf32.py", SOFTMAX_SUM_IN_FLOAT32)
+    gap = near_exact_gap(get_exercise("softmax"), load_function("softmax", path))
+    assert gap is not None and gap.rel_error < 1e-7, gap
+    report = check_file("softmax", path, n_random=1)
+    assert report.first_failure is not None and report.first_failure.check.name == "gradient", report.format()

@@ -96,7 +96,8 @@ def never_stepped(held) -> bool:
     """Whether a run folder's files (`held`, locks aside) are all a fine-tune's start left before its
     first checkpoint -- one refused for its data, say, as the settings are written before the data
     is read: nothing was trained, so a new start may take the folder, as `npllama train`'s may."""
-    return bool(held) and set(held) <= {*SETTINGS_FILES.values(), LOG_FILE}
+    held = set(held)   # a settings file among them: a lone log.jsonl may be a user's own file
+    return bool(held & set(SETTINGS_FILES.values())) and held <= {*SETTINGS_FILES.values(), LOG_FILE}
 
 
 def refuse_a_folder_in_use(run_dir: Path, base, runs_too: bool = True) -> None:

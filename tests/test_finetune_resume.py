@@ -527,3 +527,32 @@ def test_a_python_resume_takes_the_runs_settings_from_resume_config(small_model_
     assert "resume_config" not in str(refused.value)
     with pytest.raises(FileNotFoundError):   # another job's run is no run of this one
         JOBS["sft"][0].resume_config(out)
+
+
+def test_a_resume_of_a_finished_run_says_it_took_no_step(small_model_dir, tmp_path):
+    # resumed at step 3 of --steps 3 it said "steps 4-3 of 3 in 0.0 s"
+    from npllama import use_backend
+
+    out = tmp_path / "run"
+    run_job("classify", settings("classify", small_model_dir, out=str(out), steps=3))
+    lines = []
+    with use_backend("numpy"):
+        JOBS["classify"][1](settings("classify", small_model_dir, out=str(out), steps=3), echo=lines.append,
+                            resume=True)
+    timed = [line for line in lines if "; training loss" in line]
+    assert len(timed) == 1 and timed[0].startswith("no step left to take: the checkpoint had reached step 3 of 3;"), lines
+
+
+@pytest.mark.parametrize("own", [["log.jsonl"], ["log.jsonl", "notes.txt"]])
+def test_a_folder_holding_a_users_log_jsonl_is_not_taken_by_a_new_start(small_model_dir, tmp_path, capsys, own):
+    # a folder holding only a file named log.jsonl (a user's own, no settings file) read as a start
+    # left before its first checkpoint, and the new start emptied it
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in own:
+        (out / name).write_text('{"mine": 1}\n')
+    argv = ["finetune", "classify", "--base", str(small_model_dir), "--out", str(out), "--steps", "1",
+            "--no-progress", "--backend", "numpy"]
+    assert main(argv) == 2
+    assert "log.jsonl" in capsys.readouterr().err
+    assert all((out / name).read_text() == '{"mine": 1}\n' for name in own)

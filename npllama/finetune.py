@@ -326,10 +326,14 @@ class SequenceClassifier:
 
 def steps_timed(steps: int, run, seconds: float) -> str:
     """The steps this process took and how long they took: "20 steps in 3.1 s", or after a resume
-    at step 12 (FinetuneRun.resumed_at) "steps 13-20 of 20 in 1.2 s" -- not the run's 20."""
+    at step 12 (FinetuneRun.resumed_at) "steps 13-20 of 20 in 1.2 s" -- not the run's 20; after a
+    resume at the last step, that none was left."""
     first = 0 if run is None else run.resumed_at
-    taken = f"{steps} steps" if first == 0 else f"steps {first + 1}-{steps} of {steps}"
-    return f"{taken} in {seconds:.1f} s"
+    if first == 0:
+        return f"{steps} step{'' if steps == 1 else 's'} in {seconds:.1f} s"
+    if first == steps:
+        return f"no step left to take: the checkpoint had reached step {steps} of {steps}"
+    return f"steps {first + 1}-{steps} of {steps} in {seconds:.1f} s"
 
 
 def loss_change(losses: list, objective: str) -> str:

@@ -333,7 +333,9 @@ class Llama:
 
         Prefill is one call with the whole prompt, decoding one call per token (T_new = 1).  The
         logits equal those of a full forward over everything seen so far, at the new positions.
+        Causal models only: a masked-LM model is refused (refuse_kv_cache_decoding).
         """
+        refuse_kv_cache_decoding(self)
         self._check_kv_cache(kv_cache)
         tokens, _, _ = self._check_inputs(tokens, offset=kv_cache.length, causal=True)
         B, T_new = tokens.shape
@@ -515,6 +517,16 @@ class Llama:
             raise ValueError(f"targets contains {targets[outside].flat[0]}, outside [0, V) with V = {vocab} "
                              f"and not ignore_index ({ignore_index})")
         return tokens, mask, targets, causal
+
+
+def refuse_kv_cache_decoding(model) -> None:
+    """A KV cache keeps each position's keys and values as the tokens before it left them, which
+    is right only under the causal mask: a masked-LM model (attends_causally False) reads every
+    position both ways, so cached decoding would give logits its forward does not.  Refused."""
+    if not model.attends_causally:
+        raise ValueError("the model is a masked-LM model (objective \"mlm\"), which reads every position both "
+                         "ways: decoding with a KV cache would run it causally and give other logits than its "
+                         "forward; run model.forward(tokens) on the whole sequence instead")
 
 
 class KVCache:

@@ -49,3 +49,18 @@ def test_a_causal_models_forward_is_still_causal():
     later_changed = TOKENS.copy()
     later_changed[0, -1] = 20
     np.testing.assert_array_equal(causal.forward(TOKENS)[0, :-1], causal.forward(later_changed)[0, :-1])
+
+
+def test_a_masked_lm_model_does_not_decode_with_a_kv_cache():
+    # forward_step ran causally on a masked-LM model, whose forward now runs bidirectionally: its
+    # logits silently differed from forward's, which its docstring says they equal
+    from npllama.kernels.decode import FastDecoder
+
+    mlm = model("mlm")
+    with pytest.raises(ValueError, match="masked-LM model.*forward"):
+        mlm.forward_step(TOKENS, mlm.new_kv_cache(1))
+    with pytest.raises(ValueError, match="masked-LM model.*forward"):
+        FastDecoder(mlm)
+    causal = model("causal")
+    np.testing.assert_allclose(causal.forward_step(TOKENS, causal.new_kv_cache(1)), causal.forward(TOKENS),
+                               rtol=1e-12, atol=1e-12)

@@ -93,6 +93,9 @@ class FastDecoder:
         require_positive_int("max_length", max_length)
         require_positive_int("threads", 1 if threads is None else threads)
         refuse_what_fused_decoding_ignores(model)
+        from ..model import refuse_kv_cache_decoding
+
+        refuse_kv_cache_decoding(model)
         if max_length > cfg.max_position_embeddings:
             raise ValueError(f"max_length ({max_length}) exceeds max_position_embeddings "
                              f"({cfg.max_position_embeddings})")

@@ -760,6 +760,16 @@ class SFTResult:
     out: Path | None
 
 
+def _sft_source(sc_: SFTConfig) -> str:
+    return "the built-in instructions" if sc_.data is None else str(sc_.data)
+
+
+def _named(kind: str, numbers: list, shown: int = 5) -> str:
+    """("line", [3, 8]) as "lines 3, 8": the first `shown` numbers, then how many more."""
+    more = f" and {len(numbers) - shown} more" if len(numbers) > shown else ""
+    return f"{kind}{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers[:shown]))}{more}"
+
+
 def sft(sc_: SFTConfig, echo=print, resume: bool = False) -> SFTResult:
     """Instruction-tune a model: response-only next-token loss, report the validation loss before and
     after, print greedy answers to a few validation prompts, save to sc_.out if given.
@@ -790,30 +800,37 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     conversations = [r["messages"] if "messages" in r else turn_messages(r["prompt"], r["response"], r.get("system"))
                      for r in records]
     # a row of max_len ids gives max_len - 1 positions, which must fit the model's context
-    max_len = min(sc_.max_len, model.config.max_position_embeddings + 1)
-    limit = "--max-len" if max_len == sc_.max_len else "the model's context, max_position_embeddings + 1"
-    # a prompt that fills max_len: raising --max-len helps only while --max-len is what cut it
-    remedy = ("raise --max-len or shorten the prompt" if sc_.max_len < model.config.max_position_embeddings + 1 else
-              f"the model's context (max_position_embeddings {model.config.max_position_embeddings}) holds no "
-              f"more, so shorten the prompt")
-    encoded, cut = [], 0
+    context = model.config.max_position_embeddings
+    max_len = min(sc_.max_len, context + 1)
+    # raising --max-len helps only while --max-len is what cuts
+    limit, remedy = (("--max-len", "raise --max-len or shorten the prompt") if sc_.max_len <= context else
+                     ("the model's context, max_position_embeddings + 1",
+                      f"the model's context (max_position_embeddings {context}) holds no more, so shorten the prompt"))
+    kind, numbers = ("example", range(1, len(conversations) + 1)) if lines is None else ("line", lines)
+    kept, encoded, skipped, cut = [], [], [], 0
     for i, messages in enumerate(conversations):
-        where = f"the built-in instructions: example {i + 1}" if lines is None else f"{sc_.data} line {lines[i]}"
         try:
             ids, counted = template.encode_conversation(tokenizer, messages)
         except ValueError as e:      # e.g. LLaMA-2's template: roles must alternate
-            raise ValueError(f"{where}: {e}") from None
-        if sum(counted[1:max_len]) == 0:
-            asked = next(m["content"] for m in messages if m["role"] != "assistant")
-            raise ValueError(f"{where}: the prompt {asked[:40]!r}... fills all {max_len} tokens: no response "
-                             f"token is left to learn from; {remedy}")
+            raise ValueError(f"{_sft_source(sc_)} {kind} {numbers[i]}: {e}") from None
+        if sum(counted[1:max_len]) == 0:   # the prompt fills max_len: not one response token to learn
+            skipped.append(numbers[i])
+            continue
         cut += len(ids) > max_len
+        kept.append(i)
         encoded.append((ids[:max_len], counted[:max_len]))
+    too_long = f"fills all {max_len} tokens ({limit}), leaving no response token to learn from"
+    if not encoded:
+        raise ValueError(f"every example of {_sft_source(sc_)} ({len(skipped)}) has a prompt that {too_long} "
+                         f"({_named(kind, skipped)}); {remedy}")
+    conversations = [conversations[i] for i in kept]
     # the split after every example encoded: a line the template refuses is named before a count is judged
     train_rows, val_rows = datasets.split_train_val(len(encoded), sc_.val_fraction, sc_.seed, val_file=False)
-    shown = "the built-in instructions" if sc_.data is None else sc_.data
-    echo(f"instruction-tuning {'LoRA adapters' if sc_.lora else 'every weight'} of {model_dir} on {shown}: "
+    echo(f"instruction-tuning {'LoRA adapters' if sc_.lora else 'every weight'} of {model_dir} on {_sft_source(sc_)}: "
          f"{len(train_rows)} train / {len(val_rows)} validation examples")   # as classify opens: count them against the file
+    if skipped:
+        echo(f"{len(skipped)} of {len(skipped) + len(encoded)} examples {'is' if len(skipped) == 1 else 'are'} "
+             f"skipped, their prompt {too_long} ({_named(kind, skipped)}); {remedy}")
     if cut:
         echo(cut_note(cut, len(encoded), max_len, limit, items="examples",
                       lost="so the end of their answers (and the end of turn) is not learned"))

@@ -74,7 +74,9 @@ def register(subparsers) -> None:
                    "examples with (default: the base folder's chat_template, else llama3 if the tokenizer has its "
                    "<|start_header_id|>, else llama2); saved with the model")
     s.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3, with --lora 5e-3)")
-    s.add_argument("--max-len", type=int, default=d.max_len, help="tokens kept per example")
+    s.add_argument("--max-len", type=int, default=d.max_len, help="tokens kept per example, from its beginning "
+                   "(a note counts those cut); an example whose prompt fills them all, leaving no response "
+                   "token to learn, is skipped with a note naming its line (none left: refused)")
     s.add_argument("--merge", action="store_true", help="with --lora: save the merged model, not the adapter")
     s.add_argument("--samples", type=int, default=d.samples, help="greedy answers printed at the end")
     _given_only(s, SFTConfig)

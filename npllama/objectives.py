@@ -191,12 +191,41 @@ def mlm_objective(model, tokenizer, loader, val_batches, seed: int = 0):
       val_batches    the validation windows, masked once with a fixed seed (comparable across evals)
       loss_and_grads(tokens, targets) and loss(tokens, targets): the MLM loss on the model
     """
-    batches = MaskedLMBatches.for_tokenizer(loader, tokenizer, seed)
-    rng = np.random.default_rng([seed, 3])
-    masked_val = [batches.mask(tokens, rng) for tokens, _ in val_batches]
-    return (batches, masked_val,
+    return (MaskedLMBatches.for_tokenizer(loader, tokenizer, seed), masked_held_out(val_batches, tokenizer, seed),
             lambda tokens, targets: mlm_loss_and_grads(model, tokens, targets),
             lambda tokens, targets: mlm_loss(model, tokens, targets))
+
+
+def masked_held_out(val_batches, tokenizer, seed: int = 0) -> list:
+    """Held-out windows (tokens, _) (data.evaluation_batches') as masked (inputs, targets), masked once
+    with draws from `seed` alone: the validation batches of `npllama train --objective mlm` and of
+    `npllama eval mlm`, so that one model always gets the same numbers."""
+    batches = MaskedLMBatches.for_tokenizer(None, tokenizer, seed)   # (its mask needs no loader)
+    rng = np.random.default_rng([seed, 3])
+    return [batches.mask(tokens, rng) for tokens, _ in val_batches]
+
+
+def evaluate_masked_lm(model, batches, on_batch=None) -> dict:
+    """Held-out numbers of a masked-LM model over masked (inputs, targets) batches (masked_held_out's):
+    {"mlm": loss per masked token, as mlm_loss computes it (nan if no token is masked: nothing was
+    scored), "accuracy": share of masked tokens whose most likely token is the original,
+    "masked_tokens": how many}.  on_batch(inputs): called after each batch (a progress bar)."""
+    ops = model.head_ops({})
+    loss_sum, right, masked = 0.0, 0, 0
+    for inputs, targets in batches:
+        logits = model.forward(inputs, causal=False)                            # (B, T, V)
+        chosen = np.asarray(targets) != IGNORE_INDEX
+        n = int(chosen.sum())
+        if n:
+            loss, _ = ops.cross_entropy_forward(logits, np.asarray(targets), IGNORE_INDEX)   # mlm_loss's
+            loss_sum += float(loss) * n
+            right += int((np.argmax(logits[chosen], axis=-1) == np.asarray(targets)[chosen]).sum())
+            masked += n
+        if on_batch is not None:
+            on_batch(inputs)
+    nan = float("nan")
+    return {"mlm": loss_sum / masked if masked else nan, "accuracy": right / masked if masked else nan,
+            "masked_tokens": masked}
 
 
 # ----- sentence-order / next-sentence pairs -------------------------------------------------------

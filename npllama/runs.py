@@ -348,10 +348,12 @@ def _model_config(path) -> tuple[Path, dict]:
         return config_file, read_json(config_file, expect=dict, error=CheckpointError)
 
 
-def require_a_language_model(path, flag: str, job: str, causal: bool = True) -> None:
+def require_a_language_model(path, flag: str, job: str, causal: bool = True,
+                             for_masked_lm: str = "train one with --objective causal (the default)") -> None:
     """ValueError unless the model of `path` (None: the latest run) is a language model `job` can
     start from: not a classifier (`npllama finetune classify`'s LlamaForSequenceClassification
-    folder) and, with `causal`, not a masked-LM model (`npllama train --objective mlm`)."""
+    folder) and, with `causal`, not a masked-LM model (`npllama train --objective mlm`), the refusal
+    then ending with `for_masked_lm`, what to do instead."""
     shown = "the latest run" if path is None else repr(str(path))
     config_file, config = _model_config(path)
     if is_a_classifier_config(config):
@@ -362,7 +364,7 @@ def require_a_language_model(path, flag: str, job: str, causal: bool = True) -> 
     if causal and not attends_causally(objective_of(config, config_file)):
         raise ValueError(f"{flag} {shown} is a masked-LM model (bidirectional, {OBJECTIVE_FIELD} \"mlm\" in its "
                          f"config.json: from `npllama train --objective mlm` or `npllama finetune sop`): "
-                         f"{job} needs a causal model; train one with --objective causal (the default)")
+                         f"{job} needs a causal model; {for_masked_lm}")
 
 
 def require_a_classifier(path, flag: str = "--model") -> None:

@@ -33,18 +33,18 @@ def add_adapter_option(p, model_flag: str) -> None:
                    f"to the base the adapter names, its adapter_config.json's base_model_name_or_path)")
 
 
-def load_run_model(path, adapter, dtype: str, flag: str = "--model", job: str = "generating text"):
+def load_run_model(path, adapter, dtype: str, flag: str = "--model", job: str = "generating text", **for_masked_lm):
     """(model, tokenizer, model_dir) for --model/--base `path` (None: the base the adapter names,
     without one the latest run), with the LoRA `adapter` folder applied when one is given.  Every
     caller predicts tokens (`job`), so a masked-LM model (`train --objective mlm`) is refused
-    before it is loaded."""
+    before it is loaded (for_masked_lm="...": what the refusal says to do instead)."""
     import numpy as np
 
     from .. import runs
     from ..runs import load_model_and_tokenizer
 
     path = model_or_adapter_base(path, adapter, flag)
-    runs.require_a_language_model(path, flag, job)     # not a classifier, not a masked-LM model
+    runs.require_a_language_model(path, flag, job, **for_masked_lm)     # not a classifier, not a masked-LM model
     model, tokenizer, model_dir = load_model_and_tokenizer(path, dtype=getattr(np, dtype))
     if adapter is not None:
         from ..lora import load_adapter

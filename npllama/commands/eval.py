@@ -1,5 +1,6 @@
 """`npllama eval choice`: multiple-choice question answering by log-likelihood (article §6.3);
-`npllama eval perplexity`: the mean next-token loss and perplexity of a text file."""
+`npllama eval perplexity`: the mean next-token loss and perplexity of a text file;
+`npllama eval mlm`: a masked-LM model's loss and accuracy over the masked tokens of a text file."""
 import sys
 
 from . import HelpFormatter, add_adapter_option, add_run_options, print_help_instead
@@ -7,7 +8,8 @@ from . import HelpFormatter, add_adapter_option, add_run_options, print_help_ins
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "eval", help="evaluate a model: perplexity of a text, multiple-choice question answering",
+        "eval", help="evaluate a model: perplexity of a text (masked-LM loss for a masked-LM model), "
+                     "multiple-choice question answering",
         description="Evaluate a trained model on a task.", formatter_class=HelpFormatter)
     tasks = p.add_subparsers(dest="task", metavar="<task>")
     c = tasks.add_parser(
@@ -64,6 +66,31 @@ def register(subparsers) -> None:
                           "text, its blank lines included)")
     _run_options(ppl)
     ppl.set_defaults(run=run_perplexity)
+
+    mlm = tasks.add_parser(
+        "mlm", help="masked-LM loss and accuracy of a text file, for a masked-LM model",
+        description="For a masked-LM model (`npllama train --objective mlm`, `npllama finetune sop`), which "
+                    "perplexity does not score: encode the file as perplexity does, cut it into windows of "
+                    "--context tokens, --batch-size at a time, mask 15%% of each window's ordinary tokens as "
+                    "training does (80%% <mask>, 10%% a random token, 10%% kept; the draws from --seed alone, so "
+                    "every run gives the same numbers), and report the masked tokens, the mean cross-entropy over "
+                    "them (nats) and the share the model fills in right (its most likely token). With the run's "
+                    "--seq-len, --batch-size and --seed on its held-out text the loss is the validation loss "
+                    "training reports.", formatter_class=HelpFormatter)
+    mlm.add_argument("--model", default=None, help="a masked-LM run folder or Hugging Face folder with its "
+                     "tokenizer (default: the latest `npllama train` run)")
+    mlm.add_argument("--data", required=True, help="a UTF-8 text file")
+    mlm.add_argument("--context", type=int, default=None, help="tokens per window (default: the model's "
+                     "max_position_embeddings)")
+    mlm.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (the masks drawn "
+                     "depend on it, as in training)")
+    mlm.add_argument("--seed", type=int, default=0, help="seed of the masks")
+    mlm.add_argument("--doc-separator", default=None, metavar="blank-line|line|marker:TEXT|whole-file",
+                     help="as for perplexity (default: the run's own when --model is an `npllama train` run, "
+                          "else none)")
+    mlm.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    _run_options(mlm)
+    mlm.set_defaults(run=run_mlm)
     p.set_defaults(run=print_help_instead(p))
 
 
@@ -72,16 +99,15 @@ def _run_options(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run_perplexity(args) -> int:
-    from ..backend import get_backend, use_backend
-    from ..loss_units import loss_unit
-    from ..perplexity import perplexity
-    from . import UsageError, load_run_model
+def _held_out_text(args, least_context: int) -> str:
+    """--data's text, once --batch-size, --context and --doc-separator are checked (before the model
+    is loaded)."""
+    from . import UsageError
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.context is not None and args.context < 2:
-        raise UsageError(f"--context must be at least 2, got {args.context}")
+    if args.context is not None and args.context < least_context:
+        raise UsageError(f"--context must be at least {least_context}, got {args.context}")
     if args.doc_separator is not None:
         from ..data import check_doc_separator
 
@@ -97,15 +123,81 @@ def run_perplexity(args) -> int:
     if not text.strip():
         raise UsageError(f"--data {args.data} holds no text ({'empty' if not text else 'only whitespace'}): "
                          f"there is nothing to predict; give a file with at least a sentence")
-    model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype, "--model",
-                                                 "perplexity (next-token prediction)")
+    return text
+
+
+def _windows_of(args, model, model_dir) -> tuple[str | None, bool]:
+    """(the --doc-separator to cut the text with, whether it is the run's own), once --context is
+    checked against the model's context."""
+    from . import UsageError
+
     if args.context is not None and args.context > model.config.max_position_embeddings:
         raise UsageError(f"--context {args.context} is longer than the model's context "
                          f"({model.config.max_position_embeddings} tokens)")
-    doc_separator, as_trained = args.doc_separator, False
-    if doc_separator is None:
-        doc_separator = _trained_doc_separator(model_dir)
-        as_trained = doc_separator is not None
+    if args.doc_separator is not None:
+        return args.doc_separator, False
+    separator = _trained_doc_separator(model_dir)
+    return separator, separator is not None
+
+
+def _documents_cut(documents: int | None, doc_separator, as_trained: bool) -> str:
+    return "" if documents is None else (
+        f"{documents:,} document{'s' if documents != 1 else ''} {_cut(doc_separator)}"
+        f"{', as the run was trained' if as_trained else ''}; ")
+
+
+def run_mlm(args) -> int:
+    import json
+
+    import numpy as np
+
+    from ..backend import get_backend, use_backend
+    from ..loss_units import loss_unit
+    from ..perplexity import masked_lm_score
+    from ..runs import load_model_and_tokenizer, require_a_language_model
+    from . import UsageError
+
+    text = _held_out_text(args, least_context=1)
+    require_a_language_model(args.model, "--model", "the masked-LM loss", causal=False)   # not a classifier
+    model, tokenizer, model_dir = load_model_and_tokenizer(args.model, dtype=getattr(np, args.dtype))
+    if model.objective != "mlm":
+        raise UsageError(f"--model {str(model_dir)!r} is a causal model (next-token prediction): `npllama eval mlm` "
+                         f"scores a masked-LM model; use `npllama eval perplexity --model {model_dir} --data "
+                         f"{args.data}`")
+    doc_separator, as_trained = _windows_of(args, model, model_dir)
+    with use_backend(args.backend or get_backend()):
+        try:
+            result = masked_lm_score(model, tokenizer, text, context=args.context, batch_size=args.batch_size,
+                                     seed=args.seed, progress=not args.no_progress, doc_separator=doc_separator,
+                                     source=args.data)
+        except ValueError as error:   # a file of only separators, or too short to mask a token
+            raise UsageError(f"--data {args.data}: {error}") from None
+    context = args.context or model.config.max_position_embeddings
+    if args.json:
+        print(json.dumps({"model": str(model_dir), "data": args.data, "masked_tokens": result.masked_tokens,
+                          "mean_loss": result.mean_loss, "accuracy": result.accuracy, "windows": result.windows,
+                          "documents": result.documents, "context": context, "batch_size": args.batch_size,
+                          "seed": args.seed}))
+        return 0
+    print(f"{model_dir} on {args.data}: {result.masked_tokens:,} masked token{'s' if result.masked_tokens != 1 else ''} "
+          f"(--seed {args.seed}), mean loss {result.mean_loss:.4f} {loss_unit('mlm')}, accuracy {result.accuracy:.3f} "
+          f"({_documents_cut(result.documents, doc_separator, as_trained)}{result.windows:,} "
+          f"window{'s' if result.windows != 1 else ''} of up to {context} tokens)")
+    return 0
+
+
+def run_perplexity(args) -> int:
+    from ..backend import get_backend, use_backend
+    from ..loss_units import loss_unit
+    from ..perplexity import perplexity
+    from . import UsageError, load_run_model
+
+    text = _held_out_text(args, least_context=2)
+    model, tokenizer, model_dir = load_run_model(
+        args.model, args.adapter, args.dtype, "--model", "perplexity (next-token prediction)",
+        for_masked_lm=f"its masked-LM loss and accuracy are `npllama eval mlm"
+                      f"{'' if args.model is None else ' --model ' + args.model} --data {args.data}`")
+    doc_separator, as_trained = _windows_of(args, model, model_dir)
     with use_backend(args.backend or get_backend()):
         try:
             result = perplexity(model, tokenizer, text, context=args.context, batch_size=args.batch_size,
@@ -113,9 +205,7 @@ def run_perplexity(args) -> int:
                                 source=args.data)
         except ValueError as error:   # a file of only separators holds no document
             raise UsageError(f"--data {args.data}: {error}") from None
-    documents = "" if result.documents is None else (
-        f"{result.documents:,} document{'s' if result.documents != 1 else ''} {_cut(doc_separator)}"
-        f"{', as the run was trained' if as_trained else ''}; ")
+    documents = _documents_cut(result.documents, doc_separator, as_trained)
     print(f"{model_dir}{' + ' + args.adapter if args.adapter else ''} on {args.data}: "
           f"{result.tokens:,} token{'s' if result.tokens != 1 else ''}, mean loss {result.mean_loss:.4f} {loss_unit('causal')}, "
           f"perplexity {result.perplexity:.3f} ({documents}{result.windows:,} window{'s' if result.windows != 1 else ''} "

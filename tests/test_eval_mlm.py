@@ -1,0 +1,101 @@
+"""`npllama eval mlm`: a masked-LM model's loss and accuracy over the masked tokens of a text file
+(`eval perplexity` refuses such a model and pointed nowhere), scored as `npllama train --objective
+mlm` scores its held-out text: the same windows, the same masks from the seed, the same loss."""
+import json
+
+import numpy as np
+import pytest
+
+from npllama import Llama
+from npllama.cli import main
+from npllama.data import evaluation_batches
+from npllama.objectives import IGNORE_INDEX, masked_held_out, mlm_loss, mlm_objective
+from npllama.parallel import mean_over_targets
+from npllama.perplexity import masked_lm_score
+from npllama.tokenizer import Tokenizer
+
+TEXT = "\n\n".join(f"Tom has {i} red balls. He gives one to Sue, and she smiles at him." for i in range(12))
+
+
+@pytest.fixture(scope="module")
+def models(small_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("eval_mlm")
+    tokenizer_bytes = (small_model_dir / "tokenizer.model").read_bytes()
+    mlm = Llama.from_pretrained(small_model_dir, dtype=np.float64)
+    mlm.objective = "mlm"
+    mlm.save_pretrained(folder / "mlm", extra_files={"tokenizer.model": tokenizer_bytes})
+    (folder / "held_out.txt").write_text(TEXT)
+    return folder, mlm, Tokenizer.load(small_model_dir / "tokenizer.model")
+
+
+def test_the_score_is_trainings_validation_loss_and_the_share_filled_in_right(models):
+    _, mlm, tokenizer = models
+    result = masked_lm_score(mlm, tokenizer, TEXT, context=16, batch_size=3, seed=5)
+    ids = np.asarray(tokenizer.encode(TEXT, bos=True), dtype=np.int64)
+    windows = evaluation_batches(ids, 3, 16)
+    masked = masked_held_out(windows, tokenizer, 5)
+    # the masks `npllama train --objective mlm` scores its held-out windows with
+    for (a_in, a_t), (b_in, b_t) in zip(masked, mlm_objective(mlm, tokenizer, None, windows, seed=5)[1]):
+        np.testing.assert_array_equal(a_in, b_in)
+        np.testing.assert_array_equal(a_t, b_t)
+    targets = [t for _, t in masked]
+    expected = mean_over_targets([mlm_loss(mlm, i, t) for i, t in masked], targets)
+    assert result.mean_loss == pytest.approx(expected, rel=1e-12)
+    right = sum(int((mlm.forward(i, causal=False).argmax(-1) == t)[t != IGNORE_INDEX].sum()) for i, t in masked)
+    assert result.masked_tokens == sum(int((t != IGNORE_INDEX).sum()) for t in targets) > 0
+    assert result.accuracy == right / result.masked_tokens
+    assert result.windows == sum(len(i) for i, _ in masked)
+    assert masked_lm_score(mlm, tokenizer, TEXT, context=16, batch_size=3, seed=6).mean_loss != result.mean_loss
+
+
+def test_a_causal_model_is_not_scored_as_a_masked_lm(small_model_dir):
+    causal = Llama.from_pretrained(small_model_dir)
+    tokenizer = Tokenizer.load(small_model_dir / "tokenizer.model")
+    with pytest.raises(ValueError, match="masked-LM model.*perplexity"):
+        masked_lm_score(causal, tokenizer, TEXT)
+
+
+def test_the_command_prints_the_score_or_json(models, capsys):
+    folder, mlm, tokenizer = models
+    argv = ["eval", "mlm", "--model", str(folder / "mlm"), "--data", str(folder / "held_out.txt"), "--context",
+            "16", "--batch-size", "3", "--seed", "5", "--no-progress", "--dtype", "float64"]
+    assert main(argv) == 0
+    line = capsys.readouterr().out
+    result = masked_lm_score(mlm, tokenizer, TEXT, context=16, batch_size=3, seed=5)
+    assert f"{result.masked_tokens:,} masked tokens (--seed 5), mean loss {result.mean_loss:.4f} nats per masked " \
+           f"token, accuracy {result.accuracy:.3f}" in line, line
+    assert main([*argv, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["masked_tokens"] == result.masked_tokens and record["mean_loss"] == pytest.approx(result.mean_loss)
+    assert record["accuracy"] == result.accuracy and record["seed"] == 5 and record["context"] == 16
+
+
+def test_perplexity_of_a_masked_lm_model_points_to_eval_mlm_and_back(models, small_model_dir, capsys):
+    folder, _, _ = models
+    data = str(folder / "held_out.txt")
+    assert main(["eval", "perplexity", "--model", str(folder / "mlm"), "--data", data]) == 2
+    err = capsys.readouterr().err
+    assert f"npllama eval mlm --model {folder / 'mlm'} --data {data}" in err, err
+    assert main(["eval", "mlm", "--model", str(small_model_dir), "--data", data, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "causal model" in err and f"npllama eval perplexity --model {small_model_dir}" in err, err
+
+
+def test_on_a_runs_held_out_text_it_gives_the_validation_loss_the_run_logged(tmp_path, monkeypatch, capsys):
+    from npllama.corpus import make_default_corpus
+    from npllama.train import TrainConfig, train
+
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
+    (tmp_path / "train.txt").write_text("\n\n".join(make_default_corpus(200, seed=0)))
+    (tmp_path / "held_out.txt").write_text("\n\n".join(make_default_corpus(6, seed=9)))
+    train(TrainConfig(out=str(tmp_path / "run"), data=str(tmp_path / "train.txt"),
+                      val_data=str(tmp_path / "held_out.txt"), objective="mlm", preset="stories260k", vocab_size=360, batch_size=3, seq_len=24, steps=1,
+                      eval_every=0, eval_batches=0, checkpoint_every=0, samples=0, progress=False, seed=4),
+          echo=lambda *a: None)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    val_loss = [r["val_loss"] for r in logged if "val_loss" in r][-1]
+    # the run's --seq-len, --batch-size and --seed; its --doc-separator is read from the run
+    assert main(["eval", "mlm", "--model", str(tmp_path / "run"), "--data", str(tmp_path / "held_out.txt"),
+                 "--context", "24", "--batch-size", "3", "--seed", "4", "--json", "--no-progress"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["mean_loss"] == pytest.approx(val_loss, rel=1e-5) and record["documents"] == 6, (record, val_loss)

@@ -383,7 +383,7 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=None, back
     A model given here is saved to a temporary folder that both sides load, so an edit made to it
     in npllama is on both sides; so is the path of a GGUF or llama2.c file, as npllama reads it (a
     run folder stands for its model/ folder).  A model with LoRA adapters attached is refused
-    (transformers' Llama runs none), and so is a masked-LM model (model.attends_causally() False:
+    (transformers' Llama runs none), and so is a masked-LM model (model.attends_causally False:
     LlamaForCausalLM would run it causally).  transformers_folder: the Hugging Face folder transformers
     loads instead, against npllama's model as it is in memory (or as npllama loads model_or_dir: a
     folder, a GGUF or llama2.c file) -- an edited or converted model against the original.  The
@@ -404,7 +404,7 @@ def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=None, back
             from .finetune import BIDIRECTIONAL_NOTE
 
             raise ValueError(f"the classifier runs {BIDIRECTIONAL_NOTE}: there is nothing to compare")
-        if not _is_classifier(ours) and not ours.attends_causally():
+        if not _is_classifier(ours) and not ours.attends_causally:
             raise ValueError("the model is a masked-LM model (objective \"mlm\"), which runs with bidirectional "
                              "attention, as it was trained; transformers' LlamaForCausalLM would run it causally, "
                              "so every tensor from the first attention on would differ: there is nothing to "

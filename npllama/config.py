@@ -25,14 +25,18 @@ LLAMA3_ROPE_FIELDS = ("factor", "low_freq_factor", "high_freq_factor", "original
 ATTENDS_CAUSALLY = {"causal": True, "mlm": False}
 
 
+def check_objective(objective) -> str:
+    """`objective` when it is one ATTENDS_CAUSALLY knows, else a ValueError naming them: the one
+    check of the model, a run's settings and the rule below."""
+    if not isinstance(objective, str) or objective not in ATTENDS_CAUSALLY:
+        raise ValueError(f"objective must be one of {', '.join(map(repr, ATTENDS_CAUSALLY))}, got {objective!r}")
+    return objective
+
+
 def attends_causally(objective: str) -> bool:
     """Whether a model trained with `objective` (a key of ATTENDS_CAUSALLY) reads each token with the
     earlier ones only -- the causal mask -- and so predicts next tokens: False for a masked-LM model."""
-    try:
-        return ATTENDS_CAUSALLY[objective]
-    except (KeyError, TypeError):
-        raise ValueError(f"objective must be one of {', '.join(map(repr, ATTENDS_CAUSALLY))}, "
-                         f"got {objective!r}") from None
+    return ATTENDS_CAUSALLY[check_objective(objective)]
 
 # Refuse configs whose parameters alone would not fit in memory before anything is allocated.
 MAX_PARAMETERS = 20_000_000_000

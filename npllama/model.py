@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import backend, budget
-from .config import ATTENDS_CAUSALLY, LlamaConfig, attends_causally
+from .config import ATTENDS_CAUSALLY, LlamaConfig, attends_causally, check_objective
 from .ops._checks import (checking, require_float_array, require_non_negative_int, require_path,
                           require_positive_int)
 from .ops.attention import AttentionCache, attention_backward, attention_forward
@@ -138,18 +138,16 @@ class Llama:
 
     def __init__(self, config: LlamaConfig, seed: int = 0, dtype=np.float32, *, params=None,
                  objective: str = "causal"):
-        from .io.hf import OBJECTIVES, check_params
+        from .io.hf import check_params
 
         if not isinstance(config, LlamaConfig):
             raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {', '.join(map(repr, OBJECTIVES))}, got {objective!r}")
         self.config = config
         # What the weights were trained for: "causal" (next-token prediction, LLaMA's) or "mlm"
         # (`npllama train --objective mlm`: the stack without the causal mask, predicting masked
         # tokens).  Recorded in config.json (npllama_objective); generate, perplexity and
         # multiple-choice scoring refuse an "mlm" model, a classifier on one runs bidirectionally.
-        self.objective = objective
+        self.objective = check_objective(objective)
         self.dtype = _check_dtype(dtype)
         if params is None:
             budget.check_model(config, self.dtype)   # before allocating anything

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import PRESETS, LlamaConfig, python_scalar
+from .config import PRESETS, LlamaConfig, check_objective, python_scalar
 from .data import check_doc_separator
 from .interrupts import Interrupted, deferred_stop_signals, stop_signals_interrupt
 from .io.atomic import atomic_write_bytes, atomic_write_text
@@ -153,10 +153,7 @@ class TrainConfig:
             raise TypeError("skip_nonfinite and progress must be True or False")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
-        from .io.hf import OBJECTIVES
-
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+        check_objective(self.objective)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         if self.warmup_steps > self.steps:

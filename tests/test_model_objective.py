@@ -1,6 +1,7 @@
 """A masked-LM model (`train --objective mlm`) says so in its config.json, so that nothing that
 needs a causal LM (generation, instruction tuning) takes it for one."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -98,7 +99,7 @@ def test_a_bad_objective_in_config_json_names_the_file_and_field(runs, tmp_path)
     Llama.from_pretrained(base / "mlm" / "model").save_pretrained(tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "npllama_objective": "bert"}))
-    with pytest.raises(CheckpointError, match="must be \"causal\" or \"mlm\"") as error:
+    with pytest.raises(CheckpointError, match="must be one of \"causal\", \"mlm\", got .bert.") as error:
         Llama.from_pretrained(tmp_path / "m")
     assert error.value.field == "npllama_objective"
 
@@ -174,12 +175,17 @@ def test_whatever_runs_a_model_asks_the_one_rule_of_which_objective_attends_caus
 
     from npllama import config as config_module
 
+    # declared in the table alone: the model, a run's settings and a config.json take it as one
     monkeypatch.setitem(config_module.ATTENDS_CAUSALLY, "invented", reads_causally)
-    monkeypatch.setattr(hf, "OBJECTIVES", (*hf.OBJECTIVES, "invented"))
     config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=8)
     model = Llama(config, seed=0, dtype=np.float64, objective="invented")
     assert model.attends_causally is reads_causally
+    assert TrainConfig(objective="invented").objective == "invented"
+    assert hf.objective_of({hf.OBJECTIVE_FIELD: "invented"}, tmp_path / "config.json") == "invented"
+    tokens = np.array([[1, 2, 3, 4]])   # the model's own attention when none is asked for
+    assert np.array_equal(model.forward(tokens), model.forward(tokens, causal=reads_causally))
+    assert not np.allclose(model.forward(tokens), model.forward(tokens, causal=not reads_causally))
 
     later_keys = np.triu(np.ones((4, 4), dtype=bool), 1)
     assert np.array_equal(viz.masked_cells(model, 4), later_keys if reads_causally else np.zeros((4, 4), bool))
@@ -197,9 +203,22 @@ def test_whatever_runs_a_model_asks_the_one_rule_of_which_objective_attends_caus
                 check()
 
 
-def test_attends_causally_names_the_objectives_it_knows():
+@pytest.mark.parametrize("wrong", ["prefix", "", ["mlm"], None])
+def test_every_objective_check_names_the_objectives_it_knows_in_one_message(tmp_path, wrong):
+    """The model, a run's settings and the rule itself refuse an unknown objective with one message
+    (config.check_objective); a config.json's names its file and field, with the same objectives."""
     from npllama.config import attends_causally
+    from npllama.io import hf
+    from npllama.io.errors import CheckpointError
 
     assert attends_causally("causal") and not attends_causally("mlm")
-    with pytest.raises(ValueError, match=r"objective must be one of 'causal', 'mlm', got 'prefix'"):
-        attends_causally("prefix")
+    config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=8)
+    message = rf"^objective must be one of 'causal', 'mlm', got {re.escape(repr(wrong))}$"
+    for refuse in (lambda: attends_causally(wrong), lambda: Llama(config, objective=wrong),
+                   lambda: TrainConfig(objective=wrong)):
+        with pytest.raises(ValueError, match=message):
+            refuse()
+    with pytest.raises(CheckpointError, match=r"must be one of \"causal\", \"mlm\"") as error:
+        hf.objective_of({hf.OBJECTIVE_FIELD: wrong}, tmp_path / "config.json")
+    assert error.value.field == hf.OBJECTIVE_FIELD

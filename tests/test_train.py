@@ -617,7 +617,7 @@ def test_train_help_names_everything_the_seed_draws(capsys):
 
 
 def test_unknown_objective_is_refused():
-    with pytest.raises(ValueError, match="unknown objective 'nsp'"):
+    with pytest.raises(ValueError, match="objective must be one of .causal., .mlm., got .nsp."):
         TrainConfig(objective="nsp")
 
 

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
-from ..config import ATTENDS_CAUSALLY, LlamaConfig, check_end_ids
+from ..config import ATTENDS_CAUSALLY, LlamaConfig, check_end_ids, check_objective
 from .atomic import atomic_directory
 from .errors import CheckpointError
 from .reading import read_json
@@ -114,12 +114,13 @@ def objective_fields(objective: str) -> dict:
 
 def objective_of(raw: dict, config_path) -> str:
     """The objective a config.json's fields (`raw`) record: "causal" when OBJECTIVE_FIELD is
-    absent, else its value, which must be one of OBJECTIVES (a CheckpointError naming the file)."""
+    absent, else its value, which must be one of ATTENDS_CAUSALLY's (a CheckpointError naming the file)."""
     objective = raw.get(OBJECTIVE_FIELD, "causal")
-    if objective not in OBJECTIVES:
-        raise CheckpointError(config_path, f"must be \"causal\" or \"mlm\", got {str(objective)[:40]!r}",
-                              field=OBJECTIVE_FIELD)
-    return objective
+    try:
+        return check_objective(objective)
+    except ValueError:   # the objectives as config.json writes them
+        raise CheckpointError(config_path, f"must be one of {', '.join(map(json.dumps, ATTENDS_CAUSALLY))}, "
+                              f"got {str(objective)[:40]!r}", field=OBJECTIVE_FIELD) from None
 
 
 def load_hf_classifier_folder(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.ndarray], np.ndarray, dict]:

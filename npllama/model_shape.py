@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import PRESETS, LlamaConfig, check_architecture_fields, check_attention_dropout
+from .config import PRESETS, LlamaConfig, attends_causally, check_architecture_fields, check_attention_dropout
 
 # TrainConfig field (HF name) -> the command-line flag that sets it
 SHAPE_FLAGS = {
@@ -162,7 +162,7 @@ def _check_pad_token_id(pad_id, bos_id, eos_id, tokenizer_pad_id, objective: str
                          f"{tokenizer_pad_id}, which fine-tuning pads with: set pad_token_id to {tokenizer_pad_id} "
                          f"or null")
     for name, special_id in (("<s>", bos_id), ("</s>", eos_id)):
-        if objective == "causal" and pad_id == special_id:
+        if attends_causally(objective) and pad_id == special_id:
             raise ValueError(f"--config's pad_token_id {pad_id} is {name}, a token every training document holds: "
                              f"the pad-row rule (as transformers' padding_idx) would give its embedding row no "
                              f"gradient, so it would never learn; pretraining pads nothing, so set pad_token_id "

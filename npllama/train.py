@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import PRESETS, LlamaConfig, check_objective, python_scalar
+from .config import PRESETS, LlamaConfig, attends_causally, check_objective, python_scalar
 from .data import check_doc_separator
 from .interrupts import Interrupted, deferred_stop_signals, stop_signals_interrupt
 from .io.atomic import atomic_write_bytes, atomic_write_text
@@ -324,7 +324,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
     # prepares the data and trains on the NumPy references (npllama/kernels/precompile.py).
     from .kernels.precompile import start_helper_on_a_cold_cache
 
-    helper = start_helper_on_a_cold_cache(DTYPES[tc.dtype], decoding=bool(tc.samples) and tc.objective == "causal")
+    helper = start_helper_on_a_cold_cache(DTYPES[tc.dtype], decoding=bool(tc.samples) and attends_causally(tc.objective))
     if helper is not None:
         echo("compiling the Numba kernels for this machine in a helper process (a first run after an "
              "install or an edit); training starts on the NumPy reference meanwhile")
@@ -399,7 +399,7 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
 
         echo(f"done: step {loop.step}, validation loss {loop.last_val_loss:.3f} {loss_unit(tc.objective)} "
              f"{_compared_with_unigram(loop.last_val_loss, unigram, held_out)}; model saved in {run_dir / 'model'}")
-        if tc.objective == "causal":  # a bidirectional masked-LM model does not generate text
+        if attends_causally(tc.objective):  # a bidirectional masked-LM model does not generate text
             samples = _print_samples(model, tokenizer, tc, echo)
     signum = None
     if isinstance(stop, KeyboardInterrupt):

@@ -222,3 +222,43 @@ def test_every_objective_check_names_the_objectives_it_knows_in_one_message(tmp_
     with pytest.raises(CheckpointError, match=r"must be one of \"causal\", \"mlm\"") as error:
         hf.objective_of({hf.OBJECTIVE_FIELD: wrong}, tmp_path / "config.json")
     assert error.value.field == hf.OBJECTIVE_FIELD
+
+
+@pytest.mark.parametrize("reads_causally", [True, False])
+def test_a_run_samples_text_and_keeps_the_pad_row_rule_as_the_one_rule_says(tmp_path, monkeypatch, capsys,
+                                                                            reads_causally):
+    """What a training run does because its model attends causally -- it writes sample text after
+    training (--samples), and the pad-row rule (model.decoder_backward, the causal stack's) makes a
+    pad id every document holds an error -- is asked of config's table, not of the objective's name."""
+    from npllama import config as config_module, loss_units
+    from npllama.model_shape import check_new_model
+
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setitem(config_module.ATTENDS_CAUSALLY, "invented", reads_causally)
+    monkeypatch.setitem(loss_units.UNITS, "invented", "nats per token")   # what its loss is a mean of
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"pad_token_id": 1}))
+    settings = TrainConfig(out=str(tmp_path / "padded"), model_config=str(path), objective="invented")
+    if reads_causally:
+        with pytest.raises(ValueError, match="pad_token_id 1 is <s>"):
+            check_new_model(settings)
+    else:
+        check_new_model(settings)
+
+    from npllama.corpus import write_default_corpus
+
+    corpus = write_default_corpus(tmp_path / "stories.txt", n_stories=300)
+    argv = ["train", "--objective", "invented", "--samples", "1", "--out", str(tmp_path / "run"), "--data",
+            str(corpus), "--preset", "stories260k", "--vocab-size", "360", "--batch-size", "4", "--seq-len", "32",
+            "--eval-every", "0", "--checkpoint-every", "0", "--eval-batches", "1", "--steps", "1", "--no-progress"]
+    assert main(argv) == (0 if reads_causally else 2)
+    out, err = capsys.readouterr()
+    if reads_causally:
+        assert "samples:\n  [1] " in out, out
+    else:
+        assert "--samples" in err and "would be ignored" in err and not (tmp_path / "run").exists()
+    # a run made in Python with samples asked for: text from a next-token model only
+    lines = []
+    train(TrainConfig(out=str(tmp_path / "python"), objective="invented", **{**FAST, "samples": 1}),
+          echo=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert ("samples:" in lines) is reads_causally, lines

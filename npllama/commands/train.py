@@ -7,6 +7,7 @@ from . import (HelpFormatter, UsageError, defaults_only_when_given, prepare_trai
 
 
 def register(subparsers) -> None:
+    from ..config import ATTENDS_CAUSALLY
     from ..train import TrainConfig
 
     d = TrainConfig()
@@ -95,7 +96,7 @@ def register(subparsers) -> None:
                         "the run folder for --resume)")
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"], help="floating-point type of "
                    "the weights and the arithmetic")
-    p.add_argument("--objective", default=d.objective, choices=["causal", "mlm"],
+    p.add_argument("--objective", default=d.objective, choices=list(ATTENDS_CAUSALLY),
                    help="causal: LLaMA's next-token loss; mlm: BERT-style masked-LM on the same stack "
                         "without the causal mask (shown for comparison, article §3.2.2)")
     p.add_argument("--backend", default=None, choices=["numpy", "numba"],
@@ -121,6 +122,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..backend import get_backend, use_backend
+    from ..config import attends_causally
     from ..io.errors import CheckpointError
     from ..runs import RunInUseError
     from ..train import CheckpointWriteError, TrainConfig, TrainingError, resume_config, train
@@ -138,7 +140,7 @@ def run(args) -> int:
                                          ("preset", lambda c: c.init_from is None,
                                           "gives the model's shape, which --init-from's folder gives instead"),
                                          # a bidirectional masked-LM model does not generate text
-                                         ("samples", lambda c: c.objective == "causal" or c.samples == 0,
+                                         ("samples", lambda c: attends_causally(c.objective) or c.samples == 0,
                                           "prints generated text, which only the causal objective's model "
                                           "writes (--objective mlm prints no samples)")])
     except CheckpointError:

@@ -251,8 +251,12 @@ def read_folder_template(folder) -> str | None:
 
 
 def turn_messages(prompt: str, response: str | None = None, system: str | None = None) -> list[dict]:
-    """The messages of one exchange: an optional system message, the user's, the assistant's."""
-    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}] + (
+    """The messages of one exchange: an optional system message, the user's, the assistant's.
+    system None: no system message; an empty or blank one is refused, as chat --system refuses it
+    (no system message, or an empty system turn, which overrides a template's default one?)."""
+    if isinstance(system, str) and not system.strip():
+        raise ValueError(f"system is empty ({system!r}): give system=None for no system message, or its text")
+    return ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": prompt}] + (
         [{"role": "assistant", "content": response}] if response is not None else [])
 
 

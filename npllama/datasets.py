@@ -535,6 +535,9 @@ def read_sft(path) -> tuple[list[dict], list[int]]:
                                  f'(with an optional "system"), or {{"messages": [...]}}')
             if not isinstance(r[field], str):
                 raise ValueError(f'{where}: "{field}" must be a string, got {data.json_type_name(r[field])}')
+            if field == "system" and not r[field].strip():   # as chat.turn_messages refuses it
+                raise ValueError(f'{where}: "system" is empty; leave it out (or null) for no system message, '
+                                 f'or give its text')
         if not r["response"].strip():
             raise ValueError(f"{where} has an empty response (nothing to learn)")
     return records, [line for line, _ in numbered]

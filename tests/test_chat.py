@@ -550,3 +550,23 @@ def test_chat_without_max_new_tokens_keeps_the_conversation_on_a_small_context(s
     with pytest.raises(SystemExit):
         main(["chat", "--help"])
     assert "half the model's context" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("system", ["", " \n"])
+def test_an_empty_system_message_is_refused_in_python_and_in_data_as_on_the_command_line(tmp_path, system):
+    """As chat and generate refuse an empty --system: "" was dropped without a word (no system
+    message, so the template's default, if it has one) and a blank one sent as a blank system
+    block; neither reading is safe to guess.  system=None is the way to have none."""
+    from npllama.datasets import load_sft, write_jsonl
+
+    template = ChatTemplate(LLAMA2_TEMPLATE, "<s>", "</s>")
+    assert "<<SYS>>" not in template.prompt("Hi", None)
+    for call in (lambda: template.prompt("Hi", system), lambda: template.encode_turn(None, "Hi", "Yo", system)):
+        with pytest.raises(ValueError, match=r"^system is empty \(.*\): give system=None for no system message"):
+            call()
+    data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "Hi", "response": "Yo"},
+                                                {"prompt": "Hi", "response": "Yo", "system": system}])
+    with pytest.raises(ValueError, match=r'sft.jsonl line 2: "system" is empty; leave it out \(or null\) for no '
+                                         r'system message'):
+        load_sft(data)
+

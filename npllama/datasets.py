@@ -308,17 +308,18 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
     if not text.strip():
         raise ValueError(f"{path} is empty: it holds no header and no examples")
     # csv reads the first line as the header row, even a blank one: a header naming no column
-    blank = _leading_blank_lines(text)
+    lines = re.split(r"\r\n|\r|\n", text)   # as csv breaks them
+    blank = next(i for i, line in enumerate(lines) if line.strip())   # (text is not blank)
+    separator = _column_separator(path, lines[blank])
     if blank:
-        lines = "line 1 is" if blank == 1 else f"lines 1-{blank} are"
-        separator = _separator_name(_column_separator(path, text))
-        raise ValueError(f"{path} {lines} blank: the first line must be the header row naming the columns "
-                         f"text and label ({separator}-separated); remove the blank line{'s' if blank > 1 else ''} "
-                         f"before it")
+        which = "line 1 is" if blank == 1 else f"lines 1-{blank} are"
+        raise ValueError(f"{path} {which} blank: the first line must be the header row naming the columns "
+                         f"text and label ({_separator_name(separator)}-separated); remove the blank "
+                         f"line{'s' if blank > 1 else ''} before it")
     with io.StringIO(text, newline="") as f:
         # strict: a quote that is never closed is an error where the row starts, rather than a field
         # that swallows the rest of the file ("too few columns" on the last line)
-        reader = csv.DictReader(f, strict=True, delimiter=_column_separator(path, text))
+        reader = csv.DictReader(f, strict=True, delimiter=separator)
         # "Text, Label" typed by hand names the same columns
         reader.fieldnames = [_column_name(name) for name in reader.fieldnames]
         twice = [c for c in ("text", "label") if reader.fieldnames.count(c) > 1]
@@ -326,8 +327,8 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
             raise ValueError(f"{path}: the header row names the column {' and '.join(twice)} more than once "
                              f"(case and spaces aside); give each once")
         missing = [c for c in ("text", "label") if c not in reader.fieldnames]
-        if missing:
-            raise ValueError(f"{path} line {reader.line_num}: the header row must name the columns text and "
+        if missing:   # (line 1: blank lines before it are refused above; a quoted name may span lines)
+            raise ValueError(f"{path} line 1: the header row must name the columns text and "
                              f"label; missing "
                              f"{', '.join(missing)} (found {', '.join(map(repr, reader.fieldnames))})")
         texts, labels, lines = [], [], []
@@ -349,23 +350,16 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
     return texts, labels, lines
 
 
-def _column_separator(path: Path, text: str) -> str:
-    """A tab for a .tsv file; for a .csv file the separator its header row puts between text and
-    label: a comma, or the semicolon (or tab) Excel writes where the comma is the decimal mark."""
+def _column_separator(path: Path, header: str) -> str:
+    """A tab for a .tsv file; for a .csv file the separator its header row (line) puts between text
+    and label: a comma, or the semicolon (or tab) Excel writes where the comma is the decimal mark."""
     if path.suffix.lower() == ".tsv":
         return "\t"
-    header = next((line for line in text.splitlines() if line.strip()), "")
     for separator in (",", ";", "\t"):
         names = {_column_name(name) for name in next(csv.reader([header], delimiter=separator))}
         if {"text", "label"} <= names:
             return separator
     return ","       # the header's error names the columns it found
-
-
-def _leading_blank_lines(text: str) -> int:
-    """How many lines (as csv breaks them: \\n, \\r\\n or \\r) before the first that holds anything."""
-    lines = re.split(r"\r\n|\r|\n", text)
-    return next(i for i, line in enumerate(lines) if line.strip())   # (text is not blank)
 
 
 def _separator_name(separator: str) -> str:

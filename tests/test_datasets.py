@@ -369,6 +369,10 @@ def test_a_blank_line_where_the_header_row_belongs_is_named_with_what_is_expecte
     with pytest.raises(ValueError, match=r"words.csv line 1: the header row must name the columns text and label; "
                                          r"missing text, label \(found 'words', 'kind'\)"):
         load_labelled(tmp_path / "words.csv")
+    # a quoted header name across lines: the header still starts on line 1
+    (tmp_path / "quoted.csv").write_text('"many\nwords",kind\nhello,pos\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"quoted.csv line 1: the header row must name"):
+        load_labelled(tmp_path / "quoted.csv")
 
 
 def test_extra_named_columns_and_the_label_first_are_read(tmp_path):

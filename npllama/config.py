@@ -110,7 +110,9 @@ class LlamaConfig:
                 f"num_attention_heads ({self.num_attention_heads})")
         _require_positive_float("rms_norm_eps", self.rms_norm_eps)
         _require_positive_float("rope_theta", self.rope_theta)
-        _require_positive_float("initializer_range", self.initializer_range)
+        # only the spread of a fresh model's weights: transformers accepts 0 (a model of zeros) to 1
+        if _finite_float("initializer_range", self.initializer_range) < 0:
+            raise ValueError(f"initializer_range must be a non-negative number, got {self.initializer_range}")
         check_attention_dropout(self.attention_dropout)
         if not isinstance(self.tie_word_embeddings, bool):
             raise TypeError(f"tie_word_embeddings must be a bool, got {self.tie_word_embeddings!r}")
@@ -193,6 +195,7 @@ class LlamaConfig:
         if isinstance(rope_scaling, dict):
             rope_theta = rope_scaling.get("rope_theta", rope_theta)
             rope_scaling = {k: v for k, v in rope_scaling.items() if k != "rope_theta"}
+            rope_scaling = _with_llama3_original_context(rope_scaling, d, cls.max_position_embeddings)
         kwargs = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
         kwargs["rope_theta"] = 10000.0 if rope_theta is None else rope_theta
         if rope_field == "rope_parameters":  # a 5.x config: report problems under the file's field
@@ -217,6 +220,9 @@ class LlamaConfig:
                 kwargs[name] = float(value)
         config = cls(**kwargs)
         _check_top_level_original_context(d, config.rope_scaling, rope_field)
+        top_level_partial = d.get("partial_rotary_factor")   # (read only where the RoPE settings lack it)
+        if config.rope_scaling and "partial_rotary_factor" not in config.rope_scaling and top_level_partial is not None:
+            _check_whole_head_rotation("partial_rotary_factor", top_level_partial, config.rope_scaling["rope_type"])
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -255,7 +261,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def check_architecture_fields(d: dict) -> None:
     """The config.json fields that say which architecture a model has, beyond its shape: a LLaMA
-    (model_type, architectures), without biases, with SiLU in its SwiGLU.  Anything else is a
+    (model_type, architectures), without biases, with SiLU in its SwiGLU, not quantized.  Anything else is a
     ValueError naming the field and the value npllama implements, never a model silently built
     without what the file asks for."""
     model_type = d.get("model_type", "llama")
@@ -275,6 +281,35 @@ def check_architecture_fields(d: dict) -> None:
     if act not in ("silu", "swish"):  # transformers maps both names to torch's SiLU
         raise ValueError(f"hidden_act must be 'silu' (or its other name 'swish') for LLaMA's SwiGLU, "
                          f"got {act!r}")
+    quantization = d.get("quantization_config")
+    if quantization:   # transformers quantizes the weights as it loads them, or reads them quantized
+        method = quantization.get("quant_method") if isinstance(quantization, dict) else None
+        raise ValueError(f"quantization_config says this checkpoint is quantized (quant_method {method!r}), "
+                         f"which transformers applies on loading; npllama reads unquantized float weights "
+                         f"(F32, F64, F16, BF16) only: use the unquantized model, or dequantize this one first")
+
+
+def _with_llama3_original_context(scaling: dict, d: dict, default_context: int) -> dict:
+    """A LLaMA-3 scaling without original_max_position_embeddings, completed as transformers 5 reads it:
+    with the top-level original_max_position_embeddings (Phi-3's place for it), else with
+    max_position_embeddings (transformers 4.x refused such a file).  Any other scaling unchanged."""
+    if (scaling.get("rope_type") or scaling.get("type")) != "llama3" or "original_max_position_embeddings" in scaling:
+        return scaling
+    context = d.get("original_max_position_embeddings", d.get("max_position_embeddings", default_context))
+    return {**scaling, "original_max_position_embeddings": context}
+
+
+def _check_whole_head_rotation(name: str, partial_rotary_factor, rope_type: str) -> None:
+    """A partial_rotary_factor (RoPE over that share of each head) beside a scaled RoPE must be 1.
+    transformers' LlamaForCausalLM builds a scaled RoPE's tables for head_dim * partial_rotary_factor
+    dimensions and then cannot apply them to its whole heads: no model runs from such a file, and npllama
+    refuses it rather than run a full-head RoPE the file does not describe.  (With plain RoPE, transformers
+    5 builds full-head tables whatever the field says, as npllama does; from_dict lets it pass there.)"""
+    if _finite_float(name, partial_rotary_factor) != 1:
+        raise ValueError(f"{name} must be 1 (RoPE over the whole head, as LLaMA's) with {rope_type!r} RoPE "
+                         f"scaling, got {partial_rotary_factor!r}: transformers' LlamaForCausalLM builds that "
+                         f"scaling's tables for head_dim * {name.split('.')[-1]} dimensions and cannot apply "
+                         f"them to its heads; npllama implements RoPE over the whole head")
 
 
 def _check_top_level_original_context(d: dict, rope_scaling: dict | None, rope_field: str) -> None:
@@ -375,9 +410,11 @@ def _normalise_rope_scaling(scaling) -> dict | None:
     if rope_type == "default":
         return None
     _require_positive_float("rope_scaling.factor", scaling.get("factor"))
+    if "partial_rotary_factor" in scaling:
+        _check_whole_head_rotation("rope_scaling.partial_rotary_factor", scaling["partial_rotary_factor"], rope_type)
     if rope_type == "llama3":
         for field in LLAMA3_ROPE_FIELDS:
-            if field not in scaling:
+            if scaling.get(field) is None:   # (a null is no value: no transformers version runs it)
                 raise ValueError(f"rope_scaling of type 'llama3' needs {field!r}")
         if scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
             raise ValueError("rope_scaling.high_freq_factor must be greater than low_freq_factor")

@@ -241,3 +241,67 @@ def test_a_top_level_original_max_position_embeddings_is_refused_where_transform
                 read_config(tmp_path / "config.json")
         else:
             assert read_config(tmp_path / "config.json").rope_scaling == LLAMA3_SCALING
+
+
+def transformers_folder(path, rope_parameters, edit_config):
+    """A tiny LlamaForCausalLM saved by transformers (its weights large enough that RoPE shows in the
+    logits), its config.json then edited by `edit_config` as a hand-written or older file would be."""
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, rope_parameters=rope_parameters))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(5.0)
+    model.save_pretrained(path)
+    fields = json.loads((path / "config.json").read_text())
+    edit_config(fields)
+    (path / "config.json").write_text(json.dumps(fields))
+    return path
+
+
+def transformers_logits(folder, tokens):
+    hf_model = transformers.LlamaForCausalLM.from_pretrained(folder, attn_implementation="eager").float()
+    with torch.no_grad():
+        return hf_model(torch.from_numpy(tokens)).logits.numpy()
+
+
+LLAMA3_WITHOUT_CONTEXT = {k: v for k, v in LLAMA3_SCALING.items() if k != "original_max_position_embeddings"}
+PLAIN_ROPE = {"rope_type": "default", "rope_theta": 10000.0}
+
+
+@pytest.mark.parametrize("rope_parameters, edit_config", [
+    # transformers accepts initializer_range in [0, 1]; it only sets a fresh model's spread
+    (PLAIN_ROPE, lambda fields: fields.update(initializer_range=0.0)),
+    # LLaMA-3 scaling without its original context: transformers 5 takes max_position_embeddings (64),
+    # or the top-level original_max_position_embeddings when there is one
+    ({**LLAMA3_WITHOUT_CONTEXT, "rope_theta": 500.0},
+     lambda fields: fields["rope_parameters"].pop("original_max_position_embeddings")),
+    ({**LLAMA3_WITHOUT_CONTEXT, "rope_theta": 500.0},
+     lambda fields: (fields["rope_parameters"].pop("original_max_position_embeddings"),
+                     fields.update(original_max_position_embeddings=8))),
+    # partial_rotary_factor beside plain RoPE: transformers 5's LlamaRotaryEmbedding rotates the whole head
+    (PLAIN_ROPE, lambda fields: fields.update(partial_rotary_factor=0.5)),
+])
+def test_fields_transformers_reads_give_its_logits(tmp_path, rope_parameters, edit_config):
+    folder = transformers_folder(tmp_path, rope_parameters, edit_config)
+    tokens = np.random.default_rng(0).integers(0, 97, size=(2, 24))
+    ours = Llama.from_pretrained(folder, dtype=np.float32)
+    assert rel_error(ours.forward(tokens), transformers_logits(folder, tokens)) < 1e-5
+
+
+@pytest.mark.parametrize("rope_parameters, edit_config", [
+    ({"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+     lambda fields: fields["rope_parameters"].update(partial_rotary_factor=0.5)),
+    ({**LLAMA3_SCALING, "rope_theta": 500.0}, lambda fields: fields.update(partial_rotary_factor=0.5)),
+])
+def test_a_partial_rotary_factor_transformers_cannot_run_is_refused_by_name(tmp_path, rope_parameters, edit_config):
+    """With scaled RoPE, transformers builds tables for head_dim * partial_rotary_factor dimensions and then
+    fails to apply them to the whole head; npllama refuses the file naming the field, instead of running
+    full-head RoPE the file does not describe."""
+    folder = transformers_folder(tmp_path, rope_parameters, edit_config)
+    tokens = np.random.default_rng(0).integers(0, 97, size=(1, 8))
+    with pytest.raises(RuntimeError, match="size of tensor"):
+        transformers_logits(folder, tokens)
+    with pytest.raises(CheckpointError, match="partial_rotary_factor must be 1"):
+        Llama.from_pretrained(folder)

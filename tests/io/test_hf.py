@@ -511,6 +511,23 @@ def test_other_architectures_are_refused(tmp_path):
     ({"rope_scaling": None, "rope_parameters": {**LLAMA3_SCALING, "rope_theta": 1e4},
       "original_max_position_embeddings": 16}, r"differs from rope_parameters.original_max_position_embeddings",
      "original_max_position_embeddings"),
+    # a LLaMA-3 field given as null: no transformers version runs it (the test used to end in a bare TypeError)
+    ({"rope_scaling": {**LLAMA3_SCALING, "original_max_position_embeddings": None}},
+     "rope_scaling of type 'llama3' needs 'original_max_position_embeddings'", "rope_scaling"),
+    ({"rope_scaling": {**LLAMA3_SCALING, "low_freq_factor": None}}, "needs 'low_freq_factor'", "rope_scaling"),
+    # RoPE over part of each head: transformers builds scaled tables that small and then cannot run
+    # (tests/test_hf_compare.py shows it); LLaMA rotates the whole head
+    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5}},
+     r"rope_scaling.partial_rotary_factor must be 1 .* 'linear' .* got 0.5", "rope_scaling.partial_rotary_factor"),
+    ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}, "partial_rotary_factor": 0.25},
+     r"partial_rotary_factor must be 1 .* 'dynamic' .* got 0.25", "partial_rotary_factor"),
+    ({"rope_scaling": None, "rope_parameters": {**LLAMA3_SCALING, "rope_theta": 1e4, "partial_rotary_factor": 0.5}},
+     r"rope_parameters.partial_rotary_factor must be 1", "rope_parameters.partial_rotary_factor"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}, "partial_rotary_factor": "half"},
+     "partial_rotary_factor must be a number", "partial_rotary_factor"),
+    # a quantized checkpoint: transformers quantizes (or reads quantized tensors) on load
+    ({"quantization_config": {"quant_method": "gptq", "bits": 4}},
+     r"quantization_config .*'gptq'.* npllama reads unquantized", "quantization_config"),
 ])
 def test_bad_config_fields_are_named(tmp_path, change, pattern, field):
     config = small_config()
@@ -534,6 +551,40 @@ def test_attention_dropout_is_carried_through_a_folder_and_checked(tmp_path):
     for bad, error in [(1.5, ValueError), (-0.1, ValueError), (float("nan"), ValueError), ("0.1", TypeError)]:
         with pytest.raises(error, match="attention_dropout"):
             LlamaConfig.from_dict({**fields, "attention_dropout": bad})
+
+
+def test_values_transformers_accepts_that_change_no_number_are_accepted():
+    """initializer_range only sets the spread of a fresh model's weights; transformers accepts 0 to 1,
+    so 0 (a fresh model of zeros) is no reason to refuse a checkpoint.  partial_rotary_factor 1 (the
+    whole head) is LLaMA's own RoPE, and with plain RoPE transformers 5 ignores any value (its
+    LlamaRotaryEmbedding builds full-head tables); a quantization_config of null is none."""
+    fields = small_config().to_dict()
+    config = LlamaConfig.from_dict({**fields, "initializer_range": 0})
+    assert config.initializer_range == 0.0
+    assert all(not w.any() for name, w in Llama(config).params.items() if name.endswith("proj.weight"))
+    with pytest.raises(ValueError, match="initializer_range must be a non-negative number, got -0.02"):
+        LlamaConfig.from_dict({**fields, "initializer_range": -0.02})
+    linear = {"rope_type": "linear", "factor": 2.0}
+    assert LlamaConfig.from_dict({**fields, "rope_scaling": {**linear, "partial_rotary_factor": 1.0}}).rope_scaling \
+        == {**linear, "partial_rotary_factor": 1.0}
+    assert LlamaConfig.from_dict({**fields, "rope_scaling": linear, "partial_rotary_factor": 1}).rope_scaling == linear
+    assert LlamaConfig.from_dict({**fields, "partial_rotary_factor": 0.5}) == small_config()
+    assert LlamaConfig.from_dict({**fields, "quantization_config": None}) == small_config()
+
+
+def test_llama3_scaling_without_its_original_context_takes_the_one_transformers_5_takes():
+    """transformers 5 fills a LLaMA-3 scaling's missing original_max_position_embeddings with the top-level
+    one (Phi-3's place for it), else max_position_embeddings (4.x refused such a file)."""
+    fields = small_config().to_dict()
+    inner = {k: v for k, v in LLAMA3_SCALING.items() if k != "original_max_position_embeddings"}
+    for layout in ({"rope_scaling": inner}, {"rope_scaling": None, "rope_parameters": {**inner, "rope_theta": 1e4}},
+                   {"rope_scaling": {"type": "llama3", **{k: v for k, v in inner.items() if k != "rope_type"}}}):
+        plain = LlamaConfig.from_dict({**fields, **layout})
+        assert plain.rope_scaling == {**inner, "original_max_position_embeddings": fields["max_position_embeddings"]}
+        top_level = LlamaConfig.from_dict({**fields, **layout, "original_max_position_embeddings": 4})
+        assert top_level.rope_scaling == {**inner, "original_max_position_embeddings": 4}
+    with pytest.raises(ValueError, match="needs 'original_max_position_embeddings'"):
+        small_config(rope_scaling=inner)   # built in Python: nothing to take it from
 
 
 def test_other_names_transformers_reads_as_llama_are_accepted(tmp_path):

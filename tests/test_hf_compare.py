@@ -283,11 +283,17 @@ PLAIN_ROPE = {"rope_type": "default", "rope_theta": 10000.0}
     # partial_rotary_factor beside plain RoPE: transformers 5's LlamaRotaryEmbedding rotates the whole head
     (PLAIN_ROPE, lambda fields: fields.update(partial_rotary_factor=0.5)),
 ])
-def test_fields_transformers_reads_give_its_logits(tmp_path, rope_parameters, edit_config):
+def test_fields_transformers_reads_give_its_logits_and_gradients(tmp_path, rope_parameters, edit_config):
     folder = transformers_folder(tmp_path, rope_parameters, edit_config)
-    tokens = np.random.default_rng(0).integers(0, 97, size=(2, 24))
+    tokens, targets = (np.random.default_rng(seed).integers(0, 97, size=(2, 24)) for seed in (0, 1))
+    hf_model = transformers.LlamaForCausalLM.from_pretrained(folder, attn_implementation="eager").float()
+    torch_logits, torch_loss, torch_grads = torch_logits_and_grads(hf_model, tokens, targets)
     ours = Llama.from_pretrained(folder, dtype=np.float32)
-    assert rel_error(ours.forward(tokens), transformers_logits(folder, tokens)) < 1e-5
+    assert rel_error(ours.forward(tokens), torch_logits) < 1e-5
+    loss, grads = ours.loss_and_grads(tokens, targets)
+    assert loss == pytest.approx(torch_loss, rel=1e-5)
+    for name, g in grads.items():
+        assert rel_error(g, torch_grads[name]) < 1e-4, name
 
 
 @pytest.mark.parametrize("rope_parameters, edit_config", [

@@ -12,12 +12,13 @@ is given.  A repetition penalty (CTRL's, as transformers applies it) first divid
 logits of every id already in the sequence (the prompt's included) by the penalty and multiplies
 the negative ones by it.  `next_token_probs` gives the distribution itself.
 
-Against transformers' generate: the same order (repetition penalty, temperature, top-k, top-p) and
-the same probabilities (tested in float64 on logits without ties).  Ties at a cut are a choice:
-here they go to the lower ids, so top_k keeps exactly k ids (top_k=1 is greedy) and top_p keeps
-the lower of two tied ids; transformers keeps every id tied with the k-th, and at the top-p cut
-the id its sort puts last.  The random streams differ (numpy's Generator, not torch's), so a seed
-gives other text than transformers with the same seed.
+Against transformers' generate(do_sample=True): the same order (repetition penalty, temperature,
+top-k, top-p) and the same kept ids and probabilities (tests/test_sampling_semantics.py, float64).
+top_k keeps every id tied with the k-th, as transformers does (top_k=1 samples among the ids that
+share the largest logit).  Where transformers leaves a choice to chance, npllama makes its own:
+at the top-p cut, of several equally likely ids it keeps the lower ones (transformers: those
+torch.sort, unstable past 16 ids, puts last).  The random streams differ (numpy's Generator, not
+torch's), so a seed gives other text than transformers with the same seed.
 """
 from __future__ import annotations
 
@@ -388,14 +389,11 @@ def _probs(logits: np.ndarray, temperature: float, top_k: int | None, top_p: flo
 
 
 def top_k_mask(scores: np.ndarray, top_k: int) -> np.ndarray:
-    """Exactly top_k ids, the highest scores, ties at the cut going to the lower ids (as argmax
-    and `nucleus` break them): top_k=1 is greedy even when several ids share the largest score
-    (a flat row would otherwise be sampled whole).  One partition, no sort of the vocabulary."""
+    """The ids whose score is at least the top_k-th largest: transformers' TopKLogitsWarper, which
+    drops only the ids scoring below it, so every id tied with the k-th stays (top_k=1 on a row
+    whose largest score two ids share keeps both).  One partition, no sort of the vocabulary."""
     kth = np.partition(scores, -top_k)[-top_k]
-    keep = scores > kth
-    tied = np.flatnonzero(scores == kth)
-    keep[tied[:top_k - np.count_nonzero(keep)]] = True
-    return keep
+    return scores >= kth
 
 
 # Far above the rounding of a float64 sum of probabilities, far below any probability that matters.

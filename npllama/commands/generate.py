@@ -38,10 +38,10 @@ def add_sampling_options(p, max_new_tokens: int | None = 100, temperature: float
     (a --max-new-tokens left None is the command's to choose once the model is loaded)."""
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=max_new_tokens_help)
     p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (exactly k: "
-                   "ties at the cut go to the lower ids, where transformers keeps every tied id)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (and any tied "
+                   "with the k-th, as transformers' top_k keeps them)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]: the most "
-                   "likely tokens whose probabilities reach it (after --top-k; ties go to the lower ids)")
+                   "likely tokens whose probabilities reach it (after --top-k; of tokens tied at the cut, the lower ids, where transformers' sort keeps any)")
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="> 1 makes tokens already in the text (the prompt included) less likely, as "
                         "transformers does (1.1-1.3 typical; 1 = off)")

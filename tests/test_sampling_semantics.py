@@ -1,0 +1,123 @@
+"""The sampling knobs mean what transformers' generate(do_sample=True, ...) means with the same values.
+
+`next_token_probs` is the filtered distribution npllama samples from; here it is checked against
+transformers' LogitsProcessor classes applied as its generate builds them (RepetitionPenalty, then
+Temperature, TopK, TopP: transformers/generation/utils.py, _get_logits_processor), on random logits
+that include ties, -inf, one dominant logit, vocabularies of 1 and 2 ids and top_k past the
+vocabulary.  The tests that need transformers and torch skip without them; the tests of the
+filter itself and of the sampler need neither.
+"""
+import numpy as np
+import pytest
+
+from npllama.generate import generate, next_token_probs, sample_next
+
+
+def transformers_probs(logits, temperature, top_k, top_p, repetition_penalty, previous):
+    """The distribution transformers' generate(do_sample=True, ...) samples from, in float64: its
+    processors built as _get_logits_processor builds them (a knob at its neutral value -- penalty 1,
+    temperature 1, top_k None or 0, top_p 1 -- adds no processor) and applied in that order."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    processors = transformers.LogitsProcessorList()
+    if repetition_penalty != 1.0:
+        processors.append(transformers.RepetitionPenaltyLogitsProcessor(float(repetition_penalty)))
+    if temperature != 1.0:
+        processors.append(transformers.TemperatureLogitsWarper(float(temperature)))
+    if top_k is not None and top_k != 0:
+        processors.append(transformers.TopKLogitsWarper(int(top_k)))
+    if top_p is not None and top_p < 1.0:
+        processors.append(transformers.TopPLogitsWarper(float(top_p)))
+    input_ids = torch.tensor([list(previous)], dtype=torch.long)
+    scores = processors(input_ids, torch.tensor(np.asarray(logits, dtype=np.float64))[None].clone())
+    return torch.softmax(scores, dim=-1)[0].numpy()
+
+
+def random_case(rng):
+    """Logits and knobs of one comparison: the shapes of rows that break a careless filter."""
+    V = int(rng.choice([1, 2, 3, 5, 8, 40, 300]))
+    kind = rng.integers(5)
+    if kind == 0:
+        logits = rng.standard_normal(V) * rng.choice([0.3, 1.0, 6.0])
+    elif kind == 1:                                   # a few levels: ties everywhere, across every cut
+        logits = rng.choice([-1.0, 0.0, 0.5, 2.0], V)
+    elif kind == 2:
+        logits = np.round(rng.standard_normal(V) * 2) / 2
+    elif kind == 3:                                   # one dominant id
+        logits = rng.standard_normal(V)
+        logits[rng.integers(V)] = 40.0
+    else:                                             # a flat row (an untrained head)
+        logits = np.zeros(V)
+    if V > 2 and rng.random() < 0.3:                  # masked ids
+        logits[rng.integers(0, V, size=2)] = -np.inf
+    knobs = dict(temperature=float(rng.choice([0.25, 0.7, 1.0, 1.6])),
+                 top_k=[None, 1, 2, 3, 5, V, V + 7][rng.integers(7)],
+                 top_p=[None, 0.05, 0.3, 0.5, 0.9, 0.97, 1.0][rng.integers(7)],
+                 repetition_penalty=float(rng.choice([1.0, 1.0, 1.3, 0.8])),
+                 previous=rng.integers(0, V, size=int(rng.integers(1, 5))).tolist())
+    return logits, knobs
+
+
+def is_a_nucleus(kept, probs, top_p, rounding=1e-12) -> bool:
+    """kept (a boolean mask) is a smallest set of the most likely ids of `probs` whose mass reaches
+    top_p: no dropped id more likely than a kept one, the mass at least top_p, and short of it
+    without the least likely kept id (all up to rounding)."""
+    mass, least = probs[kept].sum(), probs[kept].min()
+    most_dropped = probs[~kept].max(initial=0.0)
+    return most_dropped <= least + rounding and mass >= top_p - rounding and mass - least < top_p + rounding
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_filtered_distribution_is_transformers_one_ties_included(seed):
+    """The same kept ids and the same renormalised probabilities (float64, 1e-12), ties included --
+    but where the definition of top-p leaves the choice: when its cut falls inside a run of
+    equally likely ids, transformers keeps the ones torch.sort (unstable past 16 elements) puts
+    last, npllama the lower ids; and when a set's mass is top_p but for rounding, the rounding of
+    each one's sum decides whether it is enough.  There each set must be a nucleus by the
+    definition, and npllama's probabilities the distribution before top-p, renormalised on it."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    rng = np.random.default_rng(seed)
+    compared = 0
+    while compared < 150:
+        logits, knobs = random_case(rng)
+        if np.isneginf(logits).all():
+            continue
+        where = f"logits={logits.tolist()} {knobs}"
+        top_p = knobs["top_p"]
+        before_top_p = dict(knobs, top_p=None)
+        probs = next_token_probs(logits, **before_top_p)
+        np.testing.assert_allclose(probs, transformers_probs(logits, **before_top_p), rtol=0, atol=1e-12,
+                                   err_msg=where)
+        expected = transformers_probs(logits, **knobs)
+        got = next_token_probs(logits, **knobs)
+        if top_p is None or top_p == 1.0 or np.array_equal(got > 0, expected > 0):
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12, err_msg=where)
+            compared += 1
+            continue
+        ours, theirs = got > 0, expected > 0
+        smaller = ours if ours.sum() <= theirs.sum() else theirs
+        tie_at_the_cut = np.isclose(probs[ours].min(), probs[~ours].max(initial=-1.0), rtol=0, atol=1e-12)
+        mass_is_top_p = abs(probs[smaller].sum() - top_p) <= 1e-12
+        assert tie_at_the_cut or mass_is_top_p, where
+        assert is_a_nucleus(ours, probs, top_p) and is_a_nucleus(theirs, probs, top_p), where
+        np.testing.assert_allclose(got, np.where(ours, probs, 0) / probs[ours].sum(), rtol=0, atol=1e-12,
+                                   err_msg=where)
+        compared += 1
+
+
+@pytest.mark.parametrize("logits, top_k, kept", [
+    ([1.0, 3.0, 3.0, 2.0, -1.0], 1, [1, 2]),          # two ids share the largest logit
+    ([1.0, 3.0, 2.0, 2.0, 2.0], 2, [1, 2, 3, 4]),     # three tied with the 2nd
+    ([0.0, 0.0, 0.0], 2, [0, 1, 2]),                  # a flat row is kept whole
+    ([0.5, -np.inf, -np.inf], 2, [0]),                # the k-th is -inf: masked ids stay masked
+    ([2.0, 1.0], 5, [0, 1]),                          # top_k past the vocabulary
+])
+def test_top_k_keeps_every_id_tied_with_the_k_th(logits, top_k, kept):
+    """transformers' TopKLogitsWarper drops the ids scoring below the k-th largest score: every id
+    tied with it stays (more than k ids), each as likely as the softmax of the kept logits says."""
+    logits = np.array(logits)
+    probs = next_token_probs(logits, 1.0, top_k=top_k)
+    assert np.flatnonzero(probs).tolist() == kept
+    softmax = np.exp(logits[kept] - logits[kept].max())
+    np.testing.assert_allclose(probs[kept], softmax / softmax.sum(), rtol=1e-12)

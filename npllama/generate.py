@@ -8,7 +8,8 @@
 Sampling: temperature 0 is greedy (argmax); otherwise the logits are divided by the temperature,
 optionally cut to the top_k most likely tokens and/or to the smallest set whose probability
 reaches top_p (nucleus), renormalised, and sampled -- with a fresh random generator unless a seed
-is given.  A repetition penalty (CTRL's, as transformers applies it) first divides the positive
+is given.  top_k None or 0 and top_p None or 1 cut nothing (transformers' generate adds no
+processor for them).  A repetition penalty (CTRL's, as transformers applies it) first divides the positive
 logits of every id already in the sequence (the prompt's included) by the penalty and multiplies
 the negative ones by it.  `next_token_probs` gives the distribution itself.
 
@@ -376,7 +377,7 @@ def _probs(logits: np.ndarray, temperature: float, top_k: int | None, top_p: flo
         scaled = logits / temperature
     if np.isposinf(scaled).any() or np.isneginf(scaled).all():
         return int(np.argmax(logits))
-    if top_k is not None and top_k < scaled.size:
+    if top_k and top_k < scaled.size:     # None or 0: no cut (transformers' generate adds no TopK for 0)
         scaled = np.where(top_k_mask(scaled, top_k), scaled, -np.inf)
     probs = np.exp(scaled - scaled.max())
     probs /= probs.sum()
@@ -556,8 +557,8 @@ def _check_sampling(temperature, top_k, top_p, repetition_penalty=1.0) -> None:
                                                                           repetition_penalty))
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < np.inf:
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
-        raise ValueError(f"top_k must be None or a positive integer, got {top_k!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0):
+        raise ValueError(f"top_k must be None or an integer >= 0 (0 = no cut), got {top_k!r}")
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
                               or not 0 < top_p <= 1):
         raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")

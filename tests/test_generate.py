@@ -292,7 +292,7 @@ def test_stream_text_concatenated_is_the_decoded_text(byte_fallback_tokenizer, t
     (dict(prompt=[1], max_new_tokens=0), ValueError, "max_new_tokens"),
     (dict(prompt=[1] * 30, max_new_tokens=11), ValueError, "max_position_embeddings = 40"),
     (dict(prompt=[1], max_new_tokens=3, temperature=-1), ValueError, "temperature"),
-    (dict(prompt=[1], max_new_tokens=3, top_k=0), ValueError, "top_k"),
+    (dict(prompt=[1], max_new_tokens=3, top_k=-1), ValueError, "top_k"),
     (dict(prompt=[1], max_new_tokens=3, top_p=1.5), ValueError, "top_p"),
     (dict(prompt=[1], max_new_tokens=3, threads=0), ValueError, "threads must be None or a positive int"),
     (dict(prompt=[1], max_new_tokens=3, threads=2.0), ValueError, "threads must be None or a positive int"),

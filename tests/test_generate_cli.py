@@ -186,7 +186,7 @@ def test_a_fine_tuning_run_with_only_a_checkpoint_says_to_finish_it(tmp_path, ca
 
 @pytest.mark.parametrize("flags, message", [
     (["--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
-    (["--top-k", "0"], "--top-k must be a positive integer, got 0"),
+    (["--top-k", "-1"], "--top-k must be an integer >= 0 (0 = no cut), got -1"),
     (["--seed", "-1"], "--seed must be a non-negative integer, got -1"),
 ])
 def test_generate_names_the_flag_and_what_it_takes(flags, message, capsys, tmp_path):

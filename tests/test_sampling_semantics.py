@@ -51,7 +51,7 @@ def random_case(rng):
     if V > 2 and rng.random() < 0.3:                  # masked ids
         logits[rng.integers(0, V, size=2)] = -np.inf
     knobs = dict(temperature=float(rng.choice([0.25, 0.7, 1.0, 1.6])),
-                 top_k=[None, 1, 2, 3, 5, V, V + 7][rng.integers(7)],
+                 top_k=[None, 0, 1, 2, 3, 5, V, V + 7][rng.integers(8)],
                  top_p=[None, 0.05, 0.3, 0.5, 0.9, 0.97, 1.0][rng.integers(7)],
                  repetition_penalty=float(rng.choice([1.0, 1.0, 1.3, 0.8])),
                  previous=rng.integers(0, V, size=int(rng.integers(1, 5))).tolist())
@@ -121,3 +121,17 @@ def test_top_k_keeps_every_id_tied_with_the_k_th(logits, top_k, kept):
     assert np.flatnonzero(probs).tolist() == kept
     softmax = np.exp(logits[kept] - logits[kept].max())
     np.testing.assert_allclose(probs[kept], softmax / softmax.sum(), rtol=1e-12)
+
+
+def test_top_k_0_and_top_p_1_cut_nothing_as_in_transformers_generate():
+    """transformers' generate adds no TopK processor for top_k=0 and no TopP one for top_p=1.0
+    (users pass top_k=0 to turn off its default top_k=50): both mean no cut here too, in
+    next_token_probs, sample_next and generate."""
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal(9)
+    uncut = next_token_probs(logits, 0.8)
+    np.testing.assert_array_equal(next_token_probs(logits, 0.8, top_k=0), uncut)
+    np.testing.assert_array_equal(next_token_probs(logits, 0.8, top_k=0, top_p=1.0), uncut)
+    assert np.all(uncut > 0)
+    draws = [sample_next(logits, 0.8, 0, None, np.random.default_rng(s)) for s in range(5)]
+    assert draws == [sample_next(logits, 0.8, None, None, np.random.default_rng(s)) for s in range(5)]

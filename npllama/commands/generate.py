@@ -39,7 +39,7 @@ def add_sampling_options(p, max_new_tokens: int | None = 100, temperature: float
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=max_new_tokens_help)
     p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (and any tied "
-                   "with the k-th, as transformers' top_k keeps them)")
+                   "with the k-th, as transformers' top_k keeps them); 0 = no cut, as in transformers")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]: the most "
                    "likely tokens whose probabilities reach it (after --top-k; of tokens tied at the cut, the lower ids, where transformers' sort keeps any)")
     p.add_argument("--repetition-penalty", type=float, default=1.0,

@@ -406,19 +406,23 @@ def nucleus(probs: np.ndarray, top_p: float, first_guess: int = 64) -> np.ndarra
     reach top_p -- what a full stable sort of the vocabulary would give, found by sorting only
     the few most probable: np.argpartition picks the `n` largest, and everything tied with the
     n-th joins them so the cut never splits a tie arbitrarily; if their mass falls short of
-    top_p, n doubles.  A sum short of top_p by rounding only (under NUCLEUS_ROUNDING) reaches it:
+    top_p, n doubles.  Ids of probability 0 (cut by top_k) are never candidates: the others hold
+    all the mass, and with them the n-th largest would be 0 and the whole vocabulary sorted.
+    A sum short of top_p by rounding only (under NUCLEUS_ROUNDING) reaches it:
     [0.7, 0.2, 0.1] at top_p 0.9 is two ids, though 0.7 + 0.2 is 0.8999999999999999 in floats."""
     top_p = top_p - NUCLEUS_ROUNDING
-    n = min(first_guess, probs.size)
+    possible = np.flatnonzero(probs > 0)
+    n = min(first_guess, possible.size)
     while True:
-        if n >= probs.size:
-            candidates = np.arange(probs.size)
+        if n >= possible.size:
+            candidates = possible
         else:
-            threshold = probs[np.argpartition(probs, probs.size - n)[probs.size - n]]
-            candidates = np.flatnonzero(probs >= threshold)
+            chances = probs[possible]
+            threshold = chances[np.argpartition(chances, possible.size - n)[possible.size - n]]
+            candidates = possible[chances >= threshold]
         order = candidates[np.lexsort((candidates, -probs[candidates]))]   # by probability, then id
         cumulative = np.cumsum(probs[order])
-        if cumulative[-1] >= top_p or len(candidates) == probs.size:
+        if cumulative[-1] >= top_p or len(candidates) == possible.size:
             return order[: int(np.searchsorted(cumulative, top_p)) + 1]
         n *= 2
 

@@ -135,3 +135,26 @@ def test_top_k_0_and_top_p_1_cut_nothing_as_in_transformers_generate():
     assert np.all(uncut > 0)
     draws = [sample_next(logits, 0.8, 0, None, np.random.default_rng(s)) for s in range(5)]
     assert draws == [sample_next(logits, 0.8, None, None, np.random.default_rng(s)) for s in range(5)]
+
+
+@pytest.mark.parametrize("top_k", [None, 40])
+def test_the_nucleus_sorts_only_the_few_most_probable_ids_even_after_top_k(top_k, monkeypatch):
+    """nucleus promises a partial sort (np.argpartition, then a sort of the candidates, doubled
+    until they hold top_p), not a sort of the vocabulary: at most twice the nucleus (or the first
+    guess, 64) is sorted.  After top_k most ids have probability 0: they are never needed (the
+    others hold all the mass) and must not join the candidates."""
+    from npllama import generate as generation
+
+    sorted_sizes = []
+    for name in ("lexsort", "argsort", "sort"):
+        real = getattr(np, name)
+
+        def recording(keys, *args, _real=real, **kwargs):
+            sorted_sizes.append(np.shape(keys)[-1])
+            return _real(keys, *args, **kwargs)
+        monkeypatch.setattr(generation.np, name, recording)
+    logits = np.random.default_rng(0).standard_normal(32000) * 3
+    probs = next_token_probs(logits, 1.0, top_k=top_k, top_p=0.9)
+    kept = np.count_nonzero(probs)
+    assert 0 < kept <= (top_k or 32000)
+    assert sorted_sizes and max(sorted_sizes) <= 2 * max(64, kept), (kept, sorted_sizes)

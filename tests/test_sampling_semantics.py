@@ -158,3 +158,46 @@ def test_the_nucleus_sorts_only_the_few_most_probable_ids_even_after_top_k(top_k
     kept = np.count_nonzero(probs)
     assert 0 < kept <= (top_k or 32000)
     assert sorted_sizes and max(sorted_sizes) <= 2 * max(64, kept), (kept, sorted_sizes)
+
+
+def textbook_probs(logits, temperature, top_k=None, top_p=None):
+    """The filter written out with full sorts, as a student would first write it: temperature,
+    top_k (every id at least as likely as the k-th), top_p (most likely first, up to and
+    including the id whose cumulative probability reaches top_p), renormalised."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    if top_k:
+        z = np.where(z >= np.sort(z)[::-1][min(top_k, z.size) - 1], z, -np.inf)
+    q = np.exp(z - z.max())
+    q /= q.sum()
+    if top_p is not None:
+        order = np.argsort(-q, kind="stable")
+        cumulative = np.cumsum(q[order])
+        q[order[np.argmax(cumulative >= top_p - 1e-12) + 1:]] = 0
+        q /= q.sum()
+    return q
+
+
+def chi_square_critical(dof: int, z: float = 4.75) -> float:
+    """The chi-square value exceeded with probability ~1e-6 (z = 4.75 standard normal deviations),
+    by Wilson and Hilferty's cube-root approximation (no scipy needed)."""
+    return dof * (1 - 2 / (9 * dof) + z * np.sqrt(2 / (9 * dof))) ** 3
+
+
+@pytest.mark.parametrize("knobs", [dict(temperature=1.0), dict(temperature=0.5, top_k=3),
+                                   dict(temperature=1.4, top_p=0.75), dict(temperature=0.8, top_k=4, top_p=0.8),
+                                   dict(temperature=1.0, top_k=1)])
+def test_sample_next_draws_from_the_filtered_distribution(knobs):
+    """20000 seeded draws on a vocabulary of 6 (with a tie): no draw outside the kept ids and a
+    chi-square statistic over the kept ids below its 1e-6 critical value -- false for a sampler
+    that drew before the cut or renormalised wrongly (their frequencies are off by percents)."""
+    logits = np.array([1.2, -0.4, 0.7, 2.0, 0.7, -2.0])
+    expected = textbook_probs(logits, **knobs)
+    np.testing.assert_allclose(next_token_probs(logits, **knobs), expected, rtol=0, atol=1e-12)
+    rng, n = np.random.default_rng(7), 20000
+    knobs = dict(dict(top_k=None, top_p=None), **knobs)
+    counts = np.bincount([sample_next(logits, rng=rng, **knobs) for _ in range(n)], minlength=logits.size)
+    kept = expected > 0
+    assert counts[~kept].sum() == 0, counts
+    if kept.sum() > 1:
+        chi_square = np.sum((counts[kept] - n * expected[kept]) ** 2 / (n * expected[kept]))
+        assert chi_square < chi_square_critical(int(kept.sum()) - 1), (chi_square, counts, n * expected)

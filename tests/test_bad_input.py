@@ -671,7 +671,7 @@ CLI = [
     (["generate", "--model", "RUN", "--max-new-tokens", "0"], "--max-new-tokens must be"),
     (["generate", "--model", "RUN", "--max-new-tokens", "-5"], "--max-new-tokens must be"),
     (["generate", "--model", "RUN", "--max-new-tokens", "100000"], "max_position_embeddings"),
-    (["generate", "--model", "RUN", "--max-new-tokens", "x"], "invalid int value"),
+    (["generate", "--model", "RUN", "--max-new-tokens", "x"], "--max-new-tokens must be a positive integer, got 'x'"),
     (["generate", "--model", "RUN", "--max-new-tokens", "1", "--prompt", "word " * 600], "the prompt alone"),
     (["generate", "--model", "RUN", "--temperature", "-1"], "temperature"),
     (["generate", "--model", "RUN", "--temperature", "nan"], "temperature"),

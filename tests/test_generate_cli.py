@@ -188,10 +188,21 @@ def test_a_fine_tuning_run_with_only_a_checkpoint_says_to_finish_it(tmp_path, ca
     (["--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
     (["--top-k", "-1"], "--top-k must be an integer >= 0 (0 = no cut), got -1"),
     (["--seed", "-1"], "--seed must be a non-negative integer, got -1"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
+    (["--temperature", "-0.5"], "--temperature must be a finite number >= 0 (0 = greedy), got -0.5"),
+    # not numbers: argparse said only "invalid float value", not what the flag takes
+    (["--temperature", "hot"], "--temperature must be a finite number >= 0 (0 = greedy), got 'hot'"),
+    (["--top-p", "x"], "--top-p must be in (0, 1], got 'x'"),
+    (["--top-k", "2.5"], "--top-k must be an integer >= 0 (0 = no cut), got '2.5'"),
+    (["--repetition-penalty", "strong"], "--repetition-penalty must be a finite number > 0 (1 = none, 1.1-1.3 "
+                                         "typical), got 'strong'"),
+    (["--seed", "lucky"], "--seed must be a non-negative integer, got 'lucky'"),
+    (["--max-new-tokens", "many"], "--max-new-tokens must be a positive integer, got 'many'"),
 ])
-def test_generate_names_the_flag_and_what_it_takes(flags, message, capsys, tmp_path):
-    code, out, err = run_cli(["generate", "--model", str(tmp_path / "never-read"), *flags], capsys)
-    assert code == 2 and out == "" and one_line_error(err).endswith(message)
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_generate_names_the_flag_and_what_it_takes(flags, message, command, capsys, tmp_path):
+    code, out, err = run_cli([command, "--model", str(tmp_path / "never-read"), *flags], capsys)
+    assert code == 2 and out == "" and one_line_error(err, command).endswith(message)
 
 
 @pytest.mark.parametrize("content, what", [("", "empty"), ("  \n\n", "only whitespace")])

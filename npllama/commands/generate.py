@@ -36,22 +36,36 @@ def add_sampling_options(p, max_new_tokens: int | None = 100, temperature: float
                          max_new_tokens_help: str = "generate at most this many tokens") -> None:
     """How tokens are drawn, as `generate` and `chat` take them; check_sampling_options checks them
     (a --max-new-tokens left None is the command's to choose once the model is loaded)."""
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=max_new_tokens_help)
-    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (and any tied "
+    integer, number = _number_or_text(int), _number_or_text(float)
+    p.add_argument("--max-new-tokens", type=integer, default=max_new_tokens, help=max_new_tokens_help)
+    p.add_argument("--temperature", type=number, default=temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=integer, default=None, help="sample among the k most likely tokens (and any tied "
                    "with the k-th, as transformers' top_k keeps them); 0 = no cut, as in transformers")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]: the most "
+    p.add_argument("--top-p", type=number, default=None, help="nucleus sampling threshold in (0, 1]: the most "
                    "likely tokens whose probabilities reach it (after --top-k; of tokens tied at the cut, the lower ids, where transformers' sort keeps any)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
+    p.add_argument("--repetition-penalty", type=number, default=1.0,
                    help="> 1 makes tokens already in the text (the prompt included) less likely, as "
                         "transformers does (1.1-1.3 typical; 1 = off)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one each run); the "
+    p.add_argument("--seed", type=integer, default=None, help="random seed (default: a fresh one each run); the "
                    "first sample (a chat's first answer) uses SEED, each later one a seed made from SEED and its "
                    "number, so runs with different seeds share no sample")
     p.add_argument("--threads", type=int, default=None,
                    help="threads of each decode step (default: every core, or $NPLLAMA_DECODE_THREADS; "
                         "at most $NPLLAMA_MAX_THREADS, 256 unless set); fewer can be faster while other "
                         "programs keep the cores busy; the text is the same for any count")
+
+
+def _number_or_text(convert):
+    """An argparse type: the value as convert(text) makes it, or the text itself when it is no such
+    number, for check_sampling_options to refuse with what the flag takes ("--top-p must be in
+    (0, 1], got 'x'"), where argparse would say only "invalid float value: 'x'"."""
+    def parse(text: str):
+        try:
+            return convert(text)
+        except ValueError:
+            return text
+    parse.__name__ = convert.__name__
+    return parse
 
 
 def add_stop_option(p, answers_only: bool = False) -> None:

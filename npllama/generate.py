@@ -18,8 +18,14 @@ top-k, top-p) and the same kept ids and probabilities (tests/test_sampling_seman
 top_k keeps every id tied with the k-th, as transformers does (top_k=1 samples among the ids that
 share the largest logit).  Where transformers leaves a choice to chance, npllama makes its own:
 at the top-p cut, of several equally likely ids it keeps the lower ones (transformers: those
-torch.sort, unstable past 16 ids, puts last).  The random streams differ (numpy's Generator, not
-torch's), so a seed gives other text than transformers with the same seed.
+torch.sort, unstable past 16 ids, puts last).  temperature 0 is transformers' do_sample=False
+(which refuses temperature 0 when sampling); the defaults are not its top_k=50, temperature 1.0.
+The random streams differ (numpy's Generator, not torch's), so a seed gives other text than
+transformers with the same seed.  One seed gives the same ids on every run of one backend; the
+numba FastDecoder's logits equal the numpy path's to round-off, not bit for bit, so a draw that
+falls within round-off of the boundary between two ids can differ between the backends.
+A stop string ends a generation once the new text holds it, and generate_text (and the CLI) cut
+the text before it, where transformers' stop_strings leave it in the output.
 """
 from __future__ import annotations
 

@@ -163,6 +163,20 @@ def test_export_gguf_refuses_a_masked_lm_model_before_writing(runs, tmp_path, ca
     assert not out.exists()
 
 
+def test_export_gguf_in_python_refuses_a_masked_lm_model_too(runs, tmp_path):
+    # only the command refused it: export_gguf itself wrote a file llama.cpp runs causally
+    pytest.importorskip("gguf")
+    from npllama.io.gguf_export import export_gguf
+
+    base, _ = runs
+    out = tmp_path / "m.gguf"
+    with pytest.raises(ValueError, match="model_dir .* is a masked-LM model.*llama.cpp"):
+        export_gguf(base / "mlm" / "model", out)
+    assert not out.exists()
+    export_gguf(base / "causal" / "model", out)   # a causal model is exported as before
+    assert out.stat().st_size > 0
+
+
 @pytest.mark.parametrize("reads_causally", [True, False])
 def test_whatever_runs_a_model_asks_the_one_rule_of_which_objective_attends_causally(tmp_path, monkeypatch,
                                                                                      reads_causally):

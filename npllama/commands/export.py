@@ -36,7 +36,7 @@ def gguf(args) -> int:
     if importlib.util.find_spec("gguf") is None:
         raise UsageError("GGUF export needs the `gguf` package: pip install 'npllama[gguf]' (or pip install gguf)")
     from ..io.gguf_export import check_gguf_out, export_gguf, gguf_tokenizer
-    from ..runs import require_a_language_model, resolve_model_dir
+    from ..runs import resolve_model_dir
 
     if args.model is not None and Path(args.model).is_file():  # a .bin, a .gguf...: say what it is
         from ..io.describe import describe_model_path
@@ -44,14 +44,12 @@ def gguf(args) -> int:
         raise UsageError(f"--model must be a model folder; {describe_model_path(args.model)}")
     check_gguf_out(Path(args.out), None, args.force, flag="--out", force="--force")  # before the model loads
     model_dir = resolve_model_dir(args.model)
-    # llama.cpp runs every LLaMA causally: a classifier has no LM head, and a masked-LM model,
-    # trained without the causal mask, would silently compute something it was never trained for
-    require_a_language_model(model_dir, "--model", "llama.cpp (which runs every LLaMA with the causal mask)")
     check_gguf_out(Path(args.out), model_dir, args.force, flag="--out", force="--force")
     tokenizer = gguf_tokenizer(model_dir)
     print(f"exporting {model_dir} to {args.out} ({args.outtype}) ...", flush=True)
+    # (export_gguf refuses a classifier and a masked-LM model: llama.cpp runs every LLaMA causally)
     out = export_gguf(model_dir, args.out, tokenizer=tokenizer, outtype=args.outtype,
-                      name=args.name, progress=sys.stderr.isatty(), overwrite=True)
+                      name=args.name, progress=sys.stderr.isatty(), overwrite=True, flag="--model")
     print(f"wrote {out} ({out.stat().st_size / 1024**2:.1f} MiB, {args.outtype}) from {model_dir}; "
           f"run it with llama.cpp, e.g. `llama-cli -m {out} -p \"Once upon a time\"`")
     return 0

@@ -111,8 +111,11 @@ def llama_cpp_tokenizer_caveats(tokenizer) -> list[str]:
 
 
 def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: str | None = None,
-                progress: bool = False, overwrite: bool = False) -> Path:
+                progress: bool = False, overwrite: bool = False, flag: str = "model_dir") -> Path:
     """Write the Hugging Face folder `model_dir` (with its tokenizer.model) as the GGUF file `out`.
+
+    llama.cpp runs every LLaMA with the causal mask, so a classifier (no LM head) and a masked-LM
+    model (trained without the mask) are refused (flag: what the refusal calls `model_dir`).
 
     tokenizer: a SentencePiece .model (default: tokenizer.model in or beside the folder).
     outtype: "f32", "f16", "bf16" or "q8_0" for the matrices (norms stay float32, as llama.cpp wants).
@@ -129,9 +132,13 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     from ..chat import read_folder_template
     from ..tokenizer import Tokenizer
 
+    from ..runs import require_a_language_model
+
     if outtype not in OUTTYPES:
         raise ValueError(f"outtype must be one of {OUTTYPES}, got {outtype!r}")
     model_dir, out = Path(model_dir), Path(out)
+    # a masked-LM model run causally would silently compute something it was never trained for
+    require_a_language_model(model_dir, flag, "llama.cpp (which runs every LLaMA with the causal mask)")
     check_gguf_out(out, model_dir, overwrite, flag="out", force="overwrite=True", tokenizer=tokenizer)
     config, params = load_hf_folder(model_dir, dtype=np.float32)
     tok = Tokenizer(tokenizer if tokenizer is not None else gguf_tokenizer(model_dir))

@@ -50,6 +50,12 @@ def test_defaults_are_said_once():
             assert "(default: None)" not in option and option.count("(default:") <= 1, (name, option)
 
 
+def test_no_help_shows_a_doubled_percent_sign():
+    # argparse %-formats a flag's help but not a description: '15%%' there is printed as it is
+    shown = [name for name, parser in all_parsers(build_parser()) if "%%" in parser.format_help()]
+    assert shown == []
+
+
 @pytest.mark.parametrize("argv, hint", [
     (["genrate"], "did you mean 'generate'?"),
     (["eval", "perplxity"], "did you mean 'perplexity'?"),

@@ -71,8 +71,8 @@ def register(subparsers) -> None:
         "mlm", help="masked-LM loss and accuracy of a text file, for a masked-LM model",
         description="For a masked-LM model (`npllama train --objective mlm`, `npllama finetune sop`), which "
                     "perplexity does not score: encode the file as perplexity does, cut it into windows of "
-                    "--context tokens, --batch-size at a time, mask 15%% of each window's ordinary tokens as "
-                    "training does (80%% <mask>, 10%% a random token, 10%% kept; the draws from --seed alone, so "
+                    "--context tokens, --batch-size at a time, mask 15% of each window's ordinary tokens as "
+                    "training does (80% <mask>, 10% a random token, 10% kept; the draws from --seed alone, so "
                     "every run gives the same numbers), and report the masked tokens, the mean cross-entropy over "
                     "them (nats) and the share the model fills in right (its most likely token). With the run's "
                     "--seq-len, --batch-size and --seed on its held-out text the loss is the validation loss "

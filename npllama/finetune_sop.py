@@ -111,7 +111,7 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
     check_pair_tokenizer(tokenizer)
     texts, source = _documents(sc_)
     everything = len(texts)
-    texts = [s for s in map(split_sentences, texts) if len(s) >= 2]   # as sentences, those that give a pair
+    texts = documents_with_pairs(texts)
     if not texts:
         raise ValueError(f"none of the {everything} documents of {source} has two sentences, and each pair is "
                          f"cut from one document: {SENTENCES}")
@@ -127,9 +127,9 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
         raise ValueError(f"{error}: {source} has no blank line, so it is one document (doc_separator line "
                          f"makes each of its lines one)") from None
     max_len = min(sc_.max_len, model.config.max_position_embeddings)
-    train = _pairs([texts[i] for i in train_rows], tokenizer, sc_, max_len, sc_.batch_size, "training")
-    val = _pairs([texts[i] for i in val_rows], tokenizer, sc_, max_len, 1, "validation")
-    val_batches = val.evaluation_batches(sc_.batch_size)
+    train = _pairs([texts[i] for i in train_rows], tokenizer, sc_, max_len, "training")
+    val = _pairs([texts[i] for i in val_rows], tokenizer, sc_, max_len, "validation")
+    val_batches = val.evaluation_batches(sc_.batch_size)   # (npllama eval sop scores held-out text so)
     if run is not None:   # what a resume must find again: each pair as encoded, with its label
         run.record_data(list(zip(train.examples, train.labels)), list(zip(val.examples, val.labels)),
                         data=sc_.data, built_in=f"the {sc_.stories} built-in stories")
@@ -170,8 +170,9 @@ def _sentence_order(sc_: SentenceOrderConfig, run, echo) -> SentenceOrderResult:
         out = run.publish(lambda folder: _save(folder, model, head, tokenizer, info))
     # a masked-LM model predicts no next token: a classifier fine-tuned from it is what it is for
     report_saved(echo, out, f"the masked-LM model and its {sc_.pairs.upper()} head ({HEAD_FILE})",
-                 lambda folder: f"npllama finetune classify --base {folder} --out DIR (generate and eval refuse a "
-                                "masked-LM model)", sc_)
+                 lambda folder: f"npllama finetune classify --base {folder} --out DIR, or score it on held-out "
+                                f"documents: npllama eval sop --model {folder} --data FILE (generate and eval "
+                                "perplexity refuse a masked-LM model)", sc_)
     return SentenceOrderResult(before, after, baseline, trainable, losses, seconds, out)
 
 
@@ -183,9 +184,23 @@ SENTENCES = ("a sentence ends at . ! ? or … before a space, at 。！？, or a
              "into documents at blank lines: --doc-separator whole-file or marker:TEXT keeps paragraphs together)")
 
 
-def _pairs(texts, tokenizer, sc_, max_len, batch_size, which) -> SentenceOrderBatches:
+def documents_with_pairs(texts) -> list[list[str]]:
+    """The documents a pair is cut from: each text as its sentences, those of two or more only."""
+    return [s for s in map(split_sentences, texts) if len(s) >= 2]
+
+
+def held_out_pairs(documents, tokenizer, *, pairs: str, max_len: int, seed: int) -> SentenceOrderBatches:
+    """The pairs `npllama finetune sop` validates on and `npllama eval sop` scores: one per document
+    (per block of one longer than max_len tokens), drawn from `seed`; .evaluation_batches(batch_size)
+    masks them once, from `seed` alone.  documents: documents_with_pairs' lists of sentences."""
+    return SentenceOrderBatches(documents, tokenizer, batch_size=1, max_len=max_len, task=pairs, seed=seed)
+
+
+def _pairs(texts, tokenizer, sc_, max_len, which) -> SentenceOrderBatches:
     try:
-        return SentenceOrderBatches(texts, tokenizer, batch_size=batch_size, max_len=max_len, task=sc_.pairs,
+        if which == "validation":
+            return held_out_pairs(texts, tokenizer, pairs=sc_.pairs, max_len=max_len, seed=sc_.seed)
+        return SentenceOrderBatches(texts, tokenizer, batch_size=sc_.batch_size, max_len=max_len, task=sc_.pairs,
                                     seed=sc_.seed)
     except ValueError as error:  # say which documents, and what would help
         remedy = ("more documents, or a smaller --batch-size or --val-fraction" if which == "training" else
@@ -264,6 +279,46 @@ def _starting_head(model_dir: Path, model, sc_: SentenceOrderConfig) -> tuple[np
         f"the binary head continues from the base's {HEAD_FILE}"
 
 
+def sentence_order_score(model, sop_head_weight, tokenizer, texts, *, pairs: str = "sop", max_len: int | None = None,
+                         batch_size: int = 16, seed: int = 0, progress: bool = False) -> dict:
+    """A `finetune sop` model's held-out numbers on the documents `texts` (load_sentence_order's
+    model, head and tokenizer), scored as the run scores its validation documents: a pair per
+    document of two or more sentences (held_out_pairs, from `seed`), `batch_size` pairs at a time,
+    masked from `seed` (evaluate_sentence_order).  With the run's --pairs, --max-len, --batch-size
+    and --seed on its held-out documents these are the validation numbers it logged.
+
+    max_len: tokens per pair, at most the model's context (None: the context), as in training.
+    Returns evaluate_sentence_order's {"mlm", "sop", "sop_accuracy", "pairs", "masked_tokens"} and
+    "documents" (those that gave pairs), "skipped_documents" (one sentence only),
+    "majority_label_accuracy" (always answering these pairs' commoner label)."""
+    from tqdm.auto import tqdm
+
+    from .objectives import TASKS
+    from .ops._checks import require_positive_int
+
+    if pairs not in TASKS:
+        raise ValueError(f"pairs must be one of {', '.join(TASKS)} (sentence order or next sentence), got {pairs!r}")
+    require_positive_int("max_len", max_len, none_ok=True)
+    require_positive_int("batch_size", batch_size)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    texts = list(texts)
+    documents = documents_with_pairs(texts)
+    if not documents:
+        raise ValueError(f"none of the {len(texts)} documents has two sentences, and each pair is cut from one "
+                         f"document: {SENTENCES}")
+    positions = model.config.max_position_embeddings
+    held_out = held_out_pairs(documents, tokenizer, pairs=pairs, max_len=min(max_len or positions, positions),
+                              seed=int(seed))
+    with tqdm(total=len(held_out), desc=f"{pairs.upper()} pairs", unit="pair", disable=not progress,
+              leave=False) as bar:
+        scores = evaluate_sentence_order(model, sop_head_weight, held_out.evaluation_batches(batch_size),
+                                         on_batch=lambda batch: bar.update(len(batch.sop_labels)))
+    changed = float(np.mean(held_out.labels))
+    return {**scores, "documents": len(documents), "skipped_documents": len(texts) - len(documents),
+            "majority_label_accuracy": max(changed, 1 - changed)}
+
+
 def changed_probability(model, sop_head_weight, tokenizer, a: str, b: str, max_len: int | None = None) -> float:
     """The head's probability that the pair (A, B) was changed: swapped (SOP) or B from elsewhere (NSP).
 
@@ -287,4 +342,4 @@ def changed_probability(model, sop_head_weight, tokenizer, a: str, b: str, max_l
 
 
 __all__ = ["SentenceOrderConfig", "SentenceOrderResult", "sentence_order", "load_sentence_order",
-           "changed_probability", "HEAD_FILE"]
+           "sentence_order_score", "held_out_pairs", "documents_with_pairs", "changed_probability", "HEAD_FILE"]

@@ -532,11 +532,11 @@ def mlm_sop_loss_and_grads(model, sop_head_weight, batch: SentenceOrderBatch):
     return float(mlm + sop), grads, {"mlm": float(mlm), "sop": float(sop)}
 
 
-def evaluate_sentence_order(model, sop_head_weight, batches) -> dict:
+def evaluate_sentence_order(model, sop_head_weight, batches, on_batch=None) -> dict:
     """Held-out numbers of an MLM + SOP model over `batches` (e.g. SentenceOrderBatches.evaluation_batches()):
     {"mlm": MLM loss per masked token (nan if no token is masked: nothing was scored), "sop": SOP loss
     per pair, "sop_accuracy": share of pairs whose order the head got right, "pairs": how many,
-    "masked_tokens": how many}."""
+    "masked_tokens": how many}.  on_batch(batch): called after each batch (a progress bar)."""
     mlm_sum = sop_sum = 0.0
     right = pairs = masked = 0
     for batch in batches:
@@ -546,6 +546,8 @@ def evaluate_sentence_order(model, sop_head_weight, batches) -> dict:
         sop_sum += float(sop) * n_pairs
         right += int((np.argmax(sop_logits, axis=-1) == batch.sop_labels).sum())
         pairs, masked = pairs + n_pairs, masked + n_masked
+        if on_batch is not None:
+            on_batch(batch)
     if pairs == 0:
         raise ValueError("evaluate_sentence_order needs at least one batch")
     return {"mlm": mlm_sum / masked if masked else float("nan"), "sop": sop_sum / pairs, "sop_accuracy": right / pairs,

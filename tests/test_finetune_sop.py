@@ -91,8 +91,10 @@ def test_the_cli_trains_resumes_and_what_it_saves_refuses_to_generate(greetings,
     said = capsys.readouterr().out
     assert "SOP accuracy" in said
     # the last line says what the folder is for: a masked-LM model is fine-tuned, not generated from
-    assert said.splitlines()[-1].endswith(f"to {out}; use it: npllama finetune classify --base {out} --out DIR "
-                                          f"(generate and eval refuse a masked-LM model)")
+    # (`eval` refused it; `eval sop` and `eval mlm` score it now)
+    assert said.splitlines()[-1].endswith(f"to {out}; use it: npllama finetune classify --base {out} --out DIR, "
+                                          f"or score it on held-out documents: npllama eval sop --model {out} "
+                                          f"--data FILE (generate and eval perplexity refuse a masked-LM model)")
     assert (out / HEAD_FILE).is_file() and (out / "sop_config.json").is_file()
     # a resume that asks for more steps continues from the checkpoint of step 4
     assert main(["finetune", "sop", "--out", str(out), "--resume", "--steps", "6", "--no-progress"]) == 0

@@ -1,6 +1,7 @@
 """`npllama eval choice`: multiple-choice question answering by log-likelihood (article §6.3);
 `npllama eval perplexity`: the mean next-token loss and perplexity of a text file;
-`npllama eval mlm`: a masked-LM model's loss and accuracy over the masked tokens of a text file."""
+`npllama eval mlm`: a masked-LM model's loss and accuracy over the masked tokens of a text file;
+`npllama eval sop`: a `finetune sop` model's sentence-order (or next-sentence) accuracy on held-out documents."""
 import sys
 
 from . import HelpFormatter, add_adapter_option, add_run_options, print_help_instead
@@ -91,6 +92,36 @@ def register(subparsers) -> None:
     mlm.add_argument("--json", action="store_true", help="print the result as one JSON object")
     _run_options(mlm)
     mlm.set_defaults(run=run_mlm)
+
+    sop = tasks.add_parser(
+        "sop", help="sentence-order (or next-sentence) accuracy of a `finetune sop` model on held-out text",
+        description="For a model `npllama finetune sop --out DIR` saved (its sop_head.safetensors beside it): read "
+                    "the documents of --data as finetune sop reads its --data, cut a pair A, B from each document "
+                    "of two or more sentences, change half of them (--pairs sop: swapped; nsp: B from another "
+                    "document), mask 15% of their tokens, and report the share of pairs the head answers right "
+                    "(beside always answering the commoner label), its loss (nats per pair) and the masked-LM "
+                    "loss (nats per masked token). The pairs and masks are drawn from --seed alone, by the code "
+                    "the run's validation uses, so with the run's settings -- the defaults, read from the folder's "
+                    "sop_config.json -- its held-out documents give the validation numbers it logged.",
+        formatter_class=HelpFormatter)
+    sop.add_argument("--model", required=True, help="a folder `npllama finetune sop --out` saved")
+    sop.add_argument("--data", required=True, help="held-out documents: a .txt file (cut at --doc-separator), "
+                     "a .jsonl file with a \"text\" field, or a folder of them")
+    sop.add_argument("--pairs", default=None, choices=["sop", "nsp"], help="the question the head was trained "
+                     "on: sop (are A and B swapped?) or nsp (does B come from another document?) (default: the "
+                     "run's, from its sop_config.json or finetune.json)")
+    sop.add_argument("--max-len", type=int, default=None, help="tokens per pair, at most the model's context "
+                     "(default: the run's --max-len from its sop_config.json, else the model's context)")
+    sop.add_argument("--batch-size", type=int, default=None, help="pairs per forward pass; the masks drawn "
+                     "depend on it, as in training (default: the run's --batch-size, else 16)")
+    sop.add_argument("--seed", type=int, default=None, help="seed of the pairs (where A and B are cut, which are "
+                     "changed) and the masks (default: the run's --seed, else 0)")
+    sop.add_argument("--doc-separator", default=None, metavar="blank-line|line|marker:TEXT|whole-file",
+                     help="how a .txt file is cut into documents (default: the run's --doc-separator, else "
+                          "blank-line)")
+    sop.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    _run_options(sop)
+    sop.set_defaults(run=run_sop)
     p.set_defaults(run=print_help_instead(p))
 
 
@@ -183,6 +214,94 @@ def run_mlm(args) -> int:
           f"(--seed {args.seed}), mean loss {result.mean_loss:.4f} {loss_unit('mlm')}, accuracy {result.accuracy:.3f} "
           f"({_documents_cut(result.documents, doc_separator, as_trained)}{result.windows:,} "
           f"window{'s' if result.windows != 1 else ''} of up to {context} tokens)")
+    return 0
+
+
+def _sop_settings(args, model_dir) -> tuple[dict, list[str]]:
+    """(--pairs, --max-len, --batch-size, --seed and --doc-separator as `eval sop` runs them, the names
+    of those taken from the run): each given flag, else the run's setting (its sop_config.json;
+    --pairs also from finetune.json), else the default."""
+    from ..finetune import read_info
+    from ..finetune_run import settings_file
+    from ..finetune_sop import SentenceOrderConfig
+    from ..resuming import saved_settings
+    from . import UsageError
+
+    run = (saved_settings(model_dir, SentenceOrderConfig, settings_file("sop"))
+           if (model_dir / settings_file("sop")).is_file() else {})
+    if "pairs" not in run and read_info(model_dir).get("pairs") in ("sop", "nsp"):
+        run["pairs"] = read_info(model_dir)["pairs"]
+    given = {"pairs": args.pairs, "max_len": args.max_len, "batch_size": args.batch_size, "seed": args.seed,
+             "doc_separator": args.doc_separator}
+    defaults = {"max_len": None, "batch_size": 16, "seed": 0, "doc_separator": "blank-line"}
+    settings, from_run = {}, []
+    for name, value in given.items():
+        if value is None and name in run:
+            value = run[name]
+            from_run.append(name)
+        elif value is None and name in defaults:
+            value = defaults[name]
+        elif value is None:   # the head answers one question: which one is not guessed
+            raise UsageError(f"--model {str(model_dir)!r} does not say which question its head was trained on (no "
+                             f"{settings_file('sop')}, no \"pairs\" in its finetune.json): give --pairs sop or nsp")
+        settings[name] = value
+    return settings, from_run
+
+
+def run_sop(args) -> int:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..backend import get_backend, use_backend
+    from ..data import check_doc_separator, load_texts
+    from ..finetune_sop import load_sentence_order, sentence_order_score
+    from ..loss_units import loss_unit
+    from . import UsageError
+
+    for flag, value in (("--max-len", args.max_len), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    if args.max_len is not None and args.max_len < 5:
+        raise UsageError(f"--max-len must be at least 5 for a pair (<s> A </s> B </s>), got {args.max_len}")
+    if args.doc_separator is not None:
+        check_doc_separator(args.doc_separator)   # before the model is loaded
+    model_dir = Path(args.model).expanduser()
+    model, head, tokenizer = load_sentence_order(model_dir, dtype=getattr(np, args.dtype))   # its head, first
+    settings, from_run = _sop_settings(args, model_dir)
+    try:
+        texts = load_texts(args.data, settings["doc_separator"])
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot read --data {args.data}: {error}") from None
+    with use_backend(args.backend or get_backend()):
+        try:
+            result = sentence_order_score(model, head, tokenizer, texts, pairs=settings["pairs"],
+                                          max_len=settings["max_len"], batch_size=settings["batch_size"],
+                                          seed=settings["seed"], progress=not args.no_progress)
+        except ValueError as error:   # no document of two sentences; nsp with one document
+            raise UsageError(f"--data {args.data}: {error}") from None
+    max_len = min(settings["max_len"] or model.config.max_position_embeddings, model.config.max_position_embeddings)
+    if args.json:
+        nan_as_null = lambda v: None if isinstance(v, float) and np.isnan(v) else v
+        print(json.dumps({"model": str(model_dir), "data": args.data, "task": settings["pairs"],
+                          **{k: nan_as_null(v) for k, v in result.items()}, "max_len": max_len,
+                          "batch_size": settings["batch_size"], "seed": settings["seed"],
+                          "doc_separator": settings["doc_separator"], "settings_of_the_run": from_run}))
+        return 0
+    task = settings["pairs"].upper()
+    skipped = (f", {result['skipped_documents']:,} skipped: one sentence only" if result["skipped_documents"] else "")
+    mlm = ("no token masked" if np.isnan(result["mlm"]) else
+           f"masked-LM loss {result['mlm']:.4f} {loss_unit('mlm')} ({result['masked_tokens']:,} masked)")
+    flags = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in
+                     (("pairs", settings["pairs"]), ("max_len", max_len), ("batch_size", settings["batch_size"]),
+                      ("seed", settings["seed"]), ("doc_separator", settings["doc_separator"])))
+    trained = ("" if not from_run else ", as the run was trained" if len(from_run) == 5 else
+               f"; {', '.join('--' + n.replace('_', '-') for n in from_run)} as the run was trained")
+    print(f"{model_dir} on {args.data}: {result['pairs']:,} {task} pair{'s' if result['pairs'] != 1 else ''} from "
+          f"{result['documents']:,} document{'s' if result['documents'] != 1 else ''}{skipped}: accuracy "
+          f"{result['sop_accuracy']:.3f} (always the commoner label: {result['majority_label_accuracy']:.3f}), "
+          f"{task} loss {result['sop']:.4f} nats per pair, {mlm} ({flags}{trained})")
     return 0
 
 

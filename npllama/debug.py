@@ -9,8 +9,9 @@
     print(report)        # the first tensor that differs beyond tolerance, its worst index, both values
 
 Every comparison records the forward intermediates and the backward gradients of one
-`loss_and_grads` call (next-token loss on the given tokens; for a SequenceClassifier, the
-classification loss of the given labels) under the names of npllama.trace, then
+`loss_and_grads` call (next-token loss on the given tokens; for a masked-LM model, the masked-LM
+loss of the targets given, `masked_lm_batch`; for a SequenceClassifier, the classification loss of
+the given labels) under the names of npllama.trace, then
 `npllama.trace.compare` walks them in npllama's execution order.
 
 The transformers side is traced with forward hooks on the Hugging Face modules, mapped to the same
@@ -83,6 +84,35 @@ LEFT_PADDING_NAN = ("NaN (stock transformers in float64: its float32 softmax of 
 def next_token_batch(ids) -> tuple[np.ndarray, np.ndarray]:
     """tokens (B, T) and their next-token targets (B, T), each row its own text; the last position
     of each row has none (-100).  ids: one sequence (T,), or rows of equal length (B, T)."""
+    tokens = _rows(ids)
+    targets = np.full_like(tokens, -100)
+    targets[:, :-1] = tokens[:, 1:]
+    return tokens, targets
+
+
+def masked_lm_batch(ids, tokenizer, seed: int = 0, seed_name: str = "seed") -> tuple[np.ndarray, np.ndarray]:
+    """A masked-LM model's inputs (B, T) and targets (B, T) for ids (as next_token_batch takes them):
+    masked as `npllama train --objective mlm` masks its held-out windows and `npllama eval mlm` its
+    text (objectives.masked_held_out, draws from `seed` alone): 15% of the ordinary tokens chosen,
+    of those 80% made the mask (<unk>), 10% a random token, 10% kept; targets -100 except at the
+    chosen positions.  A ValueError when the seed chooses none (a short text), naming a seed that
+    chooses one (seed_name: what the message calls the seed, e.g. --seed)."""
+    from .objectives import IGNORE_INDEX, masked_held_out
+
+    tokens = _rows(ids)
+    masked = lambda s: masked_held_out([(tokens, None)], tokenizer, s)[0]   # noqa: E731
+    inputs, targets = masked(int(seed))
+    if (targets != IGNORE_INDEX).any():
+        return inputs, targets
+    other = next((s for s in range(int(seed) + 1, int(seed) + 1000) if (masked(s)[1] != IGNORE_INDEX).any()), None)
+    raise ValueError(f"{seed_name} {seed} masks none of the {tokens.size} tokens (each ordinary token is chosen with "
+                     f"probability 15%, as in training), so there is no masked-LM loss: "
+                     + ("give a longer text (<s>, </s> and <unk> are never chosen)" if other is None else
+                        f"give a longer text, or {seed_name} {other}, which masks some"))
+
+
+def _rows(ids) -> np.ndarray:
+    """ids (T,) or (B, T) as int64 rows (B, T)."""
     ids = np.asarray(ids)
     if ids.ndim == 1:
         ids = ids[None]
@@ -90,10 +120,15 @@ def next_token_batch(ids) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"token ids must be a non-empty sequence (T,) or batch (B, T), got shape {ids.shape}")
     if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
-    tokens = ids.astype(np.int64)
-    targets = np.full_like(tokens, -100)
-    targets[:, :-1] = tokens[:, 1:]
-    return tokens, targets
+    return ids.astype(np.int64)
+
+
+# A masked-LM model reads every position both ways: with next-token targets each position would
+# see the token it is asked for, a loss that measures nothing
+MASKED_LM_NEEDS_TARGETS = (
+    "the model is a masked-LM model (objective \"mlm\"), which runs with bidirectional attention: next-token "
+    "targets mean nothing to it (each position sees the token it would predict); give its masked inputs and "
+    "targets, as training masks them: tokens, targets = npllama.debug.masked_lm_batch(ids, tokenizer, seed)")
 
 
 def parse_token_ids(text: str) -> list[int]:
@@ -270,21 +305,32 @@ def run_trace(model, tokens, targets=None, *, backend_name: str = "numpy", inclu
     """Trace one loss_and_grads call of `model` on the given backend.
 
     model: a Llama -- tokens (B, T) with targets (B, T), or with targets None each row's next tokens
-    (one sequence's ids may be flat) -- or a SequenceClassifier (npllama.finetune) -- tokens (B, T) or
-    flat ids, targets its labels (B,), attention_mask None: every token real.  What
-    `npllama.load_classifier` returns stands for its SequenceClassifier (`.head`)."""
+    (one sequence's ids may be flat; a masked-LM model needs its targets: masked_lm_batch) -- or a
+    SequenceClassifier (npllama.finetune) -- tokens (B, T) or flat ids, targets its labels (B,),
+    attention_mask None: every token real.  What `npllama.load_classifier` returns stands for its
+    SequenceClassifier (`.head`).  meta["loss"] says which loss ran: loss_traced(model)."""
     model = _traceable(model)
     if _is_classifier(model):
         tokens, targets, attention_mask = _classifier_batch(tokens, targets, attention_mask)
         run = lambda: model.loss_and_grads(tokens, attention_mask, targets)   # noqa: E731
     else:
+        if targets is None and not model.attends_causally:
+            raise ValueError(MASKED_LM_NEEDS_TARGETS)
         tokens, targets = _batch(tokens, targets)
         run = lambda: model.loss_and_grads(tokens, targets, attention_mask)   # noqa: E731
     with backend.use_backend(backend_name), trace(include, exclude) as t:
         run()
     t.meta.update(source="npllama", backend=backend_name, dtype=np.dtype(_dtype_of(model)).name,
-                  tokens=tokens.tolist())
+                  tokens=np.asarray(tokens).tolist(), loss=loss_traced(model))
     return t
+
+
+def loss_traced(model) -> str:
+    """Which loss run_trace runs for `model`: "classification", "next-token" or "masked-LM"."""
+    model = _traceable(model)
+    if _is_classifier(model):
+        return "classification"
+    return "next-token" if model.attends_causally else "masked-LM"
 
 
 def _batch(tokens, targets):

@@ -1007,12 +1007,14 @@ def _naming_schemes(a: Trace, b: Trace, labels) -> str:
 
 
 def _run_notes(a: Trace, b: Trace, labels) -> list[str]:
-    """What differs in how the two traces were made, said before any tensor: different tokens (or targets) make
-    every tensor differ; a different dtype makes round-off of that dtype's size expected."""
+    """What differs in how the two traces were made, said before any tensor: a different loss (next-token,
+    masked-LM, classification) or different tokens (or targets) make every tensor differ; a different dtype
+    makes round-off of that dtype's size expected."""
     notes = []
     # a trace made with npllama.trace() has no meta: its records say their dtype
     ran = [{"dtype": _dtype_of(t), **t.meta} for t in (a, b)]
-    what = {"tokens": "different tokens", "targets": "different targets", "dtype": "different dtypes"}
+    what = {"loss": "different losses", "tokens": "different tokens", "targets": "different targets",
+            "dtype": "different dtypes"}
     differ = [key for key in what if all(r.get(key) is not None for r in ran) and ran[0][key] != ran[1][key]]
     if "tokens" in differ and "targets" in differ:
         differ.remove("targets")   # (next-token targets of other tokens: said by the tokens' note)

@@ -6,6 +6,11 @@ from . import HelpFormatter, UsageError, model_or_adapter_base
 
 AGAINST = ("numba", "float64", "transformers")
 
+# which loss_and_grads `debug trace` and `debug compare` run, by the kind of model (_loss_inputs)
+LOSSES = ("The loss traced: a language model's next-token loss; a masked-LM model's (`train --objective mlm`, "
+          "`finetune sop`) masked-LM loss, its tokens masked as training masks its held-out text (--seed); a "
+          "classifier's classification loss (--label).")
+
 # what `debug trace/compare` and `viz` accept as the model to run and the text to run it on (load_inputs)
 MODEL_TO_RUN = ("a run folder or Hugging Face LLaMA folder, a GGUF file or a llama2.c checkpoint, as npllama "
                 "reads it (default: the latest run)")
@@ -28,6 +33,10 @@ def _inputs(p) -> None:
     p.add_argument("--label", default=None, help="for a classifier folder (`finetune classify --out`, or a "
                    "LlamaForSequenceClassification one): the text's class, by name or index; the loss traced "
                    "is then the classification loss")
+    p.add_argument("--seed", type=int, default=None, help="for a masked-LM model (`train --objective mlm`, "
+                   "`finetune sop`), whose loss traced is the masked-LM loss: the seed of the masks, drawn as "
+                   "training masks its held-out text (15%% of the ordinary tokens; needs the model's tokenizer) "
+                   "(default: 0)")
 
 
 def _tolerance(p, defaults="1e-3 in float32, 1e-9 in float64") -> None:
@@ -50,7 +59,8 @@ def register(subparsers) -> None:
         "compare", formatter_class=HelpFormatter,
         help="run twice (numpy vs numba, float32 vs float64, or vs transformers) and compare",
         description="Trace the numpy reference and a second run of the same tokens, then walk the "
-                    "tensors in execution order and report the first that differs beyond tolerance. "
+                    f"tensors in execution order and report the first that differs beyond tolerance. {LOSSES} "
+                    "A masked-LM model against transformers, which runs every Llama causally, is refused. "
                     "Exit status 1 when something diverges.")
     _inputs(compare)
     compare.add_argument("--against", choices=AGAINST, default="numba",
@@ -87,8 +97,8 @@ def register(subparsers) -> None:
 
     tr = sub.add_parser("trace", formatter_class=HelpFormatter,
                         help="record one forward+backward pass, print a summary, save it",
-                        description="Run loss_and_grads (next-token loss) on the tokens under a trace and "
-                                    "print name, shape, dtype, mean, std, min, max, NaN/Inf of every tensor.")
+                        description="Run loss_and_grads on the tokens under a trace and print name, shape, "
+                                    f"dtype, mean, std, min, max, NaN/Inf of every tensor. {LOSSES}")
     _inputs(tr)
     tr.add_argument("--backend", choices=["numpy", "numba"], default="numpy",
                     help="op implementations to trace (numpy: the readable reference ops)")
@@ -265,10 +275,15 @@ def run_compare(args) -> int:
     model, model_dir, ids, _ = debug.load_inputs(model_path, args.text, args.tokens, dtype=dtype,
                                                classifier=True, adapter=args.adapter)
     targets, stack, what = _targets(debug, model, args.label)
+    count, loss = len(ids), ""
+    if args.against != "transformers" or debug.loss_traced(model) != "masked-LM":
+        # (compare_transformers refuses a masked-LM model, which transformers would run causally)
+        ids, targets, _, loss = _loss_inputs(debug, model, model_dir, ids, targets, None, args.seed)
+        loss = f"; the loss traced: {loss}"
     adapted = "" if args.adapter is None else f" + adapter {args.adapter}"
-    print(f"{len(ids)} tokens, {what} {model_dir}{adapted} ({stack.config.num_hidden_layers} layers), "
+    print(f"{count} tokens, {what} {model_dir}{adapted} ({stack.config.num_hidden_layers} layers), "
           f"comparing numpy ({np.dtype(dtype).name}) against {args.against}"
-          + (f" on {args.transformers_folder}" if args.transformers_folder is not None else ""))
+          + (f" on {args.transformers_folder}" if args.transformers_folder is not None else "") + loss)
     planted = debug.planted_bug(args.plant, "numpy") if args.plant else contextlib.nullcontext()
     common = dict(rtol=args.rtol, atol=args.atol, include=args.include, exclude=args.exclude)
     with planted:
@@ -303,11 +318,14 @@ def run_trace(args) -> int:
     model, model_dir, ids, labels = debug.load_inputs(model, args.text, args.tokens, dtype=dtype,
                                                     classifier=True, adapter=args.adapter)
     targets, _, _ = _targets(debug, model, args.label)
-    t = debug.run_trace(model, ids, targets, backend_name=args.backend, include=args.include, exclude=args.exclude)
+    tokens, targets, labels, loss = _loss_inputs(debug, model, model_dir, ids, targets, labels, args.seed)
+    t = debug.run_trace(model, tokens, targets, backend_name=args.backend, include=args.include,
+                        exclude=args.exclude)
     t.meta["labels"] = labels
     t.summary()
     adapted = "" if args.adapter is None else f" + adapter {args.adapter}"
-    print(f"{len(t)} tensors, {t.nbytes() / 1e6:.2f} MB, from {len(ids)} tokens of {model_dir}{adapted}")
+    print(f"{len(t)} tensors, {t.nbytes() / 1e6:.2f} MB, from {len(ids)} tokens of {model_dir}{adapted}; "
+          f"the loss traced: {loss}")
     if args.out:
         t.save(args.out)
         print(f"saved {args.out}")
@@ -326,6 +344,32 @@ def _targets(debug, model, label):
         return [debug.class_index(model, label)], model.model, "classifier"
     except ValueError as error:
         raise UsageError(str(error)) from None
+
+
+def _loss_inputs(debug, model, model_dir, ids, targets, labels, seed):
+    """(tokens, targets, labels, the loss traced, said) for the model's loss_and_grads: a classifier's
+    --label and a language model's next tokens as they are; a masked-LM model's tokens masked from
+    --seed as training masks its held-out text (debug.masked_lm_batch), labels its masked inputs'."""
+    from ..objectives import IGNORE_INDEX
+
+    kind = debug.loss_traced(model)
+    if kind != "masked-LM":
+        if seed is not None:
+            raise UsageError(f"--seed draws a masked-LM model's masks; this model's loss is the {kind} loss, "
+                             f"which masks nothing: as given, --seed would be ignored")
+        return ids, targets, labels, (f"the classification loss of its --label" if kind == "classification" else
+                                      "the next-token loss")
+    tokenizer, no_tokenizer = debug.tokenizer_of(model_dir, model.config.vocab_size)
+    if tokenizer is None:
+        raise UsageError(f"{no_tokenizer}: a masked-LM model's loss is traced on its tokens masked as training masks "
+                         f"them, with its tokenizer's <unk> as the mask")
+    seed = 0 if seed is None else seed
+    tokens, targets = debug.masked_lm_batch(ids, tokenizer, seed, seed_name="--seed")
+    masked = int((targets != IGNORE_INDEX).sum())
+    if labels is not None:
+        labels = [tokenizer.id_to_piece(int(i)) for i in tokens[0]]
+    return tokens, targets, labels, (f"the masked-LM loss, over {masked} of the {tokens.size} tokens, masked "
+                                     f"from --seed {seed} as training masks its held-out text")
 
 
 def run_diff(args) -> int:

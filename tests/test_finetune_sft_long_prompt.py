@@ -72,3 +72,18 @@ def test_the_help_says_a_prompt_that_fills_max_len_is_skipped(capsys):
     with pytest.raises(SystemExit):
         main(["finetune", "sft", "--help"])
     assert "skipped" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_answers_printed_are_to_the_validation_prompts_once_examples_are_skipped(small_model_dir, tmp_path):
+    # the kept examples are split; the prompts answered at the end must be those of the validation
+    # examples among them, not of the examples at those positions before the skipped ones were left out
+    from npllama import datasets, use_backend
+
+    data = sft_file(tmp_path, 60, long_lines=(1, 2), short=20)
+    with use_backend("numpy"):
+        said = []
+        sft(SFTConfig(base=str(small_model_dir), data=str(data), steps=1, batch_size=2, max_len=32, samples=2,
+                      val_fraction=0.2, progress=False), echo=said.append)
+    _, val_rows = datasets.split_train_val(20, 0.2, 0, val_file=False)
+    asked = [line.split("\n")[1] for line in said if line.startswith("\nuser: ")]
+    assert asked == [f"user: Say {i}." for i in val_rows[:2]], (asked, val_rows)

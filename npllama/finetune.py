@@ -830,7 +830,7 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
          f"{len(train_rows)} train / {len(val_rows)} validation examples")   # as classify opens: count them against the file
     if skipped:
         echo(f"{len(skipped)} of {len(skipped) + len(encoded)} examples {'is' if len(skipped) == 1 else 'are'} "
-             f"skipped, their prompt {too_long} ({_named(kind, skipped)}); {remedy}")
+             f"skipped, {'its' if len(skipped) == 1 else 'their'} prompt {too_long} ({_named(kind, skipped)}); {remedy}")
     if cut:
         echo(cut_note(cut, len(encoded), max_len, limit, items="examples",
                       lost="so the end of their answers (and the end of turn) is not learned"))

@@ -39,7 +39,7 @@ def skip_note(said):
 def test_a_prompt_longer_than_max_len_is_skipped_naming_its_line(small_model_dir, tmp_path):
     result, said = run(small_model_dir, sft_file(tmp_path, 60, long_lines=(3, 8)), max_len=32)
     note = skip_note(said)
-    assert note.startswith("2 of 8 examples are skipped") and "lines 3, 8" in note, note
+    assert note.startswith("2 of 8 examples are skipped, their prompt fills") and "lines 3, 8" in note, note
     assert "fills all 32 tokens (--max-len)" in note and "raise --max-len or shorten the prompt" in note, note
     opening = next(line for line in said if line.startswith("instruction-tuning"))
     assert "5 train / 1 validation examples" in opening, opening   # the 6 kept, split
@@ -52,7 +52,7 @@ def test_a_prompt_longer_than_the_context_does_not_ask_for_a_larger_max_len(smal
     # the model's context is 128 positions, so --max-len 1000 (or 129) keeps 129 tokens: raising it changes nothing
     _, said = run(small_model_dir, sft_file(tmp_path, 400), max_len=max_len)
     note = skip_note(said)
-    assert "1 of 7 examples is skipped" in note and "line 7" in note and "fills all 129 tokens" in note, note
+    assert "1 of 7 examples is skipped, its prompt fills" in note and "line 7" in note and "fills all 129 tokens" in note, note
     assert "--max-len" not in note, note
     assert "max_position_embeddings" in note and "shorten the prompt" in note, note
 

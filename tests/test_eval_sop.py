@@ -4,7 +4,6 @@ its pairs and masks from the seed, evaluate_sentence_order): on the run's own he
 with the run's settings (read from its folder), it gives the validation numbers the run logged."""
 import json
 
-import numpy as np
 import pytest
 
 from npllama import datasets

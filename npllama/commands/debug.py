@@ -357,7 +357,7 @@ def _loss_inputs(debug, model, model_dir, ids, targets, labels, seed):
         if seed is not None:
             raise UsageError(f"--seed draws a masked-LM model's masks; this model's loss is the {kind} loss, "
                              f"which masks nothing: as given, --seed would be ignored")
-        return ids, targets, labels, (f"the classification loss of its --label" if kind == "classification" else
+        return ids, targets, labels, ("the classification loss of its --label" if kind == "classification" else
                                       "the next-token loss")
     tokenizer, no_tokenizer = debug.tokenizer_of(model_dir, model.config.vocab_size)
     if tokenizer is None:

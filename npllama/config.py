@@ -295,7 +295,9 @@ def _with_llama3_original_context(scaling: dict, d: dict, default_context: int) 
     max_position_embeddings (transformers 4.x refused such a file).  Any other scaling unchanged."""
     if (scaling.get("rope_type") or scaling.get("type")) != "llama3" or "original_max_position_embeddings" in scaling:
         return scaling
-    context = d.get("original_max_position_embeddings", d.get("max_position_embeddings", default_context))
+    source = "original_max_position_embeddings" if "original_max_position_embeddings" in d else "max_position_embeddings"
+    context = python_scalar(d.get(source, default_context))
+    _require_positive_int(source, context)   # named as the file names it, not as a key the RoPE settings lack
     return {**scaling, "original_max_position_embeddings": context}
 
 

@@ -587,6 +587,24 @@ def test_llama3_scaling_without_its_original_context_takes_the_one_transformers_
         small_config(rope_scaling=inner)   # built in Python: nothing to take it from
 
 
+@pytest.mark.parametrize("rope_field", ["rope_scaling", "rope_parameters"])
+@pytest.mark.parametrize("source, value, error", [
+    ("original_max_position_embeddings", "8", TypeError), ("original_max_position_embeddings", 8.0, TypeError),
+    ("original_max_position_embeddings", 0, ValueError), ("max_position_embeddings", "64", TypeError),
+])
+def test_a_bad_value_the_llama3_scaling_takes_its_original_context_from_is_named_where_it_is(
+        rope_field, source, value, error):
+    """The filled-in original_max_position_embeddings comes from a top-level field; a bad value there is
+    reported under that field, not under a rope_scaling (or rope_parameters) key the file does not have."""
+    fields = small_config().to_dict()
+    inner = {k: v for k, v in LLAMA3_SCALING.items() if k != "original_max_position_embeddings"}
+    layout = {"rope_scaling": inner} if rope_field == "rope_scaling" else \
+        {"rope_scaling": None, "rope_parameters": {**inner, "rope_theta": 1e4}}
+    with pytest.raises(error, match=rf"^{source} must be (an int|positive), got {value!r}") as info:
+        LlamaConfig.from_dict({**fields, **layout, source: value})
+    assert "." not in str(info.value).split(" ")[0]   # the top-level field, not a key inside the RoPE settings
+
+
 def test_other_names_transformers_reads_as_llama_are_accepted(tmp_path):
     """'swish' is torch's SiLU in transformers too; 'LLaMAForCausalLM' was the class's first name."""
     config = small_config()

@@ -303,15 +303,17 @@ def _with_llama3_original_context(scaling: dict, d: dict, default_context: int) 
 
 def _check_whole_head_rotation(name: str, partial_rotary_factor, rope_type: str) -> None:
     """A partial_rotary_factor (RoPE over that share of each head) beside a scaled RoPE must be 1.
-    transformers' LlamaForCausalLM builds a scaled RoPE's tables for head_dim * partial_rotary_factor
-    dimensions and then cannot apply them to its whole heads: no model runs from such a file, and npllama
-    refuses it rather than run a full-head RoPE the file does not describe.  (With plain RoPE, transformers
+    transformers' LlamaForCausalLM computes a scaled RoPE's frequencies over int(head_dim *
+    partial_rotary_factor) dimensions: mostly tables it then cannot apply to its whole heads (no model
+    runs), and where they do fit (0.99: 7 of 8) frequencies other than LLaMA's.  npllama refuses such a
+    file rather than run a full-head RoPE the file does not describe.  (With plain RoPE, transformers
     5 builds full-head tables whatever the field says, as npllama does; from_dict lets it pass there.)"""
     if _finite_float(name, partial_rotary_factor) != 1:
         raise ValueError(f"{name} must be 1 (RoPE over the whole head, as LLaMA's) with {rope_type!r} RoPE "
-                         f"scaling, got {partial_rotary_factor!r}: transformers' LlamaForCausalLM builds that "
-                         f"scaling's tables for head_dim * {name.split('.')[-1]} dimensions and cannot apply "
-                         f"them to its heads; npllama implements RoPE over the whole head")
+                         f"scaling, got {partial_rotary_factor!r}: transformers' LlamaForCausalLM computes that "
+                         f"scaling's frequencies over int(head_dim * {name.split('.')[-1]}) dimensions, not the "
+                         f"whole head (mostly tables its heads cannot take); npllama implements RoPE over the "
+                         f"whole head")
 
 
 def _check_top_level_original_context(d: dict, rope_scaling: dict | None, rope_field: str) -> None:

@@ -311,3 +311,17 @@ def test_a_partial_rotary_factor_transformers_cannot_run_is_refused_by_name(tmp_
         transformers_logits(folder, tokens)
     with pytest.raises(CheckpointError, match="partial_rotary_factor must be 1"):
         Llama.from_pretrained(folder)
+
+
+def test_a_partial_rotary_factor_transformers_runs_with_other_frequencies_is_refused_by_name(tmp_path):
+    """0.99 of a head of 8 is 7 dimensions: transformers' tables then fit its heads, but with frequencies
+    computed over 7 dimensions, a RoPE other than LLaMA's (the logits differ from the same model's without
+    the field); npllama refuses the file, as it refuses the values whose tables do not fit."""
+    linear = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    tokens = np.random.default_rng(0).integers(0, 97, size=(1, 16))
+    whole_head = transformers_logits(transformers_folder(tmp_path / "whole", linear, lambda fields: None), tokens)
+    folder = transformers_folder(tmp_path / "part", linear,
+                                 lambda fields: fields["rope_parameters"].update(partial_rotary_factor=0.99))
+    assert rel_error(transformers_logits(folder, tokens), whole_head) > 1e-3
+    with pytest.raises(CheckpointError, match=r"partial_rotary_factor must be 1 .* got 0.99: .* int\(head_dim"):
+        Llama.from_pretrained(folder)

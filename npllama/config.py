@@ -283,8 +283,8 @@ def check_architecture_fields(d: dict) -> None:
                          f"got {act!r}")
     quantization = d.get("quantization_config")
     if quantization:   # transformers quantizes the weights as it loads them, or reads them quantized
-        method = quantization.get("quant_method") if isinstance(quantization, dict) else None
-        raise ValueError(f"quantization_config says this checkpoint is quantized (quant_method {method!r}), "
+        what = f"quant_method {quantization.get('quant_method')!r}" if isinstance(quantization, dict) else repr(quantization)
+        raise ValueError(f"quantization_config ({what}) says this checkpoint is quantized, "
                          f"which transformers applies on loading; npllama reads unquantized float weights "
                          f"(F32, F64, F16, BF16) only: use the unquantized model, or dequantize this one first")
 

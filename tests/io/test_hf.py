@@ -528,6 +528,12 @@ def test_other_architectures_are_refused(tmp_path):
     # a quantized checkpoint: transformers quantizes (or reads quantized tensors) on load
     ({"quantization_config": {"quant_method": "gptq", "bits": 4}},
      r"quantization_config .*'gptq'.* npllama reads unquantized", "quantization_config"),
+    # not an object: the message shows what the file holds (it said "quant_method None")
+    ({"quantization_config": "gptq"}, r"quantization_config \('gptq'\) says this checkpoint is quantized",
+     "quantization_config"),
+    # more than the whole head: transformers' tables are then wider than its heads
+    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 2.0}},
+     r"rope_scaling.partial_rotary_factor must be 1 .* got 2.0", "rope_scaling.partial_rotary_factor"),
 ])
 def test_bad_config_fields_are_named(tmp_path, change, pattern, field):
     config = small_config()
@@ -570,6 +576,8 @@ def test_values_transformers_accepts_that_change_no_number_are_accepted():
     assert LlamaConfig.from_dict({**fields, "rope_scaling": linear, "partial_rotary_factor": 1}).rope_scaling == linear
     assert LlamaConfig.from_dict({**fields, "partial_rotary_factor": 0.5}) == small_config()
     assert LlamaConfig.from_dict({**fields, "quantization_config": None}) == small_config()
+    # {} names no quantization method (transformers stops at that); the weights load as the floats they are
+    assert LlamaConfig.from_dict({**fields, "quantization_config": {}}) == small_config()
 
 
 def test_llama3_scaling_without_its_original_context_takes_the_one_transformers_5_takes():
@@ -583,8 +591,21 @@ def test_llama3_scaling_without_its_original_context_takes_the_one_transformers_
         assert plain.rope_scaling == {**inner, "original_max_position_embeddings": fields["max_position_embeddings"]}
         top_level = LlamaConfig.from_dict({**fields, **layout, "original_max_position_embeddings": 4})
         assert top_level.rope_scaling == {**inner, "original_max_position_embeddings": 4}
+    # no max_position_embeddings either: transformers' default for it, 2048 (npllama's too)
+    del fields["max_position_embeddings"]
+    assert LlamaConfig.from_dict({**fields, "rope_scaling": inner}).rope_scaling["original_max_position_embeddings"] \
+        == transformers_default_max_position_embeddings() == 2048
     with pytest.raises(ValueError, match="needs 'original_max_position_embeddings'"):
         small_config(rope_scaling=inner)   # built in Python: nothing to take it from
+
+
+def transformers_default_max_position_embeddings():
+    """transformers' LlamaConfig default, when transformers is installed; else the value it has long had."""
+    try:
+        from transformers import LlamaConfig as TransformersLlamaConfig
+    except ImportError:
+        return 2048
+    return TransformersLlamaConfig().max_position_embeddings
 
 
 @pytest.mark.parametrize("rope_field", ["rope_scaling", "rope_parameters"])

@@ -343,10 +343,7 @@ def _check_names_and_shapes(config: LlamaConfig, tensor_files: dict[str, Path], 
             tied_head = file
             continue
         if name not in expected:
-            raise CheckpointError(file, f"unexpected: a LLaMA with this config.json "
-                                        f"({config.num_hidden_layers} layers, tie_word_embeddings="
-                                        f"{config.tie_word_embeddings}) has no such parameter"
-                                        + (_BASE_MODEL_HINT if f"model.{name}" in expected else ""), tensor=name)
+            raise CheckpointError(file, _unexpected_tensor(config, name), tensor=name)
         _check_entry_shape(file, name, entry, expected[name])
         to_read[name] = file
     missing = [name for name in expected if name not in to_read and name not in optional]
@@ -355,6 +352,17 @@ def _check_names_and_shapes(config: LlamaConfig, tensor_files: dict[str, Path], 
         raise CheckpointError(source, f"missing {len(missing)} parameter(s) the config requires: {shown}",
                               tensor=missing[0])
     return to_read, tied_head
+
+
+def _unexpected_tensor(config: LlamaConfig, name: str) -> str:
+    """Why a tensor config.param_shapes() does not list is refused, with what it most likely means."""
+    if name.endswith(".bias"):   # config.json said no biases (check_architecture_fields refuses the flags)
+        return ("unexpected: a bias, and LLaMA's layers have no biases (npllama implements none); this "
+                "checkpoint is probably another architecture labelled llama, e.g. Qwen2, whose q/k/v "
+                "projections carry biases")
+    return (f"unexpected: a LLaMA with this config.json ({config.num_hidden_layers} layers, tie_word_embeddings="
+            f"{config.tie_word_embeddings}) has no such parameter"
+            + (_BASE_MODEL_HINT if f"model.{name}" in config.param_shapes() else ""))
 
 
 # A name that is one of ours without the "model." prefix: the folder holds transformers' LlamaModel,

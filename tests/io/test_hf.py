@@ -391,6 +391,22 @@ def test_a_base_model_checkpoint_is_told_apart(tmp_path):
     assert info.value.tensor == "extra.weight" and "prefix" not in str(info.value)
 
 
+@pytest.mark.parametrize("bias", ["model.layers.0.self_attn.q_proj.bias", "model.layers.0.mlp.down_proj.bias",
+                                  "model.layers.3.self_attn.k_proj.bias"])   # (a layer the config lacks too)
+def test_bias_tensors_in_a_checkpoint_labelled_llama_are_called_what_they_are(tmp_path, bias):
+    """A Qwen2-style checkpoint (biases on q/k/v) relabelled llama, its config saying no biases: the error
+    says the tensor is a bias, which LLaMA has none of, and that the checkpoint is probably another
+    architecture -- not only that the name is unexpected."""
+    config = small_config()
+    params = {**random_params(config), bias: np.ones(8, np.float32)}
+    with pytest.raises(CheckpointError, match=r"a bias.*LLaMA.*no biases.*another architecture.*Qwen2") as info:
+        load_hf_folder(write_folder(tmp_path / "m", config, params))
+    assert info.value.tensor == bias and "\n" not in str(info.value)
+    with pytest.raises(CheckpointError) as info:   # any other unexpected name: no such hint
+        load_hf_folder(write_folder(tmp_path / "n", config, {**random_params(config), "extra.weight": np.ones(2)}))
+    assert "bias" not in info.value.problem
+
+
 def test_wrong_shape_is_named_before_any_data_is_read(tmp_path, monkeypatch):
     config = small_config()
     params = random_params(config)

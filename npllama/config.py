@@ -89,6 +89,8 @@ class LlamaConfig:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
             _require_positive_int(name, getattr(self, name))
+        # With head_dim given, hidden_size need be no multiple of the heads: the projections are
+        # (heads * head_dim, hidden_size), as transformers 4.x built them (5.x refuses such a config.json)
         if self.head_dim is None:
             if self.hidden_size % self.num_attention_heads:
                 raise ValueError(

@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 from npllama import Llama, use_backend  # noqa: E402
 from npllama.debug import float64_faithful  # noqa: E402
 from npllama.gradcheck import rel_error  # noqa: E402
-from npllama.io import CheckpointError  # noqa: E402
+from npllama.io import CheckpointError, write_safetensors  # noqa: E402
 
 PAD_ID = 3  # in every batch (see batch), for the pad_token case
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -325,3 +325,52 @@ def test_a_partial_rotary_factor_transformers_runs_with_other_frequencies_is_ref
     assert rel_error(transformers_logits(folder, tokens), whole_head) > 1e-3
     with pytest.raises(CheckpointError, match=r"partial_rotary_factor must be 1 .* got 0.99: .* int\(head_dim"):
         Llama.from_pretrained(folder)
+
+
+def test_head_dim_given_with_a_hidden_size_heads_do_not_divide_runs_as_transformers_4_built_it(tmp_path):
+    """hidden_size 30 is no multiple of 4 heads; head_dim 8 says each head's size, so the projections are
+    q (4 * 8, 30), k and v (2 * 8, 30), o (30, 4 * 8).  transformers 4.x built that model; 5.x refuses the
+    config (validate_architecture), but its modules still take the sizes from the config, so the same
+    model is built from a config made with a hidden size the heads divide and then given 30.  npllama
+    loads such a folder (written as 4.x wrote it) with the shapes above and transformers' logits, loss and
+    gradients, to float32 and float64 precision."""
+    fields = dict(vocab_size=97, hidden_size=30, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=8, max_position_embeddings=64, rms_norm_eps=1e-5,
+                  tie_word_embeddings=False, rope_theta=500.0)
+    torch.manual_seed(0)
+    try:   # transformers 4.x
+        hf_cfg = transformers.LlamaConfig(**fields, attn_implementation="eager")
+    except Exception as refusal:   # 5.x: "hidden size (30) is not a multiple of the number of attention heads"
+        if "not a multiple" not in str(refusal):
+            raise
+        hf_cfg = transformers.LlamaConfig(**{**fields, "hidden_size": 32}, attn_implementation="eager")
+        hf_cfg.hidden_size = 30
+    hf_model = transformers.LlamaForCausalLM(hf_cfg)
+    with torch.no_grad():   # norms away from 1 and weights large enough that attention shows in the logits
+        for p in hf_model.parameters():
+            p.add_(0.3 * torch.randn_like(p)) if p.ndim == 1 else p.mul_(3.0)
+    reference = {name: t.detach().numpy().copy() for name, t in hf_model.state_dict().items()}
+    hand_computed = {"self_attn.q_proj.weight": (32, 30), "self_attn.k_proj.weight": (16, 30),
+                     "self_attn.v_proj.weight": (16, 30), "self_attn.o_proj.weight": (30, 32)}
+    for suffix, shape in hand_computed.items():
+        assert reference[f"model.layers.0.{suffix}"].shape == shape, suffix   # transformers' model is 4.x's
+    (tmp_path / "config.json").write_text(json.dumps({   # as transformers 4.x wrote it
+        **fields, "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_act": "silu",
+        "rope_scaling": None, "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32"}))
+    write_safetensors(tmp_path / "model.safetensors", reference, metadata={"format": "pt"})
+
+    tokens, targets = batch(97)
+    for dtype, torch_dtype, tol in ((np.float32, torch.float32, 1e-5), (np.float64, torch.float64, 1e-12)):
+        ours = Llama.from_pretrained(tmp_path, dtype=dtype)
+        for suffix, shape in hand_computed.items():
+            assert ours.params[f"model.layers.0.{suffix}"].shape == shape, suffix
+        model = hf_model.to(torch_dtype)
+        if dtype == np.float64:
+            assert float64_faithful(model, ours.config) == []
+        torch_logits, torch_loss, torch_grads = torch_logits_and_grads(model, tokens, targets)
+        assert rel_error(ours.forward(tokens), torch_logits) < tol
+        loss, grads = ours.loss_and_grads(tokens, targets)
+        assert loss == pytest.approx(torch_loss, rel=tol)
+        assert set(grads) == set(torch_grads)
+        for name, g in grads.items():
+            assert rel_error(g, torch_grads[name]) < 10 * tol, name

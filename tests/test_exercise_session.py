@@ -511,3 +511,83 @@ def test_a_helper_the_exercise_allows_stays_callable_from_a_cell(kernel):
            "    return dy * cos - rotate_half(dy * sin)\n")
     report = kernel("from npllama.exercises import check_function\ncheck_function('rope', rope_backward, n_random=1)")
     assert report.ok, report.format()
+
+
+HELPER_RIGHT = ("import numpy as np\n\ndef jacobian_product(dp, p):\n"
+                "    return p * (dp - (dp * p).sum(-1, keepdims=True))\n")
+CALLS_THE_HELPER = "def softmax_backward(dp, cache):\n    return jacobian_product(dp, cache)\n"
+
+
+@pytest.mark.parametrize("calls", [
+    CALLS_THE_HELPER,
+    # two levels down: the backward's helper calls the helper a later cell broke
+    "def middle(dp, p):\n    return [jacobian_product(dp, p)][0]\n\n"
+    "def softmax_backward(dp, cache):\n    return middle(dp, cache)\n",
+    # a method of a class of the notebook
+    "class Helpers:\n    @staticmethod\n    def product(dp, p):\n        return jacobian_product(dp, p)\n\n"
+    "def softmax_backward(dp, cache):\n    return Helpers.product(dp, cache)\n",
+], ids=["its helper", "its helper's helper", "a class's method calling it"])
+def test_a_helper_redefined_by_a_cell_that_failed_leaves_no_verdict(kernel, calls):
+    """The backward calls a helper an earlier cell defined; a later cell redefining the HELPER
+    failed before its def ran: the backward was graded, 'Well done!', with the helper the student
+    had replaced.  The check names the helper and both cells instead."""
+    kernel(HELPER_RIGHT)
+    kernel(calls)
+    assert kernel(CHECK_CELL).ok
+    kernel("import nump\n" + HELPER_RIGHT.replace("sum(-1", "sum(0"))
+    report = kernel(CHECK_CELL)
+    assert not report.ok and report.load_error, report.format()
+    assert "jacobian_product" in report.load_error and "In[1]" in report.load_error and "In[4]" in report.load_error, \
+        report.load_error
+    kernel(HELPER_RIGHT.replace("sum(-1", "sum(0"))      # the cell fixed and run: the new helper is graded
+    report = kernel(CHECK_CELL)
+    assert report.first_failure is not None and "first axis" in report.first_failure.diagnosis, report.format()
+
+
+def test_a_helper_rebound_or_defined_again_successfully_is_no_alarm(kernel):
+    """No false alarm: a helper whose later def ran, one put back under its name by an assignment
+    that ran after a failed cell, and a name the backward only reads as an attribute."""
+    kernel(HELPER_RIGHT)
+    kernel(CALLS_THE_HELPER)
+    kernel(HELPER_RIGHT + "\n")                          # defined again, and it ran
+    assert kernel(CHECK_CELL).ok, kernel(CHECK_CELL).format()
+    kernel("first_product = jacobian_product")
+    kernel("import nump\ndef jacobian_product(dp, p):\n    return dp\n")
+    kernel("jacobian_product = first_product")          # put back on purpose, after the failure
+    assert kernel(CHECK_CELL).ok, kernel(CHECK_CELL).format()
+
+
+@pytest.mark.parametrize("first, later", [
+    ("softmax_backward = lambda dp, cache: cache * (dp - (dp * cache).sum(-1, keepdims=True))",
+     "import nump\nsoftmax_backward = lambda dp, cache: dp\n"),
+    ("def mine(dp, cache):\n    return cache * (dp - (dp * cache).sum(-1, keepdims=True))\n\nsoftmax_backward = mine",
+     "import nump\ndef softmax_backward(dp, cache):\n    return dp\n"),
+    ("def mine(dp, cache):\n    return cache * (dp - (dp * cache).sum(-1, keepdims=True))\n\n"
+     "def wrong(dp, cache):\n    return dp\n\nsoftmax_backward = mine",
+     "import nump\nsoftmax_backward = wrong\n"),
+], ids=["a lambda", "a function assigned to the name", "an assignment that did not run"])
+def test_a_function_bound_by_a_lambda_or_an_assignment_is_found_stale(kernel, first, later):
+    """A backward first made by a lambda, or a function of another name assigned to the exercise's
+    name, had no staleness verdict (its __qualname__ is '<lambda>' or 'mine'): a later cell binding
+    the name that failed before that line let the older function be graded 'Well done!'."""
+    kernel("import numpy as np\nfrom npllama.exercises import check_function")
+    kernel(first)
+    assert kernel(CHECK_CELL).ok
+    kernel(later)
+    report = kernel(CHECK_CELL)
+    assert not report.ok and report.load_error and "In[2]" in report.load_error and "In[4]" in report.load_error, \
+        report.format()
+
+
+def test_a_function_no_cell_typed_says_what_cannot_be_told(kernel):
+    """exec'd text makes a function with no cell to date it: a cell defining the name too may have
+    failed after it or run before it.  The check grades the function, and says it cannot tell --
+    never 'Well done!' alone; with no cell defining the name, there is nothing to doubt."""
+    kernel("exec('def softmax_backward(dp, cache):\\n    return cache * (dp - (dp * cache).sum(-1, keepdims=True))')")
+    report = kernel(CHECK_CELL)
+    assert report.ok and not report.notes, report.format()
+    kernel("import nump\ndef softmax_backward(dp, cache):\n    return dp\n")
+    report = kernel(CHECK_CELL)
+    assert report.ok and len(report.notes) == 1, report.format()
+    assert "cannot tell" in report.notes[0] and "In[3]" in report.notes[0], report.notes
+    assert "cannot tell" in report.format()

@@ -34,7 +34,7 @@ from .gradebook import submissions_in
 from .mistakes import explain
 from .screen import (RULE, ForbiddenCall, finite_difference_lines, guard_library, measured_reason, near_exact_gap,
                      near_exact_note, screen_source, student_call)
-from .session import librarys_own, stale_definition, students_code
+from .session import librarys_own, replaced_definitions, students_code
 from .starter import derivation_section
 
 DEFAULT_RANDOM_CASES = 8
@@ -325,13 +325,14 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     # in a notebook the kernel may hold other code than the student last ran under the name
     if function is not None and (reason := librarys_own(function, exercise)):
         return Report(exercise, source, [], refused=reason)
-    if function is not None and (reason := stale_definition(function)):
-        return Report(exercise, source, [], load_error=reason)
+    stale, doubts = replaced_definitions(function, exercise) if function is not None else (None, [])
+    if stale:
+        return Report(exercise, source, [], load_error=stale)
     # in a session, the student's code calling npllama's forward or own backward -- through its
     # module or a name a cell imported it as -- is refused, as in check_file; other callers (the
     # sandbox's grading process, tests, scripts) call it knowingly
     with guard_library(exercise, function) if students_code(function) else contextlib.nullcontext():
-        notes = []
+        notes = list(doubts)
         try:
             gap = near_exact_gap(exercise, backward)
         except ForbiddenCall as error:
@@ -342,6 +343,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
             measuring = finite_difference_lines(_read_source(source_file) if source_text is None else source_text)
             if measuring:
                 return Report(exercise, source, [], refused=measured_reason(gap, measuring))
+            gap_note = len(notes)
             notes.append(near_exact_note(gap))     # honest near-exact arithmetic: graded like any other
         params_list = case_params(exercise, n_random, seed)
         results = []
@@ -379,7 +381,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
             results.append(result)
         report = Report(exercise, source, results, notes=notes)
         if gap is not None and report.ok:      # the note appended first, before the checks had run
-            notes[0] = near_exact_note(gap, passed=True)
+            notes[gap_note] = near_exact_note(gap, passed=True)
         first = report.first_failure
         if first is not None and first.status == "fail" and _parameters_reordered(exercise, parameters):
             notes.append(_reordered_text(exercise, parameters))   # a crash says it in its hint

@@ -5,6 +5,8 @@ not be the code the student last ran.
 - A definition cell that failed before its `def` ran (a syntax error, an import error above it)
   leaves the kernel holding the function an earlier cell defined: checking that one would grade
   code the student has replaced (a right answer edited into a wrong one still said "Well done!").
+  The same holds for a helper the function calls from another cell: the checked function is
+  graded with the helper the kernel holds.
 - `from npllama.ops.softmax import softmax_backward` in a cell makes the library's own backward
   the one checked: it is not the student's.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dis
 import inspect
 import linecache
 import re
@@ -68,24 +71,113 @@ def librarys_own(function, exercise) -> str | None:
             f"define {exercise.backward_name} in the exercise's cell, run that cell, then check again")
 
 
-def stale_definition(function) -> str | None:
-    """Why `function` is not the code last run under its name: a cell run after the one defining
-    it defines it again, but the kernel still holds the older one (None when it is the latest, or
-    when the name holds another function now: one kept under another name is checked on purpose)."""
+def replaced_definitions(function, exercise) -> tuple[str | None, list[str]]:
+    """What the kernel holds, against what the student last ran: (why the check would grade code
+    the student has replaced -- no verdict then --, or None; what cannot be told, for the report's
+    notes).  Both the checked function and the helpers it calls from the notebook (functions and
+    classes its code names, and theirs in turn) are looked at: a helper a later cell failed to
+    redefine changes the result as much as the function itself.  Nothing outside a session."""
+    if _shell() is None:
+        return None, []
+    doubts = []
+    for held, path, calls in _definitions_used(function, exercise):
+        verdict, cell, later = _replaced(held, path)
+        name = ".".join(path)
+        if verdict == STALE:
+            through = (f"your {function.__name__} calls {name}, and " if calls else "")
+            grades = (f"your function with the {name} you have replaced" if calls else "code you have replaced")
+            return (f"{through}the {name} the kernel holds is the one cell In[{cell}] defined, but cell In[{later}], "
+                    f"run after it, defines {name} again and stopped before that line ran (see that cell's error); "
+                    f"checking now would grade {grades}: fix that cell, run it, then run this check again"), []
+        if verdict == UNSURE:
+            made = (f"the one cell In[{cell}] defined" if cell is not None
+                    else "made by code no cell typed (exec'd text, a file)")
+            doubts.append(f"cannot tell whether the {name} checked{' (your function calls it)' * calls} is the one "
+                          f"you last ran: it is {made}, and cell In[{later}] binds {name} too; if that cell stopped "
+                          f"with an error before it did, this report is about an older {name} (run the cell "
+                          f"defining the one you mean, then check again)")
+    return None, doubts
+
+
+STALE, UNSURE = "stale", "unsure"
+MADE, UNRAN, OTHER = "made", "unran", "other"    # how a cell binds a name (_binding); an alias is ("alias", name)
+
+
+def _definitions_used(function, exercise):
+    """(function, the names leading to it from the notebook's namespace, whether it is a helper)
+    for the checked function -- under its own name, the exercise's, or else any name holding it
+    -- then for every function and class method its code reaches through the notebook's
+    namespace, transitively (each once)."""
+    if not inspect.isfunction(function):      # a builtin, a C function: no cell's code
+        return
+    namespace = _shell().user_ns
+    own = [path for path in (_name_path(function), [exercise.backward_name])
+           if path is not None and _still_held(function, path)]
+    if not own:         # a lambda or an alias under another name: the names holding it
+        own = [[name] for name in list(namespace) if not name.startswith("_") and _still_held(function, [name])]
+    for path in {tuple(path): path for path in own}.values():
+        yield function, path, False
+    seen, todo = {function.__code__}, [function]
+    while todo:
+        caller = todo.pop()
+        if caller.__globals__ is not namespace:      # a module's function: its names are no cell's
+            continue
+        for name in _global_names(caller.__code__):
+            for helper, path in _functions_under(name, namespace.get(name)):
+                if helper.__code__ not in seen:
+                    seen.add(helper.__code__)
+                    todo.append(helper)
+                    yield helper, path, True
+
+
+def _global_names(code) -> list[str]:
+    """The global names `code` reads (its nested functions, lambdas and comprehensions too)."""
+    names = [i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")]
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            names += _global_names(const)
+    return list(dict.fromkeys(names))
+
+
+def _functions_under(name: str, value):
+    """The functions a global name gives the code reading it: a function (seen through a decorator's
+    wrapper), or a class's methods; (function, path) pairs."""
+    if isinstance(value, type):
+        for attribute, member in vars(value).items():
+            member = getattr(member, "__func__", member)        # a staticmethod's or classmethod's function
+            if inspect.isfunction(member):
+                yield member, [name, attribute]
+    elif callable(value):
+        with contextlib.suppress(ValueError):       # a __wrapped__ chain that loops
+            value = inspect.unwrap(value)
+        value = getattr(value, "__func__", value)
+        if inspect.isfunction(value):
+            yield value, [name]
+
+
+def _replaced(function, path) -> tuple[str | None, int | None, int | None]:
+    """(STALE, UNSURE or None, the cell whose code `function` is or None, the later cell binding
+    `path`): STALE when a cell run after the one defining the function binds its name in a way
+    that would have replaced it -- so it stopped before -- UNSURE when whether it did cannot be
+    told from the cells' text."""
     defined_in = _cells_defining(function)
-    path = _name_path(function)
-    if not defined_in or path is None or not _still_held(function, path):
-        return None
-    history, source = _history(), _cell_source(function)
-    later = [n for n in range(defined_in[-1] + 1, len(history))
-             if history[n].rstrip() != source and _defines(history[n], path)]
-    if not later:
-        return None
-    name = function.__name__
-    return (f"the {name} the kernel holds is the one cell In[{defined_in[-1]}] defined, but cell In[{later[-1]}], "
-            f"run after it, defines {name} again and stopped before its def ran (see that cell's error); "
-            f"checking the older one would grade code you have replaced: fix that cell, run it, then "
-            f"run this check again")
+    cell = defined_in[-1] if defined_in else None
+    history = _history()
+    binders = [(n, kind) for n in range((-1 if cell is None else cell) + 1, len(history))
+               if (kind := _last_binding(history[n], path))]
+    if not binders:
+        return None, cell, None
+    later, kind = binders[-1]
+    if kind in (MADE, UNRAN):       # would hold that cell's function had the line run
+        return (STALE if cell is not None else UNSURE), cell, later
+    if kind == OTHER:               # an import, a call's result ...: from a file, or maybe this one again
+        return (UNSURE if cell is not None else None), cell, later
+    alias = kind[1]                 # name = alias: had it run, the name would hold what alias held
+    if _still_held(function, [alias]):
+        return None, cell, later
+    if not any(_last_binding(history[n], [alias]) for n in range(later, len(history))):
+        return STALE, cell, later   # alias not rebound since: that line did not run
+    return UNSURE, cell, later
 
 
 def _name_path(function) -> list[str] | None:
@@ -108,24 +200,25 @@ def _still_held(function, path) -> bool:
     return getattr(held, "__code__", None) is function.__code__
 
 
-def _defines(cell: str, path) -> bool:
-    """Whether the cell's code binds the function at `path` by a def (at its top level or inside
-    an if, a try, a with, a loop; a method inside its class) or a lambda assigned to the name --
-    what, had the cell run, would have replaced the function.  A cell that does not parse (a
-    syntax error: nothing in it ran) is read line by line."""
+def _last_binding(cell: str, path):
+    """How the cell's code last binds the name at `path` (['f'], a method's ['Op', 'f']), None if
+    it does not: MADE by a def, a class or a lambda (the cell's own code -- at its top level or
+    inside an if, a try, a with, a loop), ("alias", "g") by `f = g`, OTHER by another assignment or
+    an import; UNRAN in a cell that does not parse (a syntax error: nothing in it ran), read line
+    by line."""
     try:
         statements = ast.parse(cell).body
     except SyntaxError:
-        binds = re.compile(rf"^\s*((async\s+)?def\s+{re.escape(path[-1])}\s*\(|{re.escape(path[-1])}\s*=\s*lambda\b)",
+        binds = re.compile(rf"^\s*((async\s+)?def\s+{re.escape(path[-1])}\s*\(|{re.escape(path[-1])}\s*=(?!=))",
                            re.MULTILINE)
-        return bool(binds.search(cell))
-    for depth, name in enumerate(path):
-        last = depth == len(path) - 1
-        found = [node for node in _statements(statements) if _binds(node, name, last)]
-        if not found:
-            return False
-        statements = [statement for node in found if isinstance(node, ast.ClassDef) for statement in node.body]
-    return True
+        return UNRAN if binds.search(cell) else None
+    for name in path[:-1]:
+        classes = [node for node in _statements(statements) if isinstance(node, ast.ClassDef) and node.name == name]
+        if not classes:
+            return None
+        statements = [statement for node in classes for statement in node.body]
+    kinds = [kind for node in _statements(statements) if (kind := _binding(node, path[-1]))]
+    return kinds[-1] if kinds else None
 
 
 def _statements(statements):
@@ -138,10 +231,31 @@ def _statements(statements):
                 yield from _statements(getattr(node, field, []))
 
 
-def _binds(node, name: str, function: bool) -> bool:
-    if not function:
-        return isinstance(node, ast.ClassDef) and node.name == name
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        return node.name == name
-    return (isinstance(node, ast.Assign) and isinstance(node.value, ast.Lambda)
-            and any(isinstance(target, ast.Name) and target.id == name for target in node.targets))
+def _binding(node, name: str):
+    """How the statement `node` binds `name` (see _last_binding), or None."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return MADE if node.name == name else None
+    if isinstance(node, ast.Assign) and any(_stores(target, name) for target in node.targets):
+        if isinstance(node.value, ast.Lambda):
+            return MADE
+        if isinstance(node.value, ast.Name) and all(isinstance(target, ast.Name) for target in node.targets):
+            return ("alias", node.value.id)
+        return OTHER
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return OTHER if any((alias.asname or alias.name.split(".")[0]) == name for alias in node.names) else None
+    return OTHER if any(_stores(target, name) for target in _other_targets(node)) else None
+
+
+def _other_targets(node) -> list:
+    """What an augmented or annotated assignment, a for loop or a with statement binds."""
+    if isinstance(node, (ast.AugAssign, ast.For, ast.AsyncFor)):
+        return [node.target]
+    if isinstance(node, ast.AnnAssign):
+        return [node.target] if node.value is not None else []
+    if isinstance(node, (ast.With, ast.AsyncWith)):
+        return [item.optional_vars for item in node.items if item.optional_vars is not None]
+    return []
+
+
+def _stores(target, name: str) -> bool:
+    return any(isinstance(node, ast.Name) and node.id == name for node in ast.walk(target))

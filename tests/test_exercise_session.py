@@ -417,13 +417,62 @@ def test_npllamas_own_backward_is_not_graded_as_the_students(kernel):
     assert report.refused and "softmax_backward" in report.refused, report.format()
 
 
-def test_a_teacher_grading_from_a_notebook_grades_files_as_usual(kernel, tmp_path, monkeypatch):
-    """The session's rules are for code typed in its cells: a file graded from the kernel (its
-    function a proxy of the sandbox, npllama's own code) is graded as on the command line."""
-    (tmp_path / "alice.py").write_text(SOFTMAX_RIGHT)
+SCALED_SOFTMAX_EXERCISE = '''"""softmax(2 x): a teacher's exercise whose reference recomputes the probabilities with npllama's
+forward (the cache is x alone)."""
+import numpy as np
+
+from npllama.exercises import Exercise
+from npllama.exercises.checks import SEED, Case, Shape
+from npllama.ops.softmax import softmax_forward
+
+
+def scaled_softmax_forward(x):
+    return softmax_forward(2 * x)[0], x
+
+
+def scaled_softmax_backward(dp, cache):
+    p = softmax_forward(2 * cache)[0]
+    return 2 * p * (dp - (dp * p).sum(-1, keepdims=True))
+
+
+class ScaledSoftmax(Exercise):
+    op, title = "scaled_softmax", "softmax of 2 x"
+    forward_name, backward_name, params = "scaled_softmax_forward", "scaled_softmax_backward", "dp, cache"
+    doc = "dp: the gradient of p; cache: x.  Returns dx."
+    space = dict(shape=Shape(2, 2, 2, 4), seed=SEED)
+    edge_cases = [dict(shape=(2, 3), seed=1)]
+
+    def build(self, params, dtype=np.float64):
+        x = np.random.default_rng(params["seed"]).standard_normal(params["shape"]).astype(dtype)
+        return Case(self.forward, [x], ("x",), (0,), seed=params["seed"] % 1000)
+'''
+SCALED_SOFTMAX_STUDENT = ("import numpy as np\n\n\ndef scaled_softmax_backward(dp, cache):\n"
+                          "    e = np.exp(2 * cache - (2 * cache).max(-1, keepdims=True))\n"
+                          "    p = e / e.sum(-1, keepdims=True)\n"
+                          "    return 2 * p * (dp - (dp * p).sum(-1, keepdims=True))\n")
+
+
+def test_a_teacher_grading_from_a_notebook_runs_the_references_code_unguarded(kernel, tmp_path, monkeypatch):
+    """The session's rules are for the student's code: a teacher's exercise whose reference calls
+    npllama's forward (as its own file may: the rule is for students) had its reference refused
+    in a notebook -- the guard took it for a student's -- so grading a class's files from the
+    kernel said the reference fails its checks; on the command line it grades as usual."""
+    (tmp_path / "scaled_softmax_exercise.py").write_text(SCALED_SOFTMAX_EXERCISE)
+    (tmp_path / "alice.py").write_text(SCALED_SOFTMAX_STUDENT)
     monkeypatch.chdir(tmp_path)
-    graded = kernel("from npllama.exercises.sandbox import grade_file\ngrade_file('softmax', 'alice.py', n_random=1)")
-    assert graded.status == "pass", graded.text
+    kernel("from npllama.exercises import check_function, grade_file\n"
+           "from npllama.exercises.teacher import exercise_in_file")
+    kernel("exercise = exercise_in_file('scaled_softmax_exercise.py', 'scaled_softmax', verify=False)")
+    graded = kernel("grade_file(exercise, 'alice.py', n_random=1)")    # checks the reference first
+    assert graded is not None and graded.status == "pass", graded and graded.text
+    reference = kernel("check_function(exercise, exercise.reference, n_random=1)")
+    assert reference.ok, reference.format()
+    # the student's own code stays guarded: the same backward typed in a cell, calling the forward
+    kernel("from npllama.ops.softmax import softmax_forward\n\n"
+           "def scaled_softmax_backward(dp, cache):\n    p = softmax_forward(2 * cache)[0]\n"
+           "    return 2 * p * (dp - (dp * p).sum(-1, keepdims=True))\n")
+    report = kernel("check_function(exercise, scaled_softmax_backward, n_random=1)")
+    assert report.refused and "softmax_forward" in report.refused, report.format()
 
 
 def _redefined(cell_prefix, body=SOFTMAX_WRONG_AXIS):

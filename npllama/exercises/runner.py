@@ -331,7 +331,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     # in a session, the student's code calling npllama's forward or own backward -- through its
     # module or a name a cell imported it as -- is refused, as in check_file; other callers (the
     # sandbox's grading process, tests, scripts) call it knowingly
-    with guard_library(exercise, function) if students_code(function) else contextlib.nullcontext():
+    with guard_library(exercise, function) if students_code(function, exercise) else contextlib.nullcontext():
         notes = list(doubts)
         try:
             gap = near_exact_gap(exercise, backward)

@@ -51,13 +51,15 @@ def _cells_defining(function) -> list[int]:
     return [n for n, cell in enumerate(_history()) if source and cell.rstrip() == source]
 
 
-def students_code(function) -> bool:
+def students_code(function, exercise) -> bool:
     """Whether `function` is the student's code run in this session -- typed in a cell, or from a
     module of their own (%%writefile, then imported): it shares the kernel with the checker, and
     what it calls of npllama's is refused as check_file refuses it (guard_library).  npllama's own
-    code (the sandbox's stand-in for a file graded from the kernel) calls it knowingly."""
+    code (the sandbox's stand-in for a file graded from the kernel) and the exercise's own file (a
+    teacher's reference, which may call npllama's forward: the rule is for students) call it knowingly."""
     module = getattr(function, "__module__", None) or ""
-    return _shell() is not None and function is not None and not module.startswith("npllama.")
+    return (_shell() is not None and function is not None and not module.startswith("npllama.")
+            and module != exercise.module)
 
 
 def librarys_own(function, exercise) -> str | None:

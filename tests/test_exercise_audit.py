@@ -68,19 +68,41 @@ def test_an_epsilon_in_a_division_is_graded_with_a_note_not_refused(tmp_path):
 
 
 def test_part_of_the_arithmetic_in_float32_is_graded_and_named(tmp_path):
+    """The likely causes are said once: the near-exact note under the failure repeated the
+    finding's hint word for word."""
+    from npllama.exercises.diagnose import NEAR_EXACT_CAUSES
+
     report = check_file("rmsnorm", _write(tmp_path, "partf32.py", ONE_MEAN_IN_FLOAT32), n_random=1)
     assert report.refused is None and report.results, report.format()
-    assert any("float32" in note for note in report.notes)
     finding = report.first_failure.finding
     assert "report this case" not in finding.hint and "float32" in finding.hint
     assert "mixes rows" not in finding.ladder      # a near miss is no structural mistake
+    assert report.format().count(NEAR_EXACT_CAUSES) == 1, report.format()
+    # graded from the file's own process (the sandbox), the same report
+    graded = grade_file("rmsnorm", _write(tmp_path, "partf32.py", ONE_MEAN_IN_FLOAT32), n_random=1)
+    assert graded.status == "fail" and graded.text.count(NEAR_EXACT_CAUSES) == 1, graded.text
+
+
+def test_the_near_exact_note_names_the_causes_when_the_failure_shown_does_not(tmp_path):
+    """A near-exact dweight in a report whose first failure is another mistake (dx twice too big): the
+    note is the only place naming the likely causes of the near miss, so it stays."""
+    from npllama.exercises.diagnose import NEAR_EXACT_CAUSES
+    from npllama.ops.rmsnorm import rmsnorm_backward as right
+
+    def wrong_dx_near_dweight(dy, cache):
+        dx, dweight = right(dy, cache)
+        return 2 * dx, dweight * (1 + 3e-7)
+
+    report = check_function("rmsnorm", wrong_dx_near_dweight, n_random=1)
+    assert report.first_failure is not None and NEAR_EXACT_CAUSES not in report.first_failure.finding.hint
+    assert any(NEAR_EXACT_CAUSES in note for note in report.notes), report.format()
 
 
 def test_the_near_exact_note_claims_the_tolerance_only_when_the_checks_pass(tmp_path):
     """A float32 product failed the gradient check, and the note under it said the gradient was
     "inside the checks' tolerance": a FAIL and a note calling it in tolerance, one report."""
     report = check_file("rmsnorm", _write(tmp_path, "partf32.py", ONE_MEAN_IN_FLOAT32), n_random=1)
-    assert report.first_failure is not None and report.notes, report.format()
+    assert report.first_failure is not None, report.format()
     assert "inside the checks' tolerance" not in report.format(), report.format()
     passing = check_file("cross_entropy", _write(tmp_path, "epsdiv.py", EPS_IN_THE_DIVISION), n_random=1)
     assert passing.ok and "inside the checks' tolerance" in passing.format(), passing.format()

@@ -29,7 +29,7 @@ import numpy as np
 from .definitions import EXERCISES, Check, Exercise, get_exercise, path_argument
 from .checks import sample
 from .catalogue import CATALOGUES
-from .diagnose import CaseUndecided, CheckFailed, Finding
+from .diagnose import NEAR_EXACT_CAUSES, CaseUndecided, CheckFailed, Finding
 from .gradebook import submissions_in
 from .mistakes import explain
 from .screen import (RULE, ForbiddenCall, finite_difference_lines, guard_library, measured_reason, near_exact_gap,
@@ -390,6 +390,8 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
                 _name_the_mistake(exercise, backward, first.finding)
             except (student_errors, GradingStopped):   # misbehaving on a probe: keep what the numbers showed
                 pass
+            if gap is not None and NEAR_EXACT_CAUSES in first.finding.hint:
+                del notes[gap_note]         # the failure shown names the near miss's causes: said once
         return report
 
 

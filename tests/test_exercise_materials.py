@@ -368,3 +368,20 @@ def test_the_notebooks_derivation_has_no_dead_links(op):
     assert linked, "the derivation links none: the test proves nothing"
     for name in linked:
         assert f"`npllama explain {name}`" in derivation, name
+
+
+def test_a_derivations_link_in_parentheses_reads_without_nested_ones():
+    """'the simpler RMSNorm ([rmsnorm.md](rmsnorm.md))' became '(rmsnorm.md (`npllama explain
+    rmsnorm`))': a link already inside parentheses names the command without opening others."""
+    shown = 0
+    for op, exercise in EXERCISES.items():
+        if not exercise.derivation:
+            continue
+        derivation = "".join(notebook_json(op)["cells"][1]["source"])
+        for paragraph in derivation.split("\n\n"):
+            for command in re.finditer(r"`npllama explain \w+`", paragraph):
+                before = paragraph[:command.start()]
+                shown += 1
+                assert before.count("(") - before.count(")") <= 1, (op, paragraph[max(0, command.start() - 80):
+                                                                                  command.end() + 5])
+    assert shown, "no derivation links another: the test proves nothing"

@@ -53,7 +53,8 @@ def notebook_json(op) -> dict:
 def _links_that_work_here(markdown: str) -> str:
     """derivations/*.md link each other by relative path ([softmax.md](softmax.md)), dead in a
     notebook written anywhere: such a link becomes its text and the command that prints the
-    derivation; a link to a section of the same derivation, its heading quoted (Jupyter's heading anchors are
+    derivation ("softmax.md (`npllama explain softmax`)", or "softmax.md, shown by ..." inside a
+    sentence's parentheses); a link to a section of the same derivation, its heading quoted (Jupyter's heading anchors are
     not GitHub's).  Other links (a web page, a teacher's file) are kept."""
     known = set(available())
 
@@ -62,8 +63,18 @@ def _links_that_work_here(markdown: str) -> str:
         if target.startswith("#"):
             return f"\"{text}\""         # the section's heading, quoted
         name = target.split("#")[0].removesuffix(".md")
-        return f"{text} (`npllama explain {name}`)" if name in known and "/" not in name else match.group(0)
+        if name not in known or "/" in name:
+            return match.group(0)
+        command = f"`npllama explain {name}`"
+        # in a sentence's parentheses already ("the simpler RMSNorm ([rmsnorm.md](rmsnorm.md))"): no others inside
+        return f"{text}, shown by {command}" if _inside_parentheses(markdown, match.start()) else f"{text} ({command})"
     return re.sub(r"\[([^\]]*)\]\(([^)\s]+)\)", replace, markdown)
+
+
+def _inside_parentheses(markdown: str, position: int) -> bool:
+    """Whether `position` is inside parentheses opened earlier in its paragraph."""
+    before = markdown[markdown.rfind("\n\n", 0, position) + 1:position]
+    return before.count("(") > before.count(")")
 
 
 def _what_next(ex) -> str:

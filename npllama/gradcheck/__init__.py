@@ -40,11 +40,14 @@ How a probe's numeric derivative and its bound are made (the error model):
   longer    when the bound is above 1e-3 of the gradient's size (a gradient tiny next to |f|, so
   steps     f's round-off swamps the difference), the probe is taken again with longer steps
             (round-off / h falls), kept only while the bound shrinks, the estimates agree and f
-            still behaves smoothly at the longer step.  Not when f did not behave smoothly at the
-            step (its differences at h, 2h, 4h did not shrink like h^2: "rough") and the bound is
-            above half the estimate itself: f then varies within the step (sum(sin(k x)) with
-            k h ~ 1), and at a far longer step its differences only alias, looking smooth by chance;
-            shorter steps (below) are what can resolve it.  A probe whose bound stays above half its
+            still behaves smoothly at the longer step.  A probe where f did not behave smoothly at
+            the step (its differences at h, 2h, 4h did not shrink like h^2: "rough") is first taken
+            at steps 4, 16, 64 times shorter, which show why: where f varies within the step
+            (sum(sin(k x)) with k h ~ 1, a relu's kink inside it) one of them is smooth, and its
+            estimate is used -- at a far longer step the differences only alias, looking smooth
+            by chance; where f rounds beyond the model (a cancellation, as a GELU's 1 + tanh(z) far
+            in its left tail) the differences grow as the step shrinks, or stop within one stair
+            of its rounding, and the longer steps resolve it.  A probe whose bound stays above half its
             gradient (and above 1e-3 of the largest gradient in the check) is UNRESOLVED: a wrong
             gradient could not be told from a right one there, so it does not pass (the report
             says so, apart from FAIL).  A rough estimate's bound, |D(h) - D(2h)|, assumes the
@@ -62,10 +65,6 @@ How a probe's numeric derivative and its bound are made (the error model):
             do not shrink like h^2: a layer norm of 1e6 + noise, stepped by 100, saturates within
             it), 16 times shorter each time, past rough ones, down to eps times the spread
             around their mean of the entries in a line (a row, a column) with the probed one.
-            Where the rough estimate still resolves nothing (its bound above 1e-2 of its value),
-            on past that, 4 times shorter each time while the differences keep shrinking (f may
-            vary on a scale shorter than both: sum(sin(k x)) is smooth only at k h << 1); f's own
-            rounding makes differences that grow as the step shrinks, and stops it there.
   failing   a probe that fails is measured again before it is called wrong: f's own rounding,
   probes    from the 4th differences of f at 7 points 1/4, 1/3 and 1 step apart, and at the step eps also 4
             and 21 (a cancellation can keep f's value over many steps, then jump; 6th differences

@@ -279,7 +279,8 @@ def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richa
     reference = max(abs(analytic), typical)
     noise = ROUNDOFF_FACTOR * UNIT_ROUNDOFF * largest
     estimate, longer = _resolved_derivative(evaluate, move, eps, richardson, tol * abs(analytic), reference,
-                                            noise, unit_step=1.0 / max(scale, TINY))
+                                            noise, unit_step=1.0 / max(scale, TINY),
+                                            shorter_steps=probes.remeasure_failures)
     bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
     # failing, or passing on a loose bound (which could let a mistake through): shorter steps may tighten it
     if probes.remeasure_failures and (abs(analytic - estimate.value) > bound + tol * magnitude
@@ -315,7 +316,8 @@ def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, a
     length = _norm(direction)            # <g, p> sums the entries' round-off with random signs
     noise = ROUNDOFF_FACTOR * UNIT_ROUNDOFF * largest * length
     estimate, longer = _resolved_derivative(evaluate, move, eps, richardson, tol * magnitude, magnitude, noise,
-                                            unit_step=1.0 / max(float(np.max(np.abs(direction), initial=0.0)), TINY))
+                                            unit_step=1.0 / max(float(np.max(np.abs(direction), initial=0.0)), TINY),
+                                            shorter_steps=probes.remeasure_failures)
     claimed, terms_size = np.sum(terms), float(np.sum(np.abs(terms)))     # <g, p>, and its terms' size
 
     def bound_of(estimate):

@@ -1,6 +1,8 @@
 """The numeric derivative along one probe and the bound on its error: D(t) at h, 2h (and 4h),
 Richardson's extrapolation where it helps (_derivative), longer steps while f's round-off swamps
-the difference (_resolved_derivative), shorter ones while truncation does (_shortened), and a
+the difference (_resolved_derivative; first, for a rough estimate, shorter ones that show whether f
+varies within the step or rounds: _smooth_at_shorter_steps), shorter ones while truncation does
+(_shortened), and a
 function that raises outside its domain (_LeftDomain).  The probes (checker.py) call these; a
 probe that still fails is measured again (remeasure.py)."""
 from __future__ import annotations
@@ -9,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .constants import LOOSE_BOUND, ROUGH_RESOLVED, ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF, UNRESOLVED
+from .constants import LOOSE_BOUND, ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF
 
 # A probe whose bound is above LOOSE_BOUND of its gradient's size is tried again with longer
 # steps (up to MAX_GROWTHS times, each at least STEP_GROWTH times longer): the round-off of f
@@ -48,6 +50,7 @@ class _Estimate(NamedTuple):
                              # out moves off it in stairs of its rounding (_stair_beyond)
     unconfirmed: bool = False  # failing, but not measured again: the input already had its
                                # CONFIRMED_FAILURES failures confirmed (checker.py), so it FAILs anyway
+    stair: float = 0.0       # how far one stair of f's rounding (_stair_rounding) moves D(h)
 
 
 def _longer_step_kept(attempt: _Estimate, best: _Estimate) -> bool:
@@ -58,7 +61,47 @@ def _longer_step_kept(attempt: _Estimate, best: _Estimate) -> bool:
             and abs(attempt.value - best.value) <= attempt.bound + best.bound)
 
 
-def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference, noise, unit_step):
+def _smooth_at_shorter_steps(evaluate, move, rough, richardson, good_enough) -> _Estimate | None:
+    """What made a rough estimate's differences (D(h), D(2h), D(4h) not shrinking like h^2), as
+    steps SHORTEN times shorter show it, up to MAX_SHORTENINGS times.  f varying within the step
+    is smooth at a shorter one, and that estimate is returned: sum(sin(k x)) at k h ~ 1 to 30,
+    whose differences there shrink like h^2 (_truncation_shows), or a relu with its kink within
+    the step, straight at a shorter one (_straight_inside_a_kink).  f rounding beyond the model (a
+    cancellation: 1 + tanh(z) at z << 0 in a GELU's far left tail, sqrt(x^2 + 1) - 1 at x ~ 1e-5)
+    is not: its differences grow like 1 / h as the step shrinks, or vanish within one of its
+    stairs; None then, and longer steps resolve it (_resolved_derivative).  Up to
+    6 * MAX_SHORTENINGS evaluations, by a rough probe only."""
+    step = rough.step
+    for _ in range(MAX_SHORTENINGS):
+        step /= SHORTEN
+        try:
+            with np.errstate(all="ignore"):
+                shorter = _derivative(evaluate, move, step, richardson, good_enough, test_smoothness=True)
+        except _LeftDomain:
+            return None
+        if _truncation_shows(shorter, rough) or _straight_inside_a_kink(shorter, rough):
+            return shorter
+    return None
+
+
+def _truncation_shows(shorter: _Estimate, rough: _Estimate) -> bool:
+    """Whether an estimate at a shorter step shows f's truncation: it is smooth, its differences
+    standing above its round-off (shrinking like h^2, as a smooth f's do) and below the rough ones'."""
+    return not shorter.rough and 2 * shorter.roundoff < shorter.difference < rough.difference
+
+
+def _straight_inside_a_kink(shorter: _Estimate, rough: _Estimate) -> bool:
+    """Whether f is straight at a shorter step (its differences within round-off) and bends within
+    the rough one's by more than a stair of its rounding could: a kink there.  Within a stair f
+    is straight too: a GELU's 0.5 x (1 + tanh(z)) keeps 1 + tanh(z) over a few steps, then jumps
+    an ulp of 1 (x ~ -6.9: D(h) 6.7e-16, straight at shorter steps, where the gradient is -5.4e-14;
+    D(2h) one stair, ~4e-16 over the step, off)."""
+    return (not shorter.rough and not shorter.difference > 2 * shorter.roundoff
+            and rough.difference > rough.stair)
+
+
+def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference, noise, unit_step,
+                         shorter_steps=True):
     """_derivative at the step eps, and, while its bound is loose next to the gradient's size
     (reference), again at longer steps: f's round-off in a difference shrinks as 1/step.  The step
     grows STEP_GROWTH-fold, or (at most MAX_JUMP-fold) towards where the round-off would be small.
@@ -67,20 +110,23 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
     the point a function need not behave as near it, and there the bound would mean nothing.  With
     no gradient to measure against (reference 0: analytic zero over the whole input), the step
     grows at most to an absolute 1 (unit_step, in steps), enough to show a gradient that is not zero.
-    No bound below the analytic gradient's own round-off (noise) is sought.
+    No bound below the analytic gradient's own round-off (noise) is sought.  shorter_steps: whether
+    a rough estimate may look for f's shape at shorter steps (_smooth_at_shorter_steps): not once
+    the input's FAIL is confirmed (checker.py), as in _shortened.
     Returns (estimate, whether a longer step was kept)."""
     best, step, longer = _derivative(evaluate, move, eps, richardson, good_enough), eps, False
+    # No longer steps from a rough estimate (its differences at h, 2h, 4h did not shrink like h^2)
+    # where shorter steps show f varying within the step (_smooth_at_shorter_steps): at a step 100x
+    # longer its differences only alias.  sum(sin(k x)) at k h ~ 1 (D(h) -84, bound 169) was taken
+    # at k h ~ 100, where D(h), D(2h), D(4h) happened to shrink like h^2, and its estimate 0.57,
+    # agreeing with -84 within that bound, FAILed the right gradient, -4109.  Where they show f
+    # rounding instead, longer steps resolve it: a GELU's far left tail, rough at eps (-2.4e-13,
+    # bound 1.2e-13), is smooth at a step 100x longer (-3.74e-13 of -3.81e-13)
+    if best.rough and shorter_steps:
+        shorter = _smooth_at_shorter_steps(evaluate, move, best, richardson, good_enough)
+        if shorter is not None:
+            return shorter, False
     for _ in range(MAX_GROWTHS):
-        # No longer steps from a rough estimate (its differences at h, 2h, 4h did not shrink like
-        # h^2) whose bound does not resolve its own value: nothing for a longer step to agree with.
-        # f may vary within the step, and at a step 100x longer its differences only alias:
-        # sum(sin(k x)) at k h ~ 1 (D(h) -84, bound 169) was taken at k h ~ 100, where D(h), D(2h),
-        # D(4h) happened to shrink like h^2, and its estimate 0.57, agreeing with -84 within that
-        # bound, FAILed the right gradient, -4109; shorter steps resolve it (_shortened).  A rough
-        # estimate that does resolve its value is f rounding beyond the model (a cancellation:
-        # sqrt(x^2 + 1) - 1 at x ~ 1e-5), which longer steps resolve
-        if best.rough and np.isfinite(best.bound) and not best.bound <= UNRESOLVED * abs(best.value):
-            break
         if reference > 0:
             if best.bound <= max(LOOSE_BOUND * reference, noise):
                 break
@@ -129,10 +175,7 @@ def _shortened(evaluate, move, estimate, richardson, good_enough, shortest_rough
     by f's rounding (exp(x) - 1 at tiny x) is not replaced by one that looks smooth by chance at a
     step far shorter, where the rounding is larger still."""
     best = estimate
-    step, rough_left, rough_difference = estimate.step, MAX_ROUGH_SHORTENINGS, estimate.difference
-
-    def unresolved_rough(e):
-        return e.rough and not e.bound <= ROUGH_RESOLVED * abs(e.value)
+    step, rough_left = estimate.step, MAX_ROUGH_SHORTENINGS
     for _ in range(MAX_SHORTENINGS + MAX_ROUGH_SHORTENINGS):
         # (a rough estimate too: differences that do not shrink like h^2 at h, 2h, 4h may be f
         # bending within those steps, smooth at shorter ones)
@@ -150,16 +193,6 @@ def _shortened(evaluate, move, estimate, richardson, good_enough, shortest_rough
             break
         if attempt.rough and rough_level and shortest_rough < step and rough_left > 1:
             rough_left -= 1       # still rough: shorter yet (the rough estimate stands meanwhile)
-            continue
-        if attempt.rough and unresolved_rough(best) and rough_left > 1 and (
-                rough_level or attempt.difference < rough_difference):   # (at the spread's step: on)
-            # still rough where the rough estimate resolves nothing (ROUGH_RESOLVED): shorter yet,
-            # past the spread's scale, SHORTEN times each time, while the differences shrink.  f
-            # may vary on a scale shorter than both: sum(sin(k x)) with k h ~ 1 is smooth only at
-            # k h << 1, and stopped at the spread's step its rough bound let a gradient 10% off
-            # pass.  Differences made by f's rounding grow as the step shrinks, and there a shorter
-            # step that looks smooth does so by chance (sqrt(x^2 + 1) - 1 at x ~ 1e-5)
-            rough_left, rough_difference = rough_left - 1, attempt.difference
             continue
         # a rough estimate's bound means little (its differences did not shrink like h^2): a smooth
         # one at a step shortened towards the spread replaces it
@@ -195,6 +228,13 @@ def _left_domain_error(error: _LeftDomain, name: str, where: str, eps: float) ->
         f"either side of it.  Check at a point farther from the edge of fn's domain, or give a smaller eps")
 
 
+def _stair_rounding(f0, stair) -> float:
+    """The highest stair that is a rounding of f (a few units in the last place of f, or of the 1 a
+    cancellation inside f works against: 1 + exp(s) is 1 + 2.2e-16 at its stair), by a stair `stair`
+    high from f0."""
+    return ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(1.0, abs(f0), abs(f0) + stair)
+
+
 def _central(evaluate, move, t):
     """(D(t), the larger |f| of the two evaluations, the real distance between the two points)."""
     try:
@@ -220,11 +260,12 @@ def _derivative(evaluate, move, eps, richardson, good_enough, test_smoothness=Fa
     d2, size2, _ = _central(evaluate, move, 2 * eps)
     if width == 0:
         return _Estimate(0.0, np.inf, np.inf, False, True, eps, np.inf)
+    stair = _stair_rounding(max(size1, size2), 0.0) / abs(width)
     roundoff = max(2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(size1, size2) / abs(width), rounding / eps)   # of D(h)
     plain_bound = abs(d1 - d2) + roundoff      # 3x D(h)'s truncation estimate, plus its round-off
     if not test_smoothness and (richardson is False or (richardson is None and (
             abs(d1 - d2) <= roundoff or plain_bound <= good_enough))):
-        return _Estimate(d1, plain_bound, roundoff, False, False, eps, abs(d1 - d2))
+        return _Estimate(d1, plain_bound, roundoff, False, False, eps, abs(d1 - d2), stair=stair)
     d4, size4, _ = _central(evaluate, move, 4 * eps)
     roundoff = max(roundoff, 2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * size4 / abs(width))
     r1, r2 = (4 * d1 - d2) / 3, (4 * d2 - d4) / 3
@@ -234,5 +275,5 @@ def _derivative(evaluate, move, eps, richardson, good_enough, test_smoothness=Fa
     growth = abs(d2 - d4) / max(abs(d1 - d2), TINY)
     smooth = abs(d1 - d2) <= 2 * roundoff or 2.5 <= growth <= 6.4
     if richardson is True or (richardson is None and smooth and rich_bound < plain_bound):
-        return _Estimate(r1, rich_bound, 1.5 * roundoff, True, not smooth, eps, abs(d1 - d2))
-    return _Estimate(d1, plain_bound, roundoff, False, not smooth, eps, abs(d1 - d2))
+        return _Estimate(r1, rich_bound, 1.5 * roundoff, True, not smooth, eps, abs(d1 - d2), stair=stair)
+    return _Estimate(d1, plain_bound, roundoff, False, not smooth, eps, abs(d1 - d2), stair=stair)

@@ -11,7 +11,8 @@ import math
 import numpy as np
 
 from .constants import ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF, UNRESOLVED
-from .derivative import _central, _derivative, _Estimate, _evaluate_within_domain, _LeftDomain, _longer_step_kept
+from .derivative import (_central, _derivative, _Estimate, _evaluate_within_domain, _LeftDomain, _longer_step_kept,
+                         _stair_rounding)
 
 
 # A probe that fails is measured again (_steadiness_checked): f's rounding is estimated from its
@@ -282,13 +283,6 @@ def _stair_between_rungs(rungs, factor, value, width, roundoff, at_point) -> boo
     jump = abs(value - rungs[shorter])
     return jump > truncation + roundoff / factor + roundoff / shorter \
         and jump * abs(width) <= _stair_rounding(at_point(), jump * abs(width))
-
-
-def _stair_rounding(f0, stair) -> float:
-    """The highest stair that is a rounding of f (a few units in the last place of f, or of the 1 a
-    cancellation inside f works against: 1 + exp(s) is 1 + 2.2e-16 at its stair), by a stair `stair`
-    high from f0."""
-    return ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(1.0, abs(f0), abs(f0) + stair)
 
 
 def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False, slope=0.0) -> bool:

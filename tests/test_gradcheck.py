@@ -1,12 +1,13 @@
 """The public gradient checker: scale-aware bounds, directional probes, an honest report."""
 import importlib
 import re
+import warnings
 
 import numpy as np
 import pytest
 
 from npllama import Llama, LlamaConfig, check_op, gradcheck, use_backend
-from npllama.gradcheck import InputReport, draw_dout
+from npllama.gradcheck import InputReport, draw_dout, fitted_factor
 from npllama.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from npllama.ops.softmax import softmax_backward, softmax_forward
 
@@ -2372,3 +2373,15 @@ def test_a_right_gelu_in_the_left_tail_rough_at_the_step_by_its_rounding_passes(
     # (its bound there is a few % of the gradient, said in a note: 1.01x passes; 0.9x does not)
     for wrong in (_gelu_missing_the_tanh_term(np.ones_like(x), _tanh_gelu_forward(x)[1]), 0.9 * right):
         assert gradcheck(gelu_sum, [x], [wrong], seed=seed).inputs[0].status != "ok"
+
+
+@pytest.mark.parametrize("size", [1e300, 1e-300])
+def test_fitted_factor_of_gradients_near_the_ends_of_float64_neither_overflows_nor_underflows(size):
+    # the least squares summed squares of the entries: (1e300)^2 overflowed (a RuntimeWarning, and
+    # inf / inf = nan), (1e-300)^2 underflowed to 0 (None, as if expected were zero)
+    expected = size * np.array([1.0, -2.0, 3.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fitted_factor(2.5 * expected, expected) == pytest.approx(2.5)
+        assert fitted_factor(-expected, expected, weight=np.array([1.0, 0.0, 2.0])) == pytest.approx(-1.0)
+    assert fitted_factor(expected, np.zeros(3)) is None

@@ -14,15 +14,24 @@ import numpy as np
 
 def fitted_factor(got, expected, weight=None) -> float | None:
     """The c for which c * expected comes closest to got: least squares, each entry's residual
-    weighted by `weight` (1 by default).  None when expected is zero wherever it weighs.  Whether
-    c * expected explains got is the caller's to judge, by its own tolerance (the exercise checker's
-    diagnosis norm-wise, gradcheck's report entry by entry within its bounds)."""
+    weighted by `weight` (1 by default).  None when expected is zero wherever it weighs, or either
+    is not finite there.  Whether c * expected explains got is the caller's to judge, by its own
+    tolerance (the exercise checker's diagnosis norm-wise, gradcheck's report entry by entry within
+    its bounds)."""
     got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
     weight = np.ones_like(expected) if weight is None else np.asarray(weight, dtype=np.float64)
-    denominator = float(np.sum((weight * expected) ** 2))
-    if denominator == 0.0 or not np.isfinite(denominator):
+    weighted_got, weighted_expected = weight * got, weight * expected
+    # each scaled by its largest entry before the squares and products, which overflow for
+    # gradients ~1e300 (and underflow to 0 for ~1e-300, as if expected were zero)
+    got_scale = float(np.max(np.abs(weighted_got), initial=0.0))
+    expected_scale = float(np.max(np.abs(weighted_expected), initial=0.0))
+    if expected_scale == 0.0 or not np.isfinite(expected_scale) or not np.isfinite(got_scale):
         return None
-    return float(np.sum(weight**2 * got * expected)) / denominator
+    if got_scale == 0.0:
+        return 0.0
+    unit_expected = weighted_expected / expected_scale
+    correlation = float(np.sum(weighted_got / got_scale * unit_expected)) / float(np.sum(unit_expected**2))
+    return got_scale / expected_scale * correlation
 
 
 # The most entries a FAIL's pattern note lists by index

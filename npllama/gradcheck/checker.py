@@ -88,7 +88,8 @@ class _Probes:
         # shown right unless it is tight (ROUGH_RESOLVED).  sum(sin(k x)) with k h ~ 1 passed a
         # gradient 10% off inside 0.48 of it, and an all-zero one inside 1.08, where the check has
         # no other gradient and its bound was relative to nothing
-        rough_and_loose = (estimate.rough and not estimate.kink and not failing
+        # (a kink at the point marks its estimate rough only when it fails: _kink_checked)
+        rough_and_loose = (estimate.rough and not failing
                            and not estimate.bound <= ROUGH_RESOLVED * reference)
         self.unresolved.append(estimate.unsteady or bool(estimate.between) or rough_and_loose
                                or ((reference > 0 or coarse > 0) and not estimate.bound <= resolution))

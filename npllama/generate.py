@@ -412,25 +412,24 @@ def nucleus(probs: np.ndarray, top_p: float, first_guess: int = 64) -> np.ndarra
     reach top_p -- what a full stable sort of the vocabulary would give, found by sorting only
     the few most probable: np.argpartition picks the `n` largest, and everything tied with the
     n-th joins them so the cut never splits a tie arbitrarily; if their mass falls short of
-    top_p, n doubles.  Ids of probability 0 (cut by top_k) are never candidates: the others hold
-    all the mass, and with them the n-th largest would be 0 and the whole vocabulary sorted.
+    top_p, n doubles.  Only the candidates above the n-th are sorted: those tied with it are
+    equally likely, so their order is the order of their ids, which they already have (a flat
+    row, the whole vocabulary tied, sorts nothing).  Ids of probability 0 (cut by top_k) are
+    never candidates: the others hold all the mass, and with them the n-th largest would be 0.
     A sum short of top_p by rounding only (under NUCLEUS_ROUNDING) reaches it:
     [0.7, 0.2, 0.1] at top_p 0.9 is two ids, though 0.7 + 0.2 is 0.8999999999999999 in floats."""
     top_p = top_p - NUCLEUS_ROUNDING
     possible = np.flatnonzero(probs > 0)
+    chances = probs[possible]
     n = min(first_guess, possible.size)
     while True:
-        if n >= possible.size:
-            candidates = possible
-        else:
-            chances = probs[possible]
-            threshold = chances[np.argpartition(chances, possible.size - n)[possible.size - n]]
-            candidates = possible[chances >= threshold]
-        order = candidates[np.lexsort((candidates, -probs[candidates]))]   # by probability, then id
+        threshold = chances[np.argpartition(chances, possible.size - n)[possible.size - n]]   # the n-th largest
+        above, tied = possible[chances > threshold], possible[chances == threshold]   # each in id order
+        order = np.concatenate([above[np.lexsort((above, -probs[above]))], tied])   # by probability, then id
         cumulative = np.cumsum(probs[order])
-        if cumulative[-1] >= top_p or len(candidates) == possible.size:
+        if cumulative[-1] >= top_p or order.size == possible.size:
             return order[: int(np.searchsorted(cumulative, top_p)) + 1]
-        n *= 2
+        n = min(2 * n, possible.size)
 
 
 def stream_text(tokenizer, prompt_ids: Sequence[int], write: Callable[[str], None],

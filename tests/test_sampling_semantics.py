@@ -137,27 +137,58 @@ def test_top_k_0_and_top_p_1_cut_nothing_as_in_transformers_generate():
     assert draws == [sample_next(logits, 0.8, None, None, np.random.default_rng(s)) for s in range(5)]
 
 
+@pytest.fixture
+def sizes(monkeypatch):
+    """The length of every array npllama.generate sorts (sizes["sorted"]: np.lexsort, np.argsort,
+    np.sort) and partitions (sizes["partitioned"]: np.argpartition), in order."""
+    from npllama import generate as generation
+
+    sizes = {"sorted": [], "partitioned": []}
+    for name, kind in [("lexsort", "sorted"), ("argsort", "sorted"), ("sort", "sorted"),
+                       ("argpartition", "partitioned")]:
+        real = getattr(np, name)
+
+        def recording(keys, *args, _real=real, _kind=kind, **kwargs):
+            sizes[_kind].append(np.shape(keys)[-1])
+            return _real(keys, *args, **kwargs)
+        monkeypatch.setattr(generation.np, name, recording)
+    return sizes
+
+
 @pytest.mark.parametrize("top_k", [None, 40])
-def test_the_nucleus_sorts_only_the_few_most_probable_ids_even_after_top_k(top_k, monkeypatch):
+def test_the_nucleus_sorts_only_the_few_most_probable_ids_even_after_top_k(top_k, sizes):
     """nucleus promises a partial sort (np.argpartition, then a sort of the candidates, doubled
     until they hold top_p), not a sort of the vocabulary: at most twice the nucleus (or the first
     guess, 64) is sorted.  After top_k most ids have probability 0: they are never needed (the
-    others hold all the mass) and must not join the candidates."""
-    from npllama import generate as generation
-
-    sorted_sizes = []
-    for name in ("lexsort", "argsort", "sort"):
-        real = getattr(np, name)
-
-        def recording(keys, *args, _real=real, **kwargs):
-            sorted_sizes.append(np.shape(keys)[-1])
-            return _real(keys, *args, **kwargs)
-        monkeypatch.setattr(generation.np, name, recording)
+    others hold all the mass) and must not join the candidates, nor the partition that finds
+    them (numpy's partition of a row of mostly equal values, the zeros, is slow)."""
     logits = np.random.default_rng(0).standard_normal(32000) * 3
     probs = next_token_probs(logits, 1.0, top_k=top_k, top_p=0.9)
     kept = np.count_nonzero(probs)
     assert 0 < kept <= (top_k or 32000)
-    assert sorted_sizes and max(sorted_sizes) <= 2 * max(64, kept), (kept, sorted_sizes)
+    assert sizes["sorted"] and max(sizes["sorted"]) <= 2 * max(64, kept), (kept, sizes)
+    if top_k is not None:
+        assert max(sizes["partitioned"], default=0) <= top_k, sizes
+
+
+@pytest.mark.parametrize("above", [0, 3, 100])
+@pytest.mark.parametrize("top_k", [None, 40])
+def test_ids_tied_with_the_nucleus_cut_are_counted_not_sorted(above, top_k, sizes):
+    """A flat row (an untrained or zeroed head), or a few likely ids above a flat rest: the cut
+    falls inside a run of tied ids as long as the vocabulary.  They are all equally likely, so
+    their order (lower id first) is known without sorting them: only the ids above the tie are
+    sorted -- and the nucleus is still the one a full stable sort of the vocabulary gives.
+    (top_k 40 keeps every id tied with the 40th: the whole flat rest.)"""
+    vocab = 32000
+    logits = np.zeros(vocab)
+    logits[np.random.default_rng(above).choice(vocab, above, replace=False)] = \
+        1 + np.arange(above) / max(above, 1)
+    probs = next_token_probs(logits, 1.0, top_k=top_k, top_p=0.9)
+    assert max(sizes["sorted"], default=0) <= 2 * max(64, above), sizes
+    before = next_token_probs(logits, 1.0, top_k=top_k)
+    order = np.argsort(-before, kind="stable")
+    nucleus = order[: int(np.searchsorted(np.cumsum(before[order]), 0.9 - 1e-12)) + 1]
+    np.testing.assert_array_equal(np.flatnonzero(probs), np.sort(nucleus))
 
 
 def textbook_probs(logits, temperature, top_k=None, top_p=None):

@@ -300,18 +300,24 @@ def _decoder(model, batch_size: int, max_length: int, threads: int | None = None
     return lambda tokens: model.forward_step(tokens, cache)
 
 
-def sample_next(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
-                rng: np.random.Generator, *, repetition_penalty: float = 1.0,
+def sample_next(logits: np.ndarray, temperature: float, top_k: int | None = None, top_p: float | None = None,
+                rng: np.random.Generator | None = None, *, repetition_penalty: float = 1.0,
                 previous: Sequence[int] = (), vocab_size: int | None = None) -> int:
-    """One token id from a (vocab,) row of logits, drawn from `next_token_probs`'s distribution.
+    """One token id from a (vocab,) row of logits, drawn from `next_token_probs`'s distribution
+    (the same arguments, and rng).
 
     logits: finite, or -inf for an id never to draw (transformers' mask); NaN and +inf are refused.
+    rng: the numpy Generator to draw with (np.random.default_rng(seed) for repeatable draws);
+        None: a fresh one, as generate's seed None.
     previous: the ids so far, which repetition_penalty (> 1 discourages them) applies to.
     vocab_size: only ids below it may be chosen (None: all).
     """
     _check_row(logits, temperature, top_k, top_p, repetition_penalty, vocab_size, previous)
+    if rng is None:
+        rng = np.random.default_rng()
     if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+        raise TypeError(f"rng must be None or a numpy Generator (np.random.default_rng(seed)), "
+                        f"got {type(rng).__name__}")
     return _sample(np.asarray(logits), temperature, top_k, top_p, rng, repetition_penalty=repetition_penalty,
                    previous=previous, vocab_size=vocab_size)
 

@@ -137,6 +137,25 @@ def test_top_k_0_and_top_p_1_cut_nothing_as_in_transformers_generate():
     assert draws == [sample_next(logits, 0.8, None, None, np.random.default_rng(s)) for s in range(5)]
 
 
+def test_sample_next_takes_the_knobs_as_next_token_probs_does():
+    """One signature for the filter's two faces: top_k and top_p default to None (no cut) in both,
+    so sample_next(logits, 0.8, rng=rng) draws from next_token_probs(logits, 0.8); the positional
+    form (logits, temperature, top_k, top_p, rng) still works; rng None draws fresh randomness,
+    as generate's seed None does."""
+    import inspect
+
+    sampling, probs = inspect.signature(sample_next).parameters, inspect.signature(next_token_probs).parameters
+    assert [sampling[name].default for name in ("top_k", "top_p")] == [probs[name].default for name in
+                                                                      ("top_k", "top_p")] == [None, None]
+    logits = np.random.default_rng(1).standard_normal(7)
+    by_keyword = [sample_next(logits, 0.8, rng=np.random.default_rng(s)) for s in range(20)]
+    assert by_keyword == [sample_next(logits, 0.8, None, None, np.random.default_rng(s)) for s in range(20)]
+    assert sample_next(logits, 1.0, top_p=1e-9, rng=np.random.default_rng(0)) == int(np.argmax(logits))
+    assert len({sample_next(logits, 1.0) for _ in range(60)}) > 1     # no rng: a fresh generator each call
+    with pytest.raises(TypeError, match="rng must be None or a numpy Generator"):
+        sample_next(logits, 1.0, rng=0)
+
+
 @pytest.fixture
 def sizes(monkeypatch):
     """The length of every array npllama.generate sorts (sizes["sorted"]: np.lexsort, np.argsort,
@@ -225,7 +244,6 @@ def test_sample_next_draws_from_the_filtered_distribution(knobs):
     expected = textbook_probs(logits, **knobs)
     np.testing.assert_allclose(next_token_probs(logits, **knobs), expected, rtol=0, atol=1e-12)
     rng, n = np.random.default_rng(7), 20000
-    knobs = dict(dict(top_k=None, top_p=None), **knobs)
     counts = np.bincount([sample_next(logits, rng=rng, **knobs) for _ in range(n)], minlength=logits.size)
     kept = expected > 0
     assert counts[~kept].sum() == 0, counts
@@ -249,4 +267,4 @@ def test_bad_knobs_are_refused_naming_the_argument_and_its_range(knobs, match):
     with pytest.raises(ValueError, match=match):
         next_token_probs(logits, **knobs)
     with pytest.raises(ValueError, match=match):
-        sample_next(logits, rng=np.random.default_rng(0), **dict(dict(top_k=None, top_p=None), **knobs))
+        sample_next(logits, rng=np.random.default_rng(0), **knobs)

@@ -75,6 +75,8 @@ def test_a_flag_about_the_built_in_data_or_about_data_files_is_refused_where_it_
 @pytest.mark.parametrize("argv, words", [
     (["generate", "--temperature", "0", "--top-k", "5"], "--top-k would be ignored: --temperature 0 is greedy"),
     (["generate", "--temperature", "0", "--top-p", "0.9"], "--top-p would be ignored"),
+    (["generate", "--temperature", "0", "--top-k", "0", "--top-p", "0.9"], "error: --top-p would be ignored"),
+    (["chat", "--temperature", "0", "--top-k", "3", "--top-p", "1"], "error: --top-k would be ignored"),
     (["chat", "--temperature", "0", "--top-k", "5", "--top-p", "0.9"], "--top-k and --top-p would be ignored"),
     (["generate", "--temperature", "0", "--num-samples", "3"], "would print the same greedy text 3 times"),
 ])
@@ -82,6 +84,20 @@ def test_sampling_flags_that_greedy_decoding_ignores_are_refused(argv, words, ca
     """--temperature 0 takes the most likely token, which any top-k or top-p cut keeps: the cut
     did nothing, and --num-samples printed one text N times, without a word."""
     assert words in one_line_error(argv, capsys)
+
+
+@pytest.mark.parametrize("neutral", [["--top-k", "0"], ["--top-p", "1"], ["--top-k", "0", "--top-p", "1.0"]])
+def test_greedy_decoding_accepts_the_flags_values_that_cut_nothing(small_model_dir, neutral, capsys):
+    """--top-k 0 and --top-p 1 cut nothing (as in transformers' generate): beside --temperature 0
+    they change nothing and ignore nothing -- a script that passes --top-k 0 to turn off a cut
+    must not be refused when it asks for greedy text -- and the text is the greedy one."""
+    argv = ["generate", "--model", str(small_model_dir), "--prompt", "Once", "--max-new-tokens", "5",
+            "--temperature", "0"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    greedy = capsys.readouterr().out
+    assert main(argv + neutral) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out == greedy
 
 
 def test_train_refuses_samples_under_the_masked_lm_objective_which_prints_none(tmp_path, capsys):

@@ -133,7 +133,9 @@ def check_sampling_options(args) -> None:
     _check_threads(args)
     _check_args(args, check_generation_args)
     if args.temperature == 0:   # greedy: the most likely token, whatever the cut-offs keep with it
-        ignored = [flag for flag, value in (("--top-k", args.top_k), ("--top-p", args.top_p)) if value is not None]
+        # --top-k 0 and --top-p 1 cut nothing (next_token_probs): given, they ignore nothing
+        ignored = [flag for flag, value, no_cut in (("--top-k", args.top_k, 0), ("--top-p", args.top_p, 1))
+                   if value is not None and value != no_cut]
         if ignored:
             raise UsageError(f"{' and '.join(ignored)} would be ignored: --temperature 0 is greedy decoding (the "
                              f"most likely token, always kept by {'them' if len(ignored) > 1 else 'it'}); leave "

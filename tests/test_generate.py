@@ -40,7 +40,10 @@ def test_greedy_is_deterministic_and_sampling_is_seeded(model):
     assert any(generate(model, prompt, 15, temperature=1.0, seed=s) != a for s in range(8, 12))
 
 
-def test_top_k_1_and_tiny_top_p_are_greedy(model):
+def test_top_k_1_and_tiny_top_p_are_greedy_on_logits_without_ties(model):
+    """A random model's logits have no ties.  With a tie at the top, top_k=1 samples among the
+    tied ids, as transformers' does (tests/test_sampling_semantics.py); a tiny top_p still takes
+    the lower id, as greedy does (test_ties_at_the_top_p_cut_go_to_the_lower_ids)."""
     prompt = [2, 9, 4]
     greedy = generate(model, prompt, 12, temperature=0)
     assert generate(model, prompt, 12, temperature=1.3, top_k=1, seed=3) == greedy

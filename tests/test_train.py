@@ -601,7 +601,7 @@ def test_masked_lm_masks_are_drawn_from_the_runs_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(objectives.MaskedLMBatches, "for_tokenizer",
                         staticmethod(lambda loader, tokenizer, seed: seen.append(seed) or real(loader, tokenizer, seed)))
     train(TrainConfig(out=str(tmp_path / "run"), steps=1, objective="mlm", seed=7, **FAST), echo=quiet)
-    assert seen == [7]
+    assert seen == [7, 7]   # the training batches' masks, then the held-out ones (objectives.masked_held_out)
 
 
 def test_train_help_names_everything_the_seed_draws(capsys):

@@ -47,7 +47,7 @@ def test_the_speed_line_keeps_the_first_tokens_wait_apart_from_the_rate():
 
 @pytest.mark.parametrize("flag, value, message", [
     ("--temperature", "-1", "--temperature must be a finite number"),
-    ("--top-k", "0", "--top-k must be a positive integer"),
+    ("--top-k", "-1", "--top-k must be an integer >= 0 (0 = no cut)"),
     ("--top-p", "2", "--top-p must be in (0, 1]"),
     ("--repetition-penalty", "0", "--repetition-penalty must be a finite number > 0"),
     ("--max-new-tokens", "0", "--max-new-tokens must be a positive integer"),

@@ -81,21 +81,63 @@ def test_perplexity_of_a_masked_lm_model_points_to_eval_mlm_and_back(models, sma
     assert "causal model" in err and f"npllama eval perplexity --model {small_model_dir}" in err, err
 
 
-def test_on_a_runs_held_out_text_it_gives_the_validation_loss_the_run_logged(tmp_path, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def mlm_run(tmp_path_factory):
+    """(run folder, its held-out text, the validation loss it logged): an `npllama train --objective mlm`
+    run that scored all of its held-out text (--eval-batches 0), with a checkpoint of its last step."""
     from npllama.corpus import make_default_corpus
     from npllama.train import TrainConfig, train
 
-    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
-    (tmp_path / "train.txt").write_text("\n\n".join(make_default_corpus(200, seed=0)))
-    (tmp_path / "held_out.txt").write_text("\n\n".join(make_default_corpus(6, seed=9)))
-    train(TrainConfig(out=str(tmp_path / "run"), data=str(tmp_path / "train.txt"),
-                      val_data=str(tmp_path / "held_out.txt"), objective="mlm", preset="stories260k", vocab_size=360, batch_size=3, seq_len=24, steps=1,
-                      eval_every=0, eval_batches=0, checkpoint_every=0, samples=0, progress=False, seed=4),
-          echo=lambda *a: None)
-    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    folder = tmp_path_factory.mktemp("mlm_run")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("NPLLAMA_RUNS", str(folder / "runs"))
+        (folder / "train.txt").write_text("\n\n".join(make_default_corpus(200, seed=0)))
+        (folder / "held_out.txt").write_text("\n\n".join(make_default_corpus(6, seed=9)))
+        train(TrainConfig(out=str(folder / "run"), data=str(folder / "train.txt"),
+                          val_data=str(folder / "held_out.txt"), objective="mlm", preset="stories260k", vocab_size=360,
+                          batch_size=3, seq_len=24, steps=1, eval_every=0, eval_batches=0, checkpoint_every=1,
+                          samples=0, progress=False, seed=4),
+              echo=lambda *a: None)
+    logged = [json.loads(line) for line in (folder / "run" / "log.jsonl").read_text().splitlines()]
     val_loss = [r["val_loss"] for r in logged if "val_loss" in r][-1]
-    # the run's --seq-len, --batch-size and --seed; its --doc-separator is read from the run
-    assert main(["eval", "mlm", "--model", str(tmp_path / "run"), "--data", str(tmp_path / "held_out.txt"),
-                 "--context", "24", "--batch-size", "3", "--seed", "4", "--json", "--no-progress"]) == 0
-    record = json.loads(capsys.readouterr().out)
+    return folder / "run", folder / "held_out.txt", val_loss
+
+
+def eval_mlm_json(capsys, *argv) -> dict:
+    assert main(["eval", "mlm", *argv, "--json", "--no-progress"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_on_a_runs_held_out_text_it_gives_the_validation_loss_the_run_logged(mlm_run, capsys):
+    run, held_out, val_loss = mlm_run
+    # the run's --seq-len, --batch-size and --seed given; its --doc-separator is read from the run
+    record = eval_mlm_json(capsys, "--model", str(run), "--data", str(held_out), "--context", "24", "--batch-size",
+                           "3", "--seed", "4")
     assert record["mean_loss"] == pytest.approx(val_loss, rel=1e-5) and record["documents"] == 6, (record, val_loss)
+
+
+@pytest.mark.parametrize("as_given", ["run", "run/model", "run/checkpoint", "run/checkpoint/model"])
+def test_with_no_flags_a_runs_model_is_scored_with_the_runs_settings_its_logged_validation_loss(
+        mlm_run, capsys, as_given):
+    """As `eval sop` takes its settings from the run: --context (the run's --seq-len), --batch-size and
+    --seed default to the run's, so a run's model on its held-out text gives the loss it logged."""
+    run, held_out, val_loss = mlm_run
+    model = run.parent / as_given
+    record = eval_mlm_json(capsys, "--model", str(model), "--data", str(held_out))
+    assert record["mean_loss"] == pytest.approx(val_loss, rel=1e-5), (record, val_loss)
+    assert (record["context"], record["batch_size"], record["seed"]) == (24, 3, 4)
+    assert record["settings_of_the_run"] == ["context", "batch_size", "seed", "doc_separator"]
+    assert main(["eval", "mlm", "--model", str(model), "--data", str(held_out), "--no-progress"]) == 0
+    line = capsys.readouterr().out
+    assert "(--seed 4)" in line and "--context, --batch-size and --seed as the run was trained" in line, line
+    # a flag given is taken over the run's, the others still the run's
+    record = eval_mlm_json(capsys, "--model", str(model), "--data", str(held_out), "--seed", "5")
+    assert record["seed"] == 5 and record["settings_of_the_run"] == ["context", "batch_size", "doc_separator"]
+    assert (record["context"], record["batch_size"]) == (24, 3) and record["mean_loss"] != pytest.approx(val_loss)
+
+
+def test_a_folder_no_run_saved_is_scored_with_the_fixed_defaults(models, capsys):
+    folder, mlm, _ = models
+    record = eval_mlm_json(capsys, "--model", str(folder / "mlm"), "--data", str(folder / "held_out.txt"))
+    assert record["settings_of_the_run"] == [] and record["documents"] is None
+    assert (record["context"], record["batch_size"], record["seed"]) == (mlm.config.max_position_embeddings, 8, 0)

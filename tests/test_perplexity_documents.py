@@ -118,3 +118,18 @@ def test_a_marker_the_file_never_holds_is_said(small_model_dir, tmp_path, capsys
     only_markers.write_text("<END>\n\n<END> <END>\n")
     status, _, err = eval_perplexity(capsys, "--model", str(run), "--data", str(only_markers))
     assert status == 2 and "no document" in err and "<END>" in err
+
+
+def test_a_runs_settings_that_cannot_be_read_are_an_error_unless_the_flags_they_give_are_given(
+        small_model_dir, tmp_path, capsys):
+    """Not silently read as a folder no run saved (the text whole, another number than training's):
+    the file and its problem are named, with the flags that make the settings unneeded."""
+    run = run_folder(small_model_dir, tmp_path, "line")
+    (run / "train_config.json").write_text(json.dumps({"doc_separator": "line", "seq_len": 16, "colour": "red"}))
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_bytes(HELD_OUT.encode("utf-8"))
+    status, _, err = eval_perplexity(capsys, "--model", str(run), "--data", str(held_out))
+    assert status == 2 and "train_config.json" in err and "colour" in err and "give it" in err, err
+    assert "--doc-separator" in err and len(err.strip().splitlines()) == 1, err
+    status, out, _ = eval_perplexity(capsys, "--model", str(run), "--data", str(held_out), "--doc-separator", "line")
+    assert status == 0 and "documents cut at every line;" in out, out

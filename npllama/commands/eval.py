@@ -76,16 +76,18 @@ def register(subparsers) -> None:
                     "training does (80% <mask>, 10% a random token, 10% kept; the draws from --seed alone, so "
                     "every run gives the same numbers), and report the masked tokens, the mean cross-entropy over "
                     "them (nats) and the share the model fills in right (its most likely token). With the run's "
-                    "--seq-len, --batch-size and --seed on its held-out text the loss is the validation loss "
-                    "training reports.", formatter_class=HelpFormatter)
+                    "--seq-len (as --context), --batch-size, --seed and --doc-separator -- the defaults, read from "
+                    "its train_config.json, when --model is an `npllama train --objective mlm` run -- its held-out "
+                    "text gives the validation loss training logged (all of it scored: --eval-batches 0).",
+        formatter_class=HelpFormatter)
     mlm.add_argument("--model", default=None, help="a masked-LM run folder or Hugging Face folder with its "
                      "tokenizer (default: the latest `npllama train` run)")
     mlm.add_argument("--data", required=True, help="a UTF-8 text file")
-    mlm.add_argument("--context", type=int, default=None, help="tokens per window (default: the model's "
-                     "max_position_embeddings)")
-    mlm.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (the masks drawn "
-                     "depend on it, as in training)")
-    mlm.add_argument("--seed", type=int, default=0, help="seed of the masks")
+    mlm.add_argument("--context", type=int, default=None, help="tokens per window (default: the run's --seq-len "
+                     "when --model is an `npllama train` run, else the model's max_position_embeddings)")
+    mlm.add_argument("--batch-size", type=int, default=None, help="windows per forward pass; the masks drawn "
+                     "depend on it, as in training (default: the run's --batch-size, else 8)")
+    mlm.add_argument("--seed", type=int, default=None, help="seed of the masks (default: the run's --seed, else 0)")
     mlm.add_argument("--doc-separator", default=None, metavar="blank-line|line|marker:TEXT|whole-file",
                      help="as for perplexity (default: the run's own when --model is an `npllama train` run, "
                           "else none)")
@@ -135,7 +137,7 @@ def _held_out_text(args, least_context: int) -> str:
     is loaded)."""
     from . import UsageError
 
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.context is not None and args.context < least_context:
         raise UsageError(f"--context must be at least {least_context}, got {args.context}")
@@ -157,18 +159,76 @@ def _held_out_text(args, least_context: int) -> str:
     return text
 
 
-def _windows_of(args, model, model_dir) -> tuple[str | None, bool]:
-    """(the --doc-separator to cut the text with, whether it is the run's own), once --context is
-    checked against the model's context."""
+def _check_context(context: int | None, model) -> None:
     from . import UsageError
 
-    if args.context is not None and args.context > model.config.max_position_embeddings:
-        raise UsageError(f"--context {args.context} is longer than the model's context "
+    if context is not None and context > model.config.max_position_embeddings:
+        raise UsageError(f"--context {context} is longer than the model's context "
                          f"({model.config.max_position_embeddings} tokens)")
-    if args.doc_separator is not None:
-        return args.doc_separator, False
-    separator = _trained_doc_separator(model_dir)
-    return separator, separator is not None
+
+
+def _given_else_the_runs(given: dict, read_run, defaults: dict) -> tuple[dict, list[str]]:
+    """(each setting: its flag's value in `given`, else the run's, else its value in `defaults`
+    (None if none), the names of those taken from the run).  read_run() gives the run's settings by
+    these names; it is asked only when a flag was left out (a run's settings that cannot be read
+    are then an error, which giving every flag avoids)."""
+    from ..io.errors import CheckpointError
+    from . import UsageError
+
+    left_out = [name for name, value in given.items() if value is None]
+    try:
+        run = read_run() if left_out else {}
+    except CheckpointError as error:   # a damaged or edited settings file: no number from settings guessed
+        raise UsageError(f"{error}; it gives {_flags(left_out)} when left out: give "
+                         f"{'it' if len(left_out) == 1 else 'them'}") from None
+    settings, from_run = {}, []
+    for name, value in given.items():
+        if value is None and name in run:
+            value = run[name]
+            from_run.append(name)
+        elif value is None:
+            value = defaults.get(name)
+        settings[name] = value
+    return settings, from_run
+
+
+def _settings_of_the_run(model_dir, job: str) -> dict:
+    """The settings, validated as its flags are (resuming.saved_settings), of the run that saved
+    `model_dir` -- an `npllama train` run (job "train"), whose model is its model/ or checkpoint/model/,
+    or a `finetune sop` run (job "sop"), whose model is the run folder itself -- or {} when no such
+    run saved it."""
+    from pathlib import Path
+
+    from ..resuming import saved_settings
+
+    model_dir = Path(model_dir)
+    if job == "train":
+        from ..io.train_state import STATE_FILE
+        from ..train import CONFIG_FILE, TrainConfig
+
+        if model_dir.name != "model":
+            return {}
+        run_dir = model_dir.parent
+        if (run_dir / STATE_FILE).is_file():   # a run's checkpoint (or its backup)
+            run_dir = run_dir.parent
+        config_class, file_name = TrainConfig, CONFIG_FILE
+    else:
+        from ..finetune_run import settings_file
+        from ..finetune_sop import SentenceOrderConfig
+
+        run_dir, config_class, file_name = model_dir, SentenceOrderConfig, settings_file(job)
+    return saved_settings(run_dir, config_class, file_name) if (run_dir / file_name).is_file() else {}
+
+
+def _flags(names: list[str]) -> str:
+    """'--context, --batch-size and --seed' for the settings `names`."""
+    flags = ["--" + name.replace("_", "-") for name in names]
+    return flags[0] if len(flags) == 1 else f"{', '.join(flags[:-1])} and {flags[-1]}"
+
+
+def _trained(names: list[str]) -> str:
+    """'; --context and --seed as the run was trained' for the settings `names` taken from the run."""
+    return f"; {_flags(names)} as the run was trained" if names else ""
 
 
 def _documents_cut(documents: int | None, doc_separator, as_trained: bool) -> str:
@@ -195,26 +255,43 @@ def run_mlm(args) -> int:
         raise UsageError(f"--model {str(model_dir)!r} is a causal model (next-token prediction): `npllama eval mlm` "
                          f"scores a masked-LM model; use `npllama eval perplexity --model {model_dir} --data "
                          f"{args.data}`")
-    doc_separator, as_trained = _windows_of(args, model, model_dir)
+    settings, from_run = _mlm_settings(args, model, model_dir)
+    _check_context(settings["context"], model)
     with use_backend(args.backend or get_backend()):
         try:
-            result = masked_lm_score(model, tokenizer, text, context=args.context, batch_size=args.batch_size,
-                                     seed=args.seed, progress=not args.no_progress, doc_separator=doc_separator,
+            result = masked_lm_score(model, tokenizer, text, context=settings["context"],
+                                     batch_size=settings["batch_size"], seed=settings["seed"],
+                                     progress=not args.no_progress, doc_separator=settings["doc_separator"],
                                      source=args.data)
         except ValueError as error:   # a file of only separators, or too short to mask a token
             raise UsageError(f"--data {args.data}: {error}") from None
-    context = args.context or model.config.max_position_embeddings
     if args.json:
         print(json.dumps({"model": str(model_dir), "data": args.data, "masked_tokens": result.masked_tokens,
                           "mean_loss": result.mean_loss, "accuracy": result.accuracy, "windows": result.windows,
-                          "documents": result.documents, "context": context, "batch_size": args.batch_size,
-                          "seed": args.seed}))
+                          "documents": result.documents, **settings, "settings_of_the_run": from_run}))
         return 0
+    documents = _documents_cut(result.documents, settings["doc_separator"], "doc_separator" in from_run)
     print(f"{model_dir} on {args.data}: {result.masked_tokens:,} masked token{'s' if result.masked_tokens != 1 else ''} "
-          f"(--seed {args.seed}), mean loss {result.mean_loss:.4f} {loss_unit('mlm')}, accuracy {result.accuracy:.3f} "
-          f"({_documents_cut(result.documents, doc_separator, as_trained)}{result.windows:,} "
-          f"window{'s' if result.windows != 1 else ''} of up to {context} tokens)")
+          f"(--seed {settings['seed']}), mean loss {result.mean_loss:.4f} {loss_unit('mlm')}, accuracy "
+          f"{result.accuracy:.3f} ({documents}{result.windows:,} window{'s' if result.windows != 1 else ''} of up to "
+          f"{settings['context']} tokens{_trained([n for n in from_run if n != 'doc_separator'])})")
     return 0
+
+
+def _mlm_settings(args, model, model_dir) -> tuple[dict, list[str]]:
+    """(--context, --batch-size, --seed and --doc-separator as `eval mlm` runs them, the names of those
+    taken from the run): each given flag, else the `npllama train` run's (its --seq-len as --context),
+    else the default."""
+    def the_runs() -> dict:
+        run = _settings_of_the_run(model_dir, "train")
+        return {name: run[setting] for name, setting in (("context", "seq_len"), ("batch_size", "batch_size"),
+                                                         ("seed", "seed"), ("doc_separator", "doc_separator"))
+                if setting in run}
+
+    given = {"context": args.context, "batch_size": args.batch_size, "seed": args.seed,
+             "doc_separator": args.doc_separator}
+    return _given_else_the_runs(given, the_runs, {"context": model.config.max_position_embeddings,
+                                                  "batch_size": 8, "seed": 0})
 
 
 def _sop_settings(args, model_dir) -> tuple[dict, list[str]]:
@@ -223,28 +300,21 @@ def _sop_settings(args, model_dir) -> tuple[dict, list[str]]:
     --pairs also from finetune.json), else the default."""
     from ..finetune import read_info
     from ..finetune_run import settings_file
-    from ..finetune_sop import SentenceOrderConfig
-    from ..resuming import saved_settings
     from . import UsageError
 
-    run = (saved_settings(model_dir, SentenceOrderConfig, settings_file("sop"))
-           if (model_dir / settings_file("sop")).is_file() else {})
-    if "pairs" not in run and read_info(model_dir).get("pairs") in ("sop", "nsp"):
-        run["pairs"] = read_info(model_dir)["pairs"]
+    def the_runs() -> dict:
+        run = _settings_of_the_run(model_dir, "sop")
+        if "pairs" not in run and read_info(model_dir).get("pairs") in ("sop", "nsp"):
+            run["pairs"] = read_info(model_dir)["pairs"]
+        return run
+
     given = {"pairs": args.pairs, "max_len": args.max_len, "batch_size": args.batch_size, "seed": args.seed,
              "doc_separator": args.doc_separator}
-    defaults = {"max_len": None, "batch_size": 16, "seed": 0, "doc_separator": "blank-line"}
-    settings, from_run = {}, []
-    for name, value in given.items():
-        if value is None and name in run:
-            value = run[name]
-            from_run.append(name)
-        elif value is None and name in defaults:
-            value = defaults[name]
-        elif value is None:   # the head answers one question: which one is not guessed
-            raise UsageError(f"--model {str(model_dir)!r} does not say which question its head was trained on (no "
-                             f"{settings_file('sop')}, no \"pairs\" in its finetune.json): give --pairs sop or nsp")
-        settings[name] = value
+    settings, from_run = _given_else_the_runs(given, the_runs, {"batch_size": 16, "seed": 0,
+                                                                "doc_separator": "blank-line"})
+    if settings["pairs"] is None:   # the head answers one question: which one is not guessed
+        raise UsageError(f"--model {str(model_dir)!r} does not say which question its head was trained on (no "
+                         f"{settings_file('sop')}, no \"pairs\" in its finetune.json): give --pairs sop or nsp")
     return settings, from_run
 
 
@@ -296,8 +366,7 @@ def run_sop(args) -> int:
     flags = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in
                      (("pairs", settings["pairs"]), ("max_len", max_len), ("batch_size", settings["batch_size"]),
                       ("seed", settings["seed"]), ("doc_separator", settings["doc_separator"])))
-    trained = ("" if not from_run else ", as the run was trained" if len(from_run) == 5 else
-               f"; {', '.join('--' + n.replace('_', '-') for n in from_run)} as the run was trained")
+    trained = ", as the run was trained" if len(from_run) == len(settings) else _trained(from_run)
     print(f"{model_dir} on {args.data}: {result['pairs']:,} {task} pair{'s' if result['pairs'] != 1 else ''} from "
           f"{result['documents']:,} document{'s' if result['documents'] != 1 else ''}{skipped}: accuracy "
           f"{result['sop_accuracy']:.3f} (always the commoner label: {result['majority_label_accuracy']:.3f}), "
@@ -316,7 +385,10 @@ def run_perplexity(args) -> int:
         args.model, args.adapter, args.dtype, "--model", "perplexity (next-token prediction)",
         for_masked_lm=f"its masked-LM loss and accuracy are `npllama eval mlm"
                       f"{'' if args.model is None else ' --model ' + args.model} --data {args.data}`")
-    doc_separator, as_trained = _windows_of(args, model, model_dir)
+    _check_context(args.context, model)
+    settings, from_run = _given_else_the_runs({"doc_separator": args.doc_separator},
+                                              lambda: _settings_of_the_run(model_dir, "train"), {})
+    doc_separator, as_trained = settings["doc_separator"], bool(from_run)
     with use_backend(args.backend or get_backend()):
         try:
             result = perplexity(model, tokenizer, text, context=args.context, batch_size=args.batch_size,
@@ -330,28 +402,6 @@ def run_perplexity(args) -> int:
           f"perplexity {result.perplexity:.3f} ({documents}{result.windows:,} window{'s' if result.windows != 1 else ''} "
           f"of up to {args.context or model.config.max_position_embeddings} tokens)")
     return 0
-
-
-def _trained_doc_separator(model_dir):
-    """The --doc-separator of the `npllama train` run whose model/ (or checkpoint/model/) `model_dir`
-    is, or None (another kind of folder, or settings that do not say)."""
-    from pathlib import Path
-
-    from ..data import check_doc_separator
-    from ..io.reading import read_json
-
-    run_dir = Path(model_dir).parent
-    if (run_dir / "training_state.json").is_file():   # a run's checkpoint (or its backup)
-        run_dir = run_dir.parent
-    settings = run_dir / "train_config.json"
-    if Path(model_dir).name != "model" or not settings.is_file():
-        return None
-    try:
-        separator = read_json(settings, expect=dict).get("doc_separator")
-        check_doc_separator(separator)
-    except (OSError, ValueError, TypeError):
-        return None
-    return separator
 
 
 def _cut(doc_separator: str) -> str:

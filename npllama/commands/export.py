@@ -46,10 +46,11 @@ def gguf(args) -> int:
     model_dir = resolve_model_dir(args.model)
     check_gguf_out(Path(args.out), model_dir, args.force, flag="--out", force="--force")
     tokenizer = gguf_tokenizer(model_dir)
-    print(f"exporting {model_dir} to {args.out} ({args.outtype}) ...", flush=True)
-    # (export_gguf refuses a classifier and a masked-LM model: llama.cpp runs every LLaMA causally)
-    out = export_gguf(model_dir, args.out, tokenizer=tokenizer, outtype=args.outtype,
-                      name=args.name, progress=sys.stderr.isatty(), overwrite=True, flag="--model")
+    # export_gguf refuses a classifier and a masked-LM model (llama.cpp runs every LLaMA causally):
+    # it announces the export once its checks have passed, so a refused one prints only the refusal
+    out = export_gguf(model_dir, args.out, tokenizer=tokenizer, outtype=args.outtype, name=args.name,
+                      progress=sys.stderr.isatty(), overwrite=True, flag="--model",
+                      echo=lambda line: print(line, flush=True))
     print(f"wrote {out} ({out.stat().st_size / 1024**2:.1f} MiB, {args.outtype}) from {model_dir}; "
           f"run it with llama.cpp, e.g. `llama-cli -m {out} -p \"Once upon a time\"`")
     return 0

@@ -111,7 +111,7 @@ def llama_cpp_tokenizer_caveats(tokenizer) -> list[str]:
 
 
 def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: str | None = None,
-                progress: bool = False, overwrite: bool = False, flag: str = "model_dir") -> Path:
+                progress: bool = False, overwrite: bool = False, flag: str = "model_dir", echo=None) -> Path:
     """Write the Hugging Face folder `model_dir` (with its tokenizer.model) as the GGUF file `out`.
 
     llama.cpp runs every LLaMA with the causal mask, so a classifier (no LM head) and a masked-LM
@@ -122,6 +122,7 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     name: general.name (default: the folder's name).  progress: a bar while tensors are written.
     overwrite: replace an existing file `out` (else FileExistsError); a folder, or a file the model
     folder is loaded from (its weights, config, tokenizer), is never replaced.
+    echo: told what is written, once every check has passed (a refused export says nothing).
     The file is written beside `out` and renamed into place, so a failure never leaves half a file.
     """
     try:
@@ -148,6 +149,8 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     end_ids = gguf_end_ids(config, tok, pieces)
     tensors = gguf_tensors(config, params)
     check_outtype_holds(tensors, outtype)
+    if echo is not None:
+        echo(f"exporting {model_dir} to {out} ({outtype}) ...")
 
     with atomic_path(out) as tmp:
         writer = gguf.GGUFWriter(tmp, "llama")

@@ -252,6 +252,27 @@ def test_cli_export_gguf(tmp_path, tokenizer, capsys):
     assert "no tokenizer.model" in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("kind, said", [
+    ({"npllama_objective": "mlm"}, "is a masked-LM model"),
+    ({"architectures": ["LlamaForSequenceClassification"]}, "is a classification model"),
+])
+def test_a_refused_export_does_not_announce_itself(tmp_path, tokenizer, capsys, kind, said):
+    """`exporting X to Y ...` is printed once every check has passed, so only by an export that writes:
+    a masked-LM model or a classifier (llama.cpp runs every LLaMA causally, with an LM head) is refused
+    in one line on stderr, stdout silent."""
+    _model_folder(tmp_path / "m", tokenizer)
+    argv = ["export", "gguf", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "x.gguf")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"exporting {tmp_path / 'm'} to {tmp_path / 'x.gguf'} (f32) ...\n") and "wrote" in out, out
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, **kind}))
+    assert main([*argv[:-1], str(tmp_path / "y.gguf")]) == 2
+    out, err = capsys.readouterr()
+    assert said in err and len(err.strip().splitlines()) == 1, err
+    assert out == "" and not (tmp_path / "y.gguf").exists()
+
+
 def test_a_folder_with_only_tokenizer_json_is_refused_before_the_export_starts(tmp_path, tokenizer, capsys):
     # a Hugging Face folder may carry its tokenizer as tokenizer.json alone; the GGUF holds a
     # SentencePiece vocabulary, so the refusal must say that file is not enough, and say it first

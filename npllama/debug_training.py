@@ -264,7 +264,8 @@ def compare_training(model, batches, *, steps: int, total_steps: int | None = No
 
     model: a Llama, a Hugging Face LLaMA folder (LlamaForCausalLM), a run folder, or a GGUF file or
     llama2.c checkpoint (both sides train npllama's reading of it, as debug.compare_transformers
-    runs it); the caller's model is not changed.  batches: (tokens, targets) pairs, each (B, T) ints with targets already shifted and
+    runs it); the caller's model is not changed; a masked-LM model (model.attends_causally False) is
+    refused, as torch trains it with the causal mask.  batches: (tokens, targets) pairs, each (B, T) ints with targets already shifted and
     -100 where there is none (what npllama.data.BatchLoader.next_batch gives); step k takes the
     next grad_accum of them, so at least steps * grad_accum are needed.  total_steps: the length of
     the run the schedule is laid out over (default: steps), warmup_steps None: TrainConfig's rule.
@@ -403,9 +404,12 @@ def _refuse_untrainable(model, is_classifier) -> None:
     if model.lora is not None:
         raise ValueError("model has LoRA adapters: compare_training trains every parameter of a plain "
                          "Llama; merge() the adapters first")
-    if model.objective != "causal":
-        raise ValueError(f"model's objective is {model.objective!r}: compare_training runs the causal "
-                         "next-token loss that transformers' LlamaForCausalLM trains")
+    # torch trains it as LlamaForCausalLM, with the causal mask; npllama as the model attends
+    if not model.attends_causally:
+        raise ValueError(f"model is a masked-LM model (bidirectional attention, objective {model.objective!r}): "
+                         f"compare_training runs the next-token loss that transformers' LlamaForCausalLM trains, "
+                         f"with the causal mask; give a causal model (`npllama train`, --objective causal, the "
+                         f"default)")
 
 
 # ----- planted bugs: training machinery gone wrong ------------------------------------------------

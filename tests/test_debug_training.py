@@ -168,6 +168,29 @@ def test_a_classifier_is_refused(model):
         compare_training(classifier, make_batches(3), **SETTINGS)
 
 
+def test_a_masked_lm_model_is_refused_as_the_other_refusals_say(model):
+    masked_lm = Llama(model.config, dtype=model.dtype, params=model.params, objective="mlm")
+    with pytest.raises(ValueError, match=r"^model is a masked-LM model \(bidirectional attention"):
+        compare_training(masked_lm, make_batches(3), **SETTINGS)
+
+
+@pytest.mark.parametrize("reads_causally", [True, False])
+def test_which_model_trains_like_llamaforcausallm_is_the_one_rule_of_causal_attention(model, monkeypatch,
+                                                                                      reads_causally):
+    """torch trains LlamaForCausalLM, with the causal mask; npllama trains a model as it attends
+    (model.attends_causally, config's table): a new objective is compared or refused by that rule,
+    not by its name being "causal"."""
+    from npllama import config as config_module
+
+    monkeypatch.setitem(config_module.ATTENDS_CAUSALLY, "invented", reads_causally)
+    invented = Llama(model.config, dtype=model.dtype, params=model.params, objective="invented")
+    if reads_causally:
+        assert compare_training(invented, make_batches(1), steps=1).ok
+    else:
+        with pytest.raises(ValueError, match="masked-LM model"):
+            compare_training(invented, make_batches(1), steps=1)
+
+
 def run_cli(argv, capsys):
     status = cli.main(argv)
     return status, capsys.readouterr()

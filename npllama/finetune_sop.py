@@ -246,7 +246,13 @@ def load_sentence_order(folder, dtype=np.float32):
     """(model, sop_head_weight, tokenizer) from a folder `npllama finetune sop` saved."""
     from .runs import load_model_and_tokenizer
 
+    from .io.train_state import PARAMS_FILE
+
     head_file = Path(folder).expanduser() / HEAD_FILE
+    if not head_file.is_file() and (head_file.parent / PARAMS_FILE).is_file():   # a fine-tune's checkpoint/
+        from .io.describe import describe_model_path
+
+        raise FileNotFoundError(f"{str(folder)!r} has no {HEAD_FILE}: {describe_model_path(folder)}")
     if not head_file.is_file():
         raise FileNotFoundError(f"{str(folder)!r} has no {HEAD_FILE}: not a folder saved by `npllama finetune sop`")
     model, tokenizer, _ = load_model_and_tokenizer(folder, dtype=dtype)

@@ -105,6 +105,13 @@ def test_the_cli_trains_resumes_and_what_it_saves_refuses_to_generate(greetings,
     assert "pairs" in capsys.readouterr().err
     assert main(["generate", "--model", str(out), "--prompt", "Hello"]) == 2
     assert "masked-LM model" in capsys.readouterr().err
+    # its checkpoint/ resumes the run (only the trained tensors): the scoring commands name the run folder
+    # to pass instead (not "put optimizer.safetensors in a folder as model.safetensors")
+    for job, data in (("mlm", docs), ("sop", docs)):
+        assert main(["eval", job, "--model", str(out / "checkpoint"), "--data", str(data), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "training checkpoint" in err and f"the run folder {str(out)!r} is a Hugging Face model folder" in err
+        assert "pass it as --model" in err and "model.safetensors next to" not in err, err
 
 
 @pytest.mark.parametrize("more, message", [

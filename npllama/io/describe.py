@@ -59,6 +59,10 @@ def _describe_folder(folder: Path) -> str:
         return _describe_adapter(folder)
     if (folder / "model" / "config.json").is_file() or (folder / "checkpoint" / "model" / "config.json").is_file():
         return "is an npllama run folder: pass it as --model (its model/ subfolder is loaded)"
+    from .train_state import STATE_FILE
+
+    if STATE_FILE in names:   # a run's checkpoint/ without a model/ to load
+        return _describe_checkpoint(folder, names)
     started = run_started_in(names)
     if started is not None:
         import shlex
@@ -83,6 +87,22 @@ def _describe_folder(folder: Path) -> str:
             return f"is a folder without config.json (not a Hugging Face model folder); it holds {file.name}, which {kind}"
     return ("is a folder without config.json, so not a Hugging Face model folder (expected "
             "config.json and model.safetensors, or a run folder from `npllama train`)")
+
+
+def _describe_checkpoint(folder: Path, names: set[str]) -> str:
+    """A run's checkpoint/: what resumes the run, whose files are no weights to rename into a model
+    folder (a fine-tune's params.safetensors holds only what it trains, optimizer.safetensors the
+    optimizer's state): the run folder around it says what to pass instead."""
+    from .train_state import PARAMS_FILE
+
+    holds = (f"its {PARAMS_FILE} holds only the tensors a fine-tune trains" if PARAMS_FILE in names else
+             "its model/ folder is missing")
+    said = f"is a training checkpoint, what resumes its run ({holds}), not a model to load"
+    run = folder.parent
+    run_names = {p.name for p in run.iterdir()}
+    if "config.json" in run_names or run_started_in(run_names) is not None:
+        return f"{said}; the run folder {describe_model_path(run)}"
+    return f"{said}: pass the folder of the run it comes from"
 
 
 def _describe_adapter(folder: Path) -> str:

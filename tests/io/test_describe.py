@@ -145,3 +145,43 @@ def test_a_numpy_archive_is_not_called_a_pytorch_checkpoint(tmp_path):
         np.savez(f, a=np.zeros(3))
     said = describe_model_path(tmp_path / "trace.npz")
     assert "NumPy archive" in said and "Trace.load" in said and "PyTorch" not in said
+
+
+def _fine_tune_run(run, finished: bool):
+    """A `finetune sop --out run` folder as the run leaves it: its settings, its checkpoint/ (the
+    trained tensors, the optimizer's state), and once finished its model at the top."""
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "sop_config.json").write_text("{}")
+    (run / "checkpoint" / "training_state.json").write_text(json.dumps({"step": 4}))
+    for name in ("params.safetensors", "optimizer.safetensors"):
+        _safetensors(run / "checkpoint" / name)
+    if finished:
+        Llama(TINY).save_pretrained(run)
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_fine_tunes_checkpoint_is_named_with_its_run_not_as_weights_to_rename(tmp_path, finished):
+    """A fine-tune's checkpoint/ holds what resumes the run (params.safetensors: only what it trains),
+    no model: not "put optimizer.safetensors in a folder as model.safetensors", but the run folder to
+    pass instead, or, unfinished, how to finish it."""
+    run = tmp_path / "sop run"
+    _fine_tune_run(run, finished)
+    message = describe_model_path(run / "checkpoint")
+    assert "model.safetensors next to" not in message and "params.safetensors holds only" in message, message
+    assert "training checkpoint" in message and f"the run folder {str(run)!r}" in message, message
+    if finished:
+        assert "Hugging Face model folder" in message and "pass it as --model" in message, message
+    else:
+        assert f"`npllama finetune sop --out '{run}' --resume`" in message, message
+
+
+def test_a_train_checkpoint_without_its_model_names_the_run(tmp_path):
+    run = tmp_path / "run"
+    Llama(TINY).save_pretrained(run / "model")
+    (run / "train_config.json").write_text("{}")
+    (run / "checkpoint").mkdir()
+    (run / "checkpoint" / "training_state.json").write_text(json.dumps({"step": 4}))
+    _safetensors(run / "checkpoint" / "optimizer.safetensors")
+    message = describe_model_path(run / "checkpoint")
+    assert "model.safetensors next to" not in message and "model/ folder is missing" in message, message
+    assert f"the run folder {str(run)!r} is an npllama run folder: pass it as --model" in message, message

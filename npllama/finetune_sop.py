@@ -28,7 +28,7 @@ import numpy as np
 
 from .finetune import (FinetuneSettings, _write_info, lora_dropout_on, loss_change, read_info, report_saved,
                        run_steps, steps_timed)
-from .loss_units import loss_unit
+from .loss_units import PAIR_LOSS_UNIT, loss_unit
 from .objectives import (SOP_HEAD, TASKS, SentenceOrderBatches, check_pair_tokenizer, encode_pair,
                          evaluate_sentence_order, init_sop_head, mlm_sop_loss_and_grads, split_sentences,
                          unk_in_text_note)
@@ -211,7 +211,7 @@ def _pairs(texts, tokenizer, sc_, max_len, which) -> SentenceOrderBatches:
 def _report(before: dict, after: dict, baseline: float, pairs: str) -> str:
     rows = [("", "before", "after"),
             (f"MLM loss ({loss_unit('mlm')})", _mlm(before), _mlm(after)),
-            (f"{pairs.upper()} loss", f"{before['sop']:.4f}", f"{after['sop']:.4f}"),
+            (f"{pairs.upper()} loss ({PAIR_LOSS_UNIT})", f"{before['sop']:.4f}", f"{after['sop']:.4f}"),
             (f"{pairs.upper()} accuracy", f"{before['sop_accuracy']:.3f}", f"{after['sop_accuracy']:.3f}")]
     width = max(len(r[0]) for r in rows)
     lines = [f"validation, {after['pairs']} pairs:"]

@@ -19,6 +19,10 @@ UNITS = {
     "sop": "nats: masked-LM loss per masked token + sentence-order loss per pair",
 }
 
+# the loss of `finetune sop`'s pair head alone (one label per pair), which `eval sop` reports
+# beside the masked-LM loss
+PAIR_LOSS_UNIT = "nats per pair"
+
 _NAMES = {"mlm": "masked-LM cross-entropy loss", "sop": "loss"}
 
 

@@ -9,6 +9,7 @@ import pytest
 from npllama import Llama
 from npllama.cli import main
 from npllama.data import evaluation_batches
+from npllama.loss_units import loss_unit
 from npllama.objectives import IGNORE_INDEX, masked_held_out, mlm_loss, mlm_objective
 from npllama.parallel import mean_over_targets
 from npllama.perplexity import masked_lm_score
@@ -68,6 +69,8 @@ def test_the_command_prints_the_score_or_json(models, capsys):
     record = json.loads(capsys.readouterr().out)
     assert record["masked_tokens"] == result.masked_tokens and record["mean_loss"] == pytest.approx(result.mean_loss)
     assert record["accuracy"] == result.accuracy and record["seed"] == 5 and record["context"] == 16
+    # the loss's unit is in the record, in the words the line uses (npllama.loss_units)
+    assert record["units"] == {"mean_loss": loss_unit("mlm")} and f"{loss_unit('mlm')}, accuracy" in line, record
 
 
 def test_perplexity_of_a_masked_lm_model_points_to_eval_mlm_and_back(models, small_model_dir, capsys):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from npllama import datasets
+from npllama import datasets, loss_units
 from npllama.cli import main
 from npllama.corpus import make_default_corpus
 from npllama.data import load_texts
@@ -61,6 +61,10 @@ def test_on_the_runs_held_out_documents_it_gives_the_validation_numbers_the_run_
     line = capsys.readouterr().out
     assert f"accuracy {record['sop_accuracy']:.3f}" in line and f"{record['pairs']} {settings.pairs.upper()} pairs" in line, line
     assert "as the run was trained" in line and "nats per masked token" in line, line
+    # each loss's unit is in the record, in the words the line uses (npllama.loss_units)
+    assert record["units"] == {"sop": loss_units.PAIR_LOSS_UNIT, "mlm": loss_units.loss_unit("mlm")}, record
+    assert f"{settings.pairs.upper()} loss {record['sop']:.4f} {record['units']['sop']}, " in line, line
+    assert f"masked-LM loss {record['mlm']:.4f} {record['units']['mlm']} (" in line, line
     # another seed draws other pairs and masks
     assert main(["eval", "sop", "--model", str(out), "--data", str(held_out), "--json", "--no-progress",
                  "--seed", "8"]) == 0

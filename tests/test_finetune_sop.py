@@ -52,6 +52,7 @@ def test_the_head_learns_the_order_and_the_result_is_a_masked_lm_model_with_its_
     assert len(result.losses) == 200 and np.isfinite(result.losses).all()
     report = "\n".join(said)
     assert "SOP accuracy" in report and "majority-label baseline accuracy" in report
+    assert "MLM loss (nats per masked token)" in report and "SOP loss (nats per pair)" in report, report
     assert "the base was trained causally" in report
 
     out = tmp_path / "run"

@@ -268,7 +268,8 @@ def run_mlm(args) -> int:
     if args.json:
         print(json.dumps({"model": str(model_dir), "data": args.data, "masked_tokens": result.masked_tokens,
                           "mean_loss": result.mean_loss, "accuracy": result.accuracy, "windows": result.windows,
-                          "documents": result.documents, **settings, "settings_of_the_run": from_run}))
+                          "documents": result.documents, "units": {"mean_loss": loss_unit("mlm")}, **settings,
+                          "settings_of_the_run": from_run}))
         return 0
     documents = _documents_cut(result.documents, settings["doc_separator"], "doc_separator" in from_run)
     print(f"{model_dir} on {args.data}: {result.masked_tokens:,} masked token{'s' if result.masked_tokens != 1 else ''} "
@@ -327,7 +328,7 @@ def run_sop(args) -> int:
     from ..backend import get_backend, use_backend
     from ..data import check_doc_separator, load_texts
     from ..finetune_sop import load_sentence_order, sentence_order_score
-    from ..loss_units import loss_unit
+    from ..loss_units import PAIR_LOSS_UNIT, loss_unit
     from . import UsageError
 
     for flag, value in (("--max-len", args.max_len), ("--batch-size", args.batch_size)):
@@ -355,7 +356,8 @@ def run_sop(args) -> int:
     if args.json:
         nan_as_null = lambda v: None if isinstance(v, float) and np.isnan(v) else v
         print(json.dumps({"model": str(model_dir), "data": args.data, "task": settings["pairs"],
-                          **{k: nan_as_null(v) for k, v in result.items()}, "max_len": max_len,
+                          **{k: nan_as_null(v) for k, v in result.items()},
+                          "units": {"sop": PAIR_LOSS_UNIT, "mlm": loss_unit("mlm")}, "max_len": max_len,
                           "batch_size": settings["batch_size"], "seed": settings["seed"],
                           "doc_separator": settings["doc_separator"], "settings_of_the_run": from_run}))
         return 0
@@ -370,7 +372,7 @@ def run_sop(args) -> int:
     print(f"{model_dir} on {args.data}: {result['pairs']:,} {task} pair{'s' if result['pairs'] != 1 else ''} from "
           f"{result['documents']:,} document{'s' if result['documents'] != 1 else ''}{skipped}: accuracy "
           f"{result['sop_accuracy']:.3f} (always the commoner label: {result['majority_label_accuracy']:.3f}), "
-          f"{task} loss {result['sop']:.4f} nats per pair, {mlm} ({flags}{trained})")
+          f"{task} loss {result['sop']:.4f} {PAIR_LOSS_UNIT}, {mlm} ({flags}{trained})")
     return 0
 
 

@@ -65,6 +65,28 @@ def test_debug_trace_traces_the_masked_lm_loss_and_says_so(folders, tmp_path, ca
     assert Trace.load(out).meta["tokens"] != inputs.tolist()
 
 
+def test_viz_grads_of_a_masked_lm_model_draws_its_masked_lm_gradients(folders, tmp_path, monkeypatch, capsys):
+    # Before: `viz grads --model` of a masked-LM model stopped on next-token targets with a hint
+    # for Python (masked_lm_batch) that the command line cannot take; it now runs the masked-LM
+    # loss as `debug trace` does, its masks drawn from --seed
+    pytest.importorskip("matplotlib")
+    from npllama import viz
+
+    folder, causal, tokenizer = folders
+    drawn = []
+    monkeypatch.setattr(viz, "plot_grad_norms", lambda trace, out, title: drawn.append(trace) or out)
+    assert main(["viz", "grads", "--model", str(folder), "--text", TEXT, "--seed", "3",
+                 "--out", str(tmp_path / "g.png")]) == 0
+    inputs, targets = debug.masked_lm_batch(tokenizer.encode(TEXT, bos=True), tokenizer, seed=3)
+    expected = debug.run_trace(Llama.from_pretrained(folder), inputs, targets, include=["d:model.layers.*"])
+    assert drawn[0].names() == expected.names()
+    for name in expected.names():
+        np.testing.assert_allclose(drawn[0][name], expected[name], rtol=1e-5, atol=1e-8)
+    assert "masked-LM loss" in capsys.readouterr().out
+    assert main(["viz", "grads", "--model", str(causal), "--text", TEXT, "--seed", "3"]) == 2   # masks nothing
+    assert "--seed" in capsys.readouterr().err
+
+
 def test_debug_compare_runs_the_masked_lm_loss_on_both_sides(folders, capsys):
     folder, _, _ = folders
     assert main(["debug", "compare", "--model", str(folder), "--text", TEXT, "--against", "float64"]) == 0

@@ -6,7 +6,7 @@ from . import HelpFormatter, UsageError, model_or_adapter_base
 
 AGAINST = ("numba", "float64", "transformers")
 
-# which loss_and_grads `debug trace` and `debug compare` run, by the kind of model (_loss_inputs)
+# which loss_and_grads `debug trace` and `debug compare` run, by the kind of model (loss_inputs)
 LOSSES = ("The loss traced: a language model's next-token loss; a masked-LM model's (`train --objective mlm`, "
           "`finetune sop`) masked-LM loss, its tokens masked as training masks its held-out text (--seed); a "
           "classifier's classification loss (--label).")
@@ -33,6 +33,11 @@ def _inputs(p) -> None:
     p.add_argument("--label", default=None, help="for a classifier folder (`finetune classify --out`, or a "
                    "LlamaForSequenceClassification one): the text's class, by name or index; the loss traced "
                    "is then the classification loss")
+    add_mask_seed_option(p)
+
+
+def add_mask_seed_option(p) -> None:
+    """--seed of `debug trace/compare` and `viz grads`: the masks of a masked-LM model's loss (loss_inputs)."""
     p.add_argument("--seed", type=int, default=None, help="for a masked-LM model (`train --objective mlm`, "
                    "`finetune sop`), whose loss traced is the masked-LM loss: the seed of the masks, drawn as "
                    "training masks its held-out text (15%% of the ordinary tokens; needs the model's tokenizer) "
@@ -278,7 +283,7 @@ def run_compare(args) -> int:
     count, loss = len(ids), ""
     if args.against != "transformers" or debug.loss_traced(model) != "masked-LM":
         # (compare_transformers refuses a masked-LM model, which transformers would run causally)
-        ids, targets, _, loss = _loss_inputs(debug, model, model_dir, ids, targets, None, args.seed)
+        ids, targets, _, loss = loss_inputs(debug, model, model_dir, ids, targets, None, args.seed)
         loss = f"; the loss traced: {loss}"
     adapted = "" if args.adapter is None else f" + adapter {args.adapter}"
     print(f"{count} tokens, {what} {model_dir}{adapted} ({stack.config.num_hidden_layers} layers), "
@@ -318,7 +323,7 @@ def run_trace(args) -> int:
     model, model_dir, ids, labels = debug.load_inputs(model, args.text, args.tokens, dtype=dtype,
                                                     classifier=True, adapter=args.adapter)
     targets, _, _ = _targets(debug, model, args.label)
-    tokens, targets, labels, loss = _loss_inputs(debug, model, model_dir, ids, targets, labels, args.seed)
+    tokens, targets, labels, loss = loss_inputs(debug, model, model_dir, ids, targets, labels, args.seed)
     t = debug.run_trace(model, tokens, targets, backend_name=args.backend, include=args.include,
                         exclude=args.exclude)
     t.meta["labels"] = labels
@@ -346,7 +351,7 @@ def _targets(debug, model, label):
         raise UsageError(str(error)) from None
 
 
-def _loss_inputs(debug, model, model_dir, ids, targets, labels, seed):
+def loss_inputs(debug, model, model_dir, ids, targets, labels, seed):
     """(tokens, targets, labels, the loss traced, said) for the model's loss_and_grads: a classifier's
     --label and a language model's next tokens as they are; a masked-LM model's tokens masked from
     --seed as training masks its held-out text (debug.masked_lm_batch), labels its masked inputs'."""

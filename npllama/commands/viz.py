@@ -1,6 +1,6 @@
 """`npllama viz`: PNG pictures of attention, loss curves and gradient norms (needs matplotlib)."""
 from . import UsageError
-from .debug import MODEL_TO_RUN, TEXT_TO_RUN
+from .debug import MODEL_TO_RUN, TEXT_TO_RUN, add_mask_seed_option, loss_inputs
 
 
 def register(subparsers) -> None:
@@ -31,6 +31,7 @@ def register(subparsers) -> None:
     grads.add_argument("--model", default=None, help="run this model instead of reading a trace: " + MODEL_TO_RUN)
     grads.add_argument("--text", default=None, help=TEXT_TO_RUN)
     grads.add_argument("--tokens", default=None, help="token ids instead of text, e.g. 1,5,9")
+    add_mask_seed_option(grads)
     grads.add_argument("--out", default="grad_norms.png", help="PNG to write (default: grad_norms.png)")
     grads.set_defaults(run=run_grads)
 
@@ -76,7 +77,7 @@ def run_grads(args) -> int:
 
     viz = _viz()
     if args.trace is not None:
-        if args.text is not None or args.tokens is not None or args.model is not None:
+        if args.text is not None or args.tokens is not None or args.model is not None or args.seed is not None:
             raise UsageError("give either a trace file or --model with --text/--tokens, not both (a trace "
                              "holds its model's gradients already)")
         trace = Trace.load(args.trace)   # checks the arrays' declared sizes against the budget first
@@ -85,8 +86,10 @@ def run_grads(args) -> int:
         if args.text is None and args.tokens is None:
             raise UsageError("give a trace file, or --text / --tokens to run the model")
         model, model_dir, ids, _ = debug.load_inputs(args.model, args.text, args.tokens)
-        trace = debug.run_trace(model, ids, include=["d:model.layers.*"])
+        tokens, targets, _, loss = loss_inputs(debug, model, model_dir, ids, None, None, args.seed)
+        trace = debug.run_trace(model, tokens, targets, include=["d:model.layers.*"])
         title = f"gradient norm per layer: {len(ids)} tokens"
+        print(f"the loss traced: {loss}")
     path = viz.plot_grad_norms(trace, args.out, title=title)
     print(f"wrote {path}")
     return 0

@@ -9,8 +9,9 @@ from . import HelpFormatter, add_adapter_option, add_run_options, print_help_ins
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "eval", help="evaluate a model: perplexity of a text (masked-LM loss for a masked-LM model), "
-                     "multiple-choice question answering",
+        "eval", help="evaluate a model: perplexity of a text (a masked-LM model: its masked-LM loss, "
+                     "eval mlm), a `finetune sop` model's sentence-order accuracy, multiple-choice question "
+                     "answering",
         description="Evaluate a trained model on a task.", formatter_class=HelpFormatter)
     tasks = p.add_subparsers(dest="task", metavar="<task>")
     c = tasks.add_parser(
@@ -73,7 +74,7 @@ def register(subparsers) -> None:
         description="For a masked-LM model (`npllama train --objective mlm`, `npllama finetune sop`), which "
                     "perplexity does not score: encode the file as perplexity does, cut it into windows of "
                     "--context tokens, --batch-size at a time, mask 15% of each window's ordinary tokens as "
-                    "training does (80% <mask>, 10% a random token, 10% kept; the draws from --seed alone, so "
+                    "training does (80% the mask token, <unk>, 10% a random token, 10% kept; the draws from --seed alone, so "
                     "every run gives the same numbers), and report the masked tokens, the mean cross-entropy over "
                     "them (nats) and the share the model fills in right (its most likely token). With the run's "
                     "--seq-len (as --context), --batch-size, --seed and --doc-separator -- the defaults, read from "

@@ -640,3 +640,38 @@ def test_a_function_no_cell_typed_says_what_cannot_be_told(kernel):
     assert report.ok and len(report.notes) == 1, report.format()
     assert "cannot tell" in report.notes[0] and "In[3]" in report.notes[0], report.notes
     assert "cannot tell" in report.format()
+
+
+@pytest.mark.parametrize("later", [
+    "use_second_version = False\nif use_second_version:\n" + "".join("    " + line + "\n" for line in SOFTMAX_WRONG_AXIS.splitlines()),
+    "for attempt in []:\n" + "".join("    " + line + "\n" for line in SOFTMAX_WRONG_AXIS.splitlines()),
+    "try:\n    import numpy\nexcept ImportError:\n" + "".join("    " + line + "\n" for line in SOFTMAX_WRONG_AXIS.splitlines()),
+    "import contextlib\nwith contextlib.suppress(ZeroDivisionError):\n    1 / 0\n"
+    + "".join("    " + line + "\n" for line in SOFTMAX_WRONG_AXIS.splitlines()),
+], ids=["an if not taken", "a loop not entered", "an except not reached", "a with whose error was suppressed"])
+def test_a_def_in_a_branch_a_cell_that_ran_did_not_take_is_no_alarm(kernel, later):
+    """A cell that ran to its end without an error, holding a def of the name in a branch it did
+    not take: the function the kernel holds is the one the student's cells make.  It was refused
+    as stale, saying the cell 'stopped before that line ran' (it did not stop).  (Whether a cell
+    ended without an error is known for the cells run after the check's first use or import.)"""
+    kernel(SOFTMAX_RIGHT)
+    assert kernel(CHECK_CELL).ok
+    kernel(later)
+    report = kernel(CHECK_CELL)
+    assert report.ok and not report.notes, report.format()
+    kernel("import nump\n" + SOFTMAX_WRONG_AXIS)             # a cell that did stop before its def
+    report = kernel(CHECK_CELL)
+    assert report.load_error and "In[5]" in report.load_error, report.format()
+
+
+def test_a_helper_put_back_by_a_call_that_ran_is_no_alarm(kernel):
+    """A cell that ran binds the name to the function the kernel holds (a call returning it):
+    what the student last ran is that function, though a cell before had failed to replace it."""
+    kernel(HELPER_RIGHT)
+    kernel(CALLS_THE_HELPER)
+    assert kernel(CHECK_CELL).ok
+    kernel("first_product = jacobian_product")
+    kernel("import nump\ndef jacobian_product(dp, p):\n    return dp\n")
+    kernel("jacobian_product = dict(kept=first_product)['kept']")
+    report = kernel(CHECK_CELL)
+    assert report.ok and not report.notes, report.format()

@@ -21,6 +21,7 @@ import inspect
 import linecache
 import re
 import sys
+import weakref
 
 # where the ops a student writes live: the op modules, their kernels, the assembled block and model
 LIBRARY_CODE = ("npllama.ops.", "npllama.kernels", "npllama.model")
@@ -81,6 +82,7 @@ def replaced_definitions(function, exercise) -> tuple[str | None, list[str]]:
     redefine changes the result as much as the function itself.  Nothing outside a session."""
     if _shell() is None:
         return None, []
+    watch_cells()
     doubts = []
     for held, path, calls in _definitions_used(function, exercise):
         verdict, cell, later = _replaced(held, path)
@@ -164,9 +166,21 @@ def _replaced(function, path) -> tuple[str | None, int | None, int | None]:
     told from the cells' text."""
     defined_in = _cells_defining(function)
     cell = defined_in[-1] if defined_in else None
-    history = _history()
-    binders = [(n, kind) for n in range((-1 if cell is None else cell) + 1, len(history))
-               if (kind := _last_binding(history[n], path))]
+    history, ran_to_the_end = _history(), _cells_ran_to_the_end()
+    binders = []
+    for n in range((-1 if cell is None else cell) + 1, len(history)):
+        kind = _last_binding(history[n], path)
+        if kind is None:
+            continue
+        if ran_to_the_end.get(n):
+            # a cell that ran without an error did all its code does: a def of the name in it that
+            # did not take effect sat in a branch it did not take (an if, a loop, an except); any
+            # other binding (an alias, an import, a call's result) made the name hold what it holds
+            # now -- the cells before it no longer matter
+            if kind != MADE:
+                binders.clear()
+            continue
+        binders.append((n, kind))      # a cell that stopped with an error, or run before watch_cells
     if not binders:
         return None, cell, None
     later, kind = binders[-1]
@@ -180,6 +194,33 @@ def _replaced(function, path) -> tuple[str | None, int | None, int | None]:
     if not any(_last_binding(history[n], [alias]) for n in range(later, len(history))):
         return STALE, cell, later   # alias not rebound since: that line did not run
     return UNSURE, cell, later
+
+
+# whether each cell run since watch_cells ran to its end without an error, by its number In[n]; per
+# shell (a test starts several)
+_ENDED_WITHOUT_ERROR: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def watch_cells() -> None:
+    """From now on, record whether each cell the session runs ends without an error (IPython keeps
+    only its text): a cell that did tells that a def of a name in it which did not take effect sat
+    in a branch not taken -- not that it stopped before it.  Called when the check is imported (a
+    notebook's first cells) and at each check; nothing outside a session."""
+    shell = _shell()
+    if shell is None or shell in _ENDED_WITHOUT_ERROR:
+        return
+    ended = _ENDED_WITHOUT_ERROR[shell] = {}
+
+    def record(result):
+        if result is not None and result.execution_count is not None:     # a cell kept in the history
+            ended[result.execution_count] = result.success
+
+    shell.events.register("post_run_cell", record)
+
+
+def _cells_ran_to_the_end() -> dict[int, bool]:
+    """{n: whether In[n] ended without an error} for the cells run since watch_cells."""
+    return _ENDED_WITHOUT_ERROR.get(_shell(), {})
 
 
 def _name_path(function) -> list[str] | None:
@@ -261,3 +302,6 @@ def _other_targets(node) -> list:
 
 def _stores(target, name: str) -> bool:
     return any(isinstance(node, ast.Name) and node.id == name for node in ast.walk(target))
+
+
+watch_cells()      # imported in a notebook: its cells from here on

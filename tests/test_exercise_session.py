@@ -675,3 +675,21 @@ def test_a_helper_put_back_by_a_call_that_ran_is_no_alarm(kernel):
     kernel("jacobian_product = dict(kept=first_product)['kept']")
     report = kernel(CHECK_CELL)
     assert report.ok and not report.notes, report.format()
+
+
+def test_a_long_notebook_is_read_only_where_it_names_the_functions_checked(kernel):
+    """Each check parsed every cell run after a definition, once per helper and per name: a
+    notebook of a thousand cells added seconds to every check.  A cell not naming a function
+    checked cannot bind it, and one that does is parsed once however many checks read it."""
+    from npllama.exercises import session
+
+    kernel(HELPER_RIGHT)
+    kernel(CALLS_THE_HELPER)
+    for n in range(200):
+        kernel(f"x{n} = np.arange({n}).sum()")
+    for _ in range(3):
+        kernel("y = jacobian_product(np.ones(3), np.ones(3))")
+    session._parsed.cache_clear()
+    assert kernel(CHECK_CELL).ok and kernel(CHECK_CELL).ok
+    assert session._parsed.cache_info().currsize <= 3 + 2, session._parsed.cache_info()   # + the two check cells
+    assert session._parsed.cache_info().misses <= 3 + 2, session._parsed.cache_info()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import dis
+import functools
 import inspect
 import linecache
 import re
@@ -249,9 +250,10 @@ def _last_binding(cell: str, path):
     inside an if, a try, a with, a loop), ("alias", "g") by `f = g`, OTHER by another assignment or
     an import; UNRAN in a cell that does not parse (a syntax error: nothing in it ran), read line
     by line."""
-    try:
-        statements = ast.parse(cell).body
-    except SyntaxError:
+    if path[-1] not in cell:        # most cells of a long notebook: nothing to parse
+        return None
+    statements = _parsed(cell)
+    if statements is None:
         binds = re.compile(rf"^\s*((async\s+)?def\s+{re.escape(path[-1])}\s*\(|{re.escape(path[-1])}\s*=(?!=))",
                            re.MULTILINE)
         return UNRAN if binds.search(cell) else None
@@ -262,6 +264,17 @@ def _last_binding(cell: str, path):
         statements = [statement for node in classes for statement in node.body]
     kinds = [kind for node in _statements(statements) if (kind := _binding(node, path[-1]))]
     return kinds[-1] if kinds else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(cell: str) -> list | None:
+    """The cell's statements, or None when it does not parse.  Parsed once: each check reads every
+    cell run after a definition, for the function and each of its helpers (a notebook of hundreds
+    of cells took seconds)."""
+    try:
+        return ast.parse(cell).body
+    except SyntaxError:
+        return None
 
 
 def _statements(statements):

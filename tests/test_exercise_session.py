@@ -693,3 +693,22 @@ def test_a_long_notebook_is_read_only_where_it_names_the_functions_checked(kerne
     assert kernel(CHECK_CELL).ok and kernel(CHECK_CELL).ok
     assert session._parsed.cache_info().currsize <= 3 + 2, session._parsed.cache_info()   # + the two check cells
     assert session._parsed.cache_info().misses <= 3 + 2, session._parsed.cache_info()
+
+
+@pytest.mark.parametrize("mention", [
+    "notes = '''\ndef jacobian_product(dp, p):\n'''\n",
+    "# jacobian_product = None\n",
+    "print(dict(\n    jacobian_product=jacobian_product,\n))\n",
+], ids=["a string", "a comment", "a keyword argument"])
+def test_a_cell_with_a_syntax_error_that_only_mentions_a_helper_is_no_alarm(kernel, mention):
+    """A cell that does not parse is read as text: a line of a string starting 'def name(', or
+    a keyword argument 'name=' at the start of a line, counted as defining the helper again, and
+    the current backward got no verdict -- blaming a cell that never defined it."""
+    kernel(HELPER_RIGHT)
+    kernel(CALLS_THE_HELPER)
+    kernel(mention + "x = = 1\n")            # a syntax error
+    report = kernel(CHECK_CELL)
+    assert report.ok and not report.notes, report.format()
+    kernel("y = 1\ndef jacobian_product(dp, p):\n    return dp\n\nx = = 1\n")     # defines it, and does not parse
+    report = kernel(CHECK_CELL)
+    assert report.load_error and "In[5]" in report.load_error, report.format()

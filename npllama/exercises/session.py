@@ -19,9 +19,10 @@ import contextlib
 import dis
 import functools
 import inspect
+import io
 import linecache
-import re
 import sys
+import tokenize
 import weakref
 
 # where the ops a student writes live: the op modules, their kernels, the assembled block and model
@@ -254,9 +255,7 @@ def _last_binding(cell: str, path):
         return None
     statements = _parsed(cell)
     if statements is None:
-        binds = re.compile(rf"^\s*((async\s+)?def\s+{re.escape(path[-1])}\s*\(|{re.escape(path[-1])}\s*=(?!=))",
-                           re.MULTILINE)
-        return UNRAN if binds.search(cell) else None
+        return UNRAN if _binds_in_unparsable(cell, path[-1]) else None
     for name in path[:-1]:
         classes = [node for node in _statements(statements) if isinstance(node, ast.ClassDef) and node.name == name]
         if not classes:
@@ -264,6 +263,32 @@ def _last_binding(cell: str, path):
         statements = [statement for node in classes for statement in node.body]
     kinds = [kind for node in _statements(statements) if (kind := _binding(node, path[-1]))]
     return kinds[-1] if kinds else None
+
+
+def _binds_in_unparsable(cell: str, name: str) -> bool:
+    """Whether a cell that does not parse has a statement `def name(` or `name = ...`, read token by
+    token: the text of a string or a comment, and a keyword argument `name=` inside brackets, bind
+    nothing."""
+    tokens = _tokens(cell)
+    depth, statement_starts = 0, True
+    for token, following in zip(tokens, tokens[1:]):
+        if statement_starts and depth == 0 and (token.string, following.string) in (("def", name), (name, "=")):
+            return True
+        depth += token.exact_type in (tokenize.LPAR, tokenize.LSQB, tokenize.LBRACE)
+        depth -= token.exact_type in (tokenize.RPAR, tokenize.RSQB, tokenize.RBRACE)
+        statement_starts = (token.type in (tokenize.NEWLINE, tokenize.NL, tokenize.INDENT, tokenize.DEDENT)
+                            or token.string in (";", "async"))
+    return False
+
+
+def _tokens(cell: str) -> list:
+    """The cell's tokens, up to where it cannot be read further (an unclosed string or bracket, an
+    unindent matching no line above)."""
+    tokens = []
+    with contextlib.suppress(tokenize.TokenError, SyntaxError):
+        for token in tokenize.generate_tokens(io.StringIO(cell).readline):
+            tokens.append(token)
+    return tokens
 
 
 @functools.lru_cache(maxsize=4096)

@@ -712,3 +712,31 @@ def test_a_cell_with_a_syntax_error_that_only_mentions_a_helper_is_no_alarm(kern
     kernel("y = 1\ndef jacobian_product(dp, p):\n    return dp\n\nx = = 1\n")     # defines it, and does not parse
     report = kernel(CHECK_CELL)
     assert report.load_error and "In[5]" in report.load_error, report.format()
+
+
+def test_a_teachers_reference_imported_by_a_cell_is_not_graded_as_the_students(kernel, tmp_path, monkeypatch):
+    """`from scaled_softmax_exercise import scaled_softmax_backward` in a student's notebook, then
+    the check: the teacher's reference passed with 'Well done!' (npllama's own ops were refused
+    for a built-in exercise only).  The refusal names what was imported; the teacher's check of
+    exercise.reference, and grade_file's, still run it."""
+    # a reference in NumPy alone: the guard against npllama's forward does not catch it
+    numpy_only = SCALED_SOFTMAX_EXERCISE.replace("    p = softmax_forward(2 * cache)[0]\n",
+                                                  "    e = np.exp(2 * cache - (2 * cache).max(-1, keepdims=True))\n"
+                                                  "    p = e / e.sum(-1, keepdims=True)\n")
+    assert numpy_only != SCALED_SOFTMAX_EXERCISE
+    (tmp_path / "scaled_softmax_exercise.py").write_text(numpy_only)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    kernel("from npllama.exercises import check_function\n"
+           "from npllama.exercises.teacher import exercise_in_file\n"
+           "exercise = exercise_in_file('scaled_softmax_exercise.py', 'scaled_softmax', verify=False)")
+    kernel("from scaled_softmax_exercise import scaled_softmax_backward as mine")
+    report = kernel("check_function(exercise, mine, n_random=1)")
+    assert report.refused and "mine here is the exercise's reference" in report.refused, report.format()
+    assert "scaled_softmax_exercise.py" in report.refused, report.format()
+    assert kernel("check_function(exercise, exercise.reference, n_random=1)").ok
+    # calling it from a backward of the student's own is refused by the guard
+    kernel("from scaled_softmax_exercise import scaled_softmax_backward as ref\n\n"
+           "def scaled_softmax_backward(dp, cache):\n    return ref(dp, cache)\n")
+    report = kernel("check_function(exercise, scaled_softmax_backward, n_random=1)")
+    assert report.refused and "calls ref, which is the exercise's reference" in report.refused, report.format()

@@ -24,6 +24,7 @@ import linecache
 import sys
 import tokenize
 import weakref
+from pathlib import Path
 
 # where the ops a student writes live: the op modules, their kernels, the assembled block and model
 LIBRARY_CODE = ("npllama.ops.", "npllama.kernels", "npllama.model")
@@ -66,14 +67,31 @@ def students_code(function, exercise) -> bool:
 
 
 def librarys_own(function, exercise) -> str | None:
-    """Why `function` is not the student's: one of the model's own ops (the backward to write, or
-    any other), given in a session to a built-in exercise (None otherwise).  A teacher's exercise
-    may be a variant of an op whose reference is npllama's own, which its checks run knowingly."""
-    module = getattr(function, "__module__", None) or ""
-    if _shell() is None or not exercise.builtin or not module.startswith(LIBRARY_CODE):
+    """Why `function`, given in a session, is not the student's (None otherwise): one of the model's
+    own ops given to a built-in exercise (the backward to write, or any other); or a teacher's
+    reference, imported by a cell from the exercise's file (`from x_exercise import x_backward`)
+    and checked, or called by the function checked.  A teacher checking the reference names it
+    through the exercise (exercise.reference, verify_reference), not a name of the notebook's --
+    and a teacher's exercise may be a variant of an op whose reference is npllama's own, which its
+    checks run knowingly."""
+    if _shell() is None:
         return None
-    return (f"{function.__name__} here is npllama's own, from {module} (a cell imported it), not yours: "
-            f"define {exercise.backward_name} in the exercise's cell, run that cell, then check again")
+    module = getattr(function, "__module__", None) or ""
+    if exercise.builtin and module.startswith(LIBRARY_CODE):
+        return (f"{function.__name__} here is npllama's own, from {module} (a cell imported it), not yours: "
+                f"define {exercise.backward_name} in the exercise's cell, run that cell, then check again")
+    for held, path, calls in _definitions_used(function, exercise):
+        if exercise.exercise_file and _code_file(held) == Path(exercise.exercise_file).resolve():
+            name = ".".join(path)
+            what = f"your {function.__name__} calls {name}, which is" if calls else f"{name} here is"
+            return (f"{what} the exercise's reference {held.__name__}, from {Path(exercise.exercise_file).name} "
+                    f"(a cell imported it), not yours: write {exercise.backward_name} yourself, run its cell, "
+                    f"then check again")
+    return None
+
+
+def _code_file(function) -> Path:
+    return Path(function.__code__.co_filename).resolve()
 
 
 def replaced_definitions(function, exercise) -> tuple[str | None, list[str]]:

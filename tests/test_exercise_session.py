@@ -569,13 +569,15 @@ CALLS_THE_HELPER = "def softmax_backward(dp, cache):\n    return jacobian_produc
 
 @pytest.mark.parametrize("calls", [
     CALLS_THE_HELPER,
+    # called in a comprehension: code of its own inside the backward
+    "def softmax_backward(dp, cache):\n    return [jacobian_product(dp, p) for p in [cache]][0]\n",
     # two levels down: the backward's helper calls the helper a later cell broke
     "def middle(dp, p):\n    return [jacobian_product(dp, p)][0]\n\n"
     "def softmax_backward(dp, cache):\n    return middle(dp, cache)\n",
     # a method of a class of the notebook
     "class Helpers:\n    @staticmethod\n    def product(dp, p):\n        return jacobian_product(dp, p)\n\n"
     "def softmax_backward(dp, cache):\n    return Helpers.product(dp, cache)\n",
-], ids=["its helper", "its helper's helper", "a class's method calling it"])
+], ids=["its helper", "in a comprehension", "its helper's helper", "a class's method calling it"])
 def test_a_helper_redefined_by_a_cell_that_failed_leaves_no_verdict(kernel, calls):
     """The backward calls a helper an earlier cell defined; a later cell redefining the HELPER
     failed before its def ran: the backward was graded, 'Well done!', with the helper the student
@@ -740,3 +742,35 @@ def test_a_teachers_reference_imported_by_a_cell_is_not_graded_as_the_students(k
            "def scaled_softmax_backward(dp, cache):\n    return ref(dp, cache)\n")
     report = kernel("check_function(exercise, scaled_softmax_backward, n_random=1)")
     assert report.refused and "calls ref, which is the exercise's reference" in report.refused, report.format()
+
+
+@pytest.mark.parametrize("later, expected", [
+    ("import nump\ndef helper():\n    def softmax_backward(dp, cache):\n        return dp\n", "graded"),
+    ("import nump\nsoftmax_backward: object\n", "graded"),
+    ("import nump\ndef softmax_backward(dp, cache):\n    return dp\n\nsoftmax_backward = first_version\n", "graded"),
+    ("import nump\nfrom numpy import softmax_backward\n", "noted"),
+    ("import nump\nsoftmax_backward = first_version.__call__\n", "noted"),
+    ("import nump\nsoftmax_backward: object = None\n", "noted"),
+    ("import nump\nfor softmax_backward in []:\n    pass\n", "noted"),
+    ("import nump\nwith open('x') as softmax_backward:\n    pass\n", "noted"),
+    ("import nump\nsoftmax_backward = replacement\n", "noted"),
+    ("import nump\ndef softmax_backward(dp, cache):\n    return dp\n", "stale"),
+    ("import nump\nsoftmax_backward = first_version\ndef softmax_backward(dp, cache):\n    return dp\n", "stale"),
+    ("import nump\nsoftmax_backward = never_rebound\n", "stale"),
+], ids=["a def inside another def", "an annotation alone", "an alias to it, last", "an import", "a call's result",
+        "an annotated assignment", "a for loop", "a with", "an alias rebound since", "a def", "a def, last",
+        "an alias to another function"])
+def test_how_a_cell_that_stopped_binds_the_name_decides_the_verdict(kernel, later, expected):
+    """A cell that stopped with an error before binding the name: had it run, a def (or an alias to
+    a function unchanged since) would have replaced the function checked -- no verdict; an
+    import, a call, an alias to a name rebound since, may have given the same function back --
+    graded with a note; what binds nothing at the cell's level, or would have put the same
+    function back, is no alarm."""
+    kernel(SOFTMAX_RIGHT)
+    kernel("first_version = softmax_backward\nnever_rebound = lambda dp, cache: dp\nreplacement = None")
+    assert kernel(CHECK_CELL).ok
+    kernel(later)
+    kernel("replacement = len")
+    report = kernel(CHECK_CELL)
+    verdict = "stale" if report.load_error else "noted" if report.ok and report.notes else "graded" if report.ok else "?"
+    assert verdict == expected, report.format()

@@ -588,8 +588,8 @@ def test_a_helper_redefined_by_a_cell_that_failed_leaves_no_verdict(kernel, call
     kernel("import nump\n" + HELPER_RIGHT.replace("sum(-1", "sum(0"))
     report = kernel(CHECK_CELL)
     assert not report.ok and report.load_error, report.format()
-    assert "jacobian_product" in report.load_error and "In[1]" in report.load_error and "In[4]" in report.load_error, \
-        report.load_error
+    assert "your softmax_backward calls jacobian_product" in report.load_error, report.load_error
+    assert "In[1]" in report.load_error and "In[4]" in report.load_error, report.load_error
     kernel(HELPER_RIGHT.replace("sum(-1", "sum(0"))      # the cell fixed and run: the new helper is graded
     report = kernel(CHECK_CELL)
     assert report.first_failure is not None and "first axis" in report.first_failure.diagnosis, report.format()
@@ -641,6 +641,7 @@ def test_a_function_no_cell_typed_says_what_cannot_be_told(kernel):
     report = kernel(CHECK_CELL)
     assert report.ok and len(report.notes) == 1, report.format()
     assert "cannot tell" in report.notes[0] and "In[3]" in report.notes[0], report.notes
+    assert "made by code no cell typed" in report.notes[0], report.notes
     assert "cannot tell" in report.format()
 
 
@@ -701,7 +702,8 @@ def test_a_long_notebook_is_read_only_where_it_names_the_functions_checked(kerne
     "notes = '''\ndef jacobian_product(dp, p):\n'''\n",
     "# jacobian_product = None\n",
     "print(dict(\n    jacobian_product=jacobian_product,\n))\n",
-], ids=["a string", "a comment", "a keyword argument"])
+    "f = lambda x, jacobian_product=None: x\n",
+], ids=["a string", "a comment", "a keyword argument", "a lambda's parameter"])
 def test_a_cell_with_a_syntax_error_that_only_mentions_a_helper_is_no_alarm(kernel, mention):
     """A cell that does not parse is read as text: a line of a string starting 'def name(', or
     a keyword argument 'name=' at the start of a line, counted as defining the helper again, and
@@ -711,9 +713,12 @@ def test_a_cell_with_a_syntax_error_that_only_mentions_a_helper_is_no_alarm(kern
     kernel(mention + "x = = 1\n")            # a syntax error
     report = kernel(CHECK_CELL)
     assert report.ok and not report.notes, report.format()
-    kernel("y = 1\ndef jacobian_product(dp, p):\n    return dp\n\nx = = 1\n")     # defines it, and does not parse
-    report = kernel(CHECK_CELL)
-    assert report.load_error and "In[5]" in report.load_error, report.format()
+    for n, defines in [(5, "y = 1\ndef jacobian_product(dp, p):\n    return dp\n\nx = = 1\n"),
+                       (8, "first = jacobian_product = lambda dp, p: dp\nx = = 1\n")]:
+        kernel(defines)         # defines it, and does not parse
+        report = kernel(CHECK_CELL)
+        assert report.load_error and f"In[{n}]" in report.load_error, report.format()
+        kernel(HELPER_RIGHT)
 
 
 def test_a_teachers_reference_imported_by_a_cell_is_not_graded_as_the_students(kernel, tmp_path, monkeypatch):

@@ -284,18 +284,18 @@ def _last_binding(cell: str, path):
 
 
 def _binds_in_unparsable(cell: str, name: str) -> bool:
-    """Whether a cell that does not parse has a statement `def name(` or `name = ...`, read token by
-    token: the text of a string or a comment, and a keyword argument `name=` inside brackets, bind
-    nothing."""
+    """Whether a cell that does not parse has a statement `def name(` or `name = ...` (`a = name =
+    ...` too), read token by token: the text of a string or a comment, a keyword argument `name=`
+    inside brackets, and a lambda's parameter `name=` bind nothing."""
     tokens = _tokens(cell)
-    depth, statement_starts = 0, True
+    depth, target_next = 0, True     # target_next: the next token starts a statement, or follows its `=`
     for token, following in zip(tokens, tokens[1:]):
-        if statement_starts and depth == 0 and (token.string, following.string) in (("def", name), (name, "=")):
+        if target_next and depth == 0 and (token.string, following.string) in (("def", name), (name, "=")):
             return True
         depth += token.exact_type in (tokenize.LPAR, tokenize.LSQB, tokenize.LBRACE)
         depth -= token.exact_type in (tokenize.RPAR, tokenize.RSQB, tokenize.RBRACE)
-        statement_starts = (token.type in (tokenize.NEWLINE, tokenize.NL, tokenize.INDENT, tokenize.DEDENT)
-                            or token.string in (";", "async"))
+        target_next = (token.type in (tokenize.NEWLINE, tokenize.NL, tokenize.INDENT, tokenize.DEDENT)
+                       or token.string in (";", "async", "="))
     return False
 
 

@@ -7,8 +7,15 @@ not be the code the student last ran.
   code the student has replaced (a right answer edited into a wrong one still said "Well done!").
   The same holds for a helper the function calls from another cell: the checked function is
   graded with the helper the kernel holds.
+  How a later cell binds the name decides (_replaced): a def, a lambda, or an alias to a function
+  unchanged since would have replaced the function had the cell run that line -- no verdict
+  (STALE); an import, a call's result, or an alias to a name rebound since may have given the
+  same function back -- graded, with a note saying so (UNSURE).  A cell known to have ended
+  without an error (watch_cells) replaced nothing it did not replace: a def there that did not
+  take effect sat in a branch not taken.
 - `from npllama.ops.softmax import softmax_backward` in a cell makes the library's own backward
-  the one checked: it is not the student's.
+  the one checked: it is not the student's; nor is a teacher's reference imported from the
+  exercise's file (librarys_own).
 
 Outside IPython (a script, pytest, the grading sandbox) there is no such state: nothing is said.
 """
@@ -131,12 +138,13 @@ def _definitions_used(function, exercise):
     """(function, the names leading to it from the notebook's namespace, whether it is a helper)
     for the checked function -- under its own name, the exercise's, or else any name holding it
     -- then for every function and class method its code reaches through the notebook's
-    namespace, transitively (each once)."""
-    if not inspect.isfunction(function):      # a builtin, a C function: no cell's code
-        return
+    namespace, transitively (each once).  `function` is the Python function check_function runs
+    (a partial's, a callable object's __call__)."""
     namespace = _shell().user_ns
-    own = [path for path in (_name_path(function), [exercise.backward_name])
-           if path is not None and _still_held(function, path)]
+    # its own names: ['rmsnorm_backward'], a method's ['Op', 'rmsnorm_backward'] -- a lambda's
+    # '<lambda>' or a nested function's 'f.<locals>.g' names nothing the namespace holds
+    own = [path for path in (function.__qualname__.split("."), [exercise.backward_name])
+           if _still_held(function, path)]
     if not own:         # a lambda or an alias under another name: the names holding it
         own = [[name] for name in list(namespace) if not name.startswith("_") and _still_held(function, [name])]
     for path in {tuple(path): path for path in own}.values():
@@ -181,9 +189,9 @@ def _functions_under(name: str, value):
 
 def _replaced(function, path) -> tuple[str | None, int | None, int | None]:
     """(STALE, UNSURE or None, the cell whose code `function` is or None, the later cell binding
-    `path`): STALE when a cell run after the one defining the function binds its name in a way
-    that would have replaced it -- so it stopped before -- UNSURE when whether it did cannot be
-    told from the cells' text."""
+    `path`): STALE when a cell run after the one defining the function, not known to have ended
+    without an error, binds its name in a way that would have replaced it -- so it stopped before
+    -- UNSURE when whether it did cannot be told from the cells' text."""
     defined_in = _cells_defining(function)
     cell = defined_in[-1] if defined_in else None
     history, ran_to_the_end = _history(), _cells_ran_to_the_end()
@@ -232,7 +240,7 @@ def watch_cells() -> None:
     ended = _ENDED_WITHOUT_ERROR[shell] = {}
 
     def record(result):
-        if result is not None and result.execution_count is not None:     # a cell kept in the history
+        if result is not None:
             ended[result.execution_count] = result.success
 
     shell.events.register("post_run_cell", record)
@@ -241,13 +249,6 @@ def watch_cells() -> None:
 def _cells_ran_to_the_end() -> dict[int, bool]:
     """{n: whether In[n] ended without an error} for the cells run since watch_cells."""
     return _ENDED_WITHOUT_ERROR.get(_shell(), {})
-
-
-def _name_path(function) -> list[str] | None:
-    """The names leading to `function` from the cell's globals: ['rmsnorm_backward'], a method's
-    ['Op', 'rmsnorm_backward'] (None for a lambda or a function made inside another: no cell names it)."""
-    path = getattr(function, "__qualname__", "").split(".")
-    return None if any(part.startswith("<") for part in path) else path
 
 
 def _still_held(function, path) -> bool:
@@ -276,8 +277,6 @@ def _last_binding(cell: str, path):
         return UNRAN if _binds_in_unparsable(cell, path[-1]) else None
     for name in path[:-1]:
         classes = [node for node in _statements(statements) if isinstance(node, ast.ClassDef) and node.name == name]
-        if not classes:
-            return None
         statements = [statement for node in classes for statement in node.body]
     kinds = [kind for node in _statements(statements) if (kind := _binding(node, path[-1]))]
     return kinds[-1] if kinds else None

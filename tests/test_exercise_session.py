@@ -779,3 +779,23 @@ def test_how_a_cell_that_stopped_binds_the_name_decides_the_verdict(kernel, late
     report = kernel(CHECK_CELL)
     verdict = "stale" if report.load_error else "noted" if report.ok and report.notes else "graded" if report.ok else "?"
     assert verdict == expected, report.format()
+
+
+def test_a_cell_run_before_the_check_was_first_used_is_not_said_to_have_stopped(kernel):
+    """Whether a cell ended without an error is known from the check's first use or import on (the
+    generated notebook imports it in the check cell): a def in a branch an earlier cell did not
+    take was said to be in a cell that 'stopped before that line ran' -- the message names both
+    possibilities, and both ways out."""
+    kernel(SOFTMAX_RIGHT)
+    kernel("use_second_version = False\nif use_second_version:\n"
+           + "".join("    " + line + "\n" for line in SOFTMAX_WRONG_AXIS.splitlines()))
+    report = kernel(CHECK_CELL)
+    assert report.load_error and "stopped before that line ran" not in report.load_error, report.format()
+    assert "or it sits in a branch the cell did not take" in report.load_error, report.format()
+    assert "run again the cell defining the softmax_backward you mean (In[1])" in report.load_error, report.format()
+    kernel(SOFTMAX_RIGHT)                   # the way out it names
+    assert kernel(CHECK_CELL).ok
+    kernel("import nump\n" + SOFTMAX_WRONG_AXIS)        # run since the check's first use: known to have stopped
+    report = kernel(CHECK_CELL)
+    assert report.load_error and "stopped before that line ran" in report.load_error, report.format()
+    assert "branch" not in report.load_error, report.format()

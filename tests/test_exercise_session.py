@@ -792,6 +792,7 @@ def test_a_cell_run_before_the_check_was_first_used_is_not_said_to_have_stopped(
     report = kernel(CHECK_CELL)
     assert report.load_error and "stopped before that line ran" not in report.load_error, report.format()
     assert "or it sits in a branch the cell did not take" in report.load_error, report.format()
+    assert "would grade code you may have replaced" in report.load_error, report.format()
     assert "run again the cell defining the softmax_backward you mean (In[1])" in report.load_error, report.format()
     kernel(SOFTMAX_RIGHT)                   # the way out it names
     assert kernel(CHECK_CELL).ok

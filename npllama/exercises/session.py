@@ -116,13 +116,15 @@ def replaced_definitions(function, exercise) -> tuple[str | None, list[str]]:
         name = ".".join(path)
         if verdict == STALE:
             through = (f"your {function.__name__} calls {name}, and " if calls else "")
-            grades = (f"your function with the {name} you have replaced" if calls else "code you have replaced")
             if later in _cells_ran_to_the_end():        # it stopped with an error: watched since
-                why, way_out = "stopped before that line ran (see that cell's error)", "fix that cell, run it"
+                why, replaced = "stopped before that line ran (see that cell's error)", "you have replaced"
+                way_out = "fix that cell, run it"
             else:       # run before watch_cells: it may also have ended well, not taking a branch holding the def
                 why = ("did not run that line: it stopped before it (see that cell's error), or it sits in a "
                        "branch the cell did not take")
+                replaced = "you may have replaced"
                 way_out = f"fix that cell and run it, or run again the cell defining the {name} you mean (In[{cell}])"
+            grades = f"your function with the {name} {replaced}" if calls else f"code {replaced}"
             return (f"{through}the {name} the kernel holds is the one cell In[{cell}] defined, but cell In[{later}], "
                     f"run after it, defines {name} again and {why}; checking now would grade {grades}: "
                     f"{way_out}, then run this check again"), []

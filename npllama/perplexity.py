@@ -2,6 +2,7 @@
 
     result = perplexity(model, tokenizer, open("held_out.txt").read())
     result.tokens, result.mean_loss, result.perplexity
+    result = perplexity(model, tokenizer, read_held_out("val.jsonl"), context=seq_len)   # as training reads it
 
 The text is encoded once (with BOS) and cut into consecutive windows of the model's context (or
 `context` tokens); every token after the first is predicted once, from the tokens before it in its
@@ -13,6 +14,12 @@ text is cut into documents and encoded as training encodes its held-out text, `<
 one another: held-out text written like the training text then scores what training's validation
 loss scores (with `context` = the run's seq_len, the same windows).  Encoded whole, the blank lines
 between documents are newline tokens a model trained on documents never saw, and cost it dearly.
+
+`text` may also be documents already cut (a list of str, or a npllama.data.Corpus), encoded the
+same way.  read_held_out(path, doc_separator) reads a file or folder as `npllama train` reads its
+--val-data -- a .jsonl file a document a record, a folder of .txt and .jsonl files -- which is what
+`npllama eval perplexity` and `eval mlm` score: a .jsonl file read as a str would be scored as JSON
+text (its braces, quotes and "text": keys), another number than the run's validation loss.
 """
 from __future__ import annotations
 
@@ -33,15 +40,43 @@ class PerplexityResult:
     documents: int | None = None   # documents the text was cut into (None: encoded whole)
 
 
-def perplexity(model, tokenizer, text: str, *, context: int | None = None, batch_size: int = 8,
+def read_held_out(path, doc_separator: str | None = None, progress: bool | None = False):
+    """The held-out text at `path` as `npllama train` reads its --val-data (npllama.data.Corpus, the
+    rules of load_texts), for perplexity and masked_lm_score:
+
+        documents = read_held_out("val.jsonl")                        # a Corpus: a document a record
+        documents = read_held_out("held_out/", doc_separator="line")  # a folder of .txt and .jsonl files
+        perplexity(model, tokenizer, documents, context=seq_len)      # the run's validation loss
+
+    A .jsonl file: each record's "text" one document, whatever doc_separator says; a .txt file: cut
+    at doc_separator; a folder: its .txt and .jsonl files in sorted order, what it leaves out said in
+    a warning, its .txt files cut at doc_separator (None: each one document, "whole-file").  These
+    give a Corpus.  A .txt file with no doc_separator gives its text whole (a str, its line ends
+    \\n), scored as one text.  Other files are refused as training refuses them (a ValueError
+    naming the file); progress: Corpus' reading bar."""
+    from pathlib import Path
+
+    from .budget import max_read
+    from .data import Corpus, unix_line_ends
+    from .io.reading import read_text
+    from .ops._checks import require_path
+
+    path = Path(require_path("path", path, "a .txt or .jsonl file or a folder of them")).expanduser()
+    if doc_separator is None and path.suffix.lower() == ".txt" and not path.is_dir():
+        # a regular file within the read budget, UTF-8, its byte-order mark dropped, as training reads it
+        return unix_line_ends(read_text(path, max_bytes=max_read()))
+    return Corpus(path, "whole-file" if doc_separator is None else doc_separator, progress=progress)
+
+
+def perplexity(model, tokenizer, text, *, context: int | None = None, batch_size: int = 8,
                progress: bool = False, doc_separator: str | None = None, source: str = "the text") -> PerplexityResult:
-    """Mean next-token loss and perplexity of `text` under `model` (see the module docstring).
+    """Mean next-token loss and perplexity of `text` -- a str, or documents (a list of str, a Corpus:
+    read_held_out's) -- under `model` (see the module docstring).  doc_separator cuts a str only.
     source: the text's name (its file) in the warning that a marker:TEXT separator never occurs."""
     from .runs import require_next_token_model
     from .tokenizer import check_tokenizer_fits
 
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    _require_text(text, doc_separator)
     require_next_token_model(model, "perplexity")   # not a masked-LM model, not a classification adapter
     check_tokenizer_fits(tokenizer, model)
     limit = model.config.max_position_embeddings
@@ -73,14 +108,34 @@ def perplexity(model, tokenizer, text: str, *, context: int | None = None, batch
                             windows=len(starts), documents=documents)
 
 
-def _encoded(tokenizer, text: str, doc_separator: str | None, source: str = "the text") -> tuple[list[int], int | None]:
-    """(the text's ids, how many documents): encoded whole with BOS, or cut into documents as
-    training encodes its held-out text (doc_separator), `<s> doc </s>` after one another.  source:
-    the text's name in the warning that a marker:TEXT separator never occurs."""
-    if doc_separator is None:
-        return tokenizer.encode(text, bos=tokenizer.bos_id is not None), None
+def _require_text(text, doc_separator) -> None:
+    """A TypeError unless `text` is a str or documents (a list or tuple of str, a Corpus); a
+    ValueError for a doc_separator beside documents, which are cut already."""
+    from .data import Corpus
+
+    if isinstance(text, str):
+        return
+    if not isinstance(text, (list, tuple, Corpus)):
+        raise TypeError(f"text must be a str, or documents (a list of str, a npllama.data.Corpus: read_held_out's), "
+                        f"got {type(text).__name__}")
+    if doc_separator is not None:
+        raise ValueError(f"doc_separator cuts a str into documents; text is documents already (a "
+                         f"{type(text).__name__}), so doc_separator={doc_separator!r} would be ignored: leave it out")
+
+
+def _encoded(tokenizer, text, doc_separator: str | None, source: str = "the text") -> tuple[list[int], int | None]:
+    """(the text's ids, how many documents): a str encoded whole with BOS, or cut into documents as
+    training encodes its held-out text (doc_separator), `<s> doc </s>` after one another, as
+    documents given (a list of str, a Corpus) are.  source: the text's name in the warning that a
+    marker:TEXT separator never occurs."""
     from .data import split_documents, tokenize_corpus
 
+    if not isinstance(text, str):
+        if not len(text):
+            raise ValueError("text holds no document (an empty list): there is nothing to predict")
+        return tokenize_corpus(text, tokenizer).tolist(), len(text)
+    if doc_separator is None:
+        return tokenizer.encode(text, bos=tokenizer.bos_id is not None), None
     texts = split_documents(text, doc_separator, warn_about=source)
     if not texts:
         separators = f" and the separator {doc_separator[len('marker:'):]!r}" if doc_separator.startswith("marker:") else ""
@@ -97,10 +152,11 @@ class MaskedLMResult:
     documents: int | None = None   # documents the text was cut into (None: encoded whole)
 
 
-def masked_lm_score(model, tokenizer, text: str, *, context: int | None = None, batch_size: int = 8,
+def masked_lm_score(model, tokenizer, text, *, context: int | None = None, batch_size: int = 8,
                     seed: int = 0, progress: bool = False, doc_separator: str | None = None,
                     source: str = "the text") -> MaskedLMResult:
-    """The masked-LM loss and accuracy of `text` under a masked-LM model (objective "mlm"), scored as
+    """The masked-LM loss and accuracy of `text` (a str, or documents: as for perplexity) under a
+    masked-LM model (objective "mlm"), scored as
     `npllama train --objective mlm` scores its held-out text: data.evaluation_batches' windows of
     `context` tokens, `batch_size` at a time, masked once from `seed` (objectives.masked_held_out),
     evaluated by objectives.evaluate_masked_lm.  With the run's --seq-len, --batch-size and --seed
@@ -108,8 +164,7 @@ def masked_lm_score(model, tokenizer, text: str, *, context: int | None = None, 
     from .data import evaluation_batches
     from .objectives import evaluate_masked_lm, masked_held_out
 
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    _require_text(text, doc_separator)
     if getattr(model, "objective", "causal") != "mlm":
         raise ValueError("masked_lm_score scores a masked-LM model (`npllama train --objective mlm`, `finetune "
                          "sop`); this one predicts the next token: use perplexity (`npllama eval perplexity`)")

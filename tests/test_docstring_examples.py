@@ -137,7 +137,9 @@ RUN = {
     "npllama.optim:0": {"fill": {"range(total_steps)": "range(2)"}},
     "npllama.exercises:1": {},
     "npllama.tokenizer_json:0": {},
-    "npllama.perplexity:0": {},
+    "npllama.perplexity:0": {"fill": {"context=seq_len": "context=16"}},
+    "npllama.perplexity.read_held_out:0": {"fill": {"context=seq_len": "context=16"},
+                                           "check": "len(documents) == 3"},   # held_out/'s stories
     "npllama.datasets:0": {"fill": {'("sentiment", seed=0)': '("sentiment", 20, seed=0)'},
                            "check": "names == ('negative', 'positive') and set(ids) == {0, 1}"},
     "npllama.corpus:0": {"fill": {"make_default_corpus()": "make_default_corpus(20)"}},
@@ -183,6 +185,9 @@ def workspace(small_model_dir, tmp_path_factory):
     (root / "corpus.txt").write_text("\n\n".join(stories), encoding="utf-8")
     (root / "held_out.txt").write_text(stories[0], encoding="utf-8")
     (root / "notes.txt").write_text("notes\n", encoding="utf-8")
+    (root / "val.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for text in stories[:2]), encoding="utf-8")
+    (root / "held_out").mkdir()
+    (root / "held_out" / "stories.txt").write_text("\n".join(stories[2:5]), encoding="utf-8")
     (root / "runs/tiny/train_config.json").write_text(json.dumps({"steps": 2}), encoding="utf-8")
     write_legacy(root / "stories15M.bin", random_llama2c_weights(vocab_size=tokenizer.vocab_size))
     write_llama2c_tokenizer(root / "tokenizer.bin", small_model_dir / "tokenizer.model")

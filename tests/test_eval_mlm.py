@@ -144,3 +144,57 @@ def test_a_folder_no_run_saved_is_scored_with_the_fixed_defaults(models, capsys)
     record = eval_mlm_json(capsys, "--model", str(folder / "mlm"), "--data", str(folder / "held_out.txt"))
     assert record["settings_of_the_run"] == [] and record["documents"] is None
     assert (record["context"], record["batch_size"], record["seed"]) == (mlm.config.max_position_embeddings, 8, 0)
+
+
+@pytest.fixture(scope="module", params=["jsonl", "folder"])
+def mlm_run_with_held_out(request, tmp_path_factory):
+    """(run folder, its --val-data, the validation loss it logged): an `npllama train --objective mlm`
+    run (--doc-separator line) whose --val-data, a .jsonl file or a folder, was all scored."""
+    import warnings
+
+    from npllama.corpus import make_default_corpus
+    from npllama.train import TrainConfig, train
+
+    from .test_perplexity_documents import write_held_out
+
+    folder = tmp_path_factory.mktemp(f"mlm_run_{request.param}")
+    (folder / "train.jsonl").write_text("".join(json.dumps({"text": text}) + "\n"
+                                                for text in make_default_corpus(200, seed=0)))
+    held_out = write_held_out(folder, request.param)
+    with pytest.MonkeyPatch.context() as monkeypatch, warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the note the folder holds is left out
+        monkeypatch.setenv("NPLLAMA_RUNS", str(folder / "runs"))
+        train(TrainConfig(out=str(folder / "run"), data=str(folder / "train.jsonl"), val_data=str(held_out),
+                          doc_separator="line", objective="mlm", preset="stories260k", vocab_size=360,
+                          batch_size=3, seq_len=24, steps=20, eval_every=0, eval_batches=0, samples=0,
+                          progress=False, seed=4),
+              echo=lambda *a: None)
+    logged = [json.loads(line) for line in (folder / "run" / "log.jsonl").read_text().splitlines()]
+    return folder / "run", held_out, [r["val_loss"] for r in logged if "val_loss" in r][-1]
+
+
+def test_a_runs_jsonl_or_folder_held_out_text_gives_the_validation_loss_it_logged(mlm_run_with_held_out, capsys):
+    """A .jsonl file was scored as its JSON text, a folder refused."""
+    import warnings
+
+    run, held_out, val_loss = mlm_run_with_held_out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        record = eval_mlm_json(capsys, "--model", str(run), "--data", str(held_out))
+    assert record["mean_loss"] == pytest.approx(val_loss, rel=1e-5), (record, val_loss)
+    assert record["documents"] == (3 if held_out.suffix == ".jsonl" else 7)
+
+
+def test_read_held_out_scores_a_path_for_python_as_training_reads_it(mlm_run_with_held_out):
+    import warnings
+
+    from npllama.perplexity import read_held_out
+    from npllama.runs import load_model_and_tokenizer
+
+    run, held_out, val_loss = mlm_run_with_held_out
+    model, tokenizer, _ = load_model_and_tokenizer(run, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        documents = read_held_out(held_out, doc_separator="line")
+    result = masked_lm_score(model, tokenizer, documents, context=24, batch_size=3, seed=4)
+    assert result.mean_loss == pytest.approx(val_loss, rel=1e-5) and result.documents == len(documents)

@@ -3,6 +3,7 @@ validation does: cut into documents (`<s> doc </s>` each), not as one text whose
 model never saw as tokens (a run trained at blank lines scored 4.18 nats on such a file against a
 validation loss of 3.43 on the same kind of text)."""
 import json
+import warnings
 import shutil
 
 import numpy as np
@@ -133,3 +134,95 @@ def test_a_runs_settings_that_cannot_be_read_are_an_error_unless_the_flags_they_
     assert "--doc-separator" in err and len(err.strip().splitlines()) == 1, err
     status, out, _ = eval_perplexity(capsys, "--model", str(run), "--data", str(held_out), "--doc-separator", "line")
     assert status == 0 and "documents cut at every line;" in out, out
+
+
+def write_held_out(folder, form: str):
+    """Held-out text in `form` as `npllama train --val-data` takes it: a .jsonl file whose records hold
+    blank lines and line ends (each record one document all the same), or a folder of such a file, a
+    .txt file of a story a line (the run's --doc-separator line cuts it) and a note that is not read."""
+    from npllama.corpus import make_default_corpus
+
+    stories = make_default_corpus(9, seed=9)
+    records = [stories[0] + "\n\n" + stories[1], stories[2] + "\n" + stories[3], stories[4]]
+    jsonl = folder / "held_out.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": text}) + "\n" for text in records))
+    if form == "jsonl":
+        return jsonl
+    held_out = folder / "held_out"
+    held_out.mkdir()
+    jsonl.rename(held_out / "a.jsonl")
+    (held_out / "b.txt").write_text("\n".join(stories[5:]) + "\n")
+    (held_out / "notes.md").write_text("# not held-out text\n")
+    return held_out
+
+
+@pytest.fixture(scope="module", params=["jsonl", "folder"])
+def run_with_held_out(request, tmp_path_factory):
+    """(run folder, its --val-data, the validation loss it logged): an `npllama train` run on a .jsonl
+    corpus (--doc-separator line) whose --val-data, a .jsonl file or a folder, was all scored
+    (--eval-batches 0)."""
+    from npllama.corpus import make_default_corpus
+    from npllama.train import TrainConfig, train
+
+    folder = tmp_path_factory.mktemp(f"run_{request.param}")
+    (folder / "train.jsonl").write_text("".join(json.dumps({"text": text}) + "\n"
+                                                for text in make_default_corpus(200, seed=0)))
+    held_out = write_held_out(folder, request.param)
+    with pytest.MonkeyPatch.context() as monkeypatch, warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the note the folder holds is left out, as eval leaves it out
+        monkeypatch.setenv("NPLLAMA_RUNS", str(folder / "runs"))
+        train(TrainConfig(out=str(folder / "run"), data=str(folder / "train.jsonl"), val_data=str(held_out),
+                          doc_separator="line", preset="stories260k", vocab_size=360, batch_size=3, seq_len=24,
+                          steps=20, eval_every=0, eval_batches=0, samples=0, progress=False, seed=4),
+              echo=lambda *a: None)
+    logged = [json.loads(line) for line in (folder / "run" / "log.jsonl").read_text().splitlines()]
+    return folder / "run", held_out, [r["val_loss"] for r in logged if "val_loss" in r][-1]
+
+
+def test_a_runs_jsonl_or_folder_held_out_text_gives_the_validation_loss_it_logged(run_with_held_out, capsys):
+    """A .jsonl file was scored as its JSON text (braces, quotes, "text": keys), a folder refused."""
+    run, held_out, val_loss = run_with_held_out
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status, out, err = eval_perplexity(capsys, "--model", str(run), "--data", str(held_out), "--context", "24")
+    assert status == 0, err
+    assert f"mean loss {val_loss:.4f} nats" in out, (out, val_loss)
+    # the folder's note is left out, and said to be, as training says it
+    assert any("notes.md" in str(w.message) for w in caught) == held_out.is_dir()
+
+
+def test_read_held_out_reads_a_path_for_python_as_training_reads_it(run_with_held_out):
+    from npllama.perplexity import read_held_out
+
+    run, held_out, val_loss = run_with_held_out
+    model, tokenizer, _ = load_model_and_tokenizer(run, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        documents = read_held_out(held_out, doc_separator="line")
+    result = perplexity(model, tokenizer, documents, context=24)
+    assert result.mean_loss == pytest.approx(val_loss, rel=1e-5) and result.documents == len(documents)
+
+
+def test_documents_are_encoded_as_cut_and_a_separator_beside_them_is_refused(small_model_dir):
+    model, tokenizer, _ = load_model_and_tokenizer(small_model_dir, dtype=np.float64)
+    documents = split_documents(HELD_OUT, "blank-line")
+    assert perplexity(model, tokenizer, documents, context=16) == perplexity(model, tokenizer, HELD_OUT, context=16,
+                                                                          doc_separator="blank-line")
+    with pytest.raises(ValueError, match="doc_separator.*documents already.*leave it out"):
+        perplexity(model, tokenizer, documents, doc_separator="line")
+    with pytest.raises(TypeError, match="text must be a str, or documents"):
+        perplexity(model, tokenizer, {"text": HELD_OUT})
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("held_out.json", '[{"text": "Once upon a time."}]', "jq -c"),        # records as one JSON array
+    ("held_out.jsonl", '{"story": "Once upon a time."}\n', '"text" field'),
+    ("held_out.md", "# Once upon a time\n", "expected a .txt or .jsonl file"),
+])
+def test_what_training_refuses_to_read_is_refused_before_the_model_is_loaded(tmp_path, capsys, name, content,
+                                                                             message):
+    """Not scored as the file's characters (a JSON array's brackets and keys): a silent wrong number."""
+    data = tmp_path / name
+    data.write_text(content)
+    status, out, err = eval_perplexity(capsys, "--model", str(tmp_path / "never-read"), "--data", str(data))
+    assert status == 2 and out == "" and f"cannot read --data {data}" in err and message in err, err

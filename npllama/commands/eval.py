@@ -1,6 +1,7 @@
 """`npllama eval choice`: multiple-choice question answering by log-likelihood (article §6.3);
-`npllama eval perplexity`: the mean next-token loss and perplexity of a text file;
-`npllama eval mlm`: a masked-LM model's loss and accuracy over the masked tokens of a text file;
+`npllama eval perplexity`: the mean next-token loss and perplexity of held-out text;
+`npllama eval mlm`: a masked-LM model's loss and accuracy over the masked tokens of held-out text
+(both read --data as `npllama train` reads --val-data: .txt, .jsonl, a folder of them);
 `npllama eval sop`: a `finetune sop` model's sentence-order (or next-sentence) accuracy on held-out documents."""
 import sys
 
@@ -44,8 +45,9 @@ def register(subparsers) -> None:
     c.set_defaults(run=run_choice)
 
     ppl = tasks.add_parser(
-        "perplexity", help="mean next-token loss and perplexity of a text file",
-        description="Encode the file (one text with BOS, or its documents as --doc-separator says; read "
+        "perplexity", help="mean next-token loss and perplexity of held-out text (.txt, .jsonl, a folder)",
+        description="Read --data as `npllama train` reads --val-data and encode it (a .txt file: one text with "
+                    "BOS, or its documents as --doc-separator says; a .jsonl file or a folder: its documents; read "
                     "and encoded whole, in memory), cut it into "
                     "consecutive windows of --context tokens that do not overlap, and report the tokens "
                     "predicted, the mean cross-entropy (nats) and the perplexity exp(mean loss). Every token "
@@ -55,24 +57,24 @@ def register(subparsers) -> None:
     ppl.add_argument("--model", default=None, help="a run folder or a Hugging Face LLaMA folder with its "
                      "tokenizer (default: the latest `npllama train` run)")
     add_adapter_option(ppl, "--model")
-    ppl.add_argument("--data", required=True, help="a UTF-8 text file")
+    ppl.add_argument("--data", required=True, help=DATA_HELP)
     ppl.add_argument("--context", type=int, default=None, help="tokens per window (default: the model's "
                      "max_position_embeddings)")
     ppl.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     ppl.add_argument("--doc-separator", default=None, metavar="blank-line|line|marker:TEXT|whole-file",
-                     help="cut the file into documents as `npllama train --doc-separator` does and score "
+                     help="cut a .txt file into documents as `npllama train --doc-separator` does and score "
                           "them as its validation loss does (<s> document </s> after one another), so held-out "
                           "text written like the training text gets the loss training reports (with "
                           "--context the run's --seq-len, the same number) (default: the run's own "
-                          "--doc-separator when --model is an `npllama train` run, else none: the file is one "
+                          "--doc-separator when --model is an `npllama train` run, else none: a .txt file is one "
                           "text, its blank lines included)")
     _run_options(ppl)
     ppl.set_defaults(run=run_perplexity)
 
     mlm = tasks.add_parser(
-        "mlm", help="masked-LM loss and accuracy of a text file, for a masked-LM model",
+        "mlm", help="masked-LM loss and accuracy of held-out text, for a masked-LM model",
         description="For a masked-LM model (`npllama train --objective mlm`, `npllama finetune sop`), which "
-                    "perplexity does not score: encode the file as perplexity does, cut it into windows of "
+                    "perplexity does not score: read and encode --data as perplexity does, cut it into windows of "
                     "--context tokens, --batch-size at a time, mask 15% of each window's ordinary tokens as "
                     "training does (80% the mask token, <unk>, 10% a random token, 10% kept; the draws from --seed alone, so "
                     "every run gives the same numbers), and report the masked tokens, the mean cross-entropy over "
@@ -83,7 +85,7 @@ def register(subparsers) -> None:
         formatter_class=HelpFormatter)
     mlm.add_argument("--model", default=None, help="a masked-LM run folder or Hugging Face folder with its "
                      "tokenizer (default: the latest `npllama train` run)")
-    mlm.add_argument("--data", required=True, help="a UTF-8 text file")
+    mlm.add_argument("--data", required=True, help=DATA_HELP)
     mlm.add_argument("--context", type=int, default=None, help="tokens per window (default: the run's --seq-len "
                      "when --model is an `npllama train` run, else the model's max_position_embeddings)")
     mlm.add_argument("--batch-size", type=int, default=None, help="windows per forward pass; the masks drawn "
@@ -128,14 +130,23 @@ def register(subparsers) -> None:
     p.set_defaults(run=print_help_instead(p))
 
 
+DATA_HELP = ("held-out text, read as `npllama train` reads --val-data: a UTF-8 .txt file (cut at "
+             "--doc-separator, else one text), a .jsonl file with a \"text\" field (a document a line), or a "
+             "folder of them (its .txt files cut at --doc-separator, else each one document)")
+
+
 def _run_options(p) -> None:
     add_run_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _held_out_text(args, least_context: int) -> str:
-    """--data's text, once --batch-size, --context and --doc-separator are checked (before the model
-    is loaded)."""
+def _held_out_text(args, least_context: int):
+    """--data read as `npllama train` reads --val-data (perplexity.read_held_out), once --batch-size,
+    --context and --doc-separator are checked, before the model is loaded: a .txt file's text (cut
+    later, at the --doc-separator given or the run's), a .jsonl file's documents -- or None for a
+    folder, whose .txt files are cut as they are read (_read_held_out, once the separator is known)."""
+    from pathlib import Path
+
     from . import UsageError
 
     if args.batch_size is not None and args.batch_size < 1:
@@ -146,18 +157,32 @@ def _held_out_text(args, least_context: int) -> str:
         from ..data import check_doc_separator
 
         check_doc_separator(args.doc_separator)   # before the model is loaded (cli names the flag)
-    from ..budget import max_read
-    from ..data import unix_line_ends
-    from ..io.reading import read_text
-
-    try:   # a regular file within the read budget, UTF-8, its byte-order mark dropped, read as training reads it
-        text = unix_line_ends(read_text(args.data, max_bytes=max_read()))
-    except (OSError, ValueError) as error:
-        raise UsageError(f"cannot read --data {args.data}: {error}") from None
-    if not text.strip():
+    if Path(args.data).expanduser().is_dir():
+        return None
+    text = _read_held_out(args, None)
+    if isinstance(text, str) and not text.strip():
         raise UsageError(f"--data {args.data} holds no text ({'empty' if not text else 'only whitespace'}): "
                          f"there is nothing to predict; give a file with at least a sentence")
     return text
+
+
+def _read_held_out(args, doc_separator):
+    """perplexity.read_held_out of --data, what it refuses a UsageError naming --data."""
+    from ..perplexity import read_held_out
+    from . import UsageError
+
+    try:
+        return read_held_out(args.data, doc_separator, progress=None if not args.no_progress else False)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot read --data {args.data}: {error}") from None
+
+
+def _text_and_separator(held_out, args, doc_separator):
+    """(what perplexity/masked_lm_score score, the doc_separator that cuts it): --data's text cut at
+    doc_separator, or its documents (a folder read now, its .txt files cut at doc_separator)."""
+    if held_out is None:
+        held_out = _read_held_out(args, doc_separator)
+    return (held_out, doc_separator) if isinstance(held_out, str) else (held_out, None)
 
 
 def _check_context(context: int | None, model) -> None:
@@ -232,10 +257,23 @@ def _trained(names: list[str]) -> str:
     return f"; {_flags(names)} as the run was trained" if names else ""
 
 
-def _documents_cut(documents: int | None, doc_separator, as_trained: bool) -> str:
-    return "" if documents is None else (
-        f"{documents:,} document{'s' if documents != 1 else ''} {_cut(doc_separator)}"
-        f"{', as the run was trained' if as_trained else ''}; ")
+def _documents_cut(documents: int | None, held_out, doc_separator, as_trained: bool) -> str:
+    """'12 documents cut at blank lines, as the run was trained; ' -- how --data was read, for the
+    result line ('' for a text scored whole)."""
+    from ..data import Corpus
+
+    if documents is None:
+        return ""
+    counted = f"{documents:,} document{'s' if documents != 1 else ''}"
+    trained = ", as the run was trained" if as_trained else ""
+    if not isinstance(held_out, Corpus):   # a .txt file's text, cut here
+        return f"{counted} {_cut(doc_separator)}{trained}; "
+    files, texts = held_out.files, [f for f in held_out.files if f.suffix.lower() == ".txt"]
+    if not held_out.path.is_dir():
+        return f"{counted}, a JSON line each; " if not texts else f"{counted} {_cut(held_out.doc_separator)}{trained}; "
+    cut = ("" if not texts else ", each .txt file one document" if held_out.doc_separator == "whole-file"
+           else f", .txt files {_cut(held_out.doc_separator)}{trained}")
+    return f"{counted} from {len(files):,} file{'s' if len(files) != 1 else ''}{cut}; "
 
 
 def run_mlm(args) -> int:
@@ -258,11 +296,12 @@ def run_mlm(args) -> int:
                          f"{args.data}`")
     settings, from_run = _mlm_settings(args, model, model_dir)
     _check_context(settings["context"], model)
+    text, doc_separator = _text_and_separator(text, args, settings["doc_separator"])
     with use_backend(args.backend or get_backend()):
         try:
             result = masked_lm_score(model, tokenizer, text, context=settings["context"],
                                      batch_size=settings["batch_size"], seed=settings["seed"],
-                                     progress=not args.no_progress, doc_separator=settings["doc_separator"],
+                                     progress=not args.no_progress, doc_separator=doc_separator,
                                      source=args.data)
         except ValueError as error:   # a file of only separators, or too short to mask a token
             raise UsageError(f"--data {args.data}: {error}") from None
@@ -272,7 +311,7 @@ def run_mlm(args) -> int:
                           "documents": result.documents, "units": {"mean_loss": loss_unit("mlm")}, **settings,
                           "settings_of_the_run": from_run}))
         return 0
-    documents = _documents_cut(result.documents, settings["doc_separator"], "doc_separator" in from_run)
+    documents = _documents_cut(result.documents, text, doc_separator, "doc_separator" in from_run)
     print(f"{model_dir} on {args.data}: {result.masked_tokens:,} masked token{'s' if result.masked_tokens != 1 else ''} "
           f"(--seed {settings['seed']}), mean loss {result.mean_loss:.4f} {loss_unit('mlm')}, accuracy "
           f"{result.accuracy:.3f} ({documents}{result.windows:,} window{'s' if result.windows != 1 else ''} of up to "
@@ -391,7 +430,7 @@ def run_perplexity(args) -> int:
     _check_context(args.context, model)
     settings, from_run = _given_else_the_runs({"doc_separator": args.doc_separator},
                                               lambda: _settings_of_the_run(model_dir, "train"), {})
-    doc_separator, as_trained = settings["doc_separator"], bool(from_run)
+    text, doc_separator = _text_and_separator(text, args, settings["doc_separator"])
     with use_backend(args.backend or get_backend()):
         try:
             result = perplexity(model, tokenizer, text, context=args.context, batch_size=args.batch_size,
@@ -399,7 +438,7 @@ def run_perplexity(args) -> int:
                                 source=args.data)
         except ValueError as error:   # a file of only separators holds no document
             raise UsageError(f"--data {args.data}: {error}") from None
-    documents = _documents_cut(result.documents, doc_separator, as_trained)
+    documents = _documents_cut(result.documents, text, doc_separator, bool(from_run))
     print(f"{model_dir}{' + ' + args.adapter if args.adapter else ''} on {args.data}: "
           f"{result.tokens:,} token{'s' if result.tokens != 1 else ''}, mean loss {result.mean_loss:.4f} {loss_unit('causal')}, "
           f"perplexity {result.perplexity:.3f} ({documents}{result.windows:,} window{'s' if result.windows != 1 else ''} "

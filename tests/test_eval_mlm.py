@@ -198,3 +198,16 @@ def test_read_held_out_scores_a_path_for_python_as_training_reads_it(mlm_run_wit
         documents = read_held_out(held_out, doc_separator="line")
     result = masked_lm_score(model, tokenizer, documents, context=24, batch_size=3, seed=4)
     assert result.mean_loss == pytest.approx(val_loss, rel=1e-5) and result.documents == len(documents)
+
+
+def test_a_causal_run_is_refused_by_the_name_it_was_given(small_model_dir, tmp_path, capsys):
+    """`--model RUN` of a causal run was refused as 'RUN/model', a folder the user never named."""
+    import shutil
+
+    run = tmp_path / "causal_run"
+    shutil.copytree(small_model_dir, run / "model")
+    (tmp_path / "held_out.txt").write_text(TEXT)
+    assert main(["eval", "mlm", "--model", str(run), "--data", str(tmp_path / "held_out.txt"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--model {str(run)!r} is a causal model" in err, err
+    assert f"`npllama eval perplexity --model {run} --data {tmp_path / 'held_out.txt'}`" in err, err

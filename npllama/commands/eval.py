@@ -291,9 +291,11 @@ def run_mlm(args) -> int:
     require_a_language_model(args.model, "--model", "the masked-LM loss", causal=False)   # not a classifier
     model, tokenizer, model_dir = load_model_and_tokenizer(args.model, dtype=getattr(np, args.dtype))
     if model.objective != "mlm":
-        raise UsageError(f"--model {str(model_dir)!r} is a causal model (next-token prediction): `npllama eval mlm` "
-                         f"scores a masked-LM model; use `npllama eval perplexity --model {model_dir} --data "
-                         f"{args.data}`")
+        # named as given (a run folder, not the run/model folder it resolved to)
+        shown = f"the latest run ({str(model_dir)!r})" if args.model is None else repr(args.model)
+        raise UsageError(f"--model {shown} is a causal model (next-token prediction): `npllama eval mlm` scores a "
+                         f"masked-LM model; use `npllama eval perplexity"
+                         f"{'' if args.model is None else ' --model ' + args.model} --data {args.data}`")
     settings, from_run = _mlm_settings(args, model, model_dir)
     _check_context(settings["context"], model)
     text, doc_separator = _text_and_separator(text, args, settings["doc_separator"])

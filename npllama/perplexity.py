@@ -115,9 +115,13 @@ def _require_text(text, doc_separator) -> None:
 
     if isinstance(text, str):
         return
+    documents = "documents (a list of str, a npllama.data.Corpus: read_held_out's)"
     if not isinstance(text, (list, tuple, Corpus)):
-        raise TypeError(f"text must be a str, or documents (a list of str, a npllama.data.Corpus: read_held_out's), "
-                        f"got {type(text).__name__}")
+        raise TypeError(f"text must be a str, or {documents}, got {type(text).__name__}")
+    if isinstance(text, (list, tuple)):   # not token ids, say: the text is encoded here
+        other = next((i for i, document in enumerate(text) if not isinstance(document, str)), None)
+        if other is not None:
+            raise TypeError(f"text must be a str, or {documents}; text[{other}] is a {type(text[other]).__name__}")
     if doc_separator is not None:
         raise ValueError(f"doc_separator cuts a str into documents; text is documents already (a "
                          f"{type(text).__name__}), so doc_separator={doc_separator!r} would be ignored: leave it out")

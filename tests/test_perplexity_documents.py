@@ -212,6 +212,8 @@ def test_documents_are_encoded_as_cut_and_a_separator_beside_them_is_refused(sma
         perplexity(model, tokenizer, documents, doc_separator="line")
     with pytest.raises(TypeError, match="text must be a str, or documents"):
         perplexity(model, tokenizer, {"text": HELD_OUT})
+    with pytest.raises(TypeError, match=r"text must be a str, or documents.*text\[1\] is a int"):
+        perplexity(model, tokenizer, ["Once upon a time.", 7])
 
 
 @pytest.mark.parametrize("name, content, message", [

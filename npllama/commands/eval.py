@@ -140,7 +140,7 @@ def _run_options(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _held_out_text(args, least_context: int):
+def _held_out(args, least_context: int):
     """--data read as `npllama train` reads --val-data (perplexity.read_held_out), once --batch-size,
     --context and --doc-separator are checked, before the model is loaded: a .txt file's text (cut
     later, at the --doc-separator given or the run's), a .jsonl file's documents -- or None for a
@@ -172,7 +172,7 @@ def _read_held_out(args, doc_separator):
     from . import UsageError
 
     try:
-        return read_held_out(args.data, doc_separator, progress=None if not args.no_progress else False)
+        return read_held_out(args.data, doc_separator, progress=False if args.no_progress else None)
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot read --data {args.data}: {error}") from None
 
@@ -287,7 +287,7 @@ def run_mlm(args) -> int:
     from ..runs import load_model_and_tokenizer, require_a_language_model
     from . import UsageError
 
-    text = _held_out_text(args, least_context=1)
+    held_out = _held_out(args, least_context=1)
     require_a_language_model(args.model, "--model", "the masked-LM loss", causal=False)   # not a classifier
     model, tokenizer, model_dir = load_model_and_tokenizer(args.model, dtype=getattr(np, args.dtype))
     if model.objective != "mlm":
@@ -298,7 +298,7 @@ def run_mlm(args) -> int:
                          f"{'' if args.model is None else ' --model ' + args.model} --data {args.data}`")
     settings, from_run = _mlm_settings(args, model, model_dir)
     _check_context(settings["context"], model)
-    text, doc_separator = _text_and_separator(text, args, settings["doc_separator"])
+    text, doc_separator = _text_and_separator(held_out, args, settings["doc_separator"])
     with use_backend(args.backend or get_backend()):
         try:
             result = masked_lm_score(model, tokenizer, text, context=settings["context"],
@@ -424,7 +424,7 @@ def run_perplexity(args) -> int:
     from ..perplexity import perplexity
     from . import UsageError, load_run_model
 
-    text = _held_out_text(args, least_context=2)
+    held_out = _held_out(args, least_context=2)
     model, tokenizer, model_dir = load_run_model(
         args.model, args.adapter, args.dtype, "--model", "perplexity (next-token prediction)",
         for_masked_lm=f"its masked-LM loss and accuracy are `npllama eval mlm"
@@ -432,7 +432,7 @@ def run_perplexity(args) -> int:
     _check_context(args.context, model)
     settings, from_run = _given_else_the_runs({"doc_separator": args.doc_separator},
                                               lambda: _settings_of_the_run(model_dir, "train"), {})
-    text, doc_separator = _text_and_separator(text, args, settings["doc_separator"])
+    text, doc_separator = _text_and_separator(held_out, args, settings["doc_separator"])
     with use_backend(args.backend or get_backend()):
         try:
             result = perplexity(model, tokenizer, text, context=args.context, batch_size=args.batch_size,

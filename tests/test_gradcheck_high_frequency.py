@@ -77,9 +77,39 @@ def test_a_probe_left_unresolved_by_f_varying_within_the_step_says_so_not_round_
 @pytest.mark.parametrize("x", [[-0.97947417, -1.57349033, -2.92497057, -0.35323216, 1.24760637],
                                [[0.78354507], [-1.43087302], [-0.93654772]]])
 def test_an_all_zero_gradient_of_sin_k_x_does_not_pass_on_a_rough_bound(x):
-    # k = 1e5, k h ~ 10: no step tried makes f smooth, and the rough bound left (0.6-0.9 of the
-    # differences) is relative to nothing (the analytic gradient is all zero); the rule that a
-    # rough estimate resolves a probe only inside ROUGH_RESOLVED of its gradient (checker.py) is
-    # what keeps these two from passing (without it: ok, in the sweep's draws 14 and 15)
+    # k = 1e5, k h ~ 10: no step up to 64x shorter made f smooth, and the rough bound left (0.6-0.9
+    # of the differences) is relative to nothing (the analytic gradient is all zero): these two
+    # passed (the sweep's draws 14 and 15).  Steps far shorter show f smooth, and the zero FAILs
     x = np.array(x)
     assert gradcheck(sin_k(1e5), [x], [np.zeros_like(x)]).inputs[0].status != "ok"
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(k=st.sampled_from([3e5, 1e6, 3e6, 1e7]), shape=st.sampled_from([(3,), (5,), (2, 3), (3, 1), (4, 4)]),
+       seed=st.integers(0, 2**16), plant=st.sampled_from(sorted(PLANTS) + ["right"]))
+def test_f_varying_hundreds_of_times_within_the_step_fails_no_right_backward_and_passes_no_wrong_one(
+        k, shape, seed, plant):
+    # k h ~ 30 to 3000 at the step eps = 1e-4 (x ~ N(0, 1)): the differences at every step from
+    # h/64 to 64h alias, and a right backward FAILed in 56 of 80 draws (k >= 1e6 nearly always):
+    # rough past 64x shorter was read as rounding and longer steps, aliased, were kept, or an
+    # estimate smooth at h by chance was taken at its bound.  A step short enough (k h' << 1)
+    # resolves f; the verdict is taken there
+    x = np.random.default_rng(seed).standard_normal(shape)
+    right = k * np.cos(k * x)
+    report = gradcheck(sin_k(k), [x], [right if plant == "right" else PLANTS[plant](right)], seed=seed)
+    if plant == "right":
+        assert report.inputs[0].status != "FAIL", str(report)
+    else:
+        assert report.inputs[0].status != "ok", str(report)
+
+
+@pytest.mark.parametrize("k", [1e6, 1e7])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_step_short_enough_resolves_sin_k_x_far_above_the_steps_reach(k, seed):
+    # k h ~ 100 and 1000: 1e4 and 1e5 times shorter f is smooth (differences shrinking like h^2 at
+    # two steps in a row) and round-off still small, so the right gradient passes and one 10% off
+    # FAILs -- neither is left UNRESOLVED (both were FAIL at k = 1e7)
+    x = np.random.default_rng(seed).standard_normal(5)
+    right = k * np.cos(k * x)
+    assert gradcheck(sin_k(k), [x], [right], seed=seed).inputs[0].status == "ok"
+    assert gradcheck(sin_k(k), [x], [0.9 * right], seed=seed).inputs[0].status == "FAIL"

@@ -23,6 +23,12 @@ MAX_JUMP = 1e4
 # up to MAX_SHORTENINGS times (_shortened)
 SHORTEN = 4.0
 MAX_SHORTENINGS = 3
+# A rough estimate (its differences at h, 2h, 4h did not shrink like h^2) looks for f's shape at
+# steps SHORTEN times shorter, MAX_SHORTENINGS times, then FAR_SHORTEN times shorter, up to
+# MAX_FAR_SHORTENINGS times more (_smooth_at_shorter_steps): 64 * 16^4 ~ 4e6 times shorter, where
+# sum(sin(k x)) at k = 1e7, stepped by 1e-4 * |x| ~ 2.5e-4 (k h ~ 2500), is smooth (k h ~ 6e-4)
+FAR_SHORTEN = 16.0
+MAX_FAR_SHORTENINGS = 4
 # ... and one whose differences do not shrink like h^2 (rough), ROUGH_SHORTEN times shorter, up to
 # MAX_ROUGH_SHORTENINGS times while it stays rough, but not below eps times the input's spread
 # (_spread, _shortened): from the step eps * 1e6 = 100 of a layer norm of 1e6 + noise to eps * 1, on the
@@ -61,26 +67,39 @@ def _longer_step_kept(attempt: _Estimate, best: _Estimate) -> bool:
             and abs(attempt.value - best.value) <= attempt.bound + best.bound)
 
 
-def _smooth_at_shorter_steps(evaluate, move, rough, richardson, good_enough) -> _Estimate | None:
+def _smooth_at_shorter_steps(evaluate, move, rough, richardson, good_enough, kinks=True) -> _Estimate | None:
     """What made a rough estimate's differences (D(h), D(2h), D(4h) not shrinking like h^2), as
-    steps SHORTEN times shorter show it, up to MAX_SHORTENINGS times.  f varying within the step
-    is smooth at a shorter one, and that estimate is returned: sum(sin(k x)) at k h ~ 1 to 30,
-    whose differences there shrink like h^2 (_truncation_shows), or a relu with its kink within
-    the step, straight at a shorter one (_straight_inside_a_kink).  f rounding beyond the model (a
-    cancellation: 1 + tanh(z) at z << 0 in a GELU's far left tail, sqrt(x^2 + 1) - 1 at x ~ 1e-5)
-    is not: its differences grow like 1 / h as the step shrinks, or vanish within one of its
-    stairs; None then, and longer steps resolve it (_resolved_derivative).  Up to
-    6 * MAX_SHORTENINGS evaluations, by a rough probe only."""
-    step = rough.step
-    for _ in range(MAX_SHORTENINGS):
-        step /= SHORTEN
+    steps SHORTEN times shorter show it, MAX_SHORTENINGS times, then FAR_SHORTEN times shorter, up
+    to MAX_FAR_SHORTENINGS times more.  f varying within the step is smooth at a shorter one, and
+    that estimate is returned: sum(sin(k x)) at k h ~ 1 to 3000, whose differences there shrink
+    like h^2 (_truncation_shows) at two steps in a row -- at one step D(h), D(2h), D(4h) can do so
+    by chance, aliased (k h ~ 250: 4823 where the gradient is 4.6e6) or rounded -- or (kinks) a
+    relu with its kink within the step, straight at a shorter one (_straight_inside_a_kink).
+    f rounding beyond the model (a cancellation: 1 + tanh(z) at z << 0 in a GELU's far left tail,
+    sqrt(x^2 + 1) - 1 at x ~ 1e-5) is not: its differences grow like 1 / h as the step shrinks,
+    or vanish within one of its stairs; None then, and longer steps resolve it
+    (_resolved_derivative).  None too once the round-off at the shorter step is as large as the
+    rough differences: truncation cannot show below them there, nor at shorter steps, where the
+    round-off grows.  Up to 6 * (MAX_SHORTENINGS + MAX_FAR_SHORTENINGS) evaluations, by a rough
+    probe only."""
+    step, candidate = rough.step, None      # candidate: the estimate at the step before
+    for shortening in range(MAX_SHORTENINGS + MAX_FAR_SHORTENINGS):
+        step /= SHORTEN if shortening < MAX_SHORTENINGS else FAR_SHORTEN
         try:
             with np.errstate(all="ignore"):
                 shorter = _derivative(evaluate, move, step, richardson, good_enough, test_smoothness=True)
         except _LeftDomain:
             return None
-        if _truncation_shows(shorter, rough) or _straight_inside_a_kink(shorter, rough):
+        # a kink is passed within MAX_SHORTENINGS; straight at a step far shorter, f may be keeping
+        # to one stair of its rounding ((x + 1e8) - 1e8 at steps below its stairs of 1.5e-8: D = 0)
+        if kinks and shortening < MAX_SHORTENINGS and _straight_inside_a_kink(shorter, rough):
             return shorter
+        # the longer step of the two, its truncation confirmed by the shorter: less of f's rounding
+        if candidate is not None and _truncation_shows(shorter, rough) and _shrank_like_h2(shorter, candidate):
+            return candidate
+        candidate = shorter
+        if not 2 * shorter.roundoff < rough.difference:
+            return None
     return None
 
 
@@ -88,6 +107,18 @@ def _truncation_shows(shorter: _Estimate, rough: _Estimate) -> bool:
     """Whether an estimate at a shorter step shows f's truncation: it is smooth, its differences
     standing above its round-off (shrinking like h^2, as a smooth f's do) and below the rough ones'."""
     return not shorter.rough and 2 * shorter.roundoff < shorter.difference < rough.difference
+
+
+def _shrank_like_h2(shorter: _Estimate, longer: _Estimate) -> bool:
+    """Whether the differences of two smooth estimates, at a step and one r times longer, shrank
+    from the longer to the shorter like the truncation's h^2 (r^2-fold, within the factor 1.6
+    _derivative allows D(h) - D(2h) against D(2h) - D(4h)), standing above the round-off: f's
+    rounding, which grows as the step shrinks, makes two smooth-looking estimates in a row by chance
+    (sum(sin(k x)) at k = 1e7, whose k x rounds by 2e-9 -- far above u |f| -- at steps 1e-9 to 6e-11)
+    but not that."""
+    r2 = (longer.step / shorter.step) ** 2
+    return (not shorter.rough and not longer.rough and 2 * shorter.roundoff < shorter.difference
+            and r2 / 1.6 <= longer.difference / shorter.difference <= 1.6 * r2)
 
 
 def _straight_inside_a_kink(shorter: _Estimate, rough: _Estimate) -> bool:

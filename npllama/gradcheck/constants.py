@@ -18,8 +18,3 @@ LOOSE_BOUND = 1e-3        # a relative bound above this could let a small mistak
 # A probe whose bound still exceeds UNRESOLVED of the gradient, even at longer steps (derivative.py),
 # cannot tell a right gradient from a wrong one, so it does not pass.
 UNRESOLVED = 0.5
-# A rough estimate (its differences at h, 2h, 4h did not shrink like h^2) has a bound that assumes
-# they do: it resolves a probe only below ROUGH_RESOLVED of the gradient, not UNRESOLVED.  Rounding
-# inside f makes rough estimates with bounds ~2e-3 (sqrt(x^2 + 1) - 1 at x ~ 1e-5), which stand;
-# f varying within the step, 0.35 to 1.1 of it (sum(sin(k x)), k h ~ 1), which passed wrong ones.
-ROUGH_RESOLVED = 1e-2

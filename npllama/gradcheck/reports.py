@@ -8,7 +8,7 @@ import dataclasses
 
 import numpy as np
 
-from .constants import LOOSE_BOUND, ROUGH_RESOLVED, SMALLEST, TINY, UNRESOLVED
+from .constants import LOOSE_BOUND, SMALLEST, TINY, UNRESOLVED
 from .norms import _norm, rel_error
 from .pattern import _pattern_note
 
@@ -306,8 +306,8 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
         notes.append(f"{int(np.sum(by_step))} probe(s) UNRESOLVED: f changes too much within the step for its "
                      "differences to judge the gradient -- even at shorter steps their error bound, mostly f "
                      "bending within the step (or, where they did not even shrink like h^2 as a smooth function's "
-                     f"do, only a guess), stays above {UNRESOLVED:g} of the gradient ({ROUGH_RESOLVED:g} for such a "
-                     "guess), so a wrong gradient could not be told from a right one.  f varies on a scale near or "
+                     f"do, only a guess), stays above {UNRESOLVED:g} of the gradient, so a wrong gradient could not "
+                     "be told from a right one.  f varies on a scale near or "
                      "below the step (sum(sin(k x)) with k times the step ~ 1 or more; a step is eps times the "
                      "input's scale, max(|x_i|, rms(x))), or rounds far above |f|'s round-off (a cancellation "
                      "inside it: compute f stably).  Give a smaller eps (eps=1e-7), or check at inputs where f "

@@ -202,25 +202,46 @@ def test_notebook_has_derivation_starter_and_check(tmp_path):
     notebook = notebook_json("rmsnorm")
     assert notebook["nbformat"] == 4
     kinds = [c["cell_type"] for c in notebook["cells"]]
-    assert kinds == ["markdown", "markdown", "code", "code", "markdown"]
-    assert "## Backward, step by step" in "".join(notebook["cells"][1]["source"])
-    assert "$$" in "".join(notebook["cells"][1]["source"]) and "```math" not in "".join(notebook["cells"][1]["source"])
-    assert "def rmsnorm_backward(dy, cache):" in "".join(notebook["cells"][2]["source"])
-    assert "check_function('rmsnorm', rmsnorm_backward)" in "".join(notebook["cells"][3]["source"])
+    assert kinds == ["markdown", "markdown", "code", "code", "code", "markdown"]
+    derivation, setup, starter, check = ("".join(c["source"]) for c in notebook["cells"][1:5])
+    assert "## Backward, step by step" in derivation
+    assert "$$" in derivation and "```math" not in derivation
+    assert "from npllama.exercises import check_function" in setup and "def " not in setup, setup
+    assert "def rmsnorm_backward(dy, cache):" in starter
+    assert "check_function('rmsnorm', rmsnorm_backward)" in check
     path = write_notebook("rmsnorm", tmp_path / "class")
     assert path == tmp_path / "class" / "rmsnorm_backward.ipynb"
-    assert json.loads(path.read_text())["cells"][2]["cell_type"] == "code"
+    assert [c["cell_type"] for c in json.loads(path.read_text())["cells"]] == kinds
     with pytest.raises(FileExistsError, match="--force"):
         write_notebook("rmsnorm", path)
-    namespace = {}           # the starter cell runs, and the check cell reports "not implemented"
-    exec("".join(notebook["cells"][2]["source"]), namespace)
-    shown = shown_by_cell("".join(notebook["cells"][3]["source"]), namespace)
+    namespace = {}           # the cells run in order, and the check cell reports "not implemented"
+    exec(setup, namespace)
+    exec(starter, namespace)
+    shown = shown_by_cell(check, namespace)
     assert shown.startswith("exercise rmsnorm: rmsnorm_backward\n") and "not implemented yet" in shown, shown
     # in a notebook there is no file to pass to `npllama exercise check`, and the math is the cell above
-    starter = "".join(notebook["cells"][2]["source"])
     assert "run the next cell to check it" in starter and "npllama exercise check" not in starter
     assert "# ----- the math you need" not in starter and "(the cell above;" in starter
     assert "npllama exercise check" not in shown and "run the check again" in shown
+
+
+@pytest.mark.parametrize("op", ["rmsnorm", "attention"])
+def test_the_notebooks_check_is_imported_before_the_students_cell_which_runs_alone(op):
+    """The check cell imported check_function, so the student's cell always ran before the check
+    began telling which cells ended without an error (session.watch_cells): a def of theirs in a
+    branch not taken got a two-cause message.  The first code cell imports it now; the student's
+    cell -- the one handed in as <op>_backward.py -- still imports nothing of npllama.exercises
+    (`exercise check` refuses such a file) and runs on its own."""
+    cells = [c for c in notebook_json(op)["cells"] if c["cell_type"] == "code"]
+    sources = ["".join(c["source"]) for c in cells]
+    backward = EXERCISES[op].backward_name
+    assert "import check_function" in sources[0] and f"def {backward}(" not in sources[0], sources[0]
+    students = [s for s in sources if f"def {backward}(" in s]
+    assert students == [sources[1]], sources
+    assert "npllama.exercises" not in sources[1], sources[1]
+    namespace = {}
+    exec(sources[1], namespace)          # on its own, as the file handed in runs
+    assert callable(namespace[backward])
 
 
 def test_notebook_is_valid_nbformat(tmp_path):
@@ -347,6 +368,7 @@ def test_the_notebook_says_what_file_to_hand_in_and_train_with(tmp_path):
     assert "npllama exercise train softmax softmax_backward.py" in last, last
     check = "".join(cells[-2]["source"])
     assert "check_function('softmax', softmax_backward)" in check and "NameError" in check, check
+    assert "import" not in check, check         # the first code cell imports it
 
 
 @pytest.mark.parametrize("op, trains", [("rmsnorm", True), ("layernorm", False), ("block", False), ("lora", False)])

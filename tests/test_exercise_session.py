@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from npllama.exercises import check_function
+from npllama.exercises.notebook import notebook_json
 from npllama.ops.rope import rotate_half
 
 
@@ -798,5 +799,63 @@ def test_a_cell_run_before_the_check_was_first_used_is_not_said_to_have_stopped(
     assert kernel(CHECK_CELL).ok
     kernel("import nump\n" + SOFTMAX_WRONG_AXIS)        # run since the check's first use: known to have stopped
     report = kernel(CHECK_CELL)
+    assert report.load_error and "stopped before that line ran" in report.load_error, report.format()
+    assert "branch" not in report.load_error, report.format()
+
+
+@pytest.fixture
+def first_import(monkeypatch):
+    """Makes the shell's next import of npllama.exercises a first one, as a new kernel's is: that
+    import starts telling which cells end without an error (session.watch_cells), which this
+    process's own import, done before the shell existed, did not.  Call it once nothing outside
+    the shell will import from npllama.exercises (a lazy import would be the first one).  Put back
+    as it was afterwards."""
+    import sys
+
+    import npllama
+
+    def ours(name):
+        return name == "npllama.exercises" or name.startswith("npllama.exercises.")
+
+    loaded = [name for name in sys.modules if ours(name)]
+
+    def forget():
+        monkeypatch.setattr(npllama, "exercises", npllama.exercises)
+        for name in loaded:
+            monkeypatch.delitem(sys.modules, name)
+    yield forget
+    for name in [name for name in sys.modules if ours(name) and name not in loaded]:
+        del sys.modules[name]          # then monkeypatch puts back the ones deleted
+
+
+def _student_answers(starter, body):
+    """The notebook's starter cell with the student's body in place of the NotImplementedError."""
+    raising = next(line for line in starter.splitlines() if "raise NotImplementedError" in line)
+    answered = starter.replace(raising, "    " + body)
+    assert answered != starter
+    return answered
+
+
+def test_the_generated_notebook_knows_how_the_students_own_cell_ended(kernel, first_import):
+    """The generated notebook imported check_function in its check cell, after the student's cell
+    had run: a def of theirs in a branch that cell did not take got the two-cause message ('it
+    stopped before it, or it sits in a branch') and no verdict.  Its cells run in order, the check
+    knows how the student's cell ended: the exact verdict either way."""
+    sources = ["".join(c["source"]) for c in notebook_json("softmax")["cells"] if c["cell_type"] == "code"]
+    student = next(n for n, source in enumerate(sources) if "def softmax_backward(" in source)
+    right = _student_answers(sources[student], "return cache * (dp - (dp * cache).sum(-1, keepdims=True))")
+    wrong = _student_answers(sources[student], "return cache * (dp - (dp * cache).sum(0, keepdims=True))")
+    first_import()
+    for cell in sources[:student]:
+        kernel(cell)
+    kernel(right)
+    # the student tries another version in their cell, in a branch the cell does not take
+    kernel("try_the_first_axis = False\nif try_the_first_axis:\n"
+           + "".join("    " + line + "\n" for line in wrong.splitlines()))
+    for cell in sources[student + 1:]:
+        report = kernel(cell)
+    assert report.ok and not report.notes, report.format()
+    kernel("import nump\n" + wrong)         # their cell stops before its def
+    report = kernel(sources[-1])
     assert report.load_error and "stopped before that line ran" in report.load_error, report.format()
     assert "branch" not in report.load_error, report.format()

@@ -97,12 +97,15 @@ def test_the_notebook_loads_the_exercise_from_the_file_beside_it(gelu_file, tmp_
     gelu = load_exercises(gelu_file)["gelu"]
     path = write_notebook(gelu, tmp_path / "gelu_backward.ipynb")
     cells = json.loads(path.read_text())["cells"]
-    assert [c["cell_type"] for c in cells] == ["markdown", "code", "code", "markdown"]      # no derivation given
+    assert [c["cell_type"] for c in cells] == ["markdown", "code", "code", "code", "markdown"]     # no derivation given
     assert "Keep `gelu_exercise.py` beside this notebook" in "".join(cells[0]["source"])
     monkeypatch.chdir(gelu_file.parent)
     namespace = {}
-    exec("".join(cells[1]["source"]), namespace)
-    shown = shown_by_cell("".join(cells[2]["source"]), namespace)
+    setup, starter, check = ("".join(c["source"]) for c in cells[1:4])
+    assert "load_exercises" in setup and "gelu_backward" in starter and "npllama.exercises" not in starter
+    exec(setup, namespace)
+    exec(starter, namespace)
+    shown = shown_by_cell(check, namespace)
     assert "gelu_backward is not implemented yet" in shown, shown
 
 

@@ -1,5 +1,5 @@
 """`npllama exercise notebook OP`: the exercise as a Jupyter notebook -- the derivation (Jupyter
-renders its LaTeX), the starter cell to fill in, and the cell that checks it.
+renders its LaTeX), a cell importing the check, the starter cell to fill in, and the cell that checks it.
 
 The notebook is nbformat 4 JSON written with the standard library; when nbformat is installed
 (`pip install 'npllama[notebook]'`) it is validated against the official schema before writing.
@@ -26,9 +26,10 @@ def _cell(kind: str, text: str) -> dict:
 def notebook_json(op) -> dict:
     ex = get_exercise(op)
     starter = starter_source(ex, in_notebook=True)
-    read = "Read the derivation below, fill" if ex.derivation else "Fill"
+    read = "Read the derivation below, then run" if ex.derivation else "Run"
     intro = (f"# Exercise: the backward pass of the {ex.title}\n\n"
-             f"{read} in `{ex.backward_name}` in the next code cell, run it, then run the check.")
+             f"{read} the first code cell, which loads the check; fill in `{ex.backward_name}` in the next one, "
+             f"run it, then run the check.")
     if ex.builtin:
         importing, exercise = "from npllama.exercises import check_function", repr(ex.op)
     else:           # the check cell loads the exercise as Exercise.loader says
@@ -36,13 +37,16 @@ def notebook_json(op) -> dict:
             intro += f"  Keep `{Path(ex.exercise_file).name}` beside this notebook: the check reads the exercise from it."
         loading, exercise = ex.loader()
         importing = f"from npllama.exercises import check_function\n{loading}"
+    # imported before the student's cell runs: the check knows from its import on which cells ended
+    # without an error (session.watch_cells), and the student's cell stays free of npllama.exercises,
+    # which a handed-in file may not import
+    setup = f"# Run this first: from here on the check can tell which of your cells ran without an error.\n{importing}"
     # the cell's value is the report, which Jupyter shows as the whole report (Report._repr_pretty_)
-    check = (f"{importing}\n\n"
-             f"# NameError: {ex.backward_name} is not defined?  Run the cell above first.\n"
+    check = (f"# NameError: {ex.backward_name} (or check_function) is not defined?  Run the cells above first.\n"
              f"check_function({exercise}, {ex.backward_name})")
     derivation = ([_cell("markdown", _links_that_work_here(dollar_math(derivation_markdown(ex.derivation))))]
                   if ex.derivation else [])
-    cells = [_cell("markdown", intro), *derivation, _cell("code", starter), _cell("code", check),
+    cells = [_cell("markdown", intro), *derivation, _cell("code", setup), _cell("code", starter), _cell("code", check),
              _cell("markdown", _what_next(ex))]
     return {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
                                                         "name": "python3"},

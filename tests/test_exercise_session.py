@@ -859,3 +859,60 @@ def test_the_generated_notebook_knows_how_the_students_own_cell_ended(kernel, fi
     report = kernel(sources[-1])
     assert report.load_error and "stopped before that line ran" in report.load_error, report.format()
     assert "branch" not in report.load_error, report.format()
+
+
+PRODUCT_CLASS = ("import numpy as np\n\nclass Product:\n    def __call__(self, dp, p):\n"
+                 "        return p * (dp - (dp * p).sum(-1, keepdims=True))\n\n"
+                 "    def __repr__(self):\n        return 'Product()'\n")
+
+
+@pytest.mark.parametrize("first, calls, later, name", [
+    (HELPER_RIGHT, "import functools\nproduct = functools.partial(jacobian_product)\n\n"
+                   "def softmax_backward(dp, cache):\n    return product(dp, cache)\n",
+     HELPER_RIGHT.replace("sum(-1", "sum(0"), "jacobian_product"),
+    (HELPER_RIGHT, "import functools\nproduct = functools.partial(functools.partial(jacobian_product), p=None)\n\n"
+                   "def softmax_backward(dp, cache):\n    return product(dp, p=cache)\n",
+     HELPER_RIGHT.replace("sum(-1", "sum(0"), "jacobian_product"),
+    (PRODUCT_CLASS, "product = Product()\n\ndef softmax_backward(dp, cache):\n    return product(dp, cache)\n",
+     PRODUCT_CLASS.replace("sum(-1", "sum(0"), "Product.__call__"),
+], ids=["a partial", "a partial of a partial", "a callable object"])
+def test_a_helper_held_by_a_partial_or_an_object_whose_code_a_cell_failed_to_replace_leaves_no_verdict(
+        kernel, first, calls, later, name):
+    """Only functions and classes under the names the backward reads were followed: a helper held
+    as functools.partial(f), or an object whose class's __call__ runs, was graded 'Well done!' after
+    a later cell failed to define f (the class) again.  The function the partial holds and the
+    class's methods are followed, under the names a cell defines them by."""
+    kernel(first)
+    kernel(calls)
+    assert kernel(CHECK_CELL).ok
+    kernel("import nump\n" + later)
+    report = kernel(CHECK_CELL)
+    assert not report.ok and report.load_error, report.format()
+    assert f"your softmax_backward calls {name}" in report.load_error, report.load_error
+    assert "In[1]" in report.load_error and "In[4]" in report.load_error, report.load_error
+    kernel(later)                   # the cell fixed and run: no alarm (the helper held is the older one still)
+    report = kernel(CHECK_CELL)
+    assert not report.load_error and len(report.notes) <= 1, report.format()     # not one note per method
+
+
+@pytest.mark.parametrize("first, name", [
+    ("", "abs"),
+    ("from numpy import absolute as magnitude\n", "magnitude"),
+], ids=["a builtin", "a numpy ufunc"])
+def test_a_builtin_or_ufunc_a_cell_failed_to_replace_is_graded_with_a_note(kernel, first, name):
+    """abs(), or a ufunc imported under a name, has no cell to date it: a later cell defining the
+    name that stopped with an error left the kernel's -- which the backward was graded with, and
+    nothing said.  Which the student meant cannot be told from the cells' text (an import or
+    `from numpy import *` run since binds it without naming it): graded, with a note saying so."""
+    kernel(first + "import numpy as np\n\ndef softmax_backward(dp, cache):\n"
+           f"    return {name}(cache) * (dp - (dp * cache).sum(-1, keepdims=True))\n")
+    report = kernel(CHECK_CELL)
+    assert report.ok and not report.notes, report.format()
+    kernel(f"use_mine = False\nif use_mine:\n    def {name}(x):\n        return -x\n")    # ran: a branch not taken
+    report = kernel(CHECK_CELL)
+    assert report.ok and not report.notes, report.format()
+    kernel(f"import nump\ndef {name}(x):\n    return -x\n")
+    report = kernel(CHECK_CELL)
+    assert report.ok and len(report.notes) == 1, report.format()
+    assert f"cannot tell whether the {name} checked (your function calls it)" in report.notes[0], report.notes
+    assert "In[5]" in report.notes[0] and "no cell defines" in report.notes[0], report.notes

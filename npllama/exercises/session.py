@@ -6,7 +6,9 @@ not be the code the student last ran.
   leaves the kernel holding the function an earlier cell defined: checking that one would grade
   code the student has replaced (a right answer edited into a wrong one still said "Well done!").
   The same holds for a helper the function calls from another cell: the checked function is
-  graded with the helper the kernel holds.
+  graded with the helper the kernel holds (a function, a class's methods, the function a
+  functools.partial holds, a callable object's class).  A builtin or a numpy ufunc no cell
+  defines, whose name a later cell failed to define: which one was meant cannot be told (UNSURE).
   How a later cell binds the name decides (_replaced): a def, a lambda, or an alias to a function
   unchanged since would have replaced the function had the cell run that line -- no verdict
   (STALE); an import, a call's result, or an alias to a name rebound since may have given the
@@ -22,6 +24,7 @@ Outside IPython (a script, pytest, the grading sandbox) there is no such state: 
 from __future__ import annotations
 
 import ast
+import builtins
 import contextlib
 import dis
 import functools
@@ -88,7 +91,8 @@ def librarys_own(function, exercise) -> str | None:
         return (f"{function.__name__} here is npllama's own, from {module} (a cell imported it), not yours: "
                 f"define {exercise.backward_name} in the exercise's cell, run that cell, then check again")
     for held, path, calls in _definitions_used(function, exercise):
-        if exercise.exercise_file and _code_file(held) == Path(exercise.exercise_file).resolve():
+        if (exercise.exercise_file and inspect.isfunction(held)
+                and _code_file(held) == Path(exercise.exercise_file).resolve()):
             name = ".".join(path)
             what = f"your {function.__name__} calls {name}, which is" if calls else f"{name} here is"
             return (f"{what} the exercise's reference {held.__name__}, from {Path(exercise.exercise_file).name} "
@@ -129,13 +133,21 @@ def replaced_definitions(function, exercise) -> tuple[str | None, list[str]]:
                     f"run after it, defines {name} again and {why}; checking now would grade {grades}: "
                     f"{way_out}, then run this check again"), []
         if verdict == UNSURE:
-            made = (f"the one cell In[{cell}] defined" if cell is not None
-                    else "made by code no cell typed (exec'd text, a file)")
+            made = f"the one cell In[{cell}] defined" if cell is not None else _made_by(held)
             doubts.append(f"cannot tell whether the {name} checked{' (your function calls it)' * calls} is the one "
                           f"you last ran: it is {made}, and cell In[{later}] binds {name} too; if that cell stopped "
                           f"with an error before it did, this report is about an older {name} (run the cell "
                           f"defining the one you mean, then check again)")
-    return None, doubts
+    return None, list(dict.fromkeys(doubts))     # an object's methods, reached by its one name, doubt alike
+
+
+def _made_by(held) -> str:
+    """Where `held`, which no cell's code is, comes from, for a note."""
+    if inspect.isfunction(held):
+        return "made by code no cell typed (exec'd text, a file)"
+    module = getattr(held, "__module__", None)
+    owner = "a built-in" if module in (None, "builtins") else f"{module}'s"
+    return f"{owner} {getattr(held, '__name__', type(held).__name__)}, which no cell defines"
 
 
 STALE, UNSURE = "stale", "unsure"
@@ -163,10 +175,13 @@ def _definitions_used(function, exercise):
         if caller.__globals__ is not namespace:      # a module's function: its names are no cell's
             continue
         for name in _global_names(caller.__code__):
-            for helper, path in _functions_under(name, namespace.get(name)):
-                if helper.__code__ not in seen:
-                    seen.add(helper.__code__)
-                    todo.append(helper)
+            held = namespace[name] if name in namespace else vars(builtins).get(name)
+            for helper, path in _functions_under(name, held):
+                code = getattr(helper, "__code__", helper)        # a builtin's, a ufunc's: itself
+                if code not in seen:
+                    seen.add(code)
+                    if inspect.isfunction(helper):
+                        todo.append(helper)
                     yield helper, path, True
 
 
@@ -180,19 +195,47 @@ def _global_names(code) -> list[str]:
 
 
 def _functions_under(name: str, value):
-    """The functions a global name gives the code reading it: a function (seen through a decorator's
-    wrapper), or a class's methods; (function, path) pairs."""
+    """What a global name gives the code reading it, with the names a cell binds to replace it;
+    (function, path) pairs: a function (seen through a decorator's wrapper, and through a
+    functools.partial to the function it holds -- under that function's own name while the
+    notebook holds it there, since a cell replaces it by that name); a class's methods; the
+    methods of a callable object's class, when a cell defined the class (under the class's name
+    while the notebook holds it there, as for a partial); else a callable with no
+    Python code of a cell's (a builtin, a numpy ufunc, a library's object) as itself: no cell
+    defines it, and a cell failing to define its name leaves it held."""
     if isinstance(value, type):
-        for attribute, member in vars(value).items():
-            member = getattr(member, "__func__", member)        # a staticmethod's or classmethod's function
-            if inspect.isfunction(member):
-                yield member, [name, attribute]
-    elif callable(value):
-        with contextlib.suppress(ValueError):       # a __wrapped__ chain that loops
-            value = inspect.unwrap(value)
-        value = getattr(value, "__func__", value)
-        if inspect.isfunction(value):
-            yield value, [name]
+        yield from _methods(value, [name])
+        return
+    if not callable(value):
+        return
+    held_by_a_partial = isinstance(value, functools.partial)
+    while isinstance(value, functools.partial):         # partial(partial(f, a), b) too
+        value = value.func
+    with contextlib.suppress(ValueError):       # a __wrapped__ chain that loops
+        value = inspect.unwrap(value)
+    value = getattr(value, "__func__", value)        # a staticmethod's, classmethod's or bound method's function
+    if inspect.isfunction(value):
+        own = value.__qualname__.split(".")
+        yield value, (own if held_by_a_partial and _still_held(value, own) else [name])
+    elif isinstance(value, type):        # partial(SomeClass): its methods make the object
+        yield from _methods(value, value.__qualname__.split("."))
+    elif type(value).__module__ == _shell().user_ns.get("__name__"):     # an object of a class a cell defined
+        cls, own = type(value), type(value).__qualname__.split(".")
+        if functools.reduce(lambda held, attribute: getattr(held, attribute, None), own[1:],
+                            _shell().user_ns.get(own[0])) is cls:
+            yield from _methods(cls, own)
+        else:           # a class defined again since the object was made: the cell making it binds its code
+            yield from ((method, [name]) for method, _ in _methods(cls, []))
+    else:
+        yield value, [name]
+
+
+def _methods(cls: type, path):
+    """A class's methods, the functions its staticmethods and classmethods hold too; (function, path + [its name])."""
+    for attribute, member in vars(cls).items():
+        member = getattr(member, "__func__", member)
+        if inspect.isfunction(member):
+            yield member, [*path, attribute]
 
 
 def _replaced(function, path) -> tuple[str | None, int | None, int | None]:
@@ -269,7 +312,7 @@ def _still_held(function, path) -> bool:
         with contextlib.suppress(ValueError):       # a __wrapped__ chain that loops
             held = inspect.unwrap(held)
         held = getattr(held, "__func__", held)      # a bound method's function
-    return getattr(held, "__code__", None) is function.__code__
+    return getattr(held, "__code__", held) is getattr(function, "__code__", function)     # a builtin: itself
 
 
 def _last_binding(cell: str, path):

@@ -211,3 +211,27 @@ def test_a_causal_run_is_refused_by_the_name_it_was_given(small_model_dir, tmp_p
     err = capsys.readouterr().err
     assert f"--model {str(run)!r} is a causal model" in err, err
     assert f"`npllama eval perplexity --model {run} --data {tmp_path / 'held_out.txt'}`" in err, err
+
+
+def test_a_runs_damaged_settings_are_asked_for_only_as_the_flags_that_matter(mlm_run, tmp_path, capsys):
+    """Of a .jsonl file (a document a record whatever --doc-separator says) the run's settings give
+    only --context, --batch-size and --seed: given, a damaged train_config.json is not read; left out,
+    the error names them, not a --doc-separator that would change nothing."""
+    import shutil
+
+    from npllama.corpus import make_default_corpus
+
+    run, _, _ = mlm_run
+    damaged = tmp_path / "damaged_run"
+    shutil.copytree(run / "model", damaged / "model")
+    (damaged / "train_config.json").write_text('{"seq_len": 2')   # cut short: not JSON
+    data = tmp_path / "held_out.jsonl"
+    data.write_text("".join(json.dumps({"text": text}) + "\n" for text in make_default_corpus(4, seed=9)))
+    flags = ["--context", "24", "--batch-size", "3", "--seed", "4"]
+    expected = eval_mlm_json(capsys, "--model", str(run), "--data", str(data), *flags)
+    assert eval_mlm_json(capsys, "--model", str(damaged), "--data", str(data), *flags)["mean_loss"] == \
+           expected["mean_loss"]
+    assert main(["eval", "mlm", "--model", str(damaged), "--data", str(data), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "train_config.json" in err and "--context, --batch-size and --seed" in err, err
+    assert "--doc-separator" not in err, err

@@ -228,3 +228,29 @@ def test_what_training_refuses_to_read_is_refused_before_the_model_is_loaded(tmp
     data.write_text(content)
     status, out, err = eval_perplexity(capsys, "--model", str(tmp_path / "never-read"), "--data", str(data))
     assert status == 2 and out == "" and f"cannot read --data {data}" in err and message in err, err
+
+
+@pytest.mark.parametrize("form", ["jsonl", "folder of .jsonl"])
+def test_a_runs_damaged_settings_are_not_read_when_data_has_no_txt_file_to_cut(small_model_dir, tmp_path, capsys,
+                                                                              form):
+    """A .jsonl file (or a folder of them) is a document a record whatever --doc-separator says: the
+    run's settings, read only for the separator, are not needed, so a damaged train_config.json is
+    not an error asking for --doc-separator (which would change nothing); a .txt file still needs it."""
+    run = run_folder(small_model_dir, tmp_path, "line")
+    (run / "train_config.json").write_text('{"doc_separator": "li')   # cut short: not JSON
+    records = "".join(json.dumps({"text": p}) + "\n" for p in PARAGRAPHS)
+    data = tmp_path / "held_out.jsonl"
+    if form != "jsonl":
+        data = tmp_path / "held_out"
+        data.mkdir()
+        (data / "a.jsonl").write_text(records)
+    else:
+        data.write_text(records)
+    model, tokenizer, _ = load_model_and_tokenizer(run / "model")
+    expected = perplexity(model, tokenizer, PARAGRAPHS, context=16)
+    status, out, err = eval_perplexity(capsys, "--model", str(run), "--data", str(data), "--context", "16")
+    assert status == 0 and f"mean loss {expected.mean_loss:.4f} nats" in out, err
+    (data / "b.txt" if data.is_dir() else tmp_path / "b.txt").write_text(HELD_OUT)   # a .txt file to cut
+    status, _, err = eval_perplexity(capsys, "--model", str(run), "--data", str(data if data.is_dir() else
+                                                                                   tmp_path / "b.txt"), "--context", "16")
+    assert status == 2 and "train_config.json" in err and "--doc-separator" in err, err

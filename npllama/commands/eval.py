@@ -143,8 +143,9 @@ def _run_options(p) -> None:
 def _held_out(args, least_context: int):
     """--data read as `npllama train` reads --val-data (perplexity.read_held_out), once --batch-size,
     --context and --doc-separator are checked, before the model is loaded: a .txt file's text (cut
-    later, at the --doc-separator given or the run's), a .jsonl file's documents -- or None for a
-    folder, whose .txt files are cut as they are read (_read_held_out, once the separator is known)."""
+    later, at the --doc-separator given or the run's), the documents of a .jsonl file or of a folder
+    with no .txt file (which no separator cuts) -- or None for a folder with .txt files, cut as they
+    are read (_read_held_out, once the separator is known)."""
     from pathlib import Path
 
     from . import UsageError
@@ -157,13 +158,38 @@ def _held_out(args, least_context: int):
         from ..data import check_doc_separator
 
         check_doc_separator(args.doc_separator)   # before the model is loaded (cli names the flag)
-    if Path(args.data).expanduser().is_dir():
+    if Path(args.data).expanduser().is_dir() and _holds_a_txt_file(args):
         return None
     text = _read_held_out(args, None)
     if isinstance(text, str) and not text.strip():
         raise UsageError(f"--data {args.data} holds no text ({'empty' if not text else 'only whitespace'}): "
                          f"there is nothing to predict; give a file with at least a sentence")
     return text
+
+
+def _holds_a_txt_file(args) -> bool:
+    """Whether the folder --data holds a .txt file (which --doc-separator cuts), as training lists
+    its files (data.corpus_files); what it cannot read is refused now, before the model is loaded."""
+    import warnings
+    from pathlib import Path
+
+    from ..data import corpus_files
+    from . import UsageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # what it leaves out is said once, when it is read
+            files = corpus_files(Path(args.data).expanduser())
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot read --data {args.data}: {error}") from None
+    return any(file.suffix.lower() == ".txt" for file in files)
+
+
+def _is_cut(held_out) -> bool:
+    """Whether --data as _held_out gave it is cut at a --doc-separator: a .txt file's text, a folder
+    with .txt files (None) -- not a Corpus of .jsonl records, which the run's settings, then not read,
+    would not change."""
+    return held_out is None or isinstance(held_out, str)
 
 
 def _read_held_out(args, doc_separator):
@@ -296,7 +322,7 @@ def run_mlm(args) -> int:
         raise UsageError(f"--model {shown} is a causal model (next-token prediction): `npllama eval mlm` scores a "
                          f"masked-LM model; use `npllama eval perplexity"
                          f"{'' if args.model is None else ' --model ' + args.model} --data {args.data}`")
-    settings, from_run = _mlm_settings(args, model, model_dir)
+    settings, from_run = _mlm_settings(args, model, model_dir, _is_cut(held_out))
     _check_context(settings["context"], model)
     text, doc_separator = _text_and_separator(held_out, args, settings["doc_separator"])
     with use_backend(args.backend or get_backend()):
@@ -321,10 +347,11 @@ def run_mlm(args) -> int:
     return 0
 
 
-def _mlm_settings(args, model, model_dir) -> tuple[dict, list[str]]:
+def _mlm_settings(args, model, model_dir, cut: bool) -> tuple[dict, list[str]]:
     """(--context, --batch-size, --seed and --doc-separator as `eval mlm` runs them, the names of those
     taken from the run): each given flag, else the `npllama train` run's (its --seq-len as --context),
-    else the default."""
+    else the default.  cut: whether --data is cut at a separator (_is_cut); if not, doc_separator is
+    None, not asked of the run."""
     def the_runs() -> dict:
         run = _settings_of_the_run(model_dir, "train")
         return {name: run[setting] for name, setting in (("context", "seq_len"), ("batch_size", "batch_size"),
@@ -332,9 +359,10 @@ def _mlm_settings(args, model, model_dir) -> tuple[dict, list[str]]:
                 if setting in run}
 
     given = {"context": args.context, "batch_size": args.batch_size, "seed": args.seed,
-             "doc_separator": args.doc_separator}
-    return _given_else_the_runs(given, the_runs, {"context": model.config.max_position_embeddings,
-                                                  "batch_size": 8, "seed": 0})
+             **({"doc_separator": args.doc_separator} if cut else {})}
+    settings, from_run = _given_else_the_runs(given, the_runs, {"context": model.config.max_position_embeddings,
+                                                                "batch_size": 8, "seed": 0})
+    return {"doc_separator": None, **settings}, from_run
 
 
 def _sop_settings(args, model_dir) -> tuple[dict, list[str]]:
@@ -430,9 +458,9 @@ def run_perplexity(args) -> int:
         for_masked_lm=f"its masked-LM loss and accuracy are `npllama eval mlm"
                       f"{'' if args.model is None else ' --model ' + args.model} --data {args.data}`")
     _check_context(args.context, model)
-    settings, from_run = _given_else_the_runs({"doc_separator": args.doc_separator},
-                                              lambda: _settings_of_the_run(model_dir, "train"), {})
-    text, doc_separator = _text_and_separator(held_out, args, settings["doc_separator"])
+    given = {"doc_separator": args.doc_separator} if _is_cut(held_out) else {}
+    settings, from_run = _given_else_the_runs(given, lambda: _settings_of_the_run(model_dir, "train"), {})
+    text, doc_separator = _text_and_separator(held_out, args, settings.get("doc_separator"))
     with use_backend(args.backend or get_backend()):
         try:
             result = perplexity(model, tokenizer, text, context=args.context, batch_size=args.batch_size,

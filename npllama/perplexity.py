@@ -7,7 +7,10 @@
 The text is encoded once (with BOS) and cut into consecutive windows of the model's context (or
 `context` tokens); every token after the first is predicted once, from the tokens before it in its
 window.  Windows do not overlap, so the first tokens of each window see little context: a smaller
-`context` gives a higher (more pessimistic) perplexity.
+`context` gives a higher (more pessimistic) perplexity -- within the length the model was trained
+on.  An `npllama train` model saw positions up to its --seq-len only, often far fewer than its
+max_position_embeddings, and beyond them scores far worse: give it context=seq_len (`npllama eval
+perplexity` does, for a run).
 
 With `doc_separator` (`npllama train`'s: "blank-line", "line", "marker:TEXT", "whole-file") the
 text is cut into documents and encoded as training encodes its held-out text, `<s> doc </s>` after

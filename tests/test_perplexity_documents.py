@@ -130,9 +130,10 @@ def test_a_runs_settings_that_cannot_be_read_are_an_error_unless_the_flags_they_
     held_out = tmp_path / "held_out.txt"
     held_out.write_bytes(HELD_OUT.encode("utf-8"))
     status, _, err = eval_perplexity(capsys, "--model", str(run), "--data", str(held_out))
-    assert status == 2 and "train_config.json" in err and "colour" in err and "give it" in err, err
-    assert "--doc-separator" in err and len(err.strip().splitlines()) == 1, err
-    status, out, _ = eval_perplexity(capsys, "--model", str(run), "--data", str(held_out), "--doc-separator", "line")
+    assert status == 2 and "train_config.json" in err and "colour" in err and "give them" in err, err
+    assert "--context and --doc-separator" in err and len(err.strip().splitlines()) == 1, err
+    status, out, _ = eval_perplexity(capsys, "--model", str(run), "--data", str(held_out), "--doc-separator", "line",
+                                     "--context", "16")
     assert status == 0 and "documents cut at every line;" in out, out
 
 
@@ -254,3 +255,22 @@ def test_a_runs_damaged_settings_are_not_read_when_data_has_no_txt_file_to_cut(s
     status, _, err = eval_perplexity(capsys, "--model", str(run), "--data", str(data if data.is_dir() else
                                                                                    tmp_path / "b.txt"), "--context", "16")
     assert status == 2 and "train_config.json" in err and "--doc-separator" in err, err
+
+
+def test_with_no_flags_a_runs_model_is_scored_at_the_runs_seq_len_its_logged_validation_loss(run_with_held_out,
+                                                                                             capsys):
+    """--context defaults to the run's --seq-len, as eval mlm's does: the positions the model was trained
+    on (max_position_embeddings is the preset's, which a run at a shorter --seq-len never saw, and there
+    a run's loss is far worse, not better), and the validation loss the run logged.  --json says so."""
+    run, held_out, val_loss = run_with_held_out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        status, out, err = eval_perplexity(capsys, "--model", str(run), "--data", str(held_out))
+        assert status == 0, err
+        assert f"mean loss {val_loss:.4f} nats" in out and "of up to 24 tokens; --context as the run was trained" in out
+        status, out, err = eval_perplexity(capsys, "--model", str(run), "--data", str(held_out), "--json")
+    record = json.loads(out)
+    assert record["mean_loss"] == pytest.approx(val_loss, rel=1e-5) and record["context"] == 24, record
+    assert record["perplexity"] == pytest.approx(np.exp(val_loss), rel=1e-5) and record["tokens"] > 0
+    assert "context" in record["settings_of_the_run"] and record["units"] == {"mean_loss": "nats per token"}
+    assert record["documents"] == (3 if held_out.suffix == ".jsonl" else 7)

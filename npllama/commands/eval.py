@@ -52,22 +52,25 @@ def register(subparsers) -> None:
                     "consecutive windows of --context tokens that do not overlap, and report the tokens "
                     "predicted, the mean cross-entropy (nats) and the perplexity exp(mean loss). Every token "
                     "after the first is predicted once, from the tokens before it in its window: the first "
-                    "tokens of a window see little context, so a smaller --context usually gives a higher perplexity.",
+                    "tokens of a window see little context, so a smaller --context usually gives a higher perplexity "
+                    "(within the length the model was trained on: beyond it, a far higher one).",
         formatter_class=HelpFormatter)
     ppl.add_argument("--model", default=None, help="a run folder or a Hugging Face LLaMA folder with its "
                      "tokenizer (default: the latest `npllama train` run)")
     add_adapter_option(ppl, "--model")
     ppl.add_argument("--data", required=True, help=DATA_HELP)
-    ppl.add_argument("--context", type=int, default=None, help="tokens per window (default: the model's "
-                     "max_position_embeddings)")
+    ppl.add_argument("--context", type=int, default=None, help="tokens per window (default: the run's --seq-len, "
+                     "the positions its model was trained on, when --model is an `npllama train` run, else the "
+                     "model's max_position_embeddings)")
     ppl.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     ppl.add_argument("--doc-separator", default=None, metavar="blank-line|line|marker:TEXT|whole-file",
                      help="cut a .txt file into documents as `npllama train --doc-separator` does and score "
                           "them as its validation loss does (<s> document </s> after one another), so held-out "
-                          "text written like the training text gets the loss training reports (with "
-                          "--context the run's --seq-len, the same number) (default: the run's own "
+                          "text written like the training text gets the loss training reports (at the run's "
+                          "--seq-len, --context's default for a run, the same number) (default: the run's own "
                           "--doc-separator when --model is an `npllama train` run, else none: a .txt file is one "
                           "text, its blank lines included)")
+    ppl.add_argument("--json", action="store_true", help="print the result as one JSON object")
     _run_options(ppl)
     ppl.set_defaults(run=run_perplexity)
 
@@ -352,17 +355,20 @@ def _mlm_settings(args, model, model_dir, cut: bool) -> tuple[dict, list[str]]:
     taken from the run): each given flag, else the `npllama train` run's (its --seq-len as --context),
     else the default.  cut: whether --data is cut at a separator (_is_cut); if not, doc_separator is
     None, not asked of the run."""
-    def the_runs() -> dict:
-        run = _settings_of_the_run(model_dir, "train")
-        return {name: run[setting] for name, setting in (("context", "seq_len"), ("batch_size", "batch_size"),
-                                                         ("seed", "seed"), ("doc_separator", "doc_separator"))
-                if setting in run}
-
     given = {"context": args.context, "batch_size": args.batch_size, "seed": args.seed,
              **({"doc_separator": args.doc_separator} if cut else {})}
-    settings, from_run = _given_else_the_runs(given, the_runs, {"context": model.config.max_position_embeddings,
-                                                                "batch_size": 8, "seed": 0})
+    settings, from_run = _given_else_the_runs(given, lambda: _settings_of_the_train_run(model_dir),
+                                              {"context": model.config.max_position_embeddings,
+                                               "batch_size": 8, "seed": 0})
     return {"doc_separator": None, **settings}, from_run
+
+
+def _settings_of_the_train_run(model_dir) -> dict:
+    """The `npllama train` run's settings that eval's flags name (its --seq-len as --context), or {}."""
+    run = _settings_of_the_run(model_dir, "train")
+    return {name: run[setting] for name, setting in (("context", "seq_len"), ("batch_size", "batch_size"),
+                                                     ("seed", "seed"), ("doc_separator", "doc_separator"))
+            if setting in run}
 
 
 def _sop_settings(args, model_dir) -> tuple[dict, list[str]]:
@@ -447,6 +453,8 @@ def run_sop(args) -> int:
 
 
 def run_perplexity(args) -> int:
+    import json
+
     from ..backend import get_backend, use_backend
     from ..loss_units import loss_unit
     from ..perplexity import perplexity
@@ -457,22 +465,33 @@ def run_perplexity(args) -> int:
         args.model, args.adapter, args.dtype, "--model", "perplexity (next-token prediction)",
         for_masked_lm=f"its masked-LM loss and accuracy are `npllama eval mlm"
                       f"{'' if args.model is None else ' --model ' + args.model} --data {args.data}`")
-    _check_context(args.context, model)
-    given = {"doc_separator": args.doc_separator} if _is_cut(held_out) else {}
-    settings, from_run = _given_else_the_runs(given, lambda: _settings_of_the_run(model_dir, "train"), {})
-    text, doc_separator = _text_and_separator(held_out, args, settings.get("doc_separator"))
+    # --context: the run's --seq-len, the positions its model was trained on (the preset's
+    # max_position_embeddings may be far longer: positions never trained on give a worse loss)
+    given = {"context": args.context, **({"doc_separator": args.doc_separator} if _is_cut(held_out) else {})}
+    settings, from_run = _given_else_the_runs(given, lambda: _settings_of_the_train_run(model_dir),
+                                              {"context": model.config.max_position_embeddings})
+    settings = {"doc_separator": None, **settings}
+    _check_context(settings["context"], model)
+    text, doc_separator = _text_and_separator(held_out, args, settings["doc_separator"])
     with use_backend(args.backend or get_backend()):
         try:
-            result = perplexity(model, tokenizer, text, context=args.context, batch_size=args.batch_size,
+            result = perplexity(model, tokenizer, text, context=settings["context"], batch_size=args.batch_size,
                                 progress=not args.no_progress, doc_separator=doc_separator,
                                 source=args.data)
         except ValueError as error:   # a file of only separators holds no document
             raise UsageError(f"--data {args.data}: {error}") from None
-    documents = _documents_cut(result.documents, text, doc_separator, bool(from_run))
+    if args.json:
+        print(json.dumps({"model": str(model_dir), "adapter": args.adapter, "data": args.data,
+                          "tokens": result.tokens, "mean_loss": result.mean_loss, "perplexity": result.perplexity,
+                          "windows": result.windows, "documents": result.documents,
+                          "units": {"mean_loss": loss_unit("causal")}, **settings, "batch_size": args.batch_size,
+                          "settings_of_the_run": from_run}))
+        return 0
+    documents = _documents_cut(result.documents, text, doc_separator, "doc_separator" in from_run)
     print(f"{model_dir}{' + ' + args.adapter if args.adapter else ''} on {args.data}: "
           f"{result.tokens:,} token{'s' if result.tokens != 1 else ''}, mean loss {result.mean_loss:.4f} {loss_unit('causal')}, "
           f"perplexity {result.perplexity:.3f} ({documents}{result.windows:,} window{'s' if result.windows != 1 else ''} "
-          f"of up to {args.context or model.config.max_position_embeddings} tokens)")
+          f"of up to {settings['context']} tokens{_trained([n for n in from_run if n != 'doc_separator'])})")
     return 0
 
 

@@ -104,3 +104,27 @@ def test_the_help_says_where_the_settings_come_from(capsys):
     for flag in ("--pairs", "--max-len", "--batch-size", "--seed", "--doc-separator", "--json"):
         assert flag in shown, flag
     assert "sop_config.json" in shown and "finetune.json" in shown, shown
+
+
+def test_a_folder_without_its_sop_config_takes_pairs_from_finetune_json_and_the_fixed_defaults(run, tmp_path,
+                                                                                               capsys):
+    """A copy that kept finetune.json but not sop_config.json: the question its head answers is read
+    from finetune.json, the rest are the defaults (16 pairs a batch, seed 0, blank-line); with neither,
+    --pairs is asked for, not guessed."""
+    import shutil
+
+    out, data, settings = run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "sop_config.json").unlink()
+    argv = ["eval", "sop", "--model", str(copy), "--data", str(data), "--json", "--no-progress", "--backend", "numpy"]
+    assert main(argv) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["task"] == settings.pairs and record["settings_of_the_run"] == ["pairs"], record
+    assert (record["batch_size"], record["seed"], record["doc_separator"]) == (16, 0, "blank-line"), record
+    info = json.loads((copy / "finetune.json").read_text())
+    del info["pairs"]
+    (copy / "finetune.json").write_text(json.dumps(info))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "give --pairs sop or nsp" in err and "sop_config.json" in err, err

@@ -159,6 +159,20 @@ class MaskedLMResult:
     documents: int | None = None   # documents the text was cut into (None: encoded whole)
 
 
+class NoTokenMaskedError(ValueError):
+    """masked_lm_score's text: too short for the draws from its seed to mask a token.  The message
+    names the seed as Python passes it (seed=); worded(seed_used, seed_named) names it as another
+    caller takes it (`npllama eval mlm`: its --seed flag, or the run's)."""
+
+    def __init__(self, tokens: int, seed: int):
+        self.tokens, self.seed = tokens, seed
+        super().__init__(self.worded(f"seed={seed}", "seed"))
+
+    def worded(self, seed_used: str, seed_named: str) -> str:
+        return (f"no token of the text was masked ({self.tokens} tokens, 15% of the ordinary ones drawn with "
+                f"{seed_used}): give a longer text, or another {seed_named}")
+
+
 def masked_lm_score(model, tokenizer, text, *, context: int | None = None, batch_size: int = 8,
                     seed: int = 0, progress: bool = False, doc_separator: str | None = None,
                     source: str = "the text") -> MaskedLMResult:
@@ -167,7 +181,8 @@ def masked_lm_score(model, tokenizer, text, *, context: int | None = None, batch
     `npllama train --objective mlm` scores its held-out text: data.evaluation_batches' windows of
     `context` tokens, `batch_size` at a time, masked once from `seed` (objectives.masked_held_out),
     evaluated by objectives.evaluate_masked_lm.  With the run's --seq-len, --batch-size and --seed
-    (and --eval-batches 0, or a text within it) the loss is the validation loss training reports."""
+    (and --eval-batches 0, or a text within it) the loss is the validation loss training reports.
+    A text too short for `seed`'s draws to mask a token: NoTokenMaskedError (a ValueError)."""
     from .data import evaluation_batches
     from .objectives import evaluate_masked_lm, masked_held_out
 
@@ -192,8 +207,7 @@ def masked_lm_score(model, tokenizer, text, *, context: int | None = None, batch
     with tqdm(total=len(ids) - 1, desc="masked-LM", unit="tok", disable=not progress, leave=False) as bar:
         scores = evaluate_masked_lm(model, batches, on_batch=lambda inputs: bar.update(inputs.size))
     if scores["masked_tokens"] == 0:
-        raise ValueError(f"no token of the text was masked ({len(ids)} tokens, 15% of the ordinary ones drawn): "
-                         f"give a longer text, or another seed")
+        raise NoTokenMaskedError(len(ids), int(seed))
     return MaskedLMResult(masked_tokens=scores["masked_tokens"], mean_loss=scores["mlm"], accuracy=scores["accuracy"],
                           windows=sum(len(inputs) for inputs, _ in batches), documents=documents)
 

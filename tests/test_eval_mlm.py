@@ -235,3 +235,36 @@ def test_a_runs_damaged_settings_are_asked_for_only_as_the_flags_that_matter(mlm
     err = capsys.readouterr().err
     assert "train_config.json" in err and "--context, --batch-size and --seed" in err, err
     assert "--doc-separator" not in err, err
+
+
+def test_a_text_with_no_token_masked_names_the_seed_as_python_and_the_command_take_it(models, tmp_path, capsys):
+    """'give a longer text, or another seed' named no argument: for Python it names seed=, for the command
+    its --seed flag, and a seed taken from the run is said to be the run's."""
+    import shutil
+
+    folder, mlm, tokenizer = models
+    short = "Tom ran."
+    unmasked = []
+    for seed in range(40):   # the draws from a seed mask none of a few tokens now and then
+        try:
+            masked_lm_score(mlm, tokenizer, short, seed=seed)
+        except ValueError as error:
+            unmasked.append((seed, str(error)))
+    assert unmasked, "no seed of 40 left the short text unmasked: shorten it"
+    seed, message = unmasked[0]
+    assert "no token of the text was masked" in message and f"seed={seed}" in message, message
+    assert "--seed" not in message, message
+    data = tmp_path / "short.txt"
+    data.write_text(short)
+    argv = ["eval", "mlm", "--data", str(data), "--no-progress", "--dtype", "float64"]
+    assert main([*argv, "--model", str(folder / "mlm"), "--seed", str(seed)]) == 2
+    err = capsys.readouterr().err
+    assert f"--seed {seed})" in err and "or another --seed" in err and "seed=" not in err, err
+    assert "the run's" not in err, err
+    run = tmp_path / "run"   # the same seed, not given but read from the run that saved the model
+    shutil.copytree(folder / "mlm", run / "model")
+    (run / "train_config.json").write_text(json.dumps({"objective": "mlm", "seq_len": mlm.config.max_position_embeddings,
+                                                       "batch_size": 8, "seed": seed}))
+    assert main([*argv, "--model", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"--seed {seed}, the run's)" in err and "or another --seed" in err, err

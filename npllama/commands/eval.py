@@ -312,7 +312,7 @@ def run_mlm(args) -> int:
 
     from ..backend import get_backend, use_backend
     from ..loss_units import loss_unit
-    from ..perplexity import masked_lm_score
+    from ..perplexity import NoTokenMaskedError, masked_lm_score
     from ..runs import load_model_and_tokenizer, require_a_language_model
     from . import UsageError
 
@@ -334,7 +334,10 @@ def run_mlm(args) -> int:
                                      batch_size=settings["batch_size"], seed=settings["seed"],
                                      progress=not args.no_progress, doc_separator=doc_separator,
                                      source=args.data)
-        except ValueError as error:   # a file of only separators, or too short to mask a token
+        except NoTokenMaskedError as error:   # the seed named as the command takes it: --seed, or the run's
+            whose = ", the run's" if "seed" in from_run else ""
+            raise UsageError(f"--data {args.data}: {error.worded(f'--seed {error.seed}{whose}', '--seed')}") from None
+        except ValueError as error:   # a file of only separators
             raise UsageError(f"--data {args.data}: {error}") from None
     if args.json:
         print(json.dumps({"model": str(model_dir), "data": args.data, "masked_tokens": result.masked_tokens,

@@ -346,7 +346,7 @@ def run_mlm(args) -> int:
                           "settings_of_the_run": from_run}))
         return 0
     documents = _documents_cut(result.documents, text, doc_separator, "doc_separator" in from_run)
-    print(f"{model_dir} on {args.data}: {result.masked_tokens:,} masked token{'s' if result.masked_tokens != 1 else ''} "
+    print(f"{_model_named(args.model, model_dir)} on {args.data}: {result.masked_tokens:,} masked token{'s' if result.masked_tokens != 1 else ''} "
           f"(--seed {settings['seed']}), mean loss {result.mean_loss:.4f} {loss_unit('mlm')}, accuracy "
           f"{result.accuracy:.3f} ({documents}{result.windows:,} window{'s' if result.windows != 1 else ''} of up to "
           f"{settings['context']} tokens{_trained([n for n in from_run if n != 'doc_separator'])})")
@@ -448,7 +448,7 @@ def run_sop(args) -> int:
                      (("pairs", settings["pairs"]), ("max_len", max_len), ("batch_size", settings["batch_size"]),
                       ("seed", settings["seed"]), ("doc_separator", settings["doc_separator"])))
     trained = ", as the run was trained" if len(from_run) == len(settings) else _trained(from_run)
-    print(f"{model_dir} on {args.data}: {result['pairs']:,} {task} pair{'s' if result['pairs'] != 1 else ''} from "
+    print(f"{_model_named(args.model, model_dir)} on {args.data}: {result['pairs']:,} {task} pair{'s' if result['pairs'] != 1 else ''} from "
           f"{result['documents']:,} document{'s' if result['documents'] != 1 else ''}{skipped}: accuracy "
           f"{result['sop_accuracy']:.3f} (always the commoner label: {result['majority_label_accuracy']:.3f}), "
           f"{task} loss {result['sop']:.4f} {PAIR_LOSS_UNIT}, {mlm} ({flags}{trained})")
@@ -491,11 +491,28 @@ def run_perplexity(args) -> int:
                           "settings_of_the_run": from_run}))
         return 0
     documents = _documents_cut(result.documents, text, doc_separator, "doc_separator" in from_run)
-    print(f"{model_dir}{' + ' + args.adapter if args.adapter else ''} on {args.data}: "
+    print(f"{_model_named(args.model, model_dir, args.adapter)} on {args.data}: "
           f"{result.tokens:,} token{'s' if result.tokens != 1 else ''}, mean loss {result.mean_loss:.4f} {loss_unit('causal')}, "
           f"perplexity {result.perplexity:.3f} ({documents}{result.windows:,} window{'s' if result.windows != 1 else ''} "
           f"of up to {settings['context']} tokens{_trained([n for n in from_run if n != 'doc_separator'])})")
     return 0
+
+
+def _model_named(given, model_dir, adapter=None) -> str:
+    """The model for a result line, named as the refusals name it: --model as given, with the folder
+    it resolved to where that is another ('runs/x (its model/)'); left out, the folder loaded (the
+    latest run's, or the base --adapter names); ' + ADAPTER' with one."""
+    from pathlib import Path
+
+    named = str(model_dir)
+    if given is not None:
+        try:
+            inside = Path(model_dir).relative_to(Path(given).expanduser())
+        except ValueError:   # not inside the folder given (resolve_model_dir looks nowhere else)
+            named = f"{given} ({model_dir})"
+        else:
+            named = given if inside == Path() else f"{given} (its {inside.as_posix()}/)"
+    return named + (f" + {adapter}" if adapter else "")
 
 
 def _cut(doc_separator: str) -> str:
@@ -530,7 +547,7 @@ def run_choice(args) -> int:
         result = evaluate_choice(model, tokenizer, items, template, progress=not args.no_progress)
     items_ = "items" if result["n"] != 1 else "item"
     source = f"built-in story-continuation {items_}" if args.data is None else f"{items_} of {args.data}"
-    print(f"{model_dir}{' + ' + args.adapter if args.adapter else ''} on {result['n']} {source}: "
+    print(f"{_model_named(args.model, model_dir, args.adapter)} on {result['n']} {source}: "
           f"accuracy {result['accuracy']:.3f}, per-token accuracy {result['accuracy_per_token']:.3f} "
           f"(chance {result['chance']:.3f})")
     if result["cut"]:

@@ -56,3 +56,71 @@ def test_the_result_line_names_the_model_as_given(runs, capsys, command, as_give
     assert main([*argv, "--model", model, "--no-progress", "--backend", "numpy"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{shown.replace('RUN', str(run))} on "), out
+
+
+def record(text: str) -> str:
+    import json
+
+    return json.dumps({"text": text}) + "\n"
+
+
+# (the files of --data: a file's name, or "folder/NAME"; its doc_separator; taken from the run?; the words)
+HELD_OUT = [
+    ({"a.txt": "One."}, "blank-line", False, "1 document cut at blank lines; "),
+    ({"a.txt": "One.\n\nTwo."}, "blank-line", True, "2 documents cut at blank lines, as the run was trained; "),
+    ({"a.txt": "One.\nTwo."}, "whole-file", False, "1 document (the file whole); "),
+    ({"a.jsonl": record("One.")}, None, False, "1 document, a JSON line; "),
+    ({"a.jsonl": record("One.") + record("Two.")}, None, False, "2 documents, a JSON line each; "),
+    ({"folder/a.jsonl": record("One.")}, None, False, "1 document from 1 file; "),
+    ({"folder/a.jsonl": record("One."), "folder/b.jsonl": record("Two.")}, None, False,
+     "2 documents from 2 files; "),
+    ({"folder/a.txt": "One.\nTwo."}, None, False, "1 document from 1 file, the .txt file one document; "),
+    ({"folder/a.txt": "One.\nTwo."}, "whole-file", True,
+     "1 document from 1 file, the .txt file one document, as the run was trained; "),
+    ({"folder/a.txt": "One.", "folder/b.txt": "Two."}, None, False,
+     "2 documents from 2 files, each .txt file one document; "),
+    ({"folder/a.txt": "One."}, "line", False, "1 document from 1 file, the .txt file cut at every line; "),
+    ({"folder/a.txt": "One.\nTwo.", "folder/b.jsonl": record("Three.")}, "line", True,
+     "3 documents from 2 files, the .txt file cut at every line, as the run was trained; "),
+    ({"folder/a.txt": "One.\nTwo.", "folder/b.txt": "Three."}, "line", False,
+     "3 documents from 2 files, the .txt files cut at every line; "),
+]
+
+
+@pytest.mark.parametrize("files, doc_separator, as_trained, words", HELD_OUT)
+def test_how_the_held_out_text_was_read_is_said_in_the_singular_for_one(tmp_path, files, doc_separator, as_trained,
+                                                                      words):
+    """'1 document, a JSON line each' and the like: every branch, with one and with more."""
+    from npllama.commands.eval import _documents_cut
+    from npllama.data import split_documents
+    from npllama.perplexity import read_held_out
+
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(content)
+    path = tmp_path / ("folder" if "/" in next(iter(files)) else next(iter(files)))
+    if path.suffix == ".txt":   # a .txt file's text, which perplexity cuts at doc_separator
+        held_out = read_held_out(path)
+        documents, separator = len(split_documents(held_out, doc_separator)), doc_separator
+    else:
+        held_out, separator = read_held_out(path, doc_separator), None
+        documents = len(held_out)
+    assert _documents_cut(documents, held_out, separator, as_trained) == words
+
+
+@pytest.mark.parametrize("long, short, said", [
+    (1, 0, "the item did not fit the model's context ({context} tokens) with a choice: the beginning of its "),
+    (1, 1, "1 of the 2 items did not fit the model's context ({context} tokens) with a choice: the beginning of its "),
+    (2, 1, "2 of the 3 items did not fit the model's context ({context} tokens) with a choice: the beginning of their "),
+])
+def test_choice_items_cut_to_fit_are_counted_in_the_singular_for_one(runs, small_model_dir, capsys, long, short, said):
+    """'1 of the 1 items did not fit ...: the beginning of their passage' for one item."""
+    folder, _, _ = runs
+    context = Llama.from_pretrained(small_model_dir).config.max_position_embeddings
+    item = {"question": "Who ran?", "choices": ["the dog", "the cat"], "answer": 0}
+    items = write_jsonl(folder / f"long_{long}_{short}.jsonl",
+                        [{**item, "context": "The dog ran. " * context}] * long + [item] * short)
+    assert main(["eval", "choice", "--model", str(small_model_dir), "--data", str(items), "--no-progress",
+                 "--backend", "numpy"]) == 0
+    err = capsys.readouterr().err
+    assert said.format(context=context) in err, err

@@ -293,16 +293,25 @@ def _documents_cut(documents: int | None, held_out, doc_separator, as_trained: b
 
     if documents is None:
         return ""
-    counted = f"{documents:,} document{'s' if documents != 1 else ''}"
+    counted = _counted(documents, "document")
     trained = ", as the run was trained" if as_trained else ""
     if not isinstance(held_out, Corpus):   # a .txt file's text, cut here
         return f"{counted} {_cut(doc_separator)}{trained}; "
     files, texts = held_out.files, [f for f in held_out.files if f.suffix.lower() == ".txt"]
     if not held_out.path.is_dir():
-        return f"{counted}, a JSON line each; " if not texts else f"{counted} {_cut(held_out.doc_separator)}{trained}; "
-    cut = ("" if not texts else ", each .txt file one document" if held_out.doc_separator == "whole-file"
-           else f", .txt files {_cut(held_out.doc_separator)}{trained}")
-    return f"{counted} from {len(files):,} file{'s' if len(files) != 1 else ''}{cut}; "
+        if texts:
+            return f"{counted} {_cut(held_out.doc_separator)}{trained}; "
+        return f"{counted}, a JSON line{' each' if documents != 1 else ''}; "
+    the_txt_files = "the .txt file" if len(texts) == 1 else "the .txt files"
+    cut = ("" if not texts else
+           f", {'each .txt file' if len(texts) != 1 else the_txt_files} one document{trained}"
+           if held_out.doc_separator == "whole-file" else f", {the_txt_files} {_cut(held_out.doc_separator)}{trained}")
+    return f"{counted} from {_counted(len(files), 'file')}{cut}; "
+
+
+def _counted(count: int, noun: str) -> str:
+    """'1 document', '1,200 documents'."""
+    return f"{count:,} {noun}{'s' if count != 1 else ''}"
 
 
 def run_mlm(args) -> int:
@@ -346,9 +355,9 @@ def run_mlm(args) -> int:
                           "settings_of_the_run": from_run}))
         return 0
     documents = _documents_cut(result.documents, text, doc_separator, "doc_separator" in from_run)
-    print(f"{_model_named(args.model, model_dir)} on {args.data}: {result.masked_tokens:,} masked token{'s' if result.masked_tokens != 1 else ''} "
+    print(f"{_model_named(args.model, model_dir)} on {args.data}: {_counted(result.masked_tokens, 'masked token')} "
           f"(--seed {settings['seed']}), mean loss {result.mean_loss:.4f} {loss_unit('mlm')}, accuracy "
-          f"{result.accuracy:.3f} ({documents}{result.windows:,} window{'s' if result.windows != 1 else ''} of up to "
+          f"{result.accuracy:.3f} ({documents}{_counted(result.windows, 'window')} of up to "
           f"{settings['context']} tokens{_trained([n for n in from_run if n != 'doc_separator'])})")
     return 0
 
@@ -448,8 +457,8 @@ def run_sop(args) -> int:
                      (("pairs", settings["pairs"]), ("max_len", max_len), ("batch_size", settings["batch_size"]),
                       ("seed", settings["seed"]), ("doc_separator", settings["doc_separator"])))
     trained = ", as the run was trained" if len(from_run) == len(settings) else _trained(from_run)
-    print(f"{_model_named(args.model, model_dir)} on {args.data}: {result['pairs']:,} {task} pair{'s' if result['pairs'] != 1 else ''} from "
-          f"{result['documents']:,} document{'s' if result['documents'] != 1 else ''}{skipped}: accuracy "
+    print(f"{_model_named(args.model, model_dir)} on {args.data}: {_counted(result['pairs'], task + ' pair')} from "
+          f"{_counted(result['documents'], 'document')}{skipped}: accuracy "
           f"{result['sop_accuracy']:.3f} (always the commoner label: {result['majority_label_accuracy']:.3f}), "
           f"{task} loss {result['sop']:.4f} {PAIR_LOSS_UNIT}, {mlm} ({flags}{trained})")
     return 0
@@ -492,8 +501,8 @@ def run_perplexity(args) -> int:
         return 0
     documents = _documents_cut(result.documents, text, doc_separator, "doc_separator" in from_run)
     print(f"{_model_named(args.model, model_dir, args.adapter)} on {args.data}: "
-          f"{result.tokens:,} token{'s' if result.tokens != 1 else ''}, mean loss {result.mean_loss:.4f} {loss_unit('causal')}, "
-          f"perplexity {result.perplexity:.3f} ({documents}{result.windows:,} window{'s' if result.windows != 1 else ''} "
+          f"{_counted(result.tokens, 'token')}, mean loss {result.mean_loss:.4f} {loss_unit('causal')}, "
+          f"perplexity {result.perplexity:.3f} ({documents}{_counted(result.windows, 'window')} "
           f"of up to {settings['context']} tokens{_trained([n for n in from_run if n != 'doc_separator'])})")
     return 0
 
@@ -551,7 +560,8 @@ def run_choice(args) -> int:
           f"accuracy {result['accuracy']:.3f}, per-token accuracy {result['accuracy_per_token']:.3f} "
           f"(chance {result['chance']:.3f})")
     if result["cut"]:
-        print(f"{result['cut']} of the {result['n']} items did not fit the model's context "
-              f"({model.config.max_position_embeddings} tokens) with a choice: the beginning of their "
-              f"passage or question was left out (the end, nearest the answer, kept)", file=sys.stderr)
+        which = "the item" if result["n"] == 1 else f"{result['cut']} of the {result['n']} items"
+        print(f"{which} did not fit the model's context ({model.config.max_position_embeddings} tokens) with a "
+              f"choice: the beginning of {'its' if result['cut'] == 1 else 'their'} passage or question was left "
+              f"out (the end, nearest the answer, kept)", file=sys.stderr)
     return 0

@@ -21,8 +21,8 @@ def register(subparsers) -> None:
                     "question, read as the text going on after it (a space between them, none in Chinese or "
                     "Japanese); the most likely choice is the model's answer (a right answer tied with k-1 "
                     "others counts 1/k). Prints accuracy (total log-likelihood) and accuracy per token "
-                    "(length-normalised) beside chance. With no --data it uses built-in items: which sentence "
-                    "comes next in a story?",
+                    "(length-normalised) beside chance (--json: as one JSON object). With no --data it uses "
+                    "built-in items: which sentence comes next in a story?",
         formatter_class=HelpFormatter)
     c.add_argument("--model", "--base", dest="model", default=None, help="the model: a run folder or a Hugging "
                    "Face LLaMA folder with tokenizer.model or tokenizer.json (default: the latest `npllama train` "
@@ -41,6 +41,7 @@ def register(subparsers) -> None:
                         "after it is not scored), for models tuned with `finetune sft`")
     c.add_argument("--seed", type=int, default=None, help="seed of the built-in items, so only without --data "
                    "(default: 0)")
+    c.add_argument("--json", action="store_true", help="print the result as one JSON object")
     _run_options(c)
     c.set_defaults(run=run_choice)
 
@@ -531,6 +532,8 @@ def _cut(doc_separator: str) -> str:
 
 
 def run_choice(args) -> int:
+    import json
+
     from ..backend import get_backend, use_backend
     from ..datasets import load_choice_items, make_choice_items
     from ..finetune import evaluate_choice
@@ -543,7 +546,8 @@ def run_choice(args) -> int:
                          f"gives the items")
     model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype, "--model",
                                                  "multiple choice by next-token log-likelihood")
-    items = make_choice_items(args.limit, seed=args.seed or 0) if args.data is None else load_choice_items(args.data)
+    seed = None if args.data is not None else 0 if args.seed is None else args.seed   # of the built-in items
+    items = make_choice_items(args.limit, seed=seed) if args.data is None else load_choice_items(args.data)
     items = items[:args.limit]
     template = args.template
     if template == "chat":
@@ -554,12 +558,18 @@ def run_choice(args) -> int:
         note_builtin_template(template, args.adapter)
     with use_backend(args.backend or get_backend()):
         result = evaluate_choice(model, tokenizer, items, template, progress=not args.no_progress)
-    items_ = "items" if result["n"] != 1 else "item"
-    source = f"built-in story-continuation {items_}" if args.data is None else f"{items_} of {args.data}"
-    print(f"{_model_named(args.model, model_dir, args.adapter)} on {result['n']} {source}: "
-          f"accuracy {result['accuracy']:.3f}, per-token accuracy {result['accuracy_per_token']:.3f} "
-          f"(chance {result['chance']:.3f})")
-    if result["cut"]:
+    if args.json:   # no loss, so no units: the accuracies and chance are shares of the items
+        print(json.dumps({"model": str(model_dir), "adapter": args.adapter, "data": args.data, "items": result["n"],
+                          "accuracy": result["accuracy"], "accuracy_per_token": result["accuracy_per_token"],
+                          "chance": result["chance"], "cut": result["cut"], "template": args.template,
+                          "limit": args.limit, "seed": seed}))
+    else:
+        items_ = "items" if result["n"] != 1 else "item"
+        source = f"built-in story-continuation {items_}" if args.data is None else f"{items_} of {args.data}"
+        print(f"{_model_named(args.model, model_dir, args.adapter)} on {result['n']} {source}: "
+              f"accuracy {result['accuracy']:.3f}, per-token accuracy {result['accuracy_per_token']:.3f} "
+              f"(chance {result['chance']:.3f})")
+    if result["cut"]:   # a note, on stderr with --json too
         which = "the item" if result["n"] == 1 else f"{result['cut']} of the {result['n']} items"
         print(f"{which} did not fit the model's context ({model.config.max_position_embeddings} tokens) with a "
               f"choice: the beginning of {'its' if result['cut'] == 1 else 'their'} passage or question was left "

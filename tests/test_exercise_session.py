@@ -916,23 +916,3 @@ def test_a_builtin_or_ufunc_a_cell_failed_to_replace_is_graded_with_a_note(kerne
     assert report.ok and len(report.notes) == 1, report.format()
     assert f"cannot tell whether the {name} checked (your function calls it)" in report.notes[0], report.notes
     assert "In[5]" in report.notes[0] and "no cell defines" in report.notes[0], report.notes
-
-
-def test_a_def_in_a_time_cell_is_dated_and_a_time_cell_that_stopped_is_not_trusted(kernel):
-    """%%time runs its cell's body as code of a file '<timed exec>' (no cell's lines), catches the
-    body's error and ends the cell without one: a %%time cell redefining the backward that
-    stopped before its def was not seen to bind it ('Well done!' for the older function), and a
-    function defined in one was called 'made by code no cell typed'."""
-    kernel("import numpy as np\nfrom npllama.exercises import check_function")
-    kernel("%%time\n" + SOFTMAX_RIGHT)
-    assert kernel(CHECK_CELL).ok
-    kernel("%%time\nimport nump\n" + SOFTMAX_WRONG_AXIS)         # stops before its def; the cell ends 'well'
-    report = kernel(CHECK_CELL)
-    assert report.load_error and "In[2]" in report.load_error and "In[4]" in report.load_error, report.format()
-    assert "or it sits in a branch" in report.load_error, report.format()     # how it ended is not known
-    kernel("%%time\n" + SOFTMAX_RIGHT)                          # run again: the one checked
-    assert kernel(CHECK_CELL).ok and not kernel(CHECK_CELL).notes
-    kernel("import nump\n" + SOFTMAX_WRONG_AXIS)         # a plain cell failing after it: the %%time cell's is stale
-    report = kernel(CHECK_CELL)
-    assert report.load_error and "cell In[6] defined" in report.load_error and "In[9]" in report.load_error, \
-        report.format()

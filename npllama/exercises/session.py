@@ -14,9 +14,7 @@ not be the code the student last ran.
   (STALE); an import, a call's result, or an alias to a name rebound since may have given the
   same function back -- graded, with a note saying so (UNSURE).  A cell known to have ended
   without an error (watch_cells) replaced nothing it did not replace: a def there that did not
-  take effect sat in a branch not taken.  A %%time cell's body counts as the cell (its functions
-  are dated by their code compiled again); it ends without an error either way, so how it ended
-  is not known.
+  take effect sat in a branch not taken.
 - `from npllama.ops.softmax import softmax_backward` in a cell makes the library's own backward
   the one checked: it is not the student's; nor is a teacher's reference imported from the
   exercise's file (librarys_own).
@@ -63,50 +61,8 @@ def _cells_defining(function) -> list[int]:
     a session, or for a function no cell typed (imported from a file, exec'd text, npllama's own)."""
     if _shell() is None:
         return []
-    code = getattr(function, "__code__", None)
-    if code is not None and code.co_filename == TIMED:     # no lines to compare: its code, compiled again
-        flags = _shell().compile.flags       # the __future__ imports cells have run, as %%time compiles with
-        return [n for n, cell in enumerate(_history()) if code in _timed_codes(_timed_body(cell), flags)]
     source = _cell_source(function)
     return [n for n, cell in enumerate(_history()) if source and cell.rstrip() == source]
-
-
-# the file %%time compiles its cell's body as, whichever the cell (linecache keeps no lines of it)
-TIMED = "<timed exec>"
-
-
-def _timed_body(cell: str) -> str | None:
-    """A %%time cell's body as Python, from its history's text `get_ipython().run_cell_magic('time',
-    '', body)`; None for another cell.  %%time catches the body's error: such a cell ends without
-    one either way."""
-    if "run_cell_magic" not in cell:
-        return None
-    statements = _parsed(cell)
-    only = statements[0] if statements and len(statements) == 1 else None
-    call = only.value if isinstance(only, ast.Expr) else None
-    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "run_cell_magic"
-            and len(call.args) == 3 and all(isinstance(arg, ast.Constant) for arg in call.args)
-            and call.args[0].value == "time" and isinstance(call.args[2].value, str)):
-        return None
-    return _shell().transform_cell(call.args[2].value)
-
-
-@functools.lru_cache(maxsize=256)
-def _timed_codes(body: str | None, flags: int) -> tuple:
-    """The code objects of the functions a %%time cell's body defines, compiled as %%time compiles it
-    (equal to theirs: code compares by its instructions, names and lines, not its file)."""
-    if body is None:
-        return ()
-    try:
-        todo = [compile(body, TIMED, "exec", flags, True)]
-    except (SyntaxError, ValueError):
-        return ()
-    codes = []
-    while todo:
-        code = todo.pop()
-        codes.append(code)
-        todo += [const for const in code.co_consts if inspect.iscode(const)]
-    return tuple(codes[1:])
 
 
 def students_code(function, exercise) -> bool:
@@ -164,11 +120,10 @@ def replaced_definitions(function, exercise) -> tuple[str | None, list[str]]:
         name = ".".join(path)
         if verdict == STALE:
             through = (f"your {function.__name__} calls {name}, and " if calls else "")
-            if _cells_ran_to_the_end().get(later) is False:        # it stopped with an error: watched since
+            if later in _cells_ran_to_the_end():        # it stopped with an error: watched since
                 why, replaced = "stopped before that line ran (see that cell's error)", "you have replaced"
                 way_out = "fix that cell, run it"
-            else:       # run before watch_cells, or a %%time cell (ends well anyway): it may also have ended
-                        # well, not taking a branch holding the def
+            else:       # run before watch_cells: it may also have ended well, not taking a branch holding the def
                 why = ("did not run that line: it stopped before it (see that cell's error), or it sits in a "
                        "branch the cell did not take")
                 replaced = "you may have replaced"
@@ -296,7 +251,7 @@ def _replaced(function, path) -> tuple[str | None, int | None, int | None]:
         kind = _last_binding(history[n], path)
         if kind is None:
             continue
-        if ran_to_the_end.get(n) and _timed_body(history[n]) is None:
+        if ran_to_the_end.get(n):
             # a cell that ran without an error did all its code does: a def of the name in it that
             # did not take effect sat in a branch it did not take (an if, a loop, an except); any
             # other binding (an alias, an import, a call's result) made the name hold what it holds
@@ -368,8 +323,6 @@ def _last_binding(cell: str, path):
     by line."""
     if path[-1] not in cell:        # most cells of a long notebook: nothing to parse
         return None
-    timed = _timed_body(cell)
-    cell = cell if timed is None else timed
     statements = _parsed(cell)
     if statements is None:
         return UNRAN if _binds_in_unparsable(cell, path[-1]) else None

@@ -1,11 +1,14 @@
 """A function that varies on a scale near or below the checker's step (sum(sin(k x)) for large k):
 no wrong backward may pass there, and no right one may FAIL.  Where a shorter step resolves f,
 the wrong one FAILs; where none does, the honest verdict is UNRESOLVED."""
+import importlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from npllama import gradcheck
+from npllama.gradcheck.constants import ROUNDOFF_FACTOR, UNIT_ROUNDOFF
 
 PLANTS = {
     "scaled 0.9": lambda g: 0.9 * g,
@@ -113,3 +116,54 @@ def test_a_step_short_enough_resolves_sin_k_x_far_above_the_steps_reach(k, seed)
     right = k * np.cos(k * x)
     assert gradcheck(sin_k(k), [x], [right], seed=seed).inputs[0].status == "ok"
     assert gradcheck(sin_k(k), [x], [0.9 * right], seed=seed).inputs[0].status == "FAIL"
+
+
+def _one_entry_probe(f, x0):
+    """(evaluate, move, calls) for f of one scalar at x0, as a probe moves it: move(t) puts it t
+    away (None: back) and returns the real distance; evaluate() gives (f, |f|)."""
+    x, calls = [x0], []
+
+    def move(t):
+        x[0] = x0 if t is None else x0 + t
+        return x[0] - x0
+
+    def evaluate():
+        calls.append(x[0])
+        value = f(x[0])
+        return value, abs(value)
+
+    return evaluate, move, calls
+
+
+def test_shorter_steps_stop_once_their_round_off_reaches_the_rough_differences():
+    # Differences shrinking like h^2 (truncation) must stand above the round-off, which grows like
+    # 1/h as the step shrinks: once it reaches the rough differences no shorter step can show
+    # truncation below them, and looking on (up to 7 steps, 42 calls) only pays.  f = 1e3 + x^2
+    # has exact central differences (no truncation to show at any step; straight at each: no kink asked)
+    derivative = importlib.import_module("npllama.gradcheck.derivative")
+    evaluate, move, calls = _one_entry_probe(lambda v: 1e3 + v * v, 0.5)
+    h = 1e-4
+    roundoff_at_a_quarter = 2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * (1e3 + 0.25) / (2 * h / 4)
+    for rough_difference, steps_taken in ((2 * roundoff_at_a_quarter, 1), (1e3 * roundoff_at_a_quarter, 5)):
+        calls.clear()
+        rough = derivative._Estimate(1.0, rough_difference, 0.0, False, True, h, rough_difference)
+        assert derivative._smooth_at_shorter_steps(evaluate, move, rough, None, 0.0, kinks=False) is None
+        # each step: D(h'), D(2h'), D(4h'), two evaluations each.  The round-off at h/4, h/16, h/64,
+        # h/1024, h/16384 is 1, 4, 16, 256, 4096 times roundoff_at_a_quarter: twice it reaches 1e3 of
+        # it at the 5th step (all 7 were taken before the stop: 42 calls)
+        assert len(calls) == 6 * steps_taken, (rough_difference, len(calls))
+
+
+def test_a_relu_kink_within_the_step_is_passed_at_the_first_shorter_step_where_f_is_straight():
+    # relu(x) at x = 1.5h: D(h) is exact, D(2h) and D(4h) span the kink (rough).  At h/4 f is
+    # straight and its slope is the gradient: that estimate is taken there (6 calls), not after all
+    # 7 shorter steps and the loose-bound shortening (_shortened) that reach the same verdict later
+    derivative = importlib.import_module("npllama.gradcheck.derivative")
+    h = 1e-4
+    evaluate, move, calls = _one_entry_probe(lambda v: max(v, 0.0), 1.5 * h)
+    rough = derivative._derivative(evaluate, move, h, None, 0.0, test_smoothness=True)
+    assert rough.rough and rough.difference > rough.stair, rough
+    calls.clear()
+    shorter = derivative._smooth_at_shorter_steps(evaluate, move, rough, None, 0.0)
+    assert shorter is not None and shorter.value == pytest.approx(1.0, abs=1e-9) and shorter.step == h / 4, shorter
+    assert len(calls) == 6

@@ -167,3 +167,32 @@ def test_a_relu_kink_within_the_step_is_passed_at_the_first_shorter_step_where_f
     shorter = derivative._smooth_at_shorter_steps(evaluate, move, rough, None, 0.0)
     assert shorter is not None and shorter.value == pytest.approx(1.0, abs=1e-9) and shorter.step == h / 4, shorter
     assert len(calls) == 6
+
+
+@pytest.mark.parametrize("spoil", [None, "shorter rough", "shorter within its round-off", "shorter above the rough",
+                                   "longer rough", "shrank far less than h^2", "shrank far more than h^2"])
+def test_two_smooth_steps_in_a_row_show_truncation_only_when_each_part_of_the_rule_holds(spoil):
+    # the rule _smooth_at_shorter_steps takes an estimate by (f varying within the step, smooth at
+    # shorter ones): the shorter of two steps 16x apart is smooth, its differences above its
+    # round-off and below the rough ones (_truncation_shows), and they shrank 256-fold from the
+    # longer step's, itself smooth (_shrank_like_h2).  Each part alone was changed in the code
+    # without any other test noticing; a part that fails must fail the rule
+    derivative = importlib.import_module("npllama.gradcheck.derivative")
+    estimate = lambda step, difference, roundoff=1e-12, rough=False: derivative._Estimate(
+        1.0, difference + roundoff, roundoff, False, rough, step, difference)
+    rough = estimate(1e-4, 1.0, rough=True)
+    longer, shorter = estimate(1e-6, 256e-6), estimate(1e-6 / 16, 1e-6)
+    if spoil == "shorter rough":
+        shorter = shorter._replace(rough=True)
+    elif spoil == "shorter within its round-off":
+        shorter = shorter._replace(roundoff=1e-6)
+    elif spoil == "shorter above the rough":
+        rough = rough._replace(difference=1e-7)
+    elif spoil == "longer rough":
+        longer = longer._replace(rough=True)
+    elif spoil == "shrank far less than h^2":
+        longer = longer._replace(difference=16e-6)
+    elif spoil == "shrank far more than h^2":
+        longer = longer._replace(difference=4096e-6)
+    shows = derivative._truncation_shows(shorter, rough) and derivative._shrank_like_h2(shorter, longer)
+    assert shows == (spoil is None)

@@ -110,15 +110,14 @@ def _truncation_shows(shorter: _Estimate, rough: _Estimate) -> bool:
 
 
 def _shrank_like_h2(shorter: _Estimate, longer: _Estimate) -> bool:
-    """Whether the differences of two smooth estimates, at a step and one r times longer, shrank
-    from the longer to the shorter like the truncation's h^2 (r^2-fold, within the factor 1.6
-    _derivative allows D(h) - D(2h) against D(2h) - D(4h)), standing above the round-off: f's
-    rounding, which grows as the step shrinks, makes two smooth-looking estimates in a row by chance
-    (sum(sin(k x)) at k = 1e7, whose k x rounds by 2e-9 -- far above u |f| -- at steps 1e-9 to 6e-11)
-    but not that."""
+    """Whether the differences of an estimate that shows truncation (_truncation_shows: smooth,
+    above its round-off) shrank like the truncation's h^2 from those of a smooth one at a step r
+    times longer (r^2-fold, within the factor 1.6 _derivative allows D(h) - D(2h) against
+    D(2h) - D(4h)): f's rounding, which grows as the step shrinks, makes two smooth-looking
+    estimates in a row by chance (sum(sin(k x)) at k = 1e7, whose k x rounds by 2e-9 -- far above
+    u |f| -- at steps 1e-9 to 6e-11) but not that."""
     r2 = (longer.step / shorter.step) ** 2
-    return (not shorter.rough and not longer.rough and 2 * shorter.roundoff < shorter.difference
-            and r2 / 1.6 <= longer.difference / shorter.difference <= 1.6 * r2)
+    return not longer.rough and r2 / 1.6 <= longer.difference / shorter.difference <= 1.6 * r2
 
 
 def _straight_inside_a_kink(shorter: _Estimate, rough: _Estimate) -> bool:

@@ -144,7 +144,7 @@ def test_shorter_steps_stop_once_their_round_off_reaches_the_rough_differences()
     evaluate, move, calls = _one_entry_probe(lambda v: 1e3 + v * v, 0.5)
     h = 1e-4
     roundoff_at_a_quarter = 2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * (1e3 + 0.25) / (2 * h / 4)
-    for rough_difference, steps_taken in ((2 * roundoff_at_a_quarter, 1), (1e3 * roundoff_at_a_quarter, 5)):
+    for rough_difference, steps_taken in ((2 * roundoff_at_a_quarter, 1), (1e3 * roundoff_at_a_quarter, 5), (np.inf, 7)):
         calls.clear()
         rough = derivative._Estimate(1.0, rough_difference, 0.0, False, True, h, rough_difference)
         assert derivative._smooth_at_shorter_steps(evaluate, move, rough, None, 0.0, kinks=False) is None
@@ -152,6 +152,8 @@ def test_shorter_steps_stop_once_their_round_off_reaches_the_rough_differences()
         # h/1024, h/16384 is 1, 4, 16, 256, 4096 times roundoff_at_a_quarter: twice it reaches 1e3 of
         # it at the 5th step (all 7 were taken before the stop: 42 calls)
         assert len(calls) == 6 * steps_taken, (rough_difference, len(calls))
+    # (the most it takes, which the package docstring states as the far shorter steps' cost)
+    assert "up to 42 for far" in importlib.import_module("npllama.gradcheck").__doc__
 
 
 def test_a_relu_kink_within_the_step_is_passed_at_the_first_shorter_step_where_f_is_straight():

@@ -99,8 +99,8 @@ How a probe's numeric derivative and its bound are made (the error model):
             predicts), and no higher than f's rounding (16 u max(|f|, 1): np.round(x) with a
             straight-through gradient still FAILs), the probe is UNRESOLVED too.  A smooth f shows
             none of this, so a wrong gradient of one still FAILs.  Each input pays this (up to 55
-            calls, 107 where f kept to a line, up to 54 for shorter steps, and up to 48 for far
-            shorter ones) only until CONFIRMED_FAILURES (4,
+            calls, 107 where f kept to a line, up to 54 for shorter steps, and up to 42 for far
+            shorter ones: 7 steps of 6) only until CONFIRMED_FAILURES (4,
             checker.py) failures are confirmed: the input FAILs then, and its later failing probes,
             not measured again, are counted but never named as wrong entries (some may be right).
   limits    no step can check a gradient across a kink within a step of the point (relu at 0;

@@ -80,8 +80,7 @@ class _Probes:
         # A backward missing the GELU's tanh term, 70x too small and of the wrong sign at x ~ -6.6,
         # measured again to the bound 7e-14 of a derivative of -4e-12, was UNRESOLVED next to its
         # own value 6e-14
-        failing = abs(float(analytic) - estimate.value) > bound
-        if failing:
+        if abs(float(analytic) - estimate.value) > bound:
             resolution = max(resolution, UNRESOLVED * abs(estimate.value))
         # (a rough estimate -- its differences at h, 2h, 4h did not shrink like h^2 at any step
         # tried -- is held to its bound as any is: f varying within the step is taken where shorter

@@ -180,7 +180,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
         a straight f at a short step: a GELU's 1 + tanh(z) at x ~ -7 keeps one stair there, and its
         slope is a wrong backward's that misses the tanh term.  A FAIL is confirmed if the
         analytic value is off it."""
-        start = estimate._replace(step=estimate.step * shortest, difference=disagreement, rough=True)
+        start = estimate._replace(step=estimate.step * shortest, difference=disagreement)
         resolved = _smooth_at_shorter_steps(evaluate, move, start, richardson, good_enough, kinks=False)
         if resolved is not None and abs(analytic - resolved.value) > held_to - estimate.bound + resolved.bound:
             probes.confirm()

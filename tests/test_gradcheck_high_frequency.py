@@ -198,3 +198,18 @@ def test_two_smooth_steps_in_a_row_show_truncation_only_when_each_part_of_the_ru
         longer = longer._replace(difference=4096e-6)
     shows = derivative._truncation_shows(shorter, rough) and derivative._shrank_like_h2(shorter, longer)
     assert shows == (spoil is None)
+
+
+@pytest.mark.parametrize("k", [1e6, 1e7])
+def test_a_failure_judged_at_far_shorter_steps_is_confirmed_so_later_ones_are_not_measured_again(k):
+    # a backward 10% off, where f varies hundreds of times within the step: each failing probe is
+    # measured again and judged where far shorter steps show f smooth (judged_far_shorter).  A FAIL
+    # found there counts towards CONFIRMED_FAILURES like any other: without that, most of these 24
+    # probes paid the re-measurement (1432 calls where 532 did at k = 1e6; 1646 for 583 at 1e7)
+    confirmed = importlib.import_module("npllama.gradcheck.checker").CONFIRMED_FAILURES
+    x = np.random.default_rng(1).standard_normal(24)
+    report = gradcheck(sin_k(k), [x], [0.9 * k * np.cos(k * x)], seed=1)
+    entry = report.inputs[0]
+    assert entry.status == "FAIL", str(report)
+    not_again = [note for note in entry.notes if "not measured again" in note]
+    assert not_again and not_again[0].startswith(f"{24 - confirmed} failing probe(s)"), entry.notes

@@ -213,3 +213,17 @@ def test_a_failure_judged_at_far_shorter_steps_is_confirmed_so_later_ones_are_no
     assert entry.status == "FAIL", str(report)
     not_again = [note for note in entry.notes if "not measured again" in note]
     assert not_again and not_again[0].startswith(f"{24 - confirmed} failing probe(s)"), entry.notes
+
+
+@pytest.mark.parametrize("k", [1e6, 1e7])
+def test_a_fail_where_far_shorter_steps_show_f_smooth_does_not_blame_a_kink_or_rounding(k):
+    # a backward 10% off, f varying hundreds of times within the step: the probes measured again are
+    # judged where far shorter steps show f smooth, and the FAIL stands on them.  The probes not
+    # measured again stay rough at the step eps, and the note that "f did not behave like a smooth
+    # function ... a kink ... or rounding inside f ... makes finite differences unreliable" was given
+    # for them: f has neither, it varies within the step, as the shorter steps showed
+    x = np.random.default_rng(2).standard_normal(24)
+    entry = gradcheck(sin_k(k), [x], [0.9 * k * np.cos(k * x)], seed=2).inputs[0]
+    assert entry.status == "FAIL", entry
+    assert any("not measured again" in note for note in entry.notes), entry.notes   # rough probes are left
+    assert not any("did not behave like a smooth function" in note for note in entry.notes), entry.notes

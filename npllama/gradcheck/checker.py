@@ -50,6 +50,7 @@ class _Probes:
     between: list = dataclasses.field(default_factory=list)     # (left, right) slopes at a kink, or ()
     flat: list = dataclasses.field(default_factory=list)        # unsteady: f kept to a line at every step
     unconfirmed: list = dataclasses.field(default_factory=list)  # failing, not measured again (confirm)
+    smooth_shorter: list = dataclasses.field(default_factory=list)  # f smooth at far shorter steps: varies within the step
     richardson: int = 0
     longer_steps: int = 0       # probes that needed a longer step than eps to resolve
     remeasure_failures: bool = True   # a failing probe is measured at other steps (until CONFIRMED_FAILURES are)
@@ -103,6 +104,7 @@ class _Probes:
         self.between.append(estimate.between)
         self.flat.append(estimate.flat)
         self.unconfirmed.append(estimate.unconfirmed)
+        self.smooth_shorter.append(estimate.smooth_shorter)
         self.richardson += estimate.richardson
         self.longer_steps += longer
 

@@ -57,6 +57,9 @@ class _Estimate(NamedTuple):
     unconfirmed: bool = False  # failing, but not measured again: the input already had its
                                # CONFIRMED_FAILURES failures confirmed (checker.py), so it FAILs anyway
     stair: float = 0.0       # how far one stair of f's rounding (_stair_rounding) moves D(h)
+    smooth_shorter: bool = False  # taken at a step far shorter than one where f's differences were rough
+                                  # or strayed, their h^2 shrinking showing f smooth there: f varies within
+                                  # the longer step (_smooth_at_shorter_steps; _shortened towards the spread)
 
 
 def _longer_step_kept(attempt: _Estimate, best: _Estimate) -> bool:
@@ -96,7 +99,7 @@ def _smooth_at_shorter_steps(evaluate, move, rough, richardson, good_enough, kin
             return shorter
         # the longer step of the two, its truncation confirmed by the shorter: less of f's rounding
         if candidate is not None and _truncation_shows(shorter, rough) and _shrank_like_h2(shorter, candidate):
-            return candidate
+            return candidate._replace(smooth_shorter=True)
         candidate = shorter
         if not 2 * shorter.roundoff < rough.difference:
             return None
@@ -228,7 +231,8 @@ def _shortened(evaluate, move, estimate, richardson, good_enough, shortest_rough
         # one at a step shortened towards the spread replaces it
         if attempt.rough or not (attempt.bound < best.bound or rough_level):
             break
-        best = attempt
+        # (a smooth estimate replacing a rough one, or one taken at far shorter steps, is still that)
+        best = attempt._replace(smooth_shorter=best.smooth_shorter or best.rough)
     return best
 
 

@@ -417,7 +417,8 @@ def _retaken_over_rounding(evaluate, move, estimate, rounding, richardson, good_
             break
         if not _longer_step_kept(attempt, best):
             break
-        best = kept = attempt
+        # (still far shorter than a step where f was rough, if the estimate was: smooth_shorter)
+        best = kept = attempt._replace(smooth_shorter=estimate.smooth_shorter)
     return kept
 
 

@@ -327,8 +327,12 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
                      f"here (its true gradient is zero there: a sign, a rounding, a normalised single value), or "
                      f"{caller} does not read the arrays it is given (they are changed in place; a copy made "
                      f"before the call would not see it){rounding}")
-    if not report.ok and any(r and not p and not s and not k and np.isfinite(v)
-                             for r, p, s, k, v in zip(probes.rough, passed, unsteady, at_kink, probes.numeric)):
+    # a rough probe not measured again is not put down to a kink or rounding where others of the
+    # input were smooth at far shorter steps: f varies within the step there (sum(sin(1e7 x)))
+    varies_within_step = any(probes.smooth_shorter)
+    if not report.ok and any(r and not p and not s and not k and np.isfinite(v) and not (u and varies_within_step)
+                             for r, p, s, k, v, u in zip(probes.rough, passed, unsteady, at_kink, probes.numeric,
+                                                         probes.unconfirmed)):
         # a probe that failed where f behaved smoothly is a verdict the rough ones do not weaken (after
         # a few failures are confirmed, the others are not measured again, and may stay at rough steps)
         smooth_failures = int(np.sum(~passed & ~unresolved & ~np.array(probes.rough, dtype=bool)))

@@ -916,3 +916,55 @@ def test_a_builtin_or_ufunc_a_cell_failed_to_replace_is_graded_with_a_note(kerne
     assert report.ok and len(report.notes) == 1, report.format()
     assert f"cannot tell whether the {name} checked (your function calls it)" in report.notes[0], report.notes
     assert "In[5]" in report.notes[0] and "no cell defines" in report.notes[0], report.notes
+
+
+def test_a_def_in_a_time_cell_is_dated_and_a_time_cell_that_stopped_is_not_trusted(kernel):
+    """%%time runs its cell's body as code of a file '<timed exec>' (no cell's lines) and, before
+    IPython 9, catches the body's error and ends the cell without one: a %%time cell redefining
+    the backward that stopped before its def was not seen to bind it ('Well done!' for the older
+    function), and a function defined in one was said to be made by code no cell typed."""
+    from IPython import get_ipython
+
+    kernel("import numpy as np\nfrom npllama.exercises import check_function")
+    kernel("%%time\n" + SOFTMAX_RIGHT)
+    assert kernel(CHECK_CELL).ok and not kernel(CHECK_CELL).notes      # In[3], In[4]: In[2]'s function, no doubt
+    stopped = get_ipython().run_cell("%%time\nimport nump\n" + SOFTMAX_WRONG_AXIS, store_history=True)   # In[5]
+    report = kernel(CHECK_CELL)
+    assert report.load_error and "cell In[2] defined" in report.load_error and "cell In[5]" in report.load_error, \
+        report.format()
+    if stopped.success:         # IPython 8 caught the body's error: how the cell ended tells nothing
+        assert "or it sits in a branch" in report.load_error, report.format()
+    else:                       # IPython 9 raises it again
+        assert "stopped before that line ran" in report.load_error, report.format()
+    kernel("%%time\n" + SOFTMAX_RIGHT)                          # In[7], run again: the one checked
+    assert kernel(CHECK_CELL).ok and not kernel(CHECK_CELL).notes
+    kernel("import nump\n" + SOFTMAX_WRONG_AXIS)         # In[10], a plain cell failing: the %%time cell's is stale
+    report = kernel(CHECK_CELL)
+    assert report.load_error and "cell In[7] defined" in report.load_error and "cell In[10]" in report.load_error, \
+        report.format()
+
+
+@pytest.mark.parametrize("body, name", [
+    ("import functools\n\n@functools.lru_cache\n@functools.wraps(print)\ndef softmax_backward(dp, cache):\n"
+     "    return cache * (dp - (dp * cache).sum(-1, keepdims=True))\n", "softmax_backward"),
+    ("softmax_backward = lambda dp, cache: cache * (dp - (dp * cache).sum(-1, keepdims=True))\n", "<lambda>"),
+], ids=["decorated def", "lambda"])
+def test_a_time_cells_function_is_told_from_another_time_cells_by_its_def(kernel, body, name):
+    """Every %%time cell's functions share the file '<timed exec>': the cell defining the one the
+    kernel holds is found by its def in the body (a decorated def's code starts at its first
+    decorator), not by a def of the same name starting or ending at another line or with other
+    parameters."""
+    from npllama.exercises.session import _cells_defining
+
+    split = body.replace("cache * (dp", "cache * (\n        dp")         # one line longer
+    held = "pass\n" + split           # one line lower (a body's leading blank lines are dropped)
+    kernel("%%time\npass\n" + body)                              # In[1]: the same first line, ends a line higher
+    kernel("%%time\n" + held.replace("dp, cache", "dp, cache_"))  # In[2]: other parameters
+    kernel("%%time\n" + split.replace("keepdims", "\n        keepdims"))      # In[3]: starts a line higher
+    kernel("%%time\nif False:\n" + "".join("    " + line for line in held.splitlines(keepends=True)))   # In[4]
+    kernel("%%time\n" + held)                                     # In[5]: the one the kernel holds
+    function = kernel("softmax_backward")
+    function = getattr(function, "__wrapped__", function)       # lru_cache's wrapper: the function it holds
+    assert function.__code__.co_filename == "<timed exec>" and function.__code__.co_name == name
+    assert _cells_defining(function) == [5]
+

@@ -14,7 +14,10 @@ not be the code the student last ran.
   (STALE); an import, a call's result, or an alias to a name rebound since may have given the
   same function back -- graded, with a note saying so (UNSURE).  A cell known to have ended
   without an error (watch_cells) replaced nothing it did not replace: a def there that did not
-  take effect sat in a branch not taken.
+  take effect sat in a branch not taken.  A %%time cell's body counts as the cell: a function it
+  defines (code of the file '<timed exec>', whose lines no cache keeps) is matched to its def by
+  the body's syntax tree; %%time may catch the body's error and end the cell without one, so a
+  %%time cell that ended well is not known to have run all its code.
 - `from npllama.ops.softmax import softmax_backward` in a cell makes the library's own backward
   the one checked: it is not the student's; nor is a teacher's reference imported from the
   exercise's file (librarys_own).
@@ -61,8 +64,55 @@ def _cells_defining(function) -> list[int]:
     a session, or for a function no cell typed (imported from a file, exec'd text, npllama's own)."""
     if _shell() is None:
         return []
+    code = getattr(function, "__code__", None)
+    if code is not None and code.co_filename == TIMED:       # no lines kept to compare: the body's syntax tree
+        return [n for n, cell in enumerate(_history()) if any(_is_code_of(node, code) for node in _timed_defs(cell))]
     source = _cell_source(function)
     return [n for n, cell in enumerate(_history()) if source and cell.rstrip() == source]
+
+
+# the file %%time runs its cell's body as, whichever the cell (linecache keeps none of its lines)
+TIMED = "<timed exec>"
+
+
+def _timed_body(cell: str) -> str | None:
+    """A %%time cell's body as Python, from its history's text `get_ipython().run_cell_magic('time',
+    line, body)`; None for another cell."""
+    if "run_cell_magic" not in cell:        # most cells: nothing to parse
+        return None
+    statements = _parsed(cell)
+    only = statements[0] if statements is not None and len(statements) == 1 else None
+    call = only.value if isinstance(only, ast.Expr) else None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "run_cell_magic"
+            and len(call.args) == 3 and all(isinstance(arg, ast.Constant) for arg in call.args)
+            and call.args[0].value == "time" and isinstance(call.args[2].value, str)):
+        return None
+    return _shell().transform_cell(call.args[2].value)      # as %%time reads it (its lines are the code's)
+
+
+def _timed_defs(cell: str) -> list:
+    """The defs and lambdas of a %%time cell's body, at any depth; [] for another cell, or a body
+    that does not parse."""
+    body = _timed_body(cell)
+    statements = _parsed(body) if body is not None else None
+    return [node for statement in statements or [] for node in ast.walk(statement)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))]
+
+
+def _is_code_of(node, code) -> bool:
+    """Whether `code` is the code the def or lambda `node` makes: the same name, first line (a
+    decorated def's is its first decorator's), parameters, and every line of its own code within
+    the node's."""
+    name = "<lambda>" if isinstance(node, ast.Lambda) else node.name
+    first = min([node.lineno] + [decorator.lineno for decorator in getattr(node, "decorator_list", [])])
+    arguments = node.args
+    parameters = [a.arg for a in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs,
+                                  *filter(None, [arguments.vararg, arguments.kwarg])]]
+    count = (code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & inspect.CO_VARARGS)
+             + bool(code.co_flags & inspect.CO_VARKEYWORDS))
+    lines = {line for *_, line in code.co_lines() if line is not None}
+    return (name == code.co_name and first == code.co_firstlineno and parameters == list(code.co_varnames[:count])
+            and all(first <= line <= node.end_lineno for line in lines))
 
 
 def students_code(function, exercise) -> bool:
@@ -120,10 +170,11 @@ def replaced_definitions(function, exercise) -> tuple[str | None, list[str]]:
         name = ".".join(path)
         if verdict == STALE:
             through = (f"your {function.__name__} calls {name}, and " if calls else "")
-            if later in _cells_ran_to_the_end():        # it stopped with an error: watched since
+            if _cells_ran_to_the_end().get(later) is False:        # it stopped with an error: watched since
                 why, replaced = "stopped before that line ran (see that cell's error)", "you have replaced"
                 way_out = "fix that cell, run it"
-            else:       # run before watch_cells: it may also have ended well, not taking a branch holding the def
+            else:       # run before watch_cells, or a %%time cell that ended well (its body's error caught):
+                        # it may also have ended well, not taking a branch holding the def
                 why = ("did not run that line: it stopped before it (see that cell's error), or it sits in a "
                        "branch the cell did not take")
                 replaced = "you may have replaced"
@@ -251,7 +302,7 @@ def _replaced(function, path) -> tuple[str | None, int | None, int | None]:
         kind = _last_binding(history[n], path)
         if kind is None:
             continue
-        if ran_to_the_end.get(n):
+        if ran_to_the_end.get(n) and _timed_body(history[n]) is None:
             # a cell that ran without an error did all its code does: a def of the name in it that
             # did not take effect sat in a branch it did not take (an if, a loop, an except); any
             # other binding (an alias, an import, a call's result) made the name hold what it holds
@@ -323,6 +374,8 @@ def _last_binding(cell: str, path):
     by line."""
     if path[-1] not in cell:        # most cells of a long notebook: nothing to parse
         return None
+    timed = _timed_body(cell)
+    cell = cell if timed is None else timed      # a %%time cell binds what its body binds
     statements = _parsed(cell)
     if statements is None:
         return UNRAN if _binds_in_unparsable(cell, path[-1]) else None

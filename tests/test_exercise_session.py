@@ -968,3 +968,21 @@ def test_a_time_cells_function_is_told_from_another_time_cells_by_its_def(kernel
     assert function.__code__.co_filename == "<timed exec>" and function.__code__.co_name == name
     assert _cells_defining(function) == [5]
 
+
+
+def test_how_another_shells_cells_ended_is_not_read(kernel):
+    """Cells are numbered per shell (a kernel restarted in the same process, a test's shells): a
+    cell another shell ran under the same number and ended well does not tell that this shell's
+    cell -- run before its first check, its end unknown -- skipped a def in a branch."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    kernel(SOFTMAX_RIGHT)                               # In[1]
+    assert kernel(CHECK_CELL).ok                        # In[2], ended well: this shell's cells are watched
+    InteractiveShell.clear_instance()
+    other = InteractiveShell.instance()
+    run = lambda cell: other.run_cell(cell, store_history=True).result
+    run(SOFTMAX_RIGHT)                                  # In[1]
+    run("import nump\n" + SOFTMAX_WRONG_AXIS)           # In[2]: stopped before its def, before any check
+    report = run(CHECK_CELL)
+    assert report.load_error and "cell In[2]" in report.load_error, report.format()
+    assert "or it sits in a branch" in report.load_error, report.format()

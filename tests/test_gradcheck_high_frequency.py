@@ -171,8 +171,16 @@ def test_a_relu_kink_within_the_step_is_passed_at_the_first_shorter_step_where_f
     assert len(calls) == 6
 
 
-@pytest.mark.parametrize("spoil", [None, "shorter rough", "shorter within its round-off", "shorter above the rough",
-                                   "longer rough", "shrank far less than h^2", "shrank far more than h^2"])
+# each spoil of the rule below: which of its three estimates it changes, and how
+SPOILS = {"shorter rough": ("shorter", dict(rough=True)),
+          "shorter within its round-off": ("shorter", dict(roundoff=1e-6)),
+          "shorter above the rough": ("rough", dict(difference=1e-7)),
+          "longer rough": ("longer", dict(rough=True)),
+          "shrank far less than h^2": ("longer", dict(difference=16e-6)),
+          "shrank far more than h^2": ("longer", dict(difference=4096e-6))}
+
+
+@pytest.mark.parametrize("spoil", [None, *SPOILS])
 def test_two_smooth_steps_in_a_row_show_truncation_only_when_each_part_of_the_rule_holds(spoil):
     # the rule _smooth_at_shorter_steps takes an estimate by (f varying within the step, smooth at
     # shorter ones): the shorter of two steps 16x apart is smooth, its differences above its
@@ -184,18 +192,11 @@ def test_two_smooth_steps_in_a_row_show_truncation_only_when_each_part_of_the_ru
         1.0, difference + roundoff, roundoff, False, rough, step, difference)
     rough = estimate(1e-4, 1.0, rough=True)
     longer, shorter = estimate(1e-6, 256e-6), estimate(1e-6 / 16, 1e-6)
-    if spoil == "shorter rough":
-        shorter = shorter._replace(rough=True)
-    elif spoil == "shorter within its round-off":
-        shorter = shorter._replace(roundoff=1e-6)
-    elif spoil == "shorter above the rough":
-        rough = rough._replace(difference=1e-7)
-    elif spoil == "longer rough":
-        longer = longer._replace(rough=True)
-    elif spoil == "shrank far less than h^2":
-        longer = longer._replace(difference=16e-6)
-    elif spoil == "shrank far more than h^2":
-        longer = longer._replace(difference=4096e-6)
+    estimates = {"rough": rough, "longer": longer, "shorter": shorter}
+    if spoil is not None:
+        which, change = SPOILS[spoil]
+        estimates[which] = estimates[which]._replace(**change)
+    rough, longer, shorter = estimates["rough"], estimates["longer"], estimates["shorter"]
     shows = derivative._truncation_shows(shorter, rough) and derivative._shrank_like_h2(shorter, longer)
     assert shows == (spoil is None)
 

@@ -253,11 +253,12 @@ def _relative_figures(a, n, held_to, magnitude, largest, n_entries, finite):
 
 def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n_nan, caller="fn") -> list[str]:
     notes, n_entries = [], len(indices)
+    a, n = np.array(probes.analytic, dtype=np.float64), np.array(probes.numeric, dtype=np.float64)
     if n_finite + n_nan < report.size:
         notes.append(f"{report.size - n_finite - n_nan} entries are +-inf and were not probed")
     if n_nan:
         notes.append(f"{n_nan} entries are NaN and were not probed")
-    numeric_broken = ~np.isfinite(np.array(probes.numeric, dtype=np.float64))
+    numeric_broken = ~np.isfinite(n)
     if np.any(numeric_broken):
         notes.append(f"{int(np.sum(numeric_broken))} probe(s) UNRESOLVED: f was NaN or Inf within a step of the "
                      "point, so no difference exists there (an input at the edge of f's domain, as log or sqrt "
@@ -313,9 +314,8 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
                      "inside it: compute f stably).  Give a smaller eps (eps=1e-7), or check at inputs where f "
                      "varies more slowly")
     # (a failing random direction is followed down to its entry by _locate, which says so)
-    numeric = np.array(probes.numeric)
-    if not report.ok and numeric.size and np.all(numeric == 0) and np.any(np.array(probes.analytic) != 0):
-        largest_claimed = float(np.max(np.abs(np.array(probes.analytic, dtype=np.float64))))
+    if not report.ok and n.size and np.all(n == 0) and np.any(a != 0):
+        largest_claimed = float(np.max(np.abs(a)))
         # check_op's user wrote a forward, whose out reaches the scalar only through L = sum(out * dout)
         scalar, depends = ("L = sum(out * dout)", "forward's out does") if caller == "forward" else ("f", "f does")
         rounding = ("" if largest_claimed >= ROUNDS_AWAY else
@@ -355,7 +355,6 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
         notes.append("the gradient is zero everywhere (in every input of the check), so a relative bound means "
                      "nothing: the check can only confirm zero -- f's differences are zero too, to within "
                      f"{max(probes.bound):.1e} absolute")
-    a, n = np.array(probes.analytic, dtype=np.float64), np.array(probes.numeric, dtype=np.float64)
     # passed, but only within LOOSE_BOUND of the check's largest gradient, its own far smaller (a
     # probe where analytic and numeric are both exactly 0 confirms a zero: f ignores the input there)
     unchecked = passed & np.array(probes.below_own, dtype=bool) & ((a != 0) | (n != 0))

@@ -272,8 +272,7 @@ def _functions_under(name: str, value):
         yield from _methods(value, value.__qualname__.split("."))
     elif type(value).__module__ == _shell().user_ns.get("__name__"):     # an object of a class a cell defined
         cls, own = type(value), type(value).__qualname__.split(".")
-        if functools.reduce(lambda held, attribute: getattr(held, attribute, None), own[1:],
-                            _shell().user_ns.get(own[0])) is cls:
+        if _held_at(own) is cls:
             yield from _methods(cls, own)
         else:           # a class defined again since the object was made: the cell making it binds its code
             yield from ((method, [name]) for method, _ in _methods(cls, []))
@@ -356,14 +355,17 @@ def _cells_ran_to_the_end() -> dict[int, bool]:
 def _still_held(function, path) -> bool:
     """Whether the cell's globals still reach `function`'s code by its names: a def run since would
     have replaced it there (a decorator's wrapper is followed to the function it wraps)."""
-    held = _shell().user_ns.get(path[0])
-    for name in path[1:]:
-        held = getattr(held, name, None)
+    held = _held_at(path)
     if callable(held):
         with contextlib.suppress(ValueError):       # a __wrapped__ chain that loops
             held = inspect.unwrap(held)
         held = getattr(held, "__func__", held)      # a bound method's function
     return getattr(held, "__code__", held) is getattr(function, "__code__", function)     # a builtin: itself
+
+
+def _held_at(path):
+    """What the notebook's namespace holds at `path` (['f'], a method's ['Op', 'f']), or None."""
+    return functools.reduce(lambda held, name: getattr(held, name, None), path[1:], _shell().user_ns.get(path[0]))
 
 
 def _last_binding(cell: str, path):

@@ -76,7 +76,13 @@ TIMED = "<timed exec>"
 
 
 def _timed_body(cell: str) -> str | None:
-    """A %%time cell's body as Python, from its history's text `get_ipython().run_cell_magic('time',
+    """A %%time cell's body as Python; None for another cell."""
+    body = _timed_text(cell)
+    return None if body is None else _shell().transform_cell(body)     # as %%time reads it (its lines are the code's)
+
+
+def _timed_text(cell: str) -> str | None:
+    """A %%time cell's body as typed, from its history's text `get_ipython().run_cell_magic('time',
     line, body)`; None for another cell."""
     if "run_cell_magic" not in cell:        # most cells: nothing to parse
         return None
@@ -87,7 +93,7 @@ def _timed_body(cell: str) -> str | None:
             and len(call.args) == 3 and all(isinstance(arg, ast.Constant) for arg in call.args)
             and call.args[0].value == "time" and isinstance(call.args[2].value, str)):
         return None
-    return _shell().transform_cell(call.args[2].value)      # as %%time reads it (its lines are the code's)
+    return call.args[2].value
 
 
 def _timed_defs(cell: str) -> list:
@@ -301,7 +307,7 @@ def _replaced(function, path) -> tuple[str | None, int | None, int | None]:
         kind = _last_binding(history[n], path)
         if kind is None:
             continue
-        if ran_to_the_end.get(n) and _timed_body(history[n]) is None:
+        if ran_to_the_end.get(n) and _timed_text(history[n]) is None:
             # a cell that ran without an error did all its code does: a def of the name in it that
             # did not take effect sat in a branch it did not take (an if, a loop, an except); any
             # other binding (an alias, an import, a call's result) made the name hold what it holds

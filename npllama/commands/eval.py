@@ -41,7 +41,6 @@ def register(subparsers) -> None:
                         "after it is not scored), for models tuned with `finetune sft`")
     c.add_argument("--seed", type=int, default=None, help="seed of the built-in items, so only without --data "
                    "(default: 0)")
-    c.add_argument("--json", action="store_true", help="print the result as one JSON object")
     _run_options(c)
     c.set_defaults(run=run_choice)
 
@@ -71,7 +70,6 @@ def register(subparsers) -> None:
                           "--seq-len, --context's default for a run, the same number) (default: the run's own "
                           "--doc-separator when --model is an `npllama train` run, else none: a .txt file is one "
                           "text, its blank lines included)")
-    ppl.add_argument("--json", action="store_true", help="print the result as one JSON object")
     _run_options(ppl)
     ppl.set_defaults(run=run_perplexity)
 
@@ -98,7 +96,6 @@ def register(subparsers) -> None:
     mlm.add_argument("--doc-separator", default=None, metavar="blank-line|line|marker:TEXT|whole-file",
                      help="as for perplexity (default: the run's own when --model is an `npllama train` run, "
                           "else none)")
-    mlm.add_argument("--json", action="store_true", help="print the result as one JSON object")
     _run_options(mlm)
     mlm.set_defaults(run=run_mlm)
 
@@ -128,7 +125,6 @@ def register(subparsers) -> None:
     sop.add_argument("--doc-separator", default=None, metavar="blank-line|line|marker:TEXT|whole-file",
                      help="how a .txt file is cut into documents (default: the run's --doc-separator, else "
                           "blank-line)")
-    sop.add_argument("--json", action="store_true", help="print the result as one JSON object")
     _run_options(sop)
     sop.set_defaults(run=run_sop)
     p.set_defaults(run=print_help_instead(p))
@@ -140,6 +136,8 @@ DATA_HELP = ("held-out text, read as `npllama train` reads --val-data: a UTF-8 .
 
 
 def _run_options(p) -> None:
+    """--json, the run options and --no-progress, which every task takes."""
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     add_run_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -392,8 +392,8 @@ def _sop_settings(args, model_dir) -> tuple[dict, list[str]]:
 
     def the_runs() -> dict:
         run = _settings_of_the_run(model_dir, "sop")
-        if "pairs" not in run and read_info(model_dir).get("pairs") in ("sop", "nsp"):
-            run["pairs"] = read_info(model_dir)["pairs"]
+        if "pairs" not in run and (pairs := read_info(model_dir).get("pairs")) in ("sop", "nsp"):
+            run["pairs"] = pairs
         return run
 
     given = {"pairs": args.pairs, "max_len": args.max_len, "batch_size": args.batch_size, "seed": args.seed,

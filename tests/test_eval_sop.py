@@ -71,13 +71,18 @@ def test_on_the_runs_held_out_documents_it_gives_the_validation_numbers_the_run_
     assert json.loads(capsys.readouterr().out)["mlm"] != pytest.approx(record["mlm"], rel=1e-5)
 
 
-def test_the_python_function_is_the_commands_number(run, tmp_path):
+def test_the_python_function_is_the_commands_number(run, tmp_path, capsys):
     out, data, settings = run
     model, head, tokenizer = load_sentence_order(out)
     texts = load_texts(data, settings.doc_separator)
     one = sentence_order_score(model, head, tokenizer, texts, pairs=settings.pairs, max_len=48, batch_size=4, seed=7)
     again = sentence_order_score(model, head, tokenizer, texts, pairs=settings.pairs, max_len=48, batch_size=4, seed=7)
     assert one == again and one["documents"] == len([t for t in texts if len(split_sentences(t)) >= 2])
+    # the command, given the same settings, reports these numbers
+    assert main(["eval", "sop", "--model", str(out), "--data", str(data), "--pairs", settings.pairs, "--max-len",
+                 "48", "--batch-size", "4", "--seed", "7", "--json", "--no-progress", "--backend", "numpy"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert {key: record[key] for key in one} == pytest.approx(one, rel=1e-6), (record, one)
     labels_share = one["majority_label_accuracy"]
     assert 0.5 <= labels_share <= 1.0
     with pytest.raises(ValueError, match="pairs must be one of"):

@@ -152,6 +152,8 @@ class StopStrings:
             if not isinstance(text, str) or not text:
                 raise ValueError(f"stop strings must be non-empty str, got {text!r} at position {i}")
         self.tokenizer, self.strings = tokenizer, strings
+        # what settled holds back, found once: the printer asks at every token
+        self._held_back = max((len(s) for s in strings), default=1) - 1
         # the ids read before the new ids: the prompt, or a plain piece standing for some text
         self.lead = tokenizer.encode("a", bos=False)[-1:] if after is None else list(after)
         # where the new text starts, found once: decoding the lead alone at every token would
@@ -178,7 +180,7 @@ class StopStrings:
     def settled(self, text: str) -> int:
         """How much of `text` (as shown, no stop string in it yet) is sure to be kept, whatever text
         comes after it: all but its last characters, which may be the start of a stop string."""
-        return max(len(text) - (max(len(s) for s in self.strings) - 1), 0)
+        return max(len(text) - self._held_back, 0)
 
     def cut(self, text: str) -> str:
         """text up to where it stops (`stop_at`): all of it if it holds no stop string."""

@@ -142,7 +142,7 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     require_a_language_model(model_dir, flag, "llama.cpp (which runs every LLaMA with the causal mask)")
     check_gguf_out(out, model_dir, overwrite, flag="out", force="overwrite=True", tokenizer=tokenizer)
     config, params = load_hf_folder(model_dir, dtype=np.float32)
-    tok = Tokenizer(tokenizer if tokenizer is not None else gguf_tokenizer(model_dir))
+    tok = Tokenizer(tokenizer) if tokenizer is not None else _checked_gguf_tokenizer(model_dir)[1]
     for caveat in llama_cpp_tokenizer_caveats(tok):
         warnings.warn(caveat, stacklevel=2)
     pieces, scores, types = gguf_vocab(tok, config.vocab_size)
@@ -176,6 +176,12 @@ def gguf_tokenizer(model_dir) -> Path:
     written from; a FileNotFoundError that says so when the folder has only a tokenizer.json
     (a Hugging Face tokenizers file, which the export does not convert), a ValueError when that
     tokenizer.json adds tokens the tokenizer.model lacks (runs.refuse_tokens_added_beyond)."""
+    return _checked_gguf_tokenizer(model_dir)[0]
+
+
+def _checked_gguf_tokenizer(model_dir):
+    """gguf_tokenizer's path and the Tokenizer loaded from it (once: export_gguf writes the vocabulary
+    from it)."""
     from ..runs import TOKENIZER_FILE, find_tokenizer, refuse_tokens_added_beyond
     from ..tokenizer import Tokenizer
     from ..tokenizer_json import JSON_FILE
@@ -189,8 +195,9 @@ def gguf_tokenizer(model_dir) -> Path:
                 f"writes the vocabulary from a SentencePiece {TOKENIZER_FILE} and does not convert a "
                 f"{JSON_FILE}") from None
         raise
-    refuse_tokens_added_beyond(model_dir, Tokenizer(path))   # `export gguf` hands the path to export_gguf
-    return path
+    tok = Tokenizer(path)
+    refuse_tokens_added_beyond(model_dir, tok)   # `export gguf` hands the path to export_gguf
+    return path, tok
 
 
 def check_gguf_out(out: Path, model_dir: Path | None, overwrite: bool, flag: str = "out",

@@ -333,7 +333,10 @@ class Llama:
         logits equal those of a full forward over everything seen so far, at the new positions.
         Causal models only: a masked-LM model is refused (refuse_kv_cache_decoding).
         """
-        refuse_kv_cache_decoding(self)
+        # the table read here, as _check_inputs reads it: a causal model's decoding step (per token)
+        # makes no calls before its math
+        if ATTENDS_CAUSALLY.get(self.objective) is not True:
+            refuse_kv_cache_decoding(self)
         self._check_kv_cache(kv_cache)
         tokens, _, _ = self._check_inputs(tokens, offset=kv_cache.length, causal=True)
         B, T_new = tokens.shape

@@ -308,9 +308,10 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
     if not text.strip():
         raise ValueError(f"{path} is empty: it holds no header and no examples")
     # csv reads the first line as the header row, even a blank one: a header naming no column
-    lines = re.split(r"\r\n|\r|\n", text)   # as csv breaks them
-    blank = next(i for i, line in enumerate(lines) if line.strip())   # (text is not blank)
-    separator = _column_separator(path, lines[blank])
+    # the lines as csv breaks them, up to the first with text (not the whole file split into a list)
+    lines = (m.group(1) for m in re.finditer(r"(.*?)(?:\r\n|\r|\n|\Z)", text, re.S))
+    blank, header = next((i, line) for i, line in enumerate(lines) if line.strip())   # (text is not blank)
+    separator = _column_separator(path, header)
     if blank:
         which = "line 1 is" if blank == 1 else f"lines 1-{blank} are"
         raise ValueError(f"{path} {which} blank: the first line must be the header row naming the columns "

@@ -133,3 +133,27 @@ def test_a_folder_without_its_sop_config_takes_pairs_from_finetune_json_and_the_
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "give --pairs sop or nsp" in err and "sop_config.json" in err, err
+
+
+@pytest.mark.parametrize("task", ["perplexity", "mlm", "sop"])
+@pytest.mark.parametrize("flags, named", [(["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+                                          (["--doc-separator", "paragraph"], "--doc-separator")])
+def test_bad_batch_size_or_separator_is_refused_before_the_model_is_read(task, flags, named, tmp_path, capsys):
+    """The one check eval perplexity, mlm and sop share: a --model that does not exist is never
+    reached, so the flag, not the missing folder, is what the message names."""
+    data = tmp_path / "held_out.txt"
+    data.write_text("Tom ran home. Sue sat down.\n\nThe end came.\n")
+    argv = ["eval", task, "--model", str(tmp_path / "no_such_model"), "--data", str(data), "--no-progress", *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert named in err and "no_such_model" not in err and "Traceback" not in err, err
+
+
+def test_a_max_len_too_short_for_a_pair_is_refused_before_the_model_is_read(tmp_path, capsys):
+    data = tmp_path / "held_out.txt"
+    data.write_text("Tom ran home. Sue sat down.\n")
+    for max_len in ("0", "4"):
+        argv = ["eval", "sop", "--model", str(tmp_path / "no_such_model"), "--data", str(data), "--max-len", max_len]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"--max-len must be at least 5 for a pair (<s> A </s> B </s>), got {max_len}" in err, err

@@ -142,6 +142,17 @@ def _run_options(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _check_batch_size_and_separator(args) -> None:
+    """--batch-size and --doc-separator, checked before the model is loaded (cli names the flag)."""
+    from ..data import check_doc_separator
+    from . import UsageError
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.doc_separator is not None:
+        check_doc_separator(args.doc_separator)
+
+
 def _held_out(args, least_context: int):
     """--data read as `npllama train` reads --val-data (perplexity.read_held_out), once --batch-size,
     --context and --doc-separator are checked, before the model is loaded: a .txt file's text (cut
@@ -152,14 +163,9 @@ def _held_out(args, least_context: int):
 
     from . import UsageError
 
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    _check_batch_size_and_separator(args)
     if args.context is not None and args.context < least_context:
         raise UsageError(f"--context must be at least {least_context}, got {args.context}")
-    if args.doc_separator is not None:
-        from ..data import check_doc_separator
-
-        check_doc_separator(args.doc_separator)   # before the model is loaded (cli names the flag)
     if Path(args.data).expanduser().is_dir() and _holds_a_txt_file(args):
         return None
     text = _read_held_out(args, None)
@@ -413,18 +419,14 @@ def run_sop(args) -> int:
     import numpy as np
 
     from ..backend import get_backend, use_backend
-    from ..data import check_doc_separator, load_texts
+    from ..data import load_texts
     from ..finetune_sop import load_sentence_order, sentence_order_score
     from ..loss_units import PAIR_LOSS_UNIT, loss_unit
     from . import UsageError
 
-    for flag, value in (("--max-len", args.max_len), ("--batch-size", args.batch_size)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be at least 1, got {value}")
     if args.max_len is not None and args.max_len < 5:
         raise UsageError(f"--max-len must be at least 5 for a pair (<s> A </s> B </s>), got {args.max_len}")
-    if args.doc_separator is not None:
-        check_doc_separator(args.doc_separator)   # before the model is loaded
+    _check_batch_size_and_separator(args)
     model_dir = Path(args.model).expanduser()
     model, head, tokenizer = load_sentence_order(model_dir, dtype=getattr(np, args.dtype))   # its head, first
     settings, from_run = _sop_settings(args, model_dir)

@@ -499,7 +499,7 @@ def mlm_sop_forward(model, sop_head_weight, batch: SentenceOrderBatch):
     """The forward half of mlm_sop_loss_and_grads: (mlm loss, sop loss, sop_logits (B, 2), cache).
 
     One bidirectional pass of the stack; the LM head reads every position (MLM), the binary head
-    each row's last real token (SOP).  `cache` is what mlm_sop_backward needs."""
+    each row's last real token (SOP).  `cache` is what the backward half of mlm_sop_loss_and_grads needs."""
     # the heads' ops in force: the backend's, a use_op override, a trace's recording ones
     ops = model.head_ops({SOP_HEAD: sop_head_weight})
     hidden, caches = model.hidden_forward(batch.inputs, batch.attention_mask, causal=False)

@@ -51,7 +51,7 @@ def _llama3_inv_freq(inv_freq, rope_scaling):
 
     Pairs that turn slowly (wavelength longer than the original context / low_freq_factor) are
     interpolated by `factor`; pairs that turn fast (wavelength shorter than the original context /
-    high_freq_factor) are kept; in between, a linear blend of the two in 1 / wavelength.
+    high_freq_factor) are kept; in between, a linear blend of the two whose weight is linear in 1 / wavelength.
     """
     factor = rope_scaling["factor"]
     low_freq_factor = rope_scaling["low_freq_factor"]

@@ -55,6 +55,7 @@ CITED = {
     "softmax_jacobian": ("softmax.md", 39, 52, r"\frac{\partial p_j}{\partial x_i} = p_j\,(\delta_{ij} - p_i)"),
     "cross_entropy_via_softmax": ("cross_entropy.md", 84, 85, r"$`\mathrm{dp} = -\mathrm{onehot}/p`$ collapses to $`p - \mathrm{onehot}`$"),
     "attention_group_sum": ("attention.md", 139, 149, r"linear map $`v \mapsto Ev`$"),
+    "attention_mask_offset": ("attention.md", 77, 79, r"\mathrm{allowed}_{b,t,s} = \big(\neg\,\mathrm{causal} \ \lor\ s \le q\_offset + t\big)\ \land\ \mathrm{key\_padding\_mask}_{b,s}"),
     "rope_pairs": ("rope.md", 145, 147, r"$`dx_{i+h} = -dy_i \sin\phi + dy_{i+h}\cos\phi`$"),
     "adamw_moments": ("adamw.md", 63, 70, r"m_t = (1-\beta_1)\sum_{i=1}^{t} \beta_1^{\,t-i}\, g_i"),
 }
@@ -565,3 +566,26 @@ def test_adamw_moments(rng):
             close(params["w"], start - lr * g / (np.abs(g) + eps), 1e-14)
         close(opt.m["w"], (1 - beta1) * sum(beta1 ** (t - i) * gs[i - 1] for i in range(1, t + 1)), 1e-14)
         close(opt.v["w"], (1 - beta2) * sum(beta2 ** (t - i) * gs[i - 1] ** 2 for i in range(1, t + 1)), 1e-14)
+
+
+def test_attention_mask_with_offset(rng):
+    """attention.md:73-91: query t sits at q_offset + t, allowed = (not causal or s <= q_offset + t)
+    and key_padding_mask[b, s]; a chunk of T new queries after S - T cached keys (q_offset = S - T)
+    gives the last T rows of the full forward over all S positions."""
+    B, H, KVH, S, T, hd = 2, 4, 2, 5, 2, 3
+    q_all = rng.standard_normal((B, H, S, hd))
+    k, v = rng.standard_normal((B, KVH, S, hd)), rng.standard_normal((B, KVH, S, hd))
+    dout = rng.standard_normal((B, H, T, hd))
+    key_padding_mask = np.ones((B, S), dtype=bool)
+    key_padding_mask[1, :2] = False                                        # left padding in row 1
+    q_offset = S - T
+    q = q_all[:, :, q_offset:]                                             # the T new queries
+    t, s = np.arange(T)[:, None], np.arange(S)[None, :]
+    allowed = (s <= q_offset + t) & key_padding_mask[:, None, :]           # line 78, causal
+    out, cache = attention_forward(q, k, v, True, key_padding_mask, q_offset)
+    dq, dk, dv, probs = attention_formula(dout, q, k, v, allowed)
+    close(probs, cache.attn_probs)
+    for mine, theirs in zip((dq, dk, dv), attention_backward(dout, cache)):
+        close(mine, theirs)
+    full, _ = attention_forward(q_all, k, v, True, key_padding_mask)       # lines 88-91
+    close(out, full[:, :, q_offset:])

@@ -56,6 +56,8 @@ CITED = {
     "cross_entropy_via_softmax": ("cross_entropy.md", 84, 85, r"$`\mathrm{dp} = -\mathrm{onehot}/p`$ collapses to $`p - \mathrm{onehot}`$"),
     "attention_group_sum": ("attention.md", 139, 149, r"linear map $`v \mapsto Ev`$"),
     "attention_mask_offset": ("attention.md", 77, 79, r"\mathrm{allowed}_{b,t,s} = \big(\neg\,\mathrm{causal} \ \lor\ s \le q\_offset + t\big)\ \land\ \mathrm{key\_padding\_mask}_{b,s}"),
+    "adamw_clip": ("adamw.md", 144, 154, r"\mathrm{clip\_coef} = \mathrm{max\_norm}/(\mathrm{total\_norm} + 10^{-6})"),
+    "adamw_schedule": ("adamw.md", 168, 177, r"\mathrm{min\_lr} + (\mathrm{max\_lr}-\mathrm{min\_lr})\cdot\tfrac12\big(1+\cos(\pi\cdot\mathrm{progress})\big)"),
     "rope_pairs": ("rope.md", 145, 147, r"$`dx_{i+h} = -dy_i \sin\phi + dy_{i+h}\cos\phi`$"),
     "adamw_moments": ("adamw.md", 63, 70, r"m_t = (1-\beta_1)\sum_{i=1}^{t} \beta_1^{\,t-i}\, g_i"),
 }
@@ -589,3 +591,36 @@ def test_attention_mask_with_offset(rng):
         close(mine, theirs)
     full, _ = attention_forward(q_all, k, v, True, key_padding_mask)       # lines 88-91
     close(out, full[:, :, q_offset:])
+
+
+def test_adamw_clip(rng):
+    """adamw.md:144-154: total_norm over every entry of every gradient, clip_coef = max_norm /
+    (total_norm + 1e-6) applied when below 1, the norm from before clipping returned."""
+    from npllama.optim import clip_grad_norm
+
+    for max_norm in (0.5, 1e3):                                            # clipped, left alone
+        grads = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(5)}
+        before = {n: g.copy() for n, g in grads.items()}
+        total_norm = math.sqrt(sum(np.sum(g**2) for g in before.values()))     # line 145
+        clip_coef = max_norm / (total_norm + 1e-6)                             # line 150
+        assert math.isclose(clip_grad_norm(grads, max_norm), total_norm, rel_tol=1e-14)
+        for n in grads:
+            close(grads[n], before[n] * clip_coef if clip_coef < 1 else before[n], 1e-14)
+
+
+def test_adamw_schedule():
+    """adamw.md:168-177: linear warmup from (step + 1) / warmup_steps, half a cosine from max_lr to
+    min_lr, then min_lr."""
+    from npllama.optim import cosine_with_warmup
+
+    max_lr, min_lr, warmup_steps, total_steps = 3e-3, 3e-4, 4, 11
+    for step in range(total_steps + 3):
+        if step < warmup_steps:
+            lr = max_lr * (step + 1) / warmup_steps
+        elif step < total_steps:
+            progress = (step - warmup_steps) / (total_steps - warmup_steps)
+            lr = min_lr + (max_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        else:
+            lr = min_lr
+        assert math.isclose(cosine_with_warmup(step, max_lr=max_lr, warmup_steps=warmup_steps,
+                                               total_steps=total_steps, min_lr=min_lr), lr, rel_tol=1e-14), step

@@ -959,3 +959,24 @@ def test_a_cross_entropy_divided_by_n_counted_twice_is_named(tmp_path):
     assert finding.message.startswith("it is divided by n_counted twice"), finding.message
     assert "dloss * (probs - onehot) * counted / n_counted" in finding.hint, finding.hint
     assert "constant factor" not in finding.message and "every position" not in finding.message
+
+
+@pytest.mark.parametrize("got, expected", [
+    ([-0.324299], [-0.371907]),                   # a one-entry case: any wrong value is "a factor"
+    ([[0.0, 1.2], [0.0, 0.0]], [[0.0, 1.5], [0.0, 0.0]]),   # one entry where the right gradient is not 0
+    ([0.6, 0.6], [0.75, 0.75]),                   # two entries, one right value: nothing shows constancy
+])
+def test_a_single_compared_value_is_not_called_a_constant_factor(got, expected):
+    """A ratio fitted to one distinct nonzero value always fits: calling it 'a constant factor'
+    (and hinting at a missing 1/N) says something the numbers cannot show."""
+    from npllama.exercises.diagnose import diagnose
+    finding = diagnose(np.array(got), np.array(expected), grad="dx", case="x (1,)")
+    assert "constant factor" not in finding.message
+    assert "0.8" in finding.message and "cannot" in finding.message   # the ratio, and why no more is said
+
+
+def test_a_factor_seen_on_several_values_is_still_named():
+    from npllama.exercises.diagnose import diagnose
+    expected = np.array([0.3, -1.2, 0.7])
+    finding = diagnose(0.8 * expected, expected, grad="dx", case="x (3,)")
+    assert "0.8 times the right gradient (a constant factor)" in finding.message

@@ -171,6 +171,13 @@ def diagnose(got, expected, *, grad: str, case: str = "", zero_label: str = "") 
             if np.isclose(ratio, value, rtol=1e-6):
                 finding.message, finding.hint = message, hint
                 return finding
+        if len(np.unique(expected[expected != 0])) < 2:
+            # one value to compare: any wrong answer is "some factor" of it, which shows nothing
+            finding.message = (f"it is {_ratio_text(ratio)} times the right value; this case has a single "
+                               f"nonzero value of {grad}, which cannot tell a scale factor from any other mistake")
+            finding.hint = ("compare on a case of several entries: a ratio that is the same everywhere is a scale "
+                            "factor missing or extra, one that varies is a wrong formula")
+            return finding
         finding.message = f"it is exactly {_ratio_text(ratio)} times the right gradient (a constant factor)"
         finding.hint = "a scale factor is missing or extra: a 1/N of a mean, a 1/sqrt(d), a weight"
         return finding

@@ -131,6 +131,10 @@ def test_a_derivation_beside_the_file_is_quoted(example, tmp_path, capsys):
     assert re.search(r"gelu\s+gelu_backward\(dout, cache\)\s+gelu.md\s+returns", capsys.readouterr().out)
 
 
+def with_space_types(source):
+    return source.replace("import SEED, Case, Shape,", "import SEED, Case, Choice, Ints, Shape,")
+
+
 BROKEN = [
     ("no exercise", lambda s: s.split("class GELU(Exercise)")[0], "defines no exercise: write a class deriving"),
     ("forward without cache", lambda s: s.replace("return 0.5 * x * (1 + t), GELUCache(x, t)",
@@ -157,6 +161,17 @@ BROKEN = [
                                               "return 0.5 * x * (1 + t), (GELUCache(x, t), lambda: t)"),
      r"the cache gelu_forward returns cannot be sent to the process a submission runs in \(.*pickle"),
     ("import fails", lambda s: s + "\n1 / 0\n", "importing gelu_exercise.py failed: ZeroDivisionError"),
+    # the teacher needs the line of their file, not only the exception (Choice takes one tuple)
+    ("import fails in the class body", lambda s: with_space_types(s).replace("seed=SEED)", "seed=SEED, scale=Choice(0.5, 2.0))"),
+     r"failed: TypeError: .* \(line \d+ of gelu_exercise.py: space = dict\(.*Choice\(0.5, 2.0\).*\)$"),
+    ("a space of no lengths", lambda s: s.replace("Shape(1, 3, 1, 4)", "Shape(3, 1, 1, 4)"),
+     r"space\['shape'\] is Shape\(min_len=3, max_len=1, lo=1, hi=4\): min_len must be at most max_len"),
+    ("a space of no sizes", lambda s: s.replace("Shape(1, 3, 1, 4)", "Shape(1, 3, 4, 1)"),
+     r"space\['shape'\] is Shape\(.*\): lo must be at most hi"),
+    ("a space of no integers", lambda s: with_space_types(s).replace("seed=SEED)", "seed=Ints(9, 0))"),
+     r"space\['seed'\] is Ints\(lo=9, hi=0\): lo must be at most hi"),
+    ("a space of no options", lambda s: with_space_types(s).replace("seed=SEED)", "seed=SEED, scale=Choice(()))"),
+     r"space\['scale'\] is Choice\(options=\(\)\): options must be a non-empty tuple"),
 ]
 
 

@@ -95,8 +95,21 @@ def _import(path: Path):
         spec.loader.exec_module(module)
     except Exception as error:
         sys.modules.pop(name, None)
-        raise ExerciseFileError(f"importing {path.name} failed: {type(error).__name__}: {error}") from error
+        raise ExerciseFileError(f"importing {path.name} failed: {type(error).__name__}: {error}"
+                                f"{_line_in_file(error, path)}") from error
     return module
+
+
+def _line_in_file(error: BaseException, path: Path) -> str:
+    """' (line N of the file: its code)' for the teacher's line the error came from (the last one
+    of their file in the traceback), '' when none is."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if Path(f.filename) == path]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f" (line {frame.lineno} of {path.name}: {(frame.line or '').strip()})"
 
 
 def _instance(klass, path: Path) -> Exercise:
@@ -163,6 +176,10 @@ def check_definition(exercise: Exercise) -> None:
                                                        for d in exercise.space.values()):
         refuse("space must be a dict of Ints, Choice and Shape (npllama.exercises.checks), e.g. "
                "dict(shape=Shape(1, 3, 1, 4), seed=SEED)")
+    for name, dimension in exercise.space.items():
+        problem = _undrawable(dimension)
+        if problem:
+            refuse(f"space[{name!r}] is {dimension!r}: {problem}, or no case can be drawn from it")
     if not isinstance(exercise.edge_cases, list) or not exercise.edge_cases \
             or not all(isinstance(c, dict) for c in exercise.edge_cases):
         refuse("edge_cases must be a non-empty list of parameter dicts (the first is the simplest, well-conditioned "
@@ -190,6 +207,18 @@ def check_definition(exercise: Exercise) -> None:
             refuse(f"the cache {exercise.forward_name} returns cannot be sent to the process a submission runs in "
                    f"({type(error).__name__}: {error}): make it of arrays, numbers, tuples, dicts and classes "
                    f"defined at the top level of the file")
+
+
+def _undrawable(dimension) -> str:
+    """What makes a dimension of an exercise's space empty ('' when cases can be drawn from it)."""
+    if isinstance(dimension, Choice):
+        ok = isinstance(dimension.options, (tuple, list)) and len(dimension.options) > 0
+        return "" if ok else "options must be a non-empty tuple, e.g. Choice((0.5, 2.0))"
+    if isinstance(dimension, Shape) and dimension.min_len > dimension.max_len:
+        return "min_len must be at most max_len"
+    if dimension.lo > dimension.hi:
+        return "lo must be at most hi"
+    return ""
 
 
 def verify_reference(exercise: Exercise, n_random: int | None = None, seed: int = 0) -> None:

@@ -748,6 +748,22 @@ def test_a_function_that_rounds_to_low_precision_is_refused_not_failed(dtype):
     assert gradcheck(lambda v: np.longdouble(np.sum(np.sin(v))), [x], [np.cos(x)]).ok   # more precise is fine
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_a_gradient_computed_in_low_precision_is_refused_not_failed(dtype):
+    # a user's backward kept in float32 (the dtype their model trains in), with float64 inputs: the
+    # right gradient FAILed at most entries, the note blaming "a term those entries receive"
+    rng = np.random.default_rng(0)
+    A, B = rng.standard_normal((16, 32)), rng.standard_normal((32, 8))
+    right_in_low_precision = A.astype(dtype).T @ np.ones((16, 8), dtype)          # d sum(A @ B) / dB
+    with pytest.raises(TypeError, match=f"the gradient for 'B' is {np.dtype(dtype).name}"):
+        gradcheck(lambda B: float(np.sum(A @ B)), [B], [right_in_low_precision], names=["B"])
+    with pytest.raises(TypeError, match=f"the gradient for 'B' is {np.dtype(dtype).name}"):
+        check_op(lambda A, B: (A @ B, (A, B)), lambda d, c: (d @ c[1].T, (c[0].T @ d).astype(dtype)),
+                 [A, B], names=["A", "B"])
+    assert gradcheck(lambda B: float(np.sum(A @ B)), [B], [A.T @ np.ones((16, 8))]).ok     # float64 passes
+    assert gradcheck(lambda v: float(np.sum(v)), [B], [np.ones(B.shape, dtype=int)]).ok    # ints are exact
+
+
 def test_a_function_constant_in_an_input_is_not_blamed_on_a_copy():
     # sign(x) = x / |x| does not change when x moves: its gradient is zero there, and a wrong
     # nonzero one fails; the note must not only suggest that fn reads a stale copy

@@ -56,7 +56,8 @@ def gradcheck(fn: Callable[..., float], inputs: Sequence[np.ndarray] | Mapping[s
              changed, every input restored.
     inputs:  a list or tuple of writable float64 arrays, or a mapping name -> array (names then
              come from it).  Each array is checked separately; no two may share memory.
-    grads:   analytic gradients, same order / keys and shapes as inputs.
+    grads:   analytic gradients, same order / keys and shapes as inputs, in float64 (float32's
+             rounding would fail a right one).
     eps:     the step, relative to each entry's scale max(|x_i|, rms(x)) (1 for an all-zero input);
              a probe the step cannot resolve is tried again with longer steps.
     tol:     relative floor of the bound: differences up to tol * |gradient| always pass.

@@ -264,12 +264,13 @@ def _in_code(name: str) -> str:
 
 def _require_float64_precision(value, what: str) -> None:
     """The bounds model float64 round-off: a value rounded to float32 or float16 on the way out
-    would fail a right gradient (and look like a kink), so it is refused before any probe."""
+    (f's, which then looks like a kink, or a gradient's, off by more than the relative floor tol)
+    would fail a right gradient, so it is refused before any probe."""
     dtype = np.asarray(value).dtype
     if np.issubdtype(dtype, np.floating) and np.finfo(dtype).eps > UNIT_ROUNDOFF:
         raise TypeError(f"{what} {dtype.name}, though the inputs are float64: its round-off "
-                        f"({np.finfo(dtype).eps:.0e}) swamps central differences and would fail a right gradient; "
-                        "compute in float64 (an op's dtype should follow its input's)")
+                        f"({np.finfo(dtype).eps:.0e}) is far above the float64 round-off the bounds allow for, "
+                        "and would fail a right gradient; compute in float64 (an op's dtype should follow its input's)")
 
 
 def _pair_up(inputs, grads, names, order: str | None = GRADS_ORDER):
@@ -306,6 +307,7 @@ def _pair_up(inputs, grads, names, order: str | None = GRADS_ORDER):
         if not isinstance(g, (np.ndarray, float, int, np.number)) or not np.isrealobj(g) \
                 or not np.issubdtype(np.asarray(g).dtype, np.number):
             raise TypeError(f"the gradient for {name!r} must be a real array, got {_describe(g)}")
+        _require_float64_precision(g, f"the gradient for {name!r} is")
         if np.shape(g) != x.shape:
             raise ValueError(f"gradient for {name!r} has shape {np.shape(g)}, input has {x.shape}"
                              + _out_of_order(np.shape(g), name, names, arrays, order, x.shape))

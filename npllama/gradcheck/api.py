@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from .arguments import (BACKWARD_ORDER, GRADS_ORDER, _call_as_check_op_does, _call_shown, _check_names, _check_settings, _check_wrt, _describe,
-                        _forward_result, _gradients_by_key, _gradients_in_order, _input_list, _kind, _names_from_keys,
+                        _fn_value, _forward_result, _gradients_by_key, _gradients_in_order, _input_list, _kind, _names_from_keys,
                         _one_by_one_advice, _pair_up, _require_float64_input, _require_float64_precision, _wrt_keys)
 from .checker import _check_all
 from .inplace import _InPlaceGuard
@@ -48,7 +48,8 @@ def gradcheck(fn: Callable[..., float], inputs: Sequence[np.ndarray] | Mapping[s
     the package's docstring (npllama/gradcheck/__init__.py), help(importlib.import_module("npllama.gradcheck"))
     (npllama.gradcheck is this function).
 
-    fn:      called as fn(*arrays) -> a scalar (float, or an array of one element), with the input
+    fn:      called as fn(*arrays) -> a scalar (float, or an array of one element; not a (loss, grads)
+             pair, nor an int), finite at the inputs given, with the input
              arrays in order.  The arrays are perturbed in place (and restored, also when fn
              raises), so fn may also simply read them from a closure (e.g. a model's params).
              fn must be deterministic: randomness inside it (dropout) needs a fixed seed.  It must
@@ -77,12 +78,7 @@ def gradcheck(fn: Callable[..., float], inputs: Sequence[np.ndarray] | Mapping[s
     names, arrays, analytic = _pair_up(inputs, grads, names)
 
     def evaluate():
-        value = fn(*arrays)
-        if value is None or isinstance(value, (bool, np.bool_)) or np.size(value) != 1 or not np.isrealobj(value):
-            raise TypeError(f"fn must return one real number (the scalar whose gradient is checked), got "
-                            f"{_describe(value)}; sum or reduce its output first")
-        _require_float64_precision(value, "fn returned")
-        value = float(np.asarray(value, dtype=np.float64).reshape(()))
+        value = _fn_value(fn(*arrays))
         return value, abs(value)
 
     return _check_all(evaluate, names, arrays, analytic, eps=eps, tol=tol, atol=atol, max_entries=max_entries,

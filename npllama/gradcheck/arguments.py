@@ -238,6 +238,29 @@ def _forward_result(result):
     return out, cache
 
 
+def _fn_value(value) -> float:
+    """gradcheck's fn's value as a float, or a TypeError saying what fn returned and what to return
+    instead: a (loss, more) pair, as loss_and_grads returns, or a dict of outputs, is a common slip,
+    and an integer (int(), a count) has dropped what a step moves, so it would pass a zero gradient."""
+    if isinstance(value, (tuple, list)):
+        returned = f"a {type(value).__name__} of {len(value)}"
+        advice = "return the scalar alone (for a function returning (loss, more): fn=lambda *a: f(*a)[0])"
+    elif isinstance(value, Mapping):
+        returned = f"a {type(value).__name__} with the keys {list(value)}"
+        advice = f"return the scalar alone (fn=lambda *a: f(*a)[{next(iter(value), 'key')!r}])"
+    elif np.issubdtype(np.asarray(value).dtype, np.integer):
+        returned = f"an integer ({_describe(value)})"
+        advice = ("an integer made from float inputs has dropped what a step moves (int(), a count, an argmax): "
+                  "return the float it was made from")
+    elif value is None or isinstance(value, (bool, np.bool_)) or np.size(value) != 1 or not np.isrealobj(value):
+        returned, advice = _describe(value), "sum or reduce its output first"
+    else:
+        _require_float64_precision(value, "fn returned")
+        return float(np.asarray(value, dtype=np.float64).reshape(()))
+    raise TypeError(f"fn must return one real number (the scalar whose gradient is checked); fn returned "
+                    f"{returned}: {advice}")
+
+
 def _require_float64_input(name: str, x) -> None:
     if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
         if isinstance(x, (list, tuple)):

@@ -781,6 +781,31 @@ def test_fn_returning_more_than_a_float_is_told_what_to_return(returned, said):
     assert np.array_equal(x, [1.5, -2.0, 0.5])
 
 
+def test_a_function_not_finite_at_the_point_itself_is_refused_naming_where():
+    # a masked softmax over a row masked entirely is NaN there before any step; the check came out
+    # UNRESOLVED "f was NaN or Inf within a step of the point", as if a step had left the domain
+    x = np.random.default_rng(0).standard_normal((3, 5))
+    mask = np.ones((3, 5), dtype=bool)
+    mask[1] = False
+
+    def masked_softmax_forward(x, mask):
+        z = np.where(mask, x, -np.inf)
+        e = np.exp(z - z.max(-1, keepdims=True))
+        p = e / e.sum(-1, keepdims=True)
+        return p, p
+
+    def masked_softmax_backward(dout, p):
+        return p * (dout - np.sum(dout * p, -1, keepdims=True))
+
+    with np.errstate(invalid="ignore"), \
+            pytest.raises(ValueError, match=re.escape("forward's out is NaN at 5 entries, the first (1, 0)")):
+        check_op(masked_softmax_forward, masked_softmax_backward, [x, mask], names=["x", "mask"])
+    with np.errstate(over="ignore"), pytest.raises(ValueError, match=re.escape("the function is inf at the inputs given")):
+        gradcheck(lambda v: float(np.sum(np.exp(1e3 * v))), [x], [np.zeros_like(x)])
+    mask[1, 2] = True
+    assert check_op(masked_softmax_forward, masked_softmax_backward, [x, mask]).ok
+
+
 def test_a_function_constant_in_an_input_is_not_blamed_on_a_copy():
     # sign(x) = x / |x| does not change when x moves: its gradient is zero there, and a wrong
     # nonzero one fails; the note must not only suggest that fn reads a stale copy

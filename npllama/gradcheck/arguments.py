@@ -235,6 +235,16 @@ def _forward_result(result):
         raise TypeError(f"forward's out must be one floating-point array, got {_describe(out)}; for several "
                         "outputs, concatenate their ravelled values into one array (and split dout in backward)")
     _require_float64_precision(out, "forward's out is")
+    not_finite = ~np.isfinite(out)
+    if np.any(not_finite):
+        values = np.asarray(out)[not_finite]
+        kind = "NaN" if np.all(np.isnan(values)) else "inf" if not np.any(np.isnan(values)) else "NaN or inf"
+        where = "" if np.ndim(out) == 0 else (f" at {values.size} {'entry' if values.size == 1 else 'entries'}, the first "
+                                              f"{tuple(int(i) for i in np.argwhere(not_finite)[0])},")
+        raise ValueError(f"forward's out is {kind}{where} at the inputs given, before any step: L = sum(out * dout) "
+                         "has no value there, so nothing can be checked; check at inputs where out is finite (a "
+                         "softmax over a row masked entirely is NaN), or, where out holds inf by design, check a "
+                         "forward that sets those entries to 0")
     return out, cache
 
 

@@ -223,11 +223,16 @@ def _locate(report, evaluate, x, direction, g, scale, typical, largest, eps, ric
 
 
 def _require_deterministic(evaluate, after_each_call) -> None:
-    """Two evaluations at the same point must agree to round-off, or no difference means anything.
+    """Two evaluations at the same point must agree to round-off, or no difference means anything;
+    and the first must be finite (NaN or inf at a step is a probe's edge of the domain, at the
+    point itself a mistake in the inputs or in f).
     after_each_call: raises if that call changed the inputs, which would also make them differ (and
     is then what to say, not randomness)."""
     f1, size1 = evaluate()
     after_each_call()
+    if not np.isfinite(f1):
+        raise ValueError(f"the function is {f1!r} at the inputs given, before any step: no difference of it has "
+                         "a value, so nothing can be checked; check at inputs where it is finite")
     f2, size2 = evaluate()
     after_each_call()
     if abs(f1 - f2) > 2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(size1, size2) or np.isnan(f1) != np.isnan(f2):

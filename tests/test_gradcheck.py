@@ -1945,8 +1945,10 @@ def abs_sum(v):
     (relu_sum, 0.0, "0 and 1"),       # what PyTorch's relu backward returns at 0
     (relu_sum, 1.0, "0 and 1"),
     (relu_sum, 0.25, "0 and 1"),
+    (relu_sum, 0.5, "0 and 1"),       # the mean of the slopes, which is the central difference
     (abs_sum, 0.5, "-1 and 1"),
     (abs_sum, -1.0, "-1 and 1"),
+    (abs_sum, 0.0, "-1 and 1"),       # np.sign(0): the backward most abs ops have
 ])
 def test_a_subgradient_at_a_kink_at_the_point_is_unresolved_not_failed(f, at_kink, slopes):
     # relu at exactly 0 failed (analytic 0, numeric 0.5): the derivative does not exist there, and
@@ -1976,6 +1978,46 @@ def test_a_value_outside_the_one_sided_slopes_at_a_kink_still_fails(f, wrong):
     # the entry off is named, and pointed to the kink rather than to a missing term
     assert any("every entry but 1 of 3: (0,) -- f did not behave smoothly" in note for note in entry.notes), \
         entry.notes
+
+
+def test_a_value_at_the_central_difference_of_a_kink_is_unresolved_not_passed():
+    # at a symmetric kink the central difference is the mean of the one-sided slopes: a gradient
+    # equal to it passed as ok, with no word of the kink, where one a little off it was UNRESOLVED
+    # -- and a max over a three-way tie whose backward gives each tied entry half (shares adding up
+    # to 1.5, a wrong gradient) passed, while the right one (a third each) was UNRESOLVED
+    x = np.array([[1.0, 1.0, 1.0, -0.3], [0.2, 0.5, 0.1, 0.4]])
+
+    def max_forward(x):
+        return x.max(-1), x
+
+    def max_backward(share):
+        def backward(dout, x):
+            is_max = x == x.max(-1, keepdims=True)
+            return dout[:, None] * is_max * share(is_max.sum(-1, keepdims=True))
+        return backward
+
+    for share in (lambda n: 1.0 / n, lambda n: np.where(n > 1, 0.5, 1.0)):
+        entry = check_op(max_forward, max_backward(share), [x]).inputs[0]
+        assert entry.status == "UNRESOLVED", entry
+        assert any("kink at the point (the first: entry (0, 0))" in note for note in entry.notes), entry.notes
+    # away from the tie the same backward passes, and one wrong there still FAILs
+    x[0, :3] = [1.0, 0.9, 0.8]
+    assert check_op(max_forward, max_backward(lambda n: 1.0 / n), [x]).ok
+    assert check_op(max_forward, max_backward(lambda n: 0.5 + 0 * n), [x]).inputs[0].status == "FAIL"
+
+
+def test_a_smooth_function_pays_nothing_for_the_kink_screen_of_its_passing_probes():
+    # the screen of a passing probe for a kink at the point uses f's values the differences took
+    # (and f at the point, taken once before any probe): 4 calls a probe, as the guide says
+    x = np.random.default_rng(0).standard_normal(6)
+    calls = []
+
+    def fn(v):
+        calls.append(1)
+        return float(np.sum(np.sin(v)))
+
+    assert gradcheck(fn, [x], [np.cos(x)], richardson=False).ok
+    assert len(calls) - 2 == 4 * x.size, len(calls)     # 2: the two calls at the point first
 
 
 def _evaluations_at_the_point(f, x, grad):

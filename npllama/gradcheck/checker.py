@@ -123,7 +123,7 @@ class _Probes:
 def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries, seed, method, directions,
                richardson, progress, guard, not_differentiated=(), order=None) -> GradcheckReport:
     """order: how the gradients are ordered, as a note on two of them swapped says it (None: keyed)."""
-    _require_deterministic(evaluate, guard.check)
+    at_point = _require_deterministic(evaluate, guard.check)
     # The analytic gradients carry round-off of their own: an entry that is zero in exact
     # arithmetic comes out as ~u times the gradient's larger entries.  No probe can be asked to
     # resolve below that.
@@ -142,7 +142,7 @@ def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries
             with guard.watching(name):
                 try:
                     _probe_entry(evaluate, x, idx, scale[idx], g[idx], typical, largest, eps, richardson, tol,
-                                 atol, probes)
+                                 atol, probes, at_point)
                 except _LeftDomain as error:
                     raise _left_domain_error(error, name, f"entry {tuple(int(i) for i in idx)}", eps) from error
             if progress and time.monotonic() - said >= PROGRESS_EVERY:   # a big input takes thousands of calls
@@ -154,7 +154,8 @@ def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries
             drawn.append(rng.choice(np.array([-1.0, 1.0]), size=x.shape) * scale)
             with guard.watching(name):
                 try:
-                    _probe_direction(evaluate, x, drawn[-1], g, largest, eps, richardson, tol, atol, probes)
+                    _probe_direction(evaluate, x, drawn[-1], g, largest, eps, richardson, tol, atol, probes,
+                                     at_point)
                 except _LeftDomain as error:
                     raise _left_domain_error(error, name, f"every entry (random direction {len(drawn)})", eps) \
                         from error
@@ -222,12 +223,13 @@ def _locate(report, evaluate, x, direction, g, scale, typical, largest, eps, ric
                         "method=\"entries\" with max_entries=None checks every one")
 
 
-def _require_deterministic(evaluate, after_each_call) -> None:
+def _require_deterministic(evaluate, after_each_call) -> tuple[float, float]:
     """Two evaluations at the same point must agree to round-off, or no difference means anything;
     and the first must be finite (NaN or inf at a step is a probe's edge of the domain, at the
     point itself a mistake in the inputs or in f).
     after_each_call: raises if that call changed the inputs, which would also make them differ (and
-    is then what to say, not randomness)."""
+    is then what to say, not randomness).  Returns (f, |f|'s size) at the point: the even part of f
+    along a probe is measured from it (_kink_checked)."""
     f1, size1 = evaluate()
     after_each_call()
     if not np.isfinite(f1):
@@ -239,6 +241,7 @@ def _require_deterministic(evaluate, after_each_call) -> None:
         raise ValueError(f"the function gave {f1!r} and then {f2!r} at the same inputs: finite differences "
                          "need a deterministic function (fix the seed of any randomness inside it, e.g. "
                          "dropout, so every call draws the same)")
+    return f1, size1
 
 
 def _choose_probes(x, rng, max_entries, method, directions):
@@ -266,7 +269,7 @@ def _entry_scales(x: np.ndarray) -> np.ndarray:
     return scale
 
 
-def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richardson, tol, atol, probes):
+def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richardson, tol, atol, probes, at_point=None):
     original = x[idx]
     placed = [original]     # what the last move put at x[idx]: fn must have left it there
 
@@ -292,14 +295,14 @@ def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richa
         estimate = _shortened(evaluate, move, estimate, richardson, tol * abs(analytic),
                               shortest_rough=eps * _spread(x, idx) / max(scale, TINY))
         bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
-    estimate = _kink_checked(evaluate, move, eps, estimate, analytic, bound + tol * magnitude)
+    estimate = _kink_checked(evaluate, move, eps, estimate, analytic, bound + tol * magnitude, at_point)
     estimate = _steadiness_checked(evaluate, move, estimate, analytic, bound + tol * magnitude, probes, richardson,
                                    tol * abs(analytic), longer, one_entry=True)
     bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
     probes.add(analytic, estimate, bound, magnitude, atol, reference, largest, longer)
 
 
-def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, atol, probes):
+def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, atol, probes, at_point=None):
     original = x.copy()
     placed = [original]     # what the last move put in x (an array never written to): fn must have left it there
 
@@ -336,7 +339,7 @@ def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, a
         estimate = _shortened(evaluate, move, estimate, richardson, tol * magnitude,
                               shortest_rough=eps * _spread(x) / max(float(np.max(np.abs(direction))), TINY))
         bound = bound_of(estimate)
-    estimate = _kink_checked(evaluate, move, eps, estimate, claimed, bound + tol * magnitude)
+    estimate = _kink_checked(evaluate, move, eps, estimate, claimed, bound + tol * magnitude, at_point)
     estimate = _steadiness_checked(evaluate, move, estimate, claimed, bound + tol * magnitude, probes, richardson,
                                    tol * magnitude, longer)
     bound = bound_of(estimate)

@@ -60,6 +60,9 @@ class _Estimate(NamedTuple):
     smooth_shorter: bool = False  # taken at a step far shorter than one where f's differences were rough
                                   # or strayed, their h^2 shrinking showing f smooth there: f varies within
                                   # the longer step (_smooth_at_shorter_steps; _shortened towards the spread)
+    even: tuple = ()         # (f(x+h) + f(x-h), f(x+2h) + f(x-2h), the larger |f| of those): f's even
+                             # part at the step h, which a passing probe is screened with for a kink
+                             # at the point at no further call (_kink_checked)
 
 
 def _longer_step_kept(attempt: _Estimate, best: _Estimate) -> bool:
@@ -270,7 +273,8 @@ def _stair_rounding(f0, stair) -> float:
 
 
 def _central(evaluate, move, t):
-    """(D(t), the larger |f| of the two evaluations, the real distance between the two points)."""
+    """(D(t), the larger |f| of the two evaluations, the real distance between the two points,
+    f(x + t) + f(x - t): f's even part along the probe, which a kink at the point shows)."""
     try:
         distance_plus = move(t)
         f_plus, size_plus = _evaluate_within_domain(evaluate, t)
@@ -280,8 +284,8 @@ def _central(evaluate, move, t):
         move(None)        # the input as it was, whatever fn did
     width = distance_plus - distance_minus
     if width == 0:        # the step vanished in rounding (a subnormal input): nothing resolved
-        return 0.0, np.inf, width
-    return (f_plus - f_minus) / width, max(size_plus, size_minus), width
+        return 0.0, np.inf, width, np.nan
+    return (f_plus - f_minus) / width, max(size_plus, size_minus), width, f_plus + f_minus
 
 
 def _derivative(evaluate, move, eps, richardson, good_enough, test_smoothness=False, rounding=0.0) -> _Estimate:
@@ -290,17 +294,18 @@ def _derivative(evaluate, move, eps, richardson, good_enough, test_smoothness=Fa
     test_smoothness: always evaluate D(4h), to say whether f is smooth at this step (rough).
     rounding: f's own rounding as measured (_steadiness_checked), as the round-off of a D at the
     step 1 (it falls like 1 / step): used where it is above the model's C u |f|."""
-    d1, size1, width = _central(evaluate, move, eps)
-    d2, size2, _ = _central(evaluate, move, 2 * eps)
+    d1, size1, width, even1 = _central(evaluate, move, eps)
+    d2, size2, _, even2 = _central(evaluate, move, 2 * eps)
     if width == 0:
         return _Estimate(0.0, np.inf, np.inf, False, True, eps, np.inf)
+    even = (even1, even2, max(size1, size2))
     stair = _stair_rounding(max(size1, size2), 0.0) / abs(width)
     roundoff = max(2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(size1, size2) / abs(width), rounding / eps)   # of D(h)
     plain_bound = abs(d1 - d2) + roundoff      # 3x D(h)'s truncation estimate, plus its round-off
     if not test_smoothness and (richardson is False or (richardson is None and (
             abs(d1 - d2) <= roundoff or plain_bound <= good_enough))):
-        return _Estimate(d1, plain_bound, roundoff, False, False, eps, abs(d1 - d2), stair=stair)
-    d4, size4, _ = _central(evaluate, move, 4 * eps)
+        return _Estimate(d1, plain_bound, roundoff, False, False, eps, abs(d1 - d2), stair=stair, even=even)
+    d4, size4, _, _ = _central(evaluate, move, 4 * eps)
     roundoff = max(roundoff, 2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * size4 / abs(width))
     r1, r2 = (4 * d1 - d2) / 3, (4 * d2 - d4) / 3
     rich_bound = abs(r1 - r2) / 5 + 1.5 * roundoff   # 3x R(h)'s estimated error, plus its round-off
@@ -309,5 +314,5 @@ def _derivative(evaluate, move, eps, richardson, good_enough, test_smoothness=Fa
     growth = abs(d2 - d4) / max(abs(d1 - d2), TINY)
     smooth = abs(d1 - d2) <= 2 * roundoff or 2.5 <= growth <= 6.4
     if richardson is True or (richardson is None and smooth and rich_bound < plain_bound):
-        return _Estimate(r1, rich_bound, 1.5 * roundoff, True, not smooth, eps, abs(d1 - d2), stair=stair)
-    return _Estimate(d1, plain_bound, roundoff, False, not smooth, eps, abs(d1 - d2), stair=stair)
+        return _Estimate(r1, rich_bound, 1.5 * roundoff, True, not smooth, eps, abs(d1 - d2), stair=stair, even=even)
+    return _Estimate(d1, plain_bound, roundoff, False, not smooth, eps, abs(d1 - d2), stair=stair, even=even)

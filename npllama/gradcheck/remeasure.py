@@ -56,36 +56,58 @@ KINK_CLARITY = 10.0
 KINK_RECHECK = 16.0
 
 
-def _kink_checked(evaluate, move, eps, estimate, analytic, held_to) -> _Estimate:
-    """The estimate, marked rough when it fails and f has a kink at the point itself.  Such a kink
-    is symmetric (relu at 0, a max with a tie): D(h) = D(2h) = D(4h), so the central differences
-    look smooth.  Their even part shows it: f(x+t) + f(x-t) - 2 f(x) grows like t there, like t^2
-    for a smooth f.  Only a failing probe pays the five evaluations (nine where it grows like t).
+def _kink_checked(evaluate, move, eps, estimate, analytic, held_to, at_point=None) -> _Estimate:
+    """The estimate, marked rough when f has a kink at the point itself.  Such a kink is symmetric
+    (relu at 0, a max with a tie): D(h) = D(2h) = D(4h), so the central differences look smooth.
+    Their even part shows it: f(x+t) + f(x-t) - 2 f(x) grows like t there, like t^2 for a smooth f.
+    A failing probe pays the five evaluations that measure it (nine where it grows like t); a
+    passing one is screened first from the values its differences took and f at the point
+    (at_point: (f, |f|'s size), taken before any probe; None: not screened), at no further call,
+    and pays them only where the screen shows a kink: there D(h) is the mean of the one-sided
+    slopes, and a gradient equal to it is no more checked than one a little off it.
     At such a kink f has no derivative, and every value between its one-sided slopes is a
     subgradient (a relu's backward rightly returns 0 at 0, as PyTorch's does): an analytic value
     between them, within held_to and the slopes' own error, is marked `between` (UNRESOLVED, not
     FAIL); one outside them still fails.  Only a clear kink (_clear_kink) is one: even parts that
     grow like t without it are a cancellation's stairs, whose rounding is measured.  A kink a few
     steps away is not this one's: the steps shortened before (_shortened) reach past it."""
-    if estimate.rough or abs(float(analytic) - estimate.value) <= held_to:
+    passing = abs(float(analytic) - estimate.value) <= held_to
+    if estimate.rough or (passing and not _kink_screened(estimate, eps, at_point)):
         return estimate
+    no_kink = estimate if passing else estimate._replace(rough=False, kink=False)
     values = _values_around(evaluate, move, (eps, 2 * eps))
     roundoff = 4 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(size for _, _, size in values.values())
     f0 = values[0.0][1]
-    second = [values[t][1] + values[-t][1] - 2 * f0 for t in (eps, 2 * eps)]
-    kink = abs(second[0]) > 10 * roundoff and 1.5 <= second[1] / second[0] <= 2.5
-    if not kink:
-        return estimate._replace(rough=False, kink=False)
+    if not _grows_like_t([values[t][1] + values[-t][1] - 2 * f0 for t in (eps, 2 * eps)], roundoff):
+        return no_kink
     slopes, slack = _one_sided_slopes(values, eps, roundoff)
     if not _clear_kink(evaluate, move, eps, values[0.0], slopes, slack, roundoff):
         # a cancellation's stairs, not a kink: log(1 + exp(s)) at s ~ -24.5 (1 + 2.3e-11 keeps 5
         # digits) had its even part grow like t, and, taken for a kink, f's rounding went unmeasured
         # (_steadiness_checked): its right gradient, 4e-5 from D(h), FAILed (1 of 150 draws)
-        return estimate._replace(rough=False, kink=False)
+        return no_kink
     between = ()
     if min(slopes) - slack - held_to <= float(analytic) <= max(slopes) + slack + held_to:
         between = tuple(slopes)
+    elif passing:       # D(h) outside the slopes it is the mean of: not the kink this is about
+        return no_kink
     return estimate._replace(rough=True, kink=True, between=between)
+
+
+def _grows_like_t(second: list, roundoff: float) -> bool:
+    """f's even part f(x+t) + f(x-t) - 2 f(x), at t = h and 2h (second), grows like t, as at a kink
+    at the point (like t^2 for a smooth f), clear of f's rounding (roundoff: of 4 values of f)."""
+    return abs(second[0]) > 10 * roundoff and 1.5 <= second[1] / second[0] <= 2.5
+
+
+def _kink_screened(estimate, eps, at_point) -> bool:
+    """The even part of f along a passing probe grows like t at the step eps (_grows_like_t), from
+    the values its differences took (estimate.even) and f at the point, at no further call."""
+    if at_point is None or not estimate.even or estimate.step != eps:
+        return False
+    even_h, even_2h, size = estimate.even
+    f0, size0 = at_point
+    return _grows_like_t([even_h - 2 * f0, even_2h - 2 * f0], 4 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(size, size0))
 
 
 def _values_around(evaluate, move, steps, at_point=None) -> dict:
@@ -233,7 +255,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
     for factor in [f for f in RESTEP_FACTORS if f < 1 or not estimate.kink] if np.isfinite(analytic) else ():
         try:
             with np.errstate(all="ignore"):
-                value, _, width = _central(evaluate, move, estimate.step * factor)
+                value, _, width, _ = _central(evaluate, move, estimate.step * factor)
         except _LeftDomain:                     # the longer step left f's domain
             continue
         if width == 0 or not np.isfinite(value):

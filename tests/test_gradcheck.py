@@ -898,6 +898,19 @@ def test_an_all_zero_gradient_no_step_can_resolve_is_unresolved_not_passed():
         assert gradcheck(fn, [x, w], [0.5e-3 / np.sqrt(x), 2 * w], names=["x", "w"])["x"].status == "UNRESOLVED"
 
 
+def test_a_gradient_tiny_next_to_f_is_put_down_to_round_off_not_to_the_step():
+    # sum(cos(x)) at x ~ 1e-12: f is 6 and rounds at 1e-15, the gradient is ~1e-12, and no longer
+    # step resolves it.  Its bound is round-off, not truncation (roundoff_limited in checker.py):
+    # taken for the step, the note said "give a smaller eps", which would only make it worse
+    x = np.random.default_rng(0).uniform(0.5, 2.0, 6) * 1e-12
+    entry = gradcheck(lambda v: float(np.sum(np.cos(v))), [x], [-np.sin(x)]).inputs[0]
+    assert entry.status == "UNRESOLVED" and entry.unresolved == 6, entry
+    assert any("6 probe(s) UNRESOLVED" in note and "round-off swamps a tiny gradient" in note
+               for note in entry.notes), entry.notes
+    assert not any("changes too much within the step" in note or "smaller eps" in note for note in entry.notes), \
+        entry.notes
+
+
 @pytest.mark.parametrize("method", ["entries", "directional"])
 def test_a_nan_in_the_analytic_gradient_fails_and_names_the_entry(method):
     # a backward that produces NaN in one entry is wrong there, and the differences say so: it was

@@ -49,3 +49,13 @@ def test_the_count_sees_plumbing_when_there_is_some():
         Llama._check_inputs = original
     assert figures["inside_block_backward_plumbing"] > 0
     assert figures["to_attention_backward"] > 40
+
+
+def test_the_number_of_calls_docs_debugging_md_gives_is_what_the_script_counts():
+    # a reader runs `python benchmarks/debugger_path.py --list` beside the doc and sees this number
+    import re
+    doc = (BENCHMARKS.parent / "docs" / "debugging.md").read_text(encoding="utf-8")
+    claimed = int(re.search(r"reaches `ops/attention.py:attention_backward` in (\d+) calls for a one-layer model",
+                            " ".join(doc.split())).group(1))
+    assert load_script().measure(layers=1)["to_attention_backward"] == claimed, \
+        "docs/debugging.md's 'Start here' gives another number of calls than benchmarks/debugger_path.py counts"

@@ -289,3 +289,21 @@ def test_the_hooks_the_doc_names_for_transformers_record_what_npllama_records_un
         if recorded.ndim == 4:   # heads split (B, H, T, hd), as the doc's table gives them
             recorded = recorded.transpose(0, 2, 1, 3).reshape(theirs.shape)
         np.testing.assert_allclose(recorded, theirs, rtol=1e-4, atol=1e-6, err_msg=f"{module} -> {name}")
+
+
+def test_the_planted_bug_session_is_what_debug_compare_prints_on_the_model_the_doc_names(tmp_path, monkeypatch, capsys):
+    shown = re.search(r"```\n\$ (npllama debug compare --model DIR [^\n]*--plant rope-meta)\n(.*?)```", DOC, re.S)
+    command, lines = shown.group(1), shown.group(2).splitlines()
+    # "DIR is the model of the example above, saved": the own-implementation example's model
+    namespace = {}
+    exec(compile(_own_implementation_example(), "debugging.md own implementation", "exec"), namespace)   # noqa: S102
+    monkeypatch.chdir(tmp_path)
+    namespace["model"].save_pretrained("DIR")
+    capsys.readouterr()
+    assert main(shlex.split(command)[1:]) == 1
+    printed = capsys.readouterr().out.splitlines()
+    # the agreement of the tensors before it is round-off, which differs from machine to machine
+    roundoff = re.compile(r"to a relative error of [\d.e+-]+")
+    printed = {roundoff.sub("", line) for line in printed}
+    missing = [line for line in lines if roundoff.sub("", line) not in printed]
+    assert not missing, f"the doc shows lines `debug compare --plant rope-meta` no longer prints: {missing}"

@@ -307,3 +307,42 @@ def test_the_planted_bug_session_is_what_debug_compare_prints_on_the_model_the_d
     printed = {roundoff.sub("", line) for line in printed}
     missing = [line for line in lines if roundoff.sub("", line) not in printed]
     assert not missing, f"the doc shows lines `debug compare --plant rope-meta` no longer prints: {missing}"
+
+
+def test_the_classifier_example_builds_its_inputs_and_every_comparison_agrees(tmp_path, monkeypatch):
+    """The Python classifier example runs as written on a `finetune classify --out` folder: its
+    tokens, labels and mask are made in the block, padded with the id the head skips (a wrong pad
+    id would show as a divergence at score.pooled_index against transformers)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import npllama
+    from npllama import datasets
+    from npllama.finetune import SequenceClassifier
+    from npllama.objectives import pad_id_of
+    from npllama.tokenizer import Tokenizer
+
+    code = next(b for b in re.findall(r"```python\n(.*?)```", DOC, re.S) if "npllama.load_classifier(" in b)
+    monkeypatch.chdir(tmp_path)
+    tokenizer = Tokenizer.train([r["text"] for r in datasets.make_dataset("sentiment", 200)], tmp_path / "tok",
+                                vocab_size=400)
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    SequenceClassifier(Llama(config, seed=0), ["negative", "positive"], pad_id=pad_id_of(tokenizer)).save(
+        "runs/sentiment", tokenizer)
+    reports = []
+    monkeypatch.setattr(debug, "compare_backends", _keeping(debug.compare_backends, reports))
+    monkeypatch.setattr(debug, "compare_dtypes", _keeping(debug.compare_dtypes, reports))
+    monkeypatch.setattr(debug, "compare_transformers", _keeping(debug.compare_transformers, reports))
+    namespace = {"np": np, "npllama": npllama, "debug": debug}
+    exec(compile(code, "debugging.md classifier", "exec"), namespace)   # noqa: S102
+    assert len(reports) == 3 and all(report.first is None for report in reports), [r.first for r in reports]
+    lengths = namespace["mask"].sum(axis=1)
+    assert lengths[0] != lengths[1]    # padded: the pooled positions are the rows' last real tokens
+    np.testing.assert_array_equal(reports[-1].traces[1]["score.pooled_index"], lengths - 1)
+
+
+def _keeping(compare, reports):
+    def kept(*args, **kwargs):
+        reports.append(compare(*args, **kwargs))
+        return reports[-1]
+    return kept

@@ -308,3 +308,25 @@ def test_cli_shows_progress_unless_told_not_to(small_model_dir, capsys):
     assert status == 0 and "/2" in out.err and "train-compare" in out.err, out.err
     status, out = run_cli(argv + ["--no-progress"], capsys)
     assert status == 0 and out.err == "", out.err
+
+
+def test_the_docs_python_example_runs_as_written_and_agrees_with_the_command(small_model_dir, tmp_path, monkeypatch,
+                                                                            capsys):
+    import re
+    from pathlib import Path
+
+    from npllama import corpus
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "debugging.md").read_text(encoding="utf-8")
+    code = next(b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "compare_training(" in b)
+    monkeypatch.chdir(tmp_path)
+    corpus.write_default_corpus("stories.txt", n_stories=40)
+    namespace = {}
+    exec(compile(code.replace('"runs/tiny"', repr(str(small_model_dir))), "debugging.md", "exec"), namespace)  # noqa: S102
+    report = namespace["report"]
+    assert report.first is None and len(report.table().splitlines()) == 1 + 4
+    # the batches are the command's: the same run, from the command line, prints the same table
+    command = re.search(r"\$ (npllama debug train-compare --model runs/tiny --data stories.txt [^\n]*) --table", doc)
+    argv = command.group(1).split()[1:] + ["--no-progress", "--table"]
+    status, out = run_cli([str(small_model_dir) if a == "runs/tiny" else a for a in argv], capsys)
+    assert status == 0 and report.table() in out.out, out.out

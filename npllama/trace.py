@@ -972,7 +972,7 @@ def compare(a, b, rtol: float = 1e-5, atol: float | None = None, names: Iterable
     only_b = [n for n in b.names() if n not in a.records]
     if not diffs:   # "no divergence" would be a lie: nothing was looked at
         raise ValueError(f"nothing to compare: no tensor is recorded in both traces ({labels[0]}: "
-                         f"{len(a)} records, {labels[1]}: {len(b)})" + _patterns_of(a, b)
+                         f"{len(a)} records, {labels[1]}: {len(b)})" + _patterns_of(a, b, labels)
                          + _naming_schemes(a, b, labels))
     notes = (_run_notes(a, b, labels) + _lora_notes(a, b, labels) + _replacement_notes(a, b, labels, only_a, only_b)
              + _untested_backward(a, b, [d.name for d in diffs]) + _nan_on_both_sides(a, b, [d.name for d in diffs]))
@@ -988,12 +988,22 @@ def _close_names(name: str, t: Trace) -> str:
     return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
 
 
-def _patterns_of(a: Trace, b: Trace) -> str:
-    patterns = {tuple(t.include) for t in (a, b) if t.include is not None}
-    if not patterns:
-        return ""
-    return (f"; they were recorded with include={list(next(iter(patterns)))}, which may match no name "
-            f"(names look like 'model.layers.0.self_attn.q' and 'd:model.layers.0.out')")
+def _patterns_of(a: Trace, b: Trace, labels) -> str:
+    """The include patterns each side was recorded with (said once when both used the same), and of
+    patterns that kept nothing, that they may match no name.  Patterns that kept records are named
+    too: two sides that kept disjoint sets share no name."""
+    sides = [(f"{label} was", t.include, len(t)) for label, t in zip(labels, (a, b)) if t.include is not None]
+    if len(sides) == 2 and a.include == b.include:
+        sides = [("they were", a.include, len(a) + len(b))]
+    said, hinted = [], False
+    for who, include, kept in sides:
+        said.append(f"{who} recorded with include={include}")
+        if not kept:
+            said[-1] += ", which may match no name" + ("" if hinted else
+                                                       " (names look like 'model.layers.0.self_attn.q' and "
+                                                       "'d:model.layers.0.out')")
+            hinted = True
+    return "".join(f"; {s}" for s in said)
 
 
 def _naming_schemes(a: Trace, b: Trace, labels) -> str:

@@ -287,6 +287,19 @@ def test_comparing_nothing_is_an_error_naming_the_patterns():
         compare(a, b)
 
 
+def test_comparing_traces_recorded_with_different_patterns_names_each_sides_patterns():
+    # two traces that each kept something, under disjoint patterns: the error says which side kept
+    # what, not one side's patterns as if both used them, nor that patterns which matched may match nothing
+    m = model()
+    a, b = traced(m, include=["*.attn_probs"]), traced(m, include=["*.mlp.gate"])
+    with pytest.raises(ValueError) as refused:
+        compare(a, b, labels=("left", "right"))
+    said = str(refused.value)
+    assert "left was recorded with include=['*.attn_probs']" in said, said
+    assert "right was recorded with include=['*.mlp.gate']" in said, said
+    assert "match no name" not in said, said
+
+
 def test_an_include_pattern_that_matched_nothing_is_warned_about():
     m = model()
     with pytest.warns(UserWarning, match=r"'layers.0.\*' matched no record.*did you mean 'model.layers.0.\*'"):

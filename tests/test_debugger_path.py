@@ -51,11 +51,14 @@ def test_the_count_sees_plumbing_when_there_is_some():
     assert figures["to_attention_backward"] > 40
 
 
-def test_the_number_of_calls_docs_debugging_md_gives_is_what_the_script_counts():
+def test_the_number_of_calls_the_docs_give_is_what_the_script_counts():
     # a reader runs `python benchmarks/debugger_path.py --list` beside the doc and sees this number
     import re
-    doc = (BENCHMARKS.parent / "docs" / "debugging.md").read_text(encoding="utf-8")
-    claimed = int(re.search(r"reaches `ops/attention.py:attention_backward` in (\d+) calls for a one-layer model",
-                            " ".join(doc.split())).group(1))
-    assert load_script().measure(layers=1)["to_attention_backward"] == claimed, \
-        "docs/debugging.md's 'Start here' gives another number of calls than benchmarks/debugger_path.py counts"
+    doc = " ".join((BENCHMARKS.parent / "docs" / "debugging.md").read_text(encoding="utf-8").split())
+    readme = " ".join((BENCHMARKS.parent / "README.md").read_text(encoding="utf-8").split())
+    counted = load_script().measure(layers=1)["to_attention_backward"]
+    for name, text, said in (("docs/debugging.md", doc, r"reaches `ops/attention.py:attention_backward` in (\d+) calls "
+                                                           r"for a one-layer model"),
+                             ("README.md", readme, r"into `attention_backward` in (\d+) calls")):
+        claimed = int(re.search(said, text).group(1))
+        assert counted == claimed, f"{name} gives {claimed} calls; benchmarks/debugger_path.py counts {counted}"

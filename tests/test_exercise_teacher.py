@@ -53,19 +53,22 @@ def load(module_text):
     return namespace["gelu_backward"]
 
 
-def test_list_and_start_use_the_teachers_file(gelu_file, tmp_path, capsys):
+def test_list_and_start_use_the_teachers_file(gelu_file, tmp_path, capsys, monkeypatch):
     assert main(["exercise", "list", "--exercise-file", str(gelu_file)]) == 0
     listed = capsys.readouterr().out
     assert re.search(r"gelu\s+gelu_backward\(dout, cache\)\s+returns, gradient, float32, at zero", listed)
     assert main(["exercise", "start", "--exercise-file", str(gelu_file), "gelu", "--out", str(tmp_path / "hw")]) == 0
     starter = (tmp_path / "hw" / "gelu_backward.py").read_text()
     assert "def gelu_backward(dout, cache):" in starter and "(gelu_exercise.py, gelu_forward)" in starter
-    assert "npllama exercise check --exercise-file gelu_exercise.py gelu gelu_backward.py" in starter
+    # from the starter's folder, hw/, where its command is run
+    assert "npllama exercise check --exercise-file ../gelu_exercise.py gelu gelu_backward.py" in starter
+    assert str(tmp_path) not in starter          # no path of the teacher's machine in a handout
     assert "GELUCache, the named tuple gelu_forward returns (gelu_exercise.py)" in starter
     assert "npllama_exercise_" not in starter and "Derivation:" not in starter    # none given
     gelu = load_exercises(gelu_file)["gelu"]
-    report = check_file(gelu, tmp_path / "hw" / "gelu_backward.py")
-    assert report.not_implemented and "--exercise-file gelu_exercise.py gelu" in report.format()
+    monkeypatch.chdir(tmp_path / "hw")
+    report = check_file(gelu, "gelu_backward.py")
+    assert report.not_implemented and "--exercise-file ../gelu_exercise.py gelu" in report.format()
 
 
 def test_a_right_backward_passes_and_a_sign_slip_is_diagnosed(gelu_file):
@@ -116,7 +119,8 @@ def test_list_names_a_file_with_spaces_quoted_for_the_shell(example, tmp_path, c
     assert f"npllama exercise start --exercise-file '{path}' <exercise>" in capsys.readouterr().out
 
 
-def test_a_derivation_beside_the_file_is_quoted(example, tmp_path, capsys):
+def test_a_derivation_beside_the_file_is_quoted(example, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)       # the starter is written here, beside the exercise file
     (tmp_path / "gelu.md").write_text("# GELU\n\n## Backward\n\n$$\\mathrm{dx} = \\mathrm{dout}\\, g'(x)$$\n")
     path = tmp_path / "gelu_exercise.py"
     path.write_text(example.replace('    op, title = "gelu"', '    derivation = "gelu.md"\n    op, title = "gelu"'))
@@ -207,7 +211,7 @@ def test_a_submission_that_calls_the_teachers_reference_is_refused_even_without_
     assert graded.status != "pass" and "library's own backward" in graded.text, graded.text
 
 
-def test_a_file_name_with_dots_or_spaces_is_an_exercise_file_too(example, tmp_path):
+def test_a_file_name_with_dots_or_spaces_is_an_exercise_file_too(example, tmp_path, monkeypatch):
     path = tmp_path / "gelu.week3.py"         # its module's name must not read as a package's
     path.write_text(example)
     gelu = load_exercises(path)["gelu"]
@@ -215,6 +219,7 @@ def test_a_file_name_with_dots_or_spaces_is_an_exercise_file_too(example, tmp_pa
     assert grade_file(gelu, tmp_path / "alice.py", n_random=1).status == "pass"
     spaced = tmp_path / "gelu week 3.py"       # the command the starter gives is one to paste
     spaced.write_text(example)
+    monkeypatch.chdir(tmp_path)
     assert load_exercises(spaced)["gelu"].check_command("my answer.py") == (
         "npllama exercise check --exercise-file 'gelu week 3.py' gelu 'my answer.py'")
 

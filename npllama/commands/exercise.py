@@ -142,8 +142,8 @@ def run_start(args) -> int:
         if quote:
             print(f"The math you need ({derivation_name(ex)}):\n")
             print(quote)
-    # pasted here, where the teacher's file is the path given (the starter's own text names it
-    # alone, for a student who keeps it beside the starter)
+    # pasted here, where the teacher's file is the path given (the starter's own text reaches it
+    # from the starter's folder)
     print(f"wrote {path}: fill in {ex.backward_name}, then run")
     print(f"    {ex.check_command(path, args.exercise_file)}")
     print("or, from pytest (a test file of your own, a course's CI), the same checks:")

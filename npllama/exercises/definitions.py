@@ -78,13 +78,26 @@ class Exercise:
     def loader(self, exercise_file: str | None = None) -> tuple[str, str]:
         """(an import line, an expression) that give this exercise in Python: what a notebook's check
         cell and a re-run hint write.  exercise_file: a teacher's file as the reader reaches it (by
-        default its name alone: a student keeps it beside the starter file)."""
+        default as reached from the current folder: exercise_file_from)."""
         if self.builtin:
             return "from npllama.exercises import get_exercise", f"get_exercise({self.op!r})"
         if not self.exercise_file:     # defined in the caller's own code (a script, a notebook)
             return f"from {type(self).__module__} import {type(self).__name__}", f"{type(self).__name__}()"
         return ("from npllama.exercises import load_exercises",
                 f"load_exercises({self._exercise_file_as(exercise_file)!r})[{self.op!r}]")
+
+    def exercise_file_from(self, folder=None) -> str:
+        """The teacher's file as a command run in `folder` (default: the current folder) reaches it:
+        its path from there (the path the teacher typed, when that is where they ran the command;
+        a starter written into hw/ names ../softplus_exercise.py as ../../softplus_exercise.py),
+        never the teacher's absolute path, which a handout would carry to every student.  '' for an
+        exercise loaded from no file."""
+        if not self.exercise_file:
+            return ""
+        try:
+            return os.path.relpath(self.exercise_file, os.getcwd() if folder is None else folder)
+        except ValueError:      # another drive (Windows): no relative path reaches it
+            return self.exercise_file
 
     def from_notebook(self, notebook) -> str:
         """What to do with a notebook given where a .py file is graded: what its last cell says."""
@@ -103,7 +116,7 @@ class Exercise:
                 f"{self.op} {path}")
 
     def _exercise_file_as(self, exercise_file: str | None) -> str:
-        return os.path.basename(self.exercise_file) if exercise_file is None else str(exercise_file)
+        return self.exercise_file_from() if exercise_file is None else str(exercise_file)
 
     def pytest_test(self, path, exercise_file: str | None = None) -> str:
         """A pytest test that checks `path` against this exercise (npllama.exercises.assert_passes),

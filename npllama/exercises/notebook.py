@@ -7,6 +7,7 @@ The notebook is nbformat 4 JSON written with the standard library; when nbformat
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -23,8 +24,11 @@ def _cell(kind: str, text: str) -> dict:
     return cell
 
 
-def notebook_json(op) -> dict:
+def notebook_json(op, folder=None) -> dict:
+    """The notebook, written into `folder` (default: the current one): the folder its kernel runs
+    in, from which its cells and commands reach a teacher's exercise file."""
     ex = get_exercise(op)
+    exercise_file = ex.exercise_file_from(folder) or None
     starter = starter_source(ex, in_notebook=True)
     read = "Read the derivation below, then run" if ex.derivation else "Run"
     intro = (f"# Exercise: the backward pass of the {ex.title}\n\n"
@@ -33,9 +37,12 @@ def notebook_json(op) -> dict:
     if ex.builtin:
         importing, exercise = "from npllama.exercises import check_function", repr(ex.op)
     else:           # the check cell loads the exercise as Exercise.loader says
-        if ex.exercise_file:    # the teacher's file travels with the notebook
-            intro += f"  Keep `{Path(ex.exercise_file).name}` beside this notebook: the check reads the exercise from it."
-        loading, exercise = ex.loader()
+        if exercise_file and os.path.dirname(exercise_file):    # the teacher's file, where it was
+            intro += (f"  The check reads the exercise from `{exercise_file}` (a path from this notebook's "
+                      f"folder): keep it there.")
+        elif exercise_file:    # the teacher's file travels with the notebook
+            intro += f"  Keep `{exercise_file}` beside this notebook: the check reads the exercise from it."
+        loading, exercise = ex.loader(exercise_file)
         importing = f"from npllama.exercises import check_function\n{loading}"
     # imported before the student's cell runs: the check knows from its import on which cells ended
     # without an error (session.watch_cells), and the student's cell stays free of npllama.exercises,
@@ -47,7 +54,7 @@ def notebook_json(op) -> dict:
     derivation = ([_cell("markdown", _links_that_work_here(dollar_math(derivation_markdown(ex.derivation))))]
                   if ex.derivation else [])
     cells = [_cell("markdown", intro), *derivation, _cell("code", setup), _cell("code", starter), _cell("code", check),
-             _cell("markdown", _what_next(ex))]
+             _cell("markdown", _what_next(ex, exercise_file))]
     return {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
                                                         "name": "python3"},
                                          "language_info": {"name": "python"}},
@@ -81,14 +88,15 @@ def _inside_parentheses(markdown: str, position: int) -> bool:
     return before.count("(") > before.count(")")
 
 
-def _what_next(ex) -> str:
+def _what_next(ex, exercise_file: str | None) -> str:
     """What to do once the check passes: the file to hand in and to run the commands on.  They take
-    a .py file, not the notebook (a class's grading lists a notebook as not graded)."""
+    a .py file, not the notebook (a class's grading lists a notebook as not graded); exercise_file:
+    a teacher's file as reached from the notebook's folder."""
     solution = f"{ex.backward_name}.py"
-    commands = [ex.check_command(solution)]
+    commands = [ex.check_command(solution, exercise_file)]
     trainable = model_op_of(ex) is not None      # an op of the model's training step (a teacher's variant too)
     if trainable:
-        commands.append(ex.check_command(solution).replace("npllama exercise check", "npllama exercise train", 1))
+        commands.append(ex.check_command(solution, exercise_file).replace("npllama exercise check", "npllama exercise train", 1))
     trains = "; the second trains a real model with your function in place of the library's" if trainable else ""
     return (f"## When the check passes\n\n"
             f"Copy the code cell with your `{ex.backward_name}` ({NOT_THE_CHECK_CELL}) "
@@ -101,7 +109,7 @@ def write_notebook(op, path=None, force: bool = False) -> Path:
     """Write <op>_backward.ipynb (or `path`); refuses to overwrite unless force."""
     ex = get_exercise(op)
     path = target_path(path, f"{ex.backward_name}.ipynb", ".ipynb", force, ex.exercise_file)
-    notebook = notebook_json(ex)
+    notebook = notebook_json(ex, folder=path.parent)
     for i, cell in enumerate(notebook["cells"]):
         cell["id"] = f"{ex.op}-{i}"
     try:

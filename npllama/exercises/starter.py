@@ -74,10 +74,12 @@ def _doc_with_cache(exercise: Exercise) -> str:
     return doc.replace("cache: CACHE", "cache: " + "\n           ".join(text))
 
 
-def starter_source(op, in_notebook: bool = False) -> str:
+def starter_source(op, in_notebook: bool = False, folder=None) -> str:
     """The student's file: the docstring (forward, shapes, the rule), the helpers' imports, the
     derivation's backward section as comments, and the function to fill in.  in_notebook: for the
-    notebook's code cell, where the derivation is the cell above and a cell below checks."""
+    notebook's code cell, where the derivation is the cell above and a cell below checks.
+    folder: where the file is written, from which its check command reaches a teacher's exercise
+    file (default: the current folder)."""
     from .teacher import describe_source
 
     ex = get_exercise(op)
@@ -91,7 +93,8 @@ def starter_source(op, in_notebook: bool = False) -> str:
     if in_notebook:
         check_it, where, quote = "then run the next cell to check it.", "the cell above", ""
     else:
-        check_it = f"then check it:\n\n    {ex.check_command(ex.backward_name + '.py')}"
+        command = ex.check_command(ex.backward_name + '.py', ex.exercise_file_from(folder) or None)
+        check_it = f"then check it:\n\n    {command}"
         where, quote = "quoted below", "\n" + _as_comment(derivation_quote(ex)) if ex.derivation else ""
     explain = "" if _own_derivation(ex) else f";\n            `npllama explain {_stem(ex)}` prints all of it"
     derivation = (f"Derivation: {derivation_section(ex)} ({where}{explain}).  Work it on paper first.\n"
@@ -151,5 +154,5 @@ def write_starter(op, path=None, force: bool = False) -> Path:
     """Write the starter file (default: ./<op>_backward.py); refuses to overwrite unless force."""
     ex = get_exercise(op)
     path = target_path(path, f"{ex.backward_name}.py", ".py", force, ex.exercise_file)
-    path.write_text(starter_source(op), encoding="utf-8")
+    path.write_text(starter_source(op, folder=path.parent), encoding="utf-8")
     return path

@@ -1,0 +1,101 @@
+"""A teacher's walk through their own exercise, part 2: what the teacher and the class read.
+
+A factor that is one of the case's scalar inputs (tau) is named as that input when it is on every
+case checked, never as "a factor of 2"; a teacher's forward that is not deterministic is blamed,
+not "your function", with a hint that runs as printed; the gradebook's report has what the
+submission printed, as `check` of one file shows it; the memory limit is named with its flag and
+is a crash, not a wrong gradient; the exercise file is named, in the starter, the notebook and
+what `start` prints, by a path that works from where the command runs."""
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npllama.cli import main
+from npllama.exercises import load_exercises
+from .test_exercise_materials import shown_by_cell
+
+SOFTPLUS = '''"""Softplus with a temperature."""
+import numpy as np
+
+from npllama.exercises import Exercise
+from npllama.exercises.checks import SEED, Case, Choice, Shape
+
+
+def softplus_forward(x, tau):
+    z = x / tau
+    return np.logaddexp(0, z), (z, tau)
+
+
+def softplus_backward(dout, cache):
+    z, tau = cache
+    return dout / (1 + np.exp(-z)) / tau
+
+
+class Softplus(Exercise):
+    op, title = "softplus", "softplus with temperature"
+    forward_name, backward_name, params = "softplus_forward", "softplus_backward", "dout, cache"
+    doc = "Gradient of out = log(1 + exp(x / tau)).\\n\\n    Returns dx, the shape of x.\\n    "
+    space = dict(shape=Shape(1, 2, 1, 4), tau=TAUS, seed=SEED)
+    edge_cases = [dict(shape=(2, 3), tau=EDGE_TAUS[0], seed=1), dict(shape=(3,), tau=EDGE_TAUS[1], seed=2)]
+
+    def build(self, params, dtype=np.float64):
+        rng = np.random.default_rng(params["seed"])
+        x = rng.standard_normal(params["shape"]).astype(dtype)
+        return Case(self.forward, [x, params["tau"]], ("x", "tau"), (0,), seed=params["seed"] % 1000)
+'''
+
+
+def softplus_file(folder: Path, taus=(0.5, 2.0, 3.0), edge_taus=(0.5, 2.0), name="softplus_exercise.py") -> Path:
+    path = folder / name
+    path.write_text(SOFTPLUS.replace("EDGE_TAUS", repr(tuple(edge_taus))).replace("TAUS", f"Choice({tuple(taus)!r})"),
+                    encoding="utf-8")
+    return path
+
+
+def student(body: str):
+    """A softplus_backward whose return line is `body` (z, tau unpacked, sig = sigmoid(z))."""
+    namespace = {}
+    exec(f"import numpy as np\ndef softplus_backward(dout, cache):\n    z, tau = cache\n"
+         f"    sig = 1 / (1 + np.exp(-z))\n    return {body}\n", namespace)
+    return namespace["softplus_backward"]
+
+
+# ----- 5. the exercise file as reached from where the student runs the command ---------------------------
+
+def test_the_starter_and_start_name_the_exercise_file_by_a_path_that_works_from_there(tmp_path, monkeypatch, capsys):
+    softplus_file(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["exercise", "start", "--exercise-file", "../softplus_exercise.py", "softplus", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    starter = (work / "softplus_backward.py").read_text()
+    command = "npllama exercise check --exercise-file ../softplus_exercise.py softplus softplus_backward.py"
+    assert command in printed and command in starter
+    # written into another folder, the starter's command works from the starter's folder
+    assert main(["exercise", "start", "--exercise-file", "../softplus_exercise.py", "softplus", "--quiet",
+                 "--out", "hw/"]) == 0
+    command = (work / "hw" / "softplus_backward.py").read_text().split("then check it:\n\n", 1)[1].splitlines()[0]
+    monkeypatch.chdir(work / "hw")
+    assert main(shlex.split(command.strip())[1:] + ["--cases", "0"]) == 1
+    assert "not implemented yet" in capsys.readouterr().out
+
+
+def test_the_notebook_loads_the_exercise_file_by_its_path_from_the_notebooks_folder(tmp_path, monkeypatch):
+    softplus_file(tmp_path)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert main(["exercise", "notebook", "--exercise-file", "../softplus_exercise.py", "softplus"]) == 0
+    cells = json.loads((tmp_path / "work" / "softplus_backward.ipynb").read_text())["cells"]
+    text = "".join("".join(c["source"]) for c in cells)
+    assert "load_exercises('../softplus_exercise.py')" in text
+    assert "--exercise-file ../softplus_exercise.py" in text
+    assert "beside this notebook" not in text
+    namespace = {}
+    setup, starter, check = ("".join(c["source"]) for c in cells[1:4])
+    exec(setup, namespace)           # run where the notebook is, as Jupyter runs it
+    exec(starter, namespace)
+    assert "softplus_backward is not implemented yet" in shown_by_cell(check, namespace)

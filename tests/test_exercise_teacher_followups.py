@@ -6,6 +6,8 @@ not "your function", with a hint that runs as printed; the gradebook's report ha
 submission printed, as `check` of one file shows it; the memory limit is named with its flag and
 is a crash, not a wrong gradient; the exercise file is named, in the starter, the notebook and
 what `start` prints, by a path that works from where the command runs."""
+import contextlib
+import io
 import json
 import shlex
 from pathlib import Path
@@ -15,6 +17,8 @@ import pytest
 
 from npllama.cli import main
 from npllama.exercises import load_exercises
+from npllama.exercises.teacher import ExerciseFileError
+
 from .test_exercise_materials import shown_by_cell
 
 SOFTPLUS = '''"""Softplus with a temperature."""
@@ -61,6 +65,57 @@ def student(body: str):
     exec(f"import numpy as np\ndef softplus_backward(dout, cache):\n    z, tau = cache\n"
          f"    sig = 1 / (1 + np.exp(-z))\n    return {body}\n", namespace)
     return namespace["softplus_backward"]
+
+
+# ----- 2. a teacher's forward that is not deterministic -----------------------------------------------
+
+NOISY = '''import numpy as np
+from npllama.exercises import Exercise
+from npllama.exercises.checks import SEED, Case, Shape
+
+
+def noisy_forward(x):
+    return x * x + 1e-3 * np.random.standard_normal(x.shape), (x,)
+
+
+def noisy_backward(dout, cache):
+    (x,) = cache
+    return 2 * x * dout
+
+
+class Noisy(Exercise):
+    op, title = "noisy", "square with noise"
+    forward_name, backward_name, params = "noisy_forward", "noisy_backward", "dout, cache"
+    doc = "Gradient of x * x."
+    space = dict(shape=Shape(1, 2, 1, 4), seed=SEED)
+    edge_cases = [dict(shape=(2, 3), seed=1)]
+
+    def build(self, params, dtype=np.float64):
+        x = np.random.default_rng(params["seed"]).standard_normal(params["shape"]).astype(dtype)
+        return Case(self.forward, [x], ("x",), (0,), seed=params["seed"] % 1000)
+'''
+
+
+def hint_code(message: str) -> str:
+    """The snippet a hint prints on the lines under 'hint:' (indented by 4 under the report's 2)."""
+    lines = message.split("hint:", 1)[1].splitlines()[1:]
+    return "\n".join(line.strip() for line in lines if line.startswith("      "))
+
+
+def test_a_forward_that_is_not_deterministic_is_blamed_and_its_hint_runs_as_printed(tmp_path, monkeypatch):
+    (tmp_path / "course").mkdir()
+    (tmp_path / "course" / "nondet.py").write_text(NOISY, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ExerciseFileError) as refused:
+        load_exercises("course/nondet.py")
+    message = str(refused.value)
+    assert "your function" not in message and "noisy_forward" in message and "deterministic" in message, message
+    code = hint_code(message)
+    assert "load_exercises('course/nondet.py', verify=False)" in code, code
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(code, {})                  # runs as printed, from where the command ran
+    assert printed.getvalue().strip(), "the snippet shows the two calls differ"
 
 
 # ----- 5. the exercise file as reached from where the student runs the command ---------------------------

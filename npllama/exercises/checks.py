@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..gradcheck import check_op, draw_dout, numerical_gradient
+from ..gradcheck import NondeterministicFunction, check_op, draw_dout, numerical_gradient
 from .diagnose import CaseUndecided, CheckFailed, Finding, diagnose, rel_error
 from .entries import Cycle, Snapshot, entries, is_leaf_array, named_leaves
 
@@ -32,6 +32,16 @@ GRAD_ATOL = 1e-9
 CLOSED_FORM_TOL = 1e-9  # a closed form computed another way agrees to round-off
 RETURN_VALUE = "the return value"   # a Finding's subject when what came back is wrong as a whole
 NOT_A_LIST = "return the array itself (no .tolist(); np.asarray turns a list back into an array)"
+
+
+class ForwardNotDeterministic(Exception):
+    """The exercise's forward gave two answers at the same inputs, so the gradient check could not
+    judge the function checked: the exercise's fault (a teacher's forward), not the student's."""
+
+
+def forward_subject(forward_name: str) -> str:
+    """A Finding's subject when the exercise's forward, not the function checked, is at fault."""
+    return f"the exercise's forward {forward_name}"
 
 
 # ----- parameter spaces: sampled by NumPy here, by hypothesis in the tests -------------------------
@@ -270,6 +280,13 @@ def check_gradient(backward, case: Case) -> None:
         report = check_op(case.forward, backward, case.inputs, wrt=list(case.wrt),
                           names=list(case.input_names), extra_kwargs=case.kwargs, seed=case.seed,
                           tol=GRAD_TOL, atol=GRAD_ATOL)
+    except NondeterministicFunction as error:
+        forward = getattr(case.forward, "__name__", "the forward")
+        raise ForwardNotDeterministic(
+            f"the exercise's forward {forward} is not deterministic, so no gradient can be checked against "
+            f"it (the function checked is not at fault): "
+            + str(error).replace("the function gave", "it gave").replace("a deterministic function",
+                                                                          "a deterministic forward")) from None
     except ValueError as error:
         if not _raised_by(error, check_op):
             raise            # the student's own code raised it: the runner reports the crash and its line

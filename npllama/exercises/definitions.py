@@ -75,16 +75,19 @@ class Exercise:
     def builtin(self) -> bool:
         return EXERCISES.get(self.op) is self
 
-    def loader(self, exercise_file: str | None = None) -> tuple[str, str]:
+    def loader(self, exercise_file: str | None = None, verify: bool = True) -> tuple[str, str]:
         """(an import line, an expression) that give this exercise in Python: what a notebook's check
         cell and a re-run hint write.  exercise_file: a teacher's file as the reader reaches it (by
-        default as reached from the current folder: exercise_file_from)."""
+        default as reached from the current folder: exercise_file_from).  verify=False: load it
+        without checking the teacher's reference first (a hint that rebuilds a case the reference
+        or the forward failed on must not be refused for that again)."""
         if self.builtin:
             return "from npllama.exercises import get_exercise", f"get_exercise({self.op!r})"
         if not self.exercise_file:     # defined in the caller's own code (a script, a notebook)
             return f"from {type(self).__module__} import {type(self).__name__}", f"{type(self).__name__}()"
+        unverified = "" if verify else ", verify=False"
         return ("from npllama.exercises import load_exercises",
-                f"load_exercises({self._exercise_file_as(exercise_file)!r})[{self.op!r}]")
+                f"load_exercises({self._exercise_file_as(exercise_file)!r}{unverified})[{self.op!r}]")
 
     def exercise_file_from(self, folder=None) -> str:
         """The teacher's file as a command run in `folder` (default: the current folder) reaches it:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .definitions import EXERCISES, Check, Exercise, get_exercise, path_argument
-from .checks import sample
+from .checks import ForwardNotDeterministic, forward_subject, sample
 from .catalogue import CATALOGUES
 from .diagnose import NEAR_EXACT_CAUSES, CaseUndecided, CheckFailed, Finding
 from .gradebook import submissions_in
@@ -367,6 +367,12 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
                     continue
                 except CheckFailed as failed:
                     result.status, result.finding = "fail", failed.finding
+                    break
+                except ForwardNotDeterministic as error:    # the exercise's fault: said so, with how to see it
+                    result.status = "error"
+                    result.finding = Finding("", str(error), hint=_forward_twice_hint(exercise, params),
+                                             case=_describe_params(exercise, params),
+                                             subject=forward_subject(exercise.forward_name))
                     break
                 except student_errors as error:  # the student's code crashed: say where, in their file
                     result.status = "error"
@@ -844,7 +850,7 @@ def _rerun_hint(exercise: Exercise, params, run_path: str | None, name: str | No
     no file gives back by name (a notebook cell's, a method, a partial), `name` -- else the function
     given to check_function -- called in the session that checked it."""
     case = exercise.edge_cases[0] if params is None else params
-    importing, expression = exercise.loader()
+    importing, expression = exercise.loader(verify=False)    # the teacher's own reference may be what failed
     cache = "*cache" if exercise.op == "model" else "cache"
     rebuild = (f"ex = {expression}; case = ex.case({case!r}); out, cache = case.run_forward(); "
                f"{exercise.upstream} = case.dout_for(out)\n")
@@ -857,6 +863,18 @@ def _rerun_hint(exercise: Exercise, params, run_path: str | None, name: str | No
             "run it with python -m pdb to stop where it fails):\n"
             f"{importing}; import runpy\n{rebuild}"
             f"runpy.run_path({run_path!r})[{name!r}]({exercise.upstream}, {cache})")
+
+
+def _forward_twice_hint(exercise: Exercise, params) -> str:
+    """Lines that rebuild the case and run the exercise's forward twice, printing how far apart
+    the two outputs are (0 for a deterministic forward)."""
+    case = exercise.edge_cases[0] if params is None else params
+    importing, expression = exercise.loader(verify=False)
+    return ("run the forward twice on this case (paste into python): the largest difference between the two "
+            "outputs is not 0 -- seed any randomness inside it from its inputs, or draw it in build:\n"
+            f"{importing}; import numpy as np\n"
+            f"ex = {expression}; case = ex.case({case!r})\n"
+            "print(np.max(np.abs(np.asarray(case.run_forward()[0]) - np.asarray(case.run_forward()[0]))))")
 
 
 def _function_run_by(backward):

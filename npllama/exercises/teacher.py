@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import Case, Choice, Ints, Shape, sample
+from .checks import Case, Choice, Ints, Shape, forward_subject, sample
 from .definitions import EXERCISES, Exercise, did_you_mean, path_argument
 
 
@@ -243,10 +243,15 @@ def verify_reference(exercise: Exercise, n_random: int | None = None, seed: int 
         first = report.first_failure
         why = ([report.summary()] if first is None or first.finding is None else
                [f"check {first.check.name!r} ({first.check.description})"] + first.finding.lines())
-        raise ExerciseFileError(
-            f"{Path(exercise.exercise_file).name}: the reference {exercise.backward_name} fails the checks of "
-            f"exercise {exercise.op}, so every student would fail too (fix the reference, the forward or the "
-            f"cases before grading anyone):\n  " + "\n  ".join(why))
+        if first is not None and first.finding is not None and \
+                first.finding.subject == forward_subject(exercise.forward_name):
+            blamed = (f"the forward {exercise.forward_name} keeps the checks of exercise {exercise.op} from judging "
+                      f"any backward, the reference {exercise.backward_name} included (fix the forward before "
+                      f"grading anyone)")
+        else:
+            blamed = (f"the reference {exercise.backward_name} fails the checks of exercise {exercise.op}, so every "
+                      f"student would fail too (fix the reference, the forward or the cases before grading anyone)")
+        raise ExerciseFileError(f"{Path(exercise.exercise_file).name}: {blamed}:\n  " + "\n  ".join(why))
     verified.add((n_random, seed))
 
 

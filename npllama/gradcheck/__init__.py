@@ -155,9 +155,10 @@ importlib.import_module("npllama.gradcheck.checker"), or from npllama.gradcheck 
   norms.py       norms at any scale of float64, rel_error
 """
 from .api import check_op, draw_dout, gradcheck, numerical_gradient
+from .checker import NondeterministicFunction
 from .norms import rel_error
 from .pattern import fitted_factor
 from .reports import GradcheckReport, InputReport
 
 __all__ = ["gradcheck", "check_op", "numerical_gradient", "draw_dout", "rel_error", "fitted_factor",
-           "GradcheckReport", "InputReport"]
+           "GradcheckReport", "InputReport", "NondeterministicFunction"]

@@ -223,6 +223,12 @@ def _locate(report, evaluate, x, direction, g, scale, typical, largest, eps, ric
                         "method=\"entries\" with max_entries=None checks every one")
 
 
+class NondeterministicFunction(ValueError):
+    """Two evaluations of the function at the same inputs differed: no finite difference of it
+    means anything.  A ValueError, as before; its own class lets a caller that did not write the
+    function (an exercise's checks, whose forward is the exercise's) say whose it is."""
+
+
 def _require_deterministic(evaluate, after_each_call) -> tuple[float, float]:
     """Two evaluations at the same point must agree to round-off, or no difference means anything;
     and the first must be finite (NaN or inf at a step is a probe's edge of the domain, at the
@@ -238,9 +244,9 @@ def _require_deterministic(evaluate, after_each_call) -> tuple[float, float]:
     f2, size2 = evaluate()
     after_each_call()
     if abs(f1 - f2) > 2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(size1, size2) or np.isnan(f1) != np.isnan(f2):
-        raise ValueError(f"the function gave {f1!r} and then {f2!r} at the same inputs: finite differences "
-                         "need a deterministic function (fix the seed of any randomness inside it, e.g. "
-                         "dropout, so every call draws the same)")
+        raise NondeterministicFunction(f"the function gave {f1!r} and then {f2!r} at the same inputs: finite "
+                                       "differences need a deterministic function (fix the seed of any randomness "
+                                       "inside it, e.g. dropout, so every call draws the same)")
     return f1, size1
 
 

@@ -118,6 +118,21 @@ def test_a_forward_that_is_not_deterministic_is_blamed_and_its_hint_runs_as_prin
     assert printed.getvalue().strip(), "the snippet shows the two calls differ"
 
 
+# ----- 3. the gradebook's report is what the student reads ---------------------------------------------
+
+def test_the_gradebook_report_has_what_the_submission_printed_as_check_of_one_file_shows(tmp_path, capsys):
+    exercise_file = softplus_file(tmp_path)
+    submission = tmp_path / "alice.py"
+    submission.write_text("import numpy as np\ndef softplus_backward(dout, cache):\n    z, tau = cache\n"
+                          "    print('debug: z shape', z.shape)\n    return dout / (1 + np.exp(-z))\n")
+    assert main(["exercise", "check", "--exercise-file", str(exercise_file), "softplus", str(submission),
+                 "--cases", "1", "--json", str(tmp_path / "one.json")]) == 1
+    shown = capsys.readouterr().out
+    assert "debug: z shape" in shown
+    report = json.loads((tmp_path / "one.json").read_text())[0]["report"]
+    assert report.strip() == shown.strip()
+
+
 # ----- 5. the exercise file as reached from where the student runs the command ---------------------------
 
 def test_the_starter_and_start_name_the_exercise_file_by_a_path_that_works_from_there(tmp_path, monkeypatch, capsys):

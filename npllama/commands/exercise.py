@@ -223,9 +223,7 @@ def run_check(args) -> int:
         print(f"checking {path} against the {len(exercise.checks())} checks of exercise {args.op} "
               f"(in a process of its own, at most {args.timeout:g} s) ...", file=sys.stderr, flush=True)
         graded = [_with_still_running_notice(args.timeout, lambda: grade_file(exercise, path, **limits))]
-        if graded[0].output:
-            print(graded[0].output + "\n")
-        print(graded[0].text)
+        print(graded[0].report)
     if args.json:
         atomic_write_text(Path(args.json), gradebook_json(graded))   # a failed write leaves the old file whole
     return 0 if all(g.ok for g in graded) else 1

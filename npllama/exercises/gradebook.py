@@ -6,7 +6,8 @@
 
 Columns: file, exercise, status, passed, total, checks passed (as text), first failure, diagnosis,
 seconds, seed, cases (each sampled check's cases, as a report's "(N cases)": the exercise's edge
-cases and n_random random ones); the JSON adds each full report.
+cases and n_random random ones); the JSON adds each full report (what the file printed, then
+the report: Graded.report).
 """
 from __future__ import annotations
 
@@ -158,7 +159,7 @@ def write_gradebook(graded: list[Graded], stem) -> tuple[Path, Path]:
 def gradebook_json(graded: list[Graded]) -> str:
     """The gradebook's JSON: one record per submission, the CSV's columns and the full report
     (`exercise check FILE --json` writes the same)."""
-    return json.dumps([{**g.row(), "report": g.text} for g in graded], indent=2) + "\n"
+    return json.dumps([{**g.row(), "report": g.report} for g in graded], indent=2) + "\n"
 
 
 def format_gradebook(graded: list[Graded], width: int = 100) -> str:

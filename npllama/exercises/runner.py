@@ -430,7 +430,7 @@ def assert_passes(op, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: i
                         timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
     if not graded.ok:
         summary = ": ".join(part for part in (graded.first_failure, graded.diagnosis) if part) or graded.status
-        raise AssertionError("\n\n".join(text for text in (summary, graded.output, graded.text) if text))
+        raise AssertionError("\n\n".join(text for text in (summary, graded.report) if text))
 
 
 def _name_the_mistake(exercise, backward, finding: Finding) -> None:

@@ -117,6 +117,12 @@ class Graded:
     def ok(self) -> bool:
         return self.status == "pass"
 
+    @property
+    def report(self) -> str:
+        """All a student reads about the file: what it printed, then the report -- as `check` of one
+        file shows it and the gradebook's JSON keeps it."""
+        return "\n\n".join(part for part in (self.output, self.text) if part)
+
     def row(self) -> dict:
         """One gradebook row.  passed and total are numbers (a spreadsheet reads "2/4" as a date);
         checks_passed keeps the "2/4" text for readers of older gradebooks."""

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from npllama.cli import main
-from npllama.exercises import load_exercises
+from npllama.exercises import grade_file, load_exercises
 from npllama.exercises.teacher import ExerciseFileError
 
 from .test_exercise_materials import shown_by_cell
@@ -131,6 +131,19 @@ def test_the_gradebook_report_has_what_the_submission_printed_as_check_of_one_fi
     assert "debug: z shape" in shown
     report = json.loads((tmp_path / "one.json").read_text())[0]["report"]
     assert report.strip() == shown.strip()
+
+
+# ----- 4. the memory limit -----------------------------------------------------------------------------
+
+def test_running_out_of_the_memory_limit_is_a_crash_naming_the_limit_and_its_flag(tmp_path):
+    exercise = load_exercises(softplus_file(tmp_path))["softplus"]
+    hog = tmp_path / "hog.py"
+    hog.write_text("import numpy as np\ndef softplus_backward(dout, cache):\n    z, tau = cache\n"
+                   "    big = np.ones(400_000_000)\n    return dout / (1 + np.exp(-z)) / tau + big[0]\n")
+    graded = grade_file(exercise, hog, n_random=1, memory_mb=256, timeout=60)
+    assert graded.status == "crashed", graded
+    assert "256 MB" in graded.diagnosis and "--memory-mb" in graded.diagnosis, graded.diagnosis
+    assert "hog.py: big = np.ones(400_000_000))" in graded.diagnosis      # the line that allocated
 
 
 # ----- 5. the exercise file as reached from where the student runs the command ---------------------------

@@ -272,6 +272,13 @@ def _shown_output(head, n_lines) -> str:
     return "\n".join([title] + ["  | " + line for line in shown])
 
 
+def out_of_memory(memory_mb: int, what: str) -> str:
+    """Why a submission stopped at the memory limit: the limit, the flag that sets it, and `what`
+    (the allocation that failed, and where)."""
+    return (f"ran out of its memory limit of {memory_mb} MB (--memory-mb {memory_mb}; memory_mb= from Python: "
+            f"raise it if the exercise needs more): {what}")
+
+
 def _describe_exit(code, memory_mb, tail) -> str:
     if code is not None and code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
@@ -282,7 +289,7 @@ def _describe_exit(code, memory_mb, tail) -> str:
             why += " (a segmentation fault: C code reading memory it does not own)"
         return why + (f"; last output: {tail[-160:]}" if tail else "")
     if "MemoryError" in tail:
-        return f"ran out of its {memory_mb} MB memory limit (an array far too large?)"
+        return out_of_memory(memory_mb, "an array far too large?")
     return (f"the process ended (exit status {code}) before reporting: os._exit or a crash in C code"
             + (f"; last output: {tail[-160:]}" if tail else ""))
 
@@ -415,6 +422,11 @@ class _Submission:
                 error = ForbiddenCall(str(header.get("text", ""))[:wire.MAX_TEXT])
             elif kind == "raise":
                 error = wire.remote_error(header)
+                if isinstance(error, MemoryError):    # its process's limit, not a wrong gradient: a crash
+                    from .runner import _describe_exception
+
+                    self._stop("crashed", out_of_memory(self.memory_mb, _describe_exception(
+                        error, str(self.path), named_as=self.named_as)))
             elif kind == "too_large":
                 what = str(header.get("what", ""))[:200]
                 error = CheckFailed(Finding("", f"your function returned {what}, more than the checker takes back",
@@ -430,7 +442,7 @@ class _Submission:
         """What the submission printed, as Graded.output shows it ('' if the child is gone)."""
         from .runner import GradingStopped
 
-        if self.ended == "timeout":     # it cannot be asked any more: what it printed is in its output file
+        if self.ended is not None:     # it cannot be asked any more: what it printed is in its output file
             return _printed_before_the_dump(self.output_path, self._dump_from)
         try:
             header, _ = self._ask(pickle.dumps(("output",)))

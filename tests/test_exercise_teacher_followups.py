@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from npllama.cli import main
-from npllama.exercises import grade_file, load_exercises
+from npllama.exercises import check_function, grade_file, load_exercises
 from npllama.exercises.teacher import ExerciseFileError
 
 from .test_exercise_materials import shown_by_cell
@@ -65,6 +65,34 @@ def student(body: str):
     exec(f"import numpy as np\ndef softplus_backward(dout, cache):\n    z, tau = cache\n"
          f"    sig = 1 / (1 + np.exp(-z))\n    return {body}\n", namespace)
     return namespace["softplus_backward"]
+
+
+# ----- 1. a factor that is a scalar input of the case ------------------------------------------------
+
+def test_a_forgotten_division_by_a_scalar_input_is_named_as_that_input(tmp_path):
+    softplus = load_exercises(softplus_file(tmp_path))["softplus"]
+    finding = check_function(softplus, student("dout * sig"), n_random=4).first_failure.finding
+    assert finding.case.endswith("tau=0.5")          # the first failing case: a ratio of exactly 0.5
+    assert "tau times the right" in finding.message, finding.message
+    assert "factor of 2" not in finding.message + finding.hint
+    assert "/ tau" in finding.hint
+    extra = check_function(softplus, student("dout * sig / tau**2"), n_random=4).first_failure.finding
+    assert "divided by tau" in extra.message, extra.message
+
+
+def test_a_real_factor_of_two_is_not_blamed_on_the_scalar_input(tmp_path):
+    # half the right gradient on every case, tau = 0.5 in the first: 2 fits every case, tau does not
+    softplus = load_exercises(softplus_file(tmp_path))["softplus"]
+    finding = check_function(softplus, student("0.5 * dout * sig / tau"), n_random=4).first_failure.finding
+    assert "exactly half" in finding.message and "tau" not in finding.message + finding.hint
+
+
+def test_one_value_of_the_scalar_input_names_no_cause_but_says_both_readings(tmp_path):
+    # every case has tau = 0.5: a missing / tau and a missing factor 2 give the same numbers
+    softplus = load_exercises(softplus_file(tmp_path, taus=(0.5,), edge_taus=(0.5, 0.5)))["softplus"]
+    finding = check_function(softplus, student("dout * sig"), n_random=2).first_failure.finding
+    assert "tau times" not in finding.message
+    assert "exactly half" in finding.message and "tau = 0.5 on every case checked" in finding.hint, finding.hint
 
 
 # ----- 2. a teacher's forward that is not deterministic -----------------------------------------------

@@ -130,6 +130,16 @@ class Case:
     def grad_names(self) -> tuple:
         return tuple(gradient_name(self.input_names[i]) for i in self.wrt)
 
+    @property
+    def scalars(self) -> dict:
+        """The inputs that are plain numbers (tau=0.5 of a forward(x, tau)), by name: a gradient off
+        by exactly one of them says which factor went missing."""
+        named = {name: value for i, (name, value) in enumerate(zip(self.input_names, self.inputs)) if i not in self.wrt}
+        named.update(self.kwargs)
+        return {name: float(value) for name, value in named.items()
+                if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+                and np.isfinite(value)}
+
     def describe(self) -> str:
         if self.summary:
             return self.summary

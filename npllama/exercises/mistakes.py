@@ -21,7 +21,7 @@ import itertools
 
 import numpy as np
 
-from .diagnose import rel_error
+from .diagnose import _constant_ratio, rel_error
 
 MATCH = 1e-6       # the student's gradients equal a mistake's to this (norm-wise relative error)
 
@@ -192,6 +192,59 @@ def _rung_verdict(got, right, names) -> str | None:
 
 def _shape_words(verdict: str) -> str:
     return "" if verdict == "wrong" else f": {verdict}, the wrong shape"
+
+
+def scalar_factor_words(name: str, power: int) -> str:
+    """How a gradient off by the input `name` (power 1) or by its inverse (power -1) reads."""
+    if power == 1:
+        return f"{name} times the right one: a division by {name} missing, or a factor of {name} too many"
+    return f"the right one divided by {name}: a factor of {name} missing"
+
+
+def name_scalar_factor(exercise, backward, params_list) -> Explanation | None:
+    """A gradient that is, on every case of params_list, the right one (the exercise's reference)
+    times one of the case's scalar inputs or its inverse ("tau times the right one": a forgotten
+    / tau).  Named (grad set) only when no single constant fits every case as well; when one
+    does because the input had that one value on every case (tau = 0.5 each time, and the
+    gradient half the right one), both readings stay open: grad None and `hint` the words to add
+    to the numbers' own.  None when neither."""
+    if not params_list or not exercise.case(params_list[0]).scalars:
+        return None           # no scalar input to be the factor
+    probes = []
+    for params in params_list:
+        case = exercise.case(params)
+        out, cache = case.run_forward()
+        dout = case.dout_for(out)
+        got = _student(backward, dout, case)
+        right = tuple(np.asarray(g, dtype=np.float64) for g in as_tuple(exercise.reference(np.array(dout, copy=True),
+                                                                                            cache)))
+        if got is None or len(got) != len(right) or any(g.shape != r.shape for g, r in zip(got, right)):
+            return None       # a crash or a shape: the checks' own findings say it
+        probes.append((case.scalars, got, right))
+    for k, grad in enumerate(exercise.case(params_list[0]).grad_names):
+        if all(same_gradients((g[k],), (r[k],)) for _, g, r in probes):
+            continue
+        ratios = [_constant_ratio(g[k], r[k]) for _, g, r in probes if not same_gradients((g[k],), (r[k],))]
+        if None in ratios:
+            return None       # not a factor on some case
+        one_constant = np.allclose(ratios, ratios[0], rtol=1e-6)
+        for name in probes[0][0]:
+            for power in (1, -1):
+                if not all(name in scalars and same_gradients((g[k],), (r[k] * scalars[name] ** power,))
+                           for scalars, g, r in probes):
+                    continue
+                values = ", ".join(dict.fromkeys(f"{scalars[name]:g}" for scalars, _, _ in probes))
+                if one_constant:     # the input never changed: its value and the constant are one number
+                    return Explanation(hint=f"; or, as {name} = {values} on every case checked, your {grad} may "
+                                            f"be {scalar_factor_words(name, power)}")
+                return Explanation(
+                    grad, f"your {grad} is {scalar_factor_words(name, power)} -- on every case checked "
+                          f"({name} = {values})",
+                    f"follow {name} through the forward into {grad}: a forward that divides by {name} puts "
+                    f"1 / {name} into the gradient (d(x / {name})/dx = 1 / {name}), one that multiplies by it "
+                    f"puts {name}")
+        return None
+    return None
 
 
 def explain(catalogue, exercise, backward) -> Explanation:

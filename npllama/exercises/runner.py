@@ -31,7 +31,7 @@ from .checks import ForwardNotDeterministic, forward_subject, sample
 from .catalogue import CATALOGUES
 from .diagnose import NEAR_EXACT_CAUSES, CaseUndecided, CheckFailed, Finding
 from .gradebook import submissions_in
-from .mistakes import explain
+from .mistakes import Explanation, explain, name_scalar_factor
 from .screen import (RULE, ForbiddenCall, finite_difference_lines, guard_library, measured_reason, near_exact_gap,
                      near_exact_note, screen_source, student_call)
 from .session import librarys_own, replaced_definitions, students_code
@@ -393,7 +393,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
             notes.append(_reordered_text(exercise, parameters))   # a crash says it in its hint
         if first is not None and first.status == "fail" and first.finding is not None:
             try:
-                _name_the_mistake(exercise, backward, first.finding)
+                _name_the_mistake(exercise, backward, first.finding, params_list)
             except (student_errors, GradingStopped):   # misbehaving on a probe: keep what the numbers showed
                 pass
             if gap is not None and NEAR_EXACT_CAUSES in first.finding.hint:
@@ -433,14 +433,20 @@ def assert_passes(op, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: i
         raise AssertionError("\n\n".join(text for text in (summary, graded.report) if text))
 
 
-def _name_the_mistake(exercise, backward, finding: Finding) -> None:
+def _name_the_mistake(exercise, backward, finding: Finding, params_list) -> None:
     """Add to what the failing case's numbers show (diagnose.py) the mistake the catalogue's probes
     name, if one matches on every probe (its words replace the numbers' own), and which simpler
-    cases pass (catalogue.py, mistakes.py)."""
+    cases pass (catalogue.py, mistakes.py).  A teacher's exercise (with no catalogue, or one that
+    names nothing here) has its own cases, params_list, as probes for a factor that is one of
+    their scalar inputs (mistakes.name_scalar_factor)."""
     catalogue = CATALOGUES[exercise.op] if exercise.builtin else exercise.catalogue
-    if catalogue is None:      # a teacher's exercise without one: what the numbers show stands
-        return
-    found = explain(catalogue, exercise, backward)
+    found = explain(catalogue, exercise, backward) if catalogue is not None else Explanation()
+    if found.grad is None and not exercise.builtin:
+        scalar = name_scalar_factor(exercise, backward, params_list)
+        if scalar is not None and scalar.grad is not None:
+            found.grad, found.message, found.hint = scalar.grad, scalar.message, scalar.hint
+        elif scalar is not None:     # the input's one value is the factor the numbers show: both readings
+            finding.hint += scalar.hint
     if found.grad is not None:
         finding.message, finding.hint = found.message, found.hint
     finding.ladder = found.ladder

@@ -15,7 +15,8 @@ llama.cpp's converter (and `npllama export gguf`) writes is undone:
   embeddings.  LLaMA-3 RoPE scaling is stored only as its result, a factor per pair (rope_freqs);
   the settings are found again from them (`_llama3_scaling`), or the file refused when they cannot be;
 * `tokenizer.ggml.*` of a SentencePiece ("llama") vocabulary becomes a tokenizer.model
-  (`gguf_tokenizer_model_bytes`), as io/llama2c_tokenizer.py does for llama2.c's tokenizer.bin.
+  (`gguf_tokenizer_model_bytes`), as io/llama2c_tokenizer.py does for llama2.c's tokenizer.bin;
+  `tokenizer.chat_template` goes into the converted folder's tokenizer_config.json.
 """
 from __future__ import annotations
 
@@ -146,6 +147,18 @@ def _tokenizer_model(path: Path, reader) -> bytes:
 
 
 # ----- helpers ------------------------------------------------------------------------------------
+
+def _tokenizer_files(path: Path, reader, config: LlamaConfig) -> dict[str, bytes]:
+    """The folder's tokenizer files: tokenizer.model and transformers' files beside it, with the
+    file's chat template (tokenizer.chat_template) in tokenizer_config.json where `generate --chat`
+    and transformers' apply_chat_template find it."""
+    from ..tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_bytes(_tokenizer_model(path, reader))
+    template = _value(path, reader, "tokenizer.chat_template", None)
+    template = template if isinstance(template, str) and template.strip() else None
+    return tokenizer.hf_files(chat_template=template, model_max_length=config.max_position_embeddings)
+
 
 def _reader(path: Path):
     try:
@@ -342,7 +355,8 @@ def _hf_name(path: Path, name: str) -> str:
 
 def convert_gguf(path, out, dtype=None) -> tuple[Path, bool]:
     """Write a GGUF LLaMA as a Hugging Face folder (config.json, model.safetensors and, when the
-    file's vocabulary is SentencePiece's, tokenizer.model).  Returns (folder, whether it has a
+    file's vocabulary is SentencePiece's, tokenizer.model and transformers' tokenizer files, the
+    file's chat template in tokenizer_config.json).  Returns (folder, whether it has a
     tokenizer).  dtype: how to store the weights, as for save_hf_folder (None: float32).  An
     existing `out` is replaced whole, except a folder holding `path` (ValueError)."""
     from .atomic import refuse_replacing_inputs
@@ -353,7 +367,7 @@ def convert_gguf(path, out, dtype=None) -> tuple[Path, bool]:
     reader = _reader(path)     # one reader for the weights and the vocabulary: the file is parsed once
     config, params = _read_model(path, reader, np.dtype(np.float32))
     tokenizer = _value(path, reader, "tokenizer.ggml.model", None) == "llama"
-    extra = {"tokenizer.model": _tokenizer_model(path, reader)} if tokenizer else {}
+    extra = _tokenizer_files(path, reader, config) if tokenizer else {}
     # replaced whole, as documented (the command asks for --force first): no file of another model stays
     save_hf_folder(out, config, params, dtype=dtype, extra_files=extra, keep_other_files=False)
     return Path(out), tokenizer

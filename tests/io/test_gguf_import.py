@@ -344,3 +344,22 @@ def test_an_end_id_past_the_vocabulary_is_left_out_with_a_warning_naming_its_fie
                                          rf"\(0 to {VOCAB - 1}\): not one of the model's end ids"):
         config, _ = read_gguf(path)
     assert config.end_ids == (2,)
+
+
+def test_the_files_chat_template_comes_back_with_the_converted_folder(folder, tokenizer, tmp_path):
+    """export gguf writes the folder's chat template (tokenizer.chat_template, what llama.cpp's chat
+    mode renders with); convert gguf dropped it, so `generate --chat` on the converted folder fell
+    back to the built-in llama2 template and prompted the model with another format."""
+    import shutil
+
+    from npllama.chat import read_folder_template
+
+    template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}</s>{% endfor %}"
+    with_template = tmp_path / "chat"
+    shutil.copytree(folder, with_template)
+    for name, data in tokenizer.hf_files(chat_template=template).items():
+        (with_template / name).write_bytes(data)
+    out, _ = convert_gguf(_export(with_template, tmp_path, "f32"), tmp_path / "back")
+    assert read_folder_template(out) == template
+    without, _ = convert_gguf(_export(folder, tmp_path, "q8_0"), tmp_path / "plain")
+    assert read_folder_template(without) is None

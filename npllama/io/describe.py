@@ -141,10 +141,21 @@ def _describe_file(path: Path) -> str:
 def _gguf(path, head, size):
     if head[:4] != b"GGUF":
         return None
+    from .gguf_import import gguf_architecture
+
+    with_transformers = "(AutoModelForCausalLM.from_pretrained(folder, gguf_file=name).save_pretrained(out))"
+    try:
+        architecture = gguf_architecture(path)
+    except ImportError:   # without the gguf package only the magic is known: say what to do with a LLaMA one
+        architecture = "llama"
+    except CheckpointError as e:
+        return f"has GGUF's magic but cannot be read: {_clause(e)}"
+    if architecture != "llama":
+        return (f"is a GGUF file (llama.cpp's format) of a {architecture!r} model; npllama reads LLaMA ones "
+                f"('llama'): transformers may read it {with_transformers}")
     return ("is a GGUF file (llama.cpp's format): turn a LLaMA with F32, F16, BF16 or Q8_0 tensors into a "
             f"model folder with `npllama convert gguf {path.name} --out DIR` (or load it with "
-            "Llama.from_pretrained), or any GGUF with transformers "
-            "(AutoModelForCausalLM.from_pretrained(folder, gguf_file=name).save_pretrained(out))")
+            f"Llama.from_pretrained), or any GGUF with transformers {with_transformers}")
 
 
 def _llama2c(path, head, size):

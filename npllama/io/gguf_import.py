@@ -49,6 +49,13 @@ def looks_like_gguf(path) -> bool:
         return False
 
 
+def gguf_architecture(path) -> str:
+    """The architecture a GGUF file says it holds (general.architecture: "llama", "gpt2", ...).
+    A file the `gguf` package cannot read, or without the field, is a CheckpointError."""
+    path = Path(path)
+    return _value(path, _reader(path), "general.architecture")
+
+
 def read_gguf(path, dtype=np.float32) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
     """(config, params) of a GGUF LLaMA: params under Hugging Face's names and layouts, q and k
     half-split, each array of `dtype` (float32 or float64).  A malformed file, another
@@ -170,7 +177,9 @@ def _reader(path: Path):
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError, TypeError) as e:
-        raise CheckpointError(path, f"is not a readable GGUF file ({e})") from None
+        # the gguf package's own words ("cannot reshape array ...") do not say what is wrong with the file
+        raise CheckpointError(path, f"is not a readable GGUF file: cut short or damaged "
+                                    f"({path.stat().st_size:,} bytes; the gguf package says: {e})") from None
     if reader.byte_order != "I":
         raise CheckpointError(path, "is a big-endian GGUF file, which npllama does not read")
     return reader

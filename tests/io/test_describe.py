@@ -5,6 +5,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from gguf_files import write_gguf_header
 from llama2c_files import random_llama2c_weights, write_legacy, write_llama2c_tokenizer, write_v2
 
 from npllama import Llama, LlamaConfig
@@ -13,10 +14,6 @@ from npllama.io.describe import describe_model_path
 
 TINY = LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                    num_attention_heads=2, max_position_embeddings=16)
-
-
-def _gguf(path):
-    path.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + bytes(64))
 
 
 def _zip(path):
@@ -63,7 +60,7 @@ def _meta(path):
 
 def _folder_holding_a_gguf(path):
     path.mkdir()
-    _gguf(path / "model-q8.gguf")
+    write_gguf_header(path / "model-q8.gguf")
 
 
 def _plain_folder(path):
@@ -85,7 +82,7 @@ def _tokenizer_bin(path):
 
 
 CASES = [
-    ("model.gguf", _gguf, ["GGUF file", "llama.cpp", "gguf_file="]),
+    ("model.gguf", write_gguf_header, ["GGUF file", "llama.cpp", "gguf_file="]),
     ("stories.bin", lambda p: write_legacy(p, random_llama2c_weights()),
      ["llama2.c checkpoint (legacy float32, 2 layers, dim 16)", "npllama convert llama2c", "load_llama2c"]),
     ("q80.bin", lambda p: write_v2(p, random_llama2c_weights()), ["llama2.c checkpoint (version 2 int8 Q8_0"]),
@@ -134,6 +131,29 @@ def test_missing_path_and_truncated_llama2c(tmp_path):
     write_legacy(path, random_llama2c_weights())
     path.write_bytes(path.read_bytes()[:-10])
     assert "starts like a llama2.c checkpoint, but the file is" in describe_model_path(path)
+
+
+def test_a_gguf_npllama_cannot_read_is_not_sent_to_convert_gguf(tmp_path):
+    """A GGUF of another architecture, or one cut short, was described as any GGUF: "turn a LLaMA ...
+    into a model folder with `npllama convert gguf`", which then refused it."""
+    gguf = pytest.importorskip("gguf")
+    other = tmp_path / "gpt2.gguf"
+    write_gguf_header(other, architecture="gpt2")
+    message = describe_model_path(other)
+    assert "GGUF file" in message and "of a 'gpt2' model" in message and "LLaMA" in message, message
+    assert "npllama convert gguf" not in message and "gguf_file=" in message, message
+    cut = tmp_path / "cut.gguf"
+    writer = gguf.GGUFWriter(cut, "llama")
+    writer.add_tensor("token_embd.weight", np.ones((32, 8), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    cut.write_bytes(cut.read_bytes()[:-100])   # a download or copy cut short
+    message = describe_model_path(cut)
+    assert "GGUF's magic but cannot be read" in message and "npllama convert gguf" not in message, message
+    write_gguf_header(other, architecture="llama")
+    assert "npllama convert gguf gpt2.gguf" in describe_model_path(other)
 
 
 def test_a_numpy_archive_is_not_called_a_pytorch_checkpoint(tmp_path):

@@ -151,7 +151,8 @@ def test_files_npllama_cannot_build_a_llama_from_are_refused_by_name(folder, tmp
     with pytest.raises(CheckpointError, match="is not a readable GGUF file"):
         Llama.from_pretrained(tmp_path / "junk.gguf")
     (tmp_path / "cut.gguf").write_bytes((_export(folder, tmp_path, "f32")).read_bytes()[:-100])
-    with pytest.raises(CheckpointError):
+    # was only the gguf package's own words: "cannot reshape array of size 8464 into shape (160,64)"
+    with pytest.raises(CheckpointError, match=r"cut\.gguf.*cut short or damaged.*[0-9,]+ bytes"):
         read_gguf(tmp_path / "cut.gguf")
     with pytest.raises(TypeError, match="dtype must be np.float32 or np.float64"):
         read_gguf(tmp_path / "m-f32.gguf", dtype=np.int32)

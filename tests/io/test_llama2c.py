@@ -15,6 +15,7 @@ from npllama.io.llama2c import convert_llama2c, load_llama2c, read_llama2c_heade
 from npllama.io.llama2c_tokenizer import llama2c_tokenizer_to_sentencepiece, read_llama2c_tokenizer
 from npllama.tokenizer import Tokenizer
 
+from gguf_files import write_gguf_header
 from llama2c_files import (random_llama2c_weights, run_c_forward, write_legacy, write_llama2c_tokenizer,
                             write_v1, write_v2)
 
@@ -249,7 +250,7 @@ def test_convert_mistakes_are_one_line(tmp_path, argv, match, capsys):
     beside, _ = _write(tmp_path / "b", "v1", random_llama2c_weights())
     (tmp_path / "b" / "tokenizer.bin").write_bytes(b"\x01\x00")
     gguf = tmp_path / "model.gguf"
-    gguf.write_bytes(b"GGUF" + bytes(100))
+    write_gguf_header(gguf)
     cut = tmp_path / "cut.bin"
     cut.write_bytes(checkpoint.read_bytes()[:-1])
     (tmp_path / "full").mkdir()

@@ -100,7 +100,10 @@ def _read_header(checkpoint: Path):
         return read_llama2c_header(checkpoint)
     except CheckpointError as error:
         what = describe_model_path(checkpoint)
-        raise UsageError(str(error) if "llama2.c" in what else f"not a llama2.c checkpoint: {what}") from None
+        # the header's own words for a file that is (or starts like) a checkpoint; for anything else,
+        # llama2.c's tokenizer.bin included, what the file is instead
+        like_a_checkpoint = "llama2.c checkpoint" in what or "\"ak42\" magic" in what
+        raise UsageError(str(error) if like_a_checkpoint else f"not a llama2.c checkpoint: {what}") from None
 
 
 def _tokenizer(args, checkpoint: Path):
@@ -120,6 +123,7 @@ def _check_tokenizer(args, tokenizer: Path | None, vocab_size: int) -> None:
     """The tokenizer converts for this model, or one line naming where it came from (--tokenizer, or
     found beside the checkpoint), before the conversion is announced."""
     from ..io import CheckpointError
+    from ..io.describe import describe_model_path
     from ..io.llama2c import tokenizer_model_bytes
 
     if tokenizer is None:
@@ -128,6 +132,11 @@ def _check_tokenizer(args, tokenizer: Path | None, vocab_size: int) -> None:
         tokenizer_model_bytes(tokenizer, vocab_size)
     except ValueError as error:   # CheckpointError, or a .model SentencePiece cannot parse
         problem = error.problem if isinstance(error, CheckpointError) else str(error)
+        what = describe_model_path(tokenizer)
+        # a file of another known kind (the checkpoint, a GGUF) said as such: the reader's own words
+        # ("piece 1 has length 33554432") fit only a tokenizer, or a file nothing recognises
+        if "tokenizer" not in what and "unknown kind" not in what:
+            problem = f"is not a tokenizer: {what}"
         if args.tokenizer is not None:
             raise UsageError(f"--tokenizer {args.tokenizer!r}: {problem}") from None
         raise UsageError(f"{str(tokenizer)!r}, found beside the checkpoint: {problem}; give the model's "

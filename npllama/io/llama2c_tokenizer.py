@@ -64,13 +64,16 @@ def read_llama2c_tokenizer(path, vocab_size: int | None = None) -> tuple[list[by
     if len(data) < 4:
         raise CheckpointError(path, "is too short for a llama2.c tokenizer (no max_token_length)")
     (max_length,) = struct.unpack_from("<I", data, 0)
+    if not 0 < max_length <= MAX_PIECE_BYTES:   # said first: it bounds every piece's length below
+        raise CheckpointError(path, f"starts with max_token_length {max_length}, not a piece length in "
+                                    f"1..{MAX_PIECE_BYTES} (not a llama2.c tokenizer.bin?)")
     pieces, scores, offset = [], [], 4
     while offset < len(data):
         if len(data) - offset < 8:
             raise CheckpointError(path, f"ends inside the entry of piece {len(pieces)}")
         score, length = struct.unpack_from("<fi", data, offset)
         offset += 8
-        if not 0 < length <= min(max_length, MAX_PIECE_BYTES) or offset + length > len(data):
+        if not 0 < length <= max_length or offset + length > len(data):
             raise CheckpointError(path, f"piece {len(pieces)} has length {length}, outside 1..{max_length} "
                                         f"or past the end of the file (not a llama2.c tokenizer.bin?)")
         pieces.append(data[offset:offset + length])

@@ -189,6 +189,11 @@ def test_tokenizer_bin_checks(tmp_path, sentencepiece_and_bin):
         read_llama2c_tokenizer(truncated)
     with pytest.raises(ValueError, match="vocab_size must be None or a positive integer"):
         read_llama2c_tokenizer(bin_path, vocab_size=0)
+    # a text file: was "piece 0 has length 174353522, outside 1..1819043176", its first bytes read as a bound
+    text = tmp_path / "notes.txt"
+    text.write_text("hello world, not a tokenizer")
+    with pytest.raises(CheckpointError, match=r"notes\.txt.*max_token_length 1819043176,.*not a llama2\.c tokenizer"):
+        read_llama2c_tokenizer(text)
     # some byte pieces but not all: refused as such (SentencePiece could not load the rebuilt model)
     pieces, scores = read_llama2c_tokenizer(bin_path)
     partial = tmp_path / "partial.bin"
@@ -241,8 +246,13 @@ def test_convert_api_and_tokenizer_beside_the_checkpoint(tmp_path, sentencepiece
     (["convert", "llama2c", "{ckpt}", "--out", "{tmp}/o", "--tokenizer", "{tmp}/notes.json"], "--tokenizer '"),
     (["convert", "llama2c", "{ckpt}", "--out", "{tmp}/o", "--tokenizer", "{tmp}/other.model"], "--tokenizer '"),
     (["convert", "llama2c", "{beside}", "--out", "{tmp}/o"], "found beside the checkpoint"),
+    # a checkpoint given as the tokenizer: was "piece 1 has length 33554432, outside 1..64 or past the end"
+    (["convert", "llama2c", "{ckpt}", "--out", "{tmp}/o", "--tokenizer", "{ckpt}"],
+     "is not a tokenizer: '{ckpt}' looks like a llama2.c checkpoint"),
+    # the tokenizer given as the checkpoint: was "field 'hidden_dim': must be positive, got 0"
+    (["convert", "llama2c", "{tokenizer_bin}", "--out", "{tmp}/o"], "tokenizer rather than a model: pass it to"),
 ])
-def test_convert_mistakes_are_one_line(tmp_path, argv, match, capsys):
+def test_convert_mistakes_are_one_line(tmp_path, argv, match, capsys, sentencepiece_and_bin):
     checkpoint, _ = _write(tmp_path, "v1", random_llama2c_weights())
     (tmp_path / "notes.json").write_text('{"a": 1}')
     (tmp_path / "other.model").write_bytes(b"not a SentencePiece model")
@@ -255,7 +265,8 @@ def test_convert_mistakes_are_one_line(tmp_path, argv, match, capsys):
     cut.write_bytes(checkpoint.read_bytes()[:-1])
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("keep me")
-    argv = [a.format(ckpt=checkpoint, tmp=tmp_path, gguf=gguf, cut=cut, beside=beside) for a in argv]
+    paths = dict(ckpt=checkpoint, tmp=tmp_path, gguf=gguf, cut=cut, beside=beside, tokenizer_bin=sentencepiece_and_bin[1])
+    argv, match = [a.format(**paths) for a in argv], match.format(**paths)
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert match in err and err.count("\n") == 1

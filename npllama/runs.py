@@ -268,8 +268,10 @@ def resolve_model_dir(path=None) -> Path:
             return candidate
     from .io.describe import describe_model_path
 
-    # what the path is says what was expected instead (a Hugging Face folder, a run folder)
-    raise FileNotFoundError(f"{str(path)!r} holds no model: {describe_model_path(path)}")
+    # what the path is says what was expected instead (a Hugging Face folder, a run folder); a file
+    # may well hold a model (a llama2.c checkpoint, a GGUF), only not as a folder
+    where = "is a file, not a model folder" if path.is_file() else "holds no model"
+    raise FileNotFoundError(f"{str(path)!r} {where}: {describe_model_path(path)}")
 
 
 def find_tokenizer(model_dir: Path) -> Path:

@@ -696,6 +696,8 @@ CLI = [
     (["generate", "--model", "NOWHERE"], "does not exist"),
     (["generate", "--model", "BROKEN"], "config.json"),
     (["generate", "--model", "TMP"], "holds no model"),
+    # a file (a llama2.c checkpoint, a GGUF, text): was "holds no model", said of a file that may well hold one
+    (["generate", "--model", "CORPUS"], "is a file, not a model folder: "),
     (["tokenizer", "train", "--data", "CORPUS", "--vocab-size", "10", "--out", "TMP/t"], "--vocab-size=10 is too small"),
     (["chat", "--model", "NOWHERE"], "nowhere"),
     (["chat", "--model", "RUN", "--top-p", "0"], "--top-p"),

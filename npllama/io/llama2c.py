@@ -71,8 +71,12 @@ class Llama2cHeader:
         return self.head_size * self.n_kv_heads
 
     def to_config(self) -> LlamaConfig:
-        special = {name: (token if token < self.vocab_size else None)
-                   for name, token in (("bos_token_id", BOS_ID), ("eos_token_id", EOS_ID))}
+        # run.c ends a generation at BOS, not EOS: llama2.c trains on texts each opened by BOS and
+        # closed by nothing, so its models end a story with BOS.  EOS ends one too, as in models
+        # trained with it.
+        ends = [token for token in (EOS_ID, BOS_ID) if token < self.vocab_size]
+        special = {"bos_token_id": BOS_ID if BOS_ID < self.vocab_size else None,
+                   "eos_token_id": ends if len(ends) > 1 else (ends or [None])[0]}
         return LlamaConfig(
             vocab_size=self.vocab_size, hidden_size=self.dim, intermediate_size=self.hidden_dim,
             num_hidden_layers=self.n_layers, num_attention_heads=self.n_heads,

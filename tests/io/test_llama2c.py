@@ -224,6 +224,28 @@ def test_convert_writes_a_folder_generate_runs(tmp_path, sentencepiece_and_bin, 
     assert capsys.readouterr().out.startswith("Once upon")
 
 
+def test_generation_ends_at_bos_as_run_c_ends_it(tmp_path, sentencepiece_and_bin):
+    """run.c ends a generation at BOS ("the BOS (=1) token delimits sequences": `if (next == 1) break;`):
+    llama2.c trains on stories each opened by BOS, with no EOS, so a stories model ends a story with
+    BOS.  The converted model ended only at EOS (2) and ran on into another story.  This model
+    copies its input (no attention or MLP output: the residual stream is the token's embedding,
+    and the classifier is that embedding), so after BOS it says BOS."""
+    from npllama.generate import end_ids, generate
+
+    tokenizer, bin_path = sentencepiece_and_bin
+    weights = random_llama2c_weights(vocab_size=400, shared=True)
+    weights["wo"][:] = 0
+    weights["w2"][:] = 0
+    weights["tok"][1] *= 3          # BOS's own logit far above any other's
+    checkpoint, _ = _write(tmp_path, "v1", weights)
+    convert_llama2c(checkpoint, tmp_path / "hf", tokenizer=bin_path)
+    model = Llama.from_pretrained(tmp_path / "hf")
+    assert int(np.argmax(model.forward(np.array([[1]]))[0, -1])) == 1
+    assert generate(model, [1], 5, temperature=0, eos_id=end_ids(model, tokenizer)) == [1, 1]
+    assert set(model.config.end_ids) == {1, 2}     # EOS still ends it, as in models that do emit it
+    assert model.config.bos_token_id == 1
+
+
 def test_convert_api_and_tokenizer_beside_the_checkpoint(tmp_path, sentencepiece_and_bin, capsys):
     original, bin_path = sentencepiece_and_bin
     checkpoint, _ = _write(tmp_path, "v2", random_llama2c_weights(vocab_size=400))

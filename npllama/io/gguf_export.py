@@ -123,7 +123,8 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     overwrite: replace an existing file `out` (else FileExistsError); a folder, or a file the model
     folder is loaded from (its weights, config, tokenizer), is never replaced.
     echo: told what is written, once every check has passed (a refused export says nothing).
-    The file is written beside `out` and renamed into place, so a failure never leaves half a file.
+    The file is written beside `out` and renamed into place, so a failure never leaves half a file;
+    folders `out` lies in that do not exist yet are made.
     """
     try:
         import gguf
@@ -152,6 +153,7 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     if echo is not None:
         echo(f"exporting {model_dir} to {out} ({outtype}) ...")
 
+    out.parent.mkdir(parents=True, exist_ok=True)   # as convert's --out: its folders are made
     with atomic_path(out) as tmp:
         writer = gguf.GGUFWriter(tmp, "llama")
         try:
@@ -206,6 +208,10 @@ def check_gguf_out(out: Path, model_dir: Path | None, overwrite: bool, flag: str
     `tokenizer` given for it), or (without `overwrite`) any existing file.  `flag`, `force`: how
     the caller names the path and the override."""
     out = Path(out)
+    # the folders --out lies in are made when missing; under a file they cannot be
+    above = next((folder for folder in out.parents if folder.exists()), None)
+    if above is not None and not above.is_dir():
+        raise NotADirectoryError(f"{flag} {str(out)!r}: {str(above)!r} is a file, not a folder")
     if out.is_dir():
         raise IsADirectoryError(f"{flag} {str(out)!r} is a folder: give the path of the .gguf file to write, "
                                 f"e.g. {str(out / 'model.gguf')!r}")

@@ -325,6 +325,23 @@ def test_cli_export_gguf_never_replaces_a_file_without_force_nor_a_folder(tmp_pa
         export_gguf(tmp_path / "m", tmp_path / "notes.txt")
 
 
+def test_cli_export_gguf_into_a_folder_not_yet_made(tmp_path, tokenizer, capsys):
+    """--out in folders that do not exist yet is written there, as convert's --out is: it was
+    refused as "[Errno 2] No such file or directory: 'nodir/.x.gguf.tmp-70812298'", a temporary
+    file's name.  Under a file, --out is refused naming the flag and that file."""
+    _model_folder(tmp_path / "m", tokenizer)
+    model = ["export", "gguf", "--model", str(tmp_path / "m"), "--out"]
+    assert main([*model, str(tmp_path / "new" / "deeper" / "x.gguf")]) == 0
+    assert (tmp_path / "new" / "deeper" / "x.gguf").read_bytes()[:4] == b"GGUF"
+    capsys.readouterr()
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main([*model, str(tmp_path / "notes.txt" / "sub" / "x.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {str(tmp_path / 'notes.txt' / 'sub' / 'x.gguf')!r}" in err, err
+    assert f"{str(tmp_path / 'notes.txt')!r} is a file, not a folder" in err, err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_the_gguf_is_fsynced_before_it_is_renamed_into_place_and_an_interrupt_leaves_nothing(
         tmp_path, tokenizer, monkeypatch):
     """As every checkpoint writer (io/atomic.py): after a crash the path holds the old file or the

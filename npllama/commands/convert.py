@@ -146,11 +146,17 @@ def _check_tokenizer(args, tokenizer: Path | None, vocab_size: int) -> None:
 def _checked_paths(args) -> tuple[Path, Path]:
     """(checkpoint, out) of a convert command, before anything is read: the file exists, and --out
     is no file (--force replaces a folder, never a file: it cannot help)."""
+    from ..io.atomic import refuse_a_file_above
+
     checkpoint, out = Path(args.checkpoint), Path(args.out)
     if not checkpoint.is_file():
         raise UsageError(f"{str(checkpoint)!r} is not a file" + _hint(checkpoint))
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file; convert writes a folder: give a new folder's path")
+    try:
+        refuse_a_file_above(out, "--out")
+    except NotADirectoryError as error:
+        raise UsageError(str(error)) from None
     return checkpoint, out
 
 

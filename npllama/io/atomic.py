@@ -164,6 +164,15 @@ def atomic_files_into(folder, replace_lock=None, stale=None) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def refuse_a_file_above(path, name: str = "path") -> None:
+    """NotADirectoryError, naming `name` and the file, when a path above `path` is a file: the
+    folders an output lies in are made when missing, but never where a file is."""
+    path = Path(path)
+    above = next((folder for folder in path.parents if folder.exists()), None)
+    if above is not None and not above.is_dir():
+        raise NotADirectoryError(f"{name} {str(path)!r}: {str(above)!r} is a file, not a folder")
+
+
 def refuse_replacing_inputs(final_path, inputs, name: str = "final_path") -> None:
     """ValueError if `atomic_directory(final_path)` would delete one of `inputs` (files being
     read to make the new folder): `final_path` is one of them or a folder above one.  A

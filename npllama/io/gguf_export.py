@@ -207,11 +207,10 @@ def check_gguf_out(out: Path, model_dir: Path | None, overwrite: bool, flag: str
     """Refuse an `out` that is a folder, one of the files `model_dir` is loaded from (or the
     `tokenizer` given for it), or (without `overwrite`) any existing file.  `flag`, `force`: how
     the caller names the path and the override."""
+    from .atomic import refuse_a_file_above
+
     out = Path(out)
-    # the folders --out lies in are made when missing; under a file they cannot be
-    above = next((folder for folder in out.parents if folder.exists()), None)
-    if above is not None and not above.is_dir():
-        raise NotADirectoryError(f"{flag} {str(out)!r}: {str(above)!r} is a file, not a folder")
+    refuse_a_file_above(out, flag)
     if out.is_dir():
         raise IsADirectoryError(f"{flag} {str(out)!r} is a folder: give the path of the .gguf file to write, "
                                 f"e.g. {str(out / 'model.gguf')!r}")

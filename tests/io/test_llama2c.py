@@ -271,6 +271,8 @@ def test_convert_api_and_tokenizer_beside_the_checkpoint(tmp_path, sentencepiece
     # a checkpoint given as the tokenizer: was "piece 1 has length 33554432, outside 1..64 or past the end"
     (["convert", "llama2c", "{ckpt}", "--out", "{tmp}/o", "--tokenizer", "{ckpt}"],
      "is not a tokenizer: '{ckpt}' looks like a llama2.c checkpoint"),
+    # --out below a file: was "[Errno 17] File exists: '.../notes.json'", naming no flag
+    (["convert", "llama2c", "{ckpt}", "--out", "{tmp}/notes.json/o"], "--out '{tmp}/notes.json/o': '{tmp}/notes.json' is a file"),
     # the tokenizer given as the checkpoint: was "field 'hidden_dim': must be positive, got 0"
     (["convert", "llama2c", "{tokenizer_bin}", "--out", "{tmp}/o"], "tokenizer rather than a model: pass it to"),
 ])

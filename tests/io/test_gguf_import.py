@@ -159,6 +159,20 @@ def test_files_npllama_cannot_build_a_llama_from_are_refused_by_name(folder, tmp
     assert config.vocab_size == VOCAB
 
 
+def test_a_file_rotating_part_of_each_head_is_refused(folder, tmp_path):
+    """llama.cpp rotates the first llama.rope.dimension_count values of each head; npllama rotates
+    whole heads: read as it is, such a file would run with every value rotated."""
+    config = Llama.from_pretrained(folder).config
+
+    def half_rotated(writer):
+        writer.add_rope_dimension_count(config.head_dim // 2)
+
+    path = _write_with(tmp_path / "partial.gguf", folder, {}, more_metadata=half_rotated)
+    with pytest.raises(CheckpointError, match=rf"partial\.gguf.*llama\.rope\.dimension_count.*"
+                                              rf"{config.head_dim // 2}.*{config.head_dim}"):
+        read_gguf(path)
+
+
 LLAMA_31 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8192}
 OWN_LLAMA3 = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 2.0, "high_freq_factor": 8.0,

@@ -23,7 +23,8 @@ def register(subparsers) -> None:
                         "are not a multiple of 32 values in f16)")
     g.add_argument("--force", action="store_true", help="replace --out if the file exists (never a file the export "
                    "reads: the model's weights, config or tokenizer)")
-    g.add_argument("--name", default=None, help="general.name in the file (default: the folder's name)")
+    g.add_argument("--name", default=None, help="general.name in the file (default: the name of the folder "
+                                                "--model names: a run's, not its model/ subfolder's)")
     g.set_defaults(run=gguf)
     p.set_defaults(run=print_help_instead(p))
 
@@ -48,7 +49,10 @@ def gguf(args) -> int:
     tokenizer = gguf_tokenizer(model_dir)
     # export_gguf refuses a classifier and a masked-LM model (llama.cpp runs every LLaMA causally):
     # it announces the export once its checks have passed, so a refused one prints only the refusal
-    out = export_gguf(model_dir, args.out, tokenizer=tokenizer, outtype=args.outtype, name=args.name,
+    # the folder named (a run's, not its model/ subfolder's "model"; the latest run's when none is)
+    named = Path(args.model).expanduser() if args.model is not None else model_dir.parent
+    name = args.name or named.resolve().name
+    out = export_gguf(model_dir, args.out, tokenizer=tokenizer, outtype=args.outtype, name=name,
                       progress=sys.stderr.isatty(), overwrite=True, flag="--model",
                       echo=lambda line: print(line, flush=True))
     print(f"wrote {out} ({out.stat().st_size / 1024**2:.1f} MiB, {args.outtype}) from {model_dir}; "

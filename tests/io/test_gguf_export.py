@@ -325,6 +325,20 @@ def test_cli_export_gguf_never_replaces_a_file_without_force_nor_a_folder(tmp_pa
         export_gguf(tmp_path / "m", tmp_path / "notes.txt")
 
 
+def test_cli_export_gguf_names_the_model_after_the_run(tmp_path, tokenizer):
+    """--model RUN exports RUN/model: general.name (what llama.cpp shows as the model's name) was
+    "model" for every run; it is the run's name, or --name."""
+    _model_folder(tmp_path / "stories-run" / "model", tokenizer)
+    model = ["export", "gguf", "--model", str(tmp_path / "stories-run"), "--out"]
+    assert main([*model, str(tmp_path / "a.gguf")]) == 0
+    assert _read(tmp_path / "a.gguf")[0]["general.name"] == "stories-run"
+    assert main([*model, str(tmp_path / "b.gguf"), "--name", "Tiny Stories"]) == 0
+    assert _read(tmp_path / "b.gguf")[0]["general.name"] == "Tiny Stories"
+    assert main(["export", "gguf", "--model", str(tmp_path / "stories-run" / "model"), "--out",
+                 str(tmp_path / "c.gguf")]) == 0
+    assert _read(tmp_path / "c.gguf")[0]["general.name"] == "model"   # the folder it was given
+
+
 def test_cli_export_gguf_into_a_folder_not_yet_made(tmp_path, tokenizer, capsys):
     """--out in folders that do not exist yet is written there, as convert's --out is: it was
     refused as "[Errno 2] No such file or directory: 'nodir/.x.gguf.tmp-70812298'", a temporary

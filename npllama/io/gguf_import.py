@@ -271,6 +271,9 @@ def _config(path: Path, reader, tensors: dict) -> LlamaConfig:
 # from one of Meta's models gets that model's own config back.
 _LLAMA3_PUBLISHED = tuple({"factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                            "original_max_position_embeddings": 8192} for factor in (8.0, 32.0))
+# Then Meta's low and high factors with an original context a power of two, as a smaller model made
+# like LLaMA-3 takes them: where the factors leave the settings open, these are the likelier ones.
+_LLAMA3_ORIGINAL_CONTEXTS = tuple(2 ** k for k in range(4, 21))
 
 
 def _llama3_scaling(path: Path, factors: np.ndarray, head_dim, rope_theta) -> dict:
@@ -280,8 +283,8 @@ def _llama3_scaling(path: Path, factors: np.ndarray, head_dim, rope_theta) -> di
     factors[i] is `factor` for slow pairs, 1 for fast ones and, in between, 1 / ((1 - s) / factor + s)
     with s = original_max / (wavelength * (high - low)) - low / (high - low): linear in 1/wavelength.
     The frequencies depend on low_freq_factor, high_freq_factor and original_max only through that
-    line's slope and intercept, so when no published setting fits, settings with the same line are
-    made from them (low_freq_factor near 1, original_max a whole number); any settings that
+    line's slope and intercept, so when no published setting fits, nor Meta's low and high factors
+    with an original context a power of two, settings with the same line are made from them (low_freq_factor near 1, original_max a whole number); any settings that
     reproduce every factor give the same model, so with fewer than two pairs in the blend, where
     the factors leave the line open, one that reproduces them is chosen (_blend_line)."""
     from ..ops.rope import rope_inv_freq
@@ -305,6 +308,10 @@ def _llama3_scaling(path: Path, factors: np.ndarray, head_dim, rope_theta) -> di
         if reproduces(settings):
             return {"rope_type": "llama3", **settings}
     factor = float(factors.max())
+    for context in _LLAMA3_ORIGINAL_CONTEXTS:
+        settings = {**_LLAMA3_PUBLISHED[0], "factor": factor, "original_max_position_embeddings": context}
+        if reproduces(settings):
+            return {"rope_type": "llama3", **settings}
     if factor > 1:
         slope, intercept = _blend_line(plain / (2 * np.pi), factors, factor)
         if slope > 0 and intercept < 0:

@@ -216,6 +216,22 @@ def test_llama3_rope_scaling_is_found_again_from_the_per_pair_factors(tokenizer,
     np.testing.assert_allclose(loaded.forward(tokens), original.forward(tokens), rtol=1e-5, atol=1e-6)
 
 
+# Meta's factors with a small model's own original context: only one of the eight pairs is blended,
+# which leaves the blend's line open; it came back as low 0.995, high 3.06, original context 54
+SMALL_CONTEXT = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                 "original_max_position_embeddings": 64}
+
+
+@pytest.mark.parametrize("scaling", [SMALL_CONTEXT, NONE_IN_BLEND])
+def test_meta_like_llama3_settings_come_back_as_they_were(tokenizer, tmp_path, scaling):
+    """Meta's low and high factors (1 and 4) with an original context that is a power of two are
+    tried before a line is made up: the converted config.json says what the original's did, where
+    the factors leave the settings open (head_dim 16: eight pairs)."""
+    folder = _llama3_folder(tokenizer, tmp_path / "m", scaling, 16)
+    config, _ = read_gguf(_export(folder, tmp_path, "f32"))
+    assert config.rope_scaling == scaling
+
+
 def test_per_pair_factors_no_llama3_settings_give_are_refused(folder, tmp_path):
     head_dim = Llama.from_pretrained(folder).config.head_dim
     factors = (np.linspace(1.0, 3.0, head_dim // 2) ** 2).astype(np.float32)    # not LLaMA-3's blend

@@ -527,7 +527,7 @@ def _loaded_differently(ours, hf, transformers_folder=None) -> list[str]:
 
 def _as_dtype(model, dtype):
     from .finetune import SequenceClassifier
-    from .lora import attach_lora
+    from .lora import LoraAdapters
     from .model import Llama
 
     if _dtype_of(model) == dtype:
@@ -540,8 +540,9 @@ def _as_dtype(model, dtype):
     copy = Llama(model.config, dtype=dtype, params=params, objective=model.objective)
     if model.lora is not None:   # without its adapters the copy would be another model
         lora = model.lora
-        adapters = attach_lora(copy, lora.r, lora.lora_alpha, lora.lora_dropout, lora.target_modules,
-                               use_rslora=lora.use_rslora)
+        # (not attach_lora, whose rank check is for a choice of r: a loaded adapter's may exceed it)
+        adapters = copy.lora = LoraAdapters(copy, lora.r, lora.lora_alpha, lora.lora_dropout, lora.target_modules,
+                                            use_rslora=lora.use_rslora)
         adapters.params = {name: p.astype(dtype) for name, p in lora.params.items()}
     return copy
 

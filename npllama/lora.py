@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .ops._checks import require_non_negative_int
+from .ops._checks import require_non_negative_int, require_path
 from .ops.lora import lora_backward, lora_forward
 from .ops.swiglu import swiglu_act_backward, swiglu_act_forward
 
@@ -96,8 +96,8 @@ class LoraAdapters:
                  target_modules=ATTENTION_TARGETS, seed: int = 0, use_rslora: bool = False):
         self.target_modules, self.lora_alpha, self.lora_dropout = check_lora_settings(target_modules, lora_alpha,
                                                                                       lora_dropout)
-        self.r = _check_rank(model.config, r, self.target_modules)
-        self.use_rslora = bool(use_rslora)
+        self.r = _check_rank(r)
+        self.use_rslora = _check_use_rslora(use_rslora)
         # PEFT: alpha / r; rank-stabilised LoRA (use_rslora) divides by sqrt(r) instead.
         self.scaling = self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
         self.model = model
@@ -346,6 +346,7 @@ def attach_lora(model, r: int = 8, lora_alpha: float = 16, lora_dropout: float =
     """
     if model.lora is not None:
         raise ValueError("the model already has LoRA adapters attached; merge() or detach() them first")
+    _check_rank_fits(model.config, _check_rank(r), _check_targets(target_modules))
     adapters = LoraAdapters(model, r, lora_alpha, lora_dropout, target_modules, seed, use_rslora)
     model.lora = adapters
     return adapters
@@ -364,6 +365,7 @@ def load_adapter(model, path, task: str | None = None) -> LoraAdapters:
     """
     from .runs import reading_run
 
+    require_path("load_adapter()'s path", path, "a LoRA adapter folder")
     if task not in (None, "CAUSAL_LM"):
         raise ValueError(f"task must be None or 'CAUSAL_LM', got {task!r}")
     with reading_run(path):   # a fine-tuning run replacing the folder is never read half-way
@@ -481,9 +483,7 @@ def _load_adapter(model, path, task=None) -> LoraAdapters:
     if task == "CAUSAL_LM" and is_classification_adapter(config.get("task_type"), config.get("modules_to_save")):
         raise ValueError(_classification_adapter_message(path, config.get("task_type"),
                                                          config.get("modules_to_save")))
-    targets = _projection_names(config_path, config["target_modules"], model.config.num_hidden_layers)
-    adapters = LoraAdapters(model, config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0),
-                            targets, use_rslora=bool(config.get("use_rslora", False)))
+    adapters = LoraAdapters(model, **_adapter_settings(config_path, config, model.config.num_hidden_layers))
     tensors = read_safetensors(weights_path, dtype=model.dtype)
     for name, expected in adapters.params.items():
         if name not in tensors:
@@ -510,28 +510,55 @@ def _load_adapter(model, path, task=None) -> LoraAdapters:
 def check_lora_settings(target_modules, lora_alpha, lora_dropout) -> tuple[tuple[str, ...], float, float]:
     """The settings of LoRA adapters that need no model, checked: (targets in model order, alpha,
     dropout).  (A fine-tune checks them before it loads its base model.)"""
+    return _check_targets(target_modules), _check_alpha(lora_alpha), _check_dropout(lora_dropout)
+
+
+def _check_alpha(lora_alpha) -> float:
     if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, numbers.Real) or not 0 < lora_alpha <= 1e30:
         # (compared before any float(): a huge int would overflow it; inf and NaN fail the range)
         raise ValueError(f"lora_alpha must be a positive finite number (at most 1e30), got {lora_alpha!r:.40}")
+    return float(lora_alpha)
+
+
+def _check_dropout(lora_dropout) -> float:
     if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, numbers.Real) or not 0.0 <= lora_dropout < 1.0:
         raise ValueError(f"lora_dropout must be a number in [0, 1), got {lora_dropout!r}")
-    return _check_targets(target_modules), float(lora_alpha), float(lora_dropout)
+    return float(lora_dropout)
+
+
+def _check_use_rslora(use_rslora) -> bool:
+    if not isinstance(use_rslora, (bool, np.bool_)):   # bool("no") is True: rsLoRA's scaling, unasked
+        raise TypeError(f"use_rslora must be True or False, got {use_rslora!r:.40}")
+    return bool(use_rslora)
 
 
 def _check_targets(target_modules) -> tuple[str, ...]:
     if isinstance(target_modules, str):
         target_modules = [target_modules]
-    targets = tuple(target_modules)
+    try:
+        targets = tuple(target_modules)
+    except TypeError:
+        targets, got = (), f"{target_modules!r:.80}"
+    else:
+        got = f"{list(targets)!r}"
     unknown = [t for t in targets if t not in ALL_TARGETS]
     if unknown or not targets:
-        raise ValueError(f"target_modules must be a non-empty list of LLaMA projections from "
-                         f"{ALL_TARGETS}, got {list(targets)!r}")
+        if unknown and len(unknown) < len(targets):   # say which of them npllama cannot adapt
+            got += f"; {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not"
+        raise ValueError(f"target_modules must be a non-empty list of LLaMA projections ({', '.join(ALL_TARGETS)}), "
+                         f"got {got}")
     return tuple(t for t in ALL_TARGETS if t in targets)   # model order, no duplicates
 
 
-def _check_rank(config, r, targets) -> int:
+def _check_rank(r) -> int:
     if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r <= 0:
-        raise ValueError(f"r (the LoRA rank) must be a positive int, got {r!r}")
+        raise ValueError(f"r (the LoRA rank) must be a positive int, got {r!r:.40}")
+    return int(r)
+
+
+def _check_rank_fits(config, r, targets) -> None:
+    """attach_lora's choice of r: at most each adapted projection's smaller dimension.  (An adapter
+    PEFT made may have a larger r; loaded, it computes scaling * B A all the same.)"""
     shapes = config.param_shapes()
     for t in targets:
         out_features, in_features = shapes[f"model.layers.0.{PARENT[t]}.{t}.weight"]
@@ -539,7 +566,6 @@ def _check_rank(config, r, targets) -> int:
             raise ValueError(f"r={r} is larger than {t}'s smaller dimension min(out, in) = "
                              f"min({out_features}, {in_features}); a rank-{r} update of it cannot exist "
                              f"(and would not be low-rank): choose r <= {min(out_features, in_features)}")
-    return int(r)
 
 
 def _projection_names(path, target_modules, num_layers: int) -> list:
@@ -573,6 +599,26 @@ def _projection_names(path, target_modules, num_layers: int) -> list:
                                         f"every layer", field="target_modules")
         names.append(name)
     return names
+
+
+def _adapter_settings(path, config, num_layers: int) -> dict:
+    """adapter_config.json's settings as LoraAdapters takes them, checked by its checks; one that
+    fails them is a CheckpointError naming the file and the field (the caller gave no such argument)."""
+    from .io.errors import CheckpointError
+
+    checks = {"target_modules": lambda value: _check_targets(_projection_names(path, value, num_layers)),
+              "r": _check_rank, "lora_alpha": _check_alpha, "lora_dropout": _check_dropout,
+              "use_rslora": _check_use_rslora}
+    defaults = {"lora_dropout": 0.0, "use_rslora": False}   # PEFT's, for a config that leaves them out
+    settings = {}
+    for field, check in checks.items():
+        try:
+            settings[field] = check(config.get(field, defaults.get(field)))
+        except CheckpointError:
+            raise
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(path, str(error), field=field) from None
+    return settings
 
 
 def _check_peft_config(path, config) -> None:

@@ -169,3 +169,17 @@ def test_sequence_classification_adapter_both_ways(tmp_path):
     head = SequenceClassifier(plain, ["a", "b", "c"])
     head.score_weight = load_adapter(plain, tmp_path / "theirs").extra.pop("score.weight")
     assert rel_error(head.logits(tokens, mask), expected) < 1e-12
+
+
+def test_a_peft_adapter_ranked_above_a_projections_dimension_gives_the_same_logits(tmp_path):
+    """PEFT makes an r=6 adapter on a k_proj of 4 outputs (one kv head) without a word; npllama used
+    to refuse loading it, telling the user to "choose r <= 4" -- a choice nobody loading it has."""
+    base = base_folder(tmp_path / "base", kv_heads=1)
+    theirs = peft_adapter(causal_lm(base), tmp_path / "adapter", r=6, lora_alpha=5, target_modules=["k_proj", "q_proj"])
+    float64_faithful(theirs.base_model.model, Llama.from_pretrained(base).config)
+    tokens, _ = tokens_and_targets(3)
+    model = Llama.from_pretrained(base, dtype=np.float64)
+    assert load_adapter(model, tmp_path / "adapter").r == 6
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(tokens)).logits.numpy()
+    assert rel_error(model.forward(tokens), expected) < 1e-12

@@ -1,0 +1,96 @@
+"""Loading an adapter folder whose adapter_config.json npllama did not write: what PEFT would run
+loads and computes what PEFT computes; a setting that cannot load is refused naming the file and
+the field, not as if the caller had passed a bad argument."""
+import json
+
+import numpy as np
+import pytest
+
+from npllama import Llama
+from npllama.io.errors import CheckpointError
+from npllama.io.safetensors import write_safetensors
+from npllama.lora import attach_lora, load_adapter, peft_name
+
+from tests.test_lora import adapted_model, base_model, tiny_config
+
+
+def saved_adapter(tmp_path, **config_changes):
+    """An npllama adapter folder (q_proj, r=2) with adapter_config.json's fields changed."""
+    _, adapters = adapted_model(("q_proj",))
+    folder = adapters.save_adapter(tmp_path / "a")
+    config_path = folder / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **config_changes}))
+    return folder
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("target_modules", ["q_proj", "embed_tokens"],
+     r"\(q_proj, k_proj, .*got \['q_proj', 'embed_tokens'\]; 'embed_tokens' is not"),
+    ("target_modules", ["lm_head"], r"\['lm_head'\]"),
+    ("target_modules", [], "empty"),
+    ("r", 0, "positive int"), ("r", "8", "positive int"), ("r", 2.5, "positive int"),
+    ("lora_alpha", -1, "positive finite number"), ("lora_alpha", 10**40, "positive finite number"),
+    ("lora_dropout", 1.0, r"in \[0, 1\)"), ("lora_dropout", "0.1", r"in \[0, 1\)"),
+    ("use_rslora", "false", "True or False"),
+])
+def test_a_bad_setting_in_adapter_config_names_the_file_and_the_field(tmp_path, field, value, problem):
+    folder = saved_adapter(tmp_path, **{field: value})
+    model = base_model()
+    with pytest.raises(CheckpointError, match=rf"adapter_config.json: field '{field}': .*{problem}") as error:
+        load_adapter(model, folder)
+    assert error.value.field == field
+    assert model.lora is None
+
+
+def test_an_adapter_ranked_above_a_projections_smaller_dimension_loads_and_computes_its_update(tmp_path):
+    """PEFT makes and runs such adapters (r=64 on a small model's 32-wide k_proj, say): B A is then
+    of rank min(out, in) < r, but y = x (W + scaling B A)^T all the same.  attach_lora still
+    refuses to create one (a choice of r that buys nothing), loading one is no choice."""
+    r, alpha = 6, 5.0          # k_proj is (4, 8): 2 kv heads of head_dim 2
+    folder = saved_adapter(tmp_path, r=r, lora_alpha=alpha, target_modules=["k_proj"])
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for layer in range(tiny_config().num_hidden_layers):
+        module = f"model.layers.{layer}.self_attn.k_proj"
+        tensors[peft_name(module, "lora_A")] = rng.standard_normal((r, 8))
+        tensors[peft_name(module, "lora_B")] = rng.standard_normal((4, r))
+    write_safetensors(folder / "adapter_model.safetensors", tensors)
+
+    adapted = base_model()
+    load_adapter(adapted, folder)
+    merged = base_model()
+    for name, A in tensors.items():
+        if ".lora_A." in name:
+            module = name.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            merged.params[module + ".weight"] += alpha / r * tensors[name.replace("lora_A", "lora_B")] @ A
+    tokens = np.random.default_rng(1).integers(0, 11, (2, 5))
+    np.testing.assert_allclose(adapted.forward(tokens), merged.forward(tokens), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"r=6 is larger than k_proj's smaller dimension"):
+        attach_lora(base_model(), r=r, target_modules=["k_proj"])
+
+
+def test_a_loaded_adapters_dtype_copy_keeps_a_rank_above_a_projections_dimension(tmp_path):
+    """npllama.debug runs a model in another dtype by copying it with its adapters."""
+    from npllama.debug import _as_dtype
+
+    folder = saved_adapter(tmp_path, r=6, target_modules=["k_proj"])
+    rng = np.random.default_rng(2)
+    write_safetensors(folder / "adapter_model.safetensors", {
+        peft_name(f"model.layers.{layer}.self_attn.k_proj", which): rng.standard_normal(shape)
+        for layer in range(2) for which, shape in (("lora_A", (6, 8)), ("lora_B", (4, 6)))})
+    model = base_model()
+    load_adapter(model, folder)
+    copy = _as_dtype(model, np.float32)
+    tokens = np.array([[1, 2, 3, 4]])
+    np.testing.assert_allclose(copy.forward(tokens), model.forward(tokens), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_arguments_are_named():
+    model = Llama(tiny_config(), seed=0)
+    with pytest.raises(TypeError, match=r"load_adapter\(\)'s path must be a LoRA adapter folder .*got None"):
+        load_adapter(model, None)
+    with pytest.raises(TypeError, match="use_rslora must be True or False, got 'no'"):
+        attach_lora(model, r=2, use_rslora="no")    # bool("no") is True: rsLoRA's scaling, silently
+    with pytest.raises(ValueError, match="target_modules must be a non-empty list .* got None"):
+        attach_lora(model, r=2, target_modules=None)
+    assert model.lora is None

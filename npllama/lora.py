@@ -485,13 +485,17 @@ def _load_adapter(model, path, task=None) -> LoraAdapters:
                                                          config.get("modules_to_save")))
     adapters = LoraAdapters(model, **_adapter_settings(config_path, config, model.config.num_hidden_layers))
     tensors = read_safetensors(weights_path, dtype=model.dtype)
+    # a base of another shape is most often the wrong model given: say which one the adapter names
+    base = config.get("base_model_name_or_path")
+    other_base = (f"; the adapter was fine-tuned on {base!r} (its {CONFIG_NAME}'s base_model_name_or_path): "
+                  f"load it on that model" if isinstance(base, str) and base else "")
     for name, expected in adapters.params.items():
         if name not in tensors:
-            raise CheckpointError(weights_path, "missing: adapter_config.json's target_modules and the "
-                                                "base model's layers need it", tensor=name)
+            raise CheckpointError(weights_path, f"missing: adapter_config.json's target_modules and the "
+                                                f"base model's layers need it{other_base}", tensor=name)
         if tensors[name].shape != expected.shape:
             raise CheckpointError(weights_path, f"shape {tensors[name].shape} does not match the base "
-                                                f"model, which needs {expected.shape}", tensor=name)
+                                                f"model, which needs {expected.shape}{other_base}", tensor=name)
         adapters.params[name] = tensors.pop(name)
     for name in list(tensors):
         if name[len(PEFT_PREFIX):] not in HEAD_TENSORS or not name.startswith(PEFT_PREFIX):

@@ -2,6 +2,7 @@
 loads and computes what PEFT computes; a setting that cannot load is refused naming the file and
 the field, not as if the caller had passed a bad argument."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -94,3 +95,21 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="target_modules must be a non-empty list .* got None"):
         attach_lora(model, r=2, target_modules=None)
     assert model.lora is None
+
+
+@pytest.mark.parametrize("other_base, problem", [
+    (dict(hidden_size=16), r"shape \(2, 8\) does not match the base model, which needs \(2, 16\)"),
+    (dict(num_hidden_layers=3), "missing"),
+])
+def test_an_adapter_on_another_shape_of_base_says_which_base_it_was_fine_tuned_on(tmp_path, other_base, problem):
+    """The usual cause is the wrong --model: say which one the adapter records, not only a tensor's shape."""
+    base, adapters = adapted_model(("q_proj",))
+    base.save_pretrained(tmp_path / "base")
+    folder = adapters.save_adapter(tmp_path / "a", base_model_name_or_path=str(tmp_path / "base"))
+    with pytest.raises(CheckpointError, match=rf"{problem}.*fine-tuned on '{re.escape(str(tmp_path / 'base'))}' "
+                                              rf"\(its adapter_config.json's base_model_name_or_path\)"):
+        load_adapter(Llama(tiny_config(**other_base), seed=0, dtype=np.float64), folder)
+    unnamed = adapters.save_adapter(tmp_path / "unnamed")
+    with pytest.raises(CheckpointError, match=rf"{problem}") as error:
+        load_adapter(Llama(tiny_config(**other_base), seed=0, dtype=np.float64), unnamed)
+    assert "fine-tuned on" not in str(error.value)

@@ -635,6 +635,12 @@ def _check_peft_config(path, config) -> None:
         fail(None, "must hold a JSON object")
     if config.get("peft_type") != "LORA":
         fail("peft_type", f"is {config.get('peft_type')!r}; npllama loads LoRA adapters ('LORA') only")
+    if config.get("task_type") not in (None, *TASK_TYPES):
+        # PEFT's other tasks wrap other models: LlamaModel (FEATURE_EXTRACTION), whose tensors are named
+        # without "model.", or heads that label every token (TOKEN_CLS) or find answer spans (QUESTION_ANS)
+        fail("task_type", f"is {config.get('task_type')!r:.40}; npllama loads adapters of LlamaForCausalLM "
+                          f"('CAUSAL_LM': generate, chat, eval) and LlamaForSequenceClassification ('SEQ_CLS': "
+                          f"classify) only")
     for field in ("r", "lora_alpha", "target_modules"):
         if field not in config:
             fail(field, "missing")

@@ -33,6 +33,10 @@ def saved_adapter(tmp_path, **config_changes):
     ("lora_alpha", -1, "positive finite number"), ("lora_alpha", 10**40, "positive finite number"),
     ("lora_dropout", 1.0, r"in \[0, 1\)"), ("lora_dropout", "0.1", r"in \[0, 1\)"),
     ("use_rslora", "false", "True or False"),
+    # PEFT's other tasks wrap other models: LlamaModel's keys lack "model.", a token classifier's
+    # score head labels every token, not the text
+    ("task_type", "FEATURE_EXTRACTION", "CAUSAL_LM.*SEQ_CLS"), ("task_type", "TOKEN_CLS", "CAUSAL_LM.*SEQ_CLS"),
+    ("task_type", "QUESTION_ANS", "CAUSAL_LM.*SEQ_CLS"), ("task_type", 3, "CAUSAL_LM.*SEQ_CLS"),
 ])
 def test_a_bad_setting_in_adapter_config_names_the_file_and_the_field(tmp_path, field, value, problem):
     folder = saved_adapter(tmp_path, **{field: value})

@@ -14,7 +14,8 @@ Every `checkpoint_every` steps a checkpoint is written; SIGINT, SIGTERM and SIGH
 in progress (or undo nothing: it never happened), save a checkpoint and stop (npllama/interrupts.py);
 `resume=True` continues with exactly the batches, dropout masks and updates an uninterrupted run
 would have had.  The base model is read again from --base on a resume: only what is trained is
-in the checkpoint.
+in the checkpoint (with LoRA, a digest of the frozen base's weights too, and a resume on other
+weights is refused).
 """
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ from .interrupts import deferred_stop_signals, stop_signals_interrupt
 from .io.atomic import atomic_files_into, atomic_write_text
 from .io.errors import CheckpointError
 from .resuming import (LOG_FILE, already_holds_a_run, check_finite, check_steps_reach, checked_step, data_fingerprint,
-                       record_changes, refuse_changed_data, reopen_run, reporting_write_errors, require_files,
-                       require_settings, restore_optimizer, resume_command, stop_line, truncate_log, what_is_left,
-                       write_settings)
+                       record_changes, refuse_changed_base, refuse_changed_data, reopen_run, reporting_write_errors,
+                       require_files, require_settings, restore_optimizer, resume_command, stop_line, truncate_log,
+                       weights_digest, what_is_left, write_settings)
 from .runs import files_besides_locks, not_empty, replacing_in_run, writing_run
 
 # The files of a result of each kind, as the jobs save them into the run folder (finetune.py, finetune_sop.py)
@@ -129,6 +130,7 @@ class FinetuneRun:
         self.checkpoint = None    # the checkpoint folder to resume from
         self.changes = {}
         self.data, self.data_sources = None, None   # the examples' fingerprint (record_data), kept in checkpoints
+        self.base_weights = None   # with LoRA: the frozen base's weights_digest, kept in checkpoints
         if resume:
             self.changes, self.checkpoint = reopen_run(run_dir, config, settings_file(task))
             if self.checkpoint is None:
@@ -160,7 +162,10 @@ class FinetuneRun:
     def restore(self, params: dict, optimizer, wanted: dict, adapters=None) -> tuple[int, list]:
         """(the step to start from, the losses of the steps before it): 0 and [] on a new start; on
         a resume, `params` (in place), `optimizer` and the adapters' dropout draws as the checkpoint
-        left them.  Everything is checked before any parameter is changed."""
+        left them.  Everything is checked before any parameter is changed.  With adapters, the
+        base they adapt must have the weights the checkpoint was trained on (it is not in it)."""
+        if adapters is not None:
+            self.base_weights = weights_digest(adapters.model.params)
         if self.checkpoint is None:
             return 0, []
         from .io.train_state import PARAMS_FILE, STATE_FILE, load_params_checkpoint
@@ -171,6 +176,9 @@ class FinetuneRun:
         step = checked_step(state, state_file)
         if self.data is not None:
             refuse_changed_data(state.get("data"), self.data, self.config.out, self.data_sources,
+                                "start a new run with another --out")
+        if self.base_weights is not None:
+            refuse_changed_base(state.get("base_weights"), self.base_weights, self.config.out, self.config.base,
                                 "start a new run with another --out")
         check_steps_reach(self.config.steps, step, self.checkpoint)
         losses = state.get("losses")
@@ -213,6 +221,8 @@ class FinetuneRun:
             state["data"] = self.data
         if dropout_state is not None:
             state["dropout"] = dropout_state
+        if self.base_weights is not None:
+            state["base_weights"] = self.base_weights
         path = self.run_dir / "checkpoint"
         with deferred_stop_signals(), reporting_write_errors(f"the checkpoint of step {step}", path):
             save_params_checkpoint(path, params, optimizer.state_dict(copy=False), state,

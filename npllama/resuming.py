@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -201,6 +202,28 @@ def _fingerprint(data) -> dict:
     # each part after its length: ([1, 2], [3]) and ([1], [2, 3]) are other examples
     stream = np.concatenate([np.zeros(0, np.int64)] + [np.r_[len(part), part] for part in parts])
     return {"tokens": sum(len(example[0]) for example in data), "sha256": token_digest(stream)}
+
+
+def weights_digest(params: dict) -> str:
+    """sha256 of a model's weights (names, dtypes, shapes and values): what a LoRA fine-tune's
+    checkpoint keeps of the frozen base, which a resume reads from --base again."""
+    h = hashlib.sha256()
+    for name in sorted(params):
+        array = np.ascontiguousarray(params[name])
+        h.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def refuse_changed_base(saved, now: str, run_name, base, restart: str) -> None:
+    """A ValueError if the checkpoint's weights_digest of the frozen base (`saved`) is not the one
+    of the base read now (`base`, as given): the adapters trained so far fit the weights they were
+    trained on, and the steps still to come would fit others.  A checkpoint written before the
+    digest existed (None) is not checked."""
+    if isinstance(saved, str) and saved != now:
+        raise ValueError(f"cannot resume {str(run_name)!r}: the base model (--base {str(base)!r}) has other weights "
+                         f"than when the checkpoint was saved (retrained or replaced since?), and the LoRA adapters "
+                         f"of the steps taken were fitted to the old ones: put the original base back, or {restart}")
 
 
 def refuse_changed_data(saved, now: dict, run_name, sources: dict, restart: str) -> None:

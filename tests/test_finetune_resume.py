@@ -556,3 +556,28 @@ def test_a_folder_holding_a_users_log_jsonl_is_not_taken_by_a_new_start(small_mo
     assert main(argv) == 2
     assert "log.jsonl" in capsys.readouterr().err
     assert all((out / name).read_text() == '{"mine": 1}\n' for name in own)
+
+
+@pytest.mark.parametrize("task", ["classify", "sft", "sop"])
+def test_a_lora_resume_refuses_a_base_whose_weights_changed_since_the_checkpoint(small_model_dir, tmp_path, task):
+    """A LoRA checkpoint holds the adapters only: the frozen base is read from --base again.  A base
+    retrained meanwhile (`npllama train --out BASE --resume --steps MORE` replaces its model/) was
+    taken without a word: the adapters of the first steps were fitted to the old weights, the rest to
+    the new ones, and the result matched neither.  The checkpoint keeps a digest of the base weights."""
+    from npllama.io.safetensors import write_safetensors
+
+    base = tmp_path / "base"
+    shutil.copytree(small_model_dir, base)
+    weights = base / "model.safetensors"
+    original = weights.read_bytes()
+    out = tmp_path / "run"
+    run_job(task, settings(task, base, out=str(out), steps=2, lora=True, lora_r=2))
+    tensors = read_safetensors(weights)
+    tensors["model.layers.1.mlp.down_proj.weight"] = tensors["model.layers.1.mlp.down_proj.weight"] * 1.01
+    write_safetensors(weights, tensors, metadata={"format": "pt"})   # as many weights, of the same shapes
+    with pytest.raises(ValueError, match=rf"cannot resume '{out}': the base model \(--base '{base}'\) has other "
+                                         r"weights than when the checkpoint was saved"):
+        run_job(task, settings(task, base, out=str(out), steps=3, lora=True, lora_r=2), resume=True)
+    weights.write_bytes(original)
+    assert len(run_job(task, settings(task, base, out=str(out), steps=3, lora=True, lora_r=2),
+                       resume=True).losses) == 3

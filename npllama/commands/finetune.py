@@ -136,7 +136,8 @@ def _common(p, d, lora_help: str = LORA_HELP,
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, with the settings it was started with; "
                         f"options given with it change those settings, except the ones that define the run ({defining}); "
-                        "a --data file edited since the checkpoint is refused too")
+                        "a --data file edited since the checkpoint is refused too, and with --lora a --base whose "
+                        "weights changed since (the checkpoint holds the adapters, not the base)")
     p.add_argument("--lora", action="store_true", help=lora_help)
     p.add_argument("--lora-r", type=int, default=d.lora_r, help="adapter rank r")
     p.add_argument("--lora-alpha", type=float, default=d.lora_alpha, help="scaling = alpha / r")

@@ -355,8 +355,8 @@ def attach_lora(model, r: int = 8, lora_alpha: float = 16, lora_dropout: float =
 def load_adapter(model, path, task: str | None = None) -> LoraAdapters:
     """Attach the adapters saved in the PEFT folder `path` (by npllama or by PEFT) to `model`.
 
-    Checks the config fields npllama implements (LoRA, no bias, no DoRA, fan_in_fan_out false, one
-    rank and alpha for all modules and layers) and refuses every other field that would make PEFT
+    Checks the config fields npllama implements (LoRA, no bias tensor, no DoRA, fan_in_fan_out false,
+    one rank and alpha for all modules and layers) and refuses every other field that would make PEFT
     compute something else (UNSUPPORTED_PEFT_FIELDS, a base-changing init, modules_to_save beyond a
     classification head); then that every tensor is there with the shape this base model needs.  A
     classification head saved beside the adapters (`score.weight`) lands in `adapters.extra`.
@@ -647,7 +647,11 @@ def _check_peft_config(path, config) -> None:
     if not isinstance(config["target_modules"], list) and config["target_modules"] != "all-linear":
         fail("target_modules", "must be a list of module names or 'all-linear' (a regular expression is not "
                                "supported)")
-    unsupported = {"bias": "none", "fan_in_fan_out": False, "use_dora": False}
+    if config.get("bias", "none") not in ("none", "all", "lora_only"):
+        # (PEFT's "all" and "lora_only" train biases, which a LLaMA's linear layers do not have: PEFT saves
+        # none and computes plain LoRA; a bias tensor in the file is refused as unexpected)
+        fail("bias", f"is {config['bias']!r:.40}; PEFT's values are 'none', 'all' and 'lora_only'")
+    unsupported = {"fan_in_fan_out": False, "use_dora": False}
     for field, wanted in unsupported.items():
         if config.get(field, wanted) != wanted:
             fail(field, f"is {config[field]!r}; npllama supports only {wanted!r}")

@@ -216,7 +216,7 @@ def test_load_refuses_bad_folders(tmp_path):
 
     config_path = tmp_path / "a" / "adapter_config.json"
     config = json.loads(config_path.read_text())
-    for field, value, message in [("peft_type", "IA3", "LORA"), ("bias", "all", "bias"),
+    for field, value, message in [("peft_type", "IA3", "LORA"), ("bias", "everything", "bias"),
                                   ("target_modules", "q_proj|v_proj", "regular expression"),
                                   ("rank_pattern", {"q_proj": 4}, "not supported")]:
         config_path.write_text(json.dumps({**config, field: value}))

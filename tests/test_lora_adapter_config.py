@@ -9,7 +9,7 @@ import pytest
 
 from npllama import Llama
 from npllama.io.errors import CheckpointError
-from npllama.io.safetensors import write_safetensors
+from npllama.io.safetensors import read_safetensors, write_safetensors
 from npllama.lora import attach_lora, load_adapter, peft_name
 
 from tests.test_lora import adapted_model, base_model, tiny_config
@@ -117,3 +117,24 @@ def test_an_adapter_on_another_shape_of_base_says_which_base_it_was_fine_tuned_o
     with pytest.raises(CheckpointError, match=rf"{problem}") as error:
         load_adapter(Llama(tiny_config(**other_base), seed=0, dtype=np.float64), unnamed)
     assert "fine-tuned on" not in str(error.value)
+
+
+@pytest.mark.parametrize("bias", ["all", "lora_only"])
+def test_an_adapter_that_trains_biases_of_a_llama_without_any_loads_as_plain_lora(tmp_path, bias):
+    """PEFT's bias="all" or "lora_only" trains the biases of the adapted (or all) layers; a LLaMA's
+    linear layers have none, so PEFT saves no bias tensor and computes plain LoRA.  A bias tensor in
+    the file would still be refused, as every tensor npllama does not run is."""
+    plain = saved_adapter(tmp_path / "plain")
+    with_bias = saved_adapter(tmp_path / "bias", bias=bias)
+    tokens = np.array([[1, 2, 3, 4, 5]])
+    expected = base_model()
+    load_adapter(expected, plain)
+    model = base_model()
+    load_adapter(model, with_bias)
+    np.testing.assert_array_equal(model.forward(tokens), expected.forward(tokens))
+
+    tensors = {**read_safetensors(with_bias / "adapter_model.safetensors"),
+               "base_model.model.model.layers.0.self_attn.q_proj.bias": np.ones(8)}
+    write_safetensors(with_bias / "adapter_model.safetensors", tensors)
+    with pytest.raises(CheckpointError, match=r"q_proj.bias': unexpected"):
+        load_adapter(base_model(), with_bias)

@@ -183,3 +183,17 @@ def test_a_peft_adapter_ranked_above_a_projections_dimension_gives_the_same_logi
     with torch.no_grad():
         expected = theirs(torch.from_numpy(tokens)).logits.numpy()
     assert rel_error(model.forward(tokens), expected) < 1e-12
+
+
+def test_a_peft_adapter_with_bias_all_on_a_llama_gives_the_same_logits(tmp_path):
+    """bias="all" trains every bias of the model: a LLaMA has none, so PEFT saves plain LoRA, which
+    npllama refused ("supports only 'none'")."""
+    base = base_folder(tmp_path / "base")
+    theirs = peft_adapter(causal_lm(base), tmp_path / "adapter", r=2, bias="all", target_modules=["v_proj", "up_proj"])
+    float64_faithful(theirs.base_model.model, Llama.from_pretrained(base).config)
+    tokens, _ = tokens_and_targets(4)
+    model = Llama.from_pretrained(base, dtype=np.float64)
+    load_adapter(model, tmp_path / "adapter")
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(tokens)).logits.numpy()
+    assert rel_error(model.forward(tokens), expected) < 1e-12

@@ -58,6 +58,23 @@ def test_float32_gradients_of_float64_inputs_fail_returns_by_their_dtype(tmp_pat
 
 
 
+def test_float32_gradients_are_still_judged_by_the_gradient_check_not_reported_as_a_crash(tmp_path):
+    # gradcheck refuses a float32 gradient (TypeError, before any probe): the grader's gradient
+    # check gave ERROR "your function raised TypeError" -- the checker's refusal blamed on the
+    # student's code -- where it had judged the values (returns already names the dtype)
+    path = tmp_path / "swiglu_act_backward.py"
+    path.write_text(SWIGLU_ACT_IN_FLOAT32)
+    report = check_file("swiglu_act", path, n_random=1)
+    statuses = {r.check.name: r.status for r in report.results}
+    assert statuses["returns"] == "fail" and statuses["gradient"] == "pass", report.format()
+    assert "raised" not in report.format()
+
+    wrong = SWIGLU_ACT_IN_FLOAT32.replace("(1 + gate * (1 - gate_sigmoid))", "(1 + gate * gate_sigmoid)")
+    path.write_text(wrong)
+    gradient = next(r for r in check_file("swiglu_act", path, n_random=1).results if r.check.name == "gradient")
+    assert gradient.status == "fail" and gradient.finding.grad == "dgate", gradient.finding
+
+
 def test_a_model_parameter_in_another_dtype_is_named_by_its_own_name():
     # a model parameter's gradient is named as the student's dict holds it, grads['<dotted name>']
     # (it read d:model.norm.weight, a trace's name); its input is the dotted name

@@ -17,9 +17,10 @@ behind them is the runner's job (catalogue.py, mistakes.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -287,7 +288,7 @@ def check_gradient(backward, case: Case) -> None:
     dout = case.dout_for(out)
     call_backward(backward, dout, cache, case)   # the right number and shapes first
     try:
-        report = check_op(case.forward, backward, case.inputs, wrt=list(case.wrt),
+        report = check_op(case.forward, _in_float64(backward), case.inputs, wrt=list(case.wrt),
                           names=list(case.input_names), extra_kwargs=case.kwargs, seed=case.seed,
                           tol=GRAD_TOL, atol=GRAD_ATOL)
     except NondeterministicFunction as error:
@@ -327,6 +328,27 @@ def check_gradient(backward, case: Case) -> None:
         finding.message += (f" ({', '.join(gradient_name(r.name) for r in undecided)} could not be decided by "
                             "finite differences)")
     raise CheckFailed(finding)
+
+
+def _in_float64(backward):
+    """backward with its float32 (float16) gradients of float64 inputs given to check_op in float64:
+    check_op refuses them (a TypeError before any probe), and the returns check already names
+    their dtype; this check judges their values, as a wrong formula is worth naming too."""
+    def upcast(g):
+        if isinstance(g, (np.ndarray, np.floating)) and np.issubdtype(np.asarray(g).dtype, np.floating) \
+                and np.asarray(g).dtype.itemsize < 8:
+            return np.asarray(g, dtype=np.float64)
+        return g
+
+    @functools.wraps(backward)
+    def in_float64(*args, **kwargs):
+        result = backward(*args, **kwargs)
+        if isinstance(result, (tuple, list)):
+            return type(result)(upcast(g) for g in result)
+        if isinstance(result, Mapping):
+            return {key: upcast(g) for key, g in result.items()}
+        return upcast(result)
+    return in_float64
 
 
 def _why_undecided(undecided) -> str:

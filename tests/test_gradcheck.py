@@ -359,6 +359,22 @@ def test_a_probe_no_step_can_resolve_is_unresolved_not_passed():
     assert not check_op(softplus_forward, softplus_backward, [np.array([5e-324])]).ok
 
 
+
+def test_a_longer_step_that_shows_only_round_off_does_not_replace_the_estimate_it_contradicts():
+    # f = 1e11 + 3e-4 sum(sin(b)) moves by 6e-4 at most, its round-off 3.5e-4: no step resolves the
+    # gradient 2.1e-4.  At the step 1, D = 1.9e-4 within its bound 5e-4; the jump to the step 4250
+    # (3400 radians) gave 2e-8 within 1e-7, its differences within round-off, sin averaged away --
+    # kept because it agreed with 1.9e-4 through that one's bound, and the right gradient FAILed
+    b = np.array([0.8])
+    sin_over_big = lambda v: float(1e11 + 3e-4 * np.sum(np.sin(v)))
+    report = gradcheck(sin_over_big, [b], [3e-4 * np.cos(b)])
+    assert report.inputs[0].status == "UNRESOLVED", str(report)
+    assert "round-off swamps a tiny gradient" in report.warnings[0]
+    # a straight f so far above its gradient is resolved at such steps, and a wrong slope still fails
+    straight = lambda v: float(1e11 + 2e-4 * np.sum(v))
+    assert gradcheck(straight, [b], [np.array([2e-4])]).ok
+    assert gradcheck(straight, [b], [np.array([2.2e-4])]).inputs[0].status == "FAIL"
+
 def test_analytic_round_off_of_a_zero_gradient_is_in_the_bound():
     # d/dx of sum(x - mean(x)) is exactly 0 in exact arithmetic; computed as 1 - the sum of seven
     # 1/7 it is a few u.  Longer steps resolve the zero far below u, which must not fail the noise

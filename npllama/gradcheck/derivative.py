@@ -73,6 +73,19 @@ def _longer_step_kept(attempt: _Estimate, best: _Estimate) -> bool:
             and abs(attempt.value - best.value) <= attempt.bound + best.bound)
 
 
+def _nothing_but_roundoff(attempt: _Estimate, best: _Estimate) -> bool:
+    """Whether a longer step's estimate shows nothing of f but round-off: its differences within it
+    (so no h^2 shrinking shows f smooth over the step), its value within its bound of 0, and the
+    shorter step's value beyond that bound.  Agreeing with the shorter step only through that one's
+    bound, it would replace a gradient f's round-off swamps with a 0 that f's variation over so long
+    a step averaged away: 1e11 + 3e-4 sum(sin(b)) at b = 0.8 (gradient 2.1e-4, D(h) 1.9e-4 within the
+    bound 5e-4 at the step 1) was taken at the step 4250, 2e-8 within 1e-7, and FAILed the right gradient.
+    (Not where the analytic gradient is all zero: there the steps grow to an absolute 1 through
+    estimates that each resolve nothing, to show any slope f has; see _resolved_derivative.)"""
+    return (attempt.difference <= 2 * attempt.roundoff and abs(attempt.value) <= attempt.bound
+            and abs(best.value - attempt.value) > attempt.bound)
+
+
 def _smooth_at_shorter_steps(evaluate, move, rough, richardson, good_enough, kinks=True) -> _Estimate | None:
     """What made a rough estimate's differences (D(h), D(2h), D(4h) not shrinking like h^2), as
     steps SHORTEN times shorter show it, MAX_SHORTENINGS times, then FAR_SHORTEN times shorter, up
@@ -184,7 +197,7 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
         if not np.isfinite(best.bound):         # the shorter step resolved nothing (it vanished in rounding)
             best, longer = attempt, True
             continue
-        if not _longer_step_kept(attempt, best):
+        if not _longer_step_kept(attempt, best) or (reference > 0 and _nothing_but_roundoff(attempt, best)):
             break
         best, longer = attempt, True
     return best, longer

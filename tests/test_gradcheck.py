@@ -780,20 +780,35 @@ def test_a_gradient_computed_in_low_precision_is_refused_not_failed(dtype):
     assert gradcheck(lambda v: float(np.sum(v)), [B], [np.ones(B.shape, dtype=int)]).ok    # ints are exact
 
 
+class _TensorLike:
+    """A torch tensor that requires grad, as NumPy meets it: its conversion raises (torch's "Can't
+    call numpy() on Tensor that requires grad" came out of the checker in place of its own message)."""
+    def __init__(self, value):
+        self.value = value
+
+    def item(self):
+        return self.value
+
+    def __array__(self, *args, **kwargs):
+        raise RuntimeError("Can't call numpy() on Tensor that requires grad")
+
+
 @pytest.mark.parametrize("returned, said", [
     (lambda loss, v: (loss, 2 * v), "a tuple of 2"),             # loss_and_grads' (loss, grads)
     (lambda loss, v: [loss], "a list of 1"),
     (lambda loss, v: {"loss": loss}, "a dict with the keys ['loss']"),
     (lambda loss, v: int(loss), "an integer"),                   # int() drops what the step moves
     (lambda loss, v: np.int64(np.sum(v > 0)), "an integer"),     # a count
+    (lambda loss, v: str(loss), "str '"),                         # was converted, and checked
+    (lambda loss, v: _TensorLike(loss), "_TensorLike: return a float (float(loss); for a tensor"),
 ])
 def test_fn_returning_more_than_a_float_is_told_what_to_return(returned, said):
     # a tuple was a numpy "inhomogeneous shape" error 7 frames deep, a dict "float() argument must
     # be a string or a real number", and an integer result passed a zero gradient as ok
     x = np.array([1.5, -2.0, 0.5])
-    with pytest.raises(TypeError, match=re.escape(f"fn returned {said}")) as caught:
+    with pytest.raises(TypeError, match=re.escape(said)) as caught:
         gradcheck(lambda v: returned(float(np.sum(v**2)), v), [x], [np.zeros(3)])
-    assert "fn must return one real number" in str(caught.value)
+    assert "fn must return one real number" in str(caught.value) and "; fn returned " in str(caught.value)
     assert np.array_equal(x, [1.5, -2.0, 0.5])
 
 

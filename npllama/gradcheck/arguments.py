@@ -8,6 +8,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 
+import numbers
+
 import numpy as np
 
 from .constants import UNIT_ROUNDOFF
@@ -258,6 +260,10 @@ def _fn_value(value) -> float:
     elif isinstance(value, Mapping):
         returned = f"a {type(value).__name__} with the keys {list(value)}"
         advice = f"return the scalar alone (fn=lambda *a: f(*a)[{next(iter(value), 'key')!r}])"
+    elif value is not None and not isinstance(value, (numbers.Number, np.ndarray, np.generic)):
+        # a torch tensor (NumPy's conversion raises for one that requires grad), a str
+        returned = f"a {type(value).__module__}.{type(value).__name__}" if hasattr(value, "item") else _describe(value)
+        advice = "return a float (float(loss); for a tensor, loss.item() of a float64 one)"
     elif np.issubdtype(np.asarray(value).dtype, np.integer):
         returned = f"an integer ({_describe(value)})"
         advice = ("an integer made from float inputs has dropped what a step moves (int(), a count, an argmax): "

@@ -156,7 +156,9 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
     grows STEP_GROWTH-fold, or (at most MAX_JUMP-fold) towards where the round-off would be small.
     A longer step's estimate is kept only if its bound is smaller, it agrees with the shorter
     step's within both bounds, and its differences at h, 2h, 4h still shrink like h^2: far from
-    the point a function need not behave as near it, and there the bound would mean nothing.  With
+    the point a function need not behave as near it, and there the bound would mean nothing; nor,
+    with a gradient to measure against, one that shows nothing but round-off and contradicts the
+    shorter step's value (_nothing_but_roundoff).  With
     no gradient to measure against (reference 0: analytic zero over the whole input), the step
     grows at most to an absolute 1 (unit_step, in steps), enough to show a gradient that is not zero.
     No bound below the analytic gradient's own round-off (noise) is sought.  shorter_steps: whether

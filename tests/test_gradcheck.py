@@ -800,6 +800,7 @@ class _TensorLike:
     (lambda loss, v: int(loss), "an integer"),                   # int() drops what the step moves
     (lambda loss, v: np.int64(np.sum(v > 0)), "an integer"),     # a count
     (lambda loss, v: str(loss), "str '"),                         # was converted, and checked
+    (lambda loss, v: np.array(loss > 0), "an array of shape () and dtype bool"),   # was taken as 1.0
     (lambda loss, v: _TensorLike(loss), "_TensorLike: return a float (float(loss); for a tensor"),
 ])
 def test_fn_returning_more_than_a_float_is_told_what_to_return(returned, said):

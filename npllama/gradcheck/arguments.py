@@ -268,7 +268,7 @@ def _fn_value(value) -> float:
         returned = f"an integer ({_describe(value)})"
         advice = ("an integer made from float inputs has dropped what a step moves (int(), a count, an argmax): "
                   "return the float it was made from")
-    elif value is None or isinstance(value, (bool, np.bool_)) or np.size(value) != 1 or not np.isrealobj(value):
+    elif value is None or np.asarray(value).dtype == bool or np.size(value) != 1 or not np.isrealobj(value):
         returned, advice = _describe(value), "sum or reduce its output first"
     else:
         _require_float64_precision(value, "fn returned")

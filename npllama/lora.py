@@ -483,12 +483,11 @@ def _load_adapter(model, path, task=None) -> LoraAdapters:
     if task == "CAUSAL_LM" and is_classification_adapter(config.get("task_type"), config.get("modules_to_save")):
         raise ValueError(_classification_adapter_message(path, config.get("task_type"),
                                                          config.get("modules_to_save")))
-    adapters = LoraAdapters(model, **_adapter_settings(config_path, config, model.config.num_hidden_layers))
+    # a base of another shape (or depth) is most often the wrong model given: say which one the adapter names
+    other_base = _fine_tuned_on(config)
+    adapters = LoraAdapters(model, **_adapter_settings(config_path, config, model.config.num_hidden_layers,
+                                                       other_base))
     tensors = read_safetensors(weights_path, dtype=model.dtype)
-    # a base of another shape is most often the wrong model given: say which one the adapter names
-    base = config.get("base_model_name_or_path")
-    other_base = (f"; the adapter was fine-tuned on {base!r} (its {CONFIG_NAME}'s base_model_name_or_path): "
-                  f"load it on that model" if isinstance(base, str) and base else "")
     for name, expected in adapters.params.items():
         if name not in tensors:
             raise CheckpointError(weights_path, f"missing: adapter_config.json's target_modules and the "
@@ -499,9 +498,9 @@ def _load_adapter(model, path, task=None) -> LoraAdapters:
         adapters.params[name] = tensors.pop(name)
     for name in list(tensors):
         if name[len(PEFT_PREFIX):] not in HEAD_TENSORS or not name.startswith(PEFT_PREFIX):
-            raise CheckpointError(weights_path, "unexpected: no such adapter in this base model, nor a "
-                                                "classification head (is the adapter for another model?)",
-                                  tensor=name)
+            raise CheckpointError(weights_path, f"unexpected: no such adapter in this base model, nor a "
+                                                f"classification head (is the adapter for another model?)"
+                                                f"{other_base}", tensor=name)
         adapters.extra[name[len(PEFT_PREFIX):]] = tensors.pop(name)
     adapters.task_type = config.get("task_type") if isinstance(config.get("task_type"), str) else None
     adapters.source = str(path)
@@ -572,11 +571,19 @@ def _check_rank_fits(config, r, targets) -> None:
                              f"(and would not be low-rank): choose r <= {min(out_features, in_features)}")
 
 
-def _projection_names(path, target_modules, num_layers: int) -> list:
+def _fine_tuned_on(config) -> str:
+    """What an error about an adapter that does not fit the base adds: the base it records."""
+    base = config.get("base_model_name_or_path")
+    return (f"; the adapter was fine-tuned on {base!r} (its {CONFIG_NAME}'s base_model_name_or_path): "
+            f"load it on that model" if isinstance(base, str) and base else "")
+
+
+def _projection_names(path, target_modules, num_layers: int, other_base: str = "") -> list:
     """adapter_config.json's target_modules as projection names (q_proj, ...).  PEFT writes
     target_modules="all-linear" as every module's full path (model.layers.0.self_attn.q_proj, ...):
     such paths are taken when they name the same projections in every layer, as npllama adapts
-    them; a projection adapted in some layers only is refused by name.  Plain names pass as they are
+    them; a projection adapted in some layers only is refused by name (`other_base`, _fine_tuned_on's
+    words, added: paths of another depth are most often the wrong base).  Plain names pass as they are
     (check_lora_settings checks them)."""
     from .io.errors import CheckpointError
 
@@ -592,25 +599,25 @@ def _projection_names(path, target_modules, num_layers: int) -> list:
             continue
         layer, parent, name = int(match.group(1)), match.group(2), match.group(3)
         if PARENT.get(name) != parent or layer >= num_layers:
-            raise CheckpointError(path, f"names {entry!r}, which the base model has no such projection as",
-                                  field="target_modules")
+            raise CheckpointError(path, f"names {entry!r}, which the base model has no such projection as"
+                                        f"{other_base}", field="target_modules")
         layers_of.setdefault(name, set()).add(layer)
     for name, layers in layers_of.items():
         if len(layers) != num_layers:
             missing = sorted(set(range(num_layers)) - layers)
             raise CheckpointError(path, f"adapts {name} in some layers only (not in layer(s) "
                                         f"{', '.join(map(str, missing[:8]))}); npllama adapts a projection in "
-                                        f"every layer", field="target_modules")
+                                        f"every layer{other_base}", field="target_modules")
         names.append(name)
     return names
 
 
-def _adapter_settings(path, config, num_layers: int) -> dict:
+def _adapter_settings(path, config, num_layers: int, other_base: str = "") -> dict:
     """adapter_config.json's settings as LoraAdapters takes them, checked by its checks; one that
     fails them is a CheckpointError naming the file and the field (the caller gave no such argument)."""
     from .io.errors import CheckpointError
 
-    checks = {"target_modules": lambda value: _check_targets(_projection_names(path, value, num_layers)),
+    checks = {"target_modules": lambda value: _check_targets(_projection_names(path, value, num_layers, other_base)),
               "r": _check_rank, "lora_alpha": _check_alpha, "lora_dropout": _check_dropout,
               "use_rslora": _check_use_rslora}
     defaults = {"lora_dropout": 0.0, "use_rslora": False}   # PEFT's, for a config that leaves them out

@@ -104,6 +104,7 @@ def test_bad_arguments_are_named():
 @pytest.mark.parametrize("other_base, problem", [
     (dict(hidden_size=16), r"shape \(2, 8\) does not match the base model, which needs \(2, 16\)"),
     (dict(num_hidden_layers=3), "missing"),
+    (dict(num_hidden_layers=1), "unexpected"),   # a shallower base: layer 1's adapters have nowhere to go
 ])
 def test_an_adapter_on_another_shape_of_base_says_which_base_it_was_fine_tuned_on(tmp_path, other_base, problem):
     """The usual cause is the wrong --model: say which one the adapter records, not only a tensor's shape."""
@@ -138,3 +139,20 @@ def test_an_adapter_that_trains_biases_of_a_llama_without_any_loads_as_plain_lor
     write_safetensors(with_bias / "adapter_model.safetensors", tensors)
     with pytest.raises(CheckpointError, match=r"q_proj.bias': unexpected"):
         load_adapter(base_model(), with_bias)
+
+
+@pytest.mark.parametrize("layers, problem", [(1, "names 'model.layers.1.self_attn.q_proj'"),
+                                             (3, r"adapts q_proj in some layers only \(not in layer\(s\) 2\)")])
+def test_an_all_linear_adapter_on_a_base_of_another_depth_says_which_base_it_was_fine_tuned_on(tmp_path, layers,
+                                                                                                 problem):
+    """PEFT writes target_modules="all-linear" as every module's path: on a base of other depth the
+    paths do not fit, and the base the adapter records is what the user needs to hear."""
+    base, adapters = adapted_model(("q_proj",))
+    folder = adapters.save_adapter(tmp_path / "a", base_model_name_or_path=str(tmp_path / "base"))
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["target_modules"] = [f"model.layers.{i}.self_attn.q_proj" for i in range(2)]
+    config_path.write_text(json.dumps(config))
+    load_adapter(base_model(), folder)   # (the paths are taken on the base of the right depth)
+    with pytest.raises(CheckpointError, match=rf"{problem}.*fine-tuned on '{re.escape(str(tmp_path / 'base'))}'"):
+        load_adapter(Llama(tiny_config(num_hidden_layers=layers), seed=0, dtype=np.float64), folder)

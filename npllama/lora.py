@@ -621,10 +621,12 @@ def _adapter_settings(path, config, num_layers: int, other_base: str = "") -> di
               "r": _check_rank, "lora_alpha": _check_alpha, "lora_dropout": _check_dropout,
               "use_rslora": _check_use_rslora}
     defaults = {"lora_dropout": 0.0, "use_rslora": False}   # PEFT's, for a config that leaves them out
+    null_as_default = ("use_rslora",)   # PEFT tests `if use_rslora:`, so null computes plain LoRA too
     settings = {}
     for field, check in checks.items():
+        value = config.get(field, defaults.get(field))
         try:
-            settings[field] = check(config.get(field, defaults.get(field)))
+            settings[field] = check(defaults[field] if value is None and field in null_as_default else value)
         except CheckpointError:
             raise
         except (TypeError, ValueError) as error:

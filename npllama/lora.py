@@ -115,18 +115,18 @@ class LoraAdapters:
     # ----- parameters ------------------------------------------------------------------------
     def modules(self) -> list[str]:
         """Every adapted projection, e.g. "model.layers.0.self_attn.q_proj", in model order."""
-        return [f"model.layers.{i}.{PARENT[t]}.{t}" for i in range(self.model.config.num_hidden_layers)
-                for t in ALL_TARGETS if t in self.target_modules]
+        return _modules(self.model.config.num_hidden_layers, self.target_modules)
 
     def _init_params(self, seed):
         """PEFT's init: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 (so the adapted model starts equal to the base)."""
         rng = np.random.default_rng([seed, 1])  # its own stream: dropout draws never shift the init
         dtype, params = self.model.dtype, {}
-        for module in self.modules():
-            out_features, in_features = self.model.params[module + ".weight"].shape
-            bound = 1.0 / math.sqrt(in_features)
-            params[peft_name(module, "lora_A")] = rng.uniform(-bound, bound, (self.r, in_features)).astype(dtype)
-            params[peft_name(module, "lora_B")] = np.zeros((out_features, self.r), dtype=dtype)
+        for name, shape in _adapter_shapes(self.model, self.r, self.target_modules).items():
+            if name.endswith(".lora_A.weight"):
+                bound = 1.0 / math.sqrt(shape[1])
+                params[name] = rng.uniform(-bound, bound, shape).astype(dtype)
+            else:
+                params[name] = np.zeros(shape, dtype=dtype)
         return params
 
     def num_parameters(self) -> int:
@@ -329,6 +329,21 @@ class LoraOps:
         return None   # the embedding is frozen
 
 
+def _modules(num_layers: int, targets) -> list[str]:
+    """The adapted projections of a model of num_layers layers, in model order."""
+    return [f"model.layers.{i}.{PARENT[t]}.{t}" for i in range(num_layers) for t in ALL_TARGETS if t in targets]
+
+
+def _adapter_shapes(model, r: int, targets) -> dict:
+    """{PEFT name: shape} of the adapters of rank r on `model`'s targets: A (r, in), B (out, r).
+    (What loading checks a file against before anything of r rows is allocated.)"""
+    shapes = {}
+    for module in _modules(model.config.num_hidden_layers, targets):
+        out_features, in_features = model.params[module + ".weight"].shape
+        shapes[peft_name(module, "lora_A")], shapes[peft_name(module, "lora_B")] = (r, in_features), (out_features, r)
+    return shapes
+
+
 def peft_name(module: str, which: str) -> str:
     """"model.layers.0.self_attn.q_proj", "lora_A" -> PEFT's saved key
     "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"."""
@@ -485,16 +500,28 @@ def _load_adapter(model, path, task=None) -> LoraAdapters:
                                                          config.get("modules_to_save")))
     # a base of another shape (or depth) is most often the wrong model given: say which one the adapter names
     other_base = _fine_tuned_on(config)
-    adapters = LoraAdapters(model, **_adapter_settings(config_path, config, model.config.num_hidden_layers,
-                                                       other_base))
+    settings = _adapter_settings(config_path, config, model.config.num_hidden_layers, other_base)
     tensors = read_safetensors(weights_path, dtype=model.dtype)
-    for name, expected in adapters.params.items():
+    # checked against the file before LoraAdapters allocates r rows per projection: r is bounded by
+    # no dimension of the base (a PEFT adapter may exceed them), and an r the file does not have
+    # (10**9, a typo) would otherwise be a MemoryError or gigabytes taken, not this file's error
+    r = settings["r"]
+    expected = _adapter_shapes(model, r, settings["target_modules"])
+    for name, shape in expected.items():
         if name not in tensors:
             raise CheckpointError(weights_path, f"missing: adapter_config.json's target_modules and the "
                                                 f"base model's layers need it{other_base}", tensor=name)
-        if tensors[name].shape != expected.shape:
-            raise CheckpointError(weights_path, f"shape {tensors[name].shape} does not match the base "
-                                                f"model, which needs {expected.shape}{other_base}", tensor=name)
+        got = tensors[name].shape
+        if got != shape:
+            rank_axis = 0 if name.endswith(".lora_A.weight") else 1
+            if len(got) == 2 and got[1 - rank_axis] == shape[1 - rank_axis]:   # only the rank differs
+                raise CheckpointError(config_path, f"is {r}, but {WEIGHTS_NAME}'s {name!r} has rank "
+                                                   f"{got[rank_axis]} (shape {got}): the config does not describe "
+                                                   f"these tensors", field="r")
+            raise CheckpointError(weights_path, f"shape {got} does not match the base model, which needs "
+                                                f"{shape}{other_base}", tensor=name)
+    adapters = LoraAdapters(model, **settings)
+    for name in expected:
         adapters.params[name] = tensors.pop(name)
     for name in list(tensors):
         if name[len(PEFT_PREFIX):] not in HEAD_TENSORS or not name.startswith(PEFT_PREFIX):

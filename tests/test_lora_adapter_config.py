@@ -168,3 +168,19 @@ def test_an_adapter_config_with_use_rslora_null_loads_as_plain_lora_as_peft_runs
     assert adapters.use_rslora is False and adapters.scaling == expected.lora.scaling
     tokens = np.array([[1, 2, 3, 4, 5]])
     np.testing.assert_array_equal(model.forward(tokens), expected.forward(tokens))
+
+
+@pytest.mark.parametrize("r", [3, 10**12])
+def test_an_r_in_adapter_config_that_its_tensors_do_not_have_is_refused_naming_the_field_before_allocating(
+        tmp_path, r):
+    """r is no longer bounded by the base's dimensions (a PEFT adapter may exceed them): an r the
+    file's tensors do not have (a typo, a config from another adapter) must be refused from the
+    tensors' shapes, not by allocating r rows for every adapted projection first (a MemoryError, or
+    gigabytes, for r=10**12 or 10**7) nor as if the base were the wrong one."""
+    folder = saved_adapter(tmp_path, r=r)   # the tensors are of rank 2
+    model = base_model()
+    with pytest.raises(CheckpointError, match=rf"adapter_config.json: field 'r': is {r}, but .*lora_A.weight' "
+                                              r"has rank 2") as error:
+        load_adapter(model, folder)
+    assert "fine-tuned on" not in str(error.value)
+    assert model.lora is None

@@ -632,9 +632,10 @@ def _projection_names(path, target_modules, num_layers: int, other_base: str = "
     for name, layers in layers_of.items():
         if len(layers) != num_layers:
             missing = sorted(set(range(num_layers)) - layers)
+            shallower = layers == set(range(len(layers)))   # every layer of a shallower base: the wrong one?
             raise CheckpointError(path, f"adapts {name} in some layers only (not in layer(s) "
                                         f"{', '.join(map(str, missing[:8]))}); npllama adapts a projection in "
-                                        f"every layer{other_base}", field="target_modules")
+                                        f"every layer{other_base if shallower else ''}", field="target_modules")
         names.append(name)
     return names
 

@@ -156,6 +156,12 @@ def test_an_all_linear_adapter_on_a_base_of_another_depth_says_which_base_it_was
     load_adapter(base_model(), folder)   # (the paths are taken on the base of the right depth)
     with pytest.raises(CheckpointError, match=rf"{problem}.*fine-tuned on '{re.escape(str(tmp_path / 'base'))}'"):
         load_adapter(Llama(tiny_config(num_hidden_layers=layers), seed=0, dtype=np.float64), folder)
+    # adapters on layers 0 and 2 of 3 are a partial adapter of a 3-layer base, not one of another depth
+    config["target_modules"] = [f"model.layers.{i}.self_attn.q_proj" for i in (0, 2)]
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"in some layers only \(not in layer\(s\) 1\)") as error:
+        load_adapter(Llama(tiny_config(num_hidden_layers=3), seed=0, dtype=np.float64), folder)
+    assert "fine-tuned on" not in str(error.value)
 
 
 def test_an_adapter_config_with_use_rslora_null_loads_as_plain_lora_as_peft_runs_it(tmp_path):

@@ -190,3 +190,19 @@ def test_an_r_in_adapter_config_that_its_tensors_do_not_have_is_refused_naming_t
         load_adapter(model, folder)
     assert "fine-tuned on" not in str(error.value)
     assert model.lora is None
+
+
+@pytest.mark.parametrize("task_type", [None, "absent"])
+def test_an_adapter_saved_without_a_task_type_loads(tmp_path, task_type):
+    """PEFT writes "task_type": null for get_peft_model(model, LoraConfig(...)) without one (a plain
+    PeftModel around LlamaForCausalLM, the same tensor names); an old or hand-written config may
+    leave the field out."""
+    folder = saved_adapter(tmp_path)
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    if task_type == "absent":
+        del config["task_type"]
+    else:
+        config["task_type"] = task_type
+    config_path.write_text(json.dumps(config))
+    assert load_adapter(base_model(), folder, task="CAUSAL_LM").task_type is None

@@ -197,3 +197,18 @@ def test_a_peft_adapter_with_bias_all_on_a_llama_gives_the_same_logits(tmp_path)
     with torch.no_grad():
         expected = theirs(torch.from_numpy(tokens)).logits.numpy()
     assert rel_error(model.forward(tokens), expected) < 1e-12
+
+
+def test_a_peft_adapter_saved_without_a_task_type_gives_the_same_logits(tmp_path):
+    """get_peft_model(model, LoraConfig(...)) without task_type wraps the model in a plain PeftModel
+    and writes "task_type": null; the tensors are named as for CAUSAL_LM."""
+    base = base_folder(tmp_path / "base")
+    theirs = peft_adapter(causal_lm(base), tmp_path / "adapter", task_type=None, r=2, target_modules=["q_proj"])
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["task_type"] is None
+    float64_faithful(theirs.base_model.model, Llama.from_pretrained(base).config)
+    tokens, _ = tokens_and_targets(4)
+    model = Llama.from_pretrained(base, dtype=np.float64)
+    load_adapter(model, tmp_path / "adapter", task="CAUSAL_LM")
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(tokens)).logits.numpy()
+    assert rel_error(model.forward(tokens), expected) < 1e-12

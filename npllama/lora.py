@@ -690,7 +690,7 @@ def _check_peft_config(path, config) -> None:
         fail("bias", f"is {config['bias']!r:.40}; PEFT's values are 'none', 'all' and 'lora_only'")
     unsupported = {"fan_in_fan_out": False, "use_dora": False}
     for field, wanted in unsupported.items():
-        if config.get(field, wanted) != wanted:
+        if config.get(field) not in (None, wanted):   # (PEFT tests `if use_dora:`: null is plain LoRA too)
             fail(field, f"is {config[field]!r}; npllama supports only {wanted!r}")
     # PEFT applies each of these when it loads the adapter; npllama would not, and would compute
     # other outputs than PEFT without a word.  So an adapter that sets one is refused.

@@ -164,13 +164,15 @@ def test_an_all_linear_adapter_on_a_base_of_another_depth_says_which_base_it_was
     assert "fine-tuned on" not in str(error.value)
 
 
-def test_an_adapter_config_with_use_rslora_null_loads_as_plain_lora_as_peft_runs_it(tmp_path):
-    """PEFT reads use_rslora with `if use_rslora:`: null (a config written by another tool, or a
-    LoraConfig(use_rslora=None)) gives alpha / r, as a missing field does; only other values are refused."""
+@pytest.mark.parametrize("field", ["use_rslora", "use_dora", "fan_in_fan_out"])
+def test_an_adapter_config_with_a_switch_null_loads_as_plain_lora_as_peft_runs_it(tmp_path, field):
+    """PEFT reads these with `if use_rslora:` etc.: null (a config written by another tool, or a
+    LoraConfig(use_rslora=None)) computes plain LoRA, alpha / r, as a missing field does; only
+    other values are refused."""
     expected = base_model()
     load_adapter(expected, saved_adapter(tmp_path / "plain"))
     model = base_model()
-    adapters = load_adapter(model, saved_adapter(tmp_path / "null", use_rslora=None))
+    adapters = load_adapter(model, saved_adapter(tmp_path / "null", **{field: None}))
     assert adapters.use_rslora is False and adapters.scaling == expected.lora.scaling
     tokens = np.array([[1, 2, 3, 4, 5]])
     np.testing.assert_array_equal(model.forward(tokens), expected.forward(tokens))

@@ -95,6 +95,34 @@ def test_one_value_of_the_scalar_input_names_no_cause_but_says_both_readings(tmp
     assert "exactly half" in finding.message and "tau = 0.5 on every case checked" in finding.hint, finding.hint
 
 
+def test_a_scalar_input_that_is_1_on_a_passing_case_is_named_not_called_one_value(tmp_path):
+    # tau = 2 where the student fails, tau = 1 where they pass: no constant fits both, tau does
+    softplus = load_exercises(softplus_file(tmp_path, taus=(1.0, 2.0), edge_taus=(2.0, 1.0)))["softplus"]
+    finding = check_function(softplus, student("dout * sig"), n_random=4).first_failure.finding
+    assert "tau times the right" in finding.message, finding.message
+    assert "on every case checked (tau = 2, 1)" in finding.message
+    assert "tau = 2, 1 on every case" not in finding.hint, finding.hint
+
+
+TWO_SCALARS = SOFTPLUS.replace("def softplus_forward(x, tau):\n    z = x / tau",
+                               "def softplus_forward(x, tau, beta, shift=0.0):\n    z = x / tau + shift").replace(
+    '[x, params["tau"]], ("x", "tau")', '[x, params["tau"], 1 / params["tau"]], ("x", "tau", "beta")').replace(
+    'seed=params["seed"] % 1000)', 'seed=params["seed"] % 1000, kwargs=dict(shift=0.0))')
+
+
+def test_two_scalar_inputs_that_give_the_same_numbers_are_both_named(tmp_path):
+    # beta = 1 / tau on every case: a forgotten / tau is also a gradient divided by beta; shift = 0
+    # is a scalar input no gradient is divided by
+    path = softplus_file(tmp_path)
+    path.write_text(TWO_SCALARS.replace("EDGE_TAUS", "(0.5, 2.0)").replace("TAUS", "Choice((0.5, 2.0, 3.0))"),
+                    encoding="utf-8")
+    softplus = load_exercises(path)["softplus"]
+    finding = check_function(softplus, student("dout * sig"), n_random=4).first_failure.finding
+    assert "tau times the right one" in finding.message, finding.message
+    assert "or the right one divided by beta" in finding.message, finding.message
+    assert "beta gives the same numbers" in finding.message
+
+
 # ----- 2. a teacher's forward that is not deterministic -----------------------------------------------
 
 NOISY = '''import numpy as np

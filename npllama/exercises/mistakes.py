@@ -227,23 +227,33 @@ def name_scalar_factor(exercise, backward, params_list) -> Explanation | None:
         ratios = [_constant_ratio(g[k], r[k]) for _, g, r in probes if not same_gradients((g[k],), (r[k],))]
         if None in ratios:
             return None       # not a factor on some case
+        # a case it passes (with some nonzero right value) has the ratio 1: tau = 1 there, and a
+        # factor that is tau fits it while no constant but 1 does
+        ratios += [1.0 for _, g, r in probes if same_gradients((g[k],), (r[k],)) and np.any(r[k] != 0)]
         one_constant = np.allclose(ratios, ratios[0], rtol=1e-6)
-        for name in probes[0][0]:
-            for power in (1, -1):
-                if not all(name in scalars and same_gradients((g[k],), (r[k] * scalars[name] ** power,))
-                           for scalars, g, r in probes):
-                    continue
-                values = ", ".join(dict.fromkeys(f"{scalars[name]:g}" for scalars, _, _ in probes))
-                if one_constant:     # the input never changed: its value and the constant are one number
-                    return Explanation(hint=f"; or, as {name} = {values} on every case checked, your {grad} may "
-                                            f"be {scalar_factor_words(name, power)}")
-                return Explanation(
-                    grad, f"your {grad} is {scalar_factor_words(name, power)} -- on every case checked "
-                          f"({name} = {values})",
-                    f"follow {name} through the forward into {grad}: a forward that divides by {name} puts "
-                    f"1 / {name} into the gradient (d(x / {name})/dx = 1 / {name}), one that multiplies by it "
-                    f"puts {name}")
-        return None
+        fits = [(name, power) for name in probes[0][0] for power in (1, -1)
+                if all(name in scalars and (power == 1 or scalars[name] != 0)
+                       and same_gradients((g[k],), (r[k] * scalars[name] ** power,)) for scalars, g, r in probes)]
+        if not fits:
+            return None
+        name, power = fits[0]
+        values = ", ".join(dict.fromkeys(f"{scalars[name]:g}" for scalars, _, _ in probes))
+        words = scalar_factor_words(name, power)
+        others = [(other, p) for other, p in fits[1:] if other != name]
+        for other, p in others:    # inputs equal (or inverse) on every case: the numbers cannot tell which
+            words += f"; or {scalar_factor_words(other, p)}"
+        if others:
+            values += f"; {' and '.join(other for other, _ in others)} give{'s' if len(others) == 1 else ''} " \
+                      f"the same numbers on these cases"
+        if one_constant:     # the input never changed: its value and the constant are one number
+            return Explanation(hint=f"; or, as {name} = {values} on every case checked, your {grad} may "
+                                    f"be {words}")
+        also = "".join(f" (or {other})" for other, _ in others)
+        return Explanation(
+            grad, f"your {grad} is {words} -- on every case checked ({name} = {values})",
+            f"follow {name}{also} through the forward into {grad}: a forward that divides by {name} puts "
+            f"1 / {name} into the gradient (d(x / {name})/dx = 1 / {name}), one that multiplies by it "
+            f"puts {name}")
     return None
 
 

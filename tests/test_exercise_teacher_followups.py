@@ -202,6 +202,19 @@ def test_running_out_of_the_memory_limit_is_a_crash_naming_the_limit_and_its_fla
     assert "hog.py: big = np.ones(400_000_000))" in graded.diagnosis      # the line that allocated
 
 
+def test_a_memory_error_that_is_not_the_limit_stays_the_students_own(tmp_path):
+    # raised on purpose in a wrong answer, or NumPy refusing an absurd shape: the limit plays no
+    # part, and raising it (as the crash's words say) would change nothing
+    exercise = load_exercises(softplus_file(tmp_path))["softplus"]
+    for name, line in (("raises.py", "raise MemoryError('too big for me')"),
+                       ("absurd.py", "big = np.zeros((10**9, 10**9))")):
+        path = tmp_path / name
+        path.write_text(f"import numpy as np\ndef softplus_backward(dout, cache):\n    {line}\n    return dout\n")
+        graded = grade_file(exercise, path, n_random=1, memory_mb=256, timeout=60)
+        assert graded.status == "fail", graded
+        assert "memory limit" not in graded.diagnosis and "MemoryError" in graded.diagnosis, graded.diagnosis
+
+
 # ----- 5. the exercise file as reached from where the student runs the command ---------------------------
 
 def test_the_starter_and_start_name_the_exercise_file_by_a_path_that_works_from_there(tmp_path, monkeypatch, capsys):

@@ -279,6 +279,30 @@ def out_of_memory(memory_mb: int, what: str) -> str:
             f"raise it if the exercise needs more): {what}")
 
 
+_NUMPY_ALLOCATION = re.compile(r"Unable to allocate (\d+(?:\.\d+)?) (B|KiB|MiB|GiB|TiB|PiB|EiB) for an array")
+_RAISED_ON_PURPOSE = re.compile(r"raise\s+(?:builtins\.)?MemoryError\b")
+
+
+def _memory_limit_reached(error: BaseException) -> bool:
+    """Whether a MemoryError the submission's code raised is its memory limit's: not when its own
+    line raises one (`raise MemoryError` in a wrong answer), nor when NumPy was asked for more than
+    this machine has (an absurd shape, refused whatever the limit)."""
+    frames = getattr(error, "student_frames", None) or []
+    if frames and _RAISED_ON_PURPOSE.match((frames[-1].line or "").strip()):
+        return False
+    asked = _NUMPY_ALLOCATION.search(str(error))
+    if asked:
+        units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+        size = float(asked.group(1)) * 1024 ** units.index(asked.group(2))
+        try:
+            machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):    # no sysconf (Windows): no way to tell
+            machine = None
+        if machine and size > machine:
+            return False
+    return True
+
+
 def _describe_exit(code, memory_mb, tail) -> str:
     if code is not None and code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
@@ -422,7 +446,8 @@ class _Submission:
                 error = ForbiddenCall(str(header.get("text", ""))[:wire.MAX_TEXT])
             elif kind == "raise":
                 error = wire.remote_error(header)
-                if isinstance(error, MemoryError):    # its process's limit, not a wrong gradient: a crash
+                if isinstance(error, MemoryError) and _memory_limit_reached(error):
+                    # its process's limit, not a wrong gradient: a crash
                     from .runner import _describe_exception
 
                     self._stop("crashed", out_of_memory(self.memory_mb, _describe_exception(

@@ -215,6 +215,19 @@ def test_a_memory_error_that_is_not_the_limit_stays_the_students_own(tmp_path):
         assert "memory limit" not in graded.diagnosis and "MemoryError" in graded.diagnosis, graded.diagnosis
 
 
+def test_a_crash_after_printing_past_the_output_cap_does_not_count_only_the_kept_lines(tmp_path):
+    # the child wrote 64K characters of its 5000 lines; read back from that file after the crash,
+    # the count is of what was kept: 'printed 216 lines' was untrue
+    exercise = load_exercises(softplus_file(tmp_path))["softplus"]
+    hog = tmp_path / "chatty.py"
+    hog.write_text("import numpy as np\ndef softplus_backward(dout, cache):\n    for i in range(5000):\n"
+                   "        print('x' * 300, i)\n    big = np.ones(400_000_000)\n    return dout\n")
+    graded = grade_file(exercise, hog, n_random=1, memory_mb=256, timeout=60)
+    assert graded.status == "crashed", graded
+    assert graded.output.startswith("your code printed at least "), graded.output[:80]
+    assert len(graded.report) < 6000                 # the cap holds in the report the JSON keeps
+
+
 # ----- 5. the exercise file as reached from where the student runs the command ---------------------------
 
 def test_the_starter_and_start_name_the_exercise_file_by_a_path_that_works_from_there(tmp_path, monkeypatch, capsys):

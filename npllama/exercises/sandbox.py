@@ -257,17 +257,20 @@ def _printed_before_the_dump(path: Path, dump_from: int | None) -> str:
     with open(path, "rb") as f:
         printed = f.read(OUTPUT_LIMIT * 4 if dump_from is None else min(dump_from, OUTPUT_LIMIT * 4))
     text = printed.decode(errors="replace")
-    return _shown_output(text, text.count("\n") + (not text.endswith("\n") and bool(text)))
+    # the child wrote at most OUTPUT_LIMIT characters of it: a file that full counts a part only
+    return _shown_output(text, text.count("\n") + (not text.endswith("\n") and bool(text)),
+                         at_least=len(text) >= OUTPUT_LIMIT)
 
 
-def _shown_output(head, n_lines) -> str:
+def _shown_output(head, n_lines, at_least: bool = False) -> str:
     """The first OUTPUT_SHOWN lines of what the submission printed (each cut to 200 characters),
-    under a line that says how many it printed ('' when it printed nothing)."""
+    under a line that says how many it printed ('' when it printed nothing); at_least: n_lines
+    counts only the part of it that was kept."""
     shown = [line if len(line) <= 200 else line[:197] + "..." for line in str(head).splitlines()[:OUTPUT_SHOWN]]
     if not shown:
         return ""
     n_lines = max(n_lines if isinstance(n_lines, int) else 0, len(shown))
-    title = (f"your code printed {n_lines} line{'s' if n_lines != 1 else ''}"
+    title = (f"your code printed {'at least ' if at_least else ''}{n_lines} line{'s' if n_lines != 1 else ''}"
              + (f" (the first {len(shown)}):" if n_lines > len(shown) else ":"))
     return "\n".join([title] + ["  | " + line for line in shown])
 

@@ -264,3 +264,24 @@ def test_the_notebook_loads_the_exercise_file_by_its_path_from_the_notebooks_fol
     exec(setup, namespace)           # run where the notebook is, as Jupyter runs it
     exec(starter, namespace)
     assert "softplus_backward is not implemented yet" in shown_by_cell(check, namespace)
+
+
+def test_a_starter_handed_out_beside_the_exercise_file_is_told_the_file_here(tmp_path, monkeypatch, capsys):
+    # generated with --out hw/: the starter names ../softplus_exercise.py; a handout that puts the
+    # two side by side fails with that path, and the error says the file beside it works
+    softplus_file(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["exercise", "start", "--exercise-file", "softplus_exercise.py", "softplus", "--out",
+                 "hw/softplus_backward.py", "--quiet"]) == 0
+    assert "--exercise-file ../softplus_exercise.py" in (tmp_path / "hw" / "softplus_backward.py").read_text()
+    handout = tmp_path / "student"
+    handout.mkdir()
+    for path in (tmp_path / "hw" / "softplus_backward.py", tmp_path / "softplus_exercise.py"):
+        (handout / path.name).write_text(path.read_text())
+    monkeypatch.chdir(handout)
+    (tmp_path / "softplus_exercise.py").unlink()      # the teacher's copy is not on the student's machine
+    capsys.readouterr()
+    assert main(["exercise", "check", "--exercise-file", "../softplus_exercise.py", "softplus",
+                 "softplus_backward.py"]) != 0
+    error = capsys.readouterr().err
+    assert "does not exist" in error and "run with --exercise-file softplus_exercise.py" in error, error

@@ -26,6 +26,7 @@ import hashlib
 import importlib.util
 import pickle
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -44,8 +45,13 @@ def load_exercises(path, *, verify: bool = True) -> dict[str, Exercise]:
     reference through its exercise's checks on the default cases (verify_reference)."""
     path = path_argument(path, "exercise_file", "a .py file defining a subclass of npllama.exercises.Exercise")
     if not path.is_file():
+        # a starter names the file by its path from the folder it was written to; a handout that
+        # puts the two side by side has it here instead
+        here = Path(path.name)
+        beside = (f"; a {path.name} is in this folder: if it is the exercise file you were given, run with "
+                  f"--exercise-file {shlex.quote(path.name)}") if here.is_file() and here.resolve() != path.resolve() else ""
         raise ExerciseFileError(f"{path} does not exist (expected a .py file defining a subclass of "
-                                f"npllama.exercises.Exercise)")
+                                f"npllama.exercises.Exercise){beside}")
     module = _import(path.resolve())
     classes = [k for k in vars(module).values()
                if isinstance(k, type) and issubclass(k, Exercise) and k.__module__ == module.__name__ and k.op]

@@ -187,6 +187,14 @@ def test_a_broken_exercise_file_is_refused_naming_what_is_wrong(example, tmp_pat
         load_exercises(path)
 
 
+def test_a_choice_of_any_sequence_is_a_space_cases_are_drawn_from(example, tmp_path):
+    # the empty-space check (17c379a) asked for a tuple or list: Choice(range(1, 4)), which sample
+    # and hypothesis draw from, was refused as having no options
+    path = tmp_path / "gelu_exercise.py"
+    path.write_text(with_space_types(example).replace("seed=SEED)", "seed=SEED, scale=Choice(range(1, 4)))"))
+    assert "gelu" in load_exercises(path)
+
+
 def test_a_wrong_reference_is_refused_before_anyone_is_graded(example, tmp_path, capsys):
     path = tmp_path / "gelu_exercise.py"
     path.write_text(example.replace("return dout * (0.5 * (1 + t)", "return dout * (0.4 * (1 + t)"))

@@ -22,6 +22,7 @@ that fails them would fail the whole class, so the file is refused with what fai
 """
 from __future__ import annotations
 
+import collections.abc
 import hashlib
 import importlib.util
 import pickle
@@ -218,7 +219,9 @@ def check_definition(exercise: Exercise) -> None:
 def _undrawable(dimension) -> str:
     """What makes a dimension of an exercise's space empty ('' when cases can be drawn from it)."""
     if isinstance(dimension, Choice):
-        ok = isinstance(dimension.options, (tuple, list)) and len(dimension.options) > 0
+        # any sequence sample and hypothesis's sampled_from draw from (a range too), not a str
+        ok = (isinstance(dimension.options, collections.abc.Sequence)
+              and not isinstance(dimension.options, (str, bytes)) and len(dimension.options) > 0)
         return "" if ok else "options must be a non-empty tuple, e.g. Choice((0.5, 2.0))"
     if isinstance(dimension, Shape) and dimension.min_len > dimension.max_len:
         return "min_len must be at most max_len"

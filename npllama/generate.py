@@ -43,7 +43,9 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
              stop: Callable[[list[int]], bool] | Sequence[Callable[[list[int]], bool] | None] | None = None,
              vocab_size: int | None = None, threads: int | None = None):
     """The prompt followed by up to max_new_tokens generated ids (stops after eos_id, or after any
-    of several ids: a chat template's end-of-turn as well as EOS).
+    of several ids: a chat template's end-of-turn as well as EOS).  eos_id=None never stops early,
+    where transformers' generate stops at the config's eos_token_id: pass
+    eos_id=model.config.eos_token_id for that (`npllama generate` passes the folder's end ids).
 
     prompt: token ids -> a list of ids; or a list of prompts (a batch) -> a list of id lists.  The
         prompts of a batch that have one length are decoded together, one batched forward per step.

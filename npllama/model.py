@@ -355,7 +355,8 @@ class Llama:
     def generate(self, prompt, max_new_tokens: int, **sampling) -> list[int] | list[list[int]]:
         """prompt ids -> prompt + generated ids (a list of prompts -> a list of those); every option
         of npllama.generate.generate (temperature, top_k, top_p, repetition_penalty, seed, eos_id,
-        stop, vocab_size, ...)."""
+        stop, vocab_size, ...).  It stops at an end id only when eos_id names one (e.g.
+        eos_id=self.config.eos_token_id, where transformers' generate stops by default)."""
         from .generate import generate
 
         return generate(self, prompt, max_new_tokens, **sampling)

@@ -964,7 +964,6 @@ def test_a_cross_entropy_divided_by_n_counted_twice_is_named(tmp_path):
 @pytest.mark.parametrize("got, expected", [
     ([-0.324299], [-0.371907]),                   # a one-entry case: any wrong value is "a factor"
     ([[0.0, 1.2], [0.0, 0.0]], [[0.0, 1.5], [0.0, 0.0]]),   # one entry where the right gradient is not 0
-    ([0.6, 0.6], [0.75, 0.75]),                   # two entries, one right value: nothing shows constancy
 ])
 def test_a_single_compared_value_is_not_called_a_constant_factor(got, expected):
     """A ratio fitted to one distinct nonzero value always fits: calling it 'a constant factor'
@@ -980,3 +979,16 @@ def test_a_factor_seen_on_several_values_is_still_named():
     expected = np.array([0.3, -1.2, 0.7])
     finding = diagnose(0.8 * expected, expected, grad="dx", case="x (3,)")
     assert "0.8 times the right gradient (a constant factor)" in finding.message
+
+
+@pytest.mark.parametrize("n", [3, 12])   # (N = 2 is the named "exactly 2x")
+def test_many_entries_of_one_right_value_are_not_called_a_single_value_and_keep_the_scale_hint(n):
+    """A mean's gradient is 1/N at every entry: a student who forgot the 1/N is N times it
+    everywhere.  The case has many entries (not 'a single nonzero value'); one value across them
+    cannot rule out another mistake, but a missing or extra scale factor is the likely one."""
+    from npllama.exercises.diagnose import diagnose
+    expected = np.full((n,), 1.0 / n)
+    finding = diagnose(np.ones(n), expected, grad="dx", case=f"x ({n},)")
+    assert "single nonzero value" not in finding.message, finding.message
+    assert f"each of the {n} nonzero entries" in finding.message and "one value" in finding.message, finding.message
+    assert "1/N of a mean" in finding.hint, finding.hint

@@ -171,12 +171,22 @@ def diagnose(got, expected, *, grad: str, case: str = "", zero_label: str = "") 
             if np.isclose(ratio, value, rtol=1e-6):
                 finding.message, finding.hint = message, hint
                 return finding
-        if len(np.unique(expected[expected != 0])) < 2:
-            # one value to compare: any wrong answer is "some factor" of it, which shows nothing
-            finding.message = (f"it is {_ratio_text(ratio)} times the right value; this case has a single "
-                               f"nonzero value of {grad}, which cannot tell a scale factor from any other mistake")
-            finding.hint = ("compare on a case of several entries: a ratio that is the same everywhere is a scale "
-                            "factor missing or extra, one that varies is a wrong formula")
+        nonzero = expected[expected != 0]
+        if len(np.unique(nonzero)) < 2:
+            # one value to compare: any wrong answer that is one value too is "some factor" of it
+            if nonzero.size < 2:
+                finding.message = (f"it is {_ratio_text(ratio)} times the right value; this case has a single "
+                                   f"nonzero value of {grad}, which cannot tell a scale factor from any other "
+                                   f"mistake")
+                finding.hint = ("compare on a case of several entries: a ratio that is the same everywhere is a "
+                                "scale factor missing or extra, one that varies is a wrong formula")
+            else:
+                finding.message = (f"it is {_ratio_text(ratio)} times the right value at each of the {nonzero.size} "
+                                   f"nonzero entries of {grad}, which all have one value in this case: a constant "
+                                   f"factor, or another mistake that also gives one value everywhere")
+                finding.hint = ("a scale factor missing or extra (a 1/N of a mean, a 1/sqrt(d), a weight) is the "
+                                "likely one; a case whose right gradient varies from entry to entry tells it from "
+                                "a wrong formula")
             return finding
         finding.message = f"it is exactly {_ratio_text(ratio)} times the right gradient (a constant factor)"
         finding.hint = "a scale factor is missing or extra: a 1/N of a mean, a 1/sqrt(d), a weight"

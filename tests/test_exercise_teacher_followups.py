@@ -285,3 +285,11 @@ def test_a_starter_handed_out_beside_the_exercise_file_is_told_the_file_here(tmp
                  "softplus_backward.py"]) != 0
     error = capsys.readouterr().err
     assert "does not exist" in error and "run with --exercise-file softplus_exercise.py" in error, error
+
+
+def test_an_exercise_file_that_is_a_folder_is_called_a_folder(tmp_path):
+    from npllama.exercises.teacher import ExerciseFileError, load_exercises
+
+    (tmp_path / "course").mkdir()
+    with pytest.raises(ExerciseFileError, match=r"course is a folder \(expected a \.py file"):
+        load_exercises(tmp_path / "course")

@@ -51,7 +51,8 @@ def load_exercises(path, *, verify: bool = True) -> dict[str, Exercise]:
         here = Path(path.name)
         beside = (f"; a {path.name} is in this folder: if it is the exercise file you were given, run with "
                   f"--exercise-file {shlex.quote(path.name)}") if here.is_file() and here.resolve() != path.resolve() else ""
-        raise ExerciseFileError(f"{path} does not exist (expected a .py file defining a subclass of "
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise ExerciseFileError(f"{path} {what} (expected a .py file defining a subclass of "
                                 f"npllama.exercises.Exercise){beside}")
     module = _import(path.resolve())
     classes = [k for k in vars(module).values()

@@ -20,8 +20,8 @@ import numpy as np
 from .atomic import atomic_directory
 from .errors import CheckpointError
 from .reading import read_json
-from .hf import objective_fields, save_hf_folder
-from .safetensors import read_safetensors, write_safetensors
+from .hf import WEIGHTS_NAME, objective_fields, save_hf_folder
+from .safetensors import read_safetensors, read_safetensors_header, write_safetensors
 
 STATE_FILE = "training_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -66,9 +66,11 @@ def _save(path, optimizer_state: dict, state: dict, replace_lock, write_weights)
         (tmp / STATE_FILE).write_text(text + "\n", encoding="utf-8")
 
 
-def load_checkpoint(path, dtype=np.float32):
+def load_checkpoint(path, dtype=None):
     """(model, optimizer_state, state) from a folder written by save_checkpoint.
 
+    dtype: None (default) loads the model and the optimizer state in the dtype they were saved in,
+    so a float64 run resumes in float64, exactly; np.float32 or np.float64 converts to it.
     Every file is checked as it is read; a missing, truncated or malformed one raises
     CheckpointError naming it.  Whether the optimizer state fits the model (names, shapes) is
     checked by the optimizer's load_state_dict.
@@ -79,25 +81,48 @@ def load_checkpoint(path, dtype=np.float32):
     record, header = _read_record(path / STATE_FILE)
     if not (path / "model").is_dir():
         raise CheckpointError(path / "model", "is missing: a training checkpoint holds its model folder")
+    if dtype is None:
+        dtype = _saved_dtype(path, path / "model" / WEIGHTS_NAME)
     model = Llama.from_pretrained(path / "model", dtype=dtype)
     return model, _read_optimizer_state(path, header, model.dtype), record
 
 
-def load_params_checkpoint(path, dtype=np.float32):
+def load_params_checkpoint(path, dtype=None):
     """(params, optimizer_state, state) from a folder written by save_params_checkpoint, checked
-    as load_checkpoint checks its files."""
+    as load_checkpoint checks its files; dtype as load_checkpoint's."""
     path = Path(path)
     record, header = _read_record(path / STATE_FILE)
     if not (path / PARAMS_FILE).is_file():
         raise CheckpointError(path / PARAMS_FILE, "is missing: a fine-tuning checkpoint holds the trained tensors")
+    if dtype is None:
+        dtype = _saved_dtype(path, path / PARAMS_FILE)
     params = read_safetensors(path / PARAMS_FILE, dtype=dtype)
     return params, _read_optimizer_state(path, header, np.dtype(dtype)), record
 
 
-def _read_optimizer_state(path: Path, header: dict, dtype) -> dict:
+def _saved_dtype(path: Path, weights_file: Path):
+    """The dtype a checkpoint was trained in, as its files store it: the optimizer's moments (kept
+    in the parameters' dtype), else (an optimizer without arrays: SGD without momentum) the
+    weights.  float64 for F64 tensors, else float32 (the narrowest numpy float for F16/BF16)."""
+    for file in (_optimizer_file(path), weights_file):
+        if not file.is_file():   # sharded weights: the model folder's index names the files
+            continue
+        stored = {entry["dtype"] for name, entry in read_safetensors_header(file).items()
+                  if name != "__metadata__" and entry["dtype"].startswith(("F", "BF"))}
+        if stored:
+            return np.float64 if stored == {"F64"} else np.float32
+    return np.float32
+
+
+def _optimizer_file(path: Path) -> Path:
     optimizer_path = path / OPTIMIZER_FILE
     if not optimizer_path.is_file():
         raise CheckpointError(optimizer_path, "is missing: a training checkpoint holds the optimizer state")
+    return optimizer_path
+
+
+def _read_optimizer_state(path: Path, header: dict, dtype) -> dict:
+    optimizer_path = _optimizer_file(path)
     arrays = read_safetensors(optimizer_path, dtype=dtype)
     return _join_arrays(header, arrays, optimizer_path, dtype)
 

@@ -1,0 +1,56 @@
+"""A training loop of one's own, saved with npllama.io.train_state and resumed from Python, goes on
+exactly as the uninterrupted loop: the checkpoint comes back in the dtype it was written in."""
+import numpy as np
+import pytest
+
+from npllama import Llama, LlamaConfig
+from npllama.io.train_state import load_checkpoint, save_checkpoint
+from npllama.optim import AdamW, clip_grad_norm
+
+CONFIG = LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+BATCHES = [np.random.default_rng(step).integers(0, 32, (2, 7)) for step in range(4)]
+
+
+def train(model, optimizer, steps):
+    losses = []
+    for step in steps:
+        loss, grads = model.loss_and_grads(BATCHES[step][:, :-1], BATCHES[step][:, 1:])
+        clip_grad_norm(grads, 1.0)
+        optimizer.step(grads, lr=1e-2)
+        losses.append(loss)
+    return losses
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_checkpoint_loads_in_the_dtype_it_was_saved_in_and_resumes_exactly(dtype, tmp_path):
+    model = Llama(CONFIG, seed=0, dtype=dtype)
+    optimizer = AdamW(model.params, lr=1e-2)
+    uninterrupted = train(model, optimizer, range(4))
+
+    model = Llama(CONFIG, seed=0, dtype=dtype)
+    optimizer = AdamW(model.params, lr=1e-2)
+    first = train(model, optimizer, range(2))
+    save_checkpoint(tmp_path / "checkpoint", model, optimizer.state_dict(), {"step": 2})
+
+    model, optimizer_state, state = load_checkpoint(tmp_path / "checkpoint")   # no dtype given
+    assert model.dtype == dtype and {m.dtype for m in optimizer_state["m"].values()} == {np.dtype(dtype)}
+    optimizer = AdamW(model.params, lr=1e-2)
+    optimizer.load_state_dict(optimizer_state)
+    assert first + train(model, optimizer, range(state["step"], 4)) == uninterrupted
+
+
+def test_an_asked_dtype_still_wins(tmp_path):
+    model = Llama(CONFIG, seed=0, dtype=np.float64)
+    save_checkpoint(tmp_path / "checkpoint", model, AdamW(model.params).state_dict(), {"step": 0})
+    model, optimizer_state, _ = load_checkpoint(tmp_path / "checkpoint", dtype=np.float32)
+    assert model.dtype == np.float32 and optimizer_state["v"]["model.norm.weight"].dtype == np.float32
+
+
+def test_an_optimizer_without_arrays_takes_the_weights_dtype(tmp_path):
+    """SGD without momentum saves no arrays: the weights say what the run was trained in."""
+    from npllama.optim import SGD
+
+    model = Llama(CONFIG, seed=0, dtype=np.float64)
+    save_checkpoint(tmp_path / "checkpoint", model, SGD(model.params, lr=0.1).state_dict(), {"step": 0})
+    assert load_checkpoint(tmp_path / "checkpoint")[0].dtype == np.float64

@@ -99,7 +99,9 @@ def _require_betas(betas):
 
 def _require_params(params):
     if not isinstance(params, Mapping):
-        raise TypeError(f"params must be a dict of name -> numpy array, got {type(params).__name__}")
+        raise TypeError(f"params must be a dict of name -> numpy array (e.g. model.params), got "
+                        f"{type(params).__name__}; there are no parameter groups: for another lr or weight "
+                        "decay, make one optimizer per group, each over a sub-dict of the parameters")
     if len(params) == 0:
         raise ValueError("params is empty: nothing to optimize")
     seen = {}
@@ -124,7 +126,11 @@ def _require_same_arrays(what, arrays, params):
             raise ValueError(f"{what} is missing key {name!r} (every parameter needs one)")
     for name in arrays:
         if name not in params:
-            raise ValueError(f"{what} has unknown key {name!r} (not a parameter)")
+            # a frozen parameter is one the optimizer was not given: its gradient must be left out too
+            how = ("; to train some parameters and freeze the rest, give the optimizer only the trained "
+                   "ones and step it with their gradients alone: {name: grads[name] for name in optimizer.params}"
+                   if what == "grads" else "")
+            raise ValueError(f"{what} has key {name!r}, which is not one of this optimizer's params{how}")
     for name, p in params.items():
         a = arrays[name]
         if not isinstance(a, np.ndarray):

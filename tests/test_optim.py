@@ -361,7 +361,7 @@ def test_step_rejects_mismatched_grads(make_opt):
     params = make_params()
     opt = make_opt(params)
     grads = make_grads_sequence(1)[0]
-    with pytest.raises(ValueError, match="grads has unknown key 'lm_head.weight'"):
+    with pytest.raises(ValueError, match="grads has key 'lm_head.weight', which is not one of this optimizer's params"):
         opt.step(dict(grads, **{"lm_head.weight": np.zeros((6, 4))}))
     with pytest.raises(ValueError, match="grads is missing key 'model.norm.weight'"):
         opt.step({k: v for k, v in grads.items() if k != NORM})
@@ -687,3 +687,21 @@ def test_clip_finite_step_clips_finite_steps_and_names_what_is_not_finite():
     grads["b"][0] = math.inf
     norm, problem = clip_finite_step(1.5, grads, params, max_norm=1.0)
     assert norm == math.inf and "gradient of b" in problem and grads["w"][0, 0] != 0   # left as they were
+
+
+def test_an_optimizer_over_some_parameters_says_how_to_freeze_the_rest():
+    """Freezing = an optimizer over a sub-dict; the model's full grads are then refused with the
+    way to pass only the optimizer's own, not with "not a parameter" of a name that is one."""
+    params = make_params()
+    trained = {name: p for name, p in params.items() if name != EMBED}
+    grads = make_grads_sequence(1)[0]
+    with pytest.raises(ValueError, match=r"grads has key 'model.embed_tokens.weight', which is not one of "
+                                         r"this optimizer's params.*\{name: grads\[name\] for name in optimizer.params\}"):
+        AdamW(trained).step(grads)
+    AdamW(trained).step({name: grads[name] for name in trained})   # as the message says
+
+
+@pytest.mark.parametrize("groups", [[{"params": {}, "lr": 1e-3}], [np.zeros(3)]], ids=["torch groups", "list"])
+def test_a_list_of_parameters_or_groups_is_refused_saying_what_to_do(groups):
+    with pytest.raises(TypeError, match="params must be a dict of name -> numpy array.*one optimizer per group"):
+        AdamW(groups)

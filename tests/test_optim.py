@@ -127,7 +127,8 @@ def _set_torch_grads(torch, decayed, plain, grads):
         t.grad = torch.tensor(grads[n].copy())
 
 
-def test_adamw_matches_torch():
+@pytest.mark.parametrize("implementation", [{"foreach": False}, {"fused": True}], ids=["for-loop", "fused"])
+def test_adamw_matches_torch(implementation):
     torch = pytest.importorskip("torch")
     params = make_params()
     params0 = copy_dict(params)
@@ -137,7 +138,7 @@ def test_adamw_matches_torch():
     decayed, plain = _torch_group_params(torch, params0)
     topt = torch.optim.AdamW([{"params": decayed, "weight_decay": 0.1},
                               {"params": plain, "weight_decay": 0.0}],
-                             lr=1e-2, betas=(0.9, 0.95), eps=1e-8, foreach=False)
+                             lr=1e-2, betas=(0.9, 0.95), eps=1e-8, **implementation)
     for grads, lr in zip(grads_seq, lrs):
         opt.step(grads, lr=lr)
         for group in topt.param_groups:

@@ -2,6 +2,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -42,3 +44,34 @@ def test_the_python_api_op_and_gradcheck_examples_run(tmp_path, monkeypatch):
     namespace.update(config=small, tokens=np.random.default_rng(0).integers(0, 11, (2, 6)))
     exec(compile(checks, "README gradcheck", "exec"), namespace)   # noqa: S102
     assert namespace["report"].ok and namespace["model"].params["lm_head.weight"].dtype == np.float64
+
+
+def test_the_own_training_loop_resumes_exactly_and_gives_npllama_trains_losses(tmp_path, monkeypatch):
+    """"Your own training loop": the loop runs as written; resuming from its step-10 checkpoint gives
+    the uninterrupted losses exactly; and the `npllama train` command the text calls the same run
+    logs the same losses (float32: to round-off, the CLI may run the NumPy reference meanwhile)."""
+    import json
+    import shlex
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    section = README.read_text(encoding="utf-8").split("## Your own training loop", 1)[1].split("\n## ", 1)[0]
+    loop, resume = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    namespace = {}
+    exec(compile(loop, "README own loop", "exec"), namespace)   # noqa: S102
+    losses = list(namespace["losses"])
+    assert len(losses) == 12 and losses[-1] < losses[0] and np.isfinite(namespace["val_loss"])
+    exec(compile(resume, "README resume", "exec"), namespace)   # noqa: S102
+    assert namespace["resumed"] == losses[10:]
+
+    command = re.search(r"This is `(npllama train .*?)`", section, flags=re.S).group(1)
+    Path("my.txt").write_text("\n\n".join(namespace["texts"]) + "\n", encoding="utf-8")
+    Path("config.json").write_text(json.dumps(namespace["config"].to_dict()), encoding="utf-8")
+    args = shlex.split(command)[2:] + ["--out", "run", "--samples", "0", "--no-progress", "--threads", "1"]
+    subprocess.run([sys.executable, "-m", "npllama", "train", *args], check=True, capture_output=True)
+    logged = [json.loads(line) for line in Path("run/log.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose([r["loss"] for r in logged if "loss" in r], losses, rtol=1e-5)
+    assert [r["val_loss"] for r in logged if "val_loss" in r][-1] == pytest.approx(namespace["val_loss"], rel=1e-5)

@@ -54,3 +54,30 @@ def test_an_optimizer_without_arrays_takes_the_weights_dtype(tmp_path):
     model = Llama(CONFIG, seed=0, dtype=np.float64)
     save_checkpoint(tmp_path / "checkpoint", model, SGD(model.params, lr=0.1).state_dict(), {"step": 0})
     assert load_checkpoint(tmp_path / "checkpoint")[0].dtype == np.float64
+
+
+@pytest.mark.parametrize("save", ["model", "params"])
+def test_a_folder_of_ones_own_files_is_refused_not_replaced(save, tmp_path):
+    """save_checkpoint replaces a checkpoint folder whole; a folder holding anything else (the
+    user's data, a run's log) is refused, naming it, and left as it was."""
+    from npllama.io.train_state import save_params_checkpoint
+
+    model = Llama(CONFIG, seed=0)
+    optimizer_state = AdamW(model.params).state_dict()
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes")
+
+    def write():
+        if save == "model":
+            save_checkpoint(folder, model, optimizer_state, {"step": 0})
+        else:
+            save_params_checkpoint(folder, model.params, optimizer_state, {"step": 0})
+    with pytest.raises(ValueError, match=r"mine.*not a training checkpoint.*notes\.txt"):
+        write()
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+    (folder / "notes.txt").unlink()
+    write()                                                   # an empty folder is written into
+    write()                                                   # and so is a checkpoint, replaced
+    assert load_checkpoint(folder)[2]["step"] == 0 if save == "model" else (folder / "params.safetensors").is_file()

@@ -13,6 +13,7 @@ No pickle: arrays go through safetensors, everything else through JSON.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,8 @@ MAX_STATE_BYTES = 16 * 1024**2  # training_state.json is a few kB; anything this
 
 def save_checkpoint(path, model, optimizer_state: dict, state: dict, extra_files=None,
                     replace_lock=None) -> None:
-    """Write model + optimizer_state (from Optimizer.state_dict()) + state (JSON-able) atomically.
+    """Write model + optimizer_state (from Optimizer.state_dict()) + state (JSON-able) atomically,
+    replacing the checkpoint at `path`; a folder holding other files is refused (ValueError).
 
     extra_files: {file name: bytes} to place inside the model folder (e.g. tokenizer.model).
     replace_lock: held around the final renames (npllama.io.atomic.atomic_directory).
@@ -51,7 +53,25 @@ def save_params_checkpoint(path, params: dict, optimizer_state: dict, state: dic
           lambda folder: write_safetensors(folder / PARAMS_FILE, params, checksums=True))
 
 
+CHECKPOINT_ENTRIES = frozenset({"model", PARAMS_FILE, OPTIMIZER_FILE, STATE_FILE})   # what _save writes
+
+
+def _refuse_a_folder_of_other_files(path: Path) -> None:
+    """A checkpoint replaces its folder whole: one holding anything a checkpoint does not (a
+    user's own files, a run folder given for its checkpoint/) is refused, never emptied.  A
+    damaged checkpoint, with only some of its entries, is replaced as usual."""
+    if not path.is_dir():
+        return
+    others = sorted(name for name in os.listdir(path) if name not in CHECKPOINT_ENTRIES)
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise ValueError(f"path {str(path)!r} is a folder that is not a training checkpoint (it holds {shown}); "
+                         "saving would replace it whole, so it is refused: give a new or empty folder, "
+                         "or a checkpoint folder (e.g. 'runs/mine/checkpoint')")
+
+
 def _save(path, optimizer_state: dict, state: dict, replace_lock, write_weights) -> None:
+    _refuse_a_folder_of_other_files(Path(path))
     arrays, header = _split_arrays(optimizer_state)
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict of JSON values, got {type(state).__name__}")

@@ -81,3 +81,17 @@ def test_a_folder_of_ones_own_files_is_refused_not_replaced(save, tmp_path):
     write()                                                   # an empty folder is written into
     write()                                                   # and so is a checkpoint, replaced
     assert load_checkpoint(folder)[2]["step"] == 0 if save == "model" else (folder / "params.safetensors").is_file()
+
+
+def test_numpy_scalars_in_the_state_are_saved_as_numbers_and_other_objects_refused_naming_their_type(tmp_path):
+    """A loop's step counter or loss often is a NumPy scalar (np.int64 from an array, a float32
+    loss): saved as the number it holds.  An object JSON cannot hold is refused, named."""
+    model = Llama(CONFIG, seed=0)
+    optimizer_state = AdamW(model.params).state_dict()
+    state = {"step": np.int64(3), "loss": np.float32(1.5), "best": [np.float64(0.25)], "done": np.bool_(False)}
+    save_checkpoint(tmp_path / "checkpoint", model, optimizer_state, state)
+    loaded = load_checkpoint(tmp_path / "checkpoint")[2]
+    assert {key: loaded[key] for key in state} == {"step": 3, "loss": 1.5, "best": [0.25], "done": False}
+    assert type(loaded["step"]) is int
+    with pytest.raises(TypeError, match="ndarray"):
+        save_checkpoint(tmp_path / "other", model, optimizer_state, {"step": 0, "rng": np.zeros(3)})

@@ -77,13 +77,22 @@ def _save(path, optimizer_state: dict, state: dict, replace_lock, write_weights)
         raise TypeError(f"state must be a dict of JSON values, got {type(state).__name__}")
     record = {"format_version": FORMAT_VERSION, "optimizer": header, **state}
     try:  # fails before anything is written
-        text = json.dumps(record, indent=2, sort_keys=True)
+        text = json.dumps(record, indent=2, sort_keys=True, default=_numpy_scalar_as_number)
     except (TypeError, ValueError) as error:
-        raise TypeError(f"state and optimizer_state must hold only JSON values and numpy arrays: {error}") from None
+        raise TypeError(f"state must hold only JSON values (dict, list, str, int, float, bool, None; NumPy "
+                        f"scalars are saved as numbers), optimizer_state those and dicts of arrays: {error}") from None
     with atomic_directory(path, replace_lock=replace_lock) as tmp:
         write_weights(tmp)
         write_safetensors(tmp / OPTIMIZER_FILE, arrays, checksums=True)
         (tmp / STATE_FILE).write_text(text + "\n", encoding="utf-8")
+
+
+def _numpy_scalar_as_number(value):
+    """json's fallback: a NumPy scalar (a step counted in np.int64, a float32 loss) is the Python
+    number it holds, exactly; anything else stays refused."""
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def load_checkpoint(path, dtype=None):

@@ -139,8 +139,11 @@ def _require_same_arrays(what, arrays, params):
             raise ValueError(f"{what}[{name!r}] has shape {a.shape}, expected {p.shape} "
                              "(the parameter's shape)")
         if a.dtype != p.dtype:
+            # the usual way there: NumPy 2 makes float32 * np.float64(w) float64 (a Python float keeps float32)
+            why = ("; a float32 gradient scaled by a NumPy float64 number (a micro-batch's weight, say) "
+                   "becomes float64: scale by float(weight)" if what == "grads" and a.dtype == np.float64 else "")
             raise TypeError(f"{what}[{name!r}] has dtype {a.dtype}, expected {p.dtype} "
-                            "(the parameter's dtype; no silent casts)")
+                            f"(the parameter's dtype; no silent casts){why}")
 
 
 def _require_usable_grads(grads, squarable, on_shares=None):

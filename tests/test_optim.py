@@ -706,3 +706,13 @@ def test_an_optimizer_over_some_parameters_says_how_to_freeze_the_rest():
 def test_a_list_of_parameters_or_groups_is_refused_saying_what_to_do(groups):
     with pytest.raises(TypeError, match="params must be a dict of name -> numpy array.*one optimizer per group"):
         AdamW(groups)
+
+
+def test_float64_gradients_of_a_float32_model_are_refused_saying_where_they_come_from():
+    """Accumulating micro-batches as `g * weight` with a NumPy float64 weight makes float64
+    gradients of a float32 model (NumPy 2's promotion); the refusal says so and how to avoid it."""
+    params = make_params(dtype=np.float32)
+    grads = {name: g.astype(np.float32) * np.float64(0.5) for name, g in make_grads_sequence(1)[0].items()}
+    assert grads[NORM].dtype == np.float64
+    with pytest.raises(TypeError, match=r"has dtype float64, expected float32.*float\(weight\)"):
+        AdamW(params).step(grads)

@@ -23,8 +23,8 @@ def register(subparsers) -> None:
                         "are not a multiple of 32 values in f16)")
     g.add_argument("--force", action="store_true", help="replace --out if the file exists (never a file the export "
                    "reads: the model's weights, config or tokenizer)")
-    g.add_argument("--name", default=None, help="general.name in the file (default: the name of the folder "
-                                                "--model names: a run's, not its model/ subfolder's)")
+    g.add_argument("--name", default=None, help="general.name in the file (default: the run's name when --model "
+                                                "is a run or in one -- its model/ or checkpoint/ -- else the folder's)")
     g.set_defaults(run=gguf)
     p.set_defaults(run=print_help_instead(p))
 
@@ -49,12 +49,23 @@ def gguf(args) -> int:
     tokenizer = gguf_tokenizer(model_dir)
     # export_gguf refuses a classifier and a masked-LM model (llama.cpp runs every LLaMA causally):
     # it announces the export once its checks have passed, so a refused one prints only the refusal
-    # the folder named (a run's, not its model/ subfolder's "model"; the latest run's when none is)
     named = Path(args.model).expanduser() if args.model is not None else model_dir.parent
-    name = args.name or named.resolve().name
+    name = args.name or _gguf_name(named, model_dir)
     out = export_gguf(model_dir, args.out, tokenizer=tokenizer, outtype=args.outtype, name=name,
                       progress=sys.stderr.isatty(), overwrite=True, flag="--model",
                       echo=lambda line: print(line, flush=True))
     print(f"wrote {out} ({out.stat().st_size / 1024**2:.1f} MiB, {args.outtype}) from {model_dir}; "
           f"run it with llama.cpp, e.g. `llama-cli -m {out} -p \"Once upon a time\"`")
     return 0
+
+
+def _gguf_name(named: Path, model_dir: Path) -> str:
+    """general.name by default: the run's name for a run's model/ or its checkpoint (checkpoint/model,
+    beside training_state.json), however --model points into the run; else the folder --model names."""
+    folder = model_dir.resolve()
+    if folder.name == "model" and (folder.parent / "training_state.json").is_file():
+        return folder.parent.parent.name       # RUN/checkpoint/model
+    run_files = ("log.jsonl", "checkpoint")    # what train and finetune leave beside model/
+    if folder.name == "model" and any((folder.parent / f).exists() for f in run_files):
+        return folder.parent.name              # RUN/model
+    return named.resolve().name

@@ -595,3 +595,21 @@ def test_an_index_that_is_a_fifo_is_not_waited_on_when_out_is_checked(tmp_path, 
         with contextlib.suppress(OSError):
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         checking.join(timeout=10)
+
+
+def test_cli_export_gguf_names_a_run_from_inside_it(tmp_path, tokenizer, monkeypatch):
+    """A run's checkpoint (checkpoint/model, beside training_state.json) and a run's model/ given
+    directly are named after the run: general.name was "checkpoint" for `--model RUN/checkpoint` and
+    for the latest run while it trains, and "model" for `--model RUN/model` or `.` inside it."""
+    run = tmp_path / "stories-run"
+    _model_folder(run / "checkpoint" / "model", tokenizer)
+    (run / "checkpoint" / "training_state.json").write_text("{}")
+    (run / "log.jsonl").write_text("")
+    for i, model in enumerate([run / "checkpoint", run / "checkpoint" / "model", f"{run}/checkpoint/"]):
+        assert main(["export", "gguf", "--model", str(model), "--out", str(tmp_path / f"{i}.gguf")]) == 0
+        assert _read(tmp_path / f"{i}.gguf")[0]["general.name"] == "stories-run", model
+    _model_folder(run / "model", tokenizer)
+    monkeypatch.chdir(run / "model")
+    for i, model in enumerate([str(run / "model"), "."]):
+        assert main(["export", "gguf", "--model", model, "--out", str(tmp_path / f"m{i}.gguf")]) == 0
+        assert _read(tmp_path / f"m{i}.gguf")[0]["general.name"] == "stories-run", model

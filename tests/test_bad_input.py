@@ -698,6 +698,11 @@ CLI = [
     (["generate", "--model", "TMP"], "holds no model"),
     # a file (a llama2.c checkpoint, a GGUF, text): was "holds no model", said of a file that may well hold one
     (["generate", "--model", "CORPUS"], "is a file, not a model folder: "),
+    # --out below a file, named as convert's and export gguf's are (was "[Errno 20] Not a directory" /
+    # "[Errno 17] File exists", after the model was built)
+    (["train", "--steps", "1", "--out", "CORPUS/run"], "is a file, not a folder"),
+    (["finetune", "sft", "--base", "RUN", "--steps", "1", "--out", "CORPUS/a/run"], "is a file, not a folder"),
+    (["tokenizer", "train", "--out", "CORPUS/tok"], "is a file, not a folder"),
     (["tokenizer", "train", "--data", "CORPUS", "--vocab-size", "10", "--out", "TMP/t"], "--vocab-size=10 is too small"),
     (["chat", "--model", "NOWHERE"], "nowhere"),
     (["chat", "--model", "RUN", "--top-p", "0"], "--top-p"),

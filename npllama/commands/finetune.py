@@ -201,6 +201,13 @@ def _config(cls, args):
     on_the_command_line = set(given)
     if args.resume and given.get("out") is None:
         raise UsageError("--resume needs --out: the run folder to continue")
+    if given.get("out") is not None:   # before the model loads (was "[Errno 20] Not a directory")
+        from ..io.atomic import refuse_a_file_above
+
+        try:
+            refuse_a_file_above(given["out"], "--out")
+        except NotADirectoryError as error:
+            raise UsageError(str(error)) from None
     try:
         if args.resume:
             from ..finetune_run import require_resumable, settings_file

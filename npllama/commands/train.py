@@ -125,6 +125,7 @@ def run(args) -> int:
     from ..config import attends_causally
     from ..io.errors import CheckpointError
     from ..runs import RunInUseError
+    from ..io.atomic import refuse_a_file_above
     from ..train import CheckpointWriteError, TrainConfig, TrainingError, resume_config, train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -135,6 +136,7 @@ def run(args) -> int:
         # --resume: the run's saved settings, with the options given on top (changes to the ones
         # that define the run are refused by train(); the others are applied and recorded)
         tc = resume_config(given.get("out", TrainConfig.out), **given) if args.resume else TrainConfig(**given)
+        refuse_a_file_above(tc.out, "--out")   # before the model is built (was "[Errno 20] Not a directory")
         refuse_ignored_flags(given, tc, [doc_separator_rule("--data or --val-data"),
                                          # as --config beside --init-from is refused (model_shape.init_from_config)
                                          ("preset", lambda c: c.init_from is None,
@@ -145,7 +147,7 @@ def run(args) -> int:
                                           "writes (--objective mlm prints no samples)")])
     except CheckpointError:
         raise          # a damaged saved run: its message names the file's own fields, not flags
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, NotADirectoryError) as error:
         raise UsageError(str(error)) from None
     prepare_training_process()
     with use_backend(args.backend or get_backend()):

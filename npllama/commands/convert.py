@@ -93,17 +93,16 @@ def gguf(args) -> int:
 def _read_header(checkpoint: Path):
     """The llama2.c header, or one line saying what the file is instead (a GGUF, a pickle...)."""
     from ..io import CheckpointError
-    from ..io.describe import describe_model_path
+    from ..io.describe import describe_file_kind
     from ..io.llama2c import read_llama2c_header
 
     try:
         return read_llama2c_header(checkpoint)
     except CheckpointError as error:
-        what = describe_model_path(checkpoint)
+        kind, what = describe_file_kind(checkpoint)
         # the header's own words for a file that is (or starts like) a checkpoint; for anything else,
         # llama2.c's tokenizer.bin included, what the file is instead
-        like_a_checkpoint = "llama2.c checkpoint" in what or "\"ak42\" magic" in what
-        raise UsageError(str(error) if like_a_checkpoint else f"not a llama2.c checkpoint: {what}") from None
+        raise UsageError(str(error) if kind == "llama2c" else f"not a llama2.c checkpoint: {what}") from None
 
 
 def _tokenizer(args, checkpoint: Path):
@@ -123,7 +122,7 @@ def _check_tokenizer(args, tokenizer: Path | None, vocab_size: int) -> None:
     """The tokenizer converts for this model, or one line naming where it came from (--tokenizer, or
     found beside the checkpoint), before the conversion is announced."""
     from ..io import CheckpointError
-    from ..io.describe import describe_model_path
+    from ..io.describe import describe_file_kind
     from ..io.llama2c import tokenizer_model_bytes
 
     if tokenizer is None:
@@ -132,10 +131,12 @@ def _check_tokenizer(args, tokenizer: Path | None, vocab_size: int) -> None:
         tokenizer_model_bytes(tokenizer, vocab_size)
     except ValueError as error:   # CheckpointError, or a .model SentencePiece cannot parse
         problem = error.problem if isinstance(error, CheckpointError) else str(error)
-        what = describe_model_path(tokenizer)
+        kind, what = describe_file_kind(tokenizer)
         # a file of another known kind (the checkpoint, a GGUF) said as such: the reader's own words
-        # ("piece 1 has length 33554432") fit only a tokenizer, or a file nothing recognises
-        if "tokenizer" not in what and "unknown kind" not in what:
+        # ("piece 1 has length 33554432") fit only a tokenizer, or a file nothing recognises (by its
+        # kind, not by words in the sentence, which holds the path: my_tokenizers/stories15M.bin)
+        tokenizer_json = kind == "json" and tokenizer.name == "tokenizer.json"
+        if kind not in (None, "sentencepiece", "llama2c_tokenizer") and not tokenizer_json:
             problem = f"is not a tokenizer: {what}"
         if args.tokenizer is not None:
             raise UsageError(f"--tokenizer {args.tokenizer!r}: {problem}") from None

@@ -124,18 +124,35 @@ def _describe_adapter(folder: Path) -> str:
 # ----- files --------------------------------------------------------------------------------------
 
 def _describe_file(path: Path) -> str:
+    return _file_kind_and_description(path)[1]
+
+
+def describe_file_kind(path) -> tuple[str | None, str]:
+    """(kind, describe_model_path's sentence) of a file: kind is "gguf", "llama2c", "safetensors",
+    "pytorch", "json", "sentencepiece" or "llama2c_tokenizer" as recognised, else None (missing,
+    empty, unreadable or of unknown kind).  For callers that act on the kind: the sentence holds the
+    path, whose words ("tokenizer", ...) say nothing of what the file is."""
+    path = Path(path).expanduser()
+    try:
+        kind, what = _file_kind_and_description(path)
+    except OSError as e:
+        kind, what = None, f"cannot be read ({e.strerror or e})"
+    return kind, f"{str(path)!r} {what}"
+
+
+def _file_kind_and_description(path: Path) -> tuple[str | None, str]:
     if not path.exists():
-        return "does not exist"
+        return None, "does not exist"
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(_SNIFF_BYTES)
     if not head:
-        return "is empty"
+        return None, "is empty"
     for describe in (_gguf, _llama2c, _safetensors, _pytorch, _json, _sentencepiece, _llama2c_tokenizer):
         what = describe(path, head, size)
         if what:
-            return what
-    return f"is a file of unknown kind ({size:,} bytes); npllama loads Hugging Face model folders"
+            return describe.__name__.removeprefix("_"), what
+    return None, f"is a file of unknown kind ({size:,} bytes); npllama loads Hugging Face model folders"
 
 
 def _gguf(path, head, size):

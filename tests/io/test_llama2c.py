@@ -273,6 +273,10 @@ def test_convert_api_and_tokenizer_beside_the_checkpoint(tmp_path, sentencepiece
      "is not a tokenizer: '{ckpt}' looks like a llama2.c checkpoint"),
     # --out below a file: was "[Errno 17] File exists: '.../notes.json'", naming no flag
     (["convert", "llama2c", "{ckpt}", "--out", "{tmp}/notes.json/o"], "--out '{tmp}/notes.json/o': '{tmp}/notes.json' is a file"),
+    # ... in a folder whose name says "tokenizer": was "starts with max_token_length 1634415666" (the
+    # word was looked for in the whole sentence, path included)
+    (["convert", "llama2c", "{ckpt}", "--out", "{tmp}/o", "--tokenizer", "{in_tokenizers}"],
+     "is not a tokenizer: '{in_tokenizers}' looks like a llama2.c checkpoint"),
     # the tokenizer given as the checkpoint: was "field 'hidden_dim': must be positive, got 0"
     (["convert", "llama2c", "{tokenizer_bin}", "--out", "{tmp}/o"], "tokenizer rather than a model: pass it to"),
 ])
@@ -289,7 +293,11 @@ def test_convert_mistakes_are_one_line(tmp_path, argv, match, capsys, sentencepi
     cut.write_bytes(checkpoint.read_bytes()[:-1])
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("keep me")
-    paths = dict(ckpt=checkpoint, tmp=tmp_path, gguf=gguf, cut=cut, beside=beside, tokenizer_bin=sentencepiece_and_bin[1])
+    (tmp_path / "my_tokenizers").mkdir()
+    in_tokenizers = tmp_path / "my_tokenizers" / "stories.bin"
+    in_tokenizers.write_bytes(checkpoint.read_bytes())
+    paths = dict(ckpt=checkpoint, tmp=tmp_path, gguf=gguf, cut=cut, beside=beside, tokenizer_bin=sentencepiece_and_bin[1],
+                 in_tokenizers=in_tokenizers)
     argv, match = [a.format(**paths) for a in argv], match.format(**paths)
     assert main(argv) == 2
     out, err = capsys.readouterr()

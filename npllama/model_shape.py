@@ -221,6 +221,11 @@ def init_from_dir(tc) -> Path:
     """The Hugging Face folder --init-from names: the folder itself, or in a run folder of
     `npllama train` its final model/ (else its checkpoint's model/)."""
     folder = Path(tc.init_from).expanduser()
+    if folder.is_file():   # a llama2.c .bin, a .gguf: said what it is and how to convert it, as --model FILE is
+        from .io.describe import describe_model_path
+
+        raise FileNotFoundError(f"--init-from {tc.init_from!r} is a file, not a model folder: "
+                                f"{describe_model_path(folder)}")
     if not folder.is_dir():
         raise FileNotFoundError(f"--init-from {tc.init_from!r} is not a folder (expected a Hugging Face "
                                 f"model folder with config.json and model.safetensors, or a run folder)")

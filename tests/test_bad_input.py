@@ -698,6 +698,8 @@ CLI = [
     (["generate", "--model", "TMP"], "holds no model"),
     # a file (a llama2.c checkpoint, a GGUF, text): was "holds no model", said of a file that may well hold one
     (["generate", "--model", "CORPUS"], "is a file, not a model folder: "),
+    # the same for --init-from: was "is not a folder", nothing said of what the file is (a llama2.c .bin, a .gguf)
+    (["train", "--init-from", "CORPUS", "--steps", "1", "--out", "TMP/r"], "is a file, not a model folder: "),
     # --out below a file, named as convert's and export gguf's are (was "[Errno 20] Not a directory" /
     # "[Errno 17] File exists", after the model was built)
     (["train", "--steps", "1", "--out", "CORPUS/run"], "is a file, not a folder"),

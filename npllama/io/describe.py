@@ -165,8 +165,8 @@ def _gguf(path, head, size):
         architecture = gguf_architecture(path)
     except ImportError:   # without the gguf package only the magic is known: say what to do with a LLaMA one
         architecture = "llama"
-    except CheckpointError as e:
-        return f"has GGUF's magic but cannot be read: {_clause(e)}"
+    except CheckpointError as e:   # unreadable, or readable without the field
+        return f"has GGUF's magic but {'its metadata is incomplete' if e.field else 'cannot be read'}: {_clause(e)}"
     if architecture != "llama":
         return (f"is a GGUF file (llama.cpp's format) of a {architecture!r} model; npllama reads LLaMA ones "
                 f"('llama'): transformers may read it {with_transformers}")
@@ -194,9 +194,9 @@ def _llama2c(path, head, size):
 
 def _clause(error: CheckpointError) -> str:
     """A CheckpointError's problem as a clause about the file ("is 10 bytes" -> "the file is ...")."""
-    field = f"{error.field} " if error.field else ""
-    problem = error.problem
-    return f"the file {problem}" if problem.startswith("is ") else f"{field}{problem}"
+    if error.field:   # "is missing" said of the field, not of the file
+        return f"{error.field} {error.problem}"
+    return f"the file {error.problem}" if error.problem.startswith("is ") else error.problem
 
 
 def _safetensors(path, head, size):

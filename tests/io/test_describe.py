@@ -205,3 +205,14 @@ def test_a_train_checkpoint_without_its_model_names_the_run(tmp_path):
     message = describe_model_path(run / "checkpoint")
     assert "model.safetensors next to" not in message and "model/ folder is missing" in message, message
     assert f"the run folder {str(run)!r} is an npllama run folder: pass it as --model" in message, message
+
+
+def test_a_gguf_without_its_architecture_names_the_field(tmp_path):
+    """A GGUF with no general.architecture was described as "has GGUF's magic but cannot be read:
+    the file is missing" -- of a file that is there (the field's name was dropped)."""
+    pytest.importorskip("gguf")
+    path = tmp_path / "bare.gguf"
+    path.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + bytes(16))   # version 3, no tensors, no fields
+    message = describe_model_path(path)
+    assert "general.architecture" in message and "is missing" in message, message
+    assert "the file is missing" not in message and "cannot be read" not in message, message

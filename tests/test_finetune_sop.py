@@ -230,10 +230,9 @@ def test_the_shared_flags_help_says_what_is_true_for_each_job():
                     if a.dest == "task").choices
     helps = {task: {a.dest: " ".join(a.help.split()) for a in parser._actions} for task, parser in finetune.items()}
     # --resume names exactly the settings each job refuses to change (before: a list without --pairs, --stories ...)
-    assert helps["sop"]["resume"].endswith("(--base, --data, --val-fraction, --lora, --lora-r, --lora-alpha, "
-                                           "--lora-dropout, --lora-targets, --batch-size, --max-len, --seed, --dtype, "
-                                           "--pairs, --doc-separator, --stories); a --data file edited since the "
-                                           "checkpoint is refused too")
+    assert ("(--base, --data, --val-fraction, --lora, --lora-r, --lora-alpha, --lora-dropout, --lora-targets, "
+            "--batch-size, --max-len, --seed, --dtype, --pairs, --doc-separator, --stories); a --data file edited "
+            "since the checkpoint is refused too") in helps["sop"]["resume"], helps["sop"]["resume"]
     assert "--dataset, --labels, --val-data, --split)" in helps["classify"]["resume"]
     assert "the pairs" in helps["sop"]["seed"] and "the masks" in helps["sop"]["seed"]
     assert "head" not in helps["sft"]["seed"] and "new head" not in helps["sft"]["lora"]   # sft has no new head

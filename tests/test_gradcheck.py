@@ -375,6 +375,28 @@ def test_a_longer_step_that_shows_only_round_off_does_not_replace_the_estimate_i
     assert gradcheck(straight, [b], [np.array([2e-4])]).ok
     assert gradcheck(straight, [b], [np.array([2.2e-4])]).inputs[0].status == "FAIL"
 
+@pytest.mark.parametrize("constant", [1e10, 1e11, 1e12, 1e13])
+def test_a_gradient_no_step_resolves_over_a_huge_constant_is_unresolved_never_failed(constant):
+    # f = C + 3e-4 sum(sin(b)): C's round-off leaves too few bits for the variation at any step where
+    # sin is smooth.  At b = 3.2 (C = 1e11) f does not change at the step eps (0 +- 1.1); at the step 1
+    # (3.2 radians) sin aliases to 7e-6 +- 1.2e-4, its differences within round-off showing nothing of
+    # f's shape, and that estimate FAILed the right gradient -3e-4; at C = 1e13 f never changes at
+    # all.  Over a grid of b, the right gradient and wrong ones are UNRESOLVED, none ok or FAIL
+    b = np.linspace(-3.4, 3.4, 25)
+    sin_over_big = lambda v: float(constant + 3e-4 * np.sum(np.sin(v)))
+    right = 3e-4 * np.cos(b)
+    for factor in (1.0, 1.01, 2.0, -1.0):
+        for part in (b[0::5], b[1::5], b[2::5], b[3::5], b[4::5]):
+            report = gradcheck(sin_over_big, [part], [factor * 3e-4 * np.cos(part)])
+            assert report.inputs[0].status == "UNRESOLVED", (factor, str(report))
+            assert any("round-off swamps a tiny gradient" in w for w in report.warnings), str(report)
+    # a straight f as far above its gradient keeps its slope at those steps: resolved, a wrong one FAILs
+    straight = lambda v: float(constant + 2e-4 * constant / 1e11 * np.sum(v))
+    slope = np.full(b.size, 2e-4 * constant / 1e11)
+    assert gradcheck(straight, [b], [slope]).ok
+    assert gradcheck(straight, [b], [1.1 * slope]).inputs[0].status == "FAIL"
+
+
 def test_analytic_round_off_of_a_zero_gradient_is_in_the_bound():
     # d/dx of sum(x - mean(x)) is exactly 0 in exact arithmetic; computed as 1 - the sum of seven
     # 1/7 it is a few u.  Longer steps resolve the zero far below u, which must not fail the noise

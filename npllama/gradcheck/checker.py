@@ -293,7 +293,7 @@ def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richa
     noise = ROUNDOFF_FACTOR * UNIT_ROUNDOFF * largest
     estimate, longer = _resolved_derivative(evaluate, move, eps, richardson, tol * abs(analytic), reference,
                                             noise, unit_step=1.0 / max(scale, TINY),
-                                            shorter_steps=probes.remeasure_failures)
+                                            shorter_steps=probes.remeasure_failures, claimed=analytic)
     bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
     # failing, or passing on a loose bound (which could let a mistake through): shorter steps may tighten it
     if probes.remeasure_failures and (abs(analytic - estimate.value) > bound + tol * magnitude
@@ -328,10 +328,10 @@ def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, a
     magnitude = _norm(terms)
     length = _norm(direction)            # <g, p> sums the entries' round-off with random signs
     noise = ROUNDOFF_FACTOR * UNIT_ROUNDOFF * largest * length
+    claimed, terms_size = np.sum(terms), float(np.sum(np.abs(terms)))     # <g, p>, and its terms' size
     estimate, longer = _resolved_derivative(evaluate, move, eps, richardson, tol * magnitude, magnitude, noise,
                                             unit_step=1.0 / max(float(np.max(np.abs(direction), initial=0.0)), TINY),
-                                            shorter_steps=probes.remeasure_failures)
-    claimed, terms_size = np.sum(terms), float(np.sum(np.abs(terms)))     # <g, p>, and its terms' size
+                                            shorter_steps=probes.remeasure_failures, claimed=float(claimed))
 
     def bound_of(estimate):
         # rounding of x + t p moves each entry by up to u |x_i| instead of t p_i: a relative u / eps

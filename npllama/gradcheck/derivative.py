@@ -73,17 +73,20 @@ def _longer_step_kept(attempt: _Estimate, best: _Estimate) -> bool:
             and abs(attempt.value - best.value) <= attempt.bound + best.bound)
 
 
-def _nothing_but_roundoff(attempt: _Estimate, best: _Estimate) -> bool:
+def _nothing_but_roundoff(attempt: _Estimate) -> bool:
     """Whether a longer step's estimate shows nothing of f but round-off: its differences within it
-    (so no h^2 shrinking shows f smooth over the step), its value within its bound of 0, and the
-    shorter step's value beyond that bound.  Agreeing with the shorter step only through that one's
-    bound, it would replace a gradient f's round-off swamps with a 0 that f's variation over so long
-    a step averaged away: 1e11 + 3e-4 sum(sin(b)) at b = 0.8 (gradient 2.1e-4, D(h) 1.9e-4 within the
-    bound 5e-4 at the step 1) was taken at the step 4250, 2e-8 within 1e-7, and FAILed the right gradient.
+    (so no h^2 shrinking shows f smooth over the step) and its value within its bound of 0.  Such an
+    estimate shows neither f's slope nor that f is smooth over so long a step, where f's variation may
+    average away: it does not replace a shorter step's value beyond its bound, and it is returned only
+    once a longer step still shows a slope (_resolved_derivative).
+    1e11 + 3e-4 sum(sin(b)) at b = 0.8 (gradient 2.1e-4, D(h) 1.9e-4 within the bound 5e-4 at the
+    step 1) was taken at the step 4250, 2e-8 within 1e-7, and FAILed the right gradient; at b = 3.2
+    (gradient -3e-4), where f does not change at the step eps (0 +- 1.1), at the step 1 (3.2
+    radians), 7e-6 +- 1.2e-4, and at 741, 1.3e-7 +- 2.7e-7: it FAILed too.  A straight f keeps its
+    slope at the longer steps: 1e11 + 2e-4 sum(b), 2e-4 +- 1.2e-4 at the step 1, 2e-4 +- 1.2e-6 at 100.
     (Not where the analytic gradient is all zero: there the steps grow to an absolute 1 through
     estimates that each resolve nothing, to show any slope f has; see _resolved_derivative.)"""
-    return (attempt.difference <= 2 * attempt.roundoff and abs(attempt.value) <= attempt.bound
-            and abs(best.value - attempt.value) > attempt.bound)
+    return attempt.difference <= 2 * attempt.roundoff and abs(attempt.value) <= attempt.bound
 
 
 def _smooth_at_shorter_steps(evaluate, move, rough, richardson, good_enough, kinks=True) -> _Estimate | None:
@@ -150,7 +153,7 @@ def _straight_inside_a_kink(shorter: _Estimate, rough: _Estimate) -> bool:
 
 
 def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference, noise, unit_step,
-                         shorter_steps=True):
+                         shorter_steps=True, claimed=None):
     """_derivative at the step eps, and, while its bound is loose next to the gradient's size
     (reference), again at longer steps: f's round-off in a difference shrinks as 1/step.  The step
     grows STEP_GROWTH-fold, or (at most MAX_JUMP-fold) towards where the round-off would be small.
@@ -158,7 +161,10 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
     step's within both bounds, and its differences at h, 2h, 4h still shrink like h^2: far from
     the point a function need not behave as near it, and there the bound would mean nothing; nor,
     with a gradient to measure against, one that shows nothing but round-off and contradicts the
-    shorter step's value (_nothing_but_roundoff).  With
+    shorter step's value (_nothing_but_roundoff).  Such an estimate that does not contradict it is
+    returned only if a longer step after it shows a slope, or the analytic value along the probe
+    (claimed) lies within its bound; else the last estimate that showed more than round-off is, its
+    bound as loose as it was (UNRESOLVED, not a FAIL on a step where f may have averaged away).  With
     no gradient to measure against (reference 0: analytic zero over the whole input), the step
     grows at most to an absolute 1 (unit_step, in steps), enough to show a gradient that is not zero.
     No bound below the analytic gradient's own round-off (noise) is sought.  shorter_steps: whether
@@ -166,6 +172,7 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
     the input's FAIL is confirmed (checker.py), as in _shortened.
     Returns (estimate, whether a longer step was kept)."""
     best, step, longer = _derivative(evaluate, move, eps, richardson, good_enough), eps, False
+    shown = best     # the longest step's estimate that showed more than round-off
     # No longer steps from a rough estimate (its differences at h, 2h, 4h did not shrink like h^2)
     # where shorter steps show f varying within the step (_smooth_at_shorter_steps): at a step 100x
     # longer its differences only alias.  sum(sin(k x)) at k h ~ 1 (D(h) -84, bound 169) was taken
@@ -197,12 +204,21 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
         except _LeftDomain:                     # the longer step left f's domain
             break
         if not np.isfinite(best.bound):         # the shorter step resolved nothing (it vanished in rounding)
-            best, longer = attempt, True
+            best = shown = attempt
+            longer = True
             continue
-        if not _longer_step_kept(attempt, best) or (reference > 0 and _nothing_but_roundoff(attempt, best)):
+        shows_nothing = reference > 0 and _nothing_but_roundoff(attempt)
+        if not _longer_step_kept(attempt, best) or (shows_nothing and abs(best.value - attempt.value) > attempt.bound):
             break
-        best, longer = attempt, True
-    return best, longer
+        best = attempt
+        if not shows_nothing:
+            shown, longer = best, True
+    # the longest step's estimate, though it shows nothing but round-off, where the analytic value
+    # (claimed) is within its bound: a gradient far below the check's others (sum(cos(x)) at an
+    # entry ~ 4e-12 of x ~ 1e-10, -4.2e-12 +- 6e-12 at the step 1e8) is resolved next to them
+    if best is not shown and claimed is not None and abs(claimed - best.value) <= best.bound:
+        return best, True
+    return shown, longer
 
 
 def _shortened(evaluate, move, estimate, richardson, good_enough, shortest_rough=0.0) -> _Estimate:

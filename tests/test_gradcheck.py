@@ -397,6 +397,18 @@ def test_a_gradient_no_step_resolves_over_a_huge_constant_is_unresolved_never_fa
     assert gradcheck(straight, [b], [1.1 * slope]).inputs[0].status == "FAIL"
 
 
+@pytest.mark.parametrize("f", [lambda v: float(1e11 + 2e-4 * np.sum(v)), lambda v: float(1e11 + 3e-4 * np.sum(np.sin(v)))],
+                         ids=["straight", "sin"])
+def test_an_all_zero_gradient_f_shows_a_slope_against_is_not_passed(f):
+    # with every gradient of the check zero nothing has a size: the steps grow to an absolute 1, where
+    # f = 1e11 + 2e-4 sum(v) gives 2e-4 +- 3.5e-4 -- a slope its bound cannot resolve, and a zero
+    # claimed for it passed as ok.  UNRESOLVED; a zero where f does not move at all still passes
+    b = np.linspace(-1.3, 1.1, 5)
+    report = gradcheck(f, [b], [np.zeros(5)])
+    assert report.inputs[0].status == "UNRESOLVED", str(report)
+    assert gradcheck(lambda v: float(1e11 + 0.0 * np.sum(v)), [b], [np.zeros(5)]).ok
+
+
 def test_analytic_round_off_of_a_zero_gradient_is_in_the_bound():
     # d/dx of sum(x - mean(x)) is exactly 0 in exact arithmetic; computed as 1 - the sum of seven
     # 1/7 it is a few u.  Longer steps resolve the zero far below u, which must not fail the noise

@@ -88,8 +88,13 @@ class _Probes:
         # steps show it smooth, f rounding at longer steps (derivative.py), and a failing probe
         # where shorter steps than the re-measurement's resolve f (remeasure.py).  A rule that
         # held a passing rough bound to 1e-2 of the gradient caught no case once they did)
+        # with nothing to measure against (the check's gradients all zero), a passing probe is
+        # unresolved where its value stands more than UNRESOLVED of its bound from 0: f shows a slope
+        # the bound cannot resolve, and a zero could not be told from it
+        sizeless = not (reference > 0 or coarse > 0)
         self.unresolved.append(estimate.unsteady or bool(estimate.between)
-                               or ((reference > 0 or coarse > 0) and not estimate.bound <= resolution))
+                               or (not sizeless and not estimate.bound <= resolution)
+                               or (sizeless and not estimate.rough and UNRESOLVED * bound < abs(estimate.value) <= bound))
         # resolved only next to the check's largest gradient (coarse), not next to its own: a wrong
         # gradient of this probe's size passes too (reports.py says so: saturated attention's dq,
         # ~1e-37 next to dv ~3, was ok with a relative bound of 1e25 and nothing said)

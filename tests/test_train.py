@@ -131,6 +131,19 @@ def test_resume_after_stop_after_continues_to_the_end(tmp_path):
     assert resume_config(out, stop_after=1).stop_after == 1   # given again, it applies to this call
 
 
+def test_a_file_the_os_adds_to_the_checkpoint_folder_does_not_stop_the_run_saving(tmp_path):
+    """A checkpoint folder opened in a file browser gains .DS_Store (Desktop.ini, ...): the run's
+    next checkpoint, and the one its stop saves, replace the folder as before, not refuse it as
+    "not a training checkpoint" (which crashed the run and lost the steps since the last save)."""
+    out = tmp_path / "run"
+    config = dict(out=str(out), steps=8, eval_every=0, checkpoint_every=2, **FAST)
+    assert train(TrainConfig(**config, stop_after=3), echo=quiet).step == 3
+    (out / "checkpoint" / ".DS_Store").write_bytes(b"\0")
+    second = train(TrainConfig(**config, stop_after=2), resume=True, echo=quiet)   # saves at 4, then at the stop
+    assert second.interrupted and second.step == 5
+    assert json.loads((out / "checkpoint" / "training_state.json").read_text())["step"] == 5
+
+
 def test_resume_refuses_steps_below_the_checkpoints_step(straight_run, tmp_path):
     """A resume cannot end a run before the step its checkpoint has reached: refused, nothing
     rewritten (before, it said "done: step 12" and recorded steps=10)."""

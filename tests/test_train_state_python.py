@@ -83,6 +83,24 @@ def test_a_folder_of_ones_own_files_is_refused_not_replaced(save, tmp_path):
     assert load_checkpoint(folder)[2]["step"] == 0 if save == "model" else (folder / "params.safetensors").is_file()
 
 
+@pytest.mark.parametrize("save", ["model", "params"])
+def test_a_checkpoint_folder_with_a_stray_file_is_still_a_checkpoint_and_replaced(save, tmp_path):
+    """A file browser's .DS_Store in a checkpoint folder does not make it "not a training
+    checkpoint": `npllama train` saves its run's checkpoint/ over it at every interval and stop."""
+    from npllama.io.train_state import load_params_checkpoint, save_params_checkpoint
+
+    model = Llama(CONFIG, seed=0)
+    optimizer_state = AdamW(model.params).state_dict()
+    folder = tmp_path / "checkpoint"
+    write = ((lambda step: save_checkpoint(folder, model, optimizer_state, {"step": step})) if save == "model" else
+             (lambda step: save_params_checkpoint(folder, model.params, optimizer_state, {"step": step})))
+    load = load_checkpoint if save == "model" else load_params_checkpoint
+    write(1)
+    (folder / ".DS_Store").write_bytes(b"\0")
+    write(2)
+    assert load(folder)[2]["step"] == 2
+
+
 def test_numpy_scalars_in_the_state_are_saved_as_numbers_and_other_objects_refused_naming_their_type(tmp_path):
     """A loop's step counter or loss often is a NumPy scalar (np.int64 from an array, a float32
     loss): saved as the number it holds.  An object JSON cannot hold is refused, named."""

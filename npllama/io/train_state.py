@@ -57,13 +57,17 @@ CHECKPOINT_ENTRIES = frozenset({"model", PARAMS_FILE, OPTIMIZER_FILE, STATE_FILE
 
 
 def _refuse_a_folder_of_other_files(path: Path) -> None:
-    """A checkpoint replaces its folder whole: one holding anything a checkpoint does not (a
-    user's own files, a run folder given for its checkpoint/) is refused, never emptied.  A
-    damaged checkpoint, with only some of its entries, is replaced as usual."""
+    """A checkpoint replaces its folder whole: a folder that is not a checkpoint and holds anything
+    a checkpoint does not write (a user's own files, a run folder given for its checkpoint/) is
+    refused, never emptied.  A checkpoint (it holds training_state.json) is replaced as before,
+    even holding a file someone else added (a file browser's .DS_Store): `npllama train` saves
+    its run's checkpoint/ at every interval and at a stop, and a refusal there would lose the run's
+    progress.  A damaged checkpoint, with only some of its entries, is replaced as usual."""
     if not path.is_dir():
         return
-    others = sorted(name for name in os.listdir(path) if name not in CHECKPOINT_ENTRIES)
-    if others:
+    entries = os.listdir(path)
+    others = sorted(name for name in entries if name not in CHECKPOINT_ENTRIES)
+    if others and STATE_FILE not in entries:
         shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         raise ValueError(f"path {str(path)!r} is a folder that is not a training checkpoint (it holds {shown}); "
                          "saving would replace it whole, so it is refused: give a new or empty folder, "

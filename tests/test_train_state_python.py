@@ -101,6 +101,16 @@ def test_a_checkpoint_folder_with_a_stray_file_is_still_a_checkpoint_and_replace
     assert load(folder)[2]["step"] == 2
 
 
+def test_a_numpy_scalar_without_a_python_number_is_refused_as_a_type_error(tmp_path):
+    """np.longdouble's .item() is itself (no Python float holds it): refused naming its type, not
+    a RecursionError from json asking the fallback again and again."""
+    model = Llama(CONFIG, seed=0)
+    with pytest.raises(TypeError, match="longdouble"):
+        save_checkpoint(tmp_path / "checkpoint", model, AdamW(model.params).state_dict(),
+                        {"step": 0, "loss": np.longdouble(0.1)})
+    assert not (tmp_path / "checkpoint").exists()
+
+
 def test_numpy_scalars_in_the_state_are_saved_as_numbers_and_other_objects_refused_naming_their_type(tmp_path):
     """A loop's step counter or loss often is a NumPy scalar (np.int64 from an array, a float32
     loss): saved as the number it holds.  An object JSON cannot hold is refused, named."""

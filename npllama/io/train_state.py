@@ -95,7 +95,9 @@ def _numpy_scalar_as_number(value):
     """json's fallback: a NumPy scalar (a step counted in np.int64, a float32 loss) is the Python
     number it holds, exactly; anything else stays refused."""
     if isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
+        number = value.item()
+        if isinstance(number, (int, float, bool)):   # not np.longdouble, whose .item() is itself
+            return number
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 

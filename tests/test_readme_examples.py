@@ -75,3 +75,22 @@ def test_the_own_training_loop_resumes_exactly_and_gives_npllama_trains_losses(t
     logged = [json.loads(line) for line in Path("run/log.jsonl").read_text().splitlines()]
     np.testing.assert_allclose([r["loss"] for r in logged if "loss" in r], losses, rtol=1e-5)
     assert [r["val_loss"] for r in logged if "val_loss" in r][-1] == pytest.approx(namespace["val_loss"], rel=1e-5)
+
+
+def test_the_adamw_defaults_the_readme_says_differ_from_torchs_are_those_that_do():
+    """'Your own training loop' names each AdamW default that differs from torch.optim.AdamW's,
+    with both values (it once said two differ, leaving out lr)."""
+    import ast
+    import inspect
+
+    torch = pytest.importorskip("torch")
+    from npllama.optim import AdamW
+
+    ours, theirs = (inspect.signature(cls.__init__).parameters for cls in (AdamW, torch.optim.AdamW))
+    differ = {name for name in ("lr", "betas", "eps", "weight_decay") if ours[name].default != theirs[name].default}
+    section = README.read_text(encoding="utf-8").split("## Your own training loop", 1)[1].split("\n## ", 1)[0]
+    said = re.search(r"of AdamW's defaults differ\s+from torch's: (.*?);", section, flags=re.S).group(1)
+    words = {"lr": "lr", "betas": "betas", "eps": "eps", "weight decay": "weight_decay"}
+    pairs = re.findall(r"(lr|betas|eps|weight decay) (\S+|\(.*?\)) \(torch (\S+|\(.*?\))\)", " ".join(said.split()))
+    stated = {words[word]: (ast.literal_eval(a), ast.literal_eval(b)) for word, a, b in pairs}
+    assert stated == {name: (ours[name].default, theirs[name].default) for name in differ}, said

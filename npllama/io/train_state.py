@@ -34,7 +34,8 @@ MAX_STATE_BYTES = 16 * 1024**2  # training_state.json is a few kB; anything this
 def save_checkpoint(path, model, optimizer_state: dict, state: dict, extra_files=None,
                     replace_lock=None) -> None:
     """Write model + optimizer_state (from Optimizer.state_dict()) + state (JSON-able) atomically,
-    replacing the checkpoint at `path`; a folder holding other files is refused (ValueError).
+    replacing the checkpoint at `path`; a folder that is not a checkpoint and holds other files is
+    refused (ValueError).
 
     extra_files: {file name: bytes} to place inside the model folder (e.g. tokenizer.model).
     replace_lock: held around the final renames (npllama.io.atomic.atomic_directory).

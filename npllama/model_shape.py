@@ -220,12 +220,10 @@ def init_from_config(tc) -> LlamaConfig:
 def init_from_dir(tc) -> Path:
     """The Hugging Face folder --init-from names: the folder itself, or in a run folder of
     `npllama train` its final model/ (else its checkpoint's model/)."""
-    folder = Path(tc.init_from).expanduser()
-    if folder.is_file():   # a llama2.c .bin, a .gguf: said what it is and how to convert it, as --model FILE is
-        from .io.describe import describe_model_path
+    from .runs import refuse_a_model_file
 
-        raise FileNotFoundError(f"--init-from {tc.init_from!r} is a file, not a model folder: "
-                                f"{describe_model_path(folder)}")
+    folder = Path(tc.init_from).expanduser()
+    refuse_a_model_file(folder, flag="--init-from")   # a llama2.c .bin, a .gguf: what it is, how to convert it
     if not folder.is_dir():
         raise FileNotFoundError(f"--init-from {tc.init_from!r} is not a folder (expected a Hugging Face "
                                 f"model folder with config.json and model.safetensors, or a run folder)")

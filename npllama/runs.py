@@ -248,11 +248,25 @@ def remove_stale_temporaries(run_dir: Path, recover: bool = True) -> list[Path]:
     return removed
 
 
+def refuse_a_model_file(path, flag: str | None = None) -> None:
+    """A FileNotFoundError when `path` is a file: it may well hold a model (a llama2.c checkpoint,
+    a GGUF), only not as a folder, so the message says what the file is and how to convert it.
+    The one check of every option that names a model folder (--model, --base, --init-from);
+    flag, when given, opens the message."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        from .io.describe import describe_model_path
+
+        named = f"{flag} {str(path)!r}" if flag else repr(str(path))
+        raise FileNotFoundError(f"{named} is a file, not a model folder: {describe_model_path(path)}")
+
+
 def resolve_model_dir(path=None) -> Path:
     """The Hugging Face folder to load for `path` (None: the latest run's model)."""
     path = latest_run() if path is None else Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"model folder {str(path)!r} does not exist")
+    refuse_a_model_file(path)
     candidates = [path, path / "model", path / "checkpoint" / "model"]
     if (path / "training_state.json").is_file():  # a run's checkpoint/ folder
         candidates.insert(0, path / "model")
@@ -268,10 +282,8 @@ def resolve_model_dir(path=None) -> Path:
             return candidate
     from .io.describe import describe_model_path
 
-    # what the path is says what was expected instead (a Hugging Face folder, a run folder); a file
-    # may well hold a model (a llama2.c checkpoint, a GGUF), only not as a folder
-    where = "is a file, not a model folder" if path.is_file() else "holds no model"
-    raise FileNotFoundError(f"{str(path)!r} {where}: {describe_model_path(path)}")
+    # what the folder is says what was expected instead (a Hugging Face folder, a run folder)
+    raise FileNotFoundError(f"{str(path)!r} holds no model: {describe_model_path(path)}")
 
 
 def find_tokenizer(model_dir: Path) -> Path:

@@ -766,7 +766,7 @@ CLI = [
     (["convert", "bogus"], "invalid choice"),
     (["export", "gguf", "--model", "NOWHERE", "--out", "TMP/x.gguf"], "does not exist|gguf"),
     (["export", "gguf", "--model", "RUN"], "the following arguments are required: --out"),
-    (["export", "gguf", "--model", "CORPUS", "--out", "TMP/x.gguf"], "must be a model folder|gguf"),
+    (["export", "gguf", "--model", "CORPUS", "--out", "TMP/x.gguf"], "is a file, not a model folder: |gguf"),
     (["export", "bogus"], "invalid choice"),
     (["bogus"], "invalid choice"),
     # absurd input: deep JSON, JSON of the wrong type, huge numbers, odd files, sizes over budget

@@ -37,12 +37,10 @@ def gguf(args) -> int:
     if importlib.util.find_spec("gguf") is None:
         raise UsageError("GGUF export needs the `gguf` package: pip install 'npllama[gguf]' (or pip install gguf)")
     from ..io.gguf_export import check_gguf_out, export_gguf, gguf_tokenizer
-    from ..runs import resolve_model_dir
+    from ..runs import refuse_a_model_file, resolve_model_dir
 
-    if args.model is not None and Path(args.model).is_file():  # a .bin, a .gguf...: say what it is
-        from ..io.describe import describe_model_path
-
-        raise UsageError(f"--model must be a model folder; {describe_model_path(args.model)}")
+    if args.model is not None:  # a .bin, a .gguf...: said (what it is) before --out is judged
+        refuse_a_model_file(args.model, flag="--model")
     check_gguf_out(Path(args.out), None, args.force, flag="--out", force="--force")  # before the model loads
     model_dir = resolve_model_dir(args.model)
     check_gguf_out(Path(args.out), model_dir, args.force, flag="--out", force="--force")

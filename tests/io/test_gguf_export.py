@@ -613,3 +613,20 @@ def test_cli_export_gguf_names_a_run_from_inside_it(tmp_path, tokenizer, monkeyp
     for i, model in enumerate([str(run / "model"), "."]):
         assert main(["export", "gguf", "--model", model, "--out", str(tmp_path / f"m{i}.gguf")]) == 0
         assert _read(tmp_path / f"m{i}.gguf")[0]["general.name"] == "stories-run", model
+
+
+@pytest.mark.parametrize("content", [b"GGUF" + bytes(60), b"just some text\n"])
+def test_export_gguf_says_a_model_file_is_a_file_in_the_words_every_command_uses(tmp_path, capsys, content):
+    """--model FILE (a .gguf, a llama2.c .bin, anything) is refused by the check generate's --model
+    goes through ('is a file, not a model folder: <what it is>'), named as --model, and before --out
+    is judged (an --out that exists would otherwise be the complaint)."""
+    model_file = tmp_path / "model.bin"
+    model_file.write_bytes(content)
+    (tmp_path / "taken.gguf").write_bytes(b"mine")
+    assert main(["generate", "--model", str(model_file), "--prompt", "hi"]) == 2
+    said_by_generate = capsys.readouterr().err.strip().split("error: ", 1)[1]
+    assert said_by_generate.startswith(f"{str(model_file)!r} is a file, not a model folder: "), said_by_generate
+    assert main(["export", "gguf", "--model", str(model_file), "--out", str(tmp_path / "taken.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().split("error: ", 1)[1] == f"--model {said_by_generate}", err
+    assert (tmp_path / "taken.gguf").read_bytes() == b"mine"

@@ -347,10 +347,15 @@ def test_cli_errors_are_one_line(folder, monkeypatch, capsys):
      "--adapter with --against transformers.*finetune sft --lora --merge.*load_classifier"),
     (["trace", "--out", "{missing}/t.npz"], "--out"),
     (["trace", "--out", "t.txt"], "--out t.txt: .*npz"),
+    # a file where a folder is needed: said as such (was "folder ... does not exist", of a file that does)
+    (["trace", "--out", "{afile}/t.npz"], "--out .*afile/t.npz.*afile' is a file, not a folder"),
+    (["trace", "--out", "{afile}/sub/t.npz"], "--out .*afile' is a file, not a folder"),
+    (["compare", "--save", "{afile}/cmp"], "--save .*afile' is a file, not a folder"),
 ])
 def test_cli_refuses_a_flag_it_cannot_honour_before_anything_runs(tmp_path, argv, named):
     # the model folder does not exist either: the flag must be refused first, not after a run
-    argv = [a.format(missing=tmp_path / "missing", tmp=tmp_path) for a in argv]
+    (tmp_path / "afile").write_text("a file, not a folder")
+    argv = [a.format(missing=tmp_path / "missing", tmp=tmp_path, afile=tmp_path / "afile") for a in argv]
     with pytest.raises(UsageError, match=named):
         run_cli(["debug", *argv, "--model", str(tmp_path / "no-model"), "--tokens", "1,2"])
 

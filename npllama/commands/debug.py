@@ -221,9 +221,15 @@ def run_train_compare(args) -> int:
 
 def _refuse_unwritable(flag: str, path, suffix: str = "") -> None:
     """A file the command writes after its run, refused before the run starts (not after it) when
-    its folder does not exist or its name lacks `suffix`."""
+    its folder does not exist (or a file stands where a folder is named) or its name lacks `suffix`."""
+    from ..io.atomic import refuse_a_file_above
+
     if not path:
         return
+    try:
+        refuse_a_file_above(path, flag)
+    except NotADirectoryError as error:
+        raise UsageError(str(error)) from None
     folder = os.path.dirname(path)
     if folder and not os.path.isdir(folder):
         raise UsageError(f"{flag} {path}: folder {folder!r} does not exist")

@@ -102,7 +102,8 @@ def _read_header(checkpoint: Path):
         kind, what = describe_file_kind(checkpoint)
         # the header's own words for a file that is (or starts like) a checkpoint; for anything else,
         # llama2.c's tokenizer.bin included, what the file is instead
-        raise UsageError(str(error) if kind == "llama2c" else f"not a llama2.c checkpoint: {what}") from None
+        raise UsageError(str(error) if kind == "llama2c" else
+                         f"not a llama2.c checkpoint: {str(checkpoint)!r} {what}") from None
 
 
 def _tokenizer(args, checkpoint: Path):
@@ -130,18 +131,27 @@ def _check_tokenizer(args, tokenizer: Path | None, vocab_size: int) -> None:
     try:
         tokenizer_model_bytes(tokenizer, vocab_size)
     except ValueError as error:   # CheckpointError, or a .model SentencePiece cannot parse
-        problem = error.problem if isinstance(error, CheckpointError) else str(error)
+        # one sentence, the file named once: "<the file> <what is wrong with it>"
+        problem = error.problem if isinstance(error, CheckpointError) else _said_of(tokenizer, error)
         kind, what = describe_file_kind(tokenizer)
         # a file of another known kind (the checkpoint, a GGUF) said as such: the reader's own words
-        # ("piece 1 has length 33554432") fit only a tokenizer, or a file nothing recognises (by its
+        # ("has piece 1 of length 33554432") fit only a tokenizer, or a file nothing recognises (by its
         # kind, not by words in the sentence, which holds the path: my_tokenizers/stories15M.bin)
         tokenizer_json = kind == "json" and tokenizer.name == "tokenizer.json"
         if kind not in (None, "sentencepiece", "llama2c_tokenizer") and not tokenizer_json:
-            problem = f"is not a tokenizer: {what}"
+            problem = f"is not a tokenizer: it {what}"
         if args.tokenizer is not None:
-            raise UsageError(f"--tokenizer {args.tokenizer!r}: {problem}") from None
-        raise UsageError(f"{str(tokenizer)!r}, found beside the checkpoint: {problem}; give the model's "
+            raise UsageError(f"--tokenizer {args.tokenizer!r} {problem}") from None
+        raise UsageError(f"{str(tokenizer)!r}, found beside the checkpoint, {problem}; give the model's "
                          f"tokenizer with --tokenizer, or convert without one (--no-tokenizer)") from None
+
+
+def _said_of(path: Path, error: ValueError) -> str:
+    """What a reader's error says of `path`, without the path it opens with (the caller names the
+    file its own way); a message that does not open with it, as it stands."""
+    said = str(error)
+    named = f"{str(path)!r} "
+    return said[len(named):] if said.startswith(named) else f"cannot be read: {said}"
 
 
 def _checked_paths(args) -> tuple[Path, Path]:

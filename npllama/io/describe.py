@@ -128,16 +128,16 @@ def _describe_file(path: Path) -> str:
 
 
 def describe_file_kind(path) -> tuple[str | None, str]:
-    """(kind, describe_model_path's sentence) of a file: kind is "gguf", "llama2c", "safetensors",
-    "pytorch", "json", "sentencepiece" or "llama2c_tokenizer" as recognised, else None (missing,
-    empty, unreadable or of unknown kind).  For callers that act on the kind: the sentence holds the
-    path, whose words ("tokenizer", ...) say nothing of what the file is."""
+    """(kind, what) of a file: kind is "gguf", "llama2c", "safetensors", "pytorch", "json",
+    "sentencepiece" or "llama2c_tokenizer" as recognised, else None (missing, empty, unreadable or
+    of unknown kind); what is describe_model_path's sentence without the path ("looks like a
+    llama2.c checkpoint ..."), for a caller that names the file its own way (as a flag's value).
+    For callers that act on the kind, not on words in a sentence that holds the path."""
     path = Path(path).expanduser()
     try:
-        kind, what = _file_kind_and_description(path)
+        return _file_kind_and_description(path)
     except OSError as e:
-        kind, what = None, f"cannot be read ({e.strerror or e})"
-    return kind, f"{str(path)!r} {what}"
+        return None, f"cannot be read ({e.strerror or e})"
 
 
 def _file_kind_and_description(path: Path) -> tuple[str | None, str]:

@@ -74,7 +74,7 @@ def read_llama2c_tokenizer(path, vocab_size: int | None = None) -> tuple[list[by
         score, length = struct.unpack_from("<fi", data, offset)
         offset += 8
         if not 0 < length <= max_length or offset + length > len(data):
-            raise CheckpointError(path, f"piece {len(pieces)} has length {length}, outside 1..{max_length} "
+            raise CheckpointError(path, f"has piece {len(pieces)} of length {length}, outside 1..{max_length} "
                                         f"or past the end of the file (not a llama2.c tokenizer.bin?)")
         pieces.append(data[offset:offset + length])
         scores.append(score)
@@ -93,7 +93,7 @@ def llama2c_tokenizer_to_sentencepiece(path, vocab_size: int | None = None) -> b
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise CheckpointError(path, f"piece {i} is not UTF-8 text ({raw!r})") from None
+            raise CheckpointError(path, f"has piece {i}, which is not UTF-8 text ({raw!r})") from None
         piece, kind = _piece_and_type(text)
         pieces.append(piece)
         types.append(kind)
@@ -103,7 +103,7 @@ def llama2c_tokenizer_to_sentencepiece(path, vocab_size: int | None = None) -> b
     try:
         return build_bpe_model(pieces, scores, types, byte_fallback=byte_fallback)
     except ValueError as e:
-        raise CheckpointError(path, str(e)) from None
+        raise CheckpointError(path, f"cannot become a SentencePiece model: {e}") from None
 
 
 def _piece_and_type(text: str) -> tuple[str, int]:

@@ -256,6 +256,42 @@ def test_convert_api_and_tokenizer_beside_the_checkpoint(tmp_path, sentencepiece
     assert (tmp_path / "b" / "tokenizer.model").read_bytes() == original.model_bytes
 
 
+@pytest.mark.parametrize("name, content", [
+    ("notes.json", b'{"a": 1}'),                            # a file describe knows: what it is instead
+    ("other.model", b"not a SentencePiece model"),          # SentencePiece's reader
+    ("text.txt", b"hello, not a tokenizer\n" * 20),         # llama2.c's reader: max_token_length
+    ("tiny.bin", b"\x01\x00"),                              # ... too short
+    ("bad_piece.bin", struct.pack("<Ifi", 16, 0.0, 999)),    # ... a piece's length
+    ("checkpoint.bin", None),                               # the checkpoint itself
+    ("tokenizer.bin", "other vocabulary"),                  # a real tokenizer.bin, for another model
+])
+def test_a_bad_tokenizer_is_named_once_in_one_sentence(tmp_path, name, content, capsys, sentencepiece_and_bin):
+    """--tokenizer FILE that cannot be converted: '--tokenizer 'FILE' <what is wrong with it>', the
+    path said once, no stray colon after it (was "--tokenizer 'x': is not a tokenizer: 'x' looks
+    like ...", "--tokenizer 'x': starts with ..."); the same for one found beside the checkpoint."""
+    checkpoint, _ = _write(tmp_path, "v1", random_llama2c_weights(vocab_size=64))
+    tokenizer = tmp_path / "t" / name
+    tokenizer.parent.mkdir()
+    if content is None:
+        tokenizer.write_bytes(checkpoint.read_bytes())
+    elif content == "other vocabulary":
+        tokenizer.write_bytes(sentencepiece_and_bin[1].read_bytes())
+    else:
+        tokenizer.write_bytes(content)
+    assert main(["convert", "llama2c", str(checkpoint), "--tokenizer", str(tokenizer), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    said = err.strip().split("error: ", 1)[1]
+    assert said.startswith(f"--tokenizer {str(tokenizer)!r} ") and err.count(repr(str(tokenizer))) == 1, err
+    assert err.count("\n") == 1 and not said[len(f"--tokenizer {str(tokenizer)!r}"):].startswith(":"), err
+    if name == "tokenizer.bin":   # the same file found beside the checkpoint: named as found there
+        beside_checkpoint = tokenizer.parent / "model.bin"
+        beside_checkpoint.write_bytes(checkpoint.read_bytes())
+        assert main(["convert", "llama2c", str(beside_checkpoint), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert f"{str(tokenizer)!r}, found beside the checkpoint, holds 400 pieces" in err, err
+        assert err.count(repr(str(tokenizer))) == 1 and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("argv, match", [
     (["convert", "llama2c", "/no/such.bin", "--out", "x"], "is not a file"),
     (["convert", "llama2c", "{ckpt}", "--out", "{tmp}/full"], "exists and is not empty; pass --force"),
@@ -270,13 +306,13 @@ def test_convert_api_and_tokenizer_beside_the_checkpoint(tmp_path, sentencepiece
     (["convert", "llama2c", "{beside}", "--out", "{tmp}/o"], "found beside the checkpoint"),
     # a checkpoint given as the tokenizer: was "piece 1 has length 33554432, outside 1..64 or past the end"
     (["convert", "llama2c", "{ckpt}", "--out", "{tmp}/o", "--tokenizer", "{ckpt}"],
-     "is not a tokenizer: '{ckpt}' looks like a llama2.c checkpoint"),
+     "--tokenizer '{ckpt}' is not a tokenizer: it looks like a llama2.c checkpoint"),
     # --out below a file: was "[Errno 17] File exists: '.../notes.json'", naming no flag
     (["convert", "llama2c", "{ckpt}", "--out", "{tmp}/notes.json/o"], "--out '{tmp}/notes.json/o': '{tmp}/notes.json' is a file"),
     # ... in a folder whose name says "tokenizer": was "starts with max_token_length 1634415666" (the
     # word was looked for in the whole sentence, path included)
     (["convert", "llama2c", "{ckpt}", "--out", "{tmp}/o", "--tokenizer", "{in_tokenizers}"],
-     "is not a tokenizer: '{in_tokenizers}' looks like a llama2.c checkpoint"),
+     "--tokenizer '{in_tokenizers}' is not a tokenizer: it looks like a llama2.c checkpoint"),
     # the tokenizer given as the checkpoint: was "field 'hidden_dim': must be positive, got 0"
     (["convert", "llama2c", "{tokenizer_bin}", "--out", "{tmp}/o"], "tokenizer rather than a model: pass it to"),
 ])

@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         if os.environ.get("NPLLAMA_TRACEBACK"):
             raise
-        print(f"npllama {args.command}: error: {_as_the_user_typed_it(error, _innermost_parser(parser, argv))}",
-              file=sys.stderr)
+        said = _as_the_user_typed_it(error, _innermost_parser(parser, argv), argv)
+        print(f"npllama {args.command}: error: {said}", file=sys.stderr)
         return 2
     except OSError as error:
         if os.environ.get("NPLLAMA_TRACEBACK"):
@@ -176,6 +176,9 @@ def _one_line_warning(command: str):
 
 # Names the library's checks use that are not a flag's dest: LoRA's own argument names
 _ALIASES = {"r": "lora_r", "target_modules": "lora_targets", "model_prefix": "out"}   # Tokenizer.train's
+# Settings that more than one flag sets: named by the ones typed (a resume that adds the MLP to the
+# LoRA targets is refused for what --lora-mlp asked, which the user typed, not --lora-targets)
+_SET_BY_FLAGS = {"lora_targets": ("--lora-targets", "--lora-mlp")}
 # Settings named as the user names them: a setting before "must", "=", "*", its bare value in
 # parentheses ("steps (3)", not "prompt (30 tokens)"), a change "seed (1 -> 4)", or a parenthesis
 # and "must" ("r (the LoRA rank) must") -- not prose
@@ -186,14 +189,15 @@ _SETTING = re.compile(r"(?<![-\w./'\"])([A-Za-z_][A-Za-z0-9_]*)(?![\w'\"/-])(?=(
 _IN_A_CALL = re.compile(r"[A-Za-z_][\w.]*\([^()]*$")
 
 
-def _as_the_user_typed_it(error: BaseException, parser: argparse.ArgumentParser) -> str:
+def _as_the_user_typed_it(error: BaseException, parser: argparse.ArgumentParser, argv=()) -> str:
     """A library message with its setting names turned into the command's flags: "batch_size must
     be a positive integer" -> "--batch-size must be ...", "lr (0.002)" -> "--lr (0.002)".  Names with
     an underscore are replaced wherever they stand alone; plain words (steps, lr) only where they are
     clearly the setting (before "must", "(", "=" or "*"); a name followed by its flag, as in
     "num_attention_heads (--heads)", is left, and so is a keyword of Python code the message quotes
     ("npllama.load_classifier(base, adapter=...)").  A damaged file's message (CheckpointError) names the
-    file's own fields and is left alone."""
+    file's own fields and is left alone.  argv: the command line, for a setting more than one flag
+    sets (_SET_BY_FLAGS), named by the ones it holds."""
     from .io.errors import CheckpointError
 
     message = str(error)
@@ -204,6 +208,10 @@ def _as_the_user_typed_it(error: BaseException, parser: argparse.ArgumentParser)
         longs = [o for o in action.option_strings if o.startswith("--")]
         if longs:
             flags.setdefault(action.dest, longs[0])
+    for setting, setters in _SET_BY_FLAGS.items():
+        typed = [flag for flag in setters if any(arg == flag or arg.startswith(flag + "=") for arg in argv)]
+        if setting in flags and typed:
+            flags[setting] = " / ".join(typed)
     flags.update({alias: flags[dest] for alias, dest in _ALIASES.items() if dest in flags})
 
     def flag_for(match: re.Match) -> str:

@@ -32,3 +32,16 @@ def test_library_names_become_flags_only_where_they_are_the_setting():
         "--layers must be a positive integer"
     damaged = CheckpointError("run/train_config.json", "batch_size must be a positive int")
     assert _as_the_user_typed_it(damaged, train) == str(damaged)
+
+
+def test_a_setting_more_than_one_flag_sets_is_named_by_the_flags_typed():
+    """lora_targets is set by --lora-targets and by --lora-mlp (which adds the MLP): a refusal names
+    what the user typed, the default flag when the command line holds neither."""
+    argv_base = ["finetune", "classify", "--resume", "--out", "run"]
+    finetune = _innermost_parser(build_parser(), argv_base)
+    refusal = ValueError("cannot resume 'run' with different settings: lora_targets (['q_proj'] -> ['q_proj', 'up_proj'])")
+    for typed, named in [(["--lora-mlp"], "--lora-mlp"), (["--lora-targets", "q_proj"], "--lora-targets"),
+                         (["--lora-targets=q_proj", "--lora-mlp"], "--lora-targets / --lora-mlp"),
+                         ([], "--lora-targets")]:
+        said = _as_the_user_typed_it(refusal, finetune, [*argv_base, *typed])
+        assert said == f"cannot resume 'run' with different settings: {named} (['q_proj'] -> ['q_proj', 'up_proj'])"

@@ -581,3 +581,20 @@ def test_a_lora_resume_refuses_a_base_whose_weights_changed_since_the_checkpoint
     weights.write_bytes(original)
     assert len(run_job(task, settings(task, base, out=str(out), steps=3, lora=True, lora_r=2),
                        resume=True).losses) == 3
+
+
+@pytest.mark.parametrize("flags, named, not_named", [
+    (["--lora-mlp"], "--lora-mlp", "--lora-targets"),                 # was refused as --lora-targets
+    (["--lora-targets", "q_proj"], "--lora-targets", "--lora-mlp"),
+    (["--lora-targets", "q_proj,v_proj", "--lora-mlp"], "--lora-targets", None),
+])
+def test_a_resume_that_changes_the_lora_targets_names_the_flag_typed(small_model_dir, tmp_path, capsys, flags,
+                                                                     named, not_named):
+    out = tmp_path / "run"
+    run_job("classify", settings("classify", small_model_dir, out=str(out), steps=1, lora=True))
+    assert main(["finetune", "classify", "--out", str(out), "--resume", *flags, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and named in err and len(err.splitlines()) == 1, err
+    assert not_named is None or not_named not in err, err
+    if "--lora-mlp" in flags:
+        assert "--lora-mlp" in err, err

@@ -542,12 +542,13 @@ SPLITS = ("stratified", "shuffled")     # ClassifyConfig.split
 class ClassifyConfig(FinetuneSettings):
     """`npllama finetune classify`.  Defaults: the built-in sentiment set, full fine-tuning.
 
-    data: .jsonl/.csv/.tsv of {"text", "label"}; None: the built-in `dataset`.
+    data: .jsonl/.csv/.tsv of {"text", "label"}; None: the built-in `dataset` (None with data: no
+    built-in set is read, and classify_config.json records none).
     lr None: 3e-4 full, 3e-3 LoRA (few parameters take bigger steps).
     """
     TASK = "classify"
 
-    dataset: str = "sentiment"       # built-in example set: sentiment, topic, spam
+    dataset: str | None = "sentiment"   # built-in example set: sentiment, topic, spam
     labels: tuple | None = None      # the label names in id order (the head's size); None: from the data
     val_data: str | None = None      # a separate validation file; None: split off val_fraction
     split: str = "stratified"        # how val_fraction is split off: "stratified" by label, or "shuffled"
@@ -557,6 +558,13 @@ class ClassifyConfig(FinetuneSettings):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.data is not None:
+            # the settings record what the run read (a run saved with data and "sentiment", before,
+            # reads back as this too, so it resumes unchanged)
+            self.dataset = None
+        elif self.dataset is None:
+            raise ValueError("dataset is None, but so is data: give a built-in set (sentiment, topic, spam) "
+                             "or a data file")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {self.split!r}")
         if self.labels is not None:   # before the model loads

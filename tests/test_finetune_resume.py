@@ -598,3 +598,25 @@ def test_a_resume_that_changes_the_lora_targets_names_the_flag_typed(small_model
     assert not_named is None or not_named not in err, err
     if "--lora-mlp" in flags:
         assert "--lora-mlp" in err, err
+
+
+def test_a_classify_run_on_data_records_no_built_in_set_and_resumes_as_saved_before(small_model_dir, tmp_path, capsys):
+    """classify_config.json records what the run used: "dataset" is null with --data (it said
+    "sentiment", a set the run never read).  A run saved that way before still resumes: the saved
+    "sentiment" beside a data file reads as what it meant, no built-in set."""
+    from npllama import datasets
+
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in datasets.make_dataset("topic", 60, seed=1)))
+    out = tmp_path / "run"
+    assert main(["finetune", "classify", "--base", str(small_model_dir), "--data", str(data), "--out", str(out),
+                 "--steps", "1", "--batch-size", "2", "--max-len", "16", "--no-progress"]) == 0
+    recorded = json.loads((out / "classify_config.json").read_text())
+    assert recorded["data"] == str(data) and recorded["dataset"] is None, recorded
+    assert ClassifyConfig(data=str(data)).dataset is None and ClassifyConfig().dataset == "sentiment"
+    # as an older npllama saved it, then resumed to a further step
+    (out / "classify_config.json").write_text(json.dumps({**recorded, "dataset": "sentiment"}))
+    capsys.readouterr()
+    assert main(["finetune", "classify", "--out", str(out), "--resume", "--steps", "2", "--no-progress"]) == 0, \
+        capsys.readouterr().err
+    assert json.loads((out / "classify_config.json").read_text())["dataset"] is None

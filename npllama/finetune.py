@@ -30,6 +30,7 @@ import contextlib
 import contextvars
 import dataclasses
 import json
+import os
 import shlex
 import time
 from pathlib import Path
@@ -367,6 +368,15 @@ def report_saved(echo, out, what: str, use, settings) -> None:
         echo(f"saved {what} to {out}; use it: {use(shlex.quote(str(out)))}")
 
 
+def as_shown_here(path) -> str:
+    """`path` for a command to copy, shell-quoted: relative to the current folder when it lies in it
+    (as a relative --base gives it), else absolute.  The same on a start and on a resume, which
+    reads the base from the run's settings, recorded absolute."""
+    absolute = Path(os.path.abspath(path))
+    here = Path(os.getcwd())
+    return shlex.quote(str(absolute.relative_to(here)) if absolute.is_relative_to(here) else str(absolute))
+
+
 # the head reads the last token kept: what comes after it cannot sway the label
 _CLASSIFIER_CUT = "the beginning kept, so the classifier never reads their end"
 
@@ -699,7 +709,7 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
         out = run.publish(lambda folder: classifier.save(folder, tokenizer, base_dir=model_dir, info=info))
     if cc.lora:   # the adapter holds the head, not the base it adapts
         report_saved(echo, out, "the LoRA adapter (PEFT layout)", lambda folder: f"npllama classify --model "
-                     f"{shlex.quote(str(model_dir))} --adapter {folder} --text \"...\" (or --data a labelled file)", cc)
+                     f"{as_shown_here(model_dir)} --adapter {folder} --text \"...\" (or --data a labelled file)", cc)
     else:
         report_saved(echo, out, "the classifier",
                      lambda folder: f'npllama classify --model {folder} --text "..." (or --data a labelled file)', cc)
@@ -903,7 +913,7 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
         out = run.publish(save)
     if sc_.lora and not sc_.merge:
         report_saved(echo, out, "the LoRA adapter (PEFT layout)", lambda folder: f"npllama chat --model "
-                     f"{shlex.quote(str(model_dir))} --adapter {folder} (or generate --chat, eval choice --template "
+                     f"{as_shown_here(model_dir)} --adapter {folder} (or generate --chat, eval choice --template "
                      f"chat, with the same two flags)", sc_)
     else:
         report_saved(echo, out, "the merged model" if sc_.lora else "the model", lambda folder: f"npllama chat "

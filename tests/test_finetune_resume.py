@@ -620,3 +620,28 @@ def test_a_classify_run_on_data_records_no_built_in_set_and_resumes_as_saved_bef
     assert main(["finetune", "classify", "--out", str(out), "--resume", "--steps", "2", "--no-progress"]) == 0, \
         capsys.readouterr().err
     assert json.loads((out / "classify_config.json").read_text())["dataset"] is None
+
+
+@pytest.mark.parametrize("task", ["classify", "sft"])
+def test_the_use_it_line_names_the_base_alike_on_a_start_and_on_a_resume(small_model_dir, tmp_path, monkeypatch,
+                                                                         capsys, task):
+    """The last line's command names the base as a relative --base gave it, on a start and on a resume
+    from the same folder (a resume read it from the settings, recorded absolute, and printed that);
+    from a folder the base is not in, absolute, a path that works from there."""
+    shutil.copytree(small_model_dir, tmp_path / "base")
+    monkeypatch.chdir(tmp_path)
+    common = ["--out", "run", "--batch-size", "2", "--max-len", str(MAX_LEN[task]), "--no-progress",
+              "--backend", "numpy", *TASK_FLAGS[task]]
+
+    def use_line(argv):
+        assert main(["finetune", task, *argv, *common]) == 0
+        out = capsys.readouterr().out
+        return next(line for line in out.splitlines() if "; use it: " in line)
+
+    started = use_line(["--base", "base", "--lora", "--lora-r", "2", "--steps", "1"])
+    assert "--model base " in started, started
+    assert use_line(["--resume", "--steps", "2"]) == started
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    common[1] = str(tmp_path / "run")
+    assert f"--model {tmp_path / 'base'} " in use_line(["--resume", "--steps", "3"])

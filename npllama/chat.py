@@ -56,6 +56,15 @@ class AnswerNotWritten(ValueError):
     """The chat template does not write an assistant's answer where a scorer can find its ids."""
 
 
+class ChatTemplateError(ValueError):
+    """A chat template that is not valid Jinja: `where` it came from ("the chat template in
+    'm/tokenizer_config.json'"), the `problem` Jinja found, and the way past it."""
+
+    def __init__(self, problem: str, where: str = "the chat template", way_out: str = ""):
+        self.problem, self.where = problem, where
+        super().__init__(f"{where} is not valid Jinja: {problem}" + (f"; {way_out}" if way_out else ""))
+
+
 class ChatTemplate:
     """A Jinja chat template with the tokenizer's special tokens.
 
@@ -81,11 +90,14 @@ class ChatTemplate:
         self._template = _compile(source)
 
     @classmethod
-    def for_folder(cls, folder, tokenizer=None, name: str | None = None, adapter=None) -> "ChatTemplate":
+    def for_folder(cls, folder, tokenizer=None, name: str | None = None, adapter=None,
+                   name_as: str = "name") -> "ChatTemplate":
         """The folder's own template (tokenizer_config.json's chat_template, or chat_template.jinja),
         else a built-in one: LLaMA-3 style if the tokenizer has <|start_header_id|>, else LLaMA-2.
         name ("llama2", "llama3", or a .jinja file) overrides the folder's choice.  adapter: a LoRA
-        adapter folder, whose own template (the one `finetune sft` trained it with) comes first."""
+        adapter folder, whose own template (the one `finetune sft` trained it with) comes first.
+        A template that is not valid Jinja is a ChatTemplateError naming the file it came from and
+        the way past it: `name`, as the caller's user gives it (name_as: "--chat-template")."""
         if folder is not None:
             require_path("folder", folder, "a model folder")
         if adapter is not None:
@@ -98,14 +110,26 @@ class ChatTemplate:
             if not path.is_file():
                 raise ValueError(f"chat template {name!r} is neither {' nor '.join(sorted(BUILTIN_TEMPLATES))} "
                                  f"nor a Jinja file")
-            return cls(path.read_text(encoding="utf-8"), bos, eos)
-        own = read_folder_template(adapter) if adapter is not None else None
+            return cls._compiled(path.read_text(encoding="utf-8"), bos, eos, f"{name_as} {name!r}",
+                                 f"fix it, or give {name_as} {' or '.join(map(repr, sorted(BUILTIN_TEMPLATES)))} "
+                                 f"(a built-in one)")
+        own, file = _folder_template(adapter) if adapter is not None else (None, None)
         if own is None and folder is not None:
-            own = read_folder_template(folder)
+            own, file = _folder_template(folder)
         if own is not None:
-            return cls(own, bos, eos)
+            return cls._compiled(own, bos, eos, f"the chat template in {str(file)!r}",
+                                 f"give another with {name_as}: {', '.join(map(repr, sorted(BUILTIN_TEMPLATES)))} "
+                                 f"or a .jinja file of your own")
         pieces = getattr(tokenizer, "control_pieces", {}) or {}
         return cls("llama3" if "<|start_header_id|>" in pieces else "llama2", bos, eos)
+
+    @classmethod
+    def _compiled(cls, source: str, bos: str, eos: str, where: str, way_out: str) -> "ChatTemplate":
+        """cls(source, ...), a template that is not valid Jinja said as coming from `where`."""
+        try:
+            return cls(source, bos, eos)
+        except ChatTemplateError as error:
+            raise ChatTemplateError(error.problem, where, way_out) from None
 
     def render(self, messages, add_generation_prompt: bool = True) -> str:
         """The conversation as text, ending with the assistant's header when add_generation_prompt."""
@@ -229,13 +253,18 @@ class ChatTemplate:
 
 def read_folder_template(folder) -> str | None:
     """The chat template a Hugging Face folder carries, or None."""
+    return _folder_template(folder)[0]
+
+
+def _folder_template(folder) -> tuple[str | None, Path | None]:
+    """(the chat template a Hugging Face folder carries, the file it is in), or (None, None)."""
     folder = Path(folder)
     jinja_file = folder / "chat_template.jinja"        # transformers 5 saves it beside the config
     if jinja_file.is_file():
-        return jinja_file.read_text(encoding="utf-8")
+        return jinja_file.read_text(encoding="utf-8"), jinja_file
     config_file = folder / "tokenizer_config.json"
     if not config_file.is_file():
-        return None
+        return None, None
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
@@ -247,7 +276,7 @@ def read_folder_template(folder) -> str | None:
             raise ValueError(f"{str(config_file)!r} holds chat templates named {sorted(map(str, named))} and none "
                              f"named 'default': save the one to use as a .jinja file and pass it as --chat-template")
         template = named["default"]
-    return template if isinstance(template, str) and template.strip() else None
+    return (template, config_file) if isinstance(template, str) and template.strip() else (None, None)
 
 
 def turn_messages(prompt: str, response: str | None = None, system: str | None = None) -> list[dict]:
@@ -299,7 +328,8 @@ def _compile(source: str):
     try:
         return env.from_string(source)
     except TemplateError as e:
-        raise ValueError(f"the chat template is not valid Jinja: {e}") from None
+        line = getattr(e, "lineno", None)   # a syntax error's; an unknown filter has none
+        raise ChatTemplateError(str(e).rstrip(".") + (f" (line {line})" if line else "")) from None
 
 
 def _generation_tag():
@@ -334,5 +364,5 @@ def _end_of_turn(source: str) -> str | None:
     return None
 
 
-__all__ = ["ChatTemplate", "AnswerNotWritten", "LLAMA2_TEMPLATE", "LLAMA3_TEMPLATE", "read_folder_template", "check_messages",
+__all__ = ["ChatTemplate", "ChatTemplateError", "AnswerNotWritten", "LLAMA2_TEMPLATE", "LLAMA3_TEMPLATE", "read_folder_template", "check_messages",
            "turn_messages"]

@@ -809,7 +809,7 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
 
     model, tokenizer, model_dir = load_model_and_tokenizer(sc_.base, dtype=sc_.model_dtype())
     note_attention_dropout(model.config.attention_dropout, f"{model_dir}'s config.json", echo)
-    template = ChatTemplate.for_folder(model_dir, tokenizer, name=sc_.chat_template)
+    template = ChatTemplate.for_folder(model_dir, tokenizer, name=sc_.chat_template, name_as="chat_template")
     if sc_.data is None:
         records = datasets.make_instructions(seed=sc_.seed)
         lines = None

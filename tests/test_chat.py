@@ -570,3 +570,57 @@ def test_an_empty_system_message_is_refused_in_python_and_in_data_as_on_the_comm
                                          r'system message'):
         load_sft(data)
 
+
+
+BAD_JINJA = "{% for m in messages %}{{ m['content'] | nosuchfilter }}{% endfor %}"
+
+
+@pytest.mark.parametrize("where", ["tokenizer_config.json", "chat_template.jinja"])
+def test_a_folders_template_that_is_not_jinja_is_named_with_the_way_past_it(small_model_dir, tmp_path, monkeypatch,
+                                                                             capsys, where):
+    """A folder's chat template that does not compile (kept by `convert gguf` from a GGUF, say) is
+    refused naming the file it is in and what to do instead: --chat-template for generate --chat and
+    chat, --template plain for eval choice, name= in Python (was "the chat template is not valid
+    Jinja: No filter named 'nosuchfilter'.", naming neither)."""
+    import io
+
+    from npllama.cli import main
+    from npllama.datasets import write_jsonl
+
+    folder = tmp_path / "model"
+    shutil.copytree(small_model_dir, folder)
+    if where == "chat_template.jinja":
+        (folder / where).write_text(BAD_JINJA)
+    else:
+        config = json.loads((folder / where).read_text()) if (folder / where).is_file() else {}
+        (folder / where).write_text(json.dumps({**config, "chat_template": BAD_JINJA}))
+    named = repr(str(folder / where))
+    items = write_jsonl(tmp_path / "items.jsonl", [{"question": "Who?", "choices": ["Tom", "Lily"], "answer": 0}])
+    for argv, way_out in [(["generate", "--chat", "--prompt", "Hi"], "--chat-template"),
+                          (["chat"], "--chat-template"),
+                          (["eval", "choice", "--data", str(items), "--template", "chat", "--no-progress"],
+                           "--template plain")]:
+        monkeypatch.setattr("sys.stdin", io.StringIO("Hi\n"))
+        assert main([*argv, "--model", str(folder), "--backend", "numpy"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "not valid Jinja" in err and "nosuchfilter" in err, err
+        assert named in err and way_out in err, err
+    # the way out it names works
+    assert main(["generate", "--chat", "--prompt", "Hi", "--model", str(folder), "--chat-template", "llama2",
+                 "--max-new-tokens", "1", "--backend", "numpy"]) == 0
+    capsys.readouterr()
+    tokenizer = load_tokenizer(folder)
+    with pytest.raises(ValueError, match=re.escape(named) + r" is not valid Jinja: .*nosuchfilter.*give another with name: "):
+        ChatTemplate.for_folder(folder, tokenizer)
+
+
+def test_a_template_file_that_is_not_jinja_is_named_as_the_flag_gave_it(small_model_dir, tmp_path, capsys):
+    from npllama.cli import main
+
+    bad = tmp_path / "mine.jinja"
+    bad.write_text(BAD_JINJA)
+    assert main(["generate", "--chat", "--prompt", "Hi", "--model", str(small_model_dir), "--chat-template", str(bad),
+                 "--backend", "numpy"]) == 2
+    err = capsys.readouterr().err
+    assert f"--chat-template {str(bad)!r} is not valid Jinja: " in err and "nosuchfilter" in err, err
+    assert "llama2" in err and len(err.strip().splitlines()) == 1, err

@@ -104,7 +104,8 @@ def chat_template(args, model_dir, tokenizer):
     model folder's own, else a built-in one, which is named on stderr (note_builtin_template)."""
     from ..chat import BUILTIN_TEMPLATES, ChatTemplate
 
-    template = ChatTemplate.for_folder(model_dir, tokenizer, name=args.chat_template, adapter=args.adapter)
+    template = ChatTemplate.for_folder(model_dir, tokenizer, name=args.chat_template, adapter=args.adapter,
+                                       name_as="--chat-template")
     if args.chat_template is None:
         note_builtin_template(template, args.adapter, f"--chat-template {', '.join(sorted(BUILTIN_TEMPLATES))} "
                                                       f"or a Jinja file picks another")

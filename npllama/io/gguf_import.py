@@ -164,7 +164,22 @@ def _tokenizer_files(path: Path, reader, config: LlamaConfig) -> dict[str, bytes
     tokenizer = Tokenizer.from_bytes(_tokenizer_model(path, reader))
     template = _value(path, reader, "tokenizer.chat_template", None)
     template = template if isinstance(template, str) and template.strip() else None
+    if template is not None:
+        _warn_if_not_jinja(path, template)
     return tokenizer.hf_files(chat_template=template, model_max_length=config.max_position_embeddings)
+
+
+def _warn_if_not_jinja(path: Path, template: str) -> None:
+    """The file's chat template is kept as it is, as llama.cpp's files carry it; one that does not
+    compile is said now, not first by `generate --chat` on the converted folder."""
+    from ..chat import BUILTIN_TEMPLATES, ChatTemplate, ChatTemplateError
+
+    try:
+        ChatTemplate(template)
+    except ChatTemplateError as error:
+        warnings.warn(f"{path}: tokenizer.chat_template is not valid Jinja: {error.problem}; it is kept in "
+                      f"tokenizer_config.json as it is: chat and generate --chat need --chat-template "
+                      f"({', '.join(sorted(BUILTIN_TEMPLATES))} or a .jinja file of your own)", stacklevel=3)
 
 
 def _reader(path: Path):

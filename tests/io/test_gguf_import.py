@@ -394,3 +394,34 @@ def test_the_files_chat_template_comes_back_with_the_converted_folder(folder, to
     assert read_folder_template(out) == template
     without, _ = convert_gguf(_export(folder, tmp_path, "q8_0"), tmp_path / "plain")
     assert read_folder_template(without) is None
+
+
+def test_a_chat_template_that_is_not_jinja_is_kept_with_a_warning_naming_it(folder, tokenizer, tmp_path, capsys):
+    """convert gguf keeps the file's tokenizer.chat_template as it is; one that does not compile
+    (an unknown filter) was kept without a word, and `generate --chat` stopped on it later: the
+    conversion says so in one line, naming the field and the way past it (--chat-template)."""
+    import shutil
+    import warnings
+
+    from npllama.chat import read_folder_template
+
+    for template, warned in [("{% for m in messages %}{{ m['content'] | nosuchfilter }}{% endfor %}", True),
+                             ("{% for m in messages %}{{ m['content'] }}{% endfor %}", False)]:
+        with_template = tmp_path / f"chat-{warned}"
+        shutil.copytree(folder, with_template)
+        for name, data in tokenizer.hf_files(chat_template=template).items():
+            (with_template / name).write_bytes(data)
+        exported = export_gguf(with_template, tmp_path / f"{warned}.gguf")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out, _ = convert_gguf(exported, tmp_path / f"back-{warned}")
+        said = [str(w.message) for w in caught]
+        assert read_folder_template(out) == template      # kept as the file has it, either way
+        if not warned:
+            assert said == []
+            continue
+        assert len(said) == 1 and "tokenizer.chat_template is not valid Jinja" in said[0], said
+        assert "nosuchfilter" in said[0] and "--chat-template" in said[0] and str(exported) in said[0], said
+        with pytest.warns(UserWarning) as record:   # the command prints each warning in one line
+            assert main(["convert", "gguf", str(exported), "--out", str(tmp_path / "cli")]) == 0
+        assert [str(w.message) for w in record] == said

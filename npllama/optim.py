@@ -141,7 +141,7 @@ def _require_same_arrays(what, arrays, params):
         if a.dtype != p.dtype:
             # the usual way there: NumPy 2 makes float32 * np.float64(w) float64 (a Python float keeps float32)
             why = ("; a float32 gradient scaled by a NumPy float64 number (a micro-batch's weight, say) "
-                   "becomes float64: scale by float(weight)" if what == "grads" and a.dtype == np.float64 else "")
+                   "becomes float64 (NumPy 2): scale by float(weight)" if what == "grads" and a.dtype == np.float64 else "")
             raise TypeError(f"{what}[{name!r}] has dtype {a.dtype}, expected {p.dtype} "
                             f"(the parameter's dtype; no silent casts){why}")
 

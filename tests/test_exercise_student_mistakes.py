@@ -237,6 +237,85 @@ NAMED_SLIPS = [
 ]
 
 
+# a third student, on the assembled exercises and attention: each was "no simple pattern" (or,
+# for the embedding, "concentrated on 4 of 28 entries")
+BLOCK_RIGHT = """
+    from npllama.ops.attention import attention_backward
+    from npllama.ops.linear import linear_backward
+    from npllama.ops.rmsnorm import rmsnorm_backward
+    from npllama.ops.rope import rope_backward
+    from npllama.ops.swiglu import swiglu_backward
+
+    def block_backward(dout, cache):
+        sa = cache.self_attn
+        B, T, D = dout.shape
+        def attention_branch(d_out):
+            d_merged, g_o = linear_backward(d_out, sa.o_proj)
+            d_a = d_merged.reshape(B, T, sa.n_heads, sa.head_dim).transpose(0, 2, 1, 3)
+            dq_rot, dk_rot, dv = attention_backward(d_a, sa.attention)
+            dq, dk = rope_backward(dq_rot, sa.q_rope), rope_backward(dk_rot, sa.k_rope)
+            merge = lambda g: g.transpose(0, 2, 1, 3).reshape(B, T, -1)
+            dxn_q, g_q = linear_backward(merge(dq), sa.q_proj)
+            dxn_k, g_k = linear_backward(merge(dk), sa.k_proj)
+            dxn_v, g_v = linear_backward(merge(dv), sa.v_proj)
+            d_in, g_in = rmsnorm_backward(dxn_q + dxn_k + dxn_v, cache.input_layernorm)
+            return d_out + d_in, (g_in, g_q, g_k, g_v, g_o)
+        def mlp_branch(d_out):
+            d_hn, g_gate, g_up, g_down = swiglu_backward(d_out, cache.mlp)
+            d_in, g_post = rmsnorm_backward(d_hn, cache.POST_NORM)
+            return d_out + d_in, (g_post, g_gate, g_up, g_down)
+        FIRST, SECOND
+        return dx, grads_attn + grads_mlp
+"""
+ATTENTION_MASKED_IN_BACKWARD = """
+    def attention_backward(dout, cache):
+        q, k, v, P, scale, n_rep = cache
+        B, H, T, hd = q.shape
+        KVH, S = k.shape[1], k.shape[2]
+        kk, vv = np.repeat(k, n_rep, axis=1), np.repeat(v, n_rep, axis=1)
+        dP = dout @ vv.swapaxes(-1, -2)
+        dS = P * (dP - (dP * P).sum(-1, keepdims=True))
+        dS = dS * np.tril(np.ones((T, S)), {diagonal})       # no gradient to keys after the query
+        dq = scale * dS @ kk
+        dk = (scale * dS.swapaxes(-1, -2) @ q).reshape(B, KVH, n_rep, S, hd).sum(2)
+        dv = (P.swapaxes(-1, -2) @ dout).reshape(B, KVH, n_rep, S, hd).sum(2)
+        return dq, dk, dv
+"""
+MLP_THEN_ATTENTION = ("dh, grads_mlp = mlp_branch(dout)", "dx, grads_attn = attention_branch(dh)")
+NAMED_SLIPS += [
+    ("block", "the attention sub-layer's backward was taken first",
+     BLOCK_RIGHT.replace("POST_NORM", "post_attention_layernorm").replace(
+         "FIRST, SECOND", "dh, grads_attn = attention_branch(dout)\n        dx, grads_mlp = mlp_branch(dh)")),
+    ("block", "post-attention norm's backward was given the input norm's cache",
+     BLOCK_RIGHT.replace("POST_NORM", "input_layernorm").replace("FIRST, SECOND", "\n        ".join(MLP_THEN_ATTENTION))),
+    ("model", "got the gradient of only one of its occurrences", """
+        from npllama.model import LAYER_PATHS, block_backward
+        from npllama.ops.linear import linear_backward
+        from npllama.ops.rmsnorm import rmsnorm_backward
+
+        def model_backward(dlogits, cache, config):
+            grads = {}
+            dhidden, dW_lm = linear_backward(dlogits, cache.lm_head)
+            dx, grads["model.norm.weight"] = rmsnorm_backward(dhidden, cache.norm)
+            for i in reversed(range(config.num_hidden_layers)):
+                dx, layer_grads = block_backward(dx, cache.layers[i])
+                for path, grad in zip(LAYER_PATHS, layer_grads):
+                    grads[f"model.layers.{i}.{path}.weight"] = grad
+            dE = np.zeros((config.vocab_size, dx.shape[-1]))
+            dE[cache.embed_tokens.tokens.reshape(-1)] += dx.reshape(-1, dx.shape[-1])
+            if config.tie_word_embeddings:
+                dE = dE + dW_lm
+            else:
+                grads["lm_head.weight"] = dW_lm
+            grads["model.embed_tokens.weight"] = dE
+            return grads
+    """),
+    ("attention", "the causal mask your backward applies leaves out the diagonal",
+     ATTENTION_MASKED_IN_BACKWARD.format(diagonal=-1)),
+    ("attention", "a causal mask of its own", ATTENTION_MASKED_IN_BACKWARD.format(diagonal=0)),
+]
+
+
 @pytest.mark.parametrize("op,phrase,body", NAMED_SLIPS,
                          ids=[None if hasattr(slip, "marks") else slip[0] for slip in NAMED_SLIPS])
 def test_a_common_slip_is_named(op, phrase, body, tmp_path):
@@ -247,6 +326,27 @@ def test_a_common_slip_is_named(op, phrase, body, tmp_path):
     assert phrase in report.first_failure.finding.message, report.format()
     if phrase == "not from each row at its own target":
         assert "not d[:, targets]" in report.first_failure.finding.ladder
+    if phrase == "got the gradient of only one of its occurrences":
+        # the ladder's cases had distinct tokens: it passed them all and said nothing
+        assert "fails with a token that occurs twice" in report.first_failure.finding.ladder, report.format()
+
+
+# right answers written otherwise than npllama's: a block in two closures (its own order of the
+# nine gradients put back by the return), an attention that masks d_attn_scores by attn_probs > 0
+# (harmless: they are 0 there already)
+RIGHT_IN_ANOTHER_STYLE = [
+    ("block", BLOCK_RIGHT.replace("POST_NORM", "post_attention_layernorm").replace(
+        "FIRST, SECOND", "\n        ".join(MLP_THEN_ATTENTION))),
+    ("attention", ATTENTION_MASKED_IN_BACKWARD.replace("np.tril(np.ones((T, S)), {diagonal})", "(P > 0)")),
+]
+
+
+@pytest.mark.parametrize("op,body", RIGHT_IN_ANOTHER_STYLE, ids=[op for op, _ in RIGHT_IN_ANOTHER_STYLE])
+def test_a_right_answer_in_another_style_passes(op, body, tmp_path):
+    path = tmp_path / f"{op}_backward.py"
+    path.write_text("import numpy as np\n\n\n" + textwrap.dedent(body).strip() + "\n")
+    report = check_file(op, path, n_random=1)
+    assert report.ok, report.format()
 
 
 def test_rows_left_flattened_are_told_to_reshape_not_about_an_axis_of_length_1():
@@ -651,6 +751,7 @@ def test_a_matrix_product_crash_without_dot_T_keeps_the_plain_hint(tmp_path):
 # token's row was "row 0 is set to 0"); both LoRA probes had p = 0.5, so 1 / (1 - p) = 2 and half
 # the mask was "which entries were kept (0 or 1)".
 NOT_THAT_SLIP = [
+    ("attention", "causal mask", ATTENTION_MASKED_IN_BACKWARD.format(diagonal=1)),
     ("embedding", "row 0 is set to 0", """
         def embedding_backward(dout, cache):
             tokens, weight_shape, dtype = cache

@@ -240,9 +240,11 @@ class AttentionMistakes:
                    "T and S are mixed up: attn_probs is (T, S), so dq uses it as is and dk, dv its transpose")]
 
     def variant(self, dout, case, mask="both", kv="repeat", group="sum", scale="once", softmax="right",
-                only=None):
+                only=None, backward_tril=None):
         """scale: how dq and dk are scaled ("once" is right); only: the one of them ("dq", "dk") where
-        that happens, the other scaled right."""
+        that happens, the other scaled right; backward_tril: d_attn_scores multiplied by a causal
+        mask the backward builds itself, np.tril(np.ones((T, S)), backward_tril) (None: no such mask,
+        right -- attn_probs already hold the forward's)."""
         q, k, v = case.inputs
         kw = case.kwargs
         B, H, T, hd = q.shape
@@ -266,6 +268,8 @@ class AttentionMistakes:
         d_scores = {"right": p * (d_p - np.sum(d_p * p, -1, keepdims=True)), "none": d_p, "no_sum": p * d_p,
                     "query_axis": p * (d_p - np.sum(d_p * p, -2, keepdims=True)),
                     "diagonal": d_p * p * (1 - p)}[softmax]
+        if backward_tril is not None:
+            d_scores = d_scores * np.tril(np.ones((T, S)), backward_tril)
         factor = {"once": s, "missing": 1.0, "twice": s * s, "on_dv": s, "inverted": 1 / s}[scale]
         factor_q, factor_k = (factor if only in (None, name) else s for name in ("dq", "dk"))
         dq = d_scores @ k_h * factor_q
@@ -346,6 +350,14 @@ class AttentionMistakes:
             _m("the softmax backward sums over the queries (axis -2) instead of over the keys (axis -1)",
                "each row of attn_probs (one query) is a softmax over the keys: sum(d_attn_probs * p, axis=-1)",
                softmax="query_axis"),
+            _m("the causal mask your backward applies leaves out the diagonal (np.tril(..., -1)): a query "
+               "attends to its own key too",
+               "no mask is needed in the backward: attn_probs is 0 wherever the forward masked, so "
+               "d_attn_scores = p * (...) is 0 there already", backward_tril=-1),
+            _m("your backward multiplies d_attn_scores by a causal mask of its own, np.tril(np.ones((T, S))): "
+               "it is wrong when causal=False and when the queries start at q_offset > 0",
+               "no mask is needed in the backward: attn_probs is 0 wherever the forward masked (causal, "
+               "padding, q_offset), so d_attn_scores = p * (...) is 0 there already", backward_tril=0),
         ]
 
 
@@ -738,7 +750,10 @@ class BlockMistakes:
                    "transpose, read backwards"),
               Rung("B = 2", dict(B=2, T=3, KVH=1, n_rep=2, head_dim=2, F=3, causal=True, seed=5), MIXES_ROWS)]
 
-    def variant(self, dout, case, residual_mlp=True, residual_attn=True, xn_from="qkv", rope="transposed"):
+    def variant(self, dout, case, residual_mlp=True, residual_attn=True, xn_from="qkv", rope="transposed",
+                order="mlp_first", post_norm_cache="post_attention_layernorm"):
+        """order: which sub-layer's backward runs first ("mlp_first" is right: the MLP came last);
+        post_norm_cache: the cache the post-attention norm's backward is given."""
         from ..ops.attention import attention_backward
         from ..ops.linear import linear_backward
         from ..ops.rmsnorm import rmsnorm_backward
@@ -746,25 +761,36 @@ class BlockMistakes:
         from ..ops.swiglu import swiglu_backward
 
         _, cache = case.run_forward()
-        dhn, dW_gate, dW_up, dW_down = swiglu_backward(dout, cache.mlp)
-        dh_norm, dw_post = rmsnorm_backward(dhn, cache.post_attention_layernorm)
-        dh = dout + dh_norm if residual_mlp else dh_norm
         a = cache.self_attn
-        B, T, _ = dh.shape
+        B, T, _ = dout.shape
         H, KVH, hd = a.n_heads, a.n_kv_heads, a.head_dim
-        dattn, dW_o = linear_backward(dh, a.o_proj)
-        dq_rot, dk_rot, dv = attention_backward(dattn.reshape(B, T, H, hd).transpose(0, 2, 1, 3), a.attention)
-        turn = {"transposed": lambda g, c: rope_backward(g, c), "none": lambda g, c: g,
-                "forward": lambda g, c: rope_forward(g, c.cos, c.sin)[0]}[rope]
-        dq, dk = turn(dq_rot, a.q_rope), turn(dk_rot, a.k_rope)
-        merge = lambda g, n: g.transpose(0, 2, 1, 3).reshape(B, T, n * hd)  # noqa: E731
-        dxn_q, dW_q = linear_backward(merge(dq, H), a.q_proj)
-        dxn_k, dW_k = linear_backward(merge(dk, KVH), a.k_proj)
-        dxn_v, dW_v = linear_backward(merge(dv, KVH), a.v_proj)
-        dxn = {"qkv": dxn_q + dxn_k + dxn_v, "q": dxn_q, "qk": dxn_q + dxn_k}[xn_from]
-        dx_norm, dw_in = rmsnorm_backward(dxn, cache.input_layernorm)
-        dx = dh + dx_norm if residual_attn else dx_norm
-        return dx, dw_in, dW_q, dW_k, dW_v, dW_o, dw_post, dW_gate, dW_up, dW_down
+
+        def mlp(d_out):
+            dhn, dW_gate, dW_up, dW_down = swiglu_backward(d_out, cache.mlp)
+            dh_norm, dw_post = rmsnorm_backward(dhn, getattr(cache, post_norm_cache))
+            return (d_out + dh_norm if residual_mlp else dh_norm), (dw_post, dW_gate, dW_up, dW_down)
+
+        def attention(d_out):
+            dattn, dW_o = linear_backward(d_out, a.o_proj)
+            dq_rot, dk_rot, dv = attention_backward(dattn.reshape(B, T, H, hd).transpose(0, 2, 1, 3), a.attention)
+            turn = {"transposed": lambda g, c: rope_backward(g, c), "none": lambda g, c: g,
+                    "forward": lambda g, c: rope_forward(g, c.cos, c.sin)[0]}[rope]
+            dq, dk = turn(dq_rot, a.q_rope), turn(dk_rot, a.k_rope)
+            merge = lambda g, n: g.transpose(0, 2, 1, 3).reshape(B, T, n * hd)  # noqa: E731
+            dxn_q, dW_q = linear_backward(merge(dq, H), a.q_proj)
+            dxn_k, dW_k = linear_backward(merge(dk, KVH), a.k_proj)
+            dxn_v, dW_v = linear_backward(merge(dv, KVH), a.v_proj)
+            dxn = {"qkv": dxn_q + dxn_k + dxn_v, "q": dxn_q, "qk": dxn_q + dxn_k}[xn_from]
+            dx_norm, dw_in = rmsnorm_backward(dxn, cache.input_layernorm)
+            return (d_out + dx_norm if residual_attn else dx_norm), (dw_in, dW_q, dW_k, dW_v, dW_o)
+
+        if order == "mlp_first":
+            dh, mlp_grads = mlp(dout)
+            dx, attention_grads = attention(dh)
+        else:
+            dh, attention_grads = attention(dout)
+            dx, mlp_grads = mlp(dh)
+        return (dx, *attention_grads, *mlp_grads)
 
     def mistakes(self):
         return [
@@ -783,6 +809,14 @@ class BlockMistakes:
                "q_rot = rope(q): dq = rope_backward(dq_rot, q_rope cache), the same for k", rope="none"),
             _m("RoPE's forward rotation was applied to dq_rot and dk_rot; the backward needs its transpose",
                "dq = rope_backward(dq_rot, ...): the inverse rotation", rope="forward"),
+            _m("the attention sub-layer's backward was taken first, on dout; the MLP came last in the forward, so "
+               "its backward comes first",
+               "walk the forward backwards: dh = dout + (MLP branch's backward of dout), then dx = dh + (attention "
+               "branch's backward of dh)", order="attention_first"),
+            _m("the post-attention norm's backward was given the input norm's cache: hn = rmsnorm(h; w_post) "
+               "normalised h, not x",
+               "rmsnorm_backward(dhn, cache.post_attention_layernorm): each norm's backward takes its own cache",
+               post_norm_cache="input_layernorm"),
         ]
 
 
@@ -797,9 +831,14 @@ class ModelMistakes:
               Rung("two layers", dict(layers=2, B=1, T=2, tied=False, seed=5),
                    "the layers are chained wrongly: walk them last to first, each block's dx the next one's dout"),
               Rung("tied embeddings", dict(layers=1, B=1, T=2, tied=True, seed=5),
-                   "with tie_word_embeddings E is the lookup table and W_lm: its two gradients add")]
+                   "with tie_word_embeddings E is the lookup table and W_lm: its two gradients add"),
+              # seed 2: tokens [1 5 1]
+              Rung("a token that occurs twice", dict(layers=1, B=1, T=3, tied=False, seed=2),
+                   "every occurrence of a token adds its row of dx to dE: np.add.at, not dE[tokens] += ...")]
 
-    def variant(self, dlogits, case, final_norm=True, order="reversed", tied_sum=True):
+    def variant(self, dlogits, case, final_norm=True, order="reversed", tied_sum=True, repeats="add"):
+        """repeats: how the lookup's gradient of E gathers a token's occurrences ("add" is right;
+        "once": dE[tokens] += dx, which writes each distinct id once)."""
         from ..model import LAYER_PATHS, block_backward
         from ..ops.embedding import embedding_backward
         from ..ops.linear import linear_backward
@@ -817,7 +856,12 @@ class ModelMistakes:
             dx, layer_grads = block_backward(dx, cache.layers[i])
             for path, grad in zip(LAYER_PATHS, layer_grads):
                 grads[f"model.layers.{i}.{path}.weight"] = grad
-        grads["model.embed_tokens.weight"] = embedding_backward(dx, cache.embed_tokens)
+        if repeats == "add":
+            grads["model.embed_tokens.weight"] = embedding_backward(dx, cache.embed_tokens)
+        else:
+            dE = np.zeros(cache.embed_tokens.weight_shape)
+            dE[cache.embed_tokens.tokens.reshape(-1)] += dx.reshape(-1, dx.shape[-1])
+            grads["model.embed_tokens.weight"] = dE
         if not config.tie_word_embeddings:
             grads["lm_head.weight"] = dW_lm
         elif tied_sum == "lm_only":
@@ -840,6 +884,10 @@ class ModelMistakes:
             _m("the layers are walked first to last; the backward walks them last to first",
                "for i in reversed(range(config.num_hidden_layers)): dx, g = block_backward(dx, cache.layers[i])",
                order="forward"),
+            _m("a token that occurs several times got the gradient of only one of its occurrences in E's "
+               "gradient: dE[tokens] += dx (or =) writes each distinct id once",
+               "every occurrence adds its row of dx: np.add.at(dE, tokens.reshape(-1), dx.reshape(-1, D)), or "
+               "embedding_backward(dx, cache.embed_tokens)", repeats="once"),
         ]
 
 

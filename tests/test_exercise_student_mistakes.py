@@ -825,3 +825,15 @@ def test_a_wrong_shape_without_a_reference_names_the_dotted_input_not_the_gradie
     with pytest.raises(CheckFailed) as failed:
         call_backward(lambda dy, c: (np.zeros(5), np.zeros(4)), case.dout_for(out), cache, case)
     assert failed.value.finding.message == "grads['model.x'] has shape (5,), expected (3, 4) (the shape of model.x)"
+
+
+def test_an_unnamed_slip_in_an_assembled_backward_says_which_gradients_are_right(tmp_path):
+    # the post-attention norm's backward given dout instead of dhn: no catalogued slip, and "48 of
+    # 48 entries are wrong (also wrong: dw_in, dW_q, dW_k, dW_v and 2 more)" left the student to
+    # find which three of ten were right -- the MLP's, so the slip is after swiglu_backward
+    body = BLOCK_RIGHT.replace("POST_NORM", "post_attention_layernorm").replace(
+        "FIRST, SECOND", "\n        ".join(MLP_THEN_ATTENTION)).replace("rmsnorm_backward(d_hn,", "rmsnorm_backward(d_out,")
+    path = tmp_path / "block_backward.py"
+    path.write_text("import numpy as np\n\n\n" + textwrap.dedent(body).strip() + "\n")
+    finding = check_file("block", path, n_random=0).first_failure.finding
+    assert finding.message.endswith("right: dW_gate, dW_up, dW_down)"), finding.message

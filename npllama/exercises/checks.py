@@ -322,12 +322,18 @@ def check_gradient(backward, case: Case) -> None:
     finding = diagnose(got, numeric, grad=gradient_name(first.name), case=case.describe(), zero_label=case.zero_label)
     others = [gradient_name(r.name) for r in failing[1:]]
     if others:
-        shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
-        finding.message += f" (also wrong: {shown})"
+        # with several wrong, the right ones say where the slip is not (a block's MLP gradients
+        # right: the slip comes after swiglu_backward)
+        right = [gradient_name(r.name) for r in report.inputs if r.status == "ok"]
+        finding.message += f" (also wrong: {_some_names(others)}" + (f"; right: {_some_names(right)})" if right else ")")
     if undecided:
         finding.message += (f" ({', '.join(gradient_name(r.name) for r in undecided)} could not be decided by "
                             "finite differences)")
     raise CheckFailed(finding)
+
+
+def _some_names(names, shown=4) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _in_float64(backward):

@@ -285,6 +285,34 @@ def test_starter_quotes_the_ops_own_cache_type():
         "attn_probs: np.ndarray   # (B, H, T, S)" in text
 
 
+def test_the_block_starter_quotes_its_cache_and_the_attention_sub_layers_with_their_shapes():
+    """The block's cache nests the attention sub-layer's: a student writing block_backward from the
+    starter alone needs both with their comments (it said "read its docstring", a one-liner, and
+    named the fields without a shape; the shapes were comments in model.py, not in help())."""
+    from npllama.model import AttentionLayerCache, BlockCache
+
+    text = starter_source("block")
+    assert "BlockCache, the named tuple block_forward returns" in text
+    for kind in (BlockCache, AttentionLayerCache):
+        for field in kind._fields:
+            assert f"{field}: " in text, field
+    assert "step 1: x (B, T, D), rstd (B, T, 1), w_in" in text
+    assert "attn_probs (B, H, T, S)" in text and "o_proj: LinearCache" in text
+
+
+def test_the_model_starter_says_what_its_forward_returns_and_what_its_helpers_give():
+    """model_forward returns the logits, and model_backward takes the config too; LAYER_PATHS and
+    block_backward's result were imported "yours to use" without a word on what they hold."""
+    from npllama.model import LAYER_PATHS
+
+    text = " ".join(starter_source("model").split())
+    assert "returns (logits, cache)" in text and "returns (out, cache)" not in text
+    assert "gradient of the loss with respect to logits (dlogits), that cache and config" in text
+    assert repr(LAYER_PATHS[1]) in text and "model.layers.{i}.{path}.weight" in text
+    assert "block_backward(dx, cache.layers[i]) returns (dx, LayerWeights)" in text
+    assert "returns (out, cache)" in starter_source("block")
+
+
 def test_the_report_shown_in_the_debugging_guide_is_what_check_prints(tmp_path):
     """docs/debugging.md quotes a whole report for RMSNorm's missing projection term: it must stay
     what `exercise check` prints for that file."""

@@ -109,9 +109,7 @@ out = h + swiglu(hn; W_gate, W_up, W_down)     # 8-9 the second residual"""
     doc = """Gradients of one decoder block: dx and the layer's nine weight gradients.
 
     dout:  (B, T, D) the gradient of the loss with respect to the block's output
-    cache: a BlockCache from npllama.model.block_forward (read its docstring and
-           AttentionLayerCache's: input_layernorm, self_attn (q_proj, k_proj, v_proj, q_rope,
-           k_rope, attention, o_proj, n_heads, n_kv_heads, head_dim), post_attention_layernorm, mlp)
+    cache: CACHE
     Returns (dx, grads): dx (B, T, D); grads a LayerWeights (npllama.model) of the nine weight
     gradients, or a tuple in its order: input_layernorm, q_proj, k_proj, v_proj, o_proj,
     post_attention_layernorm, gate_proj, up_proj, down_proj.
@@ -248,7 +246,10 @@ logits = hidden @ W_lm.T                       # W_lm = E when tie_word_embeddin
     Returns a dict: Hugging Face parameter name -> gradient, exactly the keys of model.params
     ("model.embed_tokens.weight", "model.layers.0.input_layernorm.weight", ..., "model.norm.weight",
     and "lm_head.weight" unless the embeddings are tied: then E gets both gradients).
-    Use block_backward (npllama.model: the previous exercise) and the ops' backward passes.
+    Use block_backward (npllama.model: the previous exercise) and the ops' backward passes:
+    block_backward(dx, cache.layers[i]) returns (dx, LayerWeights), its nine gradients in the
+    order of LAYER_PATHS ('input_layernorm', 'self_attn.q_proj', ..., 'mlp.down_proj'), so
+    layer i's keys are f"model.layers.{i}.{path}.weight" for path in LAYER_PATHS.
     """
     shapes = "tokens (B, T)   logits, dlogits (B, T, V)   E (V, D)   every layer as in the block exercise"
     allowed_imports = ("numpy, block_backward and LAYER_PATHS (npllama.model), rmsnorm_backward, linear_backward, "

@@ -48,22 +48,35 @@ def derivation_quote(exercise: Exercise) -> str:
 
 def cache_description(exercise: Exercise) -> str:
     """The cache as the op documents it: its NamedTuple's docstring and fields with their comments,
-    quoted from the op's source (one description, the op's own)."""
+    quoted from the op's source (one description, the op's own).  A field that is itself a cache
+    of the same module (the block's self_attn, an AttentionLayerCache) is quoted after it: its
+    fields are as much the student's to read."""
     _, cache = exercise.case(exercise.edge_cases[0]).run_forward()
     kind = type(cache)
     if not hasattr(kind, "_fields"):
         return ""
+    from .teacher import shown_module
+
+    lines = _fields_described(kind)
+    for field in kind._fields:
+        inner = type(getattr(cache, field))
+        if hasattr(inner, "_fields") and inner.__module__ == kind.__module__:
+            lines += [f"{field}, an {inner.__name__}:" if inner.__name__[0] in "AEIOU"
+                      else f"{field}, a {inner.__name__}:"] + ["  " + line for line in _fields_described(inner)]
+    return (f"{kind.__name__}, the named tuple {exercise.forward_name} returns "
+            f"({shown_module(exercise, kind.__module__)}):\n"
+            f"unpack it in this order, or read its fields (cache.{kind._fields[0]}, ...)\n" + "\n".join(lines))
+
+
+def _fields_described(kind) -> list[str]:
+    """A NamedTuple's docstring and field lines (with their comments) from its source."""
     lines = []
     for line in textwrap.dedent(inspect.getsource(kind)).splitlines()[1:]:
         if line.strip().startswith("def "):
             break
         if line.strip():
             lines.append(line.strip().strip('"').strip())
-    from .teacher import shown_module
-
-    return (f"{kind.__name__}, the named tuple {exercise.forward_name} returns "
-            f"({shown_module(exercise, kind.__module__)}):\n"
-            f"unpack it in this order, or read its fields (cache.{kind._fields[0]}, ...)\n" + "\n".join(lines))
+    return lines
 
 
 def _doc_with_cache(exercise: Exercise) -> str:
@@ -99,6 +112,11 @@ def starter_source(op, in_notebook: bool = False, folder=None) -> str:
     explain = "" if _own_derivation(ex) else f";\n            `npllama explain {_stem(ex)}` prints all of it"
     derivation = (f"Derivation: {derivation_section(ex)} ({where}{explain}).  Work it on paper first.\n"
                   if ex.derivation else "")
+    # the forward's output as the upstream gradient names it: dy -> y, dlogits -> logits
+    upstream = ex.upstream
+    output = upstream[1:] if upstream.startswith("d") and len(upstream) > 1 else "the forward's output"
+    more = [p.strip() for p in ex.params.split(",")[2:]]    # model_backward's config
+    given = "that cache" + "".join(f" and {p}" for p in more)
     return f'''"""Exercise: the backward pass of the {ex.title}{article}.
 
 {article_note}Write the body of `{ex.backward_name}` below, {check_it}
@@ -107,8 +125,8 @@ The forward pass is already written ({describe_source(ex)}); it computes
 
 {forward}
 
-and returns (out, cache).  Your function receives the gradient of the loss with respect to the
-forward's output and that cache, and returns the gradients its docstring lists.
+and returns ({output}, cache).  Your function receives the gradient of the loss with respect to
+{output} ({ex.upstream}), {given}, and returns the gradients its docstring lists.
 
 {derivation}Shapes:     {ex.shapes}
 Allowed:    {ex.allowed_imports}.

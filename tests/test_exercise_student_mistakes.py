@@ -313,6 +313,10 @@ NAMED_SLIPS += [
     ("attention", "the causal mask your backward applies leaves out the diagonal",
      ATTENTION_MASKED_IN_BACKWARD.format(diagonal=-1)),
     ("attention", "a causal mask of its own", ATTENTION_MASKED_IN_BACKWARD.format(diagonal=0)),
+    ("attention", "dk takes the gradient of only the first query head of each group (dv sums them)",
+     ATTENTION_MASKED_IN_BACKWARD.replace(" * np.tril(np.ones((T, S)), {diagonal})", "").replace(
+         "dk = (scale * dS.swapaxes(-1, -2) @ q).reshape(B, KVH, n_rep, S, hd).sum(2)",
+         "dk = (scale * dS.swapaxes(-1, -2) @ q)[:, ::n_rep]")),
 ]
 
 

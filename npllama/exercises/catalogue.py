@@ -240,11 +240,12 @@ class AttentionMistakes:
                    "T and S are mixed up: attn_probs is (T, S), so dq uses it as is and dk, dv its transpose")]
 
     def variant(self, dout, case, mask="both", kv="repeat", group="sum", scale="once", softmax="right",
-                only=None, backward_tril=None):
+                only=None, backward_tril=None, group_of=None):
         """scale: how dq and dk are scaled ("once" is right); only: the one of them ("dq", "dk") where
         that happens, the other scaled right; backward_tril: d_attn_scores multiplied by a causal
         mask the backward builds itself, np.tril(np.ones((T, S)), backward_tril) (None: no such mask,
-        right -- attn_probs already hold the forward's)."""
+        right -- attn_probs already hold the forward's); group_of: the one of dk, dv that `group`
+        folds back, the other summed right."""
         q, k, v = case.inputs
         kw = case.kwargs
         B, H, T, hd = q.shape
@@ -289,7 +290,11 @@ class AttentionMistakes:
             for h in range(H):
                 out[:, fold[h]] += per_head[:, h]
             return out / n_rep if group == "mean" else out
-        return dq, reduce(dk_h), reduce(dv_h)
+        if group_of is None:
+            return dq, reduce(dk_h), reduce(dv_h)
+        right = self.variant(dout, case)
+        return dq, *(reduce(per_head) if name == group_of else right_one
+                     for name, per_head, right_one in (("dk", dk_h, right[1]), ("dv", dv_h, right[2])))
 
     def mistakes(self):
         return [
@@ -317,6 +322,9 @@ class AttentionMistakes:
             _m("dk and dv take the gradient of only the first query head of each group",
                "every one of the n_rep query heads that read kv head g adds to dk[g], dv[g]: sum over the group",
                group="first"),
+            *[_m(f"{g} takes the gradient of only the first query head of each group ({other} sums them)",
+                 f"every one of the n_rep query heads that read kv head g adds to {g}[g], as to {other}[g]: "
+                 f"sum over the group", group="first", group_of=g) for g, other in (("dk", "dv"), ("dv", "dk"))],
             _m("dk and dv are folded back to the kv heads by tiling (query head h added to kv head h % KVH); "
                "query head h read kv head h // n_rep, so that is where its gradient belongs",
                "sum each block of n_rep consecutive query heads: per_head.reshape(B, KVH, n_rep, S, head_dim)"

@@ -264,9 +264,19 @@ BLOCK_RIGHT = """
             d_hn, g_gate, g_up, g_down = swiglu_backward(d_out, cache.mlp)
             d_in, g_post = rmsnorm_backward(d_hn, cache.POST_NORM)
             return d_out + d_in, (g_post, g_gate, g_up, g_down)
-        FIRST, SECOND
+        BRANCHES
         return dx, grads_attn + grads_mlp
 """
+
+
+def _block(post_norm="post_attention_layernorm", attention_first=False):
+    """BLOCK_RIGHT with the post-attention norm's backward given `post_norm`'s cache, and the two
+    branches walked in the forward's order when attention_first."""
+    order = ("dh, grads_attn = attention_branch(dout)", "dx, grads_mlp = mlp_branch(dh)") if attention_first \
+        else ("dh, grads_mlp = mlp_branch(dout)", "dx, grads_attn = attention_branch(dh)")
+    return BLOCK_RIGHT.replace("POST_NORM", post_norm).replace("BRANCHES", "\n        ".join(order))
+
+
 ATTENTION_MASKED_IN_BACKWARD = """
     def attention_backward(dout, cache):
         q, k, v, P, scale, n_rep = cache
@@ -281,13 +291,9 @@ ATTENTION_MASKED_IN_BACKWARD = """
         dv = (P.swapaxes(-1, -2) @ dout).reshape(B, KVH, n_rep, S, hd).sum(2)
         return dq, dk, dv
 """
-MLP_THEN_ATTENTION = ("dh, grads_mlp = mlp_branch(dout)", "dx, grads_attn = attention_branch(dh)")
 NAMED_SLIPS += [
-    ("block", "the attention sub-layer's backward was taken first",
-     BLOCK_RIGHT.replace("POST_NORM", "post_attention_layernorm").replace(
-         "FIRST, SECOND", "dh, grads_attn = attention_branch(dout)\n        dx, grads_mlp = mlp_branch(dh)")),
-    ("block", "post-attention norm's backward was given the input norm's cache",
-     BLOCK_RIGHT.replace("POST_NORM", "input_layernorm").replace("FIRST, SECOND", "\n        ".join(MLP_THEN_ATTENTION))),
+    ("block", "the attention sub-layer's backward was taken first", _block(attention_first=True)),
+    ("block", "post-attention norm's backward was given the input norm's cache", _block("input_layernorm")),
     ("model", "got the gradient of only one of its occurrences", """
         from npllama.model import LAYER_PATHS, block_backward
         from npllama.ops.linear import linear_backward
@@ -339,8 +345,7 @@ def test_a_common_slip_is_named(op, phrase, body, tmp_path):
 # nine gradients put back by the return), an attention that masks d_attn_scores by attn_probs > 0
 # (harmless: they are 0 there already)
 RIGHT_IN_ANOTHER_STYLE = [
-    ("block", BLOCK_RIGHT.replace("POST_NORM", "post_attention_layernorm").replace(
-        "FIRST, SECOND", "\n        ".join(MLP_THEN_ATTENTION))),
+    ("block", _block()),
     ("attention", ATTENTION_MASKED_IN_BACKWARD.replace("np.tril(np.ones((T, S)), {diagonal})", "(P > 0)")),
 ]
 
@@ -835,8 +840,7 @@ def test_an_unnamed_slip_in_an_assembled_backward_says_which_gradients_are_right
     # the post-attention norm's backward given dout instead of dhn: no catalogued slip, and "48 of
     # 48 entries are wrong (also wrong: dw_in, dW_q, dW_k, dW_v and 2 more)" left the student to
     # find which three of ten were right -- the MLP's, so the slip is after swiglu_backward
-    body = BLOCK_RIGHT.replace("POST_NORM", "post_attention_layernorm").replace(
-        "FIRST, SECOND", "\n        ".join(MLP_THEN_ATTENTION)).replace("rmsnorm_backward(d_hn,", "rmsnorm_backward(d_out,")
+    body = _block().replace("rmsnorm_backward(d_hn,", "rmsnorm_backward(d_out,")
     path = tmp_path / "block_backward.py"
     path.write_text("import numpy as np\n\n\n" + textwrap.dedent(body).strip() + "\n")
     finding = check_file("block", path, n_random=0).first_failure.finding

@@ -325,7 +325,8 @@ def check_gradient(backward, case: Case) -> None:
         # with several wrong, the right ones say where the slip is not (a block's MLP gradients
         # right: the slip comes after swiglu_backward)
         right = [gradient_name(r.name) for r in report.inputs if r.status == "ok"]
-        finding.message += f" (also wrong: {_some_names(others)}" + (f"; right: {_some_names(right)})" if right else ")")
+        finding.message += f" (also wrong: {_some_names(others)}"
+        finding.message += f"; right: {_some_names(right)})" if right else ")"
     if undecided:
         finding.message += (f" ({', '.join(gradient_name(r.name) for r in undecided)} could not be decided by "
                             "finite differences)")

@@ -319,6 +319,11 @@ NAMED_SLIPS += [
     ("attention", "the causal mask your backward applies leaves out the diagonal",
      ATTENTION_MASKED_IN_BACKWARD.format(diagonal=-1)),
     ("attention", "a causal mask of its own", ATTENTION_MASKED_IN_BACKWARD.format(diagonal=0)),
+    # two more block slips that were "no simple pattern"
+    ("block", "unpacked as dq, dv, dk", _block().replace("dq_rot, dk_rot, dv = attention_backward",
+                                                           "dq_rot, dv, dk_rot = attention_backward")),
+    ("block", "post-attention norm's backward was given dout", _block().replace("rmsnorm_backward(d_hn,",
+                                                                                "rmsnorm_backward(d_out,")),
     ("attention", "dk takes the gradient of only the first query head of each group (dv sums them)",
      ATTENTION_MASKED_IN_BACKWARD.replace(" * np.tril(np.ones((T, S)), {diagonal})", "").replace(
          "dk = (scale * dS.swapaxes(-1, -2) @ q).reshape(B, KVH, n_rep, S, hd).sum(2)",
@@ -761,6 +766,9 @@ def test_a_matrix_product_crash_without_dot_T_keeps_the_plain_hint(tmp_path):
 # the mask was "which entries were kept (0 or 1)".
 NOT_THAT_SLIP = [
     ("attention", "causal mask", ATTENTION_MASKED_IN_BACKWARD.format(diagonal=1)),
+    # the post-attention norm given both the input norm's cache and dout: neither slip alone
+    ("block", "norm's backward was given", _block("input_layernorm").replace("rmsnorm_backward(d_hn,",
+                                                                            "rmsnorm_backward(d_out,")),
     ("embedding", "row 0 is set to 0", """
         def embedding_backward(dout, cache):
             tokens, weight_shape, dtype = cache
@@ -837,11 +845,12 @@ def test_a_wrong_shape_without_a_reference_names_the_dotted_input_not_the_gradie
 
 
 def test_an_unnamed_slip_in_an_assembled_backward_says_which_gradients_are_right(tmp_path):
-    # the post-attention norm's backward given dout instead of dhn: no catalogued slip, and "48 of
-    # 48 entries are wrong (also wrong: dw_in, dW_q, dW_k, dW_v and 2 more)" left the student to
-    # find which three of ten were right -- the MLP's, so the slip is after swiglu_backward
-    body = _block().replace("rmsnorm_backward(d_hn,", "rmsnorm_backward(d_out,")
+    # the attention branch's o_proj backward given the block's dout instead of dh: no catalogued
+    # slip, and "48 of 48 entries are wrong (also wrong: dw_in, dW_q, dW_k, dW_v and 1 more)" left
+    # the student to find which four of ten were right -- the MLP's and its norm's, so the slip is
+    # after rmsnorm_backward of the post-attention norm
+    body = _block().replace("linear_backward(d_out, sa.o_proj)", "linear_backward(dout, sa.o_proj)")
     path = tmp_path / "block_backward.py"
     path.write_text("import numpy as np\n\n\n" + textwrap.dedent(body).strip() + "\n")
     finding = check_file("block", path, n_random=0).first_failure.finding
-    assert finding.message.endswith("right: dW_gate, dW_up, dW_down)"), finding.message
+    assert finding.message.endswith("right: dw_post, dW_gate, dW_up, dW_down)"), finding.message

@@ -759,9 +759,13 @@ class BlockMistakes:
               Rung("B = 2", dict(B=2, T=3, KVH=1, n_rep=2, head_dim=2, F=3, causal=True, seed=5), MIXES_ROWS)]
 
     def variant(self, dout, case, residual_mlp=True, residual_attn=True, xn_from="qkv", rope="transposed",
-                order="mlp_first", post_norm_cache="post_attention_layernorm"):
+                order="mlp_first", post_norm_cache="post_attention_layernorm", post_norm_input="dhn",
+                attention_returns="qkv"):
         """order: which sub-layer's backward runs first ("mlp_first" is right: the MLP came last);
-        post_norm_cache: the cache the post-attention norm's backward is given."""
+        post_norm_cache: the cache the post-attention norm's backward is given; post_norm_input:
+        the gradient it is given ("dhn", swiglu_backward's, is right; "dout": the MLP branch's
+        own upstream); attention_returns: the order attention_backward's result is unpacked in
+        ("qkv" is right; "qvk": dq, dv, dk)."""
         from ..ops.attention import attention_backward
         from ..ops.linear import linear_backward
         from ..ops.rmsnorm import rmsnorm_backward
@@ -775,12 +779,15 @@ class BlockMistakes:
 
         def mlp(d_out):
             dhn, dW_gate, dW_up, dW_down = swiglu_backward(d_out, cache.mlp)
-            dh_norm, dw_post = rmsnorm_backward(dhn, getattr(cache, post_norm_cache))
+            dh_norm, dw_post = rmsnorm_backward(dhn if post_norm_input == "dhn" else d_out,
+                                                getattr(cache, post_norm_cache))
             return (d_out + dh_norm if residual_mlp else dh_norm), (dw_post, dW_gate, dW_up, dW_down)
 
         def attention(d_out):
             dattn, dW_o = linear_backward(d_out, a.o_proj)
             dq_rot, dk_rot, dv = attention_backward(dattn.reshape(B, T, H, hd).transpose(0, 2, 1, 3), a.attention)
+            if attention_returns == "qvk":
+                dk_rot, dv = dv, dk_rot
             turn = {"transposed": lambda g, c: rope_backward(g, c), "none": lambda g, c: g,
                     "forward": lambda g, c: rope_forward(g, c.cos, c.sin)[0]}[rope]
             dq, dk = turn(dq_rot, a.q_rope), turn(dk_rot, a.k_rope)
@@ -825,6 +832,14 @@ class BlockMistakes:
                "normalised h, not x",
                "rmsnorm_backward(dhn, cache.post_attention_layernorm): each norm's backward takes its own cache",
                post_norm_cache="input_layernorm"),
+            _m("the post-attention norm's backward was given dout, the gradient of the MLP branch's output; "
+               "the norm's output hn is the MLP's input, so its gradient is dhn, what swiglu_backward returns",
+               "dhn, dW_gate, dW_up, dW_down = swiglu_backward(dout, cache.mlp); then "
+               "rmsnorm_backward(dhn, cache.post_attention_layernorm)", post_norm_input="dout"),
+            _m("attention_backward's result was unpacked as dq, dv, dk: it returns dq, dk, dv (the order of "
+               "its inputs q, k, v), so dv went through k's RoPE into W_k's backward and dk into W_v's",
+               "dq_rot, dk_rot, dv = attention_backward(...): a backward returns its inputs' gradients in their order",
+               attention_returns="qvk"),
         ]
 
 

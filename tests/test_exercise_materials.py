@@ -313,6 +313,26 @@ def test_the_model_starter_says_what_its_forward_returns_and_what_its_helpers_gi
     assert "returns (out, cache)" in starter_source("block")
 
 
+def test_the_model_starter_lists_layer_paths_from_the_tuple():
+    """LAYER_PATHS was written out by hand in the model's docstring, three of nine with '...' between."""
+    from npllama.model import LAYER_PATHS
+
+    text = " ".join(starter_source("model").split())
+    assert "(" + ", ".join(repr(path) for path in LAYER_PATHS) + ")" in text
+
+
+def test_the_model_starter_quotes_the_embedding_cache():
+    """embed_tokens was a name without its fields (tokens, weight_shape, dtype), while the block's
+    starter quotes its caches; the model's backward reads cache.embed_tokens.tokens."""
+    from npllama.ops.embedding import EmbeddingCache
+
+    text = " ".join(starter_source("model").split())
+    assert "embed_tokens, an EmbeddingCache" in text
+    for field in EmbeddingCache._fields:
+        assert f"{field}: " in text, field
+    assert "weight_shape: tuple # (V, D)" in text
+
+
 def test_the_report_shown_in_the_debugging_guide_is_what_check_prints(tmp_path):
     """docs/debugging.md quotes a whole report for RMSNorm's missing projection term: it must stay
     what `exercise check` prints for that file."""

@@ -236,21 +236,41 @@ class Model(Assembled):
 x = block_l(x) for l = 0 .. L-1                # the decoder blocks
 hidden = rmsnorm(x; w_norm)
 logits = hidden @ W_lm.T                       # W_lm = E when tie_word_embeddings"""
-    doc = """Every parameter's gradient, given dL/dlogits.
+    _doc = """Every parameter's gradient, given dL/dlogits.
 
     dlogits: (B, T, V) the gradient of the loss with respect to the logits
     cache:   a ModelCache from npllama.model.model_forward: embed_tokens, layers (one BlockCache
              per layer), norm, lm_head, hidden_shape (B, T, D), causal (False: the bidirectional
              stack ran; not here)
+             EMBEDDING_CACHE
     config:  the LlamaConfig (num_hidden_layers, tie_word_embeddings, ...)
     Returns a dict: Hugging Face parameter name -> gradient, exactly the keys of model.params
     ("model.embed_tokens.weight", "model.layers.0.input_layernorm.weight", ..., "model.norm.weight",
     and "lm_head.weight" unless the embeddings are tied: then E gets both gradients).
     Use block_backward (npllama.model: the previous exercise) and the ops' backward passes:
     block_backward(dx, cache.layers[i]) returns (dx, LayerWeights), its nine gradients in the
-    order of LAYER_PATHS ('input_layernorm', 'self_attn.q_proj', ..., 'mlp.down_proj'), so
-    layer i's keys are f"model.layers.{i}.{path}.weight" for path in LAYER_PATHS.
+    order of LAYER_PATHS, so layer i's keys are f"model.layers.{i}.{path}.weight" for path in
+    LAYER_PATHS:
+        LAYER_PATHS_VALUE
     """
+
+    @property
+    def doc(self):
+        """_doc with LAYER_PATHS and EmbeddingCache's fields quoted from where they are defined:
+        written out by hand they would drift."""
+        import textwrap
+
+        from ..model import LAYER_PATHS
+        from ..ops.embedding import EmbeddingCache
+        from .starter import _fields_described
+
+        # one path a line would be nine lines: wrapped at the docstring's width, aligned after "("
+        paths = textwrap.fill(repr(tuple(LAYER_PATHS)), 91, subsequent_indent=" ").replace("\n", "\n" + " " * 8)
+        embedding = ["embed_tokens, an EmbeddingCache (npllama.ops.embedding):"] + [
+            "  " + line for line in _fields_described(EmbeddingCache)]
+        return (self._doc.replace("EMBEDDING_CACHE", ("\n" + " " * 13).join(embedding))
+                .replace("LAYER_PATHS_VALUE", paths))
+
     shapes = "tokens (B, T)   logits, dlogits (B, T, V)   E (V, D)   every layer as in the block exercise"
     allowed_imports = ("numpy, block_backward and LAYER_PATHS (npllama.model), rmsnorm_backward, linear_backward, "
                        "embedding_backward (npllama.ops.*)")

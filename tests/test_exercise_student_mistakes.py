@@ -854,3 +854,42 @@ def test_an_unnamed_slip_in_an_assembled_backward_says_which_gradients_are_right
     path.write_text("import numpy as np\n\n\n" + textwrap.dedent(body).strip() + "\n")
     finding = check_file("block", path, n_random=0).first_failure.finding
     assert finding.message.endswith("right: dw_post, dW_gate, dW_up, dW_down)"), finding.message
+
+
+def test_the_repeated_token_rung_adds_only_the_repeat(tmp_path):
+    # the rung was T = 3 (seed 2: tokens [1 5 1]) after rungs of T = 2: a backward right for two
+    # positions only (np.add.at over a hard-coded range(2)) failed there and was told to use
+    # np.add.at, not dE[tokens] += ...
+    from npllama.exercises.catalogue import ModelMistakes
+
+    base, rung = ModelMistakes.ladder[0].params, ModelMistakes.ladder[-1].params
+    assert {k for k in base if base[k] != rung[k]} <= {"seed"}, rung   # (one seed has tokens repeating)
+    body = """
+        from npllama.model import LAYER_PATHS, block_backward
+        from npllama.ops.linear import linear_backward
+        from npllama.ops.rmsnorm import rmsnorm_backward
+
+        def model_backward(dlogits, cache, config):
+            grads = {}
+            dhidden, dW_lm = linear_backward(dlogits, cache.lm_head)
+            dx, grads["model.norm.weight"] = rmsnorm_backward(dhidden, cache.norm)
+            for i in reversed(range(config.num_hidden_layers)):
+                dx, layer_grads = block_backward(dx, cache.layers[i])
+                for path, grad in zip(LAYER_PATHS, layer_grads):
+                    grads[f"model.layers.{i}.{path}.weight"] = grad
+            tokens = cache.embed_tokens.tokens
+            dE = np.zeros(cache.embed_tokens.weight_shape)
+            for t in range(2):
+                np.add.at(dE, tokens[:, t], dx[:, t])
+            if config.tie_word_embeddings:
+                dE = dE + dW_lm
+            else:
+                grads["lm_head.weight"] = dW_lm
+            grads["model.embed_tokens.weight"] = dE
+            return grads
+    """
+    path = tmp_path / "model_backward.py"
+    path.write_text("import numpy as np\n\n\n" + textwrap.dedent(body).strip() + "\n")
+    report = check_file("model", path, n_random=1)
+    assert not report.ok
+    assert "np.add.at, not" not in report.first_failure.finding.ladder, report.format()

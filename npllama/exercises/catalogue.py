@@ -855,8 +855,9 @@ class ModelMistakes:
                    "the layers are chained wrongly: walk them last to first, each block's dx the next one's dout"),
               Rung("tied embeddings", dict(layers=1, B=1, T=2, tied=True, seed=5),
                    "with tie_word_embeddings E is the lookup table and W_lm: its two gradients add"),
-              # seed 2: tokens [1 5 1]
-              Rung("a token that occurs twice", dict(layers=1, B=1, T=3, tied=False, seed=2),
+              # seed 1: tokens [2 2], the base case with only the repeat added (T = 3 would add a
+              # position too, and blame np.add.at for a backward right for two positions only)
+              Rung("a token that occurs twice", dict(layers=1, B=1, T=2, tied=False, seed=1),
                    "every occurrence of a token adds its row of dx to dE: np.add.at, not dE[tokens] += ...")]
 
     def variant(self, dlogits, case, final_norm=True, order="reversed", tied_sum=True, repeats="add"):

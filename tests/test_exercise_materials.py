@@ -326,8 +326,13 @@ def test_the_model_starter_quotes_the_embedding_cache():
     starter quotes its caches; the model's backward reads cache.embed_tokens.tokens."""
     from npllama.ops.embedding import EmbeddingCache
 
+    from npllama.model import ModelCache
+
     text = " ".join(starter_source("model").split())
     assert "embed_tokens, an EmbeddingCache" in text
+    # ModelCache's own fields are written out by hand in the docstring: a field added must be too
+    for field in ModelCache._fields:
+        assert re.search(rf"\b{field}\b", text), field
     for field in EmbeddingCache._fields:
         assert f"{field}: " in text, field
     assert "weight_shape: tuple # (V, D)" in text

@@ -346,12 +346,79 @@ def test_a_common_slip_is_named(op, phrase, body, tmp_path):
         assert "fails with a token that occurs twice" in report.first_failure.finding.ladder, report.format()
 
 
+ATTENTION_BY_HEAD = """
+    def attention_backward(dout, cache):
+        q, k, v, P, scale, n_rep = cache
+        B, H, T, hd = q.shape
+        KVH, S = k.shape[1], k.shape[2]
+        dq = np.zeros(q.shape, dtype=q.dtype)
+        dk = np.zeros(k.shape, dtype=k.dtype)
+        dv = np.zeros(v.shape, dtype=v.dtype)
+        for b in range(B):
+            for h in range(H):
+                g = h // n_rep
+                p = P[b, h]
+                dp = (dout[b, h] @ v[b, g].T) * (p > 0)
+                ds = p * (dp - (dp * p).sum(-1, keepdims=True))
+                dq[b, h] = scale * ds @ k[b, g]
+                dk[b, g] += scale * ds.T @ q[b, h]
+                dv[b, g] += p.T @ dout[b, h]
+        return dq, dk, dv
+"""
+ATTENTION_BY_EINSUM = """
+    def attention_backward(dout, cache):
+        q, k, v, P, scale, n_rep = cache
+        B, H, T, hd = q.shape
+        KVH, S = k.shape[1], k.shape[2]
+        qg = q.reshape(B, KVH, n_rep, T, hd)
+        Pg = P.reshape(B, KVH, n_rep, T, S)
+        dog = dout.reshape(B, KVH, n_rep, T, hd)
+        dP = np.einsum('bgrtd,bgsd->bgrts', dog, v)
+        dS = Pg * (dP - np.einsum('bgrts,bgrts->bgrt', dP, Pg)[..., None])
+        dq = scale * np.einsum('bgrts,bgsd->bgrtd', dS, k).reshape(B, H, T, hd)
+        dk = scale * np.einsum('bgrts,bgrtd->bgsd', dS, qg)
+        dv = np.einsum('bgrts,bgrtd->bgsd', Pg, dog)
+        return dq, dk, dv
+"""
+MODEL_BY_BINCOUNT = """
+    from npllama.model import LAYER_PATHS, block_backward
+    from npllama.ops.linear import linear_backward
+    from npllama.ops.rmsnorm import rmsnorm_backward
+
+
+    def model_backward(dlogits, cache, config):
+        grads = {}
+        dhidden, dW_lm = linear_backward(dlogits, cache.lm_head)
+        dx, grads["model.norm.weight"] = rmsnorm_backward(dhidden, cache.norm)
+        for i in reversed(range(config.num_hidden_layers)):
+            dx, layer_grads = block_backward(dx, cache.layers[i])
+            for path, grad in zip(LAYER_PATHS, layer_grads):
+                grads[f"model.layers.{i}.{path}.weight"] = grad
+        tokens = cache.embed_tokens.tokens
+        V, D = cache.embed_tokens.weight_shape
+        flat = tokens.reshape(-1)
+        dxf = dx.reshape(-1, D)
+        dE = np.stack([np.bincount(flat, weights=dxf[:, j], minlength=V) for j in range(D)], axis=1).astype(dx.dtype)
+        if config.tie_word_embeddings:
+            dE = dE + dW_lm
+        else:
+            grads["lm_head.weight"] = dW_lm
+        grads["model.embed_tokens.weight"] = dE
+        return grads
+"""
+
+
 # right answers written otherwise than npllama's: a block in two closures (its own order of the
 # nine gradients put back by the return), an attention that masks d_attn_scores by attn_probs > 0
 # (harmless: they are 0 there already)
 RIGHT_IN_ANOTHER_STYLE = [
     ("block", _block()),
     ("attention", ATTENTION_MASKED_IN_BACKWARD.replace("np.tril(np.ones((T, S)), {diagonal})", "(P > 0)")),
+    # a loop over heads that masks d_attn_probs (not d_attn_scores) by P > 0, also harmless; einsum
+    ("attention", ATTENTION_BY_HEAD),
+    ("attention", ATTENTION_BY_EINSUM),
+    # dE by np.bincount per column, not np.add.at
+    ("model", MODEL_BY_BINCOUNT),
 ]
 
 

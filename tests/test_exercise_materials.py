@@ -460,3 +460,16 @@ def test_a_derivations_link_in_parentheses_reads_without_nested_ones():
                 assert before.count("(") - before.count(")") <= 1, (op, paragraph[max(0, command.start() - 80):
                                                                                   command.end() + 5])
     assert shown, "no derivation links another: the test proves nothing"
+
+
+def test_the_loss_starter_says_what_its_upstream_gradient_is_of():
+    """cross_entropy's forward returns the loss: its upstream gradient is the final objective's with
+    respect to the loss, not 'the loss with respect to loss'."""
+    from npllama.exercises import EXERCISES
+    from npllama.exercises.starter import starter_source
+
+    text = " ".join(starter_source(EXERCISES["cross_entropy"]).split())
+    assert "the gradient of the loss with respect to loss" not in text, text
+    assert "the gradient of the final objective with respect to the loss (dloss)" in text, text
+    text = " ".join(starter_source(EXERCISES["rmsnorm"]).split())
+    assert "the gradient of the loss with respect to y (dy)" in text, text

@@ -117,6 +117,11 @@ def starter_source(op, in_notebook: bool = False, folder=None) -> str:
     output = upstream[1:] if upstream.startswith("d") and len(upstream) > 1 else "the forward's output"
     more = [p.strip() for p in ex.params.split(",")[2:]]    # model_backward's config
     given = "that cache" + "".join(f" and {p}" for p in more)
+    # the loss op's upstream is the final objective's gradient with respect to the loss itself
+    received = ("the gradient of the final objective with respect to the loss" if output == "loss"
+                else f"the gradient of the loss with respect to {output}")
+    receives = textwrap.fill(f"and returns ({output}, cache).  Your function receives {received} "
+                             f"({ex.upstream}), {given}, and returns the gradients its docstring lists.", 100)
     return f'''"""Exercise: the backward pass of the {ex.title}{article}.
 
 {article_note}Write the body of `{ex.backward_name}` below, {check_it}
@@ -125,8 +130,7 @@ The forward pass is already written ({describe_source(ex)}); it computes
 
 {forward}
 
-and returns ({output}, cache).  Your function receives the gradient of the loss with respect to
-{output} ({ex.upstream}), {given}, and returns the gradients its docstring lists.
+{receives}
 
 {derivation}Shapes:     {ex.shapes}
 Allowed:    {ex.allowed_imports}.

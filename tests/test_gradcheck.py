@@ -409,6 +409,25 @@ def test_an_all_zero_gradient_f_shows_a_slope_against_is_not_passed(f):
     assert gradcheck(lambda v: float(1e11 + 0.0 * np.sum(v)), [b], [np.zeros(5)]).ok
 
 
+@pytest.mark.parametrize("size", [1.0, 1e3, 1e6])
+def test_a_small_wrong_gradient_for_an_input_f_ignores_fails(size):
+    # a loss of any size that ignores v (a masked position, an ignore-index target) and a backward that
+    # gives one entry of v a small gradient, 1e-8 of w's: f does not move at all when v[2] moves by its
+    # own size (0 +- 3e-12 at the step 0.7), which resolves the 6.5e-9 claimed.  It passed as ok next
+    # to w's gradient once a longer step's estimate of nothing but round-off decided nothing: f not
+    # moving by one bit over the input's own size is not a variation averaged away
+    rng = np.random.default_rng(0)
+    w, v = rng.normal(size=6), rng.normal(size=6) * 1e-2
+    masked = lambda w, v: float(size * np.sum(np.log1p(np.exp(w))) + 0.0 * np.sum(v))
+    dw = size / (1 + np.exp(-w))
+    dv = np.zeros(6)
+    dv[2] = 1e-8 * np.abs(dw).max()
+    report = gradcheck(masked, [w, v], [dw, dv], names=["w", "v"])
+    assert report.inputs[1].status == "FAIL", str(report)
+    assert gradcheck(masked, [w, v], [dw, np.zeros(6)], names=["w", "v"]).ok
+    assert gradcheck(lambda v: masked(w, v), [v], [dv]).inputs[0].status == "FAIL"
+
+
 def test_analytic_round_off_of_a_zero_gradient_is_in_the_bound():
     # d/dx of sum(x - mean(x)) is exactly 0 in exact arithmetic; computed as 1 - the sum of seven
     # 1/7 it is a few u.  Longer steps resolve the zero far below u, which must not fail the noise

@@ -89,6 +89,17 @@ def _nothing_but_roundoff(attempt: _Estimate) -> bool:
     return attempt.difference <= 2 * attempt.roundoff and abs(attempt.value) <= attempt.bound
 
 
+def _unmoved_over_own_size(attempt: _Estimate) -> bool:
+    """Whether f did not move at all (D(h) and D(2h) exactly 0) at a step no longer than the input's
+    own size (a step of 1: each entry moves by its scale).  That shows f flat along the probe, as
+    it is where f ignores the input (a masked position, an ignore-index target, a stop-gradient),
+    not a variation averaged away: that needs a step of about its period, and a function varying
+    on a scale shorter than the input's own is another case (_smooth_at_shorter_steps).  An input
+    f ignores, x ~ 1e-2 beside a loss of 1: its wrong gradient 6.5e-9 (0 +- 2.3e-8 at the step eps)
+    is resolved at the step 0.7, 0 +- 3e-12, where f did not change by one bit."""
+    return attempt.value == 0 and attempt.difference == 0 and attempt.step <= 1.0
+
+
 def _smooth_at_shorter_steps(evaluate, move, rough, richardson, good_enough, kinks=True) -> _Estimate | None:
     """What made a rough estimate's differences (D(h), D(2h), D(4h) not shrinking like h^2), as
     steps SHORTEN times shorter show it, MAX_SHORTENINGS times, then FAR_SHORTEN times shorter, up
@@ -207,7 +218,7 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
             best = shown = attempt
             longer = True
             continue
-        shows_nothing = reference > 0 and _nothing_but_roundoff(attempt)
+        shows_nothing = reference > 0 and _nothing_but_roundoff(attempt) and not _unmoved_over_own_size(attempt)
         if not _longer_step_kept(attempt, best) or (shows_nothing and abs(best.value - attempt.value) > attempt.bound):
             break
         best = attempt

@@ -428,6 +428,19 @@ def test_a_small_wrong_gradient_for_an_input_f_ignores_fails(size):
     assert gradcheck(lambda v: masked(w, v), [v], [dv]).inputs[0].status == "FAIL"
 
 
+@pytest.mark.parametrize("constant, wrong", [(1e8, 1e-3), (1e9, 1e-2), (1e10, 1e-2)])
+def test_a_wrong_gradient_for_an_entry_f_ignores_beside_a_large_constant_fails(constant, wrong):
+    # f = C + sum(v[:-1]) ignores the last entry; a backward gives it 1e-2 of the others' 1.  At the
+    # step eps f's round-off leaves 0 +- 3.2e-2 (C = 1e9), which 1e-2 passes inside; at the step 1e-2
+    # f does not move at all, 0 +- 3.2e-4, which FAILs it.  That estimate, nothing but round-off, was
+    # set aside for the eps one, and the wrong gradient passed as ok (not even UNRESOLVED)
+    v = np.linspace(-1.3, 1.1, 6)
+    g = np.ones(6)
+    g[-1] = wrong
+    report = gradcheck(lambda v: float(constant + np.sum(v[:-1])), [v], [g])
+    assert report.inputs[0].status == "FAIL", str(report)
+
+
 def test_analytic_round_off_of_a_zero_gradient_is_in_the_bound():
     # d/dx of sum(x - mean(x)) is exactly 0 in exact arithmetic; computed as 1 - the sum of seven
     # 1/7 it is a few u.  Longer steps resolve the zero far below u, which must not fail the noise

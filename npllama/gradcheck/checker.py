@@ -88,11 +88,13 @@ class _Probes:
         # steps show it smooth, f rounding at longer steps (derivative.py), and a failing probe
         # where shorter steps than the re-measurement's resolve f (remeasure.py).  A rule that
         # held a passing rough bound to 1e-2 of the gradient caught no case once they did)
+        # (set_aside: a longer step's estimate, nothing but round-off, contradicted the analytic value
+        # that this one's loose bound passes: derivative.py's _resolved_derivative)
         # with nothing to measure against (the check's gradients all zero), a passing probe is
         # unresolved where its value stands more than UNRESOLVED of its bound from 0: f shows a slope
         # the bound cannot resolve, and a zero could not be told from it
         sizeless = not (reference > 0 or coarse > 0)
-        self.unresolved.append(estimate.unsteady or bool(estimate.between)
+        self.unresolved.append(estimate.unsteady or bool(estimate.between) or estimate.set_aside
                                or (not sizeless and not estimate.bound <= resolution)
                                or (sizeless and not estimate.rough and UNRESOLVED * bound < abs(estimate.value) <= bound))
         # resolved only next to the check's largest gradient (coarse), not next to its own: a wrong

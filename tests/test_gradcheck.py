@@ -453,6 +453,16 @@ def test_a_wrong_gradient_only_a_set_aside_step_resolves_is_unresolved_not_ok(co
     assert report.inputs[0].status == "UNRESOLVED", str(report)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_tiny_entry_resolved_only_by_a_step_of_nothing_but_round_off_agrees_and_passes(seed):
+    # sum(cos(x)) at x ~ 1e-10 with one entry 1e-12: its gradient -1e-12 is resolved only at steps
+    # where f shows nothing but round-off; the right value lies within that estimate's bound, which
+    # is returned (not the shorter step's, UNRESOLVED there): no test held that branch before
+    x = np.random.default_rng(seed).normal(size=5) * 1e-10
+    x[0] = 1e-12
+    assert gradcheck(lambda v: float(np.sum(np.cos(v))), [x], [-np.sin(x)]).ok
+
+
 def test_analytic_round_off_of_a_zero_gradient_is_in_the_bound():
     # d/dx of sum(x - mean(x)) is exactly 0 in exact arithmetic; computed as 1 - the sum of seven
     # 1/7 it is a few u.  Longer steps resolve the zero far below u, which must not fail the noise

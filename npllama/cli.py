@@ -208,8 +208,9 @@ def _as_the_user_typed_it(error: BaseException, parser: argparse.ArgumentParser,
         longs = [o for o in action.option_strings if o.startswith("--")]
         if longs:
             flags.setdefault(action.dest, longs[0])
+    given = _flags_typed(parser, argv)
     for setting, setters in _SET_BY_FLAGS.items():
-        typed = [flag for flag in setters if any(arg == flag or arg.startswith(flag + "=") for arg in argv)]
+        typed = [flag for flag in setters if flag in given]
         if setting in flags and typed:
             flags[setting] = " / ".join(typed)
     flags.update({alias: flags[dest] for alias, dest in _ALIASES.items() if dest in flags})
@@ -226,6 +227,23 @@ def _as_the_user_typed_it(error: BaseException, parser: argparse.ArgumentParser,
         return flag
 
     return _SETTING.sub(flag_for, message)
+
+
+def _flags_typed(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """The parser's long options the command line holds, as argparse reads them: "--flag" or
+    "--flag=value", or a prefix of one flag alone ("--lora-m" for --lora-mlp); nothing after "--"."""
+    options = [o for o in parser._option_string_actions if o.startswith("--")]
+    typed = set()
+    for arg in argv:
+        if arg == "--":
+            break
+        name = arg.split("=", 1)[0]
+        if not name.startswith("--"):
+            continue
+        matches = [name] if name in options else [o for o in options if o.startswith(name)]
+        if len(matches) == 1:
+            typed.add(matches[0])
+    return typed
 
 
 def _discard_stdout() -> None:

@@ -250,9 +250,9 @@ def load_sentence_order(folder, dtype=np.float32):
 
     head_file = Path(folder).expanduser() / HEAD_FILE
     if not head_file.is_file() and (head_file.parent / PARAMS_FILE).is_file():   # a fine-tune's checkpoint/
-        from .io.describe import describe_model_path
+        from .io.describe import describe_path
 
-        raise FileNotFoundError(f"{str(folder)!r} has no {HEAD_FILE}: {describe_model_path(folder)}")
+        raise FileNotFoundError(f"{str(folder)!r} has no {HEAD_FILE}: it {describe_path(folder)}")
     if not head_file.is_file():
         raise FileNotFoundError(f"{str(folder)!r} has no {HEAD_FILE}: not a folder saved by `npllama finetune sop`")
     model, tokenizer, _ = load_model_and_tokenizer(folder, dtype=dtype)

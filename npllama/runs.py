@@ -255,10 +255,10 @@ def refuse_a_model_file(path, flag: str | None = None) -> None:
     flag, when given, opens the message."""
     path = Path(path).expanduser()
     if path.is_file():
-        from .io.describe import describe_model_path
+        from .io.describe import describe_path
 
         named = f"{flag} {str(path)!r}" if flag else repr(str(path))
-        raise FileNotFoundError(f"{named} is a file, not a model folder: {describe_model_path(path)}")
+        raise FileNotFoundError(f"{named} is a file, not a model folder: it {describe_path(path)}")
 
 
 def resolve_model_dir(path=None) -> Path:
@@ -280,10 +280,10 @@ def resolve_model_dir(path=None) -> Path:
     for candidate in candidates:
         if (candidate / "config.json").is_file():
             return candidate
-    from .io.describe import describe_model_path
+    from .io.describe import describe_path
 
     # what the folder is says what was expected instead (a Hugging Face folder, a run folder)
-    raise FileNotFoundError(f"{str(path)!r} holds no model: {describe_model_path(path)}")
+    raise FileNotFoundError(f"{str(path)!r} holds no model: it {describe_path(path)}")
 
 
 def find_tokenizer(model_dir: Path) -> Path:

@@ -78,7 +78,7 @@ def gguf(args) -> int:
         raise UsageError(INSTALL_HINT)
 
     if not looks_like_gguf(checkpoint):
-        raise UsageError(f"not a GGUF file: {str(checkpoint)!r}" + _hint(checkpoint))
+        raise UsageError(f"{str(checkpoint)!r} is not a GGUF file" + _hint(checkpoint))
     dtype = _dtype(args.dtype)
     print(f"converting {checkpoint} ...", flush=True)
     out, has_tokenizer = convert_gguf(checkpoint, out, dtype=dtype)
@@ -192,6 +192,7 @@ def _dtype(name: str):
 
 
 def _hint(path: Path) -> str:
-    from ..io.describe import describe_model_path
+    """What the path is instead, said of the path the message has just named: ": it is a folder ..."."""
+    from ..io.describe import describe_path
 
-    return f": {describe_model_path(path)}" if path.exists() else ""
+    return f": it {describe_path(path)}" if path.exists() else ""

@@ -161,10 +161,10 @@ def _open_folder(path, dtype, kind: str) -> tuple[Path, LlamaConfig, dict]:
     exists and the parameters fit in memory."""
     folder = Path(path)
     if not folder.is_dir():
-        from .describe import describe_model_path   # what it is instead, and how to load that
+        from .describe import describe_path   # what it is instead, and how to load that
 
         raise FileNotFoundError(f"{folder} is not a folder (expected {kind} holding {CONFIG_NAME} "
-                                f"and {WEIGHTS_NAME}): {describe_model_path(folder)}")
+                                f"and {WEIGHTS_NAME}): it {describe_path(folder)}")
     config, raw = _read_config_and_fields(folder / CONFIG_NAME)
     _check_memory_budget(folder / CONFIG_NAME, config, dtype)
     return folder, config, raw

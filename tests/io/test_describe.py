@@ -216,3 +216,37 @@ def test_a_gguf_without_its_architecture_names_the_field(tmp_path):
     message = describe_model_path(path)
     assert "general.architecture" in message and "is missing" in message, message
     assert "the file is missing" not in message and "cannot be read" not in message, message
+
+
+def test_a_message_that_names_the_path_says_what_it_is_without_naming_it_again(tmp_path, capsys):
+    """Each message that names the path, then says what it is (refuse_a_model_file, "holds no
+    model", sop's head, load_hf_folder, convert's checkpoint) names it once: "'x' is a file, not a
+    model folder: it is a file of unknown kind", not "...: 'x' is a file of unknown kind"."""
+    from npllama.cli import main
+    from npllama.finetune_sop import load_sentence_order
+    from npllama.io.hf import load_hf_folder
+    from npllama.io.train_state import PARAMS_FILE
+
+    text = tmp_path / "notes.txt"
+    text.write_text("some notes, not a model\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    checkpoint = tmp_path / "run" / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    write_safetensors(checkpoint / PARAMS_FILE, {"x": np.zeros(3, np.float32)})
+    said = []
+    for argv in (["generate", "--model", str(text), "--prompt", "hi"],
+                 ["export", "gguf", "--model", str(text), "--out", str(tmp_path / "x.gguf")],
+                 ["train", "--init-from", str(text), "--steps", "1", "--out", str(tmp_path / "r")],
+                 ["generate", "--model", str(empty), "--prompt", "hi"],
+                 ["convert", "gguf", str(text), "--out", str(tmp_path / "c")],
+                 ["convert", "llama2c", str(empty), "--out", str(tmp_path / "c")]):
+        assert main(argv) == 2, argv
+        said.append((argv, capsys.readouterr().err.strip()))
+    for call, path in [(lambda: load_sentence_order(checkpoint), checkpoint), (lambda: load_hf_folder(text), text)]:
+        with pytest.raises(FileNotFoundError) as caught:
+            call()
+        said.append((path, str(caught.value)))
+    for where, message in said:
+        path = next(p for p in (text, empty, checkpoint) if str(p) in message)
+        assert message.count(str(path)) == 1 and ": it " in message, (where, message)

@@ -113,9 +113,9 @@ class ChatTemplate:
             return cls._compiled(path.read_text(encoding="utf-8"), bos, eos, f"{name_as} {name!r}",
                                  f"fix it, or give {name_as} {' or '.join(map(repr, sorted(BUILTIN_TEMPLATES)))} "
                                  f"(a built-in one)")
-        own, file = _folder_template(adapter) if adapter is not None else (None, None)
+        own, file = folder_template_and_file(adapter) if adapter is not None else (None, None)
         if own is None and folder is not None:
-            own, file = _folder_template(folder)
+            own, file = folder_template_and_file(folder)
         if own is not None:
             return cls._compiled(own, bos, eos, f"the chat template in {str(file)!r}",
                                  f"give another with {name_as}: {', '.join(map(repr, sorted(BUILTIN_TEMPLATES)))} "
@@ -253,10 +253,10 @@ class ChatTemplate:
 
 def read_folder_template(folder) -> str | None:
     """The chat template a Hugging Face folder carries, or None."""
-    return _folder_template(folder)[0]
+    return folder_template_and_file(folder)[0]
 
 
-def _folder_template(folder) -> tuple[str | None, Path | None]:
+def folder_template_and_file(folder) -> tuple[str | None, Path | None]:
     """(the chat template a Hugging Face folder carries, the file it is in), or (None, None)."""
     folder = Path(folder)
     jinja_file = folder / "chat_template.jinja"        # transformers 5 saves it beside the config
@@ -277,6 +277,19 @@ def _folder_template(folder) -> tuple[str | None, Path | None]:
                              f"named 'default': save the one to use as a .jinja file and pass it as --chat-template")
         template = named["default"]
     return (template, config_file) if isinstance(template, str) and template.strip() else (None, None)
+
+
+def warn_if_not_jinja(source: str, where: str, kept: str, stacklevel: int = 2) -> None:
+    """One warning when a chat template a conversion keeps as it is (convert gguf into
+    tokenizer_config.json, export gguf into the GGUF) does not compile: "<where> is not valid Jinja:
+    <problem>; <kept>", said now rather than first by `generate --chat` on what was written.
+    stacklevel: the warning's, counted from the caller."""
+    import warnings
+
+    try:
+        _compile(source)
+    except ChatTemplateError as error:
+        warnings.warn(f"{where} is not valid Jinja: {error.problem}; {kept}", stacklevel=stacklevel + 1)
 
 
 def turn_messages(prompt: str, response: str | None = None, system: str | None = None) -> list[dict]:
@@ -364,5 +377,6 @@ def _end_of_turn(source: str) -> str | None:
     return None
 
 
-__all__ = ["ChatTemplate", "ChatTemplateError", "AnswerNotWritten", "LLAMA2_TEMPLATE", "LLAMA3_TEMPLATE", "read_folder_template", "check_messages",
+__all__ = ["ChatTemplate", "ChatTemplateError", "AnswerNotWritten", "LLAMA2_TEMPLATE", "LLAMA3_TEMPLATE", "read_folder_template", "folder_template_and_file", "check_messages",
+           "warn_if_not_jinja",
            "turn_messages"]

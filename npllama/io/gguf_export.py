@@ -131,7 +131,7 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     except ImportError:
         raise ImportError("GGUF export needs the `gguf` package (llama.cpp's): "
                           "pip install 'npllama[gguf]'") from None
-    from ..chat import read_folder_template
+    from ..chat import folder_template_and_file, warn_if_not_jinja
     from ..tokenizer import Tokenizer
 
     from ..runs import require_a_language_model
@@ -150,6 +150,11 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
     end_ids = gguf_end_ids(config, tok, pieces)
     tensors = gguf_tensors(config, params)
     check_outtype_holds(tensors, outtype)
+    template, template_file = folder_template_and_file(model_dir)   # what llama.cpp's chat mode renders turns with
+    if template is not None:
+        warn_if_not_jinja(template, f"the chat template in {str(template_file)!r}",
+                          "it is written to the GGUF's tokenizer.chat_template as it is (fix it in that file "
+                          "for a GGUF whose chat template works)")
     if echo is not None:
         echo(f"exporting {model_dir} to {out} ({outtype}) ...")
 
@@ -159,8 +164,7 @@ def export_gguf(model_dir, out, *, tokenizer=None, outtype: str = "f32", name: s
         try:
             _write_metadata(writer, gguf, config, name or model_dir.resolve().name, outtype)
             _write_vocab(writer, tok, pieces, scores, types, end_ids)
-            template = read_folder_template(model_dir)
-            if template is not None:   # what llama.cpp's chat mode renders conversations with
+            if template is not None:
                 writer.add_chat_template(template)
             for tensor_name, array in tensors.items():
                 data, raw_dtype = _stored(gguf, array, outtype)

@@ -172,13 +172,10 @@ def _tokenizer_files(path: Path, reader, config: LlamaConfig) -> dict[str, bytes
 def _warn_if_not_jinja(path: Path, template: str) -> None:
     """The file's chat template is kept as it is, as llama.cpp's files carry it; one that does not
     compile is said now, not first by `generate --chat` on the converted folder."""
-    from ..chat import BUILTIN_TEMPLATES, ChatTemplate, ChatTemplateError
+    from ..chat import BUILTIN_TEMPLATES, warn_if_not_jinja
 
-    try:
-        ChatTemplate(template)
-    except ChatTemplateError as error:
-        warnings.warn(f"{path}: tokenizer.chat_template is not valid Jinja: {error.problem}; it is kept in "
-                      f"tokenizer_config.json as it is: chat and generate --chat need --chat-template "
+    warn_if_not_jinja(template, f"{path}: tokenizer.chat_template",
+                      f"it is kept in tokenizer_config.json as it is: chat and generate --chat need --chat-template "
                       f"({', '.join(sorted(BUILTIN_TEMPLATES))} or a .jinja file of your own)", stacklevel=3)
 
 

@@ -630,3 +630,26 @@ def test_export_gguf_says_a_model_file_is_a_file_in_the_words_every_command_uses
     err = capsys.readouterr().err
     assert err.strip().split("error: ", 1)[1] == f"--model {said_by_generate}", err
     assert (tmp_path / "taken.gguf").read_bytes() == b"mine"
+
+
+def test_a_folders_chat_template_that_is_not_jinja_is_exported_with_a_warning_naming_it(tmp_path, tokenizer, capsys):
+    """export gguf copies the folder's chat template into the GGUF as it is; one that does not compile
+    was copied without a word (convert gguf warns of the same template coming back): one warning,
+    one line on the command line, naming the file it is in, before the export is announced."""
+    bad = "{% for m in messages %}{{ m['content'] | nosuchfilter }}{% endfor %}"
+    _model_folder(tmp_path / "m", tokenizer)
+    config = tmp_path / "m" / "tokenizer_config.json"
+    config.write_bytes(tokenizer.hf_files(chat_template=bad)["tokenizer_config.json"])
+    with pytest.warns(UserWarning) as record:
+        export_gguf(tmp_path / "m", tmp_path / "x.gguf")
+    said = [str(w.message) for w in record]
+    assert len(said) == 1 and f"the chat template in {str(config)!r} is not valid Jinja" in said[0], said
+    assert "nosuchfilter" in said[0], said
+    assert _read(tmp_path / "x.gguf")[0]["tokenizer.chat_template"] == bad     # kept, as it is
+    with pytest.warns(UserWarning) as record:   # the command prints each warning in one line
+        assert main(["export", "gguf", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "y.gguf")]) == 0
+    assert [str(w.message) for w in record] == said
+    config.write_bytes(tokenizer.hf_files(chat_template=bad.replace(" | nosuchfilter", ""))["tokenizer_config.json"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        export_gguf(tmp_path / "m", tmp_path / "z.gguf")

@@ -411,7 +411,10 @@ def test_a_chat_template_that_is_not_jinja_is_kept_with_a_warning_naming_it(fold
         shutil.copytree(folder, with_template)
         for name, data in tokenizer.hf_files(chat_template=template).items():
             (with_template / name).write_bytes(data)
-        exported = export_gguf(with_template, tmp_path / f"{warned}.gguf")
+        with warnings.catch_warnings(record=True) as exported_with:   # (export gguf warns of it too)
+            warnings.simplefilter("always")
+            exported = export_gguf(with_template, tmp_path / f"{warned}.gguf")
+        assert len(exported_with) == warned, [str(w.message) for w in exported_with]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             out, _ = convert_gguf(exported, tmp_path / f"back-{warned}")

@@ -374,7 +374,10 @@ def as_shown_here(path) -> str:
     reads the base from the run's settings, recorded absolute."""
     absolute = Path(os.path.abspath(path))
     here = Path(os.getcwd())
-    return shlex.quote(str(absolute.relative_to(here)) if absolute.is_relative_to(here) else str(absolute))
+    if not absolute.is_relative_to(here):
+        return shlex.quote(str(absolute))
+    shown = str(absolute.relative_to(here))
+    return shlex.quote(f"./{shown}" if shown.startswith("-") else shown)   # "-base" would read as a flag
 
 
 # the head reads the last token kept: what comes after it cannot sway the label

@@ -645,3 +645,17 @@ def test_the_use_it_line_names_the_base_alike_on_a_start_and_on_a_resume(small_m
     monkeypatch.chdir(tmp_path / "elsewhere")
     common[1] = str(tmp_path / "run")
     assert f"--model {tmp_path / 'base'} " in use_line(["--resume", "--steps", "3"])
+
+
+def test_the_use_it_line_names_a_base_whose_name_starts_with_a_dash_as_a_path(tmp_path, monkeypatch):
+    """A base relative to the current folder is shown relative, but one named "-base" would read as a
+    flag (`--model -base` is refused by argparse): it is shown as ./-base."""
+    from npllama.cli import build_parser
+    from npllama.finetune import as_shown_here
+
+    monkeypatch.chdir(tmp_path)
+    for name, shown in [("base", "base"), ("-base", "./-base"), ("my base", "'my base'"), (".", ".")]:
+        assert as_shown_here(tmp_path / name if name != "." else tmp_path) == shown, name
+    (tmp_path / "-base").mkdir()
+    args = build_parser().parse_args(["chat", "--model", as_shown_here(tmp_path / "-base")])
+    assert Path(args.model).resolve() == (tmp_path / "-base").resolve()

@@ -223,7 +223,7 @@ def init_from_dir(tc) -> Path:
     from .runs import refuse_a_model_file
 
     folder = Path(tc.init_from).expanduser()
-    refuse_a_model_file(folder, flag="--init-from")   # a llama2.c .bin, a .gguf: what it is, how to convert it
+    refuse_a_model_file(tc.init_from, flag="--init-from")   # a llama2.c .bin, a .gguf: what it is, how to convert it
     if not folder.is_dir():
         raise FileNotFoundError(f"--init-from {tc.init_from!r} is not a folder (expected a Hugging Face "
                                 f"model folder with config.json and model.safetensors, or a run folder)")

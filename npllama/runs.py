@@ -252,12 +252,12 @@ def refuse_a_model_file(path, flag: str | None = None) -> None:
     """A FileNotFoundError when `path` is a file: it may well hold a model (a llama2.c checkpoint,
     a GGUF), only not as a folder, so the message says what the file is and how to convert it.
     The one check of every option that names a model folder (--model, --base, --init-from);
-    flag, when given, opens the message."""
-    path = Path(path).expanduser()
+    flag, when given, opens the message, naming the path as given ("~/m.bin")."""
+    given, path = str(path), Path(path).expanduser()
     if path.is_file():
         from .io.describe import describe_path
 
-        named = f"{flag} {str(path)!r}" if flag else repr(str(path))
+        named = f"{flag} {given!r}" if flag else repr(given)
         raise FileNotFoundError(f"{named} is a file, not a model folder: it {describe_path(path)}")
 
 

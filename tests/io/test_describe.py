@@ -250,3 +250,17 @@ def test_a_message_that_names_the_path_says_what_it_is_without_naming_it_again(t
     for where, message in said:
         path = next(p for p in (text, empty, checkpoint) if str(p) in message)
         assert message.count(str(path)) == 1 and ": it " in message, (where, message)
+
+
+def test_a_model_file_given_with_a_tilde_is_named_as_typed(tmp_path, monkeypatch, capsys):
+    """--model/--init-from '~/notes.txt' is named as typed, as the flags named it before the shared
+    check (refuse_a_model_file), not as the path the tilde expands to."""
+    from npllama.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "notes.txt").write_text("some notes, not a model\n")
+    for argv in (["export", "gguf", "--model", "~/notes.txt", "--out", str(tmp_path / "x.gguf")],
+                 ["train", "--init-from", "~/notes.txt", "--steps", "1", "--out", str(tmp_path / "r")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{argv[argv.index('~/notes.txt') - 1]} '~/notes.txt' is a file, not a model folder: it is" in err, err

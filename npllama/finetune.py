@@ -568,6 +568,8 @@ class ClassifyConfig(FinetuneSettings):
 
     # a run folder saved before the split was stratified resumes with the split it trained on
     SETTINGS_OF_OLDER_RUNS = {"split": "shuffled"}
+    # dataset follows data (None beside a data file): a resume that changes both names data alone
+    RESUME_FOLLOWS = {"dataset": "data"}
 
     def __post_init__(self):
         super().__post_init__()

@@ -136,7 +136,8 @@ def write_settings(run_dir, config, file_name: str) -> None:
 def changes_on_resume(run_dir, config, file_name: str) -> dict:
     """{name: (saved, new)} for the settings this resume changes.  A change to a setting that defines
     the run (config.RESUME_FIXED) is refused with a ValueError naming each one; settings in
-    config.RESUME_QUIET steer only this call and are left out.  Paths (config.PATH_SETTINGS) that
+    config.RESUME_QUIET steer only this call and are left out; one whose value follows another's
+    (config.RESUME_FOLLOWS) is not named when that one changes too.  Paths (config.PATH_SETTINGS) that
     name the same file -- respelled, absolute, through a symlink -- are no change."""
     saved, older = _saved_settings_and_older(run_dir, type(config), file_name)
     new = _as_dict(config)
@@ -146,7 +147,8 @@ def changes_on_resume(run_dir, config, file_name: str) -> dict:
              + (f"; the run was saved before npllama had this setting: give {name}={old!r} to resume it)"
                 if name in older else ")")
              for name, (old, value) in differing.items()
-             if name in config.RESUME_FIXED and not moved_file(config, name, old, value)]
+             if name in config.RESUME_FIXED and not moved_file(config, name, old, value)
+             and getattr(config, "RESUME_FOLLOWS", {}).get(name) not in differing]   # named by what it follows
     if fixed:
         raise ValueError(f"cannot resume {str(run_dir)!r} with different settings: {', '.join(fixed)}; "
                          f"these define the run (model, tokenizer, data and its order): start a new run "

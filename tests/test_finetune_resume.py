@@ -659,3 +659,21 @@ def test_the_use_it_line_names_a_base_whose_name_starts_with_a_dash_as_a_path(tm
     (tmp_path / "-base").mkdir()
     args = build_parser().parse_args(["chat", "--model", as_shown_here(tmp_path / "-base")])
     assert Path(args.model).resolve() == (tmp_path / "-base").resolve()
+
+
+def test_a_resume_that_adds_data_to_a_built_in_run_names_data_alone(small_model_dir, tmp_path, capsys):
+    """A run on the built-in set resumed with --data is refused for --data: the built-in set it no
+    longer reads ("dataset": null beside data) follows from it and is not named as a change of its
+    own ("--dataset ('sentiment' -> None)", a flag the user did not type)."""
+    from npllama import datasets
+
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in datasets.make_dataset("sentiment", 40, seed=3)))
+    out = tmp_path / "run"
+    assert main(["finetune", "classify", "--base", str(small_model_dir), "--out", str(out), "--steps", "1",
+                 "--batch-size", "2", "--max-len", "16", "--no-progress", "--backend", "numpy"]) == 0
+    capsys.readouterr()
+    assert main(["finetune", "classify", "--out", str(out), "--resume", "--data", str(data), "--steps", "2",
+                 "--no-progress", "--backend", "numpy"]) == 2
+    err = capsys.readouterr().err
+    assert "with different settings: --data (None -> " in err and "dataset" not in err, err

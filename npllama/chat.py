@@ -61,8 +61,11 @@ class ChatTemplateError(ValueError):
     'm/tokenizer_config.json'"), the `problem` Jinja found, and the way past it."""
 
     def __init__(self, problem: str, where: str = "the chat template", way_out: str = ""):
-        self.problem, self.where = problem, where
+        self.problem, self.where, self.way_out = problem, where, way_out
         super().__init__(f"{where} is not valid Jinja: {problem}" + (f"; {way_out}" if way_out else ""))
+
+    def __reduce__(self):   # pickled as cls(*self.args) otherwise: the message wrapped once more
+        return (type(self), (self.problem, self.where, self.way_out))
 
 
 class ChatTemplate:

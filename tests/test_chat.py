@@ -624,3 +624,16 @@ def test_a_template_file_that_is_not_jinja_is_named_as_the_flag_gave_it(small_mo
     err = capsys.readouterr().err
     assert f"--chat-template {str(bad)!r} is not valid Jinja: " in err and "nosuchfilter" in err, err
     assert "llama2" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_chat_template_error_survives_pickling_as_it_was():
+    """Exceptions cross processes (multiprocessing) as pickles: ChatTemplateError comes back with
+    its message, where and problem, not the message wrapped once more ("the chat template is not
+    valid Jinja: the chat template in 'f' is not valid Jinja: ...")."""
+    import pickle
+
+    from npllama.chat import ChatTemplateError
+
+    error = ChatTemplateError("No filter named 'x'", "the chat template in 'f'", "give another")
+    back = pickle.loads(pickle.dumps(error))
+    assert (str(back), back.where, back.problem) == (str(error), error.where, error.problem)

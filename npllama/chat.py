@@ -380,6 +380,6 @@ def _end_of_turn(source: str) -> str | None:
     return None
 
 
-__all__ = ["ChatTemplate", "ChatTemplateError", "AnswerNotWritten", "LLAMA2_TEMPLATE", "LLAMA3_TEMPLATE", "read_folder_template", "folder_template_and_file", "check_messages",
-           "warn_if_not_jinja",
+__all__ = ["ChatTemplate", "ChatTemplateError", "AnswerNotWritten", "LLAMA2_TEMPLATE", "LLAMA3_TEMPLATE",
+           "read_folder_template", "folder_template_and_file", "check_messages", "warn_if_not_jinja",
            "turn_messages"]

@@ -53,7 +53,8 @@ def test_a_setting_more_than_one_flag_sets_is_named_as_argparse_read_the_command
     argv_base = ["finetune", "classify", "--resume", "--out", "run"]
     finetune = _innermost_parser(build_parser(), argv_base)
     refusal = ValueError("cannot resume 'run' with different settings: lora_targets (['q_proj'] -> ['q_proj', 'up_proj'])")
-    for typed, named in [(["--lora-m"], "--lora-mlp"), (["--lora-ta", "q_proj", "--lora-ml"], "--lora-targets / --lora-mlp"),
+    for typed, named in [(["--lora-m"], "--lora-mlp"),
+                         (["--lora-ta", "q_proj", "--lora-ml"], "--lora-targets / --lora-mlp"),
                          (["--lora-targ=q_proj"], "--lora-targets"), (["--", "--lora-mlp"], "--lora-targets")]:
         said = _as_the_user_typed_it(refusal, finetune, [*argv_base, *typed])
-        assert said == f"cannot resume 'run' with different settings: {named} (['q_proj'] -> ['q_proj', 'up_proj'])", typed
+        assert said == str(refusal).replace("lora_targets", named), typed

@@ -56,45 +56,43 @@ def test_an_optimizer_without_arrays_takes_the_weights_dtype(tmp_path):
     assert load_checkpoint(tmp_path / "checkpoint")[0].dtype == np.float64
 
 
+def writer_and_loader(save, folder):
+    """(write(step), load) for a checkpoint at `folder` of save_checkpoint's kind ("model") or
+    save_params_checkpoint's ("params")."""
+    from npllama.io.train_state import load_params_checkpoint, save_params_checkpoint
+
+    model = Llama(CONFIG, seed=0)
+    optimizer_state = AdamW(model.params).state_dict()
+    if save == "model":
+        return (lambda step: save_checkpoint(folder, model, optimizer_state, {"step": step})), load_checkpoint
+    return ((lambda step: save_params_checkpoint(folder, model.params, optimizer_state, {"step": step})),
+            load_params_checkpoint)
+
+
 @pytest.mark.parametrize("save", ["model", "params"])
 def test_a_folder_of_ones_own_files_is_refused_not_replaced(save, tmp_path):
     """save_checkpoint replaces a checkpoint folder whole; a folder holding anything else (the
     user's data, a run's log) is refused, naming it, and left as it was."""
-    from npllama.io.train_state import save_params_checkpoint
-
-    model = Llama(CONFIG, seed=0)
-    optimizer_state = AdamW(model.params).state_dict()
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("my notes")
-
-    def write():
-        if save == "model":
-            save_checkpoint(folder, model, optimizer_state, {"step": 0})
-        else:
-            save_params_checkpoint(folder, model.params, optimizer_state, {"step": 0})
+    write, load = writer_and_loader(save, folder)
     with pytest.raises(ValueError, match=r"mine.*not a training checkpoint.*notes\.txt"):
-        write()
+        write(0)
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]
 
     (folder / "notes.txt").unlink()
-    write()                                                   # an empty folder is written into
-    write()                                                   # and so is a checkpoint, replaced
-    assert load_checkpoint(folder)[2]["step"] == 0 if save == "model" else (folder / "params.safetensors").is_file()
+    write(1)                                                  # an empty folder is written into
+    write(2)                                                  # and so is a checkpoint, replaced
+    assert load(folder)[2]["step"] == 2
 
 
 @pytest.mark.parametrize("save", ["model", "params"])
 def test_a_checkpoint_folder_with_a_stray_file_is_still_a_checkpoint_and_replaced(save, tmp_path):
     """A file browser's .DS_Store in a checkpoint folder does not make it "not a training
     checkpoint": `npllama train` saves its run's checkpoint/ over it at every interval and stop."""
-    from npllama.io.train_state import load_params_checkpoint, save_params_checkpoint
-
-    model = Llama(CONFIG, seed=0)
-    optimizer_state = AdamW(model.params).state_dict()
     folder = tmp_path / "checkpoint"
-    write = ((lambda step: save_checkpoint(folder, model, optimizer_state, {"step": step})) if save == "model" else
-             (lambda step: save_params_checkpoint(folder, model.params, optimizer_state, {"step": step})))
-    load = load_checkpoint if save == "model" else load_params_checkpoint
+    write, load = writer_and_loader(save, folder)
     write(1)
     (folder / ".DS_Store").write_bytes(b"\0")
     write(2)

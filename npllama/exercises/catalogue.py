@@ -279,22 +279,18 @@ class AttentionMistakes:
         if group == "none":
             return dq, dk_h, dv_h
 
-        # the kv head each query head's gradient is added to: the one it read, or the backward's
-        # wrong idea of the grouping when only the fold back is tiled
-        fold = np.arange(H) % KVH if group == "tile" else heads
-
-        def reduce(per_head):
-            if group == "first":            # one query head per group stands for all of them
+        def reduce(per_head, how):
+            if how == "first":            # one query head per group stands for all of them
                 return per_head[:, [list(heads).index(g) for g in range(KVH)]]
+            # the kv head each query head's gradient is added to: the one it read, or the backward's
+            # wrong idea of the grouping when only the fold back is tiled
+            fold = np.arange(H) % KVH if how == "tile" else heads
             out = np.zeros((B, KVH, S, hd))
             for h in range(H):
                 out[:, fold[h]] += per_head[:, h]
-            return out / n_rep if group == "mean" else out
-        if group_of is None:
-            return dq, reduce(dk_h), reduce(dv_h)
-        right = self.variant(dout, case)
-        return dq, *(reduce(per_head) if name == group_of else right_one
-                     for name, per_head, right_one in (("dk", dk_h, right[1]), ("dv", dv_h, right[2])))
+            return out / n_rep if how == "mean" else out
+        return dq, *(reduce(per_head, group if group_of in (None, name) else "sum")
+                     for name, per_head in (("dk", dk_h), ("dv", dv_h)))
 
     def mistakes(self):
         return [

@@ -262,12 +262,11 @@ logits = hidden @ W_lm.T                       # W_lm = E when tie_word_embeddin
 
         from ..model import LAYER_PATHS
         from ..ops.embedding import EmbeddingCache
-        from .starter import _fields_described
+        from .starter import _field_cache_described
 
         # one path a line would be nine lines: wrapped at the docstring's width, aligned after "("
         paths = textwrap.fill(repr(tuple(LAYER_PATHS)), 91, subsequent_indent=" ").replace("\n", "\n" + " " * 8)
-        embedding = ["embed_tokens, an EmbeddingCache (npllama.ops.embedding):"] + [
-            "  " + line for line in _fields_described(EmbeddingCache)]
+        embedding = _field_cache_described("embed_tokens", EmbeddingCache, " (npllama.ops.embedding)")
         return (self._doc.replace("EMBEDDING_CACHE", ("\n" + " " * 13).join(embedding))
                 .replace("LAYER_PATHS_VALUE", paths))
 

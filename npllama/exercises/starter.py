@@ -61,11 +61,16 @@ def cache_description(exercise: Exercise) -> str:
     for field in kind._fields:
         inner = type(getattr(cache, field))
         if hasattr(inner, "_fields") and inner.__module__ == kind.__module__:
-            lines += [f"{field}, an {inner.__name__}:" if inner.__name__[0] in "AEIOU"
-                      else f"{field}, a {inner.__name__}:"] + ["  " + line for line in _fields_described(inner)]
+            lines += _field_cache_described(field, inner)
     return (f"{kind.__name__}, the named tuple {exercise.forward_name} returns "
             f"({shown_module(exercise, kind.__module__)}):\n"
             f"unpack it in this order, or read its fields (cache.{kind._fields[0]}, ...)\n" + "\n".join(lines))
+
+
+def _field_cache_described(field: str, kind, where: str = "") -> list[str]:
+    """A cache's field that is itself a cache: 'field, a Kind<where>:' over its fields, indented."""
+    article = "an" if kind.__name__[0] in "AEIOU" else "a"
+    return [f"{field}, {article} {kind.__name__}{where}:"] + ["  " + line for line in _fields_described(kind)]
 
 
 def _fields_described(kind) -> list[str]:

@@ -75,10 +75,9 @@ def train(args) -> int:
 
     from ..io.atomic import refuse_a_file_above
 
-    try:   # its folders are made, never where a file is (was "[Errno 17] File exists")
-        refuse_a_file_above(args.out, "--out")
-    except NotADirectoryError as error:
-        raise UsageError(str(error)) from None
+    # its folders are made, never where a file is (was "[Errno 17] File exists"); the
+    # NotADirectoryError is one of cli's USER_ERRORS: one line, exit status 2
+    refuse_a_file_above(args.out, "--out")
     prefix = model_prefix_path(args.out)   # a folder ("tok/") refused before "would replace tok.model"
     existing = [str(p) for p in (Path(f"{prefix}.model"), Path(f"{prefix}.vocab")) if p.exists()]
     if existing and not args.force:   # before the (slow) training

@@ -147,7 +147,7 @@ def run(args) -> int:
                                           "writes (--objective mlm prints no samples)")])
     except CheckpointError:
         raise          # a damaged saved run: its message names the file's own fields, not flags
-    except (TypeError, ValueError, NotADirectoryError) as error:
+    except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
     prepare_training_process()
     with use_backend(args.backend or get_backend()):

@@ -292,7 +292,7 @@ def warn_if_not_jinja(source: str, where: str, kept: str, stacklevel: int = 2) -
     try:
         _compile(source)
     except ChatTemplateError as error:
-        warnings.warn(f"{where} is not valid Jinja: {error.problem}; {kept}", stacklevel=stacklevel + 1)
+        warnings.warn(str(ChatTemplateError(error.problem, where, kept)), stacklevel=stacklevel + 1)
 
 
 def turn_messages(prompt: str, response: str | None = None, system: str | None = None) -> list[dict]:

@@ -557,8 +557,8 @@ def run_choice(args) -> int:
         try:
             template = ChatTemplate.for_folder(model_dir, tokenizer, adapter=args.adapter)
         except ChatTemplateError as error:   # eval choice picks no other chat template: plain asks without one
-            raise UsageError(f"{error.where} is not valid Jinja: {error.problem}; --template plain asks the "
-                             f"questions without a chat template (or fix the template in that file)") from None
+            raise ChatTemplateError(error.problem, error.where, "--template plain asks the questions without a "
+                                    "chat template (or fix the template in that file)") from None
         note_builtin_template(template, args.adapter)
     with use_backend(args.backend or get_backend()):
         result = evaluate_choice(model, tokenizer, items, template, progress=not args.no_progress)

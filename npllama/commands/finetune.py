@@ -204,10 +204,7 @@ def _config(cls, args):
     if given.get("out") is not None:   # before the model loads (was "[Errno 20] Not a directory")
         from ..io.atomic import refuse_a_file_above
 
-        try:
-            refuse_a_file_above(given["out"], "--out")
-        except NotADirectoryError as error:
-            raise UsageError(str(error)) from None
+        refuse_a_file_above(given["out"], "--out")   # a NotADirectoryError: cli says it in one line
     try:
         if args.resume:
             from ..finetune_run import require_resumable, settings_file

@@ -8,6 +8,7 @@ import pytest
 
 from npllama import Llama, LlamaConfig, check_op, gradcheck, use_backend
 from npllama.gradcheck import InputReport, draw_dout, fitted_factor
+from npllama.gradcheck.constants import UNRESOLVED
 from npllama.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from npllama.ops.softmax import softmax_backward, softmax_forward
 
@@ -1895,6 +1896,51 @@ def test_a_gradient_zero_everywhere_is_not_called_a_loose_bound():
     # a zero gradient next to a nonzero one is measured against it, as before: no such note
     both = gradcheck(lambda x, w: float(np.sum(w**2)), [x.copy(), np.ones(3)], [np.zeros((4, 1)), 2 * np.ones(3)])
     assert both.ok and not any("zero everywhere" in w for w in both.warnings), str(both)
+
+
+def _sizeless_notes_are_true(report):
+    """A check whose analytic gradients are all zero has no gradient size: its notes must name what was
+    compared (the finite differences' estimate and its error bound), not a gradient of 0."""
+    row = report.inputs[0]
+    estimate = f"{row.numeric_at_worst:.2g}"
+    bound = f"{abs(row.numeric_at_worst) / row.err_over_bound:.2g}"      # its bound (tol * |estimate| is 1e-7 of it)
+    notes = [w for w in report.warnings if estimate in w and bound in w]
+    assert len(notes) == 1, (estimate, bound, report.warnings)
+    for said_of_a_zero_size in ("largest gradient (0)", "of that largest", "of the gradient", "tiny (up to 0"):
+        assert not any(said_of_a_zero_size in w for w in report.warnings), (said_of_a_zero_size, report.warnings)
+    assert "every analytic gradient of the check is zero" in notes[0], notes[0]
+    return notes[0]
+
+
+def test_an_all_zero_check_that_passes_a_zero_says_it_compared_the_estimate_with_its_bound():
+    # f's slope 1.4e-6 beside a constant 1e8: the zero passes, its estimate 1.3e-6 within half its
+    # bound 2.1e-5.  The note said "tiny (up to 0 ...) next to the check's largest gradient (0) ...
+    # 0.001 of that largest": sizes of nothing
+    x = np.array([1.9, 1.85, -1.57, 1.51, -1.58])
+    report = gradcheck(lambda v: float(1e8 + 1e-3 * np.sum(np.tanh(3 * v))), [x], [np.zeros(5)])
+    assert report.ok, str(report)
+    note = _sizeless_notes_are_true(report)
+    assert "effectively not checked" in note and "would pass as zero too" in note, note
+
+
+def test_an_all_zero_check_left_unresolved_says_it_compared_the_estimate_with_its_bound():
+    # f's slope 2e-4 beside a constant 1e11: the estimate stands more than half its bound from 0 at
+    # every step tried.  The note said "above 0.5 of the gradient", a gradient of 0
+    x = np.array([0.3, -0.7, 1.1, 0.5])
+    report = gradcheck(lambda v: float(1e11 + 2e-4 * np.sum(v)), [x], [np.zeros(4)])
+    assert report.inputs[0].status == "UNRESOLVED", str(report)
+    note = _sizeless_notes_are_true(report)
+    assert "UNRESOLVED" in note and f"{UNRESOLVED:g} of it away" in note, note
+
+
+def test_an_all_zero_check_that_fails_says_its_bound_is_relative_to_the_estimate():
+    # sum(sin(1e5 x)) claimed zero FAILs; its bound, relative to nothing in the analytic gradient, is
+    # relative to the finite differences' estimate
+    x = np.random.default_rng(0).uniform(-2, 2, 5)
+    report = gradcheck(lambda v: float(1e-9 * np.sum(np.sin(1e5 * v))), [x], [np.zeros(5)])
+    assert report.inputs[0].status == "FAIL", str(report)
+    loose = [w for w in report.warnings if "loose" in w]
+    assert loose and all("relative to the finite differences' estimate" in w for w in loose), report.warnings
 
 
 def test_inputs_left_out_of_the_check_are_listed_in_the_report():

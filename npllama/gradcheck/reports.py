@@ -251,6 +251,18 @@ def _relative_figures(a, n, held_to, magnitude, largest, n_entries, finite):
     return rel, bound
 
 
+NO_GRADIENT_SIZE = "every analytic gradient of the check is zero, so there is no gradient size to measure against"
+
+
+def _farthest_from_zero(among, numeric, bounds) -> str:
+    """'the farthest out: 0.0002 against a bound of 0.00036': of the probes among, the estimate that
+    stands farthest out of 0 next to its bound -- the probe the table shows, where all are zero."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(among, np.abs(numeric) / bounds, -np.inf)
+    e = int(np.argmax(np.nan_to_num(out, nan=np.inf)))
+    return f"the farthest out: {numeric[e]:.2g} against a bound of {bounds[e]:.2g}"
+
+
 def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n_nan, caller="fn") -> list[str]:
     notes, n_entries = [], len(indices)
     a, n = np.array(probes.analytic, dtype=np.float64), np.array(probes.numeric, dtype=np.float64)
@@ -293,13 +305,28 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
                      "its differences at other steps disagree by more than their error bounds, and the analytic value "
                      "lies within that disagreement; check at inputs in a better-conditioned range, compute f more "
                      "stably, or for an input far from zero give a smaller eps")
+    # every analytic gradient of the check is zero: no gradient size to hold a bound to, only the
+    # finite differences' estimate against its own error bound (checker.py's sizeless probes)
+    sizeless = not np.any(np.array(probes.largest, dtype=np.float64) > 0)
+    bounds = np.array(probes.bound, dtype=np.float64)
+
+    def bound_verdict(among) -> str:
+        """Why an unresolved probe's bound judges nothing: too large next to its gradient, or, with no
+        gradient size, its estimate standing out of 0 by more than UNRESOLVED of it (the farthest out
+        of the probes among, as the table shows it)."""
+        if not sizeless:
+            return f"stays above {UNRESOLVED:g} of the gradient, so a wrong gradient could not be told from a right one"
+        return (f"leaves their estimate within it of 0 but more than {UNRESOLVED:g} of it away "
+                f"({_farthest_from_zero(among, n, bounds)}; {NO_GRADIENT_SIZE}), so a zero could not be told "
+                "from a slope that small")
+
     # the rest: a bound too loose to judge, named by what limits it (checker.py)
     not_judged = ~passed & unresolved & ~numeric_broken & ~unsteady & ~at_kink
     by_round_off = not_judged & ~np.array(probes.rough, dtype=bool) & np.array(probes.roundoff_limited, dtype=bool)
     by_step = not_judged & ~by_round_off
     if np.any(by_round_off):
         notes.append(f"{int(np.sum(by_round_off))} probe(s) UNRESOLVED: even with longer steps, the finite differences' "
-                     f"error bound stays above {UNRESOLVED:g} of the gradient, so a wrong gradient could not be told from a right one (|f|'s round-off swamps a tiny gradient). "
+                     f"error bound {bound_verdict(by_round_off)} (|f|'s round-off swamps a tiny gradient). "
                      "Check at inputs where the gradient is larger next to |f|, or accept them with atol=")
     if np.any(by_step):
         # sum(sin(k x)) with k times the step ~ 1 was blamed on round-off, with atol= as the advice:
@@ -307,8 +334,7 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
         notes.append(f"{int(np.sum(by_step))} probe(s) UNRESOLVED: f changes too much within the step for its "
                      "differences to judge the gradient -- even at shorter steps their error bound, mostly f "
                      "bending within the step (or, where they did not even shrink like h^2 as a smooth function's "
-                     f"do, only a guess), stays above {UNRESOLVED:g} of the gradient, so a wrong gradient could not "
-                     "be told from a right one.  f varies on a scale near or "
+                     f"do, only a guess), {bound_verdict(by_step)}.  f varies on a scale near or "
                      "below the step (sum(sin(k x)) with k times the step ~ 1 or more; a step is eps times the "
                      "input's scale, max(|x_i|, rms(x))), or rounds far above |f|'s round-off (a cancellation "
                      "inside it: compute f stably).  Give a smaller eps (eps=1e-7), or check at inputs where f "
@@ -358,7 +384,16 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
     # passed, but only within LOOSE_BOUND of the check's largest gradient, its own far smaller (a
     # probe where analytic and numeric are both exactly 0 confirms a zero: f ignores the input there)
     unchecked = passed & np.array(probes.below_own, dtype=bool) & ((a != 0) | (n != 0))
-    if np.any(unchecked):
+    if np.any(unchecked) and sizeless:
+        # (checker.py passes such a probe where its estimate is within UNRESOLVED of its bound of 0)
+        notes.append(f"its zero gradient was effectively not checked ({NO_GRADIENT_SIZE}): its zero was "
+                     f"compared only with the finite differences' estimate, within {UNRESOLVED:g} of its own error "
+                     f"bound of 0 along {int(np.sum(unchecked))} probe(s) where f moved "
+                     f"({_farthest_from_zero(unchecked, n, bounds)}) -- that passes the zero, but a gradient of f "
+                     "below that bound would pass as zero too.  Not a FAIL: to check it, choose inputs where f's "
+                     "differences resolve a tighter bound (less round-off: a smaller constant added to f), or "
+                     "check it beside an input whose gradient is not zero")
+    elif np.any(unchecked):
         own = float(np.max(np.abs(np.where(unchecked, a, 0.0))))
         within = float(np.max(np.where(unchecked, np.array(probes.bound, dtype=np.float64), 0.0)))
         largest = float(np.max(np.where(unchecked, np.array(probes.largest, dtype=np.float64), 0.0)))
@@ -369,7 +404,8 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
                      "choose inputs where its gradient is not so small next to the others (a softmax less saturated), "
                      "or check it in a function of its own")
     elif report.bound > LOOSE_BOUND and not report.unresolved:
-        notes.append(f"the bound is loose ({report.bound:.1e} relative): finite differences cannot resolve "
+        relative_to = f" to the finite differences' estimate: {NO_GRADIENT_SIZE}" if sizeless else ""
+        notes.append(f"the bound is loose ({report.bound:.1e} relative{relative_to}): finite differences cannot resolve "
                      "this gradient well (tiny next to |f|'s round-off, or f strongly curved); "
                      "a mistake smaller than that would pass")
     if 0 < n_entries < n_finite and not report.directions:

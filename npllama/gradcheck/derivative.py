@@ -35,6 +35,9 @@ MAX_FAR_SHORTENINGS = 4
 # scale of the spread it bends over
 ROUGH_SHORTEN = 16.0
 MAX_ROUGH_SHORTENINGS = 6
+# Richardson's R(h) = (4 D(h) - D(2h)) / 3 carries up to (4 + 1/2) / 3 = 1.5 times D(h)'s round-off
+# (D(2h)'s is half of D(h)'s): an estimate's round-off is this times D's where it is R(h)
+RICHARDSON_ROUNDOFF = 1.5
 
 
 class _Estimate(NamedTuple):
@@ -362,11 +365,11 @@ def _derivative(evaluate, move, eps, richardson, good_enough, test_smoothness=Fa
     d4, size4, _, _ = _central(evaluate, move, 4 * eps)
     roundoff = max(roundoff, 2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * size4 / abs(width))
     r1, r2 = (4 * d1 - d2) / 3, (4 * d2 - d4) / 3
-    rich_bound = abs(r1 - r2) / 5 + 1.5 * roundoff   # 3x R(h)'s estimated error, plus its round-off
+    rich_bound = abs(r1 - r2) / 5 + RICHARDSON_ROUNDOFF * roundoff   # 3x R(h)'s estimated error, plus its round-off
     # Richardson cancels an h^2 error term: D(2h) - D(4h) is then 4x D(h) - D(2h).  Differences
     # that do not scale so (a kink between the points, or round-off) are not extrapolated.
     growth = abs(d2 - d4) / max(abs(d1 - d2), TINY)
     smooth = abs(d1 - d2) <= 2 * roundoff or 2.5 <= growth <= 6.4
     if richardson is True or (richardson is None and smooth and rich_bound < plain_bound):
-        return _Estimate(r1, rich_bound, 1.5 * roundoff, True, not smooth, eps, abs(d1 - d2), stair=stair, even=even)
+        return _Estimate(r1, rich_bound, RICHARDSON_ROUNDOFF * roundoff, True, not smooth, eps, abs(d1 - d2), stair=stair, even=even)
     return _Estimate(d1, plain_bound, roundoff, False, not smooth, eps, abs(d1 - d2), stair=stair, even=even)

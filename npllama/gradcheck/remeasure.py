@@ -11,8 +11,8 @@ import math
 import numpy as np
 
 from .constants import ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF, UNRESOLVED
-from .derivative import (_central, _derivative, _Estimate, _evaluate_within_domain, _LeftDomain, _longer_step_kept,
-                         _smooth_at_shorter_steps, _stair_rounding)
+from .derivative import (RICHARDSON_ROUNDOFF, _central, _derivative, _Estimate, _evaluate_within_domain, _LeftDomain,
+                         _longer_step_kept, _smooth_at_shorter_steps, _stair_rounding)
 
 
 # A probe that fails is measured again (_steadiness_checked): f's rounding is estimated from its
@@ -191,6 +191,11 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
     # so D(h/64) strays by 64x that, and a gradient off by 1e-3 came out UNRESOLVED by the ladder
     # below; longer steps, with that rounding in their bound, resolve it (_retaken_over_rounding)
     rounding = estimate.roundoff
+    # f's rounding is measured as D(h)'s round-off; a Richardson estimate R(h) carries more of it,
+    # as its own roundoff does.  sum(sin(v) - v) at v = 0 (terms ~h, f ~h^3, so u |f| is no measure of
+    # its rounding): R(h) 4.5e-17 where the right gradient is 0, D's measured round-off 4e-17, R's 6e-17;
+    # compared with D's, it FAILed
+    in_estimate = RICHARDSON_ROUNDOFF if estimate.richardson else 1.0
     # f at the point, which every window below holds: evaluated once, when first needed
     at_point = functools.cache(lambda: _evaluate_within_domain(evaluate, 0.0)[0])
 
@@ -216,7 +221,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
                                                   order=6 if spacing in STAIR_SPACINGS else 4)
             except _LeftDomain:                 # 3 spacings away left f's domain: no measure of its rounding
                 break
-            rounding = max(rounding, measured)
+            rounding = max(rounding, in_estimate * measured)
         if rounding > estimate.roundoff:
             # retaken only where D(h) stands out of that rounding, its bound with it no more than
             # UNRESOLVED (half) of its value, as a probe must be to be judged at all: a function
@@ -420,14 +425,14 @@ def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False, sl
 
 
 def _retaken_over_rounding(evaluate, move, estimate, rounding, richardson, good_enough) -> _Estimate | None:
-    """A failing probe where f rounds above the model (rounding, measured: the round-off of D at
-    the estimate's step), taken again at steps RETAKE_GROWTHS times longer with that rounding in
+    """A failing probe where f rounds above the model (rounding, measured: the round-off of the
+    estimate at its step, Richardson's R(h) or D(h)), taken again at steps RETAKE_GROWTHS times longer with that rounding in
     its bound: it falls like 1 / step, while a smooth f's truncation stays small (exp(x) - 1 at
     x ~ 1e-8 rounds at 1e-4 of its gradient at the step 1e-12, at 1e-7 of it at 1e-9).  Kept while
     f stays smooth at the longer step (judged knowing its rounding), the bound shrinks, and it
     agrees with the shorter step's within both bounds.  None when no longer step is kept: then the
     rounding leaves the probe unresolved."""
-    at_unit_step = rounding * estimate.step
+    at_unit_step = rounding / (RICHARDSON_ROUNDOFF if estimate.richardson else 1.0) * estimate.step   # D's, as _derivative takes it
     best = estimate._replace(bound=estimate.bound - estimate.roundoff + rounding, roundoff=rounding)
     kept = None
     for growth in RETAKE_GROWTHS:

@@ -8,7 +8,7 @@ import pytest
 
 from npllama import Llama, LlamaConfig, check_op, gradcheck, use_backend
 from npllama.gradcheck import InputReport, draw_dout, fitted_factor
-from npllama.gradcheck.constants import UNRESOLVED
+from npllama.gradcheck.constants import LOOSE_BOUND, UNRESOLVED
 from npllama.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from npllama.ops.softmax import softmax_backward, softmax_forward
 
@@ -1962,6 +1962,19 @@ def test_a_right_zero_gradient_of_a_cancelling_f_does_not_fail(name):
     # from the point) still FAILs there
     wrong = gradcheck(lambda v: float(np.sum(fn(v))), [np.zeros(6)], [np.full(6, 1e-3)])
     assert wrong.inputs[0].status == "FAIL", str(wrong)
+
+
+def test_an_all_zero_check_along_directions_is_relative_to_the_estimate():
+    # zero claimed for sum(v) along random directions: its relative figures were taken over 1e-30
+    # (rel err 1.7e+32, bound 1.4e+18, and "the bound is loose (1.4e+18 relative)"), where entries are
+    # relative to the estimate (rel err 1: all of it is missing)
+    x = np.random.default_rng(0).uniform(-2, 2, 300)
+    report = gradcheck(lambda v: float(np.sum(v)), [x], [np.zeros(300)], method="directional")
+    row = report.inputs[0]
+    assert row.status == "FAIL" and row.rel_err == pytest.approx(1.0) and row.bound < LOOSE_BOUND, str(report)
+    assert not any("loose" in w for w in report.warnings), report.warnings
+    entries = gradcheck(lambda v: float(np.sum(v)), [x], [np.zeros(300)], method="entries")
+    assert entries.inputs[0].rel_err == pytest.approx(1.0) and entries.inputs[0].bound < LOOSE_BOUND, str(entries)
 
 
 def test_inputs_left_out_of_the_check_are_listed_in_the_report():

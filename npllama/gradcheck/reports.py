@@ -227,8 +227,9 @@ def _relative_figures(a, n, held_to, magnitude, largest, n_entries, finite):
     """(relative error, relative bound): norm-wise over the entries, worst over the directions.
     Relative to the gradient however small it is (a loss scaled by 1e-40 has gradients of 1e-40).
     A gradient that is exactly zero (f ignores the input) has no size of its own: it is measured
-    against the check's largest gradient (largest), as a probe's resolution is.  Where every
-    gradient of the check and every difference is zero, nothing has a size: (0, nan)."""
+    against the check's largest gradient (largest), as a probe's resolution is; where that is zero
+    too, against the differences' estimate.  Where every gradient of the check and every difference
+    is zero, nothing has a size: (0, nan)."""
     if not np.all(finite):
         return float("inf"), float("nan")
     if not (np.any(a) or np.any(n) or np.any(largest)):
@@ -243,11 +244,16 @@ def _relative_figures(a, n, held_to, magnitude, largest, n_entries, finite):
             rel = _norm(a[:n_entries] - n[:n_entries]) / size
         bound = float(_norm(held_to[:n_entries]) / (size if size > 0 else TINY))
     if len(a) > n_entries:
-        scale = np.where(a[n_entries:] != 0, magnitude[n_entries:], largest[n_entries:])
-        scale = np.where(scale > 0, scale, TINY)
-        with np.errstate(over="ignore"):
-            rel = max(rel, float(np.max(np.abs(a[n_entries:] - n[n_entries:]) / scale)))
-            bound = max(bound, float(np.max(held_to[n_entries:] / scale)))
+        along_a, along_n, along_largest = a[n_entries:], n[n_entries:], largest[n_entries:]
+        # where the check's largest gradient is zero too, relative to the differences' estimate, as
+        # the entries are (rel_error); a direction where that is zero as well has no size at all
+        scale = np.where(along_a != 0, magnitude[n_entries:],
+                         np.where(along_largest > 0, along_largest, np.abs(along_n)))
+        sized = scale > 0
+        if np.any(sized):
+            with np.errstate(over="ignore"):
+                rel = max(rel, float(np.max(np.abs(along_a - along_n)[sized] / scale[sized])))
+                bound = max(bound, float(np.max(held_to[n_entries:][sized] / scale[sized])))
     return rel, bound
 
 

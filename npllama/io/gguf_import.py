@@ -296,9 +296,10 @@ def _llama3_scaling(path: Path, factors: np.ndarray, head_dim, rope_theta) -> di
     with s = original_max / (wavelength * (high - low)) - low / (high - low): linear in 1/wavelength.
     The frequencies depend on low_freq_factor, high_freq_factor and original_max only through that
     line's slope and intercept, so when no published setting fits, nor Meta's low and high factors
-    with an original context a power of two, settings with the same line are made from them (low_freq_factor near 1, original_max a whole number); any settings that
-    reproduce every factor give the same model, so with fewer than two pairs in the blend, where
-    the factors leave the line open, one that reproduces them is chosen (_blend_line)."""
+    with an original context a power of two, settings with the same line are made from them
+    (low_freq_factor near 1, original_max a whole number); any settings that reproduce every factor
+    give the same model, so with fewer than two pairs in the blend, where the factors leave the
+    line open, one that reproduces them is chosen (_blend_line)."""
     from ..ops.rope import rope_inv_freq
 
     def reproduces(settings) -> bool:

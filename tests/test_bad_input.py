@@ -764,9 +764,9 @@ CLI = [
     (["convert", "llama2c", "NOWHERE", "--out", "TMP/c"], "is not a file"),
     (["convert", "llama2c", "CORPUS", "--out", "TMP/c"], "not a llama2.c checkpoint"),
     (["convert", "bogus"], "invalid choice"),
-    (["export", "gguf", "--model", "NOWHERE", "--out", "TMP/x.gguf"], "does not exist|gguf"),
+    (["export", "gguf", "--model", "NOWHERE", "--out", "TMP/x.gguf"], "does not exist|needs the `gguf` package"),
     (["export", "gguf", "--model", "RUN"], "the following arguments are required: --out"),
-    (["export", "gguf", "--model", "CORPUS", "--out", "TMP/x.gguf"], "is a file, not a model folder: |gguf"),
+    (["export", "gguf", "--model", "CORPUS", "--out", "TMP/x.gguf"], "is a file, not a model folder: |needs the `gguf` package"),
     (["export", "bogus"], "invalid choice"),
     (["bogus"], "invalid choice"),
     # absurd input: deep JSON, JSON of the wrong type, huge numbers, odd files, sizes over budget

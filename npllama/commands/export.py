@@ -60,10 +60,13 @@ def gguf(args) -> int:
 def _gguf_name(named: Path, model_dir: Path) -> str:
     """general.name by default: the run's name for a run's model/ or its checkpoint (checkpoint/model,
     beside training_state.json), however --model points into the run; else the folder --model names."""
+    from ..io.train_state import STATE_FILE
+    from ..resuming import LOG_FILE
+
     folder = model_dir.resolve()
-    if folder.name == "model" and (folder.parent / "training_state.json").is_file():
+    if folder.name == "model" and (folder.parent / STATE_FILE).is_file():
         return folder.parent.parent.name       # RUN/checkpoint/model
-    run_files = ("log.jsonl", "checkpoint")    # what train and finetune leave beside model/
+    run_files = (LOG_FILE, "checkpoint")       # what train and finetune leave beside model/
     if folder.name == "model" and any((folder.parent / f).exists() for f in run_files):
         return folder.parent.name              # RUN/model
     return named.resolve().name

@@ -23,24 +23,21 @@ _SNIFF_BYTES = 64
 def describe_model_path(path) -> str:
     """One sentence: what `path` looks like and how to load it with npllama (or what to do
     instead).  Never raises for an unreadable or odd path; says so."""
-    return f"{str(Path(_checked(path)).expanduser())!r} {describe_path(path)}"
+    what = describe_path(path)   # (checks the type first)
+    return f"{str(Path(path).expanduser())!r} {what}"
 
 
 def describe_path(path) -> str:
     """describe_model_path's sentence without the path it opens with ("is a folder without
     config.json ...", "looks like a llama2.c checkpoint ..."), for a message that has named the path
     already: "'x' holds no model: it is a folder without ..."."""
-    path = Path(_checked(path)).expanduser()
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file or folder path (str or os.PathLike), got {type(path).__name__}")
+    path = Path(path).expanduser()
     try:
         return _describe_folder(path) if path.is_dir() else _describe_file(path)
     except OSError as e:
         return f"cannot be read ({e.strerror or e})"
-
-
-def _checked(path):
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a file or folder path (str or os.PathLike), got {type(path).__name__}")
-    return path
 
 
 # ----- folders ------------------------------------------------------------------------------------

@@ -342,8 +342,7 @@ def _in_float64(backward):
     check_op refuses them (a TypeError before any probe), and the returns check already names
     their dtype; this check judges their values, as a wrong formula is worth naming too."""
     def upcast(g):
-        if isinstance(g, (np.ndarray, np.floating)) and np.issubdtype(np.asarray(g).dtype, np.floating) \
-                and np.asarray(g).dtype.itemsize < 8:
+        if isinstance(g, (np.ndarray, np.floating)) and g.dtype.kind == "f" and g.dtype.itemsize < 8:
             return np.asarray(g, dtype=np.float64)
         return g
 

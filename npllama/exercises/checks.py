@@ -294,7 +294,7 @@ def check_gradient(backward, case: Case) -> None:
     except NondeterministicFunction as error:
         forward = getattr(case.forward, "__name__", "the forward")
         raise ForwardNotDeterministic(
-            f"the exercise's forward {forward} is not deterministic, so no gradient can be checked against "
+            f"{forward_subject(forward)} is not deterministic, so no gradient can be checked against "
             f"it (the function checked is not at fault): "
             + str(error).replace("the function gave", "it gave").replace("a deterministic function",
                                                                           "a deterministic forward")) from None

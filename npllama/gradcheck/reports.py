@@ -401,7 +401,7 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
                      "check it beside an input whose gradient is not zero")
     elif np.any(unchecked):
         own = float(np.max(np.abs(np.where(unchecked, a, 0.0))))
-        within = float(np.max(np.where(unchecked, np.array(probes.bound, dtype=np.float64), 0.0)))
+        within = float(np.max(np.where(unchecked, bounds, 0.0)))
         largest = float(np.max(np.where(unchecked, np.array(probes.largest, dtype=np.float64), 0.0)))
         notes.append(f"its own gradient was effectively not checked: it is tiny (up to {own:.2g} along "
                      f"{int(np.sum(unchecked))} probe(s)) next to the check's largest gradient ({largest:.2g}), and "

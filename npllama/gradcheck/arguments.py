@@ -6,9 +6,8 @@ says how check_op calls them (_call_as_check_op_does)."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
-
 import numbers
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -9,6 +9,7 @@ what `start` prints, by a path that works from where the command runs."""
 import contextlib
 import io
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -166,6 +167,9 @@ def test_a_forward_that_is_not_deterministic_is_blamed_and_its_hint_runs_as_prin
         load_exercises("course/nondet.py")
     message = str(refused.value)
     assert "your function" not in message and "noisy_forward" in message and "deterministic" in message, message
+    # said of the forward, with the two values it gave (not the checker's 'the function gave')
+    assert re.search(r"it gave \S+ and then \S+ at the same inputs: finite differences need a deterministic "
+                     r"forward \(fix the seed", " ".join(message.split())), message
     code = hint_code(message)
     assert "load_exercises('course/nondet.py', verify=False)" in code, code
     printed = io.StringIO()

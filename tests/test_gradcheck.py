@@ -2742,3 +2742,18 @@ def test_a_smooth_probe_whose_bound_is_mostly_truncation_is_put_down_to_the_step
     assert entry.status == "FAIL" and entry.unresolved, entry
     assert any("f changes too much within the step" in note for note in entry.notes), entry.notes
     assert not any("even with longer steps" in note for note in entry.notes), entry.notes
+
+
+def test_a_nondeterministic_function_is_refused_with_the_two_values_it_gave():
+    import pickle
+
+    from npllama.gradcheck import NondeterministicFunction
+
+    draws = iter(np.arange(100.0))
+    with pytest.raises(NondeterministicFunction) as refused:
+        gradcheck(lambda x: float(np.sum(x)) + next(draws), [np.ones(3)], [np.ones(3)])
+    error = refused.value
+    assert (error.first, error.second) == (3.0, 4.0), (error.first, error.second)
+    assert "the function gave 3.0 and then 4.0 at the same inputs" in str(error) and "fix the seed" in str(error)
+    again = pickle.loads(pickle.dumps(error))
+    assert (again.first, again.second, str(again)) == (3.0, 4.0, str(error))

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from ..gradcheck import NondeterministicFunction, check_op, draw_dout, numerical_gradient
+from ..gradcheck.checker import RANDOMNESS_FIX
 from .diagnose import CaseUndecided, CheckFailed, Finding, diagnose, rel_error
 from .entries import Cycle, Snapshot, entries, is_leaf_array, named_leaves
 
@@ -295,9 +296,8 @@ def check_gradient(backward, case: Case) -> None:
         forward = getattr(case.forward, "__name__", "the forward")
         raise ForwardNotDeterministic(
             f"{forward_subject(forward)} is not deterministic, so no gradient can be checked against "
-            f"it (the function checked is not at fault): "
-            + str(error).replace("the function gave", "it gave").replace("a deterministic function",
-                                                                          "a deterministic forward")) from None
+            f"it (the function checked is not at fault): it gave {error.first!r} and then {error.second!r} at the "
+            f"same inputs: finite differences need a deterministic forward ({RANDOMNESS_FIX})") from None
     except ValueError as error:
         if not _raised_by(error, check_op):
             raise            # the student's own code raised it: the runner reports the crash and its line

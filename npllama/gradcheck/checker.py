@@ -231,9 +231,21 @@ def _locate(report, evaluate, x, direction, g, scale, typical, largest, eps, ric
 
 
 class NondeterministicFunction(ValueError):
-    """Two evaluations of the function at the same inputs differed: no finite difference of it
-    means anything.  A ValueError, as before; its own class lets a caller that did not write the
-    function (an exercise's checks, whose forward is the exercise's) say whose it is."""
+    """Two evaluations of the function at the same inputs differed (`first`, then `second`): no
+    finite difference of it means anything.  A ValueError, as before; its own class lets a caller
+    that did not write the function (an exercise's checks, whose forward is the exercise's) say
+    whose it is, in its own words."""
+
+    def __init__(self, first: float, second: float):
+        self.first, self.second = first, second
+        super().__init__(f"the function gave {first!r} and then {second!r} at the same inputs: finite differences "
+                         f"need a deterministic function ({RANDOMNESS_FIX})")
+
+    def __reduce__(self):   # pickled (a grading sandbox) as it was built
+        return type(self), (self.first, self.second)
+
+
+RANDOMNESS_FIX = "fix the seed of any randomness inside it, e.g. dropout, so every call draws the same"
 
 
 def _require_deterministic(evaluate, after_each_call) -> tuple[float, float]:
@@ -251,9 +263,7 @@ def _require_deterministic(evaluate, after_each_call) -> tuple[float, float]:
     f2, size2 = evaluate()
     after_each_call()
     if abs(f1 - f2) > 2 * ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(size1, size2) or np.isnan(f1) != np.isnan(f2):
-        raise NondeterministicFunction(f"the function gave {f1!r} and then {f2!r} at the same inputs: finite "
-                                       "differences need a deterministic function (fix the seed of any randomness "
-                                       "inside it, e.g. dropout, so every call draws the same)")
+        raise NondeterministicFunction(f1, f2)
     return f1, size1
 
 

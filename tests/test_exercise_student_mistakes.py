@@ -125,6 +125,37 @@ def test_gradients_in_a_rotated_order_are_named_as_the_order_not_a_transpose():
 
 # students' own code for slips the catalogue did not know: each was "no simple pattern", or (for
 # cross-entropy) blamed on n_counted by the simpler cases
+def _model(*ending: str, imports: str = "") -> str:
+    """A model_backward walked as npllama's is -- lm_head, final norm, the blocks last to first --
+    ending with the lines of `ending` (the embedding's gradient, the tied/untied head, the return;
+    each part dedented on its own); `imports`: one more import line it needs."""
+    return (f"{imports}\n" if imports else "") + textwrap.dedent("""
+        from npllama.model import LAYER_PATHS, block_backward
+        from npllama.ops.linear import linear_backward
+        from npllama.ops.rmsnorm import rmsnorm_backward
+
+        def model_backward(dlogits, cache, config):
+            grads = {}
+            dhidden, dW_lm = linear_backward(dlogits, cache.lm_head)
+            dx, grads["model.norm.weight"] = rmsnorm_backward(dhidden, cache.norm)
+            for i in reversed(range(config.num_hidden_layers)):
+                dx, layer_grads = block_backward(dx, cache.layers[i])
+                for path, grad in zip(LAYER_PATHS, layer_grads):
+                    grads[f"model.layers.{i}.{path}.weight"] = grad
+    """) + "".join(textwrap.indent(textwrap.dedent(part).strip("\n"), "    ") + "\n" for part in ending)
+
+
+# dE built from dx, then the head's gradient added to it (tied) or kept apart (untied)
+DE_TIED_OR_NOT = """
+    if config.tie_word_embeddings:
+        dE = dE + dW_lm
+    else:
+        grads["lm_head.weight"] = dW_lm
+    grads["model.embed_tokens.weight"] = dE
+    return grads
+"""
+
+
 NAMED_SLIPS = [
     ("cross_entropy", "not from each row at its own target", """
         def cross_entropy_backward(dloss, cache):
@@ -213,27 +244,14 @@ NAMED_SLIPS = [
             return dx, (dy * xhat).reshape(-1, D).sum(0), dy.reshape(-1, D).sum(0)
     """, id="layernorm",
                  marks=pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")),
-    ("model", "replaced the lookup's gradient", """
-        from npllama.model import LAYER_PATHS, block_backward
-        from npllama.ops.embedding import embedding_backward
-        from npllama.ops.linear import linear_backward
-        from npllama.ops.rmsnorm import rmsnorm_backward
-
-        def model_backward(dlogits, cache, config):
-            grads = {}
-            dhidden, dW_lm = linear_backward(dlogits, cache.lm_head)
-            dx, grads["model.norm.weight"] = rmsnorm_backward(dhidden, cache.norm)
-            for i in reversed(range(config.num_hidden_layers)):
-                dx, layer_grads = block_backward(dx, cache.layers[i])
-                for path, grad in zip(LAYER_PATHS, layer_grads):
-                    grads[f"model.layers.{i}.{path}.weight"] = grad
-            grads["model.embed_tokens.weight"] = embedding_backward(dx, cache.embed_tokens)
-            if config.tie_word_embeddings:
-                grads["model.embed_tokens.weight"] = dW_lm
-            else:
-                grads["lm_head.weight"] = dW_lm
-            return grads
-    """),
+    ("model", "replaced the lookup's gradient", _model("""
+        grads["model.embed_tokens.weight"] = embedding_backward(dx, cache.embed_tokens)
+        if config.tie_word_embeddings:
+            grads["model.embed_tokens.weight"] = dW_lm
+        else:
+            grads["lm_head.weight"] = dW_lm
+        return grads
+    """, imports="from npllama.ops.embedding import embedding_backward")),
 ]
 
 
@@ -294,28 +312,10 @@ ATTENTION_MASKED_IN_BACKWARD = """
 NAMED_SLIPS += [
     ("block", "the attention sub-layer's backward was taken first", _block(attention_first=True)),
     ("block", "post-attention norm's backward was given the input norm's cache", _block("input_layernorm")),
-    ("model", "got the gradient of only one of its occurrences", """
-        from npllama.model import LAYER_PATHS, block_backward
-        from npllama.ops.linear import linear_backward
-        from npllama.ops.rmsnorm import rmsnorm_backward
-
-        def model_backward(dlogits, cache, config):
-            grads = {}
-            dhidden, dW_lm = linear_backward(dlogits, cache.lm_head)
-            dx, grads["model.norm.weight"] = rmsnorm_backward(dhidden, cache.norm)
-            for i in reversed(range(config.num_hidden_layers)):
-                dx, layer_grads = block_backward(dx, cache.layers[i])
-                for path, grad in zip(LAYER_PATHS, layer_grads):
-                    grads[f"model.layers.{i}.{path}.weight"] = grad
-            dE = np.zeros((config.vocab_size, dx.shape[-1]))
-            dE[cache.embed_tokens.tokens.reshape(-1)] += dx.reshape(-1, dx.shape[-1])
-            if config.tie_word_embeddings:
-                dE = dE + dW_lm
-            else:
-                grads["lm_head.weight"] = dW_lm
-            grads["model.embed_tokens.weight"] = dE
-            return grads
-    """),
+    ("model", "got the gradient of only one of its occurrences", _model("""
+        dE = np.zeros((config.vocab_size, dx.shape[-1]))
+        dE[cache.embed_tokens.tokens.reshape(-1)] += dx.reshape(-1, dx.shape[-1])
+    """, DE_TIED_OR_NOT)),
     ("attention", "the causal mask your backward applies leaves out the diagonal",
      ATTENTION_MASKED_IN_BACKWARD.format(diagonal=-1)),
     ("attention", "a causal mask of its own", ATTENTION_MASKED_IN_BACKWARD.format(diagonal=0)),
@@ -380,32 +380,13 @@ ATTENTION_BY_EINSUM = """
         dv = np.einsum('bgrts,bgrtd->bgsd', Pg, dog)
         return dq, dk, dv
 """
-MODEL_BY_BINCOUNT = """
-    from npllama.model import LAYER_PATHS, block_backward
-    from npllama.ops.linear import linear_backward
-    from npllama.ops.rmsnorm import rmsnorm_backward
-
-
-    def model_backward(dlogits, cache, config):
-        grads = {}
-        dhidden, dW_lm = linear_backward(dlogits, cache.lm_head)
-        dx, grads["model.norm.weight"] = rmsnorm_backward(dhidden, cache.norm)
-        for i in reversed(range(config.num_hidden_layers)):
-            dx, layer_grads = block_backward(dx, cache.layers[i])
-            for path, grad in zip(LAYER_PATHS, layer_grads):
-                grads[f"model.layers.{i}.{path}.weight"] = grad
-        tokens = cache.embed_tokens.tokens
-        V, D = cache.embed_tokens.weight_shape
-        flat = tokens.reshape(-1)
-        dxf = dx.reshape(-1, D)
-        dE = np.stack([np.bincount(flat, weights=dxf[:, j], minlength=V) for j in range(D)], axis=1).astype(dx.dtype)
-        if config.tie_word_embeddings:
-            dE = dE + dW_lm
-        else:
-            grads["lm_head.weight"] = dW_lm
-        grads["model.embed_tokens.weight"] = dE
-        return grads
-"""
+MODEL_BY_BINCOUNT = _model("""
+    tokens = cache.embed_tokens.tokens
+    V, D = cache.embed_tokens.weight_shape
+    flat = tokens.reshape(-1)
+    dxf = dx.reshape(-1, D)
+    dE = np.stack([np.bincount(flat, weights=dxf[:, j], minlength=V) for j in range(D)], axis=1).astype(dx.dtype)
+""", DE_TIED_OR_NOT)
 
 
 # right answers written otherwise than npllama's: a block in two closures (its own order of the
@@ -931,30 +912,12 @@ def test_the_repeated_token_rung_adds_only_the_repeat(tmp_path):
 
     base, rung = ModelMistakes.ladder[0].params, ModelMistakes.ladder[-1].params
     assert {k for k in base if base[k] != rung[k]} <= {"seed"}, rung   # (one seed has tokens repeating)
-    body = """
-        from npllama.model import LAYER_PATHS, block_backward
-        from npllama.ops.linear import linear_backward
-        from npllama.ops.rmsnorm import rmsnorm_backward
-
-        def model_backward(dlogits, cache, config):
-            grads = {}
-            dhidden, dW_lm = linear_backward(dlogits, cache.lm_head)
-            dx, grads["model.norm.weight"] = rmsnorm_backward(dhidden, cache.norm)
-            for i in reversed(range(config.num_hidden_layers)):
-                dx, layer_grads = block_backward(dx, cache.layers[i])
-                for path, grad in zip(LAYER_PATHS, layer_grads):
-                    grads[f"model.layers.{i}.{path}.weight"] = grad
-            tokens = cache.embed_tokens.tokens
-            dE = np.zeros(cache.embed_tokens.weight_shape)
-            for t in range(2):
-                np.add.at(dE, tokens[:, t], dx[:, t])
-            if config.tie_word_embeddings:
-                dE = dE + dW_lm
-            else:
-                grads["lm_head.weight"] = dW_lm
-            grads["model.embed_tokens.weight"] = dE
-            return grads
-    """
+    body = _model("""
+        tokens = cache.embed_tokens.tokens
+        dE = np.zeros(cache.embed_tokens.weight_shape)
+        for t in range(2):
+            np.add.at(dE, tokens[:, t], dx[:, t])
+    """, DE_TIED_OR_NOT)
     path = tmp_path / "model_backward.py"
     path.write_text("import numpy as np\n\n\n" + textwrap.dedent(body).strip() + "\n")
     report = check_file("model", path, n_random=1)

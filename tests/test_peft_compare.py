@@ -92,17 +92,24 @@ def peft_adapter(hf, path, task_type="CAUSAL_LM", **lora):
     return model.eval()
 
 
+def loaded_like_peft(theirs, base, adapter, seed, **load):
+    """The adapters npllama loads from `adapter` onto `base` (float64), after checking that the
+    model they make gives PEFT's logits (`theirs`, made float64-faithful) on a batch from `seed`."""
+    float64_faithful(theirs.base_model.model, Llama.from_pretrained(base).config)
+    tokens, _ = tokens_and_targets(seed)
+    model = Llama.from_pretrained(base, dtype=np.float64)
+    adapters = load_adapter(model, adapter, **load)
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(tokens)).logits.numpy()
+    assert rel_error(model.forward(tokens), expected) < 1e-12
+    return adapters
+
+
 def test_peft_adapter_in_npllama_gives_the_same_logits(tmp_path):
     base = base_folder(tmp_path / "base", tied=True, kv_heads=1)
     theirs = peft_adapter(causal_lm(base), tmp_path / "adapter", r=3, lora_alpha=7, use_rslora=True,
                           target_modules=["k_proj", "o_proj", "gate_proj", "up_proj"])
-    float64_faithful(theirs.base_model.model, Llama.from_pretrained(base).config)
-    tokens, _ = tokens_and_targets(1)
-    model = Llama.from_pretrained(base, dtype=np.float64)
-    load_adapter(model, tmp_path / "adapter")
-    with torch.no_grad():
-        expected = theirs(torch.from_numpy(tokens)).logits.numpy()
-    assert rel_error(model.forward(tokens), expected) < 1e-12
+    loaded_like_peft(theirs, base, tmp_path / "adapter", 1)
 
 
 def test_an_all_linear_peft_adapter_loads_and_one_on_some_layers_only_is_refused(tmp_path):
@@ -111,14 +118,7 @@ def test_an_all_linear_peft_adapter_loads_and_one_on_some_layers_only_is_refused
     theirs = peft_adapter(causal_lm(base), tmp_path / "adapter", r=2, target_modules="all-linear")
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["target_modules"]
     assert "model.layers.1.mlp.down_proj" in saved        # what the loader has to read
-    float64_faithful(theirs.base_model.model, Llama.from_pretrained(base).config)
-    tokens, _ = tokens_and_targets(2)
-    model = Llama.from_pretrained(base, dtype=np.float64)
-    adapters = load_adapter(model, tmp_path / "adapter")
-    assert adapters.target_modules == ALL_TARGETS
-    with torch.no_grad():
-        expected = theirs(torch.from_numpy(tokens)).logits.numpy()
-    assert rel_error(model.forward(tokens), expected) < 1e-12
+    assert loaded_like_peft(theirs, base, tmp_path / "adapter", 2).target_modules == ALL_TARGETS
 
     peft_adapter(causal_lm(base), tmp_path / "one_layer", r=2, target_modules=["model.layers.0.self_attn.q_proj"])
     with pytest.raises(CheckpointError, match=r"adapts q_proj in some layers only \(not in layer\(s\) 1\)"):
@@ -176,13 +176,7 @@ def test_a_peft_adapter_ranked_above_a_projections_dimension_gives_the_same_logi
     to refuse loading it, telling the user to "choose r <= 4" -- a choice nobody loading it has."""
     base = base_folder(tmp_path / "base", kv_heads=1)
     theirs = peft_adapter(causal_lm(base), tmp_path / "adapter", r=6, lora_alpha=5, target_modules=["k_proj", "q_proj"])
-    float64_faithful(theirs.base_model.model, Llama.from_pretrained(base).config)
-    tokens, _ = tokens_and_targets(3)
-    model = Llama.from_pretrained(base, dtype=np.float64)
-    assert load_adapter(model, tmp_path / "adapter").r == 6
-    with torch.no_grad():
-        expected = theirs(torch.from_numpy(tokens)).logits.numpy()
-    assert rel_error(model.forward(tokens), expected) < 1e-12
+    assert loaded_like_peft(theirs, base, tmp_path / "adapter", 3).r == 6
 
 
 def test_a_peft_adapter_with_bias_all_on_a_llama_gives_the_same_logits(tmp_path):
@@ -190,13 +184,7 @@ def test_a_peft_adapter_with_bias_all_on_a_llama_gives_the_same_logits(tmp_path)
     npllama refused ("supports only 'none'")."""
     base = base_folder(tmp_path / "base")
     theirs = peft_adapter(causal_lm(base), tmp_path / "adapter", r=2, bias="all", target_modules=["v_proj", "up_proj"])
-    float64_faithful(theirs.base_model.model, Llama.from_pretrained(base).config)
-    tokens, _ = tokens_and_targets(4)
-    model = Llama.from_pretrained(base, dtype=np.float64)
-    load_adapter(model, tmp_path / "adapter")
-    with torch.no_grad():
-        expected = theirs(torch.from_numpy(tokens)).logits.numpy()
-    assert rel_error(model.forward(tokens), expected) < 1e-12
+    loaded_like_peft(theirs, base, tmp_path / "adapter", 4)
 
 
 def test_a_peft_adapter_saved_without_a_task_type_gives_the_same_logits(tmp_path):
@@ -205,10 +193,4 @@ def test_a_peft_adapter_saved_without_a_task_type_gives_the_same_logits(tmp_path
     base = base_folder(tmp_path / "base")
     theirs = peft_adapter(causal_lm(base), tmp_path / "adapter", task_type=None, r=2, target_modules=["q_proj"])
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["task_type"] is None
-    float64_faithful(theirs.base_model.model, Llama.from_pretrained(base).config)
-    tokens, _ = tokens_and_targets(4)
-    model = Llama.from_pretrained(base, dtype=np.float64)
-    load_adapter(model, tmp_path / "adapter", task="CAUSAL_LM")
-    with torch.no_grad():
-        expected = theirs(torch.from_numpy(tokens)).logits.numpy()
-    assert rel_error(model.forward(tokens), expected) < 1e-12
+    loaded_like_peft(theirs, base, tmp_path / "adapter", 4, task="CAUSAL_LM")

@@ -291,6 +291,14 @@ def _trained(names: list[str]) -> str:
     return f"; {_flags(names)} as the run was trained" if names else ""
 
 
+def _windows_read(result, held_out, doc_separator, settings, from_run) -> str:
+    """'12 documents cut at blank lines, as the run was trained; 30 windows of up to 64 tokens; --context
+    as the run was trained' -- what eval perplexity and eval mlm scored, for their result lines."""
+    documents = _documents_cut(result.documents, held_out, doc_separator, "doc_separator" in from_run)
+    return (f"{documents}{_counted(result.windows, 'window')} of up to {settings['context']} tokens"
+            f"{_trained([n for n in from_run if n != 'doc_separator'])}")
+
+
 def _documents_cut(documents: int | None, held_out, doc_separator, as_trained: bool) -> str:
     """'12 documents cut at blank lines, as the run was trained; ' -- how --data was read, for the
     result line ('' for a text scored whole)."""
@@ -359,11 +367,9 @@ def run_mlm(args) -> int:
                           "documents": result.documents, "units": {"mean_loss": loss_unit("mlm")}, **settings,
                           "settings_of_the_run": from_run}))
         return 0
-    documents = _documents_cut(result.documents, text, doc_separator, "doc_separator" in from_run)
     print(f"{_model_named(args.model, model_dir)} on {args.data}: {_counted(result.masked_tokens, 'masked token')} "
           f"(--seed {settings['seed']}), mean loss {result.mean_loss:.4f} {loss_unit('mlm')}, accuracy "
-          f"{result.accuracy:.3f} ({documents}{_counted(result.windows, 'window')} of up to "
-          f"{settings['context']} tokens{_trained([n for n in from_run if n != 'doc_separator'])})")
+          f"{result.accuracy:.3f} ({_windows_read(result, text, doc_separator, settings, from_run)})")
     return 0
 
 
@@ -500,11 +506,9 @@ def run_perplexity(args) -> int:
                           "units": {"mean_loss": loss_unit("causal")}, **settings, "batch_size": args.batch_size,
                           "settings_of_the_run": from_run}))
         return 0
-    documents = _documents_cut(result.documents, text, doc_separator, "doc_separator" in from_run)
     print(f"{_model_named(args.model, model_dir, args.adapter)} on {args.data}: "
           f"{_counted(result.tokens, 'token')}, mean loss {result.mean_loss:.4f} {loss_unit('causal')}, "
-          f"perplexity {result.perplexity:.3f} ({documents}{_counted(result.windows, 'window')} "
-          f"of up to {settings['context']} tokens{_trained([n for n in from_run if n != 'doc_separator'])})")
+          f"perplexity {result.perplexity:.3f} ({_windows_read(result, text, doc_separator, settings, from_run)})")
     return 0
 
 

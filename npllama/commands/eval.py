@@ -347,7 +347,8 @@ def run_mlm(args) -> int:
         raise UsageError(f"--model {shown} is a causal model (next-token prediction): `npllama eval mlm` scores a "
                          f"masked-LM model; use `npllama eval perplexity"
                          f"{'' if args.model is None else ' --model ' + args.model} --data {args.data}`")
-    settings, from_run = _mlm_settings(args, model, model_dir, _is_cut(held_out))
+    settings, from_run = _train_run_settings(args, model, model_dir, _is_cut(held_out),
+                                             ("context", "batch_size", "seed"), {"batch_size": 8, "seed": 0})
     _check_context(settings["context"], model)
     text, doc_separator = _text_and_separator(held_out, args, settings["doc_separator"])
     with use_backend(args.backend or get_backend()):
@@ -373,16 +374,17 @@ def run_mlm(args) -> int:
     return 0
 
 
-def _mlm_settings(args, model, model_dir, cut: bool) -> tuple[dict, list[str]]:
-    """(--context, --batch-size, --seed and --doc-separator as `eval mlm` runs them, the names of those
-    taken from the run): each given flag, else the `npllama train` run's (its --seq-len as --context),
-    else the default.  cut: whether --data is cut at a separator (_is_cut); if not, doc_separator is
-    None, not asked of the run."""
-    given = {"context": args.context, "batch_size": args.batch_size, "seed": args.seed,
+def _train_run_settings(args, model, model_dir, cut: bool, names=("context",),
+                        defaults=None) -> tuple[dict, list[str]]:
+    """(the settings `names` and --doc-separator as `eval perplexity` / `eval mlm` run them, the names
+    of those taken from the run): each given flag, else the `npllama train` run's (its --seq-len as
+    --context: the positions its model was trained on, where max_position_embeddings may be far
+    longer), else `defaults` (--context: the model's context).  cut: whether --data is cut at a
+    separator (_is_cut); if not, doc_separator is None, not asked of the run."""
+    given = {**{name: getattr(args, name) for name in names},
              **({"doc_separator": args.doc_separator} if cut else {})}
     settings, from_run = _given_else_the_runs(given, lambda: _settings_of_the_train_run(model_dir),
-                                              {"context": model.config.max_position_embeddings,
-                                               "batch_size": 8, "seed": 0})
+                                              {"context": model.config.max_position_embeddings, **(defaults or {})})
     return {"doc_separator": None, **settings}, from_run
 
 
@@ -484,12 +486,8 @@ def run_perplexity(args) -> int:
         args.model, args.adapter, args.dtype, "--model", "perplexity (next-token prediction)",
         for_masked_lm=f"its masked-LM loss and accuracy are `npllama eval mlm"
                       f"{'' if args.model is None else ' --model ' + args.model} --data {args.data}`")
-    # --context: the run's --seq-len, the positions its model was trained on (the preset's
-    # max_position_embeddings may be far longer: positions never trained on give a worse loss)
-    given = {"context": args.context, **({"doc_separator": args.doc_separator} if _is_cut(held_out) else {})}
-    settings, from_run = _given_else_the_runs(given, lambda: _settings_of_the_train_run(model_dir),
-                                              {"context": model.config.max_position_embeddings})
-    settings = {"doc_separator": None, **settings}
+    # --batch-size is not the run's: it changes no window, so no number
+    settings, from_run = _train_run_settings(args, model, model_dir, _is_cut(held_out))
     _check_context(settings["context"], model)
     text, doc_separator = _text_and_separator(held_out, args, settings["doc_separator"])
     with use_backend(args.backend or get_backend()):

@@ -155,10 +155,13 @@ def _file_kind_and_description(path: Path) -> tuple[str | None, str]:
         head = f.read(_SNIFF_BYTES)
     if not head:
         return None, "is empty"
-    for describe in (_gguf, _llama2c, _safetensors, _pytorch, _json, _sentencepiece, _llama2c_tokenizer):
+    # the kinds named here, not derived from the functions' names: callers compare against them
+    for kind, describe in (("gguf", _gguf), ("llama2c", _llama2c), ("safetensors", _safetensors),
+                           ("pytorch", _pytorch), ("json", _json), ("sentencepiece", _sentencepiece),
+                           ("llama2c_tokenizer", _llama2c_tokenizer)):
         what = describe(path, head, size)
         if what:
-            return describe.__name__.removeprefix("_"), what
+            return kind, what
     return None, f"is a file of unknown kind ({size:,} bytes); npllama loads Hugging Face model folders"
 
 

@@ -358,9 +358,10 @@ def _targets(debug, model, label):
 
 
 def loss_inputs(debug, model, model_dir, ids, targets, labels, seed):
-    """(tokens, targets, labels, the loss traced, said) for the model's loss_and_grads: a classifier's
-    --label and a language model's next tokens as they are; a masked-LM model's tokens masked from
-    --seed as training masks its held-out text (debug.masked_lm_batch), labels its masked inputs'."""
+    """(tokens, targets, labels, the loss traced in words) for the model's loss_and_grads: a
+    classifier's --label and a language model's next tokens as they are; a masked-LM model's tokens
+    masked from --seed as training masks its held-out text (debug.masked_lm_batch), labels its
+    masked inputs'."""
     from ..objectives import IGNORE_INDEX
 
     kind = debug.loss_traced(model)

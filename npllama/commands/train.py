@@ -123,9 +123,9 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..backend import get_backend, use_backend
     from ..config import attends_causally
+    from ..io.atomic import refuse_a_file_above
     from ..io.errors import CheckpointError
     from ..runs import RunInUseError
-    from ..io.atomic import refuse_a_file_above
     from ..train import CheckpointWriteError, TrainConfig, TrainingError, resume_config, train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -43,12 +43,14 @@ def add_sampling_options(p, max_new_tokens: int | None = 100, temperature: float
     p.add_argument("--top-k", type=integer, default=None, help="sample among the k most likely tokens (and any tied "
                    "with the k-th, as transformers' top_k keeps them); 0 = no cut, as in transformers")
     p.add_argument("--top-p", type=number, default=None, help="nucleus sampling threshold in (0, 1]: the most "
-                   "likely tokens whose probabilities reach it (after --top-k; of tokens tied at the cut, the lower ids, where transformers' sort keeps any)")
+                   "likely tokens whose probabilities reach it (after --top-k; of tokens tied at the cut, the "
+                   "lower ids, where transformers' sort keeps any)")
     p.add_argument("--repetition-penalty", type=number, default=1.0,
                    help="> 1 makes tokens already in the text (the prompt included) less likely, as "
                         "transformers does (1.1-1.3 typical; 1 = off)")
-    p.add_argument("--seed", type=integer, default=None, help="random seed (default: a fresh one each run): the same text each run with one --backend "
-                   "(numpy's generator: not transformers' text for the same seed); the "
+    p.add_argument("--seed", type=integer, default=None, help="random seed (default: a fresh one each run): the "
+                   "same text each run with one --backend (numpy's generator: not transformers' text for the same "
+                   "seed); the "
                    "first sample (a chat's first answer) uses SEED, each later one a seed made from SEED and its "
                    "number, so runs with different seeds share no sample")
     p.add_argument("--threads", type=int, default=None,

@@ -160,6 +160,8 @@ def test_cli_draws_all_three(tmp_path, capsys):
     assert is_png(tmp_path / "g2.png")
     with pytest.raises(UsageError, match="not both"):
         run_cli(["viz", "grads", str(tmp_path / "t.npz"), "--tokens", "1"])
+    with pytest.raises(UsageError, match=r"\(and --seed\), not both"):   # --seed alone is refused too: say it
+        run_cli(["viz", "grads", str(tmp_path / "t.npz"), "--seed", "3"])
 
 
 def test_cli_without_matplotlib_says_how_to_install(tmp_path, monkeypatch):

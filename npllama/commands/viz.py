@@ -78,8 +78,8 @@ def run_grads(args) -> int:
     viz = _viz()
     if args.trace is not None:
         if args.text is not None or args.tokens is not None or args.model is not None or args.seed is not None:
-            raise UsageError("give either a trace file or --model with --text/--tokens, not both (a trace "
-                             "holds its model's gradients already)")
+            raise UsageError("give either a trace file or --model with --text/--tokens (and --seed), not both "
+                             "(a trace holds its model's gradients already)")
         trace = Trace.load(args.trace)   # checks the arrays' declared sizes against the budget first
         title = f"gradient norm per layer: {args.trace}"
     else:

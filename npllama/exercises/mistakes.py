@@ -222,14 +222,15 @@ def name_scalar_factor(exercise, backward, params_list) -> Explanation | None:
             return None       # a crash or a shape: the checks' own findings say it
         probes.append((case.scalars, got, right))
     for k, grad in enumerate(exercise.case(params_list[0]).grad_names):
-        if all(same_gradients((g[k],), (r[k],)) for _, g, r in probes):
+        passes = [same_gradients((g[k],), (r[k],)) for _, g, r in probes]
+        if all(passes):
             continue
-        ratios = [_constant_ratio(g[k], r[k]) for _, g, r in probes if not same_gradients((g[k],), (r[k],))]
+        ratios = [_constant_ratio(g[k], r[k]) for (_, g, r), ok in zip(probes, passes) if not ok]
         if None in ratios:
             return None       # not a factor on some case
         # a case it passes (with some nonzero right value) has the ratio 1: tau = 1 there, and a
         # factor that is tau fits it while no constant but 1 does
-        ratios += [1.0 for _, g, r in probes if same_gradients((g[k],), (r[k],)) and np.any(r[k] != 0)]
+        ratios += [1.0 for (_, g, r), ok in zip(probes, passes) if ok and np.any(r[k] != 0)]
         one_constant = np.allclose(ratios, ratios[0], rtol=1e-6)
         fits = [(name, power) for name in probes[0][0] for power in (1, -1)
                 if all(name in scalars and (power == 1 or scalars[name] != 0)

@@ -75,6 +75,15 @@ def test_float32_gradients_are_still_judged_by_the_gradient_check_not_reported_a
     assert gradient.status == "fail" and gradient.finding.grad == "dgate", gradient.finding
 
 
+def test_gradients_returned_as_a_named_tuple_pass_the_gradient_check(tmp_path):
+    # the float64 wrapper round the student's backward rebuilt a named tuple from one iterable:
+    # a right answer got ERROR "your function raised TypeError: G.__new__() missing ..."
+    path = _rmsnorm_file(tmp_path, "collections.namedtuple('G', 'dx dweight')(dx, dweight)")
+    path.write_text("import collections\n" + path.read_text())
+    report = check_file("rmsnorm", path, n_random=1)
+    assert report.ok, report.format()
+
+
 def test_a_model_parameter_in_another_dtype_is_named_by_its_own_name():
     # a model parameter's gradient is named as the student's dict holds it, grads['<dotted name>']
     # (it read d:model.norm.weight, a trace's name); its input is the dotted name

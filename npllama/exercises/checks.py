@@ -350,7 +350,9 @@ def _in_float64(backward):
     def in_float64(*args, **kwargs):
         result = backward(*args, **kwargs)
         if isinstance(result, (tuple, list)):
-            return type(result)(upcast(g) for g in result)
+            upcast_all = [upcast(g) for g in result]
+            # a named tuple (a student's own, or LayerWeights) is built from its fields, not an iterable
+            return type(result)(*upcast_all) if hasattr(result, "_fields") else type(result)(upcast_all)
         if isinstance(result, Mapping):
             return {key: upcast(g) for key, g in result.items()}
         return upcast(result)

@@ -300,14 +300,13 @@ def sentence_order_score(model, sop_head_weight, tokenizer, texts, *, pairs: str
     from tqdm.auto import tqdm
 
     from .objectives import TASKS
-    from .ops._checks import require_positive_int
+    from .ops._checks import require_int, require_positive_int
 
     if pairs not in TASKS:
         raise ValueError(f"pairs must be one of {', '.join(TASKS)} (sentence order or next sentence), got {pairs!r}")
     require_positive_int("max_len", max_len, none_ok=True)
     require_positive_int("batch_size", batch_size)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {seed!r}")
+    require_int("seed", seed)
     texts = list(texts)
     documents = documents_with_pairs(texts)
     if not documents:

@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from .ops._checks import require_positive_int
+from .ops._checks import require_int, require_positive_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,8 +195,7 @@ def masked_lm_score(model, tokenizer, text, *, context: int | None = None, batch
     if isinstance(context, bool) or not isinstance(context, (int, np.integer)) or not 1 <= context <= limit:
         raise ValueError(f"context must be an int in [1, {limit}] (max_position_embeddings), got {context!r}")
     require_positive_int("batch_size", batch_size)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {seed!r}")
+    require_int("seed", seed)
     ids, documents = _encoded(tokenizer, text, doc_separator, source)
     if len(ids) < 2:
         raise ValueError(f"text must give at least two tokens (it gives {len(ids)}): there is nothing to mask")

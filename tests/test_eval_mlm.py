@@ -197,6 +197,9 @@ def test_read_held_out_scores_a_path_for_python_as_training_reads_it(mlm_run_wit
         warnings.simplefilter("ignore")
         documents = read_held_out(held_out, doc_separator="line")
     result = masked_lm_score(model, tokenizer, documents, context=24, batch_size=3, seed=4)
+    for seed in (1.5, True):
+        with pytest.raises(TypeError, match=f"seed must be an int, got {seed!r}"):
+            masked_lm_score(model, tokenizer, documents, context=24, batch_size=3, seed=seed)
     assert result.mean_loss == pytest.approx(val_loss, rel=1e-5) and result.documents == len(documents)
 
 

@@ -87,6 +87,9 @@ def test_the_python_function_is_the_commands_number(run, tmp_path, capsys):
     assert 0.5 <= labels_share <= 1.0
     with pytest.raises(ValueError, match="pairs must be one of"):
         sentence_order_score(model, head, tokenizer, texts, pairs="order")
+    for seed in (1.5, True, "7"):
+        with pytest.raises(TypeError, match=f"seed must be an int, got {seed!r}"):
+            sentence_order_score(model, head, tokenizer, texts, seed=seed)
 
 
 def test_a_model_without_a_sentence_order_head_or_text_without_pairs_is_refused(run, small_model_dir, tmp_path,

@@ -48,6 +48,12 @@ def require_positive_int(name, value, none_ok=False):
         raise ValueError(f"{name} must be {'None or ' if none_ok else ''}a positive int, got {value!r}")
 
 
+def require_int(name, value):
+    """value must be an int (a NumPy integer too, not a bool): a TypeError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+
+
 def require_non_negative_int(name, value):
     """value must be an int >= 0 (a NumPy integer too, not a bool)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:

@@ -11,7 +11,7 @@ import numpy as np
 
 from .arguments import (BACKWARD_ORDER, GRADS_ORDER, _call_as_check_op_does, _call_shown, _check_names, _check_settings, _check_wrt, _describe,
                         _fn_value, _forward_result, _gradients_by_key, _gradients_in_order, _input_list, _kind, _names_from_keys,
-                        _one_by_one_advice, _pair_up, _require_float64_input, _require_float64_precision, _wrt_keys)
+                        _one_by_one_advice, _pair_up, _require_float64_input, _wrt_keys)
 from .checker import _check_all
 from .inplace import _InPlaceGuard
 from .reports import GradcheckReport

@@ -301,7 +301,9 @@ def plot_grad_norms(trace, path, title: str = "") -> Path:
         if kind in norms:
             ax.plot(range(n_layers), norms[kind], "o-", ms=3, lw=1.2, label=kind.replace(".weight", ""))
     if "out" in norms:
-        ax.plot(range(n_layers), norms["out"], "k--", lw=2, label="layer output (residual stream)")
+        # a marker as on the other lines: a layer whose neighbours were not recorded (a one-layer model)
+        # is a line of no length, which only a marker shows
+        ax.plot(range(n_layers), norms["out"], "k--", marker="s", ms=4, lw=2, label="layer output (residual stream)")
     ax.set_yscale("log")
     ax.set_xlabel("layer")
     ax.set_xticks(range(n_layers))

@@ -307,3 +307,38 @@ def test_a_log_of_one_step_draws_its_point(tmp_path, monkeypatch):
     viz.plot_loss(tmp_path, tmp_path / "loss.png")
     [train] = drawn[0].axes[0].get_lines()
     assert train.get_marker() not in (None, "None", "", " ")
+
+
+def isolated_points_without_marker(ax):
+    """(label, x) of every finite point of a line drawn with no marker and no finite neighbour: a line
+    of no length, which the picture does not show."""
+    hidden = []
+    for line in ax.get_lines():
+        if line.get_marker() not in (None, "None", "", " "):
+            continue
+        x, y = (np.asarray(v, dtype=float) for v in line.get_data())
+        finite = np.isfinite(y)
+        for i in np.nonzero(finite)[0]:
+            if not (i > 0 and finite[i - 1]) and not (i + 1 < len(y) and finite[i + 1]):
+                hidden.append((line.get_label(), x[i]))
+    return hidden
+
+
+@pytest.mark.parametrize("layers, include", [(1, "d:model.layers.*"), (3, "d:model.layers.1.*")])
+def test_grad_norms_of_a_single_layer_are_all_drawn(tmp_path, monkeypatch, layers, include):
+    # Before: the residual stream's norm was a dashed line without a marker, so a one-layer model's (or
+    # a trace of one layer's) value was a line of no length: in the legend, nowhere in the picture.
+    pytest.importorskip("matplotlib")
+    from npllama import debug
+
+    drawn = drawn_figure(monkeypatch)
+    trace = debug.run_trace(tiny_model(layers), [1, 2, 3, 4], include=[include])
+    viz.plot_grad_norms(trace, tmp_path / "g.png")
+    ax = drawn[0].axes[0]
+    assert isolated_points_without_marker(ax) == []
+    # every recorded norm is a point of some line (the layer output's among them)
+    norms = viz.grad_norms(trace)
+    drawn_values = np.concatenate([np.asarray(line.get_ydata(), float) for line in ax.get_lines()])
+    for values in norms.values():
+        for value in values[np.isfinite(values)]:
+            assert np.any(np.isclose(drawn_values, value, rtol=0, atol=0)), value

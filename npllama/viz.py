@@ -60,6 +60,10 @@ def masked_cells(model, n: int) -> np.ndarray:
     return np.triu(np.ones((n, n), dtype=bool), 1) if model.attends_causally else np.zeros((n, n), dtype=bool)
 
 
+# Text from the user (token pieces, folder names) drawn as written: matplotlib otherwise reads a
+# "$...$" in it as mathtext, drawing "$x^2$" as x squared and stopping at "$\frac$" with a parse error
+AS_WRITTEN = {"parse_math": False}
+
 MASKED_COLOUR = "0.8"   # light grey: apart from viridis, whose 0 is dark purple and 1 yellow
 
 
@@ -88,13 +92,13 @@ def plot_attention(probs, labels, path, title: str = "", key_labels=None, masked
     image = ax.imshow(np.ma.masked_array(probs, mask=masked if hidden else False), cmap=cmap, vmin=0.0,
                       vmax=1.0, interpolation="nearest")
     families, drawn = _fonts_for([_label(s) for s in [*key_labels, *labels]])
-    ax.set_xticks(range(S), drawn[:S], rotation=90, fontsize=8, fontfamily=families)
-    ax.set_yticks(range(T), drawn[S:], fontsize=8, fontfamily=families)
+    ax.set_xticks(range(S), drawn[:S], rotation=90, fontsize=8, fontfamily=families, **AS_WRITTEN)
+    ax.set_yticks(range(T), drawn[S:], fontsize=8, fontfamily=families, **AS_WRITTEN)
     ax.xaxis.tick_top()
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query (attending)")
     if title:
-        ax.set_title(title)
+        ax.set_title(title, **AS_WRITTEN)
     fig.colorbar(image, ax=ax, shrink=0.8,
                  label="attention probability" + ("  (grey: hidden by the causal mask)" if hidden else ""))
     return _save(fig, path)
@@ -256,7 +260,7 @@ def plot_loss(run_or_log, path, title: str = "") -> Path:
         ax.plot(curves["val_step"], curves["val_loss"], "o-", lw=1.8, label="validation")
     ax.set_xlabel("step")
     ax.set_ylabel(loss_axis_label(run_or_log))
-    ax.set_title(title or "loss")
+    ax.set_title(title or "loss", **AS_WRITTEN)
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
@@ -308,7 +312,7 @@ def plot_grad_norms(trace, path, title: str = "") -> Path:
     ax.set_xlabel("layer")
     ax.set_xticks(range(n_layers))
     ax.set_ylabel("gradient norm ||d||")
-    ax.set_title(title or "gradient norm per layer")
+    ax.set_title(title or "gradient norm per layer", **AS_WRITTEN)
     ax.grid(alpha=0.3, which="both")
     fig.legend(fontsize=7, loc="outside right center")
     return _save(fig, path)

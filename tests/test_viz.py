@@ -342,3 +342,23 @@ def test_grad_norms_of_a_single_layer_are_all_drawn(tmp_path, monkeypatch, layer
     for values in norms.values():
         for value in values[np.isfinite(values)]:
             assert np.any(np.isclose(drawn_values, value, rtol=0, atol=0)), value
+
+
+def test_token_labels_with_dollar_signs_are_drawn_as_written(tmp_path, monkeypatch):
+    # Before: matplotlib read a label pair holding "$...$" as mathtext: "$x^2$" was drawn as x squared,
+    # and "$\frac$" (LaTeX or shell text) stopped the plot with a ParseSyntaxException.
+    pytest.importorskip("matplotlib")
+    labels = ["$x^2$", "\u2581$\\frac$", "$", "a"]
+    probs = np.tril(np.ones((4, 4)))
+    probs /= probs.sum(-1, keepdims=True)
+    assert is_png(viz.plot_attention(probs, labels, tmp_path / "a.png", title="run $1$"))
+    drawn = drawn_figure(monkeypatch)
+    viz.plot_attention(probs, labels, tmp_path / "a.png", title="run $1$")
+    ax = drawn[0].axes[0]
+    for texts in (ax.get_xticklabels(), ax.get_yticklabels(), [ax.title]):
+        for text in texts:
+            assert "$" not in text.get_text() or not text.get_parse_math(), text.get_text()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["$x^2$", "_$\\frac$", "$", "a"]
+    write_log(tmp_path / "log.jsonl")
+    viz.plot_loss(tmp_path, tmp_path / "loss.png", title="loss: $HOME$")   # a run folder's name, as written
+    assert not drawn[-1].axes[0].title.get_parse_math()

@@ -298,6 +298,11 @@ def grad_norms(trace) -> dict[str, np.ndarray]:
 
 def plot_grad_norms(trace, path, title: str = "") -> Path:
     norms = grad_norms(trace)
+    recorded = np.concatenate(list(norms.values()))
+    recorded = recorded[np.isfinite(recorded)]
+    if not recorded.any():
+        raise ValueError("every gradient norm in the trace is 0, so there is nothing to draw: its loss had no target "
+                         "(a single token has no next token to predict, or every target was ignored)")
     n_layers = len(next(iter(norms.values())))
     fig = _figure(10, 4.8)
     ax = fig.subplots()
@@ -308,10 +313,15 @@ def plot_grad_norms(trace, path, title: str = "") -> Path:
         # a marker as on the other lines: a layer whose neighbours were not recorded (a one-layer model)
         # is a line of no length, which only a marker shows
         ax.plot(range(n_layers), norms["out"], "k--", marker="s", ms=4, lw=2, label="layer output (residual stream)")
-    ax.set_yscale("log")
+    zero = not recorded.all()
+    if zero:   # a log axis has no 0, and would leave such a norm out: linear below the smallest other one
+        ax.set_yscale("symlog", linthresh=recorded[recorded > 0].min())
+        ax.set_ylim(bottom=0)
+    else:
+        ax.set_yscale("log")
     ax.set_xlabel("layer")
     ax.set_xticks(range(n_layers))
-    ax.set_ylabel("gradient norm ||d||")
+    ax.set_ylabel("gradient norm ||d||" + ("  (log scale, linear near 0)" if zero else ""))
     ax.set_title(title or "gradient norm per layer", **AS_WRITTEN)
     ax.grid(alpha=0.3, which="both")
     fig.legend(fontsize=7, loc="outside right center")

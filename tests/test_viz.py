@@ -362,3 +362,40 @@ def test_token_labels_with_dollar_signs_are_drawn_as_written(tmp_path, monkeypat
     write_log(tmp_path / "log.jsonl")
     viz.plot_loss(tmp_path, tmp_path / "loss.png", title="loss: $HOME$")   # a run folder's name, as written
     assert not drawn[-1].axes[0].title.get_parse_math()
+
+
+def test_a_zero_gradient_norm_is_drawn_at_zero(tmp_path, monkeypatch):
+    # Before: the axis was log-scaled, where 0 has no place: a layer whose gradient is 0 (here q, k
+    # and v of a layer whose o_proj is 0, as some initialisations make it) was silently left out.
+    pytest.importorskip("matplotlib")
+    from npllama import debug
+
+    model = tiny_model()
+    model.params["model.layers.1.self_attn.o_proj.weight"][...] = 0
+    trace = debug.run_trace(model, [1, 2, 3, 4], include=["d:model.layers.*"])
+    norms = viz.grad_norms(trace)
+    assert norms["self_attn.q_proj.weight"][1] == 0 and norms["self_attn.q_proj.weight"][0] > 0
+    drawn = drawn_figure(monkeypatch)
+    viz.plot_grad_norms(trace, tmp_path / "g.png")
+    ax = drawn[0].axes[0]
+    low, high = ax.get_ylim()
+    for kind, values in norms.items():
+        for value in values:
+            assert low <= value <= high and (ax.get_yscale() != "log" or value > 0), (kind, value)
+    assert isolated_points_without_marker(ax) == []
+
+
+def test_gradients_all_zero_are_refused_with_the_reason(tmp_path):
+    # Before: `viz grads --model M --tokens 5` (one token: no next token, so a loss of 0 and every
+    # gradient 0) wrote an empty log-scaled picture and a matplotlib warning.
+    from npllama import debug
+
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    trace = debug.run_trace(model, np.array([[1, 2, 3]]), np.array([[-100, -100, -100]]), include=["d:model.layers.*"])
+    with pytest.raises(ValueError, match="every gradient norm in the trace is 0.*no target"):
+        viz.plot_grad_norms(trace, tmp_path / "g.png")
+    pytest.importorskip("matplotlib")
+    with pytest.raises(ValueError, match="every gradient norm in the trace is 0"):
+        run_cli(["viz", "grads", "--model", str(tmp_path / "model"), "--tokens", "5", "--out", str(tmp_path / "g.png")])
+    assert not (tmp_path / "g.png").exists()

@@ -190,7 +190,8 @@ def read_log(path) -> dict[str, list]:
     """Train and validation losses from a run's log.jsonl (or the run folder holding it).
 
     Lines like {"step": 10, "loss": 3.2, ...} are training steps, {"step": 10, "val_loss": 3.4}
-    evaluations; other lines ({"skipped": ...}) are ignored."""
+    evaluations; other lines ({"skipped": ...}) are ignored.  A last line without its newline is one
+    the run is still writing (or a kill cut short), and is left for the next read."""
     path = log_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"no training log at {str(path)!r} (a run folder from `npllama train` or "
@@ -199,13 +200,18 @@ def read_log(path) -> dict[str, list]:
     from .io.reading import parse_json, read_text
 
     curves = {"step": [], "loss": [], "val_step": [], "val_loss": []}
+    text = read_text(path, max_bytes=max_read())
+    lines = text.splitlines()
+    unfinished = len(lines) if lines and not text.endswith("\n") else None
     first = True
-    for number, line in enumerate(read_text(path, max_bytes=max_read()).splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = parse_json(line, f"{path}:{number}")
         except ValueError:
+            if number == unfinished:
+                break
             # a file of another name whose first line is no JSON (train_config.json, spread over
             # lines) is no damaged log: it is not a log at all
             if first and path.name != LOG_FILE:

@@ -399,3 +399,22 @@ def test_gradients_all_zero_are_refused_with_the_reason(tmp_path):
     with pytest.raises(ValueError, match="every gradient norm in the trace is 0"):
         run_cli(["viz", "grads", "--model", str(tmp_path / "model"), "--tokens", "5", "--out", str(tmp_path / "g.png")])
     assert not (tmp_path / "g.png").exists()
+
+
+def test_a_log_still_being_written_is_read_up_to_its_last_whole_line(tmp_path):
+    # Before: `viz loss` on a run whose log.jsonl was being written (or whose run was killed in the middle
+    # of a line) stopped at "log.jsonl:N: is not valid JSON" -- the line training had not finished.
+    write_log(tmp_path / "log.jsonl", steps=20)
+    whole = viz.read_log(tmp_path)
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write('{"step": 21, "loss": 0.19')           # no newline: the writer is in the middle of it
+    assert viz.read_log(tmp_path) == whole
+    # a line that was finished (its newline written) and is damaged is still told, wherever it is
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write("\n")
+    with pytest.raises(ValueError, match=r"log.jsonl:\d+: is not valid JSON"):
+        viz.read_log(tmp_path)
+    # a log whose only line is being written has no loss yet
+    (tmp_path / "log.jsonl").write_text('{"step": 1, "lo')
+    with pytest.raises(ValueError, match="no loss values yet"):
+        viz.read_log(tmp_path)

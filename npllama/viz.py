@@ -32,6 +32,11 @@ def _save(fig, path) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"the output must be a .png file, got {str(path)!r}")
+    if path.is_dir():
+        raise ValueError(f"the output {str(path)!r} is a folder: give the path of the .png file to write")
+    blocking = next((folder for folder in path.parents if folder.exists() and not folder.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"cannot write {str(path)!r}: {str(blocking)!r} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path

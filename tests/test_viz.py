@@ -418,3 +418,18 @@ def test_a_log_still_being_written_is_read_up_to_its_last_whole_line(tmp_path):
     (tmp_path / "log.jsonl").write_text('{"step": 1, "lo')
     with pytest.raises(ValueError, match="no loss values yet"):
         viz.read_log(tmp_path)
+
+
+def test_an_output_path_that_cannot_be_a_png_file_is_told_plainly(tmp_path):
+    # Before: "[Errno 21] Is a directory: 'out.png'" and, for a path under a file, "[Errno 17] File
+    # exists: 'notes'" -- which named no mistake.
+    pytest.importorskip("matplotlib")
+    probs = np.eye(2)
+    (tmp_path / "pictures.png").mkdir()
+    with pytest.raises(ValueError, match=r"pictures.png' is a folder: give the path of the \.png file to write"):
+        viz.plot_attention(probs, ["a", "b"], tmp_path / "pictures.png")
+    (tmp_path / "notes").write_text("x")
+    for under in (tmp_path / "notes" / "a.png", tmp_path / "notes" / "sub" / "a.png"):
+        with pytest.raises(ValueError, match=rf"{tmp_path / 'notes'}' is a file, not a folder"):
+            viz.plot_attention(probs, ["a", "b"], under)
+    assert is_png(viz.plot_attention(probs, ["a", "b"], tmp_path / "new" / "sub" / "a.png"))   # folders made

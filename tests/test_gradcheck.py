@@ -2749,3 +2749,44 @@ def test_a_nondeterministic_function_is_refused_with_the_two_values_it_gave():
     assert "the function gave 3.0 and then 4.0 at the same inputs" in str(error) and "fix the seed" in str(error)
     again = pickle.loads(pickle.dumps(error))
     assert (again.first, again.second, str(again)) == (3.0, 4.0, str(error))
+
+
+def _stable_cross_entropy(target):
+    def loss(logits):
+        top = logits.max()
+        return float(np.log(np.sum(np.exp(logits - top))) + top - logits[target])
+    return loss
+
+
+def _cross_entropy_gradient(logits, target):
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    p[target] -= 1
+    return p
+
+
+@pytest.mark.parametrize("lead", [40.0, 100.0, 200.0, 700.0])
+def test_a_saturated_cross_entropy_that_is_exactly_zero_leaves_its_right_gradient_unresolved(lead):
+    # the target logit leads by `lead`: the loss log(sum(exp(v - top))) + top - v[target] is exactly
+    # 0.0 at every step, its right gradient e^-lead (1e-87 at 200) far below anything f can show.
+    # f departs from 0 only far out, by a stair of the rounding of top ~ lead (2.8e-14 at 200: the
+    # cancellation of top - v[target]), which a cap of 16 u max(|f|, 1) took for a real stair: FAIL
+    x = np.zeros(5)
+    x[2] = lead
+    loss, right = _stable_cross_entropy(2), _cross_entropy_gradient(x, 2)
+    report = gradcheck(loss, [x], [right], seed=0)
+    assert report.inputs[0].status == "UNRESOLVED", str(report)
+    assert any("kept one value along them" in w for w in report.warnings), report.warnings
+    # a gradient f would show is still wrong there: off by 1e-3 at one entry, or of the wrong sign
+    off = right.copy()
+    off[0] += 1e-3
+    assert gradcheck(loss, [x], [off], seed=0).inputs[0].status == "FAIL"
+    assert gradcheck(loss, [x], [-right], seed=0).inputs[0].status == "FAIL"
+
+
+def test_a_quantising_f_beside_a_saturated_one_still_fails_its_straight_through_gradient():
+    # the stairs a saturated cross-entropy's rounding makes are u times its logits; np.round's
+    # stairs, 1 high at inputs ~3, are far above u times the inputs: its straight-through gradient FAILs
+    x = np.array([0.2, -1.3, 2.7, 3.1, -2.2])
+    report = gradcheck(lambda v: float(np.sum(np.round(v))), [x], [np.ones(5)], seed=0)
+    assert report.inputs[0].status == "FAIL", str(report)

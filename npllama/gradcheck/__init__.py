@@ -96,7 +96,8 @@ How a probe's numeric derivative and its bound are made (the error model):
             64 * 4^5 steps, and where it departs from that line there by a stair (a jump that
             keeps its height over the second half of a bisection to it, no smooth onset) as high
             as the analytic value predicts across the +-64 steps (and, along one entry, the way it
-            predicts), and no higher than f's rounding (16 u max(|f|, 1): np.round(x) with a
+            predicts), and no higher than f's rounding (16 u max(|f|, 1, the input's largest
+            entry, which f may cancel: a stable cross-entropy's top - v[target]): np.round(x) with a
             straight-through gradient still FAILs), the probe is UNRESOLVED too.  A smooth f shows
             none of this, so a wrong gradient of one still FAILs.  Each input pays this (up to 55
             calls, 107 where f kept to a line, up to 54 for shorter steps, and up to 42 for far

@@ -321,7 +321,7 @@ def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richa
         bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
     estimate = _kink_checked(evaluate, move, eps, estimate, analytic, bound + tol * magnitude, at_point)
     estimate = _steadiness_checked(evaluate, move, estimate, analytic, bound + tol * magnitude, probes, richardson,
-                                   tol * abs(analytic), longer, one_entry=True)
+                                   tol * abs(analytic), longer, one_entry=True, largest_input=lambda: _largest(x))
     bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
     probes.add(analytic, estimate, bound, magnitude, atol, reference, largest, longer)
 
@@ -365,10 +365,15 @@ def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, a
         bound = bound_of(estimate)
     estimate = _kink_checked(evaluate, move, eps, estimate, claimed, bound + tol * magnitude, at_point)
     estimate = _steadiness_checked(evaluate, move, estimate, claimed, bound + tol * magnitude, probes, richardson,
-                                   tol * magnitude, longer)
+                                   tol * magnitude, longer, largest_input=lambda: _largest(x))
     bound = bound_of(estimate)
     probes.add(claimed, estimate, bound, magnitude, atol * float(np.sum(np.abs(direction))), magnitude,
                largest * length, longer)
+
+
+def _largest(x: np.ndarray) -> float:
+    """The largest |x_i| of the finite entries (0 where there are none)."""
+    return float(np.max(np.abs(x[np.isfinite(x)]), initial=0.0))
 
 
 def _spread(x: np.ndarray, idx: tuple | None = None) -> float:

@@ -150,7 +150,7 @@ def _clear_kink(evaluate, move, eps, at_point, slopes, slack, roundoff) -> bool:
 
 
 def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, richardson, good_enough,
-                        longer=False, one_entry=False) -> _Estimate:
+                        longer=False, one_entry=False, largest_input=lambda: 0.0) -> _Estimate:
     """The estimate, marked unsteady when it fails but f is shown not to be resolved at its step:
     a failing probe is UNRESOLVED, not FAIL, when either test below shows f rounding beyond the
     error model (a cancellation inside it: its values move in steps far above u * |f|) and the
@@ -294,7 +294,8 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
     # predicts across the ladder, that value is not shown wrong
     slope = rungs[max(rungs)]    # the ladder's longest rung: the least of f's rounding
     if len(values) > 1 and analytic != slope and _stair_beyond(
-            evaluate, move, max(RESTEP_FACTORS) * estimate.step, analytic, at_point, one_entry, slope):
+            evaluate, move, max(RESTEP_FACTORS) * estimate.step, analytic, at_point, one_entry, slope,
+            largest_input):
         return estimate._replace(unsteady=True, flat=True)
     probes.confirm()
     return estimate
@@ -339,7 +340,8 @@ def _stair_between_rungs(rungs, factor, value, width, roundoff, at_point) -> boo
         and jump * abs(width) <= _stair_rounding(at_point(), jump * abs(width))
 
 
-def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False, slope=0.0) -> bool:
+def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False, slope=0.0,
+                  largest_input=lambda: 0.0) -> bool:
     """f followed a straight line through the point at every step of the ladder, within `reach` (in
     the probe's units): one value (slope 0), or the slope the ladder's longest rung shows (f that
     still moves a little within a stair: 0.5 x (1 + t) of a GELU with t fixed).  Whether farther
@@ -351,7 +353,9 @@ def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False, sl
     slope grown with the distance), then bisection to the departure: a stair (rounding inside f)
     keeps its height as the interval around it halves, a smooth onset (a relu's kink, where f that
     ignored x starts to depend on it; the slope's error) does not, and still FAILs.
-    at_point(): f at the point (x is there when this is called).  Up to 2 + 2 * MAX_STAIR_SEARCHES
+    at_point(): f at the point (x is there when this is called); largest_input(): the largest |x_i|
+    of the probed input where x stands, whose units in the last place a stair of f's rounding may
+    be (_stair_rounding: at the point, and where f departs).  Up to 2 + 2 * MAX_STAIR_SEARCHES
     + STAIR_BISECTIONS evaluations, by a failing probe only, and none where the analytic value is
     off the slope by more than any stair of f's rounding could make up."""
     try:
@@ -359,10 +363,11 @@ def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False, sl
             f0 = at_point()
             if not np.isfinite(f0):
                 return False            # no line through the point to depart from
+            inputs = largest_input()
             width = abs(move(reach) - move(-reach))
             move(None)
             need = 0.5 * abs(analytic - slope) * width      # the stair a gradient of `analytic` needs
-            if not need <= _stair_rounding(f0, need):
+            if not need <= _stair_rounding(f0, need, inputs):
                 return False            # more than f's rounding: no stair of it makes up the difference
 
             def departure(t):
@@ -397,6 +402,8 @@ def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False, sl
                 else:
                     far, far_off = middle, off
                 jumps.append(far_off - near_off)
+            move(side * far)
+            inputs = max(inputs, largest_input())   # the moved entry may stand beyond the others there
     except _LeftDomain:
         return False
     finally:
@@ -411,7 +418,10 @@ def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False, sl
     # grow as it moves away (GELU's 1 + tanh(z), 0 at x = -7.44, is 1 ulp at -7.2 and 330 at -6.65),
     # the first interval spans hundreds, and the right gradient FAILed;
     # as high as the analytic value predicts across the ladder (2 * reach); and a rounding of f
-    # (_stair_rounding).  np.round(x) is a staircase too, whose straight-through gradient
+    # (_stair_rounding: of f, of the 1 a cancellation works against, or of the inputs f cancels against
+    # each other: a stable cross-entropy's top - v[target] at a lead of 200 is exactly 0.0 over the
+    # ladder and steps by ulp(200) = 2.8e-14 far out, above 16 u max(|f|, 1), and its right
+    # gradient, 1e-87, FAILed).  np.round(x) is a staircase too, whose straight-through gradient
     # predicts its stairs, but they are as high as f moves (w per unit of x), and that gradient is wrong.
     # Along one entry it goes the way the analytic value says f goes on that side: rounding a rising
     # f keeps it rising, and a gradient of the wrong sign FAILs.  Not along a direction: entries moving
@@ -419,7 +429,7 @@ def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False, sl
     # at u ~ 1e-14, seed 24, FAILed its right gradient)
     stair = abs(jumps[-1])
     wider = abs(jumps[STAIR_BISECTIONS // 2 - 1])
-    return (wider / STAIRS_IN_WIDER_INTERVAL <= stair <= _stair_rounding(f0, stair)
+    return (wider / STAIRS_IN_WIDER_INTERVAL <= stair <= _stair_rounding(f0, stair, inputs)
             and stair >= need
             and (not one_entry or np.sign(jumps[-1]) == side * np.sign(analytic - slope)))
 

@@ -2790,3 +2790,25 @@ def test_a_quantising_f_beside_a_saturated_one_still_fails_its_straight_through_
     x = np.array([0.2, -1.3, 2.7, 3.1, -2.2])
     report = gradcheck(lambda v: float(np.sum(np.round(v))), [x], [np.ones(5)], seed=0)
     assert report.inputs[0].status == "FAIL", str(report)
+
+
+@pytest.mark.parametrize("name", CANCELLING_AT_ZERO)
+def test_a_small_wrong_gradient_of_a_cancelling_f_fails_where_its_differences_resolve_it(name):
+    # exp(v) - 1 - v at v = 0 is ~v^2/2 + v^3/6: D(t) = t^2/6 plus f's rounding ~1e-16 / t, within
+    # ~1e-11 of the true 0 at t ~ 1e-5 (Richardson's R(h) 2.6e-13).  A claimed 1e-6 is resolvable,
+    # yet came out UNRESOLVED: the steps ladder's short rungs stray by rounding, and the spread of
+    # every rung -- D(64h) = 6.8e-6 is truncation, which the model allows for -- held 1e-6
+    fn = lambda v: float(np.sum(CANCELLING_AT_ZERO[name](v)))
+    for x in (np.zeros(1), np.zeros(6)):
+        wrong = np.zeros_like(x)
+        wrong[0] = 1e-6
+        assert gradcheck(fn, [x], [wrong]).inputs[0].status == "FAIL", name
+    # beside entries away from 0, its right gradient there still passes
+    x = np.array([0.0, 0.3, -0.5, 0.8])
+    assert gradcheck(fn, [x], [_CANCELLING_DERIVATIVES[name](x)]).inputs[0].status == "ok"
+
+
+_CANCELLING_DERIVATIVES = {
+    "sin(v) - v": lambda v: np.cos(v) - 1, "tanh(v) - v": lambda v: -np.tanh(v) ** 2,
+    "sinh(v) - v": lambda v: np.cosh(v) - 1, "v - arctan(v)": lambda v: 1 - 1 / (1 + v**2),
+    "exp(v) - 1 - v": lambda v: np.exp(v) - 1, "log(1 + v) - v": lambda v: 1 / (1 + v) - 1}

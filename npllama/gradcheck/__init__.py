@@ -84,7 +84,7 @@ How a probe's numeric derivative and its bound are made (the error model):
             from the D(t/4) below it, by no more than a stair of f's rounding (16 u max(|f|, 1))
             across its steps (D(h)'s bound holds the model's round-off at h, which a GELU's stairs
             at x ~ -7.15, 1e3 u |f| high, stay within, while D(64h) crosses one), and the analytic
-            value lies within that spread of the D(t), the probe is UNRESOLVED, not FAIL: the
+            value lies within that spread of the D(t) (less the truncation the model allows each), the probe is UNRESOLVED, not FAIL: the
             check cannot tell there.  Before either verdict made on such strays, or on f's
             rounding covering the difference, steps shorter than the shortest tried are looked at
             as for a rough estimate (two smooth in a row, no straight one): f varying within the step (sum(sin(k x)) at

@@ -17,7 +17,7 @@ from .inplace import _ChangedUnderProbe, _unchanged
 from .norms import _norm, _rms
 from .pattern import ProbedEntries, _swap_notes
 from .remeasure import _kink_checked, _steadiness_checked
-from .reports import _judge, GradcheckReport
+from .reports import _judge, _without_gradient_size, GradcheckReport
 
 
 AUTO_ALL_ENTRIES = 2048   # method="auto", max_entries=None: tensors up to this size get every entry
@@ -93,7 +93,7 @@ class _Probes:
         # with nothing to measure against (the check's gradients all zero), a passing probe is
         # unresolved where its value stands more than UNRESOLVED of its bound from 0: f shows a slope
         # the bound cannot resolve, and a zero could not be told from it
-        sizeless = not (reference > 0 or coarse > 0)
+        sizeless = _without_gradient_size(largest)
         self.unresolved.append(estimate.unsteady or bool(estimate.between) or estimate.set_aside
                                or (not sizeless and not estimate.bound <= resolution)
                                or (sizeless and not estimate.rough and UNRESOLVED * bound < abs(estimate.value) <= bound))

@@ -260,6 +260,13 @@ def _relative_figures(a, n, held_to, magnitude, largest, n_entries, finite):
 NO_GRADIENT_SIZE = "every analytic gradient of the check is zero, so there is no gradient size to measure against"
 
 
+def _without_gradient_size(largest) -> bool:
+    """Whether the check has no gradient size to measure against: its largest finite gradient entry
+    (largest: in one probe's units, or one per probe) is zero.  The one rule a probe is judged by
+    (checker.py's _Probes.add: its estimate against its own bound) and the notes say it by."""
+    return not np.any(np.asarray(largest, dtype=np.float64) > 0)
+
+
 def _farthest_from_zero(among, numeric, bounds) -> str:
     """'the farthest out: 0.0002 against a bound of 0.00036': of the probes among, the estimate that
     stands farthest out of 0 next to its bound -- the probe the table shows, where all are zero."""
@@ -313,7 +320,7 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
                      "stably, or for an input far from zero give a smaller eps")
     # every analytic gradient of the check is zero: no gradient size to hold a bound to, only the
     # finite differences' estimate against its own error bound (checker.py's sizeless probes)
-    sizeless = not np.any(np.array(probes.largest, dtype=np.float64) > 0)
+    sizeless = _without_gradient_size(probes.largest)
     bounds = np.array(probes.bound, dtype=np.float64)
 
     def bound_verdict(among) -> str:

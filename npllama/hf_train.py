@@ -27,6 +27,11 @@ import shutil
 import time
 from pathlib import Path
 
+from .io.errors import CheckpointError
+from .io.hf import CONFIG_NAME, TOKENIZER_FILES
+from .io.reading import read_json
+from .runs import refuse_other_than_a_language_model
+
 
 def build_parser() -> argparse.ArgumentParser:
     from .commands import HelpFormatter   # no "(default: None)" after a required flag
@@ -113,11 +118,27 @@ def _check_args(args) -> None:
     if not (args.lr > 0 and math.isfinite(args.lr)) or not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
         fail(f"--lr must be positive and --weight-decay non-negative, got {args.lr} and {args.weight_decay}")
     model_dir = Path(args.model)
-    for needed in ("config.json", "tokenizer.model"):
-        if not (model_dir / needed).is_file():
-            fail(f"--model {args.model!r} has no {needed} (expected a folder saved by npllama, e.g. runs/tiny/model)")
+    expected = "expected a folder saved by npllama, e.g. runs/tiny/model"
+    if not (model_dir / CONFIG_NAME).is_file():
+        fail(f"--model {args.model!r} has no {CONFIG_NAME} ({expected})")
+    if not _tokenizer_files(model_dir) & {"tokenizer.model", "tokenizer.json"}:
+        fail(f"--model {args.model!r} has neither tokenizer.model nor tokenizer.json ({expected})")
+    try:
+        config_file = model_dir / CONFIG_NAME
+        refuse_other_than_a_language_model(config_file, read_json(config_file, expect=dict, error=CheckpointError),
+                                           f"--model {args.model!r}", "hf_train (LlamaForCausalLM's next-token loss)",
+                                           True, "give a model `npllama train` trained with --objective causal (the default)",
+                                           args.model)
+    except ValueError as e:   # CheckpointError too: a config.json that is not JSON
+        fail(str(e))
     if not Path(args.data).exists():
         fail(f"--data {args.data!r} does not exist")
+
+
+def _tokenizer_files(model_dir: Path) -> set[str]:
+    """The tokenizer files (transformers' layout) the folder holds: the trained folder gets them all,
+    so that npllama and AutoTokenizer read the tokenizer the model was trained with."""
+    return {name for name in TOKENIZER_FILES if (model_dir / name).is_file()}
 
 
 def _token_windows(model_dir: Path, data, seq_len: int):

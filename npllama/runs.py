@@ -368,15 +368,23 @@ def require_a_language_model(path, flag: str, job: str, causal: bool = True,
     start from: not a classifier (`npllama finetune classify`'s LlamaForSequenceClassification
     folder) and, with `causal`, not a masked-LM model (`npllama train --objective mlm`), the refusal
     then ending with `for_masked_lm`, what to do instead."""
-    shown = "the latest run" if path is None else repr(str(path))
     config_file, config = _model_config(path)
+    refuse_other_than_a_language_model(config_file, config, f"{flag} " + (
+        "the latest run" if path is None else repr(str(path))), job, causal, for_masked_lm,
+        "DIR" if path is None else path)
+
+
+def refuse_other_than_a_language_model(config_file, config: dict, shown: str, job: str, causal: bool,
+                                       for_masked_lm: str, path) -> None:
+    """require_a_language_model's refusals, for a folder already found: `config` is the fields of its
+    `config_file`, `shown` how the message names it (e.g. "--model 'runs/x/model'"), `path` how the
+    advice to classify with it does."""
     if is_a_classifier_config(config):
-        raise ValueError(f"{flag} {shown} is a classification model (LlamaForSequenceClassification, e.g. from "
+        raise ValueError(f"{shown} is a classification model (LlamaForSequenceClassification, e.g. from "
                          f"`npllama finetune classify`), not a language model: use it with `npllama classify "
-                         f"--model {'DIR' if path is None else path}`; {job} needs a language model such as a run of "
-                         f"`npllama train`")
+                         f"--model {path}`; {job} needs a language model such as a run of `npllama train`")
     if causal and not attends_causally(objective_of(config, config_file)):
-        raise ValueError(f"{flag} {shown} is a masked-LM model (bidirectional, {OBJECTIVE_FIELD} \"mlm\" in its "
+        raise ValueError(f"{shown} is a masked-LM model (bidirectional, {OBJECTIVE_FIELD} \"mlm\" in its "
                          f"config.json: from `npllama train --objective mlm` or `npllama finetune sop`): "
                          f"{job} needs a causal model; {for_masked_lm}")
 

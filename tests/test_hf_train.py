@@ -83,3 +83,36 @@ def test_windows_stay_in_the_streams_dtype_and_a_batch_is_widened_to_int64(tmp_p
     batch = _as_int64_batch([windows[3], windows[0]])
     assert batch.dtype == torch.int64 and batch.shape == (2, 16)
     np.testing.assert_array_equal(batch.numpy(), windows[[3, 0]])
+
+
+def tiny_start_folder(path, objective="causal"):
+    """A saved npllama model (its tokenizer files written by save_pretrained) and a corpus to train it on."""
+    stories = make_default_corpus()[:60]
+    tokenizer = Tokenizer.train(stories, path / "sp", vocab_size=400)
+    corpus = path / "stories.txt"
+    corpus.write_text("\n\n".join(stories), encoding="utf-8")
+    config = LlamaConfig(vocab_size=400, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=32)
+    Llama(config, seed=0, objective=objective).save_pretrained(
+        path / "start", extra_files={"tokenizer.model": tokenizer.model_bytes})
+    return path / "start", corpus, tokenizer
+
+
+def test_a_masked_lm_folder_is_refused_before_torch_is_imported(tmp_path):
+    """hf_train trains LlamaForCausalLM, under the causal mask; a masked-LM model's config.json keeps its
+    npllama_objective "mlm" through save_pretrained, so the causally trained result would be run
+    bidirectionally by npllama."""
+    start, corpus, _ = tiny_start_folder(tmp_path, objective="mlm")
+    with pytest.raises(SystemExit, match=r"hf_train: error: --model .* is a masked-LM model"):
+        main(["--model", str(start), "--data", str(corpus), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_classifier_folder_is_refused_before_torch_is_imported(tmp_path):
+    """A LlamaForSequenceClassification folder has no lm_head: LlamaForCausalLM.from_pretrained would
+    start one from random numbers and train that."""
+    start, corpus, _ = tiny_start_folder(tmp_path)
+    fields = json.loads((start / "config.json").read_text())
+    (start / "config.json").write_text(json.dumps({**fields, "architectures": ["LlamaForSequenceClassification"]}))
+    with pytest.raises(SystemExit, match=r"hf_train: error: --model .* is a classification model"):
+        main(["--model", str(start), "--data", str(corpus), "--out", str(tmp_path / "o")])

@@ -97,7 +97,8 @@ def main(argv=None) -> int:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(out)
-        shutil.copyfile(model_dir / "tokenizer.model", out / "tokenizer.model")
+        for name in _tokenizer_files(model_dir):
+            shutil.copyfile(model_dir / name, out / name)
         record = {"num_processes": accelerator.num_processes, "steps": step, "losses": losses,
                   "tokens_per_step": accelerator.num_processes * args.batch_size * args.seq_len,
                   "from": str(model_dir)}

@@ -116,3 +116,33 @@ def test_a_classifier_folder_is_refused_before_torch_is_imported(tmp_path):
     (start / "config.json").write_text(json.dumps({**fields, "architectures": ["LlamaForSequenceClassification"]}))
     with pytest.raises(SystemExit, match=r"hf_train: error: --model .* is a classification model"):
         main(["--model", str(start), "--data", str(corpus), "--out", str(tmp_path / "o")])
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    """hf_train run in this process (one process, no launcher): 2 steps with a weight decay so strong
+    (lr * weight_decay = 0.5) that a decayed weight halves each step, far beyond Adam's steps of ~lr."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    tmp_path = tmp_path_factory.mktemp("hf_train")
+    start, corpus, tokenizer = tiny_start_folder(tmp_path)
+    assert main(["--model", str(start), "--data", str(corpus), "--out", str(tmp_path / "out"), "--steps", "2",
+                 "--batch-size", "2", "--seq-len", "16", "--lr", "1e-3", "--weight-decay", "500", "--cpu"]) == 0
+    return start, tmp_path / "out", tokenizer
+
+
+def test_the_trained_folder_holds_every_tokenizer_file_of_the_start_folder(one_process_run):
+    """npllama's folders carry tokenizer.json and tokenizer_config.json beside tokenizer.model: transformers'
+    AutoTokenizer reads them (and tokens added to tokenizer.json exist only there)."""
+    from transformers import AutoTokenizer
+
+    from npllama.io.hf import TOKENIZER_FILES
+
+    start, out, tokenizer = one_process_run
+    written = [name for name in TOKENIZER_FILES if (start / name).is_file()]
+    assert "tokenizer.json" in written
+    for name in written:
+        assert (out / name).read_bytes() == (start / name).read_bytes(), name
+    text = "Once upon a time, Lily had a red ball."
+    assert AutoTokenizer.from_pretrained(out).encode(text) == tokenizer.encode(text, bos=True)

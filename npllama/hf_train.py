@@ -27,6 +27,8 @@ import shutil
 import time
 from pathlib import Path
 
+from .commands.tokenizer import DEFAULT_DOC_SEPARATOR
+from .data import check_doc_separator
 from .io.errors import CheckpointError
 from .io.hf import CONFIG_NAME, TOKENIZER_FILES
 from .io.reading import read_json
@@ -43,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help="the Hugging Face folder to start from (e.g. runs/tiny/model)")
     p.add_argument("--data", required=True, help="text to train on: .txt, .jsonl or a folder (as `npllama train --data`)")
+    p.add_argument("--doc-separator", default=DEFAULT_DOC_SEPARATOR, metavar="blank-line|line|marker:TEXT|whole-file",
+                   help="how a .txt file is cut into documents, each trained as <s> document </s>: give the "
+                        "value the model was trained with (`npllama train --doc-separator`)")
     p.add_argument("--out", required=True, help="the folder to write the trained model to")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per process per step")
@@ -66,7 +71,7 @@ def main(argv=None) -> int:
     # --multi_gpu starts them through torch.distributed either way.
     accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
     model_dir, out = Path(args.model), Path(args.out)
-    windows = _token_windows(model_dir, args.data, args.seq_len)
+    windows = _token_windows(model_dir, args.data, args.seq_len, args.doc_separator)
     generator = torch.Generator().manual_seed(args.seed)
     loader = torch.utils.data.DataLoader(windows, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          generator=generator, collate_fn=_as_int64_batch)
@@ -118,6 +123,10 @@ def _check_args(args) -> None:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not (args.lr > 0 and math.isfinite(args.lr)) or not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
         fail(f"--lr must be positive and --weight-decay non-negative, got {args.lr} and {args.weight_decay}")
+    try:
+        check_doc_separator(args.doc_separator)
+    except ValueError as e:
+        fail(str(e).replace("doc_separator", "--doc-separator", 1))
     model_dir = Path(args.model)
     expected = "expected a folder saved by npllama, e.g. runs/tiny/model"
     if not (model_dir / CONFIG_NAME).is_file():
@@ -142,7 +151,7 @@ def _tokenizer_files(model_dir: Path) -> set[str]:
     return {name for name in TOKENIZER_FILES if (model_dir / name).is_file()}
 
 
-def _token_windows(model_dir: Path, data, seq_len: int):
+def _token_windows(model_dir: Path, data, seq_len: int, doc_separator: str = DEFAULT_DOC_SEPARATOR):
     """The corpus as (n, seq_len) consecutive, non-overlapping windows of token ids, kept in the
     stream's own small dtype (uint16 for most vocabularies): `_as_int64_batch` widens a batch at a
     time, so the whole corpus never sits in memory at four times its size."""
@@ -150,7 +159,7 @@ def _token_windows(model_dir: Path, data, seq_len: int):
     from .runs import load_tokenizer
 
     # the text is read a block at a time, as npllama train reads the folder
-    ids = tokenize_corpus(Corpus(data, progress=False), load_tokenizer(model_dir), progress=False)
+    ids = tokenize_corpus(Corpus(data, doc_separator, progress=False), load_tokenizer(model_dir), progress=False)
     n = len(ids) // seq_len
     return ids[: n * seq_len].reshape(n, seq_len)
 

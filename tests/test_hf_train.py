@@ -146,3 +146,24 @@ def test_the_trained_folder_holds_every_tokenizer_file_of_the_start_folder(one_p
         assert (out / name).read_bytes() == (start / name).read_bytes(), name
     text = "Once upon a time, Lily had a red ball."
     assert AutoTokenizer.from_pretrained(out).encode(text) == tokenizer.encode(text, bos=True)
+
+
+def test_doc_separator_cuts_the_corpus_as_npllama_train_cuts_it(tmp_path):
+    """`npllama train --doc-separator line` trains on <s> line </s> per line; hf_train reads the same
+    corpus into the same token stream when given the same flag (and refuses a bad one by name)."""
+    from npllama.data import Corpus, tokenize_corpus
+    from npllama.hf_train import _token_windows, build_parser
+
+    start, _, tokenizer = tiny_start_folder(tmp_path)
+    corpus = tmp_path / "lines.txt"
+    corpus.write_text("\n".join(make_default_corpus()[:20]).replace("\n\n", "\n"), encoding="utf-8")
+    args = build_parser().parse_args(["--model", str(start), "--data", str(corpus), "--out", "o",
+                                      "--doc-separator", "line"])
+    windows = _token_windows(start, corpus, 16, args.doc_separator)
+    by_line = tokenize_corpus(Corpus(corpus, "line", progress=False), tokenizer, progress=False)
+    whole = tokenize_corpus(Corpus(corpus, "blank-line", progress=False), tokenizer, progress=False)
+    assert not np.array_equal(by_line, whole)   # (the flag matters for this corpus)
+    assert not np.array_equal(windows, whole[: windows.size].reshape(-1, 16))
+    np.testing.assert_array_equal(windows, by_line[: windows.size].reshape(-1, 16))
+    with pytest.raises(SystemExit, match="hf_train: error: --doc-separator must be blank-line, line"):
+        main(["--model", str(start), "--data", str(corpus), "--out", "o", "--doc-separator", "lines"])

@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per process per step")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (constant)")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decoupled weight decay")
+    p.add_argument("--weight-decay", type=float, default=0.1,
+                   help="AdamW decoupled weight decay, of every matrix (the embeddings included), not the RMSNorm "
+                        "weights, as in `npllama train`")
     p.add_argument("--seed", type=int, default=0, help="seed for the data order")
     p.add_argument("--log-every", type=int, default=10, help="print the loss every N steps")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is available")
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
     loader = torch.utils.data.DataLoader(windows, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          generator=generator, collate_fn=_as_int64_batch)
     model = LlamaForCausalLM.from_pretrained(model_dir).float()  # train in float32 whatever was saved
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(_decay_groups(model, args.weight_decay), lr=args.lr)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if len(loader) == 0:
         raise SystemExit(f"hf_train: the corpus has {len(windows)} windows of {args.seq_len} tokens, fewer "
@@ -149,6 +151,17 @@ def _tokenizer_files(model_dir: Path) -> set[str]:
     """The tokenizer files (transformers' layout) the folder holds: the trained folder gets them all,
     so that npllama and AutoTokenizer read the tokenizer the model was trained with."""
     return {name for name in TOKENIZER_FILES if (model_dir / name).is_file()}
+
+
+def _decay_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW's parameter groups: decayed or not as npllama.optim.default_no_decay says (no decay
+    for the RMSNorm weights), so that the continuation trains as `npllama train` did."""
+    from .optim import default_no_decay
+
+    decayed = {True: [], False: []}
+    for name, p in model.named_parameters():
+        decayed[not default_no_decay(name, p)].append(p)
+    return [{"params": decayed[True], "weight_decay": weight_decay}, {"params": decayed[False], "weight_decay": 0.0}]
 
 
 def _token_windows(model_dir: Path, data, seq_len: int, doc_separator: str = DEFAULT_DOC_SEPARATOR):

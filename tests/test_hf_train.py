@@ -167,3 +167,16 @@ def test_doc_separator_cuts_the_corpus_as_npllama_train_cuts_it(tmp_path):
     np.testing.assert_array_equal(windows, by_line[: windows.size].reshape(-1, 16))
     with pytest.raises(SystemExit, match="hf_train: error: --doc-separator must be blank-line, line"):
         main(["--model", str(start), "--data", str(corpus), "--out", "o", "--doc-separator", "lines"])
+
+
+def test_weight_decay_shrinks_the_matrices_and_not_the_norm_weights(one_process_run):
+    """As npllama train's AdamW (npllama.optim.default_no_decay): a norm weight's natural value is 1, and
+    decay would only fight the normalisation."""
+    start, out, _ = one_process_run
+    before, after = Llama.from_pretrained(start).params, Llama.from_pretrained(out).params
+    for name, array in after.items():
+        ratio = np.abs(array).mean() / np.abs(before[name]).mean()
+        if array.ndim == 1:
+            assert ratio == pytest.approx(1, abs=0.01), name
+        else:
+            assert ratio < 0.3, name   # two halvings, give or take Adam's steps

@@ -8,11 +8,14 @@ enough the same folder can go to an existing engine and come back:
         --model runs/tiny/model --data stories.txt --steps 2000 --out runs/tiny-more
     npllama generate --model runs/tiny-more
 
-Each process reads the same corpus, tokenized with the folder's tokenizer.model (documents as
-`<s> doc </s>`, as `npllama train` does), cuts it into windows of --seq-len tokens, and trains
-on its own share of every batch; gradients are averaged across processes every step.  The
-result is written with transformers' save_pretrained plus the tokenizer, which
-`Llama.from_pretrained` and `npllama generate` read.  GPUs and several machines are
+Each process reads the same corpus, tokenized with the folder's tokenizer (documents as
+`<s> doc </s>`, cut as --doc-separator says, as `npllama train` does), cuts it into windows of
+--seq-len tokens, and trains on its own share of every batch; gradients are averaged across
+processes every step.  AdamW decays the matrices and not the norm weights, as `npllama train`'s.
+The result is written with transformers' save_pretrained plus the folder's tokenizer files
+(tokenizer.model, tokenizer.json, ...), which `Llama.from_pretrained`, `npllama generate` and
+transformers' AutoTokenizer read.  A masked-LM model or a classifier is refused: this trains
+the causal next-token loss of LlamaForCausalLM.  GPUs and several machines are
 accelerate's business: `accelerate config` once per machine, then the same command.
 
 Needs `pip install 'npllama[distributed]'` (torch, transformers, accelerate); npllama itself

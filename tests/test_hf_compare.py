@@ -374,3 +374,32 @@ def test_head_dim_given_with_a_hidden_size_heads_do_not_divide_runs_as_transform
         assert set(grads) == set(torch_grads)
         for name, g in grads.items():
             assert rel_error(g, torch_grads[name]) < 10 * tol, name
+
+
+def test_a_padded_batch_gives_transformers_logits_loss_and_gradients(tmp_path):
+    """attention_mask (a row padded on the left, one on the right): at the real positions the logits,
+    and the loss over real targets with every gradient, are transformers' with the same mask, in float64."""
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(hf_config("gqa")).save_pretrained(tmp_path)
+    hf_model = transformers.LlamaForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").double()
+    ours = Llama.from_pretrained(tmp_path, dtype=np.float64)
+    assert float64_faithful(hf_model, ours.config) == []
+    tokens, targets = batch(ours.config.vocab_size)
+    mask = np.ones_like(tokens)
+    mask[0, -5:] = 0
+    mask[1, :6] = 0
+    targets[mask == 0] = -100
+    hf_model.zero_grad()
+    logits = hf_model(torch.from_numpy(tokens), attention_mask=torch.from_numpy(mask)).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                             torch.from_numpy(targets).reshape(-1), ignore_index=-100)
+    loss.backward()
+    real = mask == 1
+    for backend in ("numpy", "numba"):
+        with use_backend(backend):
+            ours_logits = ours.forward(tokens, attention_mask=mask)
+            ours_loss, grads = ours.loss_and_grads(tokens, targets, attention_mask=mask)
+        assert rel_error(ours_logits[real], logits.detach().numpy()[real]) < 1e-12
+        assert ours_loss == pytest.approx(float(loss), rel=1e-12)
+        for name, p in hf_model.named_parameters():
+            assert rel_error(grads[name], p.grad.numpy()) < 1e-11, name

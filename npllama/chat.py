@@ -170,6 +170,7 @@ class ChatTemplate:
         ids = tokenizer.encode(self.render(messages, add_generation_prompt=False), bos=False)
         counted = [False] * len(ids)
         ends = set(self.stop_ids(tokenizer))
+        ended = False     # whether the last message's counted ids end with an end id
         for k, message in enumerate(messages):
             if message["role"] == "assistant":
                 answered = tokenizer.encode(self.render(messages[:k + 1], add_generation_prompt=False), bos=False)
@@ -178,9 +179,12 @@ class ChatTemplate:
                 # model never generates, since generation stops there
                 end = next((i + 1 for i in range(start, end) if ids[i] in ends), end)
                 counted[start:end] = [True] * (end - start)
+                ended = end > start and ids[end - 1] in ends
         if (self.end_of_turn is None and tokenizer.eos_id is not None and messages[-1]["role"] == "assistant"
-                and (not ids or ids[-1] != tokenizer.eos_id)):
-            ids.append(tokenizer.eos_id)   # a template that writes no end: the model must learn to stop
+                and not ended):
+            # a template that writes no end: the model must learn to stop.  One that writes EOS
+            # and more after it (Zephyr's "</s>\n") has taught it already
+            ids.append(tokenizer.eos_id)
             counted.append(True)
         return ids, counted
 

@@ -246,13 +246,22 @@ class ChatTemplate:
         from .generate import end_ids
 
         ids = ({tokenizer.eos_id} - {None}) if model is None else set(end_ids(model, tokenizer))
-        if self.end_of_turn is not None:
-            # one token when the tokenizer has it whole: a control piece, a SentencePiece
-            # user-defined piece ("<|im_end|>"), a tokenizer.json added token
-            end = tokenizer.encode(self.end_of_turn, bos=False)
-            if len(end) == 1:
-                ids.update(end)
+        end_of_turn = self._end_of_turn_ids(tokenizer)
+        if len(end_of_turn) == 1:
+            ids.update(end_of_turn)
         return sorted(ids)
+
+    def stop_texts(self, tokenizer) -> list[str]:
+        """The end of turn as text, when the tokenizer spells it in several pieces (an npllama
+        tokenizer has no <|eot_id|> piece, so `--chat-template llama3` writes it as a dozen): no
+        stop id stands for it, yet the model learns to write it (encode_conversation counts it
+        with the answer), so an answer ends where that text is written.  [] when stop_ids holds it."""
+        return [self.end_of_turn] if len(self._end_of_turn_ids(tokenizer)) > 1 else []
+
+    def _end_of_turn_ids(self, tokenizer) -> list[int]:
+        """The end of turn's ids: one when the tokenizer has it whole (a control piece, a
+        SentencePiece user-defined piece such as "<|im_end|>", a tokenizer.json added token)."""
+        return [] if self.end_of_turn is None else tokenizer.encode(self.end_of_turn, bos=False)
 
     def __repr__(self) -> str:
         return f"ChatTemplate({self.name}, bos_token={self.bos_token!r}, eos_token={self.eos_token!r})"

@@ -809,7 +809,7 @@ def sft(sc_: SFTConfig, echo=print, resume: bool = False) -> SFTResult:
 def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     from . import datasets
     from .chat import ChatTemplate, turn_messages
-    from .generate import decodable_vocab_size, generate
+    from .generate import StopStrings, decodable_vocab_size, generate
     from .runs import load_model_and_tokenizer, note_attention_dropout
 
     model, tokenizer, model_dir = load_model_and_tokenizer(sc_.base, dtype=sc_.model_dtype())
@@ -891,9 +891,13 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
         room = model.config.max_position_embeddings - len(prompt_ids)
         if room <= 0:
             continue
+        # an end of turn the tokenizer spells in pieces ends the answer as its text, as in `npllama chat`
+        end_texts = template.stop_texts(tokenizer)
+        stop = StopStrings(tokenizer, end_texts, after=prompt_ids) if end_texts else None
         ids = generate(model, prompt_ids, min(120, room), temperature=0.0, eos_id=template.stop_ids(tokenizer, model),
-                       vocab_size=decodable_vocab_size(model, tokenizer))
+                       vocab_size=decodable_vocab_size(model, tokenizer), stop=stop)
         answer = tokenizer.decode(ids[len(prompt_ids):])
+        answer = stop.cut(answer) if stop is not None else answer
         samples.append(answer)
         # an answer of spaces alone would print as "assistant:" and nothing: say what the model wrote
         shown = answer if answer.strip() else "(only white space)" if answer else "(empty)"

@@ -42,6 +42,7 @@ def run(args) -> int:
     model, tokenizer, model_dir = load_run_model(args.model, args.adapter, args.dtype, "--model", "chatting")
     template = chat_template(args, model_dir, tokenizer)
     end_ids = template.stop_ids(tokenizer, model)
+    stops += template.stop_texts(tokenizer)   # an end of turn the tokenizer spells in pieces
     # matched (by the printer, asking it: stop_at, settled) against each answer as printed, as
     # generate --chat matches it: one for the chat, not a decode of the whole conversation each turn
     stop = StopStrings(tokenizer, stops) if stops else None

@@ -180,6 +180,7 @@ def run(args) -> int:
         template = chat_template(args, model_dir, tokenizer)
         prompt_ids = tokenizer.encode(template.prompt(prompt, args.system), bos=False)
         end_ids = template.stop_ids(tokenizer, model)
+        stops += template.stop_texts(tokenizer)   # an end of turn the tokenizer spells in pieces
         shown_prompt = ""
     else:
         prompt_ids = tokenizer.encode(prompt, bos=True)

@@ -515,6 +515,12 @@ def read_sft(path) -> tuple[list[dict], list[int]]:
             raise ValueError(f'{where} must be a JSON object with "prompt" and "response" fields, or with a '
                              f'"messages" list of {{"role", "content"}} objects; {has}')
         if "messages" in r:
+            beside = [field for field in ("prompt", "response", "system") if field in r]
+            if beside:   # one of the two would be dropped unseen: a system message the model never sees
+                raise ValueError(f'{where} has "messages" and also {", ".join(map(json.dumps, beside))}: a line is '
+                                 f'either {{"prompt", "response"(, "system")}} or {{"messages": [...]}}; put a system '
+                                 f'message in the conversation, as {{"role": "system", "content": ...}} first in '
+                                 f'"messages"')
             try:
                 messages = check_messages(r["messages"])
             except (TypeError, ValueError) as e:

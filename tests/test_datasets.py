@@ -2,6 +2,7 @@
 import collections
 import json
 import math
+import re
 from collections import Counter
 
 import pytest
@@ -303,6 +304,24 @@ def test_sft_lines_without_a_field_say_which_and_the_expected_shape(tmp_path, li
     bad = tmp_path / "sft.jsonl"
     bad.write_text(lines, encoding="utf-8")
     with pytest.raises(ValueError, match=message):
+        read_sft(bad)
+
+
+@pytest.mark.parametrize("line, fields", [
+    ('{"system": "Be brief.", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}',
+     '"system"'),
+    ('{"prompt": "a", "response": "b", "messages": [{"role": "user", "content": "hi"}, '
+     '{"role": "assistant", "content": "yo"}]}', '"prompt", "response"'),
+], ids=["system beside messages", "a pair beside messages"])
+def test_an_sft_line_with_messages_and_the_pair_fields_is_refused(tmp_path, line, fields):
+    # Before: the "messages" were trained on and the line's "system" (or its prompt/response pair)
+    # dropped without a word: a system message the user wrote, never seen by the model
+    from npllama.datasets import read_sft
+
+    bad = tmp_path / "sft.jsonl"
+    bad.write_text('{"prompt": "hi", "response": "yo"}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"sft.jsonl line 2 has \"messages\" and also " + re.escape(fields)
+                       + r'.*\{"role": "system", "content": ...\} first in "messages"'):
         read_sft(bad)
 
 

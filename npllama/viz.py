@@ -285,17 +285,19 @@ PARAM_KINDS = ("input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k
                "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
 
 
+def _layer_grads(trace) -> list[tuple[str, int, str]]:
+    """(name, layer, kind) of the trace's gradients that grad_norms draws: a parameter's, or a layer output's."""
+    matches = [(name, _LAYER_GRAD.match(name)) for name in trace.names()]
+    return [(name, int(m.group(1)), m.group(2)) for name, m in matches
+            if m and (m.group(2) in PARAM_KINDS or m.group(2) == "out")]
+
+
 def grad_norms(trace) -> dict[str, np.ndarray]:
     """{what: norms per layer} from a trace's gradients: every parameter kind, and the gradient of
     each layer's output (the residual stream), NaN where a layer's entry was not recorded."""
     per_layer: dict[str, dict[int, float]] = {}
-    for name in trace.names():
-        match = _LAYER_GRAD.match(name)
-        if match:
-            kind = match.group(2)
-            if kind in PARAM_KINDS or kind == "out":
-                norm = float(np.linalg.norm(np.asarray(trace[name], dtype=np.float64)))
-                per_layer.setdefault(kind, {})[int(match.group(1))] = norm
+    for name, layer, kind in _layer_grads(trace):
+        per_layer.setdefault(kind, {})[layer] = float(np.linalg.norm(np.asarray(trace[name], dtype=np.float64)))
     if not per_layer:
         include = getattr(trace, "include", None)
         filtered = (f"; it was recorded with include={include}, which keeps no gradient of a layer: add "
@@ -307,13 +309,30 @@ def grad_norms(trace) -> dict[str, np.ndarray]:
             for kind, layers in per_layer.items()}
 
 
+# why a loss has no target, by the loss a trace ran (its meta["loss"], debug.loss_traced)
+_NO_TARGET = {"next-token": "a single token has no next token to predict, or every target was ignored",
+              "masked-LM": "no token was masked, or every target was ignored",
+              "classification": "every label was ignored",
+              None: "every target was ignored, or a next-token loss of a single token, which has no next token"}
+
+
 def plot_grad_norms(trace, path, title: str = "") -> Path:
     norms = grad_norms(trace)
+    # NaN in grad_norms is a layer not recorded: a gradient holding NaN or inf would be drawn as one
+    bad = [name for name, _, _ in _layer_grads(trace) if not np.isfinite(np.asarray(trace[name])).all()]
+    if bad:
+        raise ValueError(f"{len(bad)} of the trace's {len(_layer_grads(trace))} per-layer gradients hold NaN or inf "
+                         f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}), whose norms no picture can show "
+                         "(a NaN or inf weight, activation or loss before them makes them): `npllama debug trace` "
+                         "counts each tensor's NaN and inf, forward ones too (--include 'model.layers.*'), to find "
+                         "where they start")
     recorded = np.concatenate(list(norms.values()))
     recorded = recorded[np.isfinite(recorded)]
     if not recorded.any():
-        raise ValueError("every gradient norm in the trace is 0, so there is nothing to draw: its loss had no target "
-                         "(a single token has no next token to predict, or every target was ignored)")
+        why = _NO_TARGET.get(getattr(trace, "meta", {}).get("loss"), _NO_TARGET[None])
+        raise ValueError(f"every gradient norm in the trace is 0, so there is nothing to draw: a loss with no target "
+                         f"gives that ({why}), as do weights that let no gradient through (e.g. a norm whose input "
+                         "overflowed float32)")
     n_layers = len(next(iter(norms.values())))
     fig = _figure(10, 4.8)
     ax = fig.subplots()

@@ -433,3 +433,40 @@ def test_an_output_path_that_cannot_be_a_png_file_is_told_plainly(tmp_path):
         with pytest.raises(ValueError, match=rf"{tmp_path / 'notes'}' is a file, not a folder"):
             viz.plot_attention(probs, ["a", "b"], under)
     assert is_png(viz.plot_attention(probs, ["a", "b"], tmp_path / "new" / "sub" / "a.png"))   # folders made
+
+
+def test_gradients_holding_nan_or_inf_are_refused_naming_them(tmp_path):
+    # Before: grad_norms' NaN stands for "not recorded", so a gradient holding NaN was drawn as a layer
+    # not recorded (a gap), and a trace whose every gradient was NaN was refused as "every gradient norm
+    # in the trace is 0 ... its loss had no target" -- untrue on both counts.
+    from npllama import debug
+
+    model = tiny_model()
+    trace = debug.run_trace(model, [1, 2, 3, 4], include=["d:model.layers.*"])
+    trace["d:model.layers.1.mlp.up_proj.weight"][0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"1 of the trace's 30 per-layer gradients hold NaN or inf "
+                                         r"\(d:model.layers.1.mlp.up_proj.weight\)"):
+        viz.plot_grad_norms(trace, tmp_path / "g.png")
+    model.params["model.layers.1.mlp.up_proj.weight"][0, 0] = np.inf   # every gradient NaN
+    with np.errstate(all="ignore"):
+        trace = debug.run_trace(model, [1, 2, 3, 4], include=["d:model.layers.*"])
+    with pytest.raises(ValueError, match="30 of the trace's 30 per-layer gradients hold NaN or inf") as told:
+        viz.plot_grad_norms(trace, tmp_path / "g.png")
+    assert "is 0" not in str(told.value)
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_all_zero_gradients_name_the_reason_of_the_loss_traced(tmp_path):
+    # Before: "a single token has no next token to predict" whatever the loss; and "its loss had no
+    # target" for weights that let no gradient through, whose loss had targets
+    from npllama import debug
+
+    trace = debug.run_trace(tiny_model(), np.array([[1, 2, 3]]), np.array([[-100, -100, -100]]),
+                            include=["d:model.layers.*"])
+    with pytest.raises(ValueError, match="no next token") as told:
+        viz.plot_grad_norms(trace, tmp_path / "g.png")
+    assert "weights that let no gradient through" in str(told.value)
+    trace.meta["loss"] = "masked-LM"
+    with pytest.raises(ValueError, match="no token was masked") as told:
+        viz.plot_grad_norms(trace, tmp_path / "g.png")
+    assert "next token" not in str(told.value)

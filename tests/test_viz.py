@@ -362,6 +362,11 @@ def test_token_labels_with_dollar_signs_are_drawn_as_written(tmp_path, monkeypat
     write_log(tmp_path / "log.jsonl")
     viz.plot_loss(tmp_path, tmp_path / "loss.png", title="loss: $HOME$")   # a run folder's name, as written
     assert not drawn[-1].axes[0].title.get_parse_math()
+    from npllama import debug
+
+    trace = debug.run_trace(tiny_model(), [1, 2, 3, 4], include=["d:model.layers.*"])
+    viz.plot_grad_norms(trace, tmp_path / "g.png", title="gradient norm per layer: $x^2$.npz")   # a trace's file name
+    assert not drawn[-1].axes[0].title.get_parse_math()
 
 
 def test_a_zero_gradient_norm_is_drawn_at_zero(tmp_path, monkeypatch):
@@ -379,6 +384,7 @@ def test_a_zero_gradient_norm_is_drawn_at_zero(tmp_path, monkeypatch):
     viz.plot_grad_norms(trace, tmp_path / "g.png")
     ax = drawn[0].axes[0]
     low, high = ax.get_ylim()
+    assert low == 0   # a norm is never below 0: a symlog axis would run on into negative norms
     for kind, values in norms.items():
         for value in values:
             assert low <= value <= high and (ax.get_yscale() != "log" or value > 0), (kind, value)

@@ -192,7 +192,20 @@ def _train_objective(settings) -> str | None:
 
 
 def read_log(path) -> dict[str, list]:
-    """Train and validation losses from a run's log.jsonl (or the run folder holding it).
+    """Train and validation losses from a run's log.jsonl (or the run folder holding it): log_curves,
+    and an error if it holds none yet."""
+    path = log_file(path)
+    curves = log_curves(path)
+    if not curves["loss"] and not curves["val_loss"]:
+        if path.name != LOG_FILE:
+            raise _not_a_log(path)
+        raise ValueError(f"{path} holds no loss values yet (lines with \"loss\" or \"val_loss\")")
+    return curves
+
+
+def log_curves(path) -> dict[str, list]:
+    """{"step", "loss", "val_step", "val_loss"}: the losses in a run's log.jsonl (or the run folder
+    holding it), none if no step has been logged yet.
 
     Lines like {"step": 10, "loss": 3.2, ...} are training steps, {"step": 10, "val_loss": 3.4}
     evaluations; other lines ({"skipped": ...}) are ignored.  A last line without its newline is one
@@ -229,10 +242,6 @@ def read_log(path) -> dict[str, list]:
             if record.get(key) is not None:
                 curves[steps].append(_number(record["step"], f"{path}:{number}: step"))
                 curves[key].append(_number(record[key], f"{path}:{number}: {key}"))
-    if not curves["loss"] and not curves["val_loss"]:
-        if path.name != LOG_FILE:
-            raise _not_a_log(path)
-        raise ValueError(f"{path} holds no loss values yet (lines with \"loss\" or \"val_loss\")")
     return curves
 
 

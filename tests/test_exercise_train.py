@@ -161,3 +161,33 @@ def test_a_teachers_variant_of_a_model_op_trains_and_a_forward_the_model_cannot_
                                          r"rmsnorm_forward and reference rmsnorm_backward in place of its own: "
                                          r"ValueError: x must be \(rows, D\), got \(\d+, 16, 128\)"):
         train_with_submission(rows_only, right, out=tmp_path / "d", echo=lambda *a: None, **SMALL)
+
+
+def test_the_loss_picture_leaves_the_users_matplotlib_backend_alone(tmp_path):
+    # Before: _plot called matplotlib.use("Agg") and drew with pyplot, so a Jupyter user's inline
+    # backend was switched off by `exercise train` (npllama.viz draws without pyplot for this reason)
+    matplotlib = pytest.importorskip("matplotlib")
+    from npllama.exercises.training import TrainComparison, _plot
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        comparison = TrainComparison("rmsnorm", [1, 2, 3], [3.0, 2.5, 2.0], [3.0, 2.6], "stopped", "v", False)
+        path = _plot(comparison, tmp_path / "rmsnorm_losses.png")
+        assert path.read_bytes().startswith(b"\x89PNG") and matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+
+
+def test_the_losses_of_a_run_still_being_written_are_read_up_to_its_last_whole_line(tmp_path):
+    # Before: _losses read log.jsonl with json.loads of its own, so a last line a kill cut short stopped
+    # the comparison with a JSONDecodeError; it reads the log as `npllama viz loss` does now
+    from npllama.exercises.training import _losses
+
+    assert _losses(tmp_path) == []   # no log: the run made no step
+    (tmp_path / "log.jsonl").write_text('{"step": 1, "loss": 3.0, "lr": 0.1}\n{"step": 1, "val_loss": 3.5}\n'
+                                        '{"step": 2, "skipped": "non-finite loss"}\n{"step": 2, "loss": 2.5}\n'
+                                        '{"step": 3, "lo')
+    assert _losses(tmp_path) == [3.0, 2.5]
+    (tmp_path / "log.jsonl").write_text('{"step": 1, "settings_changed": {}}\n')
+    assert _losses(tmp_path) == []   # a log with no step trained yet

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import math
 import os
 import tempfile
@@ -256,22 +255,22 @@ def _load(exercise, path: Path):
 
 
 def _losses(run_dir: Path) -> list[float]:
-    log = run_dir / "log.jsonl"
-    if not log.is_file():
-        return []
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return [float(r["loss"]) for r in records if "loss" in r and "step" in r]
+    """The training losses of a run, read as `npllama viz loss` reads them (a last line the run was
+    cut short in is left out); none if it logged no step."""
+    from ..resuming import LOG_FILE
+    from ..viz import log_curves
+
+    return log_curves(run_dir / LOG_FILE)["loss"] if (run_dir / LOG_FILE).is_file() else []
 
 
 def _plot(comparison: TrainComparison, path: Path) -> Path | None:
-    try:
-        import matplotlib
+    from ..viz import _figure, _save
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:   # drawn as npllama.viz draws: without pyplot, so a Jupyter user's backend stays as it was
+        fig = _figure(7, 4)
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
+    ax = fig.subplots()
     ax.plot(range(1, len(comparison.reference) + 1), comparison.reference, label="library's backward")
     if comparison.yours:
         ax.plot(range(1, len(comparison.yours) + 1), comparison.yours, label="your backward", linestyle="--")
@@ -279,7 +278,4 @@ def _plot(comparison: TrainComparison, path: Path) -> Path | None:
     ax.set_ylabel(f"training loss ({loss_unit('causal')})")
     ax.set_title(f"{comparison.op}: {'same curve' if comparison.ok else 'curves differ'}")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -191,3 +191,17 @@ def test_the_losses_of_a_run_still_being_written_are_read_up_to_its_last_whole_l
     assert _losses(tmp_path) == [3.0, 2.5]
     (tmp_path / "log.jsonl").write_text('{"step": 1, "settings_changed": {}}\n')
     assert _losses(tmp_path) == []   # a log with no step trained yet
+
+
+def test_a_run_that_stopped_after_one_step_is_a_point_in_the_picture(tmp_path, monkeypatch):
+    # Before: a curve of one step was a line of no length, in the legend but nowhere in the picture
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from npllama.exercises.training import TrainComparison, _plot
+
+    drawn = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: drawn.append(fig))
+    _plot(TrainComparison("rmsnorm", [1], [3.0], [3.1], "stopped", "v", False), tmp_path / "p.png")
+    for line in drawn[0].axes[0].get_lines():
+        assert line.get_marker() not in (None, "None", "", " "), line.get_label()

@@ -271,9 +271,12 @@ def _plot(comparison: TrainComparison, path: Path) -> Path | None:
     except ImportError:
         return None
     ax = fig.subplots()
-    ax.plot(range(1, len(comparison.reference) + 1), comparison.reference, label="library's backward")
+    point = lambda curve: "o" if len(curve) == 1 else None   # noqa: E731 (one step: a line of no length)
+    ax.plot(range(1, len(comparison.reference) + 1), comparison.reference, label="library's backward",
+            marker=point(comparison.reference))
     if comparison.yours:
-        ax.plot(range(1, len(comparison.yours) + 1), comparison.yours, label="your backward", linestyle="--")
+        ax.plot(range(1, len(comparison.yours) + 1), comparison.yours, label="your backward", linestyle="--",
+                marker=point(comparison.yours))
     ax.set_xlabel("step")
     ax.set_ylabel(f"training loss ({loss_unit('causal')})")
     ax.set_title(f"{comparison.op}: {'same curve' if comparison.ok else 'curves differ'}")

@@ -348,13 +348,25 @@ def _checked_record(line: str, where: str, fields: dict) -> dict:
     record = parse_json(line, where)  # bad syntax or nesting too deep: a ValueError naming the line
     for field, kind in fields.items():
         if not isinstance(record, dict) or field not in record:
-            array = f", got a JSON array{JSON_LINES_ADVICE}" if isinstance(record, list) else ""
-            raise ValueError(f'{where}: expected a JSON object with a "{field}" field{array}')
+            found = (f", got a JSON array{JSON_LINES_ADVICE}" if isinstance(record, list) else
+                     f"; {fields_found(record, field)}" if isinstance(record, dict) else "")
+            raise ValueError(f'{where}: expected a JSON object with a "{field}" field{found}')
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if not isinstance(record[field], kinds) or isinstance(record[field], bool):
             raise ValueError(f'{where}: "{field}" must be a {" or ".join(k.__name__ for k in kinds)}, '
                              f'got {json_type_name(record[field])}')
     return record
+
+
+def fields_found(record: dict, wanted: str) -> str:
+    """What a JSON object lacking the field `wanted` has instead, for the error that names the line:
+    another layout's names, or `wanted` in other case ("Text", as a CSV header may spell it)."""
+    if not record:
+        return "this line has no fields"
+    found = f"this line has the fields {', '.join(json.dumps(k, ensure_ascii=False) for k in record)}"
+    if any(isinstance(k, str) and k.strip().lower() == wanted for k in record):
+        found += f' (JSON field names are case-sensitive: write "{wanted}")'
+    return found
 
 
 def json_type_name(value) -> str:

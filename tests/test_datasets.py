@@ -110,6 +110,23 @@ def test_reader_errors_name_the_file_and_line(tmp_path, name, content, error, me
         load_labelled(path)
 
 
+@pytest.mark.parametrize("line, found", [
+    # another layout's names (a sentiment set's own columns): which fields the line does have
+    ('{"sentence": "ok", "sentiment": "pos"}', r'this line has the fields "sentence", "sentiment"$'),
+    # "Text"/"Label" typed as a CSV header is read (case aside), but JSON names are case-sensitive
+    ('{"Text": "ok", "Label": "pos"}', r'this line has the fields "Text", "Label" \(JSON field names are '
+                                       r'case-sensitive: write "text"\)$'),
+    ('{}', r'this line has no fields$'),
+])
+def test_a_jsonl_line_without_a_field_names_the_fields_it_has(tmp_path, line, found):
+    # before: 'expected a JSON object with a "text" field' alone, though a CSV header's error lists
+    # the columns it found
+    path = tmp_path / "mine.jsonl"
+    path.write_text(line + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"mine.jsonl' line 1: expected a JSON object with a \"text\" field; " + found):
+        load_labelled(path)
+
+
 def test_a_label_error_names_the_line_the_example_is_on(tmp_path):
     # blank lines, a CSV header and a field over two lines: the example count is not the line
     jsonl, csv = tmp_path / "v.jsonl", tmp_path / "v.csv"
@@ -349,7 +366,7 @@ def test_an_sft_line_with_other_field_names_says_which_it_has(tmp_path):
 
     bad = tmp_path / "alpaca.jsonl"
     bad.write_text('{"instruction": "Say hi", "input": "", "output": "Hi"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r'alpaca.jsonl line 1 .*; this line has "instruction", "input", "output"'):
+    with pytest.raises(ValueError, match=r'alpaca.jsonl line 1 .*; this line has the fields "instruction", "input", "output"'):
         read_sft(bad)
 
 

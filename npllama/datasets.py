@@ -384,10 +384,22 @@ def _rows_with_their_start(reader, path: Path):
             if "unexpected end of data" in str(error):
                 raise ValueError(f"{path} line {start}: a quoted field starts on this line and its closing "
                                  f"quote is missing (the rest of the file would be one field)") from None
-            raise ValueError(f"{path} line {start}: not valid CSV ({error}); a quote inside a quoted field "
-                             f"is written twice (\"\")") from None
+            kind = "TSV" if path.suffix.lower() == ".tsv" else "CSV"
+            if "expected after" not in str(error):    # e.g. a field over csv's size limit
+                raise ValueError(f"{path} line {start}: not valid {kind} ({error})") from None
+            # csv's own words ("'\t' expected after '\"'") show a raw tab and say nothing of the cause: a
+            # field that starts with a quote is quoted up to the next quote, whatever the writer meant
+            separator = _separator_name(reader.reader.dialect.delimiter)
+            raise ValueError(f"{path} line {start}: not valid {kind}: a field that starts with a quote is quoted "
+                             f"up to its closing quote, which must be followed by a {separator} or the line's end; "
+                             f"a text that starts with a quote, or has quotes in a quoted field, is quoted whole "
+                             f"with each of its own quotes written twice ({_QUOTED_EXAMPLE})") from None
         # counted back from where the row ends: blank lines before it were skipped, not part of it
         yield reader.line_num - _line_breaks(row), row
+
+
+# the text "Hi," she said as a CSV or TSV field
+_QUOTED_EXAMPLE = '"""Hi,"" she said"'
 
 
 def _line_breaks(row: dict) -> int:

@@ -5,6 +5,8 @@ import math
 import re
 from collections import Counter
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -358,6 +360,32 @@ def test_labelled_files_as_spreadsheets_save_them(tmp_path, name, content):
 def test_a_semicolon_inside_a_comma_separated_text_stays_text(tmp_path):
     (tmp_path / "t.csv").write_text('text,label\nfirst; then second,a\n"x;y",b\n', encoding="utf-8")
     assert load_labelled(tmp_path / "t.csv") == (["first; then second", "x;y"], ["a", "b"])
+
+
+@pytest.mark.parametrize("name, separator, named", [("q.csv", ",", "CSV"), ("q.tsv", "\t", "TSV"),
+                                                    ("semi.csv", ";", "CSV")])
+@pytest.mark.parametrize("field", ['"Hi," she said', 'a "b" c', '"a "b" c"'],
+                         ids=["text starts with a quote", "quotes inside", "quoted field with bare quotes"])
+def test_a_bare_quote_is_refused_saying_how_to_quote_the_text(tmp_path, name, separator, named, field):
+    # before: 'not valid CSV (\'\t\' expected after \'"\'); a quote inside a quoted field is written
+    # twice ("")' -- "CSV" for a .tsv file, a raw tab in the message, and no word that a text
+    # which merely starts with a quote must be quoted whole
+    path = tmp_path / name
+    path.write_text(f"text{separator}label\nok{separator}a\n{field}{separator}b\n", encoding="utf-8")
+    if field == 'a "b" c':     # a quote inside an unquoted field is text (as Excel reads it)
+        assert load_labelled(path) == (["ok", 'a "b" c'], ["a", "b"])
+        return
+    with pytest.raises(ValueError) as error:
+        load_labelled(path)
+    message = str(error.value)
+    assert message.startswith(f"{path} line 3: not valid {named}")
+    assert "\t" not in message
+    sep_name = {",": "comma", ";": "semicolon", "\t": "tab"}[separator]
+    assert f"a {sep_name}" in message
+    # the remedy the message shows, written into the file, reads back as the text it stands for
+    shown = re.search(r"\((\"{3}.*\")\)$", message).group(1)
+    path.write_text(f"text{separator}label\nok{separator}a\n{shown}{separator}b\n", encoding="utf-8")
+    assert load_labelled(path)[0] == ["ok", '"Hi," she said']
 
 
 def test_an_sft_line_with_other_field_names_says_which_it_has(tmp_path):

@@ -447,6 +447,21 @@ def check_label_names(label_names) -> None:
         raise ValueError(f"labels must name at least two classes (classification picks one of them), got {names}")
 
 
+def labels_alike_note(label_names) -> str | None:
+    """A line naming the labels that differ only in case or in the spaces inside them ("Pos" and
+    "pos", "happy  cat" and "happy cat") -- separate classes, as the data writes them, but more
+    often one class typed two ways -- or None when there are none."""
+    groups: dict[str, list[str]] = {}
+    for name in map(str, label_names):
+        groups.setdefault(" ".join(name.split()).casefold(), []).append(name)
+    alike = [names for names in groups.values() if len(names) > 1]    # in the labels' order
+    if not alike:
+        return None
+    return (f"labels that differ only in case or spaces are separate classes: "
+            f"{'; '.join(' and '.join(map(repr, names)) for names in alike)} "
+            f"(write each class one way in the data if they are one)")
+
+
 def _encode_labels(labels: list, label_names, num_labels: int | None, lines, whose: str,
                    unknown_hint: str) -> tuple[list[int], tuple]:
     if not labels:

@@ -675,6 +675,11 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
            else "the data has duplicate rows" if cc.val_data is None
            else "duplicate rows, or a validation file cut from the training data")
     note_validation_also_trained_on(texts, val_texts, why, "the accuracy", echo)
+    from .datasets import labels_alike_note
+
+    alike = labels_alike_note(names)
+    if alike:
+        echo(alike)
     untrained = [str(names[i]) for i in np.flatnonzero(np.bincount(train_ids, minlength=len(names)) == 0)]
     if untrained:
         echo(f"no training text has the label {', '.join(untrained)}: the head cannot learn to predict it")

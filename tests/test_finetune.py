@@ -172,6 +172,29 @@ def test_a_label_whose_only_text_is_held_out_is_still_one_of_the_files_labels(ba
     assert "no training text has the label neutral: the head cannot learn to predict it" in said
 
 
+def test_labels_that_differ_only_in_case_or_spaces_are_named_as_separate_classes(base_dir, tmp_path):
+    # a typo in hand-made data ("Pos", "happy  cat") silently made a class of its own: the start-up
+    # line listed it among the others, and nothing said the head now tells "Pos" from "pos"
+    labels = ["pos", "Pos", "neg", "neg", "happy cat", "happy  cat", "pos", "neg", "pos", "neg"]
+    rows = [{"text": f"day {i}", "label": label} for i, label in enumerate(labels)]
+    data = datasets.write_jsonl(tmp_path / "typos.jsonl", rows)
+    said = []
+    with use_backend("numpy"):
+        result = classify(ClassifyConfig(base=str(base_dir), data=str(data), steps=1, max_len=8, progress=False),
+                          echo=said.append)
+    assert len(result.label_names) == 5          # still separate classes: the data says so
+    alike = [line for line in said if "differ only in case or spaces" in line]
+    # in the order the labels are listed (the sorted names: "Pos" < "happy  cat" < "pos")
+    assert alike == ["labels that differ only in case or spaces are separate classes: 'Pos' and 'pos'; "
+                     "'happy  cat' and 'happy cat' (write each class one way in the data if they are one)"], said
+    rows = [{"text": f"day {i}", "label": label} for i, label in enumerate(["pos", "neg"] * 5)]
+    said = []
+    with use_backend("numpy"):
+        classify(ClassifyConfig(base=str(base_dir), data=str(datasets.write_jsonl(tmp_path / "clean.jsonl", rows)),
+                                steps=1, max_len=8, progress=False), echo=said.append)
+    assert not [line for line in said if "differ only" in line], said
+
+
 def test_the_default_split_holds_out_each_label_in_proportion(base_dir, tmp_path):
     # 16 "pos", 3 "neg", 1 "neutral", val_fraction 0.2: 4 held out -- 3 pos and 1 neg by their shares
     # (3.2 and 0.6); the one neutral text is trained on.  A shuffled split of the same rows held out

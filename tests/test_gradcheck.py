@@ -2812,3 +2812,37 @@ _CANCELLING_DERIVATIVES = {
     "sin(v) - v": lambda v: np.cos(v) - 1, "tanh(v) - v": lambda v: -np.tanh(v) ** 2,
     "sinh(v) - v": lambda v: np.cosh(v) - 1, "v - arctan(v)": lambda v: 1 - 1 / (1 + v**2),
     "exp(v) - 1 - v": lambda v: np.exp(v) - 1, "log(1 + v) - v": lambda v: 1 / (1 + v) - 1}
+
+
+def test_a_stair_of_the_rounding_of_an_entry_moved_far_out_leaves_a_right_gradient_unresolved():
+    # (v + 1e-21 v^4) - v at v = 1 is exactly 0.0 until v + 1e-21 v^4 rounds up, near v ~ 22: its
+    # first stair is a unit in the last place of the moved entry there (3.6e-15), above 16 u times
+    # the input's largest entry at the point (1).  The right gradient, 4e-21, cannot move f: not FAIL
+    fn = lambda v: float(np.sum((v + 1e-21 * v**4) - v))
+    x = np.ones(1)
+    assert gradcheck(fn, [x], [4e-21 * x**3], eps=1e-3).inputs[0].status == "UNRESOLVED"
+    # a gradient f would show is wrong there
+    assert gradcheck(fn, [x], [np.full(1, 1e-3)], eps=1e-3).inputs[0].status == "FAIL"
+
+
+def test_a_claim_off_by_less_than_a_stair_of_the_logits_rounding_is_unresolved_and_more_fails():
+    # the saturated cross-entropy's stairs are ulp(200) = 2.8e-14 high: a gradient off by 2e-14 at
+    # one entry predicts less than one of them across the steps (unresolved, as the right one is),
+    # one off by 1e-12 predicts more (FAIL).  The early test of the stair a claim needs counts the
+    # input's largest entry as the final one does: it alone FAILed the one off by 2e-14
+    x = np.zeros(5)
+    x[2] = 200.0
+    loss, right = _stable_cross_entropy(2), _cross_entropy_gradient(x, 2)
+    for off, status in ((2e-14, "UNRESOLVED"), (1e-12, "FAIL")):
+        claimed = right.copy()
+        claimed[0] += off
+        assert gradcheck(loss, [x], [claimed], seed=0).inputs[0].status == status, off
+
+
+def test_a_saturated_cross_entropy_probed_along_directions_leaves_its_right_gradient_unresolved():
+    # as entry by entry: a direction's stair is a unit in the last place of the leading logit
+    x = np.zeros(40)
+    x[7] = 200.0
+    loss, right = _stable_cross_entropy(7), _cross_entropy_gradient(x, 7)
+    assert gradcheck(loss, [x], [right], seed=0, method="directional").inputs[0].status == "UNRESOLVED"
+    assert gradcheck(loss, [x], [right + 1e-3], seed=0, method="directional").inputs[0].status == "FAIL"

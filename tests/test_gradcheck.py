@@ -2846,3 +2846,12 @@ def test_a_saturated_cross_entropy_probed_along_directions_leaves_its_right_grad
     loss, right = _stable_cross_entropy(7), _cross_entropy_gradient(x, 7)
     assert gradcheck(loss, [x], [right], seed=0, method="directional").inputs[0].status == "UNRESOLVED"
     assert gradcheck(loss, [x], [right + 1e-3], seed=0, method="directional").inputs[0].status == "FAIL"
+
+
+def test_a_nan_claim_where_f_does_not_move_is_not_called_a_small_gradient_rounded_away():
+    # f did not change at all, and the analytic gradient is NaN at one entry, 0 elsewhere: the note
+    # said "a gradient as small as the analytic ones here (largest nan) cannot move it"
+    report = gradcheck(lambda v: float(np.sum(v**2)), [np.zeros(3)], [np.array([np.nan, 0.0, 0.0])])
+    assert report.inputs[0].status == "FAIL"
+    assert any("did not change at all" in w for w in report.warnings), report.warnings
+    assert not any("nan" in w.split("NaN or Inf")[-1] for w in report.warnings), report.warnings

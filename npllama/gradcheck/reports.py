@@ -354,10 +354,12 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
                      "varies more slowly")
     # (a failing random direction is followed down to its entry by _locate, which says so)
     if not report.ok and n.size and np.all(n == 0) and np.any(a != 0):
-        largest_claimed = float(np.max(np.abs(a)))
+        # of the finite claims: a NaN or Inf one is named by its own note, and is no small gradient
+        # rounded away ("largest nan" was said where the rest were 0)
+        largest_claimed = float(np.max(np.abs(a[np.isfinite(a)]), initial=0.0))
         # check_op's user wrote a forward, whose out reaches the scalar only through L = sum(out * dout)
         scalar, depends = ("L = sum(out * dout)", "forward's out does") if caller == "forward" else ("f", "f does")
-        rounding = ("" if largest_claimed >= ROUNDS_AWAY else
+        rounding = ("" if not 0 < largest_claimed < ROUNDS_AWAY else
                     f", or {scalar} is a difference of larger numbers that rounds to the same value at every step, "
                     f"so a gradient as small as the analytic ones here (largest {largest_claimed:.2g}) cannot move "
                     "it (a cross-entropy whose target logit leads the others by ~37 or more is exactly 0.0 in "

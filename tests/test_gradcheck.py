@@ -2770,7 +2770,7 @@ def test_a_saturated_cross_entropy_that_is_exactly_zero_leaves_its_right_gradien
     # the target logit leads by `lead`: the loss log(sum(exp(v - top))) + top - v[target] is exactly
     # 0.0 at every step, its right gradient e^-lead (1e-87 at 200) far below anything f can show.
     # f departs from 0 only far out, by a stair of the rounding of top ~ lead (2.8e-14 at 200: the
-    # cancellation of top - v[target]), which a cap of 16 u max(|f|, 1) took for a real stair: FAIL
+    # cancellation of (lse + top) - v[target]), which a cap of 16 u max(|f|, 1) took for a real stair: FAIL
     x = np.zeros(5)
     x[2] = lead
     loss, right = _stable_cross_entropy(2), _cross_entropy_gradient(x, 2)
@@ -2855,3 +2855,18 @@ def test_a_nan_claim_where_f_does_not_move_is_not_called_a_small_gradient_rounde
     assert report.inputs[0].status == "FAIL"
     assert any("did not change at all" in w for w in report.warnings), report.warnings
     assert not any("nan" in w.split("NaN or Inf")[-1] for w in report.warnings), report.warnings
+
+
+def test_a_saturated_cross_entropy_through_a_layer_still_fails_its_right_gradient_with_a_warning():
+    # what docs/gradcheck.md says of the input-size stair cap's reach: the logits W @ h lead by ~200
+    # through h, while W's entries are ~1: their rounding is not units in the last place of W's
+    # entries, and the right gradient of W (~1e-81) FAILs -- with the warning that says why
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(5, 3)) * 0.1
+    W[2] = [1.0, 0.0, 0.0]
+    h = np.array([200.0, 0.1, 0.2])
+    loss = lambda W: _stable_cross_entropy(2)(W @ h)
+    right = np.outer(_cross_entropy_gradient(W @ h, 2), h)
+    report = gradcheck(loss, [W], [right], seed=0)
+    assert report.inputs[0].status == "FAIL", str(report)
+    assert any("a cross-entropy whose target logit leads" in w for w in report.warnings), report.warnings

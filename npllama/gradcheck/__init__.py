@@ -97,7 +97,8 @@ How a probe's numeric derivative and its bound are made (the error model):
             keeps its height over the second half of a bisection to it, no smooth onset) as high
             as the analytic value predicts across the +-64 steps (and, along one entry, the way it
             predicts), and no higher than f's rounding (16 u max(|f|, 1, the input's largest
-            entry, which f may cancel: a stable cross-entropy's top - v[target]): np.round(x) with a
+            entry, which f may cancel: a stable cross-entropy's (lse + top) - v[target]; the check's input
+            must be the logits themselves): np.round(x) with a
             straight-through gradient still FAILs), the probe is UNRESOLVED too.  A smooth f shows
             none of this, so a wrong gradient of one still FAILs.  Each input pays this (up to 55
             calls, 107 where f kept to a line, up to 54 for shorter steps, and up to 42 for far

@@ -326,7 +326,8 @@ def _stair_rounding(f0, stair, inputs=0.0) -> float:
     """The highest stair that is a rounding of f (a few units in the last place of f, or of the 1 a
     cancellation inside f works against: 1 + exp(s) is 1 + 2.2e-16 at its stair), by a stair `stair`
     high from f0; inputs: the largest |x_i| of the probed input, where f may cancel them against each
-    other (a stable cross-entropy's top - v[target]), so its stairs are units in their last place."""
+    other (a stable cross-entropy's (lse + top) - v[target]: lse, tiny, is added to top = v[target] and
+    rounds to units in its last place), so its stairs are units in their last place."""
     return ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(1.0, abs(f0), abs(f0) + stair, inputs)
 
 

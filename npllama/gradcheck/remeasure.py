@@ -424,7 +424,7 @@ def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False, sl
     # the first interval spans hundreds, and the right gradient FAILed;
     # as high as the analytic value predicts across the ladder (2 * reach); and a rounding of f
     # (_stair_rounding: of f, of the 1 a cancellation works against, or of the inputs f cancels against
-    # each other: a stable cross-entropy's top - v[target] at a lead of 200 is exactly 0.0 over the
+    # each other: a stable cross-entropy's (lse + top) - v[target] at a lead of 200 is exactly 0.0 over the
     # ladder and steps by ulp(200) = 2.8e-14 far out, above 16 u max(|f|, 1), and its right
     # gradient, 1e-87, FAILed).  np.round(x) is a staircase too, whose straight-through gradient
     # predicts its stairs, but they are as high as f moves (w per unit of x), and that gradient is wrong.

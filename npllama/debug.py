@@ -541,8 +541,8 @@ def _as_dtype(model, dtype):
     if model.lora is not None:   # without its adapters the copy would be another model
         lora = model.lora
         # (not attach_lora, whose rank check is for a choice of r: a loaded adapter's may exceed it)
-        adapters = copy.lora = LoraAdapters(copy, lora.r, lora.lora_alpha, lora.lora_dropout, lora.target_modules,
-                                            use_rslora=lora.use_rslora)
+        adapters = copy.lora = LoraAdapters(copy, lora.r, lora.lora_alpha, lora.lora_dropout,
+                                            use_rslora=lora.use_rslora, modules=lora.module_settings)
         adapters.params = {name: p.astype(dtype) for name, p in lora.params.items()}
     return copy
 

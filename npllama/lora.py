@@ -28,6 +28,7 @@ import json
 import math
 import numbers
 import re
+import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -54,9 +55,7 @@ HEAD_TENSORS = tuple(f"{h}.weight" for h in CLASSIFICATION_HEADS)   # their tens
 SAVED_HEADS = ("classifier", "score")   # what PEFT's SEQ_CLS lists in modules_to_save (Llama has "score")
 # adapter_config.json fields that change what a PEFT adapter computes, and what each sets
 UNSUPPORTED_PEFT_FIELDS = {
-    "rank_pattern": "per-module ranks", "alpha_pattern": "per-module alphas",
-    "layers_to_transform": "adapters on a subset of layers", "layers_pattern": "adapters on a subset of layers",
-    "exclude_modules": "excluded modules", "layer_replication": "replicated layers",
+    "layer_replication": "replicated layers",
     "target_parameters": "adapted parameters (not modules)", "trainable_token_indices": "trainable tokens",
     "lora_bias": "biases on lora_B", "alora_invocation_tokens": "activated LoRA (aLoRA) invocation tokens",
     "use_bdlora": "LoRA variants (BD-LoRA)", "arrow_config": "LoRA variants (Arrow routing)",
@@ -90,17 +89,30 @@ class LoraAdapters:
     deterministic).  `extra` holds other trainable tensors saved beside the adapters (PEFT's
     modules_to_save), e.g. {"score.weight": ...} for a classification head.  `task_type` and
     `source` are adapter_config.json's task_type and the folder, for adapters load_adapter read.
+
+    By default every layer's target_modules are adapted with rank r and lora_alpha.  `modules`,
+    {"model.layers.0.self_attn.q_proj": (r, lora_alpha), ...}, adapts those projections only, each
+    with its own rank and alpha (what a PEFT adapter with layers_to_transform, rank_pattern or
+    alpha_pattern computes); r and lora_alpha are then its config's defaults, as PEFT records them.
     """
 
     def __init__(self, model, r: int = 8, lora_alpha: float = 16, lora_dropout: float = 0.0,
-                 target_modules=ATTENTION_TARGETS, seed: int = 0, use_rslora: bool = False):
-        self.target_modules, self.lora_alpha, self.lora_dropout = check_lora_settings(target_modules, lora_alpha,
-                                                                                      lora_dropout)
+                 target_modules=ATTENTION_TARGETS, seed: int = 0, use_rslora: bool = False, modules=None):
+        self.lora_alpha, self.lora_dropout = _check_alpha(lora_alpha), _check_dropout(lora_dropout)
         self.r = _check_rank(r)
         self.use_rslora = _check_use_rslora(use_rslora)
-        # PEFT: alpha / r; rank-stabilised LoRA (use_rslora) divides by sqrt(r) instead.
-        self.scaling = self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
         self.model = model
+        if modules is None:
+            self.target_modules = _check_targets(target_modules)
+            modules = {m: (self.r, self.lora_alpha) for m in _modules(model.config.num_hidden_layers,
+                                                                       self.target_modules)}
+        # {module: (r, lora_alpha)} in model order; target_modules: the projections adapted somewhere
+        self.module_settings = _check_module_settings(modules, model.config.num_hidden_layers)
+        self.target_modules = tuple(t for t in ALL_TARGETS
+                                    if any(m.endswith("." + t) for m in self.module_settings))
+        # PEFT: alpha / r; rank-stabilised LoRA (use_rslora) divides by sqrt(r) instead.
+        self.scalings = {m: alpha / (math.sqrt(rank) if self.use_rslora else rank)
+                         for m, (rank, alpha) in self.module_settings.items()}
         self.training = False
         self.extra: dict[str, np.ndarray] = {}
         self.task_type: str | None = None
@@ -115,13 +127,29 @@ class LoraAdapters:
     # ----- parameters ------------------------------------------------------------------------
     def modules(self) -> list[str]:
         """Every adapted projection, e.g. "model.layers.0.self_attn.q_proj", in model order."""
-        return _modules(self.model.config.num_hidden_layers, self.target_modules)
+        return list(self.module_settings)
+
+    @property
+    def scaling(self) -> float:
+        """The one scaling of adapters whose modules all share r and lora_alpha (a ValueError otherwise:
+        `scalings` holds each module's)."""
+        values = set(self.scalings.values())
+        if len(values) != 1:
+            raise ValueError("these adapters scale their modules differently (per-module r or lora_alpha): "
+                             "read adapters.scalings[module]")
+        return values.pop()
+
+    def is_uniform(self) -> bool:
+        """Whether every layer's target_modules are adapted, all with r and lora_alpha (plain LoRA
+        settings, as attach_lora makes them)."""
+        return self.module_settings == {m: (self.r, self.lora_alpha)
+                                        for m in _modules(self.model.config.num_hidden_layers, self.target_modules)}
 
     def _init_params(self, seed):
         """PEFT's init: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 (so the adapted model starts equal to the base)."""
         rng = np.random.default_rng([seed, 1])  # its own stream: dropout draws never shift the init
         dtype, params = self.model.dtype, {}
-        for name, shape in _adapter_shapes(self.model, self.r, self.target_modules).items():
+        for name, shape in _adapter_shapes(self.model, self.module_settings).items():
             if name.endswith(".lora_A.weight"):
                 bound = 1.0 / math.sqrt(shape[1])
                 params[name] = rng.uniform(-bound, bound, shape).astype(dtype)
@@ -135,7 +163,8 @@ class LoraAdapters:
     def describe(self) -> str:
         """The adapters in a few words, e.g. "r=8, lora_alpha=16 on q_proj, v_proj" (a trace's note)."""
         rslora = ", rsLoRA" if self.use_rslora else ""
-        return f"r={self.r}, lora_alpha={self.lora_alpha:g}{rslora} on {', '.join(self.target_modules)}"
+        uneven = "" if self.is_uniform() else f" ({len(self.module_settings)} modules; per-module layers, r or alpha)"
+        return f"r={self.r}, lora_alpha={self.lora_alpha:g}{rslora} on {', '.join(self.target_modules)}{uneven}"
 
     # ----- the ops the model runs while the adapters are attached -----------------------------
     def op_bindings(self, base: dict) -> dict:
@@ -200,7 +229,7 @@ class LoraAdapters:
                              "detached); merging them again would add scaling * B A to the weights twice")
         for module in self.modules():
             A, B = self.params[peft_name(module, "lora_A")], self.params[peft_name(module, "lora_B")]
-            self.model.params[module + ".weight"] += (self.scaling * (B @ A)).astype(self.model.dtype)
+            self.model.params[module + ".weight"] += (self.scalings[module] * (B @ A)).astype(self.model.dtype)
         self.detach()
 
     def detach(self) -> None:
@@ -210,16 +239,28 @@ class LoraAdapters:
 
     # ----- PEFT files ----------------------------------------------------------------------
     def peft_config(self, base_model_name_or_path: str | None = None, task_type: str = "CAUSAL_LM") -> dict:
-        """adapter_config.json's contents, with PEFT's LoraConfig field names."""
+        """adapter_config.json's contents, with PEFT's LoraConfig field names.  Adapters on some
+        layers only, or with per-module r or alpha, name each module by its full path (PEFT takes a
+        target equal to a module's name as that module alone) and its r and alpha in rank_pattern
+        and alpha_pattern (keys: the paths as regular expressions, matched whole)."""
         if task_type not in TASK_TYPES:
             raise ValueError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
+        target_modules, rank_pattern, alpha_pattern = list(self.target_modules), {}, {}
+        if not self.is_uniform():
+            target_modules = list(self.module_settings)
+            for module, (rank, alpha) in self.module_settings.items():
+                if rank != self.r:
+                    rank_pattern[re.escape(module)] = rank
+                if alpha != self.lora_alpha:
+                    alpha_pattern[re.escape(module)] = alpha
         return {
             "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_model_name_or_path,
             "r": self.r, "lora_alpha": self.lora_alpha, "lora_dropout": self.lora_dropout,
-            "target_modules": list(self.target_modules), "bias": "none", "fan_in_fan_out": False,
+            "target_modules": target_modules, "bias": "none", "fan_in_fan_out": False,
             "inference_mode": True, "init_lora_weights": True, "use_rslora": self.use_rslora,
             "use_dora": False, "modules_to_save": sorted(n.split(".")[0] for n in self.extra) or None,
-            "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
+            "layers_to_transform": None, "layers_pattern": None, "rank_pattern": rank_pattern,
+            "alpha_pattern": alpha_pattern,
             "revision": None,
         }
 
@@ -296,7 +337,7 @@ class LoraOps:
                                "their model by another thread during this pass?)")
         A, B = adapters.params[peft_name(module, "lora_A")], adapters.params[peft_name(module, "lora_B")]
         mask = adapters._dropout_mask(x) if adapters.training and adapters.lora_dropout > 0 else None
-        y, cache = lora_forward(x, weight, A, B, adapters.scaling, mask)
+        y, cache = lora_forward(x, weight, A, B, adapters.scalings[module], mask)
         return y, (cache, weight)
 
     @staticmethod
@@ -334,11 +375,11 @@ def _modules(num_layers: int, targets) -> list[str]:
     return [f"model.layers.{i}.{PARENT[t]}.{t}" for i in range(num_layers) for t in ALL_TARGETS if t in targets]
 
 
-def _adapter_shapes(model, r: int, targets) -> dict:
-    """{PEFT name: shape} of the adapters of rank r on `model`'s targets: A (r, in), B (out, r).
+def _adapter_shapes(model, module_settings: dict) -> dict:
+    """{PEFT name: shape} of the adapters {module: (r, alpha)} on `model`: A (r, in), B (out, r).
     (What loading checks a file against before anything of r rows is allocated.)"""
     shapes = {}
-    for module in _modules(model.config.num_hidden_layers, targets):
+    for module, (r, _) in module_settings.items():
         out_features, in_features = model.params[module + ".weight"].shape
         shapes[peft_name(module, "lora_A")], shapes[peft_name(module, "lora_B")] = (r, in_features), (out_features, r)
     return shapes
@@ -370,10 +411,14 @@ def attach_lora(model, r: int = 8, lora_alpha: float = 16, lora_dropout: float =
 def load_adapter(model, path, task: str | None = None) -> LoraAdapters:
     """Attach the adapters saved in the PEFT folder `path` (by npllama or by PEFT) to `model`.
 
-    Checks the config fields npllama implements (LoRA, no bias tensor, no DoRA, fan_in_fan_out false,
-    one rank and alpha for all modules and layers) and refuses every other field that would make PEFT
-    compute something else (UNSUPPORTED_PEFT_FIELDS, a base-changing init, modules_to_save beyond a
-    classification head); then that every tensor is there with the shape this base model needs.  A
+    Adapts the modules PEFT would, by PEFT's rules: target_modules as names, suffixes of names
+    ("self_attn.q_proj"), whole paths or a regular expression, limited by layers_to_transform,
+    layers_pattern and exclude_modules, each with rank_pattern's and alpha_pattern's r and alpha
+    (fan_in_fan_out true is a warning and false, as PEFT makes it for Linear layers).  Refuses, by
+    name, a selection reaching a module npllama cannot adapt (lm_head, embed_tokens) and every other
+    field that would make PEFT compute something else (UNSUPPORTED_PEFT_FIELDS, DoRA, a base-changing
+    init, modules_to_save beyond a classification head); then checks that every tensor is there with
+    the shape this base model needs.  A
     classification head saved beside the adapters (`score.weight`) lands in `adapters.extra`.
     task="CAUSAL_LM": the model will predict tokens (generate, perplexity, multiple choice), so an
     adapter saved for sequence classification is refused before its tensors are read.
@@ -500,13 +545,14 @@ def _load_adapter(model, path, task=None) -> LoraAdapters:
                                                          config.get("modules_to_save")))
     # a base of another shape (or depth) is most often the wrong model given: say which one the adapter names
     other_base = _fine_tuned_on(config)
-    settings = _adapter_settings(config_path, config, model.config.num_hidden_layers, other_base)
+    head = "score" if is_classification_adapter(config.get("task_type"), config.get("modules_to_save")) else "lm_head"
+    settings = _adapter_settings(config_path, config, model.config.num_hidden_layers, head, other_base)
     tensors = read_safetensors(weights_path, dtype=model.dtype)
     # checked against the file before LoraAdapters allocates r rows per projection: r is bounded by
     # no dimension of the base (a PEFT adapter may exceed them), and an r the file does not have
     # (10**9, a typo) would otherwise be a MemoryError or gigabytes taken, not this file's error
-    r = settings["r"]
-    expected = _adapter_shapes(model, r, settings["target_modules"])
+    expected = _adapter_shapes(model, settings["modules"])
+    rank_of = {peft_name(m, which): rank for m, (rank, _) in settings["modules"].items() for which in ("lora_A", "lora_B")}
     for name, shape in expected.items():
         if name not in tensors:
             raise CheckpointError(weights_path, f"missing: adapter_config.json's target_modules and the "
@@ -515,9 +561,12 @@ def _load_adapter(model, path, task=None) -> LoraAdapters:
         if got != shape:
             rank_axis = 0 if name.endswith(".lora_A.weight") else 1
             if len(got) == 2 and got[1 - rank_axis] == shape[1 - rank_axis]:   # only the rank differs
-                raise CheckpointError(config_path, f"is {r}, but {WEIGHTS_NAME}'s {name!r} has rank "
+                r = rank_of[name]
+                field = "r" if r == settings["r"] else "rank_pattern"   # (the rank PEFT gives this module)
+                says = f"is {r}" if field == "r" else f"gives it rank {r}"
+                raise CheckpointError(config_path, f"{says}, but {WEIGHTS_NAME}'s {name!r} has rank "
                                                    f"{got[rank_axis]} (shape {got}): the config does not describe "
-                                                   f"these tensors", field="r")
+                                                   f"these tensors", field=field)
             raise CheckpointError(weights_path, f"shape {got} does not match the base model, which needs "
                                                 f"{shape}{other_base}", tensor=name)
     adapters = LoraAdapters(model, **settings)
@@ -586,6 +635,26 @@ def _check_rank(r) -> int:
     return int(r)
 
 
+def _check_module_settings(modules, num_layers: int) -> dict:
+    """LoraAdapters' `modules`, {projection path: (r, lora_alpha)}, checked; in model order."""
+    if not isinstance(modules, dict) or not modules:
+        raise ValueError(f"modules must be a non-empty dict {{projection path: (r, lora_alpha)}}, got {modules!r:.80}")
+    known = _modules(num_layers, ALL_TARGETS)
+    unknown = [m for m in modules if m not in known]
+    if unknown:
+        raise ValueError(f"modules names {unknown[0]!r:.80}, which is no projection of this {num_layers}-layer model "
+                         f"(they are named like {known[0]!r})")
+    settings = {}
+    for module in known:
+        if module in modules:
+            try:
+                rank, alpha = modules[module]
+            except (TypeError, ValueError):
+                raise ValueError(f"modules[{module!r}] must be a pair (r, lora_alpha), got {modules[module]!r:.40}") from None
+            settings[module] = _check_rank(rank), _check_alpha(alpha)
+    return settings
+
+
 def _check_rank_fits(config, r, targets) -> None:
     """attach_lora's choice of r: at most each adapted projection's smaller dimension.  (An adapter
     PEFT made may have a larger r; loaded, it computes scaling * B A all the same.)"""
@@ -605,48 +674,197 @@ def _fine_tuned_on(config) -> str:
             f"load it on that model" if isinstance(base, str) and base else "")
 
 
-def _projection_names(path, target_modules, num_layers: int, other_base: str = "") -> list:
-    """adapter_config.json's target_modules as projection names (q_proj, ...).  PEFT writes
-    target_modules="all-linear" as every module's full path (model.layers.0.self_attn.q_proj, ...):
-    such paths are taken when they name the same projections in every layer, as npllama adapts
-    them; a projection adapted in some layers only is refused by name (`other_base`, _fine_tuned_on's
-    words, added: paths of another depth are most often the wrong base).  Plain names pass as they are
-    (check_lora_settings checks them)."""
-    from .io.errors import CheckpointError
+# ----- which modules a PEFT adapter adapts, by PEFT's own rules ------------------------------------
+# (peft 0.21: LoraConfig.__post_init__, BaseTuner.inject_adapter, check_target_module_exists,
+# _find_minimal_target_modules, _maybe_include_all_linear_layers, and get_pattern_key for rank_pattern
+# and alpha_pattern.)  PEFT matches adapter_config.json against the names of transformers' model's
+# modules; npllama lists those names and runs the same rules on them.
 
-    if target_modules == "all-linear":      # PEFT's shorthand, unexpanded: every linear layer but lm_head
-        return list(ALL_TARGETS)
-    if not isinstance(target_modules, list):
-        return target_modules
-    names, layers_of = [], {}
-    for entry in target_modules:
-        match = re.fullmatch(r"(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)", str(entry))
-        if match is None:
-            names.append(entry)
+HEAD_MODULES = {"lm_head": "the output head", "score": "the classification head",
+                "model.embed_tokens": "the token embedding"}   # modules PEFT can adapt and npllama cannot
+_MIN_TARGET_MODULES_FOR_OPTIMIZATION = 20   # peft.utils.constants
+
+
+def _hf_module_names(num_layers: int, head: str) -> list[str]:
+    """The module names of transformers' LlamaForCausalLM (head "lm_head") or LlamaForSequenceClassification
+    ("score") of num_layers layers, in named_modules() order, without the model itself ("")."""
+    names = ["model", "model.embed_tokens", "model.layers"]
+    for i in range(num_layers):
+        layer = f"model.layers.{i}"
+        names += [layer, f"{layer}.self_attn", *(f"{layer}.self_attn.{t}" for t in ATTENTION_TARGETS),
+                  f"{layer}.mlp", *(f"{layer}.mlp.{t}" for t in MLP_TARGETS), f"{layer}.mlp.act_fn",
+                  f"{layer}.input_layernorm", f"{layer}.post_attention_layernorm"]
+    return names + ["model.norm", "model.rotary_emb", head]
+
+
+def _minimal_target_modules(targets: set, other_names: list) -> set:
+    """PEFT's _find_minimal_target_modules: a long target list condensed to the shortest suffixes that
+    match no other module.  (It is what PEFT then matches, so layers_to_transform applies to entries
+    that were full paths.)"""
+    def suffixes(name):
+        parts = name.split(".")
+        return [".".join(parts[i:]) for i in range(len(parts))][::-1]
+
+    other_suffixes = {suffix for name in other_names for suffix in suffixes(name)}
+    required = set()
+    for item, item_suffixes in sorted(((t, suffixes(t)) for t in targets), key=lambda pair: pair[1]):
+        for suffix in item_suffixes:
+            if suffix in required or suffix in other_suffixes:
+                continue
+            if not any(item.endswith("." + r) for r in required):
+                required.add(suffix)
+                break
+    return required or set(targets)
+
+
+def _layer_index(key: str, layers_pattern) -> int | None:
+    """The layer a module name is in, as PEFT finds it for layers_to_transform: the first number
+    between dots after any name (no layers_pattern), or after one of layers_pattern's names."""
+    if not layers_pattern:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)
+    else:
+        for pattern in [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern:
+            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", key)
+            if match is not None:
+                break
+    return None if match is None else int(match["idx"])
+
+
+def _peft_adapts(config: dict, targets, key: str) -> bool:
+    """Whether PEFT puts an adapter on the module named `key` (check_target_module_exists)."""
+    excluded = config.get("exclude_modules")
+    if excluded:
+        if isinstance(excluded, str):
+            if re.fullmatch(excluded, key):
+                return False
+        elif key in excluded or any(key.endswith(f".{e}") for e in excluded):
+            return False
+    if any(re.match(rf"(^|.*\.){m}($|\..*)", key) for m in config.get("modules_to_save") or ()):
+        return False
+    if isinstance(targets, str):
+        return re.fullmatch(targets, key) is not None
+    if key in targets:   # a module named whole: layers_to_transform does not apply to it
+        return True
+    if not any(key.endswith(f".{t}") for t in targets):
+        return False
+    layers = config.get("layers_to_transform")
+    if layers is None or layers == []:
+        return True
+    index = _layer_index(key, config.get("layers_pattern"))
+    return index is not None and (index == layers if isinstance(layers, int) else index in layers)
+
+
+def _pattern_value(patterns: dict, key: str, default):
+    """rank_pattern's or alpha_pattern's value for module `key` (PEFT's get_pattern_key: the first
+    pattern that matches the end of the name after a dot), else `default`."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", key):
+            return value
+    return default
+
+
+def _check_selection_fields(fail, config) -> None:
+    """The fields _peft_module_settings reads, of the types PEFT takes, their patterns valid regular
+    expressions; and the combinations LoraConfig itself refuses refused as it does."""
+    def strings(value):
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+    def valid_regex(field, pattern, template="{}"):
+        try:
+            re.compile(template.format(pattern))
+        except re.error as error:
+            fail(field, f"holds {pattern!r:.60}, which is no regular expression ({error})")
+
+    targets = config["target_modules"]
+    if not (isinstance(targets, str) and targets) and not (strings(targets) and targets):
+        fail("target_modules", f"must be a non-empty list of module names (or suffixes of them, e.g. q_proj), "
+                               f"'all-linear', or a regular expression string, got {targets!r:.80}")
+    if isinstance(targets, str):
+        valid_regex("target_modules", targets)
+        for field in ("layers_to_transform", "layers_pattern"):   # LoraConfig refuses them beside a regex
+            if config.get(field) is not None:
+                fail(field, f"is {config[field]!r:.40}, but target_modules is a regular expression string: PEFT "
+                            f"refuses the two together (select the layers in the expression)")
+    layers = config.get("layers_to_transform")
+    integer = lambda v: isinstance(v, int) and not isinstance(v, bool)   # noqa: E731
+    if layers is not None and not integer(layers) and not (isinstance(layers, list) and all(map(integer, layers))):
+        fail("layers_to_transform", f"must be a layer index or a list of them, got {layers!r:.60}")
+    pattern = config.get("layers_pattern")
+    if pattern is not None and not isinstance(pattern, str) and not strings(pattern):
+        fail("layers_pattern", f"must be a name (e.g. 'layers') or a list of names, got {pattern!r:.60}")
+    if pattern and layers is None:
+        fail("layers_pattern", f"is {pattern!r:.40} without layers_to_transform: PEFT refuses it (the pattern "
+                               f"only says where layers_to_transform's indices are)")
+    for p in [pattern] if isinstance(pattern, str) else pattern or ():
+        valid_regex("layers_pattern", p, r"(?:^|.*?\.){}\.(?P<idx>\d+)\.")
+    excluded = config.get("exclude_modules")
+    if excluded is not None and not isinstance(excluded, str) and not strings(excluded):
+        fail("exclude_modules", f"must be a list of module names or a regular expression string, got {excluded!r:.60}")
+    if isinstance(excluded, str):
+        valid_regex("exclude_modules", excluded)
+    for field, check in (("rank_pattern", _check_rank), ("alpha_pattern", _check_alpha)):
+        patterns = config.get(field)
+        if patterns is None:
             continue
-        layer, parent, name = int(match.group(1)), match.group(2), match.group(3)
-        if PARENT.get(name) != parent or layer >= num_layers:
-            raise CheckpointError(path, f"names {entry!r}, which the base model has no such projection as"
-                                        f"{other_base}", field="target_modules")
-        layers_of.setdefault(name, set()).add(layer)
-    for name, layers in layers_of.items():
-        if len(layers) != num_layers:
-            missing = sorted(set(range(num_layers)) - layers)
-            shallower = layers == set(range(len(layers)))   # every layer of a shallower base: the wrong one?
-            raise CheckpointError(path, f"adapts {name} in some layers only (not in layer(s) "
-                                        f"{', '.join(map(str, missing[:8]))}); npllama adapts a projection in "
-                                        f"every layer{other_base if shallower else ''}", field="target_modules")
-        names.append(name)
-    return names
+        if not isinstance(patterns, dict):
+            fail(field, f"must be an object {{module name pattern: value}}, got {patterns!r:.60}")
+        for key, value in patterns.items():
+            valid_regex(field, key, r"(.*\.)?({})$")
+            try:
+                check(value)
+            except ValueError as error:
+                fail(field, f"[{key!r:.40}]: {error}")
 
 
-def _adapter_settings(path, config, num_layers: int, other_base: str = "") -> dict:
-    """adapter_config.json's settings as LoraAdapters takes them, checked by its checks; one that
-    fails them is a CheckpointError naming the file and the field (the caller gave no such argument)."""
+def _peft_module_settings(path, config: dict, num_layers: int, head: str, other_base: str = "") -> dict:
+    """{projection path: (r, lora_alpha)} PEFT adapts on a Llama of num_layers layers, by adapter_config.json
+    (`config`, checked by _check_peft_config): the modules target_modules, layers_to_transform,
+    layers_pattern and exclude_modules select, with rank_pattern's and alpha_pattern's r and alpha.
+    A selection that reaches a module npllama cannot adapt, or none, is refused by name."""
     from .io.errors import CheckpointError
 
-    checks = {"target_modules": lambda value: _check_targets(_projection_names(path, value, num_layers, other_base)),
-              "r": _check_rank, "lora_alpha": _check_alpha, "lora_dropout": _check_dropout,
+    names = _hf_module_names(num_layers, head)
+    targets = config["target_modules"]
+    if isinstance(targets, str) and targets.lower() == "all-linear":   # every Linear but the output layer
+        classifier = config.get("task_type") == "SEQ_CLS"
+        targets = {n for n in names if n.rsplit(".", 1)[-1] in ALL_TARGETS or (n == "score" and not classifier)}
+    elif isinstance(targets, list):
+        targets = set(targets)
+        if len(targets) >= _MIN_TARGET_MODULES_FOR_OPTIMIZATION:
+            suffixes = tuple("." + t for t in targets)
+            targets = _minimal_target_modules(targets, [n for n in names if n not in targets
+                                                        and not n.endswith(suffixes)])
+    adapted = [name for name in names if _peft_adapts(config, targets, name)]
+    if not adapted:
+        regex = (" (PEFT matches a regular expression against whole module names such as "
+                 f"{names[5]!r}: e.g. '.*\\.(q_proj|v_proj)')" if isinstance(targets, str) else "")
+        limits = "".join(f" with {field} {config[field]!r:.60}" for field in ("layers_to_transform", "layers_pattern",
+                                                                             "exclude_modules") if config.get(field))
+        raise CheckpointError(path, f"{config['target_modules']!r:.80}{limits} selects no module of this base model, "
+                                    f"and PEFT refuses such an adapter too{regex}{other_base}",
+                              field="target_modules")
+    projections = set(_modules(num_layers, ALL_TARGETS))
+    others = [name for name in adapted if name not in projections]
+    if others:
+        name = others[0]
+        why = (f"{HEAD_MODULES[name]}, which PEFT adapts and npllama cannot: npllama adapts only the projections "
+               f"{', '.join(ALL_TARGETS)}; merge the adapter into its base with PEFT (merge_and_unload(), "
+               f"save_pretrained) and load that model" if name in HEAD_MODULES
+               else "no Linear layer, which PEFT cannot adapt either: name projections, e.g. q_proj")
+        raise CheckpointError(path, f"{config['target_modules']!r:.80} selects {name!r}: {why}",
+                              field="target_modules")
+    ranks, alphas = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
+    return {name: (_pattern_value(ranks, name, config["r"]), _pattern_value(alphas, name, config["lora_alpha"]))
+            for name in adapted}
+
+
+def _adapter_settings(path, config, num_layers: int, head: str = "lm_head", other_base: str = "") -> dict:
+    """adapter_config.json's settings as LoraAdapters takes them, checked by its checks; one that
+    fails them is a CheckpointError naming the file and the field (the caller gave no such argument).
+    "modules": each adapted projection's (r, lora_alpha), by PEFT's rules (_peft_module_settings)."""
+    from .io.errors import CheckpointError
+
+    checks = {"r": _check_rank, "lora_alpha": _check_alpha, "lora_dropout": _check_dropout,
               "use_rslora": _check_use_rslora}
     defaults = {"lora_dropout": 0.0, "use_rslora": False}   # PEFT's, for a config that leaves them out
     null_as_default = ("use_rslora",)   # PEFT tests `if use_rslora:`, so null computes plain LoRA too
@@ -655,10 +873,9 @@ def _adapter_settings(path, config, num_layers: int, other_base: str = "") -> di
         value = config.get(field, defaults.get(field))
         try:
             settings[field] = check(defaults[field] if value is None and field in null_as_default else value)
-        except CheckpointError:
-            raise
         except (TypeError, ValueError) as error:
             raise CheckpointError(path, str(error), field=field) from None
+    settings["modules"] = _peft_module_settings(path, {**config, **settings}, num_layers, head, other_base)
     return settings
 
 
@@ -681,24 +898,26 @@ def _check_peft_config(path, config) -> None:
     for field in ("r", "lora_alpha", "target_modules"):
         if field not in config:
             fail(field, "missing")
-    if not isinstance(config["target_modules"], list) and config["target_modules"] != "all-linear":
-        fail("target_modules", "must be a list of module names or 'all-linear' (a regular expression is not "
-                               "supported)")
+    _check_selection_fields(fail, config)
     if config.get("bias", "none") not in ("none", "all", "lora_only"):
         # (PEFT's "all" and "lora_only" train biases, which a LLaMA's linear layers do not have: PEFT saves
         # none and computes plain LoRA; a bias tensor in the file is refused as unexpected)
         fail("bias", f"is {config['bias']!r:.40}; PEFT's values are 'none', 'all' and 'lora_only'")
-    unsupported = {"fan_in_fan_out": False, "use_dora": False}
-    for field, wanted in unsupported.items():
-        if config.get(field) not in (None, wanted):   # (PEFT tests `if use_dora:`: null is plain LoRA too)
-            fail(field, f"is {config[field]!r}; npllama supports only {wanted!r}")
+    if config.get("use_dora") not in (None, False):   # (PEFT tests `if use_dora:`: null is plain LoRA too)
+        fail("use_dora", f"is {config['use_dora']!r}; npllama supports only False (plain LoRA, not DoRA)")
+    fan_in_fan_out = config.get("fan_in_fan_out")
+    if fan_in_fan_out not in (None, False, True):
+        fail("fan_in_fan_out", f"is {fan_in_fan_out!r:.40}; it must be true or false")
+    if fan_in_fan_out:   # it says weights are stored (in, out), as GPT-2's Conv1D; a Llama's Linear are (out, in)
+        warnings.warn(f"{path}: fan_in_fan_out is true, but the adapted modules of a Llama are Linear layers "
+                      f"(weights (out, in)): loading with fan_in_fan_out false, as PEFT does", stacklevel=5)
     # PEFT applies each of these when it loads the adapter; npllama would not, and would compute
     # other outputs than PEFT without a word.  So an adapter that sets one is refused.
     for field, what in UNSUPPORTED_PEFT_FIELDS.items():
         value = config.get(field)
         if not (value is None or value is False or (isinstance(value, (list, dict, str)) and not value)):
             fail(field, f"is {value!r:.80}; {what} are not supported by npllama (PEFT would apply them, "
-                        f"npllama would not): only plain LoRA on every layer's target_modules loads")
+                        f"npllama would not): only plain LoRA loads")
     heads = config.get("modules_to_save")
     if heads is not None and (not isinstance(heads, list) or not all(h in SAVED_HEADS for h in heads)):
         fail("modules_to_save", f"is {heads!r:.80}; npllama loads only a classification head beside the "

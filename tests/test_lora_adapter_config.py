@@ -26,9 +26,19 @@ def saved_adapter(tmp_path, **config_changes):
 
 @pytest.mark.parametrize("field, value, problem", [
     ("target_modules", ["q_proj", "embed_tokens"],
-     r"\(q_proj, k_proj, .*got \['q_proj', 'embed_tokens'\]; 'embed_tokens' is not"),
-    ("target_modules", ["lm_head"], r"\['lm_head'\]"),
-    ("target_modules", [], "empty"),
+     r"\['q_proj', 'embed_tokens'\] selects 'model.embed_tokens': the token embedding, which PEFT adapts and "
+     r"npllama cannot: npllama adapts only the projections q_proj, k_proj, .*merge_and_unload"),
+    ("target_modules", ["lm_head"], r"\['lm_head'\] selects 'lm_head': the output head"),
+    ("target_modules", ["self_attn"], "selects 'model.layers.0.self_attn': no Linear layer, which PEFT cannot"),
+    ("target_modules", [], "empty"), ("target_modules", "q_proj", "selects no module .* such as "
+                                                                  r"'model.layers.0.self_attn.q_proj'"),
+    ("target_modules", "(q_proj", "no regular expression"),
+    ("layers_to_transform", "0", "layer index"),
+    ("layers_to_transform", [True], "layer index"),
+    ("layers_pattern", "layers", "without layers_to_transform: PEFT refuses it"),
+    ("rank_pattern", {"q_proj": 0}, "positive int"), ("rank_pattern", ["q_proj"], "must be an object"),
+    ("alpha_pattern", {"q_proj": -2}, "positive finite number"), ("alpha_pattern", {"[": 2}, "no regular expression"),
+    ("fan_in_fan_out", "yes", "true or false"),
     ("r", 0, "positive int"), ("r", "8", "positive int"), ("r", 2.5, "positive int"),
     ("lora_alpha", -1, "positive finite number"), ("lora_alpha", 10**40, "positive finite number"),
     ("lora_dropout", 1.0, r"in \[0, 1\)"), ("lora_dropout", "0.1", r"in \[0, 1\)"),
@@ -45,6 +55,17 @@ def test_a_bad_setting_in_adapter_config_names_the_file_and_the_field(tmp_path, 
         load_adapter(model, folder)
     assert error.value.field == field
     assert model.lora is None
+
+
+@pytest.mark.parametrize("limit", [dict(exclude_modules=["q_proj"]), dict(layers_to_transform=[5]),
+                                   dict(layers_to_transform=1, layers_pattern="h")])
+def test_a_selection_of_no_module_is_refused_naming_what_limited_it(tmp_path, limit):
+    """PEFT refuses an adapter whose target_modules, as its other fields limit them, select nothing."""
+    folder = saved_adapter(tmp_path, **limit)
+    said = "".join(rf" with {field} {re.escape(repr(value))}" for field, value in limit.items())
+    with pytest.raises(CheckpointError, match=rf"field 'target_modules': \['q_proj'\]{said} selects no module of "
+                                              rf"this base model, and PEFT refuses such an adapter too"):
+        load_adapter(base_model(), folder)
 
 
 def test_an_adapter_ranked_above_a_projections_smaller_dimension_loads_and_computes_its_update(tmp_path):
@@ -141,12 +162,10 @@ def test_an_adapter_that_trains_biases_of_a_llama_without_any_loads_as_plain_lor
         load_adapter(base_model(), with_bias)
 
 
-@pytest.mark.parametrize("layers, problem", [(1, "names 'model.layers.1.self_attn.q_proj'"),
-                                             (3, r"adapts q_proj in some layers only \(not in layer\(s\) 2\)")])
-def test_an_all_linear_adapter_on_a_base_of_another_depth_says_which_base_it_was_fine_tuned_on(tmp_path, layers,
-                                                                                                 problem):
-    """PEFT writes target_modules="all-linear" as every module's path: on a base of other depth the
-    paths do not fit, and the base the adapter records is what the user needs to hear."""
+def test_an_adapter_naming_modules_by_path_on_a_base_of_another_depth(tmp_path):
+    """PEFT writes target_modules="all-linear" as every module's path.  On a shallower base the paths
+    of the missing layers name tensors with nowhere to go, and the base the adapter records is what
+    the user needs to hear; on a deeper one PEFT adapts the layers the paths name, and so does npllama."""
     base, adapters = adapted_model(("q_proj",))
     folder = adapters.save_adapter(tmp_path / "a", base_model_name_or_path=str(tmp_path / "base"))
     config_path = folder / "adapter_config.json"
@@ -154,14 +173,11 @@ def test_an_all_linear_adapter_on_a_base_of_another_depth_says_which_base_it_was
     config["target_modules"] = [f"model.layers.{i}.self_attn.q_proj" for i in range(2)]
     config_path.write_text(json.dumps(config))
     load_adapter(base_model(), folder)   # (the paths are taken on the base of the right depth)
-    with pytest.raises(CheckpointError, match=rf"{problem}.*fine-tuned on '{re.escape(str(tmp_path / 'base'))}'"):
-        load_adapter(Llama(tiny_config(num_hidden_layers=layers), seed=0, dtype=np.float64), folder)
-    # adapters on layers 0 and 2 of 3 are a partial adapter of a 3-layer base, not one of another depth
-    config["target_modules"] = [f"model.layers.{i}.self_attn.q_proj" for i in (0, 2)]
-    config_path.write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=r"in some layers only \(not in layer\(s\) 1\)") as error:
-        load_adapter(Llama(tiny_config(num_hidden_layers=3), seed=0, dtype=np.float64), folder)
-    assert "fine-tuned on" not in str(error.value)
+    with pytest.raises(CheckpointError, match=rf"layers.1.self_attn.q_proj.lora_A.weight': unexpected.*fine-tuned "
+                                              rf"on '{re.escape(str(tmp_path / 'base'))}'"):
+        load_adapter(Llama(tiny_config(num_hidden_layers=1), seed=0, dtype=np.float64), folder)
+    deeper = Llama(tiny_config(num_hidden_layers=3), seed=0, dtype=np.float64)
+    assert load_adapter(deeper, folder).modules() == config["target_modules"]
 
 
 @pytest.mark.parametrize("field", ["use_rslora", "use_dora", "fan_in_fan_out"])

@@ -17,7 +17,7 @@ from npllama import Llama, LlamaConfig, use_backend  # noqa: E402
 from npllama.finetune import SequenceClassifier  # noqa: E402
 from npllama.gradcheck import rel_error  # noqa: E402
 from npllama.io.errors import CheckpointError  # noqa: E402
-from npllama.lora import ALL_TARGETS, attach_lora, load_adapter  # noqa: E402
+from npllama.lora import ALL_TARGETS, PARENT, attach_lora, load_adapter  # noqa: E402
 from npllama.objectives import pad_batch  # noqa: E402
 
 from npllama.debug import float64_faithful  # noqa: E402
@@ -25,9 +25,9 @@ from npllama.debug import float64_faithful  # noqa: E402
 VOCAB = 40
 
 
-def base_folder(path, tied=False, kv_heads=2, seed=0):
+def base_folder(path, tied=False, kv_heads=2, seed=0, layers=2):
     """A small float64 Llama saved by npllama (weights away from init, so gradients are sizeable)."""
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=32,
                          tie_word_embeddings=tied)
     model = Llama(config, seed=seed, dtype=np.float64)
@@ -112,7 +112,7 @@ def test_peft_adapter_in_npllama_gives_the_same_logits(tmp_path):
     loaded_like_peft(theirs, base, tmp_path / "adapter", 1)
 
 
-def test_an_all_linear_peft_adapter_loads_and_one_on_some_layers_only_is_refused(tmp_path):
+def test_an_all_linear_peft_adapter_loads(tmp_path):
     """target_modules="all-linear" (PEFT's usual recipe) is saved as every module's full path."""
     base = base_folder(tmp_path / "base")
     theirs = peft_adapter(causal_lm(base), tmp_path / "adapter", r=2, target_modules="all-linear")
@@ -120,9 +120,73 @@ def test_an_all_linear_peft_adapter_loads_and_one_on_some_layers_only_is_refused
     assert "model.layers.1.mlp.down_proj" in saved        # what the loader has to read
     assert loaded_like_peft(theirs, base, tmp_path / "adapter", 2).target_modules == ALL_TARGETS
 
-    peft_adapter(causal_lm(base), tmp_path / "one_layer", r=2, target_modules=["model.layers.0.self_attn.q_proj"])
-    with pytest.raises(CheckpointError, match=r"adapts q_proj in some layers only \(not in layer\(s\) 1\)"):
-        load_adapter(Llama.from_pretrained(base, dtype=np.float64), tmp_path / "one_layer")
+
+EVERY_PATH = [f"model.layers.{i}.{PARENT[t]}.{t}" for i in range(3) for t in ALL_TARGETS]
+
+
+@pytest.mark.parametrize("selection", [
+    dict(target_modules=["self_attn.q_proj", "mlp.down_proj"]),                     # suffixes of several names
+    dict(target_modules=["model.layers.2.self_attn.q_proj", "v_proj"]),             # a path and a name
+    dict(target_modules=r".*\.(q|v)_proj"),                                         # a regular expression, whole
+    dict(target_modules=r"model\.layers\.[02]\.mlp\..*_proj"),
+    dict(target_modules=["q_proj", "up_proj"], layers_to_transform=[0, 2]),
+    dict(target_modules=["q_proj", "up_proj"], layers_to_transform=1),
+    # a whole path is taken in every layer it names, whatever layers_to_transform says
+    dict(target_modules=["q_proj", "model.layers.0.mlp.up_proj"], layers_to_transform=[2], layers_pattern="layers"),
+    dict(target_modules=["q_proj", "v_proj", "down_proj"], rank_pattern={"v_proj": 1, r"layers\.1\.self_attn\.q_proj": 3},
+         alpha_pattern={"down_proj": 5, "q_proj": 0.5}),
+    dict(target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 1}, alpha_pattern={"q_proj": 4}, use_rslora=True),
+    dict(target_modules=["q_proj", "v_proj"], exclude_modules=["model.layers.1.self_attn.q_proj", "layers.2.self_attn.v_proj"]),
+    dict(target_modules=["q_proj", "v_proj"], exclude_modules=r".*\.0\..*"),
+])
+def test_a_peft_adapter_on_chosen_modules_gives_the_same_logits_and_saves_back_as_peft_reads_it(tmp_path, selection):
+    """npllama picks the modules, ranks and alphas by PEFT's rules (target_modules as names,
+    suffixes, paths or a regular expression; layers_to_transform, layers_pattern, exclude_modules,
+    rank_pattern, alpha_pattern), and writes them back so that PEFT picks the same again."""
+    base = base_folder(tmp_path / "base", layers=3)
+    theirs = peft_adapter(causal_lm(base), tmp_path / "adapter", r=2, lora_alpha=3, **selection)
+    adapters = loaded_like_peft(theirs, base, tmp_path / "adapter", 5)
+    peft_layers = {name: theirs.get_submodule("base_model.model." + name)
+                   for name in theirs.base_model.targeted_module_names}
+    assert adapters.module_settings == {name: (layer.r["default"], layer.lora_alpha["default"])
+                                        for name, layer in peft_layers.items()}
+
+    adapters.save_adapter(tmp_path / "again")
+    again = peft.PeftModel.from_pretrained(causal_lm(base), tmp_path / "again").eval()
+    float64_faithful(again.base_model.model, adapters.model.config)
+    tokens, _ = tokens_and_targets(6)
+    with torch.no_grad():
+        expected = again(torch.from_numpy(tokens)).logits.numpy()
+    assert sorted(again.base_model.targeted_module_names) == sorted(adapters.modules())
+    assert rel_error(adapters.model.forward(tokens), expected) < 1e-12
+
+
+def test_twenty_paths_or_more_are_condensed_to_suffixes_as_peft_does_before_layers_to_transform(tmp_path):
+    """PEFT condenses a target_modules list of 20 or more to the suffixes that tell them apart
+    (q_proj, ...), which layers_to_transform then limits: 21 paths with layers_to_transform=[1]
+    adapt layer 1 only.  (PEFT saves the condensed list; a file with the paths is another tool's.)"""
+    base = base_folder(tmp_path / "base", layers=3)
+    peft_adapter(causal_lm(base), tmp_path / "adapter", r=2, target_modules=EVERY_PATH, layers_to_transform=[1])
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "target_modules": EVERY_PATH}))
+    theirs = peft.PeftModel.from_pretrained(causal_lm(base), tmp_path / "adapter").eval()
+    adapters = loaded_like_peft(theirs, base, tmp_path / "adapter", 8)
+    assert adapters.modules() == theirs.base_model.targeted_module_names == EVERY_PATH[7:14]
+
+
+def test_a_peft_adapter_whose_config_says_fan_in_fan_out_loads_with_a_warning_as_peft_does(tmp_path):
+    """fan_in_fan_out=true describes weights stored (in, out) (GPT-2's Conv1D): PEFT warns that a
+    Linear target is not so and computes plain LoRA; npllama used to refuse the adapter."""
+    base = base_folder(tmp_path / "base")
+    peft_adapter(causal_lm(base), tmp_path / "adapter", r=2, target_modules=["q_proj", "down_proj"])
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "fan_in_fan_out": True}))
+    with pytest.warns(UserWarning, match="fan_in_fan_out is set to True"):
+        theirs = peft.PeftModel.from_pretrained(causal_lm(base), tmp_path / "adapter").eval()
+    with pytest.warns(UserWarning, match=r"adapter_config.json: fan_in_fan_out is true, but the adapted modules of a "
+                                         r"Llama are Linear layers .*loading with fan_in_fan_out false, as PEFT does"):
+        adapters = loaded_like_peft(theirs, base, tmp_path / "adapter", 7)
+    assert adapters.peft_config()["fan_in_fan_out"] is False
 
 
 def test_a_peft_adapter_that_trains_the_lm_head_is_refused(tmp_path):

@@ -489,6 +489,7 @@ class FinetuneSettings:
     RESUME_FROM_SAVED = "{cls}.resume_config(run_dir, **changes)"
     TASK = None   # the `npllama finetune` task (npllama.finetune_run.SETTINGS_FILES), named by each job's class
     PATH_SETTINGS = ("base", "data", "val_data", "out", "chat_template")  # a respelled path is no change
+    MODEL_SETTINGS = ("base",)   # a run folder and its model/ name one base
     # the files the run reads, saved absolute; a chat_template may be a built-in template's name instead
     RECORDED_ABSOLUTE = ("base", "data", "val_data", "chat_template")
     BUILT_IN_NAMES = {"chat_template": tuple(BUILTIN_TEMPLATES)}

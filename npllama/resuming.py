@@ -292,9 +292,14 @@ def names_a_file(config, name: str, value) -> bool:
 
 
 def same_path(config, name: str, a, b) -> bool:
-    """`runs/x`, `./runs/x`, `/home/me/runs/x` and a symlink to it name the same file: not a change."""
+    """`runs/x`, `./runs/x`, `/home/me/runs/x` and a symlink to it name the same file: not a change.
+    A model setting (config.MODEL_SETTINGS) compares the model each loads: `runs/x` and `runs/x/model`."""
     if name not in config.PATH_SETTINGS or not isinstance(a, str) or not isinstance(b, str):
         return False
+    if name in getattr(config, "MODEL_SETTINGS", ()):
+        from .runs import same_model_folder
+
+        return same_model_folder(a, b)
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 

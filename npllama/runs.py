@@ -267,9 +267,7 @@ def resolve_model_dir(path=None) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"model folder {str(path)!r} does not exist")
     refuse_a_model_file(path)
-    candidates = [path, path / "model", path / "checkpoint" / "model"]
-    if (path / "training_state.json").is_file():  # a run's checkpoint/ folder
-        candidates.insert(0, path / "model")
+    candidates = _model_candidates(path)
     if not (path / "model" / "config.json").is_file():
         if _writer_is_active(path):  # never rename under a writer: read the backup where it lies
             checkpoint = recover_checkpoint(path, rename=False)
@@ -284,6 +282,24 @@ def resolve_model_dir(path=None) -> Path:
 
     # what the folder is says what was expected instead (a Hugging Face folder, a run folder)
     raise FileNotFoundError(f"{str(path)!r} holds no model: it {describe_path(path)}")
+
+
+def _model_candidates(path: Path) -> list[Path]:
+    """Where a model folder named `path` may hold its model, in the order resolve_model_dir tries them."""
+    candidates = [path, path / "model", path / "checkpoint" / "model"]
+    if (path / "training_state.json").is_file():  # a run's checkpoint/ folder
+        candidates.insert(0, path / "model")
+    return candidates
+
+
+def same_model_folder(a, b) -> bool:
+    """Whether the paths `a` and `b` name one model: `runs/x` and `runs/x/model` do (resolve_model_dir
+    loads the second for the first), as do respellings and symlinks.  Nothing is recovered or renamed."""
+    def folder(path):
+        path = Path(path).expanduser()
+        found = next((c for c in _model_candidates(path) if (c / "config.json").is_file()), path)
+        return found.resolve()
+    return folder(a) == folder(b)
 
 
 def find_tokenizer(model_dir: Path) -> Path:

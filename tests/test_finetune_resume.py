@@ -677,3 +677,20 @@ def test_a_resume_that_adds_data_to_a_built_in_run_names_data_alone(small_model_
                  "--no-progress", "--backend", "numpy"]) == 2
     err = capsys.readouterr().err
     assert "with different settings: --data (None -> " in err and "dataset" not in err, err
+
+
+@pytest.mark.parametrize("given", ["model", "model/"])
+def test_a_resume_given_the_run_folders_model_for_a_base_given_as_the_run_folder_is_no_change(small_model_dir,
+                                                                                            tmp_path, given):
+    """--base RUN loads RUN/model: naming that folder on the resume names the same base, not another."""
+    out = tmp_path / "run"
+    base_run = small_model_dir.parent
+    run_job("classify", settings("classify", base_run, out=str(out), steps=1, lora=True))
+    assert main(["finetune", "classify", "--out", str(out), "--resume", "--base", str(base_run) + "/" + given,
+                 "--steps", "2", "--no-progress"]) == 0
+    assert logged_steps(out) == 2
+    # a base that resolves to another model is still a change
+    other = tmp_path / "other"
+    shutil.copytree(small_model_dir, other / "model")
+    assert main(["finetune", "classify", "--out", str(out), "--resume", "--base", str(other / "model"),
+                 "--steps", "3", "--no-progress"]) == 2

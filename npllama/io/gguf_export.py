@@ -307,8 +307,9 @@ END_OF_MESSAGE_PIECES = ("<|eom_id|>",)
 
 
 class EndIds(NamedTuple):
-    """Where a model's end ids go in a GGUF: the tokenizer's end piece is eos_token_id."""
+    """Where a model's end ids go in a GGUF."""
 
+    eos: int | None   # tokenizer.ggml.eos_token_id: the tokenizer's end piece if the model ends there, else its first end id
     eot: int | None   # tokenizer.ggml.eot_token_id (the end of a turn: LLaMA-3's <|eot_id|>)
     eom: int | None   # tokenizer.ggml.eom_token_id (the end of a message to a tool: LLaMA-3.1's <|eom_id|>)
 
@@ -318,8 +319,12 @@ def gguf_end_ids(config, tok, pieces: list[bytes]) -> EndIds:
     fields llama.cpp stops at besides eos_token_id: an id whose piece (in `pieces`, the GGUF's) is
     an end of turn or of a message by its text goes to that field, the others fill the fields left
     in their order.  An id with no field left is warned about, naming it (the model is still
-    right to export)."""
-    others = [i for i in dict.fromkeys(config.end_ids) if i != tok.eos_id]
+    right to export).  eos_token_id is the tokenizer's end piece when the model ends there, else the
+    model's first end id: a GGUF's reader stops at eos_token_id, and the model does not stop at a
+    piece that is not among its end ids (converted back, it would gain that id)."""
+    ends = config.end_ids
+    eos = tok.eos_id if tok.eos_id in ends or not ends else ends[0]
+    others = [i for i in dict.fromkeys(ends) if i != eos]
     text = {i: pieces[i].decode("utf-8", "replace") for i in others}
     placed = {}
     for field, known in (("eot", END_OF_TURN_PIECES), ("eom", END_OF_MESSAGE_PIECES)):
@@ -332,12 +337,12 @@ def gguf_end_ids(config, tok, pieces: list[bytes]) -> EndIds:
         unwritten = ", ".join(f"{i} {text[i]!r}" for i in rest)
         plural = len(rest) > 1
         warnings.warn(f"eos_token_id lists {len(config.end_ids)} end ids {list(config.end_ids)}; a GGUF records "
-                      f"end ids in tokenizer.ggml.eos_token_id ({tok.eos_id}), eot_token_id ({placed['eot']}) and "
+                      f"end ids in tokenizer.ggml.eos_token_id ({eos}), eot_token_id ({placed['eot']}) and "
                       f"eom_token_id ({placed['eom']}) only: end id{'s' * plural} {', '.join(map(str, rest))} "
                       f"{'are' if plural else 'is'} not recorded in the GGUF's metadata -- llama.cpp stops at "
                       f"{'each' if plural else 'it'} only if it recognises its piece's text as an end of "
                       f"generation ({unwritten})", stacklevel=3)
-    return EndIds(**placed)
+    return EndIds(eos, **placed)
 
 
 def _write_vocab(writer, tok, pieces, scores, types, end_ids: EndIds) -> None:
@@ -346,7 +351,7 @@ def _write_vocab(writer, tok, pieces, scores, types, end_ids: EndIds) -> None:
     writer.add_token_list(pieces)
     writer.add_token_scores(scores)
     writer.add_token_types(types)
-    for add, token_id in ((writer.add_bos_token_id, tok.bos_id), (writer.add_eos_token_id, tok.eos_id),
+    for add, token_id in ((writer.add_bos_token_id, tok.bos_id), (writer.add_eos_token_id, end_ids.eos),
                           (writer.add_unk_token_id, tok.unk_id), (writer.add_pad_token_id, tok.pad_id),
                           (writer.add_eot_token_id, end_ids.eot), (writer.add_eom_token_id, end_ids.eom)):
         if token_id is not None:

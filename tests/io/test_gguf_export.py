@@ -513,6 +513,22 @@ def test_a_second_end_id_is_written_as_llama_cpps_end_of_turn_and_read_back(tmp_
     assert set(config.end_ids) == set(Llama.from_pretrained(tmp_path / "m").config.end_ids)
 
 
+@pytest.mark.parametrize("end_ids", [7, [7], [7, 9], 2])
+def test_end_ids_come_back_as_they_went_through_export_and_convert(tmp_path, tokenizer, end_ids):
+    """A model whose end ids do not include the tokenizer's end piece (</s>, 2) -- a chat model ending
+    at an added piece, or a GGUF converted from one -- came back from export and convert with 2
+    added ([2, 7]): the model then stopped where it never did.  Twice round, nothing changes."""
+    from npllama.io.gguf_import import convert_gguf
+
+    _model_folder(tmp_path / "m", tokenizer, eos_token_id=end_ids)
+    folder = tmp_path / "m"
+    for trip in range(2):
+        export_gguf(folder, tmp_path / f"m{trip}.gguf")
+        convert_gguf(tmp_path / f"m{trip}.gguf", tmp_path / f"back{trip}")
+        folder = tmp_path / f"back{trip}"
+        assert Llama.from_pretrained(folder).config.end_ids == tuple(np.atleast_1d(end_ids)), trip
+
+
 @pytest.fixture(scope="module")
 def chat_tokenizer(tmp_path_factory):
     """A tokenizer with the end pieces chat models have (LLaMA-3's, ChatML's, Gemma's)."""

@@ -85,7 +85,8 @@ def gguf(args) -> int:
     if has_tokenizer:
         print(f"wrote {out} with tokenizer.model from the file's vocabulary; try `npllama generate --model {out}`")
     else:
-        print(f"wrote {out} without a tokenizer (the file's vocabulary is not SentencePiece's): copy the "
+        kept = " (its chat template is in chat_template.jinja)" if (out / "chat_template.jinja").is_file() else ""
+        print(f"wrote {out} without a tokenizer (the file's vocabulary is not SentencePiece's){kept}: copy the "
               f"model's tokenizer.model or tokenizer.json in before `npllama generate --model {out}`")
     return 0
 

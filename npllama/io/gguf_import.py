@@ -16,7 +16,8 @@ llama.cpp's converter (and `npllama export gguf`) writes is undone:
   the settings are found again from them (`_llama3_scaling`), or the file refused when they cannot be;
 * `tokenizer.ggml.*` of a SentencePiece ("llama") vocabulary becomes a tokenizer.model
   (`gguf_tokenizer_model_bytes`), as io/llama2c_tokenizer.py does for llama2.c's tokenizer.bin;
-  `tokenizer.chat_template` goes into the converted folder's tokenizer_config.json.
+  `tokenizer.chat_template` goes into the converted folder's tokenizer_config.json (with another
+  vocabulary, which gets no tokenizer files, into chat_template.jinja).
 """
 from __future__ import annotations
 
@@ -162,11 +163,17 @@ def _tokenizer_files(path: Path, reader, config: LlamaConfig) -> dict[str, bytes
     from ..tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_bytes(_tokenizer_model(path, reader))
+    return tokenizer.hf_files(chat_template=_chat_template(path, reader),
+                              model_max_length=config.max_position_embeddings)
+
+
+def _chat_template(path: Path, reader) -> str | None:
+    """The file's chat template (tokenizer.chat_template), or None; one that does not compile is warned about."""
     template = _value(path, reader, "tokenizer.chat_template", None)
     template = template if isinstance(template, str) and template.strip() else None
     if template is not None:
         _warn_if_not_jinja(path, template)
-    return tokenizer.hf_files(chat_template=template, model_max_length=config.max_position_embeddings)
+    return template
 
 
 def _warn_if_not_jinja(path: Path, template: str) -> None:
@@ -382,10 +389,14 @@ def _hf_name(path: Path, name: str) -> str:
     raise CheckpointError(path, "is not a LLaMA tensor npllama knows", tensor=name)
 
 
+CHAT_TEMPLATE_FILE = "chat_template.jinja"   # a folder's chat template without tokenizer_config.json (npllama.chat)
+
+
 def convert_gguf(path, out, dtype=None) -> tuple[Path, bool]:
     """Write a GGUF LLaMA as a Hugging Face folder (config.json, model.safetensors and, when the
     file's vocabulary is SentencePiece's, tokenizer.model and transformers' tokenizer files, the
-    file's chat template in tokenizer_config.json).  Returns (folder, whether it has a
+    file's chat template in tokenizer_config.json; with another vocabulary, no tokenizer and the
+    chat template in chat_template.jinja).  Returns (folder, whether it has a
     tokenizer).  dtype: how to store the weights, as for save_hf_folder (None: float32).  An
     existing `out` is replaced whole, except a folder holding `path` (ValueError)."""
     from .atomic import refuse_replacing_inputs
@@ -396,7 +407,11 @@ def convert_gguf(path, out, dtype=None) -> tuple[Path, bool]:
     reader = _reader(path)     # one reader for the weights and the vocabulary: the file is parsed once
     config, params = _read_model(path, reader, np.dtype(np.float32))
     tokenizer = _value(path, reader, "tokenizer.ggml.model", None) == "llama"
-    extra = _tokenizer_files(path, reader, config) if tokenizer else {}
+    if tokenizer:
+        extra = _tokenizer_files(path, reader, config)
+    else:   # no tokenizer files to hold the chat template: its own file, where chat and transformers 5 read it
+        template = _chat_template(path, reader)
+        extra = {} if template is None else {CHAT_TEMPLATE_FILE: template.encode("utf-8")}
     # replaced whole, as documented (the command asks for --force first): no file of another model stays
     save_hf_folder(out, config, params, dtype=dtype, extra_files=extra, keep_other_files=False)
     return Path(out), tokenizer

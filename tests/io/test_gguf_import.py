@@ -428,3 +428,21 @@ def test_a_chat_template_that_is_not_jinja_is_kept_with_a_warning_naming_it(fold
         with pytest.warns(UserWarning) as record:   # the command prints each warning in one line
             assert main(["convert", "gguf", str(exported), "--out", str(tmp_path / "cli")]) == 0
         assert [str(w.message) for w in record] == said
+
+
+def test_a_chat_template_is_kept_when_the_files_vocabulary_is_not_sentencepiece(folder, tmp_path):
+    """A LLaMA-3 GGUF's vocabulary is a gpt2 (BPE) one, which npllama writes no tokenizer for; its
+    chat template was lost with it.  It is kept as chat_template.jinja, where chat and transformers
+    find it once the user copies the model's tokenizer in."""
+    from npllama.chat import folder_template_and_file
+
+    template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
+
+    def bpe_with_template(writer):
+        writer.add_tokenizer_model("gpt2")
+        writer.add_chat_template(template)
+
+    out, has_tokenizer = convert_gguf(_write_with(tmp_path / "bpe.gguf", folder, {}, more_metadata=bpe_with_template),
+                                      tmp_path / "out")
+    assert not has_tokenizer and not (out / "tokenizer.model").exists()
+    assert folder_template_and_file(out) == (template, out / "chat_template.jinja")

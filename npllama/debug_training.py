@@ -30,6 +30,7 @@ import types
 
 import numpy as np
 
+from .optim import decay_groups
 from .trace import TensorDiff, _table, diff_tensors
 
 PHASES = ("loss", "gradient", "grad norm", "clipped gradient", "lr", "exp_avg", "exp_avg_sq", "parameter")
@@ -206,11 +207,7 @@ class _TorchRun:
 
         self.torch, self.hf, self.tc = torch, hf, tc
         self.named = dict(hf.named_parameters())
-        # npllama decays every parameter of 2 or more dimensions (npllama.optim.default_no_decay)
-        decay = [p for p in self.named.values() if p.ndim >= 2]
-        no_decay = [p for p in self.named.values() if p.ndim < 2]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}],
+        self.optimizer = torch.optim.AdamW(decay_groups(self.named.items(), tc.weight_decay),
                                            lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=eps)
         ratio = tc.min_lr / tc.lr
         self.schedule = torch.optim.lr_scheduler.LambdaLR(

@@ -64,6 +64,16 @@ def default_no_decay(name: str, array: np.ndarray) -> bool:
     return array.ndim < 2
 
 
+def decay_groups(named_parameters, weight_decay: float) -> list[dict]:
+    """torch.optim.AdamW's parameter groups for (name, parameter) pairs (torch's named_parameters()):
+    decayed or not as default_no_decay says, so that a PyTorch run (npllama.hf_train, the torch side
+    of `npllama debug training`) decays what npllama's AdamW decays."""
+    decayed, kept = [], []
+    for name, p in named_parameters:
+        (kept if default_no_decay(name, p) else decayed).append(p)
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": kept, "weight_decay": 0.0}]
+
+
 # --- argument checks -------------------------------------------------------------------------
 
 def _require_number(name, value, *, low=None, low_inclusive=True, high=None, high_inclusive=False):

@@ -11,8 +11,9 @@ enough the same folder can go to an existing engine and come back:
 Each process reads the same corpus, tokenized with the folder's tokenizer (documents as
 `<s> doc </s>`, cut as --doc-separator says, as `npllama train` does), cuts it into windows of
 --seq-len tokens, and trains on its own share of every batch; gradients are averaged across
-processes every step.  AdamW decays the matrices and not the norm weights, as `npllama train`'s.
-The result is written with transformers' save_pretrained plus the folder's tokenizer files
+processes every step.  AdamW has `npllama train`'s settings (betas 0.9, 0.95; the gradient's
+global norm clipped at 1.0; the matrices decayed, not the norm weights) at a constant --lr.
+The result is written in float32 with transformers' save_pretrained plus the folder's tokenizer files
 (tokenizer.model, tokenizer.json, ...), which `Llama.from_pretrained`, `npllama generate` and
 transformers' AutoTokenizer read.  A masked-LM model or a classifier is refused: this trains
 the causal next-token loss of LlamaForCausalLM.  GPUs and several machines are
@@ -26,21 +27,29 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import time
 from pathlib import Path
 
 from .commands.tokenizer import DEFAULT_DOC_SEPARATOR
-from .data import check_doc_separator
 from .io.errors import CheckpointError
-from .io.hf import CONFIG_NAME, TOKENIZER_FILES
+from .io.hf import CONFIG_NAME, TOKENIZER_FILES, read_config
 from .io.reading import read_json
+from .optim import decay_groups
 from .runs import refuse_other_than_a_language_model
+from .train import ADAM_EPS, TrainConfig
+
+
+# the settings npllama train checks as hf_train takes them (TrainConfig's field names = the flags' dests)
+_TRAIN_SETTINGS = ("steps", "batch_size", "seq_len", "lr", "weight_decay", "beta1", "beta2", "grad_clip", "seed",
+                   "doc_separator")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .commands import HelpFormatter   # no "(default: None)" after a required flag
 
+    d = TrainConfig()   # the optimizer's settings default to npllama train's
     p = argparse.ArgumentParser(
         prog="accelerate launch [--num_processes N] -m npllama.hf_train",
         description="Continue training a saved npllama model (a Hugging Face folder) with "
@@ -51,14 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--doc-separator", default=DEFAULT_DOC_SEPARATOR, metavar="blank-line|line|marker:TEXT|whole-file",
                    help="how a .txt file is cut into documents, each trained as <s> document </s>: give the "
                         "value the model was trained with (`npllama train --doc-separator`)")
-    p.add_argument("--out", required=True, help="the folder to write the trained model to")
+    p.add_argument("--out", required=True, help="the folder to write the trained model to, in float32 (the "
+                   "precision it trains in) whatever dtype --model was saved in; not --model's folder nor one above it")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per process per step")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (constant)")
-    p.add_argument("--weight-decay", type=float, default=0.1,
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
                    help="AdamW decoupled weight decay, of every matrix (the embeddings included), not the RMSNorm "
-                        "weights, as in `npllama train`")
+                        "weights, as in `npllama train` (lr * weight decay must stay below 1)")
+    p.add_argument("--beta1", type=float, default=d.beta1, help="AdamW's decay rate of the gradient's "
+                   "running mean, in [0, 1) (as `npllama train`'s)")
+    p.add_argument("--beta2", type=float, default=d.beta2, help="AdamW's decay rate of the squared "
+                   "gradient's running mean, in [0, 1) (as `npllama train`'s)")
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip,
+                   help="global gradient-norm limit, over all processes' averaged gradient (as `npllama train`'s)")
     p.add_argument("--seed", type=int, default=0, help="seed for the data order")
     p.add_argument("--log-every", type=int, default=10, help="print the loss every N steps")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is available")
@@ -81,7 +97,8 @@ def main(argv=None) -> int:
     loader = torch.utils.data.DataLoader(windows, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          generator=generator, collate_fn=_as_int64_batch)
     model = LlamaForCausalLM.from_pretrained(model_dir).float()  # train in float32 whatever was saved
-    optimizer = torch.optim.AdamW(_decay_groups(model, args.weight_decay), lr=args.lr)
+    optimizer = torch.optim.AdamW(decay_groups(model.named_parameters(), args.weight_decay), lr=args.lr,
+                                  betas=(args.beta1, args.beta2), eps=ADAM_EPS)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if len(loader) == 0:
         raise SystemExit(f"hf_train: the corpus has {len(windows)} windows of {args.seq_len} tokens, fewer "
@@ -93,6 +110,7 @@ def main(argv=None) -> int:
         for batch in loader:
             loss = model(input_ids=batch, labels=batch).loss  # transformers shifts the labels
             accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
             optimizer.zero_grad()
             step += 1
@@ -107,8 +125,7 @@ def main(argv=None) -> int:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(out)
-        for name in _tokenizer_files(model_dir):
-            shutil.copyfile(model_dir / name, out / name)
+        _write_tokenizer_files(model_dir, out)
         record = {"num_processes": accelerator.num_processes, "steps": step, "losses": losses,
                   "tokens_per_step": accelerator.num_processes * args.batch_size * args.seq_len,
                   "from": str(model_dir)}
@@ -123,16 +140,16 @@ def _check_args(args) -> None:
     def fail(message):
         raise SystemExit(f"hf_train: error: {message}")
 
-    for name in ("steps", "batch_size", "seq_len", "log_every"):
-        if getattr(args, name) < 1:
-            fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if not (args.lr > 0 and math.isfinite(args.lr)) or not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
-        fail(f"--lr must be positive and --weight-decay non-negative, got {args.lr} and {args.weight_decay}")
-    try:
-        check_doc_separator(args.doc_separator)
-    except ValueError as e:
-        fail(str(e).replace("doc_separator", "--doc-separator", 1))
-    model_dir = Path(args.model)
+    if args.log_every < 1:
+        fail(f"--log-every must be at least 1, got {args.log_every}")
+    try:   # npllama train's own checks of these settings (lr * weight_decay below 1, betas in [0, 1), ...)
+        TrainConfig(**{name: getattr(args, name) for name in _TRAIN_SETTINGS})
+    except (TypeError, ValueError) as e:   # "weight_decay must be ...": named as the flag
+        fail(re.sub(r"\b(" + "|".join(_TRAIN_SETTINGS) + r")\b(?!-)", lambda m: "--" + m.group().replace("_", "-"), str(e)))
+    model_dir, out = Path(args.model), Path(args.out)
+    if out.exists() and model_dir.exists() and model_dir.resolve().is_relative_to(out.resolve()):
+        fail(f"--out {args.out!r} holds --model {args.model!r}: the trained model would be written over or among "
+             f"the files it starts from; give another folder")
     expected = "expected a folder saved by npllama, e.g. runs/tiny/model"
     if not (model_dir / CONFIG_NAME).is_file():
         fail(f"--model {args.model!r} has no {CONFIG_NAME} ({expected})")
@@ -140,6 +157,7 @@ def _check_args(args) -> None:
         fail(f"--model {args.model!r} has neither tokenizer.model nor tokenizer.json ({expected})")
     try:
         config_file = model_dir / CONFIG_NAME
+        read_config(config_file)   # a folder npllama could not load back is refused before it trains
         refuse_other_than_a_language_model(config_file, read_json(config_file, expect=dict, error=CheckpointError),
                                            f"--model {args.model!r}", "hf_train (LlamaForCausalLM's next-token loss)",
                                            True, "give a model `npllama train` trained with --objective causal (the default)",
@@ -156,15 +174,15 @@ def _tokenizer_files(model_dir: Path) -> set[str]:
     return {name for name in TOKENIZER_FILES if (model_dir / name).is_file()}
 
 
-def _decay_groups(model, weight_decay: float) -> list[dict]:
-    """AdamW's parameter groups: decayed or not as npllama.optim.default_no_decay says (no decay
-    for the RMSNorm weights), so that the continuation trains as `npllama train` did."""
-    from .optim import default_no_decay
-
-    decayed = {True: [], False: []}
-    for name, p in model.named_parameters():
-        decayed[not default_no_decay(name, p)].append(p)
-    return [{"params": decayed[True], "weight_decay": weight_decay}, {"params": decayed[False], "weight_decay": 0.0}]
+def _write_tokenizer_files(model_dir: Path, out: Path) -> None:
+    """--model's tokenizer files copied into `out`, and the ones it lacks removed from there (an earlier
+    model's tokenizer.json, say, which AutoTokenizer would read), as npllama's own saves do."""
+    given = _tokenizer_files(model_dir)
+    for name in TOKENIZER_FILES:
+        if name in given:
+            shutil.copyfile(model_dir / name, out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
 
 
 def _token_windows(model_dir: Path, data, seq_len: int, doc_separator: str = DEFAULT_DOC_SEPARATOR):

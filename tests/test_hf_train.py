@@ -16,8 +16,8 @@ from npllama.tokenizer import Tokenizer
 
 @pytest.mark.parametrize("argv, match", [
     (["--model", "{tmp}", "--data", "{tmp}", "--out", "o"], "has no config.json"),
-    (["--model", "{tmp}", "--data", "{tmp}", "--out", "o", "--steps", "0"], "--steps must be at least 1"),
-    (["--model", "{tmp}", "--data", "{tmp}", "--out", "o", "--lr", "nan"], "--lr must be positive"),
+    (["--model", "{tmp}", "--data", "{tmp}", "--out", "o", "--steps", "0"], "--steps must be a positive integer"),
+    (["--model", "{tmp}", "--data", "{tmp}", "--out", "o", "--lr", "nan"], "--lr must be a finite number"),
 ])
 def test_mistakes_are_one_line_before_torch_is_imported(tmp_path, argv, match):
     with pytest.raises(SystemExit, match=match):
@@ -125,11 +125,23 @@ def one_process_run(tmp_path_factory):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
+    import torch
+
     tmp_path = tmp_path_factory.mktemp("hf_train")
     start, corpus, tokenizer = tiny_start_folder(tmp_path)
-    assert main(["--model", str(start), "--data", str(corpus), "--out", str(tmp_path / "out"), "--steps", "2",
-                 "--batch-size", "2", "--seq-len", "16", "--lr", "1e-3", "--weight-decay", "500", "--cpu"]) == 0
-    return start, tmp_path / "out", tokenizer
+    seen, step = [], torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):   # each step's betas and the global norm of the gradient it takes
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        seen.append((self.param_groups[0]["betas"], float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads])))))
+        return step(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.AdamW, "step", recording_step)
+        assert main(["--model", str(start), "--data", str(corpus), "--out", str(tmp_path / "out"), "--steps", "2",
+                     "--batch-size", "2", "--seq-len", "16", "--lr", "1e-3", "--weight-decay", "500",
+                     "--grad-clip", "1e-3", "--cpu"]) == 0
+    return start, tmp_path / "out", tokenizer, seen
 
 
 def test_the_trained_folder_holds_every_tokenizer_file_of_the_start_folder(one_process_run):
@@ -139,7 +151,7 @@ def test_the_trained_folder_holds_every_tokenizer_file_of_the_start_folder(one_p
 
     from npllama.io.hf import TOKENIZER_FILES
 
-    start, out, tokenizer = one_process_run
+    start, out, tokenizer, _ = one_process_run
     written = [name for name in TOKENIZER_FILES if (start / name).is_file()]
     assert "tokenizer.json" in written
     for name in written:
@@ -172,7 +184,7 @@ def test_doc_separator_cuts_the_corpus_as_npllama_train_cuts_it(tmp_path):
 def test_weight_decay_shrinks_the_matrices_and_not_the_norm_weights(one_process_run):
     """As npllama train's AdamW (npllama.optim.default_no_decay): a norm weight's natural value is 1, and
     decay would only fight the normalisation."""
-    start, out, _ = one_process_run
+    start, out, *_ = one_process_run
     before, after = Llama.from_pretrained(start).params, Llama.from_pretrained(out).params
     for name, array in after.items():
         ratio = np.abs(array).mean() / np.abs(before[name]).mean()
@@ -180,3 +192,72 @@ def test_weight_decay_shrinks_the_matrices_and_not_the_norm_weights(one_process_
             assert ratio == pytest.approx(1, abs=0.01), name
         else:
             assert ratio < 0.3, name   # two halvings, give or take Adam's steps
+
+
+def test_out_the_same_folder_as_model_or_above_it_is_refused_and_nothing_is_written(tmp_path):
+    """save_pretrained would write the trained weights over the start folder's (and then the tokenizer
+    copy fails on a file copied onto itself): refused before torch is imported, the folder untouched."""
+    start, corpus, _ = tiny_start_folder(tmp_path)
+    before = {p.name: p.read_bytes() for p in start.iterdir()}
+    for out in (start, tmp_path / "start" / ".", tmp_path):
+        with pytest.raises(SystemExit, match=r"hf_train: error: --out .* holds --model"):
+            main(["--model", str(start), "--data", str(corpus), "--out", str(out)])
+    assert {p.name: p.read_bytes() for p in start.iterdir()} == before
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--lr", "0.01", "--weight-decay", "100"], r"--lr \* --weight-decay must be below 1 .* got --lr=0.01, --weight-decay=100"),
+    (["--beta1", "1"], "--beta1 must be in"),
+    (["--beta2", "-0.1"], "--beta2 must be in"),
+    (["--grad-clip", "0"], "--grad-clip must be a positive number"),
+])
+def test_optimizer_settings_npllama_train_refuses_are_refused(tmp_path, flags, match):
+    """The same checks as `npllama train` (npllama.train.TrainConfig), not a copy of them."""
+    with pytest.raises(SystemExit, match="hf_train: error: .*" + match):
+        main(["--model", str(tmp_path), "--data", str(tmp_path), "--out", "o", *flags])
+
+
+def test_the_optimizer_defaults_are_npllama_trains():
+    """betas (0.9, 0.95), not torch's (0.9, 0.999); gradient clipping at 1.0; the weight decay."""
+    from npllama.hf_train import build_parser
+    from npllama.train import TrainConfig
+
+    args, d = build_parser().parse_args(["--model", "m", "--data", "d", "--out", "o"]), TrainConfig()
+    assert (args.beta1, args.beta2, args.grad_clip, args.weight_decay) == (d.beta1, d.beta2, d.grad_clip,
+                                                                             d.weight_decay)
+
+
+def test_a_config_npllama_would_refuse_is_refused_before_training(tmp_path):
+    """attention_bias true trains in transformers, but npllama cannot load the result back."""
+    start, corpus, _ = tiny_start_folder(tmp_path)
+    fields = json.loads((start / "config.json").read_text())
+    (start / "config.json").write_text(json.dumps({**fields, "attention_bias": True}))
+    with pytest.raises(SystemExit, match=r"hf_train: error: .*config.json.*attention_bias must be false"):
+        main(["--model", str(start), "--data", str(corpus), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_steps_use_npllama_trains_betas_and_clip_the_gradient_norm(one_process_run):
+    """Each AdamW step of the run saw (0.9, 0.95) and a gradient of global norm at most --grad-clip (1e-3,
+    far below the unclipped norm)."""
+    *_, seen = one_process_run
+    assert len(seen) == 2
+    for betas, norm in seen:
+        assert betas == (0.9, 0.95)
+        assert norm <= 1e-3 * (1 + 1e-5)
+
+
+def test_stale_tokenizer_files_in_out_are_removed(tmp_path):
+    """--out holding another model's tokenizer.json (an earlier run): a start folder with tokenizer.model
+    alone must not leave it there, where AutoTokenizer would read it."""
+    from npllama.hf_train import _write_tokenizer_files
+
+    start, out = tmp_path / "start", tmp_path / "out"
+    start.mkdir(), out.mkdir()
+    (start / "tokenizer.model").write_bytes(b"new")
+    (out / "tokenizer.model").write_bytes(b"old")
+    (out / "tokenizer.json").write_text("{}")
+    (out / "notes.txt").write_text("kept")
+    _write_tokenizer_files(start, out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "tokenizer.model"]
+    assert (out / "tokenizer.model").read_bytes() == b"new"

@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _check_args(args)
+    corpus = _read_corpus(args)
     import torch
     from accelerate import Accelerator
     from transformers import LlamaForCausalLM
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
     # --multi_gpu starts them through torch.distributed either way.
     accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
     model_dir, out = Path(args.model), Path(args.out)
-    windows = _token_windows(model_dir, args.data, args.seq_len, args.doc_separator)
+    windows = _token_windows(model_dir, corpus, args.seq_len)
     generator = torch.Generator().manual_seed(args.seed)
     loader = torch.utils.data.DataLoader(windows, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          generator=generator, collate_fn=_as_int64_batch)
@@ -164,8 +165,17 @@ def _check_args(args) -> None:
                                            args.model)
     except ValueError as e:   # CheckpointError too: a config.json that is not JSON
         fail(str(e))
-    if not Path(args.data).exists():
-        fail(f"--data {args.data!r} does not exist")
+
+
+def _read_corpus(args):
+    """--data read once, as npllama train reads it: what it refuses (a missing path, a file that is
+    not .txt or .jsonl, no text) is one line here, before torch is imported."""
+    from .data import Corpus
+
+    try:
+        return Corpus(args.data, args.doc_separator, progress=False)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"hf_train: error: --data: {e}") from None
 
 
 def _tokenizer_files(model_dir: Path) -> set[str]:
@@ -185,15 +195,15 @@ def _write_tokenizer_files(model_dir: Path, out: Path) -> None:
             (out / name).unlink(missing_ok=True)
 
 
-def _token_windows(model_dir: Path, data, seq_len: int, doc_separator: str = DEFAULT_DOC_SEPARATOR):
+def _token_windows(model_dir: Path, corpus, seq_len: int):
     """The corpus as (n, seq_len) consecutive, non-overlapping windows of token ids, kept in the
     stream's own small dtype (uint16 for most vocabularies): `_as_int64_batch` widens a batch at a
     time, so the whole corpus never sits in memory at four times its size."""
-    from .data import Corpus, tokenize_corpus
+    from .data import tokenize_corpus
     from .runs import load_tokenizer
 
     # the text is read a block at a time, as npllama train reads the folder
-    ids = tokenize_corpus(Corpus(data, doc_separator, progress=False), load_tokenizer(model_dir), progress=False)
+    ids = tokenize_corpus(corpus, load_tokenizer(model_dir), progress=False)
     n = len(ids) // seq_len
     return ids[: n * seq_len].reshape(n, seq_len)
 

@@ -24,6 +24,23 @@ def test_mistakes_are_one_line_before_torch_is_imported(tmp_path, argv, match):
         main([a.format(tmp=tmp_path) for a in argv])
 
 
+@pytest.mark.parametrize("name, content, match", [
+    ("notes.md", "# a story\n\nOnce upon a time.", r"cannot read corpus file .*notes\.md.*expected a \.txt or \.jsonl file .*got '\.md'"),
+    ("missing.txt", None, r"corpus .*missing\.txt.* does not exist"),
+    ("blank.txt", "\n\n   \n", r"corpus .*blank\.txt.* is empty"),
+])
+def test_data_npllama_train_refuses_is_one_line_before_torch_is_imported(tmp_path, name, content, match):
+    """--data is read as npllama train reads it, before torch: a Markdown file used to get past the
+    checks and end in a traceback from the corpus reader, after torch and accelerate had started."""
+    start, _, _ = tiny_start_folder(tmp_path)
+    data = tmp_path / name
+    if content is not None:
+        data.write_text(content, encoding="utf-8")
+    with pytest.raises(SystemExit, match="^hf_train: error: --data: " + match):
+        main(["--model", str(start), "--data", str(data), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
 def test_two_processes_train_and_npllama_reloads_the_result(tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -65,7 +82,7 @@ def test_two_processes_train_and_npllama_reloads_the_result(tmp_path):
 
 def test_windows_stay_in_the_streams_dtype_and_a_batch_is_widened_to_int64(tmp_path):
     torch = pytest.importorskip("torch")
-    from npllama.data import load_texts, tokenize_corpus
+    from npllama.data import Corpus, load_texts, tokenize_corpus
     from npllama.hf_train import _as_int64_batch, _token_windows
 
     stories = make_default_corpus()[:60]
@@ -75,7 +92,7 @@ def test_windows_stay_in_the_streams_dtype_and_a_batch_is_widened_to_int64(tmp_p
     corpus = tmp_path / "stories.txt"
     corpus.write_text("\n\n".join(stories), encoding="utf-8")
 
-    windows = _token_windows(tmp_path / "model", corpus, seq_len=16)
+    windows = _token_windows(tmp_path / "model", Corpus(corpus, progress=False), seq_len=16)
     stream = tokenize_corpus(load_texts(corpus), tokenizer, progress=False)
     assert windows.dtype == np.uint16     # not widened for the whole corpus
     np.testing.assert_array_equal(windows, stream[: windows.size].reshape(-1, 16))
@@ -164,14 +181,14 @@ def test_doc_separator_cuts_the_corpus_as_npllama_train_cuts_it(tmp_path):
     """`npllama train --doc-separator line` trains on <s> line </s> per line; hf_train reads the same
     corpus into the same token stream when given the same flag (and refuses a bad one by name)."""
     from npllama.data import Corpus, tokenize_corpus
-    from npllama.hf_train import _token_windows, build_parser
+    from npllama.hf_train import _read_corpus, _token_windows, build_parser
 
     start, _, tokenizer = tiny_start_folder(tmp_path)
     corpus = tmp_path / "lines.txt"
     corpus.write_text("\n".join(make_default_corpus()[:20]).replace("\n\n", "\n"), encoding="utf-8")
     args = build_parser().parse_args(["--model", str(start), "--data", str(corpus), "--out", "o",
                                       "--doc-separator", "line"])
-    windows = _token_windows(start, corpus, 16, args.doc_separator)
+    windows = _token_windows(start, _read_corpus(args), 16)
     by_line = tokenize_corpus(Corpus(corpus, "line", progress=False), tokenizer, progress=False)
     whole = tokenize_corpus(Corpus(corpus, "blank-line", progress=False), tokenizer, progress=False)
     assert not np.array_equal(by_line, whole)   # (the flag matters for this corpus)

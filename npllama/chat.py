@@ -252,11 +252,15 @@ class ChatTemplate:
         return sorted(ids)
 
     def stop_texts(self, tokenizer) -> list[str]:
-        """The end of turn as text, when the tokenizer spells it in several pieces (an npllama
-        tokenizer has no <|eot_id|> piece, so `--chat-template llama3` writes it as a dozen): no
-        stop id stands for it, yet the model learns to write it (encode_conversation counts it
-        with the answer), so an answer ends where that text is written.  [] when stop_ids holds it."""
-        return [self.end_of_turn] if len(self._end_of_turn_ids(tokenizer)) > 1 else []
+        """The end of turn as text, where an answer's decoded text shows it; an answer ends (and is
+        cut) before it.  When the tokenizer spells it in several pieces (an npllama tokenizer has
+        no <|eot_id|> piece, so `--chat-template llama3` writes it as a dozen), no stop id stands
+        for it, yet the model learns to write it (encode_conversation counts it with the answer).
+        One piece that decodes as its text (a SentencePiece user-defined piece such as
+        "<|im_end|>") is a stop id, but the answer's decoded ids would show it.  [] for a control
+        piece (it decodes as no text) and for a template without an end of turn."""
+        ids = self._end_of_turn_ids(tokenizer)
+        return [self.end_of_turn] if len(ids) > 1 or (ids and self.end_of_turn in tokenizer.decode(ids)) else []
 
     def _end_of_turn_ids(self, tokenizer) -> list[int]:
         """The end of turn's ids: one when the tokenizer has it whole (a control piece, a

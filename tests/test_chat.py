@@ -637,3 +637,80 @@ def test_a_chat_template_error_survives_pickling_as_it_was():
     error = ChatTemplateError("No filter named 'x'", "the chat template in 'f'", "give another")
     back = pickle.loads(pickle.dumps(error))
     assert (str(back), back.where, back.problem) == (str(error), error.where, error.problem)
+
+
+@pytest.fixture
+def chatml_model(tmp_path, monkeypatch):
+    """A folder with chatml_tokenizer() and ChatML as its template, whose "model" writes "a b c",
+    ChatML's <|im_end|> (one user-defined piece: its id stops the answer) and " d e" after it."""
+    import npllama.generate
+    from npllama import Llama, LlamaConfig
+
+    tokenizer = chatml_tokenizer()
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128)
+    folder = tmp_path / "chatml"
+    Llama(config, seed=0).save_pretrained(folder, extra_files={
+        "tokenizer.model": tokenizer.model_bytes, "tokenizer_config.json": json.dumps({"chat_template": CHATML}).encode()})
+    script = tokenizer.encode("a b c", bos=False) + [tokenizer.piece_to_id("<|im_end|>")] + tokenizer.encode(" d e", bos=False)
+    written = []
+
+    def scripted(logits, rng, previous, **sampling):   # the script again at each answer
+        written.append(None)
+        return script[(len(written) - 1) % len(script)]
+
+    monkeypatch.setattr(npllama.generate, "_sample", scripted)
+    return folder, written
+
+
+def test_an_end_of_turn_that_decodes_as_its_text_is_not_shown(chatml_model, monkeypatch, capsys):
+    """<|im_end|> as a SentencePiece user-defined piece is one id (the answer stops there) that
+    decodes as its text.  Before: generate --chat and chat printed "a b c<|im_end|>" (a spelled end
+    of turn was cut, one whole piece was not)."""
+    import io
+
+    from npllama.cli import main
+
+    folder, written = chatml_model
+    assert main(["generate", "--model", str(folder), "--chat", "--prompt", "Hi", "--max-new-tokens", "10",
+                 "--temperature", "0", "--backend", "numpy"]) == 0
+    assert capsys.readouterr().out == "a b c\n"
+    written.clear()
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi\nHo\n"))
+    assert main(["chat", "--model", str(folder), "--max-new-tokens", "20", "--temperature", "0",
+                 "--backend", "numpy"]) == 0
+    assert capsys.readouterr().out == "a b c\n d e a b c\n"   # the second answer: the script's rest, then again
+    assert ChatTemplate(CHATML).stop_texts(chatml_tokenizer()) == ["<|im_end|>"]
+
+
+def test_sft_samples_leave_out_an_end_of_turn_that_decodes_as_its_text(chatml_model, tmp_path):
+    """Before: the sample was "a b c<|im_end|>"."""
+    from npllama.backend import use_backend
+    from npllama.datasets import write_jsonl
+    from npllama.finetune import SFTConfig, sft
+
+    folder, _ = chatml_model
+    data = write_jsonl(tmp_path / "hi.jsonl", [{"prompt": "a", "response": "b"}] * 10)
+    with use_backend("numpy"):
+        result = sft(SFTConfig(base=str(folder), data=str(data), steps=1, samples=1, progress=False, max_len=32),
+                     echo=lambda *_: None)
+    assert result.samples == ["a b c"]
+
+
+def test_a_control_piece_end_of_turn_is_no_stop_text():
+    """A control piece decodes as no text: its id alone ends the answer (stop_ids), nothing to cut."""
+    import io
+
+    import sentencepiece as spm
+
+    from npllama.tokenizer import Tokenizer
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["a b c d e f g h"] * 20), model_writer=model,
+                                   vocab_size=300, hard_vocab_limit=False, byte_fallback=True, minloglevel=2,
+                                   control_symbols=["<|eot_id|>"])
+    tokenizer = Tokenizer.from_bytes(model.getvalue())
+    llama3 = ChatTemplate("llama3")
+    assert llama3.stop_ids(tokenizer) == sorted([tokenizer.eos_id, tokenizer.piece_to_id("<|eot_id|>")])
+    assert llama3.stop_texts(tokenizer) == [] and ChatTemplate("llama2").stop_texts(tokenizer) == []
+    assert llama3.stop_texts(chatml_tokenizer()) == ["<|eot_id|>"]   # spelled in pieces there

@@ -519,7 +519,7 @@ def load_sft(path) -> list[dict]:
     """Instruction examples from a .jsonl file, one JSON object a line, either
     {"prompt", "response"(, "system")}: one exchange, or
     {"messages": [{"role", "content"}, ...]}: a conversation (Hugging Face's and TRL's layout).
-    Other fields are ignored."""
+    A line with both is refused (null fields aside); other fields are ignored."""
     return read_sft(path)[0]
 
 
@@ -541,7 +541,8 @@ def read_sft(path) -> tuple[list[dict], list[int]]:
             raise ValueError(f'{where} must be a JSON object with "prompt" and "response" fields, or with a '
                              f'"messages" list of {{"role", "content"}} objects; {has}')
         if "messages" in r:
-            beside = [field for field in ("prompt", "response", "system") if field in r]
+            # (null is no value: a table exported with both layouts' columns has them on every line)
+            beside = [field for field in ("prompt", "response", "system") if r.get(field) is not None]
             if beside:   # one of the two would be dropped unseen: a system message the model never sees
                 raise ValueError(f'{where} has "messages" and also {", ".join(map(json.dumps, beside))}: a line is '
                                  f'either {{"prompt", "response"(, "system")}} or {{"messages": [...]}}; put a system '

@@ -344,6 +344,18 @@ def test_an_sft_line_with_messages_and_the_pair_fields_is_refused(tmp_path, line
         read_sft(bad)
 
 
+def test_an_sft_line_with_messages_and_null_pair_fields_is_read(tmp_path):
+    # A file that mixes both layouts, exported from a table (pandas, datasets' to_json), gives every
+    # line every column, null where it has none: nothing is dropped, so nothing is refused
+    from npllama.datasets import read_sft
+
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    path = tmp_path / "sft.jsonl"
+    path.write_text(json.dumps({"messages": messages, "prompt": None, "response": None, "system": None}) + "\n",
+                    encoding="utf-8")
+    assert [r["messages"] for r in read_sft(path)[0]] == [messages]
+
+
 @pytest.mark.parametrize("name, content", [
     # Excel in much of Europe saves "CSV" with semicolons (a comma is the decimal mark there)
     ("excel.csv", b'\xef\xbb\xbftext;label\r\n"Hello, world";a\r\nBye;b\r\n'),

@@ -7,6 +7,15 @@
                             {"role": "user", "content": "Why is the sky blue?"}])
     ids = tokenizer.encode(text, bos=False)      # the template writes BOS itself, as "<s>"
 
+An answer, as `npllama chat` writes it: it ends at the template's end of turn, an id (stop_ids) or
+the text the tokenizer spells it in (stop_texts: llama3's <|eot_id|> on an npllama tokenizer,
+which eos_id alone would run past), and leaves it out:
+
+    from npllama.generate import StopStrings, answer_text, generate
+    stop = StopStrings(tokenizer, template.stop_texts(tokenizer), after=ids, answer=True)
+    new = generate(model, ids, 200, eos_id=template.stop_ids(tokenizer, model), stop=stop)[len(ids):]
+    answer = stop.cut(answer_text(tokenizer, ids, new))
+
 The special tokens a template writes as text ("<s>", "</s>", "<|eot_id|>") become their ids when
 encoded, because npllama's tokenizer encodes control pieces as their ids (as transformers does).
 """

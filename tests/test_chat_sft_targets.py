@@ -92,3 +92,20 @@ def test_chat_stops_at_a_spelled_end_of_turn_and_keeps_the_answer_without_it(spe
     answers = capsys.readouterr().out.splitlines()
     assert len(answers) == 2 and answers[0] == unstopped.split("<|eot_id|>")[0], answers
     assert "<|" not in answers[1], answers
+
+
+def test_the_python_answer_recipe_stops_at_a_spelled_end_of_turn(spelled_end_of_turn_model):
+    """npllama/chat.py's docstring (and README): the answer as `npllama chat` shows it, in Python."""
+    from npllama.backend import use_backend
+    from npllama.generate import StopStrings, answer_text, generate
+    from npllama.runs import load_model_and_tokenizer
+
+    folder, _, unstopped = spelled_end_of_turn_model
+    model, tokenizer, _ = load_model_and_tokenizer(folder)
+    template = ChatTemplate.for_folder(folder, tokenizer)
+    ids = tokenizer.encode(template.prompt("Hi"), bos=False)
+    stop = StopStrings(tokenizer, template.stop_texts(tokenizer), after=ids, answer=True)
+    with use_backend("numpy"):
+        new = generate(model, ids, 40, temperature=0, eos_id=template.stop_ids(tokenizer, model), stop=stop)[len(ids):]
+    answer = stop.cut(answer_text(tokenizer, ids, new))
+    assert answer == unstopped.split("<|eot_id|>")[0] and len(new) < 40

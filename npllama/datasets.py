@@ -309,8 +309,10 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
         raise ValueError(f"{path} is empty: it holds no header and no examples")
     # csv reads the first line as the header row, even a blank one: a header naming no column
     # the lines as csv breaks them, up to the first with text (not the whole file split into a list)
-    lines = (m.group(1) for m in re.finditer(r"(.*?)(?:\r\n|\r|\n|\Z)", text, re.S))
+    lines = [m.group(1) for m in re.finditer(r"(.*?)(?:\r\n|\r|\n|\Z)", text, re.S)]
     blank, header = next((i, line) for i, line in enumerate(lines) if line.strip())   # (text is not blank)
+    # the lines csv skips between rows (numbered from 1), so a malformed row is named by its own line
+    empty = {number for number, line in enumerate(lines, 1) if not line}
     separator = _column_separator(path, header)
     if blank:
         which = "line 1 is" if blank == 1 else f"lines 1-{blank} are"
@@ -333,7 +335,7 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
                              f"label; missing "
                              f"{', '.join(missing)} (found {', '.join(map(repr, reader.fieldnames))})")
         texts, labels, lines = [], [], []
-        for start, row in _rows_with_their_start(reader, path):
+        for start, row in _rows_with_their_start(reader, path, empty):
             where = f"{path} line {reader.line_num}"
             if row["text"] is None or row["label"] is None:
                 raise ValueError(f"{where}: too few columns")
@@ -371,11 +373,13 @@ def _column_name(name) -> str | None:
     return name.strip().lower() if isinstance(name, str) else name
 
 
-def _rows_with_their_start(reader, path: Path):
+def _rows_with_their_start(reader, path: Path, empty: set[int]):
     """(the line a row starts on, the row) for the reader's rows; a malformed one raises ValueError
-    naming the line it starts on."""
+    naming the line it starts on (after the `empty` lines the reader skips)."""
     while True:
         start = reader.line_num + 1
+        while start in empty:
+            start += 1
         try:
             row = next(reader)
         except StopIteration:

@@ -5,8 +5,6 @@ import math
 import re
 from collections import Counter
 
-import re
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -398,6 +396,18 @@ def test_a_bare_quote_is_refused_saying_how_to_quote_the_text(tmp_path, name, se
     shown = re.search(r"\((\"{3}.*\")\)$", message).group(1)
     path.write_text(f"text{separator}label\nok{separator}a\n{shown}{separator}b\n", encoding="utf-8")
     assert load_labelled(path)[0] == ["ok", '"Hi," she said']
+
+
+@pytest.mark.parametrize("row, said", [('"Hi," she said,b', "not valid CSV"),
+                                        ('"never closed,b', "a quoted field starts on this line")])
+@pytest.mark.parametrize("blank", ["\n", "\n\n", "\r\n"], ids=["one", "two", "crlf"])
+def test_a_malformed_row_after_blank_lines_is_named_by_its_own_line(tmp_path, row, said, blank):
+    # before: the line after the previous row -- a blank one -- was named, not the row's
+    path = tmp_path / "b.csv"
+    path.write_text(f"text,label\nok,a\n{blank}{row}\nmore,a\n", encoding="utf-8", newline="")
+    line = 3 + blank.count("\n")
+    with pytest.raises(ValueError, match=rf"b.csv line {line}: {said}"):
+        load_labelled(path)
 
 
 def test_an_sft_line_with_other_field_names_says_which_it_has(tmp_path):

@@ -349,7 +349,8 @@ def _checked_record(line: str, where: str, fields: dict) -> dict:
     for field, kind in fields.items():
         if not isinstance(record, dict) or field not in record:
             found = (f", got a JSON array{JSON_LINES_ADVICE}" if isinstance(record, list) else
-                     f"; {fields_found(record, field)}" if isinstance(record, dict) else "")
+                     f"; {fields_found(record, *fields)}" if isinstance(record, dict) else
+                     f", got a JSON {json_type_name(record)}")
             raise ValueError(f'{where}: expected a JSON object with a "{field}" field{found}')
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if not isinstance(record[field], kinds) or isinstance(record[field], bool):
@@ -358,14 +359,18 @@ def _checked_record(line: str, where: str, fields: dict) -> dict:
     return record
 
 
-def fields_found(record: dict, wanted: str) -> str:
-    """What a JSON object lacking the field `wanted` has instead, for the error that names the line:
-    another layout's names, or `wanted` in other case ("Text", as a CSV header may spell it)."""
+def fields_found(record: dict, *wanted: str) -> str:
+    """What a JSON object lacking one of the fields `wanted` has instead, for the error that names the
+    line: another layout's names, or wanted fields in other case ("Text", as a CSV header may spell
+    it) -- each of those named with its spelling, so one run finds them all."""
     if not record:
         return "this line has no fields"
-    found = f"this line has the fields {', '.join(json.dumps(k, ensure_ascii=False) for k in record)}"
-    if any(isinstance(k, str) and k.strip().lower() == wanted for k in record):
-        found += f' (JSON field names are case-sensitive: write "{wanted}")'
+    shown = lambda name: json.dumps(name, ensure_ascii=False)
+    found = f"this line has the fields {', '.join(map(shown, record))}"
+    miscased = [f"{shown(name)} for {shown(k)}" for k in record for name in wanted
+                if k != name and name not in record and k.strip().casefold() == name]
+    if miscased:
+        found += f" (JSON field names are case-sensitive: write {', '.join(miscased)})"
     return found
 
 

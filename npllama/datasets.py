@@ -541,7 +541,7 @@ def read_sft(path) -> tuple[list[dict], list[int]]:
         where = f"{path} line {line}"
         if not isinstance(r, dict) or not ("messages" in r or "prompt" in r):
             # a file in another layout (Alpaca's instruction/output) is told by the fields it does have
-            has = data.fields_found(r, "prompt") if isinstance(r, dict) else f"this line is a JSON {data.json_type_name(r)}"
+            has = data.fields_found(r, "prompt", "response", "system", "messages") if isinstance(r, dict) else f"this line is a JSON {data.json_type_name(r)}"
             raise ValueError(f'{where} must be a JSON object with "prompt" and "response" fields, or with a '
                              f'"messages" list of {{"role", "content"}} objects; {has}')
         if "messages" in r:

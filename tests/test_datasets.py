@@ -114,8 +114,11 @@ def test_reader_errors_name_the_file_and_line(tmp_path, name, content, error, me
     # another layout's names (a sentiment set's own columns): which fields the line does have
     ('{"sentence": "ok", "sentiment": "pos"}', r'this line has the fields "sentence", "sentiment"$'),
     # "Text"/"Label" typed as a CSV header is read (case aside), but JSON names are case-sensitive
+    # every field typed in other case named at once, not one a run
     ('{"Text": "ok", "Label": "pos"}', r'this line has the fields "Text", "Label" \(JSON field names are '
-                                       r'case-sensitive: write "text"\)$'),
+                                       r'case-sensitive: write "text" for "Text", "label" for "Label"\)$'),
+    ('{"TEXT ": "ok", "label": "pos"}', r'this line has the fields "TEXT ", "label" \(JSON field names are '
+                                       r'case-sensitive: write "text" for "TEXT "\)$'),
     ('{}', r'this line has no fields$'),
 ])
 def test_a_jsonl_line_without_a_field_names_the_fields_it_has(tmp_path, line, found):
@@ -124,6 +127,15 @@ def test_a_jsonl_line_without_a_field_names_the_fields_it_has(tmp_path, line, fo
     path = tmp_path / "mine.jsonl"
     path.write_text(line + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"mine.jsonl' line 1: expected a JSON object with a \"text\" field; " + found):
+        load_labelled(path)
+
+
+@pytest.mark.parametrize("line, kind", [('"just a text"', "str"), ("null", "null"), ("3", "int")])
+def test_a_jsonl_line_that_is_no_object_says_what_it_is(tmp_path, line, kind):
+    # before: 'expected a JSON object with a "text" field' alone (finetune sft's reader says what it is)
+    path = tmp_path / "mine.jsonl"
+    path.write_text(line + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf'line 1: expected a JSON object with a "text" field, got a JSON {kind}$'):
         load_labelled(path)
 
 
@@ -417,6 +429,15 @@ def test_an_sft_line_with_other_field_names_says_which_it_has(tmp_path):
     bad = tmp_path / "alpaca.jsonl"
     bad.write_text('{"instruction": "Say hi", "input": "", "output": "Hi"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r'alpaca.jsonl line 1 .*; this line has the fields "instruction", "input", "output"'):
+        read_sft(bad)
+    # the fields of either layout typed in other case are named, each with its spelling
+    bad.write_text('{"Prompt": "Say hi", "Response": "Hi"}\n{"Messages": []}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r'line 1 .*"Prompt", "Response" \(JSON field names are case-sensitive: '
+                                         r'write "prompt" for "Prompt", "response" for "Response"\)$'):
+        read_sft(bad)
+    bad.write_text('{"Messages": []}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r'line 1 .*"Messages" \(JSON field names are case-sensitive: '
+                                         r'write "messages" for "Messages"\)$'):
         read_sft(bad)
 
 

@@ -294,13 +294,11 @@ def read_labelled(path) -> tuple[list[str], list, list[int]]:
 def _load_csv(path: Path) -> tuple[list[str], list, list[int]]:
     try:
         return _read_csv_rows(path)
-    except csv.Error as error:  # e.g. a field over csv's 131,072-character limit, a NUL byte
+    except csv.Error as error:  # one _csv_rows does not name the line of (none known)
         raise ValueError(f"{path}: not a readable CSV file ({error})") from None
 
 
 def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
-    import io
-
     from .budget import max_read
     from .io.reading import read_text
 
@@ -319,6 +317,18 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
         raise ValueError(f"{path} {which} blank: the first line must be the header row naming the columns "
                          f"text and label ({_separator_name(separator)}-separated); remove the blank "
                          f"line{'s' if blank > 1 else ''} before it")
+    # csv's own cap on a field (131,072 characters) is no limit of npllama's: the file is within its read
+    # budget, and a .jsonl text of any length is read
+    limit = csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
+    try:
+        return _csv_rows(path, text, separator, empty)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_rows(path: Path, text: str, separator: str, empty: set[int]) -> tuple[list[str], list, list[int]]:
+    import io
+
     with io.StringIO(text, newline="") as f:
         # strict: a quote that is never closed is an error where the row starts, rather than a field
         # that swallows the rest of the file ("too few columns" on the last line)

@@ -422,6 +422,21 @@ def test_a_malformed_row_after_blank_lines_is_named_by_its_own_line(tmp_path, ro
         load_labelled(path)
 
 
+@pytest.mark.parametrize("name", ["long.csv", "long.tsv"])
+def test_a_text_over_csvs_field_size_limit_is_read(tmp_path, name):
+    # before: 'not valid CSV (field larger than field limit (131072))' -- csv's own cap, not a limit of
+    # npllama's (the file is within its read budget; a .jsonl text of any length is read)
+    import csv
+
+    separator = "\t" if name.endswith(".tsv") else ","
+    long = "word " * 40_000
+    path = tmp_path / name
+    path.write_text(f"text{separator}label\n{long}{separator}a\n\"{long},\"{separator}b\n", encoding="utf-8")
+    limit = csv.field_size_limit()
+    assert load_labelled(path) == ([long, long + ","], ["a", "b"])
+    assert csv.field_size_limit() == limit     # the process's limit left as it was
+
+
 def test_an_sft_line_with_other_field_names_says_which_it_has(tmp_path):
     # Alpaca's layout: the error named only the fields expected, not the ones the line holds
     from npllama.datasets import read_sft

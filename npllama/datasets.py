@@ -333,8 +333,12 @@ def _csv_rows(path: Path, text: str, separator: str, empty: set[int]) -> tuple[l
         # strict: a quote that is never closed is an error where the row starts, rather than a field
         # that swallows the rest of the file ("too few columns" on the last line)
         reader = csv.DictReader(f, strict=True, delimiter=separator)
+        try:
+            header = reader.fieldnames
+        except csv.Error as error:
+            raise ValueError(_not_valid(path, 1, error, separator)) from None
         # "Text, Label" typed by hand names the same columns
-        reader.fieldnames = [_column_name(name) for name in reader.fieldnames]
+        reader.fieldnames = [_column_name(name) for name in header]
         twice = [c for c in ("text", "label") if reader.fieldnames.count(c) > 1]
         if twice:   # DictReader would keep the last of them, silently
             raise ValueError(f"{path}: the header row names the column {' and '.join(twice)} more than once "
@@ -398,18 +402,22 @@ def _rows_with_their_start(reader, path: Path, empty: set[int]):
             if "unexpected end of data" in str(error):
                 raise ValueError(f"{path} line {start}: a quoted field starts on this line and its closing "
                                  f"quote is missing (the rest of the file would be one field)") from None
-            kind = "TSV" if path.suffix.lower() == ".tsv" else "CSV"
-            if "expected after" not in str(error):    # e.g. a field over csv's size limit
-                raise ValueError(f"{path} line {start}: not valid {kind} ({error})") from None
-            # csv's own words ("'\t' expected after '\"'") show a raw tab and say nothing of the cause: a
-            # field that starts with a quote is quoted up to the next quote, whatever the writer meant
-            separator = _separator_name(reader.reader.dialect.delimiter)
-            raise ValueError(f"{path} line {start}: not valid {kind}: a field that starts with a quote is quoted "
-                             f"up to its closing quote, which must be followed by a {separator} or the line's end; "
-                             f"a text that starts with a quote, or has quotes in a quoted field, is quoted whole "
-                             f"with each of its own quotes written twice ({_QUOTED_EXAMPLE})") from None
+            raise ValueError(_not_valid(path, start, error, reader.reader.dialect.delimiter)) from None
         # counted back from where the row ends: blank lines before it were skipped, not part of it
         yield reader.line_num - _line_breaks(row), row
+
+
+def _not_valid(path: Path, line: int, error: csv.Error, separator: str) -> str:
+    """The message for csv's error in the row (or header row) starting on `line`."""
+    kind = "TSV" if path.suffix.lower() == ".tsv" else "CSV"
+    if "expected after" not in str(error):    # none other known: csv's own words
+        return f"{path} line {line}: not valid {kind} ({error})"
+    # csv's own words ("'\t' expected after '\"'") show a raw tab and say nothing of the cause: a
+    # field that starts with a quote is quoted up to the next quote, whatever the writer meant
+    return (f"{path} line {line}: not valid {kind}: a field that starts with a quote is quoted up to its closing "
+            f"quote, which must be followed by a {_separator_name(separator)} or the line's end; a text that "
+            f"starts with a quote, or has quotes in a quoted field, is quoted whole with each of its own quotes "
+            f"written twice ({_QUOTED_EXAMPLE})")
 
 
 # the text "Hi," she said as a CSV or TSV field

@@ -410,6 +410,17 @@ def test_a_bare_quote_is_refused_saying_how_to_quote_the_text(tmp_path, name, se
     assert load_labelled(path)[0] == ["ok", '"Hi," she said']
 
 
+@pytest.mark.parametrize("name, separator, named", [("h.csv", ",", "CSV comma"), ("h.tsv", "\t", "TSV tab")])
+def test_a_bare_quote_in_the_header_row_is_refused_as_in_a_row(tmp_path, name, separator, named):
+    # before: 'not a readable CSV file (\'\t\' expected after \'"\')' -- csv's words, "CSV" for a .tsv file
+    path = tmp_path / name
+    path.write_text(f'"text" column{separator}label\nok{separator}a\n', encoding="utf-8")
+    kind, word = named.split()
+    with pytest.raises(ValueError, match=rf"h.{kind.lower()} line 1: not valid {kind}: a field that starts with a "
+                                         rf"quote .* followed by a {word} or"):
+        load_labelled(path)
+
+
 @pytest.mark.parametrize("row, said", [('"Hi," she said,b', "not valid CSV"),
                                         ('"never closed,b', "a quoted field starts on this line")])
 @pytest.mark.parametrize("blank", ["\n", "\n\n", "\r\n"], ids=["one", "two", "crlf"])

@@ -517,8 +517,12 @@ def _encode_labels(labels: list, label_names, num_labels: int | None, lines, who
             raise ValueError(f"{where(i)} has label id {value}, but there are only {len(label_names)} "
                              f"labels ({', '.join(map(str, label_names))}): label count mismatch")
         else:
+            # "0" from a CSV where a .jsonl file's 0 would be an id (--help: only those are)
+            as_text = (" (a label written as text, as every .csv/.tsv label is, is a name: only a .jsonl file's "
+                       "integer labels are class ids)" if isinstance(value, str) and ids_allowed
+                       and _whole_number(value) and 0 <= int(value) < len(label_names) else "")
             raise ValueError(f"{where(i)} has the unknown label {value!r}; {whose} are "
-                             f"{', '.join(map(str, label_names))}{unknown_hint}")
+                             f"{', '.join(map(str, label_names))}{as_text}{unknown_hint}")
     if len(label_names) < 2:
         raise ValueError(f"classification needs at least two labels, the data has only {list(label_names)}")
     if num_labels is not None and num_labels != len(label_names):

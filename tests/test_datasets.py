@@ -211,6 +211,23 @@ def test_labels_that_are_numbers_keep_their_order_and_meaning(tmp_path):
         encode_labels([0], ("-1", "1"))
 
 
+def test_class_numbers_written_as_text_with_names_given_say_only_jsonl_integers_are_ids(tmp_path):
+    # a CSV of 0/1 labels with --labels neg,pos: before, "unknown label '0'; the labels are neg, pos"
+    # alone, though a .jsonl file's 0 would have been neg -- nothing said why the CSV's is not
+    path = tmp_path / "ids.csv"
+    path.write_text("text,label\nbad,0\ngood,1\n", encoding="utf-8")
+    texts, labels, lines = read_labelled(path)
+    with pytest.raises(ValueError, match=r"line 2 has the unknown label '0'; the labels are neg, pos \(a label "
+                                         r"written as text, as every \.csv/\.tsv label is, is a name: only a "
+                                         r"\.jsonl file's integer labels are class ids\)$"):
+        encode_labels(labels, ("neg", "pos"), lines=lines)
+    assert encode_labels([0, 1], ("neg", "pos")) == ([0, 1], ("neg", "pos"))   # the .jsonl integers
+    # a name that is no class number, or one past the names, is just unknown
+    for label in ("maybe", "2"):
+        with pytest.raises(ValueError, match=rf"unknown label '{label}'; the labels are neg, pos$"):
+            encode_labels([label], ("neg", "pos"))
+
+
 def test_sft_and_choice_files(tmp_path):
     path = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "Hi", "response": "Hello"}])
     assert load_sft(path) == [{"prompt": "Hi", "response": "Hello"}]

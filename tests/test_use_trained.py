@@ -484,6 +484,31 @@ def test_classify_file_is_read_as_every_text_file_is(monkeypatch, tmp_path, caps
     assert status == 2 and "cannot read --file" in err and "iconv -f GB18030" in err
 
 
+def test_classify_file_dash_reads_standard_input(monkeypatch, tmp_path, capsys):
+    # before: --file - looked for a file named "-" (and /dev/stdin was refused as no regular file),
+    # though `tokenizer encode` reads standard input; read as --file is: a byte-order mark dropped,
+    # other encodings named
+    import io
+    import sys
+
+    seen = []
+
+    class Classifier:
+        label_names = ["pos", "neg"]
+
+        def classify(self, texts, batch_size):
+            seen.extend(texts)
+            return Classified(np.full((len(texts), 2), 0.5), [], None)
+
+    monkeypatch.setattr(npllama.classify, "load_classifier", lambda *args, **kwargs: Classifier())
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("\ufeff好看\r\n\r\nbad\n".encode("utf-8"))))
+    assert run_cli(capsys, "classify", "--model", "any", "--file", "-")[0] == 0
+    assert seen == ["好看", "bad"]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("好看，真的。\n".encode("gb18030"))))
+    status, _, err = run_cli(capsys, "classify", "--model", "any", "--file", "-")
+    assert status == 2 and "cannot read --file -: standard input" in err and "iconv -f GB18030" in err
+
+
 def test_classify_refuses_a_language_model_folder(small_model_dir, capsys):
     status, _, err = run_cli(capsys, "classify", "--model", str(small_model_dir), "--text", "hi")
     assert status == 2 and "score.weight" in err and "npllama generate" in err

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--adapter", default=None, help="a LoRA adapter folder saved by `npllama finetune "
                    "classify --lora --out DIR` (PEFT SEQ_CLS layout, score.weight inside)")
     p.add_argument("--text", action="append", default=None, help="a text to classify (repeatable)")
-    p.add_argument("--file", default=None, help="a plain text file: each non-empty line is classified as it is "
+    p.add_argument("--file", default=None, help="a plain text file (- for standard input): each non-empty line is classified as it is "
                    "(a .csv, .tsv, .json or .jsonl file is refused: give its text column alone)")
     p.add_argument("--data", default=None, help="a labelled test file, .csv/.tsv (header text,label) or .jsonl "
                    "({\"text\", \"label\"} lines) as `finetune classify --data` reads: every text is classified "
@@ -63,7 +63,15 @@ def run(args) -> int:
         from ..io.reading import read_text
 
         try:   # as every text file is read: a byte-order mark dropped, other encodings named
-            text = read_text(args.file, max_bytes=max_read())
+            if args.file == "-":   # standard input, as `tokenizer encode` reads it
+                from ..io.reading import decode_text
+
+                data = sys.stdin.buffer.read(max_read() + 1)
+                if len(data) > max_read():
+                    raise ValueError(f"standard input is over the {max_read():,}-byte limit for a text file")
+                text = decode_text(data, "standard input").removeprefix("\ufeff")
+            else:
+                text = read_text(args.file, max_bytes=max_read())
         except (OSError, ValueError) as error:
             raise UsageError(f"cannot read --file {args.file}: {error}") from None
         texts += [line for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") if line.strip()]

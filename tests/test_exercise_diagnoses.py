@@ -845,10 +845,12 @@ def test_a_students_model_backward_passes_and_untied_gradients_are_named(tmp_pat
     assert finding.grad == "grads['model.embed_tokens.weight']"     # as the student's dict holds it
     scaled = tmp_path / "scaled.py"      # every gradient wrong: the others are listed, a few by name
     scaled.write_text(MODEL_CORRECT.replace("linear_backward(dlogits,", "linear_backward(1.5 * dlogits,"))
-    message = check_file("model", scaled, n_random=1).first_failure.finding.message
-    also = message.split("(also wrong: ")[1]
-    assert also.startswith("grads['model.") and "more)" in also and also.count("grads[") == 4
-    assert "dmodel" not in message and "d:" not in message
+    finding = check_file("model", scaled, n_random=1).first_failure.finding
+    message = finding.message
+    assert finding.grad == "grads['lm_head.weight']"       # the first gradient the backward reaches
+    also = message.split("(also wrong, further down the backward: ")[1]
+    assert also.startswith("grads['model.") and "more --" in also and also.split(" -- ")[0].count("grads[") == 4
+    assert "dmodel" not in message and "d:model" not in message
     forward_order = tmp_path / "forward_order.py"
     forward_order.write_text(MODEL_CORRECT.replace("range(config.num_hidden_layers - 1, -1, -1)",
                                                    "range(config.num_hidden_layers)"))

@@ -905,12 +905,15 @@ def test_an_unnamed_slip_in_an_assembled_backward_says_which_gradients_are_right
     # the attention branch's o_proj backward given the block's dout instead of dh: no catalogued
     # slip, and "48 of 48 entries are wrong (also wrong: dw_in, dW_q, dW_k, dW_v and 1 more)" left
     # the student to find which four of ten were right -- the MLP's and its norm's, so the slip is
-    # after rmsnorm_backward of the post-attention norm
+    # after rmsnorm_backward of the post-attention norm; and the report leads with dW_o, the first
+    # wrong gradient the backward reaches (it led with dx, the first input)
     body = _block().replace("linear_backward(d_out, sa.o_proj)", "linear_backward(dout, sa.o_proj)")
     path = tmp_path / "block_backward.py"
     path.write_text("import numpy as np\n\n\n" + textwrap.dedent(body).strip() + "\n")
     finding = check_file("block", path, n_random=0).first_failure.finding
-    assert finding.message.endswith("right: dw_post, dW_gate, dW_up, dW_down)"), finding.message
+    assert finding.grad == "dW_o", finding.lines()
+    assert finding.message.endswith("right: dW_down, dW_gate, dW_up, dw_post -- every gradient the backward "
+                                    "reaches before dW_o)"), finding.message
 
 
 def test_the_repeated_token_rung_adds_only_the_repeat(tmp_path):

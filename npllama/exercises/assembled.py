@@ -23,6 +23,17 @@ from .diagnose import CheckFailed, Finding
 
 WEIGHTS = ("input_layernorm", "q_proj", "k_proj", "v_proj", "o_proj", "post_attention_layernorm", "gate_proj",
            "up_proj", "down_proj")
+# the block's weights in the order its backward reaches them (block_backward: the MLP's, then the
+# attention sub-layer's; in attention dv comes straight from dout, dq and dk both from the scores';
+# one tuple: one step gives them all); x comes last, collecting every path
+WEIGHTS_BACKWARD_ORDER = (("down_proj",), ("gate_proj", "up_proj"), ("post_attention_layernorm",), ("o_proj",),
+                          ("v_proj",), ("q_proj", "k_proj"), ("input_layernorm",))
+
+
+def block_backward_order(weight_names) -> tuple:
+    """WEIGHTS_BACKWARD_ORDER with each weight by its name in weight_names (WEIGHTS' order)."""
+    named = dict(zip(WEIGHTS, weight_names))
+    return tuple(tuple(named[w] for w in step) for step in WEIGHTS_BACKWARD_ORDER)
 
 
 def block_forward_flat(x, *weights, cos, sin, config, causal=True, key_padding_mask=None):
@@ -156,7 +167,8 @@ out = h + swiglu(hn; W_gate, W_up, W_down)     # 8-9 the second residual"""
         summary = (f"x {x.shape}, {H} heads ({KVH} kv), head_dim {hd}, F {params['F']}, "
                    f"{'causal' if params['causal'] else 'bidirectional'}; weights of the config's shapes")
         return Case(self.forward, [x, *weights], names, tuple(range(10)), seed=params["seed"] % 1000,
-                    kwargs=dict(cos=cos, sin=sin, config=config, causal=params["causal"]), summary=summary)
+                    kwargs=dict(cos=cos, sin=sin, config=config, causal=params["causal"]), summary=summary,
+                    backward_order=block_backward_order(names[1:]) + ("x",))
 
     @check("residuals", "the output's gradient reaches x along both residual paths (dx - dout is the "
                         "two sub-layers' share)")
@@ -292,6 +304,7 @@ logits = hidden @ W_lm.T                       # W_lm = E when tie_word_embeddin
 
     def build(self, params, dtype=np.float64):
         from ..config import LlamaConfig
+        from ..model import LAYER_PATHS
         from ..ops.rope import rope_cos_sin
 
         rng = np.random.default_rng(params["seed"])
@@ -305,8 +318,15 @@ logits = hidden @ W_lm.T                       # W_lm = E when tie_word_embeddin
         tokens = rng.integers(0, config.vocab_size, size=(params["B"], T))
         cos, sin = rope_cos_sin(np.arange(T), config.head_dim, 10000.0, dtype=dtype)
         names = tuple(shapes)
+        # the head, the final norm, the layers last to first; E last: the lookup's gradient is the
+        # last thing the backward computes (and, tied, it also collects the head's)
+        head = () if config.tie_word_embeddings else ("lm_head.weight",)
+        layers = tuple(step for i in reversed(range(config.num_hidden_layers))
+                       for step in block_backward_order([f"model.layers.{i}.{path}.weight" for path in LAYER_PATHS]))
+        order = head + ("model.norm.weight",) + layers + ("model.embed_tokens.weight",)
         summary = (f"tokens {tokens.shape}, {config.num_hidden_layers} layer(s), vocab {config.vocab_size}, "
                    f"D {config.hidden_size}, F {config.intermediate_size}, {config.num_attention_heads} heads "
                    f"({config.num_key_value_heads} kv), {'tied' if params['tied'] else 'untied'} embeddings")
         return Case(self.forward, arrays, names, tuple(range(len(names))), seed=params["seed"] % 1000,
-                    kwargs=dict(names=names, tokens=tokens, cos=cos, sin=sin, config=config), summary=summary)
+                    kwargs=dict(names=names, tokens=tokens, cos=cos, sin=sin, config=config), summary=summary,
+                    backward_order=order)

@@ -127,6 +127,13 @@ class Case:
     reference: Callable | None = None   # the project's backward, to explain a wrong shape
     summary: str = ""                   # a short description for cases of many inputs (block, model)
     no_gradient: dict = dataclasses.field(default_factory=dict)   # an input that gets none -> why ("frozen")
+    # the differentiable inputs in the order the backward reaches them from the output, step by
+    # step: a tuple of names is one step that gives them all (neither computed from the other), a
+    # name alone a step of its own; () when the exercise does not say (Exercise.backward_order)
+    backward_order: tuple = ()
+
+    def __post_init__(self):
+        self.backward_order = backward_steps(self.backward_order)
 
     @property
     def grad_names(self) -> tuple:
@@ -166,6 +173,21 @@ class Case:
         """The upstream gradient check_op uses for this case (same seed, same draw)."""
         dout = draw_dout(np.shape(out), self.seed)
         return dout.astype(np.asarray(out).dtype, copy=False)
+
+
+def backward_steps(order) -> tuple:
+    """An exercise's backward_order as a tuple of steps, each a tuple of input names (a name alone
+    is a step of one)."""
+    return tuple((step,) if isinstance(step, str) else tuple(step) for step in order)
+
+
+def backward_rank(case: Case) -> dict | None:
+    """Each differentiable input's step in the backward (0: the first the backward reaches from the
+    output), or None when the case's backward_order does not place every one of them."""
+    rank = {name: i for i, step in enumerate(case.backward_order) for name in step}
+    if not all(case.input_names[i] in rank for i in case.wrt):
+        return None
+    return rank
 
 
 # ----- calling a student's backward -----------------------------------------------------------------
@@ -314,23 +336,64 @@ def check_gradient(backward, case: Case) -> None:
         if undecided:
             raise CaseUndecided(_why_undecided(undecided), case.describe())
         return
+    # a slip early in the backward makes every gradient computed from it wrong: the report leads
+    # with the one the backward reaches first (the inputs' order when the exercise does not say)
+    rank = backward_rank(case)
+    if rank is not None:
+        failing.sort(key=lambda r: rank[r.name])
     first = failing[0]
     index = case.input_names.index(first.name)
     numeric = _numeric_gradient(case, dout, index)
     grads = call_backward(backward, dout, case.run_forward()[1], case)
     got = grads[case.wrt.index(index)]
     finding = diagnose(got, numeric, grad=gradient_name(first.name), case=case.describe(), zero_label=case.zero_label)
-    others = [gradient_name(r.name) for r in failing[1:]]
-    if others:
-        # with several wrong, the right ones say where the slip is not (a block's MLP gradients
-        # right: the slip comes after swiglu_backward)
-        right = [gradient_name(r.name) for r in report.inputs if r.status == "ok"]
-        finding.message += f" (also wrong: {_some_names(others)}"
-        finding.message += f"; right: {_some_names(right)})" if right else ")"
+    right = [r.name for r in report.inputs if r.status == "ok"]
+    finding.message += _where_the_slip_is(first.name, [r.name for r in failing[1:]], right, rank)
     if undecided:
         finding.message += (f" ({', '.join(gradient_name(r.name) for r in undecided)} could not be decided by "
                             "finite differences)")
     raise CheckFailed(finding)
+
+
+def _where_the_slip_is(root: str, wrong: list, right: list, rank: dict | None) -> str:
+    """What the other gradients say about where the slip is, when several are wrong (root: the
+    input whose gradient the report shows; every name an input's).  With the backward's order:
+    those of root's step (no root among them), those further down (which may be wrong only
+    because of root's slip) and the right ones before it (the slip is not there).  Without it:
+    the lists, and that which went wrong first cannot be told."""
+    if not wrong:
+        return ""
+    d = gradient_name
+    if rank is None:
+        parts = [f"also wrong: {_some_names([d(n) for n in wrong])}"]
+        if right:
+            parts.append(f"right: {_some_names([d(n) for n in right])}")
+        parts.append("which of them went wrong first cannot be told: this exercise does not give the order its "
+                     "backward computes them in -- a slip early in a backward makes every gradient computed from it "
+                     "wrong, so start with the one your code computes first")
+        return f" ({'; '.join(parts)})"
+    right = sorted(right, key=rank.__getitem__)
+    same = [d(n) for n in wrong if rank[n] == rank[root]]
+    later = [d(n) for n in wrong if rank[n] > rank[root]]
+    before = [d(n) for n in right if rank[n] < rank[root]]
+    after = [d(n) for n in right if rank[n] >= rank[root]]
+    parts = []
+    if same:
+        parts.append(f"{_some_names(same)} {'is' if len(same) == 1 else 'are'} wrong too, at the same step of the "
+                     f"backward as {d(root)}: neither is computed from the other, so the slip is in what they "
+                     f"share, or in each")
+    if later:
+        they = "it" if len(later) == 1 else "they"
+        parts.append(f"also wrong, further down the backward: {_some_names(later)} -- {they} may be wrong only "
+                     f"because of what makes {d(root)} wrong: fix {d(root)} first, then check again")
+    if before:
+        # the last right one before the root is where the slip is not: it is between the two
+        shown = _some_names(before) if len(before) <= 4 else f"{before[0]} ... {before[-1]} ({len(before)} gradients)"
+        parts.append(f"right: {shown} -- every gradient the backward reaches before {d(root)}"
+                     + (f"; right also: {_some_names(after)}" if after else ""))
+    elif after:
+        parts.append(f"right: {_some_names(after)}")
+    return f" ({'; '.join(parts)})"
 
 
 def _some_names(names, shown=4) -> str:

@@ -68,6 +68,12 @@ class Exercise:
     edge_cases: list = []
     float32_params: dict = {}
     catalogue = None             # the mistakes to name (catalogue.py's shape); the built-ins' are in CATALOGUES
+    # the differentiable inputs in the order the backward reaches them from the output: a name is a
+    # step of its own, a tuple of names one step giving them all (neither computed from the other),
+    # e.g. ("w_down", ("w_gate", "w_up"), "x").  With several gradients wrong the report leads with
+    # the first wrong one in this order, the root of the others; () says nothing of the order, and
+    # the report says it cannot tell the root.
+    backward_order: tuple = ()
     exercise_file: str = ""      # a teacher's exercise: the file it was loaded from (teacher.py), which the
                                  # grading sandbox's process loads too
 
@@ -196,6 +202,8 @@ class Exercise:
     def case(self, params, dtype=np.float64) -> Case:
         case = self.build(params, dtype)
         case.reference = self.reference
+        if not case.backward_order:      # (a build that knows its own, as the model's, keeps it)
+            case.backward_order = checks.backward_steps(self.backward_order)
         # dout must not be drawn from the stream the inputs came from: with the same seed and shape
         # dout would equal x, dy^T x would be symmetric, and a transposed dweight would pass.
         case.seed += DOUT_STREAM
@@ -329,6 +337,7 @@ class Embedding(Exercise):
 class Linear(Exercise):
     op, title, module = "linear", "linear layer (no bias)", "npllama.ops.linear"
     forward_name, backward_name, params = "linear_forward", "linear_backward", "dy, cache"
+    backward_order = (("x", "weight"),)     # dx = dy W, dweight = dy^T x: both straight from dy
     derivation, article = "derivations/linear.md", "§4.1.1 (the query, key and value projections)"
     forward_text = "y = x @ weight.T              # weight laid out (out_features, in_features) as in PyTorch"
     doc = """Gradients of y = x @ weight.T.
@@ -365,6 +374,7 @@ class Linear(Exercise):
 class RMSNorm(Exercise):
     op, title, module = "rmsnorm", "RMSNorm", "npllama.ops.rmsnorm"
     forward_name, backward_name, params = "rmsnorm_forward", "rmsnorm_backward", "dy, cache"
+    backward_order = (("x", "weight"),)
     derivation, article = "derivations/rmsnorm.md", "§4.2 (LayerNorm without centring)"
     forward_text = """rstd = 1 / sqrt(mean(x**2, axis=-1, keepdims=True) + eps)    # (..., 1)
 y    = x * rstd * weight                                        # (..., D)"""
@@ -409,6 +419,7 @@ y    = x * rstd * weight                                        # (..., D)"""
 class LayerNorm(Exercise):
     op, title, module = "layernorm", "LayerNorm", "npllama.ops.layernorm"
     forward_name, backward_name, params = "layernorm_forward", "layernorm_backward", "dy, cache"
+    backward_order = (("x", "weight", "bias"),)
     derivation, article = "derivations/layernorm.md", "§4.2"
     forward_text = """mean = mean(x, -1, keepdims=True)                    # (..., 1)
 var  = mean((x - mean)**2, -1, keepdims=True)        # (..., 1), biased (divide by D)
@@ -584,6 +595,7 @@ entries of x equal to -inf (masked) get p = 0; a row that is all -inf gives all 
 class Attention(Exercise):
     op, title, module = "attention", "scaled dot-product attention (GQA)", "npllama.ops.attention"
     forward_name, backward_name, params = "attention_forward", "attention_backward", "dout, cache"
+    backward_order = ("v", ("q", "k"))     # out = attn_probs v first; q and k both from d_attn_scores
     derivation, article = "derivations/attention.md", "§4.1"
     forward_text = """attn_scores = q @ k^T * scale              # scale = 1 / sqrt(head_dim)
 attn_probs  = softmax(attn_scores + mask)  # mask: 0 where allowed, -inf where not (causal, padding)
@@ -671,6 +683,7 @@ query head h reads kv head h // n_rep (grouped-query attention, n_rep = H // KVH
 class SwiGLUAct(Exercise):
     op, title, module = "swiglu_act", "SwiGLU's gated activation", "npllama.ops.swiglu"
     forward_name, backward_name, params = "swiglu_act_forward", "swiglu_act_backward", "dact, cache"
+    backward_order = (("gate", "up"),)
     derivation, article = "derivations/swiglu.md", "§5.2.3 (the feed-forward network)"
     derivation_steps = ("Step 2", "Step 3")     # act = silu(gate) * up and silu's derivative, not the projections
     forward_text = """sigmoid(z) = 1 / (1 + exp(-z));   silu(z) = z * sigmoid(z)
@@ -718,6 +731,8 @@ act = silu(gate) * up                     # elementwise"""
 class SwiGLU(Exercise):
     op, title, module = "swiglu", "SwiGLU feed-forward network", "npllama.ops.swiglu"
     forward_name, backward_name, params = "swiglu_forward", "swiglu_backward", "dout, cache"
+    # out = act W_down^T first; x last, collecting the gate and up branches
+    backward_order = ("w_down", ("w_gate", "w_up"), "x")
     derivation, article = "derivations/swiglu.md", "§5.2.3 (the feed-forward network)"
     forward_text = """gate = x @ w_gate.T;   up = x @ w_up.T           # (..., F)
 act  = silu(gate) * up
@@ -809,6 +824,7 @@ a position counts when its target != ignore_index (-100); no counted position: l
 class LoRA(Exercise):
     op, title, module = "lora", "LoRA adapter", "npllama.ops.lora"
     forward_name, backward_name, params = "lora_forward", "lora_backward", "dy, cache"
+    backward_order = ("lora_B", "lora_A", "x")    # x collects W's path and the adapter's
     derivation, article = "derivations/lora.md", "§9.2 (parameter-efficient fine-tuning)"
     forward_text = """x_drop      = x * dropout_mask   (or x itself when dropout_mask is None)
 lora_hidden = x_drop @ lora_A.T                       # (..., r)
@@ -877,6 +893,7 @@ y           = x @ weight.T + scaling * (lora_hidden @ lora_B.T)"""
 class Classifier(Exercise):
     op, title, module = "classifier", "sequence-classification head", "npllama.ops.classifier"
     forward_name, backward_name, params = "classifier_forward", "classifier_backward", "dlogits, cache"
+    backward_order = (("hidden", "score_weight"),)
     derivation, article = "derivations/classifier.md", "§6.1 (text classification)"
     forward_text = """pooled = hidden[b, last_index[b]]      # (B, D): each row's last real token
 logits = pooled @ score_weight.T          # (B, num_labels)"""

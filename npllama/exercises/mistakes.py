@@ -21,6 +21,7 @@ import itertools
 
 import numpy as np
 
+from .checks import backward_rank
 from .diagnose import _constant_ratio, rel_error
 
 MATCH = 1e-6       # the student's gradients equal a mistake's to this (norm-wise relative error)
@@ -101,8 +102,9 @@ def name_mistake(catalogue, exercise, backward) -> Explanation | None:
         differs = [not same_gradients(w, right) for w, (_, _, _, right) in zip(wrong, probes)]
         if any(differs) and all(same_gradients(got, w) for w, (_, _, got, _) in zip(wrong, probes)):
             first = differs.index(True)
-            grad = next((n for n, g, r in zip(names, wrong[first], probes[first][3])
-                         if np.shape(g) != np.shape(r) or rel_error(g, r) >= MATCH), names[0])
+            grad = next((n for k, n in _in_backward_order(probes[first][0])
+                         if np.shape(wrong[first][k]) != np.shape(probes[first][3][k])
+                         or rel_error(wrong[first][k], probes[first][3][k]) >= MATCH), names[0])
             return Explanation(grad, mistake.message, mistake.hint, reorders=mistake.reorders)
     return None
 
@@ -221,7 +223,7 @@ def name_scalar_factor(exercise, backward, params_list) -> Explanation | None:
         if got is None or len(got) != len(right) or any(g.shape != r.shape for g, r in zip(got, right)):
             return None       # a crash or a shape: the checks' own findings say it
         probes.append((case.scalars, got, right))
-    for k, grad in enumerate(exercise.case(params_list[0]).grad_names):
+    for k, grad in _in_backward_order(exercise.case(params_list[0])):
         passes = [same_gradients((g[k],), (r[k],)) for _, g, r in probes]
         if all(passes):
             continue
@@ -256,6 +258,16 @@ def name_scalar_factor(exercise, backward, params_list) -> Explanation | None:
             f"1 / {name} into the gradient (d(x / {name})/dx = 1 / {name}), one that multiplies by it "
             f"puts {name}")
     return None
+
+
+def _in_backward_order(case) -> list:
+    """(index, gradient name) of each gradient, the first the backward reaches first (the inputs'
+    order when the case does not give the backward's): a factor shown on the first wrong one."""
+    found = list(enumerate(case.grad_names))
+    rank = backward_rank(case)
+    if rank is not None:
+        found.sort(key=lambda item: rank[case.input_names[case.wrt[item[0]]]])
+    return found
 
 
 def explain(catalogue, exercise, backward) -> Explanation:

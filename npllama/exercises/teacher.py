@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import Case, Choice, Ints, Shape, forward_subject, sample
+from .checks import Case, Choice, Ints, Shape, backward_steps, forward_subject, sample
 from .definitions import EXERCISES, Exercise, did_you_mean, path_argument
 
 
@@ -204,6 +204,7 @@ def check_definition(exercise: Exercise) -> None:
             result = case.run_forward()
         except Exception as error:
             refuse(f"{exercise.forward_name} raised {type(error).__name__}: {error} (inputs: {case.describe()})")
+        _check_backward_order(case.backward_order or backward_steps(exercise.backward_order), case, refuse)
         if not (isinstance(result, tuple) and len(result) == 2):
             got = f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
             refuse(f"{exercise.forward_name} must return (out, cache), got {got}")
@@ -215,6 +216,26 @@ def check_definition(exercise: Exercise) -> None:
             refuse(f"the cache {exercise.forward_name} returns cannot be sent to the process a submission runs in "
                    f"({type(error).__name__}: {error}): make it of arrays, numbers, tuples, dicts and classes "
                    f"defined at the top level of the file")
+
+
+def _check_backward_order(order: tuple, case: Case, refuse) -> None:
+    """The backward's order (steps of input names), when given, places each differentiable input
+    of the case once and names nothing else (a gradient left out or misspelt would leave the
+    report unable to order the wrong ones)."""
+    if not order:
+        return
+    differentiable = [case.input_names[i] for i in case.wrt]
+    placed = [name for step in order for name in step]
+    unknown = [name for name in placed if name not in differentiable]
+    missing = [name for name in differentiable if name not in placed]
+    twice = sorted({name for name in placed if placed.count(name) > 1})
+    if unknown or missing or twice:
+        problems = ([f"names {', '.join(map(repr, unknown))}, not a differentiable input"] if unknown else []) + \
+                   ([f"leaves out {', '.join(map(repr, missing))}"] if missing else []) + \
+                   ([f"places {', '.join(map(repr, twice))} twice"] if twice else [])
+        refuse(f"backward_order {order!r} {'; '.join(problems)}: it lists the differentiable "
+               f"inputs ({', '.join(differentiable)}) each once, in the order the backward reaches them (a tuple "
+               f"of names: one step giving them all)")
 
 
 def _undrawable(dimension) -> str:

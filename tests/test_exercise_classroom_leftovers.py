@@ -1,0 +1,219 @@
+"""The classroom's leftovers: a report that sends the student to the root of several wrong
+gradients (the one the backward reaches first), not to the first in the order of the inputs."""
+import textwrap
+
+import numpy as np
+import pytest
+
+from npllama.exercises import check_function, get_exercise
+from npllama.exercises.checks import CheckFailed, check_gradient
+
+# one early slip in each: the rest of the backward is right, and carries the slip further down
+BLOCK_DV_MERGED_WITHOUT_TRANSPOSE = """
+import numpy as np
+from npllama.ops.rmsnorm import rmsnorm_backward
+from npllama.ops.attention import attention_backward
+from npllama.ops.rope import rope_backward
+from npllama.ops.linear import linear_backward
+from npllama.ops.swiglu import swiglu_backward
+from npllama.model import LayerWeights
+
+
+def block_backward(dout, cache):
+    B, T, _ = dout.shape
+    attn = cache.self_attn
+    H, KVH, hd = attn.n_heads, attn.n_kv_heads, attn.head_dim
+    dhn, dW_gate, dW_up, dW_down = swiglu_backward(dout, cache.mlp)
+    dh_norm, dw_post = rmsnorm_backward(dhn, cache.post_attention_layernorm)
+    dh = dout + dh_norm
+    da, dW_o = linear_backward(dh, attn.o_proj)
+    da = da.reshape(B, T, H, hd).transpose(0, 2, 1, 3)
+    dq_rot, dk_rot, dv = attention_backward(da, attn.attention)
+    dq = rope_backward(dq_rot, attn.q_rope).transpose(0, 2, 1, 3).reshape(B, T, H * hd)
+    dk = rope_backward(dk_rot, attn.k_rope).transpose(0, 2, 1, 3).reshape(B, T, KVH * hd)
+    dv = dv.reshape(B, T, KVH * hd)          # the slip: the heads merged without moving their axis
+    dxn_q, dW_q = linear_backward(dq, attn.q_proj)
+    dxn_k, dW_k = linear_backward(dk, attn.k_proj)
+    dxn_v, dW_v = linear_backward(dv, attn.v_proj)
+    dx_norm, dw_in = rmsnorm_backward(dxn_q + dxn_k + dxn_v, cache.input_layernorm)
+    return dh + dx_norm, LayerWeights(dw_in, dW_q, dW_k, dW_v, dW_o, dw_post, dW_gate, dW_up, dW_down)
+"""
+
+SWIGLU_SIGMOID_SLOPE_FOR_SILU = """
+import numpy as np
+
+
+def swiglu_backward(dout, cache):
+    (x, w_gate), (_, w_up), act_cache, (act, w_down) = cache
+    gate, up, sig = act_cache.gate, act_cache.up, act_cache.gate_sigmoid
+    D, F = w_down.shape
+    dact = dout @ w_down
+    dw_down = dout.reshape(-1, D).T @ act.reshape(-1, F)
+    dgate = dact * up * sig * (1 - sig)     # the slip: sigmoid's derivative where silu's belongs
+    dup = dact * gate * sig
+    dx = dgate @ w_gate + dup @ w_up
+    dw_gate = dgate.reshape(-1, F).T @ x.reshape(-1, D)
+    dw_up = dup.reshape(-1, F).T @ x.reshape(-1, D)
+    return dx, dw_gate, dw_up, dw_down
+"""
+
+
+def _function(source, name):
+    namespace = {}
+    exec(compile(textwrap.dedent(source), f"<{name}>", "exec"), namespace)
+    return namespace[name]
+
+
+def _first_failure(op, source):
+    exercise = get_exercise(op)
+    report = check_function(op, _function(source, exercise.backward_name), n_random=0)
+    assert not report.ok
+    return report.first_failure.finding
+
+
+def test_a_wrong_dv_in_the_block_is_reported_at_dW_v_not_at_dx():
+    # dv merged wrongly makes dW_v wrong, and through dxn also dw_in and dx: the report led with
+    # dx (the first input), "8 of 8 entries are wrong, with no simple pattern", and the student
+    # looked at the residuals
+    finding = _first_failure("block", BLOCK_DV_MERGED_WITHOUT_TRANSPOSE)
+    assert finding.grad == "dW_v", finding.lines()
+    assert "further down the backward: dw_in, dx" in finding.message, finding.message
+    # what the backward reaches before dW_v is right: the slip is after o_proj's backward
+    assert "dW_o" in finding.message.split("right: ")[1], finding.message
+
+
+def test_a_wrong_silu_slope_in_swiglu_is_reported_at_dw_gate_not_at_dx():
+    finding = _first_failure("swiglu", SWIGLU_SIGMOID_SLOPE_FOR_SILU)
+    assert finding.grad == "dw_gate", finding.lines()
+    assert "further down the backward: dx" in finding.message, finding.message
+
+
+def test_gradients_of_one_step_are_said_to_be_of_one_step():
+    # dq and dk both come from d_attn_scores: neither is the other's root, and the report says so
+    from npllama.ops.attention import attention_backward
+
+    def doubled_scores(dout, cache):
+        dq, dk, dv = attention_backward(dout, cache)
+        return 2 * dq, 2 * dk, dv
+
+    exercise = get_exercise("attention")
+    with pytest.raises(CheckFailed) as failed:
+        check_gradient(doubled_scores, exercise.case(exercise.edge_cases[0]))
+    finding = failed.value.finding
+    assert finding.grad == "dq", finding.lines()
+    assert "dk is wrong too, at the same step of the backward as dq" in finding.message, finding.message
+    assert "right: dv" in finding.message
+
+
+def test_without_a_backward_order_the_report_says_it_cannot_tell_the_root():
+    import dataclasses
+
+    exercise = get_exercise("swiglu")
+    case = dataclasses.replace(exercise.case(exercise.edge_cases[0]), backward_order=())
+    from npllama.ops.swiglu import swiglu_backward
+
+    def both_wrong(dout, cache):
+        dx, dw_gate, dw_up, dw_down = swiglu_backward(dout, cache)
+        return -dx, -dw_gate, dw_up, dw_down
+
+    with pytest.raises(CheckFailed) as failed:
+        check_gradient(both_wrong, case)
+    message = failed.value.finding.message
+    assert failed.value.finding.grad == "dx"          # the inputs' order: nothing else to go by
+    assert "cannot be told" in message and "also wrong: dw_gate" in message, message
+
+
+def test_every_builtin_exercise_orders_all_its_gradients():
+    from npllama.exercises import EXERCISES
+
+    for op, exercise in EXERCISES.items():
+        for params in exercise.edge_cases:
+            case = exercise.case(params)
+            ordered = [name for stage in case.backward_order for name in stage]
+            if len(case.wrt) > 1:
+                assert sorted(ordered) == sorted(case.input_names[i] for i in case.wrt), (op, case.backward_order)
+
+
+# a teacher's exercise of three gradients: out = tanh(x W^T) * s; the backward reaches ds first,
+# then dW, then dx (which collects what dW's step computed)
+TANH_EXERCISE = '''
+from typing import NamedTuple
+
+import numpy as np
+
+from npllama.exercises import Exercise
+from npllama.exercises.checks import SEED, Case, Ints
+
+
+class TanhCache(NamedTuple):
+    x: np.ndarray
+    w: np.ndarray
+    s: np.ndarray
+    h: np.ndarray
+
+
+def tanh_layer_forward(x, w, s):
+    h = np.tanh(x @ w.T)
+    return h * s, TanhCache(x, w, s, h)
+
+
+def tanh_layer_backward(dout, cache):
+    x, w, s, h = cache
+    ds = (dout * h).reshape(-1, s.shape[0]).sum(0)
+    dpre = dout * s * (1 - h * h)
+    return dpre @ w, dpre.T @ x, ds
+
+
+class TanhLayer(Exercise):
+    op, title = "tanh_layer", "a tanh layer with a scale"
+    forward_name, backward_name = "tanh_layer_forward", "tanh_layer_backward"
+    backward_order = ORDER
+    space = dict(n=Ints(1, 3), seed=SEED)
+    edge_cases = [dict(n=3, seed=1)]
+
+    def build(self, params, dtype=np.float64):
+        rng = np.random.default_rng(params["seed"])
+        x = rng.standard_normal((params["n"], 4)).astype(dtype)
+        w = (0.5 * rng.standard_normal((3, 4))).astype(dtype)
+        s = rng.standard_normal(3).astype(dtype)
+        return Case(self.forward, [x, w, s], ("x", "w", "s"), (0, 1, 2), seed=params["seed"] % 1000)
+'''
+
+
+def _tanh_exercise(tmp_path, order):
+    from npllama.exercises import load_exercises
+
+    path = tmp_path / "tanh_exercise.py"
+    path.write_text(TANH_EXERCISE.replace("ORDER", order))
+    return load_exercises(path)["tanh_layer"]
+
+
+def _tanh_slope_slip(dout, cache):      # tanh' taken as 1 - h: dW and dx wrong, ds right
+    x, w, s, h = cache
+    dpre = dout * s * (1 - h)
+    return dpre @ w, dpre.T @ x, (dout * h).reshape(-1, s.shape[0]).sum(0)
+
+
+def test_a_teachers_backward_order_leads_the_report_with_the_root(tmp_path):
+    exercise = _tanh_exercise(tmp_path, '("s", "w", "x")')
+    finding = check_function(exercise, _tanh_slope_slip, n_random=0).first_failure.finding
+    assert finding.grad == "dw", finding.lines()
+    assert "further down the backward: dx" in finding.message and "right: ds" in finding.message, finding.message
+
+
+def test_a_teachers_exercise_without_an_order_says_it_cannot_tell_the_root(tmp_path):
+    exercise = _tanh_exercise(tmp_path, "()")
+    finding = check_function(exercise, _tanh_slope_slip, n_random=0).first_failure.finding
+    assert finding.grad == "dx", finding.lines()
+    assert "also wrong: dw" in finding.message and "cannot be told" in finding.message, finding.message
+
+
+@pytest.mark.parametrize("order, said", [('("s", "w")', "leaves out 'x'"),
+                                         ('("s", "w", "x", "y")', "names 'y', not a differentiable input"),
+                                         ('("s", ("w", "s"), "x")', "places 's' twice")])
+def test_a_teachers_backward_order_that_misses_or_misnames_an_input_is_refused(tmp_path, order, said):
+    from npllama.exercises import ExerciseFileError
+
+    with pytest.raises(ExerciseFileError, match="backward_order") as refused:
+        _tanh_exercise(tmp_path, order)
+    assert said in str(refused.value), refused.value

@@ -217,3 +217,37 @@ def test_a_teachers_backward_order_that_misses_or_misnames_an_input_is_refused(t
     with pytest.raises(ExerciseFileError, match="backward_order") as refused:
         _tanh_exercise(tmp_path, order)
     assert said in str(refused.value), refused.value
+
+
+# ----- a MemoryError at the import is told as one in a call: the limit and --memory-mb -------------
+HOG_AT_IMPORT = """import numpy as np
+
+TABLE = np.ones((8000, 8000))       # 512 MB, built when the file is imported
+
+
+def rmsnorm_backward(dy, cache):
+    return dy, dy.sum(0)
+"""
+HOG_IN_CALL = """import numpy as np
+
+
+def rmsnorm_backward(dy, cache):
+    table = np.ones((8000, 8000))
+    return dy, dy.sum(0)
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="the memory limit is Linux's")
+def test_running_out_of_memory_at_the_import_is_told_as_in_a_call(tmp_path):
+    from npllama.exercises.sandbox import grade_file
+
+    graded = {}
+    for name, text in (("at_import", HOG_AT_IMPORT), ("in_call", HOG_IN_CALL)):
+        path = tmp_path / f"{name}.py"
+        path.write_text(text)
+        graded[name] = grade_file("rmsnorm", path, n_random=0, memory_mb=128, timeout=60)
+    for name, line in (("at_import", 3), ("in_call", 5)):
+        assert graded[name].status == "crashed", graded[name]
+        assert graded[name].diagnosis.startswith("ran out of its memory limit of 128 MB (--memory-mb 128"), graded[name]
+        assert f"line {line} of {tmp_path / name}.py" in graded[name].diagnosis, graded[name].diagnosis
+    assert "the file raised MemoryError" in graded["at_import"].diagnosis

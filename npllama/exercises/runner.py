@@ -44,7 +44,13 @@ MAX_SOURCE_BYTES = 16 * 2**20
 
 
 class SubmissionError(Exception):
-    """The file could not be used at all: missing, a syntax error, no function of the right name."""
+    """The file could not be used at all: missing, a syntax error, no function of the right name.
+    raised: the exception the file's own code raised while it was imported, when that is why (the
+    sandbox reads a MemoryError there as its memory limit's, as in a call)."""
+
+    def __init__(self, message: str, raised: BaseException | None = None):
+        super().__init__(message)
+        self.raised = raised
 
 
 class GradingStopped(BaseException):
@@ -483,7 +489,7 @@ def load_function(op: str, path, catch_everything: bool = False, typed_as: str |
         raise SubmissionError(f"importing {named} failed: {error}") from None
     except (BaseException if catch_everything else Exception) as error:
         raise SubmissionError(f"importing {named} failed: "
-                              + _describe_exception(error, str(path), "the file", named)) from None
+                              + _describe_exception(error, str(path), "the file", named), raised=error) from None
     finally:
         sys.modules.pop(name, None)
     fn = getattr(module, exercise.backward_name, None)

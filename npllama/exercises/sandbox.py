@@ -415,6 +415,12 @@ class _Submission:
             self._stop("crashed", NOT_A_REPLY)
         header, _ = self._ask(None)
         if header.get("kind") == "load_error":
+            if isinstance(header.get("raised"), dict):
+                try:
+                    raised = wire.remote_error(header["raised"])
+                except wire.MALFORMED:
+                    self._stop("crashed", NOT_A_REPLY)
+                self._stop_at_memory_limit(raised, "the file")
             return None, str(header.get("text", ""))[:wire.MAX_TEXT]
         if header.get("kind") != "ready":
             self._stop("crashed", NOT_A_REPLY)
@@ -449,12 +455,7 @@ class _Submission:
                 error = ForbiddenCall(str(header.get("text", ""))[:wire.MAX_TEXT])
             elif kind == "raise":
                 error = wire.remote_error(header)
-                if isinstance(error, MemoryError) and _memory_limit_reached(error):
-                    # its process's limit, not a wrong gradient: a crash
-                    from .runner import _describe_exception
-
-                    self._stop("crashed", out_of_memory(self.memory_mb, _describe_exception(
-                        error, str(self.path), named_as=self.named_as)))
+                self._stop_at_memory_limit(error, "your function")
             elif kind == "too_large":
                 what = str(header.get("what", ""))[:200]
                 error = CheckFailed(Finding("", f"your function returned {what}, more than the checker takes back",
@@ -465,6 +466,16 @@ class _Submission:
         except (wire.WireError, *wire.MALFORMED):
             self._stop("crashed", NOT_A_REPLY)
         raise error
+
+    def _stop_at_memory_limit(self, error: BaseException, what: str) -> None:
+        """Stop the grading (crashed), naming the limit and --memory-mb, when `error` is a MemoryError
+        of the process's memory limit -- raised by `what` ("your function" in a call, "the file" at
+        its import): not a wrong gradient, nor a file that cannot be used."""
+        if isinstance(error, MemoryError) and _memory_limit_reached(error):
+            from .runner import _describe_exception
+
+            self._stop("crashed", out_of_memory(self.memory_mb, _describe_exception(
+                error, str(self.path), what, named_as=self.named_as)))
 
     def output(self) -> str:
         """What the submission printed, as Graded.output shows it ('' if the child is gone)."""
@@ -722,7 +733,10 @@ def _child(argv) -> int:
             function = load_function(exercise, args.path, catch_everything=True, typed_as=args.typed_as,
                                      named_as=args.named_as)
         except SubmissionError as error:
-            _send(args.reply_fd, {"kind": "load_error", "text": str(error)})
+            # what the file's code raised goes along: the grader tells its memory limit's MemoryError
+            # as it tells one in a call
+            raised = {} if error.raised is None else {"raised": wire.error_header(error.raised)}
+            _send(args.reply_fd, {"kind": "load_error", "text": str(error), **raised})
             return 0
         _send(args.reply_fd, {"kind": "ready", **_naming(function)})
         function = student_call(function)

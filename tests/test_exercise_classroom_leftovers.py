@@ -251,3 +251,21 @@ def test_running_out_of_memory_at_the_import_is_told_as_in_a_call(tmp_path):
         assert graded[name].diagnosis.startswith("ran out of its memory limit of 128 MB (--memory-mb 128"), graded[name]
         assert f"line {line} of {tmp_path / name}.py" in graded[name].diagnosis, graded[name].diagnosis
     assert "the file raised MemoryError" in graded["at_import"].diagnosis
+
+
+# ----- a teacher's exercise gets the ladder of cases from its own edge cases -----------------------
+def _first_row_only_ds(dout, cache):     # right with one row of x, wrong with several
+    x, w, s, h = cache
+    dpre = dout * s * (1 - h * h)
+    return dpre @ w, dpre.T @ x, (dout * h)[0]
+
+
+def test_a_teachers_exercise_says_which_of_its_cases_pass(tmp_path):
+    exercise = _tanh_exercise(tmp_path, '("s", "w", "x")')
+    exercise.edge_cases = [dict(n=1, seed=1), dict(n=1, seed=2), dict(n=3, seed=1)]
+    finding = check_function(exercise, _first_row_only_ds, n_random=0).first_failure.finding
+    assert finding.ladder.startswith("passes with x (1, 4), w (3, 4), s (3,) (n=1, seed=1); with x (1, 4), "
+                                     "w (3, 4), s (3,) (n=1, seed=2) -- fails with x (3, 4), w (3, 4), s (3,)"), \
+        finding.ladder
+    finding = check_function(exercise, _tanh_slope_slip, n_random=0).first_failure.finding
+    assert finding.ladder.startswith("it fails even the simplest case (x (1, 4)"), finding.ladder

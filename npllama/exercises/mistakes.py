@@ -178,6 +178,24 @@ def compare_ladder(catalogue, exercise, backward, say_why: bool = True) -> str:
     return text
 
 
+class EdgeCaseLadder:
+    """A teacher's exercise's own edge cases as a ladder (in the teacher's order: the first one is
+    the simple case, Exercise.edge_cases), judged by its reference backward.  No suspects: what a
+    failing case adds is not known, only which cases pass -- and, when one fails by a shape, that
+    shape.  A case described as another one is told apart by its parameters."""
+
+    def __init__(self, exercise):
+        self.exercise = exercise
+        described = [exercise.case(params).describe() for params in exercise.edge_cases]
+        self.ladder = [Rung(label if described.count(label) == 1 else
+                            f"{label} ({', '.join(f'{k}={v!r}' for k, v in params.items())})", params)
+                       for label, params in zip(described, exercise.edge_cases)]
+
+    def variant(self, dout, case):
+        _, cache = case.run_forward()
+        return self.exercise.reference(np.array(dout, copy=True), cache)
+
+
 def _rung_verdict(got, right, names) -> str | None:
     """None when the student's gradients are right here; 'wrong' when a value is off (beyond the
     near-exact band: an epsilon or a float32 mean is no structural mistake); else the first

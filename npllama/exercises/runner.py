@@ -31,7 +31,7 @@ from .checks import ForwardNotDeterministic, forward_subject, sample
 from .catalogue import CATALOGUES
 from .diagnose import NEAR_EXACT_CAUSES, CaseUndecided, CheckFailed, Finding
 from .gradebook import submissions_in
-from .mistakes import Explanation, explain, name_scalar_factor
+from .mistakes import EdgeCaseLadder, Explanation, compare_ladder, explain, name_scalar_factor
 from .screen import (RULE, ForbiddenCall, finite_difference_lines, guard_library, measured_reason, near_exact_gap,
                      near_exact_note, screen_source, student_call)
 from .session import librarys_own, replaced_definitions, students_code
@@ -455,6 +455,12 @@ def _name_the_mistake(exercise, backward, finding: Finding, params_list) -> None
             finding.hint += scalar.hint
     if found.grad is not None:
         finding.message, finding.hint = found.message, found.hint
+    if not found.ladder and not exercise.builtin and not getattr(catalogue, "ladder", None):
+        # a teacher's exercise with no ladder of its own: its edge cases are one
+        try:
+            found.ladder = compare_ladder(EdgeCaseLadder(exercise), exercise, backward)
+        except Exception:    # a case that cannot run here must not hide the checks' own findings
+            found.ladder = ""
     finding.ladder = found.ladder
 
 

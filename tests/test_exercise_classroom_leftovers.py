@@ -269,3 +269,20 @@ def test_a_teachers_exercise_says_which_of_its_cases_pass(tmp_path):
         finding.ladder
     finding = check_function(exercise, _tanh_slope_slip, n_random=0).first_failure.finding
     assert finding.ladder.startswith("it fails even the simplest case (x (1, 4)"), finding.ladder
+
+
+# ----- the model starter quotes ModelCache from the class ------------------------------------------
+def test_the_model_starter_quotes_every_field_of_ModelCache_as_the_class_writes_it():
+    # its fields were written out by hand in the exercise's docstring: a field added or a comment
+    # changed in npllama.model left the starter telling another cache
+    import inspect
+
+    from npllama.exercises.starter import starter_source
+    from npllama.model import ModelCache
+
+    text = " ".join(starter_source("model").split())
+    source = inspect.getsource(ModelCache)
+    for field in ModelCache._fields:
+        line = next(line for line in source.splitlines() if line.strip().startswith(f"{field}:"))
+        assert " ".join(line.split()) in text, line
+    assert " ".join(ModelCache.__doc__.split()) in text

@@ -330,7 +330,7 @@ def test_the_model_starter_quotes_the_embedding_cache():
 
     text = " ".join(starter_source("model").split())
     assert "embed_tokens, an EmbeddingCache" in text
-    # ModelCache's own fields are written out by hand in the docstring: a field added must be too
+    # ModelCache's own fields, quoted from the class (test_exercise_classroom_leftovers holds them to it)
     for field in ModelCache._fields:
         assert re.search(rf"\b{field}\b", text), field
     for field in EmbeddingCache._fields:

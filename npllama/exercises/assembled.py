@@ -251,10 +251,7 @@ logits = hidden @ W_lm.T                       # W_lm = E when tie_word_embeddin
     _doc = """Every parameter's gradient, given dL/dlogits.
 
     dlogits: (B, T, V) the gradient of the loss with respect to the logits
-    cache:   a ModelCache from npllama.model.model_forward: embed_tokens, layers (one BlockCache
-             per layer), norm, lm_head, hidden_shape (B, T, D), causal (False: the bidirectional
-             stack ran; not here)
-             EMBEDDING_CACHE
+    cache:   MODEL_CACHE
     config:  the LlamaConfig (num_hidden_layers, tie_word_embeddings, ...)
     Returns a dict: Hugging Face parameter name -> gradient, exactly the keys of model.params
     ("model.embed_tokens.weight", "model.layers.0.input_layernorm.weight", ..., "model.norm.weight",
@@ -268,18 +265,19 @@ logits = hidden @ W_lm.T                       # W_lm = E when tie_word_embeddin
 
     @property
     def doc(self):
-        """_doc with LAYER_PATHS and EmbeddingCache's fields quoted from where they are defined:
-        written out by hand they would drift."""
+        """_doc with LAYER_PATHS, ModelCache's fields and EmbeddingCache's quoted from where they
+        are defined: written out by hand they would drift."""
         import textwrap
 
-        from ..model import LAYER_PATHS
+        from ..model import LAYER_PATHS, ModelCache
         from ..ops.embedding import EmbeddingCache
-        from .starter import _field_cache_described
+        from .starter import _field_cache_described, _fields_described
 
         # one path a line would be nine lines: wrapped at the docstring's width, aligned after "("
         paths = textwrap.fill(repr(tuple(LAYER_PATHS)), 91, subsequent_indent=" ").replace("\n", "\n" + " " * 8)
-        embedding = _field_cache_described("embed_tokens", EmbeddingCache, " (npllama.ops.embedding)")
-        return (self._doc.replace("EMBEDDING_CACHE", ("\n" + " " * 13).join(embedding))
+        cache = (["a ModelCache, the named tuple model_forward returns (npllama.model):"] + _fields_described(ModelCache)
+                 + _field_cache_described("embed_tokens", EmbeddingCache, " (npllama.ops.embedding)"))
+        return (self._doc.replace("MODEL_CACHE", ("\n" + " " * 13).join(cache))
                 .replace("LAYER_PATHS_VALUE", paths))
 
     shapes = "tokens (B, T)   logits, dlogits (B, T, V)   E (V, D)   every layer as in the block exercise"

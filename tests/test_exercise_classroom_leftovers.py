@@ -286,3 +286,25 @@ def test_the_model_starter_quotes_every_field_of_ModelCache_as_the_class_writes_
         line = next(line for line in source.splitlines() if line.strip().startswith(f"{field}:"))
         assert " ".join(line.split()) in text, line
     assert " ".join(ModelCache.__doc__.split()) in text
+
+
+# ----- mistakes.py reads the ratio with diagnose.py's public helper ---------------------------------
+def test_mistakes_imports_no_private_name_of_another_module():
+    import ast
+    from pathlib import Path
+
+    import npllama.exercises.mistakes as mistakes
+
+    tree = ast.parse(Path(mistakes.__file__).read_text())
+    private = [(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+               for alias in node.names if alias.name.startswith("_")]
+    assert private == [], private
+
+
+def test_constant_ratio_is_the_factor_when_there_is_one():
+    from npllama.exercises.diagnose import constant_ratio
+
+    x = np.array([[1.0, -2.0], [3.0, 0.5]])
+    assert constant_ratio(-0.5 * x, x) == pytest.approx(-0.5)
+    assert constant_ratio(x + 1, x) is None
+    assert constant_ratio(np.zeros_like(x), x) is None       # 0 times is no factor: every entry is 0

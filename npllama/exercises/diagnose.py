@@ -154,7 +154,7 @@ def diagnose(got, expected, *, grad: str, case: str = "", zero_label: str = "") 
         finding.hint = ("an array created with dtype=np.float32 (or an .astype(np.float32)) inside your function: "
                         "create arrays with the inputs' dtype (np.zeros_like(x), or dtype=x.dtype for an input x)")
         return finding
-    ratio = _constant_ratio(got_arr, expected)
+    ratio = constant_ratio(got_arr, expected)
     if ratio is not None and abs(ratio - 1.0) < ROUND_OFF_RATIO:
         if finding.rel_error > NEAR_EXACT:
             finding.message = (f"it agrees with the right gradient to a relative {finding.rel_error:.1g}: close, "
@@ -285,8 +285,10 @@ def _without_ones(shape) -> tuple:
     return tuple(n for n in shape if n != 1)
 
 
-def _constant_ratio(got, expected) -> float | None:
-    """r when got == r * expected (to MATCH_TOL), else None."""
+def constant_ratio(got, expected) -> float | None:
+    """The factor r with got == r * expected (to MATCH_TOL), else None (and for r = 0: every entry
+    0 is said as such): what a gradient off by a constant factor is off by -- the diagnosis here,
+    and the scalar input a factor is (mistakes.name_scalar_factor)."""
     r = fitted_factor(got, expected)
     if r is not None and r != 0.0 and rel_error(got, r * expected) < MATCH_TOL:
         return r

@@ -22,7 +22,7 @@ import itertools
 import numpy as np
 
 from .checks import backward_rank
-from .diagnose import _constant_ratio, rel_error
+from .diagnose import constant_ratio, rel_error
 
 MATCH = 1e-6       # the student's gradients equal a mistake's to this (norm-wise relative error)
 
@@ -245,7 +245,7 @@ def name_scalar_factor(exercise, backward, params_list) -> Explanation | None:
         passes = [same_gradients((g[k],), (r[k],)) for _, g, r in probes]
         if all(passes):
             continue
-        ratios = [_constant_ratio(g[k], r[k]) for (_, g, r), ok in zip(probes, passes) if not ok]
+        ratios = [constant_ratio(g[k], r[k]) for (_, g, r), ok in zip(probes, passes) if not ok]
         if None in ratios:
             return None       # not a factor on some case
         # a case it passes (with some nonzero right value) has the ratio 1: tau = 1 there, and a

@@ -395,7 +395,7 @@ def compare_backends(model, tokens, targets=None, backends=("numpy", "numba"), *
     b = run_trace(model, tokens, targets, backend_name=b_name, include=include, exclude=exclude,
                   attention_mask=attention_mask)
     rtol = DEFAULT_RTOL[_dtype_of(model)] if rtol is None else rtol
-    return compare(a, b, rtol, atol, labels=(a_name, b_name))
+    return _noting_shared_code(compare(a, b, rtol, atol, labels=(a_name, b_name)), "ops")
 
 
 def compare_dtypes(model, tokens, targets=None, *, backend_name="numpy", rtol=None, atol=None,
@@ -416,7 +416,30 @@ def compare_dtypes(model, tokens, targets=None, *, backend_name="numpy", rtol=No
     b = run_trace(m64, tokens, targets, backend_name=backend_name, include=include, exclude=exclude,
                   attention_mask=attention_mask)
     rtol = DEFAULT_RTOL[np.float32] if rtol is None else rtol
-    return compare(a, b, rtol, atol, labels=("float32", "float64"))
+    return _noting_shared_code(compare(a, b, rtol, atol, labels=("float32", "float64")), "precision")
+
+
+# Said when a comparison of two npllama runs finds nothing, by what the two runs shared: a slip in
+# what they shared is on both sides.
+SHARED_CODE = {
+    "ops": ("both runs ran npllama/model.py, which joins the ops (the heads' splits and merges, the residual "
+            "sums, the sum of the q, k and v projections' dx, the tied embedding's two gradients), and differ "
+            "only in the ops (npllama/ops against npllama/kernels): a slip in model.py is on both sides and "
+            "cannot show here; compare_transformers (`npllama debug compare --against transformers`) checks "
+            "model.py too"),
+    "precision": ("both runs ran the same code, in float32 and in float64: a wrong step, in an op or in "
+                  "npllama/model.py, is wrong on both sides and cannot show here, only float32's round-off "
+                  "and range; compare_backends (`npllama debug compare`) checks the ops against the kernels, "
+                  "compare_transformers (`--against transformers`) the ops and model.py"),
+}
+
+
+def _noting_shared_code(comparison: Comparison, shared: str) -> Comparison:
+    """`comparison`, with SHARED_CODE[shared] among its notes when it found no divergence: "no
+    divergence" must not pass for a clean backward when the slip would be on both sides."""
+    if comparison.ok:
+        comparison.notes.append(SHARED_CODE[shared])
+    return comparison
 
 
 def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=None, backend_name="numpy",

@@ -151,7 +151,7 @@ class Trace:
             return None
         if len(functions) == 1:
             return functions[0]
-        return "sum of " + " and ".join(functions) + f" ({base} is used more than once)"
+        return "sum of " + " and ".join(functions) + f" ({base} is used more than once; {_TIED_SUM})"
 
     def recording_bindings(self, ops_in_force: dict, params: dict, config, head_params: Mapping | None = None,
                            lora: str | None = None) -> dict:
@@ -535,8 +535,10 @@ class _Recorder:
         consumers, residual = self.consumers(name)
         ran = [(c, self.backward_of[c]) for c in consumers if c in self.backward_of]
         functions = list(dict.fromkeys(fn for _, fn in ran))
+        # where the parts are added: a block's backward, for its steps and for what feeds its residual
+        added = f", added in {_BLOCK_BACKWARD}" if residual or name.startswith("model.layers.") else ""
         if len(functions) == 1 and len(ran) > 1:   # e.g. the three projections of the normed input
-            parts = [f"{functions[0]}'s dx for {', '.join(_module(c) for c, _ in ran)}"]
+            parts = [f"{functions[0]}'s dx for {', '.join(_module(c) for c, _ in ran)}{added}"]
         else:
             parts = [f"{fn} (for {c})" if residual or len(ran) > 1 else fn for c, fn in ran]
         if residual is None:
@@ -544,7 +546,7 @@ class _Recorder:
         through = f"d:{residual}, passed back by the residual connection"
         if not parts:   # only the residual reads it: its gradient is the residual's own
             return f"{through} ({self.gradient_source(residual)})"
-        return "sum of " + " and ".join(parts) + f" and {through}"
+        return "sum of " + " and ".join(parts) + f" and {through}{added}"
 
     # ----- gradients inside an op's backward -------------------------------------------------
     def _observed(self, fn, op_name, name, cache):
@@ -711,6 +713,11 @@ _POOLED_INDEX = ("npllama.ops.classifier.last_token_index (for a classifier by w
 # The residual sums are plain additions in npllama.model.block_forward, not ops.
 _BLOCK_OUT = "npllama.model.block_forward (out = h + mlp_out)"
 _BLOCK_RESIDUAL = "npllama.model.block_forward (h = x + attn_out)"
+# Where the backward adds the gradients of a tensor read twice (the residual sums, the q/k/v projections'
+# dx), and of the matrix used twice (the tied embedding, the LM head): not an op, so named here.
+_BLOCK_BACKWARD = "npllama.model.block_backward"
+_TIED_SUM = ("its gradients added in npllama.model.model_backward, or for an objective's own head "
+             "in npllama.model.Llama.hidden_backward")
 
 
 def _where_attended(d_attn_probs, allowed):

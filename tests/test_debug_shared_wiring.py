@@ -7,6 +7,7 @@ import inspect
 import numpy as np
 import pytest
 
+import npllama
 import npllama.model as model_module
 from npllama import Llama, LlamaConfig, debug
 
@@ -71,3 +72,24 @@ def test_transformers_finds_the_slip_the_note_sends_you_to(monkeypatch, tmp_path
     monkeypatch.setattr(model_module, TIED_COUNTED_ONCE[0], planted(*TIED_COUNTED_ONCE))
     report = debug.compare_transformers(tmp_path / "m", IDS, dtype=np.float64)
     assert report.first is not None and report.first.name == "d:model.embed_tokens.weight", str(report)
+
+
+# ----- a gradient that is a sum names the function that adds it, not only the backwards it adds -----
+
+QKV_SUM_SHORT = ("block_backward", "dxn = dxn_q + dxn_k + dxn_v", "dxn = dxn_q + dxn_v")
+
+
+@pytest.mark.parametrize("slip, first, adder", [
+    (TIED_COUNTED_ONCE, "d:model.embed_tokens.weight", "npllama.model.model_backward"),
+    (RESIDUAL_DROPPED, "d:model.layers.1.residual", "npllama.model.block_backward"),
+    (QKV_SUM_SHORT, "d:model.layers.1.input_layernorm.out", "npllama.model.block_backward"),
+])
+def test_a_sum_dropped_in_model_py_is_traced_to_the_function_that_adds(monkeypatch, slip, first, adder):
+    model = tiny(dtype=np.float64)
+    good = debug.run_trace(model, IDS)
+    monkeypatch.setattr(model_module, slip[0], planted(*slip))
+    bad = debug.run_trace(model, IDS)
+    report = npllama.trace.compare(bad, good, rtol=1e-9, labels=("planted", "good"))
+    assert report.first is not None and report.first.name == first, str(report)
+    computed_by = next(line for line in str(report).splitlines() if "computed by" in line)
+    assert adder in computed_by, computed_by

@@ -832,8 +832,10 @@ def _peft_module_settings(path, config: dict, num_layers: int, head: str, other_
         targets = set(targets)
         if len(targets) >= _MIN_TARGET_MODULES_FOR_OPTIMIZATION:
             suffixes = tuple("." + t for t in targets)
-            targets = _minimal_target_modules(targets, [n for n in names if n not in targets
-                                                        and not n.endswith(suffixes)])
+            condensed = _minimal_target_modules(targets, [n for n in names if n not in targets
+                                                          and not n.endswith(suffixes)])
+            if len(condensed) < len(targets):   # PEFT keeps the list as it is unless it gets shorter
+                targets = condensed
     adapted = [name for name in names if _peft_adapts(config, targets, name)]
     if not adapted:
         regex = (" (PEFT matches a regular expression against whole module names such as "

@@ -174,6 +174,18 @@ def test_twenty_paths_or_more_are_condensed_to_suffixes_as_peft_does_before_laye
     assert adapters.modules() == theirs.base_model.targeted_module_names == EVERY_PATH[7:14]
 
 
+def test_twenty_entries_that_condense_to_no_fewer_stay_as_they_are_as_peft_keeps_them(tmp_path):
+    """PEFT replaces a long target_modules list by its suffixes only when that makes it shorter: 20
+    entries, each needing one suffix of its own, stay whole, so a path among them is still taken
+    whatever layers_to_transform says (condensed, "0.self_attn.q_proj" would be limited to layer 1)."""
+    base = base_folder(tmp_path / "base")
+    targets = ["model.layers.0.self_attn.q_proj"] + [f"other_{i}" for i in range(19)]
+    theirs = peft_adapter(causal_lm(base), tmp_path / "adapter", r=2, target_modules=targets, layers_to_transform=[1])
+    assert theirs.base_model.targeted_module_names == ["model.layers.0.self_attn.q_proj"]
+    adapters = loaded_like_peft(theirs, base, tmp_path / "adapter", 9)
+    assert adapters.modules() == ["model.layers.0.self_attn.q_proj"]
+
+
 def test_a_peft_adapter_whose_config_says_fan_in_fan_out_loads_with_a_warning_as_peft_does(tmp_path):
     """fan_in_fan_out=true describes weights stored (in, out) (GPT-2's Conv1D): PEFT warns that a
     Linear target is not so and computes plain LoRA; npllama used to refuse the adapter."""

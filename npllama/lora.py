@@ -912,7 +912,7 @@ def _check_peft_config(path, config) -> None:
         fail("fan_in_fan_out", f"is {fan_in_fan_out!r:.40}; it must be true or false")
     if fan_in_fan_out:   # it says weights are stored (in, out), as GPT-2's Conv1D; a Llama's Linear are (out, in)
         warnings.warn(f"{path}: fan_in_fan_out is true, but the adapted modules of a Llama are Linear layers "
-                      f"(weights (out, in)): loading with fan_in_fan_out false, as PEFT does", stacklevel=5)
+                      f"(weights (out, in)): loading with fan_in_fan_out false, as PEFT does", stacklevel=4)
     # PEFT applies each of these when it loads the adapter; npllama would not, and would compute
     # other outputs than PEFT without a word.  So an adapter that sets one is refused.
     for field, what in UNSUPPORTED_PEFT_FIELDS.items():

@@ -1,6 +1,7 @@
 """Loading an adapter folder whose adapter_config.json npllama did not write: what PEFT would run
 loads and computes what PEFT computes; a setting that cannot load is refused naming the file and
 the field, not as if the caller had passed a bad argument."""
+import inspect
 import json
 import re
 
@@ -224,3 +225,13 @@ def test_an_adapter_saved_without_a_task_type_loads(tmp_path, task_type):
         config["task_type"] = task_type
     config_path.write_text(json.dumps(config))
     assert load_adapter(base_model(), folder, task="CAUSAL_LM").task_type is None
+
+
+def test_the_fan_in_fan_out_warning_points_at_the_line_that_loads_the_adapter(tmp_path):
+    """The warning is the caller's to act on: it names the caller's file and line, not a line above it."""
+    folder = saved_adapter(tmp_path, fan_in_fan_out=True)
+    model = base_model()
+    with pytest.warns(UserWarning, match="fan_in_fan_out is true") as caught:
+        line = inspect.currentframe().f_lineno + 1
+        load_adapter(model, folder)
+    assert (caught[0].filename, caught[0].lineno) == (__file__, line)

@@ -190,6 +190,7 @@ class TrainConfig:
     # what resuming from Python takes: the saved settings, with the caller's on top
     RESUME_FROM_SAVED = "npllama.train.resume_config(run_dir, **changes)"
     PATH_SETTINGS = ("out", "data", "tokenizer", "val_data", "init_from")  # a respelled path is no change
+    MODEL_SETTINGS = ("init_from",)   # a run folder and its model/ name one start (init_from_dir)
     RECORDED_ABSOLUTE = ("data", "tokenizer", "val_data", "init_from")    # the files the run reads
 
     @property

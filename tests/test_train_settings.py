@@ -492,3 +492,21 @@ def test_a_resume_reads_the_tokenizer_file_the_settings_name_by_its_path_and_a_c
     result = train(TrainConfig(**{**settings, "tokenizer": str(moved)}), resume=True, echo=quiet)
     assert result.step == 2
     assert (tmp_path / "run" / "tokenizer.model").read_bytes() == moved.read_bytes()
+
+
+def test_resume_takes_init_from_a_run_folder_or_its_model_as_the_same_start(tmp_path):
+    """--init-from RUN starts from RUN/model (init_from_dir): naming that folder on --resume is no change
+    (as finetune --base); a folder that holds another model still is."""
+    from npllama.resuming import changes_on_resume, write_settings
+    from npllama.train import CONFIG_FILE
+
+    for name in ("base_run", "other"):
+        (tmp_path / name / "model").mkdir(parents=True)
+        (tmp_path / name / "model" / "config.json").write_text("{}")
+    run = tmp_path / "run"
+    run.mkdir()
+    write_settings(run, TrainConfig(out=str(run), init_from=str(tmp_path / "base_run")), CONFIG_FILE)
+    for spelling in (tmp_path / "base_run" / "model", f"{tmp_path / 'base_run' / 'model'}/"):
+        assert changes_on_resume(run, TrainConfig(out=str(run), init_from=str(spelling)), CONFIG_FILE) == {}, spelling
+    with pytest.raises(ValueError, match="cannot resume .*init_from"):
+        changes_on_resume(run, TrainConfig(out=str(run), init_from=str(tmp_path / "other" / "model")), CONFIG_FILE)

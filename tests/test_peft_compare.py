@@ -136,6 +136,9 @@ EVERY_PATH = [f"model.layers.{i}.{PARENT[t]}.{t}" for i in range(3) for t in ALL
     dict(target_modules=["q_proj", "v_proj", "down_proj"], rank_pattern={"v_proj": 1, r"layers\.1\.self_attn\.q_proj": 3},
          alpha_pattern={"down_proj": 5, "q_proj": 0.5}),
     dict(target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 1}, alpha_pattern={"q_proj": 4}, use_rslora=True),
+    # patterns that both match a module: the first one listed gives its r and alpha (PEFT's get_pattern_key)
+    dict(target_modules=["q_proj", "v_proj"], rank_pattern={r"layers\.1\.self_attn\.q_proj": 3, "q_proj": 1},
+         alpha_pattern={r"model\.layers\.0\..*": 6, "v_proj": 0.5}),
     dict(target_modules=["q_proj", "v_proj"], exclude_modules=["model.layers.1.self_attn.q_proj", "layers.2.self_attn.v_proj"]),
     dict(target_modules=["q_proj", "v_proj"], exclude_modules=r".*\.0\..*"),
 ])

@@ -141,6 +141,8 @@ EVERY_PATH = [f"model.layers.{i}.{PARENT[t]}.{t}" for i in range(3) for t in ALL
          alpha_pattern={r"model\.layers\.0\..*": 6, "v_proj": 0.5}),
     dict(target_modules=["q_proj", "v_proj"], exclude_modules=["model.layers.1.self_attn.q_proj", "layers.2.self_attn.v_proj"]),
     dict(target_modules=["q_proj", "v_proj"], exclude_modules=r".*\.0\..*"),
+    # as a string, exclude_modules is matched against whole names: "v_proj" excludes no module
+    dict(target_modules=["q_proj", "v_proj"], exclude_modules="v_proj"),
 ])
 def test_a_peft_adapter_on_chosen_modules_gives_the_same_logits_and_saves_back_as_peft_reads_it(tmp_path, selection):
     """npllama picks the modules, ranks and alphas by PEFT's rules (target_modules as names,
@@ -212,9 +214,11 @@ def test_a_peft_adapter_that_trains_the_lm_head_is_refused(tmp_path):
         load_adapter(Llama.from_pretrained(base, dtype=np.float64), tmp_path / "adapter")
 
 
-def test_sequence_classification_adapter_both_ways(tmp_path):
+@pytest.mark.parametrize("targets", [["k_proj", "down_proj"], ["k_proj", "down_proj", "score"]])
+def test_sequence_classification_adapter_both_ways(tmp_path, targets):
     """A SEQ_CLS adapter with the score head as modules_to_save: npllama's loads in PEFT's
-    LlamaForSequenceClassification, PEFT's in npllama's SequenceClassifier, logits equal."""
+    LlamaForSequenceClassification, PEFT's in npllama's SequenceClassifier, logits equal.  A head
+    among target_modules too is no LoRA target: PEFT trains a module of modules_to_save whole."""
     base = base_folder(tmp_path / "base", tied=True)
     tokens, mask = pad_batch([[1, 5, 6, 7, 8, 9], [1, 10, 11]], pad_id=2)
     hf_mask = torch.from_numpy(mask.astype(np.int64))
@@ -239,7 +243,7 @@ def test_sequence_classification_adapter_both_ways(tmp_path):
     assert rel_error(ours.logits(tokens, mask), expected) < 1e-12
 
     theirs = peft_adapter(hf_classifier(), tmp_path / "theirs", task_type="SEQ_CLS", r=2, lora_alpha=3,
-                          target_modules=["k_proj", "down_proj"])
+                          target_modules=targets)
     assert json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())["modules_to_save"] == ["classifier", "score"]
     float64_faithful(theirs.base_model.model, model.config)
     with torch.no_grad():

@@ -7,7 +7,7 @@ import pytest
 from npllama import Llama, LlamaConfig, gradcheck, use_backend
 from npllama.io.errors import CheckpointError
 from npllama.io.safetensors import read_safetensors, write_safetensors
-from npllama.lora import ALL_TARGETS, attach_lora, load_adapter, peft_name
+from npllama.lora import ALL_TARGETS, LoraAdapters, attach_lora, load_adapter, peft_name
 
 
 def tiny_config(**overrides):
@@ -648,3 +648,17 @@ def test_an_adapted_model_reuses_its_re_bound_code_from_call_to_call(backend_nam
     model, _ = adapted_model(("q_proj", "gate_proj"))
     with use_backend(backend_name):
         assert model._math() is model._math()
+
+
+def test_adapters_with_per_module_settings_have_a_scaling_per_module_and_no_single_one():
+    """`modules` gives each projection its own r and alpha (a PEFT rank_pattern): `scalings` holds
+    each module's alpha / r; `scaling`, one number for all, is refused rather than one of them."""
+    model = base_model()
+    q0, v1 = "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"
+    adapters = LoraAdapters(model, r=2, lora_alpha=4, modules={q0: (2, 4), v1: (4, 2)})
+    assert adapters.modules() == [q0, v1] and adapters.scalings == {q0: 2.0, v1: 0.5}
+    assert adapters.params[peft_name(v1, "lora_A")].shape == (4, 8) and not adapters.is_uniform()
+    with pytest.raises(ValueError, match=r"scale their modules differently .*adapters.scalings\[module\]"):
+        adapters.scaling
+    same = LoraAdapters(base_model(), r=2, lora_alpha=4, modules={q0: (2, 4), v1: (2, 4)})
+    assert same.scaling == 2.0

@@ -235,3 +235,15 @@ def test_the_fan_in_fan_out_warning_points_at_the_line_that_loads_the_adapter(tm
         line = inspect.currentframe().f_lineno + 1
         load_adapter(model, folder)
     assert (caught[0].filename, caught[0].lineno) == (__file__, line)
+
+
+def test_all_linear_in_any_case_is_peft_s_shorthand(tmp_path):
+    """PEFT compares target_modules="all-linear" case-blind: "All-Linear" adapts every projection too."""
+    model, adapters = adapted_model()
+    folder = adapters.save_adapter(tmp_path / "a")
+    config_path = folder / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "target_modules": "All-Linear"}))
+    loaded = load_adapter(base_model(), folder)
+    assert loaded.modules() == adapters.modules() and len(loaded.modules()) == 14
+    tokens = np.array([[1, 2, 3, 4, 5]])
+    np.testing.assert_array_equal(loaded.model.forward(tokens), model.forward(tokens))

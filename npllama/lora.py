@@ -824,6 +824,8 @@ def _peft_module_settings(path, config: dict, num_layers: int, head: str, other_
     from .io.errors import CheckpointError
 
     names = _hf_module_names(num_layers, head)
+    if config.get("task_type") == "SEQ_CLS":   # PeftModelForSequenceClassification saves its heads whole, never adapts them
+        config = {**config, "modules_to_save": [*(config.get("modules_to_save") or ()), *SAVED_HEADS]}
     targets = config["target_modules"]
     if isinstance(targets, str) and targets.lower() == "all-linear":   # every Linear but the output layer
         classifier = config.get("task_type") == "SEQ_CLS"

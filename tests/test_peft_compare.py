@@ -252,6 +252,15 @@ def test_sequence_classification_adapter_both_ways(tmp_path, targets):
     head = SequenceClassifier(plain, ["a", "b", "c"])
     head.score_weight = load_adapter(plain, tmp_path / "theirs").extra.pop("score.weight")
     assert rel_error(head.logits(tokens, mask), expected) < 1e-12
+    if "score" in targets:   # a SEQ_CLS config without modules_to_save: PEFT still trains its head whole
+        config_path = tmp_path / "theirs" / "adapter_config.json"
+        config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "modules_to_save": None}))
+        again = peft.PeftModel.from_pretrained(hf_classifier(), tmp_path / "theirs").eval()
+        assert sorted(again.base_model.targeted_module_names) == [f"model.layers.{i}.{m}" for i in range(2)
+                                                                  for m in ("mlp.down_proj", "self_attn.k_proj")]
+        plain = Llama.from_pretrained(base, dtype=np.float64)
+        assert load_adapter(plain, tmp_path / "theirs").modules() == [f"model.layers.{i}.{m}" for i in range(2)
+                                                                       for m in ("self_attn.k_proj", "mlp.down_proj")]
 
 
 def test_a_peft_adapter_ranked_above_a_projections_dimension_gives_the_same_logits(tmp_path):

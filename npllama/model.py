@@ -171,7 +171,10 @@ class Llama:
 
     def __repr__(self) -> str:
         cfg = self.config
-        lora = f", LoRA r={self.lora.r}" if self.lora is not None else ""
+        lora = ""
+        if self.lora is not None:   # an adapter's rank_pattern may give modules ranks of their own
+            ranks = sorted({rank for rank, _ in self.lora.module_settings.values()})
+            lora = f", LoRA r={ranks[0]}" if len(ranks) == 1 else f", LoRA r={ranks[0]}..{ranks[-1]} by module"
         mlm = ", masked-LM (bidirectional)" if self.objective == "mlm" else ""
         return (f"Llama({self.num_parameters():,} parameters, {cfg.num_hidden_layers} layers, hidden "
                 f"{cfg.hidden_size}, heads {cfg.num_attention_heads}/{cfg.num_key_value_heads}, vocab "

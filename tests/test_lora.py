@@ -662,3 +662,17 @@ def test_adapters_with_per_module_settings_have_a_scaling_per_module_and_no_sing
         adapters.scaling
     same = LoraAdapters(base_model(), r=2, lora_alpha=4, modules={q0: (2, 4), v1: (2, 4)})
     assert same.scaling == 2.0
+
+
+def test_the_models_repr_gives_the_ranks_its_adapters_have():
+    """A PEFT adapter with rank_pattern has ranks by module: repr says their range, not the config's
+    default r, which no module may have."""
+    model = base_model()
+    assert "LoRA" not in repr(model)
+    attach_lora(model, r=3)
+    assert repr(model).endswith(", float64, LoRA r=3)")
+    model.lora.detach()
+    model = base_model()
+    model.lora = LoraAdapters(model, r=8, modules={"model.layers.0.self_attn.q_proj": (2, 4.0),
+                                                   "model.layers.1.self_attn.v_proj": (4, 4.0)})
+    assert repr(model).endswith(", float64, LoRA r=2..4 by module)")

@@ -25,6 +25,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+from .io.hf import CHAT_TEMPLATE_FILE
 from .ops._checks import require_path
 
 # LLaMA-2-chat:  <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant} </s><s>[INST] ...
@@ -288,7 +289,7 @@ def read_folder_template(folder) -> str | None:
 def folder_template_and_file(folder) -> tuple[str | None, Path | None]:
     """(the chat template a Hugging Face folder carries, the file it is in), or (None, None)."""
     folder = Path(folder)
-    jinja_file = folder / "chat_template.jinja"        # transformers 5 saves it beside the config
+    jinja_file = folder / CHAT_TEMPLATE_FILE
     if jinja_file.is_file():
         return jinja_file.read_text(encoding="utf-8"), jinja_file
     config_file = folder / "tokenizer_config.json"

@@ -44,7 +44,7 @@ from .objectives import IGNORE_INDEX, pad_batch, pad_id_of
 from .ops._checks import require_non_negative_int, require_positive_int
 from .ops.classifier import last_token_index   # (the head's ops are the ops in force: Llama.head_ops)
 from .interrupts import deferred_stop_signals
-from .io.hf import objective_fields
+from .io.hf import CHAT_TEMPLATE_FILE, objective_fields
 from .optim import AdamW, TrainingError, clip_finite_step, cosine_with_warmup
 from .parallel import mean_over_targets
 
@@ -914,7 +914,7 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
             model.lora.save_adapter(out, base_model_name_or_path=str(model_dir), task_type="CAUSAL_LM")
             # the template travels with the adapter (as transformers saves one beside a tokenizer):
             # `generate --adapter --chat` formats as it was trained, whatever the base folder holds
-            (out / "chat_template.jinja").write_text(template.source, encoding="utf-8")
+            (out / CHAT_TEMPLATE_FILE).write_text(template.source, encoding="utf-8")
         else:
             if model.lora is not None:
                 model.lora.merge()

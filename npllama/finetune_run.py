@@ -27,6 +27,7 @@ from pathlib import Path
 from .interrupts import deferred_stop_signals, stop_signals_interrupt
 from .io.atomic import atomic_files_into, atomic_write_text
 from .io.errors import CheckpointError
+from .io.hf import CHAT_TEMPLATE_FILE
 from .resuming import (LOG_FILE, already_holds_a_run, check_finite, check_steps_reach, checked_step, data_fingerprint,
                        record_changes, refuse_changed_base, refuse_changed_data, reopen_run, reporting_write_errors,
                        require_files, require_settings, restore_optimizer, resume_command, stop_line, truncate_log,
@@ -36,7 +37,7 @@ from .runs import files_besides_locks, not_empty, replacing_in_run, writing_run
 # The files of a result of each kind, as the jobs save them into the run folder (finetune.py, finetune_sop.py)
 MODEL_RESULT_FILES = ("config.json", "generation_config.json", "model.safetensors", "sop_head.safetensors",
                       "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-ADAPTER_RESULT_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "chat_template.jinja")
+ADAPTER_RESULT_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", CHAT_TEMPLATE_FILE)
 
 SETTINGS_FILES = {"classify": "classify_config.json", "sft": "sft_config.json", "sop": "sop_config.json"}
 

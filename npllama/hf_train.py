@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .commands.tokenizer import DEFAULT_DOC_SEPARATOR
 from .io.errors import CheckpointError
-from .io.hf import CONFIG_NAME, TOKENIZER_FILES, read_config
+from .io.hf import CHAT_TEMPLATE_FILE, CONFIG_NAME, TOKENIZER_FILES, read_config
 from .io.reading import read_json
 from .optim import decay_groups
 from .runs import refuse_other_than_a_language_model
@@ -178,17 +178,22 @@ def _read_corpus(args):
         raise SystemExit(f"hf_train: error: --data: {e}") from None
 
 
+# What a folder reads and writes text with: its tokenizer files (transformers' layout) and chat template
+_TEXT_FILES = TOKENIZER_FILES + (CHAT_TEMPLATE_FILE,)
+
+
 def _tokenizer_files(model_dir: Path) -> set[str]:
-    """The tokenizer files (transformers' layout) the folder holds: the trained folder gets them all,
-    so that npllama and AutoTokenizer read the tokenizer the model was trained with."""
-    return {name for name in TOKENIZER_FILES if (model_dir / name).is_file()}
+    """The tokenizer files and chat template the folder holds: the trained folder gets them all, so
+    that npllama and AutoTokenizer read the tokenizer the model was trained with, and `npllama chat`
+    talks in the template it was fine-tuned with."""
+    return {name for name in _TEXT_FILES if (model_dir / name).is_file()}
 
 
 def _write_tokenizer_files(model_dir: Path, out: Path) -> None:
-    """--model's tokenizer files copied into `out`, and the ones it lacks removed from there (an earlier
-    model's tokenizer.json, say, which AutoTokenizer would read), as npllama's own saves do."""
+    """--model's tokenizer files and chat template copied into `out`, and the ones it lacks removed
+    from there (an earlier model's tokenizer.json, say, which AutoTokenizer would read)."""
     given = _tokenizer_files(model_dir)
-    for name in TOKENIZER_FILES:
+    for name in _TEXT_FILES:
         if name in given:
             shutil.copyfile(model_dir / name, out / name)
         else:

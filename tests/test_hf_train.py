@@ -278,3 +278,20 @@ def test_stale_tokenizer_files_in_out_are_removed(tmp_path):
     _write_tokenizer_files(start, out)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "tokenizer.model"]
     assert (out / "tokenizer.model").read_bytes() == b"new"
+
+
+def test_the_chat_template_goes_with_the_model_and_a_stale_one_goes(tmp_path):
+    """A fine-tuned chat model's chat_template.jinja is what `npllama chat` talks in: --out gets it,
+    and an earlier model's template there goes when the start folder has none."""
+    from npllama.chat import read_folder_template
+    from npllama.hf_train import _write_tokenizer_files
+
+    start, out = tmp_path / "start", tmp_path / "out"
+    start.mkdir(), out.mkdir()
+    (start / "tokenizer.model").write_bytes(b"tok")
+    (start / "chat_template.jinja").write_text("{{ messages[0]['content'] }}", encoding="utf-8")
+    _write_tokenizer_files(start, out)
+    assert read_folder_template(out) == "{{ messages[0]['content'] }}"
+    (start / "chat_template.jinja").unlink()
+    _write_tokenizer_files(start, out)
+    assert read_folder_template(out) is None

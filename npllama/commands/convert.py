@@ -71,6 +71,7 @@ def gguf(args) -> int:
     import importlib.util
 
     from ..io.gguf_import import INSTALL_HINT, convert_gguf, looks_like_gguf   # (gguf itself is read later)
+    from ..io.hf import CHAT_TEMPLATE_FILE
 
     checkpoint, out = _checked_paths(args)
     _check_out(args, out, checkpoint)
@@ -85,7 +86,7 @@ def gguf(args) -> int:
     if has_tokenizer:
         print(f"wrote {out} with tokenizer.model from the file's vocabulary; try `npllama generate --model {out}`")
     else:
-        kept = " (its chat template is in chat_template.jinja)" if (out / "chat_template.jinja").is_file() else ""
+        kept = f" (its chat template is in {CHAT_TEMPLATE_FILE})" if (out / CHAT_TEMPLATE_FILE).is_file() else ""
         print(f"wrote {out} without a tokenizer (the file's vocabulary is not SentencePiece's){kept}: copy the "
               f"model's tokenizer.model or tokenizer.json in before `npllama generate --model {out}`")
     return 0

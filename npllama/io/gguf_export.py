@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .atomic import atomic_path
-from .hf import load_hf_folder
+from .hf import CHAT_TEMPLATE_FILE, load_hf_folder
 from .safetensors import largest_finite, stays_finite
 from .rotary_layout import half_split_to_interleaved
 from .sentencepiece_model import UNUSED
@@ -235,7 +235,7 @@ def _files_read_from(model_dir: Path) -> list[Path]:
     from .hf import INDEX_NAME, shards_named_by
 
     names = ("config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.model",
-             "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+             "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", CHAT_TEMPLATE_FILE)
     files = [model_dir / name for name in names] + sorted(model_dir.glob("*.safetensors"))
     files += [model_dir / shard for shard in shards_named_by(model_dir / INDEX_NAME)]
     with contextlib.suppress(FileNotFoundError):

@@ -29,6 +29,7 @@ import numpy as np
 from ..config import LlamaConfig
 from .errors import CheckpointError
 from .gguf_export import _LAYER_NAMES, _TOP_NAMES
+from .hf import CHAT_TEMPLATE_FILE
 from .rotary_layout import interleaved_to_half_split
 from .sentencepiece_model import BYTE, PIECE_TYPES, UNKNOWN, build_bpe_model
 
@@ -387,9 +388,6 @@ def _hf_name(path: Path, name: str) -> str:
     if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _HF_LAYER_NAMES:
         return f"model.layers.{int(parts[1])}.{_HF_LAYER_NAMES[parts[2]]}"
     raise CheckpointError(path, "is not a LLaMA tensor npllama knows", tensor=name)
-
-
-CHAT_TEMPLATE_FILE = "chat_template.jinja"   # a folder's chat template without tokenizer_config.json (npllama.chat)
 
 
 def convert_gguf(path, out, dtype=None) -> tuple[Path, bool]:

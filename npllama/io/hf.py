@@ -44,6 +44,9 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"   # a PEFT/LoRA adapter folder's (np
 # ones it does not write, or they, not the tokenizer given, would be what the folder loads with.
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json")
+# A folder's chat template, where transformers 5 saves it (beside the config; npllama.chat reads it
+# before tokenizer_config.json's chat_template)
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 # The weights of the model a folder held before a save writes model.safetensors: an old index
 # and its shards (load_hf_folder reads an index before model.safetensors), an old pickle
 # (transformers loads it with use_safetensors=False).  A save replaces them as it replaces the model.

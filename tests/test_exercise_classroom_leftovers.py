@@ -308,3 +308,24 @@ def test_constant_ratio_is_the_factor_when_there_is_one():
     assert constant_ratio(-0.5 * x, x) == pytest.approx(-0.5)
     assert constant_ratio(x + 1, x) is None
     assert constant_ratio(np.zeros_like(x), x) is None       # 0 times is no factor: every entry is 0
+
+
+# ----- review: the block's q, k and v come out of one attention backward --------------------------
+def test_a_wrong_da_in_the_block_says_dW_q_dW_k_dW_v_are_of_one_step():
+    # da (attention's dout) doubled: dW_q, dW_k and dW_v all wrong.  The report led with dW_v and
+    # put dW_q, dW_k "further down the backward", as if computed from dv: they are not (dq and dk
+    # come from the scores', dv from da and the probabilities, all three from one attention backward)
+    source = BLOCK_DV_MERGED_WITHOUT_TRANSPOSE.replace(
+        "dv = dv.reshape(B, T, KVH * hd)", "dv = dv.transpose(0, 2, 1, 3).reshape(B, T, KVH * hd)").replace(
+        "da = da.reshape(B, T, H, hd)", "da = 2 * da.reshape(B, T, H, hd)")
+    finding = _first_failure("block", source)
+    assert finding.grad == "dW_q", finding.lines()
+    assert "dW_k, dW_v are wrong too, at the same step of the backward as dW_q" in finding.message, finding.message
+    assert "further down the backward: dw_in, dx" in finding.message, finding.message
+
+
+def test_a_wrong_dv_alone_in_the_block_says_dW_q_and_dW_k_are_right():
+    finding = _first_failure("block", BLOCK_DV_MERGED_WITHOUT_TRANSPOSE)
+    assert finding.grad == "dW_v", finding.lines()
+    assert "dW_q" not in finding.message.split("further down")[1].split(";")[0], finding.message
+    assert finding.message.endswith("right also: dW_q, dW_k)"), finding.message

@@ -24,10 +24,12 @@ from .diagnose import CheckFailed, Finding
 WEIGHTS = ("input_layernorm", "q_proj", "k_proj", "v_proj", "o_proj", "post_attention_layernorm", "gate_proj",
            "up_proj", "down_proj")
 # the block's weights in the order its backward reaches them (block_backward: the MLP's, then the
-# attention sub-layer's; in attention dv comes straight from dout, dq and dk both from the scores';
-# one tuple: one step gives them all); x comes last, collecting every path
+# attention sub-layer's; one tuple: one step gives them all).  q, k and v are one step: one
+# attention backward gives dq, dk and dv from da, and none of dW_q, dW_k, dW_v is computed from
+# what another is (dv from da and the probabilities, dq and dk from the scores' gradient).  x comes
+# last, collecting every path
 WEIGHTS_BACKWARD_ORDER = (("down_proj",), ("gate_proj", "up_proj"), ("post_attention_layernorm",), ("o_proj",),
-                          ("v_proj",), ("q_proj", "k_proj"), ("input_layernorm",))
+                          ("q_proj", "k_proj", "v_proj"), ("input_layernorm",))
 
 
 def block_backward_order(weight_names) -> tuple:

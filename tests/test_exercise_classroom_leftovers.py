@@ -329,3 +329,21 @@ def test_a_wrong_dv_alone_in_the_block_says_dW_q_and_dW_k_are_right():
     assert finding.grad == "dW_v", finding.lines()
     assert "dW_q" not in finding.message.split("further down")[1].split(";")[0], finding.message
     assert finding.message.endswith("right also: dW_q, dW_k)"), finding.message
+
+
+def test_what_further_down_depends_on_is_said_truly():
+    # dW_v is a weight's gradient: nothing is computed from it.  What dw_in and dx share with it is
+    # dv, what dW_v is computed from; "they may be wrong only because of what makes dW_v wrong" let
+    # a student look for dW_v inside dx
+    finding = _first_failure("block", BLOCK_DV_MERGED_WITHOUT_TRANSPOSE)
+    assert ("also wrong, further down the backward: dw_in, dx -- they are computed from what dW_v is computed "
+            "from, and may be wrong only because of a slip there: fix dW_v first, then check again") in finding.message, \
+        finding.message
+
+
+def test_three_gradients_of_one_step_are_none_computed_from_another():
+    source = BLOCK_DV_MERGED_WITHOUT_TRANSPOSE.replace(
+        "dv = dv.reshape(B, T, KVH * hd)", "dv = dv.transpose(0, 2, 1, 3).reshape(B, T, KVH * hd)").replace(
+        "da = da.reshape(B, T, H, hd)", "da = 2 * da.reshape(B, T, H, hd)")
+    message = _first_failure("block", source).message
+    assert "neither" not in message and "none is computed from another" in message, message

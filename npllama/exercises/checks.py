@@ -358,8 +358,9 @@ def check_gradient(backward, case: Case) -> None:
 def _where_the_slip_is(root: str, wrong: list, right: list, rank: dict | None) -> str:
     """What the other gradients say about where the slip is, when several are wrong (root: the
     input whose gradient the report shows; every name an input's).  With the backward's order:
-    those of root's step (no root among them), those further down (which may be wrong only
-    because of root's slip) and the right ones before it (the slip is not there).  Without it:
+    those of root's step (no root among them), those further down (computed from what root's
+    gradient is computed from: they may be wrong only because of a slip there) and the right
+    ones before it (the slip is not there).  Without it:
     the lists, and that which went wrong first cannot be told."""
     if not wrong:
         return ""
@@ -379,13 +380,16 @@ def _where_the_slip_is(root: str, wrong: list, right: list, rank: dict | None) -
     after = [d(n) for n in right if rank[n] >= rank[root]]
     parts = []
     if same:
+        none = "neither is computed from the other" if len(same) == 1 else "none is computed from another"
         parts.append(f"{_some_names(same)} {'is' if len(same) == 1 else 'are'} wrong too, at the same step of the "
-                     f"backward as {d(root)}: neither is computed from the other, so the slip is in what they "
-                     f"share, or in each")
+                     f"backward as {d(root)}: {none}, so the slip is in what they share, or in each")
     if later:
-        they = "it" if len(later) == 1 else "they"
-        parts.append(f"also wrong, further down the backward: {_some_names(later)} -- {they} may be wrong only "
-                     f"because of what makes {d(root)} wrong: fix {d(root)} first, then check again")
+        # root's gradient is a leaf (an input's): nothing is computed from it, only from what it is
+        # computed from (an intermediate gradient, or dout itself)
+        they, are = ("it", "is") if len(later) == 1 else ("they", "are")
+        parts.append(f"also wrong, further down the backward: {_some_names(later)} -- {they} {are} computed from what "
+                     f"{d(root)} is computed from, and may be wrong only because of a slip there: fix {d(root)} "
+                     f"first, then check again")
     if before:
         # the last right one before the root is where the slip is not: it is between the two
         shown = _some_names(before) if len(before) <= 4 else f"{before[0]} ... {before[-1]} ({len(before)} gradients)"

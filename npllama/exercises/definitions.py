@@ -70,8 +70,9 @@ class Exercise:
     catalogue = None             # the mistakes to name (catalogue.py's shape); the built-ins' are in CATALOGUES
     # the differentiable inputs in the order the backward reaches them from the output: a name is a
     # step of its own, a tuple of names one step giving them all (neither computed from the other),
-    # e.g. ("w_down", ("w_gate", "w_up"), "x").  With several gradients wrong the report leads with
-    # the first wrong one in this order, the root of the others; () says nothing of the order, and
+    # e.g. ("w_down", ("w_gate", "w_up"), "x"): a name after another only when its gradient is
+    # computed from what the other's is.  With several gradients wrong the report leads with the
+    # first wrong one in this order, the root of the others; () says nothing of the order, and
     # the report says it cannot tell the root.
     backward_order: tuple = ()
     exercise_file: str = ""      # a teacher's exercise: the file it was loaded from (teacher.py), which the

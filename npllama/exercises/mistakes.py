@@ -159,13 +159,23 @@ def compare_ladder(catalogue, exercise, backward, say_why: bool = True) -> str:
         got = _student(backward, dout, case)
         right = tuple(np.asarray(g, dtype=np.float64) for g in as_tuple(catalogue.variant(dout, case)))
         verdicts.append(_rung_verdict(got, right, case.grad_names))
-    base, rest = rungs[0], list(zip(rungs[1:], verdicts[1:]))
-    if verdicts[0] is not None:
-        return f"it fails even the simplest case ({base.label})" + (_shape_words(verdicts[0]) if say_why else "")
+    if not getattr(catalogue, "simplest_first", True):
+        # cases in an order of their own (a teacher's edge cases): none is the simplest, and one
+        # failing says no more than the failure's own case
+        if len(rungs) < 2:
+            return ""
+        if all(v is not None for v in verdicts):
+            return (f"it fails every one of the exercise's cases ({'; '.join(r.label for r in rungs)})"
+                    + (_shape_words(verdicts[0]) if say_why else ""))
+        rest = list(zip(rungs, verdicts))
+    else:
+        base, rest = rungs[0], list(zip(rungs[1:], verdicts[1:]))
+        if verdicts[0] is not None:
+            return f"it fails even the simplest case ({base.label})" + (_shape_words(verdicts[0]) if say_why else "")
     failing = [(r, v) for r, v in rest if v is not None]
     if not failing:
         return ""
-    passing = [base.label] + [r.label for r, v in rest if v is None]
+    passing = [r.label for r, v in zip(rungs, verdicts) if v is None]
     first, verdict = failing[0]
     text = f"passes with {'; with '.join(passing)} -- fails with {first.label}"
     if say_why:
@@ -179,10 +189,13 @@ def compare_ladder(catalogue, exercise, backward, say_why: bool = True) -> str:
 
 
 class EdgeCaseLadder:
-    """A teacher's exercise's own edge cases as a ladder (in the teacher's order: the first one is
-    the simple case, Exercise.edge_cases), judged by its reference backward.  No suspects: what a
-    failing case adds is not known, only which cases pass -- and, when one fails by a shape, that
-    shape.  A case described as another one is told apart by its parameters."""
+    """A teacher's exercise's own edge cases as a ladder, judged by its reference backward.  In the
+    teacher's order, which is not known to go from the simplest (the first edge case is the one
+    the float32 check can use: docs/debugging.md's gelu puts x (2, 3) before x (1,)).  No suspects:
+    what a failing case adds is not known, only which cases pass -- and, when one fails by a shape,
+    that shape.  A case described as another one is told apart by its parameters."""
+
+    simplest_first = False
 
     def __init__(self, exercise):
         self.exercise = exercise

@@ -2792,6 +2792,42 @@ def test_a_quantising_f_beside_a_saturated_one_still_fails_its_straight_through_
     assert report.inputs[0].status == "FAIL", str(report)
 
 
+@pytest.mark.parametrize("height", [1e-14, 1e-13, 1e-12])
+@pytest.mark.parametrize("times", [1, 3])
+def test_a_quantiser_whose_stairs_are_below_u_times_a_large_entry_still_fails_its_straight_through_gradient(
+        height, times):
+    # c * floor(v / 10) beside an entry of 1000 steps by c = 1e-14 .. 1e-12, below 16 u * 1000 = 3.6e-12,
+    # the most a rounding of f may cancel an entry that large to: taken for a rounding, its wrong
+    # straight-through gradient c / 10 was UNRESOLVED.  A rounding's stair is a few units in the last
+    # place of a number (2.8e-14 = ulp(200) = 2^-45: one bit); c is not (53 bits): FAIL
+    x = np.array([1000.0, 3.3, 7.1, -4.2, 12.6])
+    quantiser = lambda v: float(height * np.sum(np.floor(v[1:] / 10)))
+    straight_through = np.r_[0.0, np.full(4, times * height / 10)]
+    report = gradcheck(quantiser, [x], [straight_through], seed=0)
+    assert report.inputs[0].status == "FAIL", str(report)
+
+
+def test_a_quantiser_whose_step_is_a_unit_in_the_last_place_of_an_entry_cannot_be_told_from_a_rounding():
+    # what docs/gradcheck.md says of the limit: a step of 2^-46 = ulp(64), beside an entry of 1000, is
+    # a unit in the last place of a number no larger than it, as a rounding's stair is: UNRESOLVED
+    x = np.array([1000.0, 3.3, 7.1, -4.2, 12.6])
+    step = 2.0**-46
+    quantiser = lambda v: float(step * np.sum(np.floor(v[1:] / 10)))
+    straight_through = np.r_[0.0, np.full(4, step / 10)]
+    assert gradcheck(quantiser, [x], [straight_through], seed=0).inputs[0].status == "UNRESOLVED"
+
+
+@pytest.mark.parametrize("method", ["entries", "directional"])
+def test_a_saturated_cross_entropy_beside_a_larger_entry_leaves_its_right_gradient_unresolved(method):
+    # its stair is a unit in the last place of the leading logit, 200 (2^-45), an eighth of a unit of
+    # the input's largest entry, -1000: a few units of a number no larger than that entry, as a
+    # rounding's stair is, though no whole number of the largest entry's own units
+    x = np.array([0.0, -1000.0, 200.0, 0.5, 0.0])
+    loss, right = _stable_cross_entropy(2), _cross_entropy_gradient(x, 2)
+    report = gradcheck(loss, [x], [right], seed=0, method=method)
+    assert report.inputs[0].status == "UNRESOLVED", str(report)
+
+
 @pytest.mark.parametrize("name", CANCELLING_AT_ZERO)
 def test_a_small_wrong_gradient_of_a_cancelling_f_fails_where_its_differences_resolve_it(name):
     # exp(v) - 1 - v at v = 0 is ~v^2/2 + v^3/6: D(t) = t^2/6 plus f's rounding ~1e-16 / t, within

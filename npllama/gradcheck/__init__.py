@@ -96,10 +96,13 @@ How a probe's numeric derivative and its bound are made (the error model):
             64 * 4^5 steps, and where it departs from that line there by a stair (a jump that
             keeps its height over the second half of a bisection to it, no smooth onset) as high
             as the analytic value predicts across the +-64 steps (and, along one entry, the way it
-            predicts), and no higher than f's rounding (16 u max(|f|, 1, the input's largest
-            entry, which f may cancel: a stable cross-entropy's (lse + top) - v[target]; the check's input
-            must be the logits themselves): np.round(x) with a
-            straight-through gradient still FAILs), the probe is UNRESOLVED too.  A smooth f shows
+            predicts), and no higher than f's rounding (16 u max(|f|, 1), or up to 16 u times the
+            input's largest entry, which f may cancel -- a stable cross-entropy's (lse + top) - v[target];
+            the check's input must be the logits themselves -- where the stair is a few units in the
+            last place of a number, m * 2^k with m < 16, as a rounding's is: np.round(x), or
+            c * floor(x / 10) at c = 1e-12 beside an entry of 1000, with a straight-through gradient
+            still FAILs, though one whose step is such a number, 2^-46, cannot be told from a
+            rounding), the probe is UNRESOLVED too.  A smooth f shows
             none of this, so a wrong gradient of one still FAILs.  Each input pays this (up to 55
             calls, 107 where f kept to a line, up to 54 for shorter steps, and up to 42 for far
             shorter ones: 7 steps of 6) only until CONFIRMED_FAILURES (4,

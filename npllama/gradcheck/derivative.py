@@ -7,6 +7,7 @@ function that raises outside its domain (_LeftDomain).  The probes (checker.py) 
 probe that still fails is measured again (remeasure.py)."""
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -327,8 +328,30 @@ def _stair_rounding(f0, stair, inputs=0.0) -> float:
     cancellation inside f works against: 1 + exp(s) is 1 + 2.2e-16 at its stair), by a stair `stair`
     high from f0; inputs: the largest |x_i| of the probed input, where f may cancel them against each
     other (a stable cross-entropy's (lse + top) - v[target]: lse, tiny, is added to top = v[target] and
-    rounds to units in its last place), so its stairs are units in their last place."""
+    rounds to units in its last place), so its stairs are units in their last place -- a height
+    only; that a stair is such units, not a quantiser's step as high, is _units_in_last_place's test."""
     return ROUNDOFF_FACTOR * UNIT_ROUNDOFF * max(1.0, abs(f0), abs(f0) + stair, inputs)
+
+
+# A rounding's stair is a few units in the last place of the number that rounds: m * 2^k, m below
+# this (the most units the 16 u of _stair_rounding spans)
+STAIR_UNITS = 16
+
+
+def _units_in_last_place(stair, slack) -> bool:
+    """Whether `stair` (a difference of two values of f) is, within `slack`, a few units in the last
+    place of some number: m * 2^k for a whole m < STAIR_UNITS, as the rounding of a cancellation
+    inside f makes it (a stable cross-entropy's at a lead of 200: one unit of 200, 2^-45), and as
+    a difference of f's values keeps it (it is exact where they are within a factor 2 of each
+    other).  A quantiser's step c * floor(v / 10) is as high as c, 1e-14: 53 bits, not a few."""
+    stair = abs(float(stair))
+    if not (np.isfinite(stair) and stair > 0):
+        return False
+    for units in range(1, STAIR_UNITS):
+        unit = 2.0 ** round(math.log2(stair / units))
+        if abs(stair - units * unit) <= slack:
+            return True
+    return False
 
 
 def _central(evaluate, move, t):

@@ -12,7 +12,7 @@ import numpy as np
 
 from .constants import ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF, UNRESOLVED
 from .derivative import (RICHARDSON_ROUNDOFF, _central, _derivative, _Estimate, _evaluate_within_domain, _LeftDomain,
-                         _longer_step_kept, _smooth_at_shorter_steps, _stair_rounding)
+                         _longer_step_kept, _smooth_at_shorter_steps, _stair_rounding, _units_in_last_place)
 
 
 # A probe that fails is measured again (_steadiness_checked): f's rounding is estimated from its
@@ -375,10 +375,13 @@ def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False, sl
             if not need <= _stair_rounding(f0, need, inputs):
                 return False            # more than f's rounding: no stair of it makes up the difference
 
+            measured = {}               # t -> (real distance, f) where f was taken
+
             def departure(t):
                 """f's departure, t away, from the line through the point with the ladder's slope."""
                 distance = move(t)
-                return _evaluate_within_domain(evaluate, t)[0] - f0 - slope * distance
+                measured[t] = distance, _evaluate_within_domain(evaluate, t)[0]
+                return measured[t][1] - f0 - slope * distance
 
             # near: the farthest distance at which f is known to follow the line on both sides
             on_line = {}                # side -> f's departure at near on that side
@@ -434,9 +437,27 @@ def _stair_beyond(evaluate, move, reach, analytic, at_point, one_entry=False, sl
     # at u ~ 1e-14, seed 24, FAILed its right gradient)
     stair = abs(jumps[-1])
     wider = abs(jumps[STAIR_BISECTIONS // 2 - 1])
-    return (wider / STAIRS_IN_WIDER_INTERVAL <= stair <= _stair_rounding(f0, stair, inputs)
+    return (wider / STAIRS_IN_WIDER_INTERVAL <= stair
+            and _a_rounding(stair, f0, inputs, measured[side * near], measured[side * far], slope)
             and stair >= need
             and (not one_entry or np.sign(jumps[-1]) == side * np.sign(analytic - slope)))
+
+
+def _a_rounding(stair, f0, inputs, near, far, slope) -> bool:
+    """Whether a stair `stair` high, found between near and far ((real distance, f) on either side
+    of it), is a rounding of f: no higher than a few units in the last place of f or of 1
+    (_stair_rounding), or, up to a few of the input's largest entry (inputs), such units of a
+    number no larger (_units_in_last_place): f's jump across it, f(far) - f(near), is that within
+    what the line's slope moves f across the interval.  Not a quantiser's step beside a large
+    entry: c * floor(v / 10) at c = 1e-12, next to an entry of 1000 (16 u * 1000 = 3.6e-12), is not
+    few units of anything, and its wrong straight-through gradient was UNRESOLVED for it."""
+    if stair <= _stair_rounding(f0, stair):
+        return True
+    (near_distance, near_value), (far_distance, far_value) = near, far
+    jump = far_value - near_value
+    along_line = abs(slope * (far_distance - near_distance))
+    return (stair <= _stair_rounding(f0, stair, inputs)
+            and _units_in_last_place(jump, along_line + 2 * np.spacing(abs(jump))))
 
 
 def _retaken_over_rounding(evaluate, move, estimate, rounding, richardson, good_enough) -> _Estimate | None:

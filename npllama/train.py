@@ -376,21 +376,25 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
     _say_where_the_learning_rate_goes(echo, tc, start_step, changes)
     stop = None
     try:
-        loop.run(start_step)
+        try:
+            loop.run(start_step)
+        finally:
+            loop.close()
+        # The last step's checkpoint is saved inside the try: a stop signal between the end of the
+        # steps and the end of this save then saves it below, as a stop during the steps does, where
+        # it used to leave the last --checkpoint-every's, whose later steps a resume trained again.
+        loop.save_checkpoint(loop.step)
     except (KeyboardInterrupt, _StopRequested) as stopped:
         stop = stopped
         if loop.saved_step != loop.step:
             loop.save_checkpoint(loop.step)
         why = "stopped as asked (--stop-after)" if isinstance(stopped, _StopRequested) else "interrupted"
         echo(stop_line(stopped, loop.step, run_dir, resume_command("train", run_dir), why))
-    finally:
-        loop.close()
     if helper is not None and not isinstance(stop, KeyboardInterrupt):
         _let_the_helper_finish(helper, echo)
 
     samples = []
     if stop is None:
-        loop.save_checkpoint(loop.step)
         with reporting_write_errors("the final model", run_dir / "model"):
             _save_final_model(run_dir, model, tokenizer)
         _plot_losses(run_dir)

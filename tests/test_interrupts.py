@@ -108,3 +108,41 @@ def test_a_fine_tune_stopped_before_its_first_step_says_what_is_left(small_model
     assert main([*resume.split()[1:], "--steps", "3", "--no-progress"]) == 130
     err = capsys.readouterr().err.strip()
     assert "the checkpoint in" in err and resume in err, err
+
+
+def test_a_train_stopped_after_its_last_step_keeps_that_step(tmp_path, monkeypatch, capsys):
+    # a SIGTERM that landed between the last step and the final checkpoint left the checkpoint of
+    # the last --checkpoint-every (step 2 here), so a resume trained the steps after it again, and
+    # the line said the checkpoint "is as it was"
+    import json
+
+    import npllama.train
+    from npllama.cli import main
+    from npllama.corpus import make_default_corpus
+
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
+    out, data = tmp_path / "run", tmp_path / "stories.txt"
+    data.write_text("\n\n".join(make_default_corpus(300)), encoding="utf-8")
+    argv = ["train", "--out", str(out), "--data", str(data), "--preset", "stories260k", "--vocab-size", "360",
+            "--batch-size", "4", "--seq-len", "32", "--eval-batches", "1", "--samples", "0", "--steps", "3",
+            "--checkpoint-every", "2", "--threads", "1", "--no-progress", "--backend", "numpy"]
+    real_close = npllama.train._Loop.close
+
+    def close_then_sigterm(loop):   # the loop's clean-up after its last step, before the final checkpoint
+        real_close(loop)
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(npllama.train._Loop, "close", close_then_sigterm)
+    assert main(argv) == 128 + signal.SIGTERM
+    said = capsys.readouterr()
+    assert f"stopped by SIGTERM: checkpoint saved at step 3 in {out / 'checkpoint'}" in said.out + said.err, said
+    assert json.loads((out / "checkpoint" / "training_state.json").read_text())["step"] == 3
+    assert not (out / "model").exists()   # not finished: the resume writes it
+
+    monkeypatch.setattr(npllama.train._Loop, "close", real_close)
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert f"resuming {out} at step 3" in said and "done: step 3" in said, said
+    logged_steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()
+                    if "loss" in json.loads(line)]
+    assert logged_steps == [1, 2, 3] and (out / "model" / "model.safetensors").is_file()

@@ -130,6 +130,10 @@ def run_steps(params: dict, loss_and_grads, make_batch, sc: StepConfig, desc: st
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)   # the bar redraws on its own schedule
             if run is not None and sc.checkpoint_every and step % sc.checkpoint_every == 0 and step < sc.steps:
                 save()
+        # the last step's checkpoint, inside the try: a stop signal from the last step to the end of
+        # this save is caught below and saves it, rather than leaving the last checkpoint_every's
+        if run is not None and run.saved_step != step:
+            save()
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: keep what was done
         if run is not None:
             run.stopped(stop, step, save)
@@ -138,8 +142,6 @@ def run_steps(params: dict, loss_and_grads, make_batch, sc: StepConfig, desc: st
         bar.close()
         if run is not None:
             run.close()
-    if run is not None and run.saved_step != step:
-        save()
     return losses
 
 

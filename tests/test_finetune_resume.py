@@ -126,6 +126,25 @@ def test_checkpoints_are_periodic_and_a_resume_continues_from_the_last_one(small
     assert any(r.get("settings_changed") == {"steps": [6, 9]} for r in log)
 
 
+def test_a_stop_signal_after_the_last_step_keeps_that_step(small_model_dir, tmp_path, monkeypatch):
+    # a SIGTERM landing in the steps' clean-up, after the last step and before its checkpoint, left
+    # the checkpoint of the last checkpoint_every (step 4 here): a resume trained steps 5-6 again
+    from npllama.finetune_run import FinetuneRun
+    from npllama.interrupts import Interrupted
+
+    real_close = FinetuneRun.close
+
+    def close_then_sigterm(run):
+        real_close(run)
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(FinetuneRun, "close", close_then_sigterm)
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        run_job("classify", settings("classify", small_model_dir, out=str(out), steps=6, checkpoint_every=4))
+    assert json.loads((out / "checkpoint" / "training_state.json").read_text())["step"] == 6
+
+
 def test_resume_refuses_settings_that_define_the_run_and_changes_nothing(small_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
     run_job("classify", settings("classify", small_model_dir, out=str(out), steps=2))

@@ -7,7 +7,8 @@ LLaMA's tokenizer is a SentencePiece BPE model with these choices, which `Tokeni
 * split_digits: every digit is its own piece ("2024" -> 2 0 2 4), so numbers are read digit by digit;
 * ids 0, 1, 2 = <unk>, <s> (BOS), </s> (EOS), and no padding piece (pad_id = -1);
 * normalization "identity" and remove_extra_whitespaces=False: the text is not rewritten, so
-  decode(encode(x)) == x exactly (for any x without U+2581 "▁", see `Tokenizer.decode`);
+  decode(encode(x)) == x exactly (for any x without U+2581 "▁" or the name of a control or
+  user-defined piece such as "<s>", see `Tokenizer.decode`);
 * add_dummy_prefix: a space is put before the text, so "Hello" at the start of a text is the same
   piece as " Hello" in the middle ("▁Hello");
 * allow_whitespace_only_pieces: runs of spaces (indentation) may become single pieces.
@@ -348,7 +349,10 @@ class Tokenizer:
         sequence becomes U+FFFD).
 
         decode(encode(text)) == text for every text except one holding U+2581 "▁", the character
-        SentencePiece writes spaces with, which comes back as a space.
+        SentencePiece writes spaces with, which comes back as a space, or the name of a control or
+        user-defined piece ("<s>", "<|im_start|>"): encode gives its id, as transformers does, so a
+        control piece's name comes back as nothing, and the text after such a piece gets a
+        dummy-prefix space of its own ("a<s>b" -> "a b").
         """
         ids = self._check_ids(ids)
         return self._sp.decode(ids)

@@ -546,6 +546,22 @@ def test_the_commands_help_names_the_one_character_that_does_not_come_back(tok, 
     assert "U+2581" in " ".join(capsys.readouterr().out.split())
 
 
+def test_the_help_names_piece_names_in_the_text_as_the_other_exception(tok, tmp_path, capsys):
+    # Before: the help and Tokenizer.decode promised decode(encode(x)) is x for every x without
+    # U+2581, but a control piece's name typed in the text becomes its id (as transformers encodes
+    # it) and comes back as nothing, and the text after a user-defined piece gets its own space.
+    from npllama.cli import main
+
+    assert tok.decode(tok.encode("a<s>b")) == "a b"
+    ud = Tokenizer.train(make_default_corpus(100), tmp_path / "ud", 400, user_defined_symbols=["<|x|>"])
+    assert ud.decode(ud.encode("a<|x|>b")) == "a<|x|> b"
+    with pytest.raises(SystemExit):
+        main(["tokenizer", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "the name of a control or user-defined piece (<s>, </s>, <unk>)" in help_text, help_text
+    assert '"a<s>b" -> "a b"' in " ".join(Tokenizer.decode.__doc__.split())
+
+
 def test_a_folder_given_as_the_model_to_encode_with_names_its_tokenizer_model(tok, tmp_path, capsys):
     # Before: `--model runs/tiny` was refused as "is a folder, not a regular file", though the folder
     # holds the tokenizer.model the user meant.

@@ -18,7 +18,11 @@ def register(subparsers) -> None:
                                           "or 繁體 and 简体, stay different characters (normalize a corpus "
                                           "first, e.g. with Python's unicodedata.normalize('NFKC', text), to "
                                           "make them one), and decode(encode(x)) is x, but for U+2581 ▁, "
-                                          "SentencePiece's mark for a space, which comes back as a space.")
+                                          "SentencePiece's mark for a space, which comes back as a space, and "
+                                          "the name of a control or user-defined piece (<s>, </s>, <unk>): "
+                                          "encoded as that piece's id, as transformers does, it comes back as "
+                                          "nothing (or <unk>'s ⁇, or the user-defined piece), and the text "
+                                          "after it gets a space of its own.")
     sub = p.add_subparsers(dest="tokenizer_command", metavar="<train|encode|decode>")
     t = sub.add_parser("train", help="train a tokenizer on a corpus",
                        description="Train a SentencePiece tokenizer (LLaMA's settings) on --data, read as "

@@ -115,6 +115,10 @@ RUN = {
     "npllama.generate.StopStrings:0": {"fill": {", 200,": ", 20,"}},   # the test model's context is 128
     "npllama.generate.TextStream:0": {},
     "npllama.chat:0": {},
+    "npllama.chat:1": {"fill": {"from npllama.generate import": 'template = ChatTemplate.for_folder("runs/sft/model", '
+                                                                 'tokenizer)\nfrom npllama.generate import',
+                                ", 200,": ", 20,"},   # (the test model's context is 128)
+                       "check": "isinstance(answer, str) and len(new) <= 20"},
     "npllama.loss_units:0": {},
     "npllama.kernels.decode:0": {"fill": {"step(prompt_tokens)": "step(tokens[:1])",
                                           "step(next_tokens[:, None])": "step(tokens[:1, -1][:, None])"},

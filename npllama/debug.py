@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -395,7 +396,7 @@ def compare_backends(model, tokens, targets=None, backends=("numpy", "numba"), *
     b = run_trace(model, tokens, targets, backend_name=b_name, include=include, exclude=exclude,
                   attention_mask=attention_mask)
     rtol = DEFAULT_RTOL[_dtype_of(model)] if rtol is None else rtol
-    return _noting_shared_code(compare(a, b, rtol, atol, labels=(a_name, b_name)), "ops")
+    return _noting_shared_code(compare(a, b, rtol, atol, labels=(a_name, b_name)), "ops", model)
 
 
 def compare_dtypes(model, tokens, targets=None, *, backend_name="numpy", rtol=None, atol=None,
@@ -416,30 +417,68 @@ def compare_dtypes(model, tokens, targets=None, *, backend_name="numpy", rtol=No
     b = run_trace(m64, tokens, targets, backend_name=backend_name, include=include, exclude=exclude,
                   attention_mask=attention_mask)
     rtol = DEFAULT_RTOL[np.float32] if rtol is None else rtol
-    return _noting_shared_code(compare(a, b, rtol, atol, labels=("float32", "float64")), "precision")
+    return _noting_shared_code(compare(a, b, rtol, atol, labels=("float32", "float64")), "precision", model)
 
 
 # Said when a comparison of two npllama runs finds nothing, by what the two runs shared: a slip in
-# what they shared is on both sides.
+# what they shared is on both sides.  {shared}: the code besides model.py that ran on both sides;
+# {see}: where to look next, for a model compare_transformers takes (_ELSEWHERE) or refuses (_REFUSED).
 SHARED_CODE = {
     "ops": ("both runs ran npllama/model.py, which joins the ops (the heads' splits and merges, the residual "
-            "sums, the sum of the q, k and v projections' dx, the tied embedding's two gradients), and differ "
-            "only in the ops (npllama/ops against npllama/kernels): a slip in model.py is on both sides and "
-            "cannot show here; compare_transformers (`npllama debug compare --against transformers`) checks "
-            "model.py too"),
+            "sums, the sum of the q, k and v projections' dx, the tied embedding's two gradients){shared}, and "
+            "differ only in the ops that have a kernel (npllama/ops against npllama/kernels): a slip in what "
+            "both ran is on both sides and cannot show here; {see}"),
     "precision": ("both runs ran the same code, in float32 and in float64: a wrong step, in an op or in "
                   "npllama/model.py, is wrong on both sides and cannot show here, only float32's round-off "
-                  "and range; compare_backends (`npllama debug compare`) checks the ops against the kernels, "
-                  "compare_transformers (`--against transformers`) the ops and model.py"),
+                  "and range; compare_backends (`npllama debug compare`) checks the ops against the kernels; "
+                  "{see}"),
 }
+_ELSEWHERE = {"ops": "compare_transformers (`npllama debug compare --against transformers`) checks model.py too",
+              "precision": "compare_transformers (`--against transformers`) the ops and model.py"}
+# compare_transformers refuses a model with LoRA adapters (_refuse_lora) and one that attends both
+# ways: a finite-difference check of its loss sees every step it runs.
+_REFUSED = ("compare_transformers refuses {what}; a finite-difference check of the loss sees every step: "
+            "npllama.gradcheck(lambda *_: {loss}, params, grads) in float64, params the arrays that get "
+            "gradients ({params}; docs/gradcheck.md)")
+# the code a comparison of backends ran on both sides besides model.py (and lora.py): ops with no kernel
+_SHARED_FUNCTION = re.compile(r"npllama\.ops\.[\w.]+")
 
 
-def _noting_shared_code(comparison: Comparison, shared: str) -> Comparison:
+def _noting_shared_code(comparison: Comparison, shared: str, model) -> Comparison:
     """`comparison`, with SHARED_CODE[shared] among its notes when it found no divergence: "no
-    divergence" must not pass for a clean backward when the slip would be on both sides."""
-    if comparison.ok:
-        comparison.notes.append(SHARED_CODE[shared])
+    divergence" must not pass for a clean backward when the slip would be on both sides.  model:
+    what was compared (a Llama or a SequenceClassifier), for what else can check it."""
+    if not comparison.ok:
+        return comparison
+    classifier, llama = _is_classifier(model), _llama_of(model)
+    both_ways = not model.causal if classifier else not llama.attends_causally
+    refused = [what for what, is_so in (("a model with LoRA adapters", llama.lora is not None),
+                                        ("a model that attends both ways (masked-LM)", both_ways)) if is_so]
+    if refused:
+        loss = "model.loss_and_grads(tokens, attention_mask, labels)[0]" if classifier else "model.loss(tokens, targets)"
+        params = ("model.params" if classifier else
+                  "model.lora.params" if llama.lora is not None else "model.params")
+        see = _REFUSED.format(what=" and ".join(refused), loss=loss, params=params)
+    else:
+        see = _ELSEWHERE[shared]
+    both = ""
+    if shared == "ops":
+        functions = _functions_run_on_both_sides(*comparison.traces)
+        lora = ", npllama/lora.py's adapted projections" if llama.lora is not None else ""
+        both = lora + (f", the ops with no kernel ({', '.join(functions)})" if functions else "")
+    comparison.notes.append(SHARED_CODE[shared].format(shared=both, see=see))
     return comparison
+
+
+def _functions_run_on_both_sides(a, b) -> list[str]:
+    """The functions of npllama/ops that computed a record alike in both traces -- the ops with no
+    kernel: the embedding lookup, a classifier head -- in the order they ran."""
+    functions = {}
+    for name, source in a.sources.items():
+        found = _SHARED_FUNCTION.match(source) if b.sources.get(name) == source else None
+        if found:
+            functions[found[0]] = None
+    return list(functions)
 
 
 def compare_transformers(model_or_dir, tokens, targets=None, *, dtype=None, backend_name="numpy",

@@ -93,3 +93,54 @@ def test_a_sum_dropped_in_model_py_is_traced_to_the_function_that_adds(monkeypat
     assert report.first is not None and report.first.name == first, str(report)
     computed_by = next(line for line in str(report).splitlines() if "computed by" in line)
     assert adder in computed_by, computed_by
+
+
+# ----- the NOTE is true of the model compared: where it sends you must take the model -----
+
+def with_adapters(model):
+    from npllama.lora import attach_lora
+
+    adapters = attach_lora(model, r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    rng = np.random.default_rng(0)
+    adapters.params = {n: 0.3 * rng.standard_normal(p.shape).astype(p.dtype) for n, p in adapters.params.items()}
+    return model
+
+
+def masked_lm():
+    model = tiny()
+    model.objective = "mlm"
+    tokens = np.array([IDS])
+    targets = np.full_like(tokens, -100)
+    targets[0, [2, 5]] = [3, 7]
+    return model, tokens, targets
+
+
+@pytest.mark.parametrize("compare", [debug.compare_backends, debug.compare_dtypes])
+@pytest.mark.parametrize("kind", ["lora", "masked-LM"])
+def test_a_model_compare_transformers_refuses_is_sent_to_a_check_that_takes_it(compare, kind):
+    # compare_transformers refuses both (and sends the user back to compare_backends/compare_dtypes)
+    if kind == "lora":
+        model, args = with_adapters(tiny()), (IDS,)
+    else:
+        model, *args = masked_lm()
+    with pytest.raises(ValueError):
+        debug.compare_transformers(model, *args)
+    report = compare(model, *args)
+    assert report.ok, str(report)
+    note = next(n for n in report.notes if "npllama/model.py" in n)
+    assert "checks model.py too" not in note and "the ops and model.py" not in note, note
+    assert "compare_transformers refuses" in note and "npllama.gradcheck(lambda *_: model.loss(tokens, targets)" in note, note
+    if kind == "lora" and compare is debug.compare_backends:
+        assert "npllama/lora.py" in note, note   # the adapters' projections run on both sides too
+
+
+def test_the_ops_with_no_kernel_are_named_as_run_on_both_sides():
+    from npllama.finetune import SequenceClassifier
+
+    report = debug.compare_backends(SequenceClassifier(tiny(), ["a", "b"]), IDS, [1])
+    note = next(n for n in report.notes if "npllama/model.py" in n)
+    for shared in ("npllama.ops.embedding.embedding_forward", "npllama.ops.classifier.classifier_forward",
+                   "npllama.ops.classifier.classifier_backward"):
+        assert shared in note, note
+    assert "npllama.kernels" not in note and "npllama.ops.rmsnorm" not in note, note
+    assert "checks model.py too" in note   # a classifier is compared with LlamaForSequenceClassification

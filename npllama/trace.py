@@ -537,12 +537,14 @@ class _Recorder:
         functions = list(dict.fromkeys(fn for _, fn in ran))
         # where the parts are added: a block's backward, for its steps and for what feeds its residual
         added = f", added in {_BLOCK_BACKWARD}" if residual or name.startswith("model.layers.") else ""
+        if name == "model.norm.out" and len(ran) > 1:   # two heads read the hidden states (MLM + SOP)
+            added = _OBJECTIVE_SUM
         if len(functions) == 1 and len(ran) > 1:   # e.g. the three projections of the normed input
             parts = [f"{functions[0]}'s dx for {', '.join(_module(c) for c, _ in ran)}{added}"]
         else:
             parts = [f"{fn} (for {c})" if residual or len(ran) > 1 else fn for c, fn in ran]
         if residual is None:
-            return " + ".join(parts) if len(parts) > 1 else (parts[0] if parts else _FROM_THE_CALLER)
+            return " + ".join(parts) + added if len(parts) > 1 else (parts[0] if parts else _FROM_THE_CALLER)
         through = f"d:{residual}, passed back by the residual connection"
         if not parts:   # only the residual reads it: its gradient is the residual's own
             return f"{through} ({self.gradient_source(residual)})"
@@ -716,6 +718,8 @@ _BLOCK_RESIDUAL = "npllama.model.block_forward (h = x + attn_out)"
 # Where the backward adds the gradients of a tensor read twice (the residual sums, the q/k/v projections'
 # dx), and of the matrix used twice (the tied embedding, the LM head): not an op, so named here.
 _BLOCK_BACKWARD = "npllama.model.block_backward"
+# The heads' gradients w.r.t. the hidden states they read add in the objective's own code.
+_OBJECTIVE_SUM = ", added by the objective, which hands their sum to npllama.model.Llama.hidden_backward"
 _TIED_SUM = ("its gradients added in npllama.model.model_backward, or for an objective's own head "
              "in npllama.model.Llama.hidden_backward")
 

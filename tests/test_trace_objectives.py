@@ -125,6 +125,8 @@ def test_masked_lm_with_sentence_order_records_both_heads_and_losses(tied):
         np.testing.assert_array_equal(t["d:" + name], grad)
     source = t.sources["d:model.norm.out"]     # both heads read the hidden states: their dx add
     assert "linear_backward (for lm_head.out)" in source and "classifier_backward (for sop_head.out)" in source
+    # their sum is the objective's, before hidden_backward: named, as block_backward is for a residual's
+    assert source.endswith(", added by the objective, which hands their sum to npllama.model.Llama.hidden_backward"), source
     lm = lm_names()
     assert [n for n in names if n in lm] == [n for n in lm if n in names]   # the stack's, in the LM's order
     assert set(lm) - set(names) <= {"d:lm_head.weight"} | ({"d:lm_head.weight"} if tied else set())

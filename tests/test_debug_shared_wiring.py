@@ -35,14 +35,19 @@ def planted(function_name, old, new):
 TIED_COUNTED_ONCE = ("model_backward", 'grads["model.embed_tokens.weight"] + dW_lm', "dW_lm")
 # h = x + attn_out: the residual's gradient dropped from dh
 RESIDUAL_DROPPED = ("block_backward", "dh = dout + dh_norm", "dh = dh_norm")
+# a gradient each slip changes
+CHANGED = {TIED_COUNTED_ONCE: "d:model.embed_tokens.weight", RESIDUAL_DROPPED: "d:model.layers.0.residual"}
 
 
 @pytest.mark.parametrize("compare", [debug.compare_backends, debug.compare_dtypes])
 @pytest.mark.parametrize("slip", [TIED_COUNTED_ONCE, RESIDUAL_DROPPED])
 def test_a_slip_in_model_py_is_on_both_sides_and_the_report_says_so(monkeypatch, compare, slip):
+    clean = debug.run_trace(tiny(), IDS)[CHANGED[slip]]
     monkeypatch.setattr(model_module, slip[0], planted(*slip))
     report = compare(tiny(), IDS)
     assert report.ok   # both sides ran the slip: nothing can differ
+    for side in report.traces:   # (and both did run it: a plant that did not take would pass the rest)
+        assert not np.allclose(side[CHANGED[slip]], clean, rtol=1e-3), side.meta
     note = next((n for n in report.notes if "npllama/model.py" in n), None)
     assert note is not None, str(report)
     assert "compare_transformers" in note and "--against transformers" in note

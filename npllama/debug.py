@@ -888,6 +888,8 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
     captured: list[tuple[str, object, object, str]] = []
     current_layer = [None]
 
+    gradient_only = set()   # names whose tensor npllama does not record, only its gradient
+
     def keep(name, tensor, source, layout=None):
         if tensor.requires_grad and not tensor.is_leaf:
             tensor.retain_grad()
@@ -911,6 +913,7 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
 
     def attention_outputs(prefix):
         def hook(module, args, output):
+            current_layer[0] = None
             out, probs = output[0], output[1] if len(output) > 1 else None
             if probs is not None:
                 keep(prefix + "attn_probs", probs, forward_of(module))
@@ -962,6 +965,12 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
     if not classifier:
         on(hf.lm_head, output_of("lm_head.out"))
 
+    def softmax_input(x):   # the eager attention's scores q k^T * scaling + mask: d:attn_scores
+        if current_layer[0] is not None:
+            name = current_layer[0] + "attn_scores"
+            gradient_only.add(name)
+            keep(name, x, _qualname(torch.nn.functional.softmax) + " (its input's gradient, by autograd)")
+
     modeling_llama.apply_rotary_pos_emb = rope_recorded
     try:
         hf.zero_grad()
@@ -971,13 +980,16 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
                 raise ValueError("the classifier has no pad id: transformers' LlamaForSequenceClassification "
                                  "pools by config.pad_token_id and runs one row without it; give "
                                  "SequenceClassifier(..., pad_id=...) or one row of tokens")
-            logits = hf(torch.from_numpy(tokens), attention_mask=torch.from_numpy(attention_mask.astype(np.int64))).logits
+            with _softmax_inputs(softmax_input):
+                logits = hf(torch.from_numpy(tokens),
+                            attention_mask=torch.from_numpy(attention_mask.astype(np.int64))).logits
             keep("score.out", logits, forward_of(hf))
             loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(targets))
         else:
             # the padding npllama's side ran with, or transformers would attend the pads it masks
             padding = None if attention_mask is None else torch.from_numpy(np.asarray(attention_mask).astype(np.int64))
-            logits = hf(torch.from_numpy(tokens), attention_mask=padding).logits
+            with _softmax_inputs(softmax_input):
+                logits = hf(torch.from_numpy(tokens), attention_mask=padding).logits
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                      torch.from_numpy(targets).reshape(-1), ignore_index=-100)
         loss.backward()
@@ -994,22 +1006,41 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
                                       "dtype": np.dtype(dtype).name, "tokens": tokens.tolist(),
                                       "targets": np.asarray(targets).tolist()})
     for name, tensor, layout, source in captured:
+        if name in gradient_only:
+            continue
         if classifier and name == "score.out":
             t.record("score.pooled_index", _pooled_index(tokens, cfg.pad_token_id), source=_POOLED_BY_TRANSFORMERS)
         t.record(name, as_ours(tensor, layout), source=source)
     t.record("loss", loss.detach().cpu().numpy(), source=_qualname(torch.nn.functional.cross_entropy))
     padding = None if attention_mask is None else np.asarray(attention_mask).astype(bool)
     causal = _attended(tokens.shape[1], tokens.shape[1], causal=True, key_padding_mask=padding)
-    for name, tensor, layout, _ in reversed(captured):   # the backward pass runs the other way
+    for name, tensor, layout, source in reversed(captured):   # the backward pass runs the other way
         if tensor.grad is not None:
             grad = as_ours(tensor.grad, layout)
             if name.endswith(".attn_probs"):   # as npllama records it: 0 where a key was masked
                 grad = _where_attended(grad, causal)
-            t.record("d:" + name, grad)
+            t.record("d:" + name, grad, source=source if name in gradient_only else None)
     for name, param in reversed(list(hf.named_parameters())):   # as npllama's: last layer first
         if param.grad is not None:
             t.record("d:" + name, param.grad.detach().cpu().numpy())
     return t
+
+
+@contextlib.contextmanager
+def _softmax_inputs(seen):
+    """Within the block, `seen(x)` for the input x of every torch.nn.functional.softmax call (the
+    eager attention's, of its scores), before the call runs: a torch function mode, so that it
+    sees the call however transformers spells it and under float64_faithful's own mode."""
+    import torch
+
+    class SoftmaxInputs(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.nn.functional.softmax:
+                seen(args[0])
+            return func(*args, **(kwargs or {}))
+
+    with SoftmaxInputs():
+        yield
 
 
 _POOLED_BY_TRANSFORMERS = ("recomputed here by transformers' rule (LlamaForSequenceClassification.forward keeps "

@@ -320,14 +320,15 @@ class _Recorder:
     function to step into when d:<name> is the first divergence.  Gradients inside an op's
     backward (d:attn_probs; the SwiGLU's d:gate, d:up, d:act) are caught where that backward
     hands them to its inner step: the nested op the reference calls (softmax_backward,
-    swiglu_act_backward) or the kernel's row loop, re-bound for the call (`_observed`)."""
+    swiglu_act_backward) or the kernel's row loop, re-bound for the call (`_observed`); what that
+    step hands back too (d:attn_scores; d:gate, d:up), credited to the step."""
 
     LINEAR_SYMBOLS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "out",
                       "gate_proj": "gate", "up_proj": "up", "down_proj": "out"}
     # What is recorded from inside an op rather than from what it returns (the forward's cache, the
     # gradient its backward hands its inner step), beside the op's output: a `use_op` replacement
     # computing these its own way leaves them unrecorded, and the trace notes which op it was.
-    INSIDE = {"attention_forward": ("attn_probs",), "attention_backward": ("d:attn_probs",),
+    INSIDE = {"attention_forward": ("attn_probs",), "attention_backward": ("d:attn_probs", "d:attn_scores"),
               "swiglu_forward": ("gate", "up", "act"), "swiglu_backward": ("d:act", "d:gate", "d:up")}
 
     def __init__(self, trace: Trace, params: dict, config):
@@ -559,7 +560,7 @@ class _Recorder:
             return fn, cache
         prefix = name.rsplit(".", 1)[0] + "."
         if op_name == "attention_backward":
-            wanted = self.trace.wants("d:" + prefix + "attn_probs")
+            wanted = any(self.trace.wants(f"d:{prefix}{s}") for s in ("attn_probs", "attn_scores"))
             inner = {"softmax_backward": self._softmax_backward_observer,
                      "_softmax_backward_rows": self._kernel_softmax_rows_observer,
                      "_softmax_backward_rows_given": self._kernel_softmax_rows_observer}
@@ -582,7 +583,10 @@ class _Recorder:
         def observed_softmax_backward(d_attn_probs, attn_probs, *args, **kwargs):
             allowed = self.allowed_of.get(id(cache))
             self.record("d:" + prefix + "attn_probs", _where_attended(d_attn_probs, allowed), _qualname(op))
-            return softmax_backward(d_attn_probs, attn_probs, *args, **kwargs)
+            d_attn_scores = softmax_backward(d_attn_probs, attn_probs, *args, **kwargs)
+            self.record("d:" + prefix + "attn_scores", d_attn_scores,
+                        f"{_qualname(softmax_backward)} (inside {_qualname(op)})")
+            return d_attn_scores
         return observed_softmax_backward
 
     def _swiglu_act_backward_observer(self, swiglu_act_backward, prefix, cache, op):
@@ -609,23 +613,30 @@ class _Recorder:
 
     def _kernel_softmax_rows_observer(self, rows_backward, prefix, cache, op):
         """The Numba attention: block by block, d attn_probs arrives in the array the row loop
-        overwrites with d scores; each block is copied in before, zeros where a causal block
-        skipped keys (as the forward's attn_probs)."""
+        overwrites with d scores; each block is copied in before and after, zeros where a causal
+        block skipped keys (as the forward's attn_probs).  The loop folds the scale into its d scores
+        (d (q k^T)), divided out here: d attn_scores, of q k^T * scale, as the reference's softmax
+        backward hands back."""
         B, H, T, _ = cache.shape
         KVH, S = cache.k.shape[1], cache.k.shape[2]
         d_attn_probs = np.zeros((B, KVH, H // KVH * T, S), dtype=cache.k.dtype)
+        d_attn_scores = np.zeros_like(d_attn_probs)
         blocks = iter(cache.blocks)
         left = [len(cache.blocks)]
 
         def observed_rows(block_probs, d_scores, *args):
             r0, r1, n_keys = next(blocks)
             d_attn_probs[:, :, r0:r1, :n_keys] = d_scores
+            result = rows_backward(block_probs, d_scores, *args)
+            d_attn_scores[:, :, r0:r1, :n_keys] = d_scores / cache.scale
             left[0] -= 1
             if left[0] == 0:
                 self.record("d:" + prefix + "attn_probs",
                             _where_attended(d_attn_probs.reshape(B, H, T, S), self.allowed_of.get(id(cache))),
                             _qualname(op))
-            return rows_backward(block_probs, d_scores, *args)
+                self.record("d:" + prefix + "attn_scores", d_attn_scores.reshape(B, H, T, S),
+                            f"{_qualname(rows_backward)} (inside {_qualname(op)})")
+            return result
         return observed_rows
 
     # ----- one namer per op: the record name of its output, from its arguments -------------------

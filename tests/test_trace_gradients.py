@@ -370,12 +370,12 @@ def test_a_replaced_attention_leaves_out_attn_probs_and_its_gradient_and_the_not
         bad_backward = traced(m)
         with use_op("attention_forward", attention_forward_plain_cache):
             bad_both = traced(m)
-    assert bad_backward.unrecorded == {f"d:model.layers.{i}.self_attn.attn_probs": "attention_backward"
-                                       for i in (1, 0)}
+    assert bad_backward.unrecorded == {f"d:model.layers.{i}.self_attn.{s}": "attention_backward"
+                                       for i in (1, 0) for s in ("attn_probs", "attn_scores")}
     assert {n for n, op in bad_both.unrecorded.items() if op == "attention_forward"} == {
         "model.layers.0.self_attn.attn_probs", "model.layers.1.self_attn.attn_probs"}
     report = compare(bad_both, good, rtol=1e-6, labels=("mine", "reference"))
-    assert report.ok and len(report.only_in_b) == 4
+    assert report.ok and len(report.only_in_b) == 6   # attn_probs, d:attn_probs, d:attn_scores
     note = next(n for n in report.notes if "use_op" in n)
     assert "attention_forward by " in note and "attention_backward by " in note
     assert "(inside attention_forward and attention_backward) are recorded in reference only" in note

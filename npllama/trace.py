@@ -988,7 +988,8 @@ def compare(a, b, rtol: float = 1e-5, atol: float | None = None, names: Iterable
         if missing:
             raise ValueError(f"names holds {missing[0]!r}, recorded in neither trace"
                              + _close_names(missing[0], a))
-    diffs = [diff_tensors(n, a.records[n], b.records[n], rtol, atol)
+    tokens = a.meta.get("tokens", b.meta.get("tokens"))   # what the run looked up: the embedding's rows
+    diffs = [diff_tensors(n, a.records[n], b.records[n], rtol, atol, tokens)
              for n in order if n in a.records and n in b.records]
     only_a = [n for n in order if n in a.records and n not in b.records]
     only_b = [n for n in b.names() if n not in a.records]
@@ -1150,8 +1151,10 @@ def first_divergence(a, b, rtol: float = 1e-5, atol: float | None = None) -> Ten
     return compare(a, b, rtol, atol).first
 
 
-def diff_tensors(name: str, a, b, rtol: float, atol: float | None) -> TensorDiff:
-    """Compare two arrays entry by entry (in float64); see `compare` for the rule."""
+def diff_tensors(name: str, a, b, rtol: float, atol: float | None, tokens=None) -> TensorDiff:
+    """Compare two arrays entry by entry (in float64); see `compare` for the rule.  tokens: the ids
+    the run looked up (a trace's meta["tokens"]), to tell when an embedding gradient differs at
+    exactly the rows of the repeated ones."""
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)
     if x.shape != y.shape:
@@ -1179,7 +1182,7 @@ def diff_tensors(name: str, a, b, rtol: float, atol: float | None) -> TensorDiff
     elif x.size:
         flat = int(np.argmax(err))
     if mismatched:
-        note = "; ".join(n for n in (note, _confined(bad)) if n)
+        note = "; ".join(n for n in (note, _confined(bad), _repeated_token_rows(name, bad, tokens)) if n)
     worst = tuple(int(i) for i in np.unravel_index(flat, x.shape)) if x.size else None
     rel = rel_error(x[both_finite], y[both_finite], tiny=1e-300) if both_finite.any() else 0.0
     return TensorDiff(name, x.shape, y.shape, mismatched > 0, mismatched, int(x.size),
@@ -1203,6 +1206,25 @@ def _confined(bad: np.ndarray) -> str:
             shown = ", ".join(map(str, hit[:8])) + (", ..." if len(hit) > 8 else "")
             places.append(f"indices [{shown}] of axis {axis} (size {size})")
     return "only at " + " and ".join(places) if places else ""
+
+
+# the rows an embedding gradient differs at are exactly those of the tokens the input repeats
+REPEATED_TOKEN_ROWS = ("the rows of tokens that occur more than once in the input: a scatter-add that keeps one "
+                       "of the repeated updates?")
+
+
+def _repeated_token_rows(name: str, bad: np.ndarray, tokens) -> str:
+    """REPEATED_TOKEN_ROWS when `name` is an embedding table's gradient (V, D) whose mismatches
+    `bad` lie in exactly the rows of the ids that occur more than once in `tokens`; else ""."""
+    if tokens is None or not name.endswith("embed_tokens.weight") or bad.ndim != 2:
+        return ""
+    tokens = np.asarray(tokens)
+    if tokens.dtype.kind not in "iu":
+        return ""
+    ids, counts = np.unique(tokens.reshape(-1), return_counts=True)
+    rows = np.flatnonzero(bad.any(axis=1))
+    repeated = ids[counts > 1]
+    return REPEATED_TOKEN_ROWS if repeated.size and np.array_equal(rows, repeated) else ""
 
 
 def _as_trace(t, which) -> Trace:

@@ -77,15 +77,15 @@ def test_a_wrong_dv_in_the_block_is_reported_at_dW_v_not_at_dx():
     # looked at the residuals
     finding = _first_failure("block", BLOCK_DV_MERGED_WITHOUT_TRANSPOSE)
     assert finding.grad == "dW_v", finding.lines()
-    assert "further down the backward: dw_in, dx" in finding.message, finding.message
+    assert "further down the backward: dw_in, dx" in finding.what_is_wrong, finding.what_is_wrong
     # what the backward reaches before dW_v is right: the slip is after o_proj's backward
-    assert "dW_o" in finding.message.split("right: ")[1], finding.message
+    assert "dW_o" in finding.what_is_wrong.split("right: ")[1], finding.what_is_wrong
 
 
 def test_a_wrong_silu_slope_in_swiglu_is_reported_at_dw_gate_not_at_dx():
     finding = _first_failure("swiglu", SWIGLU_SIGMOID_SLOPE_FOR_SILU)
     assert finding.grad == "dw_gate", finding.lines()
-    assert "further down the backward: dx" in finding.message, finding.message
+    assert "further down the backward: dx" in finding.what_is_wrong, finding.what_is_wrong
 
 
 def test_gradients_of_one_step_are_said_to_be_of_one_step():
@@ -101,8 +101,8 @@ def test_gradients_of_one_step_are_said_to_be_of_one_step():
         check_gradient(doubled_scores, exercise.case(exercise.edge_cases[0]))
     finding = failed.value.finding
     assert finding.grad == "dq", finding.lines()
-    assert "dk is wrong too, at the same step of the backward as dq" in finding.message, finding.message
-    assert "right: dv" in finding.message
+    assert "dk is wrong too, at the same step of the backward as dq" in finding.what_is_wrong, finding.what_is_wrong
+    assert "right: dv" in finding.what_is_wrong
 
 
 def test_without_a_backward_order_the_report_says_it_cannot_tell_the_root():
@@ -118,7 +118,7 @@ def test_without_a_backward_order_the_report_says_it_cannot_tell_the_root():
 
     with pytest.raises(CheckFailed) as failed:
         check_gradient(both_wrong, case)
-    message = failed.value.finding.message
+    message = failed.value.finding.what_is_wrong
     assert failed.value.finding.grad == "dx"          # the inputs' order: nothing else to go by
     assert "cannot be told" in message and "also wrong: dw_gate" in message, message
 
@@ -198,14 +198,16 @@ def test_a_teachers_backward_order_leads_the_report_with_the_root(tmp_path):
     exercise = _tanh_exercise(tmp_path, '("s", "w", "x")')
     finding = check_function(exercise, _tanh_slope_slip, n_random=0).first_failure.finding
     assert finding.grad == "dw", finding.lines()
-    assert "further down the backward: dx" in finding.message and "right: ds" in finding.message, finding.message
+    said = finding.what_is_wrong
+    assert "further down the backward: dx" in said and "right: ds" in said, said
 
 
 def test_a_teachers_exercise_without_an_order_says_it_cannot_tell_the_root(tmp_path):
     exercise = _tanh_exercise(tmp_path, "()")
     finding = check_function(exercise, _tanh_slope_slip, n_random=0).first_failure.finding
     assert finding.grad == "dx", finding.lines()
-    assert "also wrong: dw" in finding.message and "cannot be told" in finding.message, finding.message
+    said = finding.what_is_wrong
+    assert "also wrong: dw" in said and "cannot be told" in said, said
 
 
 @pytest.mark.parametrize("order, said", [('("s", "w")', "leaves out 'x'"),
@@ -320,15 +322,16 @@ def test_a_wrong_da_in_the_block_says_dW_q_dW_k_dW_v_are_of_one_step():
         "da = da.reshape(B, T, H, hd)", "da = 2 * da.reshape(B, T, H, hd)")
     finding = _first_failure("block", source)
     assert finding.grad == "dW_q", finding.lines()
-    assert "dW_k, dW_v are wrong too, at the same step of the backward as dW_q" in finding.message, finding.message
-    assert "further down the backward: dw_in, dx" in finding.message, finding.message
+    said = finding.what_is_wrong
+    assert "dW_k, dW_v are wrong too, at the same step of the backward as dW_q" in said, said
+    assert "further down the backward: dw_in, dx" in said, said
 
 
 def test_a_wrong_dv_alone_in_the_block_says_dW_q_and_dW_k_are_right():
     finding = _first_failure("block", BLOCK_DV_MERGED_WITHOUT_TRANSPOSE)
     assert finding.grad == "dW_v", finding.lines()
-    assert "dW_q" not in finding.message.split("further down")[1].split(";")[0], finding.message
-    assert finding.message.endswith("right also: dW_q, dW_k)"), finding.message
+    assert "dW_q" not in finding.what_is_wrong.split("further down")[1].split(";")[0], finding.what_is_wrong
+    assert finding.what_is_wrong.endswith("right also: dW_q, dW_k)"), finding.what_is_wrong
 
 
 def test_what_further_down_depends_on_is_said_truly():
@@ -337,15 +340,15 @@ def test_what_further_down_depends_on_is_said_truly():
     # a student look for dW_v inside dx
     finding = _first_failure("block", BLOCK_DV_MERGED_WITHOUT_TRANSPOSE)
     assert ("also wrong, further down the backward: dw_in, dx -- they are computed from what dW_v is computed "
-            "from, and may be wrong only because of a slip there: fix dW_v first, then check again") in finding.message, \
-        finding.message
+            "from, and may be wrong only because of a slip there: fix dW_v first, then check again") \
+        in finding.what_is_wrong, finding.what_is_wrong
 
 
 def test_three_gradients_of_one_step_are_none_computed_from_another():
     source = BLOCK_DV_MERGED_WITHOUT_TRANSPOSE.replace(
         "dv = dv.reshape(B, T, KVH * hd)", "dv = dv.transpose(0, 2, 1, 3).reshape(B, T, KVH * hd)").replace(
         "da = da.reshape(B, T, H, hd)", "da = 2 * da.reshape(B, T, H, hd)")
-    message = _first_failure("block", source).message
+    message = _first_failure("block", source).what_is_wrong
     assert "neither" not in message and "none is computed from another" in message, message
 
 
@@ -367,3 +370,87 @@ def test_a_teachers_exercise_of_one_edge_case_has_no_ladder_to_tell(tmp_path):
     exercise = _tanh_exercise(tmp_path, '("s", "w", "x")')       # its one edge case: n=3
     finding = check_function(exercise, _tanh_slope_slip, n_random=0).first_failure.finding
     assert finding.ladder == "", finding.ladder
+
+
+# ----- a named mistake keeps what the other gradients show ------------------------------------------
+ATTENTION_DIAGONAL_SOFTMAX = """import numpy as np
+
+
+def attention_backward(dout, cache):
+    q, k, v, attn_probs, scale, n_rep = cache
+    B, H, T, hd = q.shape
+    KVH, S = k.shape[1], k.shape[2]
+    dout_g = dout.reshape(B, KVH, n_rep, T, hd)
+    p_g = attn_probs.reshape(B, KVH, n_rep, T, S)
+    dp = (dout_g @ v[:, :, None].swapaxes(-1, -2)).reshape(B, H, T, S)
+    dv = (p_g.swapaxes(-1, -2) @ dout_g).sum(axis=2)
+    ds = dp * attn_probs * (1 - attn_probs)       # the slip: each p as if it depended on its own score only
+    ds_g = ds.reshape(B, KVH, n_rep, T, S)
+    dq = (ds_g @ k[:, :, None]).reshape(B, H, T, hd) * scale
+    dk = (ds_g.swapaxes(-1, -2) @ q.reshape(B, KVH, n_rep, T, hd)).sum(axis=2) * scale
+    return dq, dk, dv
+"""
+
+
+def test_a_named_mistake_still_says_which_other_gradients_are_wrong_and_right(tmp_path):
+    # the catalogue's name replaced the whole message: "dk is wrong too ...; right: dv" was lost
+    from npllama.exercises import check_file
+
+    path = tmp_path / "attention_backward.py"
+    path.write_text(ATTENTION_DIAGONAL_SOFTMAX)
+    report = check_file("attention", path, n_random=0)
+    finding = report.first_failure.finding
+    assert finding.grad == "dq", finding.lines()
+    assert "only the diagonal of its Jacobian" in finding.message, finding.message     # the mistake, named
+    said = report.format()
+    assert "dk is wrong too, at the same step of the backward as dq" in said, said
+    assert "right: dv -- every gradient the backward reaches before dq" in said, said
+    assert "dk is wrong too" in report.summary(), report.summary()
+
+
+def _tanh_mistakes():
+    """A teacher's catalogue for TANH_EXERCISE: tanh' taken as 1 - h (dw and dx wrong, ds right)."""
+    from npllama.exercises.mistakes import Mistake
+
+    class TanhMistakes:
+        probes = [dict(n=1, seed=4)]      # one row: a ds summed over the first row only is right here
+        ladder = []
+
+        def variant(self, dout, case, slope="right"):
+            x, w, s = case.inputs
+            h = np.tanh(x @ w.T)
+            dpre = dout * s * ((1 - h * h) if slope == "right" else (1 - h))
+            return dpre @ w, dpre.T @ x, (dout * h).reshape(-1, s.shape[0]).sum(0)
+
+        def mistakes(self):
+            return [Mistake("tanh' was taken as 1 - h", "d tanh(z)/dz = 1 - tanh(z)^2", dict(slope="one_minus_h"))]
+
+    return TanhMistakes()
+
+
+def _tanh_slope_slip_and_first_row_ds(dout, cache):     # the catalogued slip, and ds of the first row only
+    x, w, s, h = cache
+    dpre = dout * s * (1 - h)
+    return dpre @ w, dpre.T @ x, (dout * h)[0]
+
+
+def test_a_mistake_named_in_another_gradient_than_the_first_wrong_one_says_so(tmp_path):
+    # the probe (one row) names tanh' in dw; this case's first wrong gradient is ds (summed over one
+    # row of three): "fix ds first" would contradict the name, and ds may be a slip of its own
+    exercise = _tanh_exercise(tmp_path, '("s", "w", "x")')
+    exercise.catalogue = _tanh_mistakes()
+    finding = check_function(exercise, _tanh_slope_slip_and_first_row_ds, n_random=0).first_failure.finding
+    assert finding.grad == "ds" and finding.message == "tanh' was taken as 1 - h", finding.lines()
+    said = finding.what_is_wrong
+    assert "fix ds first" not in said, said
+    assert ("the mistake named is in dw; the numbers above are ds's, wrong on this case: fix the mistake named and "
+            "check again -- if ds is still wrong, it has a slip of its own") in said, said
+
+
+def test_a_mistake_named_in_the_first_wrong_gradient_keeps_the_others(tmp_path):
+    exercise = _tanh_exercise(tmp_path, '("s", "w", "x")')
+    exercise.catalogue = _tanh_mistakes()
+    finding = check_function(exercise, _tanh_slope_slip, n_random=0).first_failure.finding
+    assert finding.grad == "dw" and finding.message == "tanh' was taken as 1 - h", finding.lines()
+    assert finding.what_is_wrong == finding.message + finding.other_gradients
+    assert "further down the backward: dx" in finding.other_gradients and "right: ds" in finding.other_gradients

@@ -846,7 +846,7 @@ def test_a_students_model_backward_passes_and_untied_gradients_are_named(tmp_pat
     scaled = tmp_path / "scaled.py"      # every gradient wrong: the others are listed, a few by name
     scaled.write_text(MODEL_CORRECT.replace("linear_backward(dlogits,", "linear_backward(1.5 * dlogits,"))
     finding = check_file("model", scaled, n_random=1).first_failure.finding
-    message = finding.message
+    message = finding.what_is_wrong
     assert finding.grad == "grads['lm_head.weight']"       # the first gradient the backward reaches
     also = message.split("(also wrong, further down the backward: ")[1]
     assert also.startswith("grads['model.") and "more --" in also and also.split(" -- ")[0].count("grads[") == 4

@@ -912,8 +912,8 @@ def test_an_unnamed_slip_in_an_assembled_backward_says_which_gradients_are_right
     path.write_text("import numpy as np\n\n\n" + textwrap.dedent(body).strip() + "\n")
     finding = check_file("block", path, n_random=0).first_failure.finding
     assert finding.grad == "dW_o", finding.lines()
-    assert finding.message.endswith("right: dW_down, dW_gate, dW_up, dw_post -- every gradient the backward "
-                                    "reaches before dW_o)"), finding.message
+    assert finding.what_is_wrong.endswith("right: dW_down, dW_gate, dW_up, dw_post -- every gradient the "
+                                          "backward reaches before dW_o)"), finding.what_is_wrong
 
 
 def test_the_repeated_token_rung_adds_only_the_repeat(tmp_path):

@@ -348,9 +348,9 @@ def check_gradient(backward, case: Case) -> None:
     got = grads[case.wrt.index(index)]
     finding = diagnose(got, numeric, grad=gradient_name(first.name), case=case.describe(), zero_label=case.zero_label)
     right = [r.name for r in report.inputs if r.status == "ok"]
-    finding.message += _where_the_slip_is(first.name, [r.name for r in failing[1:]], right, rank)
+    finding.other_gradients = _where_the_slip_is(first.name, [r.name for r in failing[1:]], right, rank)
     if undecided:
-        finding.message += (f" ({', '.join(gradient_name(r.name) for r in undecided)} could not be decided by "
+        finding.other_gradients += (f" ({', '.join(gradient_name(r.name) for r in undecided)} could not be decided by "
                             "finite differences)")
     raise CheckFailed(finding)
 

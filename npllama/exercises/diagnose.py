@@ -48,6 +48,14 @@ class Finding:
     ladder: str = ""                # which simpler cases pass, and what changed when one fails
     # what is wrong when it is not one gradient (grad ''): "the return value", "dy", "the cache"
     subject: str = ""
+    # what the case's other gradients show, said after the message: which are wrong too and which
+    # right, from grad's place in the backward (checks._where_the_slip_is); kept apart from the
+    # message, which a mistake the catalogue names replaces (runner._name_the_mistake)
+    other_gradients: str = ""
+
+    @property
+    def what_is_wrong(self) -> str:
+        return self.message + self.other_gradients
 
     def lines(self) -> list[str]:
         out = []
@@ -63,7 +71,7 @@ class Finding:
                 where = (f"; worst at index {self.worst_index}: yours {self.got_value:.6g}, "
                          f"expected {self.expected_value:.6g}")
             out.append(f"relative error {self.rel_error:.3g}{where}")
-        out.append(f"what is wrong: {self.message}")
+        out.append(f"what is wrong: {self.what_is_wrong}")
         if self.hint:
             first, *more = self.hint.splitlines()       # a snippet to run goes on lines of its own
             out += [f"hint: {first}"] + [f"    {line}" for line in more]
@@ -72,7 +80,7 @@ class Finding:
         return out
 
     def short(self) -> str:
-        return f"{self.grad}: {self.message}" if self.grad else self.message
+        return f"{self.grad}: {self.what_is_wrong}" if self.grad else self.what_is_wrong
 
 
 class CheckFailed(AssertionError):

@@ -441,8 +441,9 @@ def assert_passes(op, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: i
 
 def _name_the_mistake(exercise, backward, finding: Finding, params_list) -> None:
     """Add to what the failing case's numbers show (diagnose.py) the mistake the catalogue's probes
-    name, if one matches on every probe (its words replace the numbers' own), and which simpler
-    cases pass (catalogue.py, mistakes.py).  A teacher's exercise (with no catalogue, or one that
+    name, if one matches on every probe (its words replace the numbers' own; what the other
+    gradients show stays, unless the mistake is in another gradient than the finding's), and which
+    simpler cases pass (catalogue.py, mistakes.py).  A teacher's exercise (with no catalogue, or one that
     names nothing here) has its own cases, params_list, as probes for a factor that is one of
     their scalar inputs (mistakes.name_scalar_factor)."""
     catalogue = CATALOGUES[exercise.op] if exercise.builtin else exercise.catalogue
@@ -455,6 +456,13 @@ def _name_the_mistake(exercise, backward, finding: Finding, params_list) -> None
             finding.hint += scalar.hint
     if found.grad is not None:
         finding.message, finding.hint = found.message, found.hint
+        if finding.other_gradients and found.grad != finding.grad:
+            # what the others show is told from finding.grad ("fix it first"), but the catalogue
+            # found the slip in another gradient; finding.grad's numbers may be the named mistake's
+            # too, or a slip of its own the probes did not show
+            finding.other_gradients = (f" (the mistake named is in {found.grad}; the numbers above are "
+                                       f"{finding.grad}'s, wrong on this case: fix the mistake named and check "
+                                       f"again -- if {finding.grad} is still wrong, it has a slip of its own)")
     if not found.ladder and not exercise.builtin and not getattr(catalogue, "ladder", None):
         # a teacher's exercise with no ladder of its own: its edge cases are one
         try:

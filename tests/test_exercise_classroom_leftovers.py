@@ -454,3 +454,91 @@ def test_a_mistake_named_in_the_first_wrong_gradient_keeps_the_others(tmp_path):
     assert finding.grad == "dw" and finding.message == "tanh' was taken as 1 - h", finding.lines()
     assert finding.what_is_wrong == finding.message + finding.other_gradients
     assert "further down the backward: dx" in finding.other_gradients and "right: ds" in finding.other_gradients
+
+
+# ----- the swiglu catalogue names the activation's mistakes as swiglu_act's does ---------------------
+SWIGLU_ACT_SIGMOID_SLOPE_FOR_SILU = """import numpy as np
+
+
+def swiglu_act_backward(dact, cache):
+    gate, up, sig, silu = cache
+    return dact * up * sig * (1 - sig), dact * silu
+"""
+
+SWIGLU_RIGHT_STYLES = {
+    "helpers": """import numpy as np
+from npllama.ops.linear import linear_backward
+from npllama.ops.swiglu import swiglu_act_backward
+
+
+def swiglu_backward(dout, cache):
+    dact, dw_down = linear_backward(dout, cache.down_proj)
+    dgate, dup = swiglu_act_backward(dact, cache.act)
+    dx_gate, dw_gate = linear_backward(dgate, cache.gate_proj)
+    dx_up, dw_up = linear_backward(dup, cache.up_proj)
+    return dx_gate + dx_up, dw_gate, dw_up, dw_down
+""",
+    "einsum, sigmoid recomputed": """import numpy as np
+
+
+def swiglu_backward(dout, cache):
+    (x, w_gate), (_, w_up), (gate, up, _, _), (act, w_down) = cache
+    s = 1 / (1 + np.exp(-gate))
+    dact = np.einsum("...d,df->...f", dout, w_down)
+    dgate = dact * up * (s + gate * s * (1 - s))
+    dup = dact * gate * s
+    dx = np.einsum("...f,fd->...d", dgate, w_gate) + np.einsum("...f,fd->...d", dup, w_up)
+    rows = lambda t: t.reshape(-1, t.shape[-1])
+    dw_gate = np.einsum("nf,nd->fd", rows(dgate), rows(x))
+    dw_up = np.einsum("nf,nd->fd", rows(dup), rows(x))
+    dw_down = np.einsum("nd,nf->df", rows(dout), rows(act))
+    return dx, dw_gate, dw_up, dw_down
+""",
+    "a loop over rows": """import numpy as np
+
+
+def swiglu_backward(dout, cache):
+    x, w_gate = cache.gate_proj
+    w_up = cache.up_proj[1]
+    act, w_down = cache.down_proj
+    a = cache.act
+    rows = lambda t: t.reshape(-1, t.shape[-1])
+    dx = np.zeros_like(rows(x))
+    dw_gate, dw_up, dw_down = np.zeros_like(w_gate), np.zeros_like(w_up), np.zeros_like(w_down)
+    for n, (d, xi, g, u, s, ai) in enumerate(zip(rows(dout), rows(x), rows(a.gate), rows(a.up),
+                                                 rows(a.gate_sigmoid), rows(act))):
+        dact = w_down.T @ d
+        dgate = dact * u * s * (1 + g * (1 - s))
+        dup = dact * a.silu_gate.reshape(-1, g.shape[-1])[n]
+        dx[n] = w_gate.T @ dgate + w_up.T @ dup
+        dw_gate += np.outer(dgate, xi)
+        dw_up += np.outer(dup, xi)
+        dw_down += np.outer(d, ai)
+    return dx.reshape(x.shape), dw_gate, dw_up, dw_down
+""",
+}
+
+
+def test_a_swiglu_student_with_silus_slope_taken_as_sigmoids_is_told_it_by_name(tmp_path):
+    # SwiGLUMistakes lacked swiglu_act's "silu'(z) was taken as sigmoid'(z)": "24 of 24 entries are
+    # wrong, with no simple pattern"; the activation's mistakes are now that catalogue's own
+    from npllama.exercises import check_file
+
+    act_path, path = tmp_path / "swiglu_act_backward.py", tmp_path / "swiglu_backward.py"
+    act_path.write_text(SWIGLU_ACT_SIGMOID_SLOPE_FOR_SILU)
+    path.write_text(textwrap.dedent(SWIGLU_SIGMOID_SLOPE_FOR_SILU))
+    act_finding = check_file("swiglu_act", act_path, n_random=0).first_failure.finding
+    finding = check_file("swiglu", path, n_random=0).first_failure.finding
+    assert "silu'(z) was taken as sigmoid'(z) = sigmoid(z) (1 - sigmoid(z))" in act_finding.message
+    assert finding.message == act_finding.message and finding.hint == act_finding.hint, finding.lines()
+    assert finding.grad == "dw_gate" and "further down the backward: dx" in finding.other_gradients, finding.lines()
+
+
+@pytest.mark.parametrize("style", sorted(SWIGLU_RIGHT_STYLES))
+def test_right_swiglu_submissions_in_other_styles_pass(style, tmp_path):
+    from npllama.exercises import check_file
+
+    path = tmp_path / "swiglu_backward.py"
+    path.write_text(SWIGLU_RIGHT_STYLES[style])
+    report = check_file("swiglu", path, n_random=3)
+    assert report.ok, report.format()

@@ -532,7 +532,8 @@ class SwiGLUActMistakes:
                "z * sigmoid(z) * (1 - sigmoid(z))", dsilu="sigmoid_as_own_slope"),
             _m("silu'(z) uses silu(z), the forward's output, where z, its input, belongs: "
                "sigmoid(z) (1 + silu(z) (1 - sigmoid(z)))", "silu'(z) = sigmoid(z) * (1 + z * (1 - sigmoid(z))) "
-               "with z = gate (cache.gate), not cache.silu_gate", dsilu="silu_for_gate"),
+               "with z = gate, the activation's input (its cache's gate), not its output silu_gate",
+               dsilu="silu_for_gate"),
             _m("silu'(z)'s second term has the wrong sign: sigmoid(z) (1 - z (1 - sigmoid(z)))",
                "sigmoid'(z) = +sigmoid(z) (1 - sigmoid(z)), so silu'(z) = sigmoid(z) * (1 + z * (1 - sigmoid(z)))",
                dsilu="minus"),
@@ -576,11 +577,8 @@ class SwiGLUMistakes:
                "projection (dx, dw_gate and dw_up are all crossed)",
                "dgate = dact * up * silu'(gate) goes into gate_proj's backward, dup = dact * silu(gate) into "
                "up_proj's (swiglu_act_backward returns them in the order (dgate, dup))", branches="grads_swapped"),
-            _m("silu'(z) was taken as sigmoid(z) in the activation's backward",
-               "silu'(z) = sigmoid(z) * (1 + z * (1 - sigmoid(z)))", act=dict(dsilu="sigmoid")),
-            _m("dgate is missing the factor up (act = silu(gate) * up)", "dgate = dact * up * silu'(gate)",
-               act=dict(up_factor=False)),
-            _m("dup uses gate where silu(gate) belongs", "dup = dact * silu(gate)", act=dict(dup="gate")),
+            # the activation's own mistakes, in swiglu_act's words: one list for both exercises
+            *[Mistake(m.message, m.hint, dict(act=m.knobs)) for m in SwiGLUActMistakes().mistakes()],
         ]
 
 

@@ -20,7 +20,9 @@ from .resuming import LOG_FILE
 PLOT_EXTRA = "pip install 'npllama[plot]'  (or: pip install matplotlib)"
 
 
-def _figure(width, height):
+def new_figure(width, height):
+    """A matplotlib Figure of width x height inches, made without pyplot (a Jupyter user's backend is
+    left alone); ImportError saying how to install matplotlib when it is missing."""
     try:
         from matplotlib.figure import Figure
     except ImportError as error:
@@ -28,7 +30,9 @@ def _figure(width, height):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _save(fig, path) -> Path:
+def save_png(fig, path) -> Path:
+    """Write fig to `path`, a .png file (its folders made); ValueError naming the path when it is no
+    .png, a folder, or under a file.  Returns the path."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"the output must be a .png file, got {str(path)!r}")
@@ -84,7 +88,7 @@ def plot_attention(probs, labels, path, title: str = "", key_labels=None, masked
         raise ValueError(f"{len(labels)} query and {len(key_labels)} key labels for probs of shape {probs.shape}")
     T, S = probs.shape
     side = min(4 + 0.3 * max(T, S), 30)
-    fig = _figure(side + 1.5, side)
+    fig = new_figure(side + 1.5, side)
     ax = fig.subplots()
     if masked is not None:
         masked = np.asarray(masked, dtype=bool)
@@ -106,7 +110,7 @@ def plot_attention(probs, labels, path, title: str = "", key_labels=None, masked
         ax.set_title(title, **AS_WRITTEN)
     fig.colorbar(image, ax=ax, shrink=0.8,
                  label="attention probability" + ("  (grey: hidden by the causal mask)" if hidden else ""))
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _label(piece: str) -> str:
@@ -264,7 +268,7 @@ def _number(value, where: str) -> float:
 
 def plot_loss(run_or_log, path, title: str = "") -> Path:
     curves = read_log(run_or_log)
-    fig = _figure(7, 4.5)
+    fig = new_figure(7, 4.5)
     ax = fig.subplots()
     if curves["loss"]:
         # a single step is a line of no length: a marker shows it
@@ -283,7 +287,7 @@ def plot_loss(run_or_log, path, title: str = "") -> Path:
     ax.set_title(title or "loss", **AS_WRITTEN)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # ----- gradient norms per layer -----------------------------------------------------------------
@@ -343,7 +347,7 @@ def plot_grad_norms(trace, path, title: str = "") -> Path:
                          f"gives that ({why}), as do weights that let no gradient through (e.g. a norm whose input "
                          "overflowed float32)")
     n_layers = len(next(iter(norms.values())))
-    fig = _figure(10, 4.8)
+    fig = new_figure(10, 4.8)
     ax = fig.subplots()
     for kind in PARAM_KINDS:
         if kind in norms:
@@ -364,4 +368,4 @@ def plot_grad_norms(trace, path, title: str = "") -> Path:
     ax.set_title(title or "gradient norm per layer", **AS_WRITTEN)
     ax.grid(alpha=0.3, which="both")
     fig.legend(fontsize=7, loc="outside right center")
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -290,14 +290,22 @@ def test_the_model_starter_quotes_every_field_of_ModelCache_as_the_class_writes_
     assert " ".join(ModelCache.__doc__.split()) in text
 
 
-# ----- mistakes.py reads the ratio with diagnose.py's public helper ---------------------------------
-def test_mistakes_imports_no_private_name_of_another_module():
-    import ast
+# ----- the exercises' modules use each other's public helpers only --------------------------------
+def _exercise_modules():
     from pathlib import Path
 
-    import npllama.exercises.mistakes as mistakes
+    import npllama.exercises
 
-    tree = ast.parse(Path(mistakes.__file__).read_text())
+    return sorted(Path(npllama.exercises.__file__).parent.glob("*.py"))
+
+
+@pytest.mark.parametrize("path", _exercise_modules(), ids=lambda path: path.name)
+def test_no_module_of_the_exercises_imports_a_private_name_of_another(path):
+    # mistakes.py imported diagnose._constant_ratio; assembled.py checks._first_parameter and
+    # starter._fields_described; training.py and sandbox.py runner._describe_exception
+    import ast
+
+    tree = ast.parse(path.read_text())
     private = [(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                for alias in node.names if alias.name.startswith("_")]
     assert private == [], private

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from npllama.exercises import get_exercise, wire
-from npllama.exercises.runner import _crash_hint, _describe_exception
+from npllama.exercises.runner import _crash_hint, describe_exception
 from npllama.exercises.sandbox import _signature
 
 
@@ -111,7 +111,7 @@ def test_the_students_exception_comes_back_for_the_crash_diagnosis(tmp_path):
     except ValueError as raised:
         error = wire.remote_error(json.loads(json.dumps(wire.error_header(raised))))
     assert isinstance(error, ValueError) and type(error).__name__ == "ValueError"
-    described = _describe_exception(error, str(path))
+    described = describe_exception(error, str(path))
     assert described.startswith("your function raised ValueError: ")
     assert "(line 4 of mine.py: return np.einsum" in described
     # 'ij' given a 1-D operand: the hint names that count, as it does in the student's own process

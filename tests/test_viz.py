@@ -174,9 +174,9 @@ def test_cli_without_matplotlib_says_how_to_install(tmp_path, monkeypatch):
 
 
 def drawn_figure(monkeypatch):
-    """The matplotlib Figure the next plot draws, instead of writing it (viz._save captured)."""
+    """The matplotlib Figure the next plot draws, instead of writing it (viz.save_png captured)."""
     drawn = []
-    monkeypatch.setattr(viz, "_save", lambda fig, path: drawn.append(fig) or path)
+    monkeypatch.setattr(viz, "save_png", lambda fig, path: drawn.append(fig) or path)
     return drawn
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import checks
 from .definitions import Exercise, check
-from .checks import RETURN_VALUE, SEED, Case, Choice, Ints, _first_parameter, expect_close
+from .checks import RETURN_VALUE, SEED, Case, Choice, Ints, first_parameter, expect_close
 from .diagnose import CheckFailed, Finding
 
 WEIGHTS = ("input_layernorm", "q_proj", "k_proj", "v_proj", "o_proj", "post_attention_layernorm", "gate_proj",
@@ -57,7 +57,7 @@ def adapted(backward, flatten, name: str, upstream: str = "dout"):
         return flatten(backward, dout, cache)
     flat.__name__ = getattr(backward, "__name__", name)
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    first = _first_parameter(backward, upstream)
+    first = first_parameter(backward, upstream)
     # a student who calls the first parameter cache keeps that name: the second then needs another
     second = "cache" if first != "cache" else "the_cache"
     flat.__signature__ = inspect.Signature([inspect.Parameter(first, positional),
@@ -273,12 +273,12 @@ logits = hidden @ W_lm.T                       # W_lm = E when tie_word_embeddin
 
         from ..model import LAYER_PATHS, ModelCache
         from ..ops.embedding import EmbeddingCache
-        from .starter import _field_cache_described, _fields_described
+        from .starter import field_cache_described, fields_described
 
         # one path a line would be nine lines: wrapped at the docstring's width, aligned after "("
         paths = textwrap.fill(repr(tuple(LAYER_PATHS)), 91, subsequent_indent=" ").replace("\n", "\n" + " " * 8)
-        cache = (["a ModelCache, the named tuple model_forward returns (npllama.model):"] + _fields_described(ModelCache)
-                 + _field_cache_described("embed_tokens", EmbeddingCache, " (npllama.ops.embedding)"))
+        cache = (["a ModelCache, the named tuple model_forward returns (npllama.model):"] + fields_described(ModelCache)
+                 + field_cache_described("embed_tokens", EmbeddingCache, " (npllama.ops.embedding)"))
         return (self._doc.replace("MODEL_CACHE", ("\n" + " " * 13).join(cache))
                 .replace("LAYER_PATHS_VALUE", paths))
 

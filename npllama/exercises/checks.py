@@ -470,7 +470,7 @@ def _numeric_gradient(case: Case, dout, index) -> np.ndarray:
     return numerical_gradient(lambda: float(np.sum(case.run_forward()[0] * dout)), x, eps=1e-6)
 
 
-def _first_parameter(function, default: str) -> str:
+def first_parameter(function, default: str) -> str:
     """The name the student gave the upstream gradient (dy, dp, dact, ...), through any wrappers;
     `default` when the first parameter names no single argument (*args, **kwargs) or there is none."""
     try:
@@ -484,8 +484,8 @@ def _first_parameter(function, default: str) -> str:
 def upstream_name(backward, case: Case) -> str:
     """What to call the upstream gradient in a finding: the student's own name for it, else the
     exercise's (the reference backward's first parameter: dy, dp, dlogits, ...)."""
-    exercises = _first_parameter(case.reference, "dout") if case.reference is not None else "dout"
-    return _first_parameter(backward, exercises)
+    exercises = first_parameter(case.reference, "dout") if case.reference is not None else "dout"
+    return first_parameter(backward, exercises)
 
 
 def _raised_by(error: BaseException, function) -> bool:

@@ -314,7 +314,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
         raise TypeError(f"backward must be a function like {exercise.signature[4:-1]}, got {type(backward).__name__}")
     if source_text is not None and not isinstance(source_text, str):
         raise TypeError(f"source_text must be the file's text (a str) or None, got {type(source_text).__name__}")
-    _check_cases(n_random, seed)
+    require_case_arguments(n_random, seed)
     function = _function_run_by(backward)
     decorators = _decorator_files(backward)
     source = source or _what_it_is(backward, function)
@@ -346,7 +346,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
         except student_errors:   # a crash or a wrong shape: the checks below report it properly
             gap = None
         if gap is not None:
-            measuring = finite_difference_lines(_read_source(source_file) if source_text is None else source_text)
+            measuring = finite_difference_lines(read_source(source_file) if source_text is None else source_text)
             if measuring:
                 return Report(exercise, source, [], refused=measured_reason(gap, measuring))
             gap_note = len(notes)
@@ -382,7 +382,7 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
                     break
                 except student_errors as error:  # the student's code crashed: say where, in their file
                     result.status = "error"
-                    result.finding = Finding("", _describe_exception(error, source_file, named_as=named_as,
+                    result.finding = Finding("", describe_exception(error, source_file, named_as=named_as,
                                                                      decorator_files=decorators),
                                              hint=_crash_hint(error, exercise, params, source_file, function_name,
                                                               parameters, rerun),
@@ -503,7 +503,7 @@ def load_function(op: str, path, catch_everything: bool = False, typed_as: str |
         raise SubmissionError(f"importing {named} failed: {error}") from None
     except (BaseException if catch_everything else Exception) as error:
         raise SubmissionError(f"importing {named} failed: "
-                              + _describe_exception(error, str(path), "the file", named), raised=error) from None
+                              + describe_exception(error, str(path), "the file", named), raised=error) from None
     finally:
         sys.modules.pop(name, None)
     fn = getattr(module, exercise.backward_name, None)
@@ -545,7 +545,7 @@ def check_file(op: str, path, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int
     allow_imports: skip the import rule (for files you trust); the run-time guard stays on."""
     exercise = get_exercise(op)
     path = path_argument(path, "path", "a .py file")
-    _check_cases(n_random, seed)
+    require_case_arguments(n_random, seed)
     if not allow_imports:
         refused = screen_file(exercise, path)
         if refused is not None:
@@ -599,7 +599,8 @@ def format_table(reports: list[Report], width: int = 90) -> str:
 
 # ----- helpers ------------------------------------------------------------------------------------
 
-def _check_cases(n_random, seed) -> None:
+def require_case_arguments(n_random, seed) -> None:
+    """ValueError naming n_random or seed unless each is an int >= 0 (case_params' arguments)."""
     for name, value in (("n_random", n_random), ("seed", seed)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"{name} must be an int >= 0, got {value!r}")
@@ -618,7 +619,7 @@ def read_submission(path: Path) -> str:
         raise SubmissionError(f"{path.name} cannot be read as text: {error}") from None
 
 
-def _read_source(source_file: str | None) -> str:
+def read_source(source_file: str | None) -> str:
     """The submission's source, to look for the shape of a finite difference ('' when unreadable,
     and when it is not a file -- a named pipe would never end -- or larger than MAX_SOURCE_BYTES)."""
     path = Path(source_file) if source_file else None
@@ -628,7 +629,7 @@ def _read_source(source_file: str | None) -> str:
         return ""
 
 
-def _describe_exception(error: BaseException, source_file: str | None, what: str = "your function",
+def describe_exception(error: BaseException, source_file: str | None, what: str = "your function",
                         named_as: str | None = None, decorator_files=()) -> str:
     """'your function raised E: message (line N of FILE: the line)', the line being the innermost
     of source_file's in the traceback, FILE named_as (default the file's name); or of

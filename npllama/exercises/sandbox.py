@@ -142,7 +142,7 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
     stopped child was stuck (grade_folder: its path relative to the class folder); when None, the
     file is its name and those lines name `path` as given."""
     from .definitions import get_exercise
-    from .runner import (GradingStopped, Report, _check_cases, _read_source, cases_per_check, check_function,
+    from .runner import (GradingStopped, Report, require_case_arguments, read_source, cases_per_check, check_function,
                          screen_file)
 
     from .teacher import verify_reference
@@ -153,7 +153,7 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
                          f"load_exercises (the process the submission runs in loads that file too), got "
                          f"{type(exercise).__name__} {exercise.op!r} defined in {type(exercise).__module__}")
     _check_limits(timeout, memory_mb)
-    _check_cases(n_random, seed)
+    require_case_arguments(n_random, seed)
     if not exercise.builtin:     # a reference that fails its checks would fail the student for it
         verify_reference(exercise, n_random, seed)
     path = Path(path)
@@ -166,7 +166,7 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
     named_as = readable_name(path.name) if named_as is None else named_as
     graded_on = dict(exercise=exercise.op, seed=seed, cases=cases_per_check(exercise, n_random, seed))
     start = time.perf_counter()
-    source_text = _read_source(str(path))      # before any of it runs: the finite-difference rule reads it
+    source_text = read_source(str(path))      # before any of it runs: the finite-difference rule reads it
     # screened as read ('' is an unreadable file, or an empty one: read again, to say why)
     report = None if allow_imports else screen_file(exercise, path, shown_as, source=source_text or None)
     if report is not None:
@@ -472,9 +472,9 @@ class _Submission:
         of the process's memory limit -- raised by `what` ("your function" in a call, "the file" at
         its import): not a wrong gradient, nor a file that cannot be used."""
         if isinstance(error, MemoryError) and _memory_limit_reached(error):
-            from .runner import _describe_exception
+            from .runner import describe_exception
 
-            self._stop("crashed", out_of_memory(self.memory_mb, _describe_exception(
+            self._stop("crashed", out_of_memory(self.memory_mb, describe_exception(
                 error, str(self.path), what, named_as=self.named_as)))
 
     def output(self) -> str:

@@ -57,23 +57,23 @@ def cache_description(exercise: Exercise) -> str:
         return ""
     from .teacher import shown_module
 
-    lines = _fields_described(kind)
+    lines = fields_described(kind)
     for field in kind._fields:
         inner = type(getattr(cache, field))
         if hasattr(inner, "_fields") and inner.__module__ == kind.__module__:
-            lines += _field_cache_described(field, inner)
+            lines += field_cache_described(field, inner)
     return (f"{kind.__name__}, the named tuple {exercise.forward_name} returns "
             f"({shown_module(exercise, kind.__module__)}):\n"
             f"unpack it in this order, or read its fields (cache.{kind._fields[0]}, ...)\n" + "\n".join(lines))
 
 
-def _field_cache_described(field: str, kind, where: str = "") -> list[str]:
+def field_cache_described(field: str, kind, where: str = "") -> list[str]:
     """A cache's field that is itself a cache: 'field, a Kind<where>:' over its fields, indented."""
     article = "an" if kind.__name__[0] in "AEIOU" else "a"
-    return [f"{field}, {article} {kind.__name__}{where}:"] + ["  " + line for line in _fields_described(kind)]
+    return [f"{field}, {article} {kind.__name__}{where}:"] + ["  " + line for line in fields_described(kind)]
 
 
-def _fields_described(kind) -> list[str]:
+def fields_described(kind) -> list[str]:
     """A NamedTuple's docstring and field lines (with their comments) from its source."""
     lines = []
     for line in textwrap.dedent(inspect.getsource(kind)).splitlines()[1:]:

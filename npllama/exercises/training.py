@@ -24,7 +24,7 @@ from pathlib import Path
 from ..loss_units import loss_unit
 from .assembled import Assembled
 from .definitions import get_exercise
-from .runner import SubmissionError, _describe_exception, load_function
+from .runner import SubmissionError, describe_exception, load_function
 from .sandbox import grade_file
 from .screen import RULE, guard_library, student_call
 
@@ -211,8 +211,8 @@ def why_the_run_stopped(error: BaseException, path, exercise) -> str:
     after the function has returned."""
     target = os.path.abspath(path)
     if any(os.path.abspath(frame.filename) == target for frame in traceback.extract_tb(error.__traceback__)):
-        return _describe_exception(error, str(path), named_as=str(path))    # as the student typed it
-    return _describe_exception(error, None, what=f"the training step, given what your {exercise.backward_name} "
+        return describe_exception(error, str(path), named_as=str(path))    # as the student typed it
+    return describe_exception(error, None, what=f"the training step, given what your {exercise.backward_name} "
                                                  f"returned,")
 
 
@@ -264,10 +264,10 @@ def _losses(run_dir: Path) -> list[float]:
 
 
 def _plot(comparison: TrainComparison, path: Path) -> Path | None:
-    from ..viz import _figure, _save
+    from ..viz import new_figure, save_png
 
     try:   # drawn as npllama.viz draws: without pyplot, so a Jupyter user's backend stays as it was
-        fig = _figure(7, 4)
+        fig = new_figure(7, 4)
     except ImportError:
         return None
     ax = fig.subplots()
@@ -281,4 +281,4 @@ def _plot(comparison: TrainComparison, path: Path) -> Path | None:
     ax.set_ylabel(f"training loss ({loss_unit('causal')})")
     ax.set_title(f"{comparison.op}: {'same curve' if comparison.ok else 'curves differ'}")
     ax.legend()
-    return _save(fig, path)
+    return save_png(fig, path)

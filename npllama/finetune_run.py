@@ -228,7 +228,7 @@ class FinetuneRun:
         with deferred_stop_signals(), reporting_write_errors(f"the checkpoint of step {step}", path):
             save_params_checkpoint(path, params, optimizer.state_dict(copy=False), state,
                                    replace_lock=replacing_in_run(self.run_dir))
-        self.saved_step = step
+            self.saved_step = step   # inside: a signal held meanwhile comes as the block ends, and saves nothing new
 
     def stopped(self, stop: KeyboardInterrupt, step: int, save) -> None:
         """After a stop signal: save the step reached (unless saved) and say how to continue."""

@@ -712,11 +712,12 @@ class _Loop:
         state = {"step": step, "loader": self.loader_position, "train_loss": self.last_train_loss,
                  "val_loss": self.last_val_loss, "val_step": self.last_val_step, "tokens": self.tokens}
         path = self.run_dir / "checkpoint"
-        # deferred: a stop signal during a checkpoint lets it finish (the stop then saves nothing new)
+        # deferred: a stop signal during a checkpoint lets it finish (the stop then saves nothing new:
+        # saved_step is set inside, as the held signal is delivered when the block ends)
         with deferred_stop_signals(), reporting_write_errors(f"the checkpoint of step {step}", path):
             save_checkpoint(path, self.model, self.optimizer.state_dict(copy=False), state,
                             extra_files=self.tokenizer_files, replace_lock=replacing_in_run(self.run_dir))
-        self.saved_step = step
+            self.saved_step = step
 
     def write_log(self, record: dict) -> None:
         self.log.write(json.dumps(record) + "\n")

@@ -713,3 +713,26 @@ def test_a_resume_given_the_run_folders_model_for_a_base_given_as_the_run_folder
     shutil.copytree(small_model_dir, other / "model")
     assert main(["finetune", "classify", "--out", str(out), "--resume", "--base", str(other / "model"),
                  "--steps", "3", "--no-progress"]) == 2
+
+
+def test_a_stop_signal_during_a_checkpoint_lets_it_finish_and_saves_it_once(small_model_dir, tmp_path,
+                                                                             monkeypatch):
+    # Before: the signal held while the checkpoint was written came before the run noted the step as
+    # saved, so the stop wrote the same checkpoint a second time
+    import npllama.io.train_state
+    from npllama.interrupts import Interrupted
+
+    real_save, saved = npllama.io.train_state.save_params_checkpoint, []
+
+    def save_during_a_sigterm(path, params, optimizer_state, state, **kwargs):
+        saved.append(state["step"])
+        if len(saved) == 1:
+            signal.raise_signal(signal.SIGTERM)   # held until the checkpoint is written
+        real_save(path, params, optimizer_state, state, **kwargs)
+
+    monkeypatch.setattr(npllama.io.train_state, "save_params_checkpoint", save_during_a_sigterm)
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        run_job("classify", settings("classify", small_model_dir, out=str(out), steps=6, checkpoint_every=4))
+    assert saved == [4]
+    assert json.loads((out / "checkpoint" / "training_state.json").read_text())["step"] == 4

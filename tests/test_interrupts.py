@@ -146,3 +146,32 @@ def test_a_train_stopped_after_its_last_step_keeps_that_step(tmp_path, monkeypat
     logged_steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()
                     if "loss" in json.loads(line)]
     assert logged_steps == [1, 2, 3] and (out / "model" / "model.safetensors").is_file()
+
+
+def test_a_stop_signal_during_a_checkpoint_lets_it_finish_and_saves_it_once(tmp_path, monkeypatch, capsys):
+    # Before: the signal, held while the checkpoint was written, was delivered before the loop noted
+    # the step as saved, so the stop wrote the same checkpoint a second time (minutes for a large
+    # model, and a second chance for a full disk to fail) -- now for the final one as well
+    import npllama.io.train_state
+    from npllama.cli import main
+    from npllama.corpus import make_default_corpus
+
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
+    out, data = tmp_path / "run", tmp_path / "stories.txt"
+    data.write_text("\n\n".join(make_default_corpus(300)), encoding="utf-8")
+    real_save, saved = npllama.io.train_state.save_checkpoint, []
+
+    def save_during_a_sigterm(path, *args, **kwargs):
+        saved.append(args[2]["step"])
+        if len(saved) == 1:
+            signal.raise_signal(signal.SIGTERM)   # held until the checkpoint is written
+        real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(npllama.io.train_state, "save_checkpoint", save_during_a_sigterm)
+    assert main(["train", "--out", str(out), "--data", str(data), "--preset", "stories260k", "--vocab-size", "360",
+                 "--batch-size", "4", "--seq-len", "32", "--eval-batches", "1", "--samples", "0", "--steps", "3",
+                 "--threads", "1", "--no-progress", "--backend", "numpy"]) == 128 + signal.SIGTERM
+    said = capsys.readouterr()
+    assert f"stopped by SIGTERM: checkpoint saved at step 3 in {out / 'checkpoint'}" in said.out + said.err, said
+    assert saved == [3]
+    assert not (out / "model").exists()

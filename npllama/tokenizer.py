@@ -398,6 +398,30 @@ class Tokenizer:
 
 # ----- training helpers ------------------------------------------------------------------------------
 
+def load_given(path, flag: str) -> Tokenizer:
+    """The tokenizer a command's `flag` names (a SentencePiece .model file): a folder, or a file
+    that is not one (a Hugging Face tokenizer.json), is refused in one line naming the flag and,
+    when there is one, the tokenizer.model in or beside it -- what the flag takes.  Tokenizer(path)
+    itself advises a Python caller (npllama.runs.load_tokenizer), which the command line cannot use."""
+    given = Path(require_path(flag, path, "a SentencePiece .model file")).expanduser()
+    if given.is_dir():   # a run or model folder: the file in it is what was meant
+        inside = given / "tokenizer.model"
+        raise ValueError(f"{flag} {str(path)!r} is a folder: " + (
+            f"give its tokenizer.model, {flag} {inside}" if inside.is_file() else
+            "give a SentencePiece .model file (it holds no tokenizer.model)"))
+    try:
+        return Tokenizer(given)
+    except ValueError as error:
+        if "not a valid SentencePiece model" not in str(error):
+            raise
+        beside = given.parent / "tokenizer.model"
+        raise ValueError(f"{flag} {str(path)!r} is not a SentencePiece .model file (a Hugging Face tokenizer.json, "
+                         f"for example, is another format): " + (
+                             f"give the tokenizer.model beside it, {flag} {beside}"
+                             if beside.is_file() and given.name != beside.name else
+                             "give a tokenizer.model, e.g. a run's runs/NAME/tokenizer.model")) from None
+
+
 def model_prefix_path(model_prefix) -> Path:
     """Tokenizer.train's <prefix> (of <prefix>.model and <prefix>.vocab) as a Path.  A prefix that
     ends in a slash names a folder: pathlib would drop the slash and write "tok.model" beside the

@@ -780,10 +780,10 @@ def _tokenizer_file(tc: TrainConfig, resume: bool):
     """The --tokenizer file, read.  Required here, where it is read, not by every resume: one from a
     checkpoint reads the copy in the run folder.  A FileNotFoundError naming the flag if it is not
     there (on a resume: the path the run's settings recorded, unless given anew, which it may be)."""
-    from .tokenizer import Tokenizer
+    from .tokenizer import load_given
 
     require_files(tc, ("tokenizer",), resume, CONFIG_FILE)
-    return Tokenizer(Path(tc.tokenizer).expanduser())
+    return load_given(tc.tokenizer, "--tokenizer")   # a folder or a tokenizer.json: said the command line's way
 
 
 def _train_and_held_out_tokens(tc: TrainConfig, run_dir: Path, tokenizer, texts, val_texts=None, saved=None,

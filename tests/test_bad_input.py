@@ -661,7 +661,7 @@ CLI = [
     (["train", "--data", "NOWHERE"], "does not exist"),
     (["train", "--tokenizer", "NOWHERE"], "does not exist"),
     (["train", "--data", "CORPUS", "--tokenizer", "CORRUPT", "--out", "TMP/r-corrupt-tok"],
-     "not a valid SentencePiece model"),
+     "--tokenizer|not a SentencePiece .model file"),
     (["train", "--resume", "--out", "TMP/never-trained"], "nothing to resume"),
     (["train", "--resume", "--out", "RUN", "--data", "CORPUS", "--preset", "stories260k", "--vocab-size", "360",
       "--batch-size", "2", "--seq-len", "32"], "cannot resume"),

@@ -618,3 +618,32 @@ def test_tokenizer_train_help_says_what_it_does_and_encode_says_the_text_is_posi
     assert "positional" in err and f"--model {tmp_path / 'tok.model'} 'Once upon a time'" in err
     assert "unrecognized" not in err
     assert main(["tokenizer", "encode", "--model", str(tmp_path / "tok.model"), "Once upon a time"]) == 0
+
+
+def test_a_tokenizer_json_or_a_folder_given_to_train_names_the_tokenizer_model_to_give(tok, tmp_path, capsys):
+    # Before: `npllama train --tokenizer runs/x/model/tokenizer.json` said to "load its folder with
+    # npllama.runs.load_tokenizer", a Python function the command line cannot use, and a folder was
+    # refused as "not a regular file"; the tokenizer.model beside it is what the flag takes.
+    import shutil
+
+    from npllama.cli import main
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(tok.path, folder / "tokenizer.model")
+    (folder / "tokenizer.json").write_text("{}", encoding="utf-8")
+    data = tmp_path / "data.txt"
+    data.write_text("\n\n".join(make_default_corpus(50)), encoding="utf-8")
+    train = ["train", "--out", str(tmp_path / "run"), "--data", str(data), "--no-progress", "--tokenizer"]
+    assert main([*train, str(folder / "tokenizer.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"give the tokenizer.model beside it, --tokenizer {folder / 'tokenizer.model'}" in err, err
+    assert "load_tokenizer" not in err
+    assert main([*train, str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert f"is a folder: give its tokenizer.model, --tokenizer {folder / 'tokenizer.model'}" in err, err
+    assert not (tmp_path / "run").exists()
+    assert main(["tokenizer", "encode", "--model", str(folder / "tokenizer.json"), "hi"]) == 2
+    assert f"--model {folder / 'tokenizer.model'}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="npllama.runs.load_tokenizer"):   # Python keeps its advice
+        Tokenizer(folder / "tokenizer.json")

@@ -105,24 +105,9 @@ def train(args) -> int:
 
 def _load(path):
     """The --model tokenizer, or a one-line error naming --model."""
-    from pathlib import Path
+    from ..tokenizer import load_given
 
-    from ..tokenizer import Tokenizer
-
-    folder = Path(path).expanduser()
-    if folder.is_dir():   # a run or model folder: the file in it is what was meant
-        inside = folder / "tokenizer.model"
-        raise UsageError(f"--model {path!r} is a folder: " + (
-            f"give its tokenizer.model, --model {inside}" if inside.is_file() else
-            "give a SentencePiece .model file (it holds no tokenizer.model)"))
-    try:
-        return Tokenizer(path)
-    except ValueError as error:
-        if "not a valid SentencePiece model" not in str(error):
-            raise
-        raise UsageError(f"--model {path!r} is not a SentencePiece .model file (a Hugging Face tokenizer.json, "
-                         f"for example, is another format): give a tokenizer.model, e.g. a run's "
-                         f"runs/NAME/tokenizer.model") from None
+    return load_given(path, "--model")
 
 
 def encode(args) -> int:

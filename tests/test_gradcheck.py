@@ -2204,6 +2204,24 @@ def test_a_right_relu_with_an_entry_just_off_its_kink_is_not_failed_along_direct
     assert gradcheck(relu, [x], [wrong], seed=0, method="directional").inputs[0].status == "FAIL"
 
 
+def test_a_right_relu_just_off_its_kink_with_another_kink_within_the_retaken_steps_is_not_failed():
+    # as above, and an entry at 0.047 of the input's scale: the probe retaken 256x longer (0.0256)
+    # reaches that entry's kink within two steps, whose slopes' error hid the kink of the entry at
+    # -1e-6 there (not 10x their error apart); 16x shorter it is clear, and the right backward, a
+    # subgradient, FAILed
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=20)
+    x[0] = -1e-6
+    x[1] = 0.047 * np.sqrt(np.mean(x**2))
+    c = rng.normal(size=20)
+    relu = lambda v: float(np.sum(c * np.maximum(v, 0)))
+    report = gradcheck(relu, [x], [c * (x > 0)], seed=0, method="directional")
+    assert report.inputs[0].status == "UNRESOLVED", str(report)
+    wrong = c * (x > 0)
+    wrong[3] *= 2
+    assert gradcheck(relu, [x], [wrong], seed=0, method="directional").inputs[0].status == "FAIL"
+
+
 def test_a_value_at_the_central_difference_of_a_kink_is_unresolved_not_passed():
     # at a symmetric kink the central difference is the mean of the one-sided slopes: a gradient
     # equal to it passed as ok, with no word of the kink, where one a little off it was UNRESOLVED

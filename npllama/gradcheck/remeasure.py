@@ -244,10 +244,17 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
                     # of its one-sided slopes.  A relu entry at -1e-6, stepped by 1e-4 (rough), retaken
                     # 256x longer, confirmed the right gradient's FAIL there; a subgradient between the
                     # slopes is UNRESOLVED, as at the point
-                    retaken = _kink_checked(evaluate, move, retaken.step, retaken, analytic, held_retaken,
-                                            off_point=True)
-                    if retaken.between:
-                        return retaken
+                    # ... at its step, and at steps KINK_RECHECK times shorter, down to the rough one's:
+                    # 256x longer reaches other entries' kinks along a direction (relu entries 1.8
+                    # steps away made the slopes' error hide the kink there), a step 16x shorter not
+                    step, kinked = retaken.step, retaken
+                    while step > estimate.step:
+                        kinked = _kink_checked(evaluate, move, step, retaken, analytic, held_retaken,
+                                               off_point=True)
+                        if kinked.between:
+                            return kinked
+                        step /= KINK_RECHECK
+                    retaken = kinked
                 off_by = abs(analytic - retaken.value) - held_retaken
                 if off_by <= 0:
                     return retaken

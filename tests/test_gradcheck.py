@@ -2865,6 +2865,27 @@ def test_a_saturated_cross_entropy_beside_a_larger_entry_leaves_its_right_gradie
     assert report.inputs[0].status == "UNRESOLVED", str(report)
 
 
+@pytest.mark.parametrize("rows, lead", [(3, 100.0), (3, 200.0), (5, 200.0), (6, 200.0)])
+def test_a_saturated_cross_entropy_averaged_over_rows_leaves_its_right_gradient_unresolved(rows, lead):
+    # the mean over a batch divides the stair, one unit of the leading logit (2^-45 at 200), by the
+    # rows: 2^-45 / 3 is no m * 2^k, and the right gradient of a loss exactly 0 FAILed again, as it
+    # did before the input's size was counted
+    rng = np.random.default_rng(rows)
+    x = rng.normal(size=(rows, 5))
+    target = rng.integers(5, size=rows)
+    x[np.arange(rows), target] = lead
+    def loss(v):
+        top = v.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.sum(np.exp(v - top), axis=1)) + top[:, 0] - v[np.arange(rows), target]))
+    right = np.array([_cross_entropy_gradient(row, k) for row, k in zip(x, target)]) / rows
+    for method in ("entries", "directional"):
+        report = gradcheck(loss, [x], [right], seed=0, method=method)
+        assert report.inputs[0].status == "UNRESOLVED", str(report)
+    wrong = right.copy()
+    wrong[0, 1] += 1e-3
+    assert gradcheck(loss, [x], [wrong], seed=0).inputs[0].status == "FAIL"
+
+
 @pytest.mark.parametrize("name", CANCELLING_AT_ZERO)
 def test_a_small_wrong_gradient_of_a_cancelling_f_fails_where_its_differences_resolve_it(name):
     # exp(v) - 1 - v at v = 0 is ~v^2/2 + v^3/6: D(t) = t^2/6 plus f's rounding ~1e-16 / t, within

@@ -99,7 +99,8 @@ How a probe's numeric derivative and its bound are made (the error model):
             predicts), and no higher than f's rounding (16 u max(|f|, 1), or up to 16 u times the
             input's largest entry, which f may cancel -- a stable cross-entropy's (lse + top) - v[target];
             the check's input must be the logits themselves -- where the stair is a few units in the
-            last place of a number, m * 2^k with m < 16, as a rounding's is: np.round(x), or
+            last place of a number, m * 2^k with m < 16 (or that over a whole d < 64: a mean over
+            rows), as a rounding's is: np.round(x), or
             c * floor(x / 10) at c = 1e-12 beside an entry of 1000, with a straight-through gradient
             still FAILs, though one whose step is such a number, 2^-46, cannot be told from a
             rounding), the probe is UNRESOLVED too.  A smooth f shows

@@ -334,8 +334,10 @@ def _stair_rounding(f0, stair, inputs=0.0) -> float:
 
 
 # A rounding's stair is a few units in the last place of the number that rounds: m * 2^k, m below
-# this (the most units the 16 u of _stair_rounding spans)
+# this (the most units the 16 u of _stair_rounding spans), or such a stair divided by a whole
+# number below STAIR_DIVISORS (a mean over a batch of rows: 2^-45 / 3)
 STAIR_UNITS = 16
+STAIR_DIVISORS = 64
 
 
 def _units_in_last_place(stair, slack) -> bool:
@@ -343,15 +345,18 @@ def _units_in_last_place(stair, slack) -> bool:
     place of some number: m * 2^k for a whole m < STAIR_UNITS, as the rounding of a cancellation
     inside f makes it (a stable cross-entropy's at a lead of 200: one unit of 200, 2^-45), and as
     a difference of f's values keeps it (it is exact where they are within a factor 2 of each
-    other).  A quantiser's step c * floor(v / 10) is as high as c, 1e-14: 53 bits, not a few."""
+    other); or that divided by a whole d < STAIR_DIVISORS: a cross-entropy averaged over 3 rows,
+    each exactly 0, steps by 2^-45 / 3, and its right gradient FAILed.  A quantiser's step
+    c * floor(v / 10) is as high as c, 1e-14: 53 bits, not a few, nor a few over a small d."""
     stair = abs(float(stair))
     if not (np.isfinite(stair) and stair > 0):
         return False
-    for units in range(1, STAIR_UNITS):
-        unit = 2.0 ** round(math.log2(stair / units))
-        if abs(stair - units * unit) <= slack:
-            return True
-    return False
+    divisors = np.arange(1, STAIR_DIVISORS)[:, None]
+    units = np.arange(1, STAIR_UNITS)[None, :]
+    with np.errstate(all="ignore"):
+        scaled = stair * divisors
+        unit = 2.0 ** np.round(np.log2(scaled / units))
+        return bool(np.any(np.abs(scaled - units * unit) <= slack * divisors))
 
 
 def _central(evaluate, move, t):

@@ -2854,6 +2854,16 @@ def test_a_quantiser_whose_step_is_a_unit_in_the_last_place_of_an_entry_cannot_b
     assert gradcheck(quantiser, [x], [straight_through], seed=0).inputs[0].status == "UNRESOLVED"
 
 
+def test_a_quantiser_whose_step_is_many_units_of_a_power_of_two_still_fails_its_straight_through_gradient():
+    # 17 * 2^-46: 17 units, more than the 16 u of f's rounding spans, of no number and no small
+    # fraction of one: a step, not a rounding, though a binary number of few bits
+    x = np.array([1000.0, 3.3, 7.1, -4.2, 12.6])
+    step = 17 * 2.0**-46
+    quantiser = lambda v: float(step * np.sum(np.floor(v[1:] / 10)))
+    straight_through = np.r_[0.0, np.full(4, step / 10)]
+    assert gradcheck(quantiser, [x], [straight_through], seed=0).inputs[0].status == "FAIL"
+
+
 @pytest.mark.parametrize("method", ["entries", "directional"])
 def test_a_saturated_cross_entropy_beside_a_larger_entry_leaves_its_right_gradient_unresolved(method):
     # its stair is a unit in the last place of the leading logit, 200 (2^-45), an eighth of a unit of

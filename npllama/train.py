@@ -391,7 +391,10 @@ def _train_holding_the_run(tc: TrainConfig, run_dir: Path, resume: bool, echo, t
         why = "stopped as asked (--stop-after)" if isinstance(stopped, _StopRequested) else "interrupted"
         echo(stop_line(stopped, loop.step, run_dir, resume_command("train", run_dir), why))
     if helper is not None and not isinstance(stop, KeyboardInterrupt):
-        _let_the_helper_finish(helper, echo)
+        signalled = _let_the_helper_finish(helper, echo)
+        if signalled is not None:   # the checkpoint holds the last step: a resume writes the model
+            stop = signalled
+            echo(stop_line(signalled, loop.step, run_dir, resume_command("train", run_dir)))
 
     samples = []
     if stop is None:
@@ -1055,18 +1058,22 @@ def _plot_losses(run_dir: Path) -> None:
         return
 
 
-def _let_the_helper_finish(helper, echo) -> None:
+def _let_the_helper_finish(helper, echo):
     """A run that ends before its helper: without the wait, the helper would be stopped at exit
-    and every later run would find the cache as cold (a run of a few steps, over and over)."""
+    and every later run would find the cache as cold (a run of a few steps, over and over).
+    Ctrl-C skips the wait; SIGTERM or SIGHUP (a scheduler, `timeout`) stops the run, and is returned."""
     if not helper.running():
-        return
+        return None
     echo("waiting for the helper process to finish compiling the kernels into numba's cache, so that "
          "later runs start on them (Ctrl-C skips this)")
     try:
         helper.wait()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         helper.stop()
+        if getattr(interrupt, "signum", signal.SIGINT) != signal.SIGINT:
+            return interrupt
         echo("skipped: the next run compiles them again")
+    return None
 
 
 def _print_samples(model, tokenizer, tc: TrainConfig, echo) -> list[str]:

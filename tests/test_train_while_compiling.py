@@ -181,3 +181,23 @@ def test_ctrl_c_while_waiting_for_the_helper_stops_it_and_keeps_the_run(monkeypa
     assert helper.calls == ["wait", "stop"]
     assert result.step == 2 and not result.interrupted and (out / "model" / "model.safetensors").is_file()
     assert any("skipped" in line for line in lines), lines
+
+
+def test_sigterm_while_waiting_for_the_helper_stops_the_run_at_its_saved_last_step(monkeypatch, tmp_path):
+    """A scheduler's or `timeout`'s SIGTERM during the wait is a stop, not the Ctrl-C that skips the
+    wait: it used to be taken for one, so the run wrote its model, printed samples and said it
+    finished.  The checkpoint already holds the last step: the resume writes the model."""
+    import signal
+
+    from npllama.interrupts import Interrupted
+
+    out = tmp_path / "run"
+    helper = WaitedFor(out, during_wait=Interrupted(signal.SIGTERM))
+    result, lines = run_with(monkeypatch, helper, out, steps=2)
+    assert helper.calls == ["wait", "stop"]
+    assert result.interrupted and result.stop_signal == signal.SIGTERM and result.step == 2
+    assert not (out / "model").exists()
+    assert json.loads((out / "checkpoint" / "training_state.json").read_text())["step"] == 2
+    assert any(f"stopped by SIGTERM: checkpoint saved at step 2 in {out / 'checkpoint'}" in line
+               for line in lines), lines
+    assert not any("skipped" in line for line in lines), lines

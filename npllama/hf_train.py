@@ -48,8 +48,8 @@ _TRAIN_SETTINGS = ("steps", "batch_size", "seq_len", "lr", "weight_decay", "beta
 
 def build_parser() -> argparse.ArgumentParser:
     from .commands import HelpFormatter   # no "(default: None)" after a required flag
+    from .commands.train import add_adamw_flags   # the optimizer's settings, with npllama train's defaults
 
-    d = TrainConfig()   # the optimizer's settings default to npllama train's
     p = argparse.ArgumentParser(
         prog="accelerate launch [--num_processes N] -m npllama.hf_train",
         description="Continue training a saved npllama model (a Hugging Face folder) with "
@@ -66,15 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per process per step")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (constant)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help="AdamW decoupled weight decay, of every matrix (the embeddings included), not the RMSNorm "
-                        "weights, as in `npllama train` (lr * weight decay must stay below 1)")
-    p.add_argument("--beta1", type=float, default=d.beta1, help="AdamW's decay rate of the gradient's "
-                   "running mean, in [0, 1) (as `npllama train`'s)")
-    p.add_argument("--beta2", type=float, default=d.beta2, help="AdamW's decay rate of the squared "
-                   "gradient's running mean, in [0, 1) (as `npllama train`'s)")
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip,
-                   help="global gradient-norm limit, over all processes' averaged gradient (as `npllama train`'s)")
+    add_adamw_flags(p, "global gradient-norm limit, over all processes' averaged gradient",
+                    same="as `npllama train`'s")
     p.add_argument("--seed", type=int, default=0, help="seed for the data order")
     p.add_argument("--log-every", type=int, default=10, help="print the loss every N steps")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is available")

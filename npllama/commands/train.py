@@ -75,14 +75,7 @@ def register(subparsers) -> None:
                    help="learning rate at the end of the cosine (default: a tenth of --lr)")
     p.add_argument("--warmup-steps", type=int, default=None,
                    help="linear warmup steps (default: a tenth of --steps, at most 40)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help="AdamW's decoupled weight decay, of every matrix (the embeddings included), not the "
-                        "RMSNorm weights (lr * weight decay must stay below 1)")
-    p.add_argument("--beta1", type=float, default=d.beta1, help="AdamW's decay rate of the gradient's "
-                   "running mean, in [0, 1)")
-    p.add_argument("--beta2", type=float, default=d.beta2, help="AdamW's decay rate of the squared "
-                   "gradient's running mean, in [0, 1)")
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="global gradient-norm limit")
+    add_adamw_flags(p)
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validation losses (0: only at the end)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints (0: only at the end)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the initial weights, the batch order, "
@@ -118,6 +111,23 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
     defaults_only_when_given(p, {f.name for f in dataclasses.fields(TrainConfig)} | {"no_progress"})
     p.set_defaults(run=run)
+
+
+def add_adamw_flags(p, grad_clip_help: str = "global gradient-norm limit", same: str = "") -> None:
+    """--weight-decay, --beta1, --beta2 and --grad-clip, with `npllama train`'s defaults (hf_train takes
+    them too, `same` saying so in each help text: "as `npllama train`'s")."""
+    from ..train import TrainConfig
+
+    d = TrainConfig()
+    also = f"; {same}" if same else ""
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="AdamW's decoupled weight decay, of every matrix (the embeddings included), not the "
+                        f"RMSNorm weights (lr * weight decay must stay below 1{also})")
+    p.add_argument("--beta1", type=float, default=d.beta1, help="AdamW's decay rate of the gradient's "
+                   f"running mean, in [0, 1){also}")
+    p.add_argument("--beta2", type=float, default=d.beta2, help="AdamW's decay rate of the squared "
+                   f"gradient's running mean, in [0, 1){also}")
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help=grad_clip_help + also)
 
 
 def run(args) -> int:

@@ -49,20 +49,25 @@ def test_an_ignored_signal_stays_ignored():
 
 # ----- npllama train stopped outside its steps: the last line says what the folder holds ----------
 
+def tiny_train(tmp_path, monkeypatch, steps: int, *flags: str):
+    """(out, argv): a `npllama train` of a few seconds on a corpus of its own, into tmp_path/run."""
+    from npllama.corpus import make_default_corpus
+
+    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
+    out, data = tmp_path / "run", tmp_path / "stories.txt"
+    data.write_text("\n\n".join(make_default_corpus(300)), encoding="utf-8")
+    return out, ["train", "--out", str(out), "--data", str(data), "--preset", "stories260k", "--vocab-size", "360",
+                 "--batch-size", "4", "--seq-len", "32", "--eval-batches", "1", "--samples", "0",
+                 "--steps", str(steps), "--no-progress", *flags]
+
+
 def test_a_train_stopped_before_its_first_step_says_what_is_left(tmp_path, monkeypatch, capsys):
     # the steps themselves stop with a checkpoint and a line; before them (tokenizer, data) there
     # is nothing to resume, and after a --resume started there is the untouched checkpoint
     import npllama.train
     from npllama.cli import main
 
-    from npllama.corpus import make_default_corpus
-
-    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
-    out, data = tmp_path / "run", tmp_path / "stories.txt"
-    data.write_text("\n\n".join(make_default_corpus(300)), encoding="utf-8")
-    argv = ["train", "--out", str(out), "--data", str(data), "--preset", "stories260k", "--vocab-size", "360",
-            "--batch-size", "4", "--seq-len", "32", "--eval-batches", "1", "--samples", "0", "--steps", "2",
-            "--no-progress"]
+    out, argv = tiny_train(tmp_path, monkeypatch, 2)
     real = npllama.train._load_corpus
 
     def ctrl_c(tc):
@@ -118,14 +123,8 @@ def test_a_train_stopped_after_its_last_step_keeps_that_step(tmp_path, monkeypat
 
     import npllama.train
     from npllama.cli import main
-    from npllama.corpus import make_default_corpus
 
-    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
-    out, data = tmp_path / "run", tmp_path / "stories.txt"
-    data.write_text("\n\n".join(make_default_corpus(300)), encoding="utf-8")
-    argv = ["train", "--out", str(out), "--data", str(data), "--preset", "stories260k", "--vocab-size", "360",
-            "--batch-size", "4", "--seq-len", "32", "--eval-batches", "1", "--samples", "0", "--steps", "3",
-            "--checkpoint-every", "2", "--threads", "1", "--no-progress", "--backend", "numpy"]
+    out, argv = tiny_train(tmp_path, monkeypatch, 3, "--checkpoint-every", "2", "--threads", "1", "--backend", "numpy")
     real_close = npllama.train._Loop.close
 
     def close_then_sigterm(loop):   # the loop's clean-up after its last step, before the final checkpoint
@@ -154,11 +153,8 @@ def test_a_stop_signal_during_a_checkpoint_lets_it_finish_and_saves_it_once(tmp_
     # model, and a second chance for a full disk to fail) -- now for the final one as well
     import npllama.io.train_state
     from npllama.cli import main
-    from npllama.corpus import make_default_corpus
 
-    monkeypatch.setenv("NPLLAMA_RUNS", str(tmp_path / "runs"))
-    out, data = tmp_path / "run", tmp_path / "stories.txt"
-    data.write_text("\n\n".join(make_default_corpus(300)), encoding="utf-8")
+    out, argv = tiny_train(tmp_path, monkeypatch, 3, "--threads", "1", "--backend", "numpy")
     real_save, saved = npllama.io.train_state.save_checkpoint, []
 
     def save_during_a_sigterm(path, *args, **kwargs):
@@ -168,9 +164,7 @@ def test_a_stop_signal_during_a_checkpoint_lets_it_finish_and_saves_it_once(tmp_
         real_save(path, *args, **kwargs)
 
     monkeypatch.setattr(npllama.io.train_state, "save_checkpoint", save_during_a_sigterm)
-    assert main(["train", "--out", str(out), "--data", str(data), "--preset", "stories260k", "--vocab-size", "360",
-                 "--batch-size", "4", "--seq-len", "32", "--eval-batches", "1", "--samples", "0", "--steps", "3",
-                 "--threads", "1", "--no-progress", "--backend", "numpy"]) == 128 + signal.SIGTERM
+    assert main(argv) == 128 + signal.SIGTERM
     said = capsys.readouterr()
     assert f"stopped by SIGTERM: checkpoint saved at step 3 in {out / 'checkpoint'}" in said.out + said.err, said
     assert saved == [3]

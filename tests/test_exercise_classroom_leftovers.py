@@ -451,7 +451,7 @@ def test_a_mistake_named_in_another_gradient_than_the_first_wrong_one_says_so(tm
     assert finding.grad == "ds" and finding.message == "tanh' was taken as 1 - h", finding.lines()
     said = finding.what_is_wrong
     assert "fix ds first" not in said, said
-    assert ("the mistake named is in dw; the numbers above are ds's, wrong on this case: fix the mistake named and "
+    assert ("the mistake named is in dw; ds is the gradient reported wrong on this case: fix the mistake named and "
             "check again -- if ds is still wrong, it has a slip of its own") in said, said
 
 
@@ -550,3 +550,15 @@ def test_right_swiglu_submissions_in_other_styles_pass(style, tmp_path):
     path.write_text(SWIGLU_RIGHT_STYLES[style])
     report = check_file("swiglu", path, n_random=3)
     assert report.ok, report.format()
+
+
+def test_a_mistake_named_in_another_gradient_reads_true_on_the_gradebooks_one_line(tmp_path):
+    # the gradebook's diagnosis (and Report.summary) is one line with no numbers: "the numbers above
+    # are ds's" pointed at nothing there
+    exercise = _tanh_exercise(tmp_path, '("s", "w", "x")')
+    exercise.catalogue = _tanh_mistakes()
+    report = check_function(exercise, _tanh_slope_slip_and_first_row_ds, n_random=0)
+    line = report.summary()
+    assert line.startswith("gradient: ds: tanh' was taken as 1 - h (the mistake named is in dw;"), line
+    assert "above" not in line, line
+    assert "yours" in report.format() and "above" not in report.format(), report.format()

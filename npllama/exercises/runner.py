@@ -460,9 +460,10 @@ def _name_the_mistake(exercise, backward, finding: Finding, params_list) -> None
             # what the others show is told from finding.grad ("fix it first"), but the catalogue
             # found the slip in another gradient; finding.grad's numbers may be the named mistake's
             # too, or a slip of its own the probes did not show
-            finding.other_gradients = (f" (the mistake named is in {found.grad}; the numbers above are "
-                                       f"{finding.grad}'s, wrong on this case: fix the mistake named and check "
-                                       f"again -- if {finding.grad} is still wrong, it has a slip of its own)")
+            # (said in the report under finding.grad's numbers, and alone on the gradebook's one line)
+            finding.other_gradients = (f" (the mistake named is in {found.grad}; {finding.grad} is the gradient "
+                                       f"reported wrong on this case: fix the mistake named and check again -- if "
+                                       f"{finding.grad} is still wrong, it has a slip of its own)")
     if not found.ladder and not exercise.builtin and not getattr(catalogue, "ladder", None):
         # a teacher's exercise with no ladder of its own: its edge cases are one
         try:

@@ -35,12 +35,12 @@ def perturbed_model(config, seed=0, dtype=np.float64):
     return model
 
 
-def check_model_gradients(model, tokens, targets, max_entries=None, attention_mask=None):
+def check_model_gradients(model, tokens, targets, max_entries=None, attention_mask=None, causal=None):
     with use_backend("numpy"):
-        loss, grads = model.loss_and_grads(tokens, targets, attention_mask)
+        loss, grads = model.loss_and_grads(tokens, targets, attention_mask, causal=causal)
         assert set(grads) == set(model.params)
-        report = gradcheck(lambda *_: model.loss(tokens, targets, attention_mask), model.params, grads,
-                           max_entries=max_entries)
+        report = gradcheck(lambda *_: model.loss(tokens, targets, attention_mask, causal=causal), model.params,
+                           grads, max_entries=max_entries)
     report.raise_if_failed()
     return report
 
@@ -65,19 +65,46 @@ def test_whole_model_gradients_match_central_differences(name):
     assert report.max_rel_err < 1e-7
 
 
-@settings(max_examples=8, deadline=None)
-@given(B=st.integers(1, 2), T=st.integers(1, 5), n_kv_heads=st.sampled_from([1, 2, 4]),
-       ratio=st.sampled_from([1, 2]), head_dim=st.sampled_from([2, 4]), vocab=st.integers(3, 9),
-       tied=st.booleans(), seed=st.integers(0, 100))
-def test_whole_model_gradients_over_shapes(B, T, n_kv_heads, ratio, head_dim, vocab, tied, seed):
-    n_heads = n_kv_heads * ratio
-    config = LlamaConfig(vocab_size=vocab, hidden_size=6, head_dim=head_dim, intermediate_size=5,
-                         num_hidden_layers=1, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
-                         max_position_embeddings=8, tie_word_embeddings=tied)
+ROPE_SCALINGS = [None, {"rope_type": "linear", "factor": 2.0}, {"rope_type": "dynamic", "factor": 2.0},
+                 CASES["llama3_rope"].rope_scaling]
+
+
+@st.composite
+def padding_masks(draw, B, T):
+    """None, or a 0/1 (B, T) attention mask, each row right- or left-padded, with a real token left."""
+    if not draw(st.booleans()):
+        return None
+    mask = np.ones((B, T), dtype=np.int64)
+    for row in range(B):
+        n_pad = draw(st.integers(0, T - 1))
+        if draw(st.booleans()):
+            mask[row, T - n_pad:] = 0
+        else:
+            mask[row, :n_pad] = 0
+    return mask
+
+
+@settings(max_examples=10, deadline=None)
+@given(B=st.integers(1, 2), T=st.integers(1, 5), n_layers=st.integers(1, 2), n_kv_heads=st.sampled_from([1, 2, 4]),
+       ratio=st.sampled_from([1, 2]), head_dim=st.sampled_from([2, 4]), hidden=st.integers(3, 8),
+       intermediate=st.integers(1, 6), vocab=st.integers(3, 9), tied=st.booleans(), causal=st.booleans(),
+       rope_scaling=st.sampled_from(ROPE_SCALINGS), seed=st.integers(0, 100), data=st.data())
+def test_whole_model_gradients_over_shapes(B, T, n_layers, n_kv_heads, ratio, head_dim, hidden, intermediate, vocab,
+                                           tied, causal, rope_scaling, seed, data):
+    # Bidirectional (the masked-LM stack) with a pad_token_id that occurs: its embedding row must get
+    # its true gradient there (the pad-row rule is causal-only; test_pad_token_row_gets_no_gradient_...)
+    pad_token_id = None if causal else data.draw(st.none() | st.integers(0, vocab - 1), label="pad_token_id")
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, head_dim=head_dim, intermediate_size=intermediate,
+                         num_hidden_layers=n_layers, num_attention_heads=n_kv_heads * ratio,
+                         num_key_value_heads=n_kv_heads, max_position_embeddings=8, tie_word_embeddings=tied,
+                         rope_scaling=rope_scaling, pad_token_id=pad_token_id)
     model = perturbed_model(config, seed=seed)
     tokens, targets = random_batch(config, B, T, seed=seed, ignore_fraction=0.3)
     targets[0, 0] = 1  # at least one counted target
-    check_model_gradients(model, tokens, targets, max_entries=25)
+    if pad_token_id is not None:
+        tokens[-1, -1] = pad_token_id
+    attention_mask = data.draw(padding_masks(B, T), label="attention_mask")
+    check_model_gradients(model, tokens, targets, max_entries=10, attention_mask=attention_mask, causal=causal)
 
 
 def test_gradient_with_all_targets_ignored_but_one():

@@ -91,9 +91,9 @@ def padding_masks(draw, B, T):
        rope_scaling=st.sampled_from(ROPE_SCALINGS), seed=st.integers(0, 100), data=st.data())
 def test_whole_model_gradients_over_shapes(B, T, n_layers, n_kv_heads, ratio, head_dim, hidden, intermediate, vocab,
                                            tied, causal, rope_scaling, seed, data):
-    # Bidirectional (the masked-LM stack) with a pad_token_id that occurs: its embedding row must get
-    # its true gradient there (the pad-row rule is causal-only; test_pad_token_row_gets_no_gradient_...)
-    pad_token_id = None if causal else data.draw(st.none() | st.integers(0, vocab - 1), label="pad_token_id")
+    # Bidirectional (the masked-LM stack): always with a pad_token_id that occurs, whose embedding row
+    # must get its true gradient there (the pad-row rule is causal-only; test_pad_token_row_gets_no_gradient_...)
+    pad_token_id = None if causal else data.draw(st.integers(0, vocab - 1), label="pad_token_id")
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, head_dim=head_dim, intermediate_size=intermediate,
                          num_hidden_layers=n_layers, num_attention_heads=n_kv_heads * ratio,
                          num_key_value_heads=n_kv_heads, max_position_embeddings=8, tie_word_embeddings=tied,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import npllama
-from npllama.exercises import EXERCISES, starter_source
+from npllama.exercises import EXERCISES, starter_source, write_starter
 from npllama.exercises.derivation import (ACCENTS, NAMED_FUNCTIONS, SYMBOLS, available, backward_sections,
                                          derivation_markdown, dollar_math, explain_text, latex_to_text, to_text)
 from npllama.exercises.notebook import notebook_json, write_notebook
@@ -473,3 +473,24 @@ def test_the_loss_starter_says_what_its_upstream_gradient_is_of():
     assert "the gradient of the final objective with respect to the loss (dloss)" in text, text
     text = " ".join(starter_source(EXERCISES["rmsnorm"]).split())
     assert "the gradient of the loss with respect to y (dy)" in text, text
+
+
+@pytest.mark.parametrize("write,wrong", [(write_notebook, "mine.py"), (write_starter, "mine.ipynb")])
+def test_an_out_naming_the_other_kind_of_file_is_refused_not_made_a_folder(tmp_path, write, wrong):
+    """`exercise notebook --out mine.py` made a folder mine.py/ holding the notebook, and `exercise
+    start --out rmsnorm_backward.ipynb` beside the student's notebook failed with "[Errno 17] File
+    exists" (it tried to make a folder of the notebook).  A name ending in the other kind's suffix
+    is a mistake to name; a folder (new, or with a dot in its name) still takes the default name."""
+    suffix = ".ipynb" if write is write_notebook else ".py"
+    for exists in (False, True):
+        target = tmp_path / ("there" if exists else "new") / wrong
+        if exists:
+            target.parent.mkdir()
+            target.write_text("the student's work")
+        with pytest.raises(ValueError, match=rf"ends in {re.escape(target.suffix)}.*ending in {re.escape(suffix)}"):
+            write("rmsnorm", target)
+        assert not target.is_dir()
+    assert write("rmsnorm", tmp_path / "week3.2") == tmp_path / "week3.2" / f"rmsnorm_backward{suffix}"
+    (tmp_path / "notes.txt").write_text("not a folder")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        write("rmsnorm", tmp_path / "notes.txt")

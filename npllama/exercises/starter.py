@@ -161,11 +161,25 @@ def _as_comment(text: str) -> str:
     return f"\n# ----- the math you need (derivations, quoted) -----\n{body}\n"
 
 
+# what `exercise start` and `exercise notebook` write: a name ending in the other one's suffix is a
+# slip (--out mine.py for a notebook), not a folder to make
+STUDENT_FILE_KINDS = {".py": "starter file", ".ipynb": "notebook"}
+
+
 def target_path(path, default_name: str, suffix: str, force: bool, exercise_file=None) -> Path:
     """Where to write a student's file: `path` itself, or default_name inside it when it is a folder
-    (existing, or any path without `suffix`); refuses to overwrite unless force, and the teacher's
-    `exercise_file` (the one the file is made from) always."""
+    (existing, or a new path without `suffix`); refuses a name ending in another kind's suffix
+    (STUDENT_FILE_KINDS) and an existing file of another kind, to overwrite unless force, and the
+    teacher's `exercise_file` (the one the file is made from) always."""
     path = path_argument(path, "path", "the file or folder to write") if path is not None else Path(default_name)
+    if path.suffix != suffix and not path.is_dir():
+        kind = STUDENT_FILE_KINDS[suffix]
+        if path.suffix in STUDENT_FILE_KINDS:
+            raise ValueError(f"the file to write, {str(path)!r}, ends in {path.suffix}, but a {kind} is a {suffix} "
+                             f"file: give a name ending in {suffix}, or a folder")
+        if path.exists():
+            raise ValueError(f"{str(path)!r} is a file, not a folder, and a {kind} is a {suffix} file: give a "
+                             f"name ending in {suffix}, or a folder")
     if path.is_dir() or path.suffix != suffix:
         path = path / default_name
     if exercise_file and path.exists() and os.path.samefile(path, exercise_file):

@@ -994,3 +994,16 @@ def test_many_entries_of_one_right_value_are_not_called_a_single_value_and_keep_
     assert "single nonzero value" not in finding.message, finding.message
     assert f"each of the {n} nonzero entries" in finding.message and "one value" in finding.message, finding.message
     assert "1/N of a mean" in finding.hint, finding.hint
+
+
+# np.tile to give every query head its k and v, then the fold back the derivation writes
+# (reshape(B, KVH, n_rep, S, hd).sum(2)): the catalogue knew the kv heads tiled both ways and the
+# fold back tiled alone, so this one was "8 of 16 entries are wrong, with no simple pattern" with
+# the generic chain-rule hint, the tiling named only in the simpler-cases line
+TILED_EXPANSION_ONLY = attention_with("kk, vv = np.repeat(k, r, axis=1), np.repeat(v, r, axis=1)",
+                                      "kk, vv = np.tile(k, (1, r, 1, 1)), np.tile(v, (1, r, 1, 1))")
+
+
+def test_kv_heads_tiled_only_where_they_are_read_is_named(tmp_path):
+    test_held_out_mistake_is_named("attention", "kv heads tiled, folded back right", "the kv heads are tiled",
+                                   TILED_EXPANSION_ONLY, tmp_path)

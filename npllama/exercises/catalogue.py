@@ -244,7 +244,9 @@ class AttentionMistakes:
         """scale: how dq and dk are scaled ("once" is right); only: the one of them ("dq", "dk") where
         that happens, the other scaled right; backward_tril: d_attn_scores multiplied by a causal
         mask the backward builds itself, np.tril(np.ones((T, S)), backward_tril) (None: no such mask,
-        right -- attn_probs already hold the forward's); group_of: the one of dk, dv that `group`
+        right -- attn_probs already hold the forward's); group: how the per-query-head dk, dv are folded
+        back to the kv heads ("sum" over the heads the backward read, "repeat" over the right ones
+        whatever it read, "tile", "mean", "first", "none"); group_of: the one of dk, dv that `group`
         folds back, the other summed right."""
         q, k, v = case.inputs
         kw = case.kwargs
@@ -282,9 +284,10 @@ class AttentionMistakes:
         def reduce(per_head, how):
             if how == "first":            # one query head per group stands for all of them
                 return per_head[:, [list(heads).index(g) for g in range(KVH)]]
-            # the kv head each query head's gradient is added to: the one it read, or the backward's
-            # wrong idea of the grouping when only the fold back is tiled
-            fold = np.arange(H) % KVH if how == "tile" else heads
+            # the kv head each query head's gradient is added to: the one it read, the backward's
+            # wrong idea of the grouping when only the fold back is tiled, or (how "repeat") the
+            # right one however the heads were read
+            fold = {"tile": np.arange(H) % KVH, "repeat": repeat}.get(how, heads)
             out = np.zeros((B, KVH, S, hd))
             for h in range(H):
                 out[:, fold[h]] += per_head[:, h]
@@ -325,10 +328,14 @@ class AttentionMistakes:
                "query head h read kv head h // n_rep, so that is where its gradient belongs",
                "sum each block of n_rep consecutive query heads: per_head.reshape(B, KVH, n_rep, S, head_dim)"
                ".sum(axis=2), not reshape(B, n_rep, KVH, S, head_dim).sum(axis=1)", group="tile"),
-            _m("the kv heads are tiled (query head h reads kv head h % KVH); LLaMA repeat-interleaves them "
-               "(query head h reads kv head h // n_rep)",
-               "np.repeat(k, n_rep, axis=1), not np.tile: heads g*n_rep .. g*n_rep+n_rep-1 share kv head g",
-               kv="tile"),
+            # tiled where k and v are read, and folded back the same way or (a student who wrote the
+            # derivation's reshape(B, KVH, n_rep, S, hd).sum(2)) the right way
+            *[_m("the kv heads are tiled (query head h reads kv head h % KVH); LLaMA repeat-interleaves them "
+                 f"(query head h reads kv head h // n_rep){where}",
+                 "np.repeat(k, n_rep, axis=1), not np.tile: heads g*n_rep .. g*n_rep+n_rep-1 share kv head g",
+                 kv="tile", group=fold)
+              for fold, where in (("sum", ""), ("repeat", " where k and v are read (your fold back of dk, dv to "
+                                                          "the kv heads is right)"))],
             _m("the attention probabilities are recomputed without any mask",
                "use the cached attn_probs (0 where masked), or apply the causal and padding masks before the "
                "softmax", mask="none"),

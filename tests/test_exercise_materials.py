@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import npllama
-from npllama.exercises import EXERCISES, starter_source, write_starter
+from npllama.exercises import EXERCISES, check_file, starter_source, write_starter
 from npllama.exercises.derivation import (ACCENTS, NAMED_FUNCTIONS, SYMBOLS, available, backward_sections,
                                          derivation_markdown, dollar_math, explain_text, latex_to_text, to_text)
 from npllama.exercises.notebook import notebook_json, write_notebook
@@ -494,3 +494,21 @@ def test_an_out_naming_the_other_kind_of_file_is_refused_not_made_a_folder(tmp_p
     (tmp_path / "notes.txt").write_text("not a folder")
     with pytest.raises(ValueError, match="is a file, not a folder"):
         write("rmsnorm", tmp_path / "notes.txt")
+
+
+def test_a_notebook_saved_as_a_script_is_refused_for_its_check_cell_not_for_cheating(tmp_path):
+    """Jupyter's "Download as Python" keeps every code cell, the check's import among them: the
+    refusal said "npllama's own code would do the exercise for you", which npllama.exercises (the
+    checker) does not; it says which cell to leave out."""
+    cells = ["".join(c["source"]) for c in notebook_json("softmax")["cells"] if c["cell_type"] == "code"]
+    cells[1] = cells[1].replace('raise NotImplementedError("softmax_backward is not implemented yet")',
+                                "return cache * (dp - np.sum(dp * cache, axis=-1, keepdims=True))")
+    script = tmp_path / "softmax_backward.py"
+    script.write_text("".join(f"\n# In[ ]:\n\n\n{cell}\n" for cell in cells))
+    refused = check_file("softmax", script).refused
+    assert refused and "check cell" in refused and "do the exercise for you" not in refused, refused
+    assert "npllama.exercises" in refused, refused
+    # an op of npllama is still refused for what it is
+    op = tmp_path / "op.py"
+    op.write_text("from npllama.ops.softmax import softmax_backward as library\n")
+    assert "would do the exercise for you" in check_file("softmax", op).refused

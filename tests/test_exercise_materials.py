@@ -165,6 +165,12 @@ def test_explain_command(capsys):
     assert "unknown op or derivation 'qqq'" in err and "did you mean" not in err
     assert main(["explain", "layrnorm"]) == 2
     assert "did you mean 'layernorm'?" in capsys.readouterr().err
+    # the name as a paper writes it, or a path to the file: pointed at the name to type
+    for typed, meant in [("RMSNorm", "rmsnorm"), ("SwiGLU_act", "swiglu_act"),
+                         ("/home/me/npllama/derivations/rmsnorm.md", "rmsnorm"), ("../derivations/RoPE.md", "rope")]:
+        assert main(["explain", typed]) == 2
+        err = capsys.readouterr().err
+        assert f"unknown op or derivation {typed!r} (did you mean {meant!r}?)" in err, err
 
 
 def test_starter_quotes_the_backward_section_and_states_the_rule(tmp_path, capsys, monkeypatch):

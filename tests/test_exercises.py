@@ -264,6 +264,7 @@ def test_unusable_files_are_explained(tmp_path):
     (lambda: check_folder("rmsnorm", 3.0), TypeError, "folder must be a folder of .py files"),
     (lambda: write_starter("rmsnorm", 5), TypeError, "path must be the file or folder to write"),
     (lambda: get_exercise("layer_norm"), ValueError, "did you mean 'layernorm'?"),
+    (lambda: get_exercise("RMSNorm"), ValueError, "did you mean 'rmsnorm'?"),
 ])
 def test_bad_arguments_name_the_argument(call, error, phrase):
     with pytest.raises(error, match=re.escape(phrase)):

@@ -970,9 +970,14 @@ def _not_an_option(path: str) -> str:
 
 
 def did_you_mean(name, choices) -> str:
-    """" (did you mean 'rmsnorm'?)" for a near miss, else ""."""
+    """" (did you mean 'rmsnorm'?)" for a near miss, else "": a misspelling, the name in other
+    letter case (RMSNorm), or a path to a file of that name (derivations/rmsnorm.md)."""
     import difflib
 
-    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    by_lower = {str(choice).lower(): choice for choice in choices}
+    for typed in dict.fromkeys((str(name).lower(), Path(str(name)).stem.lower())):
+        close = difflib.get_close_matches(typed, list(by_lower), n=1, cutoff=0.6)
+        if close:
+            return f" (did you mean {by_lower[close[0]]!r}?)"
+    return ""
 

@@ -518,3 +518,17 @@ def test_a_notebook_saved_as_a_script_is_refused_for_its_check_cell_not_for_chea
     op = tmp_path / "op.py"
     op.write_text("from npllama.ops.softmax import softmax_backward as library\n")
     assert "would do the exercise for you" in check_file("softmax", op).refused
+
+
+def test_explain_and_the_starter_show_a_link_to_another_derivation_as_the_command_that_prints_it():
+    """In a terminal or a starter file '([layernorm.md](layernorm.md))' is Markdown source, and the
+    file is not beside the student: the link reads as the notebook's does, with the command."""
+    texts = {f"explain {name}": explain_text(name) for name in available()}
+    texts.update({f"start {op}": starter_source(op) for op, ex in EXERCISES.items() if ex.derivation})
+    linked = 0
+    for where, text in texts.items():
+        assert not re.search(r"\]\((?!https?:)[^)]*\)", text), (where, re.findall(r"\[[^\]]*\]\([^)]*\)", text))
+        linked += text.count(", shown by npllama explain ") + text.count("(npllama explain ")
+    assert linked, "no derivation links another: the test proves nothing"
+    assert "LayerNorm (layernorm.md, shown by npllama explain layernorm) it drops" in " ".join(
+        explain_text("rmsnorm").split())

@@ -272,7 +272,7 @@ def to_text(markdown: str) -> str:
     """Markdown with LaTeX made readable in a terminal: display math (```math blocks, or $$...$$)
     indented on its own lines, inline math ($`...`$ or $...$) converted in place, **bold** and
     `code` marks dropped; any other fenced code block kept as written, indented, without its fences."""
-    parts = FENCE.split(markdown)           # prose, info, body, prose, info, body, ..., prose
+    parts = FENCE.split(links_that_work_here(markdown))   # prose, info, body, prose, info, body, ..., prose
     pieces = []
     for k in range(0, len(parts), 3):
         pieces.append(_prose_to_text(parts[k]))
@@ -282,6 +282,34 @@ def to_text(markdown: str) -> str:
                           "\n" + "".join("    " + line + "\n" for line in body.splitlines()))
     text = re.sub(r"\n{3,}", "\n\n", "".join(pieces)).strip("\n") + "\n"
     return text.replace(CASE_INDENT, "  ")      # a cases environment in inline math
+
+
+def links_that_work_here(markdown: str) -> str:
+    """derivations/*.md link each other by relative path ([softmax.md](softmax.md)), dead in a
+    notebook written anywhere and Markdown source in a terminal: such a link becomes its text and
+    the command that prints the derivation ("softmax.md (`npllama explain softmax`)", or
+    "softmax.md, shown by ..." inside a sentence's parentheses); a link to a section of the same
+    derivation, its heading quoted (Jupyter's heading anchors are not GitHub's).  Other links (a
+    web page, a teacher's file) are kept."""
+    known = set(available())
+
+    def replace(match):
+        text, target = match.group(1), match.group(2)
+        if target.startswith("#"):
+            return f"\"{text}\""         # the section's heading, quoted
+        name = target.split("#")[0].removesuffix(".md")
+        if name not in known or "/" in name:
+            return match.group(0)
+        command = f"`npllama explain {name}`"
+        # in a sentence's parentheses already ("the simpler RMSNorm ([rmsnorm.md](rmsnorm.md))"): no others inside
+        return f"{text}, shown by {command}" if _inside_parentheses(markdown, match.start()) else f"{text} ({command})"
+    return re.sub(r"\[([^\]]*)\]\(([^)\s]+)\)", replace, markdown)
+
+
+def _inside_parentheses(markdown: str, position: int) -> bool:
+    """Whether `position` is inside parentheses opened earlier in its paragraph."""
+    before = markdown[markdown.rfind("\n\n", 0, position) + 1:position]
+    return before.count("(") > before.count(")")
 
 
 def _display(tex: str) -> str:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 from .definitions import NOT_THE_CHECK_CELL, get_exercise
-from .derivation import available, derivation_markdown, dollar_math
+from .derivation import derivation_markdown, dollar_math, links_that_work_here
 from .starter import starter_source, target_path
 from .training import model_op_of
 
@@ -51,7 +50,7 @@ def notebook_json(op, folder=None) -> dict:
     # the cell's value is the report, which Jupyter shows as the whole report (Report._repr_pretty_)
     check = (f"# NameError: {ex.backward_name} (or check_function) is not defined?  Run the cells above first.\n"
              f"check_function({exercise}, {ex.backward_name})")
-    derivation = ([_cell("markdown", _links_that_work_here(dollar_math(derivation_markdown(ex.derivation))))]
+    derivation = ([_cell("markdown", links_that_work_here(dollar_math(derivation_markdown(ex.derivation))))]
                   if ex.derivation else [])
     cells = [_cell("markdown", intro), *derivation, _cell("code", setup), _cell("code", starter), _cell("code", check),
              _cell("markdown", _what_next(ex, exercise_file))]
@@ -59,33 +58,6 @@ def notebook_json(op, folder=None) -> dict:
                                                         "name": "python3"},
                                          "language_info": {"name": "python"}},
             "nbformat": 4, "nbformat_minor": 5}
-
-
-def _links_that_work_here(markdown: str) -> str:
-    """derivations/*.md link each other by relative path ([softmax.md](softmax.md)), dead in a
-    notebook written anywhere: such a link becomes its text and the command that prints the
-    derivation ("softmax.md (`npllama explain softmax`)", or "softmax.md, shown by ..." inside a
-    sentence's parentheses); a link to a section of the same derivation, its heading quoted (Jupyter's heading anchors are
-    not GitHub's).  Other links (a web page, a teacher's file) are kept."""
-    known = set(available())
-
-    def replace(match):
-        text, target = match.group(1), match.group(2)
-        if target.startswith("#"):
-            return f"\"{text}\""         # the section's heading, quoted
-        name = target.split("#")[0].removesuffix(".md")
-        if name not in known or "/" in name:
-            return match.group(0)
-        command = f"`npllama explain {name}`"
-        # in a sentence's parentheses already ("the simpler RMSNorm ([rmsnorm.md](rmsnorm.md))"): no others inside
-        return f"{text}, shown by {command}" if _inside_parentheses(markdown, match.start()) else f"{text} ({command})"
-    return re.sub(r"\[([^\]]*)\]\(([^)\s]+)\)", replace, markdown)
-
-
-def _inside_parentheses(markdown: str, position: int) -> bool:
-    """Whether `position` is inside parentheses opened earlier in its paragraph."""
-    before = markdown[markdown.rfind("\n\n", 0, position) + 1:position]
-    return before.count("(") > before.count(")")
 
 
 def _what_next(ex, exercise_file: str | None) -> str:

@@ -532,3 +532,23 @@ def test_explain_and_the_starter_show_a_link_to_another_derivation_as_the_comman
     assert linked, "no derivation links another: the test proves nothing"
     assert "LayerNorm (layernorm.md, shown by npllama explain layernorm) it drops" in " ".join(
         explain_text("rmsnorm").split())
+
+
+def test_explain_fits_its_prose_to_the_terminal_and_loses_no_word(capsys, monkeypatch):
+    """The derivations are wrapped at about 100 columns (some lines run to 380): at 80 columns a
+    terminal broke every prose line mid-word.  Prose and list items are filled to the width; a
+    table row or a displayed formula is left whole (breaking it would garble it)."""
+    from npllama.cli import main
+
+    monkeypatch.setenv("COLUMNS", "80")
+    for name in available():
+        assert main(["explain", name]) == 0
+        shown = capsys.readouterr().out
+        as_written = explain_text(name)
+        assert shown.split() == as_written.split(), name          # the same words, in the same order
+        # the derivation's own table rows and indented formulas (not the note explain adds under Test:)
+        kept_whole = [line for line in to_text(derivation_markdown(name)).splitlines() if line.startswith(("|", "    "))]
+        assert kept_whole, name
+        for line in shown.splitlines():
+            assert len(line) <= 80 or line in kept_whole, (name, line)
+        assert all(line in shown.splitlines() for line in kept_whole), name

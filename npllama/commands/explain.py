@@ -1,4 +1,6 @@
 """`npllama explain OP`: print a derivation (derivations/<op>.md) as readable terminal text."""
+import shutil
+
 from . import UsageError
 
 
@@ -27,5 +29,8 @@ def run_explain(args) -> int:
         names = sorted(set(available()) | set(EXERCISES))
         raise UsageError(f"unknown op or derivation {args.op!r}{did_you_mean(args.op, names)}; choose one of: "
                          f"{', '.join(names)}")
-    print(derivation_markdown(name) if args.markdown else explain_text(name, backward_only=args.backward), end="")
+    if args.markdown:
+        print(derivation_markdown(name), end="")
+    else:       # the terminal's columns ($COLUMNS, else 80 when it is not a terminal)
+        print(explain_text(name, backward_only=args.backward, width=shutil.get_terminal_size().columns), end="")
     return 0

@@ -377,10 +377,11 @@ ARTICLE_NOTE = ("article §N: a section of the tutorial npllama is taught from (
                 "on its own")
 
 
-def explain_text(name: str, backward_only: bool = False) -> str:
+def explain_text(name: str, backward_only: bool = False, width: int | None = None) -> str:
     """A derivation as terminal text: all of it, or only its backward sections.  Its Test: line
     is told to be the source repository's, with the command that runs the same checks on a
-    student's backward, and a citation of the article what that is (ARTICLE_NOTE)."""
+    student's backward, and a citation of the article what that is (ARTICLE_NOTE).  width: the
+    columns to fill its prose to (fit_to_width); None keeps the lines as the derivation wraps them."""
     if backward_only:
         parts = backward_sections(name)
         text = "\n".join(f"{heading}\n{'-' * len(heading)}\n{to_text(body)}" for heading, body in parts)
@@ -388,7 +389,54 @@ def explain_text(name: str, backward_only: bool = False) -> str:
         text = "\n".join(_where_tests_are(line, name) for line in to_text(derivation_markdown(name)).split("\n"))
     if "article §" in text:
         text = text.rstrip("\n") + "\n\n" + textwrap.fill(ARTICLE_NOTE, 96) + "\n"
-    return text
+    return text if width is None else fit_to_width(text, width)
+
+
+LIST_ITEM = re.compile(r"(?:\d+\.|[-*]) ")
+LABEL = re.compile(r"[A-Z]\w*: ")        # Code: ..., Test: ...: continued under the label's text
+
+
+def fit_to_width(text: str, width: int) -> str:
+    """Terminal text with its prose filled to `width` columns: each paragraph, list item or
+    "Label: " line refilled (an item's or a label's lines under its text), any other line longer
+    than width wrapped on its own.  Lines a break would garble are left whole: a table row, an
+    indented formula or code."""
+    out, unit, indent = [], [], ""
+
+    def flush():
+        if unit:
+            out.append(textwrap.fill(" ".join(line.strip() for line in unit), width, subsequent_indent=indent,
+                                     break_long_words=False, break_on_hyphens=False))
+            unit.clear()
+
+    for line in text.split("\n"):
+        starts = LIST_ITEM.match(line) or LABEL.match(line)
+        if _is_prose(line) and (starts or not unit):       # a paragraph, an item or a label begins
+            flush()
+            indent = " " * starts.end() if starts else ""
+            unit.append(line)
+        elif _is_prose(line) or (unit and indent and line.startswith(indent) and _is_prose(line[len(indent):])):
+            unit.append(line)                               # the same paragraph, item or label goes on
+        else:
+            flush()
+            out.append(_wrapped_line(line, width))
+    flush()
+    return "\n".join(out)
+
+
+def _is_prose(line: str) -> bool:
+    """A line of running text: not indented (a formula, code, an item's continuation), not a table
+    row, a heading or a heading's underline."""
+    return bool(line.strip()) and not line.startswith((" ", "|", "#")) and set(line) != {"-"}
+
+
+def _wrapped_line(line: str, width: int) -> str:
+    if len(line) <= width or line.startswith(("|", "    ")):
+        return line
+    indent = re.match(r" *", line).group(0)
+    label = LABEL.match(line[len(indent):])
+    return textwrap.fill(line, width, subsequent_indent=indent + " " * (label.end() if label else 0),
+                         break_long_words=False, break_on_hyphens=False)
 
 
 def _where_tests_are(line: str, name: str) -> str:

@@ -85,7 +85,8 @@ def test_a_wrong_dv_in_the_block_is_reported_at_dW_v_not_at_dx():
 def test_a_wrong_silu_slope_in_swiglu_is_reported_at_dw_gate_not_at_dx():
     finding = _first_failure("swiglu", SWIGLU_SIGMOID_SLOPE_FOR_SILU)
     assert finding.grad == "dw_gate", finding.lines()
-    assert "further down the backward: dx" in finding.what_is_wrong, finding.what_is_wrong
+    # the slip named (silu' as sigmoid') is in dgate, which dw_gate and dx are both computed from
+    assert "also wrong by the same mistake: dx" in finding.what_is_wrong, finding.what_is_wrong
 
 
 def test_gradients_of_one_step_are_said_to_be_of_one_step():
@@ -411,9 +412,9 @@ def test_a_named_mistake_still_says_which_other_gradients_are_wrong_and_right(tm
     assert finding.grad == "dq", finding.lines()
     assert "only the diagonal of its Jacobian" in finding.message, finding.message     # the mistake, named
     said = report.format()
-    assert "dk is wrong too, at the same step of the backward as dq" in said, said
+    assert "also wrong by the same mistake: dk" in said, said      # d_attn_scores feeds both
     assert "right: dv -- every gradient the backward reaches before dq" in said, said
-    assert "dk is wrong too" in report.summary(), report.summary()
+    assert "also wrong by the same mistake: dk" in report.summary(), report.summary()
 
 
 def _tanh_mistakes():
@@ -451,8 +452,8 @@ def test_a_mistake_named_in_another_gradient_than_the_first_wrong_one_says_so(tm
     assert finding.grad == "ds" and finding.message == "tanh' was taken as 1 - h", finding.lines()
     said = finding.what_is_wrong
     assert "fix ds first" not in said, said
-    assert ("the mistake named is in dw; ds is the gradient reported wrong on this case: fix the mistake named and "
-            "check again -- if ds is still wrong, it has a slip of its own") in said, said
+    assert ("the mistake named is in dw, dx; ds is the gradient reported wrong on this case: fix the mistake named "
+            "and check again -- if ds is still wrong, it has a slip of its own") in said, said
 
 
 def test_a_mistake_named_in_the_first_wrong_gradient_keeps_the_others(tmp_path):
@@ -461,7 +462,8 @@ def test_a_mistake_named_in_the_first_wrong_gradient_keeps_the_others(tmp_path):
     finding = check_function(exercise, _tanh_slope_slip, n_random=0).first_failure.finding
     assert finding.grad == "dw" and finding.message == "tanh' was taken as 1 - h", finding.lines()
     assert finding.what_is_wrong == finding.message + finding.other_gradients
-    assert "further down the backward: dx" in finding.other_gradients and "right: ds" in finding.other_gradients
+    assert finding.other_gradients == (" (also wrong by the same mistake: dx; right: ds -- every gradient the "
+                                       "backward reaches before dw)"), finding.other_gradients
 
 
 # ----- the swiglu catalogue names the activation's mistakes as swiglu_act's does ---------------------
@@ -539,7 +541,8 @@ def test_a_swiglu_student_with_silus_slope_taken_as_sigmoids_is_told_it_by_name(
     finding = check_file("swiglu", path, n_random=0).first_failure.finding
     assert "silu'(z) was taken as sigmoid'(z) = sigmoid(z) (1 - sigmoid(z))" in act_finding.message
     assert finding.message == act_finding.message and finding.hint == act_finding.hint, finding.lines()
-    assert finding.grad == "dw_gate" and "further down the backward: dx" in finding.other_gradients, finding.lines()
+    assert finding.grad == "dw_gate" and "also wrong by the same mistake: dx" in finding.other_gradients, \
+        finding.lines()
 
 
 @pytest.mark.parametrize("style", sorted(SWIGLU_RIGHT_STYLES))
@@ -559,6 +562,183 @@ def test_a_mistake_named_in_another_gradient_reads_true_on_the_gradebooks_one_li
     exercise.catalogue = _tanh_mistakes()
     report = check_function(exercise, _tanh_slope_slip_and_first_row_ds, n_random=0)
     line = report.summary()
-    assert line.startswith("gradient: ds: tanh' was taken as 1 - h (the mistake named is in dw;"), line
+    assert line.startswith("gradient: ds: tanh' was taken as 1 - h (the mistake named is in dw, dx;"), line
     assert "above" not in line, line
     assert "yours" in report.format() and "above" not in report.format(), report.format()
+
+
+# ----- a named mistake that changes several gradients is said to change each of them ----------------
+# a right attention backward but for one GQA fold back, done wrong for dk and dv alike
+ATTENTION_GROUP_FOLDED = """import numpy as np
+
+
+def attention_backward(dout, cache):
+    q, k, v, attn_probs, scale, n_rep = cache
+    B, H, T, hd = q.shape
+    KVH, S = k.shape[1], k.shape[2]
+    dout_g = dout.reshape(B, KVH, n_rep, T, hd)
+    p_g = attn_probs.reshape(B, KVH, n_rep, T, S)
+    dp = (dout_g @ v[:, :, None].swapaxes(-1, -2)).reshape(B, H, T, S)
+    dv = FOLD(p_g.swapaxes(-1, -2) @ dout_g)
+    ds = attn_probs * (dp - (dp * attn_probs).sum(-1, keepdims=True))
+    ds_g = ds.reshape(B, KVH, n_rep, T, S)
+    dq = (ds_g @ k[:, :, None]).reshape(B, H, T, hd) * scale
+    dk = FOLD(ds_g.swapaxes(-1, -2) @ q.reshape(B, KVH, n_rep, T, hd)) * scale
+    return dq, dk, dv
+"""
+SWIGLU_GRADIENTS_SWAPPED = """import numpy as np
+from npllama.ops.linear import linear_backward
+from npllama.ops.swiglu import swiglu_act_backward
+
+
+def swiglu_backward(dout, cache):
+    dact, dw_down = linear_backward(dout, cache.down_proj)
+    dup, dgate = swiglu_act_backward(dact, cache.act)      # the slip: it returns (dgate, dup)
+    dx_gate, dw_gate = linear_backward(dgate, cache.gate_proj)
+    dx_up, dw_up = linear_backward(dup, cache.up_proj)
+    return dx_gate + dx_up, dw_gate, dw_up, dw_down
+"""
+SEVERAL_GRADIENTS_ONE_MISTAKE = {
+    # name: (exercise, source, the mistake's words, the gradients it changes, what the rest says)
+    "group averaged": ("attention", ATTENTION_GROUP_FOLDED.replace("FOLD(", "np.mean(axis=2, a="),
+                       "dk and dv average the n_rep query heads of a group", ["dv", "dk"],
+                       "(also wrong by the same mistake: dk; right: dq)"),
+    "first head only": ("attention", ATTENTION_GROUP_FOLDED.replace("FOLD(", "(lambda g: g[:, :, 0])("),
+                        "dk and dv take the gradient of only the first query head", ["dv", "dk"],
+                        "(also wrong by the same mistake: dk; right: dq)"),
+    "dgate and dup swapped": ("swiglu", SWIGLU_GRADIENTS_SWAPPED, "dgate and dup are swapped",
+                              ["dw_gate", "dw_up", "dx"],
+                              "(also wrong by the same mistake: dw_up, dx; right: dw_down -- every gradient "
+                              "the backward reaches before dw_gate)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEVERAL_GRADIENTS_ONE_MISTAKE))
+def test_a_mistake_that_changes_several_gradients_does_not_send_the_student_to_fix_one_first(name, tmp_path):
+    # "dk and dv average ... (also wrong, further down the backward: dk -- ... may be wrong only because
+    # of a slip there: fix dv first, then check again)": dk has the slip itself, fixing dv leaves it
+    from npllama.exercises import check_file
+
+    op, source, mistake, changed, rest = SEVERAL_GRADIENTS_ONE_MISTAKE[name]
+    path = tmp_path / f"{op}_backward.py"
+    path.write_text(source)
+    finding = check_file(op, path, n_random=0).first_failure.finding
+    assert finding.message.startswith(mistake), finding.lines()
+    said = finding.what_is_wrong
+    assert "first, then check again" not in said and "only because of a slip" not in said, said
+    assert said.endswith(rest), said
+    assert finding.named_gradients == changed, finding.named_gradients
+    assert [finding.grad, *finding.wrong_gradients] == changed, finding.lines()    # each wrong here, too
+
+
+def test_a_named_mistake_changes_exactly_the_gradients_its_knobs_change():
+    # computed from the catalogue, not listed by hand: a mistake of dq alone changes dq alone
+    from npllama.exercises.mistakes import name_mistake
+    from npllama.exercises.catalogue import CATALOGUES
+
+    missing_in_dq = _function(ATTENTION_GROUP_FOLDED.replace("FOLD(", "np.sum(axis=2, a=")
+                              .replace("* scale\n    dk", "\n    dk"), "attention_backward")
+    found = name_mistake(CATALOGUES["attention"], get_exercise("attention"), missing_in_dq)
+    assert "missing from dq" in found.message and found.changes == ["dq"], found
+
+
+def test_the_gradebook_and_the_notebook_say_what_the_check_says(tmp_path):
+    import csv
+    import json
+
+    from npllama.exercises import check_file
+    from npllama.exercises.gradebook import grade_folder, write_gradebook
+
+    source = ATTENTION_GROUP_FOLDED.replace("FOLD(", "np.mean(axis=2, a=")
+    (tmp_path / "class").mkdir()
+    (tmp_path / "class" / "attention_backward.py").write_text(source)
+    checked = check_file("attention", tmp_path / "class" / "attention_backward.py", n_random=0)
+    line = checked.first_failure.diagnosis
+    assert "(also wrong by the same mistake: dk; right: dq)" in line, line
+    write_gradebook(grade_folder("attention", tmp_path / "class", n_random=0, workers=1), tmp_path / "book")
+    with open(tmp_path / "book.csv", newline="") as table:
+        assert [row["diagnosis"] for row in csv.DictReader(table)] == [line]
+    book = json.loads((tmp_path / "book.json").read_text())
+    rows = book if isinstance(book, list) else book["submissions"]
+    assert [row["diagnosis"] for row in rows] == [line], rows
+    # the notebook's check cell: check_function on the student's function, its report as Jupyter shows it
+    in_notebook = check_function("attention", _function(source, "attention_backward"), n_random=0)
+    assert f"what is wrong: {checked.first_failure.finding.what_is_wrong}" in in_notebook.format()
+    assert in_notebook.first_failure.diagnosis == line
+
+
+# ----- a mistake named in another gradient is said so even when the reported one is the only wrong one
+GATED_AT_A_KINK = '''import numpy as np
+
+from npllama.exercises import Exercise
+from npllama.exercises.checks import SEED, Case, Ints
+
+
+def gated_forward(x, w):
+    return np.maximum(x, 0) * w, (x, w)
+
+
+def gated_backward(dout, cache):
+    x, w = cache
+    return dout * w * (x > 0), dout * np.maximum(x, 0)
+
+
+class Gated(Exercise):
+    op, title = "gated", "relu(x) * w"
+    forward_name, backward_name, params = "gated_forward", "gated_backward", "dout, cache"
+    space = dict(n=Ints(2, 5), seed=SEED)
+    edge_cases = [dict(n=4, seed=1, kink=KINK)]
+
+    def build(self, params, dtype=np.float64):
+        rng = np.random.default_rng(params["seed"])
+        x = rng.standard_normal(params["n"]).astype(dtype)
+        x[np.abs(x) < 0.1] = 0.5
+        x[-1] = -1.0                                     # a negative entry: relu's flat side
+        if params.get("kink"):
+            x[0] = 0.0                                   # relu's kink: finite differences cannot judge dx
+        w = rng.uniform(0.5, 2.0, params["n"]).astype(dtype)
+        return Case(self.forward, [x, w], ("x", "w"), (0, 1), seed=params["seed"])
+'''
+
+
+def _gated_exercise(tmp_path, kink):
+    """GATED_AT_A_KINK with a teacher's catalogue probing one entry at the kink: relu'(0) taken as 1
+    changes dx there and nothing else (dw is 0 at x = 0, whatever it multiplies)."""
+    from npllama.exercises import load_exercises
+    from npllama.exercises.mistakes import Mistake
+
+    class GatedMistakes:
+        probes = [dict(n=1, seed=4, kink=True)]
+        ladder = []
+
+        def variant(self, dout, case, slope_at_zero=0.0):
+            x, w = case.inputs
+            return dout * w * np.where(x == 0, slope_at_zero, x > 0), dout * np.maximum(x, 0)
+
+        def mistakes(self):
+            return [Mistake("relu'(0) was taken as 1", "relu' is 1 where x > 0 only", dict(slope_at_zero=1.0))]
+
+    path = tmp_path / "gated.py"
+    path.write_text(GATED_AT_A_KINK.replace("KINK", repr(kink)))
+    exercise = load_exercises(path, verify=False)["gated"]
+    exercise.catalogue = GatedMistakes()
+    return exercise
+
+
+def _gated_both_slips(dout, cache):     # x >= 0 for relu', and dw from x where relu(x) belongs
+    x, w = cache
+    return dout * w * (x >= 0), dout * x
+
+
+@pytest.mark.parametrize("kink", [False, True])
+def test_a_mistake_named_in_another_gradient_than_the_only_wrong_one_says_so(kink, tmp_path):
+    # without a kink dw is the only wrong gradient (dx right: no x is 0): the note was left out, and
+    # the report named relu'(0) under dw's numbers; at a kink it replaced "dx could not be decided"
+    finding = check_function(_gated_exercise(tmp_path, kink), _gated_both_slips, n_random=0).first_failure.finding
+    assert finding.grad == "dw" and finding.message == "relu'(0) was taken as 1", finding.lines()
+    said = finding.what_is_wrong
+    assert ("(the mistake named is in dx; dw is the gradient reported wrong on this case: fix the mistake named and "
+            "check again -- if dw is still wrong, it has a slip of its own)") in said, said
+    assert ("(dx could not be decided by finite differences)" in said) == kink, said
+    assert finding.wrong_gradients == [] and finding.named_gradients == ["dx"], finding
+    assert finding.undecided_gradients == (["dx"] if kink else []), finding

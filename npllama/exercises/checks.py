@@ -348,60 +348,13 @@ def check_gradient(backward, case: Case) -> None:
     got = grads[case.wrt.index(index)]
     finding = diagnose(got, numeric, grad=gradient_name(first.name), case=case.describe(), zero_label=case.zero_label)
     right = [r.name for r in report.inputs if r.status == "ok"]
-    finding.other_gradients = _where_the_slip_is(first.name, [r.name for r in failing[1:]], right, rank)
-    if undecided:
-        finding.other_gradients += (f" ({', '.join(gradient_name(r.name) for r in undecided)} could not be decided by "
-                            "finite differences)")
+    if rank is not None:
+        right.sort(key=rank.__getitem__)
+        finding.backward_steps = {gradient_name(name): step for name, step in rank.items()}
+    finding.wrong_gradients = [gradient_name(r.name) for r in failing[1:]]
+    finding.right_gradients = [gradient_name(name) for name in right]
+    finding.undecided_gradients = [gradient_name(r.name) for r in undecided]
     raise CheckFailed(finding)
-
-
-def _where_the_slip_is(root: str, wrong: list, right: list, rank: dict | None) -> str:
-    """What the other gradients say about where the slip is, when several are wrong (root: the
-    input whose gradient the report shows; every name an input's).  With the backward's order:
-    those of root's step (no root among them), those further down (computed from what root's
-    gradient is computed from: they may be wrong only because of a slip there) and the right
-    ones before it (the slip is not there).  Without it:
-    the lists, and that which went wrong first cannot be told."""
-    if not wrong:
-        return ""
-    d = gradient_name
-    if rank is None:
-        parts = [f"also wrong: {_some_names([d(n) for n in wrong])}"]
-        if right:
-            parts.append(f"right: {_some_names([d(n) for n in right])}")
-        parts.append("which of them went wrong first cannot be told: this exercise does not give the order its "
-                     "backward computes them in -- a slip early in a backward makes every gradient computed from it "
-                     "wrong, so start with the one your code computes first")
-        return f" ({'; '.join(parts)})"
-    right = sorted(right, key=rank.__getitem__)
-    same = [d(n) for n in wrong if rank[n] == rank[root]]
-    later = [d(n) for n in wrong if rank[n] > rank[root]]
-    before = [d(n) for n in right if rank[n] < rank[root]]
-    after = [d(n) for n in right if rank[n] >= rank[root]]
-    parts = []
-    if same:
-        none = "neither is computed from the other" if len(same) == 1 else "none is computed from another"
-        parts.append(f"{_some_names(same)} {'is' if len(same) == 1 else 'are'} wrong too, at the same step of the "
-                     f"backward as {d(root)}: {none}, so the slip is in what they share, or in each")
-    if later:
-        # root's gradient is a leaf (an input's): nothing is computed from it, only from what it is
-        # computed from (an intermediate gradient, or dout itself)
-        they, are = ("it", "is") if len(later) == 1 else ("they", "are")
-        parts.append(f"also wrong, further down the backward: {_some_names(later)} -- {they} {are} computed from what "
-                     f"{d(root)} is computed from, and may be wrong only because of a slip there: fix {d(root)} "
-                     f"first, then check again")
-    if before:
-        # the last right one before the root is where the slip is not: it is between the two
-        shown = _some_names(before) if len(before) <= 4 else f"{before[0]} ... {before[-1]} ({len(before)} gradients)"
-        parts.append(f"right: {shown} -- every gradient the backward reaches before {d(root)}"
-                     + (f"; right also: {_some_names(after)}" if after else ""))
-    elif after:
-        parts.append(f"right: {_some_names(after)}")
-    return f" ({'; '.join(parts)})"
-
-
-def _some_names(names, shown=4) -> str:
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _in_float64(backward):

@@ -48,10 +48,21 @@ class Finding:
     ladder: str = ""                # which simpler cases pass, and what changed when one fails
     # what is wrong when it is not one gradient (grad ''): "the return value", "dy", "the cache"
     subject: str = ""
-    # what the case's other gradients show, said after the message: which are wrong too and which
-    # right, from grad's place in the backward (checks._where_the_slip_is); kept apart from the
-    # message, which a mistake the catalogue names replaces (runner._name_the_mistake)
-    other_gradients: str = ""
+    # the case's other gradients (checks.check_gradient), each list in the backward's order: wrong
+    # too, right, and not decided by finite differences; backward_steps: each gradient's step of the
+    # backward (0 the first it reaches), None when the exercise does not give its order
+    wrong_gradients: list = dataclasses.field(default_factory=list)
+    right_gradients: list = dataclasses.field(default_factory=list)
+    undecided_gradients: list = dataclasses.field(default_factory=list)
+    backward_steps: dict | None = None
+    # every gradient the mistake the catalogue names changes (runner._name_the_mistake); [] when none is
+    named_gradients: list = dataclasses.field(default_factory=list)
+
+    @property
+    def other_gradients(self) -> str:
+        """What the other gradients show, said after the message: kept apart from it, which a mistake
+        the catalogue names replaces."""
+        return where_the_slip_is(self)
 
     @property
     def what_is_wrong(self) -> str:
@@ -81,6 +92,77 @@ class Finding:
 
     def short(self) -> str:
         return f"{self.grad}: {self.what_is_wrong}" if self.grad else self.what_is_wrong
+
+
+def where_the_slip_is(finding: Finding) -> str:
+    """What the finding's other gradients say about where the slip is, when several are wrong
+    (finding.grad: the one the report shows, the root).  Those the named mistake changes are its
+    own.  With the backward's order, of the others: those of the root's step (no root among
+    them), those further down (computed from what the root's gradient is computed from: they may
+    be wrong only because of a slip there) and the right ones before it (the slip is not there).
+    Without it: the lists, and that which went wrong first cannot be told.  A mistake named in
+    other gradients than the root is said to be there, even when the root is the only one wrong.
+    Then those finite differences could not decide."""
+    root, named = finding.grad, finding.named_gradients
+    parts = []
+    if named and root and root not in named:
+        # the catalogue found the slip elsewhere; the root's numbers may be the named mistake's on
+        # this case too, or a slip of its own the probes did not show
+        parts.append(f"the mistake named is in {_some_names(named)}; {root} is the gradient reported wrong on this "
+                     f"case: fix the mistake named and check again -- if {root} is still wrong, it has a slip of "
+                     f"its own")
+    elif named:
+        same_mistake = [g for g in finding.wrong_gradients if g in named]
+        if same_mistake:
+            parts.append(f"also wrong by the same mistake: {_some_names(same_mistake)}")
+    if finding.wrong_gradients:
+        others = [g for g in finding.wrong_gradients if g not in named]
+        parts += _where_in_the_backward(root, others, finding.right_gradients, finding.backward_steps)
+    said = f" ({'; '.join(parts)})" if parts else ""
+    if finding.undecided_gradients:
+        said += f" ({', '.join(finding.undecided_gradients)} could not be decided by finite differences)"
+    return said
+
+
+def _where_in_the_backward(root: str, wrong: list, right: list, steps: dict | None) -> list[str]:
+    """What the wrong gradients no named mistake accounts for, and the right ones, say of the root."""
+    if steps is None:
+        parts = [f"also wrong: {_some_names(wrong)}"] if wrong else []
+        if right:
+            parts.append(f"right: {_some_names(right)}")
+        if wrong:
+            parts.append("which of them went wrong first cannot be told: this exercise does not give the order its "
+                         "backward computes them in -- a slip early in a backward makes every gradient computed from "
+                         "it wrong, so start with the one your code computes first")
+        return parts
+    same = [g for g in wrong if steps[g] == steps[root]]
+    later = [g for g in wrong if steps[g] > steps[root]]
+    before = [g for g in right if steps[g] < steps[root]]
+    after = [g for g in right if steps[g] >= steps[root]]
+    parts = []
+    if same:
+        none = "neither is computed from the other" if len(same) == 1 else "none is computed from another"
+        parts.append(f"{_some_names(same)} {'is' if len(same) == 1 else 'are'} wrong too, at the same step of the "
+                     f"backward as {root}: {none}, so the slip is in what they share, or in each")
+    if later:
+        # root's gradient is a leaf (an input's): nothing is computed from it, only from what it is
+        # computed from (an intermediate gradient, or dout itself)
+        they, are = ("it", "is") if len(later) == 1 else ("they", "are")
+        parts.append(f"also wrong, further down the backward: {_some_names(later)} -- {they} {are} computed from what "
+                     f"{root} is computed from, and may be wrong only because of a slip there: fix {root} "
+                     f"first, then check again")
+    if before:
+        # the last right one before the root is where the slip is not: it is between the two
+        shown = _some_names(before) if len(before) <= 4 else f"{before[0]} ... {before[-1]} ({len(before)} gradients)"
+        parts.append(f"right: {shown} -- every gradient the backward reaches before {root}"
+                     + (f"; right also: {_some_names(after)}" if after else ""))
+    elif after:
+        parts.append(f"right: {_some_names(after)}")
+    return parts
+
+
+def _some_names(names, shown=4) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 class CheckFailed(AssertionError):

@@ -44,11 +44,14 @@ class Rung:
 
 @dataclasses.dataclass
 class Explanation:
-    grad: str | None = None
+    grad: str | None = None     # the first gradient (in the backward's order) the named mistake changes
     message: str = ""
     hint: str = ""
     ladder: str = ""
     reorders: bool = False
+    # every gradient it changes, in the backward's order: those its knobs make differ from the right
+    # ones on some probe (a mistake in one step is often in several gradients: dk and dv both averaged)
+    changes: list = dataclasses.field(default_factory=list)
 
 
 def as_tuple(result):
@@ -99,13 +102,12 @@ def name_mistake(catalogue, exercise, backward) -> Explanation | None:
             wrong = [compute(dout, case) for case, dout, _, _ in probes]
         except Exception:      # an altered step that cannot be computed on this probe
             continue
-        differs = [not same_gradients(w, right) for w, (_, _, _, right) in zip(wrong, probes)]
-        if any(differs) and all(same_gradients(got, w) for w, (_, _, got, _) in zip(wrong, probes)):
-            first = differs.index(True)
-            grad = next((n for k, n in _in_backward_order(probes[first][0])
-                         if np.shape(wrong[first][k]) != np.shape(probes[first][3][k])
-                         or rel_error(wrong[first][k], probes[first][3][k]) >= MATCH), names[0])
-            return Explanation(grad, mistake.message, mistake.hint, reorders=mistake.reorders)
+        if not all(same_gradients(got, w) for w, (_, _, got, _) in zip(wrong, probes)):
+            continue
+        changes = [name for k, name in _in_backward_order(probes[0][0])
+                   if any(not same_gradients(w[k:k + 1], right[k:k + 1]) for w, (_, _, _, right) in zip(wrong, probes))]
+        if changes:
+            return Explanation(changes[0], mistake.message, mistake.hint, reorders=mistake.reorders, changes=changes)
     return None
 
 
@@ -284,8 +286,8 @@ def name_scalar_factor(exercise, backward, params_list) -> Explanation | None:
                                     f"be {words}")
         also = "".join(f" (or {other})" for other, _ in others)
         return Explanation(
-            grad, f"your {grad} is {words} -- on every case checked ({name} = {values})",
-            f"follow {name}{also} through the forward into {grad}: a forward that divides by {name} puts "
+            grad, changes=[grad], message=f"your {grad} is {words} -- on every case checked ({name} = {values})",
+            hint=f"follow {name}{also} through the forward into {grad}: a forward that divides by {name} puts "
             f"1 / {name} into the gradient (d(x / {name})/dx = 1 / {name}), one that multiplies by it "
             f"puts {name}")
     return None

@@ -265,7 +265,8 @@ class Report:
                 "first_failure": None if first is None else {
                     "check": first.check.name, "status": first.status,
                     "diagnosis": first.diagnosis,
-                    **(dataclasses.asdict(first.finding) if first.finding else {})},
+                    **(dataclasses.asdict(first.finding) if first.finding else {}),
+                    **({"other_gradients": first.finding.other_gradients} if first.finding else {})},
                 "checks": {r.check.name: r.status for r in self._rows()}}
 
 
@@ -442,28 +443,21 @@ def assert_passes(op, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: i
 def _name_the_mistake(exercise, backward, finding: Finding, params_list) -> None:
     """Add to what the failing case's numbers show (diagnose.py) the mistake the catalogue's probes
     name, if one matches on every probe (its words replace the numbers' own; what the other
-    gradients show stays, unless the mistake is in another gradient than the finding's), and which
-    simpler cases pass (catalogue.py, mistakes.py).  A teacher's exercise (with no catalogue, or one that
-    names nothing here) has its own cases, params_list, as probes for a factor that is one of
-    their scalar inputs (mistakes.name_scalar_factor)."""
+    gradients show stays, told of the gradients the mistake changes), and which simpler cases
+    pass (catalogue.py, mistakes.py).  A teacher's exercise (with no catalogue, or one that names
+    nothing here) has its own cases, params_list, as probes for a factor that is one of their
+    scalar inputs (mistakes.name_scalar_factor)."""
     catalogue = CATALOGUES[exercise.op] if exercise.builtin else exercise.catalogue
     found = explain(catalogue, exercise, backward) if catalogue is not None else Explanation()
     if found.grad is None and not exercise.builtin:
         scalar = name_scalar_factor(exercise, backward, params_list)
         if scalar is not None and scalar.grad is not None:
-            found.grad, found.message, found.hint = scalar.grad, scalar.message, scalar.hint
+            scalar.ladder, found = found.ladder, scalar
         elif scalar is not None:     # the input's one value is the factor the numbers show: both readings
             finding.hint += scalar.hint
     if found.grad is not None:
-        finding.message, finding.hint = found.message, found.hint
-        if finding.other_gradients and found.grad != finding.grad:
-            # what the others show is told from finding.grad ("fix it first"), but the catalogue
-            # found the slip in another gradient; finding.grad's numbers may be the named mistake's
-            # too, or a slip of its own the probes did not show
-            # (said in the report under finding.grad's numbers, and alone on the gradebook's one line)
-            finding.other_gradients = (f" (the mistake named is in {found.grad}; {finding.grad} is the gradient "
-                                       f"reported wrong on this case: fix the mistake named and check again -- if "
-                                       f"{finding.grad} is still wrong, it has a slip of its own)")
+        # what the other gradients show is then told of the named mistake's (diagnose.where_the_slip_is)
+        finding.message, finding.hint, finding.named_gradients = found.message, found.hint, found.changes
     if not found.ladder and not exercise.builtin and not getattr(catalogue, "ladder", None):
         # a teacher's exercise with no ladder of its own: its edge cases are one
         try:

@@ -552,3 +552,37 @@ def test_explain_fits_its_prose_to_the_terminal_and_loses_no_word(capsys, monkey
         for line in shown.splitlines():
             assert len(line) <= 80 or line in kept_whole, (name, line)
         assert all(line in shown.splitlines() for line in kept_whole), name
+
+
+def _columns(line: str) -> int:
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line)
+
+
+@pytest.mark.parametrize("width", [40, 80])
+def test_explain_counts_a_wide_character_as_the_two_columns_it_takes(width):
+    """The derivations cite the article's Chinese section titles (adamw.md: 梯度下降优化): filled
+    by character count, such a line ran past 80 columns and the terminal broke it mid-word."""
+    wide = 0
+    for name in available():
+        as_written = explain_text(name)
+        kept_whole = {line for line in as_written.splitlines() if line.startswith(("|", "    "))}
+        for line in explain_text(name, width=width).splitlines():
+            wide += _columns(line) != len(line)
+            longest_word = max((_columns(word) for word in line.split()), default=0)
+            assert _columns(line) <= width or line in kept_whole or longest_word > width - 8, (name, line)
+    assert wide, "no derivation has a wide character: the test proves nothing"
+
+
+@pytest.mark.parametrize("width", [40, 60, 80, 100])
+def test_a_line_break_inside_a_formula_does_not_make_a_list_item(width):
+    """Filling prose broke '... = 0. Since ...' and 'g · n_rep + n_rep - 1. L depends ...' before
+    the '0.' or '- 1.', so a line began like a numbered or bulleted item that the derivation does
+    not have (softmax at 40 columns: a fully masked row has dx = / 0. Since sum_i p_i = 1)."""
+    item = re.compile(r" *(?:\d+\.|[-*+]) ")
+    for name in available():
+        items = {" ".join(line.split()[:3]) for line in explain_text(name).splitlines() if item.match(line)}
+        for line in explain_text(name, width=width).splitlines():
+            if item.match(line):
+                assert " ".join(line.split()[:3]) in items, (name, width, line)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.resources
 import re
 import textwrap
+import unicodedata
 from pathlib import Path
 
 SOURCE_CHECKOUT = Path(__file__).resolve().parents[2] / "derivations"
@@ -405,8 +406,7 @@ def fit_to_width(text: str, width: int) -> str:
 
     def flush():
         if unit:
-            out.append(textwrap.fill(" ".join(line.strip() for line in unit), width, subsequent_indent=indent,
-                                     break_long_words=False, break_on_hyphens=False))
+            out.append(_fill(" ".join(line.strip() for line in unit), width, indent))
             unit.clear()
 
     for line in text.split("\n"):
@@ -431,12 +431,30 @@ def _is_prose(line: str) -> bool:
 
 
 def _wrapped_line(line: str, width: int) -> str:
-    if len(line) <= width or line.startswith(("|", "    ")):
+    if _columns(line) <= width or line.startswith(("|", "    ")):
         return line
     indent = re.match(r" *", line).group(0)
     label = LABEL.match(line[len(indent):])
-    return textwrap.fill(line, width, subsequent_indent=indent + " " * (label.end() if label else 0),
-                         break_long_words=False, break_on_hyphens=False)
+    return _fill(line, width, indent + " " * (label.end() if label else 0))
+
+
+NO_BREAK = "\x03"       # a space _fill does not break at
+SECOND_COLUMN = "\x02"  # after a wide character while textwrap measures: it takes two columns
+
+
+def _fill(text: str, width: int, indent: str) -> str:
+    """textwrap.fill to `width` terminal columns: a wide (CJK) character counts as the two it
+    takes, and no line begins with what reads as a list item ("- ", "* ", "+ ", "1. ") but is a
+    formula's operator or a number ending a sentence ("n_rep - 1. L depends", "dx = 0. Since")."""
+    text = re.sub(r"(?<=\S) (?=(?:[-*+]|\d+\.)(?: |$))", NO_BREAK, text)
+    text = "".join(c + SECOND_COLUMN if unicodedata.east_asian_width(c) in "WF" else c for c in text)
+    filled = textwrap.fill(text, width, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
+    return filled.replace(SECOND_COLUMN, "").replace(NO_BREAK, " ")
+
+
+def _columns(line: str) -> int:
+    """The terminal columns a line takes: two for a wide (CJK) character."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line)
 
 
 def _where_tests_are(line: str, name: str) -> str:

@@ -586,3 +586,18 @@ def test_a_line_break_inside_a_formula_does_not_make_a_list_item(width):
         for line in explain_text(name, width=width).splitlines():
             if item.match(line):
                 assert " ".join(line.split()[:3]) in items, (name, width, line)
+
+
+@pytest.mark.parametrize("write", [write_notebook, write_starter])
+def test_an_out_that_is_a_suffix_in_other_letter_case_or_alone_is_refused_not_made_a_folder(tmp_path, write):
+    """`exercise notebook --out mine.PY` made a folder mine.PY/ (a .py file on a Mac or Windows,
+    where letter case does not tell files apart), `start --out mine.PY` a folder too, and
+    `--out .ipynb` a hidden folder .ipynb/ holding the notebook."""
+    suffix = ".ipynb" if write is write_notebook else ".py"
+    for wrong in ("mine.PY", "mine.Py", "mine.IPYNB", ".ipynb", ".py"):
+        target = tmp_path / wrong
+        with pytest.raises(ValueError, match=rf"ending in {re.escape(suffix)}"):
+            write("rmsnorm", target)
+        assert not target.exists(), wrong
+    (tmp_path / ".py").mkdir()              # an existing folder is still a folder, whatever its name
+    assert write("rmsnorm", tmp_path / ".py") == tmp_path / ".py" / f"rmsnorm_backward{suffix}"

@@ -169,12 +169,15 @@ STUDENT_FILE_KINDS = {".py": "starter file", ".ipynb": "notebook"}
 def target_path(path, default_name: str, suffix: str, force: bool, exercise_file=None) -> Path:
     """Where to write a student's file: `path` itself, or default_name inside it when it is a folder
     (existing, or a new path without `suffix`); refuses a name ending in another kind's suffix
-    (STUDENT_FILE_KINDS) and an existing file of another kind, to overwrite unless force, and the
+    (STUDENT_FILE_KINDS, in any letter case, or such a suffix alone) and an existing file of another kind, to overwrite unless force, and the
     teacher's `exercise_file` (the one the file is made from) always."""
     path = path_argument(path, "path", "the file or folder to write") if path is not None else Path(default_name)
     if path.suffix != suffix and not path.is_dir():
         kind = STUDENT_FILE_KINDS[suffix]
-        if path.suffix in STUDENT_FILE_KINDS:
+        if path.name.lower() in STUDENT_FILE_KINDS:      # .ipynb alone: a suffix, not a folder's name
+            raise ValueError(f"the file to write, {str(path)!r}, is a suffix with no name before it: give a name "
+                             f"ending in {suffix} ({default_name}), or a folder")
+        if path.suffix.lower() in STUDENT_FILE_KINDS:   # mine.PY: a .py file where case does not count
             raise ValueError(f"the file to write, {str(path)!r}, ends in {path.suffix}, but a {kind} is a {suffix} "
                              f"file: give a name ending in {suffix}, or a folder")
         if path.exists():

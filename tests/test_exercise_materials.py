@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import npllama
@@ -601,3 +602,20 @@ def test_an_out_that_is_a_suffix_in_other_letter_case_or_alone_is_refused_not_ma
         assert not target.exists(), wrong
     (tmp_path / ".py").mkdir()              # an existing folder is still a folder, whatever its name
     assert write("rmsnorm", tmp_path / ".py") == tmp_path / ".py" / f"rmsnorm_backward{suffix}"
+
+
+def test_softmax_masked_rows_check_says_it_checks_a_partly_masked_row_too():
+    """Its description promised a fully masked row only, and it fails a backward that is wrong on
+    the masked entry of a partly masked row ([0, -inf, 1]) too."""
+    (masked,) = [c for c in EXERCISES["softmax"].checks() if c.name == "masked rows"]
+    assert "fully masked row" in masked.description and "partly masked row" in masked.description, masked
+
+
+def test_softmax_masked_rows_check_fails_a_backward_wrong_only_on_a_partly_masked_row():
+    def backward(dp, p):     # right, except that a masked entry of a partly masked row gets dp
+        dx = p * (dp - np.sum(dp * p, -1, keepdims=True))
+        partly = (p == 0) & (p.sum(-1, keepdims=True) > 0)
+        return np.where(partly, dp, dx)
+
+    with pytest.raises(Exception, match="masked"):
+        EXERCISES["softmax"].check_fully_masked(backward, {})

@@ -576,7 +576,8 @@ entries of x equal to -inf (masked) get p = 0; a row that is all -inf gives all 
         expected = np.stack([(np.diag(row) - np.outer(row, row)) @ d for row, d in zip(p, dp)])
         expect_close(dx, expected, "dx", case.describe(), what="compared with J dp in each row")
 
-    @check("masked rows", "a fully masked row gives dx = 0, with no NaN", sampled=False)
+    @check("masked rows", "a fully masked row gives dx = 0, a partly masked row 0 at its masked entry and J dp "
+                          "at the others, with no NaN", sampled=False)
     def check_fully_masked(self, backward, params):
         x = np.array([[-np.inf, -np.inf, -np.inf], [0.0, -np.inf, 1.0]])
         dp = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]])

@@ -619,3 +619,24 @@ def test_softmax_masked_rows_check_fails_a_backward_wrong_only_on_a_partly_maske
 
     with pytest.raises(Exception, match="masked"):
         EXERCISES["softmax"].check_fully_masked(backward, {})
+
+
+def test_a_teacher_notebook_moved_without_its_exercise_file_says_so_in_one_message(tmp_path, monkeypatch):
+    """The check cell's load_exercises('gelu_exercise.py') in a notebook moved away from the file:
+    Jupyter showed a screen of the loader's source around the raise, and the message named no folder."""
+    pytest.importorskip("IPython")
+    import contextlib
+    import io
+
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.chdir(tmp_path)
+    shell = InteractiveShell.instance(colors="NoColor")
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown), contextlib.redirect_stderr(shown):
+        result = shell.run_cell("from npllama.exercises import load_exercises\nload_exercises('gelu_exercise.py')")
+    shown = shown.getvalue()
+    assert result.error_in_exec is not None
+    assert str(tmp_path) in shown, shown                      # where it looked
+    assert "gelu_exercise.py does not exist" in shown and "raise ExerciseFileError" not in shown, shown
+    assert len(shown.strip().splitlines()) <= 3, shown

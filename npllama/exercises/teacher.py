@@ -40,6 +40,10 @@ from .definitions import EXERCISES, Exercise, did_you_mean, path_argument
 class ExerciseFileError(ValueError):
     """A teacher's exercise file cannot be used; the message names the file and what is wrong."""
 
+    def _render_traceback_(self):
+        # IPython (a notebook's check cell) shows this instead of the loader's source around the raise
+        return [f"{type(self).__name__}: {self}"]
+
 
 def load_exercises(path, *, verify: bool = True) -> dict[str, Exercise]:
     """The exercises defined in the teacher's file at `path`, by name.  verify: also run each
@@ -51,7 +55,9 @@ def load_exercises(path, *, verify: bool = True) -> dict[str, Exercise]:
         here = Path(path.name)
         beside = (f"; a {path.name} is in this folder: if it is the exercise file you were given, run with "
                   f"--exercise-file {shlex.quote(path.name)}") if here.is_file() and here.resolve() != path.resolve() else ""
-        what = "is a folder" if path.is_dir() else "does not exist"
+        # where it looked: a notebook moved away from the file runs in the folder it was moved to
+        what = "is a folder" if path.is_dir() else "does not exist" + (
+            "" if path.is_absolute() else f" in {Path.cwd()}")
         raise ExerciseFileError(f"{path} {what} (expected a .py file defining a subclass of "
                                 f"npllama.exercises.Exercise){beside}")
     module = _import(path.resolve())

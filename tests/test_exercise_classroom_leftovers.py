@@ -449,11 +449,16 @@ def test_a_mistake_named_in_another_gradient_than_the_first_wrong_one_says_so(tm
     exercise = _tanh_exercise(tmp_path, '("s", "w", "x")')
     exercise.catalogue = _tanh_mistakes()
     finding = check_function(exercise, _tanh_slope_slip_and_first_row_ds, n_random=0).first_failure.finding
-    assert finding.grad == "ds" and finding.message == "tanh' was taken as 1 - h", finding.lines()
+    # ds's own numbers stay under ds's numbers (the name was put in their place, said of dw and dx)
+    assert finding.grad == "ds" and finding.message == "3 of 3 entries are wrong, with no simple pattern", \
+        finding.lines()
+    assert finding.hint.startswith("a term of the chain rule is missing or wrong"), finding.hint
+    assert "for the mistake named: d tanh(z)/dz = 1 - tanh(z)^2" in finding.hint, finding.hint
     said = finding.what_is_wrong
     assert "fix ds first" not in said, said
-    assert ("the mistake named is in dw, dx; ds is the gradient reported wrong on this case: fix the mistake named "
-            "and check again -- if ds is still wrong, it has a slip of its own") in said, said
+    assert said == ("3 of 3 entries are wrong, with no simple pattern (a mistake is also named, in dw and dx, wrong on "
+                    "this case too: tanh' was taken as 1 - h -- it fits your numbers on every probe case, where ds is "
+                    "right: fix it and check again, and if ds is still wrong, it has a slip of its own)"), said
 
 
 def test_a_mistake_named_in_the_first_wrong_gradient_keeps_the_others(tmp_path):
@@ -562,7 +567,8 @@ def test_a_mistake_named_in_another_gradient_reads_true_on_the_gradebooks_one_li
     exercise.catalogue = _tanh_mistakes()
     report = check_function(exercise, _tanh_slope_slip_and_first_row_ds, n_random=0)
     line = report.summary()
-    assert line.startswith("gradient: ds: tanh' was taken as 1 - h (the mistake named is in dw, dx;"), line
+    assert line.startswith("gradient: ds: 3 of 3 entries are wrong, with no simple pattern (a mistake is also named, "
+                           "in dw and dx, wrong on this case too: tanh' was taken as 1 - h --"), line
     assert "above" not in line, line
     assert "yours" in report.format() and "above" not in report.format(), report.format()
 
@@ -735,10 +741,64 @@ def test_a_mistake_named_in_another_gradient_than_the_only_wrong_one_says_so(kin
     # without a kink dw is the only wrong gradient (dx right: no x is 0): the note was left out, and
     # the report named relu'(0) under dw's numbers; at a kink it replaced "dx could not be decided"
     finding = check_function(_gated_exercise(tmp_path, kink), _gated_both_slips, n_random=0).first_failure.finding
-    assert finding.grad == "dw" and finding.message == "relu'(0) was taken as 1", finding.lines()
+    # dw's own numbers (gradient where relu(x) is 0: a mask) stay; the mistake named is said of dx
+    assert finding.grad == "dw" and finding.message.endswith("received gradient; every other entry is right"), \
+        finding.lines()
+    assert finding.hint == ("a wrong mask: zero the gradient where the forward pass masked or ignored -- for the "
+                            "mistake named: relu' is 1 where x > 0 only"), finding.hint
     said = finding.what_is_wrong
-    assert ("(the mistake named is in dx; dw is the gradient reported wrong on this case: fix the mistake named and "
-            "check again -- if dw is still wrong, it has a slip of its own)") in said, said
+    # (dx is right on this case, or undecided at the kink: not "wrong on this case too")
+    assert ("(a mistake is also named, in dx: relu'(0) was taken as 1 -- it fits your numbers on every probe case, "
+            "where dw is right: fix it and check again, and if dw is still wrong, it has a slip of its own)") in said, \
+        said
     assert ("(dx could not be decided by finite differences)" in said) == kink, said
     assert finding.wrong_gradients == [] and finding.named_gradients == ["dx"], finding
     assert finding.undecided_gradients == (["dx"] if kink else []), finding
+
+
+# ----- two slips: a named mistake, and one in a gradient the mistake leaves right on every probe --------
+# dk and dv averaged (the named mistake), and dq doubled on a path for one batch row and one kv head:
+# no probe takes that path (they have B = 2 or KVH > 1), the first edge case does
+ATTENTION_GROUP_AVERAGED_AND_DQ_SLIP = ATTENTION_GROUP_FOLDED.replace("FOLD(", "np.mean(axis=2, a=").replace(
+    "    return dq, dk, dv\n",
+    "    if B == 1 and KVH == 1:         # one kv head: 'a shortcut' with a slip of its own\n"
+    "        dq = 2 * dq\n"
+    "    return dq, dk, dv\n")
+
+
+def test_a_gradient_the_named_mistake_leaves_right_is_not_sent_to_fix_the_root_first(tmp_path):
+    # "(also wrong by the same mistake: dk; also wrong, further down the backward: dq -- ... may be
+    # wrong only because of a slip there: fix dv first)": the mistake named (in dv and dk) leaves dq
+    # right on every probe, where it fits the student's numbers: fixing dv does not fix dq
+    from npllama.exercises import check_file
+
+    path = tmp_path / "attention_backward.py"
+    path.write_text(ATTENTION_GROUP_AVERAGED_AND_DQ_SLIP)
+    finding = check_file("attention", path, n_random=0).first_failure.finding
+    assert finding.grad == "dv" and finding.message.startswith("dk and dv average"), finding.lines()
+    assert finding.wrong_gradients == ["dq", "dk"] and finding.named_gradients == ["dv", "dk"], finding
+    said = finding.what_is_wrong
+    assert "fix dv first" not in said and "only because of a slip" not in said, said
+    assert finding.other_gradients == (
+        " (also wrong by the same mistake: dk; also wrong: dq -- the mistake named leaves dq right on every probe "
+        "case, where it fits your numbers: fix the mistake and check again, and if dq is still wrong, it has a slip "
+        "of its own)"), finding.other_gradients
+
+
+def test_a_root_the_named_mistake_leaves_right_keeps_its_own_diagnosis(tmp_path):
+    # dv doubled on that path, and the scale missing from dq and dk (named): dv's numbers are 2x
+    # the right ones, and the report said "the scale ... is missing from dq and dk" under them
+    from npllama.exercises import check_file
+
+    source = (ATTENTION_GROUP_FOLDED.replace("FOLD(", "np.sum(axis=2, a=").replace(") * scale\n", ")\n")
+              .replace("    return dq, dk, dv\n", "    if B == 1 and KVH == 1:\n        dv = 2 * dv\n"
+                                                  "    return dq, dk, dv\n"))
+    path = tmp_path / "attention_backward.py"
+    path.write_text(source)
+    finding = check_file("attention", path, n_random=0).first_failure.finding
+    assert finding.grad == "dv" and finding.named_gradients == ["dq", "dk"], finding.lines()
+    assert finding.message == "the error is exactly 2x: the gradient is twice the right one", finding.lines()
+    said = finding.what_is_wrong
+    assert ("(a mistake is also named, in dq and dk, wrong on this case too: the 1/sqrt(head_dim) scale of the scores "
+            "is missing from dq and dk -- it fits your numbers on every probe case, where dv is right: fix it and "
+            "check again, and if dv is still wrong, it has a slip of its own)") in said, said

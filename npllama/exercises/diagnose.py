@@ -57,6 +57,9 @@ class Finding:
     backward_steps: dict | None = None
     # every gradient the mistake the catalogue names changes (runner._name_the_mistake); [] when none is
     named_gradients: list = dataclasses.field(default_factory=list)
+    # the named mistake's words when it leaves grad right on every probe: message and hint stay what
+    # grad's own numbers show, and the mistake is said after them (where_the_slip_is)
+    named_mistake: str = ""
 
     @property
     def other_gradients(self) -> str:
@@ -101,22 +104,39 @@ def where_the_slip_is(finding: Finding) -> str:
     them), those further down (computed from what the root's gradient is computed from: they may
     be wrong only because of a slip there) and the right ones before it (the slip is not there).
     Without it: the lists, and that which went wrong first cannot be told.  A mistake named in
-    other gradients than the root is said to be there, even when the root is the only one wrong.
-    Then those finite differences could not decide."""
+    other gradients than the root is said after the root's own diagnosis, even when the root is
+    the only one wrong.  A gradient the named mistake leaves right on every probe (where the
+    student's numbers are the mistake's) is not its: fixing the root does not fix it.  Then those
+    finite differences could not decide."""
     root, named = finding.grad, finding.named_gradients
+    wrong = finding.wrong_gradients
     parts = []
     if named and root and root not in named:
-        # the catalogue found the slip elsewhere; the root's numbers may be the named mistake's on
-        # this case too, or a slip of its own the probes did not show
-        parts.append(f"the mistake named is in {_some_names(named)}; {root} is the gradient reported wrong on this "
-                     f"case: fix the mistake named and check again -- if {root} is still wrong, it has a slip of "
-                     f"its own")
+        # the root's numbers are right on every probe (the mistake's are, and leave it right): they
+        # may be the named mistake's on this case only, or a slip of its own the probes did not show
+        where = _and_names(named)
+        named_wrong = [g for g in wrong if g in named]
+        if named_wrong == named:
+            where += ", wrong on this case too"
+        elif named_wrong:
+            where += f" ({_and_names(named_wrong)} wrong on this case too)"
+        parts.append(f"a mistake is also named, in {where}: {finding.named_mistake} -- it fits your numbers on every "
+                     f"probe case, where {root} is right: fix it and check again, and if {root} is still wrong, it "
+                     f"has a slip of its own")
     elif named:
-        same_mistake = [g for g in finding.wrong_gradients if g in named]
+        same_mistake = [g for g in wrong if g in named]
         if same_mistake:
             parts.append(f"also wrong by the same mistake: {_some_names(same_mistake)}")
-    if finding.wrong_gradients:
-        others = [g for g in finding.wrong_gradients if g not in named]
+    others = [g for g in wrong if g not in named]
+    if named and others:
+        # right on every probe, where the student's numbers are the mistake's: not the mistake's
+        still = f"{others[0]} is still wrong, it has a slip" if len(others) == 1 else \
+            "they are still wrong, they have slips"
+        parts.append(f"also wrong: {_some_names(others)} -- the mistake named leaves {_and_names(others)} right on "
+                     f"every probe case, where it fits your numbers: fix the mistake and check again, and if "
+                     f"{still} of {'its' if len(others) == 1 else 'their'} own")
+        parts += _where_in_the_backward(root, [], finding.right_gradients, finding.backward_steps)
+    elif wrong:
         parts += _where_in_the_backward(root, others, finding.right_gradients, finding.backward_steps)
     said = f" ({'; '.join(parts)})" if parts else ""
     if finding.undecided_gradients:
@@ -163,6 +183,13 @@ def _where_in_the_backward(root: str, wrong: list, right: list, steps: dict | No
 
 def _some_names(names, shown=4) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _and_names(names, shown=4) -> str:
+    """The names as a sentence says them: 'dk', 'dw and dx', 'dv, dq and dk' (and how many more)."""
+    if len(names) > shown:
+        return _some_names(names, shown)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 class CheckFailed(AssertionError):

@@ -442,8 +442,9 @@ def assert_passes(op, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: i
 
 def _name_the_mistake(exercise, backward, finding: Finding, params_list) -> None:
     """Add to what the failing case's numbers show (diagnose.py) the mistake the catalogue's probes
-    name, if one matches on every probe (its words replace the numbers' own; what the other
-    gradients show stays, told of the gradients the mistake changes), and which simpler cases
+    name, if one matches on every probe (its words replace the numbers' own, unless it leaves the
+    finding's gradient right on every probe: then they follow them; what the other gradients show
+    stays, told of the gradients the mistake changes), and which simpler cases
     pass (catalogue.py, mistakes.py).  A teacher's exercise (with no catalogue, or one that names
     nothing here) has its own cases, params_list, as probes for a factor that is one of their
     scalar inputs (mistakes.name_scalar_factor)."""
@@ -457,7 +458,14 @@ def _name_the_mistake(exercise, backward, finding: Finding, params_list) -> None
             finding.hint += scalar.hint
     if found.grad is not None:
         # what the other gradients show is then told of the named mistake's (diagnose.where_the_slip_is)
-        finding.message, finding.hint, finding.named_gradients = found.message, found.hint, found.changes
+        finding.named_gradients = found.changes
+        if finding.grad and finding.grad not in found.changes:
+            # the mistake leaves finding.grad right on every probe: what its own numbers show stays
+            # under them, and the mistake is said after it
+            finding.named_mistake = found.message
+            finding.hint = f"{finding.hint} -- for the mistake named: {found.hint}" if finding.hint else found.hint
+        else:
+            finding.message, finding.hint = found.message, found.hint
     if not found.ladder and not exercise.builtin and not getattr(catalogue, "ladder", None):
         # a teacher's exercise with no ladder of its own: its edge cases are one
         try:

@@ -802,3 +802,13 @@ def test_a_root_the_named_mistake_leaves_right_keeps_its_own_diagnosis(tmp_path)
     assert ("(a mistake is also named, in dq and dk, wrong on this case too: the 1/sqrt(head_dim) scale of the scores "
             "is missing from dq and dk -- it fits your numbers on every probe case, where dv is right: fix it and "
             "check again, and if dv is still wrong, it has a slip of its own)") in said, said
+
+
+def test_without_the_backwards_order_a_gradient_the_named_mistake_leaves_right_has_its_own_slip(tmp_path):
+    # no order given: "which of them went wrong first cannot be told" does not fit a named mistake
+    exercise = _tanh_exercise(tmp_path, "()")
+    exercise.catalogue = _tanh_mistakes()
+    line = check_function(exercise, _tanh_slope_slip_and_first_row_ds, n_random=0).summary()
+    assert line == ("gradient: dx: tanh' was taken as 1 - h (also wrong by the same mistake: dw; also wrong: ds -- the "
+                    "mistake named leaves ds right on every probe case, where it fits your numbers: fix the mistake "
+                    "and check again, and if ds is still wrong, it has a slip of its own)"), line

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import os
 import threading
 import types
@@ -118,6 +119,7 @@ def use_op(name: str, fn: Callable, backend: str | None = None):
                          f"{', '.join(close or replaceable_ops())}; got {name!r}")
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    _require_the_ops_arguments(name, fn)
     if backend is not None:
         backend = _check_name(backend, "backend")
     token = _overrides.set(types.MappingProxyType({**_overrides.get(), name: (fn, backend)}))
@@ -125,6 +127,28 @@ def use_op(name: str, fn: Callable, backend: str | None = None):
         yield fn
     finally:
         _overrides.reset(token)
+
+
+# Arguments npllama passes to an op by name; every other one goes by position.
+PASSED_BY_NAME = {"softmax_forward": ("check_values",)}   # npllama/ops/attention.py's call
+
+
+def _require_the_ops_arguments(name: str, fn: Callable) -> None:
+    """fn can be called as npllama calls the op: its arguments by position (PASSED_BY_NAME by
+    name).  Else the model would fail deep inside a block, naming neither the op nor what it passes."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):   # (a builtin or compiled function may not tell: its call will)
+        return
+    op = inspect.signature(getattr(ops("numpy"), name))
+    by_name = PASSED_BY_NAME.get(name, ())
+    try:
+        signature.bind(*[a for a in op.parameters if a not in by_name], **dict.fromkeys(by_name))
+    except TypeError as error:
+        shown = getattr(fn, "__qualname__", type(fn).__name__)
+        named = f", {', '.join(by_name)} by name" if by_name else ""
+        raise TypeError(f"fn for {name} must accept the op's arguments {op}, as npllama calls it (by "
+                        f"position{named}); {shown}{signature} cannot: {error}") from None
 
 
 def overrides() -> dict[str, Callable]:

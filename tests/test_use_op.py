@@ -295,3 +295,40 @@ def test_two_threads_making_room_among_the_bound_op_sets_do_not_evict_the_same_o
     b.join(10)
     assert not errors, errors
     assert len(bound) == 1
+
+
+def backward_taking_only_dy(dy):
+    return dy
+
+
+def softmax_forward_without_check_values(x):
+    return x, x
+
+
+def attention_forward_without_q_offset(q, k, v, causal=True, key_padding_mask=None):
+    return q, None
+
+
+@pytest.mark.parametrize("name, fn, missing", [
+    ("rmsnorm_backward", backward_taking_only_dy, "cache"),
+    ("softmax_forward", softmax_forward_without_check_values, "check_values"),   # passed by keyword
+    ("attention_forward", attention_forward_without_q_offset, "q_offset"),       # passed by position
+])
+def test_a_function_that_cannot_take_the_ops_arguments_is_refused_before_the_model_runs(name, fn, missing):
+    # the model would otherwise fail deep inside a block with "takes 1 positional argument but 2
+    # were given", naming neither the op nor what it passes
+    with pytest.raises(TypeError, match=rf"fn for {name} must accept .*{missing}.*"
+                                        rf"{fn.__name__}\(.*\)"):
+        with use_op(name, fn):
+            pass
+    assert backend.overrides() == {}
+
+
+@pytest.mark.parametrize("fn", [
+    lambda *args, **kwargs: None,
+    lambda dy, cache, extra=None: None,
+    lambda d, c: None,                     # the backward's arguments are passed by position
+])
+def test_a_function_that_can_take_the_ops_arguments_is_accepted(fn):
+    with use_op("rmsnorm_backward", fn):
+        assert backend.overrides()["rmsnorm_backward"] is fn

@@ -160,6 +160,31 @@ def overrides() -> dict[str, Callable]:
     return {name: fn for name, (fn, only_on) in in_force.items() if only_on in (None, current)}
 
 
+# The ops whose Numba kernels keep a cache of their own layout (npllama/kernels: each backward
+# checks it with require_kernel_cache); every other kernel keeps the documented one.
+OWN_KERNEL_CACHE = ("attention", "swiglu", "cross_entropy")
+
+
+def note_the_overrides(error: BaseException) -> None:
+    """Add to `error`, raised while the model ran, the `use_op` overrides that were in force (what
+    the traceback may not show: a float32 gradient an override returned fails in a kernel after
+    it), and, for a backward override that received a fused kernel's own cache, that this is why."""
+    in_force = overrides()
+    if not in_force:
+        return
+    note = "while use_op overrides were in force: " + ", ".join(
+        f"{name} -> {getattr(fn, '__qualname__', fn)}" for name, fn in sorted(in_force.items()))
+    for op in OWN_KERNEL_CACHE:
+        backward, forward = f"{op}_backward", f"{op}_forward"
+        if backward in in_force and forward not in in_force and get_backend() == "numba":
+            note += (f"\n  {backward} is handed the cache of the Numba kernel's {forward}, not the "
+                     f"documented one of npllama/ops/{op}.py: to run a backward written for that "
+                     f"cache, call npllama.study() first, or override the forward too, "
+                     f"use_op('{forward}', npllama.ops.{op}.{forward})")
+    if note not in getattr(error, "__notes__", ()):   # (once, though it passes several public methods)
+        error.add_note(note)
+
+
 def _reference_namespace() -> types.SimpleNamespace:
     from . import ops as reference
 

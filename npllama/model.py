@@ -121,6 +121,9 @@ def _public(method):
         token = checking.set(False)
         try:
             return method(self, *args, **kwargs)
+        except Exception as error:
+            backend.note_the_overrides(error)
+            raise
         finally:
             checking.reset(token)
 

@@ -332,3 +332,44 @@ def test_a_function_that_cannot_take_the_ops_arguments_is_refused_before_the_mod
 def test_a_function_that_can_take_the_ops_arguments_is_accepted(fn):
     with use_op("rmsnorm_backward", fn):
         assert backend.overrides()["rmsnorm_backward"] is fn
+
+
+@pytest.mark.parametrize("op", ["attention", "swiglu", "cross_entropy"])
+def test_a_backward_written_for_the_documented_cache_says_why_it_fails_under_the_kernels(op):
+    # the Numba backend (the default) hands a backward override the fused kernel's own cache; a
+    # student's backward that unpacks the documented one failed with "too many values to unpack"
+    # inside their own code, with nothing saying that the cache was not the one they were given
+    import importlib
+
+    reference = importlib.import_module(f"npllama.ops.{op}")
+
+    def my_backward(dout, cache):
+        return getattr(reference, f"{op}_backward")(dout, cache)
+
+    with use_backend("numba"), use_op(f"{op}_backward", my_backward):
+        with pytest.raises(Exception) as raised:
+            model().loss_and_grads(TOKENS, TARGETS)
+    notes = "\n".join(getattr(raised.value, "__notes__", []))
+    assert f"{op}_backward -> {my_backward.__qualname__}" in notes
+    assert "npllama.study()" in notes
+    assert f"use_op('{op}_forward', npllama.ops.{op}.{op}_forward)" in notes
+
+
+def test_an_error_after_an_override_returned_the_wrong_dtype_names_the_override():
+    # float32 gradients from a float64 model's override: a kernel downstream refuses them, and
+    # the error should lead back to the override rather than only to the kernel
+    def float32_backward(dy, cache):
+        return tuple(g.astype(np.float32) for g in rmsnorm_backward(dy, cache))
+
+    with use_backend("numba"), use_op("rmsnorm_backward", float32_backward):
+        with pytest.raises(TypeError, match="float32") as raised:
+            model().loss_and_grads(TOKENS, TARGETS)
+    notes = getattr(raised.value, "__notes__", [])
+    assert len(notes) == 1 and "rmsnorm_backward -> " + float32_backward.__qualname__ in notes[0]
+    assert "npllama.study()" not in notes[0]   # (the cache note is for fused kernels' backwards only)
+
+
+def test_an_error_with_no_override_in_force_gets_no_note():
+    with pytest.raises(ValueError) as raised:
+        model().loss_and_grads(TOKENS, TARGETS[:, :3])
+    assert not getattr(raised.value, "__notes__", [])

@@ -61,10 +61,28 @@ def set_backend(name: str) -> None:
     _choice.set(_check_name(name, "backend"))
 
 
-def study() -> None:
+class _Studying:
+    """What `study()` returns: as a `with` block's manager, it puts back the backend that was in
+    force before the call when the block ends."""
+
+    def __init__(self, token):
+        self._token = token
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        _choice.reset(self._token)
+
+    def __repr__(self) -> str:
+        return "npllama.study(): the NumPy reference in force"
+
+
+def study() -> _Studying:
     """Run the NumPy reference from now on (in this context): the code a debugger should step
-    through, the same as `set_backend("numpy")`.  The CLI's `--backend numpy` does the same."""
-    set_backend("numpy")
+    through, the same as `set_backend("numpy")`.  The CLI's `--backend numpy` does the same.
+    `with npllama.study(): ...` studies that block only, then puts back the backend before it."""
+    return _Studying(_choice.set("numpy"))
 
 
 @contextlib.contextmanager
@@ -113,8 +131,10 @@ def use_op(name: str, fn: Callable, backend: str | None = None):
         raise ValueError(f"name {name!r} is an op no Llama runs (LLaMA normalises with RMSNorm), so an "
                          f"override would never be called; the ops that can be replaced are "
                          f"{', '.join(replaceable_ops())}")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be an op's name, a str such as 'rmsnorm_backward', got {type(name).__name__}")
     if name not in op_names():
-        close = [n for n in replaceable_ops() if n.split("_")[0] == str(name).split("_")[0]]
+        close = [n for n in replaceable_ops() if n.split("_")[0] == name.split("_")[0]]
         raise ValueError(f"name must be an op function of npllama.ops, one of "
                          f"{', '.join(close or replaceable_ops())}; got {name!r}")
     if not callable(fn):

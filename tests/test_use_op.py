@@ -125,6 +125,27 @@ def test_study_selects_the_reference_in_this_context():
     assert contextvars.copy_context().run(inside) == "numpy"
 
 
+def test_study_as_a_with_block_puts_back_the_backend_before_it():
+    import contextvars
+
+    def inside():
+        npllama.set_backend("numba")
+        with npllama.study():
+            during = npllama.get_backend()
+        after = npllama.get_backend()
+        with pytest.raises(RuntimeError), npllama.study():   # an error in the block puts it back too
+            raise RuntimeError
+        return during, after, npllama.get_backend()
+
+    assert contextvars.copy_context().run(inside) == ("numpy", "numba", "numba")
+
+
+def test_an_op_name_that_is_no_str_is_a_type_error_naming_the_argument():
+    with pytest.raises(TypeError, match="name must be an op's name, a str .* got int"):
+        with use_op(3, lambda *a: a):
+            pass
+
+
 # ----- ops nested inside another op: softmax in attention, silu(gate) * up in the SwiGLU ---------
 
 def nested_overrides():

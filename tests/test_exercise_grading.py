@@ -16,7 +16,7 @@ import npllama
 from npllama.exercises import EXERCISES, check_file, check_function
 from npllama.exercises.gradebook import format_gradebook, grade_folder, write_gradebook
 from npllama.exercises.planted import CORRECT
-from npllama.exercises.sandbox import OUTPUT_SHOWN, Graded, _CappedOutput, grade_file
+from npllama.exercises.sandbox import OUTPUT_SHOWN, Graded, CappedOutput, grade_file
 from npllama.exercises.screen import screen_source
 
 NASTY = {
@@ -187,7 +187,7 @@ def test_what_a_submission_prints_is_kept_to_its_first_lines(tmp_path):
     assert grade_file("rmsnorm", quiet, n_random=0).output == ""
 
     stream = io.StringIO()
-    capped = _CappedOutput(stream, 100)
+    capped = CappedOutput(stream, 100)
     for _ in range(1000):
         print("x" * 9, file=capped)
     assert len(stream.getvalue()) == 100 and capped.lines == 1000

@@ -986,3 +986,102 @@ def test_how_another_shells_cells_ended_is_not_read(kernel):
     report = run(CHECK_CELL)
     assert report.load_error and "cell In[2]" in report.load_error, report.format()
     assert "or it sits in a branch" in report.load_error, report.format()
+
+
+# ----- what the student's function prints: kept, and shown capped at the report's head -----------
+
+SOFTMAX_PRINTING = SOFTMAX_RIGHT.replace("def softmax_backward(dp, cache):\n",
+                                         "def softmax_backward(dp, cache):\n    print('dp', dp.shape)\n")
+
+
+def test_what_the_function_prints_in_a_notebook_is_shown_as_exercise_check_shows_a_files(kernel, tmp_path, capsys):
+    """A print in the backward ran once per call of the checks: 47 lines in the notebook, before
+    the report.  They are kept and shown as `exercise check` shows a file's, in the same words:
+    the first OUTPUT_SHOWN lines, how many there were, then the report -- and a right answer that
+    prints is still right."""
+    from npllama.exercises.sandbox import OUTPUT_SHOWN
+
+    kernel(SOFTMAX_PRINTING)
+    report = kernel(CHECK_CELL.replace("n_random=1", "n_random=8"))
+    assert report.ok, report.format()
+    screen = capsys.readouterr().out
+    assert not [line for line in screen.splitlines() if line.startswith("dp (")], screen   # none shown as it ran
+    lines = report.format().splitlines()
+    assert lines[0].startswith("your code printed ") and lines[0].endswith(f" lines (the first {OUTPUT_SHOWN}):")
+    assert int(lines[0].split()[3]) > OUTPUT_SHOWN, lines[0]
+    assert all(line.startswith("  | dp (") for line in lines[1:OUTPUT_SHOWN + 1]), lines
+    assert lines[OUTPUT_SHOWN + 1:OUTPUT_SHOWN + 3] == ["", "exercise softmax: softmax_backward"], lines
+    assert report.to_dict()["output"] == report.output
+    # the file flow says the same of the same function
+    from npllama.exercises import grade_file
+
+    (tmp_path / "softmax_backward.py").write_text(SOFTMAX_PRINTING)
+    graded = grade_file("softmax", tmp_path / "softmax_backward.py", n_random=8)
+    assert graded.ok and graded.output == report.output, (graded.output, report.output)
+
+
+def test_what_goes_to_stderr_is_kept_with_the_prints_and_a_quiet_function_shows_none(capsys):
+    import sys
+
+    def softmax_backward(dp, cache):
+        print("to stdout")
+        print("to stderr", file=sys.stderr)
+        return cache * (dp - (dp * cache).sum(-1, keepdims=True))
+
+    report = check_function("softmax", softmax_backward, n_random=0)
+    assert report.ok, report.format()
+    assert capsys.readouterr() == ("", "")
+    assert report.output.splitlines()[1:3] == ["  | to stdout", "  | to stderr"], report.output
+    quiet = check_function("softmax", lambda dp, cache: cache * (dp - (dp * cache).sum(-1, keepdims=True)),
+                           n_random=0)
+    assert quiet.output == "" and quiet.format().startswith("exercise softmax"), quiet.format()
+
+
+def test_what_was_printed_before_an_interrupt_is_shown_as_it_stops(capsys):
+    """Ctrl-C in an endless loop escapes check_function with no report to show the prints in: they
+    are shown as it stops, and the screen is the screen again."""
+    import sys
+
+    screen = sys.stdout
+
+    def softmax_backward(dp, cache):
+        print("still looping")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        check_function("softmax", softmax_backward, n_random=0)
+    assert sys.stdout is screen
+    assert capsys.readouterr().out == "your code printed 1 line:\n  | still looping\n"
+
+
+@pytest.mark.parametrize("stop", ["breakpoint()", "import pdb; pdb.set_trace()"])
+def test_a_debugger_stopped_in_the_function_still_talks_to_the_student(tmp_path, stop):
+    """The prints are kept, but the debugger's prompt and answers (p, the listing), and what the
+    function prints while the student steps through it, are the student's to see: a breakpoint()
+    in the function works as without the check."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "debugged.py"
+    script.write_text(
+        "from npllama.exercises import check_function\n"
+        "stopped = []\n"
+        "def softmax_backward(dp, cache):\n"
+        "    print('printed by the function')\n"
+        "    if not stopped:\n"
+        "        stopped.append(1)\n"
+        f"        {stop}\n"
+        "        print('printed while stepping')\n"
+        "    return cache * (dp - (dp * cache).sum(-1, keepdims=True))\n"
+        "report = check_function('softmax', softmax_backward, n_random=0)\n"
+        "print('OK' if report.ok else report)\n")
+    env = {**os.environ, "PYTHONBREAKPOINT": ""}
+    run = subprocess.run([sys.executable, str(script)], input="p 'shape', dp.shape\nn\nc\n", capture_output=True,
+                         text=True, timeout=120, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "(Pdb) ('shape', (" in run.stdout, run.stdout     # the prompt, and p's answer
+    assert "-> " in run.stdout, run.stdout                    # where it stopped
+    assert "(Pdb) printed while stepping\n" in run.stdout, run.stdout
+    assert run.stdout.rstrip().endswith("OK"), run.stdout
+    assert "\nprinted by the function" not in run.stdout, run.stdout

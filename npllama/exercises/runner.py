@@ -34,6 +34,7 @@ from .gradebook import submissions_in
 from .mistakes import EdgeCaseLadder, Explanation, compare_ladder, explain, name_scalar_factor
 from .screen import (RULE, ForbiddenCall, finite_difference_lines, guard_library, measured_reason, near_exact_gap,
                      near_exact_note, screen_source, student_call)
+from .sandbox import CappedOutput, shown_output, with_output
 from .session import librarys_own, replaced_definitions, students_code
 from .starter import derivation_section
 
@@ -120,6 +121,7 @@ class Report:
     refused: str | None = None       # why the submission breaks the rule of screen.py (not graded)
     notes: list[str] = dataclasses.field(default_factory=list)   # worth knowing, never a failure
     stopped: str | None = None       # why the checks ended half-way (GradingStopped); those before it stand
+    output: str = ""                 # what the function printed as the checks ran here, as shown (sandbox.shown_output)
 
     @property
     def passed(self) -> int:
@@ -212,6 +214,10 @@ class Report:
         return f" (your function {self.source})" if self.source.isidentifier() else f" ({self.source})"
 
     def format(self) -> str:
+        """The report as a student reads it: what the function printed (its first lines), then the checks."""
+        return with_output(self.output, self._checks_text())
+
+    def _checks_text(self) -> str:
         ex = self.exercise
         lines = [f"exercise {ex.op}: {ex.backward_name}{self._where()}"]
         if self.load_error:
@@ -260,7 +266,7 @@ class Report:
         first = self.first_failure
         return {"exercise": self.exercise.op, "source": self.source, "passed": self.passed, "total": self.total,
                 "ok": self.ok, "not_implemented": self.not_implemented, "load_error": self.load_error,
-                "refused": self.refused, "stopped": self.stopped, "notes": list(self.notes),
+                "refused": self.refused, "stopped": self.stopped, "notes": list(self.notes), "output": self.output,
                 "summary": self.summary(),
                 "first_failure": None if first is None else {
                     "check": first.check.name, "status": first.status,
@@ -288,7 +294,8 @@ def cases_per_check(exercise: Exercise, n_random: int = DEFAULT_RANDOM_CASES, se
 def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0,
                    source: str | None = None, source_file: str | None = None,
                    catch_everything: bool = False, source_text: str | None = None,
-                   named_as: str | None = None, run_path: str | None = None) -> Report:
+                   named_as: str | None = None, run_path: str | None = None,
+                   capture_output: bool = True) -> Report:
     """Run every check of exercise `op` (a name, or an Exercise: a teacher's own, teacher.py) on
     `backward`; never raises for a wrong or crashing function.  Returns a Report (`.ok`, and
     `.format()`: the table).
@@ -309,7 +316,25 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     in no file as Python does ('<string>').
     run_path: the file the hint's rerun snippet loads, as a path from the folder the command runs
     in (default named_as): a gradebook names a crash's file by its file column (alice/linear_backward.py),
-    but the snippet is pasted where the command ran (class/alice/linear_backward.py)."""
+    but the snippet is pasted where the command ran (class/alice/linear_backward.py).
+    capture_output: keep what the function prints (stdout and stderr) while the checks call it again
+    and again, and show its first lines at the head of the report, in the words `exercise check`
+    shows a file's (sandbox.shown_output); a debugger's own prompt and answers (breakpoint() in the
+    function) and what the function prints while one steps through it still reach the screen.
+    False where the function runs in another process, which keeps its output (grade_file), or
+    its prints are not a student's (a teacher's reference)."""
+    with _output_kept(capture_output) as kept:
+        report = _run_checks(op, backward, n_random=n_random, seed=seed, source=source, source_file=source_file,
+                             catch_everything=catch_everything, source_text=source_text, named_as=named_as,
+                             run_path=run_path)
+    if kept is not None:
+        report.output = kept.shown()
+    return report
+
+
+def _run_checks(op, backward, *, n_random, seed, source, source_file, catch_everything, source_text, named_as,
+                run_path) -> Report:
+    """check_function's checks, what the function prints aside."""
     exercise = get_exercise(op)
     if not callable(backward):
         raise TypeError(f"backward must be a function like {exercise.signature[4:-1]}, got {type(backward).__name__}")
@@ -406,6 +431,59 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
             if gap is not None and NEAR_EXACT_CAUSES in first.finding.hint:
                 del notes[gap_note]         # the failure shown names the near miss's causes: said once
         return report
+
+
+class _KeptOutput(CappedOutput):
+    """sys.stdout and sys.stderr while check_function runs the student's function in this process:
+    what it prints is kept (its first lines, the rest counted) and nothing of it is written while
+    the checks run, as in the process `exercise check` runs a file in -- but what a debugger writes
+    goes to `screen`: a breakpoint() in the function must still show its prompt and answers."""
+
+    def __init__(self, screen):
+        super().__init__(screen, limit=0)
+
+    def write(self, text) -> int:
+        if _debugger_writing():
+            self.stream.write(text)
+            return len(text)
+        return super().write(text)
+
+    def shown(self) -> str:
+        return shown_output(self.head, self.lines)
+
+
+def _debugger_writing() -> bool:
+    """Whether a debugger built on bdb (pdb, IPython's, ipdb, pudb) is writing -- one of its methods
+    is on the stack: its prompt, a listing, p's answer -- or steps through the code that writes."""
+    bdb = sys.modules.get("bdb")
+    if bdb is None:          # no debugger was ever imported
+        return False
+    if isinstance(getattr(sys.gettrace(), "__self__", None), bdb.Bdb):
+        return True
+    frame = sys._getframe(1)
+    while frame is not None:
+        if "self" in frame.f_code.co_varnames and isinstance(frame.f_locals.get("self"), bdb.Bdb):
+            return True
+        frame = frame.f_back
+    return False
+
+
+@contextlib.contextmanager
+def _output_kept(keep: bool):
+    """Within it, what is printed is kept in the _KeptOutput it gives (None, and printed as usual,
+    unless keep)."""
+    if not keep:
+        yield None
+        return
+    kept = _KeptOutput(sys.stdout)
+    with contextlib.redirect_stdout(kept), contextlib.redirect_stderr(kept):
+        try:
+            yield kept
+        except BaseException:
+            # a Ctrl-C stopping an endless loop leaves no report to show the prints in: shown as it stops
+            if kept.shown():
+                print(kept.shown(), file=kept.stream)
+            raise
 
 
 def assert_passes(op, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0,

@@ -121,7 +121,7 @@ class Graded:
     def report(self) -> str:
         """All a student reads about the file: what it printed, then the report -- as `check` of one
         file shows it and the gradebook's JSON keeps it."""
-        return "\n\n".join(part for part in (self.output, self.text) if part)
+        return with_output(self.output, self.text)
 
     def row(self) -> dict:
         """One gradebook row.  passed and total are numbers (a spreadsheet reads "2/4" as a date);
@@ -183,7 +183,8 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
                 stage = "in its first call, before any check"     # check_function probes the function once first
                 report = check_function(exercise, function, n_random=n_random, seed=seed, source=shown_as,
                                         source_file=str(path.resolve()), source_text=source_text,
-                                        named_as=lines_name, run_path=str(path))
+                                        named_as=lines_name, run_path=str(path),
+                                        capture_output=False)    # the child keeps what it prints
                 graded_on["output"] = submission.output()
         except GradingStopped:     # before the first check: nothing graded
             report = None
@@ -252,17 +253,17 @@ def _read_tail(path: Path) -> str:
 
 
 def _printed_before_the_dump(path: Path, dump_from: int | None) -> str:
-    """What a child stopped for time printed, as _shown_output shows it: its output file up to the
+    """What a child stopped for time printed, as shown_output shows it: its output file up to the
     stack dump the grader asked for (the child flushes each print, so a kill loses none of it)."""
     with open(path, "rb") as f:
         printed = f.read(OUTPUT_LIMIT * 4 if dump_from is None else min(dump_from, OUTPUT_LIMIT * 4))
     text = printed.decode(errors="replace")
     # the child wrote at most OUTPUT_LIMIT characters of it: a file that full counts a part only
-    return _shown_output(text, text.count("\n") + (not text.endswith("\n") and bool(text)),
+    return shown_output(text, text.count("\n") + (not text.endswith("\n") and bool(text)),
                          at_least=len(text) >= OUTPUT_LIMIT)
 
 
-def _shown_output(head, n_lines, at_least: bool = False) -> str:
+def shown_output(head, n_lines, at_least: bool = False) -> str:
     """The first OUTPUT_SHOWN lines of what the submission printed (each cut to 200 characters),
     under a line that says how many it printed ('' when it printed nothing); at_least: n_lines
     counts only the part of it that was kept."""
@@ -273,6 +274,13 @@ def _shown_output(head, n_lines, at_least: bool = False) -> str:
     title = (f"your code printed {'at least ' if at_least else ''}{n_lines} line{'s' if n_lines != 1 else ''}"
              + (f" (the first {len(shown)}):" if n_lines > len(shown) else ":"))
     return "\n".join([title] + ["  | " + line for line in shown])
+
+
+def with_output(output: str, report: str) -> str:
+    """What a student reads of a check: what their code printed (shown_output), then the report --
+    for a file graded here (Graded.report) and a function checked in the student's own process
+    (runner.Report.format) alike."""
+    return "\n\n".join(part for part in (output, report) if part)
 
 
 def out_of_memory(memory_mb: int, what: str) -> str:
@@ -487,7 +495,7 @@ class _Submission:
             header, _ = self._ask(pickle.dumps(("output",)))
         except GradingStopped:
             return ""
-        return _shown_output(str(header.get("head", ""))[:OUTPUT_SHOWN * 400], header.get("lines", 0))
+        return shown_output(str(header.get("head", ""))[:OUTPUT_SHOWN * 400], header.get("lines", 0))
 
     # ----- the pipes --------------------------------------------------------------------------
     def _ask(self, request: bytes | None):
@@ -639,7 +647,7 @@ def _write_back(leaves: list, changed, arrays: list) -> None:
 
 # ----- the child ----------------------------------------------------------------------------------
 
-class _CappedOutput(io.TextIOBase):
+class CappedOutput(io.TextIOBase):
     """The child's sys.stdout and sys.stderr while the submission runs: the first `limit`
     characters go to `stream` (for a crash's last words), the rest is only counted; the first
     lines are also kept for the report."""
@@ -727,7 +735,7 @@ def _child(argv) -> int:
     # signal may land in a thread of the BLAS rather than the one running the submission
     if STUCK_SIGNAL is not None:
         faulthandler.register(STUCK_SIGNAL, file=sys.__stderr__, all_threads=True)
-    output = sys.stdout = sys.stderr = _CappedOutput(sys.__stdout__, OUTPUT_LIMIT)
+    output = sys.stdout = sys.stderr = CappedOutput(sys.__stdout__, OUTPUT_LIMIT)
     with guard_library(exercise):
         try:
             function = load_function(exercise, args.path, catch_everything=True, typed_as=args.typed_as,

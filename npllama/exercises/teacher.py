@@ -269,7 +269,8 @@ def verify_reference(exercise: Exercise, n_random: int | None = None, seed: int 
     if (n_random, seed) in verified:
         return
     report = check_function(exercise, exercise.reference, n_random=n_random, seed=seed,
-                            source=f"the reference {exercise.backward_name}")
+                            source=f"the reference {exercise.backward_name}",
+                            capture_output=False)      # the teacher's own prints, not a student's
     if report.only_undecided:
         raise ExerciseFileError(
             f"{Path(exercise.exercise_file).name}: the checks of exercise {exercise.op} could not decide the "

@@ -492,3 +492,34 @@ def test_a_cache_that_is_an_object_is_checked_for_in_place_changes_in_and_out_of
     assert grade_file(gelu, tmp_path / "alice.py", n_random=1).status == "pass"
     graded = grade_file(gelu, tmp_path / "bob.py", n_random=1)
     assert graded.status == "fail" and f"changed cache.{field} in place" in graded.diagnosis, graded.text
+
+
+def test_only_what_a_notebook_imports_of_the_checker_is_refused_as_a_notebook_saved_as_a_script(gelu_file):
+    """Any import under npllama.exercises was told "a notebook saved as a script? hand in the cell
+    with your function, not the check cell" -- but npllama.exercises.definitions' EXERCISES, or
+    get_exercise, hand a file the reference backwards.  Only what the generated notebooks' cells
+    import (a built-in exercise's and a teacher's) gets that message; the rest is refused for what
+    it is."""
+    import ast
+
+    from npllama.exercises.screen import screen_source
+
+    gelu = load_exercises(gelu_file)["gelu"]
+    notebook_imports = set()
+    for notebook in (notebook_json("softmax"), notebook_json(gelu, folder=gelu_file.parent)):
+        for cell in notebook["cells"]:
+            if cell["cell_type"] == "code":
+                notebook_imports |= {ast.unparse(node) for node in ast.walk(ast.parse("".join(cell["source"])))
+                                     if isinstance(node, ast.ImportFrom) and node.module.startswith("npllama")}
+    assert {"from npllama.exercises import check_function",
+            "from npllama.exercises import load_exercises"} <= notebook_imports, notebook_imports
+    for line in notebook_imports:
+        (refused,) = screen_source(line + "\n", (), "softmax_backward.py")
+        assert "not the check cell" in refused and "do the exercise for you" not in refused, refused
+    for line in ("from npllama.exercises.definitions import EXERCISES", "from npllama.exercises import EXERCISES",
+                 "from npllama.exercises import get_exercise", "from npllama.exercises import *",
+                 "from npllama.exercises.runner import check_function", "import npllama.exercises",
+                 "import npllama.exercises.definitions", "from npllama import exercises"):
+        (refused,) = screen_source(line + "\n", (), "softmax_backward.py")
+        assert "npllama's own code would do the exercise for you" in refused, (line, refused)
+        assert "check cell" not in refused, (line, refused)

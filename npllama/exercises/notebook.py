@@ -6,11 +6,13 @@ The notebook is nbformat 4 JSON written with the standard library; when nbformat
 """
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import os
 from pathlib import Path
 
-from .definitions import NOT_THE_CHECK_CELL, get_exercise
+from .definitions import EXERCISES, NOT_THE_CHECK_CELL, Exercise, get_exercise
 from .derivation import derivation_markdown, dollar_math, links_that_work_here
 from .starter import starter_source, target_path
 from .training import model_op_of
@@ -33,16 +35,13 @@ def notebook_json(op, folder=None) -> dict:
     intro = (f"# Exercise: the backward pass of the {ex.title}\n\n"
              f"{read} the first code cell, which loads the check; fill in `{ex.backward_name}` in the next one, "
              f"run it, then run the check.")
-    if ex.builtin:
-        importing, exercise = "from npllama.exercises import check_function", repr(ex.op)
-    else:           # the check cell loads the exercise as Exercise.loader says
+    if not ex.builtin:
         if exercise_file and os.path.dirname(exercise_file):    # the teacher's file, where it was
             intro += (f"  The check reads the exercise from `{exercise_file}` (a path from this notebook's "
                       f"folder): keep it there.")
         elif exercise_file:    # the teacher's file travels with the notebook
             intro += f"  Keep `{exercise_file}` beside this notebook: the check reads the exercise from it."
-        loading, exercise = ex.loader(exercise_file)
-        importing = f"from npllama.exercises import check_function\n{loading}"
+    importing, exercise = _check_imports(ex, exercise_file)
     # imported before the student's cell runs: the check knows from its import on which cells ended
     # without an error (session.watch_cells), and the student's cell stays free of npllama.exercises,
     # which a handed-in file may not import
@@ -58,6 +57,30 @@ def notebook_json(op, folder=None) -> dict:
                                                         "name": "python3"},
                                          "language_info": {"name": "python"}},
             "nbformat": 4, "nbformat_minor": 5}
+
+
+def _check_imports(ex, exercise_file: str | None) -> tuple[str, str]:
+    """The first code cell's imports, and the check cell's expression for the exercise: its name, or
+    a teacher's loaded as Exercise.loader says."""
+    if ex.builtin:
+        return "from npllama.exercises import check_function", repr(ex.op)
+    loading, exercise = ex.loader(exercise_file)
+    return f"from npllama.exercises import check_function\n{loading}", exercise
+
+
+@functools.cache
+def names_imported_from(package: str) -> frozenset:
+    """What the notebooks written here import from `package` (npllama.exercises), for a built-in
+    exercise and for a teacher's loaded from its file: a file importing one of them is a notebook
+    saved as a script, which screen.py tells to leave the check cell out."""
+    teachers = Exercise()
+    teachers.exercise_file = "exercise.py"
+    names = set()
+    for ex in (next(iter(EXERCISES.values())), teachers):
+        for node in ast.walk(ast.parse(_check_imports(ex, ex.exercise_file)[0])):
+            if isinstance(node, ast.ImportFrom) and node.module == package:
+                names.update(alias.name for alias in node.names)
+    return frozenset(names)
 
 
 def _what_next(ex, exercise_file: str | None) -> str:

@@ -605,6 +605,39 @@ def test_an_out_that_is_a_suffix_in_other_letter_case_or_alone_is_refused_not_ma
     assert write("rmsnorm", tmp_path / ".py") == tmp_path / ".py" / f"rmsnorm_backward{suffix}"
 
 
+@pytest.mark.parametrize("write", [write_notebook, write_starter])
+def test_an_out_that_is_a_symbolic_link_is_refused_by_name_and_nothing_is_written_through_it(tmp_path, write):
+    """A dangling link as --out failed with "[Errno 17] File exists" (no suffix: made a folder of it)
+    or made the file it points to; `start --out link.py --force`, link.py pointing at the student's
+    notebook, wrote the starter over the notebook through the link."""
+    suffix = ".ipynb" if write is write_notebook else ".py"
+    other = ".py" if suffix == ".ipynb" else ".ipynb"
+    work = tmp_path / f"my_work{other}"
+    work.write_text("the student's work")
+    same_kind = tmp_path / f"my_work{suffix}"
+    same_kind.write_text("the student's work")
+    folder = tmp_path / "inside"
+    folder.mkdir()
+    links = {"to the notebook or starter": (tmp_path / f"link{suffix}", work),
+             "to a file of the same kind": (tmp_path / f"same{suffix}", same_kind),
+             "dangling, with the suffix": (tmp_path / f"dangling{suffix}", tmp_path / f"missing{suffix}"),
+             "dangling, taken as a folder": (tmp_path / "dangling", tmp_path / "nowhere"),
+             "the default name in a folder": (folder / f"rmsnorm_backward{suffix}", work)}
+    for what, (link, target) in links.items():
+        link.symlink_to(target)
+        for force in (False, True):
+            with pytest.raises(ValueError, match=rf"^{re.escape(repr(str(link)))} is a symbolic link to "
+                                                 rf"{re.escape(repr(str(target)))}"):
+                write("rmsnorm", folder if link.parent == folder else link, force=force)
+        assert not target.exists() or target.read_text() == "the student's work", what
+        assert not (tmp_path / f"missing{suffix}").exists() and not (tmp_path / "nowhere").exists(), what
+    # a link to a folder is a folder: the file is written inside it
+    (tmp_path / "to_folder").symlink_to(tmp_path / "real_folder", target_is_directory=True)
+    (tmp_path / "real_folder").mkdir()
+    assert write("rmsnorm", tmp_path / "to_folder") == tmp_path / "to_folder" / f"rmsnorm_backward{suffix}"
+    assert (tmp_path / "real_folder" / f"rmsnorm_backward{suffix}").is_file()
+
+
 def test_softmax_masked_rows_check_says_it_checks_a_partly_masked_row_too():
     """Its description promised a fully masked row only, and it fails a backward that is wrong on
     the masked entry of a partly masked row ([0, -inf, 1]) too."""

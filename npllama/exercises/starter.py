@@ -170,8 +170,10 @@ def target_path(path, default_name: str, suffix: str, force: bool, exercise_file
     """Where to write a student's file: `path` itself, or default_name inside it when it is a folder
     (existing, or a new path without `suffix`); refuses a name ending in another kind's suffix
     (STUDENT_FILE_KINDS, in any letter case, or such a suffix alone) and an existing file of another kind, to overwrite unless force, and the
-    teacher's `exercise_file` (the one the file is made from) always."""
+    teacher's `exercise_file` (the one the file is made from) and a symbolic link always."""
     path = path_argument(path, "path", "the file or folder to write") if path is not None else Path(default_name)
+    if path.is_symlink() and not path.exists():     # dangling: neither a folder to write into nor a file to replace
+        raise ValueError(_written_through(path))
     if path.suffix != suffix and not path.is_dir():
         kind = STUDENT_FILE_KINDS[suffix]
         if path.name.lower() in STUDENT_FILE_KINDS:      # .ipynb alone: a suffix, not a folder's name
@@ -185,6 +187,8 @@ def target_path(path, default_name: str, suffix: str, force: bool, exercise_file
                              f"name ending in {suffix}, or a folder")
     if path.is_dir() or path.suffix != suffix:
         path = path / default_name
+    if path.is_symlink():
+        raise ValueError(_written_through(path))
     if exercise_file and path.exists() and os.path.samefile(path, exercise_file):
         raise FileExistsError(f"--out {str(path)!r} is the exercise file the starter is made from (--exercise-file): "
                               f"writing there would replace it, --force or not; choose another --out")
@@ -192,6 +196,14 @@ def target_path(path, default_name: str, suffix: str, force: bool, exercise_file
         raise FileExistsError(f"{path} already exists; pass --force to overwrite it (your work would be lost)")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _written_through(link: Path) -> str:
+    """Why a student's file is not written at `link`: it would write the file the link points to
+    (the student's notebook, a file they did not name), with --force too."""
+    gone = "" if link.exists() else ", which does not exist"
+    return (f"{str(link)!r} is a symbolic link to {os.readlink(link)!r}{gone}: writing through it would write there "
+            f"instead, --force or not; give a file or folder name that is not a link")
 
 
 def write_starter(op, path=None, force: bool = False) -> Path:

@@ -201,8 +201,9 @@ def note_the_overrides(error: BaseException) -> None:
                      f"documented one of npllama/ops/{op}.py: to run a backward written for that "
                      f"cache, call npllama.study() first, or override the forward too, "
                      f"use_op('{forward}', npllama.ops.{op}.{forward})")
-    if note not in getattr(error, "__notes__", ()):   # (once, though it passes several public methods)
-        error.add_note(note)
+    add_note = getattr(error, "add_note", None)   # (Python 3.11+: on 3.10 the error goes as it came)
+    if add_note is not None and note not in getattr(error, "__notes__", ()):   # (once, though it
+        add_note(note)                                                          # passes several public methods)
 
 
 def _reference_namespace() -> types.SimpleNamespace:

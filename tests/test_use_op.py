@@ -394,3 +394,25 @@ def test_an_error_with_no_override_in_force_gets_no_note():
     with pytest.raises(ValueError) as raised:
         model().loss_and_grads(TOKENS, TARGETS[:, :3])
     assert not getattr(raised.value, "__notes__", [])
+
+
+class _ErrorWithoutAddNote(ValueError):
+    """As every exception is on Python 3.10 (pyproject: requires-python >= 3.10): no add_note."""
+
+    def __getattribute__(self, name):
+        if name == "add_note":
+            raise AttributeError(f"'ValueError' object has no attribute 'add_note'")
+        return super().__getattribute__(name)
+
+
+def test_an_error_under_an_override_keeps_its_type_where_exceptions_have_no_add_note():
+    # Python 3.10: error.add_note raised AttributeError inside the except clause, so the student saw
+    # an AttributeError about add_note instead of the error their override caused
+    def raising_backward(dy, cache):
+        raise _ErrorWithoutAddNote("my bug")
+
+    with use_backend("numpy"), use_op("rmsnorm_backward", raising_backward):
+        with pytest.raises(_ErrorWithoutAddNote, match="my bug") as raised:
+            model().loss_and_grads(TOKENS, TARGETS)
+    assert raised.value.__context__ is None
+

@@ -151,22 +151,30 @@ def use_op(name: str, fn: Callable, backend: str | None = None):
 
 # Arguments npllama passes to an op by name; every other one goes by position.
 PASSED_BY_NAME = {"softmax_forward": ("check_values",)}   # npllama/ops/attention.py's call
+# Arguments some of npllama's calls leave out, to the op's default: the classifier and SOP heads'
+# cross_entropy_forward(logits, labels) (npllama/finetune.py, npllama/objectives.py).
+MAY_BE_LEFT_OUT = {"cross_entropy_forward": ("ignore_index",)}
 
 
 def _require_the_ops_arguments(name: str, fn: Callable) -> None:
     """fn can be called as npllama calls the op: its arguments by position (PASSED_BY_NAME by
-    name).  Else the model would fail deep inside a block, naming neither the op nor what it passes."""
+    name), with or without MAY_BE_LEFT_OUT.  Else the model would fail deep inside a block (or a
+    head), naming neither the op nor what it passes."""
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):   # (a builtin or compiled function may not tell: its call will)
         return
     op = inspect.signature(getattr(ops("numpy"), name))
-    by_name = PASSED_BY_NAME.get(name, ())
+    by_name, left_out = PASSED_BY_NAME.get(name, ()), MAY_BE_LEFT_OUT.get(name, ())
+    positional = [a for a in op.parameters if a not in by_name]
     try:
-        signature.bind(*[a for a in op.parameters if a not in by_name], **dict.fromkeys(by_name))
+        signature.bind(*positional, **dict.fromkeys(by_name))
+        if left_out:
+            signature.bind(*[a for a in positional if a not in left_out], **dict.fromkeys(by_name))
     except TypeError as error:
         shown = getattr(fn, "__qualname__", type(fn).__name__)
         named = f", {', '.join(by_name)} by name" if by_name else ""
+        named += f"; {', '.join(left_out)} may be left out, to its default" if left_out else ""
         raise TypeError(f"fn for {name} must accept the op's arguments {op}, as npllama calls it (by "
                         f"position{named}); {shown}{signature} cannot: {error}") from None
 

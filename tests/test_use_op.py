@@ -416,3 +416,15 @@ def test_an_error_under_an_override_keeps_its_type_where_exceptions_have_no_add_
             model().loss_and_grads(TOKENS, TARGETS)
     assert raised.value.__context__ is None
 
+
+def test_a_function_needing_an_argument_npllama_may_leave_out_is_refused():
+    # the classifier and SOP heads call cross_entropy_forward(logits, labels): without its default,
+    # an ignore_index the causal model passes fails only once a classifier is fine-tuned
+    def my_cross_entropy(logits, targets, ignore_index):
+        return backend.ops("numpy").cross_entropy_forward(logits, targets, ignore_index)
+
+    with pytest.raises(TypeError, match=r"fn for cross_entropy_forward must accept .*left out.*"
+                                        r"missing a required argument: 'ignore_index'"):
+        with use_op("cross_entropy_forward", my_cross_entropy):
+            pass
+

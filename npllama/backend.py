@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import inspect
 import os
 import threading
@@ -212,6 +213,22 @@ def note_the_overrides(error: BaseException) -> None:
     add_note = getattr(error, "add_note", None)   # (Python 3.11+: on 3.10 the error goes as it came)
     if add_note is not None and note not in getattr(error, "__notes__", ()):   # (once, though it
         add_note(note)                                                          # passes several public methods)
+
+
+def noting_overrides(function: Callable) -> Callable:
+    """`function`, adding `note_the_overrides` to an exception it raises: for the heads an objective
+    puts on the model (Llama.head_ops: npllama/finetune.py, npllama/objectives.py), whose ops run
+    outside Llama's public methods (which add the note themselves)."""
+
+    @functools.wraps(function)
+    def noting(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:
+            note_the_overrides(error)
+            raise
+
+    return noting
 
 
 def _reference_namespace() -> types.SimpleNamespace:

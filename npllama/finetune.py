@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import noting_overrides
 from .chat import BUILTIN_TEMPLATES
 from .lora import ATTENTION_TARGETS, attach_lora, check_lora_settings
 from .loss_units import loss_unit
@@ -242,12 +243,14 @@ class SequenceClassifier:
             mask = mask.astype(bool) & (np.asarray(tokens) != self.pad_id)
         return last_token_index(mask)
 
+    @noting_overrides
     def logits(self, tokens, attention_mask) -> np.ndarray:
         """(B, num_labels) class scores."""
         ops = self.model.head_ops({SCORE: self.score_weight})
         hidden, _ = self.model.hidden_forward(tokens, attention_mask, causal=self.causal)
         return ops.classifier_forward(hidden, self.score_weight, self.pooled_index(tokens, attention_mask))[0]
 
+    @noting_overrides
     def loss_and_grads(self, tokens, attention_mask, labels):
         """Mean cross-entropy of the labels, and its gradient for every trainable parameter."""
         # the head's ops in force: the backend's, a use_op override, a trace's recording ones

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import noting_overrides
 from .finetune import (FinetuneSettings, _write_info, lora_dropout_on, loss_change, read_info, report_saved,
                        run_steps, steps_timed)
 from .loss_units import PAIR_LOSS_UNIT, loss_unit
@@ -324,6 +325,7 @@ def sentence_order_score(model, sop_head_weight, tokenizer, texts, *, pairs: str
             "majority_label_accuracy": max(changed, 1 - changed)}
 
 
+@noting_overrides
 def changed_probability(model, sop_head_weight, tokenizer, a: str, b: str, max_len: int | None = None) -> float:
     """The head's probability that the pair (A, B) was changed: swapped (SOP) or B from elsewhere (NSP).
 

@@ -40,6 +40,7 @@ import re
 
 import numpy as np
 
+from .backend import noting_overrides
 from .ops.classifier import last_token_index   # (the heads' ops are the ops in force: Llama.head_ops)
 
 IGNORE_INDEX = -100
@@ -205,6 +206,7 @@ def masked_held_out(val_batches, tokenizer, seed: int = 0) -> list:
     return [batches.mask(tokens, rng) for tokens, _ in val_batches]
 
 
+@noting_overrides
 def evaluate_masked_lm(model, batches, on_batch=None) -> dict:
     """Held-out numbers of a masked-LM model over masked (inputs, targets) batches (masked_held_out's):
     {"mlm": loss per masked token, as mlm_loss computes it (nan if no token is masked: nothing was
@@ -495,6 +497,7 @@ def mlm_loss(model, inputs, targets, attention_mask=None) -> float:
     return model.loss(inputs, targets, attention_mask, IGNORE_INDEX, causal=False)
 
 
+@noting_overrides
 def mlm_sop_forward(model, sop_head_weight, batch: SentenceOrderBatch):
     """The forward half of mlm_sop_loss_and_grads: (mlm loss, sop loss, sop_logits (B, 2), cache).
 
@@ -513,6 +516,7 @@ def mlm_sop_forward(model, sop_head_weight, batch: SentenceOrderBatch):
     return mlm, sop, sop_logits, (caches, lm_cache, mlm_ce, sop_cache, sop_ce, hidden.dtype, ops)
 
 
+@noting_overrides
 def mlm_sop_loss_and_grads(model, sop_head_weight, batch: SentenceOrderBatch):
     """loss = MLM loss + SOP loss (ALBERT sums the two), both on one bidirectional forward pass.
 

@@ -428,3 +428,36 @@ def test_a_function_needing_an_argument_npllama_may_leave_out_is_refused():
         with use_op("cross_entropy_forward", my_cross_entropy):
             pass
 
+
+
+def test_an_error_in_a_classifier_head_under_an_override_names_it():
+    # the heads (npllama/finetune.py, objectives.py) run their ops outside Llama's public methods
+    from npllama.finetune import SequenceClassifier
+    from npllama.ops.cross_entropy import cross_entropy_backward
+
+    def my_backward(dloss, cache):
+        return cross_entropy_backward(dloss, cache)
+
+    classifier = SequenceClassifier(model(), ["a", "b"])
+    with use_backend("numba"), use_op("cross_entropy_backward", my_backward):
+        with pytest.raises(TypeError) as raised:
+            classifier.loss_and_grads(TOKENS, np.ones_like(TOKENS), [0, 1])
+    notes = "\n".join(getattr(raised.value, "__notes__", []))
+    assert "cross_entropy_backward -> " + my_backward.__qualname__ in notes
+    assert "npllama.study()" in notes
+
+
+def test_an_error_in_the_sop_head_under_an_override_names_it():
+    from npllama.objectives import SentenceOrderBatch, init_sop_head, mlm_sop_loss_and_grads
+
+    def my_backward(dlogits, cache):
+        raise ValueError("my bug")
+
+    m = model()
+    head = init_sop_head(CONFIG.hidden_size, dtype=np.float64)
+    batch = SentenceOrderBatch(inputs=TOKENS, targets=np.full_like(TOKENS, -100),
+                               attention_mask=np.ones(TOKENS.shape, dtype=bool), sop_labels=np.array([0, 1]))
+    with use_op("classifier_backward", my_backward), pytest.raises(ValueError, match="my bug") as raised:
+        mlm_sop_loss_and_grads(m, head, batch)
+    notes = getattr(raised.value, "__notes__", [])
+    assert len(notes) == 1 and "classifier_backward -> " + my_backward.__qualname__ in notes[0]

@@ -205,7 +205,8 @@ def note_the_overrides(error: BaseException) -> None:
         f"{name} -> {getattr(fn, '__qualname__', fn)}" for name, fn in sorted(in_force.items()))
     for op in OWN_KERNEL_CACHE:
         backward, forward = f"{op}_backward", f"{op}_forward"
-        if backward in in_force and forward not in in_force and get_backend() == "numba":
+        if (backward in in_force and forward not in in_force and get_backend() == "numba"
+                and _raised_in(in_force[backward], error)):
             note += (f"\n  {backward} is handed the cache of the Numba kernel's {forward}, not the "
                      f"documented one of npllama/ops/{op}.py: to run a backward written for that "
                      f"cache, call npllama.study() first, or override the forward too, "
@@ -213,6 +214,24 @@ def note_the_overrides(error: BaseException) -> None:
     add_note = getattr(error, "add_note", None)   # (Python 3.11+: on 3.10 the error goes as it came)
     if add_note is not None and note not in getattr(error, "__notes__", ()):   # (once, though it
         add_note(note)                                                          # passes several public methods)
+
+
+def _raised_in(fn: Callable, error: BaseException) -> bool:
+    """Whether `error` came through a call of fn (its frames in the traceback): else fn had no part
+    in it -- the cache it would be handed was never made.  True when fn's code cannot be told."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    code = getattr(fn, "__code__", None)   # a function, or a method
+    if code is None and isinstance(getattr(type(fn), "__call__", None), types.FunctionType):
+        code = type(fn).__call__.__code__   # an object with a __call__ written in Python
+    if not isinstance(code, types.CodeType):
+        return True
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is code:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def noting_overrides(function: Callable) -> Callable:

@@ -461,3 +461,18 @@ def test_an_error_in_the_sop_head_under_an_override_names_it():
         mlm_sop_loss_and_grads(m, head, batch)
     notes = getattr(raised.value, "__notes__", [])
     assert len(notes) == 1 and "classifier_backward -> " + my_backward.__qualname__ in notes[0]
+
+
+def test_an_error_the_backward_override_had_no_part_in_gets_no_word_of_the_kernels_cache():
+    # the targets are refused before any backward runs: the cache was never handed to the override
+    kernel_backward = backend.ops("numba").attention_backward
+
+    def my_backward(dout, cache):   # written for the kernel's cache: right under the kernels
+        return kernel_backward(dout, cache)
+
+    with use_backend("numba"), use_op("attention_backward", my_backward):
+        with pytest.raises(ValueError) as raised:
+            model().loss_and_grads(TOKENS, TARGETS[:, :3])
+    notes = "\n".join(getattr(raised.value, "__notes__", []))
+    assert "attention_backward -> " + my_backward.__qualname__ in notes
+    assert "npllama.study()" not in notes and "handed the cache" not in notes

@@ -476,3 +476,18 @@ def test_an_error_the_backward_override_had_no_part_in_gets_no_word_of_the_kerne
     notes = "\n".join(getattr(raised.value, "__notes__", []))
     assert "attention_backward -> " + my_backward.__qualname__ in notes
     assert "npllama.study()" not in notes and "handed the cache" not in notes
+
+
+def test_the_note_is_added_once_though_the_error_passes_several_methods_that_add_it():
+    # a block's backward raises inside Llama.hidden_backward (a public method), inside the
+    # classifier's loss_and_grads: both add the note
+    from npllama.finetune import SequenceClassifier
+
+    def raising_backward(dy, cache):
+        raise ValueError("my bug")
+
+    classifier = SequenceClassifier(model(), ["a", "b"])
+    with use_op("rmsnorm_backward", raising_backward), pytest.raises(ValueError, match="my bug") as raised:
+        classifier.loss_and_grads(TOKENS, np.ones_like(TOKENS), [0, 1])
+    notes = getattr(raised.value, "__notes__", [])
+    assert len(notes) == 1 and "rmsnorm_backward -> " + raising_backward.__qualname__ in notes[0]

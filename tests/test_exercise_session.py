@@ -1085,3 +1085,35 @@ def test_a_debugger_stopped_in_the_function_still_talks_to_the_student(tmp_path,
     assert "(Pdb) printed while stepping\n" in run.stdout, run.stdout
     assert run.stdout.rstrip().endswith("OK"), run.stdout
     assert "\nprinted by the function" not in run.stdout, run.stdout
+
+
+def test_a_warning_of_npllamas_own_code_is_not_shown_as_what_the_function_printed(tmp_path):
+    """A backward returning complex gradients printed nothing, yet its report began "your code
+    printed 2 lines: | .../npllama/exercises/mistakes.py:72: ComplexWarning" -- the checker's own
+    warning, written to stderr while the output was kept.  What runs outside the student's function
+    (the checks, the forward) writes to the screen as before; the function's own warning is kept."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "warned.py"
+    script.write_text(
+        "import warnings\n"
+        "import numpy as np\n"
+        "from npllama.exercises import check_function\n"
+        "def softmax_backward(dp, cache):\n"
+        "    return (cache * (dp - (dp * cache).sum(-1, keepdims=True))).astype(complex)\n"
+        "def warning_backward(dp, cache):\n"
+        "    warnings.warn('the function warns')\n"
+        "    return cache * (dp - (dp * cache).sum(-1, keepdims=True))\n"
+        "quiet = check_function('softmax', softmax_backward, n_random=0)\n"
+        "print('QUIET', repr(quiet.output))\n"
+        "warned = check_function('softmax', warning_backward, n_random=0)\n"
+        "print('WARNED', warned.output)\n")
+    run = subprocess.run([sys.executable, "-W", "always", str(script)], capture_output=True, text=True,
+                         timeout=120, env=os.environ, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "QUIET ''\n" in run.stdout, run.stdout
+    assert "ComplexWarning" in run.stderr and "ComplexWarning" not in run.stdout, (run.stdout, run.stderr)
+    assert "WARNED your code printed " in run.stdout and "UserWarning: the function warns" in run.stdout, run.stdout
+    assert "the function warns" not in run.stderr, run.stderr

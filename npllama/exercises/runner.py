@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import importlib.util
 import inspect
+import io
 import os
 import re
 import sys
@@ -33,7 +34,7 @@ from .diagnose import NEAR_EXACT_CAUSES, CaseUndecided, CheckFailed, Finding
 from .gradebook import submissions_in
 from .mistakes import EdgeCaseLadder, Explanation, compare_ladder, explain, name_scalar_factor
 from .screen import (RULE, ForbiddenCall, finite_difference_lines, guard_library, measured_reason, near_exact_gap,
-                     near_exact_note, screen_source, student_call)
+                     near_exact_note, screen_source, student_call, student_running)
 from .sandbox import CappedOutput, shown_output, with_output
 from .session import librarys_own, replaced_definitions, students_code
 from .starter import derivation_section
@@ -434,22 +435,50 @@ def _run_checks(op, backward, *, n_random, seed, source, source_file, catch_ever
 
 
 class _KeptOutput(CappedOutput):
-    """sys.stdout and sys.stderr while check_function runs the student's function in this process:
-    what it prints is kept (its first lines, the rest counted) and nothing of it is written while
-    the checks run, as in the process `exercise check` runs a file in -- but what a debugger writes
-    goes to `screen`: a breakpoint() in the function must still show its prompt and answers."""
+    """sys.stdout while check_function runs the student's function in this process (`errors()`:
+    sys.stderr, kept with it): what the function prints is kept (its first lines, the rest counted)
+    and nothing of it is written while the checks run, as in the process `exercise check` runs a
+    file in -- but what a debugger writes goes to `screen`: a breakpoint() in the function must
+    still show its prompt and answers; and what is written outside the function (a warning of the
+    checks' own arithmetic on its gradients, of the forward) goes where it went, not blamed on it.
+    everything_kept: all of it is the student's, in or out of the function (a file being imported)."""
 
-    def __init__(self, screen):
+    def __init__(self, screen, error_screen):
         super().__init__(screen, limit=0)
+        self.error_screen, self.everything_kept = error_screen, False
 
     def write(self, text) -> int:
-        if _debugger_writing():
-            self.stream.write(text)
+        return self.written(text, self.stream)
+
+    def written(self, text, screen) -> int:
+        if _debugger_writing() or not (self.everything_kept or student_running()):
+            screen.write(text)
             return len(text)
         return super().write(text)
 
+    def errors(self) -> "_KeptErrors":
+        return _KeptErrors(self)
+
     def shown(self) -> str:
         return shown_output(self.head, self.lines)
+
+
+class _KeptErrors(io.TextIOBase):
+    """sys.stderr beside a _KeptOutput: kept with the prints, in the order written; what is not the
+    function's goes to the screen's stderr."""
+
+    def __init__(self, kept: _KeptOutput):
+        self.kept = kept
+
+    def write(self, text) -> int:
+        return self.kept.written(text, self.kept.error_screen)
+
+    def flush(self) -> None:
+        self.kept.error_screen.flush()
+
+    @property
+    def encoding(self):
+        return self.kept.error_screen.encoding
 
 
 def _debugger_writing() -> bool:
@@ -475,8 +504,8 @@ def _output_kept(keep: bool):
     if not keep:
         yield None
         return
-    kept = _KeptOutput(sys.stdout)
-    with contextlib.redirect_stdout(kept), contextlib.redirect_stderr(kept):
+    kept = _KeptOutput(sys.stdout, sys.stderr)
+    with contextlib.redirect_stdout(kept), contextlib.redirect_stderr(kept.errors()):
         try:
             yield kept
         except BaseException:

@@ -286,6 +286,12 @@ class ForbiddenCall(Exception):
 _student_depth = [0]   # > 0 while a student's backward runs (in the sandbox's child: one file's process)
 
 
+def student_running() -> bool:
+    """Whether a student's backward (wrapped by `student_call`) is running now: what is printed
+    then is the student's, what is printed outside it (the checks, the forward) is npllama's."""
+    return _student_depth[0] > 0
+
+
 def student_call(backward):
     """Wrap a student's backward so that guarded library functions know it is running."""
     @functools.wraps(backward)

@@ -1117,3 +1117,25 @@ def test_a_warning_of_npllamas_own_code_is_not_shown_as_what_the_function_printe
     assert "ComplexWarning" in run.stderr and "ComplexWarning" not in run.stdout, (run.stdout, run.stderr)
     assert "WARNED your code printed " in run.stdout and "UserWarning: the function warns" in run.stdout, run.stdout
     assert "the function warns" not in run.stderr, run.stderr
+
+
+def test_check_file_shows_what_the_file_prints_as_it_is_imported_with_what_the_function_prints(tmp_path, capsys):
+    """check_file imports the file in this process: its module-level prints reached the screen as
+    it loaded, outside the "your code printed" block that `exercise check` (grade_file) puts them
+    in.  They are one block, in the order printed, the same as grade_file's -- and a file that
+    fails to load shows what it printed before it failed."""
+    from npllama.exercises import check_file, grade_file
+
+    source = "print('loading')\n" + SOFTMAX_RIGHT.replace(
+        "def softmax_backward(dp, cache):\n", "def softmax_backward(dp, cache):\n    print('called')\n")
+    (tmp_path / "softmax_backward.py").write_text(source)
+    report = check_file("softmax", tmp_path / "softmax_backward.py", n_random=0)
+    assert report.ok, report.format()
+    assert capsys.readouterr() == ("", "")
+    assert report.output.splitlines()[1:3] == ["  | loading", "  | called"], report.output
+    assert report.output == grade_file("softmax", tmp_path / "softmax_backward.py", n_random=0).output
+
+    (tmp_path / "broken.py").write_text("print('before the crash')\n1 / 0\n")
+    broken = check_file("softmax", tmp_path / "broken.py", n_random=0)
+    assert broken.load_error and capsys.readouterr() == ("", "")
+    assert broken.format().startswith("your code printed 1 line:\n  | before the crash\n\n"), broken.format()

@@ -660,13 +660,21 @@ def check_file(op: str, path, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int
         refused = screen_file(exercise, path)
         if refused is not None:
             return refused
-    with guard_library(exercise):
+    # what the file prints as it is imported is shown with what its function prints, in one block,
+    # as `exercise check` shows them
+    with guard_library(exercise), _output_kept(True) as kept:
+        kept.everything_kept = True
         try:
             fn = load_function(op, path, catch_everything=catch_everything, named_as=str(path))
         except SubmissionError as error:
-            return Report(exercise, str(path), [], load_error=str(error))
-        return check_function(op, fn, n_random=n_random, seed=seed, source=str(path), source_file=str(path),
-                              catch_everything=catch_everything, named_as=str(path))
+            report = Report(exercise, str(path), [], load_error=str(error))
+        else:
+            kept.everything_kept = False
+            report = check_function(op, fn, n_random=n_random, seed=seed, source=str(path), source_file=str(path),
+                                    catch_everything=catch_everything, named_as=str(path),
+                                    capture_output=False)      # kept here, with the import's
+    report.output = kept.shown()
+    return report
 
 
 def screen_file(exercise: Exercise, path: Path, shown_as: str | None = None,

@@ -1139,3 +1139,30 @@ def test_check_file_shows_what_the_file_prints_as_it_is_imported_with_what_the_f
     broken = check_file("softmax", tmp_path / "broken.py", n_random=0)
     assert broken.load_error and capsys.readouterr() == ("", "")
     assert broken.format().startswith("your code printed 1 line:\n  | before the crash\n\n"), broken.format()
+
+
+def test_what_the_function_logs_to_a_handler_set_up_before_the_check_is_kept_with_its_prints(capsys):
+    """logging.basicConfig() in an earlier cell binds a handler to the screen's stderr: the
+    function's log lines bypassed the capture, once per call of the checks, uncapped.  A handler
+    writing to the screen writes to the kept output while the checks run, and to the screen after."""
+    import logging
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    logger = logging.getLogger("a_students_backward")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        def softmax_backward(dp, cache):
+            logger.warning("logged")
+            return cache * (dp - (dp * cache).sum(-1, keepdims=True))
+
+        report = check_function("softmax", softmax_backward, n_random=0)
+        assert report.ok, report.format()
+        assert capsys.readouterr() == ("", ""), "logged as the checks ran"
+        assert report.output.splitlines()[1] == "  | logged", report.output
+        assert handler.stream is sys.stderr
+        logger.warning("after")
+        assert capsys.readouterr().err == "after\n"
+    finally:
+        logger.removeHandler(handler)

@@ -322,6 +322,12 @@ def check_function(op: str, backward, *, n_random: int = DEFAULT_RANDOM_CASES, s
     and again, and show its first lines at the head of the report, in the words `exercise check`
     shows a file's (sandbox.shown_output); a debugger's own prompt and answers (breakpoint() in the
     function) and what the function prints while one steps through it still reach the screen.
+    A logging handler writing to the screen (logging.basicConfig() in an earlier cell) writes to
+    the kept output meanwhile; what is written outside the function (a warning of the checks' own
+    arithmetic) goes to the screen.  Not kept, as in `exercise check`: os.write to file descriptor
+    1 or 2 (there is no sys.stdout.buffer).  sys.stdout and sys.stderr are the whole process's:
+    another thread's prints while the function runs are kept with its own, and two threads must
+    not check at once (the screen put back last would be the other's kept output).
     False where the function runs in another process, which keeps its output (grade_file), or
     its prints are not a student's (a teacher's reference)."""
     with _output_kept(capture_output) as kept:
@@ -505,7 +511,9 @@ def _output_kept(keep: bool):
         yield None
         return
     kept = _KeptOutput(sys.stdout, sys.stderr)
-    with contextlib.redirect_stdout(kept), contextlib.redirect_stderr(kept.errors()):
+    errors = kept.errors()
+    with contextlib.redirect_stdout(kept), contextlib.redirect_stderr(errors), \
+            _log_handlers_writing_to({id(kept.stream): kept, id(kept.error_screen): errors}):
         try:
             yield kept
         except BaseException:
@@ -513,6 +521,26 @@ def _output_kept(keep: bool):
             if kept.shown():
                 print(kept.shown(), file=kept.stream)
             raise
+
+
+@contextlib.contextmanager
+def _log_handlers_writing_to(streams: dict):
+    """Within it, each logging handler writing to one of the screens (by id in `streams`: a
+    logging.basicConfig() of an earlier cell binds the screen's stderr of then) writes to what
+    stands for it."""
+    logging = sys.modules.get("logging")      # never imported: no handler to move
+    moved = []
+    if logging is not None:
+        loggers = [logging.getLogger()] + [logger for logger in list(logging.Logger.manager.loggerDict.values())
+                                           if isinstance(logger, logging.Logger)]
+        for handler in {id(h): h for logger in loggers for h in logger.handlers}.values():
+            if isinstance(handler, logging.StreamHandler) and id(handler.stream) in streams:
+                moved.append((handler, handler.setStream(streams[id(handler.stream)])))
+    try:
+        yield
+    finally:
+        for handler, stream in reversed(moved):
+            handler.setStream(stream)
 
 
 def assert_passes(op, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: int = 0,

@@ -32,8 +32,9 @@ the first failure in one line.  It runs your function in your own process, witho
 interrupt the kernel (Ctrl-C at a prompt) to stop an endless loop -- the traceback's last line is
 the one it was running -- or check the file with `exercise check`, which stops it for you.  What
 your function prints, once for each of the many calls the checks make, is shown at the report's
-head as `exercise check` shows a file's: its first lines and how many there were.  A breakpoint()
-in it works as usual: the debugger's prompt and answers, and what it prints as you step, are shown.
+head as `exercise check` shows a file's: its first lines and how many there were.  A pdb.set_trace()
+(or breakpoint(), but in Jupyter that is the visual debugger's) in it works as usual: the
+debugger's prompt and answers, and what it prints as you step, are shown.
 
 From pytest (a test file of your own, a course's CI), failing with the whole report:
 

@@ -1166,3 +1166,33 @@ def test_what_the_function_logs_to_a_handler_set_up_before_the_check_is_kept_wit
         assert capsys.readouterr().err == "after\n"
     finally:
         logger.removeHandler(handler)
+
+
+def test_a_post_mortem_debugger_in_the_function_still_talks_to_the_student(tmp_path):
+    """pdb.post_mortem() in the function's own except: a debugger with no trace function on, known
+    only by its methods on the stack -- its prompt and answers reach the screen too."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "post_mortem.py"
+    script.write_text(
+        "from npllama.exercises import check_function\n"
+        "stopped = []\n"
+        "def softmax_backward(dp, cache):\n"
+        "    print('printed by the function')\n"
+        "    if not stopped:\n"
+        "        stopped.append(1)\n"
+        "        try:\n"
+        "            1 / 0\n"
+        "        except ZeroDivisionError:\n"
+        "            import pdb; pdb.post_mortem()\n"
+        "    return cache * (dp - (dp * cache).sum(-1, keepdims=True))\n"
+        "report = check_function('softmax', softmax_backward, n_random=0)\n"
+        "print('OK' if report.ok else report)\n")
+    run = subprocess.run([sys.executable, str(script)], input="p 'shape', dp.shape\nc\n", capture_output=True,
+                         text=True, timeout=120, env=os.environ, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "(Pdb) ('shape', (" in run.stdout, run.stdout
+    assert "-> 1 / 0" in run.stdout, run.stdout
+    assert run.stdout.rstrip().endswith("OK") and "\nprinted by the function" not in run.stdout, run.stdout

@@ -332,9 +332,10 @@ _NO_TARGET = {"next-token": "a single token has no next token to predict, or eve
 def plot_grad_norms(trace, path, title: str = "") -> Path:
     norms = grad_norms(trace)
     # NaN in grad_norms is a layer not recorded: a gradient holding NaN or inf would be drawn as one
-    bad = [name for name, _, _ in _layer_grads(trace) if not np.isfinite(np.asarray(trace[name])).all()]
+    layer_grads = _layer_grads(trace)
+    bad = [name for name, _, _ in layer_grads if not np.isfinite(np.asarray(trace[name])).all()]
     if bad:
-        raise ValueError(f"{len(bad)} of the trace's {len(_layer_grads(trace))} per-layer gradients hold NaN or inf "
+        raise ValueError(f"{len(bad)} of the trace's {len(layer_grads)} per-layer gradients hold NaN or inf "
                          f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}), whose norms no picture can show "
                          "(a NaN or inf weight, activation or loss before them makes them): `npllama debug trace` "
                          "counts each tensor's NaN and inf, forward ones too (--include 'model.layers.*'), to find "

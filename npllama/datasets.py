@@ -306,7 +306,7 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
     if not text.strip():
         raise ValueError(f"{path} is empty: it holds no header and no examples")
     # csv reads the first line as the header row, even a blank one: a header naming no column
-    # the lines as csv breaks them, up to the first with text (not the whole file split into a list)
+    # the lines as csv breaks them: the first with text is the header, and the empty ones are skipped
     lines = [m.group(1) for m in re.finditer(r"(.*?)(?:\r\n|\r|\n|\Z)", text, re.S)]
     blank, header = next((i, line) for i, line in enumerate(lines) if line.strip())   # (text is not blank)
     # the lines csv skips between rows (numbered from 1), so a malformed row is named by its own line

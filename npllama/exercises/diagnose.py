@@ -135,9 +135,11 @@ def where_the_slip_is(finding: Finding) -> str:
         parts.append(f"also wrong: {_some_names(others)} -- the mistake named leaves {_and_names(others)} right on "
                      f"every probe case, where it fits your numbers: fix the mistake and check again, and if "
                      f"{still} of {'its' if len(others) == 1 else 'their'} own")
-        parts += _where_in_the_backward(root, [], finding.right_gradients, finding.backward_steps)
-    elif wrong:
-        parts += _where_in_the_backward(root, others, finding.right_gradients, finding.backward_steps)
+    if wrong:
+        # with a mistake named, its wrong gradients and the others are said above: only the right
+        # ones place the root
+        parts += _where_in_the_backward(root, [] if named else wrong, finding.right_gradients,
+                                        finding.backward_steps)
     said = f" ({'; '.join(parts)})" if parts else ""
     if finding.undecided_gradients:
         said += f" ({', '.join(finding.undecided_gradients)} could not be decided by finite differences)"

@@ -382,31 +382,14 @@ def test_a_teachers_exercise_of_one_edge_case_has_no_ladder_to_tell(tmp_path):
 
 
 # ----- a named mistake keeps what the other gradients show ------------------------------------------
-ATTENTION_DIAGONAL_SOFTMAX = """import numpy as np
-
-
-def attention_backward(dout, cache):
-    q, k, v, attn_probs, scale, n_rep = cache
-    B, H, T, hd = q.shape
-    KVH, S = k.shape[1], k.shape[2]
-    dout_g = dout.reshape(B, KVH, n_rep, T, hd)
-    p_g = attn_probs.reshape(B, KVH, n_rep, T, S)
-    dp = (dout_g @ v[:, :, None].swapaxes(-1, -2)).reshape(B, H, T, S)
-    dv = (p_g.swapaxes(-1, -2) @ dout_g).sum(axis=2)
-    ds = dp * attn_probs * (1 - attn_probs)       # the slip: each p as if it depended on its own score only
-    ds_g = ds.reshape(B, KVH, n_rep, T, S)
-    dq = (ds_g @ k[:, :, None]).reshape(B, H, T, hd) * scale
-    dk = (ds_g.swapaxes(-1, -2) @ q.reshape(B, KVH, n_rep, T, hd)).sum(axis=2) * scale
-    return dq, dk, dv
-"""
-
-
 def test_a_named_mistake_still_says_which_other_gradients_are_wrong_and_right(tmp_path):
     # the catalogue's name replaced the whole message: "dk is wrong too ...; right: dv" was lost
     from npllama.exercises import check_file
 
+    # a right backward but for the softmax's: each p as if it depended on its own score only
     path = tmp_path / "attention_backward.py"
-    path.write_text(ATTENTION_DIAGONAL_SOFTMAX)
+    path.write_text(ATTENTION_GROUP_FOLDED.replace("FOLD(", "np.sum(axis=2, a=").replace(
+        "ds = attn_probs * (dp - (dp * attn_probs).sum(-1, keepdims=True))", "ds = dp * attn_probs * (1 - attn_probs)"))
     report = check_file("attention", path, n_random=0)
     finding = report.first_failure.finding
     assert finding.grad == "dq", finding.lines()

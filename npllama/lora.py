@@ -102,10 +102,9 @@ class LoraAdapters:
         self.r = _check_rank(r)
         self.use_rslora = _check_use_rslora(use_rslora)
         self.model = model
-        if modules is None:
-            self.target_modules = _check_targets(target_modules)
+        if modules is None:   # every layer's target_modules, with r and lora_alpha
             modules = {m: (self.r, self.lora_alpha) for m in _modules(model.config.num_hidden_layers,
-                                                                       self.target_modules)}
+                                                                       _check_targets(target_modules))}
         # {module: (r, lora_alpha)} in model order; target_modules: the projections adapted somewhere
         self.module_settings = _check_module_settings(modules, model.config.num_hidden_layers)
         self.target_modules = tuple(t for t in ALL_TARGETS

@@ -896,16 +896,17 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     echo(f"validation loss ({loss_unit('sft')}): {before:.4f} before, {after:.4f} after {sc_.steps} steps")
 
     samples = []
+    end_ids = template.stop_ids(tokenizer, model)
+    # an end of turn the tokenizer spells in pieces ends the answer as its text, as in `npllama chat`
+    end_texts = template.stop_texts(tokenizer)
     for i in val_rows[:sc_.samples]:
         asked = conversations[i][:max(k for k, m in enumerate(conversations[i]) if m["role"] == "assistant")]
         prompt_ids = tokenizer.encode(template.render(asked, add_generation_prompt=True), bos=False)
         room = model.config.max_position_embeddings - len(prompt_ids)
         if room <= 0:
             continue
-        # an end of turn the tokenizer spells in pieces ends the answer as its text, as in `npllama chat`
-        end_texts = template.stop_texts(tokenizer)
         stop = StopStrings(tokenizer, end_texts, after=prompt_ids) if end_texts else None
-        ids = generate(model, prompt_ids, min(120, room), temperature=0.0, eos_id=template.stop_ids(tokenizer, model),
+        ids = generate(model, prompt_ids, min(120, room), temperature=0.0, eos_id=end_ids,
                        vocab_size=decodable_vocab_size(model, tokenizer), stop=stop)
         answer = tokenizer.decode(ids[len(prompt_ids):])
         answer = stop.cut(answer) if stop is not None else answer

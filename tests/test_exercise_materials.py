@@ -15,6 +15,7 @@ from npllama.exercises import EXERCISES, check_file, starter_source, write_start
 from npllama.exercises.derivation import (ACCENTS, NAMED_FUNCTIONS, SYMBOLS, available, backward_sections,
                                          derivation_markdown, dollar_math, explain_text, latex_to_text, to_text)
 from npllama.exercises.notebook import notebook_json, write_notebook
+from npllama.text_width import width as columns
 
 
 def test_latex_becomes_readable_text():
@@ -556,12 +557,6 @@ def test_explain_fits_its_prose_to_the_terminal_and_loses_no_word(capsys, monkey
         assert all(line in shown.splitlines() for line in kept_whole), name
 
 
-def _columns(line: str) -> int:
-    import unicodedata
-
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line)
-
-
 @pytest.mark.parametrize("width", [40, 80])
 def test_explain_counts_a_wide_character_as_the_two_columns_it_takes(width):
     """The derivations cite the article's Chinese section titles (adamw.md: 梯度下降优化): filled
@@ -571,9 +566,9 @@ def test_explain_counts_a_wide_character_as_the_two_columns_it_takes(width):
         as_written = explain_text(name)
         kept_whole = {line for line in as_written.splitlines() if line.startswith(("|", "    "))}
         for line in explain_text(name, width=width).splitlines():
-            wide += _columns(line) != len(line)
-            longest_word = max((_columns(word) for word in line.split()), default=0)
-            assert _columns(line) <= width or line in kept_whole or longest_word > width - 8, (name, line)
+            wide += columns(line) != len(line)
+            longest_word = max((columns(word) for word in line.split()), default=0)
+            assert columns(line) <= width or line in kept_whole or longest_word > width - 8, (name, line)
     assert wide, "no derivation has a wide character: the test proves nothing"
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import importlib.resources
 import re
 import textwrap
-import unicodedata
 from pathlib import Path
+
+from ..text_width import width as columns
 
 SOURCE_CHECKOUT = Path(__file__).resolve().parents[2] / "derivations"
 BACKWARD_HEADING = re.compile(r"backward|chain rule|gradient|vectori[sz]ed", re.I)
@@ -431,7 +432,7 @@ def _is_prose(line: str) -> bool:
 
 
 def _wrapped_line(line: str, width: int) -> str:
-    if _columns(line) <= width or line.startswith(("|", "    ")):
+    if columns(line) <= width or line.startswith(("|", "    ")):
         return line
     indent = re.match(r" *", line).group(0)
     label = LABEL.match(line[len(indent):])
@@ -447,14 +448,9 @@ def _fill(text: str, width: int, indent: str) -> str:
     takes, and no line begins with what reads as a list item ("- ", "* ", "+ ", "1. ") but is a
     formula's operator or a number ending a sentence ("n_rep - 1. L depends", "dx = 0. Since")."""
     text = re.sub(r"(?<=\S) (?=(?:[-*+]|\d+\.)(?: |$))", NO_BREAK, text)
-    text = "".join(c + SECOND_COLUMN if unicodedata.east_asian_width(c) in "WF" else c for c in text)
+    text = "".join(c + SECOND_COLUMN if columns(c) == 2 else c for c in text)
     filled = textwrap.fill(text, width, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
     return filled.replace(SECOND_COLUMN, "").replace(NO_BREAK, " ")
-
-
-def _columns(line: str) -> int:
-    """The terminal columns a line takes: two for a wide (CJK) character."""
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line)
 
 
 def _where_tests_are(line: str, name: str) -> str:

@@ -1054,11 +1054,11 @@ def test_what_was_printed_before_an_interrupt_is_shown_as_it_stops(capsys):
     assert capsys.readouterr().out == "your code printed 1 line:\n  | still looping\n"
 
 
-@pytest.mark.parametrize("stop", ["breakpoint()", "import pdb; pdb.set_trace()"])
-def test_a_debugger_stopped_in_the_function_still_talks_to_the_student(tmp_path, stop):
-    """The prints are kept, but the debugger's prompt and answers (p, the listing), and what the
-    function prints while the student steps through it, are the student's to see: a breakpoint()
-    in the function works as without the check."""
+def _checked_with_a_debugger_stop(tmp_path, stop: list[str], then: str) -> str:
+    """What a script printed that checks a right softmax_backward which prints, and whose first
+    call runs the lines `stop` (a debugger's stop) -- the debugger answered "p 'shape', dp.shape",
+    then the commands `then`.  Whatever the debugger: its prompt and p's answer reach the screen,
+    the function's own prints are kept for the report, and the check passes."""
     import os
     import subprocess
     import sys
@@ -1071,20 +1071,28 @@ def test_a_debugger_stopped_in_the_function_still_talks_to_the_student(tmp_path,
         "    print('printed by the function')\n"
         "    if not stopped:\n"
         "        stopped.append(1)\n"
-        f"        {stop}\n"
-        "        print('printed while stepping')\n"
+        + "".join(f"        {line}\n" for line in stop) +
         "    return cache * (dp - (dp * cache).sum(-1, keepdims=True))\n"
         "report = check_function('softmax', softmax_backward, n_random=0)\n"
         "print('OK' if report.ok else report)\n")
-    env = {**os.environ, "PYTHONBREAKPOINT": ""}
-    run = subprocess.run([sys.executable, str(script)], input="p 'shape', dp.shape\nn\nc\n", capture_output=True,
+    env = {**os.environ, "PYTHONBREAKPOINT": ""}     # breakpoint() is pdb's, whatever the tests ran under
+    run = subprocess.run([sys.executable, str(script)], input="p 'shape', dp.shape\n" + then, capture_output=True,
                          text=True, timeout=120, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "(Pdb) ('shape', (" in run.stdout, run.stdout     # the prompt, and p's answer
-    assert "-> " in run.stdout, run.stdout                    # where it stopped
-    assert "(Pdb) printed while stepping\n" in run.stdout, run.stdout
     assert run.stdout.rstrip().endswith("OK"), run.stdout
     assert "\nprinted by the function" not in run.stdout, run.stdout
+    return run.stdout
+
+
+@pytest.mark.parametrize("stop", ["breakpoint()", "import pdb; pdb.set_trace()"])
+def test_a_debugger_stopped_in_the_function_still_talks_to_the_student(tmp_path, stop):
+    """The prints are kept, but the debugger's prompt and answers (p, the listing), and what the
+    function prints while the student steps through it, are the student's to see: a breakpoint()
+    in the function works as without the check."""
+    shown = _checked_with_a_debugger_stop(tmp_path, [stop, "print('printed while stepping')"], then="n\nc\n")
+    assert "-> " in shown, shown                    # where it stopped
+    assert "(Pdb) printed while stepping\n" in shown, shown
 
 
 def test_a_warning_of_npllamas_own_code_is_not_shown_as_what_the_function_printed(tmp_path):
@@ -1171,28 +1179,6 @@ def test_what_the_function_logs_to_a_handler_set_up_before_the_check_is_kept_wit
 def test_a_post_mortem_debugger_in_the_function_still_talks_to_the_student(tmp_path):
     """pdb.post_mortem() in the function's own except: a debugger with no trace function on, known
     only by its methods on the stack -- its prompt and answers reach the screen too."""
-    import os
-    import subprocess
-    import sys
-
-    script = tmp_path / "post_mortem.py"
-    script.write_text(
-        "from npllama.exercises import check_function\n"
-        "stopped = []\n"
-        "def softmax_backward(dp, cache):\n"
-        "    print('printed by the function')\n"
-        "    if not stopped:\n"
-        "        stopped.append(1)\n"
-        "        try:\n"
-        "            1 / 0\n"
-        "        except ZeroDivisionError:\n"
-        "            import pdb; pdb.post_mortem()\n"
-        "    return cache * (dp - (dp * cache).sum(-1, keepdims=True))\n"
-        "report = check_function('softmax', softmax_backward, n_random=0)\n"
-        "print('OK' if report.ok else report)\n")
-    run = subprocess.run([sys.executable, str(script)], input="p 'shape', dp.shape\nc\n", capture_output=True,
-                         text=True, timeout=120, env=os.environ, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
-    assert "(Pdb) ('shape', (" in run.stdout, run.stdout
-    assert "-> 1 / 0" in run.stdout, run.stdout
-    assert run.stdout.rstrip().endswith("OK") and "\nprinted by the function" not in run.stdout, run.stdout
+    shown = _checked_with_a_debugger_stop(
+        tmp_path, ["try:", "    1 / 0", "except ZeroDivisionError:", "    import pdb; pdb.post_mortem()"], then="c\n")
+    assert "-> 1 / 0" in shown, shown

@@ -14,7 +14,7 @@ import numpy as np
 from .constants import LOOSE_BOUND, ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF, UNRESOLVED
 from .derivative import _left_domain_error, _LeftDomain, _resolved_derivative, _shortened
 from .inplace import _ChangedUnderProbe, _unchanged
-from .norms import _norm, _rms
+from .norms import _largest_finite, _norm, _rms
 from .pattern import ProbedEntries, _swap_notes
 from .remeasure import _kink_checked, _steadiness_checked
 from .reports import _judge, _without_gradient_size, GradcheckReport
@@ -134,8 +134,7 @@ def _check_all(evaluate, names, arrays, analytic, *, eps, tol, atol, max_entries
     # The analytic gradients carry round-off of their own: an entry that is zero in exact
     # arithmetic comes out as ~u times the gradient's larger entries.  No probe can be asked to
     # resolve below that.
-    largest = max((float(np.max(np.abs(g[np.isfinite(g)]), initial=0.0)) for g in map(np.asarray, analytic)),
-                  default=0.0)
+    largest = max(map(_largest_finite, analytic), default=0.0)
     rng = np.random.default_rng(seed)
     reports, probed = [], []
     for name, x, g in zip(names, arrays, analytic):
@@ -321,7 +320,8 @@ def _probe_entry(evaluate, x, idx, scale, analytic, typical, largest, eps, richa
         bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
     estimate = _kink_checked(evaluate, move, eps, estimate, analytic, bound + tol * magnitude, at_point)
     estimate = _steadiness_checked(evaluate, move, estimate, analytic, bound + tol * magnitude, probes, richardson,
-                                   tol * abs(analytic), longer, one_entry=True, largest_input=lambda: _largest(x))
+                                   tol * abs(analytic), longer, one_entry=True,
+                                   largest_input=lambda: _largest_finite(x))
     bound, magnitude = estimate.bound + noise, max(abs(analytic), abs(estimate.value))
     probes.add(analytic, estimate, bound, magnitude, atol, reference, largest, longer)
 
@@ -365,15 +365,10 @@ def _probe_direction(evaluate, x, direction, g, largest, eps, richardson, tol, a
         bound = bound_of(estimate)
     estimate = _kink_checked(evaluate, move, eps, estimate, claimed, bound + tol * magnitude, at_point)
     estimate = _steadiness_checked(evaluate, move, estimate, claimed, bound + tol * magnitude, probes, richardson,
-                                   tol * magnitude, longer, largest_input=lambda: _largest(x))
+                                   tol * magnitude, longer, largest_input=lambda: _largest_finite(x))
     bound = bound_of(estimate)
     probes.add(claimed, estimate, bound, magnitude, atol * float(np.sum(np.abs(direction))), magnitude,
                largest * length, longer)
-
-
-def _largest(x: np.ndarray) -> float:
-    """The largest |x_i| of the finite entries (0 where there are none)."""
-    return float(np.max(np.abs(x[np.isfinite(x)]), initial=0.0))
 
 
 def _spread(x: np.ndarray, idx: tuple | None = None) -> float:

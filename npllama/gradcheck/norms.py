@@ -20,6 +20,12 @@ def _rms(v: np.ndarray) -> float:
     return _norm(v) / np.sqrt(v.size) if v.size else 0.0
 
 
+def _largest_finite(v) -> float:
+    """The largest |v_i| of the finite entries (0 where there are none)."""
+    v = np.asarray(v)
+    return float(np.max(np.abs(v[np.isfinite(v)]), initial=0.0))
+
+
 def _norm(v) -> float:
     """Euclidean norm, scaled first so squares of 1e-200 or 1e200 neither vanish nor overflow."""
     v = np.asarray(v, dtype=np.float64)

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 
 from .constants import LOOSE_BOUND, SMALLEST, TINY, UNRESOLVED
-from .norms import _norm, rel_error
+from .norms import _largest_finite, _norm, rel_error
 from .pattern import _pattern_note
 
 
@@ -356,7 +356,7 @@ def _notes(report: InputReport, indices, n_finite, probes, passed, unresolved, n
     if not report.ok and n.size and np.all(n == 0) and np.any(a != 0):
         # of the finite claims: a NaN or Inf one is named by its own note, and is no small gradient
         # rounded away ("largest nan" was said where the rest were 0)
-        largest_claimed = float(np.max(np.abs(a[np.isfinite(a)]), initial=0.0))
+        largest_claimed = _largest_finite(a)
         # check_op's user wrote a forward, whose out reaches the scalar only through L = sum(out * dout)
         scalar, depends = ("L = sum(out * dout)", "forward's out does") if caller == "forward" else ("f", "f does")
         rounding = ("" if not 0 < largest_claimed < ROUNDS_AWAY else

@@ -244,29 +244,29 @@ def test_a_tokenizer_without_unk_bos_or_eos_is_refused_by_name():
 
 
 # ----- whole-model gradients ------------------------------------------------------------------------
-def _mlm_batch(config, seed=0, B=2, T=6):
+def _mlm_batch(config, seed=0, B=2, T=6, padding=None):
+    """Every row <s> then ordinary tokens, row i right-padded by padding[i] (default: row 1 by 2),
+    half the real ordinary tokens chosen."""
     rng = np.random.default_rng(seed)
     tokens = rng.integers(3, config.vocab_size, size=(B, T))
     tokens[:, 0] = 1
     attention_mask = np.ones((B, T), dtype=bool)
-    attention_mask[1, T - 2:] = False
+    for row, n_pad in enumerate([0, 2] + [0] * (B - 2) if padding is None else padding):
+        attention_mask[row, T - n_pad:] = False
     inputs, targets = mask_tokens(tokens, rng, mask_token_id=0, vocab_size=config.vocab_size,
                                   special_ids=SPECIAL, attention_mask=attention_mask, mlm_probability=0.5)
     return inputs, targets, attention_mask
 
 
 def _drawn_mlm_batch(config, data, B, T, seed):
-    """_mlm_batch over shapes: every row <s> then ordinary tokens, right-padded by a drawn length
-    (at least <s> and one token left), half the real ordinary tokens chosen."""
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(3, config.vocab_size, size=(B, T))
-    tokens[:, 0] = 1
-    attention_mask = np.ones((B, T), dtype=bool)
-    for row in range(B):
-        attention_mask[row, T - data.draw(st.integers(0, T - 2), label=f"padding of row {row}"):] = False
-    inputs, targets = mask_tokens(tokens, rng, mask_token_id=0, vocab_size=config.vocab_size,
-                                  special_ids=SPECIAL, attention_mask=attention_mask, mlm_probability=0.5)
-    return inputs, targets, attention_mask
+    """_mlm_batch with each row's padding drawn (at least <s> and one token left)."""
+    padding = [data.draw(st.integers(0, T - 2), label=f"padding of row {row}") for row in range(B)]
+    return _mlm_batch(config, seed, B, T, padding)
+
+
+def _model_over_axes(tied, n_layers, n_kv_heads, seed):
+    return perturbed_model(tiny_config(tie_word_embeddings=tied, num_hidden_layers=n_layers,
+                                       num_key_value_heads=n_kv_heads), seed=seed)
 
 
 # the batch's shape and padding, the depth, one kv head or one per head (MQA, MHA), tied embeddings;
@@ -280,8 +280,7 @@ MODEL_AXES = dict(tied=st.booleans(), n_layers=st.integers(1, 2), n_kv_heads=st.
 @example(tied=False, n_layers=2, n_kv_heads=1, B=2, T=6, seed=0, data=None)
 @example(tied=True, n_layers=2, n_kv_heads=1, B=2, T=6, seed=0, data=None)
 def test_mlm_whole_model_gradients(tied, n_layers, n_kv_heads, B, T, seed, data):
-    model = perturbed_model(tiny_config(tie_word_embeddings=tied, num_hidden_layers=n_layers,
-                                        num_key_value_heads=n_kv_heads), seed=seed if data is not None else 0)
+    model = _model_over_axes(tied, n_layers, n_kv_heads, seed)   # the fixed cases: seed 0
     if data is None:
         inputs, targets, attention_mask = _mlm_batch(model.config)
     else:
@@ -322,8 +321,7 @@ def _sop_batch(config, seed=0):
 @example(tied=True, n_layers=2, n_kv_heads=1, B=3, T=6, seed=0, data=None)
 def test_mlm_sop_whole_model_gradients(tied, n_layers, n_kv_heads, B, T, seed, data):
     # the SOP head reads each row's last real token: the drawn padding moves it
-    model = perturbed_model(tiny_config(tie_word_embeddings=tied, num_hidden_layers=n_layers,
-                                        num_key_value_heads=n_kv_heads), seed=seed if data is not None else 0)
+    model = _model_over_axes(tied, n_layers, n_kv_heads, seed)   # the fixed cases: seed 0
     if data is None:
         batch = _sop_batch(model.config)
     else:

@@ -96,6 +96,19 @@ def _nothing_but_roundoff(attempt: _Estimate) -> bool:
     return attempt.difference <= 2 * attempt.roundoff and abs(attempt.value) <= attempt.bound
 
 
+def _contradicted(shorter: _Estimate, longer: _Estimate) -> bool:
+    """Whether the value of a shorter step's estimate stands off a longer step's (one showing nothing
+    but round-off: _nothing_but_roundoff) by more than that one's bound plus the rounding of the
+    shorter step's own two values of f to the nearest float (u/2 |f| each: its round-off without
+    the model's safety factor ROUNDOFF_FACTOR), which no evaluation of f escapes.  Closer than that,
+    the shorter value is no slope of f to defend.  sum(cos(x)) at x ~ 1e-7: at the step eps one
+    entry's two values of f = 12 came out one ulp apart, D(h) = -4.8e-5 (bound 2.3e-3), and the
+    step 1's -1.82e-7 +- 2.3e-7, the right gradient -1.85e-7 within it, was taken to contradict it:
+    the longer steps stopped there, where at 2500 they resolve it to 1e-10, and it was UNRESOLVED."""
+    bare_rounding = shorter.roundoff / (2 * ROUNDOFF_FACTOR)
+    return abs(shorter.value - longer.value) > longer.bound + bare_rounding
+
+
 def _unmoved_over_own_size(attempt: _Estimate) -> bool:
     """Whether f did not move at all (D(h) and D(2h) exactly 0) at a step no longer than the input's
     own size (a step of 1: each entry moves by its scale).  That shows f flat along the probe, as
@@ -229,7 +242,7 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
             longer = True
             continue
         shows_nothing = reference > 0 and _nothing_but_roundoff(attempt) and not _unmoved_over_own_size(attempt)
-        if not _longer_step_kept(attempt, best) or (shows_nothing and abs(best.value - attempt.value) > attempt.bound):
+        if not _longer_step_kept(attempt, best) or (shows_nothing and _contradicted(best, attempt)):
             break
         best = attempt
         if not shows_nothing:

@@ -126,6 +126,9 @@ def main(argv=None) -> int:
         (out / "hf_train.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         accelerator.print(f"wrote {out}; back in npllama: npllama generate --model {out}")
     accelerator.wait_for_everyone()
+    # the process group is taken down here, not left to interpreter exit, where a rank's gloo
+    # threads may still be running: "terminate called without an active exception", exit -6
+    accelerator.end_training()
     return 0 if all(math.isfinite(x) for x in losses) else 1
 
 

@@ -189,9 +189,12 @@ def _some_names(names, shown=4) -> str:
 
 def _and_names(names, shown=4) -> str:
     """The names as a sentence says them: 'dk', 'dw and dx', 'dv, dq and dk' (and how many more)."""
-    if len(names) > shown:
-        return _some_names(names, shown)
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    return _some_names(names, shown) if len(names) > shown else and_list(names)
+
+
+def and_list(texts) -> str:
+    """The texts as a sentence lists them, all of them: 'a', 'a and b', 'a, b and c'."""
+    return texts[0] if len(texts) == 1 else f"{', '.join(texts[:-1])} and {texts[-1]}"
 
 
 class CheckFailed(AssertionError):

@@ -30,7 +30,7 @@ import numpy as np
 from .definitions import EXERCISES, Check, Exercise, get_exercise, path_argument
 from .checks import ForwardNotDeterministic, forward_subject, sample
 from .catalogue import CATALOGUES
-from .diagnose import NEAR_EXACT_CAUSES, CaseUndecided, CheckFailed, Finding
+from .diagnose import NEAR_EXACT_CAUSES, CaseUndecided, CheckFailed, Finding, and_list
 from .gradebook import submissions_in
 from .mistakes import EdgeCaseLadder, Explanation, compare_ladder, explain, name_scalar_factor
 from .screen import (RULE, ForbiddenCall, finite_difference_lines, guard_library, measured_reason, near_exact_gap,
@@ -875,20 +875,16 @@ def _tuple_index_hint(error: BaseException, source_file: str | None) -> str:
     if len(lookups) == 1:
         return (f"{shapes[0]} counts axes from the front, and its array has fewer in this case (its inputs' "
                 f"shapes are above): {COUNT_FROM_THE_BACK}")
-    named = _and_list([text for text, _ in lookups])
+    named = and_list([text for text, _ in lookups])
     if len(shapes) == len(lookups):
         return (f"{named} count axes from the front, and one of their arrays has fewer in this case (its "
                 f"inputs' shapes are above): {COUNT_FROM_THE_BACK}")
     containers = list(dict.fromkeys(container for _, container in lookups if container is not None))
     return (f"one of {named} is out of range for its tuple, and the traceback cannot tell which (it names "
-            f"the line, not the lookup): print {_and_list([f'len({c})' for c in containers])} to see whether "
-            f"{'it is' if len(containers) == 1 else 'one is'} shorter than its index needs; {_and_list(shapes)} "
+            f"the line, not the lookup): print {and_list([f'len({c})' for c in containers])} to see whether "
+            f"{'it is' if len(containers) == 1 else 'one is'} shorter than its index needs; {and_list(shapes)} "
             f"{'counts' if len(shapes) == 1 else 'count'} axes from the front, and an array of this case may "
             f"have fewer (its inputs' shapes are above): {COUNT_FROM_THE_BACK}")
-
-
-def _and_list(texts: list[str]) -> str:
-    return texts[0] if len(texts) == 1 else f"{', '.join(texts[:-1])} and {texts[-1]}"
 
 
 # a shape's axis by its position from the front: x.shape[1], self.w.shape[0], np.shape(x)[1]

@@ -200,7 +200,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
     # as its own roundoff does.  sum(sin(v) - v) at v = 0 (terms ~h, f ~h^3, so u |f| is no measure of
     # its rounding): R(h) 4.5e-17 where the right gradient is 0, D's measured round-off 4e-17, R's 6e-17;
     # compared with D's, it FAILed
-    in_estimate = RICHARDSON_ROUNDOFF if estimate.richardson else 1.0
+    in_estimate = _roundoff_carried(estimate)
     # f at the point, which every window below holds: evaluated once, when first needed
     at_point = functools.cache(lambda: _evaluate_within_domain(evaluate, 0.0)[0])
 
@@ -483,6 +483,11 @@ def _a_rounding(stair, f0, inputs, near, far, slope) -> bool:
             and _units_in_last_place(jump, along_line + 2 * np.spacing(abs(jump))))
 
 
+def _roundoff_carried(estimate: _Estimate) -> float:
+    """How many times D(h)'s round-off the estimate carries: RICHARDSON_ROUNDOFF for R(h), 1 for D(h)."""
+    return RICHARDSON_ROUNDOFF if estimate.richardson else 1.0
+
+
 def _retaken_over_rounding(evaluate, move, estimate, rounding, richardson, good_enough) -> _Estimate | None:
     """A failing probe where f rounds above the model (rounding, measured: the round-off of the
     estimate at its step, Richardson's R(h) or D(h)), taken again at steps RETAKE_GROWTHS times longer with that rounding in
@@ -491,7 +496,7 @@ def _retaken_over_rounding(evaluate, move, estimate, rounding, richardson, good_
     f stays smooth at the longer step (judged knowing its rounding), the bound shrinks, and it
     agrees with the shorter step's within both bounds.  None when no longer step is kept: then the
     rounding leaves the probe unresolved."""
-    at_unit_step = rounding / (RICHARDSON_ROUNDOFF if estimate.richardson else 1.0) * estimate.step   # D's, as _derivative takes it
+    at_unit_step = rounding / _roundoff_carried(estimate) * estimate.step   # D's, as _derivative takes it
     best = estimate._replace(bound=estimate.bound - estimate.roundoff + rounding, roundoff=rounding)
     kept = None
     for growth in RETAKE_GROWTHS:

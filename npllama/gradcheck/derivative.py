@@ -184,7 +184,7 @@ def _straight_inside_a_kink(shorter: _Estimate, rough: _Estimate) -> bool:
 
 
 def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference, noise, unit_step,
-                         shorter_steps=True, claimed=None):
+                         shorter_steps=True, *, claimed):
     """_derivative at the step eps, and, while its bound is loose next to the gradient's size
     (reference), again at longer steps: f's round-off in a difference shrinks as 1/step.  The step
     grows STEP_GROWTH-fold, or (at most MAX_JUMP-fold) towards where the round-off would be small.
@@ -254,7 +254,7 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
     # with 1e-3 claimed for the entry f ignores passed as ok on 0 +- 3e-3 at the step 1
     # (the analytic value's own round-off, noise, in both bounds, as the checker adds it: a zero
     # made of round-off, 2.2e-16 for sum(x - mean(x)), passes where a longer step resolves 0 below it)
-    if best is not shown and claimed is not None:
+    if best is not shown:
         if abs(claimed - best.value) <= best.bound + noise:
             return best, True
         return shown._replace(set_aside=abs(claimed - shown.value) <= shown.bound + noise), longer

@@ -1,5 +1,7 @@
 """From the command line an error names the flag as the user typed it (--batch-size, not
 batch_size): where a library name becomes a flag, and where a word of prose stays a word."""
+import pytest
+
 from npllama.cli import build_parser, _as_the_user_typed_it, _innermost_parser
 from npllama.io.errors import CheckpointError
 
@@ -34,27 +36,19 @@ def test_library_names_become_flags_only_where_they_are_the_setting():
     assert _as_the_user_typed_it(damaged, train) == str(damaged)
 
 
-def test_a_setting_more_than_one_flag_sets_is_named_by_the_flags_typed():
-    """lora_targets is set by --lora-targets and by --lora-mlp (which adds the MLP): a refusal names
-    what the user typed, the default flag when the command line holds neither."""
-    argv_base = ["finetune", "classify", "--resume", "--out", "run"]
-    finetune = _innermost_parser(build_parser(), argv_base)
-    refusal = ValueError("cannot resume 'run' with different settings: lora_targets (['q_proj'] -> ['q_proj', 'up_proj'])")
-    for typed, named in [(["--lora-mlp"], "--lora-mlp"), (["--lora-targets", "q_proj"], "--lora-targets"),
-                         (["--lora-targets=q_proj", "--lora-mlp"], "--lora-targets / --lora-mlp"),
-                         ([], "--lora-targets")]:
-        said = _as_the_user_typed_it(refusal, finetune, [*argv_base, *typed])
-        assert said == f"cannot resume 'run' with different settings: {named} (['q_proj'] -> ['q_proj', 'up_proj'])"
+REFUSAL = ValueError("cannot resume 'run' with different settings: lora_targets (['q_proj'] -> ['q_proj', 'up_proj'])")
 
 
-def test_a_setting_more_than_one_flag_sets_is_named_as_argparse_read_the_command_line():
-    """argparse takes an abbreviation ("--lora-m" for --lora-mlp): the refusal names --lora-mlp, as it
-    does for the whole flag; a token after "--" is no flag typed."""
+# lora_targets is set by --lora-targets and by --lora-mlp (which adds the MLP): a refusal names what the
+# user typed, the default flag when the command line holds neither; argparse takes an abbreviation
+# ("--lora-m" for --lora-mlp), named as the whole flag; a token after "--" is no flag typed
+@pytest.mark.parametrize("typed, named", [
+    (["--lora-mlp"], "--lora-mlp"), (["--lora-targets", "q_proj"], "--lora-targets"),
+    (["--lora-targets=q_proj", "--lora-mlp"], "--lora-targets / --lora-mlp"), ([], "--lora-targets"),
+    (["--lora-m"], "--lora-mlp"), (["--lora-ta", "q_proj", "--lora-ml"], "--lora-targets / --lora-mlp"),
+    (["--lora-targ=q_proj"], "--lora-targets"), (["--", "--lora-mlp"], "--lora-targets")])
+def test_a_setting_more_than_one_flag_sets_is_named_by_the_flags_typed(typed, named):
     argv_base = ["finetune", "classify", "--resume", "--out", "run"]
     finetune = _innermost_parser(build_parser(), argv_base)
-    refusal = ValueError("cannot resume 'run' with different settings: lora_targets (['q_proj'] -> ['q_proj', 'up_proj'])")
-    for typed, named in [(["--lora-m"], "--lora-mlp"),
-                         (["--lora-ta", "q_proj", "--lora-ml"], "--lora-targets / --lora-mlp"),
-                         (["--lora-targ=q_proj"], "--lora-targets"), (["--", "--lora-mlp"], "--lora-targets")]:
-        said = _as_the_user_typed_it(refusal, finetune, [*argv_base, *typed])
-        assert said == str(refusal).replace("lora_targets", named), typed
+    said = _as_the_user_typed_it(REFUSAL, finetune, [*argv_base, *typed])
+    assert said == f"cannot resume 'run' with different settings: {named} (['q_proj'] -> ['q_proj', 'up_proj'])"

@@ -46,6 +46,11 @@ def test_the_python_api_op_and_gradcheck_examples_run(tmp_path, monkeypatch):
     assert namespace["report"].ok and namespace["model"].params["lm_head.weight"].dtype == np.float64
 
 
+def own_loop_section() -> str:
+    """README's "Your own training loop" section, up to the next heading."""
+    return README.read_text(encoding="utf-8").split("## Your own training loop", 1)[1].split("\n## ", 1)[0]
+
+
 def test_the_own_training_loop_resumes_exactly_and_gives_npllama_trains_losses(tmp_path, monkeypatch):
     """"Your own training loop": the loop runs as written; resuming from its step-10 checkpoint gives
     the uninterrupted losses exactly; and the `npllama train` command the text calls the same run
@@ -58,7 +63,7 @@ def test_the_own_training_loop_resumes_exactly_and_gives_npllama_trains_losses(t
     import numpy as np
 
     monkeypatch.chdir(tmp_path)
-    section = README.read_text(encoding="utf-8").split("## Your own training loop", 1)[1].split("\n## ", 1)[0]
+    section = own_loop_section()
     loop, resume = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     namespace = {}
     exec(compile(loop, "README own loop", "exec"), namespace)   # noqa: S102
@@ -88,7 +93,7 @@ def test_the_adamw_defaults_the_readme_says_differ_from_torchs_are_those_that_do
 
     ours, theirs = (inspect.signature(cls.__init__).parameters for cls in (AdamW, torch.optim.AdamW))
     differ = {name for name in ("lr", "betas", "eps", "weight_decay") if ours[name].default != theirs[name].default}
-    section = README.read_text(encoding="utf-8").split("## Your own training loop", 1)[1].split("\n## ", 1)[0]
+    section = own_loop_section()
     said = re.search(r"of AdamW's defaults differ\s+from torch's: (.*?);", section, flags=re.S).group(1)
     words = {"lr": "lr", "betas": "betas", "eps": "eps", "weight decay": "weight_decay"}
     pairs = re.findall(r"(lr|betas|eps|weight decay) (\S+|\(.*?\)) \(torch (\S+|\(.*?\))\)", " ".join(said.split()))

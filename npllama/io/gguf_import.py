@@ -164,26 +164,27 @@ def _tokenizer_files(path: Path, reader, config: LlamaConfig) -> dict[str, bytes
     from ..tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_bytes(_tokenizer_model(path, reader))
-    return tokenizer.hf_files(chat_template=_chat_template(path, reader),
+    return tokenizer.hf_files(chat_template=_chat_template(path, reader, "tokenizer_config.json"),
                               model_max_length=config.max_position_embeddings)
 
 
-def _chat_template(path: Path, reader) -> str | None:
-    """The file's chat template (tokenizer.chat_template), or None; one that does not compile is warned about."""
+def _chat_template(path: Path, reader, kept_in: str) -> str | None:
+    """The file's chat template (tokenizer.chat_template), or None; one that does not compile is warned about,
+    naming the converted folder's file it is `kept_in`."""
     template = _value(path, reader, "tokenizer.chat_template", None)
     template = template if isinstance(template, str) and template.strip() else None
     if template is not None:
-        _warn_if_not_jinja(path, template)
+        _warn_if_not_jinja(path, template, kept_in)
     return template
 
 
-def _warn_if_not_jinja(path: Path, template: str) -> None:
+def _warn_if_not_jinja(path: Path, template: str, kept_in: str) -> None:
     """The file's chat template is kept as it is, as llama.cpp's files carry it; one that does not
     compile is said now, not first by `generate --chat` on the converted folder."""
     from ..chat import BUILTIN_TEMPLATES, warn_if_not_jinja
 
     warn_if_not_jinja(template, f"{path}: tokenizer.chat_template",
-                      f"it is kept in tokenizer_config.json as it is: chat and generate --chat need --chat-template "
+                      f"it is kept in {kept_in} as it is: chat and generate --chat need --chat-template "
                       f"({', '.join(sorted(BUILTIN_TEMPLATES))} or a .jinja file of your own)", stacklevel=3)
 
 
@@ -408,7 +409,7 @@ def convert_gguf(path, out, dtype=None) -> tuple[Path, bool]:
     if tokenizer:
         extra = _tokenizer_files(path, reader, config)
     else:   # no tokenizer files to hold the chat template: its own file, where chat and transformers 5 read it
-        template = _chat_template(path, reader)
+        template = _chat_template(path, reader, CHAT_TEMPLATE_FILE)
         extra = {} if template is None else {CHAT_TEMPLATE_FILE: template.encode("utf-8")}
     # replaced whole, as documented (the command asks for --force first): no file of another model stays
     save_hf_folder(out, config, params, dtype=dtype, extra_files=extra, keep_other_files=False)

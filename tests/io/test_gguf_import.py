@@ -425,6 +425,7 @@ def test_a_chat_template_that_is_not_jinja_is_kept_with_a_warning_naming_it(fold
             continue
         assert len(said) == 1 and "tokenizer.chat_template is not valid Jinja" in said[0], said
         assert "nosuchfilter" in said[0] and "--chat-template" in said[0] and str(exported) in said[0], said
+        assert "kept in tokenizer_config.json" in said[0], said   # the file the converted folder holds it in
         with pytest.warns(UserWarning) as record:   # the command prints each warning in one line
             assert main(["convert", "gguf", str(exported), "--out", str(tmp_path / "cli")]) == 0
         assert [str(w.message) for w in record] == said
@@ -446,3 +447,11 @@ def test_a_chat_template_is_kept_when_the_files_vocabulary_is_not_sentencepiece(
                                       tmp_path / "out")
     assert not has_tokenizer and not (out / "tokenizer.model").exists()
     assert folder_template_and_file(out) == (template, out / "chat_template.jinja")
+
+    def bpe_with_a_broken_template(writer):   # warned of, naming the file it is kept in (not tokenizer_config.json)
+        writer.add_tokenizer_model("gpt2")
+        writer.add_chat_template("{{ messages | nosuchfilter }}")
+
+    with pytest.warns(UserWarning, match=r"tokenizer.chat_template is not valid Jinja.*kept in chat_template\.jinja"):
+        convert_gguf(_write_with(tmp_path / "broken.gguf", folder, {}, more_metadata=bpe_with_a_broken_template),
+                     tmp_path / "broken")

@@ -306,11 +306,16 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
     if not text.strip():
         raise ValueError(f"{path} is empty: it holds no header and no examples")
     # csv reads the first line as the header row, even a blank one: a header naming no column
-    # the lines as csv breaks them: the first with text is the header, and the empty ones are skipped
-    lines = [m.group(1) for m in re.finditer(r"(.*?)(?:\r\n|\r|\n|\Z)", text, re.S)]
-    blank, header = next((i, line) for i, line in enumerate(lines) if line.strip())   # (text is not blank)
-    # the lines csv skips between rows (numbered from 1), so a malformed row is named by its own line
-    empty = {number for number, line in enumerate(lines, 1) if not line}
+    # the lines as csv breaks them, numbered from 1, in one pass (the file is not split into a list):
+    # the first with text is the header, and the empty ones, which csv skips between rows, are kept
+    # so that a malformed row is named by its own line
+    empty, header, blank = set(), None, 0
+    for number, match in enumerate(re.finditer(r"(.*?)(?:\r\n|\r|\n|\Z)", text, re.S), 1):
+        line = match.group(1)
+        if not line:
+            empty.add(number)
+        elif header is None and line.strip():
+            header, blank = line, number - 1   # (text is not blank: there is one)
     separator = _column_separator(path, header)
     if blank:
         which = "line 1 is" if blank == 1 else f"lines 1-{blank} are"

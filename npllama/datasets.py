@@ -309,39 +309,50 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
     # the lines as csv breaks them, numbered from 1, in one pass (the file is not split into a list):
     # the first with text is the header, and the empty ones, which csv skips between rows, are kept
     # so that a malformed row is named by its own line
-    empty, header, blank = set(), None, 0
+    empty, header, blank, named_separator = set(), None, 0, None
     for number, match in enumerate(re.finditer(r"(.*?)(?:\r\n|\r|\n|\Z)", text, re.S), 1):
         line = match.group(1)
         if not line:
             empty.add(number)
+        elif number == 1 and (hint := _SEPARATOR_LINE.fullmatch(line)):
+            named_separator = hint.group(1)
         elif header is None and line.strip():
             header, blank = line, number - 1   # (text is not blank: there is one)
-    separator = _column_separator(path, header)
-    if blank:
-        which = "line 1 is" if blank == 1 else f"lines 1-{blank} are"
-        raise ValueError(f"{path} {which} blank: the first line must be the header row naming the columns "
+    if header is None:   # (named_separator: the file is its "sep=" line alone)
+        raise ValueError(f"{path} holds only its line 1, {text.splitlines()[0]!r}: no header row and no examples")
+    separator = named_separator or _column_separator(path, header)
+    first = 2 if named_separator else 1   # the header row's line, if nothing blank comes before it
+    if blank >= first:
+        which = f"line {first} is" if blank == first else f"lines {first}-{blank} are"
+        where = "the line after the sep= line" if named_separator else "the first line"
+        raise ValueError(f"{path} {which} blank: {where} must be the header row naming the columns "
                          f"text and label ({_separator_name(separator)}-separated); remove the blank "
-                         f"line{'s' if blank > 1 else ''} before it")
+                         f"line{'s' if blank > first else ''} before it")
     # csv's own cap on a field (131,072 characters) is no limit of npllama's: the file is within its read
     # budget, and a .jsonl text of any length is read
     limit = csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     try:
-        return _csv_rows(path, text, separator, empty)
+        return _csv_rows(path, text, separator, empty, first)
     finally:
         csv.field_size_limit(limit)
 
 
-def _csv_rows(path: Path, text: str, separator: str, empty: set[int]) -> tuple[list[str], list, list[int]]:
+def _csv_rows(path: Path, text: str, separator: str, empty: set[int],
+              header_line: int) -> tuple[list[str], list, list[int]]:
     import io
 
     with io.StringIO(text, newline="") as f:
         # strict: a quote that is never closed is an error where the row starts, rather than a field
         # that swallows the rest of the file ("too few columns" on the last line)
         reader = csv.DictReader(f, strict=True, delimiter=separator)
+        if header_line == 2:
+            # the "sep=" line is passed by the DictReader's own reader, whose line count names the
+            # lines in messages: it stays the file's
+            next(reader.reader)
         try:
             header = reader.fieldnames
         except csv.Error as error:
-            raise ValueError(_not_valid(path, 1, error, separator)) from None
+            raise ValueError(_not_valid(path, header_line, error, separator)) from None
         # "Text, Label" typed by hand names the same columns
         reader.fieldnames = [_column_name(name) for name in header]
         twice = [c for c in ("text", "label") if reader.fieldnames.count(c) > 1]
@@ -349,8 +360,8 @@ def _csv_rows(path: Path, text: str, separator: str, empty: set[int]) -> tuple[l
             raise ValueError(f"{path}: the header row names the column {' and '.join(twice)} more than once "
                              f"(case and spaces aside); give each once")
         missing = [c for c in ("text", "label") if c not in reader.fieldnames]
-        if missing:   # (line 1: blank lines before it are refused above; a quoted name may span lines)
-            raise ValueError(f"{path} line 1: the header row must name the columns text and "
+        if missing:   # (blank lines before it are refused above; a quoted name may span lines)
+            raise ValueError(f"{path} line {header_line}: the header row must name the columns text and "
                              f"label; missing "
                              f"{', '.join(missing)} (found {', '.join(map(repr, reader.fieldnames))})")
         texts, labels, lines = [], [], []
@@ -370,6 +381,10 @@ def _csv_rows(path: Path, text: str, separator: str, empty: set[int]) -> tuple[l
     if not texts:
         raise ValueError(f"{path} is empty: it holds a header but no examples")
     return texts, labels, lines
+
+
+# Excel's line 1 naming the column separator, which it writes for another locale's reader ("sep=;")
+_SEPARATOR_LINE = re.compile(r'sep=([^"\w\s]|\t)', re.IGNORECASE)
 
 
 def _column_separator(path: Path, header: str) -> str:

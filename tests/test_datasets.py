@@ -396,6 +396,39 @@ def test_labelled_files_as_spreadsheets_save_them(tmp_path, name, content):
     assert load_labelled(tmp_path / name) == (["Hello, world", "Bye"], ["a", "b"])
 
 
+@pytest.mark.parametrize("separator", [";", ",", "\t", "|"], ids=["semicolon", "comma", "tab", "bar"])
+@pytest.mark.parametrize("spelling", ["sep=", "SEP="])
+def test_an_excel_separator_line_names_the_separator(tmp_path, separator, spelling):
+    # Excel writes (and reads) a first line "sep=;" naming the separator for another locale's
+    # reader. Before: "line 1: the header row must name the columns text and label; missing text,
+    # label (found 'sep=;')" -- the separator line read as the header
+    path = tmp_path / "excel.csv"
+    rows = [f"text{separator}label", f'"Hello{separator} world"{separator}a', f"Bye{separator}b", ""]
+    path.write_bytes(("\ufeff" + f"{spelling}{separator}\r\n" + "\r\n".join(rows)).encode("utf-8"))
+    assert load_labelled(path) == ([f"Hello{separator} world", "Bye"], ["a", "b"])
+    # the lines messages name stay the file's own, the separator line counted
+    path.write_text(f"sep={separator}\ntext{separator}label\nok{separator}a\n\nbad\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"excel.csv line 5: too few columns"):
+        load_labelled(path)
+    path.write_text(f"sep={separator}\ntext{separator}lab\nok{separator}a\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"excel.csv line 2: the header row must name .* missing label"):
+        load_labelled(path)
+    path.write_text(f"sep={separator}\n\n\ntext{separator}label\nok{separator}a\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"excel.csv lines 2-3 are blank: the line after the sep= line must be "
+                                         r"the header row .* remove the blank lines before it"):
+        load_labelled(path)
+    path.write_text(f"sep={separator}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"holds only its line 1, 'sep=(.|\\t)': no header row and no examples"):
+        load_labelled(path)
+
+
+def test_a_text_like_a_separator_line_after_line_one_is_a_text(tmp_path):
+    # only line 1 names the separator: a later "sep=;" is an example's text
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\nsep=;,a\n", encoding="utf-8")
+    assert load_labelled(path) == (["sep=;"], ["a"])
+
+
 def test_a_semicolon_inside_a_comma_separated_text_stays_text(tmp_path):
     (tmp_path / "t.csv").write_text('text,label\nfirst; then second,a\n"x;y",b\n', encoding="utf-8")
     assert load_labelled(tmp_path / "t.csv") == (["first; then second", "x;y"], ["a", "b"])

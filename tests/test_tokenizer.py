@@ -535,6 +535,32 @@ def test_text_to_encode_that_is_not_utf8_is_named_as_such(tok, capsys, monkeypat
     assert json.loads(capsys.readouterr().out) == tok.encode("é\r\n\0")
 
 
+@pytest.mark.parametrize("stream", ["bytes", "text"])
+def test_standard_input_over_the_read_budget_is_refused_by_both_commands(tok, capsys, monkeypatch, stream):
+    # one reader of standard input serves tokenizer encode and classify --file -: before, encode read
+    # any amount (NPLLAMA_MAX_READ aside), and classify failed on a text stream in sys.stdin's place
+    import io
+
+    from npllama.cli import main
+
+    monkeypatch.setenv("NPLLAMA_MAX_READ", "10")
+    data = "twelve bytes"
+
+    def stdin():
+        return io.StringIO(data) if stream == "text" else io.TextIOWrapper(io.BytesIO(data.encode()))
+
+    monkeypatch.setattr("sys.stdin", stdin())
+    assert main(["tokenizer", "encode", "--model", str(tok.path)]) == 2
+    assert "standard input is over the 10-byte limit" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", stdin())
+    assert main(["classify", "--model", str(tok.path), "--file", "-"]) == 2
+    assert "cannot read --file -: standard input is over the 10-byte limit" in capsys.readouterr().err
+    data = "ten bytes!"    # at the limit: read
+    monkeypatch.setattr("sys.stdin", stdin())
+    assert main(["tokenizer", "encode", "--model", str(tok.path)]) == 0
+    assert json.loads(capsys.readouterr().out) == tok.encode(data)
+
+
 def test_the_commands_help_names_the_one_character_that_does_not_come_back(tok, capsys):
     # Before: `npllama tokenizer --help` promised decode(encode(x)) is x for every x; U+2581 "▁",
     # SentencePiece's mark for a space, comes back as a space (the module docstring said so, the help not).

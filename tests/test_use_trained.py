@@ -507,6 +507,12 @@ def test_classify_file_dash_reads_standard_input(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("好看，真的。\n".encode("gb18030"))))
     status, _, err = run_cli(capsys, "classify", "--model", "any", "--file", "-")
     assert status == 2 and "cannot read --file -: standard input" in err and "iconv -f GB18030" in err
+    # a text stream in sys.stdin's place, as a notebook or a test puts there: before, an AttributeError
+    # (no .buffer) from deep inside; tokenizer encode read it
+    monkeypatch.setattr(sys, "stdin", io.StringIO("好看\nbad\n"))
+    seen.clear()
+    assert run_cli(capsys, "classify", "--model", "any", "--file", "-")[0] == 0
+    assert seen == ["好看", "bad"]
 
 
 def test_classify_refuses_a_language_model_folder(small_model_dir, capsys):

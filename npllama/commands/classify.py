@@ -64,12 +64,9 @@ def run(args) -> int:
 
         try:   # as every text file is read: a byte-order mark dropped, other encodings named
             if args.file == "-":   # standard input, as `tokenizer encode` reads it
-                from ..io.reading import decode_text
+                from ..io.reading import decode_text, read_standard_input
 
-                data = sys.stdin.buffer.read(max_read() + 1)
-                if len(data) > max_read():
-                    raise ValueError(f"standard input is over the {max_read():,}-byte limit for a text file")
-                text = decode_text(data, "standard input").removeprefix("\ufeff")
+                text = decode_text(read_standard_input(max_read()), "standard input").removeprefix("\ufeff")
             else:
                 text = read_text(args.file, max_bytes=max_read())
         except (OSError, ValueError) as error:

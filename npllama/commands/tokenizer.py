@@ -138,10 +138,11 @@ def _text_to_encode(argument: str | None) -> str:
             data, source = os.fsencode(argument), "the text argument"   # the bytes given, undone from Python's escapes
         except UnicodeEncodeError:   # a surrogate no byte makes (main() called from Python): encode refuses it
             return argument
-    elif not hasattr(sys.stdin, "buffer"):   # a text stream put in its place (io.StringIO): its text as it is
-        return sys.stdin.read()
     else:
-        data, source = sys.stdin.buffer.read(), "standard input"
+        from ..budget import max_read
+        from ..io.reading import read_standard_input
+
+        data, source = read_standard_input(max_read(), UsageError), "standard input"
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -112,6 +112,20 @@ def read_text_blocks(path, max_bytes: int = MAX_TEXT_BYTES, error=ValueError, bl
                 read(len(data))
 
 
+def read_standard_input(max_bytes: int = MAX_TEXT_BYTES, error=ValueError) -> bytes:
+    """Standard input's bytes, up to its end: more than max_bytes is refused as `error`, as a file
+    over its budget is.  A text stream put in sys.stdin's place (io.StringIO, as a test or a notebook
+    does) has no bytes beneath it: its text's UTF-8 bytes stand for them."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:
+        data = sys.stdin.read(max_bytes + 1).encode("utf-8", "surrogatepass")
+    else:
+        data = buffer.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise error(f"standard input is over the {max_bytes:,}-byte limit for a text file")
+    return data
+
+
 def read_lines(path, error=ValueError) -> Iterator[str]:
     """The lines of a UTF-8 text file of any size, read a block of lines at a time, without their line ends
     (\\n, \\r\\n, or \\r alone as old Macs wrote -- such a file, with no \\n, is read whole before

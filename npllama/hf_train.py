@@ -150,8 +150,8 @@ def _check_args(args) -> None:
     expected = "expected a folder saved by npllama, e.g. runs/tiny/model"
     if not (model_dir / CONFIG_NAME).is_file():
         fail(f"--model {args.model!r} has no {CONFIG_NAME} ({expected})")
-    if not _tokenizer_files(model_dir) & {"tokenizer.model", "tokenizer.json"}:
-        fail(f"--model {args.model!r} has neither tokenizer.model nor tokenizer.json ({expected})")
+    if not _tokenizer_files(model_dir).keys() & {"tokenizer.model", "tokenizer.json"}:
+        fail(f"--model {args.model!r} has neither tokenizer.model (in or beside it) nor tokenizer.json ({expected})")
     try:
         config_file = model_dir / CONFIG_NAME
         read_config(config_file)   # a folder npllama could not load back is refused before it trains
@@ -178,11 +178,20 @@ def _read_corpus(args):
 _TEXT_FILES = TOKENIZER_FILES + (CHAT_TEMPLATE_FILE,)
 
 
-def _tokenizer_files(model_dir: Path) -> set[str]:
-    """The tokenizer files and chat template the folder holds: the trained folder gets them all, so
-    that npllama and AutoTokenizer read the tokenizer the model was trained with, and `npllama chat`
-    talks in the template it was fine-tuned with."""
-    return {name for name in _TEXT_FILES if (model_dir / name).is_file()}
+def _tokenizer_files(model_dir: Path) -> dict[str, Path]:
+    """The tokenizer files and chat template the model is read with, by name: the folder's own, and a
+    tokenizer.model beside it in its run folder (where npllama finds it too: `runs.find_tokenizer`).
+    The trained folder gets them all, so that npllama and AutoTokenizer read the tokenizer the model
+    was trained with, and `npllama chat` talks in the template it was fine-tuned with."""
+    from .runs import TOKENIZER_FILE, find_tokenizer
+
+    files = {name: model_dir / name for name in _TEXT_FILES if (model_dir / name).is_file()}
+    if TOKENIZER_FILE not in files:
+        try:
+            files[TOKENIZER_FILE] = find_tokenizer(model_dir)
+        except FileNotFoundError:
+            pass
+    return files
 
 
 def _write_tokenizer_files(model_dir: Path, out: Path) -> None:
@@ -191,7 +200,7 @@ def _write_tokenizer_files(model_dir: Path, out: Path) -> None:
     given = _tokenizer_files(model_dir)
     for name in _TEXT_FILES:
         if name in given:
-            shutil.copyfile(model_dir / name, out / name)
+            shutil.copyfile(given[name], out / name)
         else:
             (out / name).unlink(missing_ok=True)
 

@@ -280,6 +280,25 @@ def test_stale_tokenizer_files_in_out_are_removed(tmp_path):
     assert (out / "tokenizer.model").read_bytes() == b"new"
 
 
+def test_a_tokenizer_beside_the_model_folder_is_taken_and_copied(tmp_path):
+    """A model folder whose tokenizer.model lies in the run folder around it, where npllama generate
+    finds it (runs.find_tokenizer): before, hf_train refused it as having no tokenizer."""
+    from npllama.hf_train import _check_args, _write_tokenizer_files, build_parser
+
+    start, corpus, tokenizer = tiny_start_folder(tmp_path / "run")
+    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (start / name).unlink(missing_ok=True)
+    args = build_parser().parse_args(["--model", str(start), "--data", str(corpus), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match=r"has neither tokenizer.model \(in or beside it\) nor tokenizer.json"):
+        _check_args(args)
+    (tmp_path / "run" / "tokenizer.model").write_bytes(tokenizer.model_bytes)
+    _check_args(args)
+    out = tmp_path / "o"
+    out.mkdir()
+    _write_tokenizer_files(start, out)
+    assert (out / "tokenizer.model").read_bytes() == tokenizer.model_bytes
+
+
 def test_the_chat_template_goes_with_the_model_and_a_stale_one_goes(tmp_path):
     """A fine-tuned chat model's chat_template.jinja is what `npllama chat` talks in: --out gets it,
     and an earlier model's template there goes when the start folder has none."""

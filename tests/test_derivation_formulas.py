@@ -46,7 +46,7 @@ CITED = {
     "classifier": ("classifier.md", 73, 75, "dhidden[np.arange(B), last_index] = dpooled"),
     "mlm": ("mlm.md", 53, 57, r"\mathrm{dlogits}_{b,t} = c_{b,t}\,(\mathrm{softmax}(\mathrm{logits}_{b,t}) - \mathrm{onehot}(\mathrm{targets}_{b,t}))/\sum c"),
     "sentence_order": ("sentence_order.md", 57, 63, r"$`(-(\sigma - y),\ \sigma - y) = p_b - \mathrm{onehot}(y_b)`$"),
-    "transformer_block": ("transformer_block.md", 136, 142, r"dx &= dh + J_{\mathrm{N}_{w_{in}}}^T J_{\mathrm{Attn}}^T\, dh"),
+    "transformer_block": ("transformer_block.md", 143, 149, r"dx &= dh + J_{\mathrm{N}_{w_{in}}}^T J_{\mathrm{Attn}}^T\, dh"),
     "adamw": ("adamw.md", 191, 196, "p -= lr * m_hat / (sqrt(v_hat) + eps)"),
     # intermediate steps, where a slip (a transpose, a factor, a sign, a grouping) would not reach
     # the final formula above but would mislead a student following the derivation
@@ -60,6 +60,7 @@ CITED = {
     "adamw_schedule": ("adamw.md", 168, 177, r"\mathrm{min\_lr} + (\mathrm{max\_lr}-\mathrm{min\_lr})\cdot\tfrac12\big(1+\cos(\pi\cdot\mathrm{progress})\big)"),
     "rope_pairs": ("rope.md", 145, 147, r"$`dx_{i+h} = -dy_i \sin\phi + dy_{i+h}\cos\phi`$"),
     "adamw_moments": ("adamw.md", 63, 70, r"m_t = (1-\beta_1)\sum_{i=1}^{t} \beta_1^{\,t-i}\, g_i"),
+    "transformer_block_head": ("transformer_block.md", 104, 137, "`decoder_backward` sets the pad token's row of this lookup gradient to 0"),
 }
 
 
@@ -374,7 +375,7 @@ def test_sentence_order(rng):
 
 
 def test_transformer_block(rng):
-    """transformer_block.md:136-142 and its steps 9-1, built from the formulas transcribed above (not
+    """transformer_block.md:143-149 and its steps 9-1, built from the formulas transcribed above (not
     from the ops), against npllama.model.block_backward."""
     from npllama.config import LlamaConfig
     from npllama.model import LayerWeights, block_backward, block_forward
@@ -624,3 +625,48 @@ def test_adamw_schedule():
             lr = min_lr
         assert math.isclose(cosine_with_warmup(step, max_lr=max_lr, warmup_steps=warmup_steps,
                                                total_steps=total_steps, min_lr=min_lr), lr, rel_tol=1e-14), step
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_transformer_block_head_and_embedding(rng, tied):
+    """transformer_block.md:104-137, the steps around the blocks: dlogits, the LM head, the final
+    norm, and the embedding's scatter-add with its one exception (the pad row of the lookup gradient
+    is 0 in the causal stack) and, tied, the LM head's gradient added into E -- against
+    Llama.loss_and_grads on a padded batch."""
+    import npllama
+    from npllama import Llama, LlamaConfig
+    from npllama.model import block_backward
+
+    V, pad = 13, 2
+    config = LlamaConfig(vocab_size=V, hidden_size=8, intermediate_size=12, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
+                         tie_word_embeddings=tied, pad_token_id=pad)
+    model = Llama(config, seed=3, dtype=np.float64)
+    tokens = np.array([[4, 7, pad, 9, 5], [pad, pad, 3, 11, 6]])   # pad also read as a real token in row 0
+    attention_mask = np.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    targets = np.array([[7, pad, 9, 5, -100], [-100, -100, 11, 6, -100]])
+    with npllama.use_backend("numpy"):                                     # caches block_backward reads
+        _, grads = model.loss_and_grads(tokens, targets, attention_mask)
+        logits, cache = model.forward_with_caches(tokens, attention_mask)
+    E = model.params["model.embed_tokens.weight"]
+    W_lm = E if tied else model.params["lm_head.weight"]
+    hidden = cache.lm_head.x
+
+    counted = targets != -100                                              # 1
+    dlogits = counted[..., None] * (softmax_rows(logits) - np.eye(V)[np.where(counted, targets, 0)]) / counted.sum()
+    dhidden, dW_lm = linear_formula(dlogits, hidden, W_lm)                 # 2
+    x_L, rstd_L, w_norm = cache.norm
+    dx, dw_norm = rmsnorm_formula(dhidden, x_L, rstd_L, w_norm)            # 3
+    close(dw_norm, grads["model.norm.weight"])
+    for layer in reversed(cache.layers):                                   # blocks: test_transformer_block
+        dx, _ = block_backward(dx, layer)
+    dE = np.zeros_like(E)                                                  # the scatter-add
+    np.add.at(dE, tokens.reshape(-1), dx.reshape(-1, E.shape[1]))
+    assert np.abs(dE[pad]).max() > 0                                       # the math's gradient of the pad row...
+    dE[pad] = 0                                                            # ...which the code drops, as transformers does
+    if tied:
+        dE = dE + dW_lm
+        assert "lm_head.weight" not in grads
+    else:
+        close(dW_lm, grads["lm_head.weight"])
+    close(dE, grads["model.embed_tokens.weight"])

@@ -42,7 +42,7 @@ CITED = {
     "rope": ("rope.md", 157, 160, r"dx = dy \odot \mathrm{cos} - \mathrm{rotate\_half}(dy \odot \mathrm{sin})"),
     "rope_llama3": ("rope.md", 100, 110, r"(1 - \mathrm{smooth})\,\mathrm{inv\_freq}_i / \mathrm{factor} + \mathrm{smooth}\cdot\mathrm{inv\_freq}_i"),
     "swiglu": ("swiglu.md", 98, 106, r"d\mathrm{gate} &= d\mathrm{act}\odot\mathrm{up}\odot\sigma\odot\big(1 + \mathrm{gate}\odot(1-\sigma)\big)"),
-    "lora": ("lora.md", 77, 81, "dlora_A = d_lora_hidden.reshape(-1, r).T @ x_drop.reshape(-1, in_)"),
+    "lora": ("lora.md", 78, 82, "dlora_A = d_lora_hidden.reshape(-1, r).T @ x_drop.reshape(-1, in_)"),
     "classifier": ("classifier.md", 73, 75, "dhidden[np.arange(B), last_index] = dpooled"),
     "mlm": ("mlm.md", 53, 57, r"\mathrm{dlogits}_{b,t} = c_{b,t}\,(\mathrm{softmax}(\mathrm{logits}_{b,t}) - \mathrm{onehot}(\mathrm{targets}_{b,t}))/\sum c"),
     "sentence_order": ("sentence_order.md", 57, 63, r"$`(-(\sigma - y),\ \sigma - y) = p_b - \mathrm{onehot}(y_b)`$"),
@@ -314,7 +314,7 @@ def test_lora(rng, dropout):
     _, cache = lora_forward(x, weight, lora_A, lora_B, scaling, dropout_mask)
     x_drop = x * dropout_mask if dropout else x
     lora_hidden = x_drop @ lora_A.T
-    d_lora_out = scaling * dy                                              # lora.md:77-81
+    d_lora_out = scaling * dy                                              # lora.md:78-82
     dlora_B = d_lora_out.reshape(-1, out).T @ lora_hidden.reshape(-1, r)
     d_lora_hidden = d_lora_out @ lora_B
     dlora_A = d_lora_hidden.reshape(-1, r).T @ x_drop.reshape(-1, in_)

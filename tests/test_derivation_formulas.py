@@ -43,7 +43,7 @@ CITED = {
     "rope_llama3": ("rope.md", 100, 110, r"(1 - \mathrm{smooth})\,\mathrm{inv\_freq}_i / \mathrm{factor} + \mathrm{smooth}\cdot\mathrm{inv\_freq}_i"),
     "swiglu": ("swiglu.md", 98, 106, r"d\mathrm{gate} &= d\mathrm{act}\odot\mathrm{up}\odot\sigma\odot\big(1 + \mathrm{gate}\odot(1-\sigma)\big)"),
     "lora": ("lora.md", 78, 82, "dlora_A = d_lora_hidden.reshape(-1, r).T @ x_drop.reshape(-1, in_)"),
-    "classifier": ("classifier.md", 73, 75, "dhidden[np.arange(B), last_index] = dpooled"),
+    "classifier": ("classifier.md", 76, 78, "dhidden[np.arange(B), last_index] = dpooled"),
     "mlm": ("mlm.md", 53, 57, r"\mathrm{dlogits}_{b,t} = c_{b,t}\,(\mathrm{softmax}(\mathrm{logits}_{b,t}) - \mathrm{onehot}(\mathrm{targets}_{b,t}))/\sum c"),
     "sentence_order": ("sentence_order.md", 57, 63, r"$`(-(\sigma - y),\ \sigma - y) = p_b - \mathrm{onehot}(y_b)`$"),
     "transformer_block": ("transformer_block.md", 143, 149, r"dx &= dh + J_{\mathrm{N}_{w_{in}}}^T J_{\mathrm{Attn}}^T\, dh"),
@@ -331,7 +331,7 @@ def test_classifier(rng):
     _, cache = classifier_forward(hidden, S, last_index)
     pooled = hidden[np.arange(B), last_index]
     dpooled, dscore_weight = dlogits @ S, dlogits.T @ pooled              # classifier.md step 1
-    dhidden = np.zeros(hidden.shape, dtype=dpooled.dtype)                 # classifier.md:73-75
+    dhidden = np.zeros(hidden.shape, dtype=dpooled.dtype)                 # classifier.md:76-78
     dhidden[np.arange(B), last_index] = dpooled
     for mine, theirs in zip((dhidden, dscore_weight), classifier_backward(dlogits, cache)):
         close(mine, theirs)

@@ -45,7 +45,7 @@ CITED = {
     "lora": ("lora.md", 78, 82, "dlora_A = d_lora_hidden.reshape(-1, r).T @ x_drop.reshape(-1, in_)"),
     "classifier": ("classifier.md", 76, 78, "dhidden[np.arange(B), last_index] = dpooled"),
     "mlm": ("mlm.md", 53, 57, r"\mathrm{dlogits}_{b,t} = c_{b,t}\,(\mathrm{softmax}(\mathrm{logits}_{b,t}) - \mathrm{onehot}(\mathrm{targets}_{b,t}))/\sum c"),
-    "sentence_order": ("sentence_order.md", 57, 63, r"$`(-(\sigma - y),\ \sigma - y) = p_b - \mathrm{onehot}(y_b)`$"),
+    "sentence_order": ("sentence_order.md", 58, 64, r"$`(-(\sigma - y),\ \sigma - y) = p_b - \mathrm{onehot}(y_b)`$"),
     "transformer_block": ("transformer_block.md", 143, 149, r"dx &= dh + J_{\mathrm{N}_{w_{in}}}^T J_{\mathrm{Attn}}^T\, dh"),
     "adamw": ("adamw.md", 191, 196, "p -= lr * m_hat / (sqrt(v_hat) + eps)"),
     # intermediate steps, where a slip (a transpose, a factor, a sign, a grouping) would not reach
@@ -363,7 +363,7 @@ def test_sentence_order(rng):
     sop_logits, sop_cache = classifier_forward(hidden, S, last_index)
     _, sop_ce = cross_entropy_forward(sop_logits, y)
     d_sop_logits = cross_entropy_backward(np.float64(1.0), sop_ce)
-    delta = sop_logits[:, 1] - sop_logits[:, 0]                            # sentence_order.md:57-63
+    delta = sop_logits[:, 1] - sop_logits[:, 0]                            # sentence_order.md:58-64
     sigma = 1 / (1 + np.exp(-delta))
     logistic = np.stack([-(sigma - y), sigma - y], axis=1) / B
     close(logistic, d_sop_logits)

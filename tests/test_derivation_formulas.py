@@ -41,7 +41,7 @@ CITED = {
     "attention": ("attention.md", 193, 206, r"dk_g &= \mathrm{scale}\textstyle\sum_{h:\ g(h) = g} d\_attn\_scores_h^T q_h"),
     "rope": ("rope.md", 157, 160, r"dx = dy \odot \mathrm{cos} - \mathrm{rotate\_half}(dy \odot \mathrm{sin})"),
     "rope_llama3": ("rope.md", 100, 110, r"(1 - \mathrm{smooth})\,\mathrm{inv\_freq}_i / \mathrm{factor} + \mathrm{smooth}\cdot\mathrm{inv\_freq}_i"),
-    "swiglu": ("swiglu.md", 98, 106, r"d\mathrm{gate} &= d\mathrm{act}\odot\mathrm{up}\odot\sigma\odot\big(1 + \mathrm{gate}\odot(1-\sigma)\big)"),
+    "swiglu": ("swiglu.md", 99, 107, r"d\mathrm{gate} &= d\mathrm{act}\odot\mathrm{up}\odot\sigma\odot\big(1 + \mathrm{gate}\odot(1-\sigma)\big)"),
     "lora": ("lora.md", 78, 82, "dlora_A = d_lora_hidden.reshape(-1, r).T @ x_drop.reshape(-1, in_)"),
     "classifier": ("classifier.md", 76, 78, "dhidden[np.arange(B), last_index] = dpooled"),
     "mlm": ("mlm.md", 53, 57, r"\mathrm{dlogits}_{b,t} = c_{b,t}\,(\mathrm{softmax}(\mathrm{logits}_{b,t}) - \mathrm{onehot}(\mathrm{targets}_{b,t}))/\sum c"),
@@ -60,6 +60,7 @@ CITED = {
     "adamw_schedule": ("adamw.md", 168, 177, r"\mathrm{min\_lr} + (\mathrm{max\_lr}-\mathrm{min\_lr})\cdot\tfrac12\big(1+\cos(\pi\cdot\mathrm{progress})\big)"),
     "rope_pairs": ("rope.md", 145, 147, r"$`dx_{i+h} = -dy_i \sin\phi + dy_{i+h}\cos\phi`$"),
     "adamw_moments": ("adamw.md", 63, 70, r"m_t = (1-\beta_1)\sum_{i=1}^{t} \beta_1^{\,t-i}\, g_i"),
+    "swiglu_silu_derivative": ("swiglu.md", 34, 80, r"\mathrm{silu}'(z) = \sigma(z) + z\,\sigma(z)(1-\sigma(z)) = \sigma(z)\big(1 + z(1 - \sigma(z))\big)"),
     "transformer_block_head": ("transformer_block.md", 104, 137, "`decoder_backward` sets the pad token's row of this lookup gradient to 0"),
 }
 
@@ -151,7 +152,7 @@ def attention_formula(dout, q, k, v, allowed):
 
 
 def swiglu_formula(dout, x, w_gate, w_up, w_down):
-    """swiglu.md:97-105 (the forward's gate, up, sigma, act recomputed from the .md's forward)."""
+    """swiglu.md:99-107 (the forward's gate, up, sigma, act recomputed from the .md's forward)."""
     D, F = w_down.shape
     gate, up = x @ w_gate.T, x @ w_up.T
     sigma = 1 / (1 + np.exp(-gate))          # fine here: |gate| is small
@@ -670,3 +671,34 @@ def test_transformer_block_head_and_embedding(rng, tied):
     else:
         close(dW_lm, grads["lm_head.weight"])
     close(dE, grads["model.embed_tokens.weight"])
+
+
+def test_swiglu_silu_derivative():
+    """swiglu.md:34-80: the stable sigma (e = exp(-|z|), two branches) and silu'(z) =
+    sigma (1 + z (1 - sigma)) against central differences of z sigma(z), in float64 and float32 out
+    to |z| = 1000 with no overflow or invalid value (sigma underflowing to 0 gives exactly 0, never inf * 0), and the
+    minimum of SiLU at z* ~ -1.278 where silu' = 0 and silu ~ -0.278."""
+    from npllama.ops.swiglu import swiglu_act_backward, swiglu_act_forward
+
+    def sigma(z):                                                          # lines 37-39
+        e = np.exp(-np.abs(z))
+        return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+    def dsilu(z):                                                          # line 71
+        s = sigma(z)
+        return s * (1 + z * (1 - s))
+
+    for dtype in (np.float64, np.float32):
+        z = np.array([-1000.0, -800.0, -100.0, -30.0, -3.0, -1.0, -1e-3, 0.0, 2e-3, 1.5, 20.0, 800.0, 1000.0], dtype)
+        with np.errstate(over="raise", invalid="raise", divide="raise"):   # underflow to 0 is the point
+            mine = dsilu(z)
+            _, cache = swiglu_act_forward(z, np.ones_like(z))
+            dgate, _ = swiglu_act_backward(np.ones_like(z), cache)
+        assert mine.dtype == dtype and np.all(np.isfinite(mine))
+        close(mine, dgate, 1e-6 if dtype == np.float32 else 1e-15)
+        assert mine[0] == 0 and mine[-1] == 1                             # the limits of line 75-78
+    z, h = np.linspace(-40, 40, 801), 1e-6
+    silu = lambda a: a * sigma(a)                                          # noqa: E731
+    np.testing.assert_allclose(dsilu(z), (silu(z + h) - silu(z - h)) / (2 * h), rtol=1e-7, atol=1e-9)
+    z_star = -1.2784645427610738                                          # root of 1 + z (1 - sigma(z)) = 0
+    assert abs(dsilu(np.array(z_star))) < 1e-15 and math.isclose(silu(np.array(z_star)), -0.2784645, rel_tol=1e-6)

@@ -61,7 +61,7 @@ CITED = {
     "rope_pairs": ("rope.md", 145, 147, r"$`dx_{i+h} = -dy_i \sin\phi + dy_{i+h}\cos\phi`$"),
     "adamw_moments": ("adamw.md", 63, 70, r"m_t = (1-\beta_1)\sum_{i=1}^{t} \beta_1^{\,t-i}\, g_i"),
     "swiglu_silu_derivative": ("swiglu.md", 34, 80, r"\mathrm{silu}'(z) = \sigma(z) + z\,\sigma(z)(1-\sigma(z)) = \sigma(z)\big(1 + z(1 - \sigma(z))\big)"),
-    "transformer_block_head": ("transformer_block.md", 104, 137, "`decoder_backward` sets the pad token's row of this lookup gradient to 0"),
+    "transformer_block_head": ("transformer_block.md", 104, 138, "`decoder_backward` sets the pad token's row of this lookup gradient to 0"),
 }
 
 
@@ -628,12 +628,13 @@ def test_adamw_schedule():
                                                total_steps=total_steps, min_lr=min_lr), lr, rel_tol=1e-14), step
 
 
+@pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("tied", [False, True])
-def test_transformer_block_head_and_embedding(rng, tied):
-    """transformer_block.md:104-137, the steps around the blocks: dlogits, the LM head, the final
+def test_transformer_block_head_and_embedding(tied, causal):
+    """transformer_block.md:104-138, the steps around the blocks: dlogits, the LM head, the final
     norm, and the embedding's scatter-add with its one exception (the pad row of the lookup gradient
-    is 0 in the causal stack) and, tied, the LM head's gradient added into E -- against
-    Llama.loss_and_grads on a padded batch."""
+    is 0 in the causal stack; the bidirectional stack keeps it) and, tied, the LM head's gradient
+    added into E -- against Llama.loss_and_grads on a padded batch."""
     import npllama
     from npllama import Llama, LlamaConfig
     from npllama.model import block_backward
@@ -647,8 +648,8 @@ def test_transformer_block_head_and_embedding(rng, tied):
     attention_mask = np.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
     targets = np.array([[7, pad, 9, 5, -100], [-100, -100, 11, 6, -100]])
     with npllama.use_backend("numpy"):                                     # caches block_backward reads
-        _, grads = model.loss_and_grads(tokens, targets, attention_mask)
-        logits, cache = model.forward_with_caches(tokens, attention_mask)
+        _, grads = model.loss_and_grads(tokens, targets, attention_mask, causal=causal)
+        logits, cache = model.forward_with_caches(tokens, attention_mask, causal=causal)
     E = model.params["model.embed_tokens.weight"]
     W_lm = E if tied else model.params["lm_head.weight"]
     hidden = cache.lm_head.x
@@ -664,7 +665,8 @@ def test_transformer_block_head_and_embedding(rng, tied):
     dE = np.zeros_like(E)                                                  # the scatter-add
     np.add.at(dE, tokens.reshape(-1), dx.reshape(-1, E.shape[1]))
     assert np.abs(dE[pad]).max() > 0                                       # the math's gradient of the pad row...
-    dE[pad] = 0                                                            # ...which the code drops, as transformers does
+    if causal:
+        dE[pad] = 0                                                        # ...which the causal stack drops, as transformers does
     if tied:
         dE = dE + dW_lm
         assert "lm_head.weight" not in grads

@@ -62,6 +62,7 @@ CITED = {
     "adamw_moments": ("adamw.md", 63, 70, r"m_t = (1-\beta_1)\sum_{i=1}^{t} \beta_1^{\,t-i}\, g_i"),
     "swiglu_silu_derivative": ("swiglu.md", 34, 80, r"\mathrm{silu}'(z) = \sigma(z) + z\,\sigma(z)(1-\sigma(z)) = \sigma(z)\big(1 + z(1 - \sigma(z))\big)"),
     "transformer_block_head": ("transformer_block.md", 104, 138, "`decoder_backward` sets the pad token's row of this lookup gradient to 0"),
+    "embedding_exercise_1": ("embedding.md", 87, 89, "`tokens = [2, 2, 0]`, `V = 3`, `D = 1`, `dout = [[1], [10], [100]]`"),
 }
 
 
@@ -473,6 +474,21 @@ def test_rmsnorm_two_paths(rng):
     dxhat = dy * weight
     dx = dxhat * rstd + np.sum(dxhat * x) * (-rstd**3 * x / D)             # lines 61-62
     close(dx, rmsnorm_backward(dy, cache)[0])
+
+
+def test_embedding_exercise_1():
+    """embedding.md:87-89: the exercise runs as written; np.add.at (and the op) give row 2 the sum
+    1 + 10, dweight[tokens] += dout keeps only the last write, 10, and row 2 is the only row that differs."""
+    tokens, dout = np.array([2, 2, 0]), np.array([[1.0], [10.0], [100.0]])
+    by_hand = np.array([[100.0], [0.0], [11.0]])
+    dweight = np.zeros((3, 1))
+    np.add.at(dweight, tokens, dout)
+    np.testing.assert_array_equal(dweight, by_hand)
+    _, cache = embedding_forward(tokens, np.zeros((3, 1)))
+    np.testing.assert_array_equal(embedding_backward(dout, cache), by_hand)
+    naive = np.zeros((3, 1))
+    naive[tokens] += dout
+    assert np.flatnonzero(naive[:, 0] != by_hand[:, 0]).tolist() == [2] and naive[2, 0] == 10.0
 
 
 def test_layernorm_steps(rng):

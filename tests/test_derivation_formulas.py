@@ -37,7 +37,7 @@ CITED = {
     "linear": ("linear.md", 47, 50, r"\mathrm{dweight} = \mathrm{dy}^\top\,x"),
     "embedding": ("embedding.md", 55, 56, "np.add.at(dweight, tokens.reshape(-1), dout.reshape(-1, D))"),
     "softmax": ("softmax.md", 56, 58, r"\mathrm{dx} = p\odot\big(\mathrm{dp} - \textstyle\sum_{\text{last axis}}(\mathrm{dp}\odot p)\big)"),
-    "cross_entropy": ("cross_entropy.md", 90, 94, "scale = dloss / n_counted if n_counted else 0"),
+    "cross_entropy": ("cross_entropy.md", 94, 98, "scale = dloss / n_counted if n_counted else 0"),
     "attention": ("attention.md", 193, 206, r"dk_g &= \mathrm{scale}\textstyle\sum_{h:\ g(h) = g} d\_attn\_scores_h^T q_h"),
     "rope": ("rope.md", 157, 160, r"dx = dy \odot \mathrm{cos} - \mathrm{rotate\_half}(dy \odot \mathrm{sin})"),
     "rope_llama3": ("rope.md", 100, 110, r"(1 - \mathrm{smooth})\,\mathrm{inv\_freq}_i / \mathrm{factor} + \mathrm{smooth}\cdot\mathrm{inv\_freq}_i"),
@@ -53,7 +53,7 @@ CITED = {
     "rmsnorm_two_paths": ("rmsnorm.md", 51, 63, r"\sum_j \mathrm{dxhat}_j\,x_j\cdot\Big(-\frac{\mathrm{rstd}^3\,x_k}{D}\Big)"),
     "layernorm_steps": ("layernorm.md", 36, 65, r"\mathrm{dx}_j = \mathrm{dx\_centered}_j + \frac{\mathrm{dmean}}{D}"),
     "softmax_jacobian": ("softmax.md", 39, 52, r"\frac{\partial p_j}{\partial x_i} = p_j\,(\delta_{ij} - p_i)"),
-    "cross_entropy_via_softmax": ("cross_entropy.md", 84, 85, r"$`\mathrm{dp} = -\mathrm{onehot}/p`$ collapses to $`p - \mathrm{onehot}`$"),
+    "cross_entropy_via_softmax": ("cross_entropy.md", 88, 89, r"$`\mathrm{dp} = -\mathrm{onehot}/p`$ collapses to $`p - \mathrm{onehot}`$"),
     "attention_group_sum": ("attention.md", 139, 149, r"linear map $`v \mapsto Ev`$"),
     "attention_mask_offset": ("attention.md", 77, 79, r"\mathrm{allowed}_{b,t,s} = \big(\neg\,\mathrm{causal} \ \lor\ s \le q\_offset + t\big)\ \land\ \mathrm{key\_padding\_mask}_{b,s}"),
     "adamw_clip": ("adamw.md", 144, 154, r"\mathrm{clip\_coef} = \mathrm{max\_norm}/(\mathrm{total\_norm} + 10^{-6})"),
@@ -230,7 +230,7 @@ def test_cross_entropy(rng, all_ignored):
         targets[:] = -100
     dloss = 0.7
     _, cache = cross_entropy_forward(logits, targets)
-    # cross_entropy.md:90-94, with its forward's names
+    # cross_entropy.md:94-98, with its forward's names
     logits_shape, N = logits.shape, 6
     logits_2d, targets_1d = logits.reshape(N, -1), targets.reshape(-1)
     counted = targets_1d != -100
@@ -244,6 +244,7 @@ def test_cross_entropy(rng, all_ignored):
     dlogits *= (counted * scale)[:, None]
     dlogits = dlogits.reshape(logits_shape)
     close(dlogits, cross_entropy_backward(np.float64(dloss), cache))     # all ignored: both exactly 0
+    assert np.abs(dlogits.sum(axis=-1)).max() < 1e-15                      # cross_entropy.md:101: rows sum to 0
 
 
 @pytest.mark.parametrize("H, KVH, causal, padded", [(4, 2, True, True), (3, 3, False, False), (2, 1, True, False)])
@@ -522,7 +523,7 @@ def test_softmax_jacobian(rng):
 
 
 def test_cross_entropy_via_softmax(rng):
-    """cross_entropy.md:84-85: softmax's backward with dp = -onehot / p is p - onehot (one counted
+    """cross_entropy.md:88-89: softmax's backward with dp = -onehot / p is p - onehot (one counted
     row, dloss = 1, so n_counted = 1)."""
     logits, target = rng.standard_normal((1, 7)), np.array([4])
     _, cache = cross_entropy_forward(logits, target)

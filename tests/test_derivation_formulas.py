@@ -36,7 +36,7 @@ CITED = {
                   r"\mathrm{xhat}\cdot\mathrm{mean}(\mathrm{dxhat}\odot\mathrm{xhat})\Big)}"),
     "linear": ("linear.md", 47, 50, r"\mathrm{dweight} = \mathrm{dy}^\top\,x"),
     "embedding": ("embedding.md", 55, 56, "np.add.at(dweight, tokens.reshape(-1), dout.reshape(-1, D))"),
-    "softmax": ("softmax.md", 56, 58, r"\mathrm{dx} = p\odot\big(\mathrm{dp} - \textstyle\sum_{\text{last axis}}(\mathrm{dp}\odot p)\big)"),
+    "softmax": ("softmax.md", 57, 59, r"\mathrm{dx} = p\odot\big(\mathrm{dp} - \textstyle\sum_{\text{last axis}}(\mathrm{dp}\odot p)\big)"),
     "cross_entropy": ("cross_entropy.md", 94, 98, "scale = dloss / n_counted if n_counted else 0"),
     "attention": ("attention.md", 193, 206, r"dk_g &= \mathrm{scale}\textstyle\sum_{h:\ g(h) = g} d\_attn\_scores_h^T q_h"),
     "rope": ("rope.md", 157, 160, r"dx = dy \odot \mathrm{cos} - \mathrm{rotate\_half}(dy \odot \mathrm{sin})"),
@@ -52,7 +52,7 @@ CITED = {
     # the final formula above but would mislead a student following the derivation
     "rmsnorm_two_paths": ("rmsnorm.md", 51, 63, r"\sum_j \mathrm{dxhat}_j\,x_j\cdot\Big(-\frac{\mathrm{rstd}^3\,x_k}{D}\Big)"),
     "layernorm_steps": ("layernorm.md", 36, 65, r"\mathrm{dx}_j = \mathrm{dx\_centered}_j + \frac{\mathrm{dmean}}{D}"),
-    "softmax_jacobian": ("softmax.md", 39, 52, r"\frac{\partial p_j}{\partial x_i} = p_j\,(\delta_{ij} - p_i)"),
+    "softmax_jacobian": ("softmax.md", 40, 53, r"\frac{\partial p_j}{\partial x_i} = p_j\,(\delta_{ij} - p_i)"),
     "cross_entropy_via_softmax": ("cross_entropy.md", 88, 89, r"$`\mathrm{dp} = -\mathrm{onehot}/p`$ collapses to $`p - \mathrm{onehot}`$"),
     "attention_group_sum": ("attention.md", 139, 149, r"linear map $`v \mapsto Ev`$"),
     "attention_mask_offset": ("attention.md", 77, 79, r"\mathrm{allowed}_{b,t,s} = \big(\neg\,\mathrm{causal} \ \lor\ s \le q\_offset + t\big)\ \land\ \mathrm{key\_padding\_mask}_{b,s}"),
@@ -217,9 +217,10 @@ def test_softmax(rng):
     x[0, 0, 2:] = -np.inf                                                  # a masked stretch
     x[1, 2, :] = -np.inf                                                   # a fully masked row
     p, cache = softmax_forward(x)
-    dx = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))                 # softmax.md:56-58
+    dx = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))                 # softmax.md:57-59
     close(dx, softmax_backward(dp, cache))
     assert np.all(dx[1, 2] == 0)
+    assert np.abs(dx.sum(axis=-1)).max() < 1e-14                           # softmax.md:63: no (1,...,1) part
 
 
 @pytest.mark.parametrize("all_ignored", [False, True])
@@ -515,7 +516,7 @@ def test_layernorm_steps(rng):
 
 
 def test_softmax_jacobian(rng):
-    """softmax.md:39-52: the Jacobian p_j (delta_ij - p_i), summed against dp."""
+    """softmax.md:40-53: the Jacobian p_j (delta_ij - p_i), summed against dp."""
     x, dp = rng.standard_normal(6), rng.standard_normal(6)
     p, cache = softmax_forward(x)
     jacobian = p[:, None] * (np.eye(6) - p[None, :])                       # [j, i] = d p_j / d x_i
@@ -529,7 +530,7 @@ def test_cross_entropy_via_softmax(rng):
     _, cache = cross_entropy_forward(logits, target)
     p = softmax_rows(logits)
     dp = -np.eye(7)[target] / p
-    dx = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))                 # softmax.md:56-58
+    dx = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))                 # softmax.md:57-59
     close(dx, p - np.eye(7)[target])
     close(dx, cross_entropy_backward(np.float64(1.0), cache))
 

@@ -38,7 +38,7 @@ CITED = {
     "embedding": ("embedding.md", 55, 56, "np.add.at(dweight, tokens.reshape(-1), dout.reshape(-1, D))"),
     "softmax": ("softmax.md", 57, 59, r"\mathrm{dx} = p\odot\big(\mathrm{dp} - \textstyle\sum_{\text{last axis}}(\mathrm{dp}\odot p)\big)"),
     "cross_entropy": ("cross_entropy.md", 94, 98, "scale = dloss / n_counted if n_counted else 0"),
-    "attention": ("attention.md", 193, 206, r"dk_g &= \mathrm{scale}\textstyle\sum_{h:\ g(h) = g} d\_attn\_scores_h^T q_h"),
+    "attention": ("attention.md", 200, 213, r"dk_g &= \mathrm{scale}\textstyle\sum_{h:\ g(h) = g} d\_attn\_scores_h^T q_h"),
     "rope": ("rope.md", 157, 160, r"dx = dy \odot \mathrm{cos} - \mathrm{rotate\_half}(dy \odot \mathrm{sin})"),
     "rope_llama3": ("rope.md", 100, 110, r"(1 - \mathrm{smooth})\,\mathrm{inv\_freq}_i / \mathrm{factor} + \mathrm{smooth}\cdot\mathrm{inv\_freq}_i"),
     "swiglu": ("swiglu.md", 99, 107, r"d\mathrm{gate} &= d\mathrm{act}\odot\mathrm{up}\odot\sigma\odot\big(1 + \mathrm{gate}\odot(1-\sigma)\big)"),
@@ -54,7 +54,7 @@ CITED = {
     "layernorm_steps": ("layernorm.md", 36, 65, r"\mathrm{dx}_j = \mathrm{dx\_centered}_j + \frac{\mathrm{dmean}}{D}"),
     "softmax_jacobian": ("softmax.md", 40, 53, r"\frac{\partial p_j}{\partial x_i} = p_j\,(\delta_{ij} - p_i)"),
     "cross_entropy_via_softmax": ("cross_entropy.md", 88, 89, r"$`\mathrm{dp} = -\mathrm{onehot}/p`$ collapses to $`p - \mathrm{onehot}`$"),
-    "attention_group_sum": ("attention.md", 139, 149, r"linear map $`v \mapsto Ev`$"),
+    "attention_group_sum": ("attention.md", 142, 153, r"linear map $`v \mapsto Ev`$"),
     "attention_mask_offset": ("attention.md", 77, 79, r"\mathrm{allowed}_{b,t,s} = \big(\neg\,\mathrm{causal} \ \lor\ s \le q\_offset + t\big)\ \land\ \mathrm{key\_padding\_mask}_{b,s}"),
     "adamw_clip": ("adamw.md", 144, 154, r"\mathrm{clip\_coef} = \mathrm{max\_norm}/(\mathrm{total\_norm} + 10^{-6})"),
     "adamw_schedule": ("adamw.md", 168, 177, r"\mathrm{min\_lr} + (\mathrm{max\_lr}-\mathrm{min\_lr})\cdot\tfrac12\big(1+\cos(\pi\cdot\mathrm{progress})\big)"),
@@ -131,7 +131,7 @@ def softmax_rows(scores):
 
 
 def attention_formula(dout, q, k, v, allowed):
-    """attention.md:193-206, per batch element and query head h, kv head g(h) = h // n_rep."""
+    """attention.md:200-213, per batch element and query head h, kv head g(h) = h // n_rep."""
     B, H, T, hd = q.shape
     KVH = k.shape[1]
     n_rep = H // KVH
@@ -536,7 +536,7 @@ def test_cross_entropy_via_softmax(rng):
 
 
 def test_attention_group_sum(rng):
-    """attention.md:139-149 and its g(h) = floor(h / n_rep) (line 49): repeat the kv heads with the
+    """attention.md:142-153 and its g(h) = floor(h / n_rep) (line 49): repeat the kv heads with the
     0/1 matrix E (E[h, g] = 1 where g = g(h)), take plain multi-head gradients of the repeated k and
     v, and E^T (the group sum) gives the grouped op's dk and dv; E built by tiling does not."""
     B, H, KVH, T, hd = 1, 6, 2, 3, 2

@@ -62,6 +62,8 @@ CITED = {
     "adamw_moments": ("adamw.md", 63, 70, r"m_t = (1-\beta_1)\sum_{i=1}^{t} \beta_1^{\,t-i}\, g_i"),
     "swiglu_silu_derivative": ("swiglu.md", 34, 80, r"\mathrm{silu}'(z) = \sigma(z) + z\,\sigma(z)(1-\sigma(z)) = \sigma(z)\big(1 + z(1 - \sigma(z))\big)"),
     "transformer_block_head": ("transformer_block.md", 104, 138, "`decoder_backward` sets the pad token's row of this lookup gradient to 0"),
+    "rmsnorm_eps_fraction": ("rmsnorm.md", 79, 82, r"a fraction" "\n"
+                             r"$`\mathrm{mean\_square}/(\mathrm{mean\_square} + \mathrm{eps})`$ of it otherwise"),
     "embedding_exercise_1": ("embedding.md", 87, 89, "`tokens = [2, 2, 0]`, `V = 3`, `D = 1`, `dout = [[1], [10], [100]]`"),
 }
 
@@ -476,6 +478,24 @@ def test_rmsnorm_two_paths(rng):
     dxhat = dy * weight
     dx = dxhat * rstd + np.sum(dxhat * x) * (-rstd**3 * x / D)             # lines 61-62
     close(dx, rmsnorm_backward(dy, cache)[0])
+
+
+def test_rmsnorm_eps_fraction(rng):
+    """rmsnorm.md:79-82 and exercise 1 (lines 101-103): the bracket removes the fraction
+    mean_square / (mean_square + eps) of dxhat's component along xhat (all of it when eps = 0), so
+    <dx, x> = rstd <dxhat, x> eps / (mean_square + eps)."""
+    D = 5
+    x, weight, dy = rng.standard_normal(D), rng.standard_normal(D), rng.standard_normal(D)
+    for eps in (0.0, 0.3):
+        _, cache = rmsnorm_forward(x, weight, eps)
+        dx, _ = rmsnorm_backward(dy, cache)
+        mean_square = np.mean(x * x)
+        rstd = 1 / np.sqrt(mean_square + eps)
+        xhat, dxhat = x * rstd, dy * weight
+        component = (dxhat @ xhat) / (xhat @ xhat) * xhat
+        close(xhat * np.mean(dxhat * xhat), mean_square / (mean_square + eps) * component)
+        close(dx, rstd * (dxhat - mean_square / (mean_square + eps) * component))
+        assert math.isclose(dx @ x, rstd * (dxhat @ x) * eps / (mean_square + eps), rel_tol=1e-12, abs_tol=1e-15)
 
 
 def test_embedding_exercise_1():

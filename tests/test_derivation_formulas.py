@@ -64,6 +64,7 @@ CITED = {
     "transformer_block_head": ("transformer_block.md", 104, 138, "`decoder_backward` sets the pad token's row of this lookup gradient to 0"),
     "rmsnorm_eps_fraction": ("rmsnorm.md", 79, 82, r"a fraction" "\n"
                              r"$`\mathrm{mean\_square}/(\mathrm{mean\_square} + \mathrm{eps})`$ of it otherwise"),
+    "rope_sin_negated": ("rope.md", 150, 153, r"the forward with $`\mathrm{sin}`$ negated"),
     "embedding_exercise_1": ("embedding.md", 87, 89, "`tokens = [2, 2, 0]`, `V = 3`, `D = 1`, `dout = [[1], [10], [100]]`"),
 }
 
@@ -280,6 +281,18 @@ def test_rope(rng):
     cos2, sin2 = rng.standard_normal((5, 6)), rng.standard_normal((5, 6))
     _, cache2 = rope_forward(x, cos2, sin2)
     close(rope_formula(dy, cos2, sin2), rope_backward(dy, cache2))
+
+
+def test_rope_sin_negated(rng):
+    """rope.md:150-153: with real tables (halves agree) the backward is the forward with sin negated;
+    with tables whose halves differ it is not, though the formula above still is the gradient."""
+    dy = rng.standard_normal((2, 3, 5, 6))
+    cos, sin = rope_cos_sin(np.arange(4, 9), 6, 10000.0)
+    _, cache = rope_forward(dy, cos, sin)
+    close(rope_backward(dy, cache), rope_forward(dy, cos, -sin)[0])
+    cos2, sin2 = rng.standard_normal((5, 6)), rng.standard_normal((5, 6))
+    _, cache2 = rope_forward(dy, cos2, sin2)
+    assert rel_err(rope_backward(dy, cache2), rope_forward(dy, cos2, -sin2)[0]) > 1e-3
 
 
 def test_rope_llama3_inv_freq():

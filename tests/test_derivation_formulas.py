@@ -38,7 +38,7 @@ CITED = {
     "embedding": ("embedding.md", 55, 56, "np.add.at(dweight, tokens.reshape(-1), dout.reshape(-1, D))"),
     "softmax": ("softmax.md", 57, 59, r"\mathrm{dx} = p\odot\big(\mathrm{dp} - \textstyle\sum_{\text{last axis}}(\mathrm{dp}\odot p)\big)"),
     "cross_entropy": ("cross_entropy.md", 94, 98, "scale = dloss / n_counted if n_counted else 0"),
-    "attention": ("attention.md", 200, 213, r"dk_g &= \mathrm{scale}\textstyle\sum_{h:\ g(h) = g} d\_attn\_scores_h^T q_h"),
+    "attention": ("attention.md", 202, 215, r"dk_g &= \mathrm{scale}\textstyle\sum_{h:\ g(h) = g} d\_attn\_scores_h^T q_h"),
     "rope": ("rope.md", 157, 160, r"dx = dy \odot \mathrm{cos} - \mathrm{rotate\_half}(dy \odot \mathrm{sin})"),
     "rope_llama3": ("rope.md", 100, 110, r"(1 - \mathrm{smooth})\,\mathrm{inv\_freq}_i / \mathrm{factor} + \mathrm{smooth}\cdot\mathrm{inv\_freq}_i"),
     "swiglu": ("swiglu.md", 99, 107, r"d\mathrm{gate} &= d\mathrm{act}\odot\mathrm{up}\odot\sigma\odot\big(1 + \mathrm{gate}\odot(1-\sigma)\big)"),
@@ -134,7 +134,7 @@ def softmax_rows(scores):
 
 
 def attention_formula(dout, q, k, v, allowed):
-    """attention.md:200-213, per batch element and query head h, kv head g(h) = h // n_rep."""
+    """attention.md:202-215, per batch element and query head h, kv head g(h) = h // n_rep."""
     B, H, T, hd = q.shape
     KVH = k.shape[1]
     n_rep = H // KVH
@@ -269,6 +269,10 @@ def test_attention(rng, H, KVH, causal, padded):
     close(probs, cache.attn_probs)
     for mine, theirs in zip((dq, dk, dv), attention_backward(dout, cache)):
         close(mine, theirs)
+    if padded:                                                             # attention.md:166-167
+        _, dk_op, dv_op = attention_backward(dout, cache)
+        assert np.all(dk_op[1, :, :2] == 0) and np.all(dv_op[1, :, :2] == 0)
+        assert np.all(np.abs(dv_op[1, :, 2:]).sum(axis=-1) > 0)           # the real keys do get some
 
 
 def test_rope(rng):

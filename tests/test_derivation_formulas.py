@@ -22,7 +22,7 @@ from npllama.ops.layernorm import layernorm_backward, layernorm_forward
 from npllama.ops.linear import linear_backward, linear_forward
 from npllama.ops.lora import lora_backward, lora_forward
 from npllama.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
-from npllama.ops.rope import rope_backward, rope_cos_sin, rope_forward
+from npllama.ops.rope import rope_backward, rope_cos_sin, rope_forward, rope_inv_freq
 from npllama.ops.softmax import softmax_backward, softmax_forward
 from npllama.ops.swiglu import swiglu_backward, swiglu_forward
 
@@ -39,7 +39,7 @@ CITED = {
     "softmax": ("softmax.md", 57, 59, r"\mathrm{dx} = p\odot\big(\mathrm{dp} - \textstyle\sum_{\text{last axis}}(\mathrm{dp}\odot p)\big)"),
     "cross_entropy": ("cross_entropy.md", 94, 98, "scale = dloss / n_counted if n_counted else 0"),
     "attention": ("attention.md", 202, 215, r"dk_g &= \mathrm{scale}\textstyle\sum_{h:\ g(h) = g} d\_attn\_scores_h^T q_h"),
-    "rope": ("rope.md", 157, 160, r"dx = dy \odot \mathrm{cos} - \mathrm{rotate\_half}(dy \odot \mathrm{sin})"),
+    "rope": ("rope.md", 160, 163, r"dx = dy \odot \mathrm{cos} - \mathrm{rotate\_half}(dy \odot \mathrm{sin})"),
     "rope_llama3": ("rope.md", 100, 110, r"(1 - \mathrm{smooth})\,\mathrm{inv\_freq}_i / \mathrm{factor} + \mathrm{smooth}\cdot\mathrm{inv\_freq}_i"),
     "swiglu": ("swiglu.md", 99, 107, r"d\mathrm{gate} &= d\mathrm{act}\odot\mathrm{up}\odot\sigma\odot\big(1 + \mathrm{gate}\odot(1-\sigma)\big)"),
     "lora": ("lora.md", 78, 82, "dlora_A = d_lora_hidden.reshape(-1, r).T @ x_drop.reshape(-1, in_)"),
@@ -58,13 +58,15 @@ CITED = {
     "attention_mask_offset": ("attention.md", 77, 79, r"\mathrm{allowed}_{b,t,s} = \big(\neg\,\mathrm{causal} \ \lor\ s \le q\_offset + t\big)\ \land\ \mathrm{key\_padding\_mask}_{b,s}"),
     "adamw_clip": ("adamw.md", 144, 154, r"\mathrm{clip\_coef} = \mathrm{max\_norm}/(\mathrm{total\_norm} + 10^{-6})"),
     "adamw_schedule": ("adamw.md", 168, 177, r"\mathrm{min\_lr} + (\mathrm{max\_lr}-\mathrm{min\_lr})\cdot\tfrac12\big(1+\cos(\pi\cdot\mathrm{progress})\big)"),
-    "rope_pairs": ("rope.md", 145, 147, r"$`dx_{i+h} = -dy_i \sin\phi + dy_{i+h}\cos\phi`$"),
+    "rope_pairs": ("rope.md", 148, 150, r"$`dx_{i+h} = -dy_i \sin\phi + dy_{i+h}\cos\phi`$"),
     "adamw_moments": ("adamw.md", 63, 70, r"m_t = (1-\beta_1)\sum_{i=1}^{t} \beta_1^{\,t-i}\, g_i"),
     "swiglu_silu_derivative": ("swiglu.md", 34, 80, r"\mathrm{silu}'(z) = \sigma(z) + z\,\sigma(z)(1-\sigma(z)) = \sigma(z)\big(1 + z(1 - \sigma(z))\big)"),
     "transformer_block_head": ("transformer_block.md", 104, 138, "`decoder_backward` sets the pad token's row of this lookup gradient to 0"),
     "rmsnorm_eps_fraction": ("rmsnorm.md", 79, 82, r"a fraction" "\n"
                              r"$`\mathrm{mean\_square}/(\mathrm{mean\_square} + \mathrm{eps})`$ of it otherwise"),
-    "rope_sin_negated": ("rope.md", 150, 153, r"the forward with $`\mathrm{sin}`$ negated"),
+    "rope_sin_negated": ("rope.md", 153, 156, r"the forward with $`\mathrm{sin}`$ negated"),
+    "rope_dynamic_ntk": ("rope.md", 118, 124, r"$`\theta\,(\mathrm{factor}\cdot T/T_{\max} - (\mathrm{factor} - 1))^{d/(d-2)}`$"),
+    "rope_dynamic_ntk_slowed": ("rope.md", 121, 124, r"is slowed by $`s^{2i/(d-2)}`$"),
     "embedding_exercise_1": ("embedding.md", 87, 89, "`tokens = [2, 2, 0]`, `V = 3`, `D = 1`, `dout = [[1], [10], [100]]`"),
 }
 
@@ -120,7 +122,7 @@ def rotate_half(x):
 
 
 def rope_formula(dy, cos, sin):
-    """rope.md:157-160."""
+    """rope.md:160-163."""
     return dy * cos - rotate_half(dy * sin)
 
 
@@ -288,7 +290,7 @@ def test_rope(rng):
 
 
 def test_rope_sin_negated(rng):
-    """rope.md:150-153: with real tables (halves agree) the backward is the forward with sin negated;
+    """rope.md:153-156: with real tables (halves agree) the backward is the forward with sin negated;
     with tables whose halves differ it is not, though the formula above still is the gradient."""
     dy = rng.standard_normal((2, 3, 5, 6))
     cos, sin = rope_cos_sin(np.arange(4, 9), 6, 10000.0)
@@ -299,11 +301,24 @@ def test_rope_sin_negated(rng):
     assert rel_err(rope_backward(dy, cache2), rope_forward(dy, cos2, -sin2)[0]) > 1e-3
 
 
+def test_rope_dynamic_ntk_base():
+    """rope.md:118-124: transformers' dynamic base theta * s^(d/(d-2)), s = factor * T/T_max - (factor - 1),
+    slows pair i by s^(2i/(d-2)): pair 0 not at all, the slowest pair by exactly s (position
+    interpolation); npllama, which never runs past T_max, keeps plain RoPE's frequencies."""
+    d, theta, factor, T_max = 64, 10000.0, 4.0, 2048
+    plain = rope_inv_freq(d, theta)
+    np.testing.assert_array_equal(rope_inv_freq(d, theta, {"rope_type": "dynamic", "factor": factor}), plain)
+    for T in (T_max, 3000, 4 * T_max):
+        s = factor * T / T_max - (factor - 1)
+        raised = rope_inv_freq(d, theta * s ** (d / (d - 2)))
+        assert raised[0] == 1.0
+        assert math.isclose(plain[-1] / raised[-1], s, rel_tol=1e-12)
+        close(plain / raised, s ** (2 * np.arange(d // 2) / (d - 2)))
+
+
 def test_rope_llama3_inv_freq():
     """rope.md:100-110, the one forward formula checked here: LLaMA-3's three frequency bands (a
     convention students and ports get wrong), against rope_inv_freq, with pairs in every band."""
-    from npllama.ops.rope import rope_inv_freq
-
     d, rope_theta = 64, 500000.0
     scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 8192}
@@ -595,7 +610,7 @@ def test_attention_group_sum(rng):
 
 
 def test_rope_pairs(rng):
-    """rope.md:145-147: per pair (i, i + h) at position p, dx is dy rotated by -phi."""
+    """rope.md:148-150: per pair (i, i + h) at position p, dx is dy rotated by -phi."""
     T, d = 4, 6
     h = d // 2
     positions = np.arange(3, 3 + T)

@@ -67,6 +67,9 @@ CITED = {
     "rope_sin_negated": ("rope.md", 153, 156, r"the forward with $`\mathrm{sin}`$ negated"),
     "rope_dynamic_ntk": ("rope.md", 118, 124, r"$`\theta\,(\mathrm{factor}\cdot T/T_{\max} - (\mathrm{factor} - 1))^{d/(d-2)}`$"),
     "rope_dynamic_ntk_slowed": ("rope.md", 121, 124, r"is slowed by $`s^{2i/(d-2)}`$"),
+    "attention_padding_key": ("attention.md", 166, 167, r"give it $`dv = 0`$ and $`dk = 0`$"),
+    "softmax_rows_sum_0": ("softmax.md", 63, 63, r"$`\sum_i\mathrm{dx}_i = 0`$"),
+    "cross_entropy_rows_sum_0": ("cross_entropy.md", 101, 101, "Each counted row of `dlogits` sums to zero"),
     "embedding_exercise_1": ("embedding.md", 87, 89, "`tokens = [2, 2, 0]`, `V = 3`, `D = 1`, `dout = [[1], [10], [100]]`"),
 }
 

@@ -561,6 +561,66 @@ def test_standard_input_over_the_read_budget_is_refused_by_both_commands(tok, ca
     assert json.loads(capsys.readouterr().out) == tok.encode(data)
 
 
+class _BufferAllocatingWhatItIsAskedFor:
+    """sys.stdin.buffer as a BufferedReader is under `ulimit -v 2000000`: read(n) allocates n bytes
+    before it reads, so a read of more than the address space allows fails however little comes."""
+
+    def __init__(self, data: bytes):
+        import io
+
+        self._data = io.BytesIO(data)
+
+    def read(self, n=-1):
+        if n < 0 or n > 1024**3:
+            raise MemoryError
+        return self._data.read(n)
+
+
+def test_standard_input_is_read_in_blocks_not_one_read_of_the_whole_budget(tok, capsys, monkeypatch):
+    # Before: one read of NPLLAMA_MAX_READ + 1 bytes (4 GiB by default), which a BufferedReader
+    # allocates up front: a MemoryError under an address-space limit for two words of input
+    import types
+
+    from npllama.cli import main
+
+    monkeypatch.setattr("sys.stdin", types.SimpleNamespace(buffer=_BufferAllocatingWhatItIsAskedFor(b"hello there")))
+    assert main(["tokenizer", "encode", "--model", str(tok.path)]) == 0
+    assert json.loads(capsys.readouterr().out) == tok.encode("hello there")
+    monkeypatch.setenv("NPLLAMA_MAX_READ", "10")
+    monkeypatch.setattr("sys.stdin", types.SimpleNamespace(buffer=_BufferAllocatingWhatItIsAskedFor(b"hello there")))
+    assert main(["tokenizer", "encode", "--model", str(tok.path)]) == 2
+    assert "standard input is over the 10-byte limit" in capsys.readouterr().err
+
+
+def test_a_text_stream_in_standard_inputs_place_is_encoded_as_it_is(tok, capsys, monkeypatch):
+    # its text has no bytes beneath it: a lone surrogate in it is the text's, refused as encode refuses
+    # it. Before: "standard input: is not UTF-8 text (byte 1 ...); it reads as Windows-1252/Latin-1
+    # text ... save it again as CSV UTF-8" -- bytes the stream never had
+    import io
+
+    from npllama.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("a\udcffb"))
+    assert main(["tokenizer", "encode", "--model", str(tok.path)]) == 2
+    err = capsys.readouterr().err
+    assert "lone surrogate U+DCFF" in err and "UTF-8" not in err
+    monkeypatch.setattr("sys.stdin", io.StringIO("\ufeffé\r\n\0"))   # as it is: nothing dropped or changed
+    assert main(["tokenizer", "encode", "--model", str(tok.path)]) == 0
+    assert json.loads(capsys.readouterr().out) == tok.encode("\ufeffé\r\n\0")
+
+
+def test_a_closed_standard_input_is_named_as_such(tok, capsys, monkeypatch):
+    # `npllama tokenizer encode --model M <&-`: Python sets sys.stdin to None. Before: an
+    # AttributeError traceback ('NoneType' object has no attribute 'read'), from both commands
+    from npllama.cli import main
+
+    monkeypatch.setattr("sys.stdin", None)
+    assert main(["tokenizer", "encode", "--model", str(tok.path)]) == 2
+    assert "standard input is closed" in capsys.readouterr().err
+    assert main(["classify", "--model", str(tok.path), "--file", "-"]) == 2
+    assert "cannot read --file -: standard input is closed" in capsys.readouterr().err
+
+
 def test_the_commands_help_names_the_one_character_that_does_not_come_back(tok, capsys):
     # Before: `npllama tokenizer --help` promised decode(encode(x)) is x for every x; U+2581 "▁",
     # SentencePiece's mark for a space, comes back as a space (the module docstring said so, the help not).

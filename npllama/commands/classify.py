@@ -66,7 +66,8 @@ def run(args) -> int:
             if args.file == "-":   # standard input, as `tokenizer encode` reads it
                 from ..io.reading import decode_text, read_standard_input
 
-                text = decode_text(read_standard_input(max_read()), "standard input").removeprefix("\ufeff")
+                data = read_standard_input(max_read())   # (a text stream in its place gives its text)
+                text = (data if isinstance(data, str) else decode_text(data, "standard input")).removeprefix("\ufeff")
             else:
                 text = read_text(args.file, max_bytes=max_read())
         except (OSError, ValueError) as error:

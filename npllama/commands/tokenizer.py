@@ -143,6 +143,8 @@ def _text_to_encode(argument: str | None) -> str:
         from ..io.reading import read_standard_input
 
         data, source = read_standard_input(max_read(), UsageError), "standard input"
+        if isinstance(data, str):   # a text stream put in its place (io.StringIO): its text as it is
+            return data
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

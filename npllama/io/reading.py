@@ -112,18 +112,28 @@ def read_text_blocks(path, max_bytes: int = MAX_TEXT_BYTES, error=ValueError, bl
                 read(len(data))
 
 
-def read_standard_input(max_bytes: int = MAX_TEXT_BYTES, error=ValueError) -> bytes:
+def read_standard_input(max_bytes: int = MAX_TEXT_BYTES, error=ValueError) -> bytes | str:
     """Standard input's bytes, up to its end: more than max_bytes is refused as `error`, as a file
-    over its budget is.  A text stream put in sys.stdin's place (io.StringIO, as a test or a notebook
-    does) has no bytes beneath it: its text's UTF-8 bytes stand for them."""
-    buffer = getattr(sys.stdin, "buffer", None)
-    if buffer is None:
-        data = sys.stdin.read(max_bytes + 1).encode("utf-8", "surrogatepass")
-    else:
-        data = buffer.read(max_bytes + 1)
-    if len(data) > max_bytes:
+    over its budget is.  They are read a block at a time: a BufferedReader allocates what one read
+    asks for before it reads, and max_bytes + 1 (4 GiB by default) is a MemoryError under an
+    address-space limit (`ulimit -v`) for a line of text.  A text stream put in sys.stdin's place
+    (io.StringIO, as a test or a notebook does) has no bytes beneath it: its text is returned as it
+    is, its UTF-8 bytes counted against max_bytes."""
+    stream = sys.stdin
+    if stream is None:   # the process was started with standard input closed (`<&-`)
+        raise error("standard input is closed: there is nothing to read from it")
+    buffer = getattr(stream, "buffer", None)
+    read = stream.read if buffer is None else buffer.read
+    blocks, size = [], 0
+    while size <= max_bytes:
+        block = read(min(1024**2, max_bytes + 1 - size))   # (characters of a text stream: no more than its bytes)
+        if not block:
+            break
+        blocks.append(block)
+        size += len(block) if buffer is not None else len(block.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
         raise error(f"standard input is over the {max_bytes:,}-byte limit for a text file")
-    return data
+    return (b"" if buffer is not None else "").join(blocks)
 
 
 def read_lines(path, error=ValueError) -> Iterator[str]:

@@ -314,7 +314,11 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
         line = match.group(1)
         if not line:
             empty.add(number)
-        elif number == 1 and (hint := _SEPARATOR_LINE.fullmatch(line)):
+        elif number == 1 and line[:4].lower() == "sep=":
+            if not (hint := _SEPARATOR_LINE.fullmatch(line)):   # (a header row does not name a column "sep=...")
+                raise ValueError(f"{path} line 1, {line!r}, names no separator npllama reads: a separator line "
+                                 f"is sep= and the one character between the columns (sep=; or sep=, or sep= "
+                                 f"and a tab character itself, not \\t), not a letter, digit, space or quote")
             named_separator = hint.group(1)
         elif header is None and line.strip():
             header, blank = line, number - 1   # (text is not blank: there is one)
@@ -383,8 +387,10 @@ def _csv_rows(path: Path, text: str, separator: str, empty: set[int],
     return texts, labels, lines
 
 
-# Excel's line 1 naming the column separator, which it writes for another locale's reader ("sep=;")
-_SEPARATOR_LINE = re.compile(r'sep=([^"\w\s]|\t)', re.IGNORECASE)
+# Excel's line 1 naming the column separator, which it writes for another locale's reader ("sep=;");
+# a tool writing it as a row of the sheet pads it with the row's empty cells ("sep=;;"), an editor may
+# leave spaces after it
+_SEPARATOR_LINE = re.compile(r'sep=([^"\w\s]|\t)\1*\s*', re.IGNORECASE)
 
 
 def _column_separator(path: Path, header: str) -> str:

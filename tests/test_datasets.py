@@ -420,6 +420,30 @@ def test_an_excel_separator_line_names_the_separator(tmp_path, separator, spelli
     path.write_text(f"sep={separator}\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"holds only its line 1, 'sep=(.|\\t)': no header row and no examples"):
         load_labelled(path)
+    path.write_text(f'sep={separator}\n"text{separator}label\nok{separator}a\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"excel.csv line 2: not valid CSV"):   # the header's own line
+        load_labelled(path)
+
+
+@pytest.mark.parametrize("line", ["sep=;;", "sep=;;;", "sep=; ", "Sep=;\t"])
+def test_a_separator_line_with_trailing_separators_or_spaces_names_its_separator(tmp_path, line):
+    # a tool that writes the sep= line as a row of the sheet pads it with empty cells (sep=;;), an
+    # editor may leave a space. Before: read as the header, "missing text, label (found 'sep=;')"
+    # -- naming a line that looks like the one npllama reads
+    path = tmp_path / "t.csv"
+    path.write_text(f"{line}\r\ntext;label\r\nHello, world;a\r\n", encoding="utf-8")
+    assert read_labelled(path) == (["Hello, world"], ["a"], [3])
+
+
+@pytest.mark.parametrize("line", ["sep=\\t", "sep=x", "sep= ", "sep=", 'sep="', "SEP=\\t;"])
+def test_a_separator_line_naming_no_usable_separator_is_named(tmp_path, line):
+    # "sep=\t" typed with a backslash for a tab, a letter, a space, nothing: before, read as the
+    # header row and refused as "missing text, label (found 'sep=\\t')", the sep= line not named
+    path = tmp_path / "t.csv"
+    path.write_text(f"{line}\ntext\tlabel\nhi\ta\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(f"t.csv line 1, {line!r}, names no separator npllama reads: ")
+                       + r".*a tab character itself, not \\t"):
+        load_labelled(path)
 
 
 def test_a_text_like_a_separator_line_after_line_one_is_a_text(tmp_path):

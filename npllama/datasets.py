@@ -367,7 +367,9 @@ def _csv_rows(path: Path, text: str, separator: str, empty: set[int],
         if missing:   # (blank lines before it are refused above; a quoted name may span lines)
             raise ValueError(f"{path} line {header_line}: the header row must name the columns text and "
                              f"label; missing "
-                             f"{', '.join(missing)} (found {', '.join(map(repr, reader.fieldnames))})")
+                             f"{', '.join(missing)} (found {', '.join(map(repr, reader.fieldnames))})"
+                             + (f"; it is split at each {_separator_name(separator)}, as line 1 "
+                                f"({'sep=' + separator!r}) names" if header_line == 2 else ""))
         texts, labels, lines = [], [], []
         for start, row in _rows_with_their_start(reader, path, empty):
             where = f"{path} line {reader.line_num}"

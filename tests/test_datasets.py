@@ -446,6 +446,15 @@ def test_a_separator_line_naming_no_usable_separator_is_named(tmp_path, line):
         load_labelled(path)
 
 
+def test_a_header_split_at_another_separator_than_the_sep_line_names_is_told_so(tmp_path):
+    # line 1 says comma, the rows use semicolons: before, "missing text, label (found 'text;label')"
+    # alone, which does not say why the header was not split
+    path = tmp_path / "t.csv"
+    path.write_text("sep=,\ntext;label\nhi;a\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"line 2: .* \(found 'text;label'\); it is split at each comma, "
+                                         r"as line 1 \('sep=,'\) names"):
+        load_labelled(path)
+
 def test_a_text_like_a_separator_line_after_line_one_is_a_text(tmp_path):
     # only line 1 names the separator: a later "sep=;" is an example's text
     path = tmp_path / "t.csv"

@@ -299,6 +299,26 @@ def test_a_tokenizer_beside_the_model_folder_is_taken_and_copied(tmp_path):
     assert (out / "tokenizer.model").read_bytes() == tokenizer.model_bytes
 
 
+def test_the_trained_folder_reads_text_with_the_tokenizer_it_was_trained_with(tmp_path):
+    """The folder holds a tokenizer.json, a tokenizer.model lies beside it: npllama (load_tokenizer,
+    which _token_windows trains with) takes the tokenizer.model, so --out must get it too, or npllama
+    reads the result with the tokenizer.json alone and other ids than it was trained on."""
+    from npllama.hf_train import _write_tokenizer_files
+    from npllama.runs import load_tokenizer
+
+    start, _, _ = tiny_start_folder(tmp_path / "run")
+    (start / "tokenizer.model").unlink()
+    assert (start / "tokenizer.json").is_file()
+    other = Tokenizer.train(make_default_corpus(seed=1)[:60], tmp_path / "other", vocab_size=400)
+    (tmp_path / "run" / "tokenizer.model").write_bytes(other.model_bytes)
+    text = "Once upon a time a fox found a shiny stone."
+    trained_with = load_tokenizer(start).encode(text)
+    assert trained_with == other.encode(text)
+    out = tmp_path / "o"
+    out.mkdir()
+    _write_tokenizer_files(start, out)
+    assert load_tokenizer(out).encode(text) == trained_with
+
 def test_the_chat_template_goes_with_the_model_and_a_stale_one_goes(tmp_path):
     """A fine-tuned chat model's chat_template.jinja is what `npllama chat` talks in: --out gets it,
     and an earlier model's template there goes when the start folder has none."""

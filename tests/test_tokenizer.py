@@ -619,6 +619,24 @@ def test_a_closed_standard_input_is_named_as_such(tok, capsys, monkeypatch):
     assert "standard input is closed" in capsys.readouterr().err
     assert main(["classify", "--model", str(tok.path), "--file", "-"]) == 2
     assert "cannot read --file -: standard input is closed" in capsys.readouterr().err
+    assert main(["tokenizer", "decode", "--model", str(tok.path)]) == 2   # its ids read from there too
+    assert "standard input is closed" in capsys.readouterr().err
+
+
+def test_decode_reads_its_ids_from_standard_input_within_the_read_budget(tok, capsys, monkeypatch):
+    # before: sys.stdin.read() of any amount, past NPLLAMA_MAX_READ
+    import io
+
+    from npllama.cli import main
+
+    ids = tok.encode("hello there", bos=False)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(json.dumps(ids).encode())))
+    assert main(["tokenizer", "decode", "--model", str(tok.path)]) == 0
+    assert capsys.readouterr().out == "hello there\n"
+    monkeypatch.setenv("NPLLAMA_MAX_READ", "3")
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(ids)))
+    assert main(["tokenizer", "decode", "--model", str(tok.path)]) == 2
+    assert "standard input is over the 3-byte limit" in capsys.readouterr().err
 
 
 def test_the_commands_help_names_the_one_character_that_does_not_come_back(tok, capsys):

@@ -1,7 +1,6 @@
 """`npllama tokenizer train|encode|decode`: SentencePiece tokenizers with LLaMA's settings."""
 import argparse
 import json
-import sys
 from functools import partial
 
 from . import (HelpFormatter, UsageError, defaults_only_when_given, print_help_instead,
@@ -166,8 +165,16 @@ def _warn_of_lost_characters(tok, text: str) -> None:
 
 def decode(args) -> int:
     tok = _load(args.model)
-    raw = " ".join(args.ids) if args.ids else sys.stdin.read()
     from ..io.reading import parse_json
+
+    if args.ids:
+        raw = " ".join(args.ids)
+    else:   # within the read budget, as encode reads it; a byte that is not UTF-8 is shown in the error below
+        from ..budget import max_read
+        from ..io.reading import read_standard_input
+
+        raw = read_standard_input(max_read(), UsageError)
+        raw = raw if isinstance(raw, str) else raw.decode("utf-8", "surrogateescape")
 
     try:
         ids = parse_json(raw, "the ids", expect=list) if raw.strip().startswith("[") else \

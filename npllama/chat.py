@@ -22,6 +22,7 @@ encoded, because npllama's tokenizer encodes control pieces as their ids (as tra
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -60,6 +61,8 @@ _ANSWER_MARKER = "npllamaANSWERmarker"
 # A message ends with these in the built-in templates: generation stops at them.
 END_OF_TURN = {"llama2": None, "llama3": "<|eot_id|>"}
 ROLES = ("system", "user", "assistant")
+# A special token as chat templates write them: <|eot_id|>, <|im_start|>, Gemma's <start_of_turn>.
+_MARKER = re.compile(r"<\|[^|<>\s'\"]{1,40}\|>|<(?:start|end)_of_turn>")
 
 
 class AnswerNotWritten(ValueError):
@@ -271,6 +274,22 @@ class ChatTemplate:
         piece (it decodes as no text) and for a template without an end of turn."""
         ids = self._end_of_turn_ids(tokenizer)
         return [self.end_of_turn] if len(ids) > 1 or (ids and self.end_of_turn in tokenizer.decode(ids)) else []
+
+    def spelt_markers(self, tokenizer) -> dict[str, int]:
+        """The special tokens the template writes (<|start_header_id|>, <|eot_id|>, <|im_start|>,
+        <start_of_turn>, ...) that `tokenizer` has no piece for, each with how many pieces it spells
+        it in: {} when it has them all.  An npllama tokenizer has none of LLaMA-3's, so
+        `--chat-template llama3` writes <|start_header_id|> as 14 pieces of "<", "|", "st", ...:
+        text the model reads and writes as any other, in its context, however long."""
+        markers = dict.fromkeys(_MARKER.findall(self.source) + [self.end_of_turn] * (self.end_of_turn is not None))
+        spelt = {marker: len(tokenizer.encode(marker, bos=False)) for marker in markers}
+        return {marker: n for marker, n in spelt.items() if n > 1}
+
+    def own_tokens(self, tokenizer, messages, add_generation_prompt: bool = True) -> int:
+        """How many of the conversation's ids are the template's own text (headers, markers, BOS):
+        the ids of `messages` rendered with every message's content left empty."""
+        blank = [{**m, "content": ""} for m in check_messages(messages)]
+        return len(tokenizer.encode(self.render(blank, add_generation_prompt), bos=False))
 
     def _end_of_turn_ids(self, tokenizer) -> list[int]:
         """The end of turn's ids: one when the tokenizer has it whole (a control piece, a

@@ -367,7 +367,9 @@ def test_chat_says_which_template_it_uses_when_the_folder_has_none(small_model_d
     assert stderr_of("--model", str(small_model_dir)) == (
         "[the model folder has no chat template: the built-in llama2 template is used "
         "(--chat-template llama2, llama3 or a Jinja file picks another)]\n")
-    assert stderr_of("--model", str(small_model_dir), "--chat-template", "llama3") == ""
+    assert stderr_of("--model", str(small_model_dir), "--chat-template", "llama2") == ""
+    # llama3's headers are no pieces of this tokenizer: that is said (test_a_template_s_spelt_markers_...)
+    assert "no chat template" not in stderr_of("--model", str(small_model_dir), "--chat-template", "llama3")
     folder = tmp_path / "own"
     shutil.copytree(small_model_dir, folder)
     (folder / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
@@ -714,3 +716,55 @@ def test_a_control_piece_end_of_turn_is_no_stop_text():
     assert llama3.stop_ids(tokenizer) == sorted([tokenizer.eos_id, tokenizer.piece_to_id("<|eot_id|>")])
     assert llama3.stop_texts(tokenizer) == [] and ChatTemplate("llama2").stop_texts(tokenizer) == []
     assert llama3.stop_texts(chatml_tokenizer()) == ["<|eot_id|>"]   # spelled in pieces there
+
+
+def test_a_template_s_markers_the_tokenizer_has_no_piece_for_are_counted(small_model_dir):
+    """llama3's <|start_header_id|>, <|end_header_id|> and <|eot_id|> on an npllama tokenizer:
+    each spelt in many pieces; none for llama2 (plain text), nor for a tokenizer holding the
+    marker whole (ChatML's <|im_start|>, <|im_end|> as user-defined pieces)."""
+    tokenizer = load_tokenizer(small_model_dir)
+    spelt = ChatTemplate("llama3").spelt_markers(tokenizer)
+    assert list(spelt) == ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    assert all(n == len(tokenizer.encode(marker, bos=False)) > 5 for marker, n in spelt.items())
+    assert ChatTemplate("llama2").spelt_markers(tokenizer) == {}
+    assert ChatTemplate(CHATML).spelt_markers(chatml_tokenizer()) == {}
+    assert list(ChatTemplate(CHATML).spelt_markers(tokenizer)) == ["<|im_start|>", "<|im_end|>"]
+    # the template's own text: the conversation rendered with its contents left empty
+    llama3 = ChatTemplate("llama3")
+    own = tokenizer.encode("<s><|start_header_id|>user<|end_header_id|>\n\n<|eot_id|>"
+                           "<|start_header_id|>assistant<|end_header_id|>\n\n", bos=False)
+    assert llama3.own_tokens(tokenizer, [{"role": "user", "content": "Why is the sky blue?"}]) == len(own)
+
+
+def test_generate_chat_and_chat_say_what_a_template_spelt_in_pieces_costs(small_model_dir, monkeypatch, capsys):
+    """Before: `--chat-template llama3` on an npllama tokenizer spent 72 of a 74-token prompt on
+    headers spelt piece by piece, of a 128-token context, and nothing said so."""
+    import io
+
+    from npllama.cli import main
+
+    tokenizer = load_tokenizer(small_model_dir)
+    llama3 = ChatTemplate("llama3", "<s>", "</s>")
+    spelt = llama3.spelt_markers(tokenizer)
+    *first, last = map(str, spelt.values())
+    counts = f"{', '.join(first)} and {last}"
+    own = llama3.own_tokens(tokenizer, [{"role": "user", "content": ""}])
+    prompt = tokenizer.encode(llama3.prompt("Hi"), bos=False)
+    assert main(["generate", "--model", str(small_model_dir), "--chat-template", "llama3", "--prompt", "Hi",
+                 "--max-new-tokens", "2", "--temperature", "0", "--backend", "numpy"]) == 0
+    note = (f"[the tokenizer has no piece for the chat template's <|start_header_id|>, <|end_header_id|> and "
+            f"<|eot_id|>: it spells them in {counts} pieces, so the template's own text takes {own} of this "
+            f"prompt's {len(prompt)} tokens, of the model's context of 128 (--chat-template llama2 writes text "
+            f"it has pieces for)]")
+    assert capsys.readouterr().err.splitlines()[0] == note
+    exchange = llama3.own_tokens(tokenizer, [{"role": r, "content": ""} for r in ("user", "assistant", "user")]) - own
+    assert exchange > own / 2
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi\nHo\n"))
+    assert main(["chat", "--model", str(small_model_dir), "--chat-template", "llama3", "--max-new-tokens", "2",
+                 "--temperature", "0", "--backend", "numpy"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "no piece" in line]
+    assert said == [note.replace(f"{own} of this prompt's {len(prompt)} tokens",
+                                 f"{own} tokens of each prompt, and {exchange} more for each earlier exchange")]
+    assert main(["generate", "--model", str(small_model_dir), "--chat-template", "llama2", "--prompt", "Hi",
+                 "--max-new-tokens", "2", "--temperature", "0", "--backend", "numpy"]) == 0
+    assert "no piece" not in capsys.readouterr().err

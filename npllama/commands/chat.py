@@ -3,7 +3,7 @@ import sys
 
 from . import HelpFormatter, add_adapter_option, add_run_options
 from .generate import (StopAwarePrinter, add_chat_options, add_sampling_options, add_stop_option,
-                       chat_template, check_sampling_options, stop_strings)
+                       chat_template, check_sampling_options, note_spelt_markers, stop_strings)
 
 
 DEFAULT_ANSWER_TOKENS = 200
@@ -47,6 +47,7 @@ def run(args) -> int:
     # generate --chat matches it: one for the chat, not a decode of the whole conversation each turn
     stop = StopStrings(tokenizer, stops) if stops else None
     context = model.config.max_position_embeddings
+    note_spelt_markers(template, tokenizer, args.system, context)
     answer_room = "--max-new-tokens {}"
     if args.max_new_tokens is None:    # room for an answer that leaves some for what was said before
         args.max_new_tokens = default_answer_tokens(context)

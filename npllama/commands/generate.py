@@ -129,6 +129,37 @@ def note_builtin_template(template, adapter, pick_another: str | None = None) ->
           flush=True)
 
 
+def note_spelt_markers(template, tokenizer, system: str | None, context: int, prompt_ids=None) -> None:
+    """Say on stderr, once, when the tokenizer has no piece for the special tokens `template` writes
+    (`--chat-template llama3` on an npllama tokenizer): each is then spelt in many pieces, which
+    take the context's room as the conversation's own words do.  prompt_ids: the one prompt of
+    `generate --chat`, whose share of them is said; None (`chat`): what each prompt and each
+    exchange before it costs."""
+    spelt = template.spelt_markers(tokenizer)
+    if not spelt:
+        return
+    asked = [{"role": "system", "content": system}] * (system is not None) + [{"role": "user", "content": ""}]
+    own = template.own_tokens(tokenizer, asked)
+    if prompt_ids is not None:
+        cost = f"the template's own text takes {own} of this prompt's {len(prompt_ids)} tokens"
+    else:
+        exchange = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]
+        more = template.own_tokens(tokenizer, asked[:-1] + exchange + asked[-1:]) - own
+        cost = f"the template's own text takes {own} tokens of each prompt, and {more} more for each earlier exchange"
+    markers = list(spelt)
+    names, counts = _listed(markers), _listed([str(n) for n in spelt.values()])
+    # the built-in llama3 was picked by name, not trained with: llama2's [INST] is plain text
+    other = " (--chat-template llama2 writes text it has pieces for)" if template.name == "llama3" else ""
+    print(f"[the tokenizer has no piece for the chat template's {names}: it spells "
+          f"{'it' if len(markers) == 1 else 'them'} in {counts} pieces, so {cost}, of the model's context of "
+          f"{context}{other}]", file=sys.stderr, flush=True)
+
+
+def _listed(words: list[str]) -> str:
+    """Words joined as a sentence lists them: a; a and b; a, b and c."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
 def check_sampling_options(args) -> None:
     """Every sampling flag, --chat-template and --system, checked before the model is loaded."""
     from ..generate import check_generation_args
@@ -179,6 +210,7 @@ def run(args) -> int:
     if chat:
         template = chat_template(args, model_dir, tokenizer)
         prompt_ids = tokenizer.encode(template.prompt(prompt, args.system), bos=False)
+        note_spelt_markers(template, tokenizer, args.system, model.config.max_position_embeddings, prompt_ids)
         end_ids = template.stop_ids(tokenizer, model)
         stops += template.stop_texts(tokenizer)   # an end of turn the tokenizer spells in pieces
         shown_prompt = ""

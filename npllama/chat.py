@@ -61,6 +61,9 @@ _ANSWER_MARKER = "npllamaANSWERmarker"
 # A message ends with these in the built-in templates: generation stops at them.
 END_OF_TURN = {"llama2": None, "llama3": "<|eot_id|>"}
 ROLES = ("system", "user", "assistant")
+# Written after the final message's content to find where it ends (continue_final_message), as
+# transformers writes it.
+_CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
 # A special token as chat templates write them: <|eot_id|>, <|im_start|>, Gemma's <start_of_turn>.
 _MARKER = re.compile(r"<\|[^|<>\s'\"]{1,40}\|>|<(?:start|end)_of_turn>")
 
@@ -147,9 +150,34 @@ class ChatTemplate:
         except ChatTemplateError as error:
             raise ChatTemplateError(error.problem, where, way_out) from None
 
-    def render(self, messages, add_generation_prompt: bool = True) -> str:
-        """The conversation as text, ending with the assistant's header when add_generation_prompt."""
+    def render(self, messages, add_generation_prompt: bool | None = None, continue_final_message: bool = False) -> str:
+        """The conversation as text, ending with the assistant's header when add_generation_prompt
+        (None: unless continue_final_message).  After a last message of the assistant's that header
+        starts a second answer, as in transformers; continue_final_message=True instead ends the
+        text where the last message's content ends, so the model goes on with it (an answer begun
+        for it: "Sure, the answer is"), as transformers' apply_chat_template(continue_final_message=
+        True) cuts it: a trailing space the template trims is left out, one it keeps stays."""
+        if continue_final_message not in (True, False):
+            raise TypeError(f"continue_final_message must be True or False, got {continue_final_message!r}")
+        if continue_final_message and add_generation_prompt:
+            raise ValueError("add_generation_prompt and continue_final_message exclude each other: a new "
+                             "assistant header starts another message, continuing the final one writes none")
+        if add_generation_prompt is None:
+            add_generation_prompt = not continue_final_message
         messages = check_messages(messages)
+        if not continue_final_message:
+            return self._render(messages, add_generation_prompt)
+        # where the content ends: a tag written after it, as transformers finds it (a space the
+        # template keeps after the tag shows that it keeps the content's own trailing space)
+        tagged = messages[:-1] + [{**messages[-1], "content": messages[-1]["content"] + _CONTINUE_TAG}]
+        text = self._render(tagged, add_generation_prompt=False)
+        if _CONTINUE_TAG.strip() not in text:
+            raise ValueError(f"the chat template does not write the final message {messages[-1]['content']!r} as "
+                             f"it is given, so there is no end of it to continue from")
+        end = text.rindex(_CONTINUE_TAG.strip())
+        return text[:end] if text[end:end + len(_CONTINUE_TAG)] == _CONTINUE_TAG else text[:end].rstrip()
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
         from jinja2 import TemplateError
 
         try:

@@ -768,3 +768,35 @@ def test_generate_chat_and_chat_say_what_a_template_spelt_in_pieces_costs(small_
     assert main(["generate", "--model", str(small_model_dir), "--chat-template", "llama2", "--prompt", "Hi",
                  "--max-new-tokens", "2", "--temperature", "0", "--backend", "numpy"]) == 0
     assert "no piece" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("answer", ["Sure, it is", "Sure, it is ", " Sure\n", "Sure, it is CONTINUE_FINAL_MESSAGE_TAG"])
+def test_a_final_message_is_continued_as_transformers_continues_it(tmp_path, small_model_dir, answer):
+    """A conversation ending with an answer begun for the model: continue_final_message=True ends
+    the text with that answer's content, as transformers' apply_chat_template cuts it (a trailing
+    space llama3's trim drops is dropped, one llama2's template keeps stays).  Before: render had no
+    such option, and its default add_generation_prompt=True put a second assistant header after it."""
+    transformers = pytest.importorskip("transformers")
+    tokenizer = load_tokenizer(small_model_dir)
+    begun = QUESTION + [{"role": "assistant", "content": answer}]
+    for name, source in (("llama2", LLAMA2_TEMPLATE), ("llama3", LLAMA3_TEMPLATE), ("chatml", CHATML)):
+        folder = tmp_path / name
+        folder.mkdir()
+        for file, data in tokenizer.hf_files(chat_template=source).items():
+            (folder / file).write_bytes(data)
+        hf = transformers.AutoTokenizer.from_pretrained(str(folder))
+        ours = ChatTemplate.for_folder(folder, tokenizer)
+        text = ours.render(begun, continue_final_message=True)
+        assert text == hf.apply_chat_template(begun, tokenize=False, continue_final_message=True), name
+        assert text.rstrip().endswith(answer.strip()) and not text.endswith(("<|eot_id|>", "</s>", "<|im_end|>\n"))
+        # the begun answer as the whole conversation starts it, no new header after it; a question
+        # still gets its header by default
+        # (the answer's own trailing space or newline may stay, as in transformers)
+        assert ours.render(begun, add_generation_prompt=False).startswith(text.rstrip())
+        assert ours.render(QUESTION) == hf.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
+    with pytest.raises(ValueError, match="add_generation_prompt and continue_final_message exclude each other"):
+        ChatTemplate("llama3").render(begun, add_generation_prompt=True, continue_final_message=True)
+    with pytest.raises(TypeError, match="continue_final_message must be True or False"):
+        ChatTemplate("llama3").render(begun, continue_final_message="yes")
+    with pytest.raises(ValueError, match="does not write the final message"):
+        ChatTemplate("{% for m in messages %}{{ m['role'] }}{% endfor %}").render(begun, continue_final_message=True)

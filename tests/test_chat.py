@@ -800,3 +800,42 @@ def test_a_final_message_is_continued_as_transformers_continues_it(tmp_path, sma
         ChatTemplate("llama3").render(begun, continue_final_message="yes")
     with pytest.raises(ValueError, match="does not write the final message"):
         ChatTemplate("{% for m in messages %}{{ m['role'] }}{% endfor %}").render(begun, continue_final_message=True)
+
+
+def test_the_share_of_a_spelt_template_counts_the_system_message_s_header(small_model_dir, capsys):
+    """generate --chat --system: the template's own text is the system message's header and end
+    as well as the user's, all of them blank (only "Be brief." and "Hi" are the prompt's words)."""
+    from npllama.cli import main
+
+    tokenizer = load_tokenizer(small_model_dir)
+    llama3 = ChatTemplate("llama3")
+    own = llama3.own_tokens(tokenizer, [{"role": "system", "content": ""}, {"role": "user", "content": ""}])
+    prompt = tokenizer.encode(llama3.prompt("Hi", "Be brief."), bos=False)
+    assert own > ChatTemplate("llama3").own_tokens(tokenizer, [{"role": "user", "content": ""}]) + 20
+    assert main(["generate", "--model", str(small_model_dir), "--chat-template", "llama3", "--prompt", "Hi",
+                 "--system", "Be brief.", "--max-new-tokens", "1", "--temperature", "0", "--backend", "numpy"]) == 0
+    assert f"own text takes {own} of this prompt's {len(prompt)} tokens" in capsys.readouterr().err
+
+
+def test_a_tokenizer_json_holding_the_template_s_markers_gets_no_note(small_model_dir, tmp_path, capsys):
+    """LLaMA-3's markers as added tokens of a tokenizer.json (as Meta's folders have them): each is
+    one id, so nothing is spelt and nothing is said."""
+    pytest.importorskip("tokenizers")
+    from npllama.commands.generate import note_spelt_markers
+
+    folder = tmp_path / "model"
+    shutil.copytree(small_model_dir, folder)
+    pipeline = json.loads(load_tokenizer(folder).hf_files()["tokenizer.json"])
+    n = load_tokenizer(folder).vocab_size
+    markers = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    pipeline["added_tokens"] += [{"id": n + i, "content": token, "single_word": False, "lstrip": False,
+                                  "rstrip": False, "normalized": False, "special": True}
+                                 for i, token in enumerate(markers)]
+    (folder / "tokenizer.json").write_text(json.dumps(pipeline))
+    tokenizer, llama3 = load_tokenizer(folder), ChatTemplate("llama3")
+    assert [tokenizer.encode(marker, bos=False) for marker in markers] == [[n], [n + 1], [n + 2]]
+    assert llama3.spelt_markers(tokenizer) == {}
+    note_spelt_markers(llama3, tokenizer, "Be brief.", 128, tokenizer.encode(llama3.prompt("Hi"), bos=False))
+    note_spelt_markers(llama3, tokenizer, None, 128)
+    assert capsys.readouterr().err == ""
+    assert list(llama3.spelt_markers(load_tokenizer(small_model_dir))) == markers   # the same tokenizer without them

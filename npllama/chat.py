@@ -171,7 +171,8 @@ class ChatTemplate:
         # template keeps after the tag shows that it keeps the content's own trailing space)
         tagged = messages[:-1] + [{**messages[-1], "content": messages[-1]["content"] + _CONTINUE_TAG}]
         text = self._render(tagged, add_generation_prompt=False)
-        if _CONTINUE_TAG.strip() not in text:
+        # transformers' two checks: the tag, and the content (stripped) somewhere in the text
+        if _CONTINUE_TAG.strip() not in text or messages[-1]["content"].strip() not in text:
             raise ValueError(f"the chat template does not write the final message {messages[-1]['content']!r} as "
                              f"it is given, so there is no end of it to continue from")
         end = text.rindex(_CONTINUE_TAG.strip())

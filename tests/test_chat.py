@@ -839,3 +839,15 @@ def test_a_tokenizer_json_holding_the_template_s_markers_gets_no_note(small_mode
     note_spelt_markers(llama3, tokenizer, None, 128)
     assert capsys.readouterr().err == ""
     assert list(llama3.spelt_markers(load_tokenizer(small_model_dir))) == markers   # the same tokenizer without them
+
+
+def test_a_final_message_the_template_rewrites_is_not_continued_as_in_transformers(small_model_dir):
+    """A template that writes the content otherwise than given (upper-cased here): transformers'
+    continue_final_message refuses it, since the text no longer ends with the message to go on
+    with.  Before: the tag, upper-case already, was found and "SURE, IT IS" was continued."""
+    upper = ChatTemplate("{% for m in messages %}{{ m['role'] + ': ' + m['content'] | upper + '\\n' }}{% endfor %}")
+    begun = QUESTION + [{"role": "assistant", "content": "Sure, it is"}]
+    with pytest.raises(ValueError, match="does not write the final message 'Sure, it is' as it is given"):
+        upper.render(begun, continue_final_message=True)
+    assert upper.render(begun[:-1] + [{"role": "assistant", "content": "SURE"}],
+                        continue_final_message=True).endswith("assistant: SURE")

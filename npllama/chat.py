@@ -370,6 +370,30 @@ def warn_if_not_jinja(source: str, where: str, kept: str, stacklevel: int = 2) -
         warnings.warn(str(ChatTemplateError(error.problem, where, kept)), stacklevel=stacklevel + 1)
 
 
+def spelt_markers_note(template: ChatTemplate, tokenizer, context: int, cost) -> str | None:
+    """What `generate --chat`, `chat`, `finetune sft` and `eval choice --template chat` say when
+    `tokenizer` has no piece for special tokens `template` writes (ChatTemplate.spelt_markers):
+    "the tokenizer has no piece for the chat template's <|start_header_id|>, ...: it spells them in
+    14, ... pieces, so <cost()>, of the model's context of <context>", and which built-in template
+    to pick instead when llama3 was picked by name; None when it has them all.  cost: called only
+    then, what the template's own text takes ("the template's own text takes 72 of this prompt's
+    74 tokens")."""
+    spelt = template.spelt_markers(tokenizer)
+    if not spelt:
+        return None
+    names, counts = _listed(list(spelt)), _listed([str(n) for n in spelt.values()])
+    # the built-in llama3 was picked by name, not trained with: llama2's [INST] is plain text
+    other = " (--chat-template llama2 writes text it has pieces for)" if template.name == "llama3" else ""
+    return (f"the tokenizer has no piece for the chat template's {names}: it spells "
+            f"{'it' if len(spelt) == 1 else 'them'} in {counts} pieces, so {cost()}, of the model's context of "
+            f"{context}{other}")
+
+
+def _listed(words: list[str]) -> str:
+    """Words joined as a sentence lists them: a; a and b; a, b and c."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
 def turn_messages(prompt: str, response: str | None = None, system: str | None = None) -> list[dict]:
     """The messages of one exchange: an optional system message, the user's, the assistant's.
     system None: no system message; an empty or blank one is refused, as chat --system refuses it

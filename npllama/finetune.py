@@ -733,6 +733,17 @@ def _classify(cc: ClassifyConfig, run, echo) -> ClassifyResult:
 
 
 # ----- instruction tuning (SFT) ---------------------------------------------------------------------
+def _own_tokens(template, tokenizer, conversations) -> int:
+    """The template's own tokens (ChatTemplate.own_tokens) summed over `conversations`: each
+    sequence of roles rendered once, the contents being left out anyway."""
+    by_roles = {}
+    for messages in conversations:
+        roles = tuple(m["role"] for m in messages)
+        if roles not in by_roles:
+            by_roles[roles] = template.own_tokens(tokenizer, messages, add_generation_prompt=False)
+    return sum(by_roles[tuple(m["role"] for m in messages)] for messages in conversations)
+
+
 def encode_chat(tokenizer, prompt: str, response: str, system: str | None = None, template=None):
     """(ids, is_response): the turn's token ids and, per id, whether the loss counts it.
 
@@ -819,7 +830,7 @@ def sft(sc_: SFTConfig, echo=print, resume: bool = False) -> SFTResult:
 
 def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     from . import datasets
-    from .chat import ChatTemplate, turn_messages
+    from .chat import ChatTemplate, spelt_markers_note, turn_messages
     from .generate import StopStrings, decodable_vocab_size, generate
     from .runs import load_model_and_tokenizer, note_attention_dropout
 
@@ -841,12 +852,13 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
                      ("the model's context, max_position_embeddings + 1",
                       f"the model's context (max_position_embeddings {context}) holds no more, so shorten the prompt"))
     kind, numbers = ("example", range(1, len(conversations) + 1)) if lines is None else ("line", lines)
-    kept, encoded, skipped, cut = [], [], [], 0
+    kept, encoded, skipped, cut, written = [], [], [], 0, 0
     for i, messages in enumerate(conversations):
         try:
             ids, counted = template.encode_conversation(tokenizer, messages)
         except ValueError as e:      # e.g. LLaMA-2's template: roles must alternate
             raise ValueError(f"{_sft_source(sc_)} {kind} {numbers[i]}: {e}") from None
+        written += len(ids)
         if sum(counted[1:max_len]) == 0:   # the prompt fills max_len: not one response token to learn
             skipped.append(numbers[i])
             continue
@@ -857,11 +869,16 @@ def _sft(sc_: SFTConfig, run, echo) -> SFTResult:
     if not encoded:
         raise ValueError(f"every example of {_sft_source(sc_)} ({len(skipped)}) has a prompt that {too_long} "
                          f"({_named(kind, skipped)}); {remedy}")
-    conversations = [conversations[i] for i in kept]
+    conversations_read, conversations = conversations, [conversations[i] for i in kept]
     # the split after every example encoded: a line the template refuses is named before a count is judged
     train_rows, val_rows = datasets.split_train_val(len(encoded), sc_.val_fraction, sc_.seed, val_file=False)
     echo(f"instruction-tuning {'LoRA adapters' if sc_.lora else 'every weight'} of {model_dir} on {_sft_source(sc_)}: "
          f"{len(train_rows)} train / {len(val_rows)} validation examples")   # as classify opens: count them against the file
+    spelt = spelt_markers_note(template, tokenizer, context, lambda: f"the template's own text takes "
+                               f"{_own_tokens(template, tokenizer, conversations_read) / len(conversations_read):.0f} "
+                               f"of an example's {written / len(conversations_read):.0f} tokens on average")
+    if spelt is not None:
+        echo(spelt)
     if skipped:
         echo(f"{len(skipped)} of {len(skipped) + len(encoded)} examples {'is' if len(skipped) == 1 else 'are'} "
              f"skipped, {'its' if len(skipped) == 1 else 'their'} prompt {too_long} ({_named(kind, skipped)}); {remedy}")

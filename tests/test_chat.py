@@ -851,3 +851,46 @@ def test_a_final_message_the_template_rewrites_is_not_continued_as_in_transforme
         upper.render(begun, continue_final_message=True)
     assert upper.render(begun[:-1] + [{"role": "assistant", "content": "SURE"}],
                         continue_final_message=True).endswith("assistant: SURE")
+
+
+def test_sft_and_eval_choice_say_what_a_template_spelt_in_pieces_costs(small_model_dir, tmp_path, capsys):
+    """`finetune sft --chat-template llama3` and `eval choice --template chat` on a model tuned so,
+    with an npllama tokenizer: every example and every question spends the spelt headers, said
+    as generate --chat says it (npllama.chat.spelt_markers_note).  Before: nothing was said."""
+    from npllama.chat import spelt_markers_note
+    from npllama.cli import main
+    from npllama.datasets import write_jsonl
+    from npllama.finetune import SFTConfig, sft
+
+    tokenizer = load_tokenizer(small_model_dir)
+    rows = [{"prompt": "Hi", "response": "Hello."}] * 2 + [{"prompt": "Run far", "system": "Be brief.",
+                                                            "response": "Lily ran to the park."}] * 2
+    data = write_jsonl(tmp_path / "qa.jsonl", rows)
+    llama3 = ChatTemplate("llama3")
+    asked = [[{"role": "system", "content": ""}] * ("system" in row) + [{"role": "user", "content": ""},
+                                                                        {"role": "assistant", "content": ""}]
+             for row in rows]
+    own = sum(llama3.own_tokens(tokenizer, m, add_generation_prompt=False) for m in asked) / len(rows)
+    total = sum(len(encode_chat(tokenizer, r["prompt"], r["response"], r.get("system"), llama3)[0])
+                for r in rows) / len(rows)
+    said = []
+    out = tmp_path / "sft"
+    sft(SFTConfig(base=str(small_model_dir), data=str(data), steps=1, samples=0, progress=False,
+                  val_fraction=0.5, chat_template="llama3", out=str(out)), echo=said.append)
+    note = spelt_markers_note(llama3, tokenizer, 128, lambda: f"the template's own text takes {own:.0f} of an "
+                              f"example's {total:.0f} tokens on average")
+    assert note.endswith("(--chat-template llama2 writes text it has pieces for)") and note in said
+    said.clear()
+    sft(SFTConfig(base=str(small_model_dir), data=str(data), steps=1, samples=0, progress=False,
+                  val_fraction=0.5, chat_template="llama2"), echo=said.append)
+    assert not any("no piece" in line for line in said)
+
+    items = write_jsonl(tmp_path / "items.jsonl", [{"question": "Who?", "choices": ["Tom", "Lily"], "answer": 0}])
+    capsys.readouterr()
+    assert main(["eval", "choice", "--model", str(out), "--data", str(items), "--template", "chat",
+                 "--no-progress", "--backend", "numpy"]) == 0
+    tuned = ChatTemplate.for_folder(out, tokenizer)    # llama3's source, as the folder holds it
+    asked = tuned.own_tokens(tokenizer, [{"role": "user", "content": ""}])
+    note = spelt_markers_note(tuned, tokenizer, 128, lambda: f"the template's own text takes {asked} tokens of "
+                              f"each question's prompt")
+    assert capsys.readouterr().err == f"[{note}]\n" and "--chat-template" not in note

@@ -554,7 +554,7 @@ def run_choice(args) -> int:
     template = args.template
     if template == "chat":
         from ..chat import ChatTemplate, ChatTemplateError
-        from .generate import note_builtin_template
+        from .generate import note_builtin_template, say_spelt_markers
 
         try:
             template = ChatTemplate.for_folder(model_dir, tokenizer, adapter=args.adapter)
@@ -562,6 +562,9 @@ def run_choice(args) -> int:
             raise ChatTemplateError(error.problem, error.where, "--template plain asks the questions without a "
                                     "chat template (or fix the template in that file)") from None
         note_builtin_template(template, args.adapter)
+        asked = [{"role": "user", "content": ""}]
+        say_spelt_markers(template, tokenizer, model.config.max_position_embeddings, lambda: f"the template's own "
+                          f"text takes {template.own_tokens(tokenizer, asked)} tokens of each question's prompt")
     with use_backend(args.backend or get_backend()):
         result = evaluate_choice(model, tokenizer, items, template, progress=not args.no_progress)
     if args.json:   # no loss, so no units: the accuracies and chance are shares of the items

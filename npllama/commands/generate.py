@@ -135,29 +135,26 @@ def note_spelt_markers(template, tokenizer, system: str | None, context: int, pr
     take the context's room as the conversation's own words do.  prompt_ids: the one prompt of
     `generate --chat`, whose share of them is said; None (`chat`): what each prompt and each
     exchange before it costs."""
-    spelt = template.spelt_markers(tokenizer)
-    if not spelt:
-        return
     asked = [{"role": "system", "content": system}] * (system is not None) + [{"role": "user", "content": ""}]
-    own = template.own_tokens(tokenizer, asked)
-    if prompt_ids is not None:
-        cost = f"the template's own text takes {own} of this prompt's {len(prompt_ids)} tokens"
-    else:
+
+    def cost() -> str:
+        own = template.own_tokens(tokenizer, asked)
+        if prompt_ids is not None:
+            return f"the template's own text takes {own} of this prompt's {len(prompt_ids)} tokens"
         exchange = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]
         more = template.own_tokens(tokenizer, asked[:-1] + exchange + asked[-1:]) - own
-        cost = f"the template's own text takes {own} tokens of each prompt, and {more} more for each earlier exchange"
-    markers = list(spelt)
-    names, counts = _listed(markers), _listed([str(n) for n in spelt.values()])
-    # the built-in llama3 was picked by name, not trained with: llama2's [INST] is plain text
-    other = " (--chat-template llama2 writes text it has pieces for)" if template.name == "llama3" else ""
-    print(f"[the tokenizer has no piece for the chat template's {names}: it spells "
-          f"{'it' if len(markers) == 1 else 'them'} in {counts} pieces, so {cost}, of the model's context of "
-          f"{context}{other}]", file=sys.stderr, flush=True)
+        return f"the template's own text takes {own} tokens of each prompt, and {more} more for each earlier exchange"
+
+    say_spelt_markers(template, tokenizer, context, cost)
 
 
-def _listed(words: list[str]) -> str:
-    """Words joined as a sentence lists them: a; a and b; a, b and c."""
-    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+def say_spelt_markers(template, tokenizer, context: int, cost) -> None:
+    """npllama.chat.spelt_markers_note's note on stderr, if there is one."""
+    from ..chat import spelt_markers_note
+
+    note = spelt_markers_note(template, tokenizer, context, cost)
+    if note is not None:
+        print(f"[{note}]", file=sys.stderr, flush=True)
 
 
 def check_sampling_options(args) -> None:

@@ -481,4 +481,4 @@ def _end_of_turn(source: str) -> str | None:
 
 __all__ = ["ChatTemplate", "ChatTemplateError", "AnswerNotWritten", "LLAMA2_TEMPLATE", "LLAMA3_TEMPLATE",
            "read_folder_template", "folder_template_and_file", "check_messages", "warn_if_not_jinja",
-           "turn_messages"]
+           "turn_messages", "spelt_markers_note"]

@@ -195,6 +195,24 @@ def test_what_a_submission_prints_is_kept_to_its_first_lines(tmp_path):
     assert capped.lines == 1001
 
 
+@pytest.mark.parametrize("failure", ["undefined_name\n", "1 / 0\n", "def rmsnorm_backwards(dy, cache):\n    pass\n"])
+def test_what_a_file_printed_before_it_fails_to_load_is_kept_to_its_first_lines(failure, tmp_path):
+    """A file that prints as it is imported and then fails (a NameError, a crash, no function of the
+    exercise's name) lost its prints in `exercise check`: they often say why.  They are shown, capped
+    as a working file's are, and check_file (in this process) shows the same."""
+    from npllama.exercises import check_file
+
+    path = tmp_path / "loud.py"
+    path.write_text("for i in range(50):\n    print('line', i)\n" + failure)
+    graded = grade_file("rmsnorm", path, n_random=0)
+    assert graded.status == "unusable", graded.text
+    lines = graded.output.splitlines()
+    assert lines[0] == f"your code printed 50 lines (the first {OUTPUT_SHOWN}):", graded.output
+    assert lines[1:] == [f"  | line {i}" for i in range(OUTPUT_SHOWN)]
+    assert graded.report.startswith(graded.output + "\n\n"), graded.report
+    assert check_file("rmsnorm", path, n_random=0).output == graded.output
+
+
 # ----- the rule ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("source,why", [

@@ -179,6 +179,7 @@ def grade_file(op: str, path, *, n_random: int = 8, seed: int = 0, timeout: floa
             function, load_error = submission.start()
             if load_error is not None:
                 report = Report(exercise, shown_as, [], load_error=load_error)
+                graded_on["output"] = submission.printed_at_load
             else:
                 stage = "in its first call, before any check"     # check_function probes the function once first
                 report = check_function(exercise, function, n_random=n_random, seed=seed, source=shown_as,
@@ -371,6 +372,7 @@ class _Submission:
         self.why = ""
         self._dump_from: int | None = None    # where the stack dump asked of a stuck child starts in its output
         self.stuck_at = ""                    # "line 3 of loop.py": where a child stopped for time was, if known
+        self.printed_at_load = ""             # what a file that cannot be loaded printed first (shown_output)
 
     def __enter__(self):
         self.output_path = self.scratch / "output.txt"
@@ -429,6 +431,7 @@ class _Submission:
                 except wire.MALFORMED:
                     self._stop("crashed", NOT_A_REPLY)
                 self._stop_at_memory_limit(raised, "the file")
+            self.printed_at_load = shown_output(str(header.get("head", ""))[:OUTPUT_SHOWN * 400], header.get("lines", 0))
             return None, str(header.get("text", ""))[:wire.MAX_TEXT]
         if header.get("kind") != "ready":
             self._stop("crashed", NOT_A_REPLY)
@@ -744,7 +747,10 @@ def _child(argv) -> int:
             # what the file's code raised goes along: the grader tells its memory limit's MemoryError
             # as it tells one in a call
             raised = {} if error.raised is None else {"raised": wire.error_header(error.raised)}
-            _send(args.reply_fd, {"kind": "load_error", "text": str(error), **raised})
+            # and what it printed before it failed, which is often what tells the student why
+            output.flush()
+            _send(args.reply_fd, {"kind": "load_error", "text": str(error), **raised,
+                                  "head": output.head, "lines": output.lines})
             return 0
         _send(args.reply_fd, {"kind": "ready", **_naming(function)})
         function = student_call(function)

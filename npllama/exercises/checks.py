@@ -190,6 +190,18 @@ def backward_rank(case: Case) -> dict | None:
     return rank
 
 
+def in_backward_order(case: Case) -> list:
+    """(k, gradient name) of each of the case's gradients (k: its place in what the backward
+    returns), the one the backward reaches first first; the inputs' order when the case does not
+    give the backward's, and within one step.  A slip early in a backward makes every gradient
+    computed from it wrong: the report leads with the first, and a factor is named on it."""
+    found = list(enumerate(case.grad_names))
+    rank = backward_rank(case)
+    if rank is not None:
+        found.sort(key=lambda item: rank[case.input_names[case.wrt[item[0]]]])
+    return found
+
+
 # ----- calling a student's backward -----------------------------------------------------------------
 
 def call_backward(backward, dout, cache, case: Case) -> tuple:
@@ -336,23 +348,20 @@ def check_gradient(backward, case: Case) -> None:
         if undecided:
             raise CaseUndecided(_why_undecided(undecided), case.describe())
         return
-    # a slip early in the backward makes every gradient computed from it wrong: the report leads
-    # with the one the backward reaches first (the inputs' order when the exercise does not say)
-    rank = backward_rank(case)
-    if rank is not None:
-        failing.sort(key=lambda r: rank[r.name])
+    order = [name for _, name in in_backward_order(case)]
+    failing.sort(key=lambda r: order.index(gradient_name(r.name)))
     first = failing[0]
     index = case.input_names.index(first.name)
     numeric = _numeric_gradient(case, dout, index)
     grads = call_backward(backward, dout, case.run_forward()[1], case)
     got = grads[case.wrt.index(index)]
     finding = diagnose(got, numeric, grad=gradient_name(first.name), case=case.describe(), zero_label=case.zero_label)
-    right = [r.name for r in report.inputs if r.status == "ok"]
+    rank = backward_rank(case)
     if rank is not None:
-        right.sort(key=rank.__getitem__)
         finding.backward_steps = {gradient_name(name): step for name, step in rank.items()}
     finding.wrong_gradients = [gradient_name(r.name) for r in failing[1:]]
-    finding.right_gradients = [gradient_name(name) for name in right]
+    finding.right_gradients = sorted((gradient_name(r.name) for r in report.inputs if r.status == "ok"),
+                                     key=order.index)
     finding.undecided_gradients = [gradient_name(r.name) for r in undecided]
     raise CheckFailed(finding)
 

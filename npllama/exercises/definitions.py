@@ -203,12 +203,16 @@ class Exercise:
     def case(self, params, dtype=np.float64) -> Case:
         case = self.build(params, dtype)
         case.reference = self.reference
-        if not case.backward_order:      # (a build that knows its own, as the model's, keeps it)
-            case.backward_order = checks.backward_steps(self.backward_order)
+        case.backward_order = self.backward_order_of(case)
         # dout must not be drawn from the stream the inputs came from: with the same seed and shape
         # dout would equal x, dy^T x would be symmetric, and a transposed dweight would pass.
         case.seed += DOUT_STREAM
         return case
+
+    def backward_order_of(self, case: Case) -> tuple:
+        """The steps of the backward on this case: the exercise's backward_order, unless the case
+        was built with its own (a build that knows its own, as the model's, keeps it)."""
+        return case.backward_order or checks.backward_steps(self.backward_order)
 
     @check("returns", "returns one gradient per differentiable input, with that input's shape and dtype")
     def check_returns(self, backward, params):

@@ -21,7 +21,7 @@ import itertools
 
 import numpy as np
 
-from .checks import backward_rank
+from .checks import in_backward_order
 from .diagnose import constant_ratio, rel_error
 
 MATCH = 1e-6       # the student's gradients equal a mistake's to this (norm-wise relative error)
@@ -104,7 +104,7 @@ def name_mistake(catalogue, exercise, backward) -> Explanation | None:
             continue
         if not all(same_gradients(got, w) for w, (_, _, got, _) in zip(wrong, probes)):
             continue
-        changes = [name for k, name in _in_backward_order(probes[0][0])
+        changes = [name for k, name in in_backward_order(probes[0][0])
                    if any(not same_gradients(w[k:k + 1], right[k:k + 1]) for w, (_, _, _, right) in zip(wrong, probes))]
         if changes:
             return Explanation(changes[0], mistake.message, mistake.hint, reorders=mistake.reorders, changes=changes)
@@ -256,7 +256,7 @@ def name_scalar_factor(exercise, backward, params_list) -> Explanation | None:
         if got is None or len(got) != len(right) or any(g.shape != r.shape for g, r in zip(got, right)):
             return None       # a crash or a shape: the checks' own findings say it
         probes.append((case.scalars, got, right))
-    for k, grad in _in_backward_order(exercise.case(params_list[0])):
+    for k, grad in in_backward_order(exercise.case(params_list[0])):
         passes = [same_gradients((g[k],), (r[k],)) for _, g, r in probes]
         if all(passes):
             continue
@@ -291,16 +291,6 @@ def name_scalar_factor(exercise, backward, params_list) -> Explanation | None:
             f"1 / {name} into the gradient (d(x / {name})/dx = 1 / {name}), one that multiplies by it "
             f"puts {name}")
     return None
-
-
-def _in_backward_order(case) -> list:
-    """(index, gradient name) of each gradient, the first the backward reaches first (the inputs'
-    order when the case does not give the backward's): a factor shown on the first wrong one."""
-    found = list(enumerate(case.grad_names))
-    rank = backward_rank(case)
-    if rank is not None:
-        found.sort(key=lambda item: rank[case.input_names[case.wrt[item[0]]]])
-    return found
 
 
 def explain(catalogue, exercise, backward) -> Explanation:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import Case, Choice, Ints, Shape, backward_steps, forward_subject, sample
+from .checks import Case, Choice, Ints, Shape, forward_subject, sample
 from .definitions import EXERCISES, Exercise, did_you_mean, path_argument
 
 
@@ -210,7 +210,7 @@ def check_definition(exercise: Exercise) -> None:
             result = case.run_forward()
         except Exception as error:
             refuse(f"{exercise.forward_name} raised {type(error).__name__}: {error} (inputs: {case.describe()})")
-        _check_backward_order(case.backward_order or backward_steps(exercise.backward_order), case, refuse)
+        _check_backward_order(exercise.backward_order_of(case), case, refuse)
         if not (isinstance(result, tuple) and len(result) == 2):
             got = f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
             refuse(f"{exercise.forward_name} must return (out, cache), got {got}")

@@ -44,7 +44,6 @@ class Rung:
 
 @dataclasses.dataclass
 class Explanation:
-    grad: str | None = None     # the first gradient (in the backward's order) the named mistake changes
     message: str = ""
     hint: str = ""
     ladder: str = ""
@@ -52,6 +51,11 @@ class Explanation:
     # every gradient it changes, in the backward's order: those its knobs make differ from the right
     # ones on some probe (a mistake in one step is often in several gradients: dk and dv both averaged)
     changes: list = dataclasses.field(default_factory=list)
+
+    @property
+    def grad(self) -> str | None:
+        """The first gradient (in the backward's order) the named mistake changes; None when none is named."""
+        return self.changes[0] if self.changes else None
 
 
 def as_tuple(result):
@@ -107,7 +111,7 @@ def name_mistake(catalogue, exercise, backward) -> Explanation | None:
         changes = [name for k, name in in_backward_order(probes[0][0])
                    if any(not same_gradients(w[k:k + 1], right[k:k + 1]) for w, (_, _, _, right) in zip(wrong, probes))]
         if changes:
-            return Explanation(changes[0], mistake.message, mistake.hint, reorders=mistake.reorders, changes=changes)
+            return Explanation(mistake.message, mistake.hint, reorders=mistake.reorders, changes=changes)
     return None
 
 
@@ -286,7 +290,7 @@ def name_scalar_factor(exercise, backward, params_list) -> Explanation | None:
                                     f"be {words}")
         also = "".join(f" (or {other})" for other, _ in others)
         return Explanation(
-            grad, changes=[grad], message=f"your {grad} is {words} -- on every case checked ({name} = {values})",
+            changes=[grad], message=f"your {grad} is {words} -- on every case checked ({name} = {values})",
             hint=f"follow {name}{also} through the forward into {grad}: a forward that divides by {name} puts "
             f"1 / {name} into the gradient (d(x / {name})/dx = 1 / {name}), one that multiplies by it "
             f"puts {name}")

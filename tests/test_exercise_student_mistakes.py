@@ -242,6 +242,14 @@ NAMED_SLIPS = [
             dhidden[:, last_index] = dlogits @ score_weight
             return dhidden, dlogits.T @ pooled
     """),
+    # the batch averaged again: dlogits already holds the loss's 1/B (was "exactly 0.3333 times")
+    ("classifier", "dscore_weight averages over the rows of the batch", """
+        def classifier_backward(dlogits, cache):
+            (pooled, score_weight), last_index, hidden_shape = cache
+            dhidden = np.zeros(hidden_shape, dlogits.dtype)
+            dhidden[np.arange(len(last_index)), last_index] = dlogits @ score_weight
+            return dhidden, (dlogits[:, :, None] * pooled[:, None, :]).mean(axis=0)
+    """),
     # the check's D = 1 case is 0 / (1 - 1) in this file: NumPy's warning is the slip's, not news
     pytest.param("layernorm", "divided by D - 1", """
         def layernorm_backward(dy, cache):

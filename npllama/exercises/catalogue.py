@@ -706,7 +706,7 @@ class ClassifierMistakes:
     probes = [dict(B=3, T=4, D=3, num_labels=2, seed=11), dict(B=2, T=5, D=2, num_labels=3, seed=12)]
     ladder = []
 
-    def variant(self, dlogits, case, position="pooled"):
+    def variant(self, dlogits, case, position="pooled", dscore_weight="sum"):
         hidden, w, last = case.inputs
         B = hidden.shape[0]
         dh = np.zeros_like(hidden, dtype=np.float64)
@@ -721,7 +721,8 @@ class ClassifierMistakes:
             dh[:, last] = rows
         else:
             dh[:] = rows[:, None, :]
-        return dh, dlogits.T @ hidden[np.arange(B), last]
+        dw = dlogits.T @ hidden[np.arange(B), last]
+        return dh, dw / B if dscore_weight == "mean" else dw
 
     def mistakes(self):
         return [
@@ -736,6 +737,10 @@ class ClassifierMistakes:
                position="every_row"),
             _m("the gradient went to every position of the row; only the pooled one was read",
                "dhidden is zero except at hidden[b, last_index[b]]", position="all"),
+            # the loss is a mean over the batch, and a student divides by B again here: dlogits has it
+            _m("dscore_weight averages over the rows of the batch; it should sum them",
+               "each row adds its outer product dlogits[b]^T pooled[b]: dscore_weight = dlogits.T @ pooled, with no "
+               "division by B (the loss's mean over the batch is already in dlogits)", dscore_weight="mean"),
         ]
 
 

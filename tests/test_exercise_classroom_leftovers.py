@@ -795,3 +795,53 @@ def test_without_the_backwards_order_a_gradient_the_named_mistake_leaves_right_h
     assert line == ("gradient: dx: tanh' was taken as 1 - h (also wrong by the same mistake: dw; also wrong: ds -- the "
                     "mistake named leaves ds right on every probe case, where it fits your numbers: fix the mistake "
                     "and check again, and if ds is still wrong, it has a slip of its own)"), line
+
+
+# ----- a named mistake tried on the failing case too: said as the reported gradient's own only where it fits
+def _tanh_slope_slip_and_first_row_dw(dout, cache):     # the catalogued slip, and dw of the first row only
+    x, w, s, h = cache
+    dpre = dout * s * (1 - h)
+    return dpre @ w, dpre[:1].T @ x[:1], (dout * h).reshape(-1, s.shape[0]).sum(0)
+
+
+def test_a_named_mistake_that_does_not_give_the_reported_gradient_on_this_case_is_hedged(tmp_path):
+    # the probe (one row) shows tanh' taken as 1 - h in dw and dx; on this case (three rows) dw is
+    # not that mistake's dw: the report put "tanh' was taken as 1 - h" in dw's place as its cause
+    exercise = _tanh_exercise(tmp_path, '("s", "w", "x")')
+    exercise.catalogue = _tanh_mistakes()
+    finding = check_function(exercise, _tanh_slope_slip_and_first_row_dw, n_random=0).first_failure.finding
+    assert finding.grad == "dw" and finding.named_fits_here is False, finding.lines()
+    assert finding.message != "tanh' was taken as 1 - h", finding.lines()
+    assert ("(a mistake is also named, in dw and dx, wrong on this case too: tanh' was taken as 1 - h -- it fits your "
+            "numbers on every probe case, but your dw on this case is not what it gives: fix it and check again, and "
+            "if dw is still wrong, it has a slip of its own") in finding.what_is_wrong, finding.what_is_wrong
+
+
+def test_a_named_mistake_that_gives_the_reported_gradient_on_this_case_only_says_so(tmp_path):
+    # one mistake (a teacher's) in dw and dx on the one-row probe, and in ds too with several rows:
+    # on this case ds is the mistake's, and "if ds is still wrong, it has a slip of its own" misled
+    from npllama.exercises.mistakes import Mistake
+
+    catalogue = _tanh_mistakes()
+    right_variant = catalogue.variant
+
+    def variant(dout, case, slope="right"):
+        dx, dw, ds = right_variant(dout, case, slope)
+        if slope == "right":
+            return dx, dw, ds
+        x, w, s = case.inputs
+        return dx, dw, (dout * np.tanh(x @ w.T))[0]        # ds from the first row only, with the slope
+
+    catalogue.variant = variant
+    catalogue.mistakes = lambda: [Mistake("tanh' was taken as 1 - h, and ds reads the first row only",
+                                          "d tanh(z)/dz = 1 - tanh(z)^2; ds sums every row",
+                                          dict(slope="one_minus_h"))]
+    exercise = _tanh_exercise(tmp_path, '("s", "w", "x")')
+    exercise.catalogue = catalogue
+    finding = check_function(exercise, _tanh_slope_slip_and_first_row_ds, n_random=0).first_failure.finding
+    assert finding.grad == "ds" and finding.named_gradients == ["dw", "dx"], finding.lines()
+    assert finding.named_fits_here is True, finding
+    said = finding.what_is_wrong
+    assert ("-- it fits your numbers on every probe case, where ds is right, and on this case it gives your ds too: fix "
+            "it and check again)") in said, said
+    assert "slip of its own" not in said, said

@@ -60,6 +60,9 @@ class Finding:
     # the named mistake's words when it leaves grad right on every probe: message and hint stay what
     # grad's own numbers show, and the mistake is said after them (where_the_slip_is)
     named_mistake: str = ""
+    # whether the named mistake, recomputed on this case, gives grad's numbers: None when it was not
+    # tried; it may reach grad on this case and on no probe, or leave it right here and not on a probe
+    named_fits_here: bool | None = None
 
     @property
     def other_gradients(self) -> str:
@@ -111,18 +114,26 @@ def where_the_slip_is(finding: Finding) -> str:
     root, named = finding.grad, finding.named_gradients
     wrong = finding.wrong_gradients
     parts = []
-    if named and root and root not in named:
-        # the root's numbers are right on every probe (the mistake's are, and leave it right): they
-        # may be the named mistake's on this case only, or a slip of its own the probes did not show
+    if named and root and finding.named_mistake:
+        # the mistake is said after the root's own numbers: it leaves the root right on every probe
+        # (its numbers may be the mistake's on this case only, or a slip of its own the probes did
+        # not show), or changes it there but does not give its numbers on this case
         where = _and_names(named)
         named_wrong = [g for g in wrong if g in named]
-        if named_wrong == named:
+        if named_wrong == [g for g in named if g != root]:
             where += ", wrong on this case too"
         elif named_wrong:
             where += f" ({_and_names(named_wrong)} wrong on this case too)"
-        parts.append(f"a mistake is also named, in {where}: {finding.named_mistake} -- it fits your numbers on every "
-                     f"probe case, where {root} is right: fix it and check again, and if {root} is still wrong, it "
-                     f"has a slip of its own")
+        if root in named:
+            here = (f"it fits your numbers on every probe case, but your {root} on this case is not what it gives: "
+                    f"fix it and check again, and if {root} is still wrong, it has a slip of its own")
+        elif finding.named_fits_here:
+            here = (f"it fits your numbers on every probe case, where {root} is right, and on this case it gives "
+                    f"your {root} too: fix it and check again")
+        else:
+            here = (f"it fits your numbers on every probe case, where {root} is right: fix it and check again, and "
+                    f"if {root} is still wrong, it has a slip of its own")
+        parts.append(f"a mistake is also named, in {where}: {finding.named_mistake} -- {here}")
     elif named:
         same_mistake = [g for g in wrong if g in named]
         if same_mistake:
@@ -198,10 +209,11 @@ def and_list(texts) -> str:
 
 
 class CheckFailed(AssertionError):
-    """A check found a wrong gradient; carries the Finding (an AssertionError, so pytest shows it)."""
+    """A check found a wrong gradient; carries the Finding (an AssertionError, so pytest shows it),
+    and the gradient check the Case it failed on (the named mistake is tried on it too)."""
 
-    def __init__(self, finding: Finding):
-        self.finding = finding
+    def __init__(self, finding: Finding, case=None):
+        self.finding, self.case = finding, case
         super().__init__("\n".join(finding.lines()))
 
 

@@ -51,6 +51,8 @@ class Explanation:
     # every gradient it changes, in the backward's order: those its knobs make differ from the right
     # ones on some probe (a mistake in one step is often in several gradients: dk and dv both averaged)
     changes: list = dataclasses.field(default_factory=list)
+    # the named mistake's gradients on a case: gradients(dout, case) (None for a scalar factor)
+    gradients: object = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def grad(self) -> str | None:
@@ -111,7 +113,8 @@ def name_mistake(catalogue, exercise, backward) -> Explanation | None:
         changes = [name for k, name in in_backward_order(probes[0][0])
                    if any(not same_gradients(w[k:k + 1], right[k:k + 1]) for w, (_, _, _, right) in zip(wrong, probes))]
         if changes:
-            return Explanation(mistake.message, mistake.hint, reorders=mistake.reorders, changes=changes)
+            return Explanation(mistake.message, mistake.hint, reorders=mistake.reorders, changes=changes,
+                               gradients=compute)
     return None
 
 
@@ -295,6 +298,26 @@ def name_scalar_factor(exercise, backward, params_list) -> Explanation | None:
             f"1 / {name} into the gradient (d(x / {name})/dx = 1 / {name}), one that multiplies by it "
             f"puts {name}")
     return None
+
+
+def fits_on_case(found: Explanation, backward, case, grad: str) -> bool | None:
+    """Whether the student's gradient `grad` on `case` (not a probe: the case a check failed on) is
+    the named mistake's -- the probes name a mistake from the gradients it changes there, and a
+    mistake may reach another on this case, or leave one right here that it changes on a probe.
+    None when it cannot be told (no mistake's gradients to compute, or a call that fails)."""
+    if found.gradients is None or grad not in case.grad_names:
+        return None
+    out, _ = case.run_forward()
+    dout = case.dout_for(out)
+    got = _student(backward, dout, case)
+    try:
+        wrong = tuple(np.asarray(g, dtype=np.float64) for g in as_tuple(found.gradients(dout, case)))
+    except Exception:      # an altered step that cannot be computed on this case
+        return None
+    k = case.grad_names.index(grad)
+    if got is None or len(got) != len(wrong) or len(wrong) <= k:
+        return None
+    return same_gradients(got[k:k + 1], wrong[k:k + 1])
 
 
 def explain(catalogue, exercise, backward) -> Explanation:

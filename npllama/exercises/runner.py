@@ -32,7 +32,7 @@ from .checks import ForwardNotDeterministic, forward_subject, sample
 from .catalogue import CATALOGUES
 from .diagnose import NEAR_EXACT_CAUSES, CaseUndecided, CheckFailed, Finding, and_list
 from .gradebook import submissions_in
-from .mistakes import EdgeCaseLadder, Explanation, compare_ladder, explain, name_scalar_factor
+from .mistakes import EdgeCaseLadder, Explanation, compare_ladder, explain, fits_on_case, name_scalar_factor
 from .screen import (RULE, ForbiddenCall, finite_difference_lines, guard_library, measured_reason, near_exact_gap,
                      near_exact_note, screen_source, student_call, student_running)
 from .sandbox import CappedOutput, shown_output, with_output
@@ -71,6 +71,8 @@ class CheckResult:
     # the cases the check could not decide either way (CaseUndecided): neither passed nor failed,
     # the verdict rests on the others
     undecided: list[CaseUndecided] = dataclasses.field(default_factory=list)
+    # the Case a gradient check failed on (None for other checks): the named mistake is tried on it
+    case: object = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:
@@ -405,7 +407,7 @@ def _run_checks(op, backward, *, n_random, seed, source, source_file, catch_ever
                     result.undecided.append(undecided)
                     continue
                 except CheckFailed as failed:
-                    result.status, result.finding = "fail", failed.finding
+                    result.status, result.finding, result.case = "fail", failed.finding, failed.case
                     break
                 except ForwardNotDeterministic as error:    # the exercise's fault: said so, with how to see it
                     result.status = "error"
@@ -432,7 +434,7 @@ def _run_checks(op, backward, *, n_random, seed, source, source_file, catch_ever
             notes.append(_reordered_text(exercise, parameters))   # a crash says it in its hint
         if first is not None and first.status == "fail" and first.finding is not None:
             try:
-                _name_the_mistake(exercise, backward, first.finding, params_list)
+                _name_the_mistake(exercise, backward, first.finding, params_list, first.case)
             except (student_errors, GradingStopped):   # misbehaving on a probe: keep what the numbers showed
                 pass
             if gap is not None and NEAR_EXACT_CAUSES in first.finding.hint:
@@ -575,14 +577,16 @@ def assert_passes(op, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: i
         raise AssertionError("\n\n".join(text for text in (summary, graded.report) if text))
 
 
-def _name_the_mistake(exercise, backward, finding: Finding, params_list) -> None:
+def _name_the_mistake(exercise, backward, finding: Finding, params_list, case=None) -> None:
     """Add to what the failing case's numbers show (diagnose.py) the mistake the catalogue's probes
     name, if one matches on every probe (its words replace the numbers' own, unless it leaves the
     finding's gradient right on every probe: then they follow them; what the other gradients show
     stays, told of the gradients the mistake changes), and which simpler cases
     pass (catalogue.py, mistakes.py).  A teacher's exercise (with no catalogue, or one that names
     nothing here) has its own cases, params_list, as probes for a factor that is one of their
-    scalar inputs (mistakes.name_scalar_factor)."""
+    scalar inputs (mistakes.name_scalar_factor).  case: the Case the gradient check failed on,
+    where the mistake is tried too: its words are said as the finding's gradient's own only when
+    they fit it there."""
     catalogue = CATALOGUES[exercise.op] if exercise.builtin else exercise.catalogue
     found = explain(catalogue, exercise, backward) if catalogue is not None else Explanation()
     if found.grad is None and not exercise.builtin:
@@ -594,9 +598,11 @@ def _name_the_mistake(exercise, backward, finding: Finding, params_list) -> None
     if found.grad is not None:
         # what the other gradients show is then told of the named mistake's (diagnose.where_the_slip_is)
         finding.named_gradients = found.changes
-        if finding.grad and finding.grad not in found.changes:
-            # the mistake leaves finding.grad right on every probe: what its own numbers show stays
-            # under them, and the mistake is said after it
+        if finding.grad and case is not None:
+            finding.named_fits_here = fits_on_case(found, backward, case, finding.grad)
+        if finding.grad and (finding.grad not in found.changes or finding.named_fits_here is False):
+            # the mistake leaves finding.grad right on every probe, or does not give its numbers on
+            # this case: what its own numbers show stays under them, and the mistake is said after it
             finding.named_mistake = found.message
             finding.hint = f"{finding.hint} -- for the mistake named: {found.hint}" if finding.hint else found.hint
         else:

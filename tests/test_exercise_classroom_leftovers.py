@@ -845,3 +845,29 @@ def test_a_named_mistake_that_gives_the_reported_gradient_on_this_case_only_says
     assert ("-- it fits your numbers on every probe case, where ds is right, and on this case it gives your ds too: fix "
             "it and check again)") in said, said
     assert "slip of its own" not in said, said
+
+
+def _tanh_slope_slip_and_first_row_dx(dout, cache):     # the catalogued slip, and dx of the first row only
+    x, w, s, h = cache
+    dpre = dout * s * (1 - h)
+    dx = dpre @ w
+    dx[1:] = 0
+    return dx, dpre.T @ x, (dout * h).reshape(-1, s.shape[0]).sum(0)
+
+
+def test_a_named_gradient_that_is_not_the_mistakes_on_this_case_is_not_said_wrong_by_it(tmp_path):
+    # dw is the mistake's on the probe and on this case; dx is the mistake's on the one-row probe
+    # only: the report said "also wrong by the same mistake: dx", and fixing the mistake leaves dx wrong
+    exercise = _tanh_exercise(tmp_path, '("s", "w", "x")')
+    exercise.catalogue = _tanh_mistakes()
+    finding = check_function(exercise, _tanh_slope_slip_and_first_row_dx, n_random=0).first_failure.finding
+    assert finding.grad == "dw" and finding.message == "tanh' was taken as 1 - h", finding.lines()
+    assert finding.named_gradients == ["dw", "dx"] and finding.wrong_gradients == ["dx"], finding
+    assert finding.other_gradients == (
+        " (also wrong: dx -- the mistake named fits your dx on every probe case, but not on this case: fix the "
+        "mistake and check again, and if dx is still wrong, it has a slip of its own; right: ds -- every gradient "
+        "the backward reaches before dw)"), finding.other_gradients
+    # with dx the mistake's here too, it is said wrong by it, as before
+    finding = check_function(exercise, _tanh_slope_slip, n_random=0).first_failure.finding
+    assert finding.other_gradients.startswith(" (also wrong by the same mistake: dx; right: ds"), finding.other_gradients
+

@@ -63,6 +63,9 @@ class Finding:
     # whether the named mistake, recomputed on this case, gives grad's numbers: None when it was not
     # tried; it may reach grad on this case and on no probe, or leave it right here and not on a probe
     named_fits_here: bool | None = None
+    # the other wrong gradients the named mistake changes on a probe whose numbers on this case are
+    # not the mistake's: wrong here, but not (only) by it
+    named_misfits: list = dataclasses.field(default_factory=list)
 
     @property
     def other_gradients(self) -> str:
@@ -135,9 +138,16 @@ def where_the_slip_is(finding: Finding) -> str:
                     f"if {root} is still wrong, it has a slip of its own")
         parts.append(f"a mistake is also named, in {where}: {finding.named_mistake} -- {here}")
     elif named:
-        same_mistake = [g for g in wrong if g in named]
+        misfits = [g for g in wrong if g in named and g in finding.named_misfits]
+        same_mistake = [g for g in wrong if g in named and g not in misfits]
         if same_mistake:
             parts.append(f"also wrong by the same mistake: {_some_names(same_mistake)}")
+        if misfits:
+            one = len(misfits) == 1
+            parts.append(f"also wrong: {_some_names(misfits)} -- the mistake named fits your {_and_names(misfits)} on "
+                         f"every probe case, but not on this case: fix the mistake and check again, and if "
+                         f"{misfits[0] + ' is' if one else 'they are'} still wrong, {'it has a slip' if one else 'they have slips'} "
+                         f"of {'its' if one else 'their'} own")
     others = [g for g in wrong if g not in named]
     if named and others:
         # right on every probe, where the student's numbers are the mistake's: not the mistake's

@@ -300,24 +300,25 @@ def name_scalar_factor(exercise, backward, params_list) -> Explanation | None:
     return None
 
 
-def fits_on_case(found: Explanation, backward, case, grad: str) -> bool | None:
-    """Whether the student's gradient `grad` on `case` (not a probe: the case a check failed on) is
-    the named mistake's -- the probes name a mistake from the gradients it changes there, and a
-    mistake may reach another on this case, or leave one right here that it changes on a probe.
-    None when it cannot be told (no mistake's gradients to compute, or a call that fails)."""
-    if found.gradients is None or grad not in case.grad_names:
-        return None
+def fits_on_case(found: Explanation, backward, case, grads) -> dict:
+    """Which of the student's gradients `grads` on `case` (not a probe: the case a check failed on)
+    are the named mistake's there: {name: bool} -- the probes name a mistake from the gradients it
+    changes there, and a mistake may reach another on this case, or leave one right here that it
+    changes on a probe, or a gradient it fits on every probe may have a slip of its own that no
+    probe shows.  Empty when it cannot be told (no mistake's gradients to compute, or a call that fails)."""
+    if found.gradients is None:
+        return {}
     out, _ = case.run_forward()
     dout = case.dout_for(out)
     got = _student(backward, dout, case)
     try:
         wrong = tuple(np.asarray(g, dtype=np.float64) for g in as_tuple(found.gradients(dout, case)))
     except Exception:      # an altered step that cannot be computed on this case
-        return None
-    k = case.grad_names.index(grad)
-    if got is None or len(got) != len(wrong) or len(wrong) <= k:
-        return None
-    return same_gradients(got[k:k + 1], wrong[k:k + 1])
+        return {}
+    if got is None or len(got) != len(wrong):
+        return {}
+    ks = {grad: case.grad_names.index(grad) for grad in grads if grad in case.grad_names}
+    return {grad: same_gradients(got[k:k + 1], wrong[k:k + 1]) for grad, k in ks.items() if k < len(wrong)}
 
 
 def explain(catalogue, exercise, backward) -> Explanation:

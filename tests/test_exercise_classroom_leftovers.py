@@ -871,3 +871,34 @@ def test_a_named_gradient_that_is_not_the_mistakes_on_this_case_is_not_said_wron
     finding = check_function(exercise, _tanh_slope_slip, n_random=0).first_failure.finding
     assert finding.other_gradients.startswith(" (also wrong by the same mistake: dx; right: ds"), finding.other_gradients
 
+
+def test_a_named_mistake_in_the_reported_gradient_only_is_not_said_wrong_on_this_case_too(tmp_path):
+    # a mistake in dw alone (halved), and dw a quarter on cases of several rows: "a mistake is also
+    # named, in dw, wrong on this case too" said "too" of the gradient the report is about
+    from npllama.exercises.mistakes import Mistake
+
+    class HalvedDw:
+        probes = [dict(n=1, seed=4)]
+        ladder = []
+
+        def variant(self, dout, case, dw="right"):
+            x, w, s = case.inputs
+            h = np.tanh(x @ w.T)
+            dpre = dout * s * (1 - h * h)
+            return dpre @ w, dpre.T @ x * (0.5 if dw == "half" else 1), (dout * h).reshape(-1, s.shape[0]).sum(0)
+
+        def mistakes(self):
+            return [Mistake("dw was halved", "there is no 1/2 in dw", dict(dw="half"))]
+
+    def halved_then_quartered(dout, cache):
+        x, w, s, h = cache
+        dpre = dout * s * (1 - h * h)
+        return dpre @ w, dpre.T @ x * (0.5 if x.shape[0] == 1 else 0.25), (dout * h).reshape(-1, s.shape[0]).sum(0)
+
+    exercise = _tanh_exercise(tmp_path, '("s", "w", "x")')
+    exercise.catalogue = HalvedDw()
+    finding = check_function(exercise, halved_then_quartered, n_random=0).first_failure.finding
+    assert finding.grad == "dw" and finding.named_gradients == ["dw"] and finding.named_fits_here is False, finding
+    assert finding.other_gradients.startswith(
+        " (a mistake is also named, in dw: dw was halved -- it fits your numbers on every probe case, but your dw on "
+        "this case is not what it gives"), finding.other_gradients

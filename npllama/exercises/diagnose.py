@@ -123,7 +123,8 @@ def where_the_slip_is(finding: Finding) -> str:
         # not show), or changes it there but does not give its numbers on this case
         where = _and_names(named)
         named_wrong = [g for g in wrong if g in named]
-        if named_wrong == [g for g in named if g != root]:
+        named_others = [g for g in named if g != root]     # the root is wrong here: no "too" said of it alone
+        if named_others and named_wrong == named_others:
             where += ", wrong on this case too"
         elif named_wrong:
             where += f" ({_and_names(named_wrong)} wrong on this case too)"

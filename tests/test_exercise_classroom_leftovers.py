@@ -902,3 +902,21 @@ def test_a_named_mistake_in_the_reported_gradient_only_is_not_said_wrong_on_this
     assert finding.other_gradients.startswith(
         " (a mistake is also named, in dw: dw was halved -- it fits your numbers on every probe case, but your dw on "
         "this case is not what it gives"), finding.other_gradients
+
+
+def test_grading_stopped_while_the_mistake_is_tried_on_the_failing_case_leaves_no_half_named_mistake(tmp_path,
+                                                                                                      monkeypatch):
+    # the named mistake's gradients were recorded, then the try on the failing case stopped (a
+    # sandbox killed for time): the report said "also wrong by the same mistake: dx" of a mistake it
+    # never named
+    from npllama.exercises import runner
+
+    def stopped(*args, **kwargs):
+        raise runner.GradingStopped("stopped for time")
+
+    monkeypatch.setattr(runner, "fits_on_case", stopped)
+    exercise = _tanh_exercise(tmp_path, '("s", "w", "x")')
+    exercise.catalogue = _tanh_mistakes()
+    finding = check_function(exercise, _tanh_slope_slip, n_random=0).first_failure.finding
+    assert finding.grad == "dw" and finding.message != "tanh' was taken as 1 - h", finding.lines()
+    assert finding.named_gradients == [] and "same mistake" not in finding.what_is_wrong, finding.what_is_wrong

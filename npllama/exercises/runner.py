@@ -596,13 +596,14 @@ def _name_the_mistake(exercise, backward, finding: Finding, params_list, case=No
         elif scalar is not None:     # the input's one value is the factor the numbers show: both readings
             finding.hint += scalar.hint
     if found.grad is not None:
+        # tried on the failing case before anything is told of it: a stop there leaves nothing half named
+        fits = {} if not finding.grad or case is None else \
+            fits_on_case(found, backward, case, [finding.grad, *finding.wrong_gradients])
         # what the other gradients show is then told of the named mistake's (diagnose.where_the_slip_is)
         finding.named_gradients = found.changes
-        if finding.grad and case is not None:
-            fits = fits_on_case(found, backward, case, [finding.grad, *finding.wrong_gradients])
-            finding.named_fits_here = fits.get(finding.grad)
-            # a gradient the mistake fits on every probe, wrong here but not by it: not "by the same mistake"
-            finding.named_misfits = [g for g in finding.wrong_gradients if g in found.changes and fits.get(g) is False]
+        finding.named_fits_here = fits.get(finding.grad)
+        # a gradient the mistake fits on every probe, wrong here but not by it: not "by the same mistake"
+        finding.named_misfits = [g for g in finding.wrong_gradients if g in found.changes and fits.get(g) is False]
         if finding.grad and (finding.grad not in found.changes or finding.named_fits_here is False):
             # the mistake leaves finding.grad right on every probe, or does not give its numbers on
             # this case: what its own numbers show stays under them, and the mistake is said after it

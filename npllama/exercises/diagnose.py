@@ -106,7 +106,7 @@ class Finding:
 def where_the_slip_is(finding: Finding) -> str:
     """What the finding's other gradients say about where the slip is, when several are wrong
     (finding.grad: the one the report shows, the root).  Those the named mistake changes are its
-    own.  With the backward's order, of the others: those of the root's step (no root among
+    own, unless their numbers on this case are not the mistake's (finding.named_misfits).  With the backward's order, of the others: those of the root's step (no root among
     them), those further down (computed from what the root's gradient is computed from: they may
     be wrong only because of a slip there) and the right ones before it (the slip is not there).
     Without it: the lists, and that which went wrong first cannot be told.  A mistake named in

@@ -106,14 +106,14 @@ class Finding:
 def where_the_slip_is(finding: Finding) -> str:
     """What the finding's other gradients say about where the slip is, when several are wrong
     (finding.grad: the one the report shows, the root).  Those the named mistake changes are its
-    own, unless their numbers on this case are not the mistake's (finding.named_misfits).  With the backward's order, of the others: those of the root's step (no root among
-    them), those further down (computed from what the root's gradient is computed from: they may
-    be wrong only because of a slip there) and the right ones before it (the slip is not there).
-    Without it: the lists, and that which went wrong first cannot be told.  A mistake named in
-    other gradients than the root is said after the root's own diagnosis, even when the root is
-    the only one wrong.  A gradient the named mistake leaves right on every probe (where the
-    student's numbers are the mistake's) is not its: fixing the root does not fix it.  Then those
-    finite differences could not decide."""
+    own, unless their numbers on this case are not the mistake's (finding.named_misfits).  With the
+    backward's order, of the others: those of the root's step (no root among them), those further
+    down (computed from what the root's gradient is computed from: they may be wrong only because of
+    a slip there) and the right ones before it (the slip is not there). Without it: the lists, and
+    that which went wrong first cannot be told.  A mistake named in other gradients than the root is
+    said after the root's own diagnosis, even when the root is the only one wrong.  A gradient the
+    named mistake leaves right on every probe (where the student's numbers are the mistake's) is not
+    its: fixing the root does not fix it.  Then those finite differences could not decide."""
     root, named = finding.grad, finding.named_gradients
     wrong = finding.wrong_gradients
     parts = []
@@ -144,11 +144,10 @@ def where_the_slip_is(finding: Finding) -> str:
         if same_mistake:
             parts.append(f"also wrong by the same mistake: {_some_names(same_mistake)}")
         if misfits:
-            one = len(misfits) == 1
+            still = f"{misfits[0]} is still wrong, it has a slip of its own" if len(misfits) == 1 else \
+                "they are still wrong, they have slips of their own"
             parts.append(f"also wrong: {_some_names(misfits)} -- the mistake named fits your {_and_names(misfits)} on "
-                         f"every probe case, but not on this case: fix the mistake and check again, and if "
-                         f"{misfits[0] + ' is' if one else 'they are'} still wrong, {'it has a slip' if one else 'they have slips'} "
-                         f"of {'its' if one else 'their'} own")
+                         f"every probe case, but not on this case: fix the mistake and check again, and if {still}")
     others = [g for g in wrong if g not in named]
     if named and others:
         # right on every probe, where the student's numbers are the mistake's: not the mistake's

@@ -399,6 +399,42 @@ def test_a_gradient_no_step_resolves_over_a_huge_constant_is_unresolved_never_fa
     assert gradcheck(straight, [b], [1.1 * slope]).inputs[0].status == "FAIL"
 
 
+U = float(np.finfo(np.float64).eps)
+
+
+@settings(max_examples=40, deadline=None)
+@given(c_exponent=st.integers(4, 12), ratio=st.floats(0.1, 2.0),
+       b=st.lists(st.floats(-3.4, 3.4), min_size=1, max_size=5))
+# a / (16 u C) ~ 1 to 10: f holds a few bits of sin at any step.  At steps of 300-1100 radians sin
+# aliased to a "slope" 1-3x its bound, differences within round-off: each FAILed its right gradient.
+# Up to a = 2 * 16 u C no such slope can stand out of its bound by 1/UNRESOLVED (what the longer
+# steps ask of it); above it one can, by chance (docs/gradcheck.md, under UNRESOLVED)
+@example(c_exponent=4, ratio=1.0, b=[3.140625])     # stepped by pi: f unmoved at h, 2h and 4h
+@example(c_exponent=8, ratio=1e-6 / (16 * U * 1e8), b=[0.565, 0.578, -2.798, 1.310])
+@example(c_exponent=8, ratio=1e-6 / (16 * U * 1e8), b=[0.351, 1.736, -3.387])
+@example(c_exponent=6, ratio=1e-8 / (16 * U * 1e6), b=[-1.68, 2.403, -2.414, 2.915])
+@example(c_exponent=8, ratio=3.52e-6 / (16 * U * 1e8), b=[-3.082327629620716])
+def test_the_right_gradient_of_a_sine_over_a_large_constant_never_fails(c_exponent, ratio, b):
+    # f = C + a sum(sin(b)) with a only `ratio` times f's round-off 16 u C: no step may resolve it
+    # (UNRESOLVED), but a right backward is not called wrong
+    C = 10.0**c_exponent
+    a, b = ratio * 16 * U * C, np.array(b)
+    report = gradcheck(lambda v: float(C + a * np.sum(np.sin(v))), [b], [a * np.cos(b)])
+    assert report.inputs[0].status != "FAIL", str(report)
+
+
+@settings(max_examples=20, deadline=None)
+@given(c_exponent=st.integers(0, 12), ratio=st.floats(1e4, 1e8), half_turns=st.lists(st.integers(-1, 1), min_size=3, max_size=3),
+       u=st.lists(st.floats(0.2, 1.3), min_size=3, max_size=3), factor=st.sampled_from([-1.0, 2.0]))
+def test_a_sine_over_a_large_constant_with_bits_to_spare_still_fails_a_flipped_or_doubled_gradient(
+        c_exponent, ratio, half_turns, u, factor):
+    # a >= 1e4 times f's round-off, |cos(b)| >= 0.27: a step of ~0.1 radians resolves the gradient
+    C = 10.0**c_exponent
+    a, b = ratio * 16 * U * C, np.array(u) + np.pi * np.array(half_turns)
+    report = gradcheck(lambda v: float(C + a * np.sum(np.sin(v))), [b], [factor * a * np.cos(b)])
+    assert report.inputs[0].status == "FAIL", str(report)
+
+
 @pytest.mark.parametrize("f", [lambda v: float(1e11 + 2e-4 * np.sum(v)), lambda v: float(1e11 + 3e-4 * np.sum(np.sin(v)))],
                          ids=["straight", "sin"])
 def test_an_all_zero_gradient_f_shows_a_slope_against_is_not_passed(f):

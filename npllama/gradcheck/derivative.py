@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .constants import LOOSE_BOUND, ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF
+from .constants import LOOSE_BOUND, ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF, UNRESOLVED
 
 # A probe whose bound is above LOOSE_BOUND of its gradient's size is tried again with longer
 # steps (up to MAX_GROWTHS times, each at least STEP_GROWTH times longer): the round-off of f
@@ -92,8 +92,16 @@ def _nothing_but_roundoff(attempt: _Estimate) -> bool:
     radians), 7e-6 +- 1.2e-4, and at 741, 1.3e-7 +- 2.7e-7: it FAILed too.  A straight f keeps its
     slope at the longer steps: 1e11 + 2e-4 sum(b), 2e-4 +- 1.2e-4 at the step 1, 2e-4 +- 1.2e-6 at 100.
     (Not where the analytic gradient is all zero: there the steps grow to an absolute 1 through
-    estimates that each resolve nothing, to show any slope f has; see _resolved_derivative.)"""
-    return attempt.difference <= 2 * attempt.roundoff and abs(attempt.value) <= attempt.bound
+    estimates that each resolve nothing, to show any slope f has; see _resolved_derivative.)
+    Beyond the input's own size (the step 1) the window may span many of f's bends, and what their
+    average leaves over it, divided by the step, looks like a slope of the size of the round-off:
+    1e8 + 1e-6 sum(sin(b)) at b = -2.798 (no step resolves it) gave -8e-10 +- 5.2e-10 at the step
+    404 (1100 radians), and its right gradient -9.4e-7 FAILed.  There a value shows a slope only as
+    a probe's value is resolved at all, its bound no more than UNRESOLVED of it; a straight f's
+    stands far out of its bound once the steps have grown to resolve it."""
+    if not attempt.difference <= 2 * attempt.roundoff:
+        return False
+    return abs(attempt.value) * (UNRESOLVED if attempt.step > 1.0 else 1.0) <= attempt.bound
 
 
 def _contradicted(shorter: _Estimate, longer: _Estimate) -> bool:
@@ -109,18 +117,26 @@ def _contradicted(shorter: _Estimate, longer: _Estimate) -> bool:
     return abs(shorter.value - longer.value) > longer.bound + bare_rounding
 
 
-def _unmoved_over_own_size(attempt: _Estimate) -> bool:
+def _unmoved_over_own_size(attempt: _Estimate, evaluate, move) -> bool:
     """Whether f did not move at all (D(h) and D(2h) exactly 0) at a step no longer than the input's
     own size (a step of 1: each entry moves by its scale).  That shows f flat along the probe, as
     it is where f ignores the input (a masked position, an ignore-index target, a stop-gradient),
     not a variation averaged away: that needs a step of about its period, and a function varying
     on a scale shorter than the input's own is another case (_smooth_at_shorter_steps).  An input
     f ignores, x ~ 1e-2 beside a loss of 1: its wrong gradient 6.5e-9 (0 +- 2.3e-8 at the step eps)
-    is resolved at the step 0.7, 0 +- 3e-12, where f did not change by one bit."""
-    return attempt.value == 0 and attempt.difference == 0 and attempt.step <= 1.0
+    is resolved at the step 0.7, 0 +- 3e-12, where f did not change by one bit.
+    A period can still fit the step: the input's own size may be a multiple of half of it, and the
+    points h, 2h, 4h away all land where f is as at the point (1e4 + 3.6e-11 sin(b) at b = 3.140625,
+    stepped by pi: its right gradient FAILed on 0 +- 1e-11).  So f must not move at a third of the
+    step either, which no multiple of the step's period lands on (two evaluations more, only here)."""
+    if not (attempt.value == 0 and attempt.difference == 0 and attempt.step <= 1.0):
+        return False
+    with np.errstate(all="ignore"):
+        return _central(evaluate, move, attempt.step / 3)[0] == 0
 
 
-def _smooth_at_shorter_steps(evaluate, move, rough, richardson, good_enough, kinks=True) -> _Estimate | None:
+def _smooth_at_shorter_steps(evaluate, move, rough, richardson, good_enough, kinks=True,
+                             seen=None) -> _Estimate | None:
     """What made a rough estimate's differences (D(h), D(2h), D(4h) not shrinking like h^2), as
     steps SHORTEN times shorter show it, MAX_SHORTENINGS times, then FAR_SHORTEN times shorter, up
     to MAX_FAR_SHORTENINGS times more.  f varying within the step is smooth at a shorter one, and
@@ -134,7 +150,7 @@ def _smooth_at_shorter_steps(evaluate, move, rough, richardson, good_enough, kin
     (_resolved_derivative).  None too once the round-off at the shorter step is as large as the
     rough differences: truncation cannot show below them there, nor at shorter steps, where the
     round-off grows.  Up to 6 * (MAX_SHORTENINGS + MAX_FAR_SHORTENINGS) evaluations, by a rough
-    probe only."""
+    probe only.  seen: a list each shorter step's estimate is appended to, for the caller to judge."""
     step, candidate = rough.step, None      # candidate: the estimate at the step before
     for shortening in range(MAX_SHORTENINGS + MAX_FAR_SHORTENINGS):
         step /= SHORTEN if shortening < MAX_SHORTENINGS else FAR_SHORTEN
@@ -143,6 +159,8 @@ def _smooth_at_shorter_steps(evaluate, move, rough, richardson, good_enough, kin
                 shorter = _derivative(evaluate, move, step, richardson, good_enough, test_smoothness=True)
         except _LeftDomain:
             return None
+        if seen is not None:
+            seen.append(shorter)
         # a kink is passed within MAX_SHORTENINGS; straight at a step far shorter, f may be keeping
         # to one stair of its rounding ((x + 1e8) - 1e8 at steps below its stairs of 1.5e-8: D = 0)
         if kinks and shortening < MAX_SHORTENINGS and _straight_inside_a_kink(shorter, rough):
@@ -220,7 +238,10 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
             return shorter, False
     for _ in range(MAX_GROWTHS):
         if reference > 0:
-            if best.bound <= max(LOOSE_BOUND * reference, noise):
+            # (an estimate of nothing but round-off the analytic value lies beyond decides nothing: the
+            # steps grow on, for a longer one to show the slope -- a straight f's with a claim far off it)
+            if best.bound <= max(LOOSE_BOUND * reference, noise) and (
+                    best is shown or abs(claimed - best.value) <= best.bound + noise):
                 break
             growth = STEP_GROWTH
             if not best.roundoff <= best.bound - best.roundoff:     # round-off dominates: move past it
@@ -241,7 +262,8 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
             best = shown = attempt
             longer = True
             continue
-        shows_nothing = reference > 0 and _nothing_but_roundoff(attempt) and not _unmoved_over_own_size(attempt)
+        shows_nothing = (reference > 0 and _nothing_but_roundoff(attempt)
+                         and not _unmoved_over_own_size(attempt, evaluate, move))
         if not _longer_step_kept(attempt, best) or (shows_nothing and _contradicted(best, attempt)):
             break
         best = attempt

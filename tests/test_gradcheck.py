@@ -435,6 +435,25 @@ def test_a_sine_over_a_large_constant_with_bits_to_spare_still_fails_a_flipped_o
     assert report.inputs[0].status == "FAIL", str(report)
 
 
+@pytest.mark.parametrize("C, ratio, x, claimed", [
+    # exp's sign flipped, a = 188 times f's round-off: resolved at the step 1 to 4.207e-7 +- 1.4e-8
+    # (claimed -4.22e-7), then UNRESOLVED as the re-measurement's rungs out to 64 steps (53 of x's
+    # sizes, D ~ 1e21) strayed by more than the analytic value is off
+    (1e6, 188.0, [-0.4591, -0.0495, -0.5361, -0.8273], "sign"),
+    # the scale a left out (claimed exp(x) ~ 0.85, the derivative ~1.8e-5): the longer steps go on to
+    # the step 5 (1.75e-5 +- 7.6e-6), and the rungs out to 330 of x's sizes strayed the same way
+    (1e9, 5.88, [-0.1617, -0.1212, -0.1835], "unscaled"),
+], ids=["sign", "unscaled"])
+def test_a_wrong_gradient_of_a_steep_function_over_a_large_constant_fails(C, ratio, x, claimed):
+    # f = C + a sum(exp(x)): its differences far out, beyond the input's own size, bend far more than
+    # its rounding could move them -- that is f far from the point, not f unresolved there
+    a, x = ratio * 16 * float(np.finfo(np.float64).eps) * C, np.array(x)
+    grad = -a * np.exp(x) if claimed == "sign" else np.exp(x)
+    report = gradcheck(lambda v: float(C + a * np.sum(np.exp(v))), [x], [grad])
+    assert report.inputs[0].status == "FAIL", str(report)
+    assert gradcheck(lambda v: float(C + a * np.sum(np.exp(v))), [x], [a * np.exp(x)]).inputs[0].status != "FAIL"
+
+
 @pytest.mark.parametrize("f", [lambda v: float(1e11 + 2e-4 * np.sum(v)), lambda v: float(1e11 + 3e-4 * np.sum(np.sin(v)))],
                          ids=["straight", "sin"])
 def test_an_all_zero_gradient_f_shows_a_slope_against_is_not_passed(f):

@@ -297,7 +297,18 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
         # not its truncation.  exp(v) - 1 - v at v = 0 (D(t) = t^2/6 + rounding ~1e-16 / t): its short
         # rungs stray by rounding, ~1e-11, while D(64h) = 6.8e-6 is truncation; counted whole, it
         # left a gradient off by 1e-6 UNRESOLVED, where R(h) resolves the derivative to ~1e-11
-        values.append(value - float(np.clip(value - estimate.value, -truncation, truncation)))
+        kept = value - float(np.clip(value - estimate.value, -truncation, truncation))
+        # beyond the input's own size (the step 1), a rung that moves on from the two below it the way
+        # they moved, by at least the 16-fold a t^2 growth makes, is f bending far off the point as a
+        # smooth function does, no rounding the analytic value may hide in: no more of it counts than
+        # a stair of f's rounding across the rung makes.  1e6 + a sum(exp(x)), x ~ -0.5: its
+        # sign-flipped gradient, resolved at the step 1 (4.2e-7 +- 1.4e-8, claimed -4.2e-7), was
+        # UNRESOLVED on D(64h) ~ 1e21, 53 sizes of x out.  An aliasing sine's rungs over a large
+        # constant (C + a sin(x) at the step 100) do not grow so, and still count whole
+        if estimate.step * factor > 1.0 and _bends_away(rungs, factor, value):
+            reach = _stair_rounding(at_point(), 0.0) / abs(width) + estimate.roundoff / factor
+            kept = estimate.value + float(np.clip(kept - estimate.value, -reach, reach))
+        values.append(kept)
         rungs[factor] = value
         spread = max(values) - min(values)
         if strays and min(values) - spread <= analytic <= max(values) + spread:
@@ -350,6 +361,18 @@ def _truncation_allowed(estimate, rungs, factor) -> float:
     allowed = estimate.difference * factor**2
     grown = _grown_from_rungs(rungs, factor, 1.0)
     return allowed if grown is None else min(allowed, grown)
+
+
+def _bends_away(rungs, factor, value) -> bool:
+    """Whether D(factor * h) of the steps ladder (value) moves on from the rung below it (factor / 4)
+    in the direction that rung moved from the one below it (factor / 16), and by at least 16 / 1.6
+    times as far (a t^2 growth's 16-fold, within the factor 1.6 _derivative allows): f bending
+    steadily away, as exp far from the point; False where factor <= 4 or either rung was not reached."""
+    shorter, shortest = factor / 4, factor / 16
+    if factor <= 4 or shorter not in rungs or shortest not in rungs:
+        return False
+    moved, before = value - rungs[shorter], rungs[shorter] - rungs[shortest]
+    return moved * before > 0 and abs(moved) >= 16 / 1.6 * abs(before)
 
 
 def _grown_from_rungs(rungs, factor, since) -> float | None:

@@ -423,6 +423,19 @@ def test_the_right_gradient_of_a_sine_over_a_large_constant_never_fails(c_expone
     assert report.inputs[0].status != "FAIL", str(report)
 
 
+def test_an_unresolved_sine_over_a_large_constant_is_not_said_to_leave_f_unchanged():
+    # its probes show 0 (the step eps, where f does not change by a bit), kept where the longer
+    # steps, over which f took 34 values, showed nothing but round-off: "f did not change at all when
+    # this input moved" was untrue
+    b = np.array([0.565, 0.578, -2.798, 1.310])
+    report = gradcheck(lambda v: float(1e8 + 1e-6 * np.sum(np.sin(v))), [b], [-1e-6 * np.cos(b)])
+    assert report.inputs[0].status == "UNRESOLVED", str(report)
+    assert "did not change at all" not in str(report), str(report)
+    # where f truly ignores the input, it still says so
+    ignored = gradcheck(lambda v: 1.0, [b], [np.cos(b)])
+    assert "f did not change at all when this input moved" in str(ignored), str(ignored)
+
+
 @settings(max_examples=20, deadline=None)
 @given(c_exponent=st.integers(0, 12), ratio=st.floats(1e4, 1e8), half_turns=st.lists(st.integers(-1, 1), min_size=3, max_size=3),
        u=st.lists(st.floats(0.2, 1.3), min_size=3, max_size=3), factor=st.sampled_from([-1.0, 2.0]))

@@ -51,6 +51,7 @@ class _Probes:
     flat: list = dataclasses.field(default_factory=list)        # unsteady: f kept to a line at every step
     unconfirmed: list = dataclasses.field(default_factory=list)  # failing, not measured again (confirm)
     smooth_shorter: list = dataclasses.field(default_factory=list)  # f smooth at far shorter steps: varies within the step
+    set_aside: list = dataclasses.field(default_factory=list)   # longer steps, where f moved, showed nothing but round-off
     richardson: int = 0
     longer_steps: int = 0       # probes that needed a longer step than eps to resolve
     remeasure_failures: bool = True   # a failing probe is measured at other steps (until CONFIRMED_FAILURES are)
@@ -112,6 +113,7 @@ class _Probes:
         self.flat.append(estimate.flat)
         self.unconfirmed.append(estimate.unconfirmed)
         self.smooth_shorter.append(estimate.smooth_shorter)
+        self.set_aside.append(estimate.set_aside)
         self.richardson += estimate.richardson
         self.longer_steps += longer
 

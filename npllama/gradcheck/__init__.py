@@ -40,7 +40,15 @@ How a probe's numeric derivative and its bound are made (the error model):
   longer    when the bound is above 1e-3 of the gradient's size (a gradient tiny next to |f|, so
   steps     f's round-off swamps the difference), the probe is taken again with longer steps
             (round-off / h falls), kept only while the bound shrinks, the estimates agree and f
-            still behaves smoothly at the longer step.  A probe where f did not behave smoothly at
+            still behaves smoothly at the longer step.  A longer step whose estimate shows nothing
+            but round-off (its differences within it, its value within its bound of 0 -- or, at a step
+            beyond the input's own size max(|x_i|, rms(x)), within twice its bound, 1/UNRESOLVED:
+            there f's bends over the window can average to a "slope" of the round-off's size, as
+            C + a sum(sin(x)) with C ~ 1e8 does) decides nothing where the analytic value lies
+            beyond that bound: the steps grow on for one that shows the slope (a straight f's
+            does), else the last estimate that showed more stands, UNRESOLVED where it passes.  f
+            not moving by a bit within the input's own size (at the step, twice it and a third of
+            it) does decide: f ignores the input there (a masked entry).  A probe where f did not behave smoothly at
             the step (its differences at h, 2h, 4h did not shrink like h^2: "rough") is first taken
             at steps 4, 16, 64 times shorter, then 16 times shorter each time, up to ~4e6 times,
             which show why: where f varies within the step (sum(sin(k x)) with k h ~ 1 to 3000)
@@ -84,7 +92,9 @@ How a probe's numeric derivative and its bound are made (the error model):
             from the D(t/4) below it, by no more than a stair of f's rounding (16 u max(|f|, 1))
             across its steps (D(h)'s bound holds the model's round-off at h, which a GELU's stairs
             at x ~ -7.15, 1e3 u |f| high, stay within, while D(64h) crosses one), and the analytic
-            value lies within that spread of the D(t) (less the truncation the model allows each), the probe is UNRESOLVED, not FAIL: the
+            value lies within that spread of the D(t) (less the truncation the model allows each; of a
+            D(t) beyond the input's own size that bends away from the two below it at least as fast
+            as t^2 -- exp far from the point -- no more than a stair of f's rounding), the probe is UNRESOLVED, not FAIL: the
             check cannot tell there.  Before either verdict made on such strays, or on f's
             rounding covering the difference, steps shorter than the shortest tried are looked at
             as for a rough estimate (two smooth in a row, no straight one): f varying within the step (sum(sin(k x)) at

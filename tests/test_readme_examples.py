@@ -45,11 +45,15 @@ def test_the_python_api_op_and_gradcheck_examples_run(tmp_path, monkeypatch):
     exec(compile(checks, "README gradcheck", "exec"), namespace)   # noqa: S102
     assert namespace["report"].ok and namespace["model"].params["lm_head.weight"].dtype == np.float64
     # "Debugging and the classroom" goes on with that model: its compare once named traces t_a and
-    # t_b that no line made, so the block stopped at a NameError when copied as written.
+    # t_b that no line made, so the block stopped at a NameError when copied as written.  It plants
+    # a bug in one run, and the compare must find it where it is: the gradient the first RMSNorm
+    # backward (the final norm's) returns, computed by the planted function, nothing before it.
     debugging = next(b for b in python_blocks() if b.startswith("import npllama\nwith npllama.trace()"))
     exec(compile(debugging, "README debugging", "exec"), namespace)   # noqa: S102
     assert namespace["t"]["model.layers.0.self_attn.attn_probs"].shape == (2, 2, 5, 5)
-    assert "no divergence" in str(namespace["report"])
+    report = namespace["report"]
+    assert report.first is not None and report.first.name == "d:model.layers.0.out", str(report)
+    assert "planted (in a)" in str(report), str(report)
 
 
 def own_loop_section() -> str:

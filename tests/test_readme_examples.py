@@ -109,3 +109,14 @@ def test_the_adamw_defaults_the_readme_says_differ_from_torchs_are_those_that_do
     pairs = re.findall(r"(lr|betas|eps|weight decay) (\S+|\(.*?\)) \(torch (\S+|\(.*?\))\)", " ".join(said.split()))
     stated = {words[word]: (ast.literal_eval(a), ast.literal_eval(b)) for word, a, b in pairs}
     assert stated == {name: (ours[name].default, theirs[name].default) for name in differ}, said
+
+
+def test_the_quick_start_quotes_what_a_second_npllama_train_says():
+    """Quick start: running its line twice stops at `npllama train`, whose refusal the text quotes;
+    the quote and the default run folder it names are the code's."""
+    from npllama.resuming import already_holds_a_run
+    from npllama.train import TrainConfig
+
+    quick_start = " ".join(README.read_text(encoding="utf-8").split("## Quick start", 1)[1].split("\n## ", 1)[0].split())
+    assert TrainConfig().out == "runs/tiny" and "The run goes to `runs/tiny`" in quick_start
+    assert f'("{already_holds_a_run(TrainConfig().out)}")' in quick_start

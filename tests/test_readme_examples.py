@@ -120,3 +120,19 @@ def test_the_quick_start_quotes_what_a_second_npllama_train_says():
     quick_start = " ".join(README.read_text(encoding="utf-8").split("## Quick start", 1)[1].split("\n## ", 1)[0].split())
     assert TrainConfig().out == "runs/tiny" and "The run goes to `runs/tiny`" in quick_start
     assert f'("{already_holds_a_run(TrainConfig().out)}")' in quick_start
+
+
+def test_every_extra_the_docs_install_is_installed_from_the_checkout_and_exists():
+    """README and docs/ install extras as the quick start installs npllama, from the checkout
+    (`pip install -e '.[gguf]'`): `pip install 'npllama[gguf]'` would look for npllama on the
+    package index wherever npllama was not installed yet.  Each extra named is one pyproject.toml
+    declares."""
+    tomllib = pytest.importorskip("tomllib")   # Python 3.11+
+    root = README.parent
+    extras = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    named = []
+    for doc in [README, *sorted((root / "docs").glob("*.md"))]:
+        text = doc.read_text(encoding="utf-8")
+        assert not re.findall(r"pip install[^`\n]*npllama\[", text), doc.name
+        named += [(doc.name, e) for group in re.findall(r"pip install -e '\.\[([^\]]*)\]'", text) for e in group.split(",")]
+    assert len(named) >= 8 and {e for _, e in named} <= set(extras), [n for n in named if n[1] not in extras]

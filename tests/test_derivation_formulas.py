@@ -250,7 +250,7 @@ def test_cross_entropy(rng, all_ignored):
     dlogits = probs.copy()
     dlogits[np.arange(N), safe_targets] -= 1
     scale = dloss / n_counted if n_counted else 0
-    dlogits *= (counted * scale)[:, None]
+    dlogits = np.where(counted[:, None], dlogits * scale, 0)
     dlogits = dlogits.reshape(logits_shape)
     close(dlogits, cross_entropy_backward(np.float64(dloss), cache))     # all ignored: both exactly 0
     assert np.abs(dlogits.sum(axis=-1)).max() < 1e-15                      # cross_entropy.md:101: rows sum to 0

@@ -83,5 +83,7 @@ def cross_entropy_backward(dloss, cache):
     dlogits = probs.copy()                                     # (N, V)
     dlogits[np.arange(dlogits.shape[0]), safe_targets] -= 1    # softmax - onehot
     scale = probs.dtype.type(dloss) / n_counted if n_counted else 0
-    dlogits *= (counted * scale).astype(probs.dtype)[:, None]  # ignored rows (and n_counted = 0) -> 0
+    # ignored rows (and n_counted = 0) -> 0, chosen rather than multiplied by 0: an ignored row's
+    # logits may hold NaN or inf (padding of a diverged model), and NaN * 0 is NaN
+    dlogits = np.where(counted[:, None], dlogits * scale, 0)  # (N, V)
     return dlogits.reshape(logits_shape)

@@ -30,6 +30,35 @@ def test_cross_entropy_equals_reference(dtype, leading, V, ignored, ignore_index
     assert_close(kernel.cross_entropy_backward(dtype(dloss), cache), dlogits_ref, "dlogits")
 
 
+@given(dtype=st.sampled_from([np.float32, np.float64]), N=st.integers(1, 6), V=st.integers(1, 9),
+       bad=st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from([np.nan, np.inf, -np.inf])), min_size=1,
+                    max_size=4),
+       whole_row=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=25, deadline=None)
+def test_non_finite_logits_of_ignored_rows_give_no_gradient_on_either_side(dtype, N, V, bad, whole_row, seed):
+    """An ignored row (padding, an SFT prompt) takes no part in the loss, whatever its logits: a
+    diverged or vocabulary-masked row of NaN/inf there must not turn the gradient NaN.  The kernel
+    skips such rows; the reference multiplied their NaN probabilities by 0 and got NaN."""
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((N, V)).astype(dtype)
+    targets = rng.integers(0, V, size=N)
+    targets[rng.random(N) < 0.5] = -100
+    ignored_rows = np.flatnonzero(targets == -100)
+    for index, value in bad:
+        if ignored_rows.size:
+            row = ignored_rows[index % ignored_rows.size]
+            logits[row, slice(None) if whole_row else index % V] = value
+    with np.errstate(invalid="ignore", over="ignore"):
+        loss, cache = kernel.cross_entropy_forward(logits, targets)
+        loss_ref, cache_ref = reference.cross_entropy_forward(logits, targets)
+        dlogits = kernel.cross_entropy_backward(dtype(0.5), cache)
+        dlogits_ref = reference.cross_entropy_backward(dtype(0.5), cache_ref)
+    assert np.isfinite(loss) and np.isfinite(loss_ref)
+    assert_close(loss, loss_ref, "loss", scale=max(abs(float(loss_ref)), 1.0))
+    assert np.all(dlogits_ref[ignored_rows] == 0) and np.all(dlogits[ignored_rows] == 0)
+    assert_close(dlogits, dlogits_ref, "dlogits")
+
+
 def test_every_backward_call_returns_a_fresh_gradient():
     """The first call hands over the gradient computed in forward; later calls recompute it,
     so modifying one result never changes another."""

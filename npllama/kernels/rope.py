@@ -13,6 +13,8 @@ Layouts (the values are the reference's; only where they sit in memory differs):
   backward writes dx in (B, T, H, hd) memory and returns it as a (B, H, T, hd) view, so the
            model's merge of the heads back to (B, T, H*hd) is a free reshape, not a copy.
 """
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -50,7 +52,8 @@ def _as_4d(x):
     """(..., T, hd) -> (B, H, T, hd) without copying when x already has 4 axes."""
     if x.ndim == 4:
         return x
-    return x.reshape((-1, 1) + x.shape[-2:])
+    # the leading count spelled out: reshape cannot infer a -1 when T or head_dim is 0
+    return x.reshape((math.prod(x.shape[:-2]), 1) + x.shape[-2:])
 
 
 def _contiguous_rows(x4):

@@ -20,7 +20,7 @@ def attention_cases(draw):
     KVH = draw(st.integers(1, 2))
     n_rep = draw(st.sampled_from([1, 2, 4]))          # KVH = 1 with n_rep 4: multi-query
     T = draw(st.integers(1, 7))
-    head_dim = draw(st.sampled_from([2, 4, 6]))
+    head_dim = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 9]))   # odd, below and above a SIMD width
     causal = draw(st.booleans())
     if causal:   # queries are the last T of S positions (q_offset > 0: decode / chunked prefill)
         q_offset = draw(st.integers(0, 4))
@@ -30,9 +30,12 @@ def attention_cases(draw):
         S = draw(st.integers(1, 9))
     rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
     mask = None
-    if draw(st.booleans()):
+    padding = draw(st.sampled_from([None, "random", "left", "batch 0 all padding"]))
+    if padding == "left":                             # a batch of prompts padded on the left
+        mask = np.arange(S)[None, :] >= rng.integers(0, S + 1, size=(B, 1))
+    elif padding is not None:
         mask = rng.random((B, S)) < 0.7
-        if draw(st.booleans()):
+        if padding == "batch 0 all padding":
             mask[0] = False                           # batch 0: every query fully masked
     # v as a head-split view of a (B, S, KVH*hd) projection, the way the model passes it
     v = rng.standard_normal((B, S, KVH * head_dim)).astype(dtype)

@@ -14,13 +14,17 @@ from .helpers import assert_close
 @given(dtype=st.sampled_from([np.float32, np.float64]),
        shape=st.lists(st.integers(1, 7), min_size=1, max_size=3), step=st.integers(1, 1000),
        weight_decay=st.sampled_from([0.0, 0.1]), lr=st.sampled_from([1e-3, 0.5]),
-       seed=st.integers(0, 2**31 - 1))
+       first_step=st.booleans(), zero_gradient=st.booleans(), seed=st.integers(0, 2**31 - 1))
 @settings(max_examples=25, deadline=None)
-def test_adamw_update_equals_numpy(dtype, shape, step, weight_decay, lr, seed):
+def test_adamw_update_equals_numpy(dtype, shape, step, weight_decay, lr, first_step, zero_gradient, seed):
     rng = np.random.default_rng(seed)
     p, g = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
     m = (0.1 * rng.standard_normal(shape)).astype(dtype)
     v = (0.01 * rng.random(shape)).astype(dtype)
+    if first_step:       # fresh moments and the largest bias correction, 1 / (1 - beta)
+        step, m, v = 1, np.zeros_like(p), np.zeros_like(p)
+    if zero_gradient:    # with fresh moments the step is 0 / (0 + eps): only the decay moves p
+        g = np.zeros_like(p)
     beta1, beta2, eps = 0.9, 0.95, 1e-8
     args = (lr, beta1, beta2, eps, weight_decay, 1 - beta1**step, 1 - beta2**step)
     expected = [a.copy() for a in (p, g, m, v)]

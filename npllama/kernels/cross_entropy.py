@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..ops._checks import require_kernel_cache
-from ..ops.cross_entropy import check_cross_entropy_args
+from ..ops.cross_entropy import check_cross_entropy_args, check_dloss
 from ._simd import exp_nonpositive, row_max, row_sum
 from .memory import empty_like_same_page_offset
 
@@ -59,8 +59,7 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
 def cross_entropy_backward(dloss, cache):
     """Returns dlogits = dloss * (softmax(logits) - onehot(target)) / n_counted on counted rows."""
     require_kernel_cache("cross_entropy", cache, FusedCrossEntropyCache)
-    if np.ndim(dloss) != 0:
-        raise ValueError(f"dloss must be a scalar (the loss is a scalar), got shape {np.shape(dloss)}")
+    check_dloss(dloss)
     dtype = cache.logits.dtype
     dlogits, cache.dlogits = cache.dlogits, None
     if dlogits is None:  # handed over already: recompute from the logits and the saved lse

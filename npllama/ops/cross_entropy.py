@@ -78,8 +78,8 @@ def check_cross_entropy_args(logits, targets, ignore_index):
 def cross_entropy_backward(dloss, cache):
     """Returns dlogits = dloss * (softmax(logits) - onehot(target)) / n_counted on counted rows, 0 elsewhere."""
     probs, safe_targets, counted, n_counted, logits_shape = cache
-    if checking.get() and np.ndim(dloss) != 0:
-        raise ValueError(f"dloss must be a scalar (the loss is a scalar), got shape {np.shape(dloss)}")
+    if checking.get():
+        check_dloss(dloss)
     dlogits = probs.copy()                                     # (N, V)
     dlogits[np.arange(dlogits.shape[0]), safe_targets] -= 1    # softmax - onehot
     scale = probs.dtype.type(dloss) / n_counted if n_counted else 0
@@ -87,3 +87,14 @@ def cross_entropy_backward(dloss, cache):
     # logits may hold NaN or inf (padding of a diverged model), and NaN * 0 is NaN
     dlogits = np.where(counted[:, None], dlogits * scale, 0)  # (N, V)
     return dlogits.reshape(logits_shape)
+
+
+def check_dloss(dloss):
+    """The backward's check of dloss (shared with the kernel): a real scalar or 0-d array.  Not left
+    to probs.dtype.type(dloss), which turns None into NaN and the string "1.0" into 1.0."""
+    is_real_array = isinstance(dloss, np.ndarray) and dloss.dtype.kind in "fiu"
+    if isinstance(dloss, (bool, np.bool_)) or not (isinstance(dloss, numbers.Real) or is_real_array):
+        raise TypeError("dloss must be a real number (the gradient of the scalar loss), got "
+                        f"{type(dloss).__name__}" + (f" of {dloss.dtype}" if isinstance(dloss, np.ndarray) else ""))
+    if np.ndim(dloss) != 0:
+        raise ValueError(f"dloss must be a scalar (the loss is a scalar), got shape {np.shape(dloss)}")

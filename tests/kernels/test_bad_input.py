@@ -89,6 +89,27 @@ def test_cross_entropy_backward_rejects_a_non_scalar_dloss():
 
 
 @pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+@pytest.mark.parametrize("dloss", [None, "1.0", True, np.array(True), np.ones((), dtype=complex)])
+def test_cross_entropy_backward_rejects_a_dloss_that_is_not_a_real_number(backend_name, dloss):
+    """None became float(None) = NaN and "1.0" became 1.0: a silently NaN (or accepted) gradient
+    instead of an error naming dloss."""
+    F = backend.ops(backend_name)
+    _, cache = F.cross_entropy_forward(f64, ints)
+    with pytest.raises(TypeError, match="dloss must be a real number"):
+        F.cross_entropy_backward(dloss, cache)
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+@pytest.mark.parametrize("dloss", [2, 2.0, np.float32(2), np.int64(2), np.array(2.0), np.array(2)])
+def test_cross_entropy_backward_takes_any_real_scalar_dloss(backend_name, dloss):
+    F = backend.ops(backend_name)
+    _, cache = F.cross_entropy_forward(f64 + np.arange(4), ints)
+    _, cache_ref = F.cross_entropy_forward(f64 + np.arange(4), ints)
+    np.testing.assert_array_equal(F.cross_entropy_backward(dloss, cache),
+                                  2 * F.cross_entropy_backward(1.0, cache_ref))
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
 @pytest.mark.parametrize("dtype, other", [(np.float32, np.float64), (np.float64, np.float32)])
 @pytest.mark.parametrize("op, args", [
     ("rmsnorm", lambda d: (np.ones((2, 4), d), np.ones(4, d), 1e-5)),

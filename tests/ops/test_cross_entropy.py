@@ -198,3 +198,26 @@ def test_backward_rejects_non_scalar_dloss():
     _, cache = cross_entropy_forward(np.zeros((2, 5)), np.zeros(2, dtype=np.int64))
     with pytest.raises(ValueError, match="dloss"):
         cross_entropy_backward(np.ones(2), cache)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_exercise_closed_form_agrees_with_the_reference_on_a_non_finite_ignored_row(bad, monkeypatch):
+    """The classroom exercise checks a student's dlogits against its own closed form; with NaN or
+    inf logits in an ignored row, that closed form must give the row 0 as the reference (and the
+    kernel) do, not NaN * 0 = NaN, or the reference itself is failed as "yours 0, expected nan"."""
+    from npllama.exercises import EXERCISES
+    exercise = EXERCISES["cross_entropy"]
+    params = dict(lead_shape=(2, 3), V=5, ignore_fraction=0.5, seed=1)
+    finite_case = exercise.case
+
+    def case_with_a_bad_ignored_row(p, dtype=np.float64):
+        case = finite_case(p, dtype)
+        logits, targets, _ = case.inputs
+        ignored = np.flatnonzero(targets.reshape(-1) == -100)
+        assert ignored.size, "the case needs an ignored row"
+        logits.reshape(-1, logits.shape[-1])[ignored[0], 1] = bad
+        return case
+
+    monkeypatch.setattr(exercise, "case", case_with_a_bad_ignored_row)
+    with np.errstate(invalid="ignore"):
+        exercise.check_closed_form(cross_entropy_backward, params)   # raises CheckFailed if they differ

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npllama import backend
+from npllama.kernels import attention as attention_kernel
 from npllama.ops.rope import rope_cos_sin
 
 from .helpers import assert_close
@@ -90,6 +91,16 @@ def test_kernel_equals_reference_with_every_array_in_one_layout(op, layout):
     not only when the mixed draws below happen to give that op that layout."""
     for dtype in (np.float32, np.float64):
         check_kernel_equals_reference(op, dtype, 2, 3, [layout] * 6, seed=0)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_flash_attention_equals_reference_with_every_array_in_one_layout(layout, monkeypatch):
+    """The same for attention's flash path (taken from 512 keys on), in blocks of 2 query rows
+    so that T = 3 ends in a partial block."""
+    monkeypatch.setattr(attention_kernel, "FLASH_MIN_KEYS", 1)
+    monkeypatch.setattr(attention_kernel, "BLOCK_ROWS", (2, 2))
+    for dtype in (np.float32, np.float64):
+        check_kernel_equals_reference("attention", dtype, 2, 3, [layout] * 6, seed=0)
 
 
 @given(op=st.sampled_from(OPS), dtype=st.sampled_from([np.float32, np.float64]), B=st.integers(1, 2),

@@ -1,5 +1,6 @@
 """Cross-entropy kernel equals the reference: ignored targets, dloss != 1, repeated backward."""
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +31,19 @@ def test_cross_entropy_equals_reference(dtype, leading, V, ignored, ignore_index
     # return dlogits in the logits' dtype, which assert_close checks
     dlogits_ref = reference.cross_entropy_backward(dloss_type(dloss), cache_ref)
     assert_close(kernel.cross_entropy_backward(dloss_type(dloss), cache), dlogits_ref, "dlogits")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dloss", [-2.0, np.float32(-2.0), np.float64(-2.0), np.array(-2.0), np.array(-2)])
+def test_dlogits_keep_the_logits_dtype_whatever_the_type_of_dloss(dtype, dloss):
+    """Every (logits dtype, dloss type) pair, not left to the draws above: a float64 upstream
+    of float32 logits must not promote dlogits to float64 on either side."""
+    logits = np.random.default_rng(0).standard_normal((3, 5)).astype(dtype)
+    targets = np.array([1, -100, 4])
+    dlogits = kernel.cross_entropy_backward(dloss, kernel.cross_entropy_forward(logits, targets)[1])
+    dlogits_ref = reference.cross_entropy_backward(dloss, reference.cross_entropy_forward(logits, targets)[1])
+    assert_close(dlogits, dlogits_ref, "dlogits")      # same dtype too
+    assert dlogits.dtype == dtype
 
 
 @given(dtype=st.sampled_from([np.float32, np.float64]), N=st.integers(1, 6), V=st.integers(1, 9),

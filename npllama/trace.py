@@ -122,6 +122,16 @@ class Trace:
         if self.wants(name):
             self.unrecorded[self._next_key(name)] = op_name
 
+    def rerecord(self, name: str, value, source: str | None = None) -> None:
+        """Replace the latest record of `name` (this pass's) with `value`: the recorder's correction
+        when the tensor an op went on with is not the one it recorded first (_Recorder.handed_on)."""
+        times = self._times_recorded.get(name, 0)
+        key = name if times <= 1 else f"pass{times}/{name}"
+        if key in self.records:
+            self.records[key] = _as_array(value, name)
+            if source is not None:
+                self.sources[key] = source
+
     def _next_key(self, name: str) -> str:
         times = self._times_recorded.get(name, 0) + 1
         self._times_recorded[name] = times
@@ -321,7 +331,16 @@ class _Recorder:
     backward (d:attn_probs; the SwiGLU's d:gate, d:up, d:act) are caught where that backward
     hands them to its inner step: the nested op the reference calls (softmax_backward,
     swiglu_act_backward) or the kernel's row loop, re-bound for the call (`_observed`); what that
-    step hands back too (d:attn_scores; d:gate, d:up), credited to the step."""
+    step hands back too (d:attn_scores; d:gate, d:up), credited to the step.
+
+    Hand-offs.  Between two ops the model only splits or merges heads, so the tensor an op is given
+    holds the very numbers the op before it returned as that tensor (or, backwards, as its
+    gradient).  Where it does not -- a split without its transpose, a gradient scaled on its way --
+    the record of the receiving op says so (`handed_on`): "computed by rope_forward; but
+    rope_forward was given other numbers than ... q as linear_forward returned it", naming the model
+    function between the two calls, since both ops are right.  A gradient recorded before the next
+    op received it (d:q_rot, d:<head>) is replaced by what that op went on with.  Sums (a residual,
+    the three projections' dx) are the model's own steps, credited to it as above, not checked."""
 
     LINEAR_SYMBOLS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "out",
                       "gate_proj": "gate", "up_proj": "up", "down_proj": "out"}
@@ -354,6 +373,10 @@ class _Recorder:
         self.heads: dict[str, weakref.ref | None] = {}
         self.loss_of: dict[str, str] = {}         # head output name -> the name of its loss
         self.logits_of: dict[int, str] = {}       # id(cross-entropy cache) -> the head output it scored
+        # What one op handed to the next, to check that the next received it: tensor name -> [the array
+        # an op returned as that tensor (forward) or as its gradient (backward), that op, readers left]
+        self.produced: dict[str, list] = {}
+        self.returned_grad: dict[str, list] = {}
 
     def module_of(self, weight) -> str | None:
         """The module a parameter array belongs to ("model.layers.0.self_attn.q_proj"), or None."""
@@ -365,10 +388,51 @@ class _Recorder:
             self.recorded.add(name)
             self.trace.record(name, value, source=source)
 
-    def record_gradient(self, name, value):
-        """d:<name>, credited to what produced it (`gradient_source`)."""
-        if "d:" + name not in self.recorded and self.trace.wants("d:" + name):
-            self.record("d:" + name, value, self.gradient_source(name))
+    def record_gradient(self, name, value, receiver: str | None = None):
+        """d:<name>, credited to what produced it (`gradient_source`).  receiver: the backward that
+        goes on with `value`; when that is not what the backward of <name>'s reader returned for
+        it, the source says so, and a d:<name> recorded from that return is replaced by `value`."""
+        if not self.trace.wants("d:" + name):
+            return
+        changed = self.handed_on(self.returned_grad, name, value, receiver)
+        if "d:" + name in self.recorded:
+            if changed:
+                self.trace.rerecord("d:" + name, value, self.gradient_source(name) + changed)
+            return
+        self.record("d:" + name, value, self.gradient_source(name) + changed)
+
+    def handed_on(self, memory: dict, name: str, received, receiver: str | None) -> str:
+        """"" when `received` holds the numbers the op remembered in `memory` returned as `name`
+        (in either layout of the heads: (B, T, n*hd) or (B, n, T, hd)), or when nothing is
+        remembered; else what changed, for the record's source.  Model code only reshapes what it
+        hands on between two ops, so the numbers are equal bit for bit unless that code is wrong."""
+        entry = memory.get(name)
+        if entry is None or receiver is None:
+            return ""
+        returned, producer, readers = entry
+        if readers <= 1:
+            del memory[name]
+        else:
+            entry[2] = readers - 1
+        same, error = _same_numbers(returned, received)
+        if same is not False:
+            return ""
+        gradient = memory is self.returned_grad
+        what = f"the gradient {producer} returned for {name}" if gradient else f"{name} as {producer} returned it"
+        return (f"; but {receiver} was given other numbers than {what} (relative error {error:.3g}): the code "
+                f"between the two calls ({_code_between(name, gradient)}) changed them")
+
+    def remember(self, memory: dict, name: str, value, producer: str) -> None:
+        """Remember `value`, returned by `producer` as tensor `name` (or as its gradient), for the
+        op(s) that read it next to be checked against (handed_on): only a tensor that ops read
+        directly, not one a residual connection also adds into (the model sums those itself)."""
+        readers, residual = self.consumers(name)
+        gradient = memory is self.returned_grad
+        # a gradient from one reader alone: those of several (q, k and v of the normed input) are summed;
+        # and not a head's logits, whose reader (the loss) is not checked: they may be large
+        if (readers and residual is None and not (gradient and len(readers) > 1)
+                and (gradient or name not in self.heads) and isinstance(value, np.ndarray)):
+            memory[name] = [value, producer, 1 if gradient else len(readers)]
 
     def bindings(self, ops_in_force: dict, head_params: Mapping) -> dict:
         from . import backend
@@ -425,9 +489,12 @@ class _Recorder:
             if name is not None:
                 prefix = name.rsplit(".", 1)[0] + "."
                 source = self.source_of(fn)
+                changed = "".join(self.handed_on(self.produced, tensor, args[i], _qualname(fn))
+                                  for i, tensor in self.inputs_of(op_name, name) if i < len(args))
                 for symbol, value in getattr(cache, "intermediates", dict)().items():
                     self.record(prefix + symbol, value, source)
-                self.record(name, out, source)
+                self.record(name, out, source + changed)
+                self.remember(self.produced, name, out, _qualname(fn))
                 self.output_of[id(cache)] = name
                 if name in self.heads:
                     self.heads[name] = weakref.ref(out)
@@ -442,11 +509,12 @@ class _Recorder:
             if name is not None and op_name != "cross_entropy_backward":   # (d:loss is 1: not kept)
                 # the upstream gradient, complete before this backward reads it
                 layer = name.split(".self_attn.")[0].split(".mlp.")[0] + "."
+                receiver = _qualname(fn)
                 if name.endswith(".mlp.out"):        # out = h + mlp_out: both get the same gradient
-                    self.record_gradient(layer + "out", dout)
+                    self.record_gradient(layer + "out", dout, receiver)
                 if name.endswith(".self_attn.out"):  # h = x + attn_out: likewise
-                    self.record_gradient(layer + "residual", dout)
-                self.record_gradient(name, dout)
+                    self.record_gradient(layer + "residual", dout, receiver)
+                self.record_gradient(name, dout, receiver)
             parameters = self.parameters_of.get(id(cache), ())
             run, observed_cache = self._observed(fn, op_name, name, cache)
             grads = self.run(run, dout, observed_cache)
@@ -457,13 +525,18 @@ class _Recorder:
                 self.trace.note_parameter_gradient_source(parameter, source)
             if op_name == "cross_entropy_backward":
                 if id(cache) in self.logits_of:
-                    self.record("d:" + self.logits_of[id(cache)], grads, _qualname(fn))
+                    head = self.logits_of[id(cache)]
+                    self.record("d:" + head, grads, _qualname(fn))
+                    self.remember(self.returned_grad, head, grads, _qualname(fn))
             elif name is not None:
                 if op_name == "attention_backward":
                     prefix = name.rsplit(".", 1)[0] + "."
                     # (d:v is recorded by v_proj's backward, in the projection's layout)
                     for symbol, grad in zip(("q_rot", "k_rot"), grads):
                         self.record_gradient(prefix + symbol, grad)
+                for i, tensor in self.inputs_of(op_name.replace("_backward", "_forward"), name):
+                    grad = grads if op_name == "rope_backward" else grads[i]
+                    self.remember(self.returned_grad, tensor, grad, source)
             self.note_replacements(fn, op_name, name)
             return grads
         return recorded_backward
@@ -530,6 +603,30 @@ class _Recorder:
         if step == "residual":
             return [layer + ".post_attention_layernorm.out"], layer + ".out"
         return [], None
+
+    def inputs_of(self, op_name: str, name: str) -> list[tuple[int, str]]:
+        """(argument index, tensor name) of the recorded tensors the op `op_name` whose output is
+        `name` takes as inputs -- the same positions in its backward's gradients (consumers, read
+        the other way).  Only those another op returned: a residual sum is the model's own."""
+        layer, _, step = name.partition(".self_attn.")
+        a = layer + ".self_attn."
+        if op_name == "linear_forward":
+            if step in ("q", "k", "v"):
+                return [(0, layer + ".input_layernorm.out")]
+            if step == "out":
+                return [(0, a + "attn")]
+            return [(0, "model.norm.out")] if name in self.heads else []
+        if op_name == "rope_forward" and step in ("q_rot", "k_rot"):
+            return [(0, a + step[0])]
+        if op_name == "attention_forward" and step == "attn":
+            return [(0, a + "q_rot"), (1, a + "k_rot"), (2, a + "v")]
+        if op_name == "swiglu_forward" and name.endswith(".mlp.out"):
+            return [(0, name[:-len("mlp.out")] + "post_attention_layernorm.out")]
+        if op_name == "classifier_forward" and name in self.heads:
+            return [(0, "model.norm.out")]
+        if op_name == "rmsnorm_forward" and name == "model.norm.out":
+            return [(0, f"model.layers.{self.last_layer}.out")]
+        return []
 
     def gradient_source(self, name: str) -> str:
         """The function(s) whose backward produced d:<name>, in words."""
@@ -733,6 +830,37 @@ _BLOCK_BACKWARD = "npllama.model.block_backward"
 _OBJECTIVE_SUM = ", added by the objective, which hands their sum to npllama.model.Llama.hidden_backward"
 _TIED_SUM = ("its gradients added in npllama.model.model_backward, or for an objective's own head "
              "in npllama.model.Llama.hidden_backward")
+
+
+def _same_numbers(returned, received) -> tuple[bool | None, float]:
+    """(whether two arrays hold the same numbers, their relative error): equal shapes entry by entry,
+    or one with its heads split (B, n, T, hd) against the other merged (B, T, n*hd).  (None, 0.0)
+    when the shapes say nothing (a KV cache's keys hold more positions than this step's)."""
+    a, b = np.asarray(returned), np.asarray(received)
+    if a.shape != b.shape:
+        merged = [x.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1) if x.ndim == 4 else x
+                  for x in (a, b)]
+        if a.size != b.size or merged[0].shape != merged[1].shape:
+            return None, 0.0
+        a, b = merged
+    if np.array_equal(a, b, equal_nan=a.dtype.kind in "fc" and b.dtype.kind in "fc"):
+        return True, 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        return False, float(rel_error(a.astype(np.float64), b.astype(np.float64), tiny=1e-300))
+
+
+def _code_between(name: str, gradient: bool) -> str:
+    """Where the model hands tensor `name` (or its gradient) from one op to the next."""
+    if name.startswith("model.layers.") and not name.endswith(".out") or ".self_attn." in name \
+            or ".mlp." in name or name.endswith("layernorm.out"):
+        return "npllama.model.block_backward" if gradient else "npllama.model.block_forward"
+    if name.startswith("model.layers."):   # the last block's output, read by the final norm
+        return "npllama.model.decoder_backward" if gradient else "npllama.model.decoder_forward"
+    if name == "model.norm.out":
+        return ("npllama.model.model_backward and decoder_backward, or the objective's code that hands a "
+                "head's gradient to Llama.hidden_backward" if gradient else
+                "npllama.model.model_forward, or the objective's code that runs a head on Llama.hidden_forward")
+    return "npllama.model.Llama.loss_and_grads, or the objective's code that runs the head's loss"
 
 
 def _where_attended(d_attn_probs, allowed):

@@ -860,7 +860,7 @@ def _rope_frequency_check(hf, config) -> tuple[list[str], np.ndarray | None]:
     return [f"the RoPE frequencies differ: npllama's rope_inv_freq for head_dim={config.head_dim}, "
             f"rope_theta={config.rope_theta:g}, rope_scaling={config.rope_scaling} against transformers' "
             f"LlamaRotaryEmbedding.inv_freq ({how}); look at how each side reads rope_theta and "
-            f"rope_scaling; the RoPE tables here are transformers' own, so q_rot and k_rot diverge"], theirs
+            f"rope_scaling; the RoPE tables here are transformers' own, so model.rotary_emb.cos and .sin diverge"], theirs
 
 
 def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, include=None,
@@ -945,6 +945,11 @@ def transformers_trace(model_dir, tokens, targets=None, *, dtype=np.float32, inc
             handles.append(module.register_forward_hook(forward))
 
     on(hf.model.embed_tokens, output_of("model.embed_tokens.out"))
+
+    def rope_tables(module, args, output):   # (1, T, hd) each, the same rows for every row of the batch
+        for name, table in zip(("cos", "sin"), output):
+            keep("model.rotary_emb." + name, table, forward_of(module), lambda a: a[0])
+    on(hf.model.rotary_emb, rope_tables)
     for i, layer in enumerate(hf.model.layers):
         p = f"model.layers.{i}."
         attn, mlp = layer.self_attn, layer.mlp

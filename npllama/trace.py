@@ -778,6 +778,10 @@ class _Recorder:
     def name_rope(self, x, cos, sin):
         if not self.scope:
             return None
+        # the tables every RoPE of the pass turns by, (T, hd): a wrong rope_theta or rope_scaling shows
+        # here, before q_rot, rather than in rope_forward, which only applies them
+        self.record("model.rotary_emb.cos", cos, _ROPE_TABLES)
+        self.record("model.rotary_emb.sin", sin, _ROPE_TABLES)
         self.ropes_in_scope += 1
         return self.scope + ("q_rot" if self.ropes_in_scope == 1 else "k_rot")
 
@@ -820,6 +824,8 @@ _FROM_THE_CALLER = "the upstream gradient given by the caller (no recorded op re
 # Not computed by an op: the objective gives the classifier the positions to pool.
 _POOLED_INDEX = ("npllama.ops.classifier.last_token_index (for a classifier by way of "
                  "npllama.finetune.SequenceClassifier.pooled_index, which skips its pad id)")
+# Not computed by an op: the model's cached tables, rows for the positions the pass runs.
+_ROPE_TABLES = "npllama.ops.rope.rope_cos_sin (by way of npllama.model.Llama.rope_tables)"
 # The residual sums are plain additions in npllama.model.block_forward, not ops.
 _BLOCK_OUT = "npllama.model.block_forward (out = h + mlp_out)"
 _BLOCK_RESIDUAL = "npllama.model.block_forward (h = x + attn_out)"

@@ -53,7 +53,7 @@ def test_wrong_rope_convention_is_reported_at_q_rot(model):
     index = [d.name for d in report.diffs].index(first.name)
     assert [d.name for d in report.diffs[:index]] == [
         "model.embed_tokens.out", "model.layers.0.input_layernorm.out", "model.layers.0.self_attn.q",
-        "model.layers.0.self_attn.k", "model.layers.0.self_attn.v"]
+        "model.layers.0.self_attn.k", "model.layers.0.self_attn.v", "model.rotary_emb.cos", "model.rotary_emb.sin"]
     assert all(not d.diverged and d.rel_err < 1e-6 for d in report.diffs[:index])
     a, b = report.traces
     assert a[first.name][first.worst_index] == pytest.approx(first.a_value)
@@ -601,9 +601,10 @@ def test_a_float64_model_given_without_dtype_is_compared_in_float64(folder, give
 @pytest.mark.slow  # imports torch and transformers; skipped when they are absent
 @pytest.mark.parametrize("setting, differs", [
     (dict(rms_norm_eps=1e-3), ("rms_norm_eps 0.001 in npllama, 1e-05 in transformers", "input_layernorm.out")),
-    # the same weight shapes ((16, 16) and (8, 16)) cut into 2 heads of 8 instead of 4 of 4
+    # the same weight shapes ((16, 16) and (8, 16)) cut into 2 heads of 8 instead of 4 of 4: first
+    # used by the RoPE tables, one column per entry of a head
     (dict(num_attention_heads=2, num_key_value_heads=1),
-     ("num_attention_heads 2 in npllama, 4 in transformers", "self_attn.q_rot")),
+     ("num_attention_heads 2 in npllama, 4 in transformers", "model.rotary_emb.cos")),
 ])
 def test_a_setting_that_differs_from_the_transformers_folder_is_named(folder, model, setting, differs):
     pytest.importorskip("torch")
@@ -1026,7 +1027,7 @@ def test_rope_frequencies_are_checked_not_taken_from_npllama(tmp_path, monkeypat
     monkeypatch.setattr(Llama, "from_pretrained", classmethod(load_with_a_wrong_factor))
     for dtype, faithful in [(np.float64, True), (np.float64, False), (np.float32, True)]:
         report = debug.compare_transformers(tmp_path, IDS, dtype=dtype, faithful=faithful)
-        assert report.first.name == "model.layers.0.self_attn.q_rot", str(report)
+        assert report.first.name == "model.rotary_emb.cos", str(report)   # the tables, not the op applying them
         note = next((n for n in report.notes if "RoPE frequencies differ" in n), "")
         assert "rope_theta=500000" in note and "'factor': 4.0" in note, report.notes
         # and no other note tells the reader that this run's two sides agree

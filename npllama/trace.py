@@ -430,8 +430,10 @@ class _Recorder:
         gradient = memory is self.returned_grad
         # a gradient from one reader alone: those of several (q, k and v of the normed input) are summed;
         # and not a head's logits, whose reader (the loss) is not checked: they may be large
+        # nor what no wanted record is checked against: a selective trace of a large model holds no more
+        wanted = self.trace.wants("d:" + name) if gradient else any(map(self.trace.wants, readers))
         if (readers and residual is None and not (gradient and len(readers) > 1)
-                and (gradient or name not in self.heads) and isinstance(value, np.ndarray)):
+                and (gradient or name not in self.heads) and wanted and isinstance(value, np.ndarray)):
             memory[name] = [value, producer, 1 if gradient else len(readers)]
 
     def bindings(self, ops_in_force: dict, head_params: Mapping) -> dict:

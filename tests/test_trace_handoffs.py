@@ -150,3 +150,15 @@ def test_heads_and_decoding_never_say_a_tensor_changed_on_its_way(backend):
               traced(lambda: model.generate([1, 5, 9], 3), backend)]
     for t in traces:
         assert len(t) and not [(n, s) for n, s in t.sources.items() if CHANGED in s]
+
+
+@pytest.mark.parametrize("include", [None, ["*.attn_probs"], ["d:*.self_attn.q_rot"], ["model.layers.1.*"]])
+def test_nothing_handed_on_is_still_held_after_a_pass(include):
+    """What the recorder keeps to check a hand-off is let go once checked, and not kept at all for
+    records a selective trace does not want: tracing a large model with include patterns must not
+    hold every gradient of the pass."""
+    model = tiny()
+    with npllama.trace(include=include) as t:
+        model.loss_and_grads(TOKENS, np.roll(TOKENS, -1))
+        recorder = next(iter(t._recorders.values()))
+        assert recorder.produced == {} and recorder.returned_grad == {}

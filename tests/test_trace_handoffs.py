@@ -51,6 +51,13 @@ SLIPS = {
     "q split without its transpose": (
         "block_forward", "q = q.reshape(B, T, H, hd).transpose(0, 2, 1, 3)", "q = q.reshape(B, H, T, hd)",
         "model.layers.0.self_attn.q_rot", "linear_forward", "rope_forward", "npllama.model.block_forward"),
+    # the normed input is read by three projections: each is checked, not the first alone
+    "xn scaled before k_proj": (
+        "block_forward", "k, k_proj = linear_forward(xn, w.k_proj)", "k, k_proj = linear_forward(xn * 1.01, w.k_proj)",
+        "model.layers.0.self_attn.k", "rmsnorm_forward", "linear_forward", "npllama.model.block_forward"),
+    "xn scaled before v_proj": (
+        "block_forward", "v, v_proj = linear_forward(xn, w.v_proj)", "v, v_proj = linear_forward(xn * 1.01, w.v_proj)",
+        "model.layers.0.self_attn.v", "rmsnorm_forward", "linear_forward", "npllama.model.block_forward"),
     "heads merged without the transpose": (
         "block_forward", "a = a.transpose(0, 2, 1, 3).reshape(B, T, H * hd)", "a = a.reshape(B, T, H * hd)",
         "model.layers.0.self_attn.out", "attention_forward", "linear_forward", "npllama.model.block_forward"),

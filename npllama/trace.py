@@ -868,7 +868,9 @@ def _code_between(name: str, gradient: bool) -> str:
         return ("npllama.model.model_backward and decoder_backward, or the objective's code that hands a "
                 "head's gradient to Llama.hidden_backward" if gradient else
                 "npllama.model.model_forward, or the objective's code that runs a head on Llama.hidden_forward")
-    return "npllama.model.Llama.loss_and_grads, or the objective's code that runs the head's loss"
+    # a head's gradient (a head's output is never checked forwards): Llama.loss_and_grads hands dlogits
+    # to model_backward, which hands it to the LM head's backward
+    return "npllama.model.Llama.loss_and_grads and model_backward, or the objective's code that runs the head's loss"
 
 
 def _where_attended(d_attn_probs, allowed):

@@ -75,7 +75,8 @@ SLIPS = {
         "d:model.layers.1.self_attn.q_rot", "attention_backward", "rope_backward", "npllama.model.block_backward"),
     "dlogits scaled before the LM head's backward": (
         "model_backward", "linear_backward(dlogits, cache.lm_head)", "linear_backward(dlogits * 1.01, cache.lm_head)",
-        "d:lm_head.out", "cross_entropy_backward", "linear_backward", "npllama.model.Llama.loss_and_grads"),
+        "d:lm_head.out", "cross_entropy_backward", "linear_backward",
+        "npllama.model.Llama.loss_and_grads and model_backward"),
     "dhidden scaled before the final norm's backward": (
         "decoder_backward", "rmsnorm_backward(dhidden, cache.norm)", "rmsnorm_backward(dhidden * 1.01, cache.norm)",
         "d:model.norm.out", "linear_backward", "rmsnorm_backward", "npllama.model.model_backward and decoder_backward"),

@@ -764,7 +764,8 @@ def float64_faithful(hf, config) -> list[str]:
     config: the npllama LlamaConfig of the same folder.  The cos/sin tables use npllama's inverse
     frequencies (transformers rounds its own to float32 before any cast), but only once they are
     checked to agree with transformers' to float32 precision; when they do not, the tables use
-    transformers' and the returned notes (otherwise empty) say so: q_rot and k_rot then diverge."""
+    transformers' and the returned notes (otherwise empty) say so: the tables (model.rotary_emb.cos, .sin)
+    then diverge, before q_rot and k_rot."""
     import torch
 
     notes, their_inv_freq = _rope_frequency_check(hf, config)

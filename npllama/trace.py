@@ -33,6 +33,7 @@ import io
 import json
 import numbers
 import os
+import re
 import sys
 import types
 import warnings
@@ -419,8 +420,8 @@ class _Recorder:
             return ""
         gradient = memory is self.returned_grad
         what = f"the gradient {producer} returned for {name}" if gradient else f"{name} as {producer} returned it"
-        return (f"; but {receiver} was given other numbers than {what} (relative error {error:.3g}): the code "
-                f"between the two calls ({_code_between(name, gradient)}) changed them")
+        return (f"; but {receiver} was given other numbers than {what} (relative error {error:.3g}): "
+                f"{_CHANGED_BETWEEN.format(_code_between(name, gradient))}")
 
     def remember(self, memory: dict, name: str, value, producer: str) -> None:
         """Remember `value`, returned by `producer` as tensor `name` (or as its gradient), for the
@@ -857,6 +858,12 @@ def _same_numbers(returned, received) -> tuple[bool | None, float]:
         return False, float(rel_error(a.astype(np.float64), b.astype(np.float64), tiny=1e-300))
 
 
+# What a record's source says of a tensor the model's code changed between two ops (handed_on), and
+# how compare's report finds it there
+_CHANGED_BETWEEN = "the code between the two calls ({}) changed them"
+_CHANGED_BETWEEN_SAID = re.compile(re.escape(_CHANGED_BETWEEN).replace(re.escape("{}"), "(.*?)"))
+
+
 def _code_between(name: str, gradient: bool) -> str:
     """Where the model hands tensor `name` (or its gradient) from one op to the next."""
     if name.startswith("model.layers.") and not name.endswith(".out") or ".self_attn." in name \
@@ -1063,6 +1070,8 @@ class Comparison:
         index = self.diffs.index(first)
         lines.append(f"FIRST DIVERGENCE at tensor #{index} (in {a}'s execution order):")
         lines.append("  " + first.describe())
+        sources = {label: t.sources[first.name] for label, t in zip(self.labels, self.traces)
+                   if isinstance(t, Trace) and first.name in t.sources}
         if index > 0:
             before = self.diffs[index - 1]
             if index == 1:
@@ -1071,12 +1080,14 @@ class Comparison:
             else:
                 lines.append(f"  all {index} tensors recorded before it agree (the last one, {before.name}, to a "
                              f"relative error of {before.rel_err:.2e}):")
-            lines.append(f"  suspect the step that computes {first.name}")
+            # a source says when the model's code changed a tensor between the op that made it and the
+            # op that read it (_Recorder.handed_on): both ops are right then
+            between = [m.group(1) for source in sources.values() if (m := _CHANGED_BETWEEN_SAID.search(source))]
+            lines.append(f"  suspect the code between two ops, in {between[0]}: it changed what one op handed the "
+                         f"next (below)" if between else f"  suspect the step that computes {first.name}")
         else:
             lines.append("  it is the first tensor compared: suspect the inputs (tokens, parameters) or "
                          "the very first op")
-        sources = {label: t.sources[first.name] for label, t in zip(self.labels, self.traces)
-                   if isinstance(t, Trace) and first.name in t.sources}
         if sources:
             lines.append("  computed by " + "; ".join(f"{fn} (in {label})" for label, fn in sources.items()))
         later = len(self.diverged) - 1

@@ -100,6 +100,9 @@ def test_a_tensor_changed_between_two_ops_is_blamed_on_the_code_between_them(mon
     assert f"the code between the two calls ({where}" in said, said
     assert CHANGED not in clean.sources[first]
     assert "changed them (in buggy)" in str(report)
+    # the headline points at that code, not at the op that computed the tensor (which is right)
+    assert f"suspect the code between two ops, in {where}" in str(report)
+    assert "suspect the step that computes" not in str(report)
 
 
 def test_a_gradient_changed_after_it_was_recorded_is_recorded_as_the_next_op_received_it(monkeypatch):

@@ -646,8 +646,9 @@ def classify(cc: ClassifyConfig, echo=print, resume: bool = False) -> ClassifyRe
     end.  A stop signal saves a checkpoint and raises npllama.interrupts.Interrupted (a
     KeyboardInterrupt); `resume=True` continues the run in cc.out."""
     from .finetune_run import fine_tuning_run
-    from .runs import require_a_language_model
+    from .runs import require_a_language_model, require_job_arguments
 
+    require_job_arguments("cc", cc, ClassifyConfig, resume, echo)
     check = lambda base: require_a_language_model(base, "--base", "fine-tuning a classifier", causal=False)
     with fine_tuning_run(cc, "classify", resume, echo, check_base=check) as run:
         return _classify(cc if run is None else run.config, run, echo)
@@ -821,8 +822,9 @@ def sft(sc_: SFTConfig, echo=print, resume: bool = False) -> SFTResult:
 
     sc_.out is a run folder with checkpoints, stop signals and `resume` as in `classify`."""
     from .finetune_run import fine_tuning_run
-    from .runs import require_a_language_model
+    from .runs import require_a_language_model, require_job_arguments
 
+    require_job_arguments("sc_", sc_, SFTConfig, resume, echo)
     check = lambda base: require_a_language_model(base, "--base", "instruction tuning (next-token loss on the responses)")
     with fine_tuning_run(sc_, "sft", resume, echo, check_base=check) as run:
         return _sft(sc_ if run is None else run.config, run, echo)

@@ -86,8 +86,9 @@ def sentence_order(sc_: SentenceOrderConfig, echo=print, resume: bool = False) -
 
     sc_.out is a run folder with checkpoints, stop signals and `resume` as in `classify`."""
     from .finetune_run import fine_tuning_run
-    from .runs import require_a_language_model
+    from .runs import require_a_language_model, require_job_arguments
 
+    require_job_arguments("sc_", sc_, SentenceOrderConfig, resume, echo)
     check = lambda base: require_a_language_model(base, "--base", "masked-LM + sentence-order training",
                                                   causal=False)
     with fine_tuning_run(sc_, "sop", resume, echo, check_base=check) as run:

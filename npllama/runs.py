@@ -29,6 +29,8 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from .config import attends_causally
 from .io.atomic import _OLD_TAG, _TMP_TAG, atomic_write_text, backup_paths
 from .io.errors import CheckpointError
@@ -506,3 +508,22 @@ def note_attention_dropout(attention_dropout: float, source: str, echo, kept: bo
         echo(f"note: {source} sets attention_dropout {attention_dropout}, but npllama's attention has no "
              f"dropout: this run trains without it"
              + ("" if kept else ", and the model's config.json records attention_dropout 0.0"))
+
+
+def require_job_arguments(name: str, settings, settings_type: type, resume, echo) -> None:
+    """A job's Python entry point (train, classify, sft, sentence_order), its arguments checked
+    before anything is read or written: a dict of settings would fail later as an AttributeError
+    deep inside, and resume="no" is truthy, so it would resume a run it was told not to."""
+    if not isinstance(settings, settings_type):
+        type_name = settings_type.__name__
+        # an SFTConfig (its first letters spelled out), a SentenceOrderConfig
+        spelled_out = type_name[:2].isupper() and type_name[0] in "FHLMNRSX"
+        article = "an" if type_name[0] in "AEIOU" or spelled_out else "a"
+        raise TypeError(f"{name} must be {article} {type_name}, got "
+                        f"{'None' if settings is None else type(settings).__name__}"
+                        + (f"; build one from a dict with {type_name}(**settings)"
+                           if isinstance(settings, dict) else ""))
+    if not isinstance(resume, (bool, np.bool_)):
+        raise TypeError(f"resume must be True or False, got {resume!r:.40}")
+    if not callable(echo):
+        raise TypeError(f"echo must be a function taking one str (such as print), got {echo!r:.40}")

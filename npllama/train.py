@@ -229,6 +229,9 @@ def train(tc: TrainConfig, resume: bool = False, echo=print) -> TrainResult:
     `interrupted` (with `stop_signal`).  With `resume`, settings that define the run must equal
     the saved ones; the others (steps, lr, ...) may change, and each change is printed and recorded
     in log.jsonl and train_config.json."""
+    from .runs import require_job_arguments
+
+    require_job_arguments("tc", tc, TrainConfig, resume, echo)
     run_dir = Path(tc.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"--out {tc.out!r} is a file, not a folder: choose a run folder")

@@ -486,7 +486,41 @@ LIBRARY = [
     ("resolve_model_dir: missing", lambda: resolve_model_dir(tmp() / "nowhere"), FileNotFoundError, "does not exist"),
     ("find_tokenizer: none there", lambda: find_tokenizer(tmp() / "nowhere" / "deeper"), FileNotFoundError,
      "tokenizer.model"),
+    # ----- the jobs' Python entry points: their settings object, resume and echo
+    ("train: settings a dict", lambda: job("npllama.train", "train")({"out": str(tmp() / "r")}), E,
+     "tc must be a TrainConfig, got dict"),
+    ("train: settings None", lambda: job("npllama.train", "train")(None), E, "tc must be a TrainConfig, got None"),
+    ("train: resume a str", lambda: job("npllama.train", "train")(TrainConfig(out=str(tmp() / "r")), resume="no"), E,
+     "resume must be True or False, got 'no'"),
+    ("train: echo not callable", lambda: job("npllama.train", "train")(TrainConfig(out=str(tmp() / "r")), echo="log"),
+     E, "echo must be a function taking one str (such as print), got 'log'"),
+    ("classify: settings a dict", lambda: job("npllama.finetune", "classify")({}), E,
+     "cc must be a ClassifyConfig, got dict"),
+    ("classify: an SFTConfig", lambda: job("npllama.finetune", "classify")(job("npllama.finetune", "SFTConfig")()), E,
+     "cc must be a ClassifyConfig, got SFTConfig"),
+    ("classify: resume 1", lambda: job("npllama.finetune", "classify")(job("npllama.finetune", "ClassifyConfig")(),
+                                                                        resume=1), E, "resume must be True or False"),
+    ("sft: settings None", lambda: job("npllama.finetune", "sft")(None), E, "sc_ must be an SFTConfig, got None"),
+    ("sentence_order: settings a dict", lambda: job("npllama.finetune_sop", "sentence_order")({}), E,
+     "sc_ must be a SentenceOrderConfig, got dict"),
+    # ----- tracing
+    ("loss_and_grads: targets None", lambda: model().loss_and_grads(TOKENS, None), E,
+     "targets must be the next tokens, an int array of the tokens' shape (1, 3), got None"),
+    ("loss: targets None", lambda: model().loss(TOKENS, None), E, "targets must be the next tokens"),
+    ("Trace: include an int", lambda: job("npllama.trace", "Trace")(include=3), E,
+     "include must be a list of name patterns (str), got 3"),
+    ("Trace: an exclude pattern not a str", lambda: job("npllama.trace", "Trace")(exclude=["d:*", 0]), E,
+     "exclude must be a list of name patterns (str), got ['d:*', 0]"),
+    ("Trace.save: path None", lambda: job("npllama.trace", "Trace")().save(None), E,
+     "path must be the .npz file to write (a str or pathlib.Path), got None"),
 ]
+
+
+def job(module, name):
+    """A job's entry point, imported when a row runs (the jobs' modules are heavy to import)."""
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
 
 BAD_TRAIN_SETTINGS = [
     ("steps", 0), ("steps", -5), ("steps", "10"), ("steps", 2.5), ("batch_size", 0), ("seq_len", -1),

@@ -43,6 +43,9 @@ from .ops.swiglu import SwiGLUCache, swiglu_backward, swiglu_forward
 from .trace import active_trace
 
 DTYPES = (np.float32, np.float64)
+# what _check_inputs is called with when there are no targets (forward, forward_step), so that a
+# loss given targets=None by mistake is told apart and refused
+_NO_TARGETS = object()
 
 
 # ----- the named types the math passes around ------------------------------------------------------
@@ -473,7 +476,8 @@ class Llama:
 
         check_params(self.config, params, dtype=dtype)
 
-    def _check_inputs(self, tokens, attention_mask=None, targets=None, ignore_index=-100, offset=0, causal=None):
+    def _check_inputs(self, tokens, attention_mask=None, targets=_NO_TARGETS, ignore_index=-100, offset=0,
+                      causal=None):
         """tokens (B, T), the padding mask (bool (B, T), or None), when given targets (B, T), and
         causal (None: the model's own, attends_causally): checked here once, so that the ops the
         model calls need not check them again."""
@@ -498,7 +502,7 @@ class Llama:
         if outside.any():
             raise ValueError(f"tokens contains id {tokens[outside].flat[0]}, outside the vocabulary [0, {vocab})")
         B, T = tokens.shape
-        training = targets is not None
+        training = targets is not _NO_TARGETS
         if self._batch_budget.exceeded(B, T, training):   # before any activation is allocated
             budget.check_batch(self.config, B, T, self.dtype, training)
         mask = attention_mask
@@ -510,8 +514,11 @@ class Llama:
                 if not np.issubdtype(mask.dtype, np.integer) or not np.isin(mask, (0, 1)).all():
                     raise ValueError("attention_mask must hold 0/1 integers or booleans (1 = real token)")
                 mask = mask.astype(bool)
-        if targets is None:
+        if not training:
             return tokens, mask, causal
+        if targets is None:   # loss(tokens, None): a loss needs what each position should predict
+            raise TypeError(f"targets must be the next tokens, an int array of the tokens' shape {tokens.shape}, "
+                            f"got None (for logits alone, call forward(tokens))")
         targets = targets if isinstance(targets, np.ndarray) else _as_array("targets", targets)
         if not np.issubdtype(targets.dtype, np.integer):
             raise TypeError(f"targets must be integers, got dtype {targets.dtype}")

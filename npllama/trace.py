@@ -73,8 +73,8 @@ class Trace:
                  meta: Mapping | None = None):
         if isinstance(include, str) or isinstance(exclude, str):
             raise TypeError("include and exclude must be lists of patterns, not a single string")
-        self.include = list(include) if include is not None else None
-        self.exclude = list(exclude or [])
+        self.include = _patterns("include", include) if include is not None else None
+        self.exclude = _patterns("exclude", exclude or [])
         self.records: dict[str, np.ndarray] = {}
         self.meta: dict = dict(meta or {})   # free-form notes (backend, dtype, tokens, ...), saved too
         # record name -> the function(s) that computed it (e.g. "npllama.kernels.attention.attention_forward")
@@ -277,6 +277,8 @@ class Trace:
         arrays = dict(self.records)
         arrays[_NAMES_KEY] = np.array(list(self.records), dtype=np.str_)
         arrays[_META_KEY] = np.array(json.dumps(meta, default=_json_default))
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be the .npz file to write (a str or pathlib.Path), got {path!r:.40}")
         path = os.fspath(path)
         if not path.endswith(".npz"):
             raise ValueError(f"path must end in .npz (a NumPy archive), got {path!r}")
@@ -311,6 +313,18 @@ class Trace:
                     raise ValueError(f"{path!r} lists record {name!r} but does not contain it")
                 t.records[name] = archive[name]
         return t
+
+
+def _patterns(name: str, patterns) -> list[str]:
+    """include or exclude as a list of fnmatch patterns; anything else refused now, where fnmatch
+    would fail at the first record, inside the model's forward."""
+    try:
+        listed = list(patterns)
+    except TypeError:
+        listed = None
+    if listed is None or not all(isinstance(p, str) for p in listed):
+        raise TypeError(f"{name} must be a list of name patterns (str), got {patterns!r:.80}")
+    return listed
 
 
 class _Recorder:

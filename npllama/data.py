@@ -422,6 +422,7 @@ class PendingTokens:
         self.ids, self._cache_path, self._key, self._tmp = ids, cache_path, key, tmp
 
     def keep(self) -> None:
+        """Put the stream in its cache's place (the old key removed first, the new one written after)."""
         if self._tmp is None:
             return
         meta_path = Path(f"{self._cache_path}.json")
@@ -434,6 +435,7 @@ class PendingTokens:
                                                  "dtype": str(self.ids.dtype)}))
 
     def drop(self) -> None:
+        """Remove the temporary file, leaving the cache and its key as they were."""
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
             self._tmp = None
@@ -651,6 +653,7 @@ class BatchLoader:
 
     @property
     def tokens_per_batch(self) -> int:
+        """batch_size * seq_len: the tokens one batch predicts."""
         return self.batch_size * self.seq_len
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:

@@ -60,6 +60,9 @@ BIDIRECTIONAL_NOTE = ("bidirectional attention (a masked-LM base): load it with 
 # ----- the shared loop ------------------------------------------------------------------------------
 @dataclasses.dataclass
 class StepConfig:
+    """The settings of run_steps' AdamW loop (a fine-tune's FinetuneSettings.step_config makes one):
+    steps, batch size, peak lr after linear warmup (cosine decay after), weight decay, global-norm
+    clipping, the seed of the batch order, the progress bar, and checkpoints."""
     steps: int = 300
     batch_size: int = 16
     lr: float = 3e-4
@@ -212,6 +215,7 @@ class SequenceClassifier:
 
     @property
     def num_labels(self) -> int:
+        """How many labels the head scores (the rows of score.weight)."""
         return len(self.label_names)
 
     @property
@@ -227,6 +231,8 @@ class SequenceClassifier:
 
     @property
     def params(self) -> dict[str, np.ndarray]:
+        """The trained arrays by name: the base model's (without lm_head.weight, which the head
+        replaces) or, with LoRA, the adapters', and score.weight."""
         if self.model.lora is not None:
             return {**self.model.lora.params, SCORE: self.score_weight}
         return {**{n: p for n, p in self.model.params.items() if n != "lm_head.weight"}, SCORE: self.score_weight}
@@ -541,6 +547,7 @@ class FinetuneSettings:
         return DTYPES[self.dtype]
 
     def attach_lora_if_asked(self, model) -> None:
+        """With lora set, attach adapters of these settings to model (attach_lora); else nothing."""
         if self.lora:
             attach_lora(model, r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
                         target_modules=self.lora_targets, seed=self.seed)
@@ -596,6 +603,10 @@ class ClassifyConfig(FinetuneSettings):
 
 @dataclasses.dataclass
 class ClassifyResult:
+    """What `classify` returns: validation metrics (classification_metrics: accuracy, macro-F1,
+    per-label scores, confusion matrix), the majority baseline's accuracy, the label names in id
+    order, the trainable and total parameter counts, each step's loss, the training time in seconds,
+    and the folder saved to (None without cc.out)."""
     metrics: dict
     baseline: float
     label_names: tuple
@@ -799,6 +810,9 @@ class SFTConfig(FinetuneSettings):
 
 @dataclasses.dataclass
 class SFTResult:
+    """What `sft` returns: the validation loss per response token before and after training, each
+    step's loss, the greedy answers to a few validation prompts, and the folder saved to (None
+    without sc_.out)."""
     val_loss_before: float
     val_loss_after: float
     losses: list

@@ -71,6 +71,9 @@ class SentenceOrderConfig(FinetuneSettings):
 
 @dataclasses.dataclass
 class SentenceOrderResult:
+    """What `sentence_order` returns: held-out masked-LM loss and pair accuracy before and after
+    training, the baseline, the trainable parameter count, each step's loss, the training time in
+    seconds, and the folder saved to (None without sc_.out)."""
     before: dict          # evaluate_sentence_order on the validation pairs, before training
     after: dict           # and after
     baseline: float       # the validation accuracy of always answering the commoner training label

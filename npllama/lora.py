@@ -157,6 +157,7 @@ class LoraAdapters:
         return params
 
     def num_parameters(self) -> int:
+        """The entries of every adapter matrix (lora_A and lora_B of each adapted projection)."""
         return int(sum(p.size for p in self.params.values()))
 
     def describe(self) -> str:
@@ -357,6 +358,7 @@ class LoraOps:
         return out, LoraSwiGLUCache(gate_cache, up_cache, act_cache, down_cache, self.act_backward, gate, up, act)
 
     def swiglu_backward(self, dout, cache):
+        """(dx, then for gate, up and down: the adapter's gradients or None for a frozen projection)."""
         gate_cache, up_cache, act_cache, down_cache, act_backward = cache[:5]
         dact, g_down = self.linear_backward(dout, down_cache)
         dgate, dup = act_backward(dact, act_cache)
@@ -366,6 +368,7 @@ class LoraOps:
 
     @staticmethod
     def embedding_backward(dout, cache):
+        """No gradient: the embedding is frozen under LoRA."""
         return None   # the embedding is frozen
 
 

@@ -65,6 +65,7 @@ class LayerWeights(NamedTuple):
 
     @classmethod
     def of_layer(cls, params: dict, i: int) -> "LayerWeights":
+        """Layer i's nine weight arrays, read from params by their Hugging Face names."""
         p = f"model.layers.{i}."
         return cls(params[p + "input_layernorm.weight"], params[p + "self_attn.q_proj.weight"],
                    params[p + "self_attn.k_proj.weight"], params[p + "self_attn.v_proj.weight"],

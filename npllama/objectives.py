@@ -160,23 +160,28 @@ class MaskedLMBatches:
 
     @classmethod
     def for_tokenizer(cls, loader, tokenizer, seed: int = 0) -> "MaskedLMBatches":
+        """MaskedLMBatches with the tokenizer's mask token, vocabulary size and special ids."""
         return cls(loader, mask_token_id=mask_token_id(tokenizer), vocab_size=tokenizer.vocab_size,
                    special_ids=special_token_ids(tokenizer), seed=seed)
 
     def next_batch(self):
+        """The loader's next windows, masked: (inputs, targets), int64 (B, T) (mask_tokens)."""
         rng = np.random.default_rng([self.seed, self.loader.epoch, self.loader.batch_index])
         tokens, _ = self.loader.next_batch()   # MLM predicts the tokens themselves: no shift
         return self.mask(tokens, rng)
 
     def mask(self, tokens, rng):
+        """mask_tokens(tokens, rng) with this wrapper's mask token, vocabulary and special ids."""
         return mask_tokens(tokens, rng, mask_token_id=self.mask_token_id, vocab_size=self.vocab_size,
                            special_ids=self.special_ids)
 
     # the position is the wrapped loader's (checkpoints and resume go through it)
     def state_dict(self) -> dict:
+        """The wrapped loader's position (the masks follow from it and the seed)."""
         return self.loader.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        """Move the wrapped loader to a position state_dict() returned."""
         self.loader.load_state_dict(state)
 
     def __len__(self) -> int:
@@ -439,6 +444,7 @@ class SentenceOrderBatches:
         return self._masked(rows, np.random.default_rng([self.seed, 2, step]))
 
     def next_batch(self) -> SentenceOrderBatch:
+        """batch(step) at the current step, then the step advances."""
         batch = self.batch(self.step)
         self.step += 1
         return batch

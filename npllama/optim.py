@@ -469,6 +469,8 @@ class SGD(_Optimizer):
                 for name in SGD.settings_names}
 
     def with_settings(self, **settings):
+        """As the base class's (lr, momentum, weight_decay), except that momentum cannot change
+        between zero and non-zero."""
         if "momentum" in settings and hasattr(self, "momentum") and (settings["momentum"] == 0) != (self.momentum == 0):
             raise ValueError("momentum cannot be switched on or off once the optimizer exists (its "
                              "buffers would be missing or stale); make a new SGD")
@@ -498,6 +500,8 @@ class SGD(_Optimizer):
                 p -= lr * g
 
     def state_dict(self) -> dict:
+        """Step count, hyper-parameters, decay mask and momentum buffers (copies, so later steps
+        don't alter it)."""
         state = self._state_header()
         state["hyperparams"] = {"lr": self.lr, "momentum": self.momentum,
                                 "weight_decay": self.weight_decay}
@@ -505,6 +509,7 @@ class SGD(_Optimizer):
         return state
 
     def load_state_dict(self, state: Mapping) -> None:
+        """Restore what state_dict() returned; everything is checked before anything is set."""
         step, no_decay_names, settings = self._check_state_header(state)
         momentum = settings["momentum"]
         buffers = state.get("momentum_buffer")

@@ -36,6 +36,7 @@ from .ops._checks import require_int, require_positive_int
 
 @dataclasses.dataclass(frozen=True)
 class PerplexityResult:
+    """What `perplexity` returns: how well a causal model predicts a held-out text, token by token."""
     tokens: int          # tokens predicted (the text's tokens minus the first)
     mean_loss: float     # mean next-token cross-entropy, in nats
     perplexity: float    # exp(mean_loss)
@@ -152,6 +153,7 @@ def _encoded(tokenizer, text, doc_separator: str | None, source: str = "the text
 
 @dataclasses.dataclass(frozen=True)
 class MaskedLMResult:
+    """What `masked_lm_score` returns: how well a masked-LM model fills in the tokens masked in a text."""
     masked_tokens: int   # tokens masked (BERT's 15% of the ordinary ones) and scored
     mean_loss: float     # mean cross-entropy over them, in nats
     accuracy: float      # share of them whose most likely token is the original
@@ -169,6 +171,7 @@ class NoTokenMaskedError(ValueError):
         super().__init__(self.worded(f"seed={seed}", "seed"))
 
     def worded(self, seed_used: str, seed_named: str) -> str:
+        """The message, with the seed called as the caller names it."""
         return (f"no token of the text was masked ({self.tokens} tokens, 15% of the ordinary ones drawn with "
                 f"{seed_used}): give a longer text, or another {seed_named}")
 

@@ -94,6 +94,7 @@ class Trace:
         self._recorders: dict[int, _Recorder] = {}       # id(a model's params) -> its recorder
 
     def wants(self, name: str) -> bool:
+        """Whether a record called `name` is kept: not excluded, and included (include None: all)."""
         if any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
             return False
         return self.include is None or any(fnmatch.fnmatchcase(name, p) for p in self.include)
@@ -225,9 +226,11 @@ class Trace:
         return [n for n in self.records if fnmatch.fnmatchcase(n, pattern)]
 
     def items(self):
+        """(name, array) pairs in the order they were recorded."""
         return self.records.items()
 
     def nbytes(self) -> int:
+        """The bytes the recorded arrays hold."""
         return int(sum(a.nbytes for a in self.records.values()))
 
     def select(self, *patterns: str) -> "Trace":
@@ -1005,6 +1008,8 @@ class TensorDiff:
     note: str = ""           # shape mismatch, NaN in one trace only, ...
 
     def describe(self) -> str:
+        """One line: the shapes when they differ, else how many entries differ beyond tolerance, the
+        relative error and the worst entry's values."""
         if self.shape_a != self.shape_b:
             return f"{self.name}: shapes differ, a {self.shape_a} vs b {self.shape_b}"
         where = ""
@@ -1037,10 +1042,12 @@ class Comparison:
 
     @property
     def ok(self) -> bool:
+        """True when no shared tensor diverged."""
         return self.first is None
 
     @property
     def diverged(self) -> list[TensorDiff]:
+        """Every diverged tensor, in a's execution order (the first is `first`)."""
         return [d for d in self.diffs if d.diverged]
 
     def __getitem__(self, name: str) -> TensorDiff:
@@ -1050,10 +1057,12 @@ class Comparison:
         raise KeyError(f"{name!r} was not compared (it is not in both traces)")
 
     def tolerance(self) -> str:
+        """The rule an entry is held to, as text."""
         atol = "rtol * max|b| of each tensor" if self.atol is None else f"{self.atol:g}"
         return f"|a - b| <= atol + rtol * |b| with rtol = {self.rtol:g}, atol = {atol}"
 
     def table(self, only_diverged: bool = False) -> str:
+        """A text table of every compared tensor (only the diverged ones with only_diverged=True)."""
         rows = [("#", "name", "shape", "rel err", "max abs err", "mismatched", "")]
         for i, d in enumerate(self.diffs):
             if only_diverged and not d.diverged:

@@ -201,6 +201,10 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class TrainResult:
+    """What `train` returns: the run folder, the last step run, the last training-step and
+    validation losses (None before the first of each), the unigram entropy of the training tokens
+    (the loss a model that ignores context would reach: the bar to beat), whether the run stopped
+    early, and the samples generated at the end."""
     run_dir: Path
     step: int
     train_loss: float | None

@@ -587,8 +587,10 @@ def get_schedule(name: str) -> Callable[..., float]:
 
 def global_grad_norm(grads: Mapping[str, np.ndarray]) -> float:
     """sqrt(sum over every gradient entry of g^2), accumulated in float64."""
-    if not isinstance(grads, Mapping) or len(grads) == 0:
-        raise ValueError("grads must be a non-empty dict of name -> numpy array")
+    if not isinstance(grads, Mapping):
+        raise TypeError(f"grads must be a dict of name -> numpy array, got {type(grads).__name__}")
+    if len(grads) == 0:
+        raise ValueError("grads is empty: there is no gradient to measure")
     for name, g in grads.items():
         require_float_array(f"grads[{name!r}]", g, min_ndim=0)
     sum_sq = 0.0

@@ -511,6 +511,13 @@ LIBRARY = [
      "include must be a list of name patterns (str), got 3"),
     ("Trace: an exclude pattern not a str", lambda: job("npllama.trace", "Trace")(exclude=["d:*", 0]), E,
      "exclude must be a list of name patterns (str), got ['d:*', 0]"),
+    ("clip_grad_norm: grads a list", lambda: clip_grad_norm([np.ones(2)], 1.0), TypeError,
+     "grads must be a dict of name -> numpy array, got list"),
+    ("global_grad_norm: grads empty", lambda: global_grad_norm({}), ValueError, "grads is empty"),
+    ("forward: a float mask", lambda: model().forward(TOKENS, attention_mask=np.ones((1, 3))), TypeError,
+     "attention_mask must hold 0/1 integers or booleans (1 = real token), got dtype float64"),
+    ("forward: a mask of 2s names the value", lambda: model().forward(TOKENS, attention_mask=np.array([[1, 2, 1]])),
+     ValueError, "attention_mask must hold 0/1 integers or booleans (1 = real token), got 2"),
     ("Trace.save: path None", lambda: job("npllama.trace", "Trace")().save(None), E,
      "path must be the .npz file to write (a str or pathlib.Path), got None"),
 ]

@@ -563,7 +563,7 @@ def test_clip_grad_norm_rejects_bad_input():
         clip_grad_norm(grads, max_norm=0.0)
     with pytest.raises(ValueError, match="max_norm must be > 0"):
         clip_grad_norm(grads, max_norm=-1.0)
-    with pytest.raises(ValueError, match="non-empty dict"):
+    with pytest.raises(ValueError, match="grads is empty"):
         clip_grad_norm({}, max_norm=1.0)
     with pytest.raises(TypeError, match=r"grads\['w'\] must be float32 or float64"):
         clip_grad_norm({"w": np.ones(3, dtype=np.int32)}, max_norm=1.0)

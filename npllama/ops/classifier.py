@@ -28,8 +28,12 @@ def last_token_index(attention_mask):
     if mask.ndim != 2:
         raise ValueError(f"attention_mask must have shape (batch, seq_len), got {mask.shape}")
     if mask.dtype != np.bool_:
-        if not np.issubdtype(mask.dtype, np.integer) or not np.isin(mask, (0, 1)).all():
-            raise ValueError("attention_mask must hold 0/1 integers or booleans (1 = real token)")
+        what = "attention_mask must hold 0/1 integers or booleans (1 = real token)"
+        if not np.issubdtype(mask.dtype, np.integer):   # np.ones((B, T)) is float64
+            raise TypeError(f"{what}, got dtype {mask.dtype}; use mask.astype(int) for a 0/1 float mask")
+        outside = ~np.isin(mask, (0, 1))
+        if outside.any():
+            raise ValueError(f"{what}, got {mask[outside].flat[0]}")
         mask = mask.astype(bool)
     empty = np.flatnonzero(~mask.any(axis=1))
     if empty.size:

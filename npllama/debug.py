@@ -310,7 +310,7 @@ def run_trace(model, tokens, targets=None, *, backend_name: str = "numpy", inclu
     SequenceClassifier (npllama.finetune) -- tokens (B, T) or flat ids, targets its labels (B,),
     attention_mask None: every token real.  What `npllama.load_classifier` returns stands for its
     SequenceClassifier (`.head`).  meta["loss"] says which loss ran: loss_traced(model)."""
-    model = _traceable(model)
+    model = _model_in_memory(model)
     if _is_classifier(model):
         tokens, targets, attention_mask = _classifier_batch(tokens, targets, attention_mask)
         run = lambda: model.loss_and_grads(tokens, attention_mask, targets)   # noqa: E731
@@ -346,6 +346,19 @@ def _traceable(model):
     from .classify import Classifier
 
     return model.head if isinstance(model, Classifier) else model
+
+
+def _model_in_memory(model):
+    """_traceable(model) for the calls that run a model in memory (run_trace, compare_backends,
+    compare_dtypes): anything else refused here, not as an AttributeError deep in the trace."""
+    from .finetune import SequenceClassifier
+    from .model import Llama
+
+    model = _traceable(model)
+    if not isinstance(model, (Llama, SequenceClassifier)):
+        raise TypeError(f"model must be a Llama, a SequenceClassifier or a loaded classifier "
+                        f"(npllama.load_classifier), got {type(model).__name__}")
+    return model
 
 
 def _is_classifier(model) -> bool:
@@ -389,7 +402,7 @@ def compare_backends(model, tokens, targets=None, backends=("numpy", "numba"), *
                      include=None, exclude=None, attention_mask=None) -> Comparison:
     """The same model on two backends (default: the NumPy reference vs the Numba kernels).
     model: a Llama, or a SequenceClassifier with targets its labels (see run_trace)."""
-    model = _traceable(model)
+    model = _model_in_memory(model)
     a_name, b_name = backends
     a = run_trace(model, tokens, targets, backend_name=a_name, include=include, exclude=exclude,
                   attention_mask=attention_mask)
@@ -410,7 +423,7 @@ def compare_dtypes(model, tokens, targets=None, *, backend_name="numpy", rtol=No
     softmax without the max shift agrees to round-off while every score stays below ~88, and past
     that its float32 side is NaN (exp overflows to inf, inf / inf) while float64's, finite up to
     ~709, is not."""
-    model = _traceable(model)
+    model = _model_in_memory(model)
     m32, m64 = _as_dtype(model, np.float32), _as_dtype(model, np.float64)
     a = run_trace(m32, tokens, targets, backend_name=backend_name, include=include, exclude=exclude,
                   attention_mask=attention_mask)

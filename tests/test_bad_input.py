@@ -518,6 +518,10 @@ LIBRARY = [
      "attention_mask must hold 0/1 integers or booleans (1 = real token), got dtype float64"),
     ("forward: a mask of 2s names the value", lambda: model().forward(TOKENS, attention_mask=np.array([[1, 2, 1]])),
      ValueError, "attention_mask must hold 0/1 integers or booleans (1 = real token), got 2"),
+    ("debug.run_trace: model None", lambda: job("npllama.debug", "run_trace")(None, TOKENS), E,
+     "model must be a Llama, a SequenceClassifier or a loaded classifier (npllama.load_classifier), got NoneType"),
+    ("debug.compare_backends: a folder for a model", lambda: job("npllama.debug", "compare_backends")(str(tmp()), TOKENS),
+     E, "model must be a Llama, a SequenceClassifier or a loaded classifier (npllama.load_classifier), got str"),
     ("Trace.save: path None", lambda: job("npllama.trace", "Trace")().save(None), E,
      "path must be the .npz file to write (a str or pathlib.Path), got None"),
 ]

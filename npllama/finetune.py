@@ -184,6 +184,10 @@ class SequenceClassifier:
     """
 
     def __init__(self, model, label_names, seed: int = 0, pad_id: int | None = None):
+        from .model import Llama
+
+        if not isinstance(model, Llama):
+            raise TypeError(f"model must be a Llama, got {type(model).__name__}")
         self.model = model
         self.pad_id = pad_id
         self.label_names = tuple(label_names)
@@ -264,7 +268,10 @@ class SequenceClassifier:
         hidden, caches = self.model.hidden_forward(tokens, attention_mask, causal=self.causal)   # (B, T, D)
         logits, head_cache = ops.classifier_forward(hidden, self.score_weight,
                                                     self.pooled_index(tokens, attention_mask))  # (B, num_labels)
-        loss, ce_cache = ops.cross_entropy_forward(logits, np.asarray(labels, dtype=np.int64))
+        labels = np.asarray(labels)
+        if not np.issubdtype(labels.dtype, np.integer):   # astype(int64) would truncate 0.7 to label 0
+            raise TypeError(f"labels must be integer label ids, got dtype {labels.dtype}")
+        loss, ce_cache = ops.cross_entropy_forward(logits, labels.astype(np.int64, copy=False))
         dlogits = ops.cross_entropy_backward(np.ones((), dtype=logits.dtype), ce_cache)   # (B, num_labels)
         dhidden, d_score = ops.classifier_backward(dlogits, head_cache)                  # (B, T, D)
         grads = self.model.hidden_backward(dhidden, caches, head_grads={SCORE: d_score})

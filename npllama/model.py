@@ -557,6 +557,9 @@ class KVCache:
     """
 
     def __init__(self, config: LlamaConfig, batch_size: int, max_length: int, dtype=np.float32):
+        if not isinstance(config, LlamaConfig):
+            raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
+        dtype = _check_dtype(dtype)   # float32 or float64, as the model's
         require_positive_int("batch_size", batch_size)
         require_positive_int("max_length", max_length)
         if max_length > config.max_position_embeddings:

@@ -468,6 +468,9 @@ def require_next_token_model(model, job: str) -> None:
     attached.  The one check that generate, perplexity and multiple-choice scoring share."""
     from .lora import check_causal_lm
 
+    if not hasattr(model, "config") or not callable(getattr(model, "forward", None)):   # None, a folder's path
+        raise TypeError(f"model must be a Llama (or an object with its config and forward), got "
+                        f"{type(model).__name__}; load a folder with Llama.from_pretrained(path)")
     # the objective a Llama has; a stand-in with forward and config alone (a user's wrapper) is a causal LM
     if not attends_causally(getattr(model, "objective", "causal")):
         raise ValueError(f"{job} predicts next tokens, but this model is a masked-LM model (objective \"mlm\", "

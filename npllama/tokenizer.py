@@ -672,6 +672,10 @@ def check_tokenizer_fits(tokenizer, model) -> None:
     perplexity): more pieces than the model has embedding rows is refused as such, not reported
     later as a token id out of the model's range.  A tokenizer that does not say its size (a
     stand-in object) is taken as it is."""
+    # None, or the .model file's path (a str has an encode of its own)
+    if isinstance(tokenizer, (str, bytes, os.PathLike)) or not callable(getattr(tokenizer, "encode", None)):
+        raise TypeError(f"tokenizer must be a Tokenizer (or an object with its encode), got "
+                        f"{type(tokenizer).__name__}; load a .model file with Tokenizer(path)")
     size = getattr(tokenizer, "vocab_size", None)
     if size is not None and size > model.config.vocab_size:
         check_vocab_sizes(size, model.config.vocab_size, str(getattr(tokenizer, "path", "the tokenizer")))

@@ -30,8 +30,8 @@ import numpy as np
 
 from . import backend, budget
 from .config import ATTENDS_CAUSALLY, LlamaConfig, attends_causally, check_objective
-from .ops._checks import (checking, require_float_array, require_non_negative_int, require_path,
-                          require_positive_int)
+from .ops._checks import (checking, padding_mask_as_bool, require_float_array, require_non_negative_int,
+                          require_path, require_positive_int)
 from .ops.attention import AttentionCache, attention_backward, attention_forward
 # (the loss ops are used by Llama.loss_and_grads and loss through the bound namespace, math.<op>)
 from .ops.cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: F401
@@ -511,14 +511,7 @@ class Llama:
             mask = mask if isinstance(mask, np.ndarray) else _as_array("attention_mask", mask)
             if mask.shape != tokens.shape:
                 raise ValueError(f"attention_mask must have the tokens' shape {tokens.shape}, got {mask.shape}")
-            if mask.dtype != np.bool_:
-                what = "attention_mask must hold 0/1 integers or booleans (1 = real token)"
-                if not np.issubdtype(mask.dtype, np.integer):   # np.ones((B, T)) is float64
-                    raise TypeError(f"{what}, got dtype {mask.dtype}; use mask.astype(int) for a 0/1 float mask")
-                outside = ~np.isin(mask, (0, 1))
-                if outside.any():
-                    raise ValueError(f"{what}, got {mask[outside].flat[0]}")
-                mask = mask.astype(bool)
+            mask = padding_mask_as_bool(mask)
         if not training:
             return tokens, mask, causal
         if targets is None:   # loss(tokens, None): a loss needs what each position should predict

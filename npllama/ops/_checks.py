@@ -23,6 +23,22 @@ def require_path(name, value, what: str = "a path"):
     raise TypeError(f"{name} must be {what} (a str or pathlib.Path), got {value!r}")
 
 
+def padding_mask_as_bool(mask: np.ndarray) -> np.ndarray:
+    """attention_mask (an array, 1 = real token) as bool: booleans, or numbers that are exactly 0 or 1
+    whatever their dtype (transformers' tokenizers give int64, a column read from a table float64).
+    Any other value is refused by name, not rounded: an additive mask (0 / -inf) or a weight is no
+    padding mask."""
+    if mask.dtype == np.bool_:
+        return mask
+    what = "attention_mask must hold 0/1 numbers or booleans (1 = real token)"
+    if not (np.issubdtype(mask.dtype, np.integer) or np.issubdtype(mask.dtype, np.floating)):
+        raise TypeError(f"{what}, got dtype {mask.dtype}")
+    outside = ~np.isin(mask, (0, 1))
+    if outside.any():
+        raise ValueError(f"{what}, got {mask[outside].flat[0]}")
+    return mask.astype(bool)
+
+
 def require_float_array(name, a, ndim=None, min_ndim=1):
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")

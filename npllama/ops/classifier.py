@@ -14,12 +14,12 @@ Derivation: derivations/classifier.md
 """
 import numpy as np
 
-from ._checks import require_float_array, require_int_array
+from ._checks import padding_mask_as_bool, require_float_array, require_int_array
 from .linear import linear_backward, linear_forward
 
 
 def last_token_index(attention_mask):
-    """(B, T) 0/1 or bool, 1 = real token -> (B,) int64: the position of each row's last real token.
+    """(B, T) bool, or 0/1 of any numeric dtype, 1 = real token -> (B,) int64: the position of each row's last real token.
 
     The rightmost real token, so right padding (`1 1 1 0 0`) and left padding (`0 0 1 1 1`) both
     work.  A row without any real token is an error: there is nothing to classify.
@@ -27,14 +27,7 @@ def last_token_index(attention_mask):
     mask = np.asarray(attention_mask)
     if mask.ndim != 2:
         raise ValueError(f"attention_mask must have shape (batch, seq_len), got {mask.shape}")
-    if mask.dtype != np.bool_:
-        what = "attention_mask must hold 0/1 integers or booleans (1 = real token)"
-        if not np.issubdtype(mask.dtype, np.integer):   # np.ones((B, T)) is float64
-            raise TypeError(f"{what}, got dtype {mask.dtype}; use mask.astype(int) for a 0/1 float mask")
-        outside = ~np.isin(mask, (0, 1))
-        if outside.any():
-            raise ValueError(f"{what}, got {mask[outside].flat[0]}")
-        mask = mask.astype(bool)
+    mask = padding_mask_as_bool(mask)
     empty = np.flatnonzero(~mask.any(axis=1))
     if empty.size:
         raise ValueError(f"attention_mask row {int(empty[0])} has no real token (all padding)")

@@ -62,14 +62,17 @@ def max_memory() -> int:
 
 
 def max_threads() -> int:
+    """The most threads a call may ask for: $NPLLAMA_MAX_THREADS, else DEFAULT_MAX_THREADS."""
     return _limit("NPLLAMA_MAX_THREADS", DEFAULT_MAX_THREADS)
 
 
 def max_labels() -> int:
+    """The most classes a classifier's dataset may have: $NPLLAMA_MAX_LABELS, else DEFAULT_MAX_LABELS."""
     return _limit("NPLLAMA_MAX_LABELS", DEFAULT_MAX_LABELS)
 
 
 def max_read() -> int:
+    """The most bytes one file read may take: $NPLLAMA_MAX_READ, else DEFAULT_MAX_READ."""
     return _limit("NPLLAMA_MAX_READ", DEFAULT_MAX_READ)
 
 
@@ -86,12 +89,15 @@ def check_memory(what: str, nbytes: int) -> None:
 
 
 def check_threads(name: str, threads: int) -> None:
+    """A BudgetError naming `name` when threads is more than max_threads()."""
     limit = max_threads()
     if threads > limit:
         raise BudgetError(f"{name} must be at most {limit} (NPLLAMA_MAX_THREADS), got {threads:,}")
 
 
 def check_label_count(count: int, where: str = "the dataset") -> None:
+    """A BudgetError when `where` has more than max_labels() classes (an integer label is a class id
+    counted from 0, so one huge label id alone makes this many classes)."""
     limit = max_labels()
     if count > limit:
         raise BudgetError(f"{where} has {count:,} classes, more than {limit:,} (NPLLAMA_MAX_LABELS): an "

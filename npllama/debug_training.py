@@ -60,13 +60,16 @@ class Divergence:
 
     @property
     def name(self) -> str:
+        """The diverged tensor's name (its trace record)."""
         return self.diff.name
 
     @property
     def detail(self) -> str:
+        """How the tensor differs (TensorDiff.describe) and its largest absolute difference."""
         return f"{self.diff.describe()}; max abs difference {self.diff.max_abs_err:.3g}"
 
     def describe(self) -> str:
+        """One line: the step, the phase, and the detail."""
         return f"step {self.step}, {self.phase}: {self.detail}"
 
 
@@ -96,13 +99,17 @@ class TrainingComparison:
 
     @property
     def first(self) -> Divergence | None:
+        """The first diverged tensor in the order compared (step by step), or None."""
         return next((Divergence(step, phase, d) for step, phase, d in self.diffs if d.diverged), None)
 
     @property
     def ok(self) -> bool:
+        """True when no step's tensors diverged."""
         return self.first is None
 
     def table(self) -> str:
+        """A text table with one row a step: both runs' loss, gradient norm and lr, and the
+        parameters' relative difference after the step."""
         a, b = self.labels
         rows = [("step", f"loss {a}", f"loss {b}", f"grad norm {a}", f"grad norm {b}", f"lr {a}", f"lr {b}",
                  "params rel err")]

@@ -43,6 +43,7 @@ SETTINGS_FILES = {"classify": "classify_config.json", "sft": "sft_config.json", 
 
 
 def settings_file(task: str) -> str:
+    """The file a fine-tuning task ("classify", "sft", "sop") saves its settings to in its run folder."""
     return SETTINGS_FILES[task]
 
 
@@ -207,6 +208,7 @@ class FinetuneRun:
         return step, [float(x) for x in losses]
 
     def write_log(self, record: dict) -> None:
+        """Append record to the run's log.jsonl as one JSON line, flushed (the file opened on first use)."""
         if self._log is None:
             self._log = open(self.run_dir / LOG_FILE, "a", encoding="utf-8")
         self._log.write(json.dumps(record) + "\n")
@@ -238,6 +240,7 @@ class FinetuneRun:
         self.echo(stop_line(stop, step, self.run_dir, resume_command(f"finetune {self.task}", self.run_dir)))
 
     def close(self) -> None:
+        """Close the log file (write_log opens it again if called later)."""
         if self._log is not None:
             self._log.close()
             self._log = None

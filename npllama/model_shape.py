@@ -66,6 +66,8 @@ def read_model_config_file(path) -> dict:
 
 
 def check_model_config_fields(fields, where: str = "model_config") -> None:
+    """A TypeError unless fields is a dict, a ValueError (naming `where`) for a field npllama does not
+    read, an architecture it would train as something else (biases, GELU), or a bad attention_dropout."""
     if not isinstance(fields, dict):
         raise TypeError(f"{where} must be a JSON object of Hugging Face config fields, got {type(fields).__name__}")
     unknown = sorted(set(fields) - SHAPE_CONFIG_FIELDS - KEPT_CONFIG_FIELDS - IGNORED_CONFIG_FIELDS)

@@ -132,6 +132,7 @@ class BatchSplitter:
         return parts
 
     def close(self) -> None:
+        """Shut the worker threads down, waiting for running work (nothing when there are none)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None

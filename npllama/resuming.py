@@ -430,6 +430,7 @@ def what_is_left(stop: KeyboardInterrupt, run_dir, resume_command: str, result: 
 
 
 def already_holds_a_run(run_dir) -> ValueError:
+    """The error (returned, for the caller to raise) for a new run asked into a folder holding one."""
     return ValueError(f"run folder {str(run_dir)!r} already holds a run; pass --resume to continue it, or "
                       f"choose another --out")
 

@@ -157,6 +157,7 @@ def _writer_is_active(run_dir) -> bool:
 
 
 def runs_dir() -> Path:
+    """Where named runs live: $NPLLAMA_RUNS, else DEFAULT_RUNS_DIR."""
     return Path(os.environ.get("NPLLAMA_RUNS", DEFAULT_RUNS_DIR))
 
 

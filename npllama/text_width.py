@@ -12,10 +12,12 @@ def width(text: str) -> int:
 
 
 def ljust(text: str, columns: int) -> str:
+    """text padded with spaces on the right to `columns` terminal columns (wide characters count 2)."""
     return text + " " * max(0, columns - width(text))
 
 
 def rjust(text: str, columns: int) -> str:
+    """text padded with spaces on the left to `columns` terminal columns (wide characters count 2)."""
     return " " * max(0, columns - width(text)) + text
 
 

@@ -44,6 +44,7 @@ def candidate_counts(most: int) -> list[int]:
 
 
 def cache_dir() -> Path:
+    """npllama's cache folder: $NPLLAMA_CACHE_DIR, else $XDG_CACHE_HOME/npllama, else ~/.cache/npllama."""
     if os.environ.get("NPLLAMA_CACHE_DIR"):
         return Path(os.environ["NPLLAMA_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

@@ -77,6 +77,7 @@ class JsonTokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """How many ids the tokenizer has, added tokens included."""
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     @property
@@ -85,15 +86,18 @@ class JsonTokenizer:
         return {t.content: i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
 
     def id_to_piece(self, token_id: int) -> str:
+        """The piece (str) of token_id; an id outside the vocabulary is refused by name."""
         self._check_ids([token_id])
         return self._tok.id_to_token(int(token_id))
 
     def piece_to_id(self, piece: str) -> int | None:
+        """The id of piece, or None when the vocabulary has no such piece."""
         if not isinstance(piece, str):
             raise TypeError(f"piece must be a str, got {type(piece).__name__}")
         return self._tok.token_to_id(piece)
 
     def check_vocab(self, model_vocab_size: int) -> None:
+        """A ValueError when the tokenizer has more ids than the model has embedding rows."""
         check_vocab_sizes(self.vocab_size, int(model_vocab_size), str(self.path))
 
     def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
@@ -104,6 +108,7 @@ class JsonTokenizer:
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
     def encode_batch(self, texts, bos: bool = True, eos: bool = False, num_threads=None) -> list[list[int]]:
+        """[encode(text, bos, eos) for text in texts], each text checked first (num_threads is ignored)."""
         texts = list(texts)
         for i, text in enumerate(texts):
             _require_text(f"texts[{i}]", text)

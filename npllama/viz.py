@@ -267,6 +267,8 @@ def _number(value, where: str) -> float:
 
 
 def plot_loss(run_or_log, path, title: str = "") -> Path:
+    """Draw a run's training loss (each step, and a moving average past 20 steps) and validation
+    loss against the step, save it as a PNG to path, and return the path written."""
     curves = read_log(run_or_log)
     fig = new_figure(7, 4.5)
     ax = fig.subplots()
@@ -330,6 +332,9 @@ _NO_TARGET = {"next-token": "a single token has no next token to predict, or eve
 
 
 def plot_grad_norms(trace, path, title: str = "") -> Path:
+    """Draw each layer's gradient norms from a trace holding gradients, save it as a PNG to path and
+    return the path written;
+    a gradient holding NaN or inf is refused by name."""
     norms = grad_norms(trace)
     # NaN in grad_norms is a layer not recorded: a gradient holding NaN or inf would be drawn as one
     layer_grads = _layer_grads(trace)

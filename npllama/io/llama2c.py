@@ -64,13 +64,16 @@ class Llama2cHeader:
 
     @property
     def head_size(self) -> int:
+        """dim // n_heads: the size of one attention head."""
         return self.dim // self.n_heads
 
     @property
     def kv_dim(self) -> int:
+        """head_size * n_kv_heads: the output size of the key and value projections."""
         return self.head_size * self.n_kv_heads
 
     def to_config(self) -> LlamaConfig:
+        """The LlamaConfig of this header's model (llama2.c's eps and rope theta, BOS and EOS ending a text)."""
         # run.c ends a generation at BOS, not EOS: llama2.c trains on texts each opened by BOS and
         # closed by nothing, so its models end a story with BOS.  EOS ends one too, as in models
         # trained with it.
@@ -104,6 +107,7 @@ class Llama2cHeader:
         return norms + [(n, s, kind) for n, s in [("token_embedding_table", (V, D)), *matrices, *classifier]]
 
     def data_offset(self) -> int:
+        """Where the weights start in the file: after the legacy header (version 0) or the versioned one."""
         return LEGACY_HEADER_BYTES if self.version == 0 else VERSIONED_HEADER_BYTES
 
     def file_size(self) -> int:

@@ -109,6 +109,7 @@ class ModelInfo:
 
     @property
     def model_type_name(self) -> str:
+        """The SentencePiece model type as a word ("unigram", "bpe", ...), or its number if unknown."""
         return MODEL_TYPE_NAMES.get(self.model_type, str(self.model_type))
 
 

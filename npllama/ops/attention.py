@@ -35,6 +35,7 @@ class AttentionCache(NamedTuple):
     n_rep: int               # H // KVH query heads per kv head
 
     def intermediates(self) -> dict:
+        """The cached arrays worth recording in a trace: the attention probabilities."""
         return {"attn_probs": self.attn_probs}
 
 

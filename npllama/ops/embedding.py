@@ -30,6 +30,7 @@ def embedding_forward(tokens, weight):
 
 
 def check_embedding_args(tokens, weight):
+    """embedding_forward's checks: tokens an int array, weight a float (V, D) array, every id in [0, V)."""
     require_int_array("tokens", tokens)
     require_float_array("weight", weight, ndim=2)
     vocab_size = weight.shape[0]

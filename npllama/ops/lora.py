@@ -46,6 +46,8 @@ def lora_backward(dy, cache):
 
 
 def check_lora_args(x, weight, lora_A, lora_B, scaling, dropout_mask):
+    """lora_linear_forward's checks: the frozen linear's, lora_A (r, in) and lora_B (out, r) of x's dtype,
+    a finite real scaling, and a float dropout mask of x's shape and dtype, or None."""
     check_linear_args(x, weight)                              # the frozen layer's own checks
     require_float_array("lora_A", lora_A, ndim=2)
     require_float_array("lora_B", lora_B, ndim=2)

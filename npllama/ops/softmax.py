@@ -39,6 +39,7 @@ def check_softmax_args(x, check_values=True):
 
 
 def raise_nan_or_posinf():
+    """The error for a softmax input holding NaN or +inf (-inf is a masked entry, and allowed)."""
     raise ValueError("x must not contain NaN or +inf (use -inf to mask an entry)")
 
 

@@ -49,6 +49,8 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
 
     prompt: token ids -> a list of ids; or a list of prompts (a batch) -> a list of id lists.  The
         prompts of a batch that have one length are decoded together, one batched forward per step.
+    temperature (0 = greedy), top_k, top_p, repetition_penalty: as the module's docstring says;
+        top_k None or 0 and top_p None or 1 cut nothing, as in transformers' generate.
     seed: None draws fresh randomness each call; an int makes sampling repeatable.  One generator
         serves a whole batch, so a prompt's sample depends on the prompts decoded with it.
     on_token(id) is called with each new id as soon as it is chosen (streaming; one prompt only).
@@ -252,11 +254,14 @@ def _new_text_start(tokenizer, before_ids: list[int]) -> int:
 
 def check_generation_args(max_new_tokens, temperature, top_k, top_p, seed, repetition_penalty=1.0) -> None:
     """Every sampling argument, checked before any work (the CLI calls it before loading a model)."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    # one message for each argument, saying all it must be; a wrong type raises it as a TypeError,
+    # a number out of range as a ValueError (the CLI words both as a usage error)
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+        raise _refused(_is_int(max_new_tokens),
+                       f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     _check_sampling(temperature, top_k, top_p, repetition_penalty)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-        raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
+    if seed is not None and (not _is_int(seed) or seed < 0):
+        raise _refused(_is_int(seed), f"seed must be None or a non-negative integer, got {seed!r}")
 
 
 def sample_seed(seed: int | None, i: int) -> int | None:
@@ -574,14 +579,39 @@ def _check_sampling(temperature, top_k, top_p, repetition_penalty=1.0) -> None:
 
     temperature, top_k, top_p, repetition_penalty = map(python_scalar, (temperature, top_k, top_p,
                                                                           repetition_penalty))
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < np.inf:
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0):
-        raise ValueError(f"top_k must be None or an integer >= 0 (0 = no cut), got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                              or not 0 < top_p <= 1):
-        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
-    if isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, (int, float)) \
-            or not 0 < repetition_penalty < np.inf:
-        raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = none, 1.1-1.3 typical), "
-                         f"got {repetition_penalty!r}")
+    # as in check_generation_args: a wrong type a TypeError, a number out of range a ValueError
+    if not _is_number(temperature) or not 0 <= temperature < np.inf:
+        raise _refused(_is_number(temperature),
+                       f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not _is_int(top_k) or top_k < 0):
+        raise _refused(_is_int(top_k), f"top_k must be None or an integer >= 0 (0 = no cut), got {top_k!r}")
+    if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
+        raise _refused(_is_number(top_p), f"top_p must be None or a number in (0, 1], got {top_p!r}")
+    if not _is_number(repetition_penalty) or not 0 < repetition_penalty < np.inf:
+        raise _refused(_is_number(repetition_penalty), f"repetition_penalty must be a finite number > 0 "
+                       f"(1 = none, 1.1-1.3 typical), got {repetition_penalty!r}")
+
+
+def _refused(right_type: bool, message: str) -> Exception:
+    """The error for an argument refused with message: a ValueError if only its value is wrong."""
+    return ValueError(message) if right_type else TypeError(message)
+
+
+def _is_int(value) -> bool:
+    """An int or a NumPy integer, not a bool (True is no count)."""
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
+def _is_number(value) -> bool:
+    """An int or a float (python_scalar has made NumPy scalars Python numbers), not a bool."""
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def _is_int(value) -> bool:
+    """An int or a NumPy integer, not a bool (True is no count)."""
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
+def _is_number(value) -> bool:
+    """An int or float (NumPy scalars already made Python numbers by python_scalar), not a bool."""
+    return not isinstance(value, bool) and isinstance(value, (int, float))

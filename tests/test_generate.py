@@ -884,3 +884,38 @@ def test_the_decoder_s_logits_are_the_full_forward_s_at_every_step_to_the_contex
             np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=0, atol=1e-12)
         with pytest.raises(ValueError, match=r"fills the model's context \(max_position_embeddings = 20\)"):
             generate(model, sequence[0].tolist(), 1)
+
+
+# ----- the sampling arguments: a wrong type is a TypeError, a wrong value a ValueError, each named
+@pytest.mark.parametrize("knobs, error, message", [
+    (dict(seed=1.5), TypeError, "seed must be None or a non-negative integer, got 1.5"),
+    (dict(seed="1"), TypeError, "seed must be None or a non-negative integer, got '1'"),
+    (dict(seed=True), TypeError, "seed must be None or a non-negative integer, got True"),
+    (dict(seed=-1), ValueError, "seed must be None or a non-negative integer, got -1"),
+    (dict(max_new_tokens=2.0), TypeError, "max_new_tokens must be a positive integer, got 2.0"),
+    (dict(max_new_tokens=0), ValueError, "max_new_tokens must be a positive integer, got 0"),
+    (dict(top_k=2.0), TypeError, "top_k must be None or an integer >= 0 (0 = no cut), got 2.0"),
+    (dict(top_k=-1), ValueError, "top_k must be None or an integer >= 0 (0 = no cut), got -1"),
+    (dict(top_p="0.9"), TypeError, "top_p must be None or a number in (0, 1], got '0.9'"),
+    (dict(top_p=0.0), ValueError, "top_p must be None or a number in (0, 1], got 0.0"),
+    (dict(temperature="hot"), TypeError, "temperature must be a finite number >= 0 (0 = greedy), got 'hot'"),
+    (dict(temperature=-1.0), ValueError, "temperature must be a finite number >= 0 (0 = greedy), got -1.0"),
+    (dict(repetition_penalty=None), TypeError, "repetition_penalty must be a finite number > 0"),
+    (dict(repetition_penalty=0.0), ValueError, "repetition_penalty must be a finite number > 0"),
+])
+def test_a_wrong_type_is_a_type_error_and_a_wrong_value_a_value_error(knobs, error, message):
+    from npllama.generate import check_generation_args
+
+    args = dict(max_new_tokens=2, temperature=1.0, top_k=None, top_p=None, seed=None) | knobs
+    with pytest.raises(error) as e:
+        check_generation_args(**args)
+    assert message in str(e.value)
+
+
+def test_top_k_0_cuts_nothing_as_in_transformers():
+    """transformers adds no TopKLogitsWarper for top_k=0: every id keeps its probability."""
+    from npllama.generate import next_token_probs
+
+    logits = np.array([0.5, -1.0, 2.0, 0.0])
+    np.testing.assert_array_equal(next_token_probs(logits, 1.0, top_k=0), next_token_probs(logits, 1.0))
+    assert (next_token_probs(logits, 1.0, top_k=0) > 0).all()

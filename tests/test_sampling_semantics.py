@@ -252,19 +252,20 @@ def test_sample_next_draws_from_the_filtered_distribution(knobs):
         assert chi_square < chi_square_critical(int(kept.sum()) - 1), (chi_square, counts, n * expected)
 
 
-@pytest.mark.parametrize("knobs, match", [
-    (dict(temperature=-0.1), r"temperature must be a finite number >= 0 \(0 = greedy\), got -0.1"),
-    (dict(temperature="hot"), r"temperature must be a finite number >= 0 .*got 'hot'"),
-    (dict(temperature=1.0, top_p=0.0), r"top_p must be None or a number in \(0, 1\], got 0.0"),
-    (dict(temperature=1.0, top_p=1.01), r"top_p must be None or a number in \(0, 1\], got 1.01"),
-    (dict(temperature=1.0, top_p="0.9"), r"top_p must be None or a number in \(0, 1\], got '0.9'"),
-    (dict(temperature=1.0, top_k=-1), r"top_k must be None or an integer >= 0 \(0 = no cut\), got -1"),
-    (dict(temperature=1.0, top_k=2.0), r"top_k must be None or an integer >= 0 \(0 = no cut\), got 2.0"),
-    (dict(temperature=1.0, repetition_penalty=0.0), r"repetition_penalty must be a finite number > 0"),
+@pytest.mark.parametrize("knobs, error, match", [
+    (dict(temperature=-0.1), ValueError, r"temperature must be a finite number >= 0 \(0 = greedy\), got -0.1"),
+    (dict(temperature="hot"), TypeError, r"temperature must be a finite number >= 0 .*got 'hot'"),
+    (dict(temperature=1.0, top_p=0.0), ValueError, r"top_p must be None or a number in \(0, 1\], got 0.0"),
+    (dict(temperature=1.0, top_p=1.01), ValueError, r"top_p must be None or a number in \(0, 1\], got 1.01"),
+    (dict(temperature=1.0, top_p="0.9"), TypeError, r"top_p must be None or a number in \(0, 1\], got '0.9'"),
+    (dict(temperature=1.0, top_k=-1), ValueError, r"top_k must be None or an integer >= 0 \(0 = no cut\), got -1"),
+    (dict(temperature=1.0, top_k=2.0), TypeError, r"top_k must be None or an integer >= 0 \(0 = no cut\), got 2.0"),
+    (dict(temperature=1.0, repetition_penalty=0.0), ValueError, r"repetition_penalty must be a finite number > 0"),
 ])
-def test_bad_knobs_are_refused_naming_the_argument_and_its_range(knobs, match):
+def test_bad_knobs_are_refused_naming_the_argument_and_its_range(knobs, error, match):
+    """A wrong type is a TypeError, a number out of range a ValueError; one message says both."""
     logits = np.zeros(4)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         next_token_probs(logits, **knobs)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         sample_next(logits, rng=np.random.default_rng(0), **knobs)

@@ -299,7 +299,7 @@ def _check_args(args, check_generation_args) -> None:
         max_new_tokens = 1 if args.max_new_tokens is None else args.max_new_tokens   # None: chosen later
         check_generation_args(max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
                               args.repetition_penalty)
-    except ValueError as error:
+    except (ValueError, TypeError) as error:
         # a flag cannot be None: "must be None or a number in (0, 1]" -> "must be in (0, 1]" (the
         # setting's name becomes its flag in cli.main, as every command's)
         raise UsageError(str(error).replace("must be None or a number in", "must be in").replace(

@@ -263,19 +263,35 @@ class SequenceClassifier:
     @noting_overrides
     def loss_and_grads(self, tokens, attention_mask, labels):
         """Mean cross-entropy of the labels, and its gradient for every trainable parameter."""
+        # rows None: tokens not (B, T), which the forward refuses by name
+        labels = self._checked_labels(labels, np.shape(tokens)[:1] if np.ndim(tokens) == 2 else None)
         # the head's ops in force: the backend's, a use_op override, a trace's recording ones
         ops = self.model.head_ops({SCORE: self.score_weight})
         hidden, caches = self.model.hidden_forward(tokens, attention_mask, causal=self.causal)   # (B, T, D)
         logits, head_cache = ops.classifier_forward(hidden, self.score_weight,
                                                     self.pooled_index(tokens, attention_mask))  # (B, num_labels)
-        labels = np.asarray(labels)
-        if not np.issubdtype(labels.dtype, np.integer):   # astype(int64) would truncate 0.7 to label 0
-            raise TypeError(f"labels must be integer label ids, got dtype {labels.dtype}")
-        loss, ce_cache = ops.cross_entropy_forward(logits, labels.astype(np.int64, copy=False))
+        loss, ce_cache = ops.cross_entropy_forward(logits, labels)
         dlogits = ops.cross_entropy_backward(np.ones((), dtype=logits.dtype), ce_cache)   # (B, num_labels)
         dhidden, d_score = ops.classifier_backward(dlogits, head_cache)                  # (B, T, D)
         grads = self.model.hidden_backward(dhidden, caches, head_grads={SCORE: d_score})
         return float(loss), {name: grads[name] for name in self.params}
+
+    def _checked_labels(self, labels, rows: tuple | None) -> np.ndarray:
+        """labels as int64 (B,), checked before the forward runs and named as loss_and_grads names
+        them (the cross-entropy op would speak of targets and V)."""
+        labels = np.asarray(labels)
+        # bool too is refused: True -> 1 would be label_names[1] by the accident of their order, and
+        # astype(int64) would truncate a float 0.7 to label 0
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise TypeError(f"labels must be integer label ids, got dtype {labels.dtype}")
+        if rows is not None and labels.shape != rows:
+            raise ValueError(f"labels must have one label for each row of tokens, shape {rows}, got {labels.shape}")
+        # -100 skips a row, as in transformers' cross-entropy (ignore_index)
+        outside = (labels != -100) & ((labels < 0) | (labels >= self.num_labels))
+        if outside.any():
+            raise ValueError(f"labels must be label ids in [0, {self.num_labels}) (label_names {self.label_names}), "
+                             f"or -100 to skip a row; got {labels[outside].flat[0]}")
+        return labels.astype(np.int64, copy=False)
 
     def predict(self, encoded: list[list[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:
         """Predicted label ids of the encoded texts (shortest first, so batches carry little padding)."""

@@ -920,3 +920,22 @@ def test_os_errors_end_in_one_line_with_status_1(cli_run, capsys, monkeypatch, t
 def test_the_table_covers_every_command():
     covered = {argv[0] for argv, _ in CLI}
     assert set(COMMANDS) <= covered, f"commands without bad-input rows: {set(COMMANDS) - covered}"
+
+
+@pytest.mark.parametrize("labels, error, message", [
+    ([5, 0], ValueError, "labels must be label ids in [0, 2) (label_names ('a', 'b')), or -100 to skip a row; got 5"),
+    ([-1, 0], ValueError, "got -1"),
+    ([0], ValueError, "labels must have one label for each row of tokens, shape (2,), got (1,)"),
+    (np.int64(1), ValueError, "labels must have one label for each row of tokens, shape (2,), got ()"),
+    (np.array([0.0, 1.0]), TypeError, "labels must be integer label ids, got dtype float64"),
+])
+def test_a_classifiers_labels_are_named_as_labels_before_the_forward_runs(labels, error, message):
+    """The cross-entropy op's words (targets, V) named no argument of loss_and_grads, and a float
+    label was only refused after the whole forward had run."""
+    from npllama.finetune import SequenceClassifier
+
+    classifier = SequenceClassifier(Llama(LlamaConfig(**CONFIG), seed=0, dtype=np.float64), ["a", "b"])
+    classifier.model.hidden_forward = lambda *a, **k: pytest.fail("the forward ran before labels were checked")
+    with pytest.raises(error) as e:
+        classifier.loss_and_grads(np.array([[1, 2, 3], [3, 4, 5]]), np.ones((2, 3), int), labels)
+    assert message in str(e.value)

@@ -409,6 +409,8 @@ def _shared_length(a: list, b: list) -> int:
 
 
 def check_messages(messages) -> list[dict]:
+    """A copy of `messages` (a non-empty list of {"role", "content"} dicts, roles among ROLES), or a
+    TypeError/ValueError naming the first message that is not one."""
     if not isinstance(messages, (list, tuple)) or not messages:
         raise TypeError(f"messages must be a non-empty list of {{'role', 'content'}} dicts, got {messages!r}")
     for i, message in enumerate(messages):

@@ -74,7 +74,7 @@ class Trace:
         if isinstance(include, str) or isinstance(exclude, str):
             raise TypeError("include and exclude must be lists of patterns, not a single string")
         self.include = _patterns("include", include) if include is not None else None
-        self.exclude = _patterns("exclude", exclude or [])
+        self.exclude = _patterns("exclude", exclude if exclude is not None else [])
         self.records: dict[str, np.ndarray] = {}
         self.meta: dict = dict(meta or {})   # free-form notes (backend, dtype, tokens, ...), saved too
         # record name -> the function(s) that computed it (e.g. "npllama.kernels.attention.attention_forward")

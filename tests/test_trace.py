@@ -166,6 +166,13 @@ def test_patterns_must_be_lists():
         Trace(include="*.q")
 
 
+def test_patterns_may_come_as_a_numpy_array():
+    # before: exclude=np.array([...]) was NumPy's "truth value of an array is ambiguous"
+    t = Trace(include=np.array(["*.q", "loss"]), exclude=np.array(["*.layers.1.*"]))
+    assert t.include == ["*.q", "loss"] and t.exclude == ["*.layers.1.*"]
+    assert Trace(exclude=np.array([], dtype=str)).exclude == []
+
+
 # ----- summary ------------------------------------------------------------------------------------
 
 def test_summary_table_counts_nan_and_inf_and_uses_finite_entries(capsys):

@@ -21,6 +21,10 @@ ROUNDS_AWAY = 2e-8
 
 @dataclasses.dataclass
 class InputReport:
+    """What the check found for one input: how much of it was probed and how (`method`,
+    `coverage`), the worst probe against its bound (`err_over_bound`, `worst`, the analytic and
+    numeric values there), and the verdict (`status`: ok, FAIL or UNRESOLVED), with `notes` saying
+    why where a number alone would mislead."""
     name: str
     shape: tuple
     checked: int            # entries probed one by one by finite differences
@@ -68,6 +72,9 @@ class InputReport:
 
 @dataclasses.dataclass
 class GradcheckReport:
+    """The result of `gradcheck` / `check_op`: one InputReport per checked input (`report["x"]`),
+    the tolerances used, and the inputs left out as not differentiable.  `ok` is the verdict;
+    `str(report)` is the table the tests print on failure."""
     inputs: list[InputReport]
     tol: float
     eps: float = 0.0
@@ -78,6 +85,7 @@ class GradcheckReport:
 
     @property
     def ok(self) -> bool:
+        """True when every input passed (an UNRESOLVED input is not a pass)."""
         return all(r.ok for r in self.inputs)
 
     def __getitem__(self, name: str) -> InputReport:
@@ -88,6 +96,7 @@ class GradcheckReport:
 
     @property
     def max_rel_err(self) -> float:
+        """The largest norm-wise relative error of any input (0.0 with no inputs)."""
         return max((r.rel_err for r in self.inputs), default=0.0)
 
     @property
@@ -97,6 +106,7 @@ class GradcheckReport:
 
     @property
     def warnings(self) -> list[str]:
+        """Every input's notes, as "name: note" (a FAIL's pattern, a pass through the floor alone, ...)."""
         return [f"{r.name}: {note}" for r in self.inputs for note in r.notes]
 
     def __str__(self) -> str:

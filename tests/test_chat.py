@@ -106,16 +106,20 @@ def test_what_transformers_adds_to_jinja_renders_as_there():
         ChatTemplate("{{ nothing | tojson }}").render(messages)
 
 
+def _both_templates(transformers, folder, source, tokenizer):
+    """transformers' AutoTokenizer and npllama's ChatTemplate, read from one folder holding the
+    tokenizer's files with `source` as its chat template."""
+    folder.mkdir()
+    for file, data in tokenizer.hf_files(chat_template=source).items():
+        (folder / file).write_bytes(data)
+    return transformers.AutoTokenizer.from_pretrained(str(folder)), ChatTemplate.for_folder(folder, tokenizer)
+
+
 def test_same_text_as_transformers_apply_chat_template(tmp_path, small_model_dir):
     transformers = pytest.importorskip("transformers")
     tokenizer = load_tokenizer(small_model_dir)
     for name, source in (("llama2", LLAMA2_TEMPLATE), ("llama3", LLAMA3_TEMPLATE)):
-        folder = tmp_path / name
-        folder.mkdir()
-        for file, data in tokenizer.hf_files(chat_template=source).items():
-            (folder / file).write_bytes(data)
-        hf = transformers.AutoTokenizer.from_pretrained(str(folder))
-        ours = ChatTemplate.for_folder(folder, tokenizer)
+        hf, ours = _both_templates(transformers, tmp_path / name, source, tokenizer)
         conversation = QUESTION + [{"role": "assistant", "content": "Fine."}, {"role": "user", "content": "Go on"}]
         for messages in (QUESTION, conversation, QUESTION[1:]):
             text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -780,12 +784,7 @@ def test_a_final_message_is_continued_as_transformers_continues_it(tmp_path, sma
     tokenizer = load_tokenizer(small_model_dir)
     begun = QUESTION + [{"role": "assistant", "content": answer}]
     for name, source in (("llama2", LLAMA2_TEMPLATE), ("llama3", LLAMA3_TEMPLATE), ("chatml", CHATML)):
-        folder = tmp_path / name
-        folder.mkdir()
-        for file, data in tokenizer.hf_files(chat_template=source).items():
-            (folder / file).write_bytes(data)
-        hf = transformers.AutoTokenizer.from_pretrained(str(folder))
-        ours = ChatTemplate.for_folder(folder, tokenizer)
+        hf, ours = _both_templates(transformers, tmp_path / name, source, tokenizer)
         text = ours.render(begun, continue_final_message=True)
         assert text == hf.apply_chat_template(begun, tokenize=False, continue_final_message=True), name
         assert text.rstrip().endswith(answer.strip()) and not text.endswith(("<|eot_id|>", "</s>", "<|im_end|>\n"))

@@ -136,3 +136,27 @@ def test_every_extra_the_docs_install_is_installed_from_the_checkout_and_exists(
         assert not re.findall(r"pip install[^`\n]*npllama\[", text), doc.name
         named += [(doc.name, e) for group in re.findall(r"pip install -e '\.\[([^\]]*)\]'", text) for e in group.split(",")]
     assert len(named) >= 8 and {e for _, e in named} <= set(extras), [n for n in named if n[1] not in extras]
+
+
+def test_the_corpus_files_the_readme_has_a_newcomer_write_are_written_and_held_out_is_new(tmp_path):
+    """"When one CPU is not enough" and the fine-tuning section read `stories.txt` and `held_out.txt`;
+    the README gives the line that writes each (a newcomer had no such file).  Each runs as written,
+    and the held-out stories are none of the corpus `npllama train` trains on, as the README says."""
+    import shlex
+    import subprocess
+    import sys
+
+    from npllama.corpus import make_default_corpus
+    from npllama.data import load_texts
+
+    lines = {m.group(1): m.group(0) for m in re.finditer(
+        r"""python -c "[^"]*write_default_corpus\('([\w.]+)'[^"]*\)\"""", README.read_text(encoding="utf-8"))}
+    assert set(lines) == {"stories.txt", "held_out.txt"}, lines
+    for name, line in lines.items():
+        argv = shlex.split(line)
+        subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, check=True, timeout=120)
+        assert (tmp_path / name).is_file()
+    stories = load_texts(tmp_path / "stories.txt")
+    held_out = load_texts(tmp_path / "held_out.txt")
+    assert stories == make_default_corpus() and len(held_out) == 200
+    assert not set(held_out) & set(stories)

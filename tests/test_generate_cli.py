@@ -300,3 +300,38 @@ def test_ctrl_c_mid_text_ends_its_line_before_saying_so(small_model_dir, monkeyp
     code, out, err = run_cli(["generate", "--model", str(small_model_dir), "--prompt", "Once", "--backend", "numpy"],
                              capsys)
     assert code == 130 and out == "Once upon a time\n" and err == "npllama generate: interrupted\n", (out, err)
+
+
+@pytest.mark.parametrize("command", [["generate", "--max-new-tokens", "2"], ["chat"]])
+@pytest.mark.parametrize("given", ["RUN", "latest"])
+def test_a_run_without_model_yet_names_the_checkpoint_it_loads(small_model_dir, tmp_path, capsys, monkeypatch,
+                                                               command, given):
+    """`generate --model runs/x` for a run stopped (or still going) before it saved model/ loaded its
+    checkpoint's model without a word: the text of step 248 of 1000 read as the finished model's.
+    It now says on stderr that the run has no model/ yet, which checkpoint (its step) was loaded, and
+    how to continue a stopped run; a model/ or a checkpoint named as --model loads without the note."""
+    import io
+    import json
+    import shutil
+
+    from npllama import runs
+
+    run = tmp_path / "run"
+    shutil.copytree(small_model_dir, run / "checkpoint" / "model")
+    (run / "checkpoint" / "training_state.json").write_text(json.dumps({"step": 248}))
+    (run / "train_config.json").write_text("{}")
+    monkeypatch.setattr(runs, "latest_run", lambda: run)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))       # chat: no line, it ends at once
+    argv = [*command, "--backend", "numpy", "--seed", "0"] + (["--model", str(run)] if given == "RUN" else [])
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    note = next((line for line in err.splitlines() if "checkpoint" in line), "")
+    assert f"{run} has no model/ yet" in note and "its checkpoint/model/, saved at step 248" in note, err
+    assert f"`npllama train --out {run} --resume`" in note, err
+
+    for named in (run / "checkpoint", run / "checkpoint" / "model"):
+        code, _, err = run_cli([*command, "--backend", "numpy", "--model", str(named)], capsys)
+        assert code == 0 and "no model/ yet" not in err, err
+    shutil.copytree(small_model_dir, run / "model")
+    code, _, err = run_cli([*command, "--backend", "numpy", "--model", str(run)], capsys)
+    assert code == 0 and "checkpoint" not in err, err

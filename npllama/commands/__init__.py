@@ -46,6 +46,7 @@ def load_run_model(path, adapter, dtype: str, flag: str = "--model", job: str = 
     path = model_or_adapter_base(path, adapter, flag)
     runs.require_a_language_model(path, flag, job, **for_masked_lm)     # not a classifier, not a masked-LM model
     model, tokenizer, model_dir = load_model_and_tokenizer(path, dtype=getattr(np, dtype))
+    note_a_checkpoint_loaded(path, model_dir)
     if adapter is not None:
         from ..lora import load_adapter
 
@@ -53,6 +54,34 @@ def load_run_model(path, adapter, dtype: str, flag: str = "--model", job: str = 
         # adapter is refused: every command loading through here predicts tokens
         load_adapter(model, adapter, task="CAUSAL_LM")
     return model, tokenizer, model_dir
+
+
+def note_a_checkpoint_loaded(given, model_dir) -> None:
+    """Say on stderr when the run `given` (None: the latest run) had no model/ yet, so that its
+    checkpoint's model was loaded: text from a run stopped at step 248 of 1000 would otherwise read
+    as the finished model's.  A checkpoint named as --model needs no word."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from ..io.train_state import STATE_FILE
+    from ..resuming import resume_command
+
+    model_dir = Path(model_dir)
+    checkpoint = model_dir.parent
+    if model_dir.name != "model" or not (checkpoint / STATE_FILE).is_file():
+        return
+    if given is not None and Path(given).expanduser().resolve() in (model_dir.resolve(), checkpoint.resolve()):
+        return
+    run = checkpoint.parent
+    try:   # a writer may have replaced the checkpoint since it was loaded: then no step is named
+        step = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))["step"]
+        saved = f", saved at step {int(step)}"
+    except (OSError, ValueError, KeyError, TypeError):
+        saved = ""
+    print(f"[{run} has no model/ yet: loaded its {checkpoint.name}/{model_dir.name}/{saved} (the run writes "
+          f"model/ when it finishes; `{resume_command('train', run)}` continues a stopped one)]",
+          file=sys.stderr, flush=True)
 
 
 def model_or_adapter_base(model, adapter, flag: str = "--model"):

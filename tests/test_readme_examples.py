@@ -160,3 +160,23 @@ def test_the_corpus_files_the_readme_has_a_newcomer_write_are_written_and_held_o
     held_out = load_texts(tmp_path / "held_out.txt")
     assert stories == make_default_corpus() and len(held_out) == 200
     assert not set(held_out) & set(stories)
+
+
+def test_the_defaults_the_readme_gives_for_hf_train_and_the_fine_tunes_are_the_parsers():
+    """"When one CPU is not enough" gives hf_train's --seq-len and --lr and says --batch-size counts
+    per process; the fine-tuning section says each fine-tune runs 200 steps.  Each is what the code
+    takes without the flag, so a changed default cannot leave the README behind."""
+    from npllama.finetune import ClassifyConfig, SFTConfig
+    from npllama.finetune_sop import SentenceOrderConfig
+    from npllama.hf_train import build_parser as hf_train_parser
+
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    hf = {action.dest: action for action in hf_train_parser()._actions}
+    assert int(re.search(r"`--seq-len` \((\d+)\) tokens a step", text).group(1)) == hf["seq_len"].default
+    assert float(re.search(r"`--lr` \(([\d.e+-]+)\)", text).group(1)) == hf["lr"].default
+    assert "every process `--batch-size` sequences" in text and "per process" in hf["batch_size"].help
+
+    steps = int(re.search(r"Each runs (\d+) steps unless `--steps` says otherwise", text).group(1))
+    for job, settings in (("classify", ClassifyConfig), ("sft", SFTConfig), ("sop", SentenceOrderConfig)):
+        assert settings().steps == steps, job   # what a run without --steps takes (the parser leaves it out)
+

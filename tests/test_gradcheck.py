@@ -438,12 +438,12 @@ def test_an_unresolved_sine_over_a_large_constant_is_not_said_to_leave_f_unchang
 
 @settings(max_examples=20, deadline=None)
 @given(c_exponent=st.integers(0, 12), ratio=st.floats(1e4, 1e8), half_turns=st.lists(st.integers(-1, 1), min_size=3, max_size=3),
-       u=st.lists(st.floats(0.2, 1.3), min_size=3, max_size=3), factor=st.sampled_from([-1.0, 2.0]))
+       offsets=st.lists(st.floats(0.2, 1.3), min_size=3, max_size=3), factor=st.sampled_from([-1.0, 2.0]))
 def test_a_sine_over_a_large_constant_with_bits_to_spare_still_fails_a_flipped_or_doubled_gradient(
-        c_exponent, ratio, half_turns, u, factor):
+        c_exponent, ratio, half_turns, offsets, factor):
     # a >= 1e4 times f's round-off, |cos(b)| >= 0.27: a step of ~0.1 radians resolves the gradient
     C = 10.0**c_exponent
-    a, b = ratio * 16 * U * C, np.array(u) + np.pi * np.array(half_turns)
+    a, b = ratio * 16 * U * C, np.array(offsets) + np.pi * np.array(half_turns)
     report = gradcheck(lambda v: float(C + a * np.sum(np.sin(v))), [b], [factor * a * np.cos(b)])
     assert report.inputs[0].status == "FAIL", str(report)
 
@@ -460,7 +460,7 @@ def test_a_sine_over_a_large_constant_with_bits_to_spare_still_fails_a_flipped_o
 def test_a_wrong_gradient_of_a_steep_function_over_a_large_constant_fails(C, ratio, x, claimed):
     # f = C + a sum(exp(x)): its differences far out, beyond the input's own size, bend far more than
     # its rounding could move them -- that is f far from the point, not f unresolved there
-    a, x = ratio * 16 * float(np.finfo(np.float64).eps) * C, np.array(x)
+    a, x = ratio * 16 * U * C, np.array(x)
     grad = -a * np.exp(x) if claimed == "sign" else np.exp(x)
     report = gradcheck(lambda v: float(C + a * np.sum(np.exp(v))), [x], [grad])
     assert report.inputs[0].status == "FAIL", str(report)
@@ -479,7 +479,7 @@ def test_a_gradient_far_off_a_slope_the_longer_steps_resolve_fails(C, ratio, x, 
     # (1e5 to 1e7 times too large): the steps longer than x's own size, which show nothing but
     # round-off at first, grow on while the claim lies beyond their bound, to one that shows the
     # slope -- the straight and square ones were UNRESOLVED on main
-    a, x = ratio * 16 * float(np.finfo(np.float64).eps) * C, np.array(x)
+    a, x = ratio * 16 * U * C, np.array(x)
     report = gradcheck(lambda v: float(C + a * np.sum(g(v))), [x], [dg(x)])
     assert report.inputs[0].status == "FAIL", str(report)
 

@@ -368,21 +368,31 @@ def _bends_away(rungs, factor, value) -> bool:
     in the direction that rung moved from the one below it (factor / 16), and by at least 16 / 1.6
     times as far (a t^2 growth's 16-fold, within the factor 1.6 _derivative allows): f bending
     steadily away, as exp far from the point; False where factor <= 4 or either rung was not reached."""
+    below = _two_rungs_below(rungs, factor)
+    if below is None:
+        return False
+    moved, before = value - below[0], below[0] - below[1]
+    return moved * before > 0 and abs(moved) >= 16 / 1.6 * abs(before)
+
+
+def _two_rungs_below(rungs, factor) -> tuple[float, float] | None:
+    """D at factor / 4 and factor / 16 of the step (`rungs`, D by factor), from which truncation's
+    t^2 growth up to factor is told; None where factor <= 4 or either rung was not reached."""
     shorter, shortest = factor / 4, factor / 16
     if factor <= 4 or shorter not in rungs or shortest not in rungs:
-        return False
-    moved, before = value - rungs[shorter], rungs[shorter] - rungs[shortest]
-    return moved * before > 0 and abs(moved) >= 16 / 1.6 * abs(before)
+        return None
+    return rungs[shorter], rungs[shortest]
 
 
 def _grown_from_rungs(rungs, factor, since) -> float | None:
     """3x how far truncation (growing like t^2) moves D from since * h to factor * h, as the two
     rungs below factor (factor / 4 and factor / 16) show it; None where factor <= 4 or either of
     those rungs was not reached."""
-    shorter, shortest = factor / 4, factor / 16
-    if factor <= 4 or shorter not in rungs or shortest not in rungs:
+    below = _two_rungs_below(rungs, factor)
+    if below is None:
         return None
-    return 3 * (factor**2 - since**2) / (shorter**2 - shortest**2) * abs(rungs[shorter] - rungs[shortest])
+    shorter, shortest = factor / 4, factor / 16
+    return 3 * (factor**2 - since**2) / (shorter**2 - shortest**2) * abs(below[0] - below[1])
 
 
 def _stair_between_rungs(rungs, factor, value, width, roundoff, at_point) -> bool:

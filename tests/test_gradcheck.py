@@ -3060,3 +3060,22 @@ def test_a_saturated_cross_entropy_through_a_layer_still_fails_its_right_gradien
     report = gradcheck(loss, [W], [right], seed=0)
     assert report.inputs[0].status == "FAIL", str(report)
     assert any("a cross-entropy whose target logit leads" in w for w in report.warnings), report.warnings
+
+
+def test_a_saturated_cross_entropy_through_h_or_under_a_loss_weight_still_fails_with_a_warning():
+    # the rest of what docs/gradcheck.md says of the stair cap's reach: through W @ h, h's right
+    # gradient FAILs as W's does; and a loss weight of 0.37 makes the stair 0.37 units in the last
+    # place of 200, no few units of any number, so the logits' right gradient FAILs too -- each with
+    # the warning that f did not change
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(5, 3)) * 0.1
+    W[2] = [1.0, 0.0, 0.0]
+    h = np.array([200.0, 0.1, 0.2])
+    through_h = gradcheck(lambda h: _stable_cross_entropy(2)(W @ h), [h],
+                          [W.T @ _cross_entropy_gradient(W @ h, 2)], seed=0)
+    logits = np.array([0.1, -0.3, 200.0, 0.5])
+    weighted = gradcheck(lambda v: 0.37 * _stable_cross_entropy(2)(v), [logits],
+                         [0.37 * _cross_entropy_gradient(logits, 2)], seed=0)
+    for report in (through_h, weighted):
+        assert report.inputs[0].status == "FAIL", str(report)
+        assert any("f did not change at all" in w for w in report.warnings), report.warnings

@@ -125,10 +125,11 @@ def _unmoved_over_own_size(attempt: _Estimate, evaluate, move) -> bool:
     on a scale shorter than the input's own is another case (_smooth_at_shorter_steps).  An input
     f ignores, x ~ 1e-2 beside a loss of 1: its wrong gradient 6.5e-9 (0 +- 2.3e-8 at the step eps)
     is resolved at the step 0.7, 0 +- 3e-12, where f did not change by one bit.
-    A period can still fit the step: the input's own size may be a multiple of half of it, and the
-    points h, 2h, 4h away all land where f is as at the point (1e4 + 3.6e-11 sin(b) at b = 3.140625,
-    stepped by pi: its right gradient FAILed on 0 +- 1e-11).  So f must not move at a third of the
-    step either, which no multiple of the step's period lands on (two evaluations more, only here)."""
+    A period can still fit the step: where the step is half of it, the two points of each difference
+    (2h, 4h, 8h apart) are whole periods apart and f is the same at both, so D(h), D(2h), D(4h) are
+    0 (1e4 + 3.6e-11 sin(b) at b = 3.140625, stepped by pi: its right gradient FAILed on 0 +- 1e-11).
+    So f must not move at a third of the step either, whose two points are no whole number of such
+    periods apart (two evaluations more, only here)."""
     if not (attempt.value == 0 and attempt.difference == 0 and attempt.step <= 1.0):
         return False
     with np.errstate(all="ignore"):

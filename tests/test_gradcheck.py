@@ -470,15 +470,16 @@ def test_a_wrong_gradient_of_a_steep_function_over_a_large_constant_fails(C, rat
 @pytest.mark.parametrize("C, ratio, x, g, dg", [
     (1e10, 5.02, [0.0437], lambda v: v, np.ones_like),
     (1e9, 7.67, [1e-3, 5e-4, 5e-4, -5e-4, 1e-3], np.square, lambda v: 2 * v),
-    # resolved at a step beyond x's own size, its value standing out of its bound by 1/UNRESOLVED
-    # (by 1/0.01 there, it was UNRESOLVED)
+    # resolved at a step beyond x's own size, its value more than twice its bound (1/UNRESOLVED):
+    # a rule asking a hundred times its bound there left it UNRESOLVED
     (1e9, 128.0, [-3e-4, 1.1e-3], np.tanh, lambda v: 1 - np.tanh(v) ** 2),
 ], ids=["straight", "square", "tanh"])
 def test_a_gradient_far_off_a_slope_the_longer_steps_resolve_fails(C, ratio, x, g, dg):
     # f = C + a sum(g(x)), a a few to a hundred times f's round-off, its gradient claimed without a
     # (1e5 to 1e7 times too large): the steps longer than x's own size, which show nothing but
     # round-off at first, grow on while the claim lies beyond their bound, to one that shows the
-    # slope -- the straight and square ones were UNRESOLVED on main
+    # slope -- the straight and square ones were UNRESOLVED where the steps stopped at the first
+    # estimate of nothing but round-off
     a, x = ratio * 16 * U * C, np.array(x)
     report = gradcheck(lambda v: float(C + a * np.sum(g(v))), [x], [dg(x)])
     assert report.inputs[0].status == "FAIL", str(report)

@@ -478,8 +478,8 @@ def test_a_gradient_far_off_a_slope_the_longer_steps_resolve_fails(C, ratio, x, 
     # f = C + a sum(g(x)), a a few to a hundred times f's round-off, its gradient claimed without a
     # (1e5 to 1e7 times too large): the steps longer than x's own size, which show nothing but
     # round-off at first, grow on while the claim lies beyond their bound, to one that shows the
-    # slope -- the straight and square ones were UNRESOLVED where the steps stopped at the first
-    # estimate of nothing but round-off
+    # slope -- the straight and square ones were UNRESOLVED where the steps stopped growing once an
+    # estimate of nothing but round-off had a tight bound
     a, x = ratio * 16 * U * C, np.array(x)
     report = gradcheck(lambda v: float(C + a * np.sum(g(v))), [x], [dg(x)])
     assert report.inputs[0].status == "FAIL", str(report)

@@ -264,6 +264,12 @@ def _printed_before_the_dump(path: Path, dump_from: int | None) -> str:
                          at_least=len(text) >= OUTPUT_LIMIT)
 
 
+def _shown_in_reply(header: dict) -> str:
+    """What a child's reply says it printed (its first lines, "head", and how many, "lines"), as
+    shown_output shows it: the child's reply is not trusted to be short, so the head is cut first."""
+    return shown_output(str(header.get("head", ""))[:OUTPUT_SHOWN * 400], header.get("lines", 0))
+
+
 def shown_output(head, n_lines, at_least: bool = False) -> str:
     """The first OUTPUT_SHOWN lines of what the submission printed (each cut to 200 characters),
     under a line that says how many it printed ('' when it printed nothing); at_least: n_lines
@@ -431,7 +437,7 @@ class _Submission:
                 except wire.MALFORMED:
                     self._stop("crashed", NOT_A_REPLY)
                 self._stop_at_memory_limit(raised, "the file")
-            self.printed_at_load = shown_output(str(header.get("head", ""))[:OUTPUT_SHOWN * 400], header.get("lines", 0))
+            self.printed_at_load = _shown_in_reply(header)
             return None, str(header.get("text", ""))[:wire.MAX_TEXT]
         if header.get("kind") != "ready":
             self._stop("crashed", NOT_A_REPLY)
@@ -498,7 +504,7 @@ class _Submission:
             header, _ = self._ask(pickle.dumps(("output",)))
         except GradingStopped:
             return ""
-        return shown_output(str(header.get("head", ""))[:OUTPUT_SHOWN * 400], header.get("lines", 0))
+        return _shown_in_reply(header)
 
     # ----- the pipes --------------------------------------------------------------------------
     def _ask(self, request: bytes | None):

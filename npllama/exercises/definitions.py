@@ -808,7 +808,8 @@ a position counts when its target != ignore_index (-100); no counted position: l
         probs = np.exp(logits - logits.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
         onehot = np.eye(logits.shape[-1])[np.where(counted, targets, 0)]
-        expected = np.where(counted[..., None], dloss * (probs - onehot) / counted.sum(), 0)  # NaN * 0 is NaN
+        # np.where, not * counted: an ignored row's logits may be NaN or inf, and NaN * 0 is NaN
+        expected = np.where(counted[..., None], dloss * (probs - onehot) / counted.sum(), 0)
         expect_close(dlogits, expected, "dlogits", case.describe() + f", dloss={dloss:.3f}",
                      what="compared with dloss * (softmax - onehot) / n_counted", zero_label=case.zero_label)
 

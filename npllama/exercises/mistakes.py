@@ -300,12 +300,13 @@ def name_scalar_factor(exercise, backward, params_list) -> Explanation | None:
     return None
 
 
-def fits_on_case(found: Explanation, backward, case, grads) -> dict:
-    """Which of the student's gradients `grads` on `case` (not a probe: the case a check failed on)
-    are the named mistake's there: {name: bool} -- the probes name a mistake from the gradients it
-    changes there, and a mistake may reach another on this case, or leave one right here that it
-    changes on a probe, or a gradient it fits on every probe may have a slip of its own that no
-    probe shows.  Empty when it cannot be told (no mistake's gradients to compute, or a call that fails)."""
+def fits_on_case(found: Explanation, backward, case, names) -> dict:
+    """{name: whether the student's gradient of that name equals the named mistake's} on `case`,
+    for each of `names` (gradient names such as "dw"): `case` is the one a check failed on, not a
+    probe.  The probes name a mistake from the gradients it changes there; on another case it may
+    reach one more, or leave one right that it changes on a probe, and a gradient it fits on every
+    probe may have a slip of its own that no probe shows.  Empty when it cannot be told (no
+    mistake's gradients to compute, or a call that fails)."""
     if found.gradients is None:
         return {}
     out, _ = case.run_forward()
@@ -317,8 +318,8 @@ def fits_on_case(found: Explanation, backward, case, grads) -> dict:
         return {}
     if got is None or len(got) != len(wrong):
         return {}
-    ks = {grad: case.grad_names.index(grad) for grad in grads if grad in case.grad_names}
-    return {grad: same_gradients(got[k:k + 1], wrong[k:k + 1]) for grad, k in ks.items() if k < len(wrong)}
+    ks = {name: case.grad_names.index(name) for name in names if name in case.grad_names}
+    return {name: same_gradients(got[k:k + 1], wrong[k:k + 1]) for name, k in ks.items() if k < len(wrong)}
 
 
 def explain(catalogue, exercise, backward) -> Explanation:

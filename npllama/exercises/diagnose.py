@@ -219,8 +219,9 @@ def and_list(texts) -> str:
 
 
 class CheckFailed(AssertionError):
-    """A check found a wrong gradient; carries the Finding (an AssertionError, so pytest shows it),
-    and the gradient check the Case it failed on (the named mistake is tried on it too)."""
+    """A check found a wrong gradient; carries the Finding (an AssertionError, so pytest shows it)
+    and, from the gradient check, the Case it failed on (None from other checks): the named mistake
+    is tried on that case too."""
 
     def __init__(self, finding: Finding, case=None):
         self.finding, self.case = finding, case

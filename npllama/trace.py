@@ -127,8 +127,7 @@ class Trace:
     def rerecord(self, name: str, value, source: str | None = None) -> None:
         """Replace the latest record of `name` (this pass's) with `value`: the recorder's correction
         when the tensor an op went on with is not the one it recorded first (_Recorder.handed_on)."""
-        times = self._times_recorded.get(name, 0)
-        key = name if times <= 1 else f"pass{times}/{name}"
+        key = _pass_key(name, self._times_recorded.get(name, 0))
         if key in self.records:
             self.records[key] = _as_array(value, name)
             if source is not None:
@@ -137,7 +136,7 @@ class Trace:
     def _next_key(self, name: str) -> str:
         times = self._times_recorded.get(name, 0) + 1
         self._times_recorded[name] = times
-        return name if times == 1 else f"pass{times}/{name}"
+        return _pass_key(name, times)
 
     def record_parameter_gradients(self, grads: Mapping) -> None:
         """Record every parameter's gradient as "d:" + its name, credited to the backward(s) that
@@ -271,6 +270,11 @@ class Trace:
     # ----- files -------------------------------------------------------------------------------
     def save(self, path) -> None:
         """Write a plain .npz (no pickle): one array per record under its name, plus the order."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be the .npz file to write (a str or pathlib.Path), got {path!r:.40}")
+        path = os.fspath(path)
+        if not path.endswith(".npz"):
+            raise ValueError(f"path must end in .npz (a NumPy archive), got {path!r}")
         for name in self.records:
             if name.startswith("__"):
                 raise ValueError(f"record name {name!r} starts with '__', reserved for the file's own keys")
@@ -280,11 +284,6 @@ class Trace:
         arrays = dict(self.records)
         arrays[_NAMES_KEY] = np.array(list(self.records), dtype=np.str_)
         arrays[_META_KEY] = np.array(json.dumps(meta, default=_json_default))
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"path must be the .npz file to write (a str or pathlib.Path), got {path!r:.40}")
-        path = os.fspath(path)
-        if not path.endswith(".npz"):
-            raise ValueError(f"path must end in .npz (a NumPy archive), got {path!r}")
         with open(path, "wb") as f:  # an open file, so numpy does not append a second ".npz"
             np.savez(f, **arrays)
 
@@ -316,6 +315,12 @@ class Trace:
                     raise ValueError(f"{path!r} lists record {name!r} but does not contain it")
                 t.records[name] = archive[name]
         return t
+
+
+def _pass_key(name: str, times: int) -> str:
+    """The key of the `times`-th record of `name`: the name itself for the first pass (and when not
+    recorded yet), "pass<times>/<name>" for a later one."""
+    return name if times <= 1 else f"pass{times}/{name}"
 
 
 def _patterns(name: str, patterns) -> list[str]:

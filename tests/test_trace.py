@@ -239,6 +239,8 @@ def test_save_and_load_reject_bad_paths(tmp_path):
     t.record("x", np.ones(2))
     with pytest.raises(ValueError, match=".npz"):
         t.save(tmp_path / "run.pkl")
+    with pytest.raises(TypeError, match="path must be the .npz file to write"):
+        t.save(None)   # (os.fspath's own message would not say what `path` is for)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Trace.load(tmp_path / "missing.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")

@@ -425,8 +425,8 @@ class _Recorder:
         self.record("d:" + name, value, self.gradient_source(name) + changed)
 
     def handed_on(self, memory: dict, name: str, received, receiver: str | None) -> str:
-        """"" when `received` holds the numbers the op remembered in `memory` returned as `name`
-        (in either layout of the heads: (B, T, n*hd) or (B, n, T, hd)), or when nothing is
+        """The empty string when `received` holds the numbers the op remembered in `memory` returned
+        as `name` (in either layout of the heads: (B, T, n*hd) or (B, n, T, hd)), or when nothing is
         remembered; else what changed, for the record's source.  Model code only reshapes what it
         hands on between two ops, so the numbers are equal bit for bit unless that code is wrong."""
         entry = memory.get(name)
@@ -451,9 +451,10 @@ class _Recorder:
         directly, not one a residual connection also adds into (the model sums those itself)."""
         readers, residual = self.consumers(name)
         gradient = memory is self.returned_grad
-        # a gradient from one reader alone: those of several (q, k and v of the normed input) are summed;
-        # and not a head's logits, whose reader (the loss) is not checked: they may be large
-        # nor what no wanted record is checked against: a selective trace of a large model holds no more
+        # Kept only: a gradient from one reader alone (those of several, the normed input's q, k and v
+        # projections', are summed); forwards, not a head's logits, whose reader (the loss) is not
+        # checked and which may be large; and only what a wanted record is checked against, so that a
+        # selective trace of a large model holds no more than it records
         wanted = self.trace.wants("d:" + name) if gradient else any(map(self.trace.wants, readers))
         if (readers and residual is None and not (gradient and len(readers) > 1)
                 and (gradient or name not in self.heads) and wanted and isinstance(value, np.ndarray)):
@@ -888,8 +889,7 @@ _CHANGED_BETWEEN_SAID = re.compile(re.escape(_CHANGED_BETWEEN).replace(re.escape
 
 def _code_between(name: str, gradient: bool) -> str:
     """Where the model hands tensor `name` (or its gradient) from one op to the next."""
-    if name.startswith("model.layers.") and not name.endswith(".out") or ".self_attn." in name \
-            or ".mlp." in name or name.endswith("layernorm.out"):
+    if ".self_attn." in name or ".mlp." in name or name.endswith("layernorm.out"):   # inside a block
         return "npllama.model.block_backward" if gradient else "npllama.model.block_forward"
     if name.startswith("model.layers."):   # the last block's output, read by the final norm
         return "npllama.model.decoder_backward" if gradient else "npllama.model.decoder_forward"

@@ -601,8 +601,8 @@ def test_a_float64_model_given_without_dtype_is_compared_in_float64(folder, give
 @pytest.mark.slow  # imports torch and transformers; skipped when they are absent
 @pytest.mark.parametrize("setting, differs", [
     (dict(rms_norm_eps=1e-3), ("rms_norm_eps 0.001 in npllama, 1e-05 in transformers", "input_layernorm.out")),
-    # the same weight shapes ((16, 16) and (8, 16)) cut into 2 heads of 8 instead of 4 of 4: first
-    # used by the RoPE tables, one column per entry of a head
+    # the same weight shapes ((16, 16) and (8, 16)) cut into 2 heads of 8 instead of 4 of 4: the
+    # RoPE tables, (T, head_dim), are the first tensors whose shape shows it
     (dict(num_attention_heads=2, num_key_value_heads=1),
      ("num_attention_heads 2 in npllama, 4 in transformers", "model.rotary_emb.cos")),
 ])

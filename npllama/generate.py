@@ -605,13 +605,3 @@ def _is_int(value) -> bool:
 def _is_number(value) -> bool:
     """An int or a float (python_scalar has made NumPy scalars Python numbers), not a bool."""
     return not isinstance(value, bool) and isinstance(value, (int, float))
-
-
-def _is_int(value) -> bool:
-    """An int or a NumPy integer, not a bool (True is no count)."""
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
-
-
-def _is_number(value) -> bool:
-    """An int or float (NumPy scalars already made Python numbers by python_scalar), not a bool."""
-    return not isinstance(value, bool) and isinstance(value, (int, float))

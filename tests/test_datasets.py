@@ -455,6 +455,7 @@ def test_a_header_split_at_another_separator_than_the_sep_line_names_is_told_so(
                                          r"as line 1 \('sep=,'\) names"):
         load_labelled(path)
 
+
 def test_a_text_like_a_separator_line_after_line_one_is_a_text(tmp_path):
     # only line 1 names the separator: a later "sep=;" is an example's text
     path = tmp_path / "t.csv"

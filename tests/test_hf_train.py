@@ -319,6 +319,7 @@ def test_the_trained_folder_reads_text_with_the_tokenizer_it_was_trained_with(tm
     _write_tokenizer_files(start, out)
     assert load_tokenizer(out).encode(text) == trained_with
 
+
 def test_the_chat_template_goes_with_the_model_and_a_stale_one_goes(tmp_path):
     """A fine-tuned chat model's chat_template.jinja is what `npllama chat` talks in: --out gets it,
     and an earlier model's template there goes when the start folder has none."""

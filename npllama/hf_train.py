@@ -13,11 +13,12 @@ Each process reads the same corpus, tokenized with the folder's tokenizer (docum
 --seq-len tokens, and trains on its own share of every batch; gradients are averaged across
 processes every step.  AdamW has `npllama train`'s settings (betas 0.9, 0.95; the gradient's
 global norm clipped at 1.0; the matrices decayed, not the norm weights) at a constant --lr.
-The result is written in float32 with transformers' save_pretrained plus the folder's tokenizer files
-(tokenizer.model, in it or beside it in its run folder; tokenizer.json, ...), which
-`Llama.from_pretrained`, `npllama generate` and transformers' AutoTokenizer read.  A masked-LM model or a classifier is refused: this trains
-the causal next-token loss of LlamaForCausalLM.  GPUs and several machines are
-accelerate's business: `accelerate config` once per machine, then the same command.
+The result is written in float32 with transformers' save_pretrained plus the folder's tokenizer
+files (tokenizer.model, in it or beside it in its run folder; tokenizer.json, ...), which
+`Llama.from_pretrained`, `npllama generate` and transformers' AutoTokenizer read.  A masked-LM
+model or a classifier is refused: this trains the causal next-token loss of LlamaForCausalLM.
+GPUs and several machines are accelerate's business: `accelerate config` once per machine, then
+the same command.
 
 Needs `pip install 'npllama[distributed]'` (torch, transformers, accelerate); npllama itself
 never imports this module.

@@ -318,7 +318,7 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list, list[int]]:
             if not (hint := _SEPARATOR_LINE.fullmatch(line)):   # (a header row does not name a column "sep=...")
                 raise ValueError(f"{path} line 1, {line!r}, names no separator npllama reads: a separator line "
                                  f"is sep= and the one character between the columns (sep=; or sep=, or sep= "
-                                 f"and a tab character itself, not \\t), not a letter, digit, space or quote")
+                                 f"and a tab character itself, not \\t), not a letter, digit, space or double quote")
             named_separator = hint.group(1)
         elif header is None and line.strip():
             header, blank = line, number - 1   # (text is not blank: there is one)

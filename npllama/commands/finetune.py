@@ -33,8 +33,9 @@ def register(subparsers) -> None:
         formatter_class=HelpFormatter), ClassifyConfig()
     _common(c, d)
     c.add_argument("--data", default=None, help="training data: .jsonl with {\"text\", \"label\"} lines, or "
-                   ".csv (comma- or semicolon-separated, as Excel saves it, or as a first line sep=X names) or .tsv with a header row naming the "
-                   "columns text and label, UTF-8 (default: the built-in --dataset)")
+                   ".csv (comma- or semicolon-separated, as Excel saves it, or as a first line sep=X names) "
+                   "or .tsv with a header row naming the columns text and label, UTF-8 (default: the built-in "
+                   "--dataset)")
     c.add_argument("--dataset", default=d.dataset, choices=["sentiment", "topic", "spam"],
                    help="built-in example set used when --data is not given")
     c.add_argument("--val-data", default=None, help="validation file (default: split off --val-fraction)")

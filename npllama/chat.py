@@ -310,8 +310,8 @@ class ChatTemplate:
         it in: {} when it has them all.  An npllama tokenizer has none of LLaMA-3's, so
         `--chat-template llama3` writes <|start_header_id|> as 14 pieces of "<", "|", "st", ...:
         text the model reads and writes as any other, in its context, however long."""
-        markers = dict.fromkeys(_MARKER.findall(self.source) + [self.end_of_turn] * (self.end_of_turn is not None))
-        spelt = {marker: len(tokenizer.encode(marker, bos=False)) for marker in markers}
+        markers = _MARKER.findall(self.source) + ([self.end_of_turn] if self.end_of_turn is not None else [])
+        spelt = {marker: len(tokenizer.encode(marker, bos=False)) for marker in dict.fromkeys(markers)}
         return {marker: n for marker, n in spelt.items() if n > 1}
 
     def own_tokens(self, tokenizer, messages, add_generation_prompt: bool = True) -> int:

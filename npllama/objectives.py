@@ -41,6 +41,7 @@ import re
 import numpy as np
 
 from .backend import noting_overrides
+from .ops._checks import padding_mask_as_bool
 from .ops.classifier import last_token_index   # (the heads' ops are the ops in force: Llama.head_ops)
 
 IGNORE_INDEX = -100
@@ -132,8 +133,11 @@ def mask_tokens(tokens, rng, *, mask_token_id: int, vocab_size: int, special_ids
     if ordinary_ids.size == 0:
         raise ValueError("the vocabulary has no ordinary token (every id is special)")
     candidates = ~np.isin(tokens, special)
-    if attention_mask is not None:
-        candidates &= np.asarray(attention_mask).astype(bool)
+    if attention_mask is not None:   # held to the model's rule: a cast to bool would take -inf as a token
+        mask = np.asarray(attention_mask)
+        if mask.shape != tokens.shape:
+            raise ValueError(f"attention_mask must have the tokens' shape {tokens.shape}, got {mask.shape}")
+        candidates &= padding_mask_as_bool(mask)
 
     chosen = candidates & (rng.random(tokens.shape) < mlm_probability)
     action = rng.random(tokens.shape)                                  # one draw decides 80/10/10

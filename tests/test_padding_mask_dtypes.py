@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from npllama import Llama, LlamaConfig
 from npllama.finetune import SequenceClassifier
+from npllama.objectives import mask_tokens
 from npllama.ops.classifier import last_token_index
 
 CONFIG = LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=1, num_attention_heads=2,
@@ -59,3 +60,28 @@ def test_any_other_mask_is_refused_naming_the_value(call, mask, error, message):
     with pytest.raises(error, match="attention_mask must hold 0/1 numbers or booleans") as e:
         call(mask)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("mask, error, message", [
+    (np.array([[0.0, -np.inf, 0.0, 0.0]]), ValueError, "got -inf"),
+    (np.array([[1, 2, 1, 1]]), ValueError, "got 2"),
+    (np.array([[1, 1, 1]]), ValueError, "attention_mask must have the tokens' shape (1, 4), got (1, 3)"),
+])
+def test_mask_tokens_holds_its_padding_mask_to_the_same_rule(mask, error, message):
+    """mask_tokens took any array and cast it to bool: an additive mask (0 / -inf) chose its
+    padding (the -inf) for masking, and a mask of the wrong shape was broadcast."""
+    with pytest.raises(error) as e:
+        mask_tokens_of(np.array([[1, 2, 3, 4]]), mask)
+    assert message in str(e.value)
+
+
+def test_mask_tokens_takes_a_0_1_float_mask_as_the_bool_one():
+    tokens, mask = np.arange(1, 9).reshape(2, 4), np.array([[1, 1, 0, 0], [1, 1, 1, 0]])
+    masked = [mask_tokens_of(tokens, m) for m in (mask.astype(np.float64), mask.astype(bool))]
+    np.testing.assert_array_equal(masked[0], masked[1])
+
+
+def mask_tokens_of(tokens, mask):
+    """BERT masking of tokens (ids 1..10 of 11) with the padding mask `mask`, seeded."""
+    return mask_tokens(tokens, np.random.default_rng(0), mask_token_id=0, vocab_size=11, attention_mask=mask,
+                       mlm_probability=0.9)

@@ -1,5 +1,5 @@
 """One rule for a padding mask wherever one is taken (Llama's forward and loss, the classifier's
-pooling, the ops' last_token_index): booleans, or numbers that are exactly 0 or 1 -- whatever their
+pooling, the ops' last_token_index, mask_tokens): booleans, or numbers that are exactly 0 or 1 -- whatever their
 dtype, as transformers takes them (its tokenizers give int64; a mask read from a table is often
 float64).  Any other value is refused by name, so an additive mask (0 / -inf) or a weight is never
 rounded into a padding mask."""

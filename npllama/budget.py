@@ -97,7 +97,7 @@ def check_threads(name: str, threads: int) -> None:
 
 def check_label_count(count: int, where: str = "the dataset") -> None:
     """A BudgetError when `where` has more than max_labels() classes (an integer label is a class id
-    counted from 0, so one huge label id alone makes this many classes)."""
+    counted from 0, so a single label 10**9 alone makes 10**9 + 1 classes)."""
     limit = max_labels()
     if count > limit:
         raise BudgetError(f"{where} has {count:,} classes, more than {limit:,} (NPLLAMA_MAX_LABELS): an "

@@ -334,7 +334,8 @@ def _check_top_level_original_context(d: dict, rope_scaling: dict | None, rope_f
 
 
 def check_attention_dropout(value) -> None:
-    """A ValueError unless value is a probability in [0, 1] (a config.json field kept, not used)."""
+    """A TypeError unless value is a real number, a ValueError unless it is a probability in [0, 1]
+    (a config.json field kept, not used)."""
     if not 0 <= _finite_float("attention_dropout", value) <= 1:
         raise ValueError(f"attention_dropout must be a probability in [0, 1], got {value}")
 

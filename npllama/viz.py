@@ -333,8 +333,7 @@ _NO_TARGET = {"next-token": "a single token has no next token to predict, or eve
 
 def plot_grad_norms(trace, path, title: str = "") -> Path:
     """Draw each layer's gradient norms from a trace holding gradients, save it as a PNG to path and
-    return the path written;
-    a gradient holding NaN or inf is refused by name."""
+    return the path written; a gradient holding NaN or inf is refused by name."""
     norms = grad_norms(trace)
     # NaN in grad_norms is a layer not recorded: a gradient holding NaN or inf would be drawn as one
     layer_grads = _layer_grads(trace)

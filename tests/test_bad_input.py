@@ -552,6 +552,7 @@ def job(module, name):
 
     return getattr(importlib.import_module(module), name)
 
+
 BAD_TRAIN_SETTINGS = [
     ("steps", 0), ("steps", -5), ("steps", "10"), ("steps", 2.5), ("batch_size", 0), ("seq_len", -1),
     ("grad_accum", 0), ("lr", 0.0), ("lr", float("nan")), ("lr", float("inf")), ("min_lr", 1.0), ("min_lr", float("nan")),

@@ -422,7 +422,8 @@ class PendingTokens:
         self.ids, self._cache_path, self._key, self._tmp = ids, cache_path, key, tmp
 
     def keep(self) -> None:
-        """Put the stream in its cache's place (the old key removed first, the new one written after)."""
+        """Put the stream in its cache's place (the old key removed first, the new one written after);
+        nothing when it is held in memory (its file could not be written)."""
         if self._tmp is None:
             return
         meta_path = Path(f"{self._cache_path}.json")

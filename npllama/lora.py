@@ -369,7 +369,7 @@ class LoraOps:
     @staticmethod
     def embedding_backward(dout, cache):
         """No gradient: the embedding is frozen under LoRA."""
-        return None   # the embedding is frozen
+        return None
 
 
 def _modules(num_layers: int, targets) -> list[str]:

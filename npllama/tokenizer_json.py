@@ -108,7 +108,8 @@ class JsonTokenizer:
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
     def encode_batch(self, texts, bos: bool = True, eos: bool = False, num_threads=None) -> list[list[int]]:
-        """[encode(text, bos, eos) for text in texts], each text checked first (num_threads is ignored)."""
+        """[encode(text, bos, eos) for text in texts], each text checked first.  num_threads is
+        ignored: it is taken so that callers of Tokenizer.encode_batch may pass it to either."""
         texts = list(texts)
         for i, text in enumerate(texts):
             _require_text(f"texts[{i}]", text)

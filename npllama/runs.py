@@ -463,7 +463,8 @@ def _architecture_is(config: dict, name: str) -> bool:
 
 
 def require_next_token_model(model, job: str) -> None:
-    """ValueError unless the loaded `model` can predict next tokens for `job` (e.g. "generate"):
+    """TypeError unless `model` is a model (a Llama, or an object with its config and forward);
+    ValueError unless it can predict next tokens for `job` (e.g. "generate"):
     not a masked-LM model (model.objective "mlm": `npllama train --objective mlm`, read from its
     config.json by Llama.from_pretrained), and without a sequence-classification LoRA adapter
     attached.  The one check that generate, perplexity and multiple-choice scoring share."""

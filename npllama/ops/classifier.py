@@ -19,7 +19,8 @@ from .linear import linear_backward, linear_forward
 
 
 def last_token_index(attention_mask):
-    """(B, T) bool, or 0/1 of any numeric dtype, 1 = real token -> (B,) int64: the position of each row's last real token.
+    """(B, T) bool, or 0/1 of any numeric dtype, 1 = real token -> (B,) int64: the position of each
+    row's last real token.
 
     The rightmost real token, so right padding (`1 1 1 0 0`) and left padding (`0 0 1 1 1`) both
     work.  A row without any real token is an error: there is nothing to classify.

@@ -427,16 +427,19 @@ class _Recorder:
     def handed_on(self, memory: dict, name: str, received, receiver: str | None) -> str:
         """The empty string when `received` holds the numbers the op remembered in `memory` returned
         as `name` (in either layout of the heads: (B, T, n*hd) or (B, n, T, hd)), or when nothing is
-        remembered; else what changed, for the record's source.  Model code only reshapes what it
-        hands on between two ops, so the numbers are equal bit for bit unless that code is wrong."""
+        remembered, or receiver is None (a reader whose record is not kept: let go, not compared);
+        else what changed, for the record's source.  Model code only reshapes what it hands on
+        between two ops, so the numbers are equal bit for bit unless that code is wrong."""
         entry = memory.get(name)
-        if entry is None or receiver is None:
+        if entry is None:
             return ""
         returned, producer, readers = entry
         if readers <= 1:
             del memory[name]
         else:
             entry[2] = readers - 1
+        if receiver is None:
+            return ""
         same, error = _same_numbers(returned, received)
         if same is not False:
             return ""
@@ -515,7 +518,9 @@ class _Recorder:
             if name is not None:
                 prefix = name.rsplit(".", 1)[0] + "."
                 source = self.source_of(fn)
-                changed = "".join(self.handed_on(self.produced, tensor, args[i], _qualname(fn))
+                # checked only when this record is kept; another reader of the same input is not
+                receiver = _qualname(fn) if name not in self.recorded and self.trace.wants(name) else None
+                changed = "".join(self.handed_on(self.produced, tensor, args[i], receiver)
                                   for i, tensor in self.inputs_of(op_name, name) if i < len(args))
                 for symbol, value in getattr(cache, "intermediates", dict)().items():
                     self.record(prefix + symbol, value, source)

@@ -175,3 +175,16 @@ def test_nothing_handed_on_is_still_held_after_a_pass(include):
         model.loss_and_grads(TOKENS, np.roll(TOKENS, -1))
         recorder = next(iter(t._recorders.values()))
         assert recorder.produced == {} and recorder.returned_grad == {}
+
+
+def test_a_hand_off_is_checked_only_for_a_record_the_trace_keeps(monkeypatch):
+    """The normed input is read by q, k and v: a trace of q alone compares q's input, not k's and
+    v's (their records are not kept, so a check of them would be work for nothing on every call)."""
+    import npllama.trace as trace_module
+    checked = []
+    same_numbers = trace_module._same_numbers
+    monkeypatch.setattr(trace_module, "_same_numbers", lambda a, b: checked.append(a.shape) or same_numbers(a, b))
+    model = tiny()
+    with npllama.trace(include=["model.layers.0.self_attn.q"]) as t:
+        model.loss_and_grads(TOKENS, np.roll(TOKENS, -1))
+    assert t.names() == ["model.layers.0.self_attn.q"] and len(checked) == 1

@@ -458,9 +458,10 @@ class _Recorder:
         # projections', are summed); forwards, not a head's logits, whose reader (the loss) is not
         # checked and which may be large; and only what a wanted record is checked against, so that a
         # selective trace of a large model holds no more than it records
-        wanted = self.trace.wants("d:" + name) if gradient else any(map(self.trace.wants, readers))
+        # (the pattern matching last: most tensors are ruled out before it, on every op call)
         if (readers and residual is None and not (gradient and len(readers) > 1)
-                and (gradient or name not in self.heads) and wanted and isinstance(value, np.ndarray)):
+                and (gradient or name not in self.heads) and isinstance(value, np.ndarray)
+                and (self.trace.wants("d:" + name) if gradient else any(map(self.trace.wants, readers)))):
             memory[name] = [value, producer, 1 if gradient else len(readers)]
 
     def bindings(self, ops_in_force: dict, head_params: Mapping) -> dict:

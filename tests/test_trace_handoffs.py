@@ -187,4 +187,5 @@ def test_a_hand_off_is_checked_only_for_a_record_the_trace_keeps(monkeypatch):
     model = tiny()
     with npllama.trace(include=["model.layers.0.self_attn.q"]) as t:
         model.loss_and_grads(TOKENS, np.roll(TOKENS, -1))
+        assert next(iter(t._recorders.values())).produced == {}   # let go by k and v all the same
     assert t.names() == ["model.layers.0.self_attn.q"] and len(checked) == 1

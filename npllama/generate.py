@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .ops._checks import require_positive_int
+from .ops._checks import is_int, require_positive_int
 
 
 def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.8,
@@ -256,12 +256,12 @@ def check_generation_args(max_new_tokens, temperature, top_k, top_p, seed, repet
     """Every sampling argument, checked before any work (the CLI calls it before loading a model)."""
     # one message for each argument, saying all it must be; a wrong type raises it as a TypeError,
     # a number out of range as a ValueError (the CLI words both as a usage error)
-    if not _is_int(max_new_tokens) or max_new_tokens < 1:
-        raise _refused(_is_int(max_new_tokens),
+    if not is_int(max_new_tokens) or max_new_tokens < 1:
+        raise _refused(is_int(max_new_tokens),
                        f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     _check_sampling(temperature, top_k, top_p, repetition_penalty)
-    if seed is not None and (not _is_int(seed) or seed < 0):
-        raise _refused(_is_int(seed), f"seed must be None or a non-negative integer, got {seed!r}")
+    if seed is not None and (not is_int(seed) or seed < 0):
+        raise _refused(is_int(seed), f"seed must be None or a non-negative integer, got {seed!r}")
 
 
 def sample_seed(seed: int | None, i: int) -> int | None:
@@ -583,8 +583,8 @@ def _check_sampling(temperature, top_k, top_p, repetition_penalty=1.0) -> None:
     if not _is_number(temperature) or not 0 <= temperature < np.inf:
         raise _refused(_is_number(temperature),
                        f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (not _is_int(top_k) or top_k < 0):
-        raise _refused(_is_int(top_k), f"top_k must be None or an integer >= 0 (0 = no cut), got {top_k!r}")
+    if top_k is not None and (not is_int(top_k) or top_k < 0):
+        raise _refused(is_int(top_k), f"top_k must be None or an integer >= 0 (0 = no cut), got {top_k!r}")
     if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
         raise _refused(_is_number(top_p), f"top_p must be None or a number in (0, 1], got {top_p!r}")
     if not _is_number(repetition_penalty) or not 0 < repetition_penalty < np.inf:
@@ -595,11 +595,6 @@ def _check_sampling(temperature, top_k, top_p, repetition_penalty=1.0) -> None:
 def _refused(right_type: bool, message: str) -> Exception:
     """The error for an argument refused with message: a ValueError if only its value is wrong."""
     return ValueError(message) if right_type else TypeError(message)
-
-
-def _is_int(value) -> bool:
-    """An int or a NumPy integer, not a bool (True is no count)."""
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
 
 
 def _is_number(value) -> bool:

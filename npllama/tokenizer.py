@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from .ops._checks import require_non_negative_int, require_path
+from .ops._checks import require_int, require_non_negative_int, require_path
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 N_BYTE_PIECES = 256
@@ -282,8 +282,7 @@ class Tokenizer:
         checkpoints are: 32064 rows for 32000 pieces) is accepted with a warning: the extra rows are
         never produced by encode, and generation should not sample them (generate's vocab_size).
         """
-        if isinstance(model_vocab_size, bool) or not isinstance(model_vocab_size, (int, np.integer)):
-            raise TypeError(f"model_vocab_size must be an int, got {model_vocab_size!r}")
+        require_int("model_vocab_size", model_vocab_size)
         check_vocab_sizes(self.vocab_size, int(model_vocab_size), str(self.path))
 
     # ----- encode / decode -------------------------------------------------------------------------
@@ -453,8 +452,7 @@ MAX_TRAINER_INT, MAX_SEED = 2**31 - 1, 2**32 - 1
 
 def _check_train_args(vocab_size, model_type, character_coverage, input_sentence_size, max_sentence_length, seed,
                       num_threads=None, byte_fallback=True):
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
-        raise TypeError(f"vocab_size must be an int, got {vocab_size!r}")
+    require_int("vocab_size", vocab_size)
     if not byte_fallback:   # (trainer option byte_fallback=False) no byte pieces: SentencePiece says what fits
         if vocab_size <= N_SPECIAL_PIECES:
             raise ValueError(f"vocab_size={vocab_size} is too small: <unk>, <s> and </s> take {N_SPECIAL_PIECES} "

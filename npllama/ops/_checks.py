@@ -56,23 +56,28 @@ def require_int_array(name, a):
                         f"{getattr(a, 'dtype', type(a).__name__)}")
 
 
+def is_int(value) -> bool:
+    """An int or a NumPy integer, not a bool (True is no count)."""
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
 def require_positive_int(name, value, none_ok=False):
     """value must be a positive int (a NumPy integer too, not a bool); or None when none_ok."""
     if none_ok and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+    if not is_int(value) or value <= 0:
         raise ValueError(f"{name} must be {'None or ' if none_ok else ''}a positive int, got {value!r}")
 
 
 def require_int(name, value):
     """value must be an int (a NumPy integer too, not a bool): a TypeError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if not is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
 
 
 def require_non_negative_int(name, value):
     """value must be an int >= 0 (a NumPy integer too, not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+    if not is_int(value) or value < 0:
         raise ValueError(f"{name} must be a non-negative int, got {value!r}")
 
 

@@ -64,10 +64,9 @@ def run(args) -> int:
 
         try:   # as every text file is read: a byte-order mark dropped, other encodings named
             if args.file == "-":   # standard input, as `tokenizer encode` reads it
-                from ..io.reading import decode_text, read_standard_input
+                from ..io.reading import read_standard_input
 
-                data = read_standard_input(max_read())   # (a text stream in its place gives its text)
-                text = (data if isinstance(data, str) else decode_text(data, "standard input")).removeprefix("\ufeff")
+                text = read_standard_input(max_read()).removeprefix("\ufeff")
             else:
                 text = read_text(args.file, max_bytes=max_read())
         except (OSError, ValueError) as error:

@@ -132,22 +132,22 @@ def _text_to_encode(argument: str | None) -> str:
 
     from ..io.reading import decode_text
 
-    if argument is not None:
+    def text(data: bytes, source: str) -> str:
         try:
-            data, source = os.fsencode(argument), "the text argument"   # the bytes given, undone from Python's escapes
-        except UnicodeEncodeError:   # a surrogate no byte makes (main() called from Python): encode refuses it
-            return argument
-    else:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return decode_text(data, source, UsageError)   # raises, naming the byte and line (and UTF-16 or GBK)
+
+    if argument is None:   # (a text stream in its place, io.StringIO, gives its text as it is)
         from ..budget import max_read
         from ..io.reading import read_standard_input
 
-        data, source = read_standard_input(max_read(), UsageError), "standard input"
-        if isinstance(data, str):   # a text stream put in its place (io.StringIO): its text as it is
-            return data
+        return read_standard_input(max_read(), UsageError, decode=lambda data: text(data, "standard input"))
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return decode_text(data, source, UsageError)   # raises, naming the byte and line (and UTF-16 or GBK)
+        data = os.fsencode(argument)   # the bytes given, undone from Python's escapes
+    except UnicodeEncodeError:   # a surrogate no byte makes (main() called from Python): encode refuses it
+        return argument
+    return text(data, "the text argument")
 
 
 def _warn_of_lost_characters(tok, text: str) -> None:
@@ -173,8 +173,7 @@ def decode(args) -> int:
         from ..budget import max_read
         from ..io.reading import read_standard_input
 
-        raw = read_standard_input(max_read(), UsageError)
-        raw = raw if isinstance(raw, str) else raw.decode("utf-8", "surrogateescape")
+        raw = read_standard_input(max_read(), UsageError, decode=lambda data: data.decode("utf-8", "surrogateescape"))
 
     try:
         ids = parse_json(raw, "the ids", expect=list) if raw.strip().startswith("[") else \

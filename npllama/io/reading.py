@@ -112,13 +112,14 @@ def read_text_blocks(path, max_bytes: int = MAX_TEXT_BYTES, error=ValueError, bl
                 read(len(data))
 
 
-def read_standard_input(max_bytes: int = MAX_TEXT_BYTES, error=ValueError) -> bytes | str:
-    """Standard input's bytes, up to its end: more than max_bytes is refused as `error`, as a file
-    over its budget is.  They are read a block at a time: a BufferedReader allocates what one read
-    asks for before it reads, and max_bytes + 1 (4 GiB by default) is a MemoryError under an
-    address-space limit (`ulimit -v`) for a line of text.  A text stream put in sys.stdin's place
-    (io.StringIO, as a test or a notebook does) has no bytes beneath it: its text is returned as it
-    is, its UTF-8 bytes counted against max_bytes."""
+def read_standard_input(max_bytes: int = MAX_TEXT_BYTES, error=ValueError, decode=None) -> str:
+    """Standard input's text, up to its end: more than max_bytes is refused as `error`, as a file
+    over its budget is.  Its bytes are read a block at a time (a BufferedReader allocates what one
+    read asks for before it reads, and max_bytes + 1, 4 GiB by default, is a MemoryError under an
+    address-space limit, `ulimit -v`, for a line of text), then made text by decode(bytes) -> str
+    (None: decode_text's check, standard input named in its errors).  A text stream put in
+    sys.stdin's place (io.StringIO, as a test or a notebook does) has no bytes beneath it: its text
+    is returned as it is, its UTF-8 bytes counted against max_bytes."""
     stream = sys.stdin
     if stream is None:   # the process was started with standard input closed (`<&-`)
         raise error("standard input is closed: there is nothing to read from it")
@@ -133,7 +134,10 @@ def read_standard_input(max_bytes: int = MAX_TEXT_BYTES, error=ValueError) -> by
         size += len(block) if buffer is not None else len(block.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise error(f"standard input is over the {max_bytes:,}-byte limit for a text file")
-    return (b"" if buffer is not None else "").join(blocks)
+    if buffer is None:
+        return "".join(blocks)
+    data = b"".join(blocks)
+    return decode_text(data, "standard input", error) if decode is None else decode(data)
 
 
 def read_lines(path, error=ValueError) -> Iterator[str]:
@@ -233,5 +237,5 @@ def read_json(path, expect=None, max_bytes: int = MAX_JSON_BYTES, error=ValueErr
     return parse_json(read_text(path, max_bytes, error), path, expect, error)
 
 
-__all__ = ["open_regular_file", "read_bytes", "read_text", "read_text_blocks", "read_lines", "decode_text", "read_json", "parse_json",
+__all__ = ["open_regular_file", "read_bytes", "read_text", "read_text_blocks", "read_lines", "read_standard_input", "decode_text", "read_json", "parse_json",
            "MAX_JSON_BYTES", "MAX_TEXT_BYTES"]

@@ -60,10 +60,10 @@ def note_a_checkpoint_loaded(given, model_dir) -> None:
     """Say on stderr when the run `given` (None: the latest run) had no model/ yet, so that its
     checkpoint's model was loaded: text from a run stopped at step 248 of 1000 would otherwise read
     as the finished model's.  A checkpoint named as --model needs no word."""
-    import json
     import sys
     from pathlib import Path
 
+    from ..io.reading import read_json
     from ..io.train_state import STATE_FILE
     from ..resuming import resume_command
 
@@ -75,7 +75,7 @@ def note_a_checkpoint_loaded(given, model_dir) -> None:
         return
     run = checkpoint.parent
     try:   # a writer may have replaced the checkpoint since it was loaded: then no step is named
-        step = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))["step"]
+        step = read_json(checkpoint / STATE_FILE, expect=dict)["step"]
         saved = f", saved at step {int(step)}"
     except (OSError, ValueError, KeyError, TypeError):
         saved = ""

@@ -906,9 +906,9 @@ def test_a_named_mistake_in_the_reported_gradient_only_is_not_said_wrong_on_this
 
 def test_grading_stopped_while_the_mistake_is_tried_on_the_failing_case_leaves_no_half_named_mistake(tmp_path,
                                                                                                       monkeypatch):
-    # the named mistake's gradients were recorded, then the try on the failing case stopped (a
-    # sandbox killed for time): the report said "also wrong by the same mistake: dx" of a mistake it
-    # never named
+    # the named mistake's gradients were recorded, then the try on the failing case stopped (it
+    # once called the student's function in the sandbox, which can be killed for time): the report
+    # said "also wrong by the same mistake: dx" of a mistake it never named
     from npllama.exercises import runner
 
     def stopped(*args, **kwargs):
@@ -920,3 +920,29 @@ def test_grading_stopped_while_the_mistake_is_tried_on_the_failing_case_leaves_n
     finding = check_function(exercise, _tanh_slope_slip, n_random=0).first_failure.finding
     assert finding.grad == "dw" and finding.message != "tanh' was taken as 1 - h", finding.lines()
     assert finding.named_gradients == [] and "same mistake" not in finding.what_is_wrong, finding.what_is_wrong
+
+
+def test_the_named_mistake_is_tried_on_the_failing_case_without_calling_the_students_function_again(tmp_path,
+                                                                                                     monkeypatch):
+    # the gradient check has the student's gradients on the case it failed on: the try there reuses
+    # them (a call more ran the student's code, and its prints, once more, in the sandbox too)
+    from npllama.exercises import runner
+
+    exercise = _tanh_exercise(tmp_path, '("s", "w", "x")')
+    exercise.catalogue = _tanh_mistakes()
+
+    def calls_made(fits):
+        monkeypatch.setattr(runner, "fits_on_case", fits)
+        calls = []
+
+        def counted(dout, cache):
+            calls.append(1)
+            return _tanh_slope_slip_and_first_row_dx(dout, cache)
+
+        finding = check_function(exercise, counted, n_random=0).first_failure.finding
+        return len(calls), finding
+
+    tried, finding = calls_made(runner.fits_on_case)
+    assert finding.named_misfits == ["dx"], finding            # it was tried on the failing case
+    not_tried, _ = calls_made(lambda *args: {})
+    assert tried == not_tried, (tried, not_tried)

@@ -363,7 +363,7 @@ def check_gradient(backward, case: Case) -> None:
     finding.right_gradients = sorted((gradient_name(r.name) for r in report.inputs if r.status == "ok"),
                                      key=order.index)
     finding.undecided_gradients = [gradient_name(r.name) for r in undecided]
-    raise CheckFailed(finding, case)
+    raise CheckFailed(finding, case, grads)
 
 
 def _in_float64(backward):

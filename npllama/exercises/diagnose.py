@@ -220,11 +220,12 @@ def and_list(texts) -> str:
 
 class CheckFailed(AssertionError):
     """A check found a wrong gradient; carries the Finding (an AssertionError, so pytest shows it)
-    and, from the gradient check, the Case it failed on (None from other checks): the named mistake
-    is tried on that case too."""
+    and, from the gradient check, the Case it failed on and the student's gradients there (None
+    from other checks): the named mistake is tried on that case too, without calling the student's
+    function again."""
 
-    def __init__(self, finding: Finding, case=None):
-        self.finding, self.case = finding, case
+    def __init__(self, finding: Finding, case=None, gradients=None):
+        self.finding, self.case, self.gradients = finding, case, gradients
         super().__init__("\n".join(finding.lines()))
 
 

@@ -300,23 +300,23 @@ def name_scalar_factor(exercise, backward, params_list) -> Explanation | None:
     return None
 
 
-def fits_on_case(found: Explanation, backward, case, names) -> dict:
+def fits_on_case(found: Explanation, case, got, names) -> dict:
     """{name: whether the student's gradient of that name equals the named mistake's} on `case`,
     for each of `names` (gradient names such as "dw"): `case` is the one a check failed on, not a
-    probe.  The probes name a mistake from the gradients it changes there; on another case it may
-    reach one more, or leave one right that it changes on a probe, and a gradient it fits on every
-    probe may have a slip of its own that no probe shows.  Empty when it cannot be told (no
-    mistake's gradients to compute, or a call that fails)."""
+    probe, and `got` the student's gradients there (those the check computed: the student's
+    function is not called again).  The probes name a mistake from the gradients it changes there;
+    on another case it may reach one more, or leave one right that it changes on a probe, and a
+    gradient it fits on every probe may have a slip of its own that no probe shows.  Empty when it
+    cannot be told (no mistake's gradients to compute, or a computation that fails)."""
     if found.gradients is None:
         return {}
     out, _ = case.run_forward()
-    dout = case.dout_for(out)
-    got = _student(backward, dout, case)
     try:
-        wrong = tuple(np.asarray(g, dtype=np.float64) for g in as_tuple(found.gradients(dout, case)))
+        wrong = tuple(np.asarray(g, dtype=np.float64) for g in as_tuple(found.gradients(case.dout_for(out), case)))
     except Exception:      # an altered step that cannot be computed on this case
         return {}
-    if got is None or len(got) != len(wrong):
+    got = tuple(np.asarray(g, dtype=np.float64) for g in got)
+    if len(got) != len(wrong):
         return {}
     ks = {name: case.grad_names.index(name) for name in names if name in case.grad_names}
     return {name: same_gradients(got[k:k + 1], wrong[k:k + 1]) for name, k in ks.items() if k < len(wrong)}

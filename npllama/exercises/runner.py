@@ -71,8 +71,9 @@ class CheckResult:
     # the cases the check could not decide either way (CaseUndecided): neither passed nor failed,
     # the verdict rests on the others
     undecided: list[CaseUndecided] = dataclasses.field(default_factory=list)
-    # the Case a gradient check failed on (None for other checks): the named mistake is tried on it
-    case: object = dataclasses.field(default=None, repr=False, compare=False)
+    # (Case, the student's gradients there) of the case a gradient check failed on (None for other
+    # checks): the named mistake is tried on it
+    failed_on: tuple | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:
@@ -407,7 +408,9 @@ def _run_checks(op, backward, *, n_random, seed, source, source_file, catch_ever
                     result.undecided.append(undecided)
                     continue
                 except CheckFailed as failed:
-                    result.status, result.finding, result.case = "fail", failed.finding, failed.case
+                    result.status, result.finding = "fail", failed.finding
+                    if failed.case is not None:
+                        result.failed_on = failed.case, failed.gradients
                     break
                 except ForwardNotDeterministic as error:    # the exercise's fault: said so, with how to see it
                     result.status = "error"
@@ -434,7 +437,7 @@ def _run_checks(op, backward, *, n_random, seed, source, source_file, catch_ever
             notes.append(_reordered_text(exercise, parameters))   # a crash says it in its hint
         if first is not None and first.status == "fail" and first.finding is not None:
             try:
-                _name_the_mistake(exercise, backward, first.finding, params_list, first.case)
+                _name_the_mistake(exercise, backward, first.finding, params_list, first.failed_on)
             except (student_errors, GradingStopped):   # misbehaving on a probe: keep what the numbers showed
                 pass
             if gap is not None and NEAR_EXACT_CAUSES in first.finding.hint:
@@ -577,16 +580,16 @@ def assert_passes(op, backward, *, n_random: int = DEFAULT_RANDOM_CASES, seed: i
         raise AssertionError("\n\n".join(text for text in (summary, graded.report) if text))
 
 
-def _name_the_mistake(exercise, backward, finding: Finding, params_list, case=None) -> None:
+def _name_the_mistake(exercise, backward, finding: Finding, params_list, failed_on=None) -> None:
     """Add to what the failing case's numbers show (diagnose.py) the mistake the catalogue's probes
     name, if one matches on every probe (its words replace the numbers' own, unless it leaves the
     finding's gradient right on every probe: then they follow them; what the other gradients show
     stays, told of the gradients the mistake changes), and which simpler cases
     pass (catalogue.py, mistakes.py).  A teacher's exercise (with no catalogue, or one that names
     nothing here) has its own cases, params_list, as probes for a factor that is one of their
-    scalar inputs (mistakes.name_scalar_factor).  case: the Case the gradient check failed on,
-    where the mistake is tried too: its words are said as the finding's gradient's own only when
-    they fit it there."""
+    scalar inputs (mistakes.name_scalar_factor).  failed_on: (the Case the gradient check failed
+    on, the student's gradients there), where the mistake is tried too: its words are said as the
+    finding's gradient's own only when they fit it there."""
     catalogue = CATALOGUES[exercise.op] if exercise.builtin else exercise.catalogue
     found = explain(catalogue, exercise, backward) if catalogue is not None else Explanation()
     if found.grad is None and not exercise.builtin:
@@ -596,9 +599,9 @@ def _name_the_mistake(exercise, backward, finding: Finding, params_list, case=No
         elif scalar is not None:     # the input's one value is the factor the numbers show: both readings
             finding.hint += scalar.hint
     if found.grad is not None:
-        # tried on the failing case before anything is told of it: a stop there leaves nothing half named
-        fits = {} if not finding.grad or case is None else \
-            fits_on_case(found, backward, case, [finding.grad, *finding.wrong_gradients])
+        # tried on the failing case (from the gradients its check computed) before anything is told of it
+        fits = {} if not finding.grad or failed_on is None else \
+            fits_on_case(found, *failed_on, [finding.grad, *finding.wrong_gradients])
         # what the other gradients show is then told of the named mistake's (diagnose.where_the_slip_is)
         finding.named_gradients = found.changes
         finding.named_fits_here = fits.get(finding.grad)

@@ -18,3 +18,7 @@ LOOSE_BOUND = 1e-3        # a relative bound above this could let a small mistak
 # A probe whose bound still exceeds UNRESOLVED of the gradient, even at longer steps (derivative.py),
 # cannot tell a right gradient from a wrong one, so it does not pass.
 UNRESOLVED = 0.5
+# The step (in the probe's own units) that moves each entry by its scale, max(|x_i|, rms(x)): the
+# input's own size.  Up to it a flat f shows a masked entry; beyond it a window can span f's bends
+# (derivative.py) and D(t) bend away as f far from the point does (remeasure.py).
+OWN_SIZE_STEP = 1.0

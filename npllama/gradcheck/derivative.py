@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .constants import LOOSE_BOUND, ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF, UNRESOLVED
+from .constants import LOOSE_BOUND, OWN_SIZE_STEP, ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF, UNRESOLVED
 
 # A probe whose bound is above LOOSE_BOUND of its gradient's size is tried again with longer
 # steps (up to MAX_GROWTHS times, each at least STEP_GROWTH times longer): the round-off of f
@@ -101,7 +101,7 @@ def _nothing_but_roundoff(attempt: _Estimate) -> bool:
     stands far out of its bound once the steps have grown to resolve it."""
     if not attempt.difference <= 2 * attempt.roundoff:
         return False
-    return abs(attempt.value) * (UNRESOLVED if attempt.step > 1.0 else 1.0) <= attempt.bound
+    return abs(attempt.value) * (UNRESOLVED if attempt.step > OWN_SIZE_STEP else 1.0) <= attempt.bound
 
 
 def _contradicted(shorter: _Estimate, longer: _Estimate) -> bool:
@@ -130,7 +130,7 @@ def _unmoved_over_own_size(attempt: _Estimate, evaluate, move) -> bool:
     0 (1e4 + 3.6e-11 sin(b) at b = 3.140625, stepped by pi: its right gradient FAILed on 0 +- 1e-11).
     So f must not move at a third of the step either, whose two points are no whole number of such
     periods apart (two evaluations more, only here)."""
-    if not (attempt.value == 0 and attempt.difference == 0 and attempt.step <= 1.0):
+    if not (attempt.value == 0 and attempt.difference == 0 and attempt.step <= OWN_SIZE_STEP):
         return False
     with np.errstate(all="ignore"):
         return _central(evaluate, move, attempt.step / 3)[0] == 0
@@ -224,6 +224,9 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
     a rough estimate may look for f's shape at shorter steps (_smooth_at_shorter_steps): not once
     the input's FAIL is confirmed (checker.py), as in _shortened.
     Returns (estimate, whether a longer step was kept)."""
+    def holds_claim(estimate):      # the analytic value within its bound (plus the value's round-off)
+        return abs(claimed - estimate.value) <= estimate.bound + noise
+
     best, step, longer = _derivative(evaluate, move, eps, richardson, good_enough), eps, False
     shown = best     # the step eps's estimate, or the longest after it that showed more than round-off
     # No longer steps from a rough estimate (its differences at h, 2h, 4h did not shrink like h^2)
@@ -242,7 +245,7 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
             # (an estimate of nothing but round-off the analytic value lies beyond decides nothing: the
             # steps grow on, for a longer one to show the slope -- a straight f's with a claim far off it)
             if best.bound <= max(LOOSE_BOUND * reference, noise) and (
-                    best is shown or abs(claimed - best.value) <= best.bound + noise):
+                    best is shown or holds_claim(best)):
                 break
             growth = STEP_GROWTH
             if not best.roundoff <= best.bound - best.roundoff:     # round-off dominates: move past it
@@ -278,9 +281,9 @@ def _resolved_derivative(evaluate, move, eps, richardson, good_enough, reference
     # (the analytic value's own round-off, noise, in both bounds, as the checker adds it: a zero
     # made of round-off, 2.2e-16 for sum(x - mean(x)), passes where a longer step resolves 0 below it)
     if best is not shown:
-        if abs(claimed - best.value) <= best.bound + noise:
+        if holds_claim(best):
             return best, True
-        return shown._replace(set_aside=abs(claimed - shown.value) <= shown.bound + noise), longer
+        return shown._replace(set_aside=holds_claim(shown)), longer
     return shown, longer
 
 

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .constants import ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF, UNRESOLVED
+from .constants import OWN_SIZE_STEP, ROUNDOFF_FACTOR, TINY, UNIT_ROUNDOFF, UNRESOLVED
 from .derivative import (RICHARDSON_ROUNDOFF, _central, _derivative, _Estimate, _evaluate_within_domain, _LeftDomain,
                          _longer_step_kept, _smooth_at_shorter_steps, _stair_rounding, _units_in_last_place)
 
@@ -211,7 +211,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
         h^2 (_smooth_at_shorter_steps), as f varying within the step is; None where none does.  Not
         a straight f at a short step: a GELU's 1 + tanh(z) at x ~ -7 keeps one stair there, and its
         slope is a wrong backward's that misses the tanh term.  A FAIL is confirmed if the
-        analytic value is off it."""
+        analytic value is off it.  seen: gets every shorter step's estimate, resolved or not."""
         start = estimate._replace(step=estimate.step * shortest, difference=disagreement)
         resolved = _smooth_at_shorter_steps(evaluate, move, start, richardson, good_enough, kinks=False, seen=seen)
         if resolved is not None and abs(analytic - resolved.value) > held_to - estimate.bound + resolved.bound:
@@ -305,7 +305,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
         # sign-flipped gradient, resolved at the step 1 (4.2e-7 +- 1.4e-8, claimed -4.2e-7), was
         # UNRESOLVED on D(64h) ~ 1e21, 53 sizes of x out.  An aliasing sine's rungs over a large
         # constant (C + a sin(x) at the step 100) do not grow so, and still count whole
-        if estimate.step * factor > 1.0 and _bends_away(rungs, factor, value):
+        if estimate.step * factor > OWN_SIZE_STEP and _bends_away(rungs, factor, value):
             reach = _stair_rounding(at_point(), 0.0) / abs(width) + estimate.roundoff / factor
             kept = estimate.value + float(np.clip(kept - estimate.value, -reach, reach))
         values.append(kept)
@@ -319,8 +319,8 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
     # every rung alias (D(t) ~ k cos(k x) / (k t), far from it), and an estimate that looked smooth
     # by chance FAILed the right gradient: it is judged where shorter steps resolve f, if any do
     if strays and np.isfinite(analytic):
-        shorter = []
-        resolved = judged_far_shorter(min(rungs), max(values) - min(values), shorter)
+        shorter_estimates = []
+        resolved = judged_far_shorter(min(rungs), max(values) - min(values), shorter_estimates)
         if resolved is not None:
             return resolved
         # none resolved f, but one where f behaved smoothly (its differences within its round-off, too
@@ -331,7 +331,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
         # FAILed.  Its sign flipped still does; and a shorter step that agrees with the estimate, its
         # bound only wider, excuses nothing
         if any(not e.rough and abs(e.value - estimate.value) > e.bound + estimate.bound
-               and abs(analytic - e.value) <= held_to - estimate.bound + e.bound for e in shorter):
+               and abs(analytic - e.value) <= held_to - estimate.bound + e.bound for e in shorter_estimates):
             return estimate._replace(unsteady=True)
     # f kept to a straight line at every step from h/64 to 64h, so it showed no rounding to measure
     # and no stray: a cancellation whose stairs are wider than the whole ladder.  Naive softplus

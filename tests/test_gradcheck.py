@@ -8,7 +8,7 @@ import pytest
 
 from npllama import Llama, LlamaConfig, check_op, gradcheck, use_backend
 from npllama.gradcheck import InputReport, draw_dout, fitted_factor
-from npllama.gradcheck.constants import LOOSE_BOUND, UNRESOLVED
+from npllama.gradcheck.constants import LOOSE_BOUND, ROUNDOFF_FACTOR, UNIT_ROUNDOFF, UNRESOLVED
 from npllama.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from npllama.ops.softmax import softmax_backward, softmax_forward
 
@@ -399,7 +399,8 @@ def test_a_gradient_no_step_resolves_over_a_huge_constant_is_unresolved_never_fa
     assert gradcheck(straight, [b], [1.1 * slope]).inputs[0].status == "FAIL"
 
 
-U = float(np.finfo(np.float64).eps)
+# f's round-off per unit of |f|, as the checker's bounds count it (16 u)
+F_ROUNDOFF = ROUNDOFF_FACTOR * UNIT_ROUNDOFF
 
 
 @settings(max_examples=40, deadline=None)
@@ -410,15 +411,15 @@ U = float(np.finfo(np.float64).eps)
 # Up to a = 2 * 16 u C no such slope can stand out of its bound by 1/UNRESOLVED (what the longer
 # steps ask of it); above it one can, by chance (docs/gradcheck.md, under UNRESOLVED)
 @example(c_exponent=4, ratio=1.0, b=[3.140625])     # stepped by pi: f unmoved at h, 2h and 4h
-@example(c_exponent=8, ratio=1e-6 / (16 * U * 1e8), b=[0.565, 0.578, -2.798, 1.310])
-@example(c_exponent=8, ratio=1e-6 / (16 * U * 1e8), b=[0.351, 1.736, -3.387])
-@example(c_exponent=6, ratio=1e-8 / (16 * U * 1e6), b=[-1.68, 2.403, -2.414, 2.915])
-@example(c_exponent=8, ratio=3.52e-6 / (16 * U * 1e8), b=[-3.082327629620716])
+@example(c_exponent=8, ratio=1e-6 / (F_ROUNDOFF * 1e8), b=[0.565, 0.578, -2.798, 1.310])
+@example(c_exponent=8, ratio=1e-6 / (F_ROUNDOFF * 1e8), b=[0.351, 1.736, -3.387])
+@example(c_exponent=6, ratio=1e-8 / (F_ROUNDOFF * 1e6), b=[-1.68, 2.403, -2.414, 2.915])
+@example(c_exponent=8, ratio=3.52e-6 / (F_ROUNDOFF * 1e8), b=[-3.082327629620716])
 def test_the_right_gradient_of_a_sine_over_a_large_constant_never_fails(c_exponent, ratio, b):
     # f = C + a sum(sin(b)) with a only `ratio` times f's round-off 16 u C: no step may resolve it
     # (UNRESOLVED), but a right backward is not called wrong
     C = 10.0**c_exponent
-    a, b = ratio * 16 * U * C, np.array(b)
+    a, b = ratio * F_ROUNDOFF * C, np.array(b)
     report = gradcheck(lambda v: float(C + a * np.sum(np.sin(v))), [b], [a * np.cos(b)])
     assert report.inputs[0].status != "FAIL", str(report)
 
@@ -443,7 +444,7 @@ def test_a_sine_over_a_large_constant_with_bits_to_spare_still_fails_a_flipped_o
         c_exponent, ratio, half_turns, offsets, factor):
     # a >= 1e4 times f's round-off, |cos(b)| >= 0.27: a step of ~0.1 radians resolves the gradient
     C = 10.0**c_exponent
-    a, b = ratio * 16 * U * C, np.array(offsets) + np.pi * np.array(half_turns)
+    a, b = ratio * F_ROUNDOFF * C, np.array(offsets) + np.pi * np.array(half_turns)
     report = gradcheck(lambda v: float(C + a * np.sum(np.sin(v))), [b], [factor * a * np.cos(b)])
     assert report.inputs[0].status == "FAIL", str(report)
 
@@ -460,7 +461,7 @@ def test_a_sine_over_a_large_constant_with_bits_to_spare_still_fails_a_flipped_o
 def test_a_wrong_gradient_of_a_steep_function_over_a_large_constant_fails(C, ratio, x, claimed):
     # f = C + a sum(exp(x)): its differences far out, beyond the input's own size, bend far more than
     # its rounding could move them -- that is f far from the point, not f unresolved there
-    a, x = ratio * 16 * U * C, np.array(x)
+    a, x = ratio * F_ROUNDOFF * C, np.array(x)
     grad = -a * np.exp(x) if claimed == "sign" else np.exp(x)
     report = gradcheck(lambda v: float(C + a * np.sum(np.exp(v))), [x], [grad])
     assert report.inputs[0].status == "FAIL", str(report)
@@ -480,7 +481,7 @@ def test_a_gradient_far_off_a_slope_the_longer_steps_resolve_fails(C, ratio, x, 
     # round-off at first, grow on while the claim lies beyond their bound, to one that shows the
     # slope -- the straight and square ones were UNRESOLVED where the steps stopped growing once an
     # estimate of nothing but round-off had a tight bound
-    a, x = ratio * 16 * U * C, np.array(x)
+    a, x = ratio * F_ROUNDOFF * C, np.array(x)
     report = gradcheck(lambda v: float(C + a * np.sum(g(v))), [x], [dg(x)])
     assert report.inputs[0].status == "FAIL", str(report)
 

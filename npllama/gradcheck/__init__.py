@@ -48,7 +48,8 @@ How a probe's numeric derivative and its bound are made (the error model):
             beyond that bound: the steps grow on for one that shows the slope (a straight f's
             does), else the last estimate that showed more stands, UNRESOLVED where it passes.  f
             not moving by a bit within the input's own size (at the step, twice it and a third of
-            it) does decide: f ignores the input there (a masked entry).  A probe where f did not behave smoothly at
+            it) does decide: f ignores the input there (a masked entry).
+            A probe where f did not behave smoothly at
             the step (its differences at h, 2h, 4h did not shrink like h^2: "rough") is first taken
             at steps 4, 16, 64 times shorter, then 16 times shorter each time, up to ~4e6 times,
             which show why: where f varies within the step (sum(sin(k x)) with k h ~ 1 to 3000)
@@ -94,7 +95,8 @@ How a probe's numeric derivative and its bound are made (the error model):
             at x ~ -7.15, 1e3 u |f| high, stay within, while D(64h) crosses one), and the analytic
             value lies within that spread of the D(t) (less the truncation the model allows each; of a
             D(t) beyond the input's own size that bends away from the two below it at least as fast
-            as t^2 -- exp far from the point -- no more than a stair of f's rounding), the probe is UNRESOLVED, not FAIL: the
+            as t^2 -- exp far from the point -- no more than a stair of f's rounding), the probe is
+            UNRESOLVED, not FAIL: the
             check cannot tell there.  Before either verdict made on such strays, or on f's
             rounding covering the difference, steps shorter than the shortest tried are looked at
             as for a rough estimate (two smooth in a row, no straight one): f varying within the step (sum(sin(k x)) at

@@ -201,6 +201,10 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
     # its rounding): R(h) 4.5e-17 where the right gradient is 0, D's measured round-off 4e-17, R's 6e-17;
     # compared with D's, it FAILed
     in_estimate = _roundoff_carried(estimate)
+    # held_to at another estimate: its bound in place of this one's (the rest does not depend on the step)
+    def held_by(other):
+        return held_to - estimate.bound + other.bound
+
     # f at the point, which every window below holds: evaluated once, when first needed
     at_point = functools.cache(lambda: _evaluate_within_domain(evaluate, 0.0)[0])
 
@@ -214,7 +218,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
         analytic value is off it.  seen: gets every shorter step's estimate, resolved or not."""
         start = estimate._replace(step=estimate.step * shortest, difference=disagreement)
         resolved = _smooth_at_shorter_steps(evaluate, move, start, richardson, good_enough, kinks=False, seen=seen)
-        if resolved is not None and abs(analytic - resolved.value) > held_to - estimate.bound + resolved.bound:
+        if resolved is not None and abs(analytic - resolved.value) > held_by(resolved):
             probes.confirm()
         return resolved
     if np.isfinite(analytic) and not estimate.kink:    # a kink's values look like rounding to this test
@@ -236,8 +240,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
             retaken = (_retaken_over_rounding(evaluate, move, estimate, rounding, richardson, good_enough)
                        if resolved else None)
             if retaken is not None:
-                # held_to is the estimate's bound plus what does not depend on the step
-                held_retaken = held_to - estimate.bound + retaken.bound
+                held_retaken = held_by(retaken)
                 if estimate.rough:
                     # a rough estimate was not looked at for a kink (_kink_checked): the longer step
                     # may straddle one a little off the point as if at it, smooth-looking, D the mean
@@ -331,7 +334,7 @@ def _steadiness_checked(evaluate, move, estimate, analytic, held_to, probes, ric
         # FAILed.  Its sign flipped still does; and a shorter step that agrees with the estimate, its
         # bound only wider, excuses nothing
         if any(not e.rough and abs(e.value - estimate.value) > e.bound + estimate.bound
-               and abs(analytic - e.value) <= held_to - estimate.bound + e.bound for e in shorter_estimates):
+               and abs(analytic - e.value) <= held_by(e) for e in shorter_estimates):
             return estimate._replace(unsteady=True)
     # f kept to a straight line at every step from h/64 to 64h, so it showed no rounding to measure
     # and no stray: a cancellation whose stairs are wider than the whole ladder.  Naive softplus

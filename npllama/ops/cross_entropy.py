@@ -82,10 +82,11 @@ def cross_entropy_backward(dloss, cache):
         check_dloss(dloss)
     dlogits = probs.copy()                                     # (N, V)
     dlogits[np.arange(dlogits.shape[0]), safe_targets] -= 1    # softmax - onehot
-    scale = probs.dtype.type(dloss) / n_counted if n_counted else 0
-    # ignored rows (and n_counted = 0) -> 0, chosen rather than multiplied by 0: an ignored row's
-    # logits may hold NaN or inf (padding of a diverged model), and NaN * 0 is NaN
-    dlogits = np.where(counted[:, None], dlogits * scale, 0)  # (N, V)
+    dlogits *= probs.dtype.type(dloss) / n_counted if n_counted else 0
+    # ignored rows (and n_counted = 0) -> 0, set rather than multiplied by 0: an ignored row's
+    # logits may hold NaN or inf (padding of a diverged model), and NaN * 0 is NaN.  In place: no
+    # second (N, V) array at the size of the logits
+    dlogits[~counted] = 0
     return dlogits.reshape(logits_shape)
 
 

@@ -510,9 +510,7 @@ class Llama:
         mask = attention_mask
         if mask is not None:
             mask = mask if isinstance(mask, np.ndarray) else _as_array("attention_mask", mask)
-            if mask.shape != tokens.shape:
-                raise ValueError(f"attention_mask must have the tokens' shape {tokens.shape}, got {mask.shape}")
-            mask = padding_mask_as_bool(mask)
+            mask = padding_mask_as_bool(mask, tokens.shape)
         if not training:
             return tokens, mask, causal
         if targets is None:   # loss(tokens, None): a loss needs what each position should predict

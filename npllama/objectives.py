@@ -134,10 +134,7 @@ def mask_tokens(tokens, rng, *, mask_token_id: int, vocab_size: int, special_ids
         raise ValueError("the vocabulary has no ordinary token (every id is special)")
     candidates = ~np.isin(tokens, special)
     if attention_mask is not None:   # held to the model's rule: a cast to bool would take -inf as a token
-        mask = np.asarray(attention_mask)
-        if mask.shape != tokens.shape:
-            raise ValueError(f"attention_mask must have the tokens' shape {tokens.shape}, got {mask.shape}")
-        candidates &= padding_mask_as_bool(mask)
+        candidates &= padding_mask_as_bool(np.asarray(attention_mask), tokens.shape)
 
     chosen = candidates & (rng.random(tokens.shape) < mlm_probability)
     action = rng.random(tokens.shape)                                  # one draw decides 80/10/10

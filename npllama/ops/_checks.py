@@ -23,11 +23,13 @@ def require_path(name, value, what: str = "a path"):
     raise TypeError(f"{name} must be {what} (a str or pathlib.Path), got {value!r}")
 
 
-def padding_mask_as_bool(mask: np.ndarray) -> np.ndarray:
+def padding_mask_as_bool(mask: np.ndarray, shape: tuple | None = None) -> np.ndarray:
     """attention_mask (an array, 1 = real token) as bool: booleans, or numbers that are exactly 0 or 1
     whatever their dtype (transformers' tokenizers give int64, a column read from a table float64).
     Any other value is refused by name, not rounded: an additive mask (0 / -inf) or a weight is no
-    padding mask."""
+    padding mask.  shape: the tokens' shape, which the mask must have (not broadcast to it)."""
+    if shape is not None and mask.shape != shape:
+        raise ValueError(f"attention_mask must have the tokens' shape {shape}, got {mask.shape}")
     if mask.dtype == np.bool_:
         return mask
     what = "attention_mask must hold 0/1 numbers or booleans (1 = real token)"

@@ -35,7 +35,7 @@ def padding_mask_as_bool(mask: np.ndarray, shape: tuple | None = None) -> np.nda
     what = "attention_mask must hold 0/1 numbers or booleans (1 = real token)"
     if not (np.issubdtype(mask.dtype, np.integer) or np.issubdtype(mask.dtype, np.floating)):
         raise TypeError(f"{what}, got dtype {mask.dtype}")
-    outside = ~np.isin(mask, (0, 1))
+    outside = (mask != 0) & (mask != 1)    # NaN too; ~10x faster than np.isin, on every masked forward
     if outside.any():
         raise ValueError(f"{what}, got {mask[outside].flat[0]}")
     return mask.astype(bool)

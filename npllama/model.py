@@ -480,9 +480,8 @@ class Llama:
     def _check_inputs(self, tokens, attention_mask=None, targets=_NO_TARGETS, ignore_index=-100, offset=0,
                       causal=None):
         """tokens (B, T), the padding mask ((B, T) of bools or 0/1 numbers, returned as bool; or None),
-        when given targets (B, T), and
-        causal (None: the model's own, attends_causally): checked here once, so that the ops the
-        model calls need not check them again."""
+        targets (B, T) when given (the loss), and causal (None: the model's own, attends_causally):
+        checked here once, so that the ops the model calls need not check them again."""
         if causal is None:   # attends_causally, read from its table: a debugger's path to the math stays short
             causal = ATTENDS_CAUSALLY[self.objective]
         if not isinstance(causal, (bool, np.bool_)):   # causal="False" is truthy: it would run causal
